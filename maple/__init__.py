@@ -1,0 +1,1 @@
+"""MAPLE command line and the offline end-to-end demo."""

@@ -1,0 +1,40 @@
+"""The `maple` command: one sub-command per stage of the MAPLE pipeline.
+
+Each sub-command lives beside the code it drives and is imported only when used, so `maple --help`
+stays fast and a missing optional stage never breaks the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# sub-command -> (module with `main(argv: list[str]) -> int`, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("maple.demo.cli", "Run the whole pipeline offline on a procedurally drawn world."),
+    "train": ("trainer.cli", "Train a MAPLE embedder with RPA + InfoNCE (RPATrainer)."),
+    "build-preferences": ("dataset_builders.cli", "Build an MLLM-judged preference dataset."),
+    "eval": ("evaluation.cli", "Evaluate embedders on retrieval and fine-grained benchmarks."),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="maple",
+        description="MAPLE: image-text embeddings aligned to MLLM preferences (arXiv 2506.06970).",
+    )
+    parser.add_argument("command", choices=sorted(SUBCOMMANDS), help="the stage to run")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="options of the sub-command (see `maple COMMAND --help`)")
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0
+    parsed = parser.parse_args(argv[:1])
+    module_name, _ = SUBCOMMANDS[parsed.command]
+    module = importlib.import_module(module_name)
+    return int(module.main(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
