@@ -1,0 +1,276 @@
+"""The losses against straightforward loops over the paper's formulas (MAPLE, arXiv 2506.06970, section 3), their
+gradients (gradcheck in float64), and the cross-process gathering of `contrastive_loss` (2 processes, gloo)."""
+
+import math
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from trainer.losses import contrastive_loss, rpa_listwise_loss, rpa_pairwise_loss
+
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """Compare at 1e-6 without float32 round-off; restored so other test modules in the worker are unaffected."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+# ----------------------------------------------------------------------------------------- reference loops
+def _ranked(scores, alphas, mask, i):
+    """Row i's real candidates as (score, alpha) pairs ranked by judge score, best first."""
+    row = [(float(scores[i, j]), float(alphas[i, j])) for j in range(scores.shape[1]) if mask is None or mask[i, j]]
+    return sorted(row, key=lambda pair: -pair[1])
+
+
+def naive_pairwise(scores, alphas, mask=None):
+    total = 0.0
+    for i in range(scores.shape[0]):
+        ranked = _ranked(scores, alphas, mask, i)
+        for k in range(len(ranked)):
+            for l in range(k + 1, len(ranked)):
+                (s_k, a_k), (s_l, a_l) = ranked[k], ranked[l]
+                total += (a_k - a_l) * math.log(1 / (1 + math.exp(-(s_k - s_l))))
+    return -total / scores.shape[0]
+
+
+def naive_listwise(scores, alphas, mask=None):
+    """The paper's listwise formula; ranks tied with k are skipped (they carry no preference)."""
+    total = 0.0
+    for i in range(scores.shape[0]):
+        ranked = _ranked(scores, alphas, mask, i)
+        K = len(ranked) - 1
+        for k in range(K):
+            s_k, a_k = ranked[k]
+            below = [ranked[l] for l in range(k + 1, K + 1) if ranked[l][1] != a_k]
+            if not below:
+                continue
+            weight = sum(a_k - a_l for _, a_l in below) / len(below)
+            denominator = math.exp(s_k) + sum(math.exp(s_l) for s_l, _ in below)
+            total += weight * math.log(math.exp(s_k) / denominator)
+    return -total / scores.shape[0]
+
+
+def naive_listwise_untied(scores, alphas):
+    """The paper's formula verbatim: w_k = 1/(K-k) sum_{l>k}, denominator over ranks k..K."""
+    total = 0.0
+    for i in range(scores.shape[0]):
+        ranked = _ranked(scores, alphas, None, i)
+        K = len(ranked) - 1
+        for k in range(K):
+            weight = sum(ranked[k][1] - ranked[l][1] for l in range(k + 1, K + 1)) / (K - k)
+            denominator = sum(math.exp(ranked[j][0]) for j in range(k, K + 1))
+            total += weight * math.log(math.exp(ranked[k][0]) / denominator)
+    return -total / scores.shape[0]
+
+
+def naive_contrastive(images, texts, scale, negative_images, negative_texts, image_ids, text_ids, neg_image_ids,
+                      neg_text_ids):
+    def one_direction(queries, positives, negatives, positive_ids, negative_ids):
+        pool, seen = [], {}
+        for vector, identity in list(zip(positives, positive_ids)) + list(zip(negatives, negative_ids)):
+            if identity not in seen:
+                seen[identity] = len(pool)
+                pool.append(vector)
+        total = 0.0
+        for query, identity in zip(queries, positive_ids):
+            logits = [scale * float(query @ vector) for vector in pool]
+            total += -(logits[seen[identity]] - math.log(sum(math.exp(logit) for logit in logits)))
+        return total / len(queries)
+
+    text_to_image = one_direction(texts, images, negative_images, image_ids, neg_image_ids)
+    image_to_text = one_direction(images, texts, negative_texts, text_ids, neg_text_ids)
+    return (text_to_image + image_to_text) / 2
+
+
+# ----------------------------------------------------------------------------------------- inputs
+def random_rpa_inputs(seed, num_anchors=6, num_candidates=5, ties=False, masked=False):
+    generator = torch.Generator().manual_seed(seed)
+    scores = torch.randn(num_anchors, num_candidates, generator=generator) * 3
+    alphas = torch.rand(num_anchors, num_candidates, generator=generator)
+    if ties:  # a coarse grid makes many equal judge scores
+        alphas = (alphas * 3).round() / 3
+    mask = None
+    if masked:
+        mask = torch.rand(num_anchors, num_candidates, generator=generator) < 0.7
+        mask[:, 0] = True
+        mask[0] = False  # an anchor without any real candidate...
+        mask[0, 0] = True  # ...but its own: contributes nothing
+        scores = scores.masked_fill(~mask, float("nan"))  # padding may hold anything
+    return scores, alphas, mask
+
+
+def normalised(rows, dim, generator):
+    return F.normalize(torch.randn(rows, dim, generator=generator), dim=-1)
+
+
+# ----------------------------------------------------------------------------------------- RPA
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("seed", range(3))
+def test_rpa_losses_match_paper_loops(seed, ties, masked):
+    scores, alphas, mask = random_rpa_inputs(seed, ties=ties, masked=masked)
+    assert rpa_pairwise_loss(scores, alphas, mask).item() == pytest.approx(naive_pairwise(scores, alphas, mask), abs=1e-6)
+    assert rpa_listwise_loss(scores, alphas, mask).item() == pytest.approx(naive_listwise(scores, alphas, mask), abs=1e-6)
+
+
+def test_listwise_without_ties_is_the_paper_formula_verbatim():
+    scores, alphas, _ = random_rpa_inputs(7)
+    assert rpa_listwise_loss(scores, alphas).item() == pytest.approx(naive_listwise_untied(scores, alphas), abs=1e-6)
+
+
+def test_rpa_losses_do_not_depend_on_candidate_order_even_with_ties():
+    scores, alphas, _ = random_rpa_inputs(3, ties=True)
+    permutation = torch.randperm(scores.shape[1], generator=torch.Generator().manual_seed(0))
+    for loss in (rpa_pairwise_loss, rpa_listwise_loss):
+        assert loss(scores[:, permutation], alphas[:, permutation]).item() == pytest.approx(loss(scores, alphas).item())
+
+
+def test_tied_candidates_carry_no_preference():
+    scores = torch.randn(4, 3)
+    tied = torch.full((4, 3), 0.5)
+    assert rpa_pairwise_loss(scores, tied).item() == 0.0
+    assert rpa_listwise_loss(scores, tied).item() == 0.0
+    # A tie between the two worse candidates: moving their scores against each other changes nothing.
+    alphas = torch.tensor([[0.9, 0.2, 0.2]])
+    for loss in (rpa_pairwise_loss, rpa_listwise_loss):
+        assert loss(torch.tensor([[1.0, 0.3, -0.4]]), alphas).item() == pytest.approx(
+            loss(torch.tensor([[1.0, -0.4, 0.3]]), alphas).item()
+        )
+
+
+def test_rpa_losses_reward_the_judges_ranking():
+    alphas = torch.tensor([[0.9, 0.5, 0.1]])
+    agreeing, reversed_ = torch.tensor([[3.0, 0.0, -3.0]]), torch.tensor([[-3.0, 0.0, 3.0]])
+    for loss in (rpa_pairwise_loss, rpa_listwise_loss):
+        assert loss(agreeing, alphas) < loss(reversed_, alphas)
+
+
+@pytest.mark.parametrize("loss", [rpa_pairwise_loss, rpa_listwise_loss])
+@pytest.mark.parametrize("ties,masked", [(False, False), (True, True)])
+def test_rpa_gradcheck(loss, ties, masked):
+    scores, alphas, mask = random_rpa_inputs(11, num_anchors=3, num_candidates=4, ties=ties, masked=masked)
+    scores = scores.nan_to_num(0.0).requires_grad_()
+    assert torch.autograd.gradcheck(lambda s: loss(s, alphas, mask), (scores,))
+
+
+def test_rpa_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="num_anchors, num_candidates"):
+        rpa_pairwise_loss(torch.randn(2, 3), torch.rand(2, 4))
+    with pytest.raises(ValueError, match="mask must be a bool tensor"):
+        rpa_listwise_loss(torch.randn(2, 3), torch.rand(2, 3), torch.ones(2, 3))
+
+
+# ----------------------------------------------------------------------------------------- InfoNCE
+def contrastive_inputs(seed, num_anchors=4, num_negatives=5, dim=8):
+    """Anchors and negatives whose ids repeat: negative 0 is anchor 1's image, negatives 2 and 3 are the same image,
+    and anchors 2 and 3 share an image (as one image with two captions would)."""
+    generator = torch.Generator().manual_seed(seed)
+    images, texts = normalised(num_anchors, dim, generator), normalised(num_anchors, dim, generator)
+    negative_images, negative_texts = normalised(num_negatives, dim, generator), normalised(num_negatives, dim, generator)
+    image_ids, text_ids = torch.arange(num_anchors), torch.arange(num_anchors) + 100
+    negative_image_ids, negative_text_ids = torch.arange(num_negatives) + 10, torch.arange(num_negatives) + 110
+    images[3] = images[2]
+    image_ids[3] = image_ids[2]
+    negative_images[0], negative_image_ids[0] = images[1], image_ids[1]
+    negative_images[3], negative_image_ids[3] = negative_images[2], negative_image_ids[2]
+    negative_texts[4], negative_text_ids[4] = texts[0], text_ids[0]
+    return dict(
+        image_embeds=images, text_embeds=texts, inverse_temperature=torch.tensor(1 / 0.07),
+        negative_image_embeds=negative_images, negative_text_embeds=negative_texts, image_ids=image_ids,
+        text_ids=text_ids, negative_image_ids=negative_image_ids, negative_text_ids=negative_text_ids,
+    )
+
+
+def test_contrastive_loss_without_negatives_is_clip():
+    generator = torch.Generator().manual_seed(0)
+    images, texts = normalised(5, 8, generator), normalised(5, 8, generator)
+    logits = 14.0 * images @ texts.T
+    expected = (F.cross_entropy(logits, torch.arange(5)) + F.cross_entropy(logits.T, torch.arange(5))) / 2
+    assert contrastive_loss(images, texts, torch.tensor(14.0)).item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_contrastive_loss_with_expanded_deduplicated_negatives_matches_loop(seed):
+    inputs = contrastive_inputs(seed)
+    expected = naive_contrastive(
+        inputs["image_embeds"], inputs["text_embeds"], float(inputs["inverse_temperature"]),
+        inputs["negative_image_embeds"], inputs["negative_text_embeds"], inputs["image_ids"].tolist(),
+        inputs["text_ids"].tolist(), inputs["negative_image_ids"].tolist(), inputs["negative_text_ids"].tolist(),
+    )
+    assert contrastive_loss(**inputs).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_duplicates_change_the_loss_unless_removed():
+    inputs = contrastive_inputs(0)
+    without_ids = {key: value for key, value in inputs.items() if not key.endswith("_ids")}
+    assert contrastive_loss(**without_ids).item() != pytest.approx(contrastive_loss(**inputs).item())
+
+
+def test_contrastive_gradcheck():
+    inputs = contrastive_inputs(1, dim=4)
+    names = ["image_embeds", "text_embeds", "inverse_temperature", "negative_image_embeds", "negative_text_embeds"]
+    tensors = tuple(inputs[name].clone().requires_grad_() for name in names)
+    ids = {key: value for key, value in inputs.items() if key.endswith("_ids")}
+    assert torch.autograd.gradcheck(lambda *args: contrastive_loss(*args, **ids), tensors)
+
+
+def test_contrastive_loss_requires_ids_on_both_sides():
+    inputs = contrastive_inputs(0)
+    del inputs["negative_image_ids"]
+    with pytest.raises(ValueError, match="ids for both"):
+        contrastive_loss(**inputs)
+
+
+# ----------------------------------------------------------------------------------------- 2 processes (gloo)
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _two_process_worker(rank, world_size, port, inputs, negative_splits, results):
+    import torch.distributed as dist
+
+    torch.set_default_dtype(torch.float64)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        half = inputs["image_embeds"].shape[0] // world_size
+        anchors = slice(rank * half, (rank + 1) * half)
+        negatives = negative_splits[rank]  # uneven: processes hold different numbers of negatives
+        local = {
+            key: (value[negatives] if key.startswith("negative") else value[anchors] if value.dim() else value).clone()
+            for key, value in inputs.items()
+        }
+        for key in ("image_embeds", "text_embeds", "negative_image_embeds", "negative_text_embeds"):
+            local[key].requires_grad_()
+        loss = contrastive_loss(**local)
+        loss.backward()
+        results[rank] = (loss.detach(), local["image_embeds"].grad, local["negative_text_embeds"].grad)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gathered_loss_on_two_processes_equals_the_global_batch_loss():
+    inputs = contrastive_inputs(5, num_anchors=4, num_negatives=5)
+    negative_splits = [slice(0, 2), slice(2, 5)]
+    results = mp.Manager().dict()
+    mp.spawn(_two_process_worker, args=(2, _free_port(), inputs, negative_splits, results), nprocs=2, join=True)
+
+    global_inputs = {key: value.clone().requires_grad_(key.endswith("embeds")) for key, value in inputs.items()}
+    global_loss = contrastive_loss(**global_inputs)
+    global_loss.backward()
+    # DDP averages the two processes' gradients; each process's loss is that of its own anchors
+    assert (results[0][0] + results[1][0]).item() / 2 == pytest.approx(global_loss.item(), abs=1e-6)
+    image_grads = torch.cat([results[0][1], results[1][1]]) / 2
+    negative_text_grads = torch.cat([results[0][2], results[1][2]]) / 2
+    torch.testing.assert_close(image_grads, global_inputs["image_embeds"].grad, atol=1e-6, rtol=0)
+    torch.testing.assert_close(negative_text_grads, global_inputs["negative_text_embeds"].grad, atol=1e-6, rtol=0)

@@ -1,0 +1,235 @@
+"""The losses of MAPLE (arXiv 2506.06970, section 3): Relative Preference Alignment (RPA) and InfoNCE with an
+expanded, de-duplicated negative pool.
+
+Plain functions on scores and embeddings, independent of the trainer, so they can be tested against the paper's
+formulas and reused in other training loops.
+
+Conventions shared by the RPA losses:
+
+- ``scores[i, j] = beta * <z_i, z_{i,j}>``: the scaled similarity between anchor ``i`` and its candidate ``j``, in the
+  dataset's candidate order (not sorted).
+- ``judge_scores[i, j]``: the judge's alpha for the same pair, in ``[0, 1]``.
+- ``mask[i, j]``: ``False`` for padding where row ``i`` has fewer candidates; padded entries may hold any value.
+- Candidate ``k`` is *preferred* over ``l`` when ``alpha_k > alpha_l`` strictly. Candidates with equal judge scores
+  carry no preference: a tied pair gets zero weight in the pairwise loss, and in the listwise loss a candidate only
+  competes with the candidates strictly below it. Without ties this is exactly the paper's sorted formulation; with
+  ties it is what makes the loss independent of how a sort would order the tied candidates.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["contrastive_loss", "rpa_listwise_loss", "rpa_pairwise_loss"]
+
+
+def rpa_pairwise_loss(scores: Tensor, judge_scores: Tensor, mask: Tensor | None = None) -> Tensor:
+    r"""Pairwise Relative Preference Alignment loss (MAPLE, eq. for :math:`\mathcal{L}_{pair}`).
+
+    .. math::
+        \mathcal{L}_{pair} = -\frac{1}{N} \sum_{i=1}^{N} \sum_{0 \le k < l \le K}
+            (\alpha_{i,r_k} - \alpha_{i,r_l}) \log \sigma(s_{i,k} - s_{i,l})
+
+    where candidates are ranked by judge score, :math:`\alpha_{i,r_0} \ge \dots \ge \alpha_{i,r_K}`. It is DPO
+    (Rafailov et al., 2023, arXiv 2305.18290) without a reference model, with :math:`\beta \log \pi(y|x)` replaced by
+    the scaled similarity and each pair weighted by the judge's margin. The sum over ranked pairs equals the sum over
+    all pairs with :math:`\alpha_k > \alpha_l`, so no sort is needed.
+
+    Args:
+        scores: ``(N, C)`` scaled similarities anchor -> candidate.
+        judge_scores: ``(N, C)`` judge alphas, same order.
+        mask: optional ``(N, C)`` bool, ``False`` for padded candidates.
+
+    Returns:
+        The scalar loss, averaged over the ``N`` anchors.
+    """
+    scores, mask = _check_rpa_inputs(scores, judge_scores, mask)
+    preferred = _strict_preferences(judge_scores, mask)
+    margins = (judge_scores.unsqueeze(2) - judge_scores.unsqueeze(1)).masked_fill(~preferred, 0.0)
+    log_likelihoods = F.logsigmoid(scores.unsqueeze(2) - scores.unsqueeze(1))
+    return -(margins * log_likelihoods).sum(dim=(1, 2)).mean()
+
+
+def rpa_listwise_loss(scores: Tensor, judge_scores: Tensor, mask: Tensor | None = None) -> Tensor:
+    r"""Listwise Relative Preference Alignment loss (MAPLE, eq. for :math:`\mathcal{L}_{list}`).
+
+    A Plackett-Luce likelihood of the judge's ranking, each step weighted by the judge's mean margin (as in PRO,
+    Song et al., 2024, arXiv 2306.17492):
+
+    .. math::
+        w_{i,k} = \frac{1}{K-k} \sum_{l=k+1}^{K} (\alpha_{i,r_k} - \alpha_{i,r_l}), \qquad
+        \mathcal{L}_{list} = -\frac{1}{N} \sum_{i=1}^{N} \sum_{k=0}^{K-1}
+            w_{i,k} \log \frac{\exp(s_{i,k})}{\sum_{j=k}^{K} \exp(s_{i,j})}
+
+    with candidates ranked by judge score. Candidate ``k`` competes with the candidates strictly below it (for
+    distinct scores, the ranks ``k+1..K``), so a tied candidate neither adds to ``w`` nor to the denominator.
+
+    Args:
+        scores: ``(N, C)`` scaled similarities anchor -> candidate.
+        judge_scores: ``(N, C)`` judge alphas, same order.
+        mask: optional ``(N, C)`` bool, ``False`` for padded candidates.
+
+    Returns:
+        The scalar loss, averaged over the ``N`` anchors.
+    """
+    scores, mask = _check_rpa_inputs(scores, judge_scores, mask)
+    preferred = _strict_preferences(judge_scores, mask)  # [i, k, l]: k is ranked strictly above l
+    margins = (judge_scores.unsqueeze(2) - judge_scores.unsqueeze(1)).masked_fill(~preferred, 0.0)
+    num_below = preferred.sum(dim=2)  # K - k in the paper's notation
+    weights = margins.sum(dim=2) / num_below.clamp(min=1)
+    itself = torch.eye(scores.shape[1], dtype=torch.bool, device=scores.device)
+    competitors = preferred | itself  # the denominator of step k: k itself and every candidate below it
+    log_normalisers = torch.logsumexp(scores.unsqueeze(1).masked_fill(~competitors, float("-inf")), dim=2)
+    return -(weights * (scores - log_normalisers)).sum(dim=1).mean()
+
+
+def contrastive_loss(
+    image_embeds: Tensor,
+    text_embeds: Tensor,
+    inverse_temperature: Tensor,
+    negative_image_embeds: Tensor | None = None,
+    negative_text_embeds: Tensor | None = None,
+    *,
+    image_ids: Tensor | None = None,
+    text_ids: Tensor | None = None,
+    negative_image_ids: Tensor | None = None,
+    negative_text_ids: Tensor | None = None,
+    gather_across_processes: bool = True,
+) -> Tensor:
+    r"""Symmetric CLIP InfoNCE (Radford et al., 2021) with MAPLE's expanded negatives.
+
+    .. math::
+        \mathcal{L} = \frac{1}{2}\left(
+            -\frac{1}{N}\sum_i \log \frac{e^{\tau^{-1}\langle t_i, v_i\rangle}}
+                                     {\sum_{v \in \mathcal{P}_{img}} e^{\tau^{-1}\langle t_i, v\rangle}}
+            -\frac{1}{N}\sum_i \log \frac{e^{\tau^{-1}\langle v_i, t_i\rangle}}
+                                     {\sum_{t \in \mathcal{P}_{txt}} e^{\tau^{-1}\langle v_i, t\rangle}}
+        \right)
+
+    The image pool :math:`\mathcal{P}_{img}` holds the anchor images and the hard-negative images of *every* anchor
+    (MAPLE section 3.3, "expanded negatives"); likewise for texts. Under several processes the pools are gathered from
+    all of them with gradients (``torch.distributed.nn.functional.all_gather``), and each process computes the loss
+    of its own anchors against the global pools (open_clip's ``local_loss``): averaging the per-process losses, as
+    DDP does with their gradients, gives the loss of the global batch.
+
+    Passing ids (e.g. content hashes) removes duplicates from the pools: a hard negative of one anchor is often
+    another anchor of the batch, or a repeated candidate, and a duplicate in the denominator would count a false
+    negative twice. The first occurrence is kept, anchors first, and a query's target is the first occurrence of its
+    own id, so anchors that share an image (one image with several captions) share a column.
+
+    Args:
+        image_embeds: ``(N, D)`` L2-normalised anchor images.
+        text_embeds: ``(N, D)`` L2-normalised anchor texts; row ``i`` describes image ``i``.
+        inverse_temperature: scalar :math:`\tau^{-1}` (the exponentiated CLIP ``logit_scale``).
+        negative_image_embeds: optional ``(M, D)`` extra images for the text -> image denominator.
+        negative_text_embeds: optional ``(M', D)`` extra texts for the image -> text denominator.
+        image_ids, text_ids, negative_image_ids, negative_text_ids: optional int64 ids of the rows above; give the
+            ids of a modality for its anchors and negatives together to de-duplicate that pool.
+        gather_across_processes: gather the pools from every process when ``torch.distributed`` runs more than one.
+
+    Returns:
+        The scalar loss of this process's anchors.
+    """
+    if image_embeds.shape != text_embeds.shape:
+        raise ValueError(
+            f"image_embeds and text_embeds must pair up row by row, got shapes {tuple(image_embeds.shape)} and "
+            f"{tuple(text_embeds.shape)}"
+        )
+    gather = gather_across_processes and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    text_to_image = _expanded_info_nce(
+        text_embeds, image_embeds, negative_image_embeds, image_ids, negative_image_ids, inverse_temperature, gather
+    )
+    image_to_text = _expanded_info_nce(
+        image_embeds, text_embeds, negative_text_embeds, text_ids, negative_text_ids, inverse_temperature, gather
+    )
+    return (text_to_image + image_to_text) / 2
+
+
+def _expanded_info_nce(
+    queries: Tensor,
+    positives: Tensor,
+    negatives: Tensor | None,
+    positive_ids: Tensor | None,
+    negative_ids: Tensor | None,
+    inverse_temperature: Tensor,
+    gather: bool,
+) -> Tensor:
+    """One direction of `contrastive_loss`: local queries against the (gathered, de-duplicated) pool of all
+    positives followed by all negatives. The target of query ``i`` is its own positive."""
+    if (negative_ids is not None and (positive_ids is None or negatives is None)) or (
+        positive_ids is not None and negatives is not None and negative_ids is None
+    ):
+        raise ValueError("give ids for both the anchors and the negatives of a modality, or for neither")
+    local_targets = torch.arange(queries.shape[0], device=queries.device)
+    if gather:
+        positives, offset = _all_gather_rows(positives, with_grad=True)
+        local_targets = local_targets + offset
+        negatives = None if negatives is None else _all_gather_rows(negatives, with_grad=True)[0]
+        positive_ids = None if positive_ids is None else _all_gather_rows(positive_ids, with_grad=False)[0]
+        negative_ids = None if negative_ids is None else _all_gather_rows(negative_ids, with_grad=False)[0]
+    pool = positives if negatives is None else torch.cat([positives, negatives])
+    logits = inverse_temperature * queries @ pool.T
+    if positive_ids is not None:
+        pool_ids = positive_ids if negative_ids is None else torch.cat([positive_ids, negative_ids])
+        first_index = _first_occurrence(pool_ids)
+        is_duplicate = first_index != torch.arange(len(pool_ids), device=pool_ids.device)
+        logits = logits.masked_fill(is_duplicate, float("-inf"))
+        local_targets = first_index[local_targets]
+    return F.cross_entropy(logits, local_targets)
+
+
+def _first_occurrence(ids: Tensor) -> Tensor:
+    """For each position, the index of the first position holding the same id."""
+    _, inverse = torch.unique(ids, return_inverse=True)
+    positions = torch.arange(len(ids), device=ids.device)
+    first = torch.full((int(inverse.max()) + 1,), len(ids), device=ids.device, dtype=positions.dtype)
+    first = first.scatter_reduce(0, inverse, positions, reduce="amin")
+    return first[inverse]
+
+
+def _all_gather_rows(tensor: Tensor, with_grad: bool) -> tuple[Tensor, int]:
+    """Concatenates the rows of `tensor` from every process in rank order; processes may hold different numbers of
+    rows. Returns the result and the index of this process's first row in it. With `with_grad`, gradients flow back
+    to every process's rows (the backward pass sums the gradients all processes computed for them)."""
+    world_size, rank = dist.get_world_size(), dist.get_rank()
+    local_size = torch.tensor([tensor.shape[0]], device=tensor.device)
+    sizes = [torch.empty_like(local_size) for _ in range(world_size)]
+    dist.all_gather(sizes, local_size)
+    sizes = [int(size) for size in sizes]
+    # all_gather needs equal shapes: pad to the largest, trim after
+    padded = F.pad(tensor, (0, 0) * (tensor.dim() - 1) + (0, max(sizes) - tensor.shape[0]))
+    if with_grad:
+        gathered = dist_nn.all_gather(padded)
+    else:
+        gathered = [torch.empty_like(padded) for _ in range(world_size)]
+        dist.all_gather(gathered, padded)
+    rows = torch.cat([part[:size] for part, size in zip(gathered, sizes)])
+    return rows, sum(sizes[:rank])
+
+
+def _strict_preferences(judge_scores: Tensor, mask: Tensor) -> Tensor:
+    """``(N, C, C)`` bool, ``[i, k, l]`` true when candidate ``k`` of anchor ``i`` has a strictly higher judge score
+    than candidate ``l`` and both are real candidates."""
+    both_valid = mask.unsqueeze(2) & mask.unsqueeze(1)
+    return (judge_scores.unsqueeze(2) > judge_scores.unsqueeze(1)) & both_valid
+
+
+def _check_rpa_inputs(scores: Tensor, judge_scores: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Validates shapes and returns scores with padding zeroed (so NaN padding cannot leak into the loss) and a
+    boolean mask."""
+    if scores.dim() != 2 or scores.shape != judge_scores.shape:
+        raise ValueError(
+            f"scores and judge_scores must both be (num_anchors, num_candidates), got {tuple(scores.shape)} and "
+            f"{tuple(judge_scores.shape)}"
+        )
+    if mask is None:
+        return scores, torch.ones_like(scores, dtype=torch.bool)
+    if mask.shape != scores.shape or mask.dtype != torch.bool:
+        raise ValueError(
+            f"mask must be a bool tensor of shape {tuple(scores.shape)}, got {mask.dtype} {tuple(mask.shape)}"
+        )
+    return scores.masked_fill(~mask, 0.0), mask
