@@ -1,0 +1,188 @@
+"""Plain metric functions: retrieval recall / MRR, Winoground group scores, modality gap.
+
+These are the single source of truth for every number MAPLE reports. The `evaluate` modules in
+`metrics/` wrap them, and the benchmark runners in `evaluation.protocols` call them, so a metric is
+defined in exactly one place. All accuracies are returned on the paper's 0-100 scale.
+
+Ties are scored pessimistically everywhere: a relevant candidate that ties with an irrelevant one
+does not outrank it (retrieval), and a tied pair is not "preferred" (group scores use a strict
+`>`, as in the Winoground paper). A collapsed model that gives every candidate the same score
+therefore scores 0, never chance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+
+DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
+
+RelevantIndices = Sequence[int | Sequence[int]]
+
+
+def _as_index_lists(relevant: RelevantIndices, num_queries: int, num_candidates: int) -> list[list[int]]:
+    """Normalise `relevant` (one int or a list of ints per query) and check it against the matrix."""
+    if len(relevant) != num_queries:
+        raise ValueError(
+            f"relevant indices: expected one entry per query ({num_queries}), got {len(relevant)}"
+        )
+    lists = []
+    for query, entry in enumerate(relevant):
+        indices = [int(entry)] if isinstance(entry, (int, np.integer)) else [int(i) for i in entry]
+        if not indices:
+            raise ValueError(f"relevant indices: query {query} has no relevant candidate")
+        bad = [i for i in indices if not 0 <= i < num_candidates]
+        if bad:
+            raise ValueError(
+                f"relevant indices: query {query} refers to candidates {bad}, "
+                f"expected indices in [0, {num_candidates})"
+            )
+        lists.append(indices)
+    return lists
+
+
+def relevance_mask(relevant: list[list[int]], num_candidates: int) -> torch.Tensor:
+    """Boolean (Q, C) mask, True where candidate c is relevant to query q."""
+    mask = torch.zeros(len(relevant), num_candidates, dtype=torch.bool)
+    rows = torch.tensor([q for q, indices in enumerate(relevant) for _ in indices], dtype=torch.long)
+    cols = torch.tensor([c for indices in relevant for c in indices], dtype=torch.long)
+    mask[rows, cols] = True
+    return mask
+
+
+def count_outranking(scores: torch.Tensor, best_relevant: torch.Tensor, is_relevant: torch.Tensor) -> torch.Tensor:
+    """Per query, how many irrelevant candidates in this block score at least as high as the best
+    relevant one.
+
+    scores: (Q, C) similarities of a block of candidates; best_relevant: (Q,) the best score among
+    each query's relevant candidates (over the whole corpus); is_relevant: (Q, C) bool.
+    Returns a (Q,) long tensor. Summing it over candidate blocks gives `rank - 1`.
+    """
+    outranks = (scores >= best_relevant[:, None]) & ~is_relevant
+    return outranks.sum(dim=1)
+
+
+def recall_from_ranks(ranks: torch.Tensor, ks: Iterable[int] = DEFAULT_KS) -> dict[str, float]:
+    """Recall@k and mean reciprocal rank from 1-based ranks of the first relevant candidate.
+
+    recall@k = 100 * mean_q [rank_q <= k];  mrr = 100 * mean_q 1 / rank_q.
+    """
+    ranks = ranks.to(torch.float64)
+    result = {f"recall@{k}": 100.0 * (ranks <= k).double().mean().item() for k in ks}
+    result["mrr"] = 100.0 * (1.0 / ranks).mean().item()
+    return result
+
+
+def first_relevant_ranks(similarities: torch.Tensor, relevant: RelevantIndices) -> torch.Tensor:
+    """1-based rank of the best-ranked relevant candidate of each query in a dense score matrix.
+
+    similarities: (Q, C), higher = more similar. relevant: per query, one index or a list of
+    indices into the C candidates (several captions per image). With s* the best relevant score of
+    query q: rank_q = 1 + #{c not relevant : s_qc >= s*} (ties rank the relevant one last).
+    """
+    similarities = torch.as_tensor(similarities)
+    if similarities.ndim != 2:
+        raise ValueError(f"similarities: expected a (queries, candidates) matrix, got shape {tuple(similarities.shape)}")
+    relevant_lists = _as_index_lists(relevant, *similarities.shape)
+    is_relevant = relevance_mask(relevant_lists, similarities.shape[1])
+    best_relevant = similarities.masked_fill(~is_relevant, float("-inf")).amax(dim=1)
+    return 1 + count_outranking(similarities, best_relevant, is_relevant)
+
+
+def retrieval_recall(
+    similarities: torch.Tensor | np.ndarray | Sequence[Sequence[float]],
+    relevant: RelevantIndices,
+    ks: Iterable[int] = DEFAULT_KS,
+) -> dict[str, float]:
+    """Recall@k (for each k in `ks`) and MRR, on a 0-100 scale, of a dense (Q, C) score matrix.
+
+    A query counts as a hit at k when any of its relevant candidates is among its top k (so for
+    image->text on COCO, any of the image's 5 captions). See `first_relevant_ranks` for ties.
+    """
+    ks = tuple(ks)
+    if not ks or any(k < 1 for k in ks):
+        raise ValueError(f"ks: expected positive integers, got {ks}")
+    return recall_from_ranks(first_relevant_ranks(torch.as_tensor(similarities, dtype=torch.float64), relevant), ks)
+
+
+def _quadruple_matrix(quadruple_similarities: torch.Tensor | np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
+    scores = np.asarray(quadruple_similarities, dtype=np.float64)
+    if scores.ndim != 2 or scores.shape[1] != 4:
+        raise ValueError(
+            "quadruple similarities: expected shape (n, 4) = [s(I0,T0), s(I0,T1), s(I1,T0), s(I1,T1)] "
+            f"per quadruple, got shape {scores.shape}"
+        )
+    return scores
+
+
+def group_score_hits(quadruple_similarities) -> dict[str, np.ndarray]:
+    """Per-quadruple Winoground hits (boolean arrays of length n).
+
+    Each row is [s(I0,T0), s(I0,T1), s(I1,T0), s(I1,T1)].
+      text:  s(I0,T0) > s(I0,T1) and s(I1,T1) > s(I1,T0)   (each image prefers its caption)
+      image: s(I0,T0) > s(I1,T0) and s(I1,T1) > s(I0,T1)   (each caption prefers its image)
+      group: text and image.
+    """
+    s00, s01, s10, s11 = _quadruple_matrix(quadruple_similarities).T
+    text = (s00 > s01) & (s11 > s10)
+    image = (s00 > s10) & (s11 > s01)
+    return {"text_score": text, "image_score": image, "group_score": text & image}
+
+
+def group_scores(quadruple_similarities) -> dict[str, float]:
+    """Winoground text, image and group scores (0-100) over quadruples; see `group_score_hits`."""
+    hits = group_score_hits(quadruple_similarities)
+    if len(hits["text_score"]) == 0:
+        raise ValueError("quadruple similarities: got no quadruples")
+    return {name: 100.0 * float(values.mean()) for name, values in hits.items()}
+
+
+def wasserstein_1d(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
+    """1-Wasserstein distance between the empirical distributions of two 1-D samples.
+
+    W(P_A, P_B) = integral |F_A(x) - F_B(x)| dx over the two empirical CDFs; for two samples of
+    equal size n this is (1/n) sum_i |a_(i) - b_(i)| over the sorted samples.
+    """
+    a = np.sort(np.asarray(a, dtype=np.float64).ravel())
+    b = np.sort(np.asarray(b, dtype=np.float64).ravel())
+    if a.size == 0 or b.size == 0:
+        raise ValueError(f"wasserstein_1d: both samples must be non-empty, got sizes {a.size} and {b.size}")
+    support = np.sort(np.concatenate([a, b]))
+    widths = np.diff(support)
+    cdf_a = np.searchsorted(a, support[:-1], side="right") / a.size
+    cdf_b = np.searchsorted(b, support[:-1], side="right") / b.size
+    return float(np.sum(np.abs(cdf_a - cdf_b) * widths))
+
+
+def modality_gap_from_scores(matched, intra_modal, mismatched) -> dict[str, float]:
+    """The paper's modality-gap ratio from three samples of scores.
+
+    w_dist = W(matched image-text scores, text-text scores)   (cross- vs intra-modal)
+    w_disc = W(matched image-text scores, mismatched scores)  (how well pairs are told apart)
+    delta_gap = w_dist / w_disc, lower is better. Values are on the score scale (the paper prints
+    them x100); delta_gap is a ratio and scale-free.
+    """
+    w_dist = wasserstein_1d(matched, intra_modal)
+    w_disc = wasserstein_1d(matched, mismatched)
+    delta_gap = w_dist / w_disc if w_disc > 0 else float("inf")
+    return {"w_dist": w_dist, "w_disc": w_disc, "delta_gap": delta_gap}
+
+
+def modality_gap_from_quadruples(quadruple_similarities, text_text_similarities) -> dict[str, float]:
+    """Modality gap on Winoground-style quadruples.
+
+    quadruple_similarities: (n, 4) rows [s(I0,T0), s(I0,T1), s(I1,T0), s(I1,T1)];
+    text_text_similarities: (n,) s(T0, T1). Matched = s(I0,T0), s(I1,T1); mismatched = s(I0,T1),
+    s(I1,T0); intra-modal = s(T0,T1).
+    """
+    scores = _quadruple_matrix(quadruple_similarities)
+    text_text = np.asarray(text_text_similarities, dtype=np.float64).ravel()
+    if text_text.shape[0] != scores.shape[0]:
+        raise ValueError(
+            f"text-text similarities: expected one per quadruple ({scores.shape[0]}), got {text_text.shape[0]}"
+        )
+    return modality_gap_from_scores(
+        matched=scores[:, [0, 3]], intra_modal=text_text, mismatched=scores[:, [1, 2]]
+    )

@@ -1,0 +1,112 @@
+"""Retrieval over large corpora without materialising the (queries x candidates) score matrix.
+
+Scores are inner products of L2-normalised embeddings (cosine). Both functions walk the score
+matrix in (query_chunk x candidate_chunk) blocks, so peak extra memory is one block,
+query_chunk * candidate_chunk * 4 bytes (64 MiB at the defaults), whatever the corpus size.
+
+- `chunked_topk` keeps a running top-k per query: the k best candidates seen so far are merged
+  with each block's own top-k.
+- `chunked_ranks` gives the exact 1-based rank of each query's first relevant candidate, with the
+  same tie rule as `evaluation.metrics.first_relevant_ranks`, so recall@k for any k and MRR equal
+  the dense computation.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .metrics import DEFAULT_KS, RelevantIndices, _as_index_lists, count_outranking, recall_from_ranks
+
+DEFAULT_QUERY_CHUNK = 1024
+DEFAULT_CANDIDATE_CHUNK = 16384
+
+
+def _check_embeddings(queries: torch.Tensor, candidates: torch.Tensor) -> None:
+    if queries.ndim != 2 or candidates.ndim != 2 or queries.shape[1] != candidates.shape[1]:
+        raise ValueError(
+            "embeddings: expected queries (Q, D) and candidates (C, D) with the same D, "
+            f"got {tuple(queries.shape)} and {tuple(candidates.shape)}"
+        )
+
+
+@torch.no_grad()
+def chunked_topk(
+    queries: torch.Tensor,
+    candidates: torch.Tensor,
+    k: int,
+    query_chunk: int = DEFAULT_QUERY_CHUNK,
+    candidate_chunk: int = DEFAULT_CANDIDATE_CHUNK,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k highest-scoring candidates of every query, scores = queries @ candidates.T.
+
+    queries: (Q, D); candidates: (C, D). Returns (scores, indices), each (Q, min(k, C)), sorted
+    best first; equal to `(queries @ candidates.T).topk(k)` up to the order of exact ties.
+    """
+    _check_embeddings(queries, candidates)
+    k = min(k, candidates.shape[0])
+    all_scores, all_indices = [], []
+    for q_start in range(0, queries.shape[0], query_chunk):
+        query_block = queries[q_start : q_start + query_chunk]
+        best_scores = query_block.new_full((query_block.shape[0], 0), float("-inf"))
+        best_indices = torch.empty((query_block.shape[0], 0), dtype=torch.long, device=queries.device)
+        for c_start in range(0, candidates.shape[0], candidate_chunk):
+            block_scores = query_block @ candidates[c_start : c_start + candidate_chunk].T
+            top = block_scores.topk(min(k, block_scores.shape[1]), dim=1)
+            merged_scores = torch.cat([best_scores, top.values], dim=1)
+            merged_indices = torch.cat([best_indices, top.indices + c_start], dim=1)
+            best_scores, order = merged_scores.topk(min(k, merged_scores.shape[1]), dim=1)
+            best_indices = merged_indices.gather(1, order)
+        all_scores.append(best_scores)
+        all_indices.append(best_indices)
+    return torch.cat(all_scores), torch.cat(all_indices)
+
+
+@torch.no_grad()
+def chunked_ranks(
+    queries: torch.Tensor,
+    candidates: torch.Tensor,
+    relevant: RelevantIndices,
+    query_chunk: int = DEFAULT_QUERY_CHUNK,
+    candidate_chunk: int = DEFAULT_CANDIDATE_CHUNK,
+) -> torch.Tensor:
+    """1-based rank of each query's best relevant candidate, block by block.
+
+    queries: (Q, D); candidates: (C, D); relevant: per query one index or a list of indices into
+    the candidates. rank_q = 1 + #{c not relevant : s_qc >= max_{r relevant} s_qr}. Returns (Q,).
+    """
+    _check_embeddings(queries, candidates)
+    relevant_lists = _as_index_lists(relevant, queries.shape[0], candidates.shape[0])
+    ranks = []
+    for q_start in range(0, queries.shape[0], query_chunk):
+        query_block = queries[q_start : q_start + query_chunk]
+        block_relevant = relevant_lists[q_start : q_start + query_chunk]
+        # Relevant pairs of this query block as (row, candidate) coordinates.
+        rows = torch.tensor([q for q, indices in enumerate(block_relevant) for _ in indices], device=queries.device)
+        cols = torch.tensor([c for indices in block_relevant for c in indices], device=queries.device)
+        # The best relevant score per query, from a GEMM like the blocks below, so exact ties
+        # between a relevant and an irrelevant candidate compare equal.
+        relevant_scores = (query_block @ candidates[cols].T)[rows, torch.arange(len(cols), device=queries.device)]
+        best_relevant = query_block.new_full((query_block.shape[0],), float("-inf"))
+        best_relevant.scatter_reduce_(0, rows, relevant_scores, reduce="amax")
+        outranking = torch.zeros(query_block.shape[0], dtype=torch.long, device=queries.device)
+        for c_start in range(0, candidates.shape[0], candidate_chunk):
+            block_scores = query_block @ candidates[c_start : c_start + candidate_chunk].T
+            is_relevant = torch.zeros_like(block_scores, dtype=torch.bool)
+            in_block = (cols >= c_start) & (cols < c_start + block_scores.shape[1])
+            is_relevant[rows[in_block], cols[in_block] - c_start] = True
+            outranking += count_outranking(block_scores, best_relevant, is_relevant)
+        ranks.append(outranking + 1)
+    return torch.cat(ranks)
+
+
+def chunked_retrieval_recall(
+    queries: torch.Tensor,
+    candidates: torch.Tensor,
+    relevant: RelevantIndices,
+    ks=DEFAULT_KS,
+    query_chunk: int = DEFAULT_QUERY_CHUNK,
+    candidate_chunk: int = DEFAULT_CANDIDATE_CHUNK,
+) -> dict[str, float]:
+    """`evaluation.metrics.retrieval_recall` on embeddings, without the full score matrix."""
+    ranks = chunked_ranks(queries, candidates, relevant, query_chunk, candidate_chunk)
+    return recall_from_ranks(ranks, ks)

@@ -1,0 +1,57 @@
+"""Recall@k and MRR of similarity rows against the indices of the relevant candidates."""
+
+import datasets
+import evaluate
+
+from evaluation.metrics import DEFAULT_KS, retrieval_recall
+
+_DESCRIPTION = """
+Cross-modal retrieval recall. Each prediction is one query's similarity row over all candidates
+(higher = more similar); its reference lists the indices of the relevant candidates (one image
+for text->image, the 5 captions of an image for image->text on COCO). recall@k is the percentage
+(0-100) of queries with a relevant candidate among the k best; mrr is 100 x the mean reciprocal
+rank of the best-ranked relevant candidate. Ties count against the query: a relevant candidate
+that ties with an irrelevant one ranks after it.
+"""
+
+_KWARGS_DESCRIPTION = """
+Args:
+    predictions: list of similarity rows, one per query, each of length num_candidates.
+    references: list of lists of relevant candidate indices, one list per query.
+    ks: the cut-offs k to report (default 1, 5, 10).
+Returns:
+    {"recall@1": float, "recall@5": float, "recall@10": float, "mrr": float}, each in [0, 100].
+Example:
+    >>> recall = evaluate.load("metrics/retrieval_recall")
+    >>> recall.compute(predictions=[[0.9, 0.1], [0.3, 0.8]], references=[[0], [1]], ks=[1])
+    {'recall@1': 100.0, 'mrr': 100.0}
+"""
+
+_CITATION = """
+@inproceedings{maple2025,
+  title = {Guiding Cross-Modal Representations with MLLM Priors via Preference Alignment},
+  booktitle = {Advances in Neural Information Processing Systems},
+  year = {2025},
+  eprint = {2506.06970},
+  archivePrefix = {arXiv}
+}
+"""
+
+
+@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
+class RetrievalRecall(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation=_CITATION,
+            inputs_description=_KWARGS_DESCRIPTION,
+            features=datasets.Features(
+                {
+                    "predictions": datasets.Sequence(datasets.Value("float64")),
+                    "references": datasets.Sequence(datasets.Value("int64")),
+                }
+            ),
+        )
+
+    def _compute(self, predictions, references, ks=DEFAULT_KS):
+        return retrieval_recall(predictions, references, ks=ks)

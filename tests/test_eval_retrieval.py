@@ -1,0 +1,62 @@
+"""Chunked retrieval equals the dense computation, ties and several relevant candidates included."""
+
+import pytest
+import torch
+
+from evaluation.metrics import first_relevant_ranks, retrieval_recall
+from evaluation.retrieval import chunked_ranks, chunked_retrieval_recall, chunked_topk
+
+
+def _normalised(n, d, seed):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(torch.randn(n, d, generator=generator), dim=1)
+
+
+@pytest.mark.parametrize("query_chunk, candidate_chunk", [(7, 5), (64, 1000), (1, 1)])
+def test_chunked_topk_equals_dense(query_chunk, candidate_chunk):
+    queries, candidates = _normalised(23, 16, 0), _normalised(41, 16, 1)
+    scores, indices = chunked_topk(queries, candidates, k=6, query_chunk=query_chunk, candidate_chunk=candidate_chunk)
+    dense = (queries @ candidates.T).topk(6, dim=1)
+    torch.testing.assert_close(scores, dense.values)
+    assert torch.equal(indices, dense.indices)
+
+
+def test_chunked_topk_k_larger_than_corpus():
+    queries, candidates = _normalised(3, 8, 0), _normalised(4, 8, 1)
+    scores, indices = chunked_topk(queries, candidates, k=10, candidate_chunk=3)
+    assert indices.shape == (3, 4)
+    assert torch.equal(indices, (queries @ candidates.T).argsort(dim=1, descending=True))
+
+
+@pytest.mark.parametrize("query_chunk, candidate_chunk", [(5, 7), (3, 2), (100, 100)])
+def test_chunked_ranks_equal_dense_with_several_captions_per_image(query_chunk, candidate_chunk):
+    images, captions = _normalised(12, 16, 2), _normalised(36, 16, 3)
+    captions_of_image = [[3 * i, 3 * i + 1, 3 * i + 2] for i in range(12)]
+    image_of_caption = [c // 3 for c in range(36)]
+    dense = images @ captions.T
+    i2t = chunked_ranks(images, captions, captions_of_image, query_chunk, candidate_chunk)
+    t2i = chunked_ranks(captions, images, image_of_caption, query_chunk, candidate_chunk)
+    assert torch.equal(i2t, first_relevant_ranks(dense, captions_of_image))
+    assert torch.equal(t2i, first_relevant_ranks(dense.T, image_of_caption))
+    assert chunked_retrieval_recall(images, captions, captions_of_image, candidate_chunk=candidate_chunk) == (
+        retrieval_recall(dense, captions_of_image)
+    )
+
+
+def test_chunked_ranks_exact_ties_with_duplicates():
+    # Integer embeddings make every dot product exact, so ties are real ties in any summation order.
+    candidates = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, 0.0]])
+    queries = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 1.0]])
+    relevant = [[1], [2, 3], [0]]
+    # query 0 scores [1, 1, 0, 1, 1]: relevant 1 ties with 0, 3, 4 -> rank 4
+    # query 1 scores [0, 0, 1, 1, 0]: relevant {2, 3} best 1, no irrelevant >= 1 -> rank 1
+    # query 2 scores [2, 2, 1, 3, 2]: relevant 0 = 2; 1, 3, 4 >= 2 -> rank 4
+    expected = torch.tensor([4, 1, 4])
+    for candidate_chunk in (1, 2, 5):
+        assert torch.equal(chunked_ranks(queries, candidates, relevant, query_chunk=2, candidate_chunk=candidate_chunk), expected)
+    assert torch.equal(first_relevant_ranks(queries @ candidates.T, relevant), expected)
+
+
+def test_mismatched_dimensions_are_reported():
+    with pytest.raises(ValueError, match=r"got \(2, 3\) and \(4, 5\)"):
+        chunked_topk(torch.zeros(2, 3), torch.zeros(4, 5), k=1)

@@ -1,0 +1,96 @@
+"""Metric values against hand-computed ones, and the `evaluate` modules against the plain functions."""
+
+import math
+import re
+
+import pytest
+import torch
+
+from evaluation.metrics import (
+    first_relevant_ranks,
+    group_scores,
+    modality_gap_from_quadruples,
+    retrieval_recall,
+    wasserstein_1d,
+)
+
+
+def test_recall_ranks_ties_against_the_query():
+    similarities = [
+        [0.9, 0.1, 0.5],  # relevant 0 is best: rank 1
+        [0.2, 0.2, 0.1],  # relevant 1 ties with candidate 0: rank 2
+        [0.3, 0.8, 0.1],  # relevant 2 is worst: rank 3
+    ]
+    assert first_relevant_ranks(torch.tensor(similarities), [0, 1, 2]).tolist() == [1, 2, 3]
+    result = retrieval_recall(similarities, [0, 1, 2], ks=(1, 2, 3))
+    assert result == pytest.approx(
+        {"recall@1": 100 / 3, "recall@2": 200 / 3, "recall@3": 100.0, "mrr": 100 * (1 + 1 / 2 + 1 / 3) / 3}
+    )
+
+
+def test_recall_with_several_captions_per_image():
+    # images 0, 1; captions 0, 1 describe image 0 and captions 2, 3 describe image 1
+    image_to_text = [[0.1, 0.7, 0.8, 0.2], [0.9, 0.3, 0.2, 0.4]]
+    # image 0: best own caption 0.7, beaten by caption 2 (0.8) -> rank 2
+    # image 1: best own caption 0.4, beaten by caption 0 (0.9) -> rank 2
+    assert retrieval_recall(image_to_text, [[0, 1], [2, 3]], ks=(1, 2)) == pytest.approx(
+        {"recall@1": 0.0, "recall@2": 100.0, "mrr": 50.0}
+    )
+    text_to_image = torch.tensor(image_to_text).T
+    # captions: [0.1, 0.9]->rank 2, [0.7, 0.3]->1, [0.8, 0.2] (own image 1)->2, [0.2, 0.4]->1
+    assert retrieval_recall(text_to_image, [0, 0, 1, 1], ks=(1,)) == pytest.approx({"recall@1": 50.0, "mrr": 75.0})
+
+
+def test_recall_perfect_and_worst():
+    assert retrieval_recall(torch.eye(4), list(range(4))) == {
+        "recall@1": 100.0, "recall@5": 100.0, "recall@10": 100.0, "mrr": 100.0
+    }
+    worst = 1 - torch.eye(4)  # every relevant candidate scores lowest: rank 4
+    assert retrieval_recall(worst, list(range(4)), ks=(1, 3, 4)) == pytest.approx(
+        {"recall@1": 0.0, "recall@3": 0.0, "recall@4": 100.0, "mrr": 25.0}
+    )
+    collapsed = torch.zeros(3, 3)  # all ties: pessimistic, never chance
+    assert retrieval_recall(collapsed, [0, 1, 2], ks=(1,))["recall@1"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "relevant, message",
+    [([0, 1], "one entry per query (3)"), ([0, 1, 5], "query 2 refers to candidates [5]"), ([0, [], 1], "query 1 has no")],
+)
+def test_recall_bad_input_names_the_problem(relevant, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        retrieval_recall(torch.zeros(3, 3), relevant)
+
+
+def test_group_scores_hand_computed():
+    quadruples = [
+        [1.0, 0.0, 0.0, 1.0],  # text, image, group
+        [1.0, 0.0, 2.0, 1.0],  # I1 prefers T0: no text; T0 prefers I1: no image
+        [1.0, 2.0, 0.0, 3.0],  # I0 prefers T1: no text; both captions prefer their image: image
+        [0.5, 0.5, 0.5, 0.5],  # ties are failures
+    ]
+    assert group_scores(quadruples) == {"text_score": 25.0, "image_score": 50.0, "group_score": 25.0}
+    with pytest.raises(ValueError, match=r"expected shape \(n, 4\)"):
+        group_scores([[1.0, 2.0, 3.0]])
+
+
+def test_wasserstein_equal_and_unequal_sizes():
+    assert wasserstein_1d([0.0, 1.0], [3.0, 1.0]) == pytest.approx((1 + 2) / 2)  # sorted pairs (0,1), (1,3)
+    # quantile functions 0 vs (0 below u=1/2, 2 above): mean |difference| = 1
+    assert wasserstein_1d([0.0], [0.0, 2.0]) == pytest.approx(1.0)
+    assert wasserstein_1d([0.2, 0.7], [0.7, 0.2]) == 0.0
+
+
+def test_modality_gap_hand_computed():
+    quadruples = [[0.3, 0.1, 0.2, 0.5], [0.4, 0.2, 0.0, 0.6]]
+    text_text = [0.9, 0.7]
+    # matched {.3,.4,.5,.6} vs text-text {.7,.9}: quantile gaps .4,.3,.4,.3 -> 0.35
+    # matched vs mismatched {0,.1,.2,.2}: sorted gaps .3,.3,.3,.4 -> 0.325
+    result = modality_gap_from_quadruples(quadruples, text_text)
+    assert result == pytest.approx({"w_dist": 0.35, "w_disc": 0.325, "delta_gap": 0.35 / 0.325})
+    with pytest.raises(ValueError, match=r"one per quadruple \(2\), got 1"):
+        modality_gap_from_quadruples(quadruples, [0.9])
+
+
+def test_modality_gap_without_discrimination_is_infinite():
+    assert math.isinf(modality_gap_from_quadruples([[0.5, 0.5, 0.5, 0.5]], [0.9])["delta_gap"])

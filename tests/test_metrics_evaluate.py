@@ -1,0 +1,34 @@
+"""The `evaluate` modules load offline from their folders and return the plain functions' values."""
+
+import pytest
+
+evaluate = pytest.importorskip("evaluate")
+
+from evaluation import load_metric  # noqa: E402
+from metrics import metric_path  # noqa: E402
+
+
+def test_retrieval_recall_module():
+    recall = load_metric("retrieval_recall")
+    result = recall.compute(
+        predictions=[[0.1, 0.7, 0.8, 0.2], [0.9, 0.3, 0.2, 0.4]], references=[[0, 1], [2, 3]], ks=[1, 2]
+    )
+    assert result == pytest.approx({"recall@1": 0.0, "recall@2": 100.0, "mrr": 50.0})
+
+
+def test_group_scores_module_accumulates_batches():
+    scores = evaluate.load(str(metric_path("group_scores")))
+    scores.add_batch(predictions=[[1.0, 0.0, 0.0, 1.0]])
+    scores.add_batch(predictions=[[1.0, 2.0, 0.0, 3.0]])
+    assert scores.compute() == {"text_score": 50.0, "image_score": 100.0, "group_score": 50.0}
+
+
+def test_modality_gap_module():
+    gap = load_metric("modality_gap")
+    result = gap.compute(predictions=[[0.3, 0.1, 0.2, 0.5]], text_text_similarities=[0.9])
+    assert result == pytest.approx({"w_dist": 0.5, "w_disc": 0.25, "delta_gap": 2.0})
+
+
+def test_unknown_metric_name():
+    with pytest.raises(ValueError, match="unknown MAPLE metric 'recall'"):
+        metric_path("recall")
