@@ -1,0 +1,22 @@
+"""MAPLE embedders: `MapleConfig`, `MapleModel`, `MapleProcessor`.
+
+Importing this package registers them with `AutoConfig`, `AutoModel` and `AutoProcessor`, and marks
+them for `register_for_auto_class`, so every saved checkpoint carries the three source files and
+loads with `trust_remote_code=True` where this package is not installed.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoProcessor
+
+from .configuration_maple import MapleConfig
+from .modeling_maple import MapleModel, MapleOutput, MaplePreTrainedModel
+from .processing_maple import MapleProcessor
+
+AutoConfig.register(MapleConfig.model_type, MapleConfig, exist_ok=True)
+AutoModel.register(MapleConfig, MapleModel, exist_ok=True)
+AutoProcessor.register(MapleConfig, MapleProcessor, exist_ok=True)
+
+MapleConfig.register_for_auto_class()
+MapleModel.register_for_auto_class("AutoModel")
+MapleProcessor.register_for_auto_class("AutoProcessor")
+
+__all__ = ["MapleConfig", "MapleModel", "MapleOutput", "MaplePreTrainedModel", "MapleProcessor"]

@@ -1,0 +1,106 @@
+"""MAPLE embedder configuration (arXiv 2506.06970)."""
+
+import math
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig
+from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
+
+BACKBONES = ("mllm", "dual_encoder")
+POOLINGS = {"mllm": ("mean", "last"), "dual_encoder": ("mean", "cls", "pooler")}
+# MLLM families whose image placeholder expansion the processor knows (Qwen2-VL style vision tokens).
+SUPPORTED_MLLMS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+
+
+@strict
+class MapleConfig(PreTrainedConfig):
+    r"""
+    Configuration of a [`MapleModel`]: an image-text embedder trained with MLLM preferences.
+
+    Two backbone families:
+    - `"mllm"`: one multimodal LLM (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) used as a dual encoder; images and
+      texts are wrapped in summarisation prompts and each gives one embedding (paper, section 3.1).
+    - `"dual_encoder"`: a vision tower and a text tower (CLIP/SigLIP towers, or any transformers
+      vision and text encoders such as DINOv2 + BERT) projected into one space.
+
+    mllm_config (`dict` or `PreTrainedConfig`, *optional*):
+        Config of the multimodal LLM (backbone `"mllm"`).
+    vision_config (`dict` or `PreTrainedConfig`, *optional*):
+        Config of the vision tower (backbone `"dual_encoder"`).
+    text_config (`dict` or `PreTrainedConfig`, *optional*):
+        Config of the text tower (backbone `"dual_encoder"`).
+    backbone (`str`, defaults to `"mllm"`):
+        `"mllm"` or `"dual_encoder"`.
+    pooling (`str`, defaults to `"mean"`):
+        How token states become one vector. `"mllm"`: `"mean"` over non-padding tokens (paper) or
+        `"last"` non-padding token. `"dual_encoder"`: `"mean"`, `"cls"` (first token) or `"pooler"`
+        (the tower's own `pooler_output`, as CLIP and SigLIP do).
+    bidirectional (`bool`, defaults to `True`):
+        Replace the MLLM's causal mask with a bidirectional one (paper). Ignored for dual encoders.
+    projection_dim (`int`, *optional*):
+        Size of the shared embedding space. Required for dual encoders (each tower gets a linear
+        projection); for an MLLM, `None` keeps the hidden size and adds no projection.
+    normalize (`bool`, defaults to `True`):
+        L2-normalise embeddings (inferred from the paper's cosine scoring).
+    logit_scale_init_value (`float`, defaults to `log(1/0.07)`):
+        Initial log inverse temperature of the contrastive (InfoNCE) loss.
+    preference_logit_scale_init_value (`float`, defaults to `log(1/0.07)`):
+        Initial log of RPA's beta, the learnable scale of similarities in the preference loss.
+    """
+
+    model_type = "maple"
+    sub_configs_defaults = {
+        "mllm_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2_vl", optional=True),
+        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="clip_vision_model", optional=True),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="bert", optional=True),
+    }
+
+    mllm_config: dict | PreTrainedConfig | None = None
+    vision_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    backbone: str = "mllm"
+    pooling: str = "mean"
+    bidirectional: bool = True
+    projection_dim: int | None = None
+    normalize: bool = True
+    logit_scale_init_value: float = math.log(1 / 0.07)
+    preference_logit_scale_init_value: float = math.log(1 / 0.07)
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        # The embedder shares its special tokens with the backbone's text side, which keeps
+        # `Trainer`'s tokenizer/config alignment a no-op.
+        text_side = self.mllm_config if self.backbone == "mllm" else self.text_config
+        if text_side is not None:
+            text_side = getattr(text_side, "text_config", text_side)
+            for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+                if getattr(self, name, None) is None and getattr(text_side, name, None) is not None:
+                    setattr(self, name, getattr(text_side, name))
+
+    def validate_maple(self):
+        """Part of `@strict` validation: bad values fail at construction with a clear message."""
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"Unknown backbone {self.backbone!r}: expected one of {BACKBONES}.")
+        if self.pooling not in POOLINGS[self.backbone]:
+            raise ValueError(
+                f"Unknown pooling {self.pooling!r} for backbone {self.backbone!r}: "
+                f"expected one of {POOLINGS[self.backbone]}."
+            )
+        if self.backbone == "mllm":
+            if self.mllm_config is None:
+                raise ValueError("backbone='mllm' needs `mllm_config` (e.g. a Qwen2VLConfig).")
+            if self.mllm_config.model_type not in SUPPORTED_MLLMS:
+                raise ValueError(
+                    f"Unsupported MLLM {self.mllm_config.model_type!r}: expected one of {SUPPORTED_MLLMS}."
+                )
+        else:
+            if self.vision_config is None or self.text_config is None:
+                raise ValueError("backbone='dual_encoder' needs both `vision_config` and `text_config`.")
+            if self.projection_dim is None:
+                raise ValueError("backbone='dual_encoder' needs `projection_dim` (the shared embedding size).")
+        if self.projection_dim is not None and self.projection_dim <= 0:
+            raise ValueError(f"`projection_dim` must be positive, got {self.projection_dim}.")
+
+
+__all__ = ["MapleConfig"]

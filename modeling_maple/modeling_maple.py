@@ -1,0 +1,381 @@
+"""MAPLE embedder (arXiv 2506.06970): an MLLM used as a dual encoder, or a two-tower CLIP-style model,
+producing L2-normalised image and text embeddings in one space."""
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_maple import MapleConfig
+
+# Inputs of the image side of an MLLM embedder; the processor prefixes the prompt tokens with
+# `image_` because the text side owns `input_ids`/`attention_mask` in the same batch.
+MLLM_IMAGE_INPUTS = ("pixel_values", "image_grid_thw", "image_input_ids", "image_attention_mask", "image_mm_token_type_ids")
+
+
+@dataclass
+class MapleOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `return_loss=True`):
+        Symmetric InfoNCE loss over the matched (image_i, text_i) pairs of the batch.
+    logits_per_image (`torch.FloatTensor` of shape `(num_images, num_texts)`):
+        `logit_scale.exp() * image_embeds @ text_embeds.T`.
+    logits_per_text (`torch.FloatTensor` of shape `(num_texts, num_images)`):
+        Transpose of `logits_per_image`.
+    text_embeds (`torch.FloatTensor` of shape `(num_texts, embed_dim)`):
+        Text embeddings (L2-normalised when `config.normalize`).
+    image_embeds (`torch.FloatTensor` of shape `(num_images, embed_dim)`):
+        Image embeddings (L2-normalised when `config.normalize`).
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits_per_image: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+
+
+def masked_mean_pool(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of `hidden_states` (B, L, H) over positions where `attention_mask` (B, L) is 1 -> (B, H)."""
+    if attention_mask is None:
+        return hidden_states.mean(dim=1)
+    weights = attention_mask.to(hidden_states.dtype).unsqueeze(-1)
+    return (hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+def last_token_pool(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """State of the last non-padding token of each row (B, L, H) -> (B, H); works for left and right padding."""
+    if attention_mask is None:
+        return hidden_states[:, -1]
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    last_index = (attention_mask.to(torch.long) * positions).argmax(dim=1)
+    return hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), last_index]
+
+
+def clip_contrastive_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE of CLIP (Radford et al., 2021) for a square (N, N) matrix whose diagonal holds the matches."""
+    labels = torch.arange(logits_per_text.shape[0], device=logits_per_text.device)
+    return (F.cross_entropy(logits_per_text, labels) + F.cross_entropy(logits_per_text.t(), labels)) / 2
+
+
+class MaplePreTrainedModel(PreTrainedModel):
+    config: MapleConfig
+    base_model_prefix = "maple"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_attention_backend = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        # Backbones are PreTrainedModels and initialise themselves; only MAPLE's own heads are set here.
+        if isinstance(module, MapleModel):
+            init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+            init.constant_(module.preference_logit_scale, self.config.preference_logit_scale_init_value)
+        elif isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+
+
+class MapleModel(MaplePreTrainedModel):
+    r"""
+    An image-text embedder trained with MLLM preferences (MAPLE, arXiv 2506.06970).
+
+    With `config.backbone == "mllm"` one multimodal LLM embeds both modalities: the processor wraps
+    each input in a summarisation prompt, the causal mask is replaced by a bidirectional one, and the
+    last layer's states are pooled. With `"dual_encoder"` a vision tower and a text tower are pooled
+    and linearly projected into one space. Either way, `forward` embeds any number of texts and
+    images *in one call* (distributed training needs exactly one forward per step).
+
+    Pretrained backbone modules may be passed in (see [`MapleModel.from_backbone`]) so that loading
+    a multi-billion parameter MLLM does not first initialise a random copy.
+    """
+
+    def __init__(
+        self,
+        config: MapleConfig,
+        mllm: PreTrainedModel | None = None,
+        vision_tower: PreTrainedModel | None = None,
+        text_tower: PreTrainedModel | None = None,
+    ):
+        super().__init__(config)
+        if config.backbone == "mllm":
+            self.mllm = mllm if mllm is not None else AutoModel.from_config(config.mllm_config)
+            hidden_size = config.mllm_config.get_text_config().hidden_size
+            if config.bidirectional:
+                self._make_bidirectional()
+            self.projection = (
+                nn.Linear(hidden_size, config.projection_dim, bias=False) if config.projection_dim else None
+            )
+        else:
+            self.vision_tower = vision_tower if vision_tower is not None else AutoModel.from_config(config.vision_config)
+            self.text_tower = text_tower if text_tower is not None else AutoModel.from_config(config.text_config)
+            self.visual_projection = nn.Linear(_hidden_size(config.vision_config), config.projection_dim, bias=False)
+            self.text_projection = nn.Linear(_hidden_size(config.text_config), config.projection_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        self.preference_logit_scale = nn.Parameter(torch.tensor(config.preference_logit_scale_init_value))
+        self.post_init()
+
+    def _make_bidirectional(self) -> None:
+        # Two switches: the language model's mask factory builds a bidirectional (padding-only) mask
+        # when its config says `is_causal=False`, and SDPA falls back to each attention module's own
+        # `is_causal` flag when no mask is materialised (an unpadded batch).
+        language_model = self.mllm.language_model
+        language_model.config.is_causal = False
+        for module in language_model.modules():
+            if hasattr(module, "is_causal"):
+                module.is_causal = False
+
+    # ------------------------------------------------------------------ embeddings
+
+    def _finish(self, pooled: torch.Tensor, projection: nn.Module | None) -> torch.Tensor:
+        embeds = projection(pooled) if projection is not None else pooled
+        return F.normalize(embeds, dim=-1) if self.config.normalize else embeds
+
+    def _pool(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, pooler_output=None):
+        pooling = self.config.pooling
+        if pooling == "mean":
+            return masked_mean_pool(hidden_states, attention_mask)
+        if pooling == "last":
+            return last_token_pool(hidden_states, attention_mask)
+        if pooling == "cls":
+            return hidden_states[:, 0]
+        if pooler_output is None:
+            raise ValueError("pooling='pooler' needs a tower that returns `pooler_output`; use 'mean' or 'cls'.")
+        return pooler_output
+
+    def get_text_features(
+        self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None, **kwargs: Any
+    ) -> torch.FloatTensor:
+        r"""
+        Args:
+            input_ids (`torch.LongTensor` of shape `(num_texts, text_length)`): prompt-wrapped text tokens.
+            attention_mask (`torch.Tensor` of shape `(num_texts, text_length)`): 1 for tokens, 0 for padding.
+
+        Returns:
+            `torch.FloatTensor` of shape `(num_texts, embed_dim)`.
+        """
+        if self.config.backbone == "mllm":
+            hidden_states = self.mllm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+            return self._finish(self._pool(hidden_states, attention_mask), self.projection)
+        outputs = self.text_tower(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        pooled = self._pool(outputs.last_hidden_state, attention_mask, getattr(outputs, "pooler_output", None))
+        return self._finish(pooled, self.text_projection)
+
+    def get_image_features(
+        self,
+        pixel_values: torch.FloatTensor,
+        image_grid_thw: torch.LongTensor | None = None,
+        image_input_ids: torch.LongTensor | None = None,
+        image_attention_mask: torch.Tensor | None = None,
+        image_mm_token_type_ids: torch.IntTensor | None = None,
+    ) -> torch.FloatTensor:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor`): dual encoder: `(num_images, channels, height, width)`;
+                Qwen2-VL family: `(num_patches, patch_dim)`, the processor's flattened patches.
+            image_grid_thw (`torch.LongTensor` of shape `(num_images, 3)`, MLLM only): patch grid per image.
+            image_input_ids (`torch.LongTensor` of shape `(num_images, prompt_length)`, MLLM only):
+                the image prompt with its vision placeholder tokens.
+            image_attention_mask (`torch.Tensor` of shape `(num_images, prompt_length)`, MLLM only).
+            image_mm_token_type_ids (`torch.IntTensor` of shape `(num_images, prompt_length)`, MLLM only):
+                1 at image placeholder positions (needed for multimodal RoPE).
+
+        Returns:
+            `torch.FloatTensor` of shape `(num_images, embed_dim)`.
+        """
+        if self.config.backbone == "mllm":
+            if image_input_ids is None or image_grid_thw is None:
+                raise ValueError(
+                    "An MLLM embedder needs `image_input_ids` and `image_grid_thw` with `pixel_values`: "
+                    "prepare images with MapleProcessor."
+                )
+            hidden_states = self.mllm(
+                input_ids=image_input_ids,
+                attention_mask=image_attention_mask,
+                pixel_values=pixel_values,
+                image_grid_thw=image_grid_thw,
+                mm_token_type_ids=image_mm_token_type_ids,
+                use_cache=False,
+            ).last_hidden_state
+            return self._finish(self._pool(hidden_states, image_attention_mask), self.projection)
+        outputs = self.vision_tower(pixel_values=pixel_values)
+        pooled = self._pool(outputs.last_hidden_state, None, getattr(outputs, "pooler_output", None))
+        return self._finish(pooled, self.visual_projection)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_grid_thw: torch.LongTensor | None = None,
+        image_input_ids: torch.LongTensor | None = None,
+        image_attention_mask: torch.Tensor | None = None,
+        image_mm_token_type_ids: torch.IntTensor | None = None,
+        return_loss: bool | None = None,
+        **kwargs: Any,
+    ) -> MapleOutput:
+        r"""
+        Embeds the texts and the images of a batch in one call. Inputs are those of
+        [`get_text_features`] and [`get_image_features`]; either side may be absent, and the numbers of
+        texts and images may differ (anchors plus preference candidates).
+
+        return_loss (`bool`, *optional*):
+            Return the symmetric InfoNCE loss; needs as many images as texts, matched by index.
+        """
+        if input_ids is None and pixel_values is None:
+            raise ValueError("MapleModel got neither texts (`input_ids`) nor images (`pixel_values`).")
+        text_embeds = self.get_text_features(input_ids, attention_mask) if input_ids is not None else None
+        image_embeds = None
+        if pixel_values is not None:
+            image_embeds = self.get_image_features(
+                pixel_values, image_grid_thw, image_input_ids, image_attention_mask, image_mm_token_type_ids
+            )
+        logits_per_text = logits_per_image = loss = None
+        if text_embeds is not None and image_embeds is not None:
+            logits_per_text = self.logit_scale.exp() * text_embeds @ image_embeds.t()
+            logits_per_image = logits_per_text.t()
+        if return_loss:
+            if logits_per_text is None or logits_per_text.shape[0] != logits_per_text.shape[1]:
+                raise ValueError("return_loss=True needs as many texts as images, matched by index.")
+            loss = clip_contrastive_loss(logits_per_text)
+        return MapleOutput(
+            loss=loss,
+            logits_per_image=logits_per_image,
+            logits_per_text=logits_per_text,
+            text_embeds=text_embeds,
+            image_embeds=image_embeds,
+        )
+
+    @torch.no_grad()
+    def encode(
+        self,
+        processor,
+        texts: list[str] | None = None,
+        images: list | None = None,
+        batch_size: int = 32,
+        show_progress_bar: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Embed lists of texts and/or images (PIL images or image file paths) in batches.
+
+        Returns normalised CPU tensors: `(num_texts, D)` and/or `(num_images, D)`; with both inputs, the
+        tuple `(text_embeds, image_embeds)`.
+        """
+        if texts is None and images is None:
+            raise ValueError("encode() needs `texts`, `images` or both.")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+        from tqdm.auto import tqdm
+
+        was_training = self.training
+        self.eval()
+        results = []
+        for kind, items in (("text", texts), ("images", images)):
+            if items is None:
+                continue
+            chunks = range(0, len(items), batch_size)
+            embeds = []
+            for start in tqdm(chunks, desc=f"Embedding {kind}", disable=not show_progress_bar):
+                chunk = items[start : start + batch_size]
+                batch = processor(text=chunk) if kind == "text" else processor(images=chunk)
+                batch = {key: value.to(self.device) for key, value in batch.items()}
+                outputs = self(**batch)
+                embeds.append((outputs.text_embeds if kind == "text" else outputs.image_embeds).float().cpu())
+            results.append(torch.cat(embeds) if embeds else torch.empty(0, self.embed_dim))
+        self.train(was_training)
+        return results[0] if len(results) == 1 else tuple(results)
+
+    @property
+    def embed_dim(self) -> int:
+        if self.config.projection_dim is not None:
+            return self.config.projection_dim
+        return self.config.mllm_config.get_text_config().hidden_size
+
+    # ------------------------------------------------------------------ construction from backbones
+
+    @classmethod
+    def from_backbone(
+        cls,
+        name_or_path: str,
+        backbone: str = "mllm",
+        text_backbone: str | None = None,
+        **config_overrides: Any,
+    ) -> "MapleModel":
+        """Build a MAPLE embedder around pretrained backbone weights (every backbone tensor is kept as is).
+
+        Args:
+            name_or_path: Hub id or folder of the backbone. `"mllm"`: a Qwen2-VL family checkpoint.
+                `"dual_encoder"`: a two-tower model (CLIP, SigLIP) whose towers and projections are
+                reused, or a vision encoder (e.g. DINOv2) when `text_backbone` is given.
+            backbone: `"mllm"` or `"dual_encoder"`.
+            text_backbone: Hub id or folder of the text encoder (e.g. a BERT) for a dual encoder built
+                from two single-modality models.
+            config_overrides: other [`MapleConfig`] fields (`pooling`, `projection_dim`, ...).
+        """
+        if backbone == "mllm":
+            mllm = AutoModel.from_pretrained(name_or_path)
+            config = MapleConfig(backbone="mllm", mllm_config=mllm.config, **config_overrides)
+            return cls(config, mllm=mllm)
+        if backbone != "dual_encoder":
+            raise ValueError(f"Unknown backbone {backbone!r}: expected 'mllm' or 'dual_encoder'.")
+        if text_backbone is not None:
+            vision_tower = AutoModel.from_pretrained(name_or_path)
+            text_tower = AutoModel.from_pretrained(text_backbone)
+            config_overrides.setdefault("projection_dim", _hidden_size(text_tower.config))
+            config = MapleConfig(
+                backbone="dual_encoder",
+                vision_config=vision_tower.config,
+                text_config=text_tower.config,
+                **config_overrides,
+            )
+            return cls(config, vision_tower=vision_tower, text_tower=text_tower)
+        return cls._from_two_tower(name_or_path, **config_overrides)
+
+    @classmethod
+    def _from_two_tower(cls, name_or_path: str, **config_overrides: Any) -> "MapleModel":
+        # CLIP/SigLIP keep their towers under `vision_model.` / `text_model.`, as their
+        # single-tower classes do, so the towers' state dicts transfer key for key.
+        two_tower = AutoModel.from_pretrained(name_or_path)
+        if getattr(two_tower.config, "vision_config", None) is None or getattr(two_tower.config, "text_config", None) is None:
+            raise ValueError(
+                f"{name_or_path!r} ({two_tower.config.model_type}) is not a two-tower image-text model; "
+                "pass `text_backbone=` to pair a vision encoder with a text encoder."
+            )
+        projection_dim = getattr(two_tower.config, "projection_dim", None) or two_tower.config.text_config.hidden_size
+        config_overrides.setdefault("projection_dim", projection_dim)
+        config_overrides.setdefault("pooling", "pooler")
+        if hasattr(two_tower.config, "logit_scale_init_value"):
+            config_overrides.setdefault("logit_scale_init_value", float(two_tower.logit_scale.detach()))
+        config = MapleConfig(
+            backbone="dual_encoder",
+            vision_config=two_tower.config.vision_config,
+            text_config=two_tower.config.text_config,
+            **config_overrides,
+        )
+        model = cls(config)
+        state = two_tower.state_dict()
+        for tower, prefix in ((model.vision_tower, "vision_model."), (model.text_tower, "text_model.")):
+            tower.load_state_dict({key: value for key, value in state.items() if key.startswith(prefix)})
+        for ours, theirs in ((model.visual_projection, "visual_projection"), (model.text_projection, "text_projection")):
+            source = getattr(two_tower, theirs, None)
+            if isinstance(source, nn.Linear) and source.weight.shape == ours.weight.shape:
+                ours.weight.data.copy_(source.weight.data)
+        return model
+
+
+def _hidden_size(config) -> int:
+    # DINOv2/BERT/CLIP towers call it `hidden_size`; some vision encoders only have `embed_dim`.
+    for name in ("hidden_size", "embed_dim", "projection_dim"):
+        if getattr(config, name, None):
+            return getattr(config, name)
+    raise ValueError(f"Cannot tell the hidden size of a {config.model_type!r} tower.")
+
+
+__all__ = ["MapleModel", "MaplePreTrainedModel", "MapleOutput"]
