@@ -1,0 +1,157 @@
+"""A scene-graph judge and captioner: stand-ins for the MLLMs of the paper in the offline demo.
+
+No image-text model weights can be had offline, so the demo's judge and captioner read the
+ground truth instead of looking at pixels: each image's scene graph is found in the world's
+`SceneRegistry` (keyed by pixel fingerprint, so it survives the preference dataset's parquet
+round trip), and each caption is read back with the world's grammar (`parse_caption`).
+
+They implement the same protocols as `dataset_builders.MLLMJudge` and
+`dataset_builders.ContrastiveCaptioner` (`PreferenceJudge`, `CandidateCaptioner`), so the
+preference builder runs unchanged with either; `maple demo --judge MODEL_ID` swaps in a real
+MLLM judge.
+
+The judge's alpha is graded like an MLLM's P(Yes): a caption with no false claim about the image
+gets a confident Yes, each false claim (a wrong shape, colour, size or count of a mentioned
+object, an object that is not there, a wrong spatial relation) costs `false_claim_penalty` on
+the logit, and each object of the image the caption leaves out costs `omission_penalty`.
+Optional Gaussian noise on the logit mimics an imperfect judge.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from .world import ATTRIBUTES, TEMPLATES, Scene, SceneRegistry, describe, image_fingerprint, parse_caption
+
+
+@dataclass(frozen=True)
+class ClaimCheck:
+    """What is wrong with a caption as a description of an image."""
+
+    false_claims: int  # wrong attributes of mentioned objects, missing objects, a wrong relation
+    omissions: int  # objects of the image the caption does not mention
+
+
+def check_caption(stated: Scene, actual: Scene) -> ClaimCheck:
+    """Count the false claims and omissions of the caption scene `stated` about the image scene
+    `actual`, under the most charitable reading: the matching of mentioned objects to drawn
+    objects with the fewest false claims (ties go to the matching that keeps their order)."""
+    best: tuple[int, int] | None = None  # (false claims, 0 if order kept else 1)
+    n_stated, n_actual = len(stated.groups), len(actual.groups)
+    for targets in itertools.permutations(range(n_actual), min(n_stated, n_actual)):
+        false_claims = n_stated - len(targets)  # mentioned objects with nothing left to match
+        for stated_group, index in zip(stated.groups, targets):
+            actual_group = actual.groups[index]
+            false_claims += sum(getattr(stated_group, a) != getattr(actual_group, a) for a in ATTRIBUTES)
+        order_kept = list(targets) == sorted(targets)
+        if n_stated == 2:
+            relation_holds = len(targets) == 2 and order_kept and stated.layout == actual.layout
+            false_claims += not relation_holds
+        candidate = (false_claims, 0 if order_kept else 1)
+        if best is None or candidate < best:
+            best = candidate
+    assert best is not None  # permutations() always yields at least the empty matching
+    return ClaimCheck(false_claims=best[0], omissions=max(0, n_actual - n_stated))
+
+
+@dataclass
+class SceneGraphJudge:
+    """`PreferenceJudge` that scores a caption against an image's scene graph (an MLLM stand-in).
+
+    alpha = sigmoid(yes_logit - false_claim_penalty * false claims - omission_penalty * omissions
+    + noise). A text outside the world's grammar states nothing checkable and gets
+    sigmoid(-yes_logit), a confident No. The noise is a fixed function of (seed, image, text), so
+    scores are reproducible.
+    """
+
+    registry: SceneRegistry
+    yes_logit: float = 2.5
+    false_claim_penalty: float = 3.0
+    omission_penalty: float = 1.5
+    noise: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.false_claim_penalty <= 0 or self.omission_penalty < 0:
+            raise ValueError("false_claim_penalty must be > 0 and omission_penalty >= 0")
+        if self.noise < 0:
+            raise ValueError(f"noise is a standard deviation and must be >= 0, got {self.noise}")
+
+    def alpha(self, image: Image.Image, text: str) -> float:
+        """P(Yes) for 'Does the image align with the text?'."""
+        stated = parse_caption(text)
+        if stated is None:
+            logit = -self.yes_logit
+        else:
+            check = check_caption(stated, self.registry.scene_of(image))
+            logit = (
+                self.yes_logit
+                - self.false_claim_penalty * check.false_claims
+                - self.omission_penalty * check.omissions
+            )
+        if self.noise:
+            logit += random.Random(f"{self.seed}/{image_fingerprint(image)}/{text}").gauss(0.0, self.noise)
+        return 1.0 / (1.0 + math.exp(-logit))
+
+    def score(
+        self, images: list[Image.Image], texts: list[list[str]], *, reuse_prefix: bool = True
+    ) -> list[torch.Tensor]:
+        """alpha(images[i], texts[i][j]); one tensor per image (img2txt). `reuse_prefix` is
+        accepted for protocol compatibility: there is no prefix to reuse here."""
+        if len(images) != len(texts):
+            raise ValueError(f"score() needs one list of texts per image, got {len(images)} images and {len(texts)} lists")
+        return [
+            torch.tensor([self.alpha(image, text) for text in candidates], dtype=torch.float32)
+            for image, candidates in zip(images, texts)
+        ]
+
+    def score_images(self, texts: list[str], images: list[list[Image.Image]]) -> list[torch.Tensor]:
+        """alpha(images[i][j], texts[i]); one tensor per text (txt2img)."""
+        if len(images) != len(texts):
+            raise ValueError(f"score_images() needs one list of images per text, got {len(texts)} texts and {len(images)} lists")
+        return [
+            torch.tensor([self.alpha(image, text) for image in candidates], dtype=torch.float32)
+            for text, candidates in zip(texts, images)
+        ]
+
+
+@dataclass
+class SceneGraphCaptioner:
+    """`CandidateCaptioner` that writes captions of an anchor and its hard negative from their
+    scene graphs (an MLLM stand-in).
+
+    Each sample writes both captions with the same template, so where the layouts agree the two
+    captions differ exactly where the scenes differ: the stress on differences the paper asks
+    its MLLM captioner for. `n_samples` plays the role of the paper's repeated sampling; each
+    sample uses another template.
+    """
+
+    registry: SceneRegistry
+    n_samples: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.n_samples, int) or self.n_samples < 1:
+            raise ValueError(f"n_samples must be a positive integer, got {self.n_samples!r}")
+
+    def caption(self, anchors: list[Image.Image], negatives: list[Image.Image]) -> list[list[str]]:
+        """Per (anchor, negative) pair: [anchor caption, negative caption] for each sample."""
+        if len(anchors) != len(negatives):
+            raise ValueError(f"caption() needs one negative per anchor, got {len(anchors)} and {len(negatives)}")
+        captions = []
+        for anchor, negative in zip(anchors, negatives):
+            anchor_scene, negative_scene = self.registry.scene_of(anchor), self.registry.scene_of(negative)
+            rng = random.Random(f"{self.seed}/{image_fingerprint(anchor)}/{image_fingerprint(negative)}")
+            first = rng.randrange(len(TEMPLATES["horizontal"]))
+            pair_captions = []
+            for sample in range(self.n_samples):
+                template_index = first + sample
+                pair_captions += [describe(anchor_scene, template_index), describe(negative_scene, template_index)]
+            captions.append(pair_captions)
+        return captions
