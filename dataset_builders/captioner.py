@@ -1,0 +1,140 @@
+"""Contrastive captioning: an MLLM sees an anchor and one of its hard negatives and writes captions
+that make their differences explicit (paper: Qwen2.5-VL-72B, temperature 0.7, 3 samples).
+
+These captions are the hard text candidates of the anchor: each is close to the anchor's own
+caption but names details that hold for one image and not the other.
+"""
+
+from __future__ import annotations
+
+import re
+
+import PIL.Image
+import torch
+
+from .vlm_inputs import QwenVLPromptEncoder, check_supported
+
+DEFAULT_CAPTION_PROMPT = (
+    "The first image is the anchor; the second is a similar but different image. "
+    "Write one caption for each image that makes their visual differences clear. "
+    "Answer in exactly two lines:\n"
+    "Image 1: <caption of the first image>\n"
+    "Image 2: <caption of the second image>"
+)
+"""The paper does not publish its captioning prompt; this one asks for what the paper describes."""
+
+_LABELLED_LINE = re.compile(r"^\s*(?:\*\*)?(?:image|caption)\s*\d+\s*(?:\*\*)?\s*[:.\-)]\s*(?:\*\*)?\s*(.+?)\s*$", re.I)
+
+
+def parse_captions(generated: str) -> list[str]:
+    """Captions in one generated answer: the text of every "Image N: ..." line, or, when the model
+    ignored the format, the whole answer as one caption. Empty answers give no caption."""
+    labelled = [match.group(1) for line in generated.splitlines() if (match := _LABELLED_LINE.match(line))]
+    if labelled:
+        return [caption for caption in labelled if caption]
+    stripped = " ".join(generated.split())
+    return [stripped] if stripped else []
+
+
+class ContrastiveCaptioner:
+    """Writes difference-stressing captions with a Qwen2-VL / Qwen2.5-VL model.
+
+    Implements `CandidateCaptioner`: `caption(anchors, negatives)` returns, per pair, the distinct
+    captions parsed from `num_samples` sampled answers (order of first appearance).
+
+    Args:
+        model, tokenizer, image_processor: the captioning MLLM and its own preprocessors.
+        prompt: the instruction shown after the two images.
+        temperature, num_samples: sampling settings (paper: 0.7 and 3).
+        max_new_tokens: answer length cap.
+        batch_size: prompts per `generate` call (each sample of a pair is one prompt).
+        chat_template: overrides the tokenizer's chat template.
+        name: how the captioner is named in dataset cards.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        image_processor,
+        *,
+        prompt: str = DEFAULT_CAPTION_PROMPT,
+        temperature: float = 0.7,
+        num_samples: int = 3,
+        max_new_tokens: int = 96,
+        batch_size: int = 4,
+        chat_template: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        check_supported(model.config)
+        if temperature <= 0 or num_samples < 1:
+            raise ValueError("temperature must be positive and num_samples at least 1")
+        self.model = model.eval()
+        self.prompt = prompt
+        self.temperature = temperature
+        self.num_samples = num_samples
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.name = name or model.config.name_or_path or type(model).__name__
+        self.prompt_encoder = QwenVLPromptEncoder(tokenizer, image_processor, chat_template=chat_template)
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": prompt}]}]
+        self._rendered_prompt = self.prompt_encoder.render(messages, add_generation_prompt=True)
+        end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self._stop_ids = [token for token in (end_of_turn, tokenizer.eos_token_id) if token is not None]
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_id_or_path: str,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | str = "auto",
+        image_processor_kwargs: dict | None = None,
+        **captioner_kwargs,
+    ) -> ContrastiveCaptioner:
+        """Load a captioner by Hub id or local path, e.g. "Qwen/Qwen2.5-VL-72B-Instruct"."""
+        from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+
+        check_supported(AutoConfig.from_pretrained(model_id_or_path))
+        model = AutoModelForImageTextToText.from_pretrained(model_id_or_path, dtype=dtype).to(device)
+        tokenizer = AutoTokenizer.from_pretrained(model_id_or_path)
+        image_processor = AutoImageProcessor.from_pretrained(model_id_or_path, **(image_processor_kwargs or {}))
+        return cls(model, tokenizer, image_processor, name=model_id_or_path, **captioner_kwargs)
+
+    @torch.inference_mode()
+    def caption(self, anchors: list[PIL.Image.Image], negatives: list[PIL.Image.Image]) -> list[list[str]]:
+        """Per (anchor, negative) pair, the distinct captions of `num_samples` sampled answers.
+
+        Sampling draws from torch's global generator: seed it for reproducible captions."""
+        if len(anchors) != len(negatives):
+            raise ValueError(f"{len(anchors)} anchors but {len(negatives)} negatives")
+        # Every sample is its own prompt, so batches mix pairs and samples freely.
+        prompts = [(pair, anchor, negative) for pair, (anchor, negative) in enumerate(zip(anchors, negatives))]
+        prompts = [prompt for prompt in prompts for _ in range(self.num_samples)]
+        captions: list[list[str]] = [[] for _ in anchors]
+        for start in range(0, len(prompts), self.batch_size):
+            batch = prompts[start : start + self.batch_size]
+            for (pair, _, _), answer in zip(batch, self._generate([(anchor, negative) for _, anchor, negative in batch])):
+                captions[pair] += [caption for caption in parse_captions(answer) if caption not in captions[pair]]
+        return captions
+
+    def _generate(self, pairs: list[tuple[PIL.Image.Image, PIL.Image.Image]]) -> list[str]:
+        """One sampled answer per (anchor, negative) prompt."""
+        encoded = self.prompt_encoder.encode_images([image for pair in pairs for image in pair])
+        sequences = [
+            self.prompt_encoder.tokenize(self._rendered_prompt, encoded.num_tokens[2 * row : 2 * row + 2])
+            for row in range(len(pairs))
+        ]
+        inputs = self.prompt_encoder.model_inputs(sequences, encoded, padding_side="left")
+        inputs = {key: value.to(self.model.device) for key, value in inputs.items()}
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        generated = self.model.generate(
+            **inputs,
+            do_sample=True,
+            temperature=self.temperature,
+            max_new_tokens=self.max_new_tokens,
+            eos_token_id=self._stop_ids,
+            pad_token_id=self.prompt_encoder.tokenizer.pad_token_id,
+        )
+        answers = generated[:, inputs["input_ids"].shape[1] :]
+        return self.prompt_encoder.tokenizer.batch_decode(answers, skip_special_tokens=True)

@@ -1,0 +1,39 @@
+"""The two roles the preference builder needs filled: a judge that scores image-text fit and a
+captioner that writes candidate texts. `MLLMJudge` and `ContrastiveCaptioner` fill them with real
+MLLMs; anything else with these methods (the demo's scene-graph judge, a test double) works too.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import PIL.Image
+import torch
+
+
+@runtime_checkable
+class PreferenceJudge(Protocol):
+    """Scores how well an image and a text align, as alpha in [0, 1]."""
+
+    def score(
+        self, images: list[PIL.Image.Image], texts: list[list[str]], *, reuse_prefix: bool = True
+    ) -> list[torch.Tensor]:
+        """alpha(images[i], texts[i][j]) in [0, 1]; one float tensor of shape (len(texts[i]),) per
+        image (img2txt)."""
+        ...
+
+    def score_images(self, texts: list[str], images: list[list[PIL.Image.Image]]) -> list[torch.Tensor]:
+        """alpha(images[i][j], texts[i]); one float tensor of shape (len(images[i]),) per text
+        (txt2img)."""
+        ...
+
+
+@runtime_checkable
+class CandidateCaptioner(Protocol):
+    """Writes candidate captions for an anchor image, guided by one of its hard negatives."""
+
+    def caption(self, anchors: list[PIL.Image.Image], negatives: list[PIL.Image.Image]) -> list[list[str]]:
+        """For each (anchor, hard negative) pair, captions that stress their visual differences;
+        returns, per pair, the generated candidate texts (captions of the anchor and of the
+        negative)."""
+        ...

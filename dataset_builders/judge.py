@@ -1,0 +1,255 @@
+"""The MLLM judge: alpha = P(Yes) / (P(Yes) + P(No)) for "does the image align with the text?".
+
+All candidate texts of one anchor share the image part of the prompt, and with a 7B judge that
+part (hundreds of vision tokens) costs far more than the ~30 text tokens after it. With
+`reuse_prefix=True` the judge runs the prefix (chat header + image) once per anchor, keeps its KV
+cache, and runs all candidate suffixes as one batch against the cache expanded to the batch size.
+Both paths feed the model the same token ids at the same positions, so they agree up to float
+rounding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import PIL.Image
+import torch
+from transformers import DynamicCache
+
+from .vlm_inputs import EncodedImages, QwenVLPromptEncoder, check_supported
+
+DEFAULT_JUDGE_PROMPT = 'Does the image align with the text "{text}"? Answer Yes or No.'
+"""The paper's judge question; the image comes first, as `<image>` does in the paper."""
+
+
+def answer_token_id(prompt_encoder: QwenVLPromptEncoder, word: str) -> int:
+    """The token the model would emit first when answering `word` in its chat format.
+
+    Tokenizers differ on whether the answer starts a word ("Yes") or continues one (" Yes", as
+    after "ASSISTANT:" in LLaVA-style templates). Rendering a conversation that ends in the answer
+    and reading the token right after the generation prompt gives the spelling the model was
+    trained to produce. If that token is only a fragment of `word`, the single-token spellings
+    "Yes" / " Yes" are tried; if neither exists the judge cannot score and a ValueError says so.
+    """
+    tokenizer = prompt_encoder.tokenizer
+    question = [{"role": "user", "content": [{"type": "text", "text": "?"}]}]
+    prompt = prompt_encoder.render(question, add_generation_prompt=True)
+    answered = prompt_encoder.render(question + [{"role": "assistant", "content": word}], add_generation_prompt=False)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    answered_ids = tokenizer(answered, add_special_tokens=False)["input_ids"]
+    if answered_ids[: len(prompt_ids)] == prompt_ids and len(answered_ids) > len(prompt_ids):
+        candidate = answered_ids[len(prompt_ids)]
+        if tokenizer.decode([candidate]).strip() == word:
+            return candidate
+    for spelling in (word, " " + word):
+        ids = tokenizer(spelling, add_special_tokens=False)["input_ids"]
+        if len(ids) == 1:
+            return ids[0]
+    raise ValueError(
+        f"the judge's tokenizer has no single token for {word!r} (nor {' ' + word!r}); "
+        "alpha needs the next-token logits of one 'Yes' and one 'No' token"
+    )
+
+
+class MLLMJudge:
+    """Scores image-text alignment with a frozen Qwen2-VL / Qwen2.5-VL model (the paper's judge).
+
+    Implements `PreferenceJudge`. Build it with `from_pretrained`, or from a loaded model, tokenizer
+    and image processor.
+
+    Args:
+        model: an image-text-to-text model of a supported family (`vlm_inputs.SUPPORTED_MODEL_TYPES`).
+        tokenizer, image_processor: the model's own.
+        prompt: the question, with `{text}` where the candidate text goes.
+        batch_size: (image, text) pairs per forward pass.
+        chat_template: overrides the tokenizer's chat template.
+        name: how the judge is named in dataset cards; defaults to the model's `name_or_path`.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        image_processor,
+        *,
+        prompt: str = DEFAULT_JUDGE_PROMPT,
+        batch_size: int = 8,
+        chat_template: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        check_supported(model.config)
+        if "{text}" not in prompt:
+            raise ValueError("the judge prompt needs a '{text}' field for the candidate text")
+        self.model = model.eval()
+        self.prompt = prompt
+        self.batch_size = batch_size
+        self.name = name or model.config.name_or_path or type(model).__name__
+        self.prompt_encoder = QwenVLPromptEncoder(tokenizer, image_processor, chat_template=chat_template)
+        self.yes_id = answer_token_id(self.prompt_encoder, "Yes")
+        self.no_id = answer_token_id(self.prompt_encoder, "No")
+        self._prefix_text, self._suffix_template = self._split_prompt()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_id_or_path: str,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | str = "auto",
+        image_processor_kwargs: dict | None = None,
+        **judge_kwargs,
+    ) -> MLLMJudge:
+        """Load a judge by Hub id or local path, e.g. "Qwen/Qwen2-VL-7B-Instruct".
+
+        `image_processor_kwargs` (e.g. `{"max_pixels": 384 * 384}`) go to the image processor;
+        `judge_kwargs` to the constructor.
+        """
+        from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+
+        check_supported(AutoConfig.from_pretrained(model_id_or_path))
+        model = AutoModelForImageTextToText.from_pretrained(model_id_or_path, dtype=dtype).to(device)
+        tokenizer = AutoTokenizer.from_pretrained(model_id_or_path)
+        image_processor = AutoImageProcessor.from_pretrained(model_id_or_path, **(image_processor_kwargs or {}))
+        return cls(model, tokenizer, image_processor, name=model_id_or_path, **judge_kwargs)
+
+    def _split_prompt(self) -> tuple[str, str]:
+        """The rendered prompt cut right after the image placeholder: (prefix, suffix template).
+
+        Special tokens are never merged with their neighbours, so tokenising the two halves apart
+        gives the same ids as tokenising the whole; cutting inside the question instead (say after
+        the opening quote) would change how the candidate text's first word is tokenised.
+        """
+        marker = "\x00TEXT\x00"
+        messages = [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.prompt.replace("{text}", marker)}]}
+        ]
+        rendered = self.prompt_encoder.render(messages, add_generation_prompt=True)
+        cut = rendered.index(self.prompt_encoder.image_token) + len(self.prompt_encoder.image_token)
+        prefix, suffix = rendered[:cut], rendered[cut:]
+        if marker not in suffix:
+            raise ValueError("the chat template must place the image before the question")
+        return prefix, suffix.replace("{", "{{").replace("}", "}}").replace(marker, "{text}")
+
+    def _suffix_ids(self, text: str) -> list[int]:
+        return self.prompt_encoder.tokenize(self._suffix_template.format(text=text))
+
+    def _alphas(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """(batch, hidden) last-position states -> (batch,) float32 alphas."""
+        logits = self.model.get_output_embeddings()(hidden_states).float()
+        return torch.softmax(logits[:, [self.yes_id, self.no_id]], dim=-1)[:, 0]
+
+    @staticmethod
+    def _last_states(hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(batch, seq, hidden) right-padded -> (batch, hidden) at each row's last real token."""
+        last = attention_mask.sum(dim=1) - 1
+        return hidden_states[torch.arange(hidden_states.shape[0]), last]
+
+    @torch.inference_mode()
+    def score(
+        self, images: list[PIL.Image.Image], texts: list[list[str]], *, reuse_prefix: bool = True
+    ) -> list[torch.Tensor]:
+        """alpha(images[i], texts[i][j]); one (len(texts[i]),) float32 CPU tensor per image."""
+        if len(images) != len(texts):
+            raise ValueError(f"{len(images)} images but {len(texts)} lists of texts")
+        if not reuse_prefix:
+            pairs = [(image, text) for image, candidates in zip(images, texts) for text in candidates]
+            flat = self._score_pairs(pairs)
+            return list(flat.split([len(candidates) for candidates in texts]))
+        return [self._score_with_shared_prefix(image, candidates) for image, candidates in zip(images, texts)]
+
+    @torch.inference_mode()
+    def score_images(self, texts: list[str], images: list[list[PIL.Image.Image]]) -> list[torch.Tensor]:
+        """alpha(images[i][j], texts[i]); one (len(images[i]),) float32 CPU tensor per text.
+
+        The image comes first in the prompt, so candidates share no prefix: this is the per-pair path.
+        """
+        if len(images) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(images)} lists of images")
+        pairs = [(image, text) for text, candidates in zip(texts, images) for image in candidates]
+        return list(self._score_pairs(pairs).split([len(candidates) for candidates in images]))
+
+    def _score_pairs(self, pairs: Sequence[tuple[PIL.Image.Image, str]]) -> torch.Tensor:
+        """(len(pairs),) alphas, each pair run as one full prompt, `batch_size` pairs per forward."""
+        alphas = []
+        for start in range(0, len(pairs), self.batch_size):
+            batch = pairs[start : start + self.batch_size]
+            encoded = self.prompt_encoder.encode_images([image for image, _ in batch])
+            sequences = [
+                self.prompt_encoder.tokenize(self._prefix_text, [num_tokens]) + self._suffix_ids(text)
+                for (_, text), num_tokens in zip(batch, encoded.num_tokens)
+            ]
+            inputs = self._to_device(self.prompt_encoder.model_inputs(sequences, encoded, padding_side="right"))
+            outputs = self.model.model(**inputs, use_cache=False)
+            alphas.append(self._alphas(self._last_states(outputs.last_hidden_state, inputs["attention_mask"])))
+        return torch.cat(alphas).cpu() if alphas else torch.empty(0)
+
+    def _score_with_shared_prefix(self, image: PIL.Image.Image, texts: Sequence[str]) -> torch.Tensor:
+        """(len(texts),) alphas: one prefix forward for `image`, then the suffixes in batches."""
+        if not texts:
+            return torch.empty(0)
+        encoded: EncodedImages = self.prompt_encoder.encode_images([image])
+        prefix_ids = [self.prompt_encoder.tokenize(self._prefix_text, encoded.num_tokens)]
+        prefix = self._to_device(self.prompt_encoder.model_inputs(prefix_ids, encoded, padding_side="right"))
+        prefix_positions, rope_delta = self.model.model.get_rope_index(
+            prefix["input_ids"], mm_token_type_ids=prefix["mm_token_type_ids"], image_grid_thw=prefix["image_grid_thw"]
+        )
+        prefix_output = self.model.model(**prefix, position_ids=prefix_positions, use_cache=True)
+        prefix_cache = prefix_output.past_key_values
+        prefix_length = prefix["input_ids"].shape[1]
+
+        alphas = []
+        for start in range(0, len(texts), self.batch_size):
+            suffixes = [self._suffix_ids(text) for text in texts[start : start + self.batch_size]]
+            suffix_ids, suffix_mask = self.prompt_encoder.pad(suffixes, padding_side="right")
+            suffix_ids, suffix_mask = suffix_ids.to(self.model.device), suffix_mask.to(self.model.device)
+            batch, length = suffix_ids.shape
+            # Text after the image continues the 1-D position count, shifted by the image's M-RoPE delta.
+            positions = (torch.arange(prefix_length, prefix_length + length, device=suffix_ids.device) + rope_delta)
+            positions = positions.view(1, 1, length).expand(3, batch, length)
+            # Expanded views: the cache concatenates new keys onto them and never writes in place.
+            cache = DynamicCache(
+                ddp_cache_data=[
+                    (layer.keys.expand(batch, -1, -1, -1), layer.values.expand(batch, -1, -1, -1))
+                    for layer in prefix_cache.layers
+                ]
+            )
+            attention_mask = torch.cat([suffix_mask.new_ones(batch, prefix_length), suffix_mask], dim=1)
+            outputs = self.model.model(
+                input_ids=suffix_ids,
+                attention_mask=attention_mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+            )
+            alphas.append(self._alphas(self._last_states(outputs.last_hidden_state, suffix_mask)))
+        return torch.cat(alphas).cpu()
+
+    def _to_device(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        moved = {key: value.to(self.model.device) for key, value in inputs.items()}
+        moved["pixel_values"] = moved["pixel_values"].to(self.model.dtype)
+        return moved
+
+
+class JudgeEnsemble:
+    """Mean alpha of several judges: averaging different models dampens one model's biases.
+
+    Implements `PreferenceJudge`; members may be any `PreferenceJudge`s.
+    """
+
+    def __init__(self, judges: Sequence, *, name: str | None = None) -> None:
+        if not judges:
+            raise ValueError("a judge ensemble needs at least one judge")
+        self.judges = list(judges)
+        self.name = name or " + ".join(getattr(judge, "name", type(judge).__name__) for judge in self.judges)
+
+    def score(
+        self, images: list[PIL.Image.Image], texts: list[list[str]], *, reuse_prefix: bool = True
+    ) -> list[torch.Tensor]:
+        """Per image, the mean over judges of alpha(images[i], texts[i][j])."""
+        per_judge = [judge.score(images, texts, reuse_prefix=reuse_prefix) for judge in self.judges]
+        return [torch.stack(scores).mean(dim=0) for scores in zip(*per_judge)]
+
+    def score_images(self, texts: list[str], images: list[list[PIL.Image.Image]]) -> list[torch.Tensor]:
+        """Per text, the mean over judges of alpha(images[i][j], texts[i])."""
+        per_judge = [judge.score_images(texts, images) for judge in self.judges]
+        return [torch.stack(scores).mean(dim=0) for scores in zip(*per_judge)]

@@ -1,0 +1,263 @@
+"""Hard-negative mining: each image's nearest other images under an image encoder.
+
+The paper takes an anchor's top-K DINOv2 neighbours (cosine) as its hard-negative images, after
+de-duplicating the corpus with SemDeDup. Both steps are exact and run in fixed-size blocks, so
+memory stays bounded at any corpus size: the search never holds more than one
+(query_chunk_size, key_chunk_size) similarity block plus a (query_chunk_size, k) running top-k.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import PIL.Image
+import torch
+
+ImageEncoder = Callable[[Sequence[PIL.Image.Image]], torch.Tensor]
+"""Maps a batch of images to their embeddings, a float tensor of shape (batch, dim)."""
+
+DEFAULT_DUPLICATE_THRESHOLD = 1.0 - 1e-5
+"""Cosine at or above which two embeddings count as the same image. Identical images embed to
+cosine 1 up to float32 rounding (about 1e-6); genuinely different images sit far below."""
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """Top-k neighbours of every query, best first.
+
+    indices: (num_queries, k) int64 row indices into the searched embeddings, -1 where fewer than k
+        eligible neighbours exist.
+    scores: (num_queries, k) float32 cosine similarities, -inf where `indices` is -1.
+    """
+
+    indices: torch.Tensor
+    scores: torch.Tensor
+
+
+def _block_similarities(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """(q, d) x (c, d) -> (q, c) dot products. The only place the search allocates a similarity
+    block, so its size bound can be checked directly."""
+    return queries @ keys.T
+
+
+def top_k_neighbours(
+    embeddings: torch.Tensor,
+    k: int,
+    *,
+    query_chunk_size: int = 1024,
+    key_chunk_size: int = 8192,
+    duplicate_threshold: float = DEFAULT_DUPLICATE_THRESHOLD,
+) -> Neighbours:
+    """Exact top-k cosine neighbours of every row of `embeddings` among the other rows.
+
+    A row never lists itself, nor any row whose cosine to it reaches `duplicate_threshold` (exact
+    duplicates would be useless hard negatives: the judge cannot tell them apart).
+
+    Args:
+        embeddings: (N, D) float tensor; normalised here, so any scale is fine.
+        k: neighbours per row.
+        query_chunk_size, key_chunk_size: block shape; peak extra memory is about
+            query_chunk_size * (key_chunk_size + k) floats.
+        duplicate_threshold: cosine at or above which a row counts as a duplicate.
+    """
+    if embeddings.ndim != 2:
+        raise ValueError(f"embeddings must be (N, D), got shape {tuple(embeddings.shape)}")
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    if query_chunk_size < 1 or key_chunk_size < 1:
+        raise ValueError("chunk sizes must be positive")
+    normalised = torch.nn.functional.normalize(embeddings.float(), dim=-1)
+    num_rows = normalised.shape[0]
+    all_indices = torch.full((num_rows, k), -1, dtype=torch.long)
+    all_scores = torch.full((num_rows, k), float("-inf"))
+    for query_start in range(0, num_rows, query_chunk_size):
+        queries = normalised[query_start : query_start + query_chunk_size]
+        query_rows = torch.arange(query_start, query_start + queries.shape[0]).unsqueeze(1)
+        best_scores = torch.full((queries.shape[0], k), float("-inf"))
+        best_indices = torch.full((queries.shape[0], k), -1, dtype=torch.long)
+        for key_start in range(0, num_rows, key_chunk_size):
+            keys = normalised[key_start : key_start + key_chunk_size]
+            key_rows = torch.arange(key_start, key_start + keys.shape[0]).unsqueeze(0)
+            similarities = _block_similarities(queries, keys)
+            excluded = (query_rows == key_rows) | (similarities >= duplicate_threshold)
+            similarities.masked_fill_(excluded, float("-inf"))
+            merged_scores = torch.cat([best_scores, similarities], dim=1)
+            merged_indices = torch.cat([best_indices, key_rows.expand(queries.shape[0], -1)], dim=1)
+            best_scores, positions = merged_scores.topk(min(k, merged_scores.shape[1]), dim=1)
+            best_indices = merged_indices.gather(1, positions)
+        best_indices[best_scores == float("-inf")] = -1
+        all_scores[query_start : query_start + queries.shape[0]] = best_scores
+        all_indices[query_start : query_start + queries.shape[0]] = best_indices
+    return Neighbours(indices=all_indices, scores=all_scores)
+
+
+@dataclass(frozen=True)
+class DedupResult:
+    """Outcome of SemDeDup.
+
+    kept: (num_kept,) int64 indices of the rows that survive, ascending.
+    removed: {removed row: the row it duplicates} for every dropped row.
+    """
+
+    kept: torch.Tensor
+    removed: dict[int, int]
+
+
+def spherical_kmeans(
+    embeddings: torch.Tensor, num_clusters: int, *, iterations: int = 20, seed: int = 0, chunk_size: int = 8192
+) -> torch.Tensor:
+    """Cluster unit vectors by cosine; returns the (N,) int64 cluster of every row.
+
+    Assignment runs in chunks of `chunk_size` rows so no (N, num_clusters) matrix is built.
+    """
+    normalised = torch.nn.functional.normalize(embeddings.float(), dim=-1)
+    num_rows = normalised.shape[0]
+    num_clusters = min(num_clusters, num_rows)
+    generator = torch.Generator().manual_seed(seed)
+    centroids = normalised[torch.randperm(num_rows, generator=generator)[:num_clusters]].clone()
+    assignment = torch.zeros(num_rows, dtype=torch.long)
+    for _ in range(iterations):
+        for start in range(0, num_rows, chunk_size):
+            block = normalised[start : start + chunk_size]
+            assignment[start : start + chunk_size] = (block @ centroids.T).argmax(dim=1)
+        sums = torch.zeros_like(centroids).index_add_(0, assignment, normalised)
+        empty = sums.norm(dim=1) == 0
+        # An empty cluster keeps its old centroid rather than collapsing to the zero vector.
+        sums[empty] = centroids[empty]
+        centroids = torch.nn.functional.normalize(sums, dim=-1)
+    return assignment
+
+
+def semdedup(
+    embeddings: torch.Tensor, *, num_clusters: int, epsilon: float, iterations: int = 20, seed: int = 0
+) -> DedupResult:
+    """SemDeDup (Abbas et al., 2023): cluster, then inside each cluster drop every row whose cosine
+    to another row of the cluster exceeds 1 - epsilon.
+
+    Inside a cluster rows are ordered by similarity to the centroid, least typical first, and a row
+    is dropped when it duplicates any row ordered before it; so of each duplicate group the row
+    farthest from the centroid (the least prototypical) survives, SemDeDup's default. The paper
+    uses 50,000 clusters and epsilon 0.07 on DINOv2 embeddings.
+
+    Args:
+        embeddings: (N, D) float tensor.
+        num_clusters: k-means clusters (capped at N).
+        epsilon: duplicates have cosine > 1 - epsilon.
+    """
+    if not 0.0 <= epsilon < 1.0:
+        raise ValueError(f"epsilon must be in [0, 1), got {epsilon}")
+    normalised = torch.nn.functional.normalize(embeddings.float(), dim=-1)
+    assignment = spherical_kmeans(normalised, num_clusters, iterations=iterations, seed=seed)
+    removed: dict[int, int] = {}
+    for cluster in assignment.unique():
+        members = (assignment == cluster).nonzero().squeeze(1)
+        if members.numel() < 2:
+            continue
+        vectors = normalised[members]
+        centroid = torch.nn.functional.normalize(vectors.sum(0), dim=0)
+        order = (vectors @ centroid).argsort()
+        members, vectors = members[order], vectors[order]
+        # similarities[i, j] for i < j only: row j is compared with the rows ordered before it.
+        similarities = torch.triu(vectors @ vectors.T, diagonal=1)
+        best, best_row = similarities.max(dim=0)
+        for position in (best > 1.0 - epsilon).nonzero().squeeze(1).tolist():
+            removed[int(members[position])] = int(members[best_row[position]])
+    kept = torch.tensor(sorted(set(range(normalised.shape[0])) - removed.keys()), dtype=torch.long)
+    return DedupResult(kept=kept, removed=removed)
+
+
+class HardNegativeMiner:
+    """Embeds images with any image encoder and finds each image's hard negatives.
+
+    Build it from a Hub id or local path of a transformers image model (`from_pretrained`, e.g.
+    "facebook/dinov2-base" as in the paper), from a MAPLE embedder (`from_maple`), or from any
+    callable mapping a batch of images to a (batch, dim) tensor.
+    """
+
+    def __init__(
+        self,
+        encode_images: ImageEncoder,
+        *,
+        batch_size: int = 64,
+        query_chunk_size: int = 1024,
+        key_chunk_size: int = 8192,
+        duplicate_threshold: float = DEFAULT_DUPLICATE_THRESHOLD,
+    ) -> None:
+        self.encode_images = encode_images
+        self.batch_size = batch_size
+        self.query_chunk_size = query_chunk_size
+        self.key_chunk_size = key_chunk_size
+        self.duplicate_threshold = duplicate_threshold
+
+    @classmethod
+    def from_pretrained(
+        cls, model_id_or_path: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, **kwargs
+    ) -> HardNegativeMiner:
+        """A miner on a transformers image encoder (AutoModel + AutoImageProcessor).
+
+        The embedding is the encoder's `get_image_features` where it has one (CLIP, SigLIP, MAPLE),
+        else its pooled output (DINOv2: the layer-normed CLS token), else the first token of the
+        last hidden state. `kwargs` go to the miner.
+        """
+        from transformers import AutoImageProcessor, AutoModel
+
+        model = AutoModel.from_pretrained(model_id_or_path, dtype=dtype).to(device).eval()
+        image_processor = AutoImageProcessor.from_pretrained(model_id_or_path)
+        return cls(_TransformersImageEncoder(model, image_processor), **kwargs)
+
+    @classmethod
+    def from_maple(cls, model, processor, **kwargs) -> HardNegativeMiner:
+        """A miner on a MAPLE embedder: its normalised image embeddings (`MapleModel.encode`)."""
+
+        def encode_images(images: Sequence[PIL.Image.Image]) -> torch.Tensor:
+            return model.encode(processor, images=list(images), batch_size=len(images))
+
+        return cls(encode_images, **kwargs)
+
+    @torch.inference_mode()
+    def embed(self, images: Iterable[PIL.Image.Image]) -> torch.Tensor:
+        """(N, D) float32 L2-normalised embeddings of `images`, encoded `batch_size` at a time."""
+        pending: list[PIL.Image.Image] = []
+        embeddings: list[torch.Tensor] = []
+        for image in images:
+            pending.append(image)
+            if len(pending) == self.batch_size:
+                embeddings.append(self.encode_images(pending).float().cpu())
+                pending = []
+        if pending:
+            embeddings.append(self.encode_images(pending).float().cpu())
+        if not embeddings:
+            raise ValueError("no images to embed")
+        return torch.nn.functional.normalize(torch.cat(embeddings), dim=-1)
+
+    def mine(self, embeddings: torch.Tensor, k: int) -> Neighbours:
+        """Top-`k` neighbours of every row of `embeddings` (N, D), excluding itself and duplicates."""
+        return top_k_neighbours(
+            embeddings,
+            k,
+            query_chunk_size=self.query_chunk_size,
+            key_chunk_size=self.key_chunk_size,
+            duplicate_threshold=self.duplicate_threshold,
+        )
+
+
+class _TransformersImageEncoder:
+    """Callable image encoder over a transformers model and its image processor."""
+
+    def __init__(self, model: torch.nn.Module, image_processor) -> None:
+        self.model = model
+        self.image_processor = image_processor
+
+    def __call__(self, images: Sequence[PIL.Image.Image]) -> torch.Tensor:
+        inputs = self.image_processor(images=[image.convert("RGB") for image in images], return_tensors="pt")
+        inputs = inputs.to(self.model.device)
+        if hasattr(self.model, "get_image_features"):
+            features = self.model.get_image_features(**inputs)
+        else:
+            features = self.model(**inputs)
+        if isinstance(features, torch.Tensor):
+            return features
+        if getattr(features, "pooler_output", None) is not None:
+            return features.pooler_output
+        return features.last_hidden_state[:, 0]

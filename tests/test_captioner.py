@@ -1,0 +1,66 @@
+"""ContrastiveCaptioner on a tiny Qwen2-VL: gibberish captions, real generation plumbing."""
+
+import pytest
+import torch
+from PIL import Image
+
+from dataset_builders import CandidateCaptioner, ContrastiveCaptioner
+from dataset_builders.captioner import parse_captions
+from dataset_builders.testing import tiny_captioner, tiny_qwen2_vl
+from modeling_maple.testing import tiny_image_processor, tiny_tokenizer
+
+ANCHORS = [Image.new("RGB", (32, 32), "red"), Image.new("RGB", (40, 24), "blue")]
+NEGATIVES = [Image.new("RGB", (32, 32), "orange"), Image.new("RGB", (24, 40), "navy")]
+
+
+def test_parse_captions_reads_labelled_lines_or_falls_back_to_the_whole_answer():
+    assert parse_captions("Image 1: a red cube.\nImage 2: a blue cube.") == ["a red cube.", "a blue cube."]
+    assert parse_captions("**Image 1:** a cat\n\n**Image 2**: two cats") == ["a cat", "two cats"]
+    assert parse_captions("  a red cube\n on grass ") == ["a red cube on grass"]
+    assert parse_captions(" \n ") == []
+
+
+def test_captioner_samples_with_the_papers_settings_and_is_reproducible():
+    captioner = tiny_captioner(seed=0, batch_size=4)
+    assert isinstance(captioner, CandidateCaptioner)
+    assert (captioner.temperature, captioner.num_samples) == (0.7, 3)
+    torch.manual_seed(0)
+    first = captioner.caption(ANCHORS, NEGATIVES)
+    torch.manual_seed(0)
+    second = captioner.caption(ANCHORS, NEGATIVES)
+    assert first == second
+    assert len(first) == 2
+    for captions in first:
+        assert 1 <= len(captions) <= 3 * 2  # up to two labelled captions per sample
+        assert len(set(captions)) == len(captions)
+        assert all(isinstance(caption, str) and caption for caption in captions)
+
+
+def test_captioner_shows_both_images_and_the_configured_prompt(monkeypatch):
+    captioner = tiny_captioner(seed=0, prompt="Contrast them.", num_samples=2, batch_size=3)
+    seen = {}
+    original_generate = captioner.model.generate
+
+    def spying_generate(**inputs):
+        seen.setdefault("calls", []).append(inputs)
+        return original_generate(**inputs)
+
+    monkeypatch.setattr(captioner.model, "generate", spying_generate)
+    captioner.caption(ANCHORS, NEGATIVES)
+    calls = seen["calls"]
+    assert [call["input_ids"].shape[0] for call in calls] == [3, 1]  # 2 pairs x 2 samples, 3 per batch
+    first = calls[0]
+    assert first["image_grid_thw"].shape[0] == 2 * 3  # anchor + negative per prompt
+    assert first["temperature"] == 0.7 and first["do_sample"]
+    prompt = captioner.prompt_encoder.tokenizer.decode(first["input_ids"][0], skip_special_tokens=True)
+    assert "Contrast them." in prompt
+    image_token = captioner.prompt_encoder.image_token_id
+    assert (first["mm_token_type_ids"] == (first["input_ids"] == image_token)).all()
+    assert (first["attention_mask"][:, -1] == 1).all(), "generation prompts are left-padded"
+
+
+def test_bad_settings_and_mismatched_inputs_are_rejected():
+    with pytest.raises(ValueError):
+        ContrastiveCaptioner(tiny_qwen2_vl(), tiny_tokenizer(), tiny_image_processor(), temperature=0)
+    with pytest.raises(ValueError, match="2 anchors but 1 negatives"):
+        tiny_captioner().caption(ANCHORS, NEGATIVES[:1])

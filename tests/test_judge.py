@@ -1,0 +1,182 @@
+"""MLLMJudge on tiny Qwen2-VL models: the real code paths with random (or briefly trained) weights."""
+
+import pytest
+import torch
+from PIL import Image
+
+from dataset_builders import JudgeEnsemble, MLLMJudge, PreferenceJudge
+from dataset_builders.judge import answer_token_id
+from dataset_builders.testing import tiny_judge, tiny_qwen2_vl
+from dataset_builders.vlm_inputs import QwenVLPromptEncoder
+from modeling_maple.testing import tiny_image_processor, tiny_tokenizer
+
+
+def _noise_image(seed: int, size: tuple[int, int] = (32, 32)) -> Image.Image:
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (size[1], size[0], 3), generator=generator, dtype=torch.uint8)
+    return Image.fromarray(pixels.numpy())
+
+
+@pytest.fixture(scope="module")
+def sharp_judge() -> MLLMJudge:
+    """A random judge with large weights, so alphas spread well away from 0.5."""
+    judge = tiny_judge(seed=1, batch_size=3)
+    with torch.no_grad():
+        for parameter in judge.model.parameters():
+            parameter.normal_(0.0, 0.3)
+    return judge
+
+
+IMAGES = [_noise_image(0), _noise_image(1, (40, 24)), Image.new("RGB", (32, 32), "red")]
+TEXTS = [
+    ["a red circle", "a blue square left of a circle", "two"],
+    ["a", "three small stars above a big green triangle", "no", "Yes"],
+    ['a "quoted" {braced} caption', ""],
+]
+
+
+def test_judge_satisfies_the_protocol(sharp_judge):
+    assert isinstance(sharp_judge, PreferenceJudge)
+
+
+def test_alphas_are_probabilities_with_one_per_candidate(sharp_judge):
+    alphas = sharp_judge.score(IMAGES, TEXTS)
+    assert [a.shape for a in alphas] == [torch.Size([len(t)]) for t in TEXTS]
+    flat = torch.cat(alphas)
+    assert flat.dtype == torch.float32
+    assert ((flat >= 0) & (flat <= 1)).all()
+    assert flat.max() - flat.min() > 0.05, "weights were scaled up so that alphas differ"
+
+
+def test_prefix_reuse_equals_per_pair_scoring(sharp_judge):
+    # batch_size 3 splits the 4 candidates of the second image over two suffix batches.
+    reused = sharp_judge.score(IMAGES, TEXTS, reuse_prefix=True)
+    per_pair = sharp_judge.score(IMAGES, TEXTS, reuse_prefix=False)
+    for a, b in zip(reused, per_pair):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+
+
+def test_per_pair_path_matches_the_model_forward_one_pair_at_a_time(sharp_judge):
+    """Guards both paths against a shared mistake (positions, padding): compare with the plain
+    transformers forward pass, which computes its own M-RoPE positions."""
+    encoder = sharp_judge.prompt_encoder
+    alphas = sharp_judge.score(IMAGES[:2], TEXTS[:2])
+    for image, texts, expected in zip(IMAGES[:2], TEXTS[:2], alphas):
+        for text, alpha in zip(texts, expected):
+            images = encoder.encode_images([image])
+            ids = encoder.tokenize(sharp_judge._prefix_text, images.num_tokens) + sharp_judge._suffix_ids(text)
+            with torch.no_grad():
+                logits = sharp_judge.model(**encoder.model_inputs([ids], images, padding_side="right")).logits[0, -1]
+            reference = torch.softmax(logits[[sharp_judge.yes_id, sharp_judge.no_id]], dim=-1)[0]
+            assert abs(reference.item() - alpha.item()) < 1e-5
+
+
+def test_score_images_scores_each_candidate_image_against_its_text(sharp_judge):
+    txt2img = sharp_judge.score_images(["a red circle", "two"], [IMAGES, IMAGES[:1]])
+    img2txt = sharp_judge.score(IMAGES, [["a red circle"]] * 3)
+    torch.testing.assert_close(txt2img[0], torch.cat(img2txt), atol=1e-4, rtol=0)
+    assert txt2img[1].shape == (1,)
+
+
+def test_empty_candidate_list_gives_empty_tensor(sharp_judge):
+    assert sharp_judge.score(IMAGES[:1], [[]])[0].shape == (0,)
+    assert sharp_judge.score(IMAGES[:1], [[]], reuse_prefix=False)[0].shape == (0,)
+
+
+def _train_to_prefer(judge: MLLMJudge, positives, negatives, steps: int = 60) -> None:
+    """Fine-tune the whole tiny judge so that it answers Yes on `positives` and No on `negatives`."""
+    encoder = judge.prompt_encoder
+    pairs = [(image, text, 1) for image, text in positives] + [(image, text, 0) for image, text in negatives]
+    images = encoder.encode_images([image for image, _, _ in pairs])
+    sequences = [
+        encoder.tokenize(judge._prefix_text, [count]) + judge._suffix_ids(text)
+        for (_, text, _), count in zip(pairs, images.num_tokens)
+    ]
+    inputs = encoder.model_inputs(sequences, images, padding_side="right")
+    targets = torch.tensor([1 - label for _, _, label in pairs])  # index 0 = Yes, 1 = No
+    last = inputs["attention_mask"].sum(1) - 1
+    optimizer = torch.optim.Adam(judge.model.parameters(), lr=3e-3)
+    judge.model.train()
+    for _ in range(steps):
+        logits = judge.model(**inputs).logits[torch.arange(len(pairs)), last][:, [judge.yes_id, judge.no_id]]
+        loss = torch.nn.functional.cross_entropy(logits, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    judge.model.eval()
+
+
+def test_a_judge_trained_to_prefer_the_true_caption_ranks_it_first():
+    judge = tiny_judge(seed=2)
+    red, blue = Image.new("RGB", (32, 32), "red"), Image.new("RGB", (32, 32), "blue")
+    captions = {"red": "a red circle", "blue": "a blue square"}
+    _train_to_prefer(
+        judge,
+        positives=[(red, captions["red"]), (blue, captions["blue"])],
+        negatives=[(red, captions["blue"]), (blue, captions["red"])],
+    )
+    candidates = ["a blue square", "a red circle"]
+    red_alphas, blue_alphas = judge.score([red, blue], [candidates, candidates])
+    assert candidates[int(red_alphas.argmax())] == captions["red"]
+    assert candidates[int(blue_alphas.argmax())] == captions["blue"]
+    # The image, not only the text, decides: each caption wins on its own image.
+    txt2img = judge.score_images([captions["red"], captions["blue"]], [[blue, red], [red, blue]])
+    assert [int(scores.argmax()) for scores in txt2img] == [1, 1]
+    # ... and prefix reuse agrees with the per-pair path on a trained judge too.
+    torch.testing.assert_close(
+        torch.cat(judge.score([red, blue], [candidates, candidates], reuse_prefix=False)),
+        torch.cat([red_alphas, blue_alphas]),
+        atol=1e-4,
+        rtol=0,
+    )
+
+
+def test_answer_token_follows_the_chat_template():
+    tokenizer = tiny_tokenizer()
+    judge = tiny_judge()
+    assert tokenizer.convert_ids_to_tokens([judge.yes_id, judge.no_id]) == ["Yes", "No"]
+    # A LLaVA-style template puts a space before the answer: the judge must read " Yes" ("ĠYes").
+    spaced = (
+        "{% for m in messages %}{% if m['role'] == 'user' %}USER: "
+        "{% for p in m['content'] %}{% if p['type'] == 'image' %}<|image_pad|>{% else %}{{ p['text'] }}{% endif %}"
+        "{% endfor %}{% else %} ASSISTANT: {{ m['content'] }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %} ASSISTANT:{% endif %}"
+    )
+    spaced_judge = MLLMJudge(tiny_qwen2_vl(), tokenizer, tiny_image_processor(), chat_template=spaced)
+    assert tokenizer.decode([spaced_judge.yes_id]) == " Yes"
+    assert tokenizer.decode([spaced_judge.no_id]) == " No"
+
+
+def test_tokenizer_without_a_yes_token_is_rejected_clearly():
+    from transformers import Qwen2Tokenizer
+
+    from modeling_maple.testing import QWEN2_VL_SPECIAL_TOKENS, TINY_CHAT_TEMPLATE
+
+    tokenizer = Qwen2Tokenizer().train_new_from_iterator(
+        ["a red circle", "no entry"] * 4, vocab_size=280, new_special_tokens=QWEN2_VL_SPECIAL_TOKENS
+    )
+    tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    with pytest.raises(ValueError, match="no single token for 'Yes'"):
+        answer_token_id(QwenVLPromptEncoder(tokenizer, tiny_image_processor()), "Yes")
+
+
+def test_unsupported_model_family_and_bad_prompt_fail_before_any_work():
+    judge_model = tiny_qwen2_vl()
+    with pytest.raises(ValueError, match=r"\{text\}"):
+        MLLMJudge(judge_model, tiny_tokenizer(), tiny_image_processor(), prompt="Is this right?")
+    judge_model.config.model_type = "llava"
+    with pytest.raises(NotImplementedError, match="llava"):
+        MLLMJudge(judge_model, tiny_tokenizer(), tiny_image_processor())
+
+
+def test_ensemble_averages_its_judges(sharp_judge):
+    other = tiny_judge(seed=5)
+    ensemble = JudgeEnsemble([sharp_judge, other])
+    assert isinstance(ensemble, PreferenceJudge)
+    expected = [(a + b) / 2 for a, b in zip(sharp_judge.score(IMAGES, TEXTS), other.score(IMAGES, TEXTS))]
+    for got, want in zip(ensemble.score(IMAGES, TEXTS), expected):
+        torch.testing.assert_close(got, want)
+    expected = [(a + b) / 2 for a, b in zip(sharp_judge.score_images(["two"], [IMAGES]), other.score_images(["two"], [IMAGES]))]
+    torch.testing.assert_close(ensemble.score_images(["two"], [IMAGES])[0], expected[0])
+    with pytest.raises(ValueError):
+        JudgeEnsemble([])

@@ -1,0 +1,105 @@
+"""Hard-negative mining: exact chunked top-k, bounded memory, duplicates, SemDeDup, encoders."""
+
+import pytest
+import torch
+from PIL import Image
+
+from dataset_builders import HardNegativeMiner, semdedup, top_k_neighbours
+from dataset_builders import miner as miner_module
+
+
+def _brute_force(embeddings: torch.Tensor, k: int) -> torch.Tensor:
+    normalised = torch.nn.functional.normalize(embeddings, dim=-1)
+    similarities = normalised @ normalised.T
+    similarities.fill_diagonal_(float("-inf"))
+    return similarities.topk(k, dim=1)
+
+
+@pytest.mark.parametrize("query_chunk_size, key_chunk_size", [(7, 13), (64, 5), (1000, 1000)])
+def test_chunked_search_equals_brute_force(query_chunk_size, key_chunk_size):
+    embeddings = torch.randn(301, 24, generator=torch.Generator().manual_seed(0)) * 3.0
+    expected = _brute_force(embeddings, k=5)
+    found = top_k_neighbours(embeddings, 5, query_chunk_size=query_chunk_size, key_chunk_size=key_chunk_size)
+    assert torch.equal(found.indices, expected.indices)
+    torch.testing.assert_close(found.scores, expected.values)
+
+
+def test_memory_is_bounded_by_the_block_shape(monkeypatch):
+    """No similarity block larger than query_chunk x key_chunk is ever built (no N x N matrix)."""
+    block_shapes = []
+    original = miner_module._block_similarities
+
+    def recording(queries, keys):
+        block_shapes.append((queries.shape[0], keys.shape[0]))
+        return original(queries, keys)
+
+    monkeypatch.setattr(miner_module, "_block_similarities", recording)
+    num_rows = 5000
+    top_k_neighbours(torch.randn(num_rows, 8), 3, query_chunk_size=256, key_chunk_size=1024)
+    assert max(q * c for q, c in block_shapes) <= 256 * 1024
+    # Every (query, key) pair is compared exactly once.
+    assert sum(q * c for q, c in block_shapes) == num_rows * num_rows
+
+
+def test_self_and_exact_duplicates_are_excluded():
+    base = torch.randn(6, 4, generator=torch.Generator().manual_seed(1))
+    embeddings = torch.cat([base, base[:1] * 2.0])  # row 6 duplicates row 0 (same direction)
+    found = top_k_neighbours(embeddings, 3, query_chunk_size=2, key_chunk_size=3)
+    for row, neighbours in enumerate(found.indices.tolist()):
+        assert row not in neighbours
+    assert 6 not in found.indices[0].tolist() and 0 not in found.indices[6].tolist()
+
+
+def test_too_few_neighbours_are_padded_with_minus_one():
+    found = top_k_neighbours(torch.randn(3, 4), 5)
+    assert (found.indices[:, :2] >= 0).all()
+    assert (found.indices[:, 2:] == -1).all()
+    assert torch.isinf(found.scores[:, 2:]).all()
+
+
+def test_bad_arguments_are_rejected():
+    with pytest.raises(ValueError, match="k must be"):
+        top_k_neighbours(torch.randn(3, 4), 0)
+    with pytest.raises(ValueError, match=r"\(N, D\)"):
+        top_k_neighbours(torch.randn(3), 1)
+
+
+def test_semdedup_removes_near_duplicates_and_keeps_one_of_each_group():
+    generator = torch.Generator().manual_seed(2)
+    distinct = torch.nn.functional.normalize(torch.randn(40, 16, generator=generator), dim=-1)
+    near_copies = torch.nn.functional.normalize(distinct[:5] + 0.01 * torch.randn(5, 16, generator=generator), dim=-1)
+    embeddings = torch.cat([distinct, near_copies])  # rows 40..44 nearly copy rows 0..4
+    result = semdedup(embeddings, num_clusters=4, epsilon=0.01)
+    assert len(result.removed) == 5
+    for removed, original in result.removed.items():
+        assert {removed, original} in [{i, 40 + i} for i in range(5)]
+    assert torch.equal(result.kept, torch.tensor(sorted(set(range(45)) - result.removed.keys())))
+    assert semdedup(distinct, num_clusters=4, epsilon=0.01).removed == {}
+
+
+def test_miner_embeds_with_a_transformers_image_encoder(tmp_path):
+    from transformers import CLIPImageProcessorPil, Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    config = Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=16, patch_size=8)
+    Dinov2Model(config).save_pretrained(tmp_path)
+    CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(tmp_path)
+    miner = HardNegativeMiner.from_pretrained(str(tmp_path), batch_size=3)
+    images = [Image.new("RGB", (20, 20), colour) for colour in ["red", "blue", "green", "red", "white"]]
+    embeddings = miner.embed(images)
+    assert embeddings.shape == (5, 16)
+    torch.testing.assert_close(embeddings.norm(dim=-1), torch.ones(5))
+    # Identical images embed identically, so each is excluded from the other's negatives.
+    neighbours = miner.mine(embeddings, k=2)
+    assert 3 not in neighbours.indices[0].tolist() and 0 not in neighbours.indices[3].tolist()
+
+
+def test_miner_embeds_with_a_maple_model():
+    from modeling_maple.testing import build_tiny
+
+    model, processor = build_tiny("dual_encoder", seed=0)
+    miner = HardNegativeMiner.from_maple(model, processor, batch_size=2)
+    images = [Image.new("RGB", (16, 16), colour) for colour in ["red", "blue", "green"]]
+    embeddings = miner.embed(images)
+    torch.testing.assert_close(embeddings, model.encode(processor, images=images))
+    assert miner.mine(embeddings, k=1).indices.shape == (3, 1)
