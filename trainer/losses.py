@@ -24,7 +24,7 @@ import torch.distributed.nn.functional as dist_nn
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["contrastive_loss", "rpa_listwise_loss", "rpa_pairwise_loss"]
+__all__ = ["contrastive_loss", "preference_agreement", "rpa_listwise_loss", "rpa_pairwise_loss"]
 
 
 def rpa_pairwise_loss(scores: Tensor, judge_scores: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -233,3 +233,13 @@ def _check_rpa_inputs(scores: Tensor, judge_scores: Tensor, mask: Tensor | None)
             f"mask must be a bool tensor of shape {tuple(scores.shape)}, got {mask.dtype} {tuple(mask.shape)}"
         )
     return scores.masked_fill(~mask, 0.0), mask
+
+
+def preference_agreement(scores: Tensor, judge_scores: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """How well the scores follow the judge, over all strictly preferred pairs ``(k, l)`` (DPO's reward metrics):
+    the fraction with ``s_k > s_l`` (``rewards/accuracies``) and the mean ``s_k - s_l`` (``rewards/margins``).
+    Both are NaN when no pair is strictly preferred."""
+    scores, mask = _check_rpa_inputs(scores, judge_scores, mask)
+    preferred = _strict_preferences(judge_scores, mask)
+    differences = (scores.unsqueeze(2) - scores.unsqueeze(1))[preferred]
+    return (differences > 0).float().mean(), differences.mean()

@@ -1,0 +1,122 @@
+"""Batches of preference rows for one forward pass of a `MapleModel`."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers.data.data_collator import DataCollatorMixin
+
+from .schema import SCORED_CANDIDATES, check_rows
+
+# Keys of a collated batch that are not model inputs.
+PREFERENCE_KEYS = (
+    "anchor_text_index",
+    "anchor_image_index",
+    "candidate_text_index",
+    "candidate_text_mask",
+    "candidate_image_index",
+    "candidate_image_mask",
+    "txt2img_scores",
+    "img2txt_scores",
+    "text_ids",
+    "image_ids",
+)
+
+
+def content_id(item: str | Image.Image) -> int:
+    """A stable 64-bit id of a text or an image's pixels: equal content, equal id, in every process (unlike
+    `hash()`, which is salted per process). Used to embed each distinct item once and to de-duplicate negatives."""
+    digest = hashlib.blake2b(digest_size=8)
+    if isinstance(item, str):
+        digest.update(b"text:" + item.encode("utf-8"))
+    else:
+        digest.update(f"image:{item.mode}:{item.size}:".encode())
+        digest.update(item.tobytes())
+    return int.from_bytes(digest.digest(), "little", signed=True)
+
+
+@dataclass
+class DataCollatorForEmbeddingPreference(DataCollatorMixin):
+    """Collates preference rows (see `trainer.schema`) into one batch that a `MapleModel` embeds in a single
+    forward: the distinct texts and images of all anchors and their sampled candidates, processed by the
+    `MapleProcessor`, plus index tensors that place each anchor and candidate in those embeddings.
+
+    Each step keeps every anchor's own candidate (index 0, the anchor itself) and draws `num_*_candidates - 1` of its
+    other candidates uniformly without replacement (all of them when `None`). Drawing uses torch's global generator,
+    which `Trainer` checkpoints, so a resumed run draws the same candidates.
+
+    Returned keys, besides the processor's (`input_ids`, `attention_mask`, `pixel_values`, ...):
+        anchor_text_index, anchor_image_index: `(N,)` row of each anchor's caption / image in the embeddings.
+        candidate_text_index, candidate_image_index: `(N, C)` rows of the sampled candidates, 0 where padded.
+        candidate_text_mask, candidate_image_mask: `(N, C)` bool, False where padded.
+        img2txt_scores, txt2img_scores: `(N, C)` judge scores of those candidates.
+        text_ids, image_ids: int64 content ids of the embedded texts / images (see `content_id`).
+    """
+
+    processor: Any
+    num_image_candidates: int | None = None
+    num_text_candidates: int | None = None
+    dataset_name: str = "train"
+    return_tensors: str = "pt"
+
+    def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        check_rows(
+            ids=[example["id"] for example in examples],
+            candidate_counts={
+                column: [len(example[column] or []) for example in examples] for column in SCORED_CANDIDATES
+            },
+            judge_scores={column: [example[column] for example in examples] for column in SCORED_CANDIDATES.values()},
+            dataset_name=self.dataset_name,
+        )
+        texts, images = _DistinctItems(), _DistinctItems()
+        batch: dict[str, torch.Tensor] = {
+            "anchor_text_index": torch.tensor([texts.add(example["caption"]) for example in examples]),
+            "anchor_image_index": torch.tensor([images.add(example["image"]) for example in examples]),
+        }
+        for modality, items, candidates_column, scores_column, limit in (
+            ("text", texts, "candidate_texts", "img2txt_scores", self.num_text_candidates),
+            ("image", images, "candidate_images", "txt2img_scores", self.num_image_candidates),
+        ):
+            picks = [_sample_candidates(len(example[candidates_column]), limit) for example in examples]
+            width = max(len(pick) for pick in picks)
+            index = torch.zeros(len(examples), width, dtype=torch.long)
+            mask = torch.zeros(len(examples), width, dtype=torch.bool)
+            scores = torch.zeros(len(examples), width)
+            for row, (example, pick) in enumerate(zip(examples, picks)):
+                index[row, : len(pick)] = torch.tensor([items.add(example[candidates_column][j]) for j in pick])
+                mask[row, : len(pick)] = True
+                scores[row, : len(pick)] = torch.tensor([float(example[scores_column][j]) for j in pick])
+            batch[f"candidate_{modality}_index"], batch[f"candidate_{modality}_mask"] = index, mask
+            batch[scores_column] = scores
+        batch["text_ids"], batch["image_ids"] = torch.tensor(texts.ids), torch.tensor(images.ids)
+        batch.update(self.processor(text=texts.items, images=images.items))
+        return batch
+
+
+class _DistinctItems:
+    """Texts or images in first-seen order, each stored once; `add` returns the item's position."""
+
+    def __init__(self):
+        self.items: list[Any] = []
+        self.ids: list[int] = []
+        self._position: dict[int, int] = {}
+
+    def add(self, item: Any) -> int:
+        identity = content_id(item)
+        if identity not in self._position:
+            self._position[identity] = len(self.items)
+            self.items.append(item)
+            self.ids.append(identity)
+        return self._position[identity]
+
+
+def _sample_candidates(count: int, limit: int | None) -> list[int]:
+    """Candidate 0 (the anchor itself) plus up to `limit - 1` others drawn without replacement, in dataset order."""
+    if limit is None or count <= limit:
+        return list(range(count))
+    others = (torch.randperm(count - 1)[: limit - 1] + 1).sort().values
+    return [0, *others.tolist()]

@@ -1,0 +1,192 @@
+"""`RPAConfig`: the knobs of MAPLE's Relative Preference Alignment training on top of TRL's `DPOConfig`."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from trl import DPOConfig
+
+# DPOConfig knobs that act on token log-probabilities of a causal LM; an embedder has none, so a non-default value
+# would be silently meaningless. Maps the field to its only supported value.
+_LANGUAGE_MODEL_ONLY_DEFAULTS = {
+    "precompute_ref_log_probs": False,
+    "use_weighting": False,
+    "ld_alpha": None,
+    "f_divergence_type": "reverse_kl",
+    "padding_free": False,
+    "sync_ref_model": False,
+    "label_smoothing": 0.0,
+}
+
+
+@dataclass
+class RPAConfig(DPOConfig):
+    r"""
+    Configuration for [`RPATrainer`]: MAPLE's Relative Preference Alignment (RPA) mixed with InfoNCE
+    (arXiv 2506.06970, section 3). Everything of [`~trl.DPOConfig`] and [`~transformers.TrainingArguments`] applies;
+    the fields below are added or have other defaults.
+
+    The loss is `L = rpa_weight * L_RPA + (1 - rpa_weight) * L_InfoNCE`, where `L_RPA` averages the text-to-image and
+    image-to-text directions of the pairwise or listwise RPA loss on `beta`-scaled similarities, and `L_InfoNCE` is the
+    symmetric CLIP loss at temperature `temperature`, optionally with every anchor's hard negatives in the
+    denominator. `beta` and `temperature` are the model's learnable `preference_logit_scale` and `logit_scale`
+    (both stored as logarithms).
+
+    Defaults run on a CPU without flags: `bf16` is on only where a CUDA device supports it, gradient checkpointing is
+    off, and the learning rate and schedule are the paper's LoRA settings (5e-4, 2.5% linear warm-up, cosine decay).
+    """
+
+    # Overridden TrainingArguments / DPOConfig defaults
+    learning_rate: float = field(
+        default=5e-4,
+        metadata={"help": "Initial AdamW learning rate. MAPLE trains LoRA adapters with 5e-4 (section 4.1)."},
+    )
+    lr_scheduler_type: str = field(
+        default="cosine",
+        metadata={"help": "Learning-rate schedule. MAPLE uses linear warm-up then cosine decay (section 4.1)."},
+    )
+    warmup_steps: float = field(
+        default=0.025,
+        metadata={
+            "help": "Linear warm-up: a number of steps, or a ratio of all steps when below 1. MAPLE warms up for "
+            "2.5%% of training (section 4.1)."
+        },
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={
+            "help": "Recompute activations in the backward pass to save memory (about 20%% slower). MAPLE uses it for "
+            "its 2B/7B backbones; off by default so small models run fast."
+        },
+    )
+    bf16: bool | None = field(
+        default=None,
+        metadata={
+            "help": "bf16 mixed precision, as in MAPLE. `None` turns it on only where a CUDA device supports bf16, so "
+            "CPU runs need no flag."
+        },
+    )
+    beta: float | None = field(
+        default=None,
+        metadata={
+            "help": "Initial RPA scale beta in `s = beta * <z_anchor, z_candidate>` (MAPLE section 3.2: learnable, "
+            "initialised to 1/0.07). It is the model's `preference_logit_scale` (stored as log beta). `None` keeps "
+            "the model's value: 1/0.07 for a new MapleModel, the trained value for a MAPLE checkpoint."
+        },
+    )
+
+    # RPA
+    rpa_loss: str = field(
+        default="listwise",
+        metadata={
+            "help": "RPA loss over the judge's ranking of an anchor's candidates: 'listwise' (Plackett-Luce, weighted "
+            "by judge margins) or 'pairwise' (margin-weighted DPO over all ranked pairs). MAPLE finds listwise better "
+            "when mixed with InfoNCE (section 4.3).",
+            "choices": ["listwise", "pairwise"],
+        },
+    )
+    rpa_weight: float = field(
+        default=0.2,
+        metadata={
+            "help": "lambda in `L = lambda * L_RPA + (1 - lambda) * L_InfoNCE`. The paper does not state its headline "
+            "value; its sweep (section 4.3) has general retrieval best near 0.1-0.2 and fine-grained scores rising "
+            "until about 0.6. 0.2 favours general retrieval; raise it for fine-grained discrimination. 1.0 is RPA "
+            "alone (hurts general retrieval in the paper)."
+        },
+    )
+    learn_beta: bool = field(
+        default=True,
+        metadata={"help": "Train beta along with the model (MAPLE: learnable)."},
+    )
+    reference: str = field(
+        default="none",
+        metadata={
+            "help": "'none': RPA as in MAPLE, no reference model (a uniform prior cancels out of the DPO objective). "
+            "'frozen' (our extension): DPO proper on similarities, scores are `beta * (<z, z'> - <z_ref, z'_ref>)` "
+            "against a frozen reference embedder: the PEFT base model with adapters disabled, a `ref_model` passed "
+            "to the trainer, or else a frozen copy of the initial model.",
+            "choices": ["none", "frozen"],
+        },
+    )
+    loss_type: list[str] = field(
+        default_factory=lambda: ["sigmoid"],
+        metadata={
+            "help": "DPO loss family of the preference term. RPA is the margin-weighted 'sigmoid' (DPO) loss; it is "
+            "the only member defined on graded candidate rankings, so it is the only value accepted."
+        },
+    )
+
+    # InfoNCE
+    temperature: float | None = field(
+        default=None,
+        metadata={
+            "help": "Initial InfoNCE temperature (MAPLE: learnable, initialised to 0.07). It is the model's "
+            "`logit_scale` (stored as log(1/temperature)). `None` keeps the model's value."
+        },
+    )
+    learn_temperature: bool = field(
+        default=True,
+        metadata={"help": "Train the InfoNCE temperature along with the model (MAPLE: learnable)."},
+    )
+    expand_negatives: bool = field(
+        default=True,
+        metadata={
+            "help": "Put every anchor's hard-negative candidates (images and texts) into the InfoNCE denominator, "
+            "de-duplicated (MAPLE section 3.3, 'expanded negatives'). Off: plain CLIP InfoNCE over the anchors."
+        },
+    )
+    gather_negatives: bool = field(
+        default=True,
+        metadata={
+            "help": "Under several processes, gather anchors and negatives from all of them (with gradients) so each "
+            "anchor is contrasted against the global batch, as in MAPLE and CLIP."
+        },
+    )
+
+    # Candidate sampling
+    num_image_candidates: int | None = field(
+        default=None,
+        metadata={
+            "help": "Image candidates per anchor and step: the anchor's own image plus this many minus one drawn "
+            "from its other candidates, fresh every step. `None` uses all (MAPLE: the anchor and K=3 DINOv2 nearest "
+            "neighbours). Fewer means a cheaper step."
+        },
+    )
+    num_text_candidates: int | None = field(
+        default=None,
+        metadata={
+            "help": "Text candidates per anchor and step, drawn like `num_image_candidates` from the caption pool "
+            "(MAPLE: a pool of 6 captions; sampling from the whole pool worked best). `None` uses all."
+        },
+    )
+
+    def __post_init__(self):
+        if self.bf16 is None:
+            self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not self.fp16
+        if not 0.0 <= self.rpa_weight <= 1.0:
+            raise ValueError(f"rpa_weight (lambda) must lie in [0, 1], got {self.rpa_weight}")
+        for name, value in (("beta", self.beta), ("temperature", self.temperature)):
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a positive finite number or None, got {value}")
+        for name in ("num_image_candidates", "num_text_candidates"):
+            value = getattr(self, name)
+            if value is not None and value < 2:
+                raise ValueError(f"{name} must be at least 2 (a ranking needs two candidates) or None, got {value}")
+        if self.rpa_loss not in ("listwise", "pairwise"):
+            raise ValueError(f"rpa_loss must be 'listwise' or 'pairwise', got {self.rpa_loss!r}")
+        if self.reference not in ("none", "frozen"):
+            raise ValueError(f"reference must be 'none' or 'frozen', got {self.reference!r}")
+        super().__post_init__()
+        if self.loss_type != ["sigmoid"]:
+            raise ValueError(
+                f"loss_type {self.loss_type} is not available for embedders: RPA is the margin-weighted 'sigmoid' "
+                "loss; choose between its pairwise and listwise forms with `rpa_loss`."
+            )
+        for name, supported in _LANGUAGE_MODEL_ONLY_DEFAULTS.items():
+            if getattr(self, name) != supported:
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r} acts on token log-probabilities of a language model and has no "
+                    f"meaning for an embedder; leave it at {supported!r}."
+                )

@@ -1,0 +1,371 @@
+"""`RPATrainer`: TRL's `DPOTrainer` for MAPLE embedders (arXiv 2506.06970).
+
+The trainer only wires things: the batches come from `DataCollatorForEmbeddingPreference`, the maths from
+`trainer.losses`, and logging, checkpointing, PEFT, accelerate and the Hub from `DPOTrainer` / `Trainer`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import textwrap
+from collections import defaultdict
+from collections.abc import Callable
+
+import safetensors.torch
+import torch
+from datasets import Dataset, IterableDataset
+from peft import PeftConfig, PeftModel, get_peft_model
+from torch import Tensor, nn
+from transformers import AutoModel, AutoProcessor, EvalPrediction, ProcessorMixin, TrainerCallback
+from transformers.trainer_utils import EvalLoopOutput
+from trl import DPOTrainer
+from trl.trainer.base_trainer import _BaseTrainer
+from trl.trainer.utils import disable_dropout_in_model
+
+from .collator import PREFERENCE_KEYS, DataCollatorForEmbeddingPreference
+from .losses import contrastive_loss, preference_agreement, rpa_listwise_loss, rpa_pairwise_loss
+from .rpa_config import RPAConfig
+from .schema import PREFERENCE_COLUMNS, validate_preference_dataset
+
+RPA_LOSSES = {"listwise": rpa_listwise_loss, "pairwise": rpa_pairwise_loss}
+# Under PEFT, the trainable state (adapters and the learnable scales) of a checkpoint, for resuming.
+PEFT_TRAINABLE_STATE = "trainable_state.safetensors"
+
+
+class RPATrainer(DPOTrainer):
+    """Trains a `MapleModel` with MAPLE's Relative Preference Alignment plus InfoNCE (see `RPAConfig`).
+
+    Each step makes one forward pass through the (possibly DDP-wrapped) model that embeds every distinct anchor and
+    sampled candidate of the batch, then mixes ``rpa_weight`` times the RPA loss (text -> image and image -> text,
+    averaged) with ``1 - rpa_weight`` times the symmetric InfoNCE over anchors and expanded negatives. RPA's beta is
+    the model's ``preference_logit_scale``, the InfoNCE inverse temperature its ``logit_scale`` (both log-stored).
+
+    Logged, in training and evaluation: ``loss/rpa``, ``loss/contrastive``, ``rewards/accuracies`` (share of
+    judge-preferred pairs the model scores higher), ``rewards/margins``, ``beta``, ``temperature``; evaluation adds
+    ``recall@1/text_to_image`` and ``recall@1/image_to_text`` over the anchors of the whole evaluation set.
+
+    `DPOTrainer.__init__` prepares a causal language model (tokenised prompt/completion pairs, a fused LM head, a
+    reference model reloaded as a causal LM), none of which applies to an embedder, so this class sets up its own
+    state and starts `Trainer` directly; the rest of `DPOTrainer` (metric logging, evaluation over several datasets,
+    the loss and prediction hooks overridden below) is reused as is.
+
+    Args:
+        model: a `MapleModel` or the path / Hub id of a MAPLE checkpoint.
+        ref_model: the frozen reference embedder for `reference="frozen"`; by default the PEFT base model (adapters
+            disabled) or a frozen copy of `model`.
+        args: an `RPAConfig`.
+        data_collator: by default a `DataCollatorForEmbeddingPreference` over `processing_class`.
+        train_dataset, eval_dataset: preference datasets with the columns of `trainer.schema`.
+        processing_class: the `MapleProcessor`; loaded from `model`'s path when it is a string.
+        compute_metrics, callbacks, optimizers: as in `transformers.Trainer`.
+        peft_config: wraps the model with PEFT (e.g. `modeling_maple.lora`'s LoRA set-up of the paper).
+    """
+
+    _tag_names = ["trl", "maple", "rpa"]
+    _name = "RPA"
+    _paper = {
+        "title": "Guiding Cross-Modal Representations with MLLM Priors via Preference Alignment",
+        "id": "2506.06970",
+        # docstyle-ignore
+        "citation": textwrap.dedent("""\
+            @inproceedings{maple2025,
+                title        = {{Guiding Cross-Modal Representations with MLLM Priors via Preference Alignment}},
+                booktitle    = {Advances in Neural Information Processing Systems 38 (NeurIPS 2025)},
+                year         = 2025,
+                eprint       = {arXiv:2506.06970},
+            }"""),
+    }
+
+    def __init__(
+        self,
+        model: str | nn.Module,
+        ref_model: nn.Module | None = None,
+        args: RPAConfig | None = None,
+        data_collator: Callable | None = None,
+        train_dataset: Dataset | IterableDataset | None = None,
+        eval_dataset: Dataset | IterableDataset | dict[str, Dataset | IterableDataset] | None = None,
+        processing_class: ProcessorMixin | None = None,
+        compute_metrics: Callable[[EvalPrediction], dict] | None = None,
+        callbacks: list[TrainerCallback] | None = None,
+        optimizers: tuple[torch.optim.Optimizer | None, torch.optim.lr_scheduler.LambdaLR | None] = (None, None),
+        peft_config: PeftConfig | None = None,
+    ):
+        if args is None:
+            name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "") or "maple"
+            args = RPAConfig(f"{os.path.basename(name.rstrip('/'))}-RPA")
+        if not isinstance(args, RPAConfig):
+            raise TypeError(f"args must be an RPAConfig, got {type(args).__name__}")
+        if train_dataset is None:
+            raise ValueError("`train_dataset` is required")
+        if isinstance(model, str):
+            model_init_kwargs = {"trust_remote_code": args.trust_remote_code, **(args.model_init_kwargs or {})}
+            if processing_class is None:
+                processing_class = AutoProcessor.from_pretrained(model, trust_remote_code=args.trust_remote_code)
+            model = AutoModel.from_pretrained(model, **model_init_kwargs)
+        if processing_class is None:
+            raise ValueError("Pass the model's MapleProcessor as `processing_class` (or the model as a path).")
+        if not all(hasattr(model, name) for name in ("logit_scale", "preference_logit_scale")):
+            raise TypeError(
+                f"RPATrainer trains MAPLE embedders (a MapleModel with `logit_scale` and `preference_logit_scale`), "
+                f"got {type(model).__name__}"
+            )
+        if ref_model is model:
+            raise ValueError("`model` and `ref_model` must be different objects.")
+        self._set_scales(model, args)
+
+        if args.reference == "frozen" and ref_model is None and peft_config is None:
+            ref_model = copy.deepcopy(model)  # the initial model, frozen below
+        if peft_config is not None:
+            model = get_peft_model(model, peft_config)
+            self._set_scales(model, args)  # PEFT froze everything but the adapters; the scales stay learnable
+        if args.reference == "none":
+            ref_model = None
+        if ref_model is not None:
+            ref_model.requires_grad_(False).eval()
+        if args.disable_dropout:
+            disable_dropout_in_model(model)
+        # A step may leave parameters without gradient (a text tower's pooler, beta when rpa_weight is 0)
+        if args.ddp_find_unused_parameters is None:
+            args.ddp_find_unused_parameters = True
+
+        # The state `DPOTrainer`'s inherited methods read (see the class docstring)
+        self._is_vision_dataset = False  # our collator builds the image inputs; evaluate() then validates datasets
+        self.precompute_ref_logps = False
+        self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self.maybe_activation_offload_context = contextlib.nullcontext()
+        self._eval_anchor_embeds: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+
+        train_dataset = self._prepare_dataset(train_dataset, processing_class, args, "train")
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {
+                name: self._prepare_dataset(dataset, processing_class, args, name)
+                for name, dataset in eval_dataset.items()
+            }
+        elif eval_dataset is not None:
+            eval_dataset = self._prepare_dataset(eval_dataset, processing_class, args, "eval")
+        if data_collator is None:
+            data_collator = DataCollatorForEmbeddingPreference(
+                processor=processing_class,
+                num_image_candidates=args.num_image_candidates,
+                num_text_candidates=args.num_text_candidates,
+            )
+        _BaseTrainer.__init__(
+            self,
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            compute_metrics=compute_metrics,
+            callbacks=callbacks,
+            optimizers=optimizers,
+        )
+        self.ref_model = None if ref_model is None else self.accelerator.prepare_model(ref_model, evaluation_mode=True)
+
+    # ------------------------------------------------------------------------------------------ set-up
+    @staticmethod
+    def _set_scales(model: nn.Module, args: RPAConfig) -> None:
+        """Initial values (when configured) and trainability of beta and the InfoNCE temperature."""
+        with torch.no_grad():
+            if args.beta is not None:
+                model.preference_logit_scale.fill_(math.log(args.beta))
+            if args.temperature is not None:
+                model.logit_scale.fill_(math.log(1.0 / args.temperature))
+        model.preference_logit_scale.requires_grad_(args.learn_beta)
+        model.logit_scale.requires_grad_(args.learn_temperature)
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        # Nothing to tokenise ahead: the collator processes images and texts on the fly. Validate the schema instead.
+        validate_preference_dataset(dataset, dataset_name)
+        return dataset
+
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            self._signature_columns = list(PREFERENCE_COLUMNS)
+
+    # ------------------------------------------------------------------------------------------ loss
+    def compute_ref_log_probs(self, model, inputs):
+        """The reference embedder's counterpart of DPO's reference log-probabilities: its cosine similarities
+        ``(txt2img, img2txt)`` between anchors and candidates, without gradient."""
+        model_inputs = {key: value for key, value in inputs.items() if key not in PREFERENCE_KEYS}
+        if self.ref_model is not None:
+            reference = self.ref_model
+            adapters_off = contextlib.nullcontext()
+        else:  # PEFT: the base model is the reference
+            reference = self.accelerator.unwrap_model(self.model)
+            adapters_off = reference.disable_adapter()
+        with torch.no_grad(), adapters_off:
+            outputs = reference(**model_inputs)
+        return _candidate_similarities(outputs.text_embeds, outputs.image_embeds, inputs)
+
+    def _compute_loss(self, model, inputs, return_outputs):
+        mode = "train" if self.model.training else "eval"
+        model_inputs = {key: value for key, value in inputs.items() if key not in PREFERENCE_KEYS}
+        outputs = model(**model_inputs)  # the step's only forward through the wrapped model
+        text_embeds, image_embeds = outputs.text_embeds, outputs.image_embeds
+        unwrapped = self.accelerator.unwrap_model(model)
+        beta, inverse_temperature = unwrapped.preference_logit_scale.exp(), unwrapped.logit_scale.exp()
+
+        txt2img, img2txt = _candidate_similarities(text_embeds, image_embeds, inputs)
+        if self.args.reference == "frozen":
+            reference_txt2img, reference_img2txt = self.compute_ref_log_probs(model, inputs)
+            txt2img, img2txt = txt2img - reference_txt2img, img2txt - reference_img2txt
+        rpa_loss_fn = RPA_LOSSES[self.args.rpa_loss]
+        directions = (
+            (beta * txt2img, inputs["txt2img_scores"], inputs["candidate_image_mask"]),
+            (beta * img2txt, inputs["img2txt_scores"], inputs["candidate_text_mask"]),
+        )
+        rpa = sum(rpa_loss_fn(scores, judge, mask) for scores, judge, mask in directions) / 2
+
+        anchor_texts = text_embeds[inputs["anchor_text_index"]]
+        anchor_images = image_embeds[inputs["anchor_image_index"]]
+        text_ids, image_ids = inputs["text_ids"], inputs["image_ids"]
+        anchor_text_ids = text_ids[inputs["anchor_text_index"]]
+        anchor_image_ids = image_ids[inputs["anchor_image_index"]]
+        expanded = {}
+        if self.args.expand_negatives:  # all embedded items; the anchors among them are removed as duplicates
+            expanded = dict(
+                negative_image_embeds=image_embeds,
+                negative_text_embeds=text_embeds,
+                negative_image_ids=image_ids,
+                negative_text_ids=text_ids,
+            )
+        contrastive = contrastive_loss(
+            anchor_images,
+            anchor_texts,
+            inverse_temperature,
+            image_ids=anchor_image_ids,
+            text_ids=anchor_text_ids,
+            gather_across_processes=self.args.gather_negatives,
+            **expanded,
+        )
+        loss = self.args.rpa_weight * rpa + (1 - self.args.rpa_weight) * contrastive
+
+        agreement = [preference_agreement(scores.detach(), judge, mask) for scores, judge, mask in directions]
+        self._log_mean(mode, "loss/rpa", rpa)
+        self._log_mean(mode, "loss/contrastive", contrastive)
+        self._log_mean(mode, "rewards/accuracies", torch.stack([accuracy for accuracy, _ in agreement]).nanmean())
+        self._log_mean(mode, "rewards/margins", torch.stack([margin for _, margin in agreement]).nanmean())
+        self._metrics[mode]["beta"].append(beta.item())
+        self._metrics[mode]["temperature"].append(1.0 / inverse_temperature.item())
+        if mode == "eval":
+            self._eval_anchor_embeds.append(
+                self.accelerator.gather_for_metrics(
+                    (anchor_texts.detach(), anchor_images.detach(), anchor_text_ids, anchor_image_ids)
+                )
+            )
+        if mode == "train":
+            self._stop_on_non_finite(loss, rpa, contrastive)
+        return (loss, outputs) if return_outputs else loss
+
+    def _log_mean(self, mode: str, key: str, value: Tensor) -> None:
+        self._metrics[mode][key].append(self.accelerator.gather(value.detach().reshape(1)).nanmean().item())
+
+    def _stop_on_non_finite(self, loss: Tensor, rpa: Tensor, contrastive: Tensor) -> None:
+        """A NaN/inf loss would poison the weights at the next optimiser step: save the weights as they are (from
+        the last good step) and stop, naming the step. All processes agree, so none waits on a collective."""
+        if bool(self.accelerator.gather(torch.isfinite(loss.detach()).reshape(1)).all()):
+            return
+        step = self.state.global_step + 1
+        self._save_checkpoint(self.model, trial=None)
+        checkpoint = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
+        raise FloatingPointError(
+            f"Non-finite loss at training step {step}: loss={loss.item()}, loss/rpa={rpa.item()}, "
+            f"loss/contrastive={contrastive.item()}. The weights before this step were saved to {checkpoint}; "
+            "lower the learning rate, check the judge scores, or resume from there."
+        )
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        # DPOTrainer treats `input_ids` as labels; an embedder has no labels, only the loss and the logged metrics
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ) -> EvalLoopOutput:
+        # Retrieval needs the anchors of the whole evaluation set, which `_compute_loss` collects batch by batch
+        self._eval_anchor_embeds = []
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        if self._eval_anchor_embeds:
+            prefix = metric_key_prefix
+            texts, images, text_ids, image_ids = (torch.cat(part) for part in zip(*self._eval_anchor_embeds))
+            output.metrics[f"{prefix}_recall@1/text_to_image"] = _recall_at_1(texts, images, image_ids, image_ids)
+            output.metrics[f"{prefix}_recall@1/image_to_text"] = _recall_at_1(images, texts, text_ids, text_ids)
+            self._eval_anchor_embeds = []
+        return output
+
+    # ------------------------------------------------------------------------------------------ saving
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        model = self.accelerator.unwrap_model(self.model)
+        if not isinstance(model, PeftModel):
+            return super()._save(output_dir, state_dict)
+        # A PEFT model saves only its adapters, which AutoModel cannot load: save the merged MapleModel instead, and
+        # beside it the trainable state (adapters + scales) that resuming needs.
+        output_dir = output_dir or self.args.output_dir
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        copy.deepcopy(model).merge_and_unload().save_pretrained(output_dir)
+        trainable = {name: param.detach().contiguous() for name, param in model.named_parameters() if param.requires_grad}
+        safetensors.torch.save_file(trainable, os.path.join(output_dir, PEFT_TRAINABLE_STATE))
+        self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        model = model or self.model
+        unwrapped = self.accelerator.unwrap_model(model)
+        if not isinstance(unwrapped, PeftModel):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        state = safetensors.torch.load_file(os.path.join(resume_from_checkpoint, PEFT_TRAINABLE_STATE))
+        missing = [name for name, param in unwrapped.named_parameters() if param.requires_grad and name not in state]
+        if missing:
+            raise ValueError(f"{resume_from_checkpoint} lacks trainable parameters {missing[:5]}")
+        unwrapped.load_state_dict(state, strict=False)
+
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None) -> None:
+        """Writes README.md from `model_cards.model_card_from_run` when that package is installed."""
+        if not self.is_world_process_zero():
+            return
+        try:
+            from model_cards import model_card_from_run
+        except ImportError:
+            return
+        model = self.accelerator.unwrap_model(self.model)
+        base = model.get_base_model() if isinstance(model, PeftModel) else model
+        peft_config = model.peft_config.get("default") if isinstance(model, PeftModel) else None
+        card = model_card_from_run(
+            output_dir=self.args.output_dir,
+            base_model=getattr(base.config, "_name_or_path", None) or None,
+            backbone=base.config.backbone,
+            training_config=self.args.to_dict(),
+            log_history=self.state.log_history,
+            eval_results={},
+            dataset_id=dataset_name,
+            judge_id=None,
+            lora=None if peft_config is None else peft_config.to_dict(),
+            repo_id=self.args.hub_model_id or model_name,
+        )
+        card.save(os.path.join(self.args.output_dir, "README.md"))
+
+
+def _candidate_similarities(text_embeds: Tensor, image_embeds: Tensor, inputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """Cosine similarities of each anchor to its sampled candidates: ``(N, C_img)`` anchor caption -> candidate
+    images (txt2img) and ``(N, C_txt)`` anchor image -> candidate texts (img2txt)."""
+    anchor_texts = text_embeds[inputs["anchor_text_index"]]
+    anchor_images = image_embeds[inputs["anchor_image_index"]]
+    txt2img = torch.einsum("nd,ncd->nc", anchor_texts, image_embeds[inputs["candidate_image_index"]])
+    img2txt = torch.einsum("nd,ncd->nc", anchor_images, text_embeds[inputs["candidate_text_index"]])
+    return txt2img, img2txt
+
+
+def _recall_at_1(queries: Tensor, keys: Tensor, query_ids: Tensor, key_ids: Tensor) -> float:
+    """Share of queries whose most similar key has the query's own id (ties between identical keys count as hits).
+    Query ``i``'s own key is ``keys[i]``, identified by ``key_ids[i] == query_ids[i]``."""
+    best = (queries.float() @ keys.float().T).argmax(dim=1)
+    return (key_ids[best] == query_ids).float().mean().item()
