@@ -13,9 +13,11 @@ query_chunk * candidate_chunk * 4 bytes (64 MiB at the defaults), whatever the c
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
-from .metrics import DEFAULT_KS, RelevantIndices, _as_index_lists, count_outranking, recall_from_ranks
+from .metrics import DEFAULT_KS, RelevantIndices, _as_index_lists, recall_from_ranks
 
 DEFAULT_QUERY_CHUNK = 1024
 DEFAULT_CANDIDATE_CHUNK = 16384
@@ -27,6 +29,22 @@ def _check_embeddings(queries: torch.Tensor, candidates: torch.Tensor) -> None:
             "embeddings: expected queries (Q, D) and candidates (C, D) with the same D, "
             f"got {tuple(queries.shape)} and {tuple(candidates.shape)}"
         )
+
+
+def _score_blocks(
+    query_block: torch.Tensor, candidates: torch.Tensor, candidate_chunk: int
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield (first candidate index, query_block @ candidate_block.T) over the candidate blocks.
+
+    Every block is written into one reused buffer: a fresh 64 MiB tensor per block would cost
+    page faults comparable to the matmul itself. The yielded tensor is overwritten by the next block.
+    """
+    buffer = query_block.new_empty(query_block.shape[0] * min(candidate_chunk, candidates.shape[0]))
+    for c_start in range(0, candidates.shape[0], candidate_chunk):
+        candidate_block = candidates[c_start : c_start + candidate_chunk]
+        scores = buffer[: query_block.shape[0] * candidate_block.shape[0]].view(query_block.shape[0], -1)
+        torch.matmul(query_block, candidate_block.T, out=scores)
+        yield c_start, scores
 
 
 @torch.no_grad()
@@ -49,8 +67,7 @@ def chunked_topk(
         query_block = queries[q_start : q_start + query_chunk]
         best_scores = query_block.new_full((query_block.shape[0], 0), float("-inf"))
         best_indices = torch.empty((query_block.shape[0], 0), dtype=torch.long, device=queries.device)
-        for c_start in range(0, candidates.shape[0], candidate_chunk):
-            block_scores = query_block @ candidates[c_start : c_start + candidate_chunk].T
+        for c_start, block_scores in _score_blocks(query_block, candidates, candidate_chunk):
             top = block_scores.topk(min(k, block_scores.shape[1]), dim=1)
             merged_scores = torch.cat([best_scores, top.values], dim=1)
             merged_indices = torch.cat([best_indices, top.indices + c_start], dim=1)
@@ -83,19 +100,23 @@ def chunked_ranks(
         # Relevant pairs of this query block as (row, candidate) coordinates.
         rows = torch.tensor([q for q, indices in enumerate(block_relevant) for _ in indices], device=queries.device)
         cols = torch.tensor([c for indices in block_relevant for c in indices], device=queries.device)
-        # The best relevant score per query, from a GEMM like the blocks below, so exact ties
-        # between a relevant and an irrelevant candidate compare equal.
-        relevant_scores = (query_block @ candidates[cols].T)[rows, torch.arange(len(cols), device=queries.device)]
+        # Best relevant score per query, from a GEMM like the blocks below so that exact ties with
+        # irrelevant candidates (duplicate images or captions) compare equal.
+        unique_cols, position = cols.unique(return_inverse=True)
+        relevant_scores = (query_block @ candidates[unique_cols].T)[rows, position]
         best_relevant = query_block.new_full((query_block.shape[0],), float("-inf"))
         best_relevant.scatter_reduce_(0, rows, relevant_scores, reduce="amax")
-        outranking = torch.zeros(query_block.shape[0], dtype=torch.long, device=queries.device)
-        for c_start in range(0, candidates.shape[0], candidate_chunk):
-            block_scores = query_block @ candidates[c_start : c_start + candidate_chunk].T
-            is_relevant = torch.zeros_like(block_scores, dtype=torch.bool)
+        at_least_best = torch.zeros(query_block.shape[0], dtype=torch.long, device=queries.device)
+        for c_start, block_scores in _score_blocks(query_block, candidates, candidate_chunk):
+            # The relevant candidates of this block are counted below, take them back out.
             in_block = (cols >= c_start) & (cols < c_start + block_scores.shape[1])
-            is_relevant[rows[in_block], cols[in_block] - c_start] = True
-            outranking += count_outranking(block_scores, best_relevant, is_relevant)
-        ranks.append(outranking + 1)
+            block_rows, block_cols = rows[in_block], cols[in_block] - c_start
+            relevant_hits = block_scores[block_rows, block_cols] >= best_relevant[block_rows]
+            at_least_best.scatter_add_(0, block_rows, -relevant_hits.long())
+            # In place, as 0./1. floats: far cheaper than a bool tensor and an integer sum. Sums of
+            # at most candidate_chunk ones are exact in fp32 below 2**24.
+            at_least_best += block_scores.ge_(best_relevant[:, None]).sum(dim=1).long()
+        ranks.append(at_least_best + 1)
     return torch.cat(ranks)
 
 
