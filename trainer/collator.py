@@ -46,8 +46,9 @@ class DataCollatorForEmbeddingPreference(DataCollatorMixin):
     `MapleProcessor`, plus index tensors that place each anchor and candidate in those embeddings.
 
     Each step keeps every anchor's own candidate (index 0, the anchor itself) and draws `num_*_candidates - 1` of its
-    other candidates uniformly without replacement (all of them when `None`). Drawing uses torch's global generator,
-    which `Trainer` checkpoints, so a resumed run draws the same candidates.
+    other candidates uniformly without replacement (all of them when `None`). The draw is seeded by `seed`, the epoch
+    (see `set_epoch`) and the row id: fresh every epoch, yet the same in a resumed run and whatever the number of
+    processes or the batch a row lands in.
 
     Returned keys, besides the processor's (`input_ids`, `attention_mask`, `pixel_values`, ...):
         anchor_text_index, anchor_image_index: `(N,)` row of each anchor's caption / image in the embeddings.
@@ -60,8 +61,13 @@ class DataCollatorForEmbeddingPreference(DataCollatorMixin):
     processor: Any
     num_image_candidates: int | None = None
     num_text_candidates: int | None = None
+    seed: int = 0
     dataset_name: str = "train"
     return_tensors: str = "pt"
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         check_rows(
@@ -81,7 +87,10 @@ class DataCollatorForEmbeddingPreference(DataCollatorMixin):
             ("text", texts, "candidate_texts", "img2txt_scores", self.num_text_candidates),
             ("image", images, "candidate_images", "txt2img_scores", self.num_image_candidates),
         ):
-            picks = [_sample_candidates(len(example[candidates_column]), limit) for example in examples]
+            picks = [
+                _sample_candidates(len(example[candidates_column]), limit, self._generator(example["id"], modality))
+                for example in examples
+            ]
             width = max(len(pick) for pick in picks)
             index = torch.zeros(len(examples), width, dtype=torch.long)
             mask = torch.zeros(len(examples), width, dtype=torch.bool)
@@ -95,6 +104,10 @@ class DataCollatorForEmbeddingPreference(DataCollatorMixin):
         batch["text_ids"], batch["image_ids"] = torch.tensor(texts.ids), torch.tensor(images.ids)
         batch.update(self.processor(text=texts.items, images=images.items))
         return batch
+
+    def _generator(self, row_id: str, modality: str) -> torch.Generator:
+        key = hashlib.blake2b(f"{self.seed}:{self.epoch}:{row_id}:{modality}".encode(), digest_size=8).digest()
+        return torch.Generator().manual_seed(int.from_bytes(key, "little"))
 
 
 class _DistinctItems:
@@ -114,9 +127,9 @@ class _DistinctItems:
         return self._position[identity]
 
 
-def _sample_candidates(count: int, limit: int | None) -> list[int]:
+def _sample_candidates(count: int, limit: int | None, generator: torch.Generator) -> list[int]:
     """Candidate 0 (the anchor itself) plus up to `limit - 1` others drawn without replacement, in dataset order."""
     if limit is None or count <= limit:
         return list(range(count))
-    others = (torch.randperm(count - 1)[: limit - 1] + 1).sort().values
+    others = (torch.randperm(count - 1, generator=generator)[: limit - 1] + 1).sort().values
     return [0, *others.tolist()]

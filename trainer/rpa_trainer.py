@@ -151,6 +151,7 @@ class RPATrainer(DPOTrainer):
                 processor=processing_class,
                 num_image_candidates=args.num_image_candidates,
                 num_text_candidates=args.num_text_candidates,
+                seed=args.seed,
             )
         _BaseTrainer.__init__(
             self,
@@ -165,6 +166,8 @@ class RPATrainer(DPOTrainer):
             optimizers=optimizers,
         )
         self.ref_model = None if ref_model is None else self.accelerator.prepare_model(ref_model, evaluation_mode=True)
+        if hasattr(self.data_collator, "set_epoch"):
+            self.add_callback(_CollatorEpoch(self.data_collator))
 
     # ------------------------------------------------------------------------------------------ set-up
     @staticmethod
@@ -352,6 +355,16 @@ class RPATrainer(DPOTrainer):
             repo_id=self.args.hub_model_id or model_name,
         )
         card.save(os.path.join(self.args.output_dir, "README.md"))
+
+
+class _CollatorEpoch(TrainerCallback):
+    """Tells the collator the epoch, which seeds its candidate draws (also when resuming mid-epoch)."""
+
+    def __init__(self, collator: DataCollatorForEmbeddingPreference):
+        self.collator = collator
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.collator.set_epoch(int(state.epoch or 0))
 
 
 def _candidate_similarities(text_embeds: Tensor, image_embeds: Tensor, inputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,233 @@
+"""RPATrainer end to end on tiny offline models and the synthetic preference dataset of `trainer.testing`."""
+
+import math
+import os
+
+import pytest
+import torch
+from peft import LoraConfig
+from transformers import AutoModel, AutoProcessor, TrainerCallback
+
+from modeling_maple.testing import build_tiny
+from trainer import RPAConfig, RPATrainer
+from trainer.testing import synthetic_preference_dataset
+
+# LoRA on the attention of both towers of the tiny dual encoder (CLIP vision + BERT text)
+TINY_LORA = LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj", "query", "value"])
+
+
+def make_config(tmp_path, **overrides):
+    settings = dict(
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=16,
+        max_steps=30,
+        learning_rate=1e-3,
+        warmup_steps=0,
+        rpa_weight=0.5,
+        logging_steps=5,
+        save_strategy="no",
+        report_to=[],
+        seed=0,
+        dataloader_num_workers=0,
+    )
+    settings.update(overrides)
+    return RPAConfig(**settings)
+
+
+def make_trainer(tmp_path, backbone="dual_encoder", train_rows=32, peft_config=None, **overrides):
+    model, processor = build_tiny(backbone, seed=0)
+    return RPATrainer(
+        model,
+        args=make_config(tmp_path, **overrides),
+        train_dataset=synthetic_preference_dataset(train_rows, seed=0),
+        eval_dataset=synthetic_preference_dataset(16, seed=1),
+        processing_class=processor,
+        peft_config=peft_config,
+    )
+
+
+def train_logs(trainer):
+    trainer.train()
+    return [entry for entry in trainer.state.log_history if "loss/rpa" in entry and "eval_loss" not in entry]
+
+
+def test_training_lowers_both_losses_and_raises_reward_accuracy(tmp_path):
+    trainer = make_trainer(tmp_path)
+    before = trainer.evaluate()
+    logs = train_logs(trainer)
+    after = trainer.evaluate()
+    assert logs[-1]["loss/rpa"] < 0.8 * logs[0]["loss/rpa"]
+    assert logs[-1]["loss/contrastive"] < 0.8 * logs[0]["loss/contrastive"]
+    assert logs[-1]["rewards/accuracies"] > logs[0]["rewards/accuracies"] + 0.1
+    assert after["eval_loss/rpa"] < before["eval_loss/rpa"] and after["eval_loss/contrastive"] < before["eval_loss/contrastive"]
+    assert after["eval_rewards/accuracies"] > before["eval_rewards/accuracies"]
+    for direction in ("text_to_image", "image_to_text"):
+        assert 0.0 <= after[f"eval_recall@1/{direction}"] <= 1.0
+    assert {"beta", "temperature", "rewards/margins"} <= set(logs[-1])
+    assert logs[0]["beta"] == pytest.approx(1 / 0.07, rel=0.01) and logs[0]["temperature"] == pytest.approx(0.07, rel=0.01)
+
+
+def test_mllm_backbone_trains_with_sampled_candidates(tmp_path):
+    trainer = make_trainer(tmp_path, backbone="mllm", train_rows=16, max_steps=8, logging_steps=4,
+                           num_text_candidates=2, num_image_candidates=3, rpa_loss="pairwise")
+    logs = train_logs(trainer)
+    assert all(math.isfinite(entry["loss"]) for entry in logs)
+    assert logs[-1]["loss"] < logs[0]["loss"]
+
+
+def test_beta_and_temperature_initialise_from_config_and_can_be_frozen(tmp_path):
+    trainer = make_trainer(tmp_path, beta=5.0, temperature=0.5, learn_beta=False, max_steps=3)
+    trainer.train()
+    model = trainer.model
+    assert model.preference_logit_scale.exp().item() == pytest.approx(5.0)  # frozen
+    assert model.logit_scale.exp().item() != pytest.approx(2.0)  # learnt from 1/0.5
+
+
+class _StopAfter(TrainerCallback):
+    """Interrupts a run after `step` steps (after its checkpoint there is written), like a killed job."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def test_resume_from_checkpoint_equals_an_uninterrupted_run(tmp_path):
+    common = dict(max_steps=6, save_strategy="steps", save_steps=3, num_text_candidates=3, num_image_candidates=3)
+    uninterrupted = make_trainer(tmp_path / "a", **common)
+    uninterrupted.train()
+
+    stopped = make_trainer(tmp_path / "b", **common)
+    stopped.add_callback(_StopAfter(3))
+    stopped.train()
+    resumed = make_trainer(tmp_path / "b", **common)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "b" / "run" / "checkpoint-3"))
+
+    expected, got = uninterrupted.model.state_dict(), resumed.model.state_dict()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(got[name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
+def test_frozen_reference_without_peft_is_a_frozen_copy(tmp_path):
+    trainer = make_trainer(tmp_path, reference="frozen", max_steps=10)
+    reference = {name: tensor.clone() for name, tensor in trainer.ref_model.state_dict().items()}
+    # The policy starts as the reference: every log-ratio, hence every margin, is zero
+    assert trainer.evaluate()["eval_rewards/margins"] == pytest.approx(0.0, abs=1e-6)
+    trainer.train()
+    assert trainer.evaluate()["eval_rewards/margins"] > 0.0
+    for name, tensor in trainer.ref_model.state_dict().items():
+        torch.testing.assert_close(tensor, reference[name], rtol=0, atol=0)
+
+
+def test_frozen_reference_with_peft_disables_the_adapters(tmp_path):
+    trainer = make_trainer(tmp_path, reference="frozen", max_steps=10, peft_config=TINY_LORA)
+    assert trainer.ref_model is None
+    base = {name: param.clone() for name, param in trainer.model.named_parameters() if "lora_" not in name}
+    assert trainer.evaluate()["eval_rewards/margins"] == pytest.approx(0.0, abs=1e-6)  # LoRA B starts at zero
+    trainer.train()
+    assert trainer.evaluate()["eval_rewards/margins"] > 0.0
+    for name, param in trainer.model.named_parameters():
+        if name in base and name.split(".")[-1] not in ("logit_scale", "preference_logit_scale"):
+            torch.testing.assert_close(param, base[name], rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("peft_config", [None, TINY_LORA], ids=["full", "lora"])
+def test_saved_model_loads_with_auto_classes(tmp_path, peft_config):
+    trainer = make_trainer(tmp_path, max_steps=4, peft_config=peft_config)
+    trainer.train()
+    trainer.save_model()
+    output_dir = trainer.args.output_dir
+    loaded, processor = AutoModel.from_pretrained(output_dir).eval(), AutoProcessor.from_pretrained(output_dir)
+    trained = trainer.model.eval()
+    if peft_config is not None:
+        trained = trained.merge_and_unload()
+    texts, images = ["a red square on the left"], [synthetic_preference_dataset(1)[0]["image"]]
+    expected = trained.encode(processor, texts=texts, images=images)
+    for got, want in zip(loaded.encode(processor, texts=texts, images=images), expected):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    assert loaded.preference_logit_scale.item() == pytest.approx(trained.preference_logit_scale.item())
+
+
+def test_lora_checkpoint_resumes_adapters_and_scales(tmp_path):
+    common = dict(max_steps=4, save_strategy="steps", save_steps=2)
+    uninterrupted = make_trainer(tmp_path / "a", peft_config=TINY_LORA, **common)
+    uninterrupted.train()
+    stopped = make_trainer(tmp_path / "b", peft_config=TINY_LORA, **common)
+    stopped.add_callback(_StopAfter(2))
+    stopped.train()
+    resumed = make_trainer(tmp_path / "b", peft_config=TINY_LORA, **common)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "b" / "run" / "checkpoint-2"))
+    expected = dict(uninterrupted.model.named_parameters())
+    for name, param in resumed.model.named_parameters():
+        torch.testing.assert_close(param, expected[name], rtol=0, atol=1e-6, msg=name)
+
+
+class _PoisonTemperature(TrainerCallback):
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step == 3:
+            with torch.no_grad():
+                model.logit_scale.fill_(float("nan"))
+
+
+def test_non_finite_loss_saves_a_checkpoint_and_names_the_step(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=10)
+    trainer.add_callback(_PoisonTemperature())
+    with pytest.raises(FloatingPointError, match="training step 4"):
+        trainer.train()
+    assert os.path.isfile(tmp_path / "run" / "checkpoint-3" / "model.safetensors")
+
+
+def _corrupt(column, value_fn):
+    dataset = synthetic_preference_dataset(4)
+
+    def edit(row, index):
+        if index == 2:
+            row[column] = value_fn(row[column])
+        return row
+
+    return dataset.map(edit, with_indices=True)
+
+
+@pytest.mark.parametrize(
+    "make_dataset,message",
+    [
+        (lambda: synthetic_preference_dataset(4).remove_columns("txt2img_scores"), r"lacks column\(s\) \['txt2img_scores'\]"),
+        (lambda: _corrupt("img2txt_scores", lambda s: s[:-1]), r"row id 'scene-2': column 'img2txt_scores' has 3 scores, expected 4"),
+        (lambda: _corrupt("txt2img_scores", lambda s: [1.5, *s[1:]]), r"row id 'scene-2': column 'txt2img_scores'\[0\] is 1.5; expected .* \[0, 1\]"),
+        (lambda: _corrupt("txt2img_scores", lambda s: [*s[:-1], float("nan")]), r"'scene-2': column 'txt2img_scores'\[3\] is nan"),
+        (lambda: _corrupt("candidate_texts", lambda s: []), r"row id 'scene-2': column 'candidate_texts' is empty"),
+    ],
+    ids=["missing-column", "length-mismatch", "out-of-range", "nan", "empty"],
+)
+def test_bad_datasets_fail_before_training_with_a_clear_error(tmp_path, make_dataset, message):
+    model, processor = build_tiny("dual_encoder")
+    with pytest.raises(ValueError, match=message):
+        RPATrainer(model, args=make_config(tmp_path), train_dataset=make_dataset(), processing_class=processor)
+
+
+def test_config_defaults_run_on_cpu_and_follow_the_paper(tmp_path):
+    config = RPAConfig(output_dir=str(tmp_path))
+    assert config.bf16 is (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    assert not config.gradient_checkpointing
+    assert config.learning_rate == 5e-4 and config.lr_scheduler_type == "cosine" and config.warmup_steps == 0.025
+    assert (config.rpa_loss, config.reference, config.expand_negatives) == ("listwise", "none", True)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (dict(rpa_weight=1.5), "rpa_weight"),
+        (dict(rpa_loss="triplet"), "rpa_loss"),
+        (dict(reference="ema"), "reference"),
+        (dict(beta=0.0), "beta"),
+        (dict(num_text_candidates=1), "num_text_candidates"),
+        (dict(loss_type=["ipo"]), "loss_type"),
+        (dict(precompute_ref_log_probs=True), "precompute_ref_log_probs"),
+    ],
+)
+def test_config_rejects_bad_values(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        RPAConfig(output_dir=str(tmp_path), **overrides)
