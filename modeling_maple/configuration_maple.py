@@ -69,6 +69,7 @@ class MapleConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
+        self._check_maple_fields()
         # The embedder shares its special tokens with the backbone's text side, which keeps
         # `Trainer`'s tokenizer/config alignment a no-op.
         text_side = self.mllm_config if self.backbone == "mllm" else self.text_config
@@ -78,8 +79,9 @@ class MapleConfig(PreTrainedConfig):
                 if getattr(self, name, None) is None and getattr(text_side, name, None) is not None:
                     setattr(self, name, getattr(text_side, name))
 
-    def validate_maple(self):
-        """Part of `@strict` validation: bad values fail at construction with a clear message."""
+    def _check_maple_fields(self):
+        # Raised from `__post_init__` as plain ValueErrors (`@strict` validators wrap theirs), so bad
+        # values fail at construction with a message that names the field.
         if self.backbone not in BACKBONES:
             raise ValueError(f"Unknown backbone {self.backbone!r}: expected one of {BACKBONES}.")
         if self.pooling not in POOLINGS[self.backbone]:

@@ -340,8 +340,8 @@ class MapleModel(MaplePreTrainedModel):
 
     @classmethod
     def _from_two_tower(cls, name_or_path: str, **config_overrides: Any) -> "MapleModel":
-        # CLIP/SigLIP keep their towers under `vision_model.` / `text_model.`, as their
-        # single-tower classes do, so the towers' state dicts transfer key for key.
+        # CLIP/SigLIP keep their towers under `vision_model.` / `text_model.`; their single-tower
+        # classes use the same names, with or without that prefix depending on the family.
         two_tower = AutoModel.from_pretrained(name_or_path)
         if getattr(two_tower.config, "vision_config", None) is None or getattr(two_tower.config, "text_config", None) is None:
             raise ValueError(
@@ -362,7 +362,10 @@ class MapleModel(MaplePreTrainedModel):
         model = cls(config)
         state = two_tower.state_dict()
         for tower, prefix in ((model.vision_tower, "vision_model."), (model.text_tower, "text_model.")):
-            tower.load_state_dict({key: value for key, value in state.items() if key.startswith(prefix)})
+            tower_state = {key: value for key, value in state.items() if key.startswith(prefix)}
+            if not set(tower_state) <= set(tower.state_dict()):
+                tower_state = {key.removeprefix(prefix): value for key, value in tower_state.items()}
+            tower.load_state_dict(tower_state)
         for ours, theirs in ((model.visual_projection, "visual_projection"), (model.text_projection, "text_projection")):
             source = getattr(two_tower, theirs, None)
             if isinstance(source, nn.Linear) and source.weight.shape == ours.weight.shape:

@@ -1,0 +1,32 @@
+"""Run Python code in a fresh interpreter that cannot import this repository's packages.
+
+`python -I -S` drops the working directory, PYTHONPATH and the `.pth` hooks (the editable install's
+finder among them); site-packages is then put back by hand, so transformers & co. still import.
+This is how a user without `maple` installed loads a checkpoint with `trust_remote_code=True`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import sysconfig
+import textwrap
+
+
+def run_isolated(code: str, cwd: str, env: dict[str, str] | None = None, timeout: float = 300) -> str:
+    """Run `code` in an isolated interpreter inside `cwd`; returns stdout, raises with stderr on failure."""
+    site_packages = sysconfig.get_paths()["purelib"]
+    prelude = f"import sys\nsys.path.append({site_packages!r})\n"
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", prelude + textwrap.dedent(code)],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"isolated run failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    return result.stdout

