@@ -45,11 +45,13 @@ def top_k_neighbours(
     embeddings: torch.Tensor,
     k: int,
     *,
+    query_rows: torch.Tensor | None = None,
     query_chunk_size: int = 1024,
     key_chunk_size: int = 8192,
     duplicate_threshold: float = DEFAULT_DUPLICATE_THRESHOLD,
 ) -> Neighbours:
-    """Exact top-k cosine neighbours of every row of `embeddings` among the other rows.
+    """Exact top-k cosine neighbours of every row of `embeddings` (or of the rows `query_rows`) among
+    the other rows.
 
     A row never lists itself, nor any row whose cosine to it reaches `duplicate_threshold` (exact
     duplicates would be useless hard negatives: the judge cannot tell them apart).
@@ -57,6 +59,7 @@ def top_k_neighbours(
     Args:
         embeddings: (N, D) float tensor; normalised here, so any scale is fine.
         k: neighbours per row.
+        query_rows: (Q,) int64 rows to search for; all rows when None. Results follow its order.
         query_chunk_size, key_chunk_size: block shape; peak extra memory is about
             query_chunk_size * (key_chunk_size + k) floats.
         duplicate_threshold: cosine at or above which a row counts as a duplicate.
@@ -69,26 +72,27 @@ def top_k_neighbours(
         raise ValueError("chunk sizes must be positive")
     normalised = torch.nn.functional.normalize(embeddings.float(), dim=-1)
     num_rows = normalised.shape[0]
-    all_indices = torch.full((num_rows, k), -1, dtype=torch.long)
-    all_scores = torch.full((num_rows, k), float("-inf"))
-    for query_start in range(0, num_rows, query_chunk_size):
-        queries = normalised[query_start : query_start + query_chunk_size]
-        query_rows = torch.arange(query_start, query_start + queries.shape[0]).unsqueeze(1)
-        best_scores = torch.full((queries.shape[0], k), float("-inf"))
-        best_indices = torch.full((queries.shape[0], k), -1, dtype=torch.long)
+    query_rows = torch.arange(num_rows) if query_rows is None else query_rows.long()
+    all_indices = torch.full((len(query_rows), k), -1, dtype=torch.long)
+    all_scores = torch.full((len(query_rows), k), float("-inf"))
+    for query_start in range(0, len(query_rows), query_chunk_size):
+        chunk_rows = query_rows[query_start : query_start + query_chunk_size]
+        queries = normalised[chunk_rows]
+        best_scores = torch.full((len(chunk_rows), k), float("-inf"))
+        best_indices = torch.full((len(chunk_rows), k), -1, dtype=torch.long)
         for key_start in range(0, num_rows, key_chunk_size):
             keys = normalised[key_start : key_start + key_chunk_size]
             key_rows = torch.arange(key_start, key_start + keys.shape[0]).unsqueeze(0)
             similarities = _block_similarities(queries, keys)
-            excluded = (query_rows == key_rows) | (similarities >= duplicate_threshold)
+            excluded = (chunk_rows.unsqueeze(1) == key_rows) | (similarities >= duplicate_threshold)
             similarities.masked_fill_(excluded, float("-inf"))
             merged_scores = torch.cat([best_scores, similarities], dim=1)
-            merged_indices = torch.cat([best_indices, key_rows.expand(queries.shape[0], -1)], dim=1)
+            merged_indices = torch.cat([best_indices, key_rows.expand(len(chunk_rows), -1)], dim=1)
             best_scores, positions = merged_scores.topk(min(k, merged_scores.shape[1]), dim=1)
             best_indices = merged_indices.gather(1, positions)
         best_indices[best_scores == float("-inf")] = -1
-        all_scores[query_start : query_start + queries.shape[0]] = best_scores
-        all_indices[query_start : query_start + queries.shape[0]] = best_indices
+        all_scores[query_start : query_start + len(chunk_rows)] = best_scores
+        all_indices[query_start : query_start + len(chunk_rows)] = best_indices
     return Neighbours(indices=all_indices, scores=all_scores)
 
 
@@ -172,7 +176,8 @@ class HardNegativeMiner:
 
     Build it from a Hub id or local path of a transformers image model (`from_pretrained`, e.g.
     "facebook/dinov2-base" as in the paper), from a MAPLE embedder (`from_maple`), or from any
-    callable mapping a batch of images to a (batch, dim) tensor.
+    callable mapping a batch of images to a (batch, dim) tensor. `name` identifies the encoder in
+    dataset cards and cache keys.
     """
 
     def __init__(
@@ -183,8 +188,10 @@ class HardNegativeMiner:
         query_chunk_size: int = 1024,
         key_chunk_size: int = 8192,
         duplicate_threshold: float = DEFAULT_DUPLICATE_THRESHOLD,
+        name: str | None = None,
     ) -> None:
         self.encode_images = encode_images
+        self.name = name or getattr(encode_images, "__qualname__", type(encode_images).__name__)
         self.batch_size = batch_size
         self.query_chunk_size = query_chunk_size
         self.key_chunk_size = key_chunk_size
@@ -204,6 +211,7 @@ class HardNegativeMiner:
 
         model = AutoModel.from_pretrained(model_id_or_path, dtype=dtype).to(device).eval()
         image_processor = AutoImageProcessor.from_pretrained(model_id_or_path)
+        kwargs.setdefault("name", model_id_or_path)
         return cls(_TransformersImageEncoder(model, image_processor), **kwargs)
 
     @classmethod
@@ -213,6 +221,7 @@ class HardNegativeMiner:
         def encode_images(images: Sequence[PIL.Image.Image]) -> torch.Tensor:
             return model.encode(processor, images=list(images), batch_size=len(images))
 
+        kwargs.setdefault("name", f"maple:{model.config.name_or_path or 'in-memory'}")
         return cls(encode_images, **kwargs)
 
     @torch.inference_mode()
@@ -231,11 +240,13 @@ class HardNegativeMiner:
             raise ValueError("no images to embed")
         return torch.nn.functional.normalize(torch.cat(embeddings), dim=-1)
 
-    def mine(self, embeddings: torch.Tensor, k: int) -> Neighbours:
-        """Top-`k` neighbours of every row of `embeddings` (N, D), excluding itself and duplicates."""
+    def mine(self, embeddings: torch.Tensor, k: int, *, query_rows: torch.Tensor | None = None) -> Neighbours:
+        """Top-`k` neighbours of every row of `embeddings` (N, D) (or of `query_rows` only),
+        excluding itself and duplicates."""
         return top_k_neighbours(
             embeddings,
             k,
+            query_rows=query_rows,
             query_chunk_size=self.query_chunk_size,
             key_chunk_size=self.key_chunk_size,
             duplicate_threshold=self.duplicate_threshold,

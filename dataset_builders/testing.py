@@ -6,6 +6,11 @@ code paths. Their judgements and captions are meaningless, their plumbing is the
 
 from __future__ import annotations
 
+import io
+import time
+
+import numpy
+import PIL.Image
 import torch
 from transformers import Qwen2VLForConditionalGeneration
 
@@ -13,6 +18,7 @@ from modeling_maple.testing import tiny_image_processor, tiny_qwen2_vl_config, t
 
 from .captioner import ContrastiveCaptioner
 from .judge import MLLMJudge
+from .miner import HardNegativeMiner
 
 
 def tiny_qwen2_vl(seed: int = 0, **config_overrides) -> Qwen2VLForConditionalGeneration:
@@ -38,3 +44,102 @@ def tiny_captioner(seed: int = 0, *, image_size: int = 32, **captioner_kwargs) -
         name=f"tiny-captioner-{seed}",
         **captioner_kwargs,
     )
+
+
+COLOURS: dict[str, tuple[float, float, float]] = {
+    "red": (1.0, 0.0, 0.0),
+    "green": (0.0, 0.5, 0.0),
+    "blue": (0.0, 0.0, 1.0),
+    "yellow": (1.0, 1.0, 0.0),
+    "white": (1.0, 1.0, 1.0),
+    "black": (0.0, 0.0, 0.0),
+}
+
+
+def mean_colour(image: PIL.Image.Image) -> torch.Tensor:
+    """(3,) mean RGB of `image` in [0, 1]."""
+    pixels = torch.from_numpy(numpy.asarray(image.convert("RGB").resize((8, 8)), dtype=numpy.float32))
+    return pixels.mean(dim=(0, 1)) / 255.0
+
+
+def nearest_colour_name(image: PIL.Image.Image) -> str:
+    """The name in `COLOURS` closest to the image's mean colour."""
+    mean = mean_colour(image)
+    return min(COLOURS, key=lambda name: float((torch.tensor(COLOURS[name]) - mean).norm()))
+
+
+class ColourJudge:
+    """A deterministic stand-in judge: alpha = closeness of the image's mean colour to the colour
+    words of the text (0.5 for a text without colour words). Implements `PreferenceJudge`.
+
+    Args:
+        delay: seconds to sleep per call, to make builds slow enough to interrupt in tests.
+    """
+
+    name = "colour-judge"
+    prompt = "colour distance"
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.calls = 0
+
+    def _alpha(self, image: PIL.Image.Image, text: str) -> float:
+        named = [torch.tensor(rgb) for word, rgb in COLOURS.items() if word in text.lower().split()]
+        if not named:
+            return 0.5
+        distance = min(float((rgb - mean_colour(image)).norm()) for rgb in named)
+        return 1.0 - distance / 3.0**0.5
+
+    def score(self, images, texts, *, reuse_prefix: bool = True) -> list[torch.Tensor]:
+        self.calls += 1
+        time.sleep(self.delay)
+        return [torch.tensor([self._alpha(image, text) for text in candidates]) for image, candidates in zip(images, texts)]
+
+    def score_images(self, texts, images) -> list[torch.Tensor]:
+        self.calls += 1
+        time.sleep(self.delay)
+        return [torch.tensor([self._alpha(image, text) for image in candidates]) for text, candidates in zip(texts, images)]
+
+
+class ColourCaptioner:
+    """A deterministic stand-in captioner naming the colours of both images. Implements
+    `CandidateCaptioner`."""
+
+    name = "colour-captioner"
+
+    def caption(self, anchors, negatives) -> list[list[str]]:
+        captions = []
+        for anchor, negative in zip(anchors, negatives):
+            mine, theirs = nearest_colour_name(anchor), nearest_colour_name(negative)
+            captions.append([f"a {mine} image, not {theirs}", f"a {theirs} image, not {mine}"])
+        return captions
+
+
+def thumbnail_miner(**miner_kwargs) -> HardNegativeMiner:
+    """A `HardNegativeMiner` whose image embedding is the flattened 4x4 RGB thumbnail, centred."""
+
+    def encode_images(images) -> torch.Tensor:
+        thumbnails = [numpy.asarray(image.convert("RGB").resize((4, 4)), dtype=numpy.float32) for image in images]
+        return torch.from_numpy(numpy.stack(thumbnails)).flatten(1) / 255.0 - 0.5
+
+    miner_kwargs.setdefault("name", "thumbnail-4x4")
+    return HardNegativeMiner(encode_images, **miner_kwargs)
+
+
+def colour_squares(num_images: int, *, seed: int = 0, size: int = 16) -> dict[str, list]:
+    """An image-caption source as columns {"id", "image", "caption"}: squares of the `COLOURS`, each
+    with a few random pixels so that no two images are identical; images as PNG {"bytes", "path"}."""
+    generator = torch.Generator().manual_seed(seed)
+    names = list(COLOURS)
+    columns: dict[str, list] = {"id": [], "image": [], "caption": []}
+    for index in range(num_images):
+        name = names[index % len(names)]
+        image = PIL.Image.new("RGB", (size, size), tuple(int(255 * value) for value in COLOURS[name]))
+        for x, y, grey in torch.randint(0, size, (4, 3), generator=generator).tolist():
+            image.putpixel((x, y), (grey * 16,) * 3)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        columns["id"].append(f"square-{index:03d}")
+        columns["image"].append({"bytes": buffer.getvalue(), "path": None})
+        columns["caption"].append(f"a {name} square")
+    return columns

@@ -103,3 +103,12 @@ def test_miner_embeds_with_a_maple_model():
     embeddings = miner.embed(images)
     torch.testing.assert_close(embeddings, model.encode(processor, images=images))
     assert miner.mine(embeddings, k=1).indices.shape == (3, 1)
+
+
+def test_query_subset_matches_the_full_search():
+    embeddings = torch.randn(97, 8, generator=torch.Generator().manual_seed(3))
+    full = top_k_neighbours(embeddings, 4, query_chunk_size=10, key_chunk_size=17)
+    rows = torch.tensor([90, 3, 41, 42])
+    subset = top_k_neighbours(embeddings, 4, query_rows=rows, query_chunk_size=3, key_chunk_size=17)
+    assert torch.equal(subset.indices, full.indices[rows])
+    torch.testing.assert_close(subset.scores, full.scores[rows])

@@ -1,0 +1,663 @@
+"""`MaplePreferences`: the `datasets` builder that turns image-caption pairs into MLLM-judged
+preference rows (schema in docs/architecture.md), and publishes and loads them.
+
+Pipeline, per the paper (section 3 of the method notes):
+
+1. read the source (local folder, parquet, a `datasets.Dataset`, or a Hub id) and check every row:
+   unreadable images, empty captions and duplicate ids are skipped, counted and listed with reasons;
+2. embed the images (a `HardNegativeMiner`), optionally de-duplicate with SemDeDup;
+3. per shard of `shard_size` anchors: mine each anchor's top-K neighbours, write candidate captions
+   (a `CandidateCaptioner`, or the neighbours' own captions), score both candidate lists with a
+   `PreferenceJudge`, and write the shard as parquet.
+
+Everything expensive is checkpointed in the work directory: the row check, the embeddings and every
+finished shard (written to a temporary name, then renamed, so a shard file is either complete or
+absent). A run after a crash or SIGKILL redoes only the missing shards; shard contents depend only
+on the shard's anchors and the seed, so the result equals an uninterrupted build row for row.
+
+Several processes (`accelerate launch`, torchrun: RANK / WORLD_SIZE in the environment) split the
+work: each embeds its slice of the images and builds the shards s with s % world_size == rank; rank
+0 waits for all shards and assembles the dataset.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import PIL.Image
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm.auto import tqdm
+
+from .interfaces import CandidateCaptioner, PreferenceJudge
+from .miner import HardNegativeMiner, semdedup
+
+FEATURES = datasets.Features(
+    {
+        "id": datasets.Value("string"),
+        "image": datasets.Image(),
+        "caption": datasets.Value("string"),
+        "candidate_images": datasets.Sequence(datasets.Image()),
+        "candidate_texts": datasets.Sequence(datasets.Value("string")),
+        "txt2img_scores": datasets.Sequence(datasets.Value("float32")),
+        "img2txt_scores": datasets.Sequence(datasets.Value("float32")),
+    }
+)
+"""The preference dataset schema, one row per anchor (shared with `trainer.schema`)."""
+
+TEXT_CANDIDATE_SOURCES = ("generated", "corpus")
+
+
+@dataclass
+class MaplePreferencesConfig(datasets.BuilderConfig):
+    """How a preference dataset is built. Named configs: see `MaplePreferences.BUILDER_CONFIGS`.
+
+    Attributes:
+        source: local folder (image folder with a metadata file, or parquet files), a parquet file,
+            or a Hub dataset id. Alternatively pass a `datasets.Dataset` to the builder.
+        source_split: split of a Hub or folder source.
+        image_column, caption_column, id_column: source columns; without an id column the row
+            index is the id.
+        num_hard_negatives: K, hard-negative images per anchor (paper example: 3).
+        text_candidates: "generated" (a captioner contrasts the anchor with its hard negatives,
+            the paper) or "corpus" (the hard negatives' own captions; no captioner needed).
+        captioned_negatives: how many of the K hard negatives the captioner is shown, one prompt each.
+        max_candidate_texts: cap on the text pool, anchor caption included (paper: 6).
+        shard_size: anchors per shard, the unit of checkpointing and of work per process.
+        semdedup_clusters: SemDeDup k-means clusters (paper: 50,000), None to skip de-duplication.
+        semdedup_epsilon: SemDeDup threshold, duplicates have cosine > 1 - epsilon (paper: 0.07).
+        seed: seeds captioner sampling (per shard) and SemDeDup's k-means.
+        source_license: licence of the source data, for the dataset card.
+        components: set by the builder: names of the judge, captioner and miner and the in-memory
+            source's fingerprint. Part of the cache key, so changing any of them never reuses a
+            stale build.
+    """
+
+    source: str | None = None
+    source_split: str = "train"
+    image_column: str = "image"
+    caption_column: str = "caption"
+    id_column: str = "id"
+    num_hard_negatives: int = 3
+    text_candidates: str = "generated"
+    captioned_negatives: int = 1
+    max_candidate_texts: int = 6
+    shard_size: int = 256
+    semdedup_clusters: int | None = 50_000
+    semdedup_epsilon: float = 0.07
+    seed: int = 0
+    source_license: str | None = None
+    components: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise a ValueError naming every bad setting. Runs at construction and again in the builder,
+        because `datasets` applies keyword overrides to a named config by plain attribute assignment."""
+        problems = []
+        if self.num_hard_negatives < 1:
+            problems.append(f"num_hard_negatives must be at least 1, got {self.num_hard_negatives}")
+        if self.text_candidates not in TEXT_CANDIDATE_SOURCES:
+            problems.append(f"text_candidates must be one of {TEXT_CANDIDATE_SOURCES}, got {self.text_candidates!r}")
+        if not 1 <= self.captioned_negatives <= self.num_hard_negatives:
+            problems.append(f"captioned_negatives must be in [1, num_hard_negatives], got {self.captioned_negatives}")
+        if self.max_candidate_texts < 2:
+            problems.append(f"max_candidate_texts must be at least 2, got {self.max_candidate_texts}")
+        if self.shard_size < 1:
+            problems.append(f"shard_size must be positive, got {self.shard_size}")
+        if self.semdedup_clusters is not None and self.semdedup_clusters < 1:
+            problems.append(f"semdedup_clusters must be positive or None, got {self.semdedup_clusters}")
+        if not 0.0 <= self.semdedup_epsilon < 1.0:
+            problems.append(f"semdedup_epsilon must be in [0, 1), got {self.semdedup_epsilon}")
+        if problems:
+            raise ValueError("invalid MaplePreferences config: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class SkippedInput:
+    """A source row left out of the dataset, and why.
+
+    kind: "duplicate id", "empty caption", "unreadable image" or "near-duplicate" (SemDeDup).
+    detail: the specifics (the error, the row it duplicates).
+    """
+
+    row: int
+    id: str
+    kind: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """What the build covers, fixed before any shard is built (and identical in every process).
+
+    num_source_rows: rows in the source.
+    anchor_rows: source rows that become anchors, in dataset order.
+    anchor_embeddings: (len(anchor_rows), D) image embeddings of the anchors.
+    skipped: every source row left out, with its reason.
+    """
+
+    num_source_rows: int
+    anchor_rows: list[int]
+    anchor_embeddings: torch.Tensor
+    skipped: list[SkippedInput]
+
+    def num_shards(self, shard_size: int) -> int:
+        return -(-len(self.anchor_rows) // shard_size)
+
+
+@dataclass
+class ShardReport:
+    """What one call of `MaplePreferences.build_shards` did."""
+
+    rank: int
+    world_size: int
+    num_shards: int
+    computed: list[int] = field(default_factory=list)
+    reused: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _atomic_write_bytes(path: Path, payload: bytes) -> None:
+    temporary = path.with_name(path.name + f".tmp-{os.getpid()}")
+    temporary.write_bytes(payload)
+    os.replace(temporary, path)
+
+
+def _atomic_torch_save(path: Path, value: Any) -> None:
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    _atomic_write_bytes(path, buffer.getvalue())
+
+
+def _component_name(component: object | None) -> str | None:
+    """How a judge, captioner or miner is named in cards and cache keys."""
+    return None if component is None else getattr(component, "name", type(component).__name__)
+
+
+def _image_bytes(value: dict[str, Any]) -> bytes:
+    """The encoded bytes of an undecoded `datasets.Image` value ({"bytes", "path"})."""
+    if value.get("bytes"):
+        return value["bytes"]
+    if value.get("path"):
+        return Path(value["path"]).read_bytes()
+    raise ValueError("image has neither bytes nor a path")
+
+
+def _decode(payload: bytes) -> PIL.Image.Image:
+    image = PIL.Image.open(io.BytesIO(payload))
+    image.load()
+    return image.convert("RGB")
+
+
+def load_source(source: str, *, split: str, cache_dir: str | None = None) -> datasets.Dataset:
+    """The image-caption dataset behind `source`: a folder of parquet files, an image folder (with a
+    metadata.csv / metadata.jsonl holding the captions), a parquet file, or a Hub dataset id."""
+    path = Path(source)
+    if path.is_dir():
+        parquet_files = sorted(str(file) for file in path.rglob("*.parquet"))
+        if parquet_files:
+            return datasets.load_dataset("parquet", data_files=parquet_files, split="train", cache_dir=cache_dir)
+        return datasets.load_dataset("imagefolder", data_dir=str(path), split=split, cache_dir=cache_dir)
+    if path.suffix == ".parquet":
+        if not path.exists():
+            raise FileNotFoundError(f"source parquet file {source} does not exist")
+        return datasets.load_dataset("parquet", data_files=str(path), split="train", cache_dir=cache_dir)
+    if path.exists():
+        raise ValueError(f"unsupported source file {source}: give a folder, a parquet file or a Hub dataset id")
+    return datasets.load_dataset(source, split=split, cache_dir=cache_dir)
+
+
+class MaplePreferences(datasets.GeneratorBasedBuilder):
+    """Builds, publishes and loads MAPLE preference datasets.
+
+    Build::
+
+        builder = MaplePreferences(
+            config_name="paper", source="path/or/hub-id", cache_dir="cache",
+            miner=HardNegativeMiner.from_pretrained("facebook/dinov2-base"),
+            captioner=ContrastiveCaptioner.from_pretrained("Qwen/Qwen2.5-VL-72B-Instruct"),
+            judge=MLLMJudge.from_pretrained("Qwen/Qwen2-VL-7B-Instruct"),
+        )
+        builder.download_and_prepare()
+        dataset = builder.as_dataset(split="train")
+        builder.push_to_hub("me/my-preferences")
+
+    Load: `MaplePreferences.from_pretrained("me/my-preferences")` (or `datasets.load_dataset`).
+
+    Args:
+        judge: any `PreferenceJudge`.
+        captioner: any `CandidateCaptioner`; required when `text_candidates == "generated"`.
+        miner: a `HardNegativeMiner`.
+        source_dataset: an in-memory `datasets.Dataset` to use instead of `config.source`.
+        work_dir: where checkpoints (row check, embeddings, shards, stats) live; defaults to a folder
+            beside the datasets cache of this config. Reuse it to resume.
+        rank, world_size: this process's share of the shards; default to the RANK / WORLD_SIZE
+            environment variables that `accelerate launch` and torchrun set, else 0 / 1.
+        progress: show progress bars.
+        wait_timeout: seconds rank 0 waits for other ranks' embeddings and shards.
+        other keyword arguments: the usual `datasets.DatasetBuilder` ones and config overrides.
+    """
+
+    BUILDER_CONFIG_CLASS = MaplePreferencesConfig
+    BUILDER_CONFIGS = [
+        MaplePreferencesConfig(
+            name="paper",
+            description="The paper's recipe: K=3 DINOv2-style hard negatives, contrastive MLLM captions "
+            "(one hard negative shown, 3 samples), a pool of 6 texts, SemDeDup (50k clusters, eps 0.07).",
+        ),
+        MaplePreferencesConfig(
+            name="corpus-captions",
+            description="No captioner: the text candidates are the anchor caption and the captions of its "
+            "hard-negative images; cheaper, and needs only a judge and a miner.",
+            text_candidates="corpus",
+            semdedup_clusters=None,
+        ),
+    ]
+    DEFAULT_CONFIG_NAME = "paper"
+
+    def __init__(
+        self,
+        *args,
+        judge: PreferenceJudge | None = None,
+        captioner: CandidateCaptioner | None = None,
+        miner: HardNegativeMiner | None = None,
+        source_dataset: datasets.Dataset | None = None,
+        work_dir: str | os.PathLike | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+        progress: bool = True,
+        wait_timeout: float = 24 * 3600.0,
+        **kwargs,
+    ) -> None:
+        kwargs.setdefault("dataset_name", "maple_preferences")
+        kwargs.setdefault(
+            "components",
+            f"judge={_component_name(judge)}; captioner={_component_name(captioner)}; miner={_component_name(miner)}; "
+            f"source={getattr(source_dataset, '_fingerprint', None)}",
+        )
+        super().__init__(*args, **kwargs)
+        self.config.validate()
+        self.judge = judge
+        self.captioner = captioner
+        self.miner = miner
+        self.source_dataset = source_dataset
+        self.work_dir = Path(work_dir) if work_dir is not None else Path(self._cache_dir + ".work")
+        self.rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+        self.world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is not in [0, world_size={self.world_size})")
+        self.progress = progress
+        self.wait_timeout = wait_timeout
+        self._source: datasets.Dataset | None = None
+        self._plan: BuildPlan | None = None
+
+    # ----------------------------------------------------------------------------------------------
+    # datasets.GeneratorBasedBuilder
+
+    def _info(self) -> datasets.DatasetInfo:
+        return datasets.DatasetInfo(
+            description="MAPLE preference data: anchors with hard-negative image and text candidates, "
+            "ranked by an MLLM judge (arXiv 2506.06970).",
+            features=FEATURES,
+            license=self.config.source_license,
+        )
+
+    def _split_generators(self, dl_manager) -> list[datasets.SplitGenerator]:
+        self.build_shards()
+        shard_paths = self._wait_for_shards()
+        self.write_stats()
+        return [datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs={"shard_paths": shard_paths})]
+
+    def _generate_examples(self, shard_paths: list[Path]) -> Iterator[tuple[str, dict[str, Any]]]:
+        for path in shard_paths:
+            for row in pq.read_table(path).to_pylist():
+                yield row["id"], row
+
+    # ----------------------------------------------------------------------------------------------
+    # the pipeline
+
+    @property
+    def shard_dir(self) -> Path:
+        return self.work_dir / "shards"
+
+    def check_ready(self) -> None:
+        """Raise a clear error for a build that cannot run, before any work is done."""
+        problems = []
+        if self.source_dataset is None and self.config.source is None:
+            problems.append("no source: set config source=... or pass source_dataset=...")
+        if not isinstance(self.judge, PreferenceJudge):
+            problems.append("judge= must implement PreferenceJudge (score and score_images)")
+        if self.config.text_candidates == "generated" and not isinstance(self.captioner, CandidateCaptioner):
+            problems.append('text_candidates="generated" needs captioner= implementing CandidateCaptioner')
+        if self.miner is None or not hasattr(self.miner, "embed") or not hasattr(self.miner, "mine"):
+            problems.append("miner= must be a HardNegativeMiner")
+        if problems:
+            raise ValueError("cannot build MaplePreferences: " + "; ".join(problems))
+
+    def _load_source(self) -> datasets.Dataset:
+        if self._source is None:
+            source = self.source_dataset
+            if source is None:
+                source = load_source(self.config.source, split=self.config.source_split, cache_dir=self._cache_dir_root)
+            missing = [column for column in (self.config.image_column, self.config.caption_column) if column not in source.column_names]
+            if missing:
+                raise ValueError(f"source lacks column(s) {missing}; it has {source.column_names}")
+            self._source = source.cast_column(self.config.image_column, datasets.Image(decode=False))
+        return self._source
+
+    def _row_id(self, row: dict[str, Any], index: int) -> str:
+        value = row.get(self.config.id_column)
+        return f"{index:09d}" if value is None else str(value)
+
+    def check_inputs(self) -> tuple[int, list[int], list[SkippedInput]]:
+        """(number of source rows, rows fit to be anchors, rows skipped with reasons); checkpointed."""
+        path = self.work_dir / "inputs.json"
+        if path.exists():
+            saved = json.loads(path.read_text())
+            return saved["num_source_rows"], saved["valid_rows"], [SkippedInput(**item) for item in saved["skipped"]]
+        source = self._load_source()
+        valid_rows: list[int] = []
+        skipped: list[SkippedInput] = []
+        first_row_of_id: dict[str, int] = {}
+        for index, row in enumerate(tqdm(source, desc="checking inputs", disable=not self.progress)):
+            row_id = self._row_id(row, index)
+            caption = row[self.config.caption_column]
+            if row_id in first_row_of_id:
+                skipped.append(SkippedInput(index, row_id, "duplicate id", f"first seen in row {first_row_of_id[row_id]}"))
+                continue
+            first_row_of_id[row_id] = index
+            if not isinstance(caption, str) or not caption.strip():
+                skipped.append(SkippedInput(index, row_id, "empty caption"))
+                continue
+            try:
+                _decode(_image_bytes(row[self.config.image_column] or {}))
+            except Exception as error:  # any decoding failure makes the row unusable, whatever its kind
+                skipped.append(SkippedInput(index, row_id, "unreadable image", f"{type(error).__name__}: {error}"))
+                continue
+            valid_rows.append(index)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        payload = {"num_source_rows": len(source), "valid_rows": valid_rows, "skipped": [asdict(item) for item in skipped]}
+        _atomic_write_bytes(path, json.dumps(payload).encode())
+        return len(source), valid_rows, skipped
+
+    def _image(self, row: int) -> PIL.Image.Image:
+        return _decode(_image_bytes(self._load_source()[row][self.config.image_column]))
+
+    def embed_inputs(self, valid_rows: list[int]) -> torch.Tensor:
+        """(len(valid_rows), D) image embeddings; each rank embeds a slice, all ranks read the whole."""
+        path = self.work_dir / "embeddings.pt"
+        if path.exists():
+            return torch.load(path)
+        slices = [
+            self.work_dir / f"embeddings-{rank}-of-{self.world_size}.pt" for rank in range(self.world_size)
+        ]
+        mine = slices[self.rank]
+        if not mine.exists():
+            bounds = torch.linspace(0, len(valid_rows), self.world_size + 1).long().tolist()
+            rows = valid_rows[bounds[self.rank] : bounds[self.rank + 1]]
+            images = (self._image(row) for row in tqdm(rows, desc="embedding images", disable=not self.progress))
+            _atomic_torch_save(mine, self.miner.embed(images) if rows else torch.empty(0))
+        self._wait_for(slices, what="image embeddings")
+        embeddings = torch.cat([part for part in (torch.load(slice_) for slice_ in slices) if part.numel()])
+        _atomic_torch_save(path, embeddings)
+        return embeddings
+
+    def select_anchors(self, valid_rows: list[int], embeddings: torch.Tensor) -> tuple[torch.Tensor, list[SkippedInput]]:
+        """Positions (into `valid_rows`) of the anchors after optional SemDeDup, and the rows it drops."""
+        if self.config.semdedup_clusters is None:
+            return torch.arange(len(valid_rows)), []
+        result = semdedup(
+            embeddings, num_clusters=self.config.semdedup_clusters, epsilon=self.config.semdedup_epsilon, seed=self.config.seed
+        )
+        source = self._load_source()
+        skipped = []
+        for position, duplicate_of in sorted(result.removed.items()):
+            row, other = valid_rows[position], valid_rows[duplicate_of]
+            skipped.append(
+                SkippedInput(row, self._row_id(source[row], row), "near-duplicate", f"of id {self._row_id(source[other], other)} (SemDeDup)")
+            )
+        return result.kept, skipped
+
+    def plan(self) -> BuildPlan:
+        """Check the inputs, embed them and pick the anchors (each step checkpointed; memoised)."""
+        if self._plan is None:
+            self.check_ready()
+            num_source_rows, valid_rows, skipped = self.check_inputs()
+            if not valid_rows:
+                raise ValueError(f"no usable input rows: all {num_source_rows} were skipped (see {self.work_dir / 'inputs.json'})")
+            embeddings = self.embed_inputs(valid_rows)
+            anchor_positions, deduplicated = self.select_anchors(valid_rows, embeddings)
+            self._plan = BuildPlan(
+                num_source_rows=num_source_rows,
+                anchor_rows=[valid_rows[position] for position in anchor_positions.tolist()],
+                anchor_embeddings=embeddings[anchor_positions],
+                skipped=skipped + deduplicated,
+            )
+        return self._plan
+
+    def build_shards(self) -> ShardReport:
+        """Build this rank's missing shards; finished shards are kept as they are."""
+        started = time.perf_counter()
+        plan = self.plan()
+        self.shard_dir.mkdir(parents=True, exist_ok=True)
+        num_shards = plan.num_shards(self.config.shard_size)
+        report = ShardReport(rank=self.rank, world_size=self.world_size, num_shards=num_shards)
+        my_shards = range(self.rank, num_shards, self.world_size)
+        for shard in tqdm(my_shards, desc=f"shards (rank {self.rank})", disable=not self.progress):
+            path = self._shard_path(shard)
+            if path.exists():
+                report.reused.append(shard)
+                continue
+            positions = torch.arange(shard * self.config.shard_size, min((shard + 1) * self.config.shard_size, len(plan.anchor_rows)))
+            neighbours = self.miner.mine(plan.anchor_embeddings, self.config.num_hard_negatives, query_rows=positions)
+            rows = self._build_rows(shard, positions.tolist(), neighbours.indices.tolist(), plan.anchor_rows)
+            self._write_shard(path, rows)
+            report.computed.append(shard)
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _shard_path(self, shard: int) -> Path:
+        return self.shard_dir / f"shard-{shard:05d}.parquet"
+
+    def _build_rows(
+        self, shard: int, positions: list[int], neighbour_positions: list[list[int]], anchor_rows: list[int]
+    ) -> dict[str, list]:
+        """The preference rows of one shard, as columns."""
+        source = self._load_source()
+        config = self.config
+        records = [source[anchor_rows[position]] for position in positions]
+        ids = [self._row_id(record, anchor_rows[position]) for record, position in zip(records, positions)]
+        captions = [record[config.caption_column].strip() for record in records]
+        image_bytes = [_image_bytes(record[config.image_column]) for record in records]
+        negative_rows = [[anchor_rows[n] for n in neighbours if n >= 0] for neighbours in neighbour_positions]
+        negative_bytes = [[_image_bytes(source[row][config.image_column]) for row in rows] for rows in negative_rows]
+        anchors = [_decode(payload) for payload in image_bytes]
+        candidate_images = [
+            [anchor] + [_decode(payload) for payload in payloads] for anchor, payloads in zip(anchors, negative_bytes)
+        ]
+
+        if config.text_candidates == "generated":
+            pairs = [
+                (index, candidates[1 + j])
+                for index, candidates in enumerate(candidate_images)
+                for j in range(min(config.captioned_negatives, len(candidates) - 1))
+            ]
+            # Sampling depends only on the seed and the shard, never on which process or run builds it.
+            torch.manual_seed(config.seed * 1_000_003 + shard)
+            generated: list[list[str]] = [[] for _ in positions]
+            if pairs:
+                captioned = self.captioner.caption([anchors[index] for index, _ in pairs], [negative for _, negative in pairs])
+                for (index, _), texts in zip(pairs, captioned):
+                    generated[index] += texts
+        else:
+            generated = [[source[row][config.caption_column] for row in rows] for rows in negative_rows]
+        candidate_texts = []
+        for caption, texts in zip(captions, generated):
+            pool = [caption]
+            for text in (" ".join(str(text).split()) for text in texts):
+                if text and text not in pool and len(pool) < config.max_candidate_texts:
+                    pool.append(text)
+            candidate_texts.append(pool)
+
+        img2txt = self.judge.score(anchors, candidate_texts)
+        txt2img = self.judge.score_images(captions, candidate_images)
+        return {
+            "id": ids,
+            "image": [{"bytes": payload, "path": None} for payload in image_bytes],
+            "caption": captions,
+            "candidate_images": [
+                [{"bytes": payload, "path": None} for payload in [anchor] + negatives]
+                for anchor, negatives in zip(image_bytes, negative_bytes)
+            ],
+            "candidate_texts": candidate_texts,
+            "txt2img_scores": [scores.float().tolist() for scores in txt2img],
+            "img2txt_scores": [scores.float().tolist() for scores in img2txt],
+        }
+
+    def _write_shard(self, path: Path, columns: dict[str, list]) -> None:
+        """Write a shard under a temporary name, then rename: a shard file is complete or absent."""
+        temporary = path.with_name(path.name + f".tmp-{os.getpid()}")
+        pq.write_table(pa.Table.from_pydict(FEATURES.encode_batch(columns), schema=FEATURES.arrow_schema), temporary)
+        os.replace(temporary, path)
+
+    def _wait_for(self, paths: list[Path], *, what: str) -> None:
+        deadline = time.monotonic() + self.wait_timeout
+        while missing := [path for path in paths if not path.exists()]:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"waited {self.wait_timeout:.0f}s for {what} from other processes; still missing: "
+                    + ", ".join(path.name for path in missing)
+                )
+            time.sleep(0.5)
+
+    def _wait_for_shards(self) -> list[Path]:
+        """All shard paths, once every rank has written its shards."""
+        paths = [self._shard_path(shard) for shard in range(self.plan().num_shards(self.config.shard_size))]
+        self._wait_for(paths, what="shards")
+        return paths
+
+    # ----------------------------------------------------------------------------------------------
+    # statistics, publishing, loading
+
+    def write_stats(self) -> dict[str, Any]:
+        """Summary of the finished build (counts, skipped inputs, score histograms), saved to
+        stats.json in the work dir; the dataset card is written from it."""
+        plan = self.plan()
+        columns = ["candidate_images", "candidate_texts", "txt2img_scores", "img2txt_scores"]
+        tables = [pq.read_table(path, columns=columns) for path in self._wait_for_shards()]
+        num_anchors = sum(table.num_rows for table in tables)
+        counts = {column: sum(len(value) for table in tables for value in table[column].to_pylist()) for column in columns[:2]}
+        histograms = {}
+        for column in columns[2:]:
+            scores = torch.tensor([score for table in tables for value in table[column].to_pylist() for score in value])
+            histograms[column] = {
+                "bin_edges": torch.linspace(0, 1, 11).tolist(),
+                "counts": torch.histc(scores, bins=10, min=0.0, max=1.0).long().tolist() if scores.numel() else [0] * 10,
+            }
+        stats = {
+            "config_name": self.config.name,
+            "source": self.config.source or "in-memory datasets.Dataset",
+            "source_license": self.config.source_license,
+            "judge": _component_name(self.judge),
+            "judge_prompt": getattr(self.judge, "prompt", None),
+            "captioner": (
+                _component_name(self.captioner)
+                if self.config.text_candidates == "generated"
+                else "none (hard negatives' own captions)"
+            ),
+            "num_hard_negatives": self.config.num_hard_negatives,
+            "text_candidates": self.config.text_candidates,
+            "semdedup": None
+            if self.config.semdedup_clusters is None
+            else {"clusters": self.config.semdedup_clusters, "epsilon": self.config.semdedup_epsilon},
+            "num_source_rows": plan.num_source_rows,
+            "num_anchors": num_anchors,
+            "num_candidate_images": counts["candidate_images"],
+            "num_candidate_texts": counts["candidate_texts"],
+            "num_skipped": len(plan.skipped),
+            "skipped_by_reason": dict(Counter(item.kind for item in plan.skipped)),
+            "skipped": [asdict(item) for item in plan.skipped],
+            "score_histograms": histograms,
+        }
+        _atomic_write_bytes(self.work_dir / "stats.json", json.dumps(stats, indent=2).encode())
+        return stats
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """The stats.json of the finished build."""
+        path = self.work_dir / "stats.json"
+        if not path.exists():
+            raise FileNotFoundError(f"no finished build in {self.work_dir}: run download_and_prepare() first")
+        return json.loads(path.read_text())
+
+    def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None) -> str:
+        """Upload the built dataset (parquet, config `self.config.name`) and its dataset card.
+
+        The card comes from `model_cards.dataset_card_from_stats` when that package is installed,
+        else from a short built-in summary. Returns the repo id."""
+        dataset = self.as_dataset(split="train")
+        dataset.push_to_hub(repo_id, config_name=self.config.name, private=private, token=token)
+        card = dataset_card(self.stats, repo_id)
+        from huggingface_hub import DatasetCard
+
+        # push_to_hub wrote the `configs:` / `dataset_info:` metadata that load_dataset needs; keep it.
+        published = DatasetCard.load(repo_id, repo_type="dataset", token=token)
+        for key in ("configs", "dataset_info"):
+            if key in published.data.to_dict():
+                card.data[key] = published.data[key]
+        card.push_to_hub(repo_id, repo_type="dataset", token=token)
+        return repo_id
+
+    @classmethod
+    def from_pretrained(
+        cls, repo_id_or_path: str, *, config_name: str | None = None, split: str = "train", **load_kwargs
+    ) -> datasets.Dataset:
+        """A published preference dataset: a Hub id, a local folder holding its parquet files (a
+        snapshot of the repo, or a build's work dir), or a parquet file."""
+        path = Path(repo_id_or_path)
+        if path.exists():
+            files = [str(path)] if path.is_file() else sorted(str(file) for file in path.rglob("*.parquet"))
+            if config_name is not None and path.is_dir():
+                files = [file for file in files if f"/{config_name}/" in file] or files
+            if not files:
+                raise FileNotFoundError(f"no parquet files under {repo_id_or_path}")
+            return datasets.load_dataset("parquet", data_files=files, split="train", features=FEATURES, **load_kwargs)
+        return datasets.load_dataset(repo_id_or_path, name=config_name, split=split, **load_kwargs)
+
+
+def dataset_card(stats: dict[str, Any], repo_id: str | None = None):
+    """The dataset card for a build: `model_cards.dataset_card_from_stats` when available."""
+    try:
+        from model_cards import dataset_card_from_stats
+    except ImportError:
+        return _fallback_dataset_card(stats)
+    return dataset_card_from_stats(stats, repo_id=repo_id)
+
+
+def _fallback_dataset_card(stats: dict[str, Any]):
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    data = DatasetCardData(license=stats.get("source_license") or "other", tags=["maple", "preference", "image-text"])
+    skipped = "\n".join(f"- {reason}: {count}" for reason, count in stats["skipped_by_reason"].items()) or "- none"
+    text = (
+        f"---\n{data.to_yaml()}\n---\n# MAPLE preference data\n\n"
+        f"Judge: `{stats['judge']}` (prompt: `{stats['judge_prompt']}`); captioner: `{stats['captioner']}`; "
+        f"K = {stats['num_hard_negatives']} hard negatives.\n\n"
+        f"{stats['num_anchors']} anchors, {stats['num_candidate_images']} candidate images, "
+        f"{stats['num_candidate_texts']} candidate texts.\n\nSkipped inputs:\n{skipped}\n\n"
+        "Known biases: the scores inherit the judge's biases (arXiv 2506.06970, section 8).\n"
+    )
+    return DatasetCard(text)

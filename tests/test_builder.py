@@ -1,0 +1,204 @@
+"""MaplePreferences: the builder's rows, named configs, sources, bad inputs and config errors.
+Judges and captioners are fast deterministic stand-ins, except in the end-to-end tiny-MLLM test."""
+
+import json
+
+import datasets
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from dataset_builders.builder import FEATURES, MaplePreferences, MaplePreferencesConfig
+from dataset_builders.testing import (
+    ColourCaptioner,
+    ColourJudge,
+    colour_squares,
+    thumbnail_miner,
+    tiny_captioner,
+    tiny_judge,
+)
+
+SOURCE_FEATURES = datasets.Features(
+    {"id": datasets.Value("string"), "image": datasets.Image(), "caption": datasets.Value("string")}
+)
+
+
+def _source(num_images: int = 10, **extra_rows) -> datasets.Dataset:
+    columns = colour_squares(num_images)
+    for column, values in extra_rows.items():
+        columns[column] += values
+    return datasets.Dataset.from_dict(columns, features=SOURCE_FEATURES)
+
+
+def _build(tmp_path, config_name="paper", **kwargs) -> MaplePreferences:
+    """A finished build in tmp_path with the stand-in judge, captioner and miner; `kwargs` override
+    builder arguments and config fields (the default source is `_source()`)."""
+    builder_kwargs = {
+        "judge": ColourJudge(),
+        "captioner": ColourCaptioner(),
+        "miner": thumbnail_miner(),
+        "cache_dir": str(tmp_path / "cache"),
+        "work_dir": tmp_path / "work",
+        "shard_size": 3,
+        "semdedup_clusters": None,
+        "progress": False,
+    }
+    if "source" not in kwargs:
+        builder_kwargs["source_dataset"] = _source()
+    builder_kwargs.update(kwargs)
+    builder = MaplePreferences(config_name=config_name, **builder_kwargs)
+    builder.download_and_prepare()
+    return builder
+
+
+def test_rows_follow_the_schema_with_one_score_per_candidate(tmp_path):
+    builder = _build(tmp_path)
+    dataset = builder.as_dataset(split="train")
+    assert dataset.features == FEATURES
+    assert len(dataset) == 10 and len(set(dataset["id"])) == 10
+    source = _source()
+    raw = dataset.cast_column("image", datasets.Image(decode=False)).cast_column(
+        "candidate_images", datasets.Sequence(datasets.Image(decode=False))
+    )
+    for row in raw:
+        position = source["id"].index(row["id"])
+        assert row["caption"] == source[position]["caption"]
+        assert row["image"]["bytes"] == source.cast_column("image", datasets.Image(decode=False))[position]["image"]["bytes"]
+        assert row["candidate_images"][0]["bytes"] == row["image"]["bytes"]
+        assert len(row["candidate_images"]) == 1 + 3
+        assert len({image["bytes"] for image in row["candidate_images"]}) == 4, "self and duplicates excluded"
+        assert row["candidate_texts"][0] == row["caption"]
+        assert 1 < len(row["candidate_texts"]) <= 6
+        assert len(row["txt2img_scores"]) == len(row["candidate_images"])
+        assert len(row["img2txt_scores"]) == len(row["candidate_texts"])
+        assert all(0.0 <= score <= 1.0 for score in row["txt2img_scores"] + row["img2txt_scores"])
+    # Each score belongs to its candidate: rescoring the stored candidates gives the stored scores.
+    judge = ColourJudge()
+    for row in dataset.select(range(4)):
+        expected_txt2img = judge.score_images([row["caption"]], [row["candidate_images"]])[0]
+        expected_img2txt = judge.score([row["image"]], [row["candidate_texts"]])[0]
+        assert row["txt2img_scores"] == pytest.approx(expected_txt2img.tolist())
+        assert row["img2txt_scores"] == pytest.approx(expected_img2txt.tolist())
+    from trainer.schema import validate_preference_dataset
+
+    validate_preference_dataset(dataset, "built")
+
+
+def test_bad_inputs_are_skipped_counted_and_listed(tmp_path):
+    good = colour_squares(8)
+    source = _source(
+        8,
+        id=["broken", "blank", good["id"][0]],
+        image=[{"bytes": b"not an image", "path": None}, good["image"][1], good["image"][2]],
+        caption=["a red square", "   ", "a green square"],
+    )
+    builder = _build(tmp_path, source_dataset=source)
+    dataset = builder.as_dataset(split="train")
+    assert sorted(dataset["id"]) == sorted(good["id"])
+    stats = builder.stats
+    assert stats["num_source_rows"] == 11 and stats["num_anchors"] == 8
+    assert stats["skipped_by_reason"] == {"unreadable image": 1, "empty caption": 1, "duplicate id": 1}
+    by_id = {(item["id"], item["kind"]): item for item in stats["skipped"]}
+    assert "UnidentifiedImageError" in by_id[("broken", "unreadable image")]["detail"]
+    assert by_id[(good["id"][0], "duplicate id")]["detail"] == "first seen in row 0"
+    assert by_id[("blank", "empty caption")]["row"] == 9
+
+
+def test_semdedup_drops_near_duplicates_with_a_reason(tmp_path):
+    columns = colour_squares(6)
+    source = _source(6, id=["copy"], image=[columns["image"][0]], caption=["a red square again"])
+    builder = _build(tmp_path, source_dataset=source, semdedup_clusters=2, semdedup_epsilon=0.01)
+    stats = builder.stats
+    assert stats["skipped_by_reason"].get("near-duplicate", 0) >= 1
+    removed = {item["id"] for item in stats["skipped"]}
+    assert len(removed & {"copy", columns["id"][0]}) == 1, "exactly one of the identical pair survives"
+    assert stats["num_anchors"] == 7 - stats["num_skipped"]
+
+
+def test_corpus_captions_config_uses_the_neighbours_captions(tmp_path):
+    builder = _build(tmp_path, config_name="corpus-captions", captioner=None)
+    dataset = builder.as_dataset(split="train")
+    captions = set(_source()["caption"])
+    for row in dataset:
+        assert set(row["candidate_texts"]) <= captions
+        assert row["candidate_texts"][0] == row["caption"]
+    assert builder.stats["captioner"].startswith("none")
+
+
+def test_config_errors_stop_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="num_hard_negatives"):
+        MaplePreferencesConfig(name="x", num_hard_negatives=0)
+    with pytest.raises(ValueError, match="text_candidates"):
+        MaplePreferences(config_name="paper", text_candidates="imagined", cache_dir=str(tmp_path / "cache"))
+    builder = MaplePreferences(
+        config_name="paper",
+        source_dataset=_source(),
+        judge=ColourJudge(),
+        miner=thumbnail_miner(),
+        cache_dir=str(tmp_path / "cache"),
+        work_dir=tmp_path / "work",
+    )
+    with pytest.raises(ValueError, match="needs captioner="):
+        builder.download_and_prepare()
+    assert not (tmp_path / "work").exists()
+    with pytest.raises(ValueError, match="no source"):
+        MaplePreferences(
+            judge=ColourJudge(), captioner=ColourCaptioner(), miner=thumbnail_miner(), cache_dir=str(tmp_path / "c2")
+        ).build_shards()
+
+
+def test_sources_parquet_file_folder_and_imagefolder_give_the_same_rows(tmp_path):
+    source = _source(7)
+    source.to_parquet(str(tmp_path / "source.parquet"))
+    (tmp_path / "parquet_folder").mkdir()
+    source.to_parquet(str(tmp_path / "parquet_folder" / "part-0.parquet"))
+    image_folder = tmp_path / "image_folder"
+    image_folder.mkdir()
+    with open(image_folder / "metadata.jsonl", "w") as metadata:
+        for row in source.cast_column("image", datasets.Image(decode=False)):
+            (image_folder / f"{row['id']}.png").write_bytes(row["image"]["bytes"])
+            metadata.write(json.dumps({"file_name": f"{row['id']}.png", "id": row["id"], "caption": row["caption"]}) + "\n")
+
+    def rows(builder):
+        return sorted(
+            (row["id"], row["caption"], tuple(row["candidate_texts"]), tuple(row["img2txt_scores"]))
+            for row in builder.as_dataset(split="train").select_columns(["id", "caption", "candidate_texts", "img2txt_scores"])
+        )
+
+    results = [
+        rows(_build(tmp_path / name, source=str(path)))
+        for name, path in [
+            ("from_file", tmp_path / "source.parquet"),
+            ("from_folder", tmp_path / "parquet_folder"),
+            ("from_imagefolder", image_folder),
+        ]
+    ]
+    assert results[0] == results[1] == results[2]
+    assert len(results[0]) == 7
+
+
+def test_from_pretrained_loads_a_local_build(tmp_path):
+    builder = _build(tmp_path)
+    built = builder.as_dataset(split="train")
+    loaded = MaplePreferences.from_pretrained(str(tmp_path / "work" / "shards"))
+    assert loaded.features == FEATURES
+    assert loaded.to_dict() == built.to_dict()
+
+
+def test_end_to_end_with_a_tiny_mllm_judge_and_captioner(tmp_path):
+    torch.manual_seed(0)
+    builder = _build(
+        tmp_path,
+        source_dataset=_source(4),
+        judge=tiny_judge(seed=0, image_size=16),
+        captioner=tiny_captioner(seed=1, image_size=16, max_new_tokens=6),
+        num_hard_negatives=2,
+        shard_size=4,
+    )
+    dataset = builder.as_dataset(split="train")
+    assert len(dataset) == 4
+    for row in dataset:
+        assert len(row["candidate_images"]) == 3 and len(row["txt2img_scores"]) == 3
+        assert len(row["candidate_texts"]) >= 2, "the tiny captioner's gibberish still makes candidates"
+        assert len(row["img2txt_scores"]) == len(row["candidate_texts"])
+    assert builder.stats["judge"] == "tiny-judge-0"
