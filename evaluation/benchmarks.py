@@ -1,0 +1,267 @@
+"""Benchmark loaders: by Hub id for users with the Hub, or from a local copy in the same schema.
+
+Two kinds of benchmark, as in the paper (sec. 7 of docs/evaluation.md):
+
+- retrieval (`coco`, `flickr30k`): images, each with several captions;
+- quadruples (`winoground`, `naturalbench`, `mmvp`, `bivlc`): (I0, I1, T0, T1) with T0 describing
+  I0 and T1 describing I1, optionally with a category per quadruple.
+
+A `source` is a Hub dataset id (the default is the benchmark's official one), a parquet file, or
+a folder: a folder of parquet files (e.g. a snapshot of the Hub repo) or the benchmark's native
+layout (NaturalBench-Retrieval: `metadata.json` + `images/`; MMVP-VLM: `Questions.csv` +
+`MLLM_VLM Images/<category>/<id>.jpg`). Images stay on disk until embedded.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from PIL import Image
+
+
+class BenchmarkFormatError(ValueError):
+    """A benchmark source with missing columns, mismatched lengths or unreadable images."""
+
+
+class Quadruple(NamedTuple):
+    """Two images and their two captions: `text0` describes `image0`, `text1` describes `image1`.
+    Images are PIL images or file paths."""
+
+    image0: Any
+    image1: Any
+    text0: str
+    text1: str
+
+
+class LazyImages(Sequence):
+    """Images of one column of a table, decoded on access (slices give lists), so a 5k-image
+    benchmark is never held decoded in memory."""
+
+    def __init__(self, rows: Any, column: str, source: str):
+        import datasets
+
+        rows = rows.select_columns([column])
+        feature = rows.features[column]
+        if not (isinstance(feature, datasets.Image) and feature.decode):
+            # Parquet written without datasets' metadata stores images as {bytes, path} structs.
+            try:
+                rows = rows.cast_column(column, datasets.Image())
+            except (TypeError, ValueError) as error:
+                raise BenchmarkFormatError(f"{source}: column {column!r} is {feature}, expected images") from error
+        self._rows, self._column, self._source = rows, column, source
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        row = range(len(self))[index]  # negative indices, bounds check
+        try:
+            return self._rows[row][self._column].convert("RGB")
+        except Exception as error:  # PIL and datasets raise many types for corrupt bytes
+            raise BenchmarkFormatError(f"{self._source}: row {row}, column {self._column!r}: unreadable image ({error})") from error
+
+
+@dataclass
+class RetrievalBenchmark:
+    name: str
+    images: Sequence[Any]  # PIL images or paths, one per image
+    captions_per_image: list[list[str]]
+
+
+@dataclass
+class QuadrupleBenchmark:
+    name: str
+    quadruples: Sequence[Quadruple]
+    categories: list[str] | None  # one per quadruple, or None
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    name: str
+    kind: str  # "retrieval" | "quadruples"
+    hub_id: str
+    description: str
+    loader: Callable[[str, "BenchmarkSpec"], RetrievalBenchmark | QuadrupleBenchmark]
+    split: str = "test"
+    columns: tuple[str, ...] = ()  # required columns of the table, in the real schema
+    category_column: str | None = None
+
+
+# -- tables ------------------------------------------------------------------------------------------
+def _read_table(source: str, spec: BenchmarkSpec):
+    """A `datasets.Dataset` from a Hub id, a parquet file or a folder of parquet files, with the
+    spec's columns checked."""
+    import datasets
+
+    path = Path(source).expanduser()
+    if path.is_file() or path.is_dir():
+        files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
+        if not files:
+            raise BenchmarkFormatError(f"{path}: no parquet files for benchmark {spec.name!r}")
+        table = datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
+    else:
+        table = datasets.load_dataset(source, split=spec.split)
+    missing = [column for column in spec.columns if column not in table.column_names]
+    if missing:
+        raise BenchmarkFormatError(
+            f"{source}: benchmark {spec.name!r} needs columns {list(spec.columns)}; missing {missing} "
+            f"(got {table.column_names})"
+        )
+    return table
+
+
+def _categories(values: Sequence[Any] | None) -> list[str] | None:
+    return None if values is None else [str(value).lower() for value in values]
+
+
+def _load_retrieval(source: str, spec: BenchmarkSpec) -> RetrievalBenchmark:
+    table = _read_table(source, spec)
+    image_column, caption_column = spec.columns
+    captions = [list(captions) for captions in table[caption_column]]
+    empty = [row for row, row_captions in enumerate(captions) if not row_captions or not all(isinstance(c, str) for c in row_captions)]
+    if empty:
+        raise BenchmarkFormatError(f"{source}: column {caption_column!r} must hold a non-empty list of strings per image; rows {empty[:5]} do not")
+    return RetrievalBenchmark(spec.name, LazyImages(table, image_column, source), captions)
+
+
+def _load_quadruple_table(source: str, spec: BenchmarkSpec) -> QuadrupleBenchmark:
+    """Tables with one quadruple per row; `spec.columns` = (image0, image1, text0, text1)."""
+    table = _read_table(source, spec)
+    image0, image1, text0, text1 = spec.columns
+    images0, images1 = LazyImages(table, image0, source), LazyImages(table, image1, source)
+    quadruples = _IndexedQuadruples(images0, images1, list(table[text0]), list(table[text1]))
+    categories = _categories(table[spec.category_column]) if spec.category_column else None
+    return QuadrupleBenchmark(spec.name, quadruples, categories)
+
+
+class _IndexedQuadruples(Sequence):
+    """Quadruples whose images are rows of lazy image columns."""
+
+    def __init__(self, images0: Sequence, images1: Sequence, texts0: list[str], texts1: list[str]):
+        if not len(images0) == len(images1) == len(texts0) == len(texts1):
+            raise BenchmarkFormatError(
+                f"quadruples: columns have different lengths ({len(images0)}, {len(images1)}, {len(texts0)}, {len(texts1)})"
+            )
+        self.images0, self.images1, self.texts0, self.texts1 = images0, images1, texts0, texts1
+
+    def __len__(self) -> int:
+        return len(self.texts0)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return Quadruple(self.images0[index], self.images1[index], self.texts0[index], self.texts1[index])
+
+
+# -- native folder layouts ---------------------------------------------------------------------------
+def _hub_folder(source: str, allow_patterns: list[str]) -> Path:
+    """A local folder for `source`: itself if it is one, else a snapshot of the Hub dataset repo."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(source, repo_type="dataset", allow_patterns=allow_patterns))
+
+
+def _check_file(path: Path) -> Path:
+    if not path.is_file():
+        raise BenchmarkFormatError(f"{path}: image file is missing")
+    return path
+
+
+def _load_naturalbench(source: str, spec: BenchmarkSpec) -> QuadrupleBenchmark:
+    """NaturalBench-Retrieval: `metadata.json` (a list of {index, image_0, image_1, caption_0,
+    caption_1}) and `images/`, as in the zip of the Hub repo; parquet in the same columns also works."""
+    path = Path(source).expanduser()
+    if path.suffix == ".parquet" or (path.is_dir() and not (path / "metadata.json").exists() and any(path.rglob("*.parquet"))):
+        return _load_quadruple_table(source, spec)
+    folder = _hub_folder(source, ["NaturalBench-Retrieval.zip"])
+    if not (folder / "metadata.json").exists():
+        archive = folder / "NaturalBench-Retrieval.zip"
+        if archive.exists():
+            import shutil
+
+            shutil.unpack_archive(archive, folder)
+        folder = folder / "NaturalBench-Retrieval" if (folder / "NaturalBench-Retrieval").is_dir() else folder
+    metadata_file = folder / "metadata.json"
+    if not metadata_file.is_file():
+        raise BenchmarkFormatError(f"{folder}: NaturalBench-Retrieval needs metadata.json and images/")
+    items = json.loads(metadata_file.read_text())
+    quadruples = []
+    for position, item in enumerate(items):
+        missing = [key for key in spec.columns if key not in item]
+        if missing:
+            raise BenchmarkFormatError(f"{metadata_file}: entry {position} lacks {missing} (expected keys {list(spec.columns)})")
+        image0, image1, text0, text1 = (item[key] for key in spec.columns)
+        quadruples.append(Quadruple(_check_file(folder / "images" / image0), _check_file(folder / "images" / image1), text0, text1))
+    return QuadrupleBenchmark(spec.name, quadruples, None)
+
+
+MMVP_IMAGE_FOLDER = "MLLM_VLM Images"
+
+
+def _load_mmvp(source: str, spec: BenchmarkSpec) -> QuadrupleBenchmark:
+    """MMVP-VLM: `Questions.csv` with rows (Question ID, Type, Statement), consecutive rows forming
+    a pair, and images `MLLM_VLM Images/<Type>/<Question ID>.jpg`."""
+    folder = _hub_folder(source, ["Questions.csv", f"{MMVP_IMAGE_FOLDER}/**"])
+    questions_file = folder / "Questions.csv"
+    if not questions_file.is_file():
+        raise BenchmarkFormatError(f"{folder}: MMVP-VLM needs Questions.csv and '{MMVP_IMAGE_FOLDER}/'")
+    with questions_file.open(newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        rows = list(reader)
+    if header is None or len(header) != 3:
+        raise BenchmarkFormatError(f"{questions_file}: expected a header with 3 columns {list(spec.columns)}, got {header}")
+    if len(rows) % 2:
+        raise BenchmarkFormatError(f"{questions_file}: statements come in pairs; got an odd number of rows ({len(rows)})")
+    quadruples, categories = [], []
+    for first, second in zip(rows[0::2], rows[1::2]):
+        (id0, category, text0), (id1, _, text1) = first, second
+        image_folder = folder / MMVP_IMAGE_FOLDER / category
+        quadruples.append(
+            Quadruple(_check_file(image_folder / f"{id0}.jpg"), _check_file(image_folder / f"{id1}.jpg"), text0, text1)
+        )
+        categories.append(category.lower())
+    return QuadrupleBenchmark(spec.name, quadruples, categories)
+
+
+BENCHMARKS: dict[str, BenchmarkSpec] = {
+    spec.name: spec
+    for spec in (
+        BenchmarkSpec("coco", "retrieval", "nlphuji/mscoco_2014_5k_test_image_text_retrieval",
+                      "MS-COCO 2014 Karpathy 5k test: 5,000 images, about 5 captions each", _load_retrieval,
+                      columns=("image", "caption")),
+        BenchmarkSpec("flickr30k", "retrieval", "nlphuji/flickr_1k_test_image_text_retrieval",
+                      "Flickr30K Karpathy 1k test: 1,000 images, 5 captions each", _load_retrieval,
+                      columns=("image", "caption")),
+        BenchmarkSpec("winoground", "quadruples", "facebook/winoground",
+                      "Winoground: 400 quadruples; categories = collapsed_tag", _load_quadruple_table,
+                      columns=("image_0", "image_1", "caption_0", "caption_1"), category_column="collapsed_tag"),
+        BenchmarkSpec("naturalbench", "quadruples", "BaiqiL/NaturalBench",
+                      "NaturalBench-Retrieval: 1,200 quadruples", _load_naturalbench,
+                      columns=("image_0", "image_1", "caption_0", "caption_1")),
+        BenchmarkSpec("mmvp", "quadruples", "MMVP/MMVP_VLM",
+                      "MMVP-VLM: 135 pairs in 9 visual-pattern categories", _load_mmvp,
+                      columns=("Question ID", "Type", "Statement")),
+        BenchmarkSpec("bivlc", "quadruples", "imirandam/BiVLC",
+                      "BiVLC: 2,933 quadruples; categories = type (replace, swap, add)", _load_quadruple_table,
+                      columns=("image", "negative_image", "caption", "negative_caption"), category_column="type"),
+    )
+}
+
+
+def load_benchmark(name: str, source: str | None = None) -> RetrievalBenchmark | QuadrupleBenchmark:
+    """Load benchmark `name` (see `BENCHMARKS`) from `source` (default: its official Hub id)."""
+    if name not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {name!r}; expected one of {sorted(BENCHMARKS)}")
+    spec = BENCHMARKS[name]
+    return spec.loader(source or spec.hub_id, spec)

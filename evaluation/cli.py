@@ -1,0 +1,134 @@
+"""`maple eval`: run the paper's benchmarks on one or more embedders.
+
+    maple eval MODEL [--benchmarks coco winoground ...] [--compare MODEL2 ...]
+               [--source winoground=/data/winoground.parquet ...] [--out DIR] [--push-to-hub]
+
+MODEL is a local checkpoint folder or a Hub repo id. Each (model, benchmark) result is written to
+`DIR/<model>/<benchmark>.json` as soon as it is done, and skipped when present, so an interrupted
+run resumes where it stopped. At the end, `DIR/results.json` and `DIR/results.md` hold all models
+side by side. `--push-to-hub` writes the results into MODEL's model card (`model-index`) on the Hub.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from .benchmarks import BENCHMARKS, load_benchmark
+
+RETRIEVAL_COLUMNS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
+QUADRUPLE_COLUMNS = ("text_score", "image_score", "group_score")
+
+
+def _model_folder_name(model_ref: str) -> str:
+    """A file-system-safe name for a model reference (Hub id or path)."""
+    return re.sub(r"[^\w.-]+", "--", model_ref.strip("/")) or "model"
+
+
+def _parse_sources(pairs: list[str]) -> dict[str, str]:
+    sources = {}
+    for pair in pairs:
+        name, separator, source = pair.partition("=")
+        if not separator or name not in BENCHMARKS:
+            raise SystemExit(f"--source expects BENCHMARK=PATH_OR_HUB_ID with BENCHMARK in {sorted(BENCHMARKS)}, got {pair!r}")
+        sources[name] = source
+    return sources
+
+
+def run_benchmark(model, processor, name: str, source: str | None, batch_size: int) -> dict[str, Any]:
+    """Load benchmark `name` and evaluate the model on it with the paper's protocol."""
+    from .protocols import evaluate_quadruples, evaluate_retrieval
+
+    benchmark = load_benchmark(name, source)
+    if BENCHMARKS[name].kind == "retrieval":
+        return evaluate_retrieval(model, processor, benchmark.images, benchmark.captions_per_image, batch_size)
+    return evaluate_quadruples(model, processor, benchmark.quadruples, benchmark.categories, batch_size)
+
+
+def evaluate_model(model_ref: str, benchmarks: list[str], sources: dict[str, str], out: Path, batch_size: int) -> dict[str, Any]:
+    """Results of one model on the benchmarks, resuming from `out/<model>/<benchmark>.json`."""
+    folder = out / _model_folder_name(model_ref)
+    folder.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {}
+    todo = []
+    for name in benchmarks:
+        done = folder / f"{name}.json"
+        if done.exists():
+            results[name] = json.loads(done.read_text())
+            print(f"{model_ref}: {name} already done ({done}), skipped")
+        else:
+            todo.append(name)
+    if todo:
+        from .models import load_embedder
+
+        model, processor = load_embedder(model_ref)
+        for name in todo:
+            print(f"{model_ref}: evaluating {name} ...", flush=True)
+            results[name] = run_benchmark(model, processor, name, sources.get(name), batch_size)
+            partial = folder / f"{name}.json.partial"
+            partial.write_text(json.dumps(results[name], indent=2))
+            partial.replace(folder / f"{name}.json")  # atomic: a crash never leaves half a result
+    return {name: results[name] for name in benchmarks}
+
+
+def markdown_table(all_results: dict[str, dict[str, Any]]) -> str:
+    """Retrieval and fine-grained tables with one row per (model, benchmark[, category])."""
+    lines = []
+    retrieval = [(m, b, r) for m, per_benchmark in all_results.items() for b, r in per_benchmark.items() if BENCHMARKS[b].kind == "retrieval"]
+    if retrieval:
+        lines += ["| model | benchmark | " + " | ".join(RETRIEVAL_COLUMNS) + " |", "|---|---|" + "---|" * len(RETRIEVAL_COLUMNS)]
+        lines += [f"| {m} | {b} | " + " | ".join(f"{r[c]:.1f}" for c in RETRIEVAL_COLUMNS) + " |" for m, b, r in retrieval]
+        lines.append("")
+    quadruples = [(m, b, r) for m, per_benchmark in all_results.items() for b, r in per_benchmark.items() if BENCHMARKS[b].kind == "quadruples"]
+    if quadruples:
+        header = ("text", "image", "group", "Δgap")
+        lines += ["| model | benchmark | subset | " + " | ".join(header) + " |", "|---|---|---|" + "---|" * len(header)]
+        for m, b, r in quadruples:
+            for subset, values in [("all", r)] + sorted(r.get("per_category", {}).items()):
+                gap = f"{r['modality_gap']['delta_gap']:.2f}" if subset == "all" else ""
+                lines.append(f"| {m} | {b} | {subset} | " + " | ".join(f"{values[c]:.1f}" for c in QUADRUPLE_COLUMNS) + f" | {gap} |")
+    return "\n".join(lines) + "\n"
+
+
+def push_results(repo_id: str, results: dict[str, Any]) -> None:
+    """Write `results` into the model card of Hub repo `repo_id` (eval table and `model-index`)."""
+    from huggingface_hub import ModelCard
+
+    from model_cards import with_eval_results
+
+    card = with_eval_results(ModelCard.load(repo_id), results)
+    card.push_to_hub(repo_id, commit_message="Add MAPLE evaluation results")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="maple eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="checkpoint folder or Hub repo id")
+    parser.add_argument("--benchmarks", nargs="+", choices=sorted(BENCHMARKS), default=sorted(BENCHMARKS))
+    parser.add_argument("--compare", nargs="*", default=[], metavar="MODEL", help="more models, side by side")
+    parser.add_argument("--source", nargs="*", default=[], metavar="BENCHMARK=PATH", help="local copy or other Hub id of a benchmark")
+    parser.add_argument("--out", type=Path, default=Path("maple_eval"), help="results folder (resumable)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--push-to-hub", action="store_true", help="write the results into MODEL's model card on the Hub")
+    args = parser.parse_args(argv)
+    sources = _parse_sources(args.source)
+
+    from .benchmarks import BenchmarkFormatError
+    from .models import ModelLoadError
+
+    all_results = {}
+    try:
+        for model_ref in [args.model, *args.compare]:
+            all_results[model_ref] = evaluate_model(model_ref, args.benchmarks, sources, args.out, args.batch_size)
+    except (ModelLoadError, BenchmarkFormatError) as error:
+        print(f"maple eval: {error}")
+        return 2
+    (args.out / "results.json").write_text(json.dumps(all_results, indent=2))
+    table = markdown_table(all_results)
+    (args.out / "results.md").write_text(table)
+    print(table)
+    if args.push_to_hub:
+        push_results(args.model, all_results[args.model])
+    return 0

@@ -1,0 +1,113 @@
+"""The paper's evaluation protocols on an embedder: retrieval recall, group scores, modality gap.
+
+Every function takes a MAPLE model (anything with `encode(processor, texts=..., images=...)`
+returning L2-normalised embeddings) and its processor; similarities are cosines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .metrics import DEFAULT_KS, group_score_hits, modality_gap_from_quadruples, recall_from_ranks
+from .retrieval import chunked_ranks
+
+Quadruples = Sequence[Sequence[Any]]  # each (image0, image1, text0, text1), e.g. `benchmarks.Quadruple`
+
+
+def evaluate_retrieval(
+    model, processor, images: Sequence[Any], captions_per_image: Sequence[Sequence[str]], batch_size: int = 32
+) -> dict[str, float]:
+    """Image->text and text->image recall@1/5/10 and MRR (0-100), COCO/Flickr protocol.
+
+    Image->text: an image query hits when any of its captions is in the top k of all captions.
+    Text->image: a caption query hits when its image is in the top k of all images. Ranks come
+    from `chunked_ranks`, so no (captions x images) matrix is built.
+    Returns keys i2t_r1, i2t_r5, i2t_r10, i2t_mrr, t2i_r1, ..., t2i_mrr, num_images, num_captions.
+    """
+    if len(images) != len(captions_per_image):
+        raise ValueError(f"retrieval: {len(images)} images but {len(captions_per_image)} caption lists")
+    captions = [caption for image_captions in captions_per_image for caption in image_captions]
+    image_of_caption = [image for image, image_captions in enumerate(captions_per_image) for _ in image_captions]
+    captions_of_image, start = [], 0
+    for image_captions in captions_per_image:
+        captions_of_image.append(list(range(start, start + len(image_captions))))
+        start += len(image_captions)
+    text_embeds, image_embeds = model.encode(processor, texts=captions, images=images, batch_size=batch_size)
+    result: dict[str, float] = {}
+    for direction, ranks in (
+        ("i2t", chunked_ranks(image_embeds, text_embeds, captions_of_image)),
+        ("t2i", chunked_ranks(text_embeds, image_embeds, image_of_caption)),
+    ):
+        recall = recall_from_ranks(ranks, DEFAULT_KS)
+        result.update({f"{direction}_r{k}": recall[f"recall@{k}"] for k in DEFAULT_KS})
+        result[f"{direction}_mrr"] = recall["mrr"]
+    return result | {"num_images": len(images), "num_captions": len(captions)}
+
+
+class _QuadrupleImages(Sequence):
+    """The 2n images of n quadruples in order I0, I1, I0, I1, ..., fetched on access so that lazy
+    benchmark images are decoded one batch at a time."""
+
+    def __init__(self, quadruples: Quadruples):
+        self._quadruples = quadruples
+
+    def __len__(self) -> int:
+        return 2 * len(self._quadruples)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return self._quadruples[index // 2][index % 2]
+
+
+def quadruple_similarities(model, processor, quadruples: Quadruples, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per quadruple the image-text cosines [s(I0,T0), s(I0,T1), s(I1,T0), s(I1,T1)] (n, 4) and
+    the text-text cosine s(T0, T1) (n,)."""
+    if len(quadruples) == 0:
+        raise ValueError("quadruples: got none")
+    texts = [text for quadruple in quadruples for text in (quadruple[2], quadruple[3])]
+    text_embeds, image_embeds = model.encode(processor, texts=texts, images=_QuadrupleImages(quadruples), batch_size=batch_size)
+    text_pairs = text_embeds.view(len(quadruples), 2, -1)
+    image_pairs = image_embeds.view(len(quadruples), 2, -1)
+    image_text = torch.einsum("nid,njd->nij", image_pairs, text_pairs)  # [n, image, text]
+    text_text = (text_pairs[:, 0] * text_pairs[:, 1]).sum(dim=-1)
+    return image_text.reshape(len(quadruples), 4), text_text
+
+
+def evaluate_quadruples(
+    model, processor, quadruples: Quadruples, categories: Sequence[str] | None = None, batch_size: int = 32
+) -> dict[str, Any]:
+    """Winoground text/image/group scores (0-100), overall and per category, plus the modality gap.
+
+    Returns {"text_score", "image_score", "group_score", "num_quadruples",
+    "per_category": {category: {text_score, image_score, group_score, num_quadruples}},
+    "modality_gap": {w_dist, w_disc, delta_gap}}; "per_category" only with `categories`.
+    """
+    if categories is not None and len(categories) != len(quadruples):
+        raise ValueError(f"categories: expected one per quadruple ({len(quadruples)}), got {len(categories)}")
+    image_text, text_text = quadruple_similarities(model, processor, quadruples, batch_size)
+    hits = group_score_hits(image_text)
+
+    def scores(mask: torch.Tensor) -> dict[str, float]:
+        return {name: 100.0 * float(values[mask.numpy()].mean()) for name, values in hits.items()} | {
+            "num_quadruples": int(mask.sum())
+        }
+
+    result = scores(torch.ones(len(quadruples), dtype=torch.bool))
+    if categories is not None:
+        labels = list(categories)
+        result["per_category"] = {
+            category: scores(torch.tensor([label == category for label in labels])) for category in sorted(set(labels))
+        }
+    result["modality_gap"] = modality_gap_from_quadruples(image_text, text_text)
+    return result
+
+
+def modality_gap(model, processor, quadruples: Quadruples, batch_size: int = 32) -> dict[str, float]:
+    """The paper's modality gap on quadruples: {w_dist, w_disc, delta_gap} (see
+    `evaluation.metrics.modality_gap_from_scores`)."""
+    image_text, text_text = quadruple_similarities(model, processor, quadruples, batch_size)
+    return modality_gap_from_quadruples(image_text, text_text)

@@ -1,0 +1,314 @@
+"""Model and dataset cards filled from real run data (Jinja templates in `templates/`).
+
+`model_card_from_run` is called by `RPATrainer` when it saves or pushes a checkpoint and by
+`maple eval --push-to-hub`; `dataset_card_from_stats` by the preference-dataset builder. Figures are
+written as PNG files next to the card and linked by relative path, so they travel with the repo.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
+
+TEMPLATES = Path(__file__).parent / "templates"
+CURVES_FILE = "training_curves.png"
+HISTOGRAM_FILE = "score_histograms.png"
+
+# Hyper-parameters worth a line in the card, in this order, when the training config has them.
+CARD_HYPERPARAMETERS = (
+    "rpa_loss", "rpa_weight", "beta", "learn_beta", "temperature", "learn_temperature",
+    "expand_negatives", "gather_negatives", "num_image_candidates", "num_text_candidates",
+    "reference", "loss_type", "learning_rate", "lr_scheduler_type", "warmup_ratio", "warmup_steps",
+    "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
+    "weight_decay", "bf16", "seed",
+)
+# Trainer log entries that are end-of-run summaries, not curves.
+_SUMMARY_LOG_KEYS = {"step", "epoch", "total_flos", "train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss"}
+RETRIEVAL_METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
+QUADRUPLE_METRICS = ("text_score", "image_score", "group_score")
+GAP_METRICS = ("w_dist", "w_disc", "delta_gap")
+_METRIC_NAMES = {
+    "i2t_r1": "Image→text R@1", "i2t_r5": "Image→text R@5", "i2t_r10": "Image→text R@10",
+    "t2i_r1": "Text→image R@1", "t2i_r5": "Text→image R@5", "t2i_r10": "Text→image R@10",
+    "text_score": "Text score", "image_score": "Image score", "group_score": "Group score",
+    "delta_gap": "Modality gap Δgap",
+}
+PAPER_TAGS = ["maple", "image-text-retrieval", "preference-alignment", "arxiv:2506.06970"]
+
+
+def _benchmark_dataset_id(name: str) -> str:
+    """The Hub id of a known benchmark (see `evaluation.benchmarks`), else the name itself."""
+    from evaluation.benchmarks import BENCHMARKS
+
+    spec = BENCHMARKS.get(name)
+    return spec.hub_id if spec else name
+
+
+def _eval_results(eval_results: Mapping[str, Mapping[str, Any]]) -> list[EvalResult]:
+    """`model-index` entries: every headline metric of every benchmark (and per-category subset)."""
+    results = []
+    for benchmark, metrics in eval_results.items():
+        subsets = [(None, metrics)] + sorted(metrics.get("per_category", {}).items())
+        for subset, values in subsets:
+            for key in RETRIEVAL_METRICS + QUADRUPLE_METRICS:
+                if key in values:
+                    results.append(
+                        EvalResult(
+                            task_type="image-text-retrieval" if key in RETRIEVAL_METRICS else "image-text-matching",
+                            dataset_type=_benchmark_dataset_id(benchmark),
+                            dataset_name=benchmark,
+                            dataset_config=subset,
+                            dataset_split="test",
+                            metric_type=key,
+                            metric_name=_METRIC_NAMES[key],
+                            metric_value=round(float(values[key]), 2),
+                        )
+                    )
+        if "modality_gap" in metrics:
+            results.append(
+                EvalResult(
+                    task_type="image-text-matching",
+                    dataset_type=_benchmark_dataset_id(benchmark),
+                    dataset_name=benchmark,
+                    dataset_split="test",
+                    metric_type="delta_gap",
+                    metric_name=_METRIC_NAMES["delta_gap"],
+                    metric_value=round(float(metrics["modality_gap"]["delta_gap"]), 4),
+                )
+            )
+    return results
+
+
+def _table_rows(eval_results: Mapping[str, Mapping[str, Any]]) -> dict[str, list[dict[str, str]]]:
+    """Rows of the three evaluation tables of the model card, values formatted."""
+    retrieval, quadruples, gaps = [], [], []
+    for name, metrics in eval_results.items():
+        if all(key in metrics for key in RETRIEVAL_METRICS):
+            retrieval.append({"name": name, **{key: f"{metrics[key]:.1f}" for key in RETRIEVAL_METRICS}})
+        if all(key in metrics for key in QUADRUPLE_METRICS):
+            subsets = [("all", metrics)] + sorted(metrics.get("per_category", {}).items())
+            for subset, values in subsets:
+                quadruples.append({"name": name, "subset": subset, **{key: f"{values[key]:.1f}" for key in QUADRUPLE_METRICS}})
+        if "modality_gap" in metrics:
+            gap = metrics["modality_gap"]
+            gaps.append({"name": name, "w_dist": f"{100 * gap['w_dist']:.2f}", "w_disc": f"{100 * gap['w_disc']:.2f}", "delta_gap": f"{gap['delta_gap']:.2f}"})
+    return {"retrieval_rows": retrieval, "quadruple_rows": quadruples, "gap_rows": gaps}
+
+
+EVALUATION_END = "<!-- end of evaluation -->"
+
+
+def render_evaluation_section(eval_results: Mapping[str, Mapping[str, Any]], repo_id: str | None = None) -> str:
+    """The "## Evaluation" section of the model card (tables of `eval_results`)."""
+    import jinja2
+
+    template = jinja2.Template((TEMPLATES / "evaluation_section.md").read_text(), keep_trailing_newline=True)
+    return template.render(repo_id=repo_id, **_table_rows(eval_results))
+
+
+def with_eval_results(card: ModelCard, eval_results: Mapping[str, Mapping[str, Any]]) -> ModelCard:
+    """`card` with its evaluation section and `model-index` replaced by `eval_results` (used by
+    `maple eval --push-to-hub`); a card without a MAPLE evaluation section gets one appended."""
+    card.data.eval_results = _eval_results(eval_results) or None
+    if card.data.eval_results and not card.data.model_name:
+        card.data.model_name = card.data.to_dict().get("model_name") or "MAPLE embedder"
+    section = render_evaluation_section(eval_results)
+    text = card.text
+    start, end = text.find("## Evaluation\n"), text.find(EVALUATION_END)
+    if start >= 0 and end >= 0:
+        text = text[:start] + section + text[end + len(EVALUATION_END) :].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    return ModelCard(f"---\n{card.data.to_yaml()}\n---\n{text}")
+
+
+def plot_training_curves(log_history: Sequence[Mapping[str, Any]], path: Path) -> bool:
+    """One panel per logged scalar (loss, learning rate, ...) against the step; False if nothing to plot."""
+    curves: dict[str, tuple[list[float], list[float]]] = {}
+    for entry in log_history:
+        if "step" not in entry:
+            continue
+        for key, value in entry.items():
+            if key not in _SUMMARY_LOG_KEYS and isinstance(value, (int, float)) and math.isfinite(value):
+                steps, values = curves.setdefault(key, ([], []))
+                steps.append(entry["step"])
+                values.append(value)
+    curves = {key: curve for key, curve in curves.items() if len(curve[0]) >= 2}
+    if not curves:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = min(3, len(curves))
+    rows = math.ceil(len(curves) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False)
+    for axis, (key, (steps, values)) in zip(axes.flat, sorted(curves.items())):
+        axis.plot(steps, values, marker="." if len(steps) < 50 else None)
+        axis.set_title(key)
+        axis.set_xlabel("step")
+    for axis in list(axes.flat)[len(curves) :]:
+        axis.axis("off")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return True
+
+
+def _as_dict(training_config: Any) -> dict[str, Any]:
+    if training_config is None:
+        return {}
+    if isinstance(training_config, Mapping):
+        return dict(training_config)
+    if hasattr(training_config, "to_dict"):
+        return training_config.to_dict()
+    raise TypeError(f"training_config: expected a mapping or an object with to_dict(), got {type(training_config).__name__}")
+
+
+def _finetuning_description(lora: Mapping[str, Any] | None) -> str:
+    if not lora:
+        return "full fine-tuning"
+    targets = lora.get("target_modules")
+    targets = ", ".join(sorted(targets)) if isinstance(targets, (list, set, tuple)) else targets
+    return f"LoRA (rank {lora.get('r')}, alpha {lora.get('lora_alpha')}) on `{targets}`"
+
+
+def model_card_from_run(
+    output_dir: str | Path,
+    base_model: str | None,
+    backbone: str,
+    training_config: Mapping[str, Any] | Any,
+    log_history: Sequence[Mapping[str, Any]],
+    eval_results: Mapping[str, Mapping[str, Any]],
+    dataset_id: str | None = None,
+    judge_id: str | None = None,
+    lora: Mapping[str, Any] | None = None,
+    repo_id: str | None = None,
+) -> ModelCard:
+    """The model card of a training run; writes `training_curves.png` into `output_dir`.
+
+    Args:
+        output_dir: the checkpoint folder; the card (README.md, saved by the caller) and its figures go there.
+        base_model: Hub id of the backbone the run started from (None: not recorded).
+        backbone: "mllm" or "dual_encoder".
+        training_config: the run's `RPAConfig` (or its `to_dict()`).
+        log_history: `Trainer.state.log_history`.
+        eval_results: `maple eval` results, {benchmark: metrics} (retrieval: i2t_r1 ... t2i_r10;
+            quadruples: text/image/group_score, optional per_category and modality_gap).
+        dataset_id, judge_id: Hub ids of the preference dataset and of its MLLM judge.
+        lora: the `peft` LoRA config as a dict, None for full fine-tuning.
+        repo_id: where the card will live (names the model and fills the usage snippet).
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model_name = repo_id or output_dir.name
+    config = _as_dict(training_config)
+    card_data = ModelCardData(
+        model_name=model_name,
+        base_model=base_model,
+        datasets=[dataset_id] if dataset_id else None,
+        library_name="transformers",
+        pipeline_tag="feature-extraction",
+        tags=PAPER_TAGS + [backbone] + (["lora", "peft"] if lora else []),
+        eval_results=_eval_results(eval_results) or None,
+    )
+    has_curves = plot_training_curves(log_history, output_dir / CURVES_FILE)
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATES / "model_card.md"),
+        model_name=model_name,
+        repo_id=repo_id,
+        base_model=base_model,
+        backbone=backbone,
+        backbone_description=(
+            "a multimodal LLM used as a dual encoder (bidirectional attention, mean pooling)"
+            if backbone == "mllm"
+            else "a two-tower image/text encoder"
+        ),
+        finetuning=_finetuning_description(lora),
+        dataset_id=dataset_id,
+        judge_id=judge_id,
+        hyperparameters=[(key, config[key]) for key in CARD_HYPERPARAMETERS if config.get(key) is not None],
+        curves_file=CURVES_FILE if has_curves else None,
+        evaluation_section=render_evaluation_section(eval_results, repo_id),
+    )
+
+
+def plot_score_histograms(histograms: Mapping[str, Mapping[str, Sequence[float]]], path: Path) -> bool:
+    """Bar charts of pre-binned judge scores ({column: {bin_edges, counts}}); False if none."""
+    if not histograms:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(histograms), figsize=(4 * len(histograms), 3), squeeze=False)
+    for axis, (column, histogram) in zip(axes.flat, sorted(histograms.items())):
+        edges, counts = histogram["bin_edges"], histogram["counts"]
+        axis.bar(edges[:-1], counts, width=[b - a for a, b in zip(edges[:-1], edges[1:])], align="edge", edgecolor="black")
+        axis.set_title(column)
+        axis.set_xlabel("judge score alpha")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return True
+
+
+def dataset_card_from_stats(stats: Mapping[str, Any], repo_id: str | None = None, output_dir: str | Path | None = None) -> DatasetCard:
+    """The card of a preference dataset from the builder's stats.json.
+
+    Reads: source, source_license, judge, judge_prompt, captioner, num_hard_negatives,
+    text_candidates, semdedup, num_source_rows, num_anchors, num_candidate_images,
+    num_candidate_texts, num_skipped, skipped_by_reason, score_histograms and, optionally,
+    config_name, pretty_name and known_biases (a list of extra sentences). Missing entries show as
+    "not recorded". With `output_dir`, `score_histograms.png` is written there and linked.
+    """
+    def recorded(key: str) -> Any:
+        value = stats.get(key)
+        return "not recorded" if value is None else value
+
+    semdedup = stats.get("semdedup")
+    histogram_written = output_dir is not None and plot_score_histograms(
+        stats.get("score_histograms") or {}, Path(output_dir) / HISTOGRAM_FILE
+    )
+    card_data = DatasetCardData(
+        license=stats.get("source_license") or "other",
+        pretty_name=stats.get("pretty_name") or (repo_id or "MAPLE preference dataset"),
+        task_categories=["feature-extraction"],
+        tags=PAPER_TAGS + ["preference", "mllm-judge"],
+        size_categories=_size_category(stats.get("num_anchors")),
+    )
+    return DatasetCard.from_template(
+        card_data,
+        template_path=str(TEMPLATES / "dataset_card.md"),
+        pretty_name=card_data.pretty_name,
+        repo_id=repo_id,
+        source=recorded("source"),
+        source_license=recorded("source_license"),
+        num_hard_negatives=recorded("num_hard_negatives"),
+        text_candidates=recorded("text_candidates"),
+        captioner=recorded("captioner"),
+        judge=recorded("judge"),
+        judge_prompt=recorded("judge_prompt"),
+        semdedup="not applied" if not semdedup else f"{semdedup['clusters']} clusters, epsilon {semdedup['epsilon']}",
+        **{key: recorded(key) for key in ("num_source_rows", "num_anchors", "num_candidate_images", "num_candidate_texts", "num_skipped")},
+        skipped_by_reason=sorted((stats.get("skipped_by_reason") or {}).items()),
+        histogram_file=HISTOGRAM_FILE if histogram_written else None,
+        known_biases=list(stats.get("known_biases") or []),
+    )
+
+
+def _size_category(num_rows: int | None) -> list[str] | None:
+    """The Hub's size_categories tag for a row count."""
+    if num_rows is None:
+        return None
+    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if num_rows < limit:
+            return [label]
+    return ["n>1M"]

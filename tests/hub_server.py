@@ -1,0 +1,403 @@
+"""A Hugging Face Hub-compatible HTTP server on 127.0.0.1, for tests (standard library only).
+
+It implements the slice of the Hub API that `huggingface_hub` 2.4, `transformers`, `datasets` and
+`peft` use to push and pull model and dataset repositories:
+
+    GET  /api/whoami-v2                                        who the token belongs to
+    POST /api/repos/create                                     create a repo (409 if it exists)
+    POST /api/validate-yaml                                    README metadata check
+    GET  /api/{models|datasets}/{repo}[/revision/{rev}]        repo info (sha, siblings)
+    GET  /api/{type}s/{repo}/refs                              branches
+    GET  /api/{type}s/{repo}/tree/{rev}[/{path}]               listing, `recursive=true|false`
+    POST /api/{type}s/{repo}/paths-info/{rev}                  info of given paths
+    POST /api/{type}s/{repo}/preupload/{rev}                   regular vs LFS upload mode
+    POST /api/{type}s/{repo}/commit/{rev}                      NDJSON commit (file, lfsFile, deletes)
+    POST /[datasets/]{repo}.git/info/lfs/objects/batch         LFS batch API ("basic" transfer)
+    PUT  /lfs-upload/{sha256}                                  LFS object upload (checked against its oid)
+    HEAD/GET /[datasets/]{repo}/resolve/{rev}/{path}           download, with byte ranges
+
+Repositories live in memory as a chain of commits, each a full {path: file} snapshot. Errors carry
+the Hub's `X-Error-Code` / `X-Error-Message` headers, so clients raise their usual exceptions.
+For error-path tests, `require_token` makes every request without that bearer token fail with
+401, and `fail_next(repo_id, status, times)` makes the next requests touching a repo fail.
+
+Xet storage is not implemented: clients must run with HF_HUB_DISABLE_XET=1.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote, urlsplit
+
+USER = "maple-tester"
+LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".parquet", ".arrow", ".png", ".jpg", ".jpeg", ".npy")
+LFS_MIN_SIZE = 10 * 2**20  # the Hub's default threshold for LFS
+LFS_POINTER_SIZE = 134  # length of a git-lfs pointer file, reported as `pointerSize`
+
+_REPO = r"(?P<namespace>[\w.-]+)/(?P<name>[\w.-]+)"
+_ROUTES = [  # (method, pattern, handler name); the first match wins
+    ("GET", r"/api/whoami-v2", "whoami"),
+    ("POST", r"/api/repos/create", "create_repo"),
+    ("POST", r"/api/validate-yaml", "validate_yaml"),
+    ("GET", rf"/api/(?P<type>model|dataset)s/{_REPO}(?:/revision/(?P<rev>[^/]+))?", "repo_info"),
+    ("GET", rf"/api/(?P<type>model|dataset)s/{_REPO}/refs", "refs"),
+    ("GET", rf"/api/(?P<type>model|dataset)s/{_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.+))?", "tree"),
+    ("POST", rf"/api/(?P<type>model|dataset)s/{_REPO}/paths-info/(?P<rev>[^/]+)", "paths_info"),
+    ("POST", rf"/api/(?P<type>model|dataset)s/{_REPO}/preupload/(?P<rev>[^/]+)", "preupload"),
+    ("POST", rf"/api/(?P<type>model|dataset)s/{_REPO}/commit/(?P<rev>[^/]+)", "commit"),
+    ("POST", rf"/(?:(?P<type>dataset)s/)?{_REPO}\.git/info/lfs/objects/batch", "lfs_batch"),
+    ("PUT", r"/lfs-upload/(?P<oid>[0-9a-f]{64})", "lfs_upload"),
+    ("GET", rf"/(?:(?P<type>dataset)s/)?{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve"),
+    ("HEAD", rf"/(?:(?P<type>dataset)s/)?{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve"),
+]
+
+
+class HubError(Exception):
+    """An error answer: HTTP status plus the Hub's X-Error-Code header."""
+
+    def __init__(self, status: int, message: str, code: str | None = None, **body):
+        super().__init__(message)
+        self.status, self.message, self.code, self.body = status, message, code, body
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    content: bytes
+    lfs: bool
+
+    @property
+    def git_oid(self) -> str:
+        """The git blob id (sha1 of "blob <size>\\0" + content)."""
+        return hashlib.sha1(b"blob %d\0" % len(self.content) + self.content).hexdigest()
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.content).hexdigest()
+
+    def entry(self, path: str) -> dict:
+        """The file's entry in tree and paths-info answers."""
+        entry = {"type": "file", "path": path, "oid": self.git_oid, "size": len(self.content)}
+        if self.lfs:
+            entry["lfs"] = {"oid": self.sha256, "size": len(self.content), "pointerSize": LFS_POINTER_SIZE}
+        return entry
+
+
+@dataclass
+class Repo:
+    repo_type: str  # "model" | "dataset"
+    repo_id: str
+    commits: dict[str, dict[str, StoredFile]] = field(default_factory=dict)  # sha -> snapshot
+    main: str = ""  # sha of the head of the only branch
+
+    def snapshot(self, revision: str) -> tuple[str, dict[str, StoredFile]]:
+        sha = self.main if revision == "main" else revision
+        if sha not in self.commits:
+            raise HubError(404, f"Invalid rev id: {revision} in {self.repo_type} repo {self.repo_id}", "RevisionNotFound")
+        return sha, self.commits[sha]
+
+    def add_commit(self, files: dict[str, StoredFile], summary: str) -> str:
+        manifest = json.dumps([self.main, summary, sorted((p, f.git_oid) for p, f in files.items())])
+        sha = hashlib.sha1(manifest.encode()).hexdigest()
+        self.commits[sha], self.main = files, sha
+        return sha
+
+
+class HubState:
+    """Everything the server stores; all access under one lock."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.repos: dict[tuple[str, str], Repo] = {}
+        self.lfs_objects: dict[str, bytes] = {}
+        self.required_token: str | None = None
+        self.pending_failures: dict[str, list[int]] = {}  # repo_id -> statuses of its next requests
+
+    def repo(self, repo_type: str, repo_id: str) -> Repo:
+        try:
+            return self.repos[(repo_type, repo_id)]
+        except KeyError:
+            raise HubError(404, f"{repo_type.capitalize()} repo {repo_id} not found", "RepoNotFound") from None
+
+
+class HubRequestHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the clients expect
+    server: "HubServer"
+
+    def log_message(self, format: str, *args) -> None:  # keep test output clean
+        pass
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_HEAD(self) -> None:
+        self._dispatch("HEAD")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    # -- plumbing -------------------------------------------------------------------------------
+    def _dispatch(self, method: str) -> None:
+        url = urlsplit(self.path)
+        self.query = {key: values[-1] for key, values in parse_qs(url.query).items()}
+        self.body = self._read_body()
+        state = self.server.state
+        try:
+            for route_method, pattern, handler in _ROUTES:
+                match = re.fullmatch(pattern, url.path) if route_method == method else None
+                if match:
+                    self.params = {k: unquote(v) for k, v in match.groupdict().items() if v is not None}
+                    self._check_access(state)
+                    with state.lock:
+                        getattr(self, f"handle_{handler}")(state)
+                    return
+            raise HubError(404, f"no route for {method} {url.path}")
+        except HubError as error:
+            body = json.dumps({"error": error.message, **error.body}).encode()
+            headers = {"X-Error-Message": error.message, **({"X-Error-Code": error.code} if error.code else {})}
+            self._send(error.status, body, "application/json", headers)
+
+    def _check_access(self, state: HubState) -> None:
+        if state.required_token and self.headers.get("Authorization") != f"Bearer {state.required_token}":
+            raise HubError(401, "Invalid credentials in Authorization header")
+        repo_id = f"{self.params['namespace']}/{self.params['name']}" if "name" in self.params else None
+        with state.lock:
+            failures = state.pending_failures.get(repo_id) if repo_id else None
+            status = failures.pop() if failures else None
+        if status is not None:
+            raise HubError(status, f"Injected failure {status} for repo {repo_id}")
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while size := int(self.rfile.readline().split(b";")[0], 16):
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            self.rfile.readline()
+            return b"".join(chunks)
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _send(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, payload, status: int = 200) -> None:
+        self._send(status, json.dumps(payload).encode(), "application/json")
+
+    def _repo(self, state: HubState) -> Repo:
+        return state.repo(self.params.get("type") or "model", f"{self.params['namespace']}/{self.params['name']}")
+
+    def _repo_url(self, repo: Repo) -> str:
+        prefix = "datasets/" if repo.repo_type == "dataset" else ""
+        return f"{self.server.url}/{prefix}{repo.repo_id}"
+
+    # -- account and repos ----------------------------------------------------------------------
+    def handle_whoami(self, state: HubState) -> None:
+        self._json({"type": "user", "name": USER, "orgs": [], "auth": {"accessToken": {"role": "write"}}})
+
+    def handle_create_repo(self, state: HubState) -> None:
+        payload = json.loads(self.body)
+        repo_type = payload.get("type") or "model"
+        repo_id = f"{payload.get('organization') or USER}/{payload['name']}"
+        if (repo_type, repo_id) in state.repos:
+            existing = state.repos[(repo_type, repo_id)]
+            raise HubError(409, f"You already created this {repo_type} repo: {repo_id}", url=self._repo_url(existing))
+        repo = state.repos[(repo_type, repo_id)] = Repo(repo_type, repo_id)
+        repo.add_commit({}, "initial commit")
+        self._json({"url": self._repo_url(repo), "name": repo_id})
+
+    def handle_validate_yaml(self, state: HubState) -> None:
+        self._json({"errors": [], "warnings": []})
+
+    def handle_repo_info(self, state: HubState) -> None:
+        repo = self._repo(state)
+        sha, files = repo.snapshot(self.params.get("rev", "main"))
+        self._json(
+            {
+                "id": repo.repo_id,
+                "_id": sha[:24],
+                "sha": sha,
+                "private": False,
+                "disabled": False,
+                "gated": False,
+                "lastModified": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+                "tags": [],
+                "siblings": [{"rfilename": path, "size": len(f.content)} for path, f in sorted(files.items())],
+            }
+        )
+
+    def handle_refs(self, state: HubState) -> None:
+        repo = self._repo(state)
+        self._json({"branches": [{"name": "main", "ref": "refs/heads/main", "targetCommit": repo.main}], "tags": [], "converts": []})
+
+    # -- listing --------------------------------------------------------------------------------
+    def _entries(self, files: dict[str, StoredFile], paths: list[str]) -> list[dict]:
+        """Entries of the given paths that exist, as files or directories."""
+        entries = []
+        for path in paths:
+            path = path.strip("/")
+            if path in files:
+                entries.append(files[path].entry(path))
+            elif any(p.startswith(path + "/") for p in files):
+                entries.append({"type": "directory", "path": path, "oid": hashlib.sha1(path.encode()).hexdigest(), "size": 0})
+        return entries
+
+    def handle_tree(self, state: HubState) -> None:
+        repo = self._repo(state)
+        _, files = repo.snapshot(self.params["rev"])
+        root = self.params.get("path", "").strip("/")
+        prefix = root + "/" if root else ""
+        if root and root not in files and not any(p.startswith(prefix) for p in files):
+            raise HubError(404, f"{root} does not exist in {repo.repo_type} repo {repo.repo_id}", "EntryNotFound")
+        below = [p[len(prefix) :] for p in files if p.startswith(prefix)]
+        if self.query.get("recursive", "false").lower() == "true":
+            directories = {"/".join(p.split("/")[:i]) for p in below for i in range(1, p.count("/") + 1)}
+            children = sorted(directories | set(below))
+        else:
+            children = sorted({p.split("/")[0] for p in below})
+        self._json(self._entries(files, [prefix + child for child in children]))
+
+    def handle_paths_info(self, state: HubState) -> None:
+        repo = self._repo(state)
+        _, files = repo.snapshot(self.params["rev"])
+        if self.headers.get("Content-Type", "").startswith("application/json"):
+            paths = json.loads(self.body)["paths"]
+        else:
+            paths = parse_qs(self.body.decode()).get("paths", [])
+        self._json(self._entries(files, paths))
+
+    # -- upload -----------------------------------------------------------------------------------
+    def handle_preupload(self, state: HubState) -> None:
+        repo = self._repo(state)
+        _, files = repo.snapshot(self.params["rev"])
+        answers = []
+        for file in json.loads(self.body)["files"]:
+            lfs = file["path"].lower().endswith(LFS_SUFFIXES) or file["size"] >= LFS_MIN_SIZE
+            existing = files.get(file["path"])
+            answers.append(
+                {
+                    "path": file["path"],
+                    "uploadMode": "lfs" if lfs else "regular",
+                    "shouldIgnore": False,
+                    "oid": existing.git_oid if existing else None,
+                }
+            )
+        self._json({"files": answers})
+
+    def handle_lfs_batch(self, state: HubState) -> None:
+        self._repo(state)  # 404 for unknown repos
+        objects = []
+        for obj in json.loads(self.body)["objects"]:
+            answer = {"oid": obj["oid"], "size": obj["size"], "authenticated": True}
+            if obj["oid"] not in state.lfs_objects:
+                answer["actions"] = {"upload": {"href": f"{self.server.url}/lfs-upload/{obj['oid']}"}}
+            objects.append(answer)
+        self._json({"transfer": "basic", "objects": objects}, status=200)
+
+    def handle_lfs_upload(self, state: HubState) -> None:
+        oid = self.params["oid"]
+        if hashlib.sha256(self.body).hexdigest() != oid:
+            raise HubError(400, f"LFS object content does not match its oid {oid}")
+        state.lfs_objects[oid] = self.body
+        self._send(200, b"", "text/plain")
+
+    def handle_commit(self, state: HubState) -> None:
+        repo = self._repo(state)
+        _, files = repo.snapshot(self.params["rev"])
+        files = dict(files)
+        summary = ""
+        for line in self.body.splitlines():
+            if not line.strip():
+                continue
+            item = json.loads(line)
+            key, value = item["key"], item["value"]
+            if key == "header":
+                summary = value.get("summary", "")
+            elif key == "file":
+                files[value["path"]] = StoredFile(base64.b64decode(value["content"]), lfs=False)
+            elif key == "lfsFile":
+                if value["oid"] not in state.lfs_objects:
+                    raise HubError(422, f"LFS object {value['oid']} for {value['path']} was never uploaded")
+                files[value["path"]] = StoredFile(state.lfs_objects[value["oid"]], lfs=True)
+            elif key == "deletedFile":
+                files.pop(value["path"], None)
+            elif key == "deletedFolder":
+                folder = value["path"].rstrip("/") + "/"
+                files = {p: f for p, f in files.items() if not p.startswith(folder)}
+            else:
+                raise HubError(400, f"unsupported commit operation {key!r}")
+        sha = repo.add_commit(files, summary)
+        self._json({"success": True, "commitOid": sha, "commitUrl": f"{self._repo_url(repo)}/commit/{sha}", "pullRequestUrl": None})
+
+    # -- download ---------------------------------------------------------------------------------
+    def handle_resolve(self, state: HubState) -> None:
+        repo = self._repo(state)
+        sha, files = repo.snapshot(self.params["rev"])
+        path = self.params["path"]
+        if path not in files:
+            raise HubError(404, f"Entry {path} not found in {repo.repo_type} repo {repo.repo_id}", "EntryNotFound")
+        stored = files[path]
+        etag = stored.sha256 if stored.lfs else stored.git_oid
+        headers = {"X-Repo-Commit": sha, "ETag": f'"{etag}"', "Accept-Ranges": "bytes"}
+        if stored.lfs:
+            headers.update({"X-Linked-Etag": f'"{etag}"', "X-Linked-Size": str(len(stored.content))})
+        content, status = stored.content, 200
+        byte_range = re.fullmatch(r"bytes=(\d*)-(\d*)", self.headers.get("Range", ""))
+        if byte_range and content:
+            first, last = byte_range.groups()
+            start = int(first) if first else max(len(content) - int(last), 0)
+            end = int(last) if first and last else len(content) - 1
+            headers["Content-Range"] = f"bytes {start}-{min(end, len(content) - 1)}/{len(content)}"
+            content, status = content[start : end + 1], 206
+        self._send(status, content, "application/octet-stream", headers)
+
+
+class HubServer(ThreadingHTTPServer):
+    """The server; `start()` serves on 127.0.0.1 at a free port in a daemon thread."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), HubRequestHandler)
+        self.state = HubState()
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        self._thread = threading.Thread(target=self.serve_forever, name="hub-server", daemon=True)
+
+    def start(self) -> "HubServer":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+        self._thread.join()
+
+    def require_token(self, token: str | None) -> None:
+        """Answer 401 to every request without `Authorization: Bearer <token>` (None: accept all)."""
+        self.state.required_token = token
+
+    def fail_next(self, repo_id: str, status: int, times: int = 1) -> None:
+        """Answer `status` to the next `times` requests that touch `repo_id`."""
+        with self.state.lock:
+            self.state.pending_failures[repo_id] = [status] * times
+
+    def files(self, repo_id: str, repo_type: str = "model") -> dict[str, bytes]:
+        """The files at the head of a repo (for assertions)."""
+        with self.state.lock:
+            repo = self.state.repo(repo_type, repo_id)
+            return {path: f.content for path, f in repo.commits[repo.main].items()}

@@ -1,0 +1,115 @@
+"""Benchmark loaders on small local fixtures in each benchmark's real schema (see conftest.py)."""
+
+import csv
+import json
+import shutil
+
+import pytest
+from PIL import Image
+
+from evaluation.benchmarks import BENCHMARKS, BenchmarkFormatError, QuadrupleBenchmark, RetrievalBenchmark, load_benchmark
+
+
+def test_coco_parquet_with_five_and_six_captions(benchmark_sources):
+    coco = load_benchmark("coco", str(benchmark_sources["coco"]))
+    assert isinstance(coco, RetrievalBenchmark)
+    assert [len(c) for c in coco.captions_per_image] == [5, 5, 6]
+    assert coco.captions_per_image[2][5] == "photo 2 caption 5"
+    assert len(coco.images) == 3
+    first = coco.images[0]
+    assert isinstance(first, Image.Image) and first.size == (24, 24) and first.mode == "RGB"
+    assert [image.size for image in coco.images[1:3]] == [(24, 24), (24, 24)]
+
+
+def test_flickr_from_a_hub_snapshot_folder(benchmark_sources):
+    flickr = load_benchmark("flickr30k", str(benchmark_sources["flickr30k"]))
+    assert flickr.captions_per_image[1] == [f"flickr 1 says {j}" for j in range(5)]
+
+
+def test_winoground_quadruples_and_categories(benchmark_sources):
+    winoground = load_benchmark("winoground", str(benchmark_sources["winoground"]))
+    assert isinstance(winoground, QuadrupleBenchmark)
+    assert len(winoground.quadruples) == 3
+    assert winoground.categories == ["object", "relation", "object"]
+    image0, image1, text0, text1 = winoground.quadruples[1]
+    assert (text0, text1) == ("the dog chases the cat", "the cat chases the dog")
+    assert image0.size == image1.size == (24, 24)
+
+
+def test_bivlc_types_are_the_categories(benchmark_sources):
+    bivlc = load_benchmark("bivlc", str(benchmark_sources["bivlc"]))
+    assert bivlc.categories == ["replace", "swap", "add"]
+    assert bivlc.quadruples[2][2:] == ("a bowl of fruit", "a bowl of fruit and a knife")
+
+
+def test_naturalbench_native_layout(benchmark_sources):
+    natural = load_benchmark("naturalbench", str(benchmark_sources["naturalbench"]))
+    assert len(natural.quadruples) == 2 and natural.categories is None
+    image0, image1, text0, text1 = natural.quadruples[1]
+    assert image0.name == "1_0.jpg" and image1.name == "1_1.jpg"
+    assert (text0, text1) == ("scene 1 with a man", "scene 1 with a woman")
+
+
+def test_mmvp_pairs_consecutive_rows(benchmark_sources):
+    mmvp = load_benchmark("mmvp", str(benchmark_sources["mmvp"]))
+    assert mmvp.categories == ["orientation and direction", "color and appearance"]
+    image0, image1, text0, text1 = mmvp.quadruples[1]
+    assert (image0.name, image1.name, text0, text1) == ("3.jpg", "4.jpg", "The car is red.", "The car is blue.")
+
+
+def test_every_benchmark_has_an_official_hub_id():
+    assert {spec.name: spec.kind for spec in BENCHMARKS.values()} == {
+        "coco": "retrieval", "flickr30k": "retrieval", "winoground": "quadruples",
+        "naturalbench": "quadruples", "mmvp": "quadruples", "bivlc": "quadruples",
+    }
+    assert all("/" in spec.hub_id for spec in BENCHMARKS.values())
+
+
+def test_missing_column_names_the_file_and_the_columns(benchmark_sources):
+    with pytest.raises(BenchmarkFormatError, match=r"winoground\.parquet: benchmark 'bivlc' needs columns .*missing \['image', 'negative_image'"):
+        load_benchmark("bivlc", str(benchmark_sources["winoground"]))
+
+
+def test_unreadable_image_names_row_and_column(benchmark_sources, tmp_path):
+    import datasets
+
+    table = datasets.load_dataset("parquet", data_files=str(benchmark_sources["coco"]), split="train")
+    broken = table.cast_column("image", datasets.Image(decode=False)).map(
+        lambda row, index: {"image": {"bytes": b"not an image" if index == 1 else row["image"]["bytes"], "path": None}},
+        with_indices=True,
+    )
+    broken.to_parquet(str(tmp_path / "broken.parquet"))
+    coco = load_benchmark("coco", str(tmp_path / "broken.parquet"))
+    assert coco.images[0].size == (24, 24)
+    with pytest.raises(BenchmarkFormatError, match=r"broken\.parquet: row 1, column 'image': unreadable image"):
+        coco.images[1]
+
+
+def test_empty_caption_list_is_reported(tmp_path):
+    from conftest import _picture, _write_parquet
+
+    path = _write_parquet(tmp_path / "c.parquet", {"image": [_picture(0), _picture(1)], "caption": [["a"], []]}, ("image",))
+    with pytest.raises(BenchmarkFormatError, match=r"column 'caption' must hold a non-empty list of strings per image; rows \[1\]"):
+        load_benchmark("coco", str(path))
+
+
+def test_mmvp_odd_rows_and_missing_images(benchmark_sources, tmp_path):
+    odd = shutil.copytree(benchmark_sources["mmvp"], tmp_path / "odd")
+    with (odd / "Questions.csv").open("a", newline="") as handle:
+        csv.writer(handle).writerow(("5", "Texts", "A sign says stop."))
+    with pytest.raises(BenchmarkFormatError, match=r"odd number of rows \(5\)"):
+        load_benchmark("mmvp", str(odd))
+    natural = shutil.copytree(benchmark_sources["naturalbench"], tmp_path / "natural")
+    (natural / "images" / "0_1.jpg").unlink()
+    with pytest.raises(BenchmarkFormatError, match=r"0_1\.jpg: image file is missing"):
+        load_benchmark("naturalbench", str(natural))
+    metadata = json.loads((natural / "metadata.json").read_text())
+    del metadata[0]["caption_1"]
+    (natural / "metadata.json").write_text(json.dumps(metadata))
+    with pytest.raises(BenchmarkFormatError, match=r"metadata\.json: entry 0 lacks \['caption_1'\]"):
+        load_benchmark("naturalbench", str(natural))
+
+
+def test_unknown_benchmark():
+    with pytest.raises(ValueError, match="unknown benchmark 'imagenet'"):
+        load_benchmark("imagenet")
