@@ -5,11 +5,6 @@ huggingface_hub at import time, so they are set before any test module imports H
 import csv
 import json
 import os
-import subprocess
-import sys
-import sysconfig
-import textwrap
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,10 +17,6 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-# Top-level packages of this project: an "isolated" child process must not be able to import any.
-PROJECT_PACKAGES = ("modeling_maple", "trainer", "dataset_builders", "evaluation", "metrics", "model_cards", "maple")
-HUB_TOKEN = "hf_maple_test_token"
 
 
 @pytest.fixture(scope="session")
@@ -34,55 +25,6 @@ def hub_server():
     server = HubServer().start()
     yield server
     server.stop()
-
-
-@pytest.fixture
-def hub_python(hub_server, tmp_path) -> Callable[..., str]:
-    """Run Python code in a child process that talks to `hub_server`; returns its stdout.
-
-    HF_* variables are read when huggingface_hub is imported, so Hub traffic runs in children.
-    Each call gets its own HF_HOME, so a loading process downloads everything afresh.
-    `isolated=True` starts `python -I -S` with only the interpreter's site-packages on sys.path and
-    no `.pth` files processed: neither the working tree nor the editable install is importable, as
-    for a user who only has transformers and the Hub. A failing child fails the test with its stderr.
-    """
-    calls = iter(range(1_000_000))
-
-    def run(code: str, isolated: bool = False, expect_failure: bool = False, **env_overrides: str) -> str:
-        call = next(calls)
-        env = {
-            key: value for key, value in os.environ.items() if not key.startswith(("HF_", "PYTHON"))
-        } | {
-            "HF_ENDPOINT": hub_server.url,
-            "HF_HUB_OFFLINE": "0",
-            "HF_HUB_DISABLE_XET": "1",
-            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-            "HF_TOKEN": HUB_TOKEN,
-            "HF_HOME": str(tmp_path / f"hf_home_{call}"),
-            "OMP_NUM_THREADS": "1",
-        } | env_overrides
-        code = textwrap.dedent(code)
-        if isolated:
-            prelude = textwrap.dedent(
-                f"""
-                import importlib.util, sys
-                sys.path.append({sysconfig.get_paths()["purelib"]!r})
-                visible = [p for p in {PROJECT_PACKAGES!r} if importlib.util.find_spec(p) is not None]
-                assert not visible, f"isolated child can import {{visible}}"
-                """
-            )
-            command = [sys.executable, "-I", "-S", "-c", prelude + code]
-        else:
-            env["PYTHONPATH"] = str(REPO_ROOT)
-            command = [sys.executable, "-c", code]
-        result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-        if expect_failure:
-            assert result.returncode != 0, f"child unexpectedly succeeded:\n{result.stdout}"
-            return result.stderr
-        assert result.returncode == 0, f"child failed ({result.returncode}):\n{result.stderr[-6000:]}"
-        return result.stdout
-
-    return run
 
 
 def _picture(seed: int, size: int = 24):

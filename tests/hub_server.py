@@ -29,11 +29,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
+import subprocess
+import sys
+import sysconfig
+import textwrap
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 USER = "maple-tester"
@@ -401,3 +407,50 @@ class HubServer(ThreadingHTTPServer):
         with self.state.lock:
             repo = self.state.repo(repo_type, repo_id)
             return {path: f.content for path, f in repo.commits[repo.main].items()}
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Top-level packages of this project: an isolated client must not be able to import any of them.
+PROJECT_PACKAGES = ("modeling_maple", "trainer", "dataset_builders", "evaluation", "metrics", "model_cards", "maple")
+CLIENT_TOKEN = "hf_maple_test_token"
+
+
+def run_client(server: HubServer, workdir: Path, code: str, isolated: bool = False, expect_failure: bool = False, **env: str) -> str:
+    """Run Python `code` in a child process whose Hub is `server`; return its stdout (its stderr
+    when `expect_failure`). A child that fails unexpectedly (or succeeds unexpectedly) fails the test.
+
+    HF_* variables are read when huggingface_hub is imported, hence a child. Each call gets its own
+    HF_HOME under `workdir`, so loading processes download everything afresh. `isolated=True` runs
+    `python -I -S` with only the interpreter's site-packages on sys.path and no .pth file processed:
+    neither this working tree nor its editable install is importable, as for a user who has only
+    transformers and the Hub. Otherwise the working tree is on PYTHONPATH.
+    """
+    home = Path(workdir) / f"hf_home_{len(list(Path(workdir).glob('hf_home_*')))}"
+    child_env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "PYTHON"))}
+    child_env |= {
+        "HF_ENDPOINT": server.url,
+        "HF_HUB_OFFLINE": "0",
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "HF_TOKEN": CLIENT_TOKEN,
+        "HF_HOME": str(home),
+        "OMP_NUM_THREADS": "1",
+    } | env
+    code = textwrap.dedent(code)
+    if isolated:
+        prelude = (
+            "import importlib.util, sys\n"
+            f"sys.path.append({sysconfig.get_paths()['purelib']!r})\n"
+            f"visible = [p for p in {PROJECT_PACKAGES!r} if importlib.util.find_spec(p) is not None]\n"
+            "assert not visible, f'isolated child can import {visible}'\n"
+        )
+        command = [sys.executable, "-I", "-S", "-c", prelude + code]
+    else:
+        child_env["PYTHONPATH"] = str(REPO_ROOT)
+        command = [sys.executable, "-c", code]
+    result = subprocess.run(command, env=child_env, cwd=workdir, capture_output=True, text=True, timeout=300)
+    if expect_failure:
+        assert result.returncode != 0, f"client unexpectedly succeeded:\n{result.stdout}"
+        return result.stderr
+    assert result.returncode == 0, f"client failed ({result.returncode}):\n{result.stderr[-6000:]}"
+    return result.stdout
