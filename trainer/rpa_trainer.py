@@ -127,9 +127,13 @@ class RPATrainer(DPOTrainer):
             ref_model.requires_grad_(False).eval()
         if args.disable_dropout:
             disable_dropout_in_model(model)
-        # A step may leave parameters without gradient (a text tower's pooler, beta when rpa_weight is 0)
+        # Under DDP: a step may leave parameters without gradient (a text tower's pooler, beta when rpa_weight is 0),
+        # and beta is used outside the model's forward (the loss reads `preference_logit_scale`), which DDP only
+        # accepts with a static graph; the set of parameters a step uses never changes here, so that holds.
         if args.ddp_find_unused_parameters is None:
             args.ddp_find_unused_parameters = True
+        if args.ddp_static_graph is None:
+            args.ddp_static_graph = True
 
         # The state `DPOTrainer`'s inherited methods read (see the class docstring)
         self._is_vision_dataset = False  # our collator builds the image inputs; evaluate() then validates datasets

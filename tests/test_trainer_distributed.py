@@ -1,0 +1,72 @@
+"""RPATrainer under `accelerate launch --multi_gpu --num_processes 2` with `use_cpu=True` (2 CPU processes, gloo):
+the loss with gathered negatives equals the one-process loss on the same global batch, and training runs.
+(accelerate 1.15's `--cpu` flag starts several CPU processes only through MPI; without it, one.)
+
+The same 8 rows make up every step's global batch (one batch of 8 in one process, two of 4 in two processes), so
+the comparison does not depend on how either run shuffles. This file is also the script that `accelerate launch`
+runs (see `__main__`).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from modeling_maple.testing import build_tiny
+from trainer import RPAConfig, RPATrainer
+from trainer.testing import synthetic_preference_dataset
+
+GLOBAL_BATCH = 8
+STEPS = 2
+
+
+def run(output_dir: str, per_device_batch: int) -> list[dict]:
+    """Trains for `STEPS` steps on the 8-row dataset; returns the per-step logs (rank 0's view)."""
+    model, processor = build_tiny("dual_encoder", seed=0)
+    args = RPAConfig(
+        output_dir=output_dir,
+        per_device_train_batch_size=per_device_batch,
+        max_steps=STEPS,
+        logging_steps=1,
+        learning_rate=1e-3,
+        warmup_steps=0,
+        rpa_weight=0.5,
+        num_text_candidates=3,
+        save_strategy="no",
+        report_to=[],
+        seed=0,
+        use_cpu=True,  # with several processes: gloo on CPU (accelerate's MULTI_CPU)
+    )
+    trainer = RPATrainer(model, args=args, train_dataset=synthetic_preference_dataset(GLOBAL_BATCH, seed=3),
+                         processing_class=processor)
+    trainer.train()
+    return [entry for entry in trainer.state.log_history if "loss/rpa" in entry]
+
+
+def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
+    result_file = tmp_path / "two_processes.json"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", __file__, str(tmp_path / "run2"), str(result_file),
+    ]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    completed = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    two_processes = json.loads(result_file.read_text())
+    one_process = run(str(tmp_path / "run1"), per_device_batch=GLOBAL_BATCH)
+
+    assert len(two_processes) == len(one_process) == STEPS
+    for step, (distributed, single) in enumerate(zip(two_processes, one_process), start=1):
+        for key in ("loss", "loss/rpa", "loss/contrastive", "rewards/accuracies"):
+            # step 1 is the loss before any update; step 2 also checks the gradients were averaged correctly
+            assert distributed[key] == pytest.approx(single[key], abs=1e-5), f"step {step}, {key}"
+
+
+if __name__ == "__main__":  # run by `accelerate launch` above
+    output_dir, result_file = sys.argv[1], sys.argv[2]
+    logs = run(output_dir, per_device_batch=GLOBAL_BATCH // 2)
+    if int(os.environ.get("RANK", "0")) == 0:
+        with open(result_file, "w") as handle:
+            json.dump(logs, handle)
