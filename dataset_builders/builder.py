@@ -547,6 +547,9 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         """All shard paths, once every rank has written its shards."""
         paths = [self._shard_path(shard) for shard in range(self.plan().num_shards(self.config.shard_size))]
         self._wait_for(paths, what="shards")
+        # Every shard exists, so no process is still writing: half-written files of killed runs can go.
+        for leftover in self.shard_dir.glob("*.tmp-*"):
+            leftover.unlink(missing_ok=True)
         return paths
 
     # ----------------------------------------------------------------------------------------------

@@ -1,34 +1,47 @@
-"""Tiny, offline judges and captioners for tests, demos and benchmarks.
+"""Offline judges, captioners, miners and sources for tests, demos and benchmarks.
 
-Built from `modeling_maple.testing`'s tiny Qwen2-VL config and tokenizer: random weights, real
-code paths. Their judgements and captions are meaningless, their plumbing is the real one.
+- `tiny_judge`, `tiny_captioner`: the real `MLLMJudge` / `ContrastiveCaptioner` on a random tiny
+  Qwen2-VL (from `modeling_maple.testing`): real code paths, meaningless judgements and captions.
+- `ColourJudge`, `ColourCaptioner`, `thumbnail_miner`, `colour_squares`: deterministic stand-ins,
+  cheap enough for builder tests that start several processes. The tiny-MLLM helpers import
+  transformers only when called, so processes using just the stand-ins start fast.
 """
 
 from __future__ import annotations
 
 import io
 import time
+from typing import TYPE_CHECKING
 
 import numpy
 import PIL.Image
 import torch
-from transformers import Qwen2VLForConditionalGeneration
 
-from modeling_maple.testing import tiny_image_processor, tiny_qwen2_vl_config, tiny_tokenizer
-
-from .captioner import ContrastiveCaptioner
-from .judge import MLLMJudge
 from .miner import HardNegativeMiner
+
+if TYPE_CHECKING:
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from .captioner import ContrastiveCaptioner
+    from .judge import MLLMJudge
 
 
 def tiny_qwen2_vl(seed: int = 0, **config_overrides) -> Qwen2VLForConditionalGeneration:
     """A random tiny Qwen2-VL, deterministic in `seed`, in eval mode."""
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from modeling_maple.testing import tiny_qwen2_vl_config
+
     torch.manual_seed(seed)
     return Qwen2VLForConditionalGeneration(tiny_qwen2_vl_config(**config_overrides)).eval()
 
 
 def tiny_judge(seed: int = 0, *, image_size: int = 32, **judge_kwargs) -> MLLMJudge:
     """An `MLLMJudge` on a random tiny Qwen2-VL; images are resized to about image_size^2 pixels."""
+    from modeling_maple.testing import tiny_image_processor, tiny_tokenizer
+
+    from .judge import MLLMJudge
+
     return MLLMJudge(
         tiny_qwen2_vl(seed), tiny_tokenizer(), tiny_image_processor(image_size=image_size), name=f"tiny-judge-{seed}", **judge_kwargs
     )
@@ -36,6 +49,10 @@ def tiny_judge(seed: int = 0, *, image_size: int = 32, **judge_kwargs) -> MLLMJu
 
 def tiny_captioner(seed: int = 0, *, image_size: int = 32, **captioner_kwargs) -> ContrastiveCaptioner:
     """A `ContrastiveCaptioner` on a random tiny Qwen2-VL (its captions are gibberish)."""
+    from modeling_maple.testing import tiny_image_processor, tiny_tokenizer
+
+    from .captioner import ContrastiveCaptioner
+
     captioner_kwargs.setdefault("max_new_tokens", 8)
     return ContrastiveCaptioner(
         tiny_qwen2_vl(seed),

@@ -1,0 +1,142 @@
+"""Crash safety and multi-process builds, with real processes: a build killed by SIGKILL resumes
+to the same rows as an uninterrupted build, and two ranks build the same rows as one process.
+
+Subprocesses are started only where a separate process is the point (the one that gets killed,
+the second rank); the reference build, the resumed build and rank 0 run in the test process."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dataset_builders.builder import MaplePreferences
+from dataset_builders.testing import ColourCaptioner, ColourJudge, colour_squares, thumbnail_miner
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+NUM_IMAGES, SHARD_SIZE = 16, 2
+BUILD_SETTINGS = {"shard_size": SHARD_SIZE, "semdedup_clusters": 4, "semdedup_epsilon": 0.0008, "progress": False}
+
+BUILD_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from dataset_builders.builder import MaplePreferences
+    from dataset_builders.testing import ColourCaptioner, ColourJudge, thumbnail_miner
+
+    source, out, delay, settings = sys.argv[1], sys.argv[2], float(sys.argv[3]), json.loads(sys.argv[4])
+    builder = MaplePreferences(
+        config_name="paper", source=source, cache_dir=out + "/cache", work_dir=out + "/work",
+        judge=ColourJudge(delay=delay), captioner=ColourCaptioner(), miner=thumbnail_miner(), **settings,
+    )
+    report = builder.build_shards()
+    print(json.dumps({"computed": report.computed, "reused": report.reused}), flush=True)
+    """
+)
+
+
+def _builder(source_file: str, out: Path, **kwargs) -> MaplePreferences:
+    return MaplePreferences(
+        config_name="paper",
+        source=source_file,
+        cache_dir=str(out / "cache"),
+        work_dir=out / "work",
+        judge=ColourJudge(),
+        captioner=ColourCaptioner(),
+        miner=thumbnail_miner(),
+        wait_timeout=180,
+        **BUILD_SETTINGS,
+        **kwargs,
+    )
+
+
+def _final_table(builder: MaplePreferences) -> pa.Table:
+    builder.download_and_prepare()
+    return builder.as_dataset(split="train").data.table
+
+
+def _start(source_file: str, out: Path, *, delay: float = 0.0, rank: int = 0, world_size: int = 1) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "RANK": str(rank),
+        "WORLD_SIZE": str(world_size),
+        "OMP_NUM_THREADS": "1",
+    }
+    script = Path(source_file).parent / "build.py"
+    return subprocess.Popen(
+        [sys.executable, str(script), source_file, str(out), str(delay), json.dumps(BUILD_SETTINGS)],
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def source_file(tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("source")
+    features = datasets.Features({"id": datasets.Value("string"), "image": datasets.Image(), "caption": datasets.Value("string")})
+    datasets.Dataset.from_dict(colour_squares(NUM_IMAGES), features=features).to_parquet(str(folder / "source.parquet"))
+    (folder / "build.py").write_text(BUILD_SCRIPT)
+    return str(folder / "source.parquet")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(source_file, tmp_path_factory) -> pa.Table:
+    builder = _builder(source_file, tmp_path_factory.mktemp("uninterrupted"))
+    table = _final_table(builder)
+    assert table.num_rows >= 8, "SemDeDup keeps most anchors"
+    assert builder.stats["skipped_by_reason"].get("near-duplicate", 0) > 0, "SemDeDup took part"
+    return table
+
+
+def test_sigkill_mid_build_then_rerun_equals_uninterrupted_build(source_file, uninterrupted, tmp_path):
+    shard_dir = tmp_path / "work" / "shards"
+    process = _start(source_file, tmp_path, delay=0.4)
+    deadline = time.monotonic() + 180
+    while len(list(shard_dir.glob("shard-*.parquet"))) < 2:
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, "the build never wrote a shard"
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    finished_before_kill = sorted(int(path.name[6:11]) for path in shard_dir.glob("shard-*.parquet"))
+    num_shards = -(-uninterrupted.num_rows // SHARD_SIZE)
+    assert len(finished_before_kill) < num_shards, "the kill landed mid-build"
+
+    resumed_builder = _builder(source_file, tmp_path)
+    report = resumed_builder.build_shards()
+    assert report.reused == finished_before_kill, "finished shards are not recomputed"
+    assert sorted(report.computed + report.reused) == list(range(num_shards))
+    resumed = _final_table(resumed_builder)
+    assert resumed.equals(uninterrupted)
+    assert len(set(resumed["id"].to_pylist())) == resumed.num_rows, "no duplicate anchors"
+    assert not list(shard_dir.glob("*.tmp-*")), "half-written shards of the killed run are cleaned up"
+
+
+def test_two_processes_build_the_same_rows_as_one(source_file, uninterrupted, tmp_path):
+    rank1 = _start(source_file, tmp_path, rank=1, world_size=2)
+    rank0 = _builder(source_file, tmp_path, rank=0, world_size=2)
+    # rank 0 embeds its half of the images, waits for rank 1's half, builds the even shards,
+    # waits for rank 1's odd shards and assembles the dataset.
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(table=_final_table(rank0)))
+    worker.start()
+    stdout, stderr = rank1.communicate(timeout=240)
+    worker.join(timeout=240)
+    assert rank1.returncode == 0, stderr[-3000:]
+    rank1_computed = json.loads(stdout.strip().splitlines()[-1])["computed"]
+    assert rank1_computed and all(shard % 2 == 1 for shard in rank1_computed)
+    assert (tmp_path / "work" / "embeddings-1-of-2.pt").exists()
+    assert result["table"].equals(uninterrupted)
