@@ -607,21 +607,25 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         return json.loads(path.read_text())
 
     def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None) -> str:
-        """Upload the built dataset (parquet, config `self.config.name`) and its dataset card.
+        """Upload the built dataset (parquet, config named after this config) and its dataset card
+        (`model_cards.dataset_card_from_stats`: judge and prompt, captioner, K, counts, skipped
+        inputs, score histograms, source licence, known biases). Returns the repo id."""
+        from huggingface_hub import HfApi
 
-        The card comes from `model_cards.dataset_card_from_stats` when that package is installed,
-        else from a short built-in summary. Returns the repo id."""
-        dataset = self.as_dataset(split="train")
-        dataset.push_to_hub(repo_id, config_name=self.config.name, private=private, token=token)
-        card = dataset_card(self.stats, repo_id)
-        from huggingface_hub import DatasetCard
+        from model_cards import dataset_card_from_stats
+        from model_cards.cards import HISTOGRAM_FILE
 
-        # push_to_hub wrote the `configs:` / `dataset_info:` metadata that load_dataset needs; keep it.
-        published = DatasetCard.load(repo_id, repo_type="dataset", token=token)
-        for key in ("configs", "dataset_info"):
-            if key in published.data.to_dict():
-                card.data[key] = published.data[key]
+        api = HfApi(token=token)
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        card = dataset_card_from_stats(self.stats, repo_id=repo_id, output_dir=self.work_dir)
+        # Card first: the dataset push then adds its `configs` / `dataset_info` metadata to this card.
         card.push_to_hub(repo_id, repo_type="dataset", token=token)
+        histogram = self.work_dir / HISTOGRAM_FILE
+        if histogram.exists():
+            api.upload_file(path_or_fileobj=str(histogram), path_in_repo=histogram.name, repo_id=repo_id, repo_type="dataset")
+        datasets.DatasetDict({"train": self.as_dataset(split="train")}).push_to_hub(
+            repo_id, config_name=self.config.name, private=private, token=token
+        )
         return repo_id
 
     @classmethod
@@ -639,28 +643,3 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 raise FileNotFoundError(f"no parquet files under {repo_id_or_path}")
             return datasets.load_dataset("parquet", data_files=files, split="train", features=FEATURES, **load_kwargs)
         return datasets.load_dataset(repo_id_or_path, name=config_name, split=split, **load_kwargs)
-
-
-def dataset_card(stats: dict[str, Any], repo_id: str | None = None):
-    """The dataset card for a build: `model_cards.dataset_card_from_stats` when available."""
-    try:
-        from model_cards import dataset_card_from_stats
-    except ImportError:
-        return _fallback_dataset_card(stats)
-    return dataset_card_from_stats(stats, repo_id=repo_id)
-
-
-def _fallback_dataset_card(stats: dict[str, Any]):
-    from huggingface_hub import DatasetCard, DatasetCardData
-
-    data = DatasetCardData(license=stats.get("source_license") or "other", tags=["maple", "preference", "image-text"])
-    skipped = "\n".join(f"- {reason}: {count}" for reason, count in stats["skipped_by_reason"].items()) or "- none"
-    text = (
-        f"---\n{data.to_yaml()}\n---\n# MAPLE preference data\n\n"
-        f"Judge: `{stats['judge']}` (prompt: `{stats['judge_prompt']}`); captioner: `{stats['captioner']}`; "
-        f"K = {stats['num_hard_negatives']} hard negatives.\n\n"
-        f"{stats['num_anchors']} anchors, {stats['num_candidate_images']} candidate images, "
-        f"{stats['num_candidate_texts']} candidate texts.\n\nSkipped inputs:\n{skipped}\n\n"
-        "Known biases: the scores inherit the judge's biases (arXiv 2506.06970, section 8).\n"
-    )
-    return DatasetCard(text)

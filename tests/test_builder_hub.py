@@ -1,0 +1,75 @@
+"""Publishing: a built preference dataset goes to the local Hub server with its card, and comes back
+identical, images included, through `datasets.load_dataset` in a process that cannot import this
+project and through `MaplePreferences.from_pretrained`."""
+
+import json
+
+from hub_server import run_client
+
+REPO = "maple-org/colour-preferences"
+
+# Prints a digest of every row: ids, texts and scores as they are, images as SHA-256 of their pixels.
+DIGEST = """
+import hashlib, json
+import numpy as np
+
+def pixels(image):
+    return hashlib.sha256(np.asarray(image.convert("RGB")).tobytes()).hexdigest()
+
+def digest(dataset):
+    return [
+        [row["id"], row["caption"], pixels(row["image"]), [pixels(image) for image in row["candidate_images"]],
+         row["candidate_texts"], row["txt2img_scores"], row["img2txt_scores"]]
+        for row in dataset
+    ]
+"""
+
+BUILD_AND_PUSH = DIGEST + """
+import datasets
+from dataset_builders import MaplePreferences
+from dataset_builders.testing import ColourCaptioner, ColourJudge, colour_squares, thumbnail_miner
+
+features = datasets.Features({"id": datasets.Value("string"), "image": datasets.Image(), "caption": datasets.Value("string")})
+columns = colour_squares(6)
+columns["id"].append("broken"); columns["image"].append({"bytes": b"junk", "path": None}); columns["caption"].append("x")
+builder = MaplePreferences(
+    config_name="paper", source_dataset=datasets.Dataset.from_dict(columns, features=features),
+    judge=ColourJudge(), captioner=ColourCaptioner(), miner=thumbnail_miner(),
+    cache_dir="cache", work_dir="work", shard_size=4, semdedup_clusters=None, progress=False, source_license="cc0-1.0",
+)
+builder.download_and_prepare()
+builder.push_to_hub("%s")
+print(json.dumps(digest(builder.as_dataset(split="train"))))
+""" % REPO
+
+LOAD_WITH_DATASETS = DIGEST + """
+from datasets import load_dataset
+from huggingface_hub import DatasetCard
+
+print(json.dumps({"rows": digest(load_dataset("%s", split="train")), "card": DatasetCard.load("%s").text}))
+""" % (REPO, REPO)
+
+LOAD_WITH_BUILDER = DIGEST + """
+from dataset_builders import MaplePreferences
+
+print(json.dumps(digest(MaplePreferences.from_pretrained("%s"))))
+""" % REPO
+
+
+def _last_json(output: str):
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def test_push_then_load_back_gives_the_same_rows_images_and_card(hub_server, tmp_path):
+    built = _last_json(run_client(hub_server, tmp_path, BUILD_AND_PUSH))
+    files = hub_server.files(REPO, repo_type="dataset")
+    assert any(path.startswith("paper/train-") and path.endswith(".parquet") for path in files)
+    assert "score_histograms.png" in files
+
+    published = _last_json(run_client(hub_server, tmp_path, LOAD_WITH_DATASETS, isolated=True))
+    assert published["rows"] == built and len(built) == 6
+    card = published["card"]
+    assert "colour-judge" in card and "colour-captioner" in card
+    assert "| unreadable image | 1 |" in card
+
+    assert _last_json(run_client(hub_server, tmp_path, LOAD_WITH_BUILDER)) == built
