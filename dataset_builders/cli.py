@@ -1,0 +1,205 @@
+"""`maple build-preferences`: build an MLLM-judged preference dataset from image-caption pairs.
+
+    maple build-preferences SOURCE --output-dir out \\
+        --judge Qwen/Qwen2-VL-7B-Instruct --captioner Qwen/Qwen2.5-VL-72B-Instruct \\
+        --miner facebook/dinov2-base [--push-to-hub me/my-preferences]
+
+Several processes split the work: `accelerate launch -m dataset_builders.cli SOURCE ...` (each rank
+builds its own shards; rank 0 assembles, summarises and pushes). Rerunning the same command after a
+crash resumes from the finished shards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import re
+import sys
+import time
+from collections import defaultdict
+from typing import Any
+
+from .builder import MaplePreferences, MaplePreferencesConfig
+
+_FACTORY_SPEC = re.compile(r"^(?P<module>[A-Za-z_][\w.]*):(?P<attribute>[A-Za-z_][\w.]*)$")
+MAX_EXAMPLES_PER_REASON = 5
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="maple build-preferences",
+        description="Build a MAPLE preference dataset: mine hard-negative images, write contrastive captions, "
+        "score every candidate with an MLLM judge, and write (and optionally publish) parquet shards.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("source", help="image-caption data: a local folder (parquet files, or images with metadata.jsonl/csv), a parquet file, or a Hub dataset id")
+    parser.add_argument("--output-dir", default="maple_preferences", help="work directory: checkpoints, shards, stats.json and the datasets cache; rerun with the same one to resume")
+    parser.add_argument("--config", default="paper", choices=[config.name for config in MaplePreferences.BUILDER_CONFIGS], help="named recipe: 'paper' (generated contrastive captions) or 'corpus-captions' (the hard negatives' own captions, no captioner)")
+
+    components = parser.add_argument_group("models (a Hub id or local path, or module:factory for any object implementing the protocol)")
+    components.add_argument("--judge", action="append", required=True, metavar="ID", help="MLLM judge (paper: Qwen/Qwen2-VL-7B-Instruct); repeat to average several judges")
+    components.add_argument("--captioner", metavar="ID", help="contrastive captioner (paper: Qwen/Qwen2.5-VL-72B-Instruct); required by the 'paper' config")
+    components.add_argument("--miner", default="facebook/dinov2-base", metavar="ID", help="image encoder for hard-negative mining and SemDeDup")
+    components.add_argument("--device", default=None, help="device for the models; default: this rank's GPU if any, else cpu")
+    components.add_argument("--dtype", default="auto", help="weights dtype of the judge and captioner (auto, bfloat16, float16, float32)")
+    components.add_argument("--max-pixels", type=int, default=None, help="cap on image pixels seen by the judge and captioner (paper: 384*384 for training images)")
+
+    recipe = parser.add_argument_group("recipe")
+    recipe.add_argument("--num-hard-negatives", type=int, default=None, help="K hard-negative images per anchor (config default: 3)")
+    recipe.add_argument("--captioned-negatives", type=int, default=None, help="hard negatives shown to the captioner per anchor, one prompt each (default: 1)")
+    recipe.add_argument("--max-candidate-texts", type=int, default=None, help="text pool size, anchor caption included (default: 6)")
+    recipe.add_argument("--semdedup-clusters", type=int, default=None, help="SemDeDup k-means clusters; 0 turns de-duplication off (paper: 50000)")
+    recipe.add_argument("--semdedup-epsilon", type=float, default=None, help="SemDeDup threshold: duplicates have cosine > 1 - epsilon (paper: 0.07)")
+    recipe.add_argument("--shard-size", type=int, default=None, help="anchors per shard: the unit of checkpointing and of work per process (default: 256)")
+    recipe.add_argument("--seed", type=int, default=None, help="seed of caption sampling and SemDeDup (default: 0)")
+    recipe.add_argument("--judge-prompt", default=None, help="judge question with a {text} field (default: the paper's)")
+    recipe.add_argument("--judge-batch-size", type=int, default=8, help="image-text pairs per judge forward pass")
+    recipe.add_argument("--caption-prompt", default=None, help="captioner instruction shown after the anchor and the hard negative")
+    recipe.add_argument("--temperature", type=float, default=0.7, help="captioner sampling temperature (paper: 0.7)")
+    recipe.add_argument("--num-samples", type=int, default=3, help="captioner samples per (anchor, negative) pair (paper: 3)")
+    recipe.add_argument("--max-new-tokens", type=int, default=96, help="captioner answer length cap")
+
+    data = parser.add_argument_group("source columns and metadata")
+    data.add_argument("--source-split", default=None, help="split of a Hub or image-folder source (default: train)")
+    data.add_argument("--image-column", default=None, help="source image column (default: image)")
+    data.add_argument("--caption-column", default=None, help="source caption column (default: caption)")
+    data.add_argument("--id-column", default=None, help="source id column; without one the row index is the id (default: id)")
+    data.add_argument("--source-license", default=None, help="licence of the source data, for the dataset card")
+
+    publish = parser.add_argument_group("publishing and output")
+    publish.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="publish the dataset and its card to this Hub dataset repo")
+    publish.add_argument("--private", action="store_true", help="make the pushed repo private")
+    publish.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return parser
+
+
+def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Config fields given on the command line (the rest keep the named config's defaults)."""
+    names = [
+        "num_hard_negatives", "captioned_negatives", "max_candidate_texts", "semdedup_epsilon", "shard_size",
+        "seed", "source_split", "image_column", "caption_column", "id_column", "source_license",
+    ]
+    overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    if args.semdedup_clusters is not None:
+        overrides["semdedup_clusters"] = args.semdedup_clusters or None
+    return overrides
+
+
+def _factory(spec: str):
+    """The object a `module:factory` spec names, or None for a model id or path."""
+    match = _FACTORY_SPEC.match(spec)
+    if match is None or os.path.exists(spec):
+        return None
+    target = importlib.import_module(match["module"])
+    for attribute in match["attribute"].split("."):
+        target = getattr(target, attribute)
+    return target
+
+
+def _device(requested: str | None) -> str:
+    if requested:
+        return requested
+    import torch
+
+    return f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
+
+
+def _load_components(args: argparse.Namespace, device: str) -> dict[str, Any]:
+    from .captioner import ContrastiveCaptioner
+    from .judge import JudgeEnsemble, MLLMJudge
+    from .miner import HardNegativeMiner
+
+    image_processor_kwargs = {"max_pixels": args.max_pixels} if args.max_pixels else None
+    judge_kwargs = {"batch_size": args.judge_batch_size} | ({"prompt": args.judge_prompt} if args.judge_prompt else {})
+    judges = []
+    for spec in args.judge:
+        factory = _factory(spec)
+        judges.append(
+            factory()
+            if factory
+            else MLLMJudge.from_pretrained(spec, device=device, dtype=args.dtype, image_processor_kwargs=image_processor_kwargs, **judge_kwargs)
+        )
+    captioner = None
+    if args.captioner:
+        factory = _factory(args.captioner)
+        caption_kwargs = {"temperature": args.temperature, "num_samples": args.num_samples, "max_new_tokens": args.max_new_tokens}
+        if args.caption_prompt:
+            caption_kwargs["prompt"] = args.caption_prompt
+        captioner = (
+            factory()
+            if factory
+            else ContrastiveCaptioner.from_pretrained(
+                args.captioner, device=device, dtype=args.dtype, image_processor_kwargs=image_processor_kwargs, **caption_kwargs
+            )
+        )
+    miner_factory = _factory(args.miner)
+    miner = miner_factory() if miner_factory else HardNegativeMiner.from_pretrained(args.miner, device=device)
+    return {"judge": judges[0] if len(judges) == 1 else JudgeEnsemble(judges), "captioner": captioner, "miner": miner}
+
+
+def format_summary(stats: dict[str, Any], seconds: float, computed: int, reused: int, work_dir: str) -> str:
+    """The end-of-build report: counts, skipped inputs by reason (with examples) and time."""
+    anchors = stats["num_anchors"]
+    lines = [
+        f"MAPLE preference build ({stats['config_name']}) finished in {seconds:.1f} s",
+        f"  source rows       {stats['num_source_rows']}",
+        f"  anchors           {anchors}",
+        f"  candidate images  {stats['num_candidate_images']} ({stats['num_candidate_images'] / max(anchors, 1):.2f} per anchor)",
+        f"  candidate texts   {stats['num_candidate_texts']} ({stats['num_candidate_texts'] / max(anchors, 1):.2f} per anchor)",
+        f"  shards            {computed} computed, {reused} reused from an earlier run (this process)",
+        f"  skipped inputs    {stats['num_skipped']}",
+    ]
+    examples = defaultdict(list)
+    for item in stats["skipped"]:
+        examples[item["kind"]].append(item)
+    for kind, count in sorted(stats["skipped_by_reason"].items()):
+        lines.append(f"    {kind}: {count}")
+        for item in examples[kind][:MAX_EXAMPLES_PER_REASON]:
+            detail = f": {item['detail']}" if item["detail"] else ""
+            lines.append(f"      id {item['id']!r} (row {item['row']}){detail}")
+        if count > MAX_EXAMPLES_PER_REASON:
+            lines.append(f"      ... {count - MAX_EXAMPLES_PER_REASON} more")
+    lines.append(f"  full list and score histograms: {os.path.join(work_dir, 'stats.json')}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    overrides = _config_overrides(args)
+    try:
+        # Configuration errors stop here, before any model is loaded or any file written.
+        config = next(config for config in MaplePreferences.BUILDER_CONFIGS if config.name == args.config)
+        MaplePreferencesConfig(**{**config.__dict__, **overrides, "source": args.source})
+        if config.text_candidates == "generated" and not args.captioner:
+            raise ValueError(f"the {args.config!r} config writes captions: pass --captioner (or use --config corpus-captions)")
+    except ValueError as error:
+        print(f"maple build-preferences: error: {error}", file=sys.stderr)
+        return 2
+
+    work_dir = os.path.join(args.output_dir, "work")
+    builder = MaplePreferences(
+        config_name=args.config,
+        source=args.source,
+        cache_dir=os.path.join(args.output_dir, "cache"),
+        work_dir=work_dir,
+        progress=not args.no_progress,
+        **overrides,
+        **_load_components(args, _device(args.device)),
+    )
+    report = builder.build_shards()
+    if builder.rank != 0:
+        print(f"rank {builder.rank}: built shards {report.computed}, reused {report.reused}; rank 0 assembles the dataset")
+        return 0
+    builder.download_and_prepare()
+    print(format_summary(builder.stats, time.perf_counter() - started, len(report.computed), len(report.reused), work_dir))
+    if args.push_to_hub:
+        builder.push_to_hub(args.push_to_hub, private=args.private)
+        print(f"  pushed to Hub dataset repo {args.push_to_hub}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

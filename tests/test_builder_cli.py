@@ -1,0 +1,63 @@
+"""`maple build-preferences` (dataset_builders.cli.main), run in-process with the stand-ins."""
+
+import argparse
+
+import datasets
+import pytest
+
+from dataset_builders import cli
+from dataset_builders.testing import colour_squares
+
+STAND_INS = [
+    "--judge", "dataset_builders.testing:ColourJudge",
+    "--captioner", "dataset_builders.testing:ColourCaptioner",
+    "--miner", "dataset_builders.testing:thumbnail_miner",
+]
+
+
+@pytest.fixture
+def source_file(tmp_path) -> str:
+    columns = colour_squares(7)
+    columns["id"] += ["broken", "blank"]
+    columns["image"] += [{"bytes": b"junk", "path": None}, columns["image"][0]]
+    columns["caption"] += ["a red square", ""]
+    features = datasets.Features({"id": datasets.Value("string"), "image": datasets.Image(), "caption": datasets.Value("string")})
+    path = tmp_path / "source.parquet"
+    datasets.Dataset.from_dict(columns, features=features).to_parquet(str(path))
+    return str(path)
+
+
+def test_every_option_has_help():
+    parser = cli.build_parser()
+    for action in parser._actions:
+        assert action.help and action.help != argparse.SUPPRESS, action.dest
+    assert "--judge" in parser.format_help() and "--push-to-hub" in parser.format_help()
+
+
+def test_build_prints_a_summary_and_resumes(source_file, tmp_path, capsys):
+    argv = [source_file, "--output-dir", str(tmp_path / "out"), *STAND_INS, "--shard-size", "3", "--semdedup-clusters", "0", "--no-progress"]
+    assert cli.main(argv) == 0
+    summary = capsys.readouterr().out
+    assert "finished in" in summary
+    assert "anchors           7" in summary
+    assert "candidate images  28 (4.00 per anchor)" in summary
+    assert "shards            3 computed, 0 reused" in summary
+    assert "skipped inputs    2" in summary
+    assert "unreadable image: 1" in summary and "id 'broken' (row 7): UnidentifiedImageError" in summary
+    assert "empty caption: 1" in summary and "id 'blank' (row 8)" in summary
+    loaded = datasets.load_dataset("parquet", data_files=str(tmp_path / "out" / "work" / "shards" / "*.parquet"), split="train")
+    assert len(loaded) == 7
+
+    assert cli.main(argv) == 0
+    assert "shards            0 computed, 3 reused" in capsys.readouterr().out
+
+
+def test_configuration_errors_stop_before_any_work(source_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli.main([source_file, "--output-dir", str(out), *STAND_INS, "--num-hard-negatives", "0"]) == 2
+    assert "num_hard_negatives must be at least 1" in capsys.readouterr().err
+    assert cli.main([source_file, "--output-dir", str(out), "--judge", "dataset_builders.testing:ColourJudge"]) == 2
+    assert "pass --captioner" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(SystemExit):
+        cli.main([source_file])  # --judge is required
