@@ -1,24 +1,40 @@
 """MAPLE evaluation: the paper's metrics and benchmark protocols.
 
-Light to import: `evaluate`, `datasets` and the model code are imported only by the functions
-that need them.
+Light to import: names are resolved on first use (PEP 562), so `import evaluation.models` or
+`maple eval --help` do not pay for torch, and `evaluate` is imported only by `load_metric`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from .metrics import (
-    group_scores,
-    modality_gap_from_quadruples,
-    modality_gap_from_scores,
-    retrieval_recall,
-    wasserstein_1d,
-)
-from .retrieval import chunked_ranks, chunked_retrieval_recall, chunked_topk
+import importlib
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import evaluate
+
+# public name -> submodule defining it
+_EXPORTS = {
+    "group_scores": "metrics",
+    "modality_gap_from_quadruples": "metrics",
+    "modality_gap_from_scores": "metrics",
+    "retrieval_recall": "metrics",
+    "wasserstein_1d": "metrics",
+    "chunked_ranks": "retrieval",
+    "chunked_retrieval_recall": "retrieval",
+    "chunked_topk": "retrieval",
+    "evaluate_quadruples": "protocols",
+    "evaluate_retrieval": "protocols",
+    "modality_gap": "protocols",
+    "quadruple_similarities": "protocols",
+    "load_benchmark": "benchmarks",
+    "load_embedder": "models",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'evaluation' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
 
 
 def load_metric(name: str) -> "evaluate.EvaluationModule":
@@ -31,14 +47,4 @@ def load_metric(name: str) -> "evaluate.EvaluationModule":
     return evaluate.load(str(metric_path(name)))
 
 
-__all__ = [
-    "chunked_ranks",
-    "chunked_retrieval_recall",
-    "chunked_topk",
-    "group_scores",
-    "load_metric",
-    "modality_gap_from_quadruples",
-    "modality_gap_from_scores",
-    "retrieval_recall",
-    "wasserstein_1d",
-]
+__all__ = sorted([*_EXPORTS, "load_metric"])

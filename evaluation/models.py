@@ -23,7 +23,7 @@ class ModelLoadError(RuntimeError):
 
 def _hub_config(repo_id: str, revision: str | None) -> dict[str, Any]:
     """config.json of a Hub model repo; Hub failures become `ModelLoadError`s naming the repo."""
-    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub import HfApi, constants, hf_hub_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
         GatedRepoError,
@@ -35,6 +35,8 @@ def _hub_config(repo_id: str, revision: str | None) -> dict[str, Any]:
 
     where = f"model repo {repo_id!r} on {constants.ENDPOINT}"
     try:
+        # The info call is not retried, so an unreachable or failing Hub is reported at once.
+        HfApi().model_info(repo_id, revision=revision)
         return json.loads(Path(hf_hub_download(repo_id, "config.json", revision=revision)).read_text())
     except GatedRepoError as error:
         raise ModelLoadError(f"{where} is gated: accept its terms and log in (HF_TOKEN)") from error
@@ -51,6 +53,8 @@ def _hub_config(repo_id: str, revision: str | None) -> dict[str, Any]:
         raise ModelLoadError(f"{where} is not in the local cache and the Hub is offline or unreachable") from error
     except HfHubHTTPError as error:
         status = error.response.status_code if error.response is not None else "?"
+        if status in (401, 403):
+            raise ModelLoadError(f"{where} refused the token (HTTP {status}): check HF_TOKEN") from error
         raise ModelLoadError(f"{where} could not be read: HTTP {status} from the server") from error
 
 
@@ -73,6 +77,11 @@ def load_embedder(model_ref: str, revision: str | None = None, trust_remote_code
     folder = Path(model_ref).expanduser()
     config = _local_config(folder) if folder.is_dir() else _hub_config(model_ref, revision)
     model_type = config.get("model_type")
+    if model_type != MAPLE_MODEL_TYPE and model_type not in DUAL_ENCODER_MODEL_TYPES + MLLM_MODEL_TYPES:
+        raise ModelLoadError(
+            f"{model_ref!r} is a {model_type!r} checkpoint; expected a MAPLE checkpoint (model_type 'maple') "
+            f"or a backbone MAPLE can wrap: {', '.join(DUAL_ENCODER_MODEL_TYPES + MLLM_MODEL_TYPES)}"
+        )
 
     from transformers import AutoModel, AutoProcessor
 
@@ -85,14 +94,9 @@ def load_embedder(model_ref: str, revision: str | None = None, trust_remote_code
         model = AutoModel.from_pretrained(model_ref, revision=revision, trust_remote_code=trust_remote_code)
         processor = AutoProcessor.from_pretrained(model_ref, revision=revision, trust_remote_code=trust_remote_code)
         return model.eval(), processor
-    if model_type in DUAL_ENCODER_MODEL_TYPES + MLLM_MODEL_TYPES:
-        if modeling_maple is None:
-            raise ModelLoadError(f"evaluating the {model_type} checkpoint {model_ref!r} needs the modeling_maple package")
-        backbone = "mllm" if model_type in MLLM_MODEL_TYPES else "dual_encoder"
-        model = modeling_maple.MapleModel.from_backbone(model_ref, backbone=backbone)
-        processor = modeling_maple.MapleProcessor.from_backbone(model_ref, backbone=backbone)
-        return model.eval(), processor
-    raise ModelLoadError(
-        f"{model_ref!r} is a {model_type!r} checkpoint; expected a MAPLE checkpoint (model_type 'maple') "
-        f"or a backbone MAPLE can wrap: {', '.join(DUAL_ENCODER_MODEL_TYPES + MLLM_MODEL_TYPES)}"
-    )
+    if modeling_maple is None:
+        raise ModelLoadError(f"evaluating the {model_type} checkpoint {model_ref!r} needs the modeling_maple package")
+    backbone = "mllm" if model_type in MLLM_MODEL_TYPES else "dual_encoder"
+    model = modeling_maple.MapleModel.from_backbone(model_ref, backbone=backbone)
+    processor = modeling_maple.MapleProcessor.from_backbone(model_ref, backbone=backbone)
+    return model.eval(), processor
