@@ -1,0 +1,164 @@
+"""`maple train`: train a MAPLE embedder with RPA + InfoNCE from a YAML config and/or flags.
+
+```bash
+maple train --model_name_or_path Qwen/Qwen2-VL-2B-Instruct --dataset_name user/maple-preferences \\
+    --use_peft --output_dir maple-qwen2vl-2b --per_device_train_batch_size 96 --bf16 true
+maple train --config train.yaml --learning_rate 1e-4      # flags override the YAML file
+maple train --tiny dual_encoder --dataset_name ./prefs --output_dir /tmp/smoke --max_steps 10   # offline smoke run
+accelerate launch --multi_gpu --num_processes 8 -m trainer.cli ...    # several processes (add --use_cpu true on CPU)
+```
+Every `RPAConfig` / `TrainingArguments` field is a flag; `maple train --help` lists them all.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+from trl import TrlParser
+
+from .rpa_config import RPAConfig
+
+
+@dataclass
+class ModelArguments:
+    """Which embedder to train, and how (full fine-tuning or LoRA)."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "A MAPLE checkpoint (path or Hub id) to continue training, or a backbone to build one from: an "
+            "MLLM such as Qwen/Qwen2-VL-2B-Instruct (backbone 'mllm', the paper's) or a CLIP/SigLIP model "
+            "('dual_encoder')."
+        },
+    )
+    backbone: str | None = field(
+        default=None,
+        metadata={
+            "help": "How to build the embedder from a backbone that is not yet a MAPLE checkpoint: 'mllm' or "
+            "'dual_encoder'. Ignored for MAPLE checkpoints.",
+            "choices": ["mllm", "dual_encoder"],
+        },
+    )
+    tiny: str | None = field(
+        default=None,
+        metadata={
+            "help": "Train a tiny random model of this backbone instead ('mllm' or 'dual_encoder'): an offline smoke "
+            "run that needs no download.",
+            "choices": ["mllm", "dual_encoder"],
+        },
+    )
+    use_peft: bool = field(
+        default=False,
+        metadata={
+            "help": "Train LoRA adapters (MAPLE: on the language model, vision tower and connector frozen) instead of "
+            "all weights. The saved checkpoint has the adapters merged."
+        },
+    )
+    lora_r: int = field(default=32, metadata={"help": "LoRA rank (MAPLE: 32)."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator alpha (MAPLE: 32)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input (not stated in MAPLE)."})
+
+
+@dataclass
+class DataArguments:
+    """Where the preference dataset is (see trainer/schema.py for its columns)."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "The preference dataset: a folder written by `save_to_disk`, a folder of parquet files, or a Hub "
+            "dataset id."
+        },
+    )
+    dataset_config: str | None = field(
+        default=None, metadata={"help": "Configuration (subset) of a Hub dataset, e.g. the judge it was scored with."}
+    )
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    dataset_test_split: str | None = field(
+        default=None, metadata={"help": "Split to evaluate on (loss, reward accuracy, retrieval R@1); none if unset."}
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = TrlParser(
+        (ModelArguments, DataArguments, RPAConfig),
+        prog="maple train",
+        description=__doc__.split("\n")[0],
+        epilog="--config FILE.yaml: a YAML mapping of any of the options above (flags given as well override it); "
+        "an `env:` mapping in it sets environment variables.",
+    )
+    model_args, data_args, training_args = parser.parse_args_and_config(argv)
+    if (model_args.model_name_or_path is None) == (model_args.tiny is None):
+        parser.error("give exactly one of --model_name_or_path and --tiny")
+    if data_args.dataset_name is None:
+        parser.error("--dataset_name is required")
+
+    from .rpa_trainer import RPATrainer  # heavy imports only once the arguments are known to be fine
+
+    model, processor = load_model_and_processor(model_args)
+    peft_config = None
+    if model_args.use_peft:
+        from modeling_maple.lora import maple_lora_config
+
+        peft_config = maple_lora_config(
+            model, r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout
+        )
+    splits = load_preference_splits(data_args)
+    trainer = RPATrainer(
+        model,
+        args=training_args,
+        train_dataset=splits[data_args.dataset_train_split],
+        eval_dataset=splits[data_args.dataset_test_split] if data_args.dataset_test_split else None,
+        processing_class=processor,
+        peft_config=peft_config,
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    trainer.create_model_card(dataset_name=data_args.dataset_name)
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=data_args.dataset_name)
+    return 0
+
+
+def load_model_and_processor(model_args: ModelArguments):
+    """The MapleModel and MapleProcessor to train: tiny, a MAPLE checkpoint, or built from a backbone."""
+    from transformers import AutoConfig, AutoModel, AutoProcessor
+
+    from modeling_maple import MapleConfig, MapleModel, MapleProcessor
+
+    if model_args.tiny:
+        from modeling_maple.testing import build_tiny
+
+        return build_tiny(model_args.tiny)
+    name = model_args.model_name_or_path
+    if isinstance(AutoConfig.from_pretrained(name), MapleConfig):
+        return AutoModel.from_pretrained(name), AutoProcessor.from_pretrained(name)
+    if model_args.backbone is None:
+        raise SystemExit(f"{name} is not a MAPLE checkpoint: say how to embed with it, --backbone mllm|dual_encoder")
+    return (
+        MapleModel.from_backbone(name, backbone=model_args.backbone),
+        MapleProcessor.from_backbone(name, backbone=model_args.backbone),
+    )
+
+
+def load_preference_splits(data_args: DataArguments) -> DatasetDict:
+    """The dataset's splits, from `save_to_disk` output, a parquet folder or the Hub."""
+    location = data_args.dataset_name
+    if os.path.isfile(os.path.join(location, "dataset_dict.json")) or os.path.isfile(
+        os.path.join(location, "state.json")
+    ):
+        splits = load_from_disk(location)
+    else:
+        splits = load_dataset(location, data_args.dataset_config)
+    if isinstance(splits, Dataset):  # a single split saved on its own
+        splits = DatasetDict({data_args.dataset_train_split: splits})
+    for split in filter(None, (data_args.dataset_train_split, data_args.dataset_test_split)):
+        if split not in splits:
+            raise SystemExit(f"{location} has no split {split!r}; it has {sorted(splits)}")
+    return splits
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
