@@ -1,0 +1,100 @@
+"""The protocols on a tiny MAPLE model against the metric functions, and `maple eval` end to end:
+JSON + markdown, side-by-side comparison, resuming after an interruption."""
+
+import json
+
+import pytest
+import torch
+
+from evaluation.benchmarks import load_benchmark
+from evaluation.cli import main
+from evaluation.metrics import group_scores, modality_gap_from_quadruples, retrieval_recall
+from evaluation.protocols import evaluate_quadruples, evaluate_retrieval
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny dual-encoder MAPLE model, its processor, and two saved checkpoints (seeds 0 and 1)."""
+    from modeling_maple.testing import build_tiny
+
+    folders = []
+    for seed in (0, 1):
+        model, processor = build_tiny("dual_encoder", seed=seed)
+        folder = tmp_path_factory.mktemp(f"tiny_{seed}")
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+        folders.append(folder)
+        if seed == 0:
+            first = (model, processor)
+    return (*first, folders)
+
+
+def test_retrieval_protocol_equals_dense_metrics(tiny, benchmark_sources):
+    model, processor, _ = tiny
+    coco = load_benchmark("coco", str(benchmark_sources["coco"]))
+    result = evaluate_retrieval(model, processor, coco.images, coco.captions_per_image, batch_size=4)
+    captions = [c for cs in coco.captions_per_image for c in cs]
+    text, image = model.encode(processor, texts=captions, images=list(coco.images))
+    owners = [i for i, cs in enumerate(coco.captions_per_image) for _ in cs]
+    i2t = retrieval_recall(image @ text.T, [[c for c, o in enumerate(owners) if o == i] for i in range(3)])
+    t2i = retrieval_recall(text @ image.T, owners)
+    assert result == pytest.approx(
+        {f"i2t_r{k}": i2t[f"recall@{k}"] for k in (1, 5, 10)} | {"i2t_mrr": i2t["mrr"]}
+        | {f"t2i_r{k}": t2i[f"recall@{k}"] for k in (1, 5, 10)} | {"t2i_mrr": t2i["mrr"], "num_images": 3, "num_captions": 16}
+    )
+    # 3 images: every image is within the top 3 of 3 -> r5 = r10 = 100 in text->image
+    assert result["t2i_r5"] == result["t2i_r10"] == 100.0
+
+
+def test_quadruple_protocol_equals_group_scores(tiny, benchmark_sources):
+    model, processor, _ = tiny
+    bivlc = load_benchmark("bivlc", str(benchmark_sources["bivlc"]))
+    result = evaluate_quadruples(model, processor, bivlc.quadruples, bivlc.categories)
+    quadruples = list(bivlc.quadruples)
+    text = model.encode(processor, texts=[t for q in quadruples for t in q[2:]]).view(3, 2, -1)
+    image = model.encode(processor, images=[i for q in quadruples for i in q[:2]]).view(3, 2, -1)
+    similarities = torch.stack([image[:, i] @ text[:, j].T for i in (0, 1) for j in (0, 1)]).diagonal(dim1=1, dim2=2).T
+    assert {k: result[k] for k in ("text_score", "image_score", "group_score")} == pytest.approx(group_scores(similarities))
+    assert result["per_category"]["swap"] == pytest.approx(group_scores(similarities[1:2]) | {"num_quadruples": 1})
+    text_text = (text[:, 0] * text[:, 1]).sum(-1)
+    assert result["modality_gap"] == pytest.approx(modality_gap_from_quadruples(similarities, text_text), rel=1e-5)
+
+
+def test_cli_compares_models_writes_tables_and_resumes(tiny, benchmark_sources, tmp_path, capsys):
+    _, _, (first, second) = tiny
+    sources = [f"coco={benchmark_sources['coco']}", f"winoground={benchmark_sources['winoground']}"]
+    out = tmp_path / "eval"
+    argv = [str(first), "--benchmarks", "coco", "winoground", "--source", *sources, "--out", str(out), "--batch-size", "4"]
+    assert main(argv + ["--compare", str(second)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert list(results) == [str(first), str(second)]
+    assert set(results[str(first)]) == {"coco", "winoground"}
+    assert results[str(first)]["winoground"]["per_category"]["relation"]["num_quadruples"] == 1
+    table = (out / "results.md").read_text()
+    assert table.count(f"| {first} | coco |") == 1 and table.count(f"| {second} | winoground | object |") == 1
+
+    # A finished benchmark is read back, not recomputed (here: a marked result survives a rerun).
+    done = next(out.glob("*tiny_0*/coco.json"))
+    marked = json.loads(done.read_text()) | {"i2t_r1": -1.0}
+    done.write_text(json.dumps(marked))
+    assert main(argv) == 0
+    assert json.loads((out / "results.json").read_text())[str(first)]["coco"]["i2t_r1"] == -1.0
+    assert "coco already done" in capsys.readouterr().out
+
+
+def test_interrupted_run_keeps_finished_benchmarks(tiny, benchmark_sources, tmp_path, capsys):
+    _, _, (first, _) = tiny
+    out = tmp_path / "eval"
+    broken = f"bivlc={benchmark_sources['winoground']}"  # wrong schema: fails after coco is done
+    argv = [str(first), "--benchmarks", "coco", "bivlc", "--out", str(out), "--source", f"coco={benchmark_sources['coco']}"]
+    assert main(argv + [broken]) == 2
+    assert "benchmark 'bivlc' needs columns" in capsys.readouterr().out
+    assert [p.name for p in out.glob("*/*.json")] == ["coco.json"]
+    assert main(argv + [f"bivlc={benchmark_sources['bivlc']}"]) == 0
+    assert "coco already done" in capsys.readouterr().out
+    assert sorted(p.name for p in out.glob("*/*.json")) == ["bivlc.json", "coco.json"]
+
+
+def test_cli_rejects_a_bad_source_argument(tmp_path):
+    with pytest.raises(SystemExit, match="--source expects BENCHMARK=PATH_OR_HUB_ID"):
+        main([str(tmp_path), "--source", "imagenet=/data"])
