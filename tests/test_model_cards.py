@@ -1,0 +1,115 @@
+"""Model and dataset cards: rendered from a real tiny training run and a builder's stats, metadata
+that parses back, figures written next to the card."""
+
+import pytest
+import yaml
+from huggingface_hub import DatasetCard, ModelCard
+from PIL import Image
+
+from model_cards import dataset_card_from_stats, model_card_from_run, with_eval_results
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """Six real RPATrainer steps on the tiny dual encoder, then the paper's protocols on it."""
+    from trainer import RPAConfig, RPATrainer
+    from trainer.testing import describe_scene, draw_scene, synthetic_preference_dataset
+
+    from evaluation.protocols import evaluate_quadruples, evaluate_retrieval
+    from modeling_maple.testing import build_tiny
+
+    output_dir = tmp_path_factory.mktemp("run")
+    model, processor = build_tiny("dual_encoder", seed=0)
+    args = RPAConfig(output_dir=str(output_dir), per_device_train_batch_size=8, max_steps=6, learning_rate=1e-3,
+                     warmup_steps=0, rpa_weight=0.5, logging_steps=1, save_strategy="no", report_to=[], seed=0)
+    trainer = RPATrainer(model, args=args, train_dataset=synthetic_preference_dataset(16, seed=0), processing_class=processor)
+    trainer.train()
+    scenes = [("red", "left"), ("red", "right"), ("blue", "left"), ("blue", "right")]
+    images = [draw_scene(*scene) for scene in scenes]
+    quadruples = [(images[0], images[1], describe_scene(*scenes[0]), describe_scene(*scenes[1])),
+                  (images[0], images[2], describe_scene(*scenes[0]), describe_scene(*scenes[2]))]
+    eval_results = {
+        "coco": evaluate_retrieval(model, processor, images, [[describe_scene(*scene)] for scene in scenes]),
+        "winoground": evaluate_quadruples(model, processor, quadruples, categories=["relation", "object"]),
+    }
+    return output_dir, args, trainer.state.log_history, eval_results
+
+
+def test_model_card_from_a_tiny_run(tiny_run):
+    output_dir, args, log_history, eval_results = tiny_run
+    card = model_card_from_run(output_dir, base_model="openai/clip-vit-base-patch32", backbone="dual_encoder",
+                               training_config=args, log_history=log_history, eval_results=eval_results,
+                               dataset_id="maple-org/prefs", judge_id="Qwen/Qwen2-VL-7B-Instruct",
+                               lora={"r": 32, "lora_alpha": 32, "target_modules": ["q_proj", "v_proj"]}, repo_id="maple-org/tiny")
+    parsed = ModelCard(str(card))
+    metadata = yaml.safe_load(str(card).split("---")[1])
+    assert metadata["base_model"] == "openai/clip-vit-base-patch32" and metadata["datasets"] == ["maple-org/prefs"]
+    results = {(r.dataset_name, r.dataset_config, r.metric_type): r.metric_value for r in parsed.data.eval_results}
+    coco, winoground = eval_results["coco"], eval_results["winoground"]
+    assert results[("coco", None, "t2i_r1")] == round(coco["t2i_r1"], 2)
+    assert results[("winoground", "object", "group_score")] == round(winoground["per_category"]["object"]["group_score"], 2)
+    assert results[("winoground", None, "delta_gap")] == round(winoground["modality_gap"]["delta_gap"], 4)
+    assert next(r for r in parsed.data.eval_results if r.dataset_name == "coco").dataset_type == "nlphuji/mscoco_2014_5k_test_image_text_retrieval"
+    text = parsed.text
+    assert f"| coco | {coco['i2t_r1']:.1f} | {coco['i2t_r5']:.1f} |" in text
+    assert f"| winoground | relation | {winoground['per_category']['relation']['text_score']:.1f} |" in text
+    assert "LoRA (rank 32, alpha 32) on `q_proj, v_proj`" in text and "| `rpa_weight` | `0.5` |" in text
+    assert 'AutoModel.from_pretrained("maple-org/tiny", trust_remote_code=True)' in text and "import modeling_maple" in text
+    assert "learns the judge's notion of a good match, including its biases" in " ".join(text.split())
+    assert "eprint = {2506.06970}" in text
+    curves = Image.open(output_dir / "training_curves.png")
+    assert curves.format == "PNG" and curves.size[0] >= 400
+    assert "![Training curves](training_curves.png)" in text
+
+
+def test_model_card_without_eval_or_logs(tmp_path):
+    card = model_card_from_run(tmp_path, base_model=None, backbone="mllm", training_config={}, log_history=[], eval_results={})
+    assert ModelCard(str(card)).data.eval_results is None
+    assert "No evaluation was run" in card.text and "Training curves" not in card.text
+    assert not (tmp_path / "training_curves.png").exists()
+
+
+def test_with_eval_results_replaces_the_section(tmp_path):
+    first = {"winoground": {"text_score": 10.0, "image_score": 5.0, "group_score": 2.5, "modality_gap": {"w_dist": 0.3, "w_disc": 0.1, "delta_gap": 3.0}}}
+    card = model_card_from_run(tmp_path, None, "mllm", {}, [], first, repo_id="maple-org/tiny")
+    second = {"bivlc": {"text_score": 40.0, "image_score": 30.0, "group_score": 20.0,
+                        "per_category": {"swap": {"text_score": 50.0, "image_score": 25.0, "group_score": 25.0}},
+                        "modality_gap": {"w_dist": 0.2, "w_disc": 0.1, "delta_gap": 2.0}}}
+    updated = ModelCard(str(with_eval_results(card, second)))
+    assert updated.text.count("## Evaluation") == 1 and "| bivlc | swap | 50.0 | 25.0 | 25.0 |" in updated.text
+    assert "| winoground |" not in updated.text and "## Usage" in updated.text
+    assert {(r.dataset_name, r.metric_type) for r in updated.data.eval_results} >= {("bivlc", "group_score"), ("bivlc", "delta_gap")}
+
+
+STATS = {  # the shape `MaplePreferences.write_stats` writes
+    "config_name": "default", "source": "openclipart", "source_license": "cc0-1.0", "judge": "Qwen/Qwen2-VL-7B-Instruct",
+    "judge_prompt": 'Does the image align with the text "{text}"? Answer Yes or No.', "captioner": "Qwen/Qwen2.5-VL-72B-Instruct",
+    "num_hard_negatives": 3, "text_candidates": "generated", "semdedup": {"clusters": 50, "epsilon": 0.07},
+    "num_source_rows": 120, "num_anchors": 100, "num_candidate_images": 400, "num_candidate_texts": 600, "num_skipped": 3,
+    "skipped_by_reason": {"unreadable image": 2, "empty caption": 1},
+    "score_histograms": {"txt2img_scores": {"bin_edges": [i / 10 for i in range(11)], "counts": [5, 0, 0, 10, 0, 0, 0, 0, 20, 365]},
+                         "img2txt_scores": {"bin_edges": [i / 10 for i in range(11)], "counts": [100, 100, 0, 0, 0, 0, 0, 0, 0, 400]}},
+    "known_biases": ["Clip-art only: no photographs."],
+}
+
+
+def test_dataset_card_from_stats(tmp_path):
+    card = dataset_card_from_stats(STATS, repo_id="maple-org/prefs", output_dir=tmp_path)
+    parsed = DatasetCard(str(card))
+    assert parsed.data.license == "cc0-1.0" and parsed.data.size_categories == ["n<1K"]
+    text = parsed.text
+    for expected in ("| Judge | Qwen/Qwen2-VL-7B-Instruct |", 'Does the image align with the text "{text}"? Answer Yes or No.',
+                     "| Captioner | Qwen/Qwen2.5-VL-72B-Instruct |", "| Hard negatives per anchor (K) | 3 |",
+                     "| anchors (rows) | 100 |", "| skipped inputs | 3 |", "| empty caption | 1 |", "| unreadable image | 2 |",
+                     "| Licence of the source data | cc0-1.0 |", "| SemDeDup | 50 clusters, epsilon 0.07 |",
+                     "- Clip-art only: no photographs.", 'load_dataset("maple-org/prefs", split="train")',
+                     "![Histograms of the judge scores](score_histograms.png)"):
+        assert expected in text, expected
+    assert Image.open(tmp_path / "score_histograms.png").format == "PNG"
+
+
+def test_dataset_card_with_missing_stats():
+    text = dataset_card_from_stats({"num_anchors": 20000}).text
+    assert "| Judge | not recorded |" in text and "| SemDeDup | not applied |" in text
+    assert "score_histograms.png" not in text
+    assert DatasetCard(str(dataset_card_from_stats({"num_anchors": 20000}))).data.size_categories == ["10K<n<100K"]
