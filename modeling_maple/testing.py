@@ -19,12 +19,13 @@ import functools
 
 import torch
 from transformers import (
+    AutoConfig,
     BertConfig,
     CLIPImageProcessorPil,
     CLIPVisionConfig,
+    PreTrainedConfig,
     PreTrainedTokenizerBase,
     Qwen2Tokenizer,
-    Qwen2VLConfig,
     Qwen2VLImageProcessorPil,
 )
 
@@ -94,9 +95,10 @@ def tiny_image_processor(image_size: int = 16, patch_size: int = 4) -> Qwen2VLIm
     )
 
 
-def tiny_qwen2_vl_config(**overrides) -> Qwen2VLConfig:
-    """A Qwen2-VL config with two tiny text layers and one tiny vision block (patch 4), matching
-    `tiny_tokenizer()` and `tiny_image_processor()`. Keyword overrides go to the top-level config."""
+def tiny_mllm_config(model_type: str = "qwen2_vl", **overrides) -> PreTrainedConfig:
+    """A tiny MLLM config of the Qwen2-VL family (`"qwen2_vl"`, `"qwen2_5_vl"` or `"qwen3_vl"`): two
+    text layers of width 32 and a vision tower with patch 4, matching `tiny_tokenizer()` and
+    `tiny_image_processor()`. Keyword overrides go to the top-level config."""
     tokenizer = _trained_tokenizer()
     special = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN2_VL_SPECIAL_TOKENS}
     text_config = {
@@ -107,21 +109,27 @@ def tiny_qwen2_vl_config(**overrides) -> Qwen2VLConfig:
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
         "max_position_embeddings": 512,
+        # multimodal RoPE: the (temporal, height, width) sections sum to head_dim / 2 = 4
         "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
-        "bos_token_id": tokenizer.eos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id,
     }
-    vision_config = {
-        "depth": 1,
-        "embed_dim": 16,
-        "hidden_size": 32,
-        "num_heads": 2,
-        "mlp_ratio": 2,
-        "patch_size": 4,
-        "spatial_merge_size": 2,
-        "temporal_patch_size": 2,
-    }
+    vision_config = {"depth": 1, "num_heads": 2, "patch_size": 4, "spatial_merge_size": 2, "temporal_patch_size": 2}
+    if model_type == "qwen2_vl":
+        vision_config.update(embed_dim=16, hidden_size=32, mlp_ratio=2)
+        text_config.update(bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    elif model_type == "qwen2_5_vl":
+        vision_config.update(
+            hidden_size=16, intermediate_size=32, out_hidden_size=32, window_size=16, fullatt_block_indexes=[0]
+        )
+    elif model_type == "qwen3_vl":
+        text_config.update(head_dim=8)
+        text_config["rope_parameters"]["mrope_interleaved"] = True
+        vision_config.update(
+            depth=2, hidden_size=16, intermediate_size=32, out_hidden_size=32,
+            num_position_embeddings=16, deepstack_visual_indexes=[0],
+        )
+    else:
+        raise ValueError(f"No tiny config for {model_type!r}: expected 'qwen2_vl', 'qwen2_5_vl' or 'qwen3_vl'.")
     kwargs = {
         "text_config": text_config,
         "vision_config": vision_config,
@@ -132,7 +140,12 @@ def tiny_qwen2_vl_config(**overrides) -> Qwen2VLConfig:
         "tie_word_embeddings": False,
     }
     kwargs.update(overrides)
-    return Qwen2VLConfig(**kwargs)
+    return AutoConfig.for_model(model_type, **kwargs)
+
+
+def tiny_qwen2_vl_config(**overrides) -> PreTrainedConfig:
+    """`tiny_mllm_config("qwen2_vl", **overrides)`: a tiny Qwen2VLConfig."""
+    return tiny_mllm_config("qwen2_vl", **overrides)
 
 
 def tiny_dual_encoder_config(**overrides) -> MapleConfig:
@@ -161,16 +174,19 @@ def tiny_dual_encoder_config(**overrides) -> MapleConfig:
     return MapleConfig(**kwargs)
 
 
-def build_tiny(backbone: str = "mllm", seed: int = 0) -> tuple[MapleModel, MapleProcessor]:
+def build_tiny(
+    backbone: str = "mllm", seed: int = 0, mllm_type: str = "qwen2_vl"
+) -> tuple[MapleModel, MapleProcessor]:
     """A tiny random MAPLE embedder and its processor, offline and deterministic in `seed`.
 
     Args:
-        backbone: `"mllm"` (a tiny Qwen2-VL used as a dual encoder, bidirectional attention, mean
-            pooling) or `"dual_encoder"` (a tiny CLIP vision tower and a tiny BERT text tower).
+        backbone: `"mllm"` (a tiny Qwen2-VL-family model used as a dual encoder, bidirectional
+            attention, mean pooling) or `"dual_encoder"` (a tiny CLIP vision tower and a tiny BERT).
         seed: seeds the weight initialisation.
+        mllm_type: the MLLM family for `backbone="mllm"`: `"qwen2_vl"`, `"qwen2_5_vl"` or `"qwen3_vl"`.
     """
     if backbone == "mllm":
-        config = MapleConfig(backbone="mllm", mllm_config=tiny_qwen2_vl_config(), pooling="mean")
+        config = MapleConfig(backbone="mllm", mllm_config=tiny_mllm_config(mllm_type), pooling="mean")
         image_processor = tiny_image_processor()
     elif backbone == "dual_encoder":
         config = tiny_dual_encoder_config()

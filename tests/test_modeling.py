@@ -13,7 +13,7 @@ from transformers import AutoModel, AutoProcessor, BertModel, CLIPImageProcessor
 from isolated import run_isolated
 from modeling_maple import MapleConfig, MapleModel, MapleProcessor
 from modeling_maple.lora import maple_lora_config
-from modeling_maple.testing import build_tiny, tiny_qwen2_vl_config
+from modeling_maple.testing import build_tiny, tiny_mllm_config, tiny_qwen2_vl_config
 
 BACKBONES = ["mllm", "dual_encoder"]
 TEXTS = ["a red circle", "two blue squares left of a yellow star", "a big green triangle above a small circle"]
@@ -71,10 +71,25 @@ def test_encode_batches_equal_one_batch(tiny):
     torch.testing.assert_close(whole, chunked, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("mllm_type", ["qwen2_5_vl", "qwen3_vl"])
+def test_other_qwen_vl_families_embed_and_ignore_padding(mllm_type, tmp_path):
+    model, processor = build_tiny(backbone="mllm", mllm_type=mllm_type)
+    assert model.config.mllm_config.model_type == mllm_type
+    images = random_images(2)
+    text_embeds, image_embeds = model.encode(processor, texts=TEXTS, images=images)
+    torch.testing.assert_close(model.encode(processor, texts=TEXTS[-1:])[0], text_embeds[-1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(model.encode(processor, images=images[:1])[0], image_embeds[0], atol=1e-5, rtol=0)
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModel.from_pretrained(tmp_path)
+    torch.testing.assert_close(reloaded.encode(processor, texts=TEXTS), text_embeds, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("mllm_type", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 @pytest.mark.parametrize("bidirectional", [True, False])
-def test_bidirectional_attention_lets_early_tokens_see_later_ones(bidirectional):
+def test_bidirectional_attention_lets_early_tokens_see_later_ones(bidirectional, mllm_type):
     torch.manual_seed(0)
-    model = MapleModel(MapleConfig(backbone="mllm", mllm_config=tiny_qwen2_vl_config(), bidirectional=bidirectional)).eval()
+    config = MapleConfig(backbone="mllm", mllm_config=tiny_mllm_config(mllm_type), bidirectional=bidirectional)
+    model = MapleModel(config).eval()
     input_ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
     changed = input_ids.clone()
     changed[0, -1] = 11
