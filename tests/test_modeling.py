@@ -13,7 +13,7 @@ from transformers import AutoModel, AutoProcessor, BertModel, CLIPImageProcessor
 from isolated import run_isolated
 from modeling_maple import MapleConfig, MapleModel, MapleProcessor
 from modeling_maple.lora import maple_lora_config
-from modeling_maple.testing import build_tiny, tiny_mllm_config, tiny_qwen2_vl_config
+from modeling_maple.testing import build_tiny, tiny_image_processor, tiny_mllm_config, tiny_qwen2_vl_config, tiny_tokenizer
 
 BACKBONES = ["mllm", "dual_encoder"]
 TEXTS = ["a red circle", "two blue squares left of a yellow star", "a big green triangle above a small circle"]
@@ -163,9 +163,14 @@ def test_from_backbone_mllm_keeps_every_tensor(tmp_path):
     torch.manual_seed(0)
     source = AutoModel.from_config(tiny_qwen2_vl_config())
     source.save_pretrained(tmp_path)
+    tiny_image_processor().save_pretrained(tmp_path)
+    tiny_tokenizer().save_pretrained(tmp_path)
     model = MapleModel.from_backbone(str(tmp_path), backbone="mllm", projection_dim=8)
     _assert_same_tensors(model.mllm, str(tmp_path))
     assert model.config.backbone == "mllm" and model.projection.out_features == 8
+    processor = MapleProcessor.from_backbone(str(tmp_path), backbone="mllm")
+    assert processor.image_prompt == "{image} Describe this image in one word:"
+    assert model.encode(processor, images=random_images(1)).shape == (1, 8)
 
 
 def test_from_backbone_two_tower_clip_keeps_towers_and_projections(tmp_path):
