@@ -88,6 +88,8 @@ class MLLMJudge:
         self.yes_id = answer_token_id(self.prompt_encoder, "Yes")
         self.no_id = answer_token_id(self.prompt_encoder, "No")
         self._prefix_text, self._suffix_template = self._split_prompt()
+        # The prefix differs between images only in how many image tokens it holds: tokenise it once.
+        self._prefix_ids = tokenizer(self._prefix_text, add_special_tokens=False)["input_ids"]
 
     @classmethod
     def from_pretrained(
@@ -113,25 +115,49 @@ class MLLMJudge:
         return cls(model, tokenizer, image_processor, name=model_id_or_path, **judge_kwargs)
 
     def _split_prompt(self) -> tuple[str, str]:
-        """The rendered prompt cut right after the image placeholder: (prefix, suffix template).
+        """The rendered prompt cut into the part shared by all candidate texts and the rest:
+        (prefix, suffix template with a `{text}` field).
 
-        Special tokens are never merged with their neighbours, so tokenising the two halves apart
-        gives the same ids as tokenising the whole; cutting inside the question instead (say after
-        the opening quote) would change how the candidate text's first word is tokenised.
+        The cut must not change tokenisation: ids(prefix) + ids(suffix) has to equal ids(whole),
+        or the reused prefix would not be the prompt the judge was asked. The preferred cut is at
+        the last space before the candidate text, so the question's opening words are shared too;
+        it is kept only if it tokenises consistently for a set of awkward probe texts. Otherwise
+        the cut falls right after the image placeholder, which is always safe: special tokens
+        are never merged with their neighbours.
         """
         marker = "\x00TEXT\x00"
         messages = [
             {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.prompt.replace("{text}", marker)}]}
         ]
         rendered = self.prompt_encoder.render(messages, add_generation_prompt=True)
-        cut = rendered.index(self.prompt_encoder.image_token) + len(self.prompt_encoder.image_token)
-        prefix, suffix = rendered[:cut], rendered[cut:]
-        if marker not in suffix:
+        image_end = rendered.index(self.prompt_encoder.image_token) + len(self.prompt_encoder.image_token)
+        text_start = rendered.find(marker, image_end)
+        if text_start < 0:
             raise ValueError("the chat template must place the image before the question")
+        cut = rendered.rfind(" ", image_end, text_start)
+        if cut <= image_end or not self._tokenises_consistently(rendered[:cut], rendered[cut:], marker):
+            cut = image_end
+        prefix, suffix = rendered[:cut], rendered[cut:]
         return prefix, suffix.replace("{", "{{").replace("}", "}}").replace(marker, "{text}")
 
-    def _suffix_ids(self, text: str) -> list[int]:
-        return self.prompt_encoder.tokenize(self._suffix_template.format(text=text))
+    def _tokenises_consistently(self, prefix: str, suffix: str, marker: str) -> bool:
+        probes = ["a red circle", '"quoted"', "'s apostrophe", " leading space", "", "123", "Émile über ✓", "\nnew line"]
+        tokenize = self.prompt_encoder.tokenizer
+        prefix_ids = tokenize(prefix, add_special_tokens=False)["input_ids"]
+        return all(
+            prefix_ids + tokenize(suffix.replace(marker, probe), add_special_tokens=False)["input_ids"]
+            == tokenize(prefix + suffix.replace(marker, probe), add_special_tokens=False)["input_ids"]
+            for probe in probes
+        )
+
+    def _prefix_ids_for(self, images: EncodedImages, index: int) -> list[int]:
+        """Token ids of the prompt prefix for the `index`-th of `images` (its image tokens expanded)."""
+        return self.prompt_encoder.expand_images(self._prefix_ids, [images.num_tokens[index]])
+
+    def _suffix_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of the prompt suffix for each candidate text (one batched tokenizer call)."""
+        suffixes = [self._suffix_template.format(text=text) for text in texts]
+        return self.prompt_encoder.tokenizer(suffixes, add_special_tokens=False)["input_ids"]
 
     def _alphas(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """(batch, hidden) last-position states -> (batch,) float32 alphas."""
@@ -174,10 +200,8 @@ class MLLMJudge:
         for start in range(0, len(pairs), self.batch_size):
             batch = pairs[start : start + self.batch_size]
             encoded = self.prompt_encoder.encode_images([image for image, _ in batch])
-            sequences = [
-                self.prompt_encoder.tokenize(self._prefix_text, [num_tokens]) + self._suffix_ids(text)
-                for (_, text), num_tokens in zip(batch, encoded.num_tokens)
-            ]
+            suffixes = self._suffix_ids([text for _, text in batch])
+            sequences = [self._prefix_ids_for(encoded, index) + suffix for index, suffix in enumerate(suffixes)]
             inputs = self._to_device(self.prompt_encoder.model_inputs(sequences, encoded, padding_side="right"))
             outputs = self.model.model(**inputs, use_cache=False)
             alphas.append(self._alphas(self._last_states(outputs.last_hidden_state, inputs["attention_mask"])))
@@ -188,8 +212,7 @@ class MLLMJudge:
         if not texts:
             return torch.empty(0)
         encoded: EncodedImages = self.prompt_encoder.encode_images([image])
-        prefix_ids = [self.prompt_encoder.tokenize(self._prefix_text, encoded.num_tokens)]
-        prefix = self._to_device(self.prompt_encoder.model_inputs(prefix_ids, encoded, padding_side="right"))
+        prefix = self._to_device(self.prompt_encoder.model_inputs([self._prefix_ids_for(encoded, 0)], encoded, padding_side="right"))
         prefix_positions, rope_delta = self.model.model.get_rope_index(
             prefix["input_ids"], mm_token_type_ids=prefix["mm_token_type_ids"], image_grid_thw=prefix["image_grid_thw"]
         )
@@ -199,7 +222,7 @@ class MLLMJudge:
 
         alphas = []
         for start in range(0, len(texts), self.batch_size):
-            suffixes = [self._suffix_ids(text) for text in texts[start : start + self.batch_size]]
+            suffixes = self._suffix_ids(texts[start : start + self.batch_size])
             suffix_ids, suffix_mask = self.prompt_encoder.pad(suffixes, padding_side="right")
             suffix_ids, suffix_mask = suffix_ids.to(self.model.device), suffix_mask.to(self.model.device)
             batch, length = suffix_ids.shape

@@ -73,7 +73,10 @@ class QwenVLPromptEncoder:
 
     def tokenize(self, text: str, image_token_counts: Sequence[int] = ()) -> list[int]:
         """Token ids of rendered `text`, its k-th image placeholder expanded to image_token_counts[k] tokens."""
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.expand_images(self.tokenizer(text, add_special_tokens=False)["input_ids"], image_token_counts)
+
+    def expand_images(self, ids: Sequence[int], image_token_counts: Sequence[int]) -> list[int]:
+        """`ids` with its k-th image placeholder repeated image_token_counts[k] times."""
         placeholders = [position for position, token in enumerate(ids) if token == self.image_token_id]
         if len(placeholders) != len(image_token_counts):
             raise ValueError(
@@ -82,9 +85,9 @@ class QwenVLPromptEncoder:
         expanded: list[int] = []
         previous = 0
         for position, count in zip(placeholders, image_token_counts):
-            expanded += ids[previous:position] + [self.image_token_id] * count
+            expanded += list(ids[previous:position]) + [self.image_token_id] * count
             previous = position + 1
-        return expanded + ids[previous:]
+        return expanded + list(ids[previous:])
 
     def pad(self, sequences: Sequence[Sequence[int]], *, padding_side: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(input_ids, attention_mask), both (batch, longest), padded on `padding_side`."""
