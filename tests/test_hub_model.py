@@ -113,3 +113,4 @@ def test_lora_adapter_loads_on_the_base_model(hub_server, round_trip):
     _, loaded = round_trip
     assert {"adapter_config.json", "adapter_model.safetensors"} <= set(hub_server.files(LORA_REPO))
     assert loaded["lora_identical"]
+
