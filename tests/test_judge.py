@@ -186,3 +186,39 @@ def test_ensemble_averages_its_judges(sharp_judge):
     torch.testing.assert_close(ensemble.score_images(["two"], [IMAGES])[0], expected[0])
     with pytest.raises(ValueError):
         JudgeEnsemble([])
+
+
+def test_qwen2_5_vl_judge_paths_agree():
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from modeling_maple.testing import tiny_qwen2_vl_config
+
+    qwen2 = tiny_qwen2_vl_config().to_dict()
+    config = Qwen2_5_VLConfig(
+        text_config=qwen2["text_config"],
+        vision_config={
+            "depth": 2, "hidden_size": 16, "intermediate_size": 32, "num_heads": 2, "out_hidden_size": 32,
+            "patch_size": 4, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 16, "fullatt_block_indexes": [1],
+        },
+        tie_word_embeddings=False,
+        **{key: qwen2[key] for key in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")},
+    )
+    torch.manual_seed(0)
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0.0, 0.3)
+    judge = MLLMJudge(model, tiny_tokenizer(), tiny_image_processor(image_size=32), batch_size=2)
+    for a, b in zip(judge.score(IMAGES, TEXTS), judge.score(IMAGES, TEXTS, reuse_prefix=False)):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+
+
+def test_from_pretrained_loads_a_saved_judge(tmp_path):
+    source = tiny_judge(seed=3)
+    source.model.save_pretrained(tmp_path)
+    source.prompt_encoder.tokenizer.save_pretrained(tmp_path)
+    source.prompt_encoder.image_processor.save_pretrained(tmp_path)
+    loaded = MLLMJudge.from_pretrained(str(tmp_path), dtype=torch.float32, batch_size=4)
+    assert loaded.name == str(tmp_path)
+    for a, b in zip(loaded.score(IMAGES, TEXTS), source.score(IMAGES, TEXTS)):
+        torch.testing.assert_close(a, b)
