@@ -27,7 +27,7 @@ def hub_server():
     server.stop()
 
 
-def _picture(seed: int, size: int = 24):
+def make_picture(seed: int, size: int = 24):
     """A small deterministic RGB picture (PIL)."""
     import numpy as np
     from PIL import Image
@@ -35,7 +35,7 @@ def _picture(seed: int, size: int = 24):
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8))
 
 
-def _write_parquet(path: Path, columns: dict, image_columns: tuple[str, ...]) -> Path:
+def write_parquet(path: Path, columns: dict, image_columns: tuple[str, ...]) -> Path:
     import datasets
 
     table = datasets.Dataset.from_dict(columns)
@@ -59,10 +59,10 @@ def benchmark_sources(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("benchmarks")
     sources = {}
     coco_captions = [[f"photo {i} caption {j}" for j in range(5 + (i == 2))] for i in range(3)]
-    sources["coco"] = _write_parquet(
+    sources["coco"] = write_parquet(
         root / "coco.parquet",
         {
-            "image": [_picture(i) for i in range(3)],
+            "image": [make_picture(i) for i in range(3)],
             "caption": coco_captions,
             "sentids": [[10 * i + j for j in range(len(c))] for i, c in enumerate(coco_captions)],
             "split": ["test"] * 3,
@@ -71,10 +71,10 @@ def benchmark_sources(tmp_path_factory) -> dict[str, Path]:
         },
         ("image",),
     )
-    _write_parquet(
+    write_parquet(
         root / "flickr" / "data" / "test-00000-of-00001.parquet",
         {
-            "image": [_picture(10 + i) for i in range(2)],
+            "image": [make_picture(10 + i) for i in range(2)],
             "caption": [[f"flickr {i} says {j}" for j in range(5)] for i in range(2)],
             "sentids": [[str(5 * i + j) for j in range(5)] for i in range(2)],
             "split": ["test"] * 2,
@@ -84,12 +84,12 @@ def benchmark_sources(tmp_path_factory) -> dict[str, Path]:
         ("image",),
     )
     sources["flickr30k"] = root / "flickr"
-    sources["winoground"] = _write_parquet(
+    sources["winoground"] = write_parquet(
         root / "winoground.parquet",
         {
             "id": [0, 1, 2],
-            "image_0": [_picture(20 + i) for i in range(3)],
-            "image_1": [_picture(30 + i) for i in range(3)],
+            "image_0": [make_picture(20 + i) for i in range(3)],
+            "image_1": [make_picture(30 + i) for i in range(3)],
             "caption_0": ["an old person kisses a young person", "the dog chases the cat", "a red cup on a blue plate"],
             "caption_1": ["a young person kisses an old person", "the cat chases the dog", "a blue cup on a red plate"],
             "tag": ["Noun", "Noun", "Adjective-Color"],
@@ -104,7 +104,7 @@ def benchmark_sources(tmp_path_factory) -> dict[str, Path]:
     metadata = []
     for index in range(2):
         for side in (0, 1):
-            _picture(40 + 2 * index + side).save(natural / "images" / f"{index}_{side}.jpg")
+            make_picture(40 + 2 * index + side).save(natural / "images" / f"{index}_{side}.jpg")
         metadata.append({"index": index, "image_0": f"{index}_0.jpg", "image_1": f"{index}_1.jpg",
                          "caption_0": f"scene {index} with a man", "caption_1": f"scene {index} with a woman"})
     (natural / "metadata.json").write_text(json.dumps(metadata))
@@ -114,17 +114,17 @@ def benchmark_sources(tmp_path_factory) -> dict[str, Path]:
             ("3", "Color and Appearance", "The car is red."), ("4", "Color and Appearance", "The car is blue.")]
     for question_id, category, _ in rows:
         (mmvp / "MLLM_VLM Images" / category).mkdir(parents=True, exist_ok=True)
-        _picture(50 + int(question_id)).save(mmvp / "MLLM_VLM Images" / category / f"{question_id}.jpg")
+        make_picture(50 + int(question_id)).save(mmvp / "MLLM_VLM Images" / category / f"{question_id}.jpg")
     with (mmvp / "Questions.csv").open("w", newline="") as handle:
         csv.writer(handle).writerows([("Question ID", "Type", "Statement"), *rows])
     sources["mmvp"] = mmvp
-    sources["bivlc"] = _write_parquet(
+    sources["bivlc"] = write_parquet(
         root / "bivlc.parquet",
         {
-            "image": [_picture(60 + i) for i in range(3)],
+            "image": [make_picture(60 + i) for i in range(3)],
             "caption": ["a cat on a mat", "a man rides a horse", "a bowl of fruit"],
             "negative_caption": ["a dog on a mat", "a horse rides a man", "a bowl of fruit and a knife"],
-            "negative_image": [_picture(70 + i) for i in range(3)],
+            "negative_image": [make_picture(70 + i) for i in range(3)],
             "type": ["Replace", "Swap", "Add"],
             "subtype": ["Object", "Relation", "Object"],
         },

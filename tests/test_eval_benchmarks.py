@@ -86,9 +86,9 @@ def test_unreadable_image_names_row_and_column(benchmark_sources, tmp_path):
 
 
 def test_empty_caption_list_is_reported(tmp_path):
-    from conftest import _picture, _write_parquet
+    from conftest import make_picture, write_parquet
 
-    path = _write_parquet(tmp_path / "c.parquet", {"image": [_picture(0), _picture(1)], "caption": [["a"], []]}, ("image",))
+    path = write_parquet(tmp_path / "c.parquet", {"image": [make_picture(0), make_picture(1)], "caption": [["a"], []]}, ("image",))
     with pytest.raises(BenchmarkFormatError, match=r"column 'caption' must hold a non-empty list of strings per image; rows \[1\]"):
         load_benchmark("coco", str(path))
 
