@@ -40,7 +40,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .interfaces import CandidateCaptioner, PreferenceJudge
-from .miner import HardNegativeMiner, semdedup
+from .miner import HardNegativeMiner
 
 FEATURES = datasets.Features(
     {
@@ -342,7 +342,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             problems.append("judge= must implement PreferenceJudge (score and score_images)")
         if self.config.text_candidates == "generated" and not isinstance(self.captioner, CandidateCaptioner):
             problems.append('text_candidates="generated" needs captioner= implementing CandidateCaptioner')
-        if self.miner is None or not hasattr(self.miner, "embed") or not hasattr(self.miner, "mine"):
+        if not isinstance(self.miner, HardNegativeMiner):
             problems.append("miner= must be a HardNegativeMiner")
         if problems:
             raise ValueError("cannot build MaplePreferences: " + "; ".join(problems))
@@ -419,7 +419,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         """Positions (into `valid_rows`) of the anchors after optional SemDeDup, and the rows it drops."""
         if self.config.semdedup_clusters is None:
             return torch.arange(len(valid_rows)), []
-        result = semdedup(
+        result = self.miner.deduplicate(
             embeddings, num_clusters=self.config.semdedup_clusters, epsilon=self.config.semdedup_epsilon, seed=self.config.seed
         )
         source = self._load_source()

@@ -57,12 +57,15 @@ def top_k_neighbours(
     duplicates would be useless hard negatives: the judge cannot tell them apart).
 
     Args:
-        embeddings: (N, D) float tensor; normalised here, so any scale is fine.
+        embeddings: (N, D) float tensor, on the device the search should run on (a GPU makes
+            100k+ images take seconds); normalised here, so any scale is fine.
         k: neighbours per row.
         query_rows: (Q,) int64 rows to search for; all rows when None. Results follow its order.
         query_chunk_size, key_chunk_size: block shape; peak extra memory is about
             query_chunk_size * (key_chunk_size + k) floats.
         duplicate_threshold: cosine at or above which a row counts as a duplicate.
+
+    Returns `Neighbours` on the CPU.
     """
     if embeddings.ndim != 2:
         raise ValueError(f"embeddings must be (N, D), got shape {tuple(embeddings.shape)}")
@@ -71,18 +74,18 @@ def top_k_neighbours(
     if query_chunk_size < 1 or key_chunk_size < 1:
         raise ValueError("chunk sizes must be positive")
     normalised = torch.nn.functional.normalize(embeddings.float(), dim=-1)
-    num_rows = normalised.shape[0]
-    query_rows = torch.arange(num_rows) if query_rows is None else query_rows.long()
+    num_rows, device = normalised.shape[0], normalised.device
+    query_rows = torch.arange(num_rows) if query_rows is None else query_rows.long().cpu()
     all_indices = torch.full((len(query_rows), k), -1, dtype=torch.long)
     all_scores = torch.full((len(query_rows), k), float("-inf"))
     for query_start in range(0, len(query_rows), query_chunk_size):
-        chunk_rows = query_rows[query_start : query_start + query_chunk_size]
+        chunk_rows = query_rows[query_start : query_start + query_chunk_size].to(device)
         queries = normalised[chunk_rows]
-        best_scores = torch.full((len(chunk_rows), k), float("-inf"))
-        best_indices = torch.full((len(chunk_rows), k), -1, dtype=torch.long)
+        best_scores = torch.full((len(chunk_rows), k), float("-inf"), device=device)
+        best_indices = torch.full((len(chunk_rows), k), -1, dtype=torch.long, device=device)
         for key_start in range(0, num_rows, key_chunk_size):
             keys = normalised[key_start : key_start + key_chunk_size]
-            key_rows = torch.arange(key_start, key_start + keys.shape[0]).unsqueeze(0)
+            key_rows = torch.arange(key_start, key_start + keys.shape[0], device=device).unsqueeze(0)
             similarities = _block_similarities(queries, keys)
             excluded = (chunk_rows.unsqueeze(1) == key_rows) | (similarities >= duplicate_threshold)
             similarities.masked_fill_(excluded, float("-inf"))
@@ -91,8 +94,8 @@ def top_k_neighbours(
             best_scores, positions = merged_scores.topk(min(k, merged_scores.shape[1]), dim=1)
             best_indices = merged_indices.gather(1, positions)
         best_indices[best_scores == float("-inf")] = -1
-        all_scores[query_start : query_start + len(chunk_rows)] = best_scores
-        all_indices[query_start : query_start + len(chunk_rows)] = best_indices
+        all_scores[query_start : query_start + len(chunk_rows)] = best_scores.cpu()
+        all_indices[query_start : query_start + len(chunk_rows)] = best_indices.cpu()
     return Neighbours(indices=all_indices, scores=all_scores)
 
 
@@ -111,7 +114,8 @@ class DedupResult:
 def spherical_kmeans(
     embeddings: torch.Tensor, num_clusters: int, *, iterations: int = 20, seed: int = 0, chunk_size: int = 8192
 ) -> torch.Tensor:
-    """Cluster unit vectors by cosine; returns the (N,) int64 cluster of every row.
+    """Cluster unit vectors by cosine; returns the (N,) int64 cluster of every row, on the device
+    of `embeddings`.
 
     Assignment runs in chunks of `chunk_size` rows so no (N, num_clusters) matrix is built.
     """
@@ -119,8 +123,9 @@ def spherical_kmeans(
     num_rows = normalised.shape[0]
     num_clusters = min(num_clusters, num_rows)
     generator = torch.Generator().manual_seed(seed)
-    centroids = normalised[torch.randperm(num_rows, generator=generator)[:num_clusters]].clone()
-    assignment = torch.zeros(num_rows, dtype=torch.long)
+    initial = torch.randperm(num_rows, generator=generator)[:num_clusters].to(normalised.device)
+    centroids = normalised[initial].clone()
+    assignment = torch.zeros(num_rows, dtype=torch.long, device=normalised.device)
     for _ in range(iterations):
         for start in range(0, num_rows, chunk_size):
             block = normalised[start : start + chunk_size]
@@ -145,17 +150,22 @@ def semdedup(
     uses 50,000 clusters and epsilon 0.07 on DINOv2 embeddings.
 
     Args:
-        embeddings: (N, D) float tensor.
+        embeddings: (N, D) float tensor, on the device the clustering should run on.
         num_clusters: k-means clusters (capped at N).
         epsilon: duplicates have cosine > 1 - epsilon.
+
+    Memory: one (cluster size)^2 similarity block at a time; clusters are small when, as in the
+    paper, there are many of them (700k images / 50k clusters).
     """
     if not 0.0 <= epsilon < 1.0:
         raise ValueError(f"epsilon must be in [0, 1), got {epsilon}")
     normalised = torch.nn.functional.normalize(embeddings.float(), dim=-1)
     assignment = spherical_kmeans(normalised, num_clusters, iterations=iterations, seed=seed)
+    # Rows grouped by cluster with one sort, instead of one scan of all rows per cluster.
+    by_cluster = assignment.argsort(stable=True)
+    cluster_sizes = torch.bincount(assignment).tolist()
     removed: dict[int, int] = {}
-    for cluster in assignment.unique():
-        members = (assignment == cluster).nonzero().squeeze(1)
+    for members in by_cluster.split(cluster_sizes):
         if members.numel() < 2:
             continue
         vectors = normalised[members]
@@ -167,7 +177,7 @@ def semdedup(
         best, best_row = similarities.max(dim=0)
         for position in (best > 1.0 - epsilon).nonzero().squeeze(1).tolist():
             removed[int(members[position])] = int(members[best_row[position]])
-    kept = torch.tensor(sorted(set(range(normalised.shape[0])) - removed.keys()), dtype=torch.long)
+    kept = torch.tensor(sorted(set(range(normalised.shape[0])) - removed.keys()), dtype=torch.long)  # on the CPU
     return DedupResult(kept=kept, removed=removed)
 
 
@@ -177,7 +187,8 @@ class HardNegativeMiner:
     Build it from a Hub id or local path of a transformers image model (`from_pretrained`, e.g.
     "facebook/dinov2-base" as in the paper), from a MAPLE embedder (`from_maple`), or from any
     callable mapping a batch of images to a (batch, dim) tensor. `name` identifies the encoder in
-    dataset cards and cache keys.
+    dataset cards and cache keys. Neighbour search and SemDeDup run on `search_device` (default: the
+    GPU if there is one), embeddings are kept on the CPU.
     """
 
     def __init__(
@@ -189,8 +200,10 @@ class HardNegativeMiner:
         key_chunk_size: int = 8192,
         duplicate_threshold: float = DEFAULT_DUPLICATE_THRESHOLD,
         name: str | None = None,
+        search_device: str | torch.device | None = None,
     ) -> None:
         self.encode_images = encode_images
+        self.search_device = torch.device(search_device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.name = name or getattr(encode_images, "__qualname__", type(encode_images).__name__)
         self.batch_size = batch_size
         self.query_chunk_size = query_chunk_size
@@ -244,13 +257,17 @@ class HardNegativeMiner:
         """Top-`k` neighbours of every row of `embeddings` (N, D) (or of `query_rows` only),
         excluding itself and duplicates."""
         return top_k_neighbours(
-            embeddings,
+            embeddings.to(self.search_device),
             k,
             query_rows=query_rows,
             query_chunk_size=self.query_chunk_size,
             key_chunk_size=self.key_chunk_size,
             duplicate_threshold=self.duplicate_threshold,
         )
+
+    def deduplicate(self, embeddings: torch.Tensor, *, num_clusters: int, epsilon: float, seed: int = 0) -> DedupResult:
+        """SemDeDup over `embeddings` (N, D); see `semdedup`."""
+        return semdedup(embeddings.to(self.search_device), num_clusters=num_clusters, epsilon=epsilon, seed=seed)
 
 
 class _TransformersImageEncoder:
@@ -263,6 +280,7 @@ class _TransformersImageEncoder:
     def __call__(self, images: Sequence[PIL.Image.Image]) -> torch.Tensor:
         inputs = self.image_processor(images=[image.convert("RGB") for image in images], return_tensors="pt")
         inputs = inputs.to(self.model.device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         if hasattr(self.model, "get_image_features"):
             features = self.model.get_image_features(**inputs)
         else:
