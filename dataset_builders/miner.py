@@ -61,8 +61,8 @@ def top_k_neighbours(
             100k+ images take seconds); normalised here, so any scale is fine.
         k: neighbours per row.
         query_rows: (Q,) int64 rows to search for; all rows when None. Results follow its order.
-        query_chunk_size, key_chunk_size: block shape; peak extra memory is about
-            query_chunk_size * (key_chunk_size + k) floats.
+        query_chunk_size, key_chunk_size: block shape; peak extra memory is about two
+            query_chunk_size x (key_chunk_size + k) float32 blocks (64 MiB at the defaults).
         duplicate_threshold: cosine at or above which a row counts as a duplicate.
 
     Returns `Neighbours` on the CPU.
@@ -89,10 +89,12 @@ def top_k_neighbours(
             similarities = _block_similarities(queries, keys)
             excluded = (chunk_rows.unsqueeze(1) == key_rows) | (similarities >= duplicate_threshold)
             similarities.masked_fill_(excluded, float("-inf"))
-            merged_scores = torch.cat([best_scores, similarities], dim=1)
-            merged_indices = torch.cat([best_indices, key_rows.expand(len(chunk_rows), -1)], dim=1)
-            best_scores, positions = merged_scores.topk(min(k, merged_scores.shape[1]), dim=1)
-            best_indices = merged_indices.gather(1, positions)
+            # Positions < k in the merged row are the running best, the rest come from this block.
+            best_scores, positions = torch.cat([best_scores, similarities], dim=1).topk(k, dim=1)
+            from_block = positions >= k
+            best_indices = torch.where(
+                from_block, positions - k + key_start, best_indices.gather(1, positions.clamp(max=k - 1))
+            )
         best_indices[best_scores == float("-inf")] = -1
         all_scores[query_start : query_start + len(chunk_rows)] = best_scores.cpu()
         all_indices[query_start : query_start + len(chunk_rows)] = best_indices.cpu()
