@@ -123,3 +123,10 @@ def test_bad_arguments_are_refused(world):
         SceneGraphJudge(world.registry).score([world.train[0].image], [])
     with pytest.raises(ValueError, match="n_samples"):
         SceneGraphCaptioner(world.registry, n_samples=0)
+
+
+def test_captioner_can_leave_out_anchor_captions(world):
+    captioner = SceneGraphCaptioner(world.registry, n_samples=2, caption_anchors=False)
+    quad = world.quadruples[0]
+    (texts,) = captioner.caption([quad.first.image], [quad.second.image])
+    assert len(texts) == 2 and all(parse_caption(text) == quad.second.scene for text in texts)

@@ -130,10 +130,15 @@ class SceneGraphCaptioner:
     captions differ exactly where the scenes differ: the stress on differences the paper asks
     its MLLM captioner for. `n_samples` plays the role of the paper's repeated sampling; each
     sample uses another template.
+
+    `caption_anchors=False` writes only the negatives' captions. The demo uses it because
+    `RPATrainer`'s expanded InfoNCE treats every candidate text as a negative, and a second true
+    caption of the anchor would be a false negative there.
     """
 
     registry: SceneRegistry
     n_samples: int = 1
+    caption_anchors: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -141,7 +146,8 @@ class SceneGraphCaptioner:
             raise ValueError(f"n_samples must be a positive integer, got {self.n_samples!r}")
 
     def caption(self, anchors: list[Image.Image], negatives: list[Image.Image]) -> list[list[str]]:
-        """Per (anchor, negative) pair: [anchor caption, negative caption] for each sample."""
+        """Per (anchor, negative) pair and sample: the anchor's caption (if `caption_anchors`),
+        then the negative's."""
         if len(anchors) != len(negatives):
             raise ValueError(f"caption() needs one negative per anchor, got {len(anchors)} and {len(negatives)}")
         captions = []
@@ -152,6 +158,8 @@ class SceneGraphCaptioner:
             pair_captions = []
             for sample in range(self.n_samples):
                 template_index = first + sample
-                pair_captions += [describe(anchor_scene, template_index), describe(negative_scene, template_index)]
+                if self.caption_anchors:
+                    pair_captions.append(describe(anchor_scene, template_index))
+                pair_captions.append(describe(negative_scene, template_index))
             captions.append(pair_captions)
         return captions

@@ -1,0 +1,569 @@
+"""The `maple demo` pipeline: the whole of MAPLE, offline, on the procedurally drawn world.
+
+Stages, each checkpointed in the output folder so that an interrupted demo resumes where it
+stopped:
+
+1. world: drawn from its seed (fast, never stored; the same every run).
+2. base: a tiny embedder trained with plain InfoNCE on the world's image-caption pairs
+   (`RPATrainer` with `rpa_weight=0` on rows whose only candidate is the anchor), standing in
+   for the pretrained model the paper starts from.
+3. preferences: `MaplePreferences` with a `HardNegativeMiner` on the base model's image
+   embeddings, the scene-graph captioner and judge (MLLM stand-ins; `judge=` takes a real one).
+4. runs: from that same base, per seed, three fine-tuning runs with equal steps, batch and
+   learning rate: `infonce` (anchor pairs only), `infonce_expanded` (hard negatives in the
+   InfoNCE denominator) and `maple` (expanded negatives + RPA listwise).
+5. report: `evaluation` on the held-out retrieval set and quadruples, results.json/.md, plots,
+   the MAPLE checkpoint with its model card, and the preference dataset with its card.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from tqdm.auto import tqdm
+
+from .scene_judge import SceneGraphCaptioner, SceneGraphJudge
+from .world import CATEGORIES, World, WorldConfig, build_world
+
+BACKBONES = ("dual_encoder", "mllm")
+METHODS = ("infonce", "infonce_expanded", "maple")
+# results.json: every metric of every method as {"mean", "std"} over seeds
+HEADLINE_METRICS = ("group_score", "text_score", "image_score", "i2t_r1", "t2i_r1", "delta_gap")
+RUN_FILE = "run.json"
+PAIRS_VOCABULARY_SIZE = 360  # byte-level BPE: 256 bytes plus a merge for every word of the world
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much the demo trains and evaluates. The test items evaluated are the first
+    `eval_retrieval` retrieval items and the first `eval_quadruples_per_category` quadruples of
+    each category of the world's fixed test sets."""
+
+    train_families: int
+    base_steps: int
+    base_batch_size: int
+    finetune_steps: int
+    finetune_batch_size: int
+    eval_retrieval: int
+    eval_quadruples_per_category: int
+
+
+FULL = Budget(
+    train_families=400,
+    base_steps=600,
+    base_batch_size=64,
+    finetune_steps=300,
+    finetune_batch_size=32,
+    eval_retrieval=500,
+    eval_quadruples_per_category=150,
+)
+QUICK = Budget(
+    train_families=60,
+    base_steps=30,
+    base_batch_size=32,
+    finetune_steps=8,
+    finetune_batch_size=16,
+    eval_retrieval=100,
+    eval_quadruples_per_category=30,
+)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """One demo run. Everything but `out`, `push_to_hub` and `progress` defines the run: an
+    output folder holding a run with other values is refused."""
+
+    out: Path
+    seeds: tuple[int, ...] = (0, 1, 2)
+    backbone: str = "dual_encoder"
+    quick: bool = False
+    judge: str | None = None  # Hub id or path of a real MLLM judge; None: the scene-graph judge
+    judge_noise: float = 0.3  # std of the scene-graph judge's logit noise (an imperfect MLLM)
+    rpa_weight: float = 0.5  # lambda of the maple runs
+    learning_rate: float = 1e-3
+    world_seed: int = 0
+    push_to_hub: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone!r}: expected one of {', '.join(BACKBONES)}")
+        if not self.seeds:
+            raise ValueError("seeds: give at least one seed")
+        if any(not isinstance(seed, int) or isinstance(seed, bool) for seed in self.seeds):
+            raise ValueError(f"seeds must be integers, got {list(self.seeds)!r}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct, got {list(self.seeds)}")
+        if not 0.0 < self.rpa_weight <= 1.0:
+            raise ValueError(f"rpa_weight (lambda) must lie in (0, 1], got {self.rpa_weight}")
+        if self.judge_noise < 0:
+            raise ValueError(f"judge_noise is a standard deviation and must be >= 0, got {self.judge_noise}")
+
+    @property
+    def budget(self) -> Budget:
+        return QUICK if self.quick else FULL
+
+    @property
+    def world_config(self) -> WorldConfig:
+        return WorldConfig(seed=self.world_seed, n_train_families=self.budget.train_families)
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two runs the same run (stored in run.json)."""
+        return {
+            "seeds": list(self.seeds),
+            "backbone": self.backbone,
+            "quick": self.quick,
+            "judge": self.judge or "scene-graph",
+            "judge_noise": self.judge_noise,
+            "rpa_weight": self.rpa_weight,
+            "learning_rate": self.learning_rate,
+            "world": asdict(self.world_config),
+            "budget": asdict(self.budget),
+        }
+
+
+def claim_output_folder(config: DemoConfig) -> None:
+    """Make `config.out` this run's folder, or refuse one that holds something else."""
+    out, path = config.out, config.out / RUN_FILE
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    if path.exists():
+        stored = json.loads(path.read_text())
+        differences = sorted(key for key in stored.keys() | config.identity().keys() if stored.get(key) != config.identity().get(key))
+        if differences:
+            raise ValueError(
+                f"--out {out} holds a different demo run (it differs in: {', '.join(differences)}); "
+                "choose another folder, or delete this one to start over"
+            )
+        return
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"--out {out} is not empty and holds no demo run ({RUN_FILE} is missing); choose another folder")
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config.identity(), indent=2))
+
+
+@dataclass
+class StageTimer:
+    """Seconds spent per stage, for the summary and the docs' time breakdown."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def run(self, stage: str, work: Callable[[], Any]) -> Any:
+        started = time.perf_counter()
+        result = work()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
+        return result
+
+
+# --- model and data ---------------------------------------------------------------------------
+
+
+def build_embedder(world: World, backbone: str, seed: int = 0):
+    """A tiny untrained embedder and its processor.
+
+    dual_encoder: a CLIP-style ViT (patch 8 on 48 px images) and a small BERT, mean-pooled into a
+    shared 64-d space; mean pooling gives the bag-of-attributes tendencies of real CLIP models. The
+    tokenizer is a byte-level BPE trained on the world's training captions. mllm: the tiny Qwen2-VL
+    of `modeling_maple.testing`, used as a dual encoder as in the paper.
+    """
+    from transformers import BertConfig, CLIPImageProcessorPil, CLIPVisionConfig, Qwen2Tokenizer
+
+    from modeling_maple import MapleConfig, MapleModel, MapleProcessor
+
+    image_size = world.config.image_size
+    if backbone == "mllm":
+        from modeling_maple.testing import tiny_image_processor, tiny_qwen2_vl_config, tiny_tokenizer
+
+        config = MapleConfig(backbone="mllm", mllm_config=tiny_qwen2_vl_config(), pooling="mean")
+        processor = MapleProcessor(
+            image_processor=tiny_image_processor(image_size=image_size), tokenizer=tiny_tokenizer(), backbone="mllm"
+        )
+    else:
+        tokenizer = Qwen2Tokenizer().train_new_from_iterator(
+            [example.caption for example in world.train], vocab_size=PAIRS_VOCABULARY_SIZE
+        )
+        width = 64
+        config = MapleConfig(
+            backbone="dual_encoder",
+            vision_config=CLIPVisionConfig(
+                hidden_size=width,
+                intermediate_size=2 * width,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                image_size=image_size,
+                patch_size=8,
+            ),
+            text_config=BertConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=width,
+                intermediate_size=2 * width,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=64,
+                pad_token_id=tokenizer.pad_token_id,
+            ),
+            projection_dim=width,
+            pooling="mean",
+        )
+        image_processor = CLIPImageProcessorPil(
+            size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+        )
+        processor = MapleProcessor(image_processor=image_processor, tokenizer=tokenizer, backbone="dual_encoder")
+    torch.manual_seed(seed)
+    return MapleModel(config), processor
+
+
+def pairs_dataset(world: World) -> datasets.Dataset:
+    """The world's training pairs in the preference schema, each anchor its only candidate: the
+    input of the preference builder, and plain InfoNCE training data (no RPA signal, no extra
+    negatives)."""
+    from dataset_builders import FEATURES
+
+    examples = world.train
+    return datasets.Dataset.from_dict(
+        {
+            "id": [f"train-{index:05d}" for index in range(len(examples))],
+            "image": [example.image for example in examples],
+            "caption": [example.caption for example in examples],
+            "candidate_images": [[example.image] for example in examples],
+            "candidate_texts": [[example.caption] for example in examples],
+            "txt2img_scores": [[1.0] for _ in examples],
+            "img2txt_scores": [[1.0] for _ in examples],
+        },
+        features=FEATURES,
+    )
+
+
+def anchors_only(preferences: datasets.Dataset) -> datasets.Dataset:
+    """The preference rows reduced to their anchor pairs (InfoNCE-only fine-tuning)."""
+    return preferences.map(
+        lambda row: {
+            "candidate_images": [row["image"]],
+            "candidate_texts": [row["caption"]],
+            "txt2img_scores": [1.0],
+            "img2txt_scores": [1.0],
+        },
+        desc="anchor pairs",
+    )
+
+
+def train(
+    model,
+    processor,
+    dataset: datasets.Dataset,
+    output_dir: Path,
+    *,
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    rpa_weight: float,
+    expand_negatives: bool,
+    seed: int,
+    progress: bool,
+):
+    """Train `model` in place with `RPATrainer`; returns the trainer (its state holds the log)."""
+    from transformers import PrinterCallback
+
+    from trainer import RPAConfig, RPATrainer
+
+    args = RPAConfig(
+        output_dir=str(output_dir),
+        max_steps=steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=learning_rate,
+        weight_decay=0.01,
+        rpa_weight=rpa_weight,
+        expand_negatives=expand_negatives,
+        logging_steps=max(1, steps // 20),
+        save_strategy="no",
+        report_to="none",
+        seed=seed,
+        use_cpu=True,
+        dataloader_num_workers=0,
+        disable_tqdm=not progress,
+    )
+    trainer = RPATrainer(model=model, args=args, train_dataset=dataset, processing_class=processor)
+    if not progress:  # without progress bars, Trainer prints every log line instead
+        trainer.remove_callback(PrinterCallback)
+    trainer.train()
+    return trainer
+
+
+def evaluate(model, processor, world: World, budget: Budget) -> dict[str, Any]:
+    """Retrieval R@1 both directions, text/image/group scores overall and per category, and the
+    modality gap, on the evaluated prefix of the held-out test sets."""
+    from evaluation.protocols import evaluate_quadruples, evaluate_retrieval, quadruple_similarities
+
+    retrieval = world.retrieval[: budget.eval_retrieval]
+    quadruples = _evaluated_quadruples(world, budget)
+    as_tuples = [(q.first.image, q.second.image, q.first.caption, q.second.caption) for q in quadruples]
+    result = evaluate_retrieval(
+        model, processor, [e.image for e in retrieval], [[e.caption] for e in retrieval], batch_size=256
+    )
+    result |= evaluate_quadruples(model, processor, as_tuples, [q.category for q in quadruples], batch_size=256)
+    image_text, _ = quadruple_similarities(model, processor, as_tuples, batch_size=256)
+    result["similarities"] = {
+        "matched": image_text[:, [0, 3]].flatten().tolist(),
+        "mismatched": image_text[:, [1, 2]].flatten().tolist(),
+    }
+    return result
+
+
+def _evaluated_quadruples(world: World, budget: Budget):
+    return [
+        quad
+        for category in CATEGORIES
+        for quad in [q for q in world.quadruples if q.category == category][: budget.eval_quadruples_per_category]
+    ]
+
+
+# --- the pipeline -----------------------------------------------------------------------------
+
+
+@dataclass
+class DemoResult:
+    """What a finished demo produced."""
+
+    summary: dict[str, dict[str, dict[str, float]]]  # method -> metric -> {"mean", "std"}
+    seconds: dict[str, float]
+    out: Path
+
+
+def run_demo(config: DemoConfig) -> DemoResult:
+    """Run (or resume) the demo into `config.out`; see the module docstring for the stages."""
+    claim_output_folder(config)
+    out, budget, timer = config.out, config.budget, StageTimer()
+    world = timer.run("world", lambda: build_world(config.world_config))
+    base_dir = out / "base"
+    if not (base_dir / "config.json").exists():
+        timer.run("base model", lambda: _train_base(config, world, base_dir))
+    preferences = timer.run("preferences", lambda: _build_preferences(config, world, base_dir, out / "preferences"))
+
+    runs = [(method, seed) for seed in config.seeds for method in METHODS]
+    results: dict[str, list[dict[str, Any]]] = {method: [] for method in METHODS}
+    for method, seed in tqdm(runs, desc="fine-tuning runs", disable=not config.progress):
+        run_dir = out / "runs" / f"{method}-seed{seed}"
+        if not (run_dir / "result.json").exists():
+            _finetune(config, world, base_dir, preferences, method, seed, run_dir, timer)
+        results[method].append(json.loads((run_dir / "result.json").read_text()))
+
+    summary = timer.run("report", lambda: _report(config, results, timer.seconds))
+    maple_dir = out / "maple-model"
+    timer.run("checkpoint and card", lambda: _publish_checkpoint(config, results["maple"][0], maple_dir))
+    if config.push_to_hub:
+        timer.run("push to hub", lambda: _push(config, maple_dir, out / "preferences"))
+    (out / "timings.json").write_text(json.dumps(timer.seconds, indent=2))
+    return DemoResult(summary=summary, seconds=timer.seconds, out=out)
+
+
+def _train_base(config: DemoConfig, world: World, base_dir: Path) -> None:
+    model, processor = build_embedder(world, config.backbone, seed=config.world_seed)
+    budget = config.budget
+    trainer = train(
+        model,
+        processor,
+        pairs_dataset(world),
+        base_dir.with_name("base-training"),
+        steps=budget.base_steps,
+        batch_size=budget.base_batch_size,
+        learning_rate=config.learning_rate,
+        rpa_weight=0.0,
+        expand_negatives=False,
+        seed=config.world_seed,
+        progress=config.progress,
+    )
+    staging = base_dir.with_name("base.partial")  # renamed when complete: a base folder is never half-written
+    model.save_pretrained(staging)
+    processor.save_pretrained(staging)
+    (staging / "log_history.json").write_text(json.dumps(trainer.state.log_history))
+    staging.rename(base_dir)
+
+
+def _load(directory: Path):
+    from modeling_maple import MapleModel, MapleProcessor
+
+    return MapleModel.from_pretrained(directory), MapleProcessor.from_pretrained(directory)
+
+
+def _build_preferences(config: DemoConfig, world: World, base_dir: Path, folder: Path) -> datasets.Dataset:
+    """The preference dataset (built once; the builder resumes its own shards), with its card."""
+    dataset_dir = folder / "data"
+    if dataset_dir.exists():
+        return datasets.load_from_disk(str(dataset_dir))
+    from dataset_builders import HardNegativeMiner, MaplePreferences
+    from model_cards import dataset_card_from_stats
+
+    model, processor = _load(base_dir)
+    builder = MaplePreferences(
+        config_name="paper",
+        judge=_judge(config, world),
+        captioner=SceneGraphCaptioner(world.registry, caption_anchors=False, seed=config.world_seed),
+        miner=HardNegativeMiner.from_maple(model, processor, batch_size=256),
+        source_dataset=pairs_dataset(world).select_columns(["id", "image", "caption"]),
+        work_dir=folder / "work",
+        cache_dir=str(folder / "cache"),
+        progress=config.progress,
+        num_hard_negatives=3,
+        captioned_negatives=3,
+        max_candidate_texts=4,
+        semdedup_clusters=None,
+        seed=config.world_seed,
+        source_license="Apache-2.0 (procedurally drawn by maple demo)",
+    )
+    builder.download_and_prepare()
+    dataset_card_from_stats(builder.stats, output_dir=folder).save(str(folder / "README.md"))
+    staging = dataset_dir.with_name("data.partial")  # renamed when complete, like the base model
+    builder.as_dataset(split="train").save_to_disk(str(staging))
+    staging.rename(dataset_dir)
+    shutil.rmtree(folder / "cache", ignore_errors=True)
+    return datasets.load_from_disk(str(dataset_dir))
+
+
+def _judge(config: DemoConfig, world: World):
+    if config.judge is None:
+        return SceneGraphJudge(world.registry, noise=config.judge_noise, seed=config.world_seed)
+    from dataset_builders import MLLMJudge
+
+    return MLLMJudge.from_pretrained(config.judge)
+
+
+def _finetune(
+    config: DemoConfig,
+    world: World,
+    base_dir: Path,
+    preferences: datasets.Dataset,
+    method: str,
+    seed: int,
+    run_dir: Path,
+    timer: StageTimer,
+) -> None:
+    model, processor = _load(base_dir)
+    budget = config.budget
+    trainer = timer.run("fine-tuning", lambda: train(
+        model,
+        processor,
+        anchors_only(preferences) if method == "infonce" else preferences,
+        run_dir / "trainer",
+        steps=budget.finetune_steps,
+        batch_size=budget.finetune_batch_size,
+        learning_rate=config.learning_rate,
+        rpa_weight=config.rpa_weight if method == "maple" else 0.0,
+        expand_negatives=method != "infonce",
+        seed=seed,
+        progress=config.progress,
+    ))
+    result = timer.run("evaluation", lambda: evaluate(model, processor, world, budget))
+    result["log_history"] = trainer.state.log_history
+    result["training_args"] = {key: value for key, value in trainer.args.to_dict().items() if _is_plain(value)}
+    if method == "maple":
+        model.save_pretrained(run_dir / "model")
+        processor.save_pretrained(run_dir / "model")
+    (run_dir / "result.json").write_text(json.dumps(result))  # written last: marks the run done
+
+
+def _is_plain(value: Any) -> bool:
+    return isinstance(value, (str, int, float, bool, type(None)))
+
+
+def metric_values(result: dict[str, Any]) -> dict[str, float]:
+    """The flat metrics of one run: headline metrics, per-category scores, gap terms."""
+    values = {key: float(result[key]) for key in ("group_score", "text_score", "image_score", "i2t_r1", "t2i_r1")}
+    values |= {key: float(result["modality_gap"][key]) for key in ("delta_gap", "w_dist", "w_disc")}
+    for category, scores in result.get("per_category", {}).items():
+        for key in ("group_score", "text_score", "image_score"):
+            values[f"{category}/{key}"] = float(scores[key])
+    return values
+
+
+def summarise(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict[str, float]]]:
+    """method -> metric -> {"mean", "std"} over seeds (std 0 for one seed)."""
+    summary = {}
+    for method, runs in results.items():
+        per_run = [metric_values(run) for run in runs]
+        summary[method] = {
+            metric: {
+                "mean": statistics.fmean(run[metric] for run in per_run),
+                "std": statistics.stdev([run[metric] for run in per_run]) if len(per_run) > 1 else 0.0,
+            }
+            for metric in per_run[0]
+        }
+    return summary
+
+
+def _report(config: DemoConfig, results: dict[str, list[dict[str, Any]]], seconds: dict[str, float]) -> dict:
+    from .report import plot_category_bars, plot_similarity_histograms, plot_training_curves, results_markdown
+
+    summary = summarise(results)
+    out = config.out
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    (out / "results.md").write_text(results_markdown(summary, config, seconds))
+    plot_training_curves({method: runs[0]["log_history"] for method, runs in results.items()}, out / "training_curves.png")
+    plot_category_bars(summary, out / "per_category.png")
+    plot_similarity_histograms({method: runs[0]["similarities"] for method, runs in results.items()}, out / "similarities.png")
+    return summary
+
+
+def _publish_checkpoint(config: DemoConfig, maple_result: dict[str, Any], maple_dir: Path) -> None:
+    """The first seed's MAPLE model with its processor and a model card filled from its run."""
+    from model_cards import model_card_from_run
+
+    source = config.out / "runs" / f"maple-seed{config.seeds[0]}" / "model"
+    shutil.copytree(source, maple_dir, dirs_exist_ok=True)
+    eval_results = {
+        "maple-demo-retrieval": {key: maple_result[key] for key in maple_result if key.startswith(("i2t_", "t2i_"))},
+        "maple-demo-quadruples": {
+            key: maple_result[key]
+            for key in ("text_score", "image_score", "group_score", "per_category", "modality_gap")
+        },
+    }
+    card = model_card_from_run(
+        output_dir=maple_dir,
+        base_model=None,
+        backbone=config.backbone,
+        training_config=maple_result["training_args"],
+        log_history=maple_result["log_history"],
+        eval_results=eval_results,
+        dataset_id=None,
+        judge_id=config.judge or "scene-graph judge (a stand-in for an MLLM judge; see docs/demo.md)",
+        repo_id=config.push_to_hub,
+    )
+    card.save(str(maple_dir / "README.md"))
+
+
+def _push(config: DemoConfig, maple_dir: Path, preferences_dir: Path) -> None:
+    from huggingface_hub import HfApi
+
+    repo_id = config.push_to_hub
+    api = HfApi()
+    api.create_repo(repo_id, exist_ok=True)
+    api.upload_folder(repo_id=repo_id, folder_path=str(maple_dir))
+    datasets.load_from_disk(str(preferences_dir / "data")).push_to_hub(f"{repo_id}-preferences")
+    api.upload_file(
+        repo_id=f"{repo_id}-preferences",
+        repo_type="dataset",
+        path_or_fileobj=str(preferences_dir / "README.md"),
+        path_in_repo="README.md",
+    )
+
+
+def format_summary(result: DemoResult, metrics: Sequence[str] = HEADLINE_METRICS) -> str:
+    """The short table printed at the end of a demo."""
+    lines = [f"{'method':<18}" + "".join(f"{metric:>16}" for metric in metrics)]
+    for method, values in result.summary.items():
+        cells = "".join(
+            f"{values[metric]['mean']:>9.2f} ± {values[metric]['std']:<4.2f}" for metric in metrics
+        )
+        lines.append(f"{method:<18}{cells}")
+    total = sum(result.seconds.values())
+    lines.append("time: " + ", ".join(f"{stage} {seconds:.0f}s" for stage, seconds in result.seconds.items()) + f" (total {total:.0f}s)")
+    lines.append(f"outputs in {result.out}")
+    return "\n".join(lines)

@@ -1,0 +1,95 @@
+"""`maple demo --quick` end to end: outputs, a checkpoint that loads without the package, resume,
+and bad input refused before any work."""
+
+import json
+import os
+
+import pytest
+from isolated import run_isolated
+
+from maple.demo.cli import main
+from maple.demo.pipeline import HEADLINE_METRICS, METHODS
+
+QUICK = ["--quick", "--seeds", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "out"
+    assert main(["--out", str(out), *QUICK]) == 0
+    return out
+
+
+def test_results_hold_every_method_and_metric(demo_out):
+    results = json.loads((demo_out / "results.json").read_text())
+    assert set(results) == set(METHODS)
+    for method in METHODS:
+        for metric in (*HEADLINE_METRICS, "swap/group_score", "replace/group_score", "add/group_score"):
+            assert set(results[method][metric]) == {"mean", "std"}
+        for metric in ("group_score", "text_score", "image_score", "i2t_r1", "t2i_r1"):
+            assert 0.0 <= results[method][metric]["mean"] <= 100.0
+    markdown = (demo_out / "results.md").read_text()
+    assert "stand-ins for MLLMs" in markdown and "| maple |" in markdown
+
+
+def test_plots_cards_and_dataset_are_written(demo_out):
+    for plot in ("training_curves.png", "per_category.png", "similarities.png"):
+        assert (demo_out / plot).read_bytes().startswith(b"\x89PNG")
+    card = (demo_out / "maple-model" / "README.md").read_text()
+    assert "model-index" in card and "group_score" in card and "scene-graph judge" in card
+    assert (demo_out / "preferences" / "README.md").exists()
+    import datasets
+
+    preferences = datasets.load_from_disk(str(demo_out / "preferences" / "data"))
+    row = preferences[0]
+    assert len(row["candidate_images"]) == 4 and len(row["txt2img_scores"]) == 4
+    assert row["img2txt_scores"][0] == max(row["img2txt_scores"])  # the true caption is preferred
+
+
+def test_checkpoint_loads_in_a_process_without_the_package(demo_out):
+    output = run_isolated(
+        f"""
+        import importlib.util
+        assert importlib.util.find_spec("modeling_maple") is None
+        from PIL import Image
+        from transformers import AutoModel, AutoProcessor
+        model = AutoModel.from_pretrained({str(demo_out / "maple-model")!r}, trust_remote_code=True)
+        processor = AutoProcessor.from_pretrained({str(demo_out / "maple-model")!r}, trust_remote_code=True)
+        texts, images = model.encode(processor, texts=["a small red circle"], images=[Image.new("RGB", (48, 48))])
+        print(type(model).__name__, tuple(texts.shape), tuple(images.shape))
+        """,
+        cwd=str(demo_out),
+    )
+    assert output.split() == ["MapleModel", "(1,", "64)", "(1,", "64)"]
+
+
+def test_a_rerun_resumes_without_redoing_finished_stages(demo_out):
+    result_files = sorted((demo_out / "runs").glob("*/result.json"))
+    stamps = [path.stat().st_mtime_ns for path in result_files + [demo_out / "base" / "model.safetensors"]]
+    assert main(["--out", str(demo_out), *QUICK]) == 0
+    assert [path.stat().st_mtime_ns for path in result_files + [demo_out / "base" / "model.safetensors"]] == stamps
+
+
+def test_a_folder_with_another_run_is_refused(demo_out, capsys):
+    with pytest.raises(SystemExit):
+        main(["--out", str(demo_out), "--quick", "--seeds", "2", "--no-progress"])
+    assert "holds a different demo run (it differs in: seeds)" in capsys.readouterr().err
+
+
+def test_a_foreign_folder_is_refused(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), *QUICK])
+    assert "not empty and holds no demo run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [(["--backbone", "resnet"], "unknown backbone 'resnet'"), (["--seeds", "1,x"], "integers"), (["--seeds", "0"], "at least 1")],
+)
+def test_bad_options_fail_before_any_work(tmp_path, capsys, arguments, message):
+    out = tmp_path / "never"
+    with pytest.raises(SystemExit):
+        main(["--out", str(out), "--quick", *arguments])
+    assert message in capsys.readouterr().err
+    assert not out.exists()
