@@ -202,6 +202,18 @@ def _decode(payload: bytes) -> PIL.Image.Image:
     return image.convert("RGB")
 
 
+def text_pool(caption: str, candidates: list[str], size: int) -> list[str]:
+    """The anchor's text candidates: its caption, then `candidates` in order with whitespace
+    normalised, empty texts and repeats (of the caption too) dropped, at most `size` texts."""
+    pool = [caption]
+    for text in (" ".join(str(candidate).split()) for candidate in candidates):
+        if len(pool) == size:
+            break
+        if text and text not in pool:
+            pool.append(text)
+    return pool
+
+
 def load_source(source: str, *, split: str, cache_dir: str | None = None) -> datasets.Dataset:
     """The image-caption dataset behind `source`: a folder of parquet files, an image folder (with a
     metadata.csv / metadata.jsonl holding the captions), a parquet file, or a Hub dataset id."""
@@ -490,27 +502,10 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         ]
 
         if config.text_candidates == "generated":
-            pairs = [
-                (index, candidates[1 + j])
-                for index, candidates in enumerate(candidate_images)
-                for j in range(min(config.captioned_negatives, len(candidates) - 1))
-            ]
-            # Sampling depends only on the seed and the shard, never on which process or run builds it.
-            torch.manual_seed(config.seed * 1_000_003 + shard)
-            generated: list[list[str]] = [[] for _ in positions]
-            if pairs:
-                captioned = self.captioner.caption([anchors[index] for index, _ in pairs], [negative for _, negative in pairs])
-                for (index, _), texts in zip(pairs, captioned):
-                    generated[index] += texts
+            generated = self._generated_captions(shard, anchors, [images[1:] for images in candidate_images])
         else:
             generated = [[source[row][config.caption_column] for row in rows] for rows in negative_rows]
-        candidate_texts = []
-        for caption, texts in zip(captions, generated):
-            pool = [caption]
-            for text in (" ".join(str(text).split()) for text in texts):
-                if text and text not in pool and len(pool) < config.max_candidate_texts:
-                    pool.append(text)
-            candidate_texts.append(pool)
+        candidate_texts = [text_pool(caption, texts, config.max_candidate_texts) for caption, texts in zip(captions, generated)]
 
         img2txt = self.judge.score(anchors, candidate_texts)
         txt2img = self.judge.score_images(captions, candidate_images)
@@ -526,6 +521,27 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             "txt2img_scores": [scores.float().tolist() for scores in txt2img],
             "img2txt_scores": [scores.float().tolist() for scores in img2txt],
         }
+
+    def _generated_captions(
+        self, shard: int, anchors: list[PIL.Image.Image], negatives: list[list[PIL.Image.Image]]
+    ) -> list[list[str]]:
+        """Per anchor, the captioner's captions for it and each of its first `captioned_negatives`
+        hard negatives, in order."""
+        pairs = [
+            (index, negative)
+            for index, anchor_negatives in enumerate(negatives)
+            for negative in anchor_negatives[: self.config.captioned_negatives]
+        ]
+        generated: list[list[str]] = [[] for _ in anchors]
+        if not pairs:
+            return generated
+        with torch.random.fork_rng():
+            # Sampling depends only on the seed and the shard, never on which process or run builds it.
+            torch.manual_seed(self.config.seed * 1_000_003 + shard)
+            captioned = self.captioner.caption([anchors[index] for index, _ in pairs], [negative for _, negative in pairs])
+        for (index, _), texts in zip(pairs, captioned):
+            generated[index] += texts
+        return generated
 
     def _write_shard(self, path: Path, columns: dict[str, list]) -> None:
         """Write a shard under a temporary name, then rename: a shard file is complete or absent."""

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from dataset_builders.builder import FEATURES, MaplePreferences, MaplePreferencesConfig
+from dataset_builders.builder import FEATURES, MaplePreferences, MaplePreferencesConfig, text_pool
 from dataset_builders.testing import (
     ColourCaptioner,
     ColourJudge,
@@ -202,3 +202,9 @@ def test_end_to_end_with_a_tiny_mllm_judge_and_captioner(tmp_path):
         assert len(row["candidate_texts"]) >= 2, "the tiny captioner's gibberish still makes candidates"
         assert len(row["img2txt_scores"]) == len(row["candidate_texts"])
     assert builder.stats["judge"] == "tiny-judge-0"
+
+
+def test_text_pool_keeps_the_caption_first_and_drops_repeats():
+    generated = ["a  red\ncube", "", "a red cube", "the caption", "a blue cube", "a green cube"]
+    assert text_pool("the caption", generated, size=3) == ["the caption", "a red cube", "a blue cube"]
+    assert text_pool("the caption", [], size=6) == ["the caption"]
