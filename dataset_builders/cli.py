@@ -4,9 +4,9 @@
         --judge Qwen/Qwen2-VL-7B-Instruct --captioner Qwen/Qwen2.5-VL-72B-Instruct \\
         --miner facebook/dinov2-base [--push-to-hub me/my-preferences]
 
-Several processes split the work: `accelerate launch --multi_gpu --num_processes N -m dataset_builders.cli
-SOURCE ...` (each rank
-builds its own shards; rank 0 assembles, summarises and pushes). Rerunning the same command after a
+Several processes split the work, e.g.
+`accelerate launch --multi_gpu --num_processes N -m dataset_builders.cli SOURCE ...`: each rank
+builds its own shards; rank 0 assembles, summarises and pushes. Rerunning the same command after a
 crash resumes from the finished shards.
 """
 
