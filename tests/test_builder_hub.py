@@ -1,12 +1,14 @@
-"""Publishing: a built preference dataset goes to the local Hub server with its card, and comes back
-identical, images included, through `datasets.load_dataset` in a process that cannot import this
-project and through `MaplePreferences.from_pretrained`."""
+"""The Hub side, against the local Hub server: the builder reads its source by Hub id, publishes the
+preference dataset with its card, and the dataset comes back identical, images included, through
+`datasets.load_dataset` in a process that cannot import this project and through
+`MaplePreferences.from_pretrained`."""
 
 import json
 
 from hub_server import run_client
 
 REPO = "maple-org/colour-preferences"
+SOURCE_REPO = "maple-org/colour-squares"
 
 # Prints a digest of every row: ids, texts and scores as they are, images as SHA-256 of their pixels.
 DIGEST = """
@@ -32,15 +34,17 @@ from dataset_builders.testing import ColourCaptioner, ColourJudge, colour_square
 features = datasets.Features({"id": datasets.Value("string"), "image": datasets.Image(), "caption": datasets.Value("string")})
 columns = colour_squares(6)
 columns["id"].append("broken"); columns["image"].append({"bytes": b"junk", "path": None}); columns["caption"].append("x")
+# The source itself comes from the Hub, by repo id.
+datasets.Dataset.from_dict(columns, features=features).push_to_hub("%s")
 builder = MaplePreferences(
-    config_name="paper", source_dataset=datasets.Dataset.from_dict(columns, features=features),
+    config_name="paper", source="%s",
     judge=ColourJudge(), captioner=ColourCaptioner(), miner=thumbnail_miner(),
     cache_dir="cache", work_dir="work", shard_size=4, semdedup_clusters=None, progress=False, source_license="cc0-1.0",
 )
 builder.download_and_prepare()
 builder.push_to_hub("%s")
 print(json.dumps(digest(builder.as_dataset(split="train"))))
-""" % REPO
+""" % (SOURCE_REPO, SOURCE_REPO, REPO)
 
 LOAD_WITH_DATASETS = DIGEST + """
 from datasets import load_dataset
@@ -68,6 +72,7 @@ def test_push_then_load_back_gives_the_same_rows_images_and_card(hub_server, tmp
 
     published = _last_json(run_client(hub_server, tmp_path, LOAD_WITH_DATASETS, isolated=True))
     assert published["rows"] == built and len(built) == 6
+    assert sorted(row[0] for row in built) == [f"square-{index:03d}" for index in range(6)]
     card = published["card"]
     assert "colour-judge" in card and "colour-captioner" in card
     assert "| unreadable image | 1 |" in card
