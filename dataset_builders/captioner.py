@@ -12,7 +12,7 @@ import re
 import PIL.Image
 import torch
 
-from .vlm_inputs import QwenVLPromptEncoder, check_supported
+from .vlm_inputs import check_supported, prompt_encoder_for
 
 DEFAULT_CAPTION_PROMPT = (
     "The first image is the anchor; the second is a similar but different image. "
@@ -37,7 +37,8 @@ def parse_captions(generated: str) -> list[str]:
 
 
 class ContrastiveCaptioner:
-    """Writes difference-stressing captions with a Qwen2-VL / Qwen2.5-VL model.
+    """Writes difference-stressing captions with an MLLM of a supported family (Qwen2-VL, Qwen2.5-VL,
+    LLaVA; `vlm_inputs.PROMPT_ENCODERS`).
 
     Implements `CandidateCaptioner`: `caption(anchors, negatives)` returns, per pair, the distinct
     captions parsed from `num_samples` sampled answers (order of first appearance).
@@ -66,7 +67,6 @@ class ContrastiveCaptioner:
         chat_template: str | None = None,
         name: str | None = None,
     ) -> None:
-        check_supported(model.config)
         if temperature <= 0 or num_samples < 1:
             raise ValueError("temperature must be positive and num_samples at least 1")
         self.model = model.eval()
@@ -76,11 +76,9 @@ class ContrastiveCaptioner:
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
         self.name = name or model.config.name_or_path or type(model).__name__
-        self.prompt_encoder = QwenVLPromptEncoder(tokenizer, image_processor, chat_template=chat_template)
+        self.prompt_encoder = prompt_encoder_for(model.config, tokenizer, image_processor, chat_template=chat_template)
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": prompt}]}]
         self._rendered_prompt = self.prompt_encoder.render(messages, add_generation_prompt=True)
-        end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
-        self._stop_ids = [token for token in (end_of_turn, tokenizer.eos_token_id) if token is not None]
 
     @classmethod
     def from_pretrained(
@@ -133,7 +131,6 @@ class ContrastiveCaptioner:
             do_sample=True,
             temperature=self.temperature,
             max_new_tokens=self.max_new_tokens,
-            eos_token_id=self._stop_ids,
             pad_token_id=self.prompt_encoder.tokenizer.pad_token_id,
         )
         answers = generated[:, inputs["input_ids"].shape[1] :]

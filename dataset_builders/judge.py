@@ -16,13 +16,13 @@ import PIL.Image
 import torch
 from transformers import DynamicCache
 
-from .vlm_inputs import EncodedImages, QwenVLPromptEncoder, check_supported
+from .vlm_inputs import EncodedImages, PromptEncoder, check_supported, prompt_encoder_for
 
 DEFAULT_JUDGE_PROMPT = 'Does the image align with the text "{text}"? Answer Yes or No.'
 """The paper's judge question; the image comes first, as `<image>` does in the paper."""
 
 
-def answer_token_id(prompt_encoder: QwenVLPromptEncoder, word: str) -> int:
+def answer_token_id(prompt_encoder: PromptEncoder, word: str) -> int:
     """The token the model would emit first when answering `word` in its chat format.
 
     Tokenizers differ on whether the answer starts a word ("Yes") or continues one (" Yes", as
@@ -52,13 +52,14 @@ def answer_token_id(prompt_encoder: QwenVLPromptEncoder, word: str) -> int:
 
 
 class MLLMJudge:
-    """Scores image-text alignment with a frozen Qwen2-VL / Qwen2.5-VL model (the paper's judge).
+    """Scores image-text alignment with a frozen MLLM (paper: Qwen2-VL-7B); Qwen2-VL, Qwen2.5-VL and
+    LLaVA families (`vlm_inputs.PROMPT_ENCODERS`).
 
     Implements `PreferenceJudge`. Build it with `from_pretrained`, or from a loaded model, tokenizer
     and image processor.
 
     Args:
-        model: an image-text-to-text model of a supported family (`vlm_inputs.SUPPORTED_MODEL_TYPES`).
+        model: an image-text-to-text model of a supported family (`vlm_inputs.PROMPT_ENCODERS`).
         tokenizer, image_processor: the model's own.
         prompt: the question, with `{text}` where the candidate text goes.
         batch_size: (image, text) pairs per forward pass.
@@ -77,14 +78,13 @@ class MLLMJudge:
         chat_template: str | None = None,
         name: str | None = None,
     ) -> None:
-        check_supported(model.config)
         if "{text}" not in prompt:
             raise ValueError("the judge prompt needs a '{text}' field for the candidate text")
         self.model = model.eval()
         self.prompt = prompt
         self.batch_size = batch_size
         self.name = name or model.config.name_or_path or type(model).__name__
-        self.prompt_encoder = QwenVLPromptEncoder(tokenizer, image_processor, chat_template=chat_template)
+        self.prompt_encoder = prompt_encoder_for(model.config, tokenizer, image_processor, chat_template=chat_template)
         self.yes_id = answer_token_id(self.prompt_encoder, "Yes")
         self.no_id = answer_token_id(self.prompt_encoder, "No")
         self._prefix_text, self._suffix_template = self._split_prompt()
@@ -213,9 +213,7 @@ class MLLMJudge:
             return torch.empty(0)
         encoded: EncodedImages = self.prompt_encoder.encode_images([image])
         prefix = self._to_device(self.prompt_encoder.model_inputs([self._prefix_ids_for(encoded, 0)], encoded, padding_side="right"))
-        prefix_positions, rope_delta = self.model.model.get_rope_index(
-            prefix["input_ids"], mm_token_type_ids=prefix["mm_token_type_ids"], image_grid_thw=prefix["image_grid_thw"]
-        )
+        prefix_positions, position_offset = self.prompt_encoder.prefix_positions(self.model, prefix)
         prefix_output = self.model.model(**prefix, position_ids=prefix_positions, use_cache=True)
         prefix_cache = prefix_output.past_key_values
         prefix_length = prefix["input_ids"].shape[1]
@@ -226,9 +224,7 @@ class MLLMJudge:
             suffix_ids, suffix_mask = self.prompt_encoder.pad(suffixes, padding_side="right")
             suffix_ids, suffix_mask = suffix_ids.to(self.model.device), suffix_mask.to(self.model.device)
             batch, length = suffix_ids.shape
-            # Text after the image continues the 1-D position count, shifted by the image's M-RoPE delta.
-            positions = (torch.arange(prefix_length, prefix_length + length, device=suffix_ids.device) + rope_delta)
-            positions = positions.view(1, 1, length).expand(3, batch, length)
+            positions = self.prompt_encoder.continuation_positions(prefix_length, length, batch, position_offset, suffix_ids.device)
             # Expanded views: the cache concatenates new keys onto them and never writes in place.
             cache = DynamicCache(
                 ddp_cache_data=[

@@ -20,7 +20,7 @@ import torch
 from .miner import HardNegativeMiner
 
 if TYPE_CHECKING:
-    from transformers import Qwen2VLForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration, Qwen2VLForConditionalGeneration
 
     from .captioner import ContrastiveCaptioner
     from .judge import MLLMJudge
@@ -36,31 +36,62 @@ def tiny_qwen2_vl(seed: int = 0, **config_overrides) -> Qwen2VLForConditionalGen
     return Qwen2VLForConditionalGeneration(tiny_qwen2_vl_config(**config_overrides)).eval()
 
 
-def tiny_judge(seed: int = 0, *, image_size: int = 32, **judge_kwargs) -> MLLMJudge:
-    """An `MLLMJudge` on a random tiny Qwen2-VL; images are resized to about image_size^2 pixels."""
-    from modeling_maple.testing import tiny_image_processor, tiny_tokenizer
+def tiny_llava(seed: int = 0) -> LlavaForConditionalGeneration:
+    """A random tiny LLaVA (two-layer CLIP ViT, 16x16 images of 4x4 patches, two-layer Qwen2 text
+    model) sharing `modeling_maple.testing.tiny_tokenizer()`, whose <|image_pad|> is its image token."""
+    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, Qwen2Config
+
+    from modeling_maple.testing import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(
+            hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=16, patch_size=4
+        ),
+        text_config=Qwen2Config(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, pad_token_id=tokenizer.pad_token_id,
+        ),
+        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    return LlavaForConditionalGeneration(config).eval()
+
+
+def _tiny_model_and_image_processor(family: str, seed: int, image_size: int):
+    from transformers import CLIPImageProcessorPil
+
+    from modeling_maple.testing import tiny_image_processor
+
+    if family == "qwen2_vl":
+        return tiny_qwen2_vl(seed), tiny_image_processor(image_size=image_size)
+    if family == "llava":
+        # LLaVA sees fixed 16x16 images whatever `image_size` is.
+        return tiny_llava(seed), CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
+    raise ValueError(f"unknown tiny model family {family!r}: expected 'qwen2_vl' or 'llava'")
+
+
+def tiny_judge(seed: int = 0, *, family: str = "qwen2_vl", image_size: int = 32, **judge_kwargs) -> MLLMJudge:
+    """An `MLLMJudge` on a random tiny model of `family` ("qwen2_vl" or "llava"); Qwen2-VL resizes
+    images to about image_size^2 pixels."""
+    from modeling_maple.testing import tiny_tokenizer
 
     from .judge import MLLMJudge
 
-    return MLLMJudge(
-        tiny_qwen2_vl(seed), tiny_tokenizer(), tiny_image_processor(image_size=image_size), name=f"tiny-judge-{seed}", **judge_kwargs
-    )
+    model, image_processor = _tiny_model_and_image_processor(family, seed, image_size)
+    return MLLMJudge(model, tiny_tokenizer(), image_processor, name=f"tiny-judge-{seed}", **judge_kwargs)
 
 
-def tiny_captioner(seed: int = 0, *, image_size: int = 32, **captioner_kwargs) -> ContrastiveCaptioner:
-    """A `ContrastiveCaptioner` on a random tiny Qwen2-VL (its captions are gibberish)."""
-    from modeling_maple.testing import tiny_image_processor, tiny_tokenizer
+def tiny_captioner(seed: int = 0, *, family: str = "qwen2_vl", image_size: int = 32, **captioner_kwargs) -> ContrastiveCaptioner:
+    """A `ContrastiveCaptioner` on a random tiny model of `family` (its captions are gibberish)."""
+    from modeling_maple.testing import tiny_tokenizer
 
     from .captioner import ContrastiveCaptioner
 
+    model, image_processor = _tiny_model_and_image_processor(family, seed, image_size)
     captioner_kwargs.setdefault("max_new_tokens", 8)
-    return ContrastiveCaptioner(
-        tiny_qwen2_vl(seed),
-        tiny_tokenizer(),
-        tiny_image_processor(image_size=image_size),
-        name=f"tiny-captioner-{seed}",
-        **captioner_kwargs,
-    )
+    return ContrastiveCaptioner(model, tiny_tokenizer(), image_processor, name=f"tiny-captioner-{seed}", **captioner_kwargs)
 
 
 COLOURS: dict[str, tuple[float, float, float]] = {

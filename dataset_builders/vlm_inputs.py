@@ -1,22 +1,21 @@
-"""Model inputs for chat prompts with images, for the Qwen2-VL family, built without AutoProcessor.
+"""Model inputs for chat prompts with images, built from the tokenizer, the image processor and the
+chat template, without AutoProcessor.
 
-Qwen2-VL processors insist on a torchvision video processor; the judge and the captioner need
-only the tokenizer, the (PIL) image processor and the chat template, and the judge must see the
-token boundary between the image prefix and the text suffix anyway to reuse the prefix's KV cache.
-So this module renders the chat template, expands the single image placeholder the template emits
-into one token per merged vision patch, and builds the extra tensors the model needs
-(`image_grid_thw`, `mm_token_type_ids`).
+Qwen2-VL processors insist on a torchvision video processor; the judge and the captioner need only
+the tokenizer, the (PIL) image processor and the chat template, and the judge must see the token
+boundary between the image prefix and the text suffix anyway to reuse the prefix's KV cache. So a
+`PromptEncoder` renders the chat template, expands the single image placeholder the template emits
+into one token per image feature, and builds the tensors the model family needs. One subclass per
+family; `prompt_encoder_for` picks it from the model config.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import PIL.Image
 import torch
-
-SUPPORTED_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
 
 Message = dict[str, object]
 """One chat message: {"role": ..., "content": [{"type": "image"} | {"type": "text", "text": ...}]}."""
@@ -26,37 +25,41 @@ Message = dict[str, object]
 class EncodedImages:
     """Output of the image processor for a batch of images.
 
-    pixel_values: (total_patches, channels * temporal_patch * patch * patch) flattened patches.
-    grid_thw: (num_images, 3) patch grid (time, height, width) of each image.
+    pixel_values: the processed pixels, in the family's layout (Qwen2-VL: (total_patches, patch
+        features); LLaVA: (num_images, channels, height, width)).
     num_tokens: number of image placeholder tokens each image takes in the prompt.
+    extra: other per-batch tensors the model needs (Qwen2-VL: image_grid_thw (num_images, 3)).
     """
 
     pixel_values: torch.Tensor
-    grid_thw: torch.Tensor
     num_tokens: list[int]
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-class QwenVLPromptEncoder:
-    """Turns chat messages and images into Qwen2-VL / Qwen2.5-VL model inputs.
+class PromptEncoder:
+    """Turns chat messages and images into model inputs for one model family.
+
+    Shared by all families: chat rendering, image placeholder expansion, padding and plain 1-D
+    positions. Subclasses say how images are processed and how many tokens each takes.
 
     Args:
+        config: the model's config; its `image_token_id` is the placeholder the template emits.
         tokenizer: the model's tokenizer; must carry a chat template (or pass `chat_template`).
-        image_processor: a Qwen2-VL image processor (the PIL class is fine).
+        image_processor: the model's image processor (the PIL classes are fine).
         chat_template: overrides the tokenizer's template.
-        image_token: the placeholder the template emits once per image.
     """
 
-    def __init__(self, tokenizer, image_processor, *, chat_template: str | None = None, image_token: str = "<|image_pad|>"):
+    def __init__(self, config, tokenizer, image_processor, *, chat_template: str | None = None) -> None:
+        self.config = config
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.chat_template = chat_template or tokenizer.chat_template
         if not self.chat_template:
             raise ValueError("the tokenizer has no chat template; pass chat_template=... explicitly")
-        self.image_token = image_token
-        self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
-        if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
-            raise ValueError(f"the tokenizer has no image placeholder token {image_token!r}")
-        self.merge_size = image_processor.merge_size
+        self.image_token_id = config.image_token_id
+        self.image_token = tokenizer.convert_ids_to_tokens(self.image_token_id)
+        if self.image_token is None or self.tokenizer.convert_tokens_to_ids(self.image_token) != self.image_token_id:
+            raise ValueError(f"the tokenizer has no token for the model's image token id {self.image_token_id}")
 
     def render(self, messages: list[Message], *, add_generation_prompt: bool) -> str:
         """The chat template applied to `messages`, as text with one placeholder per image."""
@@ -65,11 +68,8 @@ class QwenVLPromptEncoder:
         )
 
     def encode_images(self, images: Sequence[PIL.Image.Image]) -> EncodedImages:
-        """Patches and grids of `images`, in order."""
-        processed = self.image_processor(images=[image.convert("RGB") for image in images], return_tensors="pt")
-        grid_thw = processed["image_grid_thw"]
-        num_tokens = (grid_thw.prod(dim=-1) // self.merge_size**2).tolist()
-        return EncodedImages(pixel_values=processed["pixel_values"], grid_thw=grid_thw, num_tokens=num_tokens)
+        """Pixels and token counts of `images`, in order."""
+        raise NotImplementedError
 
     def tokenize(self, text: str, image_token_counts: Sequence[int] = ()) -> list[int]:
         """Token ids of rendered `text`, its k-th image placeholder expanded to image_token_counts[k] tokens."""
@@ -104,21 +104,80 @@ class QwenVLPromptEncoder:
     def model_inputs(
         self, sequences: Sequence[Sequence[int]], images: EncodedImages, *, padding_side: str
     ) -> dict[str, torch.Tensor]:
-        """Everything a Qwen2-VL forward or `generate` needs for a padded batch of prompts whose
+        """Everything a forward pass or `generate` needs for a padded batch of prompts whose
         images, in reading order, are `images`."""
         input_ids, attention_mask = self.pad(sequences, padding_side=padding_side)
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "pixel_values": images.pixel_values,
-            "image_grid_thw": images.grid_thw,
-            "mm_token_type_ids": (input_ids == self.image_token_id).int(),
-        }
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": images.pixel_values, **images.extra}
+
+    def prefix_positions(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, int | torch.Tensor]:
+        """Position ids for a (single, unpadded) prompt prefix, and the offset by which the
+        positions of text continuing it differ from its token index. None: the model's default."""
+        return None, 0
+
+    def continuation_positions(
+        self, start: int, length: int, batch: int, offset: int | torch.Tensor, device: torch.device
+    ) -> torch.Tensor:
+        """(batch, length) position ids of `length` text tokens continuing a prefix of `start` tokens."""
+        return (torch.arange(start, start + length, device=device) + offset).expand(batch, length)
+
+
+class QwenVLPromptEncoder(PromptEncoder):
+    """Qwen2-VL / Qwen2.5-VL: dynamic-resolution patches, one token per 2x2 merged patch, M-RoPE."""
+
+    def encode_images(self, images: Sequence[PIL.Image.Image]) -> EncodedImages:
+        processed = self.image_processor(images=[image.convert("RGB") for image in images], return_tensors="pt")
+        grid_thw = processed["image_grid_thw"]
+        num_tokens = (grid_thw.prod(dim=-1) // self.image_processor.merge_size**2).tolist()
+        return EncodedImages(processed["pixel_values"], num_tokens, {"image_grid_thw": grid_thw})
+
+    def model_inputs(self, sequences, images, *, padding_side):
+        inputs = super().model_inputs(sequences, images, padding_side=padding_side)
+        inputs["mm_token_type_ids"] = (inputs["input_ids"] == self.image_token_id).int()
+        return inputs
+
+    def prefix_positions(self, model, inputs):
+        """M-RoPE positions (3, 1, length): image tokens get 2-D grid positions, so the text after
+        an image continues from the grid's extent, not from the token count (`rope_delta`)."""
+        positions, rope_delta = model.model.get_rope_index(
+            inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"]
+        )
+        return positions, rope_delta
+
+    def continuation_positions(self, start, length, batch, offset, device):
+        """(3, batch, length): text tokens use the same position in all three M-RoPE sections."""
+        return super().continuation_positions(start, length, batch, offset, device).unsqueeze(0).expand(3, batch, length)
+
+
+class LlavaPromptEncoder(PromptEncoder):
+    """LLaVA (1.5-style): fixed-size images, one token per vision patch (plus CLS with the "full"
+    feature strategy), plain 1-D positions."""
+
+    def encode_images(self, images: Sequence[PIL.Image.Image]) -> EncodedImages:
+        pixel_values = self.image_processor(images=[image.convert("RGB") for image in images], return_tensors="pt")["pixel_values"]
+        patch_size = self.config.vision_config.patch_size
+        tokens = (pixel_values.shape[-2] // patch_size) * (pixel_values.shape[-1] // patch_size)
+        if self.config.vision_feature_select_strategy == "full":
+            tokens += 1
+        return EncodedImages(pixel_values, [tokens] * len(images))
+
+
+PROMPT_ENCODERS: dict[str, type[PromptEncoder]] = {
+    "qwen2_vl": QwenVLPromptEncoder,
+    "qwen2_5_vl": QwenVLPromptEncoder,
+    "llava": LlavaPromptEncoder,
+}
+"""Model families the judge and the captioner can drive, by `config.model_type`."""
 
 
 def check_supported(config) -> None:
-    """Raise a clear error for a model family the prompt encoder cannot drive."""
-    if config.model_type not in SUPPORTED_MODEL_TYPES:
+    """Raise a clear error for a model family without a prompt encoder."""
+    if config.model_type not in PROMPT_ENCODERS:
         raise NotImplementedError(
-            f"model type {config.model_type!r} is not supported yet; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+            f"model type {config.model_type!r} is not supported yet; supported: {', '.join(PROMPT_ENCODERS)}"
         )
+
+
+def prompt_encoder_for(config, tokenizer, image_processor, *, chat_template: str | None = None) -> PromptEncoder:
+    """The prompt encoder of `config`'s model family."""
+    check_supported(config)
+    return PROMPT_ENCODERS[config.model_type](config, tokenizer, image_processor, chat_template=chat_template)

@@ -64,3 +64,10 @@ def test_bad_settings_and_mismatched_inputs_are_rejected():
         ContrastiveCaptioner(tiny_qwen2_vl(), tiny_tokenizer(), tiny_image_processor(), temperature=0)
     with pytest.raises(ValueError, match="2 anchors but 1 negatives"):
         tiny_captioner().caption(ANCHORS, NEGATIVES[:1])
+
+
+def test_llava_captioner_generates_from_both_images():
+    captioner = tiny_captioner(seed=0, family="llava", num_samples=2, max_new_tokens=4)
+    torch.manual_seed(0)
+    captions = captioner.caption(ANCHORS, NEGATIVES)
+    assert len(captions) == 2 and all(1 <= len(pair) <= 4 for pair in captions)

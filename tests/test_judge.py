@@ -156,22 +156,23 @@ def test_answer_token_follows_the_chat_template():
 def test_tokenizer_without_a_yes_token_is_rejected_clearly():
     from transformers import Qwen2Tokenizer
 
-    from modeling_maple.testing import QWEN2_VL_SPECIAL_TOKENS, TINY_CHAT_TEMPLATE
+    from modeling_maple.testing import QWEN2_VL_SPECIAL_TOKENS, TINY_CHAT_TEMPLATE, tiny_qwen2_vl_config
 
     tokenizer = Qwen2Tokenizer().train_new_from_iterator(
         ["a red circle", "no entry"] * 4, vocab_size=280, new_special_tokens=QWEN2_VL_SPECIAL_TOKENS
     )
     tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    config = tiny_qwen2_vl_config(image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"))
     with pytest.raises(ValueError, match="no single token for 'Yes'"):
-        answer_token_id(QwenVLPromptEncoder(tokenizer, tiny_image_processor()), "Yes")
+        answer_token_id(QwenVLPromptEncoder(config, tokenizer, tiny_image_processor()), "Yes")
 
 
 def test_unsupported_model_family_and_bad_prompt_fail_before_any_work():
     judge_model = tiny_qwen2_vl()
     with pytest.raises(ValueError, match=r"\{text\}"):
         MLLMJudge(judge_model, tiny_tokenizer(), tiny_image_processor(), prompt="Is this right?")
-    judge_model.config.model_type = "llava"
-    with pytest.raises(NotImplementedError, match="llava"):
+    judge_model.config.model_type = "idefics3"
+    with pytest.raises(NotImplementedError, match="idefics3"):
         MLLMJudge(judge_model, tiny_tokenizer(), tiny_image_processor())
 
 
@@ -222,3 +223,22 @@ def test_from_pretrained_loads_a_saved_judge(tmp_path):
     assert loaded.name == str(tmp_path)
     for a, b in zip(loaded.score(IMAGES, TEXTS), source.score(IMAGES, TEXTS)):
         torch.testing.assert_close(a, b)
+
+
+def test_llava_judge_paths_agree_with_each_other_and_the_plain_forward():
+    judge = tiny_judge(seed=4, family="llava", batch_size=2)
+    with torch.no_grad():
+        for parameter in judge.model.parameters():
+            parameter.normal_(0.0, 0.3)
+    reused = judge.score(IMAGES, TEXTS)
+    per_pair = judge.score(IMAGES, TEXTS, reuse_prefix=False)
+    for a, b in zip(reused, per_pair):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    encoder = judge.prompt_encoder
+    images = encoder.encode_images(IMAGES[:1])
+    assert images.num_tokens == [16]  # (16 / 4)^2 patches, CLS dropped
+    ids = encoder.tokenize(judge._prefix_text, images.num_tokens) + judge._suffix_ids([TEXTS[0][1]])[0]
+    with torch.no_grad():
+        logits = judge.model(**encoder.model_inputs([ids], images, padding_side="right")).logits[0, -1]
+    reference = torch.softmax(logits[[judge.yes_id, judge.no_id]], dim=-1)[0]
+    assert abs(reference.item() - reused[0][1].item()) < 1e-5
