@@ -114,6 +114,8 @@ class RPATrainer(DPOTrainer):
             )
         if ref_model is model:
             raise ValueError("`model` and `ref_model` must be different objects.")
+        if ref_model is not None and args.reference == "none":
+            raise ValueError("A `ref_model` was given but `reference='none'` would ignore it; set reference='frozen'.")
         self._set_scales(model, args)
 
         if args.reference == "frozen" and ref_model is None and peft_config is None:
@@ -121,8 +123,6 @@ class RPATrainer(DPOTrainer):
         if peft_config is not None:
             model = get_peft_model(model, peft_config)
             self._set_scales(model, args)  # PEFT froze everything but the adapters; the scales stay learnable
-        if args.reference == "none":
-            ref_model = None
         if ref_model is not None:
             ref_model.requires_grad_(False).eval()
         if args.disable_dropout:
