@@ -5,5 +5,6 @@
 - `scene_judge`: a judge and a captioner that read the scene graphs; stand-ins for the MLLMs
   of the paper, plugged into the same protocols as `MLLMJudge` and `ContrastiveCaptioner`.
 - `pipeline`: world -> preference data -> base model -> fine-tuning runs -> evaluation -> report.
+- `report`: results.md and the plots.
 - `cli`: the `maple demo` command.
 """

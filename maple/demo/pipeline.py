@@ -61,19 +61,19 @@ FULL = Budget(
     train_families=400,
     base_steps=600,
     base_batch_size=64,
-    finetune_steps=300,
+    finetune_steps=150,
     finetune_batch_size=32,
     eval_retrieval=500,
     eval_quadruples_per_category=150,
 )
 QUICK = Budget(
     train_families=60,
-    base_steps=30,
+    base_steps=20,
     base_batch_size=32,
-    finetune_steps=8,
+    finetune_steps=5,
     finetune_batch_size=16,
-    eval_retrieval=100,
-    eval_quadruples_per_category=30,
+    eval_retrieval=60,
+    eval_quadruples_per_category=20,
 )
 
 

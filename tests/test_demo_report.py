@@ -1,0 +1,39 @@
+"""Aggregation of the demo's runs into results.json and the printed summary."""
+
+import pytest
+
+from maple.demo.cli import _seeds
+from maple.demo.pipeline import metric_values, summarise
+
+
+def _run(group: float, swap_group: float) -> dict:
+    return {
+        "group_score": group,
+        "text_score": 50.0,
+        "image_score": 40.0,
+        "i2t_r1": 10.0,
+        "t2i_r1": 12.0,
+        "modality_gap": {"w_dist": 0.1, "w_disc": 0.2, "delta_gap": 0.5},
+        "per_category": {"swap": {"group_score": swap_group, "text_score": 1.0, "image_score": 2.0}},
+    }
+
+
+def test_summary_is_mean_and_sample_std_over_seeds():
+    summary = summarise({"maple": [_run(10.0, 0.0), _run(20.0, 6.0), _run(30.0, 3.0)]})
+    assert summary["maple"]["group_score"] == pytest.approx({"mean": 20.0, "std": 10.0})
+    assert summary["maple"]["swap/group_score"] == pytest.approx({"mean": 3.0, "std": 3.0})
+    assert summary["maple"]["delta_gap"] == pytest.approx({"mean": 0.5, "std": 0.0})
+
+
+def test_one_seed_has_zero_std():
+    assert summarise({"infonce": [_run(10.0, 0.0)]})["infonce"]["group_score"] == {"mean": 10.0, "std": 0.0}
+
+
+def test_metric_values_flatten_categories_and_gap():
+    values = metric_values(_run(10.0, 0.0))
+    assert values["swap/text_score"] == 1.0 and values["w_disc"] == 0.2 and values["i2t_r1"] == 10.0
+
+
+@pytest.mark.parametrize("text, seeds", [("3", (0, 1, 2)), ("1", (0,)), ("0,5,7", (0, 5, 7))])
+def test_seed_option_is_a_count_or_a_list(text, seeds):
+    assert _seeds(text) == seeds
