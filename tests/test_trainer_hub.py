@@ -1,0 +1,60 @@
+"""`RPATrainer.push_to_hub` through the local Hub server: a LoRA run pushes the merged model, its processor and the
+model card; a process that cannot import this project loads the model by repo id and gets the same embeddings."""
+
+import json
+
+from hub_server import run_client
+
+REPO = "maple-org/rpa-tiny-lora"
+
+INPUTS = """
+from PIL import Image, ImageDraw
+TEXTS = ["a red square on the left", "a blue square on the right"]
+IMAGES = [Image.new("RGB", (16, 16), colour) for colour in ("red", "blue")]
+"""
+
+TRAIN_AND_PUSH = INPUTS + """
+import torch
+from modeling_maple.lora import maple_lora_config
+from modeling_maple.testing import build_tiny
+from trainer import RPAConfig, RPATrainer
+from trainer.testing import synthetic_preference_dataset
+
+model, processor = build_tiny("mllm", seed=0)
+args = RPAConfig(output_dir="{output_dir}", max_steps=2, per_device_train_batch_size=4, learning_rate=1e-2,
+                 save_strategy="no", report_to="none", push_to_hub=True, hub_model_id="{repo}", hub_strategy="end")
+trainer = RPATrainer(model, args=args, train_dataset=synthetic_preference_dataset(8), processing_class=processor,
+                     peft_config=maple_lora_config(model, r=4, lora_alpha=4, lora_dropout=0.0))
+trainer.train()
+trainer.push_to_hub(dataset_name="maple-org/synthetic-preferences")
+merged = trainer.model.merge_and_unload().eval()
+text, image = merged.encode(processor, texts=TEXTS, images=IMAGES)
+torch.save({{"text": text, "image": image}}, "{expected}")
+"""
+
+LOAD = INPUTS + """
+import json, torch
+from huggingface_hub import ModelCard
+from transformers import AutoModel, AutoProcessor
+expected = torch.load("{expected}")
+model = AutoModel.from_pretrained("{repo}", trust_remote_code=True)
+processor = AutoProcessor.from_pretrained("{repo}", trust_remote_code=True)
+text, image = model.encode(processor, texts=TEXTS, images=IMAGES)
+print(json.dumps({{
+    "model_class": type(model).__module__,
+    "identical": torch.allclose(text, expected["text"], atol=1e-6) and torch.allclose(image, expected["image"], atol=1e-6),
+    "card_text": ModelCard.load("{repo}").text,
+}}))
+"""
+
+
+def test_push_to_hub_uploads_a_loadable_merged_model_and_its_card(hub_server, tmp_path):
+    paths = {"repo": REPO, "output_dir": tmp_path / "run", "expected": tmp_path / "expected.pt"}
+    run_client(hub_server, tmp_path, TRAIN_AND_PUSH.format(**paths))
+    loaded = json.loads(run_client(hub_server, tmp_path, LOAD.format(**paths), isolated=True).strip().splitlines()[-1])
+
+    files = set(hub_server.files(REPO))
+    assert {"config.json", "model.safetensors", "modeling_maple.py", "processor_config.json", "README.md"} <= files
+    assert "adapter_config.json" not in files  # merged: AutoModel needs no PEFT
+    assert loaded["model_class"].startswith("transformers_modules.") and loaded["identical"]
+    assert "lora" in loaded["card_text"].lower() and "rpa_weight" in loaded["card_text"]
