@@ -63,9 +63,10 @@ def main() -> None:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     if args.model:
+        pixels = {"min_pixels": args.image_size**2, "max_pixels": args.image_size**2}
         judge = MLLMJudge.from_pretrained(
-            args.model, device=device, dtype=dtype, batch_size=args.batch_size,
-            image_processor_kwargs={"min_pixels": args.image_size**2, "max_pixels": args.image_size**2},
+            args.model, batch_size=args.batch_size,
+            loading_kwargs={"device": device, "dtype": dtype, "image_processor_kwargs": pixels},
         )
     else:
         judge = tiny_judge(seed=0, image_size=args.image_size, batch_size=args.batch_size)

@@ -12,7 +12,7 @@ import re
 import PIL.Image
 import torch
 
-from .vlm_inputs import check_supported, prompt_encoder_for
+from .vlm_inputs import load_vlm, prompt_encoder_for
 
 DEFAULT_CAPTION_PROMPT = (
     "The first image is the anchor; the second is a similar but different image. "
@@ -85,19 +85,16 @@ class ContrastiveCaptioner:
         cls,
         model_id_or_path: str,
         *,
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype | str = "auto",
-        image_processor_kwargs: dict | None = None,
+        loading_kwargs: dict | None = None,
         **captioner_kwargs,
     ) -> ContrastiveCaptioner:
-        """Load a captioner by Hub id or local path, e.g. "Qwen/Qwen2.5-VL-72B-Instruct"."""
-        from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+        """Load a captioner by Hub id or local path, e.g. "Qwen/Qwen2.5-VL-72B-Instruct".
 
-        check_supported(AutoConfig.from_pretrained(model_id_or_path))
-        model = AutoModelForImageTextToText.from_pretrained(model_id_or_path, dtype=dtype).to(device)
-        tokenizer = AutoTokenizer.from_pretrained(model_id_or_path)
-        image_processor = AutoImageProcessor.from_pretrained(model_id_or_path, **(image_processor_kwargs or {}))
-        return cls(model, tokenizer, image_processor, name=model_id_or_path, **captioner_kwargs)
+        `loading_kwargs` go to `vlm_inputs.load_vlm` (device, dtype, image_processor_kwargs,
+        model_kwargs such as `{"device_map": "auto"}`); `captioner_kwargs` to the constructor.
+        """
+        loaded = load_vlm(model_id_or_path, **(loading_kwargs or {}))
+        return cls(loaded.model, loaded.tokenizer, loaded.image_processor, name=model_id_or_path, **captioner_kwargs)
 
     @torch.inference_mode()
     def caption(self, anchors: list[PIL.Image.Image], negatives: list[PIL.Image.Image]) -> list[list[str]]:

@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     components.add_argument("--captioner", metavar="ID", help="contrastive captioner (paper: Qwen/Qwen2.5-VL-72B-Instruct); required by the 'paper' config")
     components.add_argument("--miner", default="facebook/dinov2-base", metavar="ID", help="image encoder for hard-negative mining and SemDeDup")
     components.add_argument("--device", default=None, help="device for the models; default: this rank's GPU if any, else cpu")
+    components.add_argument("--device-map", default=None, help="device_map for the judge and captioner (e.g. 'auto' to spread a 72B captioner over this machine's GPUs); overrides --device for them")
     components.add_argument("--dtype", default="auto", help="weights dtype of the judge and captioner (auto, bfloat16, float16, float32)")
     components.add_argument("--max-pixels", type=int, default=None, help="cap on image pixels seen by the judge and captioner (paper: 384*384 for training images)")
 
@@ -111,7 +112,12 @@ def _load_components(args: argparse.Namespace, device: str) -> dict[str, Any]:
     from .judge import JudgeEnsemble, MLLMJudge
     from .miner import HardNegativeMiner
 
-    image_processor_kwargs = {"max_pixels": args.max_pixels} if args.max_pixels else None
+    loading_kwargs = {
+        "device": device,
+        "dtype": args.dtype,
+        "image_processor_kwargs": {"max_pixels": args.max_pixels} if args.max_pixels else None,
+        "model_kwargs": {"device_map": args.device_map} if args.device_map else None,
+    }
     judge_kwargs = {"batch_size": args.judge_batch_size} | ({"prompt": args.judge_prompt} if args.judge_prompt else {})
     judges = []
     for spec in args.judge:
@@ -119,7 +125,7 @@ def _load_components(args: argparse.Namespace, device: str) -> dict[str, Any]:
         judges.append(
             factory()
             if factory
-            else MLLMJudge.from_pretrained(spec, device=device, dtype=args.dtype, image_processor_kwargs=image_processor_kwargs, **judge_kwargs)
+            else MLLMJudge.from_pretrained(spec, loading_kwargs=loading_kwargs, **judge_kwargs)
         )
     captioner = None
     if args.captioner:
@@ -130,9 +136,7 @@ def _load_components(args: argparse.Namespace, device: str) -> dict[str, Any]:
         captioner = (
             factory()
             if factory
-            else ContrastiveCaptioner.from_pretrained(
-                args.captioner, device=device, dtype=args.dtype, image_processor_kwargs=image_processor_kwargs, **caption_kwargs
-            )
+            else ContrastiveCaptioner.from_pretrained(args.captioner, loading_kwargs=loading_kwargs, **caption_kwargs)
         )
     miner_factory = _factory(args.miner)
     miner = miner_factory() if miner_factory else HardNegativeMiner.from_pretrained(args.miner, device=device)

@@ -16,7 +16,7 @@ import PIL.Image
 import torch
 from transformers import DynamicCache
 
-from .vlm_inputs import EncodedImages, PromptEncoder, check_supported, prompt_encoder_for
+from .vlm_inputs import EncodedImages, PromptEncoder, load_vlm, prompt_encoder_for
 
 DEFAULT_JUDGE_PROMPT = 'Does the image align with the text "{text}"? Answer Yes or No.'
 """The paper's judge question; the image comes first, as `<image>` does in the paper."""
@@ -96,23 +96,16 @@ class MLLMJudge:
         cls,
         model_id_or_path: str,
         *,
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype | str = "auto",
-        image_processor_kwargs: dict | None = None,
+        loading_kwargs: dict | None = None,
         **judge_kwargs,
     ) -> MLLMJudge:
         """Load a judge by Hub id or local path, e.g. "Qwen/Qwen2-VL-7B-Instruct".
 
-        `image_processor_kwargs` (e.g. `{"max_pixels": 384 * 384}`) go to the image processor;
-        `judge_kwargs` to the constructor.
+        `loading_kwargs` go to `vlm_inputs.load_vlm` (device, dtype, image_processor_kwargs,
+        model_kwargs such as `device_map`); `judge_kwargs` to the constructor.
         """
-        from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
-
-        check_supported(AutoConfig.from_pretrained(model_id_or_path))
-        model = AutoModelForImageTextToText.from_pretrained(model_id_or_path, dtype=dtype).to(device)
-        tokenizer = AutoTokenizer.from_pretrained(model_id_or_path)
-        image_processor = AutoImageProcessor.from_pretrained(model_id_or_path, **(image_processor_kwargs or {}))
-        return cls(model, tokenizer, image_processor, name=model_id_or_path, **judge_kwargs)
+        loaded = load_vlm(model_id_or_path, **(loading_kwargs or {}))
+        return cls(loaded.model, loaded.tokenizer, loaded.image_processor, name=model_id_or_path, **judge_kwargs)
 
     def _split_prompt(self) -> tuple[str, str]:
         """The rendered prompt cut into the part shared by all candidate texts and the rest:

@@ -181,3 +181,44 @@ def prompt_encoder_for(config, tokenizer, image_processor, *, chat_template: str
     """The prompt encoder of `config`'s model family."""
     check_supported(config)
     return PROMPT_ENCODERS[config.model_type](config, tokenizer, image_processor, chat_template=chat_template)
+
+
+@dataclass(frozen=True)
+class LoadedVLM:
+    """A model of a supported family with its own tokenizer and image processor."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    image_processor: object
+
+
+def load_vlm(
+    model_id_or_path: str,
+    *,
+    device: str | torch.device | None = "cpu",
+    dtype: torch.dtype | str = "auto",
+    image_processor_kwargs: dict | None = None,
+    model_kwargs: dict | None = None,
+) -> LoadedVLM:
+    """Load an image-text-to-text model by Hub id or local path, after checking its family is
+    supported (so an unsupported id fails before any weights are downloaded).
+
+    Args:
+        device: where the model goes; ignored when `model_kwargs` holds a `device_map` (large
+            models such as a 72B captioner spread over several GPUs).
+        dtype: weights dtype ("auto": as saved).
+        image_processor_kwargs: e.g. `{"max_pixels": 384 * 384}` for Qwen2-VL.
+        model_kwargs: more `from_pretrained` arguments (`device_map`, `attn_implementation`, ...).
+    """
+    from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+
+    check_supported(AutoConfig.from_pretrained(model_id_or_path))
+    model_kwargs = dict(model_kwargs or {})
+    model = AutoModelForImageTextToText.from_pretrained(model_id_or_path, dtype=dtype, **model_kwargs)
+    if "device_map" not in model_kwargs and device is not None:
+        model = model.to(device)
+    return LoadedVLM(
+        model=model,
+        tokenizer=AutoTokenizer.from_pretrained(model_id_or_path),
+        image_processor=AutoImageProcessor.from_pretrained(model_id_or_path, **(image_processor_kwargs or {})),
+    )

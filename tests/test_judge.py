@@ -219,7 +219,7 @@ def test_from_pretrained_loads_a_saved_judge(tmp_path):
     source.model.save_pretrained(tmp_path)
     source.prompt_encoder.tokenizer.save_pretrained(tmp_path)
     source.prompt_encoder.image_processor.save_pretrained(tmp_path)
-    loaded = MLLMJudge.from_pretrained(str(tmp_path), dtype=torch.float32, batch_size=4)
+    loaded = MLLMJudge.from_pretrained(str(tmp_path), loading_kwargs={"dtype": torch.float32}, batch_size=4)
     assert loaded.name == str(tmp_path)
     for a, b in zip(loaded.score(IMAGES, TEXTS), source.score(IMAGES, TEXTS)):
         torch.testing.assert_close(a, b)
