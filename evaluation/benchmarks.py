@@ -177,20 +177,35 @@ def _check_file(path: Path) -> Path:
     return path
 
 
+NATURALBENCH_ARCHIVE = "NaturalBench-Retrieval.zip"
+
+
+def _naturalbench_folder(folder: Path) -> Path:
+    """The folder holding metadata.json: `folder` itself, its NaturalBench-Retrieval/ subfolder, or
+    the archive in `folder` extracted under HF_HOME/maple (never inside the read-only Hub cache)."""
+    for candidate in (folder, folder / "NaturalBench-Retrieval"):
+        if (candidate / "metadata.json").exists():
+            return candidate
+    archive = folder / NATURALBENCH_ARCHIVE
+    if not archive.exists():
+        return folder  # reported by the caller
+    import shutil
+
+    from huggingface_hub import constants
+
+    target = Path(constants.HF_HOME) / "maple" / "naturalbench" / archive.resolve().name
+    if not (target / "NaturalBench-Retrieval" / "metadata.json").exists():
+        shutil.unpack_archive(archive, target)
+    return target / "NaturalBench-Retrieval"
+
+
 def _load_naturalbench(source: str, spec: BenchmarkSpec) -> QuadrupleBenchmark:
     """NaturalBench-Retrieval: `metadata.json` (a list of {index, image_0, image_1, caption_0,
     caption_1}) and `images/`, as in the zip of the Hub repo; parquet in the same columns also works."""
     path = Path(source).expanduser()
     if path.suffix == ".parquet" or (path.is_dir() and not (path / "metadata.json").exists() and any(path.rglob("*.parquet"))):
         return _load_quadruple_table(source, spec)
-    folder = _hub_folder(source, ["NaturalBench-Retrieval.zip"])
-    if not (folder / "metadata.json").exists():
-        archive = folder / "NaturalBench-Retrieval.zip"
-        if archive.exists():
-            import shutil
-
-            shutil.unpack_archive(archive, folder)
-        folder = folder / "NaturalBench-Retrieval" if (folder / "NaturalBench-Retrieval").is_dir() else folder
+    folder = _naturalbench_folder(path if path.is_dir() else _hub_folder(source, [NATURALBENCH_ARCHIVE]))
     metadata_file = folder / "metadata.json"
     if not metadata_file.is_file():
         raise BenchmarkFormatError(f"{folder}: NaturalBench-Retrieval needs metadata.json and images/")

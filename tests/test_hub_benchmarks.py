@@ -1,0 +1,55 @@
+"""Every benchmark loads by its official Hub id: the fixtures (real schemas) are published on the
+local Hub server under those ids, then `load_benchmark(name)` fetches them with no local source."""
+
+import json
+import shutil
+
+from hub_server import run_client
+
+PUBLISH_AND_LOAD = """
+import json, os
+from huggingface_hub import HfApi
+from PIL import Image
+from evaluation.benchmarks import BENCHMARKS, load_benchmark
+
+fixtures = json.loads(os.environ["MAPLE_TEST_FIXTURES"])
+api = HfApi()
+for name, spec in BENCHMARKS.items():
+    api.create_repo(spec.hub_id, repo_type="dataset", exist_ok=True)
+    source = fixtures[name]
+    if source.endswith(".parquet"):
+        api.upload_file(path_or_fileobj=source, path_in_repo="data/test-00000-of-00001.parquet", repo_id=spec.hub_id, repo_type="dataset")
+    elif source.endswith(".zip"):
+        api.upload_file(path_or_fileobj=source, path_in_repo=os.path.basename(source), repo_id=spec.hub_id, repo_type="dataset")
+    else:
+        api.upload_folder(folder_path=source, repo_id=spec.hub_id, repo_type="dataset")
+
+summary = {}
+for name in BENCHMARKS:
+    benchmark = load_benchmark(name)
+    if hasattr(benchmark, "captions_per_image"):
+        summary[name] = {"captions": benchmark.captions_per_image, "image_size": list(benchmark.images[0].size)}
+    else:
+        images = [image if isinstance(image, Image.Image) else Image.open(image) for image in benchmark.quadruples[0][:2]]
+        summary[name] = {"texts": [q[2] for q in benchmark.quadruples], "categories": benchmark.categories,
+                         "image_sizes": [list(image.size) for image in images]}
+print(json.dumps(summary))
+"""
+
+
+def test_every_benchmark_loads_by_its_hub_id(hub_server, benchmark_sources, tmp_path):
+    fixtures = {name: str(path) for name, path in benchmark_sources.items()}
+    # NaturalBench-Retrieval ships on the Hub as a zip of its folder.
+    fixtures["naturalbench"] = shutil.make_archive(
+        str(tmp_path / "NaturalBench-Retrieval"), "zip", root_dir=benchmark_sources["naturalbench"].parent, base_dir="NaturalBench-Retrieval"
+    )
+    flickr_parquet = next(benchmark_sources["flickr30k"].rglob("*.parquet"))
+    fixtures["flickr30k"] = str(flickr_parquet)
+    summary = json.loads(run_client(hub_server, tmp_path, PUBLISH_AND_LOAD, MAPLE_TEST_FIXTURES=json.dumps(fixtures)).strip().splitlines()[-1])
+    assert [len(c) for c in summary["coco"]["captions"]] == [5, 5, 6] and summary["coco"]["image_size"] == [24, 24]
+    assert summary["flickr30k"]["captions"][0][0] == "flickr 0 says 0"
+    assert summary["winoground"]["categories"] == ["object", "relation", "object"]
+    assert summary["bivlc"]["categories"] == ["replace", "swap", "add"]
+    assert summary["naturalbench"]["texts"] == ["scene 0 with a man", "scene 1 with a man"]
+    assert summary["mmvp"]["categories"] == ["orientation and direction", "color and appearance"]
+    assert all(summary[name]["image_sizes"] == [[24, 24], [24, 24]] for name in ("winoground", "naturalbench", "mmvp", "bivlc"))
