@@ -8,7 +8,7 @@ import torch
 from modeling_maple.lora import maple_lora_config
 from modeling_maple.testing import build_tiny
 from trainer import RPAConfig, RPATrainer
-from trainer.testing import synthetic_preference_dataset
+from trainer.testing import describe_scene, draw_scene, synthetic_preference_dataset
 
 
 def make_config(tmp_path, **overrides):
@@ -63,6 +63,21 @@ def test_training_lowers_both_losses_and_raises_reward_accuracy(tmp_path):
         assert 0.0 <= after[f"eval_recall@1/{direction}"] <= 1.0
     assert {"beta", "temperature", "rewards/margins"} <= set(logs[-1])
     assert logs[0]["beta"] == pytest.approx(1 / 0.07, rel=0.01) and logs[0]["temperature"] == pytest.approx(0.07, rel=0.01)
+
+
+def test_evaluation_reports_fine_grained_scores_on_quadruples(tmp_path):
+    model, processor = build_tiny("dual_encoder", seed=0)
+    swapped_sides = [
+        (draw_scene(colour, "left"), draw_scene(colour, "right"), describe_scene(colour, "left"),
+         describe_scene(colour, "right"))
+        for colour in ("red", "blue")
+    ]
+    trainer = RPATrainer(model, args=make_config(tmp_path), train_dataset=synthetic_preference_dataset(8),
+                         processing_class=processor, eval_quadruples={"sides": swapped_sides})
+    metrics = trainer.evaluate(synthetic_preference_dataset(8, seed=1))
+    for key in ("text_score", "image_score", "group_score"):
+        assert 0.0 <= metrics[f"eval_sides/{key}"] <= 100.0
+    assert "eval_sides/group_score" in trainer.state.log_history[-1]
 
 
 def test_mllm_backbone_trains_with_sampled_candidates(tmp_path):

@@ -12,12 +12,13 @@ import math
 import os
 import textwrap
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import safetensors.torch
 import torch
 from datasets import Dataset, IterableDataset
 from peft import PeftConfig, PeftModel, get_peft_model
+from PIL import Image
 from torch import Tensor, nn
 from transformers import AutoModel, AutoProcessor, EvalPrediction, ProcessorMixin, TrainerCallback
 from transformers.trainer_utils import EvalLoopOutput
@@ -30,6 +31,8 @@ from .losses import contrastive_loss, preference_agreement, rpa_listwise_loss, r
 from .rpa_config import RPAConfig
 from .schema import PREFERENCE_COLUMNS, validate_preference_dataset
 
+# (image_0, image_1, text_0, text_1), text_i describing image_i
+Quadruple = tuple[Image.Image, Image.Image, str, str]
 RPA_LOSSES = {"listwise": rpa_listwise_loss, "pairwise": rpa_pairwise_loss}
 # Under PEFT, the trainable state (adapters and the learnable scales) of a checkpoint, for resuming.
 PEFT_TRAINABLE_STATE = "trainable_state.safetensors"
@@ -62,6 +65,9 @@ class RPATrainer(DPOTrainer):
         processing_class: the `MapleProcessor`; loaded from `model`'s path when it is a string.
         compute_metrics, callbacks, optimizers: as in `transformers.Trainer`.
         peft_config: wraps the model with PEFT (e.g. `modeling_maple.lora`'s LoRA set-up of the paper).
+        eval_quadruples: fine-grained evaluation sets, `{name: [(image_0, image_1, text_0, text_1), ...]}` with
+            `text_i` describing `image_i` (Winoground style); every evaluation then also logs
+            `eval_<name>/text_score`, `/image_score` and `/group_score` (0-100, `evaluation.protocols`).
     """
 
     _tag_names = ["trl", "maple", "rpa"]
@@ -92,6 +98,7 @@ class RPATrainer(DPOTrainer):
         callbacks: list[TrainerCallback] | None = None,
         optimizers: tuple[torch.optim.Optimizer | None, torch.optim.lr_scheduler.LambdaLR | None] = (None, None),
         peft_config: PeftConfig | None = None,
+        eval_quadruples: dict[str, Sequence[Quadruple]] | None = None,
     ):
         if args is None:
             name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "") or "maple"
@@ -141,6 +148,7 @@ class RPATrainer(DPOTrainer):
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self.maybe_activation_offload_context = contextlib.nullcontext()
         self._eval_anchor_embeds: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+        self.eval_quadruples = eval_quadruples or {}
 
         train_dataset = self._prepare_dataset(train_dataset, processing_class, args, "train")
         if isinstance(eval_dataset, dict):
@@ -306,6 +314,21 @@ class RPATrainer(DPOTrainer):
             output.metrics[f"{prefix}_recall@1/image_to_text"] = _recall_at_1(images, texts, text_ids, text_ids)
             self._eval_anchor_embeds = []
         return output
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        if self.eval_quadruples:
+            from evaluation.protocols import evaluate_quadruples
+
+            model = self.accelerator.unwrap_model(self.model)
+            fine_grained = {}
+            for name, quadruples in self.eval_quadruples.items():
+                scores = evaluate_quadruples(model, self.processing_class, list(quadruples))
+                for key in ("text_score", "image_score", "group_score"):
+                    fine_grained[f"{metric_key_prefix}_{name}/{key}"] = scores[key]
+            self.log(fine_grained)
+            metrics.update(fine_grained)
+        return metrics
 
     # ------------------------------------------------------------------------------------------ saving
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
