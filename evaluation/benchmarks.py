@@ -1,6 +1,6 @@
 """Benchmark loaders: by Hub id for users with the Hub, or from a local copy in the same schema.
 
-Two kinds of benchmark, as in the paper (sec. 7 of docs/evaluation.md):
+Two kinds of benchmark, as in the paper (protocols and schemas: docs/evaluation.md):
 
 - retrieval (`coco`, `flickr30k`): images, each with several captions;
 - quadruples (`winoground`, `naturalbench`, `mmvp`, `bivlc`): (I0, I1, T0, T1) with T0 describing
@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from PIL import Image
 
 
 class BenchmarkFormatError(ValueError):

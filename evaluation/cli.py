@@ -99,7 +99,7 @@ def push_results(repo_id: str, results: dict[str, Any]) -> None:
 
     from model_cards import with_eval_results
 
-    card = with_eval_results(ModelCard.load(repo_id), results)
+    card = with_eval_results(ModelCard.load(repo_id), results, model_name=repo_id)
     card.push_to_hub(repo_id, commit_message="Add MAPLE evaluation results")
 
 

@@ -110,12 +110,13 @@ def render_evaluation_section(eval_results: Mapping[str, Mapping[str, Any]], rep
     return template.render(repo_id=repo_id, **_table_rows(eval_results))
 
 
-def with_eval_results(card: ModelCard, eval_results: Mapping[str, Mapping[str, Any]]) -> ModelCard:
+def with_eval_results(card: ModelCard, eval_results: Mapping[str, Mapping[str, Any]], model_name: str | None = None) -> ModelCard:
     """`card` with its evaluation section and `model-index` replaced by `eval_results` (used by
-    `maple eval --push-to-hub`); a card without a MAPLE evaluation section gets one appended."""
-    card.data.eval_results = _eval_results(eval_results) or None
-    if card.data.eval_results and not card.data.model_name:
-        card.data.model_name = card.data.to_dict().get("model_name") or "MAPLE embedder"
+    `maple eval --push-to-hub`); a card without a MAPLE evaluation section gets one appended.
+    `model-index` needs a model name: the card's own, else `model_name` (e.g. the repo id)."""
+    data = ModelCard(str(card)).data  # a copy: the caller's card stays as it is
+    data.eval_results = _eval_results(eval_results) or None
+    data.model_name = data.model_name or model_name or "MAPLE embedder"
     section = render_evaluation_section(eval_results)
     text = card.text
     start, end = text.find("## Evaluation\n"), text.find(EVALUATION_END)
@@ -123,7 +124,7 @@ def with_eval_results(card: ModelCard, eval_results: Mapping[str, Mapping[str, A
         text = text[:start] + section + text[end + len(EVALUATION_END) :].lstrip("\n")
     else:
         text = text.rstrip("\n") + "\n\n" + section
-    return ModelCard(f"---\n{card.data.to_yaml()}\n---\n{text}")
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{text}")
 
 
 def plot_training_curves(log_history: Sequence[Mapping[str, Any]], path: Path) -> bool:
