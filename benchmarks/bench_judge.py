@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=128, help="pixels per side; 128 -> 256 image tokens")
     parser.add_argument("--caption-words", type=int, default=12, help="words per caption (about 16 tokens)")
     parser.add_argument("--batch-size", type=int, default=8, help="pairs (or suffixes) per forward, both paths")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per path, interleaved; the median is reported")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per path, interleaved; the fastest is reported (as timeit does: on a shared machine slower runs measure the neighbours)")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -90,7 +90,7 @@ def main() -> None:
             seconds[path].append(time.perf_counter() - started)
     pairs = args.anchors * args.candidates
     max_difference = max(float((a - b).abs().max()) for a, b in zip(results["reuse_prefix"], results["per_pair"]))
-    throughput = {path: pairs / statistics.median(times) for path, times in seconds.items()}
+    throughput = {path: pairs / min(times) for path, times in seconds.items()}
     report = {
         "judge": judge.name,
         "device": str(device),
@@ -105,6 +105,7 @@ def main() -> None:
         "pairs_per_s_reuse_prefix": round(throughput["reuse_prefix"], 2),
         "pairs_per_s_per_pair": round(throughput["per_pair"], 2),
         "speedup": round(throughput["reuse_prefix"] / throughput["per_pair"], 2),
+        "speedup_of_medians": round(statistics.median(seconds["per_pair"]) / statistics.median(seconds["reuse_prefix"]), 2),
         "max_alpha_difference": max_difference,
     }
     print(json.dumps(report, indent=2))
