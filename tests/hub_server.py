@@ -168,9 +168,14 @@ class HubRequestHandler(BaseHTTPRequestHandler):
                     return
             raise HubError(404, f"no route for {method} {url.path}")
         except HubError as error:
-            body = json.dumps({"error": error.message, **error.body}).encode()
-            headers = {"X-Error-Message": error.message, **({"X-Error-Code": error.code} if error.code else {})}
-            self._send(error.status, body, "application/json", headers)
+            self._send_error(error)
+        except Exception as error:  # a server bug: answer 500 with the cause rather than drop the connection
+            self._send_error(HubError(500, f"hub_server failed on {method} {url.path}: {error!r}"))
+
+    def _send_error(self, error: HubError) -> None:
+        body = json.dumps({"error": error.message, **error.body}).encode()
+        headers = {"X-Error-Message": error.message, **({"X-Error-Code": error.code} if error.code else {})}
+        self._send(error.status, body, "application/json", headers)
 
     def _check_access(self, state: HubState) -> None:
         if state.required_token and self.headers.get("Authorization") != f"Bearer {state.required_token}":
