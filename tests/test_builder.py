@@ -4,7 +4,6 @@ Judges and captioners are fast deterministic stand-ins, except in the end-to-end
 import json
 
 import datasets
-import pyarrow.parquet as pq
 import pytest
 import torch
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import datasets
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from dataset_builders.builder import MaplePreferences
