@@ -15,6 +15,7 @@ from .metrics import DEFAULT_KS, group_score_hits, modality_gap_from_quadruples,
 from .retrieval import chunked_ranks
 
 Quadruples = Sequence[Sequence[Any]]  # each (image0, image1, text0, text1), e.g. `benchmarks.Quadruple`
+HISTOGRAM_BINS = 40  # over the cosine range [-1, 1]
 
 
 def evaluate_retrieval(
@@ -85,7 +86,10 @@ def evaluate_quadruples(
 
     Returns {"text_score", "image_score", "group_score", "num_quadruples",
     "per_category": {category: {text_score, image_score, group_score, num_quadruples}},
-    "modality_gap": {w_dist, w_disc, delta_gap}}; "per_category" only with `categories`.
+    "modality_gap": {w_dist, w_disc, delta_gap},
+    "similarity_histograms": {bin_edges, matched, mismatched, text_text}}; "per_category" only
+    with `categories`. The histograms (counts of cosines in 40 bins over [-1, 1]) show the gap
+    that the Wasserstein distances summarise; model cards plot them.
     """
     if categories is not None and len(categories) != len(quadruples):
         raise ValueError(f"categories: expected one per quadruple ({len(quadruples)}), got {len(categories)}")
@@ -104,7 +108,16 @@ def evaluate_quadruples(
             category: scores(torch.tensor([label == category for label in labels])) for category in sorted(set(labels))
         }
     result["modality_gap"] = modality_gap_from_quadruples(image_text, text_text)
+    result["similarity_histograms"] = _similarity_histograms(image_text, text_text)
     return result
+
+
+def _similarity_histograms(image_text: torch.Tensor, text_text: torch.Tensor) -> dict[str, list[float]]:
+    """Counts of matched, mismatched and text-text cosines in HISTOGRAM_BINS bins over [-1, 1]."""
+    samples = {"matched": image_text[:, [0, 3]], "mismatched": image_text[:, [1, 2]], "text_text": text_text}
+    histograms = {name: torch.histc(values.flatten().float(), bins=HISTOGRAM_BINS, min=-1.0, max=1.0).long().tolist()
+                  for name, values in samples.items()}
+    return {"bin_edges": torch.linspace(-1.0, 1.0, HISTOGRAM_BINS + 1).tolist(), **histograms}
 
 
 def modality_gap(model, processor, quadruples: Quadruples, batch_size: int = 32) -> dict[str, float]:

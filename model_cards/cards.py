@@ -16,6 +16,7 @@ from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard,
 
 TEMPLATES = Path(__file__).parent / "templates"
 CURVES_FILE = "training_curves.png"
+GAP_HISTOGRAM_FILE = "similarity_histograms.png"
 HISTOGRAM_FILE = "score_histograms.png"
 
 # Hyper-parameters worth a line in the card, in this order, when the training config has them.
@@ -161,6 +162,31 @@ def plot_training_curves(log_history: Sequence[Mapping[str, Any]], path: Path) -
     return True
 
 
+def plot_similarity_histograms(eval_results: Mapping[str, Mapping[str, Any]], path: Path) -> bool:
+    """One panel per quadruple benchmark: matched, mismatched and text-text cosine histograms (the
+    modality gap); False if no benchmark has them."""
+    benchmarks = {name: metrics["similarity_histograms"] for name, metrics in eval_results.items() if "similarity_histograms" in metrics}
+    if not benchmarks:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(benchmarks), figsize=(4.5 * len(benchmarks), 3), squeeze=False)
+    for axis, (name, histograms) in zip(axes.flat, sorted(benchmarks.items())):
+        edges = histograms["bin_edges"]
+        for label in ("matched", "mismatched", "text_text"):
+            axis.stairs(histograms[label], edges, label=label.replace("_", "-"))
+        axis.set_title(name)
+        axis.set_xlabel("cosine similarity")
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return True
+
+
 def _as_dict(training_config: Any) -> dict[str, Any]:
     if training_config is None:
         return {}
@@ -191,7 +217,8 @@ def model_card_from_run(
     lora: Mapping[str, Any] | None = None,
     repo_id: str | None = None,
 ) -> ModelCard:
-    """The model card of a training run; writes `training_curves.png` into `output_dir`.
+    """The model card of a training run; writes `training_curves.png` (and, with quadruple
+    benchmarks, `similarity_histograms.png`) into `output_dir`.
 
     Args:
         output_dir: the checkpoint folder; the card (README.md, saved by the caller) and its figures go there.
@@ -219,6 +246,7 @@ def model_card_from_run(
         eval_results=_eval_results(eval_results) or None,
     )
     has_curves = plot_training_curves(log_history, output_dir / CURVES_FILE)
+    has_histograms = plot_similarity_histograms(eval_results, output_dir / GAP_HISTOGRAM_FILE)
     return ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATES / "model_card.md"),
@@ -236,6 +264,7 @@ def model_card_from_run(
         judge_id=judge_id,
         hyperparameters=[(key, config[key]) for key in CARD_HYPERPARAMETERS if config.get(key) is not None],
         curves_file=CURVES_FILE if has_curves else None,
+        histogram_file=GAP_HISTOGRAM_FILE if has_histograms else None,
         evaluation_section=render_evaluation_section(eval_results, repo_id),
     )
 

@@ -58,6 +58,11 @@ def test_quadruple_protocol_equals_group_scores(tiny, benchmark_sources):
     assert result["per_category"]["swap"] == pytest.approx(group_scores(similarities[1:2]) | {"num_quadruples": 1})
     text_text = (text[:, 0] * text[:, 1]).sum(-1)
     assert result["modality_gap"] == pytest.approx(modality_gap_from_quadruples(similarities, text_text), rel=1e-5)
+    histograms = result["similarity_histograms"]
+    assert len(histograms["bin_edges"]) == 41 and histograms["bin_edges"][0] == -1.0 and histograms["bin_edges"][-1] == 1.0
+    assert (sum(histograms["matched"]), sum(histograms["mismatched"]), sum(histograms["text_text"])) == (6, 6, 3)
+    bin_of_s00 = int((similarities[0, 0].item() + 1) / 2 * 40)
+    assert histograms["matched"][bin_of_s00] >= 1
 
 
 def test_cli_compares_models_writes_tables_and_resumes(tiny, benchmark_sources, tmp_path, capsys):

@@ -60,13 +60,15 @@ def test_model_card_from_a_tiny_run(tiny_run):
     curves = Image.open(output_dir / "training_curves.png")
     assert curves.format == "PNG" and curves.size[0] >= 400
     assert "![Training curves](training_curves.png)" in text
+    assert Image.open(output_dir / "similarity_histograms.png").format == "PNG"
+    assert "![Similarity histograms](similarity_histograms.png)" in text
 
 
 def test_model_card_without_eval_or_logs(tmp_path):
     card = model_card_from_run(tmp_path, base_model=None, backbone="mllm", training_config={}, log_history=[], eval_results={})
     assert ModelCard(str(card)).data.eval_results is None
-    assert "No evaluation was run" in card.text and "Training curves" not in card.text
-    assert not (tmp_path / "training_curves.png").exists()
+    assert "No evaluation was run" in card.text and "Training curves" not in card.text and "Similarity histograms" not in card.text
+    assert not (tmp_path / "training_curves.png").exists() and not (tmp_path / "similarity_histograms.png").exists()
 
 
 def test_with_eval_results_replaces_the_section(tmp_path):
