@@ -206,7 +206,6 @@ class RPATrainer(DPOTrainer):
     def compute_ref_log_probs(self, model, inputs):
         """The reference embedder's counterpart of DPO's reference log-probabilities: its cosine similarities
         ``(txt2img, img2txt)`` between anchors and candidates, without gradient."""
-        model_inputs = {key: value for key, value in inputs.items() if key not in PREFERENCE_KEYS}
         if self.ref_model is not None:
             reference = self.ref_model
             adapters_off = contextlib.nullcontext()
@@ -214,68 +213,68 @@ class RPATrainer(DPOTrainer):
             reference = self.accelerator.unwrap_model(self.model)
             adapters_off = reference.disable_adapter()
         with torch.no_grad(), adapters_off:
-            outputs = reference(**model_inputs)
+            outputs = reference(**_model_inputs(inputs))
         return _candidate_similarities(outputs.text_embeds, outputs.image_embeds, inputs)
 
     def _compute_loss(self, model, inputs, return_outputs):
         mode = "train" if self.model.training else "eval"
-        model_inputs = {key: value for key, value in inputs.items() if key not in PREFERENCE_KEYS}
-        outputs = model(**model_inputs)  # the step's only forward through the wrapped model
-        text_embeds, image_embeds = outputs.text_embeds, outputs.image_embeds
+        outputs = model(**_model_inputs(inputs))  # the step's only forward through the wrapped model
         unwrapped = self.accelerator.unwrap_model(model)
         beta, inverse_temperature = unwrapped.preference_logit_scale.exp(), unwrapped.logit_scale.exp()
 
-        txt2img, img2txt = _candidate_similarities(text_embeds, image_embeds, inputs)
+        similarities = _candidate_similarities(outputs.text_embeds, outputs.image_embeds, inputs)
         if self.args.reference == "frozen":
-            reference_txt2img, reference_img2txt = self.compute_ref_log_probs(model, inputs)
-            txt2img, img2txt = txt2img - reference_txt2img, img2txt - reference_img2txt
-        rpa_loss_fn = RPA_LOSSES[self.args.rpa_loss]
-        directions = (
-            (beta * txt2img, inputs["txt2img_scores"], inputs["candidate_image_mask"]),
-            (beta * img2txt, inputs["img2txt_scores"], inputs["candidate_text_mask"]),
-        )
-        rpa = sum(rpa_loss_fn(scores, judge, mask) for scores, judge, mask in directions) / 2
+            reference = self.compute_ref_log_probs(model, inputs)
+            similarities = tuple(policy - frozen for policy, frozen in zip(similarities, reference))
+        rankings = [  # (scores, judge scores, mask) of the txt2img and img2txt directions
+            (beta * similarities[0], inputs["txt2img_scores"], inputs["candidate_image_mask"]),
+            (beta * similarities[1], inputs["img2txt_scores"], inputs["candidate_text_mask"]),
+        ]
+        rpa = sum(RPA_LOSSES[self.args.rpa_loss](*ranking) for ranking in rankings) / 2
+        contrastive = self._contrastive_loss(outputs.text_embeds, outputs.image_embeds, inputs, inverse_temperature)
+        loss = self.args.rpa_weight * rpa + (1 - self.args.rpa_weight) * contrastive
 
-        anchor_texts = text_embeds[inputs["anchor_text_index"]]
-        anchor_images = image_embeds[inputs["anchor_image_index"]]
+        self._log_mean(mode, "loss/rpa", rpa)
+        self._log_mean(mode, "loss/contrastive", contrastive)
+        agreement = [preference_agreement(scores.detach(), judge, mask) for scores, judge, mask in rankings]
+        self._log_mean(mode, "rewards/accuracies", torch.stack([accuracy for accuracy, _ in agreement]).nanmean())
+        self._log_mean(mode, "rewards/margins", torch.stack([margin for _, margin in agreement]).nanmean())
+        self._metrics[mode]["beta"].append(beta.item())
+        self._metrics[mode]["temperature"].append(1.0 / inverse_temperature.item())
+        if mode == "eval":
+            self._collect_eval_anchors(outputs.text_embeds, outputs.image_embeds, inputs)
+        else:
+            self._stop_on_non_finite(loss, rpa, contrastive)
+        return (loss, outputs) if return_outputs else loss
+
+    def _contrastive_loss(self, text_embeds: Tensor, image_embeds: Tensor, inputs, inverse_temperature) -> Tensor:
+        """InfoNCE of the anchors; with `expand_negatives` every embedded item joins the pool (the anchors among
+        them are removed again as duplicates, by id)."""
         text_ids, image_ids = inputs["text_ids"], inputs["image_ids"]
-        anchor_text_ids = text_ids[inputs["anchor_text_index"]]
-        anchor_image_ids = image_ids[inputs["anchor_image_index"]]
         expanded = {}
-        if self.args.expand_negatives:  # all embedded items; the anchors among them are removed as duplicates
+        if self.args.expand_negatives:
             expanded = dict(
                 negative_image_embeds=image_embeds,
                 negative_text_embeds=text_embeds,
                 negative_image_ids=image_ids,
                 negative_text_ids=text_ids,
             )
-        contrastive = contrastive_loss(
-            anchor_images,
-            anchor_texts,
+        return contrastive_loss(
+            image_embeds[inputs["anchor_image_index"]],
+            text_embeds[inputs["anchor_text_index"]],
             inverse_temperature,
-            image_ids=anchor_image_ids,
-            text_ids=anchor_text_ids,
+            image_ids=image_ids[inputs["anchor_image_index"]],
+            text_ids=text_ids[inputs["anchor_text_index"]],
             gather_across_processes=self.args.gather_negatives,
             **expanded,
         )
-        loss = self.args.rpa_weight * rpa + (1 - self.args.rpa_weight) * contrastive
 
-        agreement = [preference_agreement(scores.detach(), judge, mask) for scores, judge, mask in directions]
-        self._log_mean(mode, "loss/rpa", rpa)
-        self._log_mean(mode, "loss/contrastive", contrastive)
-        self._log_mean(mode, "rewards/accuracies", torch.stack([accuracy for accuracy, _ in agreement]).nanmean())
-        self._log_mean(mode, "rewards/margins", torch.stack([margin for _, margin in agreement]).nanmean())
-        self._metrics[mode]["beta"].append(beta.item())
-        self._metrics[mode]["temperature"].append(1.0 / inverse_temperature.item())
-        if mode == "eval":
-            self._eval_anchor_embeds.append(
-                self.accelerator.gather_for_metrics(
-                    (anchor_texts.detach(), anchor_images.detach(), anchor_text_ids, anchor_image_ids)
-                )
-            )
-        if mode == "train":
-            self._stop_on_non_finite(loss, rpa, contrastive)
-        return (loss, outputs) if return_outputs else loss
+    def _collect_eval_anchors(self, text_embeds: Tensor, image_embeds: Tensor, inputs) -> None:
+        """Keeps the batch's anchor embeddings and ids (from all processes) for retrieval over the eval set."""
+        texts, images = inputs["anchor_text_index"], inputs["anchor_image_index"]
+        anchors = (text_embeds[texts].detach(), image_embeds[images].detach(), inputs["text_ids"][texts],
+                   inputs["image_ids"][images])
+        self._eval_anchor_embeds.append(self.accelerator.gather_for_metrics(anchors))
 
     def _log_mean(self, mode: str, key: str, value: Tensor) -> None:
         self._metrics[mode][key].append(self.accelerator.gather(value.detach().reshape(1)).nanmean().item())
@@ -392,6 +391,11 @@ class _CollatorEpoch(TrainerCallback):
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self.collator.set_epoch(int(state.epoch or 0))
+
+
+def _model_inputs(inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The processor's tensors of a collated batch, without the collator's bookkeeping."""
+    return {key: value for key, value in inputs.items() if key not in PREFERENCE_KEYS}
 
 
 def _candidate_similarities(text_embeds: Tensor, image_embeds: Tensor, inputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
