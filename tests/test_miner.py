@@ -41,6 +41,26 @@ def test_memory_is_bounded_by_the_block_shape(monkeypatch):
     assert sum(q * c for q, c in block_shapes) == num_rows * num_rows
 
 
+def test_search_over_120k_rows_stays_in_blocks_and_is_exact(monkeypatch):
+    block_sizes = []
+    original = miner_module._block_similarities
+
+    def recording(queries, keys):
+        block_sizes.append(queries.shape[0] * keys.shape[0])
+        return original(queries, keys)
+
+    monkeypatch.setattr(miner_module, "_block_similarities", recording)
+    # 16 dimensions keep neighbour similarities apart, so float rounding cannot reorder them.
+    embeddings = torch.randn(120_000, 16, generator=torch.Generator().manual_seed(4))
+    queries = torch.arange(0, 120_000, 1500)
+    found = top_k_neighbours(embeddings, 3, query_rows=queries, query_chunk_size=32, key_chunk_size=8192)
+    assert max(block_sizes) <= 32 * 8192
+    normalised = torch.nn.functional.normalize(embeddings, dim=-1)
+    similarities = normalised[queries] @ normalised.T
+    similarities[torch.arange(len(queries)), queries] = float("-inf")
+    assert torch.equal(found.indices, similarities.topk(3, dim=1).indices)
+
+
 def test_self_and_exact_duplicates_are_excluded():
     base = torch.randn(6, 4, generator=torch.Generator().manual_seed(1))
     embeddings = torch.cat([base, base[:1] * 2.0])  # row 6 duplicates row 0 (same direction)
