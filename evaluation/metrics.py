@@ -22,7 +22,7 @@ DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
 RelevantIndices = Sequence[int | Sequence[int]]
 
 
-def _as_index_lists(relevant: RelevantIndices, num_queries: int, num_candidates: int) -> list[list[int]]:
+def relevant_index_lists(relevant: RelevantIndices, num_queries: int, num_candidates: int) -> list[list[int]]:
     """Normalise `relevant` (one int or a list of ints per query) and check it against the matrix."""
     if len(relevant) != num_queries:
         raise ValueError(
@@ -85,7 +85,7 @@ def first_relevant_ranks(similarities: torch.Tensor, relevant: RelevantIndices) 
     similarities = torch.as_tensor(similarities)
     if similarities.ndim != 2:
         raise ValueError(f"similarities: expected a (queries, candidates) matrix, got shape {tuple(similarities.shape)}")
-    relevant_lists = _as_index_lists(relevant, *similarities.shape)
+    relevant_lists = relevant_index_lists(relevant, *similarities.shape)
     is_relevant = relevance_mask(relevant_lists, similarities.shape[1])
     best_relevant = similarities.masked_fill(~is_relevant, float("-inf")).amax(dim=1)
     return 1 + count_outranking(similarities, best_relevant, is_relevant)

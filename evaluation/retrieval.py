@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import torch
 
-from .metrics import DEFAULT_KS, RelevantIndices, _as_index_lists, recall_from_ranks
+from .metrics import DEFAULT_KS, RelevantIndices, relevant_index_lists, recall_from_ranks
 
 DEFAULT_QUERY_CHUNK = 1024
 DEFAULT_CANDIDATE_CHUNK = 16384
@@ -92,7 +92,7 @@ def chunked_ranks(
     the candidates. rank_q = 1 + #{c not relevant : s_qc >= max_{r relevant} s_qr}. Returns (Q,).
     """
     _check_embeddings(queries, candidates)
-    relevant_lists = _as_index_lists(relevant, queries.shape[0], candidates.shape[0])
+    relevant_lists = relevant_index_lists(relevant, queries.shape[0], candidates.shape[0])
     ranks = []
     for q_start in range(0, queries.shape[0], query_chunk):
         query_block = queries[q_start : q_start + query_chunk]
