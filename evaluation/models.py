@@ -21,11 +21,15 @@ class ModelLoadError(RuntimeError):
     """A model reference that is missing, unreachable, or not an embedder MAPLE can evaluate."""
 
 
-def _hub_config(repo_id: str, revision: str | None) -> dict[str, Any]:
-    """config.json of a Hub model repo; Hub failures become `ModelLoadError`s naming the repo."""
+CONFIG_FILE = "config.json"
+ADAPTER_CONFIG_FILE = "adapter_config.json"  # a PEFT (LoRA) adapter over a base checkpoint
+
+
+def _hub_checkpoint_config(repo_id: str, revision: str | None) -> tuple[str, dict[str, Any]]:
+    """(file name, content) of the config.json, else adapter_config.json, of a Hub model repo; Hub
+    failures become `ModelLoadError`s naming the repo."""
     from huggingface_hub import HfApi, constants, hf_hub_download
     from huggingface_hub.errors import (
-        EntryNotFoundError,
         GatedRepoError,
         HfHubHTTPError,
         LocalEntryNotFoundError,
@@ -36,8 +40,11 @@ def _hub_config(repo_id: str, revision: str | None) -> dict[str, Any]:
     where = f"model repo {repo_id!r} on {constants.ENDPOINT}"
     try:
         # The info call is not retried, so an unreachable or failing Hub is reported at once.
-        HfApi().model_info(repo_id, revision=revision)
-        return json.loads(Path(hf_hub_download(repo_id, "config.json", revision=revision)).read_text())
+        files = {sibling.rfilename for sibling in HfApi().model_info(repo_id, revision=revision).siblings or []}
+        name = next((name for name in (CONFIG_FILE, ADAPTER_CONFIG_FILE) if name in files), None)
+        if name is None:
+            raise ModelLoadError(f"{where} has neither {CONFIG_FILE} nor {ADAPTER_CONFIG_FILE}: not a transformers checkpoint")
+        return name, json.loads(Path(hf_hub_download(repo_id, name, revision=revision)).read_text())
     except GatedRepoError as error:
         raise ModelLoadError(f"{where} is gated: accept its terms and log in (HF_TOKEN)") from error
     except RepositoryNotFoundError as error:
@@ -47,8 +54,6 @@ def _hub_config(repo_id: str, revision: str | None) -> dict[str, Any]:
         ) from error
     except RevisionNotFoundError as error:
         raise ModelLoadError(f"{where} has no revision {revision!r}") from error
-    except EntryNotFoundError as error:
-        raise ModelLoadError(f"{where} has no config.json: not a transformers checkpoint") from error
     except LocalEntryNotFoundError as error:
         raise ModelLoadError(f"{where} is not in the local cache and the Hub is offline or unreachable") from error
     except HfHubHTTPError as error:
@@ -58,24 +63,35 @@ def _hub_config(repo_id: str, revision: str | None) -> dict[str, Any]:
         raise ModelLoadError(f"{where} could not be read: HTTP {status} from the server") from error
 
 
-def _local_config(folder: Path) -> dict[str, Any]:
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        raise ModelLoadError(f"{folder} has no config.json: not a transformers checkpoint folder")
-    try:
-        return json.loads(config_file.read_text())
-    except json.JSONDecodeError as error:
-        raise ModelLoadError(f"{config_file} is not valid JSON: {error}") from error
+def _local_checkpoint_config(folder: Path) -> tuple[str, dict[str, Any]]:
+    """(file name, content) of the config.json, else adapter_config.json, of a checkpoint folder."""
+    for name in (CONFIG_FILE, ADAPTER_CONFIG_FILE):
+        if (folder / name).is_file():
+            try:
+                return name, json.loads((folder / name).read_text())
+            except json.JSONDecodeError as error:
+                raise ModelLoadError(f"{folder / name} is not valid JSON: {error}") from error
+    raise ModelLoadError(f"{folder} has neither {CONFIG_FILE} nor {ADAPTER_CONFIG_FILE}: not a transformers checkpoint folder")
 
 
 def load_embedder(model_ref: str, revision: str | None = None, trust_remote_code: bool = True):
     """(model, processor) for `model_ref`, a local folder or a Hub repo id, in eval mode.
 
+    A LoRA adapter (adapter_config.json, as `RPATrainer` saves with `peft_config`) is loaded onto
+    its base checkpoint (`base_model_name_or_path`), itself resolved by this function.
     Raises `ModelLoadError` naming the folder or repo when it cannot be read or is not a MAPLE,
     CLIP/SigLIP or Qwen2-VL-family checkpoint.
     """
     folder = Path(model_ref).expanduser()
-    config = _local_config(folder) if folder.is_dir() else _hub_config(model_ref, revision)
+    name, config = _local_checkpoint_config(folder) if folder.is_dir() else _hub_checkpoint_config(model_ref, revision)
+    if name == ADAPTER_CONFIG_FILE:
+        base_ref = config.get("base_model_name_or_path")
+        if not base_ref:
+            raise ModelLoadError(f"{model_ref!r}: {ADAPTER_CONFIG_FILE} does not name its base model (base_model_name_or_path)")
+        from peft import PeftModel
+
+        base, processor = load_embedder(base_ref, trust_remote_code=trust_remote_code)
+        return PeftModel.from_pretrained(base, model_ref, revision=revision).eval(), processor
     model_type = config.get("model_type")
     if model_type != MAPLE_MODEL_TYPE and model_type not in DUAL_ENCODER_MODEL_TYPES + MLLM_MODEL_TYPES:
         raise ModelLoadError(

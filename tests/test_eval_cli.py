@@ -103,3 +103,30 @@ def test_interrupted_run_keeps_finished_benchmarks(tiny, benchmark_sources, tmp_
 def test_cli_rejects_a_bad_source_argument(tmp_path):
     with pytest.raises(SystemExit, match="--source expects BENCHMARK=PATH_OR_HUB_ID"):
         main([str(tmp_path), "--source", "imagenet=/data"])
+
+
+def test_lora_adapter_folder_loads_on_its_base(tiny, tmp_path):
+    from peft import get_peft_model
+
+    from evaluation.models import ModelLoadError, load_embedder
+    from modeling_maple.lora import maple_lora_config
+
+    _, processor, (base_folder, _) = tiny
+    base, _ = load_embedder(str(base_folder))
+    adapted = get_peft_model(base, maple_lora_config(base, r=4, lora_alpha=8))
+    with torch.no_grad():  # LoRA's B starts at zero: make the adapter matter
+        for name, parameter in adapted.named_parameters():
+            if "lora_B" in name:
+                parameter.fill_(0.05)
+    adapted.peft_config["default"].base_model_name_or_path = str(base_folder)
+    adapted.save_pretrained(tmp_path / "adapter")
+    expected = adapted.encode(processor, texts=["a red square on the left"])
+
+    loaded, loaded_processor = load_embedder(str(tmp_path / "adapter"))
+    assert torch.equal(loaded.encode(loaded_processor, texts=["a red square on the left"]), expected)
+    assert not torch.equal(load_embedder(str(base_folder))[0].encode(processor, texts=["a red square on the left"]), expected)
+
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text()) | {"base_model_name_or_path": None}
+    (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match=r"adapter_config.json does not name its base model"):
+        load_embedder(str(tmp_path / "adapter"))

@@ -45,5 +45,5 @@ def test_not_a_maple_checkpoint(tmp_path):
     with pytest.raises(ModelLoadError, match=r"is a 'bert' checkpoint; expected a MAPLE checkpoint \(model_type 'maple'\)"):
         load_embedder(str(tmp_path))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelLoadError, match=r"empty has no config.json: not a transformers checkpoint folder"):
+    with pytest.raises(ModelLoadError, match=r"empty has neither config.json nor adapter_config.json: not a transformers checkpoint folder"):
         load_embedder(str(tmp_path / "empty"))
