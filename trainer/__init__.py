@@ -1,19 +1,31 @@
-"""Training of MAPLE embedders: the RPA and InfoNCE losses, `RPAConfig` and `RPATrainer` (a `trl.DPOTrainer`)."""
+"""Training of MAPLE embedders: the RPA and InfoNCE losses, `RPAConfig` and `RPATrainer` (a `trl.DPOTrainer`).
 
-from .collator import DataCollatorForEmbeddingPreference
+The losses need only torch and are imported eagerly; the trainer side (TRL, transformers, datasets) is imported on
+first use, so `from trainer.losses import ...` (e.g. in every process of a distributed test) stays cheap.
+"""
+
+import importlib
+
 from .losses import contrastive_loss, preference_agreement, rpa_listwise_loss, rpa_pairwise_loss
-from .rpa_config import RPAConfig
-from .rpa_trainer import RPATrainer
-from .schema import PREFERENCE_COLUMNS, validate_preference_dataset
+
+_LAZY_ATTRIBUTES = {
+    "DataCollatorForEmbeddingPreference": ".collator",
+    "PREFERENCE_COLUMNS": ".schema",
+    "RPAConfig": ".rpa_config",
+    "RPATrainer": ".rpa_trainer",
+    "validate_preference_dataset": ".schema",
+}
 
 __all__ = [
-    "PREFERENCE_COLUMNS",
-    "DataCollatorForEmbeddingPreference",
-    "RPAConfig",
-    "RPATrainer",
     "contrastive_loss",
     "preference_agreement",
     "rpa_listwise_loss",
     "rpa_pairwise_loss",
-    "validate_preference_dataset",
+    *_LAZY_ATTRIBUTES,
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY_ATTRIBUTES:
+        return getattr(importlib.import_module(_LAZY_ATTRIBUTES[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
