@@ -167,6 +167,7 @@ def test_config_defaults_run_on_cpu_and_follow_the_paper(tmp_path):
         (dict(num_text_candidates=1), "num_text_candidates"),
         (dict(loss_type=["ipo"]), "loss_type"),
         (dict(precompute_ref_log_probs=True), "precompute_ref_log_probs"),
+        (dict(max_length=512), "max_length"),
     ],
 )
 def test_config_rejects_bad_values(tmp_path, overrides, message):

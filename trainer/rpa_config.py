@@ -8,9 +8,12 @@ from dataclasses import dataclass, field
 import torch
 from trl import DPOConfig
 
-# DPOConfig knobs that act on token log-probabilities of a causal LM; an embedder has none, so a non-default value
-# would be silently meaningless. Maps the field to its only supported value.
+# DPOConfig knobs that act on the token sequences or log-probabilities of a causal LM; an embedder has neither, so
+# a non-default value would be silently meaningless. Maps the field to its only supported value.
 _LANGUAGE_MODEL_ONLY_DEFAULTS = {
+    "max_length": None,
+    "activation_offloading": False,
+    "router_aux_loss_coef": None,
     "precompute_ref_log_probs": False,
     "use_weighting": False,
     "ld_alpha": None,
@@ -66,6 +69,13 @@ class RPAConfig(DPOConfig):
         metadata={
             "help": "bf16 mixed precision, as in MAPLE. `None` turns it on only where a CUDA device supports bf16, so "
             "CPU runs need no flag."
+        },
+    )
+    max_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Not used by RPA (DPO truncates prompt+completion tokens here). Texts are truncated by the "
+            "MapleProcessor's `max_text_length`."
         },
     )
     beta: float | None = field(
