@@ -2,14 +2,16 @@
 
 All candidate texts of one anchor share the image part of the prompt, and with a 7B judge that
 part (hundreds of vision tokens) costs far more than the ~30 text tokens after it. With
-`reuse_prefix=True` the judge runs the prefix (chat header + image) once per anchor, keeps its KV
-cache, and runs all candidate suffixes as one batch against the cache expanded to the batch size.
+`reuse_prefix=True` the judge runs the prefix (chat header + image + the question's opening words)
+once per anchor, several anchors per forward, keeps the KV cache, and runs the candidate suffixes
+in batches, each against its own anchor's cached prefix.
 Both paths feed the model the same token ids at the same positions, so they agree up to float
 rounding.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 
 import PIL.Image
@@ -174,7 +176,7 @@ class MLLMJudge:
             pairs = [(image, text) for image, candidates in zip(images, texts) for text in candidates]
             flat = self._score_pairs(pairs)
             return list(flat.split([len(candidates) for candidates in texts]))
-        return [self._score_with_shared_prefix(image, candidates) for image, candidates in zip(images, texts)]
+        return self._score_with_shared_prefixes(images, texts)
 
     @torch.inference_mode()
     def score_images(self, texts: list[str], images: list[list[PIL.Image.Image]]) -> list[torch.Tensor]:
@@ -200,41 +202,58 @@ class MLLMJudge:
             alphas.append(self._alphas(self._last_states(outputs.last_hidden_state, inputs["attention_mask"])))
         return torch.cat(alphas).cpu() if alphas else torch.empty(0)
 
-    def _score_with_shared_prefix(self, image: PIL.Image.Image, texts: Sequence[str]) -> torch.Tensor:
-        """(len(texts),) alphas: one prefix forward for `image`, then the suffixes in batches."""
-        if not texts:
-            return torch.empty(0)
-        encoded: EncodedImages = self.prompt_encoder.encode_images([image])
-        prefix = self._to_device(self.prompt_encoder.model_inputs([self._prefix_ids_for(encoded, 0)], encoded, padding_side="right"))
-        prefix_positions, position_offset = self.prompt_encoder.prefix_positions(self.model, prefix)
-        prefix_output = self.model.model(**prefix, position_ids=prefix_positions, use_cache=True)
-        prefix_cache = prefix_output.past_key_values
+    def _score_with_shared_prefixes(self, images: Sequence[PIL.Image.Image], texts: Sequence[Sequence[str]]) -> list[torch.Tensor]:
+        """Per image, (len(texts[i]),) alphas, each anchor's prefix run once.
+
+        Anchors whose prefixes have the same length (same number of image tokens) share prefix
+        forwards, `batch_size` anchors at a time; their (anchor, text) pairs then run in batches of
+        `batch_size`, each pair against its own anchor's rows of the prefix cache. So short
+        candidate lists still fill the batches.
+        """
+        alphas: list[torch.Tensor] = [torch.empty(0) for _ in images]
+        encoded = {index: self.prompt_encoder.encode_images([images[index]]) for index, candidates in enumerate(texts) if candidates}
+        by_prefix_length = defaultdict(list)
+        for index, images_of_anchor in encoded.items():
+            by_prefix_length[images_of_anchor.num_tokens[0]].append(index)
+        for indices in by_prefix_length.values():
+            for start in range(0, len(indices), self.batch_size):
+                group = indices[start : start + self.batch_size]
+                group_alphas = self._score_prefix_group([encoded[index] for index in group], [texts[index] for index in group])
+                for index, scores in zip(group, group_alphas):
+                    alphas[index] = scores
+        return alphas
+
+    def _score_prefix_group(self, encoded: list[EncodedImages], texts: list[Sequence[str]]) -> list[torch.Tensor]:
+        """Alphas for anchors with equally long prefixes: one batched prefix forward, then the
+        candidate suffixes in batches against the cached prefixes."""
+        images = EncodedImages.concatenate(encoded)
+        prefix_ids = [self._prefix_ids_for(images, index) for index in range(len(encoded))]
+        prefix = self._to_device(self.prompt_encoder.model_inputs(prefix_ids, images, padding_side="right"))
+        prefix_positions, position_offsets = self.prompt_encoder.prefix_positions(self.model, prefix)
+        prefix_cache = self.model.model(**prefix, position_ids=prefix_positions, use_cache=True).past_key_values
         prefix_length = prefix["input_ids"].shape[1]
 
+        pairs = [(anchor, text) for anchor, candidates in enumerate(texts) for text in candidates]
         alphas = []
-        for start in range(0, len(texts), self.batch_size):
-            suffixes = self._suffix_ids(texts[start : start + self.batch_size])
-            suffix_ids, suffix_mask = self.prompt_encoder.pad(suffixes, padding_side="right")
+        for start in range(0, len(pairs), self.batch_size):
+            batch_pairs = pairs[start : start + self.batch_size]
+            suffix_ids, suffix_mask = self.prompt_encoder.pad(self._suffix_ids([text for _, text in batch_pairs]), padding_side="right")
             suffix_ids, suffix_mask = suffix_ids.to(self.model.device), suffix_mask.to(self.model.device)
             batch, length = suffix_ids.shape
-            positions = self.prompt_encoder.continuation_positions(prefix_length, length, batch, position_offset, suffix_ids.device)
-            # Expanded views: the cache concatenates new keys onto them and never writes in place.
-            cache = DynamicCache(
-                ddp_cache_data=[
-                    (layer.keys.expand(batch, -1, -1, -1), layer.values.expand(batch, -1, -1, -1))
-                    for layer in prefix_cache.layers
-                ]
-            )
-            attention_mask = torch.cat([suffix_mask.new_ones(batch, prefix_length), suffix_mask], dim=1)
+            anchors = torch.tensor([anchor for anchor, _ in batch_pairs], device=self.model.device)
+            offsets = position_offsets[anchors] if isinstance(position_offsets, torch.Tensor) else position_offsets
+            positions = self.prompt_encoder.continuation_positions(prefix_length, length, batch, offsets, suffix_ids.device)
+            # Each pair attends to its own anchor's cached prefix.
+            cache = DynamicCache(ddp_cache_data=[(layer.keys[anchors], layer.values[anchors]) for layer in prefix_cache.layers])
             outputs = self.model.model(
                 input_ids=suffix_ids,
-                attention_mask=attention_mask,
+                attention_mask=torch.cat([suffix_mask.new_ones(batch, prefix_length), suffix_mask], dim=1),
                 position_ids=positions,
                 past_key_values=cache,
                 use_cache=True,
             )
             alphas.append(self._alphas(self._last_states(outputs.last_hidden_state, suffix_mask)))
-        return torch.cat(alphas).cpu()
+        return list(torch.cat(alphas).cpu().split([len(candidates) for candidates in texts]))
 
     def _to_device(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         moved = {key: value.to(self.model.device) for key, value in inputs.items()}

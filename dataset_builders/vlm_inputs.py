@@ -35,6 +35,15 @@ class EncodedImages:
     num_tokens: list[int]
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
+    @classmethod
+    def concatenate(cls, parts: Sequence[EncodedImages]) -> EncodedImages:
+        """The images of `parts`, in order, as one batch."""
+        return cls(
+            pixel_values=torch.cat([part.pixel_values for part in parts]),
+            num_tokens=[count for part in parts for count in part.num_tokens],
+            extra={key: torch.cat([part.extra[key] for part in parts]) for key in parts[0].extra},
+        )
+
 
 class PromptEncoder:
     """Turns chat messages and images into model inputs for one model family.
@@ -110,14 +119,16 @@ class PromptEncoder:
         return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": images.pixel_values, **images.extra}
 
     def prefix_positions(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, int | torch.Tensor]:
-        """Position ids for a (single, unpadded) prompt prefix, and the offset by which the
-        positions of text continuing it differ from its token index. None: the model's default."""
+        """Position ids for a batch of unpadded, equally long prompt prefixes (None: the model's
+        default), and the offset by which the positions of text continuing each prefix differ from
+        the token index: 0, or a (batch, 1) tensor."""
         return None, 0
 
     def continuation_positions(
         self, start: int, length: int, batch: int, offset: int | torch.Tensor, device: torch.device
     ) -> torch.Tensor:
-        """(batch, length) position ids of `length` text tokens continuing a prefix of `start` tokens."""
+        """(batch, length) position ids of `length` text tokens continuing prefixes of `start`
+        tokens; `offset` is 0 or (batch, 1) as from `prefix_positions`."""
         return (torch.arange(start, start + length, device=device) + offset).expand(batch, length)
 
 
@@ -136,8 +147,9 @@ class QwenVLPromptEncoder(PromptEncoder):
         return inputs
 
     def prefix_positions(self, model, inputs):
-        """M-RoPE positions (3, 1, length): image tokens get 2-D grid positions, so the text after
-        an image continues from the grid's extent, not from the token count (`rope_delta`)."""
+        """M-RoPE positions (3, batch, length): image tokens get 2-D grid positions, so the text
+        after an image continues from the grid's extent, not from the token count (`rope_delta`,
+        (batch, 1))."""
         positions, rope_delta = model.model.get_rope_index(
             inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"]
         )

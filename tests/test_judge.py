@@ -56,6 +56,18 @@ def test_prefix_reuse_equals_per_pair_scoring(sharp_judge):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
 
 
+def test_prefix_groups_mix_grids_of_equal_token_count_and_uneven_candidate_lists(sharp_judge):
+    # 32x32, 64x16 and 16x64 images all take 16 image tokens, but their M-RoPE grids (8x8, 4x16,
+    # 16x4) differ, so text after them starts at different positions; 40x24 takes 15 tokens.
+    images = [_noise_image(seed, size) for seed, size in enumerate([(32, 32), (64, 16), (40, 24), (16, 64), (32, 32)])]
+    texts = [["a red circle", "two"], [], ["one", "a", "b c", "d e f", "g"], ["three small stars"], ["Yes", "No", "no"]]
+    reused = sharp_judge.score(images, texts)  # batch_size 3: two groups of 16-token prefixes
+    per_pair = sharp_judge.score(images, texts, reuse_prefix=False)
+    assert [len(a) for a in reused] == [len(t) for t in texts]
+    for a, b in zip(reused, per_pair):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+
+
 def test_per_pair_path_matches_the_model_forward_one_pair_at_a_time(sharp_judge):
     """Guards both paths against a shared mistake (positions, padding): compare with the plain
     transformers forward pass, which computes its own M-RoPE positions."""
