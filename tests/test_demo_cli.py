@@ -1,10 +1,10 @@
 """`maple demo --quick` end to end: outputs, a checkpoint that loads without the package, resume,
-and bad input refused before any work."""
+bad input refused before any work, and a push to a (local) Hub."""
 
 import json
-import os
 
 import pytest
+from hub_server import run_client
 from isolated import run_isolated
 
 from maple.demo.cli import main
@@ -85,7 +85,12 @@ def test_a_foreign_folder_is_refused(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "arguments, message",
-    [(["--backbone", "resnet"], "unknown backbone 'resnet'"), (["--seeds", "1,x"], "integers"), (["--seeds", "0"], "at least 1")],
+    [
+        (["--backbone", "resnet"], "unknown backbone 'resnet'"),
+        (["--miner", "dino"], "unknown miner 'dino'"),
+        (["--seeds", "1,x"], "integers"),
+        (["--seeds", "0"], "at least 1"),
+    ],
 )
 def test_bad_options_fail_before_any_work(tmp_path, capsys, arguments, message):
     out = tmp_path / "never"
@@ -93,3 +98,18 @@ def test_bad_options_fail_before_any_work(tmp_path, capsys, arguments, message):
         main(["--out", str(out), "--quick", *arguments])
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_outputs_push_to_a_hub(demo_out, hub_server, tmp_path):
+    run_client(
+        hub_server,
+        tmp_path,
+        f"""
+        from pathlib import Path
+        from maple.demo.pipeline import push_outputs
+        push_outputs(Path({str(demo_out)!r}), "maple-org/demo")
+        """,
+    )
+    assert {"model.safetensors", "modeling_maple.py", "README.md", "tokenizer.json"} <= set(hub_server.files("maple-org/demo"))
+    dataset_files = hub_server.files("maple-org/demo-preferences", repo_type="dataset")
+    assert "README.md" in dataset_files and any(path.endswith(".parquet") for path in dataset_files)

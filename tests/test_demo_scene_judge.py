@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from maple.demo.scene_judge import SceneGraphCaptioner, SceneGraphJudge, check_caption
+from maple.demo.scene_judge import SceneFeatureEncoder, SceneGraphCaptioner, SceneGraphJudge, check_caption
 from maple.demo.world import ObjectGroup, Scene, WorldConfig, build_world, describe, parse_caption
 
 
@@ -130,3 +130,16 @@ def test_captioner_can_leave_out_anchor_captions(world):
     quad = world.quadruples[0]
     (texts,) = captioner.caption([quad.first.image], [quad.second.image])
     assert len(texts) == 2 and all(parse_caption(text) == quad.second.scene for text in texts)
+
+
+def test_scene_feature_encoder_puts_swaps_and_replacements_nearest(world):
+    encoder = SceneFeatureEncoder(world.registry)
+    anchor = Scene(groups=(RED_CIRCLE, BLUE_SQUARE), layout="horizontal")
+    swapped = Scene(groups=(BLUE_SQUARE, RED_CIRCLE), layout="horizontal")
+    replaced = Scene(groups=(RED_CIRCLE, dataclasses.replace(BLUE_SQUARE, colour="green")), layout="horizontal")
+    unrelated = Scene(groups=(ObjectGroup("triangle", "yellow", "large", 2),), layout="single")
+    features = torch.nn.functional.normalize(torch.stack([encoder.features(s) for s in (anchor, swapped, replaced, unrelated)]), dim=-1)
+    cosines = features[1:] @ features[0]
+    assert 0.8 < cosines[0] < 1.0 - 1e-3  # near, but not a duplicate the miner would drop
+    assert cosines[0] > cosines[2] and cosines[1] > cosines[2]
+    assert encoder([world.train[0].image]).shape == (1, encoder.features(world.train[0].scene).numel())

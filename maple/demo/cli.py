@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .pipeline import BACKBONES, DemoConfig, claim_output_folder, format_summary, run_demo
+from .pipeline import BACKBONES, MINERS, DemoConfig, claim_output_folder, format_summary, run_demo
 
 
 def _seeds(value: str) -> tuple[int, ...]:
@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--judge-noise", type=float, default=0.3, help="std of the scene-graph judge's logit noise (default 0.3)"
     )
+    parser.add_argument(
+        "--miner",
+        default="scene-graph",
+        help=f"hard negatives from {' or '.join(MINERS)} image features (default scene-graph, a stand-in for DINOv2)",
+    )
     parser.add_argument("--push-to-hub", default=None, metavar="REPO", help="push the MAPLE model (and REPO-preferences)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
@@ -63,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             quick=args.quick,
             judge=args.judge,
             judge_noise=args.judge_noise,
+            miner=args.miner,
             push_to_hub=args.push_to_hub,
             progress=not args.no_progress,
         )

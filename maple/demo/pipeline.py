@@ -7,8 +7,9 @@ stopped:
 2. base: a tiny embedder trained with plain InfoNCE on the world's image-caption pairs
    (`RPATrainer` with `rpa_weight=0` on rows whose only candidate is the anchor), standing in
    for the pretrained model the paper starts from.
-3. preferences: `MaplePreferences` with a `HardNegativeMiner` on the base model's image
-   embeddings, the scene-graph captioner and judge (MLLM stand-ins; `judge=` takes a real one).
+3. preferences: `MaplePreferences` with a `HardNegativeMiner` on scene-graph features (a
+   stand-in for the paper's DINOv2; or the base model's image embeddings), the scene-graph
+   captioner and judge (MLLM stand-ins; `judge=` takes a real one).
 4. runs: from that same base, per seed, three fine-tuning runs with equal steps, batch and
    learning rate: `infonce` (anchor pairs only), `infonce_expanded` (hard negatives in the
    InfoNCE denominator) and `maple` (expanded negatives + RPA listwise).
@@ -31,10 +32,11 @@ import datasets
 import torch
 from tqdm.auto import tqdm
 
-from .scene_judge import SceneGraphCaptioner, SceneGraphJudge
+from .scene_judge import SceneFeatureEncoder, SceneGraphCaptioner, SceneGraphJudge
 from .world import CATEGORIES, World, WorldConfig, build_world
 
 BACKBONES = ("dual_encoder", "mllm")
+MINERS = ("scene-graph", "base-model")
 METHODS = ("infonce", "infonce_expanded", "maple")
 # results.json: every metric of every method as {"mean", "std"} over seeds
 HEADLINE_METRICS = ("group_score", "text_score", "image_score", "i2t_r1", "t2i_r1", "delta_gap")
@@ -88,6 +90,9 @@ class DemoConfig:
     quick: bool = False
     judge: str | None = None  # Hub id or path of a real MLLM judge; None: the scene-graph judge
     judge_noise: float = 0.3  # std of the scene-graph judge's logit noise (an imperfect MLLM)
+    # hard negatives from scene-graph features (a stand-in for the paper's DINOv2) or from the
+    # base model's own image embeddings
+    miner: str = "scene-graph"
     rpa_weight: float = 0.5  # lambda of the maple runs
     learning_rate: float = 1e-3
     world_seed: int = 0
@@ -97,6 +102,8 @@ class DemoConfig:
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}: expected one of {', '.join(BACKBONES)}")
+        if self.miner not in MINERS:
+            raise ValueError(f"unknown miner {self.miner!r}: expected one of {', '.join(MINERS)}")
         if not self.seeds:
             raise ValueError("seeds: give at least one seed")
         if any(not isinstance(seed, int) or isinstance(seed, bool) for seed in self.seeds):
@@ -124,6 +131,7 @@ class DemoConfig:
             "quick": self.quick,
             "judge": self.judge or "scene-graph",
             "judge_noise": self.judge_noise,
+            "miner": self.miner,
             "rpa_weight": self.rpa_weight,
             "learning_rate": self.learning_rate,
             "world": asdict(self.world_config),
@@ -360,7 +368,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
     maple_dir = out / "maple-model"
     timer.run("checkpoint and card", lambda: _publish_checkpoint(config, results["maple"][0], maple_dir))
     if config.push_to_hub:
-        timer.run("push to hub", lambda: _push(config, maple_dir, out / "preferences"))
+        timer.run("push to hub", lambda: push_outputs(out, config.push_to_hub))
     (out / "timings.json").write_text(json.dumps(timer.seconds, indent=2))
     return DemoResult(summary=summary, seconds=timer.seconds, out=out)
 
@@ -402,12 +410,15 @@ def _build_preferences(config: DemoConfig, world: World, base_dir: Path, folder:
     from dataset_builders import HardNegativeMiner, MaplePreferences
     from model_cards import dataset_card_from_stats
 
-    model, processor = _load(base_dir)
+    if config.miner == "scene-graph":
+        miner = HardNegativeMiner(SceneFeatureEncoder(world.registry), batch_size=256)
+    else:
+        miner = HardNegativeMiner.from_maple(*_load(base_dir), batch_size=256)
     builder = MaplePreferences(
         config_name="paper",
         judge=_judge(config, world),
         captioner=SceneGraphCaptioner(world.registry, caption_anchors=False, seed=config.world_seed),
-        miner=HardNegativeMiner.from_maple(model, processor, batch_size=256),
+        miner=miner,
         source_dataset=pairs_dataset(world).select_columns(["id", "image", "caption"]),
         work_dir=folder / "work",
         cache_dir=str(folder / "cache"),
@@ -539,18 +550,20 @@ def _publish_checkpoint(config: DemoConfig, maple_result: dict[str, Any], maple_
     card.save(str(maple_dir / "README.md"))
 
 
-def _push(config: DemoConfig, maple_dir: Path, preferences_dir: Path) -> None:
+def push_outputs(out: Path, repo_id: str) -> None:
+    """Push a finished demo's MAPLE model (checkpoint, processor, card) to `repo_id` and its
+    preference dataset with its card to `{repo_id}-preferences`."""
     from huggingface_hub import HfApi
 
-    repo_id = config.push_to_hub
     api = HfApi()
     api.create_repo(repo_id, exist_ok=True)
-    api.upload_folder(repo_id=repo_id, folder_path=str(maple_dir))
-    datasets.load_from_disk(str(preferences_dir / "data")).push_to_hub(f"{repo_id}-preferences")
+    api.upload_folder(repo_id=repo_id, folder_path=str(out / "maple-model"))
+    dataset_repo = f"{repo_id}-preferences"
+    datasets.load_from_disk(str(out / "preferences" / "data")).push_to_hub(dataset_repo)
     api.upload_file(
-        repo_id=f"{repo_id}-preferences",
+        repo_id=dataset_repo,
         repo_type="dataset",
-        path_or_fileobj=str(preferences_dir / "README.md"),
+        path_or_fileobj=str(out / "preferences" / "README.md"),
         path_in_repo="README.md",
     )
 

@@ -27,7 +27,21 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from .world import ATTRIBUTES, TEMPLATES, Scene, SceneRegistry, describe, image_fingerprint, parse_caption
+from .world import (
+    ATTRIBUTES,
+    COLOURS,
+    COUNTS,
+    SHAPES,
+    SIZES,
+    TEMPLATES,
+    Scene,
+    SceneRegistry,
+    describe,
+    image_fingerprint,
+    parse_caption,
+)
+
+_ATTRIBUTE_VALUES = {"shape": SHAPES, "colour": tuple(COLOURS), "size": tuple(SIZES), "count": COUNTS}
 
 
 @dataclass(frozen=True)
@@ -163,3 +177,36 @@ class SceneGraphCaptioner:
                 pair_captions.append(describe(negative_scene, template_index))
             captions.append(pair_captions)
         return captions
+
+
+@dataclass
+class SceneFeatureEncoder:
+    """An image encoder for `HardNegativeMiner` that embeds an image's scene graph: a stand-in for
+    the strong separate image encoder (DINOv2) the paper mines hard negatives with.
+
+    The embedding is a bag of attributes (each group's shape, colour, size and count, one-hot and
+    summed) plus, at `binding_weight`, which attributes sit in which slot and the layout. Its
+    nearest neighbours are therefore the scenes with the most attributes in common: swaps (same
+    bag, other binding) and single replacements, the hard cases of the test sets. Swap partners
+    are near but never identical, so the miner does not drop them as duplicates.
+    """
+
+    registry: SceneRegistry
+    binding_weight: float = 0.5
+
+    def __call__(self, images: list[Image.Image]) -> torch.Tensor:
+        """(len(images), D) float features (the miner normalises them)."""
+        return torch.stack([self.features(self.registry.scene_of(image)) for image in images])
+
+    def features(self, scene: Scene) -> torch.Tensor:
+        slots = [self._one_hot(group) for group in scene.groups]
+        bag = torch.stack(slots).sum(dim=0)
+        bound = torch.cat(slots + [torch.zeros_like(bag)] * (2 - len(slots)))
+        layout = torch.tensor([float(scene.layout == name) for name in TEMPLATES])
+        return torch.cat([bag, self.binding_weight * bound, self.binding_weight * layout])
+
+    @staticmethod
+    def _one_hot(group) -> torch.Tensor:
+        return torch.tensor(
+            [float(getattr(group, attribute) == value) for attribute in ATTRIBUTES for value in _ATTRIBUTE_VALUES[attribute]]
+        )
