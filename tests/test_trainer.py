@@ -149,6 +149,18 @@ def test_bad_datasets_fail_before_training_with_a_clear_error(tmp_path, make_dat
         RPATrainer(model, args=make_config(tmp_path), train_dataset=make_dataset(), processing_class=processor)
 
 
+def test_streamed_datasets_train_and_their_bad_rows_are_caught_as_they_arrive(tmp_path):
+    model, processor = build_tiny("dual_encoder")
+    args = make_config(tmp_path, max_steps=2, per_device_train_batch_size=4)
+    RPATrainer(model, args=args, train_dataset=synthetic_preference_dataset(8).to_iterable_dataset(),
+               processing_class=processor).train()
+
+    streamed = _corrupt("img2txt_scores", lambda scores: [-0.5, *scores[1:]]).to_iterable_dataset()
+    trainer = RPATrainer(model, args=args, train_dataset=streamed, processing_class=processor)
+    with pytest.raises(ValueError, match=r"row id 'scene-2': column 'img2txt_scores'\[0\] is -0.5"):
+        trainer.train()
+
+
 def test_config_defaults_run_on_cpu_and_follow_the_paper(tmp_path):
     config = RPAConfig(output_dir=str(tmp_path))
     assert config.bf16 is (torch.cuda.is_available() and torch.cuda.is_bf16_supported())

@@ -141,6 +141,11 @@ class RPATrainer(DPOTrainer):
             args.ddp_find_unused_parameters = True
         if args.ddp_static_graph is None:
             args.ddp_static_graph = True
+        # accelerate's batch dispatching (its default for streamed datasets) slices every tensor of a batch by rows;
+        # ours hold more images and texts than rows, so each process collates its own batches instead.
+        if args.accelerator_config.dispatch_batches:
+            raise ValueError("RPATrainer batches cannot be dispatched by rows: leave dispatch_batches unset or False.")
+        args.accelerator_config.dispatch_batches = False
 
         # The state `DPOTrainer`'s inherited methods read (see the class docstring)
         self._is_vision_dataset = False  # our collator builds the image inputs; evaluate() then validates datasets
