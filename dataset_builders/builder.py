@@ -427,21 +427,29 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         _atomic_torch_save(path, embeddings)
         return embeddings
 
-    def select_anchors(self, valid_rows: list[int], embeddings: torch.Tensor) -> tuple[torch.Tensor, list[SkippedInput]]:
-        """Positions (into `valid_rows`) of the anchors after optional SemDeDup, and the rows it drops."""
+    def select_anchors(self, valid_rows: list[int], embeddings: torch.Tensor) -> tuple[list[int], list[SkippedInput]]:
+        """Positions (into `valid_rows`) of the anchors after optional SemDeDup, and the rows it
+        drops. Checkpointed in anchors.json and computed by rank 0 only: k-means on different GPUs
+        need not round identically, and every rank must build from the same anchors."""
         if self.config.semdedup_clusters is None:
-            return torch.arange(len(valid_rows)), []
-        result = self.miner.deduplicate(
-            embeddings, num_clusters=self.config.semdedup_clusters, epsilon=self.config.semdedup_epsilon, seed=self.config.seed
-        )
-        source = self._load_source()
-        skipped = []
-        for position, duplicate_of in sorted(result.removed.items()):
-            row, other = valid_rows[position], valid_rows[duplicate_of]
-            skipped.append(
-                SkippedInput(row, self._row_id(source[row], row), "near-duplicate", f"of id {self._row_id(source[other], other)} (SemDeDup)")
+            return list(range(len(valid_rows))), []
+        path = self.work_dir / "anchors.json"
+        if not path.exists() and self.rank == 0:
+            result = self.miner.deduplicate(
+                embeddings, num_clusters=self.config.semdedup_clusters, epsilon=self.config.semdedup_epsilon, seed=self.config.seed
             )
-        return result.kept, skipped
+            source = self._load_source()
+            skipped = []
+            for position, duplicate_of in sorted(result.removed.items()):
+                row, other = valid_rows[position], valid_rows[duplicate_of]
+                skipped.append(
+                    SkippedInput(row, self._row_id(source[row], row), "near-duplicate", f"of id {self._row_id(source[other], other)} (SemDeDup)")
+                )
+            payload = {"anchor_positions": result.kept.tolist(), "near_duplicates": [asdict(item) for item in skipped]}
+            _atomic_write_bytes(path, json.dumps(payload).encode())
+        self._wait_for([path], what="SemDeDup results from rank 0")
+        saved = json.loads(path.read_text())
+        return saved["anchor_positions"], [SkippedInput(**item) for item in saved["near_duplicates"]]
 
     def plan(self) -> BuildPlan:
         """Check the inputs, embed them and pick the anchors (each step checkpointed; memoised)."""
@@ -454,7 +462,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             anchor_positions, deduplicated = self.select_anchors(valid_rows, embeddings)
             self._plan = BuildPlan(
                 num_source_rows=num_source_rows,
-                anchor_rows=[valid_rows[position] for position in anchor_positions.tolist()],
+                anchor_rows=[valid_rows[position] for position in anchor_positions],
                 anchor_embeddings=embeddings[anchor_positions],
                 skipped=skipped + deduplicated,
             )

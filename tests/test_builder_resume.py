@@ -137,5 +137,6 @@ def test_two_processes_build_the_same_rows_as_one(source_file, uninterrupted, tm
     assert rank1.returncode == 0, stderr[-3000:]
     rank1_computed = json.loads(stdout.strip().splitlines()[-1])["computed"]
     assert rank1_computed and all(shard % 2 == 1 for shard in rank1_computed)
-    assert (tmp_path / "work" / "embeddings-1-of-2.pt").exists()
+    assert (tmp_path / "work" / "embeddings-1-of-2.pt").exists(), "rank 1 embedded its half"
+    assert (tmp_path / "work" / "anchors.json").exists(), "both ranks used rank 0's SemDeDup result"
     assert result["table"].equals(uninterrupted)
