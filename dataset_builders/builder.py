@@ -10,14 +10,14 @@ Pipeline, per the paper (section 3 of the method notes):
    (a `CandidateCaptioner`, or the neighbours' own captions), score both candidate lists with a
    `PreferenceJudge`, and write the shard as parquet.
 
-Everything expensive is checkpointed in the work directory: the row check, the embeddings and every
-finished shard (written to a temporary name, then renamed, so a shard file is either complete or
+Everything expensive is checkpointed in the work directory: the row check, the embeddings, the
+SemDeDup result and every finished shard (written to a temporary name, then renamed, so a shard file is either complete or
 absent). A run after a crash or SIGKILL redoes only the missing shards; shard contents depend only
 on the shard's anchors and the seed, so the result equals an uninterrupted build row for row.
 
 Several processes (`accelerate launch`, torchrun: RANK / WORLD_SIZE in the environment) split the
 work: each embeds its slice of the images and builds the shards s with s % world_size == rank; rank
-0 waits for all shards and assembles the dataset.
+0 runs SemDeDup for all, then waits for all shards and assembles the dataset.
 """
 
 from __future__ import annotations
