@@ -145,7 +145,8 @@ class BuildPlan:
 
     num_source_rows: rows in the source.
     anchor_rows: source rows that become anchors, in dataset order.
-    anchor_embeddings: (len(anchor_rows), D) image embeddings of the anchors.
+    anchor_embeddings: (len(anchor_rows), D) image embeddings of the anchors, on the miner's
+        search device.
     skipped: every source row left out, with its reason.
     """
 
@@ -463,7 +464,8 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             self._plan = BuildPlan(
                 num_source_rows=num_source_rows,
                 anchor_rows=[valid_rows[position] for position in anchor_positions],
-                anchor_embeddings=embeddings[anchor_positions],
+                # Moved once: every shard searches all anchors, so a per-shard copy would dominate.
+                anchor_embeddings=embeddings[anchor_positions].to(self.miner.search_device),
                 skipped=skipped + deduplicated,
             )
         return self._plan
