@@ -12,7 +12,7 @@ import re
 import PIL.Image
 import torch
 
-from .vlm_inputs import load_vlm, prompt_encoder_for
+from .vlm_inputs import load_vlm, prompt_encoder_for, to_model
 
 DEFAULT_CAPTION_PROMPT = (
     "The first image is the anchor; the second is a similar but different image. "
@@ -78,7 +78,9 @@ class ContrastiveCaptioner:
         self.name = name or model.config.name_or_path or type(model).__name__
         self.prompt_encoder = prompt_encoder_for(model.config, tokenizer, image_processor, chat_template=chat_template)
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": prompt}]}]
-        self._rendered_prompt = self.prompt_encoder.render(messages, add_generation_prompt=True)
+        rendered = self.prompt_encoder.render(messages, add_generation_prompt=True)
+        # Every prompt is the same text around two images: tokenise it once, expand images per pair.
+        self._prompt_ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
 
     @classmethod
     def from_pretrained(
@@ -117,12 +119,10 @@ class ContrastiveCaptioner:
         """One sampled answer per (anchor, negative) prompt."""
         encoded = self.prompt_encoder.encode_images([image for pair in pairs for image in pair])
         sequences = [
-            self.prompt_encoder.tokenize(self._rendered_prompt, encoded.num_tokens[2 * row : 2 * row + 2])
+            self.prompt_encoder.expand_images(self._prompt_ids, encoded.num_tokens[2 * row : 2 * row + 2])
             for row in range(len(pairs))
         ]
-        inputs = self.prompt_encoder.model_inputs(sequences, encoded, padding_side="left")
-        inputs = {key: value.to(self.model.device) for key, value in inputs.items()}
-        inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        inputs = to_model(self.prompt_encoder.model_inputs(sequences, encoded, padding_side="left"), self.model)
         generated = self.model.generate(
             **inputs,
             do_sample=True,

@@ -4,9 +4,9 @@ All candidate texts of one anchor share the image part of the prompt, and with a
 part (hundreds of vision tokens) costs far more than the ~30 text tokens after it. With
 `reuse_prefix=True` the judge runs the prefix (chat header + image + the question's opening words)
 once per anchor, several anchors per forward, keeps the KV cache, and runs the candidate suffixes
-in batches, each against its own anchor's cached prefix.
-Both paths feed the model the same token ids at the same positions, so they agree up to float
-rounding.
+in batches, each against its own anchor's cached prefix. `reuse_prefix=False` runs every pair as
+one full prompt instead. Both paths feed the model the same token ids at the same positions, so
+they agree up to float rounding.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import PIL.Image
 import torch
 from transformers import DynamicCache
 
-from .vlm_inputs import EncodedImages, PromptEncoder, load_vlm, prompt_encoder_for
+from .interfaces import PreferenceJudge
+from .vlm_inputs import EncodedImages, PromptEncoder, load_vlm, prompt_encoder_for, to_model
 
 DEFAULT_JUDGE_PROMPT = 'Does the image align with the text "{text}"? Answer Yes or No.'
 """The paper's judge question; the image comes first, as `<image>` does in the paper."""
@@ -136,12 +137,13 @@ class MLLMJudge:
         return prefix, suffix.replace("{", "{{").replace("}", "}}").replace(marker, "{text}")
 
     def _tokenises_consistently(self, prefix: str, suffix: str, marker: str) -> bool:
+        """Whether ids(prefix) + ids(suffix) == ids(prefix + suffix) with awkward texts at `marker`."""
         probes = ["a red circle", '"quoted"', "'s apostrophe", " leading space", "", "123", "Émile über ✓", "\nnew line"]
-        tokenize = self.prompt_encoder.tokenizer
-        prefix_ids = tokenize(prefix, add_special_tokens=False)["input_ids"]
+        tokenizer = self.prompt_encoder.tokenizer
+        prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
         return all(
-            prefix_ids + tokenize(suffix.replace(marker, probe), add_special_tokens=False)["input_ids"]
-            == tokenize(prefix + suffix.replace(marker, probe), add_special_tokens=False)["input_ids"]
+            prefix_ids + tokenizer(suffix.replace(marker, probe), add_special_tokens=False)["input_ids"]
+            == tokenizer(prefix + suffix.replace(marker, probe), add_special_tokens=False)["input_ids"]
             for probe in probes
         )
 
@@ -197,7 +199,7 @@ class MLLMJudge:
             encoded = self.prompt_encoder.encode_images([image for image, _ in batch])
             suffixes = self._suffix_ids([text for _, text in batch])
             sequences = [self._prefix_ids_for(encoded, index) + suffix for index, suffix in enumerate(suffixes)]
-            inputs = self._to_device(self.prompt_encoder.model_inputs(sequences, encoded, padding_side="right"))
+            inputs = to_model(self.prompt_encoder.model_inputs(sequences, encoded, padding_side="right"), self.model)
             outputs = self.model.model(**inputs, use_cache=False)
             alphas.append(self._alphas(self._last_states(outputs.last_hidden_state, inputs["attention_mask"])))
         return torch.cat(alphas).cpu() if alphas else torch.empty(0)
@@ -228,7 +230,7 @@ class MLLMJudge:
         candidate suffixes in batches against the cached prefixes."""
         images = EncodedImages.concatenate(encoded)
         prefix_ids = [self._prefix_ids_for(images, index) for index in range(len(encoded))]
-        prefix = self._to_device(self.prompt_encoder.model_inputs(prefix_ids, images, padding_side="right"))
+        prefix = to_model(self.prompt_encoder.model_inputs(prefix_ids, images, padding_side="right"), self.model)
         prefix_positions, position_offsets = self.prompt_encoder.prefix_positions(self.model, prefix)
         prefix_cache = self.model.model(**prefix, position_ids=prefix_positions, use_cache=True).past_key_values
         prefix_length = prefix["input_ids"].shape[1]
@@ -255,11 +257,6 @@ class MLLMJudge:
             alphas.append(self._alphas(self._last_states(outputs.last_hidden_state, suffix_mask)))
         return list(torch.cat(alphas).cpu().split([len(candidates) for candidates in texts]))
 
-    def _to_device(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        moved = {key: value.to(self.model.device) for key, value in inputs.items()}
-        moved["pixel_values"] = moved["pixel_values"].to(self.model.dtype)
-        return moved
-
 
 class JudgeEnsemble:
     """Mean alpha of several judges: averaging different models dampens one model's biases.
@@ -267,7 +264,7 @@ class JudgeEnsemble:
     Implements `PreferenceJudge`; members may be any `PreferenceJudge`s.
     """
 
-    def __init__(self, judges: Sequence, *, name: str | None = None) -> None:
+    def __init__(self, judges: Sequence[PreferenceJudge], *, name: str | None = None) -> None:
         if not judges:
             raise ValueError("a judge ensemble needs at least one judge")
         self.judges = list(judges)

@@ -173,6 +173,13 @@ class LlavaPromptEncoder(PromptEncoder):
         return EncodedImages(pixel_values, [tokens] * len(images))
 
 
+def to_model(inputs: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """`inputs` on the model's device, pixels in its dtype (a bf16 model gets bf16 pixels)."""
+    moved = {key: value.to(model.device) for key, value in inputs.items()}
+    moved["pixel_values"] = moved["pixel_values"].to(model.dtype)
+    return moved
+
+
 PROMPT_ENCODERS: dict[str, type[PromptEncoder]] = {
     "qwen2_vl": QwenVLPromptEncoder,
     "qwen2_5_vl": QwenVLPromptEncoder,
