@@ -73,8 +73,8 @@ def main() -> None:
         judge.model.to(device=device, dtype=dtype)
     images, texts = make_inputs(args.anchors, args.candidates, args.image_size, args.caption_words, seed=0)
     encoded = judge.prompt_encoder.encode_images(images[:1])
-    prefix_tokens = len(judge.prompt_encoder.tokenize(judge._prefix_text, encoded.num_tokens))
-    suffix_tokens = statistics.mean(len(ids) for ids in judge._suffix_ids(texts[0]))
+    prefix_tokens = len(judge.prefix_ids(encoded, 0))
+    suffix_tokens = statistics.mean(len(ids) for ids in judge.suffix_ids(texts[0]))
     caption_tokens = statistics.mean(len(judge.prompt_encoder.tokenizer(text)["input_ids"]) for text in texts[0])
 
     judge.score(images[:1], texts[:1], reuse_prefix=True)  # warm-up both paths

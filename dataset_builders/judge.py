@@ -90,9 +90,10 @@ class MLLMJudge:
         self.prompt_encoder = prompt_encoder_for(model.config, tokenizer, image_processor, chat_template=chat_template)
         self.yes_id = answer_token_id(self.prompt_encoder, "Yes")
         self.no_id = answer_token_id(self.prompt_encoder, "No")
-        self._prefix_text, self._suffix_template = self._split_prompt()
+        # The prompt split into the part all candidate texts of an image share and the rest.
+        self.prefix_text, self.suffix_template = self._split_prompt()
         # The prefix differs between images only in how many image tokens it holds: tokenise it once.
-        self._prefix_ids = tokenizer(self._prefix_text, add_special_tokens=False)["input_ids"]
+        self._prefix_template_ids = tokenizer(self.prefix_text, add_special_tokens=False)["input_ids"]
 
     @classmethod
     def from_pretrained(
@@ -147,13 +148,14 @@ class MLLMJudge:
             for probe in probes
         )
 
-    def _prefix_ids_for(self, images: EncodedImages, index: int) -> list[int]:
-        """Token ids of the prompt prefix for the `index`-th of `images` (its image tokens expanded)."""
-        return self.prompt_encoder.expand_images(self._prefix_ids, [images.num_tokens[index]])
+    def prefix_ids(self, images: EncodedImages, index: int) -> list[int]:
+        """Token ids of the shared prompt prefix for the `index`-th of `images` (image tokens
+        expanded); `prefix_ids(...) + suffix_ids([text])[0]` is the whole prompt for one pair."""
+        return self.prompt_encoder.expand_images(self._prefix_template_ids, [images.num_tokens[index]])
 
-    def _suffix_ids(self, texts: Sequence[str]) -> list[list[int]]:
+    def suffix_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of the prompt suffix for each candidate text (one batched tokenizer call)."""
-        suffixes = [self._suffix_template.format(text=text) for text in texts]
+        suffixes = [self.suffix_template.format(text=text) for text in texts]
         return self.prompt_encoder.tokenizer(suffixes, add_special_tokens=False)["input_ids"]
 
     def _alphas(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -197,8 +199,8 @@ class MLLMJudge:
         for start in range(0, len(pairs), self.batch_size):
             batch = pairs[start : start + self.batch_size]
             encoded = self.prompt_encoder.encode_images([image for image, _ in batch])
-            suffixes = self._suffix_ids([text for _, text in batch])
-            sequences = [self._prefix_ids_for(encoded, index) + suffix for index, suffix in enumerate(suffixes)]
+            suffixes = self.suffix_ids([text for _, text in batch])
+            sequences = [self.prefix_ids(encoded, index) + suffix for index, suffix in enumerate(suffixes)]
             inputs = to_model(self.prompt_encoder.model_inputs(sequences, encoded, padding_side="right"), self.model)
             outputs = self.model.model(**inputs, use_cache=False)
             alphas.append(self._alphas(self._last_states(outputs.last_hidden_state, inputs["attention_mask"])))
@@ -229,7 +231,7 @@ class MLLMJudge:
         """Alphas for anchors with equally long prefixes: one batched prefix forward, then the
         candidate suffixes in batches against the cached prefixes."""
         images = EncodedImages.concatenate(encoded)
-        prefix_ids = [self._prefix_ids_for(images, index) for index in range(len(encoded))]
+        prefix_ids = [self.prefix_ids(images, index) for index in range(len(encoded))]
         prefix = to_model(self.prompt_encoder.model_inputs(prefix_ids, images, padding_side="right"), self.model)
         prefix_positions, position_offsets = self.prompt_encoder.prefix_positions(self.model, prefix)
         prefix_cache = self.model.model(**prefix, position_ids=prefix_positions, use_cache=True).past_key_values
@@ -239,7 +241,7 @@ class MLLMJudge:
         alphas = []
         for start in range(0, len(pairs), self.batch_size):
             batch_pairs = pairs[start : start + self.batch_size]
-            suffix_ids, suffix_mask = self.prompt_encoder.pad(self._suffix_ids([text for _, text in batch_pairs]), padding_side="right")
+            suffix_ids, suffix_mask = self.prompt_encoder.pad(self.suffix_ids([text for _, text in batch_pairs]), padding_side="right")
             suffix_ids, suffix_mask = suffix_ids.to(self.model.device), suffix_mask.to(self.model.device)
             batch, length = suffix_ids.shape
             anchors = torch.tensor([anchor for anchor, _ in batch_pairs], device=self.model.device)

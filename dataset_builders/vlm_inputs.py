@@ -80,10 +80,6 @@ class PromptEncoder:
         """Pixels and token counts of `images`, in order."""
         raise NotImplementedError
 
-    def tokenize(self, text: str, image_token_counts: Sequence[int] = ()) -> list[int]:
-        """Token ids of rendered `text`, its k-th image placeholder expanded to image_token_counts[k] tokens."""
-        return self.expand_images(self.tokenizer(text, add_special_tokens=False)["input_ids"], image_token_counts)
-
     def expand_images(self, ids: Sequence[int], image_token_counts: Sequence[int]) -> list[int]:
         """`ids` with its k-th image placeholder repeated image_token_counts[k] times."""
         placeholders = [position for position, token in enumerate(ids) if token == self.image_token_id]

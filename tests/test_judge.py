@@ -76,7 +76,7 @@ def test_per_pair_path_matches_the_model_forward_one_pair_at_a_time(sharp_judge)
     for image, texts, expected in zip(IMAGES[:2], TEXTS[:2], alphas):
         for text, alpha in zip(texts, expected):
             images = encoder.encode_images([image])
-            ids = encoder.tokenize(sharp_judge._prefix_text, images.num_tokens) + sharp_judge._suffix_ids([text])[0]
+            ids = sharp_judge.prefix_ids(images, 0) + sharp_judge.suffix_ids([text])[0]
             with torch.no_grad():
                 logits = sharp_judge.model(**encoder.model_inputs([ids], images, padding_side="right")).logits[0, -1]
             reference = torch.softmax(logits[[sharp_judge.yes_id, sharp_judge.no_id]], dim=-1)[0]
@@ -84,11 +84,11 @@ def test_per_pair_path_matches_the_model_forward_one_pair_at_a_time(sharp_judge)
 
 
 def test_shared_prefix_covers_the_question_head_and_keeps_tokenisation(sharp_judge):
-    assert sharp_judge._prefix_text.endswith("Does the image align with the text")
+    assert sharp_judge.prefix_text.endswith("Does the image align with the text")
     tokenizer = sharp_judge.prompt_encoder.tokenizer
     for text in [text for texts in TEXTS for text in texts]:
-        whole = tokenizer(sharp_judge._prefix_text + sharp_judge._suffix_template.format(text=text), add_special_tokens=False)
-        assert sharp_judge._prefix_ids + sharp_judge._suffix_ids([text])[0] == whole["input_ids"]
+        whole = tokenizer(sharp_judge.prefix_text + sharp_judge.suffix_template.format(text=text), add_special_tokens=False)
+        assert sharp_judge._prefix_template_ids + sharp_judge.suffix_ids([text])[0] == whole["input_ids"]
 
 
 def test_score_images_scores_each_candidate_image_against_its_text(sharp_judge):
@@ -108,8 +108,8 @@ def _train_to_prefer(judge: MLLMJudge, positives, negatives, steps: int = 60) ->
     encoder = judge.prompt_encoder
     pairs = [(image, text, 1) for image, text in positives] + [(image, text, 0) for image, text in negatives]
     images = encoder.encode_images([image for image, _, _ in pairs])
-    suffixes = judge._suffix_ids([text for _, text, _ in pairs])
-    sequences = [encoder.tokenize(judge._prefix_text, [count]) + suffix for suffix, count in zip(suffixes, images.num_tokens)]
+    suffixes = judge.suffix_ids([text for _, text, _ in pairs])
+    sequences = [judge.prefix_ids(images, index) + suffix for index, suffix in enumerate(suffixes)]
     inputs = encoder.model_inputs(sequences, images, padding_side="right")
     targets = torch.tensor([1 - label for _, _, label in pairs])  # index 0 = Yes, 1 = No
     last = inputs["attention_mask"].sum(1) - 1
@@ -249,7 +249,7 @@ def test_llava_judge_paths_agree_with_each_other_and_the_plain_forward():
     encoder = judge.prompt_encoder
     images = encoder.encode_images(IMAGES[:1])
     assert images.num_tokens == [16]  # (16 / 4)^2 patches, CLS dropped
-    ids = encoder.tokenize(judge._prefix_text, images.num_tokens) + judge._suffix_ids([TEXTS[0][1]])[0]
+    ids = judge.prefix_ids(images, 0) + judge.suffix_ids([TEXTS[0][1]])[0]
     with torch.no_grad():
         logits = judge.model(**encoder.model_inputs([ids], images, padding_side="right")).logits[0, -1]
     reference = torch.softmax(logits[[judge.yes_id, judge.no_id]], dim=-1)[0]
