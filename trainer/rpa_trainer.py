@@ -312,10 +312,12 @@ class RPATrainer(DPOTrainer):
         self._eval_anchor_embeds = []
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         if self._eval_anchor_embeds:
-            prefix = metric_key_prefix
             texts, images, text_ids, image_ids = (torch.cat(part) for part in zip(*self._eval_anchor_embeds))
-            output.metrics[f"{prefix}_recall@1/text_to_image"] = _recall_at_1(texts, images, image_ids, image_ids)
-            output.metrics[f"{prefix}_recall@1/image_to_text"] = _recall_at_1(images, texts, text_ids, text_ids)
+            recalls = {
+                "text_to_image": _recall_at_1(texts, images, image_ids, image_ids),
+                "image_to_text": _recall_at_1(images, texts, text_ids, text_ids),
+            }
+            output.metrics.update({f"{metric_key_prefix}_recall@1/{key}": value for key, value in recalls.items()})
             self._eval_anchor_embeds = []
         return output
 
