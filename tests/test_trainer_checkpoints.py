@@ -7,7 +7,8 @@ import pytest
 import torch
 from transformers import AutoModel, AutoProcessor, TrainerCallback
 
-from test_trainer import make_trainer
+from test_trainer import make_config, make_trainer
+from trainer import RPATrainer
 from trainer.testing import synthetic_preference_dataset
 
 
@@ -53,6 +54,17 @@ def test_saved_model_loads_with_auto_classes(tmp_path, lora):
     for got, want in zip(loaded.encode(processor, texts=texts, images=images), expected):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
     assert loaded.preference_logit_scale.item() == pytest.approx(trained.preference_logit_scale.item())
+
+
+def test_training_continues_from_a_saved_model_given_by_path(tmp_path):
+    first = make_trainer(tmp_path / "first", max_steps=2)
+    first.train()
+    first.save_model()
+    continued = RPATrainer(first.args.output_dir, args=make_config(tmp_path / "second", max_steps=2),
+                           train_dataset=synthetic_preference_dataset(8))  # processor loaded from the path too
+    torch.testing.assert_close(continued.model.logit_scale, first.model.logit_scale)
+    continued.train()
+    assert continued.state.global_step == 2
 
 
 def test_lora_checkpoint_resumes_adapters_and_scales(tmp_path):
