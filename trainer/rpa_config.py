@@ -37,8 +37,8 @@ class RPAConfig(DPOConfig):
     denominator. `beta` and `temperature` are the model's learnable `preference_logit_scale` and `logit_scale`
     (both stored as logarithms).
 
-    Defaults run on a CPU without flags: `bf16` is on only where a CUDA device supports it, gradient checkpointing is
-    off, and the learning rate and schedule are the paper's LoRA settings (5e-4, 2.5% linear warm-up, cosine decay).
+    Defaults run on a CPU without flags: `bf16` is on only where a CUDA device supports it, activation checkpointing
+    is off, and the learning rate and schedule are the paper's LoRA settings (5e-4, 2.5% linear warm-up, cosine decay).
     """
 
     # Overridden TrainingArguments / DPOConfig defaults
@@ -57,11 +57,12 @@ class RPAConfig(DPOConfig):
             "2.5%% of training (section 4.1)."
         },
     )
-    gradient_checkpointing: bool = field(
-        default=False,
+    gradient_checkpointing: bool | None = field(
+        default=None,
         metadata={
-            "help": "Recompute activations in the backward pass to save memory (about 20%% slower). MAPLE uses it for "
-            "its 2B/7B backbones; off by default so small models run fast."
+            "help": "Deprecated alias of `activation_checkpointing` (recompute activations in the backward pass to "
+            "save memory, about 20%% slower). MAPLE uses it for its 2B/7B backbones; off unless set (TRL turns it "
+            "on), so small models run fast."
         },
     )
     bf16: bool | None = field(
