@@ -662,10 +662,12 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         snapshot of the repo, or a build's work dir), or a parquet file."""
         path = Path(repo_id_or_path)
         if path.exists():
-            files = [str(path)] if path.is_file() else sorted(str(file) for file in path.rglob("*.parquet"))
-            if config_name is not None and path.is_dir():
-                files = [file for file in files if f"/{config_name}/" in file] or files
+            files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
+            if config_name is not None:
+                # A repo snapshot keeps each config's files in a folder named after it.
+                files = [file for file in files if config_name in file.relative_to(path).parts[:-1]]
             if not files:
-                raise FileNotFoundError(f"no parquet files under {repo_id_or_path}")
+                raise FileNotFoundError(f"no parquet files{f' of config {config_name!r}' if config_name else ''} under {repo_id_or_path}")
+            files = [str(file) for file in files]
             return datasets.load_dataset("parquet", data_files=files, split="train", features=FEATURES, **load_kwargs)
         return datasets.load_dataset(repo_id_or_path, name=config_name, split=split, **load_kwargs)

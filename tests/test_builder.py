@@ -176,12 +176,19 @@ def test_sources_parquet_file_folder_and_imagefolder_give_the_same_rows(tmp_path
     assert len(results[0]) == 7
 
 
-def test_from_pretrained_loads_a_local_build(tmp_path):
+def test_from_pretrained_loads_a_local_build_or_snapshot(tmp_path):
     builder = _build(tmp_path)
     built = builder.as_dataset(split="train")
     loaded = MaplePreferences.from_pretrained(str(tmp_path / "work" / "shards"))
     assert loaded.features == FEATURES
     assert loaded.to_dict() == built.to_dict()
+    # A Hub snapshot keeps each config in its own folder.
+    snapshot = tmp_path / "snapshot"
+    (snapshot / "paper").mkdir(parents=True)
+    built.to_parquet(str(snapshot / "paper" / "train-00000-of-00001.parquet"))
+    assert MaplePreferences.from_pretrained(str(snapshot), config_name="paper").to_dict() == built.to_dict()
+    with pytest.raises(FileNotFoundError, match="corpus-captions"):
+        MaplePreferences.from_pretrained(str(snapshot), config_name="corpus-captions")
 
 
 def test_end_to_end_with_a_tiny_mllm_judge_and_captioner(tmp_path):
