@@ -73,11 +73,10 @@ class MapleConfig(PreTrainedConfig):
         # The embedder shares its special tokens with the backbone's text side, which keeps
         # `Trainer`'s tokenizer/config alignment a no-op.
         text_side = self.mllm_config if self.backbone == "mllm" else self.text_config
-        if text_side is not None:
-            text_side = getattr(text_side, "text_config", text_side)
-            for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
-                if getattr(self, name, None) is None and getattr(text_side, name, None) is not None:
-                    setattr(self, name, getattr(text_side, name))
+        text_side = getattr(text_side, "text_config", text_side)
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            if getattr(self, name, None) is None:
+                setattr(self, name, getattr(text_side, name, None))
 
     def _check_maple_fields(self):
         # Raised from `__post_init__` as plain ValueErrors (`@strict` validators wrap theirs), so bad

@@ -31,6 +31,12 @@ class MapleOutput(ModelOutput):
         Text embeddings (L2-normalised when `config.normalize`).
     image_embeds (`torch.FloatTensor` of shape `(num_images, embed_dim)`):
         Image embeddings (L2-normalised when `config.normalize`).
+    inverse_temperature (`torch.FloatTensor` of shape `()`):
+        `logit_scale.exp()`, the InfoNCE inverse temperature.
+    beta (`torch.FloatTensor` of shape `()`):
+        `preference_logit_scale.exp()`, RPA's scale of similarities. Returned by `forward` (as open_clip
+        returns its logit scale) so that losses use parameters that went through the forward pass, which
+        DistributedDataParallel requires.
     """
 
     loss: torch.FloatTensor | None = None
@@ -38,6 +44,8 @@ class MapleOutput(ModelOutput):
     logits_per_text: torch.FloatTensor | None = None
     text_embeds: torch.FloatTensor | None = None
     image_embeds: torch.FloatTensor | None = None
+    inverse_temperature: torch.FloatTensor | None = None
+    beta: torch.FloatTensor | None = None
 
 
 def masked_mean_pool(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -238,9 +246,10 @@ class MapleModel(MaplePreTrainedModel):
             image_embeds = self.get_image_features(
                 pixel_values, image_grid_thw, image_input_ids, image_attention_mask, image_mm_token_type_ids
             )
+        inverse_temperature = self.logit_scale.exp()
         logits_per_text = logits_per_image = loss = None
         if text_embeds is not None and image_embeds is not None:
-            logits_per_text = self.logit_scale.exp() * text_embeds @ image_embeds.t()
+            logits_per_text = inverse_temperature * text_embeds @ image_embeds.t()
             logits_per_image = logits_per_text.t()
         if return_loss:
             if logits_per_text is None or logits_per_text.shape[0] != logits_per_text.shape[1]:
@@ -252,6 +261,8 @@ class MapleModel(MaplePreTrainedModel):
             logits_per_text=logits_per_text,
             text_embeds=text_embeds,
             image_embeds=image_embeds,
+            inverse_temperature=inverse_temperature,
+            beta=self.preference_logit_scale.exp(),
         )
 
     @torch.no_grad()

@@ -111,12 +111,14 @@ def tiny_mllm_config(model_type: str = "qwen2_vl", **overrides) -> PreTrainedCon
         "max_position_embeddings": 512,
         # multimodal RoPE: the (temporal, height, width) sections sum to head_dim / 2 = 4
         "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
+        # the tokenizer's own special tokens (no BOS), so Trainer's token alignment has nothing to change
+        "bos_token_id": None,
+        "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id,
     }
     vision_config = {"depth": 1, "num_heads": 2, "patch_size": 4, "spatial_merge_size": 2, "temporal_patch_size": 2}
     if model_type == "qwen2_vl":
         vision_config.update(embed_dim=16, hidden_size=32, mlp_ratio=2)
-        text_config.update(bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
     elif model_type == "qwen2_5_vl":
         vision_config.update(
             hidden_size=16, intermediate_size=32, out_hidden_size=32, window_size=16, fullatt_block_indexes=[0]
@@ -161,6 +163,8 @@ def tiny_dual_encoder_config(**overrides) -> MapleConfig:
         num_hidden_layers=2,
         num_attention_heads=4,
         max_position_embeddings=128,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     kwargs = {

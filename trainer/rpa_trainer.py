@@ -134,13 +134,9 @@ class RPATrainer(DPOTrainer):
             ref_model.requires_grad_(False).eval()
         if args.disable_dropout:
             disable_dropout_in_model(model)
-        # Under DDP: a step may leave parameters without gradient (a text tower's pooler, beta when rpa_weight is 0),
-        # and beta is used outside the model's forward (the loss reads `preference_logit_scale`), which DDP only
-        # accepts with a static graph; the set of parameters a step uses never changes here, so that holds.
+        # Under DDP a step may leave parameters without gradient (a text tower's pooler, beta when rpa_weight is 0).
         if args.ddp_find_unused_parameters is None:
             args.ddp_find_unused_parameters = True
-        if args.ddp_static_graph is None:
-            args.ddp_static_graph = True
         # accelerate's batch dispatching (its default for streamed datasets) slices every tensor of a batch by rows;
         # ours hold more images and texts than rows, so each process collates its own batches instead.
         if args.accelerator_config.dispatch_batches:
@@ -224,8 +220,8 @@ class RPATrainer(DPOTrainer):
     def _compute_loss(self, model, inputs, return_outputs):
         mode = "train" if self.model.training else "eval"
         outputs = model(**_model_inputs(inputs))  # the step's only forward through the wrapped model
-        unwrapped = self.accelerator.unwrap_model(model)
-        beta, inverse_temperature = unwrapped.preference_logit_scale.exp(), unwrapped.logit_scale.exp()
+        # the scales come out of the forward, so DDP sees them used inside it
+        beta, inverse_temperature = outputs.beta, outputs.inverse_temperature
 
         similarities = _candidate_similarities(outputs.text_embeds, outputs.image_embeds, inputs)
         if self.args.reference == "frozen":
