@@ -543,7 +543,7 @@ def _publish_checkpoint(config: DemoConfig, maple_result: dict[str, Any], maple_
         training_config=maple_result["training_args"],
         log_history=maple_result["log_history"],
         eval_results=eval_results,
-        dataset_id=None,
+        dataset_id=f"{config.push_to_hub}-preferences" if config.push_to_hub else None,
         judge_id=config.judge or "scene-graph judge (a stand-in for an MLLM judge; see docs/demo.md)",
         repo_id=config.push_to_hub,
     )
