@@ -185,3 +185,10 @@ def test_config_defaults_run_on_cpu_and_follow_the_paper(tmp_path):
 def test_config_rejects_bad_values(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         RPAConfig(output_dir=str(tmp_path), **overrides)
+
+
+def test_the_preference_schema_is_defined_once():
+    from trainer.schema import PREFERENCE_COLUMNS, PREFERENCE_FEATURES
+
+    assert PREFERENCE_COLUMNS == tuple(PREFERENCE_FEATURES)
+    assert synthetic_preference_dataset(2).features == PREFERENCE_FEATURES

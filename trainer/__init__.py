@@ -11,6 +11,7 @@ from .losses import contrastive_loss, preference_agreement, rpa_listwise_loss, r
 _LAZY_ATTRIBUTES = {
     "DataCollatorForEmbeddingPreference": ".collator",
     "PREFERENCE_COLUMNS": ".schema",
+    "PREFERENCE_FEATURES": ".schema",
     "RPAConfig": ".rpa_config",
     "RPATrainer": ".rpa_trainer",
     "validate_preference_dataset": ".schema",

@@ -5,10 +5,12 @@ One row per anchor::
     id: string
     image: Image                       # anchor image
     caption: string                    # anchor caption
-    candidate_images: Sequence(Image)  # anchor image first, then its hard-negative images
-    candidate_texts: Sequence(string)  # anchor caption first, then generated captions
-    txt2img_scores: Sequence(float32)  # judge alpha(caption, candidate_images[j])
-    img2txt_scores: Sequence(float32)  # judge alpha(image, candidate_texts[j])
+    candidate_images: List(Image)      # anchor image first, then its hard-negative images
+    candidate_texts: List(string)      # anchor caption first, then generated captions
+    txt2img_scores: List(float32)      # judge alpha(caption, candidate_images[j])
+    img2txt_scores: List(float32)      # judge alpha(image, candidate_texts[j])
+
+`PREFERENCE_FEATURES` is the one definition of this schema: `dataset_builders` and `trainer.testing` import it.
 
 Validation runs before training so a bad row fails in seconds, not hours in, and the error names the column, the
 row id and what was expected.
@@ -21,17 +23,21 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pyarrow.compute as pc
-from datasets import Dataset, IterableDataset
+from datasets import Dataset, Features, Image, IterableDataset, List, Value
 
-PREFERENCE_COLUMNS = (
-    "id",
-    "image",
-    "caption",
-    "candidate_images",
-    "candidate_texts",
-    "txt2img_scores",
-    "img2txt_scores",
+PREFERENCE_FEATURES = Features(
+    {
+        "id": Value("string"),
+        "image": Image(),
+        "caption": Value("string"),
+        "candidate_images": List(Image()),
+        "candidate_texts": List(Value("string")),
+        "txt2img_scores": List(Value("float32")),
+        "img2txt_scores": List(Value("float32")),
+    }
 )
+"""The preference dataset schema, one row per anchor (see the module docstring)."""
+PREFERENCE_COLUMNS = tuple(PREFERENCE_FEATURES)
 # each candidate list and the judge scores that rank it
 SCORED_CANDIDATES = {"candidate_images": "txt2img_scores", "candidate_texts": "img2txt_scores"}
 

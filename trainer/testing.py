@@ -9,23 +9,13 @@ from __future__ import annotations
 
 import random
 
-from datasets import Dataset, Features, Sequence, Value
-from datasets import Image as ImageFeature
+from datasets import Dataset
 from PIL import Image, ImageDraw
+
+from .schema import PREFERENCE_FEATURES
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 190, 30), "blue": (30, 30, 220), "yellow": (230, 210, 20)}
 SIDES = ("left", "right")
-PREFERENCE_FEATURES = Features(
-    {
-        "id": Value("string"),
-        "image": ImageFeature(),
-        "caption": Value("string"),
-        "candidate_images": Sequence(ImageFeature()),
-        "candidate_texts": Sequence(Value("string")),
-        "txt2img_scores": Sequence(Value("float32")),
-        "img2txt_scores": Sequence(Value("float32")),
-    }
-)
 
 
 def draw_scene(colour: str, side: str, size: int = 16) -> Image.Image:
