@@ -123,8 +123,8 @@ class MapleModel(MaplePreTrainedModel):
                 nn.Linear(hidden_size, config.projection_dim, bias=False) if config.projection_dim else None
             )
         else:
-            self.vision_tower = vision_tower if vision_tower is not None else AutoModel.from_config(config.vision_config)
-            self.text_tower = text_tower if text_tower is not None else AutoModel.from_config(config.text_config)
+            self.vision_tower = vision_tower if vision_tower is not None else tower_from_config(config.vision_config)
+            self.text_tower = text_tower if text_tower is not None else tower_from_config(config.text_config)
             self.visual_projection = nn.Linear(_hidden_size(config.vision_config), config.projection_dim, bias=False)
             self.text_projection = nn.Linear(_hidden_size(config.text_config), config.projection_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
@@ -228,8 +228,8 @@ class MapleModel(MaplePreTrainedModel):
         image_attention_mask: torch.Tensor | None = None,
         image_mm_token_type_ids: torch.IntTensor | None = None,
         return_loss: bool | None = None,
-        **kwargs: Any,
-    ) -> MapleOutput:
+        return_dict: bool | None = None,
+    ) -> MapleOutput | tuple:
         r"""
         Embeds the texts and the images of a batch in one call. Inputs are those of
         [`get_text_features`] and [`get_image_features`]; either side may be absent, and the numbers of
@@ -237,6 +237,8 @@ class MapleModel(MaplePreTrainedModel):
 
         return_loss (`bool`, *optional*):
             Return the symmetric InfoNCE loss; needs as many images as texts, matched by index.
+        return_dict (`bool`, *optional*):
+            `False` returns a tuple of the non-`None` fields of `MapleOutput`, as transformers models do.
         """
         if input_ids is None and pixel_values is None:
             raise ValueError("MapleModel got neither texts (`input_ids`) nor images (`pixel_values`).")
@@ -255,7 +257,7 @@ class MapleModel(MaplePreTrainedModel):
             if logits_per_text is None or logits_per_text.shape[0] != logits_per_text.shape[1]:
                 raise ValueError("return_loss=True needs as many texts as images, matched by index.")
             loss = clip_contrastive_loss(logits_per_text)
-        return MapleOutput(
+        output = MapleOutput(
             loss=loss,
             logits_per_image=logits_per_image,
             logits_per_text=logits_per_text,
@@ -264,6 +266,7 @@ class MapleModel(MaplePreTrainedModel):
             inverse_temperature=inverse_temperature,
             beta=self.preference_logit_scale.exp(),
         )
+        return output if return_dict is not False else output.to_tuple()
 
     @torch.no_grad()
     def encode(
@@ -379,9 +382,28 @@ class MapleModel(MaplePreTrainedModel):
             tower.load_state_dict(tower_state)
         for ours, theirs in ((model.visual_projection, "visual_projection"), (model.text_projection, "text_projection")):
             source = getattr(two_tower, theirs, None)
-            if isinstance(source, nn.Linear) and source.weight.shape == ours.weight.shape:
-                ours.weight.data.copy_(source.weight.data)
+            with torch.no_grad():
+                if isinstance(source, nn.Linear) and source.weight.shape == ours.weight.shape:
+                    ours.weight.copy_(source.weight)
+                elif ours.in_features == ours.out_features:
+                    # SigLIP's towers already share one space (their heads sit inside the towers): an
+                    # identity map keeps the pretrained alignment instead of scrambling it.
+                    ours.weight.copy_(torch.eye(ours.out_features))
         return model
+
+
+def tower_from_config(config) -> PreTrainedModel:
+    """A randomly initialised single-modality tower for `config`. `AutoModel` maps most towers (CLIP,
+    SigLIP vision, DINOv2, BERT); text towers it does not map (SigLIP's) are found by name."""
+    try:
+        return AutoModel.from_config(config)
+    except ValueError:
+        import transformers
+
+        tower_class = getattr(transformers, type(config).__name__.removesuffix("Config") + "Model", None)
+        if tower_class is None:
+            raise ValueError(f"No model class for a {config.model_type!r} tower.") from None
+        return tower_class(config)
 
 
 def _hidden_size(config) -> int:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from PIL import Image, UnidentifiedImageError
-from transformers import AutoImageProcessor, AutoTokenizer
+from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
@@ -35,6 +36,24 @@ def load_image(image: Any, index: int) -> Image.Image:
     raise ValueError(f"images[{index}] is a {type(image).__name__}; expected a PIL image or an image file path.")
 
 
+def qwen_vl_image_token_counts(image_grid_thw: torch.Tensor, merge_size: int) -> list[int]:
+    """Number of vision tokens of each image in a Qwen2-VL family prompt: its patches `(t, h, w)` from
+    `image_grid_thw` (num_images, 3), merged `merge_size` x `merge_size` into one token."""
+    return (image_grid_thw.prod(dim=-1) // merge_size**2).tolist()
+
+
+def expand_image_placeholders(prompt: str, token_counts: Iterable[int], placeholder: str = IMAGE_PAD) -> str:
+    """Replace the i-th `placeholder` of `prompt` by `token_counts[i]` copies of it, as the MLLM expects."""
+    pieces = prompt.split(placeholder)
+    token_counts = list(token_counts)
+    if len(pieces) - 1 != len(token_counts):
+        raise ValueError(f"prompt has {len(pieces) - 1} {placeholder} placeholders but {len(token_counts)} images")
+    expanded = [pieces[0]]
+    for count, piece in zip(token_counts, pieces[1:]):
+        expanded.append(placeholder * count + piece)
+    return "".join(expanded)
+
+
 class MapleProcessor(ProcessorMixin):
     r"""
     Prepares texts and images for [`MapleModel`]: one tokenizer and one image processor.
@@ -51,7 +70,12 @@ class MapleProcessor(ProcessorMixin):
         backbone (`str`): `"mllm"` or `"dual_encoder"`, as in [`MapleConfig`].
         image_prompt (`str`, *optional*): template with an `{image}` slot (MLLM only).
         text_prompt (`str`, *optional*): template with a `{text}` slot.
-        max_text_length (`int`, *optional*): truncate texts (not image prompts) to this many tokens.
+        max_text_length (`int`, *optional*): truncate each text to this many tokens before it is put
+            into `text_prompt`, so a long text never cuts off the instruction. Dual encoders
+            otherwise truncate to the tokenizer's `model_max_length` (77 for CLIP).
+        text_padding (`str`, defaults to `"longest"`): `"longest"` or `"max_length"` (pads to
+            `max_text_length`, or `model_max_length`; SigLIP's text tower pools the last position
+            and needs it).
     """
 
     def __init__(
@@ -62,10 +86,16 @@ class MapleProcessor(ProcessorMixin):
         image_prompt: str | None = None,
         text_prompt: str | None = None,
         max_text_length: int | None = None,
+        text_padding: str = "longest",
         **kwargs,
     ):
         if backbone not in ("mllm", "dual_encoder"):
             raise ValueError(f"Unknown backbone {backbone!r}: expected 'mllm' or 'dual_encoder'.")
+        if text_padding not in ("longest", "max_length"):
+            raise ValueError(f"Unknown text_padding {text_padding!r}: expected 'longest' or 'max_length'.")
+        if text_padding == "max_length" and backbone == "mllm" and max_text_length is None:
+            raise ValueError("text_padding='max_length' with an MLLM needs `max_text_length`.")
+        self.text_padding = text_padding
         self.backbone = backbone
         self.image_prompt = image_prompt or (MLLM_IMAGE_PROMPT if backbone == "mllm" else None)
         self.text_prompt = text_prompt or (MLLM_TEXT_PROMPT if backbone == "mllm" else "{text}")
@@ -98,12 +128,30 @@ class MapleProcessor(ProcessorMixin):
                 raise ValueError(f"text[{index}] is a {type(text).__name__}; expected a string.")
             if not text.strip():
                 raise ValueError(f"text[{index}] is an empty string.")
+        if self.max_text_length is not None:
+            texts = [self._truncate(text) for text in texts]
         prompts = [self.text_prompt.format(text=text) for text in texts]
-        truncate = self.max_text_length is not None
+        # An MLLM reads long contexts; a dual encoder's text tower has a hard position limit.
+        model_limit = self.tokenizer.model_max_length if self.backbone == "dual_encoder" else None
+        padded_length = self.max_text_length or model_limit
         encoded = self.tokenizer(
-            prompts, padding=True, truncation=truncate, max_length=self.max_text_length, return_tensors="pt"
+            prompts,
+            padding="max_length" if self.text_padding == "max_length" else True,
+            truncation=model_limit is not None,
+            max_length=padded_length if self.text_padding == "max_length" else model_limit,
+            return_tensors="pt",
         )
-        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+        inputs = {"input_ids": encoded["input_ids"]}
+        # Towers trained without a text mask (SigLIP) have tokenizers that return none; follow them.
+        if "attention_mask" in encoded:
+            inputs["attention_mask"] = encoded["attention_mask"]
+        return inputs
+
+    def _truncate(self, text: str) -> str:
+        token_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(token_ids) <= self.max_text_length:
+            return text
+        return self.tokenizer.decode(token_ids[: self.max_text_length], skip_special_tokens=True)
 
     def _images(self, images: Any) -> dict[str, torch.Tensor]:
         images = [images] if isinstance(images, (Image.Image, str, os.PathLike)) else list(images)
@@ -114,10 +162,10 @@ class MapleProcessor(ProcessorMixin):
         if self.backbone == "dual_encoder":
             return {"pixel_values": pixel_inputs["pixel_values"]}
         grid_thw = pixel_inputs["image_grid_thw"]
-        tokens_per_image = grid_thw.prod(dim=-1) // (self.image_processor.merge_size**2)
+        image_prompt = self.image_prompt.format(image=VISION_START + IMAGE_PAD + VISION_END)
         prompts = [
-            self.image_prompt.format(image=VISION_START + IMAGE_PAD * int(count) + VISION_END)
-            for count in tokens_per_image
+            expand_image_placeholders(image_prompt, [count])
+            for count in qwen_vl_image_token_counts(grid_thw, self.image_processor.merge_size)
         ]
         encoded = self.tokenizer(prompts, padding=True, return_tensors="pt")
         image_token_id = self.tokenizer.convert_tokens_to_ids(IMAGE_PAD)
@@ -136,7 +184,9 @@ class MapleProcessor(ProcessorMixin):
         """The processor matching [`MapleModel.from_backbone`] with the same arguments."""
         image_processor = AutoImageProcessor.from_pretrained(name_or_path)
         tokenizer = AutoTokenizer.from_pretrained(text_backbone or name_or_path)
+        if text_backbone is None and AutoConfig.from_pretrained(name_or_path).model_type in ("siglip", "siglip2"):
+            kwargs.setdefault("text_padding", "max_length")  # SigLIP pools its text at the last position
         return cls(image_processor=image_processor, tokenizer=tokenizer, backbone=backbone, **kwargs)
 
 
-__all__ = ["MapleProcessor"]
+__all__ = ["MapleProcessor", "expand_image_placeholders", "load_image", "qwen_vl_image_token_counts"]

@@ -72,7 +72,7 @@ def _trained_tokenizer() -> PreTrainedTokenizerBase:
         _CORPUS, vocab_size=400, new_special_tokens=QWEN2_VL_SPECIAL_TOKENS
     )
     tokenizer.chat_template = TINY_CHAT_TEMPLATE
-    tokenizer.model_max_length = 512
+    tokenizer.model_max_length = 128  # the tiny BERT's position limit
     return tokenizer
 
 

@@ -8,11 +8,23 @@ import torch
 from peft import PeftModel, get_peft_model
 from PIL import Image
 from safetensors.torch import load_file
-from transformers import AutoModel, AutoProcessor, BertModel, CLIPImageProcessorPil, CLIPConfig, CLIPModel, Dinov2Config, Dinov2Model
+from transformers import (
+    AutoModel,
+    AutoProcessor,
+    BertModel,
+    CLIPConfig,
+    CLIPImageProcessorPil,
+    CLIPModel,
+    Dinov2Config,
+    Dinov2Model,
+    SiglipConfig,
+    SiglipModel,
+)
 
 from isolated import run_isolated
 from modeling_maple import MapleConfig, MapleModel, MapleProcessor
 from modeling_maple.lora import maple_lora_config
+from modeling_maple.processing_maple import expand_image_placeholders, qwen_vl_image_token_counts
 from modeling_maple.testing import build_tiny, tiny_image_processor, tiny_mllm_config, tiny_qwen2_vl_config, tiny_tokenizer
 
 BACKBONES = ["mllm", "dual_encoder"]
@@ -192,6 +204,54 @@ def test_from_backbone_two_tower_clip_keeps_towers_and_projections(tmp_path):
     assert torch.equal(model.visual_projection.weight, saved["visual_projection.weight"])
     assert torch.equal(model.text_projection.weight, saved["text_projection.weight"])
     assert model.config.pooling == "pooler" and model.config.projection_dim == 12
+
+
+def test_from_backbone_siglip_keeps_towers_with_identity_projections(tmp_path):
+    torch.manual_seed(0)
+    config = SiglipConfig(
+        text_config={"vocab_size": len(tiny_tokenizer()), "hidden_size": 32, "intermediate_size": 37,
+                     "num_hidden_layers": 1, "num_attention_heads": 4, "max_position_embeddings": 16},
+        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 4,
+                       "image_size": 16, "patch_size": 4},
+    )
+    siglip = SiglipModel(config).eval()
+    siglip.save_pretrained(tmp_path)
+    CLIPImageProcessorPil(size={"height": 16, "width": 16}, do_center_crop=False).save_pretrained(tmp_path)
+    tokenizer = tiny_tokenizer()
+    tokenizer.model_max_length = 16
+    tokenizer.save_pretrained(tmp_path)
+    model = MapleModel.from_backbone(str(tmp_path), backbone="dual_encoder").eval()
+    processor = MapleProcessor.from_backbone(str(tmp_path), backbone="dual_encoder")
+    assert processor.text_padding == "max_length" and model.config.pooling == "pooler"
+    torch.testing.assert_close(model.visual_projection.weight, torch.eye(32))
+    # with identity heads, MAPLE's embeddings are SigLIP's own (normalised) pooled embeddings
+    batch = processor(text=TEXTS[:2], images=random_images(2))
+    with torch.no_grad():
+        reference = siglip(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"])
+        ours = model(**batch)
+    torch.testing.assert_close(ours.text_embeds, torch.nn.functional.normalize(reference.text_embeds, dim=-1))
+    torch.testing.assert_close(ours.image_embeds, torch.nn.functional.normalize(reference.image_embeds, dim=-1))
+    model.save_pretrained(tmp_path / "maple")  # a SigLIP text tower rebuilds from its config alone
+    torch.testing.assert_close(AutoModel.from_pretrained(tmp_path / "maple")(**batch).text_embeds, ours.text_embeds)
+
+
+def test_long_texts_keep_the_instruction_and_fit_the_tower():
+    model, processor = build_tiny(backbone="mllm")
+    long_text = " ".join(["a big red circle left of a small blue square"] * 20)
+    truncating = MapleProcessor(processor.image_processor, processor.tokenizer, backbone="mllm", max_text_length=8)
+    decoded = truncating.tokenizer.decode(truncating(text=[long_text])["input_ids"][0])
+    assert decoded.endswith("Describe this text in one word:") and len(decoded) < 80
+    dual, dual_processor = build_tiny(backbone="dual_encoder")
+    batch = dual_processor(text=[long_text * 3])  # 600+ tokens, the tiny BERT holds 128 positions
+    assert batch["input_ids"].shape[1] == dual_processor.tokenizer.model_max_length
+    assert dual(**batch).text_embeds.shape == (1, dual.embed_dim)
+
+
+def test_image_placeholders_expand_to_one_token_per_merged_patch():
+    assert qwen_vl_image_token_counts(torch.tensor([[1, 4, 4], [1, 2, 6]]), merge_size=2) == [4, 3]
+    assert expand_image_placeholders("<|image_pad|> and <|image_pad|>", [2, 1]) == "<|image_pad|><|image_pad|> and <|image_pad|>"
+    with pytest.raises(ValueError, match="1 <|image_pad|> placeholders but 2 images"):
+        expand_image_placeholders("<|image_pad|>", [1, 2])
 
 
 def test_from_backbone_dinov2_with_real_minilm(tmp_path):
