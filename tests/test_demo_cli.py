@@ -113,3 +113,21 @@ def test_outputs_push_to_a_hub(demo_out, hub_server, tmp_path):
     assert {"model.safetensors", "modeling_maple.py", "README.md", "tokenizer.json"} <= set(hub_server.files("maple-org/demo"))
     dataset_files = hub_server.files("maple-org/demo-preferences", repo_type="dataset")
     assert "README.md" in dataset_files and any(path.endswith(".parquet") for path in dataset_files)
+
+
+def test_judge_option_loads_a_real_mllm_judge(tmp_path):
+    from dataset_builders.testing import tiny_qwen2_vl
+    from modeling_maple.testing import tiny_image_processor, tiny_tokenizer
+
+    from maple.demo.pipeline import DemoConfig, make_judge
+    from maple.demo.world import WorldConfig, build_world
+
+    folder = tmp_path / "tiny-judge"
+    tiny_qwen2_vl(seed=0).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    tiny_image_processor(image_size=32).save_pretrained(folder)
+    world = build_world(WorldConfig(n_train_families=5, n_retrieval=2, n_quadruples_per_category=2))
+    judge = make_judge(DemoConfig(out=tmp_path / "out", judge=str(folder)), world)
+    assert type(judge).__name__ == "MLLMJudge"
+    (alphas,) = judge.score([world.train[0].image], [[world.train[0].caption, world.train[1].caption]])
+    assert alphas.shape == (2,) and bool(((alphas >= 0) & (alphas <= 1)).all())

@@ -199,7 +199,8 @@ def build_embedder(world: World, backbone: str, seed: int = 0):
         tokenizer = Qwen2Tokenizer().train_new_from_iterator(
             [example.caption for example in world.train], vocab_size=PAIRS_VOCABULARY_SIZE
         )
-        width = 64
+        width, max_text_tokens = 64, 64
+        tokenizer.model_max_length = max_text_tokens  # the text tower's position limit
         config = MapleConfig(
             backbone="dual_encoder",
             vision_config=CLIPVisionConfig(
@@ -216,7 +217,7 @@ def build_embedder(world: World, backbone: str, seed: int = 0):
                 intermediate_size=2 * width,
                 num_hidden_layers=2,
                 num_attention_heads=4,
-                max_position_embeddings=64,
+                max_position_embeddings=max_text_tokens,
                 pad_token_id=tokenizer.pad_token_id,
             ),
             projection_dim=width,
@@ -416,7 +417,7 @@ def _build_preferences(config: DemoConfig, world: World, base_dir: Path, folder:
         miner = HardNegativeMiner.from_maple(*_load(base_dir), batch_size=256)
     builder = MaplePreferences(
         config_name="paper",
-        judge=_judge(config, world),
+        judge=make_judge(config, world),
         captioner=SceneGraphCaptioner(world.registry, caption_anchors=False, seed=config.world_seed),
         miner=miner,
         source_dataset=pairs_dataset(world).select_columns(["id", "image", "caption"]),
@@ -439,7 +440,8 @@ def _build_preferences(config: DemoConfig, world: World, base_dir: Path, folder:
     return datasets.load_from_disk(str(dataset_dir))
 
 
-def _judge(config: DemoConfig, world: World):
+def make_judge(config: DemoConfig, world: World):
+    """The scene-graph judge, or the real MLLM judge `config.judge` names."""
     if config.judge is None:
         return SceneGraphJudge(world.registry, noise=config.judge_noise, seed=config.world_seed)
     from dataset_builders import MLLMJudge
