@@ -33,7 +33,6 @@ import os
 import re
 import subprocess
 import sys
-import sysconfig
 import textwrap
 import threading
 from dataclasses import dataclass, field
@@ -41,6 +40,8 @@ from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from isolated import isolated_command
 
 USER = "maple-tester"
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".parquet", ".arrow", ".png", ".jpg", ".jpeg", ".npy")
@@ -415,8 +416,6 @@ class HubServer(ThreadingHTTPServer):
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# Top-level packages of this project: an isolated client must not be able to import any of them.
-PROJECT_PACKAGES = ("modeling_maple", "trainer", "dataset_builders", "evaluation", "metrics", "model_cards", "maple")
 CLIENT_TOKEN = "hf_maple_test_token"
 
 
@@ -441,18 +440,11 @@ def run_client(server: HubServer, workdir: Path, code: str, isolated: bool = Fal
         "HF_HOME": str(home),
         "OMP_NUM_THREADS": "1",
     } | env
-    code = textwrap.dedent(code)
     if isolated:
-        prelude = (
-            "import importlib.util, sys\n"
-            f"sys.path.append({sysconfig.get_paths()['purelib']!r})\n"
-            f"visible = [p for p in {PROJECT_PACKAGES!r} if importlib.util.find_spec(p) is not None]\n"
-            "assert not visible, f'isolated child can import {visible}'\n"
-        )
-        command = [sys.executable, "-I", "-S", "-c", prelude + code]
+        command = isolated_command(code)
     else:
         child_env["PYTHONPATH"] = str(REPO_ROOT)
-        command = [sys.executable, "-c", code]
+        command = [sys.executable, "-c", textwrap.dedent(code)]
     result = subprocess.run(command, env=child_env, cwd=workdir, capture_output=True, text=True, timeout=300)
     if expect_failure:
         assert result.returncode != 0, f"client unexpectedly succeeded:\n{result.stdout}"

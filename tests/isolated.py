@@ -13,20 +13,25 @@ import sys
 import sysconfig
 import textwrap
 
+# Top-level packages of this project: an isolated interpreter must not be able to import any of them.
+PROJECT_PACKAGES = ("modeling_maple", "trainer", "dataset_builders", "evaluation", "metrics", "model_cards", "maple")
+
+
+def isolated_command(code: str) -> list[str]:
+    """The argv of an isolated interpreter running `code`; it first asserts that no project package is visible."""
+    prelude = (
+        "import importlib.util, sys\n"
+        f"sys.path.append({sysconfig.get_paths()['purelib']!r})\n"
+        f"visible = [p for p in {PROJECT_PACKAGES!r} if importlib.util.find_spec(p) is not None]\n"
+        "assert not visible, f'isolated interpreter can import {visible}'\n"
+    )
+    return [sys.executable, "-I", "-S", "-c", prelude + textwrap.dedent(code)]
+
 
 def run_isolated(code: str, cwd: str, env: dict[str, str] | None = None, timeout: float = 300) -> str:
     """Run `code` in an isolated interpreter inside `cwd`; returns stdout, raises with stderr on failure."""
-    site_packages = sysconfig.get_paths()["purelib"]
-    prelude = f"import sys\nsys.path.append({site_packages!r})\n"
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
-    result = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", prelude + textwrap.dedent(code)],
-        cwd=cwd,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    result = subprocess.run(isolated_command(code), cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0:
         raise AssertionError(f"isolated run failed ({result.returncode}):\n{result.stderr[-4000:]}")
     return result.stdout
