@@ -14,6 +14,12 @@ Everything expensive is checkpointed in the work directory: the row check, the e
 SemDeDup result and every finished shard (written to a temporary name, then renamed, so a shard file is either complete or
 absent). A run after a crash or SIGKILL redoes only the missing shards; shard contents depend only
 on the shard's anchors and the seed, so the result equals an uninterrupted build row for row.
+The work dir belongs to one recipe: `manifest.json` records everything that shapes its contents
+(source fingerprint, shard size, K, text settings, SemDeDup, seed, judge / captioner / miner), and
+a build with a different recipe stops with a `WorkDirMismatch` naming the differences instead of
+mixing old checkpoints with new ones. Shards are named by the anchors they hold
+(`shard-{start:06d}-{end:06d}.parquet`, end exclusive), and the dataset is assembled only once
+the shards cover every anchor exactly once.
 
 Several processes (`accelerate launch`, torchrun: RANK / WORLD_SIZE in the environment) split the
 work: each embeds its slice of the images and builds the shards s with s % world_size == rank; rank
@@ -25,6 +31,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -56,6 +63,12 @@ FEATURES = datasets.Features(
 """The preference dataset schema, one row per anchor (shared with `trainer.schema`)."""
 
 TEXT_CANDIDATE_SOURCES = ("generated", "corpus")
+MANIFEST_FILE = "manifest.json"
+_SHARD_NAME = re.compile(r"^shard-(\d+)-(\d+)\.parquet$")
+
+
+class WorkDirMismatch(ValueError):
+    """The work dir holds checkpoints of a build with another recipe (or of unknown recipe)."""
 
 
 @dataclass
@@ -188,6 +201,17 @@ def _component_name(component: object | None) -> str | None:
     return None if component is None else getattr(component, "name", type(component).__name__)
 
 
+def _ranges(positions: list[int]) -> str:
+    """"0..2, 7" for [0, 1, 2, 7] (sorted positions)."""
+    spans: list[list[int]] = []
+    for position in positions:
+        if spans and position == spans[-1][1] + 1:
+            spans[-1][1] = position
+        else:
+            spans.append([position, position])
+    return ", ".join(f"{first}..{last}" if last > first else str(first) for first, last in spans)
+
+
 def _image_bytes(value: dict[str, Any]) -> bytes:
     """The encoded bytes of an undecoded `datasets.Image` value ({"bytes", "path"})."""
     if value.get("bytes"):
@@ -315,6 +339,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         self.progress = progress
         self.wait_timeout = wait_timeout
         self._source: datasets.Dataset | None = None
+        self._source_fingerprint: str | None = None
         self._plan: BuildPlan | None = None
 
     # ----------------------------------------------------------------------------------------------
@@ -360,11 +385,79 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         if problems:
             raise ValueError("cannot build MaplePreferences: " + "; ".join(problems))
 
+    def manifest(self) -> dict[str, Any]:
+        """Everything that shapes the contents of the work dir: two builds with equal manifests
+        write the same checkpoints and shards. Saved as manifest.json by the first build."""
+        config = self.config
+        generated = config.text_candidates == "generated"
+        deduplicated = config.semdedup_clusters is not None
+        self._load_source()
+        return {
+            "source": config.source if self.source_dataset is None else "in-memory datasets.Dataset",
+            "source_fingerprint": self._source_fingerprint,
+            "source_split": config.source_split,
+            "image_column": config.image_column,
+            "caption_column": config.caption_column,
+            "id_column": config.id_column,
+            "num_hard_negatives": config.num_hard_negatives,
+            "text_candidates": config.text_candidates,
+            "captioned_negatives": config.captioned_negatives if generated else None,
+            "max_candidate_texts": config.max_candidate_texts,
+            "shard_size": config.shard_size,
+            "semdedup_clusters": config.semdedup_clusters,
+            "semdedup_epsilon": config.semdedup_epsilon if deduplicated else None,
+            "seed": config.seed,
+            "judge": _component_name(self.judge),
+            "judge_prompt": getattr(self.judge, "prompt", None),
+            "captioner": _component_name(self.captioner) if generated else None,
+            "captioner_settings": {
+                name: getattr(self.captioner, name, None) for name in ("prompt", "temperature", "num_samples", "max_new_tokens")
+            }
+            if generated
+            else None,
+            "miner": _component_name(self.miner),
+        }
+
+    def check_work_dir(self) -> None:
+        """Claim the work dir for this recipe, or raise `WorkDirMismatch` if it holds another's.
+
+        The first build writes manifest.json; a later one (a resume, another rank) must match it
+        field for field. A work dir with checkpoints but no manifest is refused too: nothing says
+        which recipe made them."""
+        path = self.work_dir / MANIFEST_FILE
+        current = json.loads(json.dumps(self.manifest()))
+        advice = f"use another work dir (CLI: another --output-dir), or delete {self.work_dir} to start over"
+        if not path.exists():
+            leftovers = [
+                item.name
+                for pattern in ("inputs.json", "embeddings*.pt", "anchors.json", "stats.json", "shards/*.parquet")
+                for item in self.work_dir.glob(pattern)
+            ]
+            if leftovers:
+                raise WorkDirMismatch(
+                    f"work dir {self.work_dir} holds checkpoints ({', '.join(sorted(leftovers)[:5])}) but no manifest, "
+                    f"so their recipe is unknown and they cannot be reused safely: {advice}"
+                )
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            _atomic_write_bytes(path, json.dumps(current, indent=2, sort_keys=True).encode())
+        saved = json.loads(path.read_text())
+        differences = [
+            f"{name}: {saved.get(name)!r} in the work dir, {current.get(name)!r} now"
+            for name in sorted(saved.keys() | current.keys())
+            if saved.get(name) != current.get(name)
+        ]
+        if differences:
+            raise WorkDirMismatch(
+                f"work dir {self.work_dir} was built with another recipe ({'; '.join(differences)}); reusing its "
+                f"checkpoints and shards would mix the two builds: {advice}"
+            )
+
     def _load_source(self) -> datasets.Dataset:
         if self._source is None:
             source = self.source_dataset
             if source is None:
                 source = load_source(self.config.source, split=self.config.source_split, cache_dir=self._cache_dir_root)
+            self._source_fingerprint = source._fingerprint
             missing = [column for column in (self.config.image_column, self.config.caption_column) if column not in source.column_names]
             if missing:
                 raise ValueError(f"source lacks column(s) {missing}; it has {source.column_names}")
@@ -456,6 +549,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         """Check the inputs, embed them and pick the anchors (each step checkpointed; memoised)."""
         if self._plan is None:
             self.check_ready()
+            self.check_work_dir()
             num_source_rows, valid_rows, skipped = self.check_inputs()
             if not valid_rows:
                 raise ValueError(f"no usable input rows: all {num_source_rows} were skipped (see {self.work_dir / 'inputs.json'})")
@@ -492,7 +586,10 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         return report
 
     def _shard_path(self, shard: int) -> Path:
-        return self.shard_dir / f"shard-{shard:05d}.parquet"
+        """shards/shard-{start:06d}-{end:06d}.parquet: the anchors [start, end) of shard `shard`."""
+        start = shard * self.config.shard_size
+        end = min(start + self.config.shard_size, len(self.plan().anchor_rows))
+        return self.shard_dir / f"shard-{start:06d}-{end:06d}.parquet"
 
     def _build_rows(
         self, shard: int, positions: list[int], neighbour_positions: list[list[int]], anchor_rows: list[int]
@@ -570,13 +667,48 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             time.sleep(0.5)
 
     def _wait_for_shards(self) -> list[Path]:
-        """All shard paths, once every rank has written its shards."""
-        paths = [self._shard_path(shard) for shard in range(self.plan().num_shards(self.config.shard_size))]
+        """All shard paths in anchor order, once every rank has written its shards and they hold
+        every anchor exactly once."""
+        plan = self.plan()
+        paths = [self._shard_path(shard) for shard in range(plan.num_shards(self.config.shard_size))]
         self._wait_for(paths, what="shards")
         # Every shard exists, so no process is still writing: half-written files of killed runs can go.
         for leftover in self.shard_dir.glob("*.tmp-*"):
             leftover.unlink(missing_ok=True)
+        self._check_shard_coverage(len(plan.anchor_rows))
         return paths
+
+    def _check_shard_coverage(self, num_anchors: int) -> None:
+        """Raise unless the shard files cover anchors [0, num_anchors) exactly once, each holding
+        as many rows as its name says."""
+        problems = []
+        shards_of = [[] for _ in range(num_anchors)]
+        for path in sorted(self.shard_dir.glob("shard-*.parquet")):
+            match = _SHARD_NAME.match(path.name)
+            if match is None:
+                problems.append(f"{path.name} is not named shard-START-END.parquet")
+                continue
+            start, end = int(match[1]), int(match[2])
+            if not 0 <= start < end <= num_anchors:
+                problems.append(f"{path.name} holds anchors outside [0, {num_anchors})")
+                continue
+            rows = pq.read_metadata(path).num_rows
+            if rows != end - start:
+                problems.append(f"{path.name} holds {rows} rows, not {end - start}")
+            for position in range(start, end):
+                shards_of[position].append(path.name)
+        missing = [position for position, names in enumerate(shards_of) if not names]
+        repeated = [position for position, names in enumerate(shards_of) if len(names) > 1]
+        if missing:
+            problems.append(f"anchors {_ranges(missing)} are in no shard")
+        if repeated:
+            names = sorted({name for position in repeated for name in shards_of[position]})
+            problems.append(f"anchors {_ranges(repeated)} are in more than one shard ({', '.join(names)})")
+        if problems:
+            raise ValueError(
+                f"cannot assemble the dataset from {self.shard_dir}: " + "; ".join(problems)
+                + f". Remove the stray shard files, or delete {self.work_dir} and build again."
+            )
 
     # ----------------------------------------------------------------------------------------------
     # statistics, publishing, loading

@@ -21,7 +21,7 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from .builder import MaplePreferences, MaplePreferencesConfig
+from .builder import MaplePreferences, MaplePreferencesConfig, WorkDirMismatch
 
 _FACTORY_SPEC = re.compile(r"^(?P<module>[A-Za-z_][\w.]*):(?P<attribute>[A-Za-z_][\w.]*)$")
 MAX_EXAMPLES_PER_REASON = 5
@@ -194,7 +194,11 @@ def main(argv: list[str] | None = None) -> int:
         **overrides,
         **_load_components(args, _device(args.device)),
     )
-    report = builder.build_shards()
+    try:
+        report = builder.build_shards()
+    except WorkDirMismatch as error:
+        print(f"maple build-preferences: error: {error}", file=sys.stderr)
+        return 2
     if builder.rank != 0:
         print(f"rank {builder.rank}: built shards {report.computed}, reused {report.reused}; rank 0 assembles the dataset")
         return 0

@@ -61,3 +61,14 @@ def test_configuration_errors_stop_before_any_work(source_file, tmp_path, capsys
     assert not out.exists()
     with pytest.raises(SystemExit):
         cli.main([source_file])  # --judge is required
+
+
+def test_another_recipe_on_the_same_output_dir_is_refused(source_file, tmp_path, capsys):
+    argv = [source_file, "--output-dir", str(tmp_path / "out"), *STAND_INS, "--semdedup-clusters", "0", "--no-progress"]
+    assert cli.main([*argv, "--shard-size", "3"]) == 0
+    capsys.readouterr()
+    assert cli.main([*argv, "--shard-size", "2"]) == 2
+    error = capsys.readouterr().err
+    assert "shard_size: 3 in the work dir, 2 now" in error and "another --output-dir" in error
+    shards = sorted(path.name for path in (tmp_path / "out" / "work" / "shards").glob("*.parquet"))
+    assert shards == ["shard-000000-000003.parquet", "shard-000003-000006.parquet", "shard-000006-000007.parquet"]

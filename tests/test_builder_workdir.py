@@ -1,0 +1,114 @@
+"""The work dir belongs to one recipe: a build with other settings refuses to reuse it, shards are
+named by the anchors they hold, and the assembled dataset holds every anchor exactly once."""
+
+import json
+
+import datasets
+import pytest
+
+from dataset_builders.builder import MaplePreferences, WorkDirMismatch
+from dataset_builders.testing import ColourCaptioner, ColourJudge, colour_squares, thumbnail_miner
+
+SOURCE_FEATURES = datasets.Features(
+    {"id": datasets.Value("string"), "image": datasets.Image(), "caption": datasets.Value("string")}
+)
+
+
+def _source(num_images: int = 10) -> datasets.Dataset:
+    return datasets.Dataset.from_dict(colour_squares(num_images), features=SOURCE_FEATURES)
+
+
+def _builder(tmp_path, **kwargs) -> MaplePreferences:
+    settings = {
+        "judge": ColourJudge(),
+        "captioner": ColourCaptioner(),
+        "miner": thumbnail_miner(),
+        "source_dataset": _source(),
+        "cache_dir": str(tmp_path / "cache"),
+        "work_dir": tmp_path / "work",
+        "shard_size": 4,
+        "semdedup_clusters": None,
+        "progress": False,
+        "config_name": "paper",
+    }
+    return MaplePreferences(**{**settings, **kwargs})
+
+
+def _ids(builder: MaplePreferences) -> list[str]:
+    builder.download_and_prepare()
+    return builder.as_dataset(split="train")["id"]
+
+
+def test_shards_are_named_by_their_anchor_range(tmp_path):
+    _ids(_builder(tmp_path))
+    names = sorted(path.name for path in (tmp_path / "work" / "shards").glob("*.parquet"))
+    assert names == ["shard-000000-000004.parquet", "shard-000004-000008.parquet", "shard-000008-000010.parquet"]
+
+
+def test_another_shard_size_on_the_same_work_dir_is_refused_not_mixed(tmp_path):
+    """The reviewer's repro: 10 anchors in shards of 4, shard 1 deleted, rebuilt with shards of 3.
+    Before the fix the rebuild reused shards 0 and 2 of size 4 beside new ones of size 3, so some
+    anchors came twice and others never."""
+    first = _ids(_builder(tmp_path, shard_size=4))
+    assert sorted(first) == sorted(_source()["id"])
+    next(iter(sorted((tmp_path / "work" / "shards").glob("shard-000004-*.parquet")))).unlink()
+    with pytest.raises(WorkDirMismatch, match=r"shard_size: 4 in the work dir, 3 now") as raised:
+        _builder(tmp_path, cache_dir=str(tmp_path / "cache2"), shard_size=3).build_shards()
+    assert str(tmp_path / "work") in str(raised.value) and "delete" in str(raised.value)
+    assert isinstance(raised.value, ValueError)
+    # The same recipe resumes: it recomputes the missing shard only, and every anchor comes once.
+    builder = _builder(tmp_path, cache_dir=str(tmp_path / "cache3"))
+    report = builder.build_shards()
+    assert report.computed == [1] and report.reused == [0, 2]
+    assert sorted(_ids(builder)) == sorted(first)
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"num_hard_negatives": 2}, "num_hard_negatives"),
+        ({"max_candidate_texts": 4}, "max_candidate_texts"),
+        ({"seed": 1}, "seed"),
+        ({"semdedup_clusters": 3}, "semdedup_clusters"),
+        ({"judge": type("OtherJudge", (ColourJudge,), {"name": "other-judge"})()}, "judge"),
+        ({"miner": thumbnail_miner(name="other-miner")}, "miner"),
+        ({"source_dataset": _source(9)}, "source_fingerprint"),
+    ],
+)
+def test_every_recipe_change_is_named(tmp_path, change, field):
+    _builder(tmp_path).build_shards()
+    with pytest.raises(WorkDirMismatch, match=rf"\b{field}:"):
+        _builder(tmp_path, **change).build_shards()
+
+
+def test_the_manifest_records_the_recipe_and_other_ranks_share_it(tmp_path):
+    _builder(tmp_path).build_shards()
+    manifest = json.loads((tmp_path / "work" / "manifest.json").read_text())
+    assert manifest["shard_size"] == 4 and manifest["num_hard_negatives"] == 3
+    assert manifest["judge"] == "colour-judge" and manifest["miner"] == "thumbnail-4x4"
+    assert manifest["source_fingerprint"] == _source()._fingerprint
+    # A different world size splits the same shards differently: it is not part of the recipe.
+    assert _builder(tmp_path, rank=1, world_size=2).build_shards().reused == [1]
+
+
+def test_corpus_captions_ignore_the_captioner(tmp_path):
+    _builder(tmp_path, config_name="corpus-captions", captioner=None).build_shards()
+    report = _builder(tmp_path, config_name="corpus-captions").build_shards()
+    assert report.computed == [] and len(report.reused) == 3
+
+
+def test_a_work_dir_without_manifest_is_not_trusted(tmp_path):
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "inputs.json").write_text(json.dumps({"num_source_rows": 1, "valid_rows": [0], "skipped": []}))
+    with pytest.raises(WorkDirMismatch, match="no manifest"):
+        _builder(tmp_path).build_shards()
+
+
+def test_merge_refuses_shards_that_do_not_cover_every_anchor_once(tmp_path):
+    builder = _builder(tmp_path)
+    builder.build_shards()
+    shards = tmp_path / "work" / "shards"
+    # A stray shard overlapping the others (say, copied in by hand) is caught when assembling.
+    (shards / "shard-000002-000006.parquet").write_bytes((shards / "shard-000004-000008.parquet").read_bytes())
+    with pytest.raises(ValueError, match=r"anchors 2\.\.5 .*more than one shard"):
+        builder.download_and_prepare()
