@@ -125,3 +125,8 @@ def test_bad_scene_is_refused():
         ObjectGroup("circle", "pink", "small")
     with pytest.raises(ValueError, match="differ"):
         Scene(groups=(ObjectGroup("circle", "red", "small"),) * 2, layout="horizontal")
+
+
+def test_asking_for_more_test_scenes_than_the_world_can_spare_fails_before_drawing():
+    with pytest.raises(ValueError, match="more than half of the world's 12720"):
+        WorldConfig(n_retrieval=6_000, n_quadruples_per_category=100)

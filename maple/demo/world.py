@@ -40,6 +40,9 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SIZES: dict[str, float] = {"small": 0.2, "large": 0.34}
 COUNTS: tuple[int, ...] = (1, 2)
 
+_NUM_GROUPS = len(SHAPES) * len(COLOURS) * len(SIZES) * len(COUNTS)
+NUM_SCENES = _NUM_GROUPS + 2 * _NUM_GROUPS * (_NUM_GROUPS - 1)  # single + two ordered groups x 2 layouts
+
 Layout = Literal["single", "horizontal", "vertical"]
 Category = Literal["replace", "swap", "add"]
 CATEGORIES: tuple[Category, ...] = ("replace", "swap", "add")
@@ -369,6 +372,12 @@ class WorldConfig:
                 raise ValueError(f"WorldConfig.{name} must be a positive integer, got {value!r}")
         if self.image_size < 24:
             raise ValueError(f"WorldConfig.image_size must be at least 24 pixels, got {self.image_size}")
+        test_scenes = self.n_retrieval + 2 * len(CATEGORIES) * self.n_quadruples_per_category
+        if test_scenes > NUM_SCENES // 2:  # keep at least half of all scenes for training
+            raise ValueError(
+                f"WorldConfig asks for {test_scenes} test scenes, more than half of the world's {NUM_SCENES}: "
+                "lower n_retrieval or n_quadruples_per_category"
+            )
 
 
 @dataclass(eq=False)
@@ -443,14 +452,26 @@ def build_world(config: WorldConfig = WorldConfig()) -> World:
     return World(config=config, train=train, retrieval=retrieval, quadruples=quadruples, registry=registry)
 
 
+_MAX_REJECTED_SAMPLES = 10_000
+
+
 def _distinct_scenes(rng: random.Random, exclude: set[Scene]) -> Iterator[Scene]:
-    """Sampled scenes, each once, none of them in `exclude` (an endless stream)."""
+    """Sampled scenes, each once, none of them in `exclude`; ends with an error once new scenes
+    stop turning up (the world holds about 12,700 distinct scenes)."""
     yielded: set[Scene] = set()
-    while True:
+    rejected = 0
+    while rejected < _MAX_REJECTED_SAMPLES:
         scene = sample_scene(rng)
-        if scene not in exclude and scene not in yielded:
-            yielded.add(scene)
-            yield scene
+        if scene in exclude or scene in yielded:
+            rejected += 1
+            continue
+        rejected = 0
+        yielded.add(scene)
+        yield scene
+    raise ValueError(
+        f"the world ran out of distinct scenes after {len(yielded)} (plus {len(exclude)} held out): "
+        "ask for fewer retrieval items, quadruples or training families"
+    )
 
 
 def _edited_pairs(category: Category, n: int, rng: random.Random) -> Iterator[tuple[str, Scene, Scene]]:
