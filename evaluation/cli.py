@@ -4,8 +4,8 @@
                [--source winoground=/data/winoground.parquet ...] [--out DIR] [--push-to-hub]
 
 MODEL is a local checkpoint folder or a Hub repo id. Each (model, benchmark) result is written to
-`DIR/<model>/<benchmark>.json` as soon as it is done, and skipped when present, so an interrupted
-run resumes where it stopped. At the end, `DIR/results.json` and `DIR/results.md` hold all models
+`DIR/<model>/<benchmark>.json` as soon as it is done, and skipped on a rerun while the model's files
+and the benchmark source are unchanged, so an interrupted run resumes where it stopped. At the end, `DIR/results.json` and `DIR/results.md` hold all models
 side by side. `--push-to-hub` writes the results into MODEL's model card (`model-index`) on the Hub.
 """
 
@@ -48,18 +48,34 @@ def run_benchmark(model, processor, name: str, source: str | None, batch_size: i
     return evaluate_quadruples(model, processor, benchmark.quadruples, benchmark.categories, batch_size)
 
 
+def _run_fingerprint(model_ref: str, source: str | None) -> dict[str, Any]:
+    """What a stored result was computed from: the model (for a local checkpoint, its files' sizes and
+    modification times, so retraining into the same folder invalidates it) and the benchmark source."""
+    path = Path(model_ref)
+    files = sorted(path.glob("*.safetensors")) + sorted(path.glob("config.json")) if path.is_dir() else []
+    return {
+        "model": model_ref,
+        "model_files": {file.name: [file.stat().st_size, file.stat().st_mtime_ns] for file in files},
+        "source": source,
+    }
+
+
 def evaluate_model(model_ref: str, benchmarks: list[str], sources: dict[str, str], out: Path, batch_size: int) -> dict[str, Any]:
-    """Results of one model on the benchmarks, resuming from `out/<model>/<benchmark>.json`."""
+    """Results of one model on the benchmarks, resuming from `out/<model>/<benchmark>.json` when that
+    result was computed from the same model files and benchmark source."""
     folder = out / _model_folder_name(model_ref)
     folder.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
     todo = []
     for name in benchmarks:
         done = folder / f"{name}.json"
-        if done.exists():
-            results[name] = json.loads(done.read_text())
+        stored = json.loads(done.read_text()) if done.exists() else None
+        if stored is not None and stored.get("run") == _run_fingerprint(model_ref, sources.get(name)):
+            results[name] = stored["metrics"]
             print(f"{model_ref}: {name} already done ({done}), skipped")
         else:
+            if stored is not None:
+                print(f"{model_ref}: {name}: stored result is from another model state or source, recomputing")
             todo.append(name)
     if todo:
         from .models import load_embedder
@@ -68,8 +84,9 @@ def evaluate_model(model_ref: str, benchmarks: list[str], sources: dict[str, str
         for name in todo:
             print(f"{model_ref}: evaluating {name} ...", flush=True)
             results[name] = run_benchmark(model, processor, name, sources.get(name), batch_size)
+            record = {"run": _run_fingerprint(model_ref, sources.get(name)), "metrics": results[name]}
             partial = folder / f"{name}.json.partial"
-            partial.write_text(json.dumps(results[name], indent=2))
+            partial.write_text(json.dumps(record, indent=2))
             partial.replace(folder / f"{name}.json")  # atomic: a crash never leaves half a result
     return {name: results[name] for name in benchmarks}
 

@@ -80,11 +80,19 @@ def test_cli_compares_models_writes_tables_and_resumes(tiny, benchmark_sources, 
 
     # A finished benchmark is read back, not recomputed (here: a marked result survives a rerun).
     done = next(out.glob("*tiny_0*/coco.json"))
-    marked = json.loads(done.read_text()) | {"i2t_r1": -1.0}
+    marked = json.loads(done.read_text())
+    marked["metrics"]["i2t_r1"] = -1.0
     done.write_text(json.dumps(marked))
     assert main(argv) == 0
     assert json.loads((out / "results.json").read_text())[str(first)]["coco"]["i2t_r1"] == -1.0
     assert "coco already done" in capsys.readouterr().out
+
+    # ... unless the checkpoint changed since (retrained into the same folder): then it is recomputed.
+    weights = next(first.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes())  # same weights, new modification time
+    assert main(argv) == 0
+    assert "stored result is from another model state or source, recomputing" in capsys.readouterr().out
+    assert json.loads((out / "results.json").read_text())[str(first)]["coco"]["i2t_r1"] >= 0
 
 
 def test_interrupted_run_keeps_finished_benchmarks(tiny, benchmark_sources, tmp_path, capsys):
