@@ -139,7 +139,7 @@ def _load_components(args: argparse.Namespace, device: str) -> dict[str, Any]:
             else ContrastiveCaptioner.from_pretrained(args.captioner, loading_kwargs=loading_kwargs, **caption_kwargs)
         )
     miner_factory = _factory(args.miner)
-    miner = miner_factory() if miner_factory else HardNegativeMiner.from_pretrained(args.miner, device=device)
+    miner = miner_factory() if miner_factory else HardNegativeMiner.from_pretrained(args.miner, device=device, search_device=device)
     return {"judge": judges[0] if len(judges) == 1 else JudgeEnsemble(judges), "captioner": captioner, "miner": miner}
 
 

@@ -214,19 +214,24 @@ class HardNegativeMiner:
 
     @classmethod
     def from_pretrained(
-        cls, model_id_or_path: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, **kwargs
+        cls, model_id_or_path: str, *, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32, **kwargs
     ) -> HardNegativeMiner:
         """A miner on a transformers image encoder (AutoModel + AutoImageProcessor).
 
         The embedding is the encoder's `get_image_features` where it has one (CLIP, SigLIP, MAPLE),
         else its pooled output (DINOv2: the layer-normed CLS token), else the first token of the
-        last hidden state. `kwargs` go to the miner.
+        last hidden state. The encoder goes on `device` (default: the CPU), and so do the neighbour
+        search and SemDeDup unless `search_device` says otherwise (without a `device`: the GPU if
+        there is one); so each rank of a multi-GPU build that passes its own device searches on
+        it. `kwargs` go to the miner.
         """
         from transformers import AutoImageProcessor, AutoModel
 
-        model = AutoModel.from_pretrained(model_id_or_path, dtype=dtype).to(device).eval()
+        model = AutoModel.from_pretrained(model_id_or_path, dtype=dtype).to(device or "cpu").eval()
         image_processor = AutoImageProcessor.from_pretrained(model_id_or_path)
         kwargs.setdefault("name", model_id_or_path)
+        if device is not None:
+            kwargs.setdefault("search_device", device)
         return cls(_TransformersImageEncoder(model, image_processor), **kwargs)
 
     @classmethod

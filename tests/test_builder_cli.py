@@ -72,3 +72,13 @@ def test_another_recipe_on_the_same_output_dir_is_refused(source_file, tmp_path,
     assert "shard_size: 3 in the work dir, 2 now" in error and "another --output-dir" in error
     shards = sorted(path.name for path in (tmp_path / "out" / "work" / "shards").glob("*.parquet"))
     assert shards == ["shard-000000-000003.parquet", "shard-000003-000006.parquet", "shard-000006-000007.parquet"]
+
+
+def test_each_rank_searches_neighbours_on_its_own_device(source_file, monkeypatch):
+    from dataset_builders.miner import HardNegativeMiner
+
+    calls = []
+    monkeypatch.setattr(HardNegativeMiner, "from_pretrained", classmethod(lambda cls, spec, **kwargs: calls.append(kwargs)))
+    args = cli.build_parser().parse_args([source_file, "--judge", STAND_INS[1], "--miner", "facebook/dinov2-base"])
+    cli._load_components(args, "cuda:1")
+    assert calls == [{"device": "cuda:1", "search_device": "cuda:1"}]

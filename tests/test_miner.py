@@ -132,3 +132,18 @@ def test_query_subset_matches_the_full_search():
     subset = top_k_neighbours(embeddings, 4, query_rows=rows, query_chunk_size=3, key_chunk_size=17)
     assert torch.equal(subset.indices, full.indices[rows])
     torch.testing.assert_close(subset.scores, full.scores[rows])
+
+
+def test_from_pretrained_searches_on_the_encoder_device(tmp_path, monkeypatch):
+    """Each rank of a multi-GPU build loads its miner with device=cuda:LOCAL_RANK; its neighbour
+    search and SemDeDup must go there too, not to the default cuda (cuda:0) on every rank."""
+    from transformers import CLIPImageProcessorPil, Dinov2Config, Dinov2Model
+
+    config = Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=16, patch_size=8)
+    Dinov2Model(config).save_pretrained(tmp_path)
+    CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
+    assert HardNegativeMiner.from_pretrained(str(tmp_path), device="cpu").search_device == torch.device("cpu")
+    explicit = HardNegativeMiner.from_pretrained(str(tmp_path), device="cpu", search_device="meta")
+    assert explicit.search_device == torch.device("meta")
+    assert HardNegativeMiner.from_pretrained(str(tmp_path)).search_device == torch.device("cuda"), "no device: the GPU"
