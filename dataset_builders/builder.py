@@ -791,13 +791,23 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         cls, repo_id_or_path: str, *, config_name: str | None = None, split: str = "train", **load_kwargs
     ) -> datasets.Dataset:
         """A published preference dataset: a Hub id, a local folder holding its parquet files (a
-        snapshot of the repo, or a build's work dir), or a parquet file."""
+        snapshot of the repo, or a build's work dir), or a parquet file.
+
+        A repo snapshot keeps each config's files in a folder named after it: `config_name` picks
+        one; without it a snapshot must hold a single config (several are an error listing them,
+        never one split of every config's rows)."""
         path = Path(repo_id_or_path)
         if path.exists():
             files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
             if config_name is not None:
-                # A repo snapshot keeps each config's files in a folder named after it.
                 files = [file for file in files if config_name in file.relative_to(path).parts[:-1]]
+            elif path.is_dir():
+                folders = sorted({file.relative_to(path).parts[0] if len(file.relative_to(path).parts) > 1 else "." for file in files})
+                if len(folders) > 1:
+                    raise ValueError(
+                        f"{repo_id_or_path} holds several configs ({', '.join(folders)}): "
+                        f"pass config_name= to pick one"
+                    )
             if not files:
                 raise FileNotFoundError(f"no parquet files{f' of config {config_name!r}' if config_name else ''} under {repo_id_or_path}")
             files = [str(file) for file in files]

@@ -189,6 +189,14 @@ def test_from_pretrained_loads_a_local_build_or_snapshot(tmp_path):
     assert MaplePreferences.from_pretrained(str(snapshot), config_name="paper").to_dict() == built.to_dict()
     with pytest.raises(FileNotFoundError, match="corpus-captions"):
         MaplePreferences.from_pretrained(str(snapshot), config_name="corpus-captions")
+    # One config in the snapshot: it is the one loaded without naming it.
+    assert MaplePreferences.from_pretrained(str(snapshot)).to_dict() == built.to_dict()
+    # Several: naming none is an error listing them, not every config's rows merged into one split.
+    (snapshot / "corpus-captions").mkdir()
+    built.select(range(3)).to_parquet(str(snapshot / "corpus-captions" / "train-00000-of-00001.parquet"))
+    with pytest.raises(ValueError, match=r"several configs \(corpus-captions, paper\).*config_name="):
+        MaplePreferences.from_pretrained(str(snapshot))
+    assert len(MaplePreferences.from_pretrained(str(snapshot), config_name="corpus-captions")) == 3
 
 
 def test_end_to_end_with_a_tiny_mllm_judge_and_captioner(tmp_path):
