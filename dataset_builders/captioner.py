@@ -112,7 +112,10 @@ class ContrastiveCaptioner:
         for start in range(0, len(prompts), self.batch_size):
             batch = prompts[start : start + self.batch_size]
             for (pair, _, _), answer in zip(batch, self._generate([(anchor, negative) for _, anchor, negative in batch])):
-                captions[pair] += [caption for caption in parse_captions(answer) if caption not in captions[pair]]
+                for caption in parse_captions(answer):
+                    # Checked against the growing list: an answer may repeat a caption itself.
+                    if caption not in captions[pair]:
+                        captions[pair].append(caption)
         return captions
 
     def _generate(self, pairs: list[tuple[PIL.Image.Image, PIL.Image.Image]]) -> list[str]:

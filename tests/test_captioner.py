@@ -71,3 +71,10 @@ def test_llava_captioner_generates_from_both_images():
     torch.manual_seed(0)
     captions = captioner.caption(ANCHORS, NEGATIVES)
     assert len(captions) == 2 and all(1 <= len(pair) <= 4 for pair in captions)
+
+
+def test_captions_repeated_within_one_answer_are_kept_once(monkeypatch):
+    captioner = tiny_captioner(seed=0, num_samples=2, batch_size=4)
+    answers = ["Image 1: a red cube\nImage 2: a red cube", "Image 1: a blue cube\nImage 2: a red cube\nImage 3: a blue cube"]
+    monkeypatch.setattr(captioner, "_generate", lambda pairs: answers[: len(pairs)])
+    assert captioner.caption(ANCHORS[:1], NEGATIVES[:1]) == [["a red cube", "a blue cube"]]
