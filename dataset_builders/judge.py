@@ -25,6 +25,56 @@ DEFAULT_JUDGE_PROMPT = 'Does the image align with the text "{text}"? Answer Yes 
 """The paper's judge question; the image comes first, as `<image>` does in the paper."""
 
 
+def _kind(value: object) -> str:
+    """How a wrong value is described in an error: its type, and for short text the text."""
+    if isinstance(value, str):
+        return f"a str ({value[:40]!r})"
+    return f"a {type(value).__name__}"
+
+
+def _check_list(value: object, name: str) -> None:
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{name} must be a list or tuple, got {_kind(value)}")
+
+
+def check_score_inputs(images: object, texts: object) -> None:
+    """Raise a ValueError naming the first malformed item of `score(images, texts)`'s inputs:
+    images a list of PIL images, texts a list with one list of str per image."""
+    _check_list(images, "images")
+    _check_list(texts, "texts")
+    if len(images) != len(texts):
+        raise ValueError(f"{len(images)} images but {len(texts)} lists of texts")
+    for index, (image, candidates) in enumerate(zip(images, texts)):
+        if not isinstance(image, PIL.Image.Image):
+            raise ValueError(f"images[{index}] is {_kind(image)}; expected a PIL image")
+        if not isinstance(candidates, (list, tuple)):
+            raise ValueError(
+                f"texts[{index}] is {_kind(candidates)}; expected a list of candidate texts (str) for images[{index}]"
+            )
+        for position, text in enumerate(candidates):
+            if not isinstance(text, str):
+                raise ValueError(f"texts[{index}][{position}] is {_kind(text)}; expected a str")
+
+
+def check_score_images_inputs(texts: object, images: object) -> None:
+    """Raise a ValueError naming the first malformed item of `score_images(texts, images)`'s
+    inputs: texts a list of str, images a list with one list of PIL images per text."""
+    _check_list(texts, "texts")
+    _check_list(images, "images")
+    if len(images) != len(texts):
+        raise ValueError(f"{len(texts)} texts but {len(images)} lists of images")
+    for index, (text, candidates) in enumerate(zip(texts, images)):
+        if not isinstance(text, str):
+            raise ValueError(f"texts[{index}] is {_kind(text)}; expected a str")
+        if not isinstance(candidates, (list, tuple)):
+            raise ValueError(
+                f"images[{index}] is {_kind(candidates)}; expected a list of candidate PIL images for texts[{index}]"
+            )
+        for position, image in enumerate(candidates):
+            if not isinstance(image, PIL.Image.Image):
+                raise ValueError(f"images[{index}][{position}] is {_kind(image)}; expected a PIL image")
+
+
 def answer_token_id(prompt_encoder: PromptEncoder, word: str) -> int:
     """The token the model would emit first when answering `word` in its chat format.
 
@@ -173,9 +223,11 @@ class MLLMJudge:
     def score(
         self, images: list[PIL.Image.Image], texts: list[list[str]], *, reuse_prefix: bool = True
     ) -> list[torch.Tensor]:
-        """alpha(images[i], texts[i][j]); one (len(texts[i]),) float32 CPU tensor per image."""
-        if len(images) != len(texts):
-            raise ValueError(f"{len(images)} images but {len(texts)} lists of texts")
+        """alpha(images[i], texts[i][j]); one (len(texts[i]),) float32 CPU tensor per image.
+
+        Malformed inputs (a flat list of texts, a text where an image goes) raise a ValueError
+        naming the item (`check_score_inputs`)."""
+        check_score_inputs(images, texts)
         if not reuse_prefix:
             pairs = [(image, text) for image, candidates in zip(images, texts) for text in candidates]
             flat = self._score_pairs(pairs)
@@ -187,9 +239,9 @@ class MLLMJudge:
         """alpha(images[i][j], texts[i]); one (len(images[i]),) float32 CPU tensor per text.
 
         The image comes first in the prompt, so candidates share no prefix: this is the per-pair path.
+        Malformed inputs raise a ValueError naming the item (`check_score_images_inputs`).
         """
-        if len(images) != len(texts):
-            raise ValueError(f"{len(texts)} texts but {len(images)} lists of images")
+        check_score_images_inputs(texts, images)
         pairs = [(image, text) for text, candidates in zip(texts, images) for image in candidates]
         return list(self._score_pairs(pairs).split([len(candidates) for candidates in images]))
 
@@ -276,10 +328,12 @@ class JudgeEnsemble:
         self, images: list[PIL.Image.Image], texts: list[list[str]], *, reuse_prefix: bool = True
     ) -> list[torch.Tensor]:
         """Per image, the mean over judges of alpha(images[i], texts[i][j])."""
+        check_score_inputs(images, texts)  # members need not check
         per_judge = [judge.score(images, texts, reuse_prefix=reuse_prefix) for judge in self.judges]
         return [torch.stack(scores).mean(dim=0) for scores in zip(*per_judge)]
 
     def score_images(self, texts: list[str], images: list[list[PIL.Image.Image]]) -> list[torch.Tensor]:
         """Per text, the mean over judges of alpha(images[i][j], texts[i])."""
+        check_score_images_inputs(texts, images)
         per_judge = [judge.score_images(texts, images) for judge in self.judges]
         return [torch.stack(scores).mean(dim=0) for scores in zip(*per_judge)]

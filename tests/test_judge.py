@@ -254,3 +254,25 @@ def test_llava_judge_paths_agree_with_each_other_and_the_plain_forward():
         logits = judge.model(**encoder.model_inputs([ids], images, padding_side="right")).logits[0, -1]
     reference = torch.softmax(logits[[judge.yes_id, judge.no_id]], dim=-1)[0]
     assert abs(reference.item() - reused[0][1].item()) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        # A flat list of texts would be scored character by character ("a", " ", "r", ...).
+        (lambda judge: judge.score([IMAGES[0]], ["a red circle"]), r"texts\[0\] is a str .*list"),
+        (lambda judge: judge.score(IMAGES[:2], [["fine"], ("ok", 3)]), r"texts\[1\]\[1\] is a int"),
+        (lambda judge: judge.score(["a red circle"], [["a red circle"]]), r"images\[0\] is a str .*PIL image"),
+        (lambda judge: judge.score(IMAGES[0], [["x"]]), r"images must be a list"),
+        (lambda judge: judge.score_images(["t"], [IMAGES[0]]), r"images\[0\] is a Image.*list"),
+        (lambda judge: judge.score_images(["t", "u"], [[IMAGES[0]], [IMAGES[1], "x.png"]]), r"images\[1\]\[1\] is a str"),
+        (lambda judge: judge.score_images([["t"]], [[IMAGES[0]]]), r"texts\[0\] is a list; expected a str"),
+        (lambda judge: judge.score_images("t", [[IMAGES[0]]]), r"texts must be a list"),
+    ],
+)
+def test_malformed_inputs_are_rejected_naming_the_index(sharp_judge, call, message):
+    with pytest.raises(ValueError, match=message):
+        call(sharp_judge)
+    # An ensemble checks too, whatever its members do with bad input.
+    with pytest.raises(ValueError, match=message):
+        call(JudgeEnsemble([sharp_judge, sharp_judge]))
