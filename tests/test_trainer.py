@@ -5,9 +5,12 @@ import math
 import pytest
 import torch
 
+from evaluation import evaluate_quadruples
+from evaluation.metrics import retrieval_recall
 from modeling_maple.lora import maple_lora_config
 from modeling_maple.testing import build_tiny
 from trainer import RPAConfig, RPATrainer
+from trainer.rpa_trainer import anchor_recall_at_1
 from trainer.testing import describe_scene, draw_scene, synthetic_preference_dataset
 
 
@@ -44,6 +47,27 @@ def make_trainer(tmp_path, backbone="dual_encoder", train_rows=32, lora=False, *
     )
 
 
+def dense_recall_at_1(trainer, dataset):
+    """Recall@1 (0-100) both ways between the distinct anchor captions and images of `dataset`, embedded one by one
+    with `encode`, every caption of an image relevant to it: the reference for the trainer's evaluation."""
+    captions, images, pairs = {}, {}, set()
+    for row in dataset:
+        captions.setdefault(row["caption"], len(captions))
+        image_key = row["image"].tobytes()
+        if image_key not in images:
+            images[image_key] = (len(images), row["image"])
+        pairs.add((captions[row["caption"]], images[image_key][0]))
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    texts, pictures = model.encode(trainer.processing_class, texts=list(captions),
+                                   images=[image for _, image in images.values()])
+    text_to_image = [sorted(i for t, i in pairs if t == text) for text in range(len(captions))]
+    image_to_text = [sorted(t for t, i in pairs if i == image) for image in range(len(images))]
+    return {
+        "text_to_image": retrieval_recall(texts @ pictures.T, text_to_image, ks=(1,))["recall@1"],
+        "image_to_text": retrieval_recall(pictures @ texts.T, image_to_text, ks=(1,))["recall@1"],
+    }
+
+
 def train_logs(trainer):
     trainer.train()
     return [entry for entry in trainer.state.log_history if "loss/rpa" in entry and "eval_loss" not in entry]
@@ -59,8 +83,9 @@ def test_training_lowers_both_losses_and_raises_reward_accuracy(tmp_path):
     assert logs[-1]["rewards/accuracies"] > logs[0]["rewards/accuracies"] + 0.1
     assert after["eval_loss/rpa"] < before["eval_loss/rpa"] and after["eval_loss/contrastive"] < before["eval_loss/contrastive"]
     assert after["eval_rewards/accuracies"] > before["eval_rewards/accuracies"]
+    expected = dense_recall_at_1(trainer, trainer.eval_dataset)
     for direction in ("text_to_image", "image_to_text"):
-        assert 0.0 <= after[f"eval_recall@1/{direction}"] <= 1.0
+        assert after[f"eval_recall@1/{direction}"] == pytest.approx(expected[direction], abs=1e-6)
     assert {"beta", "temperature", "rewards/margins"} <= set(logs[-1])
     assert logs[0]["beta"] == pytest.approx(1 / 0.07, rel=0.01) and logs[0]["temperature"] == pytest.approx(0.07, rel=0.01)
 
@@ -75,9 +100,44 @@ def test_evaluation_reports_fine_grained_scores_on_quadruples(tmp_path):
     trainer = RPATrainer(model, args=make_config(tmp_path), train_dataset=synthetic_preference_dataset(8),
                          processing_class=processor, eval_quadruples={"sides": swapped_sides})
     metrics = trainer.evaluate(synthetic_preference_dataset(8, seed=1))
+    expected = evaluate_quadruples(model, processor, swapped_sides)
     for key in ("text_score", "image_score", "group_score"):
-        assert 0.0 <= metrics[f"eval_sides/{key}"] <= 100.0
+        assert metrics[f"eval_sides/{key}"] == pytest.approx(expected[key])
     assert "eval_sides/group_score" in trainer.state.log_history[-1]
+
+
+def test_recall_counts_every_caption_of_an_image_as_relevant():
+    # perfect embeddings: image 0 has two captions (rows 0 and 1, the image repeated), image 1 one
+    image_embeds = torch.eye(2)[[0, 0, 1]]
+    text_embeds = image_embeds.clone()
+    recall = anchor_recall_at_1(text_embeds, image_embeds, torch.tensor([10, 11, 12]), torch.tensor([20, 20, 21]))
+    assert recall == {"text_to_image": 100.0, "image_to_text": 100.0}
+    # image 0 now sits closer to image 1's caption than to its own: image -> text misses it, text -> image does not
+    image_embeds = torch.tensor([[0.6, 0.8], [0.6, 0.8], [0.0, 1.0]])
+    recall = anchor_recall_at_1(text_embeds, image_embeds, torch.tensor([10, 11, 12]), torch.tensor([20, 20, 21]))
+    assert recall == pytest.approx({"text_to_image": 100.0, "image_to_text": 50.0})
+
+
+def _multi_caption_eval_dataset():
+    """16 rows over the 8 scenes; the second occurrence of 4 scenes has a reworded caption, so those images have two
+    captions each."""
+    def reword(row, index):
+        if 8 <= index < 12:
+            row["caption"] = row["caption"].replace("a ", "one ", 1)
+            row["candidate_texts"] = [row["caption"], *row["candidate_texts"][1:]]
+        return row
+
+    return synthetic_preference_dataset(16, seed=1).map(reword, with_indices=True)
+
+
+def test_eval_recall_matches_a_dense_recall_when_images_have_several_captions(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=10)
+    trainer.train()
+    dataset = _multi_caption_eval_dataset()
+    metrics = trainer.evaluate(dataset)
+    expected = dense_recall_at_1(trainer, dataset)
+    for direction in ("text_to_image", "image_to_text"):
+        assert metrics[f"eval_recall@1/{direction}"] == pytest.approx(expected[direction], abs=1e-6)
 
 
 def test_mllm_backbone_trains_with_sampled_candidates(tmp_path):
@@ -159,6 +219,29 @@ def test_streamed_datasets_train_and_their_bad_rows_are_caught_as_they_arrive(tm
     trainer = RPATrainer(model, args=args, train_dataset=streamed, processing_class=processor)
     with pytest.raises(ValueError, match=r"row id 'scene-2': column 'img2txt_scores'\[0\] is -0.5"):
         trainer.train()
+
+
+def test_eval_candidates_do_not_depend_on_the_training_epoch(tmp_path):
+    trainer = make_trainer(tmp_path, num_text_candidates=2, num_image_candidates=2)
+    first = trainer.evaluate()
+    trainer.data_collator.set_epoch(7)  # as the training callback does at the start of epoch 7
+    again = trainer.evaluate()
+    for key in ("eval_loss", "eval_loss/rpa", "eval_rewards/accuracies"):
+        assert again[key] == pytest.approx(first[key], abs=1e-6), key
+
+
+def test_bad_rows_of_a_streamed_eval_dataset_are_named_as_eval(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=1)
+    streamed = _corrupt("img2txt_scores", lambda scores: [-0.5, *scores[1:]]).to_iterable_dataset()
+    with pytest.raises(ValueError, match=r"^eval dataset, row id 'scene-2'"):
+        trainer.evaluate(streamed)
+
+
+def test_persistent_workers_are_rejected_with_subsampled_candidates(tmp_path):
+    with pytest.raises(ValueError, match="dataloader_persistent_workers"):
+        RPAConfig(output_dir=str(tmp_path), num_text_candidates=2, dataloader_num_workers=1,
+                  dataloader_persistent_workers=True)
+    RPAConfig(output_dir=str(tmp_path), dataloader_num_workers=1, dataloader_persistent_workers=True)  # all kept
 
 
 def test_config_defaults_run_on_cpu_and_follow_the_paper(tmp_path):

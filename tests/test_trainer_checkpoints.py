@@ -1,11 +1,17 @@
 """RPATrainer checkpoints: resuming equals an uninterrupted run (full and LoRA), saved models load with the Auto
-classes, and a non-finite loss stops the run after saving."""
+classes, the best LoRA checkpoint is loaded at the end, and a non-finite loss stops the run after saving only finite
+weights."""
 
+import math
 import os
+import re
 
 import pytest
 import torch
+import safetensors.torch
 from transformers import AutoModel, AutoProcessor, TrainerCallback
+
+import trainer.rpa_trainer as rpa_trainer_module
 
 from test_trainer import make_config, make_trainer
 from trainer import RPATrainer
@@ -40,10 +46,24 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(tmp_path):
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-def test_saved_model_loads_with_auto_classes(tmp_path, lora):
+def test_saved_model_loads_with_auto_classes(tmp_path, lora, monkeypatch):
     trainer = make_trainer(tmp_path, max_steps=4, lora=lora)
     trainer.train()
+    before = {name: param.detach().clone() for name, param in trainer.model.named_parameters()}
+
+    deepcopy = rpa_trainer_module.copy.deepcopy
+
+    def no_model_copy(value, *args, **kwargs):
+        assert not isinstance(value, torch.nn.Module), "saving must not copy the model"
+        return deepcopy(value, *args, **kwargs)
+
+    monkeypatch.setattr(rpa_trainer_module.copy, "deepcopy", no_model_copy)
     trainer.save_model()
+    monkeypatch.undo()
+    # saving merged the adapters in place and unmerged them again
+    for name, param in trainer.model.named_parameters():
+        torch.testing.assert_close(param, before[name], rtol=0, atol=1e-6, msg=name)
+    assert not any(getattr(module, "merged", False) for module in trainer.model.modules())
     output_dir = trainer.args.output_dir
     loaded, processor = AutoModel.from_pretrained(output_dir).eval(), AutoProcessor.from_pretrained(output_dir)
     trained = trainer.model.eval()
@@ -81,16 +101,57 @@ def test_lora_checkpoint_resumes_adapters_and_scales(tmp_path):
         torch.testing.assert_close(param, expected[name], rtol=0, atol=1e-6, msg=name)
 
 
+def test_lora_load_best_model_at_end_restores_the_best_checkpoint(tmp_path):
+    # eval_loss falls as training goes; ranking it "greater is better" makes the first checkpoint the best
+    trainer = make_trainer(tmp_path, lora=True, max_steps=6, save_strategy="steps", save_steps=2, eval_strategy="steps",
+                           eval_steps=2, load_best_model_at_end=True, metric_for_best_model="eval_loss",
+                           greater_is_better=True)
+    trainer.train()
+    best = trainer.state.best_model_checkpoint
+    assert best is not None and best.endswith("checkpoint-2")
+    saved = safetensors.torch.load_file(os.path.join(best, "trainable_state.safetensors"))
+    parameters = dict(trainer.model.named_parameters())
+    assert saved and set(saved) == {name for name, param in parameters.items() if param.requires_grad}
+    for name, tensor in saved.items():
+        torch.testing.assert_close(parameters[name].detach(), tensor, rtol=0, atol=0, msg=name)
+
+
+def _assert_finite_checkpoint(checkpoint):
+    state = safetensors.torch.load_file(os.path.join(checkpoint, "model.safetensors"))
+    assert state
+    for name, tensor in state.items():
+        assert torch.isfinite(tensor).all(), f"{checkpoint}: {name} is not finite"
+
+
 class _PoisonTemperature(TrainerCallback):
+    """Makes a parameter NaN after step 3: the loss of step 4 is NaN and so are the weights."""
+
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step == 3:
             with torch.no_grad():
                 model.logit_scale.fill_(float("nan"))
 
 
-def test_non_finite_loss_saves_a_checkpoint_and_names_the_step(tmp_path):
+def test_non_finite_loss_with_finite_weights_saves_them_and_names_the_step(tmp_path):
     trainer = make_trainer(tmp_path, max_steps=10)
-    trainer.add_callback(_PoisonTemperature())
-    with pytest.raises(FloatingPointError, match="training step 4"):
+    compute = trainer._contrastive_loss
+
+    def nan_at_step_4(*args, **kwargs):  # a NaN loss from the data, the weights still good
+        loss = compute(*args, **kwargs)
+        return loss * math.nan if trainer.state.global_step == 3 else loss
+
+    trainer._contrastive_loss = nan_at_step_4
+    checkpoint = tmp_path / "run" / "checkpoint-3"
+    with pytest.raises(FloatingPointError, match=f"training step 4.*saved to {re.escape(str(checkpoint))}"):
         trainer.train()
-    assert os.path.isfile(tmp_path / "run" / "checkpoint-3" / "model.safetensors")
+    _assert_finite_checkpoint(checkpoint)
+
+
+def test_non_finite_weights_are_not_saved_and_the_last_checkpoint_is_named(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=10, save_strategy="steps", save_steps=2)
+    trainer.add_callback(_PoisonTemperature())
+    last = tmp_path / "run" / "checkpoint-2"
+    with pytest.raises(FloatingPointError, match=f"training step 4.*logit_scale.*{re.escape(str(last))}"):
+        trainer.train()
+    assert not (tmp_path / "run" / "checkpoint-3").exists()
+    _assert_finite_checkpoint(last)

@@ -185,6 +185,14 @@ class RPAConfig(DPOConfig):
             value = getattr(self, name)
             if value is not None and value < 2:
                 raise ValueError(f"{name} must be at least 2 (a ranking needs two candidates) or None, got {value}")
+        subsampled = self.num_image_candidates is not None or self.num_text_candidates is not None
+        if subsampled and self.dataloader_persistent_workers:
+            raise ValueError(
+                "dataloader_persistent_workers=True cannot be combined with num_image_candidates / "
+                "num_text_candidates: the candidate draws are re-seeded every epoch in the main process, which "
+                "persistent workers never see, so every epoch would repeat the first one's candidates. Set "
+                "dataloader_persistent_workers=False, or leave both candidate counts at None."
+            )
         if self.rpa_loss not in ("listwise", "pairwise"):
             raise ValueError(f"rpa_loss must be 'listwise' or 'pairwise', got {self.rpa_loss!r}")
         if self.reference not in ("none", "frozen"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import os
 import textwrap
@@ -21,7 +22,7 @@ from peft import PeftConfig, PeftModel, get_peft_model
 from PIL import Image
 from torch import Tensor, nn
 from transformers import AutoModel, AutoProcessor, EvalPrediction, ProcessorMixin, TrainerCallback
-from transformers.trainer_utils import EvalLoopOutput
+from transformers.trainer_utils import EvalLoopOutput, get_last_checkpoint
 from trl import DPOTrainer
 from trl.trainer.base_trainer import _BaseTrainer
 from trl.trainer.utils import disable_dropout_in_model
@@ -48,7 +49,9 @@ class RPATrainer(DPOTrainer):
 
     Logged, in training and evaluation: ``loss/rpa``, ``loss/contrastive``, ``rewards/accuracies`` (share of
     judge-preferred pairs the model scores higher), ``rewards/margins``, ``beta``, ``temperature``; evaluation adds
-    ``recall@1/text_to_image`` and ``recall@1/image_to_text`` over the anchors of the whole evaluation set.
+    ``recall@1/text_to_image`` and ``recall@1/image_to_text`` (0-100, `evaluation.metrics.retrieval_recall`) over
+    the distinct anchor captions and images of the whole evaluation set, every caption of an image counting as
+    relevant to it.
 
     `DPOTrainer.__init__` prepares a causal language model (tokenised prompt/completion pairs, a fused LM head, a
     reference model reloaded as a causal LM), none of which applies to an embedder, so this class sets up its own
@@ -60,7 +63,9 @@ class RPATrainer(DPOTrainer):
         ref_model: the frozen reference embedder for `reference="frozen"`; by default the PEFT base model (adapters
             disabled) or a frozen copy of `model`.
         args: an `RPAConfig`.
-        data_collator: by default a `DataCollatorForEmbeddingPreference` over `processing_class`.
+        data_collator: by default a `DataCollatorForEmbeddingPreference` over `processing_class`. Evaluation uses a
+            copy of a `DataCollatorForEmbeddingPreference` fixed at epoch 0 (the same candidates at every
+            evaluation), named "eval" in its errors; any other collator serves both.
         train_dataset, eval_dataset: preference datasets with the columns of `trainer.schema`.
         processing_class: the `MapleProcessor`; loaded from `model`'s path when it is a string.
         compute_metrics, callbacks, optimizers: as in `transformers.Trainer`.
@@ -179,8 +184,14 @@ class RPATrainer(DPOTrainer):
             optimizers=optimizers,
         )
         self.ref_model = None if ref_model is None else self.accelerator.prepare_model(ref_model, evaluation_mode=True)
+        # Evaluation draws its candidates from a collator of its own, pinned to epoch 0: the training epoch would
+        # otherwise change the evaluated candidates (and so the metrics) from one evaluation to the next.
+        self.eval_data_collator = self.data_collator
+        if isinstance(self.data_collator, DataCollatorForEmbeddingPreference):
+            self.eval_data_collator = dataclasses.replace(self.data_collator, dataset_name="eval", epoch=0)
         if hasattr(self.data_collator, "set_epoch"):
             self.add_callback(_CollatorEpoch(self.data_collator))
+        self._last_grad_norm: float | None = None
 
     # ------------------------------------------------------------------------------------------ set-up
     @staticmethod
@@ -203,10 +214,19 @@ class RPATrainer(DPOTrainer):
         if self._signature_columns is None:
             self._signature_columns = list(PREFERENCE_COLUMNS)
 
+    def _get_dataloader(self, dataset, description, batch_size, sampler_fn=None, is_training=False, dataloader_key=None):
+        if is_training:
+            return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, dataloader_key)
+        train_collator, self.data_collator = self.data_collator, self.eval_data_collator
+        try:
+            return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, dataloader_key)
+        finally:
+            self.data_collator = train_collator
+
     # ------------------------------------------------------------------------------------------ loss
-    def compute_ref_log_probs(self, model, inputs):
-        """The reference embedder's counterpart of DPO's reference log-probabilities: its cosine similarities
-        ``(txt2img, img2txt)`` between anchors and candidates, without gradient."""
+    def _reference_similarities(self, inputs) -> tuple[Tensor, Tensor]:
+        """The frozen reference embedder's cosine similarities ``(txt2img, img2txt)`` between the batch's anchors and
+        their candidates, without gradient (the embedder's counterpart of DPO's reference log-probabilities)."""
         if self.ref_model is not None:
             reference = self.ref_model
             adapters_off = contextlib.nullcontext()
@@ -225,7 +245,7 @@ class RPATrainer(DPOTrainer):
 
         similarities = _candidate_similarities(outputs.text_embeds, outputs.image_embeds, inputs)
         if self.args.reference == "frozen":
-            reference = self.compute_ref_log_probs(model, inputs)
+            reference = self._reference_similarities(inputs)
             similarities = tuple(policy - frozen for policy, frozen in zip(similarities, reference))
         rankings = [  # (scores, judge scores, mask) of the txt2img and img2txt directions
             (beta * similarities[0], inputs["txt2img_scores"], inputs["candidate_image_mask"]),
@@ -280,18 +300,35 @@ class RPATrainer(DPOTrainer):
     def _log_mean(self, mode: str, key: str, value: Tensor) -> None:
         self._metrics[mode][key].append(self.accelerator.gather(value.detach().reshape(1)).nanmean().item())
 
+    def _get_grad_norm(self, model, grad_norm=None):
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        self._last_grad_norm = None if grad_norm is None else float(grad_norm)
+        return grad_norm
+
     def _stop_on_non_finite(self, loss: Tensor, rpa: Tensor, contrastive: Tensor) -> None:
-        """A NaN/inf loss would poison the weights at the next optimiser step: save the weights as they are (from
-        the last good step) and stop, naming the step. All processes agree, so none waits on a collective."""
+        """A NaN/inf loss would poison the weights at the next optimiser step: stop, naming the step. The current
+        weights are saved as a checkpoint when they (and the last step's gradient norm, else the optimiser state may
+        hold NaNs) are finite; otherwise the error points to the last regular checkpoint. All processes agree, so
+        none waits on a collective."""
         if bool(self.accelerator.gather(torch.isfinite(loss.detach()).reshape(1)).all()):
             return
         step = self.state.global_step + 1
-        self._save_checkpoint(self.model, trial=None)
-        checkpoint = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
+        losses = f"loss={loss.item()}, loss/rpa={rpa.item()}, loss/contrastive={contrastive.item()}"
+        bad = [name for name, param in self.model.named_parameters() if not torch.isfinite(param.detach()).all()]
+        grad_norm_finite = self._last_grad_norm is None or math.isfinite(self._last_grad_norm)
+        weights_finite = torch.tensor([not bad and grad_norm_finite], device=self.accelerator.device)
+        if bool(self.accelerator.gather(weights_finite).all()):
+            self._save_checkpoint(self.model, trial=None)
+            checkpoint = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
+            saved = f"The (finite) weights before this step were saved to {checkpoint}; resume from there"
+        else:
+            reason = f"parameters {bad[:3]} are" if bad else f"the gradient norm of step {step - 1} is"
+            last = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
+            where = f"the last regular checkpoint is {last}" if last else "no checkpoint was saved before it"
+            saved = f"No checkpoint was saved: {reason} already non-finite; {where}"
         raise FloatingPointError(
-            f"Non-finite loss at training step {step}: loss={loss.item()}, loss/rpa={rpa.item()}, "
-            f"loss/contrastive={contrastive.item()}. The weights before this step were saved to {checkpoint}; "
-            "lower the learning rate, check the judge scores, or resume from there."
+            f"Non-finite loss at training step {step}: {losses}. {saved}. Lower the learning rate or check the judge "
+            "scores."
         )
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -308,11 +345,7 @@ class RPATrainer(DPOTrainer):
         self._eval_anchor_embeds = []
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         if self._eval_anchor_embeds:
-            texts, images, text_ids, image_ids = (torch.cat(part) for part in zip(*self._eval_anchor_embeds))
-            recalls = {
-                "text_to_image": _recall_at_1(texts, images, image_ids, image_ids),
-                "image_to_text": _recall_at_1(images, texts, text_ids, text_ids),
-            }
+            recalls = anchor_recall_at_1(*(torch.cat(part) for part in zip(*self._eval_anchor_embeds)))
             output.metrics.update({f"{metric_key_prefix}_recall@1/{key}": value for key, value in recalls.items()})
             self._eval_anchor_embeds = []
         return output
@@ -343,11 +376,18 @@ class RPATrainer(DPOTrainer):
         if not self.args.should_save:
             return
         os.makedirs(output_dir, exist_ok=True)
-        copy.deepcopy(model).merge_and_unload().save_pretrained(output_dir)
+        _save_merged(model, output_dir)
         trainable = {name: param.detach().contiguous() for name, param in model.named_parameters() if param.requires_grad}
         safetensors.torch.save_file(trainable, os.path.join(output_dir, PEFT_TRAINABLE_STATE))
         self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def _load_best_model(self) -> None:
+        # A PEFT checkpoint holds the merged model and the trainable state, no adapter file, so `Trainer` would only
+        # warn and load nothing: restore the trainable state as resuming does.
+        if isinstance(self.accelerator.unwrap_model(self.model), PeftModel):
+            return self._load_from_checkpoint(self.state.best_model_checkpoint)
+        return super()._load_best_model()
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         model = model or self.model
@@ -396,6 +436,26 @@ class _CollatorEpoch(TrainerCallback):
         self.collator.set_epoch(int(state.epoch or 0))
 
 
+def _save_merged(model: PeftModel, output_dir: str) -> None:
+    """Saves the PEFT model as the plain model it stands for (adapters merged, trained heads in place), loadable by
+    `AutoModel`, without copying it: the adapters are merged into the base weights in place, the base model's state
+    is saved under the plain model's parameter names, and the adapters are unmerged again."""
+    base = model.get_base_model()
+    prefix = getattr(model.base_model, "prefix", "lora_")
+    adapter = model.active_adapter
+    model.merge_adapter()
+    try:
+        state_dict = {}
+        for name, tensor in base.state_dict().items():
+            if f".{prefix}" in name or name.startswith(prefix) or ".original_module." in name:
+                continue  # adapter weights (merged) and the untrained copies of the trained heads
+            name = name.replace(".base_layer.", ".").replace(f".modules_to_save.{adapter}.", ".")
+            state_dict[name] = tensor
+        base.save_pretrained(output_dir, state_dict=state_dict)
+    finally:
+        model.unmerge_adapter()
+
+
 def _model_inputs(inputs: dict[str, Tensor]) -> dict[str, Tensor]:
     """The processor's tensors of a collated batch, without the collator's bookkeeping."""
     return {key: value for key, value in inputs.items() if key not in PREFERENCE_KEYS}
@@ -411,8 +471,32 @@ def _candidate_similarities(text_embeds: Tensor, image_embeds: Tensor, inputs: d
     return txt2img, img2txt
 
 
-def _recall_at_1(queries: Tensor, keys: Tensor, query_ids: Tensor, key_ids: Tensor) -> float:
-    """Share of queries whose most similar key has the query's own id (ties between identical keys count as hits).
-    Query ``i``'s own key is ``keys[i]``, identified by ``key_ids[i] == query_ids[i]``."""
-    best = (queries.float() @ keys.float().T).argmax(dim=1)
-    return (key_ids[best] == query_ids).float().mean().item()
+def anchor_recall_at_1(text_embeds: Tensor, image_embeds: Tensor, text_ids: Tensor, image_ids: Tensor) -> dict[str, float]:
+    """Recall@1 (0-100, `evaluation.metrics.retrieval_recall`) between the anchors of an evaluation set, row ``i``
+    pairing caption ``text_ids[i]`` with image ``image_ids[i]``. Captions and images are de-duplicated by content id,
+    so each is one query and one key; an image's relevant set is every caption paired with it (and a caption's,
+    every image paired with it)."""
+    from evaluation.metrics import retrieval_recall
+
+    text_ids, image_ids = text_ids.tolist(), image_ids.tolist()
+    text_rows, image_rows = _first_rows(text_ids), _first_rows(image_ids)
+    text_position = {identity: position for position, identity in enumerate(text_rows)}
+    image_position = {identity: position for position, identity in enumerate(image_rows)}
+    images_of_text: dict[int, set[int]] = defaultdict(set)
+    texts_of_image: dict[int, set[int]] = defaultdict(set)
+    for text_id, image_id in zip(text_ids, image_ids):
+        images_of_text[text_id].add(image_position[image_id])
+        texts_of_image[image_id].add(text_position[text_id])
+    texts = text_embeds[list(text_rows.values())].float()
+    images = image_embeds[list(image_rows.values())].float()
+    text_to_image = retrieval_recall(texts @ images.T, [sorted(images_of_text[i]) for i in text_rows], ks=(1,))
+    image_to_text = retrieval_recall(images @ texts.T, [sorted(texts_of_image[i]) for i in image_rows], ks=(1,))
+    return {"text_to_image": text_to_image["recall@1"], "image_to_text": image_to_text["recall@1"]}
+
+
+def _first_rows(ids: list[int]) -> dict[int, int]:
+    """Each distinct id, in first-seen order, mapped to the row where it first appears."""
+    rows: dict[int, int] = {}
+    for row, identity in enumerate(ids):
+        rows.setdefault(identity, row)
+    return rows
