@@ -11,26 +11,13 @@ from modeling_maple.lora import maple_lora_config
 from modeling_maple.testing import build_tiny
 from trainer import RPAConfig, RPATrainer
 from trainer.rpa_trainer import anchor_recall_at_1
-from trainer.testing import describe_scene, draw_scene, synthetic_preference_dataset
+from trainer.testing import describe_scene, draw_scene, smoke_config, synthetic_preference_dataset
 
 
 def make_config(tmp_path, **overrides):
-    settings = dict(
-        output_dir=str(tmp_path / "run"),
-        per_device_train_batch_size=8,
-        per_device_eval_batch_size=16,
-        max_steps=30,
-        learning_rate=1e-3,
-        warmup_steps=0,
-        rpa_weight=0.5,
-        logging_steps=5,
-        save_strategy="no",
-        report_to=[],
-        seed=0,
-        dataloader_num_workers=0,
-    )
-    settings.update(overrides)
-    return RPAConfig(**settings)
+    settings = dict(per_device_train_batch_size=8, per_device_eval_batch_size=16, max_steps=30, logging_steps=5,
+                    dataloader_num_workers=0)
+    return smoke_config(str(tmp_path / "run"), **(settings | overrides))
 
 
 def make_trainer(tmp_path, backbone="dual_encoder", train_rows=32, lora=False, **overrides):

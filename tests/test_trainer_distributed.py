@@ -15,8 +15,8 @@ import sys
 import pytest
 
 from modeling_maple.testing import build_tiny
-from trainer import RPAConfig, RPATrainer
-from trainer.testing import synthetic_preference_dataset
+from trainer import RPATrainer
+from trainer.testing import smoke_config, synthetic_preference_dataset
 
 GLOBAL_BATCH = 8
 STEPS = 2
@@ -25,18 +25,12 @@ STEPS = 2
 def run(output_dir: str, per_device_batch: int) -> list[dict]:
     """Trains for `STEPS` steps on the 8-row dataset; returns the per-step logs (rank 0's view)."""
     model, processor = build_tiny("dual_encoder", seed=0)
-    args = RPAConfig(
-        output_dir=output_dir,
+    args = smoke_config(
+        output_dir,
         per_device_train_batch_size=per_device_batch,
         max_steps=STEPS,
         logging_steps=1,
-        learning_rate=1e-3,
-        warmup_steps=0,
-        rpa_weight=0.5,
         num_text_candidates=3,
-        save_strategy="no",
-        report_to=[],
-        seed=0,
         use_cpu=True,  # with several processes: gloo on CPU (accelerate's MULTI_CPU)
     )
     trainer = RPATrainer(model, args=args, train_dataset=synthetic_preference_dataset(GLOBAL_BATCH, seed=3),

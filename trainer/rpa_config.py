@@ -124,8 +124,9 @@ class RPAConfig(DPOConfig):
     loss_type: list[str] = field(
         default_factory=lambda: ["sigmoid"],
         metadata={
-            "help": "DPO loss family of the preference term. RPA is the margin-weighted 'sigmoid' (DPO) loss; it is "
-            "the only member defined on graded candidate rankings, so it is the only value accepted."
+            "help": "Inherited from `DPOConfig`, not a MAPLE setting: it must stay ['sigmoid'], the only value "
+            "accepted. RPA is the margin-weighted form of DPO's 'sigmoid' loss, the only DPO loss defined on graded "
+            "candidate rankings; choose between RPA's pairwise and listwise forms with `rpa_loss`."
         },
     )
 

@@ -8,11 +8,15 @@ little noise, so the ranking it induces is learnable from pixels and words.
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING
 
 from datasets import Dataset
 from PIL import Image, ImageDraw
 
 from .schema import PREFERENCE_FEATURES
+
+if TYPE_CHECKING:
+    from .rpa_config import RPAConfig
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 190, 30), "blue": (30, 30, 220), "yellow": (230, 210, 20)}
 SIDES = ("left", "right")
@@ -27,6 +31,23 @@ def draw_scene(colour: str, side: str, size: int = 16) -> Image.Image:
 
 def describe_scene(colour: str, side: str) -> str:
     return f"a {colour} square on the {side}"
+
+
+def smoke_config(output_dir: str, **overrides) -> RPAConfig:
+    """An `RPAConfig` for short offline runs on the synthetic dataset (tests, smoke runs): a high learning rate without
+    warm-up, lambda 0.5 so both losses move, no saving, no reporting, seed 0. `overrides` replace any field."""
+    from .rpa_config import RPAConfig
+
+    settings = dict(
+        output_dir=output_dir,
+        learning_rate=1e-3,
+        warmup_steps=0,
+        rpa_weight=0.5,
+        save_strategy="no",
+        report_to=[],
+        seed=0,
+    )
+    return RPAConfig(**(settings | overrides))
 
 
 def synthetic_preference_dataset(num_rows: int, num_candidates: int = 4, seed: int = 0) -> Dataset:
