@@ -1,0 +1,101 @@
+"""`DataCollatorForEmbeddingPreference`: each distinct text and image is embedded once, the index tensors point at
+the right items, padding is masked, the anchor's own candidate is always kept, and the candidate draws depend on the
+seed, the epoch and the row only (not on the batch a row lands in)."""
+
+import pytest
+import torch
+
+from modeling_maple.testing import build_tiny
+from trainer.collator import DataCollatorForEmbeddingPreference, content_id
+from trainer.testing import synthetic_preference_dataset
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return build_tiny("dual_encoder", seed=0)[1]
+
+
+@pytest.fixture(scope="module")
+def rows():
+    # 12 rows over the 8 scenes (rows 8-11 repeat rows 0-3), 6 candidates each: candidates are other anchors' items
+    return list(synthetic_preference_dataset(12, num_candidates=6, seed=0))
+
+
+def picked(batch, row, modality):
+    """Content ids of the candidates the batch holds for `row`, in order, padding left out."""
+    index, mask = batch[f"candidate_{modality}_index"][row], batch[f"candidate_{modality}_mask"][row]
+    return batch[f"{modality}_ids"][index[mask]].tolist()
+
+
+def test_each_distinct_item_is_embedded_once_and_indices_point_at_it(processor, rows):
+    batch = DataCollatorForEmbeddingPreference(processor)(rows)
+    texts = {content_id(text) for row in rows for text in [row["caption"], *row["candidate_texts"]]}
+    images = {content_id(image) for row in rows for image in [row["image"], *row["candidate_images"]]}
+    assert sorted(batch["text_ids"].tolist()) == sorted(texts)  # each once
+    assert sorted(batch["image_ids"].tolist()) == sorted(images)
+    assert batch["input_ids"].shape[0] == len(texts) and batch["pixel_values"].shape[0] == len(images)
+    for position, row in enumerate(rows):
+        assert batch["text_ids"][batch["anchor_text_index"][position]] == content_id(row["caption"])
+        assert batch["image_ids"][batch["anchor_image_index"][position]] == content_id(row["image"])
+        # without a limit every candidate is kept, in dataset order, with its judge score
+        assert picked(batch, position, "text") == [content_id(text) for text in row["candidate_texts"]]
+        assert picked(batch, position, "image") == [content_id(image) for image in row["candidate_images"]]
+        torch.testing.assert_close(batch["img2txt_scores"][position], torch.tensor(row["img2txt_scores"]))
+        torch.testing.assert_close(batch["txt2img_scores"][position], torch.tensor(row["txt2img_scores"]))
+
+
+def test_rows_with_fewer_candidates_are_padded_and_masked(processor, rows):
+    short = dict(rows[1])
+    short.update(candidate_texts=short["candidate_texts"][:2], img2txt_scores=short["img2txt_scores"][:2],
+                 candidate_images=short["candidate_images"][:3], txt2img_scores=short["txt2img_scores"][:3])
+    batch = DataCollatorForEmbeddingPreference(processor)([rows[0], short, rows[2]])
+    for modality, kept in (("text", 2), ("image", 3)):
+        mask, index = batch[f"candidate_{modality}_mask"], batch[f"candidate_{modality}_index"]
+        assert mask.shape == index.shape == (3, 6) and mask.dtype == torch.bool
+        assert mask[[0, 2]].all() and mask[1].tolist() == [True] * kept + [False] * (6 - kept)
+        assert (index[1, kept:] == 0).all()
+    assert (batch["img2txt_scores"][1, 2:] == 0).all() and (batch["txt2img_scores"][1, 3:] == 0).all()
+    assert picked(batch, 1, "text") == [content_id(text) for text in short["candidate_texts"]]
+
+
+def test_sampling_keeps_the_anchor_and_draws_without_replacement(processor, rows):
+    for epoch in range(3):
+        collator = DataCollatorForEmbeddingPreference(processor, num_text_candidates=3, num_image_candidates=2,
+                                                      epoch=epoch)
+        batch = collator(rows)
+        assert batch["candidate_text_mask"].shape == (len(rows), 3)
+        assert batch["candidate_image_mask"].shape == (len(rows), 2)
+        for position, row in enumerate(rows):
+            texts = picked(batch, position, "text")
+            assert texts[0] == content_id(row["candidate_texts"][0]) == content_id(row["caption"])
+            assert picked(batch, position, "image")[0] == content_id(row["image"])
+            assert len(set(texts)) == 3
+            # the scores follow the drawn candidates
+            candidates = [content_id(text) for text in row["candidate_texts"]]
+            expected = [row["img2txt_scores"][candidates.index(text)] for text in texts]
+            torch.testing.assert_close(batch["img2txt_scores"][position], torch.tensor(expected))
+
+
+def test_draws_depend_on_seed_epoch_and_row_not_on_the_batch(processor, rows):
+    def draws(collator, batch_rows):
+        batch = collator(batch_rows)
+        return {row["id"]: picked(batch, position, "text") for position, row in enumerate(batch_rows)}
+
+    collator = DataCollatorForEmbeddingPreference(processor, num_text_candidates=3, num_image_candidates=3)
+    together = draws(collator, rows)
+    alone = {row["id"]: draws(collator, [row])[row["id"]] for row in rows}
+    shuffled = draws(collator, rows[::-1][:5] + rows[:3])
+    assert together == alone
+    assert all(shuffled[row_id] == together[row_id] for row_id in shuffled)
+    assert draws(DataCollatorForEmbeddingPreference(processor, num_text_candidates=3), rows) == together  # repeatable
+
+    collator.set_epoch(1)
+    assert draws(collator, rows) != together  # fresh draws every epoch
+    other_seed = DataCollatorForEmbeddingPreference(processor, num_text_candidates=3, seed=1)
+    assert draws(other_seed, rows) != together
+
+
+def test_bad_rows_are_named_with_the_collators_dataset(processor, rows):
+    bad = dict(rows[0], img2txt_scores=rows[0]["img2txt_scores"][:-1])
+    with pytest.raises(ValueError, match=r"^eval dataset, row id 'scene-0': column 'img2txt_scores' has 5 scores"):
+        DataCollatorForEmbeddingPreference(processor, dataset_name="eval")([bad])
