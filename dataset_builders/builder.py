@@ -221,10 +221,12 @@ def _image_bytes(value: dict[str, Any]) -> bytes:
     raise ValueError("image has neither bytes nor a path")
 
 
-def _decode(payload: bytes) -> PIL.Image.Image:
-    image = PIL.Image.open(io.BytesIO(payload))
-    image.load()
-    return image.convert("RGB")
+def _decode(payload: bytes, row: int) -> PIL.Image.Image:
+    """The RGB image of encoded bytes, via `modeling_maple.processing_maple.load_image` (which names
+    source row `row` when the data is corrupt)."""
+    from modeling_maple.processing_maple import load_image  # transformers: only once images are decoded
+
+    return load_image(PIL.Image.open(io.BytesIO(payload)), row)
 
 
 def text_pool(caption: str, candidates: list[str], size: int) -> list[str]:
@@ -489,7 +491,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 skipped.append(SkippedInput(index, row_id, "empty caption"))
                 continue
             try:
-                _decode(_image_bytes(row[self.config.image_column] or {}))
+                _decode(_image_bytes(row[self.config.image_column] or {}), index)
             except Exception as error:  # any decoding failure makes the row unusable, whatever its kind
                 skipped.append(SkippedInput(index, row_id, "unreadable image", f"{type(error).__name__}: {error}"))
                 continue
@@ -500,7 +502,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         return len(source), valid_rows, skipped
 
     def _image(self, row: int) -> PIL.Image.Image:
-        return _decode(_image_bytes(self._load_source()[row][self.config.image_column]))
+        return _decode(_image_bytes(self._load_source()[row][self.config.image_column]), row)
 
     def embed_inputs(self, valid_rows: list[int]) -> torch.Tensor:
         """(len(valid_rows), D) image embeddings; each rank embeds a slice, all ranks read the whole."""
@@ -603,9 +605,10 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         image_bytes = [_image_bytes(record[config.image_column]) for record in records]
         negative_rows = [[anchor_rows[n] for n in neighbours if n >= 0] for neighbours in neighbour_positions]
         negative_bytes = [[_image_bytes(source[row][config.image_column]) for row in rows] for rows in negative_rows]
-        anchors = [_decode(payload) for payload in image_bytes]
+        anchors = [_decode(payload, anchor_rows[position]) for payload, position in zip(image_bytes, positions)]
         candidate_images = [
-            [anchor] + [_decode(payload) for payload in payloads] for anchor, payloads in zip(anchors, negative_bytes)
+            [anchor] + [_decode(payload, row) for payload, row in zip(payloads, rows)]
+            for anchor, payloads, rows in zip(anchors, negative_bytes, negative_rows)
         ]
 
         if config.text_candidates == "generated":

@@ -78,9 +78,8 @@ class ContrastiveCaptioner:
         self.name = name or model.config.name_or_path or type(model).__name__
         self.prompt_encoder = prompt_encoder_for(model.config, tokenizer, image_processor, chat_template=chat_template)
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": prompt}]}]
-        rendered = self.prompt_encoder.render(messages, add_generation_prompt=True)
-        # Every prompt is the same text around two images: tokenise it once, expand images per pair.
-        self._prompt_ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        # Every prompt is the same text around two images: render it once, expand images per pair.
+        self._prompt_text = self.prompt_encoder.render(messages, add_generation_prompt=True)
 
     @classmethod
     def from_pretrained(
@@ -122,7 +121,7 @@ class ContrastiveCaptioner:
         """One sampled answer per (anchor, negative) prompt."""
         encoded = self.prompt_encoder.encode_images([image for pair in pairs for image in pair])
         sequences = [
-            self.prompt_encoder.expand_images(self._prompt_ids, encoded.num_tokens[2 * row : 2 * row + 2])
+            self.prompt_encoder.expand_images(self._prompt_text, encoded.num_tokens[2 * row : 2 * row + 2])
             for row in range(len(pairs))
         ]
         inputs = to_model(self.prompt_encoder.model_inputs(sequences, encoded, padding_side="left"), self.model)

@@ -142,8 +142,9 @@ class MLLMJudge:
         self.no_id = answer_token_id(self.prompt_encoder, "No")
         # The prompt split into the part all candidate texts of an image share and the rest.
         self.prefix_text, self.suffix_template = self._split_prompt()
-        # The prefix differs between images only in how many image tokens it holds: tokenise it once.
-        self._prefix_template_ids = tokenizer(self.prefix_text, add_special_tokens=False)["input_ids"]
+        # The prefix differs between images only in how many image tokens it holds: tokenise it
+        # once per number of image tokens.
+        self._prefix_ids_by_count: dict[int, list[int]] = {}
 
     @classmethod
     def from_pretrained(
@@ -201,7 +202,10 @@ class MLLMJudge:
     def prefix_ids(self, images: EncodedImages, index: int) -> list[int]:
         """Token ids of the shared prompt prefix for the `index`-th of `images` (image tokens
         expanded); `prefix_ids(...) + suffix_ids([text])[0]` is the whole prompt for one pair."""
-        return self.prompt_encoder.expand_images(self._prefix_template_ids, [images.num_tokens[index]])
+        count = images.num_tokens[index]
+        if count not in self._prefix_ids_by_count:
+            self._prefix_ids_by_count[count] = self.prompt_encoder.expand_images(self.prefix_text, [count])
+        return list(self._prefix_ids_by_count[count])
 
     def suffix_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of the prompt suffix for each candidate text (one batched tokenizer call)."""

@@ -246,11 +246,17 @@ class HardNegativeMiner:
 
     @torch.inference_mode()
     def embed(self, images: Iterable[PIL.Image.Image]) -> torch.Tensor:
-        """(N, D) float32 L2-normalised embeddings of `images`, encoded `batch_size` at a time."""
+        """(N, D) float32 L2-normalised embeddings of `images` (PIL images or file paths),
+        encoded `batch_size` at a time. The encoder gets RGB images; an unreadable one is a
+        ValueError naming its position in `images`."""
+        # Imported here: importing modeling_maple pulls in transformers, which a process that only
+        # builds from finished embeddings (or prints --help) should not pay for.
+        from modeling_maple.processing_maple import load_image
+
         pending: list[PIL.Image.Image] = []
         embeddings: list[torch.Tensor] = []
-        for image in images:
-            pending.append(image)
+        for index, image in enumerate(images):
+            pending.append(load_image(image, index))
             if len(pending) == self.batch_size:
                 embeddings.append(self.encode_images(pending).float().cpu())
                 pending = []
@@ -285,7 +291,8 @@ class _TransformersImageEncoder:
         self.image_processor = image_processor
 
     def __call__(self, images: Sequence[PIL.Image.Image]) -> torch.Tensor:
-        inputs = self.image_processor(images=[image.convert("RGB") for image in images], return_tensors="pt")
+        # RGB already: `HardNegativeMiner.embed` loads every image with `load_image`.
+        inputs = self.image_processor(images=list(images), return_tensors="pt")
         inputs = inputs.to(self.model.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         if hasattr(self.model, "get_image_features"):

@@ -7,6 +7,10 @@ boundary between the image prefix and the text suffix anyway to reuse the prefix
 `PromptEncoder` renders the chat template, expands the single image placeholder the template emits
 into one token per image feature, and builds the tensors the model family needs. One subclass per
 family; `prompt_encoder_for` picks it from the model config.
+
+Image loading, Qwen-VL token counts and placeholder expansion are `modeling_maple.processing_maple`'s
+(`load_image`, `qwen_vl_image_token_counts`, `expand_image_placeholders`), the ones `MapleProcessor`
+uses, so the judge, the captioner and the embedder build vision prompts the same way.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from dataclasses import dataclass, field
 
 import PIL.Image
 import torch
+
+from modeling_maple.processing_maple import expand_image_placeholders, load_image, qwen_vl_image_token_counts
 
 Message = dict[str, object]
 """One chat message: {"role": ..., "content": [{"type": "image"} | {"type": "text", "text": ...}]}."""
@@ -77,22 +83,20 @@ class PromptEncoder:
         )
 
     def encode_images(self, images: Sequence[PIL.Image.Image]) -> EncodedImages:
-        """Pixels and token counts of `images`, in order."""
+        """Pixels and token counts of `images`, in order (PIL images or file paths; a corrupt one
+        is a ValueError naming its position in `images`)."""
         raise NotImplementedError
 
-    def expand_images(self, ids: Sequence[int], image_token_counts: Sequence[int]) -> list[int]:
-        """`ids` with its k-th image placeholder repeated image_token_counts[k] times."""
-        placeholders = [position for position, token in enumerate(ids) if token == self.image_token_id]
-        if len(placeholders) != len(image_token_counts):
-            raise ValueError(
-                f"prompt has {len(placeholders)} image placeholders but {len(image_token_counts)} images were given"
-            )
-        expanded: list[int] = []
-        previous = 0
-        for position, count in zip(placeholders, image_token_counts):
-            expanded += list(ids[previous:position]) + [self.image_token_id] * count
-            previous = position + 1
-        return expanded + list(ids[previous:])
+    @staticmethod
+    def _rgb(images: Sequence[PIL.Image.Image]) -> list[PIL.Image.Image]:
+        return [load_image(image, index) for index, image in enumerate(images)]
+
+    def expand_images(self, text: str, image_token_counts: Sequence[int]) -> list[int]:
+        """Token ids of the rendered prompt `text` with its k-th image placeholder repeated
+        image_token_counts[k] times (a ValueError if the numbers of placeholders and images differ).
+        The placeholder is a special token, so expanding before or after tokenising is the same."""
+        expanded = expand_image_placeholders(text, image_token_counts, placeholder=self.image_token)
+        return self.tokenizer(expanded, add_special_tokens=False)["input_ids"]
 
     def pad(self, sequences: Sequence[Sequence[int]], *, padding_side: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(input_ids, attention_mask), both (batch, longest), padded on `padding_side`."""
@@ -132,9 +136,9 @@ class QwenVLPromptEncoder(PromptEncoder):
     """Qwen2-VL / Qwen2.5-VL: dynamic-resolution patches, one token per 2x2 merged patch, M-RoPE."""
 
     def encode_images(self, images: Sequence[PIL.Image.Image]) -> EncodedImages:
-        processed = self.image_processor(images=[image.convert("RGB") for image in images], return_tensors="pt")
+        processed = self.image_processor(images=self._rgb(images), return_tensors="pt")
         grid_thw = processed["image_grid_thw"]
-        num_tokens = (grid_thw.prod(dim=-1) // self.image_processor.merge_size**2).tolist()
+        num_tokens = qwen_vl_image_token_counts(grid_thw, self.image_processor.merge_size)
         return EncodedImages(processed["pixel_values"], num_tokens, {"image_grid_thw": grid_thw})
 
     def model_inputs(self, sequences, images, *, padding_side):
@@ -161,7 +165,7 @@ class LlavaPromptEncoder(PromptEncoder):
     feature strategy), plain 1-D positions."""
 
     def encode_images(self, images: Sequence[PIL.Image.Image]) -> EncodedImages:
-        pixel_values = self.image_processor(images=[image.convert("RGB") for image in images], return_tensors="pt")["pixel_values"]
+        pixel_values = self.image_processor(images=self._rgb(images), return_tensors="pt")["pixel_values"]
         patch_size = self.config.vision_config.patch_size
         tokens = (pixel_values.shape[-2] // patch_size) * (pixel_values.shape[-1] // patch_size)
         if self.config.vision_feature_select_strategy == "full":

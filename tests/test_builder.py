@@ -87,18 +87,20 @@ def test_bad_inputs_are_skipped_counted_and_listed(tmp_path):
     good = colour_squares(8)
     source = _source(
         8,
-        id=["broken", "blank", good["id"][0]],
-        image=[{"bytes": b"not an image", "path": None}, good["image"][1], good["image"][2]],
-        caption=["a red square", "   ", "a green square"],
+        id=["broken", "blank", good["id"][0], "truncated"],
+        image=[{"bytes": b"not an image", "path": None}, good["image"][1], good["image"][2], {"bytes": good["image"][3]["bytes"][:60], "path": None}],
+        caption=["a red square", "   ", "a green square", "a yellow square"],
     )
     builder = _build(tmp_path, source_dataset=source)
     dataset = builder.as_dataset(split="train")
     assert sorted(dataset["id"]) == sorted(good["id"])
     stats = builder.stats
-    assert stats["num_source_rows"] == 11 and stats["num_anchors"] == 8
-    assert stats["skipped_by_reason"] == {"unreadable image": 1, "empty caption": 1, "duplicate id": 1}
+    assert stats["num_source_rows"] == 12 and stats["num_anchors"] == 8
+    assert stats["skipped_by_reason"] == {"unreadable image": 2, "empty caption": 1, "duplicate id": 1}
     by_id = {(item["id"], item["kind"]): item for item in stats["skipped"]}
     assert "UnidentifiedImageError" in by_id[("broken", "unreadable image")]["detail"]
+    # Decoded by modeling_maple's load_image, whose error names the source row.
+    assert "images[11]: corrupt image data" in by_id[("truncated", "unreadable image")]["detail"]
     assert by_id[(good["id"][0], "duplicate id")]["detail"] == "first seen in row 0"
     assert by_id[("blank", "empty caption")]["row"] == 9
 

@@ -88,7 +88,8 @@ def test_shared_prefix_covers_the_question_head_and_keeps_tokenisation(sharp_jud
     tokenizer = sharp_judge.prompt_encoder.tokenizer
     for text in [text for texts in TEXTS for text in texts]:
         whole = tokenizer(sharp_judge.prefix_text + sharp_judge.suffix_template.format(text=text), add_special_tokens=False)
-        assert sharp_judge._prefix_template_ids + sharp_judge.suffix_ids([text])[0] == whole["input_ids"]
+        prefix = tokenizer(sharp_judge.prefix_text, add_special_tokens=False)["input_ids"]
+        assert prefix + sharp_judge.suffix_ids([text])[0] == whole["input_ids"]
 
 
 def test_score_images_scores_each_candidate_image_against_its_text(sharp_judge):
@@ -276,3 +277,50 @@ def test_malformed_inputs_are_rejected_naming_the_index(sharp_judge, call, messa
     # An ensemble checks too, whatever its members do with bad input.
     with pytest.raises(ValueError, match=message):
         call(JudgeEnsemble([sharp_judge, sharp_judge]))
+
+
+def test_vision_tokens_come_from_the_processors_shared_helpers(sharp_judge, monkeypatch):
+    """Qwen-VL token counts and placeholder expansion are `modeling_maple.processing_maple`'s, the
+    ones `MapleProcessor` uses: one implementation, the same ids."""
+    from dataset_builders import vlm_inputs
+    from modeling_maple import processing_maple
+
+    calls = []
+
+    def spy(name):
+        original = getattr(processing_maple, name)
+
+        def wrapper(*args, **kwargs):
+            calls.append(name)
+            return original(*args, **kwargs)
+
+        return wrapper
+
+    for name in ("qwen_vl_image_token_counts", "expand_image_placeholders"):
+        monkeypatch.setattr(vlm_inputs, name, spy(name))
+    encoder = sharp_judge.prompt_encoder
+    encoded = encoder.encode_images(IMAGES[:2])
+    grid = encoded.extra["image_grid_thw"]
+    assert encoded.num_tokens == [int(row.prod()) // encoder.image_processor.merge_size**2 for row in grid]
+    ids = encoder.expand_images(sharp_judge.prefix_text, encoded.num_tokens[1:])
+    assert calls == ["qwen_vl_image_token_counts", "expand_image_placeholders"]
+    expanded = processing_maple.expand_image_placeholders(sharp_judge.prefix_text, encoded.num_tokens[1:], encoder.image_token)
+    assert ids == encoder.tokenizer(expanded, add_special_tokens=False)["input_ids"]
+    assert ids == sharp_judge.prefix_ids(encoded, 1)
+    assert ids.count(encoder.image_token_id) == encoded.num_tokens[1]
+    with pytest.raises(ValueError, match="placeholders but 2 images"):
+        encoder.expand_images(sharp_judge.prefix_text, [4, 4])
+
+
+def _truncated_png() -> Image.Image:
+    """A PIL image whose file is cut short: it opens (lazily), and fails when decoded."""
+    import io
+
+    buffer = io.BytesIO()
+    _noise_image(5).save(buffer, format="PNG")
+    return Image.open(io.BytesIO(buffer.getvalue()[:200]))
+
+
+def test_corrupt_image_data_is_an_error_naming_the_image(sharp_judge):
+    with pytest.raises(ValueError, match=r"images\[1\]: corrupt image data"):
+        sharp_judge.prompt_encoder.encode_images([IMAGES[0], _truncated_png()])

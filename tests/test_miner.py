@@ -147,3 +147,27 @@ def test_from_pretrained_searches_on_the_encoder_device(tmp_path, monkeypatch):
     explicit = HardNegativeMiner.from_pretrained(str(tmp_path), device="cpu", search_device="meta")
     assert explicit.search_device == torch.device("meta")
     assert HardNegativeMiner.from_pretrained(str(tmp_path)).search_device == torch.device("cuda"), "no device: the GPU"
+
+
+def test_embed_reads_paths_and_names_a_corrupt_image(tmp_path):
+    import io
+
+    import numpy
+
+    seen = []
+
+    def encode_images(images):
+        seen.extend(image.mode for image in images)
+        return torch.stack([torch.from_numpy(numpy.asarray(image.resize((2, 2)), dtype=numpy.float32)).flatten() for image in images])
+
+    miner = HardNegativeMiner(encode_images, batch_size=2, search_device="cpu")
+    Image.new("L", (8, 8), 128).save(tmp_path / "grey.png")
+    images = [Image.new("RGBA", (8, 8), "red"), tmp_path / "grey.png", Image.new("RGB", (8, 8), "blue")]
+    assert miner.embed(images).shape == (3, 12)
+    assert seen == ["RGB"] * 3, "every encoder gets RGB images"
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), "green").save(buffer, format="PNG")
+    truncated = Image.open(io.BytesIO(buffer.getvalue()[:60]))
+    # The position counts over the whole stream, not within the batch.
+    with pytest.raises(ValueError, match=r"images\[3\]: corrupt image data"):
+        miner.embed(images + [truncated])
