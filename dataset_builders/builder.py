@@ -1,5 +1,6 @@
 """`MaplePreferences`: the `datasets` builder that turns image-caption pairs into MLLM-judged
-preference rows (schema in docs/architecture.md), and publishes and loads them.
+preference rows (schema: `trainer.schema.PREFERENCE_FEATURES`, re-exported here as `FEATURES`), and
+publishes and loads them.
 
 Pipeline, per the paper (section 3 of the method notes):
 
@@ -46,21 +47,14 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
+from trainer.schema import PREFERENCE_FEATURES
+
 from .interfaces import CandidateCaptioner, PreferenceJudge
 from .miner import HardNegativeMiner
 
-FEATURES = datasets.Features(
-    {
-        "id": datasets.Value("string"),
-        "image": datasets.Image(),
-        "caption": datasets.Value("string"),
-        "candidate_images": datasets.Sequence(datasets.Image()),
-        "candidate_texts": datasets.Sequence(datasets.Value("string")),
-        "txt2img_scores": datasets.Sequence(datasets.Value("float32")),
-        "img2txt_scores": datasets.Sequence(datasets.Value("float32")),
-    }
-)
-"""The preference dataset schema, one row per anchor (shared with `trainer.schema`)."""
+FEATURES = PREFERENCE_FEATURES
+"""The preference dataset schema, one row per anchor: `trainer.schema.PREFERENCE_FEATURES` itself, the
+one definition the builder writes and the trainer validates against."""
 
 TEXT_CANDIDATE_SOURCES = ("generated", "corpus")
 MANIFEST_FILE = "manifest.json"

@@ -220,6 +220,12 @@ def test_end_to_end_with_a_tiny_mllm_judge_and_captioner(tmp_path):
     assert builder.stats["judge"] == "tiny-judge-0"
 
 
+def test_the_schema_is_the_trainers_one_definition():
+    from trainer.schema import PREFERENCE_FEATURES
+
+    assert FEATURES is PREFERENCE_FEATURES
+
+
 def test_text_pool_keeps_the_caption_first_and_drops_repeats():
     generated = ["a  red\ncube", "", "a red cube", "the caption", "a blue cube", "a green cube"]
     assert text_pool("the caption", generated, size=3) == ["the caption", "a red cube", "a blue cube"]
