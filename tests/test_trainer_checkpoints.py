@@ -155,3 +155,25 @@ def test_non_finite_weights_are_not_saved_and_the_last_checkpoint_is_named(tmp_p
         trainer.train()
     assert not (tmp_path / "run" / "checkpoint-3").exists()
     _assert_finite_checkpoint(last)
+
+
+def test_non_finite_gradient_norm_before_a_nan_loss_saves_nothing(tmp_path):
+    # finite weights, but the step that produced them had a non-finite gradient norm: the optimiser state may hold
+    # NaNs, so these weights are not saved either
+    trainer = make_trainer(tmp_path, max_steps=10)
+    get_grad_norm, compute = trainer._get_grad_norm, trainer._contrastive_loss
+
+    def grad_norm_nan_at_step_3(*args, **kwargs):
+        grad_norm = get_grad_norm(*args, **kwargs)
+        if trainer.state.global_step == 2:  # computing step 3's update
+            trainer._last_grad_norm = math.nan
+        return grad_norm
+
+    def nan_at_step_4(*args, **kwargs):
+        loss = compute(*args, **kwargs)
+        return loss * math.nan if trainer.state.global_step == 3 else loss
+
+    trainer._get_grad_norm, trainer._contrastive_loss = grad_norm_nan_at_step_3, nan_at_step_4
+    with pytest.raises(FloatingPointError, match="training step 4.*gradient norm of step 3.*no checkpoint was saved"):
+        trainer.train()
+    assert not (tmp_path / "run" / "checkpoint-3").exists()
