@@ -131,8 +131,7 @@ class MapleProcessor(ProcessorMixin):
         if self.max_text_length is not None:
             texts = [self._truncate(text) for text in texts]
         prompts = [self.text_prompt.format(text=text) for text in texts]
-        # An MLLM reads long contexts; a dual encoder's text tower has a hard position limit.
-        model_limit = self.tokenizer.model_max_length if self.backbone == "dual_encoder" else None
+        model_limit = self._text_tower_limit()
         padded_length = self.max_text_length or model_limit
         encoded = self.tokenizer(
             prompts,
@@ -146,6 +145,12 @@ class MapleProcessor(ProcessorMixin):
         if "attention_mask" in encoded:
             inputs["attention_mask"] = encoded["attention_mask"]
         return inputs
+
+    def _text_tower_limit(self) -> int | None:
+        # An MLLM reads long contexts; a dual encoder's text tower has a hard position limit, which its
+        # tokenizer records (transformers' sentinel for "unset" is a huge integer).
+        limit = self.tokenizer.model_max_length
+        return limit if self.backbone == "dual_encoder" and limit < 1_000_000 else None
 
     def _truncate(self, text: str) -> str:
         token_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]

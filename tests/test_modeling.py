@@ -240,6 +240,8 @@ def test_long_texts_keep_the_instruction_and_fit_the_tower():
     batch = dual_processor(text=[long_text * 3])  # 600+ tokens, the tiny BERT holds 128 positions
     assert batch["input_ids"].shape[1] == dual_processor.tokenizer.model_max_length
     assert dual(**batch).text_embeds.shape == (1, dual.embed_dim)
+    dual_processor.tokenizer.model_max_length = int(1e30)  # transformers' "no limit recorded"
+    assert dual_processor(text=["a red circle"])["input_ids"].shape[0] == 1
 
 
 def test_image_placeholders_expand_to_one_token_per_merged_patch():
