@@ -406,8 +406,9 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             "judge": _component_name(self.judge),
             "judge_prompt": getattr(self.judge, "prompt", None),
             "captioner": _component_name(self.captioner) if generated else None,
+            # batch_size too: sampling draws from one generator, so batching shapes the captions.
             "captioner_settings": {
-                name: getattr(self.captioner, name, None) for name in ("prompt", "temperature", "num_samples", "max_new_tokens")
+                name: getattr(self.captioner, name, None) for name in ("prompt", "temperature", "num_samples", "max_new_tokens", "batch_size")
             }
             if generated
             else None,

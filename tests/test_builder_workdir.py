@@ -72,6 +72,7 @@ def test_another_shard_size_on_the_same_work_dir_is_refused_not_mixed(tmp_path):
         ({"semdedup_clusters": 3}, "semdedup_clusters"),
         ({"judge": type("OtherJudge", (ColourJudge,), {"name": "other-judge"})()}, "judge"),
         ({"miner": thumbnail_miner(name="other-miner")}, "miner"),
+        ({"captioner": type("Sampler", (ColourCaptioner,), {"temperature": 0.9})()}, "captioner_settings"),
         ({"source_dataset": _source(9)}, "source_fingerprint"),
     ],
 )
