@@ -422,7 +422,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         field for field. A work dir with checkpoints but no manifest is refused too: nothing says
         which recipe made them."""
         path = self.work_dir / MANIFEST_FILE
-        current = json.loads(json.dumps(self.manifest()))
+        current = json.loads(json.dumps(self.manifest(), default=str))  # as it reads back from the file
         advice = f"use another work dir (CLI: another --output-dir), or delete {self.work_dir} to start over"
         if not path.exists():
             leftovers = [
