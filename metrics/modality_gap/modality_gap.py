@@ -3,7 +3,7 @@
 import datasets
 import evaluate
 
-from evaluation.metrics import modality_gap_from_quadruples
+from evaluation.metrics import MAPLE_CITATION, modality_gap_from_quadruples
 
 _DESCRIPTION = """
 Modality gap of an embedder on quadruples (I0, I1, T0, T1), after MAPLE (arXiv 2506.06970, sec. 5).
@@ -27,15 +27,6 @@ Example:
     {'w_dist': 0.5, 'w_disc': 0.25, 'delta_gap': 2.0}
 """
 
-_CITATION = """
-@inproceedings{maple2025,
-  title = {Guiding Cross-Modal Representations with MLLM Priors via Preference Alignment},
-  booktitle = {Advances in Neural Information Processing Systems},
-  year = {2025},
-  eprint = {2506.06970},
-  archivePrefix = {arXiv}
-}
-"""
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
@@ -43,7 +34,7 @@ class ModalityGap(evaluate.Metric):
     def _info(self):
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
-            citation=_CITATION,
+            citation=MAPLE_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
             features=datasets.Features(
                 {

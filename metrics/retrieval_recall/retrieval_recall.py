@@ -3,7 +3,7 @@
 import datasets
 import evaluate
 
-from evaluation.metrics import DEFAULT_KS, retrieval_recall
+from evaluation.metrics import DEFAULT_KS, MAPLE_CITATION, retrieval_recall
 
 _DESCRIPTION = """
 Cross-modal retrieval recall. Each prediction is one query's similarity row over all candidates
@@ -27,15 +27,6 @@ Example:
     {'recall@1': 100.0, 'mrr': 100.0}
 """
 
-_CITATION = """
-@inproceedings{maple2025,
-  title = {Guiding Cross-Modal Representations with MLLM Priors via Preference Alignment},
-  booktitle = {Advances in Neural Information Processing Systems},
-  year = {2025},
-  eprint = {2506.06970},
-  archivePrefix = {arXiv}
-}
-"""
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
@@ -43,7 +34,7 @@ class RetrievalRecall(evaluate.Metric):
     def _info(self):
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
-            citation=_CITATION,
+            citation=MAPLE_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
             features=datasets.Features(
                 {
