@@ -72,21 +72,22 @@ def naive_listwise_untied(scores, alphas):
 
 
 def naive_contrastive(images, texts, scale, negative_images, negative_texts, image_ids, text_ids, neg_image_ids,
-                      neg_text_ids):
-    def one_direction(queries, positives, negatives, positive_ids, negative_ids):
+                      neg_text_ids, excluded_image_ids=None, excluded_text_ids=None):
+    def one_direction(queries, positives, negatives, positive_ids, negative_ids, excluded):
         pool, seen = [], {}
         for vector, identity in list(zip(positives, positive_ids)) + list(zip(negatives, negative_ids)):
             if identity not in seen:
                 seen[identity] = len(pool)
-                pool.append(vector)
+                pool.append((identity, vector))
         total = 0.0
-        for query, identity in zip(queries, positive_ids):
-            logits = [scale * float(query @ vector) for vector in pool]
-            total += -(logits[seen[identity]] - math.log(sum(math.exp(logit) for logit in logits)))
+        for index, (query, own) in enumerate(zip(queries, positive_ids)):
+            skipped = set(excluded[index]) - {own} if excluded else set()
+            logits = {identity: scale * float(query @ vector) for identity, vector in pool if identity not in skipped}
+            total += -(logits[own] - math.log(sum(math.exp(logit) for logit in logits.values())))
         return total / len(queries)
 
-    text_to_image = one_direction(texts, images, negative_images, image_ids, neg_image_ids)
-    image_to_text = one_direction(images, texts, negative_texts, text_ids, neg_text_ids)
+    text_to_image = one_direction(texts, images, negative_images, image_ids, neg_image_ids, excluded_image_ids)
+    image_to_text = one_direction(images, texts, negative_texts, text_ids, neg_text_ids, excluded_text_ids)
     return (text_to_image + image_to_text) / 2
 
 
@@ -206,6 +207,26 @@ def test_contrastive_loss_with_expanded_deduplicated_negatives_matches_loop(seed
         inputs["text_ids"].tolist(), inputs["negative_image_ids"].tolist(), inputs["negative_text_ids"].tolist(),
     )
     assert contrastive_loss(**inputs).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_per_anchor_exclusions_leave_only_that_anchors_denominator():
+    inputs = contrastive_inputs(0)
+    # text 0 must not be pushed from image 1 (anchor 1's image) nor image 11; image 2 keeps all but text 100 and
+    # text 101; other rows exclude only their own id, which never counts
+    inputs["excluded_image_ids"] = torch.tensor([[1, 11], [1, 1], [2, 2], [2, 2]])
+    inputs["excluded_text_ids"] = torch.tensor([[100, 100], [101, 101], [100, 101], [103, 103]])
+    expected = naive_contrastive(
+        inputs["image_embeds"], inputs["text_embeds"], float(inputs["inverse_temperature"]),
+        inputs["negative_image_embeds"], inputs["negative_text_embeds"], inputs["image_ids"].tolist(),
+        inputs["text_ids"].tolist(), inputs["negative_image_ids"].tolist(), inputs["negative_text_ids"].tolist(),
+        inputs["excluded_image_ids"].tolist(), inputs["excluded_text_ids"].tolist(),
+    )
+    assert contrastive_loss(**inputs).item() == pytest.approx(expected, abs=1e-6)
+    without = {key: value for key, value in inputs.items() if not key.startswith("excluded")}
+    assert contrastive_loss(**without).item() > expected  # fewer negatives, lower loss
+    del inputs["image_ids"], inputs["negative_image_ids"]
+    with pytest.raises(ValueError, match="per-anchor exclusions are ids"):
+        contrastive_loss(**inputs)
 
 
 def test_duplicates_change_the_loss_unless_removed():

@@ -10,7 +10,8 @@ from evaluation.metrics import retrieval_recall
 from modeling_maple.lora import maple_lora_config
 from modeling_maple.testing import build_tiny
 from trainer import RPAConfig, RPATrainer
-from trainer.rpa_trainer import anchor_recall_at_1
+from trainer.losses import contrastive_loss
+from trainer.rpa_trainer import _model_inputs, anchor_recall_at_1, judged_positive_ids
 from trainer.testing import describe_scene, draw_scene, smoke_config, synthetic_preference_dataset
 
 
@@ -262,3 +263,40 @@ def test_the_preference_schema_is_defined_once():
 
     assert PREFERENCE_COLUMNS == tuple(PREFERENCE_FEATURES)
     assert synthetic_preference_dataset(2).features == PREFERENCE_FEATURES
+
+
+def test_judged_positive_ids_name_candidates_rated_at_least_as_high_as_the_anchor():
+    item_ids = torch.tensor([100, 101, 102, 103, 104, 105])
+    candidate_index = torch.tensor([[0, 2, 3, 4], [1, 3, 0, 5]])
+    judge_scores = torch.tensor([[0.8, 0.9, 0.8, 0.1], [0.6, 0.5, 0.7, 0.9]])
+    mask = torch.tensor([[True, True, True, True], [True, True, True, False]])  # item 5 is padding for anchor 1
+    excluded = judged_positive_ids(item_ids, candidate_index, judge_scores, mask)
+    # anchor 0: items 2 (0.9) and 3 (0.8, a tie); anchor 1: item 0 (0.7); other slots repeat the anchor's own id
+    assert excluded.tolist() == [[100, 102, 103, 100], [101, 101, 100, 101]]
+
+
+def test_excluding_judged_positives_takes_them_out_of_their_anchors_denominators(tmp_path):
+    # every anchor's candidate text 1 becomes as good as the anchor caption
+    dataset = synthetic_preference_dataset(8, seed=0).map(
+        lambda row: {"img2txt_scores": [row["img2txt_scores"][0], 1.0, *row["img2txt_scores"][2:]]}
+    )
+    losses = {}
+    for exclude in (False, True):
+        model, processor = build_tiny("dual_encoder", seed=0)
+        args = make_config(tmp_path, exclude_judged_positives=exclude, max_steps=1, rpa_weight=0.0)
+        trainer = RPATrainer(model, args=args, train_dataset=dataset, processing_class=processor)
+        batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+        with torch.no_grad():
+            losses[exclude] = trainer.compute_loss(trainer.model, batch).item()
+            outputs = trainer.model(**_model_inputs(batch))
+    excluded = judged_positive_ids(batch["text_ids"], batch["candidate_text_index"], batch["img2txt_scores"],
+                                   batch["candidate_text_mask"])
+    anchors_image, anchors_text = batch["anchor_image_index"], batch["anchor_text_index"]
+    expected = contrastive_loss(
+        outputs.image_embeds[anchors_image], outputs.text_embeds[anchors_text], outputs.inverse_temperature,
+        outputs.image_embeds, outputs.text_embeds, image_ids=batch["image_ids"][anchors_image],
+        text_ids=batch["text_ids"][anchors_text], negative_image_ids=batch["image_ids"],
+        negative_text_ids=batch["text_ids"], excluded_text_ids=excluded,
+    )
+    assert losses[True] == pytest.approx(expected.item(), rel=1e-6)
+    assert losses[True] < losses[False]  # captions rated as true no longer push their anchors away

@@ -98,6 +98,8 @@ def contrastive_loss(
     text_ids: Tensor | None = None,
     negative_image_ids: Tensor | None = None,
     negative_text_ids: Tensor | None = None,
+    excluded_image_ids: Tensor | None = None,
+    excluded_text_ids: Tensor | None = None,
     gather_across_processes: bool = True,
 ) -> Tensor:
     r"""Symmetric CLIP InfoNCE (Radford et al., 2021) with MAPLE's expanded negatives.
@@ -121,6 +123,9 @@ def contrastive_loss(
     negative twice. The first occurrence is kept, anchors first, and a query's target is the first occurrence of its
     own id, so anchors that share an image (one image with several captions) share a column.
 
+    Per-anchor exclusions (by id) take items out of one anchor's denominator only, e.g. candidates its judge rates
+    as highly as the anchor's own pair, which are no negatives for it though they are for the other anchors.
+
     Args:
         image_embeds: ``(N, D)`` L2-normalised anchor images.
         text_embeds: ``(N, D)`` L2-normalised anchor texts; row ``i`` describes image ``i``.
@@ -129,6 +134,9 @@ def contrastive_loss(
         negative_text_embeds: optional ``(M', D)`` extra texts for the image -> text denominator.
         image_ids, text_ids, negative_image_ids, negative_text_ids: optional int64 ids of the rows above; give the
             ids of a modality for its anchors and negatives together to de-duplicate that pool.
+        excluded_image_ids: optional ``(N, E)`` ids of pool images left out of text ``i``'s denominator (text ->
+            image); pad rows with the anchor's own image id, which is never excluded. Needs the image ids.
+        excluded_text_ids: the same for image ``i``'s texts (image -> text).
         gather_across_processes: gather the pools from every process when ``torch.distributed`` runs more than one.
 
     Returns:
@@ -141,10 +149,12 @@ def contrastive_loss(
         )
     gather = gather_across_processes and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     text_to_image = _expanded_info_nce(
-        text_embeds, image_embeds, negative_image_embeds, image_ids, negative_image_ids, inverse_temperature, gather
+        text_embeds, image_embeds, negative_image_embeds, image_ids, negative_image_ids, excluded_image_ids,
+        inverse_temperature, gather,
     )
     image_to_text = _expanded_info_nce(
-        image_embeds, text_embeds, negative_text_embeds, text_ids, negative_text_ids, inverse_temperature, gather
+        image_embeds, text_embeds, negative_text_embeds, text_ids, negative_text_ids, excluded_text_ids,
+        inverse_temperature, gather,
     )
     return (text_to_image + image_to_text) / 2
 
@@ -155,15 +165,19 @@ def _expanded_info_nce(
     negatives: Tensor | None,
     positive_ids: Tensor | None,
     negative_ids: Tensor | None,
+    excluded_ids: Tensor | None,
     inverse_temperature: Tensor,
     gather: bool,
 ) -> Tensor:
     """One direction of `contrastive_loss`: local queries against the (gathered, de-duplicated) pool of all
-    positives followed by all negatives. The target of query ``i`` is its own positive."""
+    positives followed by all negatives, less each query's excluded ids. The target of query ``i`` is its own
+    positive."""
     if (negative_ids is not None and (positive_ids is None or negatives is None)) or (
         positive_ids is not None and negatives is not None and negative_ids is None
     ):
         raise ValueError("give ids for both the anchors and the negatives of a modality, or for neither")
+    if excluded_ids is not None and positive_ids is None:
+        raise ValueError("per-anchor exclusions are ids: give the ids of that modality too")
     local_targets = torch.arange(queries.shape[0], device=queries.device)
     if gather:
         positives, offset = _all_gather_rows(positives, with_grad=True)
@@ -179,6 +193,10 @@ def _expanded_info_nce(
         is_duplicate = first_index != torch.arange(len(pool_ids), device=pool_ids.device)
         logits = logits.masked_fill(is_duplicate, float("-inf"))
         local_targets = first_index[local_targets]
+        if excluded_ids is not None:
+            excluded = (excluded_ids.unsqueeze(2) == pool_ids.view(1, 1, -1)).any(dim=1)  # (N, pool)
+            excluded[torch.arange(len(local_targets), device=excluded.device), local_targets] = False
+            logits = logits.masked_fill(excluded, float("-inf"))
     return F.cross_entropy(logits, local_targets)
 
 

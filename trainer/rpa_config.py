@@ -149,6 +149,15 @@ class RPAConfig(DPOConfig):
             "de-duplicated (MAPLE section 3.3, 'expanded negatives'). Off: plain CLIP InfoNCE over the anchors."
         },
     )
+    exclude_judged_positives: bool = field(
+        default=False,
+        metadata={
+            "help": "With `expand_negatives`, leave out of each anchor's InfoNCE denominator its candidates the judge "
+            "rates at least as high as the anchor's own pair (e.g. a generated caption that is also true of the anchor "
+            "image): they are no negatives for that anchor (they stay negatives for the others). Not in the paper, "
+            "whose caption pool holds captions of the anchor itself; off by default."
+        },
+    )
     gather_negatives: bool = field(
         default=True,
         metadata={

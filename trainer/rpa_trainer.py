@@ -280,6 +280,13 @@ class RPATrainer(DPOTrainer):
                 negative_image_ids=image_ids,
                 negative_text_ids=text_ids,
             )
+            if self.args.exclude_judged_positives:
+                expanded["excluded_image_ids"] = judged_positive_ids(
+                    image_ids, inputs["candidate_image_index"], inputs["txt2img_scores"], inputs["candidate_image_mask"]
+                )
+                expanded["excluded_text_ids"] = judged_positive_ids(
+                    text_ids, inputs["candidate_text_index"], inputs["img2txt_scores"], inputs["candidate_text_mask"]
+                )
         return contrastive_loss(
             image_embeds[inputs["anchor_image_index"]],
             text_embeds[inputs["anchor_text_index"]],
@@ -459,6 +466,16 @@ def _save_merged(model: PeftModel, output_dir: str) -> None:
 def _model_inputs(inputs: dict[str, Tensor]) -> dict[str, Tensor]:
     """The processor's tensors of a collated batch, without the collator's bookkeeping."""
     return {key: value for key, value in inputs.items() if key not in PREFERENCE_KEYS}
+
+
+def judged_positive_ids(item_ids: Tensor, candidate_index: Tensor, judge_scores: Tensor, mask: Tensor) -> Tensor:
+    """``(N, C)`` ids of each anchor's candidates that its judge rates at least as high as the anchor's own pair
+    (candidate 0), for `contrastive_loss`'s per-anchor exclusions; other slots hold the anchor's own id, which is
+    never excluded. `item_ids` are the ids of the embedded items `candidate_index` points into."""
+    candidate_ids = item_ids[candidate_index]
+    as_good_as_anchor = (judge_scores >= judge_scores[:, :1]) & mask
+    as_good_as_anchor[:, 0] = False
+    return torch.where(as_good_as_anchor, candidate_ids, candidate_ids[:, :1])
 
 
 def _candidate_similarities(text_embeds: Tensor, image_embeds: Tensor, inputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
