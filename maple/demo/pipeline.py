@@ -218,7 +218,9 @@ def build_embedder(world: World, backbone: str, seed: int = 0):
                 num_hidden_layers=2,
                 num_attention_heads=4,
                 max_position_embeddings=max_text_tokens,
+                # the tokenizer's own special tokens, so Trainer has nothing to realign
                 pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
             ),
             projection_dim=width,
             pooling="mean",
