@@ -1,7 +1,6 @@
 """Load the embedder to evaluate from a local folder or a Hub repo id, with clear errors.
 
-MAPLE checkpoints (`model_type: maple`) load through `AutoModel`/`AutoProcessor`; where the
-`modeling_maple` package is not importable their own code runs (`trust_remote_code`). Plain
+MAPLE checkpoints (`model_type: maple`) load through `AutoModel`/`AutoProcessor`. Plain
 CLIP/SigLIP and Qwen2-VL-family checkpoints are wrapped with `MapleModel.from_backbone`, so
 baselines are evaluated by the same code path.
 """
@@ -14,7 +13,6 @@ from typing import Any
 
 MAPLE_MODEL_TYPE = "maple"
 DUAL_ENCODER_MODEL_TYPES = ("clip", "siglip", "siglip2")
-MLLM_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
 
 class ModelLoadError(RuntimeError):
@@ -92,27 +90,22 @@ def load_embedder(model_ref: str, revision: str | None = None, trust_remote_code
 
         base, processor = load_embedder(base_ref, trust_remote_code=trust_remote_code)
         return PeftModel.from_pretrained(base, model_ref, revision=revision).eval(), processor
-    model_type = config.get("model_type")
-    if model_type != MAPLE_MODEL_TYPE and model_type not in DUAL_ENCODER_MODEL_TYPES + MLLM_MODEL_TYPES:
-        raise ModelLoadError(
-            f"{model_ref!r} is a {model_type!r} checkpoint; expected a MAPLE checkpoint (model_type 'maple') "
-            f"or a backbone MAPLE can wrap: {', '.join(DUAL_ENCODER_MODEL_TYPES + MLLM_MODEL_TYPES)}"
-        )
-
+    # Importing modeling_maple registers the MAPLE classes with the Auto classes.
+    import modeling_maple
+    from modeling_maple.configuration_maple import SUPPORTED_MLLMS
     from transformers import AutoModel, AutoProcessor
 
-    try:  # register the MAPLE classes where the package is installed; else the checkpoint's code runs
-        import modeling_maple
-    except ImportError:
-        modeling_maple = None
-
+    model_type = config.get("model_type")
+    if model_type != MAPLE_MODEL_TYPE and model_type not in DUAL_ENCODER_MODEL_TYPES + SUPPORTED_MLLMS:
+        raise ModelLoadError(
+            f"{model_ref!r} is a {model_type!r} checkpoint; expected a MAPLE checkpoint (model_type 'maple') "
+            f"or a backbone MAPLE can wrap: {', '.join(DUAL_ENCODER_MODEL_TYPES + SUPPORTED_MLLMS)}"
+        )
     if model_type == MAPLE_MODEL_TYPE:
         model = AutoModel.from_pretrained(model_ref, revision=revision, trust_remote_code=trust_remote_code)
         processor = AutoProcessor.from_pretrained(model_ref, revision=revision, trust_remote_code=trust_remote_code)
         return model.eval(), processor
-    if modeling_maple is None:
-        raise ModelLoadError(f"evaluating the {model_type} checkpoint {model_ref!r} needs the modeling_maple package")
-    backbone = "mllm" if model_type in MLLM_MODEL_TYPES else "dual_encoder"
+    backbone = "mllm" if model_type in SUPPORTED_MLLMS else "dual_encoder"
     model = modeling_maple.MapleModel.from_backbone(model_ref, backbone=backbone)
     processor = modeling_maple.MapleProcessor.from_backbone(model_ref, backbone=backbone)
     return model.eval(), processor
