@@ -70,6 +70,23 @@ def test_a_rerun_resumes_without_redoing_finished_stages(demo_out):
     assert [path.stat().st_mtime_ns for path in result_files + [demo_out / "base" / "model.safetensors"]] == stamps
 
 
+def test_runs_in_worker_processes_equal_a_run_in_this_process(demo_out, tmp_path):
+    """The fixture's runs were trained two at a time in worker processes; redoing one here, serially,
+    gives the same numbers."""
+    import shutil
+
+    from maple.demo.pipeline import DemoConfig, _finetune_all
+
+    copy = tmp_path / "copy"
+    shutil.copytree(demo_out, copy, ignore=shutil.ignore_patterns("runs"))
+    config = DemoConfig(out=copy, seeds=(0,), quick=True, progress=False, workers=1)
+    _finetune_all(config, [("maple", 0)])
+    serial, parallel = (json.loads((out / "runs" / "maple-seed0" / "result.json").read_text()) for out in (copy, demo_out))
+    for metric in ("group_score", "text_score", "image_score", "i2t_r1", "t2i_r1"):
+        assert serial[metric] == pytest.approx(parallel[metric], abs=1e-6)
+    assert serial["log_history"][-1]["train_loss"] == pytest.approx(parallel["log_history"][-1]["train_loss"], rel=1e-5)
+
+
 def test_a_folder_with_another_run_is_refused(demo_out, capsys):
     with pytest.raises(SystemExit):
         main(["--out", str(demo_out), "--quick", "--seeds", "2", "--no-progress"])

@@ -54,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"hard negatives from {' or '.join(MINERS)} image features (default scene-graph, a stand-in for DINOv2)",
     )
     parser.add_argument("--push-to-hub", default=None, metavar="REPO", help="push the MAPLE model (and REPO-preferences)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="fine-tuning runs trained side by side, one process and one CPU thread each (default 2; 1 runs them "
+        "in this process); changes the wall clock, not the results",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -71,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             miner=args.miner,
             push_to_hub=args.push_to_hub,
             progress=not args.no_progress,
+            workers=args.workers,
         )
         claim_output_folder(config)
     except ValueError as error:

@@ -20,11 +20,13 @@ stopped:
 from __future__ import annotations
 
 import json
+import multiprocessing
 import shutil
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +83,8 @@ QUICK = Budget(
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """One demo run. Everything but `out`, `push_to_hub` and `progress` defines the run: an
-    output folder holding a run with other values is refused."""
+    """One demo run. Everything but `out`, `push_to_hub`, `progress` and `workers` defines the
+    run: an output folder holding a run with other values is refused."""
 
     out: Path
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -98,6 +100,9 @@ class DemoConfig:
     world_seed: int = 0
     push_to_hub: str | None = None
     progress: bool = True
+    # fine-tuning runs trained side by side, each in its own process on one CPU thread; the runs
+    # are independent, so this changes the wall clock, not what is trained
+    workers: int = 2
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -112,6 +117,8 @@ class DemoConfig:
             raise ValueError(f"seeds must be distinct, got {list(self.seeds)}")
         if not 0.0 < self.rpa_weight <= 1.0:
             raise ValueError(f"rpa_weight (lambda) must lie in (0, 1], got {self.rpa_weight}")
+        if not isinstance(self.workers, int) or self.workers < 1:
+            raise ValueError(f"workers must be a positive integer, got {self.workers!r}")
         if self.judge_noise < 0:
             raise ValueError(f"judge_noise is a standard deviation and must be >= 0, got {self.judge_noise}")
 
@@ -264,6 +271,7 @@ def anchors_only(preferences: datasets.Dataset) -> datasets.Dataset:
             "img2txt_scores": [1.0],
         },
         desc="anchor pairs",
+        keep_in_memory=True,  # fine-tuning workers running side by side must not share a cache file
     )
 
 
@@ -352,20 +360,19 @@ class DemoResult:
 def run_demo(config: DemoConfig) -> DemoResult:
     """Run (or resume) the demo into `config.out`; see the module docstring for the stages."""
     claim_output_folder(config)
-    out, budget, timer = config.out, config.budget, StageTimer()
+    out, timer = config.out, StageTimer()
     world = timer.run("world", lambda: build_world(config.world_config))
     base_dir = out / "base"
     if not (base_dir / "config.json").exists():
         timer.run("base model", lambda: _train_base(config, world, base_dir))
-    preferences = timer.run("preferences", lambda: _build_preferences(config, world, base_dir, out / "preferences"))
+    timer.run("preferences", lambda: _build_preferences(config, world, base_dir, out / "preferences"))
 
     runs = [(method, seed) for seed in config.seeds for method in METHODS]
+    pending = [(method, seed) for method, seed in runs if not (_run_dir(out, method, seed) / "result.json").exists()]
+    timer.run("fine-tuning and evaluation", lambda: _finetune_all(config, pending))
     results: dict[str, list[dict[str, Any]]] = {method: [] for method in METHODS}
-    for method, seed in tqdm(runs, desc="fine-tuning runs", disable=not config.progress):
-        run_dir = out / "runs" / f"{method}-seed{seed}"
-        if not (run_dir / "result.json").exists():
-            _finetune(config, world, base_dir, preferences, method, seed, run_dir, timer)
-        results[method].append(json.loads((run_dir / "result.json").read_text()))
+    for method, seed in runs:
+        results[method].append(json.loads((_run_dir(out, method, seed) / "result.json").read_text()))
 
     summary = timer.run("report", lambda: _report(config, results, timer.seconds))
     maple_dir = out / "maple-model"
@@ -405,11 +412,11 @@ def _load(directory: Path):
     return MapleModel.from_pretrained(directory), MapleProcessor.from_pretrained(directory)
 
 
-def _build_preferences(config: DemoConfig, world: World, base_dir: Path, folder: Path) -> datasets.Dataset:
+def _build_preferences(config: DemoConfig, world: World, base_dir: Path, folder: Path) -> None:
     """The preference dataset (built once; the builder resumes its own shards), with its card."""
     dataset_dir = folder / "data"
     if dataset_dir.exists():
-        return datasets.load_from_disk(str(dataset_dir))
+        return
     from dataset_builders import HardNegativeMiner, MaplePreferences
     from model_cards import dataset_card_from_stats
 
@@ -439,7 +446,6 @@ def _build_preferences(config: DemoConfig, world: World, base_dir: Path, folder:
     builder.as_dataset(split="train").save_to_disk(str(staging))
     staging.rename(dataset_dir)
     shutil.rmtree(folder / "cache", ignore_errors=True)
-    return datasets.load_from_disk(str(dataset_dir))
 
 
 def make_judge(config: DemoConfig, world: World):
@@ -451,18 +457,46 @@ def make_judge(config: DemoConfig, world: World):
     return MLLMJudge.from_pretrained(config.judge)
 
 
-def _finetune(
-    config: DemoConfig,
-    world: World,
-    base_dir: Path,
-    preferences: datasets.Dataset,
-    method: str,
-    seed: int,
-    run_dir: Path,
-    timer: StageTimer,
-) -> None:
-    model, processor = _load(base_dir)
-    budget = config.budget
+def _run_dir(out: Path, method: str, seed: int) -> Path:
+    return out / "runs" / f"{method}-seed{seed}"
+
+
+def _finetune_all(config: DemoConfig, runs: list[tuple[str, int]]) -> None:
+    """Fine-tune and evaluate `runs`, `config.workers` at a time in worker processes (or in this
+    process for one worker). Each run writes its own folder, so a failed or interrupted run leaves
+    the finished ones in place."""
+    progress = tqdm(total=len(runs), desc="fine-tuning runs", disable=not config.progress)
+    if config.workers == 1 or len(runs) <= 1:
+        for method, seed in runs:
+            _finetune(config, method, seed)
+            progress.update()
+    else:
+        # spawn, not fork: a forked copy of a process that has run torch can deadlock
+        context = multiprocessing.get_context("spawn")
+        quiet = replace(config, progress=False)  # one bar for all runs, in this process
+        with ProcessPoolExecutor(min(config.workers, len(runs)), mp_context=context, initializer=_quiet_worker) as pool:
+            for done in as_completed([pool.submit(_finetune, quiet, method, seed) for method, seed in runs]):
+                done.result()
+                progress.update()
+    progress.close()
+
+
+def _quiet_worker() -> None:
+    """A fine-tuning worker: one CPU thread (the workers share the cores) and no progress bars."""
+    import transformers
+
+    torch.set_num_threads(1)
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _finetune(config: DemoConfig, method: str, seed: int) -> None:
+    """One fine-tuning run from the base model, evaluated; `result.json` marks it done."""
+    timer = StageTimer()
+    world = build_world(config.world_config)
+    preferences = datasets.load_from_disk(str(config.out / "preferences" / "data"))
+    model, processor = _load(config.out / "base")
+    run_dir, budget = _run_dir(config.out, method, seed), config.budget
     trainer = timer.run("fine-tuning", lambda: train(
         model,
         processor,
@@ -479,6 +513,7 @@ def _finetune(
     result = timer.run("evaluation", lambda: evaluate(model, processor, world, budget))
     result["log_history"] = trainer.state.log_history
     result["training_args"] = {key: value for key, value in trainer.args.to_dict().items() if _is_plain(value)}
+    result["seconds"] = timer.seconds
     if method == "maple":
         model.save_pretrained(run_dir / "model")
         processor.save_pretrained(run_dir / "model")
@@ -531,7 +566,7 @@ def _publish_checkpoint(config: DemoConfig, maple_result: dict[str, Any], maple_
     """The first seed's MAPLE model with its processor and a model card filled from its run."""
     from model_cards import model_card_from_run
 
-    source = config.out / "runs" / f"maple-seed{config.seeds[0]}" / "model"
+    source = _run_dir(config.out, "maple", config.seeds[0]) / "model"
     shutil.copytree(source, maple_dir, dirs_exist_ok=True)
     eval_results = {
         "maple-demo-retrieval": {key: maple_result[key] for key in maple_result if key.startswith(("i2t_", "t2i_"))},
