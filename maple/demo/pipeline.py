@@ -44,6 +44,10 @@ METHODS = ("infonce", "infonce_expanded", "maple")
 HEADLINE_METRICS = ("group_score", "text_score", "image_score", "i2t_r1", "t2i_r1", "delta_gap")
 RUN_FILE = "run.json"
 PAIRS_VOCABULARY_SIZE = 360  # byte-level BPE: 256 bytes plus a merge for every word of the world
+# The paper's caption pool: the anchor caption plus MLLM captions of its hard negatives, 6 texts in
+# all, sampled from at every step ("sampling from the whole pool worked best").
+CAPTION_POOL_SIZE = 6
+TEXT_CANDIDATES_PER_STEP = 4
 
 
 @dataclass(frozen=True)
@@ -185,8 +189,10 @@ class StageTimer:
 def build_embedder(world: World, backbone: str, seed: int = 0):
     """A tiny untrained embedder and its processor.
 
-    dual_encoder: a CLIP-style ViT (patch 8 on 48 px images) and a small BERT, mean-pooled into a
-    shared 64-d space; mean pooling gives the bag-of-attributes tendencies of real CLIP models. The
+    dual_encoder: a CLIP-style ViT (4 layers, patch 6 on 48 px images) and a small BERT (4 layers),
+    width 64, mean-pooled into a shared 64-d space; mean pooling gives the bag-of-attributes
+    tendencies of real CLIP models. Two layers and patch 8 were too small to bind attributes to
+    objects at all (docs/demo.md). The
     tokenizer is a byte-level BPE trained on the world's training captions. mllm: the tiny Qwen2-VL
     of `modeling_maple.testing`, used as a dual encoder as in the paper.
     """
@@ -213,16 +219,16 @@ def build_embedder(world: World, backbone: str, seed: int = 0):
             vision_config=CLIPVisionConfig(
                 hidden_size=width,
                 intermediate_size=2 * width,
-                num_hidden_layers=2,
+                num_hidden_layers=4,
                 num_attention_heads=4,
                 image_size=image_size,
-                patch_size=8,
+                patch_size=6,
             ),
             text_config=BertConfig(
                 vocab_size=len(tokenizer),
                 hidden_size=width,
                 intermediate_size=2 * width,
-                num_hidden_layers=2,
+                num_hidden_layers=4,
                 num_attention_heads=4,
                 max_position_embeddings=max_text_tokens,
                 # the tokenizer's own special tokens, so Trainer has nothing to realign
@@ -288,6 +294,7 @@ def train(
     expand_negatives: bool,
     seed: int,
     progress: bool,
+    num_text_candidates: int | None = None,
 ):
     """Train `model` in place with `RPATrainer`; returns the trainer (its state holds the log)."""
     from transformers import PrinterCallback
@@ -302,6 +309,7 @@ def train(
         weight_decay=0.01,
         rpa_weight=rpa_weight,
         expand_negatives=expand_negatives,
+        num_text_candidates=num_text_candidates,
         logging_steps=max(1, steps // 20),
         save_strategy="no",
         report_to="none",
@@ -427,7 +435,9 @@ def _build_preferences(config: DemoConfig, world: World, base_dir: Path, folder:
     builder = MaplePreferences(
         config_name="paper",
         judge=make_judge(config, world),
-        captioner=SceneGraphCaptioner(world.registry, caption_anchors=False, seed=config.world_seed),
+        # two captions (templates) per hard negative: with K = 3, a pool of 6 texts besides the anchor's,
+        # of which the builder keeps CAPTION_POOL_SIZE in all
+        captioner=SceneGraphCaptioner(world.registry, n_samples=2, caption_anchors=False, seed=config.world_seed),
         miner=miner,
         source_dataset=pairs_dataset(world).select_columns(["id", "image", "caption"]),
         work_dir=folder / "work",
@@ -435,7 +445,7 @@ def _build_preferences(config: DemoConfig, world: World, base_dir: Path, folder:
         progress=config.progress,
         num_hard_negatives=3,
         captioned_negatives=3,
-        max_candidate_texts=4,
+        max_candidate_texts=CAPTION_POOL_SIZE,
         semdedup_clusters=None,
         seed=config.world_seed,
         source_license="Apache-2.0 (procedurally drawn by maple demo)",
@@ -509,6 +519,7 @@ def _finetune(config: DemoConfig, method: str, seed: int) -> None:
         expand_negatives=method != "infonce",
         seed=seed,
         progress=config.progress,
+        num_text_candidates=TEXT_CANDIDATES_PER_STEP,
     ))
     result = timer.run("evaluation", lambda: evaluate(model, processor, world, budget))
     result["log_history"] = trainer.state.log_history
