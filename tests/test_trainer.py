@@ -249,6 +249,7 @@ def test_config_defaults_run_on_cpu_and_follow_the_paper(tmp_path):
         (dict(beta=0.0), "beta"),
         (dict(num_text_candidates=1), "num_text_candidates"),
         (dict(loss_type=["ipo"]), "loss_type"),
+        (dict(loss_weights=[0.5]), "loss_weights"),
         (dict(precompute_ref_log_probs=True), "precompute_ref_log_probs"),
         (dict(max_length=512), "max_length"),
     ],

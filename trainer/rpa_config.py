@@ -213,6 +213,11 @@ class RPAConfig(DPOConfig):
                 f"loss_type {self.loss_type} is not available for embedders: RPA is the margin-weighted 'sigmoid' "
                 "loss; choose between its pairwise and listwise forms with `rpa_loss`."
             )
+        if self.loss_weights not in (None, [1.0]):
+            raise ValueError(
+                f"loss_weights {self.loss_weights} weights several DPO loss_type terms; RPA is one loss, mixed with "
+                "InfoNCE by `rpa_weight`."
+            )
         for name, supported in _LANGUAGE_MODEL_ONLY_DEFAULTS.items():
             if getattr(self, name) != supported:
                 raise ValueError(

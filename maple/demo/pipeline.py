@@ -366,7 +366,12 @@ class DemoResult:
 
 
 def run_demo(config: DemoConfig) -> DemoResult:
-    """Run (or resume) the demo into `config.out`; see the module docstring for the stages."""
+    """Run (or resume) the demo into `config.out`; see the module docstring for the stages.
+
+    With `config.workers > 1` the fine-tuning runs start worker processes with `spawn`, which
+    imports the calling script again: a script calling this must guard the call with
+    `if __name__ == "__main__":` (the `maple demo` command does not need to).
+    """
     claim_output_folder(config)
     out, timer = config.out, StageTimer()
     world = timer.run("world", lambda: build_world(config.world_config))
