@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 MAPLE_MODEL_TYPE = "maple"
-DUAL_ENCODER_MODEL_TYPES = ("clip", "siglip", "siglip2")
 
 
 class ModelLoadError(RuntimeError):
@@ -92,11 +91,12 @@ def load_embedder(model_ref: str, revision: str | None = None, trust_remote_code
         return PeftModel.from_pretrained(base, model_ref, revision=revision).eval(), processor
     # Importing modeling_maple registers the MAPLE classes with the Auto classes.
     import modeling_maple
-    from modeling_maple.configuration_maple import SUPPORTED_MLLMS
+    from modeling_maple.configuration_maple import DUAL_ENCODER_MODEL_TYPES, SUPPORTED_MLLMS, backbone_of
     from transformers import AutoModel, AutoProcessor
 
     model_type = config.get("model_type")
-    if model_type != MAPLE_MODEL_TYPE and model_type not in DUAL_ENCODER_MODEL_TYPES + SUPPORTED_MLLMS:
+    backbone = backbone_of(model_type)
+    if model_type != MAPLE_MODEL_TYPE and backbone is None:
         raise ModelLoadError(
             f"{model_ref!r} is a {model_type!r} checkpoint; expected a MAPLE checkpoint (model_type 'maple') "
             f"or a backbone MAPLE can wrap: {', '.join(DUAL_ENCODER_MODEL_TYPES + SUPPORTED_MLLMS)}"
@@ -105,7 +105,6 @@ def load_embedder(model_ref: str, revision: str | None = None, trust_remote_code
         model = AutoModel.from_pretrained(model_ref, revision=revision, trust_remote_code=trust_remote_code)
         processor = AutoProcessor.from_pretrained(model_ref, revision=revision, trust_remote_code=trust_remote_code)
         return model.eval(), processor
-    backbone = "mllm" if model_type in SUPPORTED_MLLMS else "dual_encoder"
     model = modeling_maple.MapleModel.from_backbone(model_ref, backbone=backbone)
     processor = modeling_maple.MapleProcessor.from_backbone(model_ref, backbone=backbone)
     return model.eval(), processor

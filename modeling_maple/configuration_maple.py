@@ -10,6 +10,19 @@ BACKBONES = ("mllm", "dual_encoder")
 POOLINGS = {"mllm": ("mean", "last"), "dual_encoder": ("mean", "cls", "pooler")}
 # MLLM families whose image placeholder expansion the processor knows (Qwen2-VL style vision tokens).
 SUPPORTED_MLLMS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+# Two-tower checkpoints whose towers and projections `MapleModel.from_backbone` reuses as they are.
+DUAL_ENCODER_MODEL_TYPES = ("clip", "siglip", "siglip2")
+
+
+def backbone_of(model_type: str | None) -> str | None:
+    """The MAPLE backbone a checkpoint of `model_type` is wrapped as by `MapleModel.from_backbone`:
+    "mllm" for a supported MLLM, "dual_encoder" for a CLIP/SigLIP two-tower model, None otherwise
+    (a single-modality encoder such as DINOv2 needs `backbone="dual_encoder"` and a text backbone)."""
+    if model_type in SUPPORTED_MLLMS:
+        return "mllm"
+    if model_type in DUAL_ENCODER_MODEL_TYPES:
+        return "dual_encoder"
+    return None
 
 
 @strict

@@ -56,3 +56,25 @@ def test_missing_arguments_are_reported(capsys, argv, message):
     with pytest.raises(SystemExit):
         main(argv)
     assert message in capsys.readouterr().err
+
+
+def test_the_backbone_of_a_plain_checkpoint_is_inferred_or_asked_for(tmp_path, monkeypatch):
+    from transformers import BertConfig, BertModel, CLIPConfig, CLIPModel
+
+    from modeling_maple import MapleModel, MapleProcessor
+    from trainer.cli import load_model_and_processor
+
+    tiny = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 4}
+    CLIPModel(CLIPConfig(text_config=tiny, vision_config={**tiny, "image_size": 16, "patch_size": 4})).save_pretrained(
+        tmp_path / "clip"
+    )
+    BertModel(BertConfig(vocab_size=99, **tiny)).save_pretrained(tmp_path / "bert")
+    built = []
+    monkeypatch.setattr(MapleModel, "from_backbone", lambda name, backbone: built.append(backbone))
+    monkeypatch.setattr(MapleProcessor, "from_backbone", lambda name, backbone: None)
+
+    load_model_and_processor(ModelArguments(model_name_or_path=str(tmp_path / "clip")))
+    load_model_and_processor(ModelArguments(model_name_or_path=str(tmp_path / "bert"), backbone="dual_encoder"))
+    assert built == ["dual_encoder", "dual_encoder"]
+    with pytest.raises(SystemExit, match="'bert' checkpoint, not a MAPLE one.*--backbone"):
+        load_model_and_processor(ModelArguments(model_name_or_path=str(tmp_path / "bert")))

@@ -37,7 +37,7 @@ class ModelArguments:
         default=None,
         metadata={
             "help": "How to build the embedder from a backbone that is not yet a MAPLE checkpoint: 'mllm' or "
-            "'dual_encoder'. Ignored for MAPLE checkpoints.",
+            "'dual_encoder'. Inferred for Qwen2-VL-family MLLMs and CLIP/SigLIP models; ignored for MAPLE checkpoints.",
             "choices": ["mllm", "dual_encoder"],
         },
     )
@@ -127,20 +127,23 @@ def load_model_and_processor(model_args: ModelArguments):
     from transformers import AutoConfig, AutoModel, AutoProcessor
 
     from modeling_maple import MapleConfig, MapleModel, MapleProcessor
+    from modeling_maple.configuration_maple import backbone_of
 
     if model_args.tiny:
         from modeling_maple.testing import build_tiny
 
         return build_tiny(model_args.tiny)
     name = model_args.model_name_or_path
-    if isinstance(AutoConfig.from_pretrained(name), MapleConfig):
+    config = AutoConfig.from_pretrained(name)
+    if isinstance(config, MapleConfig):
         return AutoModel.from_pretrained(name), AutoProcessor.from_pretrained(name)
-    if model_args.backbone is None:
-        raise SystemExit(f"{name} is not a MAPLE checkpoint: say how to embed with it, --backbone mllm|dual_encoder")
-    return (
-        MapleModel.from_backbone(name, backbone=model_args.backbone),
-        MapleProcessor.from_backbone(name, backbone=model_args.backbone),
-    )
+    backbone = model_args.backbone or backbone_of(config.model_type)
+    if backbone is None:
+        raise SystemExit(
+            f"{name} is a {config.model_type!r} checkpoint, not a MAPLE one, and MAPLE cannot tell how to embed with "
+            "it: pass --backbone mllm|dual_encoder"
+        )
+    return MapleModel.from_backbone(name, backbone=backbone), MapleProcessor.from_backbone(name, backbone=backbone)
 
 
 def load_preference_splits(data_args: DataArguments) -> DatasetDict:
