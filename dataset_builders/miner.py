@@ -2,8 +2,9 @@
 
 The paper takes an anchor's top-K DINOv2 neighbours (cosine) as its hard-negative images, after
 de-duplicating the corpus with SemDeDup. Both steps are exact and run in fixed-size blocks, so
-memory stays bounded at any corpus size: the search never holds more than one
-(query_chunk_size, key_chunk_size) similarity block plus a (query_chunk_size, k) running top-k.
+memory stays bounded at any corpus size: the search (`evaluation.retrieval.chunked_topk`, the
+evaluation's own block-wise top-k) never holds more than one (query_chunk_size, key_chunk_size)
+similarity block plus a (query_chunk_size, k) running top-k.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 
 import PIL.Image
 import torch
+
+from evaluation.retrieval import chunked_topk
 
 ImageEncoder = Callable[[Sequence[PIL.Image.Image]], torch.Tensor]
 """Maps a batch of images to their embeddings, a float tensor of shape (batch, dim)."""
@@ -35,12 +38,6 @@ class Neighbours:
     scores: torch.Tensor
 
 
-def _block_similarities(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """(q, d) x (c, d) -> (q, c) dot products. The only place the search allocates a similarity
-    block, so its size bound can be checked directly."""
-    return queries @ keys.T
-
-
 def top_k_neighbours(
     embeddings: torch.Tensor,
     k: int,
@@ -54,18 +51,22 @@ def top_k_neighbours(
     the other rows.
 
     A row never lists itself, nor any row whose cosine to it reaches `duplicate_threshold` (exact
-    duplicates would be useless hard negatives: the judge cannot tell them apart).
+    duplicates would be useless hard negatives: the judge cannot tell them apart). The search is
+    `evaluation.retrieval.chunked_topk` of the queried rows against all rows, with those two
+    exclusions.
 
     Args:
         embeddings: (N, D) float tensor, on the device the search should run on (a GPU makes
-            100k+ images take seconds); normalised here, so any scale is fine.
+            100k+ images take seconds); normalised here, in float32, so any scale and dtype is fine.
         k: neighbours per row.
         query_rows: (Q,) int64 rows to search for; all rows when None. Results follow its order.
-        query_chunk_size, key_chunk_size: block shape; peak extra memory is about two
-            query_chunk_size x (key_chunk_size + k) float32 blocks (64 MiB at the defaults).
+        query_chunk_size, key_chunk_size: block shape; peak extra memory is about one
+            query_chunk_size x key_chunk_size float32 block plus a bool block of the same shape
+            (40 MiB at the defaults), and the (Q, D) gathered query rows when `query_rows` is given.
         duplicate_threshold: cosine at or above which a row counts as a duplicate.
 
-    Returns `Neighbours` on the CPU.
+    Returns `Neighbours` on the CPU: (Q, k) indices, -1 where fewer than k rows are eligible, and
+    their scores, -inf there.
     """
     if embeddings.ndim != 2:
         raise ValueError(f"embeddings must be (N, D), got shape {tuple(embeddings.shape)}")
@@ -73,31 +74,30 @@ def top_k_neighbours(
         raise ValueError(f"k must be at least 1, got {k}")
     if query_chunk_size < 1 or key_chunk_size < 1:
         raise ValueError("chunk sizes must be positive")
+    # float32 whatever the encoder's dtype: duplicates sit within ~1e-6 of cosine 1, finer than
+    # half precision can tell apart from genuine near neighbours.
     normalised = torch.nn.functional.normalize(embeddings.float(), dim=-1)
-    num_rows, device = normalised.shape[0], normalised.device
-    query_rows = torch.arange(num_rows) if query_rows is None else query_rows.long().cpu()
+    if query_rows is None:
+        query_rows = torch.arange(normalised.shape[0], device=normalised.device)
+        queries = normalised
+    else:
+        query_rows = query_rows.to(device=normalised.device, dtype=torch.long)
+        queries = normalised[query_rows]
+    scores, indices = chunked_topk(
+        queries,
+        normalised,
+        k,
+        query_chunk=query_chunk_size,
+        candidate_chunk=key_chunk_size,
+        self_indices=query_rows,
+        duplicate_threshold=duplicate_threshold,
+    )
+    # chunked_topk gives min(k, N) columns, excluded rows last at -inf: those and the columns
+    # past N become -1 / -inf.
     all_indices = torch.full((len(query_rows), k), -1, dtype=torch.long)
     all_scores = torch.full((len(query_rows), k), float("-inf"))
-    for query_start in range(0, len(query_rows), query_chunk_size):
-        chunk_rows = query_rows[query_start : query_start + query_chunk_size].to(device)
-        queries = normalised[chunk_rows]
-        best_scores = torch.full((len(chunk_rows), k), float("-inf"), device=device)
-        best_indices = torch.full((len(chunk_rows), k), -1, dtype=torch.long, device=device)
-        for key_start in range(0, num_rows, key_chunk_size):
-            keys = normalised[key_start : key_start + key_chunk_size]
-            key_rows = torch.arange(key_start, key_start + keys.shape[0], device=device).unsqueeze(0)
-            similarities = _block_similarities(queries, keys)
-            excluded = (chunk_rows.unsqueeze(1) == key_rows) | (similarities >= duplicate_threshold)
-            similarities.masked_fill_(excluded, float("-inf"))
-            # Positions < k in the merged row are the running best, the rest come from this block.
-            best_scores, positions = torch.cat([best_scores, similarities], dim=1).topk(k, dim=1)
-            from_block = positions >= k
-            best_indices = torch.where(
-                from_block, positions - k + key_start, best_indices.gather(1, positions.clamp(max=k - 1))
-            )
-        best_indices[best_scores == float("-inf")] = -1
-        all_scores[query_start : query_start + len(chunk_rows)] = best_scores.cpu()
-        all_indices[query_start : query_start + len(chunk_rows)] = best_indices.cpu()
+    all_scores[:, : scores.shape[1]] = scores.cpu()
+    all_indices[:, : indices.shape[1]] = indices.masked_fill(scores == float("-inf"), -1).cpu()
     return Neighbours(indices=all_indices, scores=all_scores)
 
 

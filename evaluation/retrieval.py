@@ -5,7 +5,8 @@ matrix in (query_chunk x candidate_chunk) blocks, so peak extra memory is one bl
 query_chunk * candidate_chunk * 4 bytes (64 MiB at the defaults), whatever the corpus size.
 
 - `chunked_topk` keeps a running top-k per query: the k best candidates seen so far are merged
-  with each block's own top-k.
+  with each block's own top-k. It can skip, block by block, each query's own row and its
+  near-duplicates (self-retrieval, as in hard-negative mining: `dataset_builders.miner`).
 - `chunked_ranks` gives the exact 1-based rank of each query's first relevant candidate, with the
   same tie rule as `evaluation.metrics.first_relevant_ranks`, so recall@k for any k and MRR equal
   the dense computation.
@@ -47,6 +48,26 @@ def _score_blocks(
         yield c_start, scores
 
 
+def _exclude_in_block(
+    block_scores: torch.Tensor,
+    c_start: int,
+    self_indices: torch.Tensor | None,
+    duplicate_threshold: float | None,
+) -> None:
+    """Set to -inf, in place, the scores of the candidates a query must not retrieve.
+
+    block_scores: (q, c) scores of a query block against candidates [c_start, c_start + c);
+    self_indices: (q,) int64 position of each query among all candidates, or None.
+    """
+    if duplicate_threshold is not None:
+        block_scores.masked_fill_(block_scores >= duplicate_threshold, float("-inf"))
+    if self_indices is not None:
+        # One (row, column) per query whose own row lies in this block: no (q, c) mask for it.
+        columns = self_indices - c_start
+        rows = ((columns >= 0) & (columns < block_scores.shape[1])).nonzero().squeeze(1)
+        block_scores[rows, columns[rows]] = float("-inf")
+
+
 @torch.no_grad()
 def chunked_topk(
     queries: torch.Tensor,
@@ -54,28 +75,56 @@ def chunked_topk(
     k: int,
     query_chunk: int = DEFAULT_QUERY_CHUNK,
     candidate_chunk: int = DEFAULT_CANDIDATE_CHUNK,
+    *,
+    self_indices: torch.Tensor | None = None,
+    duplicate_threshold: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The k highest-scoring candidates of every query, scores = queries @ candidates.T.
 
-    queries: (Q, D); candidates: (C, D). Returns (scores, indices), each (Q, min(k, C)), sorted
-    best first; equal to `(queries @ candidates.T).topk(k)` up to the order of exact ties.
+    Args:
+        queries: (Q, D); the search runs on their device, in their dtype.
+        candidates: (C, D), on the same device.
+        k: candidates per query; at most C are returned.
+        query_chunk, candidate_chunk: block shape; peak extra memory is one
+            query_chunk x candidate_chunk score block (plus a bool block of the same shape
+            with `duplicate_threshold`).
+        self_indices: (Q,) int64 position of each query among the candidates when the queries are
+            candidates themselves; a query never retrieves its own position. An index outside
+            [0, C) excludes nothing.
+        duplicate_threshold: candidates scoring at or above it are never retrieved (near-duplicates
+            of the query).
+
+    Returns (scores, indices), each (Q, min(k, C)), sorted best first; equal to
+    `(queries @ candidates.T).topk(k)` up to the order of exact ties, with the excluded
+    candidates' scores set to -inf. Where fewer than min(k, C) candidates are left, the trailing
+    columns hold excluded candidates at -inf: callers tell them apart by that score.
     """
     _check_embeddings(queries, candidates)
+    if self_indices is not None and self_indices.shape != (queries.shape[0],):
+        raise ValueError(f"self_indices: expected shape ({queries.shape[0]},), got {tuple(self_indices.shape)}")
     k = min(k, candidates.shape[0])
-    all_scores, all_indices = [], []
+    excluding = self_indices is not None or duplicate_threshold is not None
+    if self_indices is not None:
+        self_indices = self_indices.to(device=queries.device, dtype=torch.long)
+    # Filled block by block: no list of per-block results to concatenate (and Q = 0 just works).
+    all_scores = queries.new_empty((queries.shape[0], k))
+    all_indices = torch.empty((queries.shape[0], k), dtype=torch.long, device=queries.device)
     for q_start in range(0, queries.shape[0], query_chunk):
         query_block = queries[q_start : q_start + query_chunk]
+        block_self = None if self_indices is None else self_indices[q_start : q_start + query_chunk]
         best_scores = query_block.new_full((query_block.shape[0], 0), float("-inf"))
         best_indices = torch.empty((query_block.shape[0], 0), dtype=torch.long, device=queries.device)
         for c_start, block_scores in _score_blocks(query_block, candidates, candidate_chunk):
+            if excluding:
+                _exclude_in_block(block_scores, c_start, block_self, duplicate_threshold)
             top = block_scores.topk(min(k, block_scores.shape[1]), dim=1)
             merged_scores = torch.cat([best_scores, top.values], dim=1)
             merged_indices = torch.cat([best_indices, top.indices + c_start], dim=1)
             best_scores, order = merged_scores.topk(min(k, merged_scores.shape[1]), dim=1)
             best_indices = merged_indices.gather(1, order)
-        all_scores.append(best_scores)
-        all_indices.append(best_indices)
-    return torch.cat(all_scores), torch.cat(all_indices)
+        all_scores[q_start : q_start + query_block.shape[0]] = best_scores
+        all_indices[q_start : q_start + query_block.shape[0]] = best_indices
+    return all_scores, all_indices
 
 
 @torch.no_grad()

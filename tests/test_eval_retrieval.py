@@ -28,6 +28,44 @@ def test_chunked_topk_k_larger_than_corpus():
     assert torch.equal(indices, (queries @ candidates.T).argsort(dim=1, descending=True))
 
 
+@pytest.mark.parametrize("duplicate_threshold", [0.9999, None])
+@pytest.mark.parametrize("query_chunk, candidate_chunk", [(7, 5), (2, 3), (1, 1), (64, 1000)])
+def test_chunked_topk_skips_self_and_duplicates_like_the_masked_dense_topk(query_chunk, candidate_chunk, duplicate_threshold):
+    candidates = _normalised(19, 8, 4)
+    candidates[11] = candidates[2]  # a duplicate of row 2
+    # Queries 0..5 are candidates 2, 11, 5, 0, 18, 7; query 6 is not a candidate (-1: no self).
+    self_indices = torch.tensor([2, 11, 5, 0, 18, 7, -1])
+    queries = torch.cat([candidates[self_indices[:-1]], _normalised(1, 8, 5)])
+    scores, indices = chunked_topk(
+        queries,
+        candidates,
+        k=19,
+        query_chunk=query_chunk,
+        candidate_chunk=candidate_chunk,
+        self_indices=self_indices,
+        duplicate_threshold=duplicate_threshold,
+    )
+    dense = queries @ candidates.T
+    excluded = torch.zeros_like(dense, dtype=torch.bool) if duplicate_threshold is None else dense >= duplicate_threshold
+    excluded[torch.arange(6), self_indices[:-1]] = True
+    expected = dense.masked_fill(excluded, float("-inf")).topk(19, dim=1)
+    torch.testing.assert_close(scores, expected.values)
+    # Candidates 2 and 11 tie, and the excluded ones all score -inf: indices are checked through
+    # their scores, and each appears once per query.
+    kept = scores > float("-inf")
+    rows = torch.arange(7)[:, None].expand_as(indices)[kept]
+    torch.testing.assert_close(dense[rows, indices[kept]], scores[kept])
+    assert not excluded[rows, indices[kept]].any()
+    assert all(len(set(row)) == 19 for row in indices.tolist())
+    excluded_per_query = [2, 2, 1, 1, 1, 1, 0] if duplicate_threshold else [1, 1, 1, 1, 1, 1, 0]
+    assert (scores == float("-inf")).sum(dim=1).tolist() == excluded_per_query
+
+
+def test_chunked_topk_without_queries():
+    scores, indices = chunked_topk(torch.zeros(0, 4), _normalised(5, 4, 0), k=3)
+    assert scores.shape == indices.shape == (0, 3)
+
+
 @pytest.mark.parametrize("query_chunk, candidate_chunk", [(5, 7), (3, 2), (100, 100)])
 def test_chunked_ranks_equal_dense_with_several_captions_per_image(query_chunk, candidate_chunk):
     images, captions = _normalised(12, 16, 2), _normalised(36, 16, 3)

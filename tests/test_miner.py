@@ -6,6 +6,7 @@ from PIL import Image
 
 from dataset_builders import HardNegativeMiner, semdedup, top_k_neighbours
 from dataset_builders import miner as miner_module
+from evaluation import retrieval as retrieval_module
 
 
 def _brute_force(embeddings: torch.Tensor, k: int) -> torch.Tensor:
@@ -24,16 +25,23 @@ def test_chunked_search_equals_brute_force(query_chunk_size, key_chunk_size):
     torch.testing.assert_close(found.scores, expected.values)
 
 
+def _record_block_shapes(monkeypatch) -> list[tuple[int, int]]:
+    """The (queries, keys) shape of every similarity block the search builds, in order."""
+    block_shapes = []
+    original = retrieval_module._score_blocks
+
+    def recording(query_block, candidates, candidate_chunk):
+        for c_start, scores in original(query_block, candidates, candidate_chunk):
+            block_shapes.append(tuple(scores.shape))
+            yield c_start, scores
+
+    monkeypatch.setattr(retrieval_module, "_score_blocks", recording)
+    return block_shapes
+
+
 def test_memory_is_bounded_by_the_block_shape(monkeypatch):
     """No similarity block larger than query_chunk x key_chunk is ever built (no N x N matrix)."""
-    block_shapes = []
-    original = miner_module._block_similarities
-
-    def recording(queries, keys):
-        block_shapes.append((queries.shape[0], keys.shape[0]))
-        return original(queries, keys)
-
-    monkeypatch.setattr(miner_module, "_block_similarities", recording)
+    block_shapes = _record_block_shapes(monkeypatch)
     num_rows = 5000
     top_k_neighbours(torch.randn(num_rows, 8), 3, query_chunk_size=256, key_chunk_size=1024)
     assert max(q * c for q, c in block_shapes) <= 256 * 1024
@@ -42,19 +50,12 @@ def test_memory_is_bounded_by_the_block_shape(monkeypatch):
 
 
 def test_search_over_120k_rows_stays_in_blocks_and_is_exact(monkeypatch):
-    block_sizes = []
-    original = miner_module._block_similarities
-
-    def recording(queries, keys):
-        block_sizes.append(queries.shape[0] * keys.shape[0])
-        return original(queries, keys)
-
-    monkeypatch.setattr(miner_module, "_block_similarities", recording)
+    block_shapes = _record_block_shapes(monkeypatch)
     # 16 dimensions keep neighbour similarities apart, so float rounding cannot reorder them.
     embeddings = torch.randn(120_000, 16, generator=torch.Generator().manual_seed(4))
     queries = torch.arange(0, 120_000, 1500)
     found = top_k_neighbours(embeddings, 3, query_rows=queries, query_chunk_size=32, key_chunk_size=8192)
-    assert max(block_sizes) <= 32 * 8192
+    assert max(q * c for q, c in block_shapes) <= 32 * 8192
     normalised = torch.nn.functional.normalize(embeddings, dim=-1)
     similarities = normalised[queries] @ normalised.T
     similarities[torch.arange(len(queries)), queries] = float("-inf")
@@ -70,11 +71,49 @@ def test_self_and_exact_duplicates_are_excluded():
     assert 6 not in found.indices[0].tolist() and 0 not in found.indices[6].tolist()
 
 
+def test_self_is_excluded_even_where_duplicates_are_kept():
+    base = torch.randn(6, 4, generator=torch.Generator().manual_seed(1))
+    embeddings = torch.cat([base, base[:1] * 2.0])  # row 6 duplicates row 0
+    # No cosine reaches 2, so nothing counts as a duplicate: only its index keeps each row (cosine 1
+    # to itself) out of its own list.
+    found = top_k_neighbours(embeddings, 6, query_chunk_size=2, key_chunk_size=3, duplicate_threshold=2.0)
+    for row, neighbours in enumerate(found.indices.tolist()):
+        assert row not in neighbours and sorted(neighbours) == sorted(set(range(7)) - {row})
+    assert found.indices[0, 0] == 6 and found.indices[6, 0] == 0
+
+
 def test_too_few_neighbours_are_padded_with_minus_one():
     found = top_k_neighbours(torch.randn(3, 4), 5)
     assert (found.indices[:, :2] >= 0).all()
     assert (found.indices[:, 2:] == -1).all()
     assert torch.isinf(found.scores[:, 2:]).all()
+
+
+@pytest.mark.parametrize("query_chunk_size, key_chunk_size", [(3, 4), (1, 1), (5, 100)])
+def test_search_equals_a_dense_reference_with_self_and_duplicates_masked(query_chunk_size, key_chunk_size):
+    """Chunks smaller than N, duplicate groups, and rows with fewer than k eligible neighbours."""
+    generator = torch.Generator().manual_seed(5)
+    base = torch.randn(8, 6, generator=generator)
+    # Rows 8..10 point the same way as rows 0, 0, 1: rows 0, 8, 9 form one duplicate group.
+    embeddings = torch.cat([base, 2.0 * base[:1], 0.5 * base[:1], 3.0 * base[1:2]])
+    k = 10  # more than the 8 eligible neighbours of rows 0, 8 and 9
+    normalised = torch.nn.functional.normalize(embeddings, dim=-1)
+    similarities = normalised @ normalised.T
+    excluded = (similarities >= miner_module.DEFAULT_DUPLICATE_THRESHOLD) | torch.eye(11, dtype=torch.bool)
+    expected = similarities.masked_fill(excluded, float("-inf")).topk(k, dim=1)
+    query_rows = torch.tensor([9, 0, 4, 10])
+    found = top_k_neighbours(
+        embeddings, k, query_rows=query_rows, query_chunk_size=query_chunk_size, key_chunk_size=key_chunk_size
+    )
+    # Duplicates tie with each other, so the indices are checked through their scores.
+    torch.testing.assert_close(found.scores, expected.values[query_rows])
+    valid = found.indices >= 0
+    assert torch.equal(valid, found.scores > float("-inf"))
+    rows = query_rows[:, None].expand_as(found.indices)[valid]
+    torch.testing.assert_close(similarities[rows, found.indices[valid]], found.scores[valid])
+    assert not excluded[rows, found.indices[valid]].any()
+    assert all(len(set(row)) == len(row) for row in (r[r >= 0].tolist() for r in found.indices))
+    assert (found.indices[[0, 1], 8:] == -1).all() and (found.indices[[2, 3], :9] >= 0).all()
 
 
 def test_bad_arguments_are_rejected():
