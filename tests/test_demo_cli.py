@@ -107,6 +107,7 @@ def test_a_foreign_folder_is_refused(tmp_path, capsys):
         (["--miner", "dino"], "unknown miner 'dino'"),
         (["--seeds", "1,x"], "integers"),
         (["--seeds", "0"], "at least 1"),
+        (["--rpa-weight", "1.5"], "rpa_weight (lambda) must lie in (0, 1]"),
     ],
 )
 def test_bad_options_fail_before_any_work(tmp_path, capsys, arguments, message):

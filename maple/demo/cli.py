@@ -53,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="scene-graph",
         help=f"hard negatives from {' or '.join(MINERS)} image features (default scene-graph, a stand-in for DINOv2)",
     )
+    parser.add_argument(
+        "--rpa-weight",
+        type=float,
+        default=0.5,
+        metavar="LAMBDA",
+        help="lambda of the MAPLE runs: L = lambda * L_RPA + (1 - lambda) * L_InfoNCE (default 0.5)",
+    )
     parser.add_argument("--push-to-hub", default=None, metavar="REPO", help="push the MAPLE model (and REPO-preferences)")
     parser.add_argument(
         "--workers",
@@ -76,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             judge=args.judge,
             judge_noise=args.judge_noise,
             miner=args.miner,
+            rpa_weight=args.rpa_weight,
             push_to_hub=args.push_to_hub,
             progress=not args.no_progress,
             workers=args.workers,
