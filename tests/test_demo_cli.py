@@ -87,6 +87,22 @@ def test_runs_in_worker_processes_equal_a_run_in_this_process(demo_out, tmp_path
     assert serial["log_history"][-1]["train_loss"] == pytest.approx(parallel["log_history"][-1]["train_loss"], rel=1e-5)
 
 
+def test_a_failed_worker_run_is_named_and_the_other_runs_are_kept(demo_out, tmp_path):
+    import shutil
+
+    from maple.demo.pipeline import DemoConfig, _finetune_all
+
+    copy = tmp_path / "copy"
+    shutil.copytree(demo_out, copy, ignore=shutil.ignore_patterns("runs"))
+    (copy / "runs" / "maple-seed0").mkdir(parents=True)
+    (copy / "runs" / "maple-seed0" / "model").write_text("a file where the run saves its model folder")
+    config = DemoConfig(out=copy, seeds=(0,), quick=True, progress=False, workers=2)
+    with pytest.raises(RuntimeError, match="fine-tuning run maple-seed0 failed .*rerun the same command to resume"):
+        _finetune_all(config, [("maple", 0), ("infonce", 0), ("infonce_expanded", 0)])
+    assert (copy / "runs" / "infonce-seed0" / "result.json").exists()
+    assert not (copy / "runs" / "maple-seed0" / "result.json").exists()
+
+
 def test_a_folder_with_another_run_is_refused(demo_out, capsys):
     with pytest.raises(SystemExit):
         main(["--out", str(demo_out), "--quick", "--seeds", "2", "--no-progress"])

@@ -78,3 +78,14 @@ def test_the_backbone_of_a_plain_checkpoint_is_inferred_or_asked_for(tmp_path, m
     assert built == ["dual_encoder", "dual_encoder"]
     with pytest.raises(SystemExit, match="'bert' checkpoint, not a MAPLE one.*--backbone"):
         load_model_and_processor(ModelArguments(model_name_or_path=str(tmp_path / "bert")))
+
+
+@pytest.mark.parametrize(
+    "model_type, backbone",
+    [("qwen2_vl", "mllm"), ("qwen2_5_vl", "mllm"), ("qwen3_vl", "mllm"), ("clip", "dual_encoder"),
+     ("siglip", "dual_encoder"), ("siglip2", "dual_encoder"), ("bert", None), ("maple", None), (None, None)],
+)
+def test_backbone_of_maps_checkpoint_families(model_type, backbone):
+    from modeling_maple.configuration_maple import backbone_of
+
+    assert backbone_of(model_type) == backbone

@@ -215,8 +215,8 @@ class RPAConfig(DPOConfig):
             )
         if self.loss_weights not in (None, [1.0]):
             raise ValueError(
-                f"loss_weights {self.loss_weights} weights several DPO loss_type terms; RPA is one loss, mixed with "
-                "InfoNCE by `rpa_weight`."
+                f"loss_weights={self.loss_weights} is not used by RPATrainer: RPA is one loss, mixed with InfoNCE by "
+                "`rpa_weight`; leave loss_weights at None."
             )
         for name, supported in _LANGUAGE_MODEL_ONLY_DEFAULTS.items():
             if getattr(self, name) != supported:

@@ -25,7 +25,7 @@ import shutil
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -43,11 +43,17 @@ METHODS = ("infonce", "infonce_expanded", "maple")
 # results.json: every metric of every method as {"mean", "std"} over seeds
 HEADLINE_METRICS = ("group_score", "text_score", "image_score", "i2t_r1", "t2i_r1", "delta_gap")
 RUN_FILE = "run.json"
+# Part of every run's identity: bumped whenever what a run computes changes (model, data recipe), so
+# a folder written by an older demo is refused instead of being mixed with new results.
+DEMO_VERSION = 2
 PAIRS_VOCABULARY_SIZE = 360  # byte-level BPE: 256 bytes plus a merge for every word of the world
 # The paper's caption pool: the anchor caption plus MLLM captions of its hard negatives, 6 texts in
-# all, sampled from at every step ("sampling from the whole pool worked best").
+# all, sampled from at every step ("sampling from the whole pool worked best"): each step uses the
+# anchor caption and 3 texts drawn from the other 5.
 CAPTION_POOL_SIZE = 6
 TEXT_CANDIDATES_PER_STEP = 4
+# Training arguments that only change what is displayed, left out of a run's stored arguments.
+DISPLAY_ONLY_ARGS = ("disable_tqdm",)
 
 
 @dataclass(frozen=True)
@@ -105,8 +111,8 @@ class DemoConfig:
     push_to_hub: str | None = None
     progress: bool = True
     # fine-tuning runs trained side by side, each in its own process on one CPU thread; the runs
-    # are independent, so this changes the wall clock, not what is trained
-    workers: int = 2
+    # are independent, so this changes the wall clock, not what is trained (`maple demo`: 2)
+    workers: int = 1
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -121,7 +127,7 @@ class DemoConfig:
             raise ValueError(f"seeds must be distinct, got {list(self.seeds)}")
         if not 0.0 < self.rpa_weight <= 1.0:
             raise ValueError(f"rpa_weight (lambda) must lie in (0, 1], got {self.rpa_weight}")
-        if not isinstance(self.workers, int) or self.workers < 1:
+        if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 1:
             raise ValueError(f"workers must be a positive integer, got {self.workers!r}")
         if self.judge_noise < 0:
             raise ValueError(f"judge_noise is a standard deviation and must be >= 0, got {self.judge_noise}")
@@ -137,6 +143,7 @@ class DemoConfig:
     def identity(self) -> dict[str, Any]:
         """What makes two runs the same run (stored in run.json)."""
         return {
+            "demo_version": DEMO_VERSION,
             "seeds": list(self.seeds),
             "backbone": self.backbone,
             "quick": self.quick,
@@ -192,9 +199,11 @@ def build_embedder(world: World, backbone: str, seed: int = 0):
     dual_encoder: a CLIP-style ViT (4 layers, patch 6 on 48 px images) and a small BERT (4 layers),
     width 64, mean-pooled into a shared 64-d space; mean pooling gives the bag-of-attributes
     tendencies of real CLIP models. Two layers and patch 8 were too small to bind attributes to
-    objects at all (docs/demo.md). The
-    tokenizer is a byte-level BPE trained on the world's training captions. mllm: the tiny Qwen2-VL
-    of `modeling_maple.testing`, used as a dual encoder as in the paper.
+    objects at all (docs/demo.md). The tokenizer is a byte-level BPE trained on the world's training
+    captions.
+
+    mllm: the test-sized Qwen2-VL of `modeling_maple.testing` (width 32, two layers), used as a dual
+    encoder as in the paper: it shows the MLLM path end to end, but is too small to learn the world.
     """
     from transformers import BertConfig, CLIPImageProcessorPil, CLIPVisionConfig, Qwen2Tokenizer
 
@@ -296,7 +305,8 @@ def train(
     progress: bool,
     num_text_candidates: int | None = None,
 ):
-    """Train `model` in place with `RPATrainer`; returns the trainer (its state holds the log)."""
+    """Train `model` in place with `RPATrainer`; returns the trainer (its state holds the log).
+    `num_text_candidates`: texts per anchor and step (`RPAConfig.num_text_candidates`; None: all)."""
     from transformers import PrinterCallback
 
     from trainer import RPAConfig, RPATrainer
@@ -382,7 +392,8 @@ def run_demo(config: DemoConfig) -> DemoResult:
 
     runs = [(method, seed) for seed in config.seeds for method in METHODS]
     pending = [(method, seed) for method, seed in runs if not (_run_dir(out, method, seed) / "result.json").exists()]
-    timer.run("fine-tuning and evaluation", lambda: _finetune_all(config, pending))
+    if pending:
+        timer.run("fine-tuning and evaluation", lambda: _finetune_all(config, pending))
     results: dict[str, list[dict[str, Any]]] = {method: [] for method in METHODS}
     for method, seed in runs:
         results[method].append(json.loads((_run_dir(out, method, seed) / "result.json").read_text()))
@@ -426,7 +437,8 @@ def _load(directory: Path):
 
 
 def _build_preferences(config: DemoConfig, world: World, base_dir: Path, folder: Path) -> None:
-    """The preference dataset (built once; the builder resumes its own shards), with its card."""
+    """Build the preference dataset into `folder/data`, with its card, unless it is there (the
+    builder resumes its own shards)."""
     dataset_dir = folder / "data"
     if dataset_dir.exists():
         return
@@ -478,25 +490,43 @@ def _run_dir(out: Path, method: str, seed: int) -> Path:
 
 def _finetune_all(config: DemoConfig, runs: list[tuple[str, int]]) -> None:
     """Fine-tune and evaluate `runs`, `config.workers` at a time in worker processes (or in this
-    process for one worker). Each run writes its own folder, so a failed or interrupted run leaves
-    the finished ones in place."""
-    progress = tqdm(total=len(runs), desc="fine-tuning runs", disable=not config.progress)
-    if config.workers == 1 or len(runs) <= 1:
-        for method, seed in runs:
-            _finetune(config, method, seed)
-            progress.update()
-    else:
+    process for one worker). Each run writes its own folder; the first failure is raised naming its
+    run, no further run starts, and the finished runs stay in place for a rerun to resume."""
+    with tqdm(total=len(runs), desc="fine-tuning runs", disable=not config.progress) as progress:
+        if config.workers == 1 or len(runs) == 1:
+            for method, seed in runs:
+                _raise_naming_the_run(lambda: _finetune(config, method, seed), method, seed)
+                progress.update()
+            return
         # spawn, not fork: a forked copy of a process that has run torch can deadlock
         context = multiprocessing.get_context("spawn")
         quiet = replace(config, progress=False)  # one bar for all runs, in this process
-        with ProcessPoolExecutor(min(config.workers, len(runs)), mp_context=context, initializer=_quiet_worker) as pool:
-            for done in as_completed([pool.submit(_finetune, quiet, method, seed) for method, seed in runs]):
-                done.result()
-                progress.update()
-    progress.close()
+        queued, running = list(runs), {}
+        with ProcessPoolExecutor(min(config.workers, len(runs)), mp_context=context, initializer=_init_worker) as pool:
+            while queued or running:
+                # at most one run per worker in flight, so a failure leaves no queue to drain
+                while queued and len(running) < config.workers:
+                    run = queued.pop(0)
+                    running[pool.submit(_finetune, quiet, *run)] = run
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    method, seed = running.pop(future)
+                    _raise_naming_the_run(future.result, method, seed)
+                    progress.update()
 
 
-def _quiet_worker() -> None:
+def _raise_naming_the_run(work: Callable[[], Any], method: str, seed: int) -> None:
+    """Run `work`; an error becomes one that names the fine-tuning run and says how to resume."""
+    try:
+        work()
+    except Exception as error:
+        raise RuntimeError(
+            f"fine-tuning run {method}-seed{seed} failed ({type(error).__name__}: {error}); the finished runs are "
+            "kept: rerun the same command to resume"
+        ) from error
+
+
+def _init_worker() -> None:
     """A fine-tuning worker: one CPU thread (the workers share the cores) and no progress bars."""
     import transformers
 
@@ -528,7 +558,11 @@ def _finetune(config: DemoConfig, method: str, seed: int) -> None:
     ))
     result = timer.run("evaluation", lambda: evaluate(model, processor, world, budget))
     result["log_history"] = trainer.state.log_history
-    result["training_args"] = {key: value for key, value in trainer.args.to_dict().items() if _is_plain(value)}
+    result["training_args"] = {
+        key: value
+        for key, value in trainer.args.to_dict().items()
+        if _is_plain(value) and key not in DISPLAY_ONLY_ARGS
+    }
     result["seconds"] = timer.seconds
     if method == "maple":
         model.save_pretrained(run_dir / "model")
