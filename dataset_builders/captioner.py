@@ -38,7 +38,7 @@ def parse_captions(generated: str) -> list[str]:
 
 class ContrastiveCaptioner:
     """Writes difference-stressing captions with an MLLM of a supported family (Qwen2-VL, Qwen2.5-VL,
-    LLaVA; `vlm_inputs.PROMPT_ENCODERS`).
+    Qwen3-VL, LLaVA, InternVL; `vlm_inputs.PROMPT_ENCODERS`).
 
     Implements `CandidateCaptioner`: `caption(anchors, negatives)` returns, per pair, the distinct
     captions parsed from `num_samples` sampled answers (order of first appearance).

@@ -105,8 +105,8 @@ def answer_token_id(prompt_encoder: PromptEncoder, word: str) -> int:
 
 
 class MLLMJudge:
-    """Scores image-text alignment with a frozen MLLM (paper: Qwen2-VL-7B); Qwen2-VL, Qwen2.5-VL and
-    LLaVA families (`vlm_inputs.PROMPT_ENCODERS`).
+    """Scores image-text alignment with a frozen MLLM (paper: Qwen2-VL-7B; InternVL3-1B also helps);
+    Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA and InternVL families (`vlm_inputs.PROMPT_ENCODERS`).
 
     Implements `PreferenceJudge`. Build it with `from_pretrained`, or from a loaded model, tokenizer
     and image processor.

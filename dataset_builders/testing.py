@@ -20,7 +20,7 @@ import torch
 from .miner import HardNegativeMiner
 
 if TYPE_CHECKING:
-    from transformers import LlavaForConditionalGeneration, Qwen2VLForConditionalGeneration
+    from transformers import InternVLForConditionalGeneration, LlavaForConditionalGeneration, Qwen2VLForConditionalGeneration
 
     from .captioner import ContrastiveCaptioner
     from .judge import MLLMJudge
@@ -59,39 +59,83 @@ def tiny_llava(seed: int = 0) -> LlavaForConditionalGeneration:
     return LlavaForConditionalGeneration(config).eval()
 
 
-def _tiny_model_and_image_processor(family: str, seed: int, image_size: int):
-    from transformers import CLIPImageProcessorPil
+INTERNVL_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<IMG_CONTEXT>\n"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+"""The `-hf` InternVL checkpoints' chat template, less video: one `<IMG_CONTEXT>` line per image."""
 
-    from modeling_maple.testing import tiny_image_processor
+
+def tiny_internvl_tokenizer():
+    """`modeling_maple.testing.tiny_tokenizer()` plus InternVL's image tokens (`<img>`, `</img>`,
+    `<IMG_CONTEXT>`) and chat template."""
+    from modeling_maple.testing import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<img>", "</img>", "<IMG_CONTEXT>"]})
+    tokenizer.chat_template = INTERNVL_CHAT_TEMPLATE
+    return tokenizer
+
+
+def tiny_internvl(seed: int = 0) -> InternVLForConditionalGeneration:
+    """A random tiny InternVL (two-layer vision tower on 16x16 tiles of 4x4 patches, so 4 tokens per
+    tile after the pixel shuffle; two-layer Qwen2 text model) matching `tiny_internvl_tokenizer()`."""
+    from transformers import InternVLConfig, InternVLForConditionalGeneration, InternVLVisionConfig, Qwen2Config
+
+    tokenizer = tiny_internvl_tokenizer()
+    config = InternVLConfig(
+        vision_config=InternVLVisionConfig(
+            hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=16, patch_size=4
+        ),
+        text_config=Qwen2Config(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, pad_token_id=tokenizer.pad_token_id,
+        ),
+        image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"),
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    return InternVLForConditionalGeneration(config).eval()
+
+
+def _tiny_model_tokenizer_and_image_processor(family: str, seed: int, image_size: int):
+    from transformers import CLIPImageProcessorPil, GotOcr2ImageProcessorPil
+
+    from modeling_maple.testing import tiny_image_processor, tiny_tokenizer
 
     if family == "qwen2_vl":
-        return tiny_qwen2_vl(seed), tiny_image_processor(image_size=image_size)
+        return tiny_qwen2_vl(seed), tiny_tokenizer(), tiny_image_processor(image_size=image_size)
     if family == "llava":
         # LLaVA sees fixed 16x16 images whatever `image_size` is.
-        return tiny_llava(seed), CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
-    raise ValueError(f"unknown tiny model family {family!r}: expected 'qwen2_vl' or 'llava'")
+        processor = CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
+        return tiny_llava(seed), tiny_tokenizer(), processor
+    if family == "internvl":
+        # Tiles of 16x16, at most 4 per image plus a thumbnail, whatever `image_size` is.
+        processor = GotOcr2ImageProcessorPil(size={"height": 16, "width": 16}, max_patches=4)
+        return tiny_internvl(seed), tiny_internvl_tokenizer(), processor
+    raise ValueError(f"unknown tiny model family {family!r}: expected 'qwen2_vl', 'llava' or 'internvl'")
 
 
 def tiny_judge(seed: int = 0, *, family: str = "qwen2_vl", image_size: int = 32, **judge_kwargs) -> MLLMJudge:
-    """An `MLLMJudge` on a random tiny model of `family` ("qwen2_vl" or "llava"); Qwen2-VL resizes
-    images to about image_size^2 pixels."""
-    from modeling_maple.testing import tiny_tokenizer
-
+    """An `MLLMJudge` on a random tiny model of `family` ("qwen2_vl", "llava" or "internvl");
+    Qwen2-VL resizes images to about image_size^2 pixels."""
     from .judge import MLLMJudge
 
-    model, image_processor = _tiny_model_and_image_processor(family, seed, image_size)
-    return MLLMJudge(model, tiny_tokenizer(), image_processor, name=f"tiny-judge-{seed}", **judge_kwargs)
+    model, tokenizer, image_processor = _tiny_model_tokenizer_and_image_processor(family, seed, image_size)
+    return MLLMJudge(model, tokenizer, image_processor, name=f"tiny-judge-{seed}", **judge_kwargs)
 
 
 def tiny_captioner(seed: int = 0, *, family: str = "qwen2_vl", image_size: int = 32, **captioner_kwargs) -> ContrastiveCaptioner:
     """A `ContrastiveCaptioner` on a random tiny model of `family` (its captions are gibberish)."""
-    from modeling_maple.testing import tiny_tokenizer
-
     from .captioner import ContrastiveCaptioner
 
-    model, image_processor = _tiny_model_and_image_processor(family, seed, image_size)
+    model, tokenizer, image_processor = _tiny_model_tokenizer_and_image_processor(family, seed, image_size)
     captioner_kwargs.setdefault("max_new_tokens", 8)
-    return ContrastiveCaptioner(model, tiny_tokenizer(), image_processor, name=f"tiny-captioner-{seed}", **captioner_kwargs)
+    return ContrastiveCaptioner(model, tokenizer, image_processor, name=f"tiny-captioner-{seed}", **captioner_kwargs)
 
 
 COLOURS: dict[str, tuple[float, float, float]] = {

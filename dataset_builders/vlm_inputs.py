@@ -173,6 +173,43 @@ class LlavaPromptEncoder(PromptEncoder):
         return EncodedImages(pixel_values, [tokens] * len(images))
 
 
+class InternVLPromptEncoder(PromptEncoder):
+    """InternVL (the `-hf` checkpoints, e.g. OpenGVLab/InternVL3-1B-hf; the paper's small judge):
+    each image is tiled into up to `max_patches` crops of the vision tower's size plus a thumbnail,
+    as `InternVLProcessor` does, and every tile becomes `(side / patch)^2 * downsample_ratio^2`
+    tokens between `<img>` and `</img>`; plain 1-D positions.
+
+    The chat template emits one `<IMG_CONTEXT>` per image; `expand_images` turns it into
+    `<img>` + `<IMG_CONTEXT>` x tokens + `</img>`, so `num_tokens` counts the context tokens only.
+    """
+
+    def __init__(self, config, tokenizer, image_processor, *, chat_template: str | None = None) -> None:
+        super().__init__(config, tokenizer, image_processor, chat_template=chat_template)
+        self.image_start = getattr(tokenizer, "start_image_token", None) or "<img>"
+        self.image_end = getattr(tokenizer, "end_image_token", None) or "</img>"
+        for token in (self.image_start, self.image_end):
+            if tokenizer.convert_tokens_to_ids(token) in (None, tokenizer.unk_token_id):
+                raise ValueError(f"the tokenizer has no {token!r} token, which InternVL wraps every image in")
+        vision = config.vision_config
+        side, patch = _pair(vision.image_size), _pair(vision.patch_size)
+        patches = (side[0] // patch[0]) * (side[1] // patch[1])
+        self.tokens_per_tile = int(patches * config.downsample_ratio**2)
+
+    def encode_images(self, images: Sequence[PIL.Image.Image]) -> EncodedImages:
+        # InternVLProcessor tiles by default whatever the image processor's own setting says.
+        processed = self.image_processor(images=self._rgb(images), crop_to_patches=True, return_tensors="pt")
+        tiles = [int(count) for count in processed["num_patches"]]
+        return EncodedImages(processed["pixel_values"], [count * self.tokens_per_tile for count in tiles])
+
+    def expand_images(self, text: str, image_token_counts: Sequence[int]) -> list[int]:
+        wrapped = text.replace(self.image_token, self.image_start + self.image_token + self.image_end)
+        return super().expand_images(wrapped, image_token_counts)
+
+
+def _pair(value: int | Sequence[int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
 def to_model(inputs: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """`inputs` on the model's device, pixels in its dtype (a bf16 model gets bf16 pixels)."""
     moved = {key: value.to(model.device) for key, value in inputs.items()}
@@ -183,7 +220,9 @@ def to_model(inputs: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[st
 PROMPT_ENCODERS: dict[str, type[PromptEncoder]] = {
     "qwen2_vl": QwenVLPromptEncoder,
     "qwen2_5_vl": QwenVLPromptEncoder,
+    "qwen3_vl": QwenVLPromptEncoder,
     "llava": LlavaPromptEncoder,
+    "internvl": InternVLPromptEncoder,
 }
 """Model families the judge and the captioner can drive, by `config.model_type`."""
 

@@ -66,8 +66,9 @@ def test_bad_settings_and_mismatched_inputs_are_rejected():
         tiny_captioner().caption(ANCHORS, NEGATIVES[:1])
 
 
-def test_llava_captioner_generates_from_both_images():
-    captioner = tiny_captioner(seed=0, family="llava", num_samples=2, max_new_tokens=4)
+@pytest.mark.parametrize("family", ["llava", "internvl"])
+def test_other_families_caption_from_both_images(family):
+    captioner = tiny_captioner(seed=0, family=family, num_samples=2, max_new_tokens=4)
     torch.manual_seed(0)
     captions = captioner.caption(ANCHORS, NEGATIVES)
     assert len(captions) == 2 and all(1 <= len(pair) <= 4 for pair in captions)

@@ -202,29 +202,27 @@ def test_ensemble_averages_its_judges(sharp_judge):
         JudgeEnsemble([])
 
 
-def test_qwen2_5_vl_judge_paths_agree():
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "qwen3_vl"])
+def test_newer_qwen_vl_judges_agree_with_each_other_and_the_plain_forward(model_type):
+    from transformers import AutoModelForImageTextToText
 
-    from modeling_maple.testing import tiny_qwen2_vl_config
+    from modeling_maple.testing import tiny_mllm_config
 
-    qwen2 = tiny_qwen2_vl_config().to_dict()
-    config = Qwen2_5_VLConfig(
-        text_config=qwen2["text_config"],
-        vision_config={
-            "depth": 2, "hidden_size": 16, "intermediate_size": 32, "num_heads": 2, "out_hidden_size": 32,
-            "patch_size": 4, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 16, "fullatt_block_indexes": [1],
-        },
-        tie_word_embeddings=False,
-        **{key: qwen2[key] for key in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")},
-    )
     torch.manual_seed(0)
-    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    model = AutoModelForImageTextToText.from_config(tiny_mllm_config(model_type)).eval()
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.normal_(0.0, 0.3)
     judge = MLLMJudge(model, tiny_tokenizer(), tiny_image_processor(image_size=32), batch_size=2)
-    for a, b in zip(judge.score(IMAGES, TEXTS), judge.score(IMAGES, TEXTS, reuse_prefix=False)):
+    reused = judge.score(IMAGES, TEXTS)
+    for a, b in zip(reused, judge.score(IMAGES, TEXTS, reuse_prefix=False)):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    images = judge.prompt_encoder.encode_images(IMAGES[:1])
+    ids = judge.prefix_ids(images, 0) + judge.suffix_ids([TEXTS[0][1]])[0]
+    with torch.no_grad():
+        logits = model(**judge.prompt_encoder.model_inputs([ids], images, padding_side="right")).logits[0, -1]
+    reference = torch.softmax(logits[[judge.yes_id, judge.no_id]], dim=-1)[0]
+    assert abs(reference.item() - reused[0][1].item()) < 1e-5
 
 
 def test_from_pretrained_loads_a_saved_judge(tmp_path):
@@ -255,6 +253,52 @@ def test_llava_judge_paths_agree_with_each_other_and_the_plain_forward():
         logits = judge.model(**encoder.model_inputs([ids], images, padding_side="right")).logits[0, -1]
     reference = torch.softmax(logits[[judge.yes_id, judge.no_id]], dim=-1)[0]
     assert abs(reference.item() - reused[0][1].item()) < 1e-5
+
+
+def test_internvl_judge_paths_agree_and_match_the_official_processor(monkeypatch):
+    """InternVL (the paper's 1-2B judge family): tiled images wrapped in <img> ... </img>; the
+    judge's ids and pixels are those `InternVLProcessor` builds, and both scoring paths agree."""
+    from transformers import GotOcr2ImageProcessorPil, InternVLProcessor, ProcessorMixin
+
+    from dataset_builders.testing import tiny_internvl_tokenizer
+
+    judge = tiny_judge(seed=4, family="internvl", batch_size=2)
+    with torch.no_grad():
+        for parameter in judge.model.parameters():
+            parameter.normal_(0.0, 0.3)
+    for a, b in zip(judge.score(IMAGES, TEXTS), judge.score(IMAGES, TEXTS, reuse_prefix=False)):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+
+    # The official processor, built without its video processor (that class needs torchvision).
+    monkeypatch.setattr(ProcessorMixin, "check_argument_for_proper_class", lambda self, name, value: None)
+    tokenizer = tiny_internvl_tokenizer()
+    for name, token in [("start_image_token", "<img>"), ("end_image_token", "</img>"), ("context_image_token", "<IMG_CONTEXT>"), ("video_token", "<video>")]:
+        setattr(tokenizer, name, token)
+        setattr(tokenizer, f"{name}_id", tokenizer.convert_tokens_to_ids(token))
+    official = InternVLProcessor(
+        image_processor=GotOcr2ImageProcessorPil(size={"height": 16, "width": 16}, max_patches=4),
+        tokenizer=tokenizer, image_seq_length=4, chat_template=tokenizer.chat_template,
+    )
+    question = judge.prompt.format(text=TEXTS[1][2])
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    for image in IMAGES[:2]:  # 32x32: 4 tiles + thumbnail; 40x24: 2 tiles + thumbnail
+        expected = official(text=[official.apply_chat_template(messages, add_generation_prompt=True)], images=[image], return_tensors="pt")
+        encoded = judge.prompt_encoder.encode_images([image])
+        assert judge.prefix_ids(encoded, 0) + judge.suffix_ids([TEXTS[1][2]])[0] == expected["input_ids"][0].tolist()
+        torch.testing.assert_close(encoded.pixel_values, expected["pixel_values"])
+    assert judge.prompt_encoder.encode_images(IMAGES[:2]).num_tokens == [20, 12]
+
+
+def test_internvl_tokenizer_without_image_brackets_is_refused():
+    from dataset_builders.testing import tiny_internvl
+    from dataset_builders.vlm_inputs import InternVLPromptEncoder
+
+    model = tiny_internvl()
+    tokenizer = tiny_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<IMG_CONTEXT>"]})
+    model.config.image_token_id = tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
+    with pytest.raises(ValueError, match="no '<img>' token"):
+        InternVLPromptEncoder(model.config, tokenizer, None)
 
 
 @pytest.mark.parametrize(
