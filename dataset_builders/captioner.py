@@ -38,7 +38,7 @@ def parse_captions(generated: str) -> list[str]:
 
 class ContrastiveCaptioner:
     """Writes difference-stressing captions with an MLLM of a supported family (Qwen2-VL, Qwen2.5-VL,
-    Qwen3-VL, LLaVA, InternVL; `vlm_inputs.PROMPT_ENCODERS`).
+    Qwen3-VL, LLaVA, InternVL, Idefics3, SmolVLM; `vlm_inputs.PROMPT_ENCODERS`).
 
     Implements `CandidateCaptioner`: `caption(anchors, negatives)` returns, per pair, the distinct
     captions parsed from `num_samples` sampled answers (order of first appearance).
@@ -121,7 +121,7 @@ class ContrastiveCaptioner:
         """One sampled answer per (anchor, negative) prompt."""
         encoded = self.prompt_encoder.encode_images([image for pair in pairs for image in pair])
         sequences = [
-            self.prompt_encoder.expand_images(self._prompt_text, encoded.num_tokens[2 * row : 2 * row + 2])
+            self.prompt_encoder.expand_images(self._prompt_text, encoded, [2 * row, 2 * row + 1])
             for row in range(len(pairs))
         ]
         inputs = to_model(self.prompt_encoder.model_inputs(sequences, encoded, padding_side="left"), self.model)

@@ -106,7 +106,8 @@ def answer_token_id(prompt_encoder: PromptEncoder, word: str) -> int:
 
 class MLLMJudge:
     """Scores image-text alignment with a frozen MLLM (paper: Qwen2-VL-7B; InternVL3-1B also helps);
-    Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA and InternVL families (`vlm_inputs.PROMPT_ENCODERS`).
+    Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA, InternVL, Idefics3 and SmolVLM families
+    (`vlm_inputs.PROMPT_ENCODERS`).
 
     Implements `PreferenceJudge`. Build it with `from_pretrained`, or from a loaded model, tokenizer
     and image processor.
@@ -142,9 +143,9 @@ class MLLMJudge:
         self.no_id = answer_token_id(self.prompt_encoder, "No")
         # The prompt split into the part all candidate texts of an image share and the rest.
         self.prefix_text, self.suffix_template = self._split_prompt()
-        # The prefix differs between images only in how many image tokens it holds: tokenise it
-        # once per number of image tokens.
-        self._prefix_ids_by_count: dict[int, list[int]] = {}
+        # The prefix differs between images only in the text their placeholder becomes (for most
+        # families, how many image tokens it holds): tokenise it once per such text.
+        self._prefix_ids_by_image_text: dict[str, list[int]] = {}
 
     @classmethod
     def from_pretrained(
@@ -202,10 +203,10 @@ class MLLMJudge:
     def prefix_ids(self, images: EncodedImages, index: int) -> list[int]:
         """Token ids of the shared prompt prefix for the `index`-th of `images` (image tokens
         expanded); `prefix_ids(...) + suffix_ids([text])[0]` is the whole prompt for one pair."""
-        count = images.num_tokens[index]
-        if count not in self._prefix_ids_by_count:
-            self._prefix_ids_by_count[count] = self.prompt_encoder.expand_images(self.prefix_text, [count])
-        return list(self._prefix_ids_by_count[count])
+        image_text = images.image_text(index, self.prompt_encoder.image_token)
+        if image_text not in self._prefix_ids_by_image_text:
+            self._prefix_ids_by_image_text[image_text] = self.prompt_encoder.expand_images(self.prefix_text, images, [index])
+        return list(self._prefix_ids_by_image_text[image_text])
 
     def suffix_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of the prompt suffix for each candidate text (one batched tokenizer call)."""
@@ -265,7 +266,8 @@ class MLLMJudge:
     def _score_with_shared_prefixes(self, images: Sequence[PIL.Image.Image], texts: Sequence[Sequence[str]]) -> list[torch.Tensor]:
         """Per image, (len(texts[i]),) alphas, each anchor's prefix run once.
 
-        Anchors whose prefixes have the same length (same number of image tokens) share prefix
+        Anchors whose prefixes have the same length (for most families: the same number of image
+        tokens) share prefix
         forwards, `batch_size` anchors at a time; their (anchor, text) pairs then run in batches of
         `batch_size`, each pair against its own anchor's rows of the prefix cache. So short
         candidate lists still fill the batches.
@@ -274,7 +276,7 @@ class MLLMJudge:
         encoded = {index: self.prompt_encoder.encode_images([images[index]]) for index, candidates in enumerate(texts) if candidates}
         by_prefix_length = defaultdict(list)
         for index, images_of_anchor in encoded.items():
-            by_prefix_length[images_of_anchor.num_tokens[0]].append(index)
+            by_prefix_length[len(self.prefix_ids(images_of_anchor, 0))].append(index)
         for indices in by_prefix_length.values():
             for start in range(0, len(indices), self.batch_size):
                 group = indices[start : start + self.batch_size]

@@ -102,8 +102,53 @@ def tiny_internvl(seed: int = 0) -> InternVLForConditionalGeneration:
     return InternVLForConditionalGeneration(config).eval()
 
 
+SMOLVLM_CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}"
+    "{% if message['content'] is string %}: {{ message['content'] }}"
+    "{% else %}{% if message['content'][0]['type'] == 'image' %}:{% else %}: {% endif %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}"
+    "{% elif part['type'] == 'image' %}<image>{% endif %}{% endfor %}{% endif %}"
+    "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+"""SmolVLM's chat template, less video: `<image>` where each image goes."""
+
+
+def tiny_idefics3_tokenizer():
+    """`modeling_maple.testing.tiny_tokenizer()` plus Idefics3/SmolVLM's image tokens (`<image>`,
+    `<fake_token_around_image>`, `<global-img>`, `<row_r_col_c>` up to 4 x 4) and SmolVLM's chat template."""
+    from modeling_maple.testing import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    grid_tags = [f"<row_{row}_col_{col}>" for row in range(1, 5) for col in range(1, 5)]
+    special = ["<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>", *grid_tags]
+    tokenizer.add_special_tokens({"additional_special_tokens": special})
+    tokenizer.chat_template = SMOLVLM_CHAT_TEMPLATE
+    return tokenizer
+
+
+def tiny_idefics3(seed: int = 0, *, model_type: str = "smolvlm"):
+    """A random tiny SmolVLM (or Idefics3, `model_type="idefics3"`): a two-layer vision tower on
+    16x16 tiles of 4x4 patches, 4 tokens per tile after the pixel shuffle; a two-layer Llama text
+    model; matching `tiny_idefics3_tokenizer()`."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    tokenizer = tiny_idefics3_tokenizer()
+    config = AutoConfig.for_model(
+        model_type,
+        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 16, "patch_size": 4},
+        text_config={
+            "model_type": "llama", "vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "pad_token_id": tokenizer.pad_token_id,
+        },
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        scale_factor=2,
+    )
+    torch.manual_seed(seed)
+    return AutoModelForImageTextToText.from_config(config).eval()
+
+
 def _tiny_model_tokenizer_and_image_processor(family: str, seed: int, image_size: int):
-    from transformers import CLIPImageProcessorPil, GotOcr2ImageProcessorPil
+    from transformers import CLIPImageProcessorPil, GotOcr2ImageProcessorPil, SmolVLMImageProcessorPil
 
     from modeling_maple.testing import tiny_image_processor, tiny_tokenizer
 
@@ -117,12 +162,18 @@ def _tiny_model_tokenizer_and_image_processor(family: str, seed: int, image_size
         # Tiles of 16x16, at most 4 per image plus a thumbnail, whatever `image_size` is.
         processor = GotOcr2ImageProcessorPil(size={"height": 16, "width": 16}, max_patches=4)
         return tiny_internvl(seed), tiny_internvl_tokenizer(), processor
-    raise ValueError(f"unknown tiny model family {family!r}: expected 'qwen2_vl', 'llava' or 'internvl'")
+    if family in ("idefics3", "smolvlm"):
+        # Images resized to at most 48 px, then split into 16x16 tiles (at most 3 x 3) plus a global view.
+        processor = SmolVLMImageProcessorPil(size={"longest_edge": 48}, max_image_size={"longest_edge": 16})
+        return tiny_idefics3(seed, model_type=family), tiny_idefics3_tokenizer(), processor
+    raise ValueError(
+        f"unknown tiny model family {family!r}: expected 'qwen2_vl', 'llava', 'internvl', 'idefics3' or 'smolvlm'"
+    )
 
 
 def tiny_judge(seed: int = 0, *, family: str = "qwen2_vl", image_size: int = 32, **judge_kwargs) -> MLLMJudge:
-    """An `MLLMJudge` on a random tiny model of `family` ("qwen2_vl", "llava" or "internvl");
-    Qwen2-VL resizes images to about image_size^2 pixels."""
+    """An `MLLMJudge` on a random tiny model of `family` ("qwen2_vl", "llava", "internvl", "idefics3"
+    or "smolvlm"); Qwen2-VL resizes images to about image_size^2 pixels."""
     from .judge import MLLMJudge
 
     model, tokenizer, image_processor = _tiny_model_tokenizer_and_image_processor(family, seed, image_size)

@@ -8,8 +8,8 @@ boundary between the image prefix and the text suffix anyway to reuse the prefix
 into one token per image feature, and builds the tensors the model family needs. One subclass per
 family; `prompt_encoder_for` picks it from the model config.
 
-Image loading, Qwen-VL token counts and placeholder expansion are `modeling_maple.processing_maple`'s
-(`load_image`, `qwen_vl_image_token_counts`, `expand_image_placeholders`), the ones `MapleProcessor`
+Image loading, Qwen-VL token counts and placeholder filling are `modeling_maple.processing_maple`'s
+(`load_image`, `qwen_vl_image_token_counts`, `fill_image_placeholders`), the ones `MapleProcessor`
 uses, so the judge, the captioner and the embedder build vision prompts the same way.
 """
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import PIL.Image
 import torch
 
-from modeling_maple.processing_maple import expand_image_placeholders, load_image, qwen_vl_image_token_counts
+from modeling_maple.processing_maple import fill_image_placeholders, load_image, qwen_vl_image_token_counts
 
 Message = dict[str, object]
 """One chat message: {"role": ..., "content": [{"type": "image"} | {"type": "text", "text": ...}]}."""
@@ -32,14 +32,20 @@ class EncodedImages:
     """Output of the image processor for a batch of images.
 
     pixel_values: the processed pixels, in the family's layout (Qwen2-VL: (total_patches, patch
-        features); LLaVA: (num_images, channels, height, width)).
+        features); LLaVA: (num_images, channels, height, width); InternVL, Idefics3: (total_tiles,
+        channels, height, width)).
     num_tokens: number of image placeholder tokens each image takes in the prompt.
-    extra: other per-batch tensors the model needs (Qwen2-VL: image_grid_thw (num_images, 3)).
+    extra: other per-batch tensors the model needs (Qwen2-VL: image_grid_thw (num_images, 3)),
+        first dimension along `pixel_values`'.
+    image_texts: the text each image's placeholder becomes in the prompt, for families that wrap or
+        tile it (InternVL's `<img>...</img>`, Idefics3's grid of tiles); None: the placeholder
+        repeated `num_tokens` times.
     """
 
     pixel_values: torch.Tensor
     num_tokens: list[int]
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    image_texts: list[str] | None = None
 
     @classmethod
     def concatenate(cls, parts: Sequence[EncodedImages]) -> EncodedImages:
@@ -48,7 +54,12 @@ class EncodedImages:
             pixel_values=torch.cat([part.pixel_values for part in parts]),
             num_tokens=[count for part in parts for count in part.num_tokens],
             extra={key: torch.cat([part.extra[key] for part in parts]) for key in parts[0].extra},
+            image_texts=None if parts[0].image_texts is None else [text for part in parts for text in part.image_texts],
         )
+
+    def image_text(self, index: int, placeholder: str) -> str:
+        """What the `index`-th image's `placeholder` becomes in the prompt."""
+        return placeholder * self.num_tokens[index] if self.image_texts is None else self.image_texts[index]
 
 
 class PromptEncoder:
@@ -91,12 +102,19 @@ class PromptEncoder:
     def _rgb(images: Sequence[PIL.Image.Image]) -> list[PIL.Image.Image]:
         return [load_image(image, index) for index, image in enumerate(images)]
 
-    def expand_images(self, text: str, image_token_counts: Sequence[int]) -> list[int]:
-        """Token ids of the rendered prompt `text` with its k-th image placeholder repeated
-        image_token_counts[k] times (a ValueError if the numbers of placeholders and images differ).
-        The placeholder is a special token, so expanding before or after tokenising is the same."""
-        expanded = expand_image_placeholders(text, image_token_counts, placeholder=self.image_token)
+    def expand_images(self, text: str, images: EncodedImages, indices: Sequence[int]) -> list[int]:
+        """Token ids of the rendered prompt `text` with its k-th image placeholder filled for image
+        `indices[k]` of `images` (`EncodedImages.image_text`; a ValueError if the numbers of
+        placeholders and images differ). Placeholders and the tokens they become are special
+        tokens, so filling before or after tokenising is the same."""
+        image_texts = [images.image_text(index, self.image_token) for index in indices]
+        expanded = fill_image_placeholders(text, image_texts, placeholder=self.image_token)
         return self.tokenizer(expanded, add_special_tokens=False)["input_ids"]
+
+    def _check_tokens(self, family: str, *tokens: str) -> None:
+        for token in tokens:
+            if self.tokenizer.convert_tokens_to_ids(token) in (None, self.tokenizer.unk_token_id):
+                raise ValueError(f"the tokenizer has no {token!r} token, which {family} prompts need around images")
 
     def pad(self, sequences: Sequence[Sequence[int]], *, padding_side: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(input_ids, attention_mask), both (batch, longest), padded on `padding_side`."""
@@ -179,17 +197,15 @@ class InternVLPromptEncoder(PromptEncoder):
     as `InternVLProcessor` does, and every tile becomes `(side / patch)^2 * downsample_ratio^2`
     tokens between `<img>` and `</img>`; plain 1-D positions.
 
-    The chat template emits one `<IMG_CONTEXT>` per image; `expand_images` turns it into
-    `<img>` + `<IMG_CONTEXT>` x tokens + `</img>`, so `num_tokens` counts the context tokens only.
+    The chat template emits one `<IMG_CONTEXT>` per image, which becomes `<img>` + `<IMG_CONTEXT>` x
+    tokens + `</img>`; `num_tokens` counts the context tokens only.
     """
 
     def __init__(self, config, tokenizer, image_processor, *, chat_template: str | None = None) -> None:
         super().__init__(config, tokenizer, image_processor, chat_template=chat_template)
         self.image_start = getattr(tokenizer, "start_image_token", None) or "<img>"
         self.image_end = getattr(tokenizer, "end_image_token", None) or "</img>"
-        for token in (self.image_start, self.image_end):
-            if tokenizer.convert_tokens_to_ids(token) in (None, tokenizer.unk_token_id):
-                raise ValueError(f"the tokenizer has no {token!r} token, which InternVL wraps every image in")
+        self._check_tokens("InternVL", self.image_start, self.image_end)
         vision = config.vision_config
         side, patch = _pair(vision.image_size), _pair(vision.patch_size)
         patches = (side[0] // patch[0]) * (side[1] // patch[1])
@@ -198,12 +214,49 @@ class InternVLPromptEncoder(PromptEncoder):
     def encode_images(self, images: Sequence[PIL.Image.Image]) -> EncodedImages:
         # InternVLProcessor tiles by default whatever the image processor's own setting says.
         processed = self.image_processor(images=self._rgb(images), crop_to_patches=True, return_tensors="pt")
-        tiles = [int(count) for count in processed["num_patches"]]
-        return EncodedImages(processed["pixel_values"], [count * self.tokens_per_tile for count in tiles])
+        num_tokens = [int(tiles) * self.tokens_per_tile for tiles in processed["num_patches"]]
+        image_texts = [self.image_start + self.image_token * count + self.image_end for count in num_tokens]
+        return EncodedImages(processed["pixel_values"], num_tokens, image_texts=image_texts)
 
-    def expand_images(self, text: str, image_token_counts: Sequence[int]) -> list[int]:
-        wrapped = text.replace(self.image_token, self.image_start + self.image_token + self.image_end)
-        return super().expand_images(wrapped, image_token_counts)
+
+class Idefics3PromptEncoder(PromptEncoder):
+    """Idefics3 and SmolVLM: an image is split into a grid of tiles of the vision tower's size plus
+    a downscaled global view, as their processors do (`do_image_splitting`); every tile becomes
+    `(side / patch)^2 / scale_factor^2` `<image>` tokens after `<fake_token_around_image>` and its
+    `<row_r_col_c>` tag, the global view after `<global-img>`; plain 1-D positions.
+
+    All images of a batch go to the model as one sample's images, (1, total_tiles, channels, height,
+    width), with their `pixel_attention_mask`: the model fills the `<image>` tokens of the whole
+    batch in reading order, so which prompt a tile belongs to follows from the prompts.
+    """
+
+    fake_token, global_token = "<fake_token_around_image>", "<global-img>"
+
+    def __init__(self, config, tokenizer, image_processor, *, chat_template: str | None = None) -> None:
+        super().__init__(config, tokenizer, image_processor, chat_template=chat_template)
+        self._check_tokens("Idefics3", self.fake_token, self.global_token)
+        vision = config.vision_config
+        self.tokens_per_tile = (vision.image_size // vision.patch_size) ** 2 // config.scale_factor**2
+
+    def encode_images(self, images: Sequence[PIL.Image.Image]) -> EncodedImages:
+        from transformers.models.smolvlm.processing_smolvlm import get_image_prompt_string
+
+        # One sample holding every image: (1, total_tiles, ...) and one row/column count per image.
+        processed = self.image_processor(images=self._rgb(images), return_row_col_info=True, return_tensors="pt")
+        grids = list(zip(processed["rows"][0], processed["cols"][0]))
+        image_texts = [
+            get_image_prompt_string(rows, cols, self.tokens_per_tile, self.fake_token, self.image_token, self.global_token)
+            for rows, cols in grids
+        ]
+        num_tokens = [(rows * cols + 1) * self.tokens_per_tile for rows, cols in grids]
+        extra = {"pixel_attention_mask": processed["pixel_attention_mask"][0]}
+        return EncodedImages(processed["pixel_values"][0], num_tokens, extra, image_texts=image_texts)
+
+    def model_inputs(self, sequences, images, *, padding_side):
+        inputs = super().model_inputs(sequences, images, padding_side=padding_side)
+        inputs["pixel_values"] = inputs["pixel_values"].unsqueeze(0)
+        inputs["pixel_attention_mask"] = inputs["pixel_attention_mask"].unsqueeze(0)
+        return inputs
 
 
 def _pair(value: int | Sequence[int]) -> tuple[int, int]:
@@ -223,6 +276,8 @@ PROMPT_ENCODERS: dict[str, type[PromptEncoder]] = {
     "qwen3_vl": QwenVLPromptEncoder,
     "llava": LlavaPromptEncoder,
     "internvl": InternVLPromptEncoder,
+    "idefics3": Idefics3PromptEncoder,
+    "smolvlm": Idefics3PromptEncoder,
 }
 """Model families the judge and the captioner can drive, by `config.model_type`."""
 

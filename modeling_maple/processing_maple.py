@@ -42,16 +42,19 @@ def qwen_vl_image_token_counts(image_grid_thw: torch.Tensor, merge_size: int) ->
     return (image_grid_thw.prod(dim=-1) // merge_size**2).tolist()
 
 
+def fill_image_placeholders(prompt: str, image_texts: Iterable[str], placeholder: str = IMAGE_PAD) -> str:
+    """Replace the i-th `placeholder` of `prompt` by `image_texts[i]` (a ValueError if the numbers of
+    placeholders and images differ)."""
+    pieces = prompt.split(placeholder)
+    image_texts = list(image_texts)
+    if len(pieces) - 1 != len(image_texts):
+        raise ValueError(f"prompt has {len(pieces) - 1} {placeholder} placeholders but {len(image_texts)} images")
+    return pieces[0] + "".join(image_text + piece for image_text, piece in zip(image_texts, pieces[1:]))
+
+
 def expand_image_placeholders(prompt: str, token_counts: Iterable[int], placeholder: str = IMAGE_PAD) -> str:
     """Replace the i-th `placeholder` of `prompt` by `token_counts[i]` copies of it, as the MLLM expects."""
-    pieces = prompt.split(placeholder)
-    token_counts = list(token_counts)
-    if len(pieces) - 1 != len(token_counts):
-        raise ValueError(f"prompt has {len(pieces) - 1} {placeholder} placeholders but {len(token_counts)} images")
-    expanded = [pieces[0]]
-    for count, piece in zip(token_counts, pieces[1:]):
-        expanded.append(placeholder * count + piece)
-    return "".join(expanded)
+    return fill_image_placeholders(prompt, [placeholder * count for count in token_counts], placeholder)
 
 
 class MapleProcessor(ProcessorMixin):
@@ -194,4 +197,4 @@ class MapleProcessor(ProcessorMixin):
         return cls(image_processor=image_processor, tokenizer=tokenizer, backbone=backbone, **kwargs)
 
 
-__all__ = ["MapleProcessor", "expand_image_placeholders", "load_image", "qwen_vl_image_token_counts"]
+__all__ = ["MapleProcessor", "expand_image_placeholders", "fill_image_placeholders", "load_image", "qwen_vl_image_token_counts"]

@@ -66,7 +66,7 @@ def test_bad_settings_and_mismatched_inputs_are_rejected():
         tiny_captioner().caption(ANCHORS, NEGATIVES[:1])
 
 
-@pytest.mark.parametrize("family", ["llava", "internvl"])
+@pytest.mark.parametrize("family", ["llava", "internvl", "smolvlm"])
 def test_other_families_caption_from_both_images(family):
     captioner = tiny_captioner(seed=0, family=family, num_samples=2, max_new_tokens=4)
     torch.manual_seed(0)

@@ -184,8 +184,8 @@ def test_unsupported_model_family_and_bad_prompt_fail_before_any_work():
     judge_model = tiny_qwen2_vl()
     with pytest.raises(ValueError, match=r"\{text\}"):
         MLLMJudge(judge_model, tiny_tokenizer(), tiny_image_processor(), prompt="Is this right?")
-    judge_model.config.model_type = "idefics3"
-    with pytest.raises(NotImplementedError, match="idefics3"):
+    judge_model.config.model_type = "llava_next"
+    with pytest.raises(NotImplementedError, match="llava_next"):
         MLLMJudge(judge_model, tiny_tokenizer(), tiny_image_processor())
 
 
@@ -301,6 +301,49 @@ def test_internvl_tokenizer_without_image_brackets_is_refused():
         InternVLPromptEncoder(model.config, tokenizer, None)
 
 
+@pytest.mark.parametrize("family", ["smolvlm", "idefics3"])
+def test_idefics3_family_judge_paths_agree_and_match_the_official_processor(family):
+    """Idefics3 / SmolVLM: images split into a grid of tiles plus a global view, each tile tagged
+    <row_r_col_c>; the judge's ids and pixels are those `Idefics3Processor` builds (SmolVLM's prompt
+    strings are the same), and both scoring paths and the plain forward agree."""
+    from transformers import Idefics3ImageProcessorPil, Idefics3Processor
+
+    from dataset_builders.testing import tiny_idefics3_tokenizer
+
+    judge = tiny_judge(seed=4, family=family, batch_size=2)
+    with torch.no_grad():
+        for parameter in judge.model.parameters():
+            parameter.normal_(0.0, 0.3)
+    # 40x24 and 24x40 take equally many image tokens in 2 x 3 and 3 x 2 tiles, but their prompts
+    # differ in length (one newline per row): they must not share a prefix batch.
+    images = [*IMAGES, _noise_image(3, (24, 40))]
+    texts = [*TEXTS, ["a", "bc"]]
+    encoded = judge.prompt_encoder.encode_images(images)
+    assert encoded.num_tokens[1] == encoded.num_tokens[3] == (2 * 3 + 1) * 4
+    reused = judge.score(images, texts)
+    for a, b in zip(reused, judge.score(images, texts, reuse_prefix=False)):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    single = judge.prompt_encoder.encode_images(images[1:2])
+    ids = judge.prefix_ids(single, 0) + judge.suffix_ids([texts[1][1]])[0]
+    with torch.no_grad():
+        logits = judge.model(**judge.prompt_encoder.model_inputs([ids], single, padding_side="right")).logits[0, -1]
+    assert abs(torch.softmax(logits[[judge.yes_id, judge.no_id]], dim=-1)[0].item() - reused[1][1].item()) < 1e-5
+
+    tokenizer = tiny_idefics3_tokenizer()
+    official = Idefics3Processor(
+        image_processor=Idefics3ImageProcessorPil(size={"longest_edge": 48}, max_image_size={"longest_edge": 16}),
+        tokenizer=tokenizer, image_seq_len=4, chat_template=tokenizer.chat_template,
+    )
+    question = judge.prompt.format(text=texts[1][2])
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    prompt = official.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    for image in images[1:]:
+        expected = official(text=[prompt], images=[[image]], add_special_tokens=False, return_tensors="pt")
+        single = judge.prompt_encoder.encode_images([image])
+        assert judge.prefix_ids(single, 0) + judge.suffix_ids([texts[1][2]])[0] == expected["input_ids"][0].tolist()
+        torch.testing.assert_close(single.pixel_values, expected["pixel_values"][0])
+
+
 @pytest.mark.parametrize(
     "call, message",
     [
@@ -340,20 +383,20 @@ def test_vision_tokens_come_from_the_processors_shared_helpers(sharp_judge, monk
 
         return wrapper
 
-    for name in ("qwen_vl_image_token_counts", "expand_image_placeholders"):
+    for name in ("qwen_vl_image_token_counts", "fill_image_placeholders"):
         monkeypatch.setattr(vlm_inputs, name, spy(name))
     encoder = sharp_judge.prompt_encoder
     encoded = encoder.encode_images(IMAGES[:2])
     grid = encoded.extra["image_grid_thw"]
     assert encoded.num_tokens == [int(row.prod()) // encoder.image_processor.merge_size**2 for row in grid]
-    ids = encoder.expand_images(sharp_judge.prefix_text, encoded.num_tokens[1:])
-    assert calls == ["qwen_vl_image_token_counts", "expand_image_placeholders"]
+    ids = encoder.expand_images(sharp_judge.prefix_text, encoded, [1])
+    assert calls == ["qwen_vl_image_token_counts", "fill_image_placeholders"]
     expanded = processing_maple.expand_image_placeholders(sharp_judge.prefix_text, encoded.num_tokens[1:], encoder.image_token)
     assert ids == encoder.tokenizer(expanded, add_special_tokens=False)["input_ids"]
     assert ids == sharp_judge.prefix_ids(encoded, 1)
     assert ids.count(encoder.image_token_id) == encoded.num_tokens[1]
     with pytest.raises(ValueError, match="placeholders but 2 images"):
-        encoder.expand_images(sharp_judge.prefix_text, [4, 4])
+        encoder.expand_images(sharp_judge.prefix_text, encoded, [0, 1])
 
 
 def _truncated_png() -> Image.Image:
