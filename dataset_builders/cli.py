@@ -39,13 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", default="paper", choices=[config.name for config in MaplePreferences.BUILDER_CONFIGS], help="named recipe: 'paper' (generated contrastive captions) or 'corpus-captions' (the hard negatives' own captions, no captioner)")
 
     components = parser.add_argument_group("models (a Hub id or local path, or module:factory for any object implementing the protocol)")
-    components.add_argument("--judge", action="append", required=True, metavar="ID", help="MLLM judge (paper: Qwen/Qwen2-VL-7B-Instruct); repeat to average several judges")
+    components.add_argument("--judge", action="append", required=True, metavar="ID", help="MLLM judge (paper: Qwen/Qwen2-VL-7B-Instruct; also OpenGVLab/InternVL3-1B-hf, HuggingFaceTB/SmolVLM-Instruct, ...: Qwen2/2.5/3-VL, LLaVA, InternVL, Idefics3/SmolVLM families); repeat to average several judges")
     components.add_argument("--captioner", metavar="ID", help="contrastive captioner (paper: Qwen/Qwen2.5-VL-72B-Instruct); required by the 'paper' config")
     components.add_argument("--miner", default="facebook/dinov2-base", metavar="ID", help="image encoder for hard-negative mining and SemDeDup")
     components.add_argument("--device", default=None, help="device for the models; default: this rank's GPU if any, else cpu")
     components.add_argument("--device-map", default=None, help="device_map for the judge and captioner (e.g. 'auto' to spread a 72B captioner over this machine's GPUs); overrides --device for them")
     components.add_argument("--dtype", default="auto", help="weights dtype of the judge and captioner (auto, bfloat16, float16, float32)")
-    components.add_argument("--max-pixels", type=int, default=None, help="cap on image pixels seen by the judge and captioner (paper: 384*384 for training images)")
+    components.add_argument("--max-pixels", type=int, default=None, help="cap on image pixels seen by the judge and captioner (paper: 384*384 for training images); Qwen-VL family models only")
 
     recipe = parser.add_argument_group("recipe")
     recipe.add_argument("--num-hard-negatives", type=int, default=None, help="K hard-negative images per anchor (config default: 3)")

@@ -314,24 +314,47 @@ def load_vlm(
     model_kwargs: dict | None = None,
 ) -> LoadedVLM:
     """Load an image-text-to-text model by Hub id or local path, after checking its family is
-    supported (so an unsupported id fails before any weights are downloaded).
+    supported and its image processor settings (so bad input fails before any weights are
+    downloaded).
 
     Args:
         device: where the model goes; ignored when `model_kwargs` holds a `device_map` (large
             models such as a 72B captioner spread over several GPUs).
         dtype: weights dtype ("auto": as saved).
-        image_processor_kwargs: e.g. `{"max_pixels": 384 * 384}` for Qwen2-VL.
+        image_processor_kwargs: settings of the image processor, e.g. `{"max_pixels": 384 * 384}` for
+            Qwen2-VL, `{"max_patches": 6}` (tiles per image) for InternVL; one it does not have is a
+            ValueError.
         model_kwargs: more `from_pretrained` arguments (`device_map`, `attn_implementation`, ...).
     """
     from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
     check_supported(AutoConfig.from_pretrained(model_id_or_path))
+    image_processor = AutoImageProcessor.from_pretrained(model_id_or_path, **(image_processor_kwargs or {}))
+    _check_image_processor_kwargs(model_id_or_path, image_processor, image_processor_kwargs or {})
+    tokenizer = AutoTokenizer.from_pretrained(model_id_or_path)
     model_kwargs = dict(model_kwargs or {})
     model = AutoModelForImageTextToText.from_pretrained(model_id_or_path, dtype=dtype, **model_kwargs)
     if "device_map" not in model_kwargs and device is not None:
         model = model.to(device)
-    return LoadedVLM(
-        model=model,
-        tokenizer=AutoTokenizer.from_pretrained(model_id_or_path),
-        image_processor=AutoImageProcessor.from_pretrained(model_id_or_path, **(image_processor_kwargs or {})),
-    )
+    return LoadedVLM(model=model, tokenizer=tokenizer, image_processor=image_processor)
+
+
+def _check_image_processor_kwargs(model_id_or_path: str, image_processor, kwargs: dict) -> None:
+    """Raise a ValueError for a setting that did not change the loaded image processor:
+    `from_pretrained` silently drops keyword arguments the processor class does not know (Qwen-VL's
+    `max_pixels` is known but stored as `size["longest_edge"]`, so attributes alone cannot tell)."""
+    from transformers import AutoImageProcessor
+
+    if not kwargs:
+        return
+    plain = AutoImageProcessor.from_pretrained(model_id_or_path).to_dict()
+    for key, value in kwargs.items():
+        if hasattr(image_processor, key):
+            continue
+        if AutoImageProcessor.from_pretrained(model_id_or_path, **{key: value}).to_dict() == plain:
+            raise ValueError(
+                f"{model_id_or_path}: {key}={value!r} changes nothing in its image processor "
+                f"({type(image_processor).__name__}): not one of its settings, or already its value. "
+                "Image size settings differ by family: Qwen-VL max_pixels, InternVL max_patches (tiles), "
+                "Idefics3/SmolVLM size={'longest_edge': ...}"
+            )

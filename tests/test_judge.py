@@ -234,6 +234,12 @@ def test_from_pretrained_loads_a_saved_judge(tmp_path):
     assert loaded.name == str(tmp_path)
     for a, b in zip(loaded.score(IMAGES, TEXTS), source.score(IMAGES, TEXTS)):
         torch.testing.assert_close(a, b)
+    # Qwen-VL's max_pixels is applied (it lives in size["longest_edge"], not as an attribute) ...
+    capped = MLLMJudge.from_pretrained(str(tmp_path), loading_kwargs={"dtype": torch.float32, "image_processor_kwargs": {"max_pixels": 16 * 16}})
+    assert capped.prompt_encoder.encode_images(IMAGES[:1]).num_tokens == [4]
+    # ... while a setting of another family's processor would be dropped silently by from_pretrained.
+    with pytest.raises(ValueError, match=r"max_patches=3 changes nothing in its image processor \(Qwen2VLImageProcessor"):
+        MLLMJudge.from_pretrained(str(tmp_path), loading_kwargs={"image_processor_kwargs": {"max_patches": 3}})
 
 
 def test_llava_judge_paths_agree_with_each_other_and_the_plain_forward():
