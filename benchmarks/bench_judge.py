@@ -49,12 +49,12 @@ def synchronise(device: torch.device) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=None, help="Hub id or path of a real Qwen2-VL judge (default: tiny random judge)")
+    parser.add_argument("--model", default=None, help="Hub id or path of a real judge of a supported family (default: tiny random Qwen2-VL judge)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--anchors", type=int, default=8)
     parser.add_argument("--candidates", type=int, default=8, help="candidate texts per anchor (paper pool: 6-8)")
-    parser.add_argument("--image-size", type=int, default=128, help="pixels per side; 128 -> 256 image tokens")
+    parser.add_argument("--image-size", type=int, default=128, help="pixels per side; 128 -> 256 image tokens (Qwen-VL judges)")
     parser.add_argument("--caption-words", type=int, default=12, help="words per caption (about 16 tokens)")
     parser.add_argument("--batch-size", type=int, default=8, help="pairs (or suffixes) per forward, both paths")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per path, interleaved; the fastest is reported (as timeit does: on a shared machine slower runs measure the neighbours)")
@@ -63,7 +63,11 @@ def main() -> None:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     if args.model:
-        pixels = {"min_pixels": args.image_size**2, "max_pixels": args.image_size**2}
+        from transformers import AutoConfig
+
+        # Only Qwen-VL processors take a pixel budget; other families tile images their own way.
+        qwen_vl = AutoConfig.from_pretrained(args.model).model_type in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+        pixels = {"min_pixels": args.image_size**2, "max_pixels": args.image_size**2} if qwen_vl else None
         judge = MLLMJudge.from_pretrained(
             args.model, batch_size=args.batch_size,
             loading_kwargs={"device": device, "dtype": dtype, "image_processor_kwargs": pixels},
