@@ -76,9 +76,10 @@ class MapleProcessor(ProcessorMixin):
         max_text_length (`int`, *optional*): truncate each text to this many tokens before it is put
             into `text_prompt`, so a long text never cuts off the instruction. Dual encoders
             otherwise truncate to the tokenizer's `model_max_length` (77 for CLIP).
-        text_padding (`str`, defaults to `"longest"`): `"longest"` or `"max_length"` (pads to
-            `max_text_length`, or `model_max_length`; SigLIP's text tower pools the last position
-            and needs it).
+        text_padding (`str`, defaults to `"longest"`): `"longest"` or `"max_length"` (every text
+            prompt padded to the same length: `max_text_length` tokens plus the template's and the
+            special tokens, or without `max_text_length` the tower's `model_max_length`; SigLIP's
+            text tower pools the last position and needs it).
     """
 
     def __init__(
@@ -135,14 +136,11 @@ class MapleProcessor(ProcessorMixin):
             texts = [self._truncate(text) for text in texts]
         prompts = [self.text_prompt.format(text=text) for text in texts]
         model_limit = self._text_tower_limit()
-        padded_length = self.max_text_length or model_limit
-        encoded = self.tokenizer(
-            prompts,
-            padding="max_length" if self.text_padding == "max_length" else True,
-            truncation=model_limit is not None,
-            max_length=padded_length if self.text_padding == "max_length" else model_limit,
-            return_tensors="pt",
-        )
+        encoded = self.tokenizer(prompts, truncation=model_limit is not None, max_length=model_limit)
+        length = max(len(ids) for ids in encoded["input_ids"])
+        if self.text_padding == "max_length":
+            length = max(length, self._max_length_padding(model_limit))
+        encoded = self.tokenizer.pad(encoded, padding="max_length", max_length=length, return_tensors="pt")
         inputs = {"input_ids": encoded["input_ids"]}
         # Towers trained without a text mask (SigLIP) have tokenizers that return none; follow them.
         if "attention_mask" in encoded:
@@ -154,6 +152,16 @@ class MapleProcessor(ProcessorMixin):
         # tokenizer records (transformers' sentinel for "unset" is a huge integer).
         limit = self.tokenizer.model_max_length
         return limit if self.backbone == "dual_encoder" and limit < 1_000_000 else None
+
+    def _max_length_padding(self, model_limit: int | None) -> int:
+        """Length of every text prompt under `text_padding="max_length"`: the longest prompt a text
+        of `max_text_length` tokens makes (the template and the special tokens included), capped by
+        the tower's limit; without `max_text_length`, the tower's limit (64 for SigLIP)."""
+        if self.max_text_length is None:
+            return model_limit
+        template_tokens = len(self.tokenizer(self.text_prompt.format(text=""))["input_ids"])
+        length = self.max_text_length + template_tokens
+        return length if model_limit is None else min(length, model_limit)
 
     def _truncate(self, text: str) -> str:
         token_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]

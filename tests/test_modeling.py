@@ -244,6 +244,22 @@ def test_long_texts_keep_the_instruction_and_fit_the_tower():
     assert dual_processor(text=["a red circle"])["input_ids"].shape[0] == 1
 
 
+@pytest.mark.parametrize("backbone", ["mllm", "dual_encoder"])
+def test_max_length_padding_keeps_max_text_length_tokens_of_every_text(backbone):
+    _, processor = build_tiny(backbone=backbone)
+    padded = MapleProcessor(
+        processor.image_processor, processor.tokenizer, backbone=backbone, max_text_length=4, text_padding="max_length"
+    )
+    texts = ["a big red circle left of a small blue square", "a"]
+    batch = padded(text=texts)
+    template = len(processor.tokenizer(padded.text_prompt.format(text=""))["input_ids"])
+    assert batch["input_ids"].shape == (2, 4 + template)
+    kept = processor.tokenizer.decode(batch["input_ids"][0][batch["attention_mask"][0].bool()], skip_special_tokens=True)
+    four_tokens = processor.tokenizer.decode(processor.tokenizer(texts[0], add_special_tokens=False)["input_ids"][:4])
+    assert four_tokens in kept
+    assert batch["attention_mask"][1].sum() < batch["attention_mask"][0].sum()
+
+
 def test_image_placeholders_expand_to_one_token_per_merged_patch():
     assert qwen_vl_image_token_counts(torch.tensor([[1, 4, 4], [1, 2, 6]]), merge_size=2) == [4, 3]
     assert expand_image_placeholders("<|image_pad|> and <|image_pad|>", [2, 1]) == "<|image_pad|><|image_pad|> and <|image_pad|>"
