@@ -117,8 +117,7 @@ class MapleModel(MaplePreTrainedModel):
         if config.backbone == "mllm":
             self.mllm = mllm if mllm is not None else AutoModel.from_config(config.mllm_config)
             hidden_size = config.mllm_config.get_text_config().hidden_size
-            if config.bidirectional:
-                self._make_bidirectional()
+            self._set_attention_direction(bidirectional=config.bidirectional)
             self.projection = (
                 nn.Linear(hidden_size, config.projection_dim, bias=False) if config.projection_dim else None
             )
@@ -131,15 +130,17 @@ class MapleModel(MaplePreTrainedModel):
         self.preference_logit_scale = nn.Parameter(torch.tensor(config.preference_logit_scale_init_value))
         self.post_init()
 
-    def _make_bidirectional(self) -> None:
+    def _set_attention_direction(self, bidirectional: bool) -> None:
         # Two switches: the language model's mask factory builds a bidirectional (padding-only) mask
         # when its config says `is_causal=False`, and SDPA falls back to each attention module's own
-        # `is_causal` flag when no mask is materialised (an unpadded batch).
+        # `is_causal` flag when no mask is materialised (an unpadded batch). Set both ways: a
+        # bidirectional checkpoint saves `is_causal=False` in its language model's config, which
+        # `bidirectional=False` must undo.
         language_model = self.mllm.language_model
-        language_model.config.is_causal = False
+        language_model.config.is_causal = not bidirectional
         for module in language_model.modules():
             if hasattr(module, "is_causal"):
-                module.is_causal = False
+                module.is_causal = not bidirectional
 
     # ------------------------------------------------------------------ embeddings
 

@@ -98,17 +98,24 @@ def test_other_qwen_vl_families_embed_and_ignore_padding(mllm_type, tmp_path):
 
 @pytest.mark.parametrize("mllm_type", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 @pytest.mark.parametrize("bidirectional", [True, False])
-def test_bidirectional_attention_lets_early_tokens_see_later_ones(bidirectional, mllm_type):
+def test_bidirectional_attention_lets_early_tokens_see_later_ones(bidirectional, mllm_type, tmp_path):
     torch.manual_seed(0)
     config = MapleConfig(backbone="mllm", mllm_config=tiny_mllm_config(mllm_type), bidirectional=bidirectional)
     model = MapleModel(config).eval()
     input_ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
     changed = input_ids.clone()
     changed[0, -1] = 11
-    first = model.mllm(input_ids=input_ids).last_hidden_state
-    second = model.mllm(input_ids=changed).last_hidden_state
-    early_token_moved = not torch.allclose(first[0, 0], second[0, 0])
-    assert early_token_moved == bidirectional
+
+    def early_token_moved(model: MapleModel) -> bool:
+        first = model.mllm(input_ids=input_ids).last_hidden_state
+        second = model.mllm(input_ids=changed).last_hidden_state
+        return not torch.allclose(first[0, 0], second[0, 0])
+
+    assert early_token_moved(model) == bidirectional
+    # A checkpoint records its language model's direction; loading it the other way must switch it.
+    model.save_pretrained(tmp_path)
+    switched = MapleModel.from_pretrained(tmp_path, bidirectional=not bidirectional).eval()
+    assert early_token_moved(switched) == (not bidirectional)
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
