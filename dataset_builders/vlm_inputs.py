@@ -340,21 +340,15 @@ def load_vlm(
 
 
 def _check_image_processor_kwargs(model_id_or_path: str, image_processor, kwargs: dict) -> None:
-    """Raise a ValueError for a setting that did not change the loaded image processor:
-    `from_pretrained` silently drops keyword arguments the processor class does not know (Qwen-VL's
-    `max_pixels` is known but stored as `size["longest_edge"]`, so attributes alone cannot tell)."""
-    from transformers import AutoImageProcessor
-
-    if not kwargs:
-        return
-    plain = AutoImageProcessor.from_pretrained(model_id_or_path).to_dict()
-    for key, value in kwargs.items():
-        if hasattr(image_processor, key):
-            continue
-        if AutoImageProcessor.from_pretrained(model_id_or_path, **{key: value}).to_dict() == plain:
-            raise ValueError(
-                f"{model_id_or_path}: {key}={value!r} changes nothing in its image processor "
-                f"({type(image_processor).__name__}): not one of its settings, or already its value. "
-                "Image size settings differ by family: Qwen-VL max_pixels, InternVL max_patches (tiles), "
-                "Idefics3/SmolVLM size={'longest_edge': ...}"
-            )
+    """Raise a ValueError for a setting the loaded image processor does not have: `from_pretrained`
+    silently drops keyword arguments the processor class does not know. A setting is known if it
+    is an attribute or one of the class's `valid_kwargs` (Qwen-VL's `max_pixels` is stored as
+    `size["longest_edge"]`, so attributes alone cannot tell)."""
+    known = {key for typed_dict in type(image_processor).valid_kwargs.__mro__ for key in getattr(typed_dict, "__annotations__", {})}
+    unknown = [key for key in kwargs if key not in known and not hasattr(image_processor, key)]
+    if unknown:
+        raise ValueError(
+            f"{model_id_or_path}: {', '.join(unknown)} is not a setting of its image processor "
+            f"({type(image_processor).__name__}). Image size settings differ by family: Qwen-VL max_pixels, "
+            "InternVL max_patches (tiles), Idefics3/SmolVLM size={'longest_edge': ...}"
+        )
