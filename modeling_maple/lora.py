@@ -27,7 +27,11 @@ from .modeling_maple import MapleModel
 # uses other names (`qkv`, `proj`, `fc1`, `fc2`) and the regex is anchored on `language_model`.
 MLLM_LORA_TARGETS = r".*\.language_model\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 # Attention projections of CLIP/SigLIP-style (`*_proj`) and BERT-style (`query`/`key`/`value`) towers.
-DUAL_ENCODER_LORA_TARGETS = r".*(vision_tower|text_tower)\..*\.(q_proj|k_proj|v_proj|out_proj|query|key|value)"
+# SigLIP's pooling head is excluded: its `head.attention` is a `torch.nn.MultiheadAttention`, which
+# reads `out_proj.weight` directly, so a LoRA layer there would never be used or trained.
+DUAL_ENCODER_LORA_TARGETS = (
+    r".*(vision_tower|text_tower)\.(?!(.*\.)?head\.attention\.).*\.(q_proj|k_proj|v_proj|out_proj|query|key|value)"
+)
 
 
 def maple_lora_config(

@@ -235,6 +235,9 @@ def test_from_backbone_siglip_keeps_towers_with_identity_projections(tmp_path):
     torch.testing.assert_close(ours.image_embeds, torch.nn.functional.normalize(reference.image_embeds, dim=-1))
     model.save_pretrained(tmp_path / "maple")  # a SigLIP text tower rebuilds from its config alone
     torch.testing.assert_close(AutoModel.from_pretrained(tmp_path / "maple")(**batch).text_embeds, ours.text_embeds)
+    # LoRA adapts the towers' attention, not the pooling head's nn.MultiheadAttention (which would bypass it).
+    adapted = [name for name, _ in get_peft_model(model, maple_lora_config(model)).named_modules() if name.endswith(".lora_A")]
+    assert adapted and not any(".head." in name for name in adapted)
 
 
 def test_long_texts_keep_the_instruction_and_fit_the_tower():
