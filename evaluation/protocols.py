@@ -1,7 +1,8 @@
 """The paper's evaluation protocols on an embedder: retrieval recall, group scores, modality gap.
 
-Every function takes a MAPLE model (anything with `encode(processor, texts=..., images=...)`
-returning L2-normalised embeddings) and its processor; similarities are cosines.
+Every function takes a MAPLE model (anything with `encode(processor, texts=..., images=...)`) and
+its processor; embeddings are L2-normalised here (a model with `normalize=False` returns raw ones),
+so similarities are cosines.
 """
 
 from __future__ import annotations
@@ -10,12 +11,19 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from .metrics import DEFAULT_KS, group_score_hits, modality_gap_from_quadruples, recall_from_ranks
 from .retrieval import chunked_ranks
 
 Quadruples = Sequence[Sequence[Any]]  # each (image0, image1, text0, text1), e.g. `benchmarks.Quadruple`
 HISTOGRAM_BINS = 40  # over the cosine range [-1, 1]
+
+
+def _encode(model, processor, texts: Sequence[str], images: Sequence[Any], batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(text_embeds, image_embeds), L2-normalised."""
+    text_embeds, image_embeds = model.encode(processor, texts=texts, images=images, batch_size=batch_size)
+    return F.normalize(text_embeds, dim=-1), F.normalize(image_embeds, dim=-1)
 
 
 def evaluate_retrieval(
@@ -36,7 +44,7 @@ def evaluate_retrieval(
     for image_captions in captions_per_image:
         captions_of_image.append(list(range(start, start + len(image_captions))))
         start += len(image_captions)
-    text_embeds, image_embeds = model.encode(processor, texts=captions, images=images, batch_size=batch_size)
+    text_embeds, image_embeds = _encode(model, processor, captions, images, batch_size)
     result: dict[str, float] = {}
     for direction, ranks in (
         ("i2t", chunked_ranks(image_embeds, text_embeds, captions_of_image)),
@@ -71,7 +79,7 @@ def quadruple_similarities(model, processor, quadruples: Quadruples, batch_size:
     if len(quadruples) == 0:
         raise ValueError("quadruples: got none")
     texts = [text for quadruple in quadruples for text in (quadruple[2], quadruple[3])]
-    text_embeds, image_embeds = model.encode(processor, texts=texts, images=_QuadrupleImages(quadruples), batch_size=batch_size)
+    text_embeds, image_embeds = _encode(model, processor, texts, _QuadrupleImages(quadruples), batch_size)
     text_pairs = text_embeds.view(len(quadruples), 2, -1)
     image_pairs = image_embeds.view(len(quadruples), 2, -1)
     image_text = torch.einsum("nid,njd->nij", image_pairs, text_pairs)  # [n, image, text]

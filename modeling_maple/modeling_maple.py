@@ -280,8 +280,8 @@ class MapleModel(MaplePreTrainedModel):
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Embed lists of texts and/or images (PIL images or image file paths) in batches.
 
-        Returns normalised CPU tensors: `(num_texts, D)` and/or `(num_images, D)`; with both inputs, the
-        tuple `(text_embeds, image_embeds)`.
+        Returns float32 CPU tensors, L2-normalised unless `config.normalize` is False: `(num_texts, D)`
+        and/or `(num_images, D)`; with both inputs, the tuple `(text_embeds, image_embeds)`.
         """
         if texts is None and images is None:
             raise ValueError("encode() needs `texts`, `images` or both.")

@@ -9,7 +9,7 @@ import torch
 from evaluation.benchmarks import load_benchmark
 from evaluation.cli import main
 from evaluation.metrics import group_scores, modality_gap_from_quadruples, retrieval_recall
-from evaluation.protocols import evaluate_quadruples, evaluate_retrieval
+from evaluation.protocols import evaluate_quadruples, evaluate_retrieval, quadruple_similarities
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +63,19 @@ def test_quadruple_protocol_equals_group_scores(tiny, benchmark_sources):
     assert (sum(histograms["matched"]), sum(histograms["mismatched"]), sum(histograms["text_text"])) == (6, 6, 3)
     bin_of_s00 = int((similarities[0, 0].item() + 1) / 2 * 40)
     assert histograms["matched"][bin_of_s00] >= 1
+
+
+def test_protocols_use_cosines_for_a_model_without_normalisation(tiny, benchmark_sources):
+    model, processor, _ = tiny
+    raw = type(model)(model.config.__class__.from_dict({**model.config.to_dict(), "normalize": False})).eval()
+    raw.load_state_dict(model.state_dict())
+    assert not torch.allclose(raw.encode(processor, texts=["a red circle"]).norm(dim=-1), torch.ones(1))
+    bivlc = load_benchmark("bivlc", str(benchmark_sources["bivlc"]))
+    coco = load_benchmark("coco", str(benchmark_sources["coco"]))
+    for got, want in zip(quadruple_similarities(raw, processor, bivlc.quadruples), quadruple_similarities(model, processor, bivlc.quadruples)):
+        torch.testing.assert_close(got, want)
+    retrieval = (coco.images, coco.captions_per_image)
+    assert evaluate_retrieval(raw, processor, *retrieval) == pytest.approx(evaluate_retrieval(model, processor, *retrieval))
 
 
 def test_cli_compares_models_writes_tables_and_resumes(tiny, benchmark_sources, tmp_path, capsys):
