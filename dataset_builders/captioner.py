@@ -23,7 +23,9 @@ DEFAULT_CAPTION_PROMPT = (
 )
 """The paper does not publish its captioning prompt; this one asks for what the paper describes."""
 
-_LABELLED_LINE = re.compile(r"^\s*(?:\*\*)?(?:image|caption)\s*\d+\s*(?:\*\*)?\s*[:.\-)]\s*(?:\*\*)?\s*(.+?)\s*$", re.I)
+# The caption may be empty ("Image 2:" and nothing after it): the line still counts as labelled,
+# so the answer is not taken whole, and the empty caption is dropped.
+_LABELLED_LINE = re.compile(r"^\s*(?:\*\*)?(?:image|caption)\s*\d+\s*(?:\*\*)?\s*[:.\-)]\s*(?:\*\*)?\s*(.*?)\s*$", re.I)
 
 
 def parse_captions(generated: str) -> list[str]:

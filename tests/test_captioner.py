@@ -79,3 +79,9 @@ def test_captions_repeated_within_one_answer_are_kept_once(monkeypatch):
     answers = ["Image 1: a red cube\nImage 2: a red cube", "Image 1: a blue cube\nImage 2: a red cube\nImage 3: a blue cube"]
     monkeypatch.setattr(captioner, "_generate", lambda pairs: answers[: len(pairs)])
     assert captioner.caption(ANCHORS[:1], NEGATIVES[:1]) == [["a red cube", "a blue cube"]]
+
+
+def test_labelled_lines_with_nothing_after_the_label_give_no_caption():
+    """Before the fix the lazy `(.+?)` captured a lone space: "Image 1:  " gave the caption ' '."""
+    assert parse_captions("Image 1:  \nImage 2: a cat") == ["a cat"]
+    assert parse_captions("Image 1: \t \nImage 2:") == []
