@@ -31,7 +31,6 @@ CARD_HYPERPARAMETERS = (
 _SUMMARY_LOG_KEYS = {"step", "epoch", "total_flos", "train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss"}
 RETRIEVAL_METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
 QUADRUPLE_METRICS = ("text_score", "image_score", "group_score")
-GAP_METRICS = ("w_dist", "w_disc", "delta_gap")
 _METRIC_NAMES = {
     "i2t_r1": "Image→text R@1", "i2t_r5": "Image→text R@5", "i2t_r10": "Image→text R@10",
     "t2i_r1": "Text→image R@1", "t2i_r5": "Text→image R@5", "t2i_r10": "Text→image R@10",
@@ -69,7 +68,9 @@ def _eval_results(eval_results: Mapping[str, Mapping[str, Any]]) -> list[EvalRes
                             metric_value=round(float(values[key]), 2),
                         )
                     )
-        if "modality_gap" in metrics:
+        # An infinite gap (no discrimination at all) stays in the card's table but not in the
+        # model-index, whose YAML metric values must be finite numbers.
+        if "modality_gap" in metrics and math.isfinite(metrics["modality_gap"]["delta_gap"]):
             results.append(
                 EvalResult(
                     task_type="image-text-matching",
@@ -187,14 +188,15 @@ def plot_similarity_histograms(eval_results: Mapping[str, Mapping[str, Any]], pa
     return True
 
 
-def _as_dict(training_config: Any) -> dict[str, Any]:
-    if training_config is None:
+def _as_dict(config: Any) -> dict[str, Any]:
+    """A config (training or model) as a dict: None -> {}, a mapping, or an object with `to_dict()`."""
+    if config is None:
         return {}
-    if isinstance(training_config, Mapping):
-        return dict(training_config)
-    if hasattr(training_config, "to_dict"):
-        return training_config.to_dict()
-    raise TypeError(f"training_config: expected a mapping or an object with to_dict(), got {type(training_config).__name__}")
+    if isinstance(config, Mapping):
+        return dict(config)
+    if hasattr(config, "to_dict"):
+        return config.to_dict()
+    raise TypeError(f"expected a config mapping or an object with to_dict(), got {type(config).__name__}")
 
 
 def _finetuning_description(lora: Mapping[str, Any] | None) -> str:
@@ -203,6 +205,18 @@ def _finetuning_description(lora: Mapping[str, Any] | None) -> str:
     targets = lora.get("target_modules")
     targets = ", ".join(sorted(targets)) if isinstance(targets, (list, set, tuple)) else targets
     return f"LoRA (rank {lora.get('r')}, alpha {lora.get('lora_alpha')}) on `{targets}`"
+
+
+def _backbone_description(backbone: str, model_config: Mapping[str, Any]) -> str:
+    """E.g. "a multimodal LLM (qwen2_vl) used as a dual encoder (bidirectional attention, mean pooling)"."""
+    pooling = model_config.get("pooling")
+    if backbone == "mllm":
+        mllm_type = (model_config.get("mllm_config") or {}).get("model_type")
+        details = [f"{'bidirectional' if model_config['bidirectional'] else 'causal'} attention"] if "bidirectional" in model_config else []
+        details += [f"{pooling} pooling"] if pooling else []
+        name = f"a multimodal LLM ({mllm_type})" if mllm_type else "a multimodal LLM"
+        return f"{name} used as a dual encoder" + (f" ({', '.join(details)})" if details else "")
+    return "a two-tower image/text encoder" + (f" ({pooling} pooling)" if pooling else "")
 
 
 def model_card_from_run(
@@ -216,6 +230,7 @@ def model_card_from_run(
     judge_id: str | None = None,
     lora: Mapping[str, Any] | None = None,
     repo_id: str | None = None,
+    model_config: Mapping[str, Any] | Any | None = None,
 ) -> ModelCard:
     """The model card of a training run; writes `training_curves.png` (and, with quadruple
     benchmarks, `similarity_histograms.png`) into `output_dir`.
@@ -231,6 +246,8 @@ def model_card_from_run(
         dataset_id, judge_id: Hub ids of the preference dataset and of its MLLM judge.
         lora: the `peft` LoRA config as a dict, None for full fine-tuning.
         repo_id: where the card will live (names the model and fills the usage snippet).
+        model_config: the model's `MapleConfig` (or its `to_dict()`), whose pooling and attention the
+            card describes; None: the card names the backbone kind only.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -254,11 +271,7 @@ def model_card_from_run(
         repo_id=repo_id,
         base_model=base_model,
         backbone=backbone,
-        backbone_description=(
-            "a multimodal LLM used as a dual encoder (bidirectional attention, mean pooling)"
-            if backbone == "mllm"
-            else "a two-tower image/text encoder"
-        ),
+        backbone_description=_backbone_description(backbone, _as_dict(model_config)),
         finetuning=_finetuning_description(lora),
         dataset_id=dataset_id,
         judge_id=judge_id,

@@ -13,10 +13,6 @@ from transformers.utils import ModelOutput
 
 from .configuration_maple import MapleConfig
 
-# Inputs of the image side of an MLLM embedder; the processor prefixes the prompt tokens with
-# `image_` because the text side owns `input_ids`/`attention_mask` in the same batch.
-MLLM_IMAGE_INPUTS = ("pixel_values", "image_grid_thw", "image_input_ids", "image_attention_mask", "image_mm_token_type_ids")
-
 
 @dataclass
 class MapleOutput(ModelOutput):

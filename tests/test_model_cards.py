@@ -71,6 +71,26 @@ def test_model_card_without_eval_or_logs(tmp_path):
     assert not (tmp_path / "training_curves.png").exists() and not (tmp_path / "similarity_histograms.png").exists()
 
 
+def test_model_card_describes_the_models_pooling_and_attention(tmp_path):
+    from modeling_maple import MapleConfig
+    from modeling_maple.testing import tiny_mllm_config
+
+    causal_last = MapleConfig(backbone="mllm", mllm_config=tiny_mllm_config("qwen2_vl"), pooling="last", bidirectional=False)
+    card = model_card_from_run(tmp_path, None, "mllm", {}, [], {}, model_config=causal_last)
+    assert "a multimodal LLM (qwen2_vl) used as a dual encoder (causal attention, last pooling)" in card.text
+    card = model_card_from_run(tmp_path, None, "dual_encoder", {}, [], {}, model_config={"pooling": "mean"})
+    assert "a two-tower image/text encoder (mean pooling)" in card.text
+    assert "bidirectional" not in model_card_from_run(tmp_path, None, "mllm", {}, [], {}).text
+
+
+def test_an_infinite_modality_gap_stays_out_of_the_model_index(tmp_path):
+    results = {"winoground": {"text_score": 0.0, "image_score": 0.0, "group_score": 0.0,
+                              "modality_gap": {"w_dist": 0.3, "w_disc": 0.0, "delta_gap": float("inf")}}}
+    card = ModelCard(str(model_card_from_run(tmp_path, None, "mllm", {}, [], results)))
+    assert [result.metric_type for result in card.data.eval_results] == ["text_score", "image_score", "group_score"]
+    assert "inf" in card.text.split("---")[-1]  # the table still shows it
+
+
 def test_with_eval_results_replaces_the_section(tmp_path):
     first = {"winoground": {"text_score": 10.0, "image_score": 5.0, "group_score": 2.5, "modality_gap": {"w_dist": 0.3, "w_disc": 0.1, "delta_gap": 3.0}}}
     card = model_card_from_run(tmp_path, None, "mllm", {}, [], first, repo_id="maple-org/tiny")

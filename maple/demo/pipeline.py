@@ -635,6 +635,7 @@ def _publish_checkpoint(config: DemoConfig, maple_result: dict[str, Any], maple_
         dataset_id=f"{config.push_to_hub}-preferences" if config.push_to_hub else None,
         judge_id=config.judge or "scene-graph judge (a stand-in for an MLLM judge; see docs/demo.md)",
         repo_id=config.push_to_hub,
+        model_config=json.loads((maple_dir / "config.json").read_text()),
     )
     card.save(str(maple_dir / "README.md"))
 
