@@ -35,8 +35,10 @@ class EncodedImages:
         features); LLaVA: (num_images, channels, height, width); InternVL, Idefics3: (total_tiles,
         channels, height, width)).
     num_tokens: number of image placeholder tokens each image takes in the prompt.
-    extra: other per-batch tensors the model needs (Qwen2-VL: image_grid_thw (num_images, 3)),
-        first dimension along `pixel_values`'.
+    extra: other tensors the model needs beside the pixels, each indexed along its first dimension
+        by image (Qwen2-VL: image_grid_thw, (num_images, 3)) or like `pixel_values` (Idefics3:
+        pixel_attention_mask, one per tile). `concatenate` joins batches by concatenating each
+        extra tensor along its first dimension, which keeps either kind in the images' order.
     image_texts: the text each image's placeholder becomes in the prompt, for families that wrap or
         tile it (InternVL's `<img>...</img>`, Idefics3's grid of tiles); None: the placeholder
         repeated `num_tokens` times.
