@@ -34,7 +34,10 @@ RelevantIndices = Sequence[int | Sequence[int]]
 
 
 def relevant_index_lists(relevant: RelevantIndices, num_queries: int, num_candidates: int) -> list[list[int]]:
-    """Normalise `relevant` (one int or a list of ints per query) and check it against the matrix."""
+    """Normalise `relevant` (one int or a list of ints per query; a tensor or array of them too) and
+    check it against the matrix."""
+    if isinstance(relevant, (torch.Tensor, np.ndarray)):
+        relevant = relevant.tolist()
     if len(relevant) != num_queries:
         raise ValueError(
             f"relevant indices: expected one entry per query ({num_queries}), got {len(relevant)}"

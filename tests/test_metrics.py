@@ -53,6 +53,11 @@ def test_recall_perfect_and_worst():
     assert retrieval_recall(collapsed, [0, 1, 2], ks=(1,))["recall@1"] == 0.0
 
 
+def test_recall_accepts_relevant_indices_as_a_tensor():
+    scores = torch.eye(3)
+    assert retrieval_recall(scores, torch.tensor([0, 1, 2]), ks=(1,)) == retrieval_recall(scores, [0, 1, 2], ks=(1,))
+
+
 @pytest.mark.parametrize(
     "relevant, message",
     [([0, 1], "one entry per query (3)"), ([0, 1, 5], "query 2 refers to candidates [5]"), ([0, [], 1], "query 1 has no")],
