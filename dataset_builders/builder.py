@@ -224,14 +224,18 @@ def _decode(payload: bytes, row: int) -> PIL.Image.Image:
 
 
 def text_pool(caption: str, candidates: list[str], size: int) -> list[str]:
-    """The anchor's text candidates: its caption, then `candidates` in order with whitespace
-    normalised, empty texts and repeats (of the caption too) dropped, at most `size` texts."""
+    """The anchor's text candidates: its caption as given, then `candidates` in order with
+    whitespace normalised, empty texts and repeats (of the caption too) dropped, at most `size`
+    texts. Repeats are found by the normalised forms, the caption's included: "a  red square"
+    repeats the caption "a red square" (the judge would score the two alike)."""
     pool = [caption]
+    seen = {" ".join(caption.split())}
     for text in (" ".join(str(candidate).split()) for candidate in candidates):
         if len(pool) == size:
             break
-        if text and text not in pool:
+        if text and text not in seen:
             pool.append(text)
+            seen.add(text)
     return pool
 
 

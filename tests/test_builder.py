@@ -230,3 +230,9 @@ def test_text_pool_keeps_the_caption_first_and_drops_repeats():
     generated = ["a  red\ncube", "", "a red cube", "the caption", "a blue cube", "a green cube"]
     assert text_pool("the caption", generated, size=3) == ["the caption", "a red cube", "a blue cube"]
     assert text_pool("the caption", [], size=6) == ["the caption"]
+
+
+def test_text_pool_compares_the_caption_by_its_normalised_form():
+    """Before the fix only candidates were normalised: a caption with a double space or a newline
+    survived beside its normalised copy."""
+    assert text_pool("a  red\nsquare", ["a red square", "a blue square"], size=6) == ["a  red\nsquare", "a blue square"]
