@@ -206,6 +206,13 @@ def _ranges(positions: list[int]) -> str:
     return ", ".join(f"{first}..{last}" if last > first else str(first) for first, last in spans)
 
 
+def _slice_bounds(count: int, part: int, num_parts: int) -> tuple[int, int]:
+    """[start, end) of the `part`-th of `num_parts` near-equal contiguous slices of `count` items.
+    Integer arithmetic: float32 (torch.linspace) cannot represent every count above 2**24, and
+    a rounded bound would drop or repeat rows."""
+    return count * part // num_parts, count * (part + 1) // num_parts
+
+
 def _image_bytes(value: dict[str, Any]) -> bytes:
     """The encoded bytes of an undecoded `datasets.Image` value ({"bytes", "path"})."""
     if value.get("bytes"):
@@ -513,8 +520,8 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         ]
         mine = slices[self.rank]
         if not mine.exists():
-            bounds = torch.linspace(0, len(valid_rows), self.world_size + 1).long().tolist()
-            rows = valid_rows[bounds[self.rank] : bounds[self.rank + 1]]
+            start, end = _slice_bounds(len(valid_rows), self.rank, self.world_size)
+            rows = valid_rows[start:end]
             images = (self._image(row) for row in tqdm(rows, desc="embedding images", disable=not self.progress))
             _atomic_torch_save(mine, self.miner.embed(images) if rows else torch.empty(0))
         self._wait_for(slices, what="image embeddings")

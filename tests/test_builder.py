@@ -7,7 +7,7 @@ import datasets
 import pytest
 import torch
 
-from dataset_builders.builder import FEATURES, MaplePreferences, MaplePreferencesConfig, text_pool
+from dataset_builders.builder import FEATURES, MaplePreferences, MaplePreferencesConfig, _slice_bounds, text_pool
 from dataset_builders.testing import (
     ColourCaptioner,
     ColourJudge,
@@ -236,3 +236,12 @@ def test_text_pool_compares_the_caption_by_its_normalised_form():
     """Before the fix only candidates were normalised: a caption with a double space or a newline
     survived beside its normalised copy."""
     assert text_pool("a  red\nsquare", ["a red square", "a blue square"], size=6) == ["a  red\nsquare", "a blue square"]
+
+
+def test_embedding_slices_cover_every_row_once_beyond_float32_precision():
+    """Rank slices came from float32 torch.linspace, whose last bound for 2**24 + 1 rows is 2**24:
+    the last row was embedded by no rank."""
+    count, world_size = 2**24 + 1, 2
+    slices = [_slice_bounds(count, rank, world_size) for rank in range(world_size)]
+    assert slices[0][0] == 0 and slices[0][1] == slices[1][0] and slices[-1][1] == count
+    assert [_slice_bounds(10, rank, 3) for rank in range(3)] == [(0, 3), (3, 6), (6, 10)]
