@@ -111,13 +111,24 @@ def markdown_table(all_results: dict[str, dict[str, Any]]) -> str:
 
 
 def push_results(repo_id: str, results: dict[str, Any]) -> None:
-    """Write `results` into the model card of Hub repo `repo_id` (eval table and `model-index`)."""
-    from huggingface_hub import ModelCard
+    """Write `results` into the model card of Hub repo `repo_id` (eval table, `model-index` and,
+    for quadruple benchmarks, freshly drawn similarity histograms replacing the run's)."""
+    import tempfile
+
+    from huggingface_hub import HfApi, ModelCard
 
     from model_cards import with_eval_results
+    from model_cards.cards import GAP_HISTOGRAM_FILE, plot_similarity_histograms
 
-    card = with_eval_results(ModelCard.load(repo_id), results, model_name=repo_id)
-    card.push_to_hub(repo_id, commit_message="Add MAPLE evaluation results")
+    with tempfile.TemporaryDirectory() as folder:
+        histograms = Path(folder) / GAP_HISTOGRAM_FILE
+        has_histograms = plot_similarity_histograms(results, histograms)
+        card = with_eval_results(
+            ModelCard.load(repo_id), results, model_name=repo_id, histogram_file=GAP_HISTOGRAM_FILE if has_histograms else None
+        )
+        if has_histograms:
+            HfApi().upload_file(path_or_fileobj=histograms, path_in_repo=GAP_HISTOGRAM_FILE, repo_id=repo_id)
+        card.push_to_hub(repo_id, commit_message="Add MAPLE evaluation results")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -104,22 +104,32 @@ def _table_rows(eval_results: Mapping[str, Mapping[str, Any]]) -> dict[str, list
 EVALUATION_END = "<!-- end of evaluation -->"
 
 
-def render_evaluation_section(eval_results: Mapping[str, Mapping[str, Any]], repo_id: str | None = None) -> str:
-    """The "## Evaluation" section of the model card (tables of `eval_results`)."""
+def render_evaluation_section(
+    eval_results: Mapping[str, Mapping[str, Any]], repo_id: str | None = None, histogram_file: str | None = None
+) -> str:
+    """The "## Evaluation" section of the model card: tables of `eval_results`, and the similarity
+    histograms if `histogram_file` (beside the card) holds them."""
     import jinja2
 
     template = jinja2.Template((TEMPLATES / "evaluation_section.md").read_text(), keep_trailing_newline=True)
-    return template.render(repo_id=repo_id, **_table_rows(eval_results))
+    return template.render(repo_id=repo_id, histogram_file=histogram_file, **_table_rows(eval_results))
 
 
-def with_eval_results(card: ModelCard, eval_results: Mapping[str, Mapping[str, Any]], model_name: str | None = None) -> ModelCard:
+def with_eval_results(
+    card: ModelCard,
+    eval_results: Mapping[str, Mapping[str, Any]],
+    model_name: str | None = None,
+    histogram_file: str | None = None,
+) -> ModelCard:
     """`card` with its evaluation section and `model-index` replaced by `eval_results` (used by
     `maple eval --push-to-hub`); a card without a MAPLE evaluation section gets one appended.
-    `model-index` needs a model name: the card's own, else `model_name` (e.g. the repo id)."""
+    `model-index` needs a model name: the card's own, else `model_name` (e.g. the repo id).
+    `histogram_file`: the similarity histograms of `eval_results` beside the card, if drawn
+    (`plot_similarity_histograms`); the new section links them."""
     data = ModelCard(str(card)).data  # a copy: the caller's card stays as it is
     data.eval_results = _eval_results(eval_results) or None
     data.model_name = data.model_name or model_name or "MAPLE embedder"
-    section = render_evaluation_section(eval_results)
+    section = render_evaluation_section(eval_results, histogram_file=histogram_file)
     text = card.text
     start, end = text.find("## Evaluation\n"), text.find(EVALUATION_END)
     if start >= 0 and end >= 0:
@@ -277,8 +287,7 @@ def model_card_from_run(
         judge_id=judge_id,
         hyperparameters=[(key, config[key]) for key in CARD_HYPERPARAMETERS if config.get(key) is not None],
         curves_file=CURVES_FILE if has_curves else None,
-        histogram_file=GAP_HISTOGRAM_FILE if has_histograms else None,
-        evaluation_section=render_evaluation_section(eval_results, repo_id),
+        evaluation_section=render_evaluation_section(eval_results, repo_id, GAP_HISTOGRAM_FILE if has_histograms else None),
     )
 
 

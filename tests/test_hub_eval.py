@@ -32,3 +32,6 @@ def test_maple_eval_loads_by_repo_id_and_pushes_results_into_the_card(hub_server
     assert f"| bivlc | swap | {results['per_category']['swap']['text_score']:.1f} |" in card
     assert "| winoground |" not in card and "## Usage" in card  # the evaluation section was replaced, the rest kept
     assert "name: bivlc" in card and "config: replace" in card and "name: winoground" not in card  # model-index
+    # the histograms of the new results replace the run's, linked from the new section
+    assert hub_server.files(REPO)["similarity_histograms.png"].startswith(b"\x89PNG")
+    assert card.count("![Similarity histograms](similarity_histograms.png)") == 1
