@@ -360,7 +360,8 @@ def _size_category(num_rows: int | None) -> list[str] | None:
     """The Hub's size_categories tag for a row count."""
     if num_rows is None:
         return None
-    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
-        if num_rows < limit:
+    labels = ["n<1K", "1K<n<10K", "10K<n<100K", "100K<n<1M", "1M<n<10M", "10M<n<100M", "100M<n<1B", "1B<n<10B", "10B<n<100B", "100B<n<1T"]
+    for exponent, label in enumerate(labels, start=3):
+        if num_rows < 10**exponent:
             return [label]
-    return ["n>1M"]
+    return ["n>1T"]

@@ -135,3 +135,9 @@ def test_dataset_card_with_missing_stats():
     assert "| Judge | not recorded |" in text and "| SemDeDup | not applied |" in text
     assert "score_histograms.png" not in text
     assert DatasetCard(str(dataset_card_from_stats({"num_anchors": 20000}))).data.size_categories == ["10K<n<100K"]
+
+
+def test_dataset_size_categories_are_the_hubs():
+    from model_cards.cards import _size_category
+
+    assert [_size_category(n) for n in (999, 1_000, 700_000, 5_000_000)] == [["n<1K"], ["1K<n<10K"], ["100K<n<1M"], ["1M<n<10M"]]
