@@ -58,6 +58,7 @@ one definition the builder writes and the trainer validates against."""
 
 TEXT_CANDIDATE_SOURCES = ("generated", "corpus")
 MANIFEST_FILE = "manifest.json"
+DEFAULT_ID_COLUMN = "id"
 _SHARD_NAME = re.compile(r"^shard-(\d+)-(\d+)\.parquet$")
 
 
@@ -73,8 +74,8 @@ class MaplePreferencesConfig(datasets.BuilderConfig):
         source: local folder (image folder with a metadata file, or parquet files), a parquet file,
             or a Hub dataset id. Alternatively pass a `datasets.Dataset` to the builder.
         source_split: split of a Hub or folder source.
-        image_column, caption_column, id_column: source columns; without an id column the row
-            index is the id.
+        image_column, caption_column, id_column: source columns. The default id column "id" is
+            optional (without it the row index is the id); any other id column must exist.
         num_hard_negatives: K, hard-negative images per anchor (paper example: 3).
         text_candidates: "generated" (a captioner contrasts the anchor with its hard negatives,
             the paper) or "corpus" (the hard negatives' own captions; no captioner needed).
@@ -94,7 +95,7 @@ class MaplePreferencesConfig(datasets.BuilderConfig):
     source_split: str = "train"
     image_column: str = "image"
     caption_column: str = "caption"
-    id_column: str = "id"
+    id_column: str = DEFAULT_ID_COLUMN
     num_hard_negatives: int = 3
     text_candidates: str = "generated"
     captioned_negatives: int = 1
@@ -136,7 +137,8 @@ class MaplePreferencesConfig(datasets.BuilderConfig):
 class SkippedInput:
     """A source row left out of the dataset, and why.
 
-    kind: "duplicate id", "empty caption", "unreadable image" or "near-duplicate" (SemDeDup).
+    kind: "duplicate id", "empty caption", "non-string caption", "unreadable image" or
+        "near-duplicate" (SemDeDup).
     detail: the specifics (the error, the row it duplicates).
     """
 
@@ -466,7 +468,11 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             if source is None:
                 source = load_source(self.config.source, split=self.config.source_split, cache_dir=self._cache_dir_root)
             self._source_fingerprint = source._fingerprint
-            missing = [column for column in (self.config.image_column, self.config.caption_column) if column not in source.column_names]
+            required = [self.config.image_column, self.config.caption_column]
+            # An id column named explicitly is meant to exist: without it every id would silently be the row index.
+            if self.config.id_column != DEFAULT_ID_COLUMN:
+                required.append(self.config.id_column)
+            missing = [column for column in required if column not in source.column_names]
             if missing:
                 raise ValueError(f"source lacks column(s) {missing}; it has {source.column_names}")
             self._source = source.cast_column(self.config.image_column, datasets.Image(decode=False))
@@ -493,7 +499,11 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 skipped.append(SkippedInput(index, row_id, "duplicate id", f"first seen in row {first_row_of_id[row_id]}"))
                 continue
             first_row_of_id[row_id] = index
-            if not isinstance(caption, str) or not caption.strip():
+            if caption is not None and not isinstance(caption, str):
+                detail = f"column {self.config.caption_column!r} holds a {type(caption).__name__}, expected str"
+                skipped.append(SkippedInput(index, row_id, "non-string caption", detail))
+                continue
+            if caption is None or not caption.strip():
                 skipped.append(SkippedInput(index, row_id, "empty caption"))
                 continue
             try:
@@ -560,7 +570,10 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             self.check_work_dir()
             num_source_rows, valid_rows, skipped = self.check_inputs()
             if not valid_rows:
-                raise ValueError(f"no usable input rows: all {num_source_rows} were skipped (see {self.work_dir / 'inputs.json'})")
+                reasons = ", ".join(f"{kind}: {count}" for kind, count in Counter(item.kind for item in skipped).items())
+                raise ValueError(
+                    f"no usable input rows: all {num_source_rows} were skipped ({reasons}; see {self.work_dir / 'inputs.json'})"
+                )
             embeddings = self.embed_inputs(valid_rows)
             anchor_positions, deduplicated = self.select_anchors(valid_rows, embeddings)
             self._plan = BuildPlan(

@@ -245,3 +245,37 @@ def test_embedding_slices_cover_every_row_once_beyond_float32_precision():
     slices = [_slice_bounds(count, rank, world_size) for rank in range(world_size)]
     assert slices[0][0] == 0 and slices[0][1] == slices[1][0] and slices[-1][1] == count
     assert [_slice_bounds(10, rank, 3) for rank in range(3)] == [(0, 3), (3, 6), (6, 10)]
+
+
+def _unbuilt(tmp_path, source: datasets.Dataset, **kwargs) -> MaplePreferences:
+    return MaplePreferences(
+        config_name="corpus-captions", source_dataset=source, judge=ColourJudge(), miner=thumbnail_miner(),
+        cache_dir=str(tmp_path / "cache"), work_dir=tmp_path / "work", progress=False, **kwargs,
+    )
+
+
+def test_a_caption_column_of_lists_is_skipped_as_non_string_naming_column_and_type(tmp_path):
+    """COCO-style sources hold several captions per image. Before the fix such rows were skipped as
+    "empty caption" with no detail."""
+    columns = colour_squares(3)
+    columns["caption"] = [[caption, caption + " again"] for caption in columns["caption"]]
+    source = datasets.Dataset.from_dict(
+        columns,
+        features=datasets.Features(
+            {"id": datasets.Value("string"), "image": datasets.Image(), "caption": datasets.Sequence(datasets.Value("string"))}
+        ),
+    )
+    _, valid_rows, skipped = _unbuilt(tmp_path, source).check_inputs()
+    assert valid_rows == []
+    assert {(item.kind, item.detail) for item in skipped} == {("non-string caption", "column 'caption' holds a list, expected str")}
+    with pytest.raises(ValueError, match=r"all 3 were skipped \(non-string caption: 3;"):
+        _unbuilt(tmp_path / "again", source).build_shards()
+
+
+def test_an_explicit_id_column_must_exist_but_the_default_one_may_be_absent(tmp_path):
+    """Before the fix a misspelt id column was ignored and every id silently became the row index."""
+    with pytest.raises(ValueError, match=r"source lacks column\(s\) \['image_id'\]"):
+        _unbuilt(tmp_path, _source(3), id_column="image_id").check_inputs()
+    without_ids = _source(3).remove_columns("id")
+    _, _, skipped = _unbuilt(tmp_path / "no_ids", without_ids).check_inputs()
+    assert skipped == []
