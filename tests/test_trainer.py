@@ -209,10 +209,31 @@ def test_streamed_datasets_train_and_their_bad_rows_are_caught_as_they_arrive(tm
         trainer.train()
 
 
+def test_every_pass_over_a_streamed_dataset_draws_fresh_candidates(tmp_path):
+    # `Trainer` counts a streamed epoch as max_steps steps, so the collator must get the pass index from the loop
+    model, processor = build_tiny("dual_encoder")
+    args = make_config(tmp_path, max_steps=6, per_device_train_batch_size=4, num_text_candidates=2,
+                       num_image_candidates=2)
+    trainer = RPATrainer(model, args=args, train_dataset=synthetic_preference_dataset(8).to_iterable_dataset(),
+                         processing_class=processor)
+    collate, epochs, draws = trainer.data_collator.torch_call, [], []
+
+    def recording(examples):
+        batch = collate(examples)
+        epochs.append(trainer.data_collator.epoch)
+        draws.append(batch["candidate_text_index"].tolist())
+        return batch
+
+    trainer.data_collator.torch_call = recording
+    trainer.train()
+    assert epochs == [0, 0, 1, 1, 2, 2]  # 8 rows in batches of 4: two batches per pass
+    assert draws[0:2] != draws[2:4] and draws[2:4] != draws[4:6]
+
+
 def test_eval_candidates_do_not_depend_on_the_training_epoch(tmp_path):
     trainer = make_trainer(tmp_path, num_text_candidates=2, num_image_candidates=2)
     first = trainer.evaluate()
-    trainer.data_collator.set_epoch(7)  # as the training callback does at the start of epoch 7
+    trainer.data_collator.set_epoch(7)  # as training does at the start of epoch 7
     again = trainer.evaluate()
     for key in ("eval_loss", "eval_loss/rpa", "eval_rewards/accuracies"):
         assert again[key] == pytest.approx(first[key], abs=1e-6), key

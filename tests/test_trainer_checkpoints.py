@@ -29,16 +29,19 @@ class _StopAfter(TrainerCallback):
             control.should_training_stop = True
 
 
-def test_resume_from_checkpoint_equals_an_uninterrupted_run(tmp_path):
-    common = dict(max_steps=6, save_strategy="steps", save_steps=3, num_text_candidates=3, num_image_candidates=3)
+@pytest.mark.parametrize("stop", [3, 5], ids=["mid-epoch-0", "mid-epoch-1"])
+def test_resume_from_checkpoint_equals_an_uninterrupted_run(tmp_path, stop):
+    # 32 rows in batches of 8: 4 steps per epoch, so the resumed run re-enters epoch 0 or 1 (the candidate draws
+    # depend on the epoch)
+    common = dict(max_steps=6, save_strategy="steps", save_steps=stop, num_text_candidates=3, num_image_candidates=3)
     uninterrupted = make_trainer(tmp_path / "a", **common)
     uninterrupted.train()
 
     stopped = make_trainer(tmp_path / "b", **common)
-    stopped.add_callback(_StopAfter(3))
+    stopped.add_callback(_StopAfter(stop))
     stopped.train()
     resumed = make_trainer(tmp_path / "b", **common)
-    resumed.train(resume_from_checkpoint=str(tmp_path / "b" / "run" / "checkpoint-3"))
+    resumed.train(resume_from_checkpoint=str(tmp_path / "b" / "run" / f"checkpoint-{stop}"))
 
     expected, got = uninterrupted.model.state_dict(), resumed.model.state_dict()
     for name, tensor in expected.items():

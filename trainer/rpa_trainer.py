@@ -189,8 +189,6 @@ class RPATrainer(DPOTrainer):
         self.eval_data_collator = self.data_collator
         if isinstance(self.data_collator, DataCollatorForEmbeddingPreference):
             self.eval_data_collator = dataclasses.replace(self.data_collator, dataset_name="eval", epoch=0)
-        if hasattr(self.data_collator, "set_epoch"):
-            self.add_callback(_CollatorEpoch(self.data_collator))
         self._last_grad_norm: float | None = None
 
     # ------------------------------------------------------------------------------------------ set-up
@@ -222,6 +220,14 @@ class RPATrainer(DPOTrainer):
             return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, dataloader_key)
         finally:
             self.data_collator = train_collator
+
+    def _run_epoch(self, *, epoch: int, **kwargs) -> None:
+        # The collator's candidate draws are seeded by the epoch. This is the loop's own pass index, also when resuming
+        # mid-epoch; `state.epoch` is not: for a streamed dataset `Trainer` counts an epoch as `max_steps` steps, so
+        # `int(state.epoch)` stays behind the passes over the stream and repeats their draws.
+        if hasattr(self.data_collator, "set_epoch"):
+            self.data_collator.set_epoch(epoch)
+        super()._run_epoch(epoch=epoch, **kwargs)
 
     # ------------------------------------------------------------------------------------------ loss
     def _reference_similarities(self, inputs) -> tuple[Tensor, Tensor]:
@@ -431,16 +437,6 @@ class RPATrainer(DPOTrainer):
             repo_id=self.args.hub_model_id or model_name,
         )
         card.save(os.path.join(self.args.output_dir, "README.md"))
-
-
-class _CollatorEpoch(TrainerCallback):
-    """Tells the collator the epoch, which seeds its candidate draws (also when resuming mid-epoch)."""
-
-    def __init__(self, collator: DataCollatorForEmbeddingPreference):
-        self.collator = collator
-
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        self.collator.set_epoch(int(state.epoch or 0))
 
 
 def _save_merged(model: PeftModel, output_dir: str) -> None:
