@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 from trainer.schema import PREFERENCE_FEATURES
 
 from .interfaces import CandidateCaptioner, PreferenceJudge
-from .miner import HardNegativeMiner
+from .miner import HardNegativeMiner, check_finite
 
 FEATURES = PREFERENCE_FEATURES
 """The preference dataset schema, one row per anchor: `trainer.schema.PREFERENCE_FEATURES` itself, the
@@ -531,12 +531,26 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         mine = slices[self.rank]
         if not mine.exists():
             start, end = _slice_bounds(len(valid_rows), self.rank, self.world_size)
-            rows = valid_rows[start:end]
-            images = (self._image(row) for row in tqdm(rows, desc="embedding images", disable=not self.progress))
-            _atomic_torch_save(mine, self.miner.embed(images) if rows else torch.empty(0))
+            _atomic_torch_save(mine, self._embed_rows(valid_rows[start:end]))
         self._wait_for(slices, what="image embeddings")
         embeddings = torch.cat([part for part in (torch.load(slice_) for slice_ in slices) if part.numel()])
         _atomic_torch_save(path, embeddings)
+        return embeddings
+
+    def _embed_rows(self, rows: list[int]) -> torch.Tensor:
+        """(len(rows), D) image embeddings of source rows `rows`. A NaN or inf embedding is an error
+        naming its source row and id, raised before a checkpoint holds it (the neighbour search
+        would refuse it too, but could only name its position among the anchors)."""
+        if not rows:
+            return torch.empty(0)
+        images = (self._image(row) for row in tqdm(rows, desc="embedding images", disable=not self.progress))
+        embeddings = self.miner.embed(images)
+        source = self._load_source()
+
+        def describe(position: int) -> str:
+            return f"source row {rows[position]} (id {self._row_id(source[rows[position]], rows[position])})"
+
+        check_finite(embeddings, describe=describe)
         return embeddings
 
     def select_anchors(self, valid_rows: list[int], embeddings: torch.Tensor) -> tuple[list[int], list[SkippedInput]]:

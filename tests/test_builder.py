@@ -12,6 +12,7 @@ from dataset_builders.testing import (
     ColourCaptioner,
     ColourJudge,
     colour_squares,
+    nearest_colour_name,
     thumbnail_miner,
     tiny_captioner,
     tiny_judge,
@@ -248,10 +249,9 @@ def test_embedding_slices_cover_every_row_once_beyond_float32_precision():
 
 
 def _unbuilt(tmp_path, source: datasets.Dataset, **kwargs) -> MaplePreferences:
-    return MaplePreferences(
-        config_name="corpus-captions", source_dataset=source, judge=ColourJudge(), miner=thumbnail_miner(),
-        cache_dir=str(tmp_path / "cache"), work_dir=tmp_path / "work", progress=False, **kwargs,
-    )
+    """A corpus-captions builder in tmp_path, nothing run yet; `kwargs` override its arguments."""
+    settings = {"judge": ColourJudge(), "miner": thumbnail_miner(), "cache_dir": str(tmp_path / "cache"), "progress": False}
+    return MaplePreferences(config_name="corpus-captions", source_dataset=source, work_dir=tmp_path / "work", **{**settings, **kwargs})
 
 
 def test_a_caption_column_of_lists_is_skipped_as_non_string_naming_column_and_type(tmp_path):
@@ -279,3 +279,19 @@ def test_an_explicit_id_column_must_exist_but_the_default_one_may_be_absent(tmp_
     without_ids = _source(3).remove_columns("id")
     _, _, skipped = _unbuilt(tmp_path / "no_ids", without_ids).check_inputs()
     assert skipped == []
+
+
+def test_a_nan_embedding_is_an_error_naming_the_source_row_and_id(tmp_path):
+    miner = thumbnail_miner()
+    encode = miner.encode_images
+
+    def encode_with_a_nan(images):
+        embeddings = encode(images)
+        embeddings[torch.tensor([nearest_colour_name(image) == "blue" for image in images])] = float("nan")
+        return embeddings
+
+    miner.encode_images = encode_with_a_nan
+    # Rows 2 and 8 are the blue squares.
+    with pytest.raises(ValueError, match=r"2 of 10 embeddings hold NaN or inf: source row 2 \(id square-002\), source row 8 \(id square-008\)"):
+        _unbuilt(tmp_path, _source(), miner=miner).build_shards()
+    assert not list((tmp_path / "work").glob("embeddings*.pt")), "no checkpoint holds the NaN"

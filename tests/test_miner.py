@@ -210,3 +210,14 @@ def test_embed_reads_paths_and_names_a_corrupt_image(tmp_path):
     # The position counts over the whole stream, not within the batch.
     with pytest.raises(ValueError, match=r"images\[3\]: corrupt image data"):
         miner.embed(images + [truncated])
+
+
+def test_non_finite_embeddings_are_refused_naming_their_rows():
+    """Before the fix a NaN row became every row's top neighbour (top-k ranks NaN highest)."""
+    embeddings = torch.randn(6, 4)
+    embeddings[3] = float("nan")
+    embeddings[5, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"2 of 6 embeddings hold NaN or inf: row 3, row 5"):
+        top_k_neighbours(embeddings, 2)
+    with pytest.raises(ValueError, match=r"row 3, row 5"):
+        semdedup(embeddings, num_clusters=2, epsilon=0.01)
