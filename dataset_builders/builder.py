@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 from trainer.schema import PREFERENCE_FEATURES
 
 from .interfaces import CandidateCaptioner, PreferenceJudge
-from .miner import HardNegativeMiner, check_finite
+from .miner import HardNegativeMiner, check_finite, check_semdedup_clusters
 
 FEATURES = PREFERENCE_FEATURES
 """The preference dataset schema, one row per anchor: `trainer.schema.PREFERENCE_FEATURES` itself, the
@@ -588,6 +588,8 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 raise ValueError(
                     f"no usable input rows: all {num_source_rows} were skipped ({reasons}; see {self.work_dir / 'inputs.json'})"
                 )
+            if self.config.semdedup_clusters is not None:  # checked before the costly embedding
+                check_semdedup_clusters(self.config.semdedup_clusters, len(valid_rows))
             embeddings = self.embed_inputs(valid_rows)
             anchor_positions, deduplicated = self.select_anchors(valid_rows, embeddings)
             self._plan = BuildPlan(

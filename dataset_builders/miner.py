@@ -130,6 +130,25 @@ class DedupResult:
     removed: dict[int, int]
 
 
+def check_semdedup_clusters(num_clusters: int, num_rows: int) -> None:
+    """Raise a ValueError unless `num_clusters` k-means clusters leave at least two of `num_rows`
+    rows per cluster on average.
+
+    SemDeDup compares rows only within their cluster. With about as many clusters as rows most rows
+    sit alone and their duplicates go unnoticed (at num_clusters >= num_rows every row does, and
+    nothing is removed), silently: the paper's 50,000 clusters suit its ~700k images, 14 per
+    cluster, not a corpus of 50k.
+    """
+    if 2 * num_clusters > num_rows:
+        raise ValueError(
+            f"SemDeDup with {num_clusters} clusters on {num_rows} rows leaves fewer than 2 rows per cluster, and rows "
+            f"are compared only within their cluster, so most duplicates would go unnoticed: use about "
+            f"{max(1, num_rows // 14)} clusters (rows / 14, as the paper's 50,000 clusters for ~700k images; "
+            "semdedup_clusters=..., CLI --semdedup-clusters) or turn de-duplication off "
+            "(semdedup_clusters=None, CLI --semdedup-clusters 0)"
+        )
+
+
 def spherical_kmeans(
     embeddings: torch.Tensor, num_clusters: int, *, iterations: int = 20, seed: int = 0, chunk_size: int = 8192
 ) -> torch.Tensor:
@@ -170,7 +189,7 @@ def semdedup(
 
     Args:
         embeddings: (N, D) float tensor, on the device the clustering should run on.
-        num_clusters: k-means clusters (capped at N).
+        num_clusters: k-means clusters, at most N / 2 (`check_semdedup_clusters`).
         epsilon: duplicates have cosine > 1 - epsilon.
 
     Memory: one (cluster size)^2 similarity block at a time; clusters are small when, as in the
@@ -178,6 +197,7 @@ def semdedup(
     """
     if not 0.0 <= epsilon < 1.0:
         raise ValueError(f"epsilon must be in [0, 1), got {epsilon}")
+    check_semdedup_clusters(num_clusters, embeddings.shape[0])
     check_finite(embeddings)
     normalised = torch.nn.functional.normalize(embeddings.float(), dim=-1)
     assignment = spherical_kmeans(normalised, num_clusters, iterations=iterations, seed=seed)

@@ -250,8 +250,11 @@ def test_embedding_slices_cover_every_row_once_beyond_float32_precision():
 
 def _unbuilt(tmp_path, source: datasets.Dataset, **kwargs) -> MaplePreferences:
     """A corpus-captions builder in tmp_path, nothing run yet; `kwargs` override its arguments."""
-    settings = {"judge": ColourJudge(), "miner": thumbnail_miner(), "cache_dir": str(tmp_path / "cache"), "progress": False}
-    return MaplePreferences(config_name="corpus-captions", source_dataset=source, work_dir=tmp_path / "work", **{**settings, **kwargs})
+    settings = {
+        "config_name": "corpus-captions", "judge": ColourJudge(), "miner": thumbnail_miner(),
+        "cache_dir": str(tmp_path / "cache"), "progress": False,
+    }
+    return MaplePreferences(source_dataset=source, work_dir=tmp_path / "work", **{**settings, **kwargs})
 
 
 def test_a_caption_column_of_lists_is_skipped_as_non_string_naming_column_and_type(tmp_path):
@@ -295,3 +298,11 @@ def test_a_nan_embedding_is_an_error_naming_the_source_row_and_id(tmp_path):
     with pytest.raises(ValueError, match=r"2 of 10 embeddings hold NaN or inf: source row 2 \(id square-002\), source row 8 \(id square-008\)"):
         _unbuilt(tmp_path, _source(), miner=miner).build_shards()
     assert not list((tmp_path / "work").glob("embeddings*.pt")), "no checkpoint holds the NaN"
+
+
+def test_the_papers_cluster_count_on_a_small_corpus_stops_before_embedding(tmp_path):
+    """The paper config's 50,000 SemDeDup clusters on 10 images de-duplicated nothing, silently."""
+    builder = _unbuilt(tmp_path, _source(), config_name="paper", captioner=ColourCaptioner())
+    with pytest.raises(ValueError, match=r"50000 clusters on 10 rows"):
+        builder.build_shards()
+    assert not list((tmp_path / "work").glob("embeddings*.pt"))

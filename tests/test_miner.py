@@ -221,3 +221,15 @@ def test_non_finite_embeddings_are_refused_naming_their_rows():
         top_k_neighbours(embeddings, 2)
     with pytest.raises(ValueError, match=r"row 3, row 5"):
         semdedup(embeddings, num_clusters=2, epsilon=0.01)
+
+
+def test_semdedup_refuses_clusters_too_many_to_find_duplicates():
+    """Before the fix num_clusters >= N was capped at N: every row alone in its cluster, nothing
+    removed, silently (the paper's 50,000 clusters on a corpus under 50k images)."""
+    embeddings = torch.randn(10, 4)
+    embeddings[1] = embeddings[0]
+    with pytest.raises(ValueError, match=r"10 clusters on 10 rows .* about 1 clusters .*--semdedup-clusters 0"):
+        semdedup(embeddings, num_clusters=10, epsilon=0.01)
+    with pytest.raises(ValueError, match="6 clusters on 10 rows"):
+        semdedup(embeddings, num_clusters=6, epsilon=0.01)
+    assert semdedup(embeddings, num_clusters=5, epsilon=0.01).removed.keys() <= {0, 1}
