@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--num-hard-negatives", type=int, default=None, help="K hard-negative images per anchor (config default: 3)")
     recipe.add_argument("--captioned-negatives", type=int, default=None, help="hard negatives shown to the captioner per anchor, one prompt each (default: 1)")
     recipe.add_argument("--max-candidate-texts", type=int, default=None, help="text pool size, anchor caption included (default: 6)")
-    recipe.add_argument("--semdedup-clusters", type=int, default=None, help="SemDeDup k-means clusters; 0 turns de-duplication off (paper: 50000)")
+    recipe.add_argument("--semdedup-clusters", type=int, default=None, help="SemDeDup k-means clusters, at most half the usable images (paper: 50000 for ~700k images; about images / 14); 0 turns de-duplication off")
     recipe.add_argument("--semdedup-epsilon", type=float, default=None, help="SemDeDup threshold: duplicates have cosine > 1 - epsilon (paper: 0.07)")
     recipe.add_argument("--shard-size", type=int, default=None, help="anchors per shard: the unit of checkpointing and of work per process (default: 256)")
     recipe.add_argument("--seed", type=int, default=None, help="seed of caption sampling and SemDeDup (default: 0)")
