@@ -9,10 +9,14 @@ import re
 import pytest
 import torch
 import safetensors.torch
+from peft import get_peft_model
+from peft.tuners.lora import LoraLayer
 from transformers import AutoModel, AutoProcessor, TrainerCallback
 
 import trainer.rpa_trainer as rpa_trainer_module
 
+from modeling_maple.lora import maple_lora_config
+from modeling_maple.testing import build_tiny
 from test_trainer import make_config, make_trainer
 from trainer import RPATrainer
 from trainer.testing import synthetic_preference_dataset
@@ -61,11 +65,12 @@ def test_saved_model_loads_with_auto_classes(tmp_path, lora, monkeypatch):
         return deepcopy(value, *args, **kwargs)
 
     monkeypatch.setattr(rpa_trainer_module.copy, "deepcopy", no_model_copy)
-    trainer.save_model()
+    for _ in range(3):
+        trainer.save_model()
     monkeypatch.undo()
-    # saving merged the adapters in place and unmerged them again
+    # saving leaves the model exactly as it was (no merge and unmerge in place)
     for name, param in trainer.model.named_parameters():
-        torch.testing.assert_close(param, before[name], rtol=0, atol=1e-6, msg=name)
+        assert torch.equal(param, before[name]), name
     assert not any(getattr(module, "merged", False) for module in trainer.model.modules())
     output_dir = trainer.args.output_dir
     loaded, processor = AutoModel.from_pretrained(output_dir).eval(), AutoProcessor.from_pretrained(output_dir)
@@ -77,6 +82,44 @@ def test_saved_model_loads_with_auto_classes(tmp_path, lora, monkeypatch):
     for got, want in zip(loaded.encode(processor, texts=texts, images=images), expected):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
     assert loaded.preference_logit_scale.item() == pytest.approx(trained.preference_logit_scale.item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("lora_kwargs", [{}, {"use_dora": True}, {"lora_bias": True}], ids=["lora", "dora", "bias"])
+def test_lora_saves_equal_merge_and_unload_and_leave_the_model_untouched(tmp_path, dtype, lora_kwargs, monkeypatch):
+    model, _ = build_tiny("dual_encoder", seed=0)
+    model = get_peft_model(model.to(dtype), maple_lora_config(model, r=4, lora_alpha=4, lora_dropout=0.0,
+                                                               **lora_kwargs))
+    with torch.no_grad():  # trained adapters: B (zero at initialisation) and, for DoRA, the magnitudes move
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.add_(torch.randn_like(param), alpha=0.05)
+    before = {name: param.detach().clone() for name, param in model.named_parameters()}
+    base = model.get_base_model()
+    save_pretrained, saved_states = base.save_pretrained, []
+
+    def recording_save_pretrained(*args, state_dict, **kwargs):
+        saved_states.append(dict(state_dict))  # save_pretrained pops the tensors it writes
+        return save_pretrained(*args, state_dict=state_dict, **kwargs)
+
+    monkeypatch.setattr(base, "save_pretrained", recording_save_pretrained)
+    for _ in range(3):
+        rpa_trainer_module._save_merged(model, str(tmp_path))
+
+    for name, param in model.named_parameters():
+        assert torch.equal(param, before[name]), name
+    # only the LoRA-targeted weights (and biases) are new tensors, on the CPU; the rest are the model's own
+    model_storage = {tensor.data_ptr() for tensor in base.state_dict().values()}
+    new = {name for name, tensor in saved_states[-1].items() if tensor.data_ptr() not in model_storage}
+    lora_layers = [name for name, module in base.named_modules() if isinstance(module, LoraLayer)]
+    kinds = ("weight", "bias") if lora_kwargs.get("lora_bias") else ("weight",)
+    assert new == {f"{name}.{kind}" for name in lora_layers for kind in kinds}
+    assert all(saved_states[-1][name].device.type == "cpu" for name in new)
+    saved = safetensors.torch.load_file(os.path.join(tmp_path, "model.safetensors"))
+    expected = model.merge_and_unload().state_dict()
+    assert saved and set(saved) <= set(expected)
+    for name, tensor in saved.items():
+        assert torch.equal(tensor, expected[name]), name
 
 
 def test_training_continues_from_a_saved_model_given_by_path(tmp_path):

@@ -19,6 +19,7 @@ import safetensors.torch
 import torch
 from datasets import Dataset, IterableDataset
 from peft import PeftConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
 from PIL import Image
 from torch import Tensor, nn
 from transformers import AutoModel, AutoProcessor, EvalPrediction, ProcessorMixin, TrainerCallback
@@ -440,23 +441,46 @@ class RPATrainer(DPOTrainer):
 
 
 def _save_merged(model: PeftModel, output_dir: str) -> None:
-    """Saves the PEFT model as the plain model it stands for (adapters merged, trained heads in place), loadable by
-    `AutoModel`, without copying it: the adapters are merged into the base weights in place, the base model's state
-    is saved under the plain model's parameter names, and the adapters are unmerged again."""
+    """Saves the PEFT model as the plain model it stands for (adapters merged, trained heads in place), equal to
+    `merge_and_unload()` and loadable by `AutoModel`, without changing the live model's weights: merging in place and
+    unmerging again would move the frozen base weights by rounding at every save (under DDP on the saving process
+    only).
+    Only the LoRA-targeted weights are new tensors, on the CPU; every other tensor of the saved state is the model's."""
     base = model.get_base_model()
     prefix = getattr(model.base_model, "prefix", "lora_")
     adapter = model.active_adapter
-    model.merge_adapter()
-    try:
-        state_dict = {}
-        for name, tensor in base.state_dict().items():
-            if f".{prefix}" in name or name.startswith(prefix) or ".original_module." in name:
-                continue  # adapter weights (merged) and the untrained copies of the trained heads
-            name = name.replace(".base_layer.", ".").replace(f".modules_to_save.{adapter}.", ".")
-            state_dict[name] = tensor
-        base.save_pretrained(output_dir, state_dict=state_dict)
-    finally:
-        model.unmerge_adapter()
+    merged = {}
+    for module_name, module in base.named_modules():
+        if isinstance(module, LoraLayer) and adapter in module.lora_A:
+            merged.update(_merged_lora_tensors(module, adapter, f"{module_name}.base_layer."))
+    state_dict = {}
+    for name, tensor in base.state_dict().items():
+        if f".{prefix}" in name or name.startswith(prefix) or ".original_module." in name:
+            continue  # adapter weights (merged) and the untrained copies of the trained heads
+        tensor = merged.get(name, tensor)
+        name = name.replace(".base_layer.", ".").replace(f".modules_to_save.{adapter}.", ".")
+        state_dict[name] = tensor
+    base.save_pretrained(output_dir, state_dict=state_dict)
+
+
+@torch.no_grad()
+def _merged_lora_tensors(layer: LoraLayer, adapter: str, key_prefix: str) -> dict[str, Tensor]:
+    """The state-dict entries (``key_prefix`` + ``weight``, and ``bias`` with `lora_bias`) of `layer`'s base layer with
+    `adapter` merged, as new CPU tensors computed as PEFT's unsafe `merge` (`merge_and_unload`'s) computes them."""
+    base_layer = layer.get_base_layer()
+    if adapter in layer.lora_variant:  # DoRA and other variants merge by their own rule, on the weight's device
+        weight = base_layer.weight.detach().clone()
+        layer.lora_variant[adapter].merge_unsafe(layer, adapter, weight)
+        weight = weight.cpu()
+    else:
+        weight = base_layer.weight.detach().to("cpu", copy=True)
+        weight += layer.get_delta_weight(adapter).cpu()  # in place, as PEFT: computed in the promoted dtype, then cast
+    merged = {f"{key_prefix}weight": weight}
+    if layer.lora_bias[adapter]:
+        bias = base_layer.bias.detach().to("cpu", copy=True)
+        bias += (layer.lora_B[adapter].bias * layer.scaling[adapter]).cpu()
+        merged[f"{key_prefix}bias"] = bias
+    return merged
 
 
 def _model_inputs(inputs: dict[str, Tensor]) -> dict[str, Tensor]:
