@@ -246,6 +246,13 @@ def test_bad_rows_of_a_streamed_eval_dataset_are_named_as_eval(tmp_path):
         trainer.evaluate(streamed)
 
 
+def test_compute_metrics_is_rejected_as_it_would_never_be_called(tmp_path):
+    model, processor = build_tiny("dual_encoder")
+    with pytest.raises(ValueError, match=r"does not take `compute_metrics`.*eval_rewards/accuracies.*eval_quadruples"):
+        RPATrainer(model, args=make_config(tmp_path), train_dataset=synthetic_preference_dataset(8),
+                   processing_class=processor, compute_metrics=lambda prediction: {"mine": 1.0})
+
+
 def test_persistent_workers_are_rejected_with_subsampled_candidates(tmp_path):
     with pytest.raises(ValueError, match="dataloader_persistent_workers"):
         RPAConfig(output_dir=str(tmp_path), num_text_candidates=2, dataloader_num_workers=1,

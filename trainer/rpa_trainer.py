@@ -69,7 +69,10 @@ class RPATrainer(DPOTrainer):
             evaluation), named "eval" in its errors; any other collator serves both.
         train_dataset, eval_dataset: preference datasets with the columns of `trainer.schema`.
         processing_class: the `MapleProcessor`; loaded from `model`'s path when it is a string.
-        compute_metrics, callbacks, optimizers: as in `transformers.Trainer`.
+        compute_metrics: not supported (a `ValueError`): an embedder's evaluation has no predictions and labels to pass
+            it. Evaluation reports the losses, reward accuracies and margins, retrieval recall@1 and the
+            `eval_quadruples` scores listed above.
+        callbacks, optimizers: as in `transformers.Trainer`.
         peft_config: wraps the model with PEFT (e.g. `modeling_maple.lora`'s LoRA set-up of the paper).
         eval_quadruples: fine-grained evaluation sets, `{name: [(image_0, image_1, text_0, text_1), ...]}` with
             `text_i` describing `image_i` (Winoground style); every evaluation then also logs
@@ -113,6 +116,14 @@ class RPATrainer(DPOTrainer):
             raise TypeError(f"args must be an RPAConfig, got {type(args).__name__}")
         if train_dataset is None:
             raise ValueError("`train_dataset` is required")
+        if compute_metrics is not None:
+            raise ValueError(
+                "RPATrainer does not take `compute_metrics`: an embedder's evaluation has no predictions and labels to "
+                "pass it. Evaluation reports eval_loss, eval_loss/rpa, eval_loss/contrastive, "
+                "eval_rewards/accuracies, eval_rewards/margins, eval_recall@1/text_to_image and /image_to_text, and, "
+                "with `eval_quadruples`, eval_<name>/text_score, /image_score and /group_score; for other benchmarks "
+                "evaluate the saved model (`maple eval`)."
+            )
         if isinstance(model, str):
             model_init_kwargs = {"trust_remote_code": args.trust_remote_code, **(args.model_init_kwargs or {})}
             if processing_class is None:
@@ -180,7 +191,6 @@ class RPATrainer(DPOTrainer):
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=processing_class,
-            compute_metrics=compute_metrics,
             callbacks=callbacks,
             optimizers=optimizers,
         )
