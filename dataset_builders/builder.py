@@ -36,7 +36,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +131,12 @@ class MaplePreferencesConfig(datasets.BuilderConfig):
             problems.append(f"semdedup_epsilon must be in [0, 1), got {self.semdedup_epsilon}")
         if problems:
             raise ValueError("invalid MaplePreferences config: " + "; ".join(problems))
+
+
+_OVERRIDABLE_WITH_NONE = {item.name for item in fields(MaplePreferencesConfig)} - {
+    item.name for item in fields(datasets.BuilderConfig)
+}
+"""The recipe's own config fields: a None override of one is a setting, not "no override"."""
 
 
 @dataclass(frozen=True)
@@ -335,6 +341,12 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             f"source={getattr(source_dataset, '_fingerprint', None)}",
         )
         super().__init__(*args, **kwargs)
+        # `datasets` skips keyword overrides whose value is None, but None is a setting here
+        # (semdedup_clusters=None: no de-duplication), so those are applied now. They are already in
+        # the cache key, which `datasets` derives from every keyword.
+        for key, value in kwargs.items():
+            if value is None and key in _OVERRIDABLE_WITH_NONE:
+                setattr(self.config, key, None)
         self.config.validate()
         self.judge = judge
         self.captioner = captioner

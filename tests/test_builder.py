@@ -306,3 +306,13 @@ def test_the_papers_cluster_count_on_a_small_corpus_stops_before_embedding(tmp_p
     with pytest.raises(ValueError, match=r"50000 clusters on 10 rows"):
         builder.build_shards()
     assert not list((tmp_path / "work").glob("embeddings*.pt"))
+
+
+def test_a_none_override_turns_semdedup_off_even_for_the_paper_config(tmp_path):
+    """`datasets` ignores keyword overrides that are None: semdedup_clusters=None (CLI
+    --semdedup-clusters 0) left the paper config's 50,000 clusters in place."""
+    off = MaplePreferences(config_name="paper", semdedup_clusters=None, cache_dir=str(tmp_path / "cache"))
+    assert off.config.semdedup_clusters is None
+    default = MaplePreferences(config_name="paper", cache_dir=str(tmp_path / "cache"))
+    assert default.config.semdedup_clusters == 50_000
+    assert off._cache_dir != default._cache_dir
