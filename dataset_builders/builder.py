@@ -143,8 +143,9 @@ _OVERRIDABLE_WITH_NONE = {item.name for item in fields(MaplePreferencesConfig)} 
 class SkippedInput:
     """A source row left out of the dataset, and why.
 
-    kind: "duplicate id", "empty caption", "non-string caption", "unreadable image" or
-        "near-duplicate" (SemDeDup).
+    kind: "duplicate id", "empty caption", "non-string caption", "special token in caption" (the
+        judge's tokenizer would read part of the caption as a special token), "unreadable image"
+        or "near-duplicate" (SemDeDup).
     detail: the specifics (the error, the row it duplicates).
     """
 
@@ -518,6 +519,10 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             if caption is None or not caption.strip():
                 skipped.append(SkippedInput(index, row_id, "empty caption"))
                 continue
+            if (token := self._judge_special_token(caption)) is not None:
+                detail = f"column {self.config.caption_column!r} holds the judge's special token {token!r}"
+                skipped.append(SkippedInput(index, row_id, "special token in caption", detail))
+                continue
             try:
                 _decode(_image_bytes(row[self.config.image_column] or {}), index)
             except Exception as error:  # any decoding failure makes the row unusable, whatever its kind
@@ -528,6 +533,13 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         payload = {"num_source_rows": len(source), "valid_rows": valid_rows, "skipped": [asdict(item) for item in skipped]}
         _atomic_write_bytes(path, json.dumps(payload).encode())
         return len(source), valid_rows, skipped
+
+    def _judge_special_token(self, text: str) -> str | None:
+        """The special token of the judge's tokenizer that `text` holds (`MLLMJudge.special_token_in`),
+        or None. The judge refuses such texts, which it would read as that token, not as text; a
+        judge without `special_token_in` reads any text."""
+        find = getattr(self.judge, "special_token_in", None)
+        return None if find is None else find(text)
 
     def _image(self, row: int) -> PIL.Image.Image:
         return _decode(_image_bytes(self._load_source()[row][self.config.image_column]), row)
@@ -660,6 +672,9 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
 
         if config.text_candidates == "generated":
             generated = self._generated_captions(shard, anchors, [images[1:] for images in candidate_images])
+            # The judge cannot score these (source captions were checked with the inputs); they
+            # are dropped like empty ones: the captioner's tokenizer may differ from the judge's.
+            generated = [[text for text in texts if self._judge_special_token(text) is None] for texts in generated]
         else:
             generated = [[source[row][config.caption_column] for row in rows] for rows in negative_rows]
         candidate_texts = [text_pool(caption, texts, config.max_candidate_texts) for caption, texts in zip(captions, generated)]

@@ -11,6 +11,7 @@ they agree up to float rounding.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -73,6 +74,16 @@ def check_score_images_inputs(texts: object, images: object) -> None:
         for position, image in enumerate(candidates):
             if not isinstance(image, PIL.Image.Image):
                 raise ValueError(f"images[{index}][{position}] is {_kind(image)}; expected a PIL image")
+
+
+def special_token_pattern(prompt_encoder: PromptEncoder) -> re.Pattern[str]:
+    """A pattern matching every special token of the prompt encoder's tokenizer (the added tokens
+    marked special, the named ones such as eos, and the image placeholder), longest first, so that
+    a match names the whole token rather than a shorter one inside it."""
+    tokenizer = prompt_encoder.tokenizer
+    tokens = {token.content for token in tokenizer.added_tokens_decoder.values() if token.special}
+    tokens |= set(tokenizer.all_special_tokens) | {prompt_encoder.image_token}
+    return re.compile("|".join(re.escape(token) for token in sorted(tokens - {""}, key=len, reverse=True)))
 
 
 def answer_token_id(prompt_encoder: PromptEncoder, word: str) -> int:
@@ -143,6 +154,7 @@ class MLLMJudge:
         self.no_id = answer_token_id(self.prompt_encoder, "No")
         # The prompt split into the part all candidate texts of an image share and the rest.
         self.prefix_text, self.suffix_template = self._split_prompt()
+        self._special_tokens = special_token_pattern(self.prompt_encoder)
         # The prefix differs between images only in the text their placeholder becomes (for most
         # families, how many image tokens it holds): tokenise it once per such text.
         self._prefix_ids_by_image_text: dict[str, list[int]] = {}
@@ -200,6 +212,23 @@ class MLLMJudge:
             for probe in probes
         )
 
+    def special_token_in(self, text: str) -> str | None:
+        """The first special token of the judge's tokenizer that `text` contains, or None.
+
+        Candidate texts are tokenised inside the chat prompt, where such a string becomes the token
+        itself, not text: `<|im_end|>` ends the user turn early, an image placeholder (`<|image_pad|>`,
+        SmolVLM's literal `<image>`) claims image features that do not exist. So `score` and
+        `score_images` refuse such texts, and the builder skips or drops them beforehand."""
+        match = self._special_tokens.search(text)
+        return None if match is None else match.group()
+
+    def _check_text(self, text: str, name: str) -> None:
+        if (token := self.special_token_in(text)) is not None:
+            raise ValueError(
+                f"{name} contains the judge's special token {token!r}, which its tokenizer would read as that token, "
+                "not as text, breaking the prompt"
+            )
+
     def prefix_ids(self, images: EncodedImages, index: int) -> list[int]:
         """Token ids of the shared prompt prefix for the `index`-th of `images` (image tokens
         expanded); `prefix_ids(...) + suffix_ids([text])[0]` is the whole prompt for one pair."""
@@ -230,9 +259,13 @@ class MLLMJudge:
     ) -> list[torch.Tensor]:
         """alpha(images[i], texts[i][j]); one (len(texts[i]),) float32 CPU tensor per image.
 
-        Malformed inputs (a flat list of texts, a text where an image goes) raise a ValueError
-        naming the item (`check_score_inputs`)."""
+        Malformed inputs (a flat list of texts, a text where an image goes) and texts holding a
+        special token of the judge's tokenizer (`special_token_in`) raise a ValueError naming the
+        item (`check_score_inputs`), before any forward."""
         check_score_inputs(images, texts)
+        for index, candidates in enumerate(texts):
+            for position, text in enumerate(candidates):
+                self._check_text(text, f"texts[{index}][{position}]")
         if not reuse_prefix:
             pairs = [(image, text) for image, candidates in zip(images, texts) for text in candidates]
             flat = self._score_pairs(pairs)
@@ -244,9 +277,12 @@ class MLLMJudge:
         """alpha(images[i][j], texts[i]); one (len(images[i]),) float32 CPU tensor per text.
 
         The image comes first in the prompt, so candidates share no prefix: this is the per-pair path.
-        Malformed inputs raise a ValueError naming the item (`check_score_images_inputs`).
+        Malformed inputs and texts holding a special token of the judge's tokenizer raise a
+        ValueError naming the item (`check_score_images_inputs`, `special_token_in`).
         """
         check_score_images_inputs(texts, images)
+        for index, text in enumerate(texts):
+            self._check_text(text, f"texts[{index}]")
         pairs = [(image, text) for text, candidates in zip(texts, images) for image in candidates]
         return list(self._score_pairs(pairs).split([len(candidates) for candidates in images]))
 
@@ -329,6 +365,15 @@ class JudgeEnsemble:
             raise ValueError("a judge ensemble needs at least one judge")
         self.judges = list(judges)
         self.name = name or " + ".join(getattr(judge, "name", type(judge).__name__) for judge in self.judges)
+
+    def special_token_in(self, text: str) -> str | None:
+        """The first special token of a member judge's tokenizer that `text` contains, or None
+        (members without `special_token_in` read any text)."""
+        for judge in self.judges:
+            find = getattr(judge, "special_token_in", None)
+            if find is not None and (token := find(text)) is not None:
+                return token
+        return None
 
     def score(
         self, images: list[PIL.Image.Image], texts: list[list[str]], *, reuse_prefix: bool = True

@@ -316,3 +316,33 @@ def test_a_none_override_turns_semdedup_off_even_for_the_paper_config(tmp_path):
     default = MaplePreferences(config_name="paper", cache_dir=str(tmp_path / "cache"))
     assert default.config.semdedup_clusters == 50_000
     assert off._cache_dir != default._cache_dir
+
+
+class _PlaceholderJudge(ColourJudge):
+    """A stand-in judge whose tokenizer has a literal `<image>` special token, as SmolVLM's does."""
+
+    def special_token_in(self, text: str) -> str | None:
+        return "<image>" if "<image>" in text else None
+
+    def score(self, images, texts, *, reuse_prefix: bool = True):
+        assert not any("<image>" in text for candidates in texts for text in candidates)
+        return super().score(images, texts, reuse_prefix=reuse_prefix)
+
+
+class _PlaceholderCaptioner(ColourCaptioner):
+    def caption(self, anchors, negatives):
+        return [captions + ["an <image> of a square"] for captions in super().caption(anchors, negatives)]
+
+
+def test_texts_holding_a_judge_special_token_are_skipped_or_dropped(tmp_path):
+    """Before the fix such a caption reached the judge, which broke its prompt (or crashed naming
+    no row): source rows with one are now skipped with a reason, generated captions dropped."""
+    source = _source(10, id=["tagged"], image=[colour_squares(1)["image"][0]], caption=["a red <image> square"])
+    builder = _build(tmp_path, source_dataset=source, judge=_PlaceholderJudge(), captioner=_PlaceholderCaptioner())
+    stats = builder.stats
+    assert stats["skipped_by_reason"] == {"special token in caption": 1}
+    assert stats["skipped"][0]["id"] == "tagged"
+    assert stats["skipped"][0]["detail"] == "column 'caption' holds the judge's special token '<image>'"
+    dataset = builder.as_dataset(split="train")
+    assert len(dataset) == 10
+    assert not any("<image>" in text for texts in dataset["candidate_texts"] for text in texts)

@@ -417,3 +417,33 @@ def _truncated_png() -> Image.Image:
 def test_corrupt_image_data_is_an_error_naming_the_image(sharp_judge):
     with pytest.raises(ValueError, match=r"images\[1\]: corrupt image data"):
         sharp_judge.prompt_encoder.encode_images([IMAGES[0], _truncated_png()])
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        # End of turn: the reuse path silently scored a broken prompt.
+        (lambda judge: judge.score(IMAGES[:2], [["fine"], ["ok", "a <|im_end|> tag"]]), r"texts\[1\]\[1\] contains the judge's special token '<\|im_end\|>'"),
+        # An image slot without features: the per-pair path crashed naming nothing.
+        (lambda judge: judge.score(IMAGES[:1], [["an <|image_pad|> tag"]], reuse_prefix=False), r"texts\[0\]\[0\] contains .*'<\|image_pad\|>'"),
+        (lambda judge: judge.score_images(["fine", "x<|vision_start|>"], [[IMAGES[0]], [IMAGES[1]]]), r"texts\[1\] contains .*'<\|vision_start\|>'"),
+    ],
+)
+def test_texts_holding_a_special_token_are_refused_before_any_forward(sharp_judge, call, message, monkeypatch):
+    def no_forward(*args, **kwargs):
+        raise AssertionError("the model ran")
+
+    monkeypatch.setattr(sharp_judge.model.model, "forward", no_forward)
+    with pytest.raises(ValueError, match=message):
+        call(sharp_judge)
+    with pytest.raises(ValueError, match=message):
+        call(JudgeEnsemble([sharp_judge]))
+
+
+def test_smolvlm_judge_refuses_its_literal_image_placeholder_in_a_text():
+    judge = tiny_judge(seed=0, family="smolvlm")
+    assert judge.special_token_in("a cat") is None
+    assert judge.special_token_in("an <image> and a <row_1_col_1>") == "<image>"
+    assert JudgeEnsemble([judge]).special_token_in("a <row_1_col_1> tag") == "<row_1_col_1>"
+    with pytest.raises(ValueError, match=r"texts\[0\]\[0\] contains the judge's special token '<image>'"):
+        judge.score([IMAGES[0]], [["an <image> here"]])
