@@ -94,6 +94,31 @@ def test_evaluation_reports_fine_grained_scores_on_quadruples(tmp_path):
     assert "eval_sides/group_score" in trainer.state.log_history[-1]
 
 
+def test_fine_grained_scores_are_computed_once_with_several_eval_datasets(tmp_path, monkeypatch):
+    import evaluation.protocols
+
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return evaluate_quadruples(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation.protocols, "evaluate_quadruples", counting)
+    model, processor = build_tiny("dual_encoder", seed=0)
+    quadruples = [(draw_scene("red", "left"), draw_scene("red", "right"), describe_scene("red", "left"),
+                   describe_scene("red", "right"))]
+    eval_dataset = {"a": synthetic_preference_dataset(8, seed=1), "b": synthetic_preference_dataset(8, seed=2)}
+    trainer = RPATrainer(model, args=make_config(tmp_path), train_dataset=synthetic_preference_dataset(8),
+                         eval_dataset=eval_dataset, processing_class=processor, eval_quadruples={"sides": quadruples})
+    metrics = trainer.evaluate()
+    assert len(calls) == 1
+    assert sorted(key for key in metrics if "sides" in key) == [f"eval_sides/{key}" for key in
+                                                                ("group_score", "image_score", "text_score")]
+    assert {"eval_a_loss", "eval_b_loss", "eval_a_recall@1/text_to_image"} <= set(metrics)
+    logged = [key for entry in trainer.state.log_history for key in entry if "sides" in key]
+    assert sorted(logged) == sorted(key for key in metrics if "sides" in key)  # logged once, under one prefix
+
+
 def test_recall_counts_every_caption_of_an_image_as_relevant():
     # perfect embeddings: image 0 has two captions (rows 0 and 1, the image repeated), image 1 one
     image_embeds = torch.eye(2)[[0, 0, 1]]

@@ -167,6 +167,7 @@ class RPATrainer(DPOTrainer):
         self.maybe_activation_offload_context = contextlib.nullcontext()
         self._eval_anchor_embeds: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
         self.eval_quadruples = eval_quadruples or {}
+        self._evaluating = False  # inside `evaluate` (see there)
 
         train_dataset = self._prepare_dataset(train_dataset, processing_class, args, "train")
         if isinstance(eval_dataset, dict):
@@ -375,8 +376,14 @@ class RPATrainer(DPOTrainer):
         return output
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
-        if self.eval_quadruples:
+        # With a dict of eval datasets `Trainer.evaluate` calls this method again per split; the quadruples do not
+        # depend on the split, so only the outermost call evaluates them, once, under its own prefix.
+        nested, self._evaluating = self._evaluating, True
+        try:
+            metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        finally:
+            self._evaluating = nested
+        if self.eval_quadruples and not nested:
             from evaluation.protocols import evaluate_quadruples
 
             model = self.accelerator.unwrap_model(self.model)
