@@ -16,9 +16,9 @@ SemDeDup result and every finished shard (written to a temporary name, then rena
 absent). A run after a crash or SIGKILL redoes only the missing shards; shard contents depend only
 on the shard's anchors and the seed, so the result equals an uninterrupted build row for row.
 The work dir belongs to one recipe: `manifest.json` records everything that shapes its contents
-(source fingerprint, shard size, K, text settings, SemDeDup, seed, judge / captioner / miner), and
-a build with a different recipe stops with a `WorkDirMismatch` naming the differences instead of
-mixing old checkpoints with new ones. Shards are named by the anchors they hold
+(source fingerprint, shard size, K, text settings, SemDeDup, seed, judge / captioner / miner names
+and settings), and a build with a different recipe stops with a `WorkDirMismatch` naming the
+differences instead of mixing old checkpoints with new ones. Shards are named by the anchors they hold
 (`shard-{start:06d}-{end:06d}.parquet`, end exclusive), and the dataset is assembled only once
 the shards cover every anchor exactly once.
 
@@ -29,6 +29,7 @@ work: each embeds its slice of the images and builds the shards s with s % world
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -86,8 +87,8 @@ class MaplePreferencesConfig(datasets.BuilderConfig):
         semdedup_epsilon: SemDeDup threshold, duplicates have cosine > 1 - epsilon (paper: 0.07).
         seed: seeds captioner sampling (per shard) and SemDeDup's k-means.
         source_license: licence of the source data, for the dataset card.
-        components: set by the builder: names of the judge, captioner and miner and the in-memory
-            source's fingerprint. Part of the cache key, so changing any of them never reuses a
+        components: set by the builder: names of the judge, captioner and miner (with a digest of
+            their `settings` where they have them) and the in-memory source's fingerprint. Part of the cache key, so changing any of them never reuses a
             stale build.
     """
 
@@ -202,6 +203,37 @@ def _atomic_torch_save(path: Path, value: Any) -> None:
 def _component_name(component: object | None) -> str | None:
     """How a judge, captioner or miner is named in cards and cache keys."""
     return None if component is None else getattr(component, "name", type(component).__name__)
+
+
+def _component_settings(component: object | None) -> dict[str, Any] | None:
+    """What, beside its name, shapes a component's output: its `settings` (`MLLMJudge`,
+    `JudgeEnsemble`, `ContrastiveCaptioner`, `HardNegativeMiner`: prompt, dtype, image-processor
+    settings, duplicate threshold, ...), as it reads back from JSON. None for a component without
+    them (protocol stand-ins), which its name alone identifies."""
+    settings = getattr(component, "settings", None)
+    return None if settings is None else json.loads(json.dumps(settings, default=str))
+
+
+def _component_key(component: object | None) -> str | None:
+    """The component's name plus a digest of its settings, for the `datasets` cache key: changing
+    a setting must not reuse a cached build any more than changing the model."""
+    settings = _component_settings(component)
+    if settings is None:
+        return _component_name(component)
+    return f"{_component_name(component)}@{hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]}"
+
+
+def _differences(saved: Any, current: Any, name: str = "") -> list[str]:
+    """"name: saved in the work dir, current now" for each differing manifest field; settings
+    (nested dicts) are compared key by key, so the message names the one that changed (say
+    `judge_settings.image_processor.size`) rather than printing both whole."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        return [
+            line
+            for key in sorted(saved.keys() | current.keys())
+            for line in _differences(saved.get(key), current.get(key), f"{name}.{key}" if name else key)
+        ]
+    return [] if saved == current else [f"{name}: {saved!r} in the work dir, {current!r} now"]
 
 
 def _ranges(positions: list[int]) -> str:
@@ -338,7 +370,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         kwargs.setdefault("dataset_name", "maple_preferences")
         kwargs.setdefault(
             "components",
-            f"judge={_component_name(judge)}; captioner={_component_name(captioner)}; miner={_component_name(miner)}; "
+            f"judge={_component_key(judge)}; captioner={_component_key(captioner)}; miner={_component_key(miner)}; "
             f"source={getattr(source_dataset, '_fingerprint', None)}",
         )
         super().__init__(*args, **kwargs)
@@ -431,14 +463,11 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             "seed": config.seed,
             "judge": _component_name(self.judge),
             "judge_prompt": getattr(self.judge, "prompt", None),
+            "judge_settings": _component_settings(self.judge),
             "captioner": _component_name(self.captioner) if generated else None,
-            # batch_size too: sampling draws from one generator, so batching shapes the captions.
-            "captioner_settings": {
-                name: getattr(self.captioner, name, None) for name in ("prompt", "temperature", "num_samples", "max_new_tokens", "batch_size")
-            }
-            if generated
-            else None,
+            "captioner_settings": _component_settings(self.captioner) if generated else None,
             "miner": _component_name(self.miner),
+            "miner_settings": _component_settings(self.miner),
         }
 
     def check_work_dir(self) -> None:
@@ -464,11 +493,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             self.work_dir.mkdir(parents=True, exist_ok=True)
             _atomic_write_bytes(path, json.dumps(current, indent=2, sort_keys=True).encode())
         saved = json.loads(path.read_text())
-        differences = [
-            f"{name}: {saved.get(name)!r} in the work dir, {current.get(name)!r} now"
-            for name in sorted(saved.keys() | current.keys())
-            if saved.get(name) != current.get(name)
-        ]
+        differences = _differences(saved, current)
         if differences:
             raise WorkDirMismatch(
                 f"work dir {self.work_dir} was built with another recipe ({'; '.join(differences)}); reusing its "

@@ -12,7 +12,7 @@ import re
 import PIL.Image
 import torch
 
-from .vlm_inputs import load_vlm, prompt_encoder_for, to_model
+from .vlm_inputs import load_vlm, model_settings, prompt_encoder_for, to_model
 
 DEFAULT_CAPTION_PROMPT = (
     "The first image is the anchor; the second is a similar but different image. "
@@ -98,6 +98,18 @@ class ContrastiveCaptioner:
         """
         loaded = load_vlm(model_id_or_path, **(loading_kwargs or {}))
         return cls(loaded.model, loaded.tokenizer, loaded.image_processor, name=model_id_or_path, **captioner_kwargs)
+
+    @property
+    def settings(self) -> dict:
+        """What, beside `name` and the seed, decides the captions: the prompt, the sampling settings,
+        the batch size (all samples draw from one generator, so batching shapes them), the chat
+        template, the weights dtype and the image processor's settings. Recorded in the builder's
+        manifest."""
+        sampling = {
+            "prompt": self.prompt, "temperature": self.temperature, "num_samples": self.num_samples,
+            "max_new_tokens": self.max_new_tokens, "batch_size": self.batch_size,
+        }
+        return {**sampling, **model_settings(self.model, self.prompt_encoder)}
 
     @torch.inference_mode()
     def caption(self, anchors: list[PIL.Image.Image], negatives: list[PIL.Image.Image]) -> list[list[str]]:

@@ -20,7 +20,7 @@ import torch
 from transformers import DynamicCache
 
 from .interfaces import PreferenceJudge
-from .vlm_inputs import EncodedImages, PromptEncoder, load_vlm, prompt_encoder_for, to_model
+from .vlm_inputs import EncodedImages, PromptEncoder, load_vlm, model_settings, prompt_encoder_for, to_model
 
 DEFAULT_JUDGE_PROMPT = 'Does the image align with the text "{text}"? Answer Yes or No.'
 """The paper's judge question; the image comes first, as `<image>` does in the paper."""
@@ -174,6 +174,14 @@ class MLLMJudge:
         """
         loaded = load_vlm(model_id_or_path, **(loading_kwargs or {}))
         return cls(loaded.model, loaded.tokenizer, loaded.image_processor, name=model_id_or_path, **judge_kwargs)
+
+    @property
+    def settings(self) -> dict:
+        """What, beside `name`, decides the judge's scores: the prompt, the chat template, the
+        weights dtype and the image processor's settings (e.g. Qwen-VL's max_pixels). The builder's
+        manifest records them, so a resumed build never mixes shards scored under other settings.
+        Batch size and device change only float rounding and are left out."""
+        return {"prompt": self.prompt, **model_settings(self.model, self.prompt_encoder)}
 
     def _split_prompt(self) -> tuple[str, str]:
         """The rendered prompt cut into the part shared by all candidate texts and the rest:
@@ -365,6 +373,11 @@ class JudgeEnsemble:
             raise ValueError("a judge ensemble needs at least one judge")
         self.judges = list(judges)
         self.name = name or " + ".join(getattr(judge, "name", type(judge).__name__) for judge in self.judges)
+
+    @property
+    def settings(self) -> dict:
+        """Each member's `settings` (None for a member without them), in order."""
+        return {"judges": [getattr(judge, "settings", None) for judge in self.judges]}
 
     def special_token_in(self, text: str) -> str | None:
         """The first special token of a member judge's tokenizer that `text` contains, or None

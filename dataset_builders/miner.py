@@ -282,6 +282,13 @@ class HardNegativeMiner:
         kwargs.setdefault("name", f"maple:{model.config.name_or_path or 'in-memory'}")
         return cls(encode_images, **kwargs)
 
+    @property
+    def settings(self) -> dict:
+        """What, beside `name`, decides the neighbours: the duplicate threshold and the encoder's own
+        `settings` where it has them (from `from_pretrained`: weights dtype and image-processor
+        settings). Recorded in the builder's manifest; batch and chunk sizes change nothing."""
+        return {"duplicate_threshold": self.duplicate_threshold, "encoder": getattr(self.encode_images, "settings", None)}
+
     @torch.inference_mode()
     def embed(self, images: Iterable[PIL.Image.Image]) -> torch.Tensor:
         """(N, D) float32 L2-normalised embeddings of `images` (PIL images or file paths),
@@ -327,6 +334,13 @@ class _TransformersImageEncoder:
     def __init__(self, model: torch.nn.Module, image_processor) -> None:
         self.model = model
         self.image_processor = image_processor
+
+    @property
+    def settings(self) -> dict:
+        """The weights dtype and the image processor's settings: both change the embeddings."""
+        from .vlm_inputs import image_processor_settings  # transformers: loaded already for this encoder
+
+        return {"dtype": str(self.model.dtype), "image_processor": image_processor_settings(self.image_processor)}
 
     def __call__(self, images: Sequence[PIL.Image.Image]) -> torch.Tensor:
         # RGB already: `HardNegativeMiner.embed` loads every image with `load_image`.

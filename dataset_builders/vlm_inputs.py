@@ -15,6 +15,7 @@ uses, so the judge, the captioner and the embedder build vision prompts the same
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -259,6 +260,22 @@ class Idefics3PromptEncoder(PromptEncoder):
         inputs["pixel_values"] = inputs["pixel_values"].unsqueeze(0)
         inputs["pixel_attention_mask"] = inputs["pixel_attention_mask"].unsqueeze(0)
         return inputs
+
+
+def image_processor_settings(image_processor) -> dict:
+    """An image processor's settings as plain JSON values (sizes, pixel budgets such as Qwen-VL's
+    max_pixels, normalisation), for recipe manifests: they change what a model sees."""
+    return json.loads(image_processor.to_json_string())
+
+
+def model_settings(model: torch.nn.Module, prompt_encoder: PromptEncoder) -> dict:
+    """What, beside its weights, shapes a VLM's outputs for a given prompt: the chat template, the
+    weights dtype and the image processor's settings."""
+    return {
+        "chat_template": prompt_encoder.chat_template,
+        "dtype": str(model.dtype),
+        "image_processor": image_processor_settings(prompt_encoder.image_processor),
+    }
 
 
 def _pair(value: int | Sequence[int]) -> tuple[int, int]:

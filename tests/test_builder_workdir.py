@@ -2,12 +2,13 @@
 named by the anchors they hold, and the assembled dataset holds every anchor exactly once."""
 
 import json
+import re
 
 import datasets
 import pytest
 
 from dataset_builders.builder import MaplePreferences, WorkDirMismatch
-from dataset_builders.testing import ColourCaptioner, ColourJudge, colour_squares, thumbnail_miner
+from dataset_builders.testing import ColourCaptioner, ColourJudge, colour_squares, thumbnail_miner, tiny_judge
 
 SOURCE_FEATURES = datasets.Features(
     {"id": datasets.Value("string"), "image": datasets.Image(), "caption": datasets.Value("string")}
@@ -72,13 +73,14 @@ def test_another_shard_size_on_the_same_work_dir_is_refused_not_mixed(tmp_path):
         ({"semdedup_clusters": 3}, "semdedup_clusters"),
         ({"judge": type("OtherJudge", (ColourJudge,), {"name": "other-judge"})()}, "judge"),
         ({"miner": thumbnail_miner(name="other-miner")}, "miner"),
-        ({"captioner": type("Sampler", (ColourCaptioner,), {"temperature": 0.9})()}, "captioner_settings"),
+        ({"captioner": type("Sampler", (ColourCaptioner,), {"settings": {"temperature": 0.9}})()}, "captioner_settings"),
+        ({"miner": thumbnail_miner(duplicate_threshold=0.5)}, "miner_settings.duplicate_threshold"),
         ({"source_dataset": _source(9)}, "source_fingerprint"),
     ],
 )
 def test_every_recipe_change_is_named(tmp_path, change, field):
     _builder(tmp_path).build_shards()
-    with pytest.raises(WorkDirMismatch, match=rf"\b{field}:"):
+    with pytest.raises(WorkDirMismatch, match=rf"\b{re.escape(field)}:"):
         _builder(tmp_path, **change).build_shards()
 
 
@@ -113,3 +115,24 @@ def test_merge_refuses_shards_that_do_not_cover_every_anchor_once(tmp_path):
     (shards / "shard-000002-000006.parquet").write_bytes((shards / "shard-000004-000008.parquet").read_bytes())
     with pytest.raises(ValueError, match=r"anchors 2\.\.5 .*more than one shard"):
         builder.download_and_prepare()
+
+
+def test_a_judge_with_another_image_resolution_is_another_recipe(tmp_path):
+    """The reviewer's case: the manifest held component names only, so a judge seeing images at
+    another resolution (--max-pixels), in another dtype or with another prompt resumed the work
+    dir and mixed its shards with the old ones. Only the setting that changed is named."""
+    _builder(tmp_path, judge=tiny_judge(image_size=32)).check_work_dir()
+    with pytest.raises(WorkDirMismatch, match=r"judge_settings\.image_processor\.size\.longest_edge: 1024 in the work dir, 4096 now") as raised:
+        _builder(tmp_path, judge=tiny_judge(image_size=64)).check_work_dir()
+    assert "chat_template" not in str(raised.value)
+    with pytest.raises(WorkDirMismatch, match=r"judge_settings\.prompt: "):
+        _builder(tmp_path, judge=tiny_judge(image_size=32, prompt='Is this "{text}"?')).check_work_dir()
+    _builder(tmp_path, judge=tiny_judge(image_size=32)).check_work_dir()  # the same settings resume
+
+
+def test_a_settings_change_is_caught_by_download_and_prepare_too(tmp_path):
+    """`datasets` reuses a prepared dataset whose cache key matches, without running the builder:
+    the key holds a digest of the components' settings, so a change reaches the manifest check."""
+    _builder(tmp_path).download_and_prepare()
+    with pytest.raises(WorkDirMismatch, match=r"miner_settings\.duplicate_threshold: 0\.99999 in the work dir, 0\.5 now"):
+        _builder(tmp_path, miner=thumbnail_miner(duplicate_threshold=0.5)).download_and_prepare()

@@ -85,3 +85,12 @@ def test_labelled_lines_with_nothing_after_the_label_give_no_caption():
     """Before the fix the lazy `(.+?)` captured a lone space: "Image 1:  " gave the caption ' '."""
     assert parse_captions("Image 1:  \nImage 2: a cat") == ["a cat"]
     assert parse_captions("Image 1: \t \nImage 2:") == []
+
+
+def test_settings_hold_what_changes_the_captions():
+    captioner = tiny_captioner(seed=1, temperature=0.9, num_samples=2)
+    settings = captioner.settings
+    assert settings["temperature"] == 0.9 and settings["num_samples"] == 2 and settings["batch_size"] == 4
+    assert settings["prompt"] == captioner.prompt and settings["dtype"] == "torch.float32"
+    assert settings["image_processor"] == tiny_captioner(seed=1).settings["image_processor"]
+    assert settings["image_processor"] != tiny_captioner(seed=1, image_size=64).settings["image_processor"]

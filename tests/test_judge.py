@@ -447,3 +447,19 @@ def test_smolvlm_judge_refuses_its_literal_image_placeholder_in_a_text():
     assert JudgeEnsemble([judge]).special_token_in("a <row_1_col_1> tag") == "<row_1_col_1>"
     with pytest.raises(ValueError, match=r"texts\[0\]\[0\] contains the judge's special token '<image>'"):
         judge.score([IMAGES[0]], [["an <image> here"]])
+
+
+def test_settings_hold_what_changes_the_scores():
+    """The builder's manifest records them (with the name), so a resumed build cannot mix shards of
+    judges that differ in resolution, dtype, prompt or chat template."""
+    import json
+
+    small, large = tiny_judge(image_size=32), tiny_judge(image_size=64)
+    assert set(small.settings) == {"prompt", "chat_template", "dtype", "image_processor"}
+    assert small.settings["image_processor"]["size"] != large.settings["image_processor"]["size"]
+    assert small.settings["prompt"] == small.prompt and small.settings["dtype"] == "torch.float32"
+    assert small.settings["chat_template"] == small.prompt_encoder.chat_template
+    small.model.to(torch.bfloat16)
+    assert small.settings["dtype"] == "torch.bfloat16"
+    assert json.loads(json.dumps(small.settings)) == small.settings
+    assert JudgeEnsemble([small, large]).settings == {"judges": [small.settings, large.settings]}

@@ -233,3 +233,18 @@ def test_semdedup_refuses_clusters_too_many_to_find_duplicates():
     with pytest.raises(ValueError, match="6 clusters on 10 rows"):
         semdedup(embeddings, num_clusters=6, epsilon=0.01)
     assert semdedup(embeddings, num_clusters=5, epsilon=0.01).removed.keys() <= {0, 1}
+
+
+def test_settings_hold_the_duplicate_threshold_and_the_encoders_dtype_and_image_processor(tmp_path):
+    from transformers import CLIPImageProcessorPil, Dinov2Config, Dinov2Model
+
+    config = Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=16, patch_size=8)
+    Dinov2Model(config).save_pretrained(tmp_path)
+    CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(tmp_path)
+    settings = HardNegativeMiner.from_pretrained(str(tmp_path), duplicate_threshold=0.9).settings
+    assert settings["duplicate_threshold"] == 0.9
+    assert settings["encoder"]["dtype"] == "torch.float32"
+    assert settings["encoder"]["image_processor"]["crop_size"] == {"height": 16, "width": 16}
+    assert HardNegativeMiner.from_pretrained(str(tmp_path), dtype=torch.bfloat16).settings["encoder"]["dtype"] == "torch.bfloat16"
+    # A plain callable encoder has no settings of its own.
+    assert HardNegativeMiner(lambda images: torch.zeros(len(images), 2)).settings["encoder"] is None
