@@ -99,3 +99,28 @@ def test_bad_rows_are_named_with_the_collators_dataset(processor, rows):
     bad = dict(rows[0], img2txt_scores=rows[0]["img2txt_scores"][:-1])
     with pytest.raises(ValueError, match=r"^eval dataset, row id 'scene-0': column 'img2txt_scores' has 5 scores"):
         DataCollatorForEmbeddingPreference(processor, dataset_name="eval")([bad])
+
+
+@pytest.mark.parametrize(
+    "column,value,message",
+    [
+        ("caption", None, r"column 'caption' is None; expected a string"),
+        ("image", None, r"column 'image' is None; expected an image"),
+        ("candidate_texts", lambda texts: [texts[0], None, *texts[2:]],
+         r"column 'candidate_texts'\[1\] is None; expected a string"),
+        ("candidate_images", lambda images: [*images[:-1], None],
+         r"column 'candidate_images'\[5\] is None; expected an image"),
+    ],
+    ids=["caption", "image", "candidate-text", "candidate-image"],
+)
+def test_missing_captions_images_and_candidates_are_named(processor, rows, column, value, message):
+    # streamed rows reach the collator unchecked
+    bad = dict(rows[1], **{column: value(rows[1][column]) if callable(value) else value})
+    with pytest.raises(ValueError, match=rf"^train dataset, row id 'scene-1': {message}"):
+        DataCollatorForEmbeddingPreference(processor)([rows[0], bad])
+
+
+@pytest.mark.parametrize("item", [None, b"a red square", 3], ids=["none", "bytes", "int"])
+def test_content_id_takes_only_texts_and_images(item):
+    with pytest.raises(TypeError, match=f"str.*PIL image, got {type(item).__name__}"):
+        content_id(item)

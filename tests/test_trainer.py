@@ -213,8 +213,15 @@ def _corrupt(column, value_fn):
         (lambda: _corrupt("txt2img_scores", lambda s: [1.5, *s[1:]]), r"row id 'scene-2': column 'txt2img_scores'\[0\] is 1.5; expected .* \[0, 1\]"),
         (lambda: _corrupt("txt2img_scores", lambda s: [*s[:-1], float("nan")]), r"'scene-2': column 'txt2img_scores'\[3\] is nan"),
         (lambda: _corrupt("candidate_texts", lambda s: []), r"row id 'scene-2': column 'candidate_texts' is empty"),
+        (lambda: _corrupt("caption", lambda s: None), r"row id 'scene-2': column 'caption' is None; expected a string"),
+        (lambda: _corrupt("image", lambda s: None), r"row id 'scene-2': column 'image' is None; expected an image"),
+        (lambda: _corrupt("candidate_texts", lambda s: [*s[:2], None, *s[3:]]),
+         r"row id 'scene-2': column 'candidate_texts'\[2\] is None; expected a string"),
+        (lambda: _corrupt("candidate_images", lambda s: [*s[:3], None]),
+         r"row id 'scene-2': column 'candidate_images'\[3\] is None; expected an image"),
     ],
-    ids=["missing-column", "length-mismatch", "out-of-range", "nan", "empty"],
+    ids=["missing-column", "length-mismatch", "out-of-range", "nan", "empty", "no-caption", "no-image",
+         "no-candidate-text", "no-candidate-image"],
 )
 def test_bad_datasets_fail_before_training_with_a_clear_error(tmp_path, make_dataset, message):
     model, processor = build_tiny("dual_encoder")

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from transformers.data.data_collator import DataCollatorMixin
 
-from .schema import SCORED_CANDIDATES, check_rows
+from .schema import CONTENT_COLUMNS, SCORED_CANDIDATES, check_rows, first_missing
 
 # Keys of a collated batch that are not model inputs.
 PREFERENCE_KEYS = (
@@ -33,9 +33,11 @@ def content_id(item: str | Image.Image) -> int:
     digest = hashlib.blake2b(digest_size=8)
     if isinstance(item, str):
         digest.update(b"text:" + item.encode("utf-8"))
-    else:
+    elif isinstance(item, Image.Image):
         digest.update(f"image:{item.mode}:{item.size}:".encode())
         digest.update(item.tobytes())
+    else:
+        raise TypeError(f"content_id takes a text (str) or a PIL image, got {type(item).__name__}")
     return int.from_bytes(digest.digest(), "little", signed=True)
 
 
@@ -76,6 +78,7 @@ class DataCollatorForEmbeddingPreference(DataCollatorMixin):
                 column: [len(example[column] or []) for example in examples] for column in SCORED_CANDIDATES
             },
             judge_scores={column: [example[column] for example in examples] for column in SCORED_CANDIDATES.values()},
+            missing={column: [first_missing(example[column]) for example in examples] for column in CONTENT_COLUMNS},
             dataset_name=self.dataset_name,
         )
         texts, images = _DistinctItems(), _DistinctItems()

@@ -22,6 +22,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, Features, Image, IterableDataset, List, Value
 
@@ -40,6 +41,13 @@ PREFERENCE_FEATURES = Features(
 PREFERENCE_COLUMNS = tuple(PREFERENCE_FEATURES)
 # each candidate list and the judge scores that rank it
 SCORED_CANDIDATES = {"candidate_images": "txt2img_scores", "candidate_texts": "img2txt_scores"}
+# the columns the model embeds, with what each value (each entry, for the candidate lists) must be; None is not one
+CONTENT_COLUMNS = {
+    "caption": "a string",
+    "image": "an image",
+    "candidate_texts": "a string",
+    "candidate_images": "an image",
+}
 
 _ARROW_BATCH_ROWS = 10_000
 
@@ -58,15 +66,18 @@ def check_rows(
     ids: Sequence[Any],
     candidate_counts: dict[str, Sequence[int]],
     judge_scores: dict[str, Sequence[Sequence[float] | None]],
+    missing: dict[str, Sequence[int | None]],
     dataset_name: str,
 ) -> None:
     """Checks a batch of rows: every candidate list is non-empty, each score list is as long as its candidate list,
-    and every score is a number in [0, 1].
+    every score is a number in [0, 1], and no caption, image or candidate is missing (None).
 
     Args:
         ids: the rows' `id` values.
         candidate_counts: per candidate column, the length of each row's list (None for a missing list).
         judge_scores: per score column, each row's scores.
+        missing: per column of `CONTENT_COLUMNS`, each row's first missing entry: its position in a candidate list,
+            0 for a missing caption or image, None when nothing is missing (see `first_missing`).
         dataset_name: names the dataset in errors ("train", "eval", ...).
     """
     for candidate_column, score_column in SCORED_CANDIDATES.items():
@@ -85,6 +96,23 @@ def check_rows(
                         f"{where}: column {score_column!r}[{position}] is {score}; expected a judge probability in "
                         "[0, 1]."
                     )
+    for column, expected in CONTENT_COLUMNS.items():
+        for row_id, position in zip(ids, missing[column]):
+            if position is not None:
+                entry = f"{column!r}[{position}]" if column in SCORED_CANDIDATES else repr(column)
+                raise ValueError(
+                    f"{dataset_name} dataset, row id {row_id!r}: column {entry} is None; expected {expected}."
+                )
+
+
+def first_missing(value: Any) -> int | None:
+    """A row value's first missing entry for `check_rows`: the position of the first None in a list, 0 when the value
+    itself is None, None when nothing is missing."""
+    if value is None:
+        return 0
+    if isinstance(value, list):
+        return next((position for position, item in enumerate(value) if item is None), None)
+    return None
 
 
 def validate_preference_dataset(dataset: Dataset | IterableDataset, dataset_name: str) -> None:
@@ -93,7 +121,7 @@ def validate_preference_dataset(dataset: Dataset | IterableDataset, dataset_name
     check_columns(dataset.column_names or next(iter(dataset)).keys(), dataset_name)
     if not isinstance(dataset, Dataset):
         return
-    columns = ["id", *SCORED_CANDIDATES, *SCORED_CANDIDATES.values()]
+    columns = ["id", *CONTENT_COLUMNS, *SCORED_CANDIDATES.values()]
     arrow_rows = dataset.select_columns(columns).with_format("arrow")
     for batch in arrow_rows.iter(batch_size=_ARROW_BATCH_ROWS):
         check_rows(
@@ -102,5 +130,21 @@ def validate_preference_dataset(dataset: Dataset | IterableDataset, dataset_name
                 column: pc.list_value_length(batch[column]).to_pylist() for column in SCORED_CANDIDATES
             },
             judge_scores={column: batch[column].to_pylist() for column in SCORED_CANDIDATES.values()},
+            missing={column: _first_missing(batch[column]) for column in CONTENT_COLUMNS},
             dataset_name=dataset_name,
         )
+
+
+def _first_missing(column: pa.ChunkedArray) -> list[int | None]:
+    """`first_missing` of each row of an Arrow column, without converting its values (images stay undecoded)."""
+    if not pa.types.is_list(column.type):
+        return [0 if null else None for null in pc.is_null(column).to_pylist()]
+    nulls = pc.is_null(pc.list_flatten(column))  # the entries of all rows, in order (a null list has none)
+    if not pc.any(nulls).as_py():
+        return [None] * len(column)
+    nulls, start, first = nulls.to_pylist(), 0, []
+    for length in pc.list_value_length(column).fill_null(0).to_pylist():
+        entries = nulls[start : start + length]
+        first.append(entries.index(True) if True in entries else None)
+        start += length
+    return first
