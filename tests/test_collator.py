@@ -124,3 +124,12 @@ def test_missing_captions_images_and_candidates_are_named(processor, rows, colum
 def test_content_id_takes_only_texts_and_images(item):
     with pytest.raises(TypeError, match=f"str.*PIL image, got {type(item).__name__}"):
         content_id(item)
+
+
+@pytest.mark.parametrize("candidates,scores,anchor", [("candidate_texts", "img2txt_scores", "caption"),
+                                                      ("candidate_images", "txt2img_scores", "image")])
+def test_a_first_candidate_other_than_the_anchor_is_named(processor, rows, candidates, scores, anchor):
+    bad = dict(rows[1], **{candidates: rows[1][candidates][::-1], scores: rows[1][scores][::-1]})
+    with pytest.raises(ValueError, match=rf"^train dataset, row id 'scene-1': column '{candidates}'\[0\] differs "
+                                         rf"from the row's '{anchor}'; expected the anchor itself first"):
+        DataCollatorForEmbeddingPreference(processor, num_text_candidates=2, num_image_candidates=2)([rows[0], bad])

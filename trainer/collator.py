@@ -86,9 +86,9 @@ class DataCollatorForEmbeddingPreference(DataCollatorMixin):
             "anchor_text_index": torch.tensor([texts.add(example["caption"]) for example in examples]),
             "anchor_image_index": torch.tensor([images.add(example["image"]) for example in examples]),
         }
-        for modality, items, candidates_column, scores_column, limit in (
-            ("text", texts, "candidate_texts", "img2txt_scores", self.num_text_candidates),
-            ("image", images, "candidate_images", "txt2img_scores", self.num_image_candidates),
+        for modality, items, anchor_column, candidates_column, scores_column, limit in (
+            ("text", texts, "caption", "candidate_texts", "img2txt_scores", self.num_text_candidates),
+            ("image", images, "image", "candidate_images", "txt2img_scores", self.num_image_candidates),
         ):
             picks = [
                 _sample_candidates(len(example[candidates_column]), limit, self._generator(example["id"], modality))
@@ -102,6 +102,15 @@ class DataCollatorForEmbeddingPreference(DataCollatorMixin):
                 index[row, : len(pick)] = torch.tensor([items.add(example[candidates_column][j]) for j in pick])
                 mask[row, : len(pick)] = True
                 scores[row, : len(pick)] = torch.tensor([float(example[scores_column][j]) for j in pick])
+            # Candidate 0 is the anchor's own pair: always kept, and the judge score the others are compared with
+            # (`judged_positive_ids`). Checked here, where the content ids that tell equal items apart are at hand.
+            not_anchor = (index[:, 0] != batch[f"anchor_{modality}_index"]).nonzero().flatten()
+            if len(not_anchor):
+                raise ValueError(
+                    f"{self.dataset_name} dataset, row id {examples[not_anchor[0].item()]['id']!r}: column "
+                    f"{candidates_column!r}[0] differs from the row's {anchor_column!r}; expected the anchor itself "
+                    "first, then its other candidates."
+                )
             batch[f"candidate_{modality}_index"], batch[f"candidate_{modality}_mask"] = index, mask
             batch[scores_column] = scores
         batch["text_ids"], batch["image_ids"] = torch.tensor(texts.ids), torch.tensor(images.ids)
