@@ -305,6 +305,16 @@ def load_source(source: str, *, split: str, cache_dir: str | None = None) -> dat
     return datasets.load_dataset(source, split=split, cache_dir=cache_dir)
 
 
+def _readable_as_images(feature: Any) -> bool:
+    """Whether `datasets.Image` can read a column of this feature: images, file paths, encoded
+    bytes, or {"bytes", "path"} structs (image parquet files written without datasets' metadata)."""
+    if isinstance(feature, datasets.Image):
+        return True
+    if isinstance(feature, dict):
+        return bool(feature) and set(feature) <= {"bytes", "path"}
+    return getattr(feature, "dtype", None) in ("string", "large_string", "binary", "large_binary")
+
+
 class MaplePreferences(datasets.GeneratorBasedBuilder):
     """Builds, publishes and loads MAPLE preference datasets.
 
@@ -513,6 +523,13 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             missing = [column for column in required if column not in source.column_names]
             if missing:
                 raise ValueError(f"source lacks column(s) {missing}; it has {source.column_names}")
+            if not _readable_as_images(source.features[self.config.image_column]):
+                # pyarrow's cast would fail naming neither the column nor the type.
+                image_feature = source.features[self.config.image_column]
+                raise ValueError(
+                    f"source column {self.config.image_column!r} holds {image_feature!r}; expected images "
+                    "(datasets.Image), image file paths (str) or encoded image bytes"
+                )
             self._source = source.cast_column(self.config.image_column, datasets.Image(decode=False))
         return self._source
 

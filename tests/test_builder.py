@@ -284,6 +284,18 @@ def test_an_explicit_id_column_must_exist_but_the_default_one_may_be_absent(tmp_
     assert skipped == []
 
 
+def test_an_image_column_that_holds_no_images_names_column_and_type(tmp_path):
+    columns = colour_squares(3)
+    with pytest.raises(ValueError, match=r"source column 'image' holds Value\('int64'\); expected images"):
+        _unbuilt(tmp_path, datasets.Dataset.from_dict({**columns, "image": [0, 1, 2]})).check_inputs()
+    # {"bytes", "path"} structs, as in image parquet files written without datasets' metadata, are images.
+    as_structs = _source(3).cast_column("image", datasets.Image(decode=False))
+    as_structs = datasets.Dataset.from_dict(as_structs.to_dict())
+    assert isinstance(as_structs.features["image"], dict)
+    _, anchors, skipped = _unbuilt(tmp_path / "structs", as_structs).check_inputs()
+    assert len(anchors) == 3 and skipped == []
+
+
 def test_a_nan_embedding_is_an_error_naming_the_source_row_and_id(tmp_path):
     miner = thumbnail_miner()
     encode = miner.encode_images
