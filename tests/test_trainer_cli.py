@@ -31,6 +31,7 @@ def test_train_from_yaml_and_flags_saves_a_loadable_model_with_card(tmp_path):
     assert (output / "README.md").is_file()
     card = (output / "README.md").read_text()
     assert "pairwise" in card and "0.3" in card
+    assert f"a two-tower image/text encoder ({model.config.pooling} pooling)" in card  # from the model's own config
 
 
 def test_help_documents_every_option(capsys):

@@ -453,6 +453,7 @@ class RPATrainer(DPOTrainer):
             judge_id=None,
             lora=None if peft_config is None else peft_config.to_dict(),
             repo_id=self.args.hub_model_id or model_name,
+            model_config=base.config,
         )
         card.save(os.path.join(self.args.output_dir, "README.md"))
 
