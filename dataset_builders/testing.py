@@ -36,27 +36,35 @@ def tiny_qwen2_vl(seed: int = 0, **config_overrides) -> Qwen2VLForConditionalGen
     return Qwen2VLForConditionalGeneration(tiny_qwen2_vl_config(**config_overrides)).eval()
 
 
-def tiny_llava(seed: int = 0) -> LlavaForConditionalGeneration:
-    """A random tiny LLaVA (two-layer CLIP ViT, 16x16 images of 4x4 patches, two-layer Qwen2 text
-    model) sharing `modeling_maple.testing.tiny_tokenizer()`, whose <|image_pad|> is its image token."""
-    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, Qwen2Config
+def _tiny_image_text_model(model_type: str, tokenizer, image_token: str, seed: int, *, vision_type: str | None = None, text_type: str, **config):
+    """A random image-text-to-text model of `model_type`, deterministic in `seed`, in eval mode: a
+    two-layer vision tower on 16x16 images (or tiles) of 4x4 patches and a two-layer text model of
+    width 32 over `tokenizer`'s vocabulary, whose `image_token` is the image placeholder."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
-    from modeling_maple.testing import tiny_tokenizer
-
-    tokenizer = tiny_tokenizer()
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(
-            hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=16, patch_size=4
-        ),
-        text_config=Qwen2Config(
-            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, pad_token_id=tokenizer.pad_token_id,
-        ),
-        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
+    vision = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 16, "patch_size": 4}
+    text = {
+        "model_type": text_type, "vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "pad_token_id": tokenizer.pad_token_id,
+    }
+    config = AutoConfig.for_model(
+        model_type,
+        vision_config={"model_type": vision_type, **vision} if vision_type else vision,
+        text_config=text,
+        image_token_id=tokenizer.convert_tokens_to_ids(image_token),
         tie_word_embeddings=False,
+        **config,
     )
     torch.manual_seed(seed)
-    return LlavaForConditionalGeneration(config).eval()
+    return AutoModelForImageTextToText.from_config(config).eval()
+
+
+def tiny_llava(seed: int = 0) -> LlavaForConditionalGeneration:
+    """A random tiny LLaVA (CLIP ViT, Qwen2 text model) sharing `modeling_maple.testing.tiny_tokenizer()`,
+    whose <|image_pad|> is its image token."""
+    from modeling_maple.testing import tiny_tokenizer
+
+    return _tiny_image_text_model("llava", tiny_tokenizer(), "<|image_pad|>", seed, vision_type="clip_vision_model", text_type="qwen2")
 
 
 INTERNVL_CHAT_TEMPLATE = (
@@ -82,24 +90,9 @@ def tiny_internvl_tokenizer():
 
 
 def tiny_internvl(seed: int = 0) -> InternVLForConditionalGeneration:
-    """A random tiny InternVL (two-layer vision tower on 16x16 tiles of 4x4 patches, so 4 tokens per
-    tile after the pixel shuffle; two-layer Qwen2 text model) matching `tiny_internvl_tokenizer()`."""
-    from transformers import InternVLConfig, InternVLForConditionalGeneration, InternVLVisionConfig, Qwen2Config
-
-    tokenizer = tiny_internvl_tokenizer()
-    config = InternVLConfig(
-        vision_config=InternVLVisionConfig(
-            hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=16, patch_size=4
-        ),
-        text_config=Qwen2Config(
-            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, pad_token_id=tokenizer.pad_token_id,
-        ),
-        image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"),
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(seed)
-    return InternVLForConditionalGeneration(config).eval()
+    """A random tiny InternVL (4 tokens per 16x16 tile after the pixel shuffle; Qwen2 text model)
+    matching `tiny_internvl_tokenizer()`."""
+    return _tiny_image_text_model("internvl", tiny_internvl_tokenizer(), "<IMG_CONTEXT>", seed, text_type="qwen2")
 
 
 SMOLVLM_CHAT_TEMPLATE = (
@@ -127,24 +120,9 @@ def tiny_idefics3_tokenizer():
 
 
 def tiny_idefics3(seed: int = 0, *, model_type: str = "smolvlm"):
-    """A random tiny SmolVLM (or Idefics3, `model_type="idefics3"`): a two-layer vision tower on
-    16x16 tiles of 4x4 patches, 4 tokens per tile after the pixel shuffle; a two-layer Llama text
-    model; matching `tiny_idefics3_tokenizer()`."""
-    from transformers import AutoConfig, AutoModelForImageTextToText
-
-    tokenizer = tiny_idefics3_tokenizer()
-    config = AutoConfig.for_model(
-        model_type,
-        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 16, "patch_size": 4},
-        text_config={
-            "model_type": "llama", "vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64,
-            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "pad_token_id": tokenizer.pad_token_id,
-        },
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        scale_factor=2,
-    )
-    torch.manual_seed(seed)
-    return AutoModelForImageTextToText.from_config(config).eval()
+    """A random tiny SmolVLM (or Idefics3, `model_type="idefics3"`): 4 tokens per 16x16 tile after
+    the pixel shuffle, Llama text model; matching `tiny_idefics3_tokenizer()`."""
+    return _tiny_image_text_model(model_type, tiny_idefics3_tokenizer(), "<image>", seed, text_type="llama", scale_factor=2)
 
 
 def _tiny_model_tokenizer_and_image_processor(family: str, seed: int, image_size: int):
