@@ -312,6 +312,9 @@ def test_config_defaults_run_on_cpu_and_follow_the_paper(tmp_path):
         (dict(loss_weights=[0.5]), "loss_weights"),
         (dict(precompute_ref_log_probs=True), "precompute_ref_log_probs"),
         (dict(max_length=512), "max_length"),
+        (dict(pad_to_multiple_of=8), "pad_to_multiple_of=8 configures DPO's token collator"),
+        (dict(truncation_mode="keep_end"), "truncation_mode"),
+        (dict(exclude_judged_positives=True, expand_negatives=False), "needs expand_negatives=True"),
     ],
 )
 def test_config_rejects_bad_values(tmp_path, overrides, message):

@@ -22,6 +22,9 @@ _LANGUAGE_MODEL_ONLY_DEFAULTS = {
     "sync_ref_model": False,
     "label_smoothing": 0.0,
 }
+# DPO's collator settings for token sequences; RPATrainer's collator uses the model's processor instead.
+# (DPOConfig resolves `pad_to_multiple_of="auto"` to None.)
+_TOKEN_COLLATION_DEFAULTS = {"pad_to_multiple_of": ("auto", None), "pad_token": (None,), "truncation_mode": ("keep_start",)}
 
 
 @dataclass
@@ -154,8 +157,9 @@ class RPAConfig(DPOConfig):
         metadata={
             "help": "With `expand_negatives`, leave out of each anchor's InfoNCE denominator its candidates the judge "
             "rates at least as high as the anchor's own pair (e.g. a generated caption that is also true of the anchor "
-            "image): they are no negatives for that anchor (they stay negatives for the others). Not in the paper, "
-            "whose caption pool holds captions of the anchor itself; off by default."
+            "image): they are no negatives for that anchor (they stay negatives for the others). Not in the paper; "
+            "useful when the caption pool holds captions of the anchor itself, as the paper's does, since those "
+            "would otherwise be pushed away as negatives. Off by default, as in the paper."
         },
     )
     gather_negatives: bool = field(
@@ -171,7 +175,7 @@ class RPAConfig(DPOConfig):
         default=None,
         metadata={
             "help": "Image candidates per anchor and step: the anchor's own image plus this many minus one drawn "
-            "from its other candidates, fresh every step. `None` uses all (MAPLE: the anchor and K=3 DINOv2 nearest "
+            "from its other candidates, drawn afresh for every row in every epoch. `None` uses all (MAPLE: the anchor and K=3 DINOv2 nearest "
             "neighbours). Fewer means a cheaper step."
         },
     )
@@ -224,3 +228,15 @@ class RPAConfig(DPOConfig):
                     f"{name}={getattr(self, name)!r} acts on token log-probabilities of a language model and has no "
                     f"meaning for an embedder; leave it at {supported!r}."
                 )
+        for name, supported in _TOKEN_COLLATION_DEFAULTS.items():
+            if getattr(self, name) not in supported:
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r} configures DPO's token collator, which RPATrainer does not use: "
+                    f"texts are padded and truncated by the model's processor (MapleProcessor's max_text_length and "
+                    f"text_padding); leave it at {supported[0]!r}."
+                )
+        if self.exclude_judged_positives and not self.expand_negatives:
+            raise ValueError(
+                "exclude_judged_positives=True needs expand_negatives=True: it removes judged positives from the "
+                "expanded InfoNCE denominator, which plain InfoNCE does not have."
+            )
