@@ -67,6 +67,10 @@ class WorkDirMismatch(ValueError):
     """The work dir holds checkpoints of a build with another recipe (or of unknown recipe)."""
 
 
+class SourceError(ValueError):
+    """The source data (or the recipe applied to it) cannot be built; the message says what to change."""
+
+
 @dataclass
 class MaplePreferencesConfig(datasets.BuilderConfig):
     """How a preference dataset is built. Named configs: see `MaplePreferences.BUILDER_CONFIGS`.
@@ -522,14 +526,17 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 required.append(self.config.id_column)
             missing = [column for column in required if column not in source.column_names]
             if missing:
-                raise ValueError(f"source lacks column(s) {missing}; it has {source.column_names}")
+                raise SourceError(f"source lacks column(s) {missing}; it has {source.column_names}")
             if not _readable_as_images(source.features[self.config.image_column]):
                 # pyarrow's cast would fail naming neither the column nor the type.
                 image_feature = source.features[self.config.image_column]
-                raise ValueError(
+                raise SourceError(
                     f"source column {self.config.image_column!r} holds {image_feature!r}; expected images "
                     "(datasets.Image), image file paths (str) or encoded image bytes"
                 )
+            # Only the columns the build reads: others may be heavy, or images decoded on every row access.
+            used = dict.fromkeys([self.config.id_column, self.config.image_column, self.config.caption_column])
+            source = source.select_columns([column for column in used if column in source.column_names])
             self._source = source.cast_column(self.config.image_column, datasets.Image(decode=False))
         return self._source
 
@@ -616,7 +623,10 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         def describe(position: int) -> str:
             return f"source row {rows[position]} (id {self._row_id(source[rows[position]], rows[position])})"
 
-        check_finite(embeddings, describe=describe)
+        try:
+            check_finite(embeddings, describe=describe)
+        except ValueError as error:
+            raise SourceError(str(error)) from None
         return embeddings
 
     def select_anchors(self, valid_rows: list[int], embeddings: torch.Tensor) -> tuple[list[int], list[SkippedInput]]:
@@ -651,11 +661,14 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             num_source_rows, valid_rows, skipped = self.check_inputs()
             if not valid_rows:
                 reasons = ", ".join(f"{kind}: {count}" for kind, count in Counter(item.kind for item in skipped).items())
-                raise ValueError(
+                raise SourceError(
                     f"no usable input rows: all {num_source_rows} were skipped ({reasons}; see {self.work_dir / 'inputs.json'})"
                 )
             if self.config.semdedup_clusters is not None:  # checked before the costly embedding
-                check_semdedup_clusters(self.config.semdedup_clusters, len(valid_rows))
+                try:
+                    check_semdedup_clusters(self.config.semdedup_clusters, len(valid_rows))
+                except ValueError as error:
+                    raise SourceError(str(error)) from None
             embeddings = self.embed_inputs(valid_rows)
             anchor_positions, deduplicated = self.select_anchors(valid_rows, embeddings)
             self._plan = BuildPlan(

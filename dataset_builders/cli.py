@@ -21,7 +21,7 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from .builder import MaplePreferences, MaplePreferencesConfig, WorkDirMismatch
+from .builder import MaplePreferences, MaplePreferencesConfig, SourceError, WorkDirMismatch
 
 _FACTORY_SPEC = re.compile(r"^(?P<module>[A-Za-z_][\w.]*):(?P<attribute>[A-Za-z_][\w.]*)$")
 MAX_EXAMPLES_PER_REASON = 5
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         report = builder.build_shards()
-    except WorkDirMismatch as error:
+    except (WorkDirMismatch, SourceError) as error:
         print(f"maple build-preferences: error: {error}", file=sys.stderr)
         return 2
     if builder.rank != 0:

@@ -296,6 +296,14 @@ def test_an_image_column_that_holds_no_images_names_column_and_type(tmp_path):
     assert len(anchors) == 3 and skipped == []
 
 
+def test_columns_the_build_does_not_read_are_never_decoded(tmp_path):
+    columns = colour_squares(3)
+    columns["thumbnail"] = [{"bytes": b"not an image", "path": None}] * 3
+    features = datasets.Features({**SOURCE_FEATURES, "thumbnail": datasets.Image()})
+    _, anchors, skipped = _unbuilt(tmp_path, datasets.Dataset.from_dict(columns, features=features)).check_inputs()
+    assert len(anchors) == 3 and skipped == []
+
+
 def test_a_nan_embedding_is_an_error_naming_the_source_row_and_id(tmp_path):
     miner = thumbnail_miner()
     encode = miner.encode_images

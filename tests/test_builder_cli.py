@@ -63,6 +63,17 @@ def test_configuration_errors_stop_before_any_work(source_file, tmp_path, capsys
         cli.main([source_file])  # --judge is required
 
 
+def test_source_problems_are_one_line_errors(source_file, tmp_path, capsys):
+    def error_of(name: str, *options: str) -> str:
+        assert cli.main([source_file, "--output-dir", str(tmp_path / name), *STAND_INS, "--no-progress", *options]) == 2
+        return capsys.readouterr().err
+
+    # the paper's 50,000 SemDeDup clusters on 7 usable images
+    assert "SemDeDup with 50000 clusters on 7 rows" in error_of("clusters")
+    assert "source lacks column(s) ['missing']" in error_of("column", "--semdedup-clusters", "0", "--caption-column", "missing")
+    assert "no usable input rows: all 9 were skipped" in error_of("paths", "--semdedup-clusters", "0", "--image-column", "caption")
+
+
 def test_another_recipe_on_the_same_output_dir_is_refused(source_file, tmp_path, capsys):
     argv = [source_file, "--output-dir", str(tmp_path / "out"), *STAND_INS, "--semdedup-clusters", "0", "--no-progress"]
     assert cli.main([*argv, "--shard-size", "3"]) == 0
