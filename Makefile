@@ -1,14 +1,16 @@
 # Two commands for a fresh machine: `make demo` (the main job) and `make test` (the whole suite).
-# Both create .venv with the CPU build of torch 2.13.0 and the package with [dev] if missing.
+# Both create .venv with torch 2.13.0 (TORCH below) and the package with [dev] if missing.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_WORKERS ?= 2
+# Where pip's index has no CPU build of torch: make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+TORCH ?= torch==2.13.0
 
 $(BIN)/maple: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $(BIN)/maple
 

@@ -74,8 +74,8 @@ def _local_checkpoint_config(folder: Path) -> tuple[str, dict[str, Any]]:
 def load_embedder(model_ref: str, revision: str | None = None, trust_remote_code: bool = True):
     """(model, processor) for `model_ref`, a local folder or a Hub repo id, in eval mode.
 
-    A LoRA adapter (adapter_config.json, as `RPATrainer` saves with `peft_config`) is loaded onto
-    its base checkpoint (`base_model_name_or_path`), itself resolved by this function.
+    A LoRA adapter (adapter_config.json, as `PeftModel.save_pretrained` writes) is loaded onto its
+    base checkpoint (`base_model_name_or_path`), itself resolved by this function.
     Raises `ModelLoadError` naming the folder or repo when it cannot be read or is not a MAPLE,
     CLIP/SigLIP or Qwen2-VL-family checkpoint.
     """

@@ -52,8 +52,9 @@ class ModelArguments:
     use_peft: bool = field(
         default=False,
         metadata={
-            "help": "Train LoRA adapters (MAPLE: on the language model, vision tower and connector frozen) instead of "
-            "all weights. The saved checkpoint has the adapters merged."
+            "help": "Train LoRA adapters instead of all weights (modeling_maple.lora.maple_lora_config; MAPLE: on the "
+            "language model, vision tower and connector frozen; a dual encoder: on both towers' attention). The "
+            "saved checkpoint has the adapters merged."
         },
     )
     lora_r: int = field(default=32, metadata={"help": "LoRA rank (MAPLE: 32)."})
