@@ -66,8 +66,13 @@ def test_checkpoint_loads_in_a_process_without_the_package(demo_out):
 def test_a_rerun_resumes_without_redoing_finished_stages(demo_out):
     result_files = sorted((demo_out / "runs").glob("*/result.json"))
     stamps = [path.stat().st_mtime_ns for path in result_files + [demo_out / "base" / "model.safetensors"]]
+    first_timings = json.loads((demo_out / "timings.json").read_text())
     assert main(["--out", str(demo_out), *QUICK]) == 0
     assert [path.stat().st_mtime_ns for path in result_files + [demo_out / "base" / "model.safetensors"]] == stamps
+    # the stages the rerun skipped keep the times of the run that did them
+    timings = json.loads((demo_out / "timings.json").read_text())
+    for stage in ("base model", "preferences", "fine-tuning and evaluation"):
+        assert timings[stage] == first_timings[stage]
 
 
 def test_runs_in_worker_processes_equal_a_run_in_this_process(demo_out, tmp_path):
@@ -109,6 +114,22 @@ def test_a_folder_with_another_run_is_refused(demo_out, capsys):
     assert "holds a different demo run (it differs in: seeds)" in capsys.readouterr().err
 
 
+def test_unusable_output_folders_are_refused_in_one_line(tmp_path, capsys):
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "listed").mkdir()
+    (tmp_path / "listed" / "run.json").write_text("[1, 2]")
+    (tmp_path / "truncated").mkdir()
+    (tmp_path / "truncated" / "run.json").write_text('{"seeds": [0')
+    for out, message in [
+        ("a-file/sub", "a-file is a file, so no folder can be made under it"),
+        ("listed", "run.json holds a list, not a demo run"),
+        ("truncated", "run.json cannot be read as a demo run"),
+    ]:
+        with pytest.raises(SystemExit):
+            main(["--out", str(tmp_path / out), *QUICK])
+        assert message in capsys.readouterr().err
+
+
 def test_a_foreign_folder_is_refused(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(SystemExit):
@@ -124,6 +145,9 @@ def test_a_foreign_folder_is_refused(tmp_path, capsys):
         (["--seeds", "1,x"], "integers"),
         (["--seeds", "0"], "at least 1"),
         (["--rpa-weight", "1.5"], "rpa_weight (lambda) must lie in (0, 1]"),
+        (["--seeds=-1,2"], "seeds must lie in [0, 2**32)"),
+        (["--judge-noise", "nan"], "judge_noise is a standard deviation and must be finite"),
+        (["--judge", "/no/such/judge"], "--judge /no/such/judge: not a judge that can be loaded"),
     ],
 )
 def test_bad_options_fail_before_any_work(tmp_path, capsys, arguments, message):

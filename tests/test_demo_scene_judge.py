@@ -117,8 +117,12 @@ def test_captioner_writes_minimal_pairs_true_of_each_image(world):
 
 
 def test_bad_arguments_are_refused(world):
-    with pytest.raises(ValueError, match="noise"):
-        SceneGraphJudge(world.registry, noise=-1)
+    for noise in (-1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="noise"):
+            SceneGraphJudge(world.registry, noise=noise)
+    # a huge (finite) noise saturates alpha instead of overflowing exp()
+    alphas = [SceneGraphJudge(world.registry, noise=1e4, seed=seed).alpha(world.train[0].image, "a") for seed in range(8)]
+    assert all(0.0 <= alpha <= 1.0 for alpha in alphas)
     with pytest.raises(ValueError, match="one list of texts per image"):
         SceneGraphJudge(world.registry).score([world.train[0].image], [])
     with pytest.raises(ValueError, match="n_samples"):

@@ -20,6 +20,7 @@ stopped:
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import shutil
 import statistics
@@ -43,6 +44,7 @@ METHODS = ("infonce", "infonce_expanded", "maple")
 # results.json: every metric of every method as {"mean", "std"} over seeds
 HEADLINE_METRICS = ("group_score", "text_score", "image_score", "i2t_r1", "t2i_r1", "delta_gap")
 RUN_FILE = "run.json"
+TIMINGS_FILE = "timings.json"
 # Part of every run's identity: bumped whenever what a run computes changes (model, data recipe), so
 # a folder written by an older demo is refused instead of being mixed with new results.
 DEMO_VERSION = 2
@@ -125,12 +127,16 @@ class DemoConfig:
             raise ValueError(f"seeds must be integers, got {list(self.seeds)!r}")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct, got {list(self.seeds)}")
+        if any(not 0 <= seed < 2**32 for seed in self.seeds):
+            raise ValueError(f"seeds must lie in [0, 2**32) (numpy's and torch's seed range), got {list(self.seeds)}")
         if not 0.0 < self.rpa_weight <= 1.0:
             raise ValueError(f"rpa_weight (lambda) must lie in (0, 1], got {self.rpa_weight}")
         if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 1:
             raise ValueError(f"workers must be a positive integer, got {self.workers!r}")
-        if self.judge_noise < 0:
-            raise ValueError(f"judge_noise is a standard deviation and must be >= 0, got {self.judge_noise}")
+        if not (math.isfinite(self.judge_noise) and self.judge_noise >= 0):
+            raise ValueError(f"judge_noise is a standard deviation and must be finite and >= 0, got {self.judge_noise}")
+        if self.judge is not None and not self.judge.strip():
+            raise ValueError("judge: give a Hub id or a local path of an MLLM judge, or leave it out for the scene-graph judge")
 
     @property
     def budget(self) -> Budget:
@@ -158,12 +164,18 @@ class DemoConfig:
 
 
 def claim_output_folder(config: DemoConfig) -> None:
-    """Make `config.out` this run's folder, or refuse one that holds something else."""
+    """Make `config.out` this run's folder, or refuse one that holds something else; a real judge
+    that cannot be loaded is refused first, so that no folder is claimed for a run that cannot finish."""
+    if config.judge is not None:
+        check_judge(config.judge)
     out, path = config.out, config.out / RUN_FILE
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder")
+    parent = next(folder for folder in out.absolute().parents if folder.exists())
+    if not parent.is_dir():
+        raise ValueError(f"--out {out}: {parent} is a file, so no folder can be made under it")
     if path.exists():
-        stored = json.loads(path.read_text())
+        stored = _read_run_file(path)
         differences = sorted(key for key in stored.keys() | config.identity().keys() if stored.get(key) != config.identity().get(key))
         if differences:
             raise ValueError(
@@ -174,7 +186,39 @@ def claim_output_folder(config: DemoConfig) -> None:
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"--out {out} is not empty and holds no demo run ({RUN_FILE} is missing); choose another folder")
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(config.identity(), indent=2))
+    _write_json(path, config.identity())
+
+
+def check_judge(judge: str) -> None:
+    """A ValueError unless `judge` names a checkpoint `MLLMJudge` can load: its config must be
+    readable and its model family supported (only the config is read, not the weights)."""
+    from transformers import AutoConfig
+
+    from dataset_builders.vlm_inputs import check_supported
+
+    try:
+        check_supported(AutoConfig.from_pretrained(judge))
+    except (OSError, ValueError, NotImplementedError) as error:
+        raise ValueError(f"--judge {judge}: not a judge that can be loaded ({type(error).__name__}: {error})") from None
+
+
+def _write_json(path: Path, value: Any) -> None:
+    """Write `value` to `path` through a temporary file and a rename, so that an interruption
+    leaves the old file or the new one, never half of one (finished stages are marked this way)."""
+    staging = path.with_name(path.name + ".tmp")
+    staging.write_text(json.dumps(value, indent=2))
+    staging.replace(path)
+
+
+def _read_run_file(path: Path) -> dict[str, Any]:
+    """The run identity stored in `path`, or a ValueError saying why it cannot be read."""
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} cannot be read as a demo run ({error}); delete the folder to start over") from None
+    if not isinstance(stored, dict):
+        raise ValueError(f"{path} holds a {type(stored).__name__}, not a demo run; delete the folder to start over")
+    return stored
 
 
 @dataclass
@@ -384,11 +428,14 @@ def run_demo(config: DemoConfig) -> DemoResult:
     """
     claim_output_folder(config)
     out, timer = config.out, StageTimer()
+    # A rerun times only the stages it does; the others keep the times of the run that did them.
+    earlier_seconds = json.loads((out / TIMINGS_FILE).read_text()) if (out / TIMINGS_FILE).exists() else {}
     world = timer.run("world", lambda: build_world(config.world_config))
     base_dir = out / "base"
     if not (base_dir / "config.json").exists():
         timer.run("base model", lambda: _train_base(config, world, base_dir))
-    timer.run("preferences", lambda: _build_preferences(config, world, base_dir, out / "preferences"))
+    if not (out / "preferences" / "data").exists():
+        timer.run("preferences", lambda: _build_preferences(config, world, base_dir, out / "preferences"))
 
     runs = [(method, seed) for seed in config.seeds for method in METHODS]
     pending = [(method, seed) for method, seed in runs if not (_run_dir(out, method, seed) / "result.json").exists()]
@@ -398,13 +445,14 @@ def run_demo(config: DemoConfig) -> DemoResult:
     for method, seed in runs:
         results[method].append(json.loads((_run_dir(out, method, seed) / "result.json").read_text()))
 
-    summary = timer.run("report", lambda: _report(config, results, timer.seconds))
+    summary = timer.run("report", lambda: _report(config, results, {**earlier_seconds, **timer.seconds}))
     maple_dir = out / "maple-model"
     timer.run("checkpoint and card", lambda: _publish_checkpoint(config, results["maple"][0], maple_dir))
     if config.push_to_hub:
         timer.run("push to hub", lambda: push_outputs(out, config.push_to_hub))
-    (out / "timings.json").write_text(json.dumps(timer.seconds, indent=2))
-    return DemoResult(summary=summary, seconds=timer.seconds, out=out)
+    seconds = {**earlier_seconds, **timer.seconds}
+    _write_json(out / TIMINGS_FILE, seconds)
+    return DemoResult(summary=summary, seconds=seconds, out=out)
 
 
 def _train_base(config: DemoConfig, world: World, base_dir: Path) -> None:
@@ -567,7 +615,7 @@ def _finetune(config: DemoConfig, method: str, seed: int) -> None:
     if method == "maple":
         model.save_pretrained(run_dir / "model")
         processor.save_pretrained(run_dir / "model")
-    (run_dir / "result.json").write_text(json.dumps(result))  # written last: marks the run done
+    _write_json(run_dir / "result.json", result)  # written last: marks the run done
 
 
 def _is_plain(value: Any) -> bool:

@@ -94,8 +94,8 @@ class SceneGraphJudge:
     def __post_init__(self) -> None:
         if self.false_claim_penalty <= 0 or self.omission_penalty < 0:
             raise ValueError("false_claim_penalty must be > 0 and omission_penalty >= 0")
-        if self.noise < 0:
-            raise ValueError(f"noise is a standard deviation and must be >= 0, got {self.noise}")
+        if not (math.isfinite(self.noise) and self.noise >= 0):
+            raise ValueError(f"noise is a standard deviation and must be finite and >= 0, got {self.noise}")
 
     def alpha(self, image: Image.Image, text: str) -> float:
         """P(Yes) for 'Does the image align with the text?'."""
@@ -111,7 +111,7 @@ class SceneGraphJudge:
             )
         if self.noise:
             logit += random.Random(f"{self.seed}/{image_fingerprint(image)}/{text}").gauss(0.0, self.noise)
-        return 1.0 / (1.0 + math.exp(-logit))
+        return 1.0 / (1.0 + math.exp(-max(logit, -700.0)))  # exp overflows a float above 709
 
     def score(
         self, images: list[Image.Image], texts: list[list[str]], *, reuse_prefix: bool = True
