@@ -189,3 +189,9 @@ def test_judge_option_loads_a_real_mllm_judge(tmp_path):
     assert type(judge).__name__ == "MLLMJudge"
     (alphas,) = judge.score([world.train[0].image], [[world.train[0].caption, world.train[1].caption]])
     assert alphas.shape == (2,) and bool(((alphas >= 0) & (alphas <= 1)).all())
+
+
+def test_seeds_are_a_count_or_a_list():
+    from maple.demo.cli import _seeds
+
+    assert (_seeds("3"), _seeds("0,5,7"), _seeds("5,")) == ((0, 1, 2), (0, 5, 7), (5,))

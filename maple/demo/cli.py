@@ -9,15 +9,18 @@ from .pipeline import BACKBONES, MINERS, DemoConfig, claim_output_folder, format
 
 
 def _seeds(value: str) -> tuple[int, ...]:
-    """`--seeds 3` means seeds 0, 1, 2; `--seeds 0,5,7` lists them."""
+    """`--seeds 3` means seeds 0, 1, 2; `--seeds 0,5,7` lists them (`--seeds 5,` is the list of seed 5)."""
+    is_list = "," in value
     parts = [part.strip() for part in value.split(",")]
+    if is_list and parts[-1] == "":
+        parts.pop()  # a trailing comma: a list of one seed
     try:
         numbers = [int(part) for part in parts]
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"--seeds takes a count (e.g. 3) or a comma-separated list of integers (e.g. 0,1,2), got {value!r}"
+            f"--seeds takes a count (e.g. 3) or a comma-separated list of integers (e.g. 0,1,2 or 5,), got {value!r}"
         ) from None
-    if len(numbers) > 1:
+    if is_list:
         return tuple(numbers)
     if numbers[0] < 1:
         raise argparse.ArgumentTypeError(f"--seeds as a count must be at least 1, got {numbers[0]}")
@@ -34,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
     parser.add_argument(
-        "--seeds", type=_seeds, default=(0, 1, 2), help="number of seeds (3: seeds 0,1,2) or a list such as 0,5,7"
+        "--seeds", type=_seeds, default=(0, 1, 2), help="number of seeds (3: seeds 0,1,2) or a list such as 0,5,7 (one seed: 5,)"
     )
     parser.add_argument("--backbone", default="dual_encoder", help=f"one of {', '.join(BACKBONES)}")
     parser.add_argument("--quick", action="store_true", help="a small budget for a smoke run (under 2 minutes)")
