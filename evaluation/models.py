@@ -22,6 +22,30 @@ CONFIG_FILE = "config.json"
 ADAPTER_CONFIG_FILE = "adapter_config.json"  # a PEFT (LoRA) adapter over a base checkpoint
 
 
+def is_hub_id(ref: str) -> bool:
+    """Whether `ref` can name a Hub repo ('name' or 'namespace/name'). A reference that cannot (an
+    absolute path, one starting with '.' or '~', one with several '/') can only be a local path, so a
+    missing one is reported as such instead of as an invalid repo id."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(ref)
+    except HFValidationError:
+        return False
+    return True
+
+
+def check_model_ref(model_ref: str) -> None:
+    """Raise `ModelLoadError` when `model_ref` can only be a local folder and is not one: a check
+    that costs nothing, so a command can make it for every model before loading the first."""
+    path = Path(model_ref).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ModelLoadError(f"{model_ref} is a file; expected a checkpoint folder or a Hub repo id")
+    if not path.exists() and not is_hub_id(model_ref):
+        raise ModelLoadError(f"no such folder: {model_ref}")
+
+
 def _hub_checkpoint_config(repo_id: str, revision: str | None) -> tuple[str, dict[str, Any]]:
     """(file name, content) of the config.json, else adapter_config.json, of a Hub model repo; Hub
     failures become `ModelLoadError`s naming the repo."""
@@ -30,9 +54,11 @@ def _hub_checkpoint_config(repo_id: str, revision: str | None) -> tuple[str, dic
         GatedRepoError,
         HfHubHTTPError,
         LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
+    from huggingface_hub.utils import httpx
 
     where = f"model repo {repo_id!r} on {constants.ENDPOINT}"
     try:
@@ -51,7 +77,14 @@ def _hub_checkpoint_config(repo_id: str, revision: str | None) -> tuple[str, dic
         ) from error
     except RevisionNotFoundError as error:
         raise ModelLoadError(f"{where} has no revision {revision!r}") from error
-    except LocalEntryNotFoundError as error:
+    except (OfflineModeIsEnabled, httpx.TransportError, LocalEntryNotFoundError) as error:
+        # Offline (HF_HUB_OFFLINE) or unreachable: a repo downloaded before still loads from the cache.
+        for name in (CONFIG_FILE, ADAPTER_CONFIG_FILE):
+            try:
+                cached = hf_hub_download(repo_id, name, revision=revision, local_files_only=True)
+            except LocalEntryNotFoundError:
+                continue
+            return name, json.loads(Path(cached).read_text())
         raise ModelLoadError(f"{where} is not in the local cache and the Hub is offline or unreachable") from error
     except HfHubHTTPError as error:
         status = error.response.status_code if error.response is not None else "?"
@@ -76,9 +109,10 @@ def load_embedder(model_ref: str, revision: str | None = None, trust_remote_code
 
     A LoRA adapter (adapter_config.json, as `PeftModel.save_pretrained` writes) is loaded onto its
     base checkpoint (`base_model_name_or_path`), itself resolved by this function.
-    Raises `ModelLoadError` naming the folder or repo when it cannot be read or is not a MAPLE,
-    CLIP/SigLIP or Qwen2-VL-family checkpoint.
+    Raises `ModelLoadError` naming the folder or repo when it is missing, cannot be read or is not a
+    MAPLE, CLIP/SigLIP or Qwen2-VL-family checkpoint. Offline, a Hub repo loads from the local cache.
     """
+    check_model_ref(model_ref)
     folder = Path(model_ref).expanduser()
     name, config = _local_checkpoint_config(folder) if folder.is_dir() else _hub_checkpoint_config(model_ref, revision)
     if name == ADAPTER_CONFIG_FILE:

@@ -1,6 +1,8 @@
-"""Hub failures (404, 401, 500) and non-MAPLE checkpoints give errors naming the repo or folder."""
+"""Hub failures (404, 401, 500, offline, unreachable), missing folders and non-MAPLE checkpoints give
+errors naming the repo or folder."""
 
 import json
+import re
 
 import pytest
 
@@ -38,6 +40,44 @@ def test_server_error_is_named(hub_server, tmp_path):
     finally:
         hub_server.fail_next("maple-org/flaky", 500, times=0)
     assert message == f"model repo 'maple-org/flaky' on {hub_server.url} could not be read: HTTP 500 from the server"
+
+
+def test_unreachable_hub_is_named(hub_server, tmp_path):
+    closed = "http://127.0.0.1:9"  # the discard port: nothing listens
+    message = run_client(hub_server, tmp_path, LOAD, MAPLE_TEST_REPO="maple-org/anything", HF_ENDPOINT=closed).strip()
+    assert message == f"model repo 'maple-org/anything' on {closed} is not in the local cache and the Hub is offline or unreachable"
+
+
+def test_offline_loads_a_cached_repo_and_names_an_uncached_one(hub_server, tmp_path):
+    push_and_load = """
+import os
+from evaluation.models import load_embedder
+from modeling_maple.testing import build_tiny
+
+model, processor = build_tiny("dual_encoder", seed=0)
+model.push_to_hub(os.environ["MAPLE_TEST_REPO"])
+processor.push_to_hub(os.environ["MAPLE_TEST_REPO"])
+load_embedder(os.environ["MAPLE_TEST_REPO"])
+"""
+    home = str(tmp_path / "hf_home")
+    run_client(hub_server, tmp_path, push_and_load, MAPLE_TEST_REPO="maple-org/cached-tiny", HF_HOME=home)
+    offline = {"HF_HOME": home, "HF_HUB_OFFLINE": "1"}
+    assert run_client(hub_server, tmp_path, LOAD, MAPLE_TEST_REPO="maple-org/cached-tiny", **offline) == ""
+    message = run_client(hub_server, tmp_path, LOAD, MAPLE_TEST_REPO="maple-org/never-downloaded", **offline).strip()
+    assert message == (
+        f"model repo 'maple-org/never-downloaded' on {hub_server.url} is not in the local cache and the Hub is offline or unreachable"
+    )
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_missing_folder_is_named_not_taken_for_a_repo_id(tmp_path, monkeypatch, relative):
+    monkeypatch.chdir(tmp_path)
+    ref = "./no_such_checkpoint" if relative else str(tmp_path / "models" / "no_such_checkpoint")
+    with pytest.raises(ModelLoadError, match=rf"^no such folder: {re.escape(ref)}$"):
+        load_embedder(ref)
+    (tmp_path / "weights.bin").write_text("")
+    with pytest.raises(ModelLoadError, match=r"weights.bin is a file; expected a checkpoint folder or a Hub repo id"):
+        load_embedder(str(tmp_path / "weights.bin"))
 
 
 def test_not_a_maple_checkpoint(tmp_path):
