@@ -27,6 +27,11 @@ class BenchmarkFormatError(ValueError):
     """A benchmark source with missing columns, mismatched lengths or unreadable images."""
 
 
+class BenchmarkSourceError(RuntimeError):
+    """A benchmark source that cannot be read at all: a missing file or folder, a Hub repo that is
+    not found or not cached while the Hub is offline or unreachable."""
+
+
 class Quadruple(NamedTuple):
     """Two images and their two captions: `text0` describes `image0`, `text1` describes `image1`.
     Images are PIL images or file paths."""
@@ -273,9 +278,28 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
 }
 
 
+def check_source(name: str, source: str) -> None:
+    """Raise `BenchmarkSourceError` when `source` can only be a local path and does not exist: a
+    check that costs nothing, so a command can make it before loading any model."""
+    from .models import is_hub_id
+
+    if not Path(source).expanduser().exists() and not is_hub_id(source):
+        raise BenchmarkSourceError(f"benchmark {name!r}: no such file or folder: {source}")
+
+
 def load_benchmark(name: str, source: str | None = None) -> RetrievalBenchmark | QuadrupleBenchmark:
-    """Load benchmark `name` (see `BENCHMARKS`) from `source` (default: its official Hub id)."""
+    """Load benchmark `name` (see `BENCHMARKS`) from `source` (default: its official Hub id).
+
+    Raises `BenchmarkSourceError` naming the benchmark and the source when the source cannot be read
+    (datasets and the Hub client raise FileNotFoundError, ConnectionError or HTTP errors, all OSErrors),
+    `BenchmarkFormatError` when it is not in the benchmark's schema."""
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; expected one of {sorted(BENCHMARKS)}")
     spec = BENCHMARKS[name]
-    return spec.loader(source or spec.hub_id, spec)
+    source = source or spec.hub_id
+    check_source(name, source)
+    try:
+        return spec.loader(source, spec)
+    except OSError as error:
+        detail = " ".join(str(error).split())  # one line: Hub errors span several
+        raise BenchmarkSourceError(f"benchmark {name!r}: cannot read source {source!r}: {detail}") from error

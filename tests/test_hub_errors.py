@@ -1,11 +1,12 @@
 """Hub failures (404, 401, 500, offline, unreachable), missing folders and non-MAPLE checkpoints give
-errors naming the repo or folder."""
+errors naming the repo or folder; a benchmark that cannot be read, errors naming it and its source."""
 
 import json
 import re
 
 import pytest
 
+from evaluation.benchmarks import BenchmarkSourceError, load_benchmark
 from evaluation.models import ModelLoadError, load_embedder
 from hub_server import run_client
 
@@ -87,3 +88,20 @@ def test_not_a_maple_checkpoint(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelLoadError, match=r"empty has neither config.json nor adapter_config.json: not a transformers checkpoint folder"):
         load_embedder(str(tmp_path / "empty"))
+
+
+def test_unavailable_benchmark_names_the_benchmark_and_the_source(hub_server, tmp_path):
+    # offline (as every test here), the official source of coco is not in the cache
+    with pytest.raises(BenchmarkSourceError, match=r"^benchmark 'coco': cannot read source 'nlphuji/mscoco_2014_5k_test_image_text_retrieval': .*Hub"):
+        load_benchmark("coco")
+    with pytest.raises(BenchmarkSourceError, match=r"^benchmark 'winoground': no such file or folder: \./winoground\.parquet$"):
+        load_benchmark("winoground", "./winoground.parquet")
+    load_missing_repo = """
+from evaluation.benchmarks import BenchmarkSourceError, load_benchmark
+try:
+    load_benchmark("bivlc", "maple-org/no-such-benchmark")
+except BenchmarkSourceError as error:
+    print(error)
+"""
+    message = run_client(hub_server, tmp_path, load_missing_repo).strip()
+    assert message.startswith("benchmark 'bivlc': cannot read source 'maple-org/no-such-benchmark': ") and "\n" not in message
