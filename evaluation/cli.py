@@ -14,10 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
-from .benchmarks import BENCHMARKS, load_benchmark
+from .benchmarks import BENCHMARKS, QuadrupleBenchmark, RetrievalBenchmark, load_benchmark
 
 RETRIEVAL_COLUMNS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
 QUADRUPLE_COLUMNS = ("text_score", "image_score", "group_score")
@@ -28,22 +29,32 @@ def _model_folder_name(model_ref: str) -> str:
     return re.sub(r"[^\w.-]+", "--", model_ref.strip("/")) or "model"
 
 
-def _parse_sources(pairs: list[str]) -> dict[str, str]:
+def _parse_sources(parser: argparse.ArgumentParser, pairs: list[str]) -> dict[str, str]:
     sources = {}
     for pair in pairs:
         name, separator, source = pair.partition("=")
         if not separator or name not in BENCHMARKS:
-            raise SystemExit(f"--source expects BENCHMARK=PATH_OR_HUB_ID with BENCHMARK in {sorted(BENCHMARKS)}, got {pair!r}")
+            parser.error(f"--source expects BENCHMARK=PATH_OR_HUB_ID with BENCHMARK in {sorted(BENCHMARKS)}, got {pair!r}")
         sources[name] = source
     return sources
 
 
-def run_benchmark(model, processor, name: str, source: str | None, batch_size: int) -> dict[str, Any]:
-    """Load benchmark `name` and evaluate the model on it with the paper's protocol."""
+def _at_least_one(text: str) -> int:
+    """argparse type of `--batch-size`: a batch of 0 would only fail once the model is loaded."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def run_benchmark(model, processor, benchmark: RetrievalBenchmark | QuadrupleBenchmark, batch_size: int) -> dict[str, Any]:
+    """Evaluate the model on a loaded benchmark with the paper's protocol."""
     from .protocols import evaluate_quadruples, evaluate_retrieval
 
-    benchmark = load_benchmark(name, source)
-    if BENCHMARKS[name].kind == "retrieval":
+    if isinstance(benchmark, RetrievalBenchmark):
         return evaluate_retrieval(model, processor, benchmark.images, benchmark.captions_per_image, batch_size)
     return evaluate_quadruples(model, processor, benchmark.quadruples, benchmark.categories, batch_size)
 
@@ -62,9 +73,9 @@ def _run_fingerprint(model_ref: str, source: str | None) -> dict[str, Any]:
 
 def evaluate_model(model_ref: str, benchmarks: list[str], sources: dict[str, str], out: Path, batch_size: int) -> dict[str, Any]:
     """Results of one model on the benchmarks, resuming from `out/<model>/<benchmark>.json` when that
-    result was computed from the same model files and benchmark source."""
+    result was computed from the same model files and benchmark source. The folder is created only
+    once the model has loaded, so a model that fails to load leaves nothing behind."""
     folder = out / _model_folder_name(model_ref)
-    folder.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
     todo = []
     for name in benchmarks:
@@ -80,10 +91,14 @@ def evaluate_model(model_ref: str, benchmarks: list[str], sources: dict[str, str
     if todo:
         from .models import load_embedder
 
+        # Benchmarks load before the model (tables and file lists: images are decoded as they are embedded),
+        # so a source that is unreachable or in the wrong schema is reported before a large model is loaded.
+        loaded = {name: load_benchmark(name, sources.get(name)) for name in todo}
         model, processor = load_embedder(model_ref)
+        folder.mkdir(parents=True, exist_ok=True)
         for name in todo:
             print(f"{model_ref}: evaluating {name} ...", flush=True)
-            results[name] = run_benchmark(model, processor, name, sources.get(name), batch_size)
+            results[name] = run_benchmark(model, processor, loaded[name], batch_size)
             record = {"run": _run_fingerprint(model_ref, sources.get(name)), "metrics": results[name]}
             partial = folder / f"{name}.json.partial"
             partial.write_text(json.dumps(record, indent=2))
@@ -138,20 +153,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", nargs="*", default=[], metavar="MODEL", help="more models, side by side")
     parser.add_argument("--source", nargs="*", default=[], metavar="BENCHMARK=PATH", help="local copy or other Hub id of a benchmark")
     parser.add_argument("--out", type=Path, default=Path("maple_eval"), help="results folder (resumable)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=_at_least_one, default=32)
     parser.add_argument("--push-to-hub", action="store_true", help="write the results into MODEL's model card on the Hub")
     args = parser.parse_args(argv)
-    sources = _parse_sources(args.source)
+    sources = _parse_sources(parser, args.source)
+    model_refs = [args.model, *args.compare]
 
-    from .benchmarks import BenchmarkFormatError
-    from .models import ModelLoadError
+    from .benchmarks import BenchmarkFormatError, BenchmarkSourceError, check_source
+    from .models import ModelLoadError, check_model_ref
 
     all_results = {}
     try:
-        for model_ref in [args.model, *args.compare]:
+        # Missing local folders and files are reported before the first model is loaded.
+        for model_ref in model_refs:
+            check_model_ref(model_ref)
+        for name, source in sources.items():
+            check_source(name, source)
+        for model_ref in model_refs:
             all_results[model_ref] = evaluate_model(model_ref, args.benchmarks, sources, args.out, args.batch_size)
-    except (ModelLoadError, BenchmarkFormatError) as error:
-        print(f"maple eval: {error}")
+    except (ModelLoadError, BenchmarkFormatError, BenchmarkSourceError) as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
     (args.out / "results.json").write_text(json.dumps(all_results, indent=2))
     table = markdown_table(all_results)

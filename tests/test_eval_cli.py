@@ -108,22 +108,74 @@ def test_cli_compares_models_writes_tables_and_resumes(tiny, benchmark_sources, 
     assert json.loads((out / "results.json").read_text())[str(first)]["coco"]["i2t_r1"] >= 0
 
 
-def test_interrupted_run_keeps_finished_benchmarks(tiny, benchmark_sources, tmp_path, capsys):
+def test_interrupted_run_keeps_finished_benchmarks(tiny, benchmark_sources, tmp_path, capsys, monkeypatch):
     _, _, (first, _) = tiny
     out = tmp_path / "eval"
-    broken = f"bivlc={benchmark_sources['winoground']}"  # wrong schema: fails after coco is done
-    argv = [str(first), "--benchmarks", "coco", "bivlc", "--out", str(out), "--source", f"coco={benchmark_sources['coco']}"]
-    assert main(argv + [broken]) == 2
-    assert "benchmark 'bivlc' needs columns" in capsys.readouterr().out
+    argv = [str(first), "--benchmarks", "coco", "bivlc", "--out", str(out),
+            "--source", f"coco={benchmark_sources['coco']}", f"bivlc={benchmark_sources['bivlc']}"]
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("evaluation.protocols.evaluate_quadruples", interrupt)  # Ctrl-C during bivlc, after coco
+    with pytest.raises(KeyboardInterrupt):
+        main(argv)
     assert [p.name for p in out.glob("*/*.json")] == ["coco.json"]
-    assert main(argv + [f"bivlc={benchmark_sources['bivlc']}"]) == 0
+    monkeypatch.undo()
+    assert main(argv) == 0
     assert "coco already done" in capsys.readouterr().out
     assert sorted(p.name for p in out.glob("*/*.json")) == ["bivlc.json", "coco.json"]
 
 
-def test_cli_rejects_a_bad_source_argument(tmp_path):
-    with pytest.raises(SystemExit, match="--source expects BENCHMARK=PATH_OR_HUB_ID"):
+def test_a_source_in_the_wrong_schema_is_reported_before_the_model_loads(tiny, benchmark_sources, tmp_path, capsys, monkeypatch):
+    _, _, (first, _) = tiny
+    out = tmp_path / "eval"
+    broken = f"bivlc={benchmark_sources['winoground']}"  # the columns of another benchmark
+    argv = [str(first), "--benchmarks", "coco", "bivlc", "--out", str(out), "--source", f"coco={benchmark_sources['coco']}", broken]
+    monkeypatch.setattr("evaluation.models.load_embedder", lambda *args, **kwargs: pytest.fail("the model was loaded"))
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"maple eval: error: {benchmark_sources['winoground']}: benchmark 'bivlc' needs columns") and error.count("\n") == 1
+    assert not out.exists()
+
+
+def test_cli_rejects_a_bad_source_argument(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         main([str(tmp_path), "--source", "imagenet=/data"])
+    assert exit_info.value.code == 2
+    assert "maple eval: error: --source expects BENCHMARK=PATH_OR_HUB_ID" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("size", ["0", "-1"])
+def test_cli_rejects_a_batch_size_below_one(tmp_path, capsys, size):
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path), "--batch-size", size])
+    assert exit_info.value.code == 2
+    assert f"maple eval: error: argument --batch-size: expected an integer >= 1, got {size}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("missing", ["./no_such_checkpoint", "{tmp_path}/models/no_such_checkpoint"])
+def test_cli_reports_a_missing_model_folder_before_loading_any_model(tiny, benchmark_sources, tmp_path, monkeypatch, capsys, missing):
+    _, _, (first, _) = tiny
+    monkeypatch.chdir(tmp_path)
+    missing = missing.format(tmp_path=tmp_path)
+    out = tmp_path / "eval"
+    argv = [str(first), "--compare", missing, "--benchmarks", "coco", "--source", f"coco={benchmark_sources['coco']}", "--out", str(out)]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == f"maple eval: error: no such folder: {missing}\n"
+    assert not out.exists()  # nothing evaluated (not even the first model), no folder for the missing one
+
+
+def test_cli_reports_a_missing_or_unreachable_benchmark_source(tiny, tmp_path, capsys):
+    _, _, (first, _) = tiny
+    out = tmp_path / "eval"
+    assert main([str(first), "--benchmarks", "coco", "--source", f"coco={tmp_path / 'coco.parquet'}", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == f"maple eval: error: benchmark 'coco': no such file or folder: {tmp_path / 'coco.parquet'}\n"
+    assert not out.exists()
+    assert main([str(first), "--benchmarks", "coco", "--out", str(out)]) == 2  # offline: the official source is not cached
+    error = capsys.readouterr().err
+    assert error.startswith("maple eval: error: benchmark 'coco': cannot read source 'nlphuji/mscoco_2014_5k_test_image_text_retrieval'")
+    assert error.count("\n") == 1
 
 
 def test_lora_adapter_folder_loads_on_its_base(tiny, tmp_path):
