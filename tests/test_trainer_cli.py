@@ -1,4 +1,5 @@
-"""`maple train` (trainer.cli): YAML config plus flags, an offline run end to end, and --help."""
+"""`maple train` (trainer.cli): YAML config plus flags, an offline run end to end, --help, and bad input
+reported as one line (`maple train: error: ...`, exit 2) before any model is loaded."""
 
 import dataclasses
 
@@ -8,7 +9,7 @@ from datasets import DatasetDict
 from transformers import AutoModel, AutoProcessor
 
 from trainer import RPAConfig
-from trainer.cli import DataArguments, ModelArguments, main
+from trainer.cli import DataArguments, ModelArguments, TrainingInputError, main
 from trainer.testing import synthetic_preference_dataset
 
 
@@ -49,14 +50,62 @@ def test_help_documents_every_option(capsys):
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["--dataset_name", "x"], "exactly one of --model_name_or_path and --tiny"),
+        (["--dataset_name", "x"], "give exactly one of --model_name_or_path and --tiny"),
         (["--tiny", "dual_encoder"], "--dataset_name is required"),
+        (["--tiny", "dual_encoder", "--dataset_name", "x", "--max_length", "5"], "max_length=5 acts on token log-probabilities"),
     ],
 )
-def test_missing_arguments_are_reported(capsys, argv, message):
-    with pytest.raises(SystemExit):
+def test_bad_arguments_are_reported_in_one_line(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
         main(argv)
-    assert message in capsys.readouterr().err
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"maple train: error: {message}") and error.count("\n") == 1  # no 150-line usage first
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("learning_rate: [1\nfoo: :\n", "{path}, line 2, column 4: not valid YAML: expected ',' or ']', but got ':'"),
+        ("not_an_option: 3\noutput_dir: out\n", "{path}: unknown key 'not_an_option'; keys are the options of `maple train --help`"),
+        ("- a\n- b\n", "{path}: expected a YAML mapping of options (name: value), got ['a', 'b']"),
+        (None, "--config {path}: No such file or directory"),
+    ],
+)
+def test_a_bad_config_file_is_reported_in_one_line_naming_it(tmp_path, capsys, content, message):
+    config = tmp_path / "train.yaml"
+    if content is not None:
+        config.write_text(content)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(config), "--tiny", "dual_encoder", "--dataset_name", "x"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith("maple train: error: " + message.format(path=config)) and error.count("\n") == 1
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_a_missing_dataset_or_model_folder_is_reported_before_any_model_loads(tmp_path, monkeypatch, capsys, relative):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("trainer.cli.load_model_and_processor", lambda *args: pytest.fail("the model was loaded"))
+    missing = "./missing" if relative else str(tmp_path / "missing")
+    for argv, message in [
+        (["--tiny", "dual_encoder", "--dataset_name", missing], f"--dataset_name: no such folder: {missing}"),
+        (["--model_name_or_path", missing, "--dataset_name", str(tmp_path)], f"--model_name_or_path: no such folder: {missing}"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv + ["--output_dir", str(tmp_path / "out")])
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err == f"maple train: error: {message}\n"
+
+
+def test_a_model_neither_on_disk_nor_in_the_cache_is_reported_in_one_line(tmp_path, capsys):
+    synthetic_preference_dataset(4).save_to_disk(tmp_path / "prefs")
+    capsys.readouterr()  # the progress bar of save_to_disk
+    with pytest.raises(SystemExit) as exit_info:  # offline, as every test: the repo is not in the cache
+        main(["--model_name_or_path", "maple-org/not-cached", "--dataset_name", str(tmp_path / "prefs"), "--output_dir", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith("maple train: error: --model_name_or_path maple-org/not-cached: ") and error.count("\n") == 1
 
 
 def test_the_backbone_of_a_plain_checkpoint_is_inferred_or_asked_for(tmp_path, monkeypatch):
@@ -77,7 +126,7 @@ def test_the_backbone_of_a_plain_checkpoint_is_inferred_or_asked_for(tmp_path, m
     load_model_and_processor(ModelArguments(model_name_or_path=str(tmp_path / "clip")))
     load_model_and_processor(ModelArguments(model_name_or_path=str(tmp_path / "bert"), backbone="dual_encoder"))
     assert built == ["dual_encoder", "dual_encoder"]
-    with pytest.raises(SystemExit, match="'bert' checkpoint, not a MAPLE one.*--backbone"):
+    with pytest.raises(TrainingInputError, match="'bert' checkpoint, not a MAPLE one.*--backbone"):
         load_model_and_processor(ModelArguments(model_name_or_path=str(tmp_path / "bert")))
 
 

@@ -13,12 +13,29 @@ Every `RPAConfig` / `TrainingArguments` field is a flag; `maple train --help` li
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
+from typing import NoReturn
 
+import yaml
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from trl import TrlParser
 
+from evaluation.models import is_hub_id
+
 from .rpa_config import RPAConfig
+
+
+class TrainingInputError(ValueError):
+    """A model or dataset `maple train` cannot use, found before training: one line, not a traceback."""
+
+
+class _Parser(TrlParser):
+    """TrlParser whose errors are one line: argparse prints the usage first, some 150 lines for all the
+    fields of RPAConfig and TrainingArguments, which bury the message."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 @dataclass
@@ -83,14 +100,19 @@ class DataArguments:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = TrlParser(
+    parser = _Parser(
         (ModelArguments, DataArguments, RPAConfig),
         prog="maple train",
         description=__doc__.split("\n")[0],
         epilog="--config FILE.yaml: a YAML mapping of any of the options above (flags given as well override it); "
         "an `env:` mapping in it sets environment variables.",
     )
-    model_args, data_args, training_args = parser.parse_args_and_config(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    _check_config_file(parser, argv)
+    try:
+        model_args, data_args, training_args = parser.parse_args_and_config(argv)
+    except ValueError as error:  # the dataclasses' own checks (e.g. RPAConfig's rejected settings)
+        parser.error(str(error))
     if (model_args.model_name_or_path is None) == (model_args.tiny is None):
         parser.error("give exactly one of --model_name_or_path and --tiny")
     if data_args.dataset_name is None:
@@ -98,7 +120,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from .rpa_trainer import RPATrainer  # heavy imports only once the arguments are known to be fine
 
-    model, processor = load_model_and_processor(model_args)
+    try:
+        # Cheapest first: paths that exist or could be Hub ids, then the dataset, then the (larger) model.
+        if model_args.model_name_or_path is not None:
+            _check_reference("--model_name_or_path", model_args.model_name_or_path)
+        _check_reference("--dataset_name", data_args.dataset_name)
+        splits = load_preference_splits(data_args)
+        model, processor = load_model_and_processor(model_args)
+    except TrainingInputError as error:
+        parser.error(str(error))
     peft_config = None
     if model_args.use_peft:
         from modeling_maple.lora import maple_lora_config
@@ -106,7 +136,6 @@ def main(argv: list[str] | None = None) -> int:
         peft_config = maple_lora_config(
             model, r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout
         )
-    splits = load_preference_splits(data_args)
     trainer = RPATrainer(
         model,
         args=training_args,
@@ -123,6 +152,43 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _check_config_file(parser: _Parser, argv: list[str]) -> None:
+    """Report a bad `--config` file as one line naming it: TrlParser reads the file itself, but a missing
+    file, invalid YAML, a YAML that is not a mapping and an unknown key escape it as tracebacks (the last
+    with a hint about TrlParser's own arguments)."""
+    if "--config" not in argv:
+        return
+    position = argv.index("--config") + 1
+    if position == len(argv):
+        parser.error("--config needs a YAML file")
+    path = argv[position]
+    try:
+        with open(path) as handle:
+            config = yaml.safe_load(handle)
+    except OSError as error:
+        parser.error(f"--config {path}: {error.strerror}")
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else path
+        parser.error(f"{where}: not valid YAML: {getattr(error, 'problem', None) or error}")
+    if not isinstance(config, dict):
+        parser.error(f"{path}: expected a YAML mapping of options (name: value), got {config!r:.80}")
+    known = {action.dest for action in parser._actions} | {"env"}
+    unknown = [key for key in config if key not in known]
+    if unknown:
+        names = ", ".join(map(repr, unknown))
+        parser.error(f"{path}: unknown key {names}; keys are the options of `maple train --help` without '--'")
+    if not isinstance(config.get("env", {}), dict):
+        parser.error(f"{path}: expected 'env' to be a mapping of environment variables, got {config['env']!r:.80}")
+
+
+def _check_reference(option: str, reference: str) -> None:
+    """A reference that cannot be a Hub id ('./x', '/abs/x', 'a/b/c') must be an existing path: said
+    plainly, instead of the Hub-id validation errors that transformers and datasets raise for it."""
+    if not os.path.exists(reference) and not is_hub_id(reference):
+        raise TrainingInputError(f"{option}: no such folder: {reference}")
+
+
 def load_model_and_processor(model_args: ModelArguments):
     """The MapleModel and MapleProcessor to train: tiny, a MAPLE checkpoint, or built from a backbone."""
     from transformers import AutoConfig, AutoModel, AutoProcessor
@@ -135,12 +201,15 @@ def load_model_and_processor(model_args: ModelArguments):
 
         return build_tiny(model_args.tiny)
     name = model_args.model_name_or_path
-    config = AutoConfig.from_pretrained(name)
+    try:
+        config = AutoConfig.from_pretrained(name)
+    except OSError as error:  # not found, offline and not cached, gated: transformers says which
+        raise TrainingInputError(f"--model_name_or_path {name}: {' '.join(str(error).split())}") from error
     if isinstance(config, MapleConfig):
         return AutoModel.from_pretrained(name), AutoProcessor.from_pretrained(name)
     backbone = model_args.backbone or backbone_of(config.model_type)
     if backbone is None:
-        raise SystemExit(
+        raise TrainingInputError(
             f"{name} is a {config.model_type!r} checkpoint, not a MAPLE one, and MAPLE cannot tell how to embed with "
             "it: pass --backbone mllm|dual_encoder"
         )
@@ -150,17 +219,20 @@ def load_model_and_processor(model_args: ModelArguments):
 def load_preference_splits(data_args: DataArguments) -> DatasetDict:
     """The dataset's splits, from `save_to_disk` output, a parquet folder or the Hub."""
     location = data_args.dataset_name
-    if os.path.isfile(os.path.join(location, "dataset_dict.json")) or os.path.isfile(
-        os.path.join(location, "state.json")
-    ):
-        splits = load_from_disk(location)
-    else:
-        splits = load_dataset(location, data_args.dataset_config)
+    try:
+        if os.path.isfile(os.path.join(location, "dataset_dict.json")) or os.path.isfile(
+            os.path.join(location, "state.json")
+        ):
+            splits = load_from_disk(location)
+        else:
+            splits = load_dataset(location, data_args.dataset_config)
+    except OSError as error:  # no data files, not on the Hub, offline and not cached
+        raise TrainingInputError(f"--dataset_name {location}: {' '.join(str(error).split())}") from error
     if isinstance(splits, Dataset):  # a single split saved on its own
         splits = DatasetDict({data_args.dataset_train_split: splits})
     for split in filter(None, (data_args.dataset_train_split, data_args.dataset_test_split)):
         if split not in splits:
-            raise SystemExit(f"{location} has no split {split!r}; it has {sorted(splits)}")
+            raise TrainingInputError(f"{location} has no split {split!r}; it has {sorted(splits)}")
     return splits
 
 
