@@ -24,7 +24,7 @@ def test_train_from_yaml_and_flags_saves_a_loadable_model_with_card(tmp_path):
         "use_peft": True, "lora_r": 4, "lora_alpha": 4, "report_to": [], "save_strategy": "no", "eval_strategy": "steps",
         "eval_steps": 2,
     }))
-    assert main(["--config", str(config), "--max_steps", "2", "--rpa_weight", "0.3"]) == 0  # flags win over YAML
+    assert main([f"--config={config}", "--max_steps", "2", "--rpa_weight", "0.3"]) == 0  # flags win over YAML
 
     output = tmp_path / "out"
     model, processor = AutoModel.from_pretrained(output), AutoProcessor.from_pretrained(output)
@@ -76,11 +76,12 @@ def test_a_bad_config_file_is_reported_in_one_line_naming_it(tmp_path, capsys, c
     config = tmp_path / "train.yaml"
     if content is not None:
         config.write_text(content)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--config", str(config), "--tiny", "dual_encoder", "--dataset_name", "x"])
-    assert exit_info.value.code == 2
-    error = capsys.readouterr().err
-    assert error.startswith("maple train: error: " + message.format(path=config)) and error.count("\n") == 1
+    for config_option in (["--config", str(config)], [f"--config={config}"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*config_option, "--tiny", "dual_encoder", "--dataset_name", "x"])
+        assert exit_info.value.code == 2
+        error = capsys.readouterr().err
+        assert error.startswith("maple train: error: " + message.format(path=config)) and error.count("\n") == 1
 
 
 @pytest.mark.parametrize("relative", [False, True])

@@ -108,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         "an `env:` mapping in it sets environment variables.",
     )
     argv = sys.argv[1:] if argv is None else list(argv)
+    # TrlParser reads only `--config FILE`; accept `--config=FILE` too, as argparse options do.
+    argv = [part for argument in argv for part in (argument.split("=", 1) if argument.startswith("--config=") else [argument])]
     _check_config_file(parser, argv)
     try:
         model_args, data_args, training_args = parser.parse_args_and_config(argv)
