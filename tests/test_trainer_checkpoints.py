@@ -85,7 +85,11 @@ def test_saved_model_loads_with_auto_classes(tmp_path, lora, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("lora_kwargs", [{}, {"use_dora": True}, {"lora_bias": True}], ids=["lora", "dora", "bias"])
+@pytest.mark.parametrize(
+    "lora_kwargs",
+    [{}, {"use_dora": True}, {"lora_bias": True}, {"target_modules": ["word_embeddings", "q_proj"]}],
+    ids=["lora", "dora", "bias", "embedding"],
+)
 def test_lora_saves_equal_merge_and_unload_and_leave_the_model_untouched(tmp_path, dtype, lora_kwargs, monkeypatch):
     model, _ = build_tiny("dual_encoder", seed=0)
     model = get_peft_model(model.to(dtype), maple_lora_config(model, r=4, lora_alpha=4, lora_dropout=0.0,

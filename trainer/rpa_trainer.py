@@ -469,7 +469,8 @@ def _save_merged(model: PeftModel, output_dir: str) -> None:
     adapter = model.active_adapter
     merged = {}
     for module_name, module in base.named_modules():
-        if isinstance(module, LoraLayer) and adapter in module.lora_A:
+        # linear-like layers keep their adapter in `lora_A`, embeddings in `lora_embedding_A`
+        if isinstance(module, LoraLayer) and (adapter in module.lora_A or adapter in module.lora_embedding_A):
             merged.update(_merged_lora_tensors(module, adapter, f"{module_name}.base_layer."))
     state_dict = {}
     for name, tensor in base.state_dict().items():
@@ -492,7 +493,10 @@ def _merged_lora_tensors(layer: LoraLayer, adapter: str, key_prefix: str) -> dic
         weight = weight.cpu()
     else:
         weight = base_layer.weight.detach().to("cpu", copy=True)
-        weight += layer.get_delta_weight(adapter).cpu()  # in place, as PEFT: computed in the promoted dtype, then cast
+        delta = layer.get_delta_weight(adapter)
+        if adapter in layer.lora_embedding_A:  # PEFT's Embedding.merge rounds the delta to the weight's dtype first
+            delta = delta.to(weight.dtype)
+        weight += delta.cpu()  # in place, as PEFT: computed in the promoted dtype, then cast
     merged = {f"{key_prefix}weight": weight}
     if layer.lora_bias[adapter]:
         bias = base_layer.bias.detach().to("cpu", copy=True)
