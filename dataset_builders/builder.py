@@ -230,12 +230,13 @@ def _component_key(component: object | None) -> str | None:
 def _differences(saved: Any, current: Any, name: str = "") -> list[str]:
     """"name: saved in the work dir, current now" for each differing manifest field; settings
     (nested dicts) are compared key by key, so the message names the one that changed (say
-    `judge_settings.image_processor.size`) rather than printing both whole."""
+    `judge_settings.image_processor.size`) rather than printing both whole. Fields the saved
+    manifest does not hold are not compared: an older version of the builder did not record them."""
     if isinstance(saved, dict) and isinstance(current, dict):
         return [
             line
-            for key in sorted(saved.keys() | current.keys())
-            for line in _differences(saved.get(key), current.get(key), f"{name}.{key}" if name else key)
+            for key in sorted(saved)
+            for line in _differences(saved[key], current.get(key), f"{name}.{key}" if name else key)
         ]
     return [] if saved == current else [f"{name}: {saved!r} in the work dir, {current!r} now"]
 
@@ -513,6 +514,8 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 f"work dir {self.work_dir} was built with another recipe ({'; '.join(differences)}); reusing its "
                 f"checkpoints and shards would mix the two builds: {advice}"
             )
+        if current != saved:  # a manifest of an older version, equal where it speaks: record the new fields
+            _atomic_write_bytes(path, json.dumps(current, indent=2, sort_keys=True).encode())
 
     def _load_source(self) -> datasets.Dataset:
         if self._source is None:

@@ -130,6 +130,21 @@ def test_a_judge_with_another_image_resolution_is_another_recipe(tmp_path):
     _builder(tmp_path, judge=tiny_judge(image_size=32)).check_work_dir()  # the same settings resume
 
 
+def test_a_manifest_of_an_older_version_resumes_and_is_completed(tmp_path):
+    """Work dirs started before the components' settings were recorded: what the old manifest
+    says still has to match, what it does not say cannot be checked, so it is recorded now."""
+    _builder(tmp_path, judge=tiny_judge(image_size=32)).check_work_dir()
+    path = tmp_path / "work" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["miner_settings"], manifest["judge_settings"]["image_processor"]
+    path.write_text(json.dumps(manifest))
+    _builder(tmp_path, judge=tiny_judge(image_size=32)).check_work_dir()
+    assert "miner_settings" in json.loads(path.read_text())
+    assert "image_processor" in json.loads(path.read_text())["judge_settings"]
+    with pytest.raises(WorkDirMismatch, match=r"shard_size: 4 in the work dir, 3 now"):
+        _builder(tmp_path, judge=tiny_judge(image_size=32), shard_size=3).check_work_dir()
+
+
 def test_a_settings_change_is_caught_by_download_and_prepare_too(tmp_path):
     """`datasets` reuses a prepared dataset whose cache key matches, without running the builder:
     the key holds a digest of the components' settings, so a change reaches the manifest check."""
