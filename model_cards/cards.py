@@ -8,6 +8,7 @@ written as PNG files next to the card and linked by relative path, so they trave
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,8 @@ def _table_rows(eval_results: Mapping[str, Mapping[str, Any]]) -> dict[str, list
 
 
 EVALUATION_END = "<!-- end of evaluation -->"
+# Cards written before the histograms moved into the evaluation section hold them right after it.
+_OLD_HISTOGRAM_PARAGRAPH = re.compile(r"\A\s*Cosine similarities of matched[^!]*!\[Similarity histograms\]\([^)]*\)\n")
 
 
 def render_evaluation_section(
@@ -133,7 +136,8 @@ def with_eval_results(
     text = card.text
     start, end = text.find("## Evaluation\n"), text.find(EVALUATION_END)
     if start >= 0 and end >= 0:
-        text = text[:start] + section + text[end + len(EVALUATION_END) :].lstrip("\n")
+        rest = _OLD_HISTOGRAM_PARAGRAPH.sub("", text[end + len(EVALUATION_END) :], count=1)
+        text = text[:start] + section + rest.lstrip("\n")
     else:
         text = text.rstrip("\n") + "\n\n" + section
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{text}")
