@@ -2,6 +2,7 @@
 
 import math
 
+import datasets
 import pytest
 import torch
 
@@ -219,9 +220,12 @@ def _corrupt(column, value_fn):
          r"row id 'scene-2': column 'candidate_texts'\[2\] is None; expected a string"),
         (lambda: _corrupt("candidate_images", lambda s: [*s[:3], None]),
          r"row id 'scene-2': column 'candidate_images'\[3\] is None; expected an image"),
+        (lambda: _corrupt("candidate_texts", lambda s: [*s[:2], None, *s[3:]]).cast_column(
+            "candidate_texts", datasets.LargeList(datasets.Value("string"))),  # as polars writes parquet lists
+         r"row id 'scene-2': column 'candidate_texts'\[2\] is None; expected a string"),
     ],
     ids=["missing-column", "length-mismatch", "out-of-range", "nan", "empty", "no-caption", "no-image",
-         "no-candidate-text", "no-candidate-image"],
+         "no-candidate-text", "no-candidate-image", "no-candidate-text-large-list"],
 )
 def test_bad_datasets_fail_before_training_with_a_clear_error(tmp_path, make_dataset, message):
     model, processor = build_tiny("dual_encoder")

@@ -137,7 +137,7 @@ def validate_preference_dataset(dataset: Dataset | IterableDataset, dataset_name
 
 def _first_missing(column: pa.ChunkedArray) -> list[int | None]:
     """`first_missing` of each row of an Arrow column, without converting its values (images stay undecoded)."""
-    if not pa.types.is_list(column.type):
+    if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
         return [0 if null else None for null in pc.is_null(column).to_pylist()]
     nulls = pc.is_null(pc.list_flatten(column))  # the entries of all rows, in order (a null list has none)
     if not pc.any(nulls).as_py():
