@@ -215,7 +215,8 @@ class InternVLPromptEncoder(PromptEncoder):
         self.tokens_per_tile = int(patches * config.downsample_ratio**2)
 
     def encode_images(self, images: Sequence[PIL.Image.Image]) -> EncodedImages:
-        # InternVLProcessor tiles by default whatever the image processor's own setting says.
+        # InternVLProcessor tiles whatever the image processor's own `crop_to_patches` says;
+        # `max_patches` caps the tiles, and 1 turns tiling off.
         processed = self.image_processor(images=self._rgb(images), crop_to_patches=True, return_tensors="pt")
         num_tokens = [int(tiles) * self.tokens_per_tile for tiles in processed["num_patches"]]
         image_texts = [self.image_start + self.image_token * count + self.image_end for count in num_tokens]
