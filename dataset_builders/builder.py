@@ -530,9 +530,8 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             missing = [column for column in required if column not in source.column_names]
             if missing:
                 raise SourceError(f"source lacks column(s) {missing}; it has {source.column_names}")
-            if not _readable_as_images(source.features[self.config.image_column]):
-                # pyarrow's cast would fail naming neither the column nor the type.
-                image_feature = source.features[self.config.image_column]
+            image_feature = source.features[self.config.image_column]
+            if not _readable_as_images(image_feature):  # pyarrow's cast would fail naming neither column nor type
                 raise SourceError(
                     f"source column {self.config.image_column!r} holds {image_feature!r}; expected images "
                     "(datasets.Image), image file paths (str) or encoded image bytes"
