@@ -1,7 +1,8 @@
 """Offline judges, captioners, miners and sources for tests, demos and benchmarks.
 
 - `tiny_judge`, `tiny_captioner`: the real `MLLMJudge` / `ContrastiveCaptioner` on a random tiny
-  Qwen2-VL (from `modeling_maple.testing`): real code paths, meaningless judgements and captions.
+  model of any supported family (configs, tokenizers and image processors from
+  `modeling_maple.testing`): real code paths, meaningless judgements and captions.
 - `ColourJudge`, `ColourCaptioner`, `thumbnail_miner`, `colour_squares`: deterministic stand-ins,
   cheap enough for builder tests that start several processes. The tiny-MLLM helpers import
   transformers only when called, so processes using just the stand-ins start fast.
@@ -20,7 +21,7 @@ import torch
 from .miner import HardNegativeMiner
 
 if TYPE_CHECKING:
-    from transformers import InternVLForConditionalGeneration, LlavaForConditionalGeneration, Qwen2VLForConditionalGeneration
+    from transformers import Qwen2VLForConditionalGeneration
 
     from .captioner import ContrastiveCaptioner
     from .judge import MLLMJudge
@@ -36,122 +37,29 @@ def tiny_qwen2_vl(seed: int = 0, **config_overrides) -> Qwen2VLForConditionalGen
     return Qwen2VLForConditionalGeneration(tiny_qwen2_vl_config(**config_overrides)).eval()
 
 
-def _tiny_image_text_model(model_type: str, tokenizer, image_token: str, seed: int, *, vision_type: str | None = None, text_type: str, **config):
-    """A random image-text-to-text model of `model_type`, deterministic in `seed`, in eval mode: a
-    two-layer vision tower on 16x16 images (or tiles) of 4x4 patches and a two-layer text model of
-    width 32 over `tokenizer`'s vocabulary, whose `image_token` is the image placeholder."""
-    from transformers import AutoConfig, AutoModelForImageTextToText
+def tiny_image_text_model(family: str = "qwen2_vl", seed: int = 0):
+    """A random tiny image-text-to-text model of `family` (`modeling_maple.testing.tiny_mllm_config`),
+    deterministic in `seed`, in eval mode; its tokenizer and image processor are
+    `tiny_mllm_tokenizer(family)` and `tiny_mllm_image_processor(family)`."""
+    from transformers import AutoModelForImageTextToText
 
-    vision = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 16, "patch_size": 4}
-    text = {
-        "model_type": text_type, "vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "pad_token_id": tokenizer.pad_token_id,
-    }
-    config = AutoConfig.for_model(
-        model_type,
-        vision_config={"model_type": vision_type, **vision} if vision_type else vision,
-        text_config=text,
-        image_token_id=tokenizer.convert_tokens_to_ids(image_token),
-        tie_word_embeddings=False,
-        **config,
-    )
+    from modeling_maple.testing import tiny_mllm_config
+
+    config = tiny_mllm_config(family)
     torch.manual_seed(seed)
     return AutoModelForImageTextToText.from_config(config).eval()
 
 
-def tiny_llava(seed: int = 0) -> LlavaForConditionalGeneration:
-    """A random tiny LLaVA (CLIP ViT, Qwen2 text model) sharing `modeling_maple.testing.tiny_tokenizer()`,
-    whose <|image_pad|> is its image token."""
-    from modeling_maple.testing import tiny_tokenizer
-
-    return _tiny_image_text_model("llava", tiny_tokenizer(), "<|image_pad|>", seed, vision_type="clip_vision_model", text_type="qwen2")
-
-
-INTERNVL_CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}<IMG_CONTEXT>\n"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-"""The `-hf` InternVL checkpoints' chat template, less video: one `<IMG_CONTEXT>` line per image."""
-
-
-def tiny_internvl_tokenizer():
-    """`modeling_maple.testing.tiny_tokenizer()` plus InternVL's image tokens (`<img>`, `</img>`,
-    `<IMG_CONTEXT>`) and chat template."""
-    from modeling_maple.testing import tiny_tokenizer
-
-    tokenizer = tiny_tokenizer()
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<img>", "</img>", "<IMG_CONTEXT>"]})
-    tokenizer.chat_template = INTERNVL_CHAT_TEMPLATE
-    return tokenizer
-
-
-def tiny_internvl(seed: int = 0) -> InternVLForConditionalGeneration:
-    """A random tiny InternVL (4 tokens per 16x16 tile after the pixel shuffle; Qwen2 text model)
-    matching `tiny_internvl_tokenizer()`."""
-    return _tiny_image_text_model("internvl", tiny_internvl_tokenizer(), "<IMG_CONTEXT>", seed, text_type="qwen2")
-
-
-SMOLVLM_CHAT_TEMPLATE = (
-    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}"
-    "{% if message['content'] is string %}: {{ message['content'] }}"
-    "{% else %}{% if message['content'][0]['type'] == 'image' %}:{% else %}: {% endif %}"
-    "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}"
-    "{% elif part['type'] == 'image' %}<image>{% endif %}{% endfor %}{% endif %}"
-    "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
-)
-"""SmolVLM's chat template, less video: `<image>` where each image goes."""
-
-
-def tiny_idefics3_tokenizer():
-    """`modeling_maple.testing.tiny_tokenizer()` plus Idefics3/SmolVLM's image tokens (`<image>`,
-    `<fake_token_around_image>`, `<global-img>`, `<row_r_col_c>` up to 4 x 4) and SmolVLM's chat template."""
-    from modeling_maple.testing import tiny_tokenizer
-
-    tokenizer = tiny_tokenizer()
-    grid_tags = [f"<row_{row}_col_{col}>" for row in range(1, 5) for col in range(1, 5)]
-    special = ["<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>", *grid_tags]
-    tokenizer.add_special_tokens({"additional_special_tokens": special})
-    tokenizer.chat_template = SMOLVLM_CHAT_TEMPLATE
-    return tokenizer
-
-
-def tiny_idefics3(seed: int = 0, *, model_type: str = "smolvlm"):
-    """A random tiny SmolVLM (or Idefics3, `model_type="idefics3"`): 4 tokens per 16x16 tile after
-    the pixel shuffle, Llama text model; matching `tiny_idefics3_tokenizer()`."""
-    return _tiny_image_text_model(model_type, tiny_idefics3_tokenizer(), "<image>", seed, text_type="llama", scale_factor=2)
-
-
 def _tiny_model_tokenizer_and_image_processor(family: str, seed: int, image_size: int):
-    from transformers import CLIPImageProcessorPil, GotOcr2ImageProcessorPil, SmolVLMImageProcessorPil
+    from modeling_maple.testing import tiny_mllm_image_processor, tiny_mllm_tokenizer
 
-    from modeling_maple.testing import tiny_image_processor, tiny_tokenizer
-
-    if family == "qwen2_vl":
-        return tiny_qwen2_vl(seed), tiny_tokenizer(), tiny_image_processor(image_size=image_size)
-    if family == "llava":
-        # LLaVA sees fixed 16x16 images whatever `image_size` is.
-        processor = CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
-        return tiny_llava(seed), tiny_tokenizer(), processor
-    if family == "internvl":
-        # Tiles of 16x16, at most 4 per image plus a thumbnail, whatever `image_size` is.
-        processor = GotOcr2ImageProcessorPil(size={"height": 16, "width": 16}, max_patches=4)
-        return tiny_internvl(seed), tiny_internvl_tokenizer(), processor
-    if family in ("idefics3", "smolvlm"):
-        # Images resized to at most 48 px, then split into 16x16 tiles (at most 3 x 3) plus a global view.
-        processor = SmolVLMImageProcessorPil(size={"longest_edge": 48}, max_image_size={"longest_edge": 16})
-        return tiny_idefics3(seed, model_type=family), tiny_idefics3_tokenizer(), processor
-    raise ValueError(
-        f"unknown tiny model family {family!r}: expected 'qwen2_vl', 'llava', 'internvl', 'idefics3' or 'smolvlm'"
-    )
+    tokenizer = tiny_mllm_tokenizer(family)  # checks the family first
+    return tiny_image_text_model(family, seed), tokenizer, tiny_mllm_image_processor(family, image_size=image_size)
 
 
 def tiny_judge(seed: int = 0, *, family: str = "qwen2_vl", image_size: int = 32, **judge_kwargs) -> MLLMJudge:
-    """An `MLLMJudge` on a random tiny model of `family` ("qwen2_vl", "llava", "internvl", "idefics3"
-    or "smolvlm"); Qwen2-VL resizes images to about image_size^2 pixels."""
+    """An `MLLMJudge` on a random tiny model of `family` ("qwen2_vl", "llava", "internvl", "idefics3",
+    "smolvlm", ...: `tiny_image_text_model`); Qwen2-VL resizes images to about image_size^2 pixels."""
     from .judge import MLLMJudge
 
     model, tokenizer, image_processor = _tiny_model_tokenizer_and_image_processor(family, seed, image_size)

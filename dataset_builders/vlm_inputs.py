@@ -8,8 +8,8 @@ boundary between the image prefix and the text suffix anyway to reuse the prefix
 into one token per image feature, and builds the tensors the model family needs. One subclass per
 family; `prompt_encoder_for` picks it from the model config.
 
-Image loading, Qwen-VL token counts and placeholder filling are `modeling_maple.processing_maple`'s
-(`load_image`, `qwen_vl_image_token_counts`, `fill_image_placeholders`), the ones `MapleProcessor`
+How each family processes images and what an image placeholder becomes (`encode_mllm_images`,
+`EncodedImages`, `mllm_pixel_inputs`) is `modeling_maple.processing_maple`'s, the code `MapleProcessor`
 uses, so the judge, the captioner and the embedder build vision prompts the same way.
 """
 
@@ -17,59 +17,30 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import PIL.Image
 import torch
 
-from modeling_maple.processing_maple import fill_image_placeholders, load_image, qwen_vl_image_token_counts
+from modeling_maple.processing_maple import (
+    EncodedImages,
+    encode_mllm_images,
+    fill_image_placeholders,
+    mllm_image_seq_length,
+    mllm_image_tokens,
+    mllm_pixel_inputs,
+)
 
 Message = dict[str, object]
 """One chat message: {"role": ..., "content": [{"type": "image"} | {"type": "text", "text": ...}]}."""
 
 
-@dataclass(frozen=True)
-class EncodedImages:
-    """Output of the image processor for a batch of images.
-
-    pixel_values: the processed pixels, in the family's layout (Qwen2-VL: (total_patches, patch
-        features); LLaVA: (num_images, channels, height, width); InternVL, Idefics3: (total_tiles,
-        channels, height, width)).
-    num_tokens: number of image placeholder tokens each image takes in the prompt.
-    extra: other tensors the model needs beside the pixels, each indexed along its first dimension
-        by image (Qwen2-VL: image_grid_thw, (num_images, 3)) or like `pixel_values` (Idefics3:
-        pixel_attention_mask, one per tile). `concatenate` joins batches by concatenating each
-        extra tensor along its first dimension, which keeps either kind in the images' order.
-    image_texts: the text each image's placeholder becomes in the prompt, for families that wrap or
-        tile it (InternVL's `<img>...</img>`, Idefics3's grid of tiles); None: the placeholder
-        repeated `num_tokens` times.
-    """
-
-    pixel_values: torch.Tensor
-    num_tokens: list[int]
-    extra: dict[str, torch.Tensor] = field(default_factory=dict)
-    image_texts: list[str] | None = None
-
-    @classmethod
-    def concatenate(cls, parts: Sequence[EncodedImages]) -> EncodedImages:
-        """The images of `parts`, in order, as one batch."""
-        return cls(
-            pixel_values=torch.cat([part.pixel_values for part in parts]),
-            num_tokens=[count for part in parts for count in part.num_tokens],
-            extra={key: torch.cat([part.extra[key] for part in parts]) for key in parts[0].extra},
-            image_texts=None if parts[0].image_texts is None else [text for part in parts for text in part.image_texts],
-        )
-
-    def image_text(self, index: int, placeholder: str) -> str:
-        """What the `index`-th image's `placeholder` becomes in the prompt."""
-        return placeholder * self.num_tokens[index] if self.image_texts is None else self.image_texts[index]
-
-
 class PromptEncoder:
     """Turns chat messages and images into model inputs for one model family.
 
-    Shared by all families: chat rendering, image placeholder expansion, padding and plain 1-D
-    positions. Subclasses say how images are processed and how many tokens each takes.
+    Shared by all families: chat rendering, image processing and placeholder expansion
+    (`encode_mllm_images`), padding and plain 1-D positions. A subclass says how a family's positions
+    differ (Qwen-VL's multimodal RoPE).
 
     Args:
         config: the model's config; its `image_token_id` is the placeholder the template emits.
@@ -89,6 +60,10 @@ class PromptEncoder:
         self.image_token = tokenizer.convert_ids_to_tokens(self.image_token_id)
         if self.image_token is None or self.tokenizer.convert_tokens_to_ids(self.image_token) != self.image_token_id:
             raise ValueError(f"the tokenizer has no token for the model's image token id {self.image_token_id}")
+        for token in mllm_image_tokens(config.model_type, tokenizer):
+            if self.tokenizer.convert_tokens_to_ids(token) in (None, self.tokenizer.unk_token_id):
+                raise ValueError(f"the tokenizer has no {token!r} token, which {config.model_type} prompts need around images")
+        self.image_seq_length = mllm_image_seq_length(config)
 
     def render(self, messages: list[Message], *, add_generation_prompt: bool) -> str:
         """The chat template applied to `messages`, as text with one placeholder per image."""
@@ -99,11 +74,9 @@ class PromptEncoder:
     def encode_images(self, images: Sequence[PIL.Image.Image]) -> EncodedImages:
         """Pixels and token counts of `images`, in order (PIL images or file paths; a corrupt one
         is a ValueError naming its position in `images`)."""
-        raise NotImplementedError
-
-    @staticmethod
-    def _rgb(images: Sequence[PIL.Image.Image]) -> list[PIL.Image.Image]:
-        return [load_image(image, index) for index, image in enumerate(images)]
+        return encode_mllm_images(
+            self.config.model_type, self.image_processor, self.tokenizer, images, self.image_token, self.image_seq_length
+        )
 
     def expand_images(self, text: str, images: EncodedImages, indices: Sequence[int]) -> list[int]:
         """Token ids of the rendered prompt `text` with its k-th image placeholder filled for image
@@ -113,11 +86,6 @@ class PromptEncoder:
         image_texts = [images.image_text(index, self.image_token) for index in indices]
         expanded = fill_image_placeholders(text, image_texts, placeholder=self.image_token)
         return self.tokenizer(expanded, add_special_tokens=False)["input_ids"]
-
-    def _check_tokens(self, family: str, *tokens: str) -> None:
-        for token in tokens:
-            if self.tokenizer.convert_tokens_to_ids(token) in (None, self.tokenizer.unk_token_id):
-                raise ValueError(f"the tokenizer has no {token!r} token, which {family} prompts need around images")
 
     def pad(self, sequences: Sequence[Sequence[int]], *, padding_side: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(input_ids, attention_mask), both (batch, longest), padded on `padding_side`."""
@@ -137,7 +105,7 @@ class PromptEncoder:
         """Everything a forward pass or `generate` needs for a padded batch of prompts whose
         images, in reading order, are `images`."""
         input_ids, attention_mask = self.pad(sequences, padding_side=padding_side)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": images.pixel_values, **images.extra}
+        return {"input_ids": input_ids, "attention_mask": attention_mask, **mllm_pixel_inputs(self.config.model_type, images)}
 
     def prefix_positions(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, int | torch.Tensor]:
         """Position ids for a batch of unpadded, equally long prompt prefixes (None: the model's
@@ -155,12 +123,6 @@ class PromptEncoder:
 
 class QwenVLPromptEncoder(PromptEncoder):
     """Qwen2-VL / Qwen2.5-VL: dynamic-resolution patches, one token per 2x2 merged patch, M-RoPE."""
-
-    def encode_images(self, images: Sequence[PIL.Image.Image]) -> EncodedImages:
-        processed = self.image_processor(images=self._rgb(images), return_tensors="pt")
-        grid_thw = processed["image_grid_thw"]
-        num_tokens = qwen_vl_image_token_counts(grid_thw, self.image_processor.merge_size)
-        return EncodedImages(processed["pixel_values"], num_tokens, {"image_grid_thw": grid_thw})
 
     def model_inputs(self, sequences, images, *, padding_side):
         inputs = super().model_inputs(sequences, images, padding_side=padding_side)
@@ -181,88 +143,6 @@ class QwenVLPromptEncoder(PromptEncoder):
         return super().continuation_positions(start, length, batch, offset, device).unsqueeze(0).expand(3, batch, length)
 
 
-class LlavaPromptEncoder(PromptEncoder):
-    """LLaVA (1.5-style): fixed-size images, one token per vision patch (plus CLS with the "full"
-    feature strategy), plain 1-D positions."""
-
-    def encode_images(self, images: Sequence[PIL.Image.Image]) -> EncodedImages:
-        pixel_values = self.image_processor(images=self._rgb(images), return_tensors="pt")["pixel_values"]
-        patch_size = self.config.vision_config.patch_size
-        tokens = (pixel_values.shape[-2] // patch_size) * (pixel_values.shape[-1] // patch_size)
-        if self.config.vision_feature_select_strategy == "full":
-            tokens += 1
-        return EncodedImages(pixel_values, [tokens] * len(images))
-
-
-class InternVLPromptEncoder(PromptEncoder):
-    """InternVL (the `-hf` checkpoints, e.g. OpenGVLab/InternVL3-1B-hf; the paper's small judge):
-    each image is tiled into up to `max_patches` crops of the vision tower's size plus a thumbnail,
-    as `InternVLProcessor` does, and every tile becomes `(side / patch)^2 * downsample_ratio^2`
-    tokens between `<img>` and `</img>`; plain 1-D positions.
-
-    The chat template emits one `<IMG_CONTEXT>` per image, which becomes `<img>` + `<IMG_CONTEXT>` x
-    tokens + `</img>`; `num_tokens` counts the context tokens only.
-    """
-
-    def __init__(self, config, tokenizer, image_processor, *, chat_template: str | None = None) -> None:
-        super().__init__(config, tokenizer, image_processor, chat_template=chat_template)
-        self.image_start = getattr(tokenizer, "start_image_token", None) or "<img>"
-        self.image_end = getattr(tokenizer, "end_image_token", None) or "</img>"
-        self._check_tokens("InternVL", self.image_start, self.image_end)
-        vision = config.vision_config
-        side, patch = _pair(vision.image_size), _pair(vision.patch_size)
-        patches = (side[0] // patch[0]) * (side[1] // patch[1])
-        self.tokens_per_tile = int(patches * config.downsample_ratio**2)
-
-    def encode_images(self, images: Sequence[PIL.Image.Image]) -> EncodedImages:
-        # InternVLProcessor tiles whatever the image processor's own `crop_to_patches` says;
-        # `max_patches` caps the tiles, and 1 turns tiling off.
-        processed = self.image_processor(images=self._rgb(images), crop_to_patches=True, return_tensors="pt")
-        num_tokens = [int(tiles) * self.tokens_per_tile for tiles in processed["num_patches"]]
-        image_texts = [self.image_start + self.image_token * count + self.image_end for count in num_tokens]
-        return EncodedImages(processed["pixel_values"], num_tokens, image_texts=image_texts)
-
-
-class Idefics3PromptEncoder(PromptEncoder):
-    """Idefics3 and SmolVLM: an image is split into a grid of tiles of the vision tower's size plus
-    a downscaled global view, as their processors do (`do_image_splitting`); every tile becomes
-    `(side / patch)^2 / scale_factor^2` `<image>` tokens after `<fake_token_around_image>` and its
-    `<row_r_col_c>` tag, the global view after `<global-img>`; plain 1-D positions.
-
-    All images of a batch go to the model as one sample's images, (1, total_tiles, channels, height,
-    width), with their `pixel_attention_mask`: the model fills the `<image>` tokens of the whole
-    batch in reading order, so which prompt a tile belongs to follows from the prompts.
-    """
-
-    fake_token, global_token = "<fake_token_around_image>", "<global-img>"
-
-    def __init__(self, config, tokenizer, image_processor, *, chat_template: str | None = None) -> None:
-        super().__init__(config, tokenizer, image_processor, chat_template=chat_template)
-        self._check_tokens("Idefics3", self.fake_token, self.global_token)
-        vision = config.vision_config
-        self.tokens_per_tile = (vision.image_size // vision.patch_size) ** 2 // config.scale_factor**2
-
-    def encode_images(self, images: Sequence[PIL.Image.Image]) -> EncodedImages:
-        from transformers.models.smolvlm.processing_smolvlm import get_image_prompt_string
-
-        # One sample holding every image: (1, total_tiles, ...) and one row/column count per image.
-        processed = self.image_processor(images=self._rgb(images), return_row_col_info=True, return_tensors="pt")
-        grids = list(zip(processed["rows"][0], processed["cols"][0]))
-        image_texts = [
-            get_image_prompt_string(rows, cols, self.tokens_per_tile, self.fake_token, self.image_token, self.global_token)
-            for rows, cols in grids
-        ]
-        num_tokens = [(rows * cols + 1) * self.tokens_per_tile for rows, cols in grids]
-        extra = {"pixel_attention_mask": processed["pixel_attention_mask"][0]}
-        return EncodedImages(processed["pixel_values"][0], num_tokens, extra, image_texts=image_texts)
-
-    def model_inputs(self, sequences, images, *, padding_side):
-        inputs = super().model_inputs(sequences, images, padding_side=padding_side)
-        inputs["pixel_values"] = inputs["pixel_values"].unsqueeze(0)
-        inputs["pixel_attention_mask"] = inputs["pixel_attention_mask"].unsqueeze(0)
-        return inputs
-
-
 def image_processor_settings(image_processor) -> dict:
     """An image processor's settings as plain JSON values (sizes, pixel budgets such as Qwen-VL's
     max_pixels, normalisation), for recipe manifests: they change what a model sees."""
@@ -279,10 +159,6 @@ def model_settings(model: torch.nn.Module, prompt_encoder: PromptEncoder) -> dic
     }
 
 
-def _pair(value: int | Sequence[int]) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
-
-
 def to_model(inputs: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """`inputs` on the model's device, pixels in its dtype (a bf16 model gets bf16 pixels)."""
     moved = {key: value.to(model.device) for key, value in inputs.items()}
@@ -294,10 +170,11 @@ PROMPT_ENCODERS: dict[str, type[PromptEncoder]] = {
     "qwen2_vl": QwenVLPromptEncoder,
     "qwen2_5_vl": QwenVLPromptEncoder,
     "qwen3_vl": QwenVLPromptEncoder,
-    "llava": LlavaPromptEncoder,
-    "internvl": InternVLPromptEncoder,
-    "idefics3": Idefics3PromptEncoder,
-    "smolvlm": Idefics3PromptEncoder,
+    # Images tiled or wrapped as their processors do (`encode_mllm_images`); plain 1-D positions.
+    "llava": PromptEncoder,
+    "internvl": PromptEncoder,
+    "idefics3": PromptEncoder,
+    "smolvlm": PromptEncoder,
 }
 """Model families the judge and the captioner can drive, by `config.model_type`."""
 

@@ -8,8 +8,10 @@ from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 
 BACKBONES = ("mllm", "dual_encoder")
 POOLINGS = {"mllm": ("mean", "last"), "dual_encoder": ("mean", "cls", "pooler")}
-# MLLM families whose image placeholder expansion the processor knows (Qwen2-VL style vision tokens).
-SUPPORTED_MLLMS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+# MLLM families whose image prompts the processor builds (`processing_maple.encode_mllm_images`).
+# The Qwen-VL family shares one prompt format (dynamic-resolution vision tokens, multimodal RoPE).
+QWEN_VL_MLLMS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+SUPPORTED_MLLMS = (*QWEN_VL_MLLMS, "llava", "internvl", "idefics3", "smolvlm")
 # Two-tower checkpoints whose towers and projections `MapleModel.from_backbone` reuses as they are.
 DUAL_ENCODER_MODEL_TYPES = ("clip", "siglip", "siglip2")
 
@@ -31,8 +33,9 @@ class MapleConfig(PreTrainedConfig):
     Configuration of a [`MapleModel`]: an image-text embedder trained with MLLM preferences.
 
     Two backbone families:
-    - `"mllm"`: one multimodal LLM (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) used as a dual encoder; images and
-      texts are wrapped in summarisation prompts and each gives one embedding (paper, section 3.1).
+    - `"mllm"`: one multimodal LLM (Qwen2-VL, Qwen2.5-VL and Qwen3-VL as in the paper; LLaVA-1.5,
+      InternVL, Idefics3/SmolVLM) used as a dual encoder; images and texts are wrapped in
+      summarisation prompts and each gives one embedding (paper, section 3.1).
     - `"dual_encoder"`: a vision tower and a text tower (CLIP/SigLIP towers, or any transformers
       vision and text encoders such as DINOv2 + BERT) projected into one space.
 

@@ -23,9 +23,10 @@ from peft import LoraConfig
 from .configuration_maple import MapleConfig
 from .modeling_maple import MapleModel
 
-# Attention and MLP projections of Qwen2-VL family language models; the vision tower (`mllm.visual`)
-# uses other names (`qkv`, `proj`, `fc1`, `fc2`) and the regex is anchored on `language_model`.
-MLLM_LORA_TARGETS = r".*\.language_model\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+# Attention and MLP projections of the MLLM's language model (`language_model`; Idefics3/SmolVLM:
+# `text_model`). Anchoring on it leaves out vision towers whose layers share these names (LLaVA's CLIP,
+# InternVL's and Idefics3's ViTs) and the vision-language connectors.
+MLLM_LORA_TARGETS = r".*\.(language_model|text_model)\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 # Attention projections of CLIP/SigLIP-style (`*_proj`) and BERT-style (`query`/`key`/`value`) towers.
 # SigLIP's pooling head is excluded: its `head.attention` is a `torch.nn.MultiheadAttention`, which
 # reads `out_proj.weight` directly, so a LoRA layer there would never be used or trained.

@@ -11,7 +11,7 @@ from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .configuration_maple import MapleConfig
+from .configuration_maple import QWEN_VL_MLLMS, MapleConfig
 
 
 @dataclass
@@ -132,7 +132,7 @@ class MapleModel(MaplePreTrainedModel):
         # `is_causal` flag when no mask is materialised (an unpadded batch). Set both ways: a
         # bidirectional checkpoint saves `is_causal=False` in its language model's config, which
         # `bidirectional=False` must undo.
-        language_model = self.mllm.language_model
+        language_model = self.mllm.get_decoder()  # `language_model`, or Idefics3's `text_model`
         language_model.config.is_causal = not bidirectional
         for module in language_model.modules():
             if hasattr(module, "is_causal"):
@@ -181,34 +181,45 @@ class MapleModel(MaplePreTrainedModel):
         image_input_ids: torch.LongTensor | None = None,
         image_attention_mask: torch.Tensor | None = None,
         image_mm_token_type_ids: torch.IntTensor | None = None,
+        pixel_attention_mask: torch.BoolTensor | None = None,
     ) -> torch.FloatTensor:
         r"""
         Args:
-            pixel_values (`torch.FloatTensor`): dual encoder: `(num_images, channels, height, width)`;
-                Qwen2-VL family: `(num_patches, patch_dim)`, the processor's flattened patches.
-            image_grid_thw (`torch.LongTensor` of shape `(num_images, 3)`, MLLM only): patch grid per image.
+            pixel_values (`torch.FloatTensor`): dual encoder and LLaVA: `(num_images, channels, height,
+                width)`; Qwen-VL family: `(num_patches, patch_dim)`, the processor's flattened patches;
+                InternVL: `(num_tiles, channels, height, width)`; Idefics3/SmolVLM: `(1, num_tiles,
+                channels, height, width)`, every tile of the batch as one sample's images.
+            image_grid_thw (`torch.LongTensor` of shape `(num_images, 3)`, Qwen-VL only): patch grid per image.
             image_input_ids (`torch.LongTensor` of shape `(num_images, prompt_length)`, MLLM only):
-                the image prompt with its vision placeholder tokens.
+                the image prompt with its image placeholder tokens.
             image_attention_mask (`torch.Tensor` of shape `(num_images, prompt_length)`, MLLM only).
-            image_mm_token_type_ids (`torch.IntTensor` of shape `(num_images, prompt_length)`, MLLM only):
+            image_mm_token_type_ids (`torch.IntTensor` of shape `(num_images, prompt_length)`, Qwen-VL only):
                 1 at image placeholder positions (needed for multimodal RoPE).
+            pixel_attention_mask (`torch.BoolTensor` of shape `(1, num_tiles, height, width)`, Idefics3/SmolVLM
+                only): 1 on the real pixels of each tile.
 
         Returns:
             `torch.FloatTensor` of shape `(num_images, embed_dim)`.
         """
         if self.config.backbone == "mllm":
-            if image_input_ids is None or image_grid_thw is None:
+            model_type = self.config.mllm_config.model_type
+            if image_input_ids is None or (model_type in QWEN_VL_MLLMS and image_grid_thw is None):
+                needed = "`image_input_ids` and `image_grid_thw`" if model_type in QWEN_VL_MLLMS else "`image_input_ids`"
                 raise ValueError(
-                    "An MLLM embedder needs `image_input_ids` and `image_grid_thw` with `pixel_values`: "
-                    "prepare images with MapleProcessor."
+                    f"A {model_type} embedder needs {needed} with `pixel_values`: prepare images with MapleProcessor."
                 )
+            # Only the family's own inputs: LLaVA and InternVL take none beside the pixels.
+            vision_inputs = {
+                "image_grid_thw": image_grid_thw,
+                "mm_token_type_ids": image_mm_token_type_ids,
+                "pixel_attention_mask": pixel_attention_mask,
+            }
             hidden_states = self.mllm(
                 input_ids=image_input_ids,
                 attention_mask=image_attention_mask,
                 pixel_values=pixel_values,
-                image_grid_thw=image_grid_thw,
-                mm_token_type_ids=image_mm_token_type_ids,
                 use_cache=False,
+                **{name: value for name, value in vision_inputs.items() if value is not None},
             ).last_hidden_state
             return self._finish(self._pool(hidden_states, image_attention_mask), self.projection)
         outputs = self.vision_tower(pixel_values=pixel_values)
@@ -224,6 +235,7 @@ class MapleModel(MaplePreTrainedModel):
         image_input_ids: torch.LongTensor | None = None,
         image_attention_mask: torch.Tensor | None = None,
         image_mm_token_type_ids: torch.IntTensor | None = None,
+        pixel_attention_mask: torch.BoolTensor | None = None,
         return_loss: bool | None = None,
         return_dict: bool | None = None,
     ) -> MapleOutput | tuple:
@@ -243,7 +255,12 @@ class MapleModel(MaplePreTrainedModel):
         image_embeds = None
         if pixel_values is not None:
             image_embeds = self.get_image_features(
-                pixel_values, image_grid_thw, image_input_ids, image_attention_mask, image_mm_token_type_ids
+                pixel_values,
+                image_grid_thw,
+                image_input_ids,
+                image_attention_mask,
+                image_mm_token_type_ids,
+                pixel_attention_mask,
             )
         inverse_temperature = self.logit_scale.exp()
         logits_per_text = logits_per_image = loss = None
@@ -322,7 +339,8 @@ class MapleModel(MaplePreTrainedModel):
         """Build a MAPLE embedder around pretrained backbone weights (every backbone tensor is kept as is).
 
         Args:
-            name_or_path: Hub id or folder of the backbone. `"mllm"`: a Qwen2-VL family checkpoint.
+            name_or_path: Hub id or folder of the backbone. `"mllm"`: a checkpoint of a supported MLLM
+                (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA-1.5, InternVL `-hf`, Idefics3, SmolVLM).
                 `"dual_encoder"`: a two-tower model (CLIP, SigLIP) whose towers and projections are
                 reused, or a vision encoder (e.g. DINOv2) when `text_backbone` is given.
             backbone: `"mllm"` or `"dual_encoder"`.

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -12,12 +13,16 @@ from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
+from .configuration_maple import QWEN_VL_MLLMS, SUPPORTED_MLLMS
+
 # Paper prompts (E5-V style summarisation, MAPLE section 3.1). `{image}` expands to the MLLM's
-# vision placeholder tokens, `{text}` to the text itself.
+# image tokens, `{text}` to the text itself.
 MLLM_IMAGE_PROMPT = "{image} Describe this image in one word:"
 MLLM_TEXT_PROMPT = "{text} Describe this text in one word:"
 # Qwen2-VL / Qwen2.5-VL / Qwen3-VL vision placeholders.
 VISION_START, IMAGE_PAD, VISION_END = "<|vision_start|>", "<|image_pad|>", "<|vision_end|>"
+# Idefics3 / SmolVLM: the tokens around each tile's image tokens, and the global view's tag.
+FAKE_IMAGE_TOKEN, GLOBAL_IMAGE_TOKEN = "<fake_token_around_image>", "<global-img>"
 
 
 def load_image(image: Any, index: int) -> Image.Image:
@@ -57,20 +62,154 @@ def expand_image_placeholders(prompt: str, token_counts: Iterable[int], placehol
     return fill_image_placeholders(prompt, [placeholder * count for count in token_counts], placeholder)
 
 
+@dataclass(frozen=True)
+class EncodedImages:
+    """Output of an MLLM's image processor for a batch of images, with what each image becomes in a prompt.
+
+    pixel_values: the processed pixels, in the family's layout (Qwen-VL: (total_patches, patch
+        features); LLaVA: (num_images, channels, height, width); InternVL, Idefics3: (total_tiles,
+        channels, height, width)).
+    num_tokens: number of image placeholder tokens each image takes in the prompt.
+    extra: other tensors the model needs beside the pixels, each indexed along its first dimension
+        by image (Qwen-VL: image_grid_thw, (num_images, 3)) or like `pixel_values` (Idefics3:
+        pixel_attention_mask, one per tile). `concatenate` joins batches by concatenating each
+        extra tensor along its first dimension, which keeps either kind in the images' order.
+    image_texts: the text each image's placeholder becomes in the prompt, for families that wrap or
+        tile it (InternVL's `<img>...</img>`, Idefics3's grid of tiles); None: the placeholder
+        repeated `num_tokens` times.
+    """
+
+    pixel_values: torch.Tensor
+    num_tokens: list[int]
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    image_texts: list[str] | None = None
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[EncodedImages]) -> EncodedImages:
+        """The images of `parts`, in order, as one batch."""
+        return cls(
+            pixel_values=torch.cat([part.pixel_values for part in parts]),
+            num_tokens=[count for part in parts for count in part.num_tokens],
+            extra={key: torch.cat([part.extra[key] for part in parts]) for key in parts[0].extra},
+            image_texts=None if parts[0].image_texts is None else [text for part in parts for text in part.image_texts],
+        )
+
+    def image_text(self, index: int, placeholder: str) -> str:
+        """What the `index`-th image's `placeholder` becomes in the prompt."""
+        return placeholder * self.num_tokens[index] if self.image_texts is None else self.image_texts[index]
+
+
+def mllm_image_seq_length(mllm_config) -> int | None:
+    """Image tokens per image (LLaVA) or per tile (InternVL, Idefics3/SmolVLM) of an MLLM with
+    config `mllm_config`, as the family's own processor counts them; None for the Qwen-VL family,
+    whose count follows each image's size."""
+    model_type, vision = mllm_config.model_type, getattr(mllm_config, "vision_config", None)
+    if model_type == "llava":
+        # One token per patch, plus CLS when the projector keeps it ("full" feature strategy).
+        patches = (vision.image_size // vision.patch_size) ** 2
+        return patches + int(mllm_config.vision_feature_select_strategy == "full")
+    if model_type == "internvl":
+        # Each tile's patches, shuffled into `downsample_ratio**2` as many tokens.
+        (height, width), (patch_height, patch_width) = _pair(vision.image_size), _pair(vision.patch_size)
+        return int((height // patch_height) * (width // patch_width) * mllm_config.downsample_ratio**2)
+    if model_type in ("idefics3", "smolvlm"):
+        return (vision.image_size // vision.patch_size) ** 2 // mllm_config.scale_factor**2
+    return None
+
+
+def mllm_image_tokens(mllm_type: str, tokenizer) -> tuple[str, ...]:
+    """The special tokens, besides the image placeholder, that an `mllm_type` prompt puts around images."""
+    if mllm_type in QWEN_VL_MLLMS:
+        return (VISION_START, VISION_END)
+    if mllm_type == "internvl":
+        return (getattr(tokenizer, "start_image_token", None) or "<img>", getattr(tokenizer, "end_image_token", None) or "</img>")
+    if mllm_type in ("idefics3", "smolvlm"):
+        return (FAKE_IMAGE_TOKEN, GLOBAL_IMAGE_TOKEN)
+    return ()
+
+
+def encode_mllm_images(
+    mllm_type: str, image_processor, tokenizer, images: Sequence[Any], image_token: str, image_seq_length: int | None
+) -> EncodedImages:
+    """Pixels of `images` (PIL images or file paths) for an MLLM of `mllm_type`, and what each image's
+    `image_token` placeholder becomes in a prompt, as the family's own processor builds them:
+
+    - Qwen-VL: dynamic-resolution patches, one token per 2x2 merged patch;
+    - LLaVA: fixed-size images, `image_seq_length` tokens each;
+    - InternVL: up to `max_patches` tiles plus a thumbnail (`InternVLProcessor`'s tiling), each tile
+      `image_seq_length` tokens, the whole image between `<img>` and `</img>`;
+    - Idefics3, SmolVLM: a grid of tiles plus a global view, each tile `image_seq_length` tokens
+      after its `<row_r_col_c>` tag (`Idefics3Processor`'s prompt string).
+    """
+    images = [load_image(image, index) for index, image in enumerate(images)]
+    if mllm_type in QWEN_VL_MLLMS:
+        processed = image_processor(images=images, return_tensors="pt")
+        grid_thw = processed["image_grid_thw"]
+        num_tokens = qwen_vl_image_token_counts(grid_thw, image_processor.merge_size)
+        return EncodedImages(processed["pixel_values"], num_tokens, {"image_grid_thw": grid_thw})
+    if mllm_type == "llava":
+        pixel_values = image_processor(images=images, return_tensors="pt")["pixel_values"]
+        return EncodedImages(pixel_values, [image_seq_length] * len(images))
+    if mllm_type == "internvl":
+        # InternVLProcessor tiles whatever the image processor's own `crop_to_patches` says;
+        # `max_patches` caps the tiles, and 1 turns tiling off.
+        processed = image_processor(images=images, crop_to_patches=True, return_tensors="pt")
+        num_tokens = [int(tiles) * image_seq_length for tiles in processed["num_patches"]]
+        start, end = mllm_image_tokens(mllm_type, tokenizer)
+        image_texts = [start + image_token * count + end for count in num_tokens]
+        return EncodedImages(processed["pixel_values"], num_tokens, image_texts=image_texts)
+    if mllm_type in ("idefics3", "smolvlm"):
+        from transformers.models.smolvlm.processing_smolvlm import get_image_prompt_string
+
+        # One sample holding every image: (1, total_tiles, ...) and one row/column count per image.
+        processed = image_processor(images=images, return_row_col_info=True, return_tensors="pt")
+        grids = list(zip(processed["rows"][0], processed["cols"][0]))
+        image_texts = [
+            get_image_prompt_string(rows, cols, image_seq_length, FAKE_IMAGE_TOKEN, image_token, GLOBAL_IMAGE_TOKEN)
+            for rows, cols in grids
+        ]
+        num_tokens = [(rows * cols + 1) * image_seq_length for rows, cols in grids]
+        extra = {"pixel_attention_mask": processed["pixel_attention_mask"][0]}
+        return EncodedImages(processed["pixel_values"][0], num_tokens, extra, image_texts=image_texts)
+    raise ValueError(f"Unsupported MLLM {mllm_type!r}: expected one of {SUPPORTED_MLLMS}.")
+
+
+def mllm_pixel_inputs(mllm_type: str, images: EncodedImages) -> dict[str, torch.Tensor]:
+    """The keyword arguments an MLLM of `mllm_type` takes for the pixels of `images`, for prompts that
+    hold those images in order."""
+    inputs = {"pixel_values": images.pixel_values, **images.extra}
+    if mllm_type in ("idefics3", "smolvlm"):
+        # The whole batch's tiles as one sample's images: the model fills the `<image>` tokens of all
+        # prompts in reading order, so which prompt a tile belongs to follows from the prompts.
+        inputs = {key: value.unsqueeze(0) for key, value in inputs.items()}
+    return inputs
+
+
+def _pair(value: int | Sequence[int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
 class MapleProcessor(ProcessorMixin):
     r"""
     Prepares texts and images for [`MapleModel`]: one tokenizer and one image processor.
 
     For an MLLM backbone, every input is wrapped in a summarisation prompt (`image_prompt`,
     `text_prompt`; the paper's by default) and an image becomes a prompt whose `{image}` slot holds
-    the vision placeholder tokens; its prompt tensors are returned as `image_input_ids`,
-    `image_attention_mask` and `image_mm_token_type_ids`, so texts and images fit in one batch.
+    the family's image tokens (`encode_mllm_images`); its prompt tensors are returned as
+    `image_input_ids`, `image_attention_mask` (and, for Qwen-VL, `image_mm_token_type_ids`), so
+    texts and images fit in one batch.
     For a dual encoder, texts are tokenised as they are (`text_prompt` defaults to `"{text}"`).
 
     Args:
         image_processor: the backbone's image processor.
         tokenizer: the backbone's tokenizer.
         backbone (`str`): `"mllm"` or `"dual_encoder"`, as in [`MapleConfig`].
+        mllm_type (`str`, defaults to `"qwen2_vl"`): the MLLM's `model_type` (one of
+            `SUPPORTED_MLLMS`); the Qwen-VL family shares one prompt format.
+        image_token (`str`, *optional*): the MLLM's image placeholder token (the one at its config's
+            `image_token_id`); defaults to Qwen-VL's `<|image_pad|>`.
+        image_seq_length (`int`, *optional*): image tokens per image (LLaVA) or per tile (InternVL,
+            Idefics3/SmolVLM), `mllm_image_seq_length(config)`; the Qwen-VL family needs none.
         image_prompt (`str`, *optional*): template with an `{image}` slot (MLLM only).
         text_prompt (`str`, *optional*): template with a `{text}` slot.
         max_text_length (`int`, *optional*): truncate each text to this many tokens before it is put
@@ -91,6 +230,9 @@ class MapleProcessor(ProcessorMixin):
         text_prompt: str | None = None,
         max_text_length: int | None = None,
         text_padding: str = "longest",
+        mllm_type: str = "qwen2_vl",
+        image_token: str | None = None,
+        image_seq_length: int | None = None,
         **kwargs,
     ):
         if backbone not in ("mllm", "dual_encoder"):
@@ -99,8 +241,18 @@ class MapleProcessor(ProcessorMixin):
             raise ValueError(f"Unknown text_padding {text_padding!r}: expected 'longest' or 'max_length'.")
         if text_padding == "max_length" and backbone == "mllm" and max_text_length is None:
             raise ValueError("text_padding='max_length' with an MLLM needs `max_text_length`.")
+        if mllm_type not in SUPPORTED_MLLMS:
+            raise ValueError(f"Unsupported MLLM {mllm_type!r}: expected one of {SUPPORTED_MLLMS}.")
+        if backbone == "mllm" and mllm_type not in QWEN_VL_MLLMS and image_seq_length is None:
+            raise ValueError(
+                f"A {mllm_type} processor needs `image_seq_length` (image tokens per image or tile): "
+                "build it with MapleProcessor.from_backbone, or pass mllm_image_seq_length(model_config)."
+            )
         self.text_padding = text_padding
         self.backbone = backbone
+        self.mllm_type = mllm_type
+        self.image_token = image_token or IMAGE_PAD
+        self.image_seq_length = image_seq_length
         self.image_prompt = image_prompt or (MLLM_IMAGE_PROMPT if backbone == "mllm" else None)
         self.text_prompt = text_prompt or (MLLM_TEXT_PROMPT if backbone == "mllm" else "{text}")
         if self.image_prompt is not None and "{image}" not in self.image_prompt:
@@ -109,11 +261,19 @@ class MapleProcessor(ProcessorMixin):
             raise ValueError(f"text_prompt must contain '{{text}}', got {self.text_prompt!r}.")
         self.max_text_length = max_text_length
         super().__init__(image_processor, tokenizer, **kwargs)
+        if backbone == "mllm":
+            self._check_image_tokens()
+
+    def _check_image_tokens(self) -> None:
+        for token in (self.image_token, *mllm_image_tokens(self.mllm_type, self.tokenizer)):
+            if self.tokenizer.convert_tokens_to_ids(token) in (None, self.tokenizer.unk_token_id):
+                raise ValueError(f"The tokenizer has no {token!r} token, which {self.mllm_type} image prompts need.")
 
     def __call__(self, text: str | list[str] | None = None, images: Any = None, **kwargs) -> BatchFeature:
         """Returns a `BatchFeature` of PyTorch tensors: `input_ids`, `attention_mask` for texts, and
-        `pixel_values` (+ `image_grid_thw`, `image_input_ids`, `image_attention_mask`,
-        `image_mm_token_type_ids` for an MLLM) for images."""
+        `pixel_values` for images; for an MLLM also `image_input_ids`, `image_attention_mask` and the
+        family's own inputs (Qwen-VL: `image_grid_thw`, `image_mm_token_type_ids`; Idefics3/SmolVLM:
+        `pixel_attention_mask`)."""
         if text is None and images is None:
             raise ValueError("MapleProcessor needs `text`, `images` or both.")
         data: dict[str, torch.Tensor] = {}
@@ -173,25 +333,31 @@ class MapleProcessor(ProcessorMixin):
         images = [images] if isinstance(images, (Image.Image, str, os.PathLike)) else list(images)
         if not images:
             raise ValueError("`images` is an empty list.")
-        images = [load_image(image, index) for index, image in enumerate(images)]
-        pixel_inputs = self.image_processor(images=images, return_tensors="pt")
         if self.backbone == "dual_encoder":
-            return {"pixel_values": pixel_inputs["pixel_values"]}
-        grid_thw = pixel_inputs["image_grid_thw"]
-        image_prompt = self.image_prompt.format(image=VISION_START + IMAGE_PAD + VISION_END)
+            images = [load_image(image, index) for index, image in enumerate(images)]
+            return {"pixel_values": self.image_processor(images=images, return_tensors="pt")["pixel_values"]}
+        encoded = encode_mllm_images(
+            self.mllm_type, self.image_processor, self.tokenizer, images, self.image_token, self.image_seq_length
+        )
+        # Qwen-VL's chat template puts its vision markers around the placeholder; other families'
+        # markers are part of what the placeholder becomes (`EncodedImages.image_texts`).
+        image_slot = VISION_START + self.image_token + VISION_END if self.mllm_type in QWEN_VL_MLLMS else self.image_token
+        image_prompt = self.image_prompt.format(image=image_slot)
         prompts = [
-            expand_image_placeholders(image_prompt, [count])
-            for count in qwen_vl_image_token_counts(grid_thw, self.image_processor.merge_size)
+            fill_image_placeholders(image_prompt, [encoded.image_text(index, self.image_token)], self.image_token)
+            for index in range(len(images))
         ]
-        encoded = self.tokenizer(prompts, padding=True, return_tensors="pt")
-        image_token_id = self.tokenizer.convert_tokens_to_ids(IMAGE_PAD)
-        return {
-            "pixel_values": pixel_inputs["pixel_values"],
-            "image_grid_thw": grid_thw,
-            "image_input_ids": encoded["input_ids"],
-            "image_attention_mask": encoded["attention_mask"],
-            "image_mm_token_type_ids": (encoded["input_ids"] == image_token_id).to(torch.int32),
+        tokenized = self.tokenizer(prompts, padding=True, return_tensors="pt")
+        inputs = {
+            **mllm_pixel_inputs(self.mllm_type, encoded),
+            "image_input_ids": tokenized["input_ids"],
+            "image_attention_mask": tokenized["attention_mask"],
         }
+        if self.mllm_type in QWEN_VL_MLLMS:
+            # Multimodal RoPE gives image tokens 2-D positions; it finds them by this mask.
+            image_token_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
+            inputs["image_mm_token_type_ids"] = (tokenized["input_ids"] == image_token_id).to(torch.int32)
+        return inputs
 
     @classmethod
     def from_backbone(
@@ -200,9 +366,25 @@ class MapleProcessor(ProcessorMixin):
         """The processor matching [`MapleModel.from_backbone`] with the same arguments."""
         image_processor = AutoImageProcessor.from_pretrained(name_or_path)
         tokenizer = AutoTokenizer.from_pretrained(text_backbone or name_or_path)
-        if text_backbone is None and AutoConfig.from_pretrained(name_or_path).model_type in ("siglip", "siglip2"):
+        config = AutoConfig.from_pretrained(name_or_path)
+        if backbone == "mllm":
+            kwargs.setdefault("mllm_type", config.model_type)
+            kwargs.setdefault("image_token", tokenizer.convert_ids_to_tokens(config.image_token_id))
+            kwargs.setdefault("image_seq_length", mllm_image_seq_length(config))
+        elif text_backbone is None and config.model_type in ("siglip", "siglip2"):
             kwargs.setdefault("text_padding", "max_length")  # SigLIP pools its text at the last position
         return cls(image_processor=image_processor, tokenizer=tokenizer, backbone=backbone, **kwargs)
 
 
-__all__ = ["MapleProcessor", "expand_image_placeholders", "fill_image_placeholders", "load_image", "qwen_vl_image_token_counts"]
+__all__ = [
+    "EncodedImages",
+    "MapleProcessor",
+    "encode_mllm_images",
+    "expand_image_placeholders",
+    "fill_image_placeholders",
+    "load_image",
+    "mllm_image_seq_length",
+    "mllm_image_tokens",
+    "mllm_pixel_inputs",
+    "qwen_vl_image_token_counts",
+]

@@ -31,7 +31,7 @@ from transformers import (
 
 from .configuration_maple import MapleConfig
 from .modeling_maple import MapleModel
-from .processing_maple import MapleProcessor
+from .processing_maple import MapleProcessor, mllm_image_seq_length
 
 # The special tokens of the Qwen2-VL family, so tiny tokenizers accept the real prompt formats.
 QWEN2_VL_SPECIAL_TOKENS = [
@@ -83,6 +83,84 @@ def tiny_tokenizer() -> PreTrainedTokenizerBase:
     return copy.deepcopy(_trained_tokenizer())
 
 
+INTERNVL_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<IMG_CONTEXT>\n"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+"""The `-hf` InternVL checkpoints' chat template, less video: one `<IMG_CONTEXT>` line per image."""
+
+SMOLVLM_CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}"
+    "{% if message['content'] is string %}: {{ message['content'] }}"
+    "{% else %}{% if message['content'][0]['type'] == 'image' %}:{% else %}: {% endif %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}"
+    "{% elif part['type'] == 'image' %}<image>{% endif %}{% endfor %}{% endif %}"
+    "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+"""SmolVLM's chat template, less video: `<image>` where each image goes."""
+
+# The image placeholder of each tiny family: the tiny LLaVA shares the Qwen-VL tokenizer and its pad.
+TINY_IMAGE_TOKENS = {
+    "qwen2_vl": "<|image_pad|>", "qwen2_5_vl": "<|image_pad|>", "qwen3_vl": "<|image_pad|>",
+    "llava": "<|image_pad|>", "internvl": "<IMG_CONTEXT>", "idefics3": "<image>", "smolvlm": "<image>",
+}
+
+
+def tiny_internvl_tokenizer() -> PreTrainedTokenizerBase:
+    """`tiny_tokenizer()` plus InternVL's image tokens (`<img>`, `</img>`, `<IMG_CONTEXT>`) and chat template."""
+    tokenizer = tiny_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<img>", "</img>", "<IMG_CONTEXT>"]})
+    tokenizer.chat_template = INTERNVL_CHAT_TEMPLATE
+    return tokenizer
+
+
+def tiny_idefics3_tokenizer() -> PreTrainedTokenizerBase:
+    """`tiny_tokenizer()` plus Idefics3/SmolVLM's image tokens (`<image>`, `<fake_token_around_image>`,
+    `<global-img>`, `<row_r_col_c>` up to 4 x 4) and SmolVLM's chat template."""
+    tokenizer = tiny_tokenizer()
+    grid_tags = [f"<row_{row}_col_{col}>" for row in range(1, 5) for col in range(1, 5)]
+    special = ["<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>", *grid_tags]
+    tokenizer.add_special_tokens({"additional_special_tokens": special})
+    tokenizer.chat_template = SMOLVLM_CHAT_TEMPLATE
+    return tokenizer
+
+
+def tiny_mllm_tokenizer(model_type: str = "qwen2_vl") -> PreTrainedTokenizerBase:
+    """The tiny tokenizer of an MLLM family (see `SUPPORTED_MLLMS`): `tiny_tokenizer()`, with the
+    family's image tokens and chat template for InternVL and Idefics3/SmolVLM."""
+    if model_type == "internvl":
+        return tiny_internvl_tokenizer()
+    if model_type in ("idefics3", "smolvlm"):
+        return tiny_idefics3_tokenizer()
+    _check_tiny_family(model_type)
+    return tiny_tokenizer()
+
+
+def tiny_mllm_image_processor(model_type: str = "qwen2_vl", image_size: int = 16):
+    """The image processor of a tiny MLLM family: Qwen-VL resizes to about `image_size`^2 pixels;
+    LLaVA sees 16x16 images; InternVL tiles into at most 4 tiles of 16x16 plus a thumbnail;
+    Idefics3/SmolVLM resize to at most 48 px and split into 16x16 tiles plus a global view."""
+    from transformers import GotOcr2ImageProcessorPil, SmolVLMImageProcessorPil
+
+    if model_type == "llava":
+        return CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
+    if model_type == "internvl":
+        return GotOcr2ImageProcessorPil(size={"height": 16, "width": 16}, max_patches=4)
+    if model_type in ("idefics3", "smolvlm"):
+        return SmolVLMImageProcessorPil(size={"longest_edge": 48}, max_image_size={"longest_edge": 16})
+    _check_tiny_family(model_type)
+    return tiny_image_processor(image_size=image_size)
+
+
+def _check_tiny_family(model_type: str) -> None:
+    if model_type not in TINY_IMAGE_TOKENS:
+        raise ValueError(f"No tiny MLLM for {model_type!r}: expected one of {', '.join(TINY_IMAGE_TOKENS)}.")
+
+
 def tiny_image_processor(image_size: int = 16, patch_size: int = 4) -> Qwen2VLImageProcessorPil:
     """A Qwen2-VL image processor that resizes every image to about `image_size` x `image_size` pixels."""
     factor = patch_size * 2  # patch size x spatial merge size
@@ -96,9 +174,13 @@ def tiny_image_processor(image_size: int = 16, patch_size: int = 4) -> Qwen2VLIm
 
 
 def tiny_mllm_config(model_type: str = "qwen2_vl", **overrides) -> PreTrainedConfig:
-    """A tiny MLLM config of the Qwen2-VL family (`"qwen2_vl"`, `"qwen2_5_vl"` or `"qwen3_vl"`): two
-    text layers of width 32 and a vision tower with patch 4, matching `tiny_tokenizer()` and
-    `tiny_image_processor()`. Keyword overrides go to the top-level config."""
+    """A tiny MLLM config of a supported family: two text layers of width 32 and a two-layer vision
+    tower with patch 4, matching `tiny_mllm_tokenizer(model_type)` and
+    `tiny_mllm_image_processor(model_type)`. LLaVA: CLIP vision, Qwen2 text; InternVL: Qwen2 text,
+    4 tokens per 16x16 tile; Idefics3/SmolVLM: Llama text, 4 tokens per tile. Keyword overrides go to
+    the top-level config."""
+    if model_type not in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
+        return _tiny_tiled_mllm_config(model_type, **overrides)
     tokenizer = _trained_tokenizer()
     special = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN2_VL_SPECIAL_TOKENS}
     text_config = {
@@ -123,15 +205,13 @@ def tiny_mllm_config(model_type: str = "qwen2_vl", **overrides) -> PreTrainedCon
         vision_config.update(
             hidden_size=16, intermediate_size=32, out_hidden_size=32, window_size=16, fullatt_block_indexes=[0]
         )
-    elif model_type == "qwen3_vl":
+    else:  # qwen3_vl
         text_config.update(head_dim=8)
         text_config["rope_parameters"]["mrope_interleaved"] = True
         vision_config.update(
             depth=2, hidden_size=16, intermediate_size=32, out_hidden_size=32,
             num_position_embeddings=16, deepstack_visual_indexes=[0],
         )
-    else:
-        raise ValueError(f"No tiny config for {model_type!r}: expected 'qwen2_vl', 'qwen2_5_vl' or 'qwen3_vl'.")
     kwargs = {
         "text_config": text_config,
         "vision_config": vision_config,
@@ -141,6 +221,27 @@ def tiny_mllm_config(model_type: str = "qwen2_vl", **overrides) -> PreTrainedCon
         "vision_end_token_id": special["<|vision_end|>"],
         "tie_word_embeddings": False,
     }
+    kwargs.update(overrides)
+    return AutoConfig.for_model(model_type, **kwargs)
+
+
+def _tiny_tiled_mllm_config(model_type: str, **overrides) -> PreTrainedConfig:
+    _check_tiny_family(model_type)
+    tokenizer = tiny_mllm_tokenizer(model_type)
+    vision = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 16, "patch_size": 4}
+    text = {
+        "model_type": "llama" if model_type in ("idefics3", "smolvlm") else "qwen2", "vocab_size": len(tokenizer),
+        "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "pad_token_id": tokenizer.pad_token_id,
+    }
+    kwargs = {
+        "vision_config": {"model_type": "clip_vision_model", **vision} if model_type == "llava" else vision,
+        "text_config": text,
+        "image_token_id": tokenizer.convert_tokens_to_ids(TINY_IMAGE_TOKENS[model_type]),
+        "tie_word_embeddings": False,
+    }
+    if model_type in ("idefics3", "smolvlm"):
+        kwargs["scale_factor"] = 2
     kwargs.update(overrides)
     return AutoConfig.for_model(model_type, **kwargs)
 
@@ -184,22 +285,32 @@ def build_tiny(
     """A tiny random MAPLE embedder and its processor, offline and deterministic in `seed`.
 
     Args:
-        backbone: `"mllm"` (a tiny Qwen2-VL-family model used as a dual encoder, bidirectional
-            attention, mean pooling) or `"dual_encoder"` (a tiny CLIP vision tower and a tiny BERT).
+        backbone: `"mllm"` (a tiny MLLM used as a dual encoder, bidirectional attention, mean
+            pooling) or `"dual_encoder"` (a tiny CLIP vision tower and a tiny BERT).
         seed: seeds the weight initialisation.
-        mllm_type: the MLLM family for `backbone="mllm"`: `"qwen2_vl"`, `"qwen2_5_vl"` or `"qwen3_vl"`.
+        mllm_type: the MLLM family for `backbone="mllm"`, one of `SUPPORTED_MLLMS` (`"qwen2_vl"`,
+            `"qwen2_5_vl"`, `"qwen3_vl"`, `"llava"`, `"internvl"`, `"idefics3"`, `"smolvlm"`).
     """
     if backbone == "mllm":
-        config = MapleConfig(backbone="mllm", mllm_config=tiny_mllm_config(mllm_type), pooling="mean")
-        image_processor = tiny_image_processor()
+        mllm_config = tiny_mllm_config(mllm_type)
+        config = MapleConfig(backbone="mllm", mllm_config=mllm_config, pooling="mean")
+        tokenizer = tiny_mllm_tokenizer(mllm_type)
+        processor = MapleProcessor(
+            image_processor=tiny_mllm_image_processor(mllm_type),
+            tokenizer=tokenizer,
+            backbone="mllm",
+            mllm_type=mllm_type,
+            image_token=TINY_IMAGE_TOKENS[mllm_type],
+            image_seq_length=mllm_image_seq_length(mllm_config),
+        )
     elif backbone == "dual_encoder":
         config = tiny_dual_encoder_config()
         image_processor = CLIPImageProcessorPil(
             size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}
         )
+        processor = MapleProcessor(image_processor=image_processor, tokenizer=tiny_tokenizer(), backbone=backbone)
     else:
         raise ValueError(f"Unknown backbone {backbone!r}: expected 'mllm' or 'dual_encoder'.")
     torch.manual_seed(seed)
     model = MapleModel(config).eval()
-    processor = MapleProcessor(image_processor=image_processor, tokenizer=tiny_tokenizer(), backbone=backbone)
     return model, processor

@@ -9,6 +9,7 @@ from dataset_builders.judge import answer_token_id
 from dataset_builders.testing import tiny_judge, tiny_qwen2_vl
 from dataset_builders.vlm_inputs import QwenVLPromptEncoder
 from modeling_maple.testing import tiny_image_processor, tiny_tokenizer
+from official_processors import official_processor
 
 
 def _noise_image(seed: int, size: tuple[int, int] = (32, 32)) -> Image.Image:
@@ -264,10 +265,6 @@ def test_llava_judge_paths_agree_with_each_other_and_the_plain_forward():
 def test_internvl_judge_paths_agree_and_match_the_official_processor(monkeypatch):
     """InternVL (the paper's 1-2B judge family): tiled images wrapped in <img> ... </img>; the
     judge's ids and pixels are those `InternVLProcessor` builds, and both scoring paths agree."""
-    from transformers import GotOcr2ImageProcessorPil, InternVLProcessor, ProcessorMixin
-
-    from dataset_builders.testing import tiny_internvl_tokenizer
-
     judge = tiny_judge(seed=4, family="internvl", batch_size=2)
     with torch.no_grad():
         for parameter in judge.model.parameters():
@@ -275,16 +272,7 @@ def test_internvl_judge_paths_agree_and_match_the_official_processor(monkeypatch
     for a, b in zip(judge.score(IMAGES, TEXTS), judge.score(IMAGES, TEXTS, reuse_prefix=False)):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
 
-    # The official processor, built without its video processor (that class needs torchvision).
-    monkeypatch.setattr(ProcessorMixin, "check_argument_for_proper_class", lambda self, name, value: None)
-    tokenizer = tiny_internvl_tokenizer()
-    for name, token in [("start_image_token", "<img>"), ("end_image_token", "</img>"), ("context_image_token", "<IMG_CONTEXT>"), ("video_token", "<video>")]:
-        setattr(tokenizer, name, token)
-        setattr(tokenizer, f"{name}_id", tokenizer.convert_tokens_to_ids(token))
-    official = InternVLProcessor(
-        image_processor=GotOcr2ImageProcessorPil(size={"height": 16, "width": 16}, max_patches=4),
-        tokenizer=tokenizer, image_seq_length=4, chat_template=tokenizer.chat_template,
-    )
+    official = official_processor("internvl", monkeypatch)
     question = judge.prompt.format(text=TEXTS[1][2])
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     for image in IMAGES[:2]:  # 32x32: 4 tiles + thumbnail; 40x24: 2 tiles + thumbnail
@@ -296,26 +284,22 @@ def test_internvl_judge_paths_agree_and_match_the_official_processor(monkeypatch
 
 
 def test_internvl_tokenizer_without_image_brackets_is_refused():
-    from dataset_builders.testing import tiny_internvl
-    from dataset_builders.vlm_inputs import InternVLPromptEncoder
+    from dataset_builders.testing import tiny_image_text_model
+    from dataset_builders.vlm_inputs import prompt_encoder_for
 
-    model = tiny_internvl()
+    model = tiny_image_text_model("internvl")
     tokenizer = tiny_tokenizer()
     tokenizer.add_special_tokens({"additional_special_tokens": ["<IMG_CONTEXT>"]})
     model.config.image_token_id = tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
     with pytest.raises(ValueError, match="no '<img>' token"):
-        InternVLPromptEncoder(model.config, tokenizer, None)
+        prompt_encoder_for(model.config, tokenizer, None)
 
 
 @pytest.mark.parametrize("family", ["smolvlm", "idefics3"])
-def test_idefics3_family_judge_paths_agree_and_match_the_official_processor(family):
+def test_idefics3_family_judge_paths_agree_and_match_the_official_processor(family, monkeypatch):
     """Idefics3 / SmolVLM: images split into a grid of tiles plus a global view, each tile tagged
     <row_r_col_c>; the judge's ids and pixels are those `Idefics3Processor` builds (SmolVLM's prompt
     strings are the same), and both scoring paths and the plain forward agree."""
-    from transformers import Idefics3ImageProcessorPil, Idefics3Processor
-
-    from dataset_builders.testing import tiny_idefics3_tokenizer
-
     judge = tiny_judge(seed=4, family=family, batch_size=2)
     with torch.no_grad():
         for parameter in judge.model.parameters():
@@ -335,11 +319,7 @@ def test_idefics3_family_judge_paths_agree_and_match_the_official_processor(fami
         logits = judge.model(**judge.prompt_encoder.model_inputs([ids], single, padding_side="right")).logits[0, -1]
     assert abs(torch.softmax(logits[[judge.yes_id, judge.no_id]], dim=-1)[0].item() - reused[1][1].item()) < 1e-5
 
-    tokenizer = tiny_idefics3_tokenizer()
-    official = Idefics3Processor(
-        image_processor=Idefics3ImageProcessorPil(size={"longest_edge": 48}, max_image_size={"longest_edge": 16}),
-        tokenizer=tokenizer, image_seq_len=4, chat_template=tokenizer.chat_template,
-    )
+    official = official_processor(family, monkeypatch)
     question = judge.prompt.format(text=texts[1][2])
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     prompt = official.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -373,8 +353,8 @@ def test_malformed_inputs_are_rejected_naming_the_index(sharp_judge, call, messa
 
 
 def test_vision_tokens_come_from_the_processors_shared_helpers(sharp_judge, monkeypatch):
-    """Qwen-VL token counts and placeholder expansion are `modeling_maple.processing_maple`'s, the
-    ones `MapleProcessor` uses: one implementation, the same ids."""
+    """Image processing and placeholder expansion are `modeling_maple.processing_maple`'s, the ones
+    `MapleProcessor` uses: one implementation, the same ids."""
     from dataset_builders import vlm_inputs
     from modeling_maple import processing_maple
 
@@ -389,14 +369,14 @@ def test_vision_tokens_come_from_the_processors_shared_helpers(sharp_judge, monk
 
         return wrapper
 
-    for name in ("qwen_vl_image_token_counts", "fill_image_placeholders"):
+    for name in ("encode_mllm_images", "fill_image_placeholders"):
         monkeypatch.setattr(vlm_inputs, name, spy(name))
     encoder = sharp_judge.prompt_encoder
     encoded = encoder.encode_images(IMAGES[:2])
     grid = encoded.extra["image_grid_thw"]
     assert encoded.num_tokens == [int(row.prod()) // encoder.image_processor.merge_size**2 for row in grid]
     ids = encoder.expand_images(sharp_judge.prefix_text, encoded, [1])
-    assert calls == ["qwen_vl_image_token_counts", "fill_image_placeholders"]
+    assert calls == ["encode_mllm_images", "fill_image_placeholders"]
     expanded = processing_maple.expand_image_placeholders(sharp_judge.prefix_text, encoded.num_tokens[1:], encoder.image_token)
     assert ids == encoder.tokenizer(expanded, add_special_tokens=False)["input_ids"]
     assert ids == sharp_judge.prefix_ids(encoded, 1)

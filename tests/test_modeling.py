@@ -23,6 +23,7 @@ from transformers import (
 
 from isolated import run_isolated
 from modeling_maple import MapleConfig, MapleModel, MapleProcessor
+from modeling_maple.configuration_maple import SUPPORTED_MLLMS
 from modeling_maple.lora import maple_lora_config
 from modeling_maple.processing_maple import expand_image_placeholders, qwen_vl_image_token_counts
 from modeling_maple.testing import build_tiny, tiny_image_processor, tiny_mllm_config, tiny_qwen2_vl_config, tiny_tokenizer
@@ -96,7 +97,7 @@ def test_other_qwen_vl_families_embed_and_ignore_padding(mllm_type, tmp_path):
     torch.testing.assert_close(reloaded.encode(processor, texts=TEXTS), text_embeds, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("mllm_type", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("mllm_type", SUPPORTED_MLLMS)
 @pytest.mark.parametrize("bidirectional", [True, False])
 def test_bidirectional_attention_lets_early_tokens_see_later_ones(bidirectional, mllm_type, tmp_path):
     torch.manual_seed(0)

@@ -1,0 +1,39 @@
+"""The transformers processors of the MLLM families, around the tiny tokenizers and image processors of
+`modeling_maple.testing`: the reference that the judge's and the embedder's image prompts are tested against."""
+
+from transformers import ProcessorMixin
+
+from modeling_maple.testing import tiny_idefics3_tokenizer, tiny_internvl_tokenizer, tiny_mllm_image_processor, tiny_tokenizer
+
+
+def official_processor(family: str, monkeypatch) -> ProcessorMixin:
+    """`LlavaProcessor`, `InternVLProcessor` or `Idefics3Processor` (for "idefics3" and "smolvlm", whose prompt
+    strings are the same) with the tiny models' settings and chat templates."""
+    image_processor = tiny_mllm_image_processor(family)
+    if family == "llava":
+        from transformers import LlavaProcessor
+
+        # llava-1.5-hf's settings: CLS counted, then dropped by the "default" feature strategy.
+        tokenizer = tiny_tokenizer()
+        return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=4,
+                              vision_feature_select_strategy="default", image_token="<|image_pad|>",
+                              num_additional_image_tokens=1, chat_template=tokenizer.chat_template)
+    if family == "internvl":
+        from transformers import InternVLProcessor
+
+        # Built without its video processor, whose class needs torchvision.
+        monkeypatch.setattr(ProcessorMixin, "check_argument_for_proper_class", lambda self, name, value: None)
+        tokenizer = tiny_internvl_tokenizer()
+        for name, token in [("start_image_token", "<img>"), ("end_image_token", "</img>"),
+                            ("context_image_token", "<IMG_CONTEXT>"), ("video_token", "<video>")]:
+            setattr(tokenizer, name, token)
+            setattr(tokenizer, f"{name}_id", tokenizer.convert_tokens_to_ids(token))
+        return InternVLProcessor(image_processor=image_processor, tokenizer=tokenizer, image_seq_length=4,
+                                 chat_template=tokenizer.chat_template)
+    if family in ("idefics3", "smolvlm"):
+        from transformers import Idefics3Processor
+
+        tokenizer = tiny_idefics3_tokenizer()
+        return Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=4,
+                                 chat_template=tokenizer.chat_template)
+    raise ValueError(f"no official processor for {family!r} here")

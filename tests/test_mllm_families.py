@@ -1,0 +1,132 @@
+"""MAPLE embedders on the MLLM families beyond Qwen-VL (LLaVA, InternVL, Idefics3/SmolVLM): image prompts
+equal to the family's own processor, padding invariance, save/load, `from_backbone`, LoRA on the language model
+only, and training steps through `RPATrainer`. The Qwen-VL family is covered by test_modeling.py."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from peft import get_peft_model
+from PIL import Image
+from transformers import AutoModel, AutoProcessor
+
+from modeling_maple import MapleModel, MapleProcessor
+from modeling_maple.lora import maple_lora_config
+from modeling_maple.processing_maple import mllm_image_seq_length
+from modeling_maple.testing import build_tiny, tiny_mllm_config, tiny_mllm_image_processor, tiny_mllm_tokenizer, tiny_tokenizer
+from official_processors import official_processor
+from trainer import RPATrainer
+from trainer.testing import smoke_config, synthetic_preference_dataset
+
+FAMILIES = ["llava", "internvl", "idefics3", "smolvlm"]
+TEXTS = ["a red circle", "two blue squares left of a yellow star", "a big green triangle above a small circle"]
+
+
+def images_of_three_shapes() -> list[Image.Image]:
+    """Square, wide and tall images: InternVL and Idefics3 tile them differently, so their prompts differ in
+    length and get padded in a batch."""
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)) for height, width in [(32, 32), (24, 40), (40, 24)]]
+
+
+@pytest.mark.parametrize("family", ["llava", "internvl", "idefics3"])
+def test_image_prompts_and_pixels_are_the_official_processors(family, monkeypatch):
+    _, processor = build_tiny("mllm", mllm_type=family)
+    official = official_processor(family, monkeypatch)
+    prompt = processor.image_prompt.format(image=processor.image_token)
+    for image in images_of_three_shapes():
+        ours = processor(images=[image])
+        expected = official(text=[prompt], images=[[image]] if family == "idefics3" else [image], return_tensors="pt")
+        assert ours["image_input_ids"][0].tolist() == expected["input_ids"][0].tolist()
+        torch.testing.assert_close(ours["pixel_values"], expected["pixel_values"])
+        if family == "idefics3":
+            assert torch.equal(ours["pixel_attention_mask"], expected["pixel_attention_mask"])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_embeddings_ignore_batching_and_survive_save_load(family, tmp_path):
+    model, processor = build_tiny("mllm", mllm_type=family)
+    images = images_of_three_shapes()
+    text_embeds, image_embeds = model.encode(processor, texts=TEXTS, images=images)
+    assert text_embeds.shape == image_embeds.shape == (3, 32)
+    for index in range(3):  # alone, unpadded, and with other images' tiles in the batch: the same embedding
+        torch.testing.assert_close(model.encode(processor, images=images[index : index + 1])[0], image_embeds[index], atol=1e-5, rtol=0)
+        torch.testing.assert_close(model.encode(processor, texts=TEXTS[index : index + 1])[0], text_embeds[index], atol=1e-5, rtol=0)
+    assert not torch.allclose(image_embeds[0], image_embeds[1], atol=1e-3)
+
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded, loaded_processor = AutoModel.from_pretrained(tmp_path), AutoProcessor.from_pretrained(tmp_path)
+    assert loaded.config.mllm_config.model_type == family
+    for name in ("mllm_type", "image_token", "image_seq_length"):
+        assert getattr(loaded_processor, name) == getattr(processor, name)
+    for got, expected in zip(loaded.encode(loaded_processor, texts=TEXTS, images=images), (text_embeds, image_embeds)):
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["llava", "idefics3"])
+def test_from_backbone_keeps_every_tensor_and_reads_the_image_settings(family, tmp_path):
+    torch.manual_seed(0)
+    config = tiny_mllm_config(family)
+    source = AutoModel.from_config(config)
+    source.save_pretrained(tmp_path)
+    tiny_mllm_image_processor(family).save_pretrained(tmp_path)
+    tiny_mllm_tokenizer(family).save_pretrained(tmp_path)
+
+    model = MapleModel.from_backbone(str(tmp_path), backbone="mllm")
+    source_state = source.state_dict()
+    assert set(model.mllm.state_dict()) == set(source_state)
+    assert all(torch.equal(tensor, source_state[key]) for key, tensor in model.mllm.state_dict().items())
+    processor = MapleProcessor.from_backbone(str(tmp_path), backbone="mllm")
+    assert processor.mllm_type == family
+    assert processor.image_token == tiny_mllm_tokenizer(family).convert_ids_to_tokens(config.image_token_id)
+    assert processor.image_seq_length == mllm_image_seq_length(config) == (16 if family == "llava" else 4)
+    assert model.encode(processor, images=images_of_three_shapes()).shape == (3, 32)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lora_trains_the_language_model_only(family):
+    model, processor = build_tiny("mllm", mllm_type=family)
+    peft_model = get_peft_model(model, maple_lora_config(model, r=4, lora_alpha=4, lora_dropout=0.0))
+    peft_model(**processor(text=TEXTS, images=images_of_three_shapes()), return_loss=True).loss.backward()
+    named = dict(peft_model.named_parameters())
+    lora = [name for name in named if "lora_" in name]
+    language_model = "text_model" if family in ("idefics3", "smolvlm") else "language_model"
+    assert lora and all(f".{language_model}." in name for name in lora)
+    assert all(named[name].grad.abs().sum() > 0 for name in lora if "lora_B" in name)
+    frozen = [p for name, p in named.items() if f".{language_model}." not in name and "lora_" not in name]
+    assert frozen and all(not p.requires_grad for p in frozen)
+
+
+@pytest.mark.parametrize("family", ["llava", "idefics3"])
+def test_rpa_trainer_trains_the_family_with_lora(family, tmp_path):
+    model, processor = build_tiny("mllm", seed=0, mllm_type=family)
+    trainer = RPATrainer(
+        model,
+        args=smoke_config(str(tmp_path), max_steps=6, logging_steps=3, num_text_candidates=2, num_image_candidates=3),
+        train_dataset=synthetic_preference_dataset(16, seed=0),
+        processing_class=processor,
+        peft_config=maple_lora_config(model, r=4, lora_alpha=4, lora_dropout=0.0),
+    )
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if "lora_B" in name}
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss/rpa" in entry]
+    assert logs and all(math.isfinite(entry["loss"]) and math.isfinite(entry["loss/rpa"]) for entry in logs)
+    after = dict(trainer.model.named_parameters())
+    assert any(not torch.equal(after[name], tensor) for name, tensor in before.items())
+
+
+def test_bad_family_settings_are_named_errors():
+    image_processor, tokenizer = tiny_mllm_image_processor("llava"), tiny_tokenizer()
+    with pytest.raises(ValueError, match="Unsupported MLLM 'blip_2'"):
+        MapleProcessor(image_processor, tokenizer, mllm_type="blip_2")
+    with pytest.raises(ValueError, match="llava processor needs `image_seq_length`"):
+        MapleProcessor(image_processor, tokenizer, mllm_type="llava", image_token="<|image_pad|>")
+    with pytest.raises(ValueError, match="no '<image>' token"):
+        MapleProcessor(image_processor, tokenizer, mllm_type="llava", image_token="<image>", image_seq_length=16)
+    with pytest.raises(ValueError, match="no '<img>' token"):
+        MapleProcessor(tiny_mllm_image_processor("internvl"), tokenizer, mllm_type="internvl", image_token="<|image_pad|>", image_seq_length=4)
+    model, processor = build_tiny("mllm", mllm_type="llava")
+    with pytest.raises(ValueError, match="llava embedder needs `image_input_ids`"):
+        model(pixel_values=processor(images=images_of_three_shapes())["pixel_values"])
