@@ -170,6 +170,26 @@ def test_beta_and_temperature_initialise_from_config_and_can_be_frozen(tmp_path)
     assert model.logit_scale.exp().item() != pytest.approx(2.0)  # learnt from 1/0.5
 
 
+def test_scales_are_bounded_by_max_scale_after_every_optimizer_step(tmp_path):
+    """As CLIP clips its logit scale at 100: a scale above `max_scale` (here the model's own, above the bound) is
+    clamped by the first optimizer step; one below it is left exactly as the optimizer set it."""
+    bounded = make_trainer(tmp_path, max_scale=100.0, max_steps=1, learning_rate=1e-6)
+    unbounded = make_trainer(tmp_path, max_scale=None, max_steps=1, learning_rate=1e-6)
+    for trainer in (bounded, unbounded):
+        with torch.no_grad():
+            trainer.model.logit_scale.fill_(math.log(150.0))
+        trainer.train()
+    assert bounded.model.logit_scale.exp().item() == pytest.approx(100.0)
+    assert unbounded.model.logit_scale.exp().item() == pytest.approx(150.0, rel=1e-3)
+    assert torch.equal(bounded.model.preference_logit_scale, unbounded.model.preference_logit_scale)
+    with pytest.raises(ValueError, match="beta = 200 exceeds max_scale = 100"):
+        RPAConfig(str(tmp_path), beta=200.0)
+    with pytest.raises(ValueError, match="1 / temperature = 200 exceeds max_scale = 100"):
+        RPAConfig(str(tmp_path), temperature=0.005)
+    with pytest.raises(ValueError, match="max_scale must be a positive finite number"):
+        RPAConfig(str(tmp_path), max_scale=0.0)
+
+
 def test_frozen_reference_without_peft_is_a_frozen_copy(tmp_path):
     trainer = make_trainer(tmp_path, reference="frozen", max_steps=10)
     reference = {name: tensor.clone() for name, tensor in trainer.ref_model.state_dict().items()}

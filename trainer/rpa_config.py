@@ -145,6 +145,15 @@ class RPAConfig(DPOConfig):
         default=True,
         metadata={"help": "Train the InfoNCE temperature along with the model (MAPLE: learnable)."},
     )
+    max_scale: float | None = field(
+        default=100.0,
+        metadata={
+            "help": "Upper bound on the learnable scales, the InfoNCE inverse temperature `1 / temperature` and RPA's "
+            "`beta`, applied after every optimizer step. CLIP (Radford et al., 2021, section 2.5) clips its logit "
+            "scale at 100 to keep training stable; MAPLE only says both scales are learnable, and a scale that grows "
+            "without bound sharpens either loss until its gradients vanish or explode. `None`: no bound."
+        },
+    )
     expand_negatives: bool = field(
         default=True,
         metadata={
@@ -192,9 +201,13 @@ class RPAConfig(DPOConfig):
             self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not self.fp16
         if not 0.0 <= self.rpa_weight <= 1.0:
             raise ValueError(f"rpa_weight (lambda) must lie in [0, 1], got {self.rpa_weight}")
-        for name, value in (("beta", self.beta), ("temperature", self.temperature)):
+        for name, value in (("beta", self.beta), ("temperature", self.temperature), ("max_scale", self.max_scale)):
             if value is not None and not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a positive finite number or None, got {value}")
+        if self.max_scale is not None:
+            for name, scale in (("beta", self.beta), ("1 / temperature", self.temperature and 1.0 / self.temperature)):
+                if scale is not None and scale > self.max_scale:
+                    raise ValueError(f"{name} = {scale:g} exceeds max_scale = {self.max_scale:g}; raise max_scale or set None")
         for name in ("num_image_candidates", "num_text_candidates"):
             value = getattr(self, name)
             if value is not None and value < 2:

@@ -177,6 +177,8 @@ class RPATrainer(DPOTrainer):
             }
         elif eval_dataset is not None:
             eval_dataset = self._prepare_dataset(eval_dataset, processing_class, args, "eval")
+        if args.max_scale is not None:
+            callbacks = [*(callbacks or []), ScaleBound(args.max_scale)]
         if data_collator is None:
             data_collator = DataCollatorForEmbeddingPreference(
                 processor=processing_class,
@@ -503,6 +505,20 @@ def _merged_lora_tensors(layer: LoraLayer, adapter: str, key_prefix: str) -> dic
         bias += (layer.lora_B[adapter].bias * layer.scaling[adapter]).cpu()
         merged[f"{key_prefix}bias"] = bias
     return merged
+
+
+class ScaleBound(TrainerCallback):
+    """Clamps the model's learnable scales, `exp(logit_scale)` (InfoNCE inverse temperature) and
+    `exp(preference_logit_scale)` (RPA's beta), to at most `max_scale` after every optimizer step, as CLIP clips its
+    logit scale at 100 (Radford et al., 2021); open_clip does the same after each step."""
+
+    def __init__(self, max_scale: float):
+        self.max_log_scale = math.log(max_scale)
+
+    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+        with torch.no_grad():
+            for scale in (model.logit_scale, model.preference_logit_scale):
+                scale.clamp_(max=self.max_log_scale)
 
 
 def _model_inputs(inputs: dict[str, Tensor]) -> dict[str, Tensor]:
