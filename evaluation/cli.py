@@ -160,13 +160,14 @@ def main(argv: list[str] | None = None) -> int:
     model_refs = [args.model, *args.compare]
 
     from .benchmarks import BenchmarkFormatError, BenchmarkSourceError, check_source
-    from .models import ModelLoadError, check_model_ref
+    from .models import ModelLoadError, checkpoint_config
 
     all_results = {}
     try:
-        # Missing local folders and files are reported before the first model is loaded.
+        # Every model's config is read and checked (missing folders, Hub repos that cannot be read, unsupported
+        # kinds) before the first model is loaded, so a bad --compare entry fails at once, not after hours.
         for model_ref in model_refs:
-            check_model_ref(model_ref)
+            checkpoint_config(model_ref)
         for name, source in sources.items():
             check_source(name, source)
         for model_ref in model_refs:

@@ -1,8 +1,8 @@
 """Load the embedder to evaluate from a local folder or a Hub repo id, with clear errors.
 
 MAPLE checkpoints (`model_type: maple`) load through `AutoModel`/`AutoProcessor`. Plain
-CLIP/SigLIP and Qwen2-VL-family checkpoints are wrapped with `MapleModel.from_backbone`, so
-baselines are evaluated by the same code path.
+CLIP/SigLIP checkpoints and those of a supported MLLM family are wrapped with
+`MapleModel.from_backbone`, so baselines are evaluated by the same code path.
 """
 
 from __future__ import annotations
@@ -104,13 +104,14 @@ def _local_checkpoint_config(folder: Path) -> tuple[str, dict[str, Any]]:
     raise ModelLoadError(f"{folder} has neither {CONFIG_FILE} nor {ADAPTER_CONFIG_FILE}: not a transformers checkpoint folder")
 
 
-def load_embedder(model_ref: str, revision: str | None = None, trust_remote_code: bool = True):
-    """(model, processor) for `model_ref`, a local folder or a Hub repo id, in eval mode.
+def checkpoint_config(model_ref: str, revision: str | None = None) -> tuple[str, dict[str, Any]]:
+    """(file name, content) of the config.json, else adapter_config.json, of `model_ref`, a local folder
+    or a Hub repo id, after checking that it is an embedder MAPLE can evaluate: a MAPLE checkpoint, a
+    backbone `MapleModel.from_backbone` wraps, or a LoRA adapter over one (its base is checked too).
+    Reads configs only, so a command can check every model before loading the first.
 
-    A LoRA adapter (adapter_config.json, as `PeftModel.save_pretrained` writes) is loaded onto its
-    base checkpoint (`base_model_name_or_path`), itself resolved by this function.
-    Raises `ModelLoadError` naming the folder or repo when it is missing, cannot be read or is not a
-    MAPLE, CLIP/SigLIP or Qwen2-VL-family checkpoint. Offline, a Hub repo loads from the local cache.
+    Raises `ModelLoadError` naming the folder or repo when it is missing, cannot be read or is of
+    another kind. Offline, a Hub repo downloaded before is read from the local cache.
     """
     check_model_ref(model_ref)
     folder = Path(model_ref).expanduser()
@@ -119,26 +120,42 @@ def load_embedder(model_ref: str, revision: str | None = None, trust_remote_code
         base_ref = config.get("base_model_name_or_path")
         if not base_ref:
             raise ModelLoadError(f"{model_ref!r}: {ADAPTER_CONFIG_FILE} does not name its base model (base_model_name_or_path)")
-        from peft import PeftModel
-
-        base, processor = load_embedder(base_ref, trust_remote_code=trust_remote_code)
-        return PeftModel.from_pretrained(base, model_ref, revision=revision).eval(), processor
-    # Importing modeling_maple registers the MAPLE classes with the Auto classes.
-    import modeling_maple
+        checkpoint_config(base_ref)
+        return name, config
     from modeling_maple.configuration_maple import DUAL_ENCODER_MODEL_TYPES, SUPPORTED_MLLMS, backbone_of
-    from transformers import AutoModel, AutoProcessor
 
     model_type = config.get("model_type")
-    backbone = backbone_of(model_type)
-    if model_type != MAPLE_MODEL_TYPE and backbone is None:
+    if model_type != MAPLE_MODEL_TYPE and backbone_of(model_type) is None:
         raise ModelLoadError(
             f"{model_ref!r} is a {model_type!r} checkpoint; expected a MAPLE checkpoint (model_type 'maple') "
             f"or a backbone MAPLE can wrap: {', '.join(DUAL_ENCODER_MODEL_TYPES + SUPPORTED_MLLMS)}"
         )
-    if model_type == MAPLE_MODEL_TYPE:
+    return name, config
+
+
+def load_embedder(model_ref: str, revision: str | None = None, trust_remote_code: bool = True):
+    """(model, processor) for `model_ref`, a local folder or a Hub repo id, in eval mode.
+
+    A LoRA adapter (adapter_config.json, as `PeftModel.save_pretrained` writes) is loaded onto its
+    base checkpoint (`base_model_name_or_path`), itself resolved by this function. Errors are those of
+    [`checkpoint_config`], raised before any weights load.
+    """
+    name, config = checkpoint_config(model_ref, revision)
+    if name == ADAPTER_CONFIG_FILE:
+        from peft import PeftModel
+
+        base, processor = load_embedder(config["base_model_name_or_path"], trust_remote_code=trust_remote_code)
+        return PeftModel.from_pretrained(base, model_ref, revision=revision).eval(), processor
+    # Importing modeling_maple registers the MAPLE classes with the Auto classes.
+    import modeling_maple
+    from modeling_maple.configuration_maple import backbone_of
+    from transformers import AutoModel, AutoProcessor
+
+    if config.get("model_type") == MAPLE_MODEL_TYPE:
         model = AutoModel.from_pretrained(model_ref, revision=revision, trust_remote_code=trust_remote_code)
         processor = AutoProcessor.from_pretrained(model_ref, revision=revision, trust_remote_code=trust_remote_code)
         return model.eval(), processor
+    backbone = backbone_of(config.get("model_type"))
     model = modeling_maple.MapleModel.from_backbone(model_ref, backbone=backbone)
     processor = modeling_maple.MapleProcessor.from_backbone(model_ref, backbone=backbone)
     return model.eval(), processor

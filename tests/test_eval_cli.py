@@ -166,6 +166,24 @@ def test_cli_reports_a_missing_model_folder_before_loading_any_model(tiny, bench
     assert not out.exists()  # nothing evaluated (not even the first model), no folder for the missing one
 
 
+@pytest.mark.parametrize("kind", ["uncached hub repo", "unsupported checkpoint"])
+def test_cli_reports_a_bad_compared_model_before_evaluating_the_first(tiny, benchmark_sources, tmp_path, capsys, kind):
+    _, _, (first, _) = tiny
+    if kind == "uncached hub repo":  # the tests run offline (HF_HUB_OFFLINE=1), and this repo was never downloaded
+        bad, expected = "maple-org/never-downloaded", "is not in the local cache and the Hub is offline or unreachable"
+    else:
+        bad = tmp_path / "bert"
+        bad.mkdir()
+        (bad / "config.json").write_text('{"model_type": "bert"}')
+        expected = "is a 'bert' checkpoint; expected a MAPLE checkpoint"
+    out = tmp_path / "eval"
+    argv = [str(first), "--compare", str(bad), "--benchmarks", "coco", "--source", f"coco={benchmark_sources['coco']}", "--out", str(out)]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("maple eval: error: ") and expected in error and error.count("\n") == 1
+    assert not out.exists()  # the first model was not evaluated
+
+
 def test_cli_reports_a_missing_or_unreachable_benchmark_source(tiny, tmp_path, capsys):
     _, _, (first, _) = tiny
     out = tmp_path / "eval"
