@@ -105,9 +105,11 @@ def mllm_image_seq_length(mllm_config) -> int | None:
     whose count follows each image's size."""
     model_type, vision = mllm_config.model_type, getattr(mllm_config, "vision_config", None)
     if model_type == "llava":
-        # One token per patch, plus CLS when the projector keeps it ("full" feature strategy).
+        # The tower's tokens (its patches, plus CLS for a CLIP tower; SigLIP has none), less the first one
+        # under the "default" feature strategy, which `LlavaModel` drops whatever it is.
         patches = (vision.image_size // vision.patch_size) ** 2
-        return patches + int(mllm_config.vision_feature_select_strategy == "full")
+        has_cls = vision.model_type == "clip_vision_model"
+        return patches + int(has_cls) - int(mllm_config.vision_feature_select_strategy == "default")
     if model_type == "internvl":
         # Each tile's patches, shuffled into `downsample_ratio**2` as many tokens.
         (height, width), (patch_height, patch_width) = _pair(vision.image_size), _pair(vision.patch_size)
@@ -368,6 +370,8 @@ class MapleProcessor(ProcessorMixin):
         tokenizer = AutoTokenizer.from_pretrained(text_backbone or name_or_path)
         config = AutoConfig.from_pretrained(name_or_path)
         if backbone == "mllm":
+            if config.model_type not in SUPPORTED_MLLMS:
+                raise ValueError(f"Unsupported MLLM {config.model_type!r}: expected one of {SUPPORTED_MLLMS}.")
             kwargs.setdefault("mllm_type", config.model_type)
             kwargs.setdefault("image_token", tokenizer.convert_ids_to_tokens(config.image_token_id))
             kwargs.setdefault("image_seq_length", mllm_image_seq_length(config))

@@ -11,10 +11,10 @@ from peft import get_peft_model
 from PIL import Image
 from transformers import AutoModel, AutoProcessor
 
-from modeling_maple import MapleModel, MapleProcessor
+from modeling_maple import MapleConfig, MapleModel, MapleProcessor
 from modeling_maple.lora import maple_lora_config
 from modeling_maple.processing_maple import mllm_image_seq_length
-from modeling_maple.testing import build_tiny, tiny_mllm_config, tiny_mllm_image_processor, tiny_mllm_tokenizer, tiny_tokenizer
+from modeling_maple.testing import TINY_IMAGE_TOKENS, build_tiny, tiny_mllm_config, tiny_mllm_image_processor, tiny_mllm_tokenizer, tiny_tokenizer
 from official_processors import official_processor
 from trainer import RPATrainer
 from trainer.testing import smoke_config, synthetic_preference_dataset
@@ -65,7 +65,7 @@ def test_embeddings_ignore_batching_and_survive_save_load(family, tmp_path):
         torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("family", ["llava", "idefics3"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_from_backbone_keeps_every_tensor_and_reads_the_image_settings(family, tmp_path):
     torch.manual_seed(0)
     config = tiny_mllm_config(family)
@@ -80,7 +80,7 @@ def test_from_backbone_keeps_every_tensor_and_reads_the_image_settings(family, t
     assert all(torch.equal(tensor, source_state[key]) for key, tensor in model.mllm.state_dict().items())
     processor = MapleProcessor.from_backbone(str(tmp_path), backbone="mllm")
     assert processor.mllm_type == family
-    assert processor.image_token == tiny_mllm_tokenizer(family).convert_ids_to_tokens(config.image_token_id)
+    assert processor.image_token == TINY_IMAGE_TOKENS[family]
     assert processor.image_seq_length == mllm_image_seq_length(config) == (16 if family == "llava" else 4)
     assert model.encode(processor, images=images_of_three_shapes()).shape == (3, 32)
 
@@ -117,7 +117,7 @@ def test_rpa_trainer_trains_the_family_with_lora(family, tmp_path):
     assert any(not torch.equal(after[name], tensor) for name, tensor in before.items())
 
 
-def test_bad_family_settings_are_named_errors():
+def test_bad_family_settings_are_named_errors(tmp_path):
     image_processor, tokenizer = tiny_mllm_image_processor("llava"), tiny_tokenizer()
     with pytest.raises(ValueError, match="Unsupported MLLM 'blip_2'"):
         MapleProcessor(image_processor, tokenizer, mllm_type="blip_2")
@@ -127,6 +127,31 @@ def test_bad_family_settings_are_named_errors():
         MapleProcessor(image_processor, tokenizer, mllm_type="llava", image_token="<image>", image_seq_length=16)
     with pytest.raises(ValueError, match="no '<img>' token"):
         MapleProcessor(tiny_mllm_image_processor("internvl"), tokenizer, mllm_type="internvl", image_token="<|image_pad|>", image_seq_length=4)
+    clip_folder = tmp_path / "clip-vision"
+    tiny_mllm_config("llava").vision_config.save_pretrained(clip_folder)
+    image_processor.save_pretrained(clip_folder)
+    tokenizer.save_pretrained(clip_folder)
+    with pytest.raises(ValueError, match="Unsupported MLLM 'clip_vision_model'"):
+        MapleProcessor.from_backbone(str(clip_folder), backbone="mllm")
     model, processor = build_tiny("mllm", mllm_type="llava")
     with pytest.raises(ValueError, match="llava embedder needs `image_input_ids`"):
         model(pixel_values=processor(images=images_of_three_shapes())["pixel_values"])
+
+
+@pytest.mark.parametrize("tower", ["clip_vision_model", "siglip_vision_model"])
+@pytest.mark.parametrize("strategy", ["default", "full"])
+def test_llava_image_token_count_follows_the_tower_and_feature_strategy(tower, strategy):
+    """LLaVA drops the tower's first token under the "default" strategy: CLS for CLIP, a patch for SigLIP (which has no
+    CLS), as llava-interleave's SigLIP checkpoints do. The count must equal the features the model produces."""
+    vision = {"model_type": tower, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "image_size": 16, "patch_size": 4}
+    config = tiny_mllm_config("llava", vision_config=vision, vision_feature_select_strategy=strategy)
+    torch.manual_seed(0)
+    model = MapleModel(MapleConfig(backbone="mllm", mllm_config=config)).eval()
+    processor = MapleProcessor(tiny_mllm_image_processor("llava"), tiny_tokenizer(), mllm_type="llava",
+                               image_token="<|image_pad|>", image_seq_length=mllm_image_seq_length(config))
+    batch = processor(images=images_of_three_shapes()[:2])
+    with torch.no_grad():
+        features = model.mllm.get_image_features(pixel_values=batch["pixel_values"]).pooler_output
+    assert processor.image_seq_length == features[0].shape[0] == 16 + (tower == "clip_vision_model") - (strategy == "default")
+    assert model.encode(processor, images=images_of_three_shapes()[:2]).shape == (2, 32)
