@@ -64,6 +64,7 @@ class PromptEncoder:
             if self.tokenizer.convert_tokens_to_ids(token) in (None, self.tokenizer.unk_token_id):
                 raise ValueError(f"the tokenizer has no {token!r} token, which {config.model_type} prompts need around images")
         self.image_seq_length = mllm_image_seq_length(config)
+        self.leading_special_ids = _leading_special_ids(tokenizer)
 
     def render(self, messages: list[Message], *, add_generation_prompt: bool) -> str:
         """The chat template applied to `messages`, as text with one placeholder per image."""
@@ -79,13 +80,19 @@ class PromptEncoder:
         )
 
     def expand_images(self, text: str, images: EncodedImages, indices: Sequence[int]) -> list[int]:
-        """Token ids of the rendered prompt `text` with its k-th image placeholder filled for image
-        `indices[k]` of `images` (`EncodedImages.image_text`; a ValueError if the numbers of
-        placeholders and images differ). Placeholders and the tokens they become are special
-        tokens, so filling before or after tokenising is the same."""
+        """Token ids of the rendered prompt `text`, or of its start, with its k-th image placeholder
+        filled for image `indices[k]` of `images` (`EncodedImages.image_text`; a ValueError if the
+        numbers of placeholders and images differ). Placeholders and the tokens they become are
+        special tokens, so filling before or after tokenising is the same.
+
+        The tokens the tokenizer puts before a text (Llama's BOS) lead the ids unless the template
+        wrote the BOS itself, as a processor's `apply_chat_template(tokenize=True)` does: LLaVA-1.5's
+        template has no BOS, and the model was trained with one."""
         image_texts = [images.image_text(index, self.image_token) for index in indices]
         expanded = fill_image_placeholders(text, image_texts, placeholder=self.image_token)
-        return self.tokenizer(expanded, add_special_tokens=False)["input_ids"]
+        ids = self.tokenizer(expanded, add_special_tokens=False)["input_ids"]
+        bos = self.tokenizer.bos_token
+        return ids if bos is not None and text.startswith(bos) else self.leading_special_ids + ids
 
     def pad(self, sequences: Sequence[Sequence[int]], *, padding_side: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(input_ids, attention_mask), both (batch, longest), padded on `padding_side`."""
@@ -141,6 +148,15 @@ class QwenVLPromptEncoder(PromptEncoder):
     def continuation_positions(self, start, length, batch, offset, device):
         """(3, batch, length): text tokens use the same position in all three M-RoPE sections."""
         return super().continuation_positions(start, length, batch, offset, device).unsqueeze(0).expand(3, batch, length)
+
+
+def _leading_special_ids(tokenizer) -> list[int]:
+    """The ids `tokenizer` puts before a text when it adds special tokens (Llama: [BOS]; Qwen: none); those it
+    puts after one (an EOS) are left out, as a prompt prefix must not end the sequence."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    start = next((i for i in range(len(full) - len(plain) + 1) if full[i : i + len(plain)] == plain), 0)
+    return full[:start]
 
 
 def image_processor_settings(image_processor) -> dict:

@@ -6,15 +6,15 @@ from transformers import ProcessorMixin
 from modeling_maple.testing import tiny_idefics3_tokenizer, tiny_internvl_tokenizer, tiny_mllm_image_processor, tiny_tokenizer
 
 
-def official_processor(family: str, monkeypatch) -> ProcessorMixin:
+def official_processor(family: str, monkeypatch, tokenizer=None) -> ProcessorMixin:
     """`LlavaProcessor`, `InternVLProcessor` or `Idefics3Processor` (for "idefics3" and "smolvlm", whose prompt
-    strings are the same) with the tiny models' settings and chat templates."""
+    strings are the same) with the tiny models' settings and chat templates; LLaVA's takes another `tokenizer`."""
     image_processor = tiny_mllm_image_processor(family)
     if family == "llava":
         from transformers import LlavaProcessor
 
         # llava-1.5-hf's settings: CLS counted, then dropped by the "default" feature strategy.
-        tokenizer = tiny_tokenizer()
+        tokenizer = tokenizer or tiny_tokenizer()
         return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=4,
                               vision_feature_select_strategy="default", image_token="<|image_pad|>",
                               num_additional_image_tokens=1, chat_template=tokenizer.chat_template)

@@ -283,6 +283,32 @@ def test_internvl_judge_paths_agree_and_match_the_official_processor(monkeypatch
     assert judge.prompt_encoder.encode_images(IMAGES[:2]).num_tokens == [20, 12]
 
 
+def test_llava_judge_prompt_starts_with_the_bos_the_official_processor_adds(monkeypatch):
+    """LLaVA-1.5's chat template writes no BOS; `LlavaProcessor` tokenising the rendered prompt adds the tokenizer's
+    BOS, which the model was trained with. The judge's ids are the processor's, both scoring paths agree, and a
+    template that writes the BOS itself does not get a second one."""
+    from dataset_builders.testing import tiny_image_text_model
+    from modeling_maple.testing import tiny_mllm_image_processor
+
+    tokenizer = tiny_tokenizer()
+    tokenizer.bos_token = "<|video_pad|>"  # a token of the tiny model's vocabulary that LLaVA prompts do not use
+    tokenizer.add_bos_token = True
+    judge = MLLMJudge(tiny_image_text_model("llava", seed=4), tokenizer, tiny_mllm_image_processor("llava"), batch_size=2)
+    official = official_processor("llava", monkeypatch, tokenizer=tokenizer)
+    text = TEXTS[1][2]
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": judge.prompt.format(text=text)}]}]
+    expected = official(text=[official.apply_chat_template(messages, add_generation_prompt=True)], images=[IMAGES[0]], return_tensors="pt")
+    ids = judge.prefix_ids(judge.prompt_encoder.encode_images([IMAGES[0]]), 0) + judge.suffix_ids([text])[0]
+    assert ids == expected["input_ids"][0].tolist()
+    assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
+    for a, b in zip(judge.score(IMAGES[:2], TEXTS[:2]), judge.score(IMAGES[:2], TEXTS[:2], reuse_prefix=False)):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+
+    own_bos = MLLMJudge(judge.model, tokenizer, judge.prompt_encoder.image_processor, chat_template="<|video_pad|>" + tokenizer.chat_template)
+    own_prefix = own_bos.prefix_ids(own_bos.prompt_encoder.encode_images([IMAGES[0]]), 0)
+    assert own_prefix == ids[: len(own_prefix)]  # one BOS, the template's
+
+
 def test_internvl_tokenizer_without_image_brackets_is_refused():
     from dataset_builders.testing import tiny_image_text_model
     from dataset_builders.vlm_inputs import prompt_encoder_for
