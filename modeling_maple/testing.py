@@ -144,14 +144,15 @@ def tiny_mllm_image_processor(model_type: str = "qwen2_vl", image_size: int = 16
     """The image processor of a tiny MLLM family: Qwen-VL resizes to about `image_size`^2 pixels;
     LLaVA sees 16x16 images; InternVL tiles into at most 4 tiles of 16x16 plus a thumbnail;
     Idefics3/SmolVLM resize to at most 48 px and split into 16x16 tiles plus a global view."""
-    from transformers import GotOcr2ImageProcessorPil, SmolVLMImageProcessorPil
+    from transformers import GotOcr2ImageProcessorPil, Idefics3ImageProcessorPil, SmolVLMImageProcessorPil
 
     if model_type == "llava":
         return CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
     if model_type == "internvl":
         return GotOcr2ImageProcessorPil(size={"height": 16, "width": 16}, max_patches=4)
     if model_type in ("idefics3", "smolvlm"):
-        return SmolVLMImageProcessorPil(size={"longest_edge": 48}, max_image_size={"longest_edge": 16})
+        image_processor_class = Idefics3ImageProcessorPil if model_type == "idefics3" else SmolVLMImageProcessorPil
+        return image_processor_class(size={"longest_edge": 48}, max_image_size={"longest_edge": 16})
     _check_tiny_family(model_type)
     return tiny_image_processor(image_size=image_size)
 
