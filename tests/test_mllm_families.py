@@ -9,7 +9,14 @@ import pytest
 import torch
 from peft import get_peft_model
 from PIL import Image
-from transformers import AutoModel, AutoProcessor
+from transformers import (
+    AutoModel,
+    AutoProcessor,
+    CLIPImageProcessorPil,
+    GotOcr2ImageProcessorPil,
+    Idefics3ImageProcessorPil,
+    SmolVLMImageProcessorPil,
+)
 
 from modeling_maple import MapleConfig, MapleModel, MapleProcessor
 from modeling_maple.lora import maple_lora_config
@@ -155,3 +162,38 @@ def test_llava_image_token_count_follows_the_tower_and_feature_strategy(tower, s
         features = model.mllm.get_image_features(pixel_values=batch["pixel_values"]).pooler_output
     assert processor.image_seq_length == features[0].shape[0] == 16 + (tower == "clip_vision_model") - (strategy == "default")
     assert model.encode(processor, images=images_of_three_shapes()[:2]).shape == (2, 32)
+
+
+# The image geometry of real checkpoints (at tiny widths), and the image tokens per image or tile their own
+# processors use (processor_config.json: image_seq_length / image_seq_len).
+REAL_GEOMETRY = {
+    "llava": (  # llava-hf/llava-1.5-7b-hf
+        {"vision_config": {"model_type": "clip_vision_model", "image_size": 336, "patch_size": 14},
+         "vision_feature_select_strategy": "default", "vision_feature_layer": -2},
+        lambda: CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}), 576),
+    "internvl": (  # OpenGVLab/InternVL3-1B-hf
+        {"vision_config": {"image_size": [448, 448], "patch_size": [14, 14]}, "downsample_ratio": 0.5},
+        lambda: GotOcr2ImageProcessorPil(size={"height": 448, "width": 448}, max_patches=4), 256),
+    "smolvlm": (  # HuggingFaceTB/SmolVLM-256M-Instruct
+        {"vision_config": {"image_size": 512, "patch_size": 16}, "scale_factor": 4},
+        lambda: SmolVLMImageProcessorPil(size={"longest_edge": 1024}, max_image_size={"longest_edge": 512}), 64),
+    "idefics3": (  # HuggingFaceM4/Idefics3-8B-Llama3
+        {"vision_config": {"image_size": 364, "patch_size": 14}, "scale_factor": 2},
+        lambda: Idefics3ImageProcessorPil(size={"longest_edge": 728}, max_image_size={"longest_edge": 364}), 169),
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_real_checkpoint_geometry_gives_their_processors_token_counts(family):
+    overrides, image_processor, expected_tokens = REAL_GEOMETRY[family]
+    vision = {**tiny_mllm_config(family).vision_config.to_dict(), "num_hidden_layers": 1, **overrides["vision_config"]}
+    config = tiny_mllm_config(family, **{**overrides, "vision_config": vision})
+    assert mllm_image_seq_length(config) == expected_tokens
+    torch.manual_seed(0)
+    model = MapleModel(MapleConfig(backbone="mllm", mllm_config=config)).eval()
+    processor = MapleProcessor(image_processor(), tiny_mllm_tokenizer(family), mllm_type=family,
+                               image_token=TINY_IMAGE_TOKENS[family], image_seq_length=expected_tokens)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)) for shape in [(300, 400, 3), (400, 200, 3)]]
+    both = model.encode(processor, images=images)  # a count that differs from the model's features raises here
+    torch.testing.assert_close(model.encode(processor, images=images[1:])[0], both[1], atol=1e-5, rtol=0)
