@@ -170,9 +170,9 @@ def test_beta_and_temperature_initialise_from_config_and_can_be_frozen(tmp_path)
     assert model.logit_scale.exp().item() != pytest.approx(2.0)  # learnt from 1/0.5
 
 
-def test_scales_are_bounded_by_max_scale_after_every_optimizer_step(tmp_path):
-    """As CLIP clips its logit scale at 100: a scale above `max_scale` (here the model's own, above the bound) is
-    clamped by the first optimizer step; one below it is left exactly as the optimizer set it."""
+def test_scales_are_bounded_by_max_scale_at_set_up_and_after_every_optimizer_step(tmp_path):
+    """As CLIP clips its logit scale at 100: a learnable scale pushed above `max_scale` is clamped by the next optimizer
+    step; one below it is left exactly as the optimizer set it."""
     bounded = make_trainer(tmp_path, max_scale=100.0, max_steps=1, learning_rate=1e-6)
     unbounded = make_trainer(tmp_path, max_scale=None, max_steps=1, learning_rate=1e-6)
     for trainer in (bounded, unbounded):
@@ -182,6 +182,21 @@ def test_scales_are_bounded_by_max_scale_after_every_optimizer_step(tmp_path):
     assert bounded.model.logit_scale.exp().item() == pytest.approx(100.0)
     assert unbounded.model.logit_scale.exp().item() == pytest.approx(150.0, rel=1e-3)
     assert torch.equal(bounded.model.preference_logit_scale, unbounded.model.preference_logit_scale)
+
+    # A model's own scales above the bound (a checkpoint trained without it) start at the bound, frozen or not; a
+    # frozen one then stays exactly there.
+    model, processor = build_tiny("dual_encoder", seed=0)
+    with torch.no_grad():
+        model.preference_logit_scale.fill_(math.log(300.0))
+        model.logit_scale.fill_(math.log(300.0))
+    trainer = RPATrainer(model, args=make_config(tmp_path, max_steps=2, learn_beta=False),
+                         train_dataset=synthetic_preference_dataset(16, seed=0), processing_class=processor)
+    assert trainer.model.preference_logit_scale.exp().item() == trainer.model.logit_scale.exp().item() == pytest.approx(100.0)
+    frozen_beta = trainer.model.preference_logit_scale.clone()
+    trainer.train()
+    assert torch.equal(trainer.model.preference_logit_scale, frozen_beta)
+    assert trainer.model.logit_scale.exp().item() <= 100.0 + 1e-4
+
     with pytest.raises(ValueError, match="beta = 200 exceeds max_scale = 100"):
         RPAConfig(str(tmp_path), beta=200.0)
     with pytest.raises(ValueError, match="1 / temperature = 200 exceeds max_scale = 100"):

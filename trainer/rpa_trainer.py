@@ -208,12 +208,15 @@ class RPATrainer(DPOTrainer):
     # ------------------------------------------------------------------------------------------ set-up
     @staticmethod
     def _set_scales(model: nn.Module, args: RPAConfig) -> None:
-        """Initial values (when configured) and trainability of beta and the InfoNCE temperature."""
+        """Initial values (when configured) and trainability of beta and the InfoNCE temperature. A model's own
+        scale above `max_scale` (a checkpoint trained without the bound) starts at the bound, frozen or not."""
         with torch.no_grad():
             if args.beta is not None:
                 model.preference_logit_scale.fill_(math.log(args.beta))
             if args.temperature is not None:
                 model.logit_scale.fill_(math.log(1.0 / args.temperature))
+            if args.max_scale is not None:
+                bound_scales(model, args.max_scale, learnable_only=False)
         model.preference_logit_scale.requires_grad_(args.learn_beta)
         model.logit_scale.requires_grad_(args.learn_temperature)
 
@@ -507,18 +510,24 @@ def _merged_lora_tensors(layer: LoraLayer, adapter: str, key_prefix: str) -> dic
     return merged
 
 
+@torch.no_grad()
+def bound_scales(model: nn.Module, max_scale: float, learnable_only: bool = True) -> None:
+    """Clamp the model's scales, `exp(logit_scale)` (InfoNCE inverse temperature) and `exp(preference_logit_scale)`
+    (RPA's beta), to at most `max_scale`, as CLIP clips its logit scale at 100 (Radford et al., 2021).
+    `learnable_only`: leave frozen scales alone (the optimizer cannot have moved them)."""
+    for scale in (model.logit_scale, model.preference_logit_scale):
+        if scale.requires_grad or not learnable_only:
+            scale.clamp_(max=math.log(max_scale))
+
+
 class ScaleBound(TrainerCallback):
-    """Clamps the model's learnable scales, `exp(logit_scale)` (InfoNCE inverse temperature) and
-    `exp(preference_logit_scale)` (RPA's beta), to at most `max_scale` after every optimizer step, as CLIP clips its
-    logit scale at 100 (Radford et al., 2021); open_clip does the same after each step."""
+    """`bound_scales` after every optimizer step, as open_clip clamps its logit scale after each step."""
 
     def __init__(self, max_scale: float):
-        self.max_log_scale = math.log(max_scale)
+        self.max_scale = max_scale
 
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):
-        with torch.no_grad():
-            for scale in (model.logit_scale, model.preference_logit_scale):
-                scale.clamp_(max=self.max_log_scale)
+        bound_scales(model, self.max_scale)
 
 
 def _model_inputs(inputs: dict[str, Tensor]) -> dict[str, Tensor]:
