@@ -71,23 +71,32 @@ def _run_fingerprint(model_ref: str, source: str | None) -> dict[str, Any]:
     }
 
 
-def evaluate_model(model_ref: str, benchmarks: list[str], sources: dict[str, str], out: Path, batch_size: int) -> dict[str, Any]:
-    """Results of one model on the benchmarks, resuming from `out/<model>/<benchmark>.json` when that
-    result was computed from the same model files and benchmark source. The folder is created only
-    once the model has loaded, so a model that fails to load leaves nothing behind."""
+def stored_results(model_ref: str, benchmarks: list[str], sources: dict[str, str], out: Path) -> dict[str, Any]:
+    """The results of `model_ref` stored in `out/<model>/<benchmark>.json` that were computed from the same
+    model files and benchmark source, by benchmark; the other benchmarks are still to do."""
     folder = out / _model_folder_name(model_ref)
     results: dict[str, Any] = {}
-    todo = []
     for name in benchmarks:
         done = folder / f"{name}.json"
         stored = json.loads(done.read_text()) if done.exists() else None
         if stored is not None and stored.get("run") == _run_fingerprint(model_ref, sources.get(name)):
             results[name] = stored["metrics"]
-            print(f"{model_ref}: {name} already done ({done}), skipped")
-        else:
-            if stored is not None:
-                print(f"{model_ref}: {name}: stored result is from another model state or source, recomputing")
-            todo.append(name)
+        elif stored is not None:
+            print(f"{model_ref}: {name}: stored result is from another model state or source, recomputing")
+    return results
+
+
+def evaluate_model(
+    model_ref: str, benchmarks: list[str], sources: dict[str, str], out: Path, batch_size: int, stored: dict[str, Any]
+) -> dict[str, Any]:
+    """Results of one model on the benchmarks: the `stored` ones (`stored_results`) as they are, the others
+    computed and written to `out/<model>/<benchmark>.json`. The folder is created only once the model has
+    loaded, so a model that fails to load leaves nothing behind."""
+    folder = out / _model_folder_name(model_ref)
+    results = dict(stored)
+    for name in results:
+        print(f"{model_ref}: {name} already done ({folder / f'{name}.json'}), skipped")
+    todo = [name for name in benchmarks if name not in results]
     if todo:
         from .models import load_embedder
 
@@ -160,18 +169,24 @@ def main(argv: list[str] | None = None) -> int:
     model_refs = [args.model, *args.compare]
 
     from .benchmarks import BenchmarkFormatError, BenchmarkSourceError, check_source
-    from .models import ModelLoadError, checkpoint_config
+    from .models import ModelLoadError, check_model_ref, checkpoint_config
 
     all_results = {}
     try:
-        # Every model's config is read and checked (missing folders, Hub repos that cannot be read, unsupported
-        # kinds) before the first model is loaded, so a bad --compare entry fails at once, not after hours.
+        # Before the first model loads: every model that has benchmarks left to do gets its config read and checked
+        # (missing folders, Hub repos that cannot be read, unsupported kinds), so a bad --compare entry fails at
+        # once, not after hours; a model whose results are all stored needs nothing (an offline re-run works).
+        stored = {model_ref: stored_results(model_ref, args.benchmarks, sources, args.out) for model_ref in model_refs}
         for model_ref in model_refs:
-            checkpoint_config(model_ref)
+            check_model_ref(model_ref)
+            if set(args.benchmarks) - set(stored[model_ref]):
+                checkpoint_config(model_ref)
         for name, source in sources.items():
             check_source(name, source)
         for model_ref in model_refs:
-            all_results[model_ref] = evaluate_model(model_ref, args.benchmarks, sources, args.out, args.batch_size)
+            all_results[model_ref] = evaluate_model(
+                model_ref, args.benchmarks, sources, args.out, args.batch_size, stored[model_ref]
+            )
     except (ModelLoadError, BenchmarkFormatError, BenchmarkSourceError) as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2

@@ -184,6 +184,24 @@ def test_cli_reports_a_bad_compared_model_before_evaluating_the_first(tiny, benc
     assert not out.exists()  # the first model was not evaluated
 
 
+def test_cli_reruns_offline_a_hub_model_whose_results_are_all_stored(tiny, benchmark_sources, tmp_path, capsys):
+    """The up-front config check is for models with work left: one whose results are stored needs no Hub access."""
+    from evaluation.cli import _model_folder_name
+
+    _, _, (first, _) = tiny
+    out, source = tmp_path / "eval", f"coco={benchmark_sources['coco']}"
+    assert main([str(first), "--benchmarks", "coco", "--source", source, "--out", str(out)]) == 0
+    record = json.loads((out / _model_folder_name(str(first)) / "coco.json").read_text())
+    hub_model = "maple-org/never-downloaded"  # offline, and not in the cache: its config cannot be read
+    record["run"] |= {"model": hub_model, "model_files": {}}
+    (out / _model_folder_name(hub_model)).mkdir()
+    (out / _model_folder_name(hub_model) / "coco.json").write_text(json.dumps(record))
+    capsys.readouterr()
+    assert main([str(first), "--compare", hub_model, "--benchmarks", "coco", "--source", source, "--out", str(out)]) == 0
+    assert f"{hub_model}: coco already done" in capsys.readouterr().out
+    assert set(json.loads((out / "results.json").read_text())) == {str(first), hub_model}
+
+
 def test_cli_reports_a_missing_or_unreachable_benchmark_source(tiny, tmp_path, capsys):
     _, _, (first, _) = tiny
     out = tmp_path / "eval"
