@@ -107,6 +107,9 @@ def mllm_image_seq_length(mllm_config) -> int | None:
     if model_type == "llava":
         # The tower's tokens (its patches, plus CLS for a CLIP tower; SigLIP has none), less the first one
         # under the "default" feature strategy, which `LlavaModel` drops whatever it is.
+        if vision.model_type not in ("clip_vision_model", "siglip_vision_model"):
+            # e.g. Pixtral's tower, whose token count follows each image's size
+            raise ValueError(f"LLaVA with a {vision.model_type!r} vision tower is not supported: expected a CLIP or SigLIP tower.")
         patches = (vision.image_size // vision.patch_size) ** 2
         has_cls = vision.model_type == "clip_vision_model"
         return patches + int(has_cls) - int(mllm_config.vision_feature_select_strategy == "default")

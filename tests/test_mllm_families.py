@@ -140,6 +140,10 @@ def test_bad_family_settings_are_named_errors(tmp_path):
     tokenizer.save_pretrained(clip_folder)
     with pytest.raises(ValueError, match="Unsupported MLLM 'clip_vision_model'"):
         MapleProcessor.from_backbone(str(clip_folder), backbone="mllm")
+    pixtral_tower = {"model_type": "pixtral", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "image_size": 16, "patch_size": 4}
+    with pytest.raises(ValueError, match="LLaVA with a 'pixtral' vision tower is not supported"):
+        mllm_image_seq_length(tiny_mllm_config("llava", vision_config=pixtral_tower))
     model, processor = build_tiny("mllm", mllm_type="llava")
     with pytest.raises(ValueError, match="llava embedder needs `image_input_ids`"):
         model(pixel_values=processor(images=images_of_three_shapes())["pixel_values"])
