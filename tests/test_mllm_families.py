@@ -22,6 +22,7 @@ from modeling_maple import MapleConfig, MapleModel, MapleProcessor
 from modeling_maple.lora import maple_lora_config
 from modeling_maple.processing_maple import mllm_image_seq_length
 from modeling_maple.testing import TINY_IMAGE_TOKENS, build_tiny, tiny_mllm_config, tiny_mllm_image_processor, tiny_mllm_tokenizer, tiny_tokenizer
+from isolated import run_isolated
 from official_processors import official_processor
 from trainer import RPATrainer
 from trainer.testing import smoke_config, synthetic_preference_dataset
@@ -104,6 +105,32 @@ def test_lora_trains_the_language_model_only(family):
     assert all(named[name].grad.abs().sum() > 0 for name in lora if "lora_B" in name)
     frozen = [p for name, p in named.items() if f".{language_model}." not in name and "lora_" not in name]
     assert frozen and all(not p.requires_grad for p in frozen)
+
+
+def test_a_tiled_family_checkpoint_loads_without_the_package(tmp_path):
+    """SmolVLM (tiles, one sample holding a batch's images, a pixel mask) through `trust_remote_code` in an interpreter
+    that cannot import this repository: the checkpoint's own copy of the processing code builds the same inputs."""
+    model, processor = build_tiny("mllm", mllm_type="smolvlm")
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    for index, image in enumerate(images_of_three_shapes()):
+        image.save(tmp_path / f"image{index}.png")
+    expected = torch.cat(model.encode(processor, texts=TEXTS, images=[str(tmp_path / f"image{i}.png") for i in range(3)]))
+    np.save(tmp_path / "expected.npy", expected.numpy())
+    output = run_isolated(
+        f"""
+        import numpy as np, torch
+        from transformers import AutoModel, AutoProcessor
+        model = AutoModel.from_pretrained(".", trust_remote_code=True)
+        processor = AutoProcessor.from_pretrained(".", trust_remote_code=True)
+        embeds = torch.cat(model.encode(processor, texts={TEXTS!r}, images=["image0.png", "image1.png", "image2.png"]))
+        print(type(processor).__module__, processor.mllm_type, np.abs(embeds.numpy() - np.load("expected.npy")).max())
+        """,
+        cwd=str(tmp_path),
+    )
+    module, mllm_type, error = output.split()[-3:]
+    assert module.startswith("transformers_modules.") and mllm_type == "smolvlm"
+    assert float(error) <= 1e-6
 
 
 @pytest.mark.parametrize("family", ["llava", "idefics3"])
