@@ -266,6 +266,11 @@ class MapleProcessor(ProcessorMixin):
             raise ValueError(f"text_prompt must contain '{{text}}', got {self.text_prompt!r}.")
         self.max_text_length = max_text_length
         super().__init__(image_processor, tokenizer, **kwargs)
+        if tokenizer is not None and tokenizer.pad_token is None:
+            raise ValueError(
+                f"The tokenizer ({type(tokenizer).__name__}) has no pad token, which batches of texts and image prompts "
+                "need: set `tokenizer.pad_token` (e.g. to its EOS token) first."
+            )
         if backbone == "mllm":
             self._check_image_tokens()
 

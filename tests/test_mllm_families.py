@@ -153,6 +153,10 @@ def test_rpa_trainer_trains_the_family_with_lora(family, tmp_path):
 
 def test_bad_family_settings_are_named_errors(tmp_path):
     image_processor, tokenizer = tiny_mllm_image_processor("llava"), tiny_tokenizer()
+    padless = tiny_tokenizer()
+    padless.pad_token = None
+    with pytest.raises(ValueError, match="has no pad token"):
+        MapleProcessor(image_processor, padless, mllm_type="llava", image_token="<|image_pad|>", image_seq_length=16)
     with pytest.raises(ValueError, match="Unsupported MLLM 'blip_2'"):
         MapleProcessor(image_processor, tokenizer, mllm_type="blip_2")
     with pytest.raises(ValueError, match="llava processor needs `image_seq_length`"):
