@@ -35,6 +35,15 @@ def test_train_from_yaml_and_flags_saves_a_loadable_model_with_card(tmp_path):
     assert f"a two-tower image/text encoder ({model.config.pooling} pooling)" in card  # from the model's own config
 
 
+def test_tiny_smoke_run_on_an_mllm_family(tmp_path):
+    synthetic_preference_dataset(8).save_to_disk(tmp_path / "prefs")
+    argv = ["--tiny", "smolvlm", "--dataset_name", str(tmp_path / "prefs"), "--output_dir", str(tmp_path / "out"),
+            "--max_steps", "1", "--per_device_train_batch_size", "4", "--report_to", "none", "--save_strategy", "no"]
+    assert main(argv) == 0
+    model = AutoModel.from_pretrained(tmp_path / "out")
+    assert model.config.mllm_config.model_type == "smolvlm"
+
+
 def test_help_documents_every_option(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])

@@ -22,6 +22,7 @@ from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from trl import TrlParser
 
 from evaluation.models import is_hub_id
+from modeling_maple.configuration_maple import SUPPORTED_MLLMS
 
 from .rpa_config import RPAConfig
 
@@ -54,16 +55,17 @@ class ModelArguments:
         default=None,
         metadata={
             "help": "How to build the embedder from a backbone that is not yet a MAPLE checkpoint: 'mllm' or "
-            "'dual_encoder'. Inferred for Qwen2-VL-family MLLMs and CLIP/SigLIP models; ignored for MAPLE checkpoints.",
+            "'dual_encoder'. Inferred for the supported MLLMs (Qwen2/2.5/3-VL, LLaVA-1.5, InternVL, Idefics3, SmolVLM) "
+            "and CLIP/SigLIP models; ignored for MAPLE checkpoints.",
             "choices": ["mllm", "dual_encoder"],
         },
     )
     tiny: str | None = field(
         default=None,
         metadata={
-            "help": "Train a tiny random model of this backbone instead ('mllm' or 'dual_encoder'): an offline smoke "
-            "run that needs no download.",
-            "choices": ["mllm", "dual_encoder"],
+            "help": "Train a tiny random model instead: 'dual_encoder', 'mllm' (a Qwen2-VL) or an MLLM family such as "
+            "'smolvlm'; an offline smoke run that needs no download.",
+            "choices": ["mllm", "dual_encoder", *SUPPORTED_MLLMS],
         },
     )
     use_peft: bool = field(
@@ -201,6 +203,8 @@ def load_model_and_processor(model_args: ModelArguments):
     if model_args.tiny:
         from modeling_maple.testing import build_tiny
 
+        if model_args.tiny in SUPPORTED_MLLMS:
+            return build_tiny("mllm", mllm_type=model_args.tiny)
         return build_tiny(model_args.tiny)
     name = model_args.model_name_or_path
     try:
