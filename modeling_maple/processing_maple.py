@@ -57,11 +57,6 @@ def fill_image_placeholders(prompt: str, image_texts: Iterable[str], placeholder
     return pieces[0] + "".join(image_text + piece for image_text, piece in zip(image_texts, pieces[1:]))
 
 
-def expand_image_placeholders(prompt: str, token_counts: Iterable[int], placeholder: str = IMAGE_PAD) -> str:
-    """Replace the i-th `placeholder` of `prompt` by `token_counts[i]` copies of it, as the MLLM expects."""
-    return fill_image_placeholders(prompt, [placeholder * count for count in token_counts], placeholder)
-
-
 @dataclass(frozen=True)
 class EncodedImages:
     """Output of an MLLM's image processor for a batch of images, with what each image becomes in a prompt.
@@ -392,7 +387,6 @@ __all__ = [
     "EncodedImages",
     "MapleProcessor",
     "encode_mllm_images",
-    "expand_image_placeholders",
     "fill_image_placeholders",
     "load_image",
     "mllm_image_seq_length",

@@ -25,7 +25,7 @@ from isolated import run_isolated
 from modeling_maple import MapleConfig, MapleModel, MapleProcessor
 from modeling_maple.configuration_maple import SUPPORTED_MLLMS
 from modeling_maple.lora import maple_lora_config
-from modeling_maple.processing_maple import expand_image_placeholders, qwen_vl_image_token_counts
+from modeling_maple.processing_maple import fill_image_placeholders, qwen_vl_image_token_counts
 from modeling_maple.testing import build_tiny, tiny_image_processor, tiny_mllm_config, tiny_qwen2_vl_config, tiny_tokenizer
 
 BACKBONES = ["mllm", "dual_encoder"]
@@ -273,9 +273,10 @@ def test_max_length_padding_keeps_max_text_length_tokens_of_every_text(backbone)
 
 def test_image_placeholders_expand_to_one_token_per_merged_patch():
     assert qwen_vl_image_token_counts(torch.tensor([[1, 4, 4], [1, 2, 6]]), merge_size=2) == [4, 3]
-    assert expand_image_placeholders("<|image_pad|> and <|image_pad|>", [2, 1]) == "<|image_pad|><|image_pad|> and <|image_pad|>"
-    with pytest.raises(ValueError, match="1 <|image_pad|> placeholders but 2 images"):
-        expand_image_placeholders("<|image_pad|>", [1, 2])
+    pad = "<|image_pad|>"
+    assert fill_image_placeholders(f"{pad} and {pad}", [pad * 2, pad]) == f"{pad}{pad} and {pad}"
+    with pytest.raises(ValueError, match=r"1 <\|image_pad\|> placeholders but 2 images"):
+        fill_image_placeholders(pad, [pad, pad * 2])
 
 
 def test_from_backbone_dinov2_with_real_minilm(tmp_path):
