@@ -21,31 +21,21 @@ import torch
 from .miner import HardNegativeMiner
 
 if TYPE_CHECKING:
-    from transformers import Qwen2VLForConditionalGeneration
+    from transformers import PreTrainedModel
 
     from .captioner import ContrastiveCaptioner
     from .judge import MLLMJudge
 
 
-def tiny_qwen2_vl(seed: int = 0, **config_overrides) -> Qwen2VLForConditionalGeneration:
-    """A random tiny Qwen2-VL, deterministic in `seed`, in eval mode."""
-    from transformers import Qwen2VLForConditionalGeneration
-
-    from modeling_maple.testing import tiny_qwen2_vl_config
-
-    torch.manual_seed(seed)
-    return Qwen2VLForConditionalGeneration(tiny_qwen2_vl_config(**config_overrides)).eval()
-
-
-def tiny_image_text_model(family: str = "qwen2_vl", seed: int = 0):
-    """A random tiny image-text-to-text model of `family` (`modeling_maple.testing.tiny_mllm_config`),
-    deterministic in `seed`, in eval mode; its tokenizer and image processor are
+def tiny_image_text_model(family: str = "qwen2_vl", seed: int = 0, **config_overrides) -> PreTrainedModel:
+    """A random tiny image-text-to-text model of `family` (`modeling_maple.testing.tiny_mllm_config`, with
+    `config_overrides`), deterministic in `seed`, in eval mode; its tokenizer and image processor are
     `tiny_mllm_tokenizer(family)` and `tiny_mllm_image_processor(family)`."""
     from transformers import AutoModelForImageTextToText
 
     from modeling_maple.testing import tiny_mllm_config
 
-    config = tiny_mllm_config(family)
+    config = tiny_mllm_config(family, **config_overrides)
     torch.manual_seed(seed)
     return AutoModelForImageTextToText.from_config(config).eval()
 

@@ -6,7 +6,7 @@ from PIL import Image
 
 from dataset_builders import CandidateCaptioner, ContrastiveCaptioner
 from dataset_builders.captioner import parse_captions
-from dataset_builders.testing import tiny_captioner, tiny_qwen2_vl
+from dataset_builders.testing import tiny_captioner, tiny_image_text_model
 from modeling_maple.testing import tiny_image_processor, tiny_tokenizer
 
 ANCHORS = [Image.new("RGB", (32, 32), "red"), Image.new("RGB", (40, 24), "blue")]
@@ -61,7 +61,7 @@ def test_captioner_shows_both_images_and_the_configured_prompt(monkeypatch):
 
 def test_bad_settings_and_mismatched_inputs_are_rejected():
     with pytest.raises(ValueError):
-        ContrastiveCaptioner(tiny_qwen2_vl(), tiny_tokenizer(), tiny_image_processor(), temperature=0)
+        ContrastiveCaptioner(tiny_image_text_model(), tiny_tokenizer(), tiny_image_processor(), temperature=0)
     with pytest.raises(ValueError, match="2 anchors but 1 negatives"):
         tiny_captioner().caption(ANCHORS, NEGATIVES[:1])
 

@@ -174,14 +174,14 @@ def test_outputs_push_to_a_hub(demo_out, hub_server, tmp_path):
 
 
 def test_judge_option_loads_a_real_mllm_judge(tmp_path):
-    from dataset_builders.testing import tiny_qwen2_vl
+    from dataset_builders.testing import tiny_image_text_model
     from modeling_maple.testing import tiny_image_processor, tiny_tokenizer
 
     from maple.demo.pipeline import DemoConfig, make_judge
     from maple.demo.world import WorldConfig, build_world
 
     folder = tmp_path / "tiny-judge"
-    tiny_qwen2_vl(seed=0).save_pretrained(folder)
+    tiny_image_text_model(seed=0).save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
     tiny_image_processor(image_size=32).save_pretrained(folder)
     world = build_world(WorldConfig(n_train_families=5, n_retrieval=2, n_quadruples_per_category=2))

@@ -6,7 +6,7 @@ from PIL import Image
 
 from dataset_builders import JudgeEnsemble, MLLMJudge, PreferenceJudge
 from dataset_builders.judge import answer_token_id
-from dataset_builders.testing import tiny_judge, tiny_qwen2_vl
+from dataset_builders.testing import tiny_image_text_model, tiny_judge
 from dataset_builders.vlm_inputs import QwenVLPromptEncoder
 from modeling_maple.testing import tiny_image_processor, tiny_tokenizer
 from official_processors import official_processor
@@ -162,7 +162,7 @@ def test_answer_token_follows_the_chat_template():
         "{% endfor %}{% else %} ASSISTANT: {{ m['content'] }}{% endif %}{% endfor %}"
         "{% if add_generation_prompt %} ASSISTANT:{% endif %}"
     )
-    spaced_judge = MLLMJudge(tiny_qwen2_vl(), tokenizer, tiny_image_processor(), chat_template=spaced)
+    spaced_judge = MLLMJudge(tiny_image_text_model(), tokenizer, tiny_image_processor(), chat_template=spaced)
     assert tokenizer.decode([spaced_judge.yes_id]) == " Yes"
     assert tokenizer.decode([spaced_judge.no_id]) == " No"
 
@@ -182,7 +182,7 @@ def test_tokenizer_without_a_yes_token_is_rejected_clearly():
 
 
 def test_unsupported_model_family_and_bad_prompt_fail_before_any_work():
-    judge_model = tiny_qwen2_vl()
+    judge_model = tiny_image_text_model()
     with pytest.raises(ValueError, match=r"\{text\}"):
         MLLMJudge(judge_model, tiny_tokenizer(), tiny_image_processor(), prompt="Is this right?")
     judge_model.config.model_type = "llava_next"
@@ -403,7 +403,7 @@ def test_vision_tokens_come_from_the_processors_shared_helpers(sharp_judge, monk
     assert encoded.num_tokens == [int(row.prod()) // encoder.image_processor.merge_size**2 for row in grid]
     ids = encoder.expand_images(sharp_judge.prefix_text, encoded, [1])
     assert calls == ["encode_mllm_images", "fill_image_placeholders"]
-    expanded = processing_maple.expand_image_placeholders(sharp_judge.prefix_text, encoded.num_tokens[1:], encoder.image_token)
+    expanded = sharp_judge.prefix_text.replace(encoder.image_token, encoder.image_token * encoded.num_tokens[1])
     assert ids == encoder.tokenizer(expanded, add_special_tokens=False)["input_ids"]
     assert ids == sharp_judge.prefix_ids(encoded, 1)
     assert ids.count(encoder.image_token_id) == encoded.num_tokens[1]
