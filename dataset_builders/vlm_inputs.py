@@ -24,6 +24,7 @@ import torch
 
 from modeling_maple.processing_maple import (
     EncodedImages,
+    check_tokens_known,
     encode_mllm_images,
     fill_image_placeholders,
     mllm_image_seq_length,
@@ -60,9 +61,7 @@ class PromptEncoder:
         self.image_token = tokenizer.convert_ids_to_tokens(self.image_token_id)
         if self.image_token is None or self.tokenizer.convert_tokens_to_ids(self.image_token) != self.image_token_id:
             raise ValueError(f"the tokenizer has no token for the model's image token id {self.image_token_id}")
-        for token in mllm_image_tokens(config.model_type, tokenizer):
-            if self.tokenizer.convert_tokens_to_ids(token) in (None, self.tokenizer.unk_token_id):
-                raise ValueError(f"the tokenizer has no {token!r} token, which {config.model_type} prompts need around images")
+        check_tokens_known(tokenizer, mllm_image_tokens(config.model_type, tokenizer), needed_by=f"{config.model_type} prompts around images")
         self.image_seq_length = mllm_image_seq_length(config)
         self.leading_special_ids = _leading_special_ids(tokenizer)
 

@@ -117,6 +117,13 @@ def mllm_image_seq_length(mllm_config) -> int | None:
     return None
 
 
+def check_tokens_known(tokenizer, tokens: Iterable[str], needed_by: str) -> None:
+    """Raise a ValueError naming the first of `tokens` that `tokenizer` does not have (`needed_by`: what needs it)."""
+    for token in tokens:
+        if tokenizer.convert_tokens_to_ids(token) in (None, tokenizer.unk_token_id):
+            raise ValueError(f"The tokenizer has no {token!r} token, which {needed_by} need.")
+
+
 def mllm_image_tokens(mllm_type: str, tokenizer) -> tuple[str, ...]:
     """The special tokens, besides the image placeholder, that an `mllm_type` prompt puts around images."""
     if mllm_type in QWEN_VL_MLLMS:
@@ -267,12 +274,8 @@ class MapleProcessor(ProcessorMixin):
                 "need: set `tokenizer.pad_token` (e.g. to its EOS token) first."
             )
         if backbone == "mllm":
-            self._check_image_tokens()
-
-    def _check_image_tokens(self) -> None:
-        for token in (self.image_token, *mllm_image_tokens(self.mllm_type, self.tokenizer)):
-            if self.tokenizer.convert_tokens_to_ids(token) in (None, self.tokenizer.unk_token_id):
-                raise ValueError(f"The tokenizer has no {token!r} token, which {self.mllm_type} image prompts need.")
+            image_tokens = (self.image_token, *mllm_image_tokens(mllm_type, tokenizer))
+            check_tokens_known(tokenizer, image_tokens, needed_by=f"{mllm_type} image prompts")
 
     def __call__(self, text: str | list[str] | None = None, images: Any = None, **kwargs) -> BatchFeature:
         """Returns a `BatchFeature` of PyTorch tensors: `input_ids`, `attention_mask` for texts, and
@@ -386,6 +389,7 @@ class MapleProcessor(ProcessorMixin):
 __all__ = [
     "EncodedImages",
     "MapleProcessor",
+    "check_tokens_known",
     "encode_mllm_images",
     "fill_image_placeholders",
     "load_image",
