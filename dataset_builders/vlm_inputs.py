@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import PIL.Image
 import torch
 
+from modeling_maple.configuration_maple import QWEN_VL_MLLMS, SUPPORTED_MLLMS
 from modeling_maple.processing_maple import (
     EncodedImages,
     check_tokens_known,
@@ -182,14 +183,10 @@ def to_model(inputs: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[st
 
 
 PROMPT_ENCODERS: dict[str, type[PromptEncoder]] = {
-    "qwen2_vl": QwenVLPromptEncoder,
-    "qwen2_5_vl": QwenVLPromptEncoder,
-    "qwen3_vl": QwenVLPromptEncoder,
-    # Images tiled or wrapped as their processors do (`encode_mllm_images`); plain 1-D positions.
-    "llava": PromptEncoder,
-    "internvl": PromptEncoder,
-    "idefics3": PromptEncoder,
-    "smolvlm": PromptEncoder,
+    # The families whose images `encode_mllm_images` prepares, the embedder's too; all but Qwen-VL's
+    # multimodal RoPE use plain 1-D positions.
+    model_type: QwenVLPromptEncoder if model_type in QWEN_VL_MLLMS else PromptEncoder
+    for model_type in SUPPORTED_MLLMS
 }
 """Model families the judge and the captioner can drive, by `config.model_type`."""
 

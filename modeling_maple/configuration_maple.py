@@ -11,7 +11,9 @@ POOLINGS = {"mllm": ("mean", "last"), "dual_encoder": ("mean", "cls", "pooler")}
 # MLLM families whose image prompts the processor builds (`processing_maple.encode_mllm_images`).
 # The Qwen-VL family shares one prompt format (dynamic-resolution vision tokens, multimodal RoPE).
 QWEN_VL_MLLMS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
-SUPPORTED_MLLMS = (*QWEN_VL_MLLMS, "llava", "internvl", "idefics3", "smolvlm")
+# SmolVLM shares Idefics3's architecture and prompt format (a grid of tagged tiles plus a global view).
+IDEFICS3_MLLMS = ("idefics3", "smolvlm")
+SUPPORTED_MLLMS = (*QWEN_VL_MLLMS, "llava", "internvl", *IDEFICS3_MLLMS)
 # Two-tower checkpoints whose towers and projections `MapleModel.from_backbone` reuses as they are.
 DUAL_ENCODER_MODEL_TYPES = ("clip", "siglip", "siglip2")
 

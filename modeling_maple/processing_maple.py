@@ -13,7 +13,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
-from .configuration_maple import QWEN_VL_MLLMS, SUPPORTED_MLLMS
+from .configuration_maple import IDEFICS3_MLLMS, QWEN_VL_MLLMS, SUPPORTED_MLLMS
 
 # Paper prompts (E5-V style summarisation, MAPLE section 3.1). `{image}` expands to the MLLM's
 # image tokens, `{text}` to the text itself.
@@ -112,7 +112,7 @@ def mllm_image_seq_length(mllm_config) -> int | None:
         # Each tile's patches, shuffled into `downsample_ratio**2` as many tokens.
         (height, width), (patch_height, patch_width) = _pair(vision.image_size), _pair(vision.patch_size)
         return int((height // patch_height) * (width // patch_width) * mllm_config.downsample_ratio**2)
-    if model_type in ("idefics3", "smolvlm"):
+    if model_type in IDEFICS3_MLLMS:
         return (vision.image_size // vision.patch_size) ** 2 // mllm_config.scale_factor**2
     return None
 
@@ -130,7 +130,7 @@ def mllm_image_tokens(mllm_type: str, tokenizer) -> tuple[str, ...]:
         return (VISION_START, VISION_END)
     if mllm_type == "internvl":
         return (getattr(tokenizer, "start_image_token", None) or "<img>", getattr(tokenizer, "end_image_token", None) or "</img>")
-    if mllm_type in ("idefics3", "smolvlm"):
+    if mllm_type in IDEFICS3_MLLMS:
         return (FAKE_IMAGE_TOKEN, GLOBAL_IMAGE_TOKEN)
     return ()
 
@@ -165,7 +165,7 @@ def encode_mllm_images(
         start, end = mllm_image_tokens(mllm_type, tokenizer)
         image_texts = [start + image_token * count + end for count in num_tokens]
         return EncodedImages(processed["pixel_values"], num_tokens, image_texts=image_texts)
-    if mllm_type in ("idefics3", "smolvlm"):
+    if mllm_type in IDEFICS3_MLLMS:
         from transformers.models.smolvlm.processing_smolvlm import get_image_prompt_string
 
         # One sample holding every image: (1, total_tiles, ...) and one row/column count per image.
@@ -185,7 +185,7 @@ def mllm_pixel_inputs(mllm_type: str, images: EncodedImages) -> dict[str, torch.
     """The keyword arguments an MLLM of `mllm_type` takes for the pixels of `images`, for prompts that
     hold those images in order."""
     inputs = {"pixel_values": images.pixel_values, **images.extra}
-    if mllm_type in ("idefics3", "smolvlm"):
+    if mllm_type in IDEFICS3_MLLMS:
         # The whole batch's tiles as one sample's images: the model fills the `<image>` tokens of all
         # prompts in reading order, so which prompt a tile belongs to follows from the prompts.
         inputs = {key: value.unsqueeze(0) for key, value in inputs.items()}

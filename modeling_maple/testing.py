@@ -29,7 +29,7 @@ from transformers import (
     Qwen2VLImageProcessorPil,
 )
 
-from .configuration_maple import MapleConfig
+from .configuration_maple import IDEFICS3_MLLMS, MapleConfig
 from .modeling_maple import MapleModel
 from .processing_maple import MapleProcessor, mllm_image_seq_length
 
@@ -134,7 +134,7 @@ def tiny_mllm_tokenizer(model_type: str = "qwen2_vl") -> PreTrainedTokenizerBase
     family's image tokens and chat template for InternVL and Idefics3/SmolVLM."""
     if model_type == "internvl":
         return tiny_internvl_tokenizer()
-    if model_type in ("idefics3", "smolvlm"):
+    if model_type in IDEFICS3_MLLMS:
         return tiny_idefics3_tokenizer()
     _check_tiny_family(model_type)
     return tiny_tokenizer()
@@ -150,7 +150,7 @@ def tiny_mllm_image_processor(model_type: str = "qwen2_vl", image_size: int = 16
         return CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
     if model_type == "internvl":
         return GotOcr2ImageProcessorPil(size={"height": 16, "width": 16}, max_patches=4)
-    if model_type in ("idefics3", "smolvlm"):
+    if model_type in IDEFICS3_MLLMS:
         image_processor_class = Idefics3ImageProcessorPil if model_type == "idefics3" else SmolVLMImageProcessorPil
         return image_processor_class(size={"longest_edge": 48}, max_image_size={"longest_edge": 16})
     _check_tiny_family(model_type)
@@ -231,7 +231,7 @@ def _tiny_tiled_mllm_config(model_type: str, **overrides) -> PreTrainedConfig:
     tokenizer = tiny_mllm_tokenizer(model_type)
     vision = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 16, "patch_size": 4}
     text = {
-        "model_type": "llama" if model_type in ("idefics3", "smolvlm") else "qwen2", "vocab_size": len(tokenizer),
+        "model_type": "llama" if model_type in IDEFICS3_MLLMS else "qwen2", "vocab_size": len(tokenizer),
         "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "pad_token_id": tokenizer.pad_token_id,
     }
@@ -241,7 +241,7 @@ def _tiny_tiled_mllm_config(model_type: str, **overrides) -> PreTrainedConfig:
         "image_token_id": tokenizer.convert_tokens_to_ids(TINY_IMAGE_TOKENS[model_type]),
         "tie_word_embeddings": False,
     }
-    if model_type in ("idefics3", "smolvlm"):
+    if model_type in IDEFICS3_MLLMS:
         kwargs["scale_factor"] = 2
     kwargs.update(overrides)
     return AutoConfig.for_model(model_type, **kwargs)
