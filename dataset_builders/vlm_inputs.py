@@ -167,9 +167,11 @@ def image_processor_settings(image_processor) -> dict:
 
 def model_settings(model: torch.nn.Module, prompt_encoder: PromptEncoder) -> dict:
     """What, beside its weights, shapes a VLM's outputs for a given prompt: the chat template, the
-    weights dtype and the image processor's settings."""
+    special tokens the tokenizer puts before a prompt (LLaVA's BOS), the weights dtype and the image
+    processor's settings."""
     return {
         "chat_template": prompt_encoder.chat_template,
+        "leading_special_ids": prompt_encoder.leading_special_ids,
         "dtype": str(model.dtype),
         "image_processor": image_processor_settings(prompt_encoder.image_processor),
     }

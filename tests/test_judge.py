@@ -301,6 +301,7 @@ def test_llava_judge_prompt_starts_with_the_bos_the_official_processor_adds(monk
     ids = judge.prefix_ids(judge.prompt_encoder.encode_images([IMAGES[0]]), 0) + judge.suffix_ids([text])[0]
     assert ids == expected["input_ids"][0].tolist()
     assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
+    assert judge.settings["leading_special_ids"] == [tokenizer.bos_token_id]  # in the builder's manifest
     for a, b in zip(judge.score(IMAGES[:2], TEXTS[:2]), judge.score(IMAGES[:2], TEXTS[:2], reuse_prefix=False)):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
 
@@ -461,7 +462,7 @@ def test_settings_hold_what_changes_the_scores():
     import json
 
     small, large = tiny_judge(image_size=32), tiny_judge(image_size=64)
-    assert set(small.settings) == {"prompt", "chat_template", "dtype", "image_processor"}
+    assert set(small.settings) == {"prompt", "chat_template", "leading_special_ids", "dtype", "image_processor"}
     assert small.settings["image_processor"]["size"] != large.settings["image_processor"]["size"]
     assert small.settings["prompt"] == small.prompt and small.settings["dtype"] == "torch.float32"
     assert small.settings["chat_template"] == small.prompt_encoder.chat_template
