@@ -120,6 +120,26 @@ def test_fine_grained_scores_are_computed_once_with_several_eval_datasets(tmp_pa
     assert sorted(logged) == sorted(key for key in metrics if "sides" in key)  # logged once, under one prefix
 
 
+def test_eval_metrics_carry_the_prefix_of_their_own_evaluation(tmp_path):
+    # evaluate(metric_key_prefix=...), each split of a dict and predict report their own losses, rewards and scales
+    trainer = make_trainer(tmp_path, max_steps=1)
+    splits = {"a": synthetic_preference_dataset(8, seed=1), "b": synthetic_preference_dataset(8, num_candidates=2, seed=5)}
+    alone = {name: trainer.evaluate(dataset) for name, dataset in splits.items()}
+    assert alone["a"]["eval_loss/rpa"] != pytest.approx(alone["b"]["eval_loss/rpa"])
+    predicted = trainer.predict(splits["b"]).metrics
+    assert predicted["test_loss/rpa"] == pytest.approx(alone["b"]["eval_loss/rpa"])
+    assert trainer.evaluate(splits["a"])["eval_loss/rpa"] == pytest.approx(alone["a"]["eval_loss/rpa"])  # no leak
+    tested = trainer.evaluate(splits["a"], metric_key_prefix="test")
+    assert not [key for key in tested if key.startswith("eval_")]
+    assert {"test_loss/rpa", "test_rewards/accuracies", "test_beta", "test_temperature"} <= set(tested)
+    per_split = trainer.evaluate(splits)
+    for name, metrics in alone.items():
+        for key in ("loss/rpa", "loss/contrastive", "rewards/accuracies", "rewards/margins"):
+            assert per_split[f"eval_{name}_{key}"] == pytest.approx(metrics[f"eval_{key}"]), (name, key)
+    assert not [key for key in per_split if key.startswith("eval_loss/")]
+    assert not [key for key in trainer.state.log_history[-1] if not key.startswith("eval_b_") and "/" in key]
+
+
 def test_recall_counts_every_caption_of_an_image_as_relevant():
     # perfect embeddings: image 0 has two captions (rows 0 and 1, the image repeated), image 1 one
     image_embeds = torch.eye(2)[[0, 0, 1]]

@@ -48,7 +48,7 @@ class RPATrainer(DPOTrainer):
     averaged) with ``1 - rpa_weight`` times the symmetric InfoNCE over anchors and expanded negatives. RPA's beta is
     the model's ``preference_logit_scale``, the InfoNCE inverse temperature its ``logit_scale`` (both log-stored).
 
-    Logged, in training and evaluation: ``loss/rpa``, ``loss/contrastive``, ``rewards/accuracies`` (share of
+    Logged, in training and evaluation (there under the evaluation's ``metric_key_prefix``): ``loss/rpa``, ``loss/contrastive``, ``rewards/accuracies`` (share of
     judge-preferred pairs the model scores higher), ``rewards/margins``, ``beta``, ``temperature``; evaluation adds
     ``recall@1/text_to_image`` and ``recall@1/image_to_text`` (0-100, `evaluation.metrics.retrieval_recall`) over
     the distinct anchor captions and images of the whole evaluation set, every caption of an image counting as
@@ -371,14 +371,26 @@ class RPATrainer(DPOTrainer):
     def evaluation_loop(
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
     ) -> EvalLoopOutput:
-        # Retrieval needs the anchors of the whole evaluation set, which `_compute_loss` collects batch by batch
+        # `_compute_loss` collects the batch metrics and, for retrieval over the whole evaluation set, the anchors.
+        # They go into the loop's own metrics under its prefix (per split, and for `predict` too), not to `log`.
         self._eval_anchor_embeds = []
+        self._metrics["eval"].clear()
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        for key, values in self._metrics["eval"].items():
+            output.metrics[f"{metric_key_prefix}_{key}"] = sum(values) / len(values)
+        self._metrics["eval"].clear()
         if self._eval_anchor_embeds:
             recalls = anchor_recall_at_1(*(torch.cat(part) for part in zip(*self._eval_anchor_embeds)))
             output.metrics.update({f"{metric_key_prefix}_recall@1/{key}": value for key, value in recalls.items()})
             self._eval_anchor_embeds = []
         return output
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # `DPOTrainer.log` adds the collected metrics of the current mode; evaluation metrics are already in `logs`,
+        # under their prefix (`evaluation_loop`), so only training metrics are added here.
+        if self.model.training:
+            return super().log(logs, start_time)
+        return super(DPOTrainer, self).log(logs, start_time)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         # With a dict of eval datasets `Trainer.evaluate` calls this method again per split; the quadruples do not
