@@ -7,10 +7,13 @@ caption but names details that hold for one image and not the other.
 
 from __future__ import annotations
 
+import copy
+import json
 import re
 
 import PIL.Image
 import torch
+from transformers import GenerationConfig
 
 from .vlm_inputs import load_vlm, model_settings, prompt_encoder_for, to_model
 
@@ -22,6 +25,25 @@ DEFAULT_CAPTION_PROMPT = (
     "Image 2: <caption of the second image>"
 )
 """The paper does not publish its captioning prompt; this one asks for what the paper describes."""
+
+PLAIN_SAMPLING = {
+    "top_k": 0,
+    "top_p": 1.0,
+    "min_p": None,
+    "top_h": None,
+    "typical_p": 1.0,
+    "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0,
+    "repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "num_beams": 1,
+    "num_return_sequences": 1,
+}
+"""`generate` settings that leave sampling at plain temperature sampling, one answer per prompt.
+`generate` takes every setting it is not passed from the checkpoint's generation_config.json, and
+Qwen2-VL / Qwen2.5-VL Instruct ship top_k=1, top_p=0.001 and repetition_penalty=1.05
+(QwenLM/Qwen3-VL#722): greedy decoding whatever the temperature. Passed explicitly, these values
+(each the one `generate` reads as "off") override the checkpoint's."""
 
 # The caption may be empty ("Image 2:" and nothing after it): the line still counts as labelled,
 # so the answer is not taken whole, and the empty caption is dropped.
@@ -43,7 +65,9 @@ class ContrastiveCaptioner:
     Qwen3-VL, LLaVA, InternVL, Idefics3, SmolVLM; `vlm_inputs.PROMPT_ENCODERS`).
 
     Implements `CandidateCaptioner`: `caption(anchors, negatives)` returns, per pair, the distinct
-    captions parsed from `num_samples` sampled answers (order of first appearance).
+    captions parsed from `num_samples` sampled answers (order of first appearance). Sampling is plain
+    temperature sampling (no top-k, top-p or repetition penalty, `PLAIN_SAMPLING`), whatever the
+    checkpoint's generation config says; its other entries (e.g. the end-of-turn tokens) still apply.
 
     Args:
         model, tokenizer, image_processor: the captioning MLLM and its own preprocessors.
@@ -82,6 +106,13 @@ class ContrastiveCaptioner:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": prompt}]}]
         # Every prompt is the same text around two images: render it once, expand images per pair.
         self._prompt_text = self.prompt_encoder.render(messages, add_generation_prompt=True)
+        self._generate_kwargs = {
+            "do_sample": True,
+            "temperature": temperature,
+            **PLAIN_SAMPLING,
+            "max_new_tokens": max_new_tokens,
+            "pad_token_id": self.prompt_encoder.tokenizer.pad_token_id,
+        }
 
     @classmethod
     def from_pretrained(
@@ -100,14 +131,24 @@ class ContrastiveCaptioner:
         return cls(loaded.model, loaded.tokenizer, loaded.image_processor, name=model_id_or_path, **captioner_kwargs)
 
     @property
+    def generation_config(self) -> GenerationConfig:
+        """What `generate` samples with: the model's generation config (from the checkpoint's
+        generation_config.json) with the captioner's settings applied over it."""
+        config = copy.deepcopy(self.model.generation_config)
+        config.update(**self._generate_kwargs)
+        return config
+
+    @property
     def settings(self) -> dict:
         """What, beside `name` and the seed, decides the captions: the prompt, the sampling settings,
-        the batch size (all samples draw from one generator, so batching shapes them), the chat
-        template, the weights dtype and the image processor's settings. Recorded in the builder's
-        manifest."""
+        the batch size (all samples draw from one generator, so batching shapes them), the effective
+        generation config (`generation_config`, as far as it differs from transformers' defaults),
+        the chat template, the weights dtype and the image processor's settings. Recorded in the
+        builder's manifest."""
         sampling = {
             "prompt": self.prompt, "temperature": self.temperature, "num_samples": self.num_samples,
             "max_new_tokens": self.max_new_tokens, "batch_size": self.batch_size,
+            "generation_config": json.loads(self.generation_config.to_json_string(ignore_metadata=True)),
         }
         return {**sampling, **model_settings(self.model, self.prompt_encoder)}
 
@@ -139,12 +180,6 @@ class ContrastiveCaptioner:
             for row in range(len(pairs))
         ]
         inputs = to_model(self.prompt_encoder.model_inputs(sequences, encoded, padding_side="left"), self.model)
-        generated = self.model.generate(
-            **inputs,
-            do_sample=True,
-            temperature=self.temperature,
-            max_new_tokens=self.max_new_tokens,
-            pad_token_id=self.prompt_encoder.tokenizer.pad_token_id,
-        )
+        generated = self.model.generate(**inputs, **self._generate_kwargs)
         answers = generated[:, inputs["input_ids"].shape[1] :]
         return self.prompt_encoder.tokenizer.batch_decode(answers, skip_special_tokens=True)

@@ -59,6 +59,24 @@ def test_captioner_shows_both_images_and_the_configured_prompt(monkeypatch):
     assert (first["attention_mask"][:, -1] == 1).all(), "generation prompts are left-padded"
 
 
+def test_sampling_is_plain_whatever_the_checkpoints_generation_config_says():
+    """Qwen2-VL / Qwen2.5-VL Instruct ship generation_config.json with top_k=1, top_p=0.001 and
+    repetition_penalty=1.05 (QwenLM/Qwen3-VL#722); before the fix `generate` took them, and every
+    sample was the greedy answer."""
+    captioner = tiny_captioner(seed=0, num_samples=6)
+    checkpoint_config = captioner.model.generation_config
+    checkpoint_config.do_sample, checkpoint_config.top_k, checkpoint_config.top_p = True, 1, 0.001
+    checkpoint_config.repetition_penalty = 1.05
+    torch.manual_seed(0)
+    answers = captioner._generate([(ANCHORS[0], NEGATIVES[0])] * 6)
+    assert len(set(answers)) > 1
+    recorded = captioner.settings["generation_config"]
+    assert recorded["do_sample"] and recorded["temperature"] == 0.7
+    assert (recorded["top_k"], recorded["top_p"], recorded["repetition_penalty"]) == (0, 1.0, 1.0)
+    assert recorded["eos_token_id"] == checkpoint_config.eos_token_id  # the checkpoint's other entries still apply
+    assert checkpoint_config.top_k == 1, "the model's own generation config is left as it was"
+
+
 def test_bad_settings_and_mismatched_inputs_are_rejected():
     with pytest.raises(ValueError):
         ContrastiveCaptioner(tiny_image_text_model(), tiny_tokenizer(), tiny_image_processor(), temperature=0)
