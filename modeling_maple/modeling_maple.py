@@ -120,8 +120,8 @@ class MapleModel(MaplePreTrainedModel):
         else:
             self.vision_tower = vision_tower if vision_tower is not None else tower_from_config(config.vision_config)
             self.text_tower = text_tower if text_tower is not None else tower_from_config(config.text_config)
-            self.visual_projection = nn.Linear(_hidden_size(config.vision_config), config.projection_dim, bias=False)
-            self.text_projection = nn.Linear(_hidden_size(config.text_config), config.projection_dim, bias=False)
+            self.visual_projection = nn.Linear(_pooled_size(config.vision_config, config.pooling), config.projection_dim, bias=False)
+            self.text_projection = nn.Linear(_pooled_size(config.text_config, config.pooling), config.projection_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
         self.preference_logit_scale = nn.Parameter(torch.tensor(config.preference_logit_scale_init_value))
         self.post_init()
@@ -140,8 +140,12 @@ class MapleModel(MaplePreTrainedModel):
 
     # ------------------------------------------------------------------ embeddings
 
-    def _finish(self, pooled: torch.Tensor, projection: nn.Module | None) -> torch.Tensor:
-        embeds = projection(pooled) if projection is not None else pooled
+    def _finish(self, pooled: torch.Tensor, projection: nn.Linear | None) -> torch.Tensor:
+        # Embeddings are float32 whatever the backbone's dtype: similarities scaled by 1/0.07 and the losses
+        # on them need more than bf16's three significant digits. A new head is float32 on a bf16 backbone
+        # (`from_backbone` keeps the checkpoint's dtype), so the pooled states are cast to the head's dtype.
+        embeds = projection(pooled.to(projection.weight.dtype)) if projection is not None else pooled
+        embeds = embeds.float()
         return F.normalize(embeds, dim=-1) if self.config.normalize else embeds
 
     def _pool(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, pooler_output=None):
@@ -334,6 +338,9 @@ class MapleModel(MaplePreTrainedModel):
         name_or_path: str,
         backbone: str = "mllm",
         text_backbone: str | None = None,
+        *,
+        dtype: str | torch.dtype = "auto",
+        attn_implementation: str | None = None,
         **config_overrides: Any,
     ) -> "MapleModel":
         """Build a MAPLE embedder around pretrained backbone weights (every backbone tensor is kept as is).
@@ -346,46 +353,59 @@ class MapleModel(MaplePreTrainedModel):
             backbone: `"mllm"` or `"dual_encoder"`.
             text_backbone: Hub id or folder of the text encoder (e.g. a BERT) for a dual encoder built
                 from two single-modality models.
+            dtype: weights dtype of the backbones, as in `from_pretrained` ("auto": as saved, e.g. bf16
+                for Qwen2-VL). New heads and the logit scales stay float32.
+            attn_implementation: attention of the backbones, as in `from_pretrained` (`None`: SDPA
+                where available; `"flash_attention_2"` as in the paper).
             config_overrides: other [`MapleConfig`] fields (`pooling`, `projection_dim`, ...).
         """
+        loading = {"dtype": dtype, "attn_implementation": attn_implementation}
         if backbone == "mllm":
-            mllm = AutoModel.from_pretrained(name_or_path)
-            config = MapleConfig(backbone="mllm", mllm_config=mllm.config, **config_overrides)
-            return cls(config, mllm=mllm)
+            return cls._wrap("mllm", config_overrides, mllm_config=AutoModel.from_pretrained(name_or_path, **loading))
         if backbone != "dual_encoder":
             raise ValueError(f"Unknown backbone {backbone!r}: expected 'mllm' or 'dual_encoder'.")
         if text_backbone is not None:
-            vision_tower = AutoModel.from_pretrained(name_or_path)
-            text_tower = AutoModel.from_pretrained(text_backbone)
+            vision_tower = AutoModel.from_pretrained(name_or_path, **loading)
+            text_tower = AutoModel.from_pretrained(text_backbone, **loading)
             config_overrides.setdefault("projection_dim", _hidden_size(text_tower.config))
-            config = MapleConfig(
-                backbone="dual_encoder",
-                vision_config=vision_tower.config,
-                text_config=text_tower.config,
-                **config_overrides,
-            )
-            return cls(config, vision_tower=vision_tower, text_tower=text_tower)
-        return cls._from_two_tower(name_or_path, **config_overrides)
+            return cls._wrap("dual_encoder", config_overrides, vision_config=vision_tower, text_config=text_tower)
+        return cls._from_two_tower(name_or_path, loading, **config_overrides)
 
     @classmethod
-    def _from_two_tower(cls, name_or_path: str, **config_overrides: Any) -> "MapleModel":
+    def _wrap(cls, backbone: str, config_overrides: dict[str, Any], **backbones: PreTrainedModel) -> "MapleModel":
+        """A model around loaded `backbones`, keyed by their sub-config (`mllm_config`, or `vision_config`
+        and `text_config`)."""
+        config = MapleConfig(
+            backbone=backbone,
+            **{key: module.config for key, module in backbones.items()},
+            # A sub-config given to a new config loses its attention implementation unless it is named here
+            # (transformers 5), and a backbone without one applies no mask: padding would be attended to.
+            attn_implementation={key: module.config._attn_implementation for key, module in backbones.items()},
+            **config_overrides,
+        )
+        modules = {"mllm_config": "mllm", "vision_config": "vision_tower", "text_config": "text_tower"}
+        return cls(config, **{modules[key]: module for key, module in backbones.items()})
+
+    @classmethod
+    def _from_two_tower(cls, name_or_path: str, loading: dict[str, Any], **config_overrides: Any) -> "MapleModel":
         # CLIP/SigLIP keep their towers under `vision_model.` / `text_model.`; their single-tower
         # classes use the same names, with or without that prefix depending on the family.
-        two_tower = AutoModel.from_pretrained(name_or_path)
+        two_tower = AutoModel.from_pretrained(name_or_path, **loading)
         if getattr(two_tower.config, "vision_config", None) is None or getattr(two_tower.config, "text_config", None) is None:
             raise ValueError(
                 f"{name_or_path!r} ({two_tower.config.model_type}) is not a two-tower image-text model; "
                 "pass `text_backbone=` to pair a vision encoder with a text encoder."
             )
-        projection_dim = getattr(two_tower.config, "projection_dim", None) or two_tower.config.text_config.hidden_size
+        projection_dim = getattr(two_tower.config, "projection_dim", None) or _pooled_size(two_tower.config.text_config, "pooler")
         config_overrides.setdefault("projection_dim", projection_dim)
         config_overrides.setdefault("pooling", "pooler")
         if hasattr(two_tower.config, "logit_scale_init_value"):
             config_overrides.setdefault("logit_scale_init_value", float(two_tower.logit_scale.detach()))
+        tower_configs = {"vision_config": two_tower.config.vision_config, "text_config": two_tower.config.text_config}
         config = MapleConfig(
             backbone="dual_encoder",
-            vision_config=two_tower.config.vision_config,
-            text_config=two_tower.config.text_config,
+            **tower_configs,
+            attn_implementation={key: tower_config._attn_implementation for key, tower_config in tower_configs.items()},
             **config_overrides,
         )
         model = cls(config)
@@ -404,6 +424,8 @@ class MapleModel(MaplePreTrainedModel):
                     # SigLIP's towers already share one space (their heads sit inside the towers): an
                     # identity map keeps the pretrained alignment instead of scrambling it.
                     ours.weight.copy_(torch.eye(ours.out_features))
+        model.vision_tower.to(two_tower.dtype)
+        model.text_tower.to(two_tower.dtype)
         return model
 
 
@@ -419,6 +441,14 @@ def tower_from_config(config) -> PreTrainedModel:
         if tower_class is None:
             raise ValueError(f"No model class for a {config.model_type!r} tower.") from None
         return tower_class(config)
+
+
+def _pooled_size(config, pooling: str) -> int:
+    """Width of a tower's pooled output: SigLIP's text pooler is a head to `projection_size` (the vision
+    width, so that both towers share one space), which may differ from the text hidden size."""
+    if pooling == "pooler" and getattr(config, "projection_size", None):
+        return config.projection_size
+    return _hidden_size(config)
 
 
 def _hidden_size(config) -> int:

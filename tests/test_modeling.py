@@ -188,6 +188,44 @@ def test_from_backbone_mllm_keeps_every_tensor(tmp_path):
     assert model.encode(processor, images=random_images(1)).shape == (1, 8)
 
 
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava", "idefics3"])
+def test_from_backbone_keeps_the_backbones_attention(family, tmp_path):
+    """A sub-config handed to a new config loses its attention implementation (transformers 5), and a backbone
+    without one applies no mask at all: padding was attended to and `bidirectional=False` was ignored."""
+    from modeling_maple.testing import tiny_mllm_image_processor, tiny_mllm_tokenizer
+
+    torch.manual_seed(0)
+    AutoModel.from_config(tiny_mllm_config(family)).save_pretrained(tmp_path)
+    tiny_mllm_image_processor(family).save_pretrained(tmp_path)
+    tiny_mllm_tokenizer(family).save_pretrained(tmp_path)
+    processor = MapleProcessor.from_backbone(str(tmp_path), backbone="mllm")
+    model = MapleModel.from_backbone(str(tmp_path), backbone="mllm")
+    assert model.mllm.get_decoder().config._attn_implementation == "sdpa"
+    alone, padded = model.encode(processor, texts=TEXTS[:1]), model.encode(processor, texts=TEXTS[:2])[:1]
+    torch.testing.assert_close(alone, padded, atol=1e-5, rtol=0)
+
+    causal = MapleModel.from_backbone(str(tmp_path), backbone="mllm", bidirectional=False, attn_implementation="eager")
+    assert causal.mllm.get_decoder().config._attn_implementation == "eager"
+    input_ids = processor(text=TEXTS[1:3])["input_ids"]
+    with torch.no_grad():
+        states = causal.mllm(input_ids=input_ids, use_cache=False).last_hidden_state
+    differs = (input_ids[0] != input_ids[1]).nonzero()[0].item()  # both texts share the prompt up to here
+    torch.testing.assert_close(states[0, :differs], states[1, :differs])  # no token sees a later one
+
+
+def test_from_backbone_on_a_bf16_checkpoint_gives_float32_embeddings(tmp_path):
+    """Checkpoints such as Qwen2-VL's are bf16, and transformers 5 loads them so; the new projection head is float32."""
+    AutoModel.from_config(tiny_qwen2_vl_config()).to(torch.bfloat16).save_pretrained(tmp_path)
+    tiny_image_processor().save_pretrained(tmp_path)
+    tiny_tokenizer().save_pretrained(tmp_path)
+    model = MapleModel.from_backbone(str(tmp_path), backbone="mllm", projection_dim=8)
+    processor = MapleProcessor.from_backbone(str(tmp_path), backbone="mllm")
+    assert model.mllm.dtype == torch.bfloat16 and model.projection.weight.dtype == torch.float32
+    outputs = model(**processor(text=TEXTS[:2], images=random_images(2)))
+    assert outputs.text_embeds.dtype == outputs.image_embeds.dtype == outputs.logits_per_text.dtype == torch.float32
+    assert outputs.text_embeds.shape == (2, 8)
+
+
 def test_from_backbone_two_tower_clip_keeps_towers_and_projections(tmp_path):
     torch.manual_seed(0)
     config = CLIPConfig(
@@ -210,9 +248,10 @@ def test_from_backbone_two_tower_clip_keeps_towers_and_projections(tmp_path):
 
 
 def test_from_backbone_siglip_keeps_towers_with_identity_projections(tmp_path):
+    """The text head maps hidden size 24 to `projection_size` 32, the vision width (siglip2-giant-opt: 1152 to 1536)."""
     torch.manual_seed(0)
     config = SiglipConfig(
-        text_config={"vocab_size": len(tiny_tokenizer()), "hidden_size": 32, "intermediate_size": 37,
+        text_config={"vocab_size": len(tiny_tokenizer()), "hidden_size": 24, "projection_size": 32, "intermediate_size": 37,
                      "num_hidden_layers": 1, "num_attention_heads": 4, "max_position_embeddings": 16},
         vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 4,
                        "image_size": 16, "patch_size": 4},
@@ -227,6 +266,7 @@ def test_from_backbone_siglip_keeps_towers_with_identity_projections(tmp_path):
     processor = MapleProcessor.from_backbone(str(tmp_path), backbone="dual_encoder")
     assert processor.text_padding == "max_length" and model.config.pooling == "pooler"
     torch.testing.assert_close(model.visual_projection.weight, torch.eye(32))
+    torch.testing.assert_close(model.text_projection.weight, torch.eye(32))
     # with identity heads, MAPLE's embeddings are SigLIP's own (normalised) pooled embeddings
     batch = processor(text=TEXTS[:2], images=random_images(2))
     with torch.no_grad():
@@ -291,8 +331,9 @@ def test_from_backbone_dinov2_with_real_minilm(tmp_path):
     _assert_same_tensors(model.text_tower, minilm_dir)
     assert isinstance(model.text_tower, BertModel)
     processor = MapleProcessor.from_backbone(str(tmp_path), backbone="dual_encoder", text_backbone=minilm_dir)
-    text_embeds, image_embeds = model.encode(processor, texts=["a cat on a mat"], images=random_images(1))
-    assert text_embeds.shape == image_embeds.shape == (1, 16)
+    text_embeds, image_embeds = model.encode(processor, texts=["a cat on a mat", *TEXTS], images=random_images(1))
+    assert text_embeds.shape == (4, 16) and image_embeds.shape == (1, 16)
+    torch.testing.assert_close(model.encode(processor, texts=["a cat on a mat"]), text_embeds[:1])  # padding is masked
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
