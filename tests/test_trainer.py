@@ -225,6 +225,17 @@ def test_scales_are_bounded_by_max_scale_at_set_up_and_after_every_optimizer_ste
         RPAConfig(str(tmp_path), max_scale=0.0)
 
 
+def test_disable_dropout_keeps_the_lora_dropout_asked_for(tmp_path):
+    model, processor = build_tiny("dual_encoder", seed=0)
+    assert any(module.p > 0 for module in model.modules() if isinstance(module, torch.nn.Dropout))
+    trainer = RPATrainer(model, args=make_config(tmp_path), train_dataset=synthetic_preference_dataset(8),
+                         processing_class=processor, peft_config=maple_lora_config(model, r=4, lora_dropout=0.05))
+    dropouts = {name: module.p for name, module in trainer.model.named_modules() if isinstance(module, torch.nn.Dropout)}
+    lora = {name: p for name, p in dropouts.items() if ".lora_dropout." in name}
+    assert lora and set(lora.values()) == {0.05}
+    assert {p for name, p in dropouts.items() if name not in lora} == {0}
+
+
 def test_frozen_reference_without_peft_is_a_frozen_copy(tmp_path):
     trainer = make_trainer(tmp_path, reference="frozen", max_steps=10)
     reference = {name: tensor.clone() for name, tensor in trainer.ref_model.state_dict().items()}

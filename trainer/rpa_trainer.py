@@ -48,11 +48,11 @@ class RPATrainer(DPOTrainer):
     averaged) with ``1 - rpa_weight`` times the symmetric InfoNCE over anchors and expanded negatives. RPA's beta is
     the model's ``preference_logit_scale``, the InfoNCE inverse temperature its ``logit_scale`` (both log-stored).
 
-    Logged, in training and evaluation (there under the evaluation's ``metric_key_prefix``): ``loss/rpa``, ``loss/contrastive``, ``rewards/accuracies`` (share of
-    judge-preferred pairs the model scores higher), ``rewards/margins``, ``beta``, ``temperature``; evaluation adds
-    ``recall@1/text_to_image`` and ``recall@1/image_to_text`` (0-100, `evaluation.metrics.retrieval_recall`) over
-    the distinct anchor captions and images of the whole evaluation set, every caption of an image counting as
-    relevant to it.
+    Logged, in training and evaluation (there under the evaluation's ``metric_key_prefix``): ``loss/rpa``,
+    ``loss/contrastive``, ``rewards/accuracies`` (share of judge-preferred pairs the model scores higher),
+    ``rewards/margins``, ``beta``, ``temperature``; evaluation adds ``recall@1/text_to_image`` and
+    ``recall@1/image_to_text`` (0-100, `evaluation.metrics.retrieval_recall`) over the distinct anchor captions and
+    images of the whole evaluation set, every caption of an image counting as relevant to it.
 
     `DPOTrainer.__init__` prepares a causal language model (tokenised prompt/completion pairs, a fused LM head, a
     reference model reloaded as a causal LM), none of which applies to an embedder, so this class sets up its own
@@ -144,13 +144,13 @@ class RPATrainer(DPOTrainer):
 
         if args.reference == "frozen" and ref_model is None and peft_config is None:
             ref_model = copy.deepcopy(model)  # the initial model, frozen below
+        if args.disable_dropout:  # before PEFT wraps the model: LoRA's own `lora_dropout` is the user's to set
+            disable_dropout_in_model(model)
         if peft_config is not None:
             model = get_peft_model(model, peft_config)
             self._set_scales(model, args)  # PEFT froze everything but the adapters; the scales stay learnable
         if ref_model is not None:
             ref_model.requires_grad_(False).eval()
-        if args.disable_dropout:
-            disable_dropout_in_model(model)
         # Under DDP a step may leave parameters without gradient (a text tower's pooler, beta when rpa_weight is 0).
         if args.ddp_find_unused_parameters is None:
             args.ddp_find_unused_parameters = True
