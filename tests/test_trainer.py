@@ -236,6 +236,17 @@ def test_disable_dropout_keeps_the_lora_dropout_asked_for(tmp_path):
     assert {p for name, p in dropouts.items() if name not in lora} == {0}
 
 
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_weight_decay_leaves_the_log_scales_alone(tmp_path, lora):
+    trainer = make_trainer(tmp_path, train_rows=8, lora=lora, weight_decay=0.1)
+    decay_of = {id(param): group["weight_decay"] for group in trainer.create_optimizer().param_groups
+                for param in group["params"]}
+    decays = {name: decay_of[id(param)] for name, param in trainer.model.named_parameters() if param.requires_grad}
+    scales = {name: decay for name, decay in decays.items() if name.endswith("logit_scale")}
+    assert len(scales) == 2 and set(scales.values()) == {0.0}
+    assert 0.1 in decays.values()
+
+
 def test_frozen_reference_without_peft_is_a_frozen_copy(tmp_path):
     trainer = make_trainer(tmp_path, reference="frozen", max_steps=10)
     reference = {name: tensor.clone() for name, tensor in trainer.ref_model.state_dict().items()}

@@ -36,6 +36,8 @@ from .schema import PREFERENCE_COLUMNS, validate_preference_dataset
 # (image_0, image_1, text_0, text_1), text_i describing image_i
 Quadruple = tuple[Image.Image, Image.Image, str, str]
 RPA_LOSSES = {"listwise": rpa_listwise_loss, "pairwise": rpa_pairwise_loss}
+# The model's log-stored scales: InfoNCE's inverse temperature and RPA's beta
+LOG_SCALES = ("logit_scale", "preference_logit_scale")
 # Under PEFT, the trainable state (adapters and the learnable scales) of a checkpoint, for resuming.
 PEFT_TRAINABLE_STATE = "trainable_state.safetensors"
 
@@ -131,7 +133,7 @@ class RPATrainer(DPOTrainer):
             model = AutoModel.from_pretrained(model, **model_init_kwargs)
         if processing_class is None:
             raise ValueError("Pass the model's MapleProcessor as `processing_class` (or the model as a path).")
-        if not all(hasattr(model, name) for name in ("logit_scale", "preference_logit_scale")):
+        if not all(hasattr(model, name) for name in LOG_SCALES):
             raise TypeError(
                 f"RPATrainer trains MAPLE embedders (a MapleModel with `logit_scale` and `preference_logit_scale`), "
                 f"got {type(model).__name__}"
@@ -219,6 +221,12 @@ class RPATrainer(DPOTrainer):
                 bound_scales(model, args.max_scale, learnable_only=False)
         model.preference_logit_scale.requires_grad_(args.learn_beta)
         model.logit_scale.requires_grad_(args.learn_temperature)
+
+    def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
+        # Weight decay would pull the log-scales towards 0, i.e. beta and 1/temperature towards 1 (open_clip leaves
+        # its logit_scale out of weight decay too).
+        names = super().get_decay_parameter_names(model)
+        return [name for name in names if name.rsplit(".", 1)[-1] not in LOG_SCALES]
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         # Nothing to tokenise ahead: the collator processes images and texts on the fly. Validate the schema instead.
