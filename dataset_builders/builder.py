@@ -422,6 +422,20 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             license=self.config.source_license,
         )
 
+    def download_and_prepare(self, output_dir=None, download_config=None, download_mode=None, **kwargs) -> None:
+        """`datasets.DatasetBuilder.download_and_prepare`, after the work dir check.
+
+        The `datasets` cache key holds the recipe and the components but not the contents of a
+        path source, so a cached dataset is reused only when the work dir still matches this build
+        (`check_work_dir`, the source fingerprint included: a changed source file is a
+        `WorkDirMismatch`, not the old dataset) and holds the finished build the cache was made
+        from (its stats.json); a new or emptied work dir builds the dataset again."""
+        self.check_ready()
+        self.check_work_dir()
+        if not (self.work_dir / "stats.json").exists():
+            download_mode = datasets.DownloadMode.FORCE_REDOWNLOAD
+        super().download_and_prepare(output_dir, download_config, download_mode, **kwargs)
+
     def _split_generators(self, dl_manager) -> list[datasets.SplitGenerator]:
         self.build_shards()
         shard_paths = self._wait_for_shards()

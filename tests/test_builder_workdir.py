@@ -2,7 +2,9 @@
 named by the anchors they hold, and the assembled dataset holds every anchor exactly once."""
 
 import json
+import os
 import re
+import shutil
 
 import datasets
 import pytest
@@ -151,3 +153,42 @@ def test_a_settings_change_is_caught_by_download_and_prepare_too(tmp_path):
     _builder(tmp_path).download_and_prepare()
     with pytest.raises(WorkDirMismatch, match=r"miner_settings\.duplicate_threshold: 0\.99999 in the work dir, 0\.5 now"):
         _builder(tmp_path, miner=thumbnail_miner(duplicate_threshold=0.5)).download_and_prepare()
+
+
+def _write_source_file(path, caption_word: str = "square") -> None:
+    columns = colour_squares(8)
+    columns["caption"] = [caption.replace("square", caption_word) for caption in columns["caption"]]
+    datasets.Dataset.from_dict(columns, features=SOURCE_FEATURES).to_parquet(str(path))
+
+
+def _file_builder(tmp_path, source, **kwargs) -> MaplePreferences:
+    return _builder(tmp_path, source_dataset=None, source=str(source), config_name="corpus-captions", captioner=None, **kwargs)
+
+
+def test_a_changed_source_file_is_caught_by_download_and_prepare(tmp_path):
+    """The reviewer's repro: the cache key of a path source holds its path, not its contents, and
+    before the fix `download_and_prepare` returned the cached build of the old file."""
+    source = tmp_path / "source.parquet"
+    _write_source_file(source)
+    first = _file_builder(tmp_path, source)
+    first.download_and_prepare()
+    assert "square" in first.as_dataset(split="train")["caption"][0]
+    _write_source_file(source, "triangle")
+    os.utime(source, (source.stat().st_atime + 10, source.stat().st_mtime + 10))
+    with pytest.raises(WorkDirMismatch, match=r"source_fingerprint: "):
+        _file_builder(tmp_path, source).download_and_prepare()
+
+
+def test_a_new_work_dir_builds_again_rather_than_reusing_the_cache(tmp_path):
+    """The cached dataset was made from the old work dir's shards: with that work dir deleted (as
+    the `WorkDirMismatch` message advises) the cache cannot be trusted either."""
+    source = tmp_path / "source.parquet"
+    _write_source_file(source)
+    _file_builder(tmp_path, source).download_and_prepare()
+    shutil.rmtree(tmp_path / "work")
+    _write_source_file(source, "triangle")
+    os.utime(source, (source.stat().st_atime + 10, source.stat().st_mtime + 10))
+    rebuilt = _file_builder(tmp_path, source)
+    rebuilt.download_and_prepare()
+    assert all("triangle" in caption for caption in rebuilt.as_dataset(split="train")["caption"])
+    assert (tmp_path / "work" / "stats.json").exists()
