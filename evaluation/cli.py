@@ -4,8 +4,8 @@
                [--source winoground=/data/winoground.parquet ...] [--out DIR] [--push-to-hub]
 
 MODEL is a local checkpoint folder or a Hub repo id. Each (model, benchmark) result is written to
-`DIR/<model>/<benchmark>.json` as soon as it is done, and skipped on a rerun while the model's files
-and the benchmark source are unchanged, so an interrupted run resumes where it stopped. At the end, `DIR/results.json` and `DIR/results.md` hold all models
+`DIR/<model>/<benchmark>.json` as soon as it is done, and skipped on a rerun while the model (its files,
+or its Hub commit) and the benchmark source are unchanged, so an interrupted run resumes where it stopped. At the end, `DIR/results.json` and `DIR/results.md` hold all models
 side by side. `--push-to-hub` writes the results into MODEL's model card (`model-index`) on the Hub.
 """
 
@@ -59,29 +59,72 @@ def run_benchmark(model, processor, benchmark: RetrievalBenchmark | QuadrupleBen
     return evaluate_quadruples(model, processor, benchmark.quadruples, benchmark.categories, batch_size)
 
 
-def _run_fingerprint(model_ref: str, source: str | None) -> dict[str, Any]:
-    """What a stored result was computed from: the model (for a local checkpoint, its files' sizes and
-    modification times, so retraining into the same folder invalidates it) and the benchmark source."""
-    path = Path(model_ref)
-    files = sorted(path.glob("*.safetensors")) + sorted(path.glob("config.json")) if path.is_dir() else []
+def _files_state(path: Path) -> dict[str, list[int]]:
+    """Size and modification time of every file under `path` (a file or a folder), by relative path."""
+    files = [path] if path.is_file() else sorted(file for file in path.rglob("*") if file.is_file())
+    return {str(file.relative_to(path)) if file != path else file.name: [file.stat().st_size, file.stat().st_mtime_ns] for file in files}
+
+
+def _hub_commit(repo_id: str) -> str | None:
+    """The commit of Hub model repo `repo_id` that loading it now would read (the Hub's newest, or offline the
+    cached one), or None when neither can be reached."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    for name in ("config.json", "adapter_config.json"):
+        try:
+            return Path(hf_hub_download(repo_id, name)).parent.name  # .../snapshots/<commit>/<name>
+        except (EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled):
+            continue
+    return None
+
+
+def _model_state(model_ref: str) -> dict[str, Any]:
+    """What identifies the model evaluated: for a local folder every file in it (weights, config, processor and
+    tokenizer files) by size and modification time, and an adapter's base model too; for a Hub repo its commit."""
+    folder = Path(model_ref).expanduser()
+    if not folder.is_dir():
+        return {"commit": _hub_commit(model_ref)}
+    state: dict[str, Any] = {"files": _files_state(folder)}
+    adapter_config = folder / "adapter_config.json"
+    if adapter_config.is_file():
+        base_ref = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
+        state["base"] = {"model": base_ref, **_model_state(base_ref)} if base_ref else None
+    return state
+
+
+def _run_fingerprint(model_ref: str, model_state: dict[str, Any], source: str | None) -> dict[str, Any]:
+    """What a stored result was computed from: the model and its state (`_model_state`), and the benchmark
+    source, with its files' sizes and modification times when it is local (a Hub dataset by its id only)."""
+    source_path = Path(source).expanduser() if source is not None else None
     return {
         "model": model_ref,
-        "model_files": {file.name: [file.stat().st_size, file.stat().st_mtime_ns] for file in files},
+        "model_state": model_state,
         "source": source,
+        "source_files": _files_state(source_path) if source_path is not None and source_path.exists() else None,
     }
+
+
+def _same_run(stored: dict[str, Any], current: dict[str, Any]) -> bool:
+    """Whether a stored result's fingerprint is the current run's. A Hub model whose commit cannot be resolved
+    now (offline and not cached) matches any commit: its stored results are all there is to report."""
+    if current["model_state"] == {"commit": None} and "commit" in stored.get("model_state", {}):
+        stored = {**stored, "model_state": current["model_state"]}
+    return stored == current
 
 
 def stored_results(model_ref: str, benchmarks: list[str], sources: dict[str, str], out: Path) -> dict[str, Any]:
     """The results of `model_ref` stored in `out/<model>/<benchmark>.json` that were computed from the same
     model files and benchmark source, by benchmark; the other benchmarks are still to do."""
     folder = out / _model_folder_name(model_ref)
+    done = {name: folder / f"{name}.json" for name in benchmarks if (folder / f"{name}.json").exists()}
+    model_state = _model_state(model_ref) if done else None
     results: dict[str, Any] = {}
-    for name in benchmarks:
-        done = folder / f"{name}.json"
-        stored = json.loads(done.read_text()) if done.exists() else None
-        if stored is not None and stored.get("run") == _run_fingerprint(model_ref, sources.get(name)):
+    for name, path in done.items():
+        stored = json.loads(path.read_text())
+        if _same_run(stored.get("run", {}), _run_fingerprint(model_ref, model_state, sources.get(name))):
             results[name] = stored["metrics"]
-        elif stored is not None:
+        else:
             print(f"{model_ref}: {name}: stored result is from another model state or source, recomputing")
     return results
 
@@ -103,12 +146,13 @@ def evaluate_model(
         # Benchmarks load before the model (tables and file lists: images are decoded as they are embedded),
         # so a source that is unreachable or in the wrong schema is reported before a large model is loaded.
         loaded = {name: load_benchmark(name, sources.get(name)) for name in todo}
+        model_state = _model_state(model_ref)  # before loading: a change while it runs must not pass unnoticed
         model, processor = load_embedder(model_ref)
         folder.mkdir(parents=True, exist_ok=True)
         for name in todo:
             print(f"{model_ref}: evaluating {name} ...", flush=True)
             results[name] = run_benchmark(model, processor, loaded[name], batch_size)
-            record = {"run": _run_fingerprint(model_ref, sources.get(name)), "metrics": results[name]}
+            record = {"run": _run_fingerprint(model_ref, model_state, sources.get(name)), "metrics": results[name]}
             partial = folder / f"{name}.json.partial"
             partial.write_text(json.dumps(record, indent=2))
             partial.replace(folder / f"{name}.json")  # atomic: a crash never leaves half a result

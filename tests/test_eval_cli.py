@@ -2,6 +2,7 @@
 JSON + markdown, side-by-side comparison, resuming after an interruption."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,12 +101,15 @@ def test_cli_compares_models_writes_tables_and_resumes(tiny, benchmark_sources, 
     assert json.loads((out / "results.json").read_text())[str(first)]["coco"]["i2t_r1"] == -1.0
     assert "coco already done" in capsys.readouterr().out
 
-    # ... unless the checkpoint changed since (retrained into the same folder): then it is recomputed.
-    weights = next(first.glob("*.safetensors"))
-    weights.write_bytes(weights.read_bytes())  # same weights, new modification time
-    assert main(argv) == 0
-    assert "stored result is from another model state or source, recomputing" in capsys.readouterr().out
-    assert json.loads((out / "results.json").read_text())[str(first)]["coco"]["i2t_r1"] >= 0
+    # ... unless the checkpoint or the source changed since: retrained weights, a re-saved processor (another
+    # prompt is another model) or a benchmark file replaced at the same path.
+    coco_source = Path(str(benchmark_sources["coco"]))
+    for changed in (next(first.glob("*.safetensors")), first / "processor_config.json", coco_source):
+        done.write_text(json.dumps(marked))
+        changed.write_bytes(changed.read_bytes())  # same bytes, new modification time
+        assert main(argv) == 0
+        assert "coco: stored result is from another model state or source, recomputing" in capsys.readouterr().out
+        assert json.loads((out / "results.json").read_text())[str(first)]["coco"]["i2t_r1"] >= 0
 
 
 def test_interrupted_run_keeps_finished_benchmarks(tiny, benchmark_sources, tmp_path, capsys, monkeypatch):
@@ -193,7 +197,7 @@ def test_cli_reruns_offline_a_hub_model_whose_results_are_all_stored(tiny, bench
     assert main([str(first), "--benchmarks", "coco", "--source", source, "--out", str(out)]) == 0
     record = json.loads((out / _model_folder_name(str(first)) / "coco.json").read_text())
     hub_model = "maple-org/never-downloaded"  # offline, and not in the cache: its config cannot be read
-    record["run"] |= {"model": hub_model, "model_files": {}}
+    record["run"] |= {"model": hub_model, "model_state": {"commit": "0" * 40}}
     (out / _model_folder_name(hub_model)).mkdir()
     (out / _model_folder_name(hub_model) / "coco.json").write_text(json.dumps(record))
     capsys.readouterr()

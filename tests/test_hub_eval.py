@@ -21,12 +21,20 @@ first = {"winoground": {"text_score": 10.0, "image_score": 5.0, "group_score": 2
                         "modality_gap": {"w_dist": 0.3, "w_disc": 0.1, "delta_gap": 3.0}}}
 model_card_from_run("card", base_model=None, backbone="dual_encoder", training_config={}, log_history=[],
                     eval_results=first, repo_id=repo).push_to_hub(repo)
-sys.exit(main([repo, "--benchmarks", "bivlc", "--source", "bivlc=" + os.environ["MAPLE_TEST_BIVLC"], "--out", "eval_out", "--push-to-hub"]))
+argv = [repo, "--benchmarks", "bivlc", "--source", "bivlc=" + os.environ["MAPLE_TEST_BIVLC"], "--out", "eval_out"]
+assert main(argv + ["--push-to-hub"]) == 0
+print("-- rerun after the push --")
+assert main(argv) == 0  # the push made a new commit: the weights may have changed, so bivlc is recomputed ...
+print("-- rerun --")
+assert main(argv) == 0  # ... and then read back
 """
 
 
 def test_maple_eval_loads_by_repo_id_and_pushes_results_into_the_card(hub_server, benchmark_sources, tmp_path):
-    run_client(hub_server, tmp_path, PUSH_EVAL_AND_PUSH_RESULTS, MAPLE_TEST_REPO=REPO, MAPLE_TEST_BIVLC=str(benchmark_sources["bivlc"]))
+    output = run_client(hub_server, tmp_path, PUSH_EVAL_AND_PUSH_RESULTS, MAPLE_TEST_REPO=REPO, MAPLE_TEST_BIVLC=str(benchmark_sources["bivlc"]))
+    _, after_push, rerun = output.split("-- rerun")
+    assert "bivlc: stored result is from another model state or source, recomputing" in after_push
+    assert "bivlc already done" in rerun and "evaluating" not in rerun
     results = json.loads((tmp_path / "eval_out" / "results.json").read_text())[REPO]["bivlc"]
     card = hub_server.files(REPO)["README.md"].decode()
     assert f"| bivlc | swap | {results['per_category']['swap']['text_score']:.1f} |" in card
