@@ -1,5 +1,6 @@
 """`RPATrainer.push_to_hub` through the local Hub server: a LoRA run pushes the merged model, its processor and the
-model card; a process that cannot import this project loads the model by repo id and gets the same embeddings."""
+model card, a run with `hub_strategy="every_save"` its checkpoints as they are saved; a process that cannot import
+this project loads the model by repo id and gets the same embeddings."""
 
 import json
 
@@ -58,3 +59,27 @@ def test_push_to_hub_uploads_a_loadable_merged_model_and_its_card(hub_server, tm
     assert "adapter_config.json" not in files  # merged: AutoModel needs no PEFT
     assert loaded["model_class"].startswith("transformers_modules.") and loaded["identical"]
     assert "lora" in loaded["card_text"].lower() and "rpa_weight" in loaded["card_text"]
+
+
+TRAIN_WITH_CHECKPOINT_PUSHES = INPUTS + """
+import torch
+from modeling_maple.testing import build_tiny
+from trainer import RPAConfig, RPATrainer
+from trainer.testing import synthetic_preference_dataset
+
+model, processor = build_tiny("dual_encoder", seed=0)
+args = RPAConfig(output_dir="{output_dir}", max_steps=1, per_device_train_batch_size=4, save_strategy="steps",
+                 save_steps=1, report_to="none", push_to_hub=True, hub_model_id="{repo}", hub_strategy="every_save")
+trainer = RPATrainer(model, args=args, train_dataset=synthetic_preference_dataset(4), processing_class=processor)
+trainer.train()  # pushes the step-1 checkpoint only: no push_to_hub() at the end
+text, image = trainer.model.eval().encode(processor, texts=TEXTS, images=IMAGES)
+torch.save({{"text": text, "image": image}}, "{expected}")
+"""
+
+
+def test_checkpoints_pushed_during_training_load_without_the_package(hub_server, tmp_path):
+    paths = {"repo": "maple-org/rpa-tiny-checkpoints", "output_dir": tmp_path / "run", "expected": tmp_path / "expected.pt"}
+    run_client(hub_server, tmp_path, TRAIN_WITH_CHECKPOINT_PUSHES.format(**paths))
+    assert {"config.json", "modeling_maple.py", "configuration_maple.py"} <= set(hub_server.files(paths["repo"]))
+    loaded = json.loads(run_client(hub_server, tmp_path, LOAD.format(**paths), isolated=True).strip().splitlines()[-1])
+    assert loaded["model_class"].startswith("transformers_modules.") and loaded["identical"]

@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import math
 import os
+import shutil
 import textwrap
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -455,6 +456,15 @@ class RPATrainer(DPOTrainer):
         if missing:
             raise ValueError(f"{resume_from_checkpoint} lacks trainable parameters {missing[:5]}")
         unwrapped.load_state_dict(state, strict=False)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        # `Trainer` pushes `output_dir` after copying the checkpoint's weights and config.json into it, but not the
+        # remote code that config.json's `auto_map` names: without it the pushed repo loads only with this package.
+        if self.is_world_process_zero():
+            for name in os.listdir(checkpoint_folder):
+                if name.endswith(".py"):
+                    shutil.copy(os.path.join(checkpoint_folder, name), os.path.join(self.args.output_dir, name))
+        super()._push_from_checkpoint(checkpoint_folder)
 
     def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None) -> None:
         """Writes README.md from `model_cards.model_card_from_run` when that package is installed."""
