@@ -211,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sources = _parse_sources(parser, args.source)
     model_refs = [args.model, *args.compare]
+    if args.push_to_hub and Path(args.model).expanduser().exists():
+        parser.error(f"--push-to-hub writes into the card of MODEL's Hub repo, but {args.model} is a local folder: push the checkpoint first and evaluate it by repo id")
 
     from .benchmarks import BenchmarkFormatError, BenchmarkSourceError, check_source
     from .models import ModelLoadError, check_model_ref, checkpoint_config
@@ -239,5 +241,12 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "results.md").write_text(table)
     print(table)
     if args.push_to_hub:
-        push_results(args.model, all_results[args.model])
+        from huggingface_hub.errors import HfHubHTTPError
+
+        try:
+            push_results(args.model, all_results[args.model])
+        except HfHubHTTPError as error:
+            status = error.response.status_code if error.response is not None else "?"
+            print(f"{parser.prog}: error: pushing the results to {args.model} failed (HTTP {status}); they are saved in {args.out}", file=sys.stderr)
+            return 1
     return 0

@@ -35,7 +35,7 @@ RelevantIndices = Sequence[int | Sequence[int]]
 
 def relevant_index_lists(relevant: RelevantIndices, num_queries: int, num_candidates: int) -> list[list[int]]:
     """Normalise `relevant` (one int or a list of ints per query; a tensor or array of them too) and
-    check it against the matrix."""
+    check it against the matrix. A candidate listed twice for a query counts once."""
     if isinstance(relevant, (torch.Tensor, np.ndarray)):
         relevant = relevant.tolist()
     if len(relevant) != num_queries:
@@ -53,7 +53,7 @@ def relevant_index_lists(relevant: RelevantIndices, num_queries: int, num_candid
                 f"relevant indices: query {query} refers to candidates {bad}, "
                 f"expected indices in [0, {num_candidates})"
             )
-        lists.append(indices)
+        lists.append(list(dict.fromkeys(indices)))
     return lists
 
 

@@ -150,6 +150,15 @@ def test_cli_rejects_a_bad_source_argument(tmp_path, capsys):
     assert "maple eval: error: --source expects BENCHMARK=PATH_OR_HUB_ID" in capsys.readouterr().err
 
 
+def test_cli_refuses_to_push_results_of_a_local_folder_before_evaluating(tiny, tmp_path, capsys):
+    _, _, (first, _) = tiny
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(first), "--benchmarks", "coco", "--out", str(tmp_path / "eval"), "--push-to-hub"])
+    assert exit_info.value.code == 2
+    assert f"--push-to-hub writes into the card of MODEL's Hub repo, but {first} is a local folder" in capsys.readouterr().err
+    assert not (tmp_path / "eval").exists()
+
+
 @pytest.mark.parametrize("size", ["0", "-1"])
 def test_cli_rejects_a_batch_size_below_one(tmp_path, capsys, size):
     with pytest.raises(SystemExit) as exit_info:
@@ -204,6 +213,32 @@ def test_cli_reruns_offline_a_hub_model_whose_results_are_all_stored(tiny, bench
     assert main([str(first), "--compare", hub_model, "--benchmarks", "coco", "--source", source, "--out", str(out)]) == 0
     assert f"{hub_model}: coco already done" in capsys.readouterr().out
     assert set(json.loads((out / "results.json").read_text())) == {str(first), hub_model}
+
+
+def test_cli_reports_a_refused_push_in_one_line_and_keeps_the_results(tiny, benchmark_sources, tmp_path, capsys, monkeypatch):
+    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.utils import httpx
+
+    from evaluation.cli import _model_folder_name
+
+    _, _, (first, _) = tiny
+    out, source = tmp_path / "eval", f"coco={benchmark_sources['coco']}"
+    assert main([str(first), "--benchmarks", "coco", "--source", source, "--out", str(out)]) == 0
+    record = json.loads((out / _model_folder_name(str(first)) / "coco.json").read_text())
+    hub_model = "maple-org/not-yours"
+    record["run"] |= {"model": hub_model, "model_state": {"commit": "0" * 40}}
+    (out / _model_folder_name(hub_model)).mkdir()
+    (out / _model_folder_name(hub_model) / "coco.json").write_text(json.dumps(record))
+
+    def refuse(repo_id, results):
+        response = httpx.Response(403, request=httpx.Request("POST", f"https://hub/{repo_id}"))
+        raise HfHubHTTPError("403 Forbidden", response=response)
+
+    monkeypatch.setattr("evaluation.cli.push_results", refuse)
+    capsys.readouterr()
+    assert main([hub_model, "--benchmarks", "coco", "--source", source, "--out", str(out), "--push-to-hub"]) == 1
+    assert capsys.readouterr().err == f"maple eval: error: pushing the results to {hub_model} failed (HTTP 403); they are saved in {out}\n"
+    assert hub_model in json.loads((out / "results.json").read_text())
 
 
 def test_cli_reports_a_missing_or_unreachable_benchmark_source(tiny, tmp_path, capsys):

@@ -93,6 +93,10 @@ def test_chunked_ranks_exact_ties_with_duplicates():
     for candidate_chunk in (1, 2, 5):
         assert torch.equal(chunked_ranks(queries, candidates, relevant, query_chunk=2, candidate_chunk=candidate_chunk), expected)
     assert torch.equal(first_relevant_ranks(queries @ candidates.T, relevant), expected)
+    # A relevant candidate listed twice counts once (it was taken back out of the count twice: rank 3, not 4).
+    twice = [[1, 1], [2, 3, 3], [0, 0]]
+    assert torch.equal(chunked_ranks(queries, candidates, twice, query_chunk=2, candidate_chunk=2), expected)
+    assert torch.equal(first_relevant_ranks(queries @ candidates.T, twice), expected)
 
 
 def test_mismatched_dimensions_are_reported():
