@@ -130,14 +130,43 @@ def test_the_backbone_of_a_plain_checkpoint_is_inferred_or_asked_for(tmp_path, m
     )
     BertModel(BertConfig(vocab_size=99, **tiny)).save_pretrained(tmp_path / "bert")
     built = []
-    monkeypatch.setattr(MapleModel, "from_backbone", lambda name, backbone: built.append(backbone))
+    monkeypatch.setattr(MapleModel, "from_backbone", lambda name, backbone, **loading: built.append(backbone))
     monkeypatch.setattr(MapleProcessor, "from_backbone", lambda name, backbone: None)
 
-    load_model_and_processor(ModelArguments(model_name_or_path=str(tmp_path / "clip")))
-    load_model_and_processor(ModelArguments(model_name_or_path=str(tmp_path / "bert"), backbone="dual_encoder"))
+    args = RPAConfig(output_dir=str(tmp_path / "out"))
+    load_model_and_processor(ModelArguments(model_name_or_path=str(tmp_path / "clip")), args)
+    load_model_and_processor(ModelArguments(model_name_or_path=str(tmp_path / "bert"), backbone="dual_encoder"), args)
     assert built == ["dual_encoder", "dual_encoder"]
     with pytest.raises(TrainingInputError, match="'bert' checkpoint, not a MAPLE one.*--backbone"):
-        load_model_and_processor(ModelArguments(model_name_or_path=str(tmp_path / "bert")))
+        load_model_and_processor(ModelArguments(model_name_or_path=str(tmp_path / "bert")), args)
+
+
+def test_model_init_kwargs_reach_the_model_as_in_trl(tmp_path):
+    """`--model_init_kwargs '{"dtype": "bfloat16"}'` loads the weights in bf16; without it they are float32, as in TRL."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
+
+    from modeling_maple.testing import build_tiny, tiny_tokenizer
+    from trainer.cli import load_model_and_processor
+
+    tiny = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 4}
+    CLIPModel(CLIPConfig(text_config=tiny, vision_config={**tiny, "image_size": 16, "patch_size": 4})).to(torch.bfloat16).save_pretrained(
+        tmp_path / "clip"
+    )
+    CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(tmp_path / "clip")
+    tiny_tokenizer().save_pretrained(tmp_path / "clip")
+    model, processor = build_tiny("mllm")
+    model.save_pretrained(tmp_path / "maple")
+    processor.save_pretrained(tmp_path / "maple")
+    for name, tower in (("maple", "mllm"), ("clip", "vision_tower")):
+        model_args = ModelArguments(model_name_or_path=str(tmp_path / name))
+        for init_kwargs, dtype in ((None, torch.float32), ({"dtype": "bfloat16"}, torch.bfloat16)):
+            args = RPAConfig(output_dir=str(tmp_path / "out"), model_init_kwargs=init_kwargs)
+            assert getattr(load_model_and_processor(model_args, args)[0], tower).dtype == dtype, (name, init_kwargs)
+    with pytest.raises(TrainingInputError, match="dtype 'bf16' is not a torch dtype"):
+        load_model_and_processor(model_args, RPAConfig(output_dir=str(tmp_path / "out"), model_init_kwargs={"dtype": "bf16"}))
+    with pytest.raises(TrainingInputError, match="device_map cannot be passed when building from a 'clip' backbone"):
+        load_model_and_processor(model_args, RPAConfig(output_dir=str(tmp_path / "out"), model_init_kwargs={"device_map": "cpu"}))
 
 
 @pytest.mark.parametrize(

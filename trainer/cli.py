@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             _check_reference("--model_name_or_path", model_args.model_name_or_path)
         _check_reference("--dataset_name", data_args.dataset_name)
         splits = load_preference_splits(data_args)
-        model, processor = load_model_and_processor(model_args)
+        model, processor = load_model_and_processor(model_args, training_args)
     except TrainingInputError as error:
         parser.error(str(error))
     peft_config = None
@@ -193,8 +193,23 @@ def _check_reference(option: str, reference: str) -> None:
         raise TrainingInputError(f"{option}: no such folder: {reference}")
 
 
-def load_model_and_processor(model_args: ModelArguments):
-    """The MapleModel and MapleProcessor to train: tiny, a MAPLE checkpoint, or built from a backbone."""
+def model_loading_kwargs(training_args: RPAConfig) -> dict:
+    """`from_pretrained` arguments from `--model_init_kwargs` and `--trust_remote_code`. As in TRL, the weights
+    are float32 unless a dtype is given ("bfloat16" names one; "auto" keeps the checkpoint's)."""
+    import torch
+
+    kwargs = {"dtype": "float32", **(training_args.model_init_kwargs or {})}
+    dtype = kwargs["dtype"]
+    if isinstance(dtype, str) and dtype != "auto":
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise TrainingInputError(f"--model_init_kwargs: dtype {dtype!r} is not a torch dtype; e.g. 'bfloat16', 'float32' or 'auto'")
+        kwargs["dtype"] = getattr(torch, dtype)
+    return {"trust_remote_code": training_args.trust_remote_code, **kwargs}
+
+
+def load_model_and_processor(model_args: ModelArguments, training_args: RPAConfig):
+    """The MapleModel and MapleProcessor to train: tiny, a MAPLE checkpoint, or built from a backbone, loaded
+    with `model_loading_kwargs(training_args)`."""
     from transformers import AutoConfig, AutoModel, AutoProcessor
 
     from modeling_maple import MapleConfig, MapleModel, MapleProcessor
@@ -207,19 +222,29 @@ def load_model_and_processor(model_args: ModelArguments):
             return build_tiny("mllm", mllm_type=model_args.tiny)
         return build_tiny(model_args.tiny)
     name = model_args.model_name_or_path
+    loading = model_loading_kwargs(training_args)
+    trust_remote_code = loading.pop("trust_remote_code")
     try:
-        config = AutoConfig.from_pretrained(name)
+        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
     except OSError as error:  # not found, offline and not cached, gated: transformers says which
         raise TrainingInputError(f"--model_name_or_path {name}: {' '.join(str(error).split())}") from error
     if isinstance(config, MapleConfig):
-        return AutoModel.from_pretrained(name), AutoProcessor.from_pretrained(name)
+        model = AutoModel.from_pretrained(name, trust_remote_code=trust_remote_code, **loading)
+        return model, AutoProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)
     backbone = model_args.backbone or backbone_of(config.model_type)
     if backbone is None:
         raise TrainingInputError(
             f"{name} is a {config.model_type!r} checkpoint, not a MAPLE one, and MAPLE cannot tell how to embed with "
             "it: pass --backbone mllm|dual_encoder"
         )
-    return MapleModel.from_backbone(name, backbone=backbone), MapleProcessor.from_backbone(name, backbone=backbone)
+    unused = sorted(set(loading) - {"dtype", "attn_implementation"})
+    if unused:
+        raise TrainingInputError(
+            f"--model_init_kwargs: {', '.join(unused)} cannot be passed when building from a {config.model_type!r} "
+            "backbone (MapleModel.from_backbone takes dtype and attn_implementation)"
+        )
+    model = MapleModel.from_backbone(name, backbone=backbone, **loading)
+    return model, MapleProcessor.from_backbone(name, backbone=backbone)
 
 
 def load_preference_splits(data_args: DataArguments) -> DatasetDict:
