@@ -903,8 +903,11 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
     def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None) -> str:
         """Upload the built dataset (parquet, config named after this config) and its dataset card
         (`model_cards.dataset_card_from_stats`: judge and prompt, captioner, K, counts, skipped
-        inputs, score histograms, source licence, known biases). Returns the repo id."""
-        from huggingface_hub import HfApi
+        inputs, score histograms, source licence, known biases). Other configs already in the repo
+        stay loadable: their entries in the card's `configs` / `dataset_info` metadata are kept.
+        Returns the repo id."""
+        from huggingface_hub import DatasetCard, HfApi
+        from huggingface_hub.errors import EntryNotFoundError
 
         from model_cards import dataset_card_from_stats
         from model_cards.cards import HISTOGRAM_FILE
@@ -912,6 +915,13 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         api = HfApi(token=token)
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
         card = dataset_card_from_stats(self.stats, repo_id=repo_id, output_dir=self.work_dir)
+        try:
+            published = DatasetCard.load(repo_id, repo_type="dataset", token=token).data.to_dict()
+        except EntryNotFoundError:  # a new repo has no card yet
+            published = {}
+        for key in ("configs", "dataset_info"):  # other configs' entries; the dataset push updates this config's
+            if key in published:
+                card.data[key] = published[key]
         # Card first: the dataset push then adds its `configs` / `dataset_info` metadata to this card.
         card.push_to_hub(repo_id, repo_type="dataset", token=token)
         histogram = self.work_dir / HISTOGRAM_FILE

@@ -78,3 +78,36 @@ def test_push_then_load_back_gives_the_same_rows_images_and_card(hub_server, tmp
     assert "| unreadable image | 1 |" in card
 
     assert _last_json(run_client(hub_server, tmp_path, LOAD_WITH_BUILDER)) == built
+
+
+PUSH_TWO_CONFIGS = """
+import datasets
+from dataset_builders import MaplePreferences
+from dataset_builders.testing import ColourCaptioner, ColourJudge, colour_squares, thumbnail_miner
+
+features = datasets.Features({"id": datasets.Value("string"), "image": datasets.Image(), "caption": datasets.Value("string")})
+source = datasets.Dataset.from_dict(colour_squares(6), features=features)
+for name in ("corpus-captions", "paper"):
+    builder = MaplePreferences(
+        config_name=name, source_dataset=source, judge=ColourJudge(), captioner=ColourCaptioner(), miner=thumbnail_miner(),
+        cache_dir="cache", work_dir="work-" + name, shard_size=4, semdedup_clusters=None, progress=False,
+    )
+    builder.download_and_prepare()
+    builder.push_to_hub("%s")
+""" % (REPO + "-two",)
+
+LOAD_TWO_CONFIGS = """
+import json
+from datasets import load_dataset
+
+print(json.dumps({name: list(load_dataset("%s", name, split="train")["id"]) for name in ("corpus-captions", "paper")}))
+""" % (REPO + "-two",)
+
+
+def test_a_second_config_pushed_to_the_repo_keeps_the_first_loadable(hub_server, tmp_path):
+    """Before the fix the second push replaced README.md with a card holding only its own
+    `configs` entry, and `load_dataset(repo, "corpus-captions")` failed."""
+    run_client(hub_server, tmp_path, PUSH_TWO_CONFIGS)
+    loaded = _last_json(run_client(hub_server, tmp_path, LOAD_TWO_CONFIGS, isolated=True))
+    assert sorted(loaded) == ["corpus-captions", "paper"]
+    assert all(sorted(ids) == [f"square-{index:03d}" for index in range(6)] for ids in loaded.values())
