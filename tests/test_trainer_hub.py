@@ -4,9 +4,10 @@ this project loads the model by repo id and gets the same embeddings."""
 
 import json
 
-from hub_server import run_client
+from hub_server import USER, run_client
 
-REPO = "maple-org/rpa-tiny-lora"
+REPO_NAME = "rpa-tiny-lora"  # given without a namespace: the Hub puts the repo under the token's user
+REPO = f"{USER}/{REPO_NAME}"
 
 INPUTS = """
 from PIL import Image, ImageDraw
@@ -23,11 +24,11 @@ from trainer.testing import synthetic_preference_dataset
 
 model, processor = build_tiny("mllm", seed=0)
 args = RPAConfig(output_dir="{output_dir}", max_steps=2, per_device_train_batch_size=4, learning_rate=1e-2,
-                 save_strategy="no", report_to="none", push_to_hub=True, hub_model_id="{repo}", hub_strategy="end")
+                 save_strategy="no", report_to="none", push_to_hub=True, hub_model_id="{repo_name}", hub_strategy="end")
 trainer = RPATrainer(model, args=args, train_dataset=synthetic_preference_dataset(8), processing_class=processor,
                      peft_config=maple_lora_config(model, r=4, lora_alpha=4, lora_dropout=0.0))
 trainer.train()
-trainer.push_to_hub(dataset_name="maple-org/synthetic-preferences")
+trainer.push_to_hub(dataset_name="maple-org/synthetic-preferences", tags=["my-tag"])
 merged = trainer.model.merge_and_unload().eval()
 text, image = merged.encode(processor, texts=TEXTS, images=IMAGES)
 torch.save({{"text": text, "image": image}}, "{expected}")
@@ -45,12 +46,13 @@ print(json.dumps({{
     "model_class": type(model).__module__,
     "identical": torch.allclose(text, expected["text"], atol=1e-6) and torch.allclose(image, expected["image"], atol=1e-6),
     "card_text": ModelCard.load("{repo}").text,
+    "card_tags": ModelCard.load("{repo}").data.tags,
 }}))
 """
 
 
 def test_push_to_hub_uploads_a_loadable_merged_model_and_its_card(hub_server, tmp_path):
-    paths = {"repo": REPO, "output_dir": tmp_path / "run", "expected": tmp_path / "expected.pt"}
+    paths = {"repo": REPO, "repo_name": REPO_NAME, "output_dir": tmp_path / "run", "expected": tmp_path / "expected.pt"}
     run_client(hub_server, tmp_path, TRAIN_AND_PUSH.format(**paths))
     loaded = json.loads(run_client(hub_server, tmp_path, LOAD.format(**paths), isolated=True).strip().splitlines()[-1])
 
@@ -59,6 +61,8 @@ def test_push_to_hub_uploads_a_loadable_merged_model_and_its_card(hub_server, tm
     assert "adapter_config.json" not in files  # merged: AutoModel needs no PEFT
     assert loaded["model_class"].startswith("transformers_modules.") and loaded["identical"]
     assert "lora" in loaded["card_text"].lower() and "rpa_weight" in loaded["card_text"]
+    assert f'from_pretrained("{REPO}"' in loaded["card_text"]  # the repo created, not the name asked for
+    assert {"my-tag", "maple", "trl"} <= set(loaded["card_tags"])
 
 
 TRAIN_WITH_CHECKPOINT_PUSHES = INPUTS + """

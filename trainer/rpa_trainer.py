@@ -466,8 +466,12 @@ class RPATrainer(DPOTrainer):
                     shutil.copy(os.path.join(checkpoint_folder, name), os.path.join(self.args.output_dir, name))
         super()._push_from_checkpoint(checkpoint_folder)
 
-    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None) -> None:
-        """Writes README.md from `model_cards.model_card_from_run` when that package is installed."""
+    def create_model_card(
+        self, model_name: str | None = None, dataset_name: str | None = None, tags: str | list[str] | None = None
+    ) -> None:
+        """Writes README.md from `model_cards.model_card_from_run` when that package is installed: the card of the
+        repo the model is pushed to (else of `hub_model_id`, else of `model_name`), tagged with its own tags, `tags`
+        and this trainer's."""
         if not self.is_world_process_zero():
             return
         try:
@@ -487,9 +491,11 @@ class RPATrainer(DPOTrainer):
             dataset_id=dataset_name,
             judge_id=None,
             lora=None if peft_config is None else peft_config.to_dict(),
-            repo_id=self.args.hub_model_id or model_name,
+            repo_id=self.hub_model_id or self.args.hub_model_id or model_name,  # the first is the repo created
             model_config=base.config,
         )
+        new_tags = [*([tags] if isinstance(tags, str) else tags or []), *self._tag_names]
+        card.data.tags = [*card.data.tags, *(tag for tag in dict.fromkeys(new_tags) if tag not in card.data.tags)]
         card.save(os.path.join(self.args.output_dir, "README.md"))
 
 
