@@ -77,8 +77,9 @@ class MaplePreferencesConfig(datasets.BuilderConfig):
 
     Attributes:
         source: local folder (image folder with a metadata file, or parquet files), a parquet file,
-            or a Hub dataset id. Alternatively pass a `datasets.Dataset` to the builder.
-        source_split: split of a Hub or folder source.
+            or a Hub dataset id (`load_source`). Alternatively pass a `datasets.Dataset` to the builder.
+        source_split: split of a Hub or folder source; folders are split by file name as `datasets`
+            reads them.
         image_column, caption_column, id_column: source columns. The default id column "id" is
             optional (without it the row index is the id); any other id column must exist.
         num_hard_negatives: K, hard-negative images per anchor (paper example: 3).
@@ -293,21 +294,32 @@ def text_pool(caption: str, candidates: list[str], size: int) -> list[str]:
 
 
 def load_source(source: str, *, split: str, cache_dir: str | None = None) -> datasets.Dataset:
-    """The image-caption dataset behind `source`: a folder of parquet files, an image folder (with a
-    metadata.csv / metadata.jsonl holding the captions), a parquet file, or a Hub dataset id."""
+    """Split `split` of the image-caption dataset behind `source`: a local folder, a parquet file, or
+    a Hub dataset id.
+
+    A folder is read as `datasets.load_dataset(folder)` reads it: parquet files, or images with a
+    metadata.csv / metadata.jsonl holding the captions, split by file name (a Hub snapshot's
+    `data/train-*.parquet` and `data/test-*.parquet` are two splits; files whose names name no split
+    are all "train"). A split the source lacks is a `SourceError` naming the source and the splits
+    it has. `split` may slice or join splits as `datasets` does ("train[:1000]", "train+test")."""
     path = Path(source)
-    if path.is_dir():
-        parquet_files = sorted(str(file) for file in path.rglob("*.parquet"))
-        if parquet_files:
-            return datasets.load_dataset("parquet", data_files=parquet_files, split="train", cache_dir=cache_dir)
-        return datasets.load_dataset("imagefolder", data_dir=str(path), split=split, cache_dir=cache_dir)
     if path.suffix == ".parquet":
         if not path.exists():
             raise FileNotFoundError(f"source parquet file {source} does not exist")
         return datasets.load_dataset("parquet", data_files=str(path), split="train", cache_dir=cache_dir)
-    if path.exists():
+    if path.is_file():
         raise ValueError(f"unsupported source file {source}: give a folder, a parquet file or a Hub dataset id")
-    return datasets.load_dataset(source, split=split, cache_dir=cache_dir)
+    builder = datasets.load_dataset_builder(source, cache_dir=cache_dir)
+    available = [str(name) for name in builder.config.data_files]
+    # Checked before any file is read; `datasets` would convert every split first.
+    missing = [name for name in (part.split("[")[0].strip() for part in split.split("+")) if name not in available]
+    if missing:
+        raise SourceError(
+            f"source {source} has no split {', '.join(map(repr, missing))}; its splits are {available}: "
+            "pick one with source_split=... (CLI --source-split)"
+        )
+    builder.download_and_prepare()
+    return builder.as_dataset(split=split)
 
 
 def _readable_as_images(feature: Any) -> bool:

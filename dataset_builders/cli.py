@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--max-new-tokens", type=int, default=96, help="captioner answer length cap")
 
     data = parser.add_argument_group("source columns and metadata")
-    data.add_argument("--source-split", default=None, help="split of a Hub or image-folder source (default: train)")
+    data.add_argument("--source-split", default=None, help="split of a Hub or folder source; a folder is split by file name (data/train-*, data/test-*) as datasets reads it (default: train)")
     data.add_argument("--image-column", default=None, help="source image column (default: image)")
     data.add_argument("--caption-column", default=None, help="source caption column (default: caption)")
     data.add_argument("--id-column", default=None, help="source id column; without one the row index is the id (default: id)")

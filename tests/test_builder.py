@@ -2,12 +2,21 @@
 Judges and captioners are fast deterministic stand-ins, except in the end-to-end tiny-MLLM test."""
 
 import json
+import re
 
 import datasets
 import pytest
 import torch
 
-from dataset_builders.builder import FEATURES, MaplePreferences, MaplePreferencesConfig, _slice_bounds, text_pool
+from dataset_builders.builder import (
+    FEATURES,
+    MaplePreferences,
+    MaplePreferencesConfig,
+    SourceError,
+    _slice_bounds,
+    load_source,
+    text_pool,
+)
 from dataset_builders.testing import (
     ColourCaptioner,
     ColourJudge,
@@ -177,6 +186,23 @@ def test_sources_parquet_file_folder_and_imagefolder_give_the_same_rows(tmp_path
     ]
     assert results[0] == results[1] == results[2]
     assert len(results[0]) == 7
+
+
+def test_a_folder_source_is_split_by_file_name_as_datasets_reads_it(tmp_path):
+    """A Hub snapshot's layout (data/train-*, data/test-*): before the fix every parquet file under
+    the folder was read as "train", test rows included, whatever `source_split` said."""
+    (tmp_path / "snapshot" / "data").mkdir(parents=True)
+    _source(6).to_parquet(str(tmp_path / "snapshot" / "data" / "train-00000-of-00001.parquet"))
+    test_columns = colour_squares(4, seed=1)
+    test_columns["id"] = [f"test-{index}" for index in range(4)]
+    test_split = datasets.Dataset.from_dict(test_columns, features=SOURCE_FEATURES)
+    test_split.to_parquet(str(tmp_path / "snapshot" / "data" / "test-00000-of-00001.parquet"))
+    source = str(tmp_path / "snapshot")
+    assert list(load_source(source, split="train")["id"]) == list(_source(6)["id"])
+    assert list(load_source(source, split="test")["id"]) == test_columns["id"]
+    assert load_source(source, split="train[:2]+test").num_rows == 6
+    with pytest.raises(SourceError, match=rf"source {re.escape(source)} has no split 'validation'; its splits are \['train', 'test'\]"):
+        MaplePreferences(config_name="corpus-captions", source=source, source_split="validation", cache_dir=str(tmp_path / "cache")).manifest()
 
 
 def test_from_pretrained_loads_a_local_build_or_snapshot(tmp_path):
