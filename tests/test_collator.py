@@ -110,11 +110,20 @@ def test_bad_rows_are_named_with_the_collators_dataset(processor, rows):
          r"column 'candidate_texts'\[1\] is None; expected a string"),
         ("candidate_images", lambda images: [*images[:-1], None],
          r"column 'candidate_images'\[5\] is None; expected an image"),
+        ("caption", 5, r"column 'caption' is 5 \(int\); expected a string"),
+        ("image", "a.png", r"column 'image' is 'a.png' \(str\); expected an image"),
+        ("candidate_texts", lambda texts: [texts[0], 7, *texts[2:]],
+         r"column 'candidate_texts'\[1\] is 7 \(int\); expected a string"),
+        ("candidate_images", lambda images: [*images[:-1], "b.png"],
+         r"column 'candidate_images'\[5\] is 'b.png' \(str\); expected an image"),
+        ("txt2img_scores", lambda scores: [*scores[:2], "0.5", *scores[3:]],
+         r"column 'txt2img_scores'\[2\] is '0.5'; expected a judge probability in \[0, 1\]"),
     ],
-    ids=["caption", "image", "candidate-text", "candidate-image"],
+    ids=["caption", "image", "candidate-text", "candidate-image", "int-caption", "image-path", "int-candidate-text",
+         "candidate-image-path", "string-score"],
 )
-def test_missing_captions_images_and_candidates_are_named(processor, rows, column, value, message):
-    # streamed rows reach the collator unchecked
+def test_missing_or_mistyped_values_are_named(processor, rows, column, value, message):
+    # streamed rows of unknown features reach the collator unchecked
     bad = dict(rows[1], **{column: value(rows[1][column]) if callable(value) else value})
     with pytest.raises(ValueError, match=rf"^train dataset, row id 'scene-1': {message}"):
         DataCollatorForEmbeddingPreference(processor)([rows[0], bad])

@@ -283,6 +283,12 @@ def _corrupt(column, value_fn):
     return dataset.map(edit, with_indices=True)
 
 
+def _retyped(column, value):
+    """The synthetic dataset with `value` in every row of `column`, typed as `datasets` infers it."""
+    dataset = synthetic_preference_dataset(4)
+    return dataset.remove_columns(column).add_column(column, [value] * len(dataset))
+
+
 @pytest.mark.parametrize(
     "make_dataset,message",
     [
@@ -300,9 +306,17 @@ def _corrupt(column, value_fn):
         (lambda: _corrupt("candidate_texts", lambda s: [*s[:2], None, *s[3:]]).cast_column(
             "candidate_texts", datasets.LargeList(datasets.Value("string"))),  # as polars writes parquet lists
          r"row id 'scene-2': column 'candidate_texts'\[2\] is None; expected a string"),
+        (lambda: _retyped("caption", 5), r"column 'caption' has type Value\('int64'\); expected Value\('string'\)"),
+        (lambda: _retyped("image", "a.png"), r"column 'image' has type Value\('string'\); expected Image\(.*\)\. If "
+         r"it holds image file paths, cast it: dataset.cast_column\('image', datasets.Image\(\)\)"),
+        (lambda: _retyped("candidate_images", ["a.png"]), r"column 'candidate_images' has type List\(Value\('string'\)\)"
+         r".*cast_column\('candidate_images', datasets.List\(datasets.Image\(\)\)\)"),
+        (lambda: _retyped("txt2img_scores", ["0.9"] * 4),
+         r"column 'txt2img_scores' has type List\(Value\('string'\)\); expected List\(Value\('float32'\)\)"),
     ],
     ids=["missing-column", "length-mismatch", "out-of-range", "nan", "empty", "no-caption", "no-image",
-         "no-candidate-text", "no-candidate-image", "no-candidate-text-large-list"],
+         "no-candidate-text", "no-candidate-image", "no-candidate-text-large-list", "int-caption", "image-paths",
+         "candidate-image-paths", "string-scores"],
 )
 def test_bad_datasets_fail_before_training_with_a_clear_error(tmp_path, make_dataset, message):
     model, processor = build_tiny("dual_encoder")
@@ -401,6 +415,20 @@ def test_config_defaults_run_on_cpu_and_follow_the_paper(tmp_path):
 def test_config_rejects_bad_values(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         RPAConfig(output_dir=str(tmp_path), **overrides)
+
+
+def test_equivalent_column_types_pass_the_schema_check(tmp_path):
+    # large strings and lists (as polars writes parquet) and float64 or integer scores hold what the schema asks for
+    dataset = synthetic_preference_dataset(4)
+    dataset = dataset.cast(datasets.Features({
+        **dataset.features,
+        "id": datasets.Value("large_string"),
+        "candidate_texts": datasets.LargeList(datasets.Value("large_string")),
+        "txt2img_scores": datasets.List(datasets.Value("float64")),
+    }))
+    dataset = dataset.remove_columns("img2txt_scores").add_column("img2txt_scores", [[1, 0, 0, 0]] * 4)
+    model, processor = build_tiny("dual_encoder")
+    RPATrainer(model, args=make_config(tmp_path), train_dataset=dataset, processing_class=processor)
 
 
 def test_the_preference_schema_is_defined_once():

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from transformers.data.data_collator import DataCollatorMixin
 
-from .schema import CONTENT_COLUMNS, SCORED_CANDIDATES, check_rows, first_missing
+from .schema import CONTENT_COLUMNS, SCORED_CANDIDATES, check_rows, first_invalid
 
 # Keys of a collated batch that are not model inputs.
 PREFERENCE_KEYS = (
@@ -78,7 +78,9 @@ class DataCollatorForEmbeddingPreference(DataCollatorMixin):
                 column: [len(example[column] or []) for example in examples] for column in SCORED_CANDIDATES
             },
             judge_scores={column: [example[column] for example in examples] for column in SCORED_CANDIDATES.values()},
-            missing={column: [first_missing(example[column]) for example in examples] for column in CONTENT_COLUMNS},
+            invalid={
+                column: [first_invalid(example[column], column) for example in examples] for column in CONTENT_COLUMNS
+            },
             dataset_name=self.dataset_name,
         )
         texts, images = _DistinctItems(), _DistinctItems()

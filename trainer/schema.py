@@ -12,19 +12,22 @@ One row per anchor::
 
 `PREFERENCE_FEATURES` is the one definition of this schema: `dataset_builders` and `trainer.testing` import it.
 
-Validation runs before training so a bad row fails in seconds, not hours in, and the error names the column, the
-row id and what was expected.
+Validation runs before training so a bad column or row fails in seconds, not hours in, and the error names the
+column, the row id and what was expected.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
+import reprlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import PIL.Image
 import pyarrow as pa
 import pyarrow.compute as pc
-from datasets import Dataset, Features, Image, IterableDataset, List, Value
+from datasets import Dataset, Features, Image, IterableDataset, LargeList, List, Value
 
 PREFERENCE_FEATURES = Features(
     {
@@ -41,14 +44,17 @@ PREFERENCE_FEATURES = Features(
 PREFERENCE_COLUMNS = tuple(PREFERENCE_FEATURES)
 # each candidate list and the judge scores that rank it
 SCORED_CANDIDATES = {"candidate_images": "txt2img_scores", "candidate_texts": "img2txt_scores"}
-# the columns the model embeds, with what each value (each entry, for the candidate lists) must be; None is not one
+# the columns the model embeds, with the type each value (each entry, for the candidate lists) must have, and its
+# name in errors; None is not one
 CONTENT_COLUMNS = {
-    "caption": "a string",
-    "image": "an image",
-    "candidate_texts": "a string",
-    "candidate_images": "an image",
+    "caption": (str, "a string"),
+    "image": (PIL.Image.Image, "an image"),
+    "candidate_texts": (str, "a string"),
+    "candidate_images": (PIL.Image.Image, "an image"),
 }
 
+# the feature that turns a column of image file paths into images, for errors
+_IMAGE_CASTS = {"image": "datasets.Image()", "candidate_images": "datasets.List(datasets.Image())"}
 _ARROW_BATCH_ROWS = 10_000
 
 
@@ -62,22 +68,53 @@ def check_columns(column_names: Iterable[str], dataset_name: str) -> None:
         )
 
 
+def check_features(features: Features, dataset_name: str) -> None:
+    """Raises if a column of the schema holds values of another type than `PREFERENCE_FEATURES` says. Any string type
+    passes for text, any integer or float type for scores, `LargeList` (as polars writes parquet lists) for `List`."""
+    for column, expected in PREFERENCE_FEATURES.items():
+        if _feature_kind(features[column]) == _feature_kind(expected):
+            continue
+        hint = ""
+        if column in _IMAGE_CASTS:
+            hint = f" If it holds image file paths, cast it: dataset.cast_column({column!r}, {_IMAGE_CASTS[column]})."
+        raise ValueError(
+            f"The {dataset_name} dataset's column {column!r} has type {features[column]!r}; expected {expected!r} "
+            f"(see trainer/schema.py).{hint}"
+        )
+
+
+def _feature_kind(feature: Any) -> str:
+    """What a column holds, as `check_features` compares it: "string", "number", "image", "list of ..." or, for any
+    other feature, the feature itself."""
+    if isinstance(feature, (List, LargeList)):
+        return f"list of {_feature_kind(feature.feature)}"
+    if isinstance(feature, Image):
+        return "image"
+    if isinstance(feature, Value):
+        if pa.types.is_string(feature.pa_type) or pa.types.is_large_string(feature.pa_type):
+            return "string"
+        if pa.types.is_integer(feature.pa_type) or pa.types.is_floating(feature.pa_type):
+            return "number"
+    return repr(feature)
+
+
 def check_rows(
     ids: Sequence[Any],
     candidate_counts: dict[str, Sequence[int]],
     judge_scores: dict[str, Sequence[Sequence[float] | None]],
-    missing: dict[str, Sequence[int | None]],
+    invalid: dict[str, Sequence[tuple[int, str] | None]],
     dataset_name: str,
 ) -> None:
     """Checks a batch of rows: every candidate list is non-empty, each score list is as long as its candidate list,
-    every score is a number in [0, 1], and no caption, image or candidate is missing (None).
+    every score is a number in [0, 1], and every caption, image and candidate is a string or an image (not None).
 
     Args:
         ids: the rows' `id` values.
         candidate_counts: per candidate column, the length of each row's list (None for a missing list).
         judge_scores: per score column, each row's scores.
-        missing: per column of `CONTENT_COLUMNS`, each row's first missing entry: its position in a candidate list,
-            0 for a missing caption or image, None when nothing is missing (see `first_missing`).
+        invalid: per column of `CONTENT_COLUMNS`, each row's first invalid entry, as its position in a candidate list
+            (0 for a caption or image) and what it is ("None", ...); None when every entry is valid (see
+            `first_invalid`).
         dataset_name: names the dataset in errors ("train", "eval", ...).
     """
     for candidate_column, score_column in SCORED_CANDIDATES.items():
@@ -91,27 +128,30 @@ def check_rows(
                     f"{count} (one per entry of {candidate_column!r})."
                 )
             for position, score in enumerate(scores):
-                if score is None or not math.isfinite(score) or not 0.0 <= score <= 1.0:
+                if not isinstance(score, numbers.Real) or not math.isfinite(score) or not 0.0 <= score <= 1.0:
                     raise ValueError(
-                        f"{where}: column {score_column!r}[{position}] is {score}; expected a judge probability in "
-                        "[0, 1]."
+                        f"{where}: column {score_column!r}[{position}] is {score!r}; expected a judge probability "
+                        "in [0, 1]."
                     )
-    for column, expected in CONTENT_COLUMNS.items():
-        for row_id, position in zip(ids, missing[column]):
-            if position is not None:
+    for column, (_, expected) in CONTENT_COLUMNS.items():
+        for row_id, first in zip(ids, invalid[column]):
+            if first is not None:
+                position, found = first
                 entry = f"{column!r}[{position}]" if column in SCORED_CANDIDATES else repr(column)
                 raise ValueError(
-                    f"{dataset_name} dataset, row id {row_id!r}: column {entry} is None; expected {expected}."
+                    f"{dataset_name} dataset, row id {row_id!r}: column {entry} is {found}; expected {expected}."
                 )
 
 
-def first_missing(value: Any) -> int | None:
-    """A row value's first missing entry for `check_rows`: the position of the first None in a list, 0 when the value
-    itself is None, None when nothing is missing."""
-    if value is None:
-        return 0
-    if isinstance(value, list):
-        return next((position for position, item in enumerate(value) if item is None), None)
+def first_invalid(value: Any, column: str) -> tuple[int, str] | None:
+    """A row value's first invalid entry for `check_rows`: in a column of `CONTENT_COLUMNS`, the first entry (the
+    value itself for a caption or image) that is not a string / an image, as its position (0 for a caption or image)
+    and what it is; None when every entry is valid."""
+    entries = value if column in SCORED_CANDIDATES and isinstance(value, list) else [value]
+    expected_type, _ = CONTENT_COLUMNS[column]
+    for position, entry in enumerate(entries):
+        if not isinstance(entry, expected_type):
+            return position, "None" if entry is None else f"{reprlib.repr(entry)} ({type(entry).__name__})"
     return None
 
 
@@ -119,6 +159,8 @@ def validate_preference_dataset(dataset: Dataset | IterableDataset, dataset_name
     """Checks the columns and, for a map-style `Dataset`, every row (without decoding images). Rows of an
     `IterableDataset` are checked batch by batch by the collator instead, as they stream in."""
     check_columns(dataset.column_names or next(iter(dataset)).keys(), dataset_name)
+    if dataset.features is not None:  # a stream may not know its features; its rows are typed by the collator
+        check_features(dataset.features, dataset_name)
     if not isinstance(dataset, Dataset):
         return
     columns = ["id", *CONTENT_COLUMNS, *SCORED_CANDIDATES.values()]
@@ -130,21 +172,22 @@ def validate_preference_dataset(dataset: Dataset | IterableDataset, dataset_name
                 column: pc.list_value_length(batch[column]).to_pylist() for column in SCORED_CANDIDATES
             },
             judge_scores={column: batch[column].to_pylist() for column in SCORED_CANDIDATES.values()},
-            missing={column: _first_missing(batch[column]) for column in CONTENT_COLUMNS},
+            invalid={column: _first_missing(batch[column]) for column in CONTENT_COLUMNS},
             dataset_name=dataset_name,
         )
 
 
-def _first_missing(column: pa.ChunkedArray) -> list[int | None]:
-    """`first_missing` of each row of an Arrow column, without converting its values (images stay undecoded)."""
+def _first_missing(column: pa.ChunkedArray) -> list[tuple[int, str] | None]:
+    """`first_invalid` of each row of an Arrow column whose type `check_features` has checked, so only None can be
+    invalid, without converting its values (images stay undecoded)."""
     if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
-        return [0 if null else None for null in pc.is_null(column).to_pylist()]
+        return [(0, "None") if null else None for null in pc.is_null(column).to_pylist()]
     nulls = pc.is_null(pc.list_flatten(column))  # the entries of all rows, in order (a null list has none)
     if not pc.any(nulls).as_py():
         return [None] * len(column)
     nulls, start, first = nulls.to_pylist(), 0, []
     for length in pc.list_value_length(column).fill_null(0).to_pylist():
         entries = nulls[start : start + length]
-        first.append(entries.index(True) if True in entries else None)
+        first.append((entries.index(True), "None") if True in entries else None)
         start += length
     return first
