@@ -93,8 +93,12 @@ class ContrastiveCaptioner:
         chat_template: str | None = None,
         name: str | None = None,
     ) -> None:
-        if temperature <= 0 or num_samples < 1:
-            raise ValueError("temperature must be positive and num_samples at least 1")
+        counts = {"num_samples": num_samples, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
+        problems = [f"{setting} must be at least 1, got {value}" for setting, value in counts.items() if value < 1]
+        if temperature <= 0:
+            problems.insert(0, f"temperature must be positive, got {temperature}")
+        if problems:
+            raise ValueError("invalid ContrastiveCaptioner settings: " + "; ".join(problems))
         self.model = model.eval()
         self.prompt = prompt
         self.temperature = temperature

@@ -145,6 +145,8 @@ class MLLMJudge:
     ) -> None:
         if "{text}" not in prompt:
             raise ValueError("the judge prompt needs a '{text}' field for the candidate text")
+        if batch_size < 1:
+            raise ValueError(f"MLLMJudge batch_size must be at least 1, got {batch_size}")
         self.model = model.eval()
         self.prompt = prompt
         self.batch_size = batch_size

@@ -242,6 +242,9 @@ class HardNegativeMiner:
         name: str | None = None,
         search_device: str | torch.device | None = None,
     ) -> None:
+        sizes = {"batch_size": batch_size, "query_chunk_size": query_chunk_size, "key_chunk_size": key_chunk_size}
+        if problems := [f"{setting} must be at least 1, got {value}" for setting, value in sizes.items() if value < 1]:
+            raise ValueError("invalid HardNegativeMiner settings: " + "; ".join(problems))
         self.encode_images = encode_images
         self.search_device = torch.device(search_device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.name = name or getattr(encode_images, "__qualname__", type(encode_images).__name__)

@@ -78,8 +78,11 @@ def test_sampling_is_plain_whatever_the_checkpoints_generation_config_says():
 
 
 def test_bad_settings_and_mismatched_inputs_are_rejected():
-    with pytest.raises(ValueError):
-        ContrastiveCaptioner(tiny_image_text_model(), tiny_tokenizer(), tiny_image_processor(), temperature=0)
+    with pytest.raises(ValueError, match=r"temperature must be positive, got 0; num_samples must be at least 1, got 0"):
+        ContrastiveCaptioner(tiny_image_text_model(), tiny_tokenizer(), tiny_image_processor(), temperature=0, num_samples=0)
+    for setting in ("max_new_tokens", "batch_size"):
+        with pytest.raises(ValueError, match=rf"{setting} must be at least 1, got -1"):
+            ContrastiveCaptioner(tiny_image_text_model(), tiny_tokenizer(), tiny_image_processor(), **{setting: -1})
     with pytest.raises(ValueError, match="2 anchors but 1 negatives"):
         tiny_captioner().caption(ANCHORS, NEGATIVES[:1])
 

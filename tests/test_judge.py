@@ -181,10 +181,13 @@ def test_tokenizer_without_a_yes_token_is_rejected_clearly():
         answer_token_id(QwenVLPromptEncoder(config, tokenizer, tiny_image_processor()), "Yes")
 
 
-def test_unsupported_model_family_and_bad_prompt_fail_before_any_work():
+def test_unsupported_model_family_bad_prompt_and_batch_size_fail_before_any_work():
     judge_model = tiny_image_text_model()
     with pytest.raises(ValueError, match=r"\{text\}"):
         MLLMJudge(judge_model, tiny_tokenizer(), tiny_image_processor(), prompt="Is this right?")
+    for batch_size in (0, -1):  # before the fix: `range() arg 3 must not be zero` when scoring, or empty scores
+        with pytest.raises(ValueError, match=rf"batch_size must be at least 1, got {batch_size}"):
+            MLLMJudge(judge_model, tiny_tokenizer(), tiny_image_processor(), batch_size=batch_size)
     judge_model.config.model_type = "llava_next"
     with pytest.raises(NotImplementedError, match="llava_next"):
         MLLMJudge(judge_model, tiny_tokenizer(), tiny_image_processor())

@@ -121,6 +121,9 @@ def test_bad_arguments_are_rejected():
         top_k_neighbours(torch.randn(3, 4), 0)
     with pytest.raises(ValueError, match=r"\(N, D\)"):
         top_k_neighbours(torch.randn(3), 1)
+    # Before the fix batch_size <= 0 encoded every image in one batch.
+    with pytest.raises(ValueError, match=r"batch_size must be at least 1, got 0; key_chunk_size must be at least 1, got -1"):
+        HardNegativeMiner(lambda images: torch.zeros(len(images), 2), batch_size=0, key_chunk_size=-1)
 
 
 def test_semdedup_removes_near_duplicates_and_keeps_one_of_each_group():
