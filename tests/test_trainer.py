@@ -417,6 +417,14 @@ def test_config_rejects_bad_values(tmp_path, overrides, message):
         RPAConfig(output_dir=str(tmp_path), **overrides)
 
 
+def test_a_dataset_dict_as_train_dataset_asks_for_one_split(tmp_path):
+    model, processor = build_tiny("dual_encoder")
+    splits = datasets.DatasetDict(train=synthetic_preference_dataset(4), test=synthetic_preference_dataset(4))
+    with pytest.raises(ValueError, match=r"train dataset is a DatasetDict: pass one split, e.g. dataset\['train'\]; "
+                                         r"it has splits \['train', 'test'\]"):
+        RPATrainer(model, args=make_config(tmp_path), train_dataset=splits, processing_class=processor)
+
+
 def test_equivalent_column_types_pass_the_schema_check(tmp_path):
     # large strings and lists (as polars writes parquet) and float64 or integer scores hold what the schema asks for
     dataset = synthetic_preference_dataset(4)

@@ -27,7 +27,17 @@ from typing import Any
 import PIL.Image
 import pyarrow as pa
 import pyarrow.compute as pc
-from datasets import Dataset, Features, Image, IterableDataset, LargeList, List, Value
+from datasets import (
+    Dataset,
+    DatasetDict,
+    Features,
+    Image,
+    IterableDataset,
+    IterableDatasetDict,
+    LargeList,
+    List,
+    Value,
+)
 
 PREFERENCE_FEATURES = Features(
     {
@@ -158,6 +168,12 @@ def first_invalid(value: Any, column: str) -> tuple[int, str] | None:
 def validate_preference_dataset(dataset: Dataset | IterableDataset, dataset_name: str) -> None:
     """Checks the columns and, for a map-style `Dataset`, every row (without decoding images). Rows of an
     `IterableDataset` are checked batch by batch by the collator instead, as they stream in."""
+    if isinstance(dataset, (DatasetDict, IterableDatasetDict)):
+        split = "train" if "train" in dataset else next(iter(dataset), "train")
+        raise ValueError(
+            f"The {dataset_name} dataset is a {type(dataset).__name__}: pass one split, e.g. dataset[{split!r}]; it "
+            f"has splits {list(dataset)}."
+        )
     check_columns(dataset.column_names or next(iter(dataset)).keys(), dataset_name)
     if dataset.features is not None:  # a stream may not know its features; its rows are typed by the collator
         check_features(dataset.features, dataset_name)
