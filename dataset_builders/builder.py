@@ -581,14 +581,14 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         source = self._load_source()
         valid_rows: list[int] = []
         skipped: list[SkippedInput] = []
-        first_row_of_id: dict[str, int] = {}
+        # An id belongs to the first row that passes every check: a skipped row must not claim it.
+        kept_row_of_id: dict[str, int] = {}
         for index, row in enumerate(tqdm(source, desc="checking inputs", disable=not self.progress)):
             row_id = self._row_id(row, index)
             caption = row[self.config.caption_column]
-            if row_id in first_row_of_id:
-                skipped.append(SkippedInput(index, row_id, "duplicate id", f"first seen in row {first_row_of_id[row_id]}"))
+            if row_id in kept_row_of_id:
+                skipped.append(SkippedInput(index, row_id, "duplicate id", f"row {kept_row_of_id[row_id]} has this id and is kept"))
                 continue
-            first_row_of_id[row_id] = index
             if caption is not None and not isinstance(caption, str):
                 detail = f"column {self.config.caption_column!r} holds a {type(caption).__name__}, expected str"
                 skipped.append(SkippedInput(index, row_id, "non-string caption", detail))
@@ -605,6 +605,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             except Exception as error:  # any decoding failure makes the row unusable, whatever its kind
                 skipped.append(SkippedInput(index, row_id, "unreadable image", f"{type(error).__name__}: {error}"))
                 continue
+            kept_row_of_id[row_id] = index
             valid_rows.append(index)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         payload = {"num_source_rows": len(source), "valid_rows": valid_rows, "skipped": [asdict(item) for item in skipped]}

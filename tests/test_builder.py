@@ -111,7 +111,7 @@ def test_bad_inputs_are_skipped_counted_and_listed(tmp_path):
     assert "UnidentifiedImageError" in by_id[("broken", "unreadable image")]["detail"]
     # Decoded by modeling_maple's load_image, whose error names the source row.
     assert "images[11]: corrupt image data" in by_id[("truncated", "unreadable image")]["detail"]
-    assert by_id[(good["id"][0], "duplicate id")]["detail"] == "first seen in row 0"
+    assert by_id[(good["id"][0], "duplicate id")]["detail"] == "row 0 has this id and is kept"
     assert by_id[("blank", "empty caption")]["row"] == 9
 
 
@@ -281,6 +281,20 @@ def _unbuilt(tmp_path, source: datasets.Dataset, **kwargs) -> MaplePreferences:
         "cache_dir": str(tmp_path / "cache"), "progress": False,
     }
     return MaplePreferences(source_dataset=source, work_dir=tmp_path / "work", **{**settings, **kwargs})
+
+
+def test_a_duplicate_id_keeps_its_first_valid_row(tmp_path):
+    """Before the fix an invalid first row claimed the id: it was skipped as unreadable, the valid
+    row after it as its duplicate, and the id was lost."""
+    columns = colour_squares(4)
+    columns["id"][:3] = ["a", "a", "a"]
+    columns["image"][0] = {"bytes": b"not an image", "path": None}
+    _, valid_rows, skipped = _unbuilt(tmp_path, datasets.Dataset.from_dict(columns, features=SOURCE_FEATURES)).check_inputs()
+    assert valid_rows == [1, 3]
+    assert [(item.row, item.kind, item.detail) for item in skipped if item.kind == "duplicate id"] == [
+        (2, "duplicate id", "row 1 has this id and is kept")
+    ]
+    assert [item.row for item in skipped if item.kind == "unreadable image"] == [0]
 
 
 def test_a_caption_column_of_lists_is_skipped_as_non_string_naming_column_and_type(tmp_path):
