@@ -364,6 +364,10 @@ class MLLMJudge:
         return list(torch.cat(alphas).cpu().split([len(candidates) for candidates in texts]))
 
 
+def _judge_name(judge: PreferenceJudge) -> str:
+    return getattr(judge, "name", type(judge).__name__)
+
+
 class JudgeEnsemble:
     """Mean alpha of several judges: averaging different models dampens one model's biases.
 
@@ -374,7 +378,18 @@ class JudgeEnsemble:
         if not judges:
             raise ValueError("a judge ensemble needs at least one judge")
         self.judges = list(judges)
-        self.name = name or " + ".join(getattr(judge, "name", type(judge).__name__) for judge in self.judges)
+        self.name = name or " + ".join(_judge_name(judge) for judge in self.judges)
+
+    @property
+    def prompt(self) -> str | None:
+        """The question the members ask: the one they share, else one "name: prompt" line per member
+        ("not recorded" for a member without a `prompt`). None when no member records one."""
+        prompts = [getattr(judge, "prompt", None) for judge in self.judges]
+        if len(set(prompts)) == 1:
+            return prompts[0]
+        return "\n".join(
+            f"{_judge_name(judge)}: {'not recorded' if prompt is None else prompt}" for judge, prompt in zip(self.judges, prompts)
+        )
 
     @property
     def settings(self) -> dict:

@@ -6,7 +6,7 @@ from PIL import Image
 
 from dataset_builders import JudgeEnsemble, MLLMJudge, PreferenceJudge
 from dataset_builders.judge import answer_token_id
-from dataset_builders.testing import tiny_image_text_model, tiny_judge
+from dataset_builders.testing import ColourJudge, tiny_image_text_model, tiny_judge
 from dataset_builders.vlm_inputs import QwenVLPromptEncoder
 from modeling_maple.testing import tiny_image_processor, tiny_tokenizer
 from official_processors import official_processor
@@ -204,6 +204,18 @@ def test_ensemble_averages_its_judges(sharp_judge):
     torch.testing.assert_close(ensemble.score_images(["two"], [IMAGES])[0], expected[0])
     with pytest.raises(ValueError):
         JudgeEnsemble([])
+
+
+def test_ensemble_records_its_members_prompt():
+    """Before the fix an ensemble had no `prompt`: the manifest, stats.json and the dataset card
+    of a build with repeated --judge said "not recorded"."""
+    assert JudgeEnsemble([ColourJudge(), ColourJudge()]).prompt == ColourJudge.prompt
+    asker = type("Asker", (ColourJudge,), {"name": "asker", "prompt": 'Is it "{text}"?'})()
+    silent = type("Silent", (), {})()
+    assert JudgeEnsemble([ColourJudge(), asker, silent]).prompt == (
+        f'colour-judge: {ColourJudge.prompt}\nasker: Is it "{{text}}"?\nSilent: not recorded'
+    )
+    assert JudgeEnsemble([silent]).prompt is None
 
 
 @pytest.mark.parametrize("model_type", ["qwen2_5_vl", "qwen3_vl"])
