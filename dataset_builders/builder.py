@@ -555,7 +555,11 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 required.append(self.config.id_column)
             missing = [column for column in required if column not in source.column_names]
             if missing:
-                raise SourceError(f"source lacks column(s) {missing}; it has {source.column_names}")
+                raise SourceError(
+                    f"source {self.config.source or 'datasets.Dataset (in memory)'} lacks column(s) {missing}; it has "
+                    f"{source.column_names}: name the columns to read with image_column=, caption_column=, id_column= "
+                    "(CLI --image-column, --caption-column, --id-column)"
+                )
             image_feature = source.features[self.config.image_column]
             if not _readable_as_images(image_feature):  # pyarrow's cast would fail naming neither column nor type
                 raise SourceError(

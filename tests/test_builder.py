@@ -317,7 +317,7 @@ def test_a_caption_column_of_lists_is_skipped_as_non_string_naming_column_and_ty
 
 def test_an_explicit_id_column_must_exist_but_the_default_one_may_be_absent(tmp_path):
     """Before the fix a misspelt id column was ignored and every id silently became the row index."""
-    with pytest.raises(ValueError, match=r"source lacks column\(s\) \['image_id'\]"):
+    with pytest.raises(ValueError, match=r"source datasets.Dataset \(in memory\) lacks column\(s\) \['image_id'\].*--id-column"):
         _unbuilt(tmp_path, _source(3), id_column="image_id").check_inputs()
     without_ids = _source(3).remove_columns("id")
     _, _, skipped = _unbuilt(tmp_path / "no_ids", without_ids).check_inputs()

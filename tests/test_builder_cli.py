@@ -85,7 +85,8 @@ def test_source_problems_are_one_line_errors(source_file, tmp_path, capsys):
 
     # the paper's 50,000 SemDeDup clusters on 7 usable images
     assert "SemDeDup with 50000 clusters on 7 rows" in error_of("clusters")
-    assert "source lacks column(s) ['missing']" in error_of("column", "--semdedup-clusters", "0", "--caption-column", "missing")
+    missing_column = error_of("column", "--semdedup-clusters", "0", "--caption-column", "missing")
+    assert f"source {source_file} lacks column(s) ['missing']" in missing_column and "--caption-column" in missing_column
     assert "no usable input rows: all 9 were skipped" in error_of("paths", "--semdedup-clusters", "0", "--image-column", "caption")
 
 
