@@ -10,7 +10,7 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from trainer.losses import contrastive_loss, rpa_listwise_loss, rpa_pairwise_loss
+from trainer.losses import contrastive_loss, preference_agreement, rpa_listwise_loss, rpa_pairwise_loss
 
 
 
@@ -169,6 +169,28 @@ def test_rpa_rejects_mismatched_shapes():
         rpa_listwise_loss(torch.randn(2, 3), torch.rand(2, 3), torch.ones(2, 3))
 
 
+@pytest.mark.parametrize("loss", [rpa_pairwise_loss, rpa_listwise_loss])
+def test_rpa_losses_per_anchor_are_each_anchors_own_loss(loss):
+    scores, alphas, mask = random_rpa_inputs(5, ties=True, masked=True)
+    per_anchor = loss(scores, alphas, mask, reduction="none")
+    assert per_anchor.shape == (scores.shape[0],)
+    for i in range(scores.shape[0]):
+        assert per_anchor[i].item() == pytest.approx(loss(scores[i : i + 1], alphas[i : i + 1], mask[i : i + 1]).item())
+    assert per_anchor.mean().item() == pytest.approx(loss(scores, alphas, mask).item())
+    with pytest.raises(ValueError, match="reduction must be 'mean' or 'none', got 'sum'"):
+        loss(scores, alphas, mask, reduction="sum")
+
+
+def test_preference_agreement_per_anchor_counts_each_anchors_own_pairs():
+    scores = torch.tensor([[3.0, 0.0, -3.0], [1.0, 2.0, 0.0], [1.0, 2.0, 3.0]])
+    alphas = torch.tensor([[0.9, 0.5, 0.1], [0.9, 0.5, 0.5], [0.5, 0.5, 0.5]])  # row 2: no strict preference
+    accuracies, margins = preference_agreement(scores, alphas, per_anchor=True)
+    assert accuracies[:2].tolist() == [1.0, 0.5] and margins[:2].tolist() == [4.0, 0.0]
+    assert accuracies[2].isnan() and margins[2].isnan()
+    pooled = preference_agreement(scores, alphas)  # over the 5 preferred pairs of all anchors
+    assert pooled[0].item() == pytest.approx(4 / 5) and pooled[1].item() == pytest.approx(12 / 5)
+
+
 # ----------------------------------------------------------------------------------------- InfoNCE
 def contrastive_inputs(seed, num_anchors=4, num_negatives=5, dim=8):
     """Anchors and negatives whose ids repeat: negative 0 is anchor 1's image, negatives 2 and 3 are the same image,
@@ -196,6 +218,18 @@ def test_contrastive_loss_without_negatives_is_clip():
     logits = 14.0 * images @ texts.T
     expected = (F.cross_entropy(logits, torch.arange(5)) + F.cross_entropy(logits.T, torch.arange(5))) / 2
     assert contrastive_loss(images, texts, torch.tensor(14.0)).item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_contrastive_loss_per_anchor_averages_its_two_directions():
+    generator = torch.Generator().manual_seed(0)
+    images, texts = normalised(5, 8, generator), normalised(5, 8, generator)
+    logits = 14.0 * images @ texts.T
+    expected = (F.cross_entropy(logits, torch.arange(5), reduction="none")
+                + F.cross_entropy(logits.T, torch.arange(5), reduction="none")) / 2
+    torch.testing.assert_close(contrastive_loss(images, texts, torch.tensor(14.0), reduction="none"), expected)
+    inputs = contrastive_inputs(0)
+    per_anchor = contrastive_loss(**inputs, reduction="none")
+    assert per_anchor.mean().item() == pytest.approx(contrastive_loss(**inputs).item())
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -18,6 +18,8 @@ Conventions shared by the RPA losses:
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
@@ -27,7 +29,9 @@ from torch import Tensor
 __all__ = ["contrastive_loss", "preference_agreement", "rpa_listwise_loss", "rpa_pairwise_loss"]
 
 
-def rpa_pairwise_loss(scores: Tensor, judge_scores: Tensor, mask: Tensor | None = None) -> Tensor:
+def rpa_pairwise_loss(
+    scores: Tensor, judge_scores: Tensor, mask: Tensor | None = None, reduction: Literal["mean", "none"] = "mean"
+) -> Tensor:
     r"""Pairwise Relative Preference Alignment loss (MAPLE, eq. for :math:`\mathcal{L}_{pair}`).
 
     .. math::
@@ -43,18 +47,21 @@ def rpa_pairwise_loss(scores: Tensor, judge_scores: Tensor, mask: Tensor | None 
         scores: ``(N, C)`` scaled similarities anchor -> candidate.
         judge_scores: ``(N, C)`` judge alphas, same order.
         mask: optional ``(N, C)`` bool, ``False`` for padded candidates.
+        reduction: ``"none"`` for each anchor's loss.
 
     Returns:
-        The scalar loss, averaged over the ``N`` anchors.
+        The scalar loss, averaged over the ``N`` anchors, or the ``(N,)`` losses of the anchors.
     """
     scores, mask = _check_rpa_inputs(scores, judge_scores, mask)
     preferred = _strict_preferences(judge_scores, mask)
     margins = (judge_scores.unsqueeze(2) - judge_scores.unsqueeze(1)).masked_fill(~preferred, 0.0)
     log_likelihoods = F.logsigmoid(scores.unsqueeze(2) - scores.unsqueeze(1))
-    return -(margins * log_likelihoods).sum(dim=(1, 2)).mean()
+    return _reduce(-(margins * log_likelihoods).sum(dim=(1, 2)), reduction)
 
 
-def rpa_listwise_loss(scores: Tensor, judge_scores: Tensor, mask: Tensor | None = None) -> Tensor:
+def rpa_listwise_loss(
+    scores: Tensor, judge_scores: Tensor, mask: Tensor | None = None, reduction: Literal["mean", "none"] = "mean"
+) -> Tensor:
     r"""Listwise Relative Preference Alignment loss (MAPLE, eq. for :math:`\mathcal{L}_{list}`).
 
     A Plackett-Luce likelihood of the judge's ranking, each step weighted by the judge's mean margin (as in PRO,
@@ -72,9 +79,10 @@ def rpa_listwise_loss(scores: Tensor, judge_scores: Tensor, mask: Tensor | None 
         scores: ``(N, C)`` scaled similarities anchor -> candidate.
         judge_scores: ``(N, C)`` judge alphas, same order.
         mask: optional ``(N, C)`` bool, ``False`` for padded candidates.
+        reduction: ``"none"`` for each anchor's loss.
 
     Returns:
-        The scalar loss, averaged over the ``N`` anchors.
+        The scalar loss, averaged over the ``N`` anchors, or the ``(N,)`` losses of the anchors.
     """
     scores, mask = _check_rpa_inputs(scores, judge_scores, mask)
     preferred = _strict_preferences(judge_scores, mask)  # [i, k, l]: k is ranked strictly above l
@@ -84,7 +92,7 @@ def rpa_listwise_loss(scores: Tensor, judge_scores: Tensor, mask: Tensor | None 
     itself = torch.eye(scores.shape[1], dtype=torch.bool, device=scores.device)
     competitors = preferred | itself  # the denominator of step k: k itself and every candidate below it
     log_normalisers = torch.logsumexp(scores.unsqueeze(1).masked_fill(~competitors, float("-inf")), dim=2)
-    return -(weights * (scores - log_normalisers)).sum(dim=1).mean()
+    return _reduce(-(weights * (scores - log_normalisers)).sum(dim=1), reduction)
 
 
 def contrastive_loss(
@@ -101,6 +109,7 @@ def contrastive_loss(
     excluded_image_ids: Tensor | None = None,
     excluded_text_ids: Tensor | None = None,
     gather_across_processes: bool = True,
+    reduction: Literal["mean", "none"] = "mean",
 ) -> Tensor:
     r"""Symmetric CLIP InfoNCE (Radford et al., 2021) with MAPLE's expanded negatives.
 
@@ -138,9 +147,10 @@ def contrastive_loss(
             image); pad rows with the anchor's own image id, which is never excluded. Needs the image ids.
         excluded_text_ids: the same for image ``i``'s texts (image -> text).
         gather_across_processes: gather the pools from every process when ``torch.distributed`` runs more than one.
+        reduction: ``"none"`` for each anchor's loss (the mean of its two directions).
 
     Returns:
-        The scalar loss of this process's anchors.
+        The scalar loss of this process's anchors, or their ``(N,)`` losses.
     """
     if image_embeds.shape != text_embeds.shape:
         raise ValueError(
@@ -156,7 +166,7 @@ def contrastive_loss(
         image_embeds, text_embeds, negative_text_embeds, text_ids, negative_text_ids, excluded_text_ids,
         inverse_temperature, gather,
     )
-    return (text_to_image + image_to_text) / 2
+    return _reduce((text_to_image + image_to_text) / 2, reduction)
 
 
 def _expanded_info_nce(
@@ -169,8 +179,8 @@ def _expanded_info_nce(
     inverse_temperature: Tensor,
     gather: bool,
 ) -> Tensor:
-    """One direction of `contrastive_loss`: local queries against the (gathered, de-duplicated) pool of all
-    positives followed by all negatives, less each query's excluded ids. The target of query ``i`` is its own
+    """One direction of `contrastive_loss`, each local query's loss: the query against the (gathered, de-duplicated)
+    pool of all positives followed by all negatives, less its excluded ids. The target of query ``i`` is its own
     positive."""
     if (negative_ids is not None and (positive_ids is None or negatives is None)) or (
         positive_ids is not None and negatives is not None and negative_ids is None
@@ -197,7 +207,15 @@ def _expanded_info_nce(
             excluded = (excluded_ids.unsqueeze(2) == pool_ids.view(1, 1, -1)).any(dim=1)  # (N, pool)
             excluded[torch.arange(len(local_targets), device=excluded.device), local_targets] = False
             logits = logits.masked_fill(excluded, float("-inf"))
-    return F.cross_entropy(logits, local_targets)
+    return F.cross_entropy(logits, local_targets, reduction="none")
+
+
+def _reduce(per_anchor: Tensor, reduction: str) -> Tensor:
+    if reduction == "mean":
+        return per_anchor.mean()
+    if reduction == "none":
+        return per_anchor
+    raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
 
 
 def _first_occurrence(ids: Tensor) -> Tensor:
@@ -253,11 +271,19 @@ def _check_rpa_inputs(scores: Tensor, judge_scores: Tensor, mask: Tensor | None)
     return scores.masked_fill(~mask, 0.0), mask
 
 
-def preference_agreement(scores: Tensor, judge_scores: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def preference_agreement(
+    scores: Tensor, judge_scores: Tensor, mask: Tensor | None = None, per_anchor: bool = False
+) -> tuple[Tensor, Tensor]:
     """How well the scores follow the judge, over all strictly preferred pairs ``(k, l)`` (DPO's reward metrics):
     the fraction with ``s_k > s_l`` (``rewards/accuracies``) and the mean ``s_k - s_l`` (``rewards/margins``).
-    Both are NaN when no pair is strictly preferred."""
+    Both are NaN when no pair is strictly preferred. `per_anchor`: the ``(N,)`` values over each anchor's own pairs
+    instead."""
     scores, mask = _check_rpa_inputs(scores, judge_scores, mask)
     preferred = _strict_preferences(judge_scores, mask)
-    differences = (scores.unsqueeze(2) - scores.unsqueeze(1))[preferred]
+    differences = scores.unsqueeze(2) - scores.unsqueeze(1)
+    if per_anchor:
+        pairs = preferred.sum(dim=(1, 2))
+        agreeing = ((differences > 0) & preferred).sum(dim=(1, 2))
+        return agreeing / pairs, differences.masked_fill(~preferred, 0.0).sum(dim=(1, 2)) / pairs
+    differences = differences[preferred]
     return (differences > 0).float().mean(), differences.mean()

@@ -53,9 +53,10 @@ class RPATrainer(DPOTrainer):
 
     Logged, in training and evaluation (there under the evaluation's ``metric_key_prefix``): ``loss/rpa``,
     ``loss/contrastive``, ``rewards/accuracies`` (share of judge-preferred pairs the model scores higher),
-    ``rewards/margins``, ``beta``, ``temperature``; evaluation adds ``recall@1/text_to_image`` and
-    ``recall@1/image_to_text`` (0-100, `evaluation.metrics.retrieval_recall`) over the distinct anchor captions and
-    images of the whole evaluation set, every caption of an image counting as relevant to it.
+    ``rewards/margins``, ``beta``, ``temperature``. Evaluation averages the losses and rewards over the anchors of its
+    set, each once (see `_log_mean`), and adds ``recall@1/text_to_image`` and ``recall@1/image_to_text`` (0-100,
+    `evaluation.metrics.retrieval_recall`) over the distinct anchor captions and images of the whole evaluation set,
+    every caption of an image counting as relevant to it.
 
     `DPOTrainer.__init__` prepares a causal language model (tokenised prompt/completion pairs, a fused LM head, a
     reference model reloaded as a causal LM), none of which applies to an embedder, so this class sets up its own
@@ -283,26 +284,34 @@ class RPATrainer(DPOTrainer):
             (beta * similarities[0], inputs["txt2img_scores"], inputs["candidate_image_mask"]),
             (beta * similarities[1], inputs["img2txt_scores"], inputs["candidate_text_mask"]),
         ]
-        rpa = sum(RPA_LOSSES[self.args.rpa_loss](*ranking) for ranking in rankings) / 2
+        # per anchor, so that evaluation can average over the anchors of its whole set (see `_log_mean`)
+        rpa = sum(RPA_LOSSES[self.args.rpa_loss](*ranking, reduction="none") for ranking in rankings) / 2
         contrastive = self._contrastive_loss(outputs.text_embeds, outputs.image_embeds, inputs, inverse_temperature)
-        loss = self.args.rpa_weight * rpa + (1 - self.args.rpa_weight) * contrastive
+        anchor_losses = self.args.rpa_weight * rpa + (1 - self.args.rpa_weight) * contrastive
+        loss = anchor_losses.mean()
 
         self._log_mean(mode, "loss/rpa", rpa)
         self._log_mean(mode, "loss/contrastive", contrastive)
-        agreement = [preference_agreement(scores.detach(), judge, mask) for scores, judge, mask in rankings]
-        self._log_mean(mode, "rewards/accuracies", torch.stack([accuracy for accuracy, _ in agreement]).nanmean())
-        self._log_mean(mode, "rewards/margins", torch.stack([margin for _, margin in agreement]).nanmean())
+        # A training step pools the rewards over its batch's pairs; evaluation needs each anchor's (see `_log_mean`).
+        agreement = [
+            preference_agreement(scores.detach(), judge, mask, per_anchor=mode == "eval")
+            for scores, judge, mask in rankings
+        ]
+        self._log_mean(mode, "rewards/accuracies", torch.stack([accuracy for accuracy, _ in agreement]).nanmean(0))
+        self._log_mean(mode, "rewards/margins", torch.stack([margin for _, margin in agreement]).nanmean(0))
         self._metrics[mode]["beta"].append(beta.item())
         self._metrics[mode]["temperature"].append(1.0 / inverse_temperature.item())
         if mode == "eval":
+            # replaces `Trainer`'s eval loss, a mean of the processes' batch means that counts the repeated rows
+            self._log_mean(mode, "loss", anchor_losses)
             self._collect_eval_anchors(outputs.text_embeds, outputs.image_embeds, inputs)
         else:
-            self._stop_on_non_finite(loss, rpa, contrastive)
+            self._stop_on_non_finite(loss, rpa.mean(), contrastive.mean())
         return (loss, outputs) if return_outputs else loss
 
     def _contrastive_loss(self, text_embeds: Tensor, image_embeds: Tensor, inputs, inverse_temperature) -> Tensor:
-        """InfoNCE of the anchors; with `expand_negatives` every embedded item joins the pool (the anchors among
-        them are removed again as duplicates, by id)."""
+        """The ``(N,)`` InfoNCE losses of the anchors; with `expand_negatives` every embedded item joins the pool (the
+        anchors among them are removed again as duplicates, by id)."""
         text_ids, image_ids = inputs["text_ids"], inputs["image_ids"]
         expanded = {}
         if self.args.expand_negatives:
@@ -326,6 +335,7 @@ class RPATrainer(DPOTrainer):
             image_ids=image_ids[inputs["anchor_image_index"]],
             text_ids=text_ids[inputs["anchor_text_index"]],
             gather_across_processes=self.args.gather_negatives,
+            reduction="none",
             **expanded,
         )
 
@@ -336,8 +346,16 @@ class RPATrainer(DPOTrainer):
                    inputs["image_ids"][images])
         self._eval_anchor_embeds.append(self.accelerator.gather_for_metrics(anchors))
 
-    def _log_mean(self, mode: str, key: str, value: Tensor) -> None:
-        self._metrics[mode][key].append(self.accelerator.gather(value.detach().reshape(1)).nanmean().item())
+    def _log_mean(self, mode: str, key: str, values: Tensor) -> None:
+        """Records a batch metric given per anchor (or, in training, as one value per process), NaNs left out: a
+        training step's mean over all processes; in evaluation, each anchor's value, less the rows accelerate repeats
+        to even out the last batch across processes, so that `evaluation_loop` averages over the set's anchors."""
+        values = values.detach().reshape(-1)
+        if mode == "train":
+            self._metrics[mode][key].append(self.accelerator.gather(values).nanmean().item())
+        else:
+            values = self.accelerator.gather_for_metrics(values)
+            self._metrics[mode][key].extend(values[~values.isnan()].tolist())
 
     def _get_grad_norm(self, model, grad_norm=None):
         grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
@@ -385,8 +403,8 @@ class RPATrainer(DPOTrainer):
         self._eval_anchor_embeds = []
         self._metrics["eval"].clear()
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
-        for key, values in self._metrics["eval"].items():
-            output.metrics[f"{metric_key_prefix}_{key}"] = sum(values) / len(values)
+        for key, values in self._metrics["eval"].items():  # NaN: no anchor had a strict judge preference
+            output.metrics[f"{metric_key_prefix}_{key}"] = sum(values) / len(values) if values else math.nan
         self._metrics["eval"].clear()
         if self._eval_anchor_embeds:
             recalls = anchor_recall_at_1(*(torch.cat(part) for part in zip(*self._eval_anchor_embeds)))
