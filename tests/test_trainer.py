@@ -417,6 +417,11 @@ def test_config_rejects_bad_values(tmp_path, overrides, message):
         RPAConfig(output_dir=str(tmp_path), **overrides)
 
 
+def test_the_help_of_max_length_says_other_values_are_rejected():
+    help_text = RPAConfig.__dataclass_fields__["max_length"].metadata["help"]
+    assert "any other value is rejected" in help_text and "Not used" not in help_text
+
+
 def test_a_dataset_dict_as_train_dataset_asks_for_one_split(tmp_path):
     model, processor = build_tiny("dual_encoder")
     splits = datasets.DatasetDict(train=synthetic_preference_dataset(4), test=synthetic_preference_dataset(4))

@@ -78,8 +78,8 @@ class RPAConfig(DPOConfig):
     max_length: int | None = field(
         default=None,
         metadata={
-            "help": "Not used by RPA (DPO truncates prompt+completion tokens here). Texts are truncated by the "
-            "MapleProcessor's `max_text_length`."
+            "help": "Must stay None: DPO truncates prompt+completion tokens here, which an embedder does not have, so "
+            "any other value is rejected. Texts are truncated by the MapleProcessor's `max_text_length`."
         },
     )
     beta: float | None = field(
