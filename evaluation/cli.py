@@ -59,36 +59,51 @@ def run_benchmark(model, processor, benchmark: RetrievalBenchmark | QuadrupleBen
     return evaluate_quadruples(model, processor, benchmark.quadruples, benchmark.categories, batch_size)
 
 
-def _files_state(path: Path) -> dict[str, list[int]]:
-    """Size and modification time of every file under `path` (a file or a folder), by relative path."""
-    files = [path] if path.is_file() else sorted(file for file in path.rglob("*") if file.is_file())
-    return {str(file.relative_to(path)) if file != path else file.name: [file.stat().st_size, file.stat().st_mtime_ns] for file in files}
+def _files_state(path: Path, *, recursive: bool) -> dict[str, list[int]]:
+    """Size and modification time of the files of `path` (a file, or a folder's files, with its subfolders' when
+    `recursive`), by relative path."""
+    if path.is_file():
+        files = [path]
+    else:
+        files = sorted(file for file in (path.rglob("*") if recursive else path.iterdir()) if file.is_file())
+    states = {}
+    for file in files:
+        stat = file.stat()
+        states[file.name if file == path else str(file.relative_to(path))] = [stat.st_size, stat.st_mtime_ns]
+    return states
 
 
-def _hub_commit(repo_id: str) -> str | None:
-    """The commit of Hub model repo `repo_id` that loading it now would read (the Hub's newest, or offline the
-    cached one), or None when neither can be reached."""
+def _hub_config_file(repo_id: str) -> Path | None:
+    """The config.json, else adapter_config.json, of Hub model repo `repo_id` as loading it now reads it (the
+    Hub's newest, or offline the cached one), in the cache's snapshots/<commit>/ folder; None when unreachable."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
-    for name in ("config.json", "adapter_config.json"):
+    from .models import ADAPTER_CONFIG_FILE, CONFIG_FILE
+
+    for name in (CONFIG_FILE, ADAPTER_CONFIG_FILE):
         try:
-            return Path(hf_hub_download(repo_id, name)).parent.name  # .../snapshots/<commit>/<name>
+            return Path(hf_hub_download(repo_id, name))
         except (EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled):
             continue
     return None
 
 
 def _model_state(model_ref: str) -> dict[str, Any]:
-    """What identifies the model evaluated: for a local folder every file in it (weights, config, processor and
-    tokenizer files) by size and modification time, and an adapter's base model too; for a Hub repo its commit."""
+    """What identifies the model evaluated: for a local folder its files (weights, config, processor and tokenizer
+    files; not subfolders, which loading does not read, such as a results folder or training checkpoints) by size
+    and modification time; for a Hub repo its commit (None: unknown now). An adapter's base model is included."""
+    from .models import ADAPTER_CONFIG_FILE, is_hub_id
+
     folder = Path(model_ref).expanduser()
-    if not folder.is_dir():
-        return {"commit": _hub_commit(model_ref)}
-    state: dict[str, Any] = {"files": _files_state(folder)}
-    adapter_config = folder / "adapter_config.json"
-    if adapter_config.is_file():
-        base_ref = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
+    if folder.is_dir():
+        state: dict[str, Any] = {"files": _files_state(folder, recursive=False)}
+        config_file = folder / ADAPTER_CONFIG_FILE
+    else:
+        config_file = _hub_config_file(model_ref) if is_hub_id(model_ref) else None
+        state = {"commit": config_file.parent.name if config_file is not None else None}
+    if config_file is not None and config_file.name == ADAPTER_CONFIG_FILE and config_file.is_file():
+        base_ref = json.loads(config_file.read_text()).get("base_model_name_or_path")
         state["base"] = {"model": base_ref, **_model_state(base_ref)} if base_ref else None
     return state
 
@@ -97,20 +112,24 @@ def _run_fingerprint(model_ref: str, model_state: dict[str, Any], source: str | 
     """What a stored result was computed from: the model and its state (`_model_state`), and the benchmark
     source, with its files' sizes and modification times when it is local (a Hub dataset by its id only)."""
     source_path = Path(source).expanduser() if source is not None else None
-    return {
-        "model": model_ref,
-        "model_state": model_state,
-        "source": source,
-        "source_files": _files_state(source_path) if source_path is not None and source_path.exists() else None,
-    }
+    source_files = _files_state(source_path, recursive=True) if source_path is not None and source_path.exists() else None
+    return {"model": model_ref, "model_state": model_state, "source": source, "source_files": source_files}
+
+
+def _with_unknown_commits_from(current: Any, stored: Any) -> Any:
+    """`current` with each commit it cannot know (None: offline and not cached) taken from `stored`."""
+    if not isinstance(current, dict) or not isinstance(stored, dict):
+        return current
+    known = {key: _with_unknown_commits_from(value, stored.get(key)) for key, value in current.items()}
+    if known.get("commit", "") is None and "commit" in stored:
+        known["commit"] = stored["commit"]
+    return known
 
 
 def _same_run(stored: dict[str, Any], current: dict[str, Any]) -> bool:
-    """Whether a stored result's fingerprint is the current run's. A Hub model whose commit cannot be resolved
-    now (offline and not cached) matches any commit: its stored results are all there is to report."""
-    if current["model_state"] == {"commit": None} and "commit" in stored.get("model_state", {}):
-        stored = {**stored, "model_state": current["model_state"]}
-    return stored == current
+    """Whether a stored result's fingerprint is the current run's. A Hub model (or an adapter's base) whose commit
+    cannot be resolved now matches any commit: offline and not cached, its stored results are all there is."""
+    return stored == _with_unknown_commits_from(current, stored)
 
 
 def stored_results(model_ref: str, benchmarks: list[str], sources: dict[str, str], out: Path) -> dict[str, Any]:
@@ -222,9 +241,10 @@ def main(argv: list[str] | None = None) -> int:
         # Before the first model loads: every model that has benchmarks left to do gets its config read and checked
         # (missing folders, Hub repos that cannot be read, unsupported kinds), so a bad --compare entry fails at
         # once, not after hours; a model whose results are all stored needs nothing (an offline re-run works).
-        stored = {model_ref: stored_results(model_ref, args.benchmarks, sources, args.out) for model_ref in model_refs}
         for model_ref in model_refs:
             check_model_ref(model_ref)
+        stored = {model_ref: stored_results(model_ref, args.benchmarks, sources, args.out) for model_ref in model_refs}
+        for model_ref in model_refs:
             if set(args.benchmarks) - set(stored[model_ref]):
                 checkpoint_config(model_ref)
         for name, source in sources.items():

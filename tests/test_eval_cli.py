@@ -112,6 +112,47 @@ def test_cli_compares_models_writes_tables_and_resumes(tiny, benchmark_sources, 
         assert json.loads((out / "results.json").read_text())[str(first)]["coco"]["i2t_r1"] >= 0
 
 
+def test_results_written_inside_the_model_folder_do_not_change_its_fingerprint(tiny, benchmark_sources, tmp_path, capsys, monkeypatch):
+    """`maple eval .` from inside a checkpoint writes maple_eval/ there; loading reads the folder's files only."""
+    import shutil
+
+    _, _, (first, _) = tiny
+    model = tmp_path / "ckpt"
+    shutil.copytree(first, model)
+    monkeypatch.chdir(model)
+    argv = [".", "--benchmarks", "coco", "--source", f"coco={benchmark_sources['coco']}"]
+    assert main(argv) == 0
+    (model / "checkpoint-10").mkdir()  # a later training checkpoint in a subfolder
+    (model / "checkpoint-10" / "model.safetensors").write_bytes(b"")
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert ".: coco already done" in capsys.readouterr().out
+
+
+def test_a_moved_checkpoint_with_stored_results_is_reported_as_missing(tiny, benchmark_sources, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    _, _, (first, _) = tiny
+    shutil.copytree(first, tmp_path / "ckpt")
+    monkeypatch.chdir(tmp_path)
+    argv = ["./ckpt", "--benchmarks", "coco", "--source", f"coco={benchmark_sources['coco']}"]
+    assert main(argv) == 0
+    (tmp_path / "ckpt").rename(tmp_path / "moved")
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert capsys.readouterr().err == "maple eval: error: no such folder: ./ckpt\n"
+
+
+def test_an_adapters_hub_base_unknown_offline_matches_its_stored_commit():
+    from evaluation.cli import _same_run
+
+    stored = {"model": "adapter", "model_state": {"files": {"a": [1, 2]}, "base": {"model": "org/base", "commit": "abc"}}}
+    offline = {"model": "adapter", "model_state": {"files": {"a": [1, 2]}, "base": {"model": "org/base", "commit": None}}}
+    moved_on = {"model": "adapter", "model_state": {"files": {"a": [1, 2]}, "base": {"model": "org/base", "commit": "def"}}}
+    assert _same_run(stored, offline) and not _same_run(stored, moved_on)
+    assert not _same_run(stored, {**offline, "model_state": {**offline["model_state"], "files": {"a": [1, 3]}}})
+
+
 def test_interrupted_run_keeps_finished_benchmarks(tiny, benchmark_sources, tmp_path, capsys, monkeypatch):
     _, _, (first, _) = tiny
     out = tmp_path / "eval"
