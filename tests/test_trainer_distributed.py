@@ -1,7 +1,7 @@
 """RPATrainer under `accelerate launch --multi_gpu --num_processes 2` with `use_cpu=True` (2 CPU processes, gloo):
-the loss with gathered negatives equals the one-process loss on the same global batch, and training runs; the
-evaluation metrics count every anchor of the evaluation set once, though accelerate repeats rows to fill the last
-batch of each process. (accelerate 1.15's `--cpu` flag starts several CPU processes only through MPI; without it,
+the loss with gathered negatives equals the one-process loss on the same global batch, and training runs, also on
+batches of unequal size; the evaluation metrics count every anchor of the evaluation set once, though accelerate
+repeats rows to fill the last batch of each process. (accelerate 1.15's `--cpu` flag starts several CPU processes only through MPI; without it,
 one.)
 
 The same 8 rows make up every step's global batch (one batch of 8 in one process, two of 4 in two processes), so
@@ -46,6 +46,16 @@ def run(output_dir: str, per_device_batch: int, per_device_eval_batch: int) -> d
     return {"steps": steps, "eval": trainer.evaluate(synthetic_preference_dataset(EVAL_ROWS, seed=4))}
 
 
+def train_uneven(output_dir: str) -> list[dict]:
+    """One step on 7 rows at 4 per process without `even_batches`: the processes hold 4 and 3 anchors."""
+    model, processor = build_tiny("dual_encoder", seed=0)
+    args = smoke_config(output_dir, per_device_train_batch_size=4, max_steps=1, logging_steps=1, num_text_candidates=3,
+                        use_cpu=True, accelerator_config={"even_batches": False})
+    trainer = RPATrainer(model, args=args, train_dataset=synthetic_preference_dataset(7, seed=3), processing_class=processor)
+    trainer.train()
+    return [entry for entry in trainer.state.log_history if "loss/rpa" in entry]
+
+
 def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
     result_file = tmp_path / "two_processes.json"
     command = [
@@ -67,11 +77,14 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
     # batchings pool every item of the synthetic dataset's 8 scenes, de-duplicated.
     for key in EVAL_KEYS:
         assert two_processes["eval"][key] == pytest.approx(one_process["eval"][key], abs=1e-5), key
+    # batches of unequal size on the two processes train and log too (each process logs its own mean)
+    assert len(two_processes["uneven_steps"]) == 1 and two_processes["uneven_steps"][0]["loss/rpa"] > 0
 
 
 if __name__ == "__main__":  # run by `accelerate launch` above
     output_dir, result_file = sys.argv[1], sys.argv[2]
     logs = run(output_dir, per_device_batch=GLOBAL_BATCH // 2, per_device_eval_batch=4)
+    logs["uneven_steps"] = train_uneven(output_dir + "-uneven")
     if int(os.environ.get("RANK", "0")) == 0:
         with open(result_file, "w") as handle:
             json.dump(logs, handle)

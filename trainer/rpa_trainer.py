@@ -347,12 +347,13 @@ class RPATrainer(DPOTrainer):
         self._eval_anchor_embeds.append(self.accelerator.gather_for_metrics(anchors))
 
     def _log_mean(self, mode: str, key: str, values: Tensor) -> None:
-        """Records a batch metric given per anchor (or, in training, as one value per process), NaNs left out: a
-        training step's mean over all processes; in evaluation, each anchor's value, less the rows accelerate repeats
-        to even out the last batch across processes, so that `evaluation_loop` averages over the set's anchors."""
+        """Records a batch metric given per anchor (or, in training, as one value per process), NaNs left out: in
+        training, the mean of the processes' means (one value each: their batches may differ in size); in
+        evaluation, each anchor's value, less the rows accelerate repeats to even out the last batch across
+        processes, so that `evaluation_loop` averages over the set's anchors."""
         values = values.detach().reshape(-1)
         if mode == "train":
-            self._metrics[mode][key].append(self.accelerator.gather(values).nanmean().item())
+            self._metrics[mode][key].append(self.accelerator.gather(values.nanmean().reshape(1)).nanmean().item())
         else:
             values = self.accelerator.gather_for_metrics(values)
             self._metrics[mode][key].extend(values[~values.isnan()].tolist())
