@@ -59,6 +59,10 @@ one definition the builder writes and the trainer validates against."""
 
 TEXT_CANDIDATE_SOURCES = ("generated", "corpus")
 MANIFEST_FILE = "manifest.json"
+# Raised whenever a manifest field is added or changes meaning (2: the captioner's generation config, the
+# tokenizer's leading special tokens, an ensemble's prompt, folder sources read split by split). A work dir
+# of another version is refused: its manifest cannot say whether its checkpoints match this builder's.
+MANIFEST_VERSION = 2
 DEFAULT_ID_COLUMN = "id"
 _SHARD_NAME = re.compile(r"^shard-(\d+)-(\d+)\.parquet$")
 
@@ -231,13 +235,12 @@ def _component_key(component: object | None) -> str | None:
 def _differences(saved: Any, current: Any, name: str = "") -> list[str]:
     """"name: saved in the work dir, current now" for each differing manifest field; settings
     (nested dicts) are compared key by key, so the message names the one that changed (say
-    `judge_settings.image_processor.size`) rather than printing both whole. Fields the saved
-    manifest does not hold are not compared: an older version of the builder did not record them."""
+    `judge_settings.image_processor.size`) rather than printing both whole."""
     if isinstance(saved, dict) and isinstance(current, dict):
         return [
             line
-            for key in sorted(saved)
-            for line in _differences(saved[key], current.get(key), f"{name}.{key}" if name else key)
+            for key in sorted(saved.keys() | current.keys())
+            for line in _differences(saved.get(key), current.get(key), f"{name}.{key}" if name else key)
         ]
     return [] if saved == current else [f"{name}: {saved!r} in the work dir, {current!r} now"]
 
@@ -488,6 +491,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         deduplicated = config.semdedup_clusters is not None
         self._load_source()
         return {
+            "manifest_version": MANIFEST_VERSION,
             "source": config.source if self.source_dataset is None else "in-memory datasets.Dataset",
             "source_fingerprint": self._source_fingerprint,
             "source_split": config.source_split,
@@ -534,14 +538,19 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             self.work_dir.mkdir(parents=True, exist_ok=True)
             _atomic_write_bytes(path, json.dumps(current, indent=2, sort_keys=True).encode())
         saved = json.loads(path.read_text())
+        saved_version = saved.get("manifest_version", 1)
+        if saved_version != MANIFEST_VERSION:
+            raise WorkDirMismatch(
+                f"work dir {self.work_dir} was made by another version of the builder (manifest version "
+                f"{saved_version}, this one writes {MANIFEST_VERSION}), whose manifest cannot say whether its checkpoints "
+                f"match this build: {advice}"
+            )
         differences = _differences(saved, current)
         if differences:
             raise WorkDirMismatch(
                 f"work dir {self.work_dir} was built with another recipe ({'; '.join(differences)}); reusing its "
                 f"checkpoints and shards would mix the two builds: {advice}"
             )
-        if current != saved:  # a manifest of an older version, equal where it speaks: record the new fields
-            _atomic_write_bytes(path, json.dumps(current, indent=2, sort_keys=True).encode())
 
     def _load_source(self) -> datasets.Dataset:
         if self._source is None:
