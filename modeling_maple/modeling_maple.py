@@ -141,9 +141,11 @@ class MapleModel(MaplePreTrainedModel):
     # ------------------------------------------------------------------ embeddings
 
     def _finish(self, pooled: torch.Tensor, projection: nn.Linear | None) -> torch.Tensor:
-        # Embeddings are float32 whatever the backbone's dtype: similarities scaled by 1/0.07 and the losses
-        # on them need more than bf16's three significant digits. A new head is float32 on a bf16 backbone
-        # (`from_backbone` keeps the checkpoint's dtype), so the pooled states are cast to the head's dtype.
+        # Embeddings are float32 whatever the backbone's weights dtype: similarities scaled by 1/0.07 and the
+        # losses on them need more than bf16's three significant digits. (Under autocast the head and the
+        # similarity matmuls run in autocast's dtype, as in open_clip's mixed-precision training.) A new head is
+        # float32 on a bf16 backbone (`from_backbone` keeps the checkpoint's dtype), so the pooled states are cast
+        # to the head's dtype.
         embeds = projection(pooled.to(projection.weight.dtype)) if projection is not None else pooled
         embeds = embeds.float()
         return F.normalize(embeds, dim=-1) if self.config.normalize else embeds

@@ -430,12 +430,17 @@ def test_a_dataset_dict_as_train_dataset_asks_for_one_split(tmp_path):
         RPATrainer(model, args=make_config(tmp_path), train_dataset=splits, processing_class=processor)
 
 
-def test_equivalent_column_types_pass_the_schema_check(tmp_path):
-    # large strings and lists (as polars writes parquet) and float64 or integer scores hold what the schema asks for
+@pytest.mark.parametrize("id_type", ["large_string", "int64"])
+def test_equivalent_column_types_pass_the_schema_check(tmp_path, id_type):
+    # large strings, string views and lists (as polars and pyarrow write parquet), float64 or integer scores and
+    # integer ids hold what the schema asks for
     dataset = synthetic_preference_dataset(4)
+    if id_type == "int64":
+        dataset = dataset.remove_columns("id").add_column("id", list(range(4)))
     dataset = dataset.cast(datasets.Features({
         **dataset.features,
-        "id": datasets.Value("large_string"),
+        "id": datasets.Value(id_type),
+        "caption": datasets.Value("string_view"),
         "candidate_texts": datasets.LargeList(datasets.Value("large_string")),
         "txt2img_scores": datasets.List(datasets.Value("float64")),
     }))

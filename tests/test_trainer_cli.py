@@ -160,7 +160,7 @@ def test_model_init_kwargs_reach_the_model_as_in_trl(tmp_path):
     processor.save_pretrained(tmp_path / "maple")
     for name, tower in (("maple", "mllm"), ("clip", "vision_tower")):
         model_args = ModelArguments(model_name_or_path=str(tmp_path / name))
-        for init_kwargs, dtype in ((None, torch.float32), ({"dtype": "bfloat16"}, torch.bfloat16)):
+        for init_kwargs, dtype in ((None, torch.float32), ({"dtype": "bfloat16"}, torch.bfloat16), ({"torch_dtype": "bfloat16"}, torch.bfloat16)):
             args = RPAConfig(output_dir=str(tmp_path / "out"), model_init_kwargs=init_kwargs)
             assert getattr(load_model_and_processor(model_args, args)[0], tower).dtype == dtype, (name, init_kwargs)
     with pytest.raises(TrainingInputError, match="dtype 'bf16' is not a torch dtype"):

@@ -198,7 +198,10 @@ def model_loading_kwargs(training_args: RPAConfig) -> dict:
     are float32 unless a dtype is given ("bfloat16" names one; "auto" keeps the checkpoint's)."""
     import torch
 
-    kwargs = {"dtype": "float32", **(training_args.model_init_kwargs or {})}
+    kwargs = dict(training_args.model_init_kwargs or {})
+    if "torch_dtype" in kwargs:  # transformers' former name, still in many TRL recipes
+        kwargs["dtype"] = kwargs.pop("torch_dtype")
+    kwargs.setdefault("dtype", "float32")
     dtype = kwargs["dtype"]
     if isinstance(dtype, str) and dtype != "auto":
         if not isinstance(getattr(torch, dtype, None), torch.dtype):

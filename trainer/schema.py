@@ -80,9 +80,11 @@ def check_columns(column_names: Iterable[str], dataset_name: str) -> None:
 
 def check_features(features: Features, dataset_name: str) -> None:
     """Raises if a column of the schema holds values of another type than `PREFERENCE_FEATURES` says. Any string type
-    passes for text, any integer or float type for scores, `LargeList` (as polars writes parquet lists) for `List`."""
+    passes for text, any integer or float type for scores, integers for ids (the collator formats ids as strings),
+    `LargeList` (as polars writes parquet lists) for `List`."""
     for column, expected in PREFERENCE_FEATURES.items():
-        if _feature_kind(features[column]) == _feature_kind(expected):
+        kind = _feature_kind(features[column])
+        if kind == _feature_kind(expected) or (column == "id" and kind == "number"):
             continue
         hint = ""
         if column in _IMAGE_CASTS:
@@ -101,7 +103,7 @@ def _feature_kind(feature: Any) -> str:
     if isinstance(feature, Image):
         return "image"
     if isinstance(feature, Value):
-        if pa.types.is_string(feature.pa_type) or pa.types.is_large_string(feature.pa_type):
+        if any(is_type(feature.pa_type) for is_type in (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)):
             return "string"
         if pa.types.is_integer(feature.pa_type) or pa.types.is_floating(feature.pa_type):
             return "number"

@@ -633,7 +633,7 @@ def metric_values(result: dict[str, Any]) -> dict[str, float]:
 
 
 def summarise(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict[str, float]]]:
-    """method -> metric -> {"mean", "std"} over seeds (std 0 for one seed)."""
+    """method -> metric -> {"mean", "std"} over seeds; the sample standard deviation (n - 1), 0 for one seed."""
     summary = {}
     for method, runs in results.items():
         per_run = [metric_values(run) for run in runs]

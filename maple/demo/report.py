@@ -92,7 +92,7 @@ def results_markdown(summary: Summary, config: DemoConfig, seconds: Mapping[str,
         "# MAPLE demo results",
         "",
         f"Backbone `{config.backbone}`, seeds {seeds}, {'quick' if config.quick else 'full'} budget; "
-        "mean ± std over seeds. Scores on 0-100; delta_gap is a ratio (lower is better).",
+        "mean ± sample std (n − 1) over seeds. Scores on 0-100; delta_gap is a ratio (lower is better).",
         "",
         "The judge and captioner are **stand-ins for MLLMs**: they read the world's scene graphs "
         "(see docs/demo.md). `maple demo --judge MODEL_ID` uses a real MLLM judge instead.",
