@@ -333,8 +333,10 @@ def dataset_card_from_stats(stats: Mapping[str, Any], repo_id: str | None = None
     histogram_written = output_dir is not None and plot_score_histograms(
         stats.get("score_histograms") or {}, Path(output_dir) / HISTOGRAM_FILE
     )
+    source_license = stats.get("source_license")
     card_data = DatasetCardData(
-        license=stats.get("source_license") or "other",
+        # The Hub checks `license` against its ids (apache-2.0, cc-by-4.0, ...); free text is for the card's table.
+        license=source_license if source_license and re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", source_license) else "other",
         pretty_name=stats.get("pretty_name") or (repo_id or "MAPLE preference dataset"),
         task_categories=["feature-extraction"],
         tags=PAPER_TAGS + ["preference", "mllm-judge"],

@@ -171,6 +171,9 @@ def test_outputs_push_to_a_hub(demo_out, hub_server, tmp_path):
     assert {"model.safetensors", "modeling_maple.py", "README.md", "tokenizer.json"} <= set(hub_server.files("maple-org/demo"))
     dataset_files = hub_server.files("maple-org/demo-preferences", repo_type="dataset")
     assert "README.md" in dataset_files and any(path.endswith(".parquet") for path in dataset_files)
+    card = dataset_files["README.md"].decode()
+    assert "score_histograms.png" in card and "score_histograms.png" in dataset_files  # the card's plot is there
+    assert "license: apache-2.0" in card and "configs:" in card  # a Hub licence id; the push's metadata kept
 
 
 def test_judge_option_loads_a_real_mllm_judge(tmp_path):

@@ -513,7 +513,7 @@ def _build_preferences(config: DemoConfig, world: World, base_dir: Path, folder:
         max_candidate_texts=CAPTION_POOL_SIZE,
         semdedup_clusters=None,
         seed=config.world_seed,
-        source_license="Apache-2.0 (procedurally drawn by maple demo)",
+        source_license="apache-2.0",  # drawn by this package's code
     )
     builder.download_and_prepare()
     dataset_card_from_stats(builder.stats, output_dir=folder).save(str(folder / "README.md"))
@@ -693,17 +693,17 @@ def push_outputs(out: Path, repo_id: str) -> None:
     preference dataset with its card to `{repo_id}-preferences`."""
     from huggingface_hub import HfApi
 
+    from model_cards.cards import HISTOGRAM_FILE
+
     api = HfApi()
     api.create_repo(repo_id, exist_ok=True)
     api.upload_folder(repo_id=repo_id, folder_path=str(out / "maple-model"))
     dataset_repo = f"{repo_id}-preferences"
+    api.create_repo(dataset_repo, repo_type="dataset", exist_ok=True)
+    # The card and the histogram it links first: the dataset push then adds its `configs` metadata to the card.
+    for name in ("README.md", HISTOGRAM_FILE):
+        api.upload_file(repo_id=dataset_repo, repo_type="dataset", path_or_fileobj=str(out / "preferences" / name), path_in_repo=name)
     datasets.load_from_disk(str(out / "preferences" / "data")).push_to_hub(dataset_repo)
-    api.upload_file(
-        repo_id=dataset_repo,
-        repo_type="dataset",
-        path_or_fileobj=str(out / "preferences" / "README.md"),
-        path_in_repo="README.md",
-    )
 
 
 def format_summary(result: DemoResult, metrics: Sequence[str] = HEADLINE_METRICS) -> str:
