@@ -289,10 +289,24 @@ def model_card_from_run(
         finetuning=_finetuning_description(lora),
         dataset_id=dataset_id,
         judge_id=judge_id,
-        hyperparameters=[(key, config[key]) for key in CARD_HYPERPARAMETERS if config.get(key) is not None],
+        hyperparameters=_card_hyperparameters(config),
         curves_file=CURVES_FILE if has_curves else None,
         evaluation_section=render_evaluation_section(eval_results, repo_id, GAP_HISTOGRAM_FILE if has_histograms else None),
     )
+
+
+def _card_hyperparameters(config: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """(name, value) of the `CARD_HYPERPARAMETERS` the run set, as the run used them: `num_train_epochs` is left
+    out when `max_steps` overrides it, and a warm-up below 1 step is `Trainer`'s ratio of the steps."""
+    rows = []
+    for key in CARD_HYPERPARAMETERS:
+        value = config.get(key)
+        if value is None or (key == "num_train_epochs" and (config.get("max_steps") or 0) > 0):
+            continue
+        if key == "warmup_steps" and 0 < value < 1:
+            value = f"{value} (ratio of the training steps)"
+        rows.append((key, value))
+    return rows
 
 
 def plot_score_histograms(histograms: Mapping[str, Mapping[str, Sequence[float]]], path: Path) -> bool:

@@ -54,6 +54,8 @@ def test_model_card_from_a_tiny_run(tiny_run):
     assert f"| coco | {coco['i2t_r1']:.1f} | {coco['i2t_r5']:.1f} |" in text
     assert f"| winoground | relation | {winoground['per_category']['relation']['text_score']:.1f} |" in text
     assert "LoRA (rank 32, alpha 32) on `q_proj, v_proj`" in text and "| `rpa_weight` | `0.5` |" in text
+    assert "| `max_steps` | `6` |" in text and "num_train_epochs" not in text  # max_steps overrode the epochs
+
     assert 'AutoModel.from_pretrained("maple-org/tiny", trust_remote_code=True)' in text and "import modeling_maple" in text
     assert "learns the judge's notion of a good match, including its biases" in " ".join(text.split())
     assert "eprint = {2506.06970}" in text
@@ -156,3 +158,11 @@ def test_replacing_the_evaluation_of_an_older_card_keeps_one_histogram_paragraph
     updated = str(with_eval_results(ModelCard(old_format), eval_results, histogram_file="similarity_histograms.png"))
     assert updated.count("![Similarity histograms](similarity_histograms.png)") == 1
     assert "## Training" in updated
+
+
+def test_card_hyperparameters_are_those_the_run_used():
+    from model_cards.cards import _card_hyperparameters
+
+    rows = dict(_card_hyperparameters({"num_train_epochs": 3.0, "max_steps": 150, "warmup_steps": 0.025, "seed": 0}))
+    assert rows == {"max_steps": 150, "warmup_steps": "0.025 (ratio of the training steps)", "seed": 0}
+    assert dict(_card_hyperparameters({"num_train_epochs": 8.0, "max_steps": -1, "warmup_steps": 10}))["num_train_epochs"] == 8.0
