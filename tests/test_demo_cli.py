@@ -75,6 +75,23 @@ def test_a_rerun_resumes_without_redoing_finished_stages(demo_out):
         assert timings[stage] == first_timings[stage]
 
 
+def test_an_interrupted_run_keeps_the_times_of_the_stages_it_finished(demo_out, tmp_path, monkeypatch):
+    import shutil
+
+    from maple.demo.pipeline import DemoConfig, run_demo
+
+    copy = tmp_path / "copy"
+    shutil.copytree(demo_out, copy, ignore=shutil.ignore_patterns("runs", "base", "timings.json"))
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("maple.demo.pipeline._finetune_all", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_demo(DemoConfig(out=copy, seeds=(0,), quick=True, progress=False, workers=1))
+    assert set(json.loads((copy / "timings.json").read_text())) == {"world", "base model"}
+
+
 def test_runs_in_worker_processes_equal_a_run_in_this_process(demo_out, tmp_path):
     """The fixture's runs were trained two at a time in worker processes; redoing one here, serially,
     gives the same numbers."""

@@ -223,15 +223,25 @@ def _read_run_file(path: Path) -> dict[str, Any]:
 
 @dataclass
 class StageTimer:
-    """Seconds spent per stage, for the summary and the docs' time breakdown."""
+    """Seconds spent per stage, for the summary and the docs' time breakdown. With a `file`, every finished
+    stage's time is written to it at once, over the `earlier` times of the stages a rerun skips, so an
+    interrupted run keeps the times of what it finished."""
 
     seconds: dict[str, float] = field(default_factory=dict)
+    file: Path | None = None
+    earlier: dict[str, float] = field(default_factory=dict)
 
     def run(self, stage: str, work: Callable[[], Any]) -> Any:
         started = time.perf_counter()
         result = work()
         self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
+        if self.file is not None:
+            _write_json(self.file, self.all_seconds)
         return result
+
+    @property
+    def all_seconds(self) -> dict[str, float]:
+        return {**self.earlier, **self.seconds}
 
 
 # --- model and data ---------------------------------------------------------------------------
@@ -427,9 +437,10 @@ def run_demo(config: DemoConfig) -> DemoResult:
     `if __name__ == "__main__":` (the `maple demo` command does not need to).
     """
     claim_output_folder(config)
-    out, timer = config.out, StageTimer()
+    out = config.out
     # A rerun times only the stages it does; the others keep the times of the run that did them.
     earlier_seconds = json.loads((out / TIMINGS_FILE).read_text()) if (out / TIMINGS_FILE).exists() else {}
+    timer = StageTimer(file=out / TIMINGS_FILE, earlier=earlier_seconds)
     world = timer.run("world", lambda: build_world(config.world_config))
     base_dir = out / "base"
     if not (base_dir / "config.json").exists():
@@ -445,14 +456,12 @@ def run_demo(config: DemoConfig) -> DemoResult:
     for method, seed in runs:
         results[method].append(json.loads((_run_dir(out, method, seed) / "result.json").read_text()))
 
-    summary = timer.run("report", lambda: _report(config, results, {**earlier_seconds, **timer.seconds}))
+    summary = timer.run("report", lambda: _report(config, results, timer.all_seconds))
     maple_dir = out / "maple-model"
     timer.run("checkpoint and card", lambda: _publish_checkpoint(config, results["maple"][0], maple_dir))
     if config.push_to_hub:
         timer.run("push to hub", lambda: push_outputs(out, config.push_to_hub))
-    seconds = {**earlier_seconds, **timer.seconds}
-    _write_json(out / TIMINGS_FILE, seconds)
-    return DemoResult(summary=summary, seconds=seconds, out=out)
+    return DemoResult(summary=summary, seconds=timer.all_seconds, out=out)
 
 
 def _train_base(config: DemoConfig, world: World, base_dir: Path) -> None:
