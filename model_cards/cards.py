@@ -367,7 +367,7 @@ def dataset_card_from_stats(stats: Mapping[str, Any], repo_id: str | None = None
         text_candidates=recorded("text_candidates"),
         captioner=recorded("captioner"),
         judge=recorded("judge"),
-        judge_prompt=recorded("judge_prompt"),
+        judge_prompt=stats.get("judge_prompt"),
         semdedup="not applied" if not semdedup else f"{semdedup['clusters']} clusters, epsilon {semdedup['epsilon']}",
         **{key: recorded(key) for key in ("num_source_rows", "num_anchors", "num_candidate_images", "num_candidate_texts", "num_skipped")},
         skipped_by_reason=sorted((stats.get("skipped_by_reason") or {}).items()),

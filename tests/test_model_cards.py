@@ -136,6 +136,7 @@ def test_dataset_card_with_missing_stats():
     text = dataset_card_from_stats({"num_anchors": 20000}).text
     assert "| Judge | not recorded |" in text and "| SemDeDup | not applied |" in text
     assert "score_histograms.png" not in text
+    assert "exp(l_Yes)" not in text and "The judge recorded no prompt" in text  # a stand-in judge is not an MLLM
     assert DatasetCard(str(dataset_card_from_stats({"num_anchors": 20000}))).data.size_categories == ["10K<n<100K"]
 
 
