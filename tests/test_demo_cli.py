@@ -141,6 +141,7 @@ def test_unusable_output_folders_are_refused_in_one_line(tmp_path, capsys):
         ("a-file/sub", "a-file is a file, so no folder can be made under it"),
         ("listed", "run.json holds a list, not a demo run"),
         ("truncated", "run.json cannot be read as a demo run"),
+        ("/proc/maple-demo-out", "--out /proc/maple-demo-out: cannot write there"),  # even root cannot
     ]:
         with pytest.raises(SystemExit):
             main(["--out", str(tmp_path / out), *QUICK])

@@ -185,8 +185,11 @@ def claim_output_folder(config: DemoConfig) -> None:
         return
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"--out {out} is not empty and holds no demo run ({RUN_FILE} is missing); choose another folder")
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(path, config.identity())
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(path, config.identity())
+    except OSError as error:  # read-only or unwritable location: one line, not a traceback
+        raise ValueError(f"--out {out}: cannot write there ({error.strerror or error})") from error
 
 
 def check_judge(judge: str) -> None:
