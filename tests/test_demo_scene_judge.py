@@ -44,6 +44,9 @@ def test_missing_object_and_its_relation_are_false():
     single = Scene(groups=(RED_CIRCLE,), layout="single")
     check = check_caption(SCENE, single)
     assert (check.false_claims, check.omissions) == (2, 0)
+    # whichever of the two mentioned objects is the drawn one
+    mentioned_second = Scene(groups=(BLUE_SQUARE, RED_CIRCLE), layout="horizontal")
+    assert check_caption(mentioned_second, single) == check
 
 
 def test_alphas_are_graded_and_the_true_caption_ranks_first(world):

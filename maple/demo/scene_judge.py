@@ -58,14 +58,20 @@ def check_caption(stated: Scene, actual: Scene) -> ClaimCheck:
     objects with the fewest false claims (ties go to the matching that keeps their order)."""
     best: tuple[int, int] | None = None  # (false claims, 0 if order kept else 1)
     n_stated, n_actual = len(stated.groups), len(actual.groups)
-    for targets in itertools.permutations(range(n_actual), min(n_stated, n_actual)):
-        false_claims = n_stated - len(targets)  # mentioned objects with nothing left to match
+    # targets[i]: the drawn object mentioned object i is read as, or None; as many matched as can be, and any
+    # mentioned object may be the unmatched one (a caption of two objects about an image of one).
+    for targets in itertools.permutations([*range(n_actual), *[None] * n_stated], n_stated):
+        matched = [index for index in targets if index is not None]
+        if len(matched) < min(n_stated, n_actual):
+            continue
+        false_claims = n_stated - len(matched)  # mentioned objects with nothing left to match
         for stated_group, index in zip(stated.groups, targets):
-            actual_group = actual.groups[index]
-            false_claims += sum(getattr(stated_group, a) != getattr(actual_group, a) for a in ATTRIBUTES)
-        order_kept = list(targets) == sorted(targets)
+            if index is not None:
+                actual_group = actual.groups[index]
+                false_claims += sum(getattr(stated_group, a) != getattr(actual_group, a) for a in ATTRIBUTES)
+        order_kept = matched == sorted(matched)
         if n_stated == 2:
-            relation_holds = len(targets) == 2 and order_kept and stated.layout == actual.layout
+            relation_holds = len(matched) == 2 and order_kept and stated.layout == actual.layout
             false_claims += not relation_holds
         candidate = (false_claims, 0 if order_kept else 1)
         if best is None or candidate < best:
