@@ -60,9 +60,10 @@ one definition the builder writes and the trainer validates against."""
 TEXT_CANDIDATE_SOURCES = ("generated", "corpus")
 MANIFEST_FILE = "manifest.json"
 # Raised whenever a manifest field is added or changes meaning (2: the captioner's generation config, the
-# tokenizer's leading special tokens, an ensemble's prompt, folder sources read split by split). A work dir
-# of another version is refused: its manifest cannot say whether its checkpoints match this builder's.
-MANIFEST_VERSION = 2
+# tokenizer's leading special tokens, an ensemble's prompt, folder sources read split by split; 3: a digest
+# of every model's weights). A work dir of another version is refused: its manifest cannot say whether its
+# checkpoints match this builder's.
+MANIFEST_VERSION = 3
 DEFAULT_ID_COLUMN = "id"
 _SHARD_NAME = re.compile(r"^shard-(\d+)-(\d+)\.parquet$")
 

@@ -340,10 +340,14 @@ class _TransformersImageEncoder:
 
     @property
     def settings(self) -> dict:
-        """The weights dtype and the image processor's settings: both change the embeddings."""
-        from .vlm_inputs import image_processor_settings  # transformers: loaded already for this encoder
+        """The weights (`weights_digest`), their dtype and the image processor's settings: all change the embeddings."""
+        from .vlm_inputs import image_processor_settings, weights_digest  # transformers: loaded already for this encoder
 
-        return {"dtype": str(self.model.dtype), "image_processor": image_processor_settings(self.image_processor)}
+        return {
+            "weights": weights_digest(self.model),
+            "dtype": str(self.model.dtype),
+            "image_processor": image_processor_settings(self.image_processor),
+        }
 
     def __call__(self, images: Sequence[PIL.Image.Image]) -> torch.Tensor:
         # RGB already: `HardNegativeMiner.embed` loads every image with `load_image`.

@@ -15,6 +15,7 @@ uses, so the judge, the captioner and the embedder build vision prompts the same
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -165,11 +166,27 @@ def image_processor_settings(image_processor) -> dict:
     return json.loads(image_processor.to_json_string())
 
 
+def weights_digest(model: torch.nn.Module, values_per_tensor: int = 1024) -> str:
+    """A digest of a model's weights, for recipe manifests: a model retrained in place or loaded at another
+    revision keeps its name. Each tensor's name, shape, dtype and the exact bytes of up to `values_per_tensor`
+    evenly strided values, so it is the same on any device and cheap for a 72B model."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name} {tuple(tensor.shape)} {tensor.dtype}".encode())
+        if tensor.device.type == "meta":  # offloaded by a device map: its shape and dtype are all there is
+            continue
+        values = tensor.detach().reshape(-1)
+        values = values[:: max(1, values.numel() // values_per_tensor)][:values_per_tensor]
+        digest.update(values.cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def model_settings(model: torch.nn.Module, prompt_encoder: PromptEncoder) -> dict:
-    """What, beside its weights, shapes a VLM's outputs for a given prompt: the chat template, the
+    """What shapes a VLM's outputs for a given prompt: its weights (`weights_digest`), the chat template, the
     special tokens the tokenizer puts before a prompt (LLaVA's BOS), the weights dtype and the image
     processor's settings."""
     return {
+        "weights": weights_digest(model),
         "chat_template": prompt_encoder.chat_template,
         "leading_special_ids": prompt_encoder.leading_special_ids,
         "dtype": str(model.dtype),

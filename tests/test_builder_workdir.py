@@ -105,7 +105,7 @@ def test_a_manifest_of_another_builder_version_or_with_other_fields_is_refused(t
     manifest = json.loads(path.read_text())
     if edit == "older version":
         del manifest["manifest_version"]
-        expected = r"made by another version of the builder \(manifest version 1, this one writes 2\)"
+        expected = r"made by another version of the builder \(manifest version 1, this one writes 3\)"
     elif edit == "field it lacks":
         del manifest["shard_size"]
         expected = r"shard_size: None in the work dir, 4 now"

@@ -477,7 +477,13 @@ def test_settings_hold_what_changes_the_scores():
     import json
 
     small, large = tiny_judge(image_size=32), tiny_judge(image_size=64)
-    assert set(small.settings) == {"prompt", "chat_template", "leading_special_ids", "dtype", "image_processor"}
+    assert set(small.settings) == {"prompt", "weights", "chat_template", "leading_special_ids", "dtype", "image_processor"}
+    # the same weights give the same digest; one changed value, as in a model retrained in place, another
+    assert small.settings["weights"] == tiny_judge(image_size=32).settings["weights"] == large.settings["weights"]
+    retrained = tiny_judge(image_size=32)
+    with torch.no_grad():
+        next(retrained.model.parameters()).view(-1)[0] += 1.0
+    assert retrained.settings["weights"] != small.settings["weights"]
     assert small.settings["image_processor"]["size"] != large.settings["image_processor"]["size"]
     assert small.settings["prompt"] == small.prompt and small.settings["dtype"] == "torch.float32"
     assert small.settings["chat_template"] == small.prompt_encoder.chat_template

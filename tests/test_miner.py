@@ -246,7 +246,7 @@ def test_settings_hold_the_duplicate_threshold_and_the_encoders_dtype_and_image_
     CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(tmp_path)
     settings = HardNegativeMiner.from_pretrained(str(tmp_path), duplicate_threshold=0.9).settings
     assert settings["duplicate_threshold"] == 0.9
-    assert settings["encoder"]["dtype"] == "torch.float32"
+    assert settings["encoder"]["dtype"] == "torch.float32" and len(settings["encoder"]["weights"]) == 16
     assert settings["encoder"]["image_processor"]["crop_size"] == {"height": 16, "width": 16}
     assert HardNegativeMiner.from_pretrained(str(tmp_path), dtype=torch.bfloat16).settings["encoder"]["dtype"] == "torch.bfloat16"
     # A plain callable encoder has no settings of its own.
