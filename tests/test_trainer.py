@@ -120,6 +120,16 @@ def test_fine_grained_scores_are_computed_once_with_several_eval_datasets(tmp_pa
     assert sorted(logged) == sorted(key for key in metrics if "sides" in key)  # logged once, under one prefix
 
 
+def test_evaluation_keeps_a_nan_loss_and_leaves_out_undefined_rewards(tmp_path):
+    """A reward is undefined (NaN) for an anchor without a strict judge preference; a NaN loss means divergence and
+    must reach eval_loss, not be averaged away."""
+    model, processor = build_tiny("dual_encoder")
+    trainer = RPATrainer(model, args=make_config(tmp_path), train_dataset=synthetic_preference_dataset(4), processing_class=processor)
+    trainer._log_mean("eval", "loss/rpa", torch.tensor([1.0, float("nan")]))
+    trainer._log_mean("eval", "rewards/accuracies", torch.tensor([0.5, float("nan")]))
+    assert math.isnan(trainer._metrics["eval"]["loss/rpa"][1]) and trainer._metrics["eval"]["rewards/accuracies"] == [0.5]
+
+
 def test_eval_metrics_carry_the_prefix_of_their_own_evaluation(tmp_path):
     # evaluate(metric_key_prefix=...), each split of a dict and predict report their own losses, rewards and scales
     trainer = make_trainer(tmp_path, max_steps=1)

@@ -347,16 +347,20 @@ class RPATrainer(DPOTrainer):
         self._eval_anchor_embeds.append(self.accelerator.gather_for_metrics(anchors))
 
     def _log_mean(self, mode: str, key: str, values: Tensor) -> None:
-        """Records a batch metric given per anchor (or, in training, as one value per process), NaNs left out: in
-        training, the mean of the processes' means (one value each: their batches may differ in size); in
-        evaluation, each anchor's value, less the rows accelerate repeats to even out the last batch across
-        processes, so that `evaluation_loop` averages over the set's anchors."""
+        """Records a batch metric given per anchor (or, in training, as one value per process): in training, the
+        mean of the processes' means (one value each: their batches may differ in size); in evaluation, each
+        anchor's value, less the rows accelerate repeats to even out the last batch across processes, so that
+        `evaluation_loop` averages over the set's anchors. A reward is NaN for an anchor without a strict judge
+        preference and is left out; a NaN loss is kept, so a diverged evaluation shows."""
         values = values.detach().reshape(-1)
+        skip_nan = key.startswith("rewards/")
         if mode == "train":
-            self._metrics[mode][key].append(self.accelerator.gather(values.nanmean().reshape(1)).nanmean().item())
+            mean = values.nanmean() if skip_nan else values.mean()
+            gathered = self.accelerator.gather(mean.reshape(1))
+            self._metrics[mode][key].append((gathered.nanmean() if skip_nan else gathered.mean()).item())
         else:
             values = self.accelerator.gather_for_metrics(values)
-            self._metrics[mode][key].extend(values[~values.isnan()].tolist())
+            self._metrics[mode][key].extend((values[~values.isnan()] if skip_nan else values).tolist())
 
     def _get_grad_norm(self, model, grad_norm=None):
         grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
