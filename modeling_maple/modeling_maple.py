@@ -7,7 +7,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, PreTrainedModel
+from transformers import AutoModel, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
@@ -377,14 +377,7 @@ class MapleModel(MaplePreTrainedModel):
     def _wrap(cls, backbone: str, config_overrides: dict[str, Any], **backbones: PreTrainedModel) -> "MapleModel":
         """A model around loaded `backbones`, keyed by their sub-config (`mllm_config`, or `vision_config`
         and `text_config`)."""
-        config = MapleConfig(
-            backbone=backbone,
-            **{key: module.config for key, module in backbones.items()},
-            # A sub-config given to a new config loses its attention implementation unless it is named here
-            # (transformers 5), and a backbone without one applies no mask: padding would be attended to.
-            attn_implementation={key: module.config._attn_implementation for key, module in backbones.items()},
-            **config_overrides,
-        )
+        config = _config_around(backbone, config_overrides, **{key: module.config for key, module in backbones.items()})
         modules = {"mllm_config": "mllm", "vision_config": "vision_tower", "text_config": "text_tower"}
         return cls(config, **{modules[key]: module for key, module in backbones.items()})
 
@@ -403,12 +396,11 @@ class MapleModel(MaplePreTrainedModel):
         config_overrides.setdefault("pooling", "pooler")
         if hasattr(two_tower.config, "logit_scale_init_value"):
             config_overrides.setdefault("logit_scale_init_value", float(two_tower.logit_scale.detach()))
-        tower_configs = {"vision_config": two_tower.config.vision_config, "text_config": two_tower.config.text_config}
-        config = MapleConfig(
-            backbone="dual_encoder",
-            **tower_configs,
-            attn_implementation={key: tower_config._attn_implementation for key, tower_config in tower_configs.items()},
-            **config_overrides,
+        config = _config_around(
+            "dual_encoder",
+            config_overrides,
+            vision_config=two_tower.config.vision_config,
+            text_config=two_tower.config.text_config,
         )
         model = cls(config)
         state = two_tower.state_dict()
@@ -443,6 +435,18 @@ def tower_from_config(config) -> PreTrainedModel:
         if tower_class is None:
             raise ValueError(f"No model class for a {config.model_type!r} tower.") from None
         return tower_class(config)
+
+
+def _config_around(backbone: str, config_overrides: dict[str, Any], **sub_configs: PreTrainedConfig) -> MapleConfig:
+    """The MapleConfig of a `backbone` made of `sub_configs` (`mllm_config`, or `vision_config` and `text_config`)."""
+    return MapleConfig(
+        backbone=backbone,
+        **sub_configs,
+        # A sub-config given to a new config loses its attention implementation unless it is named here
+        # (transformers 5), and a backbone without one applies no mask: padding would be attended to.
+        attn_implementation={key: sub_config._attn_implementation for key, sub_config in sub_configs.items()},
+        **config_overrides,
+    )
 
 
 def _pooled_size(config, pooling: str) -> int:

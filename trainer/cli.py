@@ -194,8 +194,8 @@ def _check_reference(option: str, reference: str) -> None:
 
 
 def model_loading_kwargs(training_args: RPAConfig) -> dict:
-    """`from_pretrained` arguments from `--model_init_kwargs` and `--trust_remote_code`. As in TRL, the weights
-    are float32 unless a dtype is given ("bfloat16" names one; "auto" keeps the checkpoint's)."""
+    """`from_pretrained` arguments from `--model_init_kwargs`. As in TRL, the weights are float32 unless a dtype is
+    given ("bfloat16" names one; "auto" keeps the checkpoint's)."""
     import torch
 
     kwargs = dict(training_args.model_init_kwargs or {})
@@ -207,12 +207,12 @@ def model_loading_kwargs(training_args: RPAConfig) -> dict:
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise TrainingInputError(f"--model_init_kwargs: dtype {dtype!r} is not a torch dtype; e.g. 'bfloat16', 'float32' or 'auto'")
         kwargs["dtype"] = getattr(torch, dtype)
-    return {"trust_remote_code": training_args.trust_remote_code, **kwargs}
+    return kwargs
 
 
 def load_model_and_processor(model_args: ModelArguments, training_args: RPAConfig):
     """The MapleModel and MapleProcessor to train: tiny, a MAPLE checkpoint, or built from a backbone, loaded
-    with `model_loading_kwargs(training_args)`."""
+    with `model_loading_kwargs(training_args)` and `--trust_remote_code`."""
     from transformers import AutoConfig, AutoModel, AutoProcessor
 
     from modeling_maple import MapleConfig, MapleModel, MapleProcessor
@@ -226,7 +226,7 @@ def load_model_and_processor(model_args: ModelArguments, training_args: RPAConfi
         return build_tiny(model_args.tiny)
     name = model_args.model_name_or_path
     loading = model_loading_kwargs(training_args)
-    trust_remote_code = loading.pop("trust_remote_code")
+    trust_remote_code = training_args.trust_remote_code
     try:
         config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
     except OSError as error:  # not found, offline and not cached, gated: transformers says which
