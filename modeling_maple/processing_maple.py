@@ -332,10 +332,22 @@ class MapleProcessor(ProcessorMixin):
         return length if model_limit is None else min(length, model_limit)
 
     def _truncate(self, text: str) -> str:
-        token_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(token_ids) <= self.max_text_length:
+        """`text` cut to at most `max_text_length` tokens, at a token boundary of the text itself.
+
+        A byte-level BPE splits a multi-byte character across tokens, so a cut there (or decoding the
+        first tokens) would leave a broken character that re-tokenises longer: the cut moves back a
+        token at a time until the cut text tokenises within the limit."""
+        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=self.tokenizer.is_fast)
+        if len(encoded["input_ids"]) <= self.max_text_length:
             return text
-        return self.tokenizer.decode(token_ids[: self.max_text_length], skip_special_tokens=True)
+        for keep in range(self.max_text_length, 0, -1):
+            if "offset_mapping" in encoded:
+                cut = text[: encoded["offset_mapping"][keep - 1][1]]
+            else:  # only fast tokenizers give character offsets
+                cut = self.tokenizer.decode(encoded["input_ids"][:keep], skip_special_tokens=True)
+            if len(self.tokenizer(cut, add_special_tokens=False)["input_ids"]) <= self.max_text_length:
+                return cut
+        return ""
 
     def _images(self, images: Any) -> dict[str, torch.Tensor]:
         images = [images] if isinstance(images, (Image.Image, str, os.PathLike)) else list(images)

@@ -295,6 +295,23 @@ def test_long_texts_keep_the_instruction_and_fit_the_tower():
     assert dual_processor(text=["a red circle"])["input_ids"].shape[0] == 1
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_truncation_never_exceeds_max_text_length_nor_breaks_a_character(monkeypatch, fast):
+    _, processor = build_tiny(backbone="mllm")
+    tokenizer = processor.tokenizer
+    if not fast:  # a tokenizer without character offsets: the cut is decoded
+        monkeypatch.setattr(type(tokenizer), "is_fast", property(lambda self: False))
+    # The byte-level BPE splits "é" and "日" into byte tokens; a cut inside one used to decode to "\ufffd",
+    # which re-tokenises into three byte tokens (12 tokens where 10 were asked for).
+    text = "a red circle été naïve 日本語 square"
+    for max_text_length in range(1, len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1):
+        truncating = MapleProcessor(processor.image_processor, tokenizer, backbone="mllm", max_text_length=max_text_length)
+        cut = truncating._truncate(text)
+        assert len(tokenizer(cut, add_special_tokens=False)["input_ids"]) <= max_text_length
+        assert "\ufffd" not in cut and text.startswith(cut.rstrip())
+        assert len(tokenizer(cut, add_special_tokens=False)["input_ids"]) >= max_text_length - 2  # no more is lost than the broken character
+
+
 @pytest.mark.parametrize("backbone", ["mllm", "dual_encoder"])
 def test_max_length_padding_keeps_max_text_length_tokens_of_every_text(backbone):
     _, processor = build_tiny(backbone=backbone)
