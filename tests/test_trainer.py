@@ -5,6 +5,7 @@ import math
 import datasets
 import pytest
 import torch
+from peft import get_peft_model
 
 from evaluation import evaluate_quadruples
 from evaluation.metrics import retrieval_recall
@@ -268,8 +269,20 @@ def test_frozen_reference_without_peft_is_a_frozen_copy(tmp_path):
         torch.testing.assert_close(tensor, reference[name], rtol=0, atol=0)
 
 
-def test_frozen_reference_with_peft_disables_the_adapters(tmp_path):
-    trainer = make_trainer(tmp_path, reference="frozen", max_steps=10, lora=True)
+@pytest.mark.parametrize("wrapped_by", ["trainer", "user"])
+def test_frozen_reference_with_peft_disables_the_adapters(tmp_path, wrapped_by):
+    if wrapped_by == "trainer":
+        trainer = make_trainer(tmp_path, reference="frozen", max_steps=10, lora=True)
+    else:  # a PeftModel passed in is not deep-copied into a second model: its adapters are disabled too
+        model, processor = build_tiny("dual_encoder", seed=0)
+        model = get_peft_model(model, maple_lora_config(model, r=4, lora_alpha=4, lora_dropout=0.0))
+        trainer = RPATrainer(
+            model,
+            args=make_config(tmp_path, reference="frozen", max_steps=10),
+            train_dataset=synthetic_preference_dataset(32, seed=0),
+            eval_dataset=synthetic_preference_dataset(16, seed=1),
+            processing_class=processor,
+        )
     assert trainer.ref_model is None
     frozen = {name: param.clone() for name, param in trainer.model.named_parameters() if not param.requires_grad}
     # LoRA B starts at zero and the trained heads as copies: the policy starts as the reference

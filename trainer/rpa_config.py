@@ -119,8 +119,9 @@ class RPAConfig(DPOConfig):
         metadata={
             "help": "'none': RPA as in MAPLE, no reference model (a uniform prior cancels out of the DPO objective). "
             "'frozen' (our extension): DPO proper on similarities, scores are `beta * (<z, z'> - <z_ref, z'_ref>)` "
-            "against a frozen reference embedder: the PEFT base model with adapters disabled, a `ref_model` passed "
-            "to the trainer, or else a frozen copy of the initial model.",
+            "against a frozen reference embedder: the PEFT base model with adapters disabled (also for a "
+            "`PeftModel` passed as the model), a `ref_model` passed to the trainer, or else a frozen copy of the "
+            "initial model.",
             "choices": ["none", "frozen"],
         },
     )

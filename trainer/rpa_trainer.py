@@ -66,7 +66,7 @@ class RPATrainer(DPOTrainer):
     Args:
         model: a `MapleModel` or the path / Hub id of a MAPLE checkpoint.
         ref_model: the frozen reference embedder for `reference="frozen"`; by default the PEFT base model (adapters
-            disabled) or a frozen copy of `model`.
+            disabled; also when `model` is a `PeftModel`) or a frozen copy of `model`.
         args: an `RPAConfig`.
         data_collator: by default a `DataCollatorForEmbeddingPreference` over `processing_class`. Evaluation uses a
             copy of a `DataCollatorForEmbeddingPreference` fixed at epoch 0 (the same candidates at every
@@ -146,7 +146,8 @@ class RPATrainer(DPOTrainer):
             raise ValueError("A `ref_model` was given but `reference='none'` would ignore it; set reference='frozen'.")
         self._set_scales(model, args)
 
-        if args.reference == "frozen" and ref_model is None and peft_config is None:
+        # A PEFT model (wrapped here or by the user) is its own reference with the adapters disabled, as in TRL
+        if args.reference == "frozen" and ref_model is None and peft_config is None and not isinstance(model, PeftModel):
             ref_model = copy.deepcopy(model)  # the initial model, frozen below
         if args.disable_dropout:  # before PEFT wraps the model: LoRA's own `lora_dropout` is the user's to set
             disable_dropout_in_model(model)
