@@ -34,6 +34,7 @@ import io
 import json
 import os
 import re
+import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -931,9 +932,10 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         """Upload the built dataset (parquet, config named after this config) and its dataset card
         (`model_cards.dataset_card_from_stats`: judge and prompt, captioner, K, counts, skipped
         inputs, score histograms, source licence, known biases). Other configs already in the repo
-        stay loadable: their entries in the card's `configs` / `dataset_info` metadata are kept.
-        Returns the repo id."""
-        from huggingface_hub import DatasetCard, HfApi
+        stay loadable and described: their entries in the card's `configs` / `dataset_info` metadata
+        are kept, and the card has a section per config, rendered from the stats every push leaves
+        in `stats/<config>/` (stats.json and the score histograms). Returns the repo id."""
+        from huggingface_hub import DatasetCard, HfApi, hf_hub_download
         from huggingface_hub.errors import EntryNotFoundError
 
         from model_cards import dataset_card_from_stats
@@ -941,7 +943,22 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
 
         api = HfApi(token=token)
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-        card = dataset_card_from_stats(self.stats, repo_id=repo_id, output_dir=self.work_dir)
+        stats_dir = f"stats/{self.config.name}"
+        other_configs = [
+            json.loads(Path(hf_hub_download(repo_id, path, repo_type="dataset", token=token)).read_text())
+            for path in api.list_repo_files(repo_id, repo_type="dataset")
+            if re.fullmatch(r"stats/[^/]+/stats\.json", path) and path != f"{stats_dir}/stats.json"
+        ]
+        staging = self.work_dir / "hub"  # the repo's files of this config, as they are uploaded
+        shutil.rmtree(staging, ignore_errors=True)
+        (staging / stats_dir).mkdir(parents=True)
+        card = dataset_card_from_stats(
+            self.stats, repo_id=repo_id, output_dir=staging,
+            histogram_file=f"{stats_dir}/{HISTOGRAM_FILE}", other_configs=other_configs,
+        )
+        histogram = staging / stats_dir / HISTOGRAM_FILE
+        published_stats = {**self.stats, "histogram_file": f"{stats_dir}/{HISTOGRAM_FILE}" if histogram.exists() else None}
+        _atomic_write_bytes(staging / stats_dir / "stats.json", json.dumps(published_stats, indent=2).encode())
         try:
             published = DatasetCard.load(repo_id, repo_type="dataset", token=token).data.to_dict()
         except EntryNotFoundError:  # a new repo has no card yet
@@ -949,11 +966,9 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         for key in ("configs", "dataset_info"):  # other configs' entries; the dataset push updates this config's
             if key in published:
                 card.data[key] = published[key]
-        # Card first: the dataset push then adds its `configs` / `dataset_info` metadata to this card.
+        api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=str(staging / stats_dir), path_in_repo=stats_dir)
+        # Card after the stats and histogram it links; the dataset push then adds its `configs` / `dataset_info` metadata.
         card.push_to_hub(repo_id, repo_type="dataset", token=token)
-        histogram = self.work_dir / HISTOGRAM_FILE
-        if histogram.exists():
-            api.upload_file(path_or_fileobj=str(histogram), path_in_repo=histogram.name, repo_id=repo_id, repo_type="dataset")
         datasets.DatasetDict({"train": self.as_dataset(split="train")}).push_to_hub(
             repo_id, config_name=self.config.name, private=private, token=token
         )

@@ -325,55 +325,81 @@ def plot_score_histograms(histograms: Mapping[str, Mapping[str, Sequence[float]]
         axis.set_title(column)
         axis.set_xlabel("judge score alpha")
     figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return True
 
 
-def dataset_card_from_stats(stats: Mapping[str, Any], repo_id: str | None = None, output_dir: str | Path | None = None) -> DatasetCard:
+def dataset_card_from_stats(
+    stats: Mapping[str, Any],
+    repo_id: str | None = None,
+    output_dir: str | Path | None = None,
+    *,
+    histogram_file: str = HISTOGRAM_FILE,
+    other_configs: Sequence[Mapping[str, Any]] = (),
+) -> DatasetCard:
     """The card of a preference dataset from the builder's stats.json.
 
     Reads: source, source_license, judge, judge_prompt, captioner, num_hard_negatives,
     text_candidates, semdedup, num_source_rows, num_anchors, num_candidate_images,
     num_candidate_texts, num_skipped, skipped_by_reason, score_histograms and, optionally,
     config_name, pretty_name and known_biases (a list of extra sentences). Missing entries show as
-    "not recorded". With `output_dir`, `score_histograms.png` is written there and linked.
-    """
-    def recorded(key: str) -> Any:
-        value = stats.get(key)
-        return "not recorded" if value is None else value
+    "not recorded". With `output_dir`, the score histograms are drawn to `output_dir / histogram_file`
+    and linked by that relative path.
 
-    semdedup = stats.get("semdedup")
+    `other_configs`: the stats of the repo's other configs (each with the `histogram_file` it was
+    published with, if any), so that the card of a repo holding several configs describes each of
+    them, in sections sorted by config name; a config of the same name is replaced by `stats`.
+    """
     histogram_written = output_dir is not None and plot_score_histograms(
-        stats.get("score_histograms") or {}, Path(output_dir) / HISTOGRAM_FILE
+        stats.get("score_histograms") or {}, Path(output_dir) / histogram_file
     )
-    source_license = stats.get("source_license")
+    own = {**stats, "histogram_file": histogram_file if histogram_written else None}
+    others = [config for config in other_configs if config.get("config_name") != stats.get("config_name")]
+    configs = sorted([own, *others], key=lambda config: str(config.get("config_name") or ""))
+    licenses = {config.get("source_license") for config in configs}
+    source_license = licenses.pop() if len(licenses) == 1 else None
     card_data = DatasetCardData(
         # The Hub checks `license` against its ids (apache-2.0, cc-by-4.0, ...); free text is for the card's table.
         license=source_license if source_license and re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", source_license) else "other",
         pretty_name=stats.get("pretty_name") or (repo_id or "MAPLE preference dataset"),
         task_categories=["feature-extraction"],
         tags=PAPER_TAGS + ["preference", "mllm-judge"],
-        size_categories=_size_category(stats.get("num_anchors")),
+        size_categories=_size_category(max((config.get("num_anchors") or 0 for config in configs), default=0) or None),
     )
     return DatasetCard.from_template(
         card_data,
         template_path=str(TEMPLATES / "dataset_card.md"),
         pretty_name=card_data.pretty_name,
         repo_id=repo_id,
-        source=recorded("source"),
-        source_license=recorded("source_license"),
-        num_hard_negatives=recorded("num_hard_negatives"),
-        text_candidates=recorded("text_candidates"),
-        captioner=recorded("captioner"),
-        judge=recorded("judge"),
-        judge_prompt=stats.get("judge_prompt"),
-        semdedup="not applied" if not semdedup else f"{semdedup['clusters']} clusters, epsilon {semdedup['epsilon']}",
-        **{key: recorded(key) for key in ("num_source_rows", "num_anchors", "num_candidate_images", "num_candidate_texts", "num_skipped")},
-        skipped_by_reason=sorted((stats.get("skipped_by_reason") or {}).items()),
-        histogram_file=HISTOGRAM_FILE if histogram_written else None,
-        known_biases=list(stats.get("known_biases") or []),
+        configs=[_config_section(config) for config in configs],
+        judges=sorted({str(config["judge"]) for config in configs if config.get("judge")}),
+        known_biases=list(dict.fromkeys(bias for config in configs for bias in config.get("known_biases") or [])),
     )
+
+
+def _config_section(stats: Mapping[str, Any]) -> dict[str, Any]:
+    """What the dataset card shows of one config."""
+    def recorded(key: str) -> Any:
+        value = stats.get(key)
+        return "not recorded" if value is None else value
+
+    semdedup = stats.get("semdedup")
+    return {
+        "name": stats.get("config_name"),
+        "judge_prompt": stats.get("judge_prompt"),
+        "semdedup": "not applied" if not semdedup else f"{semdedup['clusters']} clusters, epsilon {semdedup['epsilon']}",
+        "skipped_by_reason": sorted((stats.get("skipped_by_reason") or {}).items()),
+        "histogram_file": stats.get("histogram_file"),
+        **{
+            key: recorded(key)
+            for key in (
+                "source", "source_license", "num_hard_negatives", "text_candidates", "captioner", "judge",
+                "num_source_rows", "num_anchors", "num_candidate_images", "num_candidate_texts", "num_skipped",
+            )
+        },
+    }
 
 
 def _size_category(num_rows: int | None) -> list[str] | None:

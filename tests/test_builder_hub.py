@@ -68,7 +68,7 @@ def test_push_then_load_back_gives_the_same_rows_images_and_card(hub_server, tmp
     built = _last_json(run_client(hub_server, tmp_path, BUILD_AND_PUSH))
     files = hub_server.files(REPO, repo_type="dataset")
     assert any(path.startswith("paper/train-") and path.endswith(".parquet") for path in files)
-    assert "score_histograms.png" in files
+    assert {"stats/paper/score_histograms.png", "stats/paper/stats.json"} <= set(files)
 
     published = _last_json(run_client(hub_server, tmp_path, LOAD_WITH_DATASETS, isolated=True))
     assert published["rows"] == built and len(built) == 6
@@ -76,6 +76,7 @@ def test_push_then_load_back_gives_the_same_rows_images_and_card(hub_server, tmp
     card = published["card"]
     assert "colour-judge" in card and "colour-captioner" in card
     assert "| unreadable image | 1 |" in card
+    assert "![Histograms of the judge scores](stats/paper/score_histograms.png)" in card
 
     assert _last_json(run_client(hub_server, tmp_path, LOAD_WITH_BUILDER)) == built
 
@@ -100,14 +101,27 @@ LOAD_TWO_CONFIGS = """
 import json
 from datasets import load_dataset
 
-print(json.dumps({name: list(load_dataset("%s", name, split="train")["id"]) for name in ("corpus-captions", "paper")}))
-""" % (REPO + "-two",)
+from huggingface_hub import DatasetCard
+
+rows = {name: list(load_dataset("%s", name, split="train")["id"]) for name in ("corpus-captions", "paper")}
+print(json.dumps({"rows": rows, "card": DatasetCard.load("%s").text}))
+""" % (REPO + "-two", REPO + "-two")
 
 
-def test_a_second_config_pushed_to_the_repo_keeps_the_first_loadable(hub_server, tmp_path):
+def test_a_second_config_pushed_to_the_repo_keeps_the_first_loadable_and_described(hub_server, tmp_path):
     """Before the fix the second push replaced README.md with a card holding only its own
-    `configs` entry, and `load_dataset(repo, "corpus-captions")` failed."""
+    `configs` entry, and `load_dataset(repo, "corpus-captions")` failed; later the card still
+    described only the last config pushed."""
     run_client(hub_server, tmp_path, PUSH_TWO_CONFIGS)
     loaded = _last_json(run_client(hub_server, tmp_path, LOAD_TWO_CONFIGS, isolated=True))
-    assert sorted(loaded) == ["corpus-captions", "paper"]
-    assert all(sorted(ids) == [f"square-{index:03d}" for index in range(6)] for ids in loaded.values())
+    assert sorted(loaded["rows"]) == ["corpus-captions", "paper"]
+    assert all(sorted(ids) == [f"square-{index:03d}" for index in range(6)] for ids in loaded["rows"].values())
+    card = loaded["card"]
+    assert "This repo holds 2 configs: `corpus-captions`, `paper`." in card
+    sections = card.split("## Config `")[1:]
+    assert [section.split("`")[0] for section in sections] == ["corpus-captions", "paper"]
+    # each section is its own config's: the first was built from the corpus captions, the second generated them
+    assert "| Text candidates | corpus |" in sections[0] and "| Text candidates | generated |" in sections[1]
+    assert "(stats/corpus-captions/score_histograms.png)" in sections[0] and "(stats/paper/score_histograms.png)" in sections[1]
+    files = set(hub_server.files(REPO + "-two", repo_type="dataset"))
+    assert {f"stats/{name}/score_histograms.png" for name in ("corpus-captions", "paper")} <= files

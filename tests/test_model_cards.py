@@ -167,3 +167,17 @@ def test_card_hyperparameters_are_those_the_run_used():
     rows = dict(_card_hyperparameters({"num_train_epochs": 3.0, "max_steps": 150, "warmup_steps": 0.025, "seed": 0}))
     assert rows == {"max_steps": 150, "warmup_steps": "0.025 (ratio of the training steps)", "seed": 0}
     assert dict(_card_hyperparameters({"num_train_epochs": 8.0, "max_steps": -1, "warmup_steps": 10}))["num_train_epochs"] == 8.0
+
+
+def test_dataset_card_describes_every_config_of_a_repo(tmp_path):
+    stale_default = {**STATS, "num_anchors": 7}  # the repo's earlier push of the config being pushed again
+    fast = {**STATS, "config_name": "fast", "judge": "OpenGVLab/InternVL3-1B-hf", "num_anchors": 5000,
+            "source_license": "mit", "histogram_file": "stats/fast/score_histograms.png"}
+    card = dataset_card_from_stats(STATS, repo_id="maple-org/prefs", output_dir=tmp_path,
+                                   histogram_file="stats/default/score_histograms.png", other_configs=[fast, stale_default])
+    default_section, fast_section = card.text.split("## Config `")[1:]
+    assert default_section.startswith("default`") and "| anchors (rows) | 100 |" in default_section
+    assert fast_section.startswith("fast`") and "| Judge | OpenGVLab/InternVL3-1B-hf |" in fast_section
+    assert "(stats/fast/score_histograms.png)" in fast_section and (tmp_path / "stats/default/score_histograms.png").exists()
+    assert 'load_dataset("maple-org/prefs", "fast", split="train")' in card.text
+    assert card.data.license == "other" and card.data.size_categories == ["1K<n<10K"]  # licences differ; the largest config
