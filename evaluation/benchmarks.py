@@ -128,10 +128,17 @@ def _categories(values: Sequence[Any] | None) -> list[str] | None:
 def _load_retrieval(source: str, spec: BenchmarkSpec) -> RetrievalBenchmark:
     table = _read_table(source, spec)
     image_column, caption_column = spec.columns
-    captions = [list(captions) for captions in table[caption_column]]
-    empty = [row for row, row_captions in enumerate(captions) if not row_captions or not all(isinstance(c, str) for c in row_captions)]
-    if empty:
-        raise BenchmarkFormatError(f"{source}: column {caption_column!r} must hold a non-empty list of strings per image; rows {empty[:5]} do not")
+    values = table[caption_column]
+    # A string is a sequence too: list() would split one caption into characters.
+    bad = [row for row, row_captions in enumerate(values)
+           if isinstance(row_captions, str) or not isinstance(row_captions, Sequence) or not row_captions
+           or not all(isinstance(caption, str) for caption in row_captions)]
+    if bad:
+        raise BenchmarkFormatError(
+            f"{source}: column {caption_column!r} must hold a non-empty list of strings per image; rows {bad[:5]} do not "
+            f"(row {bad[0]}: {values[bad[0]]!r:.80})"
+        )
+    captions = [list(row_captions) for row_captions in values]
     return RetrievalBenchmark(spec.name, LazyImages(table, image_column, source), captions)
 
 

@@ -118,7 +118,11 @@ def retrieval_recall(
     ks = tuple(ks)
     if not ks or any(k < 1 for k in ks):
         raise ValueError(f"ks: expected positive integers, got {ks}")
-    return recall_from_ranks(first_relevant_ranks(torch.as_tensor(similarities, dtype=torch.float64), relevant), ks)
+    similarities = torch.as_tensor(similarities, dtype=torch.float64)
+    if not torch.isfinite(similarities).all():  # a NaN score compares false with everything: it would rank first
+        rows = (~torch.isfinite(similarities)).any(dim=-1).nonzero().flatten()
+        raise ValueError(f"similarities: rows {rows[:5].tolist()} hold NaN or inf scores, which cannot be ranked")
+    return recall_from_ranks(first_relevant_ranks(similarities, relevant), ks)
 
 
 def _quadruple_matrix(quadruple_similarities: torch.Tensor | np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:

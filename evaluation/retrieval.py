@@ -30,6 +30,15 @@ def _check_embeddings(queries: torch.Tensor, candidates: torch.Tensor) -> None:
             "embeddings: expected queries (Q, D) and candidates (C, D) with the same D, "
             f"got {tuple(queries.shape)} and {tuple(candidates.shape)}"
         )
+    for name, embeddings in (("queries", queries), ("candidates", candidates)):
+        # A NaN score compares false with everything, so a NaN embedding would rank first: refuse it.
+        finite = torch.isfinite(embeddings).all(dim=1)
+        if not finite.all():
+            rows = (~finite).nonzero().flatten()
+            raise ValueError(
+                f"embeddings: {len(rows)} of the {embeddings.shape[0]} {name} are not finite (NaN or inf; first rows "
+                f"{rows[:5].tolist()}); a diverged or overflowing model cannot be ranked"
+            )
 
 
 def _score_blocks(
@@ -162,9 +171,9 @@ def chunked_ranks(
             block_rows, block_cols = rows[in_block], cols[in_block] - c_start
             relevant_hits = block_scores[block_rows, block_cols] >= best_relevant[block_rows]
             at_least_best.scatter_add_(0, block_rows, -relevant_hits.long())
-            # In place, as 0./1. floats: far cheaper than a bool tensor and an integer sum. Sums of
-            # at most candidate_chunk ones are exact in fp32 below 2**24.
-            at_least_best += block_scores.ge_(best_relevant[:, None]).sum(dim=1).long()
+            # In place, as 0./1. floats: cheaper than a bool tensor. Summed as integers: a bf16 sum of
+            # more than 256 ones is not exact.
+            at_least_best += block_scores.ge_(best_relevant[:, None]).sum(dim=1, dtype=torch.long)
         ranks.append(at_least_best + 1)
     return torch.cat(ranks)
 

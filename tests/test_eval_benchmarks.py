@@ -91,6 +91,10 @@ def test_empty_caption_list_is_reported(tmp_path):
     path = write_parquet(tmp_path / "c.parquet", {"image": [make_picture(0), make_picture(1)], "caption": [["a"], []]}, ("image",))
     with pytest.raises(BenchmarkFormatError, match=r"column 'caption' must hold a non-empty list of strings per image; rows \[1\]"):
         load_benchmark("coco", str(path))
+    # One caption string per image (not a list) used to be split into its characters, silently.
+    path = write_parquet(tmp_path / "s.parquet", {"image": [make_picture(0)], "caption": ["a dog"]}, ("image",))
+    with pytest.raises(BenchmarkFormatError, match=r"rows \[0\] do not \(row 0: 'a dog'\)"):
+        load_benchmark("coco", str(path))
 
 
 def test_mmvp_odd_rows_and_missing_images(benchmark_sources, tmp_path):

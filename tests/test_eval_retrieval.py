@@ -102,3 +102,29 @@ def test_chunked_ranks_exact_ties_with_duplicates():
 def test_mismatched_dimensions_are_reported():
     with pytest.raises(ValueError, match=r"got \(2, 3\) and \(4, 5\)"):
         chunked_topk(torch.zeros(2, 3), torch.zeros(4, 5), k=1)
+
+
+def test_non_finite_embeddings_and_scores_are_refused_not_ranked_first():
+    # NaN compares false with everything, so a NaN query used to get rank 1 (recall@1 = 100).
+    queries, candidates = torch.randn(4, 8), torch.randn(6, 8)
+    queries[2] = float("nan")
+    with pytest.raises(ValueError, match=r"1 of the 4 queries are not finite .* first rows \[2\]"):
+        chunked_ranks(queries, candidates, [0, 1, 2, 3])
+    candidates[5, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"1 of the 6 candidates are not finite"):
+        chunked_ranks(torch.randn(4, 8), candidates, [0, 1, 2, 3])
+    scores = torch.randn(3, 5)
+    scores[1, 4] = float("nan")
+    with pytest.raises(ValueError, match=r"rows \[1\] hold NaN or inf scores"):
+        retrieval_recall(scores, [0, 1, 2])
+
+
+def test_chunked_ranks_count_exactly_in_bfloat16():
+    # Past 256 ones a bf16 sum rounds; the count is an integer sum now.
+    generator = torch.Generator().manual_seed(0)
+    queries, candidates = torch.randn(8, 16, generator=generator), torch.randn(4000, 16, generator=generator)
+    relevant = list(range(8))
+    queries, candidates = queries.bfloat16(), candidates.bfloat16()
+    expected = first_relevant_ranks((queries @ candidates.T).float(), relevant)
+    ranks = chunked_ranks(queries, candidates, relevant, candidate_chunk=4000)
+    assert expected.max() > 1000 and torch.equal(ranks, expected)
