@@ -73,7 +73,7 @@ def naive_listwise_untied(scores, alphas):
 
 def naive_contrastive(images, texts, scale, negative_images, negative_texts, image_ids, text_ids, neg_image_ids,
                       neg_text_ids, excluded_image_ids=None, excluded_text_ids=None):
-    def one_direction(queries, positives, negatives, positive_ids, negative_ids, excluded):
+    def one_direction(queries, query_ids, positives, negatives, positive_ids, negative_ids, excluded):
         pool, seen = [], {}
         for vector, identity in list(zip(positives, positive_ids)) + list(zip(negatives, negative_ids)):
             if identity not in seen:
@@ -82,12 +82,14 @@ def naive_contrastive(images, texts, scale, negative_images, negative_texts, ima
         total = 0.0
         for index, (query, own) in enumerate(zip(queries, positive_ids)):
             skipped = set(excluded[index]) - {own} if excluded else set()
+            # the positives of other anchors with the same query (another caption of this image) are not negatives
+            skipped |= {positive_ids[j] for j in range(len(queries)) if query_ids[j] == query_ids[index]} - {own}
             logits = {identity: scale * float(query @ vector) for identity, vector in pool if identity not in skipped}
             total += -(logits[own] - math.log(sum(math.exp(logit) for logit in logits.values())))
         return total / len(queries)
 
-    text_to_image = one_direction(texts, images, negative_images, image_ids, neg_image_ids, excluded_image_ids)
-    image_to_text = one_direction(images, texts, negative_texts, text_ids, neg_text_ids, excluded_text_ids)
+    text_to_image = one_direction(texts, text_ids, images, negative_images, image_ids, neg_image_ids, excluded_image_ids)
+    image_to_text = one_direction(images, image_ids, texts, negative_texts, text_ids, neg_text_ids, excluded_text_ids)
     return (text_to_image + image_to_text) / 2
 
 
@@ -261,6 +263,31 @@ def test_per_anchor_exclusions_leave_only_that_anchors_denominator():
     del inputs["image_ids"], inputs["negative_image_ids"]
     with pytest.raises(ValueError, match="per-anchor exclusions are ids"):
         contrastive_loss(**inputs)
+
+
+def test_another_caption_of_the_same_image_is_not_its_negative():
+    # Anchors 2 and 3 share an image: image -> text, caption 3 leaves image 2's denominator (and caption 2 image 3's)
+    inputs = contrastive_inputs(0)
+    texts, images, scale = inputs["text_embeds"], inputs["image_embeds"], inputs["inverse_temperature"]
+    negative_images, negative_texts = inputs["negative_image_embeds"], inputs["negative_text_embeds"]
+    image_pool = torch.cat([images[:3], negative_images[1:3], negative_images[4:]])  # without the duplicates
+    text_pool = torch.cat([texts, negative_texts[:4]])  # negative text 4 is text 0 again
+    for anchor, sibling in ((2, 3), (3, 2)):
+        text_to_image = -(scale * texts[anchor] @ images[anchor] - (scale * texts[anchor] @ image_pool.T).logsumexp(0))
+        logits = scale * images[anchor] @ text_pool.T
+        image_to_text = -(logits[anchor] - torch.cat([logits[:sibling], logits[sibling + 1 :]]).logsumexp(0))
+        per_anchor = contrastive_loss(**inputs, reduction="none")[anchor]
+        assert per_anchor.item() == pytest.approx(((text_to_image + image_to_text) / 2).item(), abs=1e-5)
+        assert -(logits[anchor] - logits.logsumexp(0)) > image_to_text  # the sibling caption was pushed away before
+    # A caption shared by two images: text -> image likewise
+    inputs = contrastive_inputs(1)
+    inputs["text_embeds"][1], inputs["text_ids"][1] = inputs["text_embeds"][0], inputs["text_ids"][0]
+    expected = naive_contrastive(
+        inputs["image_embeds"], inputs["text_embeds"], float(inputs["inverse_temperature"]),
+        inputs["negative_image_embeds"], inputs["negative_text_embeds"], inputs["image_ids"].tolist(),
+        inputs["text_ids"].tolist(), inputs["negative_image_ids"].tolist(), inputs["negative_text_ids"].tolist(),
+    )
+    assert contrastive_loss(**inputs).item() == pytest.approx(expected, abs=1e-6)
 
 
 def test_duplicates_change_the_loss_unless_removed():

@@ -130,7 +130,9 @@ def contrastive_loss(
     Passing ids (e.g. content hashes) removes duplicates from the pools: a hard negative of one anchor is often
     another anchor of the batch, or a repeated candidate, and a duplicate in the denominator would count a false
     negative twice. The first occurrence is kept, anchors first, and a query's target is the first occurrence of its
-    own id, so anchors that share an image (one image with several captions) share a column.
+    own id, so anchors that share an image (one image with several captions) share a column; and each of them
+    leaves the other anchors' captions of its image out of its image -> text denominator (likewise for a caption
+    shared by several images), as they are no negatives of it.
 
     Per-anchor exclusions (by id) take items out of one anchor's denominator only, e.g. candidates its judge rates
     as highly as the anchor's own pair, which are no negatives for it though they are for the other anchors.
@@ -159,11 +161,11 @@ def contrastive_loss(
         )
     gather = gather_across_processes and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     text_to_image = _expanded_info_nce(
-        text_embeds, image_embeds, negative_image_embeds, image_ids, negative_image_ids, excluded_image_ids,
+        text_embeds, image_embeds, negative_image_embeds, text_ids, image_ids, negative_image_ids, excluded_image_ids,
         inverse_temperature, gather,
     )
     image_to_text = _expanded_info_nce(
-        image_embeds, text_embeds, negative_text_embeds, text_ids, negative_text_ids, excluded_text_ids,
+        image_embeds, text_embeds, negative_text_embeds, image_ids, text_ids, negative_text_ids, excluded_text_ids,
         inverse_temperature, gather,
     )
     return _reduce((text_to_image + image_to_text) / 2, reduction)
@@ -173,6 +175,7 @@ def _expanded_info_nce(
     queries: Tensor,
     positives: Tensor,
     negatives: Tensor | None,
+    query_ids: Tensor | None,
     positive_ids: Tensor | None,
     negative_ids: Tensor | None,
     excluded_ids: Tensor | None,
@@ -181,7 +184,8 @@ def _expanded_info_nce(
 ) -> Tensor:
     """One direction of `contrastive_loss`, each local query's loss: the query against the (gathered, de-duplicated)
     pool of all positives followed by all negatives, less its excluded ids. The target of query ``i`` is its own
-    positive."""
+    positive. With `query_ids`, the positives of the other anchors with the same query (another caption of the
+    same image) are no negatives for it and leave its denominator."""
     if (negative_ids is not None and (positive_ids is None or negatives is None)) or (
         positive_ids is not None and negatives is not None and negative_ids is None
     ):
@@ -189,9 +193,11 @@ def _expanded_info_nce(
     if excluded_ids is not None and positive_ids is None:
         raise ValueError("per-anchor exclusions are ids: give the ids of that modality too")
     local_targets = torch.arange(queries.shape[0], device=queries.device)
+    all_query_ids = query_ids
     if gather:
         positives, offset = _all_gather_rows(positives, with_grad=True)
         local_targets = local_targets + offset
+        all_query_ids = None if query_ids is None else _all_gather_rows(query_ids, with_grad=False)[0]
         negatives = None if negatives is None else _all_gather_rows(negatives, with_grad=True)[0]
         positive_ids = None if positive_ids is None else _all_gather_rows(positive_ids, with_grad=False)[0]
         negative_ids = None if negative_ids is None else _all_gather_rows(negative_ids, with_grad=False)[0]
@@ -207,6 +213,12 @@ def _expanded_info_nce(
             excluded = (excluded_ids.unsqueeze(2) == pool_ids.view(1, 1, -1)).any(dim=1)  # (N, pool)
             excluded[torch.arange(len(local_targets), device=excluded.device), local_targets] = False
             logits = logits.masked_fill(excluded, float("-inf"))
+    if query_ids is not None:
+        # (N, pool): the positive of another anchor with this query's id, its own target aside
+        sibling = torch.zeros_like(logits, dtype=torch.bool)
+        sibling[:, : len(all_query_ids)] = query_ids.unsqueeze(1) == all_query_ids.unsqueeze(0)
+        sibling[torch.arange(len(local_targets), device=logits.device), local_targets] = False
+        logits = logits.masked_fill(sibling, float("-inf"))
     return F.cross_entropy(logits, local_targets, reduction="none")
 
 
