@@ -295,6 +295,19 @@ def test_frozen_reference_with_peft_disables_the_adapters(tmp_path, wrapped_by):
         torch.testing.assert_close(parameters[name], tensor, rtol=0, atol=0, msg=name)
 
 
+def test_frozen_peft_reference_draws_no_dropout_while_the_policy_trains(tmp_path):
+    trainer = make_trainer(tmp_path, reference="frozen", max_steps=1, lora=True, disable_dropout=False)
+    for module in trainer.model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.5
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    trainer.model.train()
+    first, second = trainer._reference_similarities(batch), trainer._reference_similarities(batch)
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert trainer.model.training  # and the policy is back in training mode
+
+
 def _corrupt(column, value_fn):
     dataset = synthetic_preference_dataset(4)
 

@@ -267,8 +267,13 @@ class RPATrainer(DPOTrainer):
         else:  # PEFT: the base model is the reference
             reference = self.accelerator.unwrap_model(self.model)
             adapters_off = reference.disable_adapter()
-        with torch.no_grad(), adapters_off:
-            outputs = reference(**_model_inputs(inputs))
+        was_training = reference.training
+        reference.eval()  # the policy may train with dropout; the reference must not draw any
+        try:
+            with torch.no_grad(), adapters_off:
+                outputs = reference(**_model_inputs(inputs))
+        finally:
+            reference.train(was_training)
         return _candidate_similarities(outputs.text_embeds, outputs.image_embeds, inputs)
 
     def _compute_loss(self, model, inputs, return_outputs):
