@@ -25,8 +25,12 @@ QUADRUPLE_COLUMNS = ("text_score", "image_score", "group_score")
 
 
 def _model_folder_name(model_ref: str) -> str:
-    """A file-system-safe name for a model reference (Hub id or path)."""
-    return re.sub(r"[^\w.-]+", "--", model_ref.strip("/")) or "model"
+    """A file-system-safe name for a model reference: `org--name` for a Hub id (which cannot hold `--`), the
+    absolute path with `--` for `/` for a local folder, so that `.`, `..` or `a/b` beside a Hub id `a/b` name
+    folders of their own inside OUT."""
+    path = Path(model_ref).expanduser()
+    reference = str(path.resolve()) if path.exists() else model_ref
+    return re.sub(r"[^\w.-]+", "--", reference.strip("/")).strip(".") or "model"
 
 
 def _parse_sources(parser: argparse.ArgumentParser, pairs: list[str]) -> dict[str, str]:

@@ -319,3 +319,15 @@ def test_lora_adapter_folder_loads_on_its_base(tiny, tmp_path):
     (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(config))
     with pytest.raises(ModelLoadError, match=r"adapter_config.json does not name its base model"):
         load_embedder(str(tmp_path / "adapter"))
+
+
+def test_result_folders_stay_inside_out_and_apart(tmp_path, monkeypatch):
+    from evaluation.cli import _model_folder_name
+
+    (tmp_path / "org" / "m").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "org" / "m")
+    names = {ref: _model_folder_name(ref) for ref in (".", "..", "../m", str(tmp_path / "org" / "m"))}
+    assert all(name not in (".", "..") and "/" not in name for name in names.values())
+    assert names["."] == names["../m"] == names[str(tmp_path / "org" / "m")] != names[".."]  # one folder, one name
+    monkeypatch.chdir(tmp_path)
+    assert _model_folder_name("org/m") != _model_folder_name("org/missing") == "org--missing"  # a local folder is not the Hub id
