@@ -310,3 +310,11 @@ def load_benchmark(name: str, source: str | None = None) -> RetrievalBenchmark |
     except OSError as error:
         detail = " ".join(str(error).split())  # one line: Hub errors span several
         raise BenchmarkSourceError(f"benchmark {name!r}: cannot read source {source!r}: {detail}") from error
+    except RuntimeError as error:
+        if "Dataset scripts are no longer supported" not in str(error):
+            raise
+        # Some official repos hold a loading script and raw files; datasets >= 4 runs no scripts.
+        raise BenchmarkSourceError(
+            f"benchmark {name!r}: {source!r} is a script-based dataset ({error}), which this datasets version cannot "
+            f"load: pass a parquet copy in the schema of docs/evaluation.md with --source {name}=PATH"
+        ) from error

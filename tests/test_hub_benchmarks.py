@@ -53,3 +53,27 @@ def test_every_benchmark_loads_by_its_hub_id(hub_server, benchmark_sources, tmp_
     assert summary["naturalbench"]["texts"] == ["scene 0 with a man", "scene 1 with a man"]
     assert summary["mmvp"]["categories"] == ["orientation and direction", "color and appearance"]
     assert all(summary[name]["image_sizes"] == [[24, 24], [24, 24]] for name in ("winoground", "naturalbench", "mmvp", "bivlc"))
+
+
+SCRIPT_ONLY = """
+from huggingface_hub import HfApi
+from evaluation.benchmarks import BenchmarkSourceError, load_benchmark
+
+repo = "nlphuji/flickr_1k_test_image_text_retrieval"
+api = HfApi()
+api.create_repo(repo, repo_type="dataset", exist_ok=True)
+for path, content in (("flickr_1k_test_image_text_retrieval.py", b"import datasets\\n"), ("test_1k_flickr.csv", b"filename,raw\\n")):
+    api.upload_file(path_or_fileobj=content, path_in_repo=path, repo_id=repo, repo_type="dataset")
+try:
+    load_benchmark("flickr30k")
+except BenchmarkSourceError as error:
+    print("ERROR", error)
+"""
+
+
+def test_a_script_only_hub_repo_is_one_named_error(hub_server, tmp_path):
+    """The official COCO/Flickr repos hold a loading script, which datasets >= 4 refuses with a RuntimeError that
+    escaped `maple eval`'s one-line errors."""
+    output = run_client(hub_server, tmp_path, SCRIPT_ONLY).strip().splitlines()[-1]
+    assert output.startswith("ERROR benchmark 'flickr30k': 'nlphuji/flickr_1k_test_image_text_retrieval' is a script-based dataset")
+    assert "--source flickr30k=PATH" in output
