@@ -153,11 +153,17 @@ def stored_results(model_ref: str, benchmarks: list[str], sources: dict[str, str
 
 
 def evaluate_model(
-    model_ref: str, benchmarks: list[str], sources: dict[str, str], out: Path, batch_size: int, stored: dict[str, Any]
+    model_ref: str,
+    benchmarks: list[str],
+    sources: dict[str, str],
+    out: Path,
+    batch_size: int,
+    stored: dict[str, Any],
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Results of one model on the benchmarks: the `stored` ones (`stored_results`) as they are, the others
-    computed and written to `out/<model>/<benchmark>.json`. The folder is created only once the model has
-    loaded, so a model that fails to load leaves nothing behind."""
+    computed on `device` and written to `out/<model>/<benchmark>.json`. The folder is created only once the
+    model has loaded, so a model that fails to load leaves nothing behind."""
     folder = out / _model_folder_name(model_ref)
     results = dict(stored)
     for name in results:
@@ -171,6 +177,7 @@ def evaluate_model(
         loaded = {name: load_benchmark(name, sources.get(name)) for name in todo}
         model_state = _model_state(model_ref)  # before loading: a change while it runs must not pass unnoticed
         model, processor = load_embedder(model_ref)
+        model.to(device)
         folder.mkdir(parents=True, exist_ok=True)
         for name in todo:
             print(f"{model_ref}: evaluating {name} ...", flush=True)
@@ -230,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", nargs="*", default=[], metavar="BENCHMARK=PATH", help="local copy or other Hub id of a benchmark")
     parser.add_argument("--out", type=Path, default=Path("maple_eval"), help="results folder (resumable)")
     parser.add_argument("--batch-size", type=_at_least_one, default=32)
+    parser.add_argument("--device", default=None, help="where the models embed, e.g. cuda:1 (default: cuda if available, else cpu)")
     parser.add_argument("--push-to-hub", action="store_true", help="write the results into MODEL's model card on the Hub")
     args = parser.parse_args(argv)
     sources = _parse_sources(parser, args.source)
@@ -237,8 +245,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.push_to_hub and Path(args.model).expanduser().exists():
         parser.error(f"--push-to-hub writes into the card of MODEL's Hub repo, but {args.model} is a local folder: push the checkpoint first and evaluate it by repo id")
 
+    import torch
+
     from .benchmarks import BenchmarkFormatError, BenchmarkSourceError, check_source
     from .models import ModelLoadError, check_model_ref, checkpoint_config
+
+    try:
+        device = str(torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu")))
+    except RuntimeError as error:
+        parser.error(f"--device {args.device!r}: {error}")
 
     all_results = {}
     try:
@@ -255,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             check_source(name, source)
         for model_ref in model_refs:
             all_results[model_ref] = evaluate_model(
-                model_ref, args.benchmarks, sources, args.out, args.batch_size, stored[model_ref]
+                model_ref, args.benchmarks, sources, args.out, args.batch_size, stored[model_ref], device
             )
     except (ModelLoadError, BenchmarkFormatError, BenchmarkSourceError) as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)

@@ -331,3 +331,23 @@ def test_result_folders_stay_inside_out_and_apart(tmp_path, monkeypatch):
     assert names["."] == names["../m"] == names[str(tmp_path / "org" / "m")] != names[".."]  # one folder, one name
     monkeypatch.chdir(tmp_path)
     assert _model_folder_name("org/m") != _model_folder_name("org/missing") == "org--missing"  # a local folder is not the Hub id
+
+
+def test_device_is_checked_and_used(tiny, tmp_path, benchmark_sources, capsys, monkeypatch):
+    _, _, (first, _) = tiny
+    with pytest.raises(SystemExit):
+        main([str(first), "--device", "nonsense", "--out", str(tmp_path / "eval")])
+    assert "--device 'nonsense'" in capsys.readouterr().err
+    import evaluation.models
+
+    moved_to, load = [], evaluation.models.load_embedder
+
+    def load_and_spy(model_ref):
+        model, processor = load(model_ref)
+        to = model.to
+        monkeypatch.setattr(model, "to", lambda device: moved_to.append(device) or to(device))
+        return model, processor
+
+    monkeypatch.setattr(evaluation.models, "load_embedder", load_and_spy)
+    argv = [str(first), "--benchmarks", "coco", "--source", f"coco={benchmark_sources['coco']}", "--out", str(tmp_path / "eval")]
+    assert main([*argv, "--device", "cpu"]) == 0 and moved_to == ["cpu"]
