@@ -15,7 +15,9 @@ layout (NaturalBench-Retrieval: `metadata.json` + `images/`; MMVP-VLM: `Question
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,9 +206,18 @@ def _naturalbench_folder(folder: Path) -> Path:
 
     from huggingface_hub import constants
 
-    target = Path(constants.HF_HOME) / "maple" / "naturalbench" / archive.resolve().name
-    if not (target / "NaturalBench-Retrieval" / "metadata.json").exists():
-        shutil.unpack_archive(archive, target)
+    # One folder per archive file and version: another copy, or the archive replaced, never reads a stale folder.
+    status = archive.stat()
+    key = hashlib.sha256(f"{archive.resolve()}:{status.st_size}:{status.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = Path(constants.HF_HOME) / "maple" / "naturalbench" / key
+    if not target.exists():  # unpacked beside it and renamed when complete, so an interrupted unpack is redone
+        staging = target.with_name(f"{key}.partial-{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.unpack_archive(archive, staging)
+        try:
+            staging.rename(target)
+        except OSError:  # another process finished first
+            shutil.rmtree(staging, ignore_errors=True)
     return target / "NaturalBench-Retrieval"
 
 

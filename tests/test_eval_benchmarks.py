@@ -114,6 +114,31 @@ def test_mmvp_odd_rows_and_missing_images(benchmark_sources, tmp_path):
         load_benchmark("naturalbench", str(natural))
 
 
+def test_naturalbench_archives_unpack_per_copy_and_version(benchmark_sources, tmp_path, monkeypatch):
+    """Extraction folders were keyed by the archive's file name: a second copy, or a replaced archive, read the first
+    one's stale captions."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path / "hf_home"))
+
+    def archive_in(folder_name, caption_prefix):
+        source = shutil.copytree(benchmark_sources["naturalbench"], tmp_path / "src" / caption_prefix / "NaturalBench-Retrieval")
+        metadata = json.loads((source / "metadata.json").read_text())
+        for item in metadata:
+            item["caption_0"] = f"{caption_prefix} {item['caption_0']}"
+        (source / "metadata.json").write_text(json.dumps(metadata))
+        (tmp_path / folder_name).mkdir(exist_ok=True)
+        return shutil.make_archive(str(tmp_path / folder_name / "NaturalBench-Retrieval"), "zip", root_dir=source.parent, base_dir=source.name)
+
+    archive_in("first", "OLD")
+    archive_in("second", "NEW")
+    first_texts = [q.text0 for q in load_benchmark("naturalbench", str(tmp_path / "first")).quadruples]
+    second_texts = [q.text0 for q in load_benchmark("naturalbench", str(tmp_path / "second")).quadruples]
+    assert all(text.startswith("OLD") for text in first_texts) and all(text.startswith("NEW") for text in second_texts)
+    archive_in("first", "NEWER")  # replaced in place
+    assert all(q.text0.startswith("NEWER") for q in load_benchmark("naturalbench", str(tmp_path / "first")).quadruples)
+
+
 def test_unknown_benchmark():
     with pytest.raises(ValueError, match="unknown benchmark 'imagenet'"):
         load_benchmark("imagenet")
