@@ -311,7 +311,7 @@ def load_source(source: str, *, split: str, cache_dir: str | None = None) -> dat
     if path.suffix == ".parquet":
         if not path.exists():
             raise FileNotFoundError(f"source parquet file {source} does not exist")
-        return datasets.load_dataset("parquet", data_files=str(path), split="train", cache_dir=cache_dir)
+        return datasets.load_dataset("parquet", data_files=str(path), split=split, cache_dir=cache_dir)
     if path.is_file():
         raise ValueError(f"unsupported source file {source}: give a folder, a parquet file or a Hub dataset id")
     builder = datasets.load_dataset_builder(source, cache_dir=cache_dir)
@@ -452,6 +452,9 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         if not (self.work_dir / "stats.json").exists():
             download_mode = datasets.DownloadMode.FORCE_REDOWNLOAD
         super().download_and_prepare(output_dir, download_config, download_mode, **kwargs)
+        # A cached dataset skips `_split_generators`, but stats.json (and so the card) must describe this build's
+        # settings, such as a source licence changed since (the cache holds datasets keyed by it; the work dir one).
+        self.write_stats()
 
     def _split_generators(self, dl_manager) -> list[datasets.SplitGenerator]:
         self.build_shards()

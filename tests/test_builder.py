@@ -188,6 +188,20 @@ def test_sources_parquet_file_folder_and_imagefolder_give_the_same_rows(tmp_path
     assert len(results[0]) == 7
 
 
+def test_a_parquet_file_source_honours_a_split_slice(tmp_path):
+    _source(7).to_parquet(str(tmp_path / "source.parquet"))
+    builder = _build(tmp_path, source=str(tmp_path / "source.parquet"), source_split="train[:4]")
+    assert builder.stats["num_source_rows"] == 4  # the slice was ignored: 7
+
+
+def test_stats_describe_this_build_when_the_dataset_comes_from_the_cache(tmp_path):
+    """The datasets cache is keyed by the source licence, the work dir is not: going back to a cached licence used to
+    leave the last build's licence in stats.json, hence in the pushed card."""
+    for licence in ("cc0-1.0", "cc-by-4.0", "cc0-1.0"):
+        builder = _build(tmp_path, source_license=licence)
+    assert builder.stats["source_license"] == "cc0-1.0"
+
+
 def test_a_folder_source_is_split_by_file_name_as_datasets_reads_it(tmp_path):
     """A Hub snapshot's layout (data/train-*, data/test-*): before the fix every parquet file under
     the folder was read as "train", test rows included, whatever `source_split` said."""
