@@ -62,9 +62,9 @@ TEXT_CANDIDATE_SOURCES = ("generated", "corpus")
 MANIFEST_FILE = "manifest.json"
 # Raised whenever a manifest field is added or changes meaning (2: the captioner's generation config, the
 # tokenizer's leading special tokens, an ensemble's prompt, folder sources read split by split; 3: a digest
-# of every model's weights). A work dir of another version is refused: its manifest cannot say whether its
-# checkpoints match this builder's.
-MANIFEST_VERSION = 3
+# of every model's weights; 4: a local source's fingerprint by content, not timestamps). A work dir of another
+# version is refused: its manifest cannot say whether its checkpoints match this builder's.
+MANIFEST_VERSION = 4
 DEFAULT_ID_COLUMN = "id"
 _SHARD_NAME = re.compile(r"^shard-(\d+)-(\d+)\.parquet$")
 
@@ -298,6 +298,28 @@ def text_pool(caption: str, candidates: list[str], size: int) -> list[str]:
     return pool
 
 
+def local_source_digest(path: Path, sampled_blocks: int = 16, block_size: int = 4096, edge_size: int = 65536) -> str:
+    """A fingerprint of a local source by content, not by timestamps (which `datasets`' own fingerprint reads), so
+    that the same files copied elsewhere (staged to a job's local disk, one copy per node) resume the same build.
+    Each file's path relative to `path`, size, first and last `edge_size` bytes and `sampled_blocks` evenly spaced
+    blocks: an edit that keeps a file's size and misses every sampled byte goes unseen, the price of not reading a
+    corpus of images in full at every start."""
+    files = [path] if path.is_file() else sorted(file for file in path.rglob("*") if file.is_file())
+    digest = hashlib.sha256()
+    for file in files:
+        size = file.stat().st_size
+        digest.update(f"{file.relative_to(path) if file != path else file.name}\0{size}\0".encode())
+        with file.open("rb") as handle:
+            if size <= 2 * edge_size + sampled_blocks * block_size:
+                digest.update(handle.read())
+                continue
+            offsets = [0, size - edge_size] + [size * (index + 1) // (sampled_blocks + 1) for index in range(sampled_blocks)]
+            for offset, length in zip(offsets, [edge_size, edge_size] + [block_size] * sampled_blocks):
+                handle.seek(offset)
+                digest.update(handle.read(length))
+    return digest.hexdigest()[:16]
+
+
 def load_source(source: str, *, split: str, cache_dir: str | None = None) -> datasets.Dataset:
     """Split `split` of the image-caption dataset behind `source`: a local folder, a parquet file, or
     a Hub dataset id.
@@ -495,9 +517,13 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         generated = config.text_candidates == "generated"
         deduplicated = config.semdedup_clusters is not None
         self._load_source()
+        if self.source_dataset is not None:
+            source = "in-memory datasets.Dataset"
+        else:  # local files are identified by their contents (`local_source_digest`), wherever they are
+            source = config.source if self._local_source() is None else "local files"
         return {
             "manifest_version": MANIFEST_VERSION,
-            "source": config.source if self.source_dataset is None else "in-memory datasets.Dataset",
+            "source": source,
             "source_fingerprint": self._source_fingerprint,
             "source_split": config.source_split,
             "image_column": config.image_column,
@@ -557,12 +583,19 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 f"checkpoints and shards would mix the two builds: {advice}"
             )
 
+    def _local_source(self) -> Path | None:
+        """The source's file or folder, when it is one on this machine."""
+        if self.source_dataset is not None or not Path(self.config.source).exists():
+            return None
+        return Path(self.config.source)
+
     def _load_source(self) -> datasets.Dataset:
         if self._source is None:
             source = self.source_dataset
             if source is None:
                 source = load_source(self.config.source, split=self.config.source_split, cache_dir=self._cache_dir_root)
-            self._source_fingerprint = source._fingerprint
+            local = self._local_source()
+            self._source_fingerprint = source._fingerprint if local is None else local_source_digest(local)
             required = [self.config.image_column, self.config.caption_column]
             # An id column named explicitly is meant to exist: without it every id would silently be the row index.
             if self.config.id_column != DEFAULT_ID_COLUMN:

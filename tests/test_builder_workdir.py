@@ -105,7 +105,7 @@ def test_a_manifest_of_another_builder_version_or_with_other_fields_is_refused(t
     manifest = json.loads(path.read_text())
     if edit == "older version":
         del manifest["manifest_version"]
-        expected = r"made by another version of the builder \(manifest version 1, this one writes 3\)"
+        expected = r"made by another version of the builder \(manifest version 1, this one writes 4\)"
     elif edit == "field it lacks":
         del manifest["shard_size"]
         expected = r"shard_size: None in the work dir, 4 now"
@@ -183,6 +183,41 @@ def test_a_changed_source_file_is_caught_by_download_and_prepare(tmp_path):
     os.utime(source, (source.stat().st_atime + 10, source.stat().st_mtime + 10))
     with pytest.raises(WorkDirMismatch, match=r"source_fingerprint: "):
         _file_builder(tmp_path, source).download_and_prepare()
+
+
+def test_the_same_source_bytes_with_a_new_timestamp_or_place_resume_the_build(tmp_path):
+    """`datasets`' fingerprint of a local file follows its timestamp: a source staged again (the same bytes, copied to
+    a job's local disk) used to be a WorkDirMismatch."""
+    source = tmp_path / "source.parquet"
+    _write_source_file(source)
+    first = _file_builder(tmp_path, source)
+    first.download_and_prepare()
+    rows = _ids(first)
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    shutil.copyfile(source, staged / "source.parquet")
+    os.utime(staged / "source.parquet", (source.stat().st_atime + 100, source.stat().st_mtime + 100))
+    again = _builder(tmp_path, source_dataset=None, source=str(staged / "source.parquet"), config_name="corpus-captions", captioner=None)
+    again.check_work_dir()  # the manifest records the source path too; the fingerprint is what must agree
+    assert again.manifest()["source_fingerprint"] == first.manifest()["source_fingerprint"]
+
+
+def test_local_source_digest_reads_sizes_edges_and_sampled_blocks(tmp_path):
+    from dataset_builders.builder import local_source_digest
+
+    big = tmp_path / "folder" / "big.bin"
+    big.parent.mkdir()
+    payload = bytearray(os.urandom(1_000_000))
+    big.write_bytes(payload)
+    reference = local_source_digest(big.parent)
+    payload[100_000] ^= 0xFF  # in no sampled block (edges of 64 KiB, 4 KiB at every 17th): the documented blind spot
+    big.write_bytes(payload)
+    assert local_source_digest(big.parent) == reference
+    payload[1_000_000 * 8 // 17] ^= 0xFF  # inside a sampled block
+    big.write_bytes(payload)
+    assert local_source_digest(big.parent) != reference
+    (tmp_path / "folder" / "extra.txt").write_text("more")
+    assert len({reference, local_source_digest(big.parent), local_source_digest(big)}) == 3
 
 
 def test_a_new_work_dir_builds_again_rather_than_reusing_the_cache(tmp_path):
