@@ -652,9 +652,12 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 skipped.append(SkippedInput(index, row_id, "special token in caption", detail))
                 continue
             try:
-                _decode(_image_bytes(row[self.config.image_column] or {}), index)
+                image = _decode(_image_bytes(row[self.config.image_column] or {}), index)
             except Exception as error:  # any decoding failure makes the row unusable, whatever its kind
                 skipped.append(SkippedInput(index, row_id, "unreadable image", f"{type(error).__name__}: {error}"))
+                continue
+            if (problem := self._image_problem(image.size)) is not None:
+                skipped.append(SkippedInput(index, row_id, "image a model cannot take", problem))
                 continue
             kept_row_of_id[row_id] = index
             valid_rows.append(index)
@@ -669,6 +672,19 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         judge without `special_token_in` reads any text."""
         find = getattr(self.judge, "special_token_in", None)
         return None if find is None else find(text)
+
+    def _image_problem(self, size: tuple[int, int]) -> str | None:
+        """Why the judge or the captioner cannot take an image of `size` (their `image_problem`, e.g. a Qwen-VL
+        image processor refuses aspect ratios above 200:1), or None. Checked with the inputs, so that such an
+        image is skipped with its reason instead of failing every attempt at its shard."""
+        components = [("judge", self.judge)]
+        if self.config.text_candidates == "generated":
+            components.append(("captioner", self.captioner))
+        for role, component in components:
+            check = getattr(component, "image_problem", None)
+            if check is not None and (problem := check(size)) is not None:
+                return f"the {role}: {problem}"
+        return None
 
     def _image(self, row: int) -> PIL.Image.Image:
         return _decode(_image_bytes(self._load_source()[row][self.config.image_column]), row)

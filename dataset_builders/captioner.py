@@ -134,6 +134,10 @@ class ContrastiveCaptioner:
         loaded = load_vlm(model_id_or_path, **(loading_kwargs or {}))
         return cls(loaded.model, loaded.tokenizer, loaded.image_processor, name=model_id_or_path, **captioner_kwargs)
 
+    def image_problem(self, size: tuple[int, int]) -> str | None:
+        """Why the captioner's image processor cannot take an image of `size` (width, height), or None."""
+        return self.prompt_encoder.image_problem(size)
+
     @property
     def generation_config(self) -> GenerationConfig:
         """What `generate` samples with: the model's generation config (from the checkpoint's

@@ -222,6 +222,11 @@ class MLLMJudge:
             for probe in probes
         )
 
+    def image_problem(self, size: tuple[int, int]) -> str | None:
+        """Why the judge's image processor cannot take an image of `size` (width, height), or None; the builder
+        skips such images up front rather than fail a shard."""
+        return self.prompt_encoder.image_problem(size)
+
     def special_token_in(self, text: str) -> str | None:
         """The first special token of the judge's tokenizer that `text` contains, or None.
 
@@ -395,6 +400,14 @@ class JudgeEnsemble:
     def settings(self) -> dict:
         """Each member's `settings` (None for a member without them), in order."""
         return {"judges": [getattr(judge, "settings", None) for judge in self.judges]}
+
+    def image_problem(self, size: tuple[int, int]) -> str | None:
+        """The first member judge's reason not to take an image of `size`, or None."""
+        for judge in self.judges:
+            check = getattr(judge, "image_problem", None)
+            if check is not None and (problem := check(size)) is not None:
+                return problem
+        return None
 
     def special_token_in(self, text: str) -> str | None:
         """The first special token of a member judge's tokenizer that `text` contains, or None

@@ -29,6 +29,7 @@ from modeling_maple.processing_maple import (
     check_tokens_known,
     encode_mllm_images,
     fill_image_placeholders,
+    mllm_image_problem,
     mllm_image_seq_length,
     mllm_image_tokens,
     mllm_pixel_inputs,
@@ -66,6 +67,10 @@ class PromptEncoder:
         check_tokens_known(tokenizer, mllm_image_tokens(config.model_type, tokenizer), needed_by=f"{config.model_type} prompts around images")
         self.image_seq_length = mllm_image_seq_length(config)
         self.leading_special_ids = _leading_special_ids(tokenizer)
+
+    def image_problem(self, size: tuple[int, int]) -> str | None:
+        """Why an image of `size` (width, height) cannot be encoded for this model, or None."""
+        return mllm_image_problem(self.config.model_type, size)
 
     def render(self, messages: list[Message], *, add_generation_prompt: bool) -> str:
         """The chat template applied to `messages`, as text with one placeholder per image."""

@@ -117,6 +117,17 @@ def mllm_image_seq_length(mllm_config) -> int | None:
     return None
 
 
+QWEN_VL_MAX_ASPECT_RATIO = 200  # Qwen-VL image processors (`smart_resize`) refuse more elongated images
+
+
+def mllm_image_problem(mllm_type: str, size: tuple[int, int]) -> str | None:
+    """Why an image of `size` (width, height) cannot go through a `mllm_type` image processor, or None."""
+    ratio = max(size) / max(1, min(size))
+    if mllm_type in QWEN_VL_MLLMS and ratio > QWEN_VL_MAX_ASPECT_RATIO:
+        return f"aspect ratio {ratio:.0f}:1 is above the {QWEN_VL_MAX_ASPECT_RATIO}:1 that {mllm_type} image processors accept"
+    return None
+
+
 def check_tokens_known(tokenizer, tokens: Iterable[str], needed_by: str) -> None:
     """Raise a ValueError naming the first of `tokens` that `tokenizer` does not have (`needed_by`: what needs it)."""
     for token in tokens:
@@ -405,6 +416,7 @@ __all__ = [
     "encode_mllm_images",
     "fill_image_placeholders",
     "load_image",
+    "mllm_image_problem",
     "mllm_image_seq_length",
     "mllm_image_tokens",
     "mllm_pixel_inputs",

@@ -115,6 +115,33 @@ def test_bad_inputs_are_skipped_counted_and_listed(tmp_path):
     assert by_id[("blank", "empty caption")]["row"] == 9
 
 
+def test_images_the_judge_cannot_take_are_skipped_with_the_inputs(tmp_path):
+    """A Qwen-VL image processor refuses aspect ratios above 200:1; such a row used to pass the input check and
+    fail its shard at every attempt, naming no row."""
+    import io
+
+    from PIL import Image
+
+    strip = io.BytesIO()
+    Image.new("RGB", (1000, 2), "red").save(strip, format="PNG")
+    source = _source(6, id=["strip"], image=[{"bytes": strip.getvalue(), "path": None}], caption=["a red strip"])
+    builder = MaplePreferences(
+        config_name="paper", source_dataset=source, judge=tiny_judge(seed=0, image_size=16), captioner=ColourCaptioner(),
+        miner=thumbnail_miner(), cache_dir=str(tmp_path / "cache"), work_dir=tmp_path / "work", semdedup_clusters=None,
+        progress=False,
+    )
+    num_rows, valid_rows, skipped = builder.check_inputs()
+    assert num_rows == 7 and valid_rows == list(range(6))
+    assert [(item.id, item.kind) for item in skipped] == [("strip", "image a model cannot take")]
+    assert skipped[0].detail == "the judge: aspect ratio 500:1 is above the 200:1 that qwen2_vl image processors accept"
+    # the rule is the image processor's own: it refuses 500:1 and takes 200:1
+    image_processor = builder.judge.prompt_encoder.image_processor
+    with pytest.raises(ValueError, match="aspect ratio"):
+        image_processor(images=[Image.new("RGB", (1000, 2))])
+    image_processor(images=[Image.new("RGB", (400, 2))])
+    assert builder.judge.image_problem((400, 2)) is None
+
+
 def test_semdedup_drops_near_duplicates_with_a_reason(tmp_path):
     columns = colour_squares(6)
     source = _source(6, id=["copy"], image=[columns["image"][0]], caption=["a red square again"])
