@@ -764,6 +764,10 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 try:
                     check_semdedup_clusters(self.config.semdedup_clusters, len(valid_rows))
                 except ValueError as error:
+                    # Nothing of this recipe is computed beyond the input check: give up the work dir's claim,
+                    # so that the command the error suggests (another cluster count) can make it its own.
+                    for name in (MANIFEST_FILE, "inputs.json"):
+                        (self.work_dir / name).unlink(missing_ok=True)
                     raise SourceError(str(error)) from None
             embeddings = self.embed_inputs(valid_rows)
             anchor_positions, deduplicated = self.select_anchors(valid_rows, embeddings)

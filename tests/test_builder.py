@@ -407,6 +407,8 @@ def test_the_papers_cluster_count_on_a_small_corpus_stops_before_embedding(tmp_p
     with pytest.raises(ValueError, match=r"50000 clusters on 10 rows"):
         builder.build_shards()
     assert not list((tmp_path / "work").glob("embeddings*.pt"))
+    # The fix the error suggests runs in the same work dir (it was refused as another recipe: 50000 clusters)
+    _unbuilt(tmp_path, _source(), config_name="paper", captioner=ColourCaptioner(), semdedup_clusters=2).build_shards()
 
 
 def test_a_none_override_turns_semdedup_off_even_for_the_paper_config(tmp_path):
