@@ -320,6 +320,39 @@ def local_source_digest(path: Path, sampled_blocks: int = 16, block_size: int = 
     return digest.hexdigest()[:16]
 
 
+def open_source(
+    config: MaplePreferencesConfig, source_dataset: datasets.Dataset | None = None, *, cache_dir: str | None = None
+) -> tuple[datasets.Dataset, str]:
+    """The columns of the source a build reads (`config.source`, or `source_dataset`), images left encoded, and the
+    source's `datasets` fingerprint. Raises `SourceError` for a source that cannot be read, a missing column or a
+    column that holds no images: all before any model is needed, so `maple build-preferences` checks it first."""
+    source = source_dataset
+    if source is None:
+        source = load_source(config.source, split=config.source_split, cache_dir=cache_dir)
+    required = [config.image_column, config.caption_column]
+    # An id column named explicitly is meant to exist: without it every id would silently be the row index.
+    if config.id_column != DEFAULT_ID_COLUMN:
+        required.append(config.id_column)
+    missing = [column for column in required if column not in source.column_names]
+    if missing:
+        raise SourceError(
+            f"source {config.source or 'datasets.Dataset (in memory)'} lacks column(s) {missing}; it has "
+            f"{source.column_names}: name the columns to read with image_column=, caption_column=, id_column= "
+            "(CLI --image-column, --caption-column, --id-column)"
+        )
+    image_feature = source.features[config.image_column]
+    if not _readable_as_images(image_feature):  # pyarrow's cast would fail naming neither column nor type
+        raise SourceError(
+            f"source column {config.image_column!r} holds {image_feature!r}; expected images "
+            "(datasets.Image), image file paths (str) or encoded image bytes"
+        )
+    fingerprint = source._fingerprint
+    # Only the columns the build reads: others may be heavy, or images decoded on every row access.
+    used = dict.fromkeys([config.id_column, config.image_column, config.caption_column])
+    source = source.select_columns([column for column in used if column in source.column_names])
+    return source.cast_column(config.image_column, datasets.Image(decode=False)), fingerprint
+
+
 def load_source(source: str, *, split: str, cache_dir: str | None = None) -> datasets.Dataset:
     """Split `split` of the image-caption dataset behind `source`: a local folder, a parquet file, or
     a Hub dataset id.
@@ -329,24 +362,34 @@ def load_source(source: str, *, split: str, cache_dir: str | None = None) -> dat
     `data/train-*.parquet` and `data/test-*.parquet` are two splits; files whose names name no split
     are all "train"). A split the source lacks is a `SourceError` naming the source and the splits
     it has. `split` may slice or join splits as `datasets` does ("train[:1000]", "train+test")."""
-    path = Path(source)
+    path = Path(source).expanduser()
+    # A path that can only be local (a Hub id is "name" or "org/name") is not sent to the Hub when missing.
+    local_suffixes = (".parquet", ".csv", ".json", ".jsonl", ".arrow", ".tsv", ".txt")
+    if not path.exists() and (path.suffix in local_suffixes or source.startswith((".", "/", "~")) or source.count("/") > 1):
+        raise SourceError(f"source {source}: no such file or folder (a Hub dataset id is 'name' or 'org/name')")
     if path.suffix == ".parquet":
-        if not path.exists():
-            raise FileNotFoundError(f"source parquet file {source} does not exist")
+        _check_splits(source, split, available=["train"])  # datasets names a lone file's split "train"
         return datasets.load_dataset("parquet", data_files=str(path), split=split, cache_dir=cache_dir)
     if path.is_file():
-        raise ValueError(f"unsupported source file {source}: give a folder, a parquet file or a Hub dataset id")
-    builder = datasets.load_dataset_builder(source, cache_dir=cache_dir)
-    available = [str(name) for name in builder.config.data_files]
+        raise SourceError(f"unsupported source file {source}: give a folder, a parquet file or a Hub dataset id")
+    try:
+        builder = datasets.load_dataset_builder(source, cache_dir=cache_dir)
+    except ValueError as error:  # e.g. a Hub repo of several configs, which the source must not leave open
+        raise SourceError(f"source {source}: {error}") from None
     # Checked before any file is read; `datasets` would convert every split first.
+    _check_splits(source, split, available=[str(name) for name in builder.config.data_files])
+    builder.download_and_prepare()
+    return builder.as_dataset(split=split)
+
+
+def _check_splits(source: str, split: str, available: list[str]) -> None:
+    """Raise `SourceError` when `split` ("train", "train[:1000]", "train+test") names a split `source` lacks."""
     missing = [name for name in (part.split("[")[0].strip() for part in split.split("+")) if name not in available]
     if missing:
         raise SourceError(
             f"source {source} has no split {', '.join(map(repr, missing))}; its splits are {available}: "
             "pick one with source_split=... (CLI --source-split)"
         )
-    builder.download_and_prepare()
-    return builder.as_dataset(split=split)
 
 
 def _readable_as_images(feature: Any) -> bool:
@@ -591,32 +634,9 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
 
     def _load_source(self) -> datasets.Dataset:
         if self._source is None:
-            source = self.source_dataset
-            if source is None:
-                source = load_source(self.config.source, split=self.config.source_split, cache_dir=self._cache_dir_root)
+            self._source, fingerprint = open_source(self.config, self.source_dataset, cache_dir=self._cache_dir_root)
             local = self._local_source()
-            self._source_fingerprint = source._fingerprint if local is None else local_source_digest(local)
-            required = [self.config.image_column, self.config.caption_column]
-            # An id column named explicitly is meant to exist: without it every id would silently be the row index.
-            if self.config.id_column != DEFAULT_ID_COLUMN:
-                required.append(self.config.id_column)
-            missing = [column for column in required if column not in source.column_names]
-            if missing:
-                raise SourceError(
-                    f"source {self.config.source or 'datasets.Dataset (in memory)'} lacks column(s) {missing}; it has "
-                    f"{source.column_names}: name the columns to read with image_column=, caption_column=, id_column= "
-                    "(CLI --image-column, --caption-column, --id-column)"
-                )
-            image_feature = source.features[self.config.image_column]
-            if not _readable_as_images(image_feature):  # pyarrow's cast would fail naming neither column nor type
-                raise SourceError(
-                    f"source column {self.config.image_column!r} holds {image_feature!r}; expected images "
-                    "(datasets.Image), image file paths (str) or encoded image bytes"
-                )
-            # Only the columns the build reads: others may be heavy, or images decoded on every row access.
-            used = dict.fromkeys([self.config.id_column, self.config.image_column, self.config.caption_column])
-            source = source.select_columns([column for column in used if column in source.column_names])
-            self._source = source.cast_column(self.config.image_column, datasets.Image(decode=False))
+            self._source_fingerprint = fingerprint if local is None else local_source_digest(local)
         return self._source
 
     def _row_id(self, row: dict[str, Any], index: int) -> str:

@@ -21,7 +21,7 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from .builder import MaplePreferences, MaplePreferencesConfig, SourceError, WorkDirMismatch
+from .builder import MaplePreferences, MaplePreferencesConfig, SourceError, WorkDirMismatch, open_source
 
 _FACTORY_SPEC = re.compile(r"^(?P<module>[A-Za-z_][\w.]*):(?P<attribute>[A-Za-z_][\w.]*)$")
 MAX_EXAMPLES_PER_REASON = 5
@@ -189,12 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     overrides = _config_overrides(args)
     try:
-        # Configuration errors stop here, before any model is loaded or any file written.
+        # Configuration and source errors stop here, before any model is loaded or any file written.
         config = next(config for config in MaplePreferences.BUILDER_CONFIGS if config.name == args.config)
-        MaplePreferencesConfig(**{**config.__dict__, **overrides, "source": args.source})
+        config = MaplePreferencesConfig(**{**config.__dict__, **overrides, "source": args.source})
         if config.text_candidates == "generated" and not args.captioner:
             raise ValueError(f"the {args.config!r} config writes captions: pass --captioner (or use --config corpus-captions)")
-    except ValueError as error:
+        open_source(config, cache_dir=os.path.join(args.output_dir, "cache"))
+    except ValueError as error:  # SourceError included
         print(f"maple build-preferences: error: {error}", file=sys.stderr)
         return 2
 

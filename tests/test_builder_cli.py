@@ -90,6 +90,23 @@ def test_source_problems_are_one_line_errors(source_file, tmp_path, capsys):
     assert "no usable input rows: all 9 were skipped" in error_of("paths", "--semdedup-clusters", "0", "--image-column", "caption")
 
 
+def test_unreadable_sources_are_one_line_errors_before_any_model_loads(source_file, tmp_path, capsys, monkeypatch):
+    """They were tracebacks (FileNotFoundError, datasets' "Unknown split", a Hub lookup of './nofolder') raised after
+    the judge, captioner and miner had loaded."""
+    monkeypatch.setattr(cli, "_load_components", lambda *args: pytest.fail("models were loaded"))
+
+    def error_of(source: str, *options: str) -> str:
+        assert cli.main([source, "--output-dir", str(tmp_path / "out"), *STAND_INS, "--no-progress", *options]) == 2
+        return capsys.readouterr().err
+
+    assert "missing.parquet: no such file or folder" in error_of(str(tmp_path / "missing.parquet"))
+    assert "source ./nofolder: no such file or folder" in error_of("./nofolder")
+    assert "has no split 'test'; its splits are ['train']" in error_of(source_file, "--source-split", "test")
+    assert "lacks column(s) ['missing']" in error_of(source_file, "--caption-column", "missing")
+    (tmp_path / "source.csv").write_text("image,caption\n")
+    assert "unsupported source file" in error_of(str(tmp_path / "source.csv"))
+
+
 def test_another_recipe_on_the_same_output_dir_is_refused(source_file, tmp_path, capsys):
     argv = [source_file, "--output-dir", str(tmp_path / "out"), *STAND_INS, "--semdedup-clusters", "0", "--no-progress"]
     assert cli.main([*argv, "--shard-size", "3"]) == 0
