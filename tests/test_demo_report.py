@@ -37,3 +37,19 @@ def test_metric_values_flatten_categories_and_gap():
 @pytest.mark.parametrize("text, seeds", [("3", (0, 1, 2)), ("1", (0,)), ("0,5,7", (0, 5, 7))])
 def test_seed_option_is_a_count_or_a_list(text, seeds):
     assert _seeds(text) == seeds
+
+
+@pytest.mark.parametrize("judge", [None, "Qwen/Qwen2-VL-2B-Instruct"])
+def test_results_say_what_stands_in_for_an_mllm(judge, tmp_path):
+    from maple.demo.pipeline import DemoConfig
+    from maple.demo.report import results_markdown
+
+    config = DemoConfig(out=tmp_path, seeds=(0,), quick=True, judge=judge)
+    run = _run(10.0, 0.0)
+    run["per_category"] = {category: run["per_category"]["swap"] for category in ("replace", "swap", "add")}
+    text = results_markdown(summarise({"maple": [run]}), config, {"world": 1.0})
+    if judge is None:
+        assert "The judge and captioner are **stand-ins for MLLMs**" in text
+    else:  # only the captioner stands in then
+        assert "The judge is the MLLM `Qwen/Qwen2-VL-2B-Instruct`; the captioner is a **stand-in" in text
+        assert "judge and captioner are" not in text

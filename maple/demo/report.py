@@ -94,8 +94,13 @@ def results_markdown(summary: Summary, config: DemoConfig, seconds: Mapping[str,
         f"Backbone `{config.backbone}`, seeds {seeds}, {'quick' if config.quick else 'full'} budget; "
         "mean ± sample std (n − 1) over seeds. Scores on 0-100; delta_gap is a ratio (lower is better).",
         "",
-        "The judge and captioner are **stand-ins for MLLMs**: they read the world's scene graphs "
-        "(see docs/demo.md). `maple demo --judge MODEL_ID` uses a real MLLM judge instead.",
+        (
+            f"The judge is the MLLM `{config.judge}`; the captioner is a **stand-in for an MLLM**: it reads the "
+            "world's scene graphs (see docs/demo.md)."
+            if config.judge
+            else "The judge and captioner are **stand-ins for MLLMs**: they read the world's scene graphs "
+            "(see docs/demo.md). `maple demo --judge MODEL_ID` uses a real MLLM judge instead."
+        ),
         "",
         "| method | group | text | image | I→T R@1 | T→I R@1 | Δgap |",
         "|---|---|---|---|---|---|---|",
