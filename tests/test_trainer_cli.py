@@ -118,6 +118,19 @@ def test_a_model_neither_on_disk_nor_in_the_cache_is_reported_in_one_line(tmp_pa
     assert error.startswith("maple train: error: --model_name_or_path maple-org/not-cached: ") and error.count("\n") == 1
 
 
+def test_a_folder_that_is_no_checkpoint_is_reported_in_one_line(tmp_path, capsys):
+    synthetic_preference_dataset(4).save_to_disk(tmp_path / "prefs")
+    (tmp_path / "not_a_model").mkdir()
+    (tmp_path / "not_a_model" / "config.json").write_text('{"hidden_size": 8}')  # no model_type
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model_name_or_path", str(tmp_path / "not_a_model"), "--dataset_name", str(tmp_path / "prefs"),
+              "--output_dir", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"maple train: error: --model_name_or_path {tmp_path / 'not_a_model'}: ") and error.count("\n") == 1
+
+
 def test_the_backbone_of_a_plain_checkpoint_is_inferred_or_asked_for(tmp_path, monkeypatch):
     from transformers import BertConfig, BertModel, CLIPConfig, CLIPModel
 

@@ -229,7 +229,9 @@ def load_model_and_processor(model_args: ModelArguments, training_args: RPAConfi
     trust_remote_code = training_args.trust_remote_code
     try:
         config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
-    except OSError as error:  # not found, offline and not cached, gated: transformers says which
+    # OSError: not found, offline and not cached, gated; ValueError: a config.json of no known model type. transformers
+    # says which.
+    except (OSError, ValueError) as error:
         raise TrainingInputError(f"--model_name_or_path {name}: {' '.join(str(error).split())}") from error
     if isinstance(config, MapleConfig):
         model = AutoModel.from_pretrained(name, trust_remote_code=trust_remote_code, **loading)
