@@ -225,7 +225,10 @@ def _load_naturalbench(source: str, spec: BenchmarkSpec) -> QuadrupleBenchmark:
     """NaturalBench-Retrieval: `metadata.json` (a list of {index, image_0, image_1, caption_0,
     caption_1}) and `images/`, as in the zip of the Hub repo; parquet in the same columns also works."""
     path = Path(source).expanduser()
-    if path.suffix == ".parquet" or (path.is_dir() and not (path / "metadata.json").exists() and any(path.rglob("*.parquet"))):
+    # A snapshot of the Hub repo holds the VQA benchmark's parquet files beside the retrieval archive: the native
+    # layout wins wherever it is present.
+    native = ("metadata.json", "NaturalBench-Retrieval/metadata.json", NATURALBENCH_ARCHIVE)
+    if path.suffix == ".parquet" or (path.is_dir() and not any((path / name).exists() for name in native) and any(path.rglob("*.parquet"))):
         return _load_quadruple_table(source, spec)
     folder = _naturalbench_folder(path if path.is_dir() else _hub_folder(source, [NATURALBENCH_ARCHIVE]))
     metadata_file = folder / "metadata.json"

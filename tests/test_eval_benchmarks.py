@@ -4,6 +4,7 @@ import csv
 import json
 import shutil
 
+import datasets
 import pytest
 from PIL import Image
 
@@ -48,6 +49,19 @@ def test_naturalbench_native_layout(benchmark_sources):
     image0, image1, text0, text1 = natural.quadruples[1]
     assert image0.name == "1_0.jpg" and image1.name == "1_1.jpg"
     assert (text0, text1) == ("scene 1 with a man", "scene 1 with a woman")
+
+
+def test_a_naturalbench_repo_snapshot_reads_the_retrieval_archive_not_the_vqa_parquet(benchmark_sources, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path / "hf_home"))
+    snapshot = tmp_path / "snapshot"
+    (snapshot / "data").mkdir(parents=True)
+    datasets.Dataset.from_dict({"Question_0": ["Is it red?"], "Image_0": ["x"]}).to_parquet(str(snapshot / "data" / "test.parquet"))
+    shutil.make_archive(str(snapshot / "NaturalBench-Retrieval"), "zip", root_dir=benchmark_sources["naturalbench"].parent,
+                        base_dir="NaturalBench-Retrieval")
+    natural = load_benchmark("naturalbench", str(snapshot))  # was: BenchmarkFormatError, missing ['image_0', ...]
+    assert [quadruple.text0 for quadruple in natural.quadruples] == ["scene 0 with a man", "scene 1 with a man"]
 
 
 def test_mmvp_pairs_consecutive_rows(benchmark_sources):
