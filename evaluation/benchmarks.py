@@ -246,11 +246,13 @@ def _load_naturalbench(source: str, spec: BenchmarkSpec) -> QuadrupleBenchmark:
 
 
 MMVP_IMAGE_FOLDER = "MLLM_VLM Images"
+MMVP_TEXT_PREFIX = "a photo of "  # the MMVP repository's scripts/evaluate_vlm.py puts it before every statement
 
 
 def _load_mmvp(source: str, spec: BenchmarkSpec) -> QuadrupleBenchmark:
     """MMVP-VLM: `Questions.csv` with rows (Question ID, Type, Statement), consecutive rows forming
-    a pair, and images `MLLM_VLM Images/<Type>/<Question ID>.jpg`."""
+    a pair, and images `MLLM_VLM Images/<Type>/<Question ID>.jpg`. Texts are "a photo of <Statement>", as
+    the benchmark's own evaluation script (`evaluate_vlm.py`) writes them."""
     folder = _hub_folder(source, ["Questions.csv", f"{MMVP_IMAGE_FOLDER}/**"])
     questions_file = folder / "Questions.csv"
     if not questions_file.is_file():
@@ -268,7 +270,10 @@ def _load_mmvp(source: str, spec: BenchmarkSpec) -> QuadrupleBenchmark:
         (id0, category, text0), (id1, _, text1) = first, second
         image_folder = folder / MMVP_IMAGE_FOLDER / category
         quadruples.append(
-            Quadruple(_check_file(image_folder / f"{id0}.jpg"), _check_file(image_folder / f"{id1}.jpg"), text0, text1)
+            Quadruple(
+                _check_file(image_folder / f"{id0}.jpg"), _check_file(image_folder / f"{id1}.jpg"),
+                MMVP_TEXT_PREFIX + text0, MMVP_TEXT_PREFIX + text1,
+            )
         )
         categories.append(category.lower())
     return QuadrupleBenchmark(spec.name, quadruples, categories)

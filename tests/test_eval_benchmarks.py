@@ -68,7 +68,7 @@ def test_mmvp_pairs_consecutive_rows(benchmark_sources):
     mmvp = load_benchmark("mmvp", str(benchmark_sources["mmvp"]))
     assert mmvp.categories == ["orientation and direction", "color and appearance"]
     image0, image1, text0, text1 = mmvp.quadruples[1]
-    assert (image0.name, image1.name, text0, text1) == ("3.jpg", "4.jpg", "The car is red.", "The car is blue.")
+    assert (image0.name, image1.name, text0, text1) == ("3.jpg", "4.jpg", "a photo of The car is red.", "a photo of The car is blue.")  # as evaluate_vlm.py writes them
 
 
 def test_every_benchmark_has_an_official_hub_id():
