@@ -112,12 +112,20 @@ def _model_state(model_ref: str) -> dict[str, Any]:
     return state
 
 
-def _run_fingerprint(model_ref: str, model_state: dict[str, Any], source: str | None) -> dict[str, Any]:
-    """What a stored result was computed from: the model and its state (`_model_state`), and the benchmark
-    source, with its files' sizes and modification times when it is local (a Hub dataset by its id only)."""
-    source_path = Path(source).expanduser() if source is not None else None
-    source_files = _files_state(source_path, recursive=True) if source_path is not None and source_path.exists() else None
-    return {"model": model_ref, "model_state": model_state, "source": source, "source_files": source_files}
+# Raised whenever a benchmark is read or scored differently, so that results stored before are recomputed
+# (2: MMVP-VLM texts prefixed "a photo of ", non-finite embeddings refused, the default source recorded by its id).
+PROTOCOL_VERSION = 2
+
+
+def _run_fingerprint(model_ref: str, model_state: dict[str, Any], benchmark: str, source: str | None) -> dict[str, Any]:
+    """What a stored result was computed from: the model and its state (`_model_state`), the benchmark source
+    (the default one by its Hub id), with its files' sizes and modification times when it is local (a Hub dataset
+    by its id only), and the version of the evaluation protocol."""
+    source = source or BENCHMARKS[benchmark].hub_id
+    source_path = Path(source).expanduser()
+    source_files = _files_state(source_path, recursive=True) if source_path.exists() else None
+    return {"model": model_ref, "model_state": model_state, "source": source, "source_files": source_files,
+            "protocol": PROTOCOL_VERSION}
 
 
 def _with_unknown_commits_from(current: Any, stored: Any) -> Any:
@@ -145,10 +153,10 @@ def stored_results(model_ref: str, benchmarks: list[str], sources: dict[str, str
     results: dict[str, Any] = {}
     for name, path in done.items():
         stored = json.loads(path.read_text())
-        if _same_run(stored.get("run", {}), _run_fingerprint(model_ref, model_state, sources.get(name))):
+        if _same_run(stored.get("run", {}), _run_fingerprint(model_ref, model_state, name, sources.get(name))):
             results[name] = stored["metrics"]
         else:
-            print(f"{model_ref}: {name}: stored result is from another model state or source, recomputing")
+            print(f"{model_ref}: {name}: stored result is from another model state, source or protocol version, recomputing")
     return results
 
 
@@ -182,7 +190,7 @@ def evaluate_model(
         for name in todo:
             print(f"{model_ref}: evaluating {name} ...", flush=True)
             results[name] = run_benchmark(model, processor, loaded[name], batch_size)
-            record = {"run": _run_fingerprint(model_ref, model_state, sources.get(name)), "metrics": results[name]}
+            record = {"run": _run_fingerprint(model_ref, model_state, name, sources.get(name)), "metrics": results[name]}
             partial = folder / f"{name}.json.partial"
             partial.write_text(json.dumps(record, indent=2))
             partial.replace(folder / f"{name}.json")  # atomic: a crash never leaves half a result

@@ -108,7 +108,7 @@ def test_cli_compares_models_writes_tables_and_resumes(tiny, benchmark_sources, 
         done.write_text(json.dumps(marked))
         changed.write_bytes(changed.read_bytes())  # same bytes, new modification time
         assert main(argv) == 0
-        assert "coco: stored result is from another model state or source, recomputing" in capsys.readouterr().out
+        assert "coco: stored result is from another model state, source or protocol version, recomputing" in capsys.readouterr().out
         assert json.loads((out / "results.json").read_text())[str(first)]["coco"]["i2t_r1"] >= 0
 
 
@@ -351,3 +351,20 @@ def test_device_is_checked_and_used(tiny, tmp_path, benchmark_sources, capsys, m
     monkeypatch.setattr(evaluation.models, "load_embedder", load_and_spy)
     argv = [str(first), "--benchmarks", "coco", "--source", f"coco={benchmark_sources['coco']}", "--out", str(tmp_path / "eval")]
     assert main([*argv, "--device", "cpu"]) == 0 and moved_to == ["cpu"]
+
+
+def test_results_stored_under_another_protocol_are_recomputed(tiny, benchmark_sources, tmp_path, capsys):
+    from evaluation.cli import PROTOCOL_VERSION, _model_folder_name
+
+    _, _, (first, _) = tiny
+    out = tmp_path / "eval"
+    argv = [str(first), "--benchmarks", "mmvp", "--source", f"mmvp={benchmark_sources['mmvp']}", "--out", str(out)]
+    assert main(argv) == 0
+    stored = out / _model_folder_name(str(first)) / "mmvp.json"
+    record = json.loads(stored.read_text())
+    assert record["run"]["protocol"] == PROTOCOL_VERSION
+    record["run"]["protocol"] = PROTOCOL_VERSION - 1  # e.g. MMVP texts without "a photo of "
+    stored.write_text(json.dumps(record))
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "mmvp: stored result is from another model state, source or protocol version, recomputing" in capsys.readouterr().out
