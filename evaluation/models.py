@@ -156,6 +156,6 @@ def load_embedder(model_ref: str, revision: str | None = None, trust_remote_code
         processor = AutoProcessor.from_pretrained(model_ref, revision=revision, trust_remote_code=trust_remote_code)
         return model.eval(), processor
     backbone = backbone_of(config.get("model_type"))
-    model = modeling_maple.MapleModel.from_backbone(model_ref, backbone=backbone)
-    processor = modeling_maple.MapleProcessor.from_backbone(model_ref, backbone=backbone)
+    model = modeling_maple.MapleModel.from_backbone(model_ref, backbone=backbone, revision=revision)
+    processor = modeling_maple.MapleProcessor.from_backbone(model_ref, backbone=backbone, revision=revision)
     return model.eval(), processor

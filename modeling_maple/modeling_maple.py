@@ -343,6 +343,7 @@ class MapleModel(MaplePreTrainedModel):
         *,
         dtype: str | torch.dtype = "auto",
         attn_implementation: str | None = None,
+        revision: str | None = None,
         **config_overrides: Any,
     ) -> "MapleModel":
         """Build a MAPLE embedder around pretrained backbone weights (every backbone tensor is kept as is).
@@ -359,19 +360,21 @@ class MapleModel(MaplePreTrainedModel):
                 for Qwen2-VL). New heads and the logit scales stay float32.
             attn_implementation: attention of the backbones, as in `from_pretrained` (`None`: SDPA
                 where available; `"flash_attention_2"` as in the paper).
+            revision: the Hub revision (branch, tag or commit) of `name_or_path`, not of `text_backbone`.
             config_overrides: other [`MapleConfig`] fields (`pooling`, `projection_dim`, ...).
         """
         loading = {"dtype": dtype, "attn_implementation": attn_implementation}
         if backbone == "mllm":
-            return cls._wrap("mllm", config_overrides, mllm_config=AutoModel.from_pretrained(name_or_path, **loading))
+            mllm = AutoModel.from_pretrained(name_or_path, revision=revision, **loading)
+            return cls._wrap("mllm", config_overrides, mllm_config=mllm)
         if backbone != "dual_encoder":
             raise ValueError(f"Unknown backbone {backbone!r}: expected 'mllm' or 'dual_encoder'.")
         if text_backbone is not None:
-            vision_tower = AutoModel.from_pretrained(name_or_path, **loading)
+            vision_tower = AutoModel.from_pretrained(name_or_path, revision=revision, **loading)
             text_tower = AutoModel.from_pretrained(text_backbone, **loading)
             config_overrides.setdefault("projection_dim", _hidden_size(text_tower.config))
             return cls._wrap("dual_encoder", config_overrides, vision_config=vision_tower, text_config=text_tower)
-        return cls._from_two_tower(name_or_path, loading, **config_overrides)
+        return cls._from_two_tower(name_or_path, {**loading, "revision": revision}, **config_overrides)
 
     @classmethod
     def _wrap(cls, backbone: str, config_overrides: dict[str, Any], **backbones: PreTrainedModel) -> "MapleModel":

@@ -392,12 +392,18 @@ class MapleProcessor(ProcessorMixin):
 
     @classmethod
     def from_backbone(
-        cls, name_or_path: str, backbone: str = "mllm", text_backbone: str | None = None, **kwargs: Any
+        cls,
+        name_or_path: str,
+        backbone: str = "mllm",
+        text_backbone: str | None = None,
+        revision: str | None = None,
+        **kwargs: Any,
     ) -> "MapleProcessor":
-        """The processor matching [`MapleModel.from_backbone`] with the same arguments."""
-        image_processor = AutoImageProcessor.from_pretrained(name_or_path)
-        tokenizer = AutoTokenizer.from_pretrained(text_backbone or name_or_path)
-        config = AutoConfig.from_pretrained(name_or_path)
+        """The processor matching [`MapleModel.from_backbone`] with the same arguments (`revision`: of
+        `name_or_path`)."""
+        image_processor = AutoImageProcessor.from_pretrained(name_or_path, revision=revision)
+        tokenizer = AutoTokenizer.from_pretrained(text_backbone or name_or_path, revision=None if text_backbone else revision)
+        config = AutoConfig.from_pretrained(name_or_path, revision=revision)
         if backbone == "mllm":
             if config.model_type not in SUPPORTED_MLLMS:
                 raise ValueError(f"Unsupported MLLM {config.model_type!r}: expected one of {SUPPORTED_MLLMS}.")

@@ -114,3 +114,42 @@ def test_lora_adapter_loads_on_the_base_model(hub_server, round_trip):
     assert {"adapter_config.json", "adapter_model.safetensors"} <= set(hub_server.files(LORA_REPO))
     assert loaded["lora_identical"]
 
+
+
+REVISIONS = """
+import json, torch
+from huggingface_hub import HfApi
+from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
+from evaluation.models import load_embedder
+from modeling_maple.testing import tiny_tokenizer
+
+repo, api = "maple-org/tiny-clip", HfApi()
+tiny = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 4}
+commits = []
+for seed in (0, 1):
+    torch.manual_seed(seed)
+    CLIPModel(CLIPConfig(text_config=tiny, vision_config={**tiny, "image_size": 16, "patch_size": 4})).push_to_hub(repo)
+    if seed == 0:
+        CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).push_to_hub(repo)
+        tiny_tokenizer().push_to_hub(repo)
+    commits.append(api.model_info(repo).sha)
+first, _ = load_embedder(repo, revision=commits[0])
+latest, _ = load_embedder(repo)
+torch.manual_seed(0)
+reference = CLIPModel(CLIPConfig(text_config=tiny, vision_config={**tiny, "image_size": 16, "patch_size": 4}))
+
+
+def patch_weight(state_dict):
+    return next(value for key, value in state_dict.items() if key.endswith("patch_embedding.weight"))
+
+
+expected = patch_weight(reference.state_dict())
+print(json.dumps({"first": torch.equal(patch_weight(first.vision_tower.state_dict()), expected),
+                  "latest_differs": not torch.equal(patch_weight(latest.vision_tower.state_dict()), expected)}))
+"""
+
+
+def test_a_plain_backbone_loads_at_the_revision_asked_for(hub_server, tmp_path):
+    """`load_embedder(repo, revision=...)` checked the config at that revision but built the model from main."""
+    result = json.loads(run_client(hub_server, tmp_path, REVISIONS).strip().splitlines()[-1])
+    assert result == {"first": True, "latest_differs": True}
