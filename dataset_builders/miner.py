@@ -67,9 +67,11 @@ def top_k_neighbours(
     the other rows.
 
     A row never lists itself, nor any row whose cosine to it reaches `duplicate_threshold` (exact
-    duplicates would be useless hard negatives: the judge cannot tell them apart). The search is
-    `evaluation.retrieval.chunked_topk` of the queried rows against all rows, with those two
-    exclusions.
+    duplicates would be useless hard negatives: the judge cannot tell them apart), nor a row that
+    duplicates a better neighbour in the same way (two copies of one image would fill two of the k
+    places with one negative). The search is `evaluation.retrieval.chunked_topk` of the queried rows
+    against all rows, with the first two exclusions; the third filters its results, searching deeper
+    until k remain or every row has been seen.
 
     Args:
         embeddings: (N, D) float tensor, on the device the search should run on (a GPU makes
@@ -100,22 +102,49 @@ def top_k_neighbours(
     else:
         query_rows = query_rows.to(device=normalised.device, dtype=torch.long)
         queries = normalised[query_rows]
-    scores, indices = chunked_topk(
-        queries,
-        normalised,
-        k,
-        query_chunk=query_chunk_size,
-        candidate_chunk=key_chunk_size,
-        self_indices=query_rows,
-        duplicate_threshold=duplicate_threshold,
-    )
-    # chunked_topk gives min(k, N) columns, excluded rows last at -inf: those and the columns
-    # past N become -1 / -inf.
+    depth = k
+    while True:
+        scores, indices = chunked_topk(
+            queries,
+            normalised,
+            depth,
+            query_chunk=query_chunk_size,
+            candidate_chunk=key_chunk_size,
+            self_indices=query_rows,
+            duplicate_threshold=duplicate_threshold,
+        )
+        # chunked_topk gives min(depth, N) columns, excluded rows last at -inf
+        kept = (scores > float("-inf")) & ~_duplicates_of_better_neighbours(
+            normalised, indices, scores, duplicate_threshold, query_chunk_size
+        )
+        if depth >= normalised.shape[0] or bool((kept.sum(dim=1) >= k).all()):
+            break
+        depth *= 2
+    # the kept neighbours first, in their order; then -1 / -inf up to k columns
+    order = torch.sort((~kept).to(torch.int8), dim=1, stable=True).indices[:, :k]
+    kept, scores, indices = kept.gather(1, order), scores.gather(1, order), indices.gather(1, order)
     all_indices = torch.full((len(query_rows), k), -1, dtype=torch.long)
     all_scores = torch.full((len(query_rows), k), float("-inf"))
-    all_scores[:, : scores.shape[1]] = scores.cpu()
-    all_indices[:, : indices.shape[1]] = indices.masked_fill(scores == float("-inf"), -1).cpu()
+    all_scores[:, : scores.shape[1]] = scores.masked_fill(~kept, float("-inf")).cpu()
+    all_indices[:, : indices.shape[1]] = indices.masked_fill(~kept, -1).cpu()
     return Neighbours(indices=all_indices, scores=all_scores)
+
+
+def _duplicates_of_better_neighbours(
+    normalised: torch.Tensor, indices: torch.Tensor, scores: torch.Tensor, threshold: float, chunk_size: int
+) -> torch.Tensor:
+    """(Q, depth) bool: True where a neighbour's cosine to a better-ranked (real) neighbour of the same query
+    reaches `threshold`."""
+    depth = indices.shape[1]
+    better = torch.ones(depth, depth, dtype=torch.bool, device=indices.device).tril(diagonal=-1)  # [i, j]: j < i
+    duplicates = torch.zeros_like(indices, dtype=torch.bool)
+    for start in range(0, indices.shape[0], chunk_size):
+        rows = slice(start, start + chunk_size)
+        neighbours = normalised[indices[rows].clamp(min=0)]  # (chunk, depth, D)
+        similar = neighbours @ neighbours.transpose(1, 2) >= threshold  # (chunk, depth, depth)
+        real = (scores[rows] > float("-inf")).unsqueeze(1)  # the better one must be a real neighbour
+        duplicates[rows] = (similar & better & real).any(dim=2)
+    return duplicates
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,18 @@ def _exclude_in_block(
         block_scores[rows, columns[rows]] = float("-inf")
 
 
+def _topk_first_columns(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`scores.topk(k, dim=1)` with exact ties settled the same way whatever the blocks: of equal scores, those in the
+    first columns, and the k sorted by score, then column. Returns (values, columns), each (Q, k)."""
+    kth = scores.topk(k, dim=1).values[:, -1:]
+    above, at = scores > kth, scores == kth
+    chosen = above | (at & (at.cumsum(dim=1) <= k - above.sum(dim=1, keepdim=True)))
+    columns = chosen.nonzero()[:, 1].view(scores.shape[0], k)  # k per row, in column order
+    values = scores.gather(1, columns)
+    order = values.sort(dim=1, descending=True, stable=True).indices
+    return values.gather(1, order), columns.gather(1, order)
+
+
 @torch.no_grad()
 def chunked_topk(
     queries: torch.Tensor,
@@ -104,7 +116,8 @@ def chunked_topk(
             of the query).
 
     Returns (scores, indices), each (Q, min(k, C)), sorted best first; equal to
-    `(queries @ candidates.T).topk(k)` up to the order of exact ties, with the excluded
+    `(queries @ candidates.T).topk(k)`, exact ties settled by the lower candidate index whatever the
+    block shapes (given scores computed alike in every block shape), with the excluded
     candidates' scores set to -inf. Where fewer than min(k, C) candidates are left, the trailing
     columns hold excluded candidates at -inf: callers tell them apart by that score.
     """
@@ -126,11 +139,12 @@ def chunked_topk(
         for c_start, block_scores in _score_blocks(query_block, candidates, candidate_chunk):
             if excluding:
                 _exclude_in_block(block_scores, c_start, block_self, duplicate_threshold)
-            top = block_scores.topk(min(k, block_scores.shape[1]), dim=1)
-            merged_scores = torch.cat([best_scores, top.values], dim=1)
-            merged_indices = torch.cat([best_indices, top.indices + c_start], dim=1)
-            best_scores, order = merged_scores.topk(min(k, merged_scores.shape[1]), dim=1)
-            best_indices = merged_indices.gather(1, order)
+            top_scores, top_columns = _topk_first_columns(block_scores, min(k, block_scores.shape[1]))
+            # the kept candidates, all before this block, then this block's: in candidate order
+            merged_scores = torch.cat([best_scores.gather(1, best_order := best_indices.argsort(dim=1)), top_scores], dim=1)
+            merged_indices = torch.cat([best_indices.gather(1, best_order), top_columns + c_start], dim=1)
+            best_scores, columns = _topk_first_columns(merged_scores, min(k, merged_scores.shape[1]))
+            best_indices = merged_indices.gather(1, columns)
         all_scores[q_start : q_start + query_block.shape[0]] = best_scores
         all_indices[q_start : q_start + query_block.shape[0]] = best_indices
     return all_scores, all_indices

@@ -96,24 +96,32 @@ def test_search_equals_a_dense_reference_with_self_and_duplicates_masked(query_c
     base = torch.randn(8, 6, generator=generator)
     # Rows 8..10 point the same way as rows 0, 0, 1: rows 0, 8, 9 form one duplicate group.
     embeddings = torch.cat([base, 2.0 * base[:1], 0.5 * base[:1], 3.0 * base[1:2]])
-    k = 10  # more than the 8 eligible neighbours of rows 0, 8 and 9
+    k = 10  # more than the eligible neighbours of every row
     normalised = torch.nn.functional.normalize(embeddings, dim=-1)
     similarities = normalised @ normalised.T
-    excluded = (similarities >= miner_module.DEFAULT_DUPLICATE_THRESHOLD) | torch.eye(11, dtype=torch.bool)
-    expected = similarities.masked_fill(excluded, float("-inf")).topk(k, dim=1)
+    duplicate = similarities >= miner_module.DEFAULT_DUPLICATE_THRESHOLD
+    excluded = duplicate | torch.eye(11, dtype=torch.bool)
+    # The dense reference: best first, each neighbour kept unless it duplicates a better one (one per duplicate group)
+    expected_scores = torch.full((11, k), float("-inf"))
+    for row in range(11):
+        ranked = [c for c in similarities[row].argsort(descending=True, stable=True).tolist() if not excluded[row, c]]
+        kept = [c for position, c in enumerate(ranked) if not duplicate[c, ranked[:position]].any()]
+        expected_scores[row, : len(kept)] = similarities[row, kept]
     query_rows = torch.tensor([9, 0, 4, 10])
     found = top_k_neighbours(
         embeddings, k, query_rows=query_rows, query_chunk_size=query_chunk_size, key_chunk_size=key_chunk_size
     )
     # Duplicates tie with each other, so the indices are checked through their scores.
-    torch.testing.assert_close(found.scores, expected.values[query_rows])
+    torch.testing.assert_close(found.scores, expected_scores[query_rows])
     valid = found.indices >= 0
     assert torch.equal(valid, found.scores > float("-inf"))
     rows = query_rows[:, None].expand_as(found.indices)[valid]
     torch.testing.assert_close(similarities[rows, found.indices[valid]], found.scores[valid])
     assert not excluded[rows, found.indices[valid]].any()
-    assert all(len(set(row)) == len(row) for row in (r[r >= 0].tolist() for r in found.indices))
-    assert (found.indices[[0, 1], 8:] == -1).all() and (found.indices[[2, 3], :9] >= 0).all()
+    for neighbours in (r[r >= 0] for r in found.indices):  # no two of a row's neighbours are duplicates
+        assert not (duplicate[neighbours][:, neighbours] & ~torch.eye(len(neighbours), dtype=torch.bool)).any()
+    # 11 rows in 9 directions: each query's own direction is excluded, each other group counts once: 7 neighbours
+    assert valid.sum(dim=1).tolist() == [7, 7, 7, 7]
 
 
 def test_bad_arguments_are_rejected():
@@ -251,3 +259,16 @@ def test_settings_hold_the_duplicate_threshold_and_the_encoders_dtype_and_image_
     assert HardNegativeMiner.from_pretrained(str(tmp_path), dtype=torch.bfloat16).settings["encoder"]["dtype"] == "torch.bfloat16"
     # A plain callable encoder has no settings of its own.
     assert HardNegativeMiner(lambda images: torch.zeros(len(images), 2)).settings["encoder"] is None
+
+
+def test_duplicate_neighbours_count_once_and_ties_go_to_the_lower_row_whatever_the_blocks():
+    # Rows 1 and 2 are one image twice, as are rows 3 and 4: they filled two of row 0's places each
+    copies = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.6, 0.8], [0.8, 0.6], [0.8, 0.6]])
+    for query_chunk_size, key_chunk_size in ((1, 1), (5, 5), (2, 3)):
+        found = top_k_neighbours(copies, 4, query_chunk_size=query_chunk_size, key_chunk_size=key_chunk_size)
+        assert found.indices[0].tolist() == [3, 1, -1, -1]
+    # Rows 1 and 3 tie for row 0's second place: the lower row, with blocks of any shape (it was 1 or 3)
+    tied = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.8, 0.6], [0.6, -0.8]])
+    for query_chunk_size, key_chunk_size in ((1, 1), (4, 4), (2, 3), (1, 2)):
+        found = top_k_neighbours(tied, 2, query_chunk_size=query_chunk_size, key_chunk_size=key_chunk_size)
+        assert found.indices[0].tolist() == [2, 1]

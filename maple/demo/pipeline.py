@@ -47,7 +47,9 @@ RUN_FILE = "run.json"
 TIMINGS_FILE = "timings.json"
 # Part of every run's identity: bumped whenever what a run computes changes (model, data recipe), so
 # a folder written by an older demo is refused instead of being mixed with new results.
-DEMO_VERSION = 4  # 3: learnable scales without weight decay (RPATrainer); 4: the judge matches either mentioned object
+# 3: learnable scales without weight decay (RPATrainer); 4: the judge matches either mentioned object; 5: the miner keeps
+# one of duplicate neighbours and settles exact ties by the lower row
+DEMO_VERSION = 5
 PAIRS_VOCABULARY_SIZE = 360  # byte-level BPE: 256 bytes plus a merge for every word of the world
 # The paper's caption pool: the anchor caption plus MLLM captions of its hard negatives, 6 texts in
 # all, sampled from at every step ("sampling from the whole pool worked best"): each step uses the
