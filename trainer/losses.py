@@ -22,7 +22,6 @@ from typing import Literal
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -123,7 +122,7 @@ def contrastive_loss(
 
     The image pool :math:`\mathcal{P}_{img}` holds the anchor images and the hard-negative images of *every* anchor
     (MAPLE section 3.3, "expanded negatives"); likewise for texts. Under several processes the pools are gathered from
-    all of them with gradients (``torch.distributed.nn.functional.all_gather``), and each process computes the loss
+    all of them with gradients (`_AllGatherWithGradient`), and each process computes the loss
     of its own anchors against the global pools (open_clip's ``local_loss``): averaging the per-process losses, as
     DDP does with their gradients, gives the loss of the global batch.
 
@@ -251,12 +250,30 @@ def _all_gather_rows(tensor: Tensor, with_grad: bool) -> tuple[Tensor, int]:
     # all_gather needs equal shapes: pad to the largest, trim after
     padded = F.pad(tensor, (0, 0) * (tensor.dim() - 1) + (0, max(sizes) - tensor.shape[0]))
     if with_grad:
-        gathered = dist_nn.all_gather(padded)
+        gathered = _AllGatherWithGradient.apply(padded)
     else:
         gathered = [torch.empty_like(padded) for _ in range(world_size)]
         dist.all_gather(gathered, padded)
     rows = torch.cat([part[:size] for part, size in zip(gathered, sizes)])
     return rows, sum(sizes[:rank])
+
+
+class _AllGatherWithGradient(torch.autograd.Function):
+    """`all_gather` whose backward pass gives each process the sum of the gradients every process computed for its
+    rows (what `torch.distributed.nn.functional.all_gather`, deprecated in torch 2.13, does). Returns the
+    ``(world_size, *tensor.shape)`` stack of every process's tensor."""
+
+    @staticmethod
+    def forward(ctx, tensor: Tensor) -> Tensor:
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.stack(parts)
+
+    @staticmethod
+    def backward(ctx, gradient: Tensor) -> Tensor:
+        gradient = gradient.contiguous()
+        dist.all_reduce(gradient)  # the sum over processes of their gradients for every process's rows
+        return gradient[dist.get_rank()]
 
 
 def _strict_preferences(judge_scores: Tensor, mask: Tensor) -> Tensor:
