@@ -671,10 +671,13 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 detail = f"column {self.config.caption_column!r} holds the judge's special token {token!r}"
                 skipped.append(SkippedInput(index, row_id, "special token in caption", detail))
                 continue
+            value = row[self.config.image_column] or {}
             try:
-                image = _decode(_image_bytes(row[self.config.image_column] or {}), index)
+                image = _decode(_image_bytes(value), index)
             except Exception as error:  # any decoding failure makes the row unusable, whatever its kind
-                skipped.append(SkippedInput(index, row_id, "unreadable image", f"{type(error).__name__}: {error}"))
+                detail = f"{type(error).__name__}: {error}"
+                file = value.get("path") if isinstance(value, dict) else None  # an image folder's file
+                skipped.append(SkippedInput(index, row_id, "unreadable image", f"{file}: {detail}" if file else detail))
                 continue
             if (problem := self._image_problem(image.size)) is not None:
                 skipped.append(SkippedInput(index, row_id, "image a model cannot take", problem))

@@ -9,6 +9,7 @@ similarity block plus a (query_chunk_size, k) running top-k.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -307,12 +308,8 @@ class HardNegativeMiner:
     @classmethod
     def from_maple(cls, model, processor, **kwargs) -> HardNegativeMiner:
         """A miner on a MAPLE embedder: its normalised image embeddings (`MapleModel.encode`)."""
-
-        def encode_images(images: Sequence[PIL.Image.Image]) -> torch.Tensor:
-            return model.encode(processor, images=list(images), batch_size=len(images))
-
         kwargs.setdefault("name", f"maple:{model.config.name_or_path or 'in-memory'}")
-        return cls(encode_images, **kwargs)
+        return cls(_MapleImageEncoder(model, processor), **kwargs)
 
     @property
     def settings(self) -> dict:
@@ -358,6 +355,29 @@ class HardNegativeMiner:
     def deduplicate(self, embeddings: torch.Tensor, *, num_clusters: int, epsilon: float, seed: int = 0) -> DedupResult:
         """SemDeDup over `embeddings` (N, D); see `semdedup`."""
         return semdedup(embeddings.to(self.search_device), num_clusters=num_clusters, epsilon=epsilon, seed=seed)
+
+
+class _MapleImageEncoder:
+    """Callable image encoder over a `MapleModel` and its processor."""
+
+    def __init__(self, model: torch.nn.Module, processor) -> None:
+        self.model = model
+        self.processor = processor
+
+    @property
+    def settings(self) -> dict:
+        """The weights (`weights_digest`: an in-memory model, or one retrained in place, keeps its name), their dtype
+        and the processor's settings."""
+        from .vlm_inputs import weights_digest
+
+        return {
+            "weights": weights_digest(self.model),
+            "dtype": str(self.model.dtype),
+            "processor": json.loads(self.processor.to_json_string()),
+        }
+
+    def __call__(self, images: Sequence[PIL.Image.Image]) -> torch.Tensor:
+        return self.model.encode(self.processor, images=list(images), batch_size=len(images))
 
 
 class _TransformersImageEncoder:

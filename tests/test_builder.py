@@ -229,6 +229,24 @@ def test_stats_describe_this_build_when_the_dataset_comes_from_the_cache(tmp_pat
     assert builder.stats["source_license"] == "cc0-1.0"
 
 
+def test_an_unreadable_file_of_an_image_folder_is_named(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rows = list(_source(4).cast_column("image", datasets.Image(decode=False)))
+    with open(folder / "metadata.jsonl", "w") as metadata:
+        for row in rows:
+            (folder / f"{row['id']}.png").write_bytes(row["image"]["bytes"])
+            metadata.write(json.dumps({"file_name": f"{row['id']}.png", "id": row["id"], "caption": row["caption"]}) + "\n")
+    (folder / f"{rows[1]['id']}.png").write_bytes(b"not a png")
+    builder = MaplePreferences(
+        config_name="corpus-captions", source=str(folder), judge=ColourJudge(), miner=thumbnail_miner(),
+        cache_dir=str(tmp_path / "cache"), work_dir=tmp_path / "work", progress=False,
+    )
+    _, _, skipped = builder.check_inputs()
+    assert [item.kind for item in skipped] == ["unreadable image"]
+    assert skipped[0].detail.startswith(str(folder / f"{rows[1]['id']}.png") + ": ")  # was: <_io.BytesIO object at 0x...>
+
+
 def test_a_folder_source_is_split_by_file_name_as_datasets_reads_it(tmp_path):
     """A Hub snapshot's layout (data/train-*, data/test-*): before the fix every parquet file under
     the folder was read as "train", test rows included, whatever `source_split` said."""

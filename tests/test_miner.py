@@ -173,6 +173,11 @@ def test_miner_embeds_with_a_maple_model():
     embeddings = miner.embed(images)
     torch.testing.assert_close(embeddings, model.encode(processor, images=images))
     assert miner.mine(embeddings, k=1).indices.shape == (3, 1)
+    # an in-memory model retrained in place keeps its name: its weights tell the two apart in the manifest
+    before = miner.settings
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    assert miner.settings["encoder"]["weights"] != before["encoder"]["weights"] and miner.name == "maple:in-memory"
 
 
 def test_query_subset_matches_the_full_search():
