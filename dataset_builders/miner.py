@@ -9,7 +9,6 @@ similarity block plus a (query_chunk_size, k) running top-k.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -357,29 +356,6 @@ class HardNegativeMiner:
         return semdedup(embeddings.to(self.search_device), num_clusters=num_clusters, epsilon=epsilon, seed=seed)
 
 
-class _MapleImageEncoder:
-    """Callable image encoder over a `MapleModel` and its processor."""
-
-    def __init__(self, model: torch.nn.Module, processor) -> None:
-        self.model = model
-        self.processor = processor
-
-    @property
-    def settings(self) -> dict:
-        """The weights (`weights_digest`: an in-memory model, or one retrained in place, keeps its name), their dtype
-        and the processor's settings."""
-        from .vlm_inputs import weights_digest
-
-        return {
-            "weights": weights_digest(self.model),
-            "dtype": str(self.model.dtype),
-            "processor": json.loads(self.processor.to_json_string()),
-        }
-
-    def __call__(self, images: Sequence[PIL.Image.Image]) -> torch.Tensor:
-        return self.model.encode(self.processor, images=list(images), batch_size=len(images))
-
-
 class _TransformersImageEncoder:
     """Callable image encoder over a transformers model and its image processor."""
 
@@ -412,3 +388,11 @@ class _TransformersImageEncoder:
         if getattr(features, "pooler_output", None) is not None:
             return features.pooler_output
         return features.last_hidden_state[:, 0]
+
+
+class _MapleImageEncoder(_TransformersImageEncoder):
+    """Callable image encoder over a `MapleModel`: its `MapleProcessor` stands for the image processor (its settings,
+    prompts included, are recorded alike), its normalised embeddings come from `MapleModel.encode`."""
+
+    def __call__(self, images: Sequence[PIL.Image.Image]) -> torch.Tensor:
+        return self.model.encode(self.image_processor, images=list(images), batch_size=len(images))
