@@ -290,6 +290,25 @@ def test_another_caption_of_the_same_image_is_not_its_negative():
     assert contrastive_loss(**inputs).item() == pytest.approx(expected, abs=1e-6)
 
 
+def test_siblings_are_found_by_id_whatever_the_order_of_the_anchors():
+    """Anchors (A, X), (B, Y), (A, Y): caption Y describes image A too, so it is no negative of query A, though its
+    first copy sits in anchor (B, Y)'s column (the first version masked columns and missed it)."""
+    generator = torch.Generator().manual_seed(0)
+    images, texts = normalised(2, 8, generator), normalised(2, 8, generator)
+    image_rows, text_rows = [0, 1, 0], [0, 1, 1]
+    inputs = dict(
+        image_embeds=images[image_rows], text_embeds=texts[text_rows], inverse_temperature=torch.tensor(1 / 0.07),
+        image_ids=torch.tensor(image_rows), text_ids=torch.tensor(text_rows) + 100,
+    )
+    expected = naive_contrastive(
+        inputs["image_embeds"], inputs["text_embeds"], float(inputs["inverse_temperature"]), [], [],
+        image_rows, [row + 100 for row in text_rows], [], [],
+    )
+    assert contrastive_loss(**inputs).item() == pytest.approx(expected, abs=1e-5)
+    reversed_inputs = {key: value.flip(0) if key != "inverse_temperature" else value for key, value in inputs.items()}
+    torch.testing.assert_close(contrastive_loss(**reversed_inputs, reduction="none").flip(0), contrastive_loss(**inputs, reduction="none"))
+
+
 def test_duplicates_change_the_loss_unless_removed():
     inputs = contrastive_inputs(0)
     without_ids = {key: value for key, value in inputs.items() if not key.endswith("_ids")}

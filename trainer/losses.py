@@ -213,9 +213,15 @@ def _expanded_info_nce(
             excluded[torch.arange(len(local_targets), device=excluded.device), local_targets] = False
             logits = logits.masked_fill(excluded, float("-inf"))
     if query_ids is not None:
-        # (N, pool): the positive of another anchor with this query's id, its own target aside
-        sibling = torch.zeros_like(logits, dtype=torch.bool)
-        sibling[:, : len(all_query_ids)] = query_ids.unsqueeze(1) == all_query_ids.unsqueeze(0)
+        # (N, pool): the positives of the anchors with this query's id (another caption of this image), its own target
+        # aside. By id where there are ids: a sibling's positive may sit in another anchor's column, its first copy.
+        same_query = (query_ids.unsqueeze(1) == all_query_ids.unsqueeze(0)).float()  # (N, all anchors)
+        if positive_ids is None:
+            sibling = torch.zeros_like(logits, dtype=torch.bool)
+            sibling[:, : len(all_query_ids)] = same_query.bool()
+        else:
+            holds_positive = (positive_ids.unsqueeze(1) == pool_ids.unsqueeze(0)).float()  # (all anchors, pool)
+            sibling = (same_query @ holds_positive) > 0
         sibling[torch.arange(len(local_targets), device=logits.device), local_targets] = False
         logits = logits.masked_fill(sibling, float("-inf"))
     return F.cross_entropy(logits, local_targets, reduction="none")
