@@ -236,11 +236,15 @@ def test_scales_are_bounded_by_max_scale_at_set_up_and_after_every_optimizer_ste
         RPAConfig(str(tmp_path), max_scale=0.0)
 
 
-def test_disable_dropout_keeps_the_lora_dropout_asked_for(tmp_path):
+@pytest.mark.parametrize("wrapped_by", ["trainer", "user"])
+def test_disable_dropout_keeps_the_lora_dropout_asked_for(tmp_path, wrapped_by):
     model, processor = build_tiny("dual_encoder", seed=0)
     assert any(module.p > 0 for module in model.modules() if isinstance(module, torch.nn.Dropout))
+    peft_config = maple_lora_config(model, r=4, lora_dropout=0.05)
+    if wrapped_by == "user":  # the user's PeftModel: its lora_dropout was zeroed with the rest
+        model, peft_config = get_peft_model(model, peft_config), None
     trainer = RPATrainer(model, args=make_config(tmp_path), train_dataset=synthetic_preference_dataset(8),
-                         processing_class=processor, peft_config=maple_lora_config(model, r=4, lora_dropout=0.05))
+                         processing_class=processor, peft_config=peft_config)
     dropouts = {name: module.p for name, module in trainer.model.named_modules() if isinstance(module, torch.nn.Dropout)}
     lora = {name: p for name, p in dropouts.items() if ".lora_dropout." in name}
     assert lora and set(lora.values()) == {0.05}
@@ -306,6 +310,22 @@ def test_frozen_peft_reference_draws_no_dropout_while_the_policy_trains(tmp_path
     for a, b in zip(first, second):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert trainer.model.training  # and the policy is back in training mode
+
+
+def test_a_users_peft_model_with_trainable_base_weights_gets_a_frozen_copy_as_reference(tmp_path):
+    """With base weights trainable, the adapters-disabled model would move as the policy trains."""
+    model, processor = build_tiny("dual_encoder", seed=0)
+    model = get_peft_model(model, maple_lora_config(model, r=4, lora_alpha=4, lora_dropout=0.0))
+    layer_norm = next(parameter for name, parameter in model.named_parameters() if "layer_norm" in name or "LayerNorm" in name)
+    layer_norm.requires_grad_(True)  # a base weight trained as it is (not through modules_to_save)
+    trainer = RPATrainer(model, args=make_config(tmp_path, reference="frozen", max_steps=3),
+                         train_dataset=synthetic_preference_dataset(16, seed=0), processing_class=processor)
+    assert trainer.ref_model is not None
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    before = trainer._reference_similarities(batch)
+    trainer.train()
+    for old, new in zip(before, trainer._reference_similarities(batch)):
+        torch.testing.assert_close(old, new, rtol=0, atol=0)
 
 
 def _corrupt(column, value_fn):

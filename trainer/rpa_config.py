@@ -120,8 +120,8 @@ class RPAConfig(DPOConfig):
             "help": "'none': RPA as in MAPLE, no reference model (a uniform prior cancels out of the DPO objective). "
             "'frozen' (our extension): DPO proper on similarities, scores are `beta * (<z, z'> - <z_ref, z'_ref>)` "
             "against a frozen reference embedder: the PEFT base model with adapters disabled (also for a "
-            "`PeftModel` passed as the model), a `ref_model` passed to the trainer, or else a frozen copy of the "
-            "initial model.",
+            "`PeftModel` passed as the model, unless it leaves base weights trainable), a `ref_model` passed to the "
+            "trainer, or else a frozen copy of the initial model.",
             "choices": ["none", "frozen"],
         },
     )

@@ -27,7 +27,6 @@ from transformers import AutoModel, AutoProcessor, EvalPrediction, ProcessorMixi
 from transformers.trainer_utils import EvalLoopOutput, get_last_checkpoint
 from trl import DPOTrainer
 from trl.trainer.base_trainer import _BaseTrainer
-from trl.trainer.utils import disable_dropout_in_model
 
 from .collator import PREFERENCE_KEYS, DataCollatorForEmbeddingPreference
 from .losses import contrastive_loss, preference_agreement, rpa_listwise_loss, rpa_pairwise_loss
@@ -66,7 +65,8 @@ class RPATrainer(DPOTrainer):
     Args:
         model: a `MapleModel` or the path / Hub id of a MAPLE checkpoint.
         ref_model: the frozen reference embedder for `reference="frozen"`; by default the PEFT base model (adapters
-            disabled; also when `model` is a `PeftModel`) or a frozen copy of `model`.
+            disabled; also when `model` is a `PeftModel` whose base weights are all frozen) or a frozen copy of
+            `model`.
         args: an `RPAConfig`.
         data_collator: by default a `DataCollatorForEmbeddingPreference` over `processing_class`. Evaluation uses a
             copy of a `DataCollatorForEmbeddingPreference` fixed at epoch 0 (the same candidates at every
@@ -146,11 +146,13 @@ class RPATrainer(DPOTrainer):
             raise ValueError("A `ref_model` was given but `reference='none'` would ignore it; set reference='frozen'.")
         self._set_scales(model, args)
 
-        # A PEFT model (wrapped here or by the user) is its own reference with the adapters disabled, as in TRL
-        if args.reference == "frozen" and ref_model is None and peft_config is None and not isinstance(model, PeftModel):
-            ref_model = copy.deepcopy(model)  # the initial model, frozen below
-        if args.disable_dropout:  # before PEFT wraps the model: LoRA's own `lora_dropout` is the user's to set
-            disable_dropout_in_model(model)
+        # A PEFT model (wrapped here or by the user) is its own reference with the adapters disabled, as in TRL, unless
+        # the user's leaves base weights trainable: those would move the reference too.
+        if args.reference == "frozen" and ref_model is None and peft_config is None:
+            if not isinstance(model, PeftModel) or _trainable_base_parameters(model):
+                ref_model = copy.deepcopy(model)  # the initial model, frozen below
+        if args.disable_dropout:  # LoRA's own `lora_dropout` is the user's to set
+            _disable_dropout_outside_adapters(model)
         if peft_config is not None:
             model = get_peft_model(model, peft_config)
             self._set_scales(model, args)  # PEFT froze everything but the adapters; the scales stay learnable
@@ -526,6 +528,24 @@ class RPATrainer(DPOTrainer):
         new_tags = [*([tags] if isinstance(tags, str) else tags or []), *self._tag_names]
         card.data.tags = [*card.data.tags, *(tag for tag in dict.fromkeys(new_tags) if tag not in card.data.tags)]
         card.save(os.path.join(self.args.output_dir, "README.md"))
+
+
+def _trainable_base_parameters(model: PeftModel) -> list[str]:
+    """Names of the trainable parameters of a PEFT model's base weights: not adapters, not `modules_to_save` copies
+    (PEFT keeps their originals), not the log-scales."""
+    return [
+        name for name, parameter in model.named_parameters()
+        if parameter.requires_grad and "lora_" not in name and "modules_to_save" not in name
+        and name.rsplit(".", 1)[-1] not in LOG_SCALES
+    ]
+
+
+def _disable_dropout_outside_adapters(model: nn.Module) -> None:
+    """`trl`'s `disable_dropout_in_model`, less the LoRA adapters' dropout (`lora_dropout`), which is the user's
+    setting."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Dropout) and ".lora_dropout." not in f".{name}.":
+            module.p = 0.0
 
 
 def _save_merged(model: PeftModel, output_dir: str) -> None:
