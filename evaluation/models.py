@@ -120,7 +120,7 @@ def checkpoint_config(model_ref: str, revision: str | None = None) -> tuple[str,
         base_ref = config.get("base_model_name_or_path")
         if not base_ref:
             raise ModelLoadError(f"{model_ref!r}: {ADAPTER_CONFIG_FILE} does not name its base model (base_model_name_or_path)")
-        checkpoint_config(base_ref)
+        checkpoint_config(base_ref, config.get("revision"))  # PEFT records the base's revision when it was given one
         return name, config
     from modeling_maple.configuration_maple import DUAL_ENCODER_MODEL_TYPES, SUPPORTED_MLLMS, backbone_of
 
@@ -144,7 +144,9 @@ def load_embedder(model_ref: str, revision: str | None = None, trust_remote_code
     if name == ADAPTER_CONFIG_FILE:
         from peft import PeftModel
 
-        base, processor = load_embedder(config["base_model_name_or_path"], trust_remote_code=trust_remote_code)
+        base, processor = load_embedder(
+            config["base_model_name_or_path"], revision=config.get("revision"), trust_remote_code=trust_remote_code
+        )
         return PeftModel.from_pretrained(base, model_ref, revision=revision).eval(), processor
     # Importing modeling_maple registers the MAPLE classes with the Auto classes.
     import modeling_maple

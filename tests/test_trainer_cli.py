@@ -144,7 +144,7 @@ def test_the_backbone_of_a_plain_checkpoint_is_inferred_or_asked_for(tmp_path, m
     BertModel(BertConfig(vocab_size=99, **tiny)).save_pretrained(tmp_path / "bert")
     built = []
     monkeypatch.setattr(MapleModel, "from_backbone", lambda name, backbone, **loading: built.append(backbone))
-    monkeypatch.setattr(MapleProcessor, "from_backbone", lambda name, backbone: None)
+    monkeypatch.setattr(MapleProcessor, "from_backbone", lambda name, backbone, revision=None: None)
 
     args = RPAConfig(output_dir=str(tmp_path / "out"))
     load_model_and_processor(ModelArguments(model_name_or_path=str(tmp_path / "clip")), args)

@@ -227,29 +227,30 @@ def load_model_and_processor(model_args: ModelArguments, training_args: RPAConfi
     name = model_args.model_name_or_path
     loading = model_loading_kwargs(training_args)
     trust_remote_code = training_args.trust_remote_code
+    revision = loading.get("revision")  # the config and processor come from the revision the weights come from
     try:
-        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code, revision=revision)
     # OSError: not found, offline and not cached, gated; ValueError: a config.json of no known model type. transformers
     # says which.
     except (OSError, ValueError) as error:
         raise TrainingInputError(f"--model_name_or_path {name}: {' '.join(str(error).split())}") from error
     if isinstance(config, MapleConfig):
         model = AutoModel.from_pretrained(name, trust_remote_code=trust_remote_code, **loading)
-        return model, AutoProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)
+        return model, AutoProcessor.from_pretrained(name, trust_remote_code=trust_remote_code, revision=revision)
     backbone = model_args.backbone or backbone_of(config.model_type)
     if backbone is None:
         raise TrainingInputError(
             f"{name} is a {config.model_type!r} checkpoint, not a MAPLE one, and MAPLE cannot tell how to embed with "
             "it: pass --backbone mllm|dual_encoder"
         )
-    unused = sorted(set(loading) - {"dtype", "attn_implementation"})
+    unused = sorted(set(loading) - {"dtype", "attn_implementation", "revision"})
     if unused:
         raise TrainingInputError(
             f"--model_init_kwargs: {', '.join(unused)} cannot be passed when building from a {config.model_type!r} "
-            "backbone (MapleModel.from_backbone takes dtype and attn_implementation)"
+            "backbone (MapleModel.from_backbone takes dtype, attn_implementation and revision)"
         )
     model = MapleModel.from_backbone(name, backbone=backbone, **loading)
-    return model, MapleProcessor.from_backbone(name, backbone=backbone)
+    return model, MapleProcessor.from_backbone(name, backbone=backbone, revision=revision)
 
 
 def load_preference_splits(data_args: DataArguments) -> DatasetDict:

@@ -131,7 +131,9 @@ class RPATrainer(DPOTrainer):
         if isinstance(model, str):
             model_init_kwargs = {"trust_remote_code": args.trust_remote_code, **(args.model_init_kwargs or {})}
             if processing_class is None:
-                processing_class = AutoProcessor.from_pretrained(model, trust_remote_code=args.trust_remote_code)
+                processing_class = AutoProcessor.from_pretrained(
+                    model, trust_remote_code=args.trust_remote_code, revision=model_init_kwargs.get("revision")
+                )
             model = AutoModel.from_pretrained(model, **model_init_kwargs)
         if processing_class is None:
             raise ValueError("Pass the model's MapleProcessor as `processing_class` (or the model as a path).")
