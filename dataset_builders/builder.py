@@ -517,9 +517,12 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         if not (self.work_dir / "stats.json").exists():
             download_mode = datasets.DownloadMode.FORCE_REDOWNLOAD
         super().download_and_prepare(output_dir, download_config, download_mode, **kwargs)
-        # A cached dataset skips `_split_generators`, but stats.json (and so the card) must describe this build's
-        # settings, such as a source licence changed since (the cache holds datasets keyed by it; the work dir one).
-        self.write_stats()
+        # A cached dataset skips `_split_generators`, which writes stats.json: the source licence, part of the cache
+        # key but not of the work dir's recipe, may have changed since; the card must show this build's.
+        stats = json.loads((self.work_dir / "stats.json").read_text())
+        if stats.get("source_license") != self.config.source_license:
+            stats["source_license"] = self.config.source_license
+            _atomic_write_bytes(self.work_dir / "stats.json", json.dumps(stats, indent=2).encode())
 
     def _split_generators(self, dl_manager) -> list[datasets.SplitGenerator]:
         self.build_shards()

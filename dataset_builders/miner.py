@@ -102,42 +102,42 @@ def top_k_neighbours(
     else:
         query_rows = query_rows.to(device=normalised.device, dtype=torch.long)
         queries = normalised[query_rows]
-    depth = k
-    while True:
+    all_indices = torch.full((len(query_rows), k), -1, dtype=torch.long)
+    all_scores = torch.full((len(query_rows), k), float("-inf"))
+    # Rows short of k neighbours once duplicates of better ones are dropped search again, twice as deep: only they.
+    pending, depth = torch.arange(len(query_rows), device=normalised.device), k
+    while len(pending):
         scores, indices = chunked_topk(
-            queries,
+            queries[pending],
             normalised,
             depth,
             query_chunk=query_chunk_size,
             candidate_chunk=key_chunk_size,
-            self_indices=query_rows,
+            self_indices=query_rows[pending],
             duplicate_threshold=duplicate_threshold,
         )
         # chunked_topk gives min(depth, N) columns, excluded rows last at -inf
-        kept = (scores > float("-inf")) & ~_duplicates_of_better_neighbours(
-            normalised, indices, scores, duplicate_threshold, query_chunk_size
-        )
-        if depth >= normalised.shape[0] or bool((kept.sum(dim=1) >= k).all()):
-            break
-        depth *= 2
-    # the kept neighbours first, in their order; then -1 / -inf up to k columns
-    order = torch.sort((~kept).to(torch.int8), dim=1, stable=True).indices[:, :k]
-    kept, scores, indices = kept.gather(1, order), scores.gather(1, order), indices.gather(1, order)
-    all_indices = torch.full((len(query_rows), k), -1, dtype=torch.long)
-    all_scores = torch.full((len(query_rows), k), float("-inf"))
-    all_scores[:, : scores.shape[1]] = scores.masked_fill(~kept, float("-inf")).cpu()
-    all_indices[:, : indices.shape[1]] = indices.masked_fill(~kept, -1).cpu()
+        kept = (scores > float("-inf")) & ~_duplicates_of_better_neighbours(normalised, indices, scores, duplicate_threshold)
+        done = (kept.sum(dim=1) >= k) | (depth >= normalised.shape[0])
+        # the kept neighbours first, in their order; then -1 / -inf up to k columns
+        order = torch.sort((~kept[done]).to(torch.int8), dim=1, stable=True).indices[:, :k]
+        settled = kept[done].gather(1, order)
+        rows, width = pending[done].cpu(), order.shape[1]
+        all_scores[rows, :width] = scores[done].gather(1, order).masked_fill(~settled, float("-inf")).cpu()
+        all_indices[rows, :width] = indices[done].gather(1, order).masked_fill(~settled, -1).cpu()
+        pending, depth = pending[~done], depth * 2
     return Neighbours(indices=all_indices, scores=all_scores)
 
 
 def _duplicates_of_better_neighbours(
-    normalised: torch.Tensor, indices: torch.Tensor, scores: torch.Tensor, threshold: float, chunk_size: int
+    normalised: torch.Tensor, indices: torch.Tensor, scores: torch.Tensor, threshold: float, max_elements: int = 1 << 23
 ) -> torch.Tensor:
     """(Q, depth) bool: True where a neighbour's cosine to a better-ranked (real) neighbour of the same query
-    reaches `threshold`."""
+    reaches `threshold`. Rows are compared a chunk at a time, of about `max_elements` floats."""
     depth = indices.shape[1]
     better = torch.ones(depth, depth, dtype=torch.bool, device=indices.device).tril(diagonal=-1)  # [i, j]: j < i
     duplicates = torch.zeros_like(indices, dtype=torch.bool)
+    chunk_size = max(1, max_elements // max(1, depth * (normalised.shape[1] + depth)))
     for start in range(0, indices.shape[0], chunk_size):
         rows = slice(start, start + chunk_size)
         neighbours = normalised[indices[rows].clamp(min=0)]  # (chunk, depth, D)

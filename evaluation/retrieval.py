@@ -80,10 +80,21 @@ def _exclude_in_block(
 def _topk_first_columns(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """`scores.topk(k, dim=1)` with exact ties settled the same way whatever the blocks: of equal scores, those in the
     first columns, and the k sorted by score, then column. Returns (values, columns), each (Q, k)."""
-    kth = scores.topk(k, dim=1).values[:, -1:]
-    above, at = scores > kth, scores == kth
-    chosen = above | (at & (at.cumsum(dim=1) <= k - above.sum(dim=1, keepdim=True)))
-    columns = chosen.nonzero()[:, 1].view(scores.shape[0], k)  # k per row, in column order
+    # One more than asked: a row whose (k+1)-th score equals its k-th has a tie to settle across the cut.
+    top = scores.topk(min(k + 1, scores.shape[1]), dim=1)
+    values, columns = top.values[:, :k], top.indices[:, :k]
+    if k == 0:
+        return values, columns
+    kth = values[:, -1:]
+    open_rows = (top.values[:, k] == kth[:, 0]).nonzero().flatten() if top.values.shape[1] > k else kth[:0, 0].long()
+    if len(open_rows):  # they take the tied scores in their first columns
+        open_scores, open_kth = scores[open_rows], kth[open_rows]
+        above, at = open_scores > open_kth, open_scores == open_kth
+        chosen = above | (at & (at.cumsum(dim=1) <= k - above.sum(dim=1, keepdim=True)))
+        columns = columns.clone()
+        columns[open_rows] = chosen.nonzero()[:, 1].view(len(open_rows), k)
+    # by score, then column
+    columns = columns.sort(dim=1).values
     values = scores.gather(1, columns)
     order = values.sort(dim=1, descending=True, stable=True).indices
     return values.gather(1, order), columns.gather(1, order)
@@ -185,9 +196,9 @@ def chunked_ranks(
             block_rows, block_cols = rows[in_block], cols[in_block] - c_start
             relevant_hits = block_scores[block_rows, block_cols] >= best_relevant[block_rows]
             at_least_best.scatter_add_(0, block_rows, -relevant_hits.long())
-            # In place, as 0./1. floats: cheaper than a bool tensor. Summed as integers: a bf16 sum of
-            # more than 256 ones is not exact.
-            at_least_best += block_scores.ge_(best_relevant[:, None]).sum(dim=1, dtype=torch.long)
+            # In place, as 0./1. floats: cheaper than a bool tensor. Summed in float32, exact below 2**24 ones (a bf16
+            # sum of more than 256 is not), without an int64 copy of the block.
+            at_least_best += block_scores.ge_(best_relevant[:, None]).sum(dim=1, dtype=torch.float32).long()
         ranks.append(at_least_best + 1)
     return torch.cat(ranks)
 

@@ -3,6 +3,7 @@ Judges and captioners are fast deterministic stand-ins, except in the end-to-end
 
 import json
 import re
+import shutil
 
 import datasets
 import pytest
@@ -227,6 +228,9 @@ def test_stats_describe_this_build_when_the_dataset_comes_from_the_cache(tmp_pat
     for licence in ("cc0-1.0", "cc-by-4.0", "cc0-1.0"):
         builder = _build(tmp_path, source_license=licence)
     assert builder.stats["source_license"] == "cc0-1.0"
+    # and the cached dataset is still returned without its shards (the first version re-read them, waiting 24 h)
+    shutil.rmtree(tmp_path / "work" / "shards")
+    assert len(_build(tmp_path, source_license="cc-by-4.0", wait_timeout=1).as_dataset(split="train")) == 10
 
 
 def test_an_unreadable_file_of_an_image_folder_is_named(tmp_path):
