@@ -298,23 +298,30 @@ def text_pool(caption: str, candidates: list[str], size: int) -> list[str]:
     return pool
 
 
-def local_source_digest(path: Path, sampled_blocks: int = 16, block_size: int = 4096, edge_size: int = 65536) -> str:
+def local_source_digest(path: Path, sampled_files: int = 64, sampled_blocks: int = 16, block_size: int = 4096) -> str:
     """A fingerprint of a local source by content, not by timestamps (which `datasets`' own fingerprint reads), so
     that the same files copied elsewhere (staged to a job's local disk, one copy per node) resume the same build.
-    Each file's path relative to `path`, size, first and last `edge_size` bytes and `sampled_blocks` evenly spaced
-    blocks: an edit that keeps a file's size and misses every sampled byte goes unseen, the price of not reading a
-    corpus of images in full at every start."""
-    files = [path] if path.is_file() else sorted(file for file in path.rglob("*") if file.is_file())
+    Every data file's path relative to `path` and size, and the bytes of `sampled_files` files spread over them (all
+    of a few parquet shards; a sample of an image folder): each one's first and last 64 KiB and `sampled_blocks`
+    evenly spaced blocks. Hidden files and folders (`.cache/`, written by `snapshot_download`) and `__*` ones are
+    left out, as `datasets` leaves them out. An edit that keeps every size and misses the sampled bytes goes unseen:
+    the price of not reading a corpus of images in full at every start."""
+    if path.is_file():
+        files = [path]
+    else:
+        files = sorted(
+            file for file in path.rglob("*")
+            if file.is_file() and not any(part.startswith((".", "__")) for part in file.relative_to(path).parts)
+        )
     digest = hashlib.sha256()
     for file in files:
+        digest.update(f"{file.relative_to(path) if file != path else file.name}\0{file.stat().st_size}\0".encode())
+    step = max(1, len(files) // sampled_files)
+    for file in files[::step][:sampled_files]:
         size = file.stat().st_size
-        digest.update(f"{file.relative_to(path) if file != path else file.name}\0{size}\0".encode())
+        offsets = [0, max(0, size - 65536)] + [size * (index + 1) // (sampled_blocks + 1) for index in range(sampled_blocks)]
         with file.open("rb") as handle:
-            if size <= 2 * edge_size + sampled_blocks * block_size:
-                digest.update(handle.read())
-                continue
-            offsets = [0, size - edge_size] + [size * (index + 1) // (sampled_blocks + 1) for index in range(sampled_blocks)]
-            for offset, length in zip(offsets, [edge_size, edge_size] + [block_size] * sampled_blocks):
+            for offset, length in zip(offsets, [65536, 65536] + [block_size] * sampled_blocks):
                 handle.seek(offset)
                 digest.update(handle.read(length))
     return digest.hexdigest()[:16]
@@ -373,9 +380,11 @@ def load_source(source: str, *, split: str, cache_dir: str | None = None) -> dat
     if path.is_file():
         raise SourceError(f"unsupported source file {source}: give a folder, a parquet file or a Hub dataset id")
     try:
-        builder = datasets.load_dataset_builder(source, cache_dir=cache_dir)
-    except ValueError as error:  # e.g. a Hub repo of several configs, which the source must not leave open
-        raise SourceError(f"source {source}: {error}") from None
+        builder = datasets.load_dataset_builder(str(path) if path.exists() else source, cache_dir=cache_dir)
+    # ValueError: a Hub repo of several configs (the source must not leave it open), a folder without data files;
+    # OSError: a Hub id not found, or not cached offline
+    except (ValueError, OSError) as error:
+        raise SourceError(f"source {source}: {' '.join(str(error).split())}") from None
     # Checked before any file is read; `datasets` would convert every split first.
     _check_splits(source, split, available=[str(name) for name in builder.config.data_files])
     builder.download_and_prepare()
@@ -631,9 +640,8 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
 
     def _local_source(self) -> Path | None:
         """The source's file or folder, when it is one on this machine."""
-        if self.source_dataset is not None or not Path(self.config.source).exists():
-            return None
-        return Path(self.config.source)
+        path = None if self.source_dataset is not None else Path(self.config.source).expanduser()
+        return path if path is not None and path.exists() else None
 
     def _load_source(self) -> datasets.Dataset:
         if self._source is None:
@@ -700,10 +708,10 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         return None if find is None else find(text)
 
     def _image_problem(self, size: tuple[int, int]) -> str | None:
-        """Why the judge or the captioner cannot take an image of `size` (their `image_problem`, e.g. a Qwen-VL
-        image processor refuses aspect ratios above 200:1), or None. Checked with the inputs, so that such an
+        """Why the judge, the captioner or the miner cannot take an image of `size` (their `image_problem`, e.g. a
+        Qwen-VL image processor refuses aspect ratios above 200:1), or None. Checked with the inputs, so that such an
         image is skipped with its reason instead of failing every attempt at its shard."""
-        components = [("judge", self.judge)]
+        components = [("judge", self.judge), ("miner", self.miner)]
         if self.config.text_candidates == "generated":
             components.append(("captioner", self.captioner))
         for role, component in components:
@@ -1039,7 +1047,9 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             histogram_file=f"{stats_dir}/{HISTOGRAM_FILE}", other_configs=other_configs,
         )
         histogram = staging / stats_dir / HISTOGRAM_FILE
-        published_stats = {**self.stats, "histogram_file": f"{stats_dir}/{HISTOGRAM_FILE}" if histogram.exists() else None}
+        # Counts only: the per-row list of skipped inputs may name local files.
+        published_stats = {key: value for key, value in self.stats.items() if key != "skipped"}
+        published_stats["histogram_file"] = f"{stats_dir}/{HISTOGRAM_FILE}" if histogram.exists() else None
         _atomic_write_bytes(staging / stats_dir / "stats.json", json.dumps(published_stats, indent=2).encode())
         try:
             published = DatasetCard.load(repo_id, repo_type="dataset", token=token).data.to_dict()

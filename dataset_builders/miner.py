@@ -351,6 +351,11 @@ class HardNegativeMiner:
             duplicate_threshold=self.duplicate_threshold,
         )
 
+    def image_problem(self, size: tuple[int, int]) -> str | None:
+        """Why the encoder cannot take an image of `size` (width, height) (its own `image_problem`), or None."""
+        check = getattr(self.encode_images, "image_problem", None)
+        return None if check is None else check(size)
+
     def deduplicate(self, embeddings: torch.Tensor, *, num_clusters: int, epsilon: float, seed: int = 0) -> DedupResult:
         """SemDeDup over `embeddings` (N, D); see `semdedup`."""
         return semdedup(embeddings.to(self.search_device), num_clusters=num_clusters, epsilon=epsilon, seed=seed)
@@ -396,3 +401,10 @@ class _MapleImageEncoder(_TransformersImageEncoder):
 
     def __call__(self, images: Sequence[PIL.Image.Image]) -> torch.Tensor:
         return self.model.encode(self.image_processor, images=list(images), batch_size=len(images))
+
+    def image_problem(self, size: tuple[int, int]) -> str | None:
+        """Why an MLLM embedder's image processor cannot take an image of `size` (width, height), or None."""
+        from modeling_maple.processing_maple import mllm_image_problem
+
+        processor = self.image_processor
+        return mllm_image_problem(processor.mllm_type, size) if processor.backbone == "mllm" else None

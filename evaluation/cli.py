@@ -25,12 +25,13 @@ QUADRUPLE_COLUMNS = ("text_score", "image_score", "group_score")
 
 
 def _model_folder_name(model_ref: str) -> str:
-    """A file-system-safe name for a model reference: `org--name` for a Hub id (which cannot hold `--`), the
-    absolute path with `--` for `/` for a local folder, so that `.`, `..` or `a/b` beside a Hub id `a/b` name
-    folders of their own inside OUT."""
+    """A file-system-safe name for a model reference: `org--name` for a Hub id (which cannot hold `--`), `local--`
+    and the absolute path with `--` for `/` for a local folder, so that `.`, `..`, or a folder `/x/y` beside a Hub
+    id `x/y`, name folders of their own inside OUT."""
     path = Path(model_ref).expanduser()
-    reference = str(path.resolve()) if path.exists() else model_ref
-    return re.sub(r"[^\w.-]+", "--", reference.strip("/")).strip(".") or "model"
+    if path.exists():
+        return "local--" + re.sub(r"[^\w.-]+", "--", str(path.resolve()).strip("/"))
+    return re.sub(r"[^\w.-]+", "--", model_ref.strip("/")).strip(".") or "model"
 
 
 def _parse_sources(parser: argparse.ArgumentParser, pairs: list[str]) -> dict[str, str]:

@@ -18,6 +18,7 @@ from dataset_builders.builder import (
     load_source,
     text_pool,
 )
+from dataset_builders.miner import HardNegativeMiner
 from dataset_builders.testing import (
     ColourCaptioner,
     ColourJudge,
@@ -141,6 +142,12 @@ def test_images_the_judge_cannot_take_are_skipped_with_the_inputs(tmp_path):
         image_processor(images=[Image.new("RGB", (1000, 2))])
     image_processor(images=[Image.new("RGB", (400, 2))])
     assert builder.judge.image_problem((400, 2)) is None
+    # a miner on a Qwen-VL MAPLE embedder refuses it too
+    from modeling_maple.testing import build_tiny
+
+    miner = HardNegativeMiner.from_maple(*build_tiny("mllm", seed=0))
+    assert miner.image_problem((1000, 2)) == "aspect ratio 500:1 is above the 200:1 that qwen2_vl image processors accept"
+    assert miner.image_problem((400, 2)) is None and thumbnail_miner().image_problem((1000, 2)) is None
 
 
 def test_semdedup_drops_near_duplicates_with_a_reason(tmp_path):
@@ -214,6 +221,16 @@ def test_sources_parquet_file_folder_and_imagefolder_give_the_same_rows(tmp_path
     ]
     assert results[0] == results[1] == results[2]
     assert len(results[0]) == 7
+
+
+def test_a_source_under_the_home_folder_is_a_local_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    _source(5).to_parquet(str(tmp_path / "source.parquet"))
+    (tmp_path / "folder").mkdir()
+    _source(5).to_parquet(str(tmp_path / "folder" / "part-0.parquet"))
+    for source in ("~/source.parquet", "~/folder"):  # the folder was looked up on the Hub
+        builder = _build(tmp_path / "builds" / source.strip("~/"), source=source)
+        assert builder.manifest()["source"] == "local files" and builder.stats["num_anchors"] == 5
 
 
 def test_a_parquet_file_source_honours_a_split_slice(tmp_path):

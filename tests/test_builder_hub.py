@@ -77,6 +77,8 @@ def test_push_then_load_back_gives_the_same_rows_images_and_card(hub_server, tmp
     assert "colour-judge" in card and "colour-captioner" in card
     assert "| unreadable image | 1 |" in card
     assert "![Histograms of the judge scores](stats/paper/score_histograms.png)" in card
+    published_stats = json.loads(files["stats/paper/stats.json"])
+    assert "skipped" not in published_stats and published_stats["skipped_by_reason"] == {"unreadable image": 1}
 
     assert _last_json(run_client(hub_server, tmp_path, LOAD_WITH_BUILDER)) == built
 

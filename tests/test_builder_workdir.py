@@ -218,6 +218,11 @@ def test_local_source_digest_reads_sizes_edges_and_sampled_blocks(tmp_path):
     assert local_source_digest(big.parent) != reference
     (tmp_path / "folder" / "extra.txt").write_text("more")
     assert len({reference, local_source_digest(big.parent), local_source_digest(big)}) == 3
+    # snapshot_download(local_dir=...) leaves download metadata with a timestamp, which datasets does not read either
+    folder_digest = local_source_digest(big.parent)
+    (tmp_path / "folder" / ".cache" / "huggingface").mkdir(parents=True)
+    (tmp_path / "folder" / ".cache" / "huggingface" / "big.bin.metadata").write_text("1764460800.0")
+    assert local_source_digest(big.parent) == folder_digest
 
 
 def test_a_new_work_dir_builds_again_rather_than_reusing_the_cache(tmp_path):

@@ -331,6 +331,7 @@ def test_result_folders_stay_inside_out_and_apart(tmp_path, monkeypatch):
     assert names["."] == names["../m"] == names[str(tmp_path / "org" / "m")] != names[".."]  # one folder, one name
     monkeypatch.chdir(tmp_path)
     assert _model_folder_name("org/m") != _model_folder_name("org/missing") == "org--missing"  # a local folder is not the Hub id
+    assert _model_folder_name(str(tmp_path / "org" / "m")).startswith("local--")  # nor a Hub id that spells its path
 
 
 def test_device_is_checked_and_used(tiny, tmp_path, benchmark_sources, capsys, monkeypatch):
