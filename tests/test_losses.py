@@ -93,6 +93,15 @@ def naive_contrastive(images, texts, scale, negative_images, negative_texts, ima
     return (text_to_image + image_to_text) / 2
 
 
+def naive_contrastive_of(inputs):
+    """`naive_contrastive` on the arguments of `contrastive_loss` (with ids and negatives)."""
+    return naive_contrastive(
+        inputs["image_embeds"], inputs["text_embeds"], float(inputs["inverse_temperature"]),
+        inputs["negative_image_embeds"], inputs["negative_text_embeds"], inputs["image_ids"].tolist(),
+        inputs["text_ids"].tolist(), inputs["negative_image_ids"].tolist(), inputs["negative_text_ids"].tolist(),
+    )
+
+
 # ----------------------------------------------------------------------------------------- inputs
 def random_rpa_inputs(seed, num_anchors=6, num_candidates=5, ties=False, masked=False):
     generator = torch.Generator().manual_seed(seed)
@@ -237,11 +246,7 @@ def test_contrastive_loss_per_anchor_averages_its_two_directions():
 @pytest.mark.parametrize("seed", range(3))
 def test_contrastive_loss_with_expanded_deduplicated_negatives_matches_loop(seed):
     inputs = contrastive_inputs(seed)
-    expected = naive_contrastive(
-        inputs["image_embeds"], inputs["text_embeds"], float(inputs["inverse_temperature"]),
-        inputs["negative_image_embeds"], inputs["negative_text_embeds"], inputs["image_ids"].tolist(),
-        inputs["text_ids"].tolist(), inputs["negative_image_ids"].tolist(), inputs["negative_text_ids"].tolist(),
-    )
+    expected = naive_contrastive_of(inputs)
     assert contrastive_loss(**inputs).item() == pytest.approx(expected, abs=1e-6)
 
 
@@ -282,11 +287,7 @@ def test_another_caption_of_the_same_image_is_not_its_negative():
     # A caption shared by two images: text -> image likewise
     inputs = contrastive_inputs(1)
     inputs["text_embeds"][1], inputs["text_ids"][1] = inputs["text_embeds"][0], inputs["text_ids"][0]
-    expected = naive_contrastive(
-        inputs["image_embeds"], inputs["text_embeds"], float(inputs["inverse_temperature"]),
-        inputs["negative_image_embeds"], inputs["negative_text_embeds"], inputs["image_ids"].tolist(),
-        inputs["text_ids"].tolist(), inputs["negative_image_ids"].tolist(), inputs["negative_text_ids"].tolist(),
-    )
+    expected = naive_contrastive_of(inputs)
     assert contrastive_loss(**inputs).item() == pytest.approx(expected, abs=1e-6)
 
 
