@@ -213,15 +213,14 @@ def _expanded_info_nce(
             excluded[torch.arange(len(local_targets), device=excluded.device), local_targets] = False
             logits = logits.masked_fill(excluded, float("-inf"))
     if query_ids is not None:
-        # (N, pool): the positives of the anchors with this query's id (another caption of this image), its own target
-        # aside. By id where there are ids: a sibling's positive may sit in another anchor's column, its first copy.
-        same_query = (query_ids.unsqueeze(1) == all_query_ids.unsqueeze(0)).float()  # (N, all anchors)
-        if positive_ids is None:
-            sibling = torch.zeros_like(logits, dtype=torch.bool)
-            sibling[:, : len(all_query_ids)] = same_query.bool()
-        else:
-            holds_positive = (positive_ids.unsqueeze(1) == pool_ids.unsqueeze(0)).float()  # (all anchors, pool)
-            sibling = (same_query @ holds_positive) > 0
+        # The positives of the anchors with this query's id (another caption of this image) leave its denominator, its
+        # own target aside. Each anchor's positive is in the column of its id's first copy, which may be another
+        # anchor's: de-duplication keeps one column per id.
+        anchors = len(all_query_ids)
+        positive_column = first_index[:anchors] if positive_ids is not None else torch.arange(anchors, device=logits.device)
+        rows, siblings = (query_ids.unsqueeze(1) == all_query_ids.unsqueeze(0)).nonzero(as_tuple=True)
+        sibling = torch.zeros_like(logits, dtype=torch.bool)
+        sibling[rows, positive_column[siblings]] = True
         sibling[torch.arange(len(local_targets), device=logits.device), local_targets] = False
         logits = logits.masked_fill(sibling, float("-inf"))
     return F.cross_entropy(logits, local_targets, reduction="none")
