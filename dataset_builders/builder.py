@@ -316,8 +316,9 @@ def local_source_digest(path: Path, sampled_files: int = 64, sampled_blocks: int
     digest = hashlib.sha256()
     for file in files:
         digest.update(f"{file.relative_to(path) if file != path else file.name}\0{file.stat().st_size}\0".encode())
-    step = max(1, len(files) // sampled_files)
-    for file in files[::step][:sampled_files]:
+    count = min(sampled_files, len(files))  # spread from the first file to the last
+    picked = sorted({round(index * (len(files) - 1) / max(1, count - 1)) for index in range(count)})
+    for file in (files[index] for index in picked):
         size = file.stat().st_size
         offsets = [0, max(0, size - 65536)] + [size * (index + 1) // (sampled_blocks + 1) for index in range(sampled_blocks)]
         with file.open("rb") as handle:

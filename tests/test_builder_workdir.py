@@ -218,6 +218,14 @@ def test_local_source_digest_reads_sizes_edges_and_sampled_blocks(tmp_path):
     assert local_source_digest(big.parent) != reference
     (tmp_path / "folder" / "extra.txt").write_text("more")
     assert len({reference, local_source_digest(big.parent), local_source_digest(big)}) == 3
+    # 100 small files: the 64 sampled are spread over all of them, the last included (the first 64 were read)
+    many = tmp_path / "many"
+    many.mkdir()
+    for index in range(100):
+        (many / f"part-{index:03d}.bin").write_bytes(bytes(1000))
+    before = local_source_digest(many)
+    (many / "part-099.bin").write_bytes(b"x" + bytes(999))  # same size
+    assert local_source_digest(many) != before
     # snapshot_download(local_dir=...) leaves download metadata with a timestamp, which datasets does not read either
     folder_digest = local_source_digest(big.parent)
     (tmp_path / "folder" / ".cache" / "huggingface").mkdir(parents=True)
