@@ -57,11 +57,11 @@ def relevant_index_lists(relevant: RelevantIndices, num_queries: int, num_candid
     return lists
 
 
-def relevance_mask(relevant: list[list[int]], num_candidates: int) -> torch.Tensor:
-    """Boolean (Q, C) mask, True where candidate c is relevant to query q."""
-    mask = torch.zeros(len(relevant), num_candidates, dtype=torch.bool)
-    rows = torch.tensor([q for q, indices in enumerate(relevant) for _ in indices], dtype=torch.long)
-    cols = torch.tensor([c for indices in relevant for c in indices], dtype=torch.long)
+def relevance_mask(relevant: list[list[int]], num_candidates: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Boolean (Q, C) mask on `device`, True where candidate c is relevant to query q."""
+    mask = torch.zeros(len(relevant), num_candidates, dtype=torch.bool, device=device)
+    rows = torch.tensor([q for q, indices in enumerate(relevant) for _ in indices], dtype=torch.long, device=device)
+    cols = torch.tensor([c for indices in relevant for c in indices], dtype=torch.long, device=device)
     mask[rows, cols] = True
     return mask
 
@@ -100,7 +100,7 @@ def first_relevant_ranks(similarities: torch.Tensor, relevant: RelevantIndices) 
     if similarities.ndim != 2:
         raise ValueError(f"similarities: expected a (queries, candidates) matrix, got shape {tuple(similarities.shape)}")
     relevant_lists = relevant_index_lists(relevant, *similarities.shape)
-    is_relevant = relevance_mask(relevant_lists, similarities.shape[1])
+    is_relevant = relevance_mask(relevant_lists, similarities.shape[1], device=similarities.device)
     best_relevant = similarities.masked_fill(~is_relevant, float("-inf")).amax(dim=1)
     return 1 + count_outranking(similarities, best_relevant, is_relevant)
 
@@ -125,8 +125,15 @@ def retrieval_recall(
     return recall_from_ranks(first_relevant_ranks(similarities, relevant), ks)
 
 
+def _float64_array(scores) -> np.ndarray:
+    """Scores given as a list, an array or a tensor (any device or dtype, bf16 and autograd too) as float64 NumPy."""
+    if isinstance(scores, torch.Tensor):
+        scores = scores.detach().to("cpu", torch.float64)  # NumPy reads neither CUDA nor bf16 tensors
+    return np.asarray(scores, dtype=np.float64)
+
+
 def _quadruple_matrix(quadruple_similarities: torch.Tensor | np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
-    scores = np.asarray(quadruple_similarities, dtype=np.float64)
+    scores = _float64_array(quadruple_similarities)
     if scores.ndim != 2 or scores.shape[1] != 4:
         raise ValueError(
             "quadruple similarities: expected shape (n, 4) = [s(I0,T0), s(I0,T1), s(I1,T0), s(I1,T1)] "
@@ -163,8 +170,8 @@ def wasserstein_1d(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndar
     W(P_A, P_B) = integral |F_A(x) - F_B(x)| dx over the two empirical CDFs; for two samples of
     equal size n this is (1/n) sum_i |a_(i) - b_(i)| over the sorted samples.
     """
-    a = np.sort(np.asarray(a, dtype=np.float64).ravel())
-    b = np.sort(np.asarray(b, dtype=np.float64).ravel())
+    a = np.sort(_float64_array(a).ravel())
+    b = np.sort(_float64_array(b).ravel())
     if a.size == 0 or b.size == 0:
         raise ValueError(f"wasserstein_1d: both samples must be non-empty, got sizes {a.size} and {b.size}")
     support = np.sort(np.concatenate([a, b]))
@@ -196,7 +203,7 @@ def modality_gap_from_quadruples(quadruple_similarities, text_text_similarities)
     s(I1,T0); intra-modal = s(T0,T1).
     """
     scores = _quadruple_matrix(quadruple_similarities)
-    text_text = np.asarray(text_text_similarities, dtype=np.float64).ravel()
+    text_text = _float64_array(text_text_similarities).ravel()
     if text_text.shape[0] != scores.shape[0]:
         raise ValueError(
             f"text-text similarities: expected one per quadruple ({scores.shape[0]}), got {text_text.shape[0]}"

@@ -9,6 +9,7 @@ import torch
 from evaluation.metrics import (
     first_relevant_ranks,
     group_scores,
+    relevance_mask,
     modality_gap_from_quadruples,
     retrieval_recall,
     wasserstein_1d,
@@ -77,6 +78,17 @@ def test_group_scores_hand_computed():
     assert group_scores(quadruples) == {"text_score": 25.0, "image_score": 50.0, "group_score": 25.0}
     with pytest.raises(ValueError, match=r"expected shape \(n, 4\)"):
         group_scores([[1.0, 2.0, 3.0]])
+
+
+def test_metrics_take_scores_as_tensors_of_any_dtype_and_device():
+    """Training code hands over bf16 tensors that may require grad or live on a GPU; NumPy reads none of these."""
+    quadruples = torch.tensor([[1.0, 0.0, 0.0, 1.0], [1.0, 2.0, 0.0, 3.0]], dtype=torch.bfloat16, requires_grad=True)
+    assert group_scores(quadruples) == {"text_score": 50.0, "image_score": 100.0, "group_score": 50.0}
+    text_text = torch.tensor([0.5, 0.5], dtype=torch.bfloat16)
+    assert modality_gap_from_quadruples(quadruples, text_text) == modality_gap_from_quadruples(
+        quadruples.float().tolist(), [0.5, 0.5])
+    # the relevance mask is built where the scores are (a CUDA tensor's mask on the CPU failed in `masked_fill`)
+    assert relevance_mask([[1], [0]], 2, device="meta").device.type == "meta"
 
 
 def test_wasserstein_equal_and_unequal_sizes():
