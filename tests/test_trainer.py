@@ -451,6 +451,14 @@ def test_config_defaults_run_on_cpu_and_follow_the_paper(tmp_path):
     assert (config.rpa_loss, config.reference, config.expand_negatives) == ("listwise", "none", True)
 
 
+def test_bf16_default_is_off_when_training_on_the_cpu_of_a_gpu_machine(tmp_path, monkeypatch):
+    """`use_cpu=True` on a machine with a bf16 GPU trains on the CPU: bf16 autocast there would only lose precision."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert RPAConfig(output_dir=str(tmp_path), use_cpu=True).bf16 is False
+    assert RPAConfig(output_dir=str(tmp_path), use_cpu=True, bf16=True).bf16 is True  # asked for: kept
+
+
 @pytest.mark.parametrize(
     "overrides,message",
     [

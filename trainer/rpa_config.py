@@ -71,8 +71,8 @@ class RPAConfig(DPOConfig):
     bf16: bool | None = field(
         default=None,
         metadata={
-            "help": "bf16 mixed precision, as in MAPLE. `None` turns it on only where a CUDA device supports bf16, so "
-            "CPU runs need no flag."
+            "help": "bf16 mixed precision, as in MAPLE. `None` turns it on only where training runs on a CUDA device "
+            "that supports bf16 (not with `use_cpu`), so CPU runs need no flag."
         },
     )
     max_length: int | None = field(
@@ -199,7 +199,8 @@ class RPAConfig(DPOConfig):
 
     def __post_init__(self):
         if self.bf16 is None:
-            self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not self.fp16
+            on_cuda = torch.cuda.is_available() and not self.use_cpu
+            self.bf16 = bool(on_cuda and torch.cuda.is_bf16_supported()) and not self.fp16
         if not 0.0 <= self.rpa_weight <= 1.0:
             raise ValueError(f"rpa_weight (lambda) must lie in [0, 1], got {self.rpa_weight}")
         for name, value in (("beta", self.beta), ("temperature", self.temperature), ("max_scale", self.max_scale)):
