@@ -16,6 +16,10 @@ os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Expected values here are float32 CPU numbers; on a GPU, training would default to bf16 and cuDNN to TF32. So CUDA
+# stays hidden (subprocesses too), except with MAPLE_TEST_CUDA=1, which runs test_cuda.py's checks of the GPU paths.
+if os.environ.get("MAPLE_TEST_CUDA") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
 

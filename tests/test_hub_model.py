@@ -61,7 +61,7 @@ from peft import PeftModel
 from transformers import AutoModel, AutoProcessor
 expected = torch.load("{expected}")
 model = AutoModel.from_pretrained("{model_repo}", trust_remote_code=True)
-processor = AutoProcessor.from_pretrained("{model_repo}", trust_remote_code=True)
+processor = AutoProcessor.from_pretrained("{model_repo}", trust_remote_code=True, backend="pil")  # as built
 text, image = model.encode(processor, texts=TEXTS, images=IMAGES)
 model_identical = torch.equal(text, expected["text"]) and torch.equal(image, expected["image"])
 adapted = PeftModel.from_pretrained(model, "{lora_repo}")

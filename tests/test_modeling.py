@@ -133,7 +133,7 @@ def test_save_load_round_trip_with_and_without_package(backbone, tmp_path):
     expected_text, expected_image = model.encode(processor, texts=TEXTS, images=images)
 
     loaded = AutoModel.from_pretrained(tmp_path)
-    loaded_processor = AutoProcessor.from_pretrained(tmp_path)
+    loaded_processor = AutoProcessor.from_pretrained(tmp_path, backend="pil")  # as built: see test_mllm_families
     assert isinstance(loaded, MapleModel) and isinstance(loaded_processor, MapleProcessor)
     text_embeds, image_embeds = loaded.encode(loaded_processor, texts=TEXTS, images=images)
     torch.testing.assert_close(text_embeds, expected_text, atol=1e-6, rtol=0)
@@ -145,7 +145,7 @@ def test_save_load_round_trip_with_and_without_package(backbone, tmp_path):
         import numpy as np, torch
         from transformers import AutoModel, AutoProcessor
         model = AutoModel.from_pretrained(".", trust_remote_code=True)
-        processor = AutoProcessor.from_pretrained(".", trust_remote_code=True)
+        processor = AutoProcessor.from_pretrained(".", trust_remote_code=True, backend="pil")
         texts, images = model.encode(processor, texts={TEXTS!r}, images=["image0.png", "image1.png"])
         error = np.abs(torch.cat([texts, images]).numpy() - np.load("expected.npy")).max()
         print(type(model).__module__, error)

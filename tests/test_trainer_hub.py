@@ -40,7 +40,7 @@ from huggingface_hub import ModelCard
 from transformers import AutoModel, AutoProcessor
 expected = torch.load("{expected}")
 model = AutoModel.from_pretrained("{repo}", trust_remote_code=True)
-processor = AutoProcessor.from_pretrained("{repo}", trust_remote_code=True)
+processor = AutoProcessor.from_pretrained("{repo}", trust_remote_code=True, backend="pil")  # as built
 text, image = model.encode(processor, texts=TEXTS, images=IMAGES)
 print(json.dumps({{
     "model_class": type(model).__module__,
