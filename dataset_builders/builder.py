@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 
 from trainer.schema import PREFERENCE_FEATURES
 
-from .interfaces import CandidateCaptioner, PreferenceJudge
+from .interfaces import CandidateCaptioner, PreferenceJudge, first_finding
 from .miner import HardNegativeMiner, check_finite, check_semdedup_clusters
 
 FEATURES = PREFERENCE_FEATURES
@@ -715,11 +715,8 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         components = [("judge", self.judge), ("miner", self.miner)]
         if self.config.text_candidates == "generated":
             components.append(("captioner", self.captioner))
-        for role, component in components:
-            check = getattr(component, "image_problem", None)
-            if check is not None and (problem := check(size)) is not None:
-                return f"the {role}: {problem}"
-        return None
+        found = first_finding(components, "image_problem", size)
+        return None if found is None else f"the {found[0]}: {found[1]}"
 
     def _image(self, row: int) -> PIL.Image.Image:
         return _decode(_image_bytes(self._load_source()[row][self.config.image_column]), row)

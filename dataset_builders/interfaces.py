@@ -5,7 +5,8 @@ MLLMs; anything else with these methods (the demo's scene-graph judge, a test do
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from collections.abc import Iterable
+from typing import Any, Protocol, runtime_checkable
 
 import PIL.Image
 import torch
@@ -37,3 +38,15 @@ class CandidateCaptioner(Protocol):
         returns, per pair, the generated candidate texts (captions of the anchor and of the
         negative)."""
         ...
+
+
+def first_finding(components: Iterable[tuple[str, Any]], check: str, *args: Any) -> tuple[str, Any] | None:
+    """The first `(name, finding)` for which `component.<check>(*args)` is not None, in order; None if there is none.
+
+    `image_problem(size)` and `special_token_in(text)` are optional checks of judges, captioners and miners (`MLLMJudge`
+    has both): a component without the check accepts everything, so it is passed over."""
+    for name, component in components:
+        method = getattr(component, check, None)
+        if method is not None and (finding := method(*args)) is not None:
+            return name, finding
+    return None

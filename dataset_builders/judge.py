@@ -19,7 +19,7 @@ import PIL.Image
 import torch
 from transformers import DynamicCache
 
-from .interfaces import PreferenceJudge
+from .interfaces import PreferenceJudge, first_finding
 from .vlm_inputs import EncodedImages, PromptEncoder, load_vlm, model_settings, prompt_encoder_for, to_model
 
 DEFAULT_JUDGE_PROMPT = 'Does the image align with the text "{text}"? Answer Yes or No.'
@@ -403,20 +403,14 @@ class JudgeEnsemble:
 
     def image_problem(self, size: tuple[int, int]) -> str | None:
         """The first member judge's reason not to take an image of `size`, or None."""
-        for judge in self.judges:
-            check = getattr(judge, "image_problem", None)
-            if check is not None and (problem := check(size)) is not None:
-                return problem
-        return None
+        found = first_finding(enumerate(self.judges), "image_problem", size)
+        return None if found is None else found[1]
 
     def special_token_in(self, text: str) -> str | None:
         """The first special token of a member judge's tokenizer that `text` contains, or None
         (members without `special_token_in` read any text)."""
-        for judge in self.judges:
-            find = getattr(judge, "special_token_in", None)
-            if find is not None and (token := find(text)) is not None:
-                return token
-        return None
+        found = first_finding(enumerate(self.judges), "special_token_in", text)
+        return None if found is None else found[1]
 
     def score(
         self, images: list[PIL.Image.Image], texts: list[list[str]], *, reuse_prefix: bool = True
