@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 
 from trainer.schema import PREFERENCE_FEATURES
 
-from .interfaces import CandidateCaptioner, PreferenceJudge, first_finding
+from .interfaces import CandidateCaptioner, PreferenceJudge, component_name, first_finding
 from .miner import HardNegativeMiner, check_finite, check_semdedup_clusters
 
 FEATURES = PREFERENCE_FEATURES
@@ -212,8 +212,7 @@ def _atomic_torch_save(path: Path, value: Any) -> None:
 
 
 def _component_name(component: object | None) -> str | None:
-    """How a judge, captioner or miner is named in cards and cache keys."""
-    return None if component is None else getattr(component, "name", type(component).__name__)
+    return None if component is None else component_name(component)
 
 
 def _component_settings(component: object | None) -> dict[str, Any] | None:

@@ -40,6 +40,11 @@ class CandidateCaptioner(Protocol):
         ...
 
 
+def component_name(component: Any) -> str:
+    """How a judge, captioner or miner is named in cards, cache keys and ensembles: its `name`, else its class name."""
+    return getattr(component, "name", type(component).__name__)
+
+
 def first_finding(components: Iterable[tuple[str, Any]], check: str, *args: Any) -> tuple[str, Any] | None:
     """The first `(name, finding)` for which `component.<check>(*args)` is not None, in order; None if there is none.
 

@@ -19,7 +19,7 @@ import PIL.Image
 import torch
 from transformers import DynamicCache
 
-from .interfaces import PreferenceJudge, first_finding
+from .interfaces import PreferenceJudge, component_name, first_finding
 from .vlm_inputs import EncodedImages, PromptEncoder, load_vlm, model_settings, prompt_encoder_for, to_model
 
 DEFAULT_JUDGE_PROMPT = 'Does the image align with the text "{text}"? Answer Yes or No.'
@@ -369,10 +369,6 @@ class MLLMJudge:
         return list(torch.cat(alphas).cpu().split([len(candidates) for candidates in texts]))
 
 
-def _judge_name(judge: PreferenceJudge) -> str:
-    return getattr(judge, "name", type(judge).__name__)
-
-
 class JudgeEnsemble:
     """Mean alpha of several judges: averaging different models dampens one model's biases.
 
@@ -383,7 +379,7 @@ class JudgeEnsemble:
         if not judges:
             raise ValueError("a judge ensemble needs at least one judge")
         self.judges = list(judges)
-        self.name = name or " + ".join(_judge_name(judge) for judge in self.judges)
+        self.name = name or " + ".join(component_name(judge) for judge in self.judges)
 
     @property
     def prompt(self) -> str | None:
@@ -393,7 +389,7 @@ class JudgeEnsemble:
         if len(set(prompts)) == 1:
             return prompts[0]
         return "\n".join(
-            f"{_judge_name(judge)}: {'not recorded' if prompt is None else prompt}" for judge, prompt in zip(self.judges, prompts)
+            f"{component_name(judge)}: {'not recorded' if prompt is None else prompt}" for judge, prompt in zip(self.judges, prompts)
         )
 
     @property
