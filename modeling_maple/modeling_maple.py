@@ -75,6 +75,12 @@ class MaplePreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_attention_backend = True
+    # MAPLE's own heads and logit scales stay float32 when a checkpoint loads in bf16 or fp16: a bf16 log-scale
+    # near log(1/0.07) moves in steps of 0.016, coarser than an optimiser step, so it would stop learning.
+    # (Patterns are regular expressions searched in parameter names: anchored, to leave the backbones alone.)
+    _keep_in_fp32_modules_strict = [
+        r"^logit_scale$", r"^preference_logit_scale$", r"^projection\.", r"^visual_projection\.", r"^text_projection\."
+    ]
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -325,6 +331,13 @@ class MapleModel(MaplePreTrainedModel):
             results.append(torch.cat(embeds) if embeds else torch.empty(0, self.embed_dim))
         self.train(was_training)
         return results[0] if len(results) == 1 else tuple(results)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The backbone's weights dtype (bf16 for Qwen2-VL checkpoints), which `save_pretrained` records and
+        `dtype="auto"` restores. The float32 logit scales come first among the parameters, so transformers'
+        default (the first parameter's dtype) would say float32 and reload a bf16 backbone in float32."""
+        return (self.mllm if self.config.backbone == "mllm" else self.vision_tower).dtype
 
     @property
     def embed_dim(self) -> int:

@@ -226,6 +226,25 @@ def test_from_backbone_on_a_bf16_checkpoint_gives_float32_embeddings(tmp_path):
     assert outputs.text_embeds.shape == (2, 8)
 
 
+def test_bf16_checkpoint_reloads_with_a_bf16_backbone_and_float32_heads(tmp_path):
+    """`dtype="auto"` restores the backbone's bf16 (the saved dtype was the float32 scales'), and `dtype=bfloat16`
+    leaves the head and the learnable logit scales in float32, where an optimiser step can still move them."""
+    AutoModel.from_config(tiny_qwen2_vl_config()).to(torch.bfloat16).save_pretrained(tmp_path / "backbone")
+    model = MapleModel.from_backbone(str(tmp_path / "backbone"), backbone="mllm", projection_dim=8)
+    model.save_pretrained(tmp_path / "maple")
+    assert json.loads((tmp_path / "maple" / "config.json").read_text())["dtype"] == "bfloat16"
+    for dtype in ("auto", torch.bfloat16):
+        loaded = AutoModel.from_pretrained(tmp_path / "maple", dtype=dtype)
+        assert loaded.mllm.dtype == loaded.dtype == torch.bfloat16, dtype
+        own = {name: param.dtype for name, param in loaded.named_parameters() if not name.startswith("mllm.")}
+        assert own == dict.fromkeys(["logit_scale", "preference_logit_scale", "projection.weight"], torch.float32), dtype
+    dual = build_tiny("dual_encoder")[0]
+    dual.save_pretrained(tmp_path / "dual")
+    loaded = AutoModel.from_pretrained(tmp_path / "dual", dtype=torch.bfloat16)
+    assert loaded.vision_tower.dtype == loaded.text_tower.dtype == torch.bfloat16
+    assert {loaded.visual_projection.weight.dtype, loaded.text_projection.weight.dtype, loaded.logit_scale.dtype} == {torch.float32}
+
+
 def test_from_backbone_two_tower_clip_keeps_towers_and_projections(tmp_path):
     torch.manual_seed(0)
     config = CLIPConfig(
