@@ -258,15 +258,27 @@ class MLLMJudge:
         return self.prompt_encoder.tokenizer(suffixes, add_special_tokens=False)["input_ids"]
 
     def _alphas(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """(batch, hidden) last-position states -> (batch,) float32 alphas."""
-        logits = self.model.get_output_embeddings()(hidden_states).float()
-        return torch.softmax(logits[:, [self.yes_id, self.no_id]], dim=-1)[:, 0]
+        """(batch, hidden) last-position states -> (batch,) float32 alphas.
+
+        Only the "Yes" and "No" rows of the output embedding are applied, in float32: a bf16 head rounds logits
+        near 20 to steps of 0.125, which merges close judgements into ties. A head offloaded by a `device_map`
+        (weights on the meta device until its forward) runs whole, in its own dtype."""
+        head = self.model.get_output_embeddings()
+        rows = [self.yes_id, self.no_id]
+        if head.weight.device.type == "meta":
+            logits = head(hidden_states)[:, rows].float()
+        else:
+            logits = hidden_states.to(head.weight.device).float() @ head.weight[rows].float().T
+            if getattr(head, "bias", None) is not None:
+                logits = logits + head.bias[rows].float()
+        return torch.softmax(logits, dim=-1)[:, 0]
 
     @staticmethod
     def _last_states(hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(batch, seq, hidden) right-padded -> (batch, hidden) at each row's last real token."""
-        last = attention_mask.sum(dim=1) - 1
-        return hidden_states[torch.arange(hidden_states.shape[0]), last]
+        """(batch, seq, hidden) right-padded -> (batch, hidden) at each row's last real token. With a `device_map`
+        the states come from the last GPU and the mask lives on the first."""
+        last = (attention_mask.sum(dim=1) - 1).to(hidden_states.device)
+        return hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), last]
 
     @torch.inference_mode()
     def score(
@@ -353,7 +365,8 @@ class MLLMJudge:
             suffix_ids, suffix_mask = self.prompt_encoder.pad(self.suffix_ids([text for _, text in batch_pairs]), padding_side="right")
             suffix_ids, suffix_mask = suffix_ids.to(self.model.device), suffix_mask.to(self.model.device)
             batch, length = suffix_ids.shape
-            anchors = torch.tensor([anchor for anchor, _ in batch_pairs], device=self.model.device)
+            # on the CPU: it indexes cached layers that a `device_map` spreads over several GPUs
+            anchors = torch.tensor([anchor for anchor, _ in batch_pairs])
             offsets = position_offsets[anchors] if isinstance(position_offsets, torch.Tensor) else position_offsets
             positions = self.prompt_encoder.continuation_positions(prefix_length, length, batch, offsets, suffix_ids.device)
             # Each pair attends to its own anchor's cached prefix.

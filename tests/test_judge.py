@@ -84,6 +84,21 @@ def test_per_pair_path_matches_the_model_forward_one_pair_at_a_time(sharp_judge)
             assert abs(reference.item() - alpha.item()) < 1e-5
 
 
+def test_a_bf16_judge_computes_its_yes_no_logits_in_float32():
+    """A bf16 head rounds logits near 20 to steps of 0.125, which merges close judgements into ties."""
+    judge = tiny_judge(seed=0)
+    judge.model.to(torch.bfloat16)
+    head = judge.model.get_output_embeddings()
+    rows = [judge.yes_id, judge.no_id]
+    with torch.no_grad():
+        head.weight[rows] = torch.randn(2, head.in_features, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16) * 4
+    hidden = torch.randn(256, head.in_features, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    expected = torch.softmax(hidden.float() @ head.weight[rows].float().T, dim=-1)[:, 0]
+    bf16_head = torch.softmax(head(hidden)[:, rows].float(), dim=-1)[:, 0]
+    assert (bf16_head - expected).abs().max() > 1e-3  # the rounding this test is about
+    torch.testing.assert_close(judge._alphas(hidden), expected, atol=1e-6, rtol=0)
+
+
 def test_shared_prefix_covers_the_question_head_and_keeps_tokenisation(sharp_judge):
     assert sharp_judge.prefix_text.endswith("Does the image align with the text")
     tokenizer = sharp_judge.prompt_encoder.tokenizer
