@@ -445,7 +445,7 @@ def test_persistent_workers_are_rejected_with_subsampled_candidates(tmp_path):
 
 def test_config_defaults_run_on_cpu_and_follow_the_paper(tmp_path):
     config = RPAConfig(output_dir=str(tmp_path))
-    assert config.bf16 is (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    assert config.bf16 is (torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False))
     assert not config.gradient_checkpointing
     assert config.learning_rate == 5e-4 and config.lr_scheduler_type == "cosine" and config.warmup_steps == 0.025
     assert (config.rpa_loss, config.reference, config.expand_negatives) == ("listwise", "none", True)

@@ -72,7 +72,7 @@ class RPAConfig(DPOConfig):
         default=None,
         metadata={
             "help": "bf16 mixed precision, as in MAPLE. `None` turns it on only where training runs on a CUDA device "
-            "that supports bf16 (not with `use_cpu`), so CPU runs need no flag."
+            "with native bf16 (Ampere or newer; not with `use_cpu`), so CPU runs need no flag."
         },
     )
     max_length: int | None = field(
@@ -200,7 +200,8 @@ class RPAConfig(DPOConfig):
     def __post_init__(self):
         if self.bf16 is None:
             on_cuda = torch.cuda.is_available() and not self.use_cpu
-            self.bf16 = bool(on_cuda and torch.cuda.is_bf16_supported()) and not self.fp16
+            # without emulation: T4/V100 (before Ampere) would run bf16 emulated, slower than float32
+            self.bf16 = bool(on_cuda and torch.cuda.is_bf16_supported(including_emulation=False)) and not self.fp16
         if not 0.0 <= self.rpa_weight <= 1.0:
             raise ValueError(f"rpa_weight (lambda) must lie in [0, 1], got {self.rpa_weight}")
         for name, value in (("beta", self.beta), ("temperature", self.temperature), ("max_scale", self.max_scale)):

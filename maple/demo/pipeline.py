@@ -507,10 +507,12 @@ def _build_preferences(config: DemoConfig, world: World, base_dir: Path, folder:
     from dataset_builders import HardNegativeMiner, MaplePreferences
     from model_cards import dataset_card_from_stats
 
+    # On the CPU like the demo's training, so that a GPU machine mines the same neighbours (a GPU's sums can order
+    # near ties differently).
     if config.miner == "scene-graph":
-        miner = HardNegativeMiner(SceneFeatureEncoder(world.registry), batch_size=256)
+        miner = HardNegativeMiner(SceneFeatureEncoder(world.registry), batch_size=256, search_device="cpu")
     else:
-        miner = HardNegativeMiner.from_maple(*_load(base_dir), batch_size=256)
+        miner = HardNegativeMiner.from_maple(*_load(base_dir), batch_size=256, search_device="cpu")
     builder = MaplePreferences(
         config_name="paper",
         judge=make_judge(config, world),
