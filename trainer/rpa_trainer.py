@@ -643,11 +643,11 @@ def _candidate_similarities(text_embeds: Tensor, image_embeds: Tensor, inputs: d
 
 
 def anchor_recall_at_1(text_embeds: Tensor, image_embeds: Tensor, text_ids: Tensor, image_ids: Tensor) -> dict[str, float]:
-    """Recall@1 (0-100, `evaluation.metrics.retrieval_recall`) between the anchors of an evaluation set, row ``i``
-    pairing caption ``text_ids[i]`` with image ``image_ids[i]``. Captions and images are de-duplicated by content id,
-    so each is one query and one key; an image's relevant set is every caption paired with it (and a caption's,
-    every image paired with it)."""
-    from evaluation.metrics import retrieval_recall
+    """Recall@1 (0-100, `evaluation.retrieval.chunked_retrieval_recall`: no captions x images matrix) between the
+    anchors of an evaluation set, row ``i`` pairing caption ``text_ids[i]`` with image ``image_ids[i]``. Captions and
+    images are de-duplicated by content id, so each is one query and one key; an image's relevant set is every
+    caption paired with it (and a caption's, every image paired with it)."""
+    from evaluation.retrieval import chunked_retrieval_recall
 
     text_ids, image_ids = text_ids.tolist(), image_ids.tolist()
     text_rows, image_rows = _first_rows(text_ids), _first_rows(image_ids)
@@ -660,8 +660,8 @@ def anchor_recall_at_1(text_embeds: Tensor, image_embeds: Tensor, text_ids: Tens
         texts_of_image[image_id].add(text_position[text_id])
     texts = text_embeds[list(text_rows.values())].float()
     images = image_embeds[list(image_rows.values())].float()
-    text_to_image = retrieval_recall(texts @ images.T, [sorted(images_of_text[i]) for i in text_rows], ks=(1,))
-    image_to_text = retrieval_recall(images @ texts.T, [sorted(texts_of_image[i]) for i in image_rows], ks=(1,))
+    text_to_image = chunked_retrieval_recall(texts, images, [sorted(images_of_text[i]) for i in text_rows], ks=(1,))
+    image_to_text = chunked_retrieval_recall(images, texts, [sorted(texts_of_image[i]) for i in image_rows], ks=(1,))
     return {"text_to_image": text_to_image["recall@1"], "image_to_text": image_to_text["recall@1"]}
 
 
