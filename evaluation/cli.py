@@ -298,3 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{parser.prog}: error: pushing the results to {args.model} failed (HTTP {status}); they are saved in {args.out}", file=sys.stderr)
             return 1
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
