@@ -178,12 +178,26 @@ def weights_digest(model: torch.nn.Module, values_per_tensor: int = 1024) -> str
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
         digest.update(f"{name} {tuple(tensor.shape)} {tensor.dtype}".encode())
-        if tensor.device.type == "meta":  # offloaded by a device map: its shape and dtype are all there is
-            continue
+        if tensor.device.type == "meta":  # offloaded by a device map: the values are in its offload hook
+            tensor = _offloaded_tensor(model, name)
+            if tensor is None:
+                continue
         values = tensor.detach().reshape(-1)
         values = values[:: max(1, values.numel() // values_per_tensor)][:values_per_tensor]
         digest.update(values.cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def _offloaded_tensor(model: torch.nn.Module, name: str) -> torch.Tensor | None:
+    """The values of state-dict entry `name` that accelerate offloaded (to the CPU or disk): its module's offload hook
+    holds them in a `weights_map`, so the digest does not depend on how much of the model fitted on the GPUs."""
+    module_name, _, tensor_name = name.rpartition(".")
+    hook = getattr(model.get_submodule(module_name), "_hf_hook", None)
+    for each in getattr(hook, "hooks", [hook]):  # a SequentialHook holds several
+        weights_map = getattr(each, "weights_map", None)
+        if weights_map is not None and tensor_name in weights_map:
+            return weights_map[tensor_name]
+    return None
 
 
 def model_settings(model: torch.nn.Module, prompt_encoder: PromptEncoder) -> dict:

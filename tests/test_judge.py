@@ -486,6 +486,24 @@ def test_smolvlm_judge_refuses_its_literal_image_placeholder_in_a_text():
         judge.score([IMAGES[0]], [["an <image> here"]])
 
 
+@pytest.mark.parametrize("offload", ["cpu", "disk"])
+def test_weights_digest_does_not_depend_on_offloading(offload, tmp_path):
+    """A judge spread by a device map keeps offloaded weights on the meta device, their values in accelerate's
+    offload hooks: a build resumed on a machine with more or less GPU memory must find the same digest."""
+    from accelerate import cpu_offload, disk_offload
+
+    from dataset_builders.vlm_inputs import weights_digest
+
+    model = tiny_image_text_model("qwen2_vl", seed=0)
+    expected = weights_digest(model)
+    if offload == "cpu":
+        cpu_offload(model, execution_device="cpu")
+    else:
+        disk_offload(model, offload_dir=str(tmp_path), execution_device="cpu")
+    assert all(tensor.device.type == "meta" for tensor in model.state_dict().values())
+    assert weights_digest(model) == expected
+
+
 def test_settings_hold_what_changes_the_scores():
     """The builder's manifest records them (with the name), so a resumed build cannot mix shards of
     judges that differ in resolution, dtype, prompt or chat template."""
