@@ -137,7 +137,8 @@ def load_embedder(model_ref: str, revision: str | None = None, trust_remote_code
     """(model, processor) for `model_ref`, a local folder or a Hub repo id, in eval mode.
 
     A LoRA adapter (adapter_config.json, as `PeftModel.save_pretrained` writes) is loaded onto its
-    base checkpoint (`base_model_name_or_path`), itself resolved by this function. Errors are those of
+    base checkpoint (`base_model_name_or_path`), itself resolved by this function. A MAPLE checkpoint loads in
+    float32; a backbone (not yet a MAPLE checkpoint) through `from_backbone`, in its own dtype. Errors are those of
     [`checkpoint_config`], raised before any weights load.
     """
     name, config = checkpoint_config(model_ref, revision)
@@ -150,11 +151,13 @@ def load_embedder(model_ref: str, revision: str | None = None, trust_remote_code
         return PeftModel.from_pretrained(base, model_ref, revision=revision).eval(), processor
     # Importing modeling_maple registers the MAPLE classes with the Auto classes.
     import modeling_maple
+    import torch
     from modeling_maple.configuration_maple import backbone_of
     from transformers import AutoModel, AutoProcessor
 
     if config.get("model_type") == MAPLE_MODEL_TYPE:
-        model = AutoModel.from_pretrained(model_ref, revision=revision, trust_remote_code=trust_remote_code)
+        # float32, as its results have always been computed (transformers 5 would load a bf16 backbone in bf16)
+        model = AutoModel.from_pretrained(model_ref, revision=revision, trust_remote_code=trust_remote_code, dtype=torch.float32)
         processor = AutoProcessor.from_pretrained(model_ref, revision=revision, trust_remote_code=trust_remote_code)
         return model.eval(), processor
     backbone = backbone_of(config.get("model_type"))

@@ -121,15 +121,18 @@ class MapleModel(MaplePreTrainedModel):
             hidden_size = config.mllm_config.get_text_config().hidden_size
             self._set_attention_direction(bidirectional=config.bidirectional)
             self.projection = (
-                nn.Linear(hidden_size, config.projection_dim, bias=False) if config.projection_dim else None
+                nn.Linear(hidden_size, config.projection_dim, bias=False, dtype=torch.float32) if config.projection_dim else None
             )
         else:
             self.vision_tower = vision_tower if vision_tower is not None else tower_from_config(config.vision_config)
             self.text_tower = text_tower if text_tower is not None else tower_from_config(config.text_config)
-            self.visual_projection = nn.Linear(_pooled_size(config.vision_config, config.pooling), config.projection_dim, bias=False)
-            self.text_projection = nn.Linear(_pooled_size(config.text_config, config.pooling), config.projection_dim, bias=False)
-        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
-        self.preference_logit_scale = nn.Parameter(torch.tensor(config.preference_logit_scale_init_value))
+            pooled_sizes = _pooled_size(config.vision_config, config.pooling), _pooled_size(config.text_config, config.pooling)
+            self.visual_projection = nn.Linear(pooled_sizes[0], config.projection_dim, bias=False, dtype=torch.float32)
+            self.text_projection = nn.Linear(pooled_sizes[1], config.projection_dim, bias=False, dtype=torch.float32)
+        # float32 even under a bf16 default dtype (`from_pretrained(dtype=torch.bfloat16)` builds the model so): a
+        # head the checkpoint lacks, such as a new `projection_dim`, is created, not loaded, and would stay bf16
+        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value, dtype=torch.float32))
+        self.preference_logit_scale = nn.Parameter(torch.tensor(config.preference_logit_scale_init_value, dtype=torch.float32))
         self.post_init()
 
     def _set_attention_direction(self, bidirectional: bool) -> None:

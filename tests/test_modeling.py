@@ -228,7 +228,8 @@ def test_from_backbone_on_a_bf16_checkpoint_gives_float32_embeddings(tmp_path):
 
 def test_bf16_checkpoint_reloads_with_a_bf16_backbone_and_float32_heads(tmp_path):
     """`dtype="auto"` restores the backbone's bf16 (the saved dtype was the float32 scales'), and `dtype=bfloat16`
-    leaves the head and the learnable logit scales in float32, where an optimiser step can still move them."""
+    leaves the head and the learnable logit scales in float32, where an optimiser step can still move them. The
+    trainer and `maple eval` load float32 weights unless told otherwise."""
     AutoModel.from_config(tiny_qwen2_vl_config()).to(torch.bfloat16).save_pretrained(tmp_path / "backbone")
     model = MapleModel.from_backbone(str(tmp_path / "backbone"), backbone="mllm", projection_dim=8)
     model.save_pretrained(tmp_path / "maple")
@@ -238,6 +239,20 @@ def test_bf16_checkpoint_reloads_with_a_bf16_backbone_and_float32_heads(tmp_path
         assert loaded.mllm.dtype == loaded.dtype == torch.bfloat16, dtype
         own = {name: param.dtype for name, param in loaded.named_parameters() if not name.startswith("mllm.")}
         assert own == dict.fromkeys(["logit_scale", "preference_logit_scale", "projection.weight"], torch.float32), dtype
+    # a head the checkpoint lacks (another projection_dim) is created float32 too
+    build_tiny("mllm")[0].save_pretrained(tmp_path / "headless")  # projection_dim None: no projection saved
+    headed = AutoModel.from_pretrained(tmp_path / "headless", dtype=torch.bfloat16, projection_dim=4)
+    assert headed.projection.weight.dtype == torch.float32
+    # training and evaluation load it in float32 (as TRL and `maple train` do), not in the recorded bf16
+    from evaluation.models import load_embedder
+    from trainer import RPATrainer
+    from trainer.testing import smoke_config, synthetic_preference_dataset
+
+    build_tiny("mllm")[1].save_pretrained(tmp_path / "maple")
+    assert load_embedder(str(tmp_path / "maple"))[0].mllm.dtype == torch.float32
+    trainer = RPATrainer(str(tmp_path / "maple"), args=smoke_config(str(tmp_path / "run")),
+                         train_dataset=synthetic_preference_dataset(8))
+    assert {param.dtype for param in trainer.model.parameters()} == {torch.float32}
     dual = build_tiny("dual_encoder")[0]
     dual.save_pretrained(tmp_path / "dual")
     loaded = AutoModel.from_pretrained(tmp_path / "dual", dtype=torch.bfloat16)

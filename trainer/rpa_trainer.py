@@ -130,6 +130,9 @@ class RPATrainer(DPOTrainer):
             )
         if isinstance(model, str):
             model_init_kwargs = {"trust_remote_code": args.trust_remote_code, **(args.model_init_kwargs or {})}
+            # float32 weights unless a dtype is given, as in TRL and `maple train`: transformers 5 would load a bf16
+            # checkpoint's backbone in bf16, where updates below its resolution are lost
+            model_init_kwargs.setdefault("dtype", torch.float32)
             if processing_class is None:
                 processing_class = AutoProcessor.from_pretrained(
                     model, trust_remote_code=args.trust_remote_code, revision=model_init_kwargs.get("revision")
