@@ -20,7 +20,7 @@ import torch
 from transformers import DynamicCache
 
 from .interfaces import PreferenceJudge, component_name, first_finding
-from .vlm_inputs import EncodedImages, PromptEncoder, load_vlm, model_settings, prompt_encoder_for, to_model
+from .vlm_inputs import EncodedImages, PromptEncoder, load_vlm, model_settings, offloaded_tensor, prompt_encoder_for, to_model
 
 DEFAULT_JUDGE_PROMPT = 'Does the image align with the text "{text}"? Answer Yes or No.'
 """The paper's judge question; the image comes first, as `<image>` does in the paper."""
@@ -182,8 +182,9 @@ class MLLMJudge:
         """What, beside `name`, decides the judge's scores: the prompt, the chat template, the
         weights dtype and the image processor's settings (e.g. Qwen-VL's max_pixels). The builder's
         manifest records them, so a resumed build never mixes shards scored under other settings.
-        Batch size and device change only float rounding and are left out."""
-        return {"prompt": self.prompt, **model_settings(self.model, self.prompt_encoder)}
+        Batch size and device change only float rounding and are left out. `answer_logits` marks the float32
+        Yes/No logits (`_alphas`): builds begun when a bf16 judge rounded them must not be resumed."""
+        return {"prompt": self.prompt, "answer_logits": "float32", **model_settings(self.model, self.prompt_encoder)}
 
     def _split_prompt(self) -> tuple[str, str]:
         """The rendered prompt cut into the part shared by all candidate texts and the rest:
@@ -262,15 +263,19 @@ class MLLMJudge:
 
         Only the "Yes" and "No" rows of the output embedding are applied, in float32: a bf16 head rounds logits
         near 20 to steps of 0.125, which merges close judgements into ties. A head offloaded by a `device_map`
-        (weights on the meta device until its forward) runs whole, in its own dtype."""
+        (on the meta device) is read from its offload hook."""
         head = self.model.get_output_embeddings()
         rows = [self.yes_id, self.no_id]
-        if head.weight.device.type == "meta":
-            logits = head(hidden_states)[:, rows].float()
-        else:
-            logits = hidden_states.to(head.weight.device).float() @ head.weight[rows].float().T
-            if getattr(head, "bias", None) is not None:
-                logits = logits + head.bias[rows].float()
+
+        def answer_rows(name: str) -> torch.Tensor | None:
+            tensor = getattr(head, name, None)
+            if tensor is not None and tensor.device.type == "meta":
+                tensor = offloaded_tensor(head, name)
+            return None if tensor is None else tensor[rows].to(hidden_states.device, torch.float32)
+
+        logits = hidden_states.float() @ answer_rows("weight").T
+        if (bias := answer_rows("bias")) is not None:
+            logits = logits + bias
         return torch.softmax(logits, dim=-1)[:, 0]
 
     @staticmethod

@@ -179,7 +179,8 @@ def weights_digest(model: torch.nn.Module, values_per_tensor: int = 1024) -> str
     for name, tensor in model.state_dict().items():
         digest.update(f"{name} {tuple(tensor.shape)} {tensor.dtype}".encode())
         if tensor.device.type == "meta":  # offloaded by a device map: the values are in its offload hook
-            tensor = _offloaded_tensor(model, name)
+            module_name, _, tensor_name = name.rpartition(".")
+            tensor = offloaded_tensor(model.get_submodule(module_name), tensor_name)
             if tensor is None:
                 continue
         values = tensor.detach().reshape(-1)
@@ -188,11 +189,10 @@ def weights_digest(model: torch.nn.Module, values_per_tensor: int = 1024) -> str
     return digest.hexdigest()[:16]
 
 
-def _offloaded_tensor(model: torch.nn.Module, name: str) -> torch.Tensor | None:
-    """The values of state-dict entry `name` that accelerate offloaded (to the CPU or disk): its module's offload hook
-    holds them in a `weights_map`, so the digest does not depend on how much of the model fitted on the GPUs."""
-    module_name, _, tensor_name = name.rpartition(".")
-    hook = getattr(model.get_submodule(module_name), "_hf_hook", None)
+def offloaded_tensor(module: torch.nn.Module, tensor_name: str) -> torch.Tensor | None:
+    """The values of `module.<tensor_name>` where accelerate offloaded it (to the CPU or disk; the module then holds
+    a meta tensor): its offload hook keeps them in a `weights_map`. None if it has none."""
+    hook = getattr(module, "_hf_hook", None)
     for each in getattr(hook, "hooks", [hook]):  # a SequentialHook holds several
         weights_map = getattr(each, "weights_map", None)
         if weights_map is not None and tensor_name in weights_map:

@@ -97,6 +97,12 @@ def test_a_bf16_judge_computes_its_yes_no_logits_in_float32():
     bf16_head = torch.softmax(head(hidden)[:, rows].float(), dim=-1)[:, 0]
     assert (bf16_head - expected).abs().max() > 1e-3  # the rounding this test is about
     torch.testing.assert_close(judge._alphas(hidden), expected, atol=1e-6, rtol=0)
+    # the same where a device map offloaded the head (meta weights; the rows come from its offload hook)
+    from accelerate import cpu_offload
+
+    cpu_offload(head, execution_device="cpu")
+    assert head.weight.device.type == "meta"
+    torch.testing.assert_close(judge._alphas(hidden), expected, atol=1e-6, rtol=0)
 
 
 def test_shared_prefix_covers_the_question_head_and_keeps_tokenisation(sharp_judge):
@@ -510,7 +516,8 @@ def test_settings_hold_what_changes_the_scores():
     import json
 
     small, large = tiny_judge(image_size=32), tiny_judge(image_size=64)
-    assert set(small.settings) == {"prompt", "weights", "chat_template", "leading_special_ids", "dtype", "image_processor"}
+    assert set(small.settings) == {"prompt", "answer_logits", "weights", "chat_template", "leading_special_ids", "dtype",
+                                   "image_processor"}
     # the same weights give the same digest; one changed value, as in a model retrained in place, another
     assert small.settings["weights"] == tiny_judge(image_size=32).settings["weights"] == large.settings["weights"]
     retrained = tiny_judge(image_size=32)
