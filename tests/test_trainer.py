@@ -457,6 +457,10 @@ def test_bf16_default_is_off_when_training_on_the_cpu_of_a_gpu_machine(tmp_path,
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
     assert RPAConfig(output_dir=str(tmp_path), use_cpu=True).bf16 is False
     assert RPAConfig(output_dir=str(tmp_path), use_cpu=True, bf16=True).bf16 is True  # asked for: kept
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")  # `accelerate launch --cpu`
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)  # the faked CUDA reaches the device set-up
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert RPAConfig(output_dir=str(tmp_path)).bf16 is False
 
 
 @pytest.mark.parametrize(
