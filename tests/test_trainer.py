@@ -185,6 +185,14 @@ def test_eval_recall_matches_a_dense_recall_when_images_have_several_captions(tm
         assert metrics[f"eval_recall@1/{direction}"] == pytest.approx(expected[direction], abs=1e-6)
 
 
+def test_eval_recall_of_a_diverged_model_is_nan_not_an_error():
+    """Evaluation reports a diverged model as NaN (its loss is NaN too) rather than stopping the training run."""
+    embeds = torch.tensor([[1.0, 0.0], [float("nan"), 0.0]])
+    ids = torch.tensor([0, 1])
+    recalls = anchor_recall_at_1(embeds, embeds, ids, ids)
+    assert all(math.isnan(value) for value in recalls.values()) and set(recalls) == {"text_to_image", "image_to_text"}
+
+
 def test_mllm_backbone_trains_with_sampled_candidates(tmp_path):
     trainer = make_trainer(tmp_path, backbone="mllm", train_rows=16, max_steps=8, logging_steps=4,
                            num_text_candidates=2, num_image_candidates=3, rpa_loss="pairwise")

@@ -652,6 +652,8 @@ def anchor_recall_at_1(text_embeds: Tensor, image_embeds: Tensor, text_ids: Tens
     caption paired with it (and a caption's, every image paired with it)."""
     from evaluation.retrieval import chunked_retrieval_recall
 
+    if not (torch.isfinite(text_embeds).all() and torch.isfinite(image_embeds).all()):
+        return {"text_to_image": math.nan, "image_to_text": math.nan}  # a diverged model: NaN, like its loss
     text_ids, image_ids = text_ids.tolist(), image_ids.tolist()
     text_rows, image_rows = _first_rows(text_ids), _first_rows(image_ids)
     text_position = {identity: position for position, identity in enumerate(text_rows)}
