@@ -271,6 +271,8 @@ class MLLMJudge:
             tensor = getattr(head, name, None)
             if tensor is not None and tensor.device.type == "meta":
                 tensor = offloaded_tensor(head, name)
+                if tensor is None:
+                    raise RuntimeError(f"the judge's output embedding {name} is on the meta device without an offload hook")
             return None if tensor is None else tensor[rows].to(hidden_states.device, torch.float32)
 
         logits = hidden_states.float() @ answer_rows("weight").T

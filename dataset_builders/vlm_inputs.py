@@ -195,8 +195,11 @@ def offloaded_tensor(module: torch.nn.Module, tensor_name: str) -> torch.Tensor 
     hook = getattr(module, "_hf_hook", None)
     for each in getattr(hook, "hooks", [hook]):  # a SequentialHook holds several
         weights_map = getattr(each, "weights_map", None)
-        if weights_map is not None and tensor_name in weights_map:
-            return weights_map[tensor_name]
+        if weights_map is not None:
+            try:  # not `in`: a Mapping's `in` reads the tensor, which for disk offload means reading it twice
+                return weights_map[tensor_name]
+            except KeyError:
+                continue
     return None
 
 

@@ -114,8 +114,9 @@ def _model_state(model_ref: str) -> dict[str, Any]:
 
 
 # Raised whenever a benchmark is read or scored differently, so that results stored before are recomputed
-# (2: MMVP-VLM texts prefixed "a photo of ", non-finite embeddings refused, the default source recorded by its id).
-PROTOCOL_VERSION = 2
+# (2: MMVP-VLM texts prefixed "a photo of ", non-finite embeddings refused, the default source recorded by its id;
+# 3: backbones scored in float32 like MAPLE checkpoints, no longer in their bf16).
+PROTOCOL_VERSION = 3
 
 
 def _run_fingerprint(model_ref: str, model_state: dict[str, Any], benchmark: str, source: str | None) -> dict[str, Any]:

@@ -137,8 +137,9 @@ def load_embedder(model_ref: str, revision: str | None = None, trust_remote_code
     """(model, processor) for `model_ref`, a local folder or a Hub repo id, in eval mode.
 
     A LoRA adapter (adapter_config.json, as `PeftModel.save_pretrained` writes) is loaded onto its
-    base checkpoint (`base_model_name_or_path`), itself resolved by this function. A MAPLE checkpoint loads in
-    float32; a backbone (not yet a MAPLE checkpoint) through `from_backbone`, in its own dtype. Errors are those of
+    base checkpoint (`base_model_name_or_path`), itself resolved by this function. Weights load in float32, a MAPLE
+    checkpoint as a backbone (not yet a MAPLE checkpoint, wrapped by `from_backbone`), so a baseline and its
+    fine-tune are scored at one precision. Errors are those of
     [`checkpoint_config`], raised before any weights load.
     """
     name, config = checkpoint_config(model_ref, revision)
@@ -156,11 +157,11 @@ def load_embedder(model_ref: str, revision: str | None = None, trust_remote_code
     from transformers import AutoModel, AutoProcessor
 
     if config.get("model_type") == MAPLE_MODEL_TYPE:
-        # float32, as its results have always been computed (transformers 5 would load a bf16 backbone in bf16)
+        # float32: transformers 5 would load a bf16 backbone in bf16
         model = AutoModel.from_pretrained(model_ref, revision=revision, trust_remote_code=trust_remote_code, dtype=torch.float32)
         processor = AutoProcessor.from_pretrained(model_ref, revision=revision, trust_remote_code=trust_remote_code)
         return model.eval(), processor
     backbone = backbone_of(config.get("model_type"))
-    model = modeling_maple.MapleModel.from_backbone(model_ref, backbone=backbone, revision=revision)
+    model = modeling_maple.MapleModel.from_backbone(model_ref, backbone=backbone, revision=revision, dtype=torch.float32)
     processor = modeling_maple.MapleProcessor.from_backbone(model_ref, backbone=backbone, revision=revision)
     return model.eval(), processor

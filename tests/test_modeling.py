@@ -224,6 +224,9 @@ def test_from_backbone_on_a_bf16_checkpoint_gives_float32_embeddings(tmp_path):
     outputs = model(**processor(text=TEXTS[:2], images=random_images(2)))
     assert outputs.text_embeds.dtype == outputs.image_embeds.dtype == outputs.logits_per_text.dtype == torch.float32
     assert outputs.text_embeds.shape == (2, 8)
+    from evaluation.models import load_embedder  # scored in float32, like the MAPLE checkpoints trained from it
+
+    assert load_embedder(str(tmp_path))[0].mllm.dtype == torch.float32
 
 
 def test_bf16_checkpoint_reloads_with_a_bf16_backbone_and_float32_heads(tmp_path):
@@ -253,6 +256,10 @@ def test_bf16_checkpoint_reloads_with_a_bf16_backbone_and_float32_heads(tmp_path
     trainer = RPATrainer(str(tmp_path / "maple"), args=smoke_config(str(tmp_path / "run")),
                          train_dataset=synthetic_preference_dataset(8))
     assert {param.dtype for param in trainer.model.parameters()} == {torch.float32}
+    # a dtype asked for is honoured, under its former name `torch_dtype` too (many TRL recipes use it)
+    trainer = RPATrainer(str(tmp_path / "maple"), args=smoke_config(str(tmp_path / "run"), model_init_kwargs={"torch_dtype": "bfloat16"}),
+                         train_dataset=synthetic_preference_dataset(8))
+    assert trainer.model.mllm.dtype == torch.bfloat16 and trainer.model.logit_scale.dtype == torch.float32
     dual = build_tiny("dual_encoder")[0]
     dual.save_pretrained(tmp_path / "dual")
     loaded = AutoModel.from_pretrained(tmp_path / "dual", dtype=torch.bfloat16)

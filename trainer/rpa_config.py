@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 
 import torch
+from accelerate.utils import parse_flag_from_env
 from trl import DPOConfig
 
 # DPOConfig knobs that act on the token sequences or log-probabilities of a causal LM; an embedder has neither, so
@@ -201,7 +201,7 @@ class RPAConfig(DPOConfig):
     def __post_init__(self):
         if self.bf16 is None:
             # `accelerate launch --cpu` sets ACCELERATE_USE_CPU, which transformers reads as `use_cpu`
-            on_cpu = self.use_cpu or os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true", "yes", "on")
+            on_cpu = self.use_cpu or parse_flag_from_env("ACCELERATE_USE_CPU")
             on_cuda = torch.cuda.is_available() and not on_cpu
             # without emulation: T4/V100 (before Ampere) would run bf16 emulated, slower than float32
             self.bf16 = bool(on_cuda and torch.cuda.is_bf16_supported(including_emulation=False)) and not self.fp16

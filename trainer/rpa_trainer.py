@@ -130,6 +130,8 @@ class RPATrainer(DPOTrainer):
             )
         if isinstance(model, str):
             model_init_kwargs = {"trust_remote_code": args.trust_remote_code, **(args.model_init_kwargs or {})}
+            if "torch_dtype" in model_init_kwargs:  # transformers' former name, still in many TRL recipes
+                model_init_kwargs["dtype"] = model_init_kwargs.pop("torch_dtype")
             # float32 weights unless a dtype is given, as in TRL and `maple train`: transformers 5 would load a bf16
             # checkpoint's backbone in bf16, where updates below its resolution are lost
             model_init_kwargs.setdefault("dtype", torch.float32)
