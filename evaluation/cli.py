@@ -119,15 +119,17 @@ def _model_state(model_ref: str) -> dict[str, Any]:
 PROTOCOL_VERSION = 3
 
 
-def _run_fingerprint(model_ref: str, model_state: dict[str, Any], benchmark: str, source: str | None) -> dict[str, Any]:
-    """What a stored result was computed from: the model and its state (`_model_state`), the benchmark source
-    (the default one by its Hub id), with its files' sizes and modification times when it is local (a Hub dataset
-    by its id only), and the version of the evaluation protocol."""
+def _run_fingerprint(
+    model_ref: str, model_state: dict[str, Any], benchmark: str, source: str | None, dtype: str
+) -> dict[str, Any]:
+    """What a stored result was computed from: the model and its state (`_model_state`), the weights dtype, the
+    benchmark source (the default one by its Hub id), with its files' sizes and modification times when it is local
+    (a Hub dataset by its id only), and the version of the evaluation protocol."""
     source = source or BENCHMARKS[benchmark].hub_id
     source_path = Path(source).expanduser()
     source_files = _files_state(source_path, recursive=True) if source_path.exists() else None
-    return {"model": model_ref, "model_state": model_state, "source": source, "source_files": source_files,
-            "protocol": PROTOCOL_VERSION}
+    return {"model": model_ref, "model_state": model_state, "dtype": dtype, "source": source,
+            "source_files": source_files, "protocol": PROTOCOL_VERSION}
 
 
 def _with_unknown_commits_from(current: Any, stored: Any) -> Any:
@@ -146,19 +148,21 @@ def _same_run(stored: dict[str, Any], current: dict[str, Any]) -> bool:
     return stored == _with_unknown_commits_from(current, stored)
 
 
-def stored_results(model_ref: str, benchmarks: list[str], sources: dict[str, str], out: Path) -> dict[str, Any]:
+def stored_results(
+    model_ref: str, benchmarks: list[str], sources: dict[str, str], out: Path, dtype: str = "float32"
+) -> dict[str, Any]:
     """The results of `model_ref` stored in `out/<model>/<benchmark>.json` that were computed from the same
-    model files and benchmark source, by benchmark; the other benchmarks are still to do."""
+    model files, dtype and benchmark source, by benchmark; the other benchmarks are still to do."""
     folder = out / _model_folder_name(model_ref)
     done = {name: folder / f"{name}.json" for name in benchmarks if (folder / f"{name}.json").exists()}
     model_state = _model_state(model_ref) if done else None
     results: dict[str, Any] = {}
     for name, path in done.items():
         stored = json.loads(path.read_text())
-        if _same_run(stored.get("run", {}), _run_fingerprint(model_ref, model_state, name, sources.get(name))):
+        if _same_run(stored.get("run", {}), _run_fingerprint(model_ref, model_state, name, sources.get(name), dtype)):
             results[name] = stored["metrics"]
         else:
-            print(f"{model_ref}: {name}: stored result is from another model state, source or protocol version, recomputing")
+            print(f"{model_ref}: {name}: stored result is from another model state, dtype, source or protocol version, recomputing")
     return results
 
 
@@ -170,9 +174,10 @@ def evaluate_model(
     batch_size: int,
     stored: dict[str, Any],
     device: str = "cpu",
+    dtype: str = "float32",
 ) -> dict[str, Any]:
     """Results of one model on the benchmarks: the `stored` ones (`stored_results`) as they are, the others
-    computed on `device` and written to `out/<model>/<benchmark>.json`. The folder is created only once the
+    computed on `device` with weights in `dtype` and written to `out/<model>/<benchmark>.json`. The folder is created only once the
     model has loaded, so a model that fails to load leaves nothing behind."""
     folder = out / _model_folder_name(model_ref)
     results = dict(stored)
@@ -186,13 +191,13 @@ def evaluate_model(
         # so a source that is unreachable or in the wrong schema is reported before a large model is loaded.
         loaded = {name: load_benchmark(name, sources.get(name)) for name in todo}
         model_state = _model_state(model_ref)  # before loading: a change while it runs must not pass unnoticed
-        model, processor = load_embedder(model_ref)
+        model, processor = load_embedder(model_ref, dtype=dtype)
         model.to(device)
         folder.mkdir(parents=True, exist_ok=True)
         for name in todo:
             print(f"{model_ref}: evaluating {name} ...", flush=True)
             results[name] = run_benchmark(model, processor, loaded[name], batch_size)
-            record = {"run": _run_fingerprint(model_ref, model_state, name, sources.get(name)), "metrics": results[name]}
+            record = {"run": _run_fingerprint(model_ref, model_state, name, sources.get(name), dtype), "metrics": results[name]}
             partial = folder / f"{name}.json.partial"
             partial.write_text(json.dumps(record, indent=2))
             partial.replace(folder / f"{name}.json")  # atomic: a crash never leaves half a result
@@ -248,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("maple_eval"), help="results folder (resumable)")
     parser.add_argument("--batch-size", type=_at_least_one, default=32)
     parser.add_argument("--device", default=None, help="where the models embed, e.g. cuda:1 (default: cuda if available, else cpu)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="weights dtype of every model (backbones too, so models compare at one precision; MAPLE's heads stay float32)")
     parser.add_argument("--push-to-hub", action="store_true", help="write the results into MODEL's model card on the Hub")
     args = parser.parse_args(argv)
     sources = _parse_sources(parser, args.source)
@@ -272,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         # once, not after hours; a model whose results are all stored needs nothing (an offline re-run works).
         for model_ref in model_refs:
             check_model_ref(model_ref)
-        stored = {model_ref: stored_results(model_ref, args.benchmarks, sources, args.out) for model_ref in model_refs}
+        stored = {model_ref: stored_results(model_ref, args.benchmarks, sources, args.out, args.dtype) for model_ref in model_refs}
         for model_ref in model_refs:
             if set(args.benchmarks) - set(stored[model_ref]):
                 checkpoint_config(model_ref)
@@ -280,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             check_source(name, source)
         for model_ref in model_refs:
             all_results[model_ref] = evaluate_model(
-                model_ref, args.benchmarks, sources, args.out, args.batch_size, stored[model_ref], device
+                model_ref, args.benchmarks, sources, args.out, args.batch_size, stored[model_ref], device, args.dtype
             )
     except (ModelLoadError, BenchmarkFormatError, BenchmarkSourceError) as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)

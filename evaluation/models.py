@@ -133,13 +133,14 @@ def checkpoint_config(model_ref: str, revision: str | None = None) -> tuple[str,
     return name, config
 
 
-def load_embedder(model_ref: str, revision: str | None = None, trust_remote_code: bool = True):
+def load_embedder(model_ref: str, revision: str | None = None, trust_remote_code: bool = True, dtype: str = "float32"):
     """(model, processor) for `model_ref`, a local folder or a Hub repo id, in eval mode.
 
     A LoRA adapter (adapter_config.json, as `PeftModel.save_pretrained` writes) is loaded onto its
-    base checkpoint (`base_model_name_or_path`), itself resolved by this function. Weights load in float32, a MAPLE
-    checkpoint as a backbone (not yet a MAPLE checkpoint, wrapped by `from_backbone`), so a baseline and its
-    fine-tune are scored at one precision. Errors are those of
+    base checkpoint (`base_model_name_or_path`), itself resolved by this function. Weights load in `dtype`
+    ("float32" or "bfloat16"), a MAPLE checkpoint as a backbone (not yet a MAPLE checkpoint, wrapped by
+    `from_backbone`), so a baseline and its fine-tune are scored at one precision; MAPLE's heads and logit scales
+    stay float32. Errors are those of
     [`checkpoint_config`], raised before any weights load.
     """
     name, config = checkpoint_config(model_ref, revision)
@@ -147,7 +148,7 @@ def load_embedder(model_ref: str, revision: str | None = None, trust_remote_code
         from peft import PeftModel
 
         base, processor = load_embedder(
-            config["base_model_name_or_path"], revision=config.get("revision"), trust_remote_code=trust_remote_code
+            config["base_model_name_or_path"], revision=config.get("revision"), trust_remote_code=trust_remote_code, dtype=dtype
         )
         return PeftModel.from_pretrained(base, model_ref, revision=revision).eval(), processor
     # Importing modeling_maple registers the MAPLE classes with the Auto classes.
@@ -157,11 +158,11 @@ def load_embedder(model_ref: str, revision: str | None = None, trust_remote_code
     from transformers import AutoModel, AutoProcessor
 
     if config.get("model_type") == MAPLE_MODEL_TYPE:
-        # float32: transformers 5 would load a bf16 backbone in bf16
-        model = AutoModel.from_pretrained(model_ref, revision=revision, trust_remote_code=trust_remote_code, dtype=torch.float32)
+        # an explicit dtype: transformers 5 would load a bf16 backbone in bf16 whatever the baseline's
+        model = AutoModel.from_pretrained(model_ref, revision=revision, trust_remote_code=trust_remote_code, dtype=getattr(torch, dtype))
         processor = AutoProcessor.from_pretrained(model_ref, revision=revision, trust_remote_code=trust_remote_code)
         return model.eval(), processor
     backbone = backbone_of(config.get("model_type"))
-    model = modeling_maple.MapleModel.from_backbone(model_ref, backbone=backbone, revision=revision, dtype=torch.float32)
+    model = modeling_maple.MapleModel.from_backbone(model_ref, backbone=backbone, revision=revision, dtype=getattr(torch, dtype))
     processor = modeling_maple.MapleProcessor.from_backbone(model_ref, backbone=backbone, revision=revision)
     return model.eval(), processor

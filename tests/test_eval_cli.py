@@ -108,7 +108,7 @@ def test_cli_compares_models_writes_tables_and_resumes(tiny, benchmark_sources, 
         done.write_text(json.dumps(marked))
         changed.write_bytes(changed.read_bytes())  # same bytes, new modification time
         assert main(argv) == 0
-        assert "coco: stored result is from another model state, source or protocol version, recomputing" in capsys.readouterr().out
+        assert "coco: stored result is from another model state, dtype, source or protocol version, recomputing" in capsys.readouterr().out
         assert json.loads((out / "results.json").read_text())[str(first)]["coco"]["i2t_r1"] >= 0
 
 
@@ -343,10 +343,11 @@ def test_device_is_checked_and_used(tiny, tmp_path, benchmark_sources, capsys, m
     assert "--device 'nonsense'" in capsys.readouterr().err
     import evaluation.models
 
-    moved_to, load = [], evaluation.models.load_embedder
+    moved_to, dtypes, load = [], [], evaluation.models.load_embedder
 
-    def load_and_spy(model_ref):
-        model, processor = load(model_ref)
+    def load_and_spy(model_ref, **kwargs):
+        model, processor = load(model_ref, **kwargs)
+        dtypes.append((model.dtype, model.logit_scale.dtype))
         to = model.to
         monkeypatch.setattr(model, "to", lambda device: moved_to.append(device) or to(device))
         return model, processor
@@ -354,6 +355,11 @@ def test_device_is_checked_and_used(tiny, tmp_path, benchmark_sources, capsys, m
     monkeypatch.setattr(evaluation.models, "load_embedder", load_and_spy)
     argv = [str(first), "--benchmarks", "coco", "--source", f"coco={benchmark_sources['coco']}", "--out", str(tmp_path / "eval")]
     assert main([*argv, "--device", "cpu"]) == 0 and moved_to == ["cpu"]
+    # --dtype: the weights load in it (MAPLE's scales stay float32), and results in another dtype are recomputed
+    capsys.readouterr()
+    assert main([*argv, "--device", "cpu", "--dtype", "bfloat16"]) == 0
+    assert "coco: stored result is from another model state, dtype," in capsys.readouterr().out
+    assert dtypes == [(torch.float32, torch.float32), (torch.bfloat16, torch.float32)]
 
 
 def test_results_stored_under_another_protocol_are_recomputed(tiny, benchmark_sources, tmp_path, capsys):
@@ -370,4 +376,4 @@ def test_results_stored_under_another_protocol_are_recomputed(tiny, benchmark_so
     stored.write_text(json.dumps(record))
     capsys.readouterr()
     assert main(argv) == 0
-    assert "mmvp: stored result is from another model state, source or protocol version, recomputing" in capsys.readouterr().out
+    assert "mmvp: stored result is from another model state, dtype, source or protocol version, recomputing" in capsys.readouterr().out
