@@ -24,7 +24,7 @@ from trl import TrlParser
 from evaluation.models import is_hub_id
 from modeling_maple.configuration_maple import SUPPORTED_MLLMS
 
-from .rpa_config import RPAConfig
+from .rpa_config import RPAConfig, from_pretrained_kwargs
 
 
 class TrainingInputError(ValueError):
@@ -194,20 +194,12 @@ def _check_reference(option: str, reference: str) -> None:
 
 
 def model_loading_kwargs(training_args: RPAConfig) -> dict:
-    """`from_pretrained` arguments from `--model_init_kwargs`. As in TRL, the weights are float32 unless a dtype is
-    given ("bfloat16" names one; "auto" keeps the checkpoint's)."""
-    import torch
-
-    kwargs = dict(training_args.model_init_kwargs or {})
-    if "torch_dtype" in kwargs:  # transformers' former name, still in many TRL recipes
-        kwargs["dtype"] = kwargs.pop("torch_dtype")
-    kwargs.setdefault("dtype", "float32")
-    dtype = kwargs["dtype"]
-    if isinstance(dtype, str) and dtype != "auto":
-        if not isinstance(getattr(torch, dtype, None), torch.dtype):
-            raise TrainingInputError(f"--model_init_kwargs: dtype {dtype!r} is not a torch dtype; e.g. 'bfloat16', 'float32' or 'auto'")
-        kwargs["dtype"] = getattr(torch, dtype)
-    return kwargs
+    """`from_pretrained` arguments from `--model_init_kwargs` (`rpa_config.from_pretrained_kwargs`); a bad value is a
+    one-line error."""
+    try:
+        return from_pretrained_kwargs(training_args.model_init_kwargs)
+    except ValueError as error:
+        raise TrainingInputError(f"--model_init_kwargs: {error}") from None
 
 
 def load_model_and_processor(model_args: ModelArguments, training_args: RPAConfig):

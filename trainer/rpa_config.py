@@ -259,3 +259,21 @@ class RPAConfig(DPOConfig):
                 "exclude_judged_positives=True needs expand_negatives=True: it removes judged positives from the "
                 "expanded InfoNCE denominator, which plain InfoNCE does not have."
             )
+
+
+def from_pretrained_kwargs(model_init_kwargs: dict | None) -> dict:
+    """`from_pretrained` arguments from `RPAConfig.model_init_kwargs`. As in TRL, the weights are float32 unless a
+    dtype is given ("bfloat16" names one; "auto" keeps the checkpoint's, which transformers 5 would take by default:
+    bf16 for a bf16 checkpoint, where updates below its resolution are lost). `torch_dtype`, transformers' former
+    name still in many TRL recipes, counts as `dtype`. A string that names no torch dtype is a ValueError."""
+    kwargs = dict(model_init_kwargs or {})
+    if "torch_dtype" in kwargs:
+        kwargs["dtype"] = kwargs.pop("torch_dtype")
+    kwargs.setdefault("dtype", "float32")
+    dtype = kwargs["dtype"]
+    if isinstance(dtype, str) and dtype != "auto":
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ValueError(f"dtype {dtype!r} is not a torch dtype; e.g. 'bfloat16', 'float32' or 'auto'")
+        kwargs["dtype"] = getattr(torch, dtype)
+    return kwargs
+

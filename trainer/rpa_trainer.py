@@ -30,7 +30,7 @@ from trl.trainer.base_trainer import _BaseTrainer
 
 from .collator import PREFERENCE_KEYS, DataCollatorForEmbeddingPreference
 from .losses import contrastive_loss, preference_agreement, rpa_listwise_loss, rpa_pairwise_loss
-from .rpa_config import RPAConfig
+from .rpa_config import RPAConfig, from_pretrained_kwargs
 from .schema import PREFERENCE_COLUMNS, validate_preference_dataset
 
 # (image_0, image_1, text_0, text_1), text_i describing image_i
@@ -129,12 +129,7 @@ class RPATrainer(DPOTrainer):
                 "evaluate the saved model (`maple eval`)."
             )
         if isinstance(model, str):
-            model_init_kwargs = {"trust_remote_code": args.trust_remote_code, **(args.model_init_kwargs or {})}
-            if "torch_dtype" in model_init_kwargs:  # transformers' former name, still in many TRL recipes
-                model_init_kwargs["dtype"] = model_init_kwargs.pop("torch_dtype")
-            # float32 weights unless a dtype is given, as in TRL and `maple train`: transformers 5 would load a bf16
-            # checkpoint's backbone in bf16, where updates below its resolution are lost
-            model_init_kwargs.setdefault("dtype", torch.float32)
+            model_init_kwargs = {"trust_remote_code": args.trust_remote_code, **from_pretrained_kwargs(args.model_init_kwargs)}
             if processing_class is None:
                 processing_class = AutoProcessor.from_pretrained(
                     model, trust_remote_code=args.trust_remote_code, revision=model_init_kwargs.get("revision")
