@@ -21,24 +21,12 @@ import time
 from collections import defaultdict
 from typing import Any
 
+from maple.cli import positive
+
 from .builder import MaplePreferences, MaplePreferencesConfig, SourceError, WorkDirMismatch, open_source
 
 _FACTORY_SPEC = re.compile(r"^(?P<module>[A-Za-z_][\w.]*):(?P<attribute>[A-Za-z_][\w.]*)$")
 MAX_EXAMPLES_PER_REASON = 5
-
-
-def _positive(number_type: type[int] | type[float]):
-    """An argparse `type` for a number above zero: a bad value is a usage error (exit status 2)
-    when the command line is parsed, not a failure after the models have loaded."""
-
-    def parse(text: str) -> int | float:
-        value = number_type(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-        return value
-
-    parse.__name__ = number_type.__name__  # argparse names the type in "invalid int value: 'x'"
-    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     components.add_argument("--device", default=None, help="device for the models; default: this rank's GPU if any, else cpu")
     components.add_argument("--device-map", default=None, help="device_map for the judge and captioner (e.g. 'auto' to spread a 72B captioner over this machine's GPUs); overrides --device for them")
     components.add_argument("--dtype", default="auto", help="weights dtype of the judge and captioner (auto, bfloat16, float16, float32)")
-    components.add_argument("--max-pixels", type=_positive(int), default=None, help="cap on image pixels seen by the judge and captioner (paper: 384*384 for training images); Qwen-VL family models only")
+    components.add_argument("--max-pixels", type=positive(int), default=None, help="cap on image pixels seen by the judge and captioner (paper: 384*384 for training images); Qwen-VL family models only")
 
     recipe = parser.add_argument_group("recipe")
     recipe.add_argument("--num-hard-negatives", type=int, default=None, help="K hard-negative images per anchor (config default: 3)")
@@ -70,11 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--shard-size", type=int, default=None, help="anchors per shard: the unit of checkpointing and of work per process (default: 256)")
     recipe.add_argument("--seed", type=int, default=None, help="seed of caption sampling and SemDeDup (default: 0)")
     recipe.add_argument("--judge-prompt", default=None, help="judge question with a {text} field (default: the paper's)")
-    recipe.add_argument("--judge-batch-size", type=_positive(int), default=8, help="image-text pairs per judge forward pass")
+    recipe.add_argument("--judge-batch-size", type=positive(int), default=8, help="image-text pairs per judge forward pass")
     recipe.add_argument("--caption-prompt", default=None, help="captioner instruction shown after the anchor and the hard negative")
-    recipe.add_argument("--temperature", type=_positive(float), default=0.7, help="captioner sampling temperature (paper: 0.7)")
-    recipe.add_argument("--num-samples", type=_positive(int), default=3, help="captioner samples per (anchor, negative) pair (paper: 3)")
-    recipe.add_argument("--max-new-tokens", type=_positive(int), default=96, help="captioner answer length cap")
+    recipe.add_argument("--temperature", type=positive(float), default=0.7, help="captioner sampling temperature (paper: 0.7)")
+    recipe.add_argument("--num-samples", type=positive(int), default=3, help="captioner samples per (anchor, negative) pair (paper: 3)")
+    recipe.add_argument("--max-new-tokens", type=positive(int), default=96, help="captioner answer length cap")
 
     data = parser.add_argument_group("source columns and metadata")
     data.add_argument("--source-split", default=None, help="split of a Hub or folder source; a folder is split by file name (data/train-*, data/test-*) as datasets reads it (default: train)")

@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from maple.cli import positive
+
 from .benchmarks import BENCHMARKS, QuadrupleBenchmark, RetrievalBenchmark, load_benchmark
 
 RETRIEVAL_COLUMNS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
@@ -42,17 +44,6 @@ def _parse_sources(parser: argparse.ArgumentParser, pairs: list[str]) -> dict[st
             parser.error(f"--source expects BENCHMARK=PATH_OR_HUB_ID with BENCHMARK in {sorted(BENCHMARKS)}, got {pair!r}")
         sources[name] = source
     return sources
-
-
-def _at_least_one(text: str) -> int:
-    """argparse type of `--batch-size`: a batch of 0 would only fail once the model is loaded."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
 
 
 def run_benchmark(model, processor, benchmark: RetrievalBenchmark | QuadrupleBenchmark, batch_size: int) -> dict[str, Any]:
@@ -251,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", nargs="*", default=[], metavar="MODEL", help="more models, side by side")
     parser.add_argument("--source", nargs="*", default=[], metavar="BENCHMARK=PATH", help="local copy or other Hub id of a benchmark")
     parser.add_argument("--out", type=Path, default=Path("maple_eval"), help="results folder (resumable)")
-    parser.add_argument("--batch-size", type=_at_least_one, default=32)
+    parser.add_argument("--batch-size", type=positive(int), default=32)
     parser.add_argument("--device", default=None, help="where the models embed, e.g. cuda:1 (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                         help="weights dtype of every model (backbones too, so models compare at one precision; MAPLE's heads stay float32)")

@@ -19,6 +19,20 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def positive(number_type: type[int] | type[float]):
+    """An argparse `type` for a number above zero: a bad value is a usage error (exit status 2)
+    when the command line is parsed, not a failure after the models have loaded."""
+
+    def parse(text: str) -> int | float:
+        value = number_type(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    parse.__name__ = number_type.__name__  # argparse names the type in "invalid int value: 'x'"
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(

@@ -207,7 +207,7 @@ def test_cli_rejects_a_batch_size_below_one(tmp_path, capsys, size):
     with pytest.raises(SystemExit) as exit_info:
         main([str(tmp_path), "--batch-size", size])
     assert exit_info.value.code == 2
-    assert f"maple eval: error: argument --batch-size: expected an integer >= 1, got {size}" in capsys.readouterr().err
+    assert f"maple eval: error: argument --batch-size: must be positive, got {size}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("missing", ["./no_such_checkpoint", "{tmp_path}/models/no_such_checkpoint"])
