@@ -69,38 +69,28 @@ def _files_state(path: Path, *, recursive: bool) -> dict[str, list[int]]:
     return states
 
 
-def _hub_config_file(repo_id: str) -> Path | None:
-    """The config.json, else adapter_config.json, of Hub model repo `repo_id` as loading it now reads it (the
-    Hub's newest, or offline the cached one), in the cache's snapshots/<commit>/ folder; None when unreachable."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
-
-    from .models import ADAPTER_CONFIG_FILE, CONFIG_FILE
-
-    for name in (CONFIG_FILE, ADAPTER_CONFIG_FILE):
-        try:
-            return Path(hf_hub_download(repo_id, name))
-        except (EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled):
-            continue
-    return None
-
-
-def _model_state(model_ref: str) -> dict[str, Any]:
+def _model_state(model_ref: str, revision: str | None = None) -> dict[str, Any]:
     """What identifies the model evaluated: for a local folder its files (weights, config, processor and tokenizer
     files; not subfolders, which loading does not read, such as a results folder or training checkpoints) by size
-    and modification time; for a Hub repo its commit (None: unknown now). An adapter's base model is included."""
-    from .models import ADAPTER_CONFIG_FILE, is_hub_id
+    and modification time; for a Hub repo its commit at `revision` (None: unknown now). An adapter's base model is
+    included."""
+    from .models import ADAPTER_CONFIG_FILE, ModelLoadError, hub_checkpoint_config_file, is_hub_id
 
     folder = Path(model_ref).expanduser()
     if folder.is_dir():
         state: dict[str, Any] = {"files": _files_state(folder, recursive=False)}
         config_file = folder / ADAPTER_CONFIG_FILE
     else:
-        config_file = _hub_config_file(model_ref) if is_hub_id(model_ref) else None
+        try:
+            config_file = hub_checkpoint_config_file(model_ref, revision) if is_hub_id(model_ref) else None
+        except ModelLoadError:
+            config_file = None
         state = {"commit": config_file.parent.name if config_file is not None else None}
     if config_file is not None and config_file.name == ADAPTER_CONFIG_FILE and config_file.is_file():
-        base_ref = json.loads(config_file.read_text()).get("base_model_name_or_path")
-        state["base"] = {"model": base_ref, **_model_state(base_ref)} if base_ref else None
+        adapter_config = json.loads(config_file.read_text())
+        base_ref = adapter_config.get("base_model_name_or_path")
+        # PEFT records the base's revision when it was given one
+        state["base"] = {"model": base_ref, **_model_state(base_ref, adapter_config.get("revision"))} if base_ref else None
     return state
 
 

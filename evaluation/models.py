@@ -46,9 +46,10 @@ def check_model_ref(model_ref: str) -> None:
         raise ModelLoadError(f"no such folder: {model_ref}")
 
 
-def _hub_checkpoint_config(repo_id: str, revision: str | None) -> tuple[str, dict[str, Any]]:
-    """(file name, content) of the config.json, else adapter_config.json, of a Hub model repo; Hub
-    failures become `ModelLoadError`s naming the repo."""
+def hub_checkpoint_config_file(repo_id: str, revision: str | None = None) -> Path:
+    """The config.json, else adapter_config.json, of a Hub model repo at `revision`, in the cache's
+    snapshots/<commit>/ folder; Hub failures become `ModelLoadError`s naming the repo. Offline or
+    unreachable, a repo downloaded before is read from the cache."""
     from huggingface_hub import HfApi, constants, hf_hub_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -67,7 +68,7 @@ def _hub_checkpoint_config(repo_id: str, revision: str | None) -> tuple[str, dic
         name = next((name for name in (CONFIG_FILE, ADAPTER_CONFIG_FILE) if name in files), None)
         if name is None:
             raise ModelLoadError(f"{where} has neither {CONFIG_FILE} nor {ADAPTER_CONFIG_FILE}: not a transformers checkpoint")
-        return name, json.loads(Path(hf_hub_download(repo_id, name, revision=revision)).read_text())
+        return Path(hf_hub_download(repo_id, name, revision=revision))
     except GatedRepoError as error:
         raise ModelLoadError(f"{where} is gated: accept its terms and log in (HF_TOKEN)") from error
     except RepositoryNotFoundError as error:
@@ -81,10 +82,9 @@ def _hub_checkpoint_config(repo_id: str, revision: str | None) -> tuple[str, dic
         # Offline (HF_HUB_OFFLINE) or unreachable: a repo downloaded before still loads from the cache.
         for name in (CONFIG_FILE, ADAPTER_CONFIG_FILE):
             try:
-                cached = hf_hub_download(repo_id, name, revision=revision, local_files_only=True)
+                return Path(hf_hub_download(repo_id, name, revision=revision, local_files_only=True))
             except LocalEntryNotFoundError:
                 continue
-            return name, json.loads(Path(cached).read_text())
         raise ModelLoadError(f"{where} is not in the local cache and the Hub is offline or unreachable") from error
     except HfHubHTTPError as error:
         status = error.response.status_code if error.response is not None else "?"
@@ -93,14 +93,11 @@ def _hub_checkpoint_config(repo_id: str, revision: str | None) -> tuple[str, dic
         raise ModelLoadError(f"{where} could not be read: HTTP {status} from the server") from error
 
 
-def _local_checkpoint_config(folder: Path) -> tuple[str, dict[str, Any]]:
-    """(file name, content) of the config.json, else adapter_config.json, of a checkpoint folder."""
+def _local_checkpoint_config_file(folder: Path) -> Path:
+    """The config.json, else adapter_config.json, of a checkpoint folder."""
     for name in (CONFIG_FILE, ADAPTER_CONFIG_FILE):
         if (folder / name).is_file():
-            try:
-                return name, json.loads((folder / name).read_text())
-            except json.JSONDecodeError as error:
-                raise ModelLoadError(f"{folder / name} is not valid JSON: {error}") from error
+            return folder / name
     raise ModelLoadError(f"{folder} has neither {CONFIG_FILE} nor {ADAPTER_CONFIG_FILE}: not a transformers checkpoint folder")
 
 
@@ -115,7 +112,12 @@ def checkpoint_config(model_ref: str, revision: str | None = None) -> tuple[str,
     """
     check_model_ref(model_ref)
     folder = Path(model_ref).expanduser()
-    name, config = _local_checkpoint_config(folder) if folder.is_dir() else _hub_checkpoint_config(model_ref, revision)
+    config_file = _local_checkpoint_config_file(folder) if folder.is_dir() else hub_checkpoint_config_file(model_ref, revision)
+    name = config_file.name
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as error:
+        raise ModelLoadError(f"{config_file} is not valid JSON: {error}") from error
     if name == ADAPTER_CONFIG_FILE:
         base_ref = config.get("base_model_name_or_path")
         if not base_ref:

@@ -153,6 +153,24 @@ def test_an_adapters_hub_base_unknown_offline_matches_its_stored_commit():
     assert not _same_run(stored, {**offline, "model_state": {**offline["model_state"], "files": {"a": [1, 3]}}})
 
 
+def test_an_adapters_state_has_its_base_at_the_revision_the_adapter_records(tmp_path, monkeypatch):
+    """Before the fix the base's commit was read at main, so an adapter over `org/base@v1` looked unchanged when
+    main moved and changed when only main did."""
+    import evaluation.models
+    from evaluation.cli import _model_state
+
+    commits = {"v1": "1" * 40, None: "2" * 40}
+
+    def cached_config(repo_id, revision=None):
+        return tmp_path / "snapshots" / commits[revision] / "config.json"
+
+    monkeypatch.setattr(evaluation.models, "hub_checkpoint_config_file", cached_config)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "org/base", "revision": "v1"}))
+    assert _model_state(str(adapter))["base"] == {"model": "org/base", "commit": "1" * 40}
+
+
 def test_interrupted_run_keeps_finished_benchmarks(tiny, benchmark_sources, tmp_path, capsys, monkeypatch):
     _, _, (first, _) = tiny
     out = tmp_path / "eval"
