@@ -893,7 +893,9 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         generated: list[list[str]] = [[] for _ in anchors]
         if not pairs:
             return generated
-        with torch.random.fork_rng():
+        # manual_seed seeds every GPU, so every GPU's generator is restored; naming them keeps fork_rng from
+        # warning about several visible GPUs.
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
             # Sampling depends only on the seed and the shard, never on which process or run builds it.
             torch.manual_seed(self.config.seed * 1_000_003 + shard)
             captioned = self.captioner.caption([anchors[index] for index, _ in pairs], [negative for _, negative in pairs])
