@@ -160,6 +160,7 @@ class MLLMJudge:
         # The prefix differs between images only in the text their placeholder becomes (for most
         # families, how many image tokens it holds): tokenise it once per such text.
         self._prefix_ids_by_image_text: dict[str, list[int]] = {}
+        self._offloaded_answer_rows: dict[str, torch.Tensor] = {}  # see `_answer_rows`
 
     @classmethod
     def from_pretrained(
@@ -258,26 +259,30 @@ class MLLMJudge:
         suffixes = [self.suffix_template.format(text=text) for text in texts]
         return self.prompt_encoder.tokenizer(suffixes, add_special_tokens=False)["input_ids"]
 
+    def _answer_rows(self, name: str) -> torch.Tensor | None:
+        """The "Yes" and "No" rows of the output embedding's `name` ("weight": (2, hidden); "bias": (2,) or None),
+        float32. A head offloaded by a `device_map` (on the meta device) is read from its offload hook once and the
+        rows kept: for disk offload a read loads the whole (vocab, hidden) matrix."""
+        head = self.model.get_output_embeddings()
+        tensor = getattr(head, name, None)
+        rows = [self.yes_id, self.no_id]
+        if tensor is None or tensor.device.type != "meta":
+            return None if tensor is None else tensor[rows].float()
+        if name not in self._offloaded_answer_rows:
+            values = offloaded_tensor(head, name)
+            if values is None:
+                raise RuntimeError(f"the judge's output embedding {name} is on the meta device without an offload hook")
+            self._offloaded_answer_rows[name] = values[rows].float()
+        return self._offloaded_answer_rows[name]
+
     def _alphas(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """(batch, hidden) last-position states -> (batch,) float32 alphas.
 
         Only the "Yes" and "No" rows of the output embedding are applied, in float32: a bf16 head rounds logits
-        near 20 to steps of 0.125, which merges close judgements into ties. A head offloaded by a `device_map`
-        (on the meta device) is read from its offload hook."""
-        head = self.model.get_output_embeddings()
-        rows = [self.yes_id, self.no_id]
-
-        def answer_rows(name: str) -> torch.Tensor | None:
-            tensor = getattr(head, name, None)
-            if tensor is not None and tensor.device.type == "meta":
-                tensor = offloaded_tensor(head, name)
-                if tensor is None:
-                    raise RuntimeError(f"the judge's output embedding {name} is on the meta device without an offload hook")
-            return None if tensor is None else tensor[rows].to(hidden_states.device, torch.float32)
-
-        logits = hidden_states.float() @ answer_rows("weight").T
-        if (bias := answer_rows("bias")) is not None:
-            logits = logits + bias
+        near 20 to steps of 0.125, which merges close judgements into ties."""
+        logits = hidden_states.float() @ self._answer_rows("weight").to(hidden_states.device).T
+        if (bias := self._answer_rows("bias")) is not None:
+            logits = logits + bias.to(hidden_states.device)
         return torch.softmax(logits, dim=-1)[:, 0]
 
     @staticmethod

@@ -4,10 +4,11 @@ import pytest
 import torch
 from PIL import Image
 
+import dataset_builders.judge as judge_module
 from dataset_builders import JudgeEnsemble, MLLMJudge, PreferenceJudge
 from dataset_builders.judge import answer_token_id
 from dataset_builders.testing import ColourJudge, tiny_image_text_model, tiny_judge
-from dataset_builders.vlm_inputs import QwenVLPromptEncoder
+from dataset_builders.vlm_inputs import QwenVLPromptEncoder, offloaded_tensor
 from modeling_maple.testing import tiny_image_processor, tiny_tokenizer
 from official_processors import official_processor
 
@@ -84,7 +85,7 @@ def test_per_pair_path_matches_the_model_forward_one_pair_at_a_time(sharp_judge)
             assert abs(reference.item() - alpha.item()) < 1e-5
 
 
-def test_a_bf16_judge_computes_its_yes_no_logits_in_float32():
+def test_a_bf16_judge_computes_its_yes_no_logits_in_float32(monkeypatch):
     """A bf16 head rounds logits near 20 to steps of 0.125, which merges close judgements into ties."""
     judge = tiny_judge(seed=0)
     judge.model.to(torch.bfloat16)
@@ -102,7 +103,11 @@ def test_a_bf16_judge_computes_its_yes_no_logits_in_float32():
 
     cpu_offload(head, execution_device="cpu")
     assert head.weight.device.type == "meta"
-    torch.testing.assert_close(judge._alphas(hidden), expected, atol=1e-6, rtol=0)
+    reads = []
+    monkeypatch.setattr(judge_module, "offloaded_tensor", lambda *args: reads.append(args[1]) or offloaded_tensor(*args))
+    for _ in range(3):
+        torch.testing.assert_close(judge._alphas(hidden), expected, atol=1e-6, rtol=0)
+    assert reads == ["weight"]  # once, not per batch: for disk offload a read loads the whole (vocab, hidden) matrix
 
 
 def test_shared_prefix_covers_the_question_head_and_keeps_tokenisation(sharp_judge):
