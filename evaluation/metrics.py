@@ -17,17 +17,6 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
-# BibTeX of the paper whose protocol these metrics implement (quoted by the `metrics/` evaluate modules).
-MAPLE_CITATION = """
-@inproceedings{maple2025,
-  title = {Guiding Cross-Modal Representations with MLLM Priors via Preference Alignment},
-  booktitle = {Advances in Neural Information Processing Systems},
-  year = {2025},
-  eprint = {2506.06970},
-  archivePrefix = {arXiv}
-}
-"""
-
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
 
 RelevantIndices = Sequence[int | Sequence[int]]

@@ -15,6 +15,8 @@ from typing import Any
 
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 
+from maple import PAPER_CITATION
+
 TEMPLATES = Path(__file__).parent / "templates"
 CURVES_FILE = "training_curves.png"
 GAP_HISTOGRAM_FILE = "similarity_histograms.png"
@@ -292,6 +294,7 @@ def model_card_from_run(
         hyperparameters=_card_hyperparameters(config),
         curves_file=CURVES_FILE if has_curves else None,
         evaluation_section=render_evaluation_section(eval_results, repo_id, GAP_HISTOGRAM_FILE if has_histograms else None),
+        citation=PAPER_CITATION,
     )
 
 
@@ -376,6 +379,7 @@ def dataset_card_from_stats(
         configs=[_config_section(config) for config in configs],
         judges=sorted({str(config["judge"]) for config in configs if config.get("judge")}),
         known_biases=list(dict.fromkeys(bias for config in configs for bias in config.get("known_biases") or [])),
+        citation=PAPER_CITATION,
     )
 
 

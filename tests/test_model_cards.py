@@ -6,6 +6,7 @@ import yaml
 from huggingface_hub import DatasetCard, ModelCard
 from PIL import Image
 
+from maple import PAPER_CITATION
 from model_cards import dataset_card_from_stats, model_card_from_run, with_eval_results
 
 
@@ -71,6 +72,7 @@ def test_model_card_without_eval_or_logs(tmp_path):
     assert ModelCard(str(card)).data.eval_results is None
     assert "No evaluation was run" in card.text and "Training curves" not in card.text and "Similarity histograms" not in card.text
     assert not (tmp_path / "training_curves.png").exists() and not (tmp_path / "similarity_histograms.png").exists()
+    assert f"```bibtex\n{PAPER_CITATION}\n```" in card.text
 
 
 def test_model_card_describes_the_models_pooling_and_attention(tmp_path):
@@ -136,6 +138,7 @@ def test_dataset_card_with_missing_stats():
     text = dataset_card_from_stats({"num_anchors": 20000}).text
     assert "| Judge | not recorded |" in text and "| SemDeDup | not applied |" in text
     assert "score_histograms.png" not in text
+    assert f"```bibtex\n{PAPER_CITATION}\n```" in text
     assert "exp(l_Yes)" not in text and "The judge recorded no prompt" in text  # a stand-in judge is not an MLLM
     assert DatasetCard(str(dataset_card_from_stats({"num_anchors": 20000}))).data.size_categories == ["10K<n<100K"]
 

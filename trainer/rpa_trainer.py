@@ -12,7 +12,6 @@ import dataclasses
 import math
 import os
 import shutil
-import textwrap
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
@@ -27,6 +26,8 @@ from transformers import AutoModel, AutoProcessor, EvalPrediction, ProcessorMixi
 from transformers.trainer_utils import EvalLoopOutput, get_last_checkpoint
 from trl import DPOTrainer
 from trl.trainer.base_trainer import _BaseTrainer
+
+from maple import PAPER_CITATION
 
 from .collator import PREFERENCE_KEYS, DataCollatorForEmbeddingPreference
 from .losses import contrastive_loss, preference_agreement, rpa_listwise_loss, rpa_pairwise_loss
@@ -88,14 +89,7 @@ class RPATrainer(DPOTrainer):
     _paper = {
         "title": "Guiding Cross-Modal Representations with MLLM Priors via Preference Alignment",
         "id": "2506.06970",
-        # docstyle-ignore
-        "citation": textwrap.dedent("""\
-            @inproceedings{maple2025,
-                title        = {{Guiding Cross-Modal Representations with MLLM Priors via Preference Alignment}},
-                booktitle    = {Advances in Neural Information Processing Systems 38 (NeurIPS 2025)},
-                year         = 2025,
-                eprint       = {arXiv:2506.06970},
-            }"""),
+        "citation": PAPER_CITATION,
     }
 
     def __init__(

@@ -3,7 +3,8 @@
 import datasets
 import evaluate
 
-from evaluation.metrics import MAPLE_CITATION, modality_gap_from_quadruples
+from evaluation.metrics import modality_gap_from_quadruples
+from maple import PAPER_CITATION
 
 _DESCRIPTION = """
 Modality gap of an embedder on quadruples (I0, I1, T0, T1), after MAPLE (arXiv 2506.06970, sec. 5).
@@ -34,7 +35,7 @@ class ModalityGap(evaluate.Metric):
     def _info(self):
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
-            citation=MAPLE_CITATION,
+            citation=PAPER_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
             features=datasets.Features(
                 {

@@ -3,7 +3,8 @@
 import datasets
 import evaluate
 
-from evaluation.metrics import DEFAULT_KS, MAPLE_CITATION, retrieval_recall
+from evaluation.metrics import DEFAULT_KS, retrieval_recall
+from maple import PAPER_CITATION
 
 _DESCRIPTION = """
 Cross-modal retrieval recall. Each prediction is one query's similarity row over all candidates
@@ -34,7 +35,7 @@ class RetrievalRecall(evaluate.Metric):
     def _info(self):
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
-            citation=MAPLE_CITATION,
+            citation=PAPER_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
             features=datasets.Features(
                 {
