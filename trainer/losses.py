@@ -53,7 +53,7 @@ def rpa_pairwise_loss(
     """
     scores, mask = _check_rpa_inputs(scores, judge_scores, mask)
     preferred = _strict_preferences(judge_scores, mask)
-    margins = (judge_scores.unsqueeze(2) - judge_scores.unsqueeze(1)).masked_fill(~preferred, 0.0)
+    margins = _judge_margins(judge_scores, preferred)
     log_likelihoods = F.logsigmoid(scores.unsqueeze(2) - scores.unsqueeze(1))
     return _reduce(-(margins * log_likelihoods).sum(dim=(1, 2)), reduction)
 
@@ -71,8 +71,11 @@ def rpa_listwise_loss(
         \mathcal{L}_{list} = -\frac{1}{N} \sum_{i=1}^{N} \sum_{k=0}^{K-1}
             w_{i,k} \log \frac{\exp(s_{i,k})}{\sum_{j=k}^{K} \exp(s_{i,j})}
 
-    with candidates ranked by judge score. Candidate ``k`` competes with the candidates strictly below it (for
-    distinct scores, the ranks ``k+1..K``), so a tied candidate neither adds to ``w`` nor to the denominator.
+    with candidates ranked by judge score. Candidate ``k`` competes with the candidates strictly below it: ``w_{i,k}``
+    is its mean margin over them and its denominator holds ``k`` and them. For distinct scores these are the ranks
+    ``k+1..K``, the formula above. With ties the formula depends on how a sort orders the tied candidates (for alphas
+    ``[1, 1, 0]`` the first tied one gets ``w = 0.5`` and a denominator that holds the other); here each gets its
+    margin over the candidates below both (``w = 1``), and neither is in the other's denominator.
 
     Args:
         scores: ``(N, C)`` scaled similarities anchor -> candidate.
@@ -85,7 +88,7 @@ def rpa_listwise_loss(
     """
     scores, mask = _check_rpa_inputs(scores, judge_scores, mask)
     preferred = _strict_preferences(judge_scores, mask)  # [i, k, l]: k is ranked strictly above l
-    margins = (judge_scores.unsqueeze(2) - judge_scores.unsqueeze(1)).masked_fill(~preferred, 0.0)
+    margins = _judge_margins(judge_scores, preferred)
     num_below = preferred.sum(dim=2)  # K - k in the paper's notation
     weights = margins.sum(dim=2) / num_below.clamp(min=1)
     itself = torch.eye(scores.shape[1], dtype=torch.bool, device=scores.device)
@@ -286,6 +289,11 @@ def _strict_preferences(judge_scores: Tensor, mask: Tensor) -> Tensor:
     than candidate ``l`` and both are real candidates."""
     both_valid = mask.unsqueeze(2) & mask.unsqueeze(1)
     return (judge_scores.unsqueeze(2) > judge_scores.unsqueeze(1)) & both_valid
+
+
+def _judge_margins(judge_scores: Tensor, preferred: Tensor) -> Tensor:
+    """``(N, C, C)``: ``alpha_k - alpha_l`` of anchor ``i`` where ``preferred[i, k, l]``, else 0."""
+    return (judge_scores.unsqueeze(2) - judge_scores.unsqueeze(1)).masked_fill(~preferred, 0.0)
 
 
 def _check_rpa_inputs(scores: Tensor, judge_scores: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
