@@ -130,6 +130,6 @@ def _similarity_histograms(image_text: torch.Tensor, text_text: torch.Tensor) ->
 
 def modality_gap(model, processor, quadruples: Quadruples, batch_size: int = 32) -> dict[str, float]:
     """The paper's modality gap on quadruples: {w_dist, w_disc, delta_gap} (see
-    `evaluation.metrics.modality_gap_from_scores`)."""
+    `evaluation.metrics.modality_gap_from_quadruples`)."""
     image_text, text_text = quadruple_similarities(model, processor, quadruples, batch_size)
     return modality_gap_from_quadruples(image_text, text_text)

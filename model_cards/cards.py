@@ -24,9 +24,9 @@ HISTOGRAM_FILE = "score_histograms.png"
 
 # Hyper-parameters worth a line in the card, in this order, when the training config has them.
 CARD_HYPERPARAMETERS = (
-    "rpa_loss", "rpa_weight", "beta", "learn_beta", "temperature", "learn_temperature",
-    "expand_negatives", "gather_negatives", "num_image_candidates", "num_text_candidates",
-    "reference", "loss_type", "learning_rate", "lr_scheduler_type", "warmup_ratio", "warmup_steps",
+    "rpa_loss", "rpa_weight", "beta", "learn_beta", "temperature", "learn_temperature", "max_scale",
+    "expand_negatives", "gather_negatives", "exclude_judged_positives", "num_image_candidates", "num_text_candidates",
+    "reference", "learning_rate", "lr_scheduler_type", "warmup_steps",
     "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
     "weight_decay", "bf16", "seed",
 )
@@ -105,8 +105,6 @@ def _table_rows(eval_results: Mapping[str, Mapping[str, Any]]) -> dict[str, list
 
 
 EVALUATION_END = "<!-- end of evaluation -->"
-# Cards written before the histograms moved into the evaluation section hold them right after it.
-_OLD_HISTOGRAM_PARAGRAPH = re.compile(r"\A\s*Cosine similarities of matched[^!]*!\[Similarity histograms\]\([^)]*\)\n")
 
 
 def render_evaluation_section(
@@ -138,11 +136,28 @@ def with_eval_results(
     text = card.text
     start, end = text.find("## Evaluation\n"), text.find(EVALUATION_END)
     if start >= 0 and end >= 0:
-        rest = _OLD_HISTOGRAM_PARAGRAPH.sub("", text[end + len(EVALUATION_END) :], count=1)
-        text = text[:start] + section + rest.lstrip("\n")
+        text = text[:start] + section + text[end + len(EVALUATION_END) :].lstrip("\n")
     else:
         text = text.rstrip("\n") + "\n\n" + section
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{text}")
+
+
+def pyplot():
+    """`matplotlib.pyplot` on the Agg backend: figures go to files, with no display (servers, CI)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(figure, path: Path) -> None:
+    """Lay out `figure`, write it to `path` as a 100-dpi PNG (making its folder) and close it."""
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    pyplot().close(figure)
 
 
 def plot_training_curves(log_history: Sequence[Mapping[str, Any]], path: Path) -> bool:
@@ -159,10 +174,7 @@ def plot_training_curves(log_history: Sequence[Mapping[str, Any]], path: Path) -
     curves = {key: curve for key, curve in curves.items() if len(curve[0]) >= 2}
     if not curves:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     columns = min(3, len(curves))
     rows = math.ceil(len(curves) / columns)
@@ -173,9 +185,7 @@ def plot_training_curves(log_history: Sequence[Mapping[str, Any]], path: Path) -
         axis.set_xlabel("step")
     for axis in list(axes.flat)[len(curves) :]:
         axis.axis("off")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    save_figure(figure, path)
     return True
 
 
@@ -185,10 +195,7 @@ def plot_similarity_histograms(eval_results: Mapping[str, Mapping[str, Any]], pa
     benchmarks = {name: metrics["similarity_histograms"] for name, metrics in eval_results.items() if "similarity_histograms" in metrics}
     if not benchmarks:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axes = plt.subplots(1, len(benchmarks), figsize=(4.5 * len(benchmarks), 3), squeeze=False)
     for axis, (name, histograms) in zip(axes.flat, sorted(benchmarks.items())):
@@ -198,9 +205,7 @@ def plot_similarity_histograms(eval_results: Mapping[str, Mapping[str, Any]], pa
         axis.set_title(name)
         axis.set_xlabel("cosine similarity")
         axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    save_figure(figure, path)
     return True
 
 
@@ -316,10 +321,7 @@ def plot_score_histograms(histograms: Mapping[str, Mapping[str, Sequence[float]]
     """Bar charts of pre-binned judge scores ({column: {bin_edges, counts}}); False if none."""
     if not histograms:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axes = plt.subplots(1, len(histograms), figsize=(4 * len(histograms), 3), squeeze=False)
     for axis, (column, histogram) in zip(axes.flat, sorted(histograms.items())):
@@ -327,10 +329,7 @@ def plot_score_histograms(histograms: Mapping[str, Mapping[str, Sequence[float]]
         axis.bar(edges[:-1], counts, width=[b - a for a, b in zip(edges[:-1], edges[1:])], align="edge", edgecolor="black")
         axis.set_title(column)
         axis.set_xlabel("judge score alpha")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    save_figure(figure, path)
     return True
 
 

@@ -149,21 +149,6 @@ def test_dataset_size_categories_are_the_hubs():
     assert [_size_category(n) for n in (999, 1_000, 700_000, 5_000_000)] == [["n<1K"], ["1K<n<10K"], ["100K<n<1M"], ["1M<n<10M"]]
 
 
-def test_replacing_the_evaluation_of_an_older_card_keeps_one_histogram_paragraph(tiny_run, tmp_path):
-    """Cards written before the histograms moved into the evaluation section hold them right after it."""
-    _, _, _, eval_results = tiny_run
-    card = model_card_from_run(tmp_path, None, "dual_encoder", {}, [], eval_results)
-    text = str(card)
-    start = text.index("\nCosine similarities of matched")
-    end = text.index("![Similarity histograms](similarity_histograms.png)\n") + len("![Similarity histograms](similarity_histograms.png)\n")
-    paragraph = text[start:end]
-    old_format = text[:start] + "\n" + text[end:].replace("<!-- end of evaluation -->", "<!-- end of evaluation -->" + paragraph, 1)
-    assert old_format.count("![Similarity histograms]") == 1 and old_format.index(paragraph) > old_format.index("<!-- end of evaluation -->")
-    updated = str(with_eval_results(ModelCard(old_format), eval_results, histogram_file="similarity_histograms.png"))
-    assert updated.count("![Similarity histograms](similarity_histograms.png)") == 1
-    assert "## Training" in updated
-
-
 def test_card_hyperparameters_are_those_the_run_used():
     from model_cards.cards import _card_hyperparameters
 

@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from model_cards.cards import pyplot, save_figure
+
 from .world import CATEGORIES
 
 if TYPE_CHECKING:
@@ -16,18 +18,9 @@ Summary = Mapping[str, Mapping[str, Mapping[str, float]]]  # method -> metric ->
 CURVE_KEYS = ("loss", "loss/contrastive", "loss/rpa", "rewards/accuracies")
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on a server or in tests
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_training_curves(log_histories: Mapping[str, Sequence[Mapping[str, Any]]], path: Path) -> None:
     """One panel per logged loss term, one line per method (each method's first seed)."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(1, len(CURVE_KEYS), figsize=(4 * len(CURVE_KEYS), 3.2))
     for axis, key in zip(axes, CURVE_KEYS):
         for method, history in log_histories.items():
@@ -38,14 +31,12 @@ def plot_training_curves(log_histories: Mapping[str, Sequence[Mapping[str, Any]]
         axis.set_title(key)
         axis.set_xlabel("fine-tuning step")
     axes[0].legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def plot_category_bars(summary: Summary, path: Path) -> None:
     """Group score per quadruple category (replace/swap/add) and overall, mean ± std over seeds."""
-    plt = _pyplot()
+    plt = pyplot()
     groups = [*CATEGORIES, "all"]
     methods = list(summary)
     width = 0.8 / len(methods)
@@ -60,15 +51,13 @@ def plot_category_bars(summary: Summary, path: Path) -> None:
     axis.set_ylabel("group score (0-100)")
     axis.set_title("Held-out quadruples: group score per category")
     axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def plot_similarity_histograms(similarities: Mapping[str, Mapping[str, Sequence[float]]], path: Path) -> None:
     """Cosine similarities of matched (I0-T0, I1-T1) and mismatched (I0-T1, I1-T0) quadruple
     pairs, one panel per method: the further apart, the better pairs are told apart."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(1, len(similarities), figsize=(4 * len(similarities), 3), sharey=True)
     for axis, (method, scores) in zip(axes, similarities.items()):
         axis.hist(scores["matched"], bins=40, alpha=0.6, label="matched")
@@ -76,9 +65,7 @@ def plot_similarity_histograms(similarities: Mapping[str, Mapping[str, Sequence[
         axis.set_title(method)
         axis.set_xlabel("cosine similarity")
     axes[0].legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def _cell(values: Mapping[str, float], digits: int = 1) -> str:
