@@ -38,42 +38,43 @@ def _check_list(value: object, name: str) -> None:
         raise ValueError(f"{name} must be a list or tuple, got {_kind(value)}")
 
 
+# (type, "a <singular>", "<plural>") of what the judge compares
+_IMAGE = (PIL.Image.Image, "a PIL image", "PIL images")
+_TEXT = (str, "a str", "texts (str)")
+
+
+def _check_queries_and_candidates(
+    queries: object, query_name: str, query_kind: tuple, candidates: object, candidate_name: str, candidate_kind: tuple
+) -> None:
+    """Raise a ValueError naming the first malformed item: `queries` a list of one kind, `candidates` a list with one
+    list of the other kind per query."""
+    _check_list(queries, query_name)
+    _check_list(candidates, candidate_name)
+    if len(queries) != len(candidates):
+        raise ValueError(f"{len(queries)} {query_name} but {len(candidates)} lists of {candidate_name}")
+    for index, (query, query_candidates) in enumerate(zip(queries, candidates)):
+        if not isinstance(query, query_kind[0]):
+            raise ValueError(f"{query_name}[{index}] is {_kind(query)}; expected {query_kind[1]}")
+        if not isinstance(query_candidates, (list, tuple)):
+            raise ValueError(
+                f"{candidate_name}[{index}] is {_kind(query_candidates)}; expected a list of candidate "
+                f"{candidate_kind[2]} for {query_name}[{index}]"
+            )
+        for position, candidate in enumerate(query_candidates):
+            if not isinstance(candidate, candidate_kind[0]):
+                raise ValueError(f"{candidate_name}[{index}][{position}] is {_kind(candidate)}; expected {candidate_kind[1]}")
+
+
 def check_score_inputs(images: object, texts: object) -> None:
     """Raise a ValueError naming the first malformed item of `score(images, texts)`'s inputs:
     images a list of PIL images, texts a list with one list of str per image."""
-    _check_list(images, "images")
-    _check_list(texts, "texts")
-    if len(images) != len(texts):
-        raise ValueError(f"{len(images)} images but {len(texts)} lists of texts")
-    for index, (image, candidates) in enumerate(zip(images, texts)):
-        if not isinstance(image, PIL.Image.Image):
-            raise ValueError(f"images[{index}] is {_kind(image)}; expected a PIL image")
-        if not isinstance(candidates, (list, tuple)):
-            raise ValueError(
-                f"texts[{index}] is {_kind(candidates)}; expected a list of candidate texts (str) for images[{index}]"
-            )
-        for position, text in enumerate(candidates):
-            if not isinstance(text, str):
-                raise ValueError(f"texts[{index}][{position}] is {_kind(text)}; expected a str")
+    _check_queries_and_candidates(images, "images", _IMAGE, texts, "texts", _TEXT)
 
 
 def check_score_images_inputs(texts: object, images: object) -> None:
     """Raise a ValueError naming the first malformed item of `score_images(texts, images)`'s
     inputs: texts a list of str, images a list with one list of PIL images per text."""
-    _check_list(texts, "texts")
-    _check_list(images, "images")
-    if len(images) != len(texts):
-        raise ValueError(f"{len(texts)} texts but {len(images)} lists of images")
-    for index, (text, candidates) in enumerate(zip(texts, images)):
-        if not isinstance(text, str):
-            raise ValueError(f"texts[{index}] is {_kind(text)}; expected a str")
-        if not isinstance(candidates, (list, tuple)):
-            raise ValueError(
-                f"images[{index}] is {_kind(candidates)}; expected a list of candidate PIL images for texts[{index}]"
-            )
-        for position, image in enumerate(candidates):
-            if not isinstance(image, PIL.Image.Image):
-                raise ValueError(f"images[{index}][{position}] is {_kind(image)}; expected a PIL image")
+    _check_queries_and_candidates(texts, "texts", _TEXT, images, "images", _IMAGE)
 
 
 def special_token_pattern(prompt_encoder: PromptEncoder) -> re.Pattern[str]:
