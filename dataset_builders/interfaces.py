@@ -16,9 +16,7 @@ import torch
 class PreferenceJudge(Protocol):
     """Scores how well an image and a text align, as alpha in [0, 1]."""
 
-    def score(
-        self, images: list[PIL.Image.Image], texts: list[list[str]], *, reuse_prefix: bool = True
-    ) -> list[torch.Tensor]:
+    def score(self, images: list[PIL.Image.Image], texts: list[list[str]]) -> list[torch.Tensor]:
         """alpha(images[i], texts[i][j]) in [0, 1]; one float tensor of shape (len(texts[i]),) per
         image (img2txt)."""
         ...

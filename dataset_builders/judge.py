@@ -301,7 +301,9 @@ class MLLMJudge:
 
         Malformed inputs (a flat list of texts, a text where an image goes) and texts holding a
         special token of the judge's tokenizer (`special_token_in`) raise a ValueError naming the
-        item (`check_score_inputs`), before any forward."""
+        item (`check_score_inputs`), before any forward. `reuse_prefix` (this judge's option, not part of the
+        `PreferenceJudge` protocol): False runs every pair as one full prompt, the reference the shared-prefix path
+        is tested and benchmarked against."""
         check_score_inputs(images, texts)
         for index, candidates in enumerate(texts):
             for position, text in enumerate(candidates):
@@ -434,12 +436,10 @@ class JudgeEnsemble:
         found = first_finding(enumerate(self.judges), "special_token_in", text)
         return None if found is None else found[1]
 
-    def score(
-        self, images: list[PIL.Image.Image], texts: list[list[str]], *, reuse_prefix: bool = True
-    ) -> list[torch.Tensor]:
+    def score(self, images: list[PIL.Image.Image], texts: list[list[str]]) -> list[torch.Tensor]:
         """Per image, the mean over judges of alpha(images[i], texts[i][j])."""
         check_score_inputs(images, texts)  # members need not check
-        per_judge = [judge.score(images, texts, reuse_prefix=reuse_prefix) for judge in self.judges]
+        per_judge = [judge.score(images, texts) for judge in self.judges]
         return [torch.stack(scores).mean(dim=0) for scores in zip(*per_judge)]
 
     def score_images(self, texts: list[str], images: list[list[PIL.Image.Image]]) -> list[torch.Tensor]:

@@ -109,7 +109,7 @@ class ColourJudge:
         distance = min(float((rgb - mean_colour(image)).norm()) for rgb in named)
         return 1.0 - distance / 3.0**0.5
 
-    def score(self, images, texts, *, reuse_prefix: bool = True) -> list[torch.Tensor]:
+    def score(self, images, texts) -> list[torch.Tensor]:
         self.calls += 1
         time.sleep(self.delay)
         return [torch.tensor([self._alpha(image, text) for text in candidates]) for image, candidates in zip(images, texts)]

@@ -466,9 +466,9 @@ class _PlaceholderJudge(ColourJudge):
     def special_token_in(self, text: str) -> str | None:
         return "<image>" if "<image>" in text else None
 
-    def score(self, images, texts, *, reuse_prefix: bool = True):
+    def score(self, images, texts):
         assert not any("<image>" in text for candidates in texts for text in candidates)
-        return super().score(images, texts, reuse_prefix=reuse_prefix)
+        return super().score(images, texts)
 
 
 class _PlaceholderCaptioner(ColourCaptioner):

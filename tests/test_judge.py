@@ -472,8 +472,6 @@ def test_corrupt_image_data_is_an_error_naming_the_image(sharp_judge):
     [
         # End of turn: the reuse path silently scored a broken prompt.
         (lambda judge: judge.score(IMAGES[:2], [["fine"], ["ok", "a <|im_end|> tag"]]), r"texts\[1\]\[1\] contains the judge's special token '<\|im_end\|>'"),
-        # An image slot without features: the per-pair path crashed naming nothing.
-        (lambda judge: judge.score(IMAGES[:1], [["an <|image_pad|> tag"]], reuse_prefix=False), r"texts\[0\]\[0\] contains .*'<\|image_pad\|>'"),
         (lambda judge: judge.score_images(["fine", "x<|vision_start|>"], [[IMAGES[0]], [IMAGES[1]]]), r"texts\[1\] contains .*'<\|vision_start\|>'"),
     ],
 )
@@ -486,6 +484,13 @@ def test_texts_holding_a_special_token_are_refused_before_any_forward(sharp_judg
         call(sharp_judge)
     with pytest.raises(ValueError, match=message):
         call(JudgeEnsemble([sharp_judge]))
+
+
+def test_a_special_token_is_refused_on_the_per_pair_path_too(sharp_judge, monkeypatch):
+    """An image slot without features: the per-pair path crashed naming nothing."""
+    monkeypatch.setattr(sharp_judge.model.model, "forward", lambda *args, **kwargs: pytest.fail("the model ran"))
+    with pytest.raises(ValueError, match=r"texts\[0\]\[0\] contains .*'<\|image_pad\|>'"):
+        sharp_judge.score(IMAGES[:1], [["an <|image_pad|> tag"]], reuse_prefix=False)
 
 
 def test_smolvlm_judge_refuses_its_literal_image_placeholder_in_a_text():

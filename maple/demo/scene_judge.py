@@ -119,11 +119,8 @@ class SceneGraphJudge:
             logit += random.Random(f"{self.seed}/{image_fingerprint(image)}/{text}").gauss(0.0, self.noise)
         return 1.0 / (1.0 + math.exp(-max(logit, -700.0)))  # exp overflows a float above 709
 
-    def score(
-        self, images: list[Image.Image], texts: list[list[str]], *, reuse_prefix: bool = True
-    ) -> list[torch.Tensor]:
-        """alpha(images[i], texts[i][j]); one tensor per image (img2txt). `reuse_prefix` is
-        accepted for protocol compatibility: there is no prefix to reuse here."""
+    def score(self, images: list[Image.Image], texts: list[list[str]]) -> list[torch.Tensor]:
+        """alpha(images[i], texts[i][j]); one tensor per image (img2txt)."""
         if len(images) != len(texts):
             raise ValueError(f"score() needs one list of texts per image, got {len(images)} images and {len(texts)} lists")
         return [
