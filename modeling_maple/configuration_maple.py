@@ -64,6 +64,8 @@ class MapleConfig(PreTrainedConfig):
         Initial log inverse temperature of the contrastive (InfoNCE) loss.
     preference_logit_scale_init_value (`float`, defaults to `log(1/0.07)`):
         Initial log of RPA's beta, the learnable scale of similarities in the preference loss.
+    initializer_range (`float`, defaults to 0.02):
+        Standard deviation of the normal initialisation of the projections MAPLE adds (the backbone keeps its own).
     """
 
     model_type = "maple"

@@ -171,9 +171,7 @@ class MapleModel(MaplePreTrainedModel):
             raise ValueError("pooling='pooler' needs a tower that returns `pooler_output`; use 'mean' or 'cls'.")
         return pooler_output
 
-    def get_text_features(
-        self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None, **kwargs: Any
-    ) -> torch.FloatTensor:
+    def get_text_features(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None) -> torch.FloatTensor:
         r"""
         Args:
             input_ids (`torch.LongTensor` of shape `(num_texts, text_length)`): prompt-wrapped text tokens.
@@ -185,7 +183,7 @@ class MapleModel(MaplePreTrainedModel):
         if self.config.backbone == "mllm":
             hidden_states = self.mllm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
             return self._finish(self._pool(hidden_states, attention_mask), self.projection)
-        outputs = self.text_tower(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        outputs = self.text_tower(input_ids=input_ids, attention_mask=attention_mask)
         pooled = self._pool(outputs.last_hidden_state, attention_mask, getattr(outputs, "pooler_output", None))
         return self._finish(pooled, self.text_projection)
 
