@@ -21,8 +21,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
-
+from typing import Any, Literal, NamedTuple
 
 
 class BenchmarkFormatError(ValueError):
@@ -91,7 +90,7 @@ class QuadrupleBenchmark:
 @dataclass(frozen=True)
 class BenchmarkSpec:
     name: str
-    kind: str  # "retrieval" | "quadruples"
+    kind: Literal["retrieval", "quadruples"]
     hub_id: str
     description: str
     loader: Callable[[str, "BenchmarkSpec"], RetrievalBenchmark | QuadrupleBenchmark]

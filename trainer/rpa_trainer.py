@@ -168,7 +168,7 @@ class RPATrainer(DPOTrainer):
         self.precompute_ref_logps = False
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self.maybe_activation_offload_context = contextlib.nullcontext()
-        self._eval_anchor_embeds: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+        self._eval_anchors: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
         self.eval_quadruples = eval_quadruples or {}
         self._evaluating = False  # inside `evaluate` (see there)
 
@@ -348,7 +348,7 @@ class RPATrainer(DPOTrainer):
         texts, images = inputs["anchor_text_index"], inputs["anchor_image_index"]
         anchors = (text_embeds[texts].detach(), image_embeds[images].detach(), inputs["text_ids"][texts],
                    inputs["image_ids"][images])
-        self._eval_anchor_embeds.append(self.accelerator.gather_for_metrics(anchors))
+        self._eval_anchors.append(self.accelerator.gather_for_metrics(anchors))
 
     def _log_mean(self, mode: str, key: str, values: Tensor) -> None:
         """Records a batch metric given per anchor (or, in training, as one value per process): in training, the
@@ -409,16 +409,16 @@ class RPATrainer(DPOTrainer):
     ) -> EvalLoopOutput:
         # `_compute_loss` collects the batch metrics and, for retrieval over the whole evaluation set, the anchors.
         # They go into the loop's own metrics under its prefix (per split, and for `predict` too), not to `log`.
-        self._eval_anchor_embeds = []
+        self._eval_anchors = []
         self._metrics["eval"].clear()
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         for key, values in self._metrics["eval"].items():  # NaN: no anchor had a strict judge preference
             output.metrics[f"{metric_key_prefix}_{key}"] = sum(values) / len(values) if values else math.nan
         self._metrics["eval"].clear()
-        if self._eval_anchor_embeds:
-            recalls = anchor_recall_at_1(*(torch.cat(part) for part in zip(*self._eval_anchor_embeds)))
+        if self._eval_anchors:
+            recalls = anchor_recall_at_1(*(torch.cat(part) for part in zip(*self._eval_anchors)))
             output.metrics.update({f"{metric_key_prefix}_recall@1/{key}": value for key, value in recalls.items()})
-            self._eval_anchor_embeds = []
+            self._eval_anchors = []
         return output
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
