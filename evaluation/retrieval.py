@@ -10,10 +10,14 @@ query_chunk * candidate_chunk * 4 bytes (64 MiB at the defaults), whatever the c
 - `chunked_ranks` gives the exact 1-based rank of each query's first relevant candidate, with the
   same tie rule as `evaluation.metrics.first_relevant_ranks`, so recall@k for any k and MRR equal
   the dense computation.
+
+`anchor_recall_at_1` is the recall@1 that `RPATrainer` reports over an evaluation set's anchor pairs.
 """
 
 from __future__ import annotations
 
+import math
+from collections import defaultdict
 from collections.abc import Iterator
 
 import torch
@@ -214,3 +218,34 @@ def chunked_retrieval_recall(
     """`evaluation.metrics.retrieval_recall` on embeddings, without the full score matrix."""
     ranks = chunked_ranks(queries, candidates, relevant, query_chunk, candidate_chunk)
     return recall_from_ranks(ranks, ks)
+
+
+def anchor_recall_at_1(text_embeds: Tensor, image_embeds: Tensor, text_ids: Tensor, image_ids: Tensor) -> dict[str, float]:
+    """Recall@1 (0-100, `evaluation.retrieval.chunked_retrieval_recall`: no captions x images matrix) between the
+    anchors of an evaluation set, row ``i`` pairing caption ``text_ids[i]`` with image ``image_ids[i]``. Captions and
+    images are de-duplicated by content id, so each is one query and one key; an image's relevant set is every
+    caption paired with it (and a caption's, every image paired with it)."""
+    if not (torch.isfinite(text_embeds).all() and torch.isfinite(image_embeds).all()):
+        return {"text_to_image": math.nan, "image_to_text": math.nan}  # a diverged model: NaN, like its loss
+    text_ids, image_ids = text_ids.tolist(), image_ids.tolist()
+    text_rows, image_rows = _first_rows(text_ids), _first_rows(image_ids)
+    text_position = {identity: position for position, identity in enumerate(text_rows)}
+    image_position = {identity: position for position, identity in enumerate(image_rows)}
+    images_of_text: dict[int, set[int]] = defaultdict(set)
+    texts_of_image: dict[int, set[int]] = defaultdict(set)
+    for text_id, image_id in zip(text_ids, image_ids):
+        images_of_text[text_id].add(image_position[image_id])
+        texts_of_image[image_id].add(text_position[text_id])
+    texts = text_embeds[list(text_rows.values())].float()
+    images = image_embeds[list(image_rows.values())].float()
+    text_to_image = chunked_retrieval_recall(texts, images, [sorted(images_of_text[i]) for i in text_rows], ks=(1,))
+    image_to_text = chunked_retrieval_recall(images, texts, [sorted(texts_of_image[i]) for i in image_rows], ks=(1,))
+    return {"text_to_image": text_to_image["recall@1"], "image_to_text": image_to_text["recall@1"]}
+
+
+def _first_rows(ids: list[int]) -> dict[int, int]:
+    """Each distinct id, in first-seen order, mapped to the row where it first appears."""
+    rows: dict[int, int] = {}
+    for row, identity in enumerate(ids):
+        rows.setdefault(identity, row)
+    return rows

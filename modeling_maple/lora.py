@@ -13,12 +13,16 @@ peft_model = get_peft_model(model, maple_lora_config(model))  # or RPATrainer(..
 peft_model.save_pretrained("adapter")                          # adapter + projection heads
 reloaded = PeftModel.from_pretrained(base_model, "adapter")    # same embeddings
 merged = reloaded.merge_and_unload()                            # a plain MapleModel, same embeddings
+save_merged(peft_model, "merged")                               # the same, saved without touching peft_model
 ```
 The two logit scales (InfoNCE temperature, RPA beta) are plain parameters, not modules, so an
 adapter does not carry them; they do not change embeddings, and a merged model saves them.
 """
 
-from peft import LoraConfig
+import torch
+from peft import LoraConfig, PeftModel
+from peft.tuners.lora import LoraLayer
+from torch import Tensor
 
 from .configuration_maple import MapleConfig
 from .modeling_maple import MapleModel
@@ -68,4 +72,51 @@ def maple_lora_config(
     return LoraConfig(**options)
 
 
-__all__ = ["maple_lora_config", "MLLM_LORA_TARGETS", "DUAL_ENCODER_LORA_TARGETS"]
+__all__ = ["maple_lora_config", "save_merged", "MLLM_LORA_TARGETS", "DUAL_ENCODER_LORA_TARGETS"]
+
+
+def save_merged(model: PeftModel, output_dir: str) -> None:
+    """Saves the PEFT model as the plain model it stands for (adapters merged, trained heads in place), equal to
+    `merge_and_unload()` and loadable by `AutoModel`, without changing the live model's weights: merging in place and
+    unmerging again would move the frozen base weights by rounding at every save (under DDP on the saving process
+    only).
+    Only the LoRA-targeted weights are new tensors, on the CPU; every other tensor of the saved state is the model's."""
+    base = model.get_base_model()
+    prefix = getattr(model.base_model, "prefix", "lora_")
+    adapter = model.active_adapter
+    merged = {}
+    for module_name, module in base.named_modules():
+        # linear-like layers keep their adapter in `lora_A`, embeddings in `lora_embedding_A`
+        if isinstance(module, LoraLayer) and (adapter in module.lora_A or adapter in module.lora_embedding_A):
+            merged.update(_merged_lora_tensors(module, adapter, f"{module_name}.base_layer."))
+    state_dict = {}
+    for name, tensor in base.state_dict().items():
+        if f".{prefix}" in name or name.startswith(prefix) or ".original_module." in name:
+            continue  # adapter weights (merged) and the untrained copies of the trained heads
+        tensor = merged.get(name, tensor)
+        name = name.replace(".base_layer.", ".").replace(f".modules_to_save.{adapter}.", ".")
+        state_dict[name] = tensor
+    base.save_pretrained(output_dir, state_dict=state_dict)
+
+
+@torch.no_grad()
+def _merged_lora_tensors(layer: LoraLayer, adapter: str, key_prefix: str) -> dict[str, Tensor]:
+    """The state-dict entries (``key_prefix`` + ``weight``, and ``bias`` with `lora_bias`) of `layer`'s base layer with
+    `adapter` merged, as new CPU tensors computed as PEFT's unsafe `merge` (`merge_and_unload`'s) computes them."""
+    base_layer = layer.get_base_layer()
+    if adapter in layer.lora_variant:  # DoRA and other variants merge by their own rule, on the weight's device
+        weight = base_layer.weight.detach().clone()
+        layer.lora_variant[adapter].merge_unsafe(layer, adapter, weight)
+        weight = weight.cpu()
+    else:
+        weight = base_layer.weight.detach().to("cpu", copy=True)
+        delta = layer.get_delta_weight(adapter)
+        if adapter in layer.lora_embedding_A:  # PEFT's Embedding.merge rounds the delta to the weight's dtype first
+            delta = delta.to(weight.dtype)
+        weight += delta.cpu()  # in place, as PEFT: computed in the promoted dtype, then cast
+    merged = {f"{key_prefix}weight": weight}
+    if layer.lora_bias[adapter]:
+        bias = base_layer.bias.detach().to("cpu", copy=True)
+        bias += (layer.lora_B[adapter].bias * layer.scaling[adapter]).cpu()
+        merged[f"{key_prefix}bias"] = bias
+    return merged

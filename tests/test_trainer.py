@@ -13,7 +13,9 @@ from modeling_maple.lora import maple_lora_config
 from modeling_maple.testing import build_tiny
 from trainer import RPAConfig, RPATrainer
 from trainer.losses import contrastive_loss
-from trainer.rpa_trainer import _model_inputs, anchor_recall_at_1, judged_positive_ids
+from evaluation.retrieval import anchor_recall_at_1
+from trainer.losses import judged_positive_ids
+from trainer.rpa_trainer import _model_inputs
 from trainer.testing import describe_scene, draw_scene, smoke_config, synthetic_preference_dataset
 
 

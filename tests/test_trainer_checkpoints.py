@@ -15,7 +15,7 @@ from transformers import AutoModel, AutoProcessor, TrainerCallback
 
 import trainer.rpa_trainer as rpa_trainer_module
 
-from modeling_maple.lora import maple_lora_config
+from modeling_maple.lora import maple_lora_config, save_merged
 from modeling_maple.testing import build_tiny
 from test_trainer import make_config, make_trainer
 from trainer import RPATrainer
@@ -108,7 +108,7 @@ def test_lora_saves_equal_merge_and_unload_and_leave_the_model_untouched(tmp_pat
 
     monkeypatch.setattr(base, "save_pretrained", recording_save_pretrained)
     for _ in range(3):
-        rpa_trainer_module._save_merged(model, str(tmp_path))
+        save_merged(model, str(tmp_path))
 
     for name, param in model.named_parameters():
         assert torch.equal(param, before[name]), name

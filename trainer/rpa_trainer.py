@@ -19,7 +19,6 @@ import safetensors.torch
 import torch
 from datasets import Dataset, IterableDataset
 from peft import PeftConfig, PeftModel, get_peft_model
-from peft.tuners.lora import LoraLayer
 from PIL import Image
 from torch import Tensor, nn
 from transformers import AutoModel, AutoProcessor, EvalPrediction, ProcessorMixin, TrainerCallback
@@ -27,10 +26,12 @@ from transformers.trainer_utils import EvalLoopOutput, get_last_checkpoint
 from trl import DPOTrainer
 from trl.trainer.base_trainer import _BaseTrainer
 
+from evaluation.retrieval import anchor_recall_at_1
 from maple import PAPER_CITATION
+from modeling_maple.lora import save_merged
 
 from .collator import PREFERENCE_KEYS, DataCollatorForEmbeddingPreference
-from .losses import contrastive_loss, preference_agreement, rpa_listwise_loss, rpa_pairwise_loss
+from .losses import contrastive_loss, judged_positive_ids, preference_agreement, rpa_listwise_loss, rpa_pairwise_loss
 from .rpa_config import RPAConfig, from_pretrained_kwargs
 from .schema import PREFERENCE_COLUMNS, validate_preference_dataset
 
@@ -460,7 +461,7 @@ class RPATrainer(DPOTrainer):
         if not self.args.should_save:
             return
         os.makedirs(output_dir, exist_ok=True)
-        _save_merged(model, output_dir)
+        save_merged(model, output_dir)
         trainable = {name: param.detach().contiguous() for name, param in model.named_parameters() if param.requires_grad}
         safetensors.torch.save_file(trainable, os.path.join(output_dir, PEFT_TRAINABLE_STATE))
         self.processing_class.save_pretrained(output_dir)
@@ -544,53 +545,6 @@ def _disable_dropout_outside_adapters(model: nn.Module) -> None:
             module.p = 0.0
 
 
-def _save_merged(model: PeftModel, output_dir: str) -> None:
-    """Saves the PEFT model as the plain model it stands for (adapters merged, trained heads in place), equal to
-    `merge_and_unload()` and loadable by `AutoModel`, without changing the live model's weights: merging in place and
-    unmerging again would move the frozen base weights by rounding at every save (under DDP on the saving process
-    only).
-    Only the LoRA-targeted weights are new tensors, on the CPU; every other tensor of the saved state is the model's."""
-    base = model.get_base_model()
-    prefix = getattr(model.base_model, "prefix", "lora_")
-    adapter = model.active_adapter
-    merged = {}
-    for module_name, module in base.named_modules():
-        # linear-like layers keep their adapter in `lora_A`, embeddings in `lora_embedding_A`
-        if isinstance(module, LoraLayer) and (adapter in module.lora_A or adapter in module.lora_embedding_A):
-            merged.update(_merged_lora_tensors(module, adapter, f"{module_name}.base_layer."))
-    state_dict = {}
-    for name, tensor in base.state_dict().items():
-        if f".{prefix}" in name or name.startswith(prefix) or ".original_module." in name:
-            continue  # adapter weights (merged) and the untrained copies of the trained heads
-        tensor = merged.get(name, tensor)
-        name = name.replace(".base_layer.", ".").replace(f".modules_to_save.{adapter}.", ".")
-        state_dict[name] = tensor
-    base.save_pretrained(output_dir, state_dict=state_dict)
-
-
-@torch.no_grad()
-def _merged_lora_tensors(layer: LoraLayer, adapter: str, key_prefix: str) -> dict[str, Tensor]:
-    """The state-dict entries (``key_prefix`` + ``weight``, and ``bias`` with `lora_bias`) of `layer`'s base layer with
-    `adapter` merged, as new CPU tensors computed as PEFT's unsafe `merge` (`merge_and_unload`'s) computes them."""
-    base_layer = layer.get_base_layer()
-    if adapter in layer.lora_variant:  # DoRA and other variants merge by their own rule, on the weight's device
-        weight = base_layer.weight.detach().clone()
-        layer.lora_variant[adapter].merge_unsafe(layer, adapter, weight)
-        weight = weight.cpu()
-    else:
-        weight = base_layer.weight.detach().to("cpu", copy=True)
-        delta = layer.get_delta_weight(adapter)
-        if adapter in layer.lora_embedding_A:  # PEFT's Embedding.merge rounds the delta to the weight's dtype first
-            delta = delta.to(weight.dtype)
-        weight += delta.cpu()  # in place, as PEFT: computed in the promoted dtype, then cast
-    merged = {f"{key_prefix}weight": weight}
-    if layer.lora_bias[adapter]:
-        bias = base_layer.bias.detach().to("cpu", copy=True)
-        bias += (layer.lora_B[adapter].bias * layer.scaling[adapter]).cpu()
-        merged[f"{key_prefix}bias"] = bias
-    return merged
-
-
 @torch.no_grad()
 def bound_scales(model: nn.Module, max_scale: float, learnable_only: bool = True) -> None:
     """Clamp the model's scales, `exp(logit_scale)` (InfoNCE inverse temperature) and `exp(preference_logit_scale)`
@@ -616,16 +570,6 @@ def _model_inputs(inputs: dict[str, Tensor]) -> dict[str, Tensor]:
     return {key: value for key, value in inputs.items() if key not in PREFERENCE_KEYS}
 
 
-def judged_positive_ids(item_ids: Tensor, candidate_index: Tensor, judge_scores: Tensor, mask: Tensor) -> Tensor:
-    """``(N, C)`` ids of each anchor's candidates that its judge rates at least as high as the anchor's own pair
-    (candidate 0), for `contrastive_loss`'s per-anchor exclusions; other slots hold the anchor's own id, which is
-    never excluded. `item_ids` are the ids of the embedded items `candidate_index` points into."""
-    candidate_ids = item_ids[candidate_index]
-    as_good_as_anchor = (judge_scores >= judge_scores[:, :1]) & mask
-    as_good_as_anchor[:, 0] = False
-    return torch.where(as_good_as_anchor, candidate_ids, candidate_ids[:, :1])
-
-
 def _candidate_similarities(text_embeds: Tensor, image_embeds: Tensor, inputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
     """Cosine similarities of each anchor to its sampled candidates: ``(N, C_img)`` anchor caption -> candidate
     images (txt2img) and ``(N, C_txt)`` anchor image -> candidate texts (img2txt)."""
@@ -634,36 +578,3 @@ def _candidate_similarities(text_embeds: Tensor, image_embeds: Tensor, inputs: d
     txt2img = torch.einsum("nd,ncd->nc", anchor_texts, image_embeds[inputs["candidate_image_index"]])
     img2txt = torch.einsum("nd,ncd->nc", anchor_images, text_embeds[inputs["candidate_text_index"]])
     return txt2img, img2txt
-
-
-def anchor_recall_at_1(text_embeds: Tensor, image_embeds: Tensor, text_ids: Tensor, image_ids: Tensor) -> dict[str, float]:
-    """Recall@1 (0-100, `evaluation.retrieval.chunked_retrieval_recall`: no captions x images matrix) between the
-    anchors of an evaluation set, row ``i`` pairing caption ``text_ids[i]`` with image ``image_ids[i]``. Captions and
-    images are de-duplicated by content id, so each is one query and one key; an image's relevant set is every
-    caption paired with it (and a caption's, every image paired with it)."""
-    from evaluation.retrieval import chunked_retrieval_recall
-
-    if not (torch.isfinite(text_embeds).all() and torch.isfinite(image_embeds).all()):
-        return {"text_to_image": math.nan, "image_to_text": math.nan}  # a diverged model: NaN, like its loss
-    text_ids, image_ids = text_ids.tolist(), image_ids.tolist()
-    text_rows, image_rows = _first_rows(text_ids), _first_rows(image_ids)
-    text_position = {identity: position for position, identity in enumerate(text_rows)}
-    image_position = {identity: position for position, identity in enumerate(image_rows)}
-    images_of_text: dict[int, set[int]] = defaultdict(set)
-    texts_of_image: dict[int, set[int]] = defaultdict(set)
-    for text_id, image_id in zip(text_ids, image_ids):
-        images_of_text[text_id].add(image_position[image_id])
-        texts_of_image[image_id].add(text_position[text_id])
-    texts = text_embeds[list(text_rows.values())].float()
-    images = image_embeds[list(image_rows.values())].float()
-    text_to_image = chunked_retrieval_recall(texts, images, [sorted(images_of_text[i]) for i in text_rows], ks=(1,))
-    image_to_text = chunked_retrieval_recall(images, texts, [sorted(texts_of_image[i]) for i in image_rows], ks=(1,))
-    return {"text_to_image": text_to_image["recall@1"], "image_to_text": image_to_text["recall@1"]}
-
-
-def _first_rows(ids: list[int]) -> dict[int, int]:
-    """Each distinct id, in first-seen order, mapped to the row where it first appears."""
-    rows: dict[int, int] = {}
-    for row, identity in enumerate(ids):
-        rows.setdefault(identity, row)
-    return rows
