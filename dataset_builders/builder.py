@@ -79,45 +79,60 @@ class SourceError(ValueError):
 
 @dataclass
 class MaplePreferencesConfig(datasets.BuilderConfig):
-    """How a preference dataset is built. Named configs: see `MaplePreferences.BUILDER_CONFIGS`.
+    """How a preference dataset is built (MAPLE, arXiv 2506.06970, section 3.2); each field's `help` says what it
+    does. Named configs: see `MaplePreferences.BUILDER_CONFIGS`. `maple build-preferences` offers the fields as
+    options (`--num-hard-negatives`, ...)."""
 
-    Attributes:
-        source: local folder (image folder with a metadata file, or parquet files), a parquet file,
-            or a Hub dataset id (`load_source`). Alternatively pass a `datasets.Dataset` to the builder.
-        source_split: split of a Hub or folder source; folders are split by file name as `datasets`
-            reads them.
-        image_column, caption_column, id_column: source columns. The default id column "id" is
-            optional (without it the row index is the id); any other id column must exist.
-        num_hard_negatives: K, hard-negative images per anchor (paper example: 3).
-        text_candidates: "generated" (a captioner contrasts the anchor with its hard negatives,
-            the paper) or "corpus" (the hard negatives' own captions; no captioner needed).
-        captioned_negatives: how many of the K hard negatives the captioner is shown, one prompt each.
-        max_candidate_texts: cap on the text pool, anchor caption included (paper: 6).
-        shard_size: anchors per shard, the unit of checkpointing and of work per process.
-        semdedup_clusters: SemDeDup k-means clusters (paper: 50,000), None to skip de-duplication.
-        semdedup_epsilon: SemDeDup threshold, duplicates have cosine > 1 - epsilon (paper: 0.07).
-        seed: seeds captioner sampling (per shard) and SemDeDup's k-means.
-        source_license: licence of the source data, for the dataset card.
-        components: set by the builder: names of the judge, captioner and miner (with a digest of
-            their `settings` where they have them) and the in-memory source's fingerprint. Part of the cache key, so changing any of them never reuses a
-            stale build.
-    """
-
-    source: str | None = None
-    source_split: str = "train"
-    image_column: str = "image"
-    caption_column: str = "caption"
-    id_column: str = DEFAULT_ID_COLUMN
-    num_hard_negatives: int = 3
-    text_candidates: str = "generated"
-    captioned_negatives: int = 1
-    max_candidate_texts: int = 6
-    shard_size: int = 256
-    semdedup_clusters: int | None = 50_000
-    semdedup_epsilon: float = 0.07
-    seed: int = 0
-    source_license: str | None = None
-    components: str | None = None
+    source: str | None = field(
+        default=None,
+        metadata={"help": "local folder (image folder with a metadata file, or parquet files), a parquet file, or a "
+                  "Hub dataset id (`load_source`); alternatively pass a `datasets.Dataset` to the builder"},
+    )
+    source_split: str = field(
+        default="train",
+        metadata={"help": "split of a Hub or folder source; a folder is split by file name (data/train-*, "
+                  "data/test-*) as datasets reads it"},
+    )
+    image_column: str = field(default="image", metadata={"help": "source image column"})
+    caption_column: str = field(default="caption", metadata={"help": "source caption column"})
+    id_column: str = field(
+        default=DEFAULT_ID_COLUMN,
+        metadata={"help": f"source id column; the default {DEFAULT_ID_COLUMN!r} is optional (without it the row index "
+                  "is the id), any other must exist"},
+    )
+    num_hard_negatives: int = field(
+        default=3, metadata={"help": "K, hard-negative images per anchor, mined by image similarity (paper example: 3)"}
+    )
+    text_candidates: str = field(
+        default="generated",
+        metadata={"help": "'generated': a captioner contrasts the anchor with its hard negatives (paper); 'corpus': "
+                  "the hard negatives' own captions, no captioner needed"},
+    )
+    captioned_negatives: int = field(
+        default=1, metadata={"help": "hard negatives shown to the captioner per anchor, one prompt each"}
+    )
+    max_candidate_texts: int = field(
+        default=6, metadata={"help": "cap on the text pool, anchor caption included (paper: 6)"}
+    )
+    shard_size: int = field(
+        default=256, metadata={"help": "anchors per shard: the unit of checkpointing and of work per process"}
+    )
+    semdedup_clusters: int | None = field(
+        default=50_000,
+        metadata={"help": "SemDeDup k-means clusters, at most half the usable images (paper: 50,000 for ~700k images; "
+                  "about images / 14); None skips de-duplication"},
+    )
+    semdedup_epsilon: float = field(
+        default=0.07, metadata={"help": "SemDeDup threshold: duplicates have cosine > 1 - epsilon (paper: 0.07)"}
+    )
+    seed: int = field(default=0, metadata={"help": "seed of captioner sampling (per shard) and of SemDeDup's k-means"})
+    source_license: str | None = field(default=None, metadata={"help": "licence of the source data, for the dataset card"})
+    components: str | None = field(
+        default=None,
+        metadata={"help": "set by the builder: names of the judge, captioner and miner (with a digest of their "
+                  "`settings` where they have them) and the in-memory source's fingerprint; part of the cache key, "
+                  "so changing any of them never reuses a stale build"},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -19,11 +19,28 @@ import re
 import sys
 import time
 from collections import defaultdict
+from dataclasses import fields
 from typing import Any
 
 from maple.cli import positive
 
 from .builder import MaplePreferences, MaplePreferencesConfig, SourceError, WorkDirMismatch, open_source
+
+# `MaplePreferencesConfig` fields offered as options, by option group.
+RECIPE_OPTIONS = (
+    "num_hard_negatives", "captioned_negatives", "max_candidate_texts", "semdedup_clusters", "semdedup_epsilon",
+    "shard_size", "seed",
+)
+SOURCE_OPTIONS = ("source_split", "image_column", "caption_column", "id_column", "source_license")
+_OPTION_TYPES = {"int": int, "int | None": int, "float": float, "str": str, "str | None": str}  # field type -> argparse's
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default unless it is None (unset: its help says what holds then)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is None else super()._get_help_string(action)
+
 
 _FACTORY_SPEC = re.compile(r"^(?P<module>[A-Za-z_][\w.]*):(?P<attribute>[A-Za-z_][\w.]*)$")
 MAX_EXAMPLES_PER_REASON = 5
@@ -34,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="maple build-preferences",
         description="Build a MAPLE preference dataset: mine hard-negative images, write contrastive captions, "
         "score every candidate with an MLLM judge, and write (and optionally publish) parquet shards.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("source", help="image-caption data: a local folder (parquet files, or images with metadata.jsonl/csv), a parquet file, or a Hub dataset id")
     parser.add_argument("--output-dir", default="maple_preferences", help="work directory: checkpoints, shards, stats.json and the datasets cache; rerun with the same one to resume")
@@ -50,13 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     components.add_argument("--max-pixels", type=positive(int), default=None, help="cap on image pixels seen by the judge and captioner (paper: 384*384 for training images); Qwen-VL family models only")
 
     recipe = parser.add_argument_group("recipe")
-    recipe.add_argument("--num-hard-negatives", type=int, default=None, help="K hard-negative images per anchor (config default: 3)")
-    recipe.add_argument("--captioned-negatives", type=int, default=None, help="hard negatives shown to the captioner per anchor, one prompt each (default: 1)")
-    recipe.add_argument("--max-candidate-texts", type=int, default=None, help="text pool size, anchor caption included (default: 6)")
-    recipe.add_argument("--semdedup-clusters", type=int, default=None, help="SemDeDup k-means clusters, at most half the usable images (paper: 50000 for ~700k images; about images / 14); 0 turns de-duplication off")
-    recipe.add_argument("--semdedup-epsilon", type=float, default=None, help="SemDeDup threshold: duplicates have cosine > 1 - epsilon (paper: 0.07)")
-    recipe.add_argument("--shard-size", type=int, default=None, help="anchors per shard: the unit of checkpointing and of work per process (default: 256)")
-    recipe.add_argument("--seed", type=int, default=None, help="seed of caption sampling and SemDeDup (default: 0)")
+    _add_config_options(recipe, RECIPE_OPTIONS)
     recipe.add_argument("--judge-prompt", default=None, help="judge question with a {text} field (default: the paper's)")
     recipe.add_argument("--judge-batch-size", type=positive(int), default=8, help="image-text pairs per judge forward pass")
     recipe.add_argument("--caption-prompt", default=None, help="captioner instruction shown after the anchor and the hard negative")
@@ -65,11 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--max-new-tokens", type=positive(int), default=96, help="captioner answer length cap")
 
     data = parser.add_argument_group("source columns and metadata")
-    data.add_argument("--source-split", default=None, help="split of a Hub or folder source; a folder is split by file name (data/train-*, data/test-*) as datasets reads it (default: train)")
-    data.add_argument("--image-column", default=None, help="source image column (default: image)")
-    data.add_argument("--caption-column", default=None, help="source caption column (default: caption)")
-    data.add_argument("--id-column", default=None, help="source id column; without one the row index is the id (default: id)")
-    data.add_argument("--source-license", default=None, help="licence of the source data, for the dataset card")
+    _add_config_options(data, SOURCE_OPTIONS)
 
     publish = parser.add_argument_group("publishing and output")
     publish.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="publish the dataset and its card to this Hub dataset repo")
@@ -78,15 +85,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_config_options(group: argparse._ArgumentGroup, names: tuple[str, ...]) -> None:
+    """One option per `MaplePreferencesConfig` field, with the field's help; unset, the named config's value holds."""
+    config_fields = {config_field.name: config_field for config_field in fields(MaplePreferencesConfig)}
+    for name in names:
+        config_field = config_fields[name]
+        # semdedup_clusters: None (no de-duplication) is 0 on the command line
+        help_text = config_field.metadata["help"].replace("None skips", "0 skips")
+        defaults = {config.name: getattr(config, name) for config in MaplePreferences.BUILDER_CONFIGS}
+        if name == "semdedup_clusters":
+            defaults = {config_name: value or 0 for config_name, value in defaults.items()}
+        if len(set(defaults.values())) > 1:
+            help_text += " (default: " + ", ".join(f"{value} in '{config_name}'" for config_name, value in defaults.items()) + ")"
+        elif (value := next(iter(defaults.values()))) is not None:
+            help_text += f" (default: {value})"
+        group.add_argument(f"--{name.replace('_', '-')}", type=_OPTION_TYPES[config_field.type], default=None, help=help_text)
+
+
 def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Config fields given on the command line (the rest keep the named config's defaults)."""
-    names = [
-        "num_hard_negatives", "captioned_negatives", "max_candidate_texts", "semdedup_epsilon", "shard_size",
-        "seed", "source_split", "image_column", "caption_column", "id_column", "source_license",
-    ]
-    overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-    if args.semdedup_clusters is not None:
-        overrides["semdedup_clusters"] = args.semdedup_clusters or None
+    overrides = {name: getattr(args, name) for name in RECIPE_OPTIONS + SOURCE_OPTIONS if getattr(args, name) is not None}
+    if "semdedup_clusters" in overrides:
+        overrides["semdedup_clusters"] = overrides["semdedup_clusters"] or None
     return overrides
 
 

@@ -34,6 +34,20 @@ def test_every_option_has_help():
     assert "--judge" in parser.format_help() and "--push-to-hub" in parser.format_help()
 
 
+def test_config_options_show_the_config_fields_help_and_defaults():
+    """The recipe options are `MaplePreferencesConfig`'s fields, so their help and defaults cannot drift from it."""
+    from dataclasses import fields
+
+    from dataset_builders.builder import MaplePreferencesConfig
+
+    own_fields = [field for field in fields(MaplePreferencesConfig) if field.name not in {f.name for f in fields(datasets.BuilderConfig)}]
+    assert all(field.metadata.get("help") for field in own_fields)
+    help_text = " ".join(cli.build_parser().format_help().split())
+    assert "--shard-size SHARD_SIZE anchors per shard: the unit of checkpointing and of work per process (default: 256)" in help_text
+    assert "(default: 50000 in 'paper', 0 in 'corpus-captions')" in help_text
+    assert "(default: None)" not in help_text
+
+
 def test_build_prints_a_summary_and_resumes(source_file, tmp_path, capsys):
     argv = [source_file, "--output-dir", str(tmp_path / "out"), *STAND_INS, "--shard-size", "3", "--semdedup-clusters", "0", "--no-progress"]
     assert cli.main(argv) == 0
