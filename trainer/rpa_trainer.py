@@ -141,20 +141,7 @@ class RPATrainer(DPOTrainer):
             raise ValueError("`model` and `ref_model` must be different objects.")
         if ref_model is not None and args.reference == "none":
             raise ValueError("A `ref_model` was given but `reference='none'` would ignore it; set reference='frozen'.")
-        self._set_scales(model, args)
-
-        # A PEFT model (wrapped here or by the user) is its own reference with the adapters disabled, as in TRL, unless
-        # the user's leaves base weights trainable: those would move the reference too.
-        if args.reference == "frozen" and ref_model is None and peft_config is None:
-            if not isinstance(model, PeftModel) or _trainable_base_parameters(model):
-                ref_model = copy.deepcopy(model)  # the initial model, frozen below
-        if args.disable_dropout:  # LoRA's own `lora_dropout` is the user's to set
-            _disable_dropout_outside_adapters(model)
-        if peft_config is not None:
-            model = get_peft_model(model, peft_config)
-            self._set_scales(model, args)  # PEFT froze everything but the adapters; the scales stay learnable
-        if ref_model is not None:
-            ref_model.requires_grad_(False).eval()
+        model, ref_model = self._policy_and_reference(model, ref_model, args, peft_config)
         # Under DDP a step may leave parameters without gradient (a text tower's pooler, beta when rpa_weight is 0).
         if args.ddp_find_unused_parameters is None:
             args.ddp_find_unused_parameters = True
@@ -210,6 +197,27 @@ class RPATrainer(DPOTrainer):
         self._last_grad_norm: float | None = None
 
     # ------------------------------------------------------------------------------------------ set-up
+    @classmethod
+    def _policy_and_reference(
+        cls, model: nn.Module, ref_model: nn.Module | None, args: RPAConfig, peft_config: PeftConfig | None
+    ) -> tuple[nn.Module, nn.Module | None]:
+        """The model to train (scales set, dropout off, wrapped with `peft_config`) and the frozen reference of
+        `reference="frozen"`: `ref_model`, else a copy of the initial model. A PEFT model (wrapped here or by the
+        user) is its own reference with the adapters disabled, as in TRL (None here), unless the user's leaves base
+        weights trainable: those would move the reference too."""
+        cls._set_scales(model, args)
+        if args.reference == "frozen" and ref_model is None and peft_config is None:
+            if not isinstance(model, PeftModel) or _trainable_base_parameters(model):
+                ref_model = copy.deepcopy(model)
+        if args.disable_dropout:  # LoRA's own `lora_dropout` is the user's to set
+            _disable_dropout_outside_adapters(model)
+        if peft_config is not None:
+            model = get_peft_model(model, peft_config)
+            cls._set_scales(model, args)  # PEFT froze everything but the adapters; the scales stay learnable
+        if ref_model is not None:
+            ref_model.requires_grad_(False).eval()
+        return model, ref_model
+
     @staticmethod
     def _set_scales(model: nn.Module, args: RPAConfig) -> None:
         """Initial values (when configured) and trainability of beta and the InfoNCE temperature. A model's own
