@@ -19,8 +19,11 @@ import re
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
+
+import datasets
 
 from maple.cli import positive
 
@@ -129,6 +132,32 @@ def _device(requested: str | None) -> str:
     return f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
 
 
+def _check_model_refs(args: argparse.Namespace) -> None:
+    """A ValueError naming the option of a model that cannot be found: a module:factory spec that does not import, a
+    path that is not a folder. Reads no model, so it runs before the first one loads."""
+    from evaluation.models import ModelLoadError, check_model_ref
+
+    specs = [("--judge", spec) for spec in args.judge] + [("--captioner", args.captioner), ("--miner", args.miner)]
+    for option, spec in specs:
+        try:
+            if spec is not None and _factory(spec) is None:
+                check_model_ref(spec)
+        except (ImportError, AttributeError, ModelLoadError) as error:
+            raise ValueError(f"{option} {spec}: {error}") from None
+
+
+def _load(option: str, spec: str, load: Callable[[str], Any]) -> Any:
+    """What a module:factory `spec` makes, else `load(spec)`; a model that does not load (not found, offline and not
+    cached, gated, of an unsupported family) is a ValueError naming the option."""
+    factory = _factory(spec)
+    if factory is not None:
+        return factory()
+    try:
+        return load(spec)
+    except (OSError, ValueError, NotImplementedError) as error:
+        raise ValueError(f"{option} {spec} cannot be loaded: {' '.join(str(error).split())}") from error
+
+
 def _load_components(args: argparse.Namespace, device: str) -> dict[str, Any]:
     from .captioner import ContrastiveCaptioner
     from .judge import JudgeEnsemble, MLLMJudge
@@ -141,27 +170,21 @@ def _load_components(args: argparse.Namespace, device: str) -> dict[str, Any]:
         "model_kwargs": {"device_map": args.device_map} if args.device_map else None,
     }
     judge_kwargs = {"batch_size": args.judge_batch_size} | ({"prompt": args.judge_prompt} if args.judge_prompt else {})
-    judges = []
-    for spec in args.judge:
-        factory = _factory(spec)
-        judges.append(
-            factory()
-            if factory
-            else MLLMJudge.from_pretrained(spec, loading_kwargs=loading_kwargs, **judge_kwargs)
-        )
+    judges = [
+        _load("--judge", spec, lambda ref: MLLMJudge.from_pretrained(ref, loading_kwargs=loading_kwargs, **judge_kwargs))
+        for spec in args.judge
+    ]
     captioner = None
     if args.captioner:
-        factory = _factory(args.captioner)
         caption_kwargs = {"temperature": args.temperature, "num_samples": args.num_samples, "max_new_tokens": args.max_new_tokens}
         if args.caption_prompt:
             caption_kwargs["prompt"] = args.caption_prompt
-        captioner = (
-            factory()
-            if factory
-            else ContrastiveCaptioner.from_pretrained(args.captioner, loading_kwargs=loading_kwargs, **caption_kwargs)
+        captioner = _load(
+            "--captioner",
+            args.captioner,
+            lambda ref: ContrastiveCaptioner.from_pretrained(ref, loading_kwargs=loading_kwargs, **caption_kwargs),
         )
-    miner_factory = _factory(args.miner)
-    miner = miner_factory() if miner_factory else HardNegativeMiner.from_pretrained(args.miner, device=device, search_device=device)
+    miner = _load("--miner", args.miner, lambda ref: HardNegativeMiner.from_pretrained(ref, device=device, search_device=device))
     return {"judge": judges[0] if len(judges) == 1 else JudgeEnsemble(judges), "captioner": captioner, "miner": miner}
 
 
@@ -192,17 +215,28 @@ def format_summary(stats: dict[str, Any], seconds: float, computed: int, reused:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    if not args.no_progress or datasets.are_progress_bars_disabled():
+        return _build(args)
+    datasets.disable_progress_bars()  # datasets' own bars too (reading the source, assembling the dataset)
+    try:
+        return _build(args)
+    finally:
+        datasets.enable_progress_bars()
+
+
+def _build(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     overrides = _config_overrides(args)
     try:
-        # Configuration and source errors stop here, before any model is loaded or any file written.
+        # Configuration, source and model errors stop here, before any file is written.
         config = next(config for config in MaplePreferences.BUILDER_CONFIGS if config.name == args.config)
         config = MaplePreferencesConfig(**{**config.__dict__, **overrides, "source": args.source})
         if config.text_candidates == "generated" and not args.captioner:
             raise ValueError(f"the {args.config!r} config writes captions: pass --captioner (or use --config corpus-captions)")
         open_source(config, cache_dir=os.path.join(args.output_dir, "cache"))
+        _check_model_refs(args)
+        components = _load_components(args, _device(args.device))
     except ValueError as error:  # SourceError included
         print(f"maple build-preferences: error: {error}", file=sys.stderr)
         return 2
@@ -215,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         work_dir=work_dir,
         progress=not args.no_progress,
         **overrides,
-        **_load_components(args, _device(args.device)),
+        **components,
     )
     try:
         report = builder.build_shards()

@@ -121,6 +121,26 @@ def test_unreadable_sources_are_one_line_errors_before_any_model_loads(source_fi
     assert "unsupported source file" in error_of(str(tmp_path / "source.csv"))
 
 
+def test_models_that_cannot_be_found_or_loaded_are_one_line_errors(source_file, tmp_path, capsys):
+    """They were tracebacks with exit status 1: a missing folder as an invalid repo id, a factory that does not exist,
+    and (offline, the first run's default) a miner that is not in the cache."""
+
+    def error_of(option: str, spec: str) -> str:
+        models = dict(zip(STAND_INS[::2], STAND_INS[1::2])) | {option: spec}
+        argv = [source_file, "--output-dir", str(tmp_path / "out"), "--semdedup-clusters", "0", "--no-progress"]
+        assert cli.main(argv + [item for pair in models.items() for item in pair]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith("maple build-preferences: error: ") and error.count("\n") == 1, error
+        return error
+
+    assert "--judge ./nojudge: no such folder: ./nojudge" in error_of("--judge", "./nojudge")
+    assert "--captioner dataset_builders.testing:NoSuch: module 'dataset_builders.testing' has no attribute 'NoSuch'" in \
+        error_of("--captioner", "dataset_builders.testing:NoSuch")
+    assert "--judge no_such_module:factory: No module named 'no_such_module'" in error_of("--judge", "no_such_module:factory")
+    assert "--miner maple-org/not-cached cannot be loaded: " in error_of("--miner", "maple-org/not-cached")  # offline
+    assert not (tmp_path / "out" / "work").exists()
+
+
 def test_another_recipe_on_the_same_output_dir_is_refused(source_file, tmp_path, capsys):
     argv = [source_file, "--output-dir", str(tmp_path / "out"), *STAND_INS, "--semdedup-clusters", "0", "--no-progress"]
     assert cli.main([*argv, "--shard-size", "3"]) == 0
