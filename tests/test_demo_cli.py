@@ -165,7 +165,8 @@ def test_a_foreign_folder_is_refused(tmp_path, capsys):
         (["--rpa-weight", "1.5"], "rpa_weight (lambda) must lie in (0, 1]"),
         (["--seeds=-1,2"], "seeds must lie in [0, 2**32)"),
         (["--judge-noise", "nan"], "judge_noise is a standard deviation and must be finite"),
-        (["--judge", "/no/such/judge"], "--judge /no/such/judge: not a judge that can be loaded"),
+        (["--judge", "/no/such/judge"], "--judge /no/such/judge: no such folder: /no/such/judge"),
+        (["--judge", "maple-org/not-cached"], "--judge maple-org/not-cached: not a judge that can be loaded"),  # offline
     ],
 )
 def test_bad_options_fail_before_any_work(tmp_path, capsys, arguments, message):

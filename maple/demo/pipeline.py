@@ -200,7 +200,12 @@ def check_judge(judge: str) -> None:
     from transformers import AutoConfig
 
     from dataset_builders.vlm_inputs import check_supported
+    from evaluation.models import ModelLoadError, check_model_ref
 
+    try:
+        check_model_ref(judge)  # a missing folder, said plainly: not a Hub id that fails validation
+    except ModelLoadError as error:
+        raise ValueError(f"--judge {judge}: {error}") from None
     try:
         check_supported(AutoConfig.from_pretrained(judge))
     except (OSError, ValueError, NotImplementedError) as error:
