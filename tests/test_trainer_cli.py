@@ -9,6 +9,7 @@ from datasets import DatasetDict
 from transformers import AutoModel, AutoProcessor
 
 from trainer import RPAConfig
+from trainer.rpa_config import unused_dpo_field_help
 from trainer.cli import DataArguments, ModelArguments, TrainingInputError, main
 from trainer.testing import synthetic_preference_dataset
 
@@ -54,6 +55,11 @@ def test_help_documents_every_option(capsys):
             if option.init:
                 assert f"--{option.name}" in help_text, option.name
     assert "--config" in help_text
+    # the DPO knobs RPA rejects or ignores say so, instead of TRL's help about language models
+    flat = " ".join(help_text.split())
+    assert "--label_smoothing LABEL_SMOOTHING, --label-smoothing LABEL_SMOOTHING Not used by RPATrainer" in flat
+    assert "AutoModelForCausalLM" not in flat and "Robust DPO" not in flat
+    assert set(unused_dpo_field_help()) <= {option.name for option in dataclasses.fields(RPAConfig)}
 
 
 @pytest.mark.parametrize(

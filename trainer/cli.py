@@ -24,7 +24,7 @@ from trl import TrlParser
 from evaluation.models import is_hub_id
 from modeling_maple.configuration_maple import SUPPORTED_MLLMS
 
-from .rpa_config import RPAConfig, from_pretrained_kwargs
+from .rpa_config import RPAConfig, from_pretrained_kwargs, unused_dpo_field_help
 
 
 class TrainingInputError(ValueError):
@@ -109,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         epilog="--config FILE.yaml: a YAML mapping of any of the options above (flags given as well override it); "
         "an `env:` mapping in it sets environment variables.",
     )
+    unused_help = unused_dpo_field_help()  # TRL's help of these describes what they do to a language model
+    for action in parser._actions:
+        action.help = unused_help.get(action.dest, action.help)
     argv = sys.argv[1:] if argv is None else list(argv)
     # TrlParser reads only `--config FILE`; accept `--config=FILE` too, as argparse options do.
     argv = [part for argument in argv for part in (argument.split("=", 1) if argument.startswith("--config=") else [argument])]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from accelerate.utils import parse_flag_from_env
@@ -26,6 +27,32 @@ _LANGUAGE_MODEL_ONLY_DEFAULTS = {
 # DPO's collator settings for token sequences; RPATrainer's collator uses the model's processor instead.
 # (DPOConfig resolves `pad_to_multiple_of="auto"` to None.)
 _TOKEN_COLLATION_DEFAULTS = {"pad_to_multiple_of": ("auto", None), "pad_token": (None,), "truncation_mode": ("keep_start",)}
+# DPOConfig knobs of the settings above, or of reference log-probability precomputation: moot for an embedder.
+_MOOT_DPO_FIELDS = {
+    "ref_model_mixup_alpha": "sync_ref_model",
+    "ref_model_sync_steps": "sync_ref_model",
+    "f_alpha_divergence_coef": "f_divergence_type",
+    "discopop_tau": "loss_type='discopop'",
+    "precompute_ref_batch_size": "precompute_ref_log_probs",
+}
+
+
+def unused_dpo_field_help() -> dict[str, str]:
+    """Help for the `DPOConfig` fields RPATrainer rejects or ignores, by field name, to replace TRL's (which describes
+    what they do to a language model) in `maple train --help`."""
+    helps = {
+        name: f"Not used by RPATrainer: acts on a language model's token log-probabilities; must stay {value!r}."
+        for name, value in _LANGUAGE_MODEL_ONLY_DEFAULTS.items()
+    }
+    helps |= {
+        name: f"Not used by RPATrainer: DPO's token collator setting (texts are padded and truncated by the "
+        f"MapleProcessor); must stay {values[0]!r}."
+        for name, values in _TOKEN_COLLATION_DEFAULTS.items()
+    }
+    helps |= {name: f"Not used by RPATrainer (DPO's {setting}, which it does not support)." for name, setting in _MOOT_DPO_FIELDS.items()}
+    helps["loss_weights"] = "Not used by RPATrainer: RPA is one loss, mixed with InfoNCE by `rpa_weight`; must stay None."
+    helps["max_length"] = RPAConfig.__dataclass_fields__["max_length"].metadata["help"]
+    return {name: text.replace("%", "%%") for name, text in helps.items()}  # argparse formats help with %
 
 
 @dataclass
@@ -81,6 +108,22 @@ class RPAConfig(DPOConfig):
         metadata={
             "help": "Must stay None: DPO truncates prompt+completion tokens here, which an embedder does not have, so "
             "any other value is rejected. Texts are truncated by the MapleProcessor's `max_text_length`."
+        },
+    )
+    model_init_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={
+            "help": "Keyword arguments for loading the model when it is given as a path or Hub id: `from_pretrained` of "
+            "a MAPLE checkpoint (any argument; a `revision` applies to its config and processor too) or, in `maple "
+            "train`, `MapleModel.from_backbone` of a backbone (`dtype`, `attn_implementation`, `revision`). Weights "
+            "load in float32 unless `dtype` (alias `torch_dtype`) says otherwise, as in TRL."
+        },
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "Allow a MAPLE checkpoint's own code (configuration, modeling and processing files) to run when it "
+            "is loaded by path or Hub id; the backbones MAPLE wraps are transformers' own classes and need none."
         },
     )
     beta: float | None = field(
