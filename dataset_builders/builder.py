@@ -342,6 +342,21 @@ def local_source_digest(path: Path, sampled_files: int = 64, sampled_blocks: int
     return digest.hexdigest()[:16]
 
 
+def check_outside_source(source: str | None, **folders: str | os.PathLike | None) -> None:
+    """Raise `SourceError` when one of `folders` (by option name) lies inside `source`, a local folder: `datasets`
+    would read the build's own cache and shards there as source data at the next start (and the source fingerprint
+    would change, so the build could never resume)."""
+    if source is None or not Path(source).expanduser().is_dir():
+        return
+    source_path = Path(source).expanduser().resolve()
+    for name, folder in folders.items():
+        if folder is not None and Path(folder).expanduser().resolve().is_relative_to(source_path):
+            raise SourceError(
+                f"{name} {folder} is inside the source folder {source}: the build would read its own files as source "
+                "data; put it outside"
+            )
+
+
 def open_source(
     config: MaplePreferencesConfig, source_dataset: datasets.Dataset | None = None, *, cache_dir: str | None = None
 ) -> tuple[datasets.Dataset, str]:
@@ -507,6 +522,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         self.miner = miner
         self.source_dataset = source_dataset
         self.work_dir = Path(work_dir) if work_dir is not None else Path(self._cache_dir + ".work")
+        check_outside_source(self.config.source, work_dir=self.work_dir, cache_dir=self._cache_dir_root)
         self.rank = int(os.environ.get("RANK", 0)) if rank is None else rank
         self.world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
         if not 0 <= self.rank < self.world_size:

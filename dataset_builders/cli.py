@@ -27,7 +27,14 @@ import datasets
 
 from maple.cli import positive
 
-from .builder import MaplePreferences, MaplePreferencesConfig, SourceError, WorkDirMismatch, open_source
+from .builder import (
+    MaplePreferences,
+    MaplePreferencesConfig,
+    SourceError,
+    WorkDirMismatch,
+    check_outside_source,
+    open_source,
+)
 
 # `MaplePreferencesConfig` fields offered as options, by option group.
 RECIPE_OPTIONS = (
@@ -232,6 +239,7 @@ def _build(args: argparse.Namespace) -> int:
         # Configuration, source and model errors stop here, before any file is written.
         config = next(config for config in MaplePreferences.BUILDER_CONFIGS if config.name == args.config)
         config = MaplePreferencesConfig(**{**config.__dict__, **overrides, "source": args.source})
+        check_outside_source(args.source, **{"--output-dir": args.output_dir})
         if config.text_candidates == "generated" and not args.captioner:
             raise ValueError(f"the {args.config!r} config writes captions: pass --captioner (or use --config corpus-captions)")
         open_source(config, cache_dir=os.path.join(args.output_dir, "cache"))

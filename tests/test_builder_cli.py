@@ -141,6 +141,18 @@ def test_models_that_cannot_be_found_or_loaded_are_one_line_errors(source_file, 
     assert not (tmp_path / "out" / "work").exists()
 
 
+def test_an_output_dir_inside_a_folder_source_is_refused_before_any_work(source_file, tmp_path, capsys, monkeypatch):
+    """It was built once, then read its own cache and shards as source data: every rerun was refused as a changed
+    source, and after deleting the work dir as advised the source had grown from 9 rows to hundreds."""
+    monkeypatch.setattr(cli, "_load_components", lambda *args: pytest.fail("models were loaded"))
+    folder = tmp_path / "src"
+    folder.mkdir()
+    (folder / "train.parquet").write_bytes(open(source_file, "rb").read())
+    assert cli.main([str(folder), "--output-dir", str(folder / "prefs"), *STAND_INS, "--no-progress"]) == 2
+    assert f"--output-dir {folder / 'prefs'} is inside the source folder {folder}" in capsys.readouterr().err
+    assert sorted(path.name for path in folder.iterdir()) == ["train.parquet"]
+
+
 def test_another_recipe_on_the_same_output_dir_is_refused(source_file, tmp_path, capsys):
     argv = [source_file, "--output-dir", str(tmp_path / "out"), *STAND_INS, "--semdedup-clusters", "0", "--no-progress"]
     assert cli.main([*argv, "--shard-size", "3"]) == 0
