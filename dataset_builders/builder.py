@@ -77,6 +77,11 @@ class SourceError(ValueError):
     """The source data (or the recipe applied to it) cannot be built; the message says what to change."""
 
 
+class JudgeOutputError(RuntimeError):
+    """A judge returned something other than one alpha in [0, 1] per candidate; the message names shard, row and
+    candidate."""
+
+
 @dataclass
 class MaplePreferencesConfig(datasets.BuilderConfig):
     """How a preference dataset is built (MAPLE, arXiv 2506.06970, section 3.2); each field's `help` says what it
@@ -340,6 +345,27 @@ def local_source_digest(path: Path, sampled_files: int = 64, sampled_blocks: int
                 handle.seek(offset)
                 digest.update(handle.read(length))
     return digest.hexdigest()[:16]
+
+
+def _check_judge_scores(shard: int, ids: list[str], column: str, scores: list[torch.Tensor], counts: list[int]) -> None:
+    """Raise `JudgeOutputError` naming the shard, row id, column and candidate of the first judge score that is not one
+    finite alpha in [0, 1] per candidate, before the shard is written: training would refuse the row much later."""
+    if len(scores) != len(ids):
+        raise JudgeOutputError(f"shard {shard}: the judge returned {len(scores)} {column} rows for {len(ids)} anchors")
+    for row_id, row_scores, count in zip(ids, scores, counts):
+        if tuple(row_scores.shape) != (count,):
+            raise JudgeOutputError(
+                f"shard {shard}, row id {row_id!r}: the judge returned {column} of shape {tuple(row_scores.shape)} for "
+                f"{count} candidates"
+            )
+        bad = ~(torch.isfinite(row_scores) & (row_scores >= 0) & (row_scores <= 1))
+        if bad.any():
+            candidate = int(bad.nonzero()[0])
+            raise JudgeOutputError(
+                f"shard {shard}, row id {row_id!r}: the judge's {column}[{candidate}] is {float(row_scores[candidate])}; "
+                "expected an alpha in [0, 1] (a float16 judge can overflow to NaN: load it in bfloat16 or float32). "
+                "Shards finished before this one are kept."
+            )
 
 
 def check_outside_source(source: str | None, **folders: str | os.PathLike | None) -> None:
@@ -898,6 +924,8 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
 
         img2txt = self.judge.score(anchors, candidate_texts)
         txt2img = self.judge.score_images(captions, candidate_images)
+        _check_judge_scores(shard, ids, "img2txt_scores", img2txt, [len(texts) for texts in candidate_texts])
+        _check_judge_scores(shard, ids, "txt2img_scores", txt2img, [len(images) for images in candidate_images])
         return {
             "id": ids,
             "image": [{"bytes": payload, "path": None} for payload in image_bytes],

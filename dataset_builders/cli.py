@@ -29,6 +29,7 @@ from maple.cli import positive
 
 from .builder import (
     MaplePreferences,
+    JudgeOutputError,
     MaplePreferencesConfig,
     SourceError,
     WorkDirMismatch,
@@ -261,7 +262,7 @@ def _build(args: argparse.Namespace) -> int:
     )
     try:
         report = builder.build_shards()
-    except (WorkDirMismatch, SourceError) as error:
+    except (WorkDirMismatch, SourceError, JudgeOutputError) as error:
         print(f"maple build-preferences: error: {error}", file=sys.stderr)
         return 2
     if builder.rank != 0:

@@ -11,6 +11,7 @@ import torch
 
 from dataset_builders.builder import (
     FEATURES,
+    JudgeOutputError,
     MaplePreferences,
     MaplePreferencesConfig,
     SourceError,
@@ -488,3 +489,18 @@ def test_texts_holding_a_judge_special_token_are_skipped_or_dropped(tmp_path):
     dataset = builder.as_dataset(split="train")
     assert len(dataset) == 10
     assert not any("<image>" in text for texts in dataset["candidate_texts"] for text in texts)
+
+
+class _OverflowingJudge(ColourJudge):
+    """A judge whose text scores of its second call are NaN, as a float16 judge's overflowing activations give."""
+
+    def score(self, images, texts):
+        scores = super().score(images, texts)
+        return [torch.full_like(row, float("nan")) for row in scores] if self.calls == 3 else scores
+
+
+def test_a_judge_score_that_is_not_an_alpha_stops_the_build_naming_shard_row_and_candidate(tmp_path):
+    """NaN scores were written and the build reported success; training then refused the row much later."""
+    with pytest.raises(JudgeOutputError, match=r"shard 1, row id 'square-003': the judge's img2txt_scores\[0\] is nan; expected an alpha"):
+        _build(tmp_path, config_name="corpus-captions", judge=_OverflowingJudge())
+    assert [path.name for path in (tmp_path / "work" / "shards").glob("*.parquet")] == ["shard-000000-000003.parquet"]
