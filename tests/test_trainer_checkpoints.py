@@ -2,6 +2,7 @@
 classes, the best LoRA checkpoint is loaded at the end, and a non-finite loss stops the run after saving only finite
 weights."""
 
+import json
 import math
 import os
 import re
@@ -50,6 +51,25 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(tmp_path, stop):
     expected, got = uninterrupted.model.state_dict(), resumed.model.state_dict()
     for name, tensor in expected.items():
         torch.testing.assert_close(got[name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
+def test_a_checkpoint_resumes_only_under_its_recipe(tmp_path):
+    """Resuming under another rpa_weight or batch size ran silently: a model trained half with one loss, half with
+    another. The recipe is saved with every checkpoint; `max_steps` may change (to train longer)."""
+    stopped = make_trainer(tmp_path, max_steps=4, save_strategy="steps", save_steps=2)
+    stopped.add_callback(_StopAfter(2))
+    stopped.train()
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    assert json.loads((checkpoint / "rpa_recipe.json").read_text())["rpa_weight"] == stopped.args.rpa_weight
+    changed = make_trainer(tmp_path, max_steps=4, save_strategy="steps", save_steps=2, rpa_weight=0.9,
+                           per_device_train_batch_size=4)
+    with pytest.raises(ValueError, match=r"checkpoint-2 was trained with another recipe \(rpa_weight: 0.5 -> 0.9; "
+                                         r"per_device_train_batch_size: 8 -> 4\)"):
+        changed.train(resume_from_checkpoint=True)  # True: the last checkpoint in output_dir
+    assert changed.state.global_step == 0
+    longer = make_trainer(tmp_path, max_steps=6, save_strategy="steps", save_steps=2)
+    longer.train(resume_from_checkpoint=True)
+    assert longer.state.global_step == 6
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])

@@ -109,9 +109,13 @@ def main(argv: list[str] | None = None) -> int:
         epilog="--config FILE.yaml: a YAML mapping of any of the options above (flags given as well override it); "
         "an `env:` mapping in it sets environment variables.",
     )
-    unused_help = unused_dpo_field_help()  # TRL's help of these describes what they do to a language model
+    own_help = unused_dpo_field_help() | {  # TRL's help of these describes what they do to a language model
+        "resume_from_checkpoint": "A checkpoint folder to resume from; 'true': the last checkpoint-* in output_dir, "
+        "also the default when output_dir holds one; 'false': start over. A checkpoint resumes only under the recipe "
+        "it was trained with (rpa_recipe.json: loss, lambda, batch size, learning rate, ...)."
+    }
     for action in parser._actions:
-        action.help = unused_help.get(action.dest, action.help)
+        action.help = own_help.get(action.dest, action.help)
     argv = sys.argv[1:] if argv is None else list(argv)
     # TrlParser reads only `--config FILE`; accept `--config=FILE` too, as argparse options do.
     argv = [part for argument in argv for part in (argument.split("=", 1) if argument.startswith("--config=") else [argument])]
@@ -125,13 +129,20 @@ def main(argv: list[str] | None = None) -> int:
     if data_args.dataset_name is None:
         parser.error("--dataset_name is required")
 
-    from .rpa_trainer import RPATrainer  # heavy imports only once the arguments are known to be fine
+    from .rpa_trainer import RPATrainer, check_recipe  # heavy imports only once the arguments are known to be fine
 
     try:
-        # Cheapest first: paths that exist or could be Hub ids, then the dataset, then the (larger) model.
+        # Cheapest first: paths that exist or could be Hub ids, the checkpoint to resume, then the dataset, then the
+        # (larger) model.
         if model_args.model_name_or_path is not None:
             _check_reference("--model_name_or_path", model_args.model_name_or_path)
         _check_reference("--dataset_name", data_args.dataset_name)
+        resume = checkpoint_to_resume(training_args)
+        if resume is not None:
+            try:
+                check_recipe(resume, training_args)
+            except ValueError as error:
+                raise TrainingInputError(str(error)) from None
         splits = load_preference_splits(data_args)
         model, processor = load_model_and_processor(model_args, training_args)
     except TrainingInputError as error:
@@ -151,12 +162,34 @@ def main(argv: list[str] | None = None) -> int:
         processing_class=processor,
         peft_config=peft_config,
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(training_args.output_dir)
     trainer.create_model_card(dataset_name=data_args.dataset_name)
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=data_args.dataset_name)
     return 0
+
+
+def checkpoint_to_resume(training_args: RPAConfig) -> str | None:
+    """The checkpoint to resume from: `--resume_from_checkpoint PATH`, or with `true` (or unset, when `output_dir`
+    holds checkpoints, as the transformers example scripts do) the last one in `output_dir`; none with `false`."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    value, output_dir = training_args.resume_from_checkpoint, training_args.output_dir
+    last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    if value is None:
+        if last is not None:
+            print(f"maple train: resuming from {last} (--resume_from_checkpoint false starts over)", file=sys.stderr)
+        return last
+    if value.lower() in ("false", "no", "0"):
+        return None
+    if value.lower() in ("true", "yes", "1"):
+        if last is None:
+            raise TrainingInputError(f"--resume_from_checkpoint {value}: {output_dir} holds no checkpoint-* folder")
+        return last
+    if not os.path.isdir(value):
+        raise TrainingInputError(f"--resume_from_checkpoint: no such folder: {value}")
+    return value
 
 
 def _check_config_file(parser: _Parser, argv: list[str]) -> None:

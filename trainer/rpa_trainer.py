@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import json
 import math
 import os
 import shutil
@@ -42,6 +43,15 @@ RPA_LOSSES = {"listwise": rpa_listwise_loss, "pairwise": rpa_pairwise_loss}
 LOG_SCALES = ("logit_scale", "preference_logit_scale")
 # Under PEFT, the trainable state (adapters and the learnable scales) of a checkpoint, for resuming.
 PEFT_TRAINABLE_STATE = "trainable_state.safetensors"
+# The `RPAConfig` values that define the method and its batches, saved with every checkpoint: a run resumes only
+# under the same ones (the length of training, logging and saving may change, e.g. to train longer).
+RECIPE_FILE = "rpa_recipe.json"
+RECIPE_FIELDS = (
+    "rpa_loss", "rpa_weight", "reference", "learn_beta", "learn_temperature", "max_scale", "expand_negatives",
+    "exclude_judged_positives", "gather_negatives", "num_image_candidates", "num_text_candidates",
+    "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "lr_scheduler_type",
+    "weight_decay", "seed",
+)
 
 
 class RPATrainer(DPOTrainer):
@@ -459,13 +469,29 @@ class RPATrainer(DPOTrainer):
         return metrics
 
     # ------------------------------------------------------------------------------------------ saving
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        """`Trainer.train`, refusing to resume a checkpoint saved under another recipe (`RECIPE_FIELDS`)."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
+            if resume_from_checkpoint is None:
+                raise ValueError(f"No valid checkpoint found in output directory ({self.args.output_dir})")
+        if resume_from_checkpoint:
+            check_recipe(resume_from_checkpoint, self.args)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        output_dir = output_dir or self.args.output_dir
+        self._save_weights(output_dir, state_dict)
+        if self.args.should_save:
+            with open(os.path.join(output_dir, RECIPE_FILE), "w") as handle:
+                json.dump({name: getattr(self.args, name) for name in RECIPE_FIELDS}, handle, indent=2)
+
+    def _save_weights(self, output_dir: str, state_dict: dict | None) -> None:
         model = self.accelerator.unwrap_model(self.model)
         if not isinstance(model, PeftModel):
             return super()._save(output_dir, state_dict)
         # A PEFT model saves only its adapters, which AutoModel cannot load: save the merged MapleModel instead, and
         # beside it the trainable state (adapters + scales) that resuming needs.
-        output_dir = output_dir or self.args.output_dir
         if not self.args.should_save:
             return
         os.makedirs(output_dir, exist_ok=True)
@@ -571,6 +597,26 @@ class ScaleBound(TrainerCallback):
 
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):
         bound_scales(model, self.max_scale)
+
+
+def check_recipe(checkpoint: str, args: RPAConfig) -> None:
+    """Raise a ValueError naming each `RECIPE_FIELDS` value (saved -> now) that `args` changes from the recipe the
+    checkpoint was trained with. Checkpoints saved before recipes were recorded have none and pass."""
+    recipe_file = os.path.join(checkpoint, RECIPE_FILE)
+    if not os.path.isfile(recipe_file):
+        return
+    with open(recipe_file) as handle:
+        saved = json.load(handle)
+    differences = [
+        f"{name}: {saved[name]!r} -> {getattr(args, name)!r}"
+        for name in RECIPE_FIELDS
+        if name in saved and saved[name] != getattr(args, name)
+    ]
+    if differences:
+        raise ValueError(
+            f"{checkpoint} was trained with another recipe ({'; '.join(differences)}): resume with its settings, or "
+            "start a new run in another output_dir"
+        )
 
 
 def _model_inputs(inputs: dict[str, Tensor]) -> dict[str, Tensor]:
