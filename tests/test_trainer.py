@@ -75,7 +75,7 @@ def test_training_lowers_both_losses_and_raises_reward_accuracy(tmp_path):
     assert logs[-1]["rewards/accuracies"] > logs[0]["rewards/accuracies"] + 0.1
     assert after["eval_loss/rpa"] < before["eval_loss/rpa"] and after["eval_loss/contrastive"] < before["eval_loss/contrastive"]
     assert after["eval_rewards/accuracies"] > before["eval_rewards/accuracies"]
-    expected = dense_recall_at_1(trainer, trainer.eval_dataset)
+    expected = dense_recall_at_1(trainer, synthetic_preference_dataset(16, seed=1))  # make_trainer's eval set
     for direction in ("text_to_image", "image_to_text"):
         assert after[f"eval_recall@1/{direction}"] == pytest.approx(expected[direction], abs=1e-6)
     assert {"beta", "temperature", "rewards/margins"} <= set(logs[-1])
@@ -363,15 +363,18 @@ def _retyped(column, value):
         (lambda: _corrupt("txt2img_scores", lambda s: [1.5, *s[1:]]), r"row id 'scene-2': column 'txt2img_scores'\[0\] is 1.5; expected .* \[0, 1\]"),
         (lambda: _corrupt("txt2img_scores", lambda s: [*s[:-1], float("nan")]), r"'scene-2': column 'txt2img_scores'\[3\] is nan"),
         (lambda: _corrupt("candidate_texts", lambda s: []), r"row id 'scene-2': column 'candidate_texts' is empty"),
-        (lambda: _corrupt("caption", lambda s: None), r"row id 'scene-2': column 'caption' is None; expected a string"),
+        (lambda: _corrupt("caption", lambda s: None), r"row id 'scene-2': column 'caption' is None; expected a non-empty string"),
         (lambda: _corrupt("image", lambda s: None), r"row id 'scene-2': column 'image' is None; expected an image"),
         (lambda: _corrupt("candidate_texts", lambda s: [*s[:2], None, *s[3:]]),
-         r"row id 'scene-2': column 'candidate_texts'\[2\] is None; expected a string"),
+         r"row id 'scene-2': column 'candidate_texts'\[2\] is None; expected a non-empty string"),
         (lambda: _corrupt("candidate_images", lambda s: [*s[:3], None]),
          r"row id 'scene-2': column 'candidate_images'\[3\] is None; expected an image"),
         (lambda: _corrupt("candidate_texts", lambda s: [*s[:2], None, *s[3:]]).cast_column(
             "candidate_texts", datasets.LargeList(datasets.Value("string"))),  # as polars writes parquet lists
-         r"row id 'scene-2': column 'candidate_texts'\[2\] is None; expected a string"),
+         r"row id 'scene-2': column 'candidate_texts'\[2\] is None; expected a non-empty string"),
+        (lambda: _corrupt("caption", lambda s: ""), r"row id 'scene-2': column 'caption' is an empty string; expected a non-empty string"),
+        (lambda: _corrupt("candidate_texts", lambda s: [*s[:2], "  ", *s[3:]]),
+         r"row id 'scene-2': column 'candidate_texts'\[2\] is a blank string '  '; expected a non-empty string"),
         (lambda: _retyped("caption", 5), r"column 'caption' has type Value\('int64'\); expected Value\('string'\)"),
         (lambda: _retyped("image", "a.png"), r"column 'image' has type Value\('string'\); expected Image\(.*\)\. If "
          r"it holds image file paths, cast it: dataset.cast_column\('image', datasets.Image\(\)\)"),
@@ -381,7 +384,8 @@ def _retyped(column, value):
          r"column 'txt2img_scores' has type List\(Value\('string'\)\); expected List\(Value\('float32'\)\)"),
     ],
     ids=["missing-column", "length-mismatch", "out-of-range", "nan", "empty", "no-caption", "no-image",
-         "no-candidate-text", "no-candidate-image", "no-candidate-text-large-list", "int-caption", "image-paths",
+         "no-candidate-text", "no-candidate-image", "no-candidate-text-large-list", "empty-caption",
+         "blank-candidate-text", "int-caption", "image-paths",
          "candidate-image-paths", "string-scores"],
 )
 def test_bad_datasets_fail_before_training_with_a_clear_error(tmp_path, make_dataset, message):
@@ -399,6 +403,26 @@ def test_streamed_datasets_train_and_their_bad_rows_are_caught_as_they_arrive(tm
     streamed = _corrupt("img2txt_scores", lambda scores: [-0.5, *scores[1:]]).to_iterable_dataset()
     trainer = RPATrainer(model, args=args, train_dataset=streamed, processing_class=processor)
     with pytest.raises(ValueError, match=r"row id 'scene-2': column 'img2txt_scores'\[0\] is -0.5"):
+        trainer.train()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["map-style", "streamed"])
+def test_an_image_that_does_not_decode_is_named_with_its_row(tmp_path, stream):
+    """A corrupt or truncated image stopped training with PIL's error from inside the data loader, naming no row."""
+    png = synthetic_preference_dataset(4).cast_column("candidate_images", datasets.List(datasets.Image(decode=False)))
+
+    def truncate(row, index):
+        if index == 2:
+            row["candidate_images"][1] = {"bytes": row["candidate_images"][1]["bytes"][:40], "path": None}
+        return row
+
+    dataset = png.map(truncate, with_indices=True).cast_column("candidate_images", datasets.List(datasets.Image()))
+    model, processor = build_tiny("dual_encoder")
+    args = make_config(tmp_path, max_steps=1, per_device_train_batch_size=4)
+    trainer = RPATrainer(model, args=args, train_dataset=dataset.to_iterable_dataset() if stream else dataset,
+                         processing_class=processor)
+    with pytest.raises(ValueError, match=r"train dataset, row id 'scene-2': column 'candidate_images'\[1\] cannot be "
+                                         r"decoded as an image \(\w+Error: "):
         trainer.train()
 
 

@@ -34,7 +34,7 @@ from modeling_maple.lora import save_merged
 from .collator import PREFERENCE_KEYS, DataCollatorForEmbeddingPreference
 from .losses import contrastive_loss, judged_positive_ids, preference_agreement, rpa_listwise_loss, rpa_pairwise_loss
 from .rpa_config import RPAConfig, from_pretrained_kwargs
-from .schema import PREFERENCE_COLUMNS, validate_preference_dataset
+from .schema import PREFERENCE_COLUMNS, validate_preference_dataset, without_image_decoding
 
 # (image_0, image_1, text_0, text_1), text_i describing image_i
 Quadruple = tuple[Image.Image, Image.Image, str, str]
@@ -249,9 +249,10 @@ class RPATrainer(DPOTrainer):
         return [name for name in names if name.rsplit(".", 1)[-1] not in LOG_SCALES]
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-        # Nothing to tokenise ahead: the collator processes images and texts on the fly. Validate the schema instead.
+        # Nothing to tokenise ahead: the collator processes images and texts on the fly. Validate the schema instead;
+        # the collator decodes the images, naming the row of one that does not decode.
         validate_preference_dataset(dataset, dataset_name)
-        return dataset
+        return without_image_decoding(dataset)
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:

@@ -55,11 +55,12 @@ PREFERENCE_COLUMNS = tuple(PREFERENCE_FEATURES)
 # each candidate list and the judge scores that rank it
 SCORED_CANDIDATES = {"candidate_images": "txt2img_scores", "candidate_texts": "img2txt_scores"}
 # the columns the model embeds, with the type each value (each entry, for the candidate lists) must have, and its
-# name in errors; None is not one
+# name in errors; None is not one, nor a blank string. An image may be left encoded, as `datasets.Image(decode=False)`
+# gives it ({"bytes", "path"}): the collator decodes it (`decoded_image`).
 CONTENT_COLUMNS = {
-    "caption": (str, "a string"),
+    "caption": (str, "a non-empty string"),
     "image": (PIL.Image.Image, "an image"),
-    "candidate_texts": (str, "a string"),
+    "candidate_texts": (str, "a non-empty string"),
     "candidate_images": (PIL.Image.Image, "an image"),
 }
 
@@ -157,14 +158,58 @@ def check_rows(
 
 def first_invalid(value: Any, column: str) -> tuple[int, str] | None:
     """A row value's first invalid entry for `check_rows`: in a column of `CONTENT_COLUMNS`, the first entry (the
-    value itself for a caption or image) that is not a string / an image, as its position (0 for a caption or image)
-    and what it is; None when every entry is valid."""
+    value itself for a caption or image) that is not a non-blank string / an image (decoded, or encoded bytes or a
+    path), as its position (0 for a caption or image) and what it is; None when every entry is valid."""
     entries = value if column in SCORED_CANDIDATES and isinstance(value, list) else [value]
     expected_type, _ = CONTENT_COLUMNS[column]
     for position, entry in enumerate(entries):
-        if not isinstance(entry, expected_type):
-            return position, "None" if entry is None else f"{reprlib.repr(entry)} ({type(entry).__name__})"
+        if expected_type is str:
+            valid = isinstance(entry, str) and bool(entry.strip())
+        else:
+            valid = isinstance(entry, PIL.Image.Image) or (
+                isinstance(entry, dict) and (entry.get("bytes") is not None or entry.get("path") is not None)
+            )
+        if not valid:
+            return position, _described(entry)
     return None
+
+
+def _described(entry: Any) -> str:
+    """An invalid entry as errors show it."""
+    if entry is None:
+        return "None"
+    if isinstance(entry, str) and not entry.strip():
+        return f"a blank string {entry!r}" if entry else "an empty string"
+    return f"{reprlib.repr(entry)} ({type(entry).__name__})"
+
+
+def decoded_image(value: Any, dataset_name: str, row_id: Any, entry: str) -> PIL.Image.Image:
+    """`value` as a PIL image: itself, or an encoded `datasets.Image` value ({"bytes", "path"}) decoded. One that does
+    not decode (corrupt or truncated bytes, a missing file) is a ValueError naming the dataset, the row id and the
+    column entry (`entry`, e.g. "'candidate_images'[2]")."""
+    if isinstance(value, PIL.Image.Image):
+        return value
+    try:
+        return Image().decode_example(value)
+    except Exception as error:  # PIL and file errors alike: all mean this entry cannot be used
+        raise ValueError(
+            f"{dataset_name} dataset, row id {row_id!r}: column {entry} cannot be decoded as an image "
+            f"({type(error).__name__}: {error})."
+        ) from error
+
+
+def without_image_decoding(dataset: Dataset | IterableDataset) -> Dataset | IterableDataset:
+    """`dataset` with its image columns left encoded, for the collator to decode with `decoded_image`: `datasets`
+    decodes while the data loader fetches rows, so an image that does not decode would stop training naming no row."""
+    if dataset.features is None:
+        return dataset
+    for column in ("image", "candidate_images"):
+        feature = dataset.features[column]
+        if isinstance(feature, Image):
+            dataset = dataset.cast_column(column, Image(decode=False))
+        elif isinstance(feature, (List, LargeList)) and isinstance(feature.feature, Image):
+            dataset = dataset.cast_column(column, type(feature)(Image(decode=False)))
+    return dataset
 
 
 def validate_preference_dataset(dataset: Dataset | IterableDataset, dataset_name: str) -> None:
@@ -196,16 +241,31 @@ def validate_preference_dataset(dataset: Dataset | IterableDataset, dataset_name
 
 
 def _first_missing(column: pa.ChunkedArray) -> list[tuple[int, str] | None]:
-    """`first_invalid` of each row of an Arrow column whose type `check_features` has checked, so only None can be
-    invalid, without converting its values (images stay undecoded)."""
+    """`first_invalid` of each row of an Arrow column whose type `check_features` has checked, so only a None, a blank
+    string or an image with neither bytes nor path can be invalid, without converting valid values (images stay
+    undecoded)."""
     if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
-        return [(0, "None") if null else None for null in pc.is_null(column).to_pylist()]
-    nulls = pc.is_null(pc.list_flatten(column))  # the entries of all rows, in order (a null list has none)
-    if not pc.any(nulls).as_py():
+        bad = _invalid_entries(column).to_pylist()
+        return [(0, _described(column[row].as_py())) if is_bad else None for row, is_bad in enumerate(bad)]
+    entries = pc.list_flatten(column)  # the entries of all rows, in order (a null list has none)
+    bad_entries = _invalid_entries(entries)
+    if not pc.any(bad_entries).as_py():
         return [None] * len(column)
-    nulls, start, first = nulls.to_pylist(), 0, []
+    bad, start, first = bad_entries.to_pylist(), 0, []
     for length in pc.list_value_length(column).fill_null(0).to_pylist():
-        entries = nulls[start : start + length]
-        first.append((entries.index(True), "None") if True in entries else None)
+        row = bad[start : start + length]
+        first.append((row.index(True), _described(entries[start + row.index(True)].as_py())) if True in row else None)
         start += length
     return first
+
+
+def _invalid_entries(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Per entry, whether it is None, a blank string, or an image struct with neither bytes nor path."""
+    bad = pc.is_null(values)
+    if pa.types.is_struct(values.type):
+        no_data = pc.and_(pc.is_null(pc.struct_field(values, "bytes")), pc.is_null(pc.struct_field(values, "path")))
+        bad = pc.or_(bad, no_data)
+    elif not pa.types.is_null(values.type):  # strings: `check_features` admits no other type here
+        strings = values if not pa.types.is_string_view(values.type) else pc.cast(values, pa.large_string())
+        bad = pc.or_(bad, pc.equal(pc.utf8_trim_whitespace(strings), ""))
+    return bad.fill_null(True)  # a null entry's comparisons are null: it is invalid anyway
