@@ -105,21 +105,39 @@ def _read_table(source: str, spec: BenchmarkSpec):
     spec's columns checked."""
     import datasets
 
+    from datasets.exceptions import DatasetGenerationError
+
     path = Path(source).expanduser()
     if path.is_file() or path.is_dir():
         files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
         if not files:
             raise BenchmarkFormatError(f"{path}: no parquet files for benchmark {spec.name!r}")
-        table = datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
+        try:
+            table = datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
+        # pyarrow's ArrowInvalid (a truncated file) is a ValueError, as is datasets' error for files without rows
+        except (ValueError, DatasetGenerationError) as error:
+            detail = " ".join(str(error.__cause__ or error).split())
+            raise BenchmarkFormatError(f"{path}: not a readable parquet table for benchmark {spec.name!r}: {detail}") from error
     else:
         table = datasets.load_dataset(source, split=spec.split)
-    missing = [column for column in spec.columns if column not in table.column_names]
+    required = [*spec.columns, *([spec.category_column] if spec.category_column else [])]
+    missing = [column for column in required if column not in table.column_names]
     if missing:
         raise BenchmarkFormatError(
-            f"{source}: benchmark {spec.name!r} needs columns {list(spec.columns)}; missing {missing} "
-            f"(got {table.column_names})"
+            f"{source}: benchmark {spec.name!r} needs columns {required}; missing {missing} (got {table.column_names})"
         )
+    if len(table) == 0:
+        raise BenchmarkFormatError(f"{source}: benchmark {spec.name!r} has no rows")
     return table
+
+
+def _checked_texts(where: str, column: str, values: Sequence[Any]) -> list[str]:
+    """`values` (one text per row) as a list, or a `BenchmarkFormatError` naming `where`, the column and the first
+    row whose text is not a non-blank string."""
+    bad = next((row for row, value in enumerate(values) if not isinstance(value, str) or not value.strip()), None)
+    if bad is not None:
+        raise BenchmarkFormatError(f"{where}: column {column!r}, row {bad}: {values[bad]!r:.80}; expected a non-empty string")
+    return list(values)
 
 
 def _categories(values: Sequence[Any] | None) -> list[str] | None:
@@ -133,10 +151,10 @@ def _load_retrieval(source: str, spec: BenchmarkSpec) -> RetrievalBenchmark:
     # A string is a sequence too: list() would split one caption into characters.
     bad = [row for row, row_captions in enumerate(values)
            if isinstance(row_captions, str) or not isinstance(row_captions, Sequence) or not row_captions
-           or not all(isinstance(caption, str) for caption in row_captions)]
+           or not all(isinstance(caption, str) and caption.strip() for caption in row_captions)]
     if bad:
         raise BenchmarkFormatError(
-            f"{source}: column {caption_column!r} must hold a non-empty list of strings per image; rows {bad[:5]} do not "
+            f"{source}: column {caption_column!r} must hold a non-empty list of non-empty strings per image; rows {bad[:5]} do not "
             f"(row {bad[0]}: {values[bad[0]]!r:.80})"
         )
     captions = [list(row_captions) for row_captions in values]
@@ -148,7 +166,8 @@ def _load_quadruple_table(source: str, spec: BenchmarkSpec) -> QuadrupleBenchmar
     table = _read_table(source, spec)
     image0, image1, text0, text1 = spec.columns
     images0, images1 = LazyImages(table, image0, source), LazyImages(table, image1, source)
-    quadruples = _IndexedQuadruples(images0, images1, list(table[text0]), list(table[text1]))
+    texts0, texts1 = (_checked_texts(source, column, table[column]) for column in (text0, text1))
+    quadruples = _IndexedQuadruples(images0, images1, texts0, texts1)
     categories = _categories(table[spec.category_column]) if spec.category_column else None
     return QuadrupleBenchmark(spec.name, quadruples, categories)
 
@@ -233,13 +252,21 @@ def _load_naturalbench(source: str, spec: BenchmarkSpec) -> QuadrupleBenchmark:
     metadata_file = folder / "metadata.json"
     if not metadata_file.is_file():
         raise BenchmarkFormatError(f"{folder}: NaturalBench-Retrieval needs metadata.json and images/")
-    items = json.loads(metadata_file.read_text())
+    try:
+        items = json.loads(metadata_file.read_text())
+    except json.JSONDecodeError as error:
+        raise BenchmarkFormatError(f"{metadata_file}: not valid JSON: {error}") from None
+    if not isinstance(items, list) or not items:
+        raise BenchmarkFormatError(f"{metadata_file}: expected a non-empty list of entries with keys {list(spec.columns)}")
     quadruples = []
     for position, item in enumerate(items):
-        missing = [key for key in spec.columns if key not in item]
+        missing = [key for key in spec.columns if not isinstance(item, dict) or key not in item]
         if missing:
             raise BenchmarkFormatError(f"{metadata_file}: entry {position} lacks {missing} (expected keys {list(spec.columns)})")
         image0, image1, text0, text1 = (item[key] for key in spec.columns)
+        for key, text in zip(spec.columns[2:], (text0, text1)):
+            if not isinstance(text, str) or not text.strip():
+                raise BenchmarkFormatError(f"{metadata_file}: entry {position}, {key!r} is {text!r:.80}; expected a non-empty string")
         quadruples.append(Quadruple(_check_file(folder / "images" / image0), _check_file(folder / "images" / image1), text0, text1))
     return QuadrupleBenchmark(spec.name, quadruples, None)
 
@@ -262,8 +289,13 @@ def _load_mmvp(source: str, spec: BenchmarkSpec) -> QuadrupleBenchmark:
         rows = list(reader)
     if header is None or len(header) != 3:
         raise BenchmarkFormatError(f"{questions_file}: expected a header with 3 columns {list(spec.columns)}, got {header}")
-    if len(rows) % 2:
-        raise BenchmarkFormatError(f"{questions_file}: statements come in pairs; got an odd number of rows ({len(rows)})")
+    if not rows or len(rows) % 2:
+        raise BenchmarkFormatError(f"{questions_file}: statements come in pairs; got {len(rows)} rows")
+    for line, row in enumerate(rows, start=2):  # line 1 is the header
+        if len(row) != 3 or not row[2].strip():
+            raise BenchmarkFormatError(
+                f"{questions_file}, line {line}: expected 3 fields {list(spec.columns)} with a statement, got {row}"
+            )
     quadruples, categories = [], []
     for first, second in zip(rows[0::2], rows[1::2]):
         (id0, category, text0), (id1, _, text1) = first, second

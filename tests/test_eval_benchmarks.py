@@ -103,7 +103,7 @@ def test_empty_caption_list_is_reported(tmp_path):
     from conftest import make_picture, write_parquet
 
     path = write_parquet(tmp_path / "c.parquet", {"image": [make_picture(0), make_picture(1)], "caption": [["a"], []]}, ("image",))
-    with pytest.raises(BenchmarkFormatError, match=r"column 'caption' must hold a non-empty list of strings per image; rows \[1\]"):
+    with pytest.raises(BenchmarkFormatError, match=r"column 'caption' must hold a non-empty list of non-empty strings per image; rows \[1\]"):
         load_benchmark("coco", str(path))
     # One caption string per image (not a list) used to be split into its characters, silently.
     path = write_parquet(tmp_path / "s.parquet", {"image": [make_picture(0)], "caption": ["a dog"]}, ("image",))
@@ -115,7 +115,7 @@ def test_mmvp_odd_rows_and_missing_images(benchmark_sources, tmp_path):
     odd = shutil.copytree(benchmark_sources["mmvp"], tmp_path / "odd")
     with (odd / "Questions.csv").open("a", newline="") as handle:
         csv.writer(handle).writerow(("5", "Texts", "A sign says stop."))
-    with pytest.raises(BenchmarkFormatError, match=r"odd number of rows \(5\)"):
+    with pytest.raises(BenchmarkFormatError, match=r"statements come in pairs; got 5 rows"):
         load_benchmark("mmvp", str(odd))
     natural = shutil.copytree(benchmark_sources["naturalbench"], tmp_path / "natural")
     (natural / "images" / "0_1.jpg").unlink()
@@ -126,6 +126,46 @@ def test_mmvp_odd_rows_and_missing_images(benchmark_sources, tmp_path):
     (natural / "metadata.json").write_text(json.dumps(metadata))
     with pytest.raises(BenchmarkFormatError, match=r"metadata\.json: entry 0 lacks \['caption_1'\]"):
         load_benchmark("naturalbench", str(natural))
+
+
+def test_malformed_sources_are_format_errors_naming_file_row_and_column(benchmark_sources, tmp_path):
+    """Each was a traceback before any model loaded (pyarrow, datasets, csv unpacking, json) or, for the texts, an
+    error naming no file or row once the model had embedded the images."""
+    from conftest import make_picture, write_parquet
+
+    def error_of(name, source):
+        with pytest.raises(BenchmarkFormatError) as raised:
+            load_benchmark(name, str(source))
+        return str(raised.value)
+
+    quadruple = {"image_0": [make_picture(0), make_picture(1)], "image_1": [make_picture(2), make_picture(3)],
+                 "caption_0": ["a dog", None], "caption_1": ["a cat", "a cow"], "collapsed_tag": ["Object", "Object"]}
+    none_caption = write_parquet(tmp_path / "none.parquet", quadruple, ("image_0", "image_1"))
+    assert "none.parquet: column 'caption_0', row 1: None; expected a non-empty string" in error_of("winoground", none_caption)
+    untagged = write_parquet(tmp_path / "untagged.parquet", {key: value for key, value in quadruple.items() if key != "collapsed_tag"},
+                             ("image_0", "image_1"))
+    assert "missing ['collapsed_tag']" in error_of("winoground", untagged)
+    blank = write_parquet(tmp_path / "blank.parquet", {"image": [make_picture(0)], "caption": [["a dog", " "]]}, ("image",))
+    assert "rows [0] do not" in error_of("coco", blank)
+    (tmp_path / "truncated.parquet").write_bytes(none_caption.read_bytes()[:100])
+    assert "truncated.parquet: not a readable parquet table for benchmark 'winoground'" in error_of("winoground", tmp_path / "truncated.parquet")
+    empty = write_parquet(tmp_path / "empty.parquet", {key: value[:0] for key, value in quadruple.items()}, ())
+    assert "empty.parquet" in error_of("winoground", empty)
+
+    mmvp = shutil.copytree(benchmark_sources["mmvp"], tmp_path / "mmvp")
+    lines = (mmvp / "Questions.csv").read_text().splitlines()
+    (mmvp / "Questions.csv").write_text("\n".join([lines[0], lines[1], "2,Texts"] + lines[3:]) + "\n")
+    assert "Questions.csv, line 3: expected 3 fields" in error_of("mmvp", mmvp)
+    (mmvp / "Questions.csv").write_text(lines[0] + "\n")
+    assert "statements come in pairs; got 0 rows" in error_of("mmvp", mmvp)
+
+    natural = shutil.copytree(benchmark_sources["naturalbench"], tmp_path / "natural")
+    metadata = json.loads((natural / "metadata.json").read_text())
+    (natural / "metadata.json").write_text(json.dumps(metadata)[:-5])
+    assert "metadata.json: not valid JSON" in error_of("naturalbench", natural)
+    metadata[0]["caption_0"] = None
+    (natural / "metadata.json").write_text(json.dumps(metadata))
+    assert "metadata.json: entry 0, 'caption_0' is None; expected a non-empty string" in error_of("naturalbench", natural)
 
 
 def test_naturalbench_archives_unpack_per_copy_and_version(benchmark_sources, tmp_path, monkeypatch):
