@@ -33,11 +33,12 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import re
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,14 @@ _SHARD_NAME = re.compile(r"^shard-(\d+)-(\d+)\.parquet$")
 
 class WorkDirMismatch(ValueError):
     """The work dir holds checkpoints of a build with another recipe (or of unknown recipe)."""
+
+
+class DamagedCheckpoint(WorkDirMismatch):
+    """A checkpoint file of the work dir cannot be read (truncated by a crash, edited); the message names it."""
+
+    def __init__(self, path: Path, error: Exception, advice: str = "delete it and run again; only what it held is recomputed") -> None:
+        detail = " ".join(str(error).split())[:200]
+        super().__init__(f"{path} cannot be read ({type(error).__name__}: {detail}): {advice}")
 
 
 class SourceError(ValueError):
@@ -219,10 +228,34 @@ class ShardReport:
     seconds: float = 0.0
 
 
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """`write` a temporary file, sync it to disk, and rename it to `path`: the file is whole or absent, even after a
+    crash of the machine (a rename alone can reach the disk before the data)."""
     temporary = path.with_name(path.name + f".tmp-{os.getpid()}")
-    temporary.write_bytes(payload)
+    write(temporary)
+    with open(temporary, "rb") as handle:
+        os.fsync(handle.fileno())
     os.replace(temporary, path)
+
+
+def _atomic_write_bytes(path: Path, payload: bytes) -> None:
+    _atomic_write(path, lambda temporary: temporary.write_bytes(payload))
+
+
+def _read_checkpoint(path: Path, read: Callable[[Path], Any], **advice: str) -> Any:
+    """`read(path)` of a work-dir checkpoint; a file that does not read is a `DamagedCheckpoint` naming it."""
+    try:
+        return read(path)
+    except (OSError, ValueError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as error:
+        raise DamagedCheckpoint(path, error, **advice) from error
+
+
+def _read_json(path: Path, **advice: str) -> Any:
+    return _read_checkpoint(path, lambda file: json.loads(file.read_text()), **advice)
+
+
+def _read_tensor(path: Path) -> torch.Tensor:
+    return _read_checkpoint(path, torch.load)
 
 
 def _atomic_torch_save(path: Path, value: Any) -> None:
@@ -585,7 +618,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         super().download_and_prepare(output_dir, download_config, download_mode, **kwargs)
         # A cached dataset skips `_split_generators`, which writes stats.json: the source licence, part of the cache
         # key but not of the work dir's recipe, may have changed since; the card must show this build's.
-        stats = json.loads((self.work_dir / "stats.json").read_text())
+        stats = _read_json(self.work_dir / "stats.json")
         if stats.get("source_license") != self.config.source_license:
             stats["source_license"] = self.config.source_license
             _atomic_write_bytes(self.work_dir / "stats.json", json.dumps(stats, indent=2).encode())
@@ -680,7 +713,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 )
             self.work_dir.mkdir(parents=True, exist_ok=True)
             _atomic_write_bytes(path, json.dumps(current, indent=2, sort_keys=True).encode())
-        saved = json.loads(path.read_text())
+        saved = _read_json(path, advice=f"the recipe of the checkpoints beside it is unknown: delete {self.work_dir} to start over")
         saved_version = saved.get("manifest_version", 1)
         if saved_version != MANIFEST_VERSION:
             raise WorkDirMismatch(
@@ -715,7 +748,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         """(number of source rows, rows fit to be anchors, rows skipped with reasons); checkpointed."""
         path = self.work_dir / "inputs.json"
         if path.exists():
-            saved = json.loads(path.read_text())
+            saved = _read_json(path)
             return saved["num_source_rows"], saved["valid_rows"], [SkippedInput(**item) for item in saved["skipped"]]
         source = self._load_source()
         valid_rows: list[int] = []
@@ -743,7 +776,8 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             try:
                 image = _decode(_image_bytes(value), index)
             except Exception as error:  # any decoding failure makes the row unusable, whatever its kind
-                detail = f"{type(error).__name__}: {error}"
+                # PIL names the in-memory file by its address, which would differ from run to run in stats and card
+                detail = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the image bytes", f"{type(error).__name__}: {error}")
                 file = value.get("path") if isinstance(value, dict) else None  # an image folder's file
                 skipped.append(SkippedInput(index, row_id, "unreadable image", f"{file}: {detail}" if file else detail))
                 continue
@@ -781,7 +815,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         """(len(valid_rows), D) image embeddings; each rank embeds a slice, all ranks read the whole."""
         path = self.work_dir / "embeddings.pt"
         if path.exists():
-            return torch.load(path)
+            return _read_tensor(path)
         slices = [
             self.work_dir / f"embeddings-{rank}-of-{self.world_size}.pt" for rank in range(self.world_size)
         ]
@@ -790,7 +824,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             start, end = _slice_bounds(len(valid_rows), self.rank, self.world_size)
             _atomic_torch_save(mine, self._embed_rows(valid_rows[start:end]))
         self._wait_for(slices, what="image embeddings")
-        embeddings = torch.cat([part for part in (torch.load(slice_) for slice_ in slices) if part.numel()])
+        embeddings = torch.cat([part for part in (_read_tensor(slice_) for slice_ in slices) if part.numel()])
         _atomic_torch_save(path, embeddings)
         return embeddings
 
@@ -834,7 +868,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             payload = {"anchor_positions": result.kept.tolist(), "near_duplicates": [asdict(item) for item in skipped]}
             _atomic_write_bytes(path, json.dumps(payload).encode())
         self._wait_for([path], what="SemDeDup results from rank 0")
-        saved = json.loads(path.read_text())
+        saved = _read_json(path)
         return saved["anchor_positions"], [SkippedInput(**item) for item in saved["near_duplicates"]]
 
     def plan(self) -> BuildPlan:
@@ -963,10 +997,9 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         return generated
 
     def _write_shard(self, path: Path, columns: dict[str, list]) -> None:
-        """Write a shard under a temporary name, then rename: a shard file is complete or absent."""
-        temporary = path.with_name(path.name + f".tmp-{os.getpid()}")
-        pq.write_table(pa.Table.from_pydict(FEATURES.encode_batch(columns), schema=FEATURES.arrow_schema), temporary)
-        os.replace(temporary, path)
+        """Write a shard through `_atomic_write`: a shard file is complete or absent."""
+        table = pa.Table.from_pydict(FEATURES.encode_batch(columns), schema=FEATURES.arrow_schema)
+        _atomic_write(path, lambda temporary: pq.write_table(table, temporary))
 
     def _wait_for(self, paths: list[Path], *, what: str) -> None:
         deadline = time.monotonic() + self.wait_timeout
@@ -1004,7 +1037,11 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             if not 0 <= start < end <= num_anchors:
                 problems.append(f"{path.name} holds anchors outside [0, {num_anchors})")
                 continue
-            rows = pq.read_metadata(path).num_rows
+            try:
+                rows = pq.read_metadata(path).num_rows
+            except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid: a truncated file
+                problems.append(f"{path.name} cannot be read ({error}): delete it and run again to rebuild it")
+                continue
             if rows != end - start:
                 problems.append(f"{path.name} holds {rows} rows, not {end - start}")
             for position in range(start, end):
@@ -1017,7 +1054,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             names = sorted({name for position in repeated for name in shards_of[position]})
             problems.append(f"anchors {_ranges(repeated)} are in more than one shard ({', '.join(names)})")
         if problems:
-            raise ValueError(
+            raise WorkDirMismatch(
                 f"cannot assemble the dataset from {self.shard_dir}: " + "; ".join(problems)
                 + f". Remove the stray shard files, or delete {self.work_dir} and build again."
             )
@@ -1074,7 +1111,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         path = self.work_dir / "stats.json"
         if not path.exists():
             raise FileNotFoundError(f"no finished build in {self.work_dir}: run download_and_prepare() first")
-        return json.loads(path.read_text())
+        return _read_json(path)
 
     def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None) -> str:
         """Upload the built dataset (parquet, config named after this config) and its dataset card

@@ -268,7 +268,11 @@ def _build(args: argparse.Namespace) -> int:
     if builder.rank != 0:
         print(f"rank {builder.rank}: built shards {report.computed}, reused {report.reused}; rank 0 assembles the dataset")
         return 0
-    builder.download_and_prepare()
+    try:
+        builder.download_and_prepare()
+    except WorkDirMismatch as error:  # a damaged checkpoint or shard included
+        print(f"maple build-preferences: error: {error}", file=sys.stderr)
+        return 2
     print(format_summary(builder.stats, time.perf_counter() - started, len(report.computed), len(report.reused), work_dir))
     if args.push_to_hub:
         builder.push_to_hub(args.push_to_hub, private=args.private)

@@ -1,6 +1,7 @@
 """`maple build-preferences` (dataset_builders.cli.main), run in-process with the stand-ins."""
 
 import argparse
+import shutil
 
 import datasets
 import pytest
@@ -151,6 +152,30 @@ def test_an_output_dir_inside_a_folder_source_is_refused_before_any_work(source_
     assert cli.main([str(folder), "--output-dir", str(folder / "prefs"), *STAND_INS, "--no-progress"]) == 2
     assert f"--output-dir {folder / 'prefs'} is inside the source folder {folder}" in capsys.readouterr().err
     assert sorted(path.name for path in folder.iterdir()) == ["train.parquet"]
+
+
+@pytest.mark.parametrize("damaged", ["manifest.json", "inputs.json", "embeddings.pt", "shards/shard-000000-000003.parquet"])
+def test_a_damaged_checkpoint_is_named_and_only_its_part_is_recomputed(source_file, tmp_path, capsys, damaged):
+    """Each was a bare ArrowInvalid / JSONDecodeError / PytorchStreamReader traceback naming no file."""
+    out = tmp_path / "out"
+    argv = [source_file, "--output-dir", str(out), *STAND_INS, "--shard-size", "3", "--semdedup-clusters", "0", "--no-progress"]
+    assert cli.main(argv) == 0
+    built = [line for line in capsys.readouterr().out.splitlines()[1:] if "shards" not in line]
+    shutil.rmtree(out / "cache")  # the assembled dataset: without it the checkpoints are read again
+    path = out / "work" / damaged
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    assert cli.main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"maple build-preferences: error: {path}") or f"{path.name} cannot be read" in error, error
+    assert error.count("\n") == 1, error
+    if damaged == "manifest.json":  # the recipe of the other checkpoints is unknown
+        assert f"delete {out / 'work'} to start over" in error
+        shutil.rmtree(out / "work")
+    else:
+        assert "delete it and run again" in error
+        path.unlink()
+    assert cli.main(argv) == 0
+    assert [line for line in capsys.readouterr().out.splitlines()[1:] if "shards" not in line] == built
 
 
 def test_another_recipe_on_the_same_output_dir_is_refused(source_file, tmp_path, capsys):
