@@ -65,6 +65,8 @@ MANIFEST_FILE = "manifest.json"
 # tokenizer's leading special tokens, an ensemble's prompt, folder sources read split by split; 3: a digest
 # of every model's weights; 4: a local source's fingerprint by content, not timestamps). A work dir of another
 # version is refused: its manifest cannot say whether its checkpoints match this builder's.
+# Image embeddings per checkpoint while a rank embeds its slice: the most an interruption can cost.
+EMBEDDING_PART_ROWS = 10_000
 MANIFEST_VERSION = 4
 DEFAULT_ID_COLUMN = "id"
 _SHARD_NAME = re.compile(r"^shard-(\d+)-(\d+)\.parquet$")
@@ -822,11 +824,28 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         mine = slices[self.rank]
         if not mine.exists():
             start, end = _slice_bounds(len(valid_rows), self.rank, self.world_size)
-            _atomic_torch_save(mine, self._embed_rows(valid_rows[start:end]))
+            _atomic_torch_save(mine, self._embed_rows_in_parts(valid_rows[start:end], mine))
+            for part in mine.parent.glob(f"{mine.stem}.rows-*.pt"):
+                part.unlink()
         self._wait_for(slices, what="image embeddings")
         embeddings = torch.cat([part for part in (_read_tensor(slice_) for slice_ in slices) if part.numel()])
         _atomic_torch_save(path, embeddings)
         return embeddings
+
+    def _embed_rows_in_parts(self, rows: list[int], slice_path: Path) -> torch.Tensor:
+        """`_embed_rows(rows)`, checkpointed every `EMBEDDING_PART_ROWS` rows (rounded to whole miner batches, so the
+        batches, and the embeddings, are those of one pass) beside `slice_path`: an interrupted run keeps its parts."""
+        batch_size = getattr(self.miner, "batch_size", 1)
+        part_rows = max(1, EMBEDDING_PART_ROWS // batch_size) * batch_size
+        parts = []
+        for offset in range(0, len(rows), part_rows):
+            part_path = slice_path.with_name(f"{slice_path.stem}.rows-{offset:09d}.pt")
+            if part_path.exists():
+                parts.append(_read_tensor(part_path))
+                continue
+            parts.append(self._embed_rows(rows[offset : offset + part_rows]))
+            _atomic_torch_save(part_path, parts[-1])
+        return torch.cat(parts) if parts else torch.empty(0)
 
     def _embed_rows(self, rows: list[int]) -> torch.Tensor:
         """(len(rows), D) image embeddings of source rows `rows`. A NaN or inf embedding is an error

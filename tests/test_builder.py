@@ -504,3 +504,34 @@ def test_a_judge_score_that_is_not_an_alpha_stops_the_build_naming_shard_row_and
     with pytest.raises(JudgeOutputError, match=r"shard 1, row id 'square-003': the judge's img2txt_scores\[0\] is nan; expected an alpha"):
         _build(tmp_path, config_name="corpus-captions", judge=_OverflowingJudge())
     assert [path.name for path in (tmp_path / "work" / "shards").glob("*.parquet")] == ["shard-000000-000003.parquet"]
+
+
+def test_an_interrupted_image_embedding_keeps_its_finished_parts(tmp_path, monkeypatch):
+    """A kill while embedding lost every embedding of the rank's slice: the rerun embedded all of them again."""
+    import dataset_builders.builder as builder_module
+
+    monkeypatch.setattr(builder_module, "EMBEDDING_PART_ROWS", 4)
+    embedded = []
+
+    def counting_miner(fail_after: int | None = None) -> HardNegativeMiner:
+        encode = thumbnail_miner().encode_images
+
+        def encode_images(images):
+            if fail_after is not None and len(embedded) >= fail_after:
+                raise KeyboardInterrupt  # the kill
+            embedded.append(len(images))
+            return encode(images)
+
+        return HardNegativeMiner(encode_images, name="thumbnail-4x4", batch_size=2)
+
+    builder = _unbuilt(tmp_path, _source(10), miner=counting_miner(fail_after=3))  # 3 batches: part 0 and half of 1
+    valid_rows = builder.check_inputs()[1]
+    with pytest.raises(KeyboardInterrupt):
+        builder.embed_inputs(valid_rows)
+    embedded.clear()
+    resumed = _unbuilt(tmp_path, _source(10), miner=counting_miner())
+    embeddings = resumed.embed_inputs(valid_rows)
+    assert embedded == [2, 2, 2]  # rows 4-9 only, in 3 batches: part 0 (rows 0-3) was kept
+    reference = _unbuilt(tmp_path / "reference", _source(10), miner=counting_miner())
+    assert torch.equal(embeddings, reference.embed_inputs(reference.check_inputs()[1]))
+    assert not list((tmp_path / "work").glob("*.rows-*.pt"))  # the parts are gone once the slice is saved
