@@ -136,6 +136,23 @@ def test_a_missing_dataset_or_model_folder_is_reported_before_any_model_loads(tm
         assert capsys.readouterr().err == f"maple train: error: {message}\n"
 
 
+def test_an_unreadable_dataset_is_reported_in_one_line_before_any_model_loads(tmp_path, monkeypatch, capsys):
+    """An empty save_to_disk folder was an IndexError traceback, a truncated parquet file an ArrowInvalid one."""
+    monkeypatch.setattr("trainer.cli.load_model_and_processor", lambda *args: pytest.fail("the model was loaded"))
+    synthetic_preference_dataset(4).select([]).save_to_disk(tmp_path / "empty")
+    (tmp_path / "truncated").mkdir()
+    synthetic_preference_dataset(4).to_parquet(tmp_path / "truncated" / "train.parquet")
+    data = (tmp_path / "truncated" / "train.parquet").read_bytes()
+    (tmp_path / "truncated" / "train.parquet").write_bytes(data[: len(data) // 2])
+    capsys.readouterr()  # the progress bars of writing them
+    for folder, message in [("empty", "a saved dataset without rows"), ("truncated", "cannot be read as a dataset (")]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--tiny", "dual_encoder", "--dataset_name", str(tmp_path / folder), "--output_dir", str(tmp_path / "out")])
+        assert exit_info.value.code == 2
+        error = capsys.readouterr().err
+        assert error.splitlines()[-1].startswith(f"maple train: error: --dataset_name {tmp_path / folder}: {message}"), error
+
+
 def test_a_model_neither_on_disk_nor_in_the_cache_is_reported_in_one_line(tmp_path, capsys):
     synthetic_preference_dataset(4).save_to_disk(tmp_path / "prefs")
     capsys.readouterr()  # the progress bar of save_to_disk

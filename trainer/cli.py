@@ -19,6 +19,7 @@ from typing import NoReturn
 
 import yaml
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+from datasets.exceptions import DatasetGenerationError
 from trl import TrlParser
 
 from evaluation.models import is_hub_id
@@ -293,6 +294,13 @@ def load_preference_splits(data_args: DataArguments) -> DatasetDict:
             splits = load_dataset(location, data_args.dataset_config)
     except OSError as error:  # no data files, not on the Hub, offline and not cached
         raise TrainingInputError(f"--dataset_name {location}: {' '.join(str(error).split())}") from error
+    except IndexError as error:  # what datasets raises for a save_to_disk folder without rows
+        raise TrainingInputError(f"--dataset_name {location}: a saved dataset without rows") from error
+    # pyarrow's ArrowInvalid (a truncated parquet file) is a ValueError; DatasetGenerationError: files datasets cannot
+    # convert
+    except (ValueError, DatasetGenerationError) as error:
+        detail = " ".join(str(error.__cause__ or error).split())
+        raise TrainingInputError(f"--dataset_name {location}: cannot be read as a dataset ({type(error).__name__}: {detail})") from error
     if isinstance(splits, Dataset):  # a single split saved on its own
         splits = DatasetDict({data_args.dataset_train_split: splits})
     for split in filter(None, (data_args.dataset_train_split, data_args.dataset_test_split)):
