@@ -25,7 +25,7 @@ from typing import Any
 
 import datasets
 
-from maple.cli import positive
+from maple.cli import DefaultsHelpFormatter, positive
 
 from .builder import (
     MaplePreferences,
@@ -46,13 +46,6 @@ SOURCE_OPTIONS = ("source_split", "image_column", "caption_column", "id_column",
 _OPTION_TYPES = {"int": int, "int | None": int, "float": float, "str": str, "str | None": str}  # field type -> argparse's
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows an option's default unless it is None (unset: its help says what holds then)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        return action.help if action.default is None else super()._get_help_string(action)
-
-
 _FACTORY_SPEC = re.compile(r"^(?P<module>[A-Za-z_][\w.]*):(?P<attribute>[A-Za-z_][\w.]*)$")
 MAX_EXAMPLES_PER_REASON = 5
 
@@ -62,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="maple build-preferences",
         description="Build a MAPLE preference dataset: mine hard-negative images, write contrastive captions, "
         "score every candidate with an MLLM judge, and write (and optionally publish) parquet shards.",
-        formatter_class=_HelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("source", help="image-caption data: a local folder (parquet files, or images with metadata.jsonl/csv), a parquet file, or a Hub dataset id")
     parser.add_argument("--output-dir", default="maple_preferences", help="work directory: checkpoints, shards, stats.json and the datasets cache; rerun with the same one to resume")

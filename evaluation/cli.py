@@ -5,8 +5,9 @@
 
 MODEL is a local checkpoint folder or a Hub repo id. Each (model, benchmark) result is written to
 `DIR/<model>/<benchmark>.json` as soon as it is done, and skipped on a rerun while the model (its files,
-or its Hub commit) and the benchmark source are unchanged, so an interrupted run resumes where it stopped. At the end, `DIR/results.json` and `DIR/results.md` hold all models
-side by side. `--push-to-hub` writes the results into MODEL's model card (`model-index`) on the Hub.
+or its Hub commit) and the benchmark source are unchanged, so an interrupted run resumes where it stopped.
+At the end, `DIR/results.json` and `DIR/results.md` hold all models side by side. `--push-to-hub` writes
+the results into MODEL's model card (`model-index`) on the Hub.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from maple.cli import positive
+from maple.cli import DefaultsHelpFormatter, positive
 
 from .benchmarks import BENCHMARKS, QuadrupleBenchmark, RetrievalBenchmark, load_benchmark
 
@@ -225,15 +226,19 @@ def push_results(repo_id: str, results: dict[str, Any]) -> None:
         card.push_to_hub(repo_id, commit_message="Add MAPLE evaluation results")
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultsHelpFormatter):
+    """The module docstring as written, and the options' defaults."""
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="maple eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="maple eval", description=__doc__, formatter_class=_HelpFormatter)
     parser.add_argument("model", help="checkpoint folder or Hub repo id")
-    parser.add_argument("--benchmarks", nargs="+", choices=sorted(BENCHMARKS), default=sorted(BENCHMARKS))
+    parser.add_argument("--benchmarks", nargs="+", choices=sorted(BENCHMARKS), default=sorted(BENCHMARKS), help="benchmarks to run")
     parser.add_argument("--compare", nargs="*", default=[], metavar="MODEL", help="more models, side by side")
     parser.add_argument("--source", nargs="*", default=[], metavar="BENCHMARK=PATH", help="local copy or other Hub id of a benchmark")
     parser.add_argument("--out", type=Path, default=Path("maple_eval"), help="results folder (resumable)")
-    parser.add_argument("--batch-size", type=positive(int), default=32)
-    parser.add_argument("--device", default=None, help="where the models embed, e.g. cuda:1 (default: cuda if available, else cpu)")
+    parser.add_argument("--batch-size", type=positive(int), default=32, help="images or texts embedded per forward pass")
+    parser.add_argument("--device", default=None, help="where the models embed, e.g. cuda:1; unset: cuda if available, else cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                         help="weights dtype of every model (backbones too, so models compare at one precision; MAPLE's heads stay float32)")
     parser.add_argument("--push-to-hub", action="store_true", help="write the results into MODEL's model card on the Hub")

@@ -19,6 +19,15 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` shows each option's default, except where it says nothing: None (unset; the help says what holds
+    then), a flag's False, an empty list, or a help text that names its default itself."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        silent = action.default in (None, False, []) or "default" in (action.help or "")
+        return action.help if silent else super()._get_help_string(action)
+
+
 def positive(number_type: type[int] | type[float]):
     """An argparse `type` for a number above zero: a bad value is a usage error (exit status 2)
     when the command line is parsed, not a failure after the models have loaded."""

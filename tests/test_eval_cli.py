@@ -395,3 +395,11 @@ def test_results_stored_under_another_protocol_are_recomputed(tiny, benchmark_so
     capsys.readouterr()
     assert main(argv) == 0
     assert "mmvp: stored result is from another model state, dtype, source or protocol version, recomputing" in capsys.readouterr().out
+
+
+def test_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 32)" in help_text and "(default: float32)" in help_text and "(default: maple_eval)" in help_text
+    assert "(default: None)" not in help_text and "(default: False)" not in help_text and "(default: [])" not in help_text

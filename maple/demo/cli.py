@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from maple.cli import DefaultsHelpFormatter
+
 from .pipeline import BACKBONES, MINERS, DemoConfig, claim_output_folder, format_summary, run_demo
 
 
@@ -30,14 +32,15 @@ def _seeds(value: str) -> tuple[int, ...]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="maple demo",
+        formatter_class=DefaultsHelpFormatter,
         description="Run MAPLE end to end, offline, on a procedurally drawn image-caption world: preference "
         "data from a scene-graph judge and captioner (stand-ins for MLLMs), a base model trained with InfoNCE, "
         "three fine-tuning runs per seed (InfoNCE, InfoNCE + expanded negatives, MAPLE), evaluation, plots and "
         "a model card. An interrupted run resumes when started again with the same options.",
     )
-    parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
+    parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder")
     parser.add_argument(
-        "--seeds", type=_seeds, default=(0, 1, 2), help="number of seeds (3: seeds 0,1,2) or a list such as 0,5,7 (one seed: 5,)"
+        "--seeds", type=_seeds, default=(0, 1, 2), help="number of seeds (3: seeds 0,1,2) or a list such as 0,5,7 (one seed: 5,); the default: seeds 0,1,2"
     )
     parser.add_argument("--backbone", default="dual_encoder", help=f"one of {', '.join(BACKBONES)}")
     parser.add_argument("--quick", action="store_true", help="a small budget for a smoke run (under 2 minutes)")
@@ -49,27 +52,27 @@ def build_parser() -> argparse.ArgumentParser:
         "instead of the scene-graph stand-in",
     )
     parser.add_argument(
-        "--judge-noise", type=float, default=0.3, help="std of the scene-graph judge's logit noise (default 0.3)"
+        "--judge-noise", type=float, default=0.3, help="std of the scene-graph judge's logit noise"
     )
     parser.add_argument(
         "--miner",
         default="scene-graph",
-        help=f"hard negatives from {' or '.join(MINERS)} image features (default scene-graph, a stand-in for DINOv2)",
+        help=f"hard negatives from {' or '.join(MINERS)} image features (scene-graph: a stand-in for DINOv2)",
     )
     parser.add_argument(
         "--rpa-weight",
         type=float,
         default=0.5,
         metavar="LAMBDA",
-        help="lambda of the MAPLE runs: L = lambda * L_RPA + (1 - lambda) * L_InfoNCE (default 0.5)",
+        help="lambda of the MAPLE runs: L = lambda * L_RPA + (1 - lambda) * L_InfoNCE",
     )
     parser.add_argument("--push-to-hub", default=None, metavar="REPO", help="push the MAPLE model (and REPO-preferences)")
     parser.add_argument(
         "--workers",
         type=int,
         default=2,
-        help="fine-tuning runs trained side by side, one process and one CPU thread each (default 2; 1 runs them "
-        "in this process); changes the wall clock, not the results",
+        help="fine-tuning runs trained side by side, one process and one CPU thread each (1 runs them in this "
+        "process); changes the wall clock, not the results",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
