@@ -407,23 +407,28 @@ def test_streamed_datasets_train_and_their_bad_rows_are_caught_as_they_arrive(tm
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["map-style", "streamed"])
-def test_an_image_that_does_not_decode_is_named_with_its_row(tmp_path, stream):
-    """A corrupt or truncated image stopped training with PIL's error from inside the data loader, naming no row."""
-    png = synthetic_preference_dataset(4).cast_column("candidate_images", datasets.List(datasets.Image(decode=False)))
+def test_an_image_that_does_not_decode_stops_training_with_a_way_to_find_its_row(tmp_path, stream):
+    """A corrupt image stopped training with PIL's error from inside the data loader, naming no row."""
+    from trainer.schema import first_undecodable_image
+
+    encoded = synthetic_preference_dataset(4).cast_column("candidate_images", datasets.List(datasets.Image(decode=False)))
 
     def truncate(row, index):
         if index == 2:
             row["candidate_images"][1] = {"bytes": row["candidate_images"][1]["bytes"][:40], "path": None}
         return row
 
-    dataset = png.map(truncate, with_indices=True).cast_column("candidate_images", datasets.List(datasets.Image()))
+    dataset = encoded.map(truncate, with_indices=True).cast_column("candidate_images", datasets.List(datasets.Image()))
+    dataset = dataset.to_iterable_dataset() if stream else dataset
     model, processor = build_tiny("dual_encoder")
     args = make_config(tmp_path, max_steps=1, per_device_train_batch_size=4)
-    trainer = RPATrainer(model, args=args, train_dataset=dataset.to_iterable_dataset() if stream else dataset,
-                         processing_class=processor)
-    with pytest.raises(ValueError, match=r"train dataset, row id 'scene-2': column 'candidate_images'\[1\] cannot be "
-                                         r"decoded as an image \(\w+Error: "):
+    trainer = RPATrainer(model, args=args, train_dataset=dataset, processing_class=processor)
+    with pytest.raises(ValueError, match=r"Fetching a training batch failed \(UnidentifiedImageError: .*"
+                                         r"first_undecodable_image\(train_dataset\) names the first such row"):
         trainer.train()
+    assert first_undecodable_image(dataset).startswith(
+        "train dataset, row id 'scene-2', column 'candidate_images'[1]: UnidentifiedImageError: cannot identify image")
+    assert first_undecodable_image(synthetic_preference_dataset(4)) is None
 
 
 def test_every_pass_over_a_streamed_dataset_draws_fresh_candidates(tmp_path):
@@ -544,6 +549,7 @@ def test_equivalent_column_types_pass_the_schema_check(tmp_path, id_type):
         "id": datasets.Value(id_type),
         "caption": datasets.Value("string_view"),
         "candidate_texts": datasets.LargeList(datasets.Value("large_string")),
+        "candidate_images": datasets.List(datasets.Image(), length=4),  # fixed-size lists, as List(length=) makes
         "txt2img_scores": datasets.List(datasets.Value("float64")),
     }))
     dataset = dataset.remove_columns("img2txt_scores").add_column("img2txt_scores", [[1, 0, 0, 0]] * 4)

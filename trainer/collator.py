@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from transformers.data.data_collator import DataCollatorMixin
 
-from .schema import CONTENT_COLUMNS, SCORED_CANDIDATES, check_rows, decoded_image, first_invalid
+from .schema import CONTENT_COLUMNS, SCORED_CANDIDATES, check_rows, first_invalid
 
 # Keys of a collated batch that are not model inputs.
 PREFERENCE_KEYS = (
@@ -84,7 +84,6 @@ class DataCollatorForEmbeddingPreference(DataCollatorMixin):
             },
             dataset_name=self.dataset_name,
         )
-        examples = [self._with_decoded_images(example) for example in examples]
         texts, images = _DistinctItems(), _DistinctItems()
         batch: dict[str, torch.Tensor] = {
             "anchor_text_index": torch.tensor([texts.add(example["caption"]) for example in examples]),
@@ -127,17 +126,6 @@ class DataCollatorForEmbeddingPreference(DataCollatorMixin):
                 f"texts or images: {error}"
             ) from error
         return batch
-
-    def _with_decoded_images(self, example: dict[str, Any]) -> dict[str, Any]:
-        """`example` with its images decoded (`decoded_image`: an image that does not decode is named)."""
-        row_id = example["id"]
-        return example | {
-            "image": decoded_image(example["image"], self.dataset_name, row_id, "'image'"),
-            "candidate_images": [
-                decoded_image(value, self.dataset_name, row_id, f"'candidate_images'[{position}]")
-                for position, value in enumerate(example["candidate_images"])
-            ],
-        }
 
     def _generator(self, row_id: str, modality: str) -> torch.Generator:
         key = hashlib.blake2b(f"{self.seed}:{self.epoch}:{row_id}:{modality}".encode(), digest_size=8).digest()

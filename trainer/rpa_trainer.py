@@ -34,7 +34,7 @@ from modeling_maple.lora import save_merged
 from .collator import PREFERENCE_KEYS, DataCollatorForEmbeddingPreference
 from .losses import contrastive_loss, judged_positive_ids, preference_agreement, rpa_listwise_loss, rpa_pairwise_loss
 from .rpa_config import RPAConfig, from_pretrained_kwargs
-from .schema import PREFERENCE_COLUMNS, validate_preference_dataset, without_image_decoding
+from .schema import PREFERENCE_COLUMNS, validate_preference_dataset
 
 # (image_0, image_1, text_0, text_1), text_i describing image_i
 Quadruple = tuple[Image.Image, Image.Image, str, str]
@@ -249,10 +249,9 @@ class RPATrainer(DPOTrainer):
         return [name for name in names if name.rsplit(".", 1)[-1] not in LOG_SCALES]
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-        # Nothing to tokenise ahead: the collator processes images and texts on the fly. Validate the schema instead;
-        # the collator decodes the images, naming the row of one that does not decode.
+        # Nothing to tokenise ahead: the collator processes images and texts on the fly. Validate the schema instead.
         validate_preference_dataset(dataset, dataset_name)
-        return without_image_decoding(dataset)
+        return dataset
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
@@ -266,6 +265,18 @@ class RPATrainer(DPOTrainer):
             return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, dataloader_key)
         finally:
             self.data_collator = train_collator
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        try:
+            return super().get_batch_samples(epoch_iterator, num_batches, device)
+        # `datasets` decodes images as the data loader fetches rows, so PIL's error names no row; finding it means
+        # decoding every image, too slow to do unasked on a large dataset
+        except (OSError, Image.DecompressionBombError) as error:
+            raise ValueError(
+                f"Fetching a training batch failed ({type(error).__name__}: {error}), as it does when an image of the "
+                "train dataset does not decode: trainer.schema.first_undecodable_image(train_dataset) names the first "
+                "such row."
+            ) from error
 
     def _run_epoch(self, *, epoch: int, **kwargs) -> None:
         # The collator's candidate draws are seeded by the epoch. This is the loop's own pass index, also when resuming

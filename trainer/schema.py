@@ -55,8 +55,7 @@ PREFERENCE_COLUMNS = tuple(PREFERENCE_FEATURES)
 # each candidate list and the judge scores that rank it
 SCORED_CANDIDATES = {"candidate_images": "txt2img_scores", "candidate_texts": "img2txt_scores"}
 # the columns the model embeds, with the type each value (each entry, for the candidate lists) must have, and its
-# name in errors; None is not one, nor a blank string. An image may be left encoded, as `datasets.Image(decode=False)`
-# gives it ({"bytes", "path"}): the collator decodes it (`decoded_image`).
+# name in errors; None is not one, nor a blank string
 CONTENT_COLUMNS = {
     "caption": (str, "a non-empty string"),
     "image": (PIL.Image.Image, "an image"),
@@ -158,17 +157,12 @@ def check_rows(
 
 def first_invalid(value: Any, column: str) -> tuple[int, str] | None:
     """A row value's first invalid entry for `check_rows`: in a column of `CONTENT_COLUMNS`, the first entry (the
-    value itself for a caption or image) that is not a non-blank string / an image (decoded, or encoded bytes or a
-    path), as its position (0 for a caption or image) and what it is; None when every entry is valid."""
+    value itself for a caption or image) that is not a non-blank string / an image, as its position (0 for a caption
+    or image) and what it is; None when every entry is valid."""
     entries = value if column in SCORED_CANDIDATES and isinstance(value, list) else [value]
     expected_type, _ = CONTENT_COLUMNS[column]
     for position, entry in enumerate(entries):
-        if expected_type is str:
-            valid = isinstance(entry, str) and bool(entry.strip())
-        else:
-            valid = isinstance(entry, PIL.Image.Image) or (
-                isinstance(entry, dict) and (entry.get("bytes") is not None or entry.get("path") is not None)
-            )
+        valid = isinstance(entry, expected_type) and (expected_type is not str or bool(entry.strip()))
         if not valid:
             return position, _described(entry)
     return None
@@ -183,33 +177,27 @@ def _described(entry: Any) -> str:
     return f"{reprlib.repr(entry)} ({type(entry).__name__})"
 
 
-def decoded_image(value: Any, dataset_name: str, row_id: Any, entry: str) -> PIL.Image.Image:
-    """`value` as a PIL image: itself, or an encoded `datasets.Image` value ({"bytes", "path"}) decoded. One that does
-    not decode (corrupt or truncated bytes, a missing file) is a ValueError naming the dataset, the row id and the
-    column entry (`entry`, e.g. "'candidate_images'[2]")."""
-    if isinstance(value, PIL.Image.Image):
-        return value
-    try:
-        return Image().decode_example(value)
-    except Exception as error:  # PIL and file errors alike: all mean this entry cannot be used
-        raise ValueError(
-            f"{dataset_name} dataset, row id {row_id!r}: column {entry} cannot be decoded as an image "
-            f"({type(error).__name__}: {error})."
-        ) from error
-
-
-def without_image_decoding(dataset: Dataset | IterableDataset) -> Dataset | IterableDataset:
-    """`dataset` with its image columns left encoded, for the collator to decode with `decoded_image`: `datasets`
-    decodes while the data loader fetches rows, so an image that does not decode would stop training naming no row."""
-    if dataset.features is None:
-        return dataset
-    for column in ("image", "candidate_images"):
-        feature = dataset.features[column]
-        if isinstance(feature, Image):
-            dataset = dataset.cast_column(column, Image(decode=False))
-        elif isinstance(feature, (List, LargeList)) and isinstance(feature.feature, Image):
-            dataset = dataset.cast_column(column, type(feature)(Image(decode=False)))
-    return dataset
+def first_undecodable_image(dataset: Dataset | IterableDataset, dataset_name: str = "train") -> str | None:
+    """Where the first image of `dataset` that does not decode is (corrupt or truncated bytes, a missing file), as
+    "<dataset_name> dataset, row id ..., column ...: <error>"; None if every image decodes. Decodes every image, with
+    the dataset's own image features (mode, Hub token): a diagnosis for a run that stopped on one, not a check to run
+    before every training."""
+    image_features = {column: dataset.features[column] for column in ("image", "candidate_images")}
+    undecoded = dataset.select_columns(["id", *image_features])
+    if isinstance(undecoded, IterableDataset):
+        rows = iter(undecoded.decode(False))
+    else:  # Arrow rows: images as stored ({"bytes", "path"}), nothing decoded or copied
+        rows = (row for batch in undecoded.with_format("arrow").iter(batch_size=1_000) for row in batch.to_pylist())
+    for row in rows:
+        for column, feature in image_features.items():
+            values, inner = (row[column], feature.feature) if column == "candidate_images" else ([row[column]], feature)
+            for position, value in enumerate(values):
+                try:
+                    inner.decode_example(value)
+                except Exception as error:  # PIL and file errors alike: this entry cannot be used
+                    entry = f"{column!r}[{position}]" if column == "candidate_images" else repr(column)
+                    return f"{dataset_name} dataset, row id {row['id']!r}, column {entry}: {type(error).__name__}: {error}"
+    return None
 
 
 def validate_preference_dataset(dataset: Dataset | IterableDataset, dataset_name: str) -> None:
@@ -244,7 +232,7 @@ def _first_missing(column: pa.ChunkedArray) -> list[tuple[int, str] | None]:
     """`first_invalid` of each row of an Arrow column whose type `check_features` has checked, so only a None, a blank
     string or an image with neither bytes nor path can be invalid, without converting valid values (images stay
     undecoded)."""
-    if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
+    if not any(is_list(column.type) for is_list in (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list)):
         bad = _invalid_entries(column).to_pylist()
         return [(0, _described(column[row].as_py())) if is_bad else None for row, is_bad in enumerate(bad)]
     entries = pc.list_flatten(column)  # the entries of all rows, in order (a null list has none)
