@@ -67,6 +67,11 @@ def test_a_checkpoint_resumes_only_under_its_recipe(tmp_path):
                                          r"per_device_train_batch_size: 8 -> 4\)"):
         changed.train(resume_from_checkpoint=True)  # True: the last checkpoint in output_dir
     assert changed.state.global_step == 0
+    recipe = (checkpoint / "rpa_recipe.json").read_text()
+    (checkpoint / "rpa_recipe.json").write_text(recipe[:10])
+    with pytest.raises(ValueError, match=r"rpa_recipe.json cannot be read \("):
+        make_trainer(tmp_path, max_steps=4).train(resume_from_checkpoint=True)
+    (checkpoint / "rpa_recipe.json").write_text(recipe)
     longer = make_trainer(tmp_path, max_steps=6, save_strategy="steps", save_steps=2)
     longer.train(resume_from_checkpoint=True)
     assert longer.state.global_step == 6

@@ -37,23 +37,31 @@ def test_train_from_yaml_and_flags_saves_a_loadable_model_with_card(tmp_path):
     assert f"a two-tower image/text encoder ({model.config.pooling} pooling)" in card  # from the model's own config
 
 
-def test_a_rerun_resumes_from_the_last_checkpoint_under_the_same_recipe(tmp_path, capsys):
+def test_a_rerun_over_checkpoints_resumes_only_when_asked_and_under_the_same_recipe(tmp_path, capsys):
     """A rerun restarted at step 1 and overwrote the checkpoints; `--resume_from_checkpoint true` was a traceback."""
     synthetic_preference_dataset(16).save_to_disk(tmp_path / "prefs")
     output = tmp_path / "out"
     argv = ["--tiny", "dual_encoder", "--dataset_name", str(tmp_path / "prefs"), "--output_dir", str(output),
             "--per_device_train_batch_size", "8", "--report_to", "none", "--save_strategy", "steps", "--save_steps", "2"]
-    with pytest.raises(SystemExit) as exited:
-        main(["--resume_from_checkpoint", "true", *argv, "--max_steps", "2"])
-    assert exited.value.code == 2
-    assert f"--resume_from_checkpoint true: {output} holds no checkpoint-* folder" in capsys.readouterr().err
+
+    def error_of(*extra):
+        with pytest.raises(SystemExit) as exited:
+            main([*argv, *extra])
+        assert exited.value.code == 2
+        return capsys.readouterr().err.splitlines()[-1]
+
+    assert error_of("--max_steps", "2", "--resume_from_checkpoint", "true") == (
+        f"maple train: error: --resume_from_checkpoint true: {output} holds no checkpoint-* folder")
     assert main([*argv, "--max_steps", "2"]) == 0
-    with pytest.raises(SystemExit) as exited:
-        main([*argv, "--max_steps", "4", "--rpa_weight", "0.5"])
-    assert exited.value.code == 2
-    assert "checkpoint-2 was trained with another recipe (rpa_weight: 0.2 -> 0.5)" in capsys.readouterr().err
-    assert main([*argv, "--max_steps", "4"]) == 0
-    assert f"maple train: resuming from {output / 'checkpoint-2'}" in capsys.readouterr().err
+    assert error_of("--max_steps", "4") == (
+        f"maple train: error: {output} holds checkpoints of an earlier run (the last: checkpoint-2): pass "
+        "--resume_from_checkpoint true to resume it, --resume_from_checkpoint false to train from scratch over them, "
+        "or another --output_dir")
+    assert "checkpoint-2 was trained with another recipe (rpa_weight: 0.2 -> 0.5)" in error_of(
+        "--max_steps", "4", "--rpa_weight", "0.5", "--resume_from_checkpoint", "true")
+    config = tmp_path / "resume.yaml"
+    config.write_text(yaml.safe_dump({"resume_from_checkpoint": True, "max_steps": 4}))  # a YAML boolean
+    assert main(["--config", str(config), *argv]) == 0
     state = json.loads((output / "checkpoint-4" / "trainer_state.json").read_text())
     assert [entry["step"] for entry in state["log_history"] if "loss" in entry][:1] != [1]  # not restarted
 

@@ -111,9 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         "an `env:` mapping in it sets environment variables.",
     )
     own_help = unused_dpo_field_help() | {  # TRL's help of these describes what they do to a language model
-        "resume_from_checkpoint": "A checkpoint folder to resume from; 'true': the last checkpoint-* in output_dir, "
-        "also the default when output_dir holds one; 'false': start over. A checkpoint resumes only under the recipe "
-        "it was trained with (rpa_recipe.json: loss, lambda, batch size, learning rate, ...)."
+        "resume_from_checkpoint": "A checkpoint folder to resume from; 'true': the last checkpoint-* in output_dir; "
+        "'false': train from scratch (an output_dir holding checkpoints needs one of the three). A checkpoint resumes "
+        "only under the recipe it was trained with (rpa_recipe.json: loss, lambda, batch size, learning rate, ...)."
     }
     for action in parser._actions:
         action.help = own_help.get(action.dest, action.help)
@@ -172,16 +172,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def checkpoint_to_resume(training_args: RPAConfig) -> str | None:
-    """The checkpoint to resume from: `--resume_from_checkpoint PATH`, or with `true` (or unset, when `output_dir`
-    holds checkpoints, as the transformers example scripts do) the last one in `output_dir`; none with `false`."""
+    """The checkpoint to resume from: `--resume_from_checkpoint PATH`, or with `true` the last one in `output_dir`;
+    none with `false`. Unset, an `output_dir` that holds checkpoints is refused: resuming them unasked could continue
+    another model's run, and training over them would overwrite them."""
     from transformers.trainer_utils import get_last_checkpoint
 
     value, output_dir = training_args.resume_from_checkpoint, training_args.output_dir
+    if isinstance(value, bool):  # a YAML config's `resume_from_checkpoint: true`
+        value = str(value)
     last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
     if value is None:
         if last is not None:
-            print(f"maple train: resuming from {last} (--resume_from_checkpoint false starts over)", file=sys.stderr)
-        return last
+            raise TrainingInputError(
+                f"{output_dir} holds checkpoints of an earlier run (the last: {os.path.basename(last)}): pass "
+                "--resume_from_checkpoint true to resume it, --resume_from_checkpoint false to train from scratch over "
+                "them, or another --output_dir"
+            )
+        return None
     if value.lower() in ("false", "no", "0"):
         return None
     if value.lower() in ("true", "yes", "1"):

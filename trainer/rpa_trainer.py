@@ -494,9 +494,12 @@ class RPATrainer(DPOTrainer):
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         output_dir = output_dir or self.args.output_dir
         self._save_weights(output_dir, state_dict)
-        if self.args.should_save:
-            with open(os.path.join(output_dir, RECIPE_FILE), "w") as handle:
-                json.dump({name: getattr(self.args, name) for name in RECIPE_FIELDS}, handle, indent=2)
+        if self.args.should_save:  # through a rename: a recipe file is whole or absent
+            recipe = json.dumps({name: getattr(self.args, name) for name in RECIPE_FIELDS}, indent=2)
+            staging = os.path.join(output_dir, f"{RECIPE_FILE}.tmp-{os.getpid()}")
+            with open(staging, "w") as handle:
+                handle.write(recipe)
+            os.replace(staging, os.path.join(output_dir, RECIPE_FILE))
 
     def _save_weights(self, output_dir: str, state_dict: dict | None) -> None:
         model = self.accelerator.unwrap_model(self.model)
@@ -617,8 +620,11 @@ def check_recipe(checkpoint: str, args: RPAConfig) -> None:
     recipe_file = os.path.join(checkpoint, RECIPE_FILE)
     if not os.path.isfile(recipe_file):
         return
-    with open(recipe_file) as handle:
-        saved = json.load(handle)
+    try:
+        with open(recipe_file) as handle:
+            saved = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{recipe_file} cannot be read ({error}): restore it, or start a new run in another output_dir") from error
     differences = [
         f"{name}: {saved[name]!r} -> {getattr(args, name)!r}"
         for name in RECIPE_FIELDS
