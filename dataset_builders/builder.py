@@ -839,11 +839,15 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         part_rows = max(1, EMBEDDING_PART_ROWS // batch_size) * batch_size
         parts = []
         for offset in range(0, len(rows), part_rows):
-            part_path = slice_path.with_name(f"{slice_path.stem}.rows-{offset:09d}.pt")
+            end = min(offset + part_rows, len(rows))
+            # both ends in the name: a rerun with another miner batch size cuts other parts, and must not mix them
+            part_path = slice_path.with_name(f"{slice_path.stem}.rows-{offset:09d}-{end:09d}.pt")
             if part_path.exists():
                 parts.append(_read_tensor(part_path))
+                if len(parts[-1]) != end - offset:
+                    raise DamagedCheckpoint(part_path, ValueError(f"{len(parts[-1])} embeddings for {end - offset} rows"))
                 continue
-            parts.append(self._embed_rows(rows[offset : offset + part_rows]))
+            parts.append(self._embed_rows(rows[offset:end]))
             _atomic_torch_save(part_path, parts[-1])
         return torch.cat(parts) if parts else torch.empty(0)
 

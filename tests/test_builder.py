@@ -535,3 +535,13 @@ def test_an_interrupted_image_embedding_keeps_its_finished_parts(tmp_path, monke
     reference = _unbuilt(tmp_path / "reference", _source(10), miner=counting_miner())
     assert torch.equal(embeddings, reference.embed_inputs(reference.check_inputs()[1]))
     assert not list((tmp_path / "work").glob("*.rows-*.pt"))  # the parts are gone once the slice is saved
+
+    # a rerun with another miner batch size cuts other parts: it must not read these (a review found 11 embeddings
+    # for 10 rows, silently)
+    (tmp_path / "work" / "embeddings.pt").unlink()
+    (tmp_path / "work" / "embeddings-0-of-1.pt").unlink()
+    embedded.clear()
+    with pytest.raises(KeyboardInterrupt):
+        _unbuilt(tmp_path, _source(10), miner=counting_miner(fail_after=3)).embed_inputs(valid_rows)
+    wider = HardNegativeMiner(thumbnail_miner().encode_images, name="thumbnail-4x4", batch_size=3)
+    assert torch.equal(_unbuilt(tmp_path, _source(10), miner=wider).embed_inputs(valid_rows), reference.embed_inputs(valid_rows))
