@@ -1,10 +1,12 @@
 """RPATrainer end to end on tiny offline models and the synthetic preference dataset of `trainer.testing`."""
 
+import io
 import math
 
 import datasets
 import pytest
 import torch
+from PIL import Image
 from peft import get_peft_model
 
 from evaluation import evaluate_quadruples
@@ -423,12 +425,25 @@ def test_an_image_that_does_not_decode_stops_training_with_a_way_to_find_its_row
     model, processor = build_tiny("dual_encoder")
     args = make_config(tmp_path, max_steps=1, per_device_train_batch_size=4)
     trainer = RPATrainer(model, args=args, train_dataset=dataset, processing_class=processor)
-    with pytest.raises(ValueError, match=r"Fetching a training batch failed \(UnidentifiedImageError: .*"
-                                         r"first_undecodable_image\(train_dataset\) names the first such row"):
+    with pytest.raises(ValueError, match=r"An image of the train dataset does not decode \(UnidentifiedImageError: .*"
+                                         r"first_undecodable_image\(dataset, 'train'\) names the first such row"):
         trainer.train()
-    assert first_undecodable_image(dataset).startswith(
-        "train dataset, row id 'scene-2', column 'candidate_images'[1]: UnidentifiedImageError: cannot identify image")
+    with pytest.raises(ValueError, match=r"An image of the eval dataset does not decode"):
+        trainer.evaluate(dataset)
+    found = "train dataset, row id 'scene-2', column 'candidate_images'[1]: UnidentifiedImageError: cannot identify image"
+    assert first_undecodable_image(dataset).startswith(found)
+    if stream:  # a stream without features decodes its images before they can be looked at
+        assert first_undecodable_image(dataset.map(lambda row: row)).startswith(
+            "train dataset, the row after id 'scene-1': UnidentifiedImageError: cannot identify image")
     assert first_undecodable_image(synthetic_preference_dataset(4)) is None
+
+
+def test_encoded_images_are_refused_with_the_cast_that_decodes_them(tmp_path):
+    model, processor = build_tiny("dual_encoder")
+    encoded = synthetic_preference_dataset(4).cast_column("candidate_images", datasets.List(datasets.Image(decode=False)))
+    with pytest.raises(ValueError, match=r"column 'candidate_images' has type .*: images left encoded; decode them: "
+                                         r"dataset.cast_column\('candidate_images', datasets.List\(datasets.Image\(\)\)\)"):
+        RPATrainer(model, args=make_config(tmp_path), train_dataset=encoded, processing_class=processor)
 
 
 def test_every_pass_over_a_streamed_dataset_draws_fresh_candidates(tmp_path):
@@ -599,3 +614,15 @@ def test_excluding_judged_positives_takes_them_out_of_their_anchors_denominators
     )
     assert losses[True] == pytest.approx(expected.item(), rel=1e-6)
     assert losses[True] < losses[False]  # captions rated as true no longer push their anchors away
+
+
+def test_only_errors_raised_in_pil_point_to_the_image_scan():
+    """A network or disk error while fetching a batch is not an image that does not decode (found by review)."""
+    from trainer.rpa_trainer import _pointing_to_undecodable_images
+
+    with pytest.raises(ConnectionError, match="connection reset"):
+        with _pointing_to_undecodable_images("train"):
+            raise ConnectionError("connection reset by peer")
+    with pytest.raises(ValueError, match=r"An image of the train dataset does not decode \(UnidentifiedImageError"):
+        with _pointing_to_undecodable_images("train"):
+            Image.open(io.BytesIO(b"not an image"))

@@ -178,7 +178,7 @@ def checkpoint_to_resume(training_args: RPAConfig) -> str | None:
     from transformers.trainer_utils import get_last_checkpoint
 
     value, output_dir = training_args.resume_from_checkpoint, training_args.output_dir
-    if isinstance(value, bool):  # a YAML config's `resume_from_checkpoint: true`
+    if value is not None and not isinstance(value, str):  # a YAML config's `resume_from_checkpoint: true` (or 1)
         value = str(value)
     last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
     if value is None:

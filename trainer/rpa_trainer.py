@@ -12,7 +12,9 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
+import traceback
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
@@ -267,16 +269,8 @@ class RPATrainer(DPOTrainer):
             self.data_collator = train_collator
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
-        try:
+        with _pointing_to_undecodable_images("train"):
             return super().get_batch_samples(epoch_iterator, num_batches, device)
-        # `datasets` decodes images as the data loader fetches rows, so PIL's error names no row; finding it means
-        # decoding every image, too slow to do unasked on a large dataset
-        except (OSError, Image.DecompressionBombError) as error:
-            raise ValueError(
-                f"Fetching a training batch failed ({type(error).__name__}: {error}), as it does when an image of the "
-                "train dataset does not decode: trainer.schema.first_undecodable_image(train_dataset) names the first "
-                "such row."
-            ) from error
 
     def _run_epoch(self, *, epoch: int, **kwargs) -> None:
         # The collator's candidate draws are seeded by the epoch. This is the loop's own pass index, also when resuming
@@ -442,7 +436,8 @@ class RPATrainer(DPOTrainer):
         # They go into the loop's own metrics under its prefix (per split, and for `predict` too), not to `log`.
         self._eval_anchors = []
         self._metrics["eval"].clear()
-        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        with _pointing_to_undecodable_images(metric_key_prefix):
+            output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         for key, values in self._metrics["eval"].items():  # NaN: no anchor had a strict judge preference
             output.metrics[f"{metric_key_prefix}_{key}"] = sum(values) / len(values) if values else math.nan
         self._metrics["eval"].clear()
@@ -635,6 +630,25 @@ def check_recipe(checkpoint: str, args: RPAConfig) -> None:
             f"{checkpoint} was trained with another recipe ({'; '.join(differences)}): resume with its settings, or "
             "start a new run in another output_dir"
         )
+
+
+@contextlib.contextmanager
+def _pointing_to_undecodable_images(split: str):
+    """Turns an error PIL raises while the data loader fetches rows (`datasets` decodes the images then, so the error
+    names no row) into one that points to `trainer.schema.first_undecodable_image`, which finds the row by decoding
+    every image: too slow to run unasked on a large dataset. Other errors pass unchanged."""
+    try:
+        yield
+    except (OSError, Image.DecompressionBombError) as error:
+        # raised in PIL, here or (its traceback in the message) in a data loader worker
+        in_pil = re.compile(r"[\\/]PIL[\\/]")
+        from_pil = any(in_pil.search(frame.filename) for frame in traceback.extract_tb(error.__traceback__))
+        if not (from_pil or in_pil.search(str(error))):
+            raise
+        raise ValueError(
+            f"An image of the {split} dataset does not decode ({type(error).__name__}: {' '.join(str(error).split())[:300]}): "
+            f"trainer.schema.first_undecodable_image(dataset, {split!r}) names the first such row."
+        ) from error
 
 
 def _model_inputs(inputs: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -18,6 +18,7 @@ column, the row id and what was expected.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import reprlib
@@ -85,6 +86,11 @@ def check_features(features: Features, dataset_name: str) -> None:
     for column, expected in PREFERENCE_FEATURES.items():
         kind = _feature_kind(features[column])
         if kind == _feature_kind(expected) or (column == "id" and kind == "number"):
+            if "image" in kind and not _decodes_images(features[column]):
+                raise ValueError(
+                    f"The {dataset_name} dataset's column {column!r} has type {features[column]!r}: images left "
+                    f"encoded; decode them: dataset.cast_column({column!r}, {_IMAGE_CASTS[column]})."
+                )
             continue
         hint = ""
         if column in _IMAGE_CASTS:
@@ -93,6 +99,11 @@ def check_features(features: Features, dataset_name: str) -> None:
             f"The {dataset_name} dataset's column {column!r} has type {features[column]!r}; expected {expected!r} "
             f"(see trainer/schema.py).{hint}"
         )
+
+
+def _decodes_images(feature: Any) -> bool:
+    """Whether an image feature (or a list of them) gives decoded images."""
+    return _decodes_images(feature.feature) if isinstance(feature, (List, LargeList)) else feature.decode
 
 
 def _feature_kind(feature: Any) -> str:
@@ -182,22 +193,40 @@ def first_undecodable_image(dataset: Dataset | IterableDataset, dataset_name: st
     "<dataset_name> dataset, row id ..., column ...: <error>"; None if every image decodes. Decodes every image, with
     the dataset's own image features (mode, Hub token): a diagnosis for a run that stopped on one, not a check to run
     before every training."""
-    image_features = {column: dataset.features[column] for column in ("image", "candidate_images")}
-    undecoded = dataset.select_columns(["id", *image_features])
+    columns = ("image", "candidate_images")
+    decoders = {column: _image_decoder(dataset.features[column] if dataset.features else None) for column in columns}
+    undecoded = dataset.select_columns(["id", *columns])
     if isinstance(undecoded, IterableDataset):
-        rows = iter(undecoded.decode(False))
+        rows = iter(undecoded.decode(False) if undecoded.features else undecoded)
     else:  # Arrow rows: images as stored ({"bytes", "path"}), nothing decoded or copied
         rows = (row for batch in undecoded.with_format("arrow").iter(batch_size=1_000) for row in batch.to_pylist())
-    for row in rows:
-        for column, feature in image_features.items():
-            values, inner = (row[column], feature.feature) if column == "candidate_images" else ([row[column]], feature)
+    previous_id = None
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return None
+        except Exception as error:  # a stream without features decodes its images before they reach us
+            where = "its first row" if previous_id is None else f"the row after id {previous_id!r}"
+            return f"{dataset_name} dataset, {where}: {type(error).__name__}: {error}"
+        previous_id = row["id"]
+        for column, decoder in decoders.items():
+            values = row[column] if column == "candidate_images" else [row[column]]
             for position, value in enumerate(values):
+                if isinstance(value, PIL.Image.Image):  # a stream without features yields what its source holds
+                    continue
                 try:
-                    inner.decode_example(value)
+                    decoder.decode_example(value)
                 except Exception as error:  # PIL and file errors alike: this entry cannot be used
                     entry = f"{column!r}[{position}]" if column == "candidate_images" else repr(column)
                     return f"{dataset_name} dataset, row id {row['id']!r}, column {entry}: {type(error).__name__}: {error}"
-    return None
+
+
+def _image_decoder(feature: Any) -> Image:
+    """The `Image` feature that decodes a column's images as the dataset would: its own (its mode), decoding on."""
+    if isinstance(feature, (List, LargeList)):
+        feature = feature.feature
+    return dataclasses.replace(feature, decode=True) if isinstance(feature, Image) else Image()
 
 
 def validate_preference_dataset(dataset: Dataset | IterableDataset, dataset_name: str) -> None:
