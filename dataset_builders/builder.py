@@ -67,6 +67,8 @@ MANIFEST_FILE = "manifest.json"
 # version is refused: its manifest cannot say whether its checkpoints match this builder's.
 # Image embeddings per checkpoint while a rank embeds its slice: the most an interruption can cost.
 EMBEDDING_PART_ROWS = 10_000
+# Source rows per checkpoint of the input check (which decodes every image).
+INPUT_CHECK_PART_ROWS = 50_000
 MANIFEST_VERSION = 4
 DEFAULT_ID_COLUMN = "id"
 _SHARD_NAME = re.compile(r"^shard-(\d+)-(\d+)\.parquet$")
@@ -705,7 +707,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         if not path.exists():
             leftovers = [
                 item.name
-                for pattern in ("inputs.json", "embeddings*.pt", "anchors.json", "stats.json", "shards/*.parquet")
+                for pattern in ("inputs*.json", "embeddings*.pt", "anchors.json", "stats.json", "shards/*.parquet")
                 for item in self.work_dir.glob(pattern)
             ]
             if leftovers:
@@ -747,51 +749,68 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         return f"{index:09d}" if value is None else str(value)
 
     def check_inputs(self) -> tuple[int, list[int], list[SkippedInput]]:
-        """(number of source rows, rows fit to be anchors, rows skipped with reasons); checkpointed."""
+        """(number of source rows, rows fit to be anchors, rows skipped with reasons); checkpointed in inputs.json,
+        and every `INPUT_CHECK_PART_ROWS` rows while it runs (each image is decoded, which for a large corpus takes
+        long), so an interrupted check resumes where it stopped."""
         path = self.work_dir / "inputs.json"
         if path.exists():
             saved = _read_json(path)
             return saved["num_source_rows"], saved["valid_rows"], [SkippedInput(**item) for item in saved["skipped"]]
         source = self._load_source()
-        valid_rows: list[int] = []
-        skipped: list[SkippedInput] = []
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        progress_path = self.work_dir / f"inputs.partial-{self.rank}.json"  # one per rank: ranks check alike
+        state = _read_json(progress_path) if progress_path.exists() else {"next_row": 0, "valid_rows": [], "skipped": []}
+        valid_rows: list[int] = state["valid_rows"]
+        skipped = [SkippedInput(**item) for item in state["skipped"]]
         # An id belongs to the first row that passes every check: a skipped row must not claim it.
         kept_row_of_id: dict[str, int] = {}
-        for index, row in enumerate(tqdm(source, desc="checking inputs", disable=not self.progress)):
+        if valid_rows:  # resuming: the ids the rows checked so far kept (read from the id column alone)
+            id_column = self.config.id_column
+            ids = source[id_column] if id_column in source.column_names else [None] * len(source)
+            kept_row_of_id = {self._row_id({id_column: ids[row]}, row): row for row in valid_rows}
+        start = state["next_row"]
+        rows = source.select(range(start, len(source))) if start else source
+        progress = tqdm(rows, desc="checking inputs", initial=start, total=len(source), disable=not self.progress)
+        for index, row in enumerate(progress, start=start):
             row_id = self._row_id(row, index)
-            caption = row[self.config.caption_column]
-            if row_id in kept_row_of_id:
-                skipped.append(SkippedInput(index, row_id, "duplicate id", f"row {kept_row_of_id[row_id]} has this id and is kept"))
-                continue
-            if caption is not None and not isinstance(caption, str):
-                detail = f"column {self.config.caption_column!r} holds a {type(caption).__name__}, expected str"
-                skipped.append(SkippedInput(index, row_id, "non-string caption", detail))
-                continue
-            if caption is None or not caption.strip():
-                skipped.append(SkippedInput(index, row_id, "empty caption"))
-                continue
-            if (token := self._judge_special_token(caption)) is not None:
-                detail = f"column {self.config.caption_column!r} holds the judge's special token {token!r}"
-                skipped.append(SkippedInput(index, row_id, "special token in caption", detail))
-                continue
-            value = row[self.config.image_column] or {}
-            try:
-                image = _decode(_image_bytes(value), index)
-            except Exception as error:  # any decoding failure makes the row unusable, whatever its kind
-                # PIL names the in-memory file by its address, which would differ from run to run in stats and card
-                detail = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the image bytes", f"{type(error).__name__}: {error}")
-                file = value.get("path") if isinstance(value, dict) else None  # an image folder's file
-                skipped.append(SkippedInput(index, row_id, "unreadable image", f"{file}: {detail}" if file else detail))
-                continue
-            if (problem := self._image_problem(image.size)) is not None:
-                skipped.append(SkippedInput(index, row_id, "image a model cannot take", problem))
-                continue
-            kept_row_of_id[row_id] = index
-            valid_rows.append(index)
-        self.work_dir.mkdir(parents=True, exist_ok=True)
+            problem = self._input_problem(index, row_id, row, kept_row_of_id)
+            if problem is None:
+                kept_row_of_id[row_id] = index
+                valid_rows.append(index)
+            else:
+                skipped.append(problem)
+            if (index + 1) % INPUT_CHECK_PART_ROWS == 0 and index + 1 < len(source):
+                checked = {"next_row": index + 1, "valid_rows": valid_rows, "skipped": [asdict(item) for item in skipped]}
+                _atomic_write_bytes(progress_path, json.dumps(checked).encode())
         payload = {"num_source_rows": len(source), "valid_rows": valid_rows, "skipped": [asdict(item) for item in skipped]}
         _atomic_write_bytes(path, json.dumps(payload).encode())
+        progress_path.unlink(missing_ok=True)
         return len(source), valid_rows, skipped
+
+    def _input_problem(self, index: int, row_id: str, row: dict[str, Any], kept_row_of_id: dict[str, int]) -> SkippedInput | None:
+        """Why source row `index` cannot be an anchor (as the `SkippedInput` that records it), or None."""
+        caption = row[self.config.caption_column]
+        if row_id in kept_row_of_id:
+            return SkippedInput(index, row_id, "duplicate id", f"row {kept_row_of_id[row_id]} has this id and is kept")
+        if caption is not None and not isinstance(caption, str):
+            detail = f"column {self.config.caption_column!r} holds a {type(caption).__name__}, expected str"
+            return SkippedInput(index, row_id, "non-string caption", detail)
+        if caption is None or not caption.strip():
+            return SkippedInput(index, row_id, "empty caption")
+        if (token := self._judge_special_token(caption)) is not None:
+            detail = f"column {self.config.caption_column!r} holds the judge's special token {token!r}"
+            return SkippedInput(index, row_id, "special token in caption", detail)
+        value = row[self.config.image_column] or {}
+        try:
+            image = _decode(_image_bytes(value), index)
+        except Exception as error:  # any decoding failure makes the row unusable, whatever its kind
+            # PIL names the in-memory file by its address, which would differ from run to run in stats and card
+            detail = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the image bytes", f"{type(error).__name__}: {error}")
+            file = value.get("path") if isinstance(value, dict) else None  # an image folder's file
+            return SkippedInput(index, row_id, "unreadable image", f"{file}: {detail}" if file else detail)
+        if (problem := self._image_problem(image.size)) is not None:
+            return SkippedInput(index, row_id, "image a model cannot take", problem)
+        return None
 
     def _judge_special_token(self, text: str) -> str | None:
         """The special token of the judge's tokenizer that `text` holds (`MLLMJudge.special_token_in`),

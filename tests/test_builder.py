@@ -545,3 +545,33 @@ def test_an_interrupted_image_embedding_keeps_its_finished_parts(tmp_path, monke
         _unbuilt(tmp_path, _source(10), miner=counting_miner(fail_after=3)).embed_inputs(valid_rows)
     wider = HardNegativeMiner(thumbnail_miner().encode_images, name="thumbnail-4x4", batch_size=3)
     assert torch.equal(_unbuilt(tmp_path, _source(10), miner=wider).embed_inputs(valid_rows), reference.embed_inputs(valid_rows))
+
+
+def test_an_interrupted_input_check_resumes_where_it_stopped(tmp_path, monkeypatch):
+    """The input check decodes every source image; a kill lost all of it."""
+    import dataset_builders.builder as builder_module
+
+    monkeypatch.setattr(builder_module, "INPUT_CHECK_PART_ROWS", 4)
+    extra = colour_squares(2)
+    source = _source(8, id=["square-001", "broken"], image=[extra["image"][0], {"bytes": b"junk", "path": None}],
+                     caption=["a duplicate id", "a red square"])
+    reference = _unbuilt(tmp_path / "reference", source).check_inputs()
+
+    checked, check = [], MaplePreferences._input_problem
+
+    def interrupted_after_six(self, index, *args):
+        if len(checked) == 6:
+            raise KeyboardInterrupt  # the kill
+        checked.append(index)
+        return check(self, index, *args)
+
+    monkeypatch.setattr(MaplePreferences, "_input_problem", interrupted_after_six)
+    with pytest.raises(KeyboardInterrupt):
+        _unbuilt(tmp_path, source).check_inputs()
+    assert (tmp_path / "work" / "inputs.partial-0.json").exists()
+    checked.clear()
+    monkeypatch.setattr(MaplePreferences, "_input_problem", lambda self, index, *args: checked.append(index) or check(self, index, *args))
+    assert _unbuilt(tmp_path, source).check_inputs() == reference  # the duplicate id after the checkpoint is still caught
+    assert checked == [4, 5, 6, 7, 8, 9]  # rows 0-3 were checkpointed
+    assert not (tmp_path / "work" / "inputs.partial-0.json").exists()
+    assert [item.kind for item in reference[2]] == ["duplicate id", "unreadable image"]
