@@ -65,11 +65,11 @@ MANIFEST_FILE = "manifest.json"
 # tokenizer's leading special tokens, an ensemble's prompt, folder sources read split by split; 3: a digest
 # of every model's weights; 4: a local source's fingerprint by content, not timestamps). A work dir of another
 # version is refused: its manifest cannot say whether its checkpoints match this builder's.
-# Image embeddings per checkpoint while a rank embeds its slice: the most an interruption can cost.
-EMBEDDING_PART_ROWS = 10_000
-# Source rows per checkpoint of the input check (which decodes every image).
-INPUT_CHECK_PART_ROWS = 50_000
 MANIFEST_VERSION = 4
+# Source rows per checkpoint of the input check (which decodes every image), and image embeddings per checkpoint
+# while a rank embeds its slice: the most an interruption can cost.
+INPUT_CHECK_PART_ROWS = 50_000
+EMBEDDING_PART_ROWS = 10_000
 DEFAULT_ID_COLUMN = "id"
 _SHARD_NAME = re.compile(r"^shard-(\d+)-(\d+)\.parquet$")
 
