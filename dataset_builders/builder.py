@@ -263,9 +263,7 @@ def _read_tensor(path: Path) -> torch.Tensor:
 
 
 def _atomic_torch_save(path: Path, value: Any) -> None:
-    buffer = io.BytesIO()
-    torch.save(value, buffer)
-    _atomic_write_bytes(path, buffer.getvalue())
+    _atomic_write(path, lambda temporary: torch.save(value, temporary))
 
 
 def _component_name(component: object | None) -> str | None:

@@ -255,15 +255,11 @@ def _build(args: argparse.Namespace) -> int:
     )
     try:
         report = builder.build_shards()
-    except (WorkDirMismatch, SourceError, JudgeOutputError) as error:
-        print(f"maple build-preferences: error: {error}", file=sys.stderr)
-        return 2
-    if builder.rank != 0:
-        print(f"rank {builder.rank}: built shards {report.computed}, reused {report.reused}; rank 0 assembles the dataset")
-        return 0
-    try:
+        if builder.rank != 0:
+            print(f"rank {builder.rank}: built shards {report.computed}, reused {report.reused}; rank 0 assembles the dataset")
+            return 0
         builder.download_and_prepare()
-    except WorkDirMismatch as error:  # a damaged checkpoint or shard included
+    except (WorkDirMismatch, SourceError, JudgeOutputError) as error:  # a damaged checkpoint or shard included
         print(f"maple build-preferences: error: {error}", file=sys.stderr)
         return 2
     print(format_summary(builder.stats, time.perf_counter() - started, len(report.computed), len(report.reused), work_dir))
