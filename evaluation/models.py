@@ -1,8 +1,9 @@
 """Load the embedder to evaluate from a local folder or a Hub repo id, with clear errors.
 
-MAPLE checkpoints (`model_type: maple`) load through `AutoModel`/`AutoProcessor`. Plain
-CLIP/SigLIP checkpoints and those of a supported MLLM family are wrapped with
-`MapleModel.from_backbone`, so baselines are evaluated by the same code path.
+Models load through `modeling_maple.load_maple`, as in training: MAPLE checkpoints (`model_type: maple`)
+through `AutoModel`/`AutoProcessor`, plain CLIP/SigLIP checkpoints and those of a supported MLLM family
+wrapped with `MapleModel.from_backbone`, so baselines are evaluated by the same code path. LoRA adapters
+load onto their base.
 """
 
 from __future__ import annotations
@@ -153,18 +154,9 @@ def load_embedder(model_ref: str, revision: str | None = None, trust_remote_code
             config["base_model_name_or_path"], revision=config.get("revision"), trust_remote_code=trust_remote_code, dtype=dtype
         )
         return PeftModel.from_pretrained(base, model_ref, revision=revision).eval(), processor
-    # Importing modeling_maple registers the MAPLE classes with the Auto classes.
-    import modeling_maple
     import torch
-    from modeling_maple.configuration_maple import backbone_of
-    from transformers import AutoModel, AutoProcessor
+    from modeling_maple import load_maple
 
-    if config.get("model_type") == MAPLE_MODEL_TYPE:
-        # an explicit dtype: transformers 5 would load a bf16 backbone in bf16 whatever the baseline's
-        model = AutoModel.from_pretrained(model_ref, revision=revision, trust_remote_code=trust_remote_code, dtype=getattr(torch, dtype))
-        processor = AutoProcessor.from_pretrained(model_ref, revision=revision, trust_remote_code=trust_remote_code)
-        return model.eval(), processor
-    backbone = backbone_of(config.get("model_type"))
-    model = modeling_maple.MapleModel.from_backbone(model_ref, backbone=backbone, revision=revision, dtype=getattr(torch, dtype))
-    processor = modeling_maple.MapleProcessor.from_backbone(model_ref, backbone=backbone, revision=revision)
+    # An explicit dtype: transformers 5 would load a bf16 checkpoint in bf16 whatever the baseline's.
+    model, processor = load_maple(model_ref, revision=revision, trust_remote_code=trust_remote_code, dtype=getattr(torch, dtype))
     return model.eval(), processor

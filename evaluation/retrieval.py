@@ -220,7 +220,7 @@ def chunked_retrieval_recall(
     return recall_from_ranks(ranks, ks)
 
 
-def anchor_recall_at_1(text_embeds: Tensor, image_embeds: Tensor, text_ids: Tensor, image_ids: Tensor) -> dict[str, float]:
+def anchor_recall_at_1(text_embeds: torch.Tensor, image_embeds: torch.Tensor, text_ids: torch.Tensor, image_ids: torch.Tensor) -> dict[str, float]:
     """Recall@1 (0-100, `evaluation.retrieval.chunked_retrieval_recall`: no captions x images matrix) between the
     anchors of an evaluation set, row ``i`` pairing caption ``text_ids[i]`` with image ``image_ids[i]``. Captions and
     images are de-duplicated by content id, so each is one query and one key; an image's relevant set is every

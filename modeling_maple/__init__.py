@@ -1,4 +1,4 @@
-"""MAPLE embedders: `MapleConfig`, `MapleModel`, `MapleProcessor`.
+"""MAPLE embedders: `MapleConfig`, `MapleModel`, `MapleProcessor`, and `load_maple` to load any checkpoint as one.
 
 Importing this package registers them with `AutoConfig`, `AutoModel` and `AutoProcessor`, and marks
 them for `register_for_auto_class`, so every saved checkpoint carries the three source files and
@@ -8,6 +8,7 @@ loads with `trust_remote_code=True` where this package is not installed.
 from transformers import AutoConfig, AutoModel, AutoProcessor
 
 from .configuration_maple import MapleConfig
+from .loading import MapleLoadError, load_maple
 from .modeling_maple import MapleModel, MapleOutput, MaplePreTrainedModel
 from .processing_maple import MapleProcessor
 
@@ -19,4 +20,4 @@ MapleConfig.register_for_auto_class()
 MapleModel.register_for_auto_class("AutoModel")
 MapleProcessor.register_for_auto_class("AutoProcessor")
 
-__all__ = ["MapleConfig", "MapleModel", "MapleOutput", "MaplePreTrainedModel", "MapleProcessor"]
+__all__ = ["MapleConfig", "MapleLoadError", "MapleModel", "MapleOutput", "MaplePreTrainedModel", "MapleProcessor", "load_maple"]

@@ -200,6 +200,7 @@ def test_the_same_source_bytes_with_a_new_timestamp_or_place_resume_the_build(tm
     again = _builder(tmp_path, source_dataset=None, source=str(staged / "source.parquet"), config_name="corpus-captions", captioner=None)
     again.check_work_dir()  # the manifest records the source path too; the fingerprint is what must agree
     assert again.manifest()["source_fingerprint"] == first.manifest()["source_fingerprint"]
+    assert _ids(again) == rows
 
 
 def test_local_source_digest_reads_sizes_edges_and_sampled_blocks(tmp_path):

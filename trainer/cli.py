@@ -247,12 +247,9 @@ def model_loading_kwargs(training_args: RPAConfig) -> dict:
 
 
 def load_model_and_processor(model_args: ModelArguments, training_args: RPAConfig):
-    """The MapleModel and MapleProcessor to train: tiny, a MAPLE checkpoint, or built from a backbone, loaded
-    with `model_loading_kwargs(training_args)` and `--trust_remote_code`."""
-    from transformers import AutoConfig, AutoModel, AutoProcessor
-
-    from modeling_maple import MapleConfig, MapleModel, MapleProcessor
-    from modeling_maple.configuration_maple import backbone_of
+    """The MapleModel and MapleProcessor to train: tiny, or `modeling_maple.load_maple` (a MAPLE checkpoint, or one
+    built from a backbone) with `model_loading_kwargs(training_args)` and `--trust_remote_code`."""
+    from modeling_maple import MapleLoadError, load_maple
 
     if model_args.tiny:
         from modeling_maple.testing import build_tiny
@@ -261,32 +258,12 @@ def load_model_and_processor(model_args: ModelArguments, training_args: RPAConfi
             return build_tiny("mllm", mllm_type=model_args.tiny)
         return build_tiny(model_args.tiny)
     name = model_args.model_name_or_path
-    loading = model_loading_kwargs(training_args)
-    trust_remote_code = training_args.trust_remote_code
-    revision = loading.get("revision")  # the config and processor come from the revision the weights come from
     try:
-        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code, revision=revision)
-    # OSError: not found, offline and not cached, gated; ValueError: a config.json of no known model type. transformers
-    # says which.
-    except (OSError, ValueError) as error:
-        raise TrainingInputError(f"--model_name_or_path {name}: {' '.join(str(error).split())}") from error
-    if isinstance(config, MapleConfig):
-        model = AutoModel.from_pretrained(name, trust_remote_code=trust_remote_code, **loading)
-        return model, AutoProcessor.from_pretrained(name, trust_remote_code=trust_remote_code, revision=revision)
-    backbone = model_args.backbone or backbone_of(config.model_type)
-    if backbone is None:
-        raise TrainingInputError(
-            f"{name} is a {config.model_type!r} checkpoint, not a MAPLE one, and MAPLE cannot tell how to embed with "
-            "it: pass --backbone mllm|dual_encoder"
+        return load_maple(
+            name, backbone=model_args.backbone, trust_remote_code=training_args.trust_remote_code, **model_loading_kwargs(training_args)
         )
-    unused = sorted(set(loading) - {"dtype", "attn_implementation", "revision"})
-    if unused:
-        raise TrainingInputError(
-            f"--model_init_kwargs: {', '.join(unused)} cannot be passed when building from a {config.model_type!r} "
-            "backbone (MapleModel.from_backbone takes dtype, attn_implementation and revision)"
-        )
-    model = MapleModel.from_backbone(name, backbone=backbone, **loading)
-    return model, MapleProcessor.from_backbone(name, backbone=backbone, revision=revision)
+    except MapleLoadError as error:
+        raise TrainingInputError(f"--model_name_or_path {error}") from error
 
 
 def load_preference_splits(data_args: DataArguments) -> DatasetDict:

@@ -24,7 +24,7 @@ from datasets import Dataset, IterableDataset
 from peft import PeftConfig, PeftModel, get_peft_model
 from PIL import Image
 from torch import Tensor, nn
-from transformers import AutoModel, AutoProcessor, EvalPrediction, ProcessorMixin, TrainerCallback
+from transformers import EvalPrediction, ProcessorMixin, TrainerCallback
 from transformers.trainer_utils import EvalLoopOutput, get_last_checkpoint
 from trl import DPOTrainer
 from trl.trainer.base_trainer import _BaseTrainer
@@ -32,6 +32,7 @@ from trl.trainer.base_trainer import _BaseTrainer
 from evaluation.retrieval import anchor_recall_at_1
 from maple import PAPER_CITATION
 from modeling_maple.lora import save_merged
+from modeling_maple.loading import load_maple
 
 from .collator import PREFERENCE_KEYS, DataCollatorForEmbeddingPreference
 from .losses import contrastive_loss, judged_positive_ids, preference_agreement, rpa_listwise_loss, rpa_pairwise_loss
@@ -77,7 +78,8 @@ class RPATrainer(DPOTrainer):
     the loss and prediction hooks overridden below) is reused as is.
 
     Args:
-        model: a `MapleModel` or the path / Hub id of a MAPLE checkpoint.
+        model: a `MapleModel`, or the path / Hub id of a MAPLE checkpoint or of a backbone to build one from (an MLLM
+            or CLIP/SigLIP checkpoint), loaded by `modeling_maple.load_maple` with `args.model_init_kwargs`.
         ref_model: the frozen reference embedder for `reference="frozen"`; by default the PEFT base model (adapters
             disabled; also when `model` is a `PeftModel` whose base weights are all frozen) or a frozen copy of
             `model`.
@@ -86,7 +88,7 @@ class RPATrainer(DPOTrainer):
             copy of a `DataCollatorForEmbeddingPreference` fixed at epoch 0 (the same candidates at every
             evaluation), named "eval" in its errors; any other collator serves both.
         train_dataset, eval_dataset: preference datasets with the columns of `trainer.schema`.
-        processing_class: the `MapleProcessor`; loaded from `model`'s path when it is a string.
+        processing_class: the `MapleProcessor`; loaded with the model when `model` is a string.
         compute_metrics: not supported (a `ValueError`): an embedder's evaluation has no predictions and labels to pass
             it. Evaluation reports the losses, reward accuracies and margins, retrieval recall@1 and the
             `eval_quadruples` scores listed above.
@@ -136,12 +138,10 @@ class RPATrainer(DPOTrainer):
                 "evaluate the saved model (`maple eval`)."
             )
         if isinstance(model, str):
-            model_init_kwargs = {"trust_remote_code": args.trust_remote_code, **from_pretrained_kwargs(args.model_init_kwargs)}
-            if processing_class is None:
-                processing_class = AutoProcessor.from_pretrained(
-                    model, trust_remote_code=args.trust_remote_code, revision=model_init_kwargs.get("revision")
-                )
-            model = AutoModel.from_pretrained(model, **model_init_kwargs)
+            model, loaded_processor = load_maple(
+                model, trust_remote_code=args.trust_remote_code, **from_pretrained_kwargs(args.model_init_kwargs)
+            )
+            processing_class = processing_class or loaded_processor
         if processing_class is None:
             raise ValueError("Pass the model's MapleProcessor as `processing_class` (or the model as a path).")
         if not all(hasattr(model, name) for name in LOG_SCALES):

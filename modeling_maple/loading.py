@@ -1,0 +1,80 @@
+"""`load_maple`: a (MapleModel, MapleProcessor) pair from any checkpoint MAPLE can embed with.
+
+The one loading path of `maple train`, `RPATrainer(model="...")` and `maple eval`: a MAPLE checkpoint
+loads through the Auto classes; a supported MLLM or CLIP/SigLIP checkpoint is wrapped with
+`MapleModel.from_backbone` / `MapleProcessor.from_backbone`, so a baseline and its fine-tune are loaded alike.
+
+```python
+model, processor = load_maple("user/maple-qwen2vl-2b")                      # a MAPLE checkpoint
+model, processor = load_maple("openai/clip-vit-base-patch16", dtype=torch.bfloat16)   # wrapped as a dual encoder
+```
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import AutoConfig, AutoModel, AutoProcessor
+
+from .configuration_maple import MapleConfig, backbone_of
+from .modeling_maple import MapleModel
+from .processing_maple import MapleProcessor
+
+# What `MapleModel.from_backbone` forwards to the backbones' `from_pretrained` (besides `revision`).
+BACKBONE_LOADING_KWARGS = ("dtype", "attn_implementation")
+
+
+class MapleLoadError(ValueError):
+    """A checkpoint `load_maple` cannot read, or cannot tell how to embed with."""
+
+
+def load_maple(
+    name_or_path: str,
+    *,
+    backbone: str | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    **from_pretrained_kwargs: Any,
+) -> tuple[MapleModel, MapleProcessor]:
+    """The MAPLE embedder and processor of `name_or_path`, a local folder or a Hub repo id.
+
+    Args:
+        name_or_path: a MAPLE checkpoint (`model_type: maple`), or a backbone checkpoint to build one from.
+        backbone: `"mllm"` or `"dual_encoder"` for a backbone checkpoint; inferred for the supported MLLMs and
+            CLIP/SigLIP (`backbone_of`), ignored for a MAPLE checkpoint.
+        revision: the Hub revision of the weights; the config and processor come from the same one.
+        trust_remote_code: passed to the Auto classes (a MAPLE checkpoint carries its code; this package's
+            classes are registered, so it is not needed where the package is imported).
+        from_pretrained_kwargs: for a MAPLE checkpoint any `from_pretrained` argument (`dtype`, `device_map`,
+            ...); for a backbone only `dtype` and `attn_implementation`.
+
+    Raises:
+        MapleLoadError: its message starts with `name_or_path`. The config cannot be read (missing, offline and not cached, gated, of no known model
+            type), the checkpoint is neither MAPLE's nor one whose backbone is known or given, or a
+            `from_pretrained` argument cannot be passed to a backbone. Raised before any weights load.
+    """
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
+    except (OSError, ValueError) as error:  # transformers says which: not found, gated, offline, unknown model type
+        raise MapleLoadError(f"{name_or_path}: {' '.join(str(error).split())}") from error
+    if config.model_type == MapleConfig.model_type:
+        loading = {"revision": revision, "trust_remote_code": trust_remote_code}
+        model = AutoModel.from_pretrained(name_or_path, **loading, **from_pretrained_kwargs)
+        return model, AutoProcessor.from_pretrained(name_or_path, **loading)
+    backbone = backbone or backbone_of(config.model_type)
+    if backbone is None:
+        raise MapleLoadError(
+            f"{name_or_path}: a {config.model_type!r} checkpoint, not a MAPLE one, and MAPLE cannot tell how to "
+            "embed with it: pass backbone 'mllm' or 'dual_encoder' (`maple train --backbone`)"
+        )
+    unused = sorted(set(from_pretrained_kwargs) - set(BACKBONE_LOADING_KWARGS))
+    if unused:
+        raise MapleLoadError(
+            f"{name_or_path}: {', '.join(unused)} cannot be passed when building from a {config.model_type!r} backbone "
+            f"(MapleModel.from_backbone takes only {', '.join(BACKBONE_LOADING_KWARGS)} and revision)"
+        )
+    model = MapleModel.from_backbone(name_or_path, backbone=backbone, revision=revision, **from_pretrained_kwargs)
+    return model, MapleProcessor.from_backbone(name_or_path, backbone=backbone, revision=revision)
+
+
+__all__ = ["MapleLoadError", "load_maple"]

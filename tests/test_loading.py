@@ -1,0 +1,68 @@
+"""`modeling_maple.load_maple`, the one loading path of `maple train`, `RPATrainer(model="...")` and `maple eval`."""
+
+import pytest
+import torch
+from PIL import Image
+
+from modeling_maple import MapleLoadError, MapleModel, MapleProcessor, load_maple
+from modeling_maple.testing import build_tiny, tiny_tokenizer
+
+TINY_TOWER = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 4}
+
+
+@pytest.fixture
+def clip_folder(tmp_path):
+    """A plain CLIP checkpoint (weights, image processor, tokenizer), as on the Hub."""
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
+
+    torch.manual_seed(0)
+    folder = tmp_path / "clip"
+    CLIPModel(CLIPConfig(text_config=TINY_TOWER, vision_config={**TINY_TOWER, "image_size": 16, "patch_size": 4})).save_pretrained(folder)
+    CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def embeddings(model, processor):
+    images = [Image.new("RGB", (16, 16), colour) for colour in ("red", "blue")]
+    return model.eval().encode(processor, texts=["a red square", "a blue square"], images=images)
+
+
+def test_a_maple_checkpoint_and_a_backbone_load_as_maple_embedders(tmp_path, clip_folder):
+    model, processor = build_tiny("dual_encoder", seed=0)
+    model.save_pretrained(tmp_path / "maple")
+    processor.save_pretrained(tmp_path / "maple")
+    loaded, loaded_processor = load_maple(str(tmp_path / "maple"))
+    for ours, theirs in zip(embeddings(model, processor), embeddings(loaded, loaded_processor)):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+    wrapped, wrapped_processor = load_maple(str(clip_folder), dtype=torch.bfloat16)
+    assert isinstance(wrapped, MapleModel) and isinstance(wrapped_processor, MapleProcessor)
+    assert wrapped.config.backbone == "dual_encoder" and wrapped.vision_tower.dtype == torch.bfloat16
+
+
+def test_the_trainer_and_the_evaluation_build_the_same_embedder_from_a_backbone(tmp_path, clip_folder):
+    """`RPATrainer(model=<backbone id>)` wraps the backbone as `maple train` and `maple eval` do, so a baseline and
+    the model trained from it start from the same embeddings."""
+    from evaluation.models import load_embedder
+    from trainer import RPATrainer
+    from trainer.testing import smoke_config, synthetic_preference_dataset
+
+    trainer = RPATrainer(str(clip_folder), args=smoke_config(str(tmp_path / "run")), train_dataset=synthetic_preference_dataset(8))
+    assert isinstance(trainer.model, MapleModel) and isinstance(trainer.processing_class, MapleProcessor)
+    evaluated = load_embedder(str(clip_folder))
+    for ours, theirs in zip(embeddings(trainer.model, trainer.processing_class), embeddings(*evaluated)):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
+def test_checkpoints_it_cannot_load_are_refused_before_any_weights_load(tmp_path, clip_folder, monkeypatch):
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(vocab_size=99, **TINY_TOWER)).save_pretrained(tmp_path / "bert")
+    monkeypatch.setattr(MapleModel, "from_backbone", lambda *args, **kwargs: pytest.fail("weights were loaded"))
+    with pytest.raises(MapleLoadError, match=r"bert: .*'bert' checkpoint, not a MAPLE one.*'mllm' or 'dual_encoder'"):
+        load_maple(str(tmp_path / "bert"))
+    with pytest.raises(MapleLoadError, match=r"clip: device_map cannot be passed when building from a 'clip' backbone"):
+        load_maple(str(clip_folder), device_map="cpu")
+    with pytest.raises(MapleLoadError, match=r"^\S*missing: "):
+        load_maple(str(tmp_path / "missing"))
