@@ -279,7 +279,8 @@ class _AllGatherWithGradient(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gradient: Tensor) -> Tensor:
-        gradient = gradient.contiguous()
+        # A copy: autograd may hand this same tensor to another branch of the graph, which an in-place sum would change.
+        gradient = gradient.clone(memory_format=torch.contiguous_format)
         dist.all_reduce(gradient)  # the sum over processes of their gradients for every process's rows
         return gradient[dist.get_rank()]
 
