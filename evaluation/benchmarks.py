@@ -67,8 +67,10 @@ class LazyImages(Sequence):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         row = range(len(self))[index]  # negative indices, bounds check
+        from modeling_maple.processing_maple import to_rgb  # transformers: only once images are read
+
         try:
-            return self._rows[row][self._column].convert("RGB")
+            return to_rgb(self._rows[row][self._column])
         except Exception as error:  # PIL and datasets raise many types for corrupt bytes
             raise BenchmarkFormatError(f"{self._source}: row {row}, column {self._column!r}: unreadable image ({error})") from error
 

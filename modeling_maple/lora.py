@@ -53,7 +53,9 @@ def maple_lora_config(
         r, lora_alpha, lora_dropout: LoRA rank, scaling numerator and dropout.
         lora_kwargs: any other `LoraConfig` field, overriding the defaults here.
     """
-    config = model_or_config.config if isinstance(model_or_config, MapleModel) else model_or_config
+    # Not isinstance(MapleModel): a model loaded with trust_remote_code before this package is imported is of the
+    # checkpoint's own copy of the class.
+    config = getattr(model_or_config, "config", model_or_config)
     if config.backbone == "mllm":
         target_modules = MLLM_LORA_TARGETS
         heads = ["projection"] if config.projection_dim else []

@@ -1,11 +1,13 @@
 """MAPLE embedder (arXiv 2506.06970): an MLLM used as a dual encoder, or a two-tower CLIP-style model,
 producing L2-normalised image and text embeddings in one space."""
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 from transformers import AutoModel, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
@@ -299,18 +301,24 @@ class MapleModel(MaplePreTrainedModel):
     def encode(
         self,
         processor,
-        texts: list[str] | None = None,
-        images: list | None = None,
+        texts: str | list[str] | None = None,
+        images: Any = None,
         batch_size: int = 32,
         show_progress_bar: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Embed lists of texts and/or images (PIL images or image file paths) in batches.
+        """Embed lists of texts and/or images (PIL images or image file paths) in batches; a single text, path
+        or image counts as a list of one.
 
         Returns float32 CPU tensors, L2-normalised unless `config.normalize` is False: `(num_texts, D)`
         and/or `(num_images, D)`; with both inputs, the tuple `(text_embeds, image_embeds)`.
         """
         if texts is None and images is None:
             raise ValueError("encode() needs `texts`, `images` or both.")
+        # Sliced as a sequence, a lone string would be embedded in pieces of `batch_size` characters.
+        if isinstance(texts, str):
+            texts = [texts]
+        if isinstance(images, (str, os.PathLike, Image.Image)):
+            images = [images]
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
         from tqdm.auto import tqdm
@@ -377,6 +385,13 @@ class MapleModel(MaplePreTrainedModel):
             revision: the Hub revision (branch, tag or commit) of `name_or_path`, not of `text_backbone`.
             config_overrides: other [`MapleConfig`] fields (`pooling`, `projection_dim`, ...).
         """
+        unknown = sorted(set(config_overrides) - {field.name for field in fields(MapleConfig)})
+        if unknown:
+            # MapleConfig keeps any attribute: a typo or a loading option such as device_map would be saved, unused.
+            raise TypeError(
+                f"from_backbone() got {', '.join(unknown)}, which are not MapleConfig fields; its loading options "
+                "are dtype, attn_implementation and revision."
+            )
         loading = {"dtype": dtype, "attn_implementation": attn_implementation}
         if backbone == "mllm":
             mllm = AutoModel.from_pretrained(name_or_path, revision=revision, **loading)

@@ -25,17 +25,26 @@ VISION_START, IMAGE_PAD, VISION_END = "<|vision_start|>", "<|image_pad|>", "<|vi
 FAKE_IMAGE_TOKEN, GLOBAL_IMAGE_TOKEN = "<fake_token_around_image>", "<global-img>"
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """`image` in RGB, any transparency composited onto white, as transformers' image processors do
+    (`image_transforms.convert_to_rgb`): a plain `convert("RGB")` keeps the colour under transparent pixels,
+    often black, which turns black line art on a transparent background into a black square."""
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        image = Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image.convert("RGBA"))
+    return image.convert("RGB")
+
+
 def load_image(image: Any, index: int) -> Image.Image:
-    """An RGB PIL image from a PIL image or a file path; `index` names the item in error messages."""
+    """An RGB PIL image (`to_rgb`) from a PIL image or a file path; `index` names the item in error messages."""
     if isinstance(image, (str, os.PathLike)):
         try:
             with Image.open(image) as opened:
-                return opened.convert("RGB")
+                return to_rgb(opened)
         except (OSError, UnidentifiedImageError) as error:
             raise ValueError(f"images[{index}]: cannot read image file {os.fspath(image)!r}: {error}") from error
     if isinstance(image, Image.Image):
         try:
-            return image.convert("RGB")
+            return to_rgb(image)
         except OSError as error:  # a lazily loaded, truncated file fails here
             raise ValueError(f"images[{index}]: corrupt image data: {error}") from error
     raise ValueError(f"images[{index}] is a {type(image).__name__}; expected a PIL image or an image file path.")
@@ -257,8 +266,6 @@ class MapleProcessor(ProcessorMixin):
             raise ValueError(f"Unknown backbone {backbone!r}: expected 'mllm' or 'dual_encoder'.")
         if text_padding not in ("longest", "max_length"):
             raise ValueError(f"Unknown text_padding {text_padding!r}: expected 'longest' or 'max_length'.")
-        if text_padding == "max_length" and backbone == "mllm" and max_text_length is None:
-            raise ValueError("text_padding='max_length' with an MLLM needs `max_text_length`.")
         if mllm_type not in SUPPORTED_MLLMS:
             raise ValueError(f"Unsupported MLLM {mllm_type!r}: expected one of {SUPPORTED_MLLMS}.")
         if backbone == "mllm" and mllm_type not in QWEN_VL_MLLMS and image_seq_length is None:
@@ -283,6 +290,10 @@ class MapleProcessor(ProcessorMixin):
             raise ValueError(
                 f"The tokenizer ({type(tokenizer).__name__}) has no pad token, which batches of texts and image prompts "
                 "need: set `tokenizer.pad_token` (e.g. to its EOS token) first."
+            )
+        if tokenizer is not None and text_padding == "max_length" and max_text_length is None and self._text_tower_limit() is None:
+            raise ValueError(
+                "text_padding='max_length' needs `max_text_length`: the tokenizer sets no `model_max_length` to pad to."
             )
         if backbone == "mllm":
             image_tokens = (self.image_token, *mllm_image_tokens(mllm_type, tokenizer))
@@ -427,4 +438,5 @@ __all__ = [
     "mllm_image_tokens",
     "mllm_pixel_inputs",
     "qwen_vl_image_token_counts",
+    "to_rgb",
 ]

@@ -453,3 +453,63 @@ def test_bad_inputs_raise_clear_value_errors(tmp_path):
         MapleConfig(backbone="dual_encoder", vision_config={"model_type": "clip_vision_model"}, text_config={"model_type": "bert"})
     with pytest.raises(ValueError, match="Unknown backbone"):
         MapleProcessor(image_processor=processor.image_processor, tokenizer=processor.tokenizer, backbone="cnn")
+
+
+def test_transparent_images_are_composited_onto_white_as_by_the_familys_processor(tiny):
+    """`load_image` ran `convert("RGB")`, which keeps the (black) colour under transparent pixels: black line art on a
+    transparent background became a black square, and two such drawings had the same embedding."""
+    from PIL import ImageDraw
+
+    from modeling_maple.processing_maple import load_image
+
+    model, processor = tiny
+    drawings = []
+    for shape in ("ellipse", "rectangle"):
+        drawing = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
+        getattr(ImageDraw.Draw(drawing), shape)((3, 3, 12, 12), outline=(0, 0, 0, 255), width=2)
+        drawings.append(drawing)
+    palette = drawings[0].convert("P")  # transparency in the palette, not in an alpha band
+    palette.info["transparency"] = palette.getpixel((0, 0))
+    for image in (drawings[0], palette, drawings[0].convert("LA")):
+        composited = np.asarray(load_image(image, 0))
+        assert composited[0, 0].tolist() == [255, 255, 255] and composited[8, 3].tolist() == [0, 0, 0], image.mode
+    pixels = processor(images=[drawings[0]])["pixel_values"]
+    own = processor.image_processor(images=[drawings[0]], return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(pixels, own, rtol=0, atol=0)
+    circle, square = model.encode(processor, images=drawings)
+    assert circle @ square < 0.9999
+
+
+def test_encode_takes_a_single_text_path_or_image_as_a_list_of_one(tiny, tmp_path):
+    """A lone string used to be sliced into pieces of `batch_size` characters, each embedded as a text."""
+    model, processor = tiny
+    image = random_images(1)[0]
+    image.save(tmp_path / "image.png")
+    torch.testing.assert_close(model.encode(processor, texts=TEXTS[1], batch_size=4), model.encode(processor, texts=TEXTS[1:2]))
+    single = model.encode(processor, images=image)
+    assert single.shape == (1, model.embed_dim)
+    torch.testing.assert_close(model.encode(processor, images=str(tmp_path / "image.png")), single, atol=1e-6, rtol=0)
+
+
+def test_from_backbone_refuses_keywords_that_are_no_config_field(tmp_path, monkeypatch):
+    """A typo (`projection_dims`) or a loading option it does not take (`device_map`) used to be saved in config.json
+    and have no effect."""
+    with pytest.raises(TypeError, match="got device_map, projection_dims, which are not MapleConfig fields"):
+        MapleModel.from_backbone(str(tmp_path / "never-read"), backbone="mllm", projection_dims=8, device_map="cuda")
+
+
+def test_lora_config_takes_a_model_of_the_checkpoints_own_class():
+    """A model loaded with trust_remote_code before this package is imported is of another `MapleModel` class."""
+    model, _ = build_tiny("dual_encoder")
+    remote_class = type("MapleModel", (torch.nn.Module,), {})
+    remote = remote_class()
+    remote.config = model.config
+    assert maple_lora_config(remote).target_modules == maple_lora_config(model).target_modules
+
+
+def test_max_length_padding_without_any_length_is_refused_when_built():
+    model, processor = build_tiny("dual_encoder")
+    tokenizer = processor.tokenizer
+    tokenizer.model_max_length = int(1e30)  # transformers' "unset"
+    with pytest.raises(ValueError, match="text_padding='max_length' needs `max_text_length`"):
+        MapleProcessor(image_processor=processor.image_processor, tokenizer=tokenizer, backbone="dual_encoder", text_padding="max_length")
