@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 
@@ -46,15 +46,16 @@ def _check_embeddings(queries: torch.Tensor, candidates: torch.Tensor) -> None:
 
 
 def _score_blocks(
-    query_block: torch.Tensor, candidates: torch.Tensor, candidate_chunk: int
+    query_block: torch.Tensor, candidates: torch.Tensor, candidate_chunk: int, starts: Iterable[int] | None = None
 ) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield (first candidate index, query_block @ candidate_block.T) over the candidate blocks.
+    """Yield (first candidate index, query_block @ candidate_block.T) over the candidate blocks, or over those
+    starting at `starts` (multiples of `candidate_chunk`): a block's scores are the same bits on every pass.
 
     Every block is written into one reused buffer: a fresh 64 MiB tensor per block would cost
     page faults comparable to the matmul itself. The yielded tensor is overwritten by the next block.
     """
     buffer = query_block.new_empty(query_block.shape[0] * min(candidate_chunk, candidates.shape[0]))
-    for c_start in range(0, candidates.shape[0], candidate_chunk):
+    for c_start in range(0, candidates.shape[0], candidate_chunk) if starts is None else starts:
         candidate_block = candidates[c_start : c_start + candidate_chunk]
         scores = buffer[: query_block.shape[0] * candidate_block.shape[0]].view(query_block.shape[0], -1)
         torch.matmul(query_block, candidate_block.T, out=scores)
@@ -187,17 +188,18 @@ def chunked_ranks(
         # Relevant pairs of this query block as (row, candidate) coordinates.
         rows = torch.tensor([q for q, indices in enumerate(block_relevant) for _ in indices], device=queries.device)
         cols = torch.tensor([c for indices in block_relevant for c in indices], device=queries.device)
-        # Best relevant score per query, from a GEMM like the blocks below so that exact ties with
-        # irrelevant candidates (duplicate images or captions) compare equal.
-        unique_cols, position = cols.unique(return_inverse=True)
-        relevant_scores = (query_block @ candidates[unique_cols].T)[rows, position]
+        # Best relevant score per query, read from the very blocks the count below compares against: a separate
+        # GEMM may round a relevant score one ulp away from its duplicate's, breaking an exact tie (in the
+        # model's favour). A second product of the blocks that hold relevant candidates (for COCO one or two).
         best_relevant = query_block.new_full((query_block.shape[0],), float("-inf"))
-        best_relevant.scatter_reduce_(0, rows, relevant_scores, reduce="amax")
+        relevant_starts = (cols // candidate_chunk * candidate_chunk).unique().tolist()
+        for c_start, block_scores in _score_blocks(query_block, candidates, candidate_chunk, relevant_starts):
+            block_rows, block_cols = _relevant_in_block(rows, cols, c_start, block_scores.shape[1])
+            best_relevant.scatter_reduce_(0, block_rows, block_scores[block_rows, block_cols], reduce="amax")
         at_least_best = torch.zeros(query_block.shape[0], dtype=torch.long, device=queries.device)
         for c_start, block_scores in _score_blocks(query_block, candidates, candidate_chunk):
             # The relevant candidates of this block are counted below, take them back out.
-            in_block = (cols >= c_start) & (cols < c_start + block_scores.shape[1])
-            block_rows, block_cols = rows[in_block], cols[in_block] - c_start
+            block_rows, block_cols = _relevant_in_block(rows, cols, c_start, block_scores.shape[1])
             relevant_hits = block_scores[block_rows, block_cols] >= best_relevant[block_rows]
             at_least_best.scatter_add_(0, block_rows, -relevant_hits.long())
             # In place, as 0./1. floats: cheaper than a bool tensor. Summed in float32, exact below 2**24 ones (a bf16
@@ -205,6 +207,13 @@ def chunked_ranks(
             at_least_best += block_scores.ge_(best_relevant[:, None]).sum(dim=1, dtype=torch.float32).long()
         ranks.append(at_least_best + 1)
     return torch.cat(ranks)
+
+
+def _relevant_in_block(rows: torch.Tensor, cols: torch.Tensor, c_start: int, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (row, column within the block) coordinates of the relevant pairs `(rows, cols)` whose candidate lies in
+    the block of `block_size` candidates starting at `c_start`."""
+    in_block = (cols >= c_start) & (cols < c_start + block_size)
+    return rows[in_block], cols[in_block] - c_start
 
 
 def chunked_retrieval_recall(

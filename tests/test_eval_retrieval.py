@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from evaluation.metrics import first_relevant_ranks, retrieval_recall
 from evaluation.retrieval import chunked_ranks, chunked_retrieval_recall, chunked_topk
@@ -97,6 +98,24 @@ def test_chunked_ranks_exact_ties_with_duplicates():
     twice = [[1, 1], [2, 3, 3], [0, 0]]
     assert torch.equal(chunked_ranks(queries, candidates, twice, query_chunk=2, candidate_chunk=2), expected)
     assert torch.equal(first_relevant_ranks(queries @ candidates.T, twice), expected)
+
+
+@pytest.mark.parametrize("query_chunk, candidate_chunk", [(1, 1), (64, 4096), (7, 333)])
+def test_chunked_ranks_keep_ties_of_float_duplicates_at_any_block_size(query_chunk, candidate_chunk):
+    """With float embeddings a separate GEMM for the best relevant score rounded it one ulp away from its exact
+    duplicate's (7 x 333 or 1 x 1 blocks), breaking the tie in the model's favour; dense float64 ranks are the truth."""
+    torch.manual_seed(0)
+    images = F.normalize(torch.randn(140, 768), dim=-1)
+    images[1::7] = images[0::7][: len(images[1::7])]  # duplicate images
+    captions = F.normalize(torch.randn(700, 768), dim=-1)
+    captions[::5] = F.normalize(images + 0.5 * torch.randn(140, 768), dim=-1)
+    captions[5::15] = captions[0::15][: len(captions[5::15])]  # a caption of another image, word for word
+    captions_of_image = [list(range(5 * image, 5 * image + 5)) for image in range(140)]
+    image_of_caption = [caption // 5 for caption in range(700)]
+    for queries, candidates, relevant in ((captions, images, image_of_caption), (images, captions, captions_of_image)):
+        dense = first_relevant_ranks(queries.double() @ candidates.double().T, relevant)
+        chunked = chunked_ranks(queries, candidates, relevant, query_chunk=query_chunk, candidate_chunk=candidate_chunk)
+        assert torch.equal(chunked, dense)
 
 
 def test_mismatched_dimensions_are_reported():
