@@ -97,8 +97,9 @@ def _model_state(model_ref: str, revision: str | None = None) -> dict[str, Any]:
 
 # Raised whenever a benchmark is read or scored differently, so that results stored before are recomputed
 # (2: MMVP-VLM texts prefixed "a photo of ", non-finite embeddings refused, the default source recorded by its id;
-# 3: backbones scored in float32 like MAPLE checkpoints, no longer in their bf16).
-PROTOCOL_VERSION = 3
+# 3: backbones scored in float32 like MAPLE checkpoints, no longer in their bf16; 4: non-finite embeddings refused
+# on quadruple benchmarks too, copies of a caption embedded once, ties of duplicates kept at any block size).
+PROTOCOL_VERSION = 4
 
 
 def _run_fingerprint(

@@ -128,6 +128,10 @@ def _quadruple_matrix(quadruple_similarities: torch.Tensor | np.ndarray | Sequen
             "quadruple similarities: expected shape (n, 4) = [s(I0,T0), s(I0,T1), s(I1,T0), s(I1,T1)] "
             f"per quadruple, got shape {scores.shape}"
         )
+    # NaN compares false with everything: it would lose every comparison (scores of 0) and reach the gap as inf.
+    if not np.isfinite(scores).all():
+        rows = np.flatnonzero(~np.isfinite(scores).all(axis=1))
+        raise ValueError(f"quadruple similarities: rows {rows[:5].tolist()} hold NaN or inf scores")
     return scores
 
 
@@ -163,6 +167,8 @@ def wasserstein_1d(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndar
     b = np.sort(_float64_array(b).ravel())
     if a.size == 0 or b.size == 0:
         raise ValueError(f"wasserstein_1d: both samples must be non-empty, got sizes {a.size} and {b.size}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):  # NaN sorts last and would make the distance NaN
+        raise ValueError("wasserstein_1d: the samples hold NaN or inf")
     support = np.sort(np.concatenate([a, b]))
     widths = np.diff(support)
     cdf_a = np.searchsorted(a, support[:-1], side="right") / a.size

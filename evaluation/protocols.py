@@ -14,15 +14,17 @@ import torch
 import torch.nn.functional as F
 
 from .metrics import DEFAULT_KS, group_score_hits, modality_gap_from_quadruples, recall_from_ranks
-from .retrieval import chunked_ranks
+from .retrieval import check_finite_embeddings, chunked_ranks
 
 Quadruples = Sequence[Sequence[Any]]  # each (image0, image1, text0, text1), e.g. `benchmarks.Quadruple`
 HISTOGRAM_BINS = 40  # over the cosine range [-1, 1]
 
 
 def _encode(model, processor, texts: Sequence[str], images: Sequence[Any], batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(text_embeds, image_embeds), L2-normalised."""
+    """(text_embeds, image_embeds), L2-normalised; a ValueError if any is NaN or inf."""
     text_embeds, image_embeds = model.encode(processor, texts=texts, images=images, batch_size=batch_size)
+    check_finite_embeddings(text_embeds, "texts")
+    check_finite_embeddings(image_embeds, "images")
     return F.normalize(text_embeds, dim=-1), F.normalize(image_embeds, dim=-1)
 
 
@@ -33,7 +35,8 @@ def evaluate_retrieval(
 
     Image->text: an image query hits when any of its captions is in the top k of all captions.
     Text->image: a caption query hits when its image is in the top k of all images. Ranks come
-    from `chunked_ranks`, so no (captions x images) matrix is built.
+    from `chunked_ranks`, so no (captions x images) matrix is built. Ties count against the model; copies of one
+    caption are embedded once, so they tie exactly whatever the batch size.
     Returns keys i2t_r1, i2t_r5, i2t_r10, i2t_mrr, t2i_r1, ..., t2i_mrr, num_images, num_captions.
     """
     if len(images) != len(captions_per_image):
@@ -44,7 +47,12 @@ def evaluate_retrieval(
     for image_captions in captions_per_image:
         captions_of_image.append(list(range(start, start + len(image_captions))))
         start += len(image_captions)
-    text_embeds, image_embeds = _encode(model, processor, captions, images, batch_size)
+    # A caption written word for word under several images (COCO has some) is embedded once, so its copies tie
+    # exactly; embedded apart, batch padding moved them ~1e-7 and the tie, which counts against the model, with it.
+    distinct_captions = list(dict.fromkeys(captions))
+    position = {caption: index for index, caption in enumerate(distinct_captions)}
+    text_embeds, image_embeds = _encode(model, processor, distinct_captions, images, batch_size)
+    text_embeds = text_embeds[torch.tensor([position[caption] for caption in captions], dtype=torch.long)]
     result: dict[str, float] = {}
     for direction, ranks in (
         ("i2t", chunked_ranks(image_embeds, text_embeds, captions_of_image)),

@@ -34,15 +34,24 @@ def _check_embeddings(queries: torch.Tensor, candidates: torch.Tensor) -> None:
             "embeddings: expected queries (Q, D) and candidates (C, D) with the same D, "
             f"got {tuple(queries.shape)} and {tuple(candidates.shape)}"
         )
-    for name, embeddings in (("queries", queries), ("candidates", candidates)):
-        # A NaN score compares false with everything, so a NaN embedding would rank first: refuse it.
-        finite = torch.isfinite(embeddings).all(dim=1)
-        if not finite.all():
-            rows = (~finite).nonzero().flatten()
-            raise ValueError(
-                f"embeddings: {len(rows)} of the {embeddings.shape[0]} {name} are not finite (NaN or inf; first rows "
-                f"{rows[:5].tolist()}); a diverged or overflowing model cannot be ranked"
-            )
+    check_finite_embeddings(queries, "queries")
+    check_finite_embeddings(candidates, "candidates")
+
+
+class NonFiniteEmbeddingsError(ValueError):
+    """Embeddings with NaN or inf rows: a diverged or overflowing model, which no score describes."""
+
+
+def check_finite_embeddings(embeddings: torch.Tensor, name: str) -> None:
+    """Raise `NonFiniteEmbeddingsError` naming the first NaN or inf rows of (N, D) `embeddings`: a NaN score compares
+    false with everything, so it would rank first or lose every comparison, and give a plausible-looking score."""
+    finite = torch.isfinite(embeddings).all(dim=1)
+    if not finite.all():
+        rows = (~finite).nonzero().flatten()
+        raise NonFiniteEmbeddingsError(
+            f"embeddings: {len(rows)} of the {embeddings.shape[0]} {name} are not finite (NaN or inf; first rows "
+            f"{rows[:5].tolist()}); a diverged or overflowing model cannot be scored"
+        )
 
 
 def _score_blocks(

@@ -47,6 +47,25 @@ def test_retrieval_protocol_equals_dense_metrics(tiny, benchmark_sources):
     assert result["t2i_r5"] == result["t2i_r10"] == 100.0
 
 
+def test_retrieval_with_a_caption_shared_by_two_images_does_not_depend_on_the_batch_size():
+    """The two copies of a caption were embedded apart, and batch padding moves an embedding by ~1e-7, so whether
+    their tie (which counts against the model) was a tie depended on the batch size (R@1 25 at batch size 1, 50 at 2
+    in a review's case). Here a model whose text embeddings move with their place in the batch, as padding does."""
+    directions = {"a dog": [1.0, 0.0, 0.0], "a cat": [0.0, 1.0, 0.0], "a cat on a mat": [0.0, 0.9, 0.1]}
+
+    class PaddingSensitiveModel:
+        def encode(self, processor, texts, images, batch_size):
+            text_embeds = torch.tensor([directions[text] for text in texts])
+            text_embeds[:, 2] += 1e-3 * (torch.arange(len(texts)) % batch_size)  # the place in the batch
+            return text_embeds, torch.tensor(images)
+
+    images = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
+    captions = [["a dog"], ["a dog", "a cat", "a cat on a mat"]]  # "a dog" also (wrongly) under image 1
+    results = [evaluate_retrieval(PaddingSensitiveModel(), None, images, captions, batch_size=size) for size in (1, 2, 4)]
+    assert results[0]["i2t_r1"] == 50.0  # image 0's caption ties with its copy under image 1: a miss
+    assert all(result == results[0] for result in results[1:])
+
+
 def test_quadruple_protocol_equals_group_scores(tiny, benchmark_sources):
     model, processor, _ = tiny
     bivlc = load_benchmark("bivlc", str(benchmark_sources["bivlc"]))

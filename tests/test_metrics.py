@@ -111,3 +111,14 @@ def test_modality_gap_hand_computed():
 
 def test_modality_gap_without_discrimination_is_infinite():
     assert math.isinf(modality_gap_from_quadruples([[0.5, 0.5, 0.5, 0.5]], [0.9])["delta_gap"])
+
+
+def test_nan_scores_are_refused_rather_than_counted_as_misses():
+    """NaN compares false with everything: it lost every comparison (a score of 0) and made the gap inf."""
+    scores = torch.tensor([[0.9, 0.1, 0.2, 0.8], [float("nan"), 0.1, 0.2, 0.8]])
+    with pytest.raises(ValueError, match=r"rows \[1\] hold NaN or inf"):
+        group_scores(scores)
+    with pytest.raises(ValueError, match=r"rows \[1\] hold NaN or inf"):
+        modality_gap_from_quadruples(scores, torch.tensor([0.5, 0.5]))
+    with pytest.raises(ValueError, match="samples hold NaN or inf"):
+        wasserstein_1d([0.1, float("nan")], [0.2, 0.3])

@@ -100,6 +100,22 @@ def test_evaluation_reports_fine_grained_scores_on_quadruples(tmp_path):
     assert "eval_sides/group_score" in trainer.state.log_history[-1]
 
 
+def test_fine_grained_scores_of_a_diverged_model_are_nan_not_zero(tmp_path):
+    """NaN embeddings lost every comparison: a diverged model scored a plausible 0 / 0 / 0. Evaluation now refuses
+    them, and the trainer logs NaN, as for its loss and recall, without stopping the run."""
+    model, processor = build_tiny("dual_encoder", seed=0)
+    quadruples = [(draw_scene("red", "left"), draw_scene("red", "right"), describe_scene("red", "left"),
+                   describe_scene("red", "right"))]
+    trainer = RPATrainer(model, args=make_config(tmp_path), train_dataset=synthetic_preference_dataset(8),
+                         processing_class=processor, eval_quadruples={"sides": quadruples})
+    with torch.no_grad():
+        model.visual_projection.weight.fill_(float("nan"))
+    with pytest.raises(ValueError, match="2 of the 2 images are not finite"):
+        evaluate_quadruples(model, processor, quadruples)
+    metrics = trainer.evaluate(synthetic_preference_dataset(8, seed=1))
+    assert all(math.isnan(metrics[f"eval_sides/{key}"]) for key in ("text_score", "image_score", "group_score"))
+
+
 def test_fine_grained_scores_are_computed_once_with_several_eval_datasets(tmp_path, monkeypatch):
     import evaluation.protocols
 

@@ -29,7 +29,7 @@ from transformers.trainer_utils import EvalLoopOutput, get_last_checkpoint
 from trl import DPOTrainer
 from trl.trainer.base_trainer import _BaseTrainer
 
-from evaluation.retrieval import anchor_recall_at_1
+from evaluation.retrieval import NonFiniteEmbeddingsError, anchor_recall_at_1
 from maple import PAPER_CITATION
 from modeling_maple.lora import save_merged
 from modeling_maple.loading import load_maple
@@ -44,6 +44,7 @@ Quadruple = tuple[Image.Image, Image.Image, str, str]
 RPA_LOSSES = {"listwise": rpa_listwise_loss, "pairwise": rpa_pairwise_loss}
 # The model's log-stored scales: InfoNCE's inverse temperature and RPA's beta
 LOG_SCALES = ("logit_scale", "preference_logit_scale")
+QUADRUPLE_SCORES = ("text_score", "image_score", "group_score")  # logged per `eval_quadruples` set
 # Under PEFT, the trainable state (adapters and the learnable scales) of a checkpoint, for resuming.
 PEFT_TRAINABLE_STATE = "trainable_state.safetensors"
 # The `RPAConfig` values that define the method and its batches, saved with every checkpoint: a run resumes only
@@ -468,8 +469,11 @@ class RPATrainer(DPOTrainer):
             model = self.accelerator.unwrap_model(self.model)
             fine_grained = {}
             for name, quadruples in self.eval_quadruples.items():
-                scores = evaluate_quadruples(model, self.processing_class, list(quadruples))
-                for key in ("text_score", "image_score", "group_score"):
+                try:
+                    scores = evaluate_quadruples(model, self.processing_class, list(quadruples))
+                except NonFiniteEmbeddingsError:  # a diverged model: NaN, like its loss and recall
+                    scores = dict.fromkeys(QUADRUPLE_SCORES, math.nan)
+                for key in QUADRUPLE_SCORES:
                     fine_grained[f"{metric_key_prefix}_{name}/{key}"] = scores[key]
             self.log(fine_grained)
             metrics.update(fine_grained)
