@@ -127,7 +127,9 @@ class MaplePreferencesConfig(datasets.BuilderConfig):
                   "the hard negatives' own captions, no captioner needed"},
     )
     captioned_negatives: int = field(
-        default=1, metadata={"help": "hard negatives shown to the captioner per anchor, one prompt each"}
+        default=1,
+        metadata={"help": "hard negatives shown to the captioner per anchor, one prompt (per sample) each; when their "
+                  "captions do not all fit in the pool, the negatives take turns"},
     )
     max_candidate_texts: int = field(
         default=6, metadata={"help": "cap on the text pool, anchor caption included (paper: 6)"}
@@ -336,20 +338,28 @@ def _decode(payload: bytes, row: int) -> PIL.Image.Image:
     return load_image(PIL.Image.open(io.BytesIO(payload)), row)
 
 
-def text_pool(caption: str, candidates: list[str], size: int) -> list[str]:
-    """The anchor's text candidates: its caption as given, then `candidates` in order with
-    whitespace normalised, empty texts and repeats (of the caption too) dropped, at most `size`
-    texts. Repeats are found by the normalised forms, the caption's included: "a  red square"
-    repeats the caption "a red square" (the judge would score the two alike)."""
-    pool = [caption]
+def text_pool(caption: str, groups: list[list[str]], size: int) -> list[str]:
+    """The anchor's text candidates: its caption as given, then at most `size - 1` texts of `groups` (each hard
+    negative's candidate texts, in order) with whitespace normalised, empty texts and repeats (of the caption too)
+    dropped. Repeats are found by the normalised forms, the caption's included: "a  red square" repeats the caption
+    "a red square" (the judge would score the two alike). When the texts do not all fit, the groups take turns
+    (the first text of each, then the second, ...), so that every captioned negative is in the pool; the kept
+    texts stay in group order."""
     seen = {" ".join(caption.split())}
-    for text in (" ".join(str(candidate).split()) for candidate in candidates):
-        if len(pool) == size:
-            break
-        if text and text not in seen:
-            pool.append(text)
-            seen.add(text)
-    return pool
+    distinct: list[list[str]] = []
+    for group in groups:
+        distinct.append([])
+        for text in (" ".join(str(candidate).split()) for candidate in group):
+            if text and text not in seen:
+                distinct[-1].append(text)
+                seen.add(text)
+    kept, budget = [0] * len(distinct), size - 1
+    while budget and any(count < len(texts) for count, texts in zip(kept, distinct)):
+        for group, texts in enumerate(distinct):
+            if budget and kept[group] < len(texts):
+                kept[group] += 1
+                budget -= 1
+    return [caption] + [text for texts, count in zip(distinct, kept) for text in texts[:count]]
 
 
 def local_source_digest(path: Path, sampled_files: int = 64, sampled_blocks: int = 16, block_size: int = 4096) -> str:
@@ -991,9 +1001,12 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             generated = self._generated_captions(shard, anchors, [images[1:] for images in candidate_images])
             # The judge cannot score these (source captions were checked with the inputs); they
             # are dropped like empty ones: the captioner's tokenizer may differ from the judge's.
-            generated = [[text for text in texts if self._judge_special_token(text) is None] for texts in generated]
+            generated = [
+                [[text for text in texts if self._judge_special_token(text) is None] for texts in by_negative]
+                for by_negative in generated
+            ]
         else:
-            generated = [[source[row][config.caption_column] for row in rows] for rows in negative_rows]
+            generated = [[[source[row][config.caption_column]] for row in rows] for rows in negative_rows]
         candidate_texts = [text_pool(caption, texts, config.max_candidate_texts) for caption, texts in zip(captions, generated)]
 
         img2txt = self.judge.score(anchors, candidate_texts)
@@ -1015,15 +1028,15 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
 
     def _generated_captions(
         self, shard: int, anchors: list[PIL.Image.Image], negatives: list[list[PIL.Image.Image]]
-    ) -> list[list[str]]:
-        """Per anchor, the captioner's captions for it and each of its first `captioned_negatives`
-        hard negatives, in order."""
+    ) -> list[list[list[str]]]:
+        """Per anchor, per each of its first `captioned_negatives` hard negatives, the captioner's captions for the
+        anchor and that negative, in order."""
         pairs = [
             (index, negative)
             for index, anchor_negatives in enumerate(negatives)
             for negative in anchor_negatives[: self.config.captioned_negatives]
         ]
-        generated: list[list[str]] = [[] for _ in anchors]
+        generated: list[list[list[str]]] = [[] for _ in anchors]
         if not pairs:
             return generated
         # manual_seed seeds every GPU, so every GPU's generator is restored; naming them keeps fork_rng from
@@ -1033,7 +1046,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             torch.manual_seed(self.config.seed * 1_000_003 + shard)
             captioned = self.captioner.caption([anchors[index] for index, _ in pairs], [negative for _, negative in pairs])
         for (index, _), texts in zip(pairs, captioned):
-            generated[index] += texts
+            generated[index].append(texts)
         return generated
 
     def _write_shard(self, path: Path, columns: dict[str, list]) -> None:

@@ -335,7 +335,7 @@ def test_the_schema_is_the_trainers_one_definition():
 
 
 def test_text_pool_keeps_the_caption_first_and_drops_repeats():
-    generated = ["a  red\ncube", "", "a red cube", "the caption", "a blue cube", "a green cube"]
+    generated = [["a  red\ncube", "", "a red cube", "the caption", "a blue cube", "a green cube"]]
     assert text_pool("the caption", generated, size=3) == ["the caption", "a red cube", "a blue cube"]
     assert text_pool("the caption", [], size=6) == ["the caption"]
 
@@ -343,7 +343,20 @@ def test_text_pool_keeps_the_caption_first_and_drops_repeats():
 def test_text_pool_compares_the_caption_by_its_normalised_form():
     """Before the fix only candidates were normalised: a caption with a double space or a newline
     survived beside its normalised copy."""
-    assert text_pool("a  red\nsquare", ["a red square", "a blue square"], size=6) == ["a  red\nsquare", "a blue square"]
+    assert text_pool("a  red\nsquare", [["a red square", "a blue square"]], size=6) == ["a  red\nsquare", "a blue square"]
+
+
+def test_text_pool_gives_every_captioned_negative_its_turn():
+    """The pool was filled negative by negative: at the paper's settings (3 samples of 2 captions, a pool of 6) the
+    first negative filled it, and captioning more negatives cost prompts and added nothing."""
+    by_negative = [[f"sample {sample} {who} {negative}" for sample in range(3) for who in ("anchor", "negative")]
+                   for negative in ("A", "B", "C")]
+    pool = text_pool("the caption", by_negative, size=6)
+    assert pool == ["the caption", "sample 0 anchor A", "sample 0 negative A", "sample 0 anchor B",
+                    "sample 0 negative B", "sample 0 anchor C"]
+    assert text_pool("the caption", by_negative[:1], size=6) == ["the caption", *by_negative[0][:5]]
+    # a repeat keeps its first place and does not spend another negative's turn
+    assert text_pool("the caption", [["x", "y"], ["x", "z"]], size=3) == ["the caption", "x", "z"]
 
 
 def test_embedding_slices_cover_every_row_once_beyond_float32_precision():
