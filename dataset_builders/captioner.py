@@ -45,19 +45,30 @@ Qwen2-VL / Qwen2.5-VL Instruct ship top_k=1, top_p=0.001 and repetition_penalty=
 (QwenLM/Qwen3-VL#722): greedy decoding whatever the temperature. Passed explicitly, these values
 (each the one `generate` reads as "off") override the checkpoint's."""
 
-# The caption may be empty ("Image 2:" and nothing after it): the line still counts as labelled,
-# so the answer is not taken whole, and the empty caption is dropped.
-_LABELLED_LINE = re.compile(r"^\s*(?:\*\*)?(?:image|caption)\s*\d+\s*(?:\*\*)?\s*[:.\-)]\s*(?:\*\*)?\s*(.*?)\s*$", re.I)
+# A label "Image N:" (or "Caption N", with "**" bold, a bullet or a list number before it, a parenthesis such as
+# "(anchor)" after it, and ":", ".", "-" or ")"), at the start of a line or after the end of a sentence: models
+# that half-follow the format put both captions on one line or in a list.
+_LABEL = re.compile(
+    r"(?:^|(?<=[.!?;])[ \t]+)[ \t]*(?:[-*\u2022][ \t]*|\d+[.)][ \t]*)?(?:\*\*)?(?:image|caption)[ \t]*\d+[ \t]*"
+    r"(?:\([^)\n]*\))?[ \t]*(?:\*\*)?[ \t]*[:.\-)][ \t]*(?:\*\*)?",
+    re.I | re.M,
+)
+_NUMBERED_LINE = re.compile(r"^[ \t]*\d+[.)][ \t]+(\S.*?)[ \t]*$", re.M)
 
 
 def parse_captions(generated: str) -> list[str]:
-    """Captions in one generated answer: the text of every "Image N: ..." line, or, when the model
-    ignored the format, the whole answer as one caption. Empty answers give no caption."""
-    labelled = [match.group(1) for line in generated.splitlines() if (match := _LABELLED_LINE.match(line))]
-    if labelled:
-        return [caption for caption in labelled if caption]
-    stripped = " ".join(generated.split())
-    return [stripped] if stripped else []
+    """Captions in one generated answer: the text after every "Image N:" label (up to the next label or a blank
+    line), else the items of a numbered list of two or more, else, when the model ignored the format, the whole
+    answer as one caption. A label with nothing after it gives no caption; neither does an empty answer."""
+    labels = list(_LABEL.finditer(generated))
+    if labels:
+        ends = [label.start() for label in labels[1:]] + [len(generated)]
+        pieces = [re.split(r"\n[ \t]*\n", generated[label.end() : end].strip())[0] for label, end in zip(labels, ends)]
+    elif len(numbered := _NUMBERED_LINE.findall(generated)) >= 2:
+        pieces = numbered
+    else:
+        pieces = [generated]
+    return [caption for caption in (" ".join(piece.split()) for piece in pieces) if caption]
 
 
 class ContrastiveCaptioner:

@@ -20,6 +20,18 @@ def test_parse_captions_reads_labelled_lines_or_falls_back_to_the_whole_answer()
     assert parse_captions(" \n ") == []
 
 
+@pytest.mark.parametrize("answer, captions", [
+    ("Image 1: a red cube. Image 2: a blue cube.", ["a red cube.", "a blue cube."]),
+    ("- Image 1: a red cube\n- Image 2: a blue cube", ["a red cube", "a blue cube"]),
+    ("Image 1 (anchor): a red cube\nImage 2 (negative): a blue cube", ["a red cube", "a blue cube"]),
+    ("1. a red cube\n2. a blue cube", ["a red cube", "a blue cube"]),
+    ("Here are the captions:\nImage 1:\na red cube\nImage 2:\na blue cube\n\nThey differ in colour.", ["a red cube", "a blue cube"]),
+])
+def test_parse_captions_splits_answers_that_half_follow_the_format(answer, captions):
+    """Each of these was one candidate describing both images, labels included."""
+    assert parse_captions(answer) == captions
+
+
 def test_captioner_samples_with_the_papers_settings_and_is_reproducible():
     captioner = tiny_captioner(seed=0, batch_size=4)
     assert isinstance(captioner, CandidateCaptioner)
