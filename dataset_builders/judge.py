@@ -196,8 +196,10 @@ class MLLMJudge:
         or the reused prefix would not be the prompt the judge was asked. The preferred cut is at
         the last space before the candidate text, so the question's opening words are shared too;
         it is kept only if it tokenises consistently for a set of awkward probe texts. Otherwise
-        the cut falls right after the image placeholder, which is always safe: special tokens
-        are never merged with their neighbours.
+        the cut falls right after the image placeholder, a special token, never merged with its
+        neighbours; the suffix is then tokenised after that token (`_suffix_lead`, whose ids are
+        dropped), because a tokenizer that marks the start of a string (Llama's Metaspace with
+        `prepend_scheme="first"`) would read a suffix tokenised alone as one, adding a "▁".
         """
         marker = "\x00TEXT\x00"
         messages = [
@@ -209,21 +211,33 @@ class MLLMJudge:
         if text_start < 0:
             raise ValueError("the chat template must place the image before the question")
         cut = rendered.rfind(" ", image_end, text_start)
+        self._suffix_lead = ""
         if cut <= image_end or not self._tokenises_consistently(rendered[:cut], rendered[cut:], marker):
-            cut = image_end
+            cut, self._suffix_lead = image_end, self.prompt_encoder.image_token
+            if not self._tokenises_consistently(rendered[:cut], rendered[cut:], marker):
+                raise ValueError(
+                    "the judge's prompt cannot be cut into a shared prefix and a per-text suffix that tokenise as the "
+                    f"whole prompt does, even right after the image token: {rendered!r}"
+                )
         prefix, suffix = rendered[:cut], rendered[cut:]
         return prefix, suffix.replace("{", "{{").replace("}", "}}").replace(marker, "{text}")
 
     def _tokenises_consistently(self, prefix: str, suffix: str, marker: str) -> bool:
-        """Whether ids(prefix) + ids(suffix) == ids(prefix + suffix) with awkward texts at `marker`."""
+        """Whether ids(prefix) + `_tokenise_suffixes`(suffix) == ids(prefix + suffix) with awkward texts at `marker`."""
         probes = ["a red circle", '"quoted"', "'s apostrophe", " leading space", "", "123", "Émile über ✓", "\nnew line"]
         tokenizer = self.prompt_encoder.tokenizer
         prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+        suffixes = [suffix.replace(marker, probe) for probe in probes]
         return all(
-            prefix_ids + tokenizer(suffix.replace(marker, probe), add_special_tokens=False)["input_ids"]
-            == tokenizer(prefix + suffix.replace(marker, probe), add_special_tokens=False)["input_ids"]
-            for probe in probes
+            prefix_ids + suffix_ids == tokenizer(prefix + suffix, add_special_tokens=False)["input_ids"]
+            for suffix, suffix_ids in zip(suffixes, self._tokenise_suffixes(suffixes))
         )
+
+    def _tokenise_suffixes(self, suffixes: list[str]) -> list[list[int]]:
+        """Token ids of each suffix as it follows the prefix: tokenised after `_suffix_lead`, whose ids are dropped."""
+        tokenizer = self.prompt_encoder.tokenizer
+        lead = len(tokenizer(self._suffix_lead, add_special_tokens=False)["input_ids"]) if self._suffix_lead else 0
+        return [ids[lead:] for ids in tokenizer([self._suffix_lead + suffix for suffix in suffixes], add_special_tokens=False)["input_ids"]]
 
     def image_problem(self, size: tuple[int, int]) -> str | None:
         """Why the judge's image processor cannot take an image of `size` (width, height), or None; the builder
@@ -257,8 +271,7 @@ class MLLMJudge:
 
     def suffix_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of the prompt suffix for each candidate text (one batched tokenizer call)."""
-        suffixes = [self.suffix_template.format(text=text) for text in texts]
-        return self.prompt_encoder.tokenizer(suffixes, add_special_tokens=False)["input_ids"]
+        return self._tokenise_suffixes([self.suffix_template.format(text=text) for text in texts])
 
     def _answer_rows(self, name: str) -> torch.Tensor | None:
         """The "Yes" and "No" rows of the output embedding's `name` ("weight": (2, hidden); "bias": (2,) or None),

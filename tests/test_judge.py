@@ -541,3 +541,45 @@ def test_settings_hold_what_changes_the_scores():
     assert small.settings["dtype"] == "torch.bfloat16"
     assert json.loads(json.dumps(small.settings)) == small.settings
     assert JudgeEnsemble([small, large]).settings == {"judges": [small.settings, large.settings]}
+
+
+def test_a_suffix_after_the_image_token_is_tokenised_as_in_the_whole_prompt(monkeypatch):
+    """Llama tokenizers (transformers 5: Metaspace, prepend_scheme="first") mark the start of a string with "▁". A
+    prompt the space cut cannot split falls back to a cut right after the image token; its suffix, tokenised alone,
+    gained a "▁" the whole prompt does not have, so the judge scored a prompt the model was never given."""
+    from transformers import AutoModelForImageTextToText, LlamaTokenizer
+
+    from modeling_maple.testing import tiny_mllm_config, tiny_mllm_image_processor
+
+    prompt = '"{text}"? Does the image align with the text? Answer Yes or No.'
+    texts = ["a red circle", "two blue squares"]
+    corpus = "USER: ASSISTANT: Does the image align with the text " + " ".join(texts) + '"? Answer Yes or No.'
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{byte:02X}>": 3 + byte for byte in range(256)}}
+    for character in sorted(set(corpus.replace(" ", "▁")) | {"▁"}):
+        vocab.setdefault(character, len(vocab))
+    merges = []
+    for word in ("Yes", "No"):  # one token each, as the judge needs
+        piece = "▁" + word[0]
+        merges.append(("▁", word[0]))
+        vocab.setdefault(piece, len(vocab))
+        for character in word[1:]:
+            merges.append((piece, character))
+            piece += character
+            vocab.setdefault(piece, len(vocab))
+    tokenizer = LlamaTokenizer(vocab=vocab, merges=merges)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|image_pad|>"], "pad_token": "<pad>"})
+    tokenizer.chat_template = tiny_tokenizer().chat_template  # LLaVA-1.5's, as the tiny LLaVA uses
+    config = tiny_mllm_config("llava", image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"))
+    config.text_config.vocab_size = len(tokenizer)
+    config.text_config.pad_token_id = tokenizer.pad_token_id
+    torch.manual_seed(4)
+    judge = MLLMJudge(AutoModelForImageTextToText.from_config(config).eval(), tokenizer, tiny_mllm_image_processor("llava"),
+                      batch_size=2, prompt=prompt)
+    assert judge.prefix_text.endswith("<|image_pad|>")  # the fallback cut
+    official = official_processor("llava", monkeypatch, tokenizer=tokenizer)
+    encoded = judge.prompt_encoder.encode_images([IMAGES[0]])
+    for text in texts:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt.format(text=text)}]}]
+        expected = official(text=[official.apply_chat_template(messages, add_generation_prompt=True)], images=[IMAGES[0]],
+                            return_tensors="pt")["input_ids"][0].tolist()
+        assert judge.prefix_ids(encoded, 0) + judge.suffix_ids([text])[0] == expected
