@@ -14,8 +14,10 @@ layout (NaturalBench-Retrieval: `metadata.json` + `images/`; MMVP-VLM: `Question
 
 from __future__ import annotations
 
+import bisect
 import csv
 import hashlib
+import itertools
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -43,11 +45,27 @@ class Quadruple(NamedTuple):
     text1: str
 
 
+@dataclass(frozen=True)
+class RowLocator:
+    """Names a row of a table read from `files` (in order; none for a Hub table) as the file holding it and the row
+    within that file, for errors: a folder of parquet shards is one table, but a user fixes a file."""
+
+    source: str
+    files: tuple[str, ...] = ()
+    offsets: tuple[int, ...] = ()  # the table row each file starts at
+
+    def __call__(self, row: int) -> str:
+        if not self.files:
+            return f"{self.source}: row {row}"
+        index = bisect.bisect_right(self.offsets, row) - 1
+        return f"{self.files[index]}: row {row - self.offsets[index]}"
+
+
 class LazyImages(Sequence):
     """Images of one column of a table, decoded on access (slices give lists), so a 5k-image
     benchmark is never held decoded in memory."""
 
-    def __init__(self, rows: Any, column: str, source: str):
+    def __init__(self, rows: Any, column: str, locate: RowLocator):
         import datasets
 
         rows = rows.select_columns([column])
@@ -57,8 +75,8 @@ class LazyImages(Sequence):
             try:
                 rows = rows.cast_column(column, datasets.Image())
             except (TypeError, ValueError) as error:
-                raise BenchmarkFormatError(f"{source}: column {column!r} is {feature}, expected images") from error
-        self._rows, self._column, self._source = rows, column, source
+                raise BenchmarkFormatError(f"{locate.source}: column {column!r} is {feature}, expected images") from error
+        self._rows, self._column, self._locate = rows, column, locate
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -72,7 +90,7 @@ class LazyImages(Sequence):
         try:
             return to_rgb(self._rows[row][self._column])
         except Exception as error:  # PIL and datasets raise many types for corrupt bytes
-            raise BenchmarkFormatError(f"{self._source}: row {row}, column {self._column!r}: unreadable image ({error})") from error
+            raise BenchmarkFormatError(f"{self._locate(row)}, column {self._column!r}: unreadable image ({error})") from error
 
 
 @dataclass
@@ -102,10 +120,11 @@ class BenchmarkSpec:
 
 
 # -- tables ------------------------------------------------------------------------------------------
-def _read_table(source: str, spec: BenchmarkSpec):
+def _read_table(source: str, spec: BenchmarkSpec) -> tuple[Any, RowLocator]:
     """A `datasets.Dataset` from a Hub id, a parquet file or a folder of parquet files, with the
-    spec's columns checked."""
+    spec's columns checked, and the `RowLocator` that names its rows in errors."""
     import datasets
+    import pyarrow.parquet as pq
 
     from datasets.exceptions import DatasetGenerationError
 
@@ -116,12 +135,16 @@ def _read_table(source: str, spec: BenchmarkSpec):
             raise BenchmarkFormatError(f"{path}: no parquet files for benchmark {spec.name!r}")
         try:
             table = datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
+            row_counts = [pq.ParquetFile(file).metadata.num_rows for file in files]
         # pyarrow's ArrowInvalid (a truncated file) is a ValueError, as is datasets' error for files without rows
         except (ValueError, DatasetGenerationError) as error:
             detail = " ".join(str(error.__cause__ or error).split())
             raise BenchmarkFormatError(f"{path}: not a readable parquet table for benchmark {spec.name!r}: {detail}") from error
+        offsets = tuple(itertools.accumulate(row_counts[:-1], initial=0))
+        locate = RowLocator(source, tuple(str(file) for file in files), offsets)
     else:
         table = datasets.load_dataset(source, split=spec.split)
+        locate = RowLocator(source)
     required = [*spec.columns, *([spec.category_column] if spec.category_column else [])]
     missing = [column for column in required if column not in table.column_names]
     if missing:
@@ -130,15 +153,15 @@ def _read_table(source: str, spec: BenchmarkSpec):
         )
     if len(table) == 0:
         raise BenchmarkFormatError(f"{source}: benchmark {spec.name!r} has no rows")
-    return table
+    return table, locate
 
 
-def _checked_texts(where: str, column: str, values: Sequence[Any]) -> list[str]:
-    """`values` (one text per row) as a list, or a `BenchmarkFormatError` naming `where`, the column and the first
-    row whose text is not a non-blank string."""
+def _checked_texts(locate: Callable[[int], str], column: str, values: Sequence[Any]) -> list[str]:
+    """`values` (one text per row) as a list, or a `BenchmarkFormatError` naming (`locate`) the file and row, and the
+    column, of the first text that is not a non-blank string."""
     bad = next((row for row, value in enumerate(values) if not isinstance(value, str) or not value.strip()), None)
     if bad is not None:
-        raise BenchmarkFormatError(f"{where}: column {column!r}, row {bad}: {values[bad]!r:.80}; expected a non-empty string")
+        raise BenchmarkFormatError(f"{locate(bad)}, column {column!r}: {values[bad]!r:.80}; expected a non-empty string")
     return list(values)
 
 
@@ -147,7 +170,7 @@ def _categories(values: Sequence[Any] | None) -> list[str] | None:
 
 
 def _load_retrieval(source: str, spec: BenchmarkSpec) -> RetrievalBenchmark:
-    table = _read_table(source, spec)
+    table, locate = _read_table(source, spec)
     image_column, caption_column = spec.columns
     values = table[caption_column]
     # A string is a sequence too: list() would split one caption into characters.
@@ -156,19 +179,19 @@ def _load_retrieval(source: str, spec: BenchmarkSpec) -> RetrievalBenchmark:
            or not all(isinstance(caption, str) and caption.strip() for caption in row_captions)]
     if bad:
         raise BenchmarkFormatError(
-            f"{source}: column {caption_column!r} must hold a non-empty list of non-empty strings per image; rows {bad[:5]} do not "
-            f"(row {bad[0]}: {values[bad[0]]!r:.80})"
+            f"{locate(bad[0])}, column {caption_column!r}: {values[bad[0]]!r:.80}; expected a non-empty list of non-empty "
+            f"strings per image ({len(bad)} such rows)"
         )
     captions = [list(row_captions) for row_captions in values]
-    return RetrievalBenchmark(spec.name, LazyImages(table, image_column, source), captions)
+    return RetrievalBenchmark(spec.name, LazyImages(table, image_column, locate), captions)
 
 
 def _load_quadruple_table(source: str, spec: BenchmarkSpec) -> QuadrupleBenchmark:
     """Tables with one quadruple per row; `spec.columns` = (image0, image1, text0, text1)."""
-    table = _read_table(source, spec)
+    table, locate = _read_table(source, spec)
     image0, image1, text0, text1 = spec.columns
-    images0, images1 = LazyImages(table, image0, source), LazyImages(table, image1, source)
-    texts0, texts1 = (_checked_texts(source, column, table[column]) for column in (text0, text1))
+    images0, images1 = LazyImages(table, image0, locate), LazyImages(table, image1, locate)
+    texts0, texts1 = (_checked_texts(locate, column, table[column]) for column in (text0, text1))
     quadruples = _IndexedQuadruples(images0, images1, texts0, texts1)
     categories = _categories(table[spec.category_column]) if spec.category_column else None
     return QuadrupleBenchmark(spec.name, quadruples, categories)

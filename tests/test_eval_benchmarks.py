@@ -103,11 +103,11 @@ def test_empty_caption_list_is_reported(tmp_path):
     from conftest import make_picture, write_parquet
 
     path = write_parquet(tmp_path / "c.parquet", {"image": [make_picture(0), make_picture(1)], "caption": [["a"], []]}, ("image",))
-    with pytest.raises(BenchmarkFormatError, match=r"column 'caption' must hold a non-empty list of non-empty strings per image; rows \[1\]"):
+    with pytest.raises(BenchmarkFormatError, match=r"c\.parquet: row 1, column 'caption': \[\]; expected a non-empty list of non-empty strings"):
         load_benchmark("coco", str(path))
     # One caption string per image (not a list) used to be split into its characters, silently.
     path = write_parquet(tmp_path / "s.parquet", {"image": [make_picture(0)], "caption": ["a dog"]}, ("image",))
-    with pytest.raises(BenchmarkFormatError, match=r"rows \[0\] do not \(row 0: 'a dog'\)"):
+    with pytest.raises(BenchmarkFormatError, match=r"s\.parquet: row 0, column 'caption': 'a dog'; expected a non-empty list"):
         load_benchmark("coco", str(path))
 
 
@@ -141,12 +141,12 @@ def test_malformed_sources_are_format_errors_naming_file_row_and_column(benchmar
     quadruple = {"image_0": [make_picture(0), make_picture(1)], "image_1": [make_picture(2), make_picture(3)],
                  "caption_0": ["a dog", None], "caption_1": ["a cat", "a cow"], "collapsed_tag": ["Object", "Object"]}
     none_caption = write_parquet(tmp_path / "none.parquet", quadruple, ("image_0", "image_1"))
-    assert "none.parquet: column 'caption_0', row 1: None; expected a non-empty string" in error_of("winoground", none_caption)
+    assert "none.parquet: row 1, column 'caption_0': None; expected a non-empty string" in error_of("winoground", none_caption)
     untagged = write_parquet(tmp_path / "untagged.parquet", {key: value for key, value in quadruple.items() if key != "collapsed_tag"},
                              ("image_0", "image_1"))
     assert "missing ['collapsed_tag']" in error_of("winoground", untagged)
     blank = write_parquet(tmp_path / "blank.parquet", {"image": [make_picture(0)], "caption": [["a dog", " "]]}, ("image",))
-    assert "rows [0] do not" in error_of("coco", blank)
+    assert "blank.parquet: row 0, column 'caption': ['a dog', ' ']" in error_of("coco", blank)
     (tmp_path / "truncated.parquet").write_bytes(none_caption.read_bytes()[:100])
     assert "truncated.parquet: not a readable parquet table for benchmark 'winoground'" in error_of("winoground", tmp_path / "truncated.parquet")
     empty = write_parquet(tmp_path / "empty.parquet", {key: value[:0] for key, value in quadruple.items()}, ())
@@ -196,3 +196,21 @@ def test_naturalbench_archives_unpack_per_copy_and_version(benchmark_sources, tm
 def test_unknown_benchmark():
     with pytest.raises(ValueError, match="unknown benchmark 'imagenet'"):
         load_benchmark("imagenet")
+
+
+def test_errors_in_a_folder_of_parquet_shards_name_the_file_and_its_own_row(tmp_path):
+    """Rows were counted across the shards and the folder named: row 4 of the folder, not row 1 of the second file."""
+    from conftest import make_picture, write_parquet
+
+    def shard(name, captions_0):
+        count = len(captions_0)
+        write_parquet(tmp_path / "shards" / name, {
+            "image_0": [make_picture(i) for i in range(count)], "image_1": [make_picture(i + 9) for i in range(count)],
+            "caption_0": captions_0, "caption_1": ["a cat"] * count, "collapsed_tag": ["Object"] * count,
+        }, ("image_0", "image_1"))
+
+    (tmp_path / "shards").mkdir()
+    shard("test-00000-of-00002.parquet", ["a dog", "a cow", "a pig"])
+    shard("test-00001-of-00002.parquet", ["a hen", "  "])
+    with pytest.raises(BenchmarkFormatError, match=r"test-00001-of-00002\.parquet: row 1, column 'caption_0': '  '"):
+        load_benchmark("winoground", str(tmp_path / "shards"))
