@@ -237,7 +237,8 @@ class MLLMJudge:
         """Token ids of each suffix as it follows the prefix: tokenised after `_suffix_lead`, whose ids are dropped."""
         tokenizer = self.prompt_encoder.tokenizer
         lead = len(tokenizer(self._suffix_lead, add_special_tokens=False)["input_ids"]) if self._suffix_lead else 0
-        return [ids[lead:] for ids in tokenizer([self._suffix_lead + suffix for suffix in suffixes], add_special_tokens=False)["input_ids"]]
+        encoded = tokenizer([self._suffix_lead + suffix for suffix in suffixes], add_special_tokens=False)["input_ids"]
+        return [ids[lead:] for ids in encoded]
 
     def image_problem(self, size: tuple[int, int]) -> str | None:
         """Why the judge's image processor cannot take an image of `size` (width, height), or None; the builder

@@ -218,7 +218,9 @@ def chunked_ranks(
     return torch.cat(ranks)
 
 
-def _relevant_in_block(rows: torch.Tensor, cols: torch.Tensor, c_start: int, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _relevant_in_block(
+    rows: torch.Tensor, cols: torch.Tensor, c_start: int, block_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The (row, column within the block) coordinates of the relevant pairs `(rows, cols)` whose candidate lies in
     the block of `block_size` candidates starting at `c_start`."""
     in_block = (cols >= c_start) & (cols < c_start + block_size)
@@ -238,7 +240,9 @@ def chunked_retrieval_recall(
     return recall_from_ranks(ranks, ks)
 
 
-def anchor_recall_at_1(text_embeds: torch.Tensor, image_embeds: torch.Tensor, text_ids: torch.Tensor, image_ids: torch.Tensor) -> dict[str, float]:
+def anchor_recall_at_1(
+    text_embeds: torch.Tensor, image_embeds: torch.Tensor, text_ids: torch.Tensor, image_ids: torch.Tensor
+) -> dict[str, float]:
     """Recall@1 (0-100, `evaluation.retrieval.chunked_retrieval_recall`: no captions x images matrix) between the
     anchors of an evaluation set, row ``i`` pairing caption ``text_ids[i]`` with image ``image_ids[i]``. Captions and
     images are de-duplicated by content id, so each is one query and one key; an image's relevant set is every

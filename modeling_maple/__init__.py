@@ -20,4 +20,12 @@ MapleConfig.register_for_auto_class()
 MapleModel.register_for_auto_class("AutoModel")
 MapleProcessor.register_for_auto_class("AutoProcessor")
 
-__all__ = ["MapleConfig", "MapleLoadError", "MapleModel", "MapleOutput", "MaplePreTrainedModel", "MapleProcessor", "load_maple"]
+__all__ = [
+    "MapleConfig",
+    "MapleLoadError",
+    "MapleModel",
+    "MapleOutput",
+    "MaplePreTrainedModel",
+    "MapleProcessor",
+    "load_maple",
+]

@@ -49,9 +49,10 @@ def load_maple(
             ...); for a backbone only `dtype` and `attn_implementation`.
 
     Raises:
-        MapleLoadError: its message starts with `name_or_path`. The config cannot be read (missing, offline and not cached, gated, of no known model
-            type), the checkpoint is neither MAPLE's nor one whose backbone is known or given, or a
-            `from_pretrained` argument cannot be passed to a backbone. Raised before any weights load.
+        MapleLoadError: before any weights load, with a message that starts with `name_or_path`: the config cannot
+            be read (missing, offline and not cached, gated, of no known model type), the checkpoint is neither
+            MAPLE's nor one whose backbone is known or given, or a `from_pretrained` argument cannot be passed to
+            a backbone.
     """
     try:
         config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)

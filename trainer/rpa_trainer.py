@@ -142,7 +142,8 @@ class RPATrainer(DPOTrainer):
             model, loaded_processor = load_maple(
                 model, trust_remote_code=args.trust_remote_code, **from_pretrained_kwargs(args.model_init_kwargs)
             )
-            processing_class = processing_class or loaded_processor
+            if processing_class is None:
+                processing_class = loaded_processor
         if processing_class is None:
             raise ValueError("Pass the model's MapleProcessor as `processing_class` (or the model as a path).")
         if not all(hasattr(model, name) for name in LOG_SCALES):
