@@ -28,6 +28,10 @@ class MapleLoadError(ValueError):
     """A checkpoint `load_maple` cannot read, or cannot tell how to embed with."""
 
 
+class BackboneLoadingError(MapleLoadError):
+    """`from_pretrained` arguments that a backbone, wrapped by `MapleModel.from_backbone`, cannot take."""
+
+
 def load_maple(
     name_or_path: str,
     *,
@@ -50,32 +54,67 @@ def load_maple(
 
     Raises:
         MapleLoadError: before any weights load, with a message that starts with `name_or_path`: the config cannot
-            be read (missing, offline and not cached, gated, of no known model type), the checkpoint is neither
-            MAPLE's nor one whose backbone is known or given, or a `from_pretrained` argument cannot be passed to
-            a backbone.
+            be read (missing, offline and not cached, gated, of no known model type), or the checkpoint is neither
+            MAPLE's nor one whose backbone is known or given; `BackboneLoadingError` for a `from_pretrained`
+            argument a backbone cannot take.
     """
+    model = load_maple_model(
+        name_or_path, backbone=backbone, revision=revision, trust_remote_code=trust_remote_code, **from_pretrained_kwargs
+    )
+    return model, load_maple_processor(name_or_path, backbone=backbone, revision=revision, trust_remote_code=trust_remote_code)
+
+
+def load_maple_model(
+    name_or_path: str,
+    *,
+    backbone: str | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    **from_pretrained_kwargs: Any,
+) -> MapleModel:
+    """The embedder of [`load_maple`] alone, for a caller that has its processor (a checkpoint may be saved
+    without one)."""
+    backbone = _backbone(name_or_path, backbone, revision, trust_remote_code)
+    if backbone is None:
+        return AutoModel.from_pretrained(
+            name_or_path, revision=revision, trust_remote_code=trust_remote_code, **from_pretrained_kwargs
+        )
+    unused = sorted(set(from_pretrained_kwargs) - set(BACKBONE_LOADING_KWARGS))
+    if unused:
+        raise BackboneLoadingError(
+            f"{name_or_path}: {', '.join(unused)} cannot be passed when building from a backbone "
+            f"(MapleModel.from_backbone takes only {', '.join(BACKBONE_LOADING_KWARGS)} and revision)"
+        )
+    return MapleModel.from_backbone(name_or_path, backbone=backbone, revision=revision, **from_pretrained_kwargs)
+
+
+def load_maple_processor(
+    name_or_path: str, *, backbone: str | None = None, revision: str | None = None, trust_remote_code: bool = False
+) -> MapleProcessor:
+    """The processor of [`load_maple`] alone."""
+    backbone = _backbone(name_or_path, backbone, revision, trust_remote_code)
+    if backbone is None:
+        return AutoProcessor.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+    return MapleProcessor.from_backbone(name_or_path, backbone=backbone, revision=revision)
+
+
+def _backbone(name_or_path: str, backbone: str | None, revision: str | None, trust_remote_code: bool) -> str | None:
+    """None for a MAPLE checkpoint, else the backbone to wrap it as (given or inferred); `MapleLoadError`s as
+    [`load_maple`] says. Reads the config only."""
     try:
         config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
     except (OSError, ValueError) as error:  # transformers says which: not found, gated, offline, unknown model type
         raise MapleLoadError(f"{name_or_path}: {' '.join(str(error).split())}") from error
     if config.model_type == MapleConfig.model_type:
-        loading = {"revision": revision, "trust_remote_code": trust_remote_code}
-        model = AutoModel.from_pretrained(name_or_path, **loading, **from_pretrained_kwargs)
-        return model, AutoProcessor.from_pretrained(name_or_path, **loading)
+        return None
     backbone = backbone or backbone_of(config.model_type)
     if backbone is None:
         raise MapleLoadError(
             f"{name_or_path}: a {config.model_type!r} checkpoint, not a MAPLE one, and MAPLE cannot tell how to "
-            "embed with it: pass backbone 'mllm' or 'dual_encoder' (`maple train --backbone`)"
+            "embed with it: name its backbone, 'mllm' or 'dual_encoder' (`maple train --backbone`, "
+            "`load_maple(backbone=...)`, `MapleModel.from_backbone`)"
         )
-    unused = sorted(set(from_pretrained_kwargs) - set(BACKBONE_LOADING_KWARGS))
-    if unused:
-        raise MapleLoadError(
-            f"{name_or_path}: {', '.join(unused)} cannot be passed when building from a {config.model_type!r} backbone "
-            f"(MapleModel.from_backbone takes only {', '.join(BACKBONE_LOADING_KWARGS)} and revision)"
-        )
-    model = MapleModel.from_backbone(name_or_path, backbone=backbone, revision=revision, **from_pretrained_kwargs)
-    return model, MapleProcessor.from_backbone(name_or_path, backbone=backbone, revision=revision)
+    return backbone
 
 
-__all__ = ["MapleLoadError", "load_maple"]
+__all__ = ["BackboneLoadingError", "MapleLoadError", "load_maple", "load_maple_model", "load_maple_processor"]

@@ -62,7 +62,21 @@ def test_checkpoints_it_cannot_load_are_refused_before_any_weights_load(tmp_path
     monkeypatch.setattr(MapleModel, "from_backbone", lambda *args, **kwargs: pytest.fail("weights were loaded"))
     with pytest.raises(MapleLoadError, match=r"bert: .*'bert' checkpoint, not a MAPLE one.*'mllm' or 'dual_encoder'"):
         load_maple(str(tmp_path / "bert"))
-    with pytest.raises(MapleLoadError, match=r"clip: device_map cannot be passed when building from a 'clip' backbone"):
+    with pytest.raises(MapleLoadError, match=r"clip: device_map cannot be passed when building from a backbone"):
         load_maple(str(clip_folder), device_map="cpu")
     with pytest.raises(MapleLoadError, match=r"^\S*missing: "):
         load_maple(str(tmp_path / "missing"))
+
+
+def test_the_trainer_loads_only_the_model_when_given_a_processor_and_takes_trust_remote_code_from_either_place(tmp_path):
+    """`RPATrainer(model=path, processing_class=...)` loaded the checkpoint's processor anyway, failing on a folder
+    saved without one; `model_init_kwargs={"trust_remote_code": True}` collided with `args.trust_remote_code`."""
+    from trainer import RPATrainer
+    from trainer.testing import smoke_config, synthetic_preference_dataset
+
+    model, processor = build_tiny("dual_encoder", seed=0)
+    model.save_pretrained(tmp_path / "weights-only")
+    for init_kwargs in (None, {"trust_remote_code": True}):
+        trainer = RPATrainer(str(tmp_path / "weights-only"), processing_class=processor, train_dataset=synthetic_preference_dataset(8),
+                             args=smoke_config(str(tmp_path / "run"), model_init_kwargs=init_kwargs))
+        assert trainer.processing_class is processor

@@ -241,7 +241,7 @@ def model_loading_kwargs(training_args: RPAConfig) -> dict:
     """`from_pretrained` arguments from `--model_init_kwargs` (`rpa_config.from_pretrained_kwargs`); a bad value is a
     one-line error."""
     try:
-        return from_pretrained_kwargs(training_args.model_init_kwargs)
+        return from_pretrained_kwargs(training_args.model_init_kwargs, training_args.trust_remote_code)
     except ValueError as error:
         raise TrainingInputError(f"--model_init_kwargs: {error}") from None
 
@@ -250,6 +250,7 @@ def load_model_and_processor(model_args: ModelArguments, training_args: RPAConfi
     """The MapleModel and MapleProcessor to train: tiny, or `modeling_maple.load_maple` (a MAPLE checkpoint, or one
     built from a backbone) with `model_loading_kwargs(training_args)` and `--trust_remote_code`."""
     from modeling_maple import MapleLoadError, load_maple
+    from modeling_maple.loading import BackboneLoadingError
 
     if model_args.tiny:
         from modeling_maple.testing import build_tiny
@@ -259,9 +260,9 @@ def load_model_and_processor(model_args: ModelArguments, training_args: RPAConfi
         return build_tiny(model_args.tiny)
     name = model_args.model_name_or_path
     try:
-        return load_maple(
-            name, backbone=model_args.backbone, trust_remote_code=training_args.trust_remote_code, **model_loading_kwargs(training_args)
-        )
+        return load_maple(name, backbone=model_args.backbone, **model_loading_kwargs(training_args))
+    except BackboneLoadingError as error:
+        raise TrainingInputError(f"--model_init_kwargs: {error}") from error
     except MapleLoadError as error:
         raise TrainingInputError(f"--model_name_or_path {error}") from error
 

@@ -305,12 +305,13 @@ class RPAConfig(DPOConfig):
             )
 
 
-def from_pretrained_kwargs(model_init_kwargs: dict | None) -> dict:
-    """`from_pretrained` arguments from `RPAConfig.model_init_kwargs`. As in TRL, the weights are float32 unless a
+def from_pretrained_kwargs(model_init_kwargs: dict | None, trust_remote_code: bool = False) -> dict:
+    """`from_pretrained` arguments from `RPAConfig.model_init_kwargs`, with `trust_remote_code` (`RPAConfig`'s) unless
+    they name it. As in TRL, the weights are float32 unless a
     dtype is given ("bfloat16" names one; "auto" keeps the checkpoint's, which transformers 5 would take by default:
     bf16 for a bf16 checkpoint, where updates below its resolution are lost). `torch_dtype`, transformers' former
     name still in many TRL recipes, counts as `dtype`. A string that names no torch dtype is a ValueError."""
-    kwargs = dict(model_init_kwargs or {})
+    kwargs = {"trust_remote_code": trust_remote_code, **(model_init_kwargs or {})}
     if "torch_dtype" in kwargs:
         kwargs["dtype"] = kwargs.pop("torch_dtype")
     kwargs.setdefault("dtype", "float32")
