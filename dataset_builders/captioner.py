@@ -45,29 +45,35 @@ Qwen2-VL / Qwen2.5-VL Instruct ship top_k=1, top_p=0.001 and repetition_penalty=
 (QwenLM/Qwen3-VL#722): greedy decoding whatever the temperature. Passed explicitly, these values
 (each the one `generate` reads as "off") override the checkpoint's."""
 
-# A label "Image N:" (or "Caption N", with "**" bold, a bullet or a list number before it, a parenthesis such as
-# "(anchor)" after it, and ":", ".", "-" or ")"), at the start of a line or after the end of a sentence: models
-# that half-follow the format put both captions on one line or in a list.
+# A label "Image N:" or "Caption N:", bold ("**") or not: at the start of a line (also after a bullet or a list
+# number, with a parenthesis such as "(anchor)" after it, and ":", ".", "-" or ")" after that), or with ":" after
+# the end of a sentence. Models that half follow the format put both captions on one line or in a list.
+_LABEL_NAME = r"(?:\*\*)?(?:image|caption)[ \t]*\d+[ \t]*(?:\([^)\n]*\))?[ \t]*(?:\*\*)?[ \t]*"
 _LABEL = re.compile(
-    r"(?:^|(?<=[.!?;])[ \t]+)[ \t]*(?:[-*\u2022][ \t]*|\d+[.)][ \t]*)?(?:\*\*)?(?:image|caption)[ \t]*\d+[ \t]*"
-    r"(?:\([^)\n]*\))?[ \t]*(?:\*\*)?[ \t]*[:.\-)][ \t]*(?:\*\*)?",
+    rf"^[ \t]*(?:[-*\u2022][ \t]*|\d+[.)][ \t]*)?{_LABEL_NAME}[:.\-)][ \t]*(?:\*\*)?"
+    rf"|(?<=[.!?;])[ \t]+{_LABEL_NAME}:[ \t]*(?:\*\*)?",
     re.I | re.M,
 )
-_NUMBERED_LINE = re.compile(r"^[ \t]*\d+[.)][ \t]+(\S.*?)[ \t]*$", re.M)
+_NUMBERED_LINE = re.compile(r"^[ \t]*\d+[.)][ \t]+(\S.*?)[ \t]*$")
 
 
 def parse_captions(generated: str) -> list[str]:
-    """Captions in one generated answer: the text after every "Image N:" label (up to the next label or a blank
-    line), else the items of a numbered list of two or more, else, when the model ignored the format, the whole
-    answer as one caption. A label with nothing after it gives no caption; neither does an empty answer."""
+    """Captions in one generated answer: after every "Image N:" label, the rest of its line (or, if that is empty,
+    the next non-empty line); else, when every line is an item of a numbered list (or an introduction ending in
+    ":"), the items; else, when the model ignored the format, the whole answer as one caption. Lines outside the
+    labels (comments, notes) are left out. A label with nothing after it gives no caption; neither does an empty
+    answer."""
+    generated = generated.replace("\r\n", "\n").replace("\r", "\n")
     labels = list(_LABEL.finditer(generated))
     if labels:
         ends = [label.start() for label in labels[1:]] + [len(generated)]
-        pieces = [re.split(r"\n[ \t]*\n", generated[label.end() : end].strip())[0] for label, end in zip(labels, ends)]
-    elif len(numbered := _NUMBERED_LINE.findall(generated)) >= 2:
-        pieces = numbered
+        pieces = [next((line for line in generated[label.end() : end].split("\n") if line.strip()), "")
+                  for label, end in zip(labels, ends)]
     else:
-        pieces = [generated]
+        lines = [line for line in generated.split("\n") if line.strip()]
+        numbered = [match.group(1) for line in lines if (match := _NUMBERED_LINE.match(line))]
+        is_list = len(numbered) >= 2 and all(_NUMBERED_LINE.match(line) or line.rstrip().endswith(":") for line in lines)
+        pieces = numbered if is_list else [generated]
     return [caption for caption in (" ".join(piece.split()) for piece in pieces) if caption]
 
 

@@ -9,7 +9,7 @@ import shutil
 import datasets
 import pytest
 
-from dataset_builders.builder import MaplePreferences, WorkDirMismatch
+from dataset_builders.builder import MANIFEST_VERSION, MaplePreferences, WorkDirMismatch
 from dataset_builders.testing import ColourCaptioner, ColourJudge, colour_squares, thumbnail_miner, tiny_judge
 
 SOURCE_FEATURES = datasets.Features(
@@ -105,7 +105,7 @@ def test_a_manifest_of_another_builder_version_or_with_other_fields_is_refused(t
     manifest = json.loads(path.read_text())
     if edit == "older version":
         del manifest["manifest_version"]
-        expected = r"made by another version of the builder \(manifest version 1, this one writes 4\)"
+        expected = rf"made by another version of the builder \(manifest version 1, this one writes {MANIFEST_VERSION}\)"
     elif edit == "field it lacks":
         del manifest["shard_size"]
         expected = r"shard_size: None in the work dir, 4 now"

@@ -32,6 +32,19 @@ def test_parse_captions_splits_answers_that_half_follow_the_format(answer, capti
     assert parse_captions(answer) == captions
 
 
+@pytest.mark.parametrize("answer, captions", [
+    ("Image 1: a red cube\nImage 2: a blue cube on a table.\nThe difference is the colour.", ["a red cube", "a blue cube on a table."]),
+    ("Image 1: a red cube\nNote: the cubes differ.\nImage 2: a blue cube", ["a red cube", "a blue cube"]),
+    ("Image 1: a red cube\r\nImage 2: a blue cube\r\n\r\nThey differ.", ["a red cube", "a blue cube"]),
+    ("a bottle of 1.5 litres; image 2-3 cm caps nearby.", ["a bottle of 1.5 litres; image 2-3 cm caps nearby."]),
+    ("A man holding a sign.\n1. He is tall.\n2. He smiles.", ["A man holding a sign. 1. He is tall. 2. He smiles."]),
+])
+def test_parse_captions_leaves_out_what_is_outside_the_labels(answer, captions):
+    """Comments after or between the labels, and a numbered aside, are not captions; a mid-sentence "image 2-" is
+    not a label."""
+    assert parse_captions(answer) == captions
+
+
 def test_captioner_samples_with_the_papers_settings_and_is_reproducible():
     captioner = tiny_captioner(seed=0, batch_size=4)
     assert isinstance(captioner, CandidateCaptioner)
