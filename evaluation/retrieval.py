@@ -16,6 +16,7 @@ query_chunk * candidate_chunk * 4 bytes (64 MiB at the defaults), whatever the c
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -26,6 +27,9 @@ from .metrics import DEFAULT_KS, RelevantIndices, relevant_index_lists, recall_f
 
 DEFAULT_QUERY_CHUNK = 1024
 DEFAULT_CANDIDATE_CHUNK = 16384
+# Score blocks `chunked_ranks` keeps between its two passes (each as large as the block buffer, 64 MiB at the
+# defaults): enough for the one or two blocks that hold a query block's relevant candidates in COCO-style data.
+KEPT_RELEVANT_BLOCKS = 2
 
 
 def _check_embeddings(queries: torch.Tensor, candidates: torch.Tensor) -> None:
@@ -199,14 +203,21 @@ def chunked_ranks(
         cols = torch.tensor([c for indices in block_relevant for c in indices], device=queries.device)
         # Best relevant score per query, read from the very blocks the count below compares against: a separate
         # GEMM may round a relevant score one ulp away from its duplicate's, breaking an exact tie (in the
-        # model's favour). A second product of the blocks that hold relevant candidates (for COCO one or two).
+        # model's favour). The blocks that hold relevant candidates come first (for COCO one or two); up to
+        # KEPT_RELEVANT_BLOCKS of them are kept for the count, the others computed again.
         best_relevant = query_block.new_full((query_block.shape[0],), float("-inf"))
         relevant_starts = (cols // candidate_chunk * candidate_chunk).unique().tolist()
+        kept: dict[int, torch.Tensor] = {}
         for c_start, block_scores in _score_blocks(query_block, candidates, candidate_chunk, relevant_starts):
             block_rows, block_cols = _relevant_in_block(rows, cols, c_start, block_scores.shape[1])
             best_relevant.scatter_reduce_(0, block_rows, block_scores[block_rows, block_cols], reduce="amax")
+            if len(kept) < KEPT_RELEVANT_BLOCKS:
+                kept[c_start] = block_scores.clone()
         at_least_best = torch.zeros(query_block.shape[0], dtype=torch.long, device=queries.device)
-        for c_start, block_scores in _score_blocks(query_block, candidates, candidate_chunk):
+        other_starts = [start for start in range(0, candidates.shape[0], candidate_chunk) if start not in kept]
+        for c_start, block_scores in itertools.chain(
+            kept.items(), _score_blocks(query_block, candidates, candidate_chunk, other_starts)
+        ):
             # The relevant candidates of this block are counted below, take them back out.
             block_rows, block_cols = _relevant_in_block(rows, cols, c_start, block_scores.shape[1])
             relevant_hits = block_scores[block_rows, block_cols] >= best_relevant[block_rows]

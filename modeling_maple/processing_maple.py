@@ -292,9 +292,8 @@ class MapleProcessor(ProcessorMixin):
                 "need: set `tokenizer.pad_token` (e.g. to its EOS token) first."
             )
         if tokenizer is not None and text_padding == "max_length" and max_text_length is None and self._text_tower_limit() is None:
-            raise ValueError(
-                "text_padding='max_length' needs `max_text_length`: the tokenizer sets no `model_max_length` to pad to."
-            )
+            reason = "an MLLM's texts have no fixed length" if backbone == "mllm" else "the tokenizer sets no `model_max_length`"
+            raise ValueError(f"text_padding='max_length' needs `max_text_length`: {reason} to pad to.")
         if backbone == "mllm":
             image_tokens = (self.image_token, *mllm_image_tokens(mllm_type, tokenizer))
             check_tokens_known(tokenizer, image_tokens, needed_by=f"{mllm_type} image prompts")
