@@ -68,8 +68,6 @@ MANIFEST_FILE = "manifest.json"
 # answers that half follow the format, judge suffixes tokenised after the image token). A work dir of another
 # version is refused: its manifest cannot say whether its checkpoints match this builder's.
 MANIFEST_VERSION = 5
-# Captions per captioner answer (`ContrastiveCaptioner`'s prompt asks for the anchor's and the negative's).
-CAPTIONS_PER_ANSWER = 2
 # Source rows per checkpoint of the input check (which decodes every image), and image embeddings per checkpoint
 # while a rank embeds its slice: the most an interruption can cost.
 INPUT_CHECK_PART_ROWS = 50_000
@@ -342,13 +340,14 @@ def _decode(payload: bytes, row: int) -> PIL.Image.Image:
     return load_image(PIL.Image.open(io.BytesIO(payload)), row)
 
 
-def text_pool(caption: str, groups: list[list[str]], size: int, turn: int = 1) -> list[str]:
+def text_pool(caption: str, groups: list[list[str]], size: int) -> list[str]:
     """The anchor's text candidates: its caption as given, then at most `size - 1` texts of `groups` (each hard
     negative's candidate texts, in order) with whitespace normalised, empty texts and repeats (of the caption too)
     dropped. Repeats are found by the normalised forms, the caption's included: "a  red square" repeats the caption
-    "a red square" (the judge would score the two alike). When the texts do not all fit, the groups take turns of
-    `turn` texts (the captioner's answer: the anchor's caption and the negative's), so that every captioned negative
-    is in the pool and a turn keeps both sides of an answer; the kept texts stay in group order."""
+    "a red square" (the judge would score the two alike). When the texts do not all fit, the groups take turns (the
+    first text of each, then the second, ...), so that every captioned negative is in the pool; the kept texts stay
+    in group order. (Turns of one text: a captioner's answers need not come in pairs, nor survive de-duplication
+    as pairs.)"""
     seen = {" ".join(caption.split())}
     distinct: list[list[str]] = []
     for group in groups:
@@ -360,9 +359,9 @@ def text_pool(caption: str, groups: list[list[str]], size: int, turn: int = 1) -
     kept, budget = [0] * len(distinct), size - 1
     while budget and any(count < len(texts) for count, texts in zip(kept, distinct)):
         for group, texts in enumerate(distinct):
-            taken = min(turn, len(texts) - kept[group], budget)
-            kept[group] += taken
-            budget -= taken
+            if budget and kept[group] < len(texts):
+                kept[group] += 1
+                budget -= 1
     return [caption] + [text for texts, count in zip(distinct, kept) for text in texts[:count]]
 
 
@@ -1011,11 +1010,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             ]
         else:
             generated = [[[source[row][config.caption_column]] for row in rows] for rows in negative_rows]
-        # A generated answer is two captions (the anchor's and the negative's): the pool takes them in pairs.
-        turn = CAPTIONS_PER_ANSWER if config.text_candidates == "generated" else 1
-        candidate_texts = [
-            text_pool(caption, texts, config.max_candidate_texts, turn) for caption, texts in zip(captions, generated)
-        ]
+        candidate_texts = [text_pool(caption, texts, config.max_candidate_texts) for caption, texts in zip(captions, generated)]
 
         img2txt = self.judge.score(anchors, candidate_texts)
         txt2img = self.judge.score_images(captions, candidate_images)

@@ -45,35 +45,52 @@ Qwen2-VL / Qwen2.5-VL Instruct ship top_k=1, top_p=0.001 and repetition_penalty=
 (QwenLM/Qwen3-VL#722): greedy decoding whatever the temperature. Passed explicitly, these values
 (each the one `generate` reads as "off") override the checkpoint's."""
 
-# A label "Image N:" or "Caption N:", bold ("**") or not: at the start of a line (also after a bullet or a list
-# number, with a parenthesis such as "(anchor)" after it, and ":", ".", "-" or ")" after that), or with ":" after
-# the end of a sentence. Models that half follow the format put both captions on one line or in a list.
-_LABEL_NAME = r"(?:\*\*)?(?:image|caption)[ \t]*\d+[ \t]*(?:\([^)\n]*\))?[ \t]*(?:\*\*)?[ \t]*"
+# A label "Image N:" or "Caption N:" ("Caption for Image N:", bold "**", a heading "#", a bullet or a list number
+# before it, a parenthesis such as "(anchor)" after it): at the start of a line with ":", ".", "-" or ")" after it,
+# or with ":" after a sentence, a comma or a "|". Models that half follow the format write such variants.
+_LABEL_NAME = (
+    r"(?:\*\*)?(?:(?:caption|description)[ \t]+(?:for|of)[ \t]+(?:the[ \t]+)?)?(?:image|caption)[ \t]*\d+[ \t]*"
+    r"(?:\([^)\n]*\))?[ \t]*(?:\*\*)?[ \t]*"
+)
 _LABEL = re.compile(
-    rf"^[ \t]*(?:[-*\u2022][ \t]*|\d+[.)][ \t]*)?{_LABEL_NAME}[:.\-)][ \t]*(?:\*\*)?"
-    rf"|(?<=[.!?;])[ \t]+{_LABEL_NAME}:[ \t]*(?:\*\*)?",
+    rf"^[ \t]*(?:#+[ \t]*|[-*\u2022][ \t]*|\d+[.)][ \t]*)?{_LABEL_NAME}[:.\-)][ \t]*(?:\*\*)?"
+    rf"|(?<=[.!?;,|])[ \t]+{_LABEL_NAME}:[ \t]*(?:\*\*)?",
     re.I | re.M,
 )
-_NUMBERED_LINE = re.compile(r"^[ \t]*\d+[.)][ \t]+(\S.*?)[ \t]*$")
+_NUMBERED_LINE = re.compile(r"^[ \t]*(\d+)[.)][ \t]+(\S.*?)[ \t]*$")
+_SECTION_LINE = re.compile(r"^[\w ]{1,24}:")  # "Note: ...", "Difference: ...": not a caption's continuation
+
+
+def _labelled_caption(text: str) -> str:
+    """The caption after a label: the rest of its line (or, if that is empty, the next non-empty line), continued
+    over the following lines while it has not ended a sentence (a caption wrapped over lines), up to a blank line
+    or a "Note:"-style line. What follows a finished caption (a comment) is left out."""
+    parts: list[str] = []
+    for line in (line.strip() for line in text.split("\n")):
+        if not line:
+            if parts:
+                break
+            continue
+        if parts and (parts[-1].endswith((".", "!", "?")) or _SECTION_LINE.match(line)):
+            break
+        parts.append(line)
+    return " ".join(parts).rstrip(",;| ")  # what separated it from the next label on the same line
 
 
 def parse_captions(generated: str) -> list[str]:
-    """Captions in one generated answer: after every "Image N:" label, the rest of its line (or, if that is empty,
-    the next non-empty line); else, when every line is an item of a numbered list (or an introduction ending in
-    ":"), the items; else, when the model ignored the format, the whole answer as one caption. Lines outside the
-    labels (comments, notes) are left out. A label with nothing after it gives no caption; neither does an empty
-    answer."""
+    """Captions in one generated answer: the caption after every "Image N:" label (`_labelled_caption`); else the
+    items of a numbered list 1, 2, ... (other lines, such as an introduction or a closing comment, left out); else,
+    when the model ignored the format, the whole answer as one caption. A label with nothing after it gives no
+    caption; neither does an empty answer."""
     generated = generated.replace("\r\n", "\n").replace("\r", "\n")
     labels = list(_LABEL.finditer(generated))
     if labels:
         ends = [label.start() for label in labels[1:]] + [len(generated)]
-        pieces = [next((line for line in generated[label.end() : end].split("\n") if line.strip()), "")
-                  for label, end in zip(labels, ends)]
+        pieces = [_labelled_caption(generated[label.end() : end]) for label, end in zip(labels, ends)]
     else:
-        lines = [line for line in generated.split("\n") if line.strip()]
-        numbered = [match.group(1) for line in lines if (match := _NUMBERED_LINE.match(line))]
-        is_list = len(numbered) >= 2 and all(_NUMBERED_LINE.match(line) or line.rstrip().endswith(":") for line in lines)
-        pieces = numbered if is_list else [generated]
+        items = [(int(match.group(1)), match.group(2)) for line in generated.split("\n") if (match := _NUMBERED_LINE.match(line))]
+        numbered_list = len(items) >= 2 and [number for number, _ in items] == list(range(1, len(items) + 1))
+        pieces = [item for _, item in items] if numbered_list else [generated]
     return [caption for caption in (" ".join(piece.split()) for piece in pieces) if caption]
 
 

@@ -1,8 +1,9 @@
 """Retrieval over large corpora without materialising the (queries x candidates) score matrix.
 
 Scores are inner products of L2-normalised embeddings (cosine). Both functions walk the score
-matrix in (query_chunk x candidate_chunk) blocks, so peak extra memory is one block,
-query_chunk * candidate_chunk * 4 bytes (64 MiB at the defaults), whatever the corpus size.
+matrix in (query_chunk x candidate_chunk) blocks, so peak extra memory is a few blocks of
+query_chunk * candidate_chunk * 4 bytes (64 MiB at the defaults) whatever the corpus size: the reused block buffer
+(two while a new pass's generator starts), and in `chunked_ranks` up to `KEPT_RELEVANT_BLOCKS` kept blocks.
 
 - `chunked_topk` keeps a running top-k per query: the k best candidates seen so far are merged
   with each block's own top-k. It can skip, block by block, each query's own row and its

@@ -8,7 +8,7 @@ loads with `trust_remote_code=True` where this package is not installed.
 from transformers import AutoConfig, AutoModel, AutoProcessor
 
 from .configuration_maple import MapleConfig
-from .loading import MapleLoadError, load_maple
+from .loading import BackboneLoadingError, MapleLoadError, load_maple, load_maple_model, load_maple_processor
 from .modeling_maple import MapleModel, MapleOutput, MaplePreTrainedModel
 from .processing_maple import MapleProcessor
 
@@ -21,6 +21,7 @@ MapleModel.register_for_auto_class("AutoModel")
 MapleProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
+    "BackboneLoadingError",
     "MapleConfig",
     "MapleLoadError",
     "MapleModel",
@@ -28,4 +29,6 @@ __all__ = [
     "MaplePreTrainedModel",
     "MapleProcessor",
     "load_maple",
+    "load_maple_model",
+    "load_maple_processor",
 ]

@@ -347,18 +347,15 @@ def test_text_pool_compares_the_caption_by_its_normalised_form():
 
 
 def test_text_pool_gives_every_captioned_negative_its_turn():
-    """The pool was filled negative by negative: at the paper's settings (3 samples of 2 captions, a pool of 6) the
-    first negative filled it, and captioning more negatives cost prompts and added nothing. Turns of two keep both
-    captions of an answer: turns of one filled the pool with anchor captions only when negatives were many."""
+    """The pool was filled negative by negative: at 3 samples of 2 captions and a pool of 6 the first captioned
+    negative filled it, and captioning more negatives cost prompts and added nothing."""
     by_negative = [[f"sample {sample} {who} {negative}" for sample in range(3) for who in ("anchor", "negative")]
-                   for negative in "ABCDE"]
-    assert text_pool("the caption", by_negative[:3], size=6, turn=2) == [
+                   for negative in "ABC"]
+    assert text_pool("the caption", by_negative, size=6) == [
         "the caption", "sample 0 anchor A", "sample 0 negative A", "sample 0 anchor B", "sample 0 negative B",
         "sample 0 anchor C"]
-    assert text_pool("the caption", by_negative, size=6, turn=2)[1:] == [
-        "sample 0 anchor A", "sample 0 negative A", "sample 0 anchor B", "sample 0 negative B", "sample 0 anchor C"]
-    assert text_pool("the caption", [["a"], ["b"], ["c"]], size=3) == ["the caption", "a", "b"]
-    assert text_pool("the caption", by_negative[:1], size=6, turn=2) == ["the caption", *by_negative[0][:5]]
+    assert text_pool("the caption", by_negative[:1], size=6) == ["the caption", *by_negative[0][:5]]
+    assert text_pool("the caption", [["a", "b"], ["c"], ["d", "e"]], size=6) == ["the caption", "a", "b", "c", "d", "e"]
     # a repeat keeps its first place and does not spend another negative's turn
     assert text_pool("the caption", [["x", "y"], ["x", "z"]], size=3) == ["the caption", "x", "z"]
 

@@ -20,12 +20,20 @@ def test_parse_captions_reads_labelled_lines_or_falls_back_to_the_whole_answer()
     assert parse_captions(" \n ") == []
 
 
+RED_BLUE = ["a red car", "a blue car"]
+
+
 @pytest.mark.parametrize("answer, captions", [
-    ("Image 1: a red cube. Image 2: a blue cube.", ["a red cube.", "a blue cube."]),
-    ("- Image 1: a red cube\n- Image 2: a blue cube", ["a red cube", "a blue cube"]),
-    ("Image 1 (anchor): a red cube\nImage 2 (negative): a blue cube", ["a red cube", "a blue cube"]),
-    ("1. a red cube\n2. a blue cube", ["a red cube", "a blue cube"]),
-    ("Here are the captions:\nImage 1:\na red cube\nImage 2:\na blue cube\n\nThey differ in colour.", ["a red cube", "a blue cube"]),
+    ("Image 1: a red car. Image 2: a blue car.", ["a red car.", "a blue car."]),
+    ("Image 1: a red car, Image 2: a blue car", RED_BLUE),
+    ("Image 1: a red car | Image 2: a blue car", RED_BLUE),
+    ("- Image 1: a red car\n- Image 2: a blue car", RED_BLUE),
+    ("Image 1 (anchor): a red car\nImage 2 (negative): a blue car", RED_BLUE),
+    ("**Caption for Image 1:**\na red car\n\n**Caption for Image 2:**\na blue car", RED_BLUE),
+    ("### Image 1:\na red car\n### Image 2:\na blue car", RED_BLUE),
+    ("1. a red car\n2. a blue car", RED_BLUE),
+    ("Sure! Here are two captions.\n1. a red car\n2. a blue car\n\nBoth show a street.", RED_BLUE),
+    ("Here are the captions:\nImage 1:\na red car\nImage 2:\na blue car\n\nThey differ in colour.", RED_BLUE),
 ])
 def test_parse_captions_splits_answers_that_half_follow_the_format(answer, captions):
     """Each of these was one candidate describing both images, labels included."""
@@ -37,11 +45,13 @@ def test_parse_captions_splits_answers_that_half_follow_the_format(answer, capti
     ("Image 1: a red cube\nNote: the cubes differ.\nImage 2: a blue cube", ["a red cube", "a blue cube"]),
     ("Image 1: a red cube\r\nImage 2: a blue cube\r\n\r\nThey differ.", ["a red cube", "a blue cube"]),
     ("a bottle of 1.5 litres; image 2-3 cm caps nearby.", ["a bottle of 1.5 litres; image 2-3 cm caps nearby."]),
-    ("A man holding a sign.\n1. He is tall.\n2. He smiles.", ["A man holding a sign. 1. He is tall. 2. He smiles."]),
+    ("Image 1: A red car parked on a quiet street,\nwith trees behind it.\nImage 2: A blue car.",
+     ["A red car parked on a quiet street, with trees behind it.", "A blue car."]),
+    ("**Image 1:**\nA red car\nparked.", ["A red car parked."]),
 ])
-def test_parse_captions_leaves_out_what_is_outside_the_labels(answer, captions):
-    """Comments after or between the labels, and a numbered aside, are not captions; a mid-sentence "image 2-" is
-    not a label."""
+def test_parse_captions_keeps_wrapped_captions_and_leaves_out_comments(answer, captions):
+    """A caption goes on over the next line until it ends a sentence; a comment after a finished caption or on a
+    "Note:" line is not part of it; a mid-sentence "image 2-" is no label."""
     assert parse_captions(answer) == captions
 
 

@@ -233,6 +233,8 @@ def test_model_init_kwargs_reach_the_model_as_in_trl(tmp_path):
         load_model_and_processor(model_args, RPAConfig(output_dir=str(tmp_path / "out"), model_init_kwargs={"dtype": "bf16"}))
     with pytest.raises(TrainingInputError, match="--model_init_kwargs: .*clip: device_map cannot be passed when building from a backbone"):
         load_model_and_processor(model_args, RPAConfig(output_dir=str(tmp_path / "out"), model_init_kwargs={"device_map": "cpu"}))
+    with pytest.raises(TrainingInputError, match="--model_init_kwargs: 'backbone' is not a from_pretrained argument"):
+        load_model_and_processor(model_args, RPAConfig(output_dir=str(tmp_path / "out"), model_init_kwargs={"backbone": "mllm"}))
 
 
 @pytest.mark.parametrize(

@@ -249,8 +249,7 @@ def model_loading_kwargs(training_args: RPAConfig) -> dict:
 def load_model_and_processor(model_args: ModelArguments, training_args: RPAConfig):
     """The MapleModel and MapleProcessor to train: tiny, or `modeling_maple.load_maple` (a MAPLE checkpoint, or one
     built from a backbone) with `model_loading_kwargs(training_args)` and `--trust_remote_code`."""
-    from modeling_maple import MapleLoadError, load_maple
-    from modeling_maple.loading import BackboneLoadingError
+    from modeling_maple import BackboneLoadingError, MapleLoadError, load_maple
 
     if model_args.tiny:
         from modeling_maple.testing import build_tiny

@@ -312,6 +312,9 @@ def from_pretrained_kwargs(model_init_kwargs: dict | None, trust_remote_code: bo
     bf16 for a bf16 checkpoint, where updates below its resolution are lost). `torch_dtype`, transformers' former
     name still in many TRL recipes, counts as `dtype`. A string that names no torch dtype is a ValueError."""
     kwargs = {"trust_remote_code": trust_remote_code, **(model_init_kwargs or {})}
+    if "backbone" in kwargs:  # `load_maple`'s own argument, not one of `from_pretrained`
+        raise ValueError("'backbone' is not a from_pretrained argument: pass `maple train --backbone`, or build the model "
+                         "with MapleModel.from_backbone")
     if "torch_dtype" in kwargs:
         kwargs["dtype"] = kwargs.pop("torch_dtype")
     kwargs.setdefault("dtype", "float32")
