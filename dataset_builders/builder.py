@@ -1175,7 +1175,8 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         inputs, score histograms, source licence, known biases). Other configs already in the repo
         stay loadable and described: their entries in the card's `configs` / `dataset_info` metadata
         are kept, and the card has a section per config, rendered from the stats every push leaves
-        in `stats/<config>/` (stats.json and the score histograms). Returns the repo id."""
+        in `stats/<config>/` (stats.json and the score histograms). Returns the repo id ("namespace/name", also
+        for a bare `repo_id`, which is created under the token's user)."""
         from huggingface_hub import DatasetCard, HfApi, hf_hub_download
         from huggingface_hub.errors import EntryNotFoundError
 
@@ -1183,7 +1184,8 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         from model_cards.cards import HISTOGRAM_FILE
 
         api = HfApi(token=token)
-        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        # The full id: a bare name is created under the token's user, and every call below needs "namespace/name".
+        repo_id = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True).repo_id
         stats_dir = f"stats/{self.config.name}"
         other_configs = [
             json.loads(Path(hf_hub_download(repo_id, path, repo_type="dataset", token=token)).read_text())

@@ -206,21 +206,28 @@ def markdown_table(all_results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def push_results(repo_id: str, results: dict[str, Any]) -> None:
+def push_results(repo_id: str, results: dict[str, Any], dataset_ids: dict[str, str] | None = None) -> None:
     """Write `results` into the model card of Hub repo `repo_id` (eval table, `model-index` and,
-    for quadruple benchmarks, freshly drawn similarity histograms replacing the run's)."""
+    for quadruple benchmarks, freshly drawn similarity histograms replacing the run's); a repo without a card gets
+    one. `dataset_ids`: the Hub id a benchmark was read from where it is not the official one."""
     import tempfile
 
     from huggingface_hub import HfApi, ModelCard
+    from huggingface_hub.errors import EntryNotFoundError
 
     from model_cards import with_eval_results
     from model_cards.cards import GAP_HISTOGRAM_FILE, plot_similarity_histograms
 
+    try:
+        card = ModelCard.load(repo_id)
+    except EntryNotFoundError:  # a repo uploaded without README.md
+        card = ModelCard("")
     with tempfile.TemporaryDirectory() as folder:
         histograms = Path(folder) / GAP_HISTOGRAM_FILE
         has_histograms = plot_similarity_histograms(results, histograms)
         card = with_eval_results(
-            ModelCard.load(repo_id), results, model_name=repo_id, histogram_file=GAP_HISTOGRAM_FILE if has_histograms else None
+            card, results, model_name=repo_id, histogram_file=GAP_HISTOGRAM_FILE if has_histograms else None,
+            dataset_ids=dataset_ids,
         )
         if has_histograms:
             HfApi().upload_file(path_or_fileobj=histograms, path_in_repo=GAP_HISTOGRAM_FILE, repo_id=repo_id)
@@ -248,6 +255,12 @@ def main(argv: list[str] | None = None) -> int:
     model_refs = [args.model, *args.compare]
     if args.push_to_hub and Path(args.model).expanduser().exists():
         parser.error(f"--push-to-hub writes into the card of MODEL's Hub repo, but {args.model} is a local folder: push the checkpoint first and evaluate it by repo id")
+    local_sources = sorted(f"{name}={source}" for name, source in sources.items()
+                           if name in args.benchmarks and Path(source).expanduser().exists())
+    if args.push_to_hub and local_sources:
+        # The card's model-index would label them as the official benchmarks, and a local copy may be a subset.
+        parser.error(f"--push-to-hub publishes results under the benchmarks' Hub datasets, but {', '.join(local_sources)} "
+                     "is a local copy: evaluate from the Hub (the default source, or another Hub id) to push")
 
     import torch
 
@@ -287,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         from huggingface_hub.errors import HfHubHTTPError
 
         try:
-            push_results(args.model, all_results[args.model])
+            push_results(args.model, all_results[args.model], dataset_ids={name: sources[name] for name in sources})
         except HfHubHTTPError as error:
             status = error.response.status_code if error.response is not None else "?"
             print(f"{parser.prog}: error: pushing the results to {args.model} failed (HTTP {status}); they are saved in {args.out}", file=sys.stderr)

@@ -8,7 +8,7 @@ written as PNG files next to the card and linked by relative path, so they trave
 from __future__ import annotations
 
 import math
-import re
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,10 +51,14 @@ def _benchmark_dataset_id(name: str) -> str:
     return spec.hub_id if spec else name
 
 
-def _eval_results(eval_results: Mapping[str, Mapping[str, Any]]) -> list[EvalResult]:
-    """`model-index` entries: every headline metric of every benchmark (and per-category subset)."""
+def _eval_results(
+    eval_results: Mapping[str, Mapping[str, Any]], dataset_ids: Mapping[str, str] | None = None
+) -> list[EvalResult]:
+    """`model-index` entries: every headline metric of every benchmark (and per-category subset). A benchmark's
+    dataset is `dataset_ids[benchmark]` (the Hub id it was read from), by default its official Hub id."""
     results = []
     for benchmark, metrics in eval_results.items():
+        dataset_id = (dataset_ids or {}).get(benchmark) or _benchmark_dataset_id(benchmark)
         subsets = [(None, metrics)] + sorted(metrics.get("per_category", {}).items())
         for subset, values in subsets:
             for key in RETRIEVAL_METRICS + QUADRUPLE_METRICS:
@@ -62,7 +66,7 @@ def _eval_results(eval_results: Mapping[str, Mapping[str, Any]]) -> list[EvalRes
                     results.append(
                         EvalResult(
                             task_type="image-text-retrieval" if key in RETRIEVAL_METRICS else "image-text-matching",
-                            dataset_type=_benchmark_dataset_id(benchmark),
+                            dataset_type=dataset_id,
                             dataset_name=benchmark,
                             dataset_config=subset,
                             dataset_split="test",
@@ -77,7 +81,7 @@ def _eval_results(eval_results: Mapping[str, Mapping[str, Any]]) -> list[EvalRes
             results.append(
                 EvalResult(
                     task_type="image-text-matching",
-                    dataset_type=_benchmark_dataset_id(benchmark),
+                    dataset_type=dataset_id,
                     dataset_name=benchmark,
                     dataset_split="test",
                     metric_type="delta_gap",
@@ -123,14 +127,16 @@ def with_eval_results(
     eval_results: Mapping[str, Mapping[str, Any]],
     model_name: str | None = None,
     histogram_file: str | None = None,
+    dataset_ids: Mapping[str, str] | None = None,
 ) -> ModelCard:
     """`card` with its evaluation section and `model-index` replaced by `eval_results` (used by
     `maple eval --push-to-hub`); a card without a MAPLE evaluation section gets one appended.
     `model-index` needs a model name: the card's own, else `model_name` (e.g. the repo id).
     `histogram_file`: the similarity histograms of `eval_results` beside the card, if drawn
-    (`plot_similarity_histograms`); the new section links them."""
+    (`plot_similarity_histograms`); the new section links them. `dataset_ids`: the Hub id each benchmark was read
+    from where it is not the official one."""
     data = ModelCard(str(card)).data  # a copy: the caller's card stays as it is
-    data.eval_results = _eval_results(eval_results) or None
+    data.eval_results = _eval_results(eval_results, dataset_ids) or None
     data.model_name = data.model_name or model_name or "MAPLE embedder"
     section = render_evaluation_section(eval_results, histogram_file=histogram_file)
     text = card.text
@@ -240,6 +246,29 @@ def _backbone_description(backbone: str, model_config: Mapping[str, Any]) -> str
     return "a two-tower image/text encoder" + (f" ({pooling} pooling)" if pooling else "")
 
 
+# The licence ids the Hub accepts in card metadata (`License` of huggingface.js, packages/hub/src/types/public.ts;
+# https://huggingface.co/docs/hub/repositories-licenses).
+HUB_LICENSES = frozenset({
+    "apache-2.0", "mit", "openrail", "bigscience-openrail-m", "creativeml-openrail-m", "bigscience-bloom-rail-1.0",
+    "bigcode-openrail-m", "afl-3.0", "artistic-2.0", "bsl-1.0", "bsd", "bsd-2-clause", "bsd-3-clause",
+    "bsd-3-clause-clear", "c-uda", "cc", "cc0-1.0", "cc-by-2.0", "cc-by-2.5", "cc-by-3.0", "cc-by-4.0", "cc-by-sa-3.0",
+    "cc-by-sa-4.0", "cc-by-nc-2.0", "cc-by-nc-3.0", "cc-by-nc-4.0", "cc-by-nd-4.0", "cc-by-nc-nd-3.0",
+    "cc-by-nc-nd-4.0", "cc-by-nc-sa-2.0", "cc-by-nc-sa-3.0", "cc-by-nc-sa-4.0", "cdla-sharing-1.0",
+    "cdla-permissive-1.0", "cdla-permissive-2.0", "wtfpl", "ecl-2.0", "epl-1.0", "epl-2.0", "etalab-2.0", "eupl-1.1",
+    "agpl-3.0", "gfdl", "gpl", "gpl-2.0", "gpl-3.0", "lgpl", "lgpl-2.1", "lgpl-3.0", "isc", "lppl-1.3c", "ms-pl",
+    "mpl-2.0", "odc-by", "odbl", "openrail++", "osl-3.0", "postgresql", "ofl-1.1", "ncsa", "unlicense", "zlib", "pddl",
+    "lgpl-lr", "deepfloyd-if-license", "llama2", "llama3", "llama3.1", "llama3.2", "llama3.3", "gemma", "apple-ascl",
+    "apple-amlr", "unknown", "other",
+})
+
+
+def hub_reference(reference: str | None) -> str | None:
+    """`reference` if it names a Hub repo ('name' or 'namespace/name') and no local path, else None."""
+    from evaluation.models import is_hub_id
+
+    return reference if reference and not os.path.exists(reference) and is_hub_id(reference) else None
+
+
 def model_card_from_run(
     output_dir: str | Path,
     base_model: str | None,
@@ -274,10 +303,13 @@ def model_card_from_run(
     output_dir.mkdir(parents=True, exist_ok=True)
     model_name = repo_id or output_dir.name
     config = _as_dict(training_config)
+    # Only Hub ids go into the metadata (the Hub refuses a card whose base_model or datasets name a local path)
+    # and get links; a local folder is named as text.
+    base_model_id, dataset_hub_id = hub_reference(base_model), hub_reference(dataset_id)
     card_data = ModelCardData(
         model_name=model_name,
-        base_model=base_model,
-        datasets=[dataset_id] if dataset_id else None,
+        base_model=base_model_id,
+        datasets=[dataset_hub_id] if dataset_hub_id else None,
         library_name="transformers",
         pipeline_tag="feature-extraction",
         tags=PAPER_TAGS + [backbone] + (["lora", "peft"] if lora else []),
@@ -291,10 +323,12 @@ def model_card_from_run(
         model_name=model_name,
         repo_id=repo_id,
         base_model=base_model,
+        base_model_is_hub_id=base_model_id is not None,
         backbone=backbone,
         backbone_description=_backbone_description(backbone, _as_dict(model_config)),
         finetuning=_finetuning_description(lora),
         dataset_id=dataset_id,
+        dataset_is_hub_id=dataset_hub_id is not None,
         judge_id=judge_id,
         hyperparameters=_card_hyperparameters(config),
         curves_file=CURVES_FILE if has_curves else None,
@@ -363,8 +397,8 @@ def dataset_card_from_stats(
     licenses = {config.get("source_license") for config in configs}
     source_license = licenses.pop() if len(licenses) == 1 else None
     card_data = DatasetCardData(
-        # The Hub checks `license` against its ids (apache-2.0, cc-by-4.0, ...); free text is for the card's table.
-        license=source_license if source_license and re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", source_license) else "other",
+        # The Hub refuses a `license` that is not one of its ids; free text is for the card's table.
+        license=source_license if source_license in HUB_LICENSES else "other",
         pretty_name=stats.get("pretty_name") or (repo_id or "MAPLE preference dataset"),
         task_categories=["feature-extraction"],
         tags=PAPER_TAGS + ["preference", "mllm-judge"],

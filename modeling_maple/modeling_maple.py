@@ -395,15 +395,20 @@ class MapleModel(MaplePreTrainedModel):
         loading = {"dtype": dtype, "attn_implementation": attn_implementation}
         if backbone == "mllm":
             mllm = AutoModel.from_pretrained(name_or_path, revision=revision, **loading)
-            return cls._wrap("mllm", config_overrides, mllm_config=mllm)
-        if backbone != "dual_encoder":
+            model = cls._wrap("mllm", config_overrides, mllm_config=mllm)
+        elif backbone != "dual_encoder":
             raise ValueError(f"Unknown backbone {backbone!r}: expected 'mllm' or 'dual_encoder'.")
-        if text_backbone is not None:
+        elif text_backbone is not None:
             vision_tower = AutoModel.from_pretrained(name_or_path, revision=revision, **loading)
             text_tower = AutoModel.from_pretrained(text_backbone, **loading)
             config_overrides.setdefault("projection_dim", _hidden_size(text_tower.config))
-            return cls._wrap("dual_encoder", config_overrides, vision_config=vision_tower, text_config=text_tower)
-        return cls._from_two_tower(name_or_path, {**loading, "revision": revision}, **config_overrides)
+            model = cls._wrap("dual_encoder", config_overrides, vision_config=vision_tower, text_config=text_tower)
+        else:
+            model = cls._from_two_tower(name_or_path, {**loading, "revision": revision}, **config_overrides)
+        # What the model was built from, as `from_pretrained` records a checkpoint's: model cards name it as the base
+        # model (not saved in config.json).
+        model.config._name_or_path = name_or_path
+        return model
 
     @classmethod
     def _wrap(cls, backbone: str, config_overrides: dict[str, Any], **backbones: PreTrainedModel) -> "MapleModel":

@@ -127,3 +127,29 @@ def test_a_second_config_pushed_to_the_repo_keeps_the_first_loadable_and_describ
     assert "(stats/corpus-captions/score_histograms.png)" in sections[0] and "(stats/paper/score_histograms.png)" in sections[1]
     files = set(hub_server.files(REPO + "-two", repo_type="dataset"))
     assert {f"stats/{name}/score_histograms.png" for name in ("corpus-captions", "paper")} <= files
+
+
+PUSH_UNDER_A_BARE_NAME = """
+import datasets
+from dataset_builders import MaplePreferences
+from dataset_builders.testing import ColourCaptioner, ColourJudge, colour_squares, thumbnail_miner
+
+features = datasets.Features({"id": datasets.Value("string"), "image": datasets.Image(), "caption": datasets.Value("string")})
+builder = MaplePreferences(
+    config_name="corpus-captions", source_dataset=datasets.Dataset.from_dict(colour_squares(6), features=features),
+    judge=ColourJudge(), miner=thumbnail_miner(), cache_dir="cache", work_dir="work", shard_size=4, semdedup_clusters=None,
+    progress=False,
+)
+builder.download_and_prepare()
+print(builder.push_to_hub("bare-prefs"))
+"""
+
+
+def test_a_bare_repo_name_is_pushed_under_the_users_namespace(hub_server, tmp_path):
+    """`create_repo("bare-prefs")` makes `<user>/bare-prefs`; every later call used the bare name and failed (404)."""
+    from hub_server import USER
+
+    assert run_client(hub_server, tmp_path, PUSH_UNDER_A_BARE_NAME).strip().splitlines()[-1] == f"{USER}/bare-prefs"
+    files = hub_server.files(f"{USER}/bare-prefs", repo_type="dataset")
+    assert "README.md" in files and any(path.endswith(".parquet") for path in files)
+    assert f'load_dataset("{USER}/bare-prefs"' in files["README.md"].decode()

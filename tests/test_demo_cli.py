@@ -177,22 +177,28 @@ def test_bad_options_fail_before_any_work(tmp_path, capsys, arguments, message):
     assert not out.exists()
 
 
-def test_outputs_push_to_a_hub(demo_out, hub_server, tmp_path):
-    run_client(
-        hub_server,
-        tmp_path,
-        f"""
-        from pathlib import Path
-        from maple.demo.pipeline import push_outputs
-        push_outputs(Path({str(demo_out)!r}), "maple-org/demo")
-        """,
-    )
-    assert {"model.safetensors", "modeling_maple.py", "README.md", "tokenizer.json"} <= set(hub_server.files("maple-org/demo"))
-    dataset_files = hub_server.files("maple-org/demo-preferences", repo_type="dataset")
+def test_outputs_push_to_a_hub_under_a_bare_repo_name(demo_out, hub_server, tmp_path):
+    """A bare name (no "namespace/") is created under the token's user; the pushes then used the bare name and
+    failed with 404 after creating an empty repo, and the cards named the bare name."""
+    import shutil
+
+    from hub_server import USER
+
+    out = tmp_path / "out"
+    shutil.copytree(demo_out, out)  # finished: only the card and push stages run again
+    run_client(hub_server, tmp_path, f"""
+        from maple.demo.cli import main
+        assert main(["--out", {str(out)!r}, *{QUICK!r}, "--push-to-hub", "demo"]) == 0
+        """)
+    model_files = hub_server.files(f"{USER}/demo")
+    assert {"model.safetensors", "modeling_maple.py", "README.md", "tokenizer.json"} <= set(model_files)
+    assert f'AutoModel.from_pretrained("{USER}/demo", trust_remote_code=True)' in model_files["README.md"].decode()
+    dataset_files = hub_server.files(f"{USER}/demo-preferences", repo_type="dataset")
     assert "README.md" in dataset_files and any(path.endswith(".parquet") for path in dataset_files)
     card = dataset_files["README.md"].decode()
     assert "score_histograms.png" in card and "score_histograms.png" in dataset_files  # the card's plot is there
     assert "license: apache-2.0" in card and "configs:" in card  # a Hub licence id; the push's metadata kept
+    assert f'load_dataset("{USER}/demo-preferences"' in card
 
 
 def test_judge_option_loads_a_real_mllm_judge(tmp_path):

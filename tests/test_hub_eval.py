@@ -14,6 +14,7 @@ from model_cards import model_card_from_run
 from modeling_maple.testing import build_tiny
 
 repo = os.environ["MAPLE_TEST_REPO"]
+BIVLC_COPY = "maple-org/bivlc-copy"
 model, processor = build_tiny("dual_encoder", seed=0)
 model.push_to_hub(repo)
 processor.push_to_hub(repo)
@@ -21,7 +22,10 @@ first = {"winoground": {"text_score": 10.0, "image_score": 5.0, "group_score": 2
                         "modality_gap": {"w_dist": 0.3, "w_disc": 0.1, "delta_gap": 3.0}}}
 model_card_from_run("card", base_model=None, backbone="dual_encoder", training_config={}, log_history=[],
                     eval_results=first, repo_id=repo).push_to_hub(repo)
-argv = [repo, "--benchmarks", "bivlc", "--source", "bivlc=" + os.environ["MAPLE_TEST_BIVLC"], "--out", "eval_out"]
+# Results pushed to a card must come from the Hub: the benchmark is read from a copy there.
+import datasets
+datasets.load_dataset("parquet", data_files=os.environ["MAPLE_TEST_BIVLC"], split="train").push_to_hub(BIVLC_COPY, split="test")
+argv = [repo, "--benchmarks", "bivlc", "--source", "bivlc=" + BIVLC_COPY, "--out", "eval_out"]
 assert main(argv + ["--push-to-hub"]) == 0
 print("-- rerun after the push --")
 assert main(argv) == 0  # the push made a new commit: the weights may have changed, so bivlc is recomputed ...
@@ -40,6 +44,42 @@ def test_maple_eval_loads_by_repo_id_and_pushes_results_into_the_card(hub_server
     assert f"| bivlc | swap | {results['per_category']['swap']['text_score']:.1f} |" in card
     assert "| winoground |" not in card and "## Usage" in card  # the evaluation section was replaced, the rest kept
     assert "name: bivlc" in card and "config: replace" in card and "name: winoground" not in card  # model-index
+    assert "type: maple-org/bivlc-copy" in card  # the dataset the results come from, not the official BiVLC
     # the histograms of the new results replace the run's, linked from the new section
     assert hub_server.files(REPO)["similarity_histograms.png"].startswith(b"\x89PNG")
     assert card.count("![Similarity histograms](similarity_histograms.png)") == 1
+
+
+PUSH_WITHOUT_A_CARD = """
+import os, sys
+from huggingface_hub import HfApi
+from evaluation.cli import main
+from modeling_maple.testing import build_tiny
+
+repo = "maple-org/no-card"
+model, processor = build_tiny("dual_encoder", seed=0)
+model.save_pretrained("ckpt")
+processor.save_pretrained("ckpt")
+HfApi().create_repo(repo)
+HfApi().upload_folder(repo_id=repo, folder_path="ckpt")  # no README.md
+import contextlib, io
+stderr = io.StringIO()
+with contextlib.redirect_stderr(stderr):
+    try:
+        main([repo, "--benchmarks", "bivlc", "--source", "bivlc=" + os.environ["MAPLE_TEST_BIVLC"], "--push-to-hub"])
+    except SystemExit as exit:
+        assert exit.code == 2
+print(stderr.getvalue())
+import datasets
+datasets.load_dataset("parquet", data_files=os.environ["MAPLE_TEST_BIVLC"], split="train").push_to_hub("maple-org/bivlc-copy", split="test")
+assert main([repo, "--benchmarks", "bivlc", "--source", "bivlc=maple-org/bivlc-copy", "--out", "eval_out", "--push-to-hub"]) == 0
+"""
+
+
+def test_push_refuses_local_benchmark_copies_and_writes_a_card_where_there_is_none(hub_server, benchmark_sources, tmp_path):
+    """A local copy (maybe a subset) was published under the official benchmark's id; a repo without README.md failed
+    the push with HTTP 404."""
+    output = run_client(hub_server, tmp_path, PUSH_WITHOUT_A_CARD, MAPLE_TEST_BIVLC=str(benchmark_sources["bivlc"]))
+    assert "--push-to-hub publishes results under the benchmarks' Hub datasets, but bivlc=" in output
+    card = hub_server.files("maple-org/no-card")["README.md"].decode()
+    assert "name: bivlc" in card and "type: maple-org/bivlc-copy" in card and "| bivlc |" in card

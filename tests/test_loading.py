@@ -39,6 +39,7 @@ def test_a_maple_checkpoint_and_a_backbone_load_as_maple_embedders(tmp_path, cli
     wrapped, wrapped_processor = load_maple(str(clip_folder), dtype=torch.bfloat16)
     assert isinstance(wrapped, MapleModel) and isinstance(wrapped_processor, MapleProcessor)
     assert wrapped.config.backbone == "dual_encoder" and wrapped.vision_tower.dtype == torch.bfloat16
+    assert wrapped.config._name_or_path == str(clip_folder)  # what model cards name as the base model
 
 
 def test_the_trainer_and_the_evaluation_build_the_same_embedder_from_a_backbone(tmp_path, clip_folder):

@@ -67,6 +67,27 @@ def test_model_card_from_a_tiny_run(tiny_run):
     assert "![Similarity histograms](similarity_histograms.png)" in text
 
 
+def test_local_references_are_named_as_text_not_as_hub_metadata(tmp_path, monkeypatch):
+    """`maple train --model_name_or_path ./ckpt --dataset_name ./prefs` wrote both paths as `base_model` and
+    `datasets`, which the Hub refuses on push (and linked https://huggingface.co/./prefs)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ckpt").mkdir()
+    card = model_card_from_run(tmp_path / "out", base_model="./ckpt", backbone="mllm", training_config={}, log_history=[],
+                               eval_results={}, dataset_id="./prefs")
+    metadata = yaml.safe_load(str(card).split("---")[1])
+    assert "base_model" not in metadata and "datasets" not in metadata
+    assert "| Base model | `./ckpt` (a local folder) |" in card.text and "| Preference data | `./prefs` (a local folder) |" in card.text
+    assert "huggingface.co/./" not in card.text
+
+
+@pytest.mark.parametrize("licence, metadata", [("cc-by-nc-sa-4.0", "cc-by-nc-sa-4.0"), ("cc-by-nc-sa", "other"),
+                                               ("research-only", "other"), ("gpl-3.0-or-later", "other")])
+def test_dataset_card_licence_metadata_is_a_hub_licence_id(tmp_path, licence, metadata):
+    """Any lower-case slug passed before; the Hub refuses ids not on its list, failing the push after the build."""
+    card = dataset_card_from_stats({**STATS, "source_license": licence}, repo_id="maple-org/prefs", output_dir=tmp_path)
+    assert DatasetCard(str(card)).data.license == metadata and f"| Licence of the source data | {licence} |" in card.text
+
+
 def test_model_card_without_eval_or_logs(tmp_path):
     card = model_card_from_run(tmp_path, base_model=None, backbone="mllm", training_config={}, log_history=[], eval_results={})
     assert ModelCard(str(card)).data.eval_results is None

@@ -468,9 +468,11 @@ def run_demo(config: DemoConfig) -> DemoResult:
 
     summary = timer.run("report", lambda: _report(config, results, timer.all_seconds))
     maple_dir = out / "maple-model"
-    timer.run("checkpoint and card", lambda: _publish_checkpoint(config, results["maple"][0], maple_dir))
-    if config.push_to_hub:
-        timer.run("push to hub", lambda: push_outputs(out, config.push_to_hub))
+    # The cards name the repos by their full ids: a bare name is created under the token's user.
+    repo_id = _create_model_repo(config.push_to_hub) if config.push_to_hub else None
+    timer.run("checkpoint and card", lambda: _publish_checkpoint(config, results["maple"][0], maple_dir, repo_id))
+    if repo_id:
+        timer.run("push to hub", lambda: push_outputs(out, repo_id))
     return DemoResult(summary=summary, seconds=timer.all_seconds, out=out)
 
 
@@ -681,8 +683,16 @@ def _report(config: DemoConfig, results: dict[str, list[dict[str, Any]]], second
     return summary
 
 
-def _publish_checkpoint(config: DemoConfig, maple_result: dict[str, Any], maple_dir: Path) -> None:
-    """The first seed's MAPLE model with its processor and a model card filled from its run."""
+def _create_model_repo(name: str) -> str:
+    """The full id ("namespace/name") of the model repo `name`, created if missing."""
+    from huggingface_hub import HfApi
+
+    return HfApi().create_repo(name, exist_ok=True).repo_id
+
+
+def _publish_checkpoint(config: DemoConfig, maple_result: dict[str, Any], maple_dir: Path, repo_id: str | None) -> None:
+    """The first seed's MAPLE model with its processor and a model card filled from its run (for `repo_id`, the
+    repo it is pushed to, if any)."""
     from model_cards import model_card_from_run
 
     source = _run_dir(config.out, "maple", config.seeds[0]) / "model"
@@ -701,19 +711,20 @@ def _publish_checkpoint(config: DemoConfig, maple_result: dict[str, Any], maple_
         training_config=maple_result["training_args"],
         log_history=maple_result["log_history"],
         eval_results=eval_results,
-        dataset_id=f"{config.push_to_hub}-preferences" if config.push_to_hub else None,
+        dataset_id=f"{repo_id}-preferences" if repo_id else None,
         judge_id=config.judge or "scene-graph judge (a stand-in for an MLLM judge; see docs/demo.md)",
-        repo_id=config.push_to_hub,
+        repo_id=repo_id,
         model_config=json.loads((maple_dir / "config.json").read_text()),
     )
     card.save(str(maple_dir / "README.md"))
 
 
 def push_outputs(out: Path, repo_id: str) -> None:
-    """Push a finished demo's MAPLE model (checkpoint, processor, card) to `repo_id` and its
-    preference dataset with its card to `{repo_id}-preferences`."""
+    """Push a finished demo's MAPLE model (checkpoint, processor, card) to `repo_id` ("namespace/name") and its
+    preference dataset with its card, rendered for that repo, to `{repo_id}-preferences`."""
     from huggingface_hub import HfApi
 
+    from model_cards import dataset_card_from_stats
     from model_cards.cards import HISTOGRAM_FILE
 
     api = HfApi()
@@ -721,6 +732,8 @@ def push_outputs(out: Path, repo_id: str) -> None:
     api.upload_folder(repo_id=repo_id, folder_path=str(out / "maple-model"))
     dataset_repo = f"{repo_id}-preferences"
     api.create_repo(dataset_repo, repo_type="dataset", exist_ok=True)
+    stats = json.loads((out / "preferences" / "work" / "stats.json").read_text())
+    dataset_card_from_stats(stats, repo_id=dataset_repo, output_dir=out / "preferences").save(str(out / "preferences" / "README.md"))
     # The card and the histogram it links first: the dataset push then adds its `configs` metadata to the card.
     for name in ("README.md", HISTOGRAM_FILE):
         api.upload_file(repo_id=dataset_repo, repo_type="dataset", path_or_fileobj=str(out / "preferences" / name), path_in_repo=name)
