@@ -305,18 +305,18 @@ def test_cli_reports_a_refused_push_in_one_line_and_keeps_the_results(tiny, benc
     out, source = tmp_path / "eval", f"coco={benchmark_sources['coco']}"
     assert main([str(first), "--benchmarks", "coco", "--source", source, "--out", str(out)]) == 0
     record = json.loads((out / _model_folder_name(str(first)) / "coco.json").read_text())
-    hub_model = "maple-org/not-yours"
-    record["run"] |= {"model": hub_model, "model_state": {"commit": "0" * 40}}
+    hub_model, hub_source = "maple-org/not-yours", "maple-org/coco-copy"  # pushed results come from the Hub
+    record["run"] |= {"model": hub_model, "model_state": {"commit": "0" * 40}, "source": hub_source, "source_files": None}
     (out / _model_folder_name(hub_model)).mkdir()
     (out / _model_folder_name(hub_model) / "coco.json").write_text(json.dumps(record))
 
-    def refuse(repo_id, results):
+    def refuse(repo_id, results, dataset_ids):
         response = httpx.Response(403, request=httpx.Request("POST", f"https://hub/{repo_id}"))
         raise HfHubHTTPError("403 Forbidden", response=response)
 
     monkeypatch.setattr("evaluation.cli.push_results", refuse)
     capsys.readouterr()
-    assert main([hub_model, "--benchmarks", "coco", "--source", source, "--out", str(out), "--push-to-hub"]) == 1
+    assert main([hub_model, "--benchmarks", "coco", "--source", f"coco={hub_source}", "--out", str(out), "--push-to-hub"]) == 1
     assert capsys.readouterr().err == f"maple eval: error: pushing the results to {hub_model} failed (HTTP 403); they are saved in {out}\n"
     assert hub_model in json.loads((out / "results.json").read_text())
 
