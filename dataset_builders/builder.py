@@ -1178,7 +1178,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         in `stats/<config>/` (stats.json and the score histograms). Returns the repo id ("namespace/name", also
         for a bare `repo_id`, which is created under the token's user)."""
         from huggingface_hub import DatasetCard, HfApi, hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError
+        from huggingface_hub.errors import RemoteEntryNotFoundError
 
         from model_cards import dataset_card_from_stats
         from model_cards.cards import HISTOGRAM_FILE
@@ -1206,7 +1206,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         _atomic_write_bytes(staging / stats_dir / "stats.json", json.dumps(published_stats, indent=2).encode())
         try:
             published = DatasetCard.load(repo_id, repo_type="dataset", token=token).data.to_dict()
-        except EntryNotFoundError:  # a new repo has no card yet
+        except RemoteEntryNotFoundError:  # a new repo has no card yet (not: the Hub cannot be reached)
             published = {}
         for key in ("configs", "dataset_info"):  # other configs' entries; the dataset push updates this config's
             if key in published:

@@ -143,7 +143,15 @@ def _read_table(source: str, spec: BenchmarkSpec) -> tuple[Any, RowLocator]:
         offsets = tuple(itertools.accumulate(row_counts[:-1], initial=0))
         locate = RowLocator(source, tuple(str(file) for file in files), offsets)
     else:
-        table = datasets.load_dataset(source, split=spec.split)
+        try:
+            table = datasets.load_dataset(source, split=spec.split)
+        except ValueError as error:
+            if "Unknown split" not in str(error):  # datasets' message for a split the dataset lacks
+                raise
+            raise BenchmarkFormatError(
+                f"{source}: benchmark {spec.name!r} is read from the {spec.split!r} split, which this dataset lacks "
+                f"({error}); push a copy with push_to_hub(..., split={spec.split!r})"
+            ) from error
         locate = RowLocator(source)
     required = [*spec.columns, *([spec.category_column] if spec.category_column else [])]
     missing = [column for column in required if column not in table.column_names]

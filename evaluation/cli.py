@@ -213,14 +213,16 @@ def push_results(repo_id: str, results: dict[str, Any], dataset_ids: dict[str, s
     import tempfile
 
     from huggingface_hub import HfApi, ModelCard
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import RemoteEntryNotFoundError
 
     from model_cards import with_eval_results
     from model_cards.cards import GAP_HISTOGRAM_FILE, plot_similarity_histograms
 
     try:
         card = ModelCard.load(repo_id)
-    except EntryNotFoundError:  # a repo uploaded without README.md
+    # Only a README.md the repo lacks: a Hub that cannot be reached (LocalEntryNotFoundError, also an
+    # EntryNotFoundError) must not make this push replace the card with a bare one.
+    except RemoteEntryNotFoundError:
         card = ModelCard("")
     with tempfile.TemporaryDirectory() as folder:
         histograms = Path(folder) / GAP_HISTOGRAM_FILE

@@ -71,6 +71,11 @@ with contextlib.redirect_stderr(stderr):
         assert exit.code == 2
 print(stderr.getvalue())
 import datasets
+datasets.load_dataset("parquet", data_files=os.environ["MAPLE_TEST_BIVLC"], split="train").push_to_hub("maple-org/bivlc-train")
+stderr = io.StringIO()
+with contextlib.redirect_stderr(stderr):  # a copy pushed with the default split, "train"
+    assert main([repo, "--benchmarks", "bivlc", "--source", "bivlc=maple-org/bivlc-train", "--out", "eval_train"]) == 2
+print(stderr.getvalue())
 datasets.load_dataset("parquet", data_files=os.environ["MAPLE_TEST_BIVLC"], split="train").push_to_hub("maple-org/bivlc-copy", split="test")
 assert main([repo, "--benchmarks", "bivlc", "--source", "bivlc=maple-org/bivlc-copy", "--out", "eval_out", "--push-to-hub"]) == 0
 """
@@ -81,5 +86,30 @@ def test_push_refuses_local_benchmark_copies_and_writes_a_card_where_there_is_no
     the push with HTTP 404."""
     output = run_client(hub_server, tmp_path, PUSH_WITHOUT_A_CARD, MAPLE_TEST_BIVLC=str(benchmark_sources["bivlc"]))
     assert "--push-to-hub publishes results under the benchmarks' Hub datasets, but bivlc=" in output
+    assert "maple-org/bivlc-train: benchmark 'bivlc' is read from the 'test' split, which this dataset lacks" in output
     card = hub_server.files("maple-org/no-card")["README.md"].decode()
     assert "name: bivlc" in card and "type: maple-org/bivlc-copy" in card and "| bivlc |" in card
+
+
+PUSH_WHILE_THE_HUB_FAILS = """
+from evaluation.cli import push_results
+
+try:
+    push_results("maple-org/keep-card", {"bivlc": {"text_score": 50.0, "image_score": 25.0, "group_score": 25.0}})
+except Exception as error:
+    print("push failed:", type(error).__name__)
+"""
+
+
+def test_a_hub_that_fails_to_serve_the_card_does_not_get_a_bare_one_pushed(hub_server, tmp_path):
+    """A 5xx on README.md (LocalEntryNotFoundError, an EntryNotFoundError) was taken for a repo without a card, and
+    the push replaced the card, licence and text included, with the evaluation section alone."""
+    run_client(hub_server, tmp_path, """
+        from huggingface_hub import HfApi, ModelCard, ModelCardData
+        HfApi().create_repo("maple-org/keep-card")
+        ModelCard.from_template(ModelCardData(license="mit"), template_str="---\\n{{ card_data }}\\n---\\n## Usage\\nkeep me\\n").push_to_hub("maple-org/keep-card")
+        """)
+    hub_server.fail_next("maple-org/keep-card", 500, times=9)  # the card read gives up; the push after it would not
+    assert "push failed: LocalEntryNotFoundError" in run_client(hub_server, tmp_path, PUSH_WHILE_THE_HUB_FAILS)
+    card = hub_server.files("maple-org/keep-card")["README.md"].decode()
+    assert "license: mit" in card and "keep me" in card

@@ -468,11 +468,9 @@ def run_demo(config: DemoConfig) -> DemoResult:
 
     summary = timer.run("report", lambda: _report(config, results, timer.all_seconds))
     maple_dir = out / "maple-model"
-    # The cards name the repos by their full ids: a bare name is created under the token's user.
-    repo_id = _create_model_repo(config.push_to_hub) if config.push_to_hub else None
-    timer.run("checkpoint and card", lambda: _publish_checkpoint(config, results["maple"][0], maple_dir, repo_id))
-    if repo_id:
-        timer.run("push to hub", lambda: push_outputs(out, repo_id))
+    timer.run("checkpoint and card", lambda: _publish_checkpoint(config, results["maple"][0], maple_dir))
+    if config.push_to_hub:
+        timer.run("push to hub", lambda: _push(config, results["maple"][0], maple_dir))
     return DemoResult(summary=summary, seconds=timer.all_seconds, out=out)
 
 
@@ -683,20 +681,17 @@ def _report(config: DemoConfig, results: dict[str, list[dict[str, Any]]], second
     return summary
 
 
-def _create_model_repo(name: str) -> str:
-    """The full id ("namespace/name") of the model repo `name`, created if missing."""
-    from huggingface_hub import HfApi
-
-    return HfApi().create_repo(name, exist_ok=True).repo_id
-
-
-def _publish_checkpoint(config: DemoConfig, maple_result: dict[str, Any], maple_dir: Path, repo_id: str | None) -> None:
-    """The first seed's MAPLE model with its processor and a model card filled from its run (for `repo_id`, the
-    repo it is pushed to, if any)."""
-    from model_cards import model_card_from_run
-
+def _publish_checkpoint(config: DemoConfig, maple_result: dict[str, Any], maple_dir: Path) -> None:
+    """The first seed's MAPLE model with its processor and a model card filled from its run."""
     source = _run_dir(config.out, "maple", config.seeds[0]) / "model"
     shutil.copytree(source, maple_dir, dirs_exist_ok=True)
+    _write_model_card(config, maple_result, maple_dir, repo_id=None)
+
+
+def _write_model_card(config: DemoConfig, maple_result: dict[str, Any], maple_dir: Path, repo_id: str | None) -> None:
+    """The MAPLE model's card, for `repo_id` (the repo it is pushed to), if any."""
+    from model_cards import model_card_from_run
+
     eval_results = {
         "maple-demo-retrieval": {key: maple_result[key] for key in maple_result if key.startswith(("i2t_", "t2i_"))},
         "maple-demo-quadruples": {
@@ -719,6 +714,16 @@ def _publish_checkpoint(config: DemoConfig, maple_result: dict[str, Any], maple_
     card.save(str(maple_dir / "README.md"))
 
 
+def _push(config: DemoConfig, maple_result: dict[str, Any], maple_dir: Path) -> None:
+    """Push the outputs to `config.push_to_hub`, whose cards name the repos by their full ids (a bare name is created
+    under the token's user). The local checkpoint and card are written before, so a failed push loses nothing."""
+    from huggingface_hub import HfApi
+
+    repo_id = HfApi().create_repo(config.push_to_hub, exist_ok=True).repo_id
+    _write_model_card(config, maple_result, maple_dir, repo_id)
+    push_outputs(config.out, repo_id)
+
+
 def push_outputs(out: Path, repo_id: str) -> None:
     """Push a finished demo's MAPLE model (checkpoint, processor, card) to `repo_id` ("namespace/name") and its
     preference dataset with its card, rendered for that repo, to `{repo_id}-preferences`."""
@@ -727,13 +732,16 @@ def push_outputs(out: Path, repo_id: str) -> None:
     from model_cards import dataset_card_from_stats
     from model_cards.cards import HISTOGRAM_FILE
 
+    dataset_repo = f"{repo_id}-preferences"
+    stats_file = out / "preferences" / "work" / "stats.json"
+    if stats_file.exists():  # else (work/ deleted) the card as built, without the repo id
+        stats = json.loads(stats_file.read_text())
+        card = dataset_card_from_stats(stats, repo_id=dataset_repo, output_dir=out / "preferences")
+        card.save(str(out / "preferences" / "README.md"))
     api = HfApi()
     api.create_repo(repo_id, exist_ok=True)
     api.upload_folder(repo_id=repo_id, folder_path=str(out / "maple-model"))
-    dataset_repo = f"{repo_id}-preferences"
     api.create_repo(dataset_repo, repo_type="dataset", exist_ok=True)
-    stats = json.loads((out / "preferences" / "work" / "stats.json").read_text())
-    dataset_card_from_stats(stats, repo_id=dataset_repo, output_dir=out / "preferences").save(str(out / "preferences" / "README.md"))
     # The card and the histogram it links first: the dataset push then adds its `configs` metadata to the card.
     for name in ("README.md", HISTOGRAM_FILE):
         api.upload_file(repo_id=dataset_repo, repo_type="dataset", path_or_fileobj=str(out / "preferences" / name), path_in_repo=name)
