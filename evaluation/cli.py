@@ -257,10 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     model_refs = [args.model, *args.compare]
     if args.push_to_hub and Path(args.model).expanduser().exists():
         parser.error(f"--push-to-hub writes into the card of MODEL's Hub repo, but {args.model} is a local folder: push the checkpoint first and evaluate it by repo id")
-    local_sources = sorted(f"{name}={source}" for name, source in sources.items()
-                           if name in args.benchmarks and Path(source).expanduser().exists())
+    # The card's model-index would label local copies as the official benchmarks, and a copy may be a subset.
+    local_sources = [f"{name}={source}" for name, source in sorted(sources.items())
+                     if name in args.benchmarks and Path(source).expanduser().exists()]
     if args.push_to_hub and local_sources:
-        # The card's model-index would label them as the official benchmarks, and a local copy may be a subset.
         parser.error(f"--push-to-hub publishes results under the benchmarks' Hub datasets, but {', '.join(local_sources)} "
                      "is a local copy: evaluate from the Hub (the default source, or another Hub id) to push")
 
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         from huggingface_hub.errors import HfHubHTTPError
 
         try:
-            push_results(args.model, all_results[args.model], dataset_ids={name: sources[name] for name in sources})
+            push_results(args.model, all_results[args.model], dataset_ids=sources)
         except HfHubHTTPError as error:
             status = error.response.status_code if error.response is not None else "?"
             print(f"{parser.prog}: error: pushing the results to {args.model} failed (HTTP {status}); they are saved in {args.out}", file=sys.stderr)
