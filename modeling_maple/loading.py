@@ -58,10 +58,9 @@ def load_maple(
             MAPLE's nor one whose backbone is known or given; `BackboneLoadingError` for a `from_pretrained`
             argument a backbone cannot take.
     """
-    model = load_maple_model(
-        name_or_path, backbone=backbone, revision=revision, trust_remote_code=trust_remote_code, **from_pretrained_kwargs
-    )
-    return model, load_maple_processor(name_or_path, backbone=backbone, revision=revision, trust_remote_code=trust_remote_code)
+    backbone = _backbone(name_or_path, backbone, revision, trust_remote_code)  # the config is read once
+    model = _load_model(name_or_path, backbone, revision, trust_remote_code, from_pretrained_kwargs)
+    return model, _load_processor(name_or_path, backbone, revision, trust_remote_code)
 
 
 def load_maple_model(
@@ -75,6 +74,21 @@ def load_maple_model(
     """The embedder of [`load_maple`] alone, for a caller that has its processor (a checkpoint may be saved
     without one)."""
     backbone = _backbone(name_or_path, backbone, revision, trust_remote_code)
+    return _load_model(name_or_path, backbone, revision, trust_remote_code, from_pretrained_kwargs)
+
+
+def load_maple_processor(
+    name_or_path: str, *, backbone: str | None = None, revision: str | None = None, trust_remote_code: bool = False
+) -> MapleProcessor:
+    """The processor of [`load_maple`] alone."""
+    backbone = _backbone(name_or_path, backbone, revision, trust_remote_code)
+    return _load_processor(name_or_path, backbone, revision, trust_remote_code)
+
+
+def _load_model(
+    name_or_path: str, backbone: str | None, revision: str | None, trust_remote_code: bool, from_pretrained_kwargs: dict
+) -> MapleModel:
+    """The model of a checkpoint whose backbone `_backbone` resolved (None: a MAPLE checkpoint)."""
     if backbone is None:
         return AutoModel.from_pretrained(
             name_or_path, revision=revision, trust_remote_code=trust_remote_code, **from_pretrained_kwargs
@@ -88,11 +102,8 @@ def load_maple_model(
     return MapleModel.from_backbone(name_or_path, backbone=backbone, revision=revision, **from_pretrained_kwargs)
 
 
-def load_maple_processor(
-    name_or_path: str, *, backbone: str | None = None, revision: str | None = None, trust_remote_code: bool = False
-) -> MapleProcessor:
-    """The processor of [`load_maple`] alone."""
-    backbone = _backbone(name_or_path, backbone, revision, trust_remote_code)
+def _load_processor(name_or_path: str, backbone: str | None, revision: str | None, trust_remote_code: bool) -> MapleProcessor:
+    """The processor of a checkpoint whose backbone `_backbone` resolved (None: a MAPLE checkpoint)."""
     if backbone is None:
         return AutoProcessor.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
     return MapleProcessor.from_backbone(name_or_path, backbone=backbone, revision=revision)

@@ -32,7 +32,7 @@ from trl.trainer.base_trainer import _BaseTrainer
 from evaluation.retrieval import NonFiniteEmbeddingsError, anchor_recall_at_1
 from maple import PAPER_CITATION
 from modeling_maple.lora import save_merged
-from modeling_maple.loading import load_maple_model, load_maple_processor
+from modeling_maple.loading import load_maple, load_maple_model
 
 from .collator import PREFERENCE_KEYS, DataCollatorForEmbeddingPreference
 from .losses import contrastive_loss, judged_positive_ids, preference_agreement, rpa_listwise_loss, rpa_pairwise_loss
@@ -140,10 +140,10 @@ class RPATrainer(DPOTrainer):
             )
         if isinstance(model, str):
             loading = from_pretrained_kwargs(args.model_init_kwargs, args.trust_remote_code)
-            if processing_class is None:  # a checkpoint may be saved without one
-                processing_class = load_maple_processor(model, revision=loading.get("revision"),
-                                                        trust_remote_code=loading["trust_remote_code"])
-            model = load_maple_model(model, **loading)
+            if processing_class is None:
+                model, processing_class = load_maple(model, **loading)
+            else:  # only the model: a checkpoint may be saved without its processor
+                model = load_maple_model(model, **loading)
         if processing_class is None:
             raise ValueError("Pass the model's MapleProcessor as `processing_class` (or the model as a path).")
         if not all(hasattr(model, name) for name in LOG_SCALES):
