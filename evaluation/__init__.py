@@ -24,7 +24,6 @@ _EXPORTS = {
     "chunked_topk": "retrieval",
     "evaluate_quadruples": "protocols",
     "evaluate_retrieval": "protocols",
-    "modality_gap": "protocols",
     "quadruple_similarities": "protocols",
     "load_benchmark": "benchmarks",
     "load_embedder": "models",

@@ -135,9 +135,3 @@ def _similarity_histograms(image_text: torch.Tensor, text_text: torch.Tensor) ->
                   for name, values in samples.items()}
     return {"bin_edges": torch.linspace(-1.0, 1.0, HISTOGRAM_BINS + 1).tolist(), **histograms}
 
-
-def modality_gap(model, processor, quadruples: Quadruples, batch_size: int = 32) -> dict[str, float]:
-    """The paper's modality gap on quadruples: {w_dist, w_disc, delta_gap} (see
-    `evaluation.metrics.modality_gap_from_quadruples`)."""
-    image_text, text_text = quadruple_similarities(model, processor, quadruples, batch_size)
-    return modality_gap_from_quadruples(image_text, text_text)

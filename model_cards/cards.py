@@ -196,8 +196,9 @@ def plot_training_curves(log_history: Sequence[Mapping[str, Any]], path: Path) -
 
 
 def plot_similarity_histograms(eval_results: Mapping[str, Mapping[str, Any]], path: Path) -> bool:
-    """One panel per quadruple benchmark: matched, mismatched and text-text cosine histograms (the
-    modality gap); False if no benchmark has them."""
+    """One panel per entry of `eval_results` with histograms (a quadruple benchmark; in the demo, a
+    method): matched, mismatched and text-text cosine histograms (the modality gap), zoomed to the
+    occupied bins; False if no entry has them."""
     benchmarks = {name: metrics["similarity_histograms"] for name, metrics in eval_results.items() if "similarity_histograms" in metrics}
     if not benchmarks:
         return False
@@ -206,8 +207,12 @@ def plot_similarity_histograms(eval_results: Mapping[str, Mapping[str, Any]], pa
     figure, axes = plt.subplots(1, len(benchmarks), figsize=(4.5 * len(benchmarks), 3), squeeze=False)
     for axis, (name, histograms) in zip(axes.flat, sorted(benchmarks.items())):
         edges = histograms["bin_edges"]
-        for label in ("matched", "mismatched", "text_text"):
+        labels = ("matched", "mismatched", "text_text")
+        for label in labels:
             axis.stairs(histograms[label], edges, label=label.replace("_", "-"))
+        occupied = [index for index in range(len(edges) - 1) if any(histograms[label][index] for label in labels)]
+        if occupied:  # cosines of a trained model fill a fraction of [-1, 1]
+            axis.set_xlim(edges[max(occupied[0] - 1, 0)], edges[min(occupied[-1] + 2, len(edges) - 1)])
         axis.set_title(name)
         axis.set_xlabel("cosine similarity")
         axis.legend()

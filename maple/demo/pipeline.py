@@ -402,7 +402,7 @@ def train(
 def evaluate(model, processor, world: World, budget: Budget) -> dict[str, Any]:
     """Retrieval R@1 both directions, text/image/group scores overall and per category, and the
     modality gap, on the evaluated prefix of the held-out test sets."""
-    from evaluation.protocols import evaluate_quadruples, evaluate_retrieval, quadruple_similarities
+    from evaluation.protocols import evaluate_quadruples, evaluate_retrieval
 
     retrieval = world.retrieval[: budget.eval_retrieval]
     quadruples = _evaluated_quadruples(world, budget)
@@ -411,11 +411,6 @@ def evaluate(model, processor, world: World, budget: Budget) -> dict[str, Any]:
         model, processor, [e.image for e in retrieval], [[e.caption] for e in retrieval], batch_size=256
     )
     result |= evaluate_quadruples(model, processor, as_tuples, [q.category for q in quadruples], batch_size=256)
-    image_text, _ = quadruple_similarities(model, processor, as_tuples, batch_size=256)
-    result["similarities"] = {
-        "matched": image_text[:, [0, 3]].flatten().tolist(),
-        "mismatched": image_text[:, [1, 2]].flatten().tolist(),
-    }
     return result
 
 
@@ -669,15 +664,17 @@ def summarise(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, d
 
 
 def _report(config: DemoConfig, results: dict[str, list[dict[str, Any]]], seconds: dict[str, float]) -> dict:
-    from .report import plot_category_bars, plot_similarity_histograms, plot_training_curves, results_markdown
+    from model_cards.cards import plot_similarity_histograms
+
+    from .report import plot_category_bars, plot_method_curves, results_markdown
 
     summary = summarise(results)
     out = config.out
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     (out / "results.md").write_text(results_markdown(summary, config, seconds))
-    plot_training_curves({method: runs[0]["log_history"] for method, runs in results.items()}, out / "training_curves.png")
+    plot_method_curves({method: runs[0]["log_history"] for method, runs in results.items()}, out / "training_curves.png")
     plot_category_bars(summary, out / "per_category.png")
-    plot_similarity_histograms({method: runs[0]["similarities"] for method, runs in results.items()}, out / "similarities.png")
+    plot_similarity_histograms({method: runs[0] for method, runs in results.items()}, out / "similarities.png")
     return summary
 
 

@@ -1,5 +1,5 @@
-"""The demo's report: results.md and the PNG plots (training curves, per-category bars,
-similarity histograms of matched vs mismatched pairs)."""
+"""The demo's report: results.md and the PNG plots of training curves and per-category bars (the
+similarity histograms are the model cards' `plot_similarity_histograms`, one panel per method)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ Summary = Mapping[str, Mapping[str, Mapping[str, float]]]  # method -> metric ->
 CURVE_KEYS = ("loss", "loss/contrastive", "loss/rpa", "rewards/accuracies")
 
 
-def plot_training_curves(log_histories: Mapping[str, Sequence[Mapping[str, Any]]], path: Path) -> None:
+def plot_method_curves(log_histories: Mapping[str, Sequence[Mapping[str, Any]]], path: Path) -> None:
     """One panel per logged loss term, one line per method (each method's first seed)."""
     plt = pyplot()
     figure, axes = plt.subplots(1, len(CURVE_KEYS), figsize=(4 * len(CURVE_KEYS), 3.2))
@@ -51,20 +51,6 @@ def plot_category_bars(summary: Summary, path: Path) -> None:
     axis.set_ylabel("group score (0-100)")
     axis.set_title("Held-out quadruples: group score per category")
     axis.legend()
-    save_figure(figure, path)
-
-
-def plot_similarity_histograms(similarities: Mapping[str, Mapping[str, Sequence[float]]], path: Path) -> None:
-    """Cosine similarities of matched (I0-T0, I1-T1) and mismatched (I0-T1, I1-T0) quadruple
-    pairs, one panel per method: the further apart, the better pairs are told apart."""
-    plt = pyplot()
-    figure, axes = plt.subplots(1, len(similarities), figsize=(4 * len(similarities), 3), sharey=True)
-    for axis, (method, scores) in zip(axes, similarities.items()):
-        axis.hist(scores["matched"], bins=40, alpha=0.6, label="matched")
-        axis.hist(scores["mismatched"], bins=40, alpha=0.6, label="mismatched")
-        axis.set_title(method)
-        axis.set_xlabel("cosine similarity")
-    axes[0].legend()
     save_figure(figure, path)
 
 
