@@ -1244,5 +1244,6 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             if not files:
                 raise FileNotFoundError(f"no parquet files{f' of config {config_name!r}' if config_name else ''} under {repo_id_or_path}")
             files = [str(file) for file in files]
-            return datasets.load_dataset("parquet", data_files=files, split="train", features=FEATURES, **load_kwargs)
+            # Local parquet files load as one "train" split; `split` may still slice it ("train[:100]").
+            return datasets.load_dataset("parquet", data_files=files, split=split, features=FEATURES, **load_kwargs)
         return datasets.load_dataset(repo_id_or_path, name=config_name, split=split, **load_kwargs)

@@ -22,9 +22,8 @@ from typing import Any
 from maple.cli import DefaultsHelpFormatter, positive
 
 from .benchmarks import BENCHMARKS, QuadrupleBenchmark, RetrievalBenchmark, load_benchmark
+from .metric_names import QUADRUPLE_SCORES, RETRIEVAL_METRICS
 
-RETRIEVAL_COLUMNS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
-QUADRUPLE_COLUMNS = ("text_score", "image_score", "group_score")
 
 
 def _model_folder_name(model_ref: str) -> str:
@@ -158,6 +157,7 @@ def evaluate_model(
     stored: dict[str, Any],
     device: str = "cpu",
     dtype: str = "float32",
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Results of one model on the benchmarks: the `stored` ones (`stored_results`) as they are, the others
     computed on `device` with weights in `dtype` and written to `out/<model>/<benchmark>.json`. The folder is created only once the
@@ -174,7 +174,7 @@ def evaluate_model(
         # so a source that is unreachable or in the wrong schema is reported before a large model is loaded.
         loaded = {name: load_benchmark(name, sources.get(name)) for name in todo}
         model_state = _model_state(model_ref)  # before loading: a change while it runs must not pass unnoticed
-        model, processor = load_embedder(model_ref, dtype=dtype)
+        model, processor = load_embedder(model_ref, trust_remote_code=trust_remote_code, dtype=dtype)
         model.to(device)
         folder.mkdir(parents=True, exist_ok=True)
         for name in todo:
@@ -192,8 +192,8 @@ def markdown_table(all_results: dict[str, dict[str, Any]]) -> str:
     lines = []
     retrieval = [(m, b, r) for m, per_benchmark in all_results.items() for b, r in per_benchmark.items() if BENCHMARKS[b].kind == "retrieval"]
     if retrieval:
-        lines += ["| model | benchmark | " + " | ".join(RETRIEVAL_COLUMNS) + " |", "|---|---|" + "---|" * len(RETRIEVAL_COLUMNS)]
-        lines += [f"| {m} | {b} | " + " | ".join(f"{r[c]:.1f}" for c in RETRIEVAL_COLUMNS) + " |" for m, b, r in retrieval]
+        lines += ["| model | benchmark | " + " | ".join(RETRIEVAL_METRICS) + " |", "|---|---|" + "---|" * len(RETRIEVAL_METRICS)]
+        lines += [f"| {m} | {b} | " + " | ".join(f"{r[c]:.1f}" for c in RETRIEVAL_METRICS) + " |" for m, b, r in retrieval]
         lines.append("")
     quadruples = [(m, b, r) for m, per_benchmark in all_results.items() for b, r in per_benchmark.items() if BENCHMARKS[b].kind == "quadruples"]
     if quadruples:
@@ -202,7 +202,7 @@ def markdown_table(all_results: dict[str, dict[str, Any]]) -> str:
         for m, b, r in quadruples:
             for subset, values in [("all", r)] + sorted(r.get("per_category", {}).items()):
                 gap = f"{r['modality_gap']['delta_gap']:.2f}" if subset == "all" else ""
-                lines.append(f"| {m} | {b} | {subset} | " + " | ".join(f"{values[c]:.1f}" for c in QUADRUPLE_COLUMNS) + f" | {gap} |")
+                lines.append(f"| {m} | {b} | {subset} | " + " | ".join(f"{values[c]:.1f}" for c in QUADRUPLE_SCORES) + f" | {gap} |")
     return "\n".join(lines) + "\n"
 
 
@@ -251,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="where the models embed, e.g. cuda:1; unset: cuda if available, else cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                         help="weights dtype of every model (backbones too, so models compare at one precision; MAPLE's heads stay float32)")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="run code from a checkpoint's repo (backbones such as InternVL need it; MAPLE checkpoints do not)")
     parser.add_argument("--push-to-hub", action="store_true", help="write the results into MODEL's model card on the Hub")
     args = parser.parse_args(argv)
     sources = _parse_sources(parser, args.source)
@@ -289,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
             check_source(name, source)
         for model_ref in model_refs:
             all_results[model_ref] = evaluate_model(
-                model_ref, args.benchmarks, sources, args.out, args.batch_size, stored[model_ref], device, args.dtype
+                model_ref, args.benchmarks, sources, args.out, args.batch_size, stored[model_ref], device, args.dtype,
+                args.trust_remote_code,
             )
     except (ModelLoadError, BenchmarkFormatError, BenchmarkSourceError) as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)

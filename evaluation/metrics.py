@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
-DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
+from .metric_names import DEFAULT_KS
 
 RelevantIndices = Sequence[int | Sequence[int]]
 
@@ -55,18 +55,6 @@ def relevance_mask(relevant: list[list[int]], num_candidates: int, device: torch
     return mask
 
 
-def count_outranking(scores: torch.Tensor, best_relevant: torch.Tensor, is_relevant: torch.Tensor) -> torch.Tensor:
-    """Per query, how many irrelevant candidates in this block score at least as high as the best
-    relevant one.
-
-    scores: (Q, C) similarities of a block of candidates; best_relevant: (Q,) the best score among
-    each query's relevant candidates (over the whole corpus); is_relevant: (Q, C) bool.
-    Returns a (Q,) long tensor. Summing it over candidate blocks gives `rank - 1`.
-    """
-    outranks = (scores >= best_relevant[:, None]) & ~is_relevant
-    return outranks.sum(dim=1)
-
-
 def recall_from_ranks(ranks: torch.Tensor, ks: Iterable[int] = DEFAULT_KS) -> dict[str, float]:
     """Recall@k and mean reciprocal rank from 1-based ranks of the first relevant candidate.
 
@@ -91,7 +79,8 @@ def first_relevant_ranks(similarities: torch.Tensor, relevant: RelevantIndices) 
     relevant_lists = relevant_index_lists(relevant, *similarities.shape)
     is_relevant = relevance_mask(relevant_lists, similarities.shape[1], device=similarities.device)
     best_relevant = similarities.masked_fill(~is_relevant, float("-inf")).amax(dim=1)
-    return 1 + count_outranking(similarities, best_relevant, is_relevant)
+    outranks = (similarities >= best_relevant[:, None]) & ~is_relevant
+    return 1 + outranks.sum(dim=1)
 
 
 def retrieval_recall(

@@ -136,15 +136,16 @@ def checkpoint_config(model_ref: str, revision: str | None = None) -> tuple[str,
     return name, config
 
 
-def load_embedder(model_ref: str, revision: str | None = None, trust_remote_code: bool = True, dtype: str = "float32"):
+def load_embedder(model_ref: str, revision: str | None = None, trust_remote_code: bool = False, dtype: str = "float32"):
     """(model, processor) for `model_ref`, a local folder or a Hub repo id, in eval mode.
 
     A LoRA adapter (adapter_config.json, as `PeftModel.save_pretrained` writes) is loaded onto its
     base checkpoint (`base_model_name_or_path`), itself resolved by this function. Weights load in `dtype`
-    ("float32" or "bfloat16"), a MAPLE checkpoint as a backbone (not yet a MAPLE checkpoint, wrapped by
-    `from_backbone`), so a baseline and its fine-tune are scored at one precision; MAPLE's heads and logit scales
-    stay float32. Errors are those of
-    [`checkpoint_config`], raised before any weights load.
+    ("float32" or "bfloat16"), MAPLE checkpoints and backbones (wrapped by `from_backbone`) alike, so a
+    baseline and its fine-tune are scored at one precision; MAPLE's heads and logit scales stay float32.
+    `trust_remote_code` is for backbones whose code lives in their repo (InternVL): a MAPLE checkpoint
+    loads with this package's classes. Errors are those of [`checkpoint_config`], raised before any
+    weights load.
     """
     name, config = checkpoint_config(model_ref, revision)
     if name == ADAPTER_CONFIG_FILE:

@@ -1,6 +1,7 @@
 """Retrieval over large corpora without materialising the (queries x candidates) score matrix.
 
-Scores are inner products of L2-normalised embeddings (cosine). Both functions walk the score
+Scores are inner products of the embeddings given (cosines for MAPLE's L2-normalised ones). The two
+search functions walk the score
 matrix in (query_chunk x candidate_chunk) blocks, so peak extra memory is a few blocks of
 query_chunk * candidate_chunk * 4 bytes (64 MiB at the defaults) whatever the corpus size: the reused block buffer
 (two while a new pass's generator starts), and in `chunked_ranks` up to `KEPT_RELEVANT_BLOCKS` kept blocks.

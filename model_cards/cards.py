@@ -1,7 +1,8 @@
 """Model and dataset cards filled from real run data (Jinja templates in `templates/`).
 
-`model_card_from_run` is called by `RPATrainer` when it saves or pushes a checkpoint and by
-`maple eval --push-to-hub`; `dataset_card_from_stats` by the preference-dataset builder. Figures are
+`model_card_from_run` is called by `RPATrainer` when it saves or pushes a checkpoint,
+`with_eval_results` by `maple eval --push-to-hub` to add its results to a card, and
+`dataset_card_from_stats` by the preference-dataset builder. Figures are
 written as PNG files next to the card and linked by relative path, so they travel with the repo.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 
+from evaluation.metric_names import QUADRUPLE_SCORES, RETRIEVAL_METRICS
 from maple import PAPER_CITATION
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -32,8 +34,6 @@ CARD_HYPERPARAMETERS = (
 )
 # Trainer log entries that are end-of-run summaries, not curves.
 _SUMMARY_LOG_KEYS = {"step", "epoch", "total_flos", "train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss"}
-RETRIEVAL_METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
-QUADRUPLE_METRICS = ("text_score", "image_score", "group_score")
 _METRIC_NAMES = {
     "i2t_r1": "Image→text R@1", "i2t_r5": "Image→text R@5", "i2t_r10": "Image→text R@10",
     "t2i_r1": "Text→image R@1", "t2i_r5": "Text→image R@5", "t2i_r10": "Text→image R@10",
@@ -61,7 +61,7 @@ def _eval_results(
         dataset_id = (dataset_ids or {}).get(benchmark) or _benchmark_dataset_id(benchmark)
         subsets = [(None, metrics)] + sorted(metrics.get("per_category", {}).items())
         for subset, values in subsets:
-            for key in RETRIEVAL_METRICS + QUADRUPLE_METRICS:
+            for key in RETRIEVAL_METRICS + QUADRUPLE_SCORES:
                 if key in values:
                     results.append(
                         EvalResult(
@@ -98,10 +98,10 @@ def _table_rows(eval_results: Mapping[str, Mapping[str, Any]]) -> dict[str, list
     for name, metrics in eval_results.items():
         if all(key in metrics for key in RETRIEVAL_METRICS):
             retrieval.append({"name": name, **{key: f"{metrics[key]:.1f}" for key in RETRIEVAL_METRICS}})
-        if all(key in metrics for key in QUADRUPLE_METRICS):
+        if all(key in metrics for key in QUADRUPLE_SCORES):
             subsets = [("all", metrics)] + sorted(metrics.get("per_category", {}).items())
             for subset, values in subsets:
-                quadruples.append({"name": name, "subset": subset, **{key: f"{values[key]:.1f}" for key in QUADRUPLE_METRICS}})
+                quadruples.append({"name": name, "subset": subset, **{key: f"{values[key]:.1f}" for key in QUADRUPLE_SCORES}})
         if "modality_gap" in metrics:
             gap = metrics["modality_gap"]
             gaps.append({"name": name, "w_dist": f"{100 * gap['w_dist']:.2f}", "w_disc": f"{100 * gap['w_disc']:.2f}", "delta_gap": f"{gap['delta_gap']:.2f}"})

@@ -373,18 +373,19 @@ def test_result_folders_stay_inside_out_and_apart(tmp_path, monkeypatch):
     assert _model_folder_name(str(tmp_path / "org" / "m")).startswith("local--")  # nor a Hub id that spells its path
 
 
-def test_device_is_checked_and_used(tiny, tmp_path, benchmark_sources, capsys, monkeypatch):
+def test_device_dtype_and_trust_remote_code_are_checked_and_used(tiny, tmp_path, benchmark_sources, capsys, monkeypatch):
     _, _, (first, _) = tiny
     with pytest.raises(SystemExit):
         main([str(first), "--device", "nonsense", "--out", str(tmp_path / "eval")])
     assert "--device 'nonsense'" in capsys.readouterr().err
     import evaluation.models
 
-    moved_to, dtypes, load = [], [], evaluation.models.load_embedder
+    moved_to, dtypes, trusted, load = [], [], [], evaluation.models.load_embedder
 
     def load_and_spy(model_ref, **kwargs):
         model, processor = load(model_ref, **kwargs)
         dtypes.append((model.dtype, model.logit_scale.dtype))
+        trusted.append(kwargs["trust_remote_code"])
         to = model.to
         monkeypatch.setattr(model, "to", lambda device: moved_to.append(device) or to(device))
         return model, processor
@@ -397,6 +398,9 @@ def test_device_is_checked_and_used(tiny, tmp_path, benchmark_sources, capsys, m
     assert main([*argv, "--device", "cpu", "--dtype", "bfloat16"]) == 0
     assert "coco: stored result is from another model state, dtype," in capsys.readouterr().out
     assert dtypes == [(torch.float32, torch.float32), (torch.bfloat16, torch.float32)]
+    # a checkpoint's repo code runs only when asked for
+    assert main([*argv, "--device", "cpu", "--out", str(tmp_path / "eval_trusted"), "--trust-remote-code"]) == 0
+    assert trusted == [False, False, True]
 
 
 def test_results_stored_under_another_protocol_are_recomputed(tiny, benchmark_sources, tmp_path, capsys):

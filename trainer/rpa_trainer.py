@@ -29,6 +29,7 @@ from transformers.trainer_utils import EvalLoopOutput, get_last_checkpoint
 from trl import DPOTrainer
 from trl.trainer.base_trainer import _BaseTrainer
 
+from evaluation.metric_names import QUADRUPLE_SCORES
 from evaluation.retrieval import NonFiniteEmbeddingsError, anchor_recall_at_1
 from maple import PAPER_CITATION
 from modeling_maple.lora import save_merged
@@ -44,7 +45,6 @@ Quadruple = tuple[Image.Image, Image.Image, str, str]
 RPA_LOSSES = {"listwise": rpa_listwise_loss, "pairwise": rpa_pairwise_loss}
 # The model's log-stored scales: InfoNCE's inverse temperature and RPA's beta
 LOG_SCALES = ("logit_scale", "preference_logit_scale")
-QUADRUPLE_SCORES = ("text_score", "image_score", "group_score")  # logged per `eval_quadruples` set
 # Under PEFT, the trainable state (adapters and the learnable scales) of a checkpoint, for resuming.
 PEFT_TRAINABLE_STATE = "trainable_state.safetensors"
 # The `RPAConfig` values that define the method and its batches, saved with every checkpoint: a run resumes only
@@ -662,7 +662,7 @@ def _model_inputs(inputs: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def _candidate_similarities(text_embeds: Tensor, image_embeds: Tensor, inputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-    """Cosine similarities of each anchor to its sampled candidates: ``(N, C_img)`` anchor caption -> candidate
+    """Similarities (cosines: the embeddings are L2-normalised) of each anchor to its sampled candidates: ``(N, C_img)`` anchor caption -> candidate
     images (txt2img) and ``(N, C_txt)`` anchor image -> candidate texts (img2txt)."""
     anchor_texts = text_embeds[inputs["anchor_text_index"]]
     anchor_images = image_embeds[inputs["anchor_image_index"]]
