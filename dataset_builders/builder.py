@@ -50,6 +50,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
+from maple.files import atomic_write, atomic_write_bytes
 from trainer.schema import PREFERENCE_FEATURES
 
 from .interfaces import CandidateCaptioner, PreferenceJudge, component_name, first_finding
@@ -236,20 +237,6 @@ class ShardReport:
     seconds: float = 0.0
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """`write` a temporary file, sync it to disk, and rename it to `path`: the file is whole or absent, even after a
-    crash of the machine (a rename alone can reach the disk before the data)."""
-    temporary = path.with_name(path.name + f".tmp-{os.getpid()}")
-    write(temporary)
-    with open(temporary, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
-    _atomic_write(path, lambda temporary: temporary.write_bytes(payload))
-
-
 def _read_checkpoint(path: Path, read: Callable[[Path], Any], **advice: str) -> Any:
     """`read(path)` of a work-dir checkpoint; a file that does not read is a `DamagedCheckpoint` naming it."""
     try:
@@ -267,7 +254,7 @@ def _read_tensor(path: Path) -> torch.Tensor:
 
 
 def _atomic_torch_save(path: Path, value: Any) -> None:
-    _atomic_write(path, lambda temporary: torch.save(value, temporary))
+    atomic_write(path, lambda temporary: torch.save(value, temporary))
 
 
 def _component_name(component: object | None) -> str | None:
@@ -636,7 +623,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         stats = _read_json(self.work_dir / "stats.json")
         if stats.get("source_license") != self.config.source_license:
             stats["source_license"] = self.config.source_license
-            _atomic_write_bytes(self.work_dir / "stats.json", json.dumps(stats, indent=2).encode())
+            atomic_write_bytes(self.work_dir / "stats.json", json.dumps(stats, indent=2).encode())
 
     def _split_generators(self, dl_manager) -> list[datasets.SplitGenerator]:
         self.build_shards()
@@ -727,7 +714,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                     f"so their recipe is unknown and they cannot be reused safely: {advice}"
                 )
             self.work_dir.mkdir(parents=True, exist_ok=True)
-            _atomic_write_bytes(path, json.dumps(current, indent=2, sort_keys=True).encode())
+            atomic_write_bytes(path, json.dumps(current, indent=2, sort_keys=True).encode())
         saved = _read_json(path, advice=f"the recipe of the checkpoints beside it is unknown: delete {self.work_dir} to start over")
         saved_version = saved.get("manifest_version", 1)
         if saved_version != MANIFEST_VERSION:
@@ -792,9 +779,9 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 skipped.append(problem)
             if (index + 1) % INPUT_CHECK_PART_ROWS == 0 and index + 1 < len(source):
                 checked = {"next_row": index + 1, "valid_rows": valid_rows, "skipped": [asdict(item) for item in skipped]}
-                _atomic_write_bytes(progress_path, json.dumps(checked).encode())
+                atomic_write_bytes(progress_path, json.dumps(checked).encode())
         payload = {"num_source_rows": len(source), "valid_rows": valid_rows, "skipped": [asdict(item) for item in skipped]}
-        _atomic_write_bytes(path, json.dumps(payload).encode())
+        atomic_write_bytes(path, json.dumps(payload).encode())
         progress_path.unlink(missing_ok=True)
         return len(source), valid_rows, skipped
 
@@ -919,7 +906,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                     SkippedInput(row, self._row_id(source[row], row), "near-duplicate", f"of id {self._row_id(source[other], other)} (SemDeDup)")
                 )
             payload = {"anchor_positions": result.kept.tolist(), "near_duplicates": [asdict(item) for item in skipped]}
-            _atomic_write_bytes(path, json.dumps(payload).encode())
+            atomic_write_bytes(path, json.dumps(payload).encode())
         self._wait_for([path], what="SemDeDup results from rank 0")
         saved = _read_json(path)
         return saved["anchor_positions"], [SkippedInput(**item) for item in saved["near_duplicates"]]
@@ -1053,9 +1040,9 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         return generated
 
     def _write_shard(self, path: Path, columns: dict[str, list]) -> None:
-        """Write a shard through `_atomic_write`: a shard file is complete or absent."""
+        """Write a shard through `atomic_write`: a shard file is complete or absent."""
         table = pa.Table.from_pydict(FEATURES.encode_batch(columns), schema=FEATURES.arrow_schema)
-        _atomic_write(path, lambda temporary: pq.write_table(table, temporary))
+        atomic_write(path, lambda temporary: pq.write_table(table, temporary))
 
     def _wait_for(self, paths: list[Path], *, what: str) -> None:
         deadline = time.monotonic() + self.wait_timeout
@@ -1158,7 +1145,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             "skipped": [asdict(item) for item in plan.skipped],
             "score_histograms": histograms,
         }
-        _atomic_write_bytes(self.work_dir / "stats.json", json.dumps(stats, indent=2).encode())
+        atomic_write_bytes(self.work_dir / "stats.json", json.dumps(stats, indent=2).encode())
         return stats
 
     @property
@@ -1203,7 +1190,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         # Counts only: the per-row list of skipped inputs may name local files.
         published_stats = {key: value for key, value in self.stats.items() if key != "skipped"}
         published_stats["histogram_file"] = f"{stats_dir}/{HISTOGRAM_FILE}" if histogram.exists() else None
-        _atomic_write_bytes(staging / stats_dir / "stats.json", json.dumps(published_stats, indent=2).encode())
+        atomic_write_bytes(staging / stats_dir / "stats.json", json.dumps(published_stats, indent=2).encode())
         try:
             published = DatasetCard.load(repo_id, repo_type="dataset", token=token).data.to_dict()
         except RemoteEntryNotFoundError:  # a new repo has no card yet (not: the Hub cannot be reached)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from maple.cli import DefaultsHelpFormatter, positive
+from maple.files import atomic_write_text
 
 from .benchmarks import BENCHMARKS, QuadrupleBenchmark, RetrievalBenchmark, load_benchmark
 from .metric_names import QUADRUPLE_SCORES, RETRIEVAL_METRICS
@@ -181,9 +182,7 @@ def evaluate_model(
             print(f"{model_ref}: evaluating {name} ...", flush=True)
             results[name] = run_benchmark(model, processor, loaded[name], batch_size)
             record = {"run": _run_fingerprint(model_ref, model_state, name, sources.get(name), dtype), "metrics": results[name]}
-            partial = folder / f"{name}.json.partial"
-            partial.write_text(json.dumps(record, indent=2))
-            partial.replace(folder / f"{name}.json")  # atomic: a crash never leaves half a result
+            atomic_write_text(folder / f"{name}.json", json.dumps(record, indent=2))  # a crash never leaves half a result
     return {name: results[name] for name in benchmarks}
 
 

@@ -32,6 +32,7 @@ from trl.trainer.base_trainer import _BaseTrainer
 from evaluation.metric_names import QUADRUPLE_SCORES
 from evaluation.retrieval import NonFiniteEmbeddingsError, anchor_recall_at_1
 from maple import PAPER_CITATION
+from maple.files import atomic_write_text
 from modeling_maple.lora import save_merged
 from modeling_maple.loading import load_maple, load_maple_model
 
@@ -494,12 +495,9 @@ class RPATrainer(DPOTrainer):
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         output_dir = output_dir or self.args.output_dir
         self._save_weights(output_dir, state_dict)
-        if self.args.should_save:  # through a rename: a recipe file is whole or absent
+        if self.args.should_save:  # a recipe file is whole or absent
             recipe = json.dumps({name: getattr(self.args, name) for name in RECIPE_FIELDS}, indent=2)
-            staging = os.path.join(output_dir, f"{RECIPE_FILE}.tmp-{os.getpid()}")
-            with open(staging, "w") as handle:
-                handle.write(recipe)
-            os.replace(staging, os.path.join(output_dir, RECIPE_FILE))
+            atomic_write_text(os.path.join(output_dir, RECIPE_FILE), recipe)
 
     def _save_weights(self, output_dir: str, state_dict: dict | None) -> None:
         model = self.accelerator.unwrap_model(self.model)

@@ -35,6 +35,7 @@ import datasets
 import torch
 from tqdm.auto import tqdm
 
+from ..files import atomic_write_text
 from .scene_judge import SceneFeatureEncoder, SceneGraphCaptioner, SceneGraphJudge
 from .world import CATEGORIES, World, WorldConfig, build_world
 
@@ -213,11 +214,8 @@ def check_judge(judge: str) -> None:
 
 
 def _write_json(path: Path, value: Any) -> None:
-    """Write `value` to `path` through a temporary file and a rename, so that an interruption
-    leaves the old file or the new one, never half of one (finished stages are marked this way)."""
-    staging = path.with_name(path.name + ".tmp")
-    staging.write_text(json.dumps(value, indent=2))
-    staging.replace(path)
+    """Write `value` to `path` whole or not at all (finished stages are marked this way)."""
+    atomic_write_text(path, json.dumps(value, indent=2))
 
 
 def _read_run_file(path: Path) -> dict[str, Any]:

@@ -1,0 +1,30 @@
+"""Writing files so that an interruption leaves the old file or the new one, never half of one: the work dirs,
+checkpoints and result folders that MAPLE's long jobs resume from are written this way."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """`write` a temporary file beside `path` (named `<name>.tmp-<pid>`), sync it to disk and rename it to `path`:
+    the file is whole or absent, even after a crash of the machine (a rename alone can reach the disk before the
+    data)."""
+    path = Path(path)
+    temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    write(temporary)
+    with open(temporary, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
+    """`payload` into `path` through `atomic_write`."""
+    atomic_write(path, lambda temporary: temporary.write_bytes(payload))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """`text` (UTF-8) into `path` through `atomic_write`."""
+    atomic_write_bytes(path, text.encode())
