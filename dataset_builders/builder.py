@@ -30,7 +30,6 @@ work: each embeds its slice of the images and builds the shards s with s % world
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import pickle
@@ -55,6 +54,15 @@ from trainer.schema import PREFERENCE_FEATURES
 
 from .interfaces import CandidateCaptioner, PreferenceJudge, component_name, first_finding
 from .miner import HardNegativeMiner, check_finite, check_semdedup_clusters
+from .sources import (
+    DEFAULT_ID_COLUMN,
+    SourceError,
+    check_outside_source,
+    decode_image,
+    encoded_bytes,
+    local_source_digest,
+    open_source,
+)
 
 FEATURES = PREFERENCE_FEATURES
 """The preference dataset schema, one row per anchor: `trainer.schema.PREFERENCE_FEATURES` itself, the
@@ -73,7 +81,6 @@ MANIFEST_VERSION = 5
 # while a rank embeds its slice: the most an interruption can cost.
 INPUT_CHECK_PART_ROWS = 50_000
 EMBEDDING_PART_ROWS = 10_000
-DEFAULT_ID_COLUMN = "id"
 _SHARD_NAME = re.compile(r"^shard-(\d+)-(\d+)\.parquet$")
 
 
@@ -87,10 +94,6 @@ class DamagedCheckpoint(WorkDirMismatch):
     def __init__(self, path: Path, error: Exception, advice: str = "delete it and run again; only what it held is recomputed") -> None:
         detail = " ".join(str(error).split())[:200]
         super().__init__(f"{path} cannot be read ({type(error).__name__}: {detail}): {advice}")
-
-
-class SourceError(ValueError):
-    """The source data (or the recipe applied to it) cannot be built; the message says what to change."""
 
 
 class JudgeOutputError(RuntimeError):
@@ -310,23 +313,6 @@ def _slice_bounds(count: int, part: int, num_parts: int) -> tuple[int, int]:
     return count * part // num_parts, count * (part + 1) // num_parts
 
 
-def _image_bytes(value: dict[str, Any]) -> bytes:
-    """The encoded bytes of an undecoded `datasets.Image` value ({"bytes", "path"})."""
-    if value.get("bytes"):
-        return value["bytes"]
-    if value.get("path"):
-        return Path(value["path"]).read_bytes()
-    raise ValueError("image has neither bytes nor a path")
-
-
-def _decode(payload: bytes, row: int) -> PIL.Image.Image:
-    """The RGB image of encoded bytes, via `modeling_maple.processing_maple.load_image` (which names
-    source row `row` when the data is corrupt)."""
-    from modeling_maple.processing_maple import load_image  # transformers: only once images are decoded
-
-    return load_image(PIL.Image.open(io.BytesIO(payload)), row)
-
-
 def text_pool(caption: str, groups: list[list[str]], size: int) -> list[str]:
     """The anchor's text candidates: its caption as given, then at most `size - 1` texts of `groups` (each hard
     negative's candidate texts, in order) with whitespace normalised, empty texts and repeats (of the caption too)
@@ -352,36 +338,6 @@ def text_pool(caption: str, groups: list[list[str]], size: int) -> list[str]:
     return [caption] + [text for texts, count in zip(distinct, kept) for text in texts[:count]]
 
 
-def local_source_digest(path: Path, sampled_files: int = 64, sampled_blocks: int = 16, block_size: int = 4096) -> str:
-    """A fingerprint of a local source by content, not by timestamps (which `datasets`' own fingerprint reads), so
-    that the same files copied elsewhere (staged to a job's local disk, one copy per node) resume the same build.
-    Every data file's path relative to `path` and size, and the bytes of `sampled_files` files spread over them (all
-    of a few parquet shards; a sample of an image folder): each one's first and last 64 KiB and `sampled_blocks`
-    evenly spaced blocks. Hidden files and folders (`.cache/`, written by `snapshot_download`) and `__*` ones are
-    left out, as `datasets` leaves them out. An edit that keeps every size and misses the sampled bytes goes unseen:
-    the price of not reading a corpus of images in full at every start."""
-    if path.is_file():
-        files = [path]
-    else:
-        files = sorted(
-            file for file in path.rglob("*")
-            if file.is_file() and not any(part.startswith((".", "__")) for part in file.relative_to(path).parts)
-        )
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update(f"{file.relative_to(path) if file != path else file.name}\0{file.stat().st_size}\0".encode())
-    count = min(sampled_files, len(files))  # spread from the first file to the last
-    picked = sorted({round(index * (len(files) - 1) / max(1, count - 1)) for index in range(count)})
-    for file in (files[index] for index in picked):
-        size = file.stat().st_size
-        offsets = [0, max(0, size - 65536)] + [size * (index + 1) // (sampled_blocks + 1) for index in range(sampled_blocks)]
-        with file.open("rb") as handle:
-            for offset, length in zip(offsets, [65536, 65536] + [block_size] * sampled_blocks):
-                handle.seek(offset)
-                digest.update(handle.read(length))
-    return digest.hexdigest()[:16]
-
-
 def _check_judge_scores(shard: int, ids: list[str], column: str, scores: list[torch.Tensor], counts: list[int]) -> None:
     """Raise `JudgeOutputError` naming the shard, row id, column and candidate of the first judge score that is not one
     finite alpha in [0, 1] per candidate, before the shard is written: training would refuse the row much later."""
@@ -401,105 +357,6 @@ def _check_judge_scores(shard: int, ids: list[str], column: str, scores: list[to
                 "expected an alpha in [0, 1] (a float16 judge can overflow to NaN: load it in bfloat16 or float32). "
                 "Shards finished before this one are kept."
             )
-
-
-def check_outside_source(source: str | None, **folders: str | os.PathLike | None) -> None:
-    """Raise `SourceError` when one of `folders` (by option name) lies inside `source`, a local folder: `datasets`
-    would read the build's own cache and shards there as source data at the next start (and the source fingerprint
-    would change, so the build could never resume)."""
-    if source is None or not Path(source).expanduser().is_dir():
-        return
-    source_path = Path(source).expanduser().resolve()
-    for name, folder in folders.items():
-        if folder is not None and Path(folder).expanduser().resolve().is_relative_to(source_path):
-            raise SourceError(
-                f"{name} {folder} is inside the source folder {source}: the build would read its own files as source "
-                "data; put it outside"
-            )
-
-
-def open_source(
-    config: MaplePreferencesConfig, source_dataset: datasets.Dataset | None = None, *, cache_dir: str | None = None
-) -> tuple[datasets.Dataset, str]:
-    """The columns of the source a build reads (`config.source`, or `source_dataset`), images left encoded, and the
-    source's `datasets` fingerprint. Raises `SourceError` for a source that cannot be read, a missing column or a
-    column that holds no images: all before any model is needed, so `maple build-preferences` checks it first."""
-    source = source_dataset
-    if source is None:
-        source = load_source(config.source, split=config.source_split, cache_dir=cache_dir)
-    required = [config.image_column, config.caption_column]
-    # An id column named explicitly is meant to exist: without it every id would silently be the row index.
-    if config.id_column != DEFAULT_ID_COLUMN:
-        required.append(config.id_column)
-    missing = [column for column in required if column not in source.column_names]
-    if missing:
-        raise SourceError(
-            f"source {config.source or 'datasets.Dataset (in memory)'} lacks column(s) {missing}; it has "
-            f"{source.column_names}: name the columns to read with image_column=, caption_column=, id_column= "
-            "(CLI --image-column, --caption-column, --id-column)"
-        )
-    image_feature = source.features[config.image_column]
-    if not _readable_as_images(image_feature):  # pyarrow's cast would fail naming neither column nor type
-        raise SourceError(
-            f"source column {config.image_column!r} holds {image_feature!r}; expected images "
-            "(datasets.Image), image file paths (str) or encoded image bytes"
-        )
-    fingerprint = source._fingerprint
-    # Only the columns the build reads: others may be heavy, or images decoded on every row access.
-    used = dict.fromkeys([config.id_column, config.image_column, config.caption_column])
-    source = source.select_columns([column for column in used if column in source.column_names])
-    return source.cast_column(config.image_column, datasets.Image(decode=False)), fingerprint
-
-
-def load_source(source: str, *, split: str, cache_dir: str | None = None) -> datasets.Dataset:
-    """Split `split` of the image-caption dataset behind `source`: a local folder, a parquet file, or
-    a Hub dataset id.
-
-    A folder is read as `datasets.load_dataset(folder)` reads it: parquet files, or images with a
-    metadata.csv / metadata.jsonl holding the captions, split by file name (a Hub snapshot's
-    `data/train-*.parquet` and `data/test-*.parquet` are two splits; files whose names name no split
-    are all "train"). A split the source lacks is a `SourceError` naming the source and the splits
-    it has. `split` may slice or join splits as `datasets` does ("train[:1000]", "train+test")."""
-    path = Path(source).expanduser()
-    # A path that can only be local (a Hub id is "name" or "org/name") is not sent to the Hub when missing.
-    local_suffixes = (".parquet", ".csv", ".json", ".jsonl", ".arrow", ".tsv", ".txt")
-    if not path.exists() and (path.suffix in local_suffixes or source.startswith((".", "/", "~")) or source.count("/") > 1):
-        raise SourceError(f"source {source}: no such file or folder (a Hub dataset id is 'name' or 'org/name')")
-    if path.suffix == ".parquet":
-        _check_splits(source, split, available=["train"])  # datasets names a lone file's split "train"
-        return datasets.load_dataset("parquet", data_files=str(path), split=split, cache_dir=cache_dir)
-    if path.is_file():
-        raise SourceError(f"unsupported source file {source}: give a folder, a parquet file or a Hub dataset id")
-    try:
-        builder = datasets.load_dataset_builder(str(path) if path.exists() else source, cache_dir=cache_dir)
-    # ValueError: a Hub repo of several configs (the source must not leave it open), a folder without data files;
-    # OSError: a Hub id not found, or not cached offline
-    except (ValueError, OSError) as error:
-        raise SourceError(f"source {source}: {' '.join(str(error).split())}") from None
-    # Checked before any file is read; `datasets` would convert every split first.
-    _check_splits(source, split, available=[str(name) for name in builder.config.data_files])
-    builder.download_and_prepare()
-    return builder.as_dataset(split=split)
-
-
-def _check_splits(source: str, split: str, available: list[str]) -> None:
-    """Raise `SourceError` when `split` ("train", "train[:1000]", "train+test") names a split `source` lacks."""
-    missing = [name for name in (part.split("[")[0].strip() for part in split.split("+")) if name not in available]
-    if missing:
-        raise SourceError(
-            f"source {source} has no split {', '.join(map(repr, missing))}; its splits are {available}: "
-            "pick one with source_split=... (CLI --source-split)"
-        )
-
-
-def _readable_as_images(feature: Any) -> bool:
-    """Whether `datasets.Image` can read a column of this feature: images, file paths, encoded
-    bytes, or {"bytes", "path"} structs (image parquet files written without datasets' metadata)."""
-    if isinstance(feature, datasets.Image):
-        return True
-    if isinstance(feature, dict):
-        return bool(feature) and set(feature) <= {"bytes", "path"}
-    return getattr(feature, "dtype", None) in ("string", "large_string", "binary", "large_binary")
 
 
 class MaplePreferences(datasets.GeneratorBasedBuilder):
@@ -800,7 +657,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             return SkippedInput(index, row_id, "special token in caption", detail)
         value = row[self.config.image_column] or {}
         try:
-            image = _decode(_image_bytes(value), index)
+            image = decode_image(encoded_bytes(value), index)
         except Exception as error:  # any decoding failure makes the row unusable, whatever its kind
             # PIL names the in-memory file by its address, which would differ from run to run in stats and card
             detail = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the image bytes", f"{type(error).__name__}: {error}")
@@ -828,7 +685,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         return None if found is None else f"the {found[0]}: {found[1]}"
 
     def _image(self, row: int) -> PIL.Image.Image:
-        return _decode(_image_bytes(self._load_source()[row][self.config.image_column]), row)
+        return decode_image(encoded_bytes(self._load_source()[row][self.config.image_column]), row)
 
     def embed_inputs(self, valid_rows: list[int]) -> torch.Tensor:
         """(len(valid_rows), D) image embeddings; each rank embeds a slice, all ranks read the whole."""
@@ -978,12 +835,12 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         records = [source[anchor_rows[position]] for position in positions]
         ids = [self._row_id(record, anchor_rows[position]) for record, position in zip(records, positions)]
         captions = [record[config.caption_column].strip() for record in records]
-        image_bytes = [_image_bytes(record[config.image_column]) for record in records]
+        image_bytes = [encoded_bytes(record[config.image_column]) for record in records]
         negative_rows = [[anchor_rows[n] for n in neighbours if n >= 0] for neighbours in neighbour_positions]
-        negative_bytes = [[_image_bytes(source[row][config.image_column]) for row in rows] for rows in negative_rows]
-        anchors = [_decode(payload, anchor_rows[position]) for payload, position in zip(image_bytes, positions)]
+        negative_bytes = [[encoded_bytes(source[row][config.image_column]) for row in rows] for rows in negative_rows]
+        anchors = [decode_image(payload, anchor_rows[position]) for payload, position in zip(image_bytes, positions)]
         candidate_images = [
-            [anchor] + [_decode(payload, row) for payload, row in zip(payloads, rows)]
+            [anchor] + [decode_image(payload, row) for payload, row in zip(payloads, rows)]
             for anchor, payloads, rows in zip(anchors, negative_bytes, negative_rows)
         ]
 

@@ -27,15 +27,8 @@ import datasets
 
 from maple.cli import DefaultsHelpFormatter, positive
 
-from .builder import (
-    MaplePreferences,
-    JudgeOutputError,
-    MaplePreferencesConfig,
-    SourceError,
-    WorkDirMismatch,
-    check_outside_source,
-    open_source,
-)
+from .builder import JudgeOutputError, MaplePreferences, MaplePreferencesConfig, WorkDirMismatch
+from .sources import SourceError, check_outside_source, open_source
 
 # `MaplePreferencesConfig` fields offered as options, by option group.
 RECIPE_OPTIONS = (

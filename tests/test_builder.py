@@ -14,11 +14,10 @@ from dataset_builders.builder import (
     JudgeOutputError,
     MaplePreferences,
     MaplePreferencesConfig,
-    SourceError,
     _slice_bounds,
-    load_source,
     text_pool,
 )
+from dataset_builders.sources import SourceError, load_source
 from dataset_builders.miner import HardNegativeMiner
 from dataset_builders.testing import (
     ColourCaptioner,

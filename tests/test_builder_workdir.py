@@ -204,7 +204,7 @@ def test_the_same_source_bytes_with_a_new_timestamp_or_place_resume_the_build(tm
 
 
 def test_local_source_digest_reads_sizes_edges_and_sampled_blocks(tmp_path):
-    from dataset_builders.builder import local_source_digest
+    from dataset_builders.sources import local_source_digest
 
     big = tmp_path / "folder" / "big.bin"
     big.parent.mkdir()

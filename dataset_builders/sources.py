@@ -1,0 +1,169 @@
+"""The image-caption source a preference build reads: a local folder, a parquet file, a Hub dataset id or a
+`datasets.Dataset`, checked (columns, splits, images) before any model is needed, and fingerprinted by content so that
+a copy of it resumes the same build."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import datasets
+import PIL.Image
+
+if TYPE_CHECKING:
+    from .builder import MaplePreferencesConfig
+
+DEFAULT_ID_COLUMN = "id"
+
+
+class SourceError(ValueError):
+    """The source data (or the recipe applied to it) cannot be built; the message says what to change."""
+
+
+def encoded_bytes(value: dict[str, Any]) -> bytes:
+    """The encoded bytes of an undecoded `datasets.Image` value ({"bytes", "path"})."""
+    if value.get("bytes"):
+        return value["bytes"]
+    if value.get("path"):
+        return Path(value["path"]).read_bytes()
+    raise ValueError("image has neither bytes nor a path")
+
+
+def decode_image(payload: bytes, row: int) -> PIL.Image.Image:
+    """The RGB image of encoded bytes, via `modeling_maple.processing_maple.load_image` (which names
+    source row `row` when the data is corrupt)."""
+    from modeling_maple.processing_maple import load_image  # transformers: only once images are decoded
+
+    return load_image(PIL.Image.open(io.BytesIO(payload)), row)
+
+
+def local_source_digest(path: Path, sampled_files: int = 64, sampled_blocks: int = 16, block_size: int = 4096) -> str:
+    """A fingerprint of a local source by content, not by timestamps (which `datasets`' own fingerprint reads), so
+    that the same files copied elsewhere (staged to a job's local disk, one copy per node) resume the same build.
+    Every data file's path relative to `path` and size, and the bytes of `sampled_files` files spread over them (all
+    of a few parquet shards; a sample of an image folder): each one's first and last 64 KiB and `sampled_blocks`
+    evenly spaced blocks. Hidden files and folders (`.cache/`, written by `snapshot_download`) and `__*` ones are
+    left out, as `datasets` leaves them out. An edit that keeps every size and misses the sampled bytes goes unseen:
+    the price of not reading a corpus of images in full at every start."""
+    if path.is_file():
+        files = [path]
+    else:
+        files = sorted(
+            file for file in path.rglob("*")
+            if file.is_file() and not any(part.startswith((".", "__")) for part in file.relative_to(path).parts)
+        )
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"{file.relative_to(path) if file != path else file.name}\0{file.stat().st_size}\0".encode())
+    count = min(sampled_files, len(files))  # spread from the first file to the last
+    picked = sorted({round(index * (len(files) - 1) / max(1, count - 1)) for index in range(count)})
+    for file in (files[index] for index in picked):
+        size = file.stat().st_size
+        offsets = [0, max(0, size - 65536)] + [size * (index + 1) // (sampled_blocks + 1) for index in range(sampled_blocks)]
+        with file.open("rb") as handle:
+            for offset, length in zip(offsets, [65536, 65536] + [block_size] * sampled_blocks):
+                handle.seek(offset)
+                digest.update(handle.read(length))
+    return digest.hexdigest()[:16]
+
+
+def check_outside_source(source: str | None, **folders: str | os.PathLike | None) -> None:
+    """Raise `SourceError` when one of `folders` (by option name) lies inside `source`, a local folder: `datasets`
+    would read the build's own cache and shards there as source data at the next start (and the source fingerprint
+    would change, so the build could never resume)."""
+    if source is None or not Path(source).expanduser().is_dir():
+        return
+    source_path = Path(source).expanduser().resolve()
+    for name, folder in folders.items():
+        if folder is not None and Path(folder).expanduser().resolve().is_relative_to(source_path):
+            raise SourceError(
+                f"{name} {folder} is inside the source folder {source}: the build would read its own files as source "
+                "data; put it outside"
+            )
+
+
+def open_source(
+    config: MaplePreferencesConfig, source_dataset: datasets.Dataset | None = None, *, cache_dir: str | None = None
+) -> tuple[datasets.Dataset, str]:
+    """The columns of the source a build reads (`config.source`, or `source_dataset`), images left encoded, and the
+    source's `datasets` fingerprint. Raises `SourceError` for a source that cannot be read, a missing column or a
+    column that holds no images: all before any model is needed, so `maple build-preferences` checks it first."""
+    source = source_dataset
+    if source is None:
+        source = load_source(config.source, split=config.source_split, cache_dir=cache_dir)
+    required = [config.image_column, config.caption_column]
+    # An id column named explicitly is meant to exist: without it every id would silently be the row index.
+    if config.id_column != DEFAULT_ID_COLUMN:
+        required.append(config.id_column)
+    missing = [column for column in required if column not in source.column_names]
+    if missing:
+        raise SourceError(
+            f"source {config.source or 'datasets.Dataset (in memory)'} lacks column(s) {missing}; it has "
+            f"{source.column_names}: name the columns to read with image_column=, caption_column=, id_column= "
+            "(CLI --image-column, --caption-column, --id-column)"
+        )
+    image_feature = source.features[config.image_column]
+    if not _readable_as_images(image_feature):  # pyarrow's cast would fail naming neither column nor type
+        raise SourceError(
+            f"source column {config.image_column!r} holds {image_feature!r}; expected images "
+            "(datasets.Image), image file paths (str) or encoded image bytes"
+        )
+    fingerprint = source._fingerprint
+    # Only the columns the build reads: others may be heavy, or images decoded on every row access.
+    used = dict.fromkeys([config.id_column, config.image_column, config.caption_column])
+    source = source.select_columns([column for column in used if column in source.column_names])
+    return source.cast_column(config.image_column, datasets.Image(decode=False)), fingerprint
+
+
+def load_source(source: str, *, split: str, cache_dir: str | None = None) -> datasets.Dataset:
+    """Split `split` of the image-caption dataset behind `source`: a local folder, a parquet file, or
+    a Hub dataset id.
+
+    A folder is read as `datasets.load_dataset(folder)` reads it: parquet files, or images with a
+    metadata.csv / metadata.jsonl holding the captions, split by file name (a Hub snapshot's
+    `data/train-*.parquet` and `data/test-*.parquet` are two splits; files whose names name no split
+    are all "train"). A split the source lacks is a `SourceError` naming the source and the splits
+    it has. `split` may slice or join splits as `datasets` does ("train[:1000]", "train+test")."""
+    path = Path(source).expanduser()
+    # A path that can only be local (a Hub id is "name" or "org/name") is not sent to the Hub when missing.
+    local_suffixes = (".parquet", ".csv", ".json", ".jsonl", ".arrow", ".tsv", ".txt")
+    if not path.exists() and (path.suffix in local_suffixes or source.startswith((".", "/", "~")) or source.count("/") > 1):
+        raise SourceError(f"source {source}: no such file or folder (a Hub dataset id is 'name' or 'org/name')")
+    if path.suffix == ".parquet":
+        _check_splits(source, split, available=["train"])  # datasets names a lone file's split "train"
+        return datasets.load_dataset("parquet", data_files=str(path), split=split, cache_dir=cache_dir)
+    if path.is_file():
+        raise SourceError(f"unsupported source file {source}: give a folder, a parquet file or a Hub dataset id")
+    try:
+        builder = datasets.load_dataset_builder(str(path) if path.exists() else source, cache_dir=cache_dir)
+    # ValueError: a Hub repo of several configs (the source must not leave it open), a folder without data files;
+    # OSError: a Hub id not found, or not cached offline
+    except (ValueError, OSError) as error:
+        raise SourceError(f"source {source}: {' '.join(str(error).split())}") from None
+    # Checked before any file is read; `datasets` would convert every split first.
+    _check_splits(source, split, available=[str(name) for name in builder.config.data_files])
+    builder.download_and_prepare()
+    return builder.as_dataset(split=split)
+
+
+def _check_splits(source: str, split: str, available: list[str]) -> None:
+    """Raise `SourceError` when `split` ("train", "train[:1000]", "train+test") names a split `source` lacks."""
+    missing = [name for name in (part.split("[")[0].strip() for part in split.split("+")) if name not in available]
+    if missing:
+        raise SourceError(
+            f"source {source} has no split {', '.join(map(repr, missing))}; its splits are {available}: "
+            "pick one with source_split=... (CLI --source-split)"
+        )
+
+
+def _readable_as_images(feature: Any) -> bool:
+    """Whether `datasets.Image` can read a column of this feature: images, file paths, encoded
+    bytes, or {"bytes", "path"} structs (image parquet files written without datasets' metadata)."""
+    if isinstance(feature, datasets.Image):
+        return True
+    if isinstance(feature, dict):
+        return bool(feature) and set(feature) <= {"bytes", "path"}
+    return getattr(feature, "dtype", None) in ("string", "large_string", "binary", "large_binary")
