@@ -400,16 +400,34 @@ def _retyped(column, value):
          r".*cast_column\('candidate_images', datasets.List\(datasets.Image\(\)\)\)"),
         (lambda: _retyped("txt2img_scores", ["0.9"] * 4),
          r"column 'txt2img_scores' has type List\(Value\('string'\)\); expected List\(Value\('float32'\)\)"),
+        # found by the collator only when the row was batched, hours into a run
+        (lambda: _corrupt("candidate_texts", lambda s: s[::-1]),
+         r"row id 'scene-2': column 'candidate_texts'\[0\] differs from the row's 'caption'; expected the anchor itself"),
+        (lambda: _corrupt("candidate_images", lambda s: s[::-1]),
+         r"row id 'scene-2': column 'candidate_images'\[0\] differs from the row's 'image'; expected the anchor itself"),
     ],
     ids=["missing-column", "length-mismatch", "out-of-range", "nan", "empty", "no-caption", "no-image",
          "no-candidate-text", "no-candidate-image", "no-candidate-text-large-list", "empty-caption",
          "blank-candidate-text", "int-caption", "image-paths",
-         "candidate-image-paths", "string-scores"],
+         "candidate-image-paths", "string-scores", "text-anchor-not-first", "image-anchor-not-first"],
 )
 def test_bad_datasets_fail_before_training_with_a_clear_error(tmp_path, make_dataset, message):
     model, processor = build_tiny("dual_encoder")
     with pytest.raises(ValueError, match=message):
         RPATrainer(model, args=make_config(tmp_path), train_dataset=make_dataset(), processing_class=processor)
+
+
+def test_an_anchor_image_stored_in_other_bytes_than_its_first_candidate_passes():
+    """Validation compares stored bytes, and decodes only rows whose bytes differ: the same picture re-encoded is
+    still the anchor, as the collator sees it."""
+    from trainer.schema import validate_preference_dataset
+
+    def reencoded(images):
+        buffer = io.BytesIO()
+        images[0].save(buffer, format="BMP")
+        return [Image.open(io.BytesIO(buffer.getvalue())), *images[1:]]
+
+    validate_preference_dataset(_corrupt("candidate_images", reencoded), "train")
 
 
 def test_streamed_datasets_train_and_their_bad_rows_are_caught_as_they_arrive(tmp_path):

@@ -115,6 +115,11 @@ def test_bad_arguments_are_reported_in_one_line(capsys, argv, message):
         ("not_an_option: 3\noutput_dir: out\n", "{path}: unknown key 'not_an_option'; keys are the options of `maple train --help`"),
         ("- a\n- b\n", "{path}: expected a YAML mapping of options (name: value), got ['a', 'b']"),
         (None, "--config {path}: No such file or directory"),
+        # YAML values skip argparse's types and choices: they were tracebacks, some after the model had loaded
+        ("num_image_candidates: [1, 2]\n", "'<' not supported between instances of 'list' and 'int'"),
+        ("tiny: foo\n", "tiny must be one of ['mllm', 'dual_encoder', "),
+        ("lora_r: 0\n", "lora_r is a rank and must be an integer >= 1, got 0"),
+        ("lora_dropout: 2\n", "lora_dropout is a probability and must be in [0, 1), got 2"),
     ],
 )
 def test_a_bad_config_file_is_reported_in_one_line_naming_it(tmp_path, capsys, content, message):
@@ -123,7 +128,7 @@ def test_a_bad_config_file_is_reported_in_one_line_naming_it(tmp_path, capsys, c
         config.write_text(content)
     for config_option in (["--config", str(config)], [f"--config={config}"]):
         with pytest.raises(SystemExit) as exit_info:
-            main([*config_option, "--tiny", "dual_encoder", "--dataset_name", "x"])
+            main([*config_option, "--dataset_name", "x"] + ([] if "tiny" in (content or "") else ["--tiny", "dual_encoder"]))
         assert exit_info.value.code == 2
         error = capsys.readouterr().err
         assert error.startswith("maple train: error: " + message.format(path=config)) and error.count("\n") == 1
@@ -169,6 +174,48 @@ def test_a_model_neither_on_disk_nor_in_the_cache_is_reported_in_one_line(tmp_pa
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert error.startswith("maple train: error: --model_name_or_path maple-org/not-cached: ") and error.count("\n") == 1
+
+
+def test_a_bad_row_or_a_resume_folder_that_is_no_checkpoint_is_reported_before_any_model_loads(tmp_path, monkeypatch, capsys):
+    """Rows were checked by RPATrainer only once the model had loaded (minutes for a 7B model), as a traceback."""
+    monkeypatch.setattr("trainer.cli.load_model_and_processor", lambda *args: pytest.fail("the model was loaded"))
+    dataset = synthetic_preference_dataset(4)
+    scores = list(dataset["txt2img_scores"])
+    scores[2] = [*scores[2][:-1], float("nan")]
+    dataset.remove_columns("txt2img_scores").add_column("txt2img_scores", scores, feature=dataset.features["txt2img_scores"]).save_to_disk(tmp_path / "prefs")
+    synthetic_preference_dataset(4).save_to_disk(tmp_path / "good")
+    (tmp_path / "not_a_checkpoint").mkdir()
+    capsys.readouterr()
+    for argv, message in [
+        (["--dataset_name", str(tmp_path / "prefs")],
+         f"--dataset_name {tmp_path / 'prefs'}: train dataset, row id 'scene-2': column 'txt2img_scores'[3] is nan"),
+        (["--dataset_name", str(tmp_path / "good"), "--resume_from_checkpoint", str(tmp_path / "not_a_checkpoint")],
+         f"--resume_from_checkpoint {tmp_path / 'not_a_checkpoint'}: not a checkpoint (no trainer_state.json)"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--tiny", "dual_encoder", *argv, "--output_dir", str(tmp_path / "out")])
+        assert exit_info.value.code == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"maple train: error: {message}") and error.count("\n") == 1, error
+
+
+def test_a_parquet_table_of_image_paths_trains_from_the_command_line(tmp_path):
+    """The Python API asks for a cast to datasets.Image(), which a command-line user cannot make."""
+    dataset = synthetic_preference_dataset(4)
+    paths, candidate_paths = [], []
+    for row, record in enumerate(dataset):
+        candidates = []
+        for position, image in enumerate([record["image"], *record["candidate_images"][1:]]):
+            path = tmp_path / f"{row}-{position}.png"
+            image.save(path)
+            candidates.append(str(path))
+        paths.append(candidates[0])
+        candidate_paths.append(candidates)
+    table = dataset.remove_columns(["image", "candidate_images"]).add_column("image", paths).add_column("candidate_images", candidate_paths)
+    (tmp_path / "prefs").mkdir()
+    table.to_parquet(tmp_path / "prefs" / "train.parquet")
+    assert main(["--tiny", "dual_encoder", "--dataset_name", str(tmp_path / "prefs"), "--output_dir", str(tmp_path / "out"),
+                 "--max_steps", "1", "--per_device_train_batch_size", "2", "--report_to", "none", "--use_cpu", "true"]) == 0
 
 
 def test_a_folder_that_is_no_checkpoint_is_reported_in_one_line(tmp_path, capsys):

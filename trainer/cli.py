@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import NoReturn
 
 import yaml
-from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+from datasets import Dataset, DatasetDict, Image, LargeList, List, Value, load_dataset, load_from_disk
 from datasets.exceptions import DatasetGenerationError
 from trl import TrlParser
 
@@ -26,6 +26,7 @@ from evaluation.models import is_hub_id
 from modeling_maple.configuration_maple import SUPPORTED_MLLMS
 
 from .rpa_config import RPAConfig, from_pretrained_kwargs, unused_dpo_field_help
+from .schema import validate_preference_dataset
 
 
 class TrainingInputError(ValueError):
@@ -81,6 +82,19 @@ class ModelArguments:
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator alpha (MAPLE: 32)."})
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input (not stated in MAPLE)."})
 
+    def __post_init__(self) -> None:
+        # A YAML config's values skip argparse's choices and types.
+        for name in ("backbone", "tiny"):
+            choices = next(f for f in fields(self) if f.name == name).metadata["choices"]
+            if getattr(self, name) is not None and getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+        if not (isinstance(self.lora_r, int) and self.lora_r >= 1):
+            raise ValueError(f"lora_r is a rank and must be an integer >= 1, got {self.lora_r!r}")
+        if not (isinstance(self.lora_alpha, (int, float)) and self.lora_alpha > 0):
+            raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha!r}")
+        if not (isinstance(self.lora_dropout, (int, float)) and 0 <= self.lora_dropout < 1):
+            raise ValueError(f"lora_dropout is a probability and must be in [0, 1), got {self.lora_dropout!r}")
+
 
 @dataclass
 class DataArguments:
@@ -123,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     _check_config_file(parser, argv)
     try:
         model_args, data_args, training_args = parser.parse_args_and_config(argv)
-    except ValueError as error:  # the dataclasses' own checks (e.g. RPAConfig's rejected settings)
+    # the dataclasses' own checks (e.g. RPAConfig's rejected settings); TypeError: a YAML value of the wrong type
+    except (ValueError, TypeError) as error:
         parser.error(str(error))
     if (model_args.model_name_or_path is None) == (model_args.tiny is None):
         parser.error("give exactly one of --model_name_or_path and --tiny")
@@ -197,6 +212,13 @@ def checkpoint_to_resume(training_args: RPAConfig) -> str | None:
         return last
     if not os.path.isdir(value):
         raise TrainingInputError(f"--resume_from_checkpoint: no such folder: {value}")
+    from transformers.trainer import TRAINER_STATE_NAME
+
+    if not os.path.isfile(os.path.join(value, TRAINER_STATE_NAME)):
+        raise TrainingInputError(
+            f"--resume_from_checkpoint {value}: not a checkpoint (no {TRAINER_STATE_NAME}); expected a checkpoint-* "
+            "folder of a run"
+        )
     return value
 
 
@@ -290,7 +312,26 @@ def load_preference_splits(data_args: DataArguments) -> DatasetDict:
     for split in filter(None, (data_args.dataset_train_split, data_args.dataset_test_split)):
         if split not in splits:
             raise TrainingInputError(f"{location} has no split {split!r}; it has {sorted(splits)}")
+        splits[split] = _with_image_paths_read(splits[split])
+        try:  # RPATrainer checks them too, but only once the model has loaded
+            validate_preference_dataset(splits[split], split)
+        except ValueError as error:
+            raise TrainingInputError(f"--dataset_name {location}: {error}") from None
     return splits
+
+
+def _with_image_paths_read(dataset: Dataset) -> Dataset:
+    """`dataset` with image columns that hold file paths (a parquet or CSV table of paths) read as images, which the
+    Python API asks its user to cast."""
+    def is_path(feature) -> bool:
+        return isinstance(feature, Value) and feature.dtype in ("string", "large_string")
+
+    if is_path(dataset.features.get("image")):
+        dataset = dataset.cast_column("image", Image())
+    candidates = dataset.features.get("candidate_images")
+    if isinstance(candidates, (List, LargeList)) and is_path(candidates.feature):
+        dataset = dataset.cast_column("candidate_images", List(Image()))
+    return dataset
 
 
 if __name__ == "__main__":

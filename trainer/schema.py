@@ -243,7 +243,7 @@ def validate_preference_dataset(dataset: Dataset | IterableDataset, dataset_name
         check_features(dataset.features, dataset_name)
     if not isinstance(dataset, Dataset):
         return
-    columns = ["id", *CONTENT_COLUMNS, *SCORED_CANDIDATES.values()]
+    columns = ["id", *CONTENT_COLUMNS, *SCORED_CANDIDATES.values()]  # images as stored: nothing is decoded
     arrow_rows = dataset.select_columns(columns).with_format("arrow")
     for batch in arrow_rows.iter(batch_size=_ARROW_BATCH_ROWS):
         check_rows(
@@ -255,6 +255,33 @@ def validate_preference_dataset(dataset: Dataset | IterableDataset, dataset_name
             invalid={column: _first_missing(batch[column]) for column in CONTENT_COLUMNS},
             dataset_name=dataset_name,
         )
+        _check_anchor_first(batch, dataset_name)
+
+
+def _check_anchor_first(batch: pa.Table, dataset_name: str) -> None:
+    """Raises for the first row whose candidate 0 is not its own caption / image (the collator would, hours into a
+    run). Texts compare as strings; images by stored bytes or path, and those that differ by decoded content, as the
+    collator compares them (the same picture may be stored twice, encoded differently)."""
+    from .collator import content_id
+
+    for anchor_column, candidates_column in (("caption", "candidate_texts"), ("image", "candidate_images")):
+        anchors, firsts = batch[anchor_column], pc.list_element(batch[candidates_column], 0)
+        if anchor_column == "image":
+            same = pc.or_(
+                pc.equal(pc.struct_field(anchors, "bytes"), pc.struct_field(firsts, "bytes")),
+                pc.and_(pc.is_null(pc.struct_field(anchors, "bytes")), pc.equal(pc.struct_field(anchors, "path"), pc.struct_field(firsts, "path"))),
+            )
+        else:  # one string type for both (string, large_string and string_view all pass `check_features`)
+            same = pc.equal(pc.cast(anchors, pa.large_string()), pc.cast(firsts, pa.large_string()))
+        for row in pc.indices_nonzero(pc.invert(same.fill_null(False))).to_pylist():
+            if anchor_column == "image":
+                anchor, first = (Image().decode_example(column[row].as_py()) for column in (anchors, firsts))
+                if content_id(anchor) == content_id(first):
+                    continue
+            raise ValueError(
+                f"{dataset_name} dataset, row id {batch['id'][row].as_py()!r}: column {candidates_column!r}[0] differs "
+                f"from the row's {anchor_column!r}; expected the anchor itself first, then its other candidates."
+            )
 
 
 def _first_missing(column: pa.ChunkedArray) -> list[tuple[int, str] | None]:
