@@ -62,9 +62,9 @@ def test_a_checkpoint_resumes_only_under_its_recipe(tmp_path):
     checkpoint = tmp_path / "run" / "checkpoint-2"
     assert json.loads((checkpoint / "rpa_recipe.json").read_text())["rpa_weight"] == stopped.args.rpa_weight
     changed = make_trainer(tmp_path, max_steps=4, save_strategy="steps", save_steps=2, rpa_weight=0.9,
-                           per_device_train_batch_size=4)
+                           per_device_train_batch_size=4, warmup_steps=0.5)  # the schedule is rebuilt on resume
     with pytest.raises(ValueError, match=r"checkpoint-2 was trained with another recipe \(rpa_weight: 0.5 -> 0.9; "
-                                         r"per_device_train_batch_size: 8 -> 4\)"):
+                                         r"per_device_train_batch_size: 8 -> 4; warmup_steps: 0 -> 0.5\)"):
         changed.train(resume_from_checkpoint=True)  # True: the last checkpoint in output_dir
     assert changed.state.global_step == 0
     recipe = (checkpoint / "rpa_recipe.json").read_text()

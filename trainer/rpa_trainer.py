@@ -55,7 +55,7 @@ RECIPE_FIELDS = (
     "rpa_loss", "rpa_weight", "reference", "learn_beta", "learn_temperature", "max_scale", "expand_negatives",
     "exclude_judged_positives", "gather_negatives", "num_image_candidates", "num_text_candidates",
     "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "lr_scheduler_type",
-    "weight_decay", "seed",
+    "warmup_steps", "weight_decay", "seed",
 )
 
 

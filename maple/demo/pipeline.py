@@ -459,9 +459,12 @@ def run_demo(config: DemoConfig) -> DemoResult:
     for method, seed in runs:
         results[method].append(json.loads((_run_dir(out, method, seed) / "result.json").read_text()))
 
-    summary = timer.run("report", lambda: _report(config, results, timer.all_seconds))
+    summary = timer.run("report", lambda: _report(config, results))
     maple_dir = out / "maple-model"
     timer.run("checkpoint and card", lambda: _publish_checkpoint(config, results["maple"][0], maple_dir))
+    from .report import results_markdown
+
+    (out / "results.md").write_text(results_markdown(summary, config, timer.all_seconds))  # every stage's time
     if config.push_to_hub:
         timer.run("push to hub", lambda: _push(config, results["maple"][0], maple_dir))
     return DemoResult(summary=summary, seconds=timer.all_seconds, out=out)
@@ -530,7 +533,7 @@ def _build_preferences(config: DemoConfig, world: World, base_dir: Path, folder:
         source_license="apache-2.0",  # drawn by this package's code
     )
     builder.download_and_prepare()
-    dataset_card_from_stats(builder.stats, output_dir=folder).save(str(folder / "README.md"))
+    dataset_card_from_stats(_demo_card_stats(builder.stats), output_dir=folder).save(str(folder / "README.md"))
     staging = dataset_dir.with_name("data.partial")  # renamed when complete, like the base model
     builder.as_dataset(split="train").save_to_disk(str(staging))
     staging.rename(dataset_dir)
@@ -661,19 +664,31 @@ def summarise(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, d
     return summary
 
 
-def _report(config: DemoConfig, results: dict[str, list[dict[str, Any]]], seconds: dict[str, float]) -> dict:
+def _report(config: DemoConfig, results: dict[str, list[dict[str, Any]]]) -> dict:
+    """results.json and the plots; results.md follows once the checkpoint stage is timed too."""
     from model_cards.cards import plot_similarity_histograms
 
-    from .report import plot_category_bars, plot_method_curves, results_markdown
+    from .report import plot_category_bars, plot_method_curves
 
     summary = summarise(results)
     out = config.out
     (out / "results.json").write_text(json.dumps(summary, indent=2))
-    (out / "results.md").write_text(results_markdown(summary, config, seconds))
     plot_method_curves({method: runs[0]["log_history"] for method, runs in results.items()}, out / "training_curves.png")
     plot_category_bars(summary, out / "per_category.png")
     plot_similarity_histograms({method: runs[0] for method, runs in results.items()}, out / "similarities.png")
     return summary
+
+
+def _demo_card_stats(stats: dict[str, Any]) -> dict[str, Any]:
+    """The builder's stats with what the demo's dataset card must say: its data and its stand-ins are not an MLLM's."""
+    return {
+        **stats,
+        "pretty_name": "MAPLE demo preference dataset",
+        "known_biases": [
+            "Built by `maple demo` (docs/demo.md): the images are drawn procedurally, and the captioner (and the judge, "
+            "unless `--judge` named an MLLM) are stand-ins for MLLMs that read the drawn scene graphs."
+        ],
+    }
 
 
 def _publish_checkpoint(config: DemoConfig, maple_result: dict[str, Any], maple_dir: Path) -> None:
@@ -696,12 +711,12 @@ def _write_model_card(config: DemoConfig, maple_result: dict[str, Any], maple_di
     }
     card = model_card_from_run(
         output_dir=maple_dir,
-        base_model=None,
+        base_model="../base",  # relative to the card: the base model is not published
         backbone=config.backbone,
         training_config=maple_result["training_args"],
         log_history=maple_result["log_history"],
         eval_results=eval_results,
-        dataset_id=f"{repo_id}-preferences" if repo_id else None,
+        dataset_id=f"{repo_id}-preferences" if repo_id else "../preferences/data",
         judge_id=config.judge or "scene-graph judge (a stand-in for an MLLM judge; see docs/demo.md)",
         repo_id=repo_id,
         model_config=json.loads((maple_dir / "config.json").read_text()),
@@ -731,7 +746,7 @@ def push_outputs(out: Path, repo_id: str) -> None:
     stats_file = out / "preferences" / "work" / "stats.json"
     if stats_file.exists():  # else (work/ deleted) the card as built, without the repo id
         stats = json.loads(stats_file.read_text())
-        card = dataset_card_from_stats(stats, repo_id=dataset_repo, output_dir=out / "preferences")
+        card = dataset_card_from_stats(_demo_card_stats(stats), repo_id=dataset_repo, output_dir=out / "preferences")
         card.save(str(out / "preferences" / "README.md"))
     api = HfApi()
     api.create_repo(repo_id, exist_ok=True)

@@ -92,8 +92,13 @@ def results_markdown(summary: Summary, config: DemoConfig, seconds: Mapping[str,
             ("I→T R@1 ≥ InfoNCE-only − 2", maple["i2t_r1"]["mean"] - infonce["i2t_r1"]["mean"], -2.0),
             ("T→I R@1 ≥ InfoNCE-only − 2", maple["t2i_r1"]["mean"] - infonce["t2i_r1"]["mean"], -2.0),
         ]
+        # The targets are means over 3 seeds of the full budget; a smaller run measures, it does not check.
+        judged = not config.quick and len(config.seeds) >= 3
         lines += ["", "| target | measured difference | met |", "|---|---|---|"]
-        lines += [f"| {name} | {difference:+.1f} | {'yes' if difference >= bound else 'no'} |" for name, difference, bound in checks]
+        lines += [
+            f"| {name} | {difference:+.1f} | {('yes' if difference >= bound else 'no') if judged else 'not judged (quick or < 3 seeds)'} |"
+            for name, difference, bound in checks
+        ]
     lines += ["", "Time per stage (seconds):", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {stage} | {value:.0f} |" for stage, value in seconds.items()]
     lines += [
