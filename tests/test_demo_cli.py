@@ -1,6 +1,7 @@
 """`maple demo --quick` end to end: outputs, a checkpoint that loads without the package, resume,
 bad input refused before any work, and a push to a (local) Hub."""
 
+import argparse
 import json
 
 import pytest
@@ -223,3 +224,5 @@ def test_seeds_are_a_count_or_a_list():
     from maple.demo.cli import _seeds
 
     assert (_seeds("3"), _seeds("0,5,7"), _seeds("5,")) == ((0, 1, 2), (0, 5, 7), (5,))
+    with pytest.raises(argparse.ArgumentTypeError, match="a count .* or a comma-separated list of integers"):
+        _seeds("1_0")  # int() reads it as 10: a 10-seed run

@@ -53,3 +53,24 @@ def test_results_say_what_stands_in_for_an_mllm(judge, tmp_path):
     else:  # only the captioner stands in then
         assert "The judge is the MLLM `Qwen/Qwen2-VL-2B-Instruct`; the captioner is a **stand-in" in text
         assert "judge and captioner are" not in text
+
+
+@pytest.mark.parametrize("seeds, quick", [((0,), False), ((0, 1, 2), True), ((0, 1, 2), False)])
+def test_targets_are_judged_only_on_a_full_run_of_three_seeds_and_one_seed_shows_no_spread(seeds, quick, tmp_path):
+    """A quick or one-seed run printed "met: yes/no" against targets defined on 3 seeds of the full budget, and
+    "± 0.0" for the undefined spread of one seed."""
+    from maple.demo.pipeline import DemoConfig
+    from maple.demo.report import results_markdown
+
+    def run(group):
+        result = _run(group, 0.0)
+        result["per_category"] = {category: result["per_category"]["swap"] for category in ("replace", "swap", "add")}
+        return result
+
+    runs = {"infonce": [run(10.0)] * len(seeds), "infonce_expanded": [run(15.0)] * len(seeds), "maple": [run(25.0)] * len(seeds)}
+    text = results_markdown(summarise(runs), DemoConfig(out=tmp_path, seeds=seeds, quick=quick), {"world": 1.0})
+    full = len(seeds) == 3 and not quick
+    assert ("| MAPLE group score ≥ InfoNCE-only + 10 | +15.0 | yes |" in text) == full
+    assert ("| +15.0 | not judged (quick or < 3 seeds) |" in text) == (not full)
+    assert ("| maple | 25.0 ± 0.0 |" in text) == (len(seeds) > 1)
+    assert ("| maple | 25.0 |" in text) == (len(seeds) == 1)

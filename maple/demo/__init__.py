@@ -7,4 +7,9 @@
 - `pipeline`: world -> preference data -> base model -> fine-tuning runs -> evaluation -> report.
 - `report`: results.md and the plots.
 - `cli`: the `maple demo` command.
+
+The choices of `maple demo` are defined here, so that its `--help` and usage errors come before torch loads.
 """
+
+BACKBONES = ("dual_encoder", "mllm")
+MINERS = ("scene-graph", "base-model")

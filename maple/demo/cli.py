@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from maple.cli import DefaultsHelpFormatter
 
-from .pipeline import BACKBONES, MINERS, DemoConfig, claim_output_folder, format_summary, run_demo
+from . import BACKBONES, MINERS
 
 
 def _seeds(value: str) -> tuple[int, ...]:
@@ -17,6 +18,8 @@ def _seeds(value: str) -> tuple[int, ...]:
     if is_list and parts[-1] == "":
         parts.pop()  # a trailing comma: a list of one seed
     try:
+        if not all(re.fullmatch(r"-?[0-9]+", part) for part in parts):  # int() also takes "1_0", as 10
+            raise ValueError(value)
         numbers = [int(part) for part in parts]
     except ValueError:
         raise argparse.ArgumentTypeError(
@@ -80,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .pipeline import DemoConfig, claim_output_folder, format_summary, run_demo  # torch: after the usage checks
+
     try:
         config = DemoConfig(
             out=args.out,

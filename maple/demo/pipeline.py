@@ -36,11 +36,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..files import atomic_write_text
+from . import BACKBONES, MINERS  # the choices of `maple demo`, where its --help reads them without torch
 from .scene_judge import SceneFeatureEncoder, SceneGraphCaptioner, SceneGraphJudge
 from .world import CATEGORIES, World, WorldConfig, build_world
 
-BACKBONES = ("dual_encoder", "mllm")
-MINERS = ("scene-graph", "base-model")
 METHODS = ("infonce", "infonce_expanded", "maple")
 # results.json: every metric of every method as {"mean", "std"} over seeds
 HEADLINE_METRICS = ("group_score", "text_score", "image_score", "i2t_r1", "t2i_r1", "delta_gap")

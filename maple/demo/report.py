@@ -54,18 +54,21 @@ def plot_category_bars(summary: Summary, path: Path) -> None:
     save_figure(figure, path)
 
 
-def _cell(values: Mapping[str, float], digits: int = 1) -> str:
-    return f"{values['mean']:.{digits}f} ± {values['std']:.{digits}f}"
+def _cell(values: Mapping[str, float], digits: int = 1, spread: bool = True) -> str:
+    """mean ± std; the mean alone for one seed, whose spread is undefined."""
+    return f"{values['mean']:.{digits}f} ± {values['std']:.{digits}f}" if spread else f"{values['mean']:.{digits}f}"
 
 
 def results_markdown(summary: Summary, config: DemoConfig, seconds: Mapping[str, float]) -> str:
     """results.md: the tables, the targets checked, the time per stage and what stands in for what."""
     seeds = ", ".join(str(seed) for seed in config.seeds)
+    spread = len(config.seeds) > 1
     lines = [
         "# MAPLE demo results",
         "",
-        f"Backbone `{config.backbone}`, seeds {seeds}, {'quick' if config.quick else 'full'} budget; "
-        "mean ± sample std (n − 1) over seeds. Scores on 0-100; delta_gap is a ratio (lower is better).",
+        f"Backbone `{config.backbone}`, {'seeds' if spread else 'seed'} {seeds}, {'quick' if config.quick else 'full'} "
+        f"budget; {'mean ± sample std (n − 1) over seeds' if spread else 'one run per method, so no spread'}. "
+        "Scores on 0-100; delta_gap is a ratio (lower is better).",
         "",
         (
             f"The judge is the MLLM `{config.judge}`; the captioner is a **stand-in for an MLLM**: it reads the "
@@ -79,11 +82,11 @@ def results_markdown(summary: Summary, config: DemoConfig, seconds: Mapping[str,
         "|---|---|---|---|---|---|---|",
     ]
     for method, values in summary.items():
-        row = [_cell(values[key]) for key in ("group_score", "text_score", "image_score", "i2t_r1", "t2i_r1")]
-        lines.append(f"| {method} | " + " | ".join(row) + f" | {_cell(values['delta_gap'], 2)} |")
+        row = [_cell(values[key], spread=spread) for key in ("group_score", "text_score", "image_score", "i2t_r1", "t2i_r1")]
+        lines.append(f"| {method} | " + " | ".join(row) + f" | {_cell(values['delta_gap'], 2, spread)} |")
     lines += ["", "Group score per category:", "", "| method | " + " | ".join(CATEGORIES) + " |", "|---|" + "---|" * len(CATEGORIES)]
     for method, values in summary.items():
-        lines.append(f"| {method} | " + " | ".join(_cell(values[f"{c}/group_score"]) for c in CATEGORIES) + " |")
+        lines.append(f"| {method} | " + " | ".join(_cell(values[f"{c}/group_score"], spread=spread) for c in CATEGORIES) + " |")
     if {"infonce", "infonce_expanded", "maple"} <= summary.keys():
         maple, infonce, expanded = summary["maple"], summary["infonce"], summary["infonce_expanded"]
         checks = [
