@@ -199,7 +199,7 @@ def test_a_bad_row_or_a_resume_folder_that_is_no_checkpoint_is_reported_before_a
         assert error.startswith(f"maple train: error: {message}") and error.count("\n") == 1, error
 
 
-def test_a_parquet_table_of_image_paths_trains_from_the_command_line(tmp_path):
+def test_a_parquet_table_of_image_paths_trains_from_the_command_line_as_a_folder_or_a_file(tmp_path):
     """The Python API asks for a cast to datasets.Image(), which a command-line user cannot make."""
     dataset = synthetic_preference_dataset(4)
     paths, candidate_paths = [], []
@@ -214,8 +214,10 @@ def test_a_parquet_table_of_image_paths_trains_from_the_command_line(tmp_path):
     table = dataset.remove_columns(["image", "candidate_images"]).add_column("image", paths).add_column("candidate_images", candidate_paths)
     (tmp_path / "prefs").mkdir()
     table.to_parquet(tmp_path / "prefs" / "train.parquet")
-    assert main(["--tiny", "dual_encoder", "--dataset_name", str(tmp_path / "prefs"), "--output_dir", str(tmp_path / "out"),
-                 "--max_steps", "1", "--per_device_train_batch_size", "2", "--report_to", "none", "--use_cpu", "true"]) == 0
+    # a folder, or one file of it (a shard `maple build-preferences` wrote was sent to the Hub as an id)
+    for location, output_dir in [(tmp_path / "prefs", "out"), (tmp_path / "prefs" / "train.parquet", "out_file")]:
+        assert main(["--tiny", "dual_encoder", "--dataset_name", str(location), "--output_dir", str(tmp_path / output_dir),
+                     "--max_steps", "1", "--per_device_train_batch_size", "2", "--report_to", "none", "--use_cpu", "true"]) == 0
 
 
 def test_a_folder_that_is_no_checkpoint_is_reported_in_one_line(tmp_path, capsys):

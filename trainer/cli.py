@@ -103,8 +103,8 @@ class DataArguments:
     dataset_name: str | None = field(
         default=None,
         metadata={
-            "help": "The preference dataset: a folder written by `save_to_disk`, a folder of parquet files, or a Hub "
-            "dataset id."
+            "help": "The preference dataset: a folder written by `save_to_disk`, a folder of parquet files, one "
+            "parquet/JSON Lines/CSV file (its rows are the train split), or a Hub dataset id."
         },
     )
     dataset_config: str | None = field(
@@ -288,14 +288,26 @@ def load_model_and_processor(model_args: ModelArguments, training_args: RPAConfi
         raise TrainingInputError(f"--model_name_or_path {error}") from error
 
 
+# suffix -> the `datasets` builder that reads one data file
+DATA_FILE_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
+
+
 def load_preference_splits(data_args: DataArguments) -> DatasetDict:
-    """The dataset's splits, from `save_to_disk` output, a parquet folder or the Hub."""
+    """The dataset's splits, from `save_to_disk` output, a folder of data files, one data file or the Hub."""
     location = data_args.dataset_name
     try:
         if os.path.isfile(os.path.join(location, "dataset_dict.json")) or os.path.isfile(
             os.path.join(location, "state.json")
         ):
             splits = load_from_disk(location)
+        elif os.path.isfile(location):  # one file, as `datasets` reads it: its rows are the "train" split
+            builder = DATA_FILE_BUILDERS.get(os.path.splitext(location)[1].lower())
+            if builder is None:
+                raise TrainingInputError(
+                    f"--dataset_name {location}: expected a folder, a Hub dataset id or a "
+                    f"{'/'.join(DATA_FILE_BUILDERS)} file"
+                )
+            splits = load_dataset(builder, data_files={data_args.dataset_train_split: location})
         else:
             splits = load_dataset(location, data_args.dataset_config)
     except OSError as error:  # no data files, not on the Hub, offline and not cached
