@@ -118,7 +118,10 @@ def top_k_neighbours(
         )
         # chunked_topk gives min(depth, N) columns, excluded rows last at -inf
         kept = (scores > float("-inf")) & ~_duplicates_of_better_neighbours(normalised, indices, scores, duplicate_threshold)
-        done = (kept.sum(dim=1) >= k) | (depth >= normalised.shape[0])
+        # A column at -inf means the search ran out of eligible rows: deeper finds no more (a group of duplicates
+        # of the query, all excluded, would otherwise double the depth up to N, each time comparing depth² pairs).
+        exhausted = (scores == float("-inf")).any(dim=1)
+        done = (kept.sum(dim=1) >= k) | (depth >= normalised.shape[0]) | exhausted
         # the kept neighbours first, in their order; then -1 / -inf up to k columns
         order = torch.sort((~kept[done]).to(torch.int8), dim=1, stable=True).indices[:, :k]
         settled = kept[done].gather(1, order)

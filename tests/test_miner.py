@@ -277,3 +277,18 @@ def test_duplicate_neighbours_count_once_and_ties_go_to_the_lower_row_whatever_t
     for query_chunk_size, key_chunk_size in ((1, 1), (4, 4), (2, 3), (1, 2)):
         found = top_k_neighbours(tied, 2, query_chunk_size=query_chunk_size, key_chunk_size=key_chunk_size)
         assert found.indices[0].tolist() == [2, 1]
+
+
+def test_rows_whose_duplicates_exhaust_the_corpus_stop_after_one_search(monkeypatch):
+    """Copies of one image are each other's duplicates, so every row is excluded for every query: the search
+    doubled its depth up to N, comparing depth² neighbour pairs each time (500 copies took seconds, 2,000 minutes)."""
+    depths, search = [], miner_module.chunked_topk
+
+    def recording(*args, **kwargs):
+        depths.append(args[2])
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(miner_module, "chunked_topk", recording)
+    neighbours = top_k_neighbours(torch.randn(1, 16).repeat(64, 1), k=3)
+    assert depths == [3]
+    assert bool((neighbours.indices == -1).all()) and bool((neighbours.scores == float("-inf")).all())
