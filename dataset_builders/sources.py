@@ -40,14 +40,20 @@ def decode_image(payload: bytes, row: int) -> PIL.Image.Image:
     return load_image(PIL.Image.open(io.BytesIO(payload)), row)
 
 
+# Text tables (an image folder's metadata.csv / .jsonl, caption files) are read in full by `local_source_digest`: a
+# reordered or edited caption keeps the file's size and may miss every sampled block.
+FULLY_HASHED_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".txt")
+
+
 def local_source_digest(path: Path, sampled_files: int = 64, sampled_blocks: int = 16, block_size: int = 4096) -> str:
     """A fingerprint of a local source by content, not by timestamps (which `datasets`' own fingerprint reads), so
     that the same files copied elsewhere (staged to a job's local disk, one copy per node) resume the same build.
     Every data file's path relative to `path` and size, and the bytes of `sampled_files` files spread over them (all
     of a few parquet shards; a sample of an image folder): each one's first and last 64 KiB and `sampled_blocks`
-    evenly spaced blocks. Hidden files and folders (`.cache/`, written by `snapshot_download`) and `__*` ones are
-    left out, as `datasets` leaves them out. An edit that keeps every size and misses the sampled bytes goes unseen:
-    the price of not reading a corpus of images in full at every start."""
+    evenly spaced blocks; and every text table (`FULLY_HASHED_SUFFIXES`: the captions of an image folder) in full.
+    Hidden files and folders (`.cache/`, written by `snapshot_download`) and `__*` ones are left out, as `datasets`
+    leaves them out. An edit of an image or parquet file that keeps every size and misses the sampled bytes goes
+    unseen: the price of not reading a corpus of images in full at every start."""
     if path.is_file():
         files = [path]
     else:
@@ -67,6 +73,11 @@ def local_source_digest(path: Path, sampled_files: int = 64, sampled_blocks: int
             for offset, length in zip(offsets, [65536, 65536] + [block_size] * sampled_blocks):
                 handle.seek(offset)
                 digest.update(handle.read(length))
+    for file in files:
+        if file.suffix.lower() in FULLY_HASHED_SUFFIXES:
+            with file.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
     return digest.hexdigest()[:16]
 
 

@@ -232,6 +232,18 @@ def test_local_source_digest_reads_sizes_edges_and_sampled_blocks(tmp_path):
     (tmp_path / "folder" / ".cache" / "huggingface").mkdir(parents=True)
     (tmp_path / "folder" / ".cache" / "huggingface" / "big.bin.metadata").write_text("1764460800.0")
     assert local_source_digest(big.parent) == folder_digest
+    # an image folder's caption table is read in full: rows reordered (same size) among 100 sampled images once
+    # resumed a build with its rows mixed (13 ids repeated, 13 lost)
+    for split in ("train", "validation"):  # train/metadata.csv sorts between the two splits' images: not sampled
+        (tmp_path / "images" / split).mkdir(parents=True)
+        for index in range(100):
+            (tmp_path / "images" / split / f"{index:03d}.png").write_bytes(bytes(100))
+    images = tmp_path / "images" / "train"
+    rows = [f"{index:03d}.png,caption {index}" for index in range(100)]
+    (images / "metadata.csv").write_text("\n".join(["file_name,caption", *rows]))
+    before = local_source_digest(images.parent)
+    (images / "metadata.csv").write_text("\n".join(["file_name,caption", *rows[50:], *rows[:50]]))
+    assert local_source_digest(images.parent) != before
 
 
 def test_a_new_work_dir_builds_again_rather_than_reusing_the_cache(tmp_path):
