@@ -45,6 +45,7 @@ from typing import Any
 import datasets
 import PIL.Image
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
@@ -967,17 +968,22 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         """Summary of the finished build (counts, skipped inputs, score histograms), saved to
         stats.json in the work dir; the dataset card is written from it."""
         plan = self.plan()
-        columns = ["candidate_images", "candidate_texts", "txt2img_scores", "img2txt_scores"]
-        tables = [pq.read_table(path, columns=columns) for path in self._wait_for_shards()]
-        num_anchors = sum(table.num_rows for table in tables)
-        counts = {column: sum(len(value) for table in tables for value in table[column].to_pylist()) for column in columns[:2]}
-        histograms = {}
-        for column in columns[2:]:
-            scores = torch.tensor([score for table in tables for value in table[column].to_pylist() for score in value])
-            histograms[column] = {
-                "bin_edges": torch.linspace(0, 1, 11).tolist(),
-                "counts": torch.histc(scores, bins=10, min=0.0, max=1.0).long().tolist() if scores.numel() else [0] * 10,
-            }
+        # One score per candidate (checked before each shard was written), so the score columns give the candidate
+        # counts too: the image columns are never read, a shard at a time.
+        score_columns = {"txt2img_scores": "candidate_images", "img2txt_scores": "candidate_texts"}
+        num_anchors, counts = 0, dict.fromkeys(score_columns.values(), 0)
+        bin_counts = {column: torch.zeros(10, dtype=torch.long) for column in score_columns}
+        for path in self._wait_for_shards():
+            table = pq.read_table(path, columns=list(score_columns))
+            num_anchors += table.num_rows
+            for column, candidates in score_columns.items():
+                scores = torch.from_numpy(pc.list_flatten(table[column]).to_numpy().astype("float32"))
+                counts[candidates] += scores.numel()
+                bin_counts[column] += torch.histc(scores, bins=10, min=0.0, max=1.0).long()
+        histograms = {
+            column: {"bin_edges": torch.linspace(0, 1, 11).tolist(), "counts": bin_counts[column].tolist()}
+            for column in score_columns
+        }
         stats = {
             "config_name": self.config.name,
             "source": self.config.source or "in-memory datasets.Dataset",

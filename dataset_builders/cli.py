@@ -112,6 +112,8 @@ def _factory(spec: str):
     match = _FACTORY_SPEC.match(spec)
     if match is None or os.path.exists(spec):
         return None
+    if os.getcwd() not in sys.path:  # `python -m` would find a module of the current directory; a console script not
+        sys.path.insert(0, os.getcwd())
     target = importlib.import_module(match["module"])
     for attribute in match["attribute"].split("."):
         target = getattr(target, attribute)
@@ -205,6 +207,8 @@ def format_summary(stats: dict[str, Any], seconds: float, computed: int, reused:
         if count > MAX_EXAMPLES_PER_REASON:
             lines.append(f"      ... {count - MAX_EXAMPLES_PER_REASON} more")
     lines.append(f"  full list and score histograms: {os.path.join(work_dir, 'stats.json')}")
+    shards = os.path.join(work_dir, "shards")
+    lines.append(f"  dataset: {shards} (train on it: maple train --dataset_name {shards} ...)")
     return "\n".join(lines)
 
 
@@ -229,6 +233,8 @@ def _build(args: argparse.Namespace) -> int:
         check_outside_source(args.source, **{"--output-dir": args.output_dir})
         if config.text_candidates == "generated" and not args.captioner:
             raise ValueError(f"the {args.config!r} config writes captions: pass --captioner (or use --config corpus-captions)")
+        if config.text_candidates != "generated" and args.captioner:  # it would be loaded (a 72B MLLM) for nothing
+            raise ValueError(f"the {args.config!r} config uses the hard negatives' own captions: leave out --captioner")
         open_source(config, cache_dir=os.path.join(args.output_dir, "cache"))
         _check_model_refs(args)
         components = _load_components(args, _device(args.device))

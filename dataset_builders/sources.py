@@ -153,7 +153,9 @@ def load_source(source: str, *, split: str, cache_dir: str | None = None) -> dat
     # ValueError: a Hub repo of several configs (the source must not leave it open), a folder without data files;
     # OSError: a Hub id not found, or not cached offline
     except (ValueError, OSError) as error:
-        raise SourceError(f"source {source}: {' '.join(str(error).split())}") from None
+        from evaluation.models import local_typo_hint
+
+        raise SourceError(f"source {source}: {' '.join(str(error).split())}{local_typo_hint(source)}") from None
     # Checked before any file is read; `datasets` would convert every split first.
     _check_splits(source, split, available=[str(name) for name in builder.config.data_files])
     builder.download_and_prepare()

@@ -37,6 +37,15 @@ def is_hub_id(ref: str) -> bool:
     return True
 
 
+def local_typo_hint(ref: str) -> str:
+    """For a reference that was looked up on the Hub: a note when its first folder exists here ('runs/modle' with
+    'runs/' on disk), which makes it likelier a mistyped local path than a Hub repo; else ''."""
+    parts = Path(ref).parts
+    if len(parts) > 1 and Path(parts[0]).is_dir() and not Path(ref).exists():
+        return f" (nor is it a local folder: {parts[0]}/ exists here, but not {ref})"
+    return ""
+
+
 def check_model_ref(model_ref: str) -> None:
     """Raise `ModelLoadError` when `model_ref` can only be a local folder and is not one: a check
     that costs nothing, so a command can make it for every model before loading the first."""
@@ -75,7 +84,7 @@ def hub_checkpoint_config_file(repo_id: str, revision: str | None = None) -> Pat
     except RepositoryNotFoundError as error:
         status = error.response.status_code if error.response is not None else "?"
         raise ModelLoadError(
-            f"{where} was not found or is not accessible with the current token (HTTP {status})"
+            f"{where} was not found or is not accessible with the current token (HTTP {status}){local_typo_hint(repo_id)}"
         ) from error
     except RevisionNotFoundError as error:
         raise ModelLoadError(f"{where} has no revision {revision!r}") from error
@@ -86,7 +95,9 @@ def hub_checkpoint_config_file(repo_id: str, revision: str | None = None) -> Pat
                 return Path(hf_hub_download(repo_id, name, revision=revision, local_files_only=True))
             except LocalEntryNotFoundError:
                 continue
-        raise ModelLoadError(f"{where} is not in the local cache and the Hub is offline or unreachable") from error
+        raise ModelLoadError(
+            f"{where} is not in the local cache and the Hub is offline or unreachable{local_typo_hint(repo_id)}"
+        ) from error
     except HfHubHTTPError as error:
         status = error.response.status_code if error.response is not None else "?"
         if status in (401, 403):

@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="maple",
         description="MAPLE: image-text embeddings aligned to MLLM preferences (arXiv 2506.06970).",
+        epilog="commands:\n" + "\n".join(f"  {name:<19}{help_text}" for name, (_, help_text) in SUBCOMMANDS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("command", choices=sorted(SUBCOMMANDS), help="the stage to run")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="options of the sub-command (see `maple COMMAND --help`)")
@@ -56,7 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     parsed = parser.parse_args(argv[:1])
     module_name, _ = SUBCOMMANDS[parsed.command]
     module = importlib.import_module(module_name)
-    return int(module.main(argv[1:]) or 0)
+    try:
+        return int(module.main(argv[1:]) or 0)
+    except KeyboardInterrupt:  # finished work is kept by every command: say how to go on, not where Python stopped
+        resume = "with --resume_from_checkpoint true" if parsed.command == "train" else "the same command"
+        print(f"\nmaple {parsed.command}: interrupted; what was finished is kept: run {resume} to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -588,3 +588,10 @@ def test_an_interrupted_input_check_resumes_where_it_stopped(tmp_path, monkeypat
     assert checked == [4, 5, 6, 7, 8, 9]  # rows 0-3 were checkpointed
     assert not (tmp_path / "work" / "inputs.partial-0.json").exists()
     assert [item.kind for item in reference[2]] == ["duplicate id", "unreadable image"]
+
+
+def test_a_mistyped_relative_source_under_an_existing_folder_is_called_that(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "imgs").mkdir()
+    with pytest.raises(SourceError, match=r"\(nor is it a local folder: imgs/ exists here, but not imgs/goood\)$"):
+        load_source("imgs/goood", split="train")

@@ -60,7 +60,9 @@ def test_build_prints_a_summary_and_resumes(source_file, tmp_path, capsys):
     assert "skipped inputs    2" in summary
     assert "unreadable image: 1" in summary and "id 'broken' (row 7): UnidentifiedImageError" in summary
     assert "empty caption: 1" in summary and "id 'blank' (row 8)" in summary
-    loaded = datasets.load_dataset("parquet", data_files=str(tmp_path / "out" / "work" / "shards" / "*.parquet"), split="train")
+    shards = tmp_path / "out" / "work" / "shards"
+    assert f"dataset: {shards} (train on it: maple train --dataset_name {shards} ...)" in summary
+    loaded = datasets.load_dataset("parquet", data_files=str(shards / "*.parquet"), split="train")
     assert len(loaded) == 7
 
     assert cli.main(argv) == 0
@@ -73,6 +75,9 @@ def test_configuration_errors_stop_before_any_work(source_file, tmp_path, capsys
     assert "num_hard_negatives must be at least 1" in capsys.readouterr().err
     assert cli.main([source_file, "--output-dir", str(out), "--judge", "dataset_builders.testing:ColourJudge"]) == 2
     assert "pass --captioner" in capsys.readouterr().err
+    # a captioner the config never calls would be loaded all the same (a 72B MLLM)
+    assert cli.main([source_file, "--output-dir", str(out), *STAND_INS, "--config", "corpus-captions"]) == 2
+    assert "the 'corpus-captions' config uses the hard negatives' own captions: leave out --captioner" in capsys.readouterr().err
     assert not out.exists()
     with pytest.raises(SystemExit):
         cli.main([source_file])  # --judge is required
@@ -187,6 +192,16 @@ def test_another_recipe_on_the_same_output_dir_is_refused(source_file, tmp_path,
     assert "shard_size: 3 in the work dir, 2 now" in error and "another --output-dir" in error
     shards = sorted(path.name for path in (tmp_path / "out" / "work" / "shards").glob("*.parquet"))
     assert shards == ["shard-000000-000003.parquet", "shard-000003-000006.parquet", "shard-000006-000007.parquet"]
+
+
+def test_a_factory_module_in_the_current_directory_is_found(source_file, tmp_path, monkeypatch, capsys):
+    """The `maple` console script does not put the current directory on sys.path, as `python -m` does."""
+    (tmp_path / "my_judges.py").write_text("from dataset_builders.testing import ColourJudge as judge\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", [path for path in __import__("sys").path if path not in ("", ".", str(tmp_path))])
+    argv = [source_file, "--output-dir", str(tmp_path / "out"), *STAND_INS[2:], "--judge", "my_judges:judge",
+            "--semdedup-clusters", "0", "--no-progress"]
+    assert cli.main(argv) == 0, capsys.readouterr().err
 
 
 def test_each_rank_searches_neighbours_on_its_own_device(source_file, monkeypatch):

@@ -259,11 +259,15 @@ def test_cli_reports_a_missing_model_folder_before_loading_any_model(tiny, bench
     assert not out.exists()  # nothing evaluated (not even the first model), no folder for the missing one
 
 
-@pytest.mark.parametrize("kind", ["uncached hub repo", "unsupported checkpoint"])
-def test_cli_reports_a_bad_compared_model_before_evaluating_the_first(tiny, benchmark_sources, tmp_path, capsys, kind):
+@pytest.mark.parametrize("kind", ["uncached hub repo", "mistyped local path", "unsupported checkpoint"])
+def test_cli_reports_a_bad_compared_model_before_evaluating_the_first(tiny, benchmark_sources, tmp_path, capsys, kind, monkeypatch):
     _, _, (first, _) = tiny
     if kind == "uncached hub repo":  # the tests run offline (HF_HUB_OFFLINE=1), and this repo was never downloaded
-        bad, expected = "maple-org/never-downloaded", "is not in the local cache and the Hub is offline or unreachable"
+        bad, expected = "maple-org/never-downloaded", "is not in the local cache and the Hub is offline or unreachable\n"
+    elif kind == "mistyped local path":  # it could be a Hub id, so it is looked up there; runs/ says it is a typo
+        monkeypatch.chdir(tmp_path)
+        (tmp_path / "runs").mkdir()
+        bad, expected = "runs/modle", "offline or unreachable (nor is it a local folder: runs/ exists here, but not runs/modle)\n"
     else:
         bad = tmp_path / "bert"
         bad.mkdir()

@@ -295,3 +295,20 @@ def test_backbone_of_maps_checkpoint_families(model_type, backbone):
     from modeling_maple.configuration_maple import backbone_of
 
     assert backbone_of(model_type) == backbone
+
+
+def test_a_mistyped_relative_path_under_an_existing_folder_is_called_that(tmp_path, monkeypatch, capsys):
+    """'runs/modle' (with runs/ on disk) can name a Hub repo, so it is looked up there; the error said only that the
+    Hub could not be reached."""
+    monkeypatch.chdir(tmp_path)
+    synthetic_preference_dataset(4).save_to_disk(tmp_path / "prefs")
+    (tmp_path / "runs").mkdir()
+    capsys.readouterr()
+    for argv, typo in [(["--tiny", "dual_encoder", "--dataset_name", "runs/prefz"], "runs/prefz"),
+                       (["--model_name_or_path", "runs/modle", "--dataset_name", "prefs"], "runs/modle")]:
+        with pytest.raises(SystemExit) as exit_info:
+            main([*argv, "--output_dir", str(tmp_path / "out")])
+        assert exit_info.value.code == 2
+        error = capsys.readouterr().err
+        assert error.startswith("maple train: error: --") and typo in error and error.count("\n") == 1, error
+        assert error.rstrip().endswith(f"(nor is it a local folder: runs/ exists here, but not {typo})"), error

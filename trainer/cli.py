@@ -22,7 +22,7 @@ from datasets import Dataset, DatasetDict, Image, LargeList, List, Value, load_d
 from datasets.exceptions import DatasetGenerationError
 from trl import TrlParser
 
-from evaluation.models import is_hub_id
+from evaluation.models import is_hub_id, local_typo_hint
 from modeling_maple.configuration_maple import SUPPORTED_MLLMS
 
 from .rpa_config import RPAConfig, from_pretrained_kwargs, unused_dpo_field_help
@@ -285,7 +285,11 @@ def load_model_and_processor(model_args: ModelArguments, training_args: RPAConfi
     except BackboneLoadingError as error:
         raise TrainingInputError(f"--model_init_kwargs: {error}") from error
     except MapleLoadError as error:
-        raise TrainingInputError(f"--model_name_or_path {error}") from error
+        raise TrainingInputError(f"--model_name_or_path {error}{local_typo_hint(name)}") from error
+    except OSError as error:  # transformers: not on the Hub, or offline and not cached
+        raise TrainingInputError(
+            f"--model_name_or_path {name}: {' '.join(str(error).split())}{local_typo_hint(name)}"
+        ) from error
 
 
 # suffix -> the `datasets` builder that reads one data file
@@ -311,7 +315,7 @@ def load_preference_splits(data_args: DataArguments) -> DatasetDict:
         else:
             splits = load_dataset(location, data_args.dataset_config)
     except OSError as error:  # no data files, not on the Hub, offline and not cached
-        raise TrainingInputError(f"--dataset_name {location}: {' '.join(str(error).split())}") from error
+        raise TrainingInputError(f"--dataset_name {location}: {' '.join(str(error).split())}{local_typo_hint(location)}") from error
     except IndexError as error:  # what datasets raises for a save_to_disk folder without rows
         raise TrainingInputError(f"--dataset_name {location}: a saved dataset without rows") from error
     # pyarrow's ArrowInvalid (a truncated parquet file) is a ValueError; DatasetGenerationError: files datasets cannot

@@ -1,0 +1,25 @@
+"""The `maple` command: its sub-commands and an interrupted run."""
+
+import pytest
+
+from maple import cli
+
+
+def test_help_lists_every_command_with_its_purpose(capsys):
+    assert cli.main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for name, (_, purpose) in cli.SUBCOMMANDS.items():
+        assert f"  {name}" in text and purpose in text
+
+
+@pytest.mark.parametrize("command, resume", [("build-preferences", "the same command"),
+                                             ("train", "with --resume_from_checkpoint true")])
+def test_ctrl_c_says_how_to_resume_instead_of_a_traceback(command, resume, monkeypatch, capsys):
+    module = __import__(cli.SUBCOMMANDS[command][0], fromlist=["main"])
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "main", interrupted)
+    assert cli.main([command, "--whatever"]) == 130
+    assert capsys.readouterr().err == f"\nmaple {command}: interrupted; what was finished is kept: run {resume} to resume\n"
