@@ -173,7 +173,7 @@ def evaluate_model(
 
         # Benchmarks load before the model (tables and file lists: images are decoded as they are embedded),
         # so a source that is unreachable or in the wrong schema is reported before a large model is loaded.
-        loaded = {name: load_benchmark(name, sources.get(name)) for name in todo}
+        loaded = _load_benchmarks(todo, sources)
         model_state = _model_state(model_ref)  # before loading: a change while it runs must not pass unnoticed
         model, processor = load_embedder(model_ref, trust_remote_code=trust_remote_code, dtype=dtype)
         model.to(device)
@@ -184,6 +184,27 @@ def evaluate_model(
             record = {"run": _run_fingerprint(model_ref, model_state, name, sources.get(name), dtype), "metrics": results[name]}
             atomic_write_text(folder / f"{name}.json", json.dumps(record, indent=2))  # a crash never leaves half a result
     return {name: results[name] for name in benchmarks}
+
+
+def _load_benchmarks(names: list[str], sources: dict[str, str]) -> dict[str, QuadrupleBenchmark | RetrievalBenchmark]:
+    """Each benchmark of `names`; every one that cannot be read is reported in one error (one at a time, a user
+    fixing them would rerun once per benchmark)."""
+    from .benchmarks import BenchmarkFormatError, BenchmarkSourceError
+
+    loaded, problems = {}, []
+    for name in names:
+        try:
+            loaded[name] = load_benchmark(name, sources.get(name))
+        except (BenchmarkSourceError, BenchmarkFormatError) as error:
+            problems.append(error)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise BenchmarkSourceError(
+            f"{len(problems)} benchmarks cannot be read: " + "; ".join(map(str, problems))
+            + " (a local copy is read with --source NAME=PATH)"
+        )
+    return loaded
 
 
 def markdown_table(all_results: dict[str, dict[str, Any]]) -> str:

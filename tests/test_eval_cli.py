@@ -335,6 +335,12 @@ def test_cli_reports_a_missing_or_unreachable_benchmark_source(tiny, tmp_path, c
     error = capsys.readouterr().err
     assert error.startswith("maple eval: error: benchmark 'coco': cannot read source 'nlphuji/mscoco_2014_5k_test_image_text_retrieval'")
     assert error.count("\n") == 1
+    # every unreadable benchmark at once, not one per rerun
+    assert main([str(first), "--benchmarks", "coco", "winoground", "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("maple eval: error: 2 benchmarks cannot be read: benchmark 'coco': cannot read source")
+    assert "; benchmark 'winoground': cannot read source" in error and error.endswith("(a local copy is read with --source NAME=PATH)\n")
+    assert error.count("\n") == 1
 
 
 def test_lora_adapter_folder_loads_on_its_base(tiny, tmp_path):
