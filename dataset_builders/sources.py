@@ -43,6 +43,7 @@ def decode_image(payload: bytes, row: int) -> PIL.Image.Image:
 # Text tables (an image folder's metadata.csv / .jsonl, caption files) are read in full by `local_source_digest`: a
 # reordered or edited caption keeps the file's size and may miss every sampled block.
 FULLY_HASHED_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".txt")
+FULLY_HASHED_NAMES = ("metadata.parquet",)  # an image folder's captions as parquet
 
 
 def local_source_digest(path: Path, sampled_files: int = 64, sampled_blocks: int = 16, block_size: int = 4096) -> str:
@@ -50,7 +51,8 @@ def local_source_digest(path: Path, sampled_files: int = 64, sampled_blocks: int
     that the same files copied elsewhere (staged to a job's local disk, one copy per node) resume the same build.
     Every data file's path relative to `path` and size, and the bytes of `sampled_files` files spread over them (all
     of a few parquet shards; a sample of an image folder): each one's first and last 64 KiB and `sampled_blocks`
-    evenly spaced blocks; and every text table (`FULLY_HASHED_SUFFIXES`: the captions of an image folder) in full.
+    evenly spaced blocks; and every caption table of an image folder (`FULLY_HASHED_SUFFIXES`, `metadata.parquet`)
+    in full.
     Hidden files and folders (`.cache/`, written by `snapshot_download`) and `__*` ones are left out, as `datasets`
     leaves them out. An edit of an image or parquet file that keeps every size and misses the sampled bytes goes
     unseen: the price of not reading a corpus of images in full at every start."""
@@ -74,7 +76,7 @@ def local_source_digest(path: Path, sampled_files: int = 64, sampled_blocks: int
                 handle.seek(offset)
                 digest.update(handle.read(length))
     for file in files:
-        if file.suffix.lower() in FULLY_HASHED_SUFFIXES:
+        if file.suffix.lower() in FULLY_HASHED_SUFFIXES or file.name in FULLY_HASHED_NAMES:
             with file.open("rb") as handle:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)

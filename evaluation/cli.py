@@ -272,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                         help="weights dtype of every model (backbones too, so models compare at one precision; MAPLE's heads stay float32)")
     parser.add_argument("--trust-remote-code", action="store_true",
-                        help="run code from a checkpoint's repo (backbones such as InternVL need it; MAPLE checkpoints do not)")
+                        help="run code a checkpoint's repo holds (a config or processor of its own, `auto_map`); MAPLE checkpoints "
+                        "and the backbones MAPLE wraps need none")
     parser.add_argument("--push-to-hub", action="store_true", help="write the results into MODEL's model card on the Hub")
     args = parser.parse_args(argv)
     sources = _parse_sources(parser, args.source)

@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.main(argv[1:]) or 0)
     except KeyboardInterrupt:  # finished work is kept by every command: say how to go on, not where Python stopped
-        resume = "with --resume_from_checkpoint true" if parsed.command == "train" else "the same command"
+        resume = "the same command" + (
+            " (with --resume_from_checkpoint true once a checkpoint was saved)" if parsed.command == "train" else ""
+        )
         print(f"\nmaple {parsed.command}: interrupted; what was finished is kept: run {resume} to resume", file=sys.stderr)
         return 130
 

@@ -244,6 +244,16 @@ def test_local_source_digest_reads_sizes_edges_and_sampled_blocks(tmp_path):
     before = local_source_digest(images.parent)
     (images / "metadata.csv").write_text("\n".join(["file_name,caption", *rows[50:], *rows[:50]]))
     assert local_source_digest(images.parent) != before
+    (images / "metadata.csv").unlink()  # the same as parquet, uncompressed so that a reordering keeps its size
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"file_name": [f"{index:03d}.png" for index in range(100)], "caption": [f"caption {index}" for index in range(100)]})
+    pq.write_table(table, images / "metadata.parquet", compression="none")
+    before, size = local_source_digest(images.parent), (images / "metadata.parquet").stat().st_size
+    pq.write_table(table.take(list(range(50, 100)) + list(range(50))), images / "metadata.parquet", compression="none")
+    assert (images / "metadata.parquet").stat().st_size == size
+    assert local_source_digest(images.parent) != before
 
 
 def test_a_new_work_dir_builds_again_rather_than_reusing_the_cache(tmp_path):

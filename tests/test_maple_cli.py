@@ -12,8 +12,10 @@ def test_help_lists_every_command_with_its_purpose(capsys):
         assert f"  {name}" in text and purpose in text
 
 
-@pytest.mark.parametrize("command, resume", [("build-preferences", "the same command"),
-                                             ("train", "with --resume_from_checkpoint true")])
+@pytest.mark.parametrize("command, resume", [
+    ("build-preferences", "the same command"),
+    ("train", "the same command (with --resume_from_checkpoint true once a checkpoint was saved)"),
+])
 def test_ctrl_c_says_how_to_resume_instead_of_a_traceback(command, resume, monkeypatch, capsys):
     module = __import__(cli.SUBCOMMANDS[command][0], fromlist=["main"])
 

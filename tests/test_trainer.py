@@ -430,6 +430,46 @@ def test_an_anchor_image_stored_in_other_bytes_than_its_first_candidate_passes()
     validate_preference_dataset(_corrupt("candidate_images", reencoded), "train")
 
 
+def test_validation_decodes_no_image_whose_stored_bytes_or_path_match(tmp_path, monkeypatch):
+    """Null comparisons (an image stored as bytes has no path, one read from a path no bytes) counted as "differs", so
+    every anchor and its first candidate were decoded: hours for a build-sized dataset, at every start."""
+    import trainer.collator
+    from trainer.schema import validate_preference_dataset
+
+    decoded = []
+    monkeypatch.setattr(trainer.collator, "content_id", lambda item: decoded.append(item) or 0)
+    stored_as_bytes = synthetic_preference_dataset(4)
+    validate_preference_dataset(stored_as_bytes, "train")
+    paths = []
+    for row, image in enumerate(stored_as_bytes["image"]):
+        image.save(tmp_path / f"{row}.png")
+        paths.append(str(tmp_path / f"{row}.png"))
+    candidates = [[path, *rest[1:]] for path, rest in zip(paths, stored_as_bytes.cast_column(
+        "candidate_images", datasets.List(datasets.Image(decode=False)))["candidate_images"])]
+    stored_as_paths = stored_as_bytes.remove_columns(["image", "candidate_images"]).add_column("image", paths).add_column(
+        "candidate_images", [[{"bytes": None, "path": candidate} if isinstance(candidate, str) else candidate
+                              for candidate in row] for row in candidates])
+    stored_as_paths = stored_as_paths.cast_column("image", datasets.Image()).cast_column(
+        "candidate_images", datasets.List(datasets.Image()))
+    validate_preference_dataset(stored_as_paths, "train")
+    assert decoded == []
+
+
+def test_anchor_images_are_compared_as_the_datasets_image_feature_decodes_them(tmp_path):
+    """A palette PNG and an RGB PNG of the same pixels are one image under Image(mode="RGB"), as the collator sees it."""
+    from trainer.schema import validate_preference_dataset
+
+    def as_palette(images):
+        buffer = io.BytesIO()
+        images[0].convert("P", palette=Image.ADAPTIVE).save(buffer, format="PNG")  # exact: the scene has 2 colours
+        return [Image.open(io.BytesIO(buffer.getvalue())), *images[1:]]
+
+    dataset = _corrupt("candidate_images", as_palette)
+    rgb = dataset.cast_column("image", datasets.Image(mode="RGB")).cast_column(
+        "candidate_images", datasets.List(datasets.Image(mode="RGB")))
+    validate_preference_dataset(rgb, "train")
+
+
 def test_streamed_datasets_train_and_their_bad_rows_are_caught_as_they_arrive(tmp_path):
     model, processor = build_tiny("dual_encoder")
     args = make_config(tmp_path, max_steps=2, per_device_train_batch_size=4)

@@ -255,32 +255,43 @@ def validate_preference_dataset(dataset: Dataset | IterableDataset, dataset_name
             invalid={column: _first_missing(batch[column]) for column in CONTENT_COLUMNS},
             dataset_name=dataset_name,
         )
-        _check_anchor_first(batch, dataset_name)
+        _check_anchor_first(batch, dataset.features, dataset_name)
 
 
-def _check_anchor_first(batch: pa.Table, dataset_name: str) -> None:
+def _check_anchor_first(batch: pa.Table, features: Features, dataset_name: str) -> None:
     """Raises for the first row whose candidate 0 is not its own caption / image (the collator would, hours into a
-    run). Texts compare as strings; images by stored bytes or path, and those that differ by decoded content, as the
-    collator compares them (the same picture may be stored twice, encoded differently)."""
+    run). Texts compare as strings; images by stored bytes (else path), and only those that differ are decoded, with
+    the dataset's own image features, and compared by content as the collator compares them (the same picture may be
+    stored twice, encoded differently)."""
     from .collator import content_id
 
     for anchor_column, candidates_column in (("caption", "candidate_texts"), ("image", "candidate_images")):
         anchors, firsts = batch[anchor_column], pc.list_element(batch[candidates_column], 0)
         if anchor_column == "image":
+            anchor_bytes, first_bytes = pc.struct_field(anchors, "bytes"), pc.struct_field(firsts, "bytes")
+            # comparisons with a null are null, not False: filled, or every path-only image would be decoded
+            same_path = pc.equal(pc.struct_field(anchors, "path"), pc.struct_field(firsts, "path")).fill_null(False)
             same = pc.or_(
-                pc.equal(pc.struct_field(anchors, "bytes"), pc.struct_field(firsts, "bytes")),
-                pc.and_(pc.is_null(pc.struct_field(anchors, "bytes")), pc.equal(pc.struct_field(anchors, "path"), pc.struct_field(firsts, "path"))),
+                pc.equal(anchor_bytes, first_bytes).fill_null(False),
+                pc.and_(pc.and_(pc.is_null(anchor_bytes), pc.is_null(first_bytes)), same_path),
             )
         else:  # one string type for both (string, large_string and string_view all pass `check_features`)
-            same = pc.equal(pc.cast(anchors, pa.large_string()), pc.cast(firsts, pa.large_string()))
-        for row in pc.indices_nonzero(pc.invert(same.fill_null(False))).to_pylist():
+            same = pc.equal(pc.cast(anchors, pa.large_string()), pc.cast(firsts, pa.large_string())).fill_null(False)
+        for row in pc.indices_nonzero(pc.invert(same)).to_pylist():
+            where = f"{dataset_name} dataset, row id {batch['id'][row].as_py()!r}"
             if anchor_column == "image":
-                anchor, first = (Image().decode_example(column[row].as_py()) for column in (anchors, firsts))
+                try:
+                    anchor = _image_decoder(features["image"]).decode_example(anchors[row].as_py())
+                    first = _image_decoder(features["candidate_images"]).decode_example(firsts[row].as_py())
+                except Exception as error:  # PIL and file errors alike
+                    raise ValueError(
+                        f"{where}: column 'image' or 'candidate_images'[0] does not decode ({type(error).__name__}: {error})."
+                    ) from None
                 if content_id(anchor) == content_id(first):
                     continue
             raise ValueError(
-                f"{dataset_name} dataset, row id {batch['id'][row].as_py()!r}: column {candidates_column!r}[0] differs "
-                f"from the row's {anchor_column!r}; expected the anchor itself first, then its other candidates."
+                f"{where}: column {candidates_column!r}[0] differs from the row's {anchor_column!r}; expected the anchor "
+                "itself first, then its other candidates."
             )
 
 
