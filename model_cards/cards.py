@@ -204,15 +204,20 @@ def plot_similarity_histograms(eval_results: Mapping[str, Mapping[str, Any]], pa
         return False
     plt = pyplot()
 
+    labels = ("matched", "mismatched", "text_text")
+    # one x range for every panel, zoomed to the bins any of them fills: cosines of a trained model fill a part of [-1, 1]
+    occupied = []  # (left, right) of every bin that a panel fills
+    for histograms in benchmarks.values():
+        edges = histograms["bin_edges"]
+        occupied += [(edges[i], edges[i + 1]) for i in range(len(edges) - 1) if any(histograms[label][i] for label in labels)]
     figure, axes = plt.subplots(1, len(benchmarks), figsize=(4.5 * len(benchmarks), 3), squeeze=False)
     for axis, (name, histograms) in zip(axes.flat, sorted(benchmarks.items())):
-        edges = histograms["bin_edges"]
-        labels = ("matched", "mismatched", "text_text")
         for label in labels:
-            axis.stairs(histograms[label], edges, label=label.replace("_", "-"))
-        occupied = [index for index in range(len(edges) - 1) if any(histograms[label][index] for label in labels)]
-        if occupied:  # cosines of a trained model fill a fraction of [-1, 1]
-            axis.set_xlim(edges[max(occupied[0] - 1, 0)], edges[min(occupied[-1] + 2, len(edges) - 1)])
+            axis.stairs(histograms[label], histograms["bin_edges"], label=label.replace("_", "-"))
+        if occupied:
+            low, high = min(edge for edge, _ in occupied), max(edge for _, edge in occupied)
+            margin = 0.05 * (high - low)
+            axis.set_xlim(max(-1.0, low - margin), min(1.0, high + margin))
         axis.set_title(name)
         axis.set_xlabel("cosine similarity")
         axis.legend()

@@ -79,9 +79,9 @@ def test_quadruple_protocol_equals_group_scores(tiny, benchmark_sources):
     text_text = (text[:, 0] * text[:, 1]).sum(-1)
     assert result["modality_gap"] == pytest.approx(modality_gap_from_quadruples(similarities, text_text), rel=1e-5)
     histograms = result["similarity_histograms"]
-    assert len(histograms["bin_edges"]) == 41 and histograms["bin_edges"][0] == -1.0 and histograms["bin_edges"][-1] == 1.0
+    assert len(histograms["bin_edges"]) == 201 and histograms["bin_edges"][0] == -1.0 and histograms["bin_edges"][-1] == 1.0
     assert (sum(histograms["matched"]), sum(histograms["mismatched"]), sum(histograms["text_text"])) == (6, 6, 3)
-    bin_of_s00 = int((similarities[0, 0].item() + 1) / 2 * 40)
+    bin_of_s00 = int((similarities[0, 0].item() + 1) / 2 * (len(histograms["bin_edges"]) - 1))
     assert histograms["matched"][bin_of_s00] >= 1
 
 
