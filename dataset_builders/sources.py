@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import datasets
 import PIL.Image
+from datasets.exceptions import DatasetGenerationError
 
 if TYPE_CHECKING:
     from .builder import MaplePreferencesConfig
@@ -160,7 +161,14 @@ def load_source(source: str, *, split: str, cache_dir: str | None = None) -> dat
         raise SourceError(f"source {source}: {' '.join(str(error).split())}{local_typo_hint(source)}") from None
     # Checked before any file is read; `datasets` would convert every split first.
     _check_splits(source, split, available=[str(name) for name in builder.config.data_files])
-    builder.download_and_prepare()
+    try:
+        builder.download_and_prepare()
+    # a malformed metadata.csv / .jsonl (pandas' and pyarrow's parse errors are ValueErrors), wrapped or not
+    except (ValueError, DatasetGenerationError) as error:
+        cause = error.__cause__ or error
+        raise SourceError(
+            f"source {source}: its data files cannot be read ({type(cause).__name__}: {' '.join(str(cause).split())})"
+        ) from error
     return builder.as_dataset(split=split)
 
 

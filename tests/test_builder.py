@@ -8,6 +8,7 @@ import shutil
 import datasets
 import pytest
 import torch
+from PIL import Image
 
 from dataset_builders.builder import (
     FEATURES,
@@ -595,3 +596,14 @@ def test_a_mistyped_relative_source_under_an_existing_folder_is_called_that(tmp_
     (tmp_path / "imgs").mkdir()
     with pytest.raises(SourceError, match=r"\(nor is it a local folder: imgs/ exists here, but not imgs/goood\)$"):
         load_source("imgs/goood", split="train")
+
+
+def test_a_malformed_caption_table_of_an_image_folder_is_a_source_error_naming_the_source(tmp_path):
+    """A CSV row with an extra field was pandas' bare "Error tokenizing data", a raw ParserError from the Python API."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index in range(3):
+        Image.new("RGB", (8, 8), (index * 80, 0, 0)).save(folder / f"{index}.png")
+    (folder / "metadata.csv").write_text("file_name,caption\n0.png,a red square\n1.png,a square, extra\n2.png,x\n")
+    with pytest.raises(SourceError, match=rf"^source {folder}: its data files cannot be read \(.*Expected 2 fields"):
+        load_source(str(folder), split="train")
