@@ -264,8 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="maple eval", description=__doc__, formatter_class=_HelpFormatter)
     parser.add_argument("model", help="checkpoint folder or Hub repo id")
     parser.add_argument("--benchmarks", nargs="+", choices=sorted(BENCHMARKS), default=sorted(BENCHMARKS), help="benchmarks to run")
-    parser.add_argument("--compare", nargs="*", default=[], metavar="MODEL", help="more models, side by side")
-    parser.add_argument("--source", nargs="*", default=[], metavar="BENCHMARK=PATH", help="local copy or other Hub id of a benchmark")
+    # "extend": a repeated option adds to the list (argparse's default would keep only the last one)
+    parser.add_argument("--compare", nargs="*", action="extend", default=[], metavar="MODEL", help="more models, side by side")
+    parser.add_argument("--source", nargs="*", action="extend", default=[], metavar="BENCHMARK=PATH",
+                        help="local copy or other Hub id of a benchmark (repeat or list several)")
     parser.add_argument("--out", type=Path, default=Path("maple_eval"), help="results folder (resumable)")
     parser.add_argument("--batch-size", type=positive(int), default=32, help="images or texts embedded per forward pass")
     parser.add_argument("--device", default=None, help="where the models embed, e.g. cuda:1; unset: cuda if available, else cpu")

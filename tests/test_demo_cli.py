@@ -47,6 +47,23 @@ def test_plots_cards_and_dataset_are_written(demo_out):
     assert row["img2txt_scores"][0] == max(row["img2txt_scores"])  # the true caption is preferred
 
 
+def test_maple_eval_on_the_exported_test_sets_scores_the_checkpoint_as_the_demo_did(demo_out, tmp_path, monkeypatch):
+    from evaluation.cli import main as evaluate
+
+    monkeypatch.chdir(demo_out)  # the command results.md gives
+    assert evaluate(["maple-model", "--benchmarks", "coco", "bivlc", "--source", "coco=test_sets/retrieval.parquet",
+                     "--source", "bivlc=test_sets/quadruples.parquet", "--batch-size", "256", "--out", str(tmp_path)]) == 0
+    scored = json.loads((tmp_path / "results.json").read_text())
+    (model_results,) = scored.values()
+    demo = json.loads((demo_out / "runs" / "maple-seed0" / "result.json").read_text())
+    for key in ("i2t_r1", "t2i_r1"):
+        assert model_results["coco"][key] == demo[key]
+    for key in ("group_score", "text_score", "image_score"):
+        assert model_results["bivlc"][key] == demo[key]
+    assert model_results["bivlc"]["per_category"]["swap"]["group_score"] == demo["per_category"]["swap"]["group_score"]
+    assert "maple eval maple-model --benchmarks coco bivlc" in (demo_out / "results.md").read_text()
+
+
 def test_checkpoint_loads_in_a_process_without_the_package(demo_out):
     output = run_isolated(
         f"""

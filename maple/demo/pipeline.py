@@ -35,12 +35,13 @@ import datasets
 import torch
 from tqdm.auto import tqdm
 
-from ..files import atomic_write_text
+from ..files import atomic_write, atomic_write_text
 from . import BACKBONES, MINERS  # the choices of `maple demo`, where its --help reads them without torch
 from .scene_judge import SceneFeatureEncoder, SceneGraphCaptioner, SceneGraphJudge
 from .world import CATEGORIES, World, WorldConfig, build_world
 
 METHODS = ("infonce", "infonce_expanded", "maple")
+TEST_SETS_DIR = "test_sets"  # the evaluated test sets, in `maple eval`'s schemas
 # results.json: every metric of every method as {"mean", "std"} over seeds
 HEADLINE_METRICS = ("group_score", "text_score", "image_score", "i2t_r1", "t2i_r1", "delta_gap")
 RUN_FILE = "run.json"
@@ -411,6 +412,37 @@ def evaluate(model, processor, world: World, budget: Budget) -> dict[str, Any]:
     return result
 
 
+def export_test_sets(world: World, budget: Budget, folder: Path) -> None:
+    """The evaluated test sets as parquet files in the schemas `maple eval` reads (`--source coco=...` for retrieval,
+    `--source bivlc=...` for quadruples, whose `type` is the category), so any checkpoint can be scored on them as the
+    demo scores its runs: `maple eval CHECKPOINT --benchmarks coco bivlc --source coco=FOLDER/retrieval.parquet
+    --source bivlc=FOLDER/quadruples.parquet` (the benchmark names say only which schema the files are in)."""
+    retrieval = world.retrieval[: budget.eval_retrieval]
+    quadruples = _evaluated_quadruples(world, budget)
+    tables = {
+        "retrieval.parquet": datasets.Dataset.from_dict(
+            {"image": [e.image for e in retrieval], "caption": [[e.caption] for e in retrieval]},
+            features=datasets.Features({"image": datasets.Image(), "caption": datasets.List(datasets.Value("string"))}),
+        ),
+        "quadruples.parquet": datasets.Dataset.from_dict(
+            {
+                "image": [q.first.image for q in quadruples],
+                "negative_image": [q.second.image for q in quadruples],
+                "caption": [q.first.caption for q in quadruples],
+                "negative_caption": [q.second.caption for q in quadruples],
+                "type": [q.category for q in quadruples],
+            },
+            features=datasets.Features(
+                {"image": datasets.Image(), "negative_image": datasets.Image(), "caption": datasets.Value("string"),
+                 "negative_caption": datasets.Value("string"), "type": datasets.Value("string")}
+            ),
+        ),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, table in tables.items():
+        atomic_write(folder / name, lambda temporary, table=table: table.to_parquet(str(temporary)))
+
+
 def _evaluated_quadruples(world: World, budget: Budget):
     return [
         quad
@@ -444,6 +476,8 @@ def run_demo(config: DemoConfig) -> DemoResult:
     earlier_seconds = json.loads((out / TIMINGS_FILE).read_text()) if (out / TIMINGS_FILE).exists() else {}
     timer = StageTimer(file=out / TIMINGS_FILE, earlier=earlier_seconds)
     world = timer.run("world", lambda: build_world(config.world_config))
+    if not (out / TEST_SETS_DIR / "quadruples.parquet").exists():
+        timer.run("test sets", lambda: export_test_sets(world, config.budget, out / TEST_SETS_DIR))
     base_dir = out / "base"
     if not (base_dir / "config.json").exists():
         timer.run("base model", lambda: _train_base(config, world, base_dir))

@@ -107,7 +107,10 @@ def results_markdown(summary: Summary, config: DemoConfig, seconds: Mapping[str,
     lines += [
         "",
         "Plots: `training_curves.png`, `per_category.png`, `similarities.png`. MAPLE checkpoint: "
-        "`maple-model/` (first seed). Preference dataset: `preferences/`.",
+        "`maple-model/` (first seed). Preference dataset: `preferences/`. The evaluated test sets: `test_sets/`, in the "
+        "schemas `maple eval` reads, so that any checkpoint is scored as these runs were: `maple eval maple-model "
+        "--benchmarks coco bivlc --source coco=test_sets/retrieval.parquet --source bivlc=test_sets/quadruples.parquet "
+        "--batch-size 256` (the names say only which schema the files are in).",
         "",
     ]
     return "\n".join(lines)
