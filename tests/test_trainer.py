@@ -482,6 +482,17 @@ def test_streamed_datasets_train_and_their_bad_rows_are_caught_as_they_arrive(tm
         trainer.train()
 
 
+def test_a_bad_streamed_row_of_a_named_eval_dataset_names_that_dataset(tmp_path):
+    """With a dict of evaluation datasets the collator's errors said "eval dataset", whichever one the row was in."""
+    model, processor = build_tiny("dual_encoder")
+    streamed = _corrupt("img2txt_scores", lambda scores: [-0.5, *scores[1:]]).to_iterable_dataset()
+    trainer = RPATrainer(model, args=make_config(tmp_path, per_device_eval_batch_size=4),
+                         train_dataset=synthetic_preference_dataset(4),
+                         eval_dataset={"winoground_dev": streamed}, processing_class=processor)
+    with pytest.raises(ValueError, match=r"^winoground_dev dataset, row id 'scene-2': column 'img2txt_scores'\[0\] is -0.5"):
+        trainer.evaluate()
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["map-style", "streamed"])
 def test_an_image_that_does_not_decode_stops_training_with_a_way_to_find_its_row(tmp_path, stream):
     """A corrupt image stopped training with PIL's error from inside the data loader, naming no row."""
@@ -700,3 +711,29 @@ def test_only_errors_raised_in_pil_point_to_the_image_scan():
     with pytest.raises(ValueError, match=r"An image of the train dataset does not decode \(UnidentifiedImageError"):
         with _pointing_to_undecodable_images("train"):
             Image.open(io.BytesIO(b"not an image"))
+
+
+def test_rows_without_a_strict_preference_are_counted_and_reported(tmp_path, caplog):
+    """rpa_weight=1.0 on rows whose candidates all share one score trained with a zero RPA loss and no other sign."""
+    from transformers.utils import logging as transformers_logging
+
+    from trainer.schema import rows_without_preference
+
+    dataset = synthetic_preference_dataset(4)
+    assert rows_without_preference(dataset) == 0
+    tied = dataset.map(lambda row: {"txt2img_scores": [0.5] * len(row["txt2img_scores"]),
+                                    "img2txt_scores": [0.5] * len(row["img2txt_scores"])})
+    assert rows_without_preference(tied) == 4
+    one_direction = dataset.map(lambda row: {"txt2img_scores": [0.5] * len(row["txt2img_scores"])})
+    assert rows_without_preference(one_direction) == 0  # the other direction still ranks
+    model, processor = build_tiny("dual_encoder")
+    transformers_logging.enable_propagation()
+    try:
+        with caplog.at_level("WARNING"):
+            RPATrainer(model, args=make_config(tmp_path), train_dataset=tied, processing_class=processor)
+            RPATrainer(model, args=make_config(tmp_path, rpa_weight=0.0), train_dataset=tied, processing_class=processor)
+    finally:
+        transformers_logging.disable_propagation()
+    warnings = [record.getMessage() for record in caplog.records if "no strict preference" in record.getMessage()]
+    assert warnings == ["4 of 4 train rows have no strict preference (one candidate, or equal judge scores): RPA learns "
+                        "nothing from them; that is every row: set rpa_weight=0 to train with InfoNCE only."]

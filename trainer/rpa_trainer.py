@@ -26,6 +26,7 @@ from PIL import Image
 from torch import Tensor, nn
 from transformers import EvalPrediction, ProcessorMixin, TrainerCallback
 from transformers.trainer_utils import EvalLoopOutput, get_last_checkpoint
+from transformers.utils import logging
 from trl import DPOTrainer
 from trl.trainer.base_trainer import _BaseTrainer
 
@@ -39,7 +40,9 @@ from modeling_maple.loading import load_maple, load_maple_model
 from .collator import PREFERENCE_KEYS, DataCollatorForEmbeddingPreference
 from .losses import contrastive_loss, judged_positive_ids, preference_agreement, rpa_listwise_loss, rpa_pairwise_loss
 from .rpa_config import RPAConfig, from_pretrained_kwargs
-from .schema import PREFERENCE_COLUMNS, validate_preference_dataset
+from .schema import PREFERENCE_COLUMNS, rows_without_preference, validate_preference_dataset
+
+logger = logging.get_logger(__name__)
 
 # (image_0, image_1, text_0, text_1), text_i describing image_i
 Quadruple = tuple[Image.Image, Image.Image, str, str]
@@ -176,6 +179,8 @@ class RPATrainer(DPOTrainer):
         self._evaluating = False  # inside `evaluate` (see there)
 
         train_dataset = self._prepare_dataset(train_dataset, processing_class, args, "train")
+        if args.rpa_weight > 0 and isinstance(train_dataset, Dataset):
+            _warn_about_rows_without_preference(train_dataset)
         if isinstance(eval_dataset, dict):
             eval_dataset = {
                 name: self._prepare_dataset(dataset, processing_class, args, name)
@@ -265,7 +270,10 @@ class RPATrainer(DPOTrainer):
     def _get_dataloader(self, dataset, description, batch_size, sampler_fn=None, is_training=False, dataloader_key=None):
         if is_training:
             return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, dataloader_key)
-        train_collator, self.data_collator = self.data_collator, self.eval_data_collator
+        eval_collator = self.eval_data_collator
+        if isinstance(eval_collator, DataCollatorForEmbeddingPreference) and dataloader_key not in (None, "eval"):
+            eval_collator = dataclasses.replace(eval_collator, dataset_name=dataloader_key)  # errors name the split
+        train_collator, self.data_collator = self.data_collator, eval_collator
         try:
             return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, dataloader_key)
         finally:
@@ -652,6 +660,18 @@ def _pointing_to_undecodable_images(split: str):
             f"An image of the {split} dataset does not decode ({type(error).__name__}: {' '.join(str(error).split())[:300]}): "
             f"trainer.schema.first_undecodable_image(dataset, {split!r}) names the first such row."
         ) from error
+
+
+def _warn_about_rows_without_preference(dataset: Dataset) -> None:
+    """RPA's loss is zero on a row whose candidates all share one judge score: say so when rows are like that, since
+    a dataset of only such rows trains with a zero RPA loss and no other sign."""
+    count = rows_without_preference(dataset)
+    if count:
+        hint = "; that is every row: set rpa_weight=0 to train with InfoNCE only" if count == len(dataset) else ""
+        logger.warning(
+            f"{count} of {len(dataset)} train rows have no strict preference (one candidate, or equal judge scores): "
+            f"RPA learns nothing from them{hint}."
+        )
 
 
 def _model_inputs(inputs: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -258,6 +258,23 @@ def validate_preference_dataset(dataset: Dataset | IterableDataset, dataset_name
         _check_anchor_first(batch, dataset.features, dataset_name)
 
 
+def rows_without_preference(dataset: Dataset) -> int:
+    """How many rows of a validated map-style dataset give RPA nothing to learn: in neither direction two candidates
+    with different judge scores (a single candidate, or all scores equal). Reads only the score columns."""
+    import numpy as np
+
+    count = 0
+    for batch in dataset.select_columns(list(SCORED_CANDIDATES.values())).with_format("arrow").iter(_ARROW_BATCH_ROWS):
+        strict = np.zeros(batch.num_rows, dtype=bool)
+        for column in SCORED_CANDIDATES.values():
+            lengths = pc.list_value_length(batch[column]).to_numpy()  # >= 1 per row: validation refuses empty lists
+            scores = pc.list_flatten(batch[column]).to_numpy()
+            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+            strict |= np.maximum.reduceat(scores, starts) > np.minimum.reduceat(scores, starts)
+        count += int((~strict).sum())
+    return count
+
+
 def _check_anchor_first(batch: pa.Table, features: Features, dataset_name: str) -> None:
     """Raises for the first row whose candidate 0 is not its own caption / image (the collator would, hours into a
     run). Texts compare as strings; images by stored bytes (else path), and only those that differ are decoded, with
