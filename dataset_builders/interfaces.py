@@ -1,6 +1,18 @@
 """The two roles the preference builder needs filled: a judge that scores image-text fit and a
 captioner that writes candidate texts. `MLLMJudge` and `ContrastiveCaptioner` fill them with real
 MLLMs; anything else with these methods (the demo's scene-graph judge, a test double) works too.
+
+Optional attributes the builder reads when a judge, captioner or miner has them (each absent one changes nothing):
+
+- `name: str`: how cards, cache keys and the work dir's manifest name it (default: its class name);
+- `settings: dict`: what else shapes its output (prompt, dtype, image-processor settings, ...), recorded in the
+  manifest, so that a resumed build with other settings is refused instead of mixed;
+- `prompt: str` (judge): quoted in the dataset card;
+- `image_problem(size) -> str | None`: why it cannot take an image of this (width, height); a source row with such
+  an image is skipped with that reason instead of failing its shard;
+- `special_token_in(text) -> str | None` (judge): a special token of its tokenizer that `text` holds, which the judge
+  would read as that token: a source row whose caption holds one is skipped, a generated text holding one is left
+  out of the pool.
 """
 
 from __future__ import annotations
