@@ -209,7 +209,13 @@ def spherical_kmeans(
 
 
 def semdedup(
-    embeddings: torch.Tensor, *, num_clusters: int, epsilon: float, iterations: int = 20, seed: int = 0
+    embeddings: torch.Tensor,
+    *,
+    num_clusters: int,
+    epsilon: float,
+    iterations: int = 20,
+    seed: int = 0,
+    max_elements: int = 1 << 24,
 ) -> DedupResult:
     """SemDeDup (Abbas et al., 2023): cluster, then inside each cluster drop every row whose cosine
     to another row of the cluster exceeds 1 - epsilon.
@@ -224,8 +230,8 @@ def semdedup(
         num_clusters: k-means clusters, at most N / 2 (`check_semdedup_clusters`).
         epsilon: duplicates have cosine > 1 - epsilon.
 
-    Memory: one (cluster size)^2 similarity block at a time; clusters are small when, as in the
-    paper, there are many of them (700k images / 50k clusters).
+    Memory: a (cluster size, block) similarity block of about `max_elements` floats at a time (64 MiB at the
+    default), so a large cluster (thousands of copies of one placeholder image) does not need (cluster size)^2.
     """
     if not 0.0 <= epsilon < 1.0:
         raise ValueError(f"epsilon must be in [0, 1), got {epsilon}")
@@ -244,13 +250,26 @@ def semdedup(
         centroid = torch.nn.functional.normalize(vectors.sum(0), dim=0)
         order = (vectors @ centroid).argsort()
         members, vectors = members[order], vectors[order]
-        # similarities[i, j] for i < j only: row j is compared with the rows ordered before it.
-        similarities = torch.triu(vectors @ vectors.T, diagonal=1)
-        best, best_row = similarities.max(dim=0)
+        best, best_row = _best_earlier_rows(vectors, max_elements)
         for position in (best > 1.0 - epsilon).nonzero().squeeze(1).tolist():
             removed[int(members[position])] = int(members[best_row[position]])
     kept = torch.tensor(sorted(set(range(normalised.shape[0])) - removed.keys()), dtype=torch.long)  # on the CPU
     return DedupResult(kept=kept, removed=removed)
+
+
+def _best_earlier_rows(vectors: torch.Tensor, max_elements: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each row j of `vectors` (n, D), the largest similarity to a row i < j and that row (the first of equals);
+    (0, 0) for row 0. Columns are computed a block at a time, each against all rows."""
+    n = vectors.shape[0]
+    best, best_row = torch.empty(n, device=vectors.device), torch.empty(n, dtype=torch.long, device=vectors.device)
+    columns_per_block = max(1, max_elements // max(1, n))
+    rows = torch.arange(n, device=vectors.device)
+    for start in range(0, n, columns_per_block):
+        columns = rows[start : start + columns_per_block]
+        # similarities[i, j] for i < j only: row j is compared with the rows ordered before it.
+        similarities = (vectors @ vectors[columns].T).masked_fill(rows[:, None] >= columns[None, :], 0.0)
+        best[columns], best_row[columns] = similarities.max(dim=0)
+    return best, best_row
 
 
 class HardNegativeMiner:
