@@ -154,8 +154,8 @@ def load_embedder(model_ref: str, revision: str | None = None, trust_remote_code
     base checkpoint (`base_model_name_or_path`), itself resolved by this function. Weights load in `dtype`
     ("float32" or "bfloat16"), MAPLE checkpoints and backbones (wrapped by `from_backbone`) alike, so a
     baseline and its fine-tune are scored at one precision; MAPLE's heads and logit scales stay float32.
-    `trust_remote_code` is for backbones whose code lives in their repo (InternVL): a MAPLE checkpoint
-    loads with this package's classes. Errors are those of [`checkpoint_config`], raised before any
+    `trust_remote_code` runs code a checkpoint's repo holds (a config or processor of its own, `auto_map`): a
+    MAPLE checkpoint loads with this package's classes and the backbones MAPLE wraps are transformers' own. Errors are those of [`checkpoint_config`], raised before any
     weights load.
     """
     name, config = checkpoint_config(model_ref, revision)

@@ -25,6 +25,7 @@ import reprlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import PIL.Image
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -261,8 +262,6 @@ def validate_preference_dataset(dataset: Dataset | IterableDataset, dataset_name
 def rows_without_preference(dataset: Dataset) -> int:
     """How many rows of a validated map-style dataset give RPA nothing to learn: in neither direction two candidates
     with different judge scores (a single candidate, or all scores equal). Reads only the score columns."""
-    import numpy as np
-
     count = 0
     for batch in dataset.select_columns(list(SCORED_CANDIDATES.values())).with_format("arrow").iter(_ARROW_BATCH_ROWS):
         strict = np.zeros(batch.num_rows, dtype=bool)
