@@ -158,7 +158,9 @@ def test_an_unreadable_dataset_is_reported_in_one_line_before_any_model_loads(tm
     data = (tmp_path / "truncated" / "train.parquet").read_bytes()
     (tmp_path / "truncated" / "train.parquet").write_bytes(data[: len(data) // 2])
     capsys.readouterr()  # the progress bars of writing them
-    for folder, message in [("empty", "a saved dataset without rows"), ("truncated", "cannot be read as a dataset (")]:
+    (tmp_path / "notes.txt").write_text("not a dataset")
+    for folder, message in [("empty", "a saved dataset without rows"), ("truncated", "cannot be read as a dataset ("),
+                            ("notes.txt", "expected a folder, a Hub dataset id or a .parquet/.jsonl/.json/.csv file")]:
         with pytest.raises(SystemExit) as exit_info:
             main(["--tiny", "dual_encoder", "--dataset_name", str(tmp_path / folder), "--output_dir", str(tmp_path / "out")])
         assert exit_info.value.code == 2

@@ -299,19 +299,18 @@ DATA_FILE_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", 
 def load_preference_splits(data_args: DataArguments) -> DatasetDict:
     """The dataset's splits, from `save_to_disk` output, a folder of data files, one data file or the Hub."""
     location = data_args.dataset_name
+    file_builder = DATA_FILE_BUILDERS.get(os.path.splitext(location)[1].lower())
+    if os.path.isfile(location) and file_builder is None:
+        raise TrainingInputError(
+            f"--dataset_name {location}: expected a folder, a Hub dataset id or a {'/'.join(DATA_FILE_BUILDERS)} file"
+        )
     try:
         if os.path.isfile(os.path.join(location, "dataset_dict.json")) or os.path.isfile(
             os.path.join(location, "state.json")
         ):
             splits = load_from_disk(location)
         elif os.path.isfile(location):  # one file, as `datasets` reads it: its rows are the "train" split
-            builder = DATA_FILE_BUILDERS.get(os.path.splitext(location)[1].lower())
-            if builder is None:
-                raise TrainingInputError(
-                    f"--dataset_name {location}: expected a folder, a Hub dataset id or a "
-                    f"{'/'.join(DATA_FILE_BUILDERS)} file"
-                )
-            splits = load_dataset(builder, data_files={data_args.dataset_train_split: location})
+            splits = load_dataset(file_builder, data_files={data_args.dataset_train_split: location})
         else:
             splits = load_dataset(location, data_args.dataset_config)
     except OSError as error:  # no data files, not on the Hub, offline and not cached
