@@ -737,3 +737,24 @@ def test_rows_without_a_strict_preference_are_counted_and_reported(tmp_path, cap
     warnings = [record.getMessage() for record in caplog.records if "no strict preference" in record.getMessage()]
     assert warnings == ["4 of 4 train rows have no strict preference (one candidate, or equal judge scores): RPA learns "
                         "nothing from them; that is every row: set rpa_weight=0 to train with InfoNCE only."]
+
+
+def test_rows_are_read_once_per_fingerprint_and_again_after_a_change(monkeypatch):
+    """`maple train` validates every row before the model loads and `RPATrainer` did it all again: a second full read of
+    the dataset. A transformed dataset (a new fingerprint) is still read."""
+    import trainer.schema
+    from trainer.schema import validate_preference_dataset
+
+    checked = []
+    check_rows = trainer.schema.check_rows
+    monkeypatch.setattr(trainer.schema, "check_rows", lambda ids, *args, **kwargs: checked.extend(ids) or
+                        check_rows(ids, *args, **kwargs))
+    dataset = synthetic_preference_dataset(4, seed=7)
+    validate_preference_dataset(dataset, "train")
+    validate_preference_dataset(dataset, "eval")
+    assert len(checked) == 4
+    broken = dataset.map(lambda row, index: {"caption": "" if index == 2 else row["caption"]}, with_indices=True)
+    with pytest.raises(ValueError, match="column 'caption' is an empty string"):
+        validate_preference_dataset(broken, "train")
+    with pytest.raises(ValueError, match="column 'caption' is an empty string"):  # a failed dataset is not remembered
+        validate_preference_dataset(broken, "train")

@@ -328,7 +328,7 @@ def load_preference_splits(data_args: DataArguments) -> DatasetDict:
         if split not in splits:
             raise TrainingInputError(f"{location} has no split {split!r}; it has {sorted(splits)}")
         splits[split] = _with_image_paths_read(splits[split])
-        try:  # RPATrainer checks them too, but only once the model has loaded
+        try:  # before the model loads; RPATrainer then skips a dataset that passed (its fingerprint)
             validate_preference_dataset(splits[split], split)
         except ValueError as error:
             raise TrainingInputError(f"--dataset_name {location}: {error}") from None
