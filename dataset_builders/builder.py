@@ -76,9 +76,10 @@ MANIFEST_FILE = "manifest.json"
 # split by split; 3: a digest of every model's weights; 4: a local source's fingerprint by content, not timestamps;
 # 5: transparent images composited onto white, text pools filled by turns across negatives, captions parsed from
 # answers that half follow the format, judge suffixes tokenised after the image token; 6: a local source's caption
-# tables hashed in full, SemDeDup's similarities computed in blocks, whose last bits may differ). A work dir of
-# another version is refused: its manifest cannot say whether its checkpoints match this builder's.
-MANIFEST_VERSION = 6
+# tables hashed in full, SemDeDup's similarities computed in blocks, whose last bits may differ; 7: a neighbour that
+# duplicates only a dropped duplicate of a better one is kept). A work dir of another version is refused: its
+# manifest cannot say whether its checkpoints match this builder's.
+MANIFEST_VERSION = 7
 # Source rows per checkpoint of the input check (which decodes every image), and image embeddings per checkpoint
 # while a rank embeds its slice: the most an interruption can cost.
 INPUT_CHECK_PART_ROWS = 50_000

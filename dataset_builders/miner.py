@@ -70,8 +70,9 @@ def top_k_neighbours(
     duplicates would be useless hard negatives: the judge cannot tell them apart), nor a row that
     duplicates a better neighbour in the same way (two copies of one image would fill two of the k
     places with one negative). The search is `evaluation.retrieval.chunked_topk` of the queried rows
-    against all rows, with the first two exclusions; the third filters its results, searching deeper
-    until k remain or every row has been seen.
+    against all rows, with the first two exclusions; the third filters its results, and a row left
+    short of k searches again, its neighbours' duplicates excluded too, until k remain or no eligible
+    row is left.
 
     Args:
         embeddings: (N, D) float tensor, on the device the search should run on (a GPU makes
@@ -104,31 +105,39 @@ def top_k_neighbours(
         queries = normalised[query_rows]
     all_indices = torch.full((len(query_rows), k), -1, dtype=torch.long)
     all_scores = torch.full((len(query_rows), k), float("-inf"))
-    # Rows short of k neighbours once duplicates of better ones are dropped search again, twice as deep: only they.
-    pending, depth = torch.arange(len(query_rows), device=normalised.device), k
+    found = torch.zeros(len(query_rows), dtype=torch.long)  # neighbours kept so far, per query
+    # Rows short of k neighbours once duplicates of better ones are dropped search again, only they, with the
+    # duplicates of the neighbours they have excluded: each search adds at least one neighbour, so there are at most k,
+    # and a group of copies among a row's nearest costs one search, not one as deep as the group (doubling the depth
+    # up to the group's size took minutes for a few thousand copies).
+    pending, excluded_near = torch.arange(len(query_rows)), None
     while len(pending):
+        on_device = pending.to(normalised.device)
         scores, indices = chunked_topk(
-            queries[pending],
+            queries[on_device],
             normalised,
-            depth,
+            k,
             query_chunk=query_chunk_size,
             candidate_chunk=key_chunk_size,
-            self_indices=query_rows[pending],
+            self_indices=query_rows[on_device],
             duplicate_threshold=duplicate_threshold,
+            excluded_near=excluded_near,
         )
-        # chunked_topk gives min(depth, N) columns, excluded rows last at -inf
+        # chunked_topk gives min(k, N) columns, excluded rows last at -inf
         kept = (scores > float("-inf")) & ~_duplicates_of_better_neighbours(normalised, indices, scores, duplicate_threshold)
-        # A column at -inf means the search ran out of eligible rows: deeper finds no more (a group of duplicates
-        # of the query, all excluded, would otherwise double the depth up to N, each time comparing depth² pairs).
-        exhausted = (scores == float("-inf")).any(dim=1)
-        done = (kept.sum(dim=1) >= k) | (depth >= normalised.shape[0]) | exhausted
-        # the kept neighbours first, in their order; then -1 / -inf up to k columns
-        order = torch.sort((~kept[done]).to(torch.int8), dim=1, stable=True).indices[:, :k]
-        settled = kept[done].gather(1, order)
-        rows, width = pending[done].cpu(), order.shape[1]
-        all_scores[rows, :width] = scores[done].gather(1, order).masked_fill(~settled, float("-inf")).cpu()
-        all_indices[rows, :width] = indices[done].gather(1, order).masked_fill(~settled, -1).cpu()
-        pending, depth = pending[~done], depth * 2
+        # the kept neighbours first, in their order, appended after those found before, up to k
+        order = torch.sort((~kept).to(torch.int8), dim=1, stable=True).indices
+        added = torch.minimum(kept.sum(dim=1).cpu(), k - found[pending])
+        rows, columns = (torch.arange(order.shape[1]) < added[:, None]).nonzero(as_tuple=True)
+        targets = (pending[rows], found[pending][rows] + columns)
+        all_indices[targets] = indices.gather(1, order).cpu()[rows, columns]
+        all_scores[targets] = scores.gather(1, order).cpu()[rows, columns]
+        found[pending] += added
+        # a column at -inf: the search ran out of eligible rows, and another finds no more
+        exhausted = (scores == float("-inf")).any(dim=1).cpu()
+        pending = pending[(found[pending] < k) & ~exhausted]
+        neighbour_rows = all_indices[pending].to(normalised.device)
+        excluded_near = normalised[neighbour_rows.clamp(min=0)] * (neighbour_rows >= 0).unsqueeze(-1)  # (P, k, D)
     return Neighbours(indices=all_indices, scores=all_scores)
 
 

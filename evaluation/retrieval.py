@@ -8,7 +8,8 @@ query_chunk * candidate_chunk * 4 bytes (64 MiB at the defaults) whatever the co
 
 - `chunked_topk` keeps a running top-k per query: the k best candidates seen so far are merged
   with each block's own top-k. It can skip, block by block, each query's own row and its
-  near-duplicates (self-retrieval, as in hard-negative mining: `dataset_builders.miner`).
+  near-duplicates (self-retrieval, as in hard-negative mining: `dataset_builders.miner`), and the
+  near-duplicates of vectors given per query (the neighbours a deeper search already has).
 - `chunked_ranks` gives the exact 1-based rank of each query's first relevant candidate, with the
   same tie rule as `evaluation.metrics.first_relevant_ranks`, so recall@k for any k and MRR equal
   the dense computation.
@@ -79,17 +80,25 @@ def _score_blocks(
 
 def _exclude_in_block(
     block_scores: torch.Tensor,
+    candidate_block: torch.Tensor,
     c_start: int,
     self_indices: torch.Tensor | None,
     duplicate_threshold: float | None,
+    excluded_near: torch.Tensor | None,
 ) -> None:
     """Set to -inf, in place, the scores of the candidates a query must not retrieve.
 
-    block_scores: (q, c) scores of a query block against candidates [c_start, c_start + c);
-    self_indices: (q,) int64 position of each query among all candidates, or None.
+    block_scores: (q, c) scores of a query block against `candidate_block` (c, D), the candidates
+    [c_start, c_start + c); self_indices: (q,) int64 position of each query among all candidates, or None;
+    excluded_near: (q, m, D) per query, vectors whose near-duplicates are excluded too (zero rows exclude nothing).
     """
     if duplicate_threshold is not None:
         block_scores.masked_fill_(block_scores >= duplicate_threshold, float("-inf"))
+        for slot in range(0 if excluded_near is None else excluded_near.shape[1]):
+            # one (q, c) block per slot: the (q, m, c) scores at once would be m blocks
+            vectors = excluded_near[:, slot]
+            near = (vectors @ candidate_block.T >= duplicate_threshold) & vectors.any(dim=1, keepdim=True)
+            block_scores.masked_fill_(near, float("-inf"))
     if self_indices is not None:
         # One (row, column) per query whose own row lies in this block: no (q, c) mask for it.
         columns = self_indices - c_start
@@ -130,6 +139,7 @@ def chunked_topk(
     *,
     self_indices: torch.Tensor | None = None,
     duplicate_threshold: float | None = None,
+    excluded_near: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The k highest-scoring candidates of every query, scores = queries @ candidates.T.
 
@@ -145,6 +155,10 @@ def chunked_topk(
             [0, C) excludes nothing.
         duplicate_threshold: candidates scoring at or above it are never retrieved (near-duplicates
             of the query).
+        excluded_near: (Q, m, D) per query, up to m vectors whose near-duplicates (scoring at or above
+            `duplicate_threshold` against one of them) are never retrieved either; rows of zeros exclude
+            nothing. The miner's deeper searches pass the neighbours a query already has. Costs m more
+            block products.
 
     Returns (scores, indices), each (Q, min(k, C)), sorted best first; equal to
     `(queries @ candidates.T).topk(k)`, exact ties settled by the lower candidate index whatever the
@@ -155,6 +169,11 @@ def chunked_topk(
     _check_embeddings(queries, candidates)
     if self_indices is not None and self_indices.shape != (queries.shape[0],):
         raise ValueError(f"self_indices: expected shape ({queries.shape[0]},), got {tuple(self_indices.shape)}")
+    if excluded_near is not None and (duplicate_threshold is None or excluded_near.shape[::2] != queries.shape):
+        raise ValueError(
+            f"excluded_near: expected shape ({queries.shape[0]}, m, {queries.shape[1]}) and a duplicate_threshold, got "
+            f"{tuple(excluded_near.shape)} and {duplicate_threshold}"
+        )
     k = min(k, candidates.shape[0])
     excluding = self_indices is not None or duplicate_threshold is not None
     if self_indices is not None:
@@ -165,11 +184,13 @@ def chunked_topk(
     for q_start in range(0, queries.shape[0], query_chunk):
         query_block = queries[q_start : q_start + query_chunk]
         block_self = None if self_indices is None else self_indices[q_start : q_start + query_chunk]
+        block_near = None if excluded_near is None else excluded_near[q_start : q_start + query_chunk]
         best_scores = query_block.new_full((query_block.shape[0], 0), float("-inf"))
         best_indices = torch.empty((query_block.shape[0], 0), dtype=torch.long, device=queries.device)
         for c_start, block_scores in _score_blocks(query_block, candidates, candidate_chunk):
             if excluding:
-                _exclude_in_block(block_scores, c_start, block_self, duplicate_threshold)
+                candidate_block = candidates[c_start : c_start + block_scores.shape[1]]
+                _exclude_in_block(block_scores, candidate_block, c_start, block_self, duplicate_threshold, block_near)
             top_scores, top_columns = _topk_first_columns(block_scores, min(k, block_scores.shape[1]))
             # the kept candidates, all before this block, then this block's: in candidate order
             merged_scores = torch.cat([best_scores.gather(1, best_order := best_indices.argsort(dim=1)), top_scores], dim=1)

@@ -305,3 +305,25 @@ def test_semdedup_in_column_blocks_removes_what_one_block_removes():
         blocked = semdedup(rows, num_clusters=4, epsilon=0.01, max_elements=max_elements)
         assert blocked.removed == whole.removed and torch.equal(blocked.kept, whole.kept)
     assert len(whole.removed) >= 30  # every exact copy (copies share a cluster), and near-copies that share one
+
+
+def test_a_group_of_copies_among_a_rows_nearest_costs_one_more_search_not_one_as_deep_as_the_group(monkeypatch):
+    """Copies of one image that are a query's nearest neighbours (not its duplicates) filled the search with one
+    negative: the depth doubled up to the group's size, comparing depth² neighbour pairs each time. Searches now
+    exclude the duplicates of the neighbours found, at the same depth."""
+    depths, search = [], miner_module.chunked_topk
+
+    def recording(*args, **kwargs):
+        depths.append((len(args[0]), args[2]))
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(miner_module, "chunked_topk", recording)
+    generator = torch.Generator().manual_seed(3)
+    query, others = torch.randn(1, 16, generator=generator), torch.randn(5, 16, generator=generator)
+    copies = (query + 0.3 * torch.randn(1, 16, generator=generator)).repeat(300, 1)  # the query's nearest, 300 times
+    embeddings = torch.cat([query, copies, others])
+    found = top_k_neighbours(embeddings, 3, query_rows=torch.tensor([0]), key_chunk_size=64)
+    assert depths == [(1, 3), (1, 3)]  # was 3, 6, ..., 384: 8 searches
+    normalised = torch.nn.functional.normalize(embeddings, dim=-1)
+    expected = (normalised[0] @ normalised[301:].T).topk(2).indices + 301  # one copy, then the two best others
+    assert found.indices[0, 0] == 1 and found.indices[0, 1:].tolist() == expected.tolist()
