@@ -4,10 +4,11 @@ seed, the epoch and the row only (not on the batch a row lands in)."""
 
 import pytest
 import torch
+from PIL import Image
 
 from modeling_maple.testing import build_tiny
 from trainer.collator import DataCollatorForEmbeddingPreference, content_id
-from trainer.testing import synthetic_preference_dataset
+from trainer.testing import draw_scene, synthetic_preference_dataset
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +143,19 @@ def test_a_first_candidate_other_than_the_anchor_is_named(processor, rows, candi
     with pytest.raises(ValueError, match=rf"^train dataset, row id 'scene-1': column '{candidates}'\[0\] differs "
                                          rf"from the row's '{anchor}'; expected the anchor itself first"):
         DataCollatorForEmbeddingPreference(processor, num_text_candidates=2, num_image_candidates=2)([rows[0], bad])
+
+
+def test_palette_images_that_differ_only_in_their_palette_are_two_images(processor):
+    """A palette image's bytes are indices: a recoloured copy (a colour-binding hard negative) had the anchor's id,
+    so the collator embedded it once and RPA compared the anchor with itself."""
+    red = draw_scene("red", "left").convert("P", palette=Image.Palette.ADAPTIVE, colors=4)
+    palette = red.getpalette()
+    blue = red.copy()
+    blue.putpalette([value for colour in zip(*[iter(palette)] * 3) for value in (colour[::-1] if colour[0] > 200 else colour)])
+    assert red.tobytes() == blue.tobytes() and red.convert("RGB").tobytes() != blue.convert("RGB").tobytes()
+    assert content_id(red) != content_id(blue) and content_id(red) == content_id(red.copy())
+    row = dict(id="r0", image=red, caption="a red square on the left", candidate_images=[red, blue],
+               candidate_texts=["a red square on the left", "a blue square on the left"],
+               txt2img_scores=[0.9, 0.2], img2txt_scores=[0.9, 0.2])
+    batch = DataCollatorForEmbeddingPreference(processor)([row])
+    assert batch["candidate_image_index"].tolist() == [[0, 1]]

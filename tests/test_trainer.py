@@ -758,3 +758,17 @@ def test_rows_are_read_once_per_fingerprint_and_again_after_a_change(monkeypatch
         validate_preference_dataset(broken, "train")
     with pytest.raises(ValueError, match="column 'caption' is an empty string"):  # a failed dataset is not remembered
         validate_preference_dataset(broken, "train")
+
+
+def test_a_batch_without_a_strict_preference_leaves_the_windows_rewards_defined(tmp_path):
+    """Its rewards are NaN and were averaged into the logging window, so one such batch logged NaN for the window."""
+    rows = synthetic_preference_dataset(4, seed=3).to_list()
+    rows[0]["txt2img_scores"] = [1.0] * len(rows[0]["txt2img_scores"])  # a judge saturated on every candidate
+    rows[0]["img2txt_scores"] = [1.0] * len(rows[0]["img2txt_scores"])
+    dataset = datasets.Dataset.from_list(rows, features=synthetic_preference_dataset(1).features)
+    model, processor = build_tiny("dual_encoder", seed=0)
+    args = make_config(tmp_path, per_device_train_batch_size=1, max_steps=4, logging_steps=4)
+    trainer = RPATrainer(model, args=args, train_dataset=dataset, processing_class=processor)
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "rewards/accuracies" in entry]
+    assert len(logged) == 1 and all(math.isfinite(logged[0][key]) for key in ("rewards/accuracies", "rewards/margins"))

@@ -29,7 +29,7 @@ PREFERENCE_KEYS = (
 
 
 def content_id(item: str | Image.Image) -> int:
-    """A stable 64-bit id of a text or an image's pixels: equal content, equal id, in every process (unlike
+    """A stable 64-bit id of a text or an image's pixels (with its palette): equal content, equal id, in every process (unlike
     `hash()`, which is salted per process). Used to embed each distinct item once and to de-duplicate negatives."""
     digest = hashlib.blake2b(digest_size=8)
     if isinstance(item, str):
@@ -37,6 +37,8 @@ def content_id(item: str | Image.Image) -> int:
     elif isinstance(item, Image.Image):
         digest.update(f"image:{item.mode}:{item.size}:".encode())
         digest.update(item.tobytes())
+        if item.mode in ("P", "PA"):  # the bytes are palette indices: a recoloured copy differs only in its palette
+            digest.update(bytes(item.getpalette() or []) + repr(item.info.get("transparency")).encode())
     else:
         raise TypeError(f"content_id takes a text (str) or a PIL image, got {type(item).__name__}")
     return int.from_bytes(digest.digest(), "little", signed=True)

@@ -391,13 +391,17 @@ class RPATrainer(DPOTrainer):
         mean of the processes' means (one value each: their batches may differ in size); in evaluation, each
         anchor's value, less the rows accelerate repeats to even out the last batch across processes, so that
         `evaluation_loop` averages over the set's anchors. A reward is NaN for an anchor without a strict judge
-        preference and is left out; a NaN loss is kept, so a diverged evaluation shows."""
+        preference and is left out (a batch of such anchors gives none); a NaN loss is kept, so a diverged run shows."""
         values = values.detach().reshape(-1)
         skip_nan = key.startswith("rewards/")
         if mode == "train":
             mean = values.nanmean() if skip_nan else values.mean()
             gathered = self.accelerator.gather(mean.reshape(1))
-            self._metrics[mode][key].append((gathered.nanmean() if skip_nan else gathered.mean()).item())
+            value = (gathered.nanmean() if skip_nan else gathered.mean()).item()
+            # a batch without a strict preference has no reward: left out, or `log`'s plain mean over the logging
+            # window would be NaN
+            if not (skip_nan and math.isnan(value)):
+                self._metrics[mode][key].append(value)
         else:
             values = self.accelerator.gather_for_metrics(values)
             self._metrics[mode][key].extend((values[~values.isnan()] if skip_nan else values).tolist())
