@@ -316,6 +316,31 @@ def _slice_bounds(count: int, part: int, num_parts: int) -> tuple[int, int]:
     return count * part // num_parts, count * (part + 1) // num_parts
 
 
+def _duplicate_id(row: int, row_id: str, kept_row: int) -> SkippedInput:
+    """Source row `row` skipped: its id `row_id` belongs to the earlier valid row `kept_row`."""
+    return SkippedInput(row, row_id, "duplicate id", f"row {kept_row} has this id and is kept")
+
+
+def _merge_input_checks(slices: list[dict[str, list]]) -> tuple[list[int], list[SkippedInput]]:
+    """The valid rows and skipped rows of the whole source from the checks of its consecutive slices (see
+    `MaplePreferences._check_slice`), in row order: a row whose id an earlier slice's row kept is a duplicate id, as
+    in one pass over all rows (and so is a row its own slice skipped for another reason: one pass tests ids first)."""
+    kept_row_of_id: dict[str, int] = {}
+    valid_rows, skipped = [], []
+    for checked in slices:
+        entries = [(row, row_id, None) for row, row_id in zip(checked["valid_rows"], checked["valid_ids"])]
+        entries += [(item["row"], item["id"], SkippedInput(**item)) for item in checked["skipped"]]
+        for row, row_id, problem in sorted(entries, key=lambda entry: entry[0]):
+            if row_id in kept_row_of_id:
+                skipped.append(_duplicate_id(row, row_id, kept_row_of_id[row_id]))
+            elif problem is None:
+                kept_row_of_id[row_id] = row
+                valid_rows.append(row)
+            else:
+                skipped.append(problem)
+    return valid_rows, skipped
+
+
 def text_pool(caption: str, groups: list[list[str]], size: int) -> list[str]:
     """The anchor's text candidates: its caption as given, then at most `size - 1` texts of `groups` (each hard
     negative's candidate texts, in order) with whitespace normalised, empty texts and repeats (of the caption too)
@@ -607,49 +632,61 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         return f"{index:09d}" if value is None else str(value)
 
     def check_inputs(self) -> tuple[int, list[int], list[SkippedInput]]:
-        """(number of source rows, rows fit to be anchors, rows skipped with reasons); checkpointed in inputs.json,
-        and every `INPUT_CHECK_PART_ROWS` rows while it runs (each image is decoded, which for a large corpus takes
-        long), so an interrupted check resumes where it stopped."""
+        """(number of source rows, rows fit to be anchors, rows skipped with reasons); checkpointed in inputs.json.
+        Each rank checks a slice of the rows (each image is decoded, which for a large corpus takes long), then every
+        rank merges the slices alike (`_merge_input_checks`): the same result as one process checking them all."""
         path = self.work_dir / "inputs.json"
         if path.exists():
             saved = _read_json(path)
             return saved["num_source_rows"], saved["valid_rows"], [SkippedInput(**item) for item in saved["skipped"]]
         source = self._load_source()
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        progress_path = self.work_dir / f"inputs.partial-{self.rank}.json"  # one per rank: ranks check alike
-        state = _read_json(progress_path) if progress_path.exists() else {"next_row": 0, "valid_rows": [], "skipped": []}
-        valid_rows: list[int] = state["valid_rows"]
+        slices = [self.work_dir / f"inputs-{rank}-of-{self.world_size}.json" for rank in range(self.world_size)]
+        mine = slices[self.rank]
+        if not mine.exists():
+            start, end = _slice_bounds(len(source), self.rank, self.world_size)
+            atomic_write_bytes(mine, json.dumps(self._check_slice(source, start, end, mine)).encode())
+        self._wait_for(slices, what="input checks")
+        valid_rows, skipped = _merge_input_checks([_read_json(slice_) for slice_ in slices])
+        payload = {"num_source_rows": len(source), "valid_rows": valid_rows, "skipped": [asdict(i) for i in skipped]}
+        atomic_write_bytes(path, json.dumps(payload).encode())
+        return len(source), valid_rows, skipped
+
+    def _check_slice(self, source: datasets.Dataset, start: int, end: int, slice_path: Path) -> dict[str, list]:
+        """The input check of source rows [start, end): {"valid_rows", "valid_ids", "skipped"}, ids judged duplicate
+        only within the slice. Its progress is saved every `INPUT_CHECK_PART_ROWS` rows beside `slice_path`, so an
+        interrupted check resumes where it stopped."""
+        progress_path = slice_path.with_suffix(".partial.json")
+        state = {"next_row": start, "valid_rows": [], "valid_ids": [], "skipped": []}
+        if progress_path.exists():
+            state = _read_json(progress_path)
+        valid_rows, valid_ids = state["valid_rows"], state["valid_ids"]
         skipped = [SkippedInput(**item) for item in state["skipped"]]
         # An id belongs to the first row that passes every check: a skipped row must not claim it.
-        kept_row_of_id: dict[str, int] = {}
-        if valid_rows:  # resuming: the ids the rows checked so far kept (read from the id column alone)
-            id_column = self.config.id_column
-            ids = source[id_column] if id_column in source.column_names else [None] * len(source)
-            kept_row_of_id = {self._row_id({id_column: ids[row]}, row): row for row in valid_rows}
-        start = state["next_row"]
-        rows = source.select(range(start, len(source))) if start else source
-        progress = tqdm(rows, desc="checking inputs", initial=start, total=len(source), disable=not self.progress)
-        for index, row in enumerate(progress, start=start):
+        kept_row_of_id = dict(zip(valid_ids, valid_rows))
+        first = state["next_row"]
+        rows = source.select(range(first, end)) if (first, end) != (0, len(source)) else source
+        progress = tqdm(rows, "checking inputs", initial=first - start, total=end - start, disable=not self.progress)
+        for index, row in enumerate(progress, start=first):
             row_id = self._row_id(row, index)
             problem = self._input_problem(index, row_id, row, kept_row_of_id)
             if problem is None:
                 kept_row_of_id[row_id] = index
                 valid_rows.append(index)
+                valid_ids.append(row_id)
             else:
                 skipped.append(problem)
-            if (index + 1) % INPUT_CHECK_PART_ROWS == 0 and index + 1 < len(source):
-                checked = {"next_row": index + 1, "valid_rows": valid_rows, "skipped": [asdict(item) for item in skipped]}
-                atomic_write_bytes(progress_path, json.dumps(checked).encode())
-        payload = {"num_source_rows": len(source), "valid_rows": valid_rows, "skipped": [asdict(item) for item in skipped]}
-        atomic_write_bytes(path, json.dumps(payload).encode())
+            if (index + 1 - start) % INPUT_CHECK_PART_ROWS == 0 and index + 1 < end:
+                checked = {"valid_rows": valid_rows, "valid_ids": valid_ids, "skipped": [asdict(i) for i in skipped]}
+                atomic_write_bytes(progress_path, json.dumps({"next_row": index + 1, **checked}).encode())
         progress_path.unlink(missing_ok=True)
-        return len(source), valid_rows, skipped
+        return {"valid_rows": valid_rows, "valid_ids": valid_ids, "skipped": [asdict(item) for item in skipped]}
 
     def _input_problem(self, index: int, row_id: str, row: dict[str, Any], kept_row_of_id: dict[str, int]) -> SkippedInput | None:
         """Why source row `index` cannot be an anchor (as the `SkippedInput` that records it), or None."""
         caption = row[self.config.caption_column]
         if row_id in kept_row_of_id:
-            return SkippedInput(index, row_id, "duplicate id", f"row {kept_row_of_id[row_id]} has this id and is kept")
+            return _duplicate_id(index, row_id, kept_row_of_id[row_id])
         if caption is not None and not isinstance(caption, str):
             detail = f"column {self.config.caption_column!r} holds a {type(caption).__name__}, expected str"
             return SkippedInput(index, row_id, "non-string caption", detail)
@@ -788,8 +825,9 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 except ValueError as error:
                     # Nothing of this recipe is computed beyond the input check: give up the work dir's claim,
                     # so that the command the error suggests (another cluster count) can make it its own.
-                    for name in (MANIFEST_FILE, "inputs.json"):
-                        (self.work_dir / name).unlink(missing_ok=True)
+                    claimed = [self.work_dir / MANIFEST_FILE, *self.work_dir.glob("inputs*.json")]
+                    for path in claimed:
+                        path.unlink(missing_ok=True)
                     raise SourceError(str(error)) from None
             embeddings = self.embed_inputs(valid_rows)
             anchor_positions, deduplicated = self.select_anchors(valid_rows, embeddings)

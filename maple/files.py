@@ -4,16 +4,17 @@ checkpoints and result folders that MAPLE's long jobs resume from are written th
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
-    """`write` a temporary file beside `path` (named `<name>.tmp-<pid>`), sync it to disk and rename it to `path`:
-    the file is whole or absent, even after a crash of the machine (a rename alone can reach the disk before the
-    data)."""
+    """`write` a temporary file beside `path` (named `<name>.tmp-<pid>-<thread>`: processes and threads that write
+    the same file each have their own), sync it to disk and rename it to `path`: the file is whole or absent, even
+    after a crash of the machine (a rename alone can reach the disk before the data)."""
     path = Path(path)
-    temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     write(temporary)
     with open(temporary, "rb") as handle:
         os.fsync(handle.fileno())

@@ -1,6 +1,7 @@
 """MaplePreferences: the builder's rows, named configs, sources, bad inputs and config errors.
 Judges and captioners are fast deterministic stand-ins, except in the end-to-end tiny-MLLM test."""
 
+import concurrent.futures
 import json
 import re
 import shutil
@@ -392,6 +393,32 @@ def test_a_duplicate_id_keeps_its_first_valid_row(tmp_path):
     assert [item.row for item in skipped if item.kind == "unreadable image"] == [0]
 
 
+def test_ranks_check_a_slice_each_and_agree_with_one_process(tmp_path, monkeypatch):
+    """Every rank decoded every source image (hours per rank for a large corpus). Each checks a third of the rows
+    here, and the merge still finds the duplicate ids that cross slices: rows [0, 3), [3, 6) and [6, 9)."""
+    columns = colour_squares(9)
+    columns["id"][4] = "square-000"  # a duplicate of a row of the first slice
+    columns["id"][6:8] = ["x", "x"]
+    columns["image"][6] = {"bytes": b"not an image", "path": None}  # an unreadable row does not claim its id
+    columns["id"][8], columns["caption"][8] = "square-003", ""  # an empty caption with a taken id: a duplicate id first
+    source = datasets.Dataset.from_dict(columns, features=SOURCE_FEATURES)
+    reference = _unbuilt(tmp_path / "one", source).check_inputs()
+    checked, check = [], MaplePreferences._input_problem
+    monkeypatch.setattr(MaplePreferences, "_input_problem",
+                        lambda self, index, *args: checked.append((self.rank, index)) or check(self, index, *args))
+    ranks = [_unbuilt(tmp_path, source, rank=rank, world_size=3) for rank in range(3)]
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:  # each waits for the others' slices
+        results = list(pool.map(lambda builder: builder.check_inputs(), ranks))
+    assert results == [reference] * 3
+    assert sorted(checked) == [(rank, row) for rank in range(3) for row in range(3 * rank, 3 * rank + 3)]
+    assert reference[1] == [0, 1, 2, 3, 5, 7]
+    assert [(item.row, item.kind, item.detail) for item in reference[2]] == [
+        (4, "duplicate id", "row 0 has this id and is kept"),
+        (6, "unreadable image", "UnidentifiedImageError: cannot identify image file the image bytes"),
+        (8, "duplicate id", "row 3 has this id and is kept"),
+    ]
+
+
 def test_a_caption_column_of_lists_is_skipped_as_non_string_naming_column_and_type(tmp_path):
     """COCO-style sources hold several captions per image. Before the fix such rows were skipped as
     "empty caption" with no detail."""
@@ -582,12 +609,12 @@ def test_an_interrupted_input_check_resumes_where_it_stopped(tmp_path, monkeypat
     monkeypatch.setattr(MaplePreferences, "_input_problem", interrupted_after_six)
     with pytest.raises(KeyboardInterrupt):
         _unbuilt(tmp_path, source).check_inputs()
-    assert (tmp_path / "work" / "inputs.partial-0.json").exists()
+    assert (tmp_path / "work" / "inputs-0-of-1.partial.json").exists()
     checked.clear()
     monkeypatch.setattr(MaplePreferences, "_input_problem", lambda self, index, *args: checked.append(index) or check(self, index, *args))
     assert _unbuilt(tmp_path, source).check_inputs() == reference  # the duplicate id after the checkpoint is still caught
     assert checked == [4, 5, 6, 7, 8, 9]  # rows 0-3 were checkpointed
-    assert not (tmp_path / "work" / "inputs.partial-0.json").exists()
+    assert not (tmp_path / "work" / "inputs-0-of-1.partial.json").exists()
     assert [item.kind for item in reference[2]] == ["duplicate id", "unreadable image"]
 
 
