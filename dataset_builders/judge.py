@@ -98,14 +98,16 @@ def answer_token_id(prompt_encoder: PromptEncoder, word: str) -> int:
     """
     tokenizer = prompt_encoder.tokenizer
     question = [{"role": "user", "content": [{"type": "text", "text": "?"}]}]
-    prompt = prompt_encoder.render(question, add_generation_prompt=True)
-    answered = prompt_encoder.render(question + [{"role": "assistant", "content": word}], add_generation_prompt=False)
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    answered_ids = tokenizer(answered, add_special_tokens=False)["input_ids"]
-    if answered_ids[: len(prompt_ids)] == prompt_ids and len(answered_ids) > len(prompt_ids):
-        candidate = answered_ids[len(prompt_ids)]
-        if tokenizer.decode([candidate]).strip() == word:
-            return candidate
+    prompt_ids = tokenizer(prompt_encoder.render(question, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+    # Content as a list of parts first: some templates (SmolVLM's, Idefics3's) render only that form, and render a
+    # plain-string answer as nothing, which would leave the fallback's spelling, not the model's.
+    for content in ([{"type": "text", "text": word}], word):
+        answered = prompt_encoder.render(question + [{"role": "assistant", "content": content}], add_generation_prompt=False)
+        answered_ids = tokenizer(answered, add_special_tokens=False)["input_ids"]
+        if answered_ids[: len(prompt_ids)] == prompt_ids and len(answered_ids) > len(prompt_ids):
+            candidate = answered_ids[len(prompt_ids)]
+            if tokenizer.decode([candidate]).strip() == word:
+                return candidate
     for spelling in (word, " " + word):
         ids = tokenizer(spelling, add_special_tokens=False)["input_ids"]
         if len(ids) == 1:
@@ -185,8 +187,15 @@ class MLLMJudge:
         weights dtype and the image processor's settings (e.g. Qwen-VL's max_pixels). The builder's
         manifest records them, so a resumed build never mixes shards scored under other settings.
         Batch size and device change only float rounding and are left out. `answer_logits` marks the float32
-        Yes/No logits (`_alphas`): builds begun when a bf16 judge rounded them must not be resumed."""
-        return {"prompt": self.prompt, "answer_logits": "float32", **model_settings(self.model, self.prompt_encoder)}
+        Yes/No logits (`_alphas`): builds begun when a bf16 judge rounded them must not be resumed; `answer_tokens`
+        the two tokens read (`answer_token_id`)."""
+        answer_tokens = [self.prompt_encoder.tokenizer.decode([token]) for token in (self.yes_id, self.no_id)]
+        return {
+            "prompt": self.prompt,
+            "answer_logits": "float32",
+            "answer_tokens": answer_tokens,
+            **model_settings(self.model, self.prompt_encoder),
+        }
 
     def _split_prompt(self) -> tuple[str, str]:
         """The rendered prompt cut into the part shared by all candidate texts and the rest:

@@ -193,6 +193,23 @@ def test_answer_token_follows_the_chat_template():
     assert tokenizer.decode([spaced_judge.no_id]) == " No"
 
 
+# HuggingFaceTB/SmolVLM-Instruct's chat template (also transformers' SmolVLM default): it renders list content only
+SMOLVLM_CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}{% if message['content'][0]['type'] == "
+    "'image' %}{{':'}}{% else %}{{': '}}{% endif %}{% for line in message['content'] %}{% if line['type'] == 'text' %}"
+    "{{line['text']}}{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
+
+def test_the_answer_token_of_a_template_that_renders_only_list_content_is_the_spaced_one():
+    """SmolVLM's template rendered a plain-string answer as nothing, so the judge fell back to "Yes" / "No", which the
+    model does not emit after "Assistant:" (it says " Yes"): every alpha was the ratio of two unlikely tokens."""
+    judge = tiny_judge(family="smolvlm", chat_template=SMOLVLM_CHAT_TEMPLATE)
+    tokenizer = judge.prompt_encoder.tokenizer
+    assert [tokenizer.decode([token]) for token in (judge.yes_id, judge.no_id)] == [" Yes", " No"]
+
+
 def test_tokenizer_without_a_yes_token_is_rejected_clearly():
     from transformers import Qwen2Tokenizer
 
@@ -526,8 +543,9 @@ def test_settings_hold_what_changes_the_scores():
     import json
 
     small, large = tiny_judge(image_size=32), tiny_judge(image_size=64)
-    assert set(small.settings) == {"prompt", "answer_logits", "weights", "chat_template", "leading_special_ids", "dtype",
-                                   "image_processor"}
+    assert set(small.settings) == {"prompt", "answer_logits", "answer_tokens", "weights", "chat_template",
+                                   "leading_special_ids", "dtype", "image_processor"}
+    assert small.settings["answer_tokens"] == ["Yes", "No"]
     # the same weights give the same digest; one changed value, as in a model retrained in place, another
     assert small.settings["weights"] == tiny_judge(image_size=32).settings["weights"] == large.settings["weights"]
     retrained = tiny_judge(image_size=32)
