@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import warnings
 
 import PIL.Image
 import torch
@@ -207,15 +208,24 @@ class ContrastiveCaptioner:
         captions: list[list[str]] = [[] for _ in anchors]
         for start in range(0, len(prompts), self.batch_size):
             batch = prompts[start : start + self.batch_size]
-            for (pair, _, _), answer in zip(batch, self._generate([(anchor, negative) for _, anchor, negative in batch])):
-                for caption in parse_captions(answer):
+            for (pair, _, _), (answer, finished) in zip(batch, self._generate([(a, n) for _, a, n in batch])):
+                parsed = parse_captions(answer)
+                if not finished:  # its last caption is cut off mid-sentence: a text no captioner wrote
+                    warnings.warn(
+                        f"A captioner answer reached max_new_tokens={self.max_new_tokens}: its last caption, cut "
+                        "off, is dropped. Raise max_new_tokens if this is frequent.",
+                        stacklevel=2,
+                    )
+                    parsed = parsed[:-1]
+                for caption in parsed:
                     # Checked against the growing list: an answer may repeat a caption itself.
                     if caption not in captions[pair]:
                         captions[pair].append(caption)
         return captions
 
-    def _generate(self, pairs: list[tuple[PIL.Image.Image, PIL.Image.Image]]) -> list[str]:
-        """One sampled answer per (anchor, negative) prompt."""
+    def _generate(self, pairs: list[tuple[PIL.Image.Image, PIL.Image.Image]]) -> list[tuple[str, bool]]:
+        """One sampled answer per (anchor, negative) prompt, and whether it ended (an end-of-sequence token) rather than
+        being cut at `max_new_tokens`."""
         encoded = self.prompt_encoder.encode_images([image for pair in pairs for image in pair])
         sequences = [
             self.prompt_encoder.expand_images(self._prompt_text, encoded, [2 * row, 2 * row + 1])
@@ -224,4 +234,12 @@ class ContrastiveCaptioner:
         inputs = to_model(self.prompt_encoder.model_inputs(sequences, encoded, padding_side="left"), self.model)
         generated = self.model.generate(**inputs, **self._generate_kwargs)
         answers = generated[:, inputs["input_ids"].shape[1] :]
-        return self.prompt_encoder.tokenizer.batch_decode(answers, skip_special_tokens=True)
+        # `generate` stops before max_new_tokens only once every answer has ended; a model without an end-of-sequence
+        # token cannot tell an ending from a cut, and its answers are taken as they are
+        eos = self.generation_config.eos_token_id
+        eos_ids = torch.tensor([eos] if isinstance(eos, int) else list(eos or []), device=answers.device)
+        if answers.shape[1] < self.max_new_tokens or not len(eos_ids):
+            finished = [True] * len(answers)
+        else:
+            finished = torch.isin(answers, eos_ids).any(dim=1).tolist()
+        return list(zip(self.prompt_encoder.tokenizer.batch_decode(answers, skip_special_tokens=True), finished))

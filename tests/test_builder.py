@@ -312,11 +312,15 @@ def test_from_pretrained_loads_a_local_build_or_snapshot(tmp_path):
 
 def test_end_to_end_with_a_tiny_mllm_judge_and_captioner(tmp_path):
     torch.manual_seed(0)
+    captioner = tiny_captioner(seed=1, image_size=16, max_new_tokens=6)
+    # A random model never ends an answer, and a cut answer's last caption is dropped; without an end-of-sequence
+    # token the captioner cannot tell a cut, and takes answers as they are.
+    captioner.model.generation_config.eos_token_id = None
     builder = _build(
         tmp_path,
         source_dataset=_source(4),
         judge=tiny_judge(seed=0, image_size=16),
-        captioner=tiny_captioner(seed=1, image_size=16, max_new_tokens=6),
+        captioner=captioner,
         num_hard_negatives=2,
         shard_size=4,
     )
