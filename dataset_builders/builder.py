@@ -78,8 +78,8 @@ MANIFEST_FILE = "manifest.json"
 # answers that half follow the format, judge suffixes tokenised after the image token; 6: a local source's caption
 # tables hashed in full, SemDeDup's similarities computed in blocks, whose last bits may differ; 7: a neighbour that
 # duplicates only a dropped duplicate of a better one is kept, a captioner answer cut at max_new_tokens loses its
-# last caption, judges read the answer token of templates that render only list content). A work dir of another version is refused: its
-# manifest cannot say whether its checkpoints match this builder's.
+# last caption, judges read the answer token of templates that render only list content). A work dir of another
+# version is refused: its manifest cannot say whether its checkpoints match this builder's.
 MANIFEST_VERSION = 7
 # Source rows per checkpoint of the input check (which decodes every image), and image embeddings per checkpoint
 # while a rank embeds its slice: the most an interruption can cost.
