@@ -62,7 +62,8 @@ def _eval_results(
         subsets = [(None, metrics)] + sorted(metrics.get("per_category", {}).items())
         for subset, values in subsets:
             for key in RETRIEVAL_METRICS + QUADRUPLE_SCORES:
-                if key in values:
+                # the YAML metric values must be finite numbers: a NaN score (a diverged model) stays in the tables
+                if key in values and math.isfinite(values[key]):
                     results.append(
                         EvalResult(
                             task_type="image-text-retrieval" if key in RETRIEVAL_METRICS else "image-text-matching",
@@ -75,8 +76,7 @@ def _eval_results(
                             metric_value=round(float(values[key]), 2),
                         )
                     )
-        # An infinite gap (no discrimination at all) stays in the card's table but not in the
-        # model-index, whose YAML metric values must be finite numbers.
+        # likewise an infinite gap (no discrimination at all)
         if "modality_gap" in metrics and math.isfinite(metrics["modality_gap"]["delta_gap"]):
             results.append(
                 EvalResult(
@@ -90,6 +90,12 @@ def _eval_results(
                 )
             )
     return results
+
+
+def _hub_license(license: str | None) -> str:
+    """The Hub's licence id for a licence named as given ("CC-BY-4.0" is "cc-by-4.0"), or "other": the Hub refuses a
+    `license` that is not one of its ids."""
+    return license.lower() if license and license.lower() in HUB_LICENSES else "other"
 
 
 def _table_rows(eval_results: Mapping[str, Mapping[str, Any]]) -> dict[str, list[dict[str, str]]]:
@@ -407,8 +413,9 @@ def dataset_card_from_stats(
     licenses = {config.get("source_license") for config in configs}
     source_license = licenses.pop() if len(licenses) == 1 else None
     card_data = DatasetCardData(
-        # The Hub refuses a `license` that is not one of its ids; free text is for the card's table.
-        license=source_license if source_license in HUB_LICENSES else "other",
+        license=_hub_license(source_license),
+        # the Hub asks for a name with "other"
+        license_name=source_license if source_license and _hub_license(source_license) == "other" else None,
         pretty_name=stats.get("pretty_name") or (repo_id or "MAPLE preference dataset"),
         task_categories=["feature-extraction"],
         tags=PAPER_TAGS + ["preference", "mllm-judge"],

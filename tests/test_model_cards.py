@@ -81,11 +81,24 @@ def test_local_references_are_named_as_text_not_as_hub_metadata(tmp_path, monkey
 
 
 @pytest.mark.parametrize("licence, metadata", [("cc-by-nc-sa-4.0", "cc-by-nc-sa-4.0"), ("cc-by-nc-sa", "other"),
-                                               ("research-only", "other"), ("gpl-3.0-or-later", "other")])
+                                               ("research-only", "other"), ("gpl-3.0-or-later", "other"),
+                                               ("CC-BY-4.0", "cc-by-4.0")])
 def test_dataset_card_licence_metadata_is_a_hub_licence_id(tmp_path, licence, metadata):
-    """Any lower-case slug passed before; the Hub refuses ids not on its list, failing the push after the build."""
+    """Any lower-case slug passed before; the Hub refuses ids not on its list, failing the push after the build. An id
+    in capitals is the Hub's id; "other" carries the licence's name, as the Hub asks."""
     card = dataset_card_from_stats({**STATS, "source_license": licence}, repo_id="maple-org/prefs", output_dir=tmp_path)
-    assert DatasetCard(str(card)).data.license == metadata and f"| Licence of the source data | {licence} |" in card.text
+    data = DatasetCard(str(card)).data
+    assert data.license == metadata and f"| Licence of the source data | {licence} |" in card.text
+    assert data.get("license_name") == (licence if metadata == "other" else None)
+
+
+def test_a_nan_score_stays_out_of_the_model_index(tmp_path):
+    """Only the modality gap was checked: a NaN score went into the YAML as `.nan`, which the Hub refuses."""
+    scores = {"text_score": 50.0, "image_score": float("nan"), "group_score": float("nan")}
+    card = model_card_from_run(tmp_path, base_model=None, backbone="mllm", training_config={}, log_history=[],
+                               eval_results={"winoground": scores})
+    metrics = [metric for result in ModelCard(str(card)).data.eval_results for metric in [result.metric_type]]
+    assert metrics == ["text_score"] and ".nan" not in str(card)
 
 
 def test_model_card_without_eval_or_logs(tmp_path):
