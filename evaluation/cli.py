@@ -98,8 +98,9 @@ def _model_state(model_ref: str, revision: str | None = None) -> dict[str, Any]:
 # Raised whenever a benchmark is read or scored differently, so that results stored before are recomputed
 # (2: MMVP-VLM texts prefixed "a photo of ", non-finite embeddings refused, the default source recorded by its id;
 # 3: backbones scored in float32 like MAPLE checkpoints, no longer in their bf16; 4: non-finite embeddings refused
-# on quadruple benchmarks too, copies of a caption embedded once, ties of duplicates kept at any block size).
-PROTOCOL_VERSION = 4
+# on quadruple benchmarks too, copies of a caption embedded once, ties of duplicates kept at any block size; 5: a
+# caption written under several images relevant to each of them in both retrieval directions).
+PROTOCOL_VERSION = 5
 
 
 def _run_fingerprint(

@@ -62,8 +62,36 @@ def test_retrieval_with_a_caption_shared_by_two_images_does_not_depend_on_the_ba
     images = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
     captions = [["a dog"], ["a dog", "a cat", "a cat on a mat"]]  # "a dog" also (wrongly) under image 1
     results = [evaluate_retrieval(PaddingSensitiveModel(), None, images, captions, batch_size=size) for size in (1, 2, 4)]
-    assert results[0]["i2t_r1"] == 50.0  # image 0's caption ties with its copy under image 1: a miss
     assert all(result == results[0] for result in results[1:])
+
+
+class _LookupModel:
+    """Texts embedded by a lookup table; images are their own embeddings."""
+
+    def __init__(self, text_embeds: dict[str, list[float]]):
+        self.text_embeds = text_embeds
+
+    def encode(self, processor, texts, images, batch_size):
+        return torch.tensor([self.text_embeds[text] for text in texts]), torch.tensor(images)
+
+
+def test_a_caption_written_under_two_images_is_relevant_to_both_in_each_direction():
+    """By position, the copy of image 0's caption filed under image 1 was an irrelevant candidate for image 0, tied
+    exactly with image 0's own copy, so (ties count against the model) image 0 could never retrieve it first (a
+    perfect model got i2t R@1 50); and image 0 outranked image 1 for image 1's copy as a query."""
+    model = _LookupModel({"a surfer": [1.0, 0.0, 0.0], "a bus": [0.0, 1.0, 0.0], "a cat": [0.0, 0.0, 1.0]})
+    images = [[1.0, 0.0, 0.0], [0.8, 0.6, 0.0], [0.0, 0.0, 1.0]]
+    captions = [["a surfer"], ["a surfer", "a bus"], ["a cat"]]
+    result = evaluate_retrieval(model, None, images, captions)
+    assert (result["i2t_r1"], result["t2i_r1"], result["num_captions"]) == (100.0, 100.0, 4)
+    # the dense metric with relevance by text: caption positions 0 and 1 are both "a surfer", of images 0 and 1
+    text, image = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]), torch.tensor(images)
+    i2t = retrieval_recall(image @ text.T, [[0, 1], [0, 1, 2], [3]])
+    t2i = retrieval_recall(text @ image.T, [[0, 1], [0, 1], [1], [2]])
+    assert result == pytest.approx(
+        {f"i2t_r{k}": i2t[f"recall@{k}"] for k in (1, 5, 10)} | {"i2t_mrr": i2t["mrr"]}
+        | {f"t2i_r{k}": t2i[f"recall@{k}"] for k in (1, 5, 10)} | {"t2i_mrr": t2i["mrr"], "num_images": 3, "num_captions": 4}
+    )
 
 
 def test_quadruple_protocol_equals_group_scores(tiny, benchmark_sources):
