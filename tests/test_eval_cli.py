@@ -371,6 +371,19 @@ def test_cli_reports_a_missing_or_unreachable_benchmark_source(tiny, tmp_path, c
     assert error.count("\n") == 1
 
 
+def test_cli_reports_an_unreadable_image_file_of_a_folder_layout(tiny, benchmark_sources, tmp_path, capsys):
+    """It was a traceback (exit status 1) naming the image's place in its batch."""
+    import shutil
+
+    _, _, (first, _) = tiny
+    mmvp = shutil.copytree(benchmark_sources["mmvp"], tmp_path / "mmvp")
+    broken = mmvp / "MLLM_VLM Images" / "Color and Appearance" / "4.jpg"
+    broken.write_bytes(b"not an image")
+    assert main([str(first), "--benchmarks", "mmvp", "--source", f"mmvp={mmvp}", "--out", str(tmp_path / "eval")]) == 2
+    error = capsys.readouterr().err.splitlines()[-1]  # after the weights' loading bar
+    assert error.startswith(f"maple eval: error: {mmvp / 'Questions.csv'}, line 5: unreadable image file {broken} (")
+
+
 def test_lora_adapter_folder_loads_on_its_base(tiny, tmp_path):
     from peft import get_peft_model
 
