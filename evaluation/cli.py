@@ -257,6 +257,31 @@ def push_results(repo_id: str, results: dict[str, Any], dataset_ids: dict[str, s
         card.push_to_hub(repo_id, commit_message="Add MAPLE evaluation results")
 
 
+def _embedding_device(parser: argparse.ArgumentParser, requested: str | None) -> str:
+    """The device the models embed on: `requested`, checked to exist on this machine (a missing GPU or an index past
+    the last one is a usage error now, not a failure once a model has loaded), or cuda when available, else cpu."""
+    import torch
+
+    if requested is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(requested)
+    except RuntimeError as error:
+        parser.error(f"--device {requested!r}: {error}")
+    if device.type == "cpu":
+        return str(device)
+    backend = getattr(torch, device.type, None)  # torch.cuda, torch.mps, torch.xpu, ...
+    if not hasattr(backend, "device_count"):
+        parser.error(f"--device {requested!r}: models cannot embed on a {device.type!r} device")
+    count = backend.device_count()
+    if count == 0:
+        parser.error(f"--device {requested!r}: no {device.type} device is available on this machine")
+    if device.index is not None and device.index >= count:
+        parser.error(f"--device {requested!r}: this machine has {count} {device.type} device(s), "
+                     f"{device.type}:0 to {device.type}:{count - 1}")
+    return str(device)
+
+
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultsHelpFormatter):
     """The module docstring as written, and the options' defaults."""
 
@@ -290,15 +315,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--push-to-hub publishes results under the benchmarks' Hub datasets, but {', '.join(local_sources)} "
                      "is a local copy: evaluate from the Hub (the default source, or another Hub id) to push")
 
-    import torch
-
     from .benchmarks import BenchmarkFormatError, BenchmarkSourceError, check_source
     from .models import ModelLoadError, check_model_ref, checkpoint_config
 
-    try:
-        device = str(torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu")))
-    except RuntimeError as error:
-        parser.error(f"--device {args.device!r}: {error}")
+    device = _embedding_device(parser, args.device)
 
     all_results = {}
     try:

@@ -424,6 +424,27 @@ def test_result_folders_stay_inside_out_and_apart(tmp_path, monkeypatch):
     assert _model_folder_name(str(tmp_path / "org" / "m")).startswith("local--")  # nor a Hub id that spells its path
 
 
+@pytest.mark.parametrize(
+    ("device", "cuda_devices", "error"),
+    [
+        ("cuda", 0, "--device 'cuda': no cuda device is available on this machine"),
+        ("cuda:3", 0, "--device 'cuda:3': no cuda device is available on this machine"),
+        ("cuda:2", 2, "--device 'cuda:2': this machine has 2 cuda device(s), cuda:0 to cuda:1"),
+        ("mps", 0, "--device 'mps': no mps device is available on this machine"),
+        ("meta", 0, "--device 'meta': models cannot embed on a 'meta' device"),
+    ],
+)
+def test_a_device_this_machine_lacks_is_a_usage_error(device, cuda_devices, error, tmp_path, capsys, monkeypatch):
+    """It was an AssertionError traceback once the first model had loaded (torch's 'Torch not compiled with CUDA')."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: cuda_devices)
+    monkeypatch.setattr(torch.mps, "device_count", lambda: 0)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["some/model", "--device", device, "--out", str(tmp_path / "eval")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"maple eval: error: {error}"
+    assert not (tmp_path / "eval").exists()
+
+
 def test_device_dtype_and_trust_remote_code_are_checked_and_used(tiny, tmp_path, benchmark_sources, capsys, monkeypatch):
     _, _, (first, _) = tiny
     with pytest.raises(SystemExit):
