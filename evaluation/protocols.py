@@ -43,8 +43,7 @@ def evaluate_retrieval(
     are embedded once, so they tie exactly whatever the batch size.
     Returns keys i2t_r1, i2t_r5, i2t_r10, i2t_mrr, t2i_r1, ..., t2i_mrr, num_images, num_captions.
     """
-    if len(images) != len(captions_per_image):
-        raise ValueError(f"retrieval: {len(images)} images but {len(captions_per_image)} caption lists")
+    _check_retrieval_inputs(images, captions_per_image)
     captions = [caption for image_captions in captions_per_image for caption in image_captions]
     # By position, the copy of image A's caption filed under image B would be an irrelevant candidate for A tied
     # exactly with A's own copy, and as ties count against the model, neither image could ever retrieve it first.
@@ -76,6 +75,33 @@ def evaluate_retrieval(
         result.update({f"{direction}_r{k}": recall[f"recall@{k}"] for k in DEFAULT_KS})
         result[f"{direction}_mrr"] = recall["mrr"]
     return result | {"num_images": len(images), "num_captions": len(captions)}
+
+
+def _check_retrieval_inputs(images: Sequence[Any], captions_per_image: Sequence[Sequence[str]]) -> None:
+    """Raise a TypeError or ValueError naming the first entry of `captions_per_image` that is not a non-empty list of
+    strings, or the mismatch of the two lengths. A string is a sequence too: taken for an image's list of captions,
+    it would be split into one-character captions, silently."""
+    if isinstance(captions_per_image, str) or not isinstance(captions_per_image, Sequence):
+        raise TypeError(
+            f"captions_per_image: expected a list holding a list of captions per image, got {captions_per_image!r:.80}"
+        )
+    if len(images) != len(captions_per_image):
+        raise ValueError(f"retrieval: {len(images)} images but {len(captions_per_image)} caption lists")
+    if not images:
+        raise ValueError("retrieval: got no images")
+    for index, image_captions in enumerate(captions_per_image):
+        if isinstance(image_captions, str) or not isinstance(image_captions, Sequence):
+            raise TypeError(
+                f"captions_per_image[{index}]: expected a list of captions, got {image_captions!r:.80} "
+                f"({type(image_captions).__name__}); one caption per image is [[caption] for caption in captions]"
+            )
+        if not image_captions:
+            raise ValueError(f"captions_per_image[{index}]: got no captions; every image needs at least one")
+        bad = [caption for caption in image_captions if not isinstance(caption, str)]
+        if bad:
+            raise TypeError(
+                f"captions_per_image[{index}]: expected caption strings, got {bad[0]!r:.80} ({type(bad[0]).__name__})"
+            )
 
 
 class _QuadrupleImages(Sequence):

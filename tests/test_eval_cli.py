@@ -94,6 +94,25 @@ def test_a_caption_written_under_two_images_is_relevant_to_both_in_each_directio
     )
 
 
+@pytest.mark.parametrize(
+    ("images", "captions_per_image", "error", "message"),
+    [
+        # one caption string per image was split into one-character captions, silently
+        ([[1.0], [2.0]], ["a cat", "a dog"], TypeError,
+         r"captions_per_image\[0\]: expected a list of captions, got 'a cat' \(str\); one caption per image is \[\[caption\]"),
+        ([[1.0]], "a cat", TypeError, r"captions_per_image: expected a list holding a list of captions per image, got 'a cat'"),
+        ([[1.0], [2.0]], [["a cat"], 7], TypeError, r"captions_per_image\[1\]: expected a list of captions, got 7 \(int\)"),
+        ([[1.0], [2.0]], [["a cat"], ["a dog", None]], TypeError, r"captions_per_image\[1\]: expected caption strings, got None"),
+        ([[1.0], [2.0]], [["a cat"], []], ValueError, r"captions_per_image\[1\]: got no captions"),
+        ([], [], ValueError, r"retrieval: got no images"),
+        ([[1.0]], [["a cat"], ["a dog"]], ValueError, r"retrieval: 1 images but 2 caption lists"),
+    ],
+)
+def test_retrieval_inputs_of_the_wrong_shape_are_refused(images, captions_per_image, error, message):
+    with pytest.raises(error, match=message):
+        evaluate_retrieval(_LookupModel({}), None, images, captions_per_image)
+
+
 def test_quadruple_protocol_equals_group_scores(tiny, benchmark_sources):
     model, processor, _ = tiny
     bivlc = load_benchmark("bivlc", str(benchmark_sources["bivlc"]))
