@@ -405,10 +405,12 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
 
 
 def check_source(name: str, source: str) -> None:
-    """Raise `BenchmarkSourceError` when `source` can only be a local path and does not exist: a
+    """Raise `BenchmarkSourceError` when `source` is empty, or can only be a local path and does not exist: a
     check that costs nothing, so a command can make it before loading any model."""
     from .models import is_hub_id
 
+    if not source.strip():  # Path("") is the current folder
+        raise BenchmarkSourceError(f"benchmark {name!r}: the source is empty; expected a path or a Hub dataset id")
     if not Path(source).expanduser().exists() and not is_hub_id(source):
         raise BenchmarkSourceError(f"benchmark {name!r}: no such file or folder: {source}")
 
@@ -422,7 +424,7 @@ def load_benchmark(name: str, source: str | None = None) -> RetrievalBenchmark |
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; expected one of {sorted(BENCHMARKS)}")
     spec = BENCHMARKS[name]
-    source = source or spec.hub_id
+    source = spec.hub_id if source is None else source
     check_source(name, source)
     try:
         return spec.loader(source, spec)

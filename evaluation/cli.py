@@ -43,6 +43,9 @@ def _parse_sources(parser: argparse.ArgumentParser, pairs: list[str]) -> dict[st
         name, separator, source = pair.partition("=")
         if not separator or name not in BENCHMARKS:
             parser.error(f"--source expects BENCHMARK=PATH_OR_HUB_ID with BENCHMARK in {sorted(BENCHMARKS)}, got {pair!r}")
+        if not source.strip():  # it read the official Hub dataset, as if the option were not there
+            parser.error(f"--source {pair!r}: no path or Hub id after '='; leave {name} out of --source to read its "
+                         f"official dataset, {BENCHMARKS[name].hub_id}")
         sources[name] = source
     return sources
 

@@ -8,7 +8,9 @@ import datasets
 import pytest
 from PIL import Image
 
-from evaluation.benchmarks import BENCHMARKS, BenchmarkFormatError, QuadrupleBenchmark, RetrievalBenchmark, load_benchmark
+from evaluation.benchmarks import (
+    BENCHMARKS, BenchmarkFormatError, BenchmarkSourceError, QuadrupleBenchmark, RetrievalBenchmark, load_benchmark,
+)
 
 
 def test_coco_parquet_with_five_and_six_captions(benchmark_sources):
@@ -77,6 +79,13 @@ def test_mmvp_pairs_consecutive_rows(benchmark_sources):
 def _same_pixels(image: Image.Image, file) -> bool:
     with Image.open(file) as expected:
         return image.mode == "RGB" and image.tobytes() == expected.convert("RGB").tobytes()
+
+
+def test_an_empty_source_is_refused(tmp_path, monkeypatch):
+    """An empty source read the official Hub dataset, as None does (and Path("") is the current folder)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BenchmarkSourceError, match=r"benchmark 'coco': the source is empty; expected a path or a Hub dataset id"):
+        load_benchmark("coco", "")
 
 
 def test_every_benchmark_has_an_official_hub_id():

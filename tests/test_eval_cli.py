@@ -277,6 +277,18 @@ def test_cli_rejects_a_bad_source_argument(tmp_path, capsys):
     assert "maple eval: error: --source expects BENCHMARK=PATH_OR_HUB_ID" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("value", ["", " "])
+def test_cli_rejects_an_empty_source(value, tmp_path, capsys):
+    """`--source coco=` read the official Hub dataset, as if the option were not there."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path), "--source", f"coco={value}"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"maple eval: error: --source 'coco={value}': no path or Hub id after '='; leave coco out of --source to read "
+        "its official dataset, nlphuji/mscoco_2014_5k_test_image_text_retrieval"
+    )
+
+
 def test_cli_refuses_to_push_results_of_a_local_folder_before_evaluating(tiny, tmp_path, capsys):
     _, _, (first, _) = tiny
     with pytest.raises(SystemExit) as exit_info:
