@@ -37,6 +37,19 @@ def _model_folder_name(model_ref: str) -> str:
     return re.sub(r"[^\w.-]+", "--", model_ref.strip("/")).strip(".") or "model"
 
 
+def _distinct_models(model_refs: list[str]) -> list[str]:
+    """`model_refs` less those naming a model listed before them, each dropped one announced: `m`, `m/` and `../x/m`
+    are one folder (a Hub id is taken as written), and evaluated twice they would write one result folder twice."""
+    distinct: dict[str, str] = {}
+    for model_ref in model_refs:
+        folder_name = _model_folder_name(model_ref)
+        if folder_name in distinct:
+            print(f"{model_ref}: the same model as {distinct[folder_name]}, evaluated once")
+        else:
+            distinct[folder_name] = model_ref
+    return list(distinct.values())
+
+
 def _parse_sources(parser: argparse.ArgumentParser, pairs: list[str]) -> dict[str, str]:
     sources = {}
     for pair in pairs:
@@ -308,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--push-to-hub", action="store_true", help="write the results into MODEL's model card on the Hub")
     args = parser.parse_args(argv)
     sources = _parse_sources(parser, args.source)
-    model_refs = [args.model, *args.compare]
+    model_refs = _distinct_models([args.model, *args.compare])
     if args.push_to_hub and Path(args.model).expanduser().exists():
         parser.error(f"--push-to-hub writes into the card of MODEL's Hub repo, but {args.model} is a local folder: push the checkpoint first and evaluate it by repo id")
     # The card's model-index would label local copies as the official benchmarks, and a copy may be a subset.

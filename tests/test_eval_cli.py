@@ -442,6 +442,23 @@ def test_lora_adapter_folder_loads_on_its_base(tiny, tmp_path):
         load_embedder(str(tmp_path / "adapter"))
 
 
+def test_one_model_named_several_ways_is_evaluated_once(tiny, benchmark_sources, tmp_path, capsys, monkeypatch):
+    """`m --compare m/ ../x/m` evaluated the folder three times, each run overwriting the one result folder."""
+    import shutil
+
+    _, _, (first, _) = tiny
+    shutil.copytree(first, tmp_path / "x" / "m")
+    monkeypatch.chdir(tmp_path / "x")
+    out = tmp_path / "eval"
+    argv = ["m", "--compare", "m/", "../x/m", "--benchmarks", "coco", "--source", f"coco={benchmark_sources['coco']}"]
+    assert main([*argv, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "m/: the same model as m, evaluated once" in printed and "../x/m: the same model as m, evaluated once" in printed
+    assert printed.count("evaluating coco") == 1
+    assert list(json.loads((out / "results.json").read_text())) == ["m"]
+    assert len(list(out.glob("*/coco.json"))) == 1
+
+
 def test_result_folders_stay_inside_out_and_apart(tmp_path, monkeypatch):
     from evaluation.cli import _model_folder_name
 
