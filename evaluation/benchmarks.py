@@ -20,6 +20,7 @@ import hashlib
 import itertools
 import json
 import os
+from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,9 +62,22 @@ class RowLocator:
         return f"{self.files[index]}: row {row - self.offsets[index]}"
 
 
-class LazyImages(Sequence):
-    """Images of one column of a table, decoded on access (slices give lists), so a 5k-image
-    benchmark is never held decoded in memory."""
+class _DecodedOnAccess(Sequence):
+    """Images decoded one at a time as they are read (slices give lists), so a 5k-image benchmark is never held
+    decoded in memory; subclasses decode an item, naming where the benchmark holds it when it does not decode."""
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return self._decode(range(len(self))[index])  # negative indices, bounds check
+
+    @abstractmethod
+    def _decode(self, row: int) -> Any:
+        """Item `row` (in range) decoded."""
+
+
+class LazyImages(_DecodedOnAccess):
+    """Images of one column of a table, decoded on access."""
 
     def __init__(self, rows: Any, column: str, locate: RowLocator):
         import datasets
@@ -81,16 +95,37 @@ class LazyImages(Sequence):
     def __len__(self) -> int:
         return len(self._rows)
 
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        row = range(len(self))[index]  # negative indices, bounds check
+    def _decode(self, row: int) -> Any:
         from modeling_maple.processing_maple import to_rgb  # transformers: only once images are read
 
         try:
             return to_rgb(self._rows[row][self._column])
         except Exception as error:  # PIL and datasets raise many types for corrupt bytes
             raise BenchmarkFormatError(f"{self._locate(row)}, column {self._column!r}: unreadable image ({error})") from error
+
+
+class LazyImageFiles(_DecodedOnAccess):
+    """Image files of a benchmark's native folder layout, decoded on access. `places[i]` says where the benchmark
+    lists file i (its metadata entry or CSV line), so that a file that does not decode is reported as a table row is,
+    not by its place in a batch."""
+
+    def __init__(self, files: Sequence[Path], places: Sequence[str]):
+        if len(files) != len(places):
+            raise ValueError(f"LazyImageFiles: {len(files)} files but {len(places)} places")
+        self.files, self._places = list(files), list(places)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _decode(self, row: int) -> Any:
+        from modeling_maple.processing_maple import load_image  # transformers: only once images are read
+
+        try:
+            return load_image(self.files[row], row)
+        except ValueError as error:  # load_image's, from PIL's OSError
+            raise BenchmarkFormatError(
+                f"{self._places[row]}: unreadable image file {self.files[row]} ({error.__cause__ or error})"
+            ) from error
 
 
 @dataclass
@@ -235,10 +270,12 @@ def _hub_folder(source: str, allow_patterns: list[str]) -> Path:
     return Path(snapshot_download(source, repo_type="dataset", allow_patterns=allow_patterns))
 
 
-def _check_file(path: Path) -> Path:
-    if not path.is_file():
-        raise BenchmarkFormatError(f"{path}: image file is missing")
-    return path
+def _image_files(files: list[Path], places: list[str]) -> LazyImageFiles:
+    """`files`, checked to exist, decoded on access; `places[i]` names where the benchmark lists file i."""
+    missing = next((row for row, file in enumerate(files) if not file.is_file()), None)
+    if missing is not None:
+        raise BenchmarkFormatError(f"{places[missing]}: image file is missing: {files[missing]}")
+    return LazyImageFiles(files, places)
 
 
 NATURALBENCH_ARCHIVE = "NaturalBench-Retrieval.zip"
@@ -291,17 +328,20 @@ def _load_naturalbench(source: str, spec: BenchmarkSpec) -> QuadrupleBenchmark:
         raise BenchmarkFormatError(f"{metadata_file}: not valid JSON: {error}") from None
     if not isinstance(items, list) or not items:
         raise BenchmarkFormatError(f"{metadata_file}: expected a non-empty list of entries with keys {list(spec.columns)}")
-    quadruples = []
     for position, item in enumerate(items):
         missing = [key for key in spec.columns if not isinstance(item, dict) or key not in item]
         if missing:
             raise BenchmarkFormatError(f"{metadata_file}: entry {position} lacks {missing} (expected keys {list(spec.columns)})")
-        image0, image1, text0, text1 = (item[key] for key in spec.columns)
-        for key, text in zip(spec.columns[2:], (text0, text1)):
-            if not isinstance(text, str) or not text.strip():
-                raise BenchmarkFormatError(f"{metadata_file}: entry {position}, {key!r} is {text!r:.80}; expected a non-empty string")
-        quadruples.append(Quadruple(_check_file(folder / "images" / image0), _check_file(folder / "images" / image1), text0, text1))
-    return QuadrupleBenchmark(spec.name, quadruples, None)
+        for key in spec.columns[2:]:
+            if not isinstance(item[key], str) or not item[key].strip():
+                raise BenchmarkFormatError(f"{metadata_file}: entry {position}, {key!r} is {item[key]!r:.80}; expected a non-empty string")
+    images0, images1 = (
+        _image_files([folder / "images" / item[key] for item in items],
+                     [f"{metadata_file}: entry {position}, {key!r}" for position in range(len(items))])
+        for key in spec.columns[:2]
+    )
+    texts0, texts1 = ([item[key] for item in items] for key in spec.columns[2:])
+    return QuadrupleBenchmark(spec.name, _IndexedQuadruples(images0, images1, texts0, texts1), None)
 
 
 MMVP_IMAGE_FOLDER = "MLLM_VLM Images"
@@ -329,18 +369,14 @@ def _load_mmvp(source: str, spec: BenchmarkSpec) -> QuadrupleBenchmark:
             raise BenchmarkFormatError(
                 f"{questions_file}, line {line}: expected 3 fields {list(spec.columns)} with a statement, got {row}"
             )
-    quadruples, categories = [], []
-    for first, second in zip(rows[0::2], rows[1::2]):
-        (id0, category, text0), (id1, _, text1) = first, second
-        image_folder = folder / MMVP_IMAGE_FOLDER / category
-        quadruples.append(
-            Quadruple(
-                _check_file(image_folder / f"{id0}.jpg"), _check_file(image_folder / f"{id1}.jpg"),
-                MMVP_TEXT_PREFIX + text0, MMVP_TEXT_PREFIX + text1,
-            )
-        )
-        categories.append(category.lower())
-    return QuadrupleBenchmark(spec.name, quadruples, categories)
+    # both images of a pair are in the folder of its first row's Type
+    files = [folder / MMVP_IMAGE_FOLDER / first[1] / f"{row[0]}.jpg"
+             for first, second in zip(rows[0::2], rows[1::2]) for row in (first, second)]
+    places = [f"{questions_file}, line {line}" for line in range(2, len(rows) + 2)]  # line 1 is the header
+    images0, images1 = _image_files(files[0::2], places[0::2]), _image_files(files[1::2], places[1::2])
+    texts0, texts1 = ([MMVP_TEXT_PREFIX + statement for _, _, statement in rows[first::2]] for first in (0, 1))
+    categories = [category.lower() for _, category, _ in rows[0::2]]
+    return QuadrupleBenchmark(spec.name, _IndexedQuadruples(images0, images1, texts0, texts1), categories)
 
 
 BENCHMARKS: dict[str, BenchmarkSpec] = {
@@ -369,10 +405,12 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
 
 
 def check_source(name: str, source: str) -> None:
-    """Raise `BenchmarkSourceError` when `source` can only be a local path and does not exist: a
+    """Raise `BenchmarkSourceError` when `source` is empty, or can only be a local path and does not exist: a
     check that costs nothing, so a command can make it before loading any model."""
     from .models import is_hub_id
 
+    if not source.strip():  # Path("") is the current folder
+        raise BenchmarkSourceError(f"benchmark {name!r}: the source is empty; expected a path or a Hub dataset id")
     if not Path(source).expanduser().exists() and not is_hub_id(source):
         raise BenchmarkSourceError(f"benchmark {name!r}: no such file or folder: {source}")
 
@@ -386,7 +424,7 @@ def load_benchmark(name: str, source: str | None = None) -> RetrievalBenchmark |
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; expected one of {sorted(BENCHMARKS)}")
     spec = BENCHMARKS[name]
-    source = source or spec.hub_id
+    source = spec.hub_id if source is None else source
     check_source(name, source)
     try:
         return spec.loader(source, spec)

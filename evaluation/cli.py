@@ -37,12 +37,28 @@ def _model_folder_name(model_ref: str) -> str:
     return re.sub(r"[^\w.-]+", "--", model_ref.strip("/")).strip(".") or "model"
 
 
+def _distinct_models(model_refs: list[str]) -> list[str]:
+    """`model_refs` less those naming a model listed before them, each dropped one announced: `m`, `m/` and `../x/m`
+    are one folder (a Hub id is taken as written), and evaluated twice they would write one result folder twice."""
+    distinct: dict[str, str] = {}
+    for model_ref in model_refs:
+        folder_name = _model_folder_name(model_ref)
+        if folder_name in distinct:
+            print(f"{model_ref}: the same model as {distinct[folder_name]}, evaluated once")
+        else:
+            distinct[folder_name] = model_ref
+    return list(distinct.values())
+
+
 def _parse_sources(parser: argparse.ArgumentParser, pairs: list[str]) -> dict[str, str]:
     sources = {}
     for pair in pairs:
         name, separator, source = pair.partition("=")
         if not separator or name not in BENCHMARKS:
             parser.error(f"--source expects BENCHMARK=PATH_OR_HUB_ID with BENCHMARK in {sorted(BENCHMARKS)}, got {pair!r}")
+        if not source.strip():  # it read the official Hub dataset, as if the option were not there
+            parser.error(f"--source {pair!r}: no path or Hub id after '='; leave {name} out of --source to read its "
+                         f"official dataset, {BENCHMARKS[name].hub_id}")
         sources[name] = source
     return sources
 
@@ -98,8 +114,9 @@ def _model_state(model_ref: str, revision: str | None = None) -> dict[str, Any]:
 # Raised whenever a benchmark is read or scored differently, so that results stored before are recomputed
 # (2: MMVP-VLM texts prefixed "a photo of ", non-finite embeddings refused, the default source recorded by its id;
 # 3: backbones scored in float32 like MAPLE checkpoints, no longer in their bf16; 4: non-finite embeddings refused
-# on quadruple benchmarks too, copies of a caption embedded once, ties of duplicates kept at any block size).
-PROTOCOL_VERSION = 4
+# on quadruple benchmarks too, copies of a caption embedded once, ties of duplicates kept at any block size; 5: a
+# caption written under several images relevant to each of them in both retrieval directions).
+PROTOCOL_VERSION = 5
 
 
 def _run_fingerprint(
@@ -256,6 +273,31 @@ def push_results(repo_id: str, results: dict[str, Any], dataset_ids: dict[str, s
         card.push_to_hub(repo_id, commit_message="Add MAPLE evaluation results")
 
 
+def _embedding_device(parser: argparse.ArgumentParser, requested: str | None) -> str:
+    """The device the models embed on: `requested`, checked to exist on this machine (a missing GPU or an index past
+    the last one is a usage error now, not a failure once a model has loaded), or cuda when available, else cpu."""
+    import torch
+
+    if requested is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(requested)
+    except RuntimeError as error:
+        parser.error(f"--device {requested!r}: {error}")
+    if device.type == "cpu":
+        return str(device)
+    backend = getattr(torch, device.type, None)  # torch.cuda, torch.mps, torch.xpu, ...
+    if not hasattr(backend, "device_count"):
+        parser.error(f"--device {requested!r}: models cannot embed on a {device.type!r} device")
+    count = backend.device_count()
+    if count == 0:
+        parser.error(f"--device {requested!r}: no {device.type} device is available on this machine")
+    if device.index is not None and device.index >= count:
+        parser.error(f"--device {requested!r}: this machine has {count} {device.type} device(s), "
+                     f"{device.type}:0 to {device.type}:{count - 1}")
+    return str(device)
+
+
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultsHelpFormatter):
     """The module docstring as written, and the options' defaults."""
 
@@ -279,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--push-to-hub", action="store_true", help="write the results into MODEL's model card on the Hub")
     args = parser.parse_args(argv)
     sources = _parse_sources(parser, args.source)
-    model_refs = [args.model, *args.compare]
+    model_refs = _distinct_models([args.model, *args.compare])
     if args.push_to_hub and Path(args.model).expanduser().exists():
         parser.error(f"--push-to-hub writes into the card of MODEL's Hub repo, but {args.model} is a local folder: push the checkpoint first and evaluate it by repo id")
     # The card's model-index would label local copies as the official benchmarks, and a copy may be a subset.
@@ -289,15 +331,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--push-to-hub publishes results under the benchmarks' Hub datasets, but {', '.join(local_sources)} "
                      "is a local copy: evaluate from the Hub (the default source, or another Hub id) to push")
 
-    import torch
-
     from .benchmarks import BenchmarkFormatError, BenchmarkSourceError, check_source
     from .models import ModelLoadError, check_model_ref, checkpoint_config
 
-    try:
-        device = str(torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu")))
-    except RuntimeError as error:
-        parser.error(f"--device {args.device!r}: {error}")
+    device = _embedding_device(parser, args.device)
 
     all_results = {}
     try:

@@ -23,8 +23,9 @@ RelevantIndices = Sequence[int | Sequence[int]]
 
 
 def relevant_index_lists(relevant: RelevantIndices, num_queries: int, num_candidates: int) -> list[list[int]]:
-    """Normalise `relevant` (one int or a list of ints per query; a tensor or array of them too) and
-    check it against the matrix. A candidate listed twice for a query counts once."""
+    """Normalise `relevant` (one int or a list of ints per query; a tensor or array of them too, and
+    0-d or 1-d tensors or arrays as entries) and check it against the matrix. A candidate listed twice
+    for a query counts once."""
     if isinstance(relevant, (torch.Tensor, np.ndarray)):
         relevant = relevant.tolist()
     if len(relevant) != num_queries:
@@ -33,7 +34,15 @@ def relevant_index_lists(relevant: RelevantIndices, num_queries: int, num_candid
         )
     lists = []
     for query, entry in enumerate(relevant):
-        indices = [int(entry)] if isinstance(entry, (int, np.integer)) else [int(i) for i in entry]
+        if isinstance(entry, (torch.Tensor, np.ndarray)):
+            entry = entry.tolist()  # a 0-d tensor or array gives its one index
+        # a string is a sequence too, and int() reads digits: "12" would be candidates 1 and 2
+        indices = list(entry) if isinstance(entry, Sequence) and not isinstance(entry, str) else [entry]
+        if not all(isinstance(index, (int, np.integer)) for index in indices):
+            raise TypeError(
+                f"relevant indices: query {query} has {entry!r:.80}; expected a candidate index or a list of them"
+            )
+        indices = [int(index) for index in indices]
         if not indices:
             raise ValueError(f"relevant indices: query {query} has no relevant candidate")
         bad = [i for i in indices if not 0 <= i < num_candidates]
@@ -58,8 +67,11 @@ def relevance_mask(relevant: list[list[int]], num_candidates: int, device: torch
 def recall_from_ranks(ranks: torch.Tensor, ks: Iterable[int] = DEFAULT_KS) -> dict[str, float]:
     """Recall@k and mean reciprocal rank from 1-based ranks of the first relevant candidate.
 
-    recall@k = 100 * mean_q [rank_q <= k];  mrr = 100 * mean_q 1 / rank_q.
+    recall@k = 100 * mean_q [rank_q <= k];  mrr = 100 * mean_q 1 / rank_q. A ValueError without queries (NaN, a mean
+    of nothing, would pass for a score).
     """
+    if ranks.numel() == 0:
+        raise ValueError("ranks: got no queries; recall@k and MRR are means over queries")
     ranks = ranks.to(torch.float64)
     result = {f"recall@{k}": 100.0 * (ranks <= k).double().mean().item() for k in ks}
     result["mrr"] = 100.0 * (1.0 / ranks).mean().item()

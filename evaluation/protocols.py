@@ -36,34 +36,72 @@ def evaluate_retrieval(
     """Image->text and text->image recall@1/5/10 and MRR (0-100), COCO/Flickr protocol.
 
     Image->text: an image query hits when any of its captions is in the top k of all captions.
-    Text->image: a caption query hits when its image is in the top k of all images. Ranks come
-    from `chunked_ranks`, so no (captions x images) matrix is built. Ties count against the model; copies of one
-    caption are embedded once, so they tie exactly whatever the batch size.
+    Text->image: a caption query hits when its image is in the top k of all images. A caption is relevant to an image
+    by its text: one written word for word under several images (COCO has some) describes each of them, so every copy
+    counts as a caption of each, and each copy as a query has all of them as its images. Ranks come from
+    `chunked_ranks`, so no (captions x images) matrix is built. Ties count against the model; copies of one caption
+    are embedded once, so they tie exactly whatever the batch size.
     Returns keys i2t_r1, i2t_r5, i2t_r10, i2t_mrr, t2i_r1, ..., t2i_mrr, num_images, num_captions.
     """
-    if len(images) != len(captions_per_image):
-        raise ValueError(f"retrieval: {len(images)} images but {len(captions_per_image)} caption lists")
+    _check_retrieval_inputs(images, captions_per_image)
     captions = [caption for image_captions in captions_per_image for caption in image_captions]
-    image_of_caption = [image for image, image_captions in enumerate(captions_per_image) for _ in image_captions]
-    captions_of_image, start = [], 0
-    for image_captions in captions_per_image:
-        captions_of_image.append(list(range(start, start + len(image_captions))))
-        start += len(image_captions)
-    # A caption written word for word under several images (COCO has some) is embedded once, so its copies tie
-    # exactly; embedded apart, batch padding moved them ~1e-7 and the tie, which counts against the model, with it.
-    distinct_captions = list(dict.fromkeys(captions))
-    position = {caption: index for index, caption in enumerate(distinct_captions)}
+    # By position, the copy of image A's caption filed under image B would be an irrelevant candidate for A tied
+    # exactly with A's own copy, and as ties count against the model, neither image could ever retrieve it first.
+    positions_of_text: dict[str, list[int]] = {}
+    images_of_text: dict[str, list[int]] = {}
+    for position, caption in enumerate(captions):
+        positions_of_text.setdefault(caption, []).append(position)
+    for image, image_captions in enumerate(captions_per_image):
+        for caption in dict.fromkeys(image_captions):
+            images_of_text.setdefault(caption, []).append(image)
+    captions_of_image = [
+        sorted(position for caption in dict.fromkeys(image_captions) for position in positions_of_text[caption])
+        for image_captions in captions_per_image
+    ]
+    images_of_caption = [images_of_text[caption] for caption in captions]
+    # Copies of a caption are embedded once, so they tie exactly; embedded apart, batch padding moved them ~1e-7.
+    distinct_captions = list(positions_of_text)
+    copy_of = torch.empty(len(captions), dtype=torch.long)
+    for index, positions in enumerate(positions_of_text.values()):
+        copy_of[positions] = index
     text_embeds, image_embeds = _encode(model, processor, distinct_captions, images, batch_size)
-    text_embeds = text_embeds[torch.tensor([position[caption] for caption in captions], dtype=torch.long)]
+    text_embeds = text_embeds[copy_of]
     result: dict[str, float] = {}
     for direction, ranks in (
         ("i2t", chunked_ranks(image_embeds, text_embeds, captions_of_image)),
-        ("t2i", chunked_ranks(text_embeds, image_embeds, image_of_caption)),
+        ("t2i", chunked_ranks(text_embeds, image_embeds, images_of_caption)),
     ):
         recall = recall_from_ranks(ranks, DEFAULT_KS)
         result.update({f"{direction}_r{k}": recall[f"recall@{k}"] for k in DEFAULT_KS})
         result[f"{direction}_mrr"] = recall["mrr"]
     return result | {"num_images": len(images), "num_captions": len(captions)}
+
+
+def _check_retrieval_inputs(images: Sequence[Any], captions_per_image: Sequence[Sequence[str]]) -> None:
+    """Raise a TypeError or ValueError naming the first entry of `captions_per_image` that is not a non-empty list of
+    strings, or the mismatch of the two lengths. A string is a sequence too: taken for an image's list of captions,
+    it would be split into one-character captions, silently."""
+    if isinstance(captions_per_image, str) or not isinstance(captions_per_image, Sequence):
+        raise TypeError(
+            f"captions_per_image: expected a list holding a list of captions per image, got {captions_per_image!r:.80}"
+        )
+    if len(images) != len(captions_per_image):
+        raise ValueError(f"retrieval: {len(images)} images but {len(captions_per_image)} caption lists")
+    if not images:
+        raise ValueError("retrieval: got no images")
+    for index, image_captions in enumerate(captions_per_image):
+        if isinstance(image_captions, str) or not isinstance(image_captions, Sequence):
+            raise TypeError(
+                f"captions_per_image[{index}]: expected a list of captions, got {image_captions!r:.80} "
+                f"({type(image_captions).__name__}); one caption per image is [[caption] for caption in captions]"
+            )
+        if not image_captions:
+            raise ValueError(f"captions_per_image[{index}]: got no captions; every image needs at least one")
+        bad = [caption for caption in image_captions if not isinstance(caption, str)]
+        if bad:
+            raise TypeError(
+                f"captions_per_image[{index}]: expected caption strings, got {bad[0]!r:.80} ({type(bad[0]).__name__})"
+            )
 
 
 class _QuadrupleImages(Sequence):

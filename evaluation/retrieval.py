@@ -213,11 +213,13 @@ def chunked_ranks(
     """1-based rank of each query's best relevant candidate, block by block.
 
     queries: (Q, D); candidates: (C, D); relevant: per query one index or a list of indices into
-    the candidates. rank_q = 1 + #{c not relevant : s_qc >= max_{r relevant} s_qr}. Returns (Q,).
+    the candidates. rank_q = 1 + #{c not relevant : s_qc >= max_{r relevant} s_qr}. Returns (Q,) (empty for Q = 0,
+    as `chunked_topk`'s results are).
     """
     _check_embeddings(queries, candidates)
     relevant_lists = relevant_index_lists(relevant, queries.shape[0], candidates.shape[0])
-    ranks = []
+    # Filled block by block: no list of per-block results to concatenate (and Q = 0 just works).
+    ranks = torch.empty(queries.shape[0], dtype=torch.long, device=queries.device)
     for q_start in range(0, queries.shape[0], query_chunk):
         query_block = queries[q_start : q_start + query_chunk]
         block_relevant = relevant_lists[q_start : q_start + query_chunk]
@@ -248,8 +250,8 @@ def chunked_ranks(
             # In place, as 0./1. floats: cheaper than a bool tensor. Summed in float32, exact below 2**24 ones (a bf16
             # sum of more than 256 is not), without an int64 copy of the block.
             at_least_best += block_scores.ge_(best_relevant[:, None]).sum(dim=1, dtype=torch.float32).long()
-        ranks.append(at_least_best + 1)
-    return torch.cat(ranks)
+        ranks[q_start : q_start + query_block.shape[0]] = at_least_best + 1
+    return ranks
 
 
 def _relevant_in_block(

@@ -8,7 +8,9 @@ import datasets
 import pytest
 from PIL import Image
 
-from evaluation.benchmarks import BENCHMARKS, BenchmarkFormatError, QuadrupleBenchmark, RetrievalBenchmark, load_benchmark
+from evaluation.benchmarks import (
+    BENCHMARKS, BenchmarkFormatError, BenchmarkSourceError, QuadrupleBenchmark, RetrievalBenchmark, load_benchmark,
+)
 
 
 def test_coco_parquet_with_five_and_six_captions(benchmark_sources):
@@ -47,7 +49,8 @@ def test_naturalbench_native_layout(benchmark_sources):
     natural = load_benchmark("naturalbench", str(benchmark_sources["naturalbench"]))
     assert len(natural.quadruples) == 2 and natural.categories is None
     image0, image1, text0, text1 = natural.quadruples[1]
-    assert image0.name == "1_0.jpg" and image1.name == "1_1.jpg"
+    assert _same_pixels(image0, benchmark_sources["naturalbench"] / "images" / "1_0.jpg")
+    assert _same_pixels(image1, benchmark_sources["naturalbench"] / "images" / "1_1.jpg")
     assert (text0, text1) == ("scene 1 with a man", "scene 1 with a woman")
 
 
@@ -68,7 +71,21 @@ def test_mmvp_pairs_consecutive_rows(benchmark_sources):
     mmvp = load_benchmark("mmvp", str(benchmark_sources["mmvp"]))
     assert mmvp.categories == ["orientation and direction", "color and appearance"]
     image0, image1, text0, text1 = mmvp.quadruples[1]
-    assert (image0.name, image1.name, text0, text1) == ("3.jpg", "4.jpg", "a photo of The car is red.", "a photo of The car is blue.")  # as evaluate_vlm.py writes them
+    assert (text0, text1) == ("a photo of The car is red.", "a photo of The car is blue.")  # as evaluate_vlm.py writes them
+    images = benchmark_sources["mmvp"] / "MLLM_VLM Images" / "Color and Appearance"
+    assert _same_pixels(image0, images / "3.jpg") and _same_pixels(image1, images / "4.jpg")
+
+
+def _same_pixels(image: Image.Image, file) -> bool:
+    with Image.open(file) as expected:
+        return image.mode == "RGB" and image.tobytes() == expected.convert("RGB").tobytes()
+
+
+def test_an_empty_source_is_refused(tmp_path, monkeypatch):
+    """An empty source read the official Hub dataset, as None does (and Path("") is the current folder)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BenchmarkSourceError, match=r"benchmark 'coco': the source is empty; expected a path or a Hub dataset id"):
+        load_benchmark("coco", "")
 
 
 def test_every_benchmark_has_an_official_hub_id():
@@ -99,6 +116,21 @@ def test_unreadable_image_names_row_and_column(benchmark_sources, tmp_path):
         coco.images[1]
 
 
+def test_unreadable_image_file_of_a_folder_layout_names_the_file_and_its_entry(benchmark_sources, tmp_path):
+    """Image files were handed to the processor as paths, whose ValueError named only the image's place in its batch
+    (and `maple eval` printed a traceback); now they decode as table images do, with the entry that lists them."""
+    natural = shutil.copytree(benchmark_sources["naturalbench"], tmp_path / "natural")
+    (natural / "images" / "1_1.jpg").write_bytes(b"not an image")
+    quadruples = load_benchmark("naturalbench", str(natural)).quadruples
+    assert quadruples[0].image1.size == (24, 24)
+    with pytest.raises(BenchmarkFormatError, match=r"metadata\.json: entry 1, 'image_1': unreadable image file \S*1_1\.jpg \(cannot identify"):
+        quadruples[1]
+    mmvp = shutil.copytree(benchmark_sources["mmvp"], tmp_path / "mmvp")
+    (mmvp / "MLLM_VLM Images" / "Color and Appearance" / "3.jpg").write_bytes(b"\xff\xd8 truncated")
+    with pytest.raises(BenchmarkFormatError, match=r"Questions\.csv, line 4: unreadable image file .*3\.jpg"):
+        load_benchmark("mmvp", str(mmvp)).quadruples[1]
+
+
 def test_empty_caption_list_is_reported(tmp_path):
     from conftest import make_picture, write_parquet
 
@@ -119,7 +151,7 @@ def test_mmvp_odd_rows_and_missing_images(benchmark_sources, tmp_path):
         load_benchmark("mmvp", str(odd))
     natural = shutil.copytree(benchmark_sources["naturalbench"], tmp_path / "natural")
     (natural / "images" / "0_1.jpg").unlink()
-    with pytest.raises(BenchmarkFormatError, match=r"0_1\.jpg: image file is missing"):
+    with pytest.raises(BenchmarkFormatError, match=r"metadata\.json: entry 0, 'image_1': image file is missing: \S*0_1\.jpg"):
         load_benchmark("naturalbench", str(natural))
     metadata = json.loads((natural / "metadata.json").read_text())
     del metadata[0]["caption_1"]

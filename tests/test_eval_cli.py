@@ -62,8 +62,55 @@ def test_retrieval_with_a_caption_shared_by_two_images_does_not_depend_on_the_ba
     images = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
     captions = [["a dog"], ["a dog", "a cat", "a cat on a mat"]]  # "a dog" also (wrongly) under image 1
     results = [evaluate_retrieval(PaddingSensitiveModel(), None, images, captions, batch_size=size) for size in (1, 2, 4)]
-    assert results[0]["i2t_r1"] == 50.0  # image 0's caption ties with its copy under image 1: a miss
     assert all(result == results[0] for result in results[1:])
+
+
+class _LookupModel:
+    """Texts embedded by a lookup table; images are their own embeddings."""
+
+    def __init__(self, text_embeds: dict[str, list[float]]):
+        self.text_embeds = text_embeds
+
+    def encode(self, processor, texts, images, batch_size):
+        return torch.tensor([self.text_embeds[text] for text in texts]), torch.tensor(images)
+
+
+def test_a_caption_written_under_two_images_is_relevant_to_both_in_each_direction():
+    """By position, the copy of image 0's caption filed under image 1 was an irrelevant candidate for image 0, tied
+    exactly with image 0's own copy, so (ties count against the model) image 0 could never retrieve it first (a
+    perfect model got i2t R@1 50); and image 0 outranked image 1 for image 1's copy as a query."""
+    model = _LookupModel({"a surfer": [1.0, 0.0, 0.0], "a bus": [0.0, 1.0, 0.0], "a cat": [0.0, 0.0, 1.0]})
+    images = [[1.0, 0.0, 0.0], [0.8, 0.6, 0.0], [0.0, 0.0, 1.0]]
+    captions = [["a surfer"], ["a surfer", "a bus"], ["a cat"]]
+    result = evaluate_retrieval(model, None, images, captions)
+    assert (result["i2t_r1"], result["t2i_r1"], result["num_captions"]) == (100.0, 100.0, 4)
+    # the dense metric with relevance by text: caption positions 0 and 1 are both "a surfer", of images 0 and 1
+    text, image = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]), torch.tensor(images)
+    i2t = retrieval_recall(image @ text.T, [[0, 1], [0, 1, 2], [3]])
+    t2i = retrieval_recall(text @ image.T, [[0, 1], [0, 1], [1], [2]])
+    assert result == pytest.approx(
+        {f"i2t_r{k}": i2t[f"recall@{k}"] for k in (1, 5, 10)} | {"i2t_mrr": i2t["mrr"]}
+        | {f"t2i_r{k}": t2i[f"recall@{k}"] for k in (1, 5, 10)} | {"t2i_mrr": t2i["mrr"], "num_images": 3, "num_captions": 4}
+    )
+
+
+@pytest.mark.parametrize(
+    ("images", "captions_per_image", "error", "message"),
+    [
+        # one caption string per image was split into one-character captions, silently
+        ([[1.0], [2.0]], ["a cat", "a dog"], TypeError,
+         r"captions_per_image\[0\]: expected a list of captions, got 'a cat' \(str\); one caption per image is \[\[caption\]"),
+        ([[1.0]], "a cat", TypeError, r"captions_per_image: expected a list holding a list of captions per image, got 'a cat'"),
+        ([[1.0], [2.0]], [["a cat"], 7], TypeError, r"captions_per_image\[1\]: expected a list of captions, got 7 \(int\)"),
+        ([[1.0], [2.0]], [["a cat"], ["a dog", None]], TypeError, r"captions_per_image\[1\]: expected caption strings, got None"),
+        ([[1.0], [2.0]], [["a cat"], []], ValueError, r"captions_per_image\[1\]: got no captions"),
+        ([], [], ValueError, r"retrieval: got no images"),
+        ([[1.0]], [["a cat"], ["a dog"]], ValueError, r"retrieval: 1 images but 2 caption lists"),
+    ],
+)
+def test_retrieval_inputs_of_the_wrong_shape_are_refused(images, captions_per_image, error, message):
+    with pytest.raises(error, match=message):
+        evaluate_retrieval(_LookupModel({}), None, images, captions_per_image)
 
 
 def test_quadruple_protocol_equals_group_scores(tiny, benchmark_sources):
@@ -230,6 +277,18 @@ def test_cli_rejects_a_bad_source_argument(tmp_path, capsys):
     assert "maple eval: error: --source expects BENCHMARK=PATH_OR_HUB_ID" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("value", ["", " "])
+def test_cli_rejects_an_empty_source(value, tmp_path, capsys):
+    """`--source coco=` read the official Hub dataset, as if the option were not there."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path), "--source", f"coco={value}"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"maple eval: error: --source 'coco={value}': no path or Hub id after '='; leave coco out of --source to read "
+        "its official dataset, nlphuji/mscoco_2014_5k_test_image_text_retrieval"
+    )
+
+
 def test_cli_refuses_to_push_results_of_a_local_folder_before_evaluating(tiny, tmp_path, capsys):
     _, _, (first, _) = tiny
     with pytest.raises(SystemExit) as exit_info:
@@ -343,6 +402,19 @@ def test_cli_reports_a_missing_or_unreachable_benchmark_source(tiny, tmp_path, c
     assert error.count("\n") == 1
 
 
+def test_cli_reports_an_unreadable_image_file_of_a_folder_layout(tiny, benchmark_sources, tmp_path, capsys):
+    """It was a traceback (exit status 1) naming the image's place in its batch."""
+    import shutil
+
+    _, _, (first, _) = tiny
+    mmvp = shutil.copytree(benchmark_sources["mmvp"], tmp_path / "mmvp")
+    broken = mmvp / "MLLM_VLM Images" / "Color and Appearance" / "4.jpg"
+    broken.write_bytes(b"not an image")
+    assert main([str(first), "--benchmarks", "mmvp", "--source", f"mmvp={mmvp}", "--out", str(tmp_path / "eval")]) == 2
+    error = capsys.readouterr().err.splitlines()[-1]  # after the weights' loading bar
+    assert error.startswith(f"maple eval: error: {mmvp / 'Questions.csv'}, line 5: unreadable image file {broken} (")
+
+
 def test_lora_adapter_folder_loads_on_its_base(tiny, tmp_path):
     from peft import get_peft_model
 
@@ -370,6 +442,23 @@ def test_lora_adapter_folder_loads_on_its_base(tiny, tmp_path):
         load_embedder(str(tmp_path / "adapter"))
 
 
+def test_one_model_named_several_ways_is_evaluated_once(tiny, benchmark_sources, tmp_path, capsys, monkeypatch):
+    """`m --compare m/ ../x/m` evaluated the folder three times, each run overwriting the one result folder."""
+    import shutil
+
+    _, _, (first, _) = tiny
+    shutil.copytree(first, tmp_path / "x" / "m")
+    monkeypatch.chdir(tmp_path / "x")
+    out = tmp_path / "eval"
+    argv = ["m", "--compare", "m/", "../x/m", "--benchmarks", "coco", "--source", f"coco={benchmark_sources['coco']}"]
+    assert main([*argv, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "m/: the same model as m, evaluated once" in printed and "../x/m: the same model as m, evaluated once" in printed
+    assert printed.count("evaluating coco") == 1
+    assert list(json.loads((out / "results.json").read_text())) == ["m"]
+    assert len(list(out.glob("*/coco.json"))) == 1
+
+
 def test_result_folders_stay_inside_out_and_apart(tmp_path, monkeypatch):
     from evaluation.cli import _model_folder_name
 
@@ -381,6 +470,27 @@ def test_result_folders_stay_inside_out_and_apart(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert _model_folder_name("org/m") != _model_folder_name("org/missing") == "org--missing"  # a local folder is not the Hub id
     assert _model_folder_name(str(tmp_path / "org" / "m")).startswith("local--")  # nor a Hub id that spells its path
+
+
+@pytest.mark.parametrize(
+    ("device", "cuda_devices", "error"),
+    [
+        ("cuda", 0, "--device 'cuda': no cuda device is available on this machine"),
+        ("cuda:3", 0, "--device 'cuda:3': no cuda device is available on this machine"),
+        ("cuda:2", 2, "--device 'cuda:2': this machine has 2 cuda device(s), cuda:0 to cuda:1"),
+        ("mps", 0, "--device 'mps': no mps device is available on this machine"),
+        ("meta", 0, "--device 'meta': models cannot embed on a 'meta' device"),
+    ],
+)
+def test_a_device_this_machine_lacks_is_a_usage_error(device, cuda_devices, error, tmp_path, capsys, monkeypatch):
+    """It was an AssertionError traceback once the first model had loaded (torch's 'Torch not compiled with CUDA')."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: cuda_devices)
+    monkeypatch.setattr(torch.mps, "device_count", lambda: 0)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["some/model", "--device", device, "--out", str(tmp_path / "eval")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"maple eval: error: {error}"
+    assert not (tmp_path / "eval").exists()
 
 
 def test_device_dtype_and_trust_remote_code_are_checked_and_used(tiny, tmp_path, benchmark_sources, capsys, monkeypatch):

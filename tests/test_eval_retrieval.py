@@ -88,6 +88,18 @@ def test_chunked_topk_without_queries():
     assert scores.shape == indices.shape == (0, 3)
 
 
+def test_chunked_ranks_without_queries_and_with_zero_dimensional_entries():
+    """Zero queries raised torch.cat's 'expected a non-empty list of Tensors' (chunked_topk returns empty results);
+    0-d tensors as entries raised 'iteration over a 0-d tensor'."""
+    candidates = _normalised(5, 4, 0)
+    assert chunked_ranks(torch.zeros(0, 4), candidates, []).shape == (0,)
+    queries = _normalised(3, 4, 1)
+    labels = torch.tensor([4, 0, 2])
+    assert torch.equal(chunked_ranks(queries, candidates, [labels[i] for i in range(3)]), chunked_ranks(queries, candidates, labels))
+    with pytest.raises(ValueError, match="ranks: got no queries"):
+        chunked_retrieval_recall(torch.zeros(0, 4), candidates, [])
+
+
 @pytest.mark.parametrize("query_chunk, candidate_chunk", [(5, 7), (3, 2), (100, 100)])
 def test_chunked_ranks_equal_dense_with_several_captions_per_image(query_chunk, candidate_chunk):
     images, captions = _normalised(12, 16, 2), _normalised(36, 16, 3)

@@ -59,6 +59,26 @@ def test_recall_accepts_relevant_indices_as_a_tensor():
     assert retrieval_recall(scores, torch.tensor([0, 1, 2]), ks=(1,)) == retrieval_recall(scores, [0, 1, 2], ks=(1,))
 
 
+def test_recall_accepts_zero_dimensional_tensors_and_arrays_as_entries():
+    """Entries such as `labels[i]` (a 0-d tensor) raised 'iteration over a 0-d tensor'."""
+    import numpy as np
+
+    scores = torch.eye(3)
+    mixed = [torch.tensor(0), np.array(1), torch.tensor([2])]
+    assert retrieval_recall(scores, mixed, ks=(1,)) == retrieval_recall(scores, [0, 1, 2], ks=(1,))
+
+
+@pytest.mark.parametrize("entry", ["12", 1.0, None])
+def test_recall_refuses_entries_that_are_not_indices(entry):
+    with pytest.raises(TypeError, match=re.escape(f"query 1 has {entry!r}; expected a candidate index or a list of them")):
+        retrieval_recall(torch.zeros(2, 20), [0, entry])
+
+
+def test_recall_without_queries_is_an_error_not_nan():
+    with pytest.raises(ValueError, match="ranks: got no queries"):
+        retrieval_recall(torch.zeros(0, 3), [])
+
+
 @pytest.mark.parametrize(
     "relevant, message",
     [([0, 1], "one entry per query (3)"), ([0, 1, 5], "query 2 refers to candidates [5]"), ([0, [], 1], "query 1 has no")],
