@@ -13,7 +13,7 @@ from transformers import AutoModel, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .configuration_maple import QWEN_VL_MLLMS, MapleConfig
+from .configuration_maple import NAFLEX_VISION_TOWERS, QWEN_VL_MLLMS, MapleConfig
 
 
 @dataclass
@@ -196,12 +196,14 @@ class MapleModel(MaplePreTrainedModel):
         image_input_ids: torch.LongTensor | None = None,
         image_attention_mask: torch.Tensor | None = None,
         image_mm_token_type_ids: torch.IntTensor | None = None,
-        pixel_attention_mask: torch.BoolTensor | None = None,
+        pixel_attention_mask: torch.Tensor | None = None,
+        spatial_shapes: torch.LongTensor | None = None,
     ) -> torch.FloatTensor:
         r"""
         Args:
             pixel_values (`torch.FloatTensor`): dual encoder and LLaVA: `(num_images, channels, height,
-                width)`; Qwen-VL family: `(num_patches, patch_dim)`, the processor's flattened patches;
+                width)`; SigLIP2 (NaFlex) vision tower: `(num_images, max_num_patches, patch_dim)`, each image's
+                patches padded to one length; Qwen-VL family: `(num_patches, patch_dim)`, the processor's flattened patches;
                 InternVL: `(num_tiles, channels, height, width)`; Idefics3/SmolVLM: `(1, num_tiles,
                 channels, height, width)`, every tile of the batch as one sample's images.
             image_grid_thw (`torch.LongTensor` of shape `(num_images, 3)`, Qwen-VL only): patch grid per image.
@@ -210,8 +212,11 @@ class MapleModel(MaplePreTrainedModel):
             image_attention_mask (`torch.Tensor` of shape `(num_images, prompt_length)`, MLLM only).
             image_mm_token_type_ids (`torch.IntTensor` of shape `(num_images, prompt_length)`, Qwen-VL only):
                 1 at image placeholder positions (needed for multimodal RoPE).
-            pixel_attention_mask (`torch.BoolTensor` of shape `(1, num_tiles, height, width)`, Idefics3/SmolVLM
-                only): 1 on the real pixels of each tile.
+            pixel_attention_mask (`torch.Tensor`, Idefics3/SmolVLM and SigLIP2 only): 1 on what is real, not
+                padding. Idefics3/SmolVLM: `(1, num_tiles, height, width)`, the pixels of each tile; SigLIP2:
+                `(num_images, max_num_patches)`, the patches of each image.
+            spatial_shapes (`torch.LongTensor` of shape `(num_images, 2)`, SigLIP2 only): each image's patch grid
+                (rows, columns).
 
         Returns:
             `torch.FloatTensor` of shape `(num_images, embed_dim)`.
@@ -237,8 +242,19 @@ class MapleModel(MaplePreTrainedModel):
                 **{name: value for name, value in vision_inputs.items() if value is not None},
             ).last_hidden_state
             return self._finish(self._pool(hidden_states, image_attention_mask), self.projection)
-        outputs = self.vision_tower(pixel_values=pixel_values)
-        pooled = self._pool(outputs.last_hidden_state, None, getattr(outputs, "pooler_output", None))
+        # A NaFlex tower (SigLIP2) sees each image at its own aspect ratio: its patches, padded to one length, need
+        # the mask of the real ones and the patch grid they came from (its `forward` requires both).
+        naflex_inputs = {"pixel_attention_mask": pixel_attention_mask, "spatial_shapes": spatial_shapes}
+        tower_type = self.config.vision_config.model_type
+        if tower_type in NAFLEX_VISION_TOWERS and any(value is None for value in naflex_inputs.values()):
+            raise ValueError(
+                f"A {tower_type} vision tower needs `pixel_attention_mask` and `spatial_shapes` "
+                "with `pixel_values`: prepare images with MapleProcessor."
+            )
+        outputs = self.vision_tower(
+            pixel_values=pixel_values, **{name: value for name, value in naflex_inputs.items() if value is not None}
+        )
+        pooled = self._pool(outputs.last_hidden_state, pixel_attention_mask, getattr(outputs, "pooler_output", None))
         return self._finish(pooled, self.visual_projection)
 
     def forward(
@@ -250,7 +266,8 @@ class MapleModel(MaplePreTrainedModel):
         image_input_ids: torch.LongTensor | None = None,
         image_attention_mask: torch.Tensor | None = None,
         image_mm_token_type_ids: torch.IntTensor | None = None,
-        pixel_attention_mask: torch.BoolTensor | None = None,
+        pixel_attention_mask: torch.Tensor | None = None,
+        spatial_shapes: torch.LongTensor | None = None,
         return_loss: bool | None = None,
         return_dict: bool | None = None,
     ) -> MapleOutput | tuple:
@@ -276,6 +293,7 @@ class MapleModel(MaplePreTrainedModel):
                 image_attention_mask,
                 image_mm_token_type_ids,
                 pixel_attention_mask,
+                spatial_shapes,
             )
         inverse_temperature = self.logit_scale.exp()
         logits_per_text = logits_per_image = loss = None

@@ -23,6 +23,9 @@ MLLM_TEXT_PROMPT = "{text} Describe this text in one word:"
 VISION_START, IMAGE_PAD, VISION_END = "<|vision_start|>", "<|image_pad|>", "<|vision_end|>"
 # Idefics3 / SmolVLM: the tokens around each tile's image tokens, and the global view's tag.
 FAKE_IMAGE_TOKEN, GLOBAL_IMAGE_TOKEN = "<fake_token_around_image>", "<global-img>"
+# What a dual encoder's image processor returns that its vision tower takes: the pixels, and for a NaFlex tower
+# (SigLIP2) the mask of each image's real patches and its patch grid.
+DUAL_ENCODER_IMAGE_INPUTS = ("pixel_values", "pixel_attention_mask", "spatial_shapes")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -302,7 +305,7 @@ class MapleProcessor(ProcessorMixin):
         """Returns a `BatchFeature` of PyTorch tensors: `input_ids`, `attention_mask` for texts, and
         `pixel_values` for images; for an MLLM also `image_input_ids`, `image_attention_mask` and the
         family's own inputs (Qwen-VL: `image_grid_thw`, `image_mm_token_type_ids`; Idefics3/SmolVLM:
-        `pixel_attention_mask`)."""
+        `pixel_attention_mask`); for a SigLIP2 dual encoder also `pixel_attention_mask` and `spatial_shapes`."""
         if text is None and images is None:
             raise ValueError("MapleProcessor needs `text`, `images` or both.")
         data: dict[str, torch.Tensor] = {}
@@ -376,7 +379,8 @@ class MapleProcessor(ProcessorMixin):
             raise ValueError("`images` is an empty list.")
         if self.backbone == "dual_encoder":
             images = [load_image(image, index) for index, image in enumerate(images)]
-            return {"pixel_values": self.image_processor(images=images, return_tensors="pt")["pixel_values"]}
+            processed = self.image_processor(images=images, return_tensors="pt")
+            return {key: processed[key] for key in DUAL_ENCODER_IMAGE_INPUTS if key in processed}
         encoded = encode_mllm_images(
             self.mllm_type, self.image_processor, self.tokenizer, images, self.image_token, self.image_seq_length
         )

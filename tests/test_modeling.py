@@ -17,6 +17,9 @@ from transformers import (
     CLIPModel,
     Dinov2Config,
     Dinov2Model,
+    Siglip2Config,
+    Siglip2ImageProcessorPil,
+    Siglip2Model,
     SiglipConfig,
     SiglipModel,
 )
@@ -320,6 +323,41 @@ def test_from_backbone_siglip_keeps_towers_with_identity_projections(tmp_path):
     # LoRA adapts the towers' attention, not the pooling head's nn.MultiheadAttention (which would bypass it).
     adapted = [name for name, _ in get_peft_model(model, maple_lora_config(model)).named_modules() if name.endswith(".lora_A")]
     assert adapted and not any(".head." in name for name in adapted)
+
+
+@pytest.mark.parametrize("pooling", ["pooler", "mean"])
+def test_from_backbone_siglip2_embeds_images_of_any_aspect_ratio(pooling, tmp_path):
+    """SigLIP2's NaFlex tower takes each image as its own patch grid, padded to `max_num_patches` patches: the
+    processor carries the patch mask and grid to the model, and padded patches change nothing."""
+    torch.manual_seed(0)
+    config = Siglip2Config(
+        text_config={"vocab_size": len(tiny_tokenizer()), "hidden_size": 32, "intermediate_size": 37,
+                     "num_hidden_layers": 1, "num_attention_heads": 4, "max_position_embeddings": 16},
+        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 4,
+                       "patch_size": 4, "num_patches": 16},
+    )
+    siglip2 = Siglip2Model(config).eval()
+    siglip2.save_pretrained(tmp_path)
+    Siglip2ImageProcessorPil(patch_size=4, max_num_patches=16).save_pretrained(tmp_path)
+    tokenizer = tiny_tokenizer()
+    tokenizer.model_max_length = 16
+    tokenizer.save_pretrained(tmp_path)
+    model = MapleModel.from_backbone(str(tmp_path), backbone="dual_encoder", pooling=pooling).eval()
+    processor = MapleProcessor.from_backbone(str(tmp_path), backbone="dual_encoder")
+    images = random_images(3)  # three aspect ratios: three patch grids, each padded differently
+    batch = processor(images=images)
+    assert batch["spatial_shapes"].tolist() != [batch["spatial_shapes"][0].tolist()] * 3
+    assert not batch["pixel_attention_mask"].all()
+    batched = model.encode(processor, images=images)
+    for index, image in enumerate(images):
+        torch.testing.assert_close(model.encode(processor, images=[image])[0], batched[index], atol=1e-5, rtol=0)
+    padded = batch["pixel_attention_mask"] == 0
+    with torch.no_grad():
+        batch["pixel_values"][padded] = torch.rand(int(padded.sum()), batch["pixel_values"].shape[-1])
+        torch.testing.assert_close(model(**batch).image_embeds, batched)
+        if pooling == "pooler":  # with SigLIP2's own pooling head and identity projections, SigLIP2's embeddings
+            reference = siglip2(**processor(text=TEXTS[:1]), **processor(images=images)).image_embeds
+            torch.testing.assert_close(batched, torch.nn.functional.normalize(reference, dim=-1))
 
 
 def test_long_texts_keep_the_instruction_and_fit_the_tower():
