@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
@@ -38,16 +38,19 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def load_image(image: Any, index: int) -> Image.Image:
-    """An RGB PIL image (`to_rgb`) from a PIL image or a file path; `index` names the item in error messages."""
+    """An upright RGB PIL image (`to_rgb`) from a PIL image or a file path; `index` names the item in error messages.
+
+    Upright: turned as its EXIF Orientation tag says (cameras store a photo as shot and tag how to turn it), as
+    transformers' `load_image` and `datasets.Image` read images; an image without the tag is left as it is."""
     if isinstance(image, (str, os.PathLike)):
         try:
             with Image.open(image) as opened:
-                return to_rgb(opened)
+                return to_rgb(ImageOps.exif_transpose(opened))
         except (OSError, UnidentifiedImageError) as error:
             raise ValueError(f"images[{index}]: cannot read image file {os.fspath(image)!r}: {error}") from error
     if isinstance(image, Image.Image):
         try:
-            return to_rgb(image)
+            return to_rgb(ImageOps.exif_transpose(image))
         except OSError as error:  # a lazily loaded, truncated file fails here
             raise ValueError(f"images[{index}]: corrupt image data: {error}") from error
     raise ValueError(f"images[{index}] is a {type(image).__name__}; expected a PIL image or an image file path.")

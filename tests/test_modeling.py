@@ -518,6 +518,31 @@ def test_transparent_images_are_composited_onto_white_as_by_the_familys_processo
     assert circle @ square < 0.9999
 
 
+def test_photos_are_turned_upright_by_their_exif_orientation_as_transformers_and_datasets_read_them(tiny, tmp_path):
+    """A camera's photo stored as shot, tagged Orientation=6 (turn 90 degrees clockwise to view): `load_image` read it
+    lying on its side, from a path and from a preference source's bytes, unlike `datasets.Image` and transformers."""
+    import datasets
+    from transformers.image_utils import load_image as transformers_load_image
+
+    from dataset_builders.sources import decode_image
+    from modeling_maple.processing_maple import load_image
+
+    model, processor = tiny
+    pixels = np.zeros((16, 32, 3), dtype=np.uint8)
+    pixels[:, :16] = (255, 0, 0)  # left half red: on its side, the top half is red
+    photo = Image.fromarray(pixels)
+    exif = photo.getexif()
+    exif[0x0112] = 6
+    path = tmp_path / "photo.jpg"
+    photo.save(path, exif=exif.tobytes(), quality=95)
+    upright = transformers_load_image(str(path))
+    assert upright.size == (16, 32)
+    for ours in (load_image(path, 0), load_image(Image.open(path), 0), decode_image(path.read_bytes(), 0)):
+        np.testing.assert_array_equal(np.asarray(ours), np.asarray(upright))
+    from_datasets = datasets.Dataset.from_dict({"image": [str(path)]}).cast_column("image", datasets.Image())[0]["image"]
+    torch.testing.assert_close(model.encode(processor, images=[path]), model.encode(processor, images=[from_datasets]))
+
+
 def test_encode_takes_a_single_text_path_or_image_as_a_list_of_one(tiny, tmp_path):
     """A lone string used to be sliced into pieces of `batch_size` characters, each embedded as a text."""
     model, processor = tiny
