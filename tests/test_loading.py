@@ -61,12 +61,30 @@ def test_checkpoints_it_cannot_load_are_refused_before_any_weights_load(tmp_path
 
     BertModel(BertConfig(vocab_size=99, **TINY_TOWER)).save_pretrained(tmp_path / "bert")
     monkeypatch.setattr(MapleModel, "from_backbone", lambda *args, **kwargs: pytest.fail("weights were loaded"))
-    with pytest.raises(MapleLoadError, match=r"bert: .*'bert' checkpoint, not a MAPLE one.*'mllm' or 'dual_encoder'"):
+    with pytest.raises(MapleLoadError, match=r"bert: .*'bert' checkpoint, neither a MAPLE one .*text_backbone="):
         load_maple(str(tmp_path / "bert"))
     with pytest.raises(MapleLoadError, match=r"clip: device_map cannot be passed when building from a backbone"):
         load_maple(str(clip_folder), device_map="cpu")
     with pytest.raises(MapleLoadError, match=r"^\S*missing: "):
         load_maple(str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("backbone", ["mllm", "dual_encoder", "two_towers"])
+def test_a_backbone_named_for_a_checkpoint_that_cannot_be_it_is_refused_before_any_weights_load(tmp_path, monkeypatch, backbone):
+    """A DINOv2 named as 'mllm' or 'dual_encoder' loaded its weights, then failed with a plain ValueError (which `maple
+    train` showed as a traceback) whose advice, `text_backbone=`, load_maple does not take."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    Dinov2Model(Dinov2Config(image_size=16, patch_size=4, **TINY_TOWER)).save_pretrained(tmp_path / "dinov2")
+    monkeypatch.setattr(MapleModel, "from_backbone", lambda *args, **kwargs: pytest.fail("weights were loaded"))
+    expected = {
+        "mllm": r"dinov2: a 'dinov2' checkpoint cannot be the 'mllm' backbone, which takes one of qwen2_vl, ",
+        "dual_encoder": r"dinov2: a 'dinov2' checkpoint has no text tower, .* build the embedder with "
+        r"MapleModel\.from_backbone\(<vision encoder>, backbone='dual_encoder', text_backbone=<text encoder>\) .* load that folder",
+        "two_towers": r"dinov2: unknown backbone 'two_towers', expected one of mllm, dual_encoder",
+    }
+    with pytest.raises(MapleLoadError, match=expected[backbone]):
+        load_maple(str(tmp_path / "dinov2"), backbone=backbone)
 
 
 def test_the_trainer_loads_only_the_model_when_given_a_processor_and_takes_trust_remote_code_from_either_place(tmp_path):
