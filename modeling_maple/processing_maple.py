@@ -335,7 +335,12 @@ class MapleProcessor(ProcessorMixin):
         length = max(len(ids) for ids in encoded["input_ids"])
         if self.text_padding == "max_length":
             length = max(length, self._max_length_padding(model_limit))
-        encoded = self.tokenizer.pad(encoded, padding="max_length", max_length=length, return_tensors="pt")
+        # A dual encoder's text tower numbers positions from the first token, and `cls` pooling reads that token: left
+        # padding (a tokenizer set up for generation) would make a text's embedding depend on the batch's longest.
+        padding_side = "right" if self.backbone == "dual_encoder" else None  # None: the tokenizer's own
+        encoded = self.tokenizer.pad(
+            encoded, padding="max_length", max_length=length, padding_side=padding_side, return_tensors="pt"
+        )
         inputs = {"input_ids": encoded["input_ids"]}
         # Towers trained without a text mask (SigLIP) have tokenizers that return none; follow them.
         if "attention_mask" in encoded:

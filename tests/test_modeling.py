@@ -29,7 +29,14 @@ from modeling_maple import MapleConfig, MapleModel, MapleProcessor
 from modeling_maple.configuration_maple import SUPPORTED_MLLMS
 from modeling_maple.lora import maple_lora_config
 from modeling_maple.processing_maple import fill_image_placeholders, qwen_vl_image_token_counts
-from modeling_maple.testing import build_tiny, tiny_image_processor, tiny_mllm_config, tiny_qwen2_vl_config, tiny_tokenizer
+from modeling_maple.testing import (
+    build_tiny,
+    tiny_dual_encoder_config,
+    tiny_image_processor,
+    tiny_mllm_config,
+    tiny_qwen2_vl_config,
+    tiny_tokenizer,
+)
 
 BACKBONES = ["mllm", "dual_encoder"]
 TEXTS = ["a red circle", "two blue squares left of a yellow star", "a big green triangle above a small circle"]
@@ -78,6 +85,22 @@ def test_mean_pooling_ignores_padding(tiny):
     for index, image in enumerate(random_images(3)):
         alone = model.encode(processor, images=[image])
         torch.testing.assert_close(alone[0], batched_images[index], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls", "pooler"])
+def test_dual_encoder_texts_are_padded_on_the_right_whatever_the_tokenizers_side(pooling):
+    """With a tokenizer that pads on the left (set up for generation), `cls` pooling read a pad token and every
+    pooling saw positions shifted by the batch's longest text."""
+    _, processor = build_tiny(backbone="dual_encoder")
+    torch.manual_seed(0)
+    model = MapleModel(tiny_dual_encoder_config(pooling=pooling)).eval()
+    right = model.encode(processor, texts=TEXTS)
+    processor.tokenizer.padding_side = "left"
+    batch = processor(text=TEXTS)
+    assert batch["attention_mask"][:, 0].all() and not batch["attention_mask"][:, -1].all()
+    torch.testing.assert_close(model.encode(processor, texts=TEXTS), right, rtol=0, atol=0)
+    for index, text in enumerate(TEXTS):
+        torch.testing.assert_close(model.encode(processor, texts=[text])[0], right[index], atol=1e-5, rtol=0)
 
 
 def test_encode_batches_equal_one_batch(tiny):
