@@ -344,19 +344,23 @@ class MapleModel(MaplePreTrainedModel):
         was_training = self.training
         self.eval()
         results = []
-        for kind, items in (("text", texts), ("images", images)):
-            if items is None:
-                continue
-            chunks = range(0, len(items), batch_size)
-            embeds = []
-            for start in tqdm(chunks, desc=f"Embedding {kind}", disable=not show_progress_bar):
-                chunk = items[start : start + batch_size]
-                batch = processor(text=chunk) if kind == "text" else processor(images=chunk)
-                batch = {key: value.to(self.device) for key, value in batch.items()}
-                outputs = self(**batch)
-                embeds.append((outputs.text_embeds if kind == "text" else outputs.image_embeds).float().cpu())
-            results.append(torch.cat(embeds) if embeds else torch.empty(0, self.embed_dim))
-        self.train(was_training)
+        try:  # a bad item raises mid-way: the model goes back to training mode all the same
+            for kind, items in (("text", texts), ("images", images)):
+                if items is None:
+                    continue
+                chunks = range(0, len(items), batch_size)
+                embeds = []
+                for start in tqdm(chunks, desc=f"Embedding {kind}", disable=not show_progress_bar):
+                    chunk = items[start : start + batch_size]
+                    # `first_index`: errors name an item by its position in `texts`/`images`, not in its batch
+                    inputs = {"text": chunk} if kind == "text" else {"images": chunk}
+                    batch = processor(**inputs, first_index=start)
+                    batch = {key: value.to(self.device) for key, value in batch.items()}
+                    outputs = self(**batch)
+                    embeds.append((outputs.text_embeds if kind == "text" else outputs.image_embeds).float().cpu())
+                results.append(torch.cat(embeds) if embeds else torch.empty(0, self.embed_dim))
+        finally:
+            self.train(was_training)
         return results[0] if len(results) == 1 else tuple(results)
 
     @property

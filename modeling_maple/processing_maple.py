@@ -162,7 +162,13 @@ def mllm_image_tokens(mllm_type: str, tokenizer) -> tuple[str, ...]:
 
 
 def encode_mllm_images(
-    mllm_type: str, image_processor, tokenizer, images: Sequence[Any], image_token: str, image_seq_length: int | None
+    mllm_type: str,
+    image_processor,
+    tokenizer,
+    images: Sequence[Any],
+    image_token: str,
+    image_seq_length: int | None,
+    first_index: int = 0,
 ) -> EncodedImages:
     """Pixels of `images` (PIL images or file paths) for an MLLM of `mllm_type`, and what each image's
     `image_token` placeholder becomes in a prompt, as the family's own processor builds them:
@@ -173,8 +179,14 @@ def encode_mllm_images(
       `image_seq_length` tokens, the whole image between `<img>` and `</img>`;
     - Idefics3, SmolVLM: a grid of tiles plus a global view, each tile `image_seq_length` tokens
       after its `<row_r_col_c>` tag (`Idefics3Processor`'s prompt string).
+
+    An image that cannot be read, or that the family's image processor would refuse (`mllm_image_problem`), is a
+    ValueError naming it `images[first_index + position]`.
     """
-    images = [load_image(image, index) for index, image in enumerate(images)]
+    images = [load_image(image, index) for index, image in enumerate(images, start=first_index)]
+    for index, image in enumerate(images, start=first_index):
+        if (problem := mllm_image_problem(mllm_type, image.size)) is not None:
+            raise ValueError(f"images[{index}]: {problem}.")
     if mllm_type in QWEN_VL_MLLMS:
         processed = image_processor(images=images, return_tensors="pt")
         grid_thw = processed["image_grid_thw"]
@@ -304,8 +316,13 @@ class MapleProcessor(ProcessorMixin):
             image_tokens = (self.image_token, *mllm_image_tokens(mllm_type, tokenizer))
             check_tokens_known(tokenizer, image_tokens, needed_by=f"{mllm_type} image prompts")
 
-    def __call__(self, text: str | list[str] | None = None, images: Any = None, **kwargs) -> BatchFeature:
-        """Returns a `BatchFeature` of PyTorch tensors: `input_ids`, `attention_mask` for texts, and
+    def __call__(
+        self, text: str | list[str] | None = None, images: Any = None, first_index: int = 0, **kwargs
+    ) -> BatchFeature:
+        """`first_index`: the position of the first text and image in the caller's lists, by which error messages
+        name a bad item (`MapleModel.encode` passes each batch's start).
+
+        Returns a `BatchFeature` of PyTorch tensors: `input_ids`, `attention_mask` for texts, and
         `pixel_values` for images; for an MLLM also `image_input_ids`, `image_attention_mask` and the
         family's own inputs (Qwen-VL: `image_grid_thw`, `image_mm_token_type_ids`; Idefics3/SmolVLM:
         `pixel_attention_mask`); for a SigLIP2 dual encoder also `pixel_attention_mask` and `spatial_shapes`."""
@@ -313,16 +330,16 @@ class MapleProcessor(ProcessorMixin):
             raise ValueError("MapleProcessor needs `text`, `images` or both.")
         data: dict[str, torch.Tensor] = {}
         if text is not None:
-            data.update(self._texts(text))
+            data.update(self._texts(text, first_index))
         if images is not None:
-            data.update(self._images(images))
+            data.update(self._images(images, first_index))
         return BatchFeature(data=data, tensor_type="pt")
 
-    def _texts(self, texts: str | list[str]) -> dict[str, torch.Tensor]:
+    def _texts(self, texts: str | list[str], first_index: int) -> dict[str, torch.Tensor]:
         texts = [texts] if isinstance(texts, str) else list(texts)
         if not texts:
             raise ValueError("`text` is an empty list.")
-        for index, text in enumerate(texts):
+        for index, text in enumerate(texts, start=first_index):
             if not isinstance(text, str):
                 raise ValueError(f"text[{index}] is a {type(text).__name__}; expected a string.")
             if not text.strip():
@@ -381,16 +398,16 @@ class MapleProcessor(ProcessorMixin):
                 return cut
         return ""
 
-    def _images(self, images: Any) -> dict[str, torch.Tensor]:
+    def _images(self, images: Any, first_index: int) -> dict[str, torch.Tensor]:
         images = [images] if isinstance(images, (Image.Image, str, os.PathLike)) else list(images)
         if not images:
             raise ValueError("`images` is an empty list.")
         if self.backbone == "dual_encoder":
-            images = [load_image(image, index) for index, image in enumerate(images)]
+            images = [load_image(image, index) for index, image in enumerate(images, start=first_index)]
             processed = self.image_processor(images=images, return_tensors="pt")
             return {key: processed[key] for key in DUAL_ENCODER_IMAGE_INPUTS if key in processed}
         encoded = encode_mllm_images(
-            self.mllm_type, self.image_processor, self.tokenizer, images, self.image_token, self.image_seq_length
+            self.mllm_type, self.image_processor, self.tokenizer, images, self.image_token, self.image_seq_length, first_index
         )
         # Qwen-VL's chat template puts its vision markers around the placeholder; other families'
         # markers are part of what the placeholder becomes (`EncodedImages.image_texts`).

@@ -516,6 +516,28 @@ def test_bad_inputs_raise_clear_value_errors(tmp_path):
         MapleProcessor(image_processor=processor.image_processor, tokenizer=processor.tokenizer, backbone="cnn")
 
 
+def test_encode_names_a_bad_item_by_its_position_in_the_inputs_and_leaves_the_training_mode_as_it_was(tiny, tmp_path):
+    """Errors named an item by its position in its batch of `batch_size` (texts[5] for texts[37]); an image Qwen-VL
+    refuses (aspect ratio above 200:1) was transformers' bare error, naming no image; an error left the model in
+    eval mode."""
+    model, processor = tiny
+    texts = ["a red circle"] * 10
+    texts[7] = " "
+    images = random_images(6)
+    images[4] = str(tmp_path / "missing.png")
+    model.train()
+    with pytest.raises(ValueError, match=r"^text\[7\] is an empty string"):
+        model.encode(processor, texts=texts, batch_size=3)
+    with pytest.raises(ValueError, match=r"^images\[4\]: cannot read image file .*missing\.png"):
+        model.encode(processor, images=images, batch_size=3)
+    assert model.training
+    model.eval()
+    if model.config.backbone == "mllm":  # the tiny MLLM is a Qwen2-VL
+        elongated = [*random_images(4), Image.new("RGB", (700, 3))]
+        with pytest.raises(ValueError, match=r"^images\[4\]: aspect ratio 233:1 is above the 200:1 that qwen2_vl image"):
+            model.encode(processor, images=elongated, batch_size=3)
+
+
 def test_transparent_images_are_composited_onto_white_as_by_the_familys_processor(tiny):
     """`load_image` ran `convert("RGB")`, which keeps the (black) colour under transparent pixels: black line art on a
     transparent background became a black square, and two such drawings had the same embedding."""
