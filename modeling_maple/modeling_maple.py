@@ -149,6 +149,26 @@ class MapleModel(MaplePreTrainedModel):
             if hasattr(module, "is_causal"):
                 module.is_causal = not bidirectional
 
+    def _text_side(self) -> PreTrainedModel:
+        # The backbone that embeds texts: its token embeddings are the model's input embeddings.
+        return self.mllm if self.config.backbone == "mllm" else self.text_tower
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The token embeddings of the text side (the MLLM's language model, or the text tower), which
+        `resize_token_embeddings` and NEFTune act on."""
+        return self._text_side().get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self._text_side().set_input_embeddings(value)
+
+    def resize_token_embeddings(
+        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+    ) -> nn.Embedding:
+        """`PreTrainedModel.resize_token_embeddings` of the text side, which records the new vocabulary size in its
+        own config (saved as `mllm_config` or `text_config`): transformers' would record it on MapleConfig itself,
+        and the checkpoint would not load again."""
+        return self._text_side().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+
     # ------------------------------------------------------------------ embeddings
 
     def _finish(self, pooled: torch.Tensor, projection: nn.Linear | None) -> torch.Tensor:

@@ -255,6 +255,26 @@ def test_from_backbone_on_a_bf16_checkpoint_gives_float32_embeddings(tmp_path):
     assert load_embedder(str(tmp_path))[0].mllm.dtype == torch.float32
 
 
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_input_embeddings_are_the_text_sides_and_resizing_them_survives_save_and_load(backbone, tmp_path):
+    """`get_input_embeddings` raised (transformers looks for an attribute named by `base_model_prefix`), so
+    `resize_token_embeddings` and NEFTune failed."""
+    model, processor = build_tiny(backbone=backbone)
+    text_side = model.mllm if backbone == "mllm" else model.text_tower
+    assert model.get_input_embeddings() is text_side.get_input_embeddings()
+    before = model.encode(processor, texts=TEXTS)
+    processor.tokenizer.add_tokens(["<new_word>"])
+    model.resize_token_embeddings(len(processor.tokenizer), mean_resizing=False)
+    assert model.get_input_embeddings().num_embeddings == len(processor.tokenizer)
+    torch.testing.assert_close(model.encode(processor, texts=TEXTS), before)  # the old tokens keep their vectors
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModel.from_pretrained(tmp_path)
+    assert torch.equal(reloaded.get_input_embeddings().weight, model.get_input_embeddings().weight)
+    replacement = torch.nn.Embedding(len(processor.tokenizer), model.get_input_embeddings().embedding_dim)
+    reloaded.set_input_embeddings(replacement)
+    assert reloaded.get_input_embeddings() is replacement
+
+
 def test_bf16_checkpoint_reloads_with_a_bf16_backbone_and_float32_heads(tmp_path):
     """`dtype="auto"` restores the backbone's bf16 (the saved dtype was the float32 scales'), and `dtype=bfloat16`
     leaves the head and the learnable logit scales in float32, where an optimiser step can still move them. The
