@@ -44,6 +44,7 @@ def load_maple(
     backbone: str | None = None,
     revision: str | None = None,
     trust_remote_code: bool = False,
+    backend: str | None = None,
     **from_pretrained_kwargs: Any,
 ) -> tuple[MapleModel, MapleProcessor]:
     """The MAPLE embedder and processor of `name_or_path`, a local folder or a Hub repo id.
@@ -55,6 +56,8 @@ def load_maple(
         revision: the Hub revision of the weights; the config and processor come from the same one.
         trust_remote_code: passed to the Auto classes (a MAPLE checkpoint carries its code; this package's
             classes are registered, so it is not needed where the package is imported).
+        backend: the image processor's backend, `"pil"` or `"torchvision"` (None: a MAPLE checkpoint's the one it was
+            saved with, else transformers' choice, torchvision's where it is installed).
         from_pretrained_kwargs: for a MAPLE checkpoint any `from_pretrained` argument (`dtype`, `device_map`,
             ...); for a backbone only `dtype` and `attn_implementation`.
 
@@ -67,7 +70,7 @@ def load_maple(
     """
     backbone = _backbone(name_or_path, backbone, revision, trust_remote_code)  # the config is read once
     model = _load_model(name_or_path, backbone, revision, trust_remote_code, from_pretrained_kwargs)
-    return model, _load_processor(name_or_path, backbone, revision, trust_remote_code)
+    return model, _load_processor(name_or_path, backbone, revision, trust_remote_code, backend)
 
 
 def load_maple_model(
@@ -85,11 +88,16 @@ def load_maple_model(
 
 
 def load_maple_processor(
-    name_or_path: str, *, backbone: str | None = None, revision: str | None = None, trust_remote_code: bool = False
+    name_or_path: str,
+    *,
+    backbone: str | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    backend: str | None = None,
 ) -> MapleProcessor:
     """The processor of [`load_maple`] alone."""
     backbone = _backbone(name_or_path, backbone, revision, trust_remote_code)
-    return _load_processor(name_or_path, backbone, revision, trust_remote_code)
+    return _load_processor(name_or_path, backbone, revision, trust_remote_code, backend)
 
 
 def _load_model(
@@ -109,11 +117,15 @@ def _load_model(
     return MapleModel.from_backbone(name_or_path, backbone=backbone, revision=revision, **from_pretrained_kwargs)
 
 
-def _load_processor(name_or_path: str, backbone: str | None, revision: str | None, trust_remote_code: bool) -> MapleProcessor:
+def _load_processor(
+    name_or_path: str, backbone: str | None, revision: str | None, trust_remote_code: bool, backend: str | None
+) -> MapleProcessor:
     """The processor of a checkpoint whose backbone `_backbone` resolved (None: a MAPLE checkpoint)."""
     if backbone is None:
-        return AutoProcessor.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
-    return MapleProcessor.from_backbone(name_or_path, backbone=backbone, revision=revision)
+        return AutoProcessor.from_pretrained(
+            name_or_path, revision=revision, trust_remote_code=trust_remote_code, backend=backend
+        )
+    return MapleProcessor.from_backbone(name_or_path, backbone=backbone, revision=revision, backend=backend)
 
 
 def _backbone(name_or_path: str, backbone: str | None, revision: str | None, trust_remote_code: bool) -> str | None:

@@ -26,6 +26,8 @@ FAKE_IMAGE_TOKEN, GLOBAL_IMAGE_TOKEN = "<fake_token_around_image>", "<global-img
 # What a dual encoder's image processor returns that its vision tower takes: the pixels, and for a NaFlex tower
 # (SigLIP2) the mask of each image's real patches and its patch grid.
 DUAL_ENCODER_IMAGE_INPUTS = ("pixel_values", "pixel_attention_mask", "spatial_shapes")
+# The processor_config.json entry recording the image processor's backend ("pil" or "torchvision").
+IMAGE_PROCESSOR_BACKEND_KEY = "image_processor_backend"
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -429,6 +431,32 @@ class MapleProcessor(ProcessorMixin):
             inputs["image_mm_token_type_ids"] = (tokenized["input_ids"] == image_token_id).to(torch.int32)
         return inputs
 
+    def to_dict(self) -> dict[str, Any]:
+        # transformers saves the image processor under its backend-neutral type, and loading picks torchvision's
+        # where it is installed, PIL's elsewhere: the two resize differently, so the backend is recorded too.
+        output = super().to_dict()
+        if self.image_processor is not None:
+            output[IMAGE_PROCESSOR_BACKEND_KEY] = self.image_processor.backend
+        return output
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> "MapleProcessor":
+        """`ProcessorMixin.from_pretrained`, with the image processor of the backend it was saved with (`"pil"` or
+        `"torchvision"`, recorded by `save_pretrained`) unless `backend` is given; transformers' choice for a processor
+        saved without one."""
+        # Not passed on: transformers would hand `backend` to the tokenizer as well, which takes it for its own
+        # (tokenizers or sentencepiece) and saves it so.
+        backend = kwargs.pop("backend", None)
+        processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        if backend is None:
+            processor_dict, _ = cls.get_processor_dict(pretrained_model_name_or_path, **kwargs)
+            backend = processor_dict.get(IMAGE_PROCESSOR_BACKEND_KEY)
+        if backend is not None and processor.image_processor.backend != backend:
+            processor.image_processor = AutoImageProcessor.from_pretrained(
+                pretrained_model_name_or_path, backend=backend, **kwargs
+            )
+        return processor
+
     @classmethod
     def from_backbone(
         cls,
@@ -436,11 +464,13 @@ class MapleProcessor(ProcessorMixin):
         backbone: str = "mllm",
         text_backbone: str | None = None,
         revision: str | None = None,
+        backend: str | None = None,
         **kwargs: Any,
     ) -> "MapleProcessor":
         """The processor matching [`MapleModel.from_backbone`] with the same arguments (`revision`: of
-        `name_or_path`)."""
-        image_processor = AutoImageProcessor.from_pretrained(name_or_path, revision=revision)
+        `name_or_path`). `backend`: the image processor's, `"pil"` or `"torchvision"` (None: transformers' choice,
+        torchvision's where it is installed)."""
+        image_processor = AutoImageProcessor.from_pretrained(name_or_path, revision=revision, backend=backend)
         tokenizer = AutoTokenizer.from_pretrained(text_backbone or name_or_path, revision=None if text_backbone else revision)
         config = AutoConfig.from_pretrained(name_or_path, revision=revision)
         if backbone == "mllm":

@@ -99,3 +99,36 @@ def test_the_trainer_loads_only_the_model_when_given_a_processor_and_takes_trust
         trainer = RPATrainer(str(tmp_path / "weights-only"), processing_class=processor, train_dataset=synthetic_preference_dataset(8),
                              args=smoke_config(str(tmp_path / "run"), model_init_kwargs=init_kwargs))
         assert trainer.processing_class is processor
+
+
+def test_a_saved_processor_loads_with_the_image_processor_backend_it_was_built_with(tmp_path, monkeypatch):
+    """transformers saves an image processor under its backend-neutral type and loads torchvision's wherever that is
+    installed, which resizes differently from the PIL processor a checkpoint was built with; `load_maple` and
+    `load_maple_processor` took no `backend`; an explicit `backend` reached the tokenizer, which saved it as its own."""
+    import json
+
+    from transformers import AutoImageProcessor
+
+    from modeling_maple import load_maple_processor
+
+    model, processor = build_tiny("mllm", seed=0)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    config_file = tmp_path / "processor_config.json"
+    assert json.loads(config_file.read_text())["image_processor_backend"] == "pil"
+    loaded = load_maple_processor(str(tmp_path), backend="pil")
+    assert loaded.image_processor.backend == "pil" and loaded.tokenizer.backend == processor.tokenizer.backend
+    assert load_maple(str(tmp_path), backend="pil")[1].image_processor.backend == "pil"
+
+    requested = []  # the backends asked of AutoImageProcessor (None: transformers' choice)
+    load_image_processor = AutoImageProcessor.from_pretrained.__func__
+    monkeypatch.setattr(AutoImageProcessor, "from_pretrained", classmethod(
+        lambda cls, *args, **kwargs: requested.append(kwargs.get("backend")) or load_image_processor(cls, *args, **kwargs)
+    ))
+    # as if saved where torchvision is installed: its processor is asked for (this machine has none: PIL's comes back)
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "image_processor_backend": "torchvision"}))
+    load_maple_processor(str(tmp_path))
+    assert requested[-1] == "torchvision"
+    requested.clear()
+    load_maple_processor(str(tmp_path), backend="pil")  # an explicit backend wins: the first load is the one asked
+    assert requested == [None]
