@@ -96,9 +96,9 @@ def freeze_backbone_modules_to_save(peft_model: PeftModel) -> None:
     and adapters use. Such a wrapper is set to no adapter: its forward is the frozen original's, and its copy
     stays, untrained, in the saved adapter (PEFT wraps the same modules when it loads one and expects it there).
 
-    A wrapper whose copy differs from its original (an adapter trained before this fix, loaded) is left as it is,
-    as are modules that the config names other than by a MAPLE head's name: this never changes what the model
-    computes. Call it after `get_peft_model`, or after `PeftModel.from_pretrained(..., is_trainable=True)`."""
+    A wrapper whose copy differs from its original (a loaded adapter trained with a plain `get_peft_model`) is left
+    as it is, as are modules that the config names other than by a MAPLE head's name: this never changes what the
+    model computes. Call it after `get_peft_model`, or after `PeftModel.from_pretrained(..., is_trainable=True)`."""
     adapter = peft_model.active_adapter
     entries = peft_model.peft_config[adapter].modules_to_save or []
     requested = [entry for entry in entries if entry not in MAPLE_HEADS]
