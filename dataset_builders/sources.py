@@ -34,8 +34,8 @@ def encoded_bytes(value: dict[str, Any]) -> bytes:
 
 
 def decode_image(payload: bytes, row: int) -> PIL.Image.Image:
-    """The RGB image of encoded bytes, via `modeling_maple.processing_maple.load_image` (which names
-    source row `row` when the data is corrupt)."""
+    """The upright RGB image of encoded bytes (turned by its EXIF orientation), via
+    `modeling_maple.processing_maple.load_image` (which names source row `row` when the data is corrupt)."""
     from modeling_maple.processing_maple import load_image  # transformers: only once images are decoded
 
     return load_image(PIL.Image.open(io.BytesIO(payload)), row)

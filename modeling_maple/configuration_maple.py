@@ -16,6 +16,9 @@ IDEFICS3_MLLMS = ("idefics3", "smolvlm")
 SUPPORTED_MLLMS = (*QWEN_VL_MLLMS, "llava", "internvl", *IDEFICS3_MLLMS)
 # Two-tower checkpoints whose towers and projections `MapleModel.from_backbone` reuses as they are.
 DUAL_ENCODER_MODEL_TYPES = ("clip", "siglip", "siglip2")
+# Vision towers that take images at their own aspect ratio as padded patch sequences (SigLIP2's NaFlex): their image
+# processor returns, and their forward needs, `pixel_attention_mask` and `spatial_shapes` beside `pixel_values`.
+NAFLEX_VISION_TOWERS = ("siglip2_vision_model",)
 
 
 def backbone_of(model_type: str | None) -> str | None:

@@ -14,14 +14,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from transformers import AutoConfig, AutoModel, AutoProcessor
+from transformers import AutoConfig, AutoModel, AutoProcessor, PreTrainedConfig
 
-from .configuration_maple import MapleConfig, backbone_of
+from .configuration_maple import BACKBONES, DUAL_ENCODER_MODEL_TYPES, SUPPORTED_MLLMS, MapleConfig, backbone_of
 from .modeling_maple import MapleModel
 from .processing_maple import MapleProcessor
 
 # What `MapleModel.from_backbone` forwards to the backbones' `from_pretrained` (besides `revision`).
 BACKBONE_LOADING_KWARGS = ("dtype", "attn_implementation")
+# `load_maple` takes one checkpoint: a vision encoder paired with a text encoder is built once, saved, then loaded.
+PAIRING_ADVICE = (
+    "; to pair a vision encoder with a text encoder, build the embedder with MapleModel.from_backbone(<vision "
+    "encoder>, backbone='dual_encoder', text_backbone=<text encoder>) and MapleProcessor.from_backbone with the same "
+    "arguments, save both to one folder with save_pretrained, and load that folder"
+)
 
 
 class MapleLoadError(ValueError):
@@ -38,6 +44,7 @@ def load_maple(
     backbone: str | None = None,
     revision: str | None = None,
     trust_remote_code: bool = False,
+    backend: str | None = None,
     **from_pretrained_kwargs: Any,
 ) -> tuple[MapleModel, MapleProcessor]:
     """The MAPLE embedder and processor of `name_or_path`, a local folder or a Hub repo id.
@@ -49,18 +56,21 @@ def load_maple(
         revision: the Hub revision of the weights; the config and processor come from the same one.
         trust_remote_code: passed to the Auto classes (a MAPLE checkpoint carries its code; this package's
             classes are registered, so it is not needed where the package is imported).
+        backend: the image processor's backend, `"pil"` or `"torchvision"` (None: a MAPLE checkpoint's the one it was
+            saved with, else transformers' choice, torchvision's where it is installed).
         from_pretrained_kwargs: for a MAPLE checkpoint any `from_pretrained` argument (`dtype`, `device_map`,
             ...); for a backbone only `dtype` and `attn_implementation`.
 
     Raises:
         MapleLoadError: before any weights load, with a message that starts with `name_or_path`: the config cannot
-            be read (missing, offline and not cached, gated, of no known model type), or the checkpoint is neither
-            MAPLE's nor one whose backbone is known or given; `BackboneLoadingError` for a `from_pretrained`
-            argument a backbone cannot take.
+            be read (missing, offline and not cached, gated, of no known model type), the checkpoint is neither
+            MAPLE's nor one whose backbone is known or given, or it cannot be the backbone given (an encoder that is
+            not a supported MLLM as `"mllm"`, one without a text tower as `"dual_encoder"`); `BackboneLoadingError`
+            for a `from_pretrained` argument a backbone cannot take.
     """
     backbone = _backbone(name_or_path, backbone, revision, trust_remote_code)  # the config is read once
     model = _load_model(name_or_path, backbone, revision, trust_remote_code, from_pretrained_kwargs)
-    return model, _load_processor(name_or_path, backbone, revision, trust_remote_code)
+    return model, _load_processor(name_or_path, backbone, revision, trust_remote_code, backend)
 
 
 def load_maple_model(
@@ -78,11 +88,16 @@ def load_maple_model(
 
 
 def load_maple_processor(
-    name_or_path: str, *, backbone: str | None = None, revision: str | None = None, trust_remote_code: bool = False
+    name_or_path: str,
+    *,
+    backbone: str | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    backend: str | None = None,
 ) -> MapleProcessor:
     """The processor of [`load_maple`] alone."""
     backbone = _backbone(name_or_path, backbone, revision, trust_remote_code)
-    return _load_processor(name_or_path, backbone, revision, trust_remote_code)
+    return _load_processor(name_or_path, backbone, revision, trust_remote_code, backend)
 
 
 def _load_model(
@@ -102,11 +117,15 @@ def _load_model(
     return MapleModel.from_backbone(name_or_path, backbone=backbone, revision=revision, **from_pretrained_kwargs)
 
 
-def _load_processor(name_or_path: str, backbone: str | None, revision: str | None, trust_remote_code: bool) -> MapleProcessor:
+def _load_processor(
+    name_or_path: str, backbone: str | None, revision: str | None, trust_remote_code: bool, backend: str | None
+) -> MapleProcessor:
     """The processor of a checkpoint whose backbone `_backbone` resolved (None: a MAPLE checkpoint)."""
     if backbone is None:
-        return AutoProcessor.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
-    return MapleProcessor.from_backbone(name_or_path, backbone=backbone, revision=revision)
+        return AutoProcessor.from_pretrained(
+            name_or_path, revision=revision, trust_remote_code=trust_remote_code, backend=backend
+        )
+    return MapleProcessor.from_backbone(name_or_path, backbone=backbone, revision=revision, backend=backend)
 
 
 def _backbone(name_or_path: str, backbone: str | None, revision: str | None, trust_remote_code: bool) -> str | None:
@@ -121,11 +140,31 @@ def _backbone(name_or_path: str, backbone: str | None, revision: str | None, tru
     backbone = backbone or backbone_of(config.model_type)
     if backbone is None:
         raise MapleLoadError(
-            f"{name_or_path}: a {config.model_type!r} checkpoint, not a MAPLE one, and MAPLE cannot tell how to "
-            "embed with it: name its backbone, 'mllm' or 'dual_encoder' (`maple train --backbone`, "
-            "`load_maple(backbone=...)`, `MapleModel.from_backbone`)"
+            f"{name_or_path}: a {config.model_type!r} checkpoint, neither a MAPLE one nor a backbone MAPLE knows (MLLMs: "
+            f"{', '.join(SUPPORTED_MLLMS)}; two-tower image-text models: {', '.join(DUAL_ENCODER_MODEL_TYPES)}); name "
+            "the backbone of another two-tower image-text model, 'dual_encoder' (`maple train --backbone dual_encoder`, "
+            f"`load_maple(backbone='dual_encoder')`){PAIRING_ADVICE}"
+        )
+    if backbone not in BACKBONES:
+        raise MapleLoadError(f"{name_or_path}: unknown backbone {backbone!r}, expected one of {', '.join(BACKBONES)}")
+    # What `MapleModel.from_backbone` would refuse only once the weights are loaded.
+    if backbone == "mllm" and config.model_type not in SUPPORTED_MLLMS:
+        raise MapleLoadError(
+            f"{name_or_path}: a {config.model_type!r} checkpoint cannot be the 'mllm' backbone, which takes one of "
+            f"{', '.join(SUPPORTED_MLLMS)}"
+        )
+    if backbone == "dual_encoder" and not _has_two_towers(config):
+        raise MapleLoadError(
+            f"{name_or_path}: a {config.model_type!r} checkpoint has no text tower, and load_maple wraps as 'dual_encoder' "
+            f"only two-tower image-text models (CLIP, SigLIP){PAIRING_ADVICE}"
         )
     return backbone
+
+
+def _has_two_towers(config: PreTrainedConfig) -> bool:
+    """Whether `config` is a two-tower image-text model's (CLIP, SigLIP), as `MapleModel.from_backbone` wraps without
+    a `text_backbone`."""
+    return getattr(config, "vision_config", None) is not None and getattr(config, "text_config", None) is not None
 
 
 __all__ = ["BackboneLoadingError", "MapleLoadError", "load_maple", "load_maple_model", "load_maple_processor"]

@@ -6,10 +6,10 @@ attention projections of both towers. MAPLE's own projection heads are trained i
 with the adapter (`modules_to_save`).
 
 ```python
-from modeling_maple.lora import maple_lora_config
-from peft import PeftModel, get_peft_model
+from modeling_maple.lora import get_maple_peft_model
+from peft import PeftModel
 
-peft_model = get_peft_model(model, maple_lora_config(model))  # or RPATrainer(..., peft_config=...)
+peft_model = get_maple_peft_model(model)                      # or RPATrainer(..., peft_config=maple_lora_config(model))
 peft_model.save_pretrained("adapter")                          # adapter + projection heads
 reloaded = PeftModel.from_pretrained(base_model, "adapter")    # same embeddings
 merged = reloaded.merge_and_unload()                            # a plain MapleModel, same embeddings
@@ -20,8 +20,9 @@ adapter does not carry them; they do not change embeddings, and a merged model s
 """
 
 import torch
-from peft import LoraConfig, PeftModel
+from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
+from peft.utils import ModulesToSaveWrapper
 from torch import Tensor
 
 from .configuration_maple import MapleConfig
@@ -37,6 +38,8 @@ MLLM_LORA_TARGETS = r".*\.(language_model|text_model)\..*\.(q_proj|k_proj|v_proj
 DUAL_ENCODER_LORA_TARGETS = (
     r".*(vision_tower|text_tower)\.(?!(.*\.)?head\.attention\.).*\.(q_proj|k_proj|v_proj|out_proj|query|key|value)"
 )
+# MapleModel's own heads, top-level modules: the MLLM's, and the dual encoder's two.
+MAPLE_HEADS = ("projection", "visual_projection", "text_projection")
 
 
 def maple_lora_config(
@@ -74,7 +77,50 @@ def maple_lora_config(
     return LoraConfig(**options)
 
 
-__all__ = ["maple_lora_config", "save_merged", "MLLM_LORA_TARGETS", "DUAL_ENCODER_LORA_TARGETS"]
+def get_maple_peft_model(model: MapleModel, peft_config: PeftConfig | None = None) -> PeftModel:
+    """`peft.get_peft_model(model, peft_config)` (default: `maple_lora_config(model)`) whose only modules trained in
+    full are the ones `peft_config` means: see [`freeze_backbone_modules_to_save`]."""
+    peft_model = get_peft_model(model, peft_config if peft_config is not None else maple_lora_config(model))
+    freeze_backbone_modules_to_save(peft_model)
+    return peft_model
+
+
+def freeze_backbone_modules_to_save(peft_model: PeftModel) -> None:
+    """Turns off PEFT's trainable copies of the backbone modules that it wrapped only because their names end as a
+    MAPLE head's does.
+
+    PEFT matches `modules_to_save` by name suffix (`key.endswith(name)`, peft 0.21, no full-name or regular expression
+    form), and MAPLE's MLLM head is the top-level `projection`: so InternVL's `...patch_embeddings.projection` and
+    Idefics3/SmolVLM's `connector.modality_projection` are wrapped too, and would be trained in full and saved,
+    although the vision side stays frozen in the paper's set-up. The head keeps its name, which existing checkpoints
+    and adapters use. Such a wrapper is set to no adapter: its forward is the frozen original's, and its copy
+    stays, untrained, in the saved adapter (PEFT wraps the same modules when it loads one and expects it there).
+
+    A wrapper whose copy differs from its original (a loaded adapter trained with a plain `get_peft_model`) is left
+    as it is, as are modules that the config names other than by a MAPLE head's name: this never changes what the
+    model computes. Call it after `get_peft_model`, or after `PeftModel.from_pretrained(..., is_trainable=True)`."""
+    adapter = peft_model.active_adapter
+    entries = peft_model.peft_config[adapter].modules_to_save or []
+    requested = [entry for entry in entries if entry not in MAPLE_HEADS]
+    for name, module in peft_model.get_base_model().named_modules():
+        if not isinstance(module, ModulesToSaveWrapper) or name in MAPLE_HEADS or adapter not in module.modules_to_save:
+            continue
+        if any(name.endswith(entry) for entry in requested):
+            continue
+        copy, original = module.modules_to_save[adapter].state_dict(), module.original_module.state_dict()
+        if all(torch.equal(copy[key], original[key]) for key in original):
+            module.set_adapter([])  # the original's forward; the copy loses requires_grad
+
+
+__all__ = [
+    "maple_lora_config",
+    "get_maple_peft_model",
+    "freeze_backbone_modules_to_save",
+    "save_merged",
+    "MAPLE_HEADS",
+    "MLLM_LORA_TARGETS",
+    "DUAL_ENCODER_LORA_TARGETS",
+]
 
 
 def save_merged(model: PeftModel, output_dir: str) -> None:

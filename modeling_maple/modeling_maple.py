@@ -13,7 +13,7 @@ from transformers import AutoModel, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .configuration_maple import QWEN_VL_MLLMS, MapleConfig
+from .configuration_maple import NAFLEX_VISION_TOWERS, QWEN_VL_MLLMS, MapleConfig
 
 
 @dataclass
@@ -149,6 +149,26 @@ class MapleModel(MaplePreTrainedModel):
             if hasattr(module, "is_causal"):
                 module.is_causal = not bidirectional
 
+    def _text_side(self) -> PreTrainedModel:
+        # The backbone that embeds texts: its token embeddings are the model's input embeddings.
+        return self.mllm if self.config.backbone == "mllm" else self.text_tower
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The token embeddings of the text side (the MLLM's language model, or the text tower), which
+        `resize_token_embeddings` and NEFTune act on."""
+        return self._text_side().get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self._text_side().set_input_embeddings(value)
+
+    def resize_token_embeddings(
+        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+    ) -> nn.Embedding:
+        """`PreTrainedModel.resize_token_embeddings` of the text side, which records the new vocabulary size in its
+        own config (saved as `mllm_config` or `text_config`): transformers' would record it on MapleConfig itself,
+        and the checkpoint would not load again."""
+        return self._text_side().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+
     # ------------------------------------------------------------------ embeddings
 
     def _finish(self, pooled: torch.Tensor, projection: nn.Linear | None) -> torch.Tensor:
@@ -196,12 +216,14 @@ class MapleModel(MaplePreTrainedModel):
         image_input_ids: torch.LongTensor | None = None,
         image_attention_mask: torch.Tensor | None = None,
         image_mm_token_type_ids: torch.IntTensor | None = None,
-        pixel_attention_mask: torch.BoolTensor | None = None,
+        pixel_attention_mask: torch.Tensor | None = None,
+        spatial_shapes: torch.LongTensor | None = None,
     ) -> torch.FloatTensor:
         r"""
         Args:
             pixel_values (`torch.FloatTensor`): dual encoder and LLaVA: `(num_images, channels, height,
-                width)`; Qwen-VL family: `(num_patches, patch_dim)`, the processor's flattened patches;
+                width)`; SigLIP2 (NaFlex) vision tower: `(num_images, max_num_patches, patch_dim)`, each image's
+                patches padded to one length; Qwen-VL family: `(num_patches, patch_dim)`, the processor's flattened patches;
                 InternVL: `(num_tiles, channels, height, width)`; Idefics3/SmolVLM: `(1, num_tiles,
                 channels, height, width)`, every tile of the batch as one sample's images.
             image_grid_thw (`torch.LongTensor` of shape `(num_images, 3)`, Qwen-VL only): patch grid per image.
@@ -210,8 +232,11 @@ class MapleModel(MaplePreTrainedModel):
             image_attention_mask (`torch.Tensor` of shape `(num_images, prompt_length)`, MLLM only).
             image_mm_token_type_ids (`torch.IntTensor` of shape `(num_images, prompt_length)`, Qwen-VL only):
                 1 at image placeholder positions (needed for multimodal RoPE).
-            pixel_attention_mask (`torch.BoolTensor` of shape `(1, num_tiles, height, width)`, Idefics3/SmolVLM
-                only): 1 on the real pixels of each tile.
+            pixel_attention_mask (`torch.Tensor`, Idefics3/SmolVLM and SigLIP2 only): 1 on what is real, not
+                padding. Idefics3/SmolVLM: `(1, num_tiles, height, width)`, the pixels of each tile; SigLIP2:
+                `(num_images, max_num_patches)`, the patches of each image.
+            spatial_shapes (`torch.LongTensor` of shape `(num_images, 2)`, SigLIP2 only): each image's patch grid
+                (rows, columns).
 
         Returns:
             `torch.FloatTensor` of shape `(num_images, embed_dim)`.
@@ -237,8 +262,19 @@ class MapleModel(MaplePreTrainedModel):
                 **{name: value for name, value in vision_inputs.items() if value is not None},
             ).last_hidden_state
             return self._finish(self._pool(hidden_states, image_attention_mask), self.projection)
-        outputs = self.vision_tower(pixel_values=pixel_values)
-        pooled = self._pool(outputs.last_hidden_state, None, getattr(outputs, "pooler_output", None))
+        # A NaFlex tower (SigLIP2) sees each image at its own aspect ratio: its patches, padded to one length, need
+        # the mask of the real ones and the patch grid they came from (its `forward` requires both).
+        naflex_inputs = {"pixel_attention_mask": pixel_attention_mask, "spatial_shapes": spatial_shapes}
+        tower_type = self.config.vision_config.model_type
+        if tower_type in NAFLEX_VISION_TOWERS and any(value is None for value in naflex_inputs.values()):
+            raise ValueError(
+                f"A {tower_type} vision tower needs `pixel_attention_mask` and `spatial_shapes` "
+                "with `pixel_values`: prepare images with MapleProcessor."
+            )
+        outputs = self.vision_tower(
+            pixel_values=pixel_values, **{name: value for name, value in naflex_inputs.items() if value is not None}
+        )
+        pooled = self._pool(outputs.last_hidden_state, pixel_attention_mask, getattr(outputs, "pooler_output", None))
         return self._finish(pooled, self.visual_projection)
 
     def forward(
@@ -250,7 +286,8 @@ class MapleModel(MaplePreTrainedModel):
         image_input_ids: torch.LongTensor | None = None,
         image_attention_mask: torch.Tensor | None = None,
         image_mm_token_type_ids: torch.IntTensor | None = None,
-        pixel_attention_mask: torch.BoolTensor | None = None,
+        pixel_attention_mask: torch.Tensor | None = None,
+        spatial_shapes: torch.LongTensor | None = None,
         return_loss: bool | None = None,
         return_dict: bool | None = None,
     ) -> MapleOutput | tuple:
@@ -276,6 +313,7 @@ class MapleModel(MaplePreTrainedModel):
                 image_attention_mask,
                 image_mm_token_type_ids,
                 pixel_attention_mask,
+                spatial_shapes,
             )
         inverse_temperature = self.logit_scale.exp()
         logits_per_text = logits_per_image = loss = None
@@ -326,19 +364,23 @@ class MapleModel(MaplePreTrainedModel):
         was_training = self.training
         self.eval()
         results = []
-        for kind, items in (("text", texts), ("images", images)):
-            if items is None:
-                continue
-            chunks = range(0, len(items), batch_size)
-            embeds = []
-            for start in tqdm(chunks, desc=f"Embedding {kind}", disable=not show_progress_bar):
-                chunk = items[start : start + batch_size]
-                batch = processor(text=chunk) if kind == "text" else processor(images=chunk)
-                batch = {key: value.to(self.device) for key, value in batch.items()}
-                outputs = self(**batch)
-                embeds.append((outputs.text_embeds if kind == "text" else outputs.image_embeds).float().cpu())
-            results.append(torch.cat(embeds) if embeds else torch.empty(0, self.embed_dim))
-        self.train(was_training)
+        try:  # a bad item raises mid-way: the model goes back to training mode all the same
+            for kind, items in (("text", texts), ("images", images)):
+                if items is None:
+                    continue
+                chunks = range(0, len(items), batch_size)
+                embeds = []
+                for start in tqdm(chunks, desc=f"Embedding {kind}", disable=not show_progress_bar):
+                    chunk = items[start : start + batch_size]
+                    # `first_index`: errors name an item by its position in `texts`/`images`, not in its batch
+                    inputs = {"text": chunk} if kind == "text" else {"images": chunk}
+                    batch = processor(**inputs, first_index=start)
+                    batch = {key: value.to(self.device) for key, value in batch.items()}
+                    outputs = self(**batch)
+                    embeds.append((outputs.text_embeds if kind == "text" else outputs.image_embeds).float().cpu())
+                results.append(torch.cat(embeds) if embeds else torch.empty(0, self.embed_dim))
+        finally:
+            self.train(was_training)
         return results[0] if len(results) == 1 else tuple(results)
 
     @property

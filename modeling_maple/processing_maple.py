@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
@@ -23,6 +23,11 @@ MLLM_TEXT_PROMPT = "{text} Describe this text in one word:"
 VISION_START, IMAGE_PAD, VISION_END = "<|vision_start|>", "<|image_pad|>", "<|vision_end|>"
 # Idefics3 / SmolVLM: the tokens around each tile's image tokens, and the global view's tag.
 FAKE_IMAGE_TOKEN, GLOBAL_IMAGE_TOKEN = "<fake_token_around_image>", "<global-img>"
+# What a dual encoder's image processor returns that its vision tower takes: the pixels, and for a NaFlex tower
+# (SigLIP2) the mask of each image's real patches and its patch grid.
+DUAL_ENCODER_IMAGE_INPUTS = ("pixel_values", "pixel_attention_mask", "spatial_shapes")
+# The processor_config.json entry recording the image processor's backend ("pil" or "torchvision").
+IMAGE_PROCESSOR_BACKEND_KEY = "image_processor_backend"
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -35,16 +40,19 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def load_image(image: Any, index: int) -> Image.Image:
-    """An RGB PIL image (`to_rgb`) from a PIL image or a file path; `index` names the item in error messages."""
+    """An upright RGB PIL image (`to_rgb`) from a PIL image or a file path; `index` names the item in error messages.
+
+    Upright: turned as its EXIF Orientation tag says (cameras store a photo as shot and tag how to turn it), as
+    transformers' `load_image` and `datasets.Image` read images; an image without the tag is left as it is."""
     if isinstance(image, (str, os.PathLike)):
         try:
             with Image.open(image) as opened:
-                return to_rgb(opened)
+                return to_rgb(ImageOps.exif_transpose(opened))
         except (OSError, UnidentifiedImageError) as error:
             raise ValueError(f"images[{index}]: cannot read image file {os.fspath(image)!r}: {error}") from error
     if isinstance(image, Image.Image):
         try:
-            return to_rgb(image)
+            return to_rgb(ImageOps.exif_transpose(image))
         except OSError as error:  # a lazily loaded, truncated file fails here
             raise ValueError(f"images[{index}]: corrupt image data: {error}") from error
     raise ValueError(f"images[{index}] is a {type(image).__name__}; expected a PIL image or an image file path.")
@@ -156,7 +164,13 @@ def mllm_image_tokens(mllm_type: str, tokenizer) -> tuple[str, ...]:
 
 
 def encode_mllm_images(
-    mllm_type: str, image_processor, tokenizer, images: Sequence[Any], image_token: str, image_seq_length: int | None
+    mllm_type: str,
+    image_processor,
+    tokenizer,
+    images: Sequence[Any],
+    image_token: str,
+    image_seq_length: int | None,
+    first_index: int = 0,
 ) -> EncodedImages:
     """Pixels of `images` (PIL images or file paths) for an MLLM of `mllm_type`, and what each image's
     `image_token` placeholder becomes in a prompt, as the family's own processor builds them:
@@ -167,8 +181,14 @@ def encode_mllm_images(
       `image_seq_length` tokens, the whole image between `<img>` and `</img>`;
     - Idefics3, SmolVLM: a grid of tiles plus a global view, each tile `image_seq_length` tokens
       after its `<row_r_col_c>` tag (`Idefics3Processor`'s prompt string).
+
+    An image that cannot be read, or that the family's image processor would refuse (`mllm_image_problem`), is a
+    ValueError naming it `images[first_index + position]`.
     """
-    images = [load_image(image, index) for index, image in enumerate(images)]
+    images = [load_image(image, index) for index, image in enumerate(images, start=first_index)]
+    for index, image in enumerate(images, start=first_index):
+        if (problem := mllm_image_problem(mllm_type, image.size)) is not None:
+            raise ValueError(f"images[{index}]: {problem}.")
     if mllm_type in QWEN_VL_MLLMS:
         processed = image_processor(images=images, return_tensors="pt")
         grid_thw = processed["image_grid_thw"]
@@ -298,25 +318,30 @@ class MapleProcessor(ProcessorMixin):
             image_tokens = (self.image_token, *mllm_image_tokens(mllm_type, tokenizer))
             check_tokens_known(tokenizer, image_tokens, needed_by=f"{mllm_type} image prompts")
 
-    def __call__(self, text: str | list[str] | None = None, images: Any = None, **kwargs) -> BatchFeature:
-        """Returns a `BatchFeature` of PyTorch tensors: `input_ids`, `attention_mask` for texts, and
+    def __call__(
+        self, text: str | list[str] | None = None, images: Any = None, first_index: int = 0, **kwargs
+    ) -> BatchFeature:
+        """`first_index`: the position of the first text and image in the caller's lists, by which error messages
+        name a bad item (`MapleModel.encode` passes each batch's start).
+
+        Returns a `BatchFeature` of PyTorch tensors: `input_ids`, `attention_mask` for texts, and
         `pixel_values` for images; for an MLLM also `image_input_ids`, `image_attention_mask` and the
         family's own inputs (Qwen-VL: `image_grid_thw`, `image_mm_token_type_ids`; Idefics3/SmolVLM:
-        `pixel_attention_mask`)."""
+        `pixel_attention_mask`); for a SigLIP2 dual encoder also `pixel_attention_mask` and `spatial_shapes`."""
         if text is None and images is None:
             raise ValueError("MapleProcessor needs `text`, `images` or both.")
         data: dict[str, torch.Tensor] = {}
         if text is not None:
-            data.update(self._texts(text))
+            data.update(self._texts(text, first_index))
         if images is not None:
-            data.update(self._images(images))
+            data.update(self._images(images, first_index))
         return BatchFeature(data=data, tensor_type="pt")
 
-    def _texts(self, texts: str | list[str]) -> dict[str, torch.Tensor]:
+    def _texts(self, texts: str | list[str], first_index: int) -> dict[str, torch.Tensor]:
         texts = [texts] if isinstance(texts, str) else list(texts)
         if not texts:
             raise ValueError("`text` is an empty list.")
-        for index, text in enumerate(texts):
+        for index, text in enumerate(texts, start=first_index):
             if not isinstance(text, str):
                 raise ValueError(f"text[{index}] is a {type(text).__name__}; expected a string.")
             if not text.strip():
@@ -329,7 +354,12 @@ class MapleProcessor(ProcessorMixin):
         length = max(len(ids) for ids in encoded["input_ids"])
         if self.text_padding == "max_length":
             length = max(length, self._max_length_padding(model_limit))
-        encoded = self.tokenizer.pad(encoded, padding="max_length", max_length=length, return_tensors="pt")
+        # A dual encoder's text tower numbers positions from the first token, and `cls` pooling reads that token: left
+        # padding (a tokenizer set up for generation) would make a text's embedding depend on the batch's longest.
+        padding_side = "right" if self.backbone == "dual_encoder" else None  # None: the tokenizer's own
+        encoded = self.tokenizer.pad(
+            encoded, padding="max_length", max_length=length, padding_side=padding_side, return_tensors="pt"
+        )
         inputs = {"input_ids": encoded["input_ids"]}
         # Towers trained without a text mask (SigLIP) have tokenizers that return none; follow them.
         if "attention_mask" in encoded:
@@ -370,15 +400,16 @@ class MapleProcessor(ProcessorMixin):
                 return cut
         return ""
 
-    def _images(self, images: Any) -> dict[str, torch.Tensor]:
+    def _images(self, images: Any, first_index: int) -> dict[str, torch.Tensor]:
         images = [images] if isinstance(images, (Image.Image, str, os.PathLike)) else list(images)
         if not images:
             raise ValueError("`images` is an empty list.")
         if self.backbone == "dual_encoder":
-            images = [load_image(image, index) for index, image in enumerate(images)]
-            return {"pixel_values": self.image_processor(images=images, return_tensors="pt")["pixel_values"]}
+            images = [load_image(image, index) for index, image in enumerate(images, start=first_index)]
+            processed = self.image_processor(images=images, return_tensors="pt")
+            return {key: processed[key] for key in DUAL_ENCODER_IMAGE_INPUTS if key in processed}
         encoded = encode_mllm_images(
-            self.mllm_type, self.image_processor, self.tokenizer, images, self.image_token, self.image_seq_length
+            self.mllm_type, self.image_processor, self.tokenizer, images, self.image_token, self.image_seq_length, first_index
         )
         # Qwen-VL's chat template puts its vision markers around the placeholder; other families'
         # markers are part of what the placeholder becomes (`EncodedImages.image_texts`).
@@ -400,6 +431,32 @@ class MapleProcessor(ProcessorMixin):
             inputs["image_mm_token_type_ids"] = (tokenized["input_ids"] == image_token_id).to(torch.int32)
         return inputs
 
+    def to_dict(self) -> dict[str, Any]:
+        # transformers saves the image processor under its backend-neutral type, and loading picks torchvision's
+        # where it is installed, PIL's elsewhere: the two resize differently, so the backend is recorded too.
+        output = super().to_dict()
+        if self.image_processor is not None:
+            output[IMAGE_PROCESSOR_BACKEND_KEY] = self.image_processor.backend
+        return output
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> "MapleProcessor":
+        """`ProcessorMixin.from_pretrained`, with the image processor of the backend it was saved with (`"pil"` or
+        `"torchvision"`, recorded by `save_pretrained`) unless `backend` is given; transformers' choice for a processor
+        saved without one."""
+        # Not passed on: transformers would hand `backend` to the tokenizer as well, which takes it for its own
+        # (tokenizers or sentencepiece) and saves it so.
+        backend = kwargs.pop("backend", None)
+        processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        if backend is None:
+            processor_dict, _ = cls.get_processor_dict(pretrained_model_name_or_path, **kwargs)
+            backend = processor_dict.get(IMAGE_PROCESSOR_BACKEND_KEY)
+        if backend is not None and processor.image_processor.backend != backend:
+            processor.image_processor = AutoImageProcessor.from_pretrained(
+                pretrained_model_name_or_path, backend=backend, **kwargs
+            )
+        return processor
+
     @classmethod
     def from_backbone(
         cls,
@@ -407,11 +464,13 @@ class MapleProcessor(ProcessorMixin):
         backbone: str = "mllm",
         text_backbone: str | None = None,
         revision: str | None = None,
+        backend: str | None = None,
         **kwargs: Any,
     ) -> "MapleProcessor":
         """The processor matching [`MapleModel.from_backbone`] with the same arguments (`revision`: of
-        `name_or_path`)."""
-        image_processor = AutoImageProcessor.from_pretrained(name_or_path, revision=revision)
+        `name_or_path`). `backend`: the image processor's, `"pil"` or `"torchvision"` (None: transformers' choice,
+        torchvision's where it is installed)."""
+        image_processor = AutoImageProcessor.from_pretrained(name_or_path, revision=revision, backend=backend)
         tokenizer = AutoTokenizer.from_pretrained(text_backbone or name_or_path, revision=None if text_backbone else revision)
         config = AutoConfig.from_pretrained(name_or_path, revision=revision)
         if backbone == "mllm":

@@ -61,12 +61,30 @@ def test_checkpoints_it_cannot_load_are_refused_before_any_weights_load(tmp_path
 
     BertModel(BertConfig(vocab_size=99, **TINY_TOWER)).save_pretrained(tmp_path / "bert")
     monkeypatch.setattr(MapleModel, "from_backbone", lambda *args, **kwargs: pytest.fail("weights were loaded"))
-    with pytest.raises(MapleLoadError, match=r"bert: .*'bert' checkpoint, not a MAPLE one.*'mllm' or 'dual_encoder'"):
+    with pytest.raises(MapleLoadError, match=r"bert: .*'bert' checkpoint, neither a MAPLE one .*text_backbone="):
         load_maple(str(tmp_path / "bert"))
     with pytest.raises(MapleLoadError, match=r"clip: device_map cannot be passed when building from a backbone"):
         load_maple(str(clip_folder), device_map="cpu")
     with pytest.raises(MapleLoadError, match=r"^\S*missing: "):
         load_maple(str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("backbone", ["mllm", "dual_encoder", "two_towers"])
+def test_a_backbone_named_for_a_checkpoint_that_cannot_be_it_is_refused_before_any_weights_load(tmp_path, monkeypatch, backbone):
+    """A DINOv2 named as 'mllm' or 'dual_encoder' loaded its weights, then failed with a plain ValueError (which `maple
+    train` showed as a traceback) whose advice, `text_backbone=`, load_maple does not take."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    Dinov2Model(Dinov2Config(image_size=16, patch_size=4, **TINY_TOWER)).save_pretrained(tmp_path / "dinov2")
+    monkeypatch.setattr(MapleModel, "from_backbone", lambda *args, **kwargs: pytest.fail("weights were loaded"))
+    expected = {
+        "mllm": r"dinov2: a 'dinov2' checkpoint cannot be the 'mllm' backbone, which takes one of qwen2_vl, ",
+        "dual_encoder": r"dinov2: a 'dinov2' checkpoint has no text tower, .* build the embedder with "
+        r"MapleModel\.from_backbone\(<vision encoder>, backbone='dual_encoder', text_backbone=<text encoder>\) .* load that folder",
+        "two_towers": r"dinov2: unknown backbone 'two_towers', expected one of mllm, dual_encoder",
+    }
+    with pytest.raises(MapleLoadError, match=expected[backbone]):
+        load_maple(str(tmp_path / "dinov2"), backbone=backbone)
 
 
 def test_the_trainer_loads_only_the_model_when_given_a_processor_and_takes_trust_remote_code_from_either_place(tmp_path):
@@ -81,3 +99,36 @@ def test_the_trainer_loads_only_the_model_when_given_a_processor_and_takes_trust
         trainer = RPATrainer(str(tmp_path / "weights-only"), processing_class=processor, train_dataset=synthetic_preference_dataset(8),
                              args=smoke_config(str(tmp_path / "run"), model_init_kwargs=init_kwargs))
         assert trainer.processing_class is processor
+
+
+def test_a_saved_processor_loads_with_the_image_processor_backend_it_was_built_with(tmp_path, monkeypatch):
+    """transformers saves an image processor under its backend-neutral type and loads torchvision's wherever that is
+    installed, which resizes differently from the PIL processor a checkpoint was built with; `load_maple` and
+    `load_maple_processor` took no `backend`; an explicit `backend` reached the tokenizer, which saved it as its own."""
+    import json
+
+    from transformers import AutoImageProcessor
+
+    from modeling_maple import load_maple_processor
+
+    model, processor = build_tiny("mllm", seed=0)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    config_file = tmp_path / "processor_config.json"
+    assert json.loads(config_file.read_text())["image_processor_backend"] == "pil"
+    loaded = load_maple_processor(str(tmp_path), backend="pil")
+    assert loaded.image_processor.backend == "pil" and loaded.tokenizer.backend == processor.tokenizer.backend
+    assert load_maple(str(tmp_path), backend="pil")[1].image_processor.backend == "pil"
+
+    requested = []  # the backends asked of AutoImageProcessor (None: transformers' choice)
+    load_image_processor = AutoImageProcessor.from_pretrained.__func__
+    monkeypatch.setattr(AutoImageProcessor, "from_pretrained", classmethod(
+        lambda cls, *args, **kwargs: requested.append(kwargs.get("backend")) or load_image_processor(cls, *args, **kwargs)
+    ))
+    # as if saved where torchvision is installed: its processor is asked for (this machine has none: PIL's comes back)
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "image_processor_backend": "torchvision"}))
+    load_maple_processor(str(tmp_path))
+    assert requested[-1] == "torchvision"
+    requested.clear()
+    load_maple_processor(str(tmp_path), backend="pil")  # an explicit backend wins: the first load is the one asked
+    assert requested == [None]

@@ -2,12 +2,13 @@
 equal to the family's own processor, padding invariance, save/load, `from_backbone`, LoRA on the language model
 only, and training steps through `RPATrainer`. The Qwen-VL family is covered by test_modeling.py."""
 
+import copy
 import math
 
 import numpy as np
 import pytest
 import torch
-from peft import get_peft_model
+from peft import PeftModel, get_peft_model
 from PIL import Image
 from transformers import (
     AutoModel,
@@ -19,7 +20,7 @@ from transformers import (
 )
 
 from modeling_maple import MapleConfig, MapleModel, MapleProcessor
-from modeling_maple.lora import maple_lora_config
+from modeling_maple.lora import freeze_backbone_modules_to_save, get_maple_peft_model, maple_lora_config
 from modeling_maple.processing_maple import mllm_image_seq_length
 from modeling_maple.testing import TINY_IMAGE_TOKENS, build_tiny, tiny_mllm_config, tiny_mllm_image_processor, tiny_mllm_tokenizer, tiny_tokenizer
 from isolated import run_isolated
@@ -107,6 +108,53 @@ def test_lora_trains_the_language_model_only(family):
     assert all(named[name].grad.abs().sum() > 0 for name in lora if "lora_B" in name)
     frozen = [p for name, p in named.items() if f".{language_model}." not in name and "lora_" not in name]
     assert frozen and all(not p.requires_grad for p in frozen)
+
+
+@pytest.mark.parametrize("family", ["internvl", "idefics3", "smolvlm", "qwen2_vl"])
+def test_lora_trains_maples_head_in_full_and_no_backbone_module_named_like_it(family, tmp_path):
+    """PEFT matches `modules_to_save` by name suffix, so "projection", MAPLE's head, also trained and saved InternVL's
+    patch embedding (`...patch_embeddings.projection`) and Idefics3/SmolVLM's connector (`...modality_projection`)."""
+    _, processor = build_tiny("mllm", mllm_type=family)
+    torch.manual_seed(0)
+    model = MapleModel(MapleConfig(backbone="mllm", mllm_config=tiny_mllm_config(family), projection_dim=16)).eval()
+    model.save_pretrained(tmp_path / "base")
+    lookalikes = [name for name, _ in model.named_modules() if name.endswith("projection") and name != "projection"]
+    assert bool(lookalikes) == (family != "qwen2_vl")
+    originals = {name: copy.deepcopy(model.get_submodule(name).state_dict()) for name in lookalikes}
+    inputs = processor(text=TEXTS, images=images_of_three_shapes())
+
+    def trained_in_full(peft_model) -> set[str]:
+        return {name.split(".modules_to_save.")[0] for name, p in peft_model.named_parameters() if p.requires_grad and "lora_" not in name}
+
+    peft_model = get_maple_peft_model(model, maple_lora_config(model, r=4, lora_alpha=4, lora_dropout=0.0))
+    optimizer = torch.optim.SGD([p for p in peft_model.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(2):
+        with peft_model.disable_adapter():  # as RPATrainer's reference pass; leaving it re-enables the adapters
+            peft_model(**inputs)
+        peft_model(**inputs, return_loss=True).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert trained_in_full(peft_model) == {"base_model.model.projection"}
+    expected = peft_model.eval().encode(processor, texts=TEXTS, images=images_of_three_shapes())
+    peft_model.save_pretrained(tmp_path / "adapter")
+    reloaded = PeftModel.from_pretrained(AutoModel.from_pretrained(tmp_path / "base"), tmp_path / "adapter").eval()
+    for ours, theirs in zip(expected, reloaded.encode(processor, texts=TEXTS, images=images_of_three_shapes())):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    merged = reloaded.merge_and_unload()
+    for name, state in originals.items():
+        assert all(torch.equal(tensor, state[key]) for key, tensor in merged.get_submodule(name).state_dict().items()), name
+
+    # An adapter trained before the fix (its copies of the look-alikes trained too) loads and computes as it did.
+    old = get_peft_model(MapleModel.from_pretrained(tmp_path / "base"), maple_lora_config(model, r=4, lora_alpha=4))
+    with torch.no_grad():
+        for name in lookalikes:
+            for parameter in old.get_submodule(f"base_model.model.{name}.modules_to_save.default").parameters():
+                parameter.add_(0.5)
+    old_expected = old.eval().encode(processor, images=images_of_three_shapes())
+    old.save_pretrained(tmp_path / "old_adapter")
+    reloaded = PeftModel.from_pretrained(AutoModel.from_pretrained(tmp_path / "base"), tmp_path / "old_adapter", is_trainable=True)
+    freeze_backbone_modules_to_save(reloaded)
+    torch.testing.assert_close(reloaded.eval().encode(processor, images=images_of_three_shapes()), old_expected, rtol=0, atol=0)
 
 
 def test_a_tiled_family_checkpoint_loads_without_the_package(tmp_path):

@@ -17,6 +17,9 @@ from transformers import (
     CLIPModel,
     Dinov2Config,
     Dinov2Model,
+    Siglip2Config,
+    Siglip2ImageProcessorPil,
+    Siglip2Model,
     SiglipConfig,
     SiglipModel,
 )
@@ -26,7 +29,14 @@ from modeling_maple import MapleConfig, MapleModel, MapleProcessor
 from modeling_maple.configuration_maple import SUPPORTED_MLLMS
 from modeling_maple.lora import maple_lora_config
 from modeling_maple.processing_maple import fill_image_placeholders, qwen_vl_image_token_counts
-from modeling_maple.testing import build_tiny, tiny_image_processor, tiny_mllm_config, tiny_qwen2_vl_config, tiny_tokenizer
+from modeling_maple.testing import (
+    build_tiny,
+    tiny_dual_encoder_config,
+    tiny_image_processor,
+    tiny_mllm_config,
+    tiny_qwen2_vl_config,
+    tiny_tokenizer,
+)
 
 BACKBONES = ["mllm", "dual_encoder"]
 TEXTS = ["a red circle", "two blue squares left of a yellow star", "a big green triangle above a small circle"]
@@ -75,6 +85,22 @@ def test_mean_pooling_ignores_padding(tiny):
     for index, image in enumerate(random_images(3)):
         alone = model.encode(processor, images=[image])
         torch.testing.assert_close(alone[0], batched_images[index], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls", "pooler"])
+def test_dual_encoder_texts_are_padded_on_the_right_whatever_the_tokenizers_side(pooling):
+    """With a tokenizer that pads on the left (set up for generation), `cls` pooling read a pad token and every
+    pooling saw positions shifted by the batch's longest text."""
+    _, processor = build_tiny(backbone="dual_encoder")
+    torch.manual_seed(0)
+    model = MapleModel(tiny_dual_encoder_config(pooling=pooling)).eval()
+    right = model.encode(processor, texts=TEXTS)
+    processor.tokenizer.padding_side = "left"
+    batch = processor(text=TEXTS)
+    assert batch["attention_mask"][:, 0].all() and not batch["attention_mask"][:, -1].all()
+    torch.testing.assert_close(model.encode(processor, texts=TEXTS), right, rtol=0, atol=0)
+    for index, text in enumerate(TEXTS):
+        torch.testing.assert_close(model.encode(processor, texts=[text])[0], right[index], atol=1e-5, rtol=0)
 
 
 def test_encode_batches_equal_one_batch(tiny):
@@ -229,6 +255,26 @@ def test_from_backbone_on_a_bf16_checkpoint_gives_float32_embeddings(tmp_path):
     assert load_embedder(str(tmp_path))[0].mllm.dtype == torch.float32
 
 
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_input_embeddings_are_the_text_sides_and_resizing_them_survives_save_and_load(backbone, tmp_path):
+    """`get_input_embeddings` raised (transformers looks for an attribute named by `base_model_prefix`), so
+    `resize_token_embeddings` and NEFTune failed."""
+    model, processor = build_tiny(backbone=backbone)
+    text_side = model.mllm if backbone == "mllm" else model.text_tower
+    assert model.get_input_embeddings() is text_side.get_input_embeddings()
+    before = model.encode(processor, texts=TEXTS)
+    processor.tokenizer.add_tokens(["<new_word>"])
+    model.resize_token_embeddings(len(processor.tokenizer), mean_resizing=False)
+    assert model.get_input_embeddings().num_embeddings == len(processor.tokenizer)
+    torch.testing.assert_close(model.encode(processor, texts=TEXTS), before)  # the old tokens keep their vectors
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModel.from_pretrained(tmp_path)
+    assert torch.equal(reloaded.get_input_embeddings().weight, model.get_input_embeddings().weight)
+    replacement = torch.nn.Embedding(len(processor.tokenizer), model.get_input_embeddings().embedding_dim)
+    reloaded.set_input_embeddings(replacement)
+    assert reloaded.get_input_embeddings() is replacement
+
+
 def test_bf16_checkpoint_reloads_with_a_bf16_backbone_and_float32_heads(tmp_path):
     """`dtype="auto"` restores the backbone's bf16 (the saved dtype was the float32 scales'), and `dtype=bfloat16`
     leaves the head and the learnable logit scales in float32, where an optimiser step can still move them. The
@@ -320,6 +366,41 @@ def test_from_backbone_siglip_keeps_towers_with_identity_projections(tmp_path):
     # LoRA adapts the towers' attention, not the pooling head's nn.MultiheadAttention (which would bypass it).
     adapted = [name for name, _ in get_peft_model(model, maple_lora_config(model)).named_modules() if name.endswith(".lora_A")]
     assert adapted and not any(".head." in name for name in adapted)
+
+
+@pytest.mark.parametrize("pooling", ["pooler", "mean"])
+def test_from_backbone_siglip2_embeds_images_of_any_aspect_ratio(pooling, tmp_path):
+    """SigLIP2's NaFlex tower takes each image as its own patch grid, padded to `max_num_patches` patches: the
+    processor carries the patch mask and grid to the model, and padded patches change nothing."""
+    torch.manual_seed(0)
+    config = Siglip2Config(
+        text_config={"vocab_size": len(tiny_tokenizer()), "hidden_size": 32, "intermediate_size": 37,
+                     "num_hidden_layers": 1, "num_attention_heads": 4, "max_position_embeddings": 16},
+        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 4,
+                       "patch_size": 4, "num_patches": 16},
+    )
+    siglip2 = Siglip2Model(config).eval()
+    siglip2.save_pretrained(tmp_path)
+    Siglip2ImageProcessorPil(patch_size=4, max_num_patches=16).save_pretrained(tmp_path)
+    tokenizer = tiny_tokenizer()
+    tokenizer.model_max_length = 16
+    tokenizer.save_pretrained(tmp_path)
+    model = MapleModel.from_backbone(str(tmp_path), backbone="dual_encoder", pooling=pooling).eval()
+    processor = MapleProcessor.from_backbone(str(tmp_path), backbone="dual_encoder")
+    images = random_images(3)  # three aspect ratios: three patch grids, each padded differently
+    batch = processor(images=images)
+    assert batch["spatial_shapes"].tolist() != [batch["spatial_shapes"][0].tolist()] * 3
+    assert not batch["pixel_attention_mask"].all()
+    batched = model.encode(processor, images=images)
+    for index, image in enumerate(images):
+        torch.testing.assert_close(model.encode(processor, images=[image])[0], batched[index], atol=1e-5, rtol=0)
+    padded = batch["pixel_attention_mask"] == 0
+    with torch.no_grad():
+        batch["pixel_values"][padded] = torch.rand(int(padded.sum()), batch["pixel_values"].shape[-1])
+        torch.testing.assert_close(model(**batch).image_embeds, batched)
+        if pooling == "pooler":  # with SigLIP2's own pooling head and identity projections, SigLIP2's embeddings
+            reference = siglip2(**processor(text=TEXTS[:1]), **processor(images=images)).image_embeds
+            torch.testing.assert_close(batched, torch.nn.functional.normalize(reference, dim=-1))
 
 
 def test_long_texts_keep_the_instruction_and_fit_the_tower():
@@ -455,6 +536,28 @@ def test_bad_inputs_raise_clear_value_errors(tmp_path):
         MapleProcessor(image_processor=processor.image_processor, tokenizer=processor.tokenizer, backbone="cnn")
 
 
+def test_encode_names_a_bad_item_by_its_position_in_the_inputs_and_leaves_the_training_mode_as_it_was(tiny, tmp_path):
+    """Errors named an item by its position in its batch of `batch_size` (texts[5] for texts[37]); an image Qwen-VL
+    refuses (aspect ratio above 200:1) was transformers' bare error, naming no image; an error left the model in
+    eval mode."""
+    model, processor = tiny
+    texts = ["a red circle"] * 10
+    texts[7] = " "
+    images = random_images(6)
+    images[4] = str(tmp_path / "missing.png")
+    model.train()
+    with pytest.raises(ValueError, match=r"^text\[7\] is an empty string"):
+        model.encode(processor, texts=texts, batch_size=3)
+    with pytest.raises(ValueError, match=r"^images\[4\]: cannot read image file .*missing\.png"):
+        model.encode(processor, images=images, batch_size=3)
+    assert model.training
+    model.eval()
+    if model.config.backbone == "mllm":  # the tiny MLLM is a Qwen2-VL
+        elongated = [*random_images(4), Image.new("RGB", (700, 3))]
+        with pytest.raises(ValueError, match=r"^images\[4\]: aspect ratio 233:1 is above the 200:1 that qwen2_vl image"):
+            model.encode(processor, images=elongated, batch_size=3)
+
+
 def test_transparent_images_are_composited_onto_white_as_by_the_familys_processor(tiny):
     """`load_image` ran `convert("RGB")`, which keeps the (black) colour under transparent pixels: black line art on a
     transparent background became a black square, and two such drawings had the same embedding."""
@@ -478,6 +581,31 @@ def test_transparent_images_are_composited_onto_white_as_by_the_familys_processo
     torch.testing.assert_close(pixels, own, rtol=0, atol=0)
     circle, square = model.encode(processor, images=drawings)
     assert circle @ square < 0.9999
+
+
+def test_photos_are_turned_upright_by_their_exif_orientation_as_transformers_and_datasets_read_them(tiny, tmp_path):
+    """A camera's photo stored as shot, tagged Orientation=6 (turn 90 degrees clockwise to view): `load_image` read it
+    lying on its side, from a path and from a preference source's bytes, unlike `datasets.Image` and transformers."""
+    import datasets
+    from transformers.image_utils import load_image as transformers_load_image
+
+    from dataset_builders.sources import decode_image
+    from modeling_maple.processing_maple import load_image
+
+    model, processor = tiny
+    pixels = np.zeros((16, 32, 3), dtype=np.uint8)
+    pixels[:, :16] = (255, 0, 0)  # left half red: on its side, the top half is red
+    photo = Image.fromarray(pixels)
+    exif = photo.getexif()
+    exif[0x0112] = 6
+    path = tmp_path / "photo.jpg"
+    photo.save(path, exif=exif.tobytes(), quality=95)
+    upright = transformers_load_image(str(path))
+    assert upright.size == (16, 32)
+    for ours in (load_image(path, 0), load_image(Image.open(path), 0), decode_image(path.read_bytes(), 0)):
+        np.testing.assert_array_equal(np.asarray(ours), np.asarray(upright))
+    from_datasets = datasets.Dataset.from_dict({"image": [str(path)]}).cast_column("image", datasets.Image())[0]["image"]
+    torch.testing.assert_close(model.encode(processor, images=[path]), model.encode(processor, images=[from_datasets]))
 
 
 def test_encode_takes_a_single_text_path_or_image_as_a_list_of_one(tiny, tmp_path):

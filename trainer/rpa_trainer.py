@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 import safetensors.torch
 import torch
 from datasets import Dataset, IterableDataset
-from peft import PeftConfig, PeftModel, get_peft_model
+from peft import PeftConfig, PeftModel
 from PIL import Image
 from torch import Tensor, nn
 from transformers import EvalPrediction, ProcessorMixin, TrainerCallback
@@ -34,7 +34,7 @@ from evaluation.metric_names import QUADRUPLE_SCORES
 from evaluation.retrieval import NonFiniteEmbeddingsError, anchor_recall_at_1
 from maple import PAPER_CITATION
 from maple.files import atomic_write_text
-from modeling_maple.lora import save_merged
+from modeling_maple.lora import get_maple_peft_model, save_merged
 from modeling_maple.loading import load_maple, load_maple_model
 
 from .collator import PREFERENCE_KEYS, DataCollatorForEmbeddingPreference
@@ -232,7 +232,7 @@ class RPATrainer(DPOTrainer):
         if args.disable_dropout:  # LoRA's own `lora_dropout` is the user's to set
             _disable_dropout_outside_adapters(model)
         if peft_config is not None:
-            model = get_peft_model(model, peft_config)
+            model = get_maple_peft_model(model, peft_config)  # backbone modules PEFT wraps by name stay frozen
             cls._set_scales(model, args)  # PEFT froze everything but the adapters; the scales stay learnable
         if ref_model is not None:
             ref_model.requires_grad_(False).eval()
