@@ -155,8 +155,8 @@ def _backbone(name_or_path: str, backbone: str | None, revision: str | None, tru
         )
     if backbone == "dual_encoder" and not _has_two_towers(config):
         raise MapleLoadError(
-            f"{name_or_path}: a {config.model_type!r} checkpoint has no text tower, and load_maple wraps as 'dual_encoder' "
-            f"only two-tower image-text models (CLIP, SigLIP){PAIRING_ADVICE}"
+            f"{name_or_path}: a {config.model_type!r} checkpoint is not a two-tower image-text model (no vision and text "
+            f"config), and load_maple wraps only those (CLIP, SigLIP) as 'dual_encoder'{PAIRING_ADVICE}"
         )
     return backbone
 

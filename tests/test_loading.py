@@ -79,7 +79,7 @@ def test_a_backbone_named_for_a_checkpoint_that_cannot_be_it_is_refused_before_a
     monkeypatch.setattr(MapleModel, "from_backbone", lambda *args, **kwargs: pytest.fail("weights were loaded"))
     expected = {
         "mllm": r"dinov2: a 'dinov2' checkpoint cannot be the 'mllm' backbone, which takes one of qwen2_vl, ",
-        "dual_encoder": r"dinov2: a 'dinov2' checkpoint has no text tower, .* build the embedder with "
+        "dual_encoder": r"dinov2: a 'dinov2' checkpoint is not a two-tower image-text model .* build the embedder with "
         r"MapleModel\.from_backbone\(<vision encoder>, backbone='dual_encoder', text_backbone=<text encoder>\) .* load that folder",
         "two_towers": r"dinov2: unknown backbone 'two_towers', expected one of mllm, dual_encoder",
     }

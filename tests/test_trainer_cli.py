@@ -248,14 +248,17 @@ def test_the_backbone_of_a_plain_checkpoint_is_inferred_or_asked_for(tmp_path, m
     BertModel(BertConfig(vocab_size=99, **tiny)).save_pretrained(tmp_path / "bert")
     built = []
     monkeypatch.setattr(MapleModel, "from_backbone", lambda name, backbone, **loading: built.append(backbone))
-    monkeypatch.setattr(MapleProcessor, "from_backbone", lambda name, backbone, revision=None: None)
+    monkeypatch.setattr(MapleProcessor, "from_backbone", lambda name, backbone, **options: None)
 
     args = RPAConfig(output_dir=str(tmp_path / "out"))
     load_model_and_processor(ModelArguments(model_name_or_path=str(tmp_path / "clip")), args)
-    load_model_and_processor(ModelArguments(model_name_or_path=str(tmp_path / "bert"), backbone="dual_encoder"), args)
-    assert built == ["dual_encoder", "dual_encoder"]
-    with pytest.raises(TrainingInputError, match="'bert' checkpoint, not a MAPLE one.*--backbone"):
+    assert built == ["dual_encoder"]
+    with pytest.raises(TrainingInputError, match="'bert' checkpoint, neither a MAPLE one nor .*--backbone dual_encoder"):
         load_model_and_processor(ModelArguments(model_name_or_path=str(tmp_path / "bert")), args)
+    # named, it is refused from its config, before any weights load: a text model alone is no dual encoder
+    with pytest.raises(TrainingInputError, match="'bert' checkpoint is not a two-tower image-text model"):
+        load_model_and_processor(ModelArguments(model_name_or_path=str(tmp_path / "bert"), backbone="dual_encoder"), args)
+    assert built == ["dual_encoder"]
 
 
 def test_model_init_kwargs_reach_the_model_as_in_trl(tmp_path):
