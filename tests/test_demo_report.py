@@ -29,6 +29,18 @@ def test_one_seed_has_zero_std():
     assert summarise({"infonce": [_run(10.0, 0.0)]})["infonce"]["group_score"] == {"mean": 10.0, "std": 0.0}
 
 
+def test_the_printed_summary_shows_a_spread_only_over_several_seeds(tmp_path):
+    """One seed printed "68.44 ± 0.00", a spread that one run does not have (results.md already left it out)."""
+    from maple.demo.pipeline import DemoResult, format_summary
+
+    one = format_summary(DemoResult(summarise({"maple": [_run(10.0, 0.0)]}), {"world": 1.0}, tmp_path, num_seeds=1))
+    three = format_summary(
+        DemoResult(summarise({"maple": [_run(10.0, 0.0), _run(20.0, 6.0), _run(30.0, 3.0)]}), {"world": 1.0}, tmp_path, 3)
+    )
+    assert "±" not in one and "10.00" in one.splitlines()[1]
+    assert "20.00 ± 10.00" in three.splitlines()[1]
+
+
 def test_metric_values_flatten_categories_and_gap():
     values = metric_values(_run(10.0, 0.0))
     assert values["swap/text_score"] == 1.0 and values["w_disc"] == 0.2 and values["i2t_r1"] == 10.0

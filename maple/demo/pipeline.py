@@ -461,6 +461,7 @@ class DemoResult:
     summary: dict[str, dict[str, dict[str, float]]]  # method -> metric -> {"mean", "std"}
     seconds: dict[str, float]
     out: Path
+    num_seeds: int
 
 
 def run_demo(config: DemoConfig) -> DemoResult:
@@ -500,7 +501,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
     (out / "results.md").write_text(results_markdown(summary, config, timer.all_seconds))  # every stage's time
     if config.push_to_hub:
         timer.run("push to hub", lambda: _push(config, results["maple"][0], maple_dir))
-    return DemoResult(summary=summary, seconds=timer.all_seconds, out=out)
+    return DemoResult(summary=summary, seconds=timer.all_seconds, out=out, num_seeds=len(config.seeds))
 
 
 def _train_base(config: DemoConfig, world: World, base_dir: Path) -> None:
@@ -792,11 +793,14 @@ def push_outputs(out: Path, repo_id: str) -> None:
 
 
 def format_summary(result: DemoResult, metrics: Sequence[str] = HEADLINE_METRICS) -> str:
-    """The short table printed at the end of a demo."""
+    """The short table printed at the end of a demo: mean ± std over seeds, the mean alone for one seed (as in
+    results.md: one run has no spread)."""
     lines = [f"{'method':<18}" + "".join(f"{metric:>16}" for metric in metrics)]
     for method, values in result.summary.items():
         cells = "".join(
-            f"{values[metric]['mean']:>9.2f} ± {values[metric]['std']:<4.2f}" for metric in metrics
+            f"{values[metric]['mean']:>9.2f} ± {values[metric]['std']:<4.2f}" if result.num_seeds > 1
+            else f"{values[metric]['mean']:>16.2f}"
+            for metric in metrics
         )
         lines.append(f"{method:<18}{cells}")
     total = sum(result.seconds.values())
