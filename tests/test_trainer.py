@@ -739,9 +739,10 @@ def test_rows_without_a_strict_preference_are_counted_and_reported(tmp_path, cap
                         "nothing from them; that is every row: set rpa_weight=0 to train with InfoNCE only."]
 
 
-def test_rows_are_read_once_per_fingerprint_and_again_after_a_change(monkeypatch):
+def test_rows_are_read_once_per_dataset_and_again_for_a_transformed_one_whatever_its_fingerprint(monkeypatch):
     """`maple train` validates every row before the model loads and `RPATrainer` did it all again: a second full read of
-    the dataset. A transformed dataset (a new fingerprint) is still read."""
+    the dataset. A transformed dataset is a new object, read again, even where `datasets` gives it the fingerprint of
+    the one it came from (a review found that caching by fingerprint let a broken dataset through)."""
     import trainer.schema
     from trainer.schema import validate_preference_dataset
 
@@ -753,7 +754,8 @@ def test_rows_are_read_once_per_fingerprint_and_again_after_a_change(monkeypatch
     validate_preference_dataset(dataset, "train")
     validate_preference_dataset(dataset, "eval")
     assert len(checked) == 4
-    broken = dataset.map(lambda row, index: {"caption": "" if index == 2 else row["caption"]}, with_indices=True)
+    broken = dataset.map(lambda row, index: {"caption": "" if index == 2 else row["caption"]}, with_indices=True,
+                         new_fingerprint=dataset._fingerprint)  # a caller may name it
     with pytest.raises(ValueError, match="column 'caption' is an empty string"):
         validate_preference_dataset(broken, "train")
     with pytest.raises(ValueError, match="column 'caption' is an empty string"):  # a failed dataset is not remembered

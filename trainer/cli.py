@@ -328,7 +328,7 @@ def load_preference_splits(data_args: DataArguments) -> DatasetDict:
         if split not in splits:
             raise TrainingInputError(f"{location} has no split {split!r}; it has {sorted(splits)}")
         splits[split] = _with_image_paths_read(splits[split])
-        try:  # before the model loads; RPATrainer then skips a dataset that passed (its fingerprint)
+        try:  # before the model loads; RPATrainer skips this same object then
             validate_preference_dataset(splits[split], split)
         except ValueError as error:
             raise TrainingInputError(f"--dataset_name {location}: {error}") from None

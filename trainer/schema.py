@@ -22,6 +22,7 @@ import dataclasses
 import math
 import numbers
 import reprlib
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -68,10 +69,10 @@ CONTENT_COLUMNS = {
 # the feature that turns a column of image file paths into images, for errors
 _IMAGE_CASTS = {"image": "datasets.Image()", "candidate_images": "datasets.List(datasets.Image())"}
 _ARROW_BATCH_ROWS = 10_000
-# fingerprints of map-style datasets whose rows passed: `maple train` validates before loading the model and
-# `RPATrainer` again; a transform gives a dataset a new fingerprint (as `datasets`' cache relies on), so a changed
-# dataset is read again
-_VALIDATED_FINGERPRINTS: set[str] = set()
+# The map-style datasets whose rows passed, as objects (held weakly): `maple train` validates before loading the model
+# and hands the same object to `RPATrainer`, which would read every row again. Not by fingerprint: `map` keeps one
+# for other rows when its function reads outside state, or when the caller names it (`new_fingerprint`).
+_VALIDATED_DATASETS: weakref.WeakSet[Dataset] = weakref.WeakSet()
 
 
 def check_columns(column_names: Iterable[str], dataset_name: str) -> None:
@@ -235,8 +236,9 @@ def _image_decoder(feature: Any) -> Image:
 
 
 def validate_preference_dataset(dataset: Dataset | IterableDataset, dataset_name: str) -> None:
-    """Checks the columns and, for a map-style `Dataset`, every row (without decoding images), once per fingerprint.
-    Rows of an `IterableDataset` are checked batch by batch by the collator instead, as they stream in."""
+    """Checks the columns and, for a map-style `Dataset`, every row (without decoding images), once per dataset object
+    (datasets do not change in place). Rows of an `IterableDataset` are checked batch by batch by the collator instead,
+    as they stream in."""
     if isinstance(dataset, (DatasetDict, IterableDatasetDict)):
         split = "train" if "train" in dataset else next(iter(dataset), "train")
         raise ValueError(
@@ -246,7 +248,7 @@ def validate_preference_dataset(dataset: Dataset | IterableDataset, dataset_name
     check_columns(dataset.column_names or next(iter(dataset)).keys(), dataset_name)
     if dataset.features is not None:  # a stream may not know its features; its rows are typed by the collator
         check_features(dataset.features, dataset_name)
-    if not isinstance(dataset, Dataset) or dataset._fingerprint in _VALIDATED_FINGERPRINTS:
+    if not isinstance(dataset, Dataset) or dataset in _VALIDATED_DATASETS:
         return
     columns = ["id", *CONTENT_COLUMNS, *SCORED_CANDIDATES.values()]  # images as stored: nothing is decoded
     arrow_rows = dataset.select_columns(columns).with_format("arrow")
@@ -261,7 +263,7 @@ def validate_preference_dataset(dataset: Dataset | IterableDataset, dataset_name
             dataset_name=dataset_name,
         )
         _check_anchor_first(batch, dataset.features, dataset_name)
-    _VALIDATED_FINGERPRINTS.add(dataset._fingerprint)
+    _VALIDATED_DATASETS.add(dataset)
 
 
 def rows_without_preference(dataset: Dataset) -> int:
