@@ -68,11 +68,11 @@ def top_k_neighbours(
 
     A row never lists itself, nor any row whose cosine to it reaches `duplicate_threshold` (exact
     duplicates would be useless hard negatives: the judge cannot tell them apart), nor a row that
-    duplicates a better neighbour in the same way (two copies of one image would fill two of the k
+    duplicates a better neighbour kept in the same way (two copies of one image would fill two of the k
     places with one negative). The search is `evaluation.retrieval.chunked_topk` of the queried rows
     against all rows, with the first two exclusions; the third filters its results, and a row left
-    short of k searches again, its neighbours' duplicates excluded too, until k remain or no eligible
-    row is left.
+    short of k searches again, its neighbours and their duplicates excluded too, until k remain or no
+    eligible row is left.
 
     Args:
         embeddings: (N, D) float tensor, on the device the search should run on (a GPU makes
@@ -81,7 +81,8 @@ def top_k_neighbours(
         query_rows: (Q,) int64 rows to search for; all rows when None. Results follow its order.
         query_chunk_size, key_chunk_size: block shape; peak extra memory is about one
             query_chunk_size x key_chunk_size float32 block plus a bool block of the same shape
-            (40 MiB at the defaults), and the (Q, D) gathered query rows when `query_rows` is given.
+            (40 MiB at the defaults), the (Q, D) gathered query rows when `query_rows` is given, and
+            in a deeper search the (P, k, D) neighbours of the P rows still short of k.
         duplicate_threshold: cosine at or above which a row counts as a duplicate.
 
     Returns `Neighbours` on the CPU: (Q, k) indices, -1 where fewer than k rows are eligible, and
@@ -107,10 +108,10 @@ def top_k_neighbours(
     all_scores = torch.full((len(query_rows), k), float("-inf"))
     found = torch.zeros(len(query_rows), dtype=torch.long)  # neighbours kept so far, per query
     # Rows short of k neighbours once duplicates of better ones are dropped search again, only they, with the
-    # duplicates of the neighbours they have excluded: each search adds at least one neighbour, so there are at most k,
+    # neighbours they have and their duplicates excluded: each search adds at least one neighbour, so there are at most k,
     # and a group of copies among a row's nearest costs one search, not one as deep as the group (doubling the depth
     # up to the group's size took minutes for a few thousand copies).
-    pending, excluded_near = torch.arange(len(query_rows)), None
+    pending, found_rows = torch.arange(len(query_rows)), None
     while len(pending):
         on_device = pending.to(normalised.device)
         scores, indices = chunked_topk(
@@ -121,7 +122,7 @@ def top_k_neighbours(
             candidate_chunk=key_chunk_size,
             self_indices=query_rows[on_device],
             duplicate_threshold=duplicate_threshold,
-            excluded_near=excluded_near,
+            excluded_indices=found_rows,
         )
         # chunked_topk gives min(k, N) columns, excluded rows last at -inf
         kept = (scores > float("-inf")) & ~_duplicates_of_better_neighbours(normalised, indices, scores, duplicate_threshold)
@@ -136,26 +137,28 @@ def top_k_neighbours(
         # a column at -inf: the search ran out of eligible rows, and another finds no more
         exhausted = (scores == float("-inf")).any(dim=1).cpu()
         pending = pending[(found[pending] < k) & ~exhausted]
-        neighbour_rows = all_indices[pending].to(normalised.device)
-        excluded_near = normalised[neighbour_rows.clamp(min=0)] * (neighbour_rows >= 0).unsqueeze(-1)  # (P, k, D)
+        found_rows = all_indices[pending]  # (P, k), -1 past each row's neighbours
     return Neighbours(indices=all_indices, scores=all_scores)
 
 
 def _duplicates_of_better_neighbours(
     normalised: torch.Tensor, indices: torch.Tensor, scores: torch.Tensor, threshold: float, max_elements: int = 1 << 23
 ) -> torch.Tensor:
-    """(Q, depth) bool: True where a neighbour's cosine to a better-ranked (real) neighbour of the same query
-    reaches `threshold`. Rows are compared a chunk at a time, of about `max_elements` floats."""
+    """(Q, depth) bool: True where a neighbour's cosine to a better-ranked neighbour of the same query that is kept
+    reaches `threshold`. Kept: real (not -inf) and not itself such a duplicate; walking the ranking best first, each
+    neighbour is kept unless it duplicates one kept before it, so a deeper search, which excludes the duplicates of
+    the kept ones, continues the same order. Rows are compared a chunk at a time, of about `max_elements` floats."""
     depth = indices.shape[1]
-    better = torch.ones(depth, depth, dtype=torch.bool, device=indices.device).tril(diagonal=-1)  # [i, j]: j < i
     duplicates = torch.zeros_like(indices, dtype=torch.bool)
     chunk_size = max(1, max_elements // max(1, depth * (normalised.shape[1] + depth)))
     for start in range(0, indices.shape[0], chunk_size):
         rows = slice(start, start + chunk_size)
         neighbours = normalised[indices[rows].clamp(min=0)]  # (chunk, depth, D)
         similar = neighbours @ neighbours.transpose(1, 2) >= threshold  # (chunk, depth, depth)
-        real = (scores[rows] > float("-inf")).unsqueeze(1)  # the better one must be a real neighbour
-        duplicates[rows] = (similar & better & real).any(dim=2)
+        real = scores[rows] > float("-inf")
+        for position in range(1, depth):  # depth is k: a few steps
+            kept_before = real[:, :position] & ~duplicates[rows, :position]
+            duplicates[rows, position] = (similar[:, position, :position] & kept_before).any(dim=1)
     return duplicates
 
 

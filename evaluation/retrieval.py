@@ -8,8 +8,8 @@ query_chunk * candidate_chunk * 4 bytes (64 MiB at the defaults) whatever the co
 
 - `chunked_topk` keeps a running top-k per query: the k best candidates seen so far are merged
   with each block's own top-k. It can skip, block by block, each query's own row and its
-  near-duplicates (self-retrieval, as in hard-negative mining: `dataset_builders.miner`), and the
-  near-duplicates of vectors given per query (the neighbours a deeper search already has).
+  near-duplicates (self-retrieval, as in hard-negative mining: `dataset_builders.miner`), and more
+  candidates given per query and their near-duplicates (the neighbours a deeper search already has).
 - `chunked_ranks` gives the exact 1-based rank of each query's first relevant candidate, with the
   same tie rule as `evaluation.metrics.first_relevant_ranks`, so recall@k for any k and MRR equal
   the dense computation.
@@ -84,26 +84,33 @@ def _exclude_in_block(
     c_start: int,
     self_indices: torch.Tensor | None,
     duplicate_threshold: float | None,
-    excluded_near: torch.Tensor | None,
+    excluded: tuple[torch.Tensor, torch.Tensor] | None,
 ) -> None:
     """Set to -inf, in place, the scores of the candidates a query must not retrieve.
 
     block_scores: (q, c) scores of a query block against `candidate_block` (c, D), the candidates
     [c_start, c_start + c); self_indices: (q,) int64 position of each query among all candidates, or None;
-    excluded_near: (q, m, D) per query, vectors whose near-duplicates are excluded too (zero rows exclude nothing).
+    excluded: per query, (q, m) int64 positions of more candidates it must not retrieve (-1: none) and their (q, m, D)
+    vectors, whose near-duplicates it must not retrieve either.
     """
     if duplicate_threshold is not None:
         block_scores.masked_fill_(block_scores >= duplicate_threshold, float("-inf"))
-        for slot in range(0 if excluded_near is None else excluded_near.shape[1]):
-            # one (q, c) block per slot: the (q, m, c) scores at once would be m blocks
-            vectors = excluded_near[:, slot]
-            near = (vectors @ candidate_block.T >= duplicate_threshold) & vectors.any(dim=1, keepdim=True)
-            block_scores.masked_fill_(near, float("-inf"))
     if self_indices is not None:
         # One (row, column) per query whose own row lies in this block: no (q, c) mask for it.
-        columns = self_indices - c_start
-        rows = ((columns >= 0) & (columns < block_scores.shape[1])).nonzero().squeeze(1)
-        block_scores[rows, columns[rows]] = float("-inf")
+        _exclude_columns(block_scores, self_indices[:, None] - c_start)
+    if excluded is not None:
+        indices, vectors = excluded
+        _exclude_columns(block_scores, indices - c_start)  # by position too: a vector need not reach the threshold
+        for slot in range(indices.shape[1] if duplicate_threshold is not None else 0):
+            # one (q, c) block per slot: the (q, m, c) scores at once would be m blocks
+            near = (vectors[:, slot] @ candidate_block.T >= duplicate_threshold) & (indices[:, slot, None] >= 0)
+            block_scores.masked_fill_(near, float("-inf"))
+
+
+def _exclude_columns(block_scores: torch.Tensor, columns: torch.Tensor) -> None:
+    """Set block_scores[row, columns[row, j]] to -inf, in place, for the (q, m) `columns` inside the block."""
+    rows, slots = ((columns >= 0) & (columns < block_scores.shape[1])).nonzero(as_tuple=True)
+    block_scores[rows, columns[rows, slots]] = float("-inf")
 
 
 def _topk_first_columns(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,7 +146,7 @@ def chunked_topk(
     *,
     self_indices: torch.Tensor | None = None,
     duplicate_threshold: float | None = None,
-    excluded_near: torch.Tensor | None = None,
+    excluded_indices: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The k highest-scoring candidates of every query, scores = queries @ candidates.T.
 
@@ -155,10 +162,10 @@ def chunked_topk(
             [0, C) excludes nothing.
         duplicate_threshold: candidates scoring at or above it are never retrieved (near-duplicates
             of the query).
-        excluded_near: (Q, m, D) per query, up to m vectors whose near-duplicates (scoring at or above
-            `duplicate_threshold` against one of them) are never retrieved either; rows of zeros exclude
-            nothing. The miner's deeper searches pass the neighbours a query already has. Costs m more
-            block products.
+        excluded_indices: (Q, m) int64 per query, up to m more candidates it never retrieves, nor (with
+            `duplicate_threshold`) their near-duplicates (scoring at or above it against one of them); -1
+            excludes nothing. The miner's deeper searches pass the neighbours a query already has. Costs m
+            more block products.
 
     Returns (scores, indices), each (Q, min(k, C)), sorted best first; equal to
     `(queries @ candidates.T).topk(k)`, exact ties settled by the lower candidate index whatever the
@@ -169,13 +176,10 @@ def chunked_topk(
     _check_embeddings(queries, candidates)
     if self_indices is not None and self_indices.shape != (queries.shape[0],):
         raise ValueError(f"self_indices: expected shape ({queries.shape[0]},), got {tuple(self_indices.shape)}")
-    if excluded_near is not None and (duplicate_threshold is None or excluded_near.shape[::2] != queries.shape):
-        raise ValueError(
-            f"excluded_near: expected shape ({queries.shape[0]}, m, {queries.shape[1]}) and a duplicate_threshold, got "
-            f"{tuple(excluded_near.shape)} and {duplicate_threshold}"
-        )
+    if excluded_indices is not None and (excluded_indices.ndim != 2 or len(excluded_indices) != len(queries)):
+        raise ValueError(f"excluded_indices: expected shape ({queries.shape[0]}, m), got {tuple(excluded_indices.shape)}")
     k = min(k, candidates.shape[0])
-    excluding = self_indices is not None or duplicate_threshold is not None
+    excluding = self_indices is not None or duplicate_threshold is not None or excluded_indices is not None
     if self_indices is not None:
         self_indices = self_indices.to(device=queries.device, dtype=torch.long)
     # Filled block by block: no list of per-block results to concatenate (and Q = 0 just works).
@@ -184,13 +188,16 @@ def chunked_topk(
     for q_start in range(0, queries.shape[0], query_chunk):
         query_block = queries[q_start : q_start + query_chunk]
         block_self = None if self_indices is None else self_indices[q_start : q_start + query_chunk]
-        block_near = None if excluded_near is None else excluded_near[q_start : q_start + query_chunk]
+        block_excluded = None
+        if excluded_indices is not None:
+            indices = excluded_indices[q_start : q_start + query_chunk].to(device=queries.device, dtype=torch.long)
+            block_excluded = (indices, candidates[indices.clamp(min=0)])
         best_scores = query_block.new_full((query_block.shape[0], 0), float("-inf"))
         best_indices = torch.empty((query_block.shape[0], 0), dtype=torch.long, device=queries.device)
         for c_start, block_scores in _score_blocks(query_block, candidates, candidate_chunk):
             if excluding:
                 candidate_block = candidates[c_start : c_start + block_scores.shape[1]]
-                _exclude_in_block(block_scores, candidate_block, c_start, block_self, duplicate_threshold, block_near)
+                _exclude_in_block(block_scores, candidate_block, c_start, block_self, duplicate_threshold, block_excluded)
             top_scores, top_columns = _topk_first_columns(block_scores, min(k, block_scores.shape[1]))
             # the kept candidates, all before this block, then this block's: in candidate order
             merged_scores = torch.cat([best_scores.gather(1, best_order := best_indices.argsort(dim=1)), top_scores], dim=1)

@@ -62,25 +62,28 @@ def test_chunked_topk_skips_self_and_duplicates_like_the_masked_dense_topk(query
     assert (scores == float("-inf")).sum(dim=1).tolist() == excluded_per_query
 
 
+@pytest.mark.parametrize("duplicate_threshold", [0.9999, None])
 @pytest.mark.parametrize("query_chunk, candidate_chunk", [(2, 3), (1, 1), (64, 1000)])
-def test_chunked_topk_skips_near_duplicates_of_each_querys_excluded_vectors(query_chunk, candidate_chunk):
+def test_chunked_topk_skips_each_querys_excluded_candidates_and_their_near_duplicates(
+    query_chunk, candidate_chunk, duplicate_threshold
+):
     candidates = _normalised(12, 8, 6)
     candidates[9] = candidates[4]  # a copy of row 4
     queries = _normalised(3, 8, 7)
-    # query 0 excludes rows 4 (and its copy 9) and 1; query 1 row 7 only; query 2 nothing (zero rows)
-    excluded_near = torch.zeros(3, 2, 8)
-    excluded_near[0, 0], excluded_near[0, 1], excluded_near[1, 1] = candidates[4], candidates[1], candidates[7]
+    excluded_indices = torch.tensor([[4, 1], [-1, 7], [-1, -1]])  # query 2 excludes nothing
     scores, indices = chunked_topk(queries, candidates, k=12, query_chunk=query_chunk, candidate_chunk=candidate_chunk,
-                                   duplicate_threshold=0.9999, excluded_near=excluded_near)
+                                   duplicate_threshold=duplicate_threshold, excluded_indices=excluded_indices)
     dense = queries @ candidates.T
     excluded = torch.zeros_like(dense, dtype=torch.bool)
-    excluded[0, [1, 4, 9]] = excluded[1, 7] = True
+    excluded[0, [1, 4]] = excluded[1, 7] = True
+    if duplicate_threshold is not None:
+        excluded[0, 9] = True  # the copy of an excluded candidate
     torch.testing.assert_close(scores, dense.masked_fill(excluded, float("-inf")).topk(12, dim=1).values)
     kept = scores > float("-inf")
-    assert kept.sum(dim=1).tolist() == [9, 11, 12]
+    assert kept.sum(dim=1).tolist() == [12 - int(excluded[0].sum()), 11, 12]
     assert not excluded[torch.arange(3)[:, None].expand_as(indices)[kept], indices[kept]].any()
-    with pytest.raises(ValueError, match=r"excluded_near: expected shape \(3, m, 8\) and a duplicate_threshold"):
-        chunked_topk(queries, candidates, k=2, excluded_near=excluded_near)
+    with pytest.raises(ValueError, match=r"excluded_indices: expected shape \(3, m\), got \(2, 2\)"):
+        chunked_topk(queries, candidates, k=2, excluded_indices=excluded_indices[:2])
 
 
 def test_chunked_topk_without_queries():

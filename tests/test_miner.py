@@ -1,5 +1,7 @@
 """Hard-negative mining: exact chunked top-k, bounded memory, duplicates, SemDeDup, encoders."""
 
+import math
+
 import pytest
 import torch
 from PIL import Image
@@ -101,11 +103,13 @@ def test_search_equals_a_dense_reference_with_self_and_duplicates_masked(query_c
     similarities = normalised @ normalised.T
     duplicate = similarities >= miner_module.DEFAULT_DUPLICATE_THRESHOLD
     excluded = duplicate | torch.eye(11, dtype=torch.bool)
-    # The dense reference: best first, each neighbour kept unless it duplicates a better one (one per duplicate group)
+    # The dense reference: best first, each neighbour kept unless it duplicates one kept before it (one per group)
     expected_scores = torch.full((11, k), float("-inf"))
     for row in range(11):
-        ranked = [c for c in similarities[row].argsort(descending=True, stable=True).tolist() if not excluded[row, c]]
-        kept = [c for position, c in enumerate(ranked) if not duplicate[c, ranked[:position]].any()]
+        kept = []
+        for c in similarities[row].argsort(descending=True, stable=True).tolist():
+            if not excluded[row, c] and not duplicate[c, kept].any():
+                kept.append(c)
         expected_scores[row, : len(kept)] = similarities[row, kept]
     query_rows = torch.tensor([9, 0, 4, 10])
     found = top_k_neighbours(
@@ -327,3 +331,44 @@ def test_a_group_of_copies_among_a_rows_nearest_costs_one_more_search_not_one_as
     normalised = torch.nn.functional.normalize(embeddings, dim=-1)
     expected = (normalised[0] @ normalised[301:].T).topk(2).indices + 301  # one copy, then the two best others
     assert found.indices[0, 0] == 1 and found.indices[0, 1:].tolist() == expected.tolist()
+
+
+def test_neighbours_are_distinct_rows_even_where_a_row_misses_its_own_duplicate_threshold():
+    """At a threshold of 1.0 a normalised row's cosine to itself can round to 0.99999994: a deeper search excluded the
+    neighbours found by similarity only, and found one again (a review's repro)."""
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        base = torch.randn(8, 32, generator=generator)
+        copy = base[1] * (1 + 1e-7) + 1e-8 * torch.randn(32, generator=generator)
+        found = top_k_neighbours(torch.cat([base, copy[None]]), 4, duplicate_threshold=1.0)
+        for neighbours in found.indices.tolist():
+            real = [row for row in neighbours if row >= 0]
+            assert len(set(real)) == len(real)
+
+
+def test_a_deeper_search_continues_the_best_first_order_of_the_first():
+    """Each neighbour is kept unless it duplicates a kept better one. Dropping also the duplicates of dropped ones, as
+    a first search did, let a deeper search re-admit such a row after worse ones (a review's repro: a chain F ~ E ~ X
+    at threshold 0.9 with F and X apart)."""
+    def unit(**parts):
+        vector = torch.zeros(16)
+        for dimension, value in parts.items():
+            vector[int(dimension[1:])] = value
+        return vector / vector.norm()
+
+    def in_chain(a, degrees):  # cosine a to the query, the rest at an angle in the e2-e3 plane
+        rest, angle = math.sqrt(1 - a * a), math.radians(degrees)
+        return unit(e0=a, e2=rest * math.cos(angle), e3=rest * math.sin(angle))
+
+    query = unit(e0=1.0)
+    top = unit(e0=0.6, e1=0.8)
+    copies_of_top = [unit(e0=a, e1=math.sqrt(1 - a * a), **{f"e{dimension}": 0.02}) for a, dimension in
+                     ((0.59, 10), (0.585, 11), (0.58, 12))]
+    chain = [in_chain(0.52, 0), in_chain(0.51, 25), in_chain(0.50, 50)]  # F ~ E ~ X, F and X apart
+    far = unit(e0=0.3, e6=math.sqrt(1 - 0.09))
+    fillers = [unit(e0=0.1, **{f"e{7 + i}": 1.0}) for i in range(6)]
+    rows = torch.stack([query, top, *copies_of_top, *chain, far, *fillers])
+    found = top_k_neighbours(rows, 4, query_rows=torch.tensor([0]), duplicate_threshold=0.9)
+    # best first: the top row (its copies dropped), F, then X (it duplicates only E, which F's duplicate drops), then far
+    assert found.indices[0].tolist() == [1, 5, 7, 8]
+    assert found.scores[0].tolist() == sorted(found.scores[0].tolist(), reverse=True)
