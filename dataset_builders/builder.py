@@ -944,8 +944,15 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         atomic_write(path, lambda temporary: pq.write_table(table, temporary))
 
     def _wait_for(self, paths: list[Path], *, what: str) -> None:
+        """Returns once every path exists. Raises `WorkDirMismatch` if the manifest goes meanwhile: another rank gave
+        up the work dir (an error before embedding, which removes what the others wait for) and said why."""
         deadline = time.monotonic() + self.wait_timeout
         while missing := [path for path in paths if not path.exists()]:
+            if not (self.work_dir / MANIFEST_FILE).exists():
+                raise WorkDirMismatch(
+                    f"another process gave up the work dir {self.work_dir} while this one waited for {what}: its "
+                    "error says why"
+                )
             if time.monotonic() > deadline:
                 raise TimeoutError(
                     f"waited {self.wait_timeout:.0f}s for {what} from other processes; still missing: "

@@ -5,6 +5,7 @@ import concurrent.futures
 import json
 import re
 import shutil
+import time
 
 import datasets
 import pytest
@@ -16,6 +17,7 @@ from dataset_builders.builder import (
     JudgeOutputError,
     MaplePreferences,
     MaplePreferencesConfig,
+    WorkDirMismatch,
     _slice_bounds,
     text_pool,
 )
@@ -494,6 +496,30 @@ def test_the_papers_cluster_count_on_a_small_corpus_stops_before_embedding(tmp_p
     assert not list((tmp_path / "work").glob("embeddings*.pt"))
     # The fix the error suggests runs in the same work dir (it was refused as another recipe: 50000 clusters)
     _unbuilt(tmp_path, _source(), config_name="paper", captioner=ColourCaptioner(), semdedup_clusters=2).build_shards()
+
+
+def test_a_rank_that_gives_up_before_embedding_does_not_leave_another_waiting(tmp_path, monkeypatch):
+    """The rank that merged the input checks first raised the cluster-count error and removed every slice, so a rank
+    still polling for them waited the whole wait_timeout (24 hours by default), then blamed a missing file."""
+    check_slice = MaplePreferences._check_slice
+
+    def rank_0_is_slower(self, *args):
+        if self.rank == 0:
+            time.sleep(1.0)  # rank 1 is polling when rank 0 writes its slice: one of them merges and gives up first
+        return check_slice(self, *args)
+
+    monkeypatch.setattr(MaplePreferences, "_check_slice", rank_0_is_slower)
+    ranks = [_unbuilt(tmp_path, _source(), config_name="paper", captioner=ColourCaptioner(), rank=rank, world_size=2,
+                      wait_timeout=60) for rank in range(2)]
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(builder.build_shards) for builder in ranks]
+        errors = [future.exception(timeout=120) for future in futures]
+    assert time.monotonic() - started < 30
+    # whichever merges first says why; the other, waiting, is told another process gave up
+    gave_up = [error for error in errors if isinstance(error, WorkDirMismatch)]
+    assert len(gave_up) <= 1 and all("another process gave up the work dir" in str(error) for error in gave_up)
+    assert all(re.search(r"50000 clusters on 10 rows", str(error)) for error in errors if error not in gave_up)
 
 
 def test_a_none_override_turns_semdedup_off_even_for_the_paper_config(tmp_path):
