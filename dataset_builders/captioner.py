@@ -95,6 +95,13 @@ def parse_captions(generated: str) -> list[str]:
     return [caption for caption in (" ".join(piece.split()) for piece in pieces) if caption]
 
 
+def _ends_inside(answer: str, caption: str) -> bool:
+    """Whether an answer cut at the token limit ends inside `caption`, its last parsed caption: the answer ends with
+    it, and not at the end of a sentence. A cut in a label, a list number or a closing comment, which
+    `parse_captions` leaves out, leaves the caption whole."""
+    return " ".join(answer.split()).endswith(caption) and not caption.endswith((".", "!", "?"))
+
+
 class ContrastiveCaptioner:
     """Writes difference-stressing captions with an MLLM of a supported family (Qwen2-VL, Qwen2.5-VL,
     Qwen3-VL, LLaVA, InternVL, Idefics3, SmolVLM; `vlm_inputs.PROMPT_ENCODERS`).
@@ -210,7 +217,7 @@ class ContrastiveCaptioner:
             batch = prompts[start : start + self.batch_size]
             for (pair, _, _), (answer, finished) in zip(batch, self._generate([(a, n) for _, a, n in batch])):
                 parsed = parse_captions(answer)
-                if not finished:  # its last caption is cut off mid-sentence: a text no captioner wrote
+                if not finished and parsed and _ends_inside(answer, parsed[-1]):  # a text no captioner wrote
                     warnings.warn(
                         f"A captioner answer reached max_new_tokens={self.max_new_tokens}: its last caption, cut "
                         "off, is dropped. Raise max_new_tokens if this is frequent.",
