@@ -258,6 +258,10 @@ class _IndexedQuadruples(Sequence):
             return [self[i] for i in range(*index.indices(len(self)))]
         return Quadruple(self.images0[index], self.images1[index], self.texts0[index], self.texts1[index])
 
+    def columns(self) -> tuple[Sequence, Sequence, list[str], list[str]]:
+        """(images0, images1, texts0, texts1) as held: the evaluation reads the texts without decoding any image."""
+        return self.images0, self.images1, self.texts0, self.texts1
+
 
 # -- native folder layouts ---------------------------------------------------------------------------
 def _hub_folder(source: str, allow_patterns: list[str]) -> Path:

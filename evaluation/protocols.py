@@ -104,21 +104,45 @@ def _check_retrieval_inputs(images: Sequence[Any], captions_per_image: Sequence[
             )
 
 
-class _QuadrupleImages(Sequence):
-    """The 2n images of n quadruples in order I0, I1, I0, I1, ..., fetched on access so that lazy
-    benchmark images are decoded one batch at a time. (A lazy quadruple decodes both of its images
-    on access, so each is decoded twice: negligible next to embedding it.)"""
+class _Interleaved(Sequence):
+    """The 2n images of two image columns in order I0, I1, I0, I1, ..., fetched on access, so that lazy benchmark
+    images are decoded one batch at a time, each once."""
 
-    def __init__(self, quadruples: Quadruples):
-        self._quadruples = quadruples
+    def __init__(self, images0: Sequence[Any], images1: Sequence[Any]):
+        self._columns = (images0, images1)
 
     def __len__(self) -> int:
-        return 2 * len(self._quadruples)
+        return 2 * len(self._columns[0])
 
     def __getitem__(self, index):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
-        return self._quadruples[index // 2][index % 2]
+        return self._columns[index % 2][index // 2]
+
+
+class _Field(Sequence):
+    """One field of every quadruple, fetched on access."""
+
+    def __init__(self, quadruples: Quadruples, field: int):
+        self._quadruples, self._field = quadruples, field
+
+    def __len__(self) -> int:
+        return len(self._quadruples)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return self._quadruples[index][self._field]
+
+
+def _columns(quadruples: Quadruples) -> tuple[Sequence[Any], Sequence[Any], list[str], list[str]]:
+    """I0, I1, T0, T1 of the quadruples. A benchmark's quadruples hold them as columns (`columns()`, lazy images),
+    read as such so that no image is decoded to read a text and each once to embed it; other quadruples field by
+    field."""
+    if hasattr(quadruples, "columns"):
+        images0, images1, texts0, texts1 = quadruples.columns()
+        return images0, images1, list(texts0), list(texts1)
+    return _Field(quadruples, 0), _Field(quadruples, 1), [q[2] for q in quadruples], [q[3] for q in quadruples]
 
 
 def quadruple_similarities(model, processor, quadruples: Quadruples, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,8 +150,9 @@ def quadruple_similarities(model, processor, quadruples: Quadruples, batch_size:
     the text-text cosine s(T0, T1) (n,)."""
     if len(quadruples) == 0:
         raise ValueError("quadruples: got none")
-    texts = [text for quadruple in quadruples for text in (quadruple[2], quadruple[3])]
-    text_embeds, image_embeds = _encode(model, processor, texts, _QuadrupleImages(quadruples), batch_size)
+    images0, images1, texts0, texts1 = _columns(quadruples)
+    texts = [text for pair in zip(texts0, texts1) for text in pair]
+    text_embeds, image_embeds = _encode(model, processor, texts, _Interleaved(images0, images1), batch_size)
     text_pairs = text_embeds.view(len(quadruples), 2, -1)
     image_pairs = image_embeds.view(len(quadruples), 2, -1)
     image_text = torch.einsum("nid,njd->nij", image_pairs, text_pairs)  # [n, image, text]

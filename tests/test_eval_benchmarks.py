@@ -246,3 +246,19 @@ def test_errors_in_a_folder_of_parquet_shards_name_the_file_and_its_own_row(tmp_
     shard("test-00001-of-00002.parquet", ["a hen", "  "])
     with pytest.raises(BenchmarkFormatError, match=r"test-00001-of-00002\.parquet: row 1, column 'caption_0': '  '"):
         load_benchmark("winoground", str(tmp_path / "shards"))
+
+
+@pytest.mark.parametrize("name", ["mmvp", "naturalbench", "winoground"])
+def test_evaluating_a_benchmark_decodes_each_image_once(benchmark_sources, name, monkeypatch):
+    """Texts were read through whole quadruples, which decode both images, and images through them again: three
+    decodes per image (a review counted them for MMVP)."""
+    from evaluation.protocols import evaluate_quadruples
+    from modeling_maple.testing import build_tiny
+
+    benchmark = load_benchmark(name, str(benchmark_sources[name]))
+    decoded = []
+    for column in benchmark.quadruples.columns()[:2]:  # the lazy image columns
+        monkeypatch.setattr(column, "_decode", lambda row, decode=column._decode: decoded.append(row) or decode(row))
+    model, processor = build_tiny("dual_encoder")
+    evaluate_quadruples(model, processor, benchmark.quadruples, benchmark.categories, batch_size=4)
+    assert len(decoded) == 2 * len(benchmark.quadruples)

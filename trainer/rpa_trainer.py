@@ -484,7 +484,8 @@ class RPATrainer(DPOTrainer):
             fine_grained = {}
             for name, quadruples in self.eval_quadruples.items():
                 try:
-                    scores = evaluate_quadruples(model, self.processing_class, list(quadruples))
+                    # as given: a benchmark's lazy quadruples, listed, would hold every image decoded
+                    scores = evaluate_quadruples(model, self.processing_class, quadruples)
                 except NonFiniteEmbeddingsError:  # a diverged model: NaN, like its loss and recall
                     scores = dict.fromkeys(QUADRUPLE_SCORES, math.nan)
                 for key in QUADRUPLE_SCORES:
