@@ -12,7 +12,7 @@ therefore scores 0, never chance.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Set
 
 import numpy as np
 import torch
@@ -37,7 +37,8 @@ def relevant_index_lists(relevant: RelevantIndices, num_queries: int, num_candid
         if isinstance(entry, (torch.Tensor, np.ndarray)):
             entry = entry.tolist()  # a 0-d tensor or array gives its one index
         # a string is a sequence too, and int() reads digits: "12" would be candidates 1 and 2
-        indices = list(entry) if isinstance(entry, Sequence) and not isinstance(entry, str) else [entry]
+        several = isinstance(entry, (Sequence, Set)) and not isinstance(entry, str)
+        indices = sorted(entry) if isinstance(entry, Set) else list(entry) if several else [entry]
         if not all(isinstance(index, (int, np.integer)) for index in indices):
             raise TypeError(
                 f"relevant indices: query {query} has {entry!r:.80}; expected a candidate index or a list of them"

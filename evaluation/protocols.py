@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -90,6 +91,8 @@ def _check_retrieval_inputs(images: Sequence[Any], captions_per_image: Sequence[
     if not images:
         raise ValueError("retrieval: got no images")
     for index, image_captions in enumerate(captions_per_image):
+        if isinstance(image_captions, np.ndarray) and image_captions.ndim == 1:  # a list column read by pandas
+            image_captions = image_captions.tolist()
         if isinstance(image_captions, str) or not isinstance(image_captions, Sequence):
             raise TypeError(
                 f"captions_per_image[{index}]: expected a list of captions, got {image_captions!r:.80} "
@@ -97,7 +100,7 @@ def _check_retrieval_inputs(images: Sequence[Any], captions_per_image: Sequence[
             )
         if not image_captions:
             raise ValueError(f"captions_per_image[{index}]: got no captions; every image needs at least one")
-        bad = [caption for caption in image_captions if not isinstance(caption, str)]
+        bad = [caption for caption in image_captions if not isinstance(caption, str)]  # np.str_ is a str
         if bad:
             raise TypeError(
                 f"captions_per_image[{index}]: expected caption strings, got {bad[0]!r:.80} ({type(bad[0]).__name__})"

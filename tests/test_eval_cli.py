@@ -113,6 +113,16 @@ def test_retrieval_inputs_of_the_wrong_shape_are_refused(images, captions_per_im
         evaluate_retrieval(_LookupModel({}), None, images, captions_per_image)
 
 
+def test_caption_lists_read_as_arrays_are_caption_lists():
+    """A list column read by pandas gives an array per row (of np.str_): refused as 'not a list' (found by review)."""
+    import numpy as np
+
+    model = _LookupModel({"a surfer": [1.0, 0.0], "a bus": [0.0, 1.0]})
+    images, captions = [[1.0, 0.0], [0.0, 1.0]], [["a surfer"], ["a bus"]]
+    as_arrays = [np.array(image_captions) for image_captions in captions]
+    assert evaluate_retrieval(model, None, images, as_arrays) == evaluate_retrieval(model, None, images, captions)
+
+
 def test_quadruple_protocol_equals_group_scores(tiny, benchmark_sources):
     model, processor, _ = tiny
     bivlc = load_benchmark("bivlc", str(benchmark_sources["bivlc"]))

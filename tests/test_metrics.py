@@ -66,6 +66,7 @@ def test_recall_accepts_zero_dimensional_tensors_and_arrays_as_entries():
     scores = torch.eye(3)
     mixed = [torch.tensor(0), np.array(1), torch.tensor([2])]
     assert retrieval_recall(scores, mixed, ks=(1,)) == retrieval_recall(scores, [0, 1, 2], ks=(1,))
+    assert retrieval_recall(scores, [{0}, frozenset({1, 2}), (2,)], ks=(1,))["recall@1"] == 100.0  # sets, as before
 
 
 @pytest.mark.parametrize("entry", ["12", 1.0, None])
