@@ -51,12 +51,13 @@ def test_a_rerun_over_checkpoints_resumes_only_when_asked_and_under_the_same_rec
         return capsys.readouterr().err.splitlines()[-1]
 
     assert error_of("--max_steps", "2", "--resume_from_checkpoint", "true") == (
-        f"maple train: error: --resume_from_checkpoint true: {output} holds no checkpoint-* folder")
+        f"maple train: error: --resume_from_checkpoint true: {output} holds no complete checkpoint-* folder (with "
+        "trainer_state.json)")
     assert main([*argv, "--max_steps", "2"]) == 0
     assert error_of("--max_steps", "4") == (
         f"maple train: error: {output} holds checkpoints of an earlier run (the last: checkpoint-2): pass "
-        "--resume_from_checkpoint true to resume it, --resume_from_checkpoint false to train from scratch over them, "
-        "or another --output_dir")
+        "--resume_from_checkpoint true to resume it, --resume_from_checkpoint false to train from scratch (its "
+        "checkpoints are moved to earlier-run-N), or another --output_dir")
     assert "checkpoint-2 was trained with another recipe (rpa_weight: 0.2 -> 0.5)" in error_of(
         "--max_steps", "4", "--rpa_weight", "0.5", "--resume_from_checkpoint", "true")
     config = tmp_path / "resume.yaml"
@@ -64,6 +65,32 @@ def test_a_rerun_over_checkpoints_resumes_only_when_asked_and_under_the_same_rec
     assert main(["--config", str(config), *argv]) == 0
     state = json.loads((output / "checkpoint-4" / "trainer_state.json").read_text())
     assert [entry["step"] for entry in state["log_history"] if "loss" in entry][:1] != [1]  # not restarted
+
+
+def test_resuming_skips_a_checkpoint_cut_short_and_training_from_scratch_sets_the_earlier_run_aside(tmp_path, capsys):
+    """A kill during a save left a checkpoint without trainer_state.json, and `true` picked it: a traceback. After
+    `false`, the earlier run's later checkpoints stayed beside the new run's, and `true` resumed the earlier run
+    (found by a user-journey review)."""
+    import shutil
+
+    synthetic_preference_dataset(16).save_to_disk(tmp_path / "prefs")
+    output = tmp_path / "out"
+    argv = ["--tiny", "dual_encoder", "--dataset_name", str(tmp_path / "prefs"), "--output_dir", str(output),
+            "--per_device_train_batch_size", "8", "--report_to", "none", "--save_strategy", "steps", "--save_steps", "2"]
+    assert main([*argv, "--max_steps", "4"]) == 0
+    shutil.copytree(output / "checkpoint-4", output / "checkpoint-6")
+    (output / "checkpoint-6" / "trainer_state.json").unlink()  # the save of step 6, cut short
+    capsys.readouterr()
+    assert main([*argv, "--max_steps", "6", "--resume_from_checkpoint", "true"]) == 0
+    assert f"{output / 'checkpoint-6'} is incomplete (no trainer_state.json: its save was cut short); resuming " \
+           f"{output / 'checkpoint-4'}" in capsys.readouterr().err
+    assert (output / "checkpoint-6" / "trainer_state.json").is_file()  # saved again by the resumed run
+    assert main([*argv, "--max_steps", "2", "--resume_from_checkpoint", "false", "--seed", "7"]) == 0
+    assert sorted(path.name for path in output.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert sorted(path.name for path in (output / "earlier-run-1").iterdir()) == ["checkpoint-2", "checkpoint-4",
+                                                                                "checkpoint-6"]
+    recipe = json.loads((output / "checkpoint-2" / "rpa_recipe.json").read_text())
+    assert recipe["seed"] == 7  # a later `true` resumes the new run
 
 
 def test_tiny_smoke_run_on_an_mllm_family(tmp_path):

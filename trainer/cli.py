@@ -13,6 +13,7 @@ Every `RPAConfig` / `TrainingArguments` field is a flag; `maple train --help` li
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass, field, fields
 from typing import NoReturn
@@ -125,8 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         "an `env:` mapping in it sets environment variables.",
     )
     own_help = unused_dpo_field_help() | {  # TRL's help of these describes what they do to a language model
-        "resume_from_checkpoint": "A checkpoint folder to resume from; 'true': the last checkpoint-* in output_dir; "
-        "'false': train from scratch (an output_dir holding checkpoints needs one of the three). A checkpoint resumes "
+        "resume_from_checkpoint": "A checkpoint folder to resume from; 'true': the last complete checkpoint-* in "
+        "output_dir; 'false': train from scratch, the earlier run's checkpoints moved to output_dir/earlier-run-N (an "
+        "output_dir holding checkpoints needs one of the three). A checkpoint resumes "
         "only under the recipe it was trained with (rpa_recipe.json: loss, lambda, batch size, learning rate, ...)."
     }
     for action in parser._actions:
@@ -178,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         processing_class=processor,
         peft_config=peft_config,
     )
+    set_aside_earlier_checkpoints(training_args)  # only now: an error above must not move them
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(training_args.output_dir)
     trainer.create_model_card(dataset_name=data_args.dataset_name)
@@ -186,40 +189,86 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def checkpoint_to_resume(training_args: RPAConfig) -> str | None:
-    """The checkpoint to resume from: `--resume_from_checkpoint PATH`, or with `true` the last one in `output_dir`;
-    none with `false`. Unset, an `output_dir` that holds checkpoints is refused: resuming them unasked could continue
-    another model's run, and training over them would overwrite them."""
-    from transformers.trainer_utils import get_last_checkpoint
+# where `--resume_from_checkpoint false` moves an earlier run's checkpoints, in output_dir
+EARLIER_RUN_FOLDER = "earlier-run-{n}"
 
-    value, output_dir = training_args.resume_from_checkpoint, training_args.output_dir
-    if value is not None and not isinstance(value, str):  # a YAML config's `resume_from_checkpoint: true` (or 1)
-        value = str(value)
-    last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
-    if value is None:
-        if last is not None:
-            raise TrainingInputError(
-                f"{output_dir} holds checkpoints of an earlier run (the last: {os.path.basename(last)}): pass "
-                "--resume_from_checkpoint true to resume it, --resume_from_checkpoint false to train from scratch over "
-                "them, or another --output_dir"
-            )
-        return None
-    if value.lower() in ("false", "no", "0"):
-        return None
-    if value.lower() in ("true", "yes", "1"):
-        if last is None:
-            raise TrainingInputError(f"--resume_from_checkpoint {value}: {output_dir} holds no checkpoint-* folder")
-        return last
-    if not os.path.isdir(value):
-        raise TrainingInputError(f"--resume_from_checkpoint: no such folder: {value}")
+
+def checkpoint_to_resume(training_args: RPAConfig) -> str | None:
+    """The checkpoint to resume from: `--resume_from_checkpoint PATH`, or with `true` the last complete one in
+    `output_dir` (a save cut short by a kill has no trainer_state.json); none with `false`. Unset, an `output_dir` that
+    holds checkpoints is refused: resuming them unasked could continue another model's run, and training over them
+    would overwrite them."""
     from transformers.trainer import TRAINER_STATE_NAME
 
+    value, output_dir = _resume_value(training_args), training_args.output_dir
+    checkpoints = _checkpoints(output_dir)
+    complete = [path for path in checkpoints if os.path.isfile(os.path.join(path, TRAINER_STATE_NAME))]
+    if value is None:
+        if checkpoints:
+            raise TrainingInputError(
+                f"{output_dir} holds checkpoints of an earlier run (the last: {os.path.basename(checkpoints[-1])}): pass "
+                "--resume_from_checkpoint true to resume it, --resume_from_checkpoint false to train from scratch (its "
+                f"checkpoints are moved to {EARLIER_RUN_FOLDER.format(n='N')}), or another --output_dir"
+            )
+        return None
+    if value == "false":
+        return None
+    if value == "true":
+        if not complete:
+            raise TrainingInputError(
+                f"--resume_from_checkpoint true: {output_dir} holds no complete checkpoint-* folder (with "
+                f"{TRAINER_STATE_NAME})"
+            )
+        for partial in checkpoints[checkpoints.index(complete[-1]) + 1 :]:
+            print(f"maple train: {partial} is incomplete (no {TRAINER_STATE_NAME}: its save was cut short); resuming "
+                  f"{complete[-1]}", file=sys.stderr)
+        return complete[-1]
+    if not os.path.isdir(value):
+        raise TrainingInputError(f"--resume_from_checkpoint: no such folder: {value}")
     if not os.path.isfile(os.path.join(value, TRAINER_STATE_NAME)):
         raise TrainingInputError(
             f"--resume_from_checkpoint {value}: not a checkpoint (no {TRAINER_STATE_NAME}); expected a checkpoint-* "
             "folder of a run"
         )
     return value
+
+
+def set_aside_earlier_checkpoints(training_args: RPAConfig) -> None:
+    """With `--resume_from_checkpoint false`, moves the checkpoint-* folders of an earlier run in `output_dir` into
+    `output_dir/earlier-run-N/`: left in place, a later `true` would resume the earlier run's last checkpoint, numbered
+    past the new run's, with its weights and data."""
+    checkpoints = _checkpoints(training_args.output_dir)
+    if _resume_value(training_args) != "false" or not checkpoints:
+        return
+    n = 1
+    while os.path.exists(aside := os.path.join(training_args.output_dir, EARLIER_RUN_FOLDER.format(n=n))):
+        n += 1
+    os.makedirs(aside)
+    for checkpoint in checkpoints:
+        os.rename(checkpoint, os.path.join(aside, os.path.basename(checkpoint)))
+    print(f"maple train: the earlier run's {len(checkpoints)} checkpoint(s) moved to {aside}", file=sys.stderr)
+
+
+def _resume_value(training_args: RPAConfig) -> str | None:
+    """`--resume_from_checkpoint` as "true", "false", a path or None (a YAML config may give a bool or 1/0)."""
+    value = training_args.resume_from_checkpoint
+    if value is None:
+        return None
+    value = str(value)
+    if value.lower() in ("false", "no", "0"):
+        return "false"
+    if value.lower() in ("true", "yes", "1"):
+        return "true"
+    return value
+
+
+def _checkpoints(output_dir: str) -> list[str]:
+    """The checkpoint-N folders of `output_dir`, by N."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = [(int(match[1]), entry.path) for entry in os.scandir(output_dir)
+             if entry.is_dir() and (match := re.fullmatch(r"checkpoint-(\d+)", entry.name))]
+    return [path for _, path in sorted(found)]
 
 
 def _check_config_file(parser: _Parser, argv: list[str]) -> None:
