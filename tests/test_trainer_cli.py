@@ -93,6 +93,22 @@ def test_resuming_skips_a_checkpoint_cut_short_and_training_from_scratch_sets_th
     assert recipe["seed"] == 7  # a later `true` resumes the new run
 
 
+def test_resuming_with_other_lora_settings_or_without_lora_is_a_one_line_error(tmp_path, capsys):
+    """Another rank, or no --use_peft, failed only once the model had loaded, in a 60-line state-dict traceback."""
+    synthetic_preference_dataset(16).save_to_disk(tmp_path / "prefs")
+    argv = ["--tiny", "dual_encoder", "--dataset_name", str(tmp_path / "prefs"), "--output_dir", str(tmp_path / "out"),
+            "--per_device_train_batch_size", "8", "--report_to", "none", "--save_steps", "2", "--max_steps", "2"]
+    assert main([*argv, "--use_peft", "--lora_r", "8", "--lora_alpha", "8"]) == 0
+    recipe = json.loads((tmp_path / "out" / "checkpoint-2" / "rpa_recipe.json").read_text())
+    assert recipe["lora"] == {"r": 8, "lora_alpha": 8}
+    for extra, change in ((["--use_peft", "--lora_r", "4", "--lora_alpha", "8"], "{'r': 4, 'lora_alpha': 8}"), ([], "None")):
+        with pytest.raises(SystemExit):
+            main([*argv, *extra, "--max_steps", "4", "--resume_from_checkpoint", "true"])
+        assert capsys.readouterr().err.splitlines()[-1].endswith(
+            f"checkpoint-2 was trained with another recipe (lora: {{'r': 8, 'lora_alpha': 8}} -> {change}): resume with "
+            "its settings, or start a new run in another output_dir")
+
+
 def test_tiny_smoke_run_on_an_mllm_family(tmp_path):
     synthetic_preference_dataset(8).save_to_disk(tmp_path / "prefs")
     argv = ["--tiny", "smolvlm", "--dataset_name", str(tmp_path / "prefs"), "--output_dir", str(tmp_path / "out"),

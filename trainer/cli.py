@@ -157,8 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         _check_reference("--dataset_name", data_args.dataset_name)
         resume = checkpoint_to_resume(training_args)
         if resume is not None:
+            lora = {"r": model_args.lora_r, "lora_alpha": model_args.lora_alpha} if model_args.use_peft else None
             try:
-                check_recipe(resume, training_args)
+                check_recipe(resume, training_args, lora)
             except ValueError as error:
                 raise TrainingInputError(str(error)) from None
         splits = load_preference_splits(data_args)

@@ -17,6 +17,7 @@ import shutil
 import traceback
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import safetensors.torch
 import torch
@@ -502,14 +503,19 @@ class RPATrainer(DPOTrainer):
             if resume_from_checkpoint is None:
                 raise ValueError(f"No valid checkpoint found in output directory ({self.args.output_dir})")
         if resume_from_checkpoint:
-            check_recipe(resume_from_checkpoint, self.args)
+            check_recipe(resume_from_checkpoint, self.args, lora_recipe(self._peft_config()))
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _peft_config(self) -> PeftConfig | None:
+        model = self.accelerator.unwrap_model(self.model)
+        return model.peft_config.get(model.active_adapter) if isinstance(model, PeftModel) else None
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         output_dir = output_dir or self.args.output_dir
         self._save_weights(output_dir, state_dict)
         if self.args.should_save:  # a recipe file is whole or absent
-            recipe = json.dumps({name: getattr(self.args, name) for name in RECIPE_FIELDS}, indent=2)
+            recipe = {name: getattr(self.args, name) for name in RECIPE_FIELDS} | {"lora": lora_recipe(self._peft_config())}
+            recipe = json.dumps(recipe, indent=2)
             atomic_write_text(os.path.join(output_dir, RECIPE_FILE), recipe)
 
     def _save_weights(self, output_dir: str, state_dict: dict | None) -> None:
@@ -625,9 +631,16 @@ class ScaleBound(TrainerCallback):
         bound_scales(model, self.max_scale)
 
 
-def check_recipe(checkpoint: str, args: RPAConfig) -> None:
-    """Raise a ValueError naming each `RECIPE_FIELDS` value (saved -> now) that `args` changes from the recipe the
-    checkpoint was trained with. Checkpoints saved before recipes were recorded have none and pass."""
+def lora_recipe(peft_config: PeftConfig | None) -> dict[str, Any] | None:
+    """The LoRA settings a resumed run must share with its checkpoint, whose adapters have their shapes: rank and
+    alpha; None for full fine-tuning."""
+    return None if peft_config is None else {"r": peft_config.r, "lora_alpha": peft_config.lora_alpha}
+
+
+def check_recipe(checkpoint: str, args: RPAConfig, lora: dict[str, Any] | None) -> None:
+    """Raise a ValueError naming each `RECIPE_FIELDS` value, and the LoRA settings (`lora_recipe`), (saved -> now) that
+    differ from the recipe the checkpoint was trained with. Checkpoints saved before recipes (or their LoRA settings)
+    were recorded have none and pass."""
     recipe_file = os.path.join(checkpoint, RECIPE_FILE)
     if not os.path.isfile(recipe_file):
         return
@@ -636,11 +649,8 @@ def check_recipe(checkpoint: str, args: RPAConfig) -> None:
             saved = json.load(handle)
     except (OSError, ValueError) as error:
         raise ValueError(f"{recipe_file} cannot be read ({error}): restore it, or start a new run in another output_dir") from error
-    differences = [
-        f"{name}: {saved[name]!r} -> {getattr(args, name)!r}"
-        for name in RECIPE_FIELDS
-        if name in saved and saved[name] != getattr(args, name)
-    ]
+    now = {name: getattr(args, name) for name in RECIPE_FIELDS} | {"lora": lora}
+    differences = [f"{name}: {saved[name]!r} -> {value!r}" for name, value in now.items() if name in saved and saved[name] != value]
     if differences:
         raise ValueError(
             f"{checkpoint} was trained with another recipe ({'; '.join(differences)}): resume with its settings, or "
