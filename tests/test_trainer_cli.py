@@ -3,6 +3,7 @@ reported as one line (`maple train: error: ...`, exit 2) before any model is loa
 
 import dataclasses
 import json
+import os
 
 import pytest
 import yaml
@@ -244,9 +245,9 @@ def test_a_bad_row_or_a_resume_folder_that_is_no_checkpoint_is_reported_before_a
         assert error.startswith(f"maple train: error: {message}") and error.count("\n") == 1, error
 
 
-def test_a_parquet_table_of_image_paths_trains_from_the_command_line_as_a_folder_or_a_file(tmp_path):
-    """The Python API asks for a cast to datasets.Image(), which a command-line user cannot make."""
-    dataset = synthetic_preference_dataset(4)
+def _table_of_image_paths(tmp_path, rows: int = 4):
+    """The synthetic preference dataset with its images saved as PNG files in tmp_path, as a table of their paths."""
+    dataset = synthetic_preference_dataset(rows)
     paths, candidate_paths = [], []
     for row, record in enumerate(dataset):
         candidates = []
@@ -256,13 +257,44 @@ def test_a_parquet_table_of_image_paths_trains_from_the_command_line_as_a_folder
             candidates.append(str(path))
         paths.append(candidates[0])
         candidate_paths.append(candidates)
-    table = dataset.remove_columns(["image", "candidate_images"]).add_column("image", paths).add_column("candidate_images", candidate_paths)
+    return dataset.remove_columns(["image", "candidate_images"]).add_column("image", paths).add_column(
+        "candidate_images", candidate_paths)
+
+
+def test_a_parquet_table_of_image_paths_trains_from_the_command_line_as_a_folder_or_a_file(tmp_path):
+    """The Python API asks for a cast to datasets.Image(), which a command-line user cannot make."""
     (tmp_path / "prefs").mkdir()
-    table.to_parquet(tmp_path / "prefs" / "train.parquet")
+    _table_of_image_paths(tmp_path).to_parquet(tmp_path / "prefs" / "train.parquet")
     # a folder, or one file of it (a shard `maple build-preferences` wrote was sent to the Hub as an id)
     for location, output_dir in [(tmp_path / "prefs", "out"), (tmp_path / "prefs" / "train.parquet", "out_file")]:
         assert main(["--tiny", "dual_encoder", "--dataset_name", str(location), "--output_dir", str(tmp_path / output_dir),
                      "--max_steps", "1", "--per_device_train_batch_size", "2", "--report_to", "none", "--use_cpu", "true"]) == 0
+
+
+def test_a_missing_or_corrupt_image_file_is_one_line_naming_its_row(tmp_path, capsys):
+    """Both were two chained tracebacks once training had started, the last asking a command-line user to run a
+    Python function (found by a user-journey review). A missing file is found by validation, before the model loads;
+    a corrupt one when its row is batched, and the command then finds its row."""
+    _table_of_image_paths(tmp_path).to_parquet(tmp_path / "prefs.parquet")
+    argv = ["--tiny", "dual_encoder", "--dataset_name", str(tmp_path / "prefs.parquet"), "--output_dir",
+            str(tmp_path / "out"), "--max_steps", "2", "--per_device_train_batch_size", "4", "--report_to", "none"]
+    (tmp_path / "2-1.png").rename(tmp_path / "moved.png")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"maple train: error: --dataset_name {tmp_path / 'prefs.parquet'}: train dataset, row id 'scene-2': column "
+        f"'candidate_images'[1] is the file '{tmp_path / '2-1.png'}', which does not exist (relative paths are read "
+        f"from {os.getcwd()}).")
+    (tmp_path / "moved.png").rename(tmp_path / "2-1.png")
+    (tmp_path / "2-1.png").write_bytes(b"not a png")
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.splitlines()[-1]  # after the progress bar's last state
+    assert "maple train: error: train dataset, row id 'scene-2', column 'candidate_images'[1]: UnidentifiedImageError: " \
+           "cannot identify image file" in last
 
 
 def test_a_folder_that_is_no_checkpoint_is_reported_in_one_line(tmp_path, capsys):

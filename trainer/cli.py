@@ -27,7 +27,7 @@ from evaluation.models import is_hub_id, local_typo_hint
 from modeling_maple.configuration_maple import SUPPORTED_MLLMS
 
 from .rpa_config import RPAConfig, from_pretrained_kwargs, unused_dpo_field_help
-from .schema import validate_preference_dataset
+from .schema import first_undecodable_image, validate_preference_dataset
 
 
 class TrainingInputError(ValueError):
@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     if data_args.dataset_name is None:
         parser.error("--dataset_name is required")
 
-    from .rpa_trainer import RPATrainer, check_recipe  # heavy imports only once the arguments are known to be fine
+    # heavy imports only once the arguments are known to be fine
+    from .rpa_trainer import RPATrainer, UndecodableImageError, check_recipe
 
     try:
         # Cheapest first: paths that exist or could be Hub ids, the checkpoint to resume, then the dataset, then the
@@ -182,7 +183,12 @@ def main(argv: list[str] | None = None) -> int:
         peft_config=peft_config,
     )
     set_aside_earlier_checkpoints(training_args)  # only now: an error above must not move them
-    trainer.train(resume_from_checkpoint=resume)
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    except UndecodableImageError as error:  # the loader cannot say which row: find it, as the error advises
+        split = data_args.dataset_train_split if error.split == "train" else data_args.dataset_test_split
+        where = first_undecodable_image(splits[split], error.split) if split in splits else None
+        parser.error(where or str(error))
     trainer.save_model(training_args.output_dir)
     trainer.create_model_card(dataset_name=data_args.dataset_name)
     if training_args.push_to_hub:

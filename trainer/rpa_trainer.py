@@ -658,6 +658,15 @@ def check_recipe(checkpoint: str, args: RPAConfig, lora: dict[str, Any] | None) 
         )
 
 
+class UndecodableImageError(ValueError):
+    """An image of a split does not decode while the data loader fetches rows; `split` names the split, and
+    `trainer.schema.first_undecodable_image` its row."""
+
+    def __init__(self, message: str, split: str):
+        super().__init__(message)
+        self.split = split
+
+
 @contextlib.contextmanager
 def _pointing_to_undecodable_images(split: str):
     """Turns an error PIL raises while the data loader fetches rows (`datasets` decodes the images then, so the error
@@ -671,9 +680,10 @@ def _pointing_to_undecodable_images(split: str):
         from_pil = any(in_pil.search(frame.filename) for frame in traceback.extract_tb(error.__traceback__))
         if not (from_pil or in_pil.search(str(error))):
             raise
-        raise ValueError(
+        raise UndecodableImageError(
             f"An image of the {split} dataset does not decode ({type(error).__name__}: {' '.join(str(error).split())[:300]}): "
-            f"trainer.schema.first_undecodable_image(dataset, {split!r}) names the first such row."
+            f"trainer.schema.first_undecodable_image(dataset, {split!r}) names the first such row.",
+            split,
         ) from error
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import os
 import reprlib
 import weakref
 from collections.abc import Iterable, Sequence
@@ -263,6 +264,7 @@ def validate_preference_dataset(dataset: Dataset | IterableDataset, dataset_name
             dataset_name=dataset_name,
         )
         _check_anchor_first(batch, dataset.features, dataset_name)
+        _check_image_files(batch, dataset_name)
     _VALIDATED_DATASETS.add(dataset)
 
 
@@ -316,6 +318,29 @@ def _check_anchor_first(batch: pa.Table, features: Features, dataset_name: str) 
                 f"{where}: column {candidates_column!r}[0] differs from the row's {anchor_column!r}; expected the anchor "
                 "itself first, then its other candidates."
             )
+
+
+def _check_image_files(batch: pa.Table, dataset_name: str) -> None:
+    """Raises for the first row holding an image stored as the path of a local file that does not exist (`datasets`
+    opens it only when the row is batched, hours into a run). Each distinct path is looked up once; paths with a
+    scheme (hf://, https://) are left to that read."""
+    for column in ("image", "candidate_images"):
+        entries = pc.list_flatten(batch[column]) if column == "candidate_images" else batch[column]
+        paths = pc.struct_field(entries, "path")
+        by_path_only = pc.filter(paths, pc.and_(pc.is_null(pc.struct_field(entries, "bytes")), pc.is_valid(paths)))
+        missing = {path for path in set(by_path_only.to_pylist()) if "://" not in path and not os.path.isfile(path)}
+        if not missing:
+            continue
+        for row, value in enumerate(batch[column].to_pylist()):
+            values = value if column == "candidate_images" else [value]
+            position = next((i for i, image in enumerate(values) if image and image["bytes"] is None
+                             and image["path"] in missing), None)
+            if position is not None:
+                entry = f"{column!r}[{position}]" if column == "candidate_images" else repr(column)
+                raise ValueError(
+                    f"{dataset_name} dataset, row id {batch['id'][row].as_py()!r}: column {entry} is the file "
+                    f"{values[position]['path']!r}, which does not exist (relative paths are read from {os.getcwd()})."
+                )
 
 
 def _first_missing(column: pa.ChunkedArray) -> list[tuple[int, str] | None]:
