@@ -161,9 +161,12 @@ def test_bad_arguments_are_reported_in_one_line(capsys, argv, message):
         (None, "--config {path}: No such file or directory"),
         # YAML values skip argparse's types and choices: they were tracebacks, some after the model had loaded
         ("num_image_candidates: [1, 2]\n", "'<' not supported between instances of 'list' and 'int'"),
-        ("tiny: foo\n", "tiny must be one of ['mllm', 'dual_encoder', "),
+        ("tiny: foo\n", "{path}: tiny: invalid choice 'foo' (choose from 'mllm', 'dual_encoder', "),
         ("lora_r: 0\n", "lora_r is a rank and must be an integer >= 1, got 0"),
         ("lora_dropout: 2\n", "lora_dropout is a probability and must be in [0, 1), got 2"),
+        # argparse converted these and named the flag, not the file (found by a user-journey review)
+        ("max_steps: ten\n", "{path}: max_steps: invalid int value: 'ten'"),
+        ("rpa_loss: ranked\n", "{path}: rpa_loss: invalid choice 'ranked' (choose from 'listwise', 'pairwise')"),
     ],
 )
 def test_a_bad_config_file_is_reported_in_one_line_naming_it(tmp_path, capsys, content, message):

@@ -12,6 +12,7 @@ Every `RPAConfig` / `TrainingArguments` field is a flag; `maple train --help` li
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import sys
@@ -306,6 +307,18 @@ def _check_config_file(parser: _Parser, argv: list[str]) -> None:
         parser.error(f"{path}: unknown key {names}; keys are the options of `maple train --help` without '--'")
     if not isinstance(config.get("env", {}), dict):
         parser.error(f"{path}: expected 'env' to be a mapping of environment variables, got {config['env']!r:.80}")
+    actions = {action.dest: action for action in parser._actions}
+    for key, value in config.items():
+        # argparse converts a YAML string as it would a flag's, and its error names the flag, not this file
+        action = actions.get(key)
+        convert = getattr(action, "type", None)
+        if isinstance(value, str) and callable(convert):
+            try:
+                value = convert(value)
+            except (TypeError, ValueError, argparse.ArgumentTypeError):
+                parser.error(f"{path}: {key}: invalid {getattr(convert, '__name__', 'option')} value: {value!r}")
+        if action is not None and action.choices is not None and value not in action.choices:
+            parser.error(f"{path}: {key}: invalid choice {value!r} (choose from {', '.join(map(repr, action.choices))})")
 
 
 def _check_reference(option: str, reference: str) -> None:
