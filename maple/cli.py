@@ -61,10 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.main(argv[1:]) or 0)
     except KeyboardInterrupt:  # finished work is kept by every command: say how to go on, not where Python stopped
-        resume = "the same command" + (
-            " (with --resume_from_checkpoint true once a checkpoint was saved)" if parsed.command == "train" else ""
-        )
-        print(f"\nmaple {parsed.command}: interrupted; what was finished is kept: run {resume} to resume", file=sys.stderr)
+        if parsed.command == "train":  # training keeps only what its checkpoints hold
+            kept, resume = "the checkpoints saved so far are kept, not the steps after the last", (
+                "the same command with --resume_from_checkpoint true")
+        else:
+            kept, resume = "what was finished is kept", "the same command"
+        print(f"\nmaple {parsed.command}: interrupted; {kept}: run {resume} to resume", file=sys.stderr)
         return 130
 
 
