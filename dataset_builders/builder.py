@@ -34,6 +34,7 @@ import json
 import os
 import pickle
 import re
+import reprlib
 import shutil
 import time
 from collections import Counter
@@ -296,7 +297,14 @@ def _differences(saved: Any, current: Any, name: str = "") -> list[str]:
             for key in sorted(saved.keys() | current.keys())
             for line in _differences(saved.get(key), current.get(key), f"{name}.{key}" if name else key)
         ]
-    return [] if saved == current else [f"{name}: {saved!r} in the work dir, {current!r} now"]
+    return [] if saved == current else [f"{name}: {_brief(saved)} in the work dir, {_brief(current)} now"]
+
+
+def _brief(value: Any) -> str:
+    """`repr(value)` cut short: settings compared with none (a stand-in judge has none) hold a whole chat template."""
+    brief = reprlib.Repr()
+    brief.maxstring, brief.maxother, brief.maxdict, brief.maxlist, brief.maxlevel = 80, 80, 4, 4, 2
+    return brief.repr(value)
 
 
 def _ranges(positions: list[int]) -> str:

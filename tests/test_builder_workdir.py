@@ -269,3 +269,14 @@ def test_a_new_work_dir_builds_again_rather_than_reusing_the_cache(tmp_path):
     rebuilt.download_and_prepare()
     assert all("triangle" in caption for caption in rebuilt.as_dataset(split="train")["caption"])
     assert (tmp_path / "work" / "stats.json").exists()
+
+
+def test_a_recipe_difference_with_settings_on_one_side_only_is_short():
+    """A stand-in judge has no settings; against an MLLM judge's the message printed them whole, chat template and
+    all, on one line (found by a user-journey review)."""
+    from dataset_builders.builder import _differences
+
+    settings = {"prompt": "Does the image match?", "chat_template": "{% for m in messages %}" * 100, "dtype": "float32",
+                "weights": "0" * 64, "image_processor": {"size": 448}}
+    [difference] = _differences({"judge_settings": None}, {"judge_settings": settings})
+    assert difference.startswith("judge_settings: None in the work dir, {") and len(difference) < 400
