@@ -954,9 +954,10 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
     def _wait_for(self, paths: list[Path], *, what: str) -> None:
         """Returns once every path exists. Raises `WorkDirMismatch` if the manifest goes meanwhile: another rank gave
         up the work dir (an error before embedding, which removes what the others wait for) and said why."""
-        deadline = time.monotonic() + self.wait_timeout
+        deadline, manifest = time.monotonic() + self.wait_timeout, self.work_dir / MANIFEST_FILE
+        claimed = manifest.exists()  # (a stage run on its own, without `plan`, may have none)
         while missing := [path for path in paths if not path.exists()]:
-            if not (self.work_dir / MANIFEST_FILE).exists():
+            if claimed and not manifest.exists():
                 raise WorkDirMismatch(
                     f"another process gave up the work dir {self.work_dir} while this one waited for {what}: its "
                     "error says why"

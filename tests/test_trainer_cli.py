@@ -300,6 +300,22 @@ def test_a_missing_or_corrupt_image_file_is_one_line_naming_its_row(tmp_path, ca
            "cannot identify image file" in last
 
 
+def test_the_card_names_the_judge_recorded_with_the_preference_data(tmp_path):
+    """The card said "Preference judge: not recorded" for data that `maple build-preferences` made, whose stats.json
+    names it (found by a user-journey review)."""
+    from trainer.cli import preference_judge
+
+    shards = tmp_path / "prefs" / "work" / "shards"
+    shards.mkdir(parents=True)
+    synthetic_preference_dataset(4).to_parquet(str(shards / "shard-000000-000004.parquet"))
+    (shards.parent / "stats.json").write_text(json.dumps({"judge": "Qwen/Qwen2-VL-7B-Instruct", "num_anchors": 4}))
+    assert main(["--tiny", "dual_encoder", "--dataset_name", str(shards), "--output_dir", str(tmp_path / "out"),
+                 "--max_steps", "1", "--per_device_train_batch_size", "4", "--report_to", "none"]) == 0
+    assert "| Preference judge | `Qwen/Qwen2-VL-7B-Instruct` |" in (tmp_path / "out" / "README.md").read_text()
+    assert preference_judge(str(tmp_path / "out")) is None  # no stats.json
+    assert preference_judge("maple-org/not-cached-prefs") is None  # offline and not cached: not recorded
+
+
 def test_a_folder_that_is_no_checkpoint_is_reported_in_one_line(tmp_path, capsys):
     synthetic_preference_dataset(4).save_to_disk(tmp_path / "prefs")
     (tmp_path / "not_a_model").mkdir()

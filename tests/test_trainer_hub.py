@@ -87,3 +87,21 @@ def test_checkpoints_pushed_during_training_load_without_the_package(hub_server,
     assert {"config.json", "modeling_maple.py", "configuration_maple.py"} <= set(hub_server.files(paths["repo"]))
     loaded = json.loads(run_client(hub_server, tmp_path, LOAD.format(**paths), isolated=True).strip().splitlines()[-1])
     assert loaded["model_class"].startswith("transformers_modules.") and loaded["identical"]
+
+
+JUDGE_OF_A_HUB_DATASET = """
+from huggingface_hub import HfApi
+from trainer.cli import preference_judge
+
+api = HfApi()
+api.create_repo("{repo}", repo_type="dataset", exist_ok=True)
+for path, content in (("stats/paper/stats.json", b'{{"judge": "Qwen/Qwen2-VL-7B-Instruct"}}'), ("README.md", b"card")):
+    api.upload_file(path_or_fileobj=content, path_in_repo=path, repo_id="{repo}", repo_type="dataset")
+print(preference_judge("{repo}"))
+"""
+
+
+def test_the_judge_of_a_preference_dataset_on_the_hub_is_read_from_its_stats(hub_server, tmp_path):
+    """`maple build-preferences --push-to-hub` uploads stats/<config>/stats.json: the model card names its judge."""
+    printed = run_client(hub_server, tmp_path, JUDGE_OF_A_HUB_DATASET.format(repo=f"{USER}/judged-preferences"))
+    assert printed.strip().splitlines()[-1] == "Qwen/Qwen2-VL-7B-Instruct"

@@ -13,10 +13,12 @@ Every `RPAConfig` / `TrainingArguments` field is a flag; `maple train --help` li
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import NoReturn
 
 import yaml
@@ -191,10 +193,36 @@ def main(argv: list[str] | None = None) -> int:
         where = first_undecodable_image(splits[split], error.split) if split in splits else None
         parser.error(where or str(error))
     trainer.save_model(training_args.output_dir)
-    trainer.create_model_card(dataset_name=data_args.dataset_name)
+    card = {"dataset_name": data_args.dataset_name, "judge_id": preference_judge(data_args.dataset_name)}
+    trainer.create_model_card(**card)
     if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=data_args.dataset_name)
+        trainer.push_to_hub(**card)
     return 0
+
+
+def preference_judge(location: str) -> str | None:
+    """The judge that scored a preference dataset `maple build-preferences` made, for the model card: from the build's
+    stats.json, beside the shards in a local work dir (`--dataset_name OUT/work/shards`), or one `stats/<config>/`
+    stats.json in a Hub repo it pushed; None where there is none (or, offline, none cached)."""
+    path = Path(location).expanduser()
+    if path.exists():
+        folder = path if path.is_dir() else path.parent
+        found = [candidate for candidate in (folder / "stats.json", folder.parent / "stats.json") if candidate.is_file()]
+    else:
+        from huggingface_hub import HfApi, hf_hub_download
+        from huggingface_hub.errors import HfHubHTTPError
+
+        try:
+            files = [file for file in HfApi().list_repo_files(location, repo_type="dataset")
+                     if re.fullmatch(r"stats/[^/]+/stats\.json", file)]
+            found = [Path(hf_hub_download(location, files[0], repo_type="dataset"))] if len(files) == 1 else []
+        except (OSError, ValueError, HfHubHTTPError):  # offline, not found, gated: the card says "not recorded"
+            return None
+    try:
+        judge = json.loads(found[0].read_text()).get("judge") if found else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return judge if isinstance(judge, str) else None
 
 
 # where `--resume_from_checkpoint false` moves an earlier run's checkpoints, in output_dir

@@ -561,11 +561,16 @@ class RPATrainer(DPOTrainer):
         super()._push_from_checkpoint(checkpoint_folder)
 
     def create_model_card(
-        self, model_name: str | None = None, dataset_name: str | None = None, tags: str | list[str] | None = None
+        self,
+        model_name: str | None = None,
+        dataset_name: str | None = None,
+        tags: str | list[str] | None = None,
+        judge_id: str | None = None,
     ) -> None:
         """Writes README.md from `model_cards.model_card_from_run` when that package is installed: the card of the
         repo the model is pushed to (else of `hub_model_id`, else of `model_name`), tagged with its own tags, `tags`
-        and this trainer's."""
+        and this trainer's. `judge_id`: the MLLM that scored the preference data (`maple train` reads it from the
+        dataset's stats.json)."""
         if not self.is_world_process_zero():
             return
         try:
@@ -583,7 +588,7 @@ class RPATrainer(DPOTrainer):
             log_history=self.state.log_history,
             eval_results={},
             dataset_id=dataset_name,
-            judge_id=None,
+            judge_id=judge_id,
             lora=None if peft_config is None else peft_config.to_dict(),
             repo_id=self.hub_model_id or self.args.hub_model_id or model_name,  # the first is the repo created
             model_config=base.config,
