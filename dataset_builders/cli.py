@@ -170,14 +170,17 @@ def _device(requested: str | None) -> str:
 
 def _check_model_refs(args: argparse.Namespace) -> None:
     """A ValueError naming the option of a model that cannot be found: a module:factory spec that does not import, a
-    path that is not a folder. Reads no model, so it runs before the first one loads."""
-    from evaluation.models import ModelLoadError, check_model_ref
+    path that is not a folder, a Hub repo that is not found, refuses the token or, offline, is not cached. Reads
+    configs only, so it runs before the first model loads: one of them may take minutes and most of a GPU."""
+    from evaluation.models import ModelLoadError, check_model_ref, hub_checkpoint_config_file
 
     specs = [("--judge", spec) for spec in args.judge] + [("--captioner", args.captioner), ("--miner", args.miner)]
     for option, spec in specs:
         try:
             if spec is not None and _factory(spec) is None:
                 check_model_ref(spec)
+                if not os.path.isdir(os.path.expanduser(spec)):  # then a Hub id (check_model_ref)
+                    hub_checkpoint_config_file(spec)
         except (ImportError, AttributeError, ModelLoadError) as error:
             raise ValueError(f"{option} {spec}: {error}") from None
 

@@ -205,7 +205,24 @@ def test_models_that_cannot_be_found_or_loaded_are_one_line_errors(source_file, 
     assert "--captioner dataset_builders.testing:NoSuch: module 'dataset_builders.testing' has no attribute 'NoSuch'" in \
         error_of("--captioner", "dataset_builders.testing:NoSuch")
     assert "--judge no_such_module:factory: No module named 'no_such_module'" in error_of("--judge", "no_such_module:factory")
-    assert "--miner maple-org/not-cached cannot be loaded: " in error_of("--miner", "maple-org/not-cached")  # offline
+    assert not (tmp_path / "out" / "work").exists()
+
+
+@pytest.mark.parametrize("option", ["--judge", "--captioner", "--miner"])
+def test_a_hub_model_offline_and_not_cached_is_an_error_before_any_model_loads(source_file, tmp_path, capsys, monkeypatch, option):
+    """Only local paths were checked: offline, the judge and captioner (minutes and GPU memory for a 7B and a 72B
+    MLLM) loaded before the default miner, facebook/dinov2-base, failed as not cached."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(cli, "_load_components", lambda *args: pytest.fail("models were loaded"))
+    models = dict(zip(STAND_INS[::2], STAND_INS[1::2])) | {option: "maple-org/not-cached"}
+    argv = [source_file, "--output-dir", str(tmp_path / "out"), "--semdedup-clusters", "0", "--no-progress"]
+    assert cli.main(argv + [item for pair in models.items() for item in pair]) == 2
+    assert capsys.readouterr().err == (
+        f"maple build-preferences: error: {option} maple-org/not-cached: model repo 'maple-org/not-cached' on "
+        f"{constants.ENDPOINT} is not in the local cache and the Hub is offline or unreachable\n"
+    )
     assert not (tmp_path / "out" / "work").exists()
 
 
