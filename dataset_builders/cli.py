@@ -37,6 +37,20 @@ RECIPE_OPTIONS = (
 )
 SOURCE_OPTIONS = ("source_split", "image_column", "caption_column", "id_column", "source_license")
 _OPTION_TYPES = {"int": int, "int | None": int, "float": float, "str": str, "str | None": str}  # field type -> argparse's
+# The options that set up models, by the components they apply to. They reach only components loaded from a Hub id
+# or path: a module:factory builds its object itself, unconfigured, so an option that reaches none is refused.
+MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
+    "device": ("judge", "captioner", "miner"),
+    "device_map": ("judge", "captioner"),
+    "dtype": ("judge", "captioner"),
+    "max_pixels": ("judge", "captioner"),
+    "judge_prompt": ("judge",),
+    "judge_batch_size": ("judge",),
+    "caption_prompt": ("captioner",),
+    "temperature": ("captioner",),
+    "num_samples": ("captioner",),
+    "max_new_tokens": ("captioner",),
+}
 
 
 _FACTORY_SPEC = re.compile(r"^(?P<module>[A-Za-z_][\w.]*):(?P<attribute>[A-Za-z_][\w.]*)$")
@@ -120,6 +134,32 @@ def _factory(spec: str):
     return target
 
 
+def _options_given(argv: list[str] | None) -> set[str]:
+    """The dests of the options `argv` sets (it parses): argparse fills in defaults indistinguishably from them."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def _check_model_options(args: argparse.Namespace, given: set[str]) -> None:
+    """A ValueError naming every `MODEL_OPTIONS` option set on the command line that reaches none of its components
+    (each is a module:factory, or absent), which would ignore it. Runs after `_check_model_refs`: factories import."""
+    specs = {"judge": args.judge, "captioner": [args.captioner] if args.captioner else [], "miner": [args.miner]}
+    ignored: dict[tuple[str, ...], list[str]] = defaultdict(list)  # by the components they are for
+    for dest, components in MODEL_OPTIONS.items():
+        if dest in given and all(_factory(spec) is not None for component in components for spec in specs[component]):
+            ignored[components].append(f"--{dest.replace('_', '-')}")
+    groups = []
+    for components, options in ignored.items():
+        targets = ", ".join(f"--{component} {spec}" for component in components for spec in specs[component])
+        built = f"not one a module:factory builds ({targets})" if targets else "and there is no --captioner"
+        groups.append(f"{', '.join(options)}, for a {' or '.join('--' + name for name in components)} loaded from a Hub "
+                      f"id or path, {built}")
+    if groups:
+        raise ValueError(f"ignored options: {'; '.join(groups)}. Leave them out, or set them in the factory")
+
+
 def _device(requested: str | None) -> str:
     if requested:
         return requested
@@ -130,14 +170,17 @@ def _device(requested: str | None) -> str:
 
 def _check_model_refs(args: argparse.Namespace) -> None:
     """A ValueError naming the option of a model that cannot be found: a module:factory spec that does not import, a
-    path that is not a folder. Reads no model, so it runs before the first one loads."""
-    from evaluation.models import ModelLoadError, check_model_ref
+    path that is not a folder, a Hub repo that is not found, refuses the token or, offline, is not cached. Reads
+    configs only, so it runs before the first model loads: one of them may take minutes and most of a GPU."""
+    from evaluation.models import ModelLoadError, check_model_ref, hub_checkpoint_config_file
 
     specs = [("--judge", spec) for spec in args.judge] + [("--captioner", args.captioner), ("--miner", args.miner)]
     for option, spec in specs:
         try:
             if spec is not None and _factory(spec) is None:
                 check_model_ref(spec)
+                if not os.path.isdir(os.path.expanduser(spec)):  # then a Hub id (check_model_ref)
+                    hub_checkpoint_config_file(spec)
         except (ImportError, AttributeError, ModelLoadError) as error:
             raise ValueError(f"{option} {spec}: {error}") from None
 
@@ -214,16 +257,18 @@ def format_summary(stats: dict[str, Any], seconds: float, computed: int, reused:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    given = _options_given(argv)
     if not args.no_progress or datasets.are_progress_bars_disabled():
-        return _build(args)
+        return _build(args, given)
     datasets.disable_progress_bars()  # datasets' own bars too (reading the source, assembling the dataset)
     try:
-        return _build(args)
+        return _build(args, given)
     finally:
         datasets.enable_progress_bars()
 
 
-def _build(args: argparse.Namespace) -> int:
+def _build(args: argparse.Namespace, given: set[str]) -> int:
+    """The build `args` ask for; `given`: the dests of the options set on the command line (`_options_given`)."""
     started = time.perf_counter()
     overrides = _config_overrides(args)
     try:
@@ -235,8 +280,9 @@ def _build(args: argparse.Namespace) -> int:
             raise ValueError(f"the {args.config!r} config writes captions: pass --captioner (or use --config corpus-captions)")
         if config.text_candidates != "generated" and args.captioner:  # it would be loaded (a 72B MLLM) for nothing
             raise ValueError(f"the {args.config!r} config uses the hard negatives' own captions: leave out --captioner")
-        open_source(config, cache_dir=os.path.join(args.output_dir, "cache"))
         _check_model_refs(args)
+        _check_model_options(args, given)
+        open_source(config, cache_dir=os.path.join(args.output_dir, "cache"))
         components = _load_components(args, _device(args.device))
     except ValueError as error:  # SourceError included
         print(f"maple build-preferences: error: {error}", file=sys.stderr)

@@ -17,7 +17,7 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from maple.cli import DefaultsHelpFormatter, positive
 from maple.files import atomic_write_text
@@ -50,15 +50,22 @@ def _distinct_models(model_refs: list[str]) -> list[str]:
     return list(distinct.values())
 
 
+def _usage_error(parser: argparse.ArgumentParser, message: str) -> NoReturn:
+    """Exit with status 2 on one line `maple eval: error: message`, for a value the command cannot use, as `maple
+    train` and `maple build-preferences` report theirs: `parser.error` prints the usage lines first, which are for
+    argparse's own (syntax) errors and say nothing about the value."""
+    parser.exit(2, f"{parser.prog}: error: {message}\n")
+
+
 def _parse_sources(parser: argparse.ArgumentParser, pairs: list[str]) -> dict[str, str]:
     sources = {}
     for pair in pairs:
         name, separator, source = pair.partition("=")
         if not separator or name not in BENCHMARKS:
-            parser.error(f"--source expects BENCHMARK=PATH_OR_HUB_ID with BENCHMARK in {sorted(BENCHMARKS)}, got {pair!r}")
+            _usage_error(parser, f"--source expects BENCHMARK=PATH_OR_HUB_ID with BENCHMARK in {sorted(BENCHMARKS)}, got {pair!r}")
         if not source.strip():  # it read the official Hub dataset, as if the option were not there
-            parser.error(f"--source {pair!r}: no path or Hub id after '='; leave {name} out of --source to read its "
-                         f"official dataset, {BENCHMARKS[name].hub_id}")
+            _usage_error(parser, f"--source {pair!r}: no path or Hub id after '='; leave {name} out of --source to read "
+                                 f"its official dataset, {BENCHMARKS[name].hub_id}")
         sources[name] = source
     return sources
 
@@ -283,18 +290,18 @@ def _embedding_device(parser: argparse.ArgumentParser, requested: str | None) ->
     try:
         device = torch.device(requested)
     except RuntimeError as error:
-        parser.error(f"--device {requested!r}: {error}")
+        _usage_error(parser, f"--device {requested!r}: {error}")
     if device.type == "cpu":
         return str(device)
     backend = getattr(torch, device.type, None)  # torch.cuda, torch.mps, torch.xpu, ...
     if not hasattr(backend, "device_count"):
-        parser.error(f"--device {requested!r}: models cannot embed on a {device.type!r} device")
+        _usage_error(parser, f"--device {requested!r}: models cannot embed on a {device.type!r} device")
     count = backend.device_count()
     if count == 0:
-        parser.error(f"--device {requested!r}: no {device.type} device is available on this machine")
+        _usage_error(parser, f"--device {requested!r}: no {device.type} device is available on this machine")
     if device.index is not None and device.index >= count:
-        parser.error(f"--device {requested!r}: this machine has {count} {device.type} device(s), "
-                     f"{device.type}:0 to {device.type}:{count - 1}")
+        _usage_error(parser, f"--device {requested!r}: this machine has {count} {device.type} device(s), "
+                             f"{device.type}:0 to {device.type}:{count - 1}")
     return str(device)
 
 
@@ -323,13 +330,14 @@ def main(argv: list[str] | None = None) -> int:
     sources = _parse_sources(parser, args.source)
     model_refs = _distinct_models([args.model, *args.compare])
     if args.push_to_hub and Path(args.model).expanduser().exists():
-        parser.error(f"--push-to-hub writes into the card of MODEL's Hub repo, but {args.model} is a local folder: push the checkpoint first and evaluate it by repo id")
+        _usage_error(parser, f"--push-to-hub writes into the card of MODEL's Hub repo, but {args.model} is a local folder: push the checkpoint first and evaluate it by repo id")
     # The card's model-index would label local copies as the official benchmarks, and a copy may be a subset.
     local_sources = [f"{name}={source}" for name, source in sorted(sources.items())
                      if name in args.benchmarks and Path(source).expanduser().exists()]
     if args.push_to_hub and local_sources:
-        parser.error(f"--push-to-hub publishes results under the benchmarks' Hub datasets, but {', '.join(local_sources)} "
-                     "is a local copy: evaluate from the Hub (the default source, or another Hub id) to push")
+        _usage_error(parser, f"--push-to-hub publishes results under the benchmarks' Hub datasets, but "
+                             f"{', '.join(local_sources)} is a local copy: evaluate from the Hub (the default source, or "
+                             "another Hub id) to push")
 
     from .benchmarks import BenchmarkFormatError, BenchmarkSourceError, check_source
     from .models import ModelLoadError, check_model_ref, checkpoint_config

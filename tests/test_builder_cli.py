@@ -98,6 +98,68 @@ def test_bad_model_settings_are_usage_errors_before_any_model_loads(source_file,
     assert not out.exists()
 
 
+MODEL_SETTINGS = [
+    ("--num-samples", "1"), ("--max-new-tokens", "16"), ("--temperature", "0.5"), ("--caption-prompt", "Write one."),
+    ("--judge-prompt", "Does it show {text}?"), ("--judge-batch-size", "2"), ("--max-pixels", "1024"),
+    ("--dtype", "float32"), ("--device", "cpu"), ("--device-map", "auto"),
+]
+
+
+@pytest.mark.parametrize("option, value", MODEL_SETTINGS)
+def test_a_model_option_only_factories_would_get_is_refused_before_any_work(source_file, tmp_path, capsys, option, value, monkeypatch):
+    """They were ignored: a module:factory is called without arguments, so `--num-samples 1 --max-new-tokens 16`
+    built with the factory's num_samples 3 and max_new_tokens 8, and said nothing."""
+    monkeypatch.setattr(cli, "_load_components", lambda *args: pytest.fail("models were loaded"))
+    out = tmp_path / "out"
+    assert cli.main([source_file, "--output-dir", str(out), *STAND_INS, option, value]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"maple build-preferences: error: ignored options: {option}, for a --") and error.count("\n") == 1, error
+    assert "loaded from a Hub id or path, not one a module:factory builds (" in error
+    assert "Leave them out, or set them in the factory" in error
+    assert not out.exists()
+
+
+def test_every_option_ignored_is_named_with_the_factories_in_one_error(source_file, tmp_path, capsys):
+    argv = [source_file, "--output-dir", str(tmp_path / "out"), *STAND_INS, "--num-samples", "1", "--max-new-tokens", "16", "--dtype", "float32"]
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err == (
+        "maple build-preferences: error: ignored options: --dtype, for a --judge or --captioner loaded from a Hub id or "
+        "path, not one a module:factory builds (--judge dataset_builders.testing:ColourJudge, --captioner "
+        "dataset_builders.testing:ColourCaptioner); --num-samples, --max-new-tokens, for a --captioner loaded from a Hub "
+        "id or path, not one a module:factory builds (--captioner dataset_builders.testing:ColourCaptioner). Leave them "
+        "out, or set them in the factory\n"
+    )
+    argv = [source_file, "--output-dir", str(tmp_path / "out"), *STAND_INS[:2], *STAND_INS[4:], "--config", "corpus-captions", "--temperature", "1"]
+    assert cli.main(argv) == 2
+    assert "ignored options: --temperature, for a --captioner loaded from a Hub id or path, and there is no --captioner" in capsys.readouterr().err
+
+
+def test_a_model_option_reaching_one_component_loaded_from_a_path_is_taken(source_file, tmp_path, capsys, monkeypatch):
+    """Options apply to the components given as a Hub id or path; factories beside them build their own objects."""
+    loaded = []
+
+    def load_components(args, device):
+        loaded.append((device, args.judge_batch_size))
+        raise ValueError("loading stopped here")
+
+    monkeypatch.setattr(cli, "_load_components", load_components)
+    model_folder = tmp_path / "model"
+    model_folder.mkdir()
+    argv = [source_file, "--output-dir", str(tmp_path / "out"), "--semdedup-clusters", "0", "--no-progress", *STAND_INS[:4]]
+    assert cli.main([*argv, "--miner", str(model_folder), "--device", "cpu"]) == 2
+    assert cli.main([*argv, STAND_INS[4], STAND_INS[5], "--judge", str(model_folder), "--judge-batch-size", "2"]) == 2
+    assert capsys.readouterr().err == "maple build-preferences: error: loading stopped here\n" * 2
+    assert loaded == [("cpu", 8), ("cpu", 2)]
+
+
+def test_every_model_option_is_checked_for_factories():
+    """A model option missing from `MODEL_OPTIONS` would be ignored again by module:factory components."""
+    parser = cli.build_parser()
+    groups = [group for group in parser._action_groups if group.title == "recipe" or group.title.startswith("models")]
+    dests = {action.dest for group in groups for action in group._group_actions}
+    assert dests - set(cli.RECIPE_OPTIONS) - {"judge", "captioner", "miner"} == set(cli.MODEL_OPTIONS)
+
+
 def test_source_problems_are_one_line_errors(source_file, tmp_path, capsys):
     def error_of(name: str, *options: str) -> str:
         assert cli.main([source_file, "--output-dir", str(tmp_path / name), *STAND_INS, "--no-progress", *options]) == 2
@@ -143,7 +205,24 @@ def test_models_that_cannot_be_found_or_loaded_are_one_line_errors(source_file, 
     assert "--captioner dataset_builders.testing:NoSuch: module 'dataset_builders.testing' has no attribute 'NoSuch'" in \
         error_of("--captioner", "dataset_builders.testing:NoSuch")
     assert "--judge no_such_module:factory: No module named 'no_such_module'" in error_of("--judge", "no_such_module:factory")
-    assert "--miner maple-org/not-cached cannot be loaded: " in error_of("--miner", "maple-org/not-cached")  # offline
+    assert not (tmp_path / "out" / "work").exists()
+
+
+@pytest.mark.parametrize("option", ["--judge", "--captioner", "--miner"])
+def test_a_hub_model_offline_and_not_cached_is_an_error_before_any_model_loads(source_file, tmp_path, capsys, monkeypatch, option):
+    """Only local paths were checked: offline, the judge and captioner (minutes and GPU memory for a 7B and a 72B
+    MLLM) loaded before the default miner, facebook/dinov2-base, failed as not cached."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(cli, "_load_components", lambda *args: pytest.fail("models were loaded"))
+    models = dict(zip(STAND_INS[::2], STAND_INS[1::2])) | {option: "maple-org/not-cached"}
+    argv = [source_file, "--output-dir", str(tmp_path / "out"), "--semdedup-clusters", "0", "--no-progress"]
+    assert cli.main(argv + [item for pair in models.items() for item in pair]) == 2
+    assert capsys.readouterr().err == (
+        f"maple build-preferences: error: {option} maple-org/not-cached: model repo 'maple-org/not-cached' on "
+        f"{constants.ENDPOINT} is not in the local cache and the Hub is offline or unreachable\n"
+    )
     assert not (tmp_path / "out" / "work").exists()
 
 

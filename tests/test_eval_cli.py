@@ -284,7 +284,8 @@ def test_cli_rejects_a_bad_source_argument(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([str(tmp_path), "--source", "imagenet=/data"])
     assert exit_info.value.code == 2
-    assert "maple eval: error: --source expects BENCHMARK=PATH_OR_HUB_ID" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert error.startswith("maple eval: error: --source expects BENCHMARK=PATH_OR_HUB_ID") and error.count("\n") == 1, error
 
 
 @pytest.mark.parametrize("value", ["", " "])
@@ -293,18 +294,31 @@ def test_cli_rejects_an_empty_source(value, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([str(tmp_path), "--source", f"coco={value}"])
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err.splitlines()[-1] == (
+    assert capsys.readouterr().err == (
         f"maple eval: error: --source 'coco={value}': no path or Hub id after '='; leave coco out of --source to read "
-        "its official dataset, nlphuji/mscoco_2014_5k_test_image_text_retrieval"
+        "its official dataset, nlphuji/mscoco_2014_5k_test_image_text_retrieval\n"
     )
 
 
-def test_cli_refuses_to_push_results_of_a_local_folder_before_evaluating(tiny, tmp_path, capsys):
+def test_cli_refuses_to_push_results_of_a_local_folder_or_source_before_evaluating(tiny, benchmark_sources, tmp_path, capsys):
+    """In one line: they printed argparse's usage lines first, which say nothing about these errors."""
     _, _, (first, _) = tiny
     with pytest.raises(SystemExit) as exit_info:
         main([str(first), "--benchmarks", "coco", "--out", str(tmp_path / "eval"), "--push-to-hub"])
     assert exit_info.value.code == 2
-    assert f"--push-to-hub writes into the card of MODEL's Hub repo, but {first} is a local folder" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        f"maple eval: error: --push-to-hub writes into the card of MODEL's Hub repo, but {first} is a local folder: "
+        "push the checkpoint first and evaluate it by repo id\n"
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main(["maple-org/model", "--benchmarks", "coco", "--source", f"coco={benchmark_sources['coco']}",
+              "--out", str(tmp_path / "eval"), "--push-to-hub"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        "maple eval: error: --push-to-hub publishes results under the benchmarks' Hub datasets, but "
+        f"coco={benchmark_sources['coco']} is a local copy: evaluate from the Hub (the default source, or another Hub "
+        "id) to push\n"
+    )
     assert not (tmp_path / "eval").exists()
 
 
@@ -313,7 +327,8 @@ def test_cli_rejects_a_batch_size_below_one(tmp_path, capsys, size):
     with pytest.raises(SystemExit) as exit_info:
         main([str(tmp_path), "--batch-size", size])
     assert exit_info.value.code == 2
-    assert f"maple eval: error: argument --batch-size: must be positive, got {size}" in capsys.readouterr().err
+    error = capsys.readouterr().err  # argparse's own error: the usage lines, then the error
+    assert error.startswith("usage: maple eval ") and error.endswith(f"\nmaple eval: error: argument --batch-size: must be positive, got {size}\n")
 
 
 @pytest.mark.parametrize("missing", ["./no_such_checkpoint", "{tmp_path}/models/no_such_checkpoint"])
@@ -499,7 +514,7 @@ def test_a_device_this_machine_lacks_is_a_usage_error(device, cuda_devices, erro
     with pytest.raises(SystemExit) as exit_info:
         main(["some/model", "--device", device, "--out", str(tmp_path / "eval")])
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err.splitlines()[-1] == f"maple eval: error: {error}"
+    assert capsys.readouterr().err == f"maple eval: error: {error}\n"
     assert not (tmp_path / "eval").exists()
 
 
