@@ -185,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         processing_class=processor,
         peft_config=peft_config,
     )
-    set_aside_earlier_checkpoints(training_args)  # only now: an error above must not move them
+    # only now, an error above must not move them; the main process first, the others then find none
+    with training_args.main_process_first(local=False, desc="setting earlier checkpoints aside"):
+        set_aside_earlier_checkpoints(training_args)
     try:
         trainer.train(resume_from_checkpoint=resume)
     except UndecodableImageError as error:  # the loader cannot say which row: find it, as the error advises

@@ -29,8 +29,9 @@ PREFERENCE_KEYS = (
 
 
 def content_id(item: str | Image.Image) -> int:
-    """A stable 64-bit id of a text or an image's pixels (with its palette): equal content, equal id, in every process (unlike
-    `hash()`, which is salted per process). Used to embed each distinct item once and to de-duplicate negatives."""
+    """A stable 64-bit id of a text or an image's pixels (with its palette): equal content, equal id, in every
+    process (unlike `hash()`, which is salted per process). Used to embed each distinct item once and to de-duplicate
+    negatives."""
     digest = hashlib.blake2b(digest_size=8)
     if isinstance(item, str):
         digest.update(b"text:" + item.encode("utf-8"))
