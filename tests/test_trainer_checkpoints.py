@@ -23,6 +23,16 @@ from trainer import RPATrainer
 from trainer.testing import synthetic_preference_dataset
 
 
+class _Steps(TrainerCallback):
+    """Records the steps a run takes."""
+
+    def __init__(self):
+        self.taken = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.taken.append(state.global_step)
+
+
 class _StopAfter(TrainerCallback):
     """Interrupts a run after `step` steps (after its checkpoint there is written), like a killed job."""
 
@@ -75,6 +85,22 @@ def test_a_checkpoint_resumes_only_under_its_recipe(tmp_path):
     longer = make_trainer(tmp_path, max_steps=6, save_strategy="steps", save_steps=2)
     longer.train(resume_from_checkpoint=True)
     assert longer.state.global_step == 6
+
+
+def test_resuming_the_last_checkpoint_skips_one_whose_save_was_cut_short(tmp_path):
+    """A kill during a save leaves a checkpoint folder without trainer_state.json (written last); `True` picked it and
+    failed on the missing file."""
+    import shutil
+
+    make_trainer(tmp_path, max_steps=2, save_strategy="steps", save_steps=2).train()
+    shutil.copytree(tmp_path / "run" / "checkpoint-2", tmp_path / "run" / "checkpoint-4")
+    (tmp_path / "run" / "checkpoint-4" / "trainer_state.json").unlink()
+    longer = make_trainer(tmp_path, max_steps=4, save_strategy="steps", save_steps=2)
+    steps = _Steps()
+    longer.add_callback(steps)
+    longer.train(resume_from_checkpoint=True)
+    assert steps.taken == [3, 4]  # resumed at step 2
+    assert (tmp_path / "run" / "checkpoint-4" / "trainer_state.json").is_file()  # saved again, whole
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])

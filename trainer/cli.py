@@ -238,9 +238,11 @@ def checkpoint_to_resume(training_args: RPAConfig) -> str | None:
     would overwrite them."""
     from transformers.trainer import TRAINER_STATE_NAME
 
+    from .rpa_trainer import is_complete_checkpoint, run_checkpoints
+
     value, output_dir = _resume_value(training_args), training_args.output_dir
-    checkpoints = _checkpoints(output_dir)
-    complete = [path for path in checkpoints if os.path.isfile(os.path.join(path, TRAINER_STATE_NAME))]
+    checkpoints = run_checkpoints(output_dir)
+    complete = [path for path in checkpoints if is_complete_checkpoint(path)]
     if value is None:
         if checkpoints:
             raise TrainingInputError(
@@ -275,7 +277,9 @@ def set_aside_earlier_checkpoints(training_args: RPAConfig) -> None:
     """With `--resume_from_checkpoint false`, moves the checkpoint-* folders of an earlier run in `output_dir` into
     `output_dir/earlier-run-N/`: left in place, a later `true` would resume the earlier run's last checkpoint, numbered
     past the new run's, with its weights and data."""
-    checkpoints = _checkpoints(training_args.output_dir)
+    from .rpa_trainer import run_checkpoints
+
+    checkpoints = run_checkpoints(training_args.output_dir)
     if _resume_value(training_args) != "false" or not checkpoints:
         return
     n = 1
@@ -298,15 +302,6 @@ def _resume_value(training_args: RPAConfig) -> str | None:
     if value.lower() in ("true", "yes", "1"):
         return "true"
     return value
-
-
-def _checkpoints(output_dir: str) -> list[str]:
-    """The checkpoint-N folders of `output_dir`, by N."""
-    if not os.path.isdir(output_dir):
-        return []
-    found = [(int(match[1]), entry.path) for entry in os.scandir(output_dir)
-             if entry.is_dir() and (match := re.fullmatch(r"checkpoint-(\d+)", entry.name))]
-    return [path for _, path in sorted(found)]
 
 
 def _check_config_file(parser: _Parser, argv: list[str]) -> None:

@@ -26,7 +26,8 @@ from peft import PeftConfig, PeftModel
 from PIL import Image
 from torch import Tensor, nn
 from transformers import EvalPrediction, ProcessorMixin, TrainerCallback
-from transformers.trainer_utils import EvalLoopOutput, get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import EvalLoopOutput
 from transformers.utils import logging
 from trl import DPOTrainer
 from trl.trainer.base_trainer import _BaseTrainer
@@ -430,7 +431,7 @@ class RPATrainer(DPOTrainer):
             saved = f"The (finite) weights before this step were saved to {checkpoint}; resume from there"
         else:
             reason = f"parameters {bad[:3]} are" if bad else f"the gradient norm of step {step - 1} is"
-            last = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
+            last = next(iter(run_checkpoints(self.args.output_dir)[-1:]), None)
             where = f"the last regular checkpoint is {last}" if last else "no checkpoint was saved before it"
             saved = f"No checkpoint was saved: {reason} already non-finite; {where}"
         raise FloatingPointError(
@@ -498,10 +499,11 @@ class RPATrainer(DPOTrainer):
     # ------------------------------------------------------------------------------------------ saving
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         """`Trainer.train`, refusing to resume a checkpoint saved under another recipe (`RECIPE_FIELDS`)."""
-        if resume_from_checkpoint is True:
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
-            if resume_from_checkpoint is None:
-                raise ValueError(f"No valid checkpoint found in output directory ({self.args.output_dir})")
+        if resume_from_checkpoint is True:  # the last complete one: a kill during a save leaves one without a state
+            complete = [path for path in run_checkpoints(self.args.output_dir) if is_complete_checkpoint(path)]
+            if not complete:
+                raise ValueError(f"No complete checkpoint (with {TRAINER_STATE_NAME}) in {self.args.output_dir}")
+            resume_from_checkpoint = complete[-1]
         if resume_from_checkpoint:
             check_recipe(resume_from_checkpoint, self.args, lora_recipe(self._peft_config()))
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
@@ -634,6 +636,21 @@ class ScaleBound(TrainerCallback):
 
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):
         bound_scales(model, self.max_scale)
+
+
+def run_checkpoints(output_dir: str) -> list[str]:
+    """The checkpoint-N folders of `output_dir`, by N (none if it does not exist)."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = [(int(match[1]), entry.path) for entry in os.scandir(output_dir)
+             if entry.is_dir() and (match := re.fullmatch(r"checkpoint-(\d+)", entry.name))]
+    return [path for _, path in sorted(found)]
+
+
+def is_complete_checkpoint(path: str) -> bool:
+    """Whether the checkpoint folder `path` was saved whole: `Trainer` writes trainer_state.json last, so a save cut
+    short by a kill has none."""
+    return os.path.isfile(os.path.join(path, TRAINER_STATE_NAME))
 
 
 def lora_recipe(peft_config: PeftConfig | None) -> dict[str, Any] | None:
