@@ -20,11 +20,12 @@ import hashlib
 import itertools
 import json
 import os
-from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
+
+from .lazy import LazySequence
 
 
 class BenchmarkFormatError(ValueError):
@@ -62,22 +63,8 @@ class RowLocator:
         return f"{self.files[index]}: row {row - self.offsets[index]}"
 
 
-class _DecodedOnAccess(Sequence):
-    """Images decoded one at a time as they are read (slices give lists), so a 5k-image benchmark is never held
-    decoded in memory; subclasses decode an item, naming where the benchmark holds it when it does not decode."""
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        return self._decode(range(len(self))[index])  # negative indices, bounds check
-
-    @abstractmethod
-    def _decode(self, row: int) -> Any:
-        """Item `row` (in range) decoded."""
-
-
-class LazyImages(_DecodedOnAccess):
-    """Images of one column of a table, decoded on access."""
+class LazyImages(LazySequence):
+    """Images of one column of a table, decoded on access, so a 5k-image benchmark is never held decoded in memory."""
 
     def __init__(self, rows: Any, column: str, locate: RowLocator):
         import datasets
@@ -95,7 +82,7 @@ class LazyImages(_DecodedOnAccess):
     def __len__(self) -> int:
         return len(self._rows)
 
-    def _decode(self, row: int) -> Any:
+    def _item(self, row: int) -> Any:
         from modeling_maple.processing_maple import to_rgb  # transformers: only once images are read
 
         try:
@@ -104,7 +91,7 @@ class LazyImages(_DecodedOnAccess):
             raise BenchmarkFormatError(f"{self._locate(row)}, column {self._column!r}: unreadable image ({error})") from error
 
 
-class LazyImageFiles(_DecodedOnAccess):
+class LazyImageFiles(LazySequence):
     """Image files of a benchmark's native folder layout, decoded on access. `places[i]` says where the benchmark
     lists file i (its metadata entry or CSV line), so that a file that does not decode is reported as a table row is,
     not by its place in a batch."""
@@ -117,7 +104,7 @@ class LazyImageFiles(_DecodedOnAccess):
     def __len__(self) -> int:
         return len(self.files)
 
-    def _decode(self, row: int) -> Any:
+    def _item(self, row: int) -> Any:
         from modeling_maple.processing_maple import load_image  # transformers: only once images are read
 
         try:
@@ -240,7 +227,7 @@ def _load_quadruple_table(source: str, spec: BenchmarkSpec) -> QuadrupleBenchmar
     return QuadrupleBenchmark(spec.name, quadruples, categories)
 
 
-class _IndexedQuadruples(Sequence):
+class _IndexedQuadruples(LazySequence):
     """Quadruples whose images are rows of lazy image columns."""
 
     def __init__(self, images0: Sequence, images1: Sequence, texts0: list[str], texts1: list[str]):
@@ -253,9 +240,7 @@ class _IndexedQuadruples(Sequence):
     def __len__(self) -> int:
         return len(self.texts0)
 
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
+    def _item(self, index: int) -> Quadruple:
         return Quadruple(self.images0[index], self.images1[index], self.texts0[index], self.texts1[index])
 
     def columns(self) -> tuple[Sequence, Sequence, list[str], list[str]]:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .lazy import LazySequence
 from .metrics import DEFAULT_KS, group_score_hits, modality_gap_from_quadruples, recall_from_ranks
 from .retrieval import check_finite_embeddings, chunked_ranks
 
@@ -107,7 +108,7 @@ def _check_retrieval_inputs(images: Sequence[Any], captions_per_image: Sequence[
             )
 
 
-class _Interleaved(Sequence):
+class _Interleaved(LazySequence):
     """The 2n images of two image columns in order I0, I1, I0, I1, ..., fetched on access, so that lazy benchmark
     images are decoded one batch at a time, each once."""
 
@@ -117,13 +118,11 @@ class _Interleaved(Sequence):
     def __len__(self) -> int:
         return 2 * len(self._columns[0])
 
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
+    def _item(self, index: int) -> Any:
         return self._columns[index % 2][index // 2]
 
 
-class _Field(Sequence):
+class _Field(LazySequence):
     """One field of every quadruple, fetched on access."""
 
     def __init__(self, quadruples: Quadruples, field: int):
@@ -132,9 +131,7 @@ class _Field(Sequence):
     def __len__(self) -> int:
         return len(self._quadruples)
 
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
+    def _item(self, index: int) -> Any:
         return self._quadruples[index][self._field]
 
 

@@ -258,7 +258,7 @@ def test_evaluating_a_benchmark_decodes_each_image_once(benchmark_sources, name,
     benchmark = load_benchmark(name, str(benchmark_sources[name]))
     decoded = []
     for column in benchmark.quadruples.columns()[:2]:  # the lazy image columns
-        monkeypatch.setattr(column, "_decode", lambda row, decode=column._decode: decoded.append(row) or decode(row))
+        monkeypatch.setattr(column, "_item", lambda row, decode=column._item: decoded.append(row) or decode(row))
     model, processor = build_tiny("dual_encoder")
     evaluate_quadruples(model, processor, benchmark.quadruples, benchmark.categories, batch_size=4)
     assert len(decoded) == 2 * len(benchmark.quadruples)

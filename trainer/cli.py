@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--dataset_name is required")
 
     # heavy imports only once the arguments are known to be fine
-    from .rpa_trainer import RPATrainer, UndecodableImageError, check_recipe
+    from .rpa_trainer import RPATrainer, UndecodableImageError, check_recipe, lora_recipe
 
     try:
         # Cheapest first: paths that exist or could be Hub ids, the checkpoint to resume, then the dataset, then the
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         _check_reference("--dataset_name", data_args.dataset_name)
         resume = checkpoint_to_resume(training_args)
         if resume is not None:
-            lora = {"r": model_args.lora_r, "lora_alpha": model_args.lora_alpha} if model_args.use_peft else None
+            lora = lora_recipe(model_args.lora_r, model_args.lora_alpha) if model_args.use_peft else None
             try:
                 check_recipe(resume, training_args, lora)
             except ValueError as error:

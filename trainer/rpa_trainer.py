@@ -505,19 +505,21 @@ class RPATrainer(DPOTrainer):
                 raise ValueError(f"No complete checkpoint (with {TRAINER_STATE_NAME}) in {self.args.output_dir}")
             resume_from_checkpoint = complete[-1]
         if resume_from_checkpoint:
-            check_recipe(resume_from_checkpoint, self.args, lora_recipe(self._peft_config()))
+            check_recipe(resume_from_checkpoint, self.args, self._lora_recipe())
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
-    def _peft_config(self) -> PeftConfig | None:
+    def _lora_recipe(self) -> dict[str, Any] | None:
         model = self.accelerator.unwrap_model(self.model)
-        return model.peft_config.get(model.active_adapter) if isinstance(model, PeftModel) else None
+        if not isinstance(model, PeftModel):
+            return None
+        peft_config = model.peft_config[model.active_adapter]
+        return lora_recipe(peft_config.r, peft_config.lora_alpha)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         output_dir = output_dir or self.args.output_dir
         self._save_weights(output_dir, state_dict)
         if self.args.should_save:  # a recipe file is whole or absent
-            recipe = {name: getattr(self.args, name) for name in RECIPE_FIELDS} | {"lora": lora_recipe(self._peft_config())}
-            recipe = json.dumps(recipe, indent=2)
+            recipe = json.dumps(training_recipe(self.args, self._lora_recipe()), indent=2)
             atomic_write_text(os.path.join(output_dir, RECIPE_FILE), recipe)
 
     def _save_weights(self, output_dir: str, state_dict: dict | None) -> None:
@@ -653,16 +655,23 @@ def is_complete_checkpoint(path: str) -> bool:
     return os.path.isfile(os.path.join(path, TRAINER_STATE_NAME))
 
 
-def lora_recipe(peft_config: PeftConfig | None) -> dict[str, Any] | None:
-    """The LoRA settings a resumed run must share with its checkpoint, whose adapters have their shapes: rank and
-    alpha; None for full fine-tuning."""
-    return None if peft_config is None else {"r": peft_config.r, "lora_alpha": peft_config.lora_alpha}
+def lora_recipe(r: int, lora_alpha: float) -> dict[str, Any]:
+    """The LoRA settings a resumed run must share with its checkpoint, whose adapters have their shapes (the recipe
+    holds None for full fine-tuning). One definition for `RPATrainer` and `maple train`, which checks a checkpoint
+    before it builds the LoRA config."""
+    return {"r": r, "lora_alpha": lora_alpha}
+
+
+def training_recipe(args: RPAConfig, lora: dict[str, Any] | None) -> dict[str, Any]:
+    """What `rpa_recipe.json` holds: the `RECIPE_FIELDS` values of `args` and the LoRA settings (`lora_recipe`, or
+    None for full fine-tuning)."""
+    return {name: getattr(args, name) for name in RECIPE_FIELDS} | {"lora": lora}
 
 
 def check_recipe(checkpoint: str, args: RPAConfig, lora: dict[str, Any] | None) -> None:
-    """Raise a ValueError naming each `RECIPE_FIELDS` value, and the LoRA settings (`lora_recipe`), (saved -> now) that
-    differ from the recipe the checkpoint was trained with. Checkpoints saved before recipes (or their LoRA settings)
-    were recorded have none and pass."""
+    """Raise a ValueError naming each `RECIPE_FIELDS` value, and the LoRA settings (`lora_recipe`, or None), (saved ->
+    now) that differ from the recipe the checkpoint was trained with. Checkpoints saved before recipes (or their LoRA
+    settings) were recorded have none and pass."""
     recipe_file = os.path.join(checkpoint, RECIPE_FILE)
     if not os.path.isfile(recipe_file):
         return
@@ -671,8 +680,10 @@ def check_recipe(checkpoint: str, args: RPAConfig, lora: dict[str, Any] | None) 
             saved = json.load(handle)
     except (OSError, ValueError) as error:
         raise ValueError(f"{recipe_file} cannot be read ({error}): restore it, or start a new run in another output_dir") from error
-    now = {name: getattr(args, name) for name in RECIPE_FIELDS} | {"lora": lora}
-    differences = [f"{name}: {saved[name]!r} -> {value!r}" for name, value in now.items() if name in saved and saved[name] != value]
+    now = training_recipe(args, lora)
+    differences = [
+        f"{name}: {saved[name]!r} -> {value!r}" for name, value in now.items() if name in saved and saved[name] != value
+    ]
     if differences:
         raise ValueError(
             f"{checkpoint} was trained with another recipe ({'; '.join(differences)}): resume with its settings, or "
