@@ -656,7 +656,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             start, end = _slice_bounds(len(source), self.rank, self.world_size)
             atomic_write_bytes(mine, json.dumps(self._check_slice(source, start, end, mine)).encode())
         self._wait_for(slices, what="input checks")
-        valid_rows, skipped = _merge_input_checks([_read_json(slice_) for slice_ in slices])
+        valid_rows, skipped = _merge_input_checks([self._read_from_another_rank(slice_, what="input checks") for slice_ in slices])
         payload = {"num_source_rows": len(source), "valid_rows": valid_rows, "skipped": [asdict(i) for i in skipped]}
         atomic_write_bytes(path, json.dumps(payload).encode())
         return len(source), valid_rows, skipped
@@ -958,16 +958,28 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         claimed = manifest.exists()  # (a stage run on its own, without `plan`, may have none)
         while missing := [path for path in paths if not path.exists()]:
             if claimed and not manifest.exists():
-                raise WorkDirMismatch(
-                    f"another process gave up the work dir {self.work_dir} while this one waited for {what}: its "
-                    "error says why"
-                )
+                raise self._given_up(what)
             if time.monotonic() > deadline:
                 raise TimeoutError(
                     f"waited {self.wait_timeout:.0f}s for {what} from other processes; still missing: "
                     + ", ".join(path.name for path in missing)
                 )
             time.sleep(0.5)
+
+    def _given_up(self, what: str) -> WorkDirMismatch:
+        return WorkDirMismatch(
+            f"another process gave up the work dir {self.work_dir} while this one waited for {what}: its error says why"
+        )
+
+    def _read_from_another_rank(self, path: Path, *, what: str) -> Any:
+        """`_read_json` of a file `_wait_for` saw. A rank that gives up the work dir removes it and the manifest,
+        possibly between that wait and this read: then this rank says so rather than call the file damaged."""
+        try:
+            return _read_json(path)
+        except DamagedCheckpoint:
+            if not path.exists() and not (self.work_dir / MANIFEST_FILE).exists():
+                raise self._given_up(what) from None
+            raise
 
     def _wait_for_shards(self) -> list[Path]:
         """All shard paths in anchor order, once every rank has written its shards and they hold

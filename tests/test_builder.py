@@ -15,6 +15,7 @@ from PIL import Image
 from dataset_builders.builder import (
     FEATURES,
     JudgeOutputError,
+    MANIFEST_FILE,
     MaplePreferences,
     MaplePreferencesConfig,
     WorkDirMismatch,
@@ -520,6 +521,24 @@ def test_a_rank_that_gives_up_before_embedding_does_not_leave_another_waiting(tm
     gave_up = [error for error in errors if isinstance(error, WorkDirMismatch)]
     assert len(gave_up) <= 1 and all("another process gave up the work dir" in str(error) for error in gave_up)
     assert all(re.search(r"50000 clusters on 10 rows", str(error)) for error in errors if error not in gave_up)
+
+
+def test_a_rank_given_up_on_between_its_wait_and_its_read_says_so(tmp_path, monkeypatch):
+    """CI caught the window the test above leaves to chance: rank 1 gave up (removing the manifest and the slices)
+    after rank 0 saw every slice but before it read them, and rank 0 called the missing slice a damaged checkpoint."""
+    wait_for = MaplePreferences._wait_for
+
+    def other_rank_gives_up_after_the_wait(self, paths, *, what):
+        other = self.work_dir / "inputs-1-of-2.json"
+        other.write_text(json.dumps({"valid_rows": [], "valid_ids": [], "skipped": []}))
+        wait_for(self, paths, what=what)
+        for path in (self.work_dir / MANIFEST_FILE, other):
+            path.unlink()
+
+    monkeypatch.setattr(MaplePreferences, "_wait_for", other_rank_gives_up_after_the_wait)
+    rank_0 = _unbuilt(tmp_path, _source(), config_name="paper", captioner=ColourCaptioner(), rank=0, world_size=2)
+    with pytest.raises(WorkDirMismatch, match="another process gave up the work dir .* while this one waited for input"):
+        rank_0.build_shards()
 
 
 def test_a_none_override_turns_semdedup_off_even_for_the_paper_config(tmp_path):
