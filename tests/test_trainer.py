@@ -774,3 +774,13 @@ def test_a_batch_without_a_strict_preference_leaves_the_windows_rewards_defined(
     trainer.train()
     logged = [entry for entry in trainer.state.log_history if "rewards/accuracies" in entry]
     assert len(logged) == 1 and all(math.isfinite(logged[0][key]) for key in ("rewards/accuracies", "rewards/margins"))
+
+
+def test_the_model_card_describes_the_active_adapter_whatever_its_name(tmp_path):
+    """The card read the adapter named "default": a model adapted under another name was called fully fine-tuned."""
+    model, processor = build_tiny("dual_encoder", seed=0)
+    model = get_peft_model(model, maple_lora_config(model, r=4, lora_alpha=8), adapter_name="paper")
+    trainer = RPATrainer(model, args=make_config(tmp_path, max_steps=1), processing_class=processor,
+                         train_dataset=synthetic_preference_dataset(8, seed=0))
+    trainer.create_model_card()
+    assert "LoRA (rank 4, alpha 8)" in (tmp_path / "run" / "README.md").read_text()

@@ -76,7 +76,7 @@ class RPATrainer(DPOTrainer):
     ``loss/contrastive``, ``rewards/accuracies`` (share of judge-preferred pairs the model scores higher),
     ``rewards/margins``, ``beta``, ``temperature``. Evaluation averages the losses and rewards over the anchors of its
     set, each once (see `_log_mean`), and adds ``recall@1/text_to_image`` and ``recall@1/image_to_text`` (0-100,
-    `evaluation.metrics.retrieval_recall`) over the distinct anchor captions and images of the whole evaluation set,
+    `evaluation.retrieval.anchor_recall_at_1`) over the distinct anchor captions and images of the whole evaluation set,
     every caption of an image counting as relevant to it.
 
     `DPOTrainer.__init__` prepares a causal language model (tokenised prompt/completion pairs, a fused LM head, a
@@ -583,7 +583,7 @@ class RPATrainer(DPOTrainer):
             return
         model = self.accelerator.unwrap_model(self.model)
         base = model.get_base_model() if isinstance(model, PeftModel) else model
-        peft_config = model.peft_config.get("default") if isinstance(model, PeftModel) else None
+        peft_config = model.peft_config[model.active_adapter] if isinstance(model, PeftModel) else None
         card = model_card_from_run(
             output_dir=self.args.output_dir,
             base_model=getattr(base.config, "_name_or_path", None) or None,
