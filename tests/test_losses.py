@@ -376,3 +376,16 @@ def test_gathered_loss_on_two_processes_equals_the_global_batch_loss():
     negative_text_grads = torch.cat([results[0][2], results[1][2]]) / 2
     torch.testing.assert_close(image_grads, global_inputs["image_embeds"].grad, atol=1e-6, rtol=0)
     torch.testing.assert_close(negative_text_grads, global_inputs["negative_text_embeds"].grad, atol=1e-6, rtol=0)
+
+
+def test_the_models_own_loss_is_the_trainers_infonce_without_expanded_negatives():
+    """`MapleModel(return_loss=True)` computes InfoNCE in the modeling file, which loads without this package (remote
+    code), so it cannot import `contrastive_loss`: the two must stay equal."""
+    from modeling_maple.modeling_maple import clip_contrastive_loss
+
+    generator = torch.Generator().manual_seed(0)
+    images = F.normalize(torch.randn(6, 8, generator=generator), dim=-1)
+    texts = F.normalize(torch.randn(6, 8, generator=generator), dim=-1)
+    inverse_temperature = torch.tensor(14.3)
+    expected = contrastive_loss(images, texts, inverse_temperature, gather_across_processes=False)
+    torch.testing.assert_close(clip_contrastive_loss(inverse_temperature * texts @ images.T), expected)
