@@ -72,15 +72,9 @@ one definition the builder writes and the trainer validates against."""
 
 TEXT_CANDIDATE_SOURCES = ("generated", "corpus")
 MANIFEST_FILE = "manifest.json"
-# Raised whenever a manifest field is added or changes meaning, or what the checkpoints hold changes (2: the
-# captioner's generation config, the tokenizer's leading special tokens, an ensemble's prompt, folder sources read
-# split by split; 3: a digest of every model's weights; 4: a local source's fingerprint by content, not timestamps;
-# 5: transparent images composited onto white, text pools filled by turns across negatives, captions parsed from
-# answers that half follow the format, judge suffixes tokenised after the image token; 6: a local source's caption
-# tables hashed in full, SemDeDup's similarities computed in blocks, whose last bits may differ; 7: a neighbour that
-# duplicates only a dropped duplicate of a better one is kept, a captioner answer cut at max_new_tokens loses its
-# last caption, judges read the answer token of templates that render only list content). A work dir of another
-# version is refused: its manifest cannot say whether its checkpoints match this builder's.
+# Raised whenever a manifest field is added or changes meaning, or what the checkpoints hold changes (what each raise
+# changed: `git log -G "MANIFEST_VERSION = "`). A work dir of another version is refused: its manifest cannot say whether
+# its checkpoints match this builder's.
 MANIFEST_VERSION = 7
 # Source rows per checkpoint of the input check (which decodes every image), and image embeddings per checkpoint
 # while a rank embeds its slice: the most an interruption can cost.

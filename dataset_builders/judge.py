@@ -186,9 +186,9 @@ class MLLMJudge:
         """What, beside `name`, decides the judge's scores: the prompt, the chat template, the
         weights dtype and the image processor's settings (e.g. Qwen-VL's max_pixels). The builder's
         manifest records them, so a resumed build never mixes shards scored under other settings.
-        Batch size and device change only float rounding and are left out. `answer_logits` marks the float32
-        Yes/No logits (`_alphas`): builds begun when a bf16 judge rounded them must not be resumed; `answer_tokens`
-        the two tokens read (`answer_token_id`)."""
+        Batch size and device change only float rounding and are left out. `answer_logits`: the Yes/No logits are
+        read in float32 (`_alphas`), whatever the weights' dtype; `answer_tokens`: the two tokens read
+        (`answer_token_id`)."""
         answer_tokens = [self.prompt_encoder.tokenizer.decode([token]) for token in (self.yes_id, self.no_id)]
         return {
             "prompt": self.prompt,

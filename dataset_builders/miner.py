@@ -109,8 +109,7 @@ def top_k_neighbours(
     found = torch.zeros(len(query_rows), dtype=torch.long)  # neighbours kept so far, per query
     # Rows short of k neighbours once duplicates of better ones are dropped search again, only they, with the
     # neighbours they have and their duplicates excluded: each search adds at least one neighbour, so there are at most k,
-    # and a group of copies among a row's nearest costs one search, not one as deep as the group (doubling the depth
-    # up to the group's size took minutes for a few thousand copies).
+    # and a group of copies among a row's nearest costs one search, not one as deep as the group.
     pending, found_rows = torch.arange(len(query_rows)), None
     while len(pending):
         on_device = pending.to(normalised.device)

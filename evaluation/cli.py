@@ -118,11 +118,8 @@ def _model_state(model_ref: str, revision: str | None = None) -> dict[str, Any]:
     return state
 
 
-# Raised whenever a benchmark is read or scored differently, so that results stored before are recomputed
-# (2: MMVP-VLM texts prefixed "a photo of ", non-finite embeddings refused, the default source recorded by its id;
-# 3: backbones scored in float32 like MAPLE checkpoints, no longer in their bf16; 4: non-finite embeddings refused
-# on quadruple benchmarks too, copies of a caption embedded once, ties of duplicates kept at any block size; 5: a
-# caption written under several images relevant to each of them in both retrieval directions).
+# Part of every stored result's fingerprint: raised whenever a benchmark is read or scored differently, so that
+# results stored before are recomputed, not mixed with new ones (what each raise changed: `git log -G "PROTOCOL_VERSION = "`).
 PROTOCOL_VERSION = 5
 
 

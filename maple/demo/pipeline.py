@@ -46,10 +46,8 @@ TEST_SETS_DIR = "test_sets"  # the evaluated test sets, in `maple eval`'s schema
 HEADLINE_METRICS = ("group_score", "text_score", "image_score", "i2t_r1", "t2i_r1", "delta_gap")
 RUN_FILE = "run.json"
 TIMINGS_FILE = "timings.json"
-# Part of every run's identity: bumped whenever what a run computes changes (model, data recipe), so
-# a folder written by an older demo is refused instead of being mixed with new results.
-# 3: learnable scales without weight decay (RPATrainer); 4: the judge matches either mentioned object; 5: the miner keeps
-# one of duplicate neighbours and settles exact ties by the lower row
+# Part of every run's identity: bumped whenever what a run computes changes (model, data recipe), so a folder written
+# by an older demo is refused instead of being mixed with new results (`git log -G "DEMO_VERSION = "` says what changed).
 DEMO_VERSION = 5
 PAIRS_VOCABULARY_SIZE = 360  # byte-level BPE: 256 bytes plus a merge for every word of the world
 # The paper's caption pool: the anchor caption plus MLLM captions of its hard negatives, 6 texts in
