@@ -238,11 +238,10 @@ def checkpoint_to_resume(training_args: RPAConfig) -> str | None:
     would overwrite them."""
     from transformers.trainer import TRAINER_STATE_NAME
 
-    from .rpa_trainer import is_complete_checkpoint, run_checkpoints
+    from .rpa_trainer import is_complete_checkpoint, last_complete_checkpoint, run_checkpoints
 
     value, output_dir = _resume_value(training_args), training_args.output_dir
     checkpoints = run_checkpoints(output_dir)
-    complete = [path for path in checkpoints if is_complete_checkpoint(path)]
     if value is None:
         if checkpoints:
             raise TrainingInputError(
@@ -254,18 +253,19 @@ def checkpoint_to_resume(training_args: RPAConfig) -> str | None:
     if value == "false":
         return None
     if value == "true":
-        if not complete:
+        last = last_complete_checkpoint(output_dir)
+        if last is None:
             raise TrainingInputError(
                 f"--resume_from_checkpoint true: {output_dir} holds no complete checkpoint-* folder (with "
                 f"{TRAINER_STATE_NAME})"
             )
-        for partial in checkpoints[checkpoints.index(complete[-1]) + 1 :]:
+        for partial in checkpoints[checkpoints.index(last) + 1 :]:
             print(f"maple train: {partial} is incomplete (no {TRAINER_STATE_NAME}: its save was cut short); resuming "
-                  f"{complete[-1]}", file=sys.stderr)
-        return complete[-1]
+                  f"{last}", file=sys.stderr)
+        return last
     if not os.path.isdir(value):
         raise TrainingInputError(f"--resume_from_checkpoint: no such folder: {value}")
-    if not os.path.isfile(os.path.join(value, TRAINER_STATE_NAME)):
+    if not is_complete_checkpoint(value):
         raise TrainingInputError(
             f"--resume_from_checkpoint {value}: not a checkpoint (no {TRAINER_STATE_NAME}); expected a checkpoint-* "
             "folder of a run"

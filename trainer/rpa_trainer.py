@@ -499,11 +499,10 @@ class RPATrainer(DPOTrainer):
     # ------------------------------------------------------------------------------------------ saving
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         """`Trainer.train`, refusing to resume a checkpoint saved under another recipe (`RECIPE_FIELDS`)."""
-        if resume_from_checkpoint is True:  # the last complete one: a kill during a save leaves one without a state
-            complete = [path for path in run_checkpoints(self.args.output_dir) if is_complete_checkpoint(path)]
-            if not complete:
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
                 raise ValueError(f"No complete checkpoint (with {TRAINER_STATE_NAME}) in {self.args.output_dir}")
-            resume_from_checkpoint = complete[-1]
         if resume_from_checkpoint:
             check_recipe(resume_from_checkpoint, self.args, self._lora_recipe())
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
@@ -653,6 +652,13 @@ def is_complete_checkpoint(path: str) -> bool:
     """Whether the checkpoint folder `path` was saved whole: `Trainer` writes trainer_state.json last, so a save cut
     short by a kill has none."""
     return os.path.isfile(os.path.join(path, TRAINER_STATE_NAME))
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The last checkpoint-N folder of `output_dir` that `is_complete_checkpoint` (a later one may be a save cut short
+    by a kill), or None."""
+    complete = [path for path in run_checkpoints(output_dir) if is_complete_checkpoint(path)]
+    return complete[-1] if complete else None
 
 
 def lora_recipe(r: int, lora_alpha: float) -> dict[str, Any]:
