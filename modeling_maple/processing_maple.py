@@ -13,7 +13,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
-from .configuration_maple import IDEFICS3_MLLMS, QWEN_VL_MLLMS, SUPPORTED_MLLMS
+from .configuration_maple import BACKBONES, IDEFICS3_MLLMS, QWEN_VL_MLLMS, SUPPORTED_MLLMS
 
 # Paper prompts (E5-V style summarisation, MAPLE section 3.1). `{image}` expands to the MLLM's
 # image tokens, `{text}` to the text itself.
@@ -282,8 +282,8 @@ class MapleProcessor(ProcessorMixin):
         image_seq_length: int | None = None,
         **kwargs,
     ):
-        if backbone not in ("mllm", "dual_encoder"):
-            raise ValueError(f"Unknown backbone {backbone!r}: expected 'mllm' or 'dual_encoder'.")
+        if backbone not in BACKBONES:
+            raise ValueError(f"Unknown backbone {backbone!r}: expected one of {BACKBONES}.")
         if text_padding not in ("longest", "max_length"):
             raise ValueError(f"Unknown text_padding {text_padding!r}: expected 'longest' or 'max_length'.")
         if mllm_type not in SUPPORTED_MLLMS:

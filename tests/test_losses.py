@@ -10,7 +10,14 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from trainer.losses import contrastive_loss, preference_agreement, rpa_listwise_loss, rpa_pairwise_loss
+from trainer.losses import (
+    bidirectional_rpa_loss,
+    contrastive_loss,
+    maple_loss,
+    preference_agreement,
+    rpa_listwise_loss,
+    rpa_pairwise_loss,
+)
 
 
 
@@ -389,3 +396,19 @@ def test_the_models_own_loss_is_the_trainers_infonce_without_expanded_negatives(
     inverse_temperature = torch.tensor(14.3)
     expected = contrastive_loss(images, texts, inverse_temperature, gather_across_processes=False)
     torch.testing.assert_close(clip_contrastive_loss(inverse_temperature * texts @ images.T), expected)
+
+
+def test_the_rpa_loss_of_both_directions_is_their_mean_and_the_objective_mixes_it_with_infonce():
+    """MAPLE_METHOD: L_RPA = (L^txt2img + L^img2txt) / 2 and L = lambda L_RPA + (1 - lambda) L_contrast; the two
+    directions may rank different numbers of candidates."""
+    generator = torch.Generator().manual_seed(0)
+    text_to_image = (torch.randn(3, 4, generator=generator), torch.rand(3, 4, generator=generator),
+                     torch.tensor([[True] * 4, [True] * 3 + [False], [True] * 4]))
+    image_to_text = (torch.randn(3, 6, generator=generator), torch.rand(3, 6, generator=generator), None)
+    for form, loss in (("listwise", rpa_listwise_loss), ("pairwise", rpa_pairwise_loss)):
+        per_anchor = bidirectional_rpa_loss(text_to_image, image_to_text, form=form, reduction="none")
+        expected = (loss(*text_to_image, reduction="none") + loss(*image_to_text, reduction="none")) / 2
+        torch.testing.assert_close(per_anchor, expected)
+        torch.testing.assert_close(bidirectional_rpa_loss(text_to_image, image_to_text, form=form), expected.mean())
+    contrastive = torch.tensor([0.5, 1.0, 2.0])
+    torch.testing.assert_close(maple_loss(per_anchor, contrastive, 0.25), 0.25 * per_anchor + 0.75 * contrastive)

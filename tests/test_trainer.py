@@ -784,3 +784,10 @@ def test_the_model_card_describes_the_active_adapter_whatever_its_name(tmp_path)
                          train_dataset=synthetic_preference_dataset(8, seed=0))
     trainer.create_model_card()
     assert "LoRA (rank 4, alpha 8)" in (tmp_path / "run" / "README.md").read_text()
+
+
+def test_the_loss_trained_is_lambda_rpa_plus_one_minus_lambda_infonce(tmp_path):
+    """The evaluation's loss, RPA and InfoNCE are means over the same anchors, so the objective's mix holds for them."""
+    metrics = make_trainer(tmp_path, rpa_weight=0.3).evaluate()
+    mixed = 0.3 * metrics["eval_loss/rpa"] + 0.7 * metrics["eval_loss/contrastive"]
+    assert metrics["eval_loss"] == pytest.approx(mixed, rel=1e-5)

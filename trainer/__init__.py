@@ -6,7 +6,14 @@ first use, so `from trainer.losses import ...` (e.g. in every process of a distr
 
 import importlib
 
-from .losses import contrastive_loss, preference_agreement, rpa_listwise_loss, rpa_pairwise_loss
+from .losses import (
+    bidirectional_rpa_loss,
+    contrastive_loss,
+    maple_loss,
+    preference_agreement,
+    rpa_listwise_loss,
+    rpa_pairwise_loss,
+)
 
 _LAZY_ATTRIBUTES = {
     "DataCollatorForEmbeddingPreference": ".collator",
@@ -18,7 +25,9 @@ _LAZY_ATTRIBUTES = {
 }
 
 __all__ = [
+    "bidirectional_rpa_loss",
     "contrastive_loss",
+    "maple_loss",
     "preference_agreement",
     "rpa_listwise_loss",
     "rpa_pairwise_loss",

@@ -27,7 +27,7 @@ from datasets.exceptions import DatasetGenerationError
 from trl import TrlParser
 
 from evaluation.models import is_hub_id, local_typo_hint
-from modeling_maple.configuration_maple import SUPPORTED_MLLMS
+from modeling_maple.configuration_maple import BACKBONES, SUPPORTED_MLLMS
 
 from .rpa_config import RPAConfig, from_pretrained_kwargs, unused_dpo_field_help
 from .schema import first_undecodable_image, validate_preference_dataset
@@ -63,7 +63,7 @@ class ModelArguments:
             "help": "How to build the embedder from a backbone that is not yet a MAPLE checkpoint: 'mllm' or "
             "'dual_encoder'. Inferred for the supported MLLMs (Qwen2/2.5/3-VL, LLaVA-1.5, InternVL, Idefics3, SmolVLM) "
             "and CLIP/SigLIP models; ignored for MAPLE checkpoints.",
-            "choices": ["mllm", "dual_encoder"],
+            "choices": list(BACKBONES),
         },
     )
     tiny: str | None = field(
@@ -71,7 +71,7 @@ class ModelArguments:
         metadata={
             "help": "Train a tiny random model instead: 'dual_encoder', 'mllm' (a Qwen2-VL) or an MLLM family such as "
             "'smolvlm'; an offline smoke run that needs no download.",
-            "choices": ["mllm", "dual_encoder", *SUPPORTED_MLLMS],
+            "choices": [*BACKBONES, *SUPPORTED_MLLMS],
         },
     )
     use_peft: bool = field(

@@ -10,6 +10,8 @@ import torch
 from accelerate.utils import parse_flag_from_env
 from trl import DPOConfig
 
+from .losses import RPA_LOSSES
+
 # DPOConfig knobs that act on the token sequences or log-probabilities of a causal LM; an embedder has neither, so
 # a non-default value would be silently meaningless. Maps the field to its only supported value.
 _LANGUAGE_MODEL_ONLY_DEFAULTS = {
@@ -144,7 +146,7 @@ class RPAConfig(DPOConfig):
             "help": "RPA loss over the judge's ranking of an anchor's candidates: 'listwise' (Plackett-Luce, weighted "
             "by judge margins) or 'pairwise' (margin-weighted DPO over all ranked pairs). MAPLE finds listwise better "
             "when mixed with InfoNCE (section 4.3).",
-            "choices": ["listwise", "pairwise"],
+            "choices": list(RPA_LOSSES),
         },
     )
     rpa_weight: float = field(
@@ -271,8 +273,8 @@ class RPAConfig(DPOConfig):
                 "persistent workers never see, so every epoch would repeat the first one's candidates. Set "
                 "dataloader_persistent_workers=False, or leave both candidate counts at None."
             )
-        if self.rpa_loss not in ("listwise", "pairwise"):
-            raise ValueError(f"rpa_loss must be 'listwise' or 'pairwise', got {self.rpa_loss!r}")
+        if self.rpa_loss not in RPA_LOSSES:
+            raise ValueError(f"rpa_loss must be one of {list(RPA_LOSSES)}, got {self.rpa_loss!r}")
         if self.reference not in ("none", "frozen"):
             raise ValueError(f"reference must be 'none' or 'frozen', got {self.reference!r}")
         super().__post_init__()

@@ -40,7 +40,7 @@ from modeling_maple.lora import get_maple_peft_model, save_merged
 from modeling_maple.loading import load_maple, load_maple_model
 
 from .collator import PREFERENCE_KEYS, DataCollatorForEmbeddingPreference
-from .losses import contrastive_loss, judged_positive_ids, preference_agreement, rpa_listwise_loss, rpa_pairwise_loss
+from .losses import bidirectional_rpa_loss, contrastive_loss, judged_positive_ids, maple_loss, preference_agreement
 from .rpa_config import RPAConfig, from_pretrained_kwargs
 from .schema import PREFERENCE_COLUMNS, rows_without_preference, validate_preference_dataset
 
@@ -48,7 +48,6 @@ logger = logging.get_logger(__name__)
 
 # (image_0, image_1, text_0, text_1), text_i describing image_i
 Quadruple = tuple[Image.Image, Image.Image, str, str]
-RPA_LOSSES = {"listwise": rpa_listwise_loss, "pairwise": rpa_pairwise_loss}
 # The model's log-stored scales: InfoNCE's inverse temperature and RPA's beta
 LOG_SCALES = ("logit_scale", "preference_logit_scale")
 # Under PEFT, the trainable state (adapters and the learnable scales) of a checkpoint, for resuming.
@@ -327,9 +326,9 @@ class RPATrainer(DPOTrainer):
             (beta * similarities[1], inputs["img2txt_scores"], inputs["candidate_text_mask"]),
         ]
         # per anchor, so that evaluation can average over the anchors of its whole set (see `_log_mean`)
-        rpa = sum(RPA_LOSSES[self.args.rpa_loss](*ranking, reduction="none") for ranking in rankings) / 2
+        rpa = bidirectional_rpa_loss(*rankings, form=self.args.rpa_loss, reduction="none")
         contrastive = self._contrastive_loss(outputs.text_embeds, outputs.image_embeds, inputs, inverse_temperature)
-        anchor_losses = self.args.rpa_weight * rpa + (1 - self.args.rpa_weight) * contrastive
+        anchor_losses = maple_loss(rpa, contrastive, self.args.rpa_weight)
         loss = anchor_losses.mean()
 
         self._log_mean(mode, "loss/rpa", rpa)
