@@ -720,23 +720,31 @@ def test_rows_without_a_strict_preference_are_counted_and_reported(tmp_path, cap
     from trainer.schema import rows_without_preference
 
     dataset = synthetic_preference_dataset(4)
-    assert rows_without_preference(dataset) == 0
+    assert rows_without_preference(dataset) == {"text_to_image": 0, "image_to_text": 0, "both": 0}
     tied = dataset.map(lambda row: {"txt2img_scores": [0.5] * len(row["txt2img_scores"]),
                                     "img2txt_scores": [0.5] * len(row["img2txt_scores"])})
-    assert rows_without_preference(tied) == 4
-    one_direction = dataset.map(lambda row: {"txt2img_scores": [0.5] * len(row["txt2img_scores"])})
-    assert rows_without_preference(one_direction) == 0  # the other direction still ranks
+    assert rows_without_preference(tied) == {"text_to_image": 4, "image_to_text": 4, "both": 4}
+    # One candidate text per row (a captioner whose captions were all dropped): the other direction still ranks
+    one_direction = dataset.map(lambda row: {"candidate_texts": row["candidate_texts"][:1],
+                                             "img2txt_scores": row["img2txt_scores"][:1]})
+    assert rows_without_preference(one_direction) == {"text_to_image": 0, "image_to_text": 4, "both": 0}
     model, processor = build_tiny("dual_encoder")
     transformers_logging.enable_propagation()
     try:
         with caplog.at_level("WARNING"):
             RPATrainer(model, args=make_config(tmp_path), train_dataset=tied, processing_class=processor)
             RPATrainer(model, args=make_config(tmp_path, rpa_weight=0.0), train_dataset=tied, processing_class=processor)
+            RPATrainer(model, args=make_config(tmp_path), train_dataset=one_direction, processing_class=processor)
     finally:
         transformers_logging.disable_propagation()
-    warnings = [record.getMessage() for record in caplog.records if "no strict preference" in record.getMessage()]
-    assert warnings == ["4 of 4 train rows have no strict preference (one candidate, or equal judge scores): RPA learns "
-                        "nothing from them; that is every row: set rpa_weight=0 to train with InfoNCE only."]
+    warnings = [record.getMessage() for record in caplog.records if "strict preference" in record.getMessage()]
+    assert warnings == [
+        "4 of 4 train rows have no strict preference (one candidate, or equal judge scores): RPA learns nothing from "
+        "them; that is every row: set rpa_weight=0 to train with InfoNCE only.",
+        # the RPA loss averages the two directions: one that never ranks halves it, silently before
+        "No train row has a strict preference among its candidate texts (one candidate, or equal judge scores): the "
+        "image to text half of the RPA loss is zero throughout, so RPA trains with half of rpa_weight=0.5.",
+    ]
 
 
 def test_rows_are_read_once_per_dataset_and_again_for_a_transformed_one_whatever_its_fingerprint(monkeypatch):
@@ -791,3 +799,23 @@ def test_the_loss_trained_is_lambda_rpa_plus_one_minus_lambda_infonce(tmp_path):
     metrics = make_trainer(tmp_path, rpa_weight=0.3).evaluate()
     mixed = 0.3 * metrics["eval_loss/rpa"] + 0.7 * metrics["eval_loss/contrastive"]
     assert metrics["eval_loss"] == pytest.approx(mixed, rel=1e-5)
+
+
+@pytest.mark.parametrize("format_type", ["torch", "numpy"])
+def test_a_dataset_formatted_for_torch_or_numpy_trains_as_it_is(tmp_path, format_type):
+    """The collator reads Python objects: a formatted dataset passed validation, then failed in the collator
+    ("Boolean value of Tensor with more than one value is ambiguous")."""
+    model, processor = build_tiny("dual_encoder", seed=0)
+    formatted = synthetic_preference_dataset(8, seed=0).with_format(format_type)
+    trainer = RPATrainer(model, args=make_config(tmp_path, max_steps=1), processing_class=processor,
+                         train_dataset=formatted)
+    trainer.train()
+    assert formatted.format["type"] == format_type, "the caller's dataset keeps its format"
+
+
+def test_a_tokenizer_passed_as_processing_class_is_refused_up_front(tmp_path):
+    """It failed at the first step, deep in the text tower ("'list' object has no attribute 'size'")."""
+    model, processor = build_tiny("dual_encoder", seed=0)
+    with pytest.raises(TypeError, match="`processing_class` must be the model's MapleProcessor .* got "):
+        RPATrainer(model, args=make_config(tmp_path), processing_class=processor.tokenizer,
+                   train_dataset=synthetic_preference_dataset(8, seed=0))

@@ -151,6 +151,12 @@ class RPATrainer(DPOTrainer):
                 model = load_maple_model(model, **loading)
         if processing_class is None:
             raise ValueError("Pass the model's MapleProcessor as `processing_class` (or the model as a path).")
+        # Not isinstance(MapleProcessor): a processor loaded as remote code is the checkpoint's own copy of the class.
+        if not hasattr(processing_class, "image_prompt"):
+            raise TypeError(
+                f"`processing_class` must be the model's MapleProcessor (MapleProcessor.from_pretrained), got "
+                f"{type(processing_class).__name__}."
+            )
         if not all(hasattr(model, name) for name in LOG_SCALES):
             raise TypeError(
                 f"RPATrainer trains MAPLE embedders (a MapleModel with `logit_scale` and `preference_logit_scale`), "
@@ -181,7 +187,7 @@ class RPATrainer(DPOTrainer):
 
         train_dataset = self._prepare_dataset(train_dataset, processing_class, args, "train")
         if args.rpa_weight > 0 and isinstance(train_dataset, Dataset):
-            _warn_about_rows_without_preference(train_dataset)
+            _warn_about_rows_without_preference(train_dataset, args.rpa_weight)
         if isinstance(eval_dataset, dict):
             eval_dataset = {
                 name: self._prepare_dataset(dataset, processing_class, args, name)
@@ -262,7 +268,8 @@ class RPATrainer(DPOTrainer):
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         # Nothing to tokenise ahead: the collator processes images and texts on the fly. Validate the schema instead.
         validate_preference_dataset(dataset, dataset_name)
-        return dataset
+        # The collator reads rows as Python objects (PIL images, lists); a torch or numpy format is only a view.
+        return dataset.with_format(None) if _format_type(dataset) is not None else dataset
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
@@ -725,16 +732,33 @@ def _pointing_to_undecodable_images(split: str):
         ) from error
 
 
-def _warn_about_rows_without_preference(dataset: Dataset) -> None:
-    """RPA's loss is zero on a row whose candidates all share one judge score: say so when rows are like that, since
-    a dataset of only such rows trains with a zero RPA loss and no other sign."""
-    count = rows_without_preference(dataset)
-    if count:
-        hint = "; that is every row: set rpa_weight=0 to train with InfoNCE only" if count == len(dataset) else ""
+def _warn_about_rows_without_preference(dataset: Dataset, rpa_weight: float) -> None:
+    """RPA's loss is zero in a direction whose candidates all share one judge score: say so when rows are like that,
+    since a dataset of only such rows trains with a zero RPA loss, and one where a direction never ranks with half of
+    `rpa_weight` (`bidirectional_rpa_loss` averages the two), and no other sign."""
+    counts = rows_without_preference(dataset)
+    if counts["both"]:
+        hint = "; that is every row: set rpa_weight=0 to train with InfoNCE only" if counts["both"] == len(dataset) else ""
         logger.warning(
-            f"{count} of {len(dataset)} train rows have no strict preference (one candidate, or equal judge scores): "
-            f"RPA learns nothing from them{hint}."
+            f"{counts['both']} of {len(dataset)} train rows have no strict preference (one candidate, or equal judge "
+            f"scores): RPA learns nothing from them{hint}."
         )
+    if counts["both"] == len(dataset):
+        return
+    for direction, candidates in (("text_to_image", "images"), ("image_to_text", "texts")):
+        if counts[direction] == len(dataset):
+            logger.warning(
+                f"No train row has a strict preference among its candidate {candidates} (one candidate, or equal judge "
+                f"scores): the {direction.replace('_', ' ')} half of the RPA loss is zero throughout, so RPA trains with "
+                f"half of rpa_weight={rpa_weight}."
+            )
+
+
+def _format_type(dataset: Dataset | IterableDataset) -> str | None:
+    """The dataset's output format ("torch", "numpy", ...), None for Python objects."""
+    if isinstance(dataset, IterableDataset):
+        return dataset._formatting.format_type if dataset._formatting is not None else None
+    return dataset.format["type"]
 
 
 def _model_inputs(inputs: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -268,19 +268,22 @@ def validate_preference_dataset(dataset: Dataset | IterableDataset, dataset_name
     _VALIDATED_DATASETS.add(dataset)
 
 
-def rows_without_preference(dataset: Dataset) -> int:
-    """How many rows of a validated map-style dataset give RPA nothing to learn: in neither direction two candidates
-    with different judge scores (a single candidate, or all scores equal). Reads only the score columns."""
-    count = 0
-    for batch in dataset.select_columns(list(SCORED_CANDIDATES.values())).with_format("arrow").iter(_ARROW_BATCH_ROWS):
-        strict = np.zeros(batch.num_rows, dtype=bool)
-        for column in SCORED_CANDIDATES.values():
+def rows_without_preference(dataset: Dataset) -> dict[str, int]:
+    """How many rows of a validated map-style dataset give RPA nothing to learn, per direction: no two candidates with
+    different judge scores (a single candidate, or all scores equal) among the candidate images (``"text_to_image"``),
+    among the candidate texts (``"image_to_text"``), and in both (``"both"``). Reads only the score columns."""
+    directions = {"text_to_image": "txt2img_scores", "image_to_text": "img2txt_scores"}
+    counts = dict.fromkeys([*directions, "both"], 0)
+    for batch in dataset.select_columns(list(directions.values())).with_format("arrow").iter(_ARROW_BATCH_ROWS):
+        without = {}
+        for direction, column in directions.items():
             lengths = pc.list_value_length(batch[column]).to_numpy()  # >= 1 per row: validation refuses empty lists
             scores = pc.list_flatten(batch[column]).to_numpy()
             starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-            strict |= np.maximum.reduceat(scores, starts) > np.minimum.reduceat(scores, starts)
-        count += int((~strict).sum())
-    return count
+            without[direction] = np.maximum.reduceat(scores, starts) <= np.minimum.reduceat(scores, starts)
+            counts[direction] += int(without[direction].sum())
+        counts["both"] += int((without["text_to_image"] & without["image_to_text"]).sum())
+    return counts
 
 
 def _check_anchor_first(batch: pa.Table, features: Features, dataset_name: str) -> None:
