@@ -271,6 +271,12 @@ class MapleModel(MaplePreTrainedModel):
                 f"A {tower_type} vision tower needs `pixel_attention_mask` and `spatial_shapes` "
                 "with `pixel_values`: prepare images with MapleProcessor."
             )
+        expected_rank = 3 if tower_type in NAFLEX_VISION_TOWERS else 4  # (images, patches, patch_dim) or (images, C, H, W)
+        if pixel_values.dim() != expected_rank:
+            raise ValueError(
+                f"A {tower_type} vision tower takes `pixel_values` of {expected_rank} dimensions, got shape "
+                f"{tuple(pixel_values.shape)}: prepare images with MapleProcessor."
+            )
         outputs = self.vision_tower(
             pixel_values=pixel_values, **{name: value for name, value in naflex_inputs.items() if value is not None}
         )

@@ -641,3 +641,20 @@ def test_max_length_padding_without_any_length_is_refused_when_built():
     tokenizer.model_max_length = int(1e30)  # transformers' "unset"
     with pytest.raises(ValueError, match="text_padding='max_length' needs `max_text_length`"):
         MapleProcessor(image_processor=processor.image_processor, tokenizer=tokenizer, backbone="dual_encoder", text_padding="max_length")
+
+
+def test_the_processor_refuses_tokenizer_arguments_it_would_ignore():
+    """`processor(text, padding="max_length", max_length=50, return_tensors="np")` returned torch tensors of the
+    processor's own length, and a misspelt argument passed silently."""
+    _, processor = build_tiny("dual_encoder")
+    assert set(processor(text=["a red circle"], return_tensors=None)) == set(processor(text=["a red circle"]))
+    with pytest.raises(TypeError, match=r"unexpected arguments \['max_length', 'padding'\]: .*`text_padding`"):
+        processor(text=["a red circle"], padding="max_length", max_length=50)
+    with pytest.raises(ValueError, match="return_tensors must be 'pt' or None, got 'np'"):
+        processor(text=["a red circle"], return_tensors="np")
+
+
+def test_pixel_values_of_the_wrong_rank_are_named_before_the_vision_tower():
+    model, _ = build_tiny("dual_encoder")
+    with pytest.raises(ValueError, match=r"takes `pixel_values` of 4 dimensions, got shape \(2, 3\): prepare images"):
+        model(pixel_values=torch.zeros(2, 3))
