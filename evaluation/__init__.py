@@ -22,6 +22,7 @@ _EXPORTS = {
     "chunked_ranks": "retrieval",
     "chunked_retrieval_recall": "retrieval",
     "chunked_topk": "retrieval",
+    "evaluate_benchmark": "protocols",
     "evaluate_quadruples": "protocols",
     "evaluate_retrieval": "protocols",
     "quadruple_similarities": "protocols",

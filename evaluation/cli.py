@@ -70,15 +70,6 @@ def _parse_sources(parser: argparse.ArgumentParser, pairs: list[str]) -> dict[st
     return sources
 
 
-def run_benchmark(model, processor, benchmark: RetrievalBenchmark | QuadrupleBenchmark, batch_size: int) -> dict[str, Any]:
-    """Evaluate the model on a loaded benchmark with the paper's protocol."""
-    from .protocols import evaluate_quadruples, evaluate_retrieval
-
-    if isinstance(benchmark, RetrievalBenchmark):
-        return evaluate_retrieval(model, processor, benchmark.images, benchmark.captions_per_image, batch_size)
-    return evaluate_quadruples(model, processor, benchmark.quadruples, benchmark.categories, batch_size)
-
-
 def _files_state(path: Path, *, recursive: bool) -> dict[str, list[int]]:
     """Size and modification time of the files of `path` (a file, or a folder's files, with its subfolders' when
     `recursive`), by relative path."""
@@ -191,6 +182,7 @@ def evaluate_model(
     todo = [name for name in benchmarks if name not in results]
     if todo:
         from .models import load_embedder
+        from .protocols import evaluate_benchmark
 
         # Benchmarks load before the model (tables and file lists: images are decoded as they are embedded),
         # so a source that is unreachable or in the wrong schema is reported before a large model is loaded.
@@ -201,7 +193,7 @@ def evaluate_model(
         folder.mkdir(parents=True, exist_ok=True)
         for name in todo:
             print(f"{model_ref}: evaluating {name} ...", flush=True)
-            results[name] = run_benchmark(model, processor, loaded[name], batch_size)
+            results[name] = evaluate_benchmark(model, processor, loaded[name], batch_size)
             record = {"run": _run_fingerprint(model_ref, model_state, name, sources.get(name), dtype), "metrics": results[name]}
             atomic_write_text(folder / f"{name}.json", json.dumps(record, indent=2))  # a crash never leaves half a result
     return {name: results[name] for name in benchmarks}

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .benchmarks import QuadrupleBenchmark, RetrievalBenchmark
 from .lazy import LazySequence
 from .metrics import DEFAULT_KS, group_score_hits, modality_gap_from_quadruples, recall_from_ranks
 from .retrieval import check_finite_embeddings, chunked_ranks
@@ -45,6 +46,7 @@ def evaluate_retrieval(
     are embedded once, so they tie exactly whatever the batch size.
     Returns keys i2t_r1, i2t_r5, i2t_r10, i2t_mrr, t2i_r1, ..., t2i_mrr, num_images, num_captions.
     """
+    _refuse_benchmark(images, "images")
     _check_retrieval_inputs(images, captions_per_image)
     captions = [caption for image_captions in captions_per_image for caption in image_captions]
     # By position, the copy of image A's caption filed under image B would be an irrelevant candidate for A tied
@@ -77,6 +79,24 @@ def evaluate_retrieval(
         result.update({f"{direction}_r{k}": recall[f"recall@{k}"] for k in DEFAULT_KS})
         result[f"{direction}_mrr"] = recall["mrr"]
     return result | {"num_images": len(images), "num_captions": len(captions)}
+
+
+def evaluate_benchmark(
+    model, processor, benchmark: RetrievalBenchmark | QuadrupleBenchmark, batch_size: int = 32
+) -> dict[str, Any]:
+    """A benchmark `load_benchmark` returns, scored with its protocol: `evaluate_retrieval` or `evaluate_quadruples`
+    (with its categories)."""
+    if isinstance(benchmark, RetrievalBenchmark):
+        return evaluate_retrieval(model, processor, benchmark.images, benchmark.captions_per_image, batch_size)
+    return evaluate_quadruples(model, processor, benchmark.quadruples, benchmark.categories, batch_size)
+
+
+def _refuse_benchmark(value: Any, argument: str) -> None:
+    if isinstance(value, (RetrievalBenchmark, QuadrupleBenchmark)):
+        raise TypeError(
+            f"{argument}: got the {value.name} benchmark itself; score it with evaluate_benchmark(model, processor, "
+            "benchmark), or pass its fields"
+        )
 
 
 def _check_retrieval_inputs(images: Sequence[Any], captions_per_image: Sequence[Sequence[str]]) -> None:
@@ -172,6 +192,7 @@ def evaluate_quadruples(
     with `categories`. The histograms (counts of cosines in `HISTOGRAM_BINS` bins over [-1, 1]) show the gap
     that the Wasserstein distances summarise; model cards plot them.
     """
+    _refuse_benchmark(quadruples, "quadruples")
     if categories is not None and len(categories) != len(quadruples):
         raise ValueError(f"categories: expected one per quadruple ({len(quadruples)}), got {len(categories)}")
     image_text, text_text = quadruple_similarities(model, processor, quadruples, batch_size)

@@ -262,3 +262,21 @@ def test_evaluating_a_benchmark_decodes_each_image_once(benchmark_sources, name,
     model, processor = build_tiny("dual_encoder")
     evaluate_quadruples(model, processor, benchmark.quadruples, benchmark.categories, batch_size=4)
     assert len(decoded) == 2 * len(benchmark.quadruples)
+
+
+def test_a_loaded_benchmark_is_scored_by_evaluate_benchmark_and_refused_by_the_field_functions(benchmark_sources):
+    """`evaluate_quadruples(model, processor, load_benchmark("winoground"))` failed with "object of type
+    'QuadrupleBenchmark' has no len()"."""
+    from evaluation import evaluate_benchmark, evaluate_quadruples, evaluate_retrieval
+    from modeling_maple.testing import build_tiny
+
+    model, processor = build_tiny("dual_encoder")
+    wino, coco = (load_benchmark(name, str(benchmark_sources[name])) for name in ("winoground", "coco"))
+    assert evaluate_benchmark(model, processor, wino) == evaluate_quadruples(model, processor, wino.quadruples,
+                                                                             wino.categories)
+    assert evaluate_benchmark(model, processor, coco) == evaluate_retrieval(model, processor, coco.images,
+                                                                            coco.captions_per_image)
+    with pytest.raises(TypeError, match=r"quadruples: got the winoground benchmark itself; score it with evaluate_benchmark"):
+        evaluate_quadruples(model, processor, wino)
+    with pytest.raises(TypeError, match=r"images: got the coco benchmark itself"):
+        evaluate_retrieval(model, processor, coco, [])
