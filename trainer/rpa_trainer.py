@@ -102,7 +102,9 @@ class RPATrainer(DPOTrainer):
         peft_config: wraps the model with PEFT (e.g. `modeling_maple.lora`'s LoRA set-up of the paper).
         eval_quadruples: fine-grained evaluation sets, `{name: [(image_0, image_1, text_0, text_1), ...]}` with
             `text_i` describing `image_i` (Winoground style); every evaluation then also logs
-            `eval_<name>/text_score`, `/image_score` and `/group_score` (0-100, `evaluation.protocols`).
+            `eval_<name>/text_score`, `/image_score` and `/group_score` (0-100, `evaluation.protocols`). They are
+            scored beside an evaluation dataset, which an evaluation needs (as in `Trainer`: `eval_dataset`, or the one
+            passed to `evaluate`); to score quadruples alone, call `evaluation.evaluate_quadruples` on the model.
     """
 
     _tag_names = ["trl", "maple", "rpa"]
