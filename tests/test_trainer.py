@@ -819,4 +819,3 @@ def test_a_tokenizer_passed_as_processing_class_is_refused_up_front(tmp_path):
     with pytest.raises(TypeError, match="`processing_class` must be the model's MapleProcessor .* got "):
         RPATrainer(model, args=make_config(tmp_path), processing_class=processor.tokenizer,
                    train_dataset=synthetic_preference_dataset(8, seed=0))
-
