@@ -239,6 +239,10 @@ def format_summary(stats: dict[str, Any], seconds: float, computed: int, reused:
         f"  shards            {computed} computed, {reused} reused from an earlier run (this process)",
         f"  skipped inputs    {stats['num_skipped']}",
     ]
+    if anchors and stats["num_candidate_texts"] <= anchors and stats["text_candidates"] == "generated":
+        # every row ranks only its own caption: RPA's image -> text direction learns nothing (the trainer warns too)
+        lines.insert(5, "    warning: the captioner added no caption to any anchor (answers not in its format, or "
+                        "cut at --max-new-tokens), so no row ranks candidate texts")
     examples = defaultdict(list)
     for item in stats["skipped"]:
         examples[item["kind"]].append(item)

@@ -291,3 +291,15 @@ def test_each_rank_searches_neighbours_on_its_own_device(source_file, monkeypatc
     args = cli.build_parser().parse_args([source_file, "--judge", STAND_INS[1], "--miner", "facebook/dinov2-base"])
     cli._load_components(args, "cuda:1")
     assert calls == [{"device": "cuda:1", "search_device": "cuda:1"}]
+
+
+def test_the_summary_warns_when_the_captioner_added_no_caption(tmp_path):
+    """A tiny captioner whose answers were all cut at max_new_tokens left each anchor its own caption only, and the
+    build reported it as finished like any other; trained on, RPA's image -> text half was zero."""
+    stats = {"config_name": "paper", "num_source_rows": 4, "num_anchors": 4, "num_candidate_images": 16,
+             "num_candidate_texts": 4, "num_skipped": 0, "skipped": [], "skipped_by_reason": {},
+             "text_candidates": "generated"}
+    summary = cli.format_summary(stats, 1.0, 1, 0, str(tmp_path))
+    assert "candidate texts   4 (1.00 per anchor)\n    warning: the captioner added no caption to any anchor" in summary
+    assert "warning" not in cli.format_summary(stats | {"num_candidate_texts": 9}, 1.0, 1, 0, str(tmp_path))
+    assert "warning" not in cli.format_summary(stats | {"text_candidates": "corpus"}, 1.0, 1, 0, str(tmp_path))
