@@ -19,8 +19,18 @@ import PIL.Image
 import torch
 from transformers import DynamicCache
 
-from .interfaces import PreferenceJudge, component_name, first_finding
-from .vlm_inputs import EncodedImages, PromptEncoder, load_vlm, model_settings, offloaded_tensor, prompt_encoder_for, to_model
+from .interfaces import PreferenceJudge, check_settings, component_name, first_finding
+from .vlm_inputs import (
+    VLM_LOADING_KEYWORDS,
+    EncodedImages,
+    PromptEncoder,
+    load_vlm,
+    model_settings,
+    offloaded_tensor,
+    prompt_encoder_for,
+    to_model,
+    vlm_loading_kwargs,
+)
 
 DEFAULT_JUDGE_PROMPT = 'Does the image align with the text "{text}"? Answer Yes or No.'
 """The paper's judge question; the image comes first, as `<image>` does in the paper."""
@@ -170,16 +180,36 @@ class MLLMJudge:
         cls,
         model_id_or_path: str,
         *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | str | None = None,
+        device_map: str | dict | None = None,
+        image_processor_kwargs: dict | None = None,
+        model_kwargs: dict | None = None,
         loading_kwargs: dict | None = None,
         **judge_kwargs,
     ) -> MLLMJudge:
-        """Load a judge by Hub id or local path, e.g. "Qwen/Qwen2-VL-7B-Instruct".
+        """Load a judge by Hub id or local path, e.g. "Qwen/Qwen2-VL-7B-Instruct", with the loading keywords of
+        transformers' `from_pretrained`: `MLLMJudge.from_pretrained(path, dtype=torch.bfloat16, device_map="auto")`.
 
-        `loading_kwargs` go to `vlm_inputs.load_vlm` (device, dtype, image_processor_kwargs,
-        model_kwargs such as `device_map`); `judge_kwargs` to the constructor.
+        Loading keywords go to `vlm_inputs.load_vlm`: `device` (default: the CPU; ignored with a `device_map`),
+        `dtype` (default "auto": as saved), `device_map`, `image_processor_kwargs` (e.g. `{"max_pixels": 384 * 384}`)
+        and `model_kwargs` (other `from_pretrained` arguments, e.g. `attn_implementation`); `loading_kwargs` may hold
+        them as one dict instead. `judge_kwargs` go to the constructor; a keyword that is neither is a TypeError saying
+        where it goes (`interfaces.check_settings`).
         """
-        loaded = load_vlm(model_id_or_path, **(loading_kwargs or {}))
-        return cls(loaded.model, loaded.tokenizer, loaded.image_processor, name=model_id_or_path, **judge_kwargs)
+        check_settings(cls, judge_kwargs, VLM_LOADING_KEYWORDS)
+        loading = vlm_loading_kwargs(
+            f"{cls.__name__}.from_pretrained",
+            loading_kwargs,
+            device=device,
+            dtype=dtype,
+            device_map=device_map,
+            image_processor_kwargs=image_processor_kwargs,
+            model_kwargs=model_kwargs,
+        )
+        loaded = load_vlm(model_id_or_path, **loading)
+        judge_kwargs.setdefault("name", model_id_or_path)
+        return cls(loaded.model, loaded.tokenizer, loaded.image_processor, **judge_kwargs)
 
     @property
     def settings(self) -> dict:
