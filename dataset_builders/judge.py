@@ -11,6 +11,7 @@ they agree up to float rounding.
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections import defaultdict
 from collections.abc import Sequence
@@ -128,6 +129,13 @@ def answer_token_id(prompt_encoder: PromptEncoder, word: str) -> int:
     )
 
 
+def cache_keyword(model: torch.nn.Module) -> str:
+    """The name under which `model.forward` takes a KV cache and its output returns one: `cache` from transformers
+    5.24, where `past_key_values` is deprecated (to be removed in 5.40), and `past_key_values` in 5.23, which has no
+    `cache` (its forward would take one silently into `**kwargs` and ignore it)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 class MLLMJudge:
     """Scores image-text alignment with a frozen MLLM (paper: Qwen2-VL-7B; InternVL3-1B also helps);
     Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA, InternVL, Idefics3 and SmolVLM families
@@ -174,6 +182,7 @@ class MLLMJudge:
         # families, how many image tokens it holds): tokenise it once per such text.
         self._prefix_ids_by_image_text: dict[str, list[int]] = {}
         self._offloaded_answer_rows: dict[str, torch.Tensor] = {}  # see `_answer_rows`
+        self._cache_keyword = cache_keyword(self.model.model)
 
     @classmethod
     def from_pretrained(
@@ -423,7 +432,8 @@ class MLLMJudge:
         prefix_ids = [self.prefix_ids(images, index) for index in range(len(encoded))]
         prefix = to_model(self.prompt_encoder.model_inputs(prefix_ids, images, padding_side="right"), self.model)
         prefix_positions, position_offsets = self.prompt_encoder.prefix_positions(self.model, prefix)
-        prefix_cache = self.model.model(**prefix, position_ids=prefix_positions, use_cache=True).past_key_values
+        prefix_outputs = self.model.model(**prefix, position_ids=prefix_positions, use_cache=True)
+        prefix_cache = getattr(prefix_outputs, self._cache_keyword)
         prefix_length = prefix["input_ids"].shape[1]
 
         pairs = [(anchor, text) for anchor, candidates in enumerate(texts) for text in candidates]
@@ -443,8 +453,8 @@ class MLLMJudge:
                 input_ids=suffix_ids,
                 attention_mask=torch.cat([suffix_mask.new_ones(batch, prefix_length), suffix_mask], dim=1),
                 position_ids=positions,
-                past_key_values=cache,
                 use_cache=True,
+                **{self._cache_keyword: cache},
             )
             alphas.append(self._alphas(self._last_states(outputs.last_hidden_state, suffix_mask)))
         return list(torch.cat(alphas).cpu().split([len(candidates) for candidates in texts]))

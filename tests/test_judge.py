@@ -1,5 +1,7 @@
 """MLLMJudge on tiny Qwen2-VL models: the real code paths with random (or briefly trained) weights."""
 
+import warnings
+
 import pytest
 import torch
 from PIL import Image
@@ -35,6 +37,23 @@ TEXTS = [
     ["a", "three small stars above a big green triangle", "no", "Yes"],
     ['a "quoted" {braced} caption', ""],
 ]
+
+
+def test_prefix_reuse_passes_the_kv_cache_under_the_name_the_installed_transformers_takes(sharp_judge):
+    """transformers 5.24 renamed the forward's and the outputs' `past_key_values` to `cache` (the old name warns and
+    goes in 5.40); 5.23, which setup.cfg allows, takes only `past_key_values`."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        sharp_judge.score(IMAGES[:1], TEXTS[:1])
+        tiny_judge(seed=4, family="llava").score(IMAGES[:1], TEXTS[:1])
+
+    class Before524(torch.nn.Module):
+        def forward(self, input_ids, past_key_values=None, use_cache=None, **kwargs): ...
+
+    class Since524(torch.nn.Module):
+        def forward(self, input_ids, cache=None, use_cache=None, **kwargs): ...
+
+    assert (judge_module.cache_keyword(Before524()), judge_module.cache_keyword(Since524())) == ("past_key_values", "cache")
 
 
 def test_judge_satisfies_the_protocol(sharp_judge):
