@@ -1141,7 +1141,8 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
 
         A repo snapshot keeps each config's files in a folder named after it: `config_name` picks
         one; without it a snapshot must hold a single config (several are an error listing them,
-        never one split of every config's rows)."""
+        never one split of every config's rows). A Hub repo that cannot be read is a `HubReadError` naming it and
+        what the Hub answered (an HTTP status, or that it is offline or unreachable)."""
         path = Path(repo_id_or_path)
         if path.exists():
             files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
@@ -1159,4 +1160,12 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             files = [str(file) for file in files]
             # Local parquet files load as one "train" split; `split` may still slice it ("train[:100]").
             return datasets.load_dataset("parquet", data_files=files, split=split, features=FEATURES, **load_kwargs)
-        return datasets.load_dataset(repo_id_or_path, name=config_name, split=split, **load_kwargs)
+        try:
+            return datasets.load_dataset(repo_id_or_path, name=config_name, split=split, **load_kwargs)
+        except OSError as error:  # datasets reads some Hub answers (an HTTP 500) as a missing local path
+            from modeling_maple.hub_errors import HubReadError, hub_failure  # transformers: not for every builder import
+
+            problem = hub_failure(error, repo_id_or_path, repo_type="dataset", revision=load_kwargs.get("revision"))
+            if problem is None:
+                raise
+            raise HubReadError(problem) from error

@@ -17,7 +17,8 @@ Optional attributes the builder reads when a judge, captioner or miner has them 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import inspect
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import PIL.Image
@@ -65,3 +66,29 @@ def first_finding(components: Iterable[tuple[str, Any]], check: str, *args: Any)
         if method is not None and (finding := method(*args)) is not None:
             return name, finding
     return None
+
+
+def check_settings(owner: type, settings: dict[str, Any], loading_keywords: Sequence[str]) -> None:
+    """Raise a TypeError for a keyword of `owner.from_pretrained` that is neither one of its `loading_keywords` nor a
+    keyword of `owner`'s constructor: a transformers loading argument (`attn_implementation`, `revision`, ...) passed
+    at top level would otherwise surface as an unexpected argument of the constructor, not saying where it goes."""
+    parameters = inspect.signature(owner.__init__).parameters.values()
+    own = [parameter.name for parameter in parameters if parameter.kind is inspect.Parameter.KEYWORD_ONLY]
+    for key in settings:
+        if key not in own:
+            raise TypeError(
+                f"{owner.__name__}.from_pretrained got an unknown keyword {key!r}: it takes the loading keywords "
+                f"{', '.join(loading_keywords)} and the {owner.__name__} settings {', '.join(own)}; other transformers "
+                f"from_pretrained arguments go in model_kwargs={{{key!r}: ...}}"
+            )
+
+
+def with_device_map(owner: str, model_kwargs: dict | None, device_map: str | dict | None) -> dict:
+    """A copy of `model_kwargs` (transformers `from_pretrained` arguments) with `device_map` added unless it is None;
+    `device_map` given also inside `model_kwargs` is a TypeError naming `owner`."""
+    model_kwargs = dict(model_kwargs or {})
+    if device_map is not None:
+        if "device_map" in model_kwargs:
+            raise TypeError(f"{owner}: device_map given both on its own and in model_kwargs; give it once")
+        model_kwargs["device_map"] = device_map
+    return model_kwargs

@@ -11,6 +11,7 @@ they agree up to float rounding.
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections import defaultdict
 from collections.abc import Sequence
@@ -19,8 +20,18 @@ import PIL.Image
 import torch
 from transformers import DynamicCache
 
-from .interfaces import PreferenceJudge, component_name, first_finding
-from .vlm_inputs import EncodedImages, PromptEncoder, load_vlm, model_settings, offloaded_tensor, prompt_encoder_for, to_model
+from .interfaces import PreferenceJudge, check_settings, component_name, first_finding
+from .vlm_inputs import (
+    VLM_LOADING_KEYWORDS,
+    EncodedImages,
+    PromptEncoder,
+    load_vlm,
+    model_settings,
+    offloaded_tensor,
+    prompt_encoder_for,
+    to_model,
+    vlm_loading_kwargs,
+)
 
 DEFAULT_JUDGE_PROMPT = 'Does the image align with the text "{text}"? Answer Yes or No.'
 """The paper's judge question; the image comes first, as `<image>` does in the paper."""
@@ -118,6 +129,13 @@ def answer_token_id(prompt_encoder: PromptEncoder, word: str) -> int:
     )
 
 
+def cache_keyword(model: torch.nn.Module) -> str:
+    """The name under which `model.forward` takes a KV cache and its output returns one: `cache` from transformers
+    5.24, where `past_key_values` is deprecated (to be removed in 5.40), and `past_key_values` in 5.23, which has no
+    `cache` (its forward would take one silently into `**kwargs` and ignore it)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 class MLLMJudge:
     """Scores image-text alignment with a frozen MLLM (paper: Qwen2-VL-7B; InternVL3-1B also helps);
     Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA, InternVL, Idefics3 and SmolVLM families
@@ -164,22 +182,43 @@ class MLLMJudge:
         # families, how many image tokens it holds): tokenise it once per such text.
         self._prefix_ids_by_image_text: dict[str, list[int]] = {}
         self._offloaded_answer_rows: dict[str, torch.Tensor] = {}  # see `_answer_rows`
+        self._cache_keyword = cache_keyword(self.model.model)
 
     @classmethod
     def from_pretrained(
         cls,
         model_id_or_path: str,
         *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | str | None = None,
+        device_map: str | dict | None = None,
+        image_processor_kwargs: dict | None = None,
+        model_kwargs: dict | None = None,
         loading_kwargs: dict | None = None,
         **judge_kwargs,
     ) -> MLLMJudge:
-        """Load a judge by Hub id or local path, e.g. "Qwen/Qwen2-VL-7B-Instruct".
+        """Load a judge by Hub id or local path, e.g. "Qwen/Qwen2-VL-7B-Instruct", with the loading keywords of
+        transformers' `from_pretrained`: `MLLMJudge.from_pretrained(path, dtype=torch.bfloat16, device_map="auto")`.
 
-        `loading_kwargs` go to `vlm_inputs.load_vlm` (device, dtype, image_processor_kwargs,
-        model_kwargs such as `device_map`); `judge_kwargs` to the constructor.
+        Loading keywords go to `vlm_inputs.load_vlm`: `device` (default: the CPU; ignored with a `device_map`),
+        `dtype` (default "auto": as saved), `device_map`, `image_processor_kwargs` (e.g. `{"max_pixels": 384 * 384}`)
+        and `model_kwargs` (other `from_pretrained` arguments, e.g. `attn_implementation`); `loading_kwargs` may hold
+        them as one dict instead. `judge_kwargs` go to the constructor; a keyword that is neither is a TypeError saying
+        where it goes (`interfaces.check_settings`).
         """
-        loaded = load_vlm(model_id_or_path, **(loading_kwargs or {}))
-        return cls(loaded.model, loaded.tokenizer, loaded.image_processor, name=model_id_or_path, **judge_kwargs)
+        check_settings(cls, judge_kwargs, VLM_LOADING_KEYWORDS)
+        loading = vlm_loading_kwargs(
+            f"{cls.__name__}.from_pretrained",
+            loading_kwargs,
+            device=device,
+            dtype=dtype,
+            device_map=device_map,
+            image_processor_kwargs=image_processor_kwargs,
+            model_kwargs=model_kwargs,
+        )
+        loaded = load_vlm(model_id_or_path, **loading)
+        judge_kwargs.setdefault("name", model_id_or_path)
+        return cls(loaded.model, loaded.tokenizer, loaded.image_processor, **judge_kwargs)
 
     @property
     def settings(self) -> dict:
@@ -393,7 +432,8 @@ class MLLMJudge:
         prefix_ids = [self.prefix_ids(images, index) for index in range(len(encoded))]
         prefix = to_model(self.prompt_encoder.model_inputs(prefix_ids, images, padding_side="right"), self.model)
         prefix_positions, position_offsets = self.prompt_encoder.prefix_positions(self.model, prefix)
-        prefix_cache = self.model.model(**prefix, position_ids=prefix_positions, use_cache=True).past_key_values
+        prefix_outputs = self.model.model(**prefix, position_ids=prefix_positions, use_cache=True)
+        prefix_cache = getattr(prefix_outputs, self._cache_keyword)
         prefix_length = prefix["input_ids"].shape[1]
 
         pairs = [(anchor, text) for anchor, candidates in enumerate(texts) for text in candidates]
@@ -413,8 +453,8 @@ class MLLMJudge:
                 input_ids=suffix_ids,
                 attention_mask=torch.cat([suffix_mask.new_ones(batch, prefix_length), suffix_mask], dim=1),
                 position_ids=positions,
-                past_key_values=cache,
                 use_cache=True,
+                **{self._cache_keyword: cache},
             )
             alphas.append(self._alphas(self._last_states(outputs.last_hidden_state, suffix_mask)))
         return list(torch.cat(alphas).cpu().split([len(candidates) for candidates in texts]))

@@ -17,6 +17,8 @@ import torch
 
 from evaluation.retrieval import chunked_topk
 
+from .interfaces import check_settings, with_device_map
+
 ImageEncoder = Callable[[Sequence[PIL.Image.Image]], torch.Tensor]
 """Maps a batch of images to their embeddings, a float tensor of shape (batch, dim)."""
 
@@ -317,20 +319,33 @@ class HardNegativeMiner:
 
     @classmethod
     def from_pretrained(
-        cls, model_id_or_path: str, *, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32, **kwargs
+        cls,
+        model_id_or_path: str,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+        device_map: str | dict | None = None,
+        model_kwargs: dict | None = None,
+        **kwargs,
     ) -> HardNegativeMiner:
         """A miner on a transformers image encoder (AutoModel + AutoImageProcessor).
 
         The embedding is the encoder's `get_image_features` where it has one (CLIP, SigLIP, MAPLE),
         else its pooled output (DINOv2: the layer-normed CLS token), else the first token of the
-        last hidden state. The encoder goes on `device` (default: the CPU), and so do the neighbour
-        search and SemDeDup unless `search_device` says otherwise (without a `device`: the GPU if
-        there is one); so each rank of a multi-GPU build that passes its own device searches on
-        it. `kwargs` go to the miner.
+        last hidden state. The encoder goes on `device` (default: the CPU), or where `device_map`
+        places it, and so do the neighbour search and SemDeDup unless `search_device` says otherwise
+        (without a `device`: the GPU if there is one); so each rank of a multi-GPU build that passes
+        its own device searches on it. `model_kwargs` are more `from_pretrained` arguments (e.g.
+        `attn_implementation`); `kwargs` go to the miner, and a keyword that is neither is a TypeError
+        saying where it goes (`interfaces.check_settings`), as for the judge and the captioner.
         """
         from transformers import AutoImageProcessor, AutoModel
 
-        model = AutoModel.from_pretrained(model_id_or_path, dtype=dtype).to(device or "cpu").eval()
+        check_settings(cls, kwargs, ("device", "dtype", "device_map", "model_kwargs"))
+        model_kwargs = with_device_map(f"{cls.__name__}.from_pretrained", model_kwargs, device_map)
+        model = AutoModel.from_pretrained(model_id_or_path, dtype=dtype, **model_kwargs).eval()
+        if "device_map" not in model_kwargs:
+            model = model.to(device or "cpu")
         image_processor = AutoImageProcessor.from_pretrained(model_id_or_path)
         kwargs.setdefault("name", model_id_or_path)
         if device is not None:

@@ -35,6 +35,8 @@ from modeling_maple.processing_maple import (
     mllm_pixel_inputs,
 )
 
+from .interfaces import with_device_map
+
 Message = dict[str, object]
 """One chat message: {"role": ..., "content": [{"type": "image"} | {"type": "text", "text": ...}]}."""
 
@@ -287,6 +289,29 @@ def load_vlm(
     if "device_map" not in model_kwargs and device is not None:
         model = model.to(device)
     return LoadedVLM(model=model, tokenizer=tokenizer, image_processor=image_processor)
+
+
+VLM_LOADING_KEYWORDS = ("device", "dtype", "device_map", "image_processor_kwargs", "model_kwargs")
+"""What `MLLMJudge.from_pretrained` and `ContrastiveCaptioner.from_pretrained` take at top level for `load_vlm`, as
+transformers' `from_pretrained` takes `dtype` and `device_map`; `device_map` goes into `model_kwargs`."""
+
+
+def vlm_loading_kwargs(owner: str, loading_kwargs: dict | None, **given) -> dict:
+    """`load_vlm`'s keywords from a `from_pretrained`'s `loading_kwargs` dict and its top-level loading keywords
+    (`VLM_LOADING_KEYWORDS`; None means not given), `device_map` moved into `model_kwargs`. A keyword given twice,
+    or a key of `loading_kwargs` that `load_vlm` does not take, is a TypeError naming `owner`."""
+    merged = dict(loading_kwargs or {})
+    if unknown := [key for key in merged if key not in VLM_LOADING_KEYWORDS]:
+        raise TypeError(f"{owner}: loading_kwargs has {', '.join(unknown)}; it takes {', '.join(VLM_LOADING_KEYWORDS)}")
+    for key, value in given.items():
+        if value is None:
+            continue
+        if key in merged:
+            raise TypeError(f"{owner}: {key} given both at top level and in loading_kwargs; give it once")
+        merged[key] = value
+    if "device_map" in merged:
+        merged["model_kwargs"] = with_device_map(owner, merged.get("model_kwargs"), merged.pop("device_map"))
+    return merged
 
 
 def _check_image_processor_kwargs(model_id_or_path: str, image_processor, kwargs: dict) -> None:

@@ -58,51 +58,44 @@ def check_model_ref(model_ref: str) -> None:
 
 def hub_checkpoint_config_file(repo_id: str, revision: str | None = None) -> Path:
     """The config.json, else adapter_config.json, of a Hub model repo at `revision`, in the cache's
-    snapshots/<commit>/ folder; Hub failures become `ModelLoadError`s naming the repo. Offline or
-    unreachable, a repo downloaded before is read from the cache."""
-    from huggingface_hub import HfApi, constants, hf_hub_download
+    snapshots/<commit>/ folder; Hub failures become `ModelLoadError`s naming the repo and what the Hub answered
+    (`modeling_maple.hub_errors.hub_failure`). Offline or unreachable, a repo downloaded before is read from the
+    cache."""
+    from huggingface_hub import HfApi, hf_hub_download
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
         LocalEntryNotFoundError,
         OfflineModeIsEnabled,
         RepositoryNotFoundError,
-        RevisionNotFoundError,
     )
     from huggingface_hub.utils import httpx
 
-    where = f"model repo {repo_id!r} on {constants.ENDPOINT}"
+    from modeling_maple.hub_errors import hub_failure, hub_repo
+
     try:
         # The info call is not retried, so an unreachable or failing Hub is reported at once.
         files = {sibling.rfilename for sibling in HfApi().model_info(repo_id, revision=revision).siblings or []}
         name = next((name for name in (CONFIG_FILE, ADAPTER_CONFIG_FILE) if name in files), None)
         if name is None:
-            raise ModelLoadError(f"{where} has neither {CONFIG_FILE} nor {ADAPTER_CONFIG_FILE}: not a transformers checkpoint")
+            raise ModelLoadError(
+                f"{hub_repo(repo_id)} has neither {CONFIG_FILE} nor {ADAPTER_CONFIG_FILE}: not a transformers checkpoint"
+            )
         return Path(hf_hub_download(repo_id, name, revision=revision))
-    except GatedRepoError as error:
-        raise ModelLoadError(f"{where} is gated: accept its terms and log in (HF_TOKEN)") from error
-    except RepositoryNotFoundError as error:
-        status = error.response.status_code if error.response is not None else "?"
-        raise ModelLoadError(
-            f"{where} was not found or is not accessible with the current token (HTTP {status}){local_typo_hint(repo_id)}"
-        ) from error
-    except RevisionNotFoundError as error:
-        raise ModelLoadError(f"{where} has no revision {revision!r}") from error
-    except (OfflineModeIsEnabled, httpx.TransportError, LocalEntryNotFoundError) as error:
+    except (OfflineModeIsEnabled, httpx.TransportError, LocalEntryNotFoundError, HfHubHTTPError) as error:
+        problem = hub_failure(error, repo_id, revision=revision)
+        if problem is None:
+            raise
+        if isinstance(error, HfHubHTTPError):
+            missing = isinstance(error, RepositoryNotFoundError) and not isinstance(error, GatedRepoError)
+            raise ModelLoadError(problem + (local_typo_hint(repo_id) if missing else "")) from error
         # Offline (HF_HUB_OFFLINE) or unreachable: a repo downloaded before still loads from the cache.
         for name in (CONFIG_FILE, ADAPTER_CONFIG_FILE):
             try:
                 return Path(hf_hub_download(repo_id, name, revision=revision, local_files_only=True))
             except LocalEntryNotFoundError:
                 continue
-        raise ModelLoadError(
-            f"{where} is not in the local cache and the Hub is offline or unreachable{local_typo_hint(repo_id)}"
-        ) from error
-    except HfHubHTTPError as error:
-        status = error.response.status_code if error.response is not None else "?"
-        if status in (401, 403):
-            raise ModelLoadError(f"{where} refused the token (HTTP {status}): check HF_TOKEN") from error
-        raise ModelLoadError(f"{where} could not be read: HTTP {status} from the server") from error
+        raise ModelLoadError(problem + local_typo_hint(repo_id)) from error
 
 
 def _local_checkpoint_config_file(folder: Path) -> Path:

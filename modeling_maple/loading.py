@@ -17,6 +17,7 @@ from typing import Any
 from transformers import AutoConfig, AutoModel, AutoProcessor, PreTrainedConfig
 
 from .configuration_maple import BACKBONES, DUAL_ENCODER_MODEL_TYPES, SUPPORTED_MLLMS, MapleConfig, backbone_of
+from .hub_errors import hub_failure
 from .modeling_maple import MapleModel
 from .processing_maple import MapleProcessor
 
@@ -63,10 +64,10 @@ def load_maple(
 
     Raises:
         MapleLoadError: before any weights load, with a message that starts with `name_or_path`: the config cannot
-            be read (missing, offline and not cached, gated, of no known model type), the checkpoint is neither
-            MAPLE's nor one whose backbone is known or given, or it cannot be the backbone given (an encoder that is
-            not a supported MLLM as `"mllm"`, one without a text tower as `"dual_encoder"`); `BackboneLoadingError`
-            for a `from_pretrained` argument a backbone cannot take.
+            be read (missing, offline and not cached, gated, an HTTP error from the Hub: `hub_errors.hub_failure`; of
+            no known model type), the checkpoint is neither MAPLE's nor one whose backbone is known or given, or it
+            cannot be the backbone given (an encoder that is not a supported MLLM as `"mllm"`, one without a text
+            tower as `"dual_encoder"`); `BackboneLoadingError` for a `from_pretrained` argument a backbone cannot take.
     """
     backbone = _backbone(name_or_path, backbone, revision, trust_remote_code)  # the config is read once
     model = _load_model(name_or_path, backbone, revision, trust_remote_code, from_pretrained_kwargs)
@@ -134,7 +135,9 @@ def _backbone(name_or_path: str, backbone: str | None, revision: str | None, tru
     try:
         config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
     except (OSError, ValueError) as error:  # transformers says which: not found, gated, offline, unknown model type
-        raise MapleLoadError(f"{name_or_path}: {' '.join(str(error).split())}") from error
+        # except for a Hub answer, such as an HTTP 500, that it reads as "couldn't connect"
+        problem = hub_failure(error, name_or_path, revision=revision) or " ".join(str(error).split())
+        raise MapleLoadError(f"{name_or_path}: {problem}") from error
     if config.model_type == MapleConfig.model_type:
         return None
     backbone = backbone or backbone_of(config.model_type)

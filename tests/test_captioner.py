@@ -125,6 +125,18 @@ def test_bad_settings_and_mismatched_inputs_are_rejected():
         tiny_captioner().caption(ANCHORS, NEGATIVES[:1])
 
 
+def test_from_pretrained_takes_loading_keywords_at_top_level_as_the_judge_does(tmp_path):
+    source = tiny_captioner()
+    for part in (source.model, source.prompt_encoder.tokenizer, source.prompt_encoder.image_processor):
+        part.save_pretrained(tmp_path)
+    captioner = ContrastiveCaptioner.from_pretrained(str(tmp_path), dtype=torch.bfloat16, device_map="cpu", num_samples=2)
+    assert (captioner.model.dtype, captioner.num_samples, captioner.name) == (torch.bfloat16, 2, str(tmp_path))
+    legacy = ContrastiveCaptioner.from_pretrained(str(tmp_path), loading_kwargs={"dtype": torch.float32, "model_kwargs": {"device_map": "cpu"}})
+    assert legacy.model.dtype == torch.float32
+    with pytest.raises(TypeError, match=r"ContrastiveCaptioner.from_pretrained got an unknown keyword 'revision'.*model_kwargs="):
+        ContrastiveCaptioner.from_pretrained(str(tmp_path), revision="main")
+
+
 @pytest.mark.parametrize("family", ["llava", "internvl", "smolvlm"])
 def test_other_families_caption_from_both_images(family):
     captioner = tiny_captioner(seed=0, family=family, num_samples=2, max_new_tokens=4)

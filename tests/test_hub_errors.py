@@ -43,6 +43,41 @@ def test_server_error_is_named(hub_server, tmp_path):
     assert message == f"model repo 'maple-org/flaky' on {hub_server.url} could not be read: HTTP 500 from the server"
 
 
+LOAD_OUTSIDE_EVAL = """
+import os
+from dataset_builders import MaplePreferences
+from modeling_maple import load_maple
+
+for load in (MaplePreferences.from_pretrained, load_maple):
+    try:
+        load(os.environ["MAPLE_TEST_REPO"])
+    except Exception as error:
+        print(type(error).__name__, error)
+"""
+
+
+def test_server_error_is_named_when_loading_a_preference_dataset_or_an_embedder(hub_server, tmp_path):
+    """datasets read an HTTP 500 as a missing local path (<cwd>/<repo id>), transformers as no connection."""
+    hub_server.fail_next("maple-org/flaky", 500, times=100)
+    try:
+        lines = run_client(hub_server, tmp_path, LOAD_OUTSIDE_EVAL, MAPLE_TEST_REPO="maple-org/flaky").splitlines()
+    finally:
+        hub_server.fail_next("maple-org/flaky", 500, times=0)
+    assert lines == [
+        f"HubReadError dataset repo 'maple-org/flaky' on {hub_server.url} could not be read: HTTP 500 from the server",
+        f"MapleLoadError maple-org/flaky: model repo 'maple-org/flaky' on {hub_server.url} could not be read: HTTP 500 from the server",
+    ]
+
+
+def test_missing_repo_is_named_when_loading_a_preference_dataset_or_an_embedder(hub_server, tmp_path):
+    lines = run_client(hub_server, tmp_path, LOAD_OUTSIDE_EVAL, MAPLE_TEST_REPO="maple-org/does-not-exist").splitlines()
+    assert lines == [
+        "DatasetNotFoundError Dataset 'maple-org/does-not-exist' doesn't exist on the Hub or cannot be accessed.",
+        f"MapleLoadError maple-org/does-not-exist: model repo 'maple-org/does-not-exist' on {hub_server.url} was not found or "
+        "is not accessible with the current token (HTTP 404)",
+    ]
+
+
 def test_unreachable_hub_is_named(hub_server, tmp_path):
     closed = "http://127.0.0.1:9"  # the discard port: nothing listens
     message = run_client(hub_server, tmp_path, LOAD, MAPLE_TEST_REPO="maple-org/anything", HF_ENDPOINT=closed).strip()

@@ -1,5 +1,7 @@
 """MLLMJudge on tiny Qwen2-VL models: the real code paths with random (or briefly trained) weights."""
 
+import warnings
+
 import pytest
 import torch
 from PIL import Image
@@ -35,6 +37,23 @@ TEXTS = [
     ["a", "three small stars above a big green triangle", "no", "Yes"],
     ['a "quoted" {braced} caption', ""],
 ]
+
+
+def test_prefix_reuse_passes_the_kv_cache_under_the_name_the_installed_transformers_takes(sharp_judge):
+    """transformers 5.24 renamed the forward's and the outputs' `past_key_values` to `cache` (the old name warns and
+    goes in 5.40); 5.23, which setup.cfg allows, takes only `past_key_values`."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        sharp_judge.score(IMAGES[:1], TEXTS[:1])
+        tiny_judge(seed=4, family="llava").score(IMAGES[:1], TEXTS[:1])
+
+    class Before524(torch.nn.Module):
+        def forward(self, input_ids, past_key_values=None, use_cache=None, **kwargs): ...
+
+    class Since524(torch.nn.Module):
+        def forward(self, input_ids, cache=None, use_cache=None, **kwargs): ...
+
+    assert (judge_module.cache_keyword(Before524()), judge_module.cache_keyword(Since524())) == ("past_key_values", "cache")
 
 
 def test_judge_satisfies_the_protocol(sharp_judge):
@@ -299,6 +318,29 @@ def test_from_pretrained_loads_a_saved_judge(tmp_path):
     # ... while a setting of another family's processor would be dropped silently by from_pretrained.
     with pytest.raises(ValueError, match=r"max_patches is not a setting of its image processor \(Qwen2VLImageProcessor"):
         MLLMJudge.from_pretrained(str(tmp_path), loading_kwargs={"image_processor_kwargs": {"max_patches": 3}})
+
+
+def test_from_pretrained_takes_loading_keywords_at_top_level_as_transformers_does(tmp_path, monkeypatch):
+    from transformers import AutoModelForImageTextToText
+
+    source = tiny_judge(seed=3)
+    for part in (source.model, source.prompt_encoder.tokenizer, source.prompt_encoder.image_processor):
+        part.save_pretrained(tmp_path)
+    loads = []
+    load = AutoModelForImageTextToText.from_pretrained.__func__
+    monkeypatch.setattr(AutoModelForImageTextToText, "from_pretrained", classmethod(lambda cls, *a, **kw: loads.append(kw) or load(cls, *a, **kw)))
+    judge = MLLMJudge.from_pretrained(str(tmp_path), dtype=torch.bfloat16, device_map="cpu", batch_size=2, name="judge")
+    assert loads[-1] == {"dtype": torch.bfloat16, "device_map": "cpu"}
+    assert (judge.model.dtype, judge.batch_size, judge.name) == (torch.bfloat16, 2, "judge")
+    capped = MLLMJudge.from_pretrained(str(tmp_path), image_processor_kwargs={"max_pixels": 16 * 16}, model_kwargs={"attn_implementation": "eager"})
+    assert capped.prompt_encoder.encode_images(IMAGES[:1]).num_tokens == [4] and loads[-1]["attn_implementation"] == "eager"
+    # a transformers argument other than these is not taken for a judge setting, and the error says where it goes
+    with pytest.raises(TypeError, match=r"unknown keyword 'attn_implementation'.*go in model_kwargs=\{'attn_implementation': \.\.\.\}"):
+        MLLMJudge.from_pretrained(str(tmp_path), attn_implementation="eager")
+    with pytest.raises(TypeError, match="MLLMJudge.from_pretrained: dtype given both at top level and in loading_kwargs"):
+        MLLMJudge.from_pretrained(str(tmp_path), dtype=torch.float32, loading_kwargs={"dtype": torch.float32})
+    with pytest.raises(TypeError, match="device_map given both on its own and in model_kwargs"):
+        MLLMJudge.from_pretrained(str(tmp_path), device_map="cpu", model_kwargs={"device_map": "cpu"})
 
 
 def test_llava_judge_paths_agree_with_each_other_and_the_plain_forward():

@@ -208,6 +208,18 @@ def test_from_pretrained_searches_on_the_encoder_device(tmp_path, monkeypatch):
     assert HardNegativeMiner.from_pretrained(str(tmp_path)).search_device == torch.device("cuda"), "no device: the GPU"
 
 
+def test_from_pretrained_takes_the_loading_keywords_the_judge_takes(tmp_path):
+    from transformers import CLIPImageProcessorPil, Dinov2Config, Dinov2Model
+
+    config = Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=16, patch_size=8)
+    Dinov2Model(config).save_pretrained(tmp_path)
+    CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(tmp_path)
+    miner = HardNegativeMiner.from_pretrained(str(tmp_path), dtype=torch.bfloat16, device_map="cpu", model_kwargs={"attn_implementation": "eager"})
+    assert miner.encode_images.model.dtype == torch.bfloat16 and miner.encode_images.model.config._attn_implementation == "eager"
+    with pytest.raises(TypeError, match=r"HardNegativeMiner.from_pretrained got an unknown keyword 'attn_implementation'.*model_kwargs="):
+        HardNegativeMiner.from_pretrained(str(tmp_path), attn_implementation="eager")
+
+
 def test_embed_reads_paths_and_names_a_corrupt_image(tmp_path):
     import io
 

@@ -1,0 +1,74 @@
+"""What the Hub answered, in one line naming the repo: the one translation of Hub failures (not found, gated, token
+refused, a server error, offline or unreachable) that `load_maple`, `evaluation.models` and
+`MaplePreferences.from_pretrained` share.
+
+transformers and datasets re-raise a failed Hub request as an error of their own that can misread it: an HTTP 500
+becomes "We couldn't connect to ... Check your internet connection" or "Couldn't find any data file at
+<cwd>/<repo id>". The huggingface_hub error stays in the exception chain, where `hub_failure` finds it.
+
+Not one of the files a saved checkpoint carries as remote code (those import neither this nor `loading`); it
+imports only huggingface_hub.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+
+class HubReadError(OSError):
+    """A Hub repo that could not be read; the message names it and says what the Hub answered."""
+
+
+def hub_repo(repo_id: str, repo_type: str = "model") -> str:
+    """How errors name a Hub repo: "model repo 'org/name' on <endpoint>", so a local Hub mirror shows as itself."""
+    from huggingface_hub import constants
+
+    return f"{repo_type} repo {repo_id!r} on {constants.ENDPOINT}"
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """`error` and the errors it was raised from or while handling, outermost first."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def hub_failure(error: BaseException, repo_id: str, *, repo_type: str = "model", revision: str | None = None) -> str | None:
+    """One line naming the repo and what the Hub answered, for a failure whose exception chain holds a Hub error;
+    None when it holds none, or only a missing file of a repo that was read (the caller's own message says which).
+
+    An HTTP answer (the first in the chain: transformers and datasets wrap it) wins over the "not in the local
+    cache" error a failed download also raises; with no answer the Hub was offline or unreachable."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+    from huggingface_hub.utils import httpx
+
+    where = hub_repo(repo_id, repo_type)
+    chain = list(_chain(error))
+    answered = next((link for link in chain if isinstance(link, HfHubHTTPError)), None)
+    if answered is not None:
+        status = answered.response.status_code if answered.response is not None else "?"
+        if isinstance(answered, RemoteEntryNotFoundError):
+            return None
+        if isinstance(answered, GatedRepoError):
+            return f"{where} is gated: accept its terms and log in (HF_TOKEN)"
+        if isinstance(answered, RepositoryNotFoundError):
+            return f"{where} was not found or is not accessible with the current token (HTTP {status})"
+        if isinstance(answered, RevisionNotFoundError):
+            return f"{where} has no revision {revision!r}"
+        if status in (401, 403):
+            return f"{where} refused the token (HTTP {status}): check HF_TOKEN"
+        return f"{where} could not be read: HTTP {status} from the server"
+    if any(isinstance(link, (OfflineModeIsEnabled, httpx.TransportError, LocalEntryNotFoundError)) for link in chain):
+        return f"{where} is not in the local cache and the Hub is offline or unreachable"
+    return None
