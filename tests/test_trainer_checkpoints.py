@@ -278,3 +278,19 @@ def test_non_finite_gradient_norm_before_a_nan_loss_saves_nothing(tmp_path):
     with pytest.raises(FloatingPointError, match="training step 4.*gradient norm of step 3.*no checkpoint was saved"):
         trainer.train()
     assert not (tmp_path / "run" / "checkpoint-3").exists()
+
+
+def test_the_checkpoint_helpers_read_the_state_file_trainer_writes_and_load_nothing_heavy():
+    """trainer.checkpoints names Trainer's state file itself, so that maple train decides what to resume before TRL
+    and transformers load."""
+    import subprocess
+    import sys
+
+    from transformers.trainer import TRAINER_STATE_NAME
+
+    from trainer.checkpoints import TRAINER_STATE_NAME as ours
+
+    assert ours == TRAINER_STATE_NAME
+    loaded = subprocess.run([sys.executable, "-c", "import sys, trainer.checkpoints; print(sorted({'trl', 'transformers'} "
+                             "& set(sys.modules)))"], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"

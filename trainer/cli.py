@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--dataset_name is required")
 
     # heavy imports only once the arguments are known to be fine
-    from .rpa_trainer import RPATrainer, UndecodableImageError, check_recipe, lora_recipe
+    from .checkpoints import check_recipe, lora_recipe
+    from .rpa_trainer import RPATrainer, UndecodableImageError
 
     try:
         # Cheapest first: paths that exist or could be Hub ids, the checkpoint to resume, then the dataset, then the
@@ -236,9 +237,7 @@ def checkpoint_to_resume(training_args: RPAConfig) -> str | None:
     `output_dir` (a save cut short by a kill has no trainer_state.json); none with `false`. Unset, an `output_dir` that
     holds checkpoints is refused: resuming them unasked could continue another model's run, and training over them
     would overwrite them."""
-    from transformers.trainer import TRAINER_STATE_NAME
-
-    from .rpa_trainer import is_complete_checkpoint, last_complete_checkpoint, run_checkpoints
+    from .checkpoints import TRAINER_STATE_NAME, is_complete_checkpoint, last_complete_checkpoint, run_checkpoints
 
     value, output_dir = _resume_value(training_args), training_args.output_dir
     checkpoints = run_checkpoints(output_dir)
@@ -277,7 +276,7 @@ def set_aside_earlier_checkpoints(training_args: RPAConfig) -> None:
     """With `--resume_from_checkpoint false`, moves the checkpoint-* folders of an earlier run in `output_dir` into
     `output_dir/earlier-run-N/`: left in place, a later `true` would resume the earlier run's last checkpoint, numbered
     past the new run's, with its weights and data."""
-    from .rpa_trainer import run_checkpoints
+    from .checkpoints import run_checkpoints
 
     checkpoints = run_checkpoints(training_args.output_dir)
     if _resume_value(training_args) != "false" or not checkpoints:

@@ -26,7 +26,6 @@ from peft import PeftConfig, PeftModel
 from PIL import Image
 from torch import Tensor, nn
 from transformers import EvalPrediction, ProcessorMixin, TrainerCallback
-from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import EvalLoopOutput
 from transformers.utils import logging
 from trl import DPOTrainer
@@ -39,6 +38,15 @@ from maple.files import atomic_write_text
 from modeling_maple.lora import get_maple_peft_model, save_merged
 from modeling_maple.loading import load_maple, load_maple_model
 
+from .checkpoints import (
+    RECIPE_FILE,
+    TRAINER_STATE_NAME,
+    check_recipe,
+    last_complete_checkpoint,
+    lora_recipe,
+    run_checkpoints,
+    training_recipe,
+)
 from .collator import PREFERENCE_KEYS, DataCollatorForEmbeddingPreference
 from .losses import bidirectional_rpa_loss, contrastive_loss, judged_positive_ids, maple_loss, preference_agreement
 from .rpa_config import RPAConfig, from_pretrained_kwargs
@@ -52,17 +60,6 @@ Quadruple = tuple[Image.Image, Image.Image, str, str]
 LOG_SCALES = ("logit_scale", "preference_logit_scale")
 # Under PEFT, the trainable state (adapters and the learnable scales) of a checkpoint, for resuming.
 PEFT_TRAINABLE_STATE = "trainable_state.safetensors"
-# The `RPAConfig` values that define the method and its batches, saved with every checkpoint: a run resumes only
-# under the same ones (the length of training, logging and saving may change, e.g. to train longer).
-RECIPE_FILE = "rpa_recipe.json"
-RECIPE_FIELDS = (
-    "rpa_loss", "rpa_weight", "reference", "learn_beta", "learn_temperature", "max_scale", "expand_negatives",
-    "exclude_judged_positives", "gather_negatives", "num_image_candidates", "num_text_candidates",
-    "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "lr_scheduler_type",
-    "warmup_steps", "weight_decay", "seed",
-)
-
-
 class RPATrainer(DPOTrainer):
     """Trains a `MapleModel` with MAPLE's Relative Preference Alignment plus InfoNCE (see `RPAConfig`).
 
@@ -645,64 +642,6 @@ class ScaleBound(TrainerCallback):
 
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):
         bound_scales(model, self.max_scale)
-
-
-def run_checkpoints(output_dir: str) -> list[str]:
-    """The checkpoint-N folders of `output_dir`, by N (none if it does not exist)."""
-    if not os.path.isdir(output_dir):
-        return []
-    found = [(int(match[1]), entry.path) for entry in os.scandir(output_dir)
-             if entry.is_dir() and (match := re.fullmatch(r"checkpoint-(\d+)", entry.name))]
-    return [path for _, path in sorted(found)]
-
-
-def is_complete_checkpoint(path: str) -> bool:
-    """Whether the checkpoint folder `path` was saved whole: `Trainer` writes trainer_state.json last, so a save cut
-    short by a kill has none."""
-    return os.path.isfile(os.path.join(path, TRAINER_STATE_NAME))
-
-
-def last_complete_checkpoint(output_dir: str) -> str | None:
-    """The last checkpoint-N folder of `output_dir` that `is_complete_checkpoint` (a later one may be a save cut short
-    by a kill), or None."""
-    complete = [path for path in run_checkpoints(output_dir) if is_complete_checkpoint(path)]
-    return complete[-1] if complete else None
-
-
-def lora_recipe(r: int, lora_alpha: float) -> dict[str, Any]:
-    """The LoRA settings a resumed run must share with its checkpoint, whose adapters have their shapes (the recipe
-    holds None for full fine-tuning). One definition for `RPATrainer` and `maple train`, which checks a checkpoint
-    before it builds the LoRA config."""
-    return {"r": r, "lora_alpha": lora_alpha}
-
-
-def training_recipe(args: RPAConfig, lora: dict[str, Any] | None) -> dict[str, Any]:
-    """What `rpa_recipe.json` holds: the `RECIPE_FIELDS` values of `args` and the LoRA settings (`lora_recipe`, or
-    None for full fine-tuning)."""
-    return {name: getattr(args, name) for name in RECIPE_FIELDS} | {"lora": lora}
-
-
-def check_recipe(checkpoint: str, args: RPAConfig, lora: dict[str, Any] | None) -> None:
-    """Raise a ValueError naming each `RECIPE_FIELDS` value, and the LoRA settings (`lora_recipe`, or None), (saved ->
-    now) that differ from the recipe the checkpoint was trained with. Checkpoints saved before recipes (or their LoRA
-    settings) were recorded have none and pass."""
-    recipe_file = os.path.join(checkpoint, RECIPE_FILE)
-    if not os.path.isfile(recipe_file):
-        return
-    try:
-        with open(recipe_file) as handle:
-            saved = json.load(handle)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"{recipe_file} cannot be read ({error}): restore it, or start a new run in another output_dir") from error
-    now = training_recipe(args, lora)
-    differences = [
-        f"{name}: {saved[name]!r} -> {value!r}" for name, value in now.items() if name in saved and saved[name] != value
-    ]
-    if differences:
-        raise ValueError(
-            f"{checkpoint} was trained with another recipe ({'; '.join(differences)}): resume with its settings, or "
-            "start a new run in another output_dir"
-        )
 
 
 class UndecodableImageError(ValueError):

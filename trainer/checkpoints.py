@@ -1,0 +1,85 @@
+"""A run's checkpoints: which `checkpoint-N` folders `output_dir` holds and which were saved whole, and the recipe
+(`rpa_recipe.json`) saved with each, which a resumed run must share.
+
+Light to import (no TRL or transformers), so `maple train` can decide what to resume before it loads them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .rpa_config import RPAConfig
+
+# `Trainer` writes it last when it saves a checkpoint (transformers.trainer.TRAINER_STATE_NAME)
+TRAINER_STATE_NAME = "trainer_state.json"
+# The `RPAConfig` values that define the method and its batches, saved with every checkpoint: a run resumes only
+# under the same ones (the length of training, logging and saving may change, e.g. to train longer).
+RECIPE_FILE = "rpa_recipe.json"
+RECIPE_FIELDS = (
+    "rpa_loss", "rpa_weight", "reference", "learn_beta", "learn_temperature", "max_scale", "expand_negatives",
+    "exclude_judged_positives", "gather_negatives", "num_image_candidates", "num_text_candidates",
+    "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "lr_scheduler_type",
+    "warmup_steps", "weight_decay", "seed",
+)
+
+
+def run_checkpoints(output_dir: str) -> list[str]:
+    """The checkpoint-N folders of `output_dir`, by N (none if it does not exist)."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = [(int(match[1]), entry.path) for entry in os.scandir(output_dir)
+             if entry.is_dir() and (match := re.fullmatch(r"checkpoint-(\d+)", entry.name))]
+    return [path for _, path in sorted(found)]
+
+
+def is_complete_checkpoint(path: str) -> bool:
+    """Whether the checkpoint folder `path` was saved whole: `Trainer` writes trainer_state.json last, so a save cut
+    short by a kill has none."""
+    return os.path.isfile(os.path.join(path, TRAINER_STATE_NAME))
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The last checkpoint-N folder of `output_dir` that `is_complete_checkpoint` (a later one may be a save cut short
+    by a kill), or None."""
+    complete = [path for path in run_checkpoints(output_dir) if is_complete_checkpoint(path)]
+    return complete[-1] if complete else None
+
+
+def lora_recipe(r: int, lora_alpha: float) -> dict[str, Any]:
+    """The LoRA settings a resumed run must share with its checkpoint, whose adapters have their shapes (the recipe
+    holds None for full fine-tuning). One definition for `RPATrainer` and `maple train`, which checks a checkpoint
+    before it builds the LoRA config."""
+    return {"r": r, "lora_alpha": lora_alpha}
+
+
+def training_recipe(args: RPAConfig, lora: dict[str, Any] | None) -> dict[str, Any]:
+    """What `rpa_recipe.json` holds: the `RECIPE_FIELDS` values of `args` and the LoRA settings (`lora_recipe`, or
+    None for full fine-tuning)."""
+    return {name: getattr(args, name) for name in RECIPE_FIELDS} | {"lora": lora}
+
+
+def check_recipe(checkpoint: str, args: RPAConfig, lora: dict[str, Any] | None) -> None:
+    """Raise a ValueError naming each `RECIPE_FIELDS` value, and the LoRA settings (`lora_recipe`, or None), (saved ->
+    now) that differ from the recipe the checkpoint was trained with. Checkpoints saved before recipes (or their LoRA
+    settings) were recorded have none and pass."""
+    recipe_file = os.path.join(checkpoint, RECIPE_FILE)
+    if not os.path.isfile(recipe_file):
+        return
+    try:
+        with open(recipe_file) as handle:
+            saved = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{recipe_file} cannot be read ({error}): restore it, or start a new run in another output_dir") from error
+    now = training_recipe(args, lora)
+    differences = [
+        f"{name}: {saved[name]!r} -> {value!r}" for name, value in now.items() if name in saved and saved[name] != value
+    ]
+    if differences:
+        raise ValueError(
+            f"{checkpoint} was trained with another recipe ({'; '.join(differences)}): resume with its settings, or "
+            "start a new run in another output_dir"
+        )
