@@ -511,12 +511,11 @@ def test_a_rank_that_gives_up_before_embedding_does_not_leave_another_waiting(tm
 
     monkeypatch.setattr(MaplePreferences, "_check_slice", rank_0_is_slower)
     ranks = [_unbuilt(tmp_path, _source(), config_name="paper", captioner=ColourCaptioner(), rank=rank, world_size=2,
-                      wait_timeout=60) for rank in range(2)]
-    started = time.monotonic()
+                      wait_timeout=30) for rank in range(2)]
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         futures = [pool.submit(builder.build_shards) for builder in ranks]
         errors = [future.exception(timeout=120) for future in futures]
-    assert time.monotonic() - started < 30
+    assert not any(isinstance(error, TimeoutError) for error in errors)  # a rank waited out wait_timeout
     # whichever merges first says why; the other, waiting, is told another process gave up
     gave_up = [error for error in errors if isinstance(error, WorkDirMismatch)]
     assert len(gave_up) <= 1 and all("another process gave up the work dir" in str(error) for error in gave_up)

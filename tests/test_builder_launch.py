@@ -13,6 +13,7 @@ import pytest
 from dataset_builders import cli
 from dataset_builders.builder import MaplePreferences
 from dataset_builders.testing import colour_squares
+from ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUILD_OPTIONS = [
@@ -35,7 +36,7 @@ def test_accelerate_launch_with_two_processes_equals_one_process(tmp_path):
     env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
     launched = subprocess.run(
         [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "-m", "dataset_builders.cli", source, "--output-dir", str(tmp_path / "two"), *BUILD_OPTIONS],
+         "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "dataset_builders.cli", source, "--output-dir", str(tmp_path / "two"), *BUILD_OPTIONS],
         env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
     )
     assert launched.returncode == 0, launched.stderr[-3000:]

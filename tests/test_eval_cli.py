@@ -63,6 +63,8 @@ def test_retrieval_with_a_caption_shared_by_two_images_does_not_depend_on_the_ba
     captions = [["a dog"], ["a dog", "a cat", "a cat on a mat"]]  # "a dog" also (wrongly) under image 1
     results = [evaluate_retrieval(PaddingSensitiveModel(), None, images, captions, batch_size=size) for size in (1, 2, 4)]
     assert all(result == results[0] for result in results[1:])
+    # every query finds a relevant item first: "a dog" is relevant to both images, whichever copy ranks first
+    assert (results[0]["i2t_r1"], results[0]["t2i_r1"]) == (100.0, 100.0)
 
 
 class _LookupModel:

@@ -2,8 +2,6 @@
 gradients (gradcheck in float64), and the cross-process gathering of `contrastive_loss` (2 processes, gloo)."""
 
 import math
-import os
-import socket
 
 import pytest
 import torch
@@ -339,18 +337,12 @@ def test_contrastive_loss_requires_ids_on_both_sides():
 
 
 # ----------------------------------------------------------------------------------------- 2 processes (gloo)
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _two_process_worker(rank, world_size, port, inputs, negative_splits, results):
+def _two_process_worker(rank, world_size, store_file, inputs, negative_splits, results):
     import torch.distributed as dist
 
     torch.set_default_dtype(torch.float64)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    # a file store: no port to pick and lose to another process before gloo binds it
+    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world_size)
     try:
         half = inputs["image_embeds"].shape[0] // world_size
         anchors = slice(rank * half, (rank + 1) * half)
@@ -368,11 +360,12 @@ def _two_process_worker(rank, world_size, port, inputs, negative_splits, results
         dist.destroy_process_group()
 
 
-def test_gathered_loss_on_two_processes_equals_the_global_batch_loss():
+def test_gathered_loss_on_two_processes_equals_the_global_batch_loss(tmp_path):
     inputs = contrastive_inputs(5, num_anchors=4, num_negatives=5)
     negative_splits = [slice(0, 2), slice(2, 5)]
     results = mp.Manager().dict()
-    mp.spawn(_two_process_worker, args=(2, _free_port(), inputs, negative_splits, results), nprocs=2, join=True)
+    store_file = tmp_path / "store"
+    mp.spawn(_two_process_worker, args=(2, store_file, inputs, negative_splits, results), nprocs=2, join=True)
 
     global_inputs = {key: value.clone().requires_grad_(key.endswith("embeds")) for key, value in inputs.items()}
     global_loss = contrastive_loss(**global_inputs)

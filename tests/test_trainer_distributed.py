@@ -17,6 +17,7 @@ import sys
 import pytest
 
 from modeling_maple.testing import build_tiny
+from ports import free_port
 from trainer import RPATrainer
 from trainer.testing import smoke_config, synthetic_preference_dataset
 
@@ -60,7 +61,7 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
     result_file = tmp_path / "two_processes.json"
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", __file__, str(tmp_path / "run2"), str(result_file),
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), __file__, str(tmp_path / "run2"), str(result_file),
     ]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     completed = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
