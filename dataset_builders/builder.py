@@ -649,8 +649,10 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         if not mine.exists():
             start, end = _slice_bounds(len(source), self.rank, self.world_size)
             atomic_write_bytes(mine, json.dumps(self._check_slice(source, start, end, mine)).encode())
+        claimed = (self.work_dir / MANIFEST_FILE).exists()  # (a check run on its own, without `plan`, has none)
         self._wait_for(slices, what="input checks")
-        valid_rows, skipped = _merge_input_checks([self._read_from_another_rank(slice_, what="input checks") for slice_ in slices])
+        checks = [self._read_from_another_rank(slice_, what="input checks", claimed=claimed) for slice_ in slices]
+        valid_rows, skipped = _merge_input_checks(checks)
         payload = {"num_source_rows": len(source), "valid_rows": valid_rows, "skipped": [asdict(i) for i in skipped]}
         atomic_write_bytes(path, json.dumps(payload).encode())
         return len(source), valid_rows, skipped
@@ -965,13 +967,14 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             f"another process gave up the work dir {self.work_dir} while this one waited for {what}: its error says why"
         )
 
-    def _read_from_another_rank(self, path: Path, *, what: str) -> Any:
+    def _read_from_another_rank(self, path: Path, *, what: str, claimed: bool) -> Any:
         """`_read_json` of a file `_wait_for` saw. A rank that gives up the work dir removes it and the manifest,
-        possibly between that wait and this read: then this rank says so rather than call the file damaged."""
+        possibly between that wait and this read: then, if the manifest was there (`claimed`), this rank says so
+        rather than call the file damaged."""
         try:
             return _read_json(path)
         except DamagedCheckpoint:
-            if not path.exists() and not (self.work_dir / MANIFEST_FILE).exists():
+            if claimed and not path.exists() and not (self.work_dir / MANIFEST_FILE).exists():
                 raise self._given_up(what) from None
             raise
 
@@ -1141,8 +1144,9 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
 
         A repo snapshot keeps each config's files in a folder named after it: `config_name` picks
         one; without it a snapshot must hold a single config (several are an error listing them,
-        never one split of every config's rows). A Hub repo that cannot be read is a `HubReadError` naming it and
-        what the Hub answered (an HTTP status, or that it is offline or unreachable)."""
+        never one split of every config's rows). A Hub repo that answers with an error (an HTTP status), or an offline
+        Hub, is a `HubReadError` naming it and what the Hub answered; a missing repo is `datasets`' own
+        `DatasetNotFoundError`."""
         path = Path(repo_id_or_path)
         if path.exists():
             files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
@@ -1163,7 +1167,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         try:
             return datasets.load_dataset(repo_id_or_path, name=config_name, split=split, **load_kwargs)
         except OSError as error:  # datasets reads some Hub answers (an HTTP 500) as a missing local path
-            from modeling_maple.hub_errors import HubReadError, hub_failure  # transformers: not for every builder import
+            from maple.hub import HubReadError, hub_failure
 
             problem = hub_failure(error, repo_id_or_path, repo_type="dataset", revision=load_kwargs.get("revision"))
             if problem is None:

@@ -68,25 +68,47 @@ def first_finding(components: Iterable[tuple[str, Any]], check: str, *args: Any)
     return None
 
 
+# `from_pretrained` arguments that choose which files are read: `model_kwargs` reach the weights' `from_pretrained`
+# only, so there they would pair the weights of one snapshot with the tokenizer and image processor of another.
+FILE_SELECTING_KEYWORDS = (
+    "revision", "token", "cache_dir", "subfolder", "local_files_only", "force_download", "trust_remote_code",
+)
+
+
+def _file_selecting(owner: str, key: str) -> TypeError:
+    return TypeError(
+        f"{owner}: {key!r} would reach the model's weights only, not its tokenizer and image processor; fetch the "
+        f"snapshot you want first (huggingface_hub.snapshot_download(repo_id, {key}=...)) and pass its folder"
+    )
+
+
 def check_settings(owner: type, settings: dict[str, Any], loading_keywords: Sequence[str]) -> None:
     """Raise a TypeError for a keyword of `owner.from_pretrained` that is neither one of its `loading_keywords` nor a
     keyword of `owner`'s constructor: a transformers loading argument (`attn_implementation`, `revision`, ...) passed
-    at top level would otherwise surface as an unexpected argument of the constructor, not saying where it goes."""
+    at top level would otherwise surface as an unexpected argument of the constructor, not saying where it goes. A
+    constructor that takes `**kwargs` (a subclass passing settings on) is trusted with every keyword."""
     parameters = inspect.signature(owner.__init__).parameters.values()
+    if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters):
+        return
     own = [parameter.name for parameter in parameters if parameter.kind is inspect.Parameter.KEYWORD_ONLY]
     for key in settings:
+        if key in FILE_SELECTING_KEYWORDS:
+            raise _file_selecting(f"{owner.__name__}.from_pretrained", key)
         if key not in own:
             raise TypeError(
                 f"{owner.__name__}.from_pretrained got an unknown keyword {key!r}: it takes the loading keywords "
-                f"{', '.join(loading_keywords)} and the {owner.__name__} settings {', '.join(own)}; other transformers "
-                f"from_pretrained arguments go in model_kwargs={{{key!r}: ...}}"
+                f"{', '.join(loading_keywords)} and the {owner.__name__} settings {', '.join(own)}; other arguments of "
+                f"the model's from_pretrained go in model_kwargs={{{key!r}: ...}}"
             )
 
 
 def with_device_map(owner: str, model_kwargs: dict | None, device_map: str | dict | None) -> dict:
     """A copy of `model_kwargs` (transformers `from_pretrained` arguments) with `device_map` added unless it is None;
-    `device_map` given also inside `model_kwargs` is a TypeError naming `owner`."""
+    `device_map` given also inside `model_kwargs`, or a `FILE_SELECTING_KEYWORDS` argument there, is a TypeError
+    naming `owner`."""
     model_kwargs = dict(model_kwargs or {})
+    if selecting := [key for key in model_kwargs if key in FILE_SELECTING_KEYWORDS]:
+        raise _file_selecting(owner, selecting[0])
     if device_map is not None:
         if "device_map" in model_kwargs:
             raise TypeError(f"{owner}: device_map given both on its own and in model_kwargs; give it once")

@@ -156,7 +156,7 @@ def load_source(source: str, *, split: str, cache_dir: str | None = None) -> dat
     # ValueError: a Hub repo of several configs (the source must not leave it open), a folder without data files;
     # OSError: a Hub id not found, or not cached offline
     except (ValueError, OSError) as error:
-        from evaluation.models import local_typo_hint
+        from maple.hub import local_typo_hint
 
         raise SourceError(f"source {source}: {' '.join(str(error).split())}{local_typo_hint(source)}") from None
     # Checked before any file is read; `datasets` would convert every split first.

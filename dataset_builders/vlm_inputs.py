@@ -309,8 +309,8 @@ def vlm_loading_kwargs(owner: str, loading_kwargs: dict | None, **given) -> dict
         if key in merged:
             raise TypeError(f"{owner}: {key} given both at top level and in loading_kwargs; give it once")
         merged[key] = value
-    if "device_map" in merged:
-        merged["model_kwargs"] = with_device_map(owner, merged.get("model_kwargs"), merged.pop("device_map"))
+    if "device_map" in merged or "model_kwargs" in merged:
+        merged["model_kwargs"] = with_device_map(owner, merged.get("model_kwargs"), merged.pop("device_map", None))
     return merged
 
 

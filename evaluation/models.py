@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from maple.hub import hub_failure, hub_repo, local_typo_hint
+
 MAPLE_MODEL_TYPE = "maple"
 
 
@@ -37,15 +39,6 @@ def is_hub_id(ref: str) -> bool:
     return True
 
 
-def local_typo_hint(ref: str) -> str:
-    """For a reference that was looked up on the Hub: a note when its first folder exists here ('runs/modle' with
-    'runs/' on disk), which makes it likelier a mistyped local path than a Hub repo; else ''."""
-    parts = Path(ref).parts
-    if len(parts) > 1 and Path(parts[0]).is_dir() and not Path(ref).exists():
-        return f" (nor is it a local folder: {parts[0]}/ exists here, but not {ref})"
-    return ""
-
-
 def check_model_ref(model_ref: str) -> None:
     """Raise `ModelLoadError` when `model_ref` can only be a local folder and is not one: a check
     that costs nothing, so a command can make it for every model before loading the first."""
@@ -59,7 +52,7 @@ def check_model_ref(model_ref: str) -> None:
 def hub_checkpoint_config_file(repo_id: str, revision: str | None = None) -> Path:
     """The config.json, else adapter_config.json, of a Hub model repo at `revision`, in the cache's
     snapshots/<commit>/ folder; Hub failures become `ModelLoadError`s naming the repo and what the Hub answered
-    (`modeling_maple.hub_errors.hub_failure`). Offline or unreachable, a repo downloaded before is read from the
+    (`maple.hub.hub_failure`). Offline or unreachable, a repo downloaded before is read from the
     cache."""
     from huggingface_hub import HfApi, hf_hub_download
     from huggingface_hub.errors import (
@@ -71,7 +64,6 @@ def hub_checkpoint_config_file(repo_id: str, revision: str | None = None) -> Pat
     )
     from huggingface_hub.utils import httpx
 
-    from modeling_maple.hub_errors import hub_failure, hub_repo
 
     try:
         # The info call is not retried, so an unreachable or failing Hub is reported at once.

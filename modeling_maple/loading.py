@@ -16,8 +16,9 @@ from typing import Any
 
 from transformers import AutoConfig, AutoModel, AutoProcessor, PreTrainedConfig
 
+from maple.hub import hub_failure, local_typo_hint
+
 from .configuration_maple import BACKBONES, DUAL_ENCODER_MODEL_TYPES, SUPPORTED_MLLMS, MapleConfig, backbone_of
-from .hub_errors import hub_failure
 from .modeling_maple import MapleModel
 from .processing_maple import MapleProcessor
 
@@ -64,7 +65,7 @@ def load_maple(
 
     Raises:
         MapleLoadError: before any weights load, with a message that starts with `name_or_path`: the config cannot
-            be read (missing, offline and not cached, gated, an HTTP error from the Hub: `hub_errors.hub_failure`; of
+            be read (missing, offline and not cached, gated, an HTTP error from the Hub: `maple.hub.hub_failure`; of
             no known model type), the checkpoint is neither MAPLE's nor one whose backbone is known or given, or it
             cannot be the backbone given (an encoder that is not a supported MLLM as `"mllm"`, one without a text
             tower as `"dual_encoder"`); `BackboneLoadingError` for a `from_pretrained` argument a backbone cannot take.
@@ -137,7 +138,7 @@ def _backbone(name_or_path: str, backbone: str | None, revision: str | None, tru
     except (OSError, ValueError) as error:  # transformers says which: not found, gated, offline, unknown model type
         # except for a Hub answer, such as an HTTP 500, that it reads as "couldn't connect"
         problem = hub_failure(error, name_or_path, revision=revision) or " ".join(str(error).split())
-        raise MapleLoadError(f"{name_or_path}: {problem}") from error
+        raise MapleLoadError(f"{name_or_path}: {problem}{local_typo_hint(name_or_path)}") from error
     if config.model_type == MapleConfig.model_type:
         return None
     backbone = backbone or backbone_of(config.model_type)

@@ -323,27 +323,26 @@ class MapleProcessor(ProcessorMixin):
         text: str | list[str] | None = None,
         images: Any = None,
         first_index: int = 0,
-        return_tensors: str | None = "pt",
+        return_tensors: str = "pt",
         **kwargs,
     ) -> BatchFeature:
         """`first_index`: the position of the first text and image in the caller's lists, by which error messages
-        name a bad item (`MapleModel.encode` passes each batch's start). `return_tensors`: "pt" (or None, the same).
-        Padding and truncation follow the processor's own settings (`text_padding`, `max_text_length`), so every
-        caller prepares inputs as the model was trained: other tokenizer arguments are refused, not ignored.
+        name a bad item (`MapleModel.encode` passes each batch's start). Inputs are prepared as the model was
+        trained, by the processor's own settings (`text_prompt`, `text_padding`, `max_text_length`): tokenizer and
+        image-processor arguments are refused, not ignored; `videos` and `audio` (which `ProcessorMixin` passes) may
+        only be None.
 
         Returns a `BatchFeature` of PyTorch tensors: `input_ids`, `attention_mask` for texts, and
         `pixel_values` for images; for an MLLM also `image_input_ids`, `image_attention_mask` and the
         family's own inputs (Qwen-VL: `image_grid_thw`, `image_mm_token_type_ids`; Idefics3/SmolVLM:
         `pixel_attention_mask`); for a SigLIP2 dual encoder also `pixel_attention_mask` and `spatial_shapes`."""
-        if kwargs:
+        if unexpected := sorted(key for key, value in kwargs.items() if value is not None or key not in ("videos", "audio")):
             raise TypeError(
-                f"MapleProcessor got unexpected arguments {sorted(kwargs)}: padding and truncation are its own settings "
-                "(`text_padding`, `max_text_length`; set them on the processor)."
+                f"MapleProcessor does not take {unexpected}: it prepares texts and images by its own settings "
+                "(`text_prompt`, `text_padding`, `max_text_length`; set them on the processor)."
             )
-        if return_tensors not in (None, "pt"):
-            raise ValueError(
-                f"MapleProcessor returns PyTorch tensors: return_tensors must be 'pt' or None, got {return_tensors!r}."
-            )
+        if return_tensors != "pt":
+            raise ValueError(f"MapleProcessor returns PyTorch tensors: return_tensors must be 'pt', got {return_tensors!r}.")
         if text is None and images is None:
             raise ValueError("MapleProcessor needs `text`, `images` or both.")
         data: dict[str, torch.Tensor] = {}

@@ -133,8 +133,18 @@ def test_from_pretrained_takes_loading_keywords_at_top_level_as_the_judge_does(t
     assert (captioner.model.dtype, captioner.num_samples, captioner.name) == (torch.bfloat16, 2, str(tmp_path))
     legacy = ContrastiveCaptioner.from_pretrained(str(tmp_path), loading_kwargs={"dtype": torch.float32, "model_kwargs": {"device_map": "cpu"}})
     assert legacy.model.dtype == torch.float32
-    with pytest.raises(TypeError, match=r"ContrastiveCaptioner.from_pretrained got an unknown keyword 'revision'.*model_kwargs="):
-        ContrastiveCaptioner.from_pretrained(str(tmp_path), revision="main")
+    # model_kwargs reach the weights only: a revision there would pair them with another snapshot's tokenizer
+    for kwargs in ({"revision": "v2"}, {"model_kwargs": {"revision": "v2"}}):
+        with pytest.raises(TypeError, match=r"'revision' would reach the model's weights only, .*snapshot_download"):
+            ContrastiveCaptioner.from_pretrained(str(tmp_path), **kwargs)
+    with pytest.raises(TypeError, match=r"got an unknown keyword 'attn_implementation'.*model_kwargs="):
+        ContrastiveCaptioner.from_pretrained(str(tmp_path), attn_implementation="eager")
+
+    class SettingsPassedOn(ContrastiveCaptioner):
+        def __init__(self, *args, seen=None, **kwargs):
+            super().__init__(*args, **kwargs)
+
+    assert SettingsPassedOn.from_pretrained(str(tmp_path), num_samples=2).num_samples == 2
 
 
 @pytest.mark.parametrize("family", ["llava", "internvl", "smolvlm"])

@@ -218,6 +218,8 @@ def test_from_pretrained_takes_the_loading_keywords_the_judge_takes(tmp_path):
     assert miner.encode_images.model.dtype == torch.bfloat16 and miner.encode_images.model.config._attn_implementation == "eager"
     with pytest.raises(TypeError, match=r"HardNegativeMiner.from_pretrained got an unknown keyword 'attn_implementation'.*model_kwargs="):
         HardNegativeMiner.from_pretrained(str(tmp_path), attn_implementation="eager")
+    with pytest.raises(TypeError, match=r"'revision' would reach the model's weights only, not its .*image processor"):
+        HardNegativeMiner.from_pretrained(str(tmp_path), model_kwargs={"revision": "v2"})
 
 
 def test_embed_reads_paths_and_names_a_corrupt_image(tmp_path):

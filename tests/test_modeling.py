@@ -649,11 +649,16 @@ def test_the_processor_refuses_tokenizer_arguments_it_would_ignore():
     """`processor(text, padding="max_length", max_length=50, return_tensors="np")` returned torch tensors of the
     processor's own length, and a misspelt argument passed silently."""
     _, processor = build_tiny("dual_encoder")
-    assert set(processor(text=["a red circle"], return_tensors=None)) == set(processor(text=["a red circle"]))
-    with pytest.raises(TypeError, match=r"unexpected arguments \['max_length', 'padding'\]: .*`text_padding`"):
+    expected = processor(text=["a red circle"])
+    # what ProcessorMixin.apply_chat_template passes
+    assert set(processor(text=["a red circle"], videos=None, audio=None, return_tensors="pt")) == set(expected)
+    with pytest.raises(TypeError, match=r"does not take \['max_length', 'padding'\]: .*`text_padding`"):
         processor(text=["a red circle"], padding="max_length", max_length=50)
-    with pytest.raises(ValueError, match="return_tensors must be 'pt' or None, got 'np'"):
-        processor(text=["a red circle"], return_tensors="np")
+    with pytest.raises(TypeError, match=r"does not take \['videos'\]"):
+        processor(text=["a red circle"], videos=[[Image.new("RGB", (8, 8))]])
+    for return_tensors in ("np", None):
+        with pytest.raises(ValueError, match=f"return_tensors must be 'pt', got {return_tensors!r}"):
+            processor(text=["a red circle"], return_tensors=return_tensors)
 
 
 def test_pixel_values_of_the_wrong_rank_are_named_before_the_vision_tower():

@@ -281,8 +281,8 @@ def test_non_finite_gradient_norm_before_a_nan_loss_saves_nothing(tmp_path):
 
 
 def test_the_checkpoint_helpers_read_the_state_file_trainer_writes_and_load_nothing_heavy():
-    """trainer.checkpoints names Trainer's state file itself, so that maple train decides what to resume before TRL
-    and transformers load."""
+    """trainer.checkpoints names Trainer's state file itself (reading a run folder needs neither TRL nor
+    transformers): it must stay the name Trainer writes."""
     import subprocess
     import sys
 

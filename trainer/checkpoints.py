@@ -1,7 +1,7 @@
 """A run's checkpoints: which `checkpoint-N` folders `output_dir` holds and which were saved whole, and the recipe
 (`rpa_recipe.json`) saved with each, which a resumed run must share.
 
-Light to import (no TRL or transformers), so `maple train` can decide what to resume before it loads them.
+Light to import (no TRL or transformers): reading a run folder needs neither.
 """
 
 from __future__ import annotations

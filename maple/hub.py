@@ -1,18 +1,20 @@
 """What the Hub answered, in one line naming the repo: the one translation of Hub failures (not found, gated, token
 refused, a server error, offline or unreachable) that `load_maple`, `evaluation.models` and
-`MaplePreferences.from_pretrained` share.
+`MaplePreferences.from_pretrained` share, and the hint that a reference looked up on the Hub may be a mistyped local
+path.
 
 transformers and datasets re-raise a failed Hub request as an error of their own that can misread it: an HTTP 500
 becomes "We couldn't connect to ... Check your internet connection" or "Couldn't find any data file at
 <cwd>/<repo id>". The huggingface_hub error stays in the exception chain, where `hub_failure` finds it.
 
-Not one of the files a saved checkpoint carries as remote code (those import neither this nor `loading`); it
-imports only huggingface_hub.
+Light to import (huggingface_hub only, when a failure is read), so `maple eval --help` and the error paths of every
+command can use it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 
 class HubReadError(OSError):
@@ -24,6 +26,15 @@ def hub_repo(repo_id: str, repo_type: str = "model") -> str:
     from huggingface_hub import constants
 
     return f"{repo_type} repo {repo_id!r} on {constants.ENDPOINT}"
+
+
+def local_typo_hint(ref: str) -> str:
+    """For a reference that was looked up on the Hub: a note when its first folder exists here ('runs/modle' with
+    'runs/' on disk), which makes it likelier a mistyped local path than a Hub repo; else ''."""
+    parts = Path(ref).parts
+    if len(parts) > 1 and Path(parts[0]).is_dir() and not Path(ref).exists():
+        return f" (nor is it a local folder: {parts[0]}/ exists here, but not {ref})"
+    return ""
 
 
 def _chain(error: BaseException) -> Iterator[BaseException]:
