@@ -86,3 +86,20 @@ def test_targets_are_judged_only_on_a_full_run_of_three_seeds_and_one_seed_shows
     assert ("| +15.0 | not judged (quick or < 3 seeds) |" in text) == (not full)
     assert ("| maple | 25.0 ± 0.0 |" in text) == (len(seeds) > 1)
     assert ("| maple | 25.0 |" in text) == (len(seeds) == 1)
+
+
+def test_results_record_the_libraries_and_cpu_that_produced_them(tmp_path):
+    """The same command and code gave other numbers on another machine (float kernels differ between CPUs), and
+    results.md did not say what it had run on."""
+    import torch
+    import transformers
+
+    from maple.demo.pipeline import DemoConfig
+    from maple.demo.report import results_markdown
+
+    run = _run(10.0, 0.0)
+    run["per_category"] = {category: run["per_category"]["swap"] for category in ("replace", "swap", "add")}
+    text = results_markdown(summarise({"maple": [run]}), DemoConfig(out=tmp_path, seeds=(0,), quick=True), {"world": 1.0})
+    environment = next(line for line in text.splitlines() if line.startswith("Environment"))
+    assert f"torch {torch.__version__}" in environment and f"transformers {transformers.__version__}" in environment
+    assert f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}" in environment

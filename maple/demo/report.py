@@ -3,7 +3,10 @@ similarity histograms are the model cards' `plot_similarity_histograms`, one pan
 
 from __future__ import annotations
 
+import os
+import platform
 from collections.abc import Mapping, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +55,34 @@ def plot_category_bars(summary: Summary, path: Path) -> None:
     axis.set_title("Held-out quadruples: group score per category")
     axis.legend()
     save_figure(figure, path)
+
+
+def software_environment() -> str:
+    """The Python, libraries and CPU of this process, for results.md: training is deterministic on one machine, but
+    float kernels differ between CPUs and library versions, and a rounding that differs early in training moves the
+    scores about as much as another seed does (docs/demo.md)."""
+    import torch
+
+    def version(distribution: str) -> str:
+        try:
+            return metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    libraries = ", ".join(f"{name} {version(name)}" for name in ("torch", "transformers", "trl", "datasets", "pillow"))
+    return (
+        f"Python {platform.python_version()}, {libraries}; CPU {_cpu_model()}, {os.cpu_count()} cores, torch CPU "
+        f"capability {torch.backends.cpu.get_cpu_capability()}"
+    )
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            names = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else platform.processor() or "unknown"
 
 
 def _cell(values: Mapping[str, float], digits: int = 1, spread: bool = True) -> str:
@@ -111,6 +142,9 @@ def results_markdown(summary: Summary, config: DemoConfig, seconds: Mapping[str,
         "schemas `maple eval` reads, so that any checkpoint is scored as these runs were: `maple eval maple-model "
         "--benchmarks coco bivlc --source coco=test_sets/retrieval.parquet --source bivlc=test_sets/quadruples.parquet "
         "--batch-size 256` (the names say only which schema the files are in).",
+        "",
+        f"Environment (when this report was written): {software_environment()}. Other CPUs or library versions give "
+        "other numbers (see docs/demo.md).",
         "",
     ]
     return "\n".join(lines)
