@@ -16,8 +16,7 @@ import PIL.Image
 import torch
 from transformers import GenerationConfig
 
-from .interfaces import check_settings
-from .vlm_inputs import VLM_LOADING_KEYWORDS, load_vlm, model_settings, prompt_encoder_for, to_model, vlm_loading_kwargs
+from .vlm_inputs import build_on_vlm, model_settings, prompt_encoder_for, to_model
 
 DEFAULT_CAPTION_PROMPT = (
     "The first image is the anchor; the second is a similar but different image. "
@@ -174,28 +173,12 @@ class ContrastiveCaptioner:
         loading_kwargs: dict | None = None,
         **captioner_kwargs,
     ) -> ContrastiveCaptioner:
-        """Load a captioner by Hub id or local path, e.g. "Qwen/Qwen2.5-VL-72B-Instruct", with the loading keywords of
-        transformers' `from_pretrained`: `ContrastiveCaptioner.from_pretrained(path, dtype=torch.bfloat16, device_map="auto")`.
-
-        Loading keywords go to `vlm_inputs.load_vlm`: `device` (default: the CPU; ignored with a `device_map`),
-        `dtype` (default "auto": as saved), `device_map`, `image_processor_kwargs` (e.g. `{"max_pixels": 384 * 384}`)
-        and `model_kwargs` (other `from_pretrained` arguments, e.g. `attn_implementation`); `loading_kwargs` may hold
-        them as one dict instead. `captioner_kwargs` go to the constructor; a keyword that is neither is a TypeError saying
-        where it goes (`interfaces.check_settings`).
-        """
-        check_settings(cls, captioner_kwargs, VLM_LOADING_KEYWORDS)
-        loading = vlm_loading_kwargs(
-            f"{cls.__name__}.from_pretrained",
-            loading_kwargs,
-            device=device,
-            dtype=dtype,
-            device_map=device_map,
-            image_processor_kwargs=image_processor_kwargs,
-            model_kwargs=model_kwargs,
-        )
-        loaded = load_vlm(model_id_or_path, **loading)
-        captioner_kwargs.setdefault("name", model_id_or_path)
-        return cls(loaded.model, loaded.tokenizer, loaded.image_processor, **captioner_kwargs)
+        """Load a captioner by Hub id or local path, e.g. "Qwen/Qwen2.5-VL-72B-Instruct", with the loading keywords
+        `MLLMJudge.from_pretrained` takes (`ContrastiveCaptioner.from_pretrained(path, dtype=torch.bfloat16,
+        device_map="auto")`); `captioner_kwargs` go to the constructor."""
+        loading = dict(device=device, dtype=dtype, device_map=device_map, image_processor_kwargs=image_processor_kwargs,
+                       model_kwargs=model_kwargs)
+        return build_on_vlm(cls, model_id_or_path, loading_kwargs, loading, captioner_kwargs)
 
     def image_problem(self, size: tuple[int, int]) -> str | None:
         """Why the captioner's image processor cannot take an image of `size` (width, height), or None."""

@@ -20,17 +20,15 @@ import PIL.Image
 import torch
 from transformers import DynamicCache
 
-from .interfaces import PreferenceJudge, check_settings, component_name, first_finding
+from .interfaces import PreferenceJudge, component_name, first_finding
 from .vlm_inputs import (
-    VLM_LOADING_KEYWORDS,
     EncodedImages,
     PromptEncoder,
-    load_vlm,
+    build_on_vlm,
     model_settings,
     offloaded_tensor,
     prompt_encoder_for,
     to_model,
-    vlm_loading_kwargs,
 )
 
 DEFAULT_JUDGE_PROMPT = 'Does the image align with the text "{text}"? Answer Yes or No.'
@@ -206,19 +204,9 @@ class MLLMJudge:
         them as one dict instead. `judge_kwargs` go to the constructor; a keyword that is neither is a TypeError saying
         where it goes (`interfaces.check_settings`).
         """
-        check_settings(cls, judge_kwargs, VLM_LOADING_KEYWORDS)
-        loading = vlm_loading_kwargs(
-            f"{cls.__name__}.from_pretrained",
-            loading_kwargs,
-            device=device,
-            dtype=dtype,
-            device_map=device_map,
-            image_processor_kwargs=image_processor_kwargs,
-            model_kwargs=model_kwargs,
-        )
-        loaded = load_vlm(model_id_or_path, **loading)
-        judge_kwargs.setdefault("name", model_id_or_path)
-        return cls(loaded.model, loaded.tokenizer, loaded.image_processor, **judge_kwargs)
+        loading = dict(device=device, dtype=dtype, device_map=device_map, image_processor_kwargs=image_processor_kwargs,
+                       model_kwargs=model_kwargs)
+        return build_on_vlm(cls, model_id_or_path, loading_kwargs, loading, judge_kwargs)
 
     @property
     def settings(self) -> dict:

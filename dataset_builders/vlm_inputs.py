@@ -19,6 +19,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import PIL.Image
 import torch
@@ -35,7 +36,7 @@ from modeling_maple.processing_maple import (
     mllm_pixel_inputs,
 )
 
-from .interfaces import with_device_map
+from .interfaces import check_settings, with_device_map
 
 Message = dict[str, object]
 """One chat message: {"role": ..., "content": [{"type": "image"} | {"type": "text", "text": ...}]}."""
@@ -312,6 +313,16 @@ def vlm_loading_kwargs(owner: str, loading_kwargs: dict | None, **given) -> dict
     if "device_map" in merged or "model_kwargs" in merged:
         merged["model_kwargs"] = with_device_map(owner, merged.get("model_kwargs"), merged.pop("device_map", None))
     return merged
+
+
+def build_on_vlm(owner: type, model_id_or_path: str, loading_kwargs: dict | None, given: dict, settings: dict) -> Any:
+    """`owner(model, tokenizer, image_processor, **settings)` on the VLM `load_vlm` loads with the keywords of a
+    `from_pretrained` (`given`: its top-level loading keywords, None where not given; `loading_kwargs`: the same as
+    one dict); named after the model unless `settings` name it. A keyword of `settings` that `owner` does not take is
+    a TypeError saying where it goes (`interfaces.check_settings`)."""
+    check_settings(owner, settings, VLM_LOADING_KEYWORDS)
+    loaded = load_vlm(model_id_or_path, **vlm_loading_kwargs(f"{owner.__name__}.from_pretrained", loading_kwargs, **given))
+    return owner(loaded.model, loaded.tokenizer, loaded.image_processor, **{"name": model_id_or_path, **settings})
 
 
 def _check_image_processor_kwargs(model_id_or_path: str, image_processor, kwargs: dict) -> None:
