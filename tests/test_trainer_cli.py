@@ -58,7 +58,7 @@ def test_a_rerun_over_checkpoints_resumes_only_when_asked_and_under_the_same_rec
     assert error_of("--max_steps", "4") == (
         f"maple train: error: {output} holds checkpoints of an earlier run (the last: checkpoint-2): pass "
         "--resume_from_checkpoint true to resume it, --resume_from_checkpoint false to train from scratch (its "
-        "checkpoints are moved to earlier-run-N), or another --output_dir")
+        "checkpoints are moved to _earlier-run-N), or another --output_dir")
     assert "checkpoint-2 was trained with another recipe (rpa_weight: 0.2 -> 0.5)" in error_of(
         "--max_steps", "4", "--rpa_weight", "0.5", "--resume_from_checkpoint", "true")
     config = tmp_path / "resume.yaml"
@@ -88,8 +88,15 @@ def test_resuming_skips_a_checkpoint_cut_short_and_training_from_scratch_sets_th
     assert (output / "checkpoint-6" / "trainer_state.json").is_file()  # saved again by the resumed run
     assert main([*argv, "--max_steps", "2", "--resume_from_checkpoint", "false", "--seed", "7"]) == 0
     assert sorted(path.name for path in output.glob("checkpoint-*")) == ["checkpoint-2"]
-    assert sorted(path.name for path in (output / "earlier-run-1").iterdir()) == ["checkpoint-2", "checkpoint-4",
-                                                                                "checkpoint-6"]
+    assert sorted(path.name for path in (output / "_earlier-run-1").iterdir()) == ["checkpoint-2", "checkpoint-4",
+                                                                                 "checkpoint-6"]
+    # out of what push_to_hub uploads from output_dir (Trainer's ignore patterns): an "earlier-run-1" folder published
+    # the earlier run's weights, optimizer state and pickled training args
+    from huggingface_hub.utils import filter_repo_objects
+
+    files = [str(path.relative_to(output)) for path in output.rglob("*") if path.is_file()]
+    uploaded = list(filter_repo_objects(files, ignore_patterns=["_*", "checkpoint-*"]))
+    assert uploaded and not [file for file in uploaded if "checkpoint-" in file]
     recipe = json.loads((output / "checkpoint-2" / "rpa_recipe.json").read_text())
     assert recipe["seed"] == 7  # a later `true` resumes the new run
 

@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     own_help = unused_dpo_field_help() | {  # TRL's help of these describes what they do to a language model
         "resume_from_checkpoint": "A checkpoint folder to resume from; 'true': the last complete checkpoint-* in "
-        "output_dir; 'false': train from scratch, the earlier run's checkpoints moved to output_dir/earlier-run-N (an "
+        "output_dir; 'false': train from scratch, the earlier run's checkpoints moved to output_dir/_earlier-run-N (an "
         "output_dir holding checkpoints needs one of the three). A checkpoint resumes "
         "only under the recipe it was trained with (rpa_recipe.json: loss, lambda, batch size, learning rate, ...)."
     }
@@ -229,8 +229,9 @@ def preference_judge(location: str) -> str | None:
     return judge if isinstance(judge, str) else None
 
 
-# where `--resume_from_checkpoint false` moves an earlier run's checkpoints, in output_dir
-EARLIER_RUN_FOLDER = "earlier-run-{n}"
+# where `--resume_from_checkpoint false` moves an earlier run's checkpoints, in output_dir; the leading "_" keeps it out
+# of `push_to_hub`'s uploads of output_dir (`Trainer` ignores "_*" and "checkpoint-*", at the top level only)
+EARLIER_RUN_FOLDER = "_earlier-run-{n}"
 
 
 def checkpoint_to_resume(training_args: RPAConfig) -> str | None:
@@ -275,7 +276,7 @@ def checkpoint_to_resume(training_args: RPAConfig) -> str | None:
 
 def set_aside_earlier_checkpoints(training_args: RPAConfig) -> None:
     """With `--resume_from_checkpoint false`, moves the checkpoint-* folders of an earlier run in `output_dir` into
-    `output_dir/earlier-run-N/`: left in place, a later `true` would resume the earlier run's last checkpoint, numbered
+    `output_dir/_earlier-run-N/`: left in place, a later `true` would resume the earlier run's last checkpoint, numbered
     past the new run's, with its weights and data."""
     from .checkpoints import run_checkpoints
 
