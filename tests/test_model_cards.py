@@ -104,7 +104,7 @@ def test_a_nan_score_stays_out_of_the_model_index(tmp_path):
 def test_model_card_without_eval_or_logs(tmp_path):
     card = model_card_from_run(tmp_path, base_model=None, backbone="mllm", training_config={}, log_history=[], eval_results={})
     assert ModelCard(str(card)).data.eval_results is None
-    assert "No evaluation was run" in card.text and "Training curves" not in card.text and "Similarity histograms" not in card.text
+    assert "No benchmark was evaluated" in card.text and "Training curves" not in card.text and "Similarity histograms" not in card.text
     assert not (tmp_path / "training_curves.png").exists() and not (tmp_path / "similarity_histograms.png").exists()
     assert f"```bibtex\n{PAPER_CITATION}\n```" in card.text
 
@@ -203,3 +203,24 @@ def test_dataset_card_describes_every_config_of_a_repo(tmp_path):
     assert "(stats/fast/score_histograms.png)" in fast_section and (tmp_path / "stats/default/score_histograms.png").exists()
     assert 'load_dataset("maple-org/prefs", "fast", split="train")' in card.text
     assert card.data.license == "other" and card.data.size_categories == ["1K<n<10K"]  # licences differ; the largest config
+
+
+def test_the_cards_usage_snippets_run_as_written(tmp_path, monkeypatch):
+    """Both snippets passed `images=[image]` without defining `image`: a NameError for anyone who copied them."""
+    import re
+
+    from modeling_maple.testing import build_tiny
+
+    model, processor = build_tiny("dual_encoder", seed=0)
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    card = model_card_from_run(tmp_path / "model", base_model=None, backbone="dual_encoder", training_config={},
+                               log_history=[], eval_results={}, repo_id=str(tmp_path / "model"))
+    snippets = re.findall(r"```python\n(.*?)```", card.text, flags=re.S)
+    assert len(snippets) == 2
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "photo.jpg")
+    for snippet in snippets:
+        namespace = {}
+        exec(snippet, namespace)
+        assert namespace["text_embeds"].shape == namespace["image_embeds"].shape == (1, model.config.projection_dim)
