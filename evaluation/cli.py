@@ -239,13 +239,19 @@ def markdown_table(all_results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# In a model repo: every benchmark result `push_results` has published there, and the Hub id each was read from, so
+# that a push of some benchmarks adds them to the others instead of replacing them
+PUSHED_RESULTS_FILE = "maple_eval_results.json"
+
+
 def push_results(repo_id: str, results: dict[str, Any], dataset_ids: dict[str, str] | None = None) -> None:
-    """Write `results` into the model card of Hub repo `repo_id` (eval table, `model-index` and,
-    for quadruple benchmarks, freshly drawn similarity histograms replacing the run's); a repo without a card gets
-    one. `dataset_ids`: the Hub id a benchmark was read from where it is not the official one."""
+    """Add `results` to the model card of Hub repo `repo_id` (eval tables, `model-index` and, for quadruple
+    benchmarks, freshly drawn similarity histograms replacing the run's), in one commit with `PUSHED_RESULTS_FILE`;
+    results pushed before for other benchmarks stay. A repo without a card gets one. `dataset_ids`: the Hub id a
+    benchmark was read from where it is not the official one."""
     import tempfile
 
-    from huggingface_hub import HfApi, ModelCard
+    from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, hf_hub_download
     from huggingface_hub.errors import RemoteEntryNotFoundError
 
     from model_cards import with_eval_results
@@ -257,6 +263,14 @@ def push_results(repo_id: str, results: dict[str, Any], dataset_ids: dict[str, s
     # EntryNotFoundError) must not make this push replace the card with a bare one.
     except RemoteEntryNotFoundError:
         card = ModelCard("")
+    try:
+        pushed = json.loads(Path(hf_hub_download(repo_id, PUSHED_RESULTS_FILE)).read_text())
+    except RemoteEntryNotFoundError:
+        pushed = {"results": {}, "dataset_ids": {}}
+    # a benchmark pushed again takes its new source, the official one where `dataset_ids` names none
+    dataset_ids = {**{name: ref for name, ref in pushed["dataset_ids"].items() if name not in results},
+                   **(dataset_ids or {})}
+    results = {**pushed["results"], **results}
     with tempfile.TemporaryDirectory() as folder:
         histograms = Path(folder) / GAP_HISTOGRAM_FILE
         has_histograms = plot_similarity_histograms(results, histograms)
@@ -264,9 +278,16 @@ def push_results(repo_id: str, results: dict[str, Any], dataset_ids: dict[str, s
             card, results, model_name=repo_id, histogram_file=GAP_HISTOGRAM_FILE if has_histograms else None,
             dataset_ids=dataset_ids,
         )
+        card.validate()
+        record = json.dumps({"results": results, "dataset_ids": dataset_ids}, indent=2).encode()
+        operations = [
+            CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode()),
+            CommitOperationAdd(path_in_repo=PUSHED_RESULTS_FILE, path_or_fileobj=record),
+        ]
         if has_histograms:
-            HfApi().upload_file(path_or_fileobj=histograms, path_in_repo=GAP_HISTOGRAM_FILE, repo_id=repo_id)
-        card.push_to_hub(repo_id, commit_message="Add MAPLE evaluation results")
+            operations.append(CommitOperationAdd(path_in_repo=GAP_HISTOGRAM_FILE, path_or_fileobj=histograms))
+        # one commit: a failed push leaves the card, its histograms and the record as they were, together
+        HfApi().create_commit(repo_id, operations, commit_message="Add MAPLE evaluation results")
 
 
 def _embedding_device(parser: argparse.ArgumentParser, requested: str | None) -> str:

@@ -113,3 +113,25 @@ def test_a_hub_that_fails_to_serve_the_card_does_not_get_a_bare_one_pushed(hub_s
     assert "push failed: LocalEntryNotFoundError" in run_client(hub_server, tmp_path, PUSH_WHILE_THE_HUB_FAILS)
     card = hub_server.files("maple-org/keep-card")["README.md"].decode()
     assert "license: mit" in card and "keep me" in card
+
+
+PUSH_TWO_BENCHMARKS_ONE_AFTER_THE_OTHER = """
+from huggingface_hub import HfApi
+from evaluation.cli import push_results
+
+HfApi().create_repo("maple-org/two-pushes")
+push_results("maple-org/two-pushes", {"coco": {key: 40.0 for key in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5",
+                                                                    "t2i_r10")}}, dataset_ids={"coco": "maple-org/coco-copy"})
+push_results("maple-org/two-pushes", {"bivlc": {"text_score": 50.0, "image_score": 25.0, "group_score": 25.0}})
+"""
+
+
+def test_a_push_of_one_benchmark_keeps_the_results_pushed_for_another(hub_server, tmp_path):
+    """`maple eval --benchmarks winoground --push-to-hub` replaced the card's evaluation section and model-index
+    with winoground alone: COCO results pushed before were gone."""
+    run_client(hub_server, tmp_path, PUSH_TWO_BENCHMARKS_ONE_AFTER_THE_OTHER)
+    card = hub_server.files("maple-org/two-pushes")["README.md"].decode()
+    assert "| coco | 40.0 |" in card and "| bivlc | all | 50.0 | 25.0 | 25.0 |" in card
+    assert "name: coco" in card and "type: maple-org/coco-copy" in card and "name: bivlc" in card
+    # the repo's first commit, then one per push: card and record together (a failed push leaves both as they were)
+    assert len(hub_server.state.repo("model", "maple-org/two-pushes").commits) == 3
