@@ -75,6 +75,7 @@ model, processor = build_tiny("dual_encoder", seed=0)
 args = RPAConfig(output_dir="{output_dir}", max_steps=1, per_device_train_batch_size=4, save_strategy="steps",
                  save_steps=1, report_to="none", push_to_hub=True, hub_model_id="{repo}", hub_strategy="every_save")
 trainer = RPATrainer(model, args=args, train_dataset=synthetic_preference_dataset(4), processing_class=processor)
+trainer.model_card_kwargs = {{"dataset_name": "maple-org/prefs", "judge_id": "Qwen/Qwen2-VL-7B-Instruct"}}
 trainer.train()  # pushes the step-1 checkpoint only: no push_to_hub() at the end
 text, image = trainer.model.eval().encode(processor, texts=TEXTS, images=IMAGES)
 torch.save({{"text": text, "image": image}}, "{expected}")
@@ -85,6 +86,9 @@ def test_checkpoints_pushed_during_training_load_without_the_package(hub_server,
     paths = {"repo": "maple-org/rpa-tiny-checkpoints", "output_dir": tmp_path / "run", "expected": tmp_path / "expected.pt"}
     run_client(hub_server, tmp_path, TRAIN_WITH_CHECKPOINT_PUSHES.format(**paths))
     assert {"config.json", "modeling_maple.py", "configuration_maple.py"} <= set(hub_server.files(paths["repo"]))
+    # the card pushed with a checkpoint names the data and the judge (it said "not recorded" for both before)
+    card = hub_server.files(paths["repo"])["README.md"].decode()
+    assert "maple-org/prefs" in card and "Qwen/Qwen2-VL-7B-Instruct" in card
     loaded = json.loads(run_client(hub_server, tmp_path, LOAD.format(**paths), isolated=True).strip().splitlines()[-1])
     assert loaded["model_class"].startswith("transformers_modules.") and loaded["identical"]
 
@@ -98,10 +102,14 @@ api.create_repo("{repo}", repo_type="dataset", exist_ok=True)
 for path, content in (("stats/paper/stats.json", b'{{"judge": "Qwen/Qwen2-VL-7B-Instruct"}}'), ("README.md", b"card")):
     api.upload_file(path_or_fileobj=content, path_in_repo=path, repo_id="{repo}", repo_type="dataset")
 print(preference_judge("{repo}"))
+# a second config's build: the repo's judge is ambiguous, a config's is not
+api.upload_file(path_or_fileobj=b'{{"judge": "OpenGVLab/InternVL3-1B"}}', path_in_repo="stats/corpus-captions/stats.json",
+                repo_id="{repo}", repo_type="dataset")
+print(preference_judge("{repo}"), preference_judge("{repo}", "corpus-captions"))
 """
 
 
 def test_the_judge_of_a_preference_dataset_on_the_hub_is_read_from_its_stats(hub_server, tmp_path):
     """`maple build-preferences --push-to-hub` uploads stats/<config>/stats.json: the model card names its judge."""
     printed = run_client(hub_server, tmp_path, JUDGE_OF_A_HUB_DATASET.format(repo=f"{USER}/judged-preferences"))
-    assert printed.strip().splitlines()[-1] == "Qwen/Qwen2-VL-7B-Instruct"
+    assert printed.strip().splitlines()[-2:] == ["Qwen/Qwen2-VL-7B-Instruct", "None OpenGVLab/InternVL3-1B"]

@@ -187,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         processing_class=processor,
         peft_config=peft_config,
     )
+    # every card of the run, those pushed with checkpoints too, names the data and the judge
+    judge = preference_judge(data_args.dataset_name, data_args.dataset_config)
+    trainer.model_card_kwargs = {"dataset_name": data_args.dataset_name, "judge_id": judge}
     # only now, an error above must not move them; the main process first, the others then find none
     with training_args.main_process_first(local=False, desc="setting earlier checkpoints aside"):
         set_aside_earlier_checkpoints(training_args)
@@ -196,18 +199,19 @@ def main(argv: list[str] | None = None) -> int:
         split = data_args.dataset_train_split if error.split == "train" else data_args.dataset_test_split
         where = first_undecodable_image(splits[split], error.split) if split in splits else None
         parser.error(where or str(error))
-    trainer.save_model(training_args.output_dir)
-    card = {"dataset_name": data_args.dataset_name, "judge_id": preference_judge(data_args.dataset_name)}
-    trainer.create_model_card(**card)
     if training_args.push_to_hub:
-        trainer.push_to_hub(**card)
+        trainer.push_to_hub()  # saves the model and writes the card first (save_model would push a second time)
+    else:
+        trainer.save_model(training_args.output_dir)
+        trainer.create_model_card()
     return 0
 
 
-def preference_judge(location: str) -> str | None:
+def preference_judge(location: str, config: str | None = None) -> str | None:
     """The judge that scored a preference dataset `maple build-preferences` made, for the model card: from the build's
-    stats.json, beside the shards in a local work dir (`--dataset_name OUT/work/shards`), or one `stats/<config>/`
-    stats.json in a Hub repo it pushed; None where there is none (or, offline, none cached)."""
+    stats.json, beside the shards in a local work dir (`--dataset_name OUT/work/shards`), or in a Hub repo it pushed
+    `stats/<config>/stats.json` (without `config`, the repo's only one); None where there is none (or, offline, none
+    cached)."""
     path = Path(location).expanduser()
     if path.exists():
         folder = path if path.is_dir() else path.parent
@@ -217,8 +221,8 @@ def preference_judge(location: str) -> str | None:
         from huggingface_hub.errors import HfHubHTTPError
 
         try:
-            files = [file for file in HfApi().list_repo_files(location, repo_type="dataset")
-                     if re.fullmatch(r"stats/[^/]+/stats\.json", file)]
+            pattern = rf"stats/{re.escape(config)}/stats\.json" if config else r"stats/[^/]+/stats\.json"
+            files = [file for file in HfApi().list_repo_files(location, repo_type="dataset") if re.fullmatch(pattern, file)]
             found = [Path(hf_hub_download(location, files[0], repo_type="dataset"))] if len(files) == 1 else []
         except (OSError, ValueError, HfHubHTTPError):  # offline, not found, gated: the card says "not recorded"
             return None

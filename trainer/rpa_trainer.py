@@ -182,6 +182,8 @@ class RPATrainer(DPOTrainer):
         self.maybe_activation_offload_context = contextlib.nullcontext()
         self._eval_anchors: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
         self.eval_quadruples = eval_quadruples or {}
+        # what every model card of this run says beside the run itself (see `create_model_card`)
+        self.model_card_kwargs: dict[str, Any] = {}
         self._evaluating = False  # inside `evaluate` (see there)
 
         train_dataset = self._prepare_dataset(train_dataset, processing_class, args, "train")
@@ -578,9 +580,13 @@ class RPATrainer(DPOTrainer):
         """Writes README.md from `model_cards.model_card_from_run` when that package is installed: the card of the
         repo the model is pushed to (else of `hub_model_id`, else of `model_name`), tagged with its own tags, `tags`
         and this trainer's. `judge_id`: the MLLM that scored the preference data (`maple train` reads it from the
-        dataset's stats.json)."""
+        dataset's stats.json). `dataset_name`, `judge_id` and `tags` left out are taken from `model_card_kwargs`,
+        which is what the cards written with checkpoint pushes (`DPOTrainer._save_checkpoint`) get too."""
         if not self.is_world_process_zero():
             return
+        dataset_name = dataset_name or self.model_card_kwargs.get("dataset_name")
+        judge_id = judge_id or self.model_card_kwargs.get("judge_id")
+        tags = tags or self.model_card_kwargs.get("tags")
         try:
             from model_cards import model_card_from_run
         except ImportError:
