@@ -1093,7 +1093,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         are kept, and the card has a section per config, rendered from the stats every push leaves
         in `stats/<config>/` (stats.json and the score histograms). Returns the repo id ("namespace/name", also
         for a bare `repo_id`, which is created under the token's user)."""
-        from huggingface_hub import DatasetCard, HfApi, hf_hub_download
+        from huggingface_hub import CommitOperationAdd, DatasetCard, HfApi, hf_hub_download
         from huggingface_hub.errors import RemoteEntryNotFoundError
 
         from model_cards import dataset_card_from_stats
@@ -1120,19 +1120,26 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         published_stats = {key: value for key, value in self.stats.items() if key != "skipped"}
         published_stats["histogram_file"] = f"{stats_dir}/{HISTOGRAM_FILE}" if histogram.exists() else None
         atomic_write_bytes(staging / stats_dir / "stats.json", json.dumps(published_stats, indent=2).encode())
-        try:
-            published = DatasetCard.load(repo_id, repo_type="dataset", token=token).data.to_dict()
-        except RemoteEntryNotFoundError:  # a new repo has no card yet (not: the Hub cannot be reached)
-            published = {}
-        for key in ("configs", "dataset_info"):  # other configs' entries; the dataset push updates this config's
-            if key in published:
-                card.data[key] = published[key]
-        api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=str(staging / stats_dir), path_in_repo=stats_dir)
-        # Card after the stats and histogram it links; the dataset push then adds its `configs` / `dataset_info` metadata.
-        card.push_to_hub(repo_id, repo_type="dataset", token=token)
+        # The data first: a push that fails there leaves no stats, and no card naming a config that is not there (the
+        # stats of every config in the repo make the card's sections, so they would name it at every later push).
         datasets.DatasetDict({"train": self.as_dataset(split="train")}).push_to_hub(
             repo_id, config_name=self.config.name, private=private, token=token
         )
+        try:
+            published = DatasetCard.load(repo_id, repo_type="dataset", token=token).data.to_dict()
+        except RemoteEntryNotFoundError:  # no card yet (not: the Hub cannot be reached)
+            published = {}
+        for key in ("configs", "dataset_info"):  # every config's entries, this one's as the data push just wrote them
+            if key in published:
+                card.data[key] = published[key]
+        card.validate()
+        # Then the stats, the histogram and the card that links them, in one commit.
+        operations = [
+            CommitOperationAdd(path_in_repo=f"{stats_dir}/{path.name}", path_or_fileobj=path)
+            for path in sorted((staging / stats_dir).iterdir())
+        ]
+        operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode()))
+        api.create_commit(repo_id, operations, repo_type="dataset", commit_message=f"Describe config {self.config.name}")
         return repo_id
 
     @classmethod

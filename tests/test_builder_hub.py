@@ -153,3 +153,37 @@ def test_a_bare_repo_name_is_pushed_under_the_users_namespace(hub_server, tmp_pa
     files = hub_server.files(f"{USER}/bare-prefs", repo_type="dataset")
     assert "README.md" in files and any(path.endswith(".parquet") for path in files)
     assert f'load_dataset("{USER}/bare-prefs"' in files["README.md"].decode()
+
+
+PUSH_WHOSE_DATA_FAILS = """
+import datasets
+from dataset_builders import MaplePreferences
+from dataset_builders.testing import ColourJudge, colour_squares, thumbnail_miner
+
+features = datasets.Features({"id": datasets.Value("string"), "image": datasets.Image(), "caption": datasets.Value("string")})
+builder = MaplePreferences(
+    config_name="corpus-captions", source_dataset=datasets.Dataset.from_dict(colour_squares(6), features=features),
+    judge=ColourJudge(), miner=thumbnail_miner(), cache_dir="cache", work_dir="work", shard_size=4, semdedup_clusters=None,
+    progress=False,
+)
+builder.download_and_prepare()
+
+def fail(*args, **kwargs):
+    raise ConnectionError("the data push broke off")
+
+push = datasets.DatasetDict.push_to_hub
+datasets.DatasetDict.push_to_hub = fail
+try:
+    builder.push_to_hub("%s")
+except ConnectionError as error:
+    print("failed:", error)
+datasets.DatasetDict.push_to_hub = push
+""" % (REPO + "-broken",)
+
+
+def test_a_push_whose_data_fails_leaves_no_stats_or_card_for_the_config(hub_server, tmp_path):
+    """Stats and card were pushed before the data: a failed data push left a card naming a config that was not there,
+    with a `load_dataset` line that failed, and its stats made every later card name it again."""
+    assert "failed: the data push broke off" in run_client(hub_server, tmp_path, PUSH_WHOSE_DATA_FAILS)
+    files = hub_server.files(REPO + "-broken", repo_type="dataset")
+    assert not [path for path in files if path.startswith("stats/")] and "README.md" not in files
