@@ -1093,11 +1093,10 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         are kept, and the card has a section per config, rendered from the stats every push leaves
         in `stats/<config>/` (stats.json and the score histograms). Returns the repo id ("namespace/name", also
         for a bare `repo_id`, which is created under the token's user)."""
-        from huggingface_hub import CommitOperationAdd, DatasetCard, HfApi, hf_hub_download
-        from huggingface_hub.errors import RemoteEntryNotFoundError
+        from huggingface_hub import HfApi, hf_hub_download
 
         from model_cards import dataset_card_from_stats
-        from model_cards.cards import HISTOGRAM_FILE
+        from model_cards.cards import HISTOGRAM_FILE, push_dataset_card
 
         api = HfApi(token=token)
         # The full id: a bare name is created under the token's user, and every call below needs "namespace/name".
@@ -1125,21 +1124,9 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         datasets.DatasetDict({"train": self.as_dataset(split="train")}).push_to_hub(
             repo_id, config_name=self.config.name, private=private, token=token
         )
-        try:
-            published = DatasetCard.load(repo_id, repo_type="dataset", token=token).data.to_dict()
-        except RemoteEntryNotFoundError:  # no card yet (not: the Hub cannot be reached)
-            published = {}
-        for key in ("configs", "dataset_info"):  # every config's entries, this one's as the data push just wrote them
-            if key in published:
-                card.data[key] = published[key]
-        card.validate()
         # Then the stats, the histogram and the card that links them, in one commit.
-        operations = [
-            CommitOperationAdd(path_in_repo=f"{stats_dir}/{path.name}", path_or_fileobj=path)
-            for path in sorted((staging / stats_dir).iterdir())
-        ]
-        operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode()))
-        api.create_commit(repo_id, operations, repo_type="dataset", commit_message=f"Describe config {self.config.name}")
+        files = {f"{stats_dir}/{path.name}": path for path in sorted((staging / stats_dir).iterdir())}
+        push_dataset_card(card, repo_id, files, token=token, commit_message=f"Describe config {self.config.name}")
         return repo_id
 
     @classmethod

@@ -465,3 +465,25 @@ def _size_category(num_rows: int | None) -> list[str] | None:
         if num_rows < 10**exponent:
             return [label]
     return ["n>1T"]
+
+
+def push_dataset_card(
+    card: DatasetCard, repo_id: str, files: Mapping[str, Path], *, token: str | None = None, commit_message: str
+) -> None:
+    """Push `card` and the `files` it links (path in the repo -> local file) to dataset repo `repo_id` in one commit,
+    after the data: the card takes the `configs` / `dataset_info` metadata that `datasets`' `push_to_hub` wrote into
+    the repo's card (every config's, not only those `card` knows), so it must follow the data, never precede it."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    try:
+        published = DatasetCard.load(repo_id, repo_type="dataset", token=token).data.to_dict()
+    except RemoteEntryNotFoundError:  # no card yet (not: the Hub cannot be reached)
+        published = {}
+    for key in ("configs", "dataset_info"):
+        if key in published:
+            card.data[key] = published[key]
+    card.validate()
+    operations = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=local) for path, local in files.items()]
+    operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode()))
+    HfApi(token=token).create_commit(repo_id, operations, repo_type="dataset", commit_message=commit_message)

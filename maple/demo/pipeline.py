@@ -771,8 +771,10 @@ def push_outputs(out: Path, repo_id: str) -> None:
     preference dataset with its card, rendered for that repo, to `{repo_id}-preferences`."""
     from huggingface_hub import HfApi
 
+    from huggingface_hub import DatasetCard
+
     from model_cards import dataset_card_from_stats
-    from model_cards.cards import HISTOGRAM_FILE
+    from model_cards.cards import HISTOGRAM_FILE, push_dataset_card
 
     dataset_repo = f"{repo_id}-preferences"
     stats_file = out / "preferences" / "work" / "stats.json"
@@ -784,10 +786,10 @@ def push_outputs(out: Path, repo_id: str) -> None:
     api.create_repo(repo_id, exist_ok=True)
     api.upload_folder(repo_id=repo_id, folder_path=str(out / "maple-model"))
     api.create_repo(dataset_repo, repo_type="dataset", exist_ok=True)
-    # The card and the histogram it links first: the dataset push then adds its `configs` metadata to the card.
-    for name in ("README.md", HISTOGRAM_FILE):
-        api.upload_file(repo_id=dataset_repo, repo_type="dataset", path_or_fileobj=str(out / "preferences" / name), path_in_repo=name)
     datasets.load_from_disk(str(out / "preferences" / "data")).push_to_hub(dataset_repo)
+    card = DatasetCard((out / "preferences" / "README.md").read_text())
+    push_dataset_card(card, dataset_repo, {HISTOGRAM_FILE: out / "preferences" / HISTOGRAM_FILE},
+                      commit_message="Describe the preference data")
 
 
 def format_summary(result: DemoResult, metrics: Sequence[str] = HEADLINE_METRICS) -> str:
