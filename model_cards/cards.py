@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -92,10 +93,17 @@ def _eval_results(
     return results
 
 
+def _license_slug(license: str) -> str:
+    """"CC BY 4.0" and "CC_BY-4.0" as the Hub spells its ids: "cc-by-4.0"."""
+    return re.sub(r"[\s_]+", "-", license.strip().lower())
+
+
 def _hub_license(license: str | None) -> str:
-    """The Hub's licence id for a licence named as given ("CC-BY-4.0" is "cc-by-4.0"), or "other": the Hub refuses a
-    `license` that is not one of its ids."""
-    return license.lower() if license and license.lower() in HUB_LICENSES else "other"
+    """The Hub's licence id for a licence named as given ("CC BY 4.0" is "cc-by-4.0"), "unknown" for none, or
+    "other": the Hub refuses a `license` that is not one of its ids."""
+    if license is None:
+        return "unknown"
+    return _license_slug(license) if _license_slug(license) in HUB_LICENSES else "other"
 
 
 def _table_rows(eval_results: Mapping[str, Mapping[str, Any]]) -> dict[str, list[dict[str, str]]]:
@@ -412,10 +420,11 @@ def dataset_card_from_stats(
     configs = sorted([own, *others], key=lambda config: str(config.get("config_name") or ""))
     licenses = {config.get("source_license") for config in configs}
     source_license = licenses.pop() if len(licenses) == 1 else None
+    hub_license = _hub_license(source_license) if len(licenses) <= 1 else "other"  # configs of several licences
     card_data = DatasetCardData(
-        license=_hub_license(source_license),
-        # the Hub asks for a name with "other"
-        license_name=source_license if source_license and _hub_license(source_license) == "other" else None,
+        license=hub_license,
+        # the Hub asks for an id of the licence with "other"
+        license_name=_license_slug(source_license) if source_license and hub_license == "other" else None,
         pretty_name=stats.get("pretty_name") or (repo_id or "MAPLE preference dataset"),
         task_categories=["feature-extraction"],
         tags=PAPER_TAGS + ["preference", "mllm-judge"],

@@ -80,16 +80,20 @@ def test_local_references_are_named_as_text_not_as_hub_metadata(tmp_path, monkey
     assert "huggingface.co/./" not in card.text
 
 
-@pytest.mark.parametrize("licence, metadata", [("cc-by-nc-sa-4.0", "cc-by-nc-sa-4.0"), ("cc-by-nc-sa", "other"),
-                                               ("research-only", "other"), ("gpl-3.0-or-later", "other"),
-                                               ("CC-BY-4.0", "cc-by-4.0")])
-def test_dataset_card_licence_metadata_is_a_hub_licence_id(tmp_path, licence, metadata):
+@pytest.mark.parametrize("licence, metadata, name", [
+    ("cc-by-nc-sa-4.0", "cc-by-nc-sa-4.0", None), ("cc-by-nc-sa", "other", "cc-by-nc-sa"),
+    ("research-only", "other", "research-only"), ("gpl-3.0-or-later", "other", "gpl-3.0-or-later"),
+    ("CC-BY-4.0", "cc-by-4.0", None),
+    # as people write them: the Hub showed a CC-BY dataset as "other"
+    ("CC BY 4.0", "cc-by-4.0", None), ("Apache 2.0", "apache-2.0", None), ("Research Only", "other", "research-only"),
+])
+def test_dataset_card_licence_metadata_is_a_hub_licence_id(tmp_path, licence, metadata, name):
     """Any lower-case slug passed before; the Hub refuses ids not on its list, failing the push after the build. An id
-    in capitals is the Hub's id; "other" carries the licence's name, as the Hub asks."""
+    in capitals or with spaces is the Hub's id; "other" carries an id of the licence's own, as the Hub asks."""
     card = dataset_card_from_stats({**STATS, "source_license": licence}, repo_id="maple-org/prefs", output_dir=tmp_path)
     data = DatasetCard(str(card)).data
     assert data.license == metadata and f"| Licence of the source data | {licence} |" in card.text
-    assert data.get("license_name") == (licence if metadata == "other" else None)
+    assert data.get("license_name") == name
 
 
 def test_a_nan_score_stays_out_of_the_model_index(tmp_path):
@@ -224,3 +228,11 @@ def test_the_cards_usage_snippets_run_as_written(tmp_path, monkeypatch):
         namespace = {}
         exec(snippet, namespace)
         assert namespace["text_embeds"].shape == namespace["image_embeds"].shape == (1, model.config.projection_dim)
+
+
+def test_a_source_without_a_licence_is_unknown_and_configs_of_several_licences_other(tmp_path):
+    card = dataset_card_from_stats({**STATS, "source_license": None}, repo_id="maple-org/prefs", output_dir=tmp_path)
+    assert DatasetCard(str(card)).data.license == "unknown"
+    other = {**STATS, "config_name": "fast", "source_license": "mit"}
+    card = dataset_card_from_stats(STATS, repo_id="maple-org/prefs", output_dir=tmp_path, other_configs=[other])
+    assert DatasetCard(str(card)).data.license == "other" and DatasetCard(str(card)).data.get("license_name") is None
