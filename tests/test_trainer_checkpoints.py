@@ -294,3 +294,22 @@ def test_the_checkpoint_helpers_read_the_state_file_trainer_writes_and_load_noth
     loaded = subprocess.run([sys.executable, "-c", "import sys, trainer.checkpoints; print(sorted({'trl', 'transformers'} "
                              "& set(sys.modules)))"], capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]"
+
+
+def test_a_run_resumed_to_train_longer_follows_its_own_schedule_from_the_first_step(tmp_path):
+    """The checkpoint's optimizer held the rate the shorter run's schedule ended at (0 for cosine), and the first
+    resumed step trained at it."""
+    common = dict(save_strategy="steps", save_steps=1, logging_steps=1, lr_scheduler_type="cosine", warmup_steps=0)
+    uninterrupted = make_trainer(tmp_path / "a", max_steps=4, **common)
+    uninterrupted.train()
+    shorter = make_trainer(tmp_path / "b", max_steps=2, **common)
+    shorter.train()
+    longer = make_trainer(tmp_path / "b", max_steps=4, **common)
+    longer.train(resume_from_checkpoint=str(tmp_path / "b" / "run" / "checkpoint-2"))
+
+    def rates(trainer):
+        return {entry["step"]: entry["learning_rate"] for entry in trainer.state.log_history if "learning_rate" in entry}
+
+    # steps 1-2 ran on the 2-step schedule, as they did; from step 3 on, the 4-step one's rates (step 3: 0 before)
+    assert [rates(longer)[step] for step in (3, 4)] == pytest.approx([rates(uninterrupted)[step] for step in (3, 4)])
+    assert rates(longer)[3] > 0

@@ -561,6 +561,11 @@ class RPATrainer(DPOTrainer):
             raise ValueError(f"{resume_from_checkpoint} lacks trainable parameters {missing[:5]}")
         unwrapped.load_state_dict(state, strict=False)
 
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None and self.optimizer is not None:
+            _resume_schedule(self.optimizer, self.lr_scheduler)
+
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         # `Trainer` pushes `output_dir` after copying the checkpoint's weights and config.json into it, but not the
         # remote code that config.json's `auto_map` names: without it the pushed repo loads only with this package.
@@ -610,6 +615,20 @@ class RPATrainer(DPOTrainer):
         new_tags = [*([tags] if isinstance(tags, str) else tags or []), *self._tag_names]
         card.data.tags = [*card.data.tags, *(tag for tag in dict.fromkeys(new_tags) if tag not in card.data.tags)]
         card.save(os.path.join(self.args.output_dir, "README.md"))
+
+
+def _resume_schedule(optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+    """Sets the learning rates of a resumed run to its own schedule at the step resumed. The checkpoint's optimizer
+    holds the rates its run's schedule gave there, and a run resumed to train longer (another `max_steps`) trained its
+    first step at them: at the old run's last step, 0 for a linear or cosine decay. `transformers`' schedules are
+    `LambdaLR`s, whose state holds the step but not the schedule, so the scheduler already follows the new length
+    from the next step on; a run of the same length gets the rates it saved."""
+    if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        return
+    rates = [base * schedule(scheduler.last_epoch) for schedule, base in zip(scheduler.lr_lambdas, scheduler.base_lrs)]
+    for group, rate in zip(optimizer.param_groups, rates):
+        group["lr"] = rate
+    scheduler._last_lr = rates
 
 
 def _trainable_base_parameters(model: PeftModel) -> list[str]:
