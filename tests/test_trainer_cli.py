@@ -167,7 +167,9 @@ def test_bad_arguments_are_reported_in_one_line(capsys, argv, message):
         ("- a\n- b\n", "{path}: expected a YAML mapping of options (name: value), got ['a', 'b']"),
         (None, "--config {path}: No such file or directory"),
         # YAML values skip argparse's types and choices: they were tracebacks, some after the model had loaded
-        ("num_image_candidates: [1, 2]\n", "'<' not supported between instances of 'list' and 'int'"),
+        ("num_image_candidates: [1, 2]\n", "{path}: num_image_candidates: expected an integer, got [1, 2]"),
+        ("max_steps: 1.7\n", "{path}: max_steps: expected an integer, got 1.7"),  # a TypeError once training ran
+        ("rpa_weight: [1]\n", "{path}: rpa_weight: expected a number, got [1]"),
         ("tiny: foo\n", "{path}: tiny: invalid choice 'foo' (choose from 'mllm', 'dual_encoder', "),
         ("lora_r: 0\n", "lora_r is a rank and must be an integer >= 1, got 0"),
         ("lora_dropout: 2\n", "lora_dropout is a probability and must be in [0, 1), got 2"),
@@ -418,3 +420,45 @@ def test_a_mistyped_relative_path_under_an_existing_folder_is_called_that(tmp_pa
         error = capsys.readouterr().err
         assert error.startswith("maple train: error: --") and typo in error and error.count("\n") == 1, error
         assert error.rstrip().endswith(f"(nor is it a local folder: runs/ exists here, but not {typo})"), error
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--report_to", "nope"], "nope is not supported"),
+    (["--eval_strategy", "steps", "--eval_steps", "1"], "eval_dataset"),
+    (["--model_init_kwargs", '{"foo": 1}'], "--model_init_kwargs: "),
+])
+def test_options_transformers_checks_late_are_one_line_errors(tmp_path, capsys, options, message):
+    """Each was a traceback, from RPATrainer's construction or the model's, after the dataset and model had loaded."""
+    synthetic_preference_dataset(8).save_to_disk(tmp_path / "prefs")
+    model = ["--tiny", "dual_encoder"] if "--model_init_kwargs" not in options else ["--model_name_or_path", "ckpt"]
+    if "--model_init_kwargs" in options:
+        from modeling_maple.testing import build_tiny
+
+        tiny, processor = build_tiny("dual_encoder")
+        tiny.save_pretrained(tmp_path / "ckpt")
+        processor.save_pretrained(tmp_path / "ckpt")
+        model = ["--model_name_or_path", str(tmp_path / "ckpt")]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([*model, "--dataset_name", str(tmp_path / "prefs"), "--output_dir", str(tmp_path / "out"), *options])
+    error = capsys.readouterr().err.splitlines()[-1]  # after the tiny model's loading bars
+    assert exit_info.value.code == 2 and error.startswith("maple train: error: ") and message in error
+
+
+def test_an_empty_json_lines_file_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "prefs.jsonl").write_text("")
+    with pytest.raises(SystemExit):
+        main(["--tiny", "dual_encoder", "--dataset_name", str(tmp_path / "prefs.jsonl"), "--output_dir", str(tmp_path)])
+    assert capsys.readouterr().err == f"maple train: error: --dataset_name {tmp_path / 'prefs.jsonl'}: an empty file\n"
+
+
+def test_a_test_split_is_evaluated_at_the_end_when_no_strategy_asks_earlier(tmp_path, capsys):
+    """`--dataset_test_split` alone evaluated nothing, silently, though its help says it is the split evaluated."""
+    from datasets import DatasetDict
+
+    DatasetDict({"train": synthetic_preference_dataset(8), "test": synthetic_preference_dataset(4, seed=1)}).save_to_disk(
+        tmp_path / "prefs")
+    assert main(["--tiny", "dual_encoder", "--dataset_name", str(tmp_path / "prefs"), "--dataset_test_split", "test",
+                 "--output_dir", str(tmp_path / "out"), "--max_steps", "1", "--report_to", "none"]) == 0
+    assert "eval_loss" in capsys.readouterr().out
+    assert "eval_recall@1/text_to_image" in json.loads((tmp_path / "out" / "eval_results.json").read_text())

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import sys
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import NoReturn
@@ -117,7 +118,11 @@ class DataArguments:
     )
     dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
     dataset_test_split: str | None = field(
-        default=None, metadata={"help": "Split to evaluate on (loss, reward accuracy, retrieval R@1); none if unset."}
+        default=None,
+        metadata={
+            "help": "Split to evaluate on (loss, reward accuracy, retrieval R@1): at every --eval_strategy point, or "
+            "once at the end when that is 'no'; none if unset."
+        },
     )
 
 
@@ -179,14 +184,18 @@ def main(argv: list[str] | None = None) -> int:
         peft_config = maple_lora_config(
             model, r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout
         )
-    trainer = RPATrainer(
-        model,
-        args=training_args,
-        train_dataset=splits[data_args.dataset_train_split],
-        eval_dataset=splits[data_args.dataset_test_split] if data_args.dataset_test_split else None,
-        processing_class=processor,
-        peft_config=peft_config,
-    )
+    try:
+        trainer = RPATrainer(
+            model,
+            args=training_args,
+            train_dataset=splits[data_args.dataset_train_split],
+            eval_dataset=splits[data_args.dataset_test_split] if data_args.dataset_test_split else None,
+            processing_class=processor,
+            peft_config=peft_config,
+        )
+    # options that transformers checks only here (an unknown --report_to, --eval_strategy without a test split, ...)
+    except (ValueError, RuntimeError) as error:
+        parser.error(" ".join(str(error).split()))
     # every card of the run, those pushed with checkpoints too, names the data and the judge
     judge = preference_judge(data_args.dataset_name, data_args.dataset_config)
     trainer.model_card_kwargs = {"dataset_name": data_args.dataset_name, "judge_id": judge}
@@ -199,6 +208,11 @@ def main(argv: list[str] | None = None) -> int:
         split = data_args.dataset_train_split if error.split == "train" else data_args.dataset_test_split
         where = first_undecodable_image(splits[split], error.split) if split in splits else None
         parser.error(where or str(error))
+    if trainer.eval_dataset is not None and training_args.eval_strategy == "no":
+        # a --dataset_test_split is evaluated at least once, at the end, as transformers' example scripts do
+        metrics = trainer.evaluate()
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
     if training_args.push_to_hub:
         trainer.push_to_hub()  # saves the model and writes the card first (save_model would push a second time)
     else:
@@ -338,6 +352,7 @@ def _check_config_file(parser: _Parser, argv: list[str]) -> None:
     if not isinstance(config.get("env", {}), dict):
         parser.error(f"{path}: expected 'env' to be a mapping of environment variables, got {config['env']!r:.80}")
     actions = {action.dest: action for action in parser._actions}
+    numeric_fields = _numeric_fields(parser.dataclass_types)
     for key, value in config.items():
         # argparse converts a YAML string as it would a flag's, and its error names the flag, not this file
         action = actions.get(key)
@@ -347,8 +362,29 @@ def _check_config_file(parser: _Parser, argv: list[str]) -> None:
                 value = convert(value)
             except (TypeError, ValueError, argparse.ArgumentTypeError):
                 parser.error(f"{path}: {key}: invalid {getattr(convert, '__name__', 'option')} value: {value!r}")
+        # YAML's own numbers and lists reach the config unconverted: a float for a count failed only once training ran
+        elif (kind := numeric_fields.get(key)) is not None and value is not None and not _is_number_of(value, kind):
+            parser.error(f"{path}: {key}: expected {'an integer' if kind is int else 'a number'}, got {value!r:.80}")
         if action is not None and action.choices is not None and value not in action.choices:
             parser.error(f"{path}: {key}: invalid choice {value!r} (choose from {', '.join(map(repr, action.choices))})")
+
+
+def _numeric_fields(dataclass_types) -> dict[str, type]:
+    """The options typed `int` or `float` (or either or None), by name, with that type."""
+    numeric = {}
+    for dataclass_type in dataclass_types:
+        for name, hint in typing.get_type_hints(dataclass_type).items():
+            kinds = [kind for kind in (typing.get_args(hint) or (hint,)) if kind is not type(None)]
+            if len(kinds) == 1 and kinds[0] in (int, float):
+                numeric[name] = kinds[0]
+    return numeric
+
+
+def _is_number_of(value: object, kind: type) -> bool:
+    """Whether a YAML value is an `int` option's integer (2.0 too) or a `float` option's number; booleans are neither."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return kind is float or float(value).is_integer()
 
 
 def _check_reference(option: str, reference: str) -> None:
@@ -383,6 +419,8 @@ def load_model_and_processor(model_args: ModelArguments, training_args: RPAConfi
         return load_maple(name, backbone=model_args.backbone, **model_loading_kwargs(training_args))
     except BackboneLoadingError as error:
         raise TrainingInputError(f"--model_init_kwargs: {error}") from error
+    except TypeError as error:  # a --model_init_kwargs key that from_pretrained passes on to the model's __init__
+        raise TrainingInputError(f"--model_init_kwargs: {error}") from error
     except MapleLoadError as error:
         raise TrainingInputError(f"--model_name_or_path {error}{local_typo_hint(name)}") from error
     except OSError as error:  # transformers: not on the Hub, or offline and not cached
@@ -416,6 +454,8 @@ def load_preference_splits(data_args: DataArguments) -> DatasetDict:
         raise TrainingInputError(f"--dataset_name {location}: {' '.join(str(error).split())}{local_typo_hint(location)}") from error
     except IndexError as error:  # what datasets raises for a save_to_disk folder without rows
         raise TrainingInputError(f"--dataset_name {location}: a saved dataset without rows") from error
+    except StopIteration as error:  # what datasets' JSON reader raises for an empty file
+        raise TrainingInputError(f"--dataset_name {location}: an empty file") from error
     # pyarrow's ArrowInvalid (a truncated parquet file) is a ValueError; DatasetGenerationError: files datasets cannot
     # convert
     except (ValueError, DatasetGenerationError) as error:
