@@ -129,10 +129,11 @@ def test_a_second_config_pushed_to_the_repo_keeps_the_first_loadable_and_describ
     assert {f"stats/{name}/score_histograms.png" for name in ("corpus-captions", "paper")} <= files
 
 
-PUSH_UNDER_A_BARE_NAME = """
+# A small corpus-captions build, ready to push (`builder`)
+BUILT = """
 import datasets
 from dataset_builders import MaplePreferences
-from dataset_builders.testing import ColourCaptioner, ColourJudge, colour_squares, thumbnail_miner
+from dataset_builders.testing import ColourJudge, colour_squares, thumbnail_miner
 
 features = datasets.Features({"id": datasets.Value("string"), "image": datasets.Image(), "caption": datasets.Value("string")})
 builder = MaplePreferences(
@@ -141,6 +142,9 @@ builder = MaplePreferences(
     progress=False,
 )
 builder.download_and_prepare()
+"""
+
+PUSH_UNDER_A_BARE_NAME = BUILT + """
 print(builder.push_to_hub("bare-prefs"))
 """
 
@@ -155,19 +159,7 @@ def test_a_bare_repo_name_is_pushed_under_the_users_namespace(hub_server, tmp_pa
     assert f'load_dataset("{USER}/bare-prefs"' in files["README.md"].decode()
 
 
-PUSH_WHOSE_DATA_FAILS = """
-import datasets
-from dataset_builders import MaplePreferences
-from dataset_builders.testing import ColourJudge, colour_squares, thumbnail_miner
-
-features = datasets.Features({"id": datasets.Value("string"), "image": datasets.Image(), "caption": datasets.Value("string")})
-builder = MaplePreferences(
-    config_name="corpus-captions", source_dataset=datasets.Dataset.from_dict(colour_squares(6), features=features),
-    judge=ColourJudge(), miner=thumbnail_miner(), cache_dir="cache", work_dir="work", shard_size=4, semdedup_clusters=None,
-    progress=False,
-)
-builder.download_and_prepare()
-
+PUSH_WHOSE_DATA_FAILS = BUILT + """
 def fail(*args, **kwargs):
     raise ConnectionError("the data push broke off")
 
