@@ -769,9 +769,7 @@ def _push(config: DemoConfig, maple_result: dict[str, Any], maple_dir: Path) -> 
 def push_outputs(out: Path, repo_id: str) -> None:
     """Push a finished demo's MAPLE model (checkpoint, processor, card) to `repo_id` ("namespace/name") and its
     preference dataset with its card, rendered for that repo, to `{repo_id}-preferences`."""
-    from huggingface_hub import HfApi
-
-    from huggingface_hub import DatasetCard
+    from huggingface_hub import DatasetCard, HfApi
 
     from model_cards import dataset_card_from_stats
     from model_cards.cards import HISTOGRAM_FILE, push_dataset_card
