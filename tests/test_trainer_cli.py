@@ -462,3 +462,18 @@ def test_a_test_split_is_evaluated_at_the_end_when_no_strategy_asks_earlier(tmp_
                  "--output_dir", str(tmp_path / "out"), "--max_steps", "1", "--report_to", "none"]) == 0
     assert "eval_loss" in capsys.readouterr().out
     assert "eval_recall@1/text_to_image" in json.loads((tmp_path / "out" / "eval_results.json").read_text())
+
+
+def test_image_paths_relative_to_the_data_file_are_found_beside_it(tmp_path, monkeypatch):
+    """A table holding "img/0-0.png" next to its images was read from the current directory only: "No such file"."""
+    folder = tmp_path / "data"
+    (folder / "img").mkdir(parents=True)
+    table = _table_of_image_paths(folder / "img")
+    relative = lambda path: os.path.relpath(path, folder)  # noqa: E731
+    table = table.map(lambda row: {"image": relative(row["image"]),
+                                   "candidate_images": [relative(path) for path in row["candidate_images"]]})
+    table.to_json(folder / "prefs.jsonl")
+    monkeypatch.chdir(tmp_path)  # not the data's folder
+    assert main(["--tiny", "dual_encoder", "--dataset_name", str(folder / "prefs.jsonl"), "--output_dir",
+                 str(tmp_path / "out"), "--max_steps", "1", "--per_device_train_batch_size", "2", "--report_to",
+                 "none"]) == 0

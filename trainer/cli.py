@@ -466,7 +466,9 @@ def load_preference_splits(data_args: DataArguments) -> DatasetDict:
     for split in filter(None, (data_args.dataset_train_split, data_args.dataset_test_split)):
         if split not in splits:
             raise TrainingInputError(f"{location} has no split {split!r}; it has {sorted(splits)}")
-        splits[split] = _with_image_paths_read(splits[split])
+        # paths written relative to the data file (or folder) are found there
+        data_folder = os.path.dirname(location) if os.path.isfile(location) else location if os.path.isdir(location) else None
+        splits[split] = _with_image_paths_read(splits[split], data_folder)
         try:  # before the model loads; RPATrainer skips this same object then
             validate_preference_dataset(splits[split], split)
         except ValueError as error:
@@ -474,16 +476,35 @@ def load_preference_splits(data_args: DataArguments) -> DatasetDict:
     return splits
 
 
-def _with_image_paths_read(dataset: Dataset) -> Dataset:
+def _with_image_paths_read(dataset: Dataset, data_folder: str | None) -> Dataset:
     """`dataset` with image columns that hold file paths (a parquet or CSV table of paths) read as images, which the
-    Python API asks its user to cast."""
+    Python API asks its user to cast. A relative path that is not a file from the current directory but is one from
+    `data_folder` (the data file's folder) is read from there."""
     def is_path(feature) -> bool:
         return isinstance(feature, Value) and feature.dtype in ("string", "large_string")
 
-    if is_path(dataset.features.get("image")):
-        dataset = dataset.cast_column("image", Image())
+    def located(path: str | None) -> str | None:
+        if path is None or os.path.isabs(path) or os.path.exists(path) or data_folder is None:
+            return path
+        beside_data = os.path.join(data_folder, path)
+        return beside_data if os.path.exists(beside_data) else path
+
     candidates = dataset.features.get("candidate_images")
-    if isinstance(candidates, (List, LargeList)) and is_path(candidates.feature):
+    columns = {"image": is_path(dataset.features.get("image")),
+               "candidate_images": isinstance(candidates, (List, LargeList)) and is_path(candidates.feature)}
+    if not any(columns.values()):
+        return dataset
+    def locate(row: dict) -> dict:
+        return {
+            column: located(row[column]) if column == "image" else [located(path) for path in row[column]]
+            for column, holds_paths in columns.items()
+            if holds_paths
+        }
+
+    dataset = dataset.map(locate, desc="locating image files")
+    if columns["image"]:
+        dataset = dataset.cast_column("image", Image())
+    if columns["candidate_images"]:
         dataset = dataset.cast_column("candidate_images", List(Image()))
     return dataset
 
