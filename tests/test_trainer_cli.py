@@ -477,3 +477,18 @@ def test_image_paths_relative_to_the_data_file_are_found_beside_it(tmp_path, mon
     assert main(["--tiny", "dual_encoder", "--dataset_name", str(folder / "prefs.jsonl"), "--output_dir",
                  str(tmp_path / "out"), "--max_steps", "1", "--per_device_train_batch_size", "2", "--report_to",
                  "none"]) == 0
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--tiny", "dual_encoder", "--backbone", "mllm", "--trust_remote_code", "true"],
+     "--backbone, --trust_remote_code: --tiny builds a random float32 model; these apply to --model_name_or_path"),
+    (["--tiny", "dual_encoder", "--dataset_config", "paper"], "--dataset_config paper: {prefs} is one dataset, without configs"),
+])
+def test_options_that_would_be_ignored_are_refused(tmp_path, capsys, options, message):
+    """Each was accepted and did nothing: a --tiny model stayed float32 whatever --model_init_kwargs said."""
+    synthetic_preference_dataset(8).save_to_disk(tmp_path / "prefs")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([*options, "--dataset_name", str(tmp_path / "prefs"), "--output_dir", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == "maple train: error: " + message.format(prefs=tmp_path / "prefs")

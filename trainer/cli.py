@@ -153,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     if (model_args.model_name_or_path is None) == (model_args.tiny is None):
         parser.error("give exactly one of --model_name_or_path and --tiny")
+    loading_options = {"--backbone": model_args.backbone, "--model_init_kwargs": training_args.model_init_kwargs,
+                       "--trust_remote_code": training_args.trust_remote_code}
+    if model_args.tiny and (ignored := [option for option, value in loading_options.items() if value]):
+        parser.error(f"{', '.join(ignored)}: --tiny builds a random float32 model; these apply to --model_name_or_path")
     if data_args.dataset_name is None:
         parser.error("--dataset_name is required")
 
@@ -441,10 +445,13 @@ def load_preference_splits(data_args: DataArguments) -> DatasetDict:
         raise TrainingInputError(
             f"--dataset_name {location}: expected a folder, a Hub dataset id or a {'/'.join(DATA_FILE_BUILDERS)} file"
         )
+    saved = os.path.isfile(os.path.join(location, "dataset_dict.json")) or os.path.isfile(
+        os.path.join(location, "state.json")
+    )
+    if data_args.dataset_config is not None and (saved or os.path.isfile(location)):
+        raise TrainingInputError(f"--dataset_config {data_args.dataset_config}: {location} is one dataset, without configs")
     try:
-        if os.path.isfile(os.path.join(location, "dataset_dict.json")) or os.path.isfile(
-            os.path.join(location, "state.json")
-        ):
+        if saved:
             splits = load_from_disk(location)
         elif os.path.isfile(location):  # one file, as `datasets` reads it: its rows are the "train" split
             splits = load_dataset(file_builder, data_files={data_args.dataset_train_split: location})
