@@ -430,8 +430,8 @@ def test_a_mistyped_relative_path_under_an_existing_folder_is_called_that(tmp_pa
 def test_options_transformers_checks_late_are_one_line_errors(tmp_path, capsys, options, message):
     """Each was a traceback, from RPATrainer's construction or the model's, after the dataset and model had loaded."""
     synthetic_preference_dataset(8).save_to_disk(tmp_path / "prefs")
-    model = ["--tiny", "dual_encoder"] if "--model_init_kwargs" not in options else ["--model_name_or_path", "ckpt"]
-    if "--model_init_kwargs" in options:
+    model = ["--tiny", "dual_encoder"]
+    if "--model_init_kwargs" in options:  # a saved checkpoint: --tiny refuses the option
         from modeling_maple.testing import build_tiny
 
         tiny, processor = build_tiny("dual_encoder")
