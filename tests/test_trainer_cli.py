@@ -492,3 +492,19 @@ def test_options_that_would_be_ignored_are_refused(tmp_path, capsys, options, me
         main([*options, "--dataset_name", str(tmp_path / "prefs"), "--output_dir", str(tmp_path / "out")])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == "maple train: error: " + message.format(prefs=tmp_path / "prefs")
+
+
+def test_resuming_another_models_checkpoint_is_a_one_line_error(tmp_path, capsys):
+    """A tiny MLLM resumed a tiny dual encoder's run: its weights loaded with "missing keys", then the optimizer state
+    failed with a traceback ("parameter group doesn't match")."""
+    synthetic_preference_dataset(8).save_to_disk(tmp_path / "prefs")
+    argv = ["--dataset_name", str(tmp_path / "prefs"), "--output_dir", str(tmp_path / "out"), "--max_steps", "1",
+            "--save_strategy", "steps", "--save_steps", "1", "--report_to", "none"]
+    assert main(["--tiny", "dual_encoder", *argv]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--tiny", "mllm", *argv, "--max_steps", "2", "--resume_from_checkpoint", "true"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error.startswith(f"maple train: error: {tmp_path / 'out' / 'checkpoint-1'} was trained with another recipe "
+                            "(model: {'backbone': 'dual_encoder'")

@@ -56,16 +56,27 @@ def lora_recipe(r: int, lora_alpha: float) -> dict[str, Any]:
     return {"r": r, "lora_alpha": lora_alpha}
 
 
-def training_recipe(args: RPAConfig, lora: dict[str, Any] | None) -> dict[str, Any]:
-    """What `rpa_recipe.json` holds: the `RECIPE_FIELDS` values of `args` and the LoRA settings (`lora_recipe`, or
-    None for full fine-tuning)."""
-    return {name: getattr(args, name) for name in RECIPE_FIELDS} | {"lora": lora}
+def model_recipe(config: Any) -> dict[str, Any]:
+    """What a resumed run's model must share with its checkpoint's, from its `MapleConfig`: the backbone kind, the
+    backbone's model type(s) and the embedding size (another model's weights and optimizer state do not fit)."""
+    if config.backbone == "mllm":
+        model_types = [config.mllm_config.model_type]
+    else:
+        model_types = [config.vision_config.model_type, config.text_config.model_type]
+    return {"backbone": config.backbone, "model_types": model_types, "projection_dim": config.projection_dim}
 
 
-def check_recipe(checkpoint: str, args: RPAConfig, lora: dict[str, Any] | None) -> None:
-    """Raise a ValueError naming each `RECIPE_FIELDS` value, and the LoRA settings (`lora_recipe`, or None), (saved ->
-    now) that differ from the recipe the checkpoint was trained with. Checkpoints saved before recipes (or their LoRA
-    settings) were recorded have none and pass."""
+def training_recipe(args: RPAConfig, lora: dict[str, Any] | None, model: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What `rpa_recipe.json` holds: the `RECIPE_FIELDS` values of `args`, the LoRA settings (`lora_recipe`, or None
+    for full fine-tuning) and, when given, the model's (`model_recipe`)."""
+    recipe = {name: getattr(args, name) for name in RECIPE_FIELDS} | {"lora": lora}
+    return recipe | ({"model": model} if model is not None else {})
+
+
+def check_recipe(checkpoint: str, args: RPAConfig, lora: dict[str, Any] | None, model: dict[str, Any] | None = None) -> None:
+    """Raise a ValueError naming each `RECIPE_FIELDS` value, the LoRA settings (`lora_recipe`, or None) and the model
+    (`model_recipe`, when given), (saved -> now), that differ from the recipe the checkpoint was trained with.
+    Checkpoints saved before recipes (or their LoRA settings, or their model) were recorded have none and pass."""
     recipe_file = os.path.join(checkpoint, RECIPE_FILE)
     if not os.path.isfile(recipe_file):
         return
@@ -74,7 +85,7 @@ def check_recipe(checkpoint: str, args: RPAConfig, lora: dict[str, Any] | None) 
             saved = json.load(handle)
     except (OSError, ValueError) as error:
         raise ValueError(f"{recipe_file} cannot be read ({error}): restore it, or start a new run in another output_dir") from error
-    now = training_recipe(args, lora)
+    now = training_recipe(args, lora, model)
     differences = [
         f"{name}: {saved[name]!r} -> {value!r}" for name, value in now.items() if name in saved and saved[name] != value
     ]

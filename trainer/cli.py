@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--dataset_name is required")
 
     # heavy imports only once the arguments are known to be fine
-    from .checkpoints import check_recipe, lora_recipe
+    from .checkpoints import lora_recipe, model_recipe
     from .rpa_trainer import RPATrainer, UndecodableImageError
 
     try:
@@ -171,14 +171,13 @@ def main(argv: list[str] | None = None) -> int:
             _check_reference("--model_name_or_path", model_args.model_name_or_path)
         _check_reference("--dataset_name", data_args.dataset_name)
         resume = checkpoint_to_resume(training_args)
+        lora = lora_recipe(model_args.lora_r, model_args.lora_alpha) if model_args.use_peft else None
         if resume is not None:
-            lora = lora_recipe(model_args.lora_r, model_args.lora_alpha) if model_args.use_peft else None
-            try:
-                check_recipe(resume, training_args, lora)
-            except ValueError as error:
-                raise TrainingInputError(str(error)) from None
+            _check_resume_recipe(resume, training_args, lora)
         splits = load_preference_splits(data_args)
         model, processor = load_model_and_processor(model_args, training_args)
+        if resume is not None:  # now that the model is known: another model's checkpoint does not fit it
+            _check_resume_recipe(resume, training_args, lora, model_recipe(model.config))
     except TrainingInputError as error:
         parser.error(str(error))
     peft_config = None
@@ -371,6 +370,16 @@ def _check_config_file(parser: _Parser, argv: list[str]) -> None:
             parser.error(f"{path}: {key}: expected {'an integer' if kind is int else 'a number'}, got {value!r:.80}")
         if action is not None and action.choices is not None and value not in action.choices:
             parser.error(f"{path}: {key}: invalid choice {value!r} (choose from {', '.join(map(repr, action.choices))})")
+
+
+def _check_resume_recipe(checkpoint: str, args: RPAConfig, lora: dict | None, model: dict | None = None) -> None:
+    """`checkpoints.check_recipe`, its error one line of `maple train`'s."""
+    from .checkpoints import check_recipe
+
+    try:
+        check_recipe(checkpoint, args, lora, model)
+    except ValueError as error:
+        raise TrainingInputError(str(error)) from None
 
 
 def _numeric_fields(dataclass_types) -> dict[str, type]:

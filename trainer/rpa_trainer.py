@@ -44,6 +44,7 @@ from .checkpoints import (
     check_recipe,
     last_complete_checkpoint,
     lora_recipe,
+    model_recipe,
     run_checkpoints,
     training_recipe,
 )
@@ -511,8 +512,12 @@ class RPATrainer(DPOTrainer):
             if resume_from_checkpoint is None:
                 raise ValueError(f"No complete checkpoint (with {TRAINER_STATE_NAME}) in {self.args.output_dir}")
         if resume_from_checkpoint:
-            check_recipe(resume_from_checkpoint, self.args, self._lora_recipe())
+            check_recipe(resume_from_checkpoint, self.args, self._lora_recipe(), self._model_recipe())
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _model_recipe(self) -> dict[str, Any]:
+        model = self.accelerator.unwrap_model(self.model)
+        return model_recipe((model.get_base_model() if isinstance(model, PeftModel) else model).config)
 
     def _lora_recipe(self) -> dict[str, Any] | None:
         model = self.accelerator.unwrap_model(self.model)
@@ -525,7 +530,7 @@ class RPATrainer(DPOTrainer):
         output_dir = output_dir or self.args.output_dir
         self._save_weights(output_dir, state_dict)
         if self.args.should_save:  # a recipe file is whole or absent
-            recipe = json.dumps(training_recipe(self.args, self._lora_recipe()), indent=2)
+            recipe = json.dumps(training_recipe(self.args, self._lora_recipe(), self._model_recipe()), indent=2)
             atomic_write_text(os.path.join(output_dir, RECIPE_FILE), recipe)
 
     def _save_weights(self, output_dir: str, state_dict: dict | None) -> None:
