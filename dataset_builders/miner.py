@@ -84,7 +84,7 @@ def top_k_neighbours(
         query_chunk_size, key_chunk_size: block shape; peak extra memory is about one
             query_chunk_size x key_chunk_size float32 block plus a bool block of the same shape
             (40 MiB at the defaults), the (Q, D) gathered query rows when `query_rows` is given, and
-            in a deeper search the (P, k, D) neighbours of the P rows still short of k.
+            in a deeper search the (query_chunk_size, k, D) neighbours of a block of the rows still short of k.
         duplicate_threshold: cosine at or above which a row counts as a duplicate.
 
     Returns `Neighbours` on the CPU: (Q, k) indices, -1 where fewer than k rows are eligible, and

@@ -64,7 +64,6 @@ def hub_checkpoint_config_file(repo_id: str, revision: str | None = None) -> Pat
     )
     from huggingface_hub.utils import httpx
 
-
     try:
         # The info call is not retried, so an unreachable or failing Hub is reported at once.
         files = {sibling.rfilename for sibling in HfApi().model_info(repo_id, revision=revision).siblings or []}

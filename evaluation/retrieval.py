@@ -91,7 +91,7 @@ def _exclude_in_block(
     block_scores: (q, c) scores of a query block against `candidate_block` (c, D), the candidates
     [c_start, c_start + c); self_indices: (q,) int64 position of each query among all candidates, or None;
     excluded: per query, (q, m) int64 positions of more candidates it must not retrieve (-1: none) and their (q, m, D)
-    vectors, whose near-duplicates it must not retrieve either.
+    vectors, whose near-duplicates it must not retrieve either (None without a `duplicate_threshold`).
     """
     if duplicate_threshold is not None:
         block_scores.masked_fill_(block_scores >= duplicate_threshold, float("-inf"))
@@ -191,7 +191,9 @@ def chunked_topk(
         block_excluded = None
         if excluded_indices is not None:
             indices = excluded_indices[q_start : q_start + query_chunk].to(device=queries.device, dtype=torch.long)
-            block_excluded = (indices, candidates[indices.clamp(min=0)])
+            # their vectors only to find their near-duplicates
+            vectors = candidates[indices.clamp(min=0)] if duplicate_threshold is not None else None
+            block_excluded = (indices, vectors)
         best_scores = query_block.new_full((query_block.shape[0], 0), float("-inf"))
         best_indices = torch.empty((query_block.shape[0], 0), dtype=torch.long, device=queries.device)
         for c_start, block_scores in _score_blocks(query_block, candidates, candidate_chunk):

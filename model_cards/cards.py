@@ -103,7 +103,8 @@ def _hub_license(license: str | None) -> str:
     "other": the Hub refuses a `license` that is not one of its ids."""
     if license is None:
         return "unknown"
-    return _license_slug(license) if _license_slug(license) in HUB_LICENSES else "other"
+    slug = _license_slug(license)
+    return slug if slug in HUB_LICENSES else "other"
 
 
 def _table_rows(eval_results: Mapping[str, Mapping[str, Any]]) -> dict[str, list[dict[str, str]]]:

@@ -433,6 +433,8 @@ def load_model_and_processor(model_args: ModelArguments, training_args: RPAConfi
     except BackboneLoadingError as error:
         raise TrainingInputError(f"--model_init_kwargs: {error}") from error
     except TypeError as error:  # a --model_init_kwargs key that from_pretrained passes on to the model's __init__
+        if not training_args.model_init_kwargs:
+            raise
         raise TrainingInputError(f"--model_init_kwargs: {error}") from error
     except MapleLoadError as error:
         raise TrainingInputError(f"--model_name_or_path {error}{local_typo_hint(name)}") from error
@@ -479,11 +481,11 @@ def load_preference_splits(data_args: DataArguments) -> DatasetDict:
         raise TrainingInputError(f"--dataset_name {location}: cannot be read as a dataset ({type(error).__name__}: {detail})") from error
     if isinstance(splits, Dataset):  # a single split saved on its own
         splits = DatasetDict({data_args.dataset_train_split: splits})
+    # paths written relative to the data file (or folder) are found there
+    data_folder = os.path.dirname(location) if os.path.isfile(location) else location if os.path.isdir(location) else None
     for split in filter(None, (data_args.dataset_train_split, data_args.dataset_test_split)):
         if split not in splits:
             raise TrainingInputError(f"{location} has no split {split!r}; it has {sorted(splits)}")
-        # paths written relative to the data file (or folder) are found there
-        data_folder = os.path.dirname(location) if os.path.isfile(location) else location if os.path.isdir(location) else None
         splits[split] = _with_image_paths_read(splits[split], data_folder)
         try:  # before the model loads; RPATrainer skips this same object then
             validate_preference_dataset(splits[split], split)
@@ -510,6 +512,7 @@ def _with_image_paths_read(dataset: Dataset, data_folder: str | None) -> Dataset
                "candidate_images": isinstance(candidates, (List, LargeList)) and is_path(candidates.feature)}
     if not any(columns.values()):
         return dataset
+
     def locate(row: dict) -> dict:
         return {
             column: located(row[column]) if column == "image" else [located(path) for path in row[column]]
