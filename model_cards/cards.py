@@ -56,7 +56,9 @@ def _eval_results(
     eval_results: Mapping[str, Mapping[str, Any]], dataset_ids: Mapping[str, str] | None = None
 ) -> list[EvalResult]:
     """`model-index` entries: every headline metric of every benchmark (and per-category subset). A benchmark's
-    dataset is `dataset_ids[benchmark]` (the Hub id it was read from), by default its official Hub id."""
+    dataset is `dataset_ids[benchmark]` (the Hub id it was read from), by default its official Hub id. A category's
+    score is the metric restricted to it, so the category is the metric's `config` ("group_score" of config
+    "replace-att"), not the dataset's: `dataset.config` names a config that `load_dataset` takes."""
     results = []
     for benchmark, metrics in eval_results.items():
         dataset_id = (dataset_ids or {}).get(benchmark) or _benchmark_dataset_id(benchmark)
@@ -70,10 +72,10 @@ def _eval_results(
                             task_type="image-text-retrieval" if key in RETRIEVAL_METRICS else "image-text-matching",
                             dataset_type=dataset_id,
                             dataset_name=benchmark,
-                            dataset_config=subset,
                             dataset_split="test",
                             metric_type=key,
-                            metric_name=_METRIC_NAMES[key],
+                            metric_name=_METRIC_NAMES[key] + (f" ({subset})" if subset else ""),
+                            metric_config=subset,
                             metric_value=round(float(values[key]), 2),
                         )
                     )

@@ -45,7 +45,11 @@ def test_model_card_from_a_tiny_run(tiny_run):
     parsed = ModelCard(str(card))
     metadata = yaml.safe_load(str(card).split("---")[1])
     assert metadata["base_model"] == "openai/clip-vit-base-patch32" and metadata["datasets"] == ["maple-org/prefs"]
-    results = {(r.dataset_name, r.dataset_config, r.metric_type): r.metric_value for r in parsed.data.eval_results}
+    results = {(r.dataset_name, r.metric_config, r.metric_type): r.metric_value for r in parsed.data.eval_results}
+    # a category is a metric config: the dataset config is for `load_dataset`, and BiVLC has no config "object"
+    assert {r.dataset_config for r in parsed.data.eval_results} == {None}
+    assert next(r for r in parsed.data.eval_results if r.metric_config == "object" and r.metric_type == "group_score"
+                ).metric_name == "Group score (object)"
     coco, winoground = eval_results["coco"], eval_results["winoground"]
     assert results[("coco", None, "t2i_r1")] == round(coco["t2i_r1"], 2)
     assert results[("winoground", "object", "group_score")] == round(winoground["per_category"]["object"]["group_score"], 2)
