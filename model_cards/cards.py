@@ -100,13 +100,35 @@ def _license_slug(license: str) -> str:
     return re.sub(r"[\s_]+", "-", license.strip().lower())
 
 
-def _hub_license(license: str | None) -> str:
-    """The Hub's licence id for a licence named as given ("CC BY 4.0" is "cc-by-4.0"), "unknown" for none, or
-    "other": the Hub refuses a `license` that is not one of its ids."""
+def _license_metadata(license: str | None) -> dict[str, str | None]:
+    """Card metadata of a licence named as given: `license` is the Hub's id of it ("CC BY 4.0" is "cc-by-4.0"),
+    "unknown" for none, or "other" with the name as `license_name`: the Hub refuses a `license` that is not one of
+    its ids."""
     if license is None:
-        return "unknown"
+        return {"license": "unknown", "license_name": None}
     slug = _license_slug(license)
-    return slug if slug in HUB_LICENSES else "other"
+    return {"license": slug, "license_name": None} if slug in HUB_LICENSES else {"license": "other", "license_name": slug}
+
+
+def base_model_license(base_model: str | None) -> str | None:
+    """The licence a fine-tune of `base_model` inherits: the `license` of a local folder's card (README.md), or of
+    the Hub repo's tags unless offline, as `transformers`' `TrainingSummary` reads it; None when unknown."""
+    from huggingface_hub import constants, model_info
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import httpx
+
+    if not base_model:
+        return None
+    card = Path(base_model) / "README.md"
+    if card.is_file():
+        return ModelCard.load(card).data.license
+    if hub_reference(base_model) is None or constants.HF_HUB_OFFLINE:
+        return None
+    try:
+        tags = model_info(base_model).tags or []
+    except (OSError, HFValidationError, httpx.HTTPError):  # not on the Hub, or the Hub out of reach: no licence
+        return None
+    return next((tag.removeprefix("license:") for tag in tags if tag.startswith("license:")), None)
 
 
 def _table_rows(eval_results: Mapping[str, Mapping[str, Any]]) -> dict[str, list[dict[str, str]]]:
@@ -308,6 +330,7 @@ def model_card_from_run(
     lora: Mapping[str, Any] | None = None,
     repo_id: str | None = None,
     model_config: Mapping[str, Any] | Any | None = None,
+    license: str | None = None,
 ) -> ModelCard:
     """The model card of a training run; writes `training_curves.png` (and, with quadruple
     benchmarks, `similarity_histograms.png`) into `output_dir`.
@@ -325,6 +348,8 @@ def model_card_from_run(
         repo_id: where the card will live (names the model and fills the usage snippet).
         model_config: the model's `MapleConfig` (or its `to_dict()`), whose pooling and attention the
             card describes; None: the card names the backbone kind only.
+        license: the model's licence, a Hub licence id or a name; None: the base model's (`base_model_license`),
+            and none in the metadata where that is unknown.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -333,7 +358,9 @@ def model_card_from_run(
     # Only Hub ids go into the metadata (the Hub refuses a card whose base_model or datasets name a local path)
     # and get links; a local folder is named as text.
     base_model_id, dataset_hub_id = hub_reference(base_model), hub_reference(dataset_id)
+    license = license or base_model_license(base_model)
     card_data = ModelCardData(
+        **(_license_metadata(license) if license else {}),
         model_name=model_name,
         base_model=base_model_id,
         datasets=[dataset_hub_id] if dataset_hub_id else None,
@@ -422,12 +449,9 @@ def dataset_card_from_stats(
     others = [config for config in other_configs if config.get("config_name") != stats.get("config_name")]
     configs = sorted([own, *others], key=lambda config: str(config.get("config_name") or ""))
     licenses = {config.get("source_license") for config in configs}
-    source_license = licenses.pop() if len(licenses) == 1 else None
-    hub_license = _hub_license(source_license) if len(licenses) <= 1 else "other"  # configs of several licences
+    license = _license_metadata(licenses.pop()) if len(licenses) == 1 else {"license": "other"}  # configs of several
     card_data = DatasetCardData(
-        license=hub_license,
-        # the Hub asks for an id of the licence with "other"
-        license_name=_license_slug(source_license) if source_license and hub_license == "other" else None,
+        **license,
         pretty_name=stats.get("pretty_name") or (repo_id or "MAPLE preference dataset"),
         task_categories=["feature-extraction"],
         tags=PAPER_TAGS + ["preference", "mllm-judge"],

@@ -248,7 +248,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
                 "disabled": False,
                 "gated": False,
                 "lastModified": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
-                "tags": [],
+                "tags": _card_tags(files.get("README.md")),
                 "siblings": [{"rfilename": path, "size": len(f.content)} for path, f in sorted(files.items())],
             }
         )
@@ -451,3 +451,13 @@ def run_client(server: HubServer, workdir: Path, code: str, isolated: bool = Fal
         return result.stderr
     assert result.returncode == 0, f"client failed ({result.returncode}):\n{result.stderr[-6000:]}"
     return result.stdout
+
+
+def _card_tags(card: StoredFile | None) -> list[str]:
+    """The tags the Hub derives from a card's metadata: here only `license:<id>`."""
+    if card is None:
+        return []
+    match = re.match(r"---\n(.*?)\n---", card.content.decode(errors="replace"), re.S)
+    license = match and re.search(r"^license:\s*(\S+)\s*$", match.group(1), re.M)
+    return [f"license:{license.group(1)}"] if license else []
+

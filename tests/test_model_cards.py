@@ -240,3 +240,39 @@ def test_a_source_without_a_licence_is_unknown_and_configs_of_several_licences_o
     other = {**STATS, "config_name": "fast", "source_license": "mit"}
     card = dataset_card_from_stats(STATS, repo_id="maple-org/prefs", output_dir=tmp_path, other_configs=[other])
     assert DatasetCard(str(card)).data.license == "other" and DatasetCard(str(card)).data.get("license_name") is None
+
+
+def test_a_fine_tune_has_its_base_models_licence_unless_told_another(tmp_path):
+    """Model cards had no licence; a fine-tune inherits its base model's (as `transformers`' cards do), read here
+    from a local base folder's card."""
+    base = tmp_path / "base"
+    base.mkdir()
+    ModelCard("---\nlicense: apache-2.0\n---\n# base\n").save(base / "README.md")
+
+    def card_licence(base_model, **kwargs):
+        card = model_card_from_run(tmp_path / "out", base_model=str(base_model), backbone="mllm", training_config={},
+                                   log_history=[], eval_results={}, **kwargs)
+        metadata = yaml.safe_load(str(card).split("---")[1])
+        return metadata.get("license"), metadata.get("license_name")
+
+    assert card_licence(base) == ("apache-2.0", None)
+    assert card_licence(base, license="CC BY 4.0") == ("cc-by-4.0", None)
+    assert card_licence(base, license="Research Only") == ("other", "research-only")
+    # unknown (a folder without a card; offline, the Hub is not asked): no licence rather than a guess
+    assert card_licence(tmp_path / "out") == (None, None)
+
+
+BASE_LICENCE = """
+from huggingface_hub import HfApi
+from model_cards import base_model_license
+HfApi().create_repo("{repo}")
+HfApi().upload_file(path_or_fileobj=b"---\\nlicense: llama3\\n---\\n# base\\n", path_in_repo="README.md", repo_id="{repo}")
+print(base_model_license("{repo}"), base_model_license("{user}/no-such-model"))
+"""
+
+
+def test_the_licence_of_a_base_model_on_the_hub_is_read_from_its_tags(hub_server, tmp_path):
+    from hub_server import USER, run_client
+
+    repo = f"{USER}/licensed-base"
+    assert run_client(hub_server, tmp_path, BASE_LICENCE.format(repo=repo, user=USER)).split() == ["llama3", "None"]

@@ -8,6 +8,7 @@ import os
 import pytest
 import yaml
 from datasets import DatasetDict
+from huggingface_hub import ModelCard
 from transformers import AutoModel, AutoProcessor
 
 from trainer import RPAConfig
@@ -319,8 +320,11 @@ def test_the_card_names_the_judge_recorded_with_the_preference_data(tmp_path):
     synthetic_preference_dataset(4).to_parquet(str(shards / "shard-000000-000004.parquet"))
     (shards.parent / "stats.json").write_text(json.dumps({"judge": "Qwen/Qwen2-VL-7B-Instruct", "num_anchors": 4}))
     assert main(["--tiny", "dual_encoder", "--dataset_name", str(shards), "--output_dir", str(tmp_path / "out"),
-                 "--max_steps", "1", "--per_device_train_batch_size", "4", "--report_to", "none"]) == 0
-    assert "| Preference judge | `Qwen/Qwen2-VL-7B-Instruct` |" in (tmp_path / "out" / "README.md").read_text()
+                 "--max_steps", "1", "--per_device_train_batch_size", "4", "--report_to", "none",
+                 "--license", "Apache 2.0"]) == 0
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    assert "| Preference judge | `Qwen/Qwen2-VL-7B-Instruct` |" in card.text
+    assert card.data.license == "apache-2.0"  # --license, as the Hub spells it
     assert preference_judge(str(tmp_path / "out")) is None  # no stats.json
     assert preference_judge("maple-org/not-cached-prefs") is None  # offline and not cached: not recorded
 
@@ -454,8 +458,6 @@ def test_an_empty_json_lines_file_is_a_one_line_error(tmp_path, capsys):
 
 def test_a_test_split_is_evaluated_at_the_end_when_no_strategy_asks_earlier(tmp_path, capsys):
     """`--dataset_test_split` alone evaluated nothing, silently, though its help says it is the split evaluated."""
-    from datasets import DatasetDict
-
     DatasetDict({"train": synthetic_preference_dataset(8), "test": synthetic_preference_dataset(4, seed=1)}).save_to_disk(
         tmp_path / "prefs")
     assert main(["--tiny", "dual_encoder", "--dataset_name", str(tmp_path / "prefs"), "--dataset_test_split", "test",

@@ -87,6 +87,11 @@ class ModelArguments:
     lora_r: int = field(default=32, metadata={"help": "LoRA rank (MAPLE: 32)."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator alpha (MAPLE: 32)."})
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input (not stated in MAPLE)."})
+    license: str | None = field(
+        default=None,
+        metadata={"help": "The trained model's licence in its card, a Hub licence id (e.g. apache-2.0) or a name. "
+                          "Default: the base model's, read from its card."},
+    )
 
     def __post_init__(self) -> None:
         # A YAML config's values skip argparse's choices and types.
@@ -201,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(" ".join(str(error).split()))
     # every card of the run, those pushed with checkpoints too, names the data and the judge
     judge = preference_judge(data_args.dataset_name, data_args.dataset_config)
-    trainer.model_card_kwargs = {"dataset_name": data_args.dataset_name, "judge_id": judge}
+    trainer.model_card_kwargs = {"dataset_name": data_args.dataset_name, "judge_id": judge, "license": model_args.license}
     # only now, an error above must not move them; the main process first, the others then find none
     with training_args.main_process_first(local=False, desc="setting earlier checkpoints aside"):
         set_aside_earlier_checkpoints(training_args)

@@ -586,17 +586,20 @@ class RPATrainer(DPOTrainer):
         dataset_name: str | None = None,
         tags: str | list[str] | None = None,
         judge_id: str | None = None,
+        license: str | None = None,
     ) -> None:
         """Writes README.md from `model_cards.model_card_from_run` when that package is installed: the card of the
         repo the model is pushed to (else of `hub_model_id`, else of `model_name`), tagged with its own tags, `tags`
         and this trainer's. `judge_id`: the MLLM that scored the preference data (`maple train` reads it from the
-        dataset's stats.json). `dataset_name`, `judge_id` and `tags` left out are taken from `model_card_kwargs`,
-        which is what the cards written with checkpoint pushes (`DPOTrainer._save_checkpoint`) get too."""
+        dataset's stats.json). `license`: the model's licence, by default the base model's. `dataset_name`,
+        `judge_id`, `tags` and `license` left out are taken from `model_card_kwargs`, which is what the cards
+        written with checkpoint pushes (`DPOTrainer._save_checkpoint`) get too."""
         if not self.is_world_process_zero():
             return
         dataset_name = dataset_name or self.model_card_kwargs.get("dataset_name")
         judge_id = judge_id or self.model_card_kwargs.get("judge_id")
         tags = tags or self.model_card_kwargs.get("tags")
+        license = license or self.model_card_kwargs.get("license")
         try:
             from model_cards import model_card_from_run
         except ImportError:
@@ -616,6 +619,7 @@ class RPATrainer(DPOTrainer):
             lora=None if peft_config is None else peft_config.to_dict(),
             repo_id=self.hub_model_id or self.args.hub_model_id or model_name,  # the first is the repo created
             model_config=base.config,
+            license=license,
         )
         new_tags = [*([tags] if isinstance(tags, str) else tags or []), *self._tag_names]
         card.data.tags = [*card.data.tags, *(tag for tag in dict.fromkeys(new_tags) if tag not in card.data.tags)]
