@@ -175,6 +175,14 @@ class RPATrainer(DPOTrainer):
         if args.accelerator_config.dispatch_batches:
             raise ValueError("RPATrainer batches cannot be dispatched by rows: leave dispatch_batches unset or False.")
         args.accelerator_config.dispatch_batches = False
+        # Without even batches, processes may get different numbers of batches, and one would wait forever in the
+        # loss's all-gather (or the evaluation's gather) for a batch the others do not have.
+        if not args.accelerator_config.even_batches and args.world_size > 1:
+            raise ValueError(
+                "RPATrainer needs accelerator_config.even_batches under several processes: without it a process can "
+                "get one batch more than another and wait forever in the loss's all-gather. Keep even_batches=True "
+                "(the last batch is evened out with repeated rows) or set dataloader_drop_last=True."
+            )
 
         # The state `DPOTrainer`'s inherited methods read (see the class docstring)
         self._is_vision_dataset = False  # our collator builds the image inputs; evaluate() then validates datasets
