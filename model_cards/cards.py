@@ -283,6 +283,15 @@ def _finetuning_description(lora: Mapping[str, Any] | None) -> str:
     return f"LoRA (rank {lora.get('r')}, alpha {lora.get('lora_alpha')}) on `{targets}`"
 
 
+def _objective_description(rpa_weight: float | None) -> str:
+    """What the run trained with: RPA mixed with InfoNCE by `rpa_weight` (lambda), or either alone."""
+    if rpa_weight == 0:
+        return "InfoNCE alone (`rpa_weight` 0: no preference alignment)"
+    if rpa_weight == 1:
+        return "Relative Preference Alignment (RPA) alone (`rpa_weight` 1: no InfoNCE)"
+    return "Relative Preference Alignment (RPA) mixed with InfoNCE"
+
+
 def _backbone_description(backbone: str, model_config: Mapping[str, Any]) -> str:
     """E.g. "a multimodal LLM (qwen2_vl) used as a dual encoder (bidirectional attention, mean pooling)"."""
     pooling = model_config.get("pooling")
@@ -380,6 +389,8 @@ def model_card_from_run(
         base_model_is_hub_id=base_model_id is not None,
         backbone=backbone,
         backbone_description=_backbone_description(backbone, _as_dict(model_config)),
+        objective=_objective_description(config.get("rpa_weight")),
+        normalized=_as_dict(model_config).get("normalize", True),
         finetuning=_finetuning_description(lora),
         dataset_id=dataset_id,
         dataset_is_hub_id=dataset_hub_id is not None,

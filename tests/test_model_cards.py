@@ -129,6 +129,23 @@ def test_model_card_describes_the_models_pooling_and_attention(tmp_path):
     assert "bidirectional" not in model_card_from_run(tmp_path, None, "mllm", {}, [], {}).text
 
 
+def test_model_card_states_the_objective_and_similarity_the_run_and_model_have(tmp_path):
+    """Every card said "RPA mixed with InfoNCE" and "the cosine of the L2-normalised embeddings", also for a run with
+    `rpa_weight=0` and for a model with `normalize=False` (found by a review of the cards)."""
+    def text(training_config, model_config=None):
+        card = model_card_from_run(tmp_path, None, "dual_encoder", training_config, [], {}, model_config=model_config)
+        return " ".join(card.text.split())
+
+    assert "fine-tuned with Relative Preference Alignment (RPA) mixed with InfoNCE," in text({"rpa_weight": 0.2})
+    assert "fine-tuned with InfoNCE alone (`rpa_weight` 0: no preference alignment)," in text({"rpa_weight": 0.0})
+    assert "fine-tuned with Relative Preference Alignment (RPA) alone" in text({"rpa_weight": 1})
+    normalized, raw = text({}), text({}, {"normalize": False})
+    assert "similarity is the cosine of the L2-normalised embeddings" in normalized and "# cosine similarities" in normalized
+    assert "not normalised (`normalize=False`): similarity is their dot product" in raw and "# dot products" in raw
+    assert "cosine" not in raw
+    assert "`transformers` pipelines (`feature-extraction`) call the tokenizer or the image processor alone" in normalized
+
+
 def test_an_infinite_modality_gap_stays_out_of_the_model_index(tmp_path):
     results = {"winoground": {"text_score": 0.0, "image_score": 0.0, "group_score": 0.0,
                               "modality_gap": {"w_dist": 0.3, "w_disc": 0.0, "delta_gap": float("inf")}}}
