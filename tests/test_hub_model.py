@@ -71,7 +71,7 @@ print(json.dumps({{
     "model_class": type(model).__module__,
     "model_identical": model_identical,
     "lora_identical": torch.equal(lora_text, expected["lora_text"]) and torch.equal(lora_image, expected["lora_image"]),
-    "eval_results": [[r.dataset_name, r.dataset_config, r.metric_type, r.metric_value] for r in card.data.eval_results],
+    "eval_results": [[r.dataset_name, r.metric_config, r.metric_type, r.metric_value] for r in card.data.eval_results],
     "card_text": card.text,
 }}))
 """
@@ -102,7 +102,7 @@ def test_card_metadata_carries_the_eval_results(hub_server, round_trip):
     winoground = pushed["winoground"]
     expected = [["winoground", None, key, round(winoground[key], 2)] for key in ("text_score", "image_score", "group_score")]
     expected.append(["winoground", None, "delta_gap", round(winoground["modality_gap"]["delta_gap"], 4)])
-    for category in ("object", "relation"):
+    for category in ("object", "relation"):  # a category's scores: the metric's config, not the dataset's
         expected += [["winoground", category, key, round(winoground["per_category"][category][key], 2)]
                      for key in ("text_score", "image_score", "group_score")]
     assert sorted(loaded["eval_results"], key=str) == sorted(expected, key=str)
