@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
@@ -26,6 +26,7 @@ FAKE_IMAGE_TOKEN, GLOBAL_IMAGE_TOKEN = "<fake_token_around_image>", "<global-img
 # What a dual encoder's image processor returns that its vision tower takes: the pixels, and for a NaFlex tower
 # (SigLIP2) the mask of each image's real patches and its patch grid.
 DUAL_ENCODER_IMAGE_INPUTS = ("pixel_values", "pixel_attention_mask", "spatial_shapes")
+ORIENTATION = ExifTags.Base.Orientation  # the EXIF tag that says how to turn a photo upright
 # The processor_config.json entry recording the image processor's backend ("pil" or "torchvision").
 IMAGE_PROCESSOR_BACKEND_KEY = "image_processor_backend"
 
@@ -52,8 +53,13 @@ def load_image(image: Any, index: int) -> Image.Image:
             raise ValueError(f"images[{index}]: cannot read image file {os.fspath(image)!r}: {error}") from error
     if isinstance(image, Image.Image):
         try:
+            image.load()  # a lazily loaded, truncated file fails here
+            # an upright RGB image as it is: each of exif_transpose and convert would copy it (a twentieth of decoding)
+            upright = image.getexif().get(ORIENTATION, 1) not in range(2, 9)  # exif_transpose's turns
+            if image.mode == "RGB" and image.info.get("transparency") is None and upright:
+                return image
             return to_rgb(ImageOps.exif_transpose(image))
-        except OSError as error:  # a lazily loaded, truncated file fails here
+        except OSError as error:
             raise ValueError(f"images[{index}]: corrupt image data: {error}") from error
     raise ValueError(f"images[{index}] is a {type(image).__name__}; expected a PIL image or an image file path.")
 
