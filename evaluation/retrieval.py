@@ -61,16 +61,27 @@ def check_finite_embeddings(embeddings: torch.Tensor, name: str) -> None:
         )
 
 
+def _block_buffers(
+    count: int, queries: torch.Tensor, candidates: torch.Tensor, query_chunk: int, candidate_chunk: int
+) -> torch.Tensor:
+    """(count, block size) storage for score blocks, allocated once per call: a fresh 64 MiB tensor per block (per
+    query block, per pass) costs page faults comparable to the matmul itself."""
+    return queries.new_empty((count, min(query_chunk, queries.shape[0]) * min(candidate_chunk, candidates.shape[0])))
+
+
 def _score_blocks(
-    query_block: torch.Tensor, candidates: torch.Tensor, candidate_chunk: int, starts: Iterable[int] | None = None
+    query_block: torch.Tensor,
+    candidates: torch.Tensor,
+    candidate_chunk: int,
+    buffer: torch.Tensor,
+    starts: Iterable[int] | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield (first candidate index, query_block @ candidate_block.T) over the candidate blocks, or over those
     starting at `starts` (multiples of `candidate_chunk`): a block's scores are the same bits on every pass.
 
-    Every block is written into one reused buffer: a fresh 64 MiB tensor per block would cost
-    page faults comparable to the matmul itself. The yielded tensor is overwritten by the next block.
+    Every block is written into `buffer` (one of `_block_buffers`), so the yielded tensor is overwritten by the next
+    block.
     """
-    buffer = query_block.new_empty(query_block.shape[0] * min(candidate_chunk, candidates.shape[0]))
     for c_start in range(0, candidates.shape[0], candidate_chunk) if starts is None else starts:
         candidate_block = candidates[c_start : c_start + candidate_chunk]
         scores = buffer[: query_block.shape[0] * candidate_block.shape[0]].view(query_block.shape[0], -1)
@@ -185,6 +196,7 @@ def chunked_topk(
     # Filled block by block: no list of per-block results to concatenate (and Q = 0 just works).
     all_scores = queries.new_empty((queries.shape[0], k))
     all_indices = torch.empty((queries.shape[0], k), dtype=torch.long, device=queries.device)
+    (buffer,) = _block_buffers(1, queries, candidates, query_chunk, candidate_chunk)
     for q_start in range(0, queries.shape[0], query_chunk):
         query_block = queries[q_start : q_start + query_chunk]
         block_self = None if self_indices is None else self_indices[q_start : q_start + query_chunk]
@@ -196,7 +208,7 @@ def chunked_topk(
             block_excluded = (indices, vectors)
         best_scores = query_block.new_full((query_block.shape[0], 0), float("-inf"))
         best_indices = torch.empty((query_block.shape[0], 0), dtype=torch.long, device=queries.device)
-        for c_start, block_scores in _score_blocks(query_block, candidates, candidate_chunk):
+        for c_start, block_scores in _score_blocks(query_block, candidates, candidate_chunk, buffer):
             if excluding:
                 candidate_block = candidates[c_start : c_start + block_scores.shape[1]]
                 _exclude_in_block(block_scores, candidate_block, c_start, block_self, duplicate_threshold, block_excluded)
@@ -229,6 +241,8 @@ def chunked_ranks(
     relevant_lists = relevant_index_lists(relevant, queries.shape[0], candidates.shape[0])
     # Filled block by block: no list of per-block results to concatenate (and Q = 0 just works).
     ranks = torch.empty(queries.shape[0], dtype=torch.long, device=queries.device)
+    # the scores of the block at hand (in either pass), and the blocks kept between the passes
+    buffer, *kept_storage = _block_buffers(1 + KEPT_RELEVANT_BLOCKS, queries, candidates, query_chunk, candidate_chunk)
     for q_start in range(0, queries.shape[0], query_chunk):
         query_block = queries[q_start : q_start + query_chunk]
         block_relevant = relevant_lists[q_start : q_start + query_chunk]
@@ -242,15 +256,16 @@ def chunked_ranks(
         best_relevant = query_block.new_full((query_block.shape[0],), float("-inf"))
         relevant_starts = (cols // candidate_chunk * candidate_chunk).unique().tolist()
         kept: dict[int, torch.Tensor] = {}
-        for c_start, block_scores in _score_blocks(query_block, candidates, candidate_chunk, relevant_starts):
+        for c_start, block_scores in _score_blocks(query_block, candidates, candidate_chunk, buffer, relevant_starts):
             block_rows, block_cols = _relevant_in_block(rows, cols, c_start, block_scores.shape[1])
             best_relevant.scatter_reduce_(0, block_rows, block_scores[block_rows, block_cols], reduce="amax")
             if len(kept) < KEPT_RELEVANT_BLOCKS:
-                kept[c_start] = block_scores.clone()
+                storage = kept_storage[len(kept)][: block_scores.numel()]
+                kept[c_start] = storage.view_as(block_scores).copy_(block_scores)
         at_least_best = torch.zeros(query_block.shape[0], dtype=torch.long, device=queries.device)
         other_starts = [start for start in range(0, candidates.shape[0], candidate_chunk) if start not in kept]
         for c_start, block_scores in itertools.chain(
-            kept.items(), _score_blocks(query_block, candidates, candidate_chunk, other_starts)
+            kept.items(), _score_blocks(query_block, candidates, candidate_chunk, buffer, other_starts)
         ):
             # The relevant candidates of this block are counted below, take them back out.
             block_rows, block_cols = _relevant_in_block(rows, cols, c_start, block_scores.shape[1])

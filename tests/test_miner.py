@@ -32,8 +32,8 @@ def _record_block_shapes(monkeypatch) -> list[tuple[int, int]]:
     block_shapes = []
     original = retrieval_module._score_blocks
 
-    def recording(query_block, candidates, candidate_chunk):
-        for c_start, scores in original(query_block, candidates, candidate_chunk):
+    def recording(query_block, candidates, candidate_chunk, buffer, starts=None):
+        for c_start, scores in original(query_block, candidates, candidate_chunk, buffer, starts):
             block_shapes.append(tuple(scores.shape))
             yield c_start, scores
 
