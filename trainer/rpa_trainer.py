@@ -377,9 +377,8 @@ class RPATrainer(DPOTrainer):
         if left_out is not None and left_out.any():  # one call either way: every process gathers the pools
             kept = ~left_out
             batch, texts, images = select_rows(inputs, kept)
-            losses = torch.full(kept.shape, math.nan, device=kept.device, dtype=text_embeds.dtype)
-            losses[kept] = self._contrastive_loss(text_embeds[texts], image_embeds[images], batch, inverse_temperature)
-            return losses
+            scored = self._contrastive_loss(text_embeds[texts], image_embeds[images], batch, inverse_temperature)
+            return scored.new_full(kept.shape, math.nan).masked_scatter(kept, scored)
         text_ids, image_ids = inputs["text_ids"], inputs["image_ids"]
         expanded = {}
         if self.args.expand_negatives:
