@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from modeling_maple.testing import build_tiny
-from trainer.collator import DataCollatorForEmbeddingPreference, content_id
+from trainer.collator import PREFERENCE_KEYS, ROW_POSITION, DataCollatorForEmbeddingPreference, content_id, select_rows
 from trainer.testing import draw_scene, synthetic_preference_dataset
 
 
@@ -43,6 +43,34 @@ def test_each_distinct_item_is_embedded_once_and_indices_point_at_it(processor, 
         assert picked(batch, position, "image") == [content_id(image) for image in row["candidate_images"]]
         torch.testing.assert_close(batch["img2txt_scores"][position], torch.tensor(row["img2txt_scores"]))
         torch.testing.assert_close(batch["txt2img_scores"][position], torch.tensor(row["txt2img_scores"]))
+
+
+def test_selected_rows_are_the_batch_of_those_rows_alone(processor, rows):
+    collate = DataCollatorForEmbeddingPreference(processor, num_text_candidates=3, num_image_candidates=4)
+    batch = collate(rows[:6])
+    kept = torch.tensor([False, True, False, True, True, False])
+    selected, texts, images = select_rows(batch, kept)
+    alone = collate([row for row, keep in zip(rows[:6], kept) if keep])
+    # items in the batch's order, which need not be the order the rows alone are collated in: compare by content id
+    for modality, items in (("text", texts), ("image", images)):
+        ids = selected[f"{modality}_ids"]
+        assert ids.tolist() == batch[f"{modality}_ids"][items].tolist()
+        assert sorted(ids.tolist()) == sorted(alone[f"{modality}_ids"].tolist())
+        anchors = alone[f"{modality}_ids"][alone[f"anchor_{modality}_index"]]
+        assert ids[selected[f"anchor_{modality}_index"]].tolist() == anchors.tolist()
+        for row in range(3):
+            assert picked(selected, row, modality) == picked(alone, row, modality)
+        assert (selected[f"candidate_{modality}_index"][~selected[f"candidate_{modality}_mask"]] == 0).all()
+    for key in ("candidate_text_mask", "candidate_image_mask", "txt2img_scores", "img2txt_scores"):
+        assert torch.equal(selected[key], alone[key])
+    assert set(selected) == set(PREFERENCE_KEYS) - {ROW_POSITION}
+
+
+def test_rows_carry_their_position_only_when_they_have_one(processor, rows):
+    collate = DataCollatorForEmbeddingPreference(processor)
+    assert ROW_POSITION not in collate(rows[:2])
+    numbered = [{**row, ROW_POSITION: position} for position, row in zip((5, 0), rows[:2])]
+    assert collate(numbered)[ROW_POSITION].tolist() == [5, 0]
 
 
 def test_rows_with_fewer_candidates_are_padded_and_masked(processor, rows):

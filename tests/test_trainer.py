@@ -17,7 +17,7 @@ from trainer import RPAConfig, RPATrainer
 from trainer.losses import contrastive_loss
 from evaluation.retrieval import anchor_recall_at_1
 from trainer.losses import judged_positive_ids
-from trainer.rpa_trainer import _model_inputs
+from trainer.rpa_trainer import _model_inputs, _repeated_stream_rows
 from trainer.testing import describe_scene, draw_scene, smoke_config, synthetic_preference_dataset
 
 
@@ -149,6 +149,14 @@ def test_evaluation_keeps_a_nan_loss_and_leaves_out_undefined_rewards(tmp_path):
     trainer._log_mean("eval", "loss/rpa", torch.tensor([1.0, float("nan")]))
     trainer._log_mean("eval", "rewards/accuracies", torch.tensor([0.5, float("nan")]))
     assert math.isnan(trainer._metrics["eval"]["loss/rpa"][1]) and trainer._metrics["eval"]["rewards/accuracies"] == [0.5]
+
+
+def test_a_streams_repeated_rows_are_those_after_it_starts_over():
+    # accelerate fills a stream's last global batch with the stream's first rows again (positions in the stream)
+    repeated = lambda *positions: _repeated_stream_rows(torch.tensor(positions)).tolist()
+    assert repeated(8, 9, 0, 1, 2, 3, 4, 5) == [False] * 2 + [True] * 6
+    assert repeated(0, 1, 2, 0, 1, 2, 0, 1) == [False] * 3 + [True] * 5  # a stream shorter than one global batch
+    assert repeated(8, 9, 10, 11) == [False] * 4
 
 
 def test_eval_metrics_carry_the_prefix_of_their_own_evaluation(tmp_path):

@@ -1,12 +1,13 @@
 """RPATrainer under `accelerate launch --multi_gpu --num_processes 2` with `use_cpu=True` (2 CPU processes, gloo):
 the loss with gathered negatives equals the one-process loss on the same global batch, and training runs; batches
-that are not evened out across processes are refused; the evaluation metrics count every anchor of the evaluation set once, though accelerate
-repeats rows to fill the last batch of each process. (accelerate 1.15's `--cpu` flag starts several CPU processes only through MPI; without it,
-one.)
+that are not evened out across processes are refused; the evaluation metrics, of a map-style or a streamed evaluation
+set, are those of one process evaluating the same global batches: accelerate repeats rows to fill the last batch of
+each process, and they are neither counted nor in the InfoNCE pools. (accelerate 1.15's `--cpu` flag starts several
+CPU processes only through MPI; without it, one.)
 
-The same 8 rows make up every step's global batch (one batch of 8 in one process, two of 4 in two processes), so
-the comparison does not depend on how either run shuffles. This file is also the script that `accelerate launch`
-runs (see `__main__`).
+Every global batch holds the same rows in both runs (one batch of 8 in one process, two of 4 in two processes), in
+training (the same 8 rows at every step) and in evaluation (in order), so the comparison does not depend on how
+either run shuffles. This file is also the script that `accelerate launch` runs (see `__main__`).
 """
 
 import json
@@ -23,20 +24,23 @@ from trainer.testing import smoke_config, synthetic_preference_dataset
 
 GLOBAL_BATCH = 8
 STEPS = 2
-EVAL_ROWS = 10  # two processes evaluate in batches of 4: the second global batch holds 2 rows and 6 repeated ones
+# Two processes evaluate in batches of 4: the second global batch of 10 rows holds 2 rows and 6 repeated ones, and the
+# 3 rows of the short set leave the second process only repeated rows. Two candidates a row: the repeated rows' items
+# would be new negatives for the real ones.
+EVAL_SETS = {"eval": (10, 4), "short": (3, 5)}  # name: (rows, seed)
 EVAL_KEYS = ("eval_loss", "eval_loss/rpa", "eval_loss/contrastive", "eval_rewards/accuracies", "eval_rewards/margins")
 
 
-def run(output_dir: str, per_device_batch: int, per_device_eval_batch: int) -> dict:
-    """Trains for `STEPS` steps on the 8-row dataset, then evaluates on `EVAL_ROWS` rows; returns the per-step logs
-    and the evaluation metrics (rank 0's view)."""
+def run(output_dir: str, per_device_batch: int, streamed: bool) -> dict:
+    """Trains for `STEPS` steps on the 8-row dataset, then evaluates on `EVAL_SETS`, also streamed when `streamed`;
+    returns the per-step logs and the evaluation metrics by set (rank 0's view)."""
     model, processor = build_tiny("dual_encoder", seed=0)
     args = smoke_config(
         output_dir,
         per_device_train_batch_size=per_device_batch,
         max_steps=STEPS,
         logging_steps=1,
-        per_device_eval_batch_size=per_device_eval_batch,
+        per_device_eval_batch_size=per_device_batch,
         num_text_candidates=3,
         use_cpu=True,  # with several processes: gloo on CPU (accelerate's MULTI_CPU)
     )
@@ -44,7 +48,13 @@ def run(output_dir: str, per_device_batch: int, per_device_eval_batch: int) -> d
                          processing_class=processor)
     trainer.train()
     steps = [entry for entry in trainer.state.log_history if "loss/rpa" in entry]
-    return {"steps": steps, "eval": trainer.evaluate(synthetic_preference_dataset(EVAL_ROWS, seed=4))}
+    evaluations = {}
+    for name, (rows, seed) in EVAL_SETS.items():
+        dataset = synthetic_preference_dataset(rows, num_candidates=2, seed=seed)
+        evaluations[name] = trainer.evaluate(dataset)
+        if streamed:  # no length: accelerate cannot say which rows it repeated
+            evaluations[f"{name}_streamed"] = trainer.evaluate(dataset.to_iterable_dataset())
+    return {"steps": steps, "eval": evaluations}
 
 
 def refuse_uneven_batches(output_dir: str) -> str:
@@ -70,23 +80,27 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
     completed = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-4000:]
     two_processes = json.loads(result_file.read_text())
-    one_process = run(str(tmp_path / "run1"), per_device_batch=GLOBAL_BATCH, per_device_eval_batch=EVAL_ROWS)
+    one_process = run(str(tmp_path / "run1"), per_device_batch=GLOBAL_BATCH, streamed=False)
 
     assert len(two_processes["steps"]) == len(one_process["steps"]) == STEPS
     for step, (distributed, single) in enumerate(zip(two_processes["steps"], one_process["steps"]), start=1):
         for key in ("loss", "loss/rpa", "loss/contrastive", "rewards/accuracies"):
             # step 1 is the loss before any update; step 2 also checks the gradients were averaged correctly
             assert distributed[key] == pytest.approx(single[key], abs=1e-5), f"step {step}, {key}"
-    # One batch of all 10 rows against two processes' batches of 4; the InfoNCE pools agree as well here: both
-    # batchings pool every item of the synthetic dataset's 8 scenes, de-duplicated.
-    for key in EVAL_KEYS:
-        assert two_processes["eval"][key] == pytest.approx(one_process["eval"][key], abs=1e-5), key
+    # The same global batches of the evaluation sets: counting a repeated row, or pooling its items as negatives of
+    # the real rows (eval_loss/contrastive), would change the metrics.
+    for name in EVAL_SETS:
+        for distributed in (name, f"{name}_streamed"):
+            for key in EVAL_KEYS:
+                assert two_processes["eval"][distributed][key] == pytest.approx(
+                    one_process["eval"][name][key], abs=1e-5
+                ), (distributed, key)
     assert "RPATrainer needs accelerator_config.even_batches under several processes" in two_processes["uneven"]
 
 
 if __name__ == "__main__":  # run by `accelerate launch` above
     output_dir, result_file = sys.argv[1], sys.argv[2]
-    logs = run(output_dir, per_device_batch=GLOBAL_BATCH // 2, per_device_eval_batch=4)
+    logs = run(output_dir, per_device_batch=GLOBAL_BATCH // 2, streamed=True)
     logs["uneven"] = refuse_uneven_batches(output_dir + "-uneven")
     if int(os.environ.get("RANK", "0")) == 0:
         with open(result_file, "w") as handle:

@@ -25,7 +25,11 @@ PREFERENCE_KEYS = (
     "img2txt_scores",
     "text_ids",
     "image_ids",
+    "row_position",
 )
+# A field the trainer adds to the rows of a streamed evaluation set: their position in the stream (see
+# `RPATrainer._repeated_eval_rows`); the collator passes it on as `row_position`.
+ROW_POSITION = "row_position"
 
 
 def content_id(item: str | Image.Image) -> int:
@@ -62,6 +66,7 @@ class DataCollatorForEmbeddingPreference(DataCollatorMixin):
         candidate_text_mask, candidate_image_mask: `(N, C)` bool, False where padded.
         img2txt_scores, txt2img_scores: `(N, C)` judge scores of those candidates.
         text_ids, image_ids: int64 content ids of the embedded texts / images (see `content_id`).
+        row_position: `(N,)` the rows' `ROW_POSITION` field, only when they have one.
     """
 
     processor: Any
@@ -120,6 +125,8 @@ class DataCollatorForEmbeddingPreference(DataCollatorMixin):
             batch[f"candidate_{modality}_index"], batch[f"candidate_{modality}_mask"] = index, mask
             batch[scores_column] = scores
         batch["text_ids"], batch["image_ids"] = torch.tensor(texts.ids), torch.tensor(images.ids)
+        if ROW_POSITION in examples[0]:
+            batch[ROW_POSITION] = torch.tensor([example[ROW_POSITION] for example in examples])
         try:
             batch.update(self.processor(text=texts.items, images=images.items))
         except ValueError as error:  # e.g. Qwen-VL refuses an aspect ratio above 200:1
@@ -133,6 +140,32 @@ class DataCollatorForEmbeddingPreference(DataCollatorMixin):
     def _generator(self, row_id: str, modality: str) -> torch.Generator:
         key = hashlib.blake2b(f"{self.seed}:{self.epoch}:{row_id}:{modality}".encode(), digest_size=8).digest()
         return torch.Generator().manual_seed(int.from_bytes(key, "little"))
+
+
+def select_rows(batch: dict[str, torch.Tensor], rows: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """The bookkeeping (`PREFERENCE_KEYS` but `row_position`) of a collated batch of `N` rows for the rows where the
+    ``(N,)`` bool `rows` is True alone, as if collated from them: their anchor and candidate indices point into the
+    ``T'`` texts and ``I'`` images those rows use, in the batch's order, and `text_ids` / `image_ids` are theirs.
+    Returns it with the ``(T',)`` and ``(I',)`` positions of those texts and images in the batch, to select their
+    embeddings (``text_embeds[texts]``)."""
+    selected = {
+        key: batch[key][rows]
+        for key in ("candidate_text_mask", "candidate_image_mask", "txt2img_scores", "img2txt_scores")
+    }
+    items = []
+    for modality in ("text", "image"):
+        ids = batch[f"{modality}_ids"]
+        anchors, candidates = batch[f"anchor_{modality}_index"][rows], batch[f"candidate_{modality}_index"][rows]
+        mask = selected[f"candidate_{modality}_mask"]
+        used = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
+        used[anchors] = True
+        used[candidates[mask]] = True
+        renumbered = used.cumsum(0) - 1  # an item's position among the used ones
+        selected[f"anchor_{modality}_index"] = renumbered[anchors]
+        selected[f"candidate_{modality}_index"] = torch.where(mask, renumbered[candidates], 0)  # padding: 0, as collated
+        selected[f"{modality}_ids"] = ids[used]
+        items.append(used.nonzero().flatten())
+    return selected, items[0], items[1]
 
 
 class _DistinctItems:

@@ -48,7 +48,7 @@ from .checkpoints import (
     run_checkpoints,
     training_recipe,
 )
-from .collator import PREFERENCE_KEYS, DataCollatorForEmbeddingPreference
+from .collator import PREFERENCE_KEYS, ROW_POSITION, DataCollatorForEmbeddingPreference, select_rows
 from .losses import bidirectional_rpa_loss, contrastive_loss, judged_positive_ids, maple_loss, preference_agreement
 from .rpa_config import RPAConfig, from_pretrained_kwargs
 from .schema import PREFERENCE_COLUMNS, rows_without_preference, validate_preference_dataset
@@ -283,11 +283,13 @@ class RPATrainer(DPOTrainer):
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
-            self._signature_columns = list(PREFERENCE_COLUMNS)
+            self._signature_columns = [*PREFERENCE_COLUMNS, ROW_POSITION]
 
     def _get_dataloader(self, dataset, description, batch_size, sampler_fn=None, is_training=False, dataloader_key=None):
         if is_training:
             return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, dataloader_key)
+        if isinstance(dataset, IterableDataset):  # numbered, to tell the rows accelerate repeats (`_repeated_eval_rows`)
+            dataset = dataset.map(_with_position, with_indices=True)
         eval_collator = self.eval_data_collator
         if isinstance(eval_collator, DataCollatorForEmbeddingPreference) and dataloader_key not in (None, "eval"):
             eval_collator = dataclasses.replace(eval_collator, dataset_name=dataloader_key)  # errors name the split
@@ -338,38 +340,53 @@ class RPATrainer(DPOTrainer):
         if self.args.reference == "frozen":
             reference = self._reference_similarities(inputs)
             similarities = tuple(policy - frozen for policy, frozen in zip(similarities, reference))
+        # Evaluation scores and counts each row of its set once: the rows accelerate repeats to even out the last batch
+        # across processes are embedded (every process runs the same collectives) but left out from here on.
+        repeated = self._repeated_eval_rows(inputs) if mode == "eval" else None
         rankings = [  # (scores, judge scores, mask) of the txt2img and img2txt directions
             (beta * similarities[0], inputs["txt2img_scores"], inputs["candidate_image_mask"]),
             (beta * similarities[1], inputs["img2txt_scores"], inputs["candidate_text_mask"]),
         ]
         # per anchor, so that evaluation can average over the anchors of its whole set (see `_log_mean`)
         rpa = bidirectional_rpa_loss(*rankings, form=self.args.rpa_loss, reduction="none")
-        contrastive = self._contrastive_loss(outputs.text_embeds, outputs.image_embeds, inputs, inverse_temperature)
+        contrastive = self._contrastive_loss(
+            outputs.text_embeds, outputs.image_embeds, inputs, inverse_temperature, left_out=repeated
+        )
         anchor_losses = maple_loss(rpa, contrastive, self.args.rpa_weight)
-        loss = anchor_losses.mean()
+        # (NaN for a process holding only repeated rows; `evaluation_loop` reports its own eval_loss)
+        loss = anchor_losses.mean() if repeated is None else anchor_losses[~repeated].mean()
 
-        self._log_mean(mode, "loss/rpa", rpa)
-        self._log_mean(mode, "loss/contrastive", contrastive)
+        counted = None if repeated is None else ~self.accelerator.gather(repeated)
+        self._log_mean(mode, "loss/rpa", rpa, counted)
+        self._log_mean(mode, "loss/contrastive", contrastive, counted)
         # A training step pools the rewards over its batch's pairs; evaluation needs each anchor's (see `_log_mean`).
         agreement = [
             preference_agreement(scores.detach(), judge, mask, per_anchor=mode == "eval")
             for scores, judge, mask in rankings
         ]
-        self._log_mean(mode, "rewards/accuracies", torch.stack([accuracy for accuracy, _ in agreement]).nanmean(0))
-        self._log_mean(mode, "rewards/margins", torch.stack([margin for _, margin in agreement]).nanmean(0))
+        self._log_mean(mode, "rewards/accuracies", torch.stack([accuracy for accuracy, _ in agreement]).nanmean(0), counted)
+        self._log_mean(mode, "rewards/margins", torch.stack([margin for _, margin in agreement]).nanmean(0), counted)
         self._metrics[mode]["beta"].append(beta.item())
         self._metrics[mode]["temperature"].append(1.0 / inverse_temperature.item())
         if mode == "eval":
             # replaces `Trainer`'s eval loss, a mean of the processes' batch means that counts the repeated rows
-            self._log_mean(mode, "loss", anchor_losses)
-            self._collect_eval_anchors(outputs.text_embeds, outputs.image_embeds, inputs)
+            self._log_mean(mode, "loss", anchor_losses, counted)
+            self._collect_eval_anchors(outputs.text_embeds, outputs.image_embeds, inputs, counted)
         else:
             self._stop_on_non_finite(loss, rpa.mean(), contrastive.mean())
         return (loss, outputs) if return_outputs else loss
 
-    def _contrastive_loss(self, text_embeds: Tensor, image_embeds: Tensor, inputs, inverse_temperature) -> Tensor:
+    def _contrastive_loss(
+        self, text_embeds: Tensor, image_embeds: Tensor, inputs, inverse_temperature, left_out: Tensor | None = None
+    ) -> Tensor:
         """The ``(N,)`` InfoNCE losses of the anchors; with `expand_negatives` every embedded item joins the pool (the
-        anchors among them are removed again as duplicates, by id)."""
+        anchors among them are removed again as duplicates, by id). `left_out`: ``(N,)`` bool, rows scored as if
+        absent from the batch: NaN, and neither their anchors nor the items only they use join the pools."""
+        if left_out is not None and left_out.any():  # one call either way: every process gathers the pools
+            kept = ~left_out
+            batch, texts, images = select_rows(inputs, kept)
+            scored = self._contrastive_loss(text_embeds[texts], image_embeds[images], batch, inverse_temperature)
+            return scored.new_full(kept.shape, math.nan).masked_scatter(kept, scored)
         text_ids, image_ids = inputs["text_ids"], inputs["image_ids"]
         expanded = {}
         if self.args.expand_negatives:
@@ -397,17 +414,35 @@ class RPATrainer(DPOTrainer):
             **expanded,
         )
 
-    def _collect_eval_anchors(self, text_embeds: Tensor, image_embeds: Tensor, inputs) -> None:
-        """Keeps the batch's anchor embeddings and ids (from all processes) for retrieval over the eval set."""
+    def _collect_eval_anchors(self, text_embeds: Tensor, image_embeds: Tensor, inputs, counted: Tensor) -> None:
+        """Keeps the batch's anchor embeddings and ids (from all processes, the rows of `counted` only) for retrieval
+        over the eval set."""
         texts, images = inputs["anchor_text_index"], inputs["anchor_image_index"]
         anchors = (text_embeds[texts].detach(), image_embeds[images].detach(), inputs["text_ids"][texts],
                    inputs["image_ids"][images])
-        self._eval_anchors.append(self.accelerator.gather_for_metrics(anchors))
+        self._eval_anchors.append(tuple(part[counted] for part in self.accelerator.gather(anchors)))
 
-    def _log_mean(self, mode: str, key: str, values: Tensor) -> None:
+    def _repeated_eval_rows(self, inputs) -> Tensor:
+        """``(N,)`` bool: this process's rows of an evaluation batch that accelerate repeated to fill the last batch
+        of every process (even batches). accelerate tells them by the dataset's length (`gradient_state.remainder`,
+        which its `gather_for_metrics` drops); a stream has none (-1), so `_get_dataloader` numbers its rows, which
+        the default collator passes on as `row_position` (with a collator that does not, a streamed evaluation still
+        counts them)."""
+        rows = len(inputs["anchor_text_index"])
+        state, device = self.accelerator.gradient_state, inputs["anchor_text_index"].device
+        # the rows' places in the global batch, processes in rank order (as gathered)
+        places = self.accelerator.process_index * rows + torch.arange(rows, device=device)
+        if ROW_POSITION in inputs and state.remainder == -1:
+            return _repeated_stream_rows(self.accelerator.gather(inputs[ROW_POSITION]))[places]
+        if state.end_of_dataloader and state.remainder > 0 and self.accelerator.even_batches:
+            return places >= state.remainder
+        return torch.zeros(rows, dtype=torch.bool, device=device)
+
+    def _log_mean(self, mode: str, key: str, values: Tensor, counted: Tensor | None = None) -> None:
         """Records a batch metric given per anchor (or, in training, as one value per process): in training, the
         mean of the processes' means (one value each: their batches may differ in size); in evaluation, each
-        anchor's value, less the rows accelerate repeats to even out the last batch across processes, so that
+        anchor's value where the gathered ``(N * processes,)`` bool `counted` is True (None: everywhere), i.e. not on
+        the rows accelerate repeats to even out the last batch across processes (`_repeated_eval_rows`), so that
         `evaluation_loop` averages over the set's anchors. A reward is NaN for an anchor without a strict judge
         preference and is left out (a batch of such anchors gives none); a NaN loss is kept, so a diverged run shows."""
         values = values.detach().reshape(-1)
@@ -421,7 +456,8 @@ class RPATrainer(DPOTrainer):
             if not (skip_nan and math.isnan(value)):
                 self._metrics[mode][key].append(value)
         else:
-            values = self.accelerator.gather_for_metrics(values)
+            values = self.accelerator.gather(values)
+            values = values if counted is None else values[counted]
             self._metrics[mode][key].extend((values[~values.isnan()] if skip_nan else values).tolist())
 
     def _get_grad_norm(self, model, grad_norm=None):
@@ -735,6 +771,19 @@ def _warn_about_rows_without_preference(dataset: Dataset, rpa_weight: float) -> 
                 f"scores): the {direction.replace('_', ' ')} half of the RPA loss is zero throughout, so RPA trains with "
                 f"half of rpa_weight={rpa_weight}."
             )
+
+
+def _with_position(row: dict[str, Any], position: int) -> dict[str, int]:
+    """Numbers the rows of a streamed evaluation set (`datasets.IterableDataset.map` with indices)."""
+    return {ROW_POSITION: position}
+
+
+def _repeated_stream_rows(positions: Tensor) -> Tensor:
+    """``(P,)`` bool: the rows of a global batch of a stream, given by their ``(P,)`` positions in it (processes in rank
+    order), that accelerate repeated. Its `IterableDatasetShard` fills a stream's last batch with the stream's first
+    rows again, so a row is repeated unless its position is above every earlier row's."""
+    earlier = torch.cat([positions.new_full((1,), -1), positions.cummax(0).values[:-1]])
+    return positions <= earlier
 
 
 def _format_type(dataset: Dataset | IterableDataset) -> str | None:
