@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 
 from evaluation.metric_names import QUADRUPLE_SCORES, RETRIEVAL_METRICS
@@ -121,7 +122,11 @@ def base_model_license(base_model: str | None) -> str | None:
         return None
     card = Path(base_model) / "README.md"
     if card.is_file():
-        return ModelCard.load(card).data.license
+        try:
+            license = ModelCard.load(card).data.license
+        except (yaml.YAMLError, ValueError):  # a base card's broken metadata must not fail the run's own card
+            return None
+        return license if isinstance(license, str) else None
     if hub_reference(base_model) is None or constants.HF_HUB_OFFLINE:
         return None
     try:

@@ -277,6 +277,9 @@ def test_a_fine_tune_has_its_base_models_licence_unless_told_another(tmp_path):
     assert card_licence(base, license="Research Only") == ("other", "research-only")
     # unknown (a folder without a card; offline, the Hub is not asked): no licence rather than a guess
     assert card_licence(tmp_path / "out") == (None, None)
+    for broken in ("license: [unclosed", "- a list", "license: 5"):  # the base's card must not fail the run's
+        (base / "README.md").write_text(f"---\n{broken}\n---\n# base\n")
+        assert card_licence(base) == (None, None), broken
 
 
 BASE_LICENCE = """
