@@ -9,7 +9,8 @@ Pipeline, per the paper (section 3 of the method notes):
 2. embed the images (a `HardNegativeMiner`), optionally de-duplicate with SemDeDup;
 3. per shard of `shard_size` anchors: mine each anchor's top-K neighbours, write candidate captions
    (a `CandidateCaptioner`, or the neighbours' own captions), score both candidate lists with a
-   `PreferenceJudge`, and write the shard as parquet.
+   `PreferenceJudge` (one `score` call per shard, each source image asked once: `score_both_directions`), and
+   write the shard as parquet.
 
 Everything expensive is checkpointed in the work directory: the row check, the embeddings, the
 SemDeDup result and every finished shard (written to a temporary name, then renamed, so a shard file is either complete or
@@ -74,7 +75,8 @@ TEXT_CANDIDATE_SOURCES = ("generated", "corpus")
 MANIFEST_FILE = "manifest.json"
 # Raised whenever a manifest field is added or changes meaning, or what the checkpoints hold changes (what each raise
 # changed: `git log -G "MANIFEST_VERSION = "`). A work dir of another version is refused: its manifest cannot say whether
-# its checkpoints match this builder's.
+# its checkpoints match this builder's. Not raised for changes that only move float rounding, as a judge's batch size
+# does (scoring txt2img through `score_both_directions`: an MLLM judge's scores moved by ~1e-7).
 MANIFEST_VERSION = 7
 # Source rows per checkpoint of the input check (which decodes every image), and image embeddings per checkpoint
 # while a rank embeds its slice: the most an interruption can cost.
