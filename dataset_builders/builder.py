@@ -950,8 +950,8 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         anchors = [images[row] for row in rows]
 
         if config.text_candidates == "generated":
-            negatives = [[images[row] for row in negatives] for negatives in negative_rows]
-            generated = self._generated_captions(shard, anchors, negatives)
+            negative_images = [[images[row] for row in negatives] for negatives in negative_rows]
+            generated = self._generated_captions(shard, anchors, negative_images)
             # The judge cannot score these (source captions were checked with the inputs); they
             # are dropped like empty ones: the captioner's tokenizer may differ from the judge's.
             generated = [
