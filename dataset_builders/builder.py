@@ -9,7 +9,8 @@ Pipeline, per the paper (section 3 of the method notes):
 2. embed the images (a `HardNegativeMiner`), optionally de-duplicate with SemDeDup;
 3. per shard of `shard_size` anchors: mine each anchor's top-K neighbours, write candidate captions
    (a `CandidateCaptioner`, or the neighbours' own captions), score both candidate lists with a
-   `PreferenceJudge`, and write the shard as parquet.
+   `PreferenceJudge` (one `score` call per shard, each source image asked once: `score_both_directions`), and
+   write the shard as parquet.
 
 Everything expensive is checkpointed in the work directory: the row check, the embeddings, the
 SemDeDup result and every finished shard (written to a temporary name, then renamed, so a shard file is either complete or
@@ -38,7 +39,7 @@ import reprlib
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,8 @@ TEXT_CANDIDATE_SOURCES = ("generated", "corpus")
 MANIFEST_FILE = "manifest.json"
 # Raised whenever a manifest field is added or changes meaning, or what the checkpoints hold changes (what each raise
 # changed: `git log -G "MANIFEST_VERSION = "`). A work dir of another version is refused: its manifest cannot say whether
-# its checkpoints match this builder's.
+# its checkpoints match this builder's. Not raised for changes that only move float rounding, as a judge's batch size
+# does (scoring txt2img through `score_both_directions`: an MLLM judge's scores moved by ~1e-7).
 MANIFEST_VERSION = 7
 # Source rows per checkpoint of the input check (which decodes every image), and image embeddings per checkpoint
 # while a rank embeds its slice: the most an interruption can cost.
@@ -388,6 +390,62 @@ def _check_judge_scores(shard: int, ids: list[str], column: str, scores: list[to
                 "expected an alpha in [0, 1] (a float16 judge can overflow to NaN: load it in bfloat16 or float32). "
                 "Shards finished before this one are kept."
             )
+
+
+def score_both_directions(
+    judge: PreferenceJudge,
+    images: Mapping[Hashable, PIL.Image.Image],
+    anchors: Sequence[Hashable],
+    candidate_texts: Sequence[Sequence[str]],
+    captions: Sequence[str],
+    candidate_images: Sequence[Sequence[Hashable]],
+    *,
+    describe: Callable[[Hashable], str] = repr,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(img2txt, txt2img) of a shard from one `judge.score` call: img2txt[i][j] = alpha(images[anchors[i]],
+    candidate_texts[i][j]) and txt2img[i][j] = alpha(images[candidate_images[i][j]], captions[i]), images named by
+    keys (the builder's: source rows).
+
+    Both lists hold (image, text) pairs, the image first in the prompt, so they are scored alike: each image is asked
+    once, with every distinct text it is paired with (an anchor's candidate texts, then the captions of the anchors
+    that list it as a hard negative), and each distinct (image, text) pair is scored once. So the anchor's own pair,
+    img2txt[i][0] = txt2img[i][0] when candidate_texts[i][0] is captions[i], is scored once, and a judge that shares
+    an image's prompt prefix among its texts (`MLLMJudge`) runs each image's prefix once, not once per pair as
+    `score_images` must (its candidates, the images, come first). The judge's `score_images` is not called: by the
+    `PreferenceJudge` protocol both methods give the same alpha(image, text).
+
+    The judge's answer must hold one score per text of each image, else `JudgeOutputError` (`describe(key)` names the
+    image); the scores are then gathered into the anchors' slots, one (len(candidates),) tensor per anchor."""
+    slots: dict[Hashable, tuple[int, dict[str, int]]] = {}  # key -> (query, text -> position among its texts)
+    query_keys: list[Hashable] = []
+    query_texts: list[list[str]] = []
+
+    def slot(key: Hashable, text: str) -> tuple[int, int]:
+        if key not in slots:
+            slots[key] = (len(query_keys), {})
+            query_keys.append(key)
+            query_texts.append([])
+        query, positions = slots[key]
+        if text not in positions:
+            positions[text] = len(query_texts[query])
+            query_texts[query].append(text)
+        return query, positions[text]
+
+    img2txt_slots = [[slot(key, text) for text in texts] for key, texts in zip(anchors, candidate_texts, strict=True)]
+    txt2img_slots = [[slot(key, caption) for key in keys] for caption, keys in zip(captions, candidate_images, strict=True)]
+    scores = judge.score([images[key] for key in query_keys], query_texts) if query_keys else []
+    if len(scores) != len(query_keys):
+        first = f" (the first: {describe(query_keys[0])})" if query_keys else ""
+        raise JudgeOutputError(f"the judge returned {len(scores)} score rows for {len(query_keys)} images{first}")
+    scores = [torch.as_tensor(row) for row in scores]
+    for key, texts, row in zip(query_keys, query_texts, scores):
+        if tuple(row.shape) != (len(texts),):
+            raise JudgeOutputError(f"{describe(key)}: the judge returned scores of shape {tuple(row.shape)} for {len(texts)} texts")
+
+    def gather(anchor_slots: list[tuple[int, int]]) -> torch.Tensor:
+        return torch.stack([scores[query][position] for query, position in anchor_slots]) if anchor_slots else torch.empty(0)
+
+    return [gather(anchor_slots) for anchor_slots in img2txt_slots], [gather(anchor_slots) for anchor_slots in txt2img_slots]
 
 
 class MaplePreferences(datasets.GeneratorBasedBuilder):
@@ -875,23 +933,25 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
     def _build_rows(
         self, shard: int, positions: list[int], neighbour_positions: list[list[int]], anchor_rows: list[int]
     ) -> dict[str, list]:
-        """The preference rows of one shard, as columns."""
-        source = self._load_source()
+        """The preference rows of one shard, as columns.
+
+        Every source row the shard uses is fetched and decoded once, however many anchors list it as a hard negative
+        (and whether or not it is an anchor of the shard itself); the judge scores both candidate lists in one
+        `score` call (`score_both_directions`)."""
         config = self.config
-        records = [source[anchor_rows[position]] for position in positions]
-        ids = [self._row_id(record, anchor_rows[position]) for record, position in zip(records, positions)]
-        captions = [record[config.caption_column].strip() for record in records]
-        image_bytes = [encoded_bytes(record[config.image_column]) for record in records]
+        rows = [anchor_rows[position] for position in positions]
         negative_rows = [[anchor_rows[n] for n in neighbours if n >= 0] for neighbours in neighbour_positions]
-        negative_bytes = [[encoded_bytes(source[row][config.image_column]) for row in rows] for rows in negative_rows]
-        anchors = [decode_image(payload, anchor_rows[position]) for payload, position in zip(image_bytes, positions)]
-        candidate_images = [
-            [anchor] + [decode_image(payload, row) for payload, row in zip(payloads, rows)]
-            for anchor, payloads, rows in zip(anchors, negative_bytes, negative_rows)
-        ]
+        candidate_rows = [[row] + negatives for row, negatives in zip(rows, negative_rows)]
+        records = self._records(list(dict.fromkeys(row for candidates in candidate_rows for row in candidates)))
+        payloads = {row: encoded_bytes(record[config.image_column]) for row, record in records.items()}
+        images = {row: decode_image(payload, row) for row, payload in payloads.items()}
+        ids = [self._row_id(records[row], row) for row in rows]
+        captions = [records[row][config.caption_column].strip() for row in rows]
+        anchors = [images[row] for row in rows]
 
         if config.text_candidates == "generated":
-            generated = self._generated_captions(shard, anchors, [images[1:] for images in candidate_images])
+            negative_images = [[images[row] for row in negatives] for negatives in negative_rows]
+            generated = self._generated_captions(shard, anchors, negative_images)
             # The judge cannot score these (source captions were checked with the inputs); they
             # are dropped like empty ones: the captioner's tokenizer may differ from the judge's.
             generated = [
@@ -899,25 +959,29 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 for by_negative in generated
             ]
         else:
-            generated = [[[source[row][config.caption_column]] for row in rows] for rows in negative_rows]
+            generated = [[[records[row][config.caption_column]] for row in negatives] for negatives in negative_rows]
         candidate_texts = [text_pool(caption, texts, config.max_candidate_texts) for caption, texts in zip(captions, generated)]
 
-        img2txt = self.judge.score(anchors, candidate_texts)
-        txt2img = self.judge.score_images(captions, candidate_images)
+        img2txt, txt2img = score_both_directions(
+            self.judge, images, rows, candidate_texts, captions, candidate_rows,
+            describe=lambda row: f"shard {shard}, source row {row} (id {self._row_id(records[row], row)!r})",
+        )
         _check_judge_scores(shard, ids, "img2txt_scores", img2txt, [len(texts) for texts in candidate_texts])
-        _check_judge_scores(shard, ids, "txt2img_scores", txt2img, [len(images) for images in candidate_images])
+        _check_judge_scores(shard, ids, "txt2img_scores", txt2img, [len(candidates) for candidates in candidate_rows])
         return {
             "id": ids,
-            "image": [{"bytes": payload, "path": None} for payload in image_bytes],
+            "image": [{"bytes": payloads[row], "path": None} for row in rows],
             "caption": captions,
-            "candidate_images": [
-                [{"bytes": payload, "path": None} for payload in [anchor] + negatives]
-                for anchor, negatives in zip(image_bytes, negative_bytes)
-            ],
+            "candidate_images": [[{"bytes": payloads[row], "path": None} for row in candidates] for candidates in candidate_rows],
             "candidate_texts": candidate_texts,
             "txt2img_scores": [scores.float().tolist() for scores in txt2img],
             "img2txt_scores": [scores.float().tolist() for scores in img2txt],
         }
+
+    def _records(self, rows: list[int]) -> dict[int, dict[str, Any]]:
+        """Source rows `rows` (distinct), fetched in one read, by row."""
+        columns = self._load_source()[rows]
+        return {row: {name: values[index] for name, values in columns.items()} for index, row in enumerate(rows)}
 
     def _generated_captions(
         self, shard: int, anchors: list[PIL.Image.Image], negatives: list[list[PIL.Image.Image]]

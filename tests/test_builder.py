@@ -581,11 +581,12 @@ def test_texts_holding_a_judge_special_token_are_skipped_or_dropped(tmp_path):
 
 
 class _OverflowingJudge(ColourJudge):
-    """A judge whose text scores of its second call are NaN, as a float16 judge's overflowing activations give."""
+    """A judge whose scores of its second call (the second shard's: one call scores both of a shard's candidate lists)
+    are NaN, as a float16 judge's overflowing activations give."""
 
     def score(self, images, texts):
         scores = super().score(images, texts)
-        return [torch.full_like(row, float("nan")) for row in scores] if self.calls == 3 else scores
+        return [torch.full_like(row, float("nan")) for row in scores] if self.calls == 2 else scores
 
 
 def test_a_judge_score_that_is_not_an_alpha_stops_the_build_naming_shard_row_and_candidate(tmp_path):
