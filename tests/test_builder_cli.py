@@ -169,7 +169,34 @@ def test_source_problems_are_one_line_errors(source_file, tmp_path, capsys):
     assert "SemDeDup with 50000 clusters on 7 rows" in error_of("clusters")
     missing_column = error_of("column", "--semdedup-clusters", "0", "--caption-column", "missing")
     assert f"source {source_file} lacks column(s) ['missing']" in missing_column and "--caption-column" in missing_column
-    assert "no usable input rows: all 9 were skipped" in error_of("paths", "--semdedup-clusters", "0", "--image-column", "caption")
+    assert "no usable input rows: all 9 were skipped" in error_of("paths", "--semdedup-clusters", "0", "--image-column", "id")
+
+
+def test_a_build_whose_every_row_is_skipped_leaves_the_output_dir_to_the_next_command(source_file, tmp_path, capsys):
+    """It left its manifest behind: the rerun with the right --image-column was refused as another recipe ("work dir
+    ... was built with another recipe (image_column ...)"), and the reason named text read as image paths only as
+    "unreadable image: <caption>: FileNotFoundError"."""
+    out = tmp_path / "out"
+    argv = [source_file, "--output-dir", str(out), *STAND_INS, "--semdedup-clusters", "0", "--no-progress"]
+    assert cli.main([*argv, "--image-column", "id"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1, error
+    assert "no usable input rows: all 9 were skipped (unreadable image: 8, empty caption: 1; e.g. row 0: column 'id' holds the " \
+        "text 'square-000', read as an image file path, and there is no such file)" in error
+    assert not (out / "work" / "manifest.json").exists() and not list((out / "work").glob("inputs*.json"))
+    assert cli.main(argv) == 0, capsys.readouterr().err
+
+
+def test_one_column_for_images_and_captions_is_an_error_before_any_model_loads(source_file, tmp_path, capsys, monkeypatch):
+    """The image column was cast to images, captions included: every row was skipped as a "non-string caption"."""
+    monkeypatch.setattr(cli, "_load_components", lambda *args: pytest.fail("models were loaded"))
+    out = tmp_path / "out"
+    assert cli.main([source_file, "--output-dir", str(out), *STAND_INS, "--image-column", "caption"]) == 2
+    assert capsys.readouterr().err == (
+        "maple build-preferences: error: invalid MaplePreferences config: image_column and caption_column are both 'caption': name the column holding "
+        "the images and the one holding the captions (CLI --image-column, --caption-column)\n"
+    )
+    assert not out.exists()
 
 
 def test_unreadable_sources_are_one_line_errors_before_any_model_loads(source_file, tmp_path, capsys, monkeypatch):
