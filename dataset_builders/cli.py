@@ -168,6 +168,17 @@ def _device(requested: str | None) -> str:
     return f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
 
 
+def _check_repo_id(repo_id: str) -> None:
+    """A ValueError for a `--push-to-hub` repo id the Hub would refuse, found before the build rather than after it."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise ValueError(f"--push-to-hub {repo_id!r} is not a Hub repo id ('name' or 'namespace/name'): {error}") from None
+
+
 def _check_model_refs(args: argparse.Namespace) -> None:
     """A ValueError naming the option of a model that cannot be found: a module:factory spec that does not import, a
     path that is not a folder, a Hub repo that is not found, refuses the token or, offline, is not cached. Reads
@@ -284,6 +295,8 @@ def _build(args: argparse.Namespace, given: set[str]) -> int:
             raise ValueError(f"the {args.config!r} config writes captions: pass --captioner (or use --config corpus-captions)")
         if config.text_candidates != "generated" and args.captioner:  # it would be loaded (a 72B MLLM) for nothing
             raise ValueError(f"the {args.config!r} config uses the hard negatives' own captions: leave out --captioner")
+        if args.push_to_hub:
+            _check_repo_id(args.push_to_hub)
         _check_model_refs(args)
         _check_model_options(args, given)
         open_source(config, cache_dir=os.path.join(args.output_dir, "cache"))
@@ -313,8 +326,19 @@ def _build(args: argparse.Namespace, given: set[str]) -> int:
         return 2
     print(format_summary(builder.stats, time.perf_counter() - started, len(report.computed), len(report.reused), work_dir))
     if args.push_to_hub:
-        builder.push_to_hub(args.push_to_hub, private=args.private)
-        print(f"  pushed to Hub dataset repo {args.push_to_hub}")
+        from maple.hub import hub_failure
+
+        try:
+            repo_id = builder.push_to_hub(args.push_to_hub, private=args.private)
+        except Exception as error:  # the Hub's errors come wrapped by datasets' and httpx's: `hub_failure` reads them
+            problem = hub_failure(error, args.push_to_hub, repo_type="dataset", writing=True)
+            if problem is None:
+                raise
+            print(f"maple build-preferences: error: pushing failed: {problem}. The built dataset is kept in "
+                  f"{builder.shard_dir}: run the same command again to push it (the build is reused, not redone)",
+                  file=sys.stderr)
+            return 1
+        print(f"  pushed to Hub dataset repo {repo_id}")
     return 0
 
 

@@ -330,3 +330,37 @@ def test_the_summary_warns_when_the_captioner_added_no_caption(tmp_path):
     assert "candidate texts   4 (1.00 per anchor)\n    warning: the captioner added no caption to any anchor" in summary
     assert "warning" not in cli.format_summary(stats | {"num_candidate_texts": 9}, 1.0, 1, 0, str(tmp_path))
     assert "warning" not in cli.format_summary(stats | {"text_candidates": "corpus"}, 1.0, 1, 0, str(tmp_path))
+
+
+def test_a_push_to_hub_repo_id_the_hub_would_refuse_is_an_error_before_any_work(source_file, tmp_path, capsys, monkeypatch):
+    """It was an HFValidationError traceback once the whole build had run."""
+    monkeypatch.setattr(cli, "_load_components", lambda *args: pytest.fail("models were loaded"))
+    out = tmp_path / "out"
+    assert cli.main([source_file, "--output-dir", str(out), *STAND_INS, "--push-to-hub", "bad repo id!!"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("maple build-preferences: error: --push-to-hub 'bad repo id!!' is not a Hub repo id") and \
+        error.count("\n") == 1, error
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("hub", ["offline", "unreachable"])
+def test_a_failed_push_is_one_line_saying_where_the_built_data_is_kept(source_file, tmp_path, capsys, monkeypatch, hub):
+    """Offline it was an OfflineModeIsEnabled traceback, with an unreachable Hub an httpx ConnectError one, after the
+    build: nothing said the data was built and kept, nor how to push it."""
+    from huggingface_hub import constants
+
+    if hub == "offline":
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    else:
+        monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    out = tmp_path / "out"
+    argv = [source_file, "--output-dir", str(out), *STAND_INS, "--semdedup-clusters", "0", "--no-progress",
+            "--push-to-hub", "me/prefs"]
+    assert cli.main(argv) == 1
+    captured = capsys.readouterr()
+    assert "finished in" in captured.out
+    assert captured.err == (
+        f"maple build-preferences: error: pushing failed: dataset repo 'me/prefs' on {constants.ENDPOINT} cannot be "
+        f"written: the Hub is offline (HF_HUB_OFFLINE) or unreachable. The built dataset is kept in "
+        f"{out / 'work' / 'shards'}: run the same command again to push it (the build is reused, not redone)\n"
+    )
