@@ -25,7 +25,7 @@ from typing import Any
 
 import datasets
 
-from maple.cli import DefaultsHelpFormatter, positive
+from maple.cli import DefaultsHelpFormatter, checked_device, positive
 
 from .builder import JudgeOutputError, MaplePreferences, MaplePreferencesConfig, WorkDirMismatch
 from .sources import SourceError, check_outside_source, open_source
@@ -53,6 +53,7 @@ MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
+DTYPES = ("auto", "bfloat16", "float16", "float32")
 _FACTORY_SPEC = re.compile(r"^(?P<module>[A-Za-z_][\w.]*):(?P<attribute>[A-Za-z_][\w.]*)$")
 MAX_EXAMPLES_PER_REASON = 5
 
@@ -74,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     components.add_argument("--miner", default="facebook/dinov2-base", metavar="ID", help="image encoder for hard-negative mining and SemDeDup")
     components.add_argument("--device", default=None, help="device for the models; default: this rank's GPU if any, else cpu")
     components.add_argument("--device-map", default=None, help="device_map for the judge and captioner (e.g. 'auto' to spread a 72B captioner over this machine's GPUs); overrides --device for them")
-    components.add_argument("--dtype", default="auto", help="weights dtype of the judge and captioner (auto, bfloat16, float16, float32)")
+    components.add_argument("--dtype", default="auto", choices=DTYPES, help="weights dtype of the judge and captioner")
     components.add_argument("--max-pixels", type=positive(int), default=None, help="cap on image pixels seen by the judge and captioner (paper: 384*384 for training images); Qwen-VL family models only")
 
     recipe = parser.add_argument_group("recipe")
@@ -161,8 +162,10 @@ def _check_model_options(args: argparse.Namespace, given: set[str]) -> None:
 
 
 def _device(requested: str | None) -> str:
+    """`--device`, checked to exist on this machine (a ValueError naming it, before any model loads), else this rank's
+    GPU if there is one, else cpu."""
     if requested:
-        return requested
+        return checked_device(requested)
     import torch
 
     return f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
@@ -297,10 +300,11 @@ def _build(args: argparse.Namespace, given: set[str]) -> int:
             raise ValueError(f"the {args.config!r} config uses the hard negatives' own captions: leave out --captioner")
         if args.push_to_hub:
             _check_repo_id(args.push_to_hub)
+        device = _device(args.device)
         _check_model_refs(args)
         _check_model_options(args, given)
         open_source(config, cache_dir=os.path.join(args.output_dir, "cache"))
-        components = _load_components(args, _device(args.device))
+        components = _load_components(args, device)
     except ValueError as error:  # SourceError included
         print(f"maple build-preferences: error: {error}", file=sys.stderr)
         return 2

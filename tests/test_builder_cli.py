@@ -364,3 +364,35 @@ def test_a_failed_push_is_one_line_saying_where_the_built_data_is_kept(source_fi
         f"written: the Hub is offline (HF_HUB_OFFLINE) or unreachable. The built dataset is kept in "
         f"{out / 'work' / 'shards'}: run the same command again to push it (the build is reused, not redone)\n"
     )
+
+
+@pytest.mark.parametrize(
+    "device, cuda_devices, error",
+    [
+        ("gpu", 0, "--device 'gpu': Expected one of "),
+        ("cuda", 0, "--device 'cuda': no cuda device is available on this machine"),
+        ("cuda:2", 2, "--device 'cuda:2': this machine has 2 cuda device(s), cuda:0 to cuda:1"),
+    ],
+)
+def test_a_device_this_machine_lacks_is_a_usage_error_before_any_model_loads(
+    source_file, tmp_path, capsys, monkeypatch, device, cuda_devices, error
+):
+    """--device gpu was a RuntimeError traceback and --device cuda on a CPU machine an AssertionError, both once the
+    judge had loaded. The check is `maple eval`'s (`maple.cli.checked_device`)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: cuda_devices)
+    monkeypatch.setattr(cli, "_load_components", lambda *args: pytest.fail("models were loaded"))
+    out = tmp_path / "out"
+    assert cli.main([source_file, "--output-dir", str(out), *STAND_INS, "--device", device]) == 2
+    message = capsys.readouterr().err
+    assert message.startswith(f"maple build-preferences: error: {error}") and message.count("\n") == 1, message
+    assert not out.exists()
+
+
+def test_a_dtype_not_offered_is_a_usage_error(source_file, tmp_path, capsys):
+    """--dtype float33 was an AttributeError traceback (torch has no float33) once the judge was loading."""
+    with pytest.raises(SystemExit) as exited:
+        cli.main([source_file, "--output-dir", str(tmp_path / "out"), *STAND_INS, "--dtype", "float33"])
+    assert exited.value.code == 2
+    assert "argument --dtype: invalid choice: 'float33'" in capsys.readouterr().err
