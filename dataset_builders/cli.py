@@ -199,12 +199,36 @@ def _check_model_refs(args: argparse.Namespace) -> None:
             raise ValueError(f"{option} {spec}: {error}") from None
 
 
-def _load(option: str, spec: str, load: Callable[[str], Any]) -> Any:
-    """What a module:factory `spec` makes, else `load(spec)`; a model that does not load (not found, offline and not
-    cached, gated, of an unsupported family) is a ValueError naming the option."""
+def _make(option: str, spec: str) -> Any:
+    """What the module:factory `spec` makes, called with no arguments, checked to implement `option`'s protocol: a
+    factory that needs arguments or makes something else is a ValueError naming the option (the builder's own check
+    came after the judge had loaded, as a traceback)."""
+    from .interfaces import CandidateCaptioner, PreferenceJudge
+    from .miner import HardNegativeMiner
+
+    protocol, needs = {
+        "--judge": (PreferenceJudge, "a PreferenceJudge (methods score and score_images)"),
+        "--captioner": (CandidateCaptioner, "a CandidateCaptioner (method caption)"),
+        "--miner": (HardNegativeMiner, "a HardNegativeMiner"),
+    }[option]
     factory = _factory(spec)
-    if factory is not None:
-        return factory()
+    if not callable(factory):
+        raise ValueError(f"{option} {spec}: {spec.split(':')[1]} is a {type(factory).__name__}, not a callable that makes {needs}")
+    try:
+        made = factory()
+    except TypeError as error:  # a callable that needs arguments; a TypeError inside a factory reads alike
+        raise ValueError(f"{option} {spec}: calling it with no arguments failed ({error}); expected a zero-argument "
+                         f"factory of {needs}") from error
+    if not isinstance(made, protocol):
+        raise ValueError(f"{option} {spec} made a {type(made).__name__}; expected {needs}")
+    return made
+
+
+def _load(option: str, spec: str, load: Callable[[str], Any], made: dict[tuple[str, str], Any]) -> Any:
+    """What the module:factory `spec` made (`made`, by option and spec), else `load(spec)`; a model that does not load
+    (not found, offline and not cached, gated, of an unsupported family) is a ValueError naming the option."""
+    if (option, spec) in made:
+        return made[option, spec]
     try:
         return load(spec)
     except (OSError, ValueError, NotImplementedError) as error:
@@ -222,9 +246,12 @@ def _load_components(args: argparse.Namespace, device: str) -> dict[str, Any]:
         "image_processor_kwargs": {"max_pixels": args.max_pixels} if args.max_pixels else None,
         "model_kwargs": {"device_map": args.device_map} if args.device_map else None,
     }
+    specs = [("--judge", spec) for spec in args.judge] + [("--captioner", args.captioner), ("--miner", args.miner)]
+    # Factories first: they are quick to call and check, and one that is wrong must not wait for a 72B model to load.
+    made = {(option, spec): _make(option, spec) for option, spec in specs if spec is not None and _factory(spec) is not None}
     judge_kwargs = {"batch_size": args.judge_batch_size} | ({"prompt": args.judge_prompt} if args.judge_prompt else {})
     judges = [
-        _load("--judge", spec, lambda ref: MLLMJudge.from_pretrained(ref, loading_kwargs=loading_kwargs, **judge_kwargs))
+        _load("--judge", spec, lambda ref: MLLMJudge.from_pretrained(ref, loading_kwargs=loading_kwargs, **judge_kwargs), made)
         for spec in args.judge
     ]
     captioner = None
@@ -236,8 +263,9 @@ def _load_components(args: argparse.Namespace, device: str) -> dict[str, Any]:
             "--captioner",
             args.captioner,
             lambda ref: ContrastiveCaptioner.from_pretrained(ref, loading_kwargs=loading_kwargs, **caption_kwargs),
+            made,
         )
-    miner = _load("--miner", args.miner, lambda ref: HardNegativeMiner.from_pretrained(ref, device=device, search_device=device))
+    miner = _load("--miner", args.miner, lambda ref: HardNegativeMiner.from_pretrained(ref, device=device, search_device=device), made)
     return {"judge": judges[0] if len(judges) == 1 else JudgeEnsemble(judges), "captioner": captioner, "miner": miner}
 
 

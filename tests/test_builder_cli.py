@@ -396,3 +396,27 @@ def test_a_dtype_not_offered_is_a_usage_error(source_file, tmp_path, capsys):
         cli.main([source_file, "--output-dir", str(tmp_path / "out"), *STAND_INS, "--dtype", "float33"])
     assert exited.value.code == 2
     assert "argument --dtype: invalid choice: 'float33'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "option, spec, error",
+    [
+        ("--judge", "builtins:dict", "--judge builtins:dict made a dict; expected a PreferenceJudge (methods score and score_images)"),
+        ("--judge", "dataset_builders.testing:mean_colour", "--judge dataset_builders.testing:mean_colour: calling it with "
+         "no arguments failed (mean_colour() missing 1 required positional argument: 'image'); expected a zero-argument "
+         "factory of a PreferenceJudge (methods score and score_images)"),
+        ("--captioner", "dataset_builders.testing:ColourJudge", "--captioner dataset_builders.testing:ColourJudge made a "
+         "ColourJudge; expected a CandidateCaptioner (method caption)"),
+        ("--miner", "dataset_builders.testing:COLOURS", "--miner dataset_builders.testing:COLOURS: COLOURS is a dict, not a "
+         "callable that makes a HardNegativeMiner"),
+    ],
+)
+def test_a_factory_that_makes_no_such_component_is_a_one_line_error(source_file, tmp_path, capsys, option, spec, error):
+    """--judge builtins:dict was a "ValueError: cannot build MaplePreferences: judge= must implement PreferenceJudge"
+    traceback (exit status 1), and a factory that needs arguments a TypeError traceback."""
+    models = dict(zip(STAND_INS[::2], STAND_INS[1::2])) | {option: spec}
+    out = tmp_path / "out"
+    argv = [source_file, "--output-dir", str(out), "--semdedup-clusters", "0", "--no-progress"]
+    assert cli.main(argv + [item for pair in models.items() for item in pair]) == 2
+    assert capsys.readouterr().err == f"maple build-preferences: error: {error}\n"
+    assert not (out / "work").exists()
