@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import re
 import sys
@@ -184,19 +185,25 @@ def _check_repo_id(repo_id: str) -> None:
 
 def _check_model_refs(args: argparse.Namespace) -> None:
     """A ValueError naming the option of a model that cannot be found: a module:factory spec that does not import, a
-    path that is not a folder, a Hub repo that is not found, refuses the token or, offline, is not cached. Reads
+    path that is not a folder or holds no config.json, a Hub repo that is not found, refuses the token or, offline, is
+    not cached; and a --miner that is an MLLM (`encoder_config_problem`). Reads
     configs only, so it runs before the first model loads: one of them may take minutes and most of a GPU."""
-    from evaluation.models import ModelLoadError, check_model_ref, hub_checkpoint_config_file
+    from evaluation.models import ModelLoadError, checkpoint_config_file
+
+    from .miner import encoder_config_problem
 
     specs = [("--judge", spec) for spec in args.judge] + [("--captioner", args.captioner), ("--miner", args.miner)]
     for option, spec in specs:
         try:
-            if spec is not None and _factory(spec) is None:
-                check_model_ref(spec)
-                if not os.path.isdir(os.path.expanduser(spec)):  # then a Hub id (check_model_ref)
-                    hub_checkpoint_config_file(spec)
+            if spec is None or _factory(spec) is not None:
+                continue
+            config_file = checkpoint_config_file(spec)  # a folder holding no model (of images, say) too
+            if option == "--miner" and (problem := encoder_config_problem(spec, json.loads(config_file.read_text()))):
+                raise ModelLoadError(problem)
         except (ImportError, AttributeError, ModelLoadError) as error:
             raise ValueError(f"{option} {spec}: {error}") from None
+        except ValueError as error:  # json's: a config that does not read
+            raise ValueError(f"{option} {spec}: {config_file} cannot be read: {error}") from None
 
 
 def _make(option: str, spec: str) -> Any:

@@ -145,6 +145,7 @@ def test_a_model_option_reaching_one_component_loaded_from_a_path_is_taken(sourc
     monkeypatch.setattr(cli, "_load_components", load_components)
     model_folder = tmp_path / "model"
     model_folder.mkdir()
+    (model_folder / "config.json").write_text('{"model_type": "dinov2"}')
     argv = [source_file, "--output-dir", str(tmp_path / "out"), "--semdedup-clusters", "0", "--no-progress", *STAND_INS[:4]]
     assert cli.main([*argv, "--miner", str(model_folder), "--device", "cpu"]) == 2
     assert cli.main([*argv, STAND_INS[4], STAND_INS[5], "--judge", str(model_folder), "--judge-batch-size", "2"]) == 2
@@ -420,3 +421,36 @@ def test_a_factory_that_makes_no_such_component_is_a_one_line_error(source_file,
     assert cli.main(argv + [item for pair in models.items() for item in pair]) == 2
     assert capsys.readouterr().err == f"maple build-preferences: error: {error}\n"
     assert not (out / "work").exists()
+
+
+def test_a_local_folder_holding_no_model_is_an_error_before_any_model_loads(source_file, tmp_path, capsys, monkeypatch):
+    """A folder of images given as --captioner was found only when the captioner loaded, after the judge."""
+    monkeypatch.setattr(cli, "_load_components", lambda *args: pytest.fail("models were loaded"))
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.png").write_bytes(b"png")
+    out = tmp_path / "out"
+    argv = [source_file, "--output-dir", str(out), *STAND_INS[:2], *STAND_INS[4:], "--captioner", str(images)]
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"maple build-preferences: error: --captioner {images}: {images} has neither config.json nor "
+        "adapter_config.json: not a transformers checkpoint folder\n"
+    )
+    assert not out.exists()
+
+
+def test_an_mllm_as_miner_is_refused_before_any_model_loads(source_file, tmp_path, capsys, monkeypatch):
+    """It loaded, and the build crashed at the first batch it embedded: AttributeError "'tuple' object has no attribute
+    'float'" (an MLLM's get_image_features gives per-image token features)."""
+    monkeypatch.setattr(cli, "_load_components", lambda *args: pytest.fail("models were loaded"))
+    mllm = tmp_path / "mllm"
+    mllm.mkdir()
+    (mllm / "config.json").write_text('{"model_type": "qwen2_vl", "architectures": ["Qwen2VLForConditionalGeneration"]}')
+    out = tmp_path / "out"
+    assert cli.main([source_file, "--output-dir", str(out), *STAND_INS[:4], "--miner", str(mllm)]) == 2
+    assert capsys.readouterr().err == (
+        f"maple build-preferences: error: --miner {mllm}: {mllm} is a 'qwen2_vl' MLLM (Qwen2VLForConditionalGeneration), "
+        "not an image encoder: mine with one (facebook/dinov2-base, a CLIP or SigLIP model), or with a MAPLE embedder "
+        "of it (HardNegativeMiner.from_maple)\n"
+    )
+    assert not out.exists()

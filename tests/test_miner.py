@@ -168,6 +168,19 @@ def test_miner_embeds_with_a_transformers_image_encoder(tmp_path):
     assert 3 not in neighbours.indices[0].tolist() and 0 not in neighbours.indices[3].tolist()
 
 
+def test_from_pretrained_refuses_an_mllm_before_loading_it(tmp_path, monkeypatch):
+    """An MLLM folder loaded, and its first batch of images failed in `embed` ("'tuple' object has no attribute
+    'float'": its get_image_features gives per-image token features)."""
+    import transformers
+
+    from dataset_builders.testing import tiny_image_text_model
+
+    tiny_image_text_model("qwen2_vl").config.save_pretrained(tmp_path)
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", lambda *args, **kwargs: pytest.fail("the MLLM loaded"))
+    with pytest.raises(ValueError, match=r"is a 'qwen2_vl' MLLM, not an image encoder"):
+        HardNegativeMiner.from_pretrained(str(tmp_path))
+
+
 def test_miner_embeds_with_a_maple_model():
     from modeling_maple.testing import build_tiny
 
