@@ -22,6 +22,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -172,6 +173,16 @@ def _device(requested: str | None) -> str:
     return f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
 
 
+def _check_output_dir(output_dir: str) -> None:
+    """A ValueError when `--output-dir`, or the nearest of its parents that exists, is not a folder (a file): the build
+    would stop with a NotADirectoryError traceback when it first writes."""
+    path = Path(output_dir).expanduser()
+    existing = next((folder for folder in (path, *path.parents) if folder.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = "is a file" if existing == path else f"is inside {existing}, a file"
+        raise ValueError(f"--output-dir {output_dir} {where}; expected a folder (created if missing)")
+
+
 def _check_repo_id(repo_id: str) -> None:
     """A ValueError for a `--push-to-hub` repo id the Hub would refuse, found before the build rather than after it."""
     from huggingface_hub.errors import HFValidationError
@@ -311,13 +322,24 @@ def format_summary(stats: dict[str, Any], seconds: float, computed: int, reused:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     given = _options_given(argv)
-    if not args.no_progress or datasets.are_progress_bars_disabled():
+    if not args.no_progress:
         return _build(args, given)
-    datasets.disable_progress_bars()  # datasets' own bars too (reading the source, assembling the dataset)
+    from transformers.utils import logging as transformers_logging
+
+    # datasets' own bars too (reading the source, assembling the dataset), and transformers' ("Loading weights");
+    # each is turned back on afterwards only if it was on before
+    restore = []
+    if not datasets.are_progress_bars_disabled():
+        datasets.disable_progress_bars()
+        restore.append(datasets.enable_progress_bars)
+    if transformers_logging.is_progress_bar_enabled():
+        transformers_logging.disable_progress_bar()
+        restore.append(transformers_logging.enable_progress_bar)
     try:
         return _build(args, given)
     finally:
-        datasets.enable_progress_bars()
+        for enable in restore:
+            enable()
 
 
 def _build(args: argparse.Namespace, given: set[str]) -> int:
@@ -328,6 +350,7 @@ def _build(args: argparse.Namespace, given: set[str]) -> int:
         # Configuration, source and model errors stop here, before any file is written.
         config = next(config for config in MaplePreferences.BUILDER_CONFIGS if config.name == args.config)
         config = MaplePreferencesConfig(**{**config.__dict__, **overrides, "source": args.source})
+        _check_output_dir(args.output_dir)
         check_outside_source(args.source, **{"--output-dir": args.output_dir})
         if config.text_candidates == "generated" and not args.captioner:
             raise ValueError(f"the {args.config!r} config writes captions: pass --captioner (or use --config corpus-captions)")

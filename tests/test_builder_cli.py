@@ -454,3 +454,30 @@ def test_an_mllm_as_miner_is_refused_before_any_model_loads(source_file, tmp_pat
         "of it (HardNegativeMiner.from_maple)\n"
     )
     assert not out.exists()
+
+
+@pytest.mark.parametrize("where", ["file", "inside a file"])
+def test_an_output_dir_that_is_a_file_is_an_error_before_any_work(source_file, tmp_path, capsys, monkeypatch, where):
+    """It was a NotADirectoryError traceback."""
+    monkeypatch.setattr(cli, "_load_components", lambda *args: pytest.fail("models were loaded"))
+    file = tmp_path / "taken"
+    file.write_text("not a folder")
+    out = file if where == "file" else file / "out"
+    assert cli.main([source_file, "--output-dir", str(out), *STAND_INS]) == 2
+    detail = "is a file" if where == "file" else f"is inside {file}, a file"
+    assert capsys.readouterr().err == (
+        f"maple build-preferences: error: --output-dir {out} {detail}; expected a folder (created if missing)\n"
+    )
+
+
+def test_no_progress_hides_transformers_bars_too(source_file, tmp_path, monkeypatch):
+    """transformers' "Loading weights ... 46/46" bar showed under --no-progress."""
+    from transformers.utils import logging as transformers_logging
+
+    seen = []
+    monkeypatch.setattr(cli, "_build", lambda *args: seen.append(
+        (transformers_logging.is_progress_bar_enabled(), datasets.are_progress_bars_disabled())) or 0)
+    assert transformers_logging.is_progress_bar_enabled() and not datasets.are_progress_bars_disabled()
+    assert cli.main([source_file, "--output-dir", str(tmp_path / "out"), *STAND_INS, "--no-progress"]) == 0
+    assert seen == [(False, True)]
+    assert transformers_logging.is_progress_bar_enabled() and not datasets.are_progress_bars_disabled()
