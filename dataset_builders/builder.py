@@ -178,7 +178,10 @@ class MaplePreferencesConfig(datasets.BuilderConfig):
         if self.shard_size < 1:
             problems.append(f"shard_size must be positive, got {self.shard_size}")
         if self.semdedup_clusters is not None and self.semdedup_clusters < 1:
-            problems.append(f"semdedup_clusters must be positive or None, got {self.semdedup_clusters}")
+            problems.append(
+                f"semdedup_clusters must be positive, or None to turn de-duplication off (CLI --semdedup-clusters 0), "
+                f"got {self.semdedup_clusters}"
+            )
         if self.image_column == self.caption_column:  # the images' column is read as images: no caption would be text
             problems.append(
                 f"image_column and caption_column are both {self.image_column!r}: name the column holding the images "

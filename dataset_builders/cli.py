@@ -287,8 +287,10 @@ def _load_components(args: argparse.Namespace, device: str) -> dict[str, Any]:
     return {"judge": judges[0] if len(judges) == 1 else JudgeEnsemble(judges), "captioner": captioner, "miner": miner}
 
 
-def format_summary(stats: dict[str, Any], seconds: float, computed: int, reused: int, work_dir: str) -> str:
-    """The end-of-build report: counts, skipped inputs by reason (with examples) and time."""
+def format_summary(stats: dict[str, Any], seconds: float, computed: int, reused: int, work_dir: str, world_size: int = 1) -> str:
+    """The end-of-build report: counts, skipped inputs by reason (with examples) and time. `computed` and `reused`:
+    this process's shards, built now or found finished by an earlier run (with several processes, each reports its
+    own)."""
     anchors = stats["num_anchors"]
     lines = [
         f"MAPLE preference build ({stats['config_name']}) finished in {seconds:.1f} s",
@@ -296,7 +298,8 @@ def format_summary(stats: dict[str, Any], seconds: float, computed: int, reused:
         f"  anchors           {anchors}",
         f"  candidate images  {stats['num_candidate_images']} ({stats['num_candidate_images'] / max(anchors, 1):.2f} per anchor)",
         f"  candidate texts   {stats['num_candidate_texts']} ({stats['num_candidate_texts'] / max(anchors, 1):.2f} per anchor)",
-        f"  shards            {computed} computed, {reused} reused from an earlier run (this process)",
+        f"  shards            {computed} built, {reused} already built by an earlier run"
+        + (f" (rank 0's; each of the {world_size} processes builds its own)" if world_size > 1 else ""),
         f"  skipped inputs    {stats['num_skipped']}",
     ]
     if anchors and stats["num_candidate_texts"] <= anchors and stats["text_candidates"] == "generated":
@@ -386,7 +389,8 @@ def _build(args: argparse.Namespace, given: set[str]) -> int:
     except (WorkDirMismatch, SourceError, JudgeOutputError) as error:  # a damaged checkpoint or shard included
         print(f"maple build-preferences: error: {error}", file=sys.stderr)
         return 2
-    print(format_summary(builder.stats, time.perf_counter() - started, len(report.computed), len(report.reused), work_dir))
+    print(format_summary(builder.stats, time.perf_counter() - started, len(report.computed), len(report.reused), work_dir,
+                         builder.world_size))
     if args.push_to_hub:
         from maple.hub import hub_failure
 

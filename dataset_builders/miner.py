@@ -186,12 +186,15 @@ def check_semdedup_clusters(num_clusters: int, num_rows: int) -> None:
     cluster, not a corpus of 50k.
     """
     if 2 * num_clusters > num_rows:
+        off = "turn de-duplication off (semdedup_clusters=None, CLI --semdedup-clusters 0)"
+        if num_rows // 14 >= 2:
+            advice = (f"use about {num_rows // 14} clusters (rows / 14, as the paper's 50,000 clusters for ~700k images; "
+                      f"semdedup_clusters=..., CLI --semdedup-clusters) or {off}")
+        else:  # rows / 14 would be one cluster (or none): k-means has nothing to split
+            advice = f"{off}; {num_rows} rows are too few to cluster (at the paper's rows / 14, under 28 rows make fewer than 2 clusters)"
         raise ValueError(
             f"SemDeDup with {num_clusters} clusters on {num_rows} rows leaves fewer than 2 rows per cluster, and rows "
-            f"are compared only within their cluster, so most duplicates would go unnoticed: use about "
-            f"{max(1, num_rows // 14)} clusters (rows / 14, as the paper's 50,000 clusters for ~700k images; "
-            "semdedup_clusters=..., CLI --semdedup-clusters) or turn de-duplication off "
-            "(semdedup_clusters=None, CLI --semdedup-clusters 0)"
+            f"are compared only within their cluster, so most duplicates would go unnoticed: {advice}"
         )
 
 

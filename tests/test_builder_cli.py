@@ -56,7 +56,7 @@ def test_build_prints_a_summary_and_resumes(source_file, tmp_path, capsys):
     assert "finished in" in summary
     assert "anchors           7" in summary
     assert "candidate images  28 (4.00 per anchor)" in summary
-    assert "shards            3 computed, 0 reused" in summary
+    assert "shards            3 built, 0 already built by an earlier run\n" in summary
     assert "skipped inputs    2" in summary
     assert "unreadable image: 1" in summary and "id 'broken' (row 7): UnidentifiedImageError" in summary
     assert "empty caption: 1" in summary and "id 'blank' (row 8)" in summary
@@ -66,7 +66,7 @@ def test_build_prints_a_summary_and_resumes(source_file, tmp_path, capsys):
     assert len(loaded) == 7
 
     assert cli.main(argv) == 0
-    assert "shards            0 computed, 3 reused" in capsys.readouterr().out
+    assert "shards            0 built, 3 already built by an earlier run\n" in capsys.readouterr().out
 
 
 def test_configuration_errors_stop_before_any_work(source_file, tmp_path, capsys):
@@ -481,3 +481,26 @@ def test_no_progress_hides_transformers_bars_too(source_file, tmp_path, monkeypa
     assert cli.main([source_file, "--output-dir", str(tmp_path / "out"), *STAND_INS, "--no-progress"]) == 0
     assert seen == [(False, True)]
     assert transformers_logging.is_progress_bar_enabled() and not datasets.are_progress_bars_disabled()
+
+
+def test_the_summary_says_what_its_shard_counts_are(tmp_path):
+    """"3 computed, 0 reused from an earlier run (this process)" left open what "this process" meant."""
+    stats = {"config_name": "paper", "num_source_rows": 4, "num_anchors": 4, "num_candidate_images": 16,
+             "num_candidate_texts": 9, "num_skipped": 0, "skipped": [], "skipped_by_reason": {},
+             "text_candidates": "generated"}
+    assert "shards            1 built, 2 already built by an earlier run\n" in cli.format_summary(stats, 1.0, 1, 2, str(tmp_path))
+    assert "shards            1 built, 2 already built by an earlier run (rank 0's; each of the 4 processes builds its own)\n" \
+        in cli.format_summary(stats, 1.0, 1, 2, str(tmp_path), world_size=4)
+
+
+def test_semdedup_and_its_cluster_count_are_explained_in_command_line_terms(source_file, tmp_path, capsys):
+    """On 7 rows the advice was "use about 1 clusters"; --semdedup-clusters -1 said "must be positive or None", but on
+    the command line the off value is 0."""
+    argv = [source_file, "--output-dir", str(tmp_path / "out"), *STAND_INS, "--no-progress"]
+    assert cli.main(argv) == 2
+    error = capsys.readouterr().err
+    assert "use about" not in error and "turn de-duplication off (semdedup_clusters=None, CLI --semdedup-clusters 0); " \
+        "7 rows are too few to cluster" in error, error
+    assert cli.main([*argv, "--semdedup-clusters", "-1"]) == 2
+    assert "semdedup_clusters must be positive, or None to turn de-duplication off (CLI --semdedup-clusters 0), got -1" \
+        in capsys.readouterr().err

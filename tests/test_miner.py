@@ -277,8 +277,11 @@ def test_semdedup_refuses_clusters_too_many_to_find_duplicates():
     # came within the threshold of each other for 1.6% of the states
     embeddings = torch.randn(10, 4, generator=torch.Generator().manual_seed(0))
     embeddings[1] = embeddings[0]
-    with pytest.raises(ValueError, match=r"10 clusters on 10 rows .* about 1 clusters .*--semdedup-clusters 0"):
+    # too few rows for the paper's rows / 14 ("use about 1 clusters", it said): only turning it off is advised
+    with pytest.raises(ValueError, match=r"10 clusters on 10 rows .*off .*--semdedup-clusters 0\); 10 rows are too few to cluster"):
         semdedup(embeddings, num_clusters=10, epsilon=0.01)
+    with pytest.raises(ValueError, match=r"30 clusters on 56 rows .* use about 4 clusters .*--semdedup-clusters 0"):
+        miner_module.check_semdedup_clusters(30, 56)
     with pytest.raises(ValueError, match="6 clusters on 10 rows"):
         semdedup(embeddings, num_clusters=6, epsilon=0.01)
     assert semdedup(embeddings, num_clusters=5, epsilon=0.01).removed.keys() <= {0, 1}
