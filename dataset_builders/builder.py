@@ -180,7 +180,15 @@ class MaplePreferencesConfig(datasets.BuilderConfig):
         if self.shard_size < 1:
             problems.append(f"shard_size must be positive, got {self.shard_size}")
         if self.semdedup_clusters is not None and self.semdedup_clusters < 1:
-            problems.append(f"semdedup_clusters must be positive or None, got {self.semdedup_clusters}")
+            problems.append(
+                f"semdedup_clusters must be positive, or None to turn de-duplication off (CLI --semdedup-clusters 0), "
+                f"got {self.semdedup_clusters}"
+            )
+        if self.image_column == self.caption_column:  # the images' column is read as images: no caption would be text
+            problems.append(
+                f"image_column and caption_column are both {self.image_column!r}: name the column holding the images "
+                "and the one holding the captions (CLI --image-column, --caption-column)"
+            )
         if not 0.0 <= self.semdedup_epsilon < 1.0:
             problems.append(f"semdedup_epsilon must be in [0, 1), got {self.semdedup_epsilon}")
         if problems:
@@ -764,7 +772,11 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         except Exception as error:  # any decoding failure makes the row unusable, whatever its kind
             # PIL names the in-memory file by its address, which would differ from run to run in stats and card
             detail = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the image bytes", f"{type(error).__name__}: {error}")
-            file = value.get("path") if isinstance(value, dict) else None  # an image folder's file
+            file = value.get("path") if isinstance(value, dict) else None  # an image folder's file, or a column of text
+            if file and not value.get("bytes") and not Path(file).exists():  # text read as a file path, most likely
+                detail = (f"column {self.config.image_column!r} holds the text {reprlib.repr(file)}, read as an image file "
+                          "path, and there is no such file")
+                return SkippedInput(index, row_id, "unreadable image", detail)
             return SkippedInput(index, row_id, "unreadable image", f"{file}: {detail}" if file else detail)
         if (problem := self._image_problem(image.size)) is not None:
             return SkippedInput(index, row_id, "image a model cannot take", problem)
@@ -879,18 +891,14 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             num_source_rows, valid_rows, skipped = self.check_inputs()
             if not valid_rows:
                 reasons = ", ".join(f"{kind}: {count}" for kind, count in Counter(item.kind for item in skipped).items())
-                raise SourceError(
-                    f"no usable input rows: all {num_source_rows} were skipped ({reasons}; see {self.work_dir / 'inputs.json'})"
-                )
+                example = f"; e.g. row {skipped[0].row}: {skipped[0].detail}" if skipped and skipped[0].detail else ""
+                self._give_up_work_dir()
+                raise SourceError(f"no usable input rows: all {num_source_rows} were skipped ({reasons}{example})")
             if self.config.semdedup_clusters is not None:  # checked before the costly embedding
                 try:
                     check_semdedup_clusters(self.config.semdedup_clusters, len(valid_rows))
                 except ValueError as error:
-                    # Nothing of this recipe is computed beyond the input check: give up the work dir's claim,
-                    # so that the command the error suggests (another cluster count) can make it its own.
-                    claimed = [self.work_dir / MANIFEST_FILE, *self.work_dir.glob("inputs*.json")]
-                    for path in claimed:
-                        path.unlink(missing_ok=True)
+                    self._give_up_work_dir()
                     raise SourceError(str(error)) from None
             embeddings = self.embed_inputs(valid_rows)
             anchor_positions, deduplicated = self.select_anchors(valid_rows, embeddings)
@@ -902,6 +910,14 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 skipped=skipped + deduplicated,
             )
         return self._plan
+
+    def _give_up_work_dir(self) -> None:
+        """Remove the manifest and the input checks after an error found before embedding: nothing of this recipe is
+        computed beyond the input check, so the command the error suggests (other columns, another cluster count)
+        can make the work dir its own instead of being refused as another recipe. Ranks waiting for this one see the
+        manifest go and stop (`_wait_for`)."""
+        for path in [self.work_dir / MANIFEST_FILE, *self.work_dir.glob("inputs*.json")]:
+            path.unlink(missing_ok=True)
 
     def build_shards(self) -> ShardReport:
         """Build this rank's missing shards; finished shards are kept as they are."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import re
 import sys
@@ -21,11 +22,12 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 import datasets
 
-from maple.cli import DefaultsHelpFormatter, positive
+from maple.cli import DefaultsHelpFormatter, checked_device, positive
 
 from .builder import JudgeOutputError, MaplePreferences, MaplePreferencesConfig, WorkDirMismatch
 from .sources import SourceError, check_outside_source, open_source
@@ -53,6 +55,7 @@ MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
+DTYPES = ("auto", "bfloat16", "float16", "float32")
 _FACTORY_SPEC = re.compile(r"^(?P<module>[A-Za-z_][\w.]*):(?P<attribute>[A-Za-z_][\w.]*)$")
 MAX_EXAMPLES_PER_REASON = 5
 
@@ -74,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     components.add_argument("--miner", default="facebook/dinov2-base", metavar="ID", help="image encoder for hard-negative mining and SemDeDup")
     components.add_argument("--device", default=None, help="device for the models; default: this rank's GPU if any, else cpu")
     components.add_argument("--device-map", default=None, help="device_map for the judge and captioner (e.g. 'auto' to spread a 72B captioner over this machine's GPUs); overrides --device for them")
-    components.add_argument("--dtype", default="auto", help="weights dtype of the judge and captioner (auto, bfloat16, float16, float32)")
+    components.add_argument("--dtype", default="auto", choices=DTYPES, help="weights dtype of the judge and captioner")
     components.add_argument("--max-pixels", type=positive(int), default=None, help="cap on image pixels seen by the judge and captioner (paper: 384*384 for training images); Qwen-VL family models only")
 
     recipe = parser.add_argument_group("recipe")
@@ -161,36 +164,89 @@ def _check_model_options(args: argparse.Namespace, given: set[str]) -> None:
 
 
 def _device(requested: str | None) -> str:
+    """`--device`, checked to exist on this machine (a ValueError naming it, before any model loads), else this rank's
+    GPU if there is one, else cpu."""
     if requested:
-        return requested
+        return checked_device(requested)
     import torch
 
     return f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
 
 
+def _check_output_dir(output_dir: str) -> None:
+    """A ValueError when `--output-dir`, or the nearest of its parents that exists, is not a folder (a file): the build
+    would stop with a NotADirectoryError traceback when it first writes."""
+    path = Path(output_dir).expanduser()
+    existing = next((folder for folder in (path, *path.parents) if folder.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = "is a file" if existing == path else f"is inside {existing}, a file"
+        raise ValueError(f"--output-dir {output_dir} {where}; expected a folder (created if missing)")
+
+
+def _check_repo_id(repo_id: str) -> None:
+    """A ValueError for a `--push-to-hub` repo id the Hub would refuse, found before the build rather than after it."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise ValueError(f"--push-to-hub {repo_id!r} is not a Hub repo id ('name' or 'namespace/name'): {error}") from None
+
+
 def _check_model_refs(args: argparse.Namespace) -> None:
     """A ValueError naming the option of a model that cannot be found: a module:factory spec that does not import, a
-    path that is not a folder, a Hub repo that is not found, refuses the token or, offline, is not cached. Reads
+    path that is not a folder or holds no config.json, a Hub repo that is not found, refuses the token or, offline, is
+    not cached; and a --miner that is an MLLM (`encoder_config_problem`). Reads
     configs only, so it runs before the first model loads: one of them may take minutes and most of a GPU."""
-    from evaluation.models import ModelLoadError, check_model_ref, hub_checkpoint_config_file
+    from evaluation.models import ModelLoadError, checkpoint_config_file
+
+    from .miner import encoder_config_problem
 
     specs = [("--judge", spec) for spec in args.judge] + [("--captioner", args.captioner), ("--miner", args.miner)]
     for option, spec in specs:
         try:
-            if spec is not None and _factory(spec) is None:
-                check_model_ref(spec)
-                if not os.path.isdir(os.path.expanduser(spec)):  # then a Hub id (check_model_ref)
-                    hub_checkpoint_config_file(spec)
+            if spec is None or _factory(spec) is not None:
+                continue
+            config_file = checkpoint_config_file(spec)  # a folder holding no model (of images, say) too
+            if option == "--miner" and (problem := encoder_config_problem(spec, json.loads(config_file.read_text()))):
+                raise ModelLoadError(problem)
         except (ImportError, AttributeError, ModelLoadError) as error:
             raise ValueError(f"{option} {spec}: {error}") from None
+        except ValueError as error:  # json's: a config that does not read
+            raise ValueError(f"{option} {spec}: {config_file} cannot be read: {error}") from None
 
 
-def _load(option: str, spec: str, load: Callable[[str], Any]) -> Any:
-    """What a module:factory `spec` makes, else `load(spec)`; a model that does not load (not found, offline and not
-    cached, gated, of an unsupported family) is a ValueError naming the option."""
+def _make(option: str, spec: str) -> Any:
+    """What the module:factory `spec` makes, called with no arguments, checked to implement `option`'s protocol: a
+    factory that needs arguments or makes something else is a ValueError naming the option (the builder's own check
+    came after the judge had loaded, as a traceback)."""
+    from .interfaces import CandidateCaptioner, PreferenceJudge
+    from .miner import HardNegativeMiner
+
+    protocol, needs = {
+        "--judge": (PreferenceJudge, "a PreferenceJudge (methods score and score_images)"),
+        "--captioner": (CandidateCaptioner, "a CandidateCaptioner (method caption)"),
+        "--miner": (HardNegativeMiner, "a HardNegativeMiner"),
+    }[option]
     factory = _factory(spec)
-    if factory is not None:
-        return factory()
+    if not callable(factory):
+        raise ValueError(f"{option} {spec}: {spec.split(':')[1]} is a {type(factory).__name__}, not a callable that makes {needs}")
+    try:
+        made = factory()
+    except TypeError as error:  # a callable that needs arguments; a TypeError inside a factory reads alike
+        raise ValueError(f"{option} {spec}: calling it with no arguments failed ({error}); expected a zero-argument "
+                         f"factory of {needs}") from error
+    if not isinstance(made, protocol):
+        raise ValueError(f"{option} {spec} made a {type(made).__name__}; expected {needs}")
+    return made
+
+
+def _load(option: str, spec: str, load: Callable[[str], Any], made: dict[tuple[str, str], Any]) -> Any:
+    """What the module:factory `spec` made (`made`, by option and spec), else `load(spec)`; a model that does not load
+    (not found, offline and not cached, gated, of an unsupported family) is a ValueError naming the option."""
+    if (option, spec) in made:
+        return made[option, spec]
     try:
         return load(spec)
     except (OSError, ValueError, NotImplementedError) as error:
@@ -208,9 +264,12 @@ def _load_components(args: argparse.Namespace, device: str) -> dict[str, Any]:
         "image_processor_kwargs": {"max_pixels": args.max_pixels} if args.max_pixels else None,
         "model_kwargs": {"device_map": args.device_map} if args.device_map else None,
     }
+    specs = [("--judge", spec) for spec in args.judge] + [("--captioner", args.captioner), ("--miner", args.miner)]
+    # Factories first: they are quick to call and check, and one that is wrong must not wait for a 72B model to load.
+    made = {(option, spec): _make(option, spec) for option, spec in specs if spec is not None and _factory(spec) is not None}
     judge_kwargs = {"batch_size": args.judge_batch_size} | ({"prompt": args.judge_prompt} if args.judge_prompt else {})
     judges = [
-        _load("--judge", spec, lambda ref: MLLMJudge.from_pretrained(ref, loading_kwargs=loading_kwargs, **judge_kwargs))
+        _load("--judge", spec, lambda ref: MLLMJudge.from_pretrained(ref, loading_kwargs=loading_kwargs, **judge_kwargs), made)
         for spec in args.judge
     ]
     captioner = None
@@ -222,13 +281,16 @@ def _load_components(args: argparse.Namespace, device: str) -> dict[str, Any]:
             "--captioner",
             args.captioner,
             lambda ref: ContrastiveCaptioner.from_pretrained(ref, loading_kwargs=loading_kwargs, **caption_kwargs),
+            made,
         )
-    miner = _load("--miner", args.miner, lambda ref: HardNegativeMiner.from_pretrained(ref, device=device, search_device=device))
+    miner = _load("--miner", args.miner, lambda ref: HardNegativeMiner.from_pretrained(ref, device=device, search_device=device), made)
     return {"judge": judges[0] if len(judges) == 1 else JudgeEnsemble(judges), "captioner": captioner, "miner": miner}
 
 
-def format_summary(stats: dict[str, Any], seconds: float, computed: int, reused: int, work_dir: str) -> str:
-    """The end-of-build report: counts, skipped inputs by reason (with examples) and time."""
+def format_summary(stats: dict[str, Any], seconds: float, computed: int, reused: int, work_dir: str, world_size: int = 1) -> str:
+    """The end-of-build report: counts, skipped inputs by reason (with examples) and time. `computed` and `reused`:
+    this process's shards, built now or found finished by an earlier run (with several processes, each reports its
+    own)."""
     anchors = stats["num_anchors"]
     lines = [
         f"MAPLE preference build ({stats['config_name']}) finished in {seconds:.1f} s",
@@ -236,7 +298,8 @@ def format_summary(stats: dict[str, Any], seconds: float, computed: int, reused:
         f"  anchors           {anchors}",
         f"  candidate images  {stats['num_candidate_images']} ({stats['num_candidate_images'] / max(anchors, 1):.2f} per anchor)",
         f"  candidate texts   {stats['num_candidate_texts']} ({stats['num_candidate_texts'] / max(anchors, 1):.2f} per anchor)",
-        f"  shards            {computed} computed, {reused} reused from an earlier run (this process)",
+        f"  shards            {computed} built, {reused} already built by an earlier run"
+        + (f" (rank 0's; each of the {world_size} processes builds its own)" if world_size > 1 else ""),
         f"  skipped inputs    {stats['num_skipped']}",
     ]
     if anchors and stats["num_candidate_texts"] <= anchors and stats["text_candidates"] == "generated":
@@ -262,13 +325,24 @@ def format_summary(stats: dict[str, Any], seconds: float, computed: int, reused:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     given = _options_given(argv)
-    if not args.no_progress or datasets.are_progress_bars_disabled():
+    if not args.no_progress:
         return _build(args, given)
-    datasets.disable_progress_bars()  # datasets' own bars too (reading the source, assembling the dataset)
+    from transformers.utils import logging as transformers_logging
+
+    # datasets' own bars too (reading the source, assembling the dataset), and transformers' ("Loading weights");
+    # each is turned back on afterwards only if it was on before
+    restore = []
+    if not datasets.are_progress_bars_disabled():
+        datasets.disable_progress_bars()
+        restore.append(datasets.enable_progress_bars)
+    if transformers_logging.is_progress_bar_enabled():
+        transformers_logging.disable_progress_bar()
+        restore.append(transformers_logging.enable_progress_bar)
     try:
         return _build(args, given)
     finally:
-        datasets.enable_progress_bars()
+        for enable in restore:
+            enable()
 
 
 def _build(args: argparse.Namespace, given: set[str]) -> int:
@@ -279,15 +353,19 @@ def _build(args: argparse.Namespace, given: set[str]) -> int:
         # Configuration, source and model errors stop here, before any file is written.
         config = next(config for config in MaplePreferences.BUILDER_CONFIGS if config.name == args.config)
         config = MaplePreferencesConfig(**{**config.__dict__, **overrides, "source": args.source})
+        _check_output_dir(args.output_dir)
         check_outside_source(args.source, **{"--output-dir": args.output_dir})
         if config.text_candidates == "generated" and not args.captioner:
             raise ValueError(f"the {args.config!r} config writes captions: pass --captioner (or use --config corpus-captions)")
         if config.text_candidates != "generated" and args.captioner:  # it would be loaded (a 72B MLLM) for nothing
             raise ValueError(f"the {args.config!r} config uses the hard negatives' own captions: leave out --captioner")
+        if args.push_to_hub:
+            _check_repo_id(args.push_to_hub)
+        device = _device(args.device)
         _check_model_refs(args)
         _check_model_options(args, given)
         open_source(config, cache_dir=os.path.join(args.output_dir, "cache"))
-        components = _load_components(args, _device(args.device))
+        components = _load_components(args, device)
     except ValueError as error:  # SourceError included
         print(f"maple build-preferences: error: {error}", file=sys.stderr)
         return 2
@@ -311,10 +389,22 @@ def _build(args: argparse.Namespace, given: set[str]) -> int:
     except (WorkDirMismatch, SourceError, JudgeOutputError) as error:  # a damaged checkpoint or shard included
         print(f"maple build-preferences: error: {error}", file=sys.stderr)
         return 2
-    print(format_summary(builder.stats, time.perf_counter() - started, len(report.computed), len(report.reused), work_dir))
+    print(format_summary(builder.stats, time.perf_counter() - started, len(report.computed), len(report.reused), work_dir,
+                         builder.world_size))
     if args.push_to_hub:
-        builder.push_to_hub(args.push_to_hub, private=args.private)
-        print(f"  pushed to Hub dataset repo {args.push_to_hub}")
+        from maple.hub import hub_failure
+
+        try:
+            repo_id = builder.push_to_hub(args.push_to_hub, private=args.private)
+        except Exception as error:  # the Hub's errors come wrapped by datasets' and httpx's: `hub_failure` reads them
+            problem = hub_failure(error, args.push_to_hub, repo_type="dataset", writing=True)
+            if problem is None:
+                raise
+            print(f"maple build-preferences: error: pushing failed: {problem}. The built dataset is kept in "
+                  f"{builder.shard_dir}: run the same command again to push it (the build is reused, not redone)",
+                  file=sys.stderr)
+            return 1
+        print(f"  pushed to Hub dataset repo {repo_id}")
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import PIL.Image
 import torch
@@ -185,12 +186,15 @@ def check_semdedup_clusters(num_clusters: int, num_rows: int) -> None:
     cluster, not a corpus of 50k.
     """
     if 2 * num_clusters > num_rows:
+        off = "turn de-duplication off (semdedup_clusters=None, CLI --semdedup-clusters 0)"
+        if num_rows // 14 >= 2:
+            advice = (f"use about {num_rows // 14} clusters (rows / 14, as the paper's 50,000 clusters for ~700k images; "
+                      f"semdedup_clusters=..., CLI --semdedup-clusters) or {off}")
+        else:  # rows / 14 would be one cluster (or none): k-means has nothing to split
+            advice = f"{off}; {num_rows} rows are too few to cluster (at the paper's rows / 14, under 28 rows make fewer than 2 clusters)"
         raise ValueError(
             f"SemDeDup with {num_clusters} clusters on {num_rows} rows leaves fewer than 2 rows per cluster, and rows "
-            f"are compared only within their cluster, so most duplicates would go unnoticed: use about "
-            f"{max(1, num_rows // 14)} clusters (rows / 14, as the paper's 50,000 clusters for ~700k images; "
-            "semdedup_clusters=..., CLI --semdedup-clusters) or turn de-duplication off "
-            "(semdedup_clusters=None, CLI --semdedup-clusters 0)"
+            f"are compared only within their cluster, so most duplicates would go unnoticed: {advice}"
         )
 
 
@@ -339,10 +343,13 @@ class HardNegativeMiner:
         `attn_implementation`); `kwargs` go to the miner, and a keyword that is neither is a TypeError
         saying where it goes (`interfaces.check_settings`), as for the judge and the captioner.
         """
-        from transformers import AutoImageProcessor, AutoModel
+        from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
         check_settings(cls, kwargs, ("device", "dtype", "device_map", "model_kwargs"))
         model_kwargs = with_device_map(f"{cls.__name__}.from_pretrained", model_kwargs, device_map)
+        problem = encoder_config_problem(model_id_or_path, AutoConfig.from_pretrained(model_id_or_path).to_dict())
+        if problem is not None:  # it would load, and fail at its first batch of images
+            raise ValueError(problem)
         model = AutoModel.from_pretrained(model_id_or_path, dtype=dtype, **model_kwargs).eval()
         if "device_map" not in model_kwargs:
             model = model.to(device or "cpu")
@@ -407,6 +414,24 @@ class HardNegativeMiner:
     def deduplicate(self, embeddings: torch.Tensor, *, num_clusters: int, epsilon: float, seed: int = 0) -> DedupResult:
         """SemDeDup over `embeddings` (N, D); see `semdedup`."""
         return semdedup(embeddings.to(self.search_device), num_clusters=num_clusters, epsilon=epsilon, seed=seed)
+
+
+GENERATIVE_HEADS = ("ForConditionalGeneration", "ForCausalLM", "ForImageTextToText")
+
+
+def encoder_config_problem(model_ref: str, config: dict[str, Any]) -> str | None:
+    """Why `HardNegativeMiner.from_pretrained` cannot mine with the checkpoint whose config.json is `config`, or None:
+    an MLLM (a supported judge family, or any generative head) returns no image embedding from its forward (its
+    `get_image_features` gives a tuple of per-image token features), so it failed only at the first batch it embedded."""
+    from modeling_maple.configuration_maple import SUPPORTED_MLLMS
+
+    model_type = config.get("model_type")
+    generative = [name for name in config.get("architectures") or [] if name.endswith(GENERATIVE_HEADS)]
+    if model_type not in SUPPORTED_MLLMS and not generative:
+        return None
+    what = f"a {model_type!r} MLLM" + (f" ({generative[0]})" if generative else "")
+    return (f"{model_ref} is {what}, not an image encoder: mine with one (facebook/dinov2-base, a CLIP or SigLIP "
+            "model), or with a MAPLE embedder of it (HardNegativeMiner.from_maple)")
 
 
 class _TransformersImageEncoder:

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from maple.cli import DefaultsHelpFormatter, positive
+from maple.cli import DefaultsHelpFormatter, checked_device, positive
 from maple.files import atomic_write_text
 
 from .benchmarks import BENCHMARKS, QuadrupleBenchmark, RetrievalBenchmark, load_benchmark
@@ -291,28 +291,17 @@ def push_results(repo_id: str, results: dict[str, Any], dataset_ids: dict[str, s
 
 
 def _embedding_device(parser: argparse.ArgumentParser, requested: str | None) -> str:
-    """The device the models embed on: `requested`, checked to exist on this machine (a missing GPU or an index past
-    the last one is a usage error now, not a failure once a model has loaded), or cuda when available, else cpu."""
+    """The device the models embed on: `requested`, checked to exist on this machine (`maple.cli.checked_device`: a
+    missing GPU or an index past the last one is a usage error now, not a failure once a model has loaded), or cuda
+    when available, else cpu."""
     import torch
 
     if requested is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        device = torch.device(requested)
-    except RuntimeError as error:
-        _usage_error(parser, f"--device {requested!r}: {error}")
-    if device.type == "cpu":
-        return str(device)
-    backend = getattr(torch, device.type, None)  # torch.cuda, torch.mps, torch.xpu, ...
-    if not hasattr(backend, "device_count"):
-        _usage_error(parser, f"--device {requested!r}: models cannot embed on a {device.type!r} device")
-    count = backend.device_count()
-    if count == 0:
-        _usage_error(parser, f"--device {requested!r}: no {device.type} device is available on this machine")
-    if device.index is not None and device.index >= count:
-        _usage_error(parser, f"--device {requested!r}: this machine has {count} {device.type} device(s), "
-                             f"{device.type}:0 to {device.type}:{count - 1}")
-    return str(device)
+        return checked_device(requested)
+    except ValueError as error:
+        _usage_error(parser, str(error))
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultsHelpFormatter):

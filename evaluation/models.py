@@ -97,6 +97,15 @@ def _local_checkpoint_config_file(folder: Path) -> Path:
     raise ModelLoadError(f"{folder} has neither {CONFIG_FILE} nor {ADAPTER_CONFIG_FILE}: not a transformers checkpoint folder")
 
 
+def checkpoint_config_file(model_ref: str, revision: str | None = None) -> Path:
+    """The config.json, else adapter_config.json, of `model_ref`, a local folder or a Hub repo id (read from the
+    cache offline), whatever model it holds: a `ModelLoadError` naming the folder or repo when it is missing, holds
+    neither file (a folder of images, say), or cannot be read. Reads no weights."""
+    check_model_ref(model_ref)
+    folder = Path(model_ref).expanduser()
+    return _local_checkpoint_config_file(folder) if folder.is_dir() else hub_checkpoint_config_file(model_ref, revision)
+
+
 def checkpoint_config(model_ref: str, revision: str | None = None) -> tuple[str, dict[str, Any]]:
     """(file name, content) of the config.json, else adapter_config.json, of `model_ref`, a local folder
     or a Hub repo id, after checking that it is an embedder MAPLE can evaluate: a MAPLE checkpoint, a
@@ -106,9 +115,7 @@ def checkpoint_config(model_ref: str, revision: str | None = None) -> tuple[str,
     Raises `ModelLoadError` naming the folder or repo when it is missing, cannot be read or is of
     another kind. Offline, a Hub repo downloaded before is read from the local cache.
     """
-    check_model_ref(model_ref)
-    folder = Path(model_ref).expanduser()
-    config_file = _local_checkpoint_config_file(folder) if folder.is_dir() else hub_checkpoint_config_file(model_ref, revision)
+    config_file = checkpoint_config_file(model_ref, revision)
     name = config_file.name
     try:
         config = json.loads(config_file.read_text())

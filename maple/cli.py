@@ -42,6 +42,31 @@ def positive(number_type: type[int] | type[float]):
     return parse
 
 
+def checked_device(requested: str, option: str = "--device") -> str:
+    """`requested` as torch names the device, checked to exist on this machine: a ValueError naming `option` for a
+    string torch does not read ('gpu'), a device type models cannot run on, a missing GPU or an index past the last
+    one, so that a command reports it as a usage error before any model loads, not once one has (an AssertionError
+    'Torch not compiled with CUDA enabled')."""
+    import torch
+
+    try:
+        device = torch.device(requested)
+    except RuntimeError as error:
+        raise ValueError(f"{option} {requested!r}: {error}") from None
+    if device.type == "cpu":
+        return str(device)
+    backend = getattr(torch, device.type, None)  # torch.cuda, torch.mps, torch.xpu, ...
+    if not hasattr(backend, "device_count"):
+        raise ValueError(f"{option} {requested!r}: models cannot run on a {device.type!r} device")
+    count = backend.device_count()
+    if count == 0:
+        raise ValueError(f"{option} {requested!r}: no {device.type} device is available on this machine")
+    if device.index is not None and device.index >= count:
+        raise ValueError(f"{option} {requested!r}: this machine has {count} {device.type} device(s), "
+                         f"{device.type}:0 to {device.type}:{count - 1}")
+    return str(device)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(

@@ -47,12 +47,15 @@ def _chain(error: BaseException) -> Iterator[BaseException]:
         current = current.__cause__ or current.__context__
 
 
-def hub_failure(error: BaseException, repo_id: str, *, repo_type: str = "model", revision: str | None = None) -> str | None:
+def hub_failure(
+    error: BaseException, repo_id: str, *, repo_type: str = "model", revision: str | None = None, writing: bool = False
+) -> str | None:
     """One line naming the repo and what the Hub answered, for a failure whose exception chain holds a Hub error;
     None when it holds none, or only a missing file of a repo that was read (the caller's own message says which).
 
     An HTTP answer (the first in the chain: transformers and datasets wrap it) wins over the "not in the local
-    cache" error a failed download also raises; with no answer the Hub was offline or unreachable."""
+    cache" error a failed download also raises; with no answer the Hub was offline or unreachable (`writing`: a push,
+    for which the local cache is no way out)."""
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
@@ -81,5 +84,7 @@ def hub_failure(error: BaseException, repo_id: str, *, repo_type: str = "model",
             return f"{where} refused the token (HTTP {status}): check HF_TOKEN"
         return f"{where} could not be read: HTTP {status} from the server"
     if any(isinstance(link, (OfflineModeIsEnabled, httpx.TransportError, LocalEntryNotFoundError)) for link in chain):
+        if writing:
+            return f"{where} cannot be written: the Hub is offline (HF_HUB_OFFLINE) or unreachable"
         return f"{where} is not in the local cache and the Hub is offline or unreachable"
     return None

@@ -56,7 +56,7 @@ def test_build_prints_a_summary_and_resumes(source_file, tmp_path, capsys):
     assert "finished in" in summary
     assert "anchors           7" in summary
     assert "candidate images  28 (4.00 per anchor)" in summary
-    assert "shards            3 computed, 0 reused" in summary
+    assert "shards            3 built, 0 already built by an earlier run\n" in summary
     assert "skipped inputs    2" in summary
     assert "unreadable image: 1" in summary and "id 'broken' (row 7): UnidentifiedImageError" in summary
     assert "empty caption: 1" in summary and "id 'blank' (row 8)" in summary
@@ -66,7 +66,7 @@ def test_build_prints_a_summary_and_resumes(source_file, tmp_path, capsys):
     assert len(loaded) == 7
 
     assert cli.main(argv) == 0
-    assert "shards            0 computed, 3 reused" in capsys.readouterr().out
+    assert "shards            0 built, 3 already built by an earlier run\n" in capsys.readouterr().out
 
 
 def test_configuration_errors_stop_before_any_work(source_file, tmp_path, capsys):
@@ -145,6 +145,7 @@ def test_a_model_option_reaching_one_component_loaded_from_a_path_is_taken(sourc
     monkeypatch.setattr(cli, "_load_components", load_components)
     model_folder = tmp_path / "model"
     model_folder.mkdir()
+    (model_folder / "config.json").write_text('{"model_type": "dinov2"}')
     argv = [source_file, "--output-dir", str(tmp_path / "out"), "--semdedup-clusters", "0", "--no-progress", *STAND_INS[:4]]
     assert cli.main([*argv, "--miner", str(model_folder), "--device", "cpu"]) == 2
     assert cli.main([*argv, STAND_INS[4], STAND_INS[5], "--judge", str(model_folder), "--judge-batch-size", "2"]) == 2
@@ -169,7 +170,34 @@ def test_source_problems_are_one_line_errors(source_file, tmp_path, capsys):
     assert "SemDeDup with 50000 clusters on 7 rows" in error_of("clusters")
     missing_column = error_of("column", "--semdedup-clusters", "0", "--caption-column", "missing")
     assert f"source {source_file} lacks column(s) ['missing']" in missing_column and "--caption-column" in missing_column
-    assert "no usable input rows: all 9 were skipped" in error_of("paths", "--semdedup-clusters", "0", "--image-column", "caption")
+    assert "no usable input rows: all 9 were skipped" in error_of("paths", "--semdedup-clusters", "0", "--image-column", "id")
+
+
+def test_a_build_whose_every_row_is_skipped_leaves_the_output_dir_to_the_next_command(source_file, tmp_path, capsys):
+    """It left its manifest behind: the rerun with the right --image-column was refused as another recipe ("work dir
+    ... was built with another recipe (image_column ...)"), and the reason named text read as image paths only as
+    "unreadable image: <caption>: FileNotFoundError"."""
+    out = tmp_path / "out"
+    argv = [source_file, "--output-dir", str(out), *STAND_INS, "--semdedup-clusters", "0", "--no-progress"]
+    assert cli.main([*argv, "--image-column", "id"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1, error
+    assert "no usable input rows: all 9 were skipped (unreadable image: 8, empty caption: 1; e.g. row 0: column 'id' holds the " \
+        "text 'square-000', read as an image file path, and there is no such file)" in error
+    assert not (out / "work" / "manifest.json").exists() and not list((out / "work").glob("inputs*.json"))
+    assert cli.main(argv) == 0, capsys.readouterr().err
+
+
+def test_one_column_for_images_and_captions_is_an_error_before_any_model_loads(source_file, tmp_path, capsys, monkeypatch):
+    """The image column was cast to images, captions included: every row was skipped as a "non-string caption"."""
+    monkeypatch.setattr(cli, "_load_components", lambda *args: pytest.fail("models were loaded"))
+    out = tmp_path / "out"
+    assert cli.main([source_file, "--output-dir", str(out), *STAND_INS, "--image-column", "caption"]) == 2
+    assert capsys.readouterr().err == (
+        "maple build-preferences: error: invalid MaplePreferences config: image_column and caption_column are both 'caption': name the column holding "
+        "the images and the one holding the captions (CLI --image-column, --caption-column)\n"
+    )
+    assert not out.exists()
 
 
 def test_unreadable_sources_are_one_line_errors_before_any_model_loads(source_file, tmp_path, capsys, monkeypatch):
@@ -303,3 +331,176 @@ def test_the_summary_warns_when_the_captioner_added_no_caption(tmp_path):
     assert "candidate texts   4 (1.00 per anchor)\n    warning: the captioner added no caption to any anchor" in summary
     assert "warning" not in cli.format_summary(stats | {"num_candidate_texts": 9}, 1.0, 1, 0, str(tmp_path))
     assert "warning" not in cli.format_summary(stats | {"text_candidates": "corpus"}, 1.0, 1, 0, str(tmp_path))
+
+
+def test_a_push_to_hub_repo_id_the_hub_would_refuse_is_an_error_before_any_work(source_file, tmp_path, capsys, monkeypatch):
+    """It was an HFValidationError traceback once the whole build had run."""
+    monkeypatch.setattr(cli, "_load_components", lambda *args: pytest.fail("models were loaded"))
+    out = tmp_path / "out"
+    assert cli.main([source_file, "--output-dir", str(out), *STAND_INS, "--push-to-hub", "bad repo id!!"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("maple build-preferences: error: --push-to-hub 'bad repo id!!' is not a Hub repo id") and \
+        error.count("\n") == 1, error
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("hub", ["offline", "unreachable"])
+def test_a_failed_push_is_one_line_saying_where_the_built_data_is_kept(source_file, tmp_path, capsys, monkeypatch, hub):
+    """Offline it was an OfflineModeIsEnabled traceback, with an unreachable Hub an httpx ConnectError one, after the
+    build: nothing said the data was built and kept, nor how to push it."""
+    from huggingface_hub import constants
+
+    if hub == "offline":
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    else:
+        monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    out = tmp_path / "out"
+    argv = [source_file, "--output-dir", str(out), *STAND_INS, "--semdedup-clusters", "0", "--no-progress",
+            "--push-to-hub", "me/prefs"]
+    assert cli.main(argv) == 1
+    captured = capsys.readouterr()
+    assert "finished in" in captured.out
+    assert captured.err == (
+        f"maple build-preferences: error: pushing failed: dataset repo 'me/prefs' on {constants.ENDPOINT} cannot be "
+        f"written: the Hub is offline (HF_HUB_OFFLINE) or unreachable. The built dataset is kept in "
+        f"{out / 'work' / 'shards'}: run the same command again to push it (the build is reused, not redone)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "device, cuda_devices, error",
+    [
+        ("gpu", 0, "--device 'gpu': Expected one of "),
+        ("cuda", 0, "--device 'cuda': no cuda device is available on this machine"),
+        ("cuda:2", 2, "--device 'cuda:2': this machine has 2 cuda device(s), cuda:0 to cuda:1"),
+    ],
+)
+def test_a_device_this_machine_lacks_is_a_usage_error_before_any_model_loads(
+    source_file, tmp_path, capsys, monkeypatch, device, cuda_devices, error
+):
+    """--device gpu was a RuntimeError traceback and --device cuda on a CPU machine an AssertionError, both once the
+    judge had loaded. The check is `maple eval`'s (`maple.cli.checked_device`)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: cuda_devices)
+    monkeypatch.setattr(cli, "_load_components", lambda *args: pytest.fail("models were loaded"))
+    out = tmp_path / "out"
+    assert cli.main([source_file, "--output-dir", str(out), *STAND_INS, "--device", device]) == 2
+    message = capsys.readouterr().err
+    assert message.startswith(f"maple build-preferences: error: {error}") and message.count("\n") == 1, message
+    assert not out.exists()
+
+
+def test_a_dtype_not_offered_is_a_usage_error(source_file, tmp_path, capsys):
+    """--dtype float33 was an AttributeError traceback (torch has no float33) once the judge was loading."""
+    with pytest.raises(SystemExit) as exited:
+        cli.main([source_file, "--output-dir", str(tmp_path / "out"), *STAND_INS, "--dtype", "float33"])
+    assert exited.value.code == 2
+    assert "argument --dtype: invalid choice: 'float33'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "option, spec, error",
+    [
+        ("--judge", "builtins:dict", "--judge builtins:dict made a dict; expected a PreferenceJudge (methods score and score_images)"),
+        ("--judge", "dataset_builders.testing:mean_colour", "--judge dataset_builders.testing:mean_colour: calling it with "
+         "no arguments failed (mean_colour() missing 1 required positional argument: 'image'); expected a zero-argument "
+         "factory of a PreferenceJudge (methods score and score_images)"),
+        ("--captioner", "dataset_builders.testing:ColourJudge", "--captioner dataset_builders.testing:ColourJudge made a "
+         "ColourJudge; expected a CandidateCaptioner (method caption)"),
+        ("--miner", "dataset_builders.testing:COLOURS", "--miner dataset_builders.testing:COLOURS: COLOURS is a dict, not a "
+         "callable that makes a HardNegativeMiner"),
+    ],
+)
+def test_a_factory_that_makes_no_such_component_is_a_one_line_error(source_file, tmp_path, capsys, option, spec, error):
+    """--judge builtins:dict was a "ValueError: cannot build MaplePreferences: judge= must implement PreferenceJudge"
+    traceback (exit status 1), and a factory that needs arguments a TypeError traceback."""
+    models = dict(zip(STAND_INS[::2], STAND_INS[1::2])) | {option: spec}
+    out = tmp_path / "out"
+    argv = [source_file, "--output-dir", str(out), "--semdedup-clusters", "0", "--no-progress"]
+    assert cli.main(argv + [item for pair in models.items() for item in pair]) == 2
+    assert capsys.readouterr().err == f"maple build-preferences: error: {error}\n"
+    assert not (out / "work").exists()
+
+
+def test_a_local_folder_holding_no_model_is_an_error_before_any_model_loads(source_file, tmp_path, capsys, monkeypatch):
+    """A folder of images given as --captioner was found only when the captioner loaded, after the judge."""
+    monkeypatch.setattr(cli, "_load_components", lambda *args: pytest.fail("models were loaded"))
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.png").write_bytes(b"png")
+    out = tmp_path / "out"
+    argv = [source_file, "--output-dir", str(out), *STAND_INS[:2], *STAND_INS[4:], "--captioner", str(images)]
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"maple build-preferences: error: --captioner {images}: {images} has neither config.json nor "
+        "adapter_config.json: not a transformers checkpoint folder\n"
+    )
+    assert not out.exists()
+
+
+def test_an_mllm_as_miner_is_refused_before_any_model_loads(source_file, tmp_path, capsys, monkeypatch):
+    """It loaded, and the build crashed at the first batch it embedded: AttributeError "'tuple' object has no attribute
+    'float'" (an MLLM's get_image_features gives per-image token features)."""
+    monkeypatch.setattr(cli, "_load_components", lambda *args: pytest.fail("models were loaded"))
+    mllm = tmp_path / "mllm"
+    mllm.mkdir()
+    (mllm / "config.json").write_text('{"model_type": "qwen2_vl", "architectures": ["Qwen2VLForConditionalGeneration"]}')
+    out = tmp_path / "out"
+    assert cli.main([source_file, "--output-dir", str(out), *STAND_INS[:4], "--miner", str(mllm)]) == 2
+    assert capsys.readouterr().err == (
+        f"maple build-preferences: error: --miner {mllm}: {mllm} is a 'qwen2_vl' MLLM (Qwen2VLForConditionalGeneration), "
+        "not an image encoder: mine with one (facebook/dinov2-base, a CLIP or SigLIP model), or with a MAPLE embedder "
+        "of it (HardNegativeMiner.from_maple)\n"
+    )
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("where", ["file", "inside a file"])
+def test_an_output_dir_that_is_a_file_is_an_error_before_any_work(source_file, tmp_path, capsys, monkeypatch, where):
+    """It was a NotADirectoryError traceback."""
+    monkeypatch.setattr(cli, "_load_components", lambda *args: pytest.fail("models were loaded"))
+    file = tmp_path / "taken"
+    file.write_text("not a folder")
+    out = file if where == "file" else file / "out"
+    assert cli.main([source_file, "--output-dir", str(out), *STAND_INS]) == 2
+    detail = "is a file" if where == "file" else f"is inside {file}, a file"
+    assert capsys.readouterr().err == (
+        f"maple build-preferences: error: --output-dir {out} {detail}; expected a folder (created if missing)\n"
+    )
+
+
+def test_no_progress_hides_transformers_bars_too(source_file, tmp_path, monkeypatch):
+    """transformers' "Loading weights ... 46/46" bar showed under --no-progress."""
+    from transformers.utils import logging as transformers_logging
+
+    seen = []
+    monkeypatch.setattr(cli, "_build", lambda *args: seen.append(
+        (transformers_logging.is_progress_bar_enabled(), datasets.are_progress_bars_disabled())) or 0)
+    assert transformers_logging.is_progress_bar_enabled() and not datasets.are_progress_bars_disabled()
+    assert cli.main([source_file, "--output-dir", str(tmp_path / "out"), *STAND_INS, "--no-progress"]) == 0
+    assert seen == [(False, True)]
+    assert transformers_logging.is_progress_bar_enabled() and not datasets.are_progress_bars_disabled()
+
+
+def test_the_summary_says_what_its_shard_counts_are(tmp_path):
+    """"3 computed, 0 reused from an earlier run (this process)" left open what "this process" meant."""
+    stats = {"config_name": "paper", "num_source_rows": 4, "num_anchors": 4, "num_candidate_images": 16,
+             "num_candidate_texts": 9, "num_skipped": 0, "skipped": [], "skipped_by_reason": {},
+             "text_candidates": "generated"}
+    assert "shards            1 built, 2 already built by an earlier run\n" in cli.format_summary(stats, 1.0, 1, 2, str(tmp_path))
+    assert "shards            1 built, 2 already built by an earlier run (rank 0's; each of the 4 processes builds its own)\n" \
+        in cli.format_summary(stats, 1.0, 1, 2, str(tmp_path), world_size=4)
+
+
+def test_semdedup_and_its_cluster_count_are_explained_in_command_line_terms(source_file, tmp_path, capsys):
+    """On 7 rows the advice was "use about 1 clusters"; --semdedup-clusters -1 said "must be positive or None", but on
+    the command line the off value is 0."""
+    argv = [source_file, "--output-dir", str(tmp_path / "out"), *STAND_INS, "--no-progress"]
+    assert cli.main(argv) == 2
+    error = capsys.readouterr().err
+    assert "use about" not in error and "turn de-duplication off (semdedup_clusters=None, CLI --semdedup-clusters 0); " \
+        "7 rows are too few to cluster" in error, error
+    assert cli.main([*argv, "--semdedup-clusters", "-1"]) == 2
+    assert "semdedup_clusters must be positive, or None to turn de-duplication off (CLI --semdedup-clusters 0), got -1" \
+        in capsys.readouterr().err

@@ -506,7 +506,7 @@ def test_result_folders_stay_inside_out_and_apart(tmp_path, monkeypatch):
         ("cuda:3", 0, "--device 'cuda:3': no cuda device is available on this machine"),
         ("cuda:2", 2, "--device 'cuda:2': this machine has 2 cuda device(s), cuda:0 to cuda:1"),
         ("mps", 0, "--device 'mps': no mps device is available on this machine"),
-        ("meta", 0, "--device 'meta': models cannot embed on a 'meta' device"),
+        ("meta", 0, "--device 'meta': models cannot run on a 'meta' device"),
     ],
 )
 def test_a_device_this_machine_lacks_is_a_usage_error(device, cuda_devices, error, tmp_path, capsys, monkeypatch):

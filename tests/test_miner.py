@@ -168,6 +168,19 @@ def test_miner_embeds_with_a_transformers_image_encoder(tmp_path):
     assert 3 not in neighbours.indices[0].tolist() and 0 not in neighbours.indices[3].tolist()
 
 
+def test_from_pretrained_refuses_an_mllm_before_loading_it(tmp_path, monkeypatch):
+    """An MLLM folder loaded, and its first batch of images failed in `embed` ("'tuple' object has no attribute
+    'float'": its get_image_features gives per-image token features)."""
+    import transformers
+
+    from dataset_builders.testing import tiny_image_text_model
+
+    tiny_image_text_model("qwen2_vl").config.save_pretrained(tmp_path)
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", lambda *args, **kwargs: pytest.fail("the MLLM loaded"))
+    with pytest.raises(ValueError, match=r"is a 'qwen2_vl' MLLM, not an image encoder"):
+        HardNegativeMiner.from_pretrained(str(tmp_path))
+
+
 def test_miner_embeds_with_a_maple_model():
     from modeling_maple.testing import build_tiny
 
@@ -264,8 +277,11 @@ def test_semdedup_refuses_clusters_too_many_to_find_duplicates():
     # came within the threshold of each other for 1.6% of the states
     embeddings = torch.randn(10, 4, generator=torch.Generator().manual_seed(0))
     embeddings[1] = embeddings[0]
-    with pytest.raises(ValueError, match=r"10 clusters on 10 rows .* about 1 clusters .*--semdedup-clusters 0"):
+    # too few rows for the paper's rows / 14 ("use about 1 clusters", it said): only turning it off is advised
+    with pytest.raises(ValueError, match=r"10 clusters on 10 rows .*off .*--semdedup-clusters 0\); 10 rows are too few to cluster"):
         semdedup(embeddings, num_clusters=10, epsilon=0.01)
+    with pytest.raises(ValueError, match=r"30 clusters on 56 rows .* use about 4 clusters .*--semdedup-clusters 0"):
+        miner_module.check_semdedup_clusters(30, 56)
     with pytest.raises(ValueError, match="6 clusters on 10 rows"):
         semdedup(embeddings, num_clusters=6, epsilon=0.01)
     assert semdedup(embeddings, num_clusters=5, epsilon=0.01).removed.keys() <= {0, 1}
