@@ -70,6 +70,40 @@ def _parse_sources(parser: argparse.ArgumentParser, pairs: list[str]) -> dict[st
     return sources
 
 
+def _written_by_maple_eval(results_file: Path) -> bool:
+    """Whether `results_file` (OUT/results.json) is one `maple eval` wrote: a non-empty JSON object mapping each model
+    to a non-empty object keyed by benchmark names (`BENCHMARKS`), as `main` writes it. Recognised by this shape, with
+    no marker key, so results.json files written by earlier versions are recognised too, and results.json stays a
+    plain model -> benchmark -> metrics mapping; the demo's (method -> metric -> mean and std) is not of this shape."""
+    try:
+        results = json.loads(results_file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):  # a folder, unreadable, not JSON
+        return False
+    return isinstance(results, dict) and bool(results) and all(
+        isinstance(per_model, dict) and bool(per_model) and set(per_model) <= set(BENCHMARKS) for per_model in results.values()
+    )
+
+
+def _check_out(parser: argparse.ArgumentParser, out: Path) -> None:
+    """Usage errors for an `--out` the results cannot go to, before anything loads: a file, a path under a file, or a
+    folder whose results.json (or results.md, without a results.json) another command wrote, which the results
+    would overwrite (`maple eval --out .` in the demo's output folder)."""
+    if out.exists() and not out.is_dir():
+        _usage_error(parser, f"--out {out} is a file; expected a folder for the results")
+    if not out.exists():
+        parent = next(folder for folder in out.absolute().parents if folder.exists())
+        if not parent.is_dir():
+            _usage_error(parser, f"--out {out}: {parent} is a file, so no folder can be made under it")
+        return
+    results_json, results_md = out / "results.json", out / "results.md"
+    if results_json.exists() and not _written_by_maple_eval(results_json):
+        _usage_error(parser, f"--out {out} holds a results.json that maple eval did not write (another command's results, "
+                             "which these would overwrite); choose another folder")
+    if results_md.exists() and not results_json.exists():
+        _usage_error(parser, f"--out {out} holds a results.md but no results.json of maple eval (another command's "
+                             "results, which these would overwrite); choose another folder")
+
+
 def _files_state(path: Path, *, recursive: bool) -> dict[str, list[int]]:
     """Size and modification time of the files of `path` (a file, or a folder's files, with its subfolders' when
     `recursive`), by relative path."""
@@ -338,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--push-to-hub", action="store_true", help="write the results into MODEL's model card on the Hub")
     args = parser.parse_args(argv)
     sources = _parse_sources(parser, args.source)
+    _check_out(parser, args.out)
     model_refs = _distinct_models([args.model, *args.compare])
     if args.push_to_hub and Path(args.model).expanduser().exists():
         _usage_error(parser, f"--push-to-hub writes into the card of MODEL's Hub repo, but {args.model} is a local folder: push the checkpoint first and evaluate it by repo id")
@@ -375,9 +410,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelLoadError, BenchmarkFormatError, BenchmarkSourceError) as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
-    (args.out / "results.json").write_text(json.dumps(all_results, indent=2))
+    # atomically: an interruption leaves the previous results or these, never half a file (which the next run's
+    # --out check would take for another command's)
+    atomic_write_text(args.out / "results.json", json.dumps(all_results, indent=2))
     table = markdown_table(all_results)
-    (args.out / "results.md").write_text(table)
+    atomic_write_text(args.out / "results.md", table)
     print(table)
     if args.push_to_hub:
         from huggingface_hub.errors import HfHubHTTPError

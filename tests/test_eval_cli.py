@@ -573,3 +573,58 @@ def test_help_shows_the_defaults(capsys):
     help_text = " ".join(capsys.readouterr().out.split())
     assert "(default: 32)" in help_text and "(default: float32)" in help_text and "(default: maple_eval)" in help_text
     assert "(default: None)" not in help_text and "(default: False)" not in help_text and "(default: [])" not in help_text
+
+
+@pytest.mark.parametrize("kind", ["file", "under a file"])
+def test_an_out_that_is_a_file_is_a_usage_error_before_the_model_loads(kind, tiny, benchmark_sources, tmp_path, capsys, monkeypatch):
+    """It was a NotADirectoryError traceback once the model had loaded and been evaluated (a user-journey review)."""
+    _, _, (first, _) = tiny
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    out = a_file if kind == "file" else a_file / "eval"
+    monkeypatch.setattr("evaluation.models.load_embedder", lambda *args, **kwargs: pytest.fail("the model was loaded"))
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(first), "--benchmarks", "coco", "--source", f"coco={benchmark_sources['coco']}", "--out", str(out)])
+    assert exit_info.value.code == 2
+    expected = f"--out {out} is a file; expected a folder" if kind == "file" else f"--out {out}: {a_file} is a file"
+    error = capsys.readouterr().err
+    assert error.startswith(f"maple eval: error: {expected}") and error.count("\n") == 1, error
+    assert a_file.read_text() == "mine"
+
+
+@pytest.mark.parametrize("written", ["demo results.json", "results.md alone", "not json"])
+def test_an_out_holding_another_commands_results_is_refused(written, tiny, benchmark_sources, tmp_path, capsys, monkeypatch):
+    """`cd demo_out && maple eval maple-model ... --out .` overwrote the demo's own results.json and results.md."""
+    _, _, (first, _) = tiny
+    out = tmp_path / "demo_out"
+    out.mkdir()
+    files = {"demo results.json": {"results.json": json.dumps({"maple": {"group_score": {"mean": 5.0, "std": 0.0}}}),
+                                   "results.md": "# demo\n"},
+             "results.md alone": {"results.md": "# someone's table\n"},
+             "not json": {"results.json": "{\"maple\": "}}[written]
+    for name, text in files.items():
+        (out / name).write_text(text)
+    monkeypatch.setattr("evaluation.models.load_embedder", lambda *args, **kwargs: pytest.fail("the model was loaded"))
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(first), "--benchmarks", "coco", "--source", f"coco={benchmark_sources['coco']}", "--out", str(out)])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"maple eval: error: --out {out} holds a results.") and "choose another folder" in error
+    assert error.count("\n") == 1
+    assert {name: (out / name).read_text() for name in files} == files
+    assert sorted(path.name for path in out.iterdir()) == sorted(files)
+
+
+def test_results_are_written_atomically_and_recognised_on_a_rerun(tiny, benchmark_sources, tmp_path, capsys, monkeypatch):
+    import evaluation.cli
+
+    _, _, (first, _) = tiny
+    out = tmp_path / "eval"
+    argv = [str(first), "--benchmarks", "coco", "--source", f"coco={benchmark_sources['coco']}", "--out", str(out)]
+    written = []
+    atomic = evaluation.cli.atomic_write_text
+    monkeypatch.setattr(evaluation.cli, "atomic_write_text", lambda path, text: (written.append(Path(path).name), atomic(path, text)))
+    assert main(argv) == 0
+    assert {"results.json", "results.md"} <= set(written)
+    assert main(argv) == 0  # its own results.json: the --out check lets the rerun through
+    assert "coco already done" in capsys.readouterr().out
