@@ -628,3 +628,13 @@ def test_results_are_written_atomically_and_recognised_on_a_rerun(tiny, benchmar
     assert {"results.json", "results.md"} <= set(written)
     assert main(argv) == 0  # its own results.json: the --out check lets the rerun through
     assert "coco already done" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("source", ["test_sets/nope.parquet", "nope.parquet", "data/Questions.CSV"])
+def test_a_missing_relative_source_file_is_no_such_file_not_a_hub_problem(source, tiny, tmp_path, capsys, monkeypatch):
+    """`--source coco=test_sets/nope.parquet` is a valid Hub id by its form, and was reported as "Couldn't reach
+    'test_sets/nope.parquet' on the Hub (OfflineModeIsEnabled)" (a user-journey review)."""
+    _, _, (first, _) = tiny
+    monkeypatch.chdir(tmp_path)
+    assert main([str(first), "--benchmarks", "coco", "--source", f"coco={source}", "--out", "eval"]) == 2
+    assert capsys.readouterr().err == f"maple eval: error: benchmark 'coco': no such file or folder: {source}\n"
