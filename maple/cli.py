@@ -42,6 +42,20 @@ def positive(number_type: type[int] | type[float]):
     return parse
 
 
+DISTRIBUTION = "maple-embed"  # the package's name in setup.cfg
+
+
+def version() -> str:
+    """The installed distribution's version, or a note that the package runs without being installed."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+
+    try:
+        return installed_version(DISTRIBUTION)
+    except PackageNotFoundError:
+        return f"unknown ({DISTRIBUTION} is not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
@@ -50,11 +64,17 @@ def main(argv: list[str] | None = None) -> int:
         epilog="commands:\n" + "\n".join(f"  {name:<19}{help_text}" for name, (_, help_text) in SUBCOMMANDS.items()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     parser.add_argument("command", choices=sorted(SUBCOMMANDS), help="the stage to run")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="options of the sub-command (see `maple COMMAND --help`)")
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         return 0
+    if argv[0] == "--version":
+        parser.parse_args(argv[:1])  # prints the version and exits (status 0)
+    if argv[0].startswith("-"):  # argparse said "the following arguments are required: command, args"
+        parser.error(f"unknown option {argv[0]}; options come after the command (maple COMMAND --help lists them); "
+                     f"commands: {', '.join(SUBCOMMANDS)}")
     parsed = parser.parse_args(argv[:1])
     module_name, _ = SUBCOMMANDS[parsed.command]
     module = importlib.import_module(module_name)
