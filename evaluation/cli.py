@@ -371,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
                         "and the backbones MAPLE wraps need none")
     parser.add_argument("--push-to-hub", action="store_true", help="write the results into MODEL's model card on the Hub")
     args = parser.parse_args(argv)
+    args.benchmarks = list(dict.fromkeys(args.benchmarks))  # `--benchmarks coco coco` evaluates coco once
     sources = _parse_sources(parser, args.source)
     _check_out(parser, args.out)
     model_refs = _distinct_models([args.model, *args.compare])

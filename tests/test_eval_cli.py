@@ -638,3 +638,13 @@ def test_a_missing_relative_source_file_is_no_such_file_not_a_hub_problem(source
     monkeypatch.chdir(tmp_path)
     assert main([str(first), "--benchmarks", "coco", "--source", f"coco={source}", "--out", "eval"]) == 2
     assert capsys.readouterr().err == f"maple eval: error: benchmark 'coco': no such file or folder: {source}\n"
+
+
+def test_a_benchmark_named_twice_is_evaluated_once_in_the_order_given(tiny, benchmark_sources, tmp_path, capsys):
+    _, _, (first, _) = tiny
+    out = tmp_path / "eval"
+    assert main([str(first), "--benchmarks", "mmvp", "coco", "mmvp", "coco", "--out", str(out),
+                 "--source", f"coco={benchmark_sources['coco']}", f"mmvp={benchmark_sources['mmvp']}"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("evaluating coco") == printed.count("evaluating mmvp") == 1
+    assert list(json.loads((out / "results.json").read_text())[str(first)]) == ["mmvp", "coco"]
