@@ -177,6 +177,40 @@ def _same_run(stored: dict[str, Any], current: dict[str, Any]) -> bool:
     return stored == _with_unknown_commits_from(current, stored)
 
 
+def _changed_files(stored: Any, current: Any) -> str:
+    """The names of the files that differ between two `_files_state`s, at most three named."""
+    stored, current = stored if isinstance(stored, dict) else {}, current if isinstance(current, dict) else {}
+    changed = sorted(name for name in stored.keys() | current.keys() if stored.get(name) != current.get(name))
+    return ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+
+
+def _run_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What differs between a stored result's fingerprint and the current run's (`_same_run`), in words."""
+    current = _with_unknown_commits_from(current, stored)
+    differences = []
+    for key in current.keys() | stored.keys():
+        then, now = stored.get(key), current.get(key)
+        if then == now:
+            continue
+        if key == "model_state" and isinstance(then, dict) and isinstance(now, dict):
+            details = []
+            if then.get("files") != now.get("files"):
+                details.append(f"changed files: {_changed_files(then.get('files'), now.get('files'))}")
+            if then.get("commit") != now.get("commit"):
+                details.append(f"Hub commit {then.get('commit')} then, {now.get('commit')} now")
+            if then.get("base") != now.get("base"):
+                details.append("the adapter's base model changed")
+            differences.append("model state" + (f" ({'; '.join(details)})" if details else ""))
+        elif key == "source_files" and isinstance(then, dict) and isinstance(now, dict):
+            differences.append(f"source (changed files: {_changed_files(then, now)})")
+        else:
+            words = {"model": "model reference", "model_state": "model state", "dtype": "dtype", "source": "source",
+                     "source_files": "source", "protocol": "protocol version"}.get(key, key)
+            differences.append(f"{words} ({then!r} then, {now!r} now)")
+    order = ["model reference", "model state", "dtype", "source", "protocol version"]
+    return sorted(differences, key=lambda text: next((i for i, prefix in enumerate(order) if text.startswith(prefix)), len(order)))
+
+
 def stored_results(
     model_ref: str, benchmarks: list[str], sources: dict[str, str], out: Path, dtype: str = "float32"
 ) -> dict[str, Any]:
@@ -188,10 +222,12 @@ def stored_results(
     results: dict[str, Any] = {}
     for name, path in done.items():
         stored = json.loads(path.read_text())
-        if _same_run(stored.get("run", {}), _run_fingerprint(model_ref, model_state, name, sources.get(name), dtype)):
+        current = _run_fingerprint(model_ref, model_state, name, sources.get(name), dtype)
+        if _same_run(stored.get("run", {}), current):
             results[name] = stored["metrics"]
         else:
-            print(f"{model_ref}: {name}: stored result is from another model state, dtype, source or protocol version, recomputing")
+            differences = _run_differences(stored.get("run", {}), current)
+            print(f"{model_ref}: {name}: stored result is from another {'; another '.join(differences)}, recomputing")
     return results
 
 

@@ -181,12 +181,18 @@ def test_cli_compares_models_writes_tables_and_resumes(tiny, benchmark_sources, 
 
     # ... unless the checkpoint or the source changed since: retrained weights, a re-saved processor (another
     # prompt is another model) or a benchmark file replaced at the same path.
+    # The message says which changed (it named "model state, dtype, source or protocol version" for any).
     coco_source = Path(str(benchmark_sources["coco"]))
-    for changed in (next(first.glob("*.safetensors")), first / "processor_config.json", coco_source):
+    weights = next(first.glob("*.safetensors"))
+    for changed, reason in ((weights, f"model state (changed files: {weights.name})"),
+                            (first / "processor_config.json", "model state (changed files: processor_config.json)"),
+                            (coco_source, f"source (changed files: {coco_source.name})")):
+        marked = json.loads(done.read_text())  # the fingerprint of the run before: one change at a time
+        marked["metrics"]["i2t_r1"] = -1.0
         done.write_text(json.dumps(marked))
         changed.write_bytes(changed.read_bytes())  # same bytes, new modification time
         assert main(argv) == 0
-        assert "coco: stored result is from another model state, dtype, source or protocol version, recomputing" in capsys.readouterr().out
+        assert f"coco: stored result is from another {reason}, recomputing\n" in capsys.readouterr().out
         assert json.loads((out / "results.json").read_text())[str(first)]["coco"]["i2t_r1"] >= 0
 
 
@@ -543,7 +549,7 @@ def test_device_dtype_and_trust_remote_code_are_checked_and_used(tiny, tmp_path,
     # --dtype: the weights load in it (MAPLE's scales stay float32), and results in another dtype are recomputed
     capsys.readouterr()
     assert main([*argv, "--device", "cpu", "--dtype", "bfloat16"]) == 0
-    assert "coco: stored result is from another model state, dtype," in capsys.readouterr().out
+    assert "coco: stored result is from another dtype ('float32' then, 'bfloat16' now), recomputing\n" in capsys.readouterr().out
     assert dtypes == [(torch.float32, torch.float32), (torch.bfloat16, torch.float32)]
     # a checkpoint's repo code runs only when asked for
     assert main([*argv, "--device", "cpu", "--out", str(tmp_path / "eval_trusted"), "--trust-remote-code"]) == 0
@@ -564,7 +570,7 @@ def test_results_stored_under_another_protocol_are_recomputed(tiny, benchmark_so
     stored.write_text(json.dumps(record))
     capsys.readouterr()
     assert main(argv) == 0
-    assert "mmvp: stored result is from another model state, dtype, source or protocol version, recomputing" in capsys.readouterr().out
+    assert f"mmvp: stored result is from another protocol version ({PROTOCOL_VERSION - 1} then, {PROTOCOL_VERSION} now), recomputing\n" in capsys.readouterr().out
 
 
 def test_help_shows_the_defaults(capsys):
@@ -648,3 +654,14 @@ def test_a_benchmark_named_twice_is_evaluated_once_in_the_order_given(tiny, benc
     printed = capsys.readouterr().out
     assert printed.count("evaluating coco") == printed.count("evaluating mmvp") == 1
     assert list(json.loads((out / "results.json").read_text())[str(first)]) == ["mmvp", "coco"]
+
+
+def test_the_recompute_message_says_what_changed():
+    from evaluation.cli import _run_differences
+
+    stored = {"model": "m", "model_state": {"files": {"a": [1, 2], "b": [3, 4]}}, "dtype": "float32", "source": "s",
+              "source_files": None, "protocol": 4}
+    assert _run_differences(stored, {**stored, "model_state": {"files": {"a": [1, 2], "c": [5, 6]}}, "protocol": 5}) == [
+        "model state (changed files: b, c)", "protocol version (4 then, 5 now)"]
+    assert _run_differences(stored, {**stored, "source": "t"}) == ["source ('s' then, 't' now)"]
+    assert _run_differences({}, stored)[0].startswith("model reference (None then, 'm' now)")
