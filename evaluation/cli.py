@@ -1,7 +1,7 @@
 """`maple eval`: run the paper's benchmarks on one or more embedders.
 
     maple eval MODEL [--benchmarks coco winoground ...] [--compare MODEL2 ...]
-               [--source winoground=/data/winoground.parquet ...] [--out DIR] [--push-to-hub]
+               [--source winoground=/data/winoground.parquet ...] [--out DIR] [--push-to-hub] [--no-progress]
 
 MODEL is a local checkpoint folder or a Hub repo id. Each (model, benchmark) result is written to
 `DIR/<model>/<benchmark>.json` as soon as it is done, and skipped on a rerun while the model (its files,
@@ -406,7 +406,28 @@ def main(argv: list[str] | None = None) -> int:
                         help="run code a checkpoint's repo holds (a config or processor of its own, `auto_map`); MAPLE checkpoints "
                         "and the backbones MAPLE wraps need none")
     parser.add_argument("--push-to-hub", action="store_true", help="write the results into MODEL's model card on the Hub")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars (datasets' reading, the weights' loading)")
     args = parser.parse_args(argv)
+    if not args.no_progress:
+        return _evaluate(parser, args)
+    import datasets
+    import transformers
+
+    # as `maple demo` and `maple build-preferences` do; put back after, for a caller that goes on in this process
+    bars_were_on = (not datasets.are_progress_bars_disabled(), transformers.utils.logging.is_progress_bar_enabled())
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        return _evaluate(parser, args)
+    finally:
+        if bars_were_on[0]:
+            datasets.enable_progress_bars()
+        if bars_were_on[1]:
+            transformers.utils.logging.enable_progress_bar()
+
+
+def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """`maple eval` with the parsed `args`."""
     args.benchmarks = list(dict.fromkeys(args.benchmarks))  # `--benchmarks coco coco` evaluates coco once
     sources = _parse_sources(parser, args.source)
     _check_out(parser, args.out)

@@ -665,3 +665,19 @@ def test_the_recompute_message_says_what_changed():
         "model state (changed files: b, c)", "protocol version (4 then, 5 now)"]
     assert _run_differences(stored, {**stored, "source": "t"}) == ["source ('s' then, 't' now)"]
     assert _run_differences({}, stored)[0].startswith("model reference (None then, 'm' now)")
+
+
+def test_no_progress_hides_the_bars_of_datasets_and_of_loading_and_puts_them_back(tiny, benchmark_sources, tmp_path, capsys):
+    """`maple eval` had no --no-progress, while `maple demo` and `maple build-preferences` have one."""
+    import shutil
+
+    import datasets
+    import transformers
+
+    _, _, (first, _) = tiny
+    coco = shutil.copy(benchmark_sources["coco"], tmp_path / "fresh_coco.parquet")  # a file datasets has not converted yet
+    capsys.readouterr()
+    assert main([str(first), "--benchmarks", "coco", "--source", f"coco={coco}", "--out", str(tmp_path / "eval"), "--no-progress"]) == 0
+    error = capsys.readouterr().err
+    assert "Generating train split" not in error and "Loading weights" not in error, error
+    assert not datasets.are_progress_bars_disabled() and transformers.utils.logging.is_progress_bar_enabled()
