@@ -13,6 +13,7 @@ crash resumes from the finished shards.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -27,7 +28,7 @@ from typing import Any
 
 import datasets
 
-from maple.cli import DefaultsHelpFormatter, checked_device, positive
+from maple.cli import DefaultsHelpFormatter, checked_device, library_progress_bars_hidden, positive
 
 from .builder import JudgeOutputError, MaplePreferences, MaplePreferencesConfig, WorkDirMismatch
 from .sources import SourceError, check_outside_source, open_source
@@ -325,24 +326,8 @@ def format_summary(stats: dict[str, Any], seconds: float, computed: int, reused:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     given = _options_given(argv)
-    if not args.no_progress:
+    with library_progress_bars_hidden() if args.no_progress else contextlib.nullcontext():
         return _build(args, given)
-    from transformers.utils import logging as transformers_logging
-
-    # datasets' own bars too (reading the source, assembling the dataset), and transformers' ("Loading weights");
-    # each is turned back on afterwards only if it was on before
-    restore = []
-    if not datasets.are_progress_bars_disabled():
-        datasets.disable_progress_bars()
-        restore.append(datasets.enable_progress_bars)
-    if transformers_logging.is_progress_bar_enabled():
-        transformers_logging.disable_progress_bar()
-        restore.append(transformers_logging.enable_progress_bar)
-    try:
-        return _build(args, given)
-    finally:
-        for enable in restore:
-            enable()
 
 
 def _build(args: argparse.Namespace, given: set[str]) -> int:

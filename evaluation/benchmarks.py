@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 import csv
 import hashlib
+import io
 import itertools
 import json
 import os
@@ -75,8 +76,13 @@ class LazyImages(LazySequence):
             # Parquet written without datasets' metadata stores images as {bytes, path} structs.
             try:
                 rows = rows.cast_column(column, datasets.Image())
-            except (TypeError, ValueError) as error:
-                raise BenchmarkFormatError(f"{locate.source}: column {column!r} is {feature}, expected images") from error
+            # pyarrow's ArrowNotImplementedError (a NotImplementedError) for a column of numbers
+            except (TypeError, ValueError, NotImplementedError) as error:
+                raise BenchmarkFormatError(
+                    f"{locate(0)}, column {column!r}: {rows[0][column]!r:.80}; the column is {feature}, expected images "
+                    "(image bytes, a file path, or {'bytes', 'path'})"
+                ) from error
+        _check_image_files(rows, column, locate)
         self._rows, self._column, self._locate = rows, column, locate
 
     def __len__(self) -> int:
@@ -89,6 +95,26 @@ class LazyImages(LazySequence):
             return to_rgb(self._rows[row][self._column])
         except Exception as error:  # PIL and datasets raise many types for corrupt bytes
             raise BenchmarkFormatError(f"{self._locate(row)}, column {self._column!r}: unreadable image ({error})") from error
+
+
+def _check_image_files(rows: Any, column: str, locate: RowLocator) -> None:
+    """Raise `BenchmarkFormatError` naming (`locate`) the file and row of the first image of `rows[column]` (an image
+    column) that has no bytes and no path, or whose bytes are in a local file (a path and no bytes, as a column of
+    file names is read) that is missing: found before any model loads, not when the batch holding it is embedded.
+    Reads only the column's arrow buffers, and stats only the images kept as paths, so it costs little."""
+    import pyarrow.compute as pc
+
+    start = 0
+    for chunk in rows.with_format("arrow")[:][column].chunks:  # struct<bytes, path>; zero-copy
+        no_bytes = pc.or_kleene(chunk.is_null(), chunk.field("bytes").is_null())
+        for row in pc.indices_nonzero(no_bytes).to_pylist():
+            path = None if chunk[row].as_py() is None else chunk.field("path")[row].as_py()
+            if path is None:
+                raise BenchmarkFormatError(f"{locate(start + row)}, column {column!r}: no image (neither bytes nor a file path)")
+            # datasets opens a local path as given (relative to the working folder); a URL is fetched when decoded
+            if "://" not in path and not Path(path).expanduser().is_file():
+                raise BenchmarkFormatError(f"{locate(start + row)}, column {column!r}: image file is missing: {path}")
+        start += len(chunk)
 
 
 class LazyImageFiles(LazySequence):
@@ -195,8 +221,10 @@ def _checked_texts(locate: Callable[[int], str], column: str, values: Sequence[A
     return list(values)
 
 
-def _categories(values: Sequence[Any] | None) -> list[str] | None:
-    return None if values is None else [str(value).lower() for value in values]
+def _categories(locate: Callable[[int], str], column: str, values: Sequence[Any]) -> list[str]:
+    """The category of each row, lower-cased; a value that is not a non-blank string (None became the category
+    "none", 3 the category "3") is a `BenchmarkFormatError` naming the file, row and column."""
+    return [value.lower() for value in _checked_texts(locate, column, values)]
 
 
 def _load_retrieval(source: str, spec: BenchmarkSpec) -> RetrievalBenchmark:
@@ -223,7 +251,7 @@ def _load_quadruple_table(source: str, spec: BenchmarkSpec) -> QuadrupleBenchmar
     images0, images1 = LazyImages(table, image0, locate), LazyImages(table, image1, locate)
     texts0, texts1 = (_checked_texts(locate, column, table[column]) for column in (text0, text1))
     quadruples = _IndexedQuadruples(images0, images1, texts0, texts1)
-    categories = _categories(table[spec.category_column]) if spec.category_column else None
+    categories = _categories(locate, spec.category_column, table[spec.category_column]) if spec.category_column else None
     return QuadrupleBenchmark(spec.name, quadruples, categories)
 
 
@@ -321,7 +349,7 @@ def _load_naturalbench(source: str, spec: BenchmarkSpec) -> QuadrupleBenchmark:
         missing = [key for key in spec.columns if not isinstance(item, dict) or key not in item]
         if missing:
             raise BenchmarkFormatError(f"{metadata_file}: entry {position} lacks {missing} (expected keys {list(spec.columns)})")
-        for key in spec.columns[2:]:
+        for key in spec.columns:  # image file names and captions
             if not isinstance(item[key], str) or not item[key].strip():
                 raise BenchmarkFormatError(f"{metadata_file}: entry {position}, {key!r} is {item[key]!r:.80}; expected a non-empty string")
     images0, images1 = (
@@ -345,23 +373,40 @@ def _load_mmvp(source: str, spec: BenchmarkSpec) -> QuadrupleBenchmark:
     questions_file = folder / "Questions.csv"
     if not questions_file.is_file():
         raise BenchmarkFormatError(f"{folder}: MMVP-VLM needs Questions.csv and '{MMVP_IMAGE_FOLDER}/'")
-    with questions_file.open(newline="") as handle:
-        reader = csv.reader(handle)
+    raw = questions_file.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")  # UTF-8, with the byte-order mark Excel writes or without
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        raise BenchmarkFormatError(
+            f"{questions_file}, line {line}: not UTF-8 ({error.reason} at byte {error.start}); save it as UTF-8"
+        ) from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
         header = next(reader, None)
-        rows = list(reader)
+        rows, lines = [], []  # lines[i]: the line row i starts on (a quoted statement may span several)
+        while True:
+            first_line = reader.line_num + 1
+            row = next(reader, None)
+            if row is None:
+                break
+            rows.append(row)
+            lines.append(first_line)
+    except csv.Error as error:  # e.g. a NUL byte
+        raise BenchmarkFormatError(f"{questions_file}, line {reader.line_num}: not readable as CSV ({error})") from None
     if header is None or len(header) != 3:
         raise BenchmarkFormatError(f"{questions_file}: expected a header with 3 columns {list(spec.columns)}, got {header}")
     if not rows or len(rows) % 2:
         raise BenchmarkFormatError(f"{questions_file}: statements come in pairs; got {len(rows)} rows")
-    for line, row in enumerate(rows, start=2):  # line 1 is the header
-        if len(row) != 3 or not row[2].strip():
+    for line, row in zip(lines, rows):
+        if len(row) != 3 or not all(field.strip() for field in row):
             raise BenchmarkFormatError(
-                f"{questions_file}, line {line}: expected 3 fields {list(spec.columns)} with a statement, got {row}"
+                f"{questions_file}, line {line}: expected 3 fields {list(spec.columns)}, none of them empty, got {row}"
             )
     # both images of a pair are in the folder of its first row's Type
     files = [folder / MMVP_IMAGE_FOLDER / first[1] / f"{row[0]}.jpg"
              for first, second in zip(rows[0::2], rows[1::2]) for row in (first, second)]
-    places = [f"{questions_file}, line {line}" for line in range(2, len(rows) + 2)]  # line 1 is the header
+    places = [f"{questions_file}, line {line}" for line in lines]
     images0, images1 = _image_files(files[0::2], places[0::2]), _image_files(files[1::2], places[1::2])
     texts0, texts1 = ([MMVP_TEXT_PREFIX + statement for _, _, statement in rows[first::2]] for first in (0, 1))
     categories = [category.lower() for _, category, _ in rows[0::2]]
@@ -393,14 +438,21 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
 }
 
 
+# A source whose name ends so is a file (as `dataset_builders.sources.load_source` decides): a missing one is reported
+# as missing, not sent to the Hub as the dataset id `test_sets/nope.parquet`.
+LOCAL_FILE_SUFFIXES = (".parquet", ".csv", ".json", ".jsonl", ".arrow", ".tsv", ".txt", ".zip")
+
+
 def check_source(name: str, source: str) -> None:
-    """Raise `BenchmarkSourceError` when `source` is empty, or can only be a local path and does not exist: a
-    check that costs nothing, so a command can make it before loading any model."""
+    """Raise `BenchmarkSourceError` when `source` is empty, or can only be a local path (not a Hub id, or named as a
+    file: `LOCAL_FILE_SUFFIXES`) and does not exist: a check that costs nothing, so a command can make it before
+    loading any model."""
     from .models import is_hub_id
 
     if not source.strip():  # Path("") is the current folder
         raise BenchmarkSourceError(f"benchmark {name!r}: the source is empty; expected a path or a Hub dataset id")
-    if not Path(source).expanduser().exists() and not is_hub_id(source):
+    path = Path(source).expanduser()
+    if not path.exists() and (not is_hub_id(source) or path.suffix.lower() in LOCAL_FILE_SUFFIXES):
         raise BenchmarkSourceError(f"benchmark {name!r}: no such file or folder: {source}")
 
 

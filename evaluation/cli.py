@@ -1,7 +1,7 @@
 """`maple eval`: run the paper's benchmarks on one or more embedders.
 
     maple eval MODEL [--benchmarks coco winoground ...] [--compare MODEL2 ...]
-               [--source winoground=/data/winoground.parquet ...] [--out DIR] [--push-to-hub]
+               [--source winoground=/data/winoground.parquet ...] [--out DIR] [--push-to-hub] [--no-progress]
 
 MODEL is a local checkpoint folder or a Hub repo id. Each (model, benchmark) result is written to
 `DIR/<model>/<benchmark>.json` as soon as it is done, and skipped on a rerun while the model (its files,
@@ -13,13 +13,14 @@ the results into MODEL's model card (`model-index`) on the Hub.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from maple.cli import DefaultsHelpFormatter, checked_device, positive
+from maple.cli import DefaultsHelpFormatter, checked_device, library_progress_bars_hidden, positive
 from maple.files import atomic_write_text
 
 from .benchmarks import BENCHMARKS, QuadrupleBenchmark, RetrievalBenchmark, load_benchmark
@@ -68,6 +69,40 @@ def _parse_sources(parser: argparse.ArgumentParser, pairs: list[str]) -> dict[st
                                  f"its official dataset, {BENCHMARKS[name].hub_id}")
         sources[name] = source
     return sources
+
+
+def _written_by_maple_eval(results_file: Path) -> bool:
+    """Whether `results_file` (OUT/results.json) is one `maple eval` wrote: a non-empty JSON object mapping each model
+    to a non-empty object keyed by benchmark names (`BENCHMARKS`), as `main` writes it. Recognised by this shape, with
+    no marker key, so results.json files written by earlier versions are recognised too, and results.json stays a
+    plain model -> benchmark -> metrics mapping; the demo's (method -> metric -> mean and std) is not of this shape."""
+    try:
+        results = json.loads(results_file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):  # a folder, unreadable, not JSON
+        return False
+    return isinstance(results, dict) and bool(results) and all(
+        isinstance(per_model, dict) and bool(per_model) and set(per_model) <= set(BENCHMARKS) for per_model in results.values()
+    )
+
+
+def _check_out(parser: argparse.ArgumentParser, out: Path) -> None:
+    """Usage errors for an `--out` the results cannot go to, before anything loads: a file, a path under a file, or a
+    folder whose results.json (or results.md, without a results.json) another command wrote, which the results
+    would overwrite (`maple eval --out .` in the demo's output folder)."""
+    if out.exists() and not out.is_dir():
+        _usage_error(parser, f"--out {out} is a file; expected a folder for the results")
+    if not out.exists():
+        parent = next(folder for folder in out.absolute().parents if folder.exists())
+        if not parent.is_dir():
+            _usage_error(parser, f"--out {out}: {parent} is a file, so no folder can be made under it")
+        return
+    results_json, results_md = out / "results.json", out / "results.md"
+    if results_json.exists() and not _written_by_maple_eval(results_json):
+        _usage_error(parser, f"--out {out} holds a results.json that maple eval did not write (another command's results, "
+                             "which these would overwrite); choose another folder")
+    if results_md.exists() and not results_json.exists():
+        _usage_error(parser, f"--out {out} holds a results.md but no results.json of maple eval (another command's "
+                             "results, which these would overwrite); choose another folder")
 
 
 def _files_state(path: Path, *, recursive: bool) -> dict[str, list[int]]:
@@ -143,6 +178,40 @@ def _same_run(stored: dict[str, Any], current: dict[str, Any]) -> bool:
     return stored == _with_unknown_commits_from(current, stored)
 
 
+def _changed_files(stored: Any, current: Any) -> str:
+    """The names of the files that differ between two `_files_state`s, at most three named."""
+    stored, current = stored if isinstance(stored, dict) else {}, current if isinstance(current, dict) else {}
+    changed = sorted(name for name in stored.keys() | current.keys() if stored.get(name) != current.get(name))
+    return ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+
+
+def _run_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What differs between a stored result's fingerprint and the current run's (`_same_run`), in words."""
+    current = _with_unknown_commits_from(current, stored)
+    differences = []
+    for key in current.keys() | stored.keys():
+        then, now = stored.get(key), current.get(key)
+        if then == now:
+            continue
+        if key == "model_state" and isinstance(then, dict) and isinstance(now, dict):
+            details = []
+            if then.get("files") != now.get("files"):
+                details.append(f"changed files: {_changed_files(then.get('files'), now.get('files'))}")
+            if then.get("commit") != now.get("commit"):
+                details.append(f"Hub commit {then.get('commit')} then, {now.get('commit')} now")
+            if then.get("base") != now.get("base"):
+                details.append("the adapter's base model changed")
+            differences.append("model state" + (f" ({'; '.join(details)})" if details else ""))
+        elif key == "source_files" and isinstance(then, dict) and isinstance(now, dict):
+            differences.append(f"source (changed files: {_changed_files(then, now)})")
+        else:
+            words = {"model": "model reference", "model_state": "model state", "dtype": "dtype", "source": "source",
+                     "source_files": "source", "protocol": "protocol version"}.get(key, key)
+            differences.append(f"{words} ({then!r} then, {now!r} now)")
+    order = ["model reference", "model state", "dtype", "source", "protocol version"]
+    return sorted(differences, key=lambda text: next((i for i, prefix in enumerate(order) if text.startswith(prefix)), len(order)))
+
+
 def stored_results(
     model_ref: str, benchmarks: list[str], sources: dict[str, str], out: Path, dtype: str = "float32"
 ) -> dict[str, Any]:
@@ -154,10 +223,12 @@ def stored_results(
     results: dict[str, Any] = {}
     for name, path in done.items():
         stored = json.loads(path.read_text())
-        if _same_run(stored.get("run", {}), _run_fingerprint(model_ref, model_state, name, sources.get(name), dtype)):
+        current = _run_fingerprint(model_ref, model_state, name, sources.get(name), dtype)
+        if _same_run(stored.get("run", {}), current):
             results[name] = stored["metrics"]
         else:
-            print(f"{model_ref}: {name}: stored result is from another model state, dtype, source or protocol version, recomputing")
+            differences = _run_differences(stored.get("run", {}), current)
+            print(f"{model_ref}: {name}: stored result is from another {'; another '.join(differences)}, recomputing")
     return results
 
 
@@ -325,8 +396,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="run code a checkpoint's repo holds (a config or processor of its own, `auto_map`); MAPLE checkpoints "
                         "and the backbones MAPLE wraps need none")
     parser.add_argument("--push-to-hub", action="store_true", help="write the results into MODEL's model card on the Hub")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars (datasets' reading, the weights' loading)")
     args = parser.parse_args(argv)
+    with library_progress_bars_hidden() if args.no_progress else contextlib.nullcontext():
+        return _evaluate(parser, args)
+
+
+def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """`maple eval` with the parsed `args`."""
+    args.benchmarks = list(dict.fromkeys(args.benchmarks))  # `--benchmarks coco coco` evaluates coco once
     sources = _parse_sources(parser, args.source)
+    _check_out(parser, args.out)
     model_refs = _distinct_models([args.model, *args.compare])
     if args.push_to_hub and Path(args.model).expanduser().exists():
         _usage_error(parser, f"--push-to-hub writes into the card of MODEL's Hub repo, but {args.model} is a local folder: push the checkpoint first and evaluate it by repo id")
@@ -364,9 +444,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelLoadError, BenchmarkFormatError, BenchmarkSourceError) as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
-    (args.out / "results.json").write_text(json.dumps(all_results, indent=2))
+    # atomically: an interruption leaves the previous results or these, never half a file (which the next run's
+    # --out check would take for another command's)
+    atomic_write_text(args.out / "results.json", json.dumps(all_results, indent=2))
     table = markdown_table(all_results)
-    (args.out / "results.md").write_text(table)
+    atomic_write_text(args.out / "results.md", table)
     print(table)
     if args.push_to_hub:
         from huggingface_hub.errors import HfHubHTTPError

@@ -7,8 +7,10 @@ stays fast and a missing optional stage never breaks the others.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
+from collections.abc import Iterator
 
 # sub-command -> (module with `main(argv: list[str]) -> int`, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -67,6 +69,42 @@ def checked_device(requested: str, option: str = "--device") -> str:
     return str(device)
 
 
+@contextlib.contextmanager
+def library_progress_bars_hidden() -> Iterator[None]:
+    """`--no-progress` for the libraries' own bars: datasets' (reading, assembling) and transformers' ("Loading
+    weights") are off inside, and each is turned back on afterwards if it was on, for a caller that goes on in this
+    process."""
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    restore = []
+    if not datasets.are_progress_bars_disabled():
+        datasets.disable_progress_bars()
+        restore.append(datasets.enable_progress_bars)
+    if transformers_logging.is_progress_bar_enabled():
+        transformers_logging.disable_progress_bar()
+        restore.append(transformers_logging.enable_progress_bar)
+    try:
+        yield
+    finally:
+        for enable in restore:
+            enable()
+
+
+DISTRIBUTION = "maple-embed"  # the package's name in setup.cfg
+
+
+def version() -> str:
+    """The installed distribution's version, or a note that the package runs without being installed."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+
+    try:
+        return installed_version(DISTRIBUTION)
+    except PackageNotFoundError:
+        return f"unknown ({DISTRIBUTION} is not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
@@ -75,11 +113,17 @@ def main(argv: list[str] | None = None) -> int:
         epilog="commands:\n" + "\n".join(f"  {name:<19}{help_text}" for name, (_, help_text) in SUBCOMMANDS.items()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     parser.add_argument("command", choices=sorted(SUBCOMMANDS), help="the stage to run")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="options of the sub-command (see `maple COMMAND --help`)")
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         return 0
+    if argv[0] == "--version":
+        parser.parse_args(argv[:1])  # prints the version and exits (status 0)
+    if argv[0].startswith("-"):  # argparse said "the following arguments are required: command, args"
+        parser.error(f"unknown option {argv[0]}; options come after the command (maple COMMAND --help lists them); "
+                     f"commands: {', '.join(SUBCOMMANDS)}")
     parsed = parser.parse_args(argv[:1])
     module_name, _ = SUBCOMMANDS[parsed.command]
     module = importlib.import_module(module_name)

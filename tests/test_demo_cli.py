@@ -82,11 +82,16 @@ def test_checkpoint_loads_in_a_process_without_the_package(demo_out):
 
 
 def test_a_rerun_resumes_without_redoing_finished_stages(demo_out):
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
     result_files = sorted((demo_out / "runs").glob("*/result.json"))
     stamps = [path.stat().st_mtime_ns for path in result_files + [demo_out / "base" / "model.safetensors"]]
     first_timings = json.loads((demo_out / "timings.json").read_text())
     assert main(["--out", str(demo_out), *QUICK]) == 0
     assert [path.stat().st_mtime_ns for path in result_files + [demo_out / "base" / "model.safetensors"]] == stamps
+    # --no-progress left the libraries' bars off for the rest of the process (a later test expecting them failed)
+    assert transformers_logging.is_progress_bar_enabled() and not datasets.are_progress_bars_disabled()
     # the stages the rerun skipped keep the times of the run that did them
     timings = json.loads((demo_out / "timings.json").read_text())
     for stage in ("base model", "preferences", "fine-tuning and evaluation"):

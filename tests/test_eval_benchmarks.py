@@ -280,3 +280,86 @@ def test_a_loaded_benchmark_is_scored_by_evaluate_benchmark_and_refused_by_the_f
         evaluate_quadruples(model, processor, wino)
     with pytest.raises(TypeError, match=r"images: got the coco benchmark itself"):
         evaluate_retrieval(model, processor, coco, [])
+
+
+def test_malformed_data_that_raised_tracebacks_is_a_format_error_naming_file_row_and_key(benchmark_sources, tmp_path):
+    """A user-journey review found tracebacks: an image column of ints (pyarrow's ArrowNotImplementedError), a
+    NaturalBench image name that is null or a number (TypeError), an MMVP Questions.csv in Latin-1
+    (UnicodeDecodeError), and a statement holding a newline made later errors name the wrong line."""
+    import datasets
+
+    def error_of(name, source):
+        with pytest.raises(BenchmarkFormatError) as raised:
+            load_benchmark(name, str(source))
+        return str(raised.value)
+
+    datasets.Dataset.from_dict({"image": [7, 8], "caption": [["a"], ["b"]]}).to_parquet(str(tmp_path / "ints.parquet"))
+    assert error_of("coco", tmp_path / "ints.parquet").startswith(
+        f"{tmp_path / 'ints.parquet'}: row 0, column 'image': 7; the column is Value('int64'), expected images")
+
+    natural = shutil.copytree(benchmark_sources["naturalbench"], tmp_path / "natural")
+    metadata = json.loads((natural / "metadata.json").read_text())
+    for bad in (None, 3):
+        metadata[1]["image_1"] = bad
+        (natural / "metadata.json").write_text(json.dumps(metadata))
+        assert f"metadata.json: entry 1, 'image_1' is {bad}; expected a non-empty string" in error_of("naturalbench", natural)
+
+    mmvp = shutil.copytree(benchmark_sources["mmvp"], tmp_path / "mmvp")
+    rows = [("Question ID", "Type", "Statement"), ("1", "Orientation and Direction", "The bird faces left."),
+            ("2", "Orientation and Direction", "The bird faces right."), ("3", "Color and Appearance", "The café is red."),
+            ("4", "Color and Appearance", "The car is blue.")]
+    with (mmvp / "Questions.csv").open("w", newline="", encoding="latin-1") as handle:
+        csv.writer(handle).writerows(rows)
+    assert f"{mmvp / 'Questions.csv'}, line 4: not UTF-8" in error_of("mmvp", mmvp)
+    # a statement over two lines (quoted, as csv writes it): the row after it starts on line 4, not 3
+    rows[1] = ("1", "Orientation and Direction", "The bird\nfaces left.")
+    rows[3] = ("3", "", "The car is red.")
+    with (mmvp / "Questions.csv").open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows(rows)
+    assert f"{mmvp / 'Questions.csv'}, line 5: expected 3 fields" in error_of("mmvp", mmvp)
+
+
+def test_a_utf8_questions_csv_with_a_byte_order_mark_reads(benchmark_sources, tmp_path):
+    mmvp = shutil.copytree(benchmark_sources["mmvp"], tmp_path / "mmvp")
+    (mmvp / "Questions.csv").write_bytes(b"\xef\xbb\xbf" + (mmvp / "Questions.csv").read_bytes())
+    assert len(load_benchmark("mmvp", str(mmvp)).quadruples) == 2
+
+
+def test_missing_image_files_of_a_parquet_table_are_reported_before_any_image_is_embedded(tmp_path, monkeypatch):
+    """docs/evaluation.md lists missing image files among the checks made before any model loads, but a table
+    naming its images by path reported a missing one only when its batch was embedded (a user-journey review)."""
+    import datasets
+
+    from conftest import make_picture
+
+    monkeypatch.chdir(tmp_path)
+    make_picture(0).save(tmp_path / "a.png")
+    table = datasets.Dataset.from_dict({"image": ["a.png", "b.png"], "caption": [["a"], ["b"]]})
+    table.to_parquet(str(tmp_path / "paths.parquet"))
+    with pytest.raises(BenchmarkFormatError, match=r"paths\.parquet: row 1, column 'image': image file is missing: b\.png"):
+        load_benchmark("coco", "paths.parquet")
+    (tmp_path / "b.png").write_bytes(b"")  # datasets measures the files it writes as an Image column
+    table.cast_column("image", datasets.Image()).to_parquet(str(tmp_path / "paths_image.parquet"))
+    (tmp_path / "b.png").unlink()
+    with pytest.raises(BenchmarkFormatError, match=r"paths_image\.parquet: row 1, column 'image': image file is missing: b\.png"):
+        load_benchmark("coco", "paths_image.parquet")
+    datasets.Dataset.from_dict({"image": ["a.png", None], "caption": [["a"], ["b"]]}).to_parquet(str(tmp_path / "none.parquet"))
+    with pytest.raises(BenchmarkFormatError, match=r"none\.parquet: row 1, column 'image': no image"):
+        load_benchmark("coco", "none.parquet")
+    (tmp_path / "b.png").write_bytes((tmp_path / "a.png").read_bytes())
+    assert load_benchmark("coco", "paths.parquet").images[1].size == (24, 24)
+
+
+@pytest.mark.parametrize("bad", [None, 3, " "])
+def test_a_category_that_is_not_a_string_names_file_row_and_column(bad, tmp_path):
+    """A BiVLC `type` of None became the category "none", an int the category "3", silently (a user-journey review)."""
+    from conftest import make_picture, write_parquet
+
+    columns = {"image": [make_picture(0), make_picture(1)], "negative_image": [make_picture(2), make_picture(3)],
+               "caption": ["a cat", "a dog"], "negative_caption": ["a dog", "a cat"], "type": ["Replace", bad]}
+    if isinstance(bad, int):
+        columns["type"] = [1, bad]  # a column holds one type
+    source = write_parquet(tmp_path / "bivlc.parquet", columns, ("image", "negative_image"))
+    row = 0 if isinstance(bad, int) else 1
+    with pytest.raises(BenchmarkFormatError, match=rf"bivlc\.parquet: row {row}, column 'type': .*expected a non-empty string"):
+        load_benchmark("bivlc", str(source))

@@ -181,12 +181,18 @@ def test_cli_compares_models_writes_tables_and_resumes(tiny, benchmark_sources, 
 
     # ... unless the checkpoint or the source changed since: retrained weights, a re-saved processor (another
     # prompt is another model) or a benchmark file replaced at the same path.
+    # The message says which changed (it named "model state, dtype, source or protocol version" for any).
     coco_source = Path(str(benchmark_sources["coco"]))
-    for changed in (next(first.glob("*.safetensors")), first / "processor_config.json", coco_source):
+    weights = next(first.glob("*.safetensors"))
+    for changed, reason in ((weights, f"model state (changed files: {weights.name})"),
+                            (first / "processor_config.json", "model state (changed files: processor_config.json)"),
+                            (coco_source, f"source (changed files: {coco_source.name})")):
+        marked = json.loads(done.read_text())  # the fingerprint of the run before: one change at a time
+        marked["metrics"]["i2t_r1"] = -1.0
         done.write_text(json.dumps(marked))
         changed.write_bytes(changed.read_bytes())  # same bytes, new modification time
         assert main(argv) == 0
-        assert "coco: stored result is from another model state, dtype, source or protocol version, recomputing" in capsys.readouterr().out
+        assert f"coco: stored result is from another {reason}, recomputing\n" in capsys.readouterr().out
         assert json.loads((out / "results.json").read_text())[str(first)]["coco"]["i2t_r1"] >= 0
 
 
@@ -543,7 +549,7 @@ def test_device_dtype_and_trust_remote_code_are_checked_and_used(tiny, tmp_path,
     # --dtype: the weights load in it (MAPLE's scales stay float32), and results in another dtype are recomputed
     capsys.readouterr()
     assert main([*argv, "--device", "cpu", "--dtype", "bfloat16"]) == 0
-    assert "coco: stored result is from another model state, dtype," in capsys.readouterr().out
+    assert "coco: stored result is from another dtype ('float32' then, 'bfloat16' now), recomputing\n" in capsys.readouterr().out
     assert dtypes == [(torch.float32, torch.float32), (torch.bfloat16, torch.float32)]
     # a checkpoint's repo code runs only when asked for
     assert main([*argv, "--device", "cpu", "--out", str(tmp_path / "eval_trusted"), "--trust-remote-code"]) == 0
@@ -564,7 +570,7 @@ def test_results_stored_under_another_protocol_are_recomputed(tiny, benchmark_so
     stored.write_text(json.dumps(record))
     capsys.readouterr()
     assert main(argv) == 0
-    assert "mmvp: stored result is from another model state, dtype, source or protocol version, recomputing" in capsys.readouterr().out
+    assert f"mmvp: stored result is from another protocol version ({PROTOCOL_VERSION - 1} then, {PROTOCOL_VERSION} now), recomputing\n" in capsys.readouterr().out
 
 
 def test_help_shows_the_defaults(capsys):
@@ -573,3 +579,105 @@ def test_help_shows_the_defaults(capsys):
     help_text = " ".join(capsys.readouterr().out.split())
     assert "(default: 32)" in help_text and "(default: float32)" in help_text and "(default: maple_eval)" in help_text
     assert "(default: None)" not in help_text and "(default: False)" not in help_text and "(default: [])" not in help_text
+
+
+@pytest.mark.parametrize("kind", ["file", "under a file"])
+def test_an_out_that_is_a_file_is_a_usage_error_before_the_model_loads(kind, tiny, benchmark_sources, tmp_path, capsys, monkeypatch):
+    """It was a NotADirectoryError traceback once the model had loaded and been evaluated (a user-journey review)."""
+    _, _, (first, _) = tiny
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    out = a_file if kind == "file" else a_file / "eval"
+    monkeypatch.setattr("evaluation.models.load_embedder", lambda *args, **kwargs: pytest.fail("the model was loaded"))
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(first), "--benchmarks", "coco", "--source", f"coco={benchmark_sources['coco']}", "--out", str(out)])
+    assert exit_info.value.code == 2
+    expected = f"--out {out} is a file; expected a folder" if kind == "file" else f"--out {out}: {a_file} is a file"
+    error = capsys.readouterr().err
+    assert error.startswith(f"maple eval: error: {expected}") and error.count("\n") == 1, error
+    assert a_file.read_text() == "mine"
+
+
+@pytest.mark.parametrize("written", ["demo results.json", "results.md alone", "not json"])
+def test_an_out_holding_another_commands_results_is_refused(written, tiny, benchmark_sources, tmp_path, capsys, monkeypatch):
+    """`cd demo_out && maple eval maple-model ... --out .` overwrote the demo's own results.json and results.md."""
+    _, _, (first, _) = tiny
+    out = tmp_path / "demo_out"
+    out.mkdir()
+    files = {"demo results.json": {"results.json": json.dumps({"maple": {"group_score": {"mean": 5.0, "std": 0.0}}}),
+                                   "results.md": "# demo\n"},
+             "results.md alone": {"results.md": "# someone's table\n"},
+             "not json": {"results.json": "{\"maple\": "}}[written]
+    for name, text in files.items():
+        (out / name).write_text(text)
+    monkeypatch.setattr("evaluation.models.load_embedder", lambda *args, **kwargs: pytest.fail("the model was loaded"))
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(first), "--benchmarks", "coco", "--source", f"coco={benchmark_sources['coco']}", "--out", str(out)])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"maple eval: error: --out {out} holds a results.") and "choose another folder" in error
+    assert error.count("\n") == 1
+    assert {name: (out / name).read_text() for name in files} == files
+    assert sorted(path.name for path in out.iterdir()) == sorted(files)
+
+
+def test_results_are_written_atomically_and_recognised_on_a_rerun(tiny, benchmark_sources, tmp_path, capsys, monkeypatch):
+    import evaluation.cli
+
+    _, _, (first, _) = tiny
+    out = tmp_path / "eval"
+    argv = [str(first), "--benchmarks", "coco", "--source", f"coco={benchmark_sources['coco']}", "--out", str(out)]
+    written = []
+    atomic = evaluation.cli.atomic_write_text
+    monkeypatch.setattr(evaluation.cli, "atomic_write_text", lambda path, text: (written.append(Path(path).name), atomic(path, text)))
+    assert main(argv) == 0
+    assert {"results.json", "results.md"} <= set(written)
+    assert main(argv) == 0  # its own results.json: the --out check lets the rerun through
+    assert "coco already done" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("source", ["test_sets/nope.parquet", "nope.parquet", "data/Questions.CSV"])
+def test_a_missing_relative_source_file_is_no_such_file_not_a_hub_problem(source, tiny, tmp_path, capsys, monkeypatch):
+    """`--source coco=test_sets/nope.parquet` is a valid Hub id by its form, and was reported as "Couldn't reach
+    'test_sets/nope.parquet' on the Hub (OfflineModeIsEnabled)" (a user-journey review)."""
+    _, _, (first, _) = tiny
+    monkeypatch.chdir(tmp_path)
+    assert main([str(first), "--benchmarks", "coco", "--source", f"coco={source}", "--out", "eval"]) == 2
+    assert capsys.readouterr().err == f"maple eval: error: benchmark 'coco': no such file or folder: {source}\n"
+
+
+def test_a_benchmark_named_twice_is_evaluated_once_in_the_order_given(tiny, benchmark_sources, tmp_path, capsys):
+    _, _, (first, _) = tiny
+    out = tmp_path / "eval"
+    assert main([str(first), "--benchmarks", "mmvp", "coco", "mmvp", "coco", "--out", str(out),
+                 "--source", f"coco={benchmark_sources['coco']}", f"mmvp={benchmark_sources['mmvp']}"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("evaluating coco") == printed.count("evaluating mmvp") == 1
+    assert list(json.loads((out / "results.json").read_text())[str(first)]) == ["mmvp", "coco"]
+
+
+def test_the_recompute_message_says_what_changed():
+    from evaluation.cli import _run_differences
+
+    stored = {"model": "m", "model_state": {"files": {"a": [1, 2], "b": [3, 4]}}, "dtype": "float32", "source": "s",
+              "source_files": None, "protocol": 4}
+    assert _run_differences(stored, {**stored, "model_state": {"files": {"a": [1, 2], "c": [5, 6]}}, "protocol": 5}) == [
+        "model state (changed files: b, c)", "protocol version (4 then, 5 now)"]
+    assert _run_differences(stored, {**stored, "source": "t"}) == ["source ('s' then, 't' now)"]
+    assert _run_differences({}, stored)[0].startswith("model reference (None then, 'm' now)")
+
+
+def test_no_progress_hides_the_bars_of_datasets_and_of_loading_and_puts_them_back(tiny, benchmark_sources, tmp_path, capsys):
+    """`maple eval` had no --no-progress, while `maple demo` and `maple build-preferences` have one."""
+    import shutil
+
+    import datasets
+    import transformers
+
+    _, _, (first, _) = tiny
+    coco = shutil.copy(benchmark_sources["coco"], tmp_path / "fresh_coco.parquet")  # a file datasets has not converted yet
+    capsys.readouterr()
+    assert main([str(first), "--benchmarks", "coco", "--source", f"coco={coco}", "--out", str(tmp_path / "eval"), "--no-progress"]) == 0
+    error = capsys.readouterr().err
+    assert "Generating train split" not in error and "Loading weights" not in error, error
+    assert not datasets.are_progress_bars_disabled() and transformers.utils.logging.is_progress_bar_enabled()

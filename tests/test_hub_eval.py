@@ -2,6 +2,7 @@
 and rewrites the evaluation section and `model-index` of the card on the Hub."""
 
 import json
+import re
 
 from hub_server import run_client
 
@@ -37,7 +38,7 @@ assert main(argv) == 0  # ... and then read back
 def test_maple_eval_loads_by_repo_id_and_pushes_results_into_the_card(hub_server, benchmark_sources, tmp_path):
     output = run_client(hub_server, tmp_path, PUSH_EVAL_AND_PUSH_RESULTS, MAPLE_TEST_REPO=REPO, MAPLE_TEST_BIVLC=str(benchmark_sources["bivlc"]))
     _, after_push, rerun = output.split("-- rerun")
-    assert "bivlc: stored result is from another model state, dtype, source or protocol version, recomputing" in after_push
+    assert re.search(r"bivlc: stored result is from another model state \(Hub commit [0-9a-f]{40} then, [0-9a-f]{40} now\), recomputing\n", after_push)
     assert "bivlc already done" in rerun and "evaluating" not in rerun
     results = json.loads((tmp_path / "eval_out" / "results.json").read_text())[REPO]["bivlc"]
     card = hub_server.files(REPO)["README.md"].decode()

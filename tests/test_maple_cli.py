@@ -27,3 +27,23 @@ def test_ctrl_c_says_how_to_resume_instead_of_a_traceback(command, resume, monke
     monkeypatch.setattr(module, "main", interrupted)
     assert cli.main([command, "--whatever"]) == 130
     assert capsys.readouterr().err == f"\nmaple {command}: interrupted; {resume} to resume\n"
+
+
+def test_version_is_the_installed_distributions(capsys):
+    """`maple --version` said "the following arguments are required: command, args" (a user-journey review)."""
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"maple {version('maple-embed')}\n"
+
+
+@pytest.mark.parametrize("option", ["-x", "--verbose"])
+def test_an_unknown_option_before_the_command_is_named(option, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([option, "eval"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert f"maple: error: unknown option {option}; options come after the command" in error
+    assert "required" not in error and "eval" in error.splitlines()[-1]

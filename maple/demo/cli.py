@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 from pathlib import Path
 
-from maple.cli import DefaultsHelpFormatter
+from maple.cli import DefaultsHelpFormatter, library_progress_bars_hidden
 
 from . import BACKBONES, MINERS
 
@@ -102,12 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         claim_output_folder(config)
     except ValueError as error:
         build_parser().error(str(error))
-    if not config.progress:
-        import datasets
-        import transformers
-
-        datasets.disable_progress_bars()
-        transformers.utils.logging.disable_progress_bar()
-    result = run_demo(config)
+    with contextlib.nullcontext() if config.progress else library_progress_bars_hidden():
+        result = run_demo(config)
     print(format_summary(result))
     return 0
