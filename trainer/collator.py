@@ -250,11 +250,15 @@ def with_images_left_encoded(dataset: Any) -> Any:
         return dataset
     if isinstance(dataset, datasets.IterableDataset):  # lazy already: the stream decodes as it yields
         return dataset.cast(encoded)
-    # what `Dataset.cast_column` does for an `Image` feature: the same Arrow storage, only the features change
-    left_encoded = copy.deepcopy(dataset)  # shares the Arrow tables
-    left_encoded._info.features = encoded
-    left_encoded._data = update_metadata_with_features(left_encoded._data.cast(encoded.arrow_schema), encoded)
-    left_encoded._fingerprint = update_fingerprint(dataset._fingerprint, "with_images_left_encoded", {})
+    # what `Dataset.cast_column` does for an `Image` feature: the same Arrow storage, only the features change. These
+    # are `datasets` internals (5.2): should they move, `datasets` decodes every image again, slower but the same.
+    try:
+        left_encoded = copy.deepcopy(dataset)  # shares the Arrow tables
+        left_encoded._info.features = encoded
+        left_encoded._data = update_metadata_with_features(left_encoded._data.cast(encoded.arrow_schema), encoded)
+        left_encoded._fingerprint = update_fingerprint(dataset._fingerprint, "with_images_left_encoded", {})
+    except (AttributeError, TypeError):
+        return dataset
     return left_encoded
 
 
