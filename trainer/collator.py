@@ -11,8 +11,6 @@ from typing import Any
 import datasets
 import torch
 import xxhash
-from datasets.arrow_dataset import update_metadata_with_features
-from datasets.fingerprint import update_fingerprint
 from PIL import Image
 from transformers.data.data_collator import DataCollatorMixin
 
@@ -253,11 +251,14 @@ def with_images_left_encoded(dataset: Any) -> Any:
     # what `Dataset.cast_column` does for an `Image` feature: the same Arrow storage, only the features change. These
     # are `datasets` internals (5.2): should they move, `datasets` decodes every image again, slower but the same.
     try:
+        from datasets.arrow_dataset import update_metadata_with_features
+        from datasets.fingerprint import update_fingerprint
+
         left_encoded = copy.deepcopy(dataset)  # shares the Arrow tables
         left_encoded._info.features = encoded
         left_encoded._data = update_metadata_with_features(left_encoded._data.cast(encoded.arrow_schema), encoded)
         left_encoded._fingerprint = update_fingerprint(dataset._fingerprint, "with_images_left_encoded", {})
-    except (AttributeError, TypeError):
+    except (ImportError, AttributeError, TypeError):
         return dataset
     return left_encoded
 
