@@ -7,7 +7,14 @@ import torch
 from PIL import Image
 
 from modeling_maple.testing import build_tiny
-from trainer.collator import PREFERENCE_KEYS, ROW_POSITION, DataCollatorForEmbeddingPreference, content_id, select_rows
+from trainer.collator import (
+    PREFERENCE_KEYS,
+    ROW_POSITION,
+    DataCollatorForEmbeddingPreference,
+    _sample_candidates,
+    content_id,
+    select_rows,
+)
 from trainer.testing import draw_scene, synthetic_preference_dataset
 
 
@@ -187,3 +194,72 @@ def test_palette_images_that_differ_only_in_their_palette_are_two_images(process
                txt2img_scores=[0.9, 0.2], img2txt_scores=[0.9, 0.2])
     batch = DataCollatorForEmbeddingPreference(processor)([row])
     assert batch["candidate_image_index"].tolist() == [[0, 1]]
+
+
+def _left_encoded(num_rows=4, num_candidates=6):
+    from trainer.collator import with_images_left_encoded
+
+    dataset = synthetic_preference_dataset(num_rows, num_candidates=num_candidates, seed=0)
+    return dataset, with_images_left_encoded(dataset)
+
+
+def test_only_the_drawn_candidate_images_are_decoded_and_the_anchor_once(processor, monkeypatch):
+    """`datasets` decoded every candidate image of every row (and the anchor image twice, as `image` and as
+    `candidate_images[0]`), and the collator kept `num_image_candidates` of them."""
+    import datasets
+
+    dataset, encoded = _left_encoded()
+    rows = list(encoded)
+    assert isinstance(rows[0]["image"], dict) and isinstance(rows[0]["candidate_images"][3], dict)
+    decoded = []
+    decode = datasets.Image.decode_example
+    monkeypatch.setattr(datasets.Image, "decode_example", lambda self, value, **kw: decoded.append(value) or decode(self, value, **kw))
+    collator = DataCollatorForEmbeddingPreference(processor, num_image_candidates=3, num_text_candidates=2)
+    batch = collator(rows)
+    assert len(decoded) == 3 * len(rows)  # the anchor (candidate 0 reused) and the 2 drawn others, per row
+    monkeypatch.setattr(datasets.Image, "decode_example", decode)
+    expected = collator(list(dataset))  # the same batch from the images `datasets` decodes
+    assert batch.keys() == expected.keys()
+    for key in batch:
+        assert torch.equal(batch[key], expected[key]), key
+
+
+def test_an_undrawn_candidate_that_does_not_decode_is_never_read_and_a_drawn_one_fails_in_pil(processor):
+    """Rows left encoded decode what they use: a corrupt candidate stops collation (with PIL's error, which the
+    trainer turns into `UndecodableImageError`) only in a step that draws it."""
+    _, encoded = _left_encoded(num_rows=1)
+    row = encoded[0]
+    collator = DataCollatorForEmbeddingPreference(processor, num_image_candidates=2)
+    drawn = _sample_candidates(6, 2, collator._generator(row["id"], "image"))  # candidate 0 and one other
+    undrawn = next(position for position in range(1, 6) if position not in drawn)
+    broken = [dict(image) for image in row["candidate_images"]]
+    broken[undrawn] = {"bytes": broken[undrawn]["bytes"][:40], "path": None}
+    collator([dict(row, candidate_images=broken)])  # not drawn: not decoded
+    with pytest.raises(OSError, match="cannot identify image"):
+        DataCollatorForEmbeddingPreference(processor)([dict(row, candidate_images=broken)])  # all drawn
+
+
+def test_images_left_encoded_only_where_the_collator_decodes_them_as_the_dataset_would(processor):
+    import datasets
+
+    from trainer.collator import with_images_left_encoded
+
+    dataset = synthetic_preference_dataset(2)
+    moded = dataset.cast_column("image", datasets.Image(mode="RGB"))
+    encoded = with_images_left_encoded(moded)
+    assert encoded.features["image"] == datasets.Image(mode="RGB")  # decoded by the dataset, with its mode
+    assert encoded.features["candidate_images"] == datasets.List(datasets.Image(decode=False))
+    assert dataset.features["candidate_images"] == datasets.List(datasets.Image())  # the source is left as it was
+    streamed = with_images_left_encoded(dataset.to_iterable_dataset())
+    assert isinstance(next(iter(streamed))["candidate_images"][0], dict)
+    without_features = dataset.to_iterable_dataset().map(lambda row: row)
+    assert without_features.features is None and with_images_left_encoded(without_features) is without_features
+
+
+@pytest.mark.parametrize("image", [{"bytes": None, "path": None}, {"path": "a.png"}], ids=["neither", "no-bytes-key"])
+def test_an_image_left_encoded_without_bytes_or_path_is_named(processor, image):
+    _, encoded = _left_encoded(num_rows=2)
+    bad = dict(encoded[1], candidate_images=[*encoded[1]["candidate_images"][:-1], image])
+    with pytest.raises(ValueError, match=r"^train dataset, row id 'scene-1': column 'candidate_images'\[5\] is .*"
+                                         r"\(dict\); expected an image"):
+        DataCollatorForEmbeddingPreference(processor)([encoded[0], bad])

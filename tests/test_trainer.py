@@ -531,6 +531,38 @@ def test_an_image_that_does_not_decode_stops_training_with_a_way_to_find_its_row
     assert first_undecodable_image(synthetic_preference_dataset(4)) is None
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["map-style", "streamed"])
+def test_a_batch_decodes_only_the_candidate_images_it_draws(tmp_path, monkeypatch, stream):
+    """`datasets` decoded all 6 candidate images of a row, and its anchor image again, for the 3 the collator kept."""
+    dataset = synthetic_preference_dataset(4, num_candidates=6, seed=0)  # one batch (accelerate fetches one ahead)
+    dataset = dataset.to_iterable_dataset() if stream else dataset
+    trainer = make_trainer(tmp_path, per_device_train_batch_size=4, num_image_candidates=3, num_text_candidates=2)
+    trainer.train_dataset = trainer._prepare_dataset(dataset, trainer.processing_class, trainer.args, "train")
+    decoded = []
+    decode = datasets.Image.decode_example
+    monkeypatch.setattr(datasets.Image, "decode_example", lambda self, value, **kw: decoded.append(value) or decode(self, value, **kw))
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert batch["candidate_image_mask"].shape == (4, 3)
+    assert len(decoded) == 4 * 3  # per row: the anchor, which is candidate 0, and 2 others
+    assert dataset.features["candidate_images"] == datasets.List(datasets.Image())  # the caller's dataset is unchanged
+
+
+def test_a_trainers_prepared_dataset_passes_validation_and_another_collator_gets_decoded_images(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=1)
+    assert trainer.train_dataset.features["candidate_images"] == datasets.List(datasets.Image(decode=False))
+    model, processor = build_tiny("dual_encoder")
+    RPATrainer(model, args=make_config(tmp_path), train_dataset=trainer.train_dataset, processing_class=processor)
+
+    def collate(rows):
+        assert all(isinstance(image, Image.Image) for row in rows for image in [row["image"], *row["candidate_images"]])
+        return trainer.data_collator(rows)
+
+    other = RPATrainer(model, args=make_config(tmp_path, max_steps=1), train_dataset=synthetic_preference_dataset(8),
+                       processing_class=processor, data_collator=collate)
+    assert other.train_dataset.features["candidate_images"] == datasets.List(datasets.Image())
+    other.train()
+
+
 def test_encoded_images_are_refused_with_the_cast_that_decodes_them(tmp_path):
     model, processor = build_tiny("dual_encoder")
     encoded = synthetic_preference_dataset(4).cast_column("candidate_images", datasets.List(datasets.Image(decode=False)))

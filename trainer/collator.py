@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import reprlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+import datasets
 import torch
 import xxhash
 from PIL import Image
@@ -59,7 +61,9 @@ class DataCollatorForEmbeddingPreference(DataCollatorMixin):
     Each step keeps every anchor's own candidate (index 0, the anchor itself) and draws `num_*_candidates - 1` of its
     other candidates uniformly without replacement (all of them when `None`). The draw is seeded by `seed`, the epoch
     (see `set_epoch`) and the row id: fresh every epoch, yet the same in a resumed run and whatever the number of
-    processes or the batch a row lands in.
+    processes or the batch a row lands in. Images may come decoded (PIL) or left encoded ({"bytes", "path"}, as
+    `with_images_left_encoded` leaves them, which `RPATrainer` does): those are decoded here, only the anchor image
+    and the drawn candidates, exactly as `datasets.Image()` decodes them.
 
     Returned keys, besides the processor's (`input_ids`, `attention_mask`, `pixel_values`, ...):
         anchor_text_index, anchor_image_index: `(N,)` row of each anchor's caption / image in the embeddings.
@@ -94,9 +98,10 @@ class DataCollatorForEmbeddingPreference(DataCollatorMixin):
             dataset_name=self.dataset_name,
         )
         texts, images = _DistinctItems(), _DistinctItems()
+        anchor_images = [_decoded(example["image"]) for example in examples]
         batch: dict[str, torch.Tensor] = {
             "anchor_text_index": torch.tensor([texts.add(example["caption"]) for example in examples]),
-            "anchor_image_index": torch.tensor([images.add(example["image"]) for example in examples]),
+            "anchor_image_index": torch.tensor([images.add(image) for image in anchor_images]),
         }
         for modality, items, anchor_column, candidates_column, scores_column, limit in (
             ("text", texts, "caption", "candidate_texts", "img2txt_scores", self.num_text_candidates),
@@ -111,7 +116,11 @@ class DataCollatorForEmbeddingPreference(DataCollatorMixin):
             mask = torch.zeros(len(examples), width, dtype=torch.bool)
             scores = torch.zeros(len(examples), width)
             for row, (example, pick) in enumerate(zip(examples, picks)):
-                index[row, : len(pick)] = torch.tensor([items.add(example[candidates_column][j]) for j in pick])
+                if modality == "text":
+                    picked = [example[candidates_column][j] for j in pick]
+                else:  # only the drawn candidates are decoded (when left encoded, see `with_images_left_encoded`)
+                    picked = _picked_images(example, anchor_images[row], pick)
+                index[row, : len(pick)] = torch.tensor([items.add(item) for item in picked])
                 mask[row, : len(pick)] = True
                 scores[row, : len(pick)] = torch.tensor([float(example[scores_column][j]) for j in pick])
             # Candidate 0 is the anchor's own pair: always kept, and the judge score the others are compared with
@@ -184,6 +193,74 @@ class _DistinctItems:
             self.items.append(item)
             self.ids.append(identity)
         return self._position[identity]
+
+
+# Decodes an image left encoded ({"bytes", "path"}) as a column of `datasets.Image()` would (EXIF orientation applied,
+# mode kept): `with_images_left_encoded` leaves only such columns encoded.
+_IMAGE_DECODER = datasets.Image()
+_IMAGE_COLUMNS = ("image", "candidate_images")
+
+
+def _decoded(image: Any) -> Any:
+    """An image as the collator embeds it: decoded if left encoded, else as it is."""
+    return _IMAGE_DECODER.decode_example(image) if isinstance(image, dict) else image
+
+
+def _picked_images(example: dict[str, Any], anchor: Any, pick: list[int]) -> list[Any]:
+    """A row's drawn candidate images (positions `pick`), decoded; a candidate 0 stored as the row's `image` is (the
+    same bytes, or the same path without bytes) is `anchor`, the image already decoded, not decoded again."""
+    candidates, stored_anchor = example["candidate_images"], example["image"]
+    return [
+        anchor if position == 0 and _stored_alike(candidates[0], stored_anchor) else _decoded(candidates[position])
+        for position in pick
+    ]
+
+
+def _stored_alike(first: Any, other: Any) -> bool:
+    """Whether two images left encoded decode from the same data: the same bytes, or the same path with no bytes
+    (what `datasets.Image.decode_example` reads)."""
+    if not (isinstance(first, dict) and isinstance(other, dict)):
+        return False
+    if first["bytes"] is not None or other["bytes"] is not None:
+        return first["bytes"] == other["bytes"]
+    return first["path"] is not None and first["path"] == other["path"]
+
+
+def with_images_left_encoded(dataset: Any) -> Any:
+    """`dataset` with its image columns left encoded ({"bytes", "path"}) for `DataCollatorForEmbeddingPreference`
+    to decode: it decodes only the candidates it draws, and the anchor image once when candidate 0 stores the same
+    image, where `datasets` would decode every candidate of every row. The same pixels: it decodes them with
+    `datasets.Image().decode_example`, so a column is left encoded only where the dataset's own feature decodes that
+    way (an `Image()` without `mode`, and no Hub token to read private files with); other columns, and datasets
+    without features, are returned as they are. Reads and copies no rows (unlike `cast_column` of a list of images,
+    which writes the whole column anew)."""
+    features = getattr(dataset, "features", None)
+    if features is None or any((getattr(dataset, "_token_per_repo_id", None) or {}).values()):
+        return dataset
+    encoded = features.copy()
+    for column in _IMAGE_COLUMNS:
+        feature = features.get(column)
+        inner = feature.feature if isinstance(feature, (datasets.List, datasets.LargeList)) else feature
+        if isinstance(inner, datasets.Image) and inner.decode and inner.mode is None:
+            left = replace(inner, decode=False)
+            encoded[column] = replace(feature, feature=left) if inner is not feature else left
+    if encoded == features:
+        return dataset
+    if isinstance(dataset, datasets.IterableDataset):  # lazy already: the stream decodes as it yields
+        return dataset.cast(encoded)
+    # what `Dataset.cast_column` does for an `Image` feature: the same Arrow storage, only the features change. These
+    # are `datasets` internals (5.2): should they move, `datasets` decodes every image again, slower but the same.
+    try:
+        from datasets.arrow_dataset import update_metadata_with_features
+        from datasets.fingerprint import update_fingerprint
+
+        left_encoded = copy.deepcopy(dataset)  # shares the Arrow tables
+        left_encoded._info.features = encoded
+        left_encoded._data = update_metadata_with_features(left_encoded._data.cast(encoded.arrow_schema), encoded)
+        left_encoded._fingerprint = update_fingerprint(dataset._fingerprint, "with_images_left_encoded", {})
+    except (ImportError, AttributeError, TypeError):
+        return dataset
+    return left_encoded
 
 
 def _sample_candidates(count: int, limit: int | None, generator: torch.Generator) -> list[int]:

@@ -48,10 +48,16 @@ from .checkpoints import (
     run_checkpoints,
     training_recipe,
 )
-from .collator import PREFERENCE_KEYS, ROW_POSITION, DataCollatorForEmbeddingPreference, select_rows
+from .collator import (
+    PREFERENCE_KEYS,
+    ROW_POSITION,
+    DataCollatorForEmbeddingPreference,
+    select_rows,
+    with_images_left_encoded,
+)
 from .losses import bidirectional_rpa_loss, contrastive_loss, judged_positive_ids, maple_loss, preference_agreement
 from .rpa_config import RPAConfig, from_pretrained_kwargs
-from .schema import PREFERENCE_COLUMNS, rows_without_preference, validate_preference_dataset
+from .schema import PREFERENCE_COLUMNS, rows_without_preference, validate_preference_dataset, validated_as_source
 
 logger = logging.get_logger(__name__)
 
@@ -195,6 +201,8 @@ class RPATrainer(DPOTrainer):
         self.model_card_kwargs: dict[str, Any] = {}
         self._evaluating = False  # inside `evaluate` (see there)
 
+        # Our collator decodes only the images it uses (`with_images_left_encoded`); another reads what `datasets` gives.
+        self._leave_images_encoded = data_collator is None or isinstance(data_collator, DataCollatorForEmbeddingPreference)
         train_dataset = self._prepare_dataset(train_dataset, processing_class, args, "train")
         if args.rpa_weight > 0 and isinstance(train_dataset, Dataset):
             _warn_about_rows_without_preference(train_dataset, args.rpa_weight)
@@ -279,7 +287,13 @@ class RPATrainer(DPOTrainer):
         # Nothing to tokenise ahead: the collator processes images and texts on the fly. Validate the schema instead.
         validate_preference_dataset(dataset, dataset_name)
         # The collator reads rows as Python objects (PIL images, lists); a torch or numpy format is only a view.
-        return dataset.with_format(None) if _format_type(dataset) is not None else dataset
+        prepared = dataset.with_format(None) if _format_type(dataset) is not None else dataset
+        if getattr(self, "_leave_images_encoded", False):
+            # `datasets` would decode every candidate image of every row; the collator decodes those it draws
+            prepared = with_images_left_encoded(prepared)
+            if prepared is not dataset:
+                validated_as_source(prepared)
+        return prepared
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:

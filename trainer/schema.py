@@ -73,7 +73,7 @@ _ARROW_BATCH_ROWS = 10_000
 # The map-style datasets whose rows passed, as objects (held weakly): `maple train` validates before loading the model
 # and hands the same object to `RPATrainer`, which would read every row again. Not by fingerprint: `map` keeps one
 # for other rows when its function reads outside state, or when the caller names it (`new_fingerprint`).
-_VALIDATED_DATASETS: weakref.WeakSet[Dataset] = weakref.WeakSet()
+_VALIDATED_DATASETS: weakref.WeakSet[Dataset | IterableDataset] = weakref.WeakSet()
 
 
 def check_columns(column_names: Iterable[str], dataset_name: str) -> None:
@@ -180,10 +180,19 @@ def first_invalid(value: Any, column: str) -> tuple[int, str] | None:
     entries = value if column in SCORED_CANDIDATES and isinstance(value, list) else [value]
     expected_type, _ = CONTENT_COLUMNS[column]
     for position, entry in enumerate(entries):
-        valid = isinstance(entry, expected_type) and (expected_type is not str or bool(entry.strip()))
+        if expected_type is str:
+            valid = isinstance(entry, str) and bool(entry.strip())
+        else:  # an image, decoded or left encoded (see `trainer.collator.with_images_left_encoded`)
+            valid = isinstance(entry, expected_type) or _is_encoded_image(entry)
         if not valid:
             return position, _described(entry)
     return None
+
+
+def _is_encoded_image(entry: Any) -> bool:
+    """Whether a value is an image as an `Image(decode=False)` column gives it: {"bytes", "path"}, one of them set."""
+    return (isinstance(entry, dict) and {"bytes", "path"} <= entry.keys()
+            and (entry["bytes"] is not None or entry["path"] is not None))
 
 
 def _described(entry: Any) -> str:
@@ -238,18 +247,20 @@ def _image_decoder(feature: Any) -> Image:
 
 def validate_preference_dataset(dataset: Dataset | IterableDataset, dataset_name: str) -> None:
     """Checks the columns and, for a map-style `Dataset`, every row (without decoding images), once per dataset object
-    (datasets do not change in place). Rows of an `IterableDataset` are checked batch by batch by the collator instead,
-    as they stream in."""
+    (datasets do not change in place; see also `validated_as_source`). Rows of an `IterableDataset` are checked batch by
+    batch by the collator instead, as they stream in."""
     if isinstance(dataset, (DatasetDict, IterableDatasetDict)):
         split = "train" if "train" in dataset else next(iter(dataset), "train")
         raise ValueError(
             f"The {dataset_name} dataset is a {type(dataset).__name__}: pass one split, e.g. dataset[{split!r}]; it "
             f"has splits {list(dataset)}."
         )
+    if isinstance(dataset, (Dataset, IterableDataset)) and dataset in _VALIDATED_DATASETS:
+        return
     check_columns(dataset.column_names or next(iter(dataset)).keys(), dataset_name)
     if dataset.features is not None:  # a stream may not know its features; its rows are typed by the collator
         check_features(dataset.features, dataset_name)
-    if not isinstance(dataset, Dataset) or dataset in _VALIDATED_DATASETS:
+    if not isinstance(dataset, Dataset):
         return
     columns = ["id", *CONTENT_COLUMNS, *SCORED_CANDIDATES.values()]  # images as stored: nothing is decoded
     arrow_rows = dataset.select_columns(columns).with_format("arrow")
@@ -266,6 +277,13 @@ def validate_preference_dataset(dataset: Dataset | IterableDataset, dataset_name
         _check_anchor_first(batch, dataset.features, dataset_name)
         _check_image_files(batch, dataset_name)
     _VALIDATED_DATASETS.add(dataset)
+
+
+def validated_as_source(derived: Dataset | IterableDataset) -> None:
+    """Records that `derived`, the rows of a dataset `validate_preference_dataset` passed with its image columns left
+    encoded for the collator (`trainer.collator.with_images_left_encoded`), needs no validation either (which
+    `check_features` would fail: it refuses image columns left encoded by users)."""
+    _VALIDATED_DATASETS.add(derived)
 
 
 def rows_without_preference(dataset: Dataset) -> dict[str, int]:
