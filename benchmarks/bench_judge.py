@@ -26,6 +26,8 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -55,6 +57,21 @@ def make_inputs(num_anchors: int, num_candidates: int, image_size: int, caption_
 def synchronise(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def time_interleaved(runs: dict[str, Callable[[], Any]], repeats: int, device: torch.device) -> tuple[dict, dict]:
+    """Runs each of `runs` `repeats` times, interleaved; returns their seconds per run and their last results, by
+    name."""
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    results: dict[str, Any] = {}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            synchronise(device)
+            started = time.perf_counter()
+            results[name] = run()
+            synchronise(device)
+            seconds[name].append(time.perf_counter() - started)
+    return seconds, results
 
 
 def main() -> None:
@@ -99,15 +116,11 @@ def main() -> None:
 
     judge.score(images[:1], texts[:1], reuse_prefix=True)  # warm-up both paths
     judge.score(images[:1], texts[:1], reuse_prefix=False)
-    seconds = {"reuse_prefix": [], "per_pair": []}
-    results = {}
-    for _ in range(args.repeats):
-        for path, reuse in (("reuse_prefix", True), ("per_pair", False)):
-            synchronise(device)
-            started = time.perf_counter()
-            results[path] = judge.score(images, texts, reuse_prefix=reuse)
-            synchronise(device)
-            seconds[path].append(time.perf_counter() - started)
+    seconds, results = time_interleaved(
+        {"reuse_prefix": lambda: judge.score(images, texts, reuse_prefix=True),
+         "per_pair": lambda: judge.score(images, texts, reuse_prefix=False)},
+        args.repeats, device,
+    )
     pairs = args.anchors * args.candidates
     max_difference = max(float((a - b).abs().max()) for a, b in zip(results["reuse_prefix"], results["per_pair"]))
     throughput = {path: pairs / min(times) for path, times in seconds.items()}
@@ -157,15 +170,7 @@ def shard_benchmark(args, judge, images, texts, device, prefix_tokens: int) -> N
         return score_both_directions(judge, by_key, list(range(args.anchors)), texts, captions, candidate_keys)
 
     before(), after()  # warm-up
-    seconds = {"before": [], "after": []}
-    results = {}
-    for _ in range(args.repeats):
-        for name, run in (("before", before), ("after", after)):
-            synchronise(device)
-            started = time.perf_counter()
-            results[name] = run()
-            synchronise(device)
-            seconds[name].append(time.perf_counter() - started)
+    seconds, results = time_interleaved({"before": before, "after": after}, args.repeats, device)
     max_difference = max(
         float((a - b).abs().max())
         for direction in (0, 1)

@@ -14,11 +14,17 @@ import io
 import time
 from typing import TYPE_CHECKING
 
+import datasets
 import numpy
 import PIL.Image
 import torch
 
 from .miner import HardNegativeMiner
+
+# The columns of an image-caption source, typed (see `colour_square_source`).
+SOURCE_FEATURES = datasets.Features(
+    {"id": datasets.Value("string"), "image": datasets.Image(), "caption": datasets.Value("string")}
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -162,3 +168,12 @@ def colour_squares(num_images: int, *, seed: int = 0, size: int = 16) -> dict[st
         columns["image"].append({"bytes": buffer.getvalue(), "path": None})
         columns["caption"].append(f"a {name} square")
     return columns
+
+
+def colour_square_source(num_images: int = 10, **extra_rows: list) -> datasets.Dataset:
+    """`colour_squares(num_images)` as a `datasets.Dataset` with typed features (`SOURCE_FEATURES`), plus the rows of
+    `extra_rows` ({column: values}, e.g. malformed ones) appended."""
+    columns = colour_squares(num_images)
+    for column, values in extra_rows.items():
+        columns[column] += values
+    return datasets.Dataset.from_dict(columns, features=SOURCE_FEATURES)

@@ -27,6 +27,8 @@ from dataset_builders.miner import HardNegativeMiner
 from dataset_builders.testing import (
     ColourCaptioner,
     ColourJudge,
+    SOURCE_FEATURES,
+    colour_square_source,
     colour_squares,
     nearest_colour_name,
     thumbnail_miner,
@@ -34,21 +36,10 @@ from dataset_builders.testing import (
     tiny_judge,
 )
 
-SOURCE_FEATURES = datasets.Features(
-    {"id": datasets.Value("string"), "image": datasets.Image(), "caption": datasets.Value("string")}
-)
-
-
-def _source(num_images: int = 10, **extra_rows) -> datasets.Dataset:
-    columns = colour_squares(num_images)
-    for column, values in extra_rows.items():
-        columns[column] += values
-    return datasets.Dataset.from_dict(columns, features=SOURCE_FEATURES)
-
 
 def _build(tmp_path, config_name="paper", **kwargs) -> MaplePreferences:
     """A finished build in tmp_path with the stand-in judge, captioner and miner; `kwargs` override
-    builder arguments and config fields (the default source is `_source()`)."""
+    builder arguments and config fields (the default source is `colour_square_source()`)."""
     builder_kwargs = {
         "judge": ColourJudge(),
         "captioner": ColourCaptioner(),
@@ -60,7 +51,7 @@ def _build(tmp_path, config_name="paper", **kwargs) -> MaplePreferences:
         "progress": False,
     }
     if "source" not in kwargs:
-        builder_kwargs["source_dataset"] = _source()
+        builder_kwargs["source_dataset"] = colour_square_source()
     builder_kwargs.update(kwargs)
     builder = MaplePreferences(config_name=config_name, **builder_kwargs)
     builder.download_and_prepare()
@@ -72,7 +63,7 @@ def test_rows_follow_the_schema_with_one_score_per_candidate(tmp_path):
     dataset = builder.as_dataset(split="train")
     assert dataset.features == FEATURES
     assert len(dataset) == 10 and len(set(dataset["id"])) == 10
-    source = _source()
+    source = colour_square_source()
     raw = dataset.cast_column("image", datasets.Image(decode=False)).cast_column(
         "candidate_images", datasets.Sequence(datasets.Image(decode=False))
     )
@@ -102,7 +93,7 @@ def test_rows_follow_the_schema_with_one_score_per_candidate(tmp_path):
 
 def test_bad_inputs_are_skipped_counted_and_listed(tmp_path):
     good = colour_squares(8)
-    source = _source(
+    source = colour_square_source(
         8,
         id=["broken", "blank", good["id"][0], "truncated"],
         image=[{"bytes": b"not an image", "path": None}, good["image"][1], good["image"][2], {"bytes": good["image"][3]["bytes"][:60], "path": None}],
@@ -131,7 +122,7 @@ def test_images_the_judge_cannot_take_are_skipped_with_the_inputs(tmp_path):
 
     strip = io.BytesIO()
     Image.new("RGB", (1000, 2), "red").save(strip, format="PNG")
-    source = _source(6, id=["strip"], image=[{"bytes": strip.getvalue(), "path": None}], caption=["a red strip"])
+    source = colour_square_source(6, id=["strip"], image=[{"bytes": strip.getvalue(), "path": None}], caption=["a red strip"])
     builder = MaplePreferences(
         config_name="paper", source_dataset=source, judge=tiny_judge(seed=0, image_size=16), captioner=ColourCaptioner(),
         miner=thumbnail_miner(), cache_dir=str(tmp_path / "cache"), work_dir=tmp_path / "work", semdedup_clusters=None,
@@ -157,7 +148,7 @@ def test_images_the_judge_cannot_take_are_skipped_with_the_inputs(tmp_path):
 
 def test_semdedup_drops_near_duplicates_with_a_reason(tmp_path):
     columns = colour_squares(6)
-    source = _source(6, id=["copy"], image=[columns["image"][0]], caption=["a red square again"])
+    source = colour_square_source(6, id=["copy"], image=[columns["image"][0]], caption=["a red square again"])
     builder = _build(tmp_path, source_dataset=source, semdedup_clusters=2, semdedup_epsilon=0.01)
     stats = builder.stats
     assert stats["skipped_by_reason"].get("near-duplicate", 0) >= 1
@@ -169,7 +160,7 @@ def test_semdedup_drops_near_duplicates_with_a_reason(tmp_path):
 def test_corpus_captions_config_uses_the_neighbours_captions(tmp_path):
     builder = _build(tmp_path, config_name="corpus-captions", captioner=None)
     dataset = builder.as_dataset(split="train")
-    captions = set(_source()["caption"])
+    captions = set(colour_square_source()["caption"])
     for row in dataset:
         assert set(row["candidate_texts"]) <= captions
         assert row["candidate_texts"][0] == row["caption"]
@@ -183,7 +174,7 @@ def test_config_errors_stop_before_any_work(tmp_path):
         MaplePreferences(config_name="paper", text_candidates="imagined", cache_dir=str(tmp_path / "cache"))
     builder = MaplePreferences(
         config_name="paper",
-        source_dataset=_source(),
+        source_dataset=colour_square_source(),
         judge=ColourJudge(),
         miner=thumbnail_miner(),
         cache_dir=str(tmp_path / "cache"),
@@ -199,7 +190,7 @@ def test_config_errors_stop_before_any_work(tmp_path):
 
 
 def test_sources_parquet_file_folder_and_imagefolder_give_the_same_rows(tmp_path):
-    source = _source(7)
+    source = colour_square_source(7)
     source.to_parquet(str(tmp_path / "source.parquet"))
     (tmp_path / "parquet_folder").mkdir()
     source.to_parquet(str(tmp_path / "parquet_folder" / "part-0.parquet"))
@@ -230,16 +221,16 @@ def test_sources_parquet_file_folder_and_imagefolder_give_the_same_rows(tmp_path
 
 def test_a_source_under_the_home_folder_is_a_local_one(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
-    _source(5).to_parquet(str(tmp_path / "source.parquet"))
+    colour_square_source(5).to_parquet(str(tmp_path / "source.parquet"))
     (tmp_path / "folder").mkdir()
-    _source(5).to_parquet(str(tmp_path / "folder" / "part-0.parquet"))
+    colour_square_source(5).to_parquet(str(tmp_path / "folder" / "part-0.parquet"))
     for source in ("~/source.parquet", "~/folder"):  # the folder was looked up on the Hub
         builder = _build(tmp_path / "builds" / source.strip("~/"), source=source)
         assert builder.manifest()["source"] == "local files" and builder.stats["num_anchors"] == 5
 
 
 def test_a_parquet_file_source_honours_a_split_slice(tmp_path):
-    _source(7).to_parquet(str(tmp_path / "source.parquet"))
+    colour_square_source(7).to_parquet(str(tmp_path / "source.parquet"))
     builder = _build(tmp_path, source=str(tmp_path / "source.parquet"), source_split="train[:4]")
     assert builder.stats["num_source_rows"] == 4  # the slice was ignored: 7
 
@@ -258,7 +249,7 @@ def test_stats_describe_this_build_when_the_dataset_comes_from_the_cache(tmp_pat
 def test_an_unreadable_file_of_an_image_folder_is_named(tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()
-    rows = list(_source(4).cast_column("image", datasets.Image(decode=False)))
+    rows = list(colour_square_source(4).cast_column("image", datasets.Image(decode=False)))
     with open(folder / "metadata.jsonl", "w") as metadata:
         for row in rows:
             (folder / f"{row['id']}.png").write_bytes(row["image"]["bytes"])
@@ -277,13 +268,13 @@ def test_a_folder_source_is_split_by_file_name_as_datasets_reads_it(tmp_path):
     """A Hub snapshot's layout (data/train-*, data/test-*): before the fix every parquet file under
     the folder was read as "train", test rows included, whatever `source_split` said."""
     (tmp_path / "snapshot" / "data").mkdir(parents=True)
-    _source(6).to_parquet(str(tmp_path / "snapshot" / "data" / "train-00000-of-00001.parquet"))
+    colour_square_source(6).to_parquet(str(tmp_path / "snapshot" / "data" / "train-00000-of-00001.parquet"))
     test_columns = colour_squares(4, seed=1)
     test_columns["id"] = [f"test-{index}" for index in range(4)]
     test_split = datasets.Dataset.from_dict(test_columns, features=SOURCE_FEATURES)
     test_split.to_parquet(str(tmp_path / "snapshot" / "data" / "test-00000-of-00001.parquet"))
     source = str(tmp_path / "snapshot")
-    assert list(load_source(source, split="train")["id"]) == list(_source(6)["id"])
+    assert list(load_source(source, split="train")["id"]) == list(colour_square_source(6)["id"])
     assert list(load_source(source, split="test")["id"]) == test_columns["id"]
     assert load_source(source, split="train[:2]+test").num_rows == 6
     with pytest.raises(SourceError, match=rf"source {re.escape(source)} has no split 'validation'; its splits are \['train', 'test'\]"):
@@ -321,7 +312,7 @@ def test_end_to_end_with_a_tiny_mllm_judge_and_captioner(tmp_path):
     captioner.model.generation_config.eos_token_id = None
     builder = _build(
         tmp_path,
-        source_dataset=_source(4),
+        source_dataset=colour_square_source(4),
         judge=tiny_judge(seed=0, image_size=16),
         captioner=captioner,
         num_hard_negatives=2,
@@ -447,8 +438,8 @@ def test_a_caption_column_of_lists_is_skipped_as_non_string_naming_column_and_ty
 def test_an_explicit_id_column_must_exist_but_the_default_one_may_be_absent(tmp_path):
     """Before the fix a misspelt id column was ignored and every id silently became the row index."""
     with pytest.raises(ValueError, match=r"source datasets.Dataset \(in memory\) lacks column\(s\) \['image_id'\].*--id-column"):
-        _unbuilt(tmp_path, _source(3), id_column="image_id").check_inputs()
-    without_ids = _source(3).remove_columns("id")
+        _unbuilt(tmp_path, colour_square_source(3), id_column="image_id").check_inputs()
+    without_ids = colour_square_source(3).remove_columns("id")
     _, _, skipped = _unbuilt(tmp_path / "no_ids", without_ids).check_inputs()
     assert skipped == []
 
@@ -458,7 +449,7 @@ def test_an_image_column_that_holds_no_images_names_column_and_type(tmp_path):
     with pytest.raises(ValueError, match=r"source column 'image' holds Value\('int64'\); expected images"):
         _unbuilt(tmp_path, datasets.Dataset.from_dict({**columns, "image": [0, 1, 2]})).check_inputs()
     # {"bytes", "path"} structs, as in image parquet files written without datasets' metadata, are images.
-    as_structs = _source(3).cast_column("image", datasets.Image(decode=False))
+    as_structs = colour_square_source(3).cast_column("image", datasets.Image(decode=False))
     as_structs = datasets.Dataset.from_dict(as_structs.to_dict())
     assert isinstance(as_structs.features["image"], dict)
     _, anchors, skipped = _unbuilt(tmp_path / "structs", as_structs).check_inputs()
@@ -485,18 +476,18 @@ def test_a_nan_embedding_is_an_error_naming_the_source_row_and_id(tmp_path):
     miner.encode_images = encode_with_a_nan
     # Rows 2 and 8 are the blue squares.
     with pytest.raises(ValueError, match=r"2 of 10 embeddings hold NaN or inf: source row 2 \(id square-002\), source row 8 \(id square-008\)"):
-        _unbuilt(tmp_path, _source(), miner=miner).build_shards()
+        _unbuilt(tmp_path, colour_square_source(), miner=miner).build_shards()
     assert not list((tmp_path / "work").glob("embeddings*.pt")), "no checkpoint holds the NaN"
 
 
 def test_the_papers_cluster_count_on_a_small_corpus_stops_before_embedding(tmp_path):
     """The paper config's 50,000 SemDeDup clusters on 10 images de-duplicated nothing, silently."""
-    builder = _unbuilt(tmp_path, _source(), config_name="paper", captioner=ColourCaptioner())
+    builder = _unbuilt(tmp_path, colour_square_source(), config_name="paper", captioner=ColourCaptioner())
     with pytest.raises(ValueError, match=r"50000 clusters on 10 rows"):
         builder.build_shards()
     assert not list((tmp_path / "work").glob("embeddings*.pt"))
     # The fix the error suggests runs in the same work dir (it was refused as another recipe: 50000 clusters)
-    _unbuilt(tmp_path, _source(), config_name="paper", captioner=ColourCaptioner(), semdedup_clusters=2).build_shards()
+    _unbuilt(tmp_path, colour_square_source(), config_name="paper", captioner=ColourCaptioner(), semdedup_clusters=2).build_shards()
 
 
 def test_a_rank_that_gives_up_before_embedding_does_not_leave_another_waiting(tmp_path, monkeypatch):
@@ -510,7 +501,7 @@ def test_a_rank_that_gives_up_before_embedding_does_not_leave_another_waiting(tm
         return check_slice(self, *args)
 
     monkeypatch.setattr(MaplePreferences, "_check_slice", rank_0_is_slower)
-    ranks = [_unbuilt(tmp_path, _source(), config_name="paper", captioner=ColourCaptioner(), rank=rank, world_size=2,
+    ranks = [_unbuilt(tmp_path, colour_square_source(), config_name="paper", captioner=ColourCaptioner(), rank=rank, world_size=2,
                       wait_timeout=30) for rank in range(2)]
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         futures = [pool.submit(builder.build_shards) for builder in ranks]
@@ -535,7 +526,7 @@ def test_a_rank_given_up_on_between_its_wait_and_its_read_says_so(tmp_path, monk
             path.unlink()
 
     monkeypatch.setattr(MaplePreferences, "_wait_for", other_rank_gives_up_after_the_wait)
-    rank_0 = _unbuilt(tmp_path, _source(), config_name="paper", captioner=ColourCaptioner(), rank=0, world_size=2)
+    rank_0 = _unbuilt(tmp_path, colour_square_source(), config_name="paper", captioner=ColourCaptioner(), rank=0, world_size=2)
     with pytest.raises(WorkDirMismatch, match="another process gave up the work dir .* while this one waited for input"):
         rank_0.build_shards()
 
@@ -569,7 +560,7 @@ class _PlaceholderCaptioner(ColourCaptioner):
 def test_texts_holding_a_judge_special_token_are_skipped_or_dropped(tmp_path):
     """Before the fix such a caption reached the judge, which broke its prompt (or crashed naming
     no row): source rows with one are now skipped with a reason, generated captions dropped."""
-    source = _source(10, id=["tagged"], image=[colour_squares(1)["image"][0]], caption=["a red <image> square"])
+    source = colour_square_source(10, id=["tagged"], image=[colour_squares(1)["image"][0]], caption=["a red <image> square"])
     builder = _build(tmp_path, source_dataset=source, judge=_PlaceholderJudge(), captioner=_PlaceholderCaptioner())
     stats = builder.stats
     assert stats["skipped_by_reason"] == {"special token in caption": 1}
@@ -614,15 +605,15 @@ def test_an_interrupted_image_embedding_keeps_its_finished_parts(tmp_path, monke
 
         return HardNegativeMiner(encode_images, name="thumbnail-4x4", batch_size=2)
 
-    builder = _unbuilt(tmp_path, _source(10), miner=counting_miner(fail_after=3))  # 3 batches: part 0 and half of 1
+    builder = _unbuilt(tmp_path, colour_square_source(10), miner=counting_miner(fail_after=3))  # 3 batches: part 0 and half of 1
     valid_rows = builder.check_inputs()[1]
     with pytest.raises(KeyboardInterrupt):
         builder.embed_inputs(valid_rows)
     embedded.clear()
-    resumed = _unbuilt(tmp_path, _source(10), miner=counting_miner())
+    resumed = _unbuilt(tmp_path, colour_square_source(10), miner=counting_miner())
     embeddings = resumed.embed_inputs(valid_rows)
     assert embedded == [2, 2, 2]  # rows 4-9 only, in 3 batches: part 0 (rows 0-3) was kept
-    reference = _unbuilt(tmp_path / "reference", _source(10), miner=counting_miner())
+    reference = _unbuilt(tmp_path / "reference", colour_square_source(10), miner=counting_miner())
     assert torch.equal(embeddings, reference.embed_inputs(reference.check_inputs()[1]))
     assert not list((tmp_path / "work").glob("*.rows-*.pt"))  # the parts are gone once the slice is saved
 
@@ -632,9 +623,9 @@ def test_an_interrupted_image_embedding_keeps_its_finished_parts(tmp_path, monke
     (tmp_path / "work" / "embeddings-0-of-1.pt").unlink()
     embedded.clear()
     with pytest.raises(KeyboardInterrupt):
-        _unbuilt(tmp_path, _source(10), miner=counting_miner(fail_after=3)).embed_inputs(valid_rows)
+        _unbuilt(tmp_path, colour_square_source(10), miner=counting_miner(fail_after=3)).embed_inputs(valid_rows)
     wider = HardNegativeMiner(thumbnail_miner().encode_images, name="thumbnail-4x4", batch_size=3)
-    assert torch.equal(_unbuilt(tmp_path, _source(10), miner=wider).embed_inputs(valid_rows), reference.embed_inputs(valid_rows))
+    assert torch.equal(_unbuilt(tmp_path, colour_square_source(10), miner=wider).embed_inputs(valid_rows), reference.embed_inputs(valid_rows))
 
 
 def test_an_interrupted_input_check_resumes_where_it_stopped(tmp_path, monkeypatch):
@@ -643,7 +634,7 @@ def test_an_interrupted_input_check_resumes_where_it_stopped(tmp_path, monkeypat
 
     monkeypatch.setattr(builder_module, "INPUT_CHECK_PART_ROWS", 4)
     extra = colour_squares(2)
-    source = _source(8, id=["square-001", "broken"], image=[extra["image"][0], {"bytes": b"junk", "path": None}],
+    source = colour_square_source(8, id=["square-001", "broken"], image=[extra["image"][0], {"bytes": b"junk", "path": None}],
                      caption=["a duplicate id", "a red square"])
     reference = _unbuilt(tmp_path / "reference", source).check_inputs()
 

@@ -11,18 +11,7 @@ from PIL import Image
 
 import dataset_builders.builder as builder_module
 from dataset_builders.builder import JudgeOutputError, MaplePreferences, score_both_directions
-from dataset_builders.testing import ColourCaptioner, ColourJudge, colour_squares, thumbnail_miner, tiny_judge
-
-SOURCE_FEATURES = datasets.Features(
-    {"id": datasets.Value("string"), "image": datasets.Image(), "caption": datasets.Value("string")}
-)
-
-
-def _source(num_images: int = 10, **extra_rows) -> datasets.Dataset:
-    columns = colour_squares(num_images)
-    for column, values in extra_rows.items():
-        columns[column] += values
-    return datasets.Dataset.from_dict(columns, features=SOURCE_FEATURES)
+from dataset_builders.testing import ColourCaptioner, ColourJudge, colour_square_source, colour_squares, thumbnail_miner, tiny_judge
 
 
 def _pixels(image: Image.Image) -> bytes:
@@ -85,7 +74,7 @@ def test_every_score_lands_in_its_own_row_and_candidate_slot(tmp_path, config_na
     its own (candidate image, caption) or (image, candidate text), for rows with fewer hard negatives than K (a corpus
     of 3 gives 2 each), a capped text pool, generated captions and two rows holding the same image."""
     twin = colour_squares(1)["image"][0]  # the first square's image again, under another id and caption
-    source = _source(6, id=["twin"], image=[twin], caption=["a twin square"])
+    source = colour_square_source(6, id=["twin"], image=[twin], caption=["a twin square"])
     judge = _HashJudge()
     builder = _builder(tmp_path, source, judge, config_name, num_hard_negatives=3, **overrides)
     builder.download_and_prepare()
@@ -99,7 +88,7 @@ def test_every_score_lands_in_its_own_row_and_candidate_slot(tmp_path, config_na
         assert len(row["candidate_texts"]) <= overrides.get("max_candidate_texts", 6)
     assert judge.score_images_calls == 0
 
-    small = _builder(tmp_path / "small", _source(3), _HashJudge(), config_name, num_hard_negatives=3, **overrides)
+    small = _builder(tmp_path / "small", colour_square_source(3), _HashJudge(), config_name, num_hard_negatives=3, **overrides)
     small.download_and_prepare()
     for row in _decoded(small.as_dataset(split="train")):
         assert len(row["candidate_images"]) == 3, "two hard negatives in a corpus of three"
@@ -112,7 +101,7 @@ def test_a_shard_asks_the_judge_once_with_each_image_once_and_each_pair_once(tmp
     (image, caption) pair was judged in both, and an image that was a hard negative of several anchors came once per
     anchor, so a prefix-sharing judge ran its prefix once per pair."""
     judge = _HashJudge()
-    builder = _builder(tmp_path, _source(10), judge, shard_size=5)
+    builder = _builder(tmp_path, colour_square_source(10), judge, shard_size=5)
     builder.download_and_prepare()
     assert judge.score_images_calls == 0
     assert len(judge.score_calls) == 2, "one call per shard"
@@ -136,7 +125,7 @@ def test_a_shard_asks_the_judge_once_with_each_image_once_and_each_pair_once(tmp
 
 def test_every_source_row_of_a_shard_is_decoded_once(tmp_path, monkeypatch):
     """The shard decoded an image as an anchor and again for every anchor that listed it as a hard negative."""
-    builder = _builder(tmp_path, _source(10), ColourJudge(), config_name="paper", semdedup_clusters=None, shard_size=5)
+    builder = _builder(tmp_path, colour_square_source(10), ColourJudge(), config_name="paper", semdedup_clusters=None, shard_size=5)
     builder.plan()
     decoded = []
     decode = builder_module.decode_image
@@ -194,7 +183,7 @@ def test_txt2img_through_the_shared_prefix_equals_per_pair_scoring_for_an_mllm_j
     `score_images` (and img2txt the per-pair `score`) up to float rounding, and each source image of a shard must be
     encoded (its prefix run) once."""
     judge = tiny_judge(seed=0, image_size=16, batch_size=3)
-    builder = _builder(tmp_path, _source(7), judge, num_hard_negatives=2, shard_size=4)
+    builder = _builder(tmp_path, colour_square_source(7), judge, num_hard_negatives=2, shard_size=4)
     builder.plan()
     encoded = Counter()
     encode = judge.prompt_encoder.encode_images

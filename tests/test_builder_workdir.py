@@ -10,15 +10,15 @@ import datasets
 import pytest
 
 from dataset_builders.builder import MANIFEST_VERSION, MaplePreferences, WorkDirMismatch
-from dataset_builders.testing import ColourCaptioner, ColourJudge, colour_squares, thumbnail_miner, tiny_judge
-
-SOURCE_FEATURES = datasets.Features(
-    {"id": datasets.Value("string"), "image": datasets.Image(), "caption": datasets.Value("string")}
+from dataset_builders.testing import (
+    SOURCE_FEATURES,
+    ColourCaptioner,
+    ColourJudge,
+    colour_square_source,
+    colour_squares,
+    thumbnail_miner,
+    tiny_judge,
 )
-
-
-def _source(num_images: int = 10) -> datasets.Dataset:
-    return datasets.Dataset.from_dict(colour_squares(num_images), features=SOURCE_FEATURES)
 
 
 def _builder(tmp_path, **kwargs) -> MaplePreferences:
@@ -26,7 +26,7 @@ def _builder(tmp_path, **kwargs) -> MaplePreferences:
         "judge": ColourJudge(),
         "captioner": ColourCaptioner(),
         "miner": thumbnail_miner(),
-        "source_dataset": _source(),
+        "source_dataset": colour_square_source(),
         "cache_dir": str(tmp_path / "cache"),
         "work_dir": tmp_path / "work",
         "shard_size": 4,
@@ -53,7 +53,7 @@ def test_another_shard_size_on_the_same_work_dir_is_refused_not_mixed(tmp_path):
     Before the fix the rebuild reused shards 0 and 2 of size 4 beside new ones of size 3, so some
     anchors came twice and others never."""
     first = _ids(_builder(tmp_path, shard_size=4))
-    assert sorted(first) == sorted(_source()["id"])
+    assert sorted(first) == sorted(colour_square_source()["id"])
     next(iter(sorted((tmp_path / "work" / "shards").glob("shard-000004-*.parquet")))).unlink()
     with pytest.raises(WorkDirMismatch, match=r"shard_size: 4 in the work dir, 3 now") as raised:
         _builder(tmp_path, cache_dir=str(tmp_path / "cache2"), shard_size=3).build_shards()
@@ -77,7 +77,7 @@ def test_another_shard_size_on_the_same_work_dir_is_refused_not_mixed(tmp_path):
         ({"miner": thumbnail_miner(name="other-miner")}, "miner"),
         ({"captioner": type("Sampler", (ColourCaptioner,), {"settings": {"temperature": 0.9}})()}, "captioner_settings"),
         ({"miner": thumbnail_miner(duplicate_threshold=0.5)}, "miner_settings.duplicate_threshold"),
-        ({"source_dataset": _source(9)}, "source_fingerprint"),
+        ({"source_dataset": colour_square_source(9)}, "source_fingerprint"),
     ],
 )
 def test_every_recipe_change_is_named(tmp_path, change, field):
@@ -91,7 +91,7 @@ def test_the_manifest_records_the_recipe_and_other_ranks_share_it(tmp_path):
     manifest = json.loads((tmp_path / "work" / "manifest.json").read_text())
     assert manifest["shard_size"] == 4 and manifest["num_hard_negatives"] == 3
     assert manifest["judge"] == "colour-judge" and manifest["miner"] == "thumbnail-4x4"
-    assert manifest["source_fingerprint"] == _source()._fingerprint
+    assert manifest["source_fingerprint"] == colour_square_source()._fingerprint
     # A different world size splits the same shards differently: it is not part of the recipe.
     assert _builder(tmp_path, rank=1, world_size=2).build_shards().reused == [1]
 
