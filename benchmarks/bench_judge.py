@@ -59,6 +59,12 @@ def synchronise(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def setting(judge: MLLMJudge, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
+    """The report's first lines: what ran, where."""
+    return {"judge": judge.name, "device": str(device), "dtype": args.dtype, "torch_threads": torch.get_num_threads(),
+            "anchors": args.anchors}
+
+
 def time_interleaved(runs: dict[str, Callable[[], Any]], repeats: int, device: torch.device) -> tuple[dict, dict]:
     """Runs each of `runs` `repeats` times, interleaved; returns their seconds per run and their last results, by
     name."""
@@ -125,11 +131,7 @@ def main() -> None:
     max_difference = max(float((a - b).abs().max()) for a, b in zip(results["reuse_prefix"], results["per_pair"]))
     throughput = {path: pairs / min(times) for path, times in seconds.items()}
     report = {
-        "judge": judge.name,
-        "device": str(device),
-        "dtype": args.dtype,
-        "torch_threads": torch.get_num_threads(),
-        "anchors": args.anchors,
+        **setting(judge, device, args),
         "candidates_per_anchor": args.candidates,
         "prefix_tokens": prefix_tokens,
         "image_tokens": encoded.num_tokens[0],
@@ -177,11 +179,7 @@ def shard_benchmark(args, judge, images, texts, device, prefix_tokens: int) -> N
         for a, b in zip(results["before"][direction], results["after"][direction])
     )
     report = {
-        "judge": judge.name,
-        "device": str(device),
-        "dtype": args.dtype,
-        "torch_threads": torch.get_num_threads(),
-        "anchors": args.anchors,
+        **setting(judge, device, args),
         "candidate_texts_per_anchor": args.candidates,
         "candidate_images_per_anchor": 1 + args.negatives,
         "negatives": "outside the shard" if args.negatives_outside else "other anchors of the shard",
