@@ -368,7 +368,7 @@ class MapleProcessor(ProcessorMixin):
             if not text.strip():
                 raise ValueError(f"text[{index}] is an empty string.")
         if self.max_text_length is not None:
-            texts = [self._truncate(text) for text in texts]
+            texts = self._truncated(texts)
         prompts = [self.text_prompt.format(text=text) for text in texts]
         model_limit = self._text_tower_limit()
         encoded = self.tokenizer(prompts, truncation=model_limit is not None, max_length=model_limit)
@@ -403,20 +403,27 @@ class MapleProcessor(ProcessorMixin):
         length = self.max_text_length + template_tokens
         return length if model_limit is None else min(length, model_limit)
 
-    def _truncate(self, text: str) -> str:
-        """`text` cut to at most `max_text_length` tokens, at a token boundary of the text itself.
+    def _truncated(self, texts: list[str]) -> list[str]:
+        """`texts`, each cut to at most `max_text_length` tokens, at a token boundary of the text itself.
 
-        A byte-level BPE splits a multi-byte character across tokens, so a cut there (or decoding the
-        first tokens) would leave a broken character that re-tokenises longer: the cut moves back a
-        token at a time until the cut text tokenises within the limit."""
-        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=self.tokenizer.is_fast)
-        if len(encoded["input_ids"]) <= self.max_text_length:
-            return text
+        One batched tokenisation finds the texts over the limit; only those are cut. A byte-level BPE splits a
+        multi-byte character across tokens, so a cut there (or decoding the first tokens) would leave a broken
+        character that re-tokenises longer: the cut moves back a token at a time until the cut text tokenises within
+        the limit."""
+        encoded = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=self.tokenizer.is_fast)
+        offsets = encoded.get("offset_mapping") or [None] * len(texts)  # only fast tokenizers give character offsets
+        return [
+            text if len(ids) <= self.max_text_length else self._cut(text, ids, text_offsets)
+            for text, ids, text_offsets in zip(texts, encoded["input_ids"], offsets)
+        ]
+
+    def _cut(self, text: str, ids: list[int], offsets: list[tuple[int, int]] | None) -> str:
+        """`text`, of tokens `ids` (character `offsets`, if known), cut to at most `max_text_length` tokens."""
         for keep in range(self.max_text_length, 0, -1):
-            if "offset_mapping" in encoded:
-                cut = text[: encoded["offset_mapping"][keep - 1][1]]
-            else:  # only fast tokenizers give character offsets
-                cut = self.tokenizer.decode(encoded["input_ids"][:keep], skip_special_tokens=True)
+            if offsets is not None:
+                cut = text[: offsets[keep - 1][1]]
+            else:
+                cut = self.tokenizer.decode(ids[:keep], skip_special_tokens=True)
             if len(self.tokenizer(cut, add_special_tokens=False)["input_ids"]) <= self.max_text_length:
                 return cut
         return ""

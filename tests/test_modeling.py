@@ -428,7 +428,9 @@ def test_truncation_never_exceeds_max_text_length_nor_breaks_a_character(monkeyp
     text = "a red circle été naïve 日本語 square"
     for max_text_length in range(1, len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1):
         truncating = MapleProcessor(processor.image_processor, tokenizer, backbone="mllm", max_text_length=max_text_length)
-        cut = truncating._truncate(text)
+        short = "a red circle"
+        cut, kept = truncating._truncated([text, short])  # one batched tokenisation: only the long text is cut
+        assert kept == short or len(tokenizer(short, add_special_tokens=False)["input_ids"]) > max_text_length
         assert len(tokenizer(cut, add_special_tokens=False)["input_ids"]) <= max_text_length
         assert "\ufffd" not in cut and text.startswith(cut.rstrip())
         assert len(tokenizer(cut, add_special_tokens=False)["input_ids"]) >= max_text_length - 2  # no more is lost than the broken character
