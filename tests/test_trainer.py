@@ -537,7 +537,7 @@ def test_a_batch_decodes_only_the_candidate_images_it_draws(tmp_path, monkeypatc
     dataset = synthetic_preference_dataset(4, num_candidates=6, seed=0)  # one batch (accelerate fetches one ahead)
     dataset = dataset.to_iterable_dataset() if stream else dataset
     trainer = make_trainer(tmp_path, per_device_train_batch_size=4, num_image_candidates=3, num_text_candidates=2)
-    trainer.train_dataset = trainer._prepare_dataset(dataset, trainer.processing_class, trainer.args, "train")
+    trainer.train_dataset = dataset
     decoded = []
     decode = datasets.Image.decode_example
     monkeypatch.setattr(datasets.Image, "decode_example", lambda self, value, **kw: decoded.append(value) or decode(self, value, **kw))
@@ -547,11 +547,14 @@ def test_a_batch_decodes_only_the_candidate_images_it_draws(tmp_path, monkeypatc
     assert dataset.features["candidate_images"] == datasets.List(datasets.Image())  # the caller's dataset is unchanged
 
 
-def test_a_trainers_prepared_dataset_passes_validation_and_another_collator_gets_decoded_images(tmp_path):
+def test_the_trainers_datasets_stay_as_given_and_another_collator_gets_decoded_images(tmp_path):
+    """Only the loader's copy is left encoded: a first version stored it as `train_dataset`, and a dataset derived from
+    that (`select`) was refused as "images left encoded" (found by a review of the change)."""
     trainer = make_trainer(tmp_path, max_steps=1)
-    assert trainer.train_dataset.features["candidate_images"] == datasets.List(datasets.Image(decode=False))
+    assert trainer.train_dataset.features["candidate_images"] == datasets.List(datasets.Image())
+    assert isinstance(trainer.train_dataset[0]["image"], Image.Image)
+    assert "eval_loss" in trainer.evaluate(trainer.train_dataset.select(range(4)))
     model, processor = build_tiny("dual_encoder")
-    RPATrainer(model, args=make_config(tmp_path), train_dataset=trainer.train_dataset, processing_class=processor)
 
     def collate(rows):
         assert all(isinstance(image, Image.Image) for row in rows for image in [row["image"], *row["candidate_images"]])
@@ -559,7 +562,6 @@ def test_a_trainers_prepared_dataset_passes_validation_and_another_collator_gets
 
     other = RPATrainer(model, args=make_config(tmp_path, max_steps=1), train_dataset=synthetic_preference_dataset(8),
                        processing_class=processor, data_collator=collate)
-    assert other.train_dataset.features["candidate_images"] == datasets.List(datasets.Image())
     other.train()
 
 

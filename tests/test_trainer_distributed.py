@@ -29,6 +29,9 @@ STEPS = 2
 # would be new negatives for the real ones.
 EVAL_SETS = {"eval": (10, 4), "short": (3, 5)}  # name: (rows, seed)
 EVAL_KEYS = ("eval_loss", "eval_loss/rpa", "eval_loss/contrastive", "eval_rewards/accuracies", "eval_rewards/margins")
+# The metrics of each anchor alone, whichever batch it lands in (not the InfoNCE pools).
+PER_ANCHOR_KEYS = ("eval_loss/rpa", "eval_rewards/accuracies", "eval_rewards/margins", "eval_recall@1/text_to_image",
+                   "eval_recall@1/image_to_text")
 
 
 def run(output_dir: str, per_device_batch: int, streamed: bool) -> dict:
@@ -54,20 +57,24 @@ def run(output_dir: str, per_device_batch: int, streamed: bool) -> dict:
         evaluations[name] = trainer.evaluate(dataset)
         if streamed:  # no length: accelerate cannot say which rows it repeated
             evaluations[f"{name}_streamed"] = trainer.evaluate(dataset.to_iterable_dataset())
+            if rows % 2 == 0:  # as many shards as processes, of equal size: accelerate gives each process its own
+                evaluations[f"{name}_sharded"] = trainer.evaluate(dataset.to_iterable_dataset(num_shards=2))
     return {"steps": steps, "eval": evaluations}
 
 
-def refuse_uneven_batches(output_dir: str) -> str:
-    """The error of a trainer without `even_batches`: on 9 rows at 4 per process, one process got two batches and the
-    other one, and the first waited forever in the loss's all-gather."""
+def train_without_even_batches(output_dir: str, **overrides) -> str:
+    """A trainer without `even_batches` on 9 rows at 4 per process: its error, or "trained". Keeping the short last
+    batch, one process got two batches and the other one, and the first waited forever in the loss's all-gather."""
     model, processor = build_tiny("dual_encoder", seed=0)
     args = smoke_config(output_dir, per_device_train_batch_size=4, num_train_epochs=1, use_cpu=True,
-                        accelerator_config={"even_batches": False})
+                        accelerator_config={"even_batches": False}, **overrides)
     try:
-        RPATrainer(model, args=args, train_dataset=synthetic_preference_dataset(9, seed=3), processing_class=processor)
+        trainer = RPATrainer(model, args=args, train_dataset=synthetic_preference_dataset(9, seed=3),
+                             processing_class=processor)
     except ValueError as error:
         return str(error)
-    return "accepted"
+    trainer.train()
+    return "trained"
 
 
 def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
@@ -95,13 +102,19 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
                 assert two_processes["eval"][distributed][key] == pytest.approx(
                     one_process["eval"][name][key], abs=1e-5
                 ), (distributed, key)
+    # Shards make other global batches (other pools), but every anchor counts once: none was taken for a repeat (each
+    # process numbered its rows from 0, and the second process's were all counted as repeats).
+    for key in PER_ANCHOR_KEYS:
+        assert two_processes["eval"]["eval_sharded"][key] == pytest.approx(one_process["eval"]["eval"][key], abs=1e-5), key
     assert "RPATrainer needs accelerator_config.even_batches under several processes" in two_processes["uneven"]
+    assert two_processes["uneven_dropping_last"] == "trained"  # without the short batch, the counts cannot differ
 
 
 if __name__ == "__main__":  # run by `accelerate launch` above
     output_dir, result_file = sys.argv[1], sys.argv[2]
     logs = run(output_dir, per_device_batch=GLOBAL_BATCH // 2, streamed=True)
-    logs["uneven"] = refuse_uneven_batches(output_dir + "-uneven")
+    logs["uneven"] = train_without_even_batches(output_dir + "-uneven")
+    logs["uneven_dropping_last"] = train_without_even_batches(output_dir + "-uneven-dropping", dataloader_drop_last=True)
     if int(os.environ.get("RANK", "0")) == 0:
         with open(result_file, "w") as handle:
             json.dump(logs, handle)

@@ -57,7 +57,7 @@ from .collator import (
 )
 from .losses import bidirectional_rpa_loss, contrastive_loss, judged_positive_ids, maple_loss, preference_agreement
 from .rpa_config import RPAConfig, from_pretrained_kwargs
-from .schema import PREFERENCE_COLUMNS, rows_without_preference, validate_preference_dataset, validated_as_source
+from .schema import PREFERENCE_COLUMNS, rows_without_preference, validate_preference_dataset
 
 logger = logging.get_logger(__name__)
 
@@ -183,7 +183,7 @@ class RPATrainer(DPOTrainer):
         args.accelerator_config.dispatch_batches = False
         # Without even batches, processes may get different numbers of batches, and one would wait forever in the
         # loss's all-gather (or the evaluation's gather) for a batch the others do not have.
-        if not args.accelerator_config.even_batches and args.world_size > 1:
+        if not args.accelerator_config.even_batches and not args.dataloader_drop_last and args.world_size > 1:
             raise ValueError(
                 "RPATrainer needs accelerator_config.even_batches under several processes: without it a process can "
                 "get one batch more than another and wait forever in the loss's all-gather. Keep even_batches=True "
@@ -287,22 +287,22 @@ class RPATrainer(DPOTrainer):
         # Nothing to tokenise ahead: the collator processes images and texts on the fly. Validate the schema instead.
         validate_preference_dataset(dataset, dataset_name)
         # The collator reads rows as Python objects (PIL images, lists); a torch or numpy format is only a view.
-        prepared = dataset.with_format(None) if _format_type(dataset) is not None else dataset
-        if getattr(self, "_leave_images_encoded", False):
-            # `datasets` would decode every candidate image of every row; the collator decodes those it draws
-            prepared = with_images_left_encoded(prepared)
-            if prepared is not dataset:
-                validated_as_source(prepared)
-        return prepared
+        return dataset.with_format(None) if _format_type(dataset) is not None else dataset
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
             self._signature_columns = [*PREFERENCE_COLUMNS, ROW_POSITION]
 
     def _get_dataloader(self, dataset, description, batch_size, sampler_fn=None, is_training=False, dataloader_key=None):
+        # `datasets` would decode every candidate image of every row; our collator decodes those it draws. Only the
+        # loader's copy: `train_dataset` and `eval_dataset` stay as given.
+        if self._leave_images_encoded:
+            dataset = with_images_left_encoded(dataset)
         if is_training:
             return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, dataloader_key)
-        if isinstance(dataset, IterableDataset):  # numbered, to tell the rows accelerate repeats (`_repeated_eval_rows`)
+        # A stream is numbered to tell the rows accelerate repeats (`_repeated_eval_rows`), unless accelerate splits it
+        # by its shards, a set per process, which repeats none (and numbers each process's rows from 0).
+        if isinstance(dataset, IterableDataset) and not self._shards_by_process(dataset):
             dataset = dataset.map(_with_position, with_indices=True)
         eval_collator = self.eval_data_collator
         if isinstance(eval_collator, DataCollatorForEmbeddingPreference) and dataloader_key not in (None, "eval"):
@@ -312,6 +312,12 @@ class RPATrainer(DPOTrainer):
             return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, dataloader_key)
         finally:
             self.data_collator = train_collator
+
+    def _shards_by_process(self, dataset: IterableDataset) -> bool:
+        """Whether accelerate gives each process its own shards of the stream `dataset` (`prepare_data_loader`: with at
+        least as many shards as processes, batches not split) instead of dealing out its batches."""
+        processes = self.accelerator.num_processes
+        return processes > 1 and not self.args.accelerator_config.split_batches and dataset.n_shards >= processes
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         with _pointing_to_undecodable_images("train"):

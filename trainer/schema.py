@@ -73,7 +73,7 @@ _ARROW_BATCH_ROWS = 10_000
 # The map-style datasets whose rows passed, as objects (held weakly): `maple train` validates before loading the model
 # and hands the same object to `RPATrainer`, which would read every row again. Not by fingerprint: `map` keeps one
 # for other rows when its function reads outside state, or when the caller names it (`new_fingerprint`).
-_VALIDATED_DATASETS: weakref.WeakSet[Dataset | IterableDataset] = weakref.WeakSet()
+_VALIDATED_DATASETS: weakref.WeakSet[Dataset] = weakref.WeakSet()
 
 
 def check_columns(column_names: Iterable[str], dataset_name: str) -> None:
@@ -247,20 +247,18 @@ def _image_decoder(feature: Any) -> Image:
 
 def validate_preference_dataset(dataset: Dataset | IterableDataset, dataset_name: str) -> None:
     """Checks the columns and, for a map-style `Dataset`, every row (without decoding images), once per dataset object
-    (datasets do not change in place; see also `validated_as_source`). Rows of an `IterableDataset` are checked batch by
-    batch by the collator instead, as they stream in."""
+    (datasets do not change in place). Rows of an `IterableDataset` are checked batch by batch by the collator instead,
+    as they stream in."""
     if isinstance(dataset, (DatasetDict, IterableDatasetDict)):
         split = "train" if "train" in dataset else next(iter(dataset), "train")
         raise ValueError(
             f"The {dataset_name} dataset is a {type(dataset).__name__}: pass one split, e.g. dataset[{split!r}]; it "
             f"has splits {list(dataset)}."
         )
-    if isinstance(dataset, (Dataset, IterableDataset)) and dataset in _VALIDATED_DATASETS:
-        return
     check_columns(dataset.column_names or next(iter(dataset)).keys(), dataset_name)
     if dataset.features is not None:  # a stream may not know its features; its rows are typed by the collator
         check_features(dataset.features, dataset_name)
-    if not isinstance(dataset, Dataset):
+    if not isinstance(dataset, Dataset) or dataset in _VALIDATED_DATASETS:
         return
     columns = ["id", *CONTENT_COLUMNS, *SCORED_CANDIDATES.values()]  # images as stored: nothing is decoded
     arrow_rows = dataset.select_columns(columns).with_format("arrow")
@@ -277,13 +275,6 @@ def validate_preference_dataset(dataset: Dataset | IterableDataset, dataset_name
         _check_anchor_first(batch, dataset.features, dataset_name)
         _check_image_files(batch, dataset_name)
     _VALIDATED_DATASETS.add(dataset)
-
-
-def validated_as_source(derived: Dataset | IterableDataset) -> None:
-    """Records that `derived`, the rows of a dataset `validate_preference_dataset` passed with its image columns left
-    encoded for the collator (`trainer.collator.with_images_left_encoded`), needs no validation either (which
-    `check_features` would fail: it refuses image columns left encoded by users)."""
-    _VALIDATED_DATASETS.add(derived)
 
 
 def rows_without_preference(dataset: Dataset) -> dict[str, int]:
