@@ -188,8 +188,11 @@ def _changed_files(stored: Any, current: Any) -> str:
 def _run_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """What differs between a stored result's fingerprint and the current run's (`_same_run`), in words."""
     current = _with_unknown_commits_from(current, stored)
+    # in `_run_fingerprint`'s order, then any key it no longer writes
+    words = {"model": "model reference", "model_state": "model state", "dtype": "dtype", "source": "source",
+             "source_files": "source", "protocol": "protocol version"}
     differences = []
-    for key in current.keys() | stored.keys():
+    for key in [*words, *sorted((current.keys() | stored.keys()) - words.keys())]:
         then, now = stored.get(key), current.get(key)
         if then == now:
             continue
@@ -205,11 +208,8 @@ def _run_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[st
         elif key == "source_files" and isinstance(then, dict) and isinstance(now, dict):
             differences.append(f"source (changed files: {_changed_files(then, now)})")
         else:
-            words = {"model": "model reference", "model_state": "model state", "dtype": "dtype", "source": "source",
-                     "source_files": "source", "protocol": "protocol version"}.get(key, key)
-            differences.append(f"{words} ({then!r} then, {now!r} now)")
-    order = ["model reference", "model state", "dtype", "source", "protocol version"]
-    return sorted(differences, key=lambda text: next((i for i, prefix in enumerate(order) if text.startswith(prefix)), len(order)))
+            differences.append(f"{words.get(key, key)} ({then!r} then, {now!r} now)")
+    return differences
 
 
 def stored_results(
