@@ -14,6 +14,8 @@ import datasets
 import PIL.Image
 from datasets.exceptions import DatasetGenerationError
 
+from maple.hub import names_a_file
+
 if TYPE_CHECKING:
     from .builder import MaplePreferencesConfig
 
@@ -143,8 +145,7 @@ def load_source(source: str, *, split: str, cache_dir: str | None = None) -> dat
     it has. `split` may slice or join splits as `datasets` does ("train[:1000]", "train+test")."""
     path = Path(source).expanduser()
     # A path that can only be local (a Hub id is "name" or "org/name") is not sent to the Hub when missing.
-    local_suffixes = (".parquet", ".csv", ".json", ".jsonl", ".arrow", ".tsv", ".txt")
-    if not path.exists() and (path.suffix in local_suffixes or source.startswith((".", "/", "~")) or source.count("/") > 1):
+    if not path.exists() and (names_a_file(source) or source.startswith((".", "/", "~")) or source.count("/") > 1):
         raise SourceError(f"source {source}: no such file or folder (a Hub dataset id is 'name' or 'org/name')")
     if path.suffix == ".parquet":
         _check_splits(source, split, available=["train"])  # datasets names a lone file's split "train"

@@ -438,21 +438,17 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
 }
 
 
-# A source whose name ends so is a file (as `dataset_builders.sources.load_source` decides): a missing one is reported
-# as missing, not sent to the Hub as the dataset id `test_sets/nope.parquet`.
-LOCAL_FILE_SUFFIXES = (".parquet", ".csv", ".json", ".jsonl", ".arrow", ".tsv", ".txt", ".zip")
-
-
 def check_source(name: str, source: str) -> None:
     """Raise `BenchmarkSourceError` when `source` is empty, or can only be a local path (not a Hub id, or named as a
-    file: `LOCAL_FILE_SUFFIXES`) and does not exist: a check that costs nothing, so a command can make it before
+    file: `maple.hub.names_a_file`) and does not exist: a check that costs nothing, so a command can make it before
     loading any model."""
+    from maple.hub import names_a_file
+
     from .models import is_hub_id
 
     if not source.strip():  # Path("") is the current folder
         raise BenchmarkSourceError(f"benchmark {name!r}: the source is empty; expected a path or a Hub dataset id")
-    path = Path(source).expanduser()
-    if not path.exists() and (not is_hub_id(source) or path.suffix.lower() in LOCAL_FILE_SUFFIXES):
+    if not Path(source).expanduser().exists() and (not is_hub_id(source) or names_a_file(source)):
         raise BenchmarkSourceError(f"benchmark {name!r}: no such file or folder: {source}")
 
 

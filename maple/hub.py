@@ -17,6 +17,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+# A reference whose name ends so is a file, never a Hub id: a missing one is reported as missing, not looked up on the
+# Hub (as the dataset id `test_sets/nope.parquet`).
+LOCAL_FILE_SUFFIXES = (".parquet", ".csv", ".json", ".jsonl", ".arrow", ".tsv", ".txt", ".zip")
+
+
+def names_a_file(ref: str) -> bool:
+    """Whether `ref` is named as a file (`LOCAL_FILE_SUFFIXES`), so can only be a local path."""
+    return Path(ref).suffix.lower() in LOCAL_FILE_SUFFIXES
+
+
 class HubReadError(OSError):
     """A Hub repo that could not be read; the message names it and says what the Hub answered."""
 
