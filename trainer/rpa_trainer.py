@@ -579,16 +579,20 @@ class RPATrainer(DPOTrainer):
             check_recipe(resume_from_checkpoint, self.args, self._lora_recipe(), self._model_recipe())
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
-    def _model_recipe(self) -> dict[str, Any]:
-        model = self.accelerator.unwrap_model(self.model)
-        return model_recipe((model.get_base_model() if isinstance(model, PeftModel) else model).config)
-
-    def _lora_recipe(self) -> dict[str, Any] | None:
+    def _trained_model(self) -> tuple[nn.Module, PeftConfig | None]:
+        """The `MapleModel` trained (under PEFT, the base model the adapters sit on) and the active adapter's config
+        (None for full fine-tuning)."""
         model = self.accelerator.unwrap_model(self.model)
         if not isinstance(model, PeftModel):
-            return None
-        peft_config = model.peft_config[model.active_adapter]
-        return lora_recipe(peft_config.r, peft_config.lora_alpha)
+            return model, None
+        return model.get_base_model(), model.peft_config[model.active_adapter]
+
+    def _model_recipe(self) -> dict[str, Any]:
+        return model_recipe(self._trained_model()[0].config)
+
+    def _lora_recipe(self) -> dict[str, Any] | None:
+        _, peft_config = self._trained_model()
+        return None if peft_config is None else lora_recipe(peft_config.r, peft_config.lora_alpha)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         output_dir = output_dir or self.args.output_dir
@@ -668,9 +672,7 @@ class RPATrainer(DPOTrainer):
             from model_cards import model_card_from_run
         except ImportError:
             return
-        model = self.accelerator.unwrap_model(self.model)
-        base = model.get_base_model() if isinstance(model, PeftModel) else model
-        peft_config = model.peft_config[model.active_adapter] if isinstance(model, PeftModel) else None
+        base, peft_config = self._trained_model()
         card = model_card_from_run(
             output_dir=self.args.output_dir,
             base_model=getattr(base.config, "_name_or_path", None) or None,
