@@ -379,17 +379,11 @@ def text_pool(caption: str, groups: list[list[str]], size: int) -> list[str]:
     return [caption] + [text for texts, count in zip(distinct, kept) for text in texts[:count]]
 
 
-def _check_judge_scores(shard: int, ids: list[str], column: str, scores: list[torch.Tensor], counts: list[int]) -> None:
-    """Raise `JudgeOutputError` naming the shard, row id, column and candidate of the first judge score that is not one
-    finite alpha in [0, 1] per candidate, before the shard is written: training would refuse the row much later."""
-    if len(scores) != len(ids):
-        raise JudgeOutputError(f"shard {shard}: the judge returned {len(scores)} {column} rows for {len(ids)} anchors")
-    for row_id, row_scores, count in zip(ids, scores, counts):
-        if tuple(row_scores.shape) != (count,):
-            raise JudgeOutputError(
-                f"shard {shard}, row id {row_id!r}: the judge returned {column} of shape {tuple(row_scores.shape)} for "
-                f"{count} candidates"
-            )
+def _check_judge_scores(shard: int, ids: list[str], column: str, scores: list[torch.Tensor]) -> None:
+    """Raise `JudgeOutputError` naming the shard, row id, column and candidate of the first judge score that is not a
+    finite alpha in [0, 1], before the shard is written: training would refuse the row much later. (One score per
+    candidate: `score_both_directions` checked the judge's answer and laid it out so.)"""
+    for row_id, row_scores in zip(ids, scores, strict=True):
         bad = ~(torch.isfinite(row_scores) & (row_scores >= 0) & (row_scores <= 1))
         if bad.any():
             candidate = int(bad.nonzero()[0])
@@ -982,8 +976,8 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             self.judge, images, rows, candidate_texts, captions, candidate_rows,
             describe=lambda row: f"shard {shard}, source row {row} (id {self._row_id(records[row], row)!r})",
         )
-        _check_judge_scores(shard, ids, "img2txt_scores", img2txt, [len(texts) for texts in candidate_texts])
-        _check_judge_scores(shard, ids, "txt2img_scores", txt2img, [len(candidates) for candidates in candidate_rows])
+        _check_judge_scores(shard, ids, "img2txt_scores", img2txt)
+        _check_judge_scores(shard, ids, "txt2img_scores", txt2img)
         return {
             "id": ids,
             "image": [{"bytes": payloads[row], "path": None} for row in rows],
