@@ -368,7 +368,7 @@ def model_card_from_run(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model_name = repo_id or output_dir.name
-    config = _as_dict(training_config)
+    config, model_config = _as_dict(training_config), _as_dict(model_config)
     # Only Hub ids go into the metadata (the Hub refuses a card whose base_model or datasets name a local path)
     # and get links; a local folder is named as text.
     base_model_id, dataset_hub_id = hub_reference(base_model), hub_reference(dataset_id)
@@ -393,9 +393,9 @@ def model_card_from_run(
         base_model=base_model,
         base_model_is_hub_id=base_model_id is not None,
         backbone=backbone,
-        backbone_description=_backbone_description(backbone, _as_dict(model_config)),
+        backbone_description=_backbone_description(backbone, model_config),
         objective=_objective_description(config.get("rpa_weight")),
-        normalized=_as_dict(model_config).get("normalize", True),
+        normalized=model_config.get("normalize", True),
         finetuning=_finetuning_description(lora),
         dataset_id=dataset_id,
         dataset_is_hub_id=dataset_hub_id is not None,
