@@ -52,7 +52,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
-from maple.files import atomic_write, atomic_write_bytes
+from maple.files import atomic_write, atomic_write_bytes, folder_problem
 from trainer.schema import PREFERENCE_FEATURES
 
 from .interfaces import CandidateCaptioner, PreferenceJudge, component_name, first_finding
@@ -531,6 +531,8 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         self.miner = miner
         self.source_dataset = source_dataset
         self.work_dir = Path(work_dir) if work_dir is not None else Path(self._cache_dir + ".work")
+        if problem := folder_problem(self.work_dir, "work_dir"):
+            raise ValueError(problem)
         check_outside_source(self.config.source, work_dir=self.work_dir, cache_dir=self._cache_dir_root)
         self.rank = int(os.environ.get("RANK", 0)) if rank is None else rank
         self.world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size

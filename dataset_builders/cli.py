@@ -29,6 +29,7 @@ from typing import Any
 import datasets
 
 from maple.cli import DefaultsHelpFormatter, checked_device, library_progress_bars_hidden, positive
+from maple.files import folder_problem
 
 from .builder import JudgeOutputError, MaplePreferences, MaplePreferencesConfig, WorkDirMismatch
 from .sources import SourceError, check_outside_source, open_source
@@ -172,16 +173,6 @@ def _device(requested: str | None) -> str:
     import torch
 
     return f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
-
-
-def _check_output_dir(output_dir: str) -> None:
-    """A ValueError when `--output-dir`, or the nearest of its parents that exists, is not a folder (a file): the build
-    would stop with a NotADirectoryError traceback when it first writes."""
-    path = Path(output_dir).expanduser()
-    existing = next((folder for folder in (path, *path.parents) if folder.exists()), None)
-    if existing is not None and not existing.is_dir():
-        where = "is a file" if existing == path else f"is inside {existing}, a file"
-        raise ValueError(f"--output-dir {output_dir} {where}; expected a folder (created if missing)")
 
 
 def _check_repo_id(repo_id: str) -> None:
@@ -338,7 +329,8 @@ def _build(args: argparse.Namespace, given: set[str]) -> int:
         # Configuration, source and model errors stop here, before any file is written.
         config = next(config for config in MaplePreferences.BUILDER_CONFIGS if config.name == args.config)
         config = MaplePreferencesConfig(**{**config.__dict__, **overrides, "source": args.source})
-        _check_output_dir(args.output_dir)
+        if problem := folder_problem(args.output_dir, "--output-dir"):
+            raise ValueError(problem)
         check_outside_source(args.source, **{"--output-dir": args.output_dir})
         if config.text_candidates == "generated" and not args.captioner:
             raise ValueError(f"the {args.config!r} config writes captions: pass --captioner (or use --config corpus-captions)")

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from maple.cli import DefaultsHelpFormatter, checked_device, library_progress_bars_hidden, positive
-from maple.files import atomic_write_text
+from maple.files import atomic_write_text, folder_problem
 
 from .benchmarks import BENCHMARKS, QuadrupleBenchmark, RetrievalBenchmark, load_benchmark
 from .metric_names import QUADRUPLE_SCORES, RETRIEVAL_METRICS
@@ -89,12 +89,9 @@ def _check_out(parser: argparse.ArgumentParser, out: Path) -> None:
     """Usage errors for an `--out` the results cannot go to, before anything loads: a file, a path under a file, or a
     folder whose results.json (or results.md, without a results.json) another command wrote, which the results
     would overwrite (`maple eval --out .` in the demo's output folder)."""
-    if out.exists() and not out.is_dir():
-        _usage_error(parser, f"--out {out} is a file; expected a folder for the results")
+    if problem := folder_problem(out, "--out"):
+        _usage_error(parser, problem)
     if not out.exists():
-        parent = next(folder for folder in out.absolute().parents if folder.exists())
-        if not parent.is_dir():
-            _usage_error(parser, f"--out {out}: {parent} is a file, so no folder can be made under it")
         return
     results_json, results_md = out / "results.json", out / "results.md"
     if results_json.exists() and not _written_by_maple_eval(results_json):

@@ -1,5 +1,6 @@
 """Writing files so that an interruption leaves the old file or the new one, never half of one: the work dirs,
-checkpoints and result folders that MAPLE's long jobs resume from are written this way."""
+checkpoints and result folders that MAPLE's long jobs resume from are written this way; and checking, before such a
+job starts, that its output folder can be one."""
 
 from __future__ import annotations
 
@@ -7,6 +8,18 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
+
+
+def folder_problem(path: str | os.PathLike, name: str) -> str | None:
+    """Why `path` can be no folder, as one sentence that begins with `name` (the flag or argument that gave it); None
+    when it is a folder or can be made one. A file there, or above it, would otherwise stop a long job with a
+    NotADirectoryError or FileExistsError traceback when it first writes."""
+    path = Path(path).expanduser()
+    existing = next(folder for folder in (path, *path.absolute().parents) if folder.exists())  # the root exists
+    if existing.is_dir():
+        return None
+    where = "is a file" if existing is path else f"is inside {existing}, a file"
+    return f"{name} {path} {where}; expected a folder (created if missing)"
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:

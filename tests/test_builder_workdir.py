@@ -130,6 +130,18 @@ def test_a_work_dir_without_manifest_is_not_trusted(tmp_path):
         _builder(tmp_path).build_shards()
 
 
+@pytest.mark.parametrize("where", ["file", "inside a file"])
+def test_a_work_dir_that_is_a_file_is_refused_when_the_builder_is_made(tmp_path, where):
+    """It was a FileExistsError traceback from the first write (the CLI checks its --output-dir itself)."""
+    file = tmp_path / "taken"
+    file.write_text("not a folder")
+    work_dir = file if where == "file" else file / "work"
+    detail = "is a file" if where == "file" else f"is inside {file}, a file"
+    with pytest.raises(ValueError, match=re.escape(f"work_dir {work_dir} {detail}; expected a folder (created if missing)")):
+        _builder(tmp_path, work_dir=work_dir)
+    assert file.read_text() == "not a folder"
+
+
 def test_merge_refuses_shards_that_do_not_cover_every_anchor_once(tmp_path):
     builder = _builder(tmp_path)
     builder.build_shards()

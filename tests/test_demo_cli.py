@@ -161,7 +161,7 @@ def test_unusable_output_folders_are_refused_in_one_line(tmp_path, capsys):
     (tmp_path / "truncated").mkdir()
     (tmp_path / "truncated" / "run.json").write_text('{"seeds": [0')
     for out, message in [
-        ("a-file/sub", "a-file is a file, so no folder can be made under it"),
+        ("a-file/sub", "a-file, a file; expected a folder"),
         ("listed", "run.json holds a list, not a demo run"),
         ("truncated", "run.json cannot be read as a demo run"),
         ("/proc/maple-demo-out", "--out /proc/maple-demo-out: cannot write there"),  # even root cannot

@@ -592,7 +592,7 @@ def test_an_out_that_is_a_file_is_a_usage_error_before_the_model_loads(kind, tin
     with pytest.raises(SystemExit) as exit_info:
         main([str(first), "--benchmarks", "coco", "--source", f"coco={benchmark_sources['coco']}", "--out", str(out)])
     assert exit_info.value.code == 2
-    expected = f"--out {out} is a file; expected a folder" if kind == "file" else f"--out {out}: {a_file} is a file"
+    expected = f"--out {out} is a file; expected a folder" if kind == "file" else f"--out {out} is inside {a_file}, a file"
     error = capsys.readouterr().err
     assert error.startswith(f"maple eval: error: {expected}") and error.count("\n") == 1, error
     assert a_file.read_text() == "mine"

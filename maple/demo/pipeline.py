@@ -35,7 +35,7 @@ import datasets
 import torch
 from tqdm.auto import tqdm
 
-from ..files import atomic_write, atomic_write_text
+from ..files import atomic_write, atomic_write_text, folder_problem
 from . import BACKBONES, MINERS  # the choices of `maple demo`, where its --help reads them without torch
 from .scene_judge import SceneFeatureEncoder, SceneGraphCaptioner, SceneGraphJudge
 from .world import CATEGORIES, World, WorldConfig, build_world
@@ -170,11 +170,8 @@ def claim_output_folder(config: DemoConfig) -> None:
     if config.judge is not None:
         check_judge(config.judge)
     out, path = config.out, config.out / RUN_FILE
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder")
-    parent = next(folder for folder in out.absolute().parents if folder.exists())
-    if not parent.is_dir():
-        raise ValueError(f"--out {out}: {parent} is a file, so no folder can be made under it")
+    if problem := folder_problem(out, "--out"):
+        raise ValueError(problem)
     if path.exists():
         stored = _read_run_file(path)
         differences = sorted(key for key in stored.keys() | config.identity().keys() if stored.get(key) != config.identity().get(key))
