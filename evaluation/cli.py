@@ -71,6 +71,11 @@ def _parse_sources(parser: argparse.ArgumentParser, pairs: list[str]) -> dict[st
     return sources
 
 
+# The summaries written to OUT. A checkpoint folder given as its own OUT (`maple eval . --out .`) holds them beside
+# its weights, and they are no part of the model's state.
+RESULTS_JSON, RESULTS_MD = "results.json", "results.md"
+
+
 def _written_by_maple_eval(results_file: Path) -> bool:
     """Whether `results_file` (OUT/results.json) is one `maple eval` wrote: a non-empty JSON object mapping each model
     to a non-empty object keyed by benchmark names (`BENCHMARKS`), as `main` writes it. Recognised by this shape, with
@@ -93,7 +98,7 @@ def _check_out(parser: argparse.ArgumentParser, out: Path) -> None:
         _usage_error(parser, problem)
     if not out.exists():
         return
-    results_json, results_md = out / "results.json", out / "results.md"
+    results_json, results_md = out / RESULTS_JSON, out / RESULTS_MD
     if results_json.exists() and not _written_by_maple_eval(results_json):
         _usage_error(parser, f"--out {out} holds a results.json that maple eval did not write (another command's results, "
                              "which these would overwrite); choose another folder")
@@ -118,14 +123,15 @@ def _files_state(path: Path, *, recursive: bool) -> dict[str, list[int]]:
 
 def _model_state(model_ref: str, revision: str | None = None) -> dict[str, Any]:
     """What identifies the model evaluated: for a local folder its files (weights, config, processor and tokenizer
-    files; not subfolders, which loading does not read, such as a results folder or training checkpoints) by size
-    and modification time; for a Hub repo its commit at `revision` (None: unknown now). An adapter's base model is
+    files; not subfolders, which loading does not read, such as a results folder or training checkpoints, nor the
+    summaries of an `--out` there) by size and modification time; for a Hub repo its commit at `revision` (None: unknown now). An adapter's base model is
     included."""
     from .models import ADAPTER_CONFIG_FILE, ModelLoadError, hub_checkpoint_config_file, is_hub_id
 
     folder = Path(model_ref).expanduser()
     if folder.is_dir():
-        state: dict[str, Any] = {"files": _files_state(folder, recursive=False)}
+        files = _files_state(folder, recursive=False)
+        state: dict[str, Any] = {"files": {name: file for name, file in files.items() if name not in (RESULTS_JSON, RESULTS_MD)}}
         config_file = folder / ADAPTER_CONFIG_FILE
     else:
         try:
@@ -443,9 +449,9 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return 2
     # atomically: an interruption leaves the previous results or these, never half a file (which the next run's
     # --out check would take for another command's)
-    atomic_write_text(args.out / "results.json", json.dumps(all_results, indent=2))
+    atomic_write_text(args.out / RESULTS_JSON, json.dumps(all_results, indent=2))
     table = markdown_table(all_results)
-    atomic_write_text(args.out / "results.md", table)
+    atomic_write_text(args.out / RESULTS_MD, table)
     print(table)
     if args.push_to_hub:
         from huggingface_hub.errors import HfHubHTTPError

@@ -2,6 +2,7 @@
 JSON + markdown, side-by-side comparison, resuming after an interruption."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -571,6 +572,18 @@ def test_results_stored_under_another_protocol_are_recomputed(tiny, benchmark_so
     capsys.readouterr()
     assert main(argv) == 0
     assert f"mmvp: stored result is from another protocol version ({PROTOCOL_VERSION - 1} then, {PROTOCOL_VERSION} now), recomputing\n" in capsys.readouterr().out
+
+
+def test_a_checkpoint_folder_as_its_own_out_reuses_its_results(tiny, benchmark_sources, tmp_path, capsys):
+    """`maple eval . --out .` in a checkpoint folder: the results.json and results.md it writes there changed the
+    folder's files, so every rerun recomputed."""
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(tiny[2][0], checkpoint)
+    argv = [str(checkpoint), "--benchmarks", "mmvp", "--source", f"mmvp={benchmark_sources['mmvp']}", "--out", str(checkpoint)]
+    assert main(argv) == 0 and (checkpoint / "results.json").exists()
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "recomputing" not in capsys.readouterr().out
 
 
 def test_help_shows_the_defaults(capsys):
