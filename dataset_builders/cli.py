@@ -189,11 +189,13 @@ def _check_repo_id(repo_id: str) -> None:
 def _check_model_refs(args: argparse.Namespace) -> None:
     """A ValueError naming the option of a model that cannot be found: a module:factory spec that does not import, a
     path that is not a folder or holds no config.json, a Hub repo that is not found, refuses the token or, offline, is
-    not cached; and a --miner that is an MLLM (`encoder_config_problem`). Reads
-    configs only, so it runs before the first model loads: one of them may take minutes and most of a GPU."""
+    not cached; a --judge or --captioner of a family without a prompt encoder (`check_supported`); and a --miner that
+    is an MLLM (`encoder_config_problem`). Reads configs only, so it runs before the first model loads: one of them may
+    take minutes and most of a GPU."""
     from evaluation.models import ModelLoadError, checkpoint_config_file
 
     from .miner import encoder_config_problem
+    from .vlm_inputs import check_supported
 
     specs = [("--judge", spec) for spec in args.judge] + [("--captioner", args.captioner), ("--miner", args.miner)]
     for option, spec in specs:
@@ -201,9 +203,12 @@ def _check_model_refs(args: argparse.Namespace) -> None:
             if spec is None or _factory(spec) is not None:
                 continue
             config_file = checkpoint_config_file(spec)  # a folder holding no model (of images, say) too
-            if option == "--miner" and (problem := encoder_config_problem(spec, json.loads(config_file.read_text()))):
+            config = json.loads(config_file.read_text())
+            if option == "--miner" and (problem := encoder_config_problem(spec, config)):
                 raise ModelLoadError(problem)
-        except (ImportError, AttributeError, ModelLoadError) as error:
+            if option != "--miner" and config_file.name == "config.json":  # (an adapter's is its base's family)
+                check_supported(config.get("model_type"))
+        except (ImportError, AttributeError, ModelLoadError, NotImplementedError) as error:
             raise ValueError(f"{option} {spec}: {error}") from None
         except ValueError as error:  # json's: a config that does not read
             raise ValueError(f"{option} {spec}: {config_file} cannot be read: {error}") from None

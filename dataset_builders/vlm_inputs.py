@@ -235,17 +235,15 @@ PROMPT_ENCODERS: dict[str, type[PromptEncoder]] = {
 """Model families the judge and the captioner can drive, by `config.model_type`."""
 
 
-def check_supported(config) -> None:
-    """Raise a clear error for a model family without a prompt encoder."""
-    if config.model_type not in PROMPT_ENCODERS:
-        raise NotImplementedError(
-            f"model type {config.model_type!r} is not supported yet; supported: {', '.join(PROMPT_ENCODERS)}"
-        )
+def check_supported(model_type: str | None) -> None:
+    """Raise a clear error for a model family (a config's `model_type`) without a prompt encoder."""
+    if model_type not in PROMPT_ENCODERS:
+        raise NotImplementedError(f"model type {model_type!r} is not supported yet; supported: {', '.join(PROMPT_ENCODERS)}")
 
 
 def prompt_encoder_for(config, tokenizer, image_processor, *, chat_template: str | None = None) -> PromptEncoder:
     """The prompt encoder of `config`'s model family."""
-    check_supported(config)
+    check_supported(config.model_type)
     return PROMPT_ENCODERS[config.model_type](config, tokenizer, image_processor, chat_template=chat_template)
 
 
@@ -281,7 +279,7 @@ def load_vlm(
     """
     from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
-    check_supported(AutoConfig.from_pretrained(model_id_or_path))
+    check_supported(AutoConfig.from_pretrained(model_id_or_path).model_type)
     image_processor = AutoImageProcessor.from_pretrained(model_id_or_path, **(image_processor_kwargs or {}))
     _check_image_processor_kwargs(model_id_or_path, image_processor, image_processor_kwargs or {})
     tokenizer = AutoTokenizer.from_pretrained(model_id_or_path)

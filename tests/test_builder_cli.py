@@ -1,6 +1,7 @@
 """`maple build-preferences` (dataset_builders.cli.main), run in-process with the stand-ins."""
 
 import argparse
+import json
 import shutil
 
 import datasets
@@ -143,12 +144,13 @@ def test_a_model_option_reaching_one_component_loaded_from_a_path_is_taken(sourc
         raise ValueError("loading stopped here")
 
     monkeypatch.setattr(cli, "_load_components", load_components)
-    model_folder = tmp_path / "model"
-    model_folder.mkdir()
-    (model_folder / "config.json").write_text('{"model_type": "dinov2"}')
+    encoder_folder, mllm_folder = tmp_path / "encoder", tmp_path / "mllm"
+    for folder, model_type in [(encoder_folder, "dinov2"), (mllm_folder, "qwen2_vl")]:
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"model_type": model_type}))
     argv = [source_file, "--output-dir", str(tmp_path / "out"), "--semdedup-clusters", "0", "--no-progress", *STAND_INS[:4]]
-    assert cli.main([*argv, "--miner", str(model_folder), "--device", "cpu"]) == 2
-    assert cli.main([*argv, STAND_INS[4], STAND_INS[5], "--judge", str(model_folder), "--judge-batch-size", "2"]) == 2
+    assert cli.main([*argv, "--miner", str(encoder_folder), "--device", "cpu"]) == 2
+    assert cli.main([*argv, STAND_INS[4], STAND_INS[5], "--judge", str(mllm_folder), "--judge-batch-size", "2"]) == 2
     assert capsys.readouterr().err == "maple build-preferences: error: loading stopped here\n" * 2
     assert loaded == [("cpu", 8), ("cpu", 2)]
 
@@ -436,6 +438,22 @@ def test_a_local_folder_holding_no_model_is_an_error_before_any_model_loads(sour
         f"maple build-preferences: error: --captioner {images}: {images} has neither config.json nor "
         "adapter_config.json: not a transformers checkpoint folder\n"
     )
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("option", ["--judge", "--captioner"])
+def test_a_judge_or_captioner_of_an_unsupported_family_is_refused_before_any_model_loads(option, source_file, tmp_path, capsys, monkeypatch):
+    """It was refused only when it loaded, after the models before it (a 72B captioner, say)."""
+    monkeypatch.setattr(cli, "_load_components", lambda *args: pytest.fail("models were loaded"))
+    model = tmp_path / "blip"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "blip-2", "architectures": ["Blip2ForConditionalGeneration"]}')
+    out = tmp_path / "out"
+    stand_ins = STAND_INS[2:] if option == "--judge" else [*STAND_INS[:2], *STAND_INS[4:]]
+    assert cli.main([source_file, "--output-dir", str(out), *stand_ins, option, str(model)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"maple build-preferences: error: {option} {model}: model type 'blip-2' is not supported yet; supported: qwen2_vl")
+    assert error.count("\n") == 1
     assert not out.exists()
 
 

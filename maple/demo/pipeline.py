@@ -203,7 +203,7 @@ def check_judge(judge: str) -> None:
     except ModelLoadError as error:
         raise ValueError(f"--judge {judge}: {error}") from None
     try:
-        check_supported(AutoConfig.from_pretrained(judge))
+        check_supported(AutoConfig.from_pretrained(judge).model_type)
     except (OSError, ValueError, NotImplementedError) as error:
         raise ValueError(f"--judge {judge}: not a judge that can be loaded ({type(error).__name__}: {error})") from None
 
