@@ -629,6 +629,7 @@ def test_config_defaults_run_on_cpu_and_follow_the_paper(tmp_path):
     assert config.bf16 is (torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False))
     assert not config.gradient_checkpointing
     assert config.learning_rate == 5e-4 and config.lr_scheduler_type == "cosine" and config.warmup_steps == 0.025
+    assert config.num_train_epochs == 8
     assert (config.rpa_loss, config.reference, config.expand_negatives) == ("listwise", "none", True)
 
 

@@ -72,13 +72,18 @@ class RPAConfig(DPOConfig):
     (both stored as logarithms).
 
     Defaults run on a CPU without flags: `bf16` is on only where a CUDA device supports it, activation checkpointing
-    is off, and the learning rate and schedule are the paper's LoRA settings (5e-4, 2.5% linear warm-up, cosine decay).
+    is off, and the learning rate, schedule and length are the paper's LoRA settings (5e-4, 2.5% linear warm-up, cosine
+    decay, 8 epochs).
     """
 
     # Overridden TrainingArguments / DPOConfig defaults
     learning_rate: float = field(
         default=5e-4,
         metadata={"help": "Initial AdamW learning rate. MAPLE trains LoRA adapters with 5e-4 (section 4.1)."},
+    )
+    num_train_epochs: float = field(
+        default=8.0,
+        metadata={"help": "Passes over the training set (`max_steps` > 0 overrides it). MAPLE trains 8 epochs (section 4.1)."},
     )
     lr_scheduler_type: str = field(
         default="cosine",
