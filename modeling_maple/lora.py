@@ -117,6 +117,7 @@ __all__ = [
     "get_maple_peft_model",
     "freeze_backbone_modules_to_save",
     "save_merged",
+    "check_mergeable",
     "MAPLE_HEADS",
     "MLLM_LORA_TARGETS",
     "DUAL_ENCODER_LORA_TARGETS",
@@ -129,6 +130,7 @@ def save_merged(model: PeftModel, output_dir: str) -> None:
     unmerging again would move the frozen base weights by rounding at every save (under DDP on the saving process
     only).
     Only the LoRA-targeted weights are new tensors, on the CPU; every other tensor of the saved state is the model's."""
+    check_mergeable(model)
     base = model.get_base_model()
     prefix = getattr(model.base_model, "prefix", "lora_")
     adapter = model.active_adapter
@@ -145,6 +147,24 @@ def save_merged(model: PeftModel, output_dir: str) -> None:
         name = name.replace(".base_layer.", ".").replace(f".modules_to_save.{adapter}.", ".")
         state_dict[name] = tensor
     base.save_pretrained(output_dir, state_dict=state_dict)
+
+
+def check_mergeable(model: PeftModel) -> None:
+    """A ValueError when `save_merged` cannot merge `model`'s active adapter: `lora_bias=True` on layers whose base
+    has no bias (Qwen2's `o_proj` and MLP layers, say), which PEFT's `merge_and_unload` refuses too. `RPATrainer`
+    checks it before training, as its checkpoints of a PEFT model are merged ones."""
+    adapter = model.active_adapter
+    biasless = [
+        name
+        for name, module in model.get_base_model().named_modules()
+        if isinstance(module, LoraLayer) and module.lora_bias.get(adapter) and getattr(module.get_base_layer(), "bias", None) is None
+    ]
+    if biasless:
+        more = f" and {len(biasless) - 3} more" if len(biasless) > 3 else ""
+        raise ValueError(
+            f"lora_bias=True cannot be merged into layers without a bias ({', '.join(biasless[:3])}{more}): "
+            "set lora_bias=False, or target only layers with a bias"
+        )
 
 
 @torch.no_grad()

@@ -20,7 +20,7 @@ from modeling_maple.lora import maple_lora_config, save_merged
 from modeling_maple.testing import build_tiny
 from test_trainer import make_config, make_trainer
 from trainer import RPATrainer
-from trainer.testing import synthetic_preference_dataset
+from trainer.testing import smoke_config, synthetic_preference_dataset
 
 
 class _Steps(TrainerCallback):
@@ -175,6 +175,20 @@ def test_lora_saves_equal_merge_and_unload_and_leave_the_model_untouched(tmp_pat
     assert saved and set(saved) <= set(expected)
     for name, tensor in saved.items():
         assert torch.equal(tensor, expected[name]), name
+
+
+def test_lora_bias_on_layers_without_a_bias_is_refused_before_training(tmp_path):
+    """Qwen2's o_proj has no bias: the first checkpoint (a merged model) failed with an AttributeError, after the
+    steps before it had run."""
+    model, processor = build_tiny("mllm", seed=0)
+    peft_config = maple_lora_config(model, r=4, lora_alpha=4, lora_bias=True, target_modules=["q_proj", "o_proj"])
+    with pytest.raises(ValueError, match=r"lora_bias=True cannot be merged into layers without a bias \(.*o_proj.*\)"):
+        RPATrainer(model, args=smoke_config(str(tmp_path / "run"), max_steps=1), train_dataset=synthetic_preference_dataset(4),
+                   processing_class=processor, peft_config=peft_config)
+    model, _ = build_tiny("mllm", seed=0)  # (the trainer wrapped the first in place)
+    with pytest.raises(ValueError, match=r"set lora_bias=False, or target only layers with a bias"):
+        save_merged(get_peft_model(model, peft_config), str(tmp_path / "merged"))
+    assert not (tmp_path / "merged").exists()
 
 
 def test_training_continues_from_a_saved_model_given_by_path(tmp_path):

@@ -35,7 +35,7 @@ from evaluation.metric_names import QUADRUPLE_SCORES
 from evaluation.retrieval import NonFiniteEmbeddingsError, anchor_recall_at_1
 from maple import PAPER_CITATION
 from maple.files import atomic_write_text
-from modeling_maple.lora import get_maple_peft_model, save_merged
+from modeling_maple.lora import check_mergeable, get_maple_peft_model, save_merged
 from modeling_maple.loading import load_maple, load_maple_model
 
 from .checkpoints import (
@@ -258,6 +258,8 @@ class RPATrainer(DPOTrainer):
             _disable_dropout_outside_adapters(model)
         if peft_config is not None:
             model = get_maple_peft_model(model, peft_config)  # backbone modules PEFT wraps by name stay frozen
+        if isinstance(model, PeftModel):
+            check_mergeable(model)  # before training: its checkpoints are merged (`_save_weights`)
             cls._set_scales(model, args)  # PEFT froze everything but the adapters; the scales stay learnable
         if ref_model is not None:
             ref_model.requires_grad_(False).eval()
