@@ -19,6 +19,8 @@ DUAL_ENCODER_MODEL_TYPES = ("clip", "siglip", "siglip2")
 # Vision towers that take images at their own aspect ratio as padded patch sequences (SigLIP2's NaFlex): their image
 # processor returns, and their forward needs, `pixel_attention_mask` and `spatial_shapes` beside `pixel_values`.
 NAFLEX_VISION_TOWERS = ("siglip2_vision_model",)
+# Text towers with causal attention, whose first token sees only itself (SigLIP's attend both ways)
+CAUSAL_TEXT_TOWERS = ("clip_text_model",)
 
 
 def backbone_of(model_type: str | None) -> str | None:
@@ -54,8 +56,8 @@ class MapleConfig(PreTrainedConfig):
         `"mllm"` or `"dual_encoder"`.
     pooling (`str`, defaults to `"mean"`):
         How token states become one vector. `"mllm"`: `"mean"` over non-padding tokens (paper) or
-        `"last"` non-padding token. `"dual_encoder"`: `"mean"`, `"cls"` (first token) or `"pooler"`
-        (the tower's own `pooler_output`, as CLIP and SigLIP do).
+        `"last"` non-padding token. `"dual_encoder"`: `"mean"`, `"cls"` (first token; not with CLIP's causal
+        text tower) or `"pooler"` (the tower's own `pooler_output`, as CLIP and SigLIP do).
     bidirectional (`bool`, defaults to `True`):
         Replace the MLLM's causal mask with a bidirectional one (paper). Ignored for dual encoders.
     projection_dim (`int`, *optional*):
@@ -121,6 +123,12 @@ class MapleConfig(PreTrainedConfig):
         else:
             if self.vision_config is None or self.text_config is None:
                 raise ValueError("backbone='dual_encoder' needs both `vision_config` and `text_config`.")
+            if self.pooling == "cls" and self.text_config.model_type in CAUSAL_TEXT_TOWERS:
+                raise ValueError(
+                    f"pooling='cls' reads each text's first token, which a causal text tower "
+                    f"({self.text_config.model_type}) lets see only itself: every text would embed alike. "
+                    "Use 'pooler' (CLIP's end-of-text token) or 'mean'."
+                )
             if self.projection_dim is None:
                 raise ValueError("backbone='dual_encoder' needs `projection_dim` (the shared embedding size).")
         if self.projection_dim is not None and self.projection_dim <= 0:

@@ -47,11 +47,16 @@ class MapleOutput(ModelOutput):
 
 
 def masked_mean_pool(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean of `hidden_states` (B, L, H) over positions where `attention_mask` (B, L) is 1 -> (B, H)."""
+    """Mean of `hidden_states` (B, L, H) over positions where `attention_mask` (B, L) is 1 -> (B, H), float32.
+
+    Summed in float32: a float16 sum over a long prompt (Qwen2-VL image prompts reach thousands of tokens) overflows
+    past 65504. Padding is zeroed rather than multiplied by 0, so that a NaN there (the state of a fully masked row
+    under some attention kernels) stays out of the mean."""
     if attention_mask is None:
-        return hidden_states.mean(dim=1)
-    weights = attention_mask.to(hidden_states.dtype).unsqueeze(-1)
-    return (hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        return hidden_states.mean(dim=1, dtype=torch.float32)
+    # the mask sits with the inputs, the states on the last layer's device (a model spread over GPUs)
+    mask = attention_mask.to(hidden_states.device, torch.bool).unsqueeze(-1)
+    return hidden_states.masked_fill(~mask, 0).sum(dim=1, dtype=torch.float32) / mask.sum(dim=1).clamp(min=1)
 
 
 def last_token_pool(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -59,7 +64,7 @@ def last_token_pool(hidden_states: torch.Tensor, attention_mask: torch.Tensor | 
     if attention_mask is None:
         return hidden_states[:, -1]
     positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
-    last_index = (attention_mask.to(torch.long) * positions).argmax(dim=1)
+    last_index = (attention_mask.to(torch.long) * positions).argmax(dim=1).to(hidden_states.device)
     return hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), last_index]
 
 

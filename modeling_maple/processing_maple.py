@@ -310,6 +310,9 @@ class MapleProcessor(ProcessorMixin):
             raise ValueError(f"image_prompt must contain '{{image}}', got {self.image_prompt!r}.")
         if "{text}" not in self.text_prompt:
             raise ValueError(f"text_prompt must contain '{{text}}', got {self.text_prompt!r}.")
+        if max_text_length is not None and max_text_length < 1:
+            raise ValueError(f"max_text_length must be at least 1 (a token count), got {max_text_length}: "
+                             "texts cut to nothing would all embed as the bare prompt.")
         self.max_text_length = max_text_length
         super().__init__(image_processor, tokenizer, **kwargs)
         if tokenizer is not None and tokenizer.pad_token is None:

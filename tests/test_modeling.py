@@ -28,6 +28,7 @@ from isolated import run_isolated
 from modeling_maple import MapleConfig, MapleModel, MapleProcessor
 from modeling_maple.configuration_maple import SUPPORTED_MLLMS
 from modeling_maple.lora import maple_lora_config
+from modeling_maple.modeling_maple import masked_mean_pool
 from modeling_maple.processing_maple import fill_image_placeholders, qwen_vl_image_token_counts
 from modeling_maple.testing import (
     build_tiny,
@@ -85,6 +86,37 @@ def test_mean_pooling_ignores_padding(tiny):
     for index, image in enumerate(random_images(3)):
         alone = model.encode(processor, images=[image])
         torch.testing.assert_close(alone[0], batched_images[index], atol=1e-5, rtol=0)
+
+
+def test_mean_pooling_of_float16_states_neither_overflows_nor_takes_nan_from_padding():
+    """A float16 sum over a long prompt passed 65504 (inf, then a NaN or zero embedding); a NaN at a padded position
+    (a fully masked row under some attention kernels) made the whole mean NaN."""
+    states = torch.full((2, 3000, 4), 40.0, dtype=torch.float16)
+    states[1, -1] = float("nan")
+    mask = torch.ones(2, 3000, dtype=torch.long)
+    mask[1, -1] = 0
+    pooled = masked_mean_pool(states, mask)
+    assert pooled.dtype == torch.float32
+    torch.testing.assert_close(pooled, torch.full((2, 4), 40.0), rtol=0, atol=0)
+    torch.testing.assert_close(masked_mean_pool(states[:1], None), torch.full((1, 4), 40.0), rtol=0, atol=0)
+
+
+def test_cls_pooling_is_refused_for_clips_causal_text_tower():
+    """CLIP's first text token (BOS) sees only itself: every text embedded alike."""
+    clip = CLIPConfig(text_config={"hidden_size": 32, "num_attention_heads": 4}, vision_config={"hidden_size": 32, "num_attention_heads": 4})
+    towers = dict(backbone="dual_encoder", vision_config=clip.vision_config, text_config=clip.text_config, projection_dim=8)
+    with pytest.raises(ValueError, match=r"pooling='cls' .* causal text tower \(clip_text_model\).*Use 'pooler'"):
+        MapleConfig(pooling="cls", **towers)
+    assert MapleConfig(pooling="pooler", **towers).pooling == "pooler"
+    assert tiny_dual_encoder_config(pooling="cls").pooling == "cls"  # a BERT text tower attends both ways
+
+
+@pytest.mark.parametrize("max_text_length", [0, -3])
+def test_a_max_text_length_below_one_is_refused(max_text_length):
+    """Every text was cut to nothing, so all embedded as the bare prompt."""
+    _, processor = build_tiny(backbone="mllm")
+    with pytest.raises(ValueError, match=rf"max_text_length must be at least 1 \(a token count\), got {max_text_length}"):
+        MapleProcessor(processor.image_processor, processor.tokenizer, backbone="mllm", max_text_length=max_text_length)
 
 
 @pytest.mark.parametrize("pooling", ["mean", "cls", "pooler"])
