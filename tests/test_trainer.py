@@ -14,7 +14,7 @@ from evaluation.metrics import retrieval_recall
 from modeling_maple.lora import maple_lora_config
 from modeling_maple.testing import build_tiny
 from trainer import RPAConfig, RPATrainer
-from trainer.losses import contrastive_loss
+from trainer.losses import bidirectional_rpa_loss, contrastive_loss
 from evaluation.retrieval import anchor_recall_at_1
 from trainer.losses import judged_positive_ids
 from trainer.rpa_trainer import _model_inputs, _repeated_stream_rows
@@ -764,6 +764,50 @@ def test_excluding_judged_positives_takes_them_out_of_their_anchors_denominators
     )
     assert losses[True] == pytest.approx(expected.item(), rel=1e-6)
     assert losses[True] < losses[False]  # captions rated as true no longer push their anchors away
+
+
+def encoded_cosines(model, processor, rows):
+    """The cosines of `rows` (every candidate kept, in dataset order), each item embedded alone by `encode`:
+    ``(N, C)`` each anchor caption to its row's candidate images (txt2img), ``(N, C)`` each anchor image to its row's
+    candidate texts (img2txt). The reference for the trainer's similarities, which index one batched forward with the
+    collator's index tensors."""
+    texts, images = model.encode(processor, texts=[row["caption"] for row in rows],
+                                 images=[row["image"] for row in rows])
+    candidate_images = torch.stack([model.encode(processor, images=row["candidate_images"]) for row in rows])
+    candidate_texts = torch.stack([model.encode(processor, texts=row["candidate_texts"]) for row in rows])
+    return (candidate_images @ texts.unsqueeze(2)).squeeze(2), (candidate_texts @ images.unsqueeze(2)).squeeze(2)
+
+
+def batch_loss(trainer, rows):
+    """The trainer's loss on `rows`, collated into one batch by its collator, without gradient."""
+    with torch.no_grad():
+        return trainer.compute_loss(trainer.model, trainer._prepare_inputs(trainer.data_collator(rows))).item()
+
+
+def expected_rpa(txt2img_scores, img2txt_scores, rows, form="listwise"):
+    """`bidirectional_rpa_loss` of the scaled similarities `txt2img_scores` and `img2txt_scores` against the judge
+    scores of `rows`, every candidate real."""
+    judged = {column: torch.tensor([row[column] for row in rows]) for column in ("txt2img_scores", "img2txt_scores")}
+    return bidirectional_rpa_loss(
+        (txt2img_scores, judged["txt2img_scores"], torch.ones_like(txt2img_scores, dtype=torch.bool)),
+        (img2txt_scores, judged["img2txt_scores"], torch.ones_like(img2txt_scores, dtype=torch.bool)),
+        form=form,
+    ).item()
+
+
+@pytest.mark.parametrize("form", ["listwise", "pairwise"])
+def test_the_rpa_term_ranks_beta_times_each_anchors_cosines_to_its_own_candidates(tmp_path, form):
+    """RPA alone (rpa_weight=1) on one batch is `bidirectional_rpa_loss`, of the configured form, on beta times the
+    cosines of each anchor caption to its candidate images and of each anchor image to its candidate texts, embedded
+    apart. No test looked at the term itself: scores without beta, candidate images scored against the anchor image
+    instead of its caption, and the listwise form whatever `rpa_loss` said all passed."""
+    rows = list(synthetic_preference_dataset(4, seed=0))
+    model, processor = build_tiny("dual_encoder", seed=0)
+    args = make_config(tmp_path, rpa_weight=1.0, rpa_loss=form, beta=4.0)
+    trainer = RPATrainer(model, args=args, train_dataset=synthetic_preference_dataset(4), processing_class=processor)
+    txt2img, img2txt = encoded_cosines(model, processor, rows)
+    expected = expected_rpa(4.0 * txt2img, 4.0 * img2txt, rows, form)
+    assert batch_loss(trainer, rows) == pytest.approx(expected, rel=1e-5)
 
 
 def test_only_errors_raised_in_pil_point_to_the_image_scan():
