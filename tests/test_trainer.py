@@ -810,6 +810,26 @@ def test_the_rpa_term_ranks_beta_times_each_anchors_cosines_to_its_own_candidate
     assert batch_loss(trainer, rows) == pytest.approx(expected, rel=1e-5)
 
 
+def test_a_frozen_reference_ranks_beta_times_the_policys_cosines_less_the_initial_models(tmp_path):
+    """With reference="frozen" and no PEFT, RPA ranks `beta * (policy cosine - reference cosine)`, the reference a
+    frozen copy of the initial model: checked on one batch, the policy moved off its start as training would move it,
+    and the reference cosines embedded apart by a second build of the initial model. Training alone did not pin the
+    sign: with `reference - policy` the margins still grew."""
+    rows = list(synthetic_preference_dataset(4, seed=0))
+    model, processor = build_tiny("dual_encoder", seed=0)
+    initial, _ = build_tiny("dual_encoder", seed=0)
+    args = make_config(tmp_path, rpa_weight=1.0, beta=4.0, reference="frozen")
+    trainer = RPATrainer(model, args=args, train_dataset=synthetic_preference_dataset(4), processing_class=processor)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for projection in (model.text_projection.weight, model.visual_projection.weight):
+            projection.add_(0.5 * torch.randn(projection.shape, generator=generator))
+    policy, reference = encoded_cosines(model, processor, rows), encoded_cosines(initial, processor, rows)
+    assert not torch.allclose(policy[0], reference[0], atol=1e-3)  # the log-ratios are not all zero
+    expected = expected_rpa(4.0 * (policy[0] - reference[0]), 4.0 * (policy[1] - reference[1]), rows)
+    assert batch_loss(trainer, rows) == pytest.approx(expected, rel=1e-5)
+
+
 def test_only_errors_raised_in_pil_point_to_the_image_scan():
     """A network or disk error while fetching a batch is not an image that does not decode (found by review)."""
     from trainer.rpa_trainer import _pointing_to_undecodable_images
