@@ -830,6 +830,39 @@ def test_a_frozen_reference_ranks_beta_times_the_policys_cosines_less_the_initia
     assert batch_loss(trainer, rows) == pytest.approx(expected, rel=1e-5)
 
 
+def test_expanded_negatives_pool_the_candidates_that_are_no_anchor_of_the_batch(tmp_path):
+    """4 rows (the red and green scenes) whose candidates include blue and yellow ones: with expand_negatives the
+    InfoNCE is the one computed by hand over the anchors plus those other candidates, each once; without, over the
+    anchors alone. The other tests batch 8 rows of the 8 scenes, where every candidate is also an anchor, so the
+    expanded pool was the anchors' and expanding on another option's say went unseen."""
+    rows = list(synthetic_preference_dataset(4, seed=0))
+    captions = [row["caption"] for row in rows]
+    other_texts = list(dict.fromkeys(text for row in rows for text in row["candidate_texts"] if text not in captions))
+    anchor_images = {row["image"].tobytes() for row in rows}
+    other_images = list({image.tobytes(): image for row in rows for image in row["candidate_images"]
+                         if image.tobytes() not in anchor_images}.values())
+    assert other_texts and other_images
+    losses = {}
+    for expand in (True, False):
+        model, processor = build_tiny("dual_encoder", seed=0)
+        args = make_config(tmp_path, rpa_weight=0.0, temperature=0.1, expand_negatives=expand)
+        trainer = RPATrainer(model, args=args, train_dataset=synthetic_preference_dataset(4),
+                             processing_class=processor)
+        losses[expand] = batch_loss(trainer, rows)
+    texts, images = model.encode(processor, texts=captions + other_texts,
+                                 images=[row["image"] for row in rows] + other_images)
+
+    def info_nce(texts, images):  # anchors first: anchor i's positive is item i of the other modality
+        targets = torch.arange(len(rows))
+        text_to_image = torch.nn.functional.cross_entropy(10.0 * texts[: len(rows)] @ images.T, targets)
+        image_to_text = torch.nn.functional.cross_entropy(10.0 * images[: len(rows)] @ texts.T, targets)
+        return ((text_to_image + image_to_text) / 2).item()
+
+    assert losses[True] == pytest.approx(info_nce(texts, images), rel=1e-5)
+    assert losses[False] == pytest.approx(info_nce(texts[: len(rows)], images[: len(rows)]), rel=1e-5)
+    assert losses[True] > losses[False] + 0.01
+
+
 def test_only_errors_raised_in_pil_point_to_the_image_scan():
     """A network or disk error while fetching a batch is not an image that does not decode (found by review)."""
     from trainer.rpa_trainer import _pointing_to_undecodable_images
