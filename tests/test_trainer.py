@@ -230,7 +230,12 @@ def test_mllm_backbone_trains_with_sampled_candidates(tmp_path):
 
 
 def test_beta_and_temperature_initialise_from_config_and_can_be_frozen(tmp_path):
+    """The scales are checked as set up, before training: after it, a learnt temperature only showed it was not 2.0
+    any more, which it also was not when the configured one was never set (the model's 1/0.07 then)."""
     trainer = make_trainer(tmp_path, beta=5.0, temperature=0.5, learn_beta=False, max_steps=3)
+    assert trainer.model.preference_logit_scale.exp().item() == pytest.approx(5.0)
+    assert trainer.model.logit_scale.exp().item() == pytest.approx(2.0)  # 1 / temperature
+    assert not trainer.model.preference_logit_scale.requires_grad and trainer.model.logit_scale.requires_grad
     trainer.train()
     model = trainer.model
     assert model.preference_logit_scale.exp().item() == pytest.approx(5.0)  # frozen
