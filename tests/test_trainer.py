@@ -14,7 +14,7 @@ from evaluation.metrics import retrieval_recall
 from modeling_maple.lora import maple_lora_config
 from modeling_maple.testing import build_tiny
 from trainer import RPAConfig, RPATrainer
-from trainer.losses import contrastive_loss
+from trainer.losses import bidirectional_rpa_loss, contrastive_loss
 from evaluation.retrieval import anchor_recall_at_1
 from trainer.losses import judged_positive_ids
 from trainer.rpa_trainer import _model_inputs, _repeated_stream_rows
@@ -230,7 +230,12 @@ def test_mllm_backbone_trains_with_sampled_candidates(tmp_path):
 
 
 def test_beta_and_temperature_initialise_from_config_and_can_be_frozen(tmp_path):
+    """The scales are checked as set up, before training: after it, a learnt temperature only showed it was not 2.0
+    any more, which it also was not when the configured one was never set (the model's 1/0.07 then)."""
     trainer = make_trainer(tmp_path, beta=5.0, temperature=0.5, learn_beta=False, max_steps=3)
+    assert trainer.model.preference_logit_scale.exp().item() == pytest.approx(5.0)
+    assert trainer.model.logit_scale.exp().item() == pytest.approx(2.0)  # 1 / temperature
+    assert not trainer.model.preference_logit_scale.requires_grad and trainer.model.logit_scale.requires_grad
     trainer.train()
     model = trainer.model
     assert model.preference_logit_scale.exp().item() == pytest.approx(5.0)  # frozen
@@ -764,6 +769,103 @@ def test_excluding_judged_positives_takes_them_out_of_their_anchors_denominators
     )
     assert losses[True] == pytest.approx(expected.item(), rel=1e-6)
     assert losses[True] < losses[False]  # captions rated as true no longer push their anchors away
+
+
+def encoded_cosines(model, processor, rows):
+    """The cosines of `rows` (every candidate kept, in dataset order), each item embedded alone by `encode`:
+    ``(N, C)`` each anchor caption to its row's candidate images (txt2img), ``(N, C)`` each anchor image to its row's
+    candidate texts (img2txt). The reference for the trainer's similarities, which index one batched forward with the
+    collator's index tensors."""
+    texts, images = model.encode(processor, texts=[row["caption"] for row in rows],
+                                 images=[row["image"] for row in rows])
+    candidate_images = torch.stack([model.encode(processor, images=row["candidate_images"]) for row in rows])
+    candidate_texts = torch.stack([model.encode(processor, texts=row["candidate_texts"]) for row in rows])
+    return (candidate_images @ texts.unsqueeze(2)).squeeze(2), (candidate_texts @ images.unsqueeze(2)).squeeze(2)
+
+
+def batch_loss(trainer, rows):
+    """The trainer's loss on `rows`, collated into one batch by its collator, without gradient."""
+    with torch.no_grad():
+        return trainer.compute_loss(trainer.model, trainer._prepare_inputs(trainer.data_collator(rows))).item()
+
+
+def expected_rpa(txt2img_scores, img2txt_scores, rows, form="listwise"):
+    """`bidirectional_rpa_loss` of the scaled similarities `txt2img_scores` and `img2txt_scores` against the judge
+    scores of `rows`, every candidate real."""
+    judged = {column: torch.tensor([row[column] for row in rows]) for column in ("txt2img_scores", "img2txt_scores")}
+    return bidirectional_rpa_loss(
+        (txt2img_scores, judged["txt2img_scores"], torch.ones_like(txt2img_scores, dtype=torch.bool)),
+        (img2txt_scores, judged["img2txt_scores"], torch.ones_like(img2txt_scores, dtype=torch.bool)),
+        form=form,
+    ).item()
+
+
+@pytest.mark.parametrize("form", ["listwise", "pairwise"])
+def test_the_rpa_term_ranks_beta_times_each_anchors_cosines_to_its_own_candidates(tmp_path, form):
+    """RPA alone (rpa_weight=1) on one batch is `bidirectional_rpa_loss`, of the configured form, on beta times the
+    cosines of each anchor caption to its candidate images and of each anchor image to its candidate texts, embedded
+    apart. No test looked at the term itself: scores without beta, candidate images scored against the anchor image
+    instead of its caption, and the listwise form whatever `rpa_loss` said all passed."""
+    rows = list(synthetic_preference_dataset(4, seed=0))
+    model, processor = build_tiny("dual_encoder", seed=0)
+    args = make_config(tmp_path, rpa_weight=1.0, rpa_loss=form, beta=4.0)
+    trainer = RPATrainer(model, args=args, train_dataset=synthetic_preference_dataset(4), processing_class=processor)
+    txt2img, img2txt = encoded_cosines(model, processor, rows)
+    expected = expected_rpa(4.0 * txt2img, 4.0 * img2txt, rows, form)
+    assert batch_loss(trainer, rows) == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_frozen_reference_ranks_beta_times_the_policys_cosines_less_the_initial_models(tmp_path):
+    """With reference="frozen" and no PEFT, RPA ranks `beta * (policy cosine - reference cosine)`, the reference a
+    frozen copy of the initial model: checked on one batch, the policy moved off its start as training would move it,
+    and the reference cosines embedded apart by a second build of the initial model. Training alone did not pin the
+    sign: with `reference - policy` the margins still grew."""
+    rows = list(synthetic_preference_dataset(4, seed=0))
+    model, processor = build_tiny("dual_encoder", seed=0)
+    initial, _ = build_tiny("dual_encoder", seed=0)
+    args = make_config(tmp_path, rpa_weight=1.0, beta=4.0, reference="frozen")
+    trainer = RPATrainer(model, args=args, train_dataset=synthetic_preference_dataset(4), processing_class=processor)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for projection in (model.text_projection.weight, model.visual_projection.weight):
+            projection.add_(0.5 * torch.randn(projection.shape, generator=generator))
+    policy, reference = encoded_cosines(model, processor, rows), encoded_cosines(initial, processor, rows)
+    assert not torch.allclose(policy[0], reference[0], atol=1e-3)  # the log-ratios are not all zero
+    expected = expected_rpa(4.0 * (policy[0] - reference[0]), 4.0 * (policy[1] - reference[1]), rows)
+    assert batch_loss(trainer, rows) == pytest.approx(expected, rel=1e-5)
+
+
+def test_expanded_negatives_pool_the_candidates_that_are_no_anchor_of_the_batch(tmp_path):
+    """4 rows (the red and green scenes) whose candidates include blue and yellow ones: with expand_negatives the
+    InfoNCE is the one computed by hand over the anchors plus those other candidates, each once; without, over the
+    anchors alone. The other tests batch 8 rows of the 8 scenes, where every candidate is also an anchor, so the
+    expanded pool was the anchors' and expanding on another option's say went unseen."""
+    rows = list(synthetic_preference_dataset(4, seed=0))
+    captions = [row["caption"] for row in rows]
+    other_texts = list(dict.fromkeys(text for row in rows for text in row["candidate_texts"] if text not in captions))
+    anchor_images = {row["image"].tobytes() for row in rows}
+    other_images = list({image.tobytes(): image for row in rows for image in row["candidate_images"]
+                         if image.tobytes() not in anchor_images}.values())
+    assert other_texts and other_images
+    losses = {}
+    for expand in (True, False):
+        model, processor = build_tiny("dual_encoder", seed=0)
+        args = make_config(tmp_path, rpa_weight=0.0, temperature=0.1, expand_negatives=expand)
+        trainer = RPATrainer(model, args=args, train_dataset=synthetic_preference_dataset(4),
+                             processing_class=processor)
+        losses[expand] = batch_loss(trainer, rows)
+    texts, images = model.encode(processor, texts=captions + other_texts,
+                                 images=[row["image"] for row in rows] + other_images)
+
+    def info_nce(texts, images):  # anchors first: anchor i's positive is item i of the other modality
+        targets = torch.arange(len(rows))
+        text_to_image = torch.nn.functional.cross_entropy(10.0 * texts[: len(rows)] @ images.T, targets)
+        image_to_text = torch.nn.functional.cross_entropy(10.0 * images[: len(rows)] @ texts.T, targets)
+        return ((text_to_image + image_to_text) / 2).item()
+
+    assert losses[True] == pytest.approx(info_nce(texts, images), rel=1e-5)
+    assert losses[False] == pytest.approx(info_nce(texts[: len(rows)], images[: len(rows)]), rel=1e-5)
+    assert losses[True] > losses[False] + 0.01
 
 
 def test_only_errors_raised_in_pil_point_to_the_image_scan():

@@ -7,7 +7,10 @@ CPU processes only through MPI; without it, one.)
 
 Every global batch holds the same rows in both runs (one batch of 8 in one process, two of 4 in two processes), in
 training (the same 8 rows at every step) and in evaluation (in order), so the comparison does not depend on how
-either run shuffles. This file is also the script that `accelerate launch` runs (see `__main__`).
+either run shuffles. Each training row has a candidate image and text of its own, in no other row: the 8 rows hold
+the 8 scenes, so without them every candidate would be some row's anchor too, and leaving the negatives out of the
+cross-process gather (each process's pool then lacks the other's) would change nothing. This file is also the script
+that `accelerate launch` runs (see `__main__`).
 """
 
 import json
@@ -16,6 +19,8 @@ import subprocess
 import sys
 
 import pytest
+from datasets import Dataset
+from PIL import Image
 
 from modeling_maple.testing import build_tiny
 from ports import free_port
@@ -34,6 +39,21 @@ PER_ANCHOR_KEYS = ("eval_loss/rpa", "eval_rewards/accuracies", "eval_rewards/mar
                    "eval_recall@1/image_to_text")
 
 
+def with_negatives_of_their_own(dataset: Dataset) -> Dataset:
+    """`dataset` with one more candidate image (a plain canvas of the row's own shade) and text per row, rated low, that
+    no other row holds: a negative that only the process holding its row embeds."""
+    rows = []
+    for index, row in enumerate(dataset):
+        rows.append({
+            **row,
+            "candidate_images": [*row["candidate_images"], Image.new("RGB", (16, 16), (25 * index, 120, 180))],
+            "candidate_texts": [*row["candidate_texts"], f"a plain canvas of shade {index}"],
+            "txt2img_scores": [*row["txt2img_scores"], 0.02],
+            "img2txt_scores": [*row["img2txt_scores"], 0.02],
+        })
+    return Dataset.from_list(rows, features=dataset.features)
+
+
 def run(output_dir: str, per_device_batch: int, streamed: bool) -> dict:
     """Trains for `STEPS` steps on the 8-row dataset, then evaluates on `EVAL_SETS`, also streamed when `streamed`;
     returns the per-step logs and the evaluation metrics by set (rank 0's view)."""
@@ -47,8 +67,8 @@ def run(output_dir: str, per_device_batch: int, streamed: bool) -> dict:
         num_text_candidates=3,
         use_cpu=True,  # with several processes: gloo on CPU (accelerate's MULTI_CPU)
     )
-    trainer = RPATrainer(model, args=args, train_dataset=synthetic_preference_dataset(GLOBAL_BATCH, seed=3),
-                         processing_class=processor)
+    train_dataset = with_negatives_of_their_own(synthetic_preference_dataset(GLOBAL_BATCH, seed=3))
+    trainer = RPATrainer(model, args=args, train_dataset=train_dataset, processing_class=processor)
     trainer.train()
     steps = [entry for entry in trainer.state.log_history if "loss/rpa" in entry]
     evaluations = {}
