@@ -71,9 +71,11 @@ def _parse_sources(parser: argparse.ArgumentParser, pairs: list[str]) -> dict[st
     return sources
 
 
-# The summaries written to OUT. A checkpoint folder given as its own OUT (`maple eval . --out .`) holds them beside
-# its weights, and they are no part of the model's state.
+# The summaries written to OUT
 RESULTS_JSON, RESULTS_MD = "results.json", "results.md"
+# Files of a checkpoint folder that loading never reads, so no part of the model's state: its card, pictures (the
+# demo's training curves) and the summaries of a `maple eval --out` there (`maple eval . --out .`)
+NOT_LOADED_SUFFIXES = (".md", ".png", ".jpg", ".jpeg", ".gif", ".svg")
 
 
 def _written_by_maple_eval(results_file: Path) -> bool:
@@ -124,14 +126,17 @@ def _files_state(path: Path, *, recursive: bool) -> dict[str, list[int]]:
 def _model_state(model_ref: str, revision: str | None = None) -> dict[str, Any]:
     """What identifies the model evaluated: for a local folder its files (weights, config, processor and tokenizer
     files; not subfolders, which loading does not read, such as a results folder or training checkpoints, nor the
-    summaries of an `--out` there) by size and modification time; for a Hub repo its commit at `revision` (None: unknown now). An adapter's base model is
+    card, pictures and the summaries of an `--out` there: `NOT_LOADED_SUFFIXES`) by size and modification time; for a Hub repo its commit at `revision` (None: unknown now). An adapter's base model is
     included."""
     from .models import ADAPTER_CONFIG_FILE, ModelLoadError, hub_checkpoint_config_file, is_hub_id
 
     folder = Path(model_ref).expanduser()
     if folder.is_dir():
-        files = _files_state(folder, recursive=False)
-        state: dict[str, Any] = {"files": {name: file for name, file in files.items() if name not in (RESULTS_JSON, RESULTS_MD)}}
+        files = {
+            name: file for name, file in _files_state(folder, recursive=False).items()
+            if name != RESULTS_JSON and not name.lower().endswith(NOT_LOADED_SUFFIXES)
+        }
+        state: dict[str, Any] = {"files": files}
         config_file = folder / ADAPTER_CONFIG_FILE
     else:
         try:

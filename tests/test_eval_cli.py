@@ -576,14 +576,19 @@ def test_results_stored_under_another_protocol_are_recomputed(tiny, benchmark_so
 
 def test_a_checkpoint_folder_as_its_own_out_reuses_its_results(tiny, benchmark_sources, tmp_path, capsys):
     """`maple eval . --out .` in a checkpoint folder: the results.json and results.md it writes there changed the
-    folder's files, so every rerun recomputed."""
+    folder's files, so every rerun recomputed; so did a rewritten card or picture, which loading never reads."""
     checkpoint = tmp_path / "checkpoint"
     shutil.copytree(tiny[2][0], checkpoint)
     argv = [str(checkpoint), "--benchmarks", "mmvp", "--source", f"mmvp={benchmark_sources['mmvp']}", "--out", str(checkpoint)]
     assert main(argv) == 0 and (checkpoint / "results.json").exists()
+    (checkpoint / "README.md").write_text("a card rewritten")  # as a rerun of the demo rewrites its model's
+    (checkpoint / "training_curves.png").write_bytes(b"png")
     capsys.readouterr()
     assert main(argv) == 0
     assert "recomputing" not in capsys.readouterr().out
+    (checkpoint / "tokenizer.json").write_text((checkpoint / "tokenizer.json").read_text() + " ")  # loading reads it
+    assert main(argv) == 0
+    assert "another model state (changed files: tokenizer.json), recomputing" in capsys.readouterr().out
 
 
 def test_help_shows_the_defaults(capsys):
