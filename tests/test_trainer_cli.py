@@ -424,6 +424,7 @@ def test_a_mistyped_relative_path_under_an_existing_folder_is_called_that(tmp_pa
         error = capsys.readouterr().err
         assert error.startswith("maple train: error: --") and typo in error and error.count("\n") == 1, error
         assert error.rstrip().endswith(f"(nor is it a local folder: runs/ exists here, but not {typo})"), error
+        assert error.count("nor is it a local folder") == 1, error  # --model_name_or_path said it twice
 
 
 @pytest.mark.parametrize("options, message", [

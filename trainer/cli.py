@@ -441,8 +441,8 @@ def load_model_and_processor(model_args: ModelArguments, training_args: RPAConfi
         if not training_args.model_init_kwargs:
             raise
         raise TrainingInputError(f"--model_init_kwargs: {error}") from error
-    except MapleLoadError as error:
-        raise TrainingInputError(f"--model_name_or_path {error}{local_typo_hint(name)}") from error
+    except MapleLoadError as error:  # (which names a local typo itself)
+        raise TrainingInputError(f"--model_name_or_path {error}") from error
     except OSError as error:  # transformers: not on the Hub, or offline and not cached
         raise TrainingInputError(
             f"--model_name_or_path {name}: {' '.join(str(error).split())}{local_typo_hint(name)}"
