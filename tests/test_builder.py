@@ -157,6 +157,29 @@ def test_semdedup_drops_near_duplicates_with_a_reason(tmp_path):
     assert stats["num_anchors"] == 7 - stats["num_skipped"]
 
 
+def test_hard_negatives_are_the_miners_top_k_neighbours_in_order(tmp_path):
+    """Each row's candidate images after its anchor are the source images at the anchor's top-k neighbours, best
+    first, computed here from the miner's own embeddings. No test looked at which images the negatives were: a build
+    that took any other rows (the next anchors, say) passed. Shards of 3 over 10 anchors: the query rows of the
+    later shards are offsets into all anchors."""
+    import io
+
+    from dataset_builders.miner import top_k_neighbours
+
+    builder = _build(tmp_path)
+    source = colour_square_source().cast_column("image", datasets.Image(decode=False))
+    source_bytes = [image["bytes"] for image in source["image"]]
+    miner = thumbnail_miner()
+    embeddings = miner.embed(Image.open(io.BytesIO(payload)) for payload in source_bytes)
+    neighbours = top_k_neighbours(embeddings, builder.config.num_hard_negatives, duplicate_threshold=miner.duplicate_threshold)
+    assert (neighbours.indices >= 0).all() and neighbours.indices.shape == (10, 3)
+    raw = builder.as_dataset(split="train").cast_column("candidate_images", datasets.Sequence(datasets.Image(decode=False)))
+    for row in raw:
+        position = source["id"].index(row["id"])
+        expected = [source_bytes[position]] + [source_bytes[n] for n in neighbours.indices[position].tolist()]
+        assert [image["bytes"] for image in row["candidate_images"]] == expected, row["id"]
+
+
 def test_corpus_captions_config_uses_the_neighbours_captions(tmp_path):
     builder = _build(tmp_path, config_name="corpus-captions", captioner=None)
     dataset = builder.as_dataset(split="train")

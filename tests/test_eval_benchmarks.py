@@ -37,12 +37,19 @@ def test_winoground_quadruples_and_categories(benchmark_sources):
     image0, image1, text0, text1 = winoground.quadruples[1]
     assert (text0, text1) == ("the dog chases the cat", "the cat chases the dog")
     assert image0.size == image1.size == (24, 24)
+    # the pictures conftest drew in image_0 (seeds 20-22) and image_1 (30-32), in their places: the sizes alone let a
+    # spec reading image_1 as I0 pass
+    for index, (image0, image1, _, _) in enumerate(winoground.quadruples):
+        assert _is_picture(image0, 20 + index) and _is_picture(image1, 30 + index)
 
 
 def test_bivlc_types_are_the_categories(benchmark_sources):
     bivlc = load_benchmark("bivlc", str(benchmark_sources["bivlc"]))
     assert bivlc.categories == ["replace", "swap", "add"]
     assert bivlc.quadruples[2][2:] == ("a bowl of fruit", "a bowl of fruit and a knife")
+    # I0 is the caption's image (seeds 60-62), I1 the negative image (70-72); only the texts were checked
+    for index, (image0, image1, _, _) in enumerate(bivlc.quadruples):
+        assert _is_picture(image0, 60 + index) and _is_picture(image1, 70 + index)
 
 
 def test_naturalbench_native_layout(benchmark_sources):
@@ -79,6 +86,13 @@ def test_mmvp_pairs_consecutive_rows(benchmark_sources):
 def _same_pixels(image: Image.Image, file) -> bool:
     with Image.open(file) as expected:
         return image.mode == "RGB" and image.tobytes() == expected.convert("RGB").tobytes()
+
+
+def _is_picture(image: Image.Image, seed: int) -> bool:
+    """Whether `image` is conftest's `make_picture(seed)`, pixel for pixel (parquet fixtures hold it as PNG, lossless)."""
+    from conftest import make_picture
+
+    return image.mode == "RGB" and image.tobytes() == make_picture(seed).tobytes()
 
 
 def test_an_empty_source_is_refused(tmp_path, monkeypatch):

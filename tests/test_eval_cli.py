@@ -2,6 +2,7 @@
 JSON + markdown, side-by-side comparison, resuming after an interruption."""
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -134,6 +135,11 @@ def test_quadruple_protocol_equals_group_scores(tiny, benchmark_sources):
     text = model.encode(processor, texts=[t for q in quadruples for t in q[2:]]).view(3, 2, -1)
     image = model.encode(processor, images=[i for q in quadruples for i in q[:2]]).view(3, 2, -1)
     similarities = torch.stack([image[:, i] @ text[:, j].T for i in (0, 1) for j in (0, 1)]).diagonal(dim1=1, dim2=2).T
+    # each cosine in its place, [s(I0,T0), s(I0,T1), s(I1,T0), s(I1,T1)]: the group scores are 0 here, so only the
+    # cosines themselves tell s(I0,T1) from s(I1,T0) (an einsum giving [n, text, image] passed)
+    image_text, text_text = quadruple_similarities(model, processor, bivlc.quadruples)
+    torch.testing.assert_close(image_text, similarities)
+    torch.testing.assert_close(text_text, (text[:, 0] * text[:, 1]).sum(-1))
     assert {k: result[k] for k in ("text_score", "image_score", "group_score")} == pytest.approx(group_scores(similarities))
     assert result["per_category"]["swap"] == pytest.approx(group_scores(similarities[1:2]) | {"num_quadruples": 1})
     text_text = (text[:, 0] * text[:, 1]).sum(-1)
@@ -143,6 +149,21 @@ def test_quadruple_protocol_equals_group_scores(tiny, benchmark_sources):
     assert (sum(histograms["matched"]), sum(histograms["mismatched"]), sum(histograms["text_text"])) == (6, 6, 3)
     bin_of_s00 = int((similarities[0, 0].item() + 1) / 2 * (len(histograms["bin_edges"]) - 1))
     assert histograms["matched"][bin_of_s00] >= 1
+
+
+def test_quadruple_scores_on_known_cosines():
+    """Quadruples whose cosines are known by construction, with a text hit and no image hit and the reverse: the
+    scores of a model whose s(I0,T1) and s(I1,T0) traded places (text and image scores swapped) would fail."""
+    model = _LookupModel({"t0": [1.0, 0.0, 0.0], "t1": [0.0, 1.0, 0.0]})
+    text_only = ([0.8, 0.6, 0.0], [0.0, 0.5, math.sqrt(0.75)], "t0", "t1")  # cosines 0.8, 0.6, 0.0, 0.5
+    image_only = ([0.8, 0.0, 0.6], [0.6, 0.5, math.sqrt(0.39)], "t0", "t1")  # cosines 0.8, 0.0, 0.6, 0.5
+    image_text, text_text = quadruple_similarities(model, None, [text_only, image_only])
+    torch.testing.assert_close(image_text, torch.tensor([[0.8, 0.6, 0.0, 0.5], [0.8, 0.0, 0.6, 0.5]]))
+    torch.testing.assert_close(text_text, torch.zeros(2))
+    result = evaluate_quadruples(model, None, [text_only, image_only], ["text", "image"])
+    assert (result["text_score"], result["image_score"], result["group_score"]) == (50.0, 50.0, 0.0)
+    assert result["per_category"]["text"] == {"text_score": 100.0, "image_score": 0.0, "group_score": 0.0, "num_quadruples": 1}
+    assert result["per_category"]["image"] == {"text_score": 0.0, "image_score": 100.0, "group_score": 0.0, "num_quadruples": 1}
 
 
 def test_protocols_use_cosines_for_a_model_without_normalisation(tiny, benchmark_sources):

@@ -264,7 +264,7 @@ def test_ensemble_averages_its_judges(sharp_judge):
         torch.testing.assert_close(got, want)
     expected = [(a + b) / 2 for a, b in zip(sharp_judge.score_images(["two"], [IMAGES]), other.score_images(["two"], [IMAGES]))]
     torch.testing.assert_close(ensemble.score_images(["two"], [IMAGES])[0], expected[0])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^a judge ensemble needs at least one judge$"):
         JudgeEnsemble([])
 
 

@@ -8,6 +8,7 @@ import torch
 
 from evaluation.metrics import (
     first_relevant_ranks,
+    group_score_hits,
     group_scores,
     relevance_mask,
     modality_gap_from_quadruples,
@@ -99,6 +100,23 @@ def test_group_scores_hand_computed():
     assert group_scores(quadruples) == {"text_score": 25.0, "image_score": 50.0, "group_score": 25.0}
     with pytest.raises(ValueError, match=r"expected shape \(n, 4\)"):
         group_scores([[1.0, 2.0, 3.0]])
+
+
+def test_group_score_hits_tell_the_off_diagonal_scores_apart():
+    """Each hit compares the matched score with the right mismatched one: [s00, s01, s10, s11] per row, and
+    the image score asks s(I1,T1) > s(I0,T1), the text score s(I1,T1) > s(I1,T0). The rows above never separate
+    s01 from s10, so an image score comparing s11 with s10 (or a text score comparing it with s01) passed."""
+    quadruples = [
+        [1.0, 3.0, 0.0, 2.0],  # T1 prefers I0 (3 > 2): no image, though s11 > s10; I0 prefers T1: no text
+        [1.0, 0.0, 3.0, 2.0],  # I1 prefers T0 (3 > 2): no text, though s11 > s01; T0 prefers I1: no image
+        [2.0, 0.0, 1.0, 3.0],  # every comparison won: text, image, group
+        [3.0, 2.0, 0.0, 1.0],  # I1 prefers T1 (1 > 0) and I0 T0: text; T1 prefers I0 (2 > 1): no image
+        [3.0, 0.0, 2.0, 1.0],  # T1 prefers I1 (1 > 0) and T0 I0: image; I1 prefers T0 (2 > 1): no text
+    ]
+    hits = group_score_hits(quadruples)
+    assert hits["text_score"].tolist() == [False, False, True, True, False]
+    assert hits["image_score"].tolist() == [False, False, True, False, True]
+    assert hits["group_score"].tolist() == [False, False, True, False, False]
 
 
 def test_metrics_take_scores_as_tensors_of_any_dtype_and_device():

@@ -135,6 +135,32 @@ def test_dual_encoder_texts_are_padded_on_the_right_whatever_the_tokenizers_side
         torch.testing.assert_close(model.encode(processor, texts=[text])[0], right[index], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_last_token_pooling_reads_each_texts_last_real_token(padding_side):
+    """pooling='last' (an MLLM backbone, causal as for generation) embeds the state of each text's last real token,
+    wherever the tokenizer pads: compared with the backbone's own states and with each text embedded alone. No test
+    used 'last', so pooling the first token (a pad under left padding, the shared prompt under right) passed."""
+    _, processor = build_tiny(backbone="mllm")
+    processor.tokenizer.padding_side = padding_side
+    torch.manual_seed(0)
+    config = MapleConfig(backbone="mllm", mllm_config=tiny_qwen2_vl_config(), pooling="last", bidirectional=False)
+    model = MapleModel(config).eval()
+    batch = processor(text=TEXTS)
+    mask = batch["attention_mask"]
+    assert not mask[:, 0 if padding_side == "left" else -1].all(), "texts of different lengths are padded"
+    with torch.no_grad():
+        states = model.mllm(input_ids=batch["input_ids"], attention_mask=mask, use_cache=False).last_hidden_state
+        last = torch.tensor([row.nonzero().max().item() for row in mask])
+        expected = model._finish(states[torch.arange(len(TEXTS)), last], model.projection)
+        torch.testing.assert_close(model.get_text_features(batch["input_ids"], mask), expected)
+    embeds = model.encode(processor, texts=TEXTS)
+    torch.testing.assert_close(embeds, expected, atol=1e-6, rtol=0)
+    for index, text in enumerate(TEXTS):
+        torch.testing.assert_close(model.encode(processor, texts=[text])[0], embeds[index], atol=1e-5, rtol=0)
+    # the last token's state is not the first's (which is the same for every text: the prompt's start, seen causally)
+    assert not torch.allclose(embeds, model._finish(states[:, 0], model.projection), atol=1e-3)
+
+
 def test_encode_batches_equal_one_batch(tiny):
     model, processor = tiny
     whole = model.encode(processor, texts=TEXTS, batch_size=8)
