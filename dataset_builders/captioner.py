@@ -135,12 +135,8 @@ class ContrastiveCaptioner:
         chat_template: str | None = None,
         name: str | None = None,
     ) -> None:
-        counts = {"num_samples": num_samples, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
-        problems = [f"{setting} must be at least 1, got {value}" for setting, value in counts.items() if value < 1]
-        if temperature <= 0:
-            problems.insert(0, f"temperature must be positive, got {temperature}")
-        if problems:
-            raise ValueError("invalid ContrastiveCaptioner settings: " + "; ".join(problems))
+        self.check_values(temperature=temperature, num_samples=num_samples, max_new_tokens=max_new_tokens,
+                          batch_size=batch_size)
         self.model = model.eval()
         self.prompt = prompt
         self.temperature = temperature
@@ -159,6 +155,26 @@ class ContrastiveCaptioner:
             "max_new_tokens": max_new_tokens,
             "pad_token_id": self.prompt_encoder.tokenizer.pad_token_id,
         }
+
+    @staticmethod
+    def check_values(
+        *,
+        temperature: float | None = None,
+        num_samples: int | None = None,
+        max_new_tokens: int | None = None,
+        batch_size: int | None = None,
+        **other_settings,
+    ) -> None:
+        """A ValueError naming every given setting that no captioner can work with; `from_pretrained` checks them
+        before it loads."""
+        counts = {"num_samples": num_samples, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
+        problems = [
+            f"{setting} must be at least 1, got {value}" for setting, value in counts.items() if value is not None and value < 1
+        ]
+        if temperature is not None and temperature <= 0:
+            problems.insert(0, f"temperature must be positive, got {temperature}")
+        if problems:
+            raise ValueError("invalid ContrastiveCaptioner settings: " + "; ".join(problems))
 
     @classmethod
     def from_pretrained(

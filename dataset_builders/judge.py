@@ -162,10 +162,7 @@ class MLLMJudge:
         chat_template: str | None = None,
         name: str | None = None,
     ) -> None:
-        if "{text}" not in prompt:
-            raise ValueError("the judge prompt needs a '{text}' field for the candidate text")
-        if batch_size < 1:
-            raise ValueError(f"MLLMJudge batch_size must be at least 1, got {batch_size}")
+        self.check_values(prompt=prompt, batch_size=batch_size)
         self.model = model.eval()
         self.prompt = prompt
         self.batch_size = batch_size
@@ -181,6 +178,14 @@ class MLLMJudge:
         self._prefix_ids_by_image_text: dict[str, list[int]] = {}
         self._offloaded_answer_rows: dict[str, torch.Tensor] = {}  # see `_answer_rows`
         self._cache_keyword = cache_keyword(self.model.model)
+
+    @staticmethod
+    def check_values(*, prompt: str | None = None, batch_size: int | None = None, **other_settings) -> None:
+        """A ValueError for a given setting no judge can work with; `from_pretrained` checks them before it loads."""
+        if prompt is not None and "{text}" not in prompt:
+            raise ValueError("the judge prompt needs a '{text}' field for the candidate text")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"MLLMJudge batch_size must be at least 1, got {batch_size}")
 
     @classmethod
     def from_pretrained(

@@ -310,9 +310,7 @@ class HardNegativeMiner:
         name: str | None = None,
         search_device: str | torch.device | None = None,
     ) -> None:
-        sizes = {"batch_size": batch_size, "query_chunk_size": query_chunk_size, "key_chunk_size": key_chunk_size}
-        if problems := [f"{setting} must be at least 1, got {value}" for setting, value in sizes.items() if value < 1]:
-            raise ValueError("invalid HardNegativeMiner settings: " + "; ".join(problems))
+        self.check_values(batch_size=batch_size, query_chunk_size=query_chunk_size, key_chunk_size=key_chunk_size)
         self.encode_images = encode_images
         self.search_device = torch.device(search_device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.name = name or getattr(encode_images, "__qualname__", type(encode_images).__name__)
@@ -320,6 +318,21 @@ class HardNegativeMiner:
         self.query_chunk_size = query_chunk_size
         self.key_chunk_size = key_chunk_size
         self.duplicate_threshold = duplicate_threshold
+
+    @staticmethod
+    def check_values(
+        *,
+        batch_size: int | None = None,
+        query_chunk_size: int | None = None,
+        key_chunk_size: int | None = None,
+        **other_settings,
+    ) -> None:
+        """A ValueError naming every given size below 1; `from_pretrained` checks them before it loads."""
+        sizes = {"batch_size": batch_size, "query_chunk_size": query_chunk_size, "key_chunk_size": key_chunk_size}
+        if problems := [
+            f"{setting} must be at least 1, got {value}" for setting, value in sizes.items() if value is not None and value < 1
+        ]:
+            raise ValueError("invalid HardNegativeMiner settings: " + "; ".join(problems))
 
     @classmethod
     def from_pretrained(
@@ -346,6 +359,7 @@ class HardNegativeMiner:
         from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
         check_settings(cls, kwargs, ("device", "dtype", "device_map", "model_kwargs"))
+        cls.check_values(**kwargs)
         model_kwargs = with_device_map(f"{cls.__name__}.from_pretrained", model_kwargs, device_map)
         problem = encoder_config_problem(model_id_or_path, AutoConfig.from_pretrained(model_id_or_path).to_dict())
         if problem is not None:  # it would load, and fail at its first batch of images

@@ -317,8 +317,10 @@ def build_on_vlm(owner: type, model_id_or_path: str, loading_kwargs: dict | None
     """`owner(model, tokenizer, image_processor, **settings)` on the VLM `load_vlm` loads with the keywords of a
     `from_pretrained` (`given`: its top-level loading keywords, None where not given; `loading_kwargs`: the same as
     one dict); named after the model unless `settings` name it. A keyword of `settings` that `owner` does not take is
-    a TypeError saying where it goes (`interfaces.check_settings`)."""
+    a TypeError saying where it goes (`interfaces.check_settings`); a value `owner.check_values` refuses is a
+    ValueError before anything loads."""
     check_settings(owner, settings, VLM_LOADING_KEYWORDS)
+    owner.check_values(**settings)
     loaded = load_vlm(model_id_or_path, **vlm_loading_kwargs(f"{owner.__name__}.from_pretrained", loading_kwargs, **given))
     return owner(loaded.model, loaded.tokenizer, loaded.image_processor, **{"name": model_id_or_path, **settings})
 

@@ -125,6 +125,13 @@ def test_bad_settings_and_mismatched_inputs_are_rejected():
         tiny_captioner().caption(ANCHORS, NEGATIVES[:1])
 
 
+def test_from_pretrained_refuses_bad_settings_before_it_loads(monkeypatch):
+    """The model (72B for the paper's captioner) loaded first, then the constructor refused the settings."""
+    monkeypatch.setattr("dataset_builders.vlm_inputs.load_vlm", lambda *args, **kwargs: pytest.fail("the model was loaded"))
+    with pytest.raises(ValueError, match=r"temperature must be positive, got 0; batch_size must be at least 1, got 0"):
+        ContrastiveCaptioner.from_pretrained("Qwen/Qwen2-VL-72B-Instruct", temperature=0, batch_size=0)
+
+
 def test_from_pretrained_takes_loading_keywords_at_top_level_as_the_judge_does(tmp_path):
     source = tiny_captioner()
     for part in (source.model, source.prompt_encoder.tokenizer, source.prompt_encoder.image_processor):

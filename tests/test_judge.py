@@ -255,6 +255,15 @@ def test_unsupported_model_family_bad_prompt_and_batch_size_fail_before_any_work
         MLLMJudge(judge_model, tiny_tokenizer(), tiny_image_processor())
 
 
+def test_from_pretrained_refuses_bad_settings_before_it_loads(monkeypatch):
+    """The model (7B for the paper's judge) loaded first, then the constructor refused the batch size."""
+    monkeypatch.setattr("dataset_builders.vlm_inputs.load_vlm", lambda *args, **kwargs: pytest.fail("the model was loaded"))
+    with pytest.raises(ValueError, match=r"batch_size must be at least 1, got 0"):
+        MLLMJudge.from_pretrained("Qwen/Qwen2-VL-7B-Instruct", batch_size=0)
+    with pytest.raises(ValueError, match=r"\{text\}"):
+        MLLMJudge.from_pretrained("Qwen/Qwen2-VL-7B-Instruct", prompt="Is this right?")
+
+
 def test_ensemble_averages_its_judges(sharp_judge):
     other = tiny_judge(seed=5)
     ensemble = JudgeEnsemble([sharp_judge, other])

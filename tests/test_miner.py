@@ -138,6 +138,13 @@ def test_bad_arguments_are_rejected():
         HardNegativeMiner(lambda images: torch.zeros(len(images), 2), batch_size=0, key_chunk_size=-1)
 
 
+def test_from_pretrained_refuses_bad_sizes_before_it_loads(monkeypatch):
+    """The encoder's config was read and its weights loaded first, then the constructor refused the size."""
+    monkeypatch.setattr("transformers.AutoConfig.from_pretrained", lambda *args, **kwargs: pytest.fail("the model was read"))
+    with pytest.raises(ValueError, match=r"invalid HardNegativeMiner settings: query_chunk_size must be at least 1, got 0"):
+        HardNegativeMiner.from_pretrained("facebook/dinov2-base", query_chunk_size=0)
+
+
 def test_semdedup_removes_near_duplicates_and_keeps_one_of_each_group():
     generator = torch.Generator().manual_seed(2)
     distinct = torch.nn.functional.normalize(torch.randn(40, 16, generator=generator), dim=-1)
