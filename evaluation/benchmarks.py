@@ -442,9 +442,7 @@ def check_source(name: str, source: str) -> None:
     """Raise `BenchmarkSourceError` when `source` is empty, or can only be a local path (not a Hub id, or named as a
     file: `maple.hub.names_a_file`) and does not exist: a check that costs nothing, so a command can make it before
     loading any model."""
-    from maple.hub import names_a_file
-
-    from .models import is_hub_id
+    from maple.hub import is_hub_id, names_a_file
 
     if not source.strip():  # Path("") is the current folder
         raise BenchmarkSourceError(f"benchmark {name!r}: the source is empty; expected a path or a Hub dataset id")

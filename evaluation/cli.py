@@ -128,7 +128,9 @@ def _model_state(model_ref: str, revision: str | None = None) -> dict[str, Any]:
     files; not subfolders, which loading does not read, such as a results folder or training checkpoints, nor the
     card, pictures and the summaries of an `--out` there: `NOT_LOADED_SUFFIXES`) by size and modification time; for a Hub repo its commit at `revision` (None: unknown now). An adapter's base model is
     included."""
-    from .models import ADAPTER_CONFIG_FILE, ModelLoadError, hub_checkpoint_config_file, is_hub_id
+    from maple.hub import is_hub_id
+
+    from .models import ADAPTER_CONFIG_FILE, ModelLoadError, hub_checkpoint_config_file
 
     folder = Path(model_ref).expanduser()
     if folder.is_dir():

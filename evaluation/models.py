@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from maple.hub import hub_failure, hub_repo, local_typo_hint
+from maple.hub import hub_failure, hub_repo, is_hub_id, local_typo_hint
 
 MAPLE_MODEL_TYPE = "maple"
 
@@ -24,19 +24,6 @@ class ModelLoadError(RuntimeError):
 CONFIG_FILE = "config.json"
 ADAPTER_CONFIG_FILE = "adapter_config.json"  # a PEFT (LoRA) adapter over a base checkpoint
 
-
-def is_hub_id(ref: str) -> bool:
-    """Whether `ref` can name a Hub repo ('name' or 'namespace/name'). A reference that cannot (an
-    absolute path, one starting with '.' or '~', one with several '/') can only be a local path, so a
-    missing one is reported as such instead of as an invalid repo id."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    try:
-        validate_repo_id(ref)
-    except HFValidationError:
-        return False
-    return True
 
 
 def check_model_ref(model_ref: str) -> None:

@@ -38,11 +38,25 @@ def hub_repo(repo_id: str, repo_type: str = "model") -> str:
     return f"{repo_type} repo {repo_id!r} on {constants.ENDPOINT}"
 
 
+def is_hub_id(ref: str) -> bool:
+    """Whether `ref` can name a Hub repo ('name' or 'namespace/name'). A reference that cannot (an
+    absolute path, one starting with '.' or '~', one with several '/') can only be a local path, so a
+    missing one is reported as such instead of as an invalid repo id."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(ref)
+    except HFValidationError:
+        return False
+    return True
+
+
 def local_typo_hint(ref: str) -> str:
     """For a reference that was looked up on the Hub: a note when its first folder exists here ('runs/modle' with
     'runs/' on disk), which makes it likelier a mistyped local path than a Hub repo; else ''."""
     parts = Path(ref).parts
-    if len(parts) > 1 and Path(parts[0]).is_dir() and not Path(ref).exists():
+    if len(parts) > 1 and not Path(ref).is_absolute() and Path(parts[0]).is_dir() and not Path(ref).exists():
         return f" (nor is it a local folder: {parts[0]}/ exists here, but not {ref})"
     return ""
 

@@ -327,7 +327,7 @@ HUB_LICENSES = frozenset({
 
 def hub_reference(reference: str | None) -> str | None:
     """`reference` if it names a Hub repo ('name' or 'namespace/name') and no local path, else None."""
-    from evaluation.models import is_hub_id
+    from maple.hub import is_hub_id
 
     return reference if reference and not os.path.exists(reference) and is_hub_id(reference) else None
 

@@ -12,11 +12,12 @@ model, processor = load_maple("openai/clip-vit-base-patch16", dtype=torch.bfloat
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from transformers import AutoConfig, AutoModel, AutoProcessor, PreTrainedConfig
 
-from maple.hub import hub_failure, local_typo_hint
+from maple.hub import hub_failure, is_hub_id, local_typo_hint
 
 from .configuration_maple import BACKBONES, DUAL_ENCODER_MODEL_TYPES, SUPPORTED_MLLMS, MapleConfig, backbone_of
 from .modeling_maple import MapleModel
@@ -133,6 +134,8 @@ def _load_processor(
 def _backbone(name_or_path: str, backbone: str | None, revision: str | None, trust_remote_code: bool) -> str | None:
     """None for a MAPLE checkpoint, else the backbone to wrap it as (given or inferred); `MapleLoadError`s as
     [`load_maple`] says. Reads the config only."""
+    if not Path(name_or_path).expanduser().exists() and not is_hub_id(name_or_path):  # './x', '/x', 'a/b/c'
+        raise MapleLoadError(f"{name_or_path}: no such folder")
     try:
         config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
     except (OSError, ValueError) as error:  # transformers says which: not found, gated, offline, unknown model type

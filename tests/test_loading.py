@@ -1,5 +1,7 @@
 """`modeling_maple.load_maple`, the one loading path of `maple train`, `RPATrainer(model="...")` and `maple eval`."""
 
+import re
+
 import pytest
 import torch
 from PIL import Image
@@ -65,8 +67,12 @@ def test_checkpoints_it_cannot_load_are_refused_before_any_weights_load(tmp_path
         load_maple(str(tmp_path / "bert"))
     with pytest.raises(MapleLoadError, match=r"clip: device_map cannot be passed when building from a backbone"):
         load_maple(str(clip_folder), device_map="cpu")
-    with pytest.raises(MapleLoadError, match=r"^\S*missing: "):
+    with pytest.raises(MapleLoadError, match=r"^\S*missing: no such folder$"):
         load_maple(str(tmp_path / "missing"))
+    monkeypatch.chdir(tmp_path)
+    for relative in ("./missing", "../missing", "runs/a/b"):  # no Hub ids either: a repo id's rules were quoted
+        with pytest.raises(MapleLoadError, match=rf"^{re.escape(relative)}: no such folder$"):
+            load_maple(relative)
 
 
 @pytest.mark.parametrize("backbone", ["mllm", "dual_encoder", "two_towers"])

@@ -27,8 +27,7 @@ from datasets import Dataset, DatasetDict, Image, LargeList, List, Value, load_d
 from datasets.exceptions import DatasetGenerationError
 from trl import TrlParser
 
-from evaluation.models import is_hub_id
-from maple.hub import local_typo_hint
+from maple.hub import is_hub_id, local_typo_hint
 from modeling_maple.configuration_maple import BACKBONES, SUPPORTED_MLLMS
 
 from .rpa_config import RPAConfig, from_pretrained_kwargs, unused_dpo_field_help
