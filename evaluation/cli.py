@@ -204,8 +204,8 @@ def _run_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[st
     differences = []
     for key in [*words, *sorted((current.keys() | stored.keys()) - words.keys())]:
         then, now = stored.get(key), current.get(key)
-        if then == now:
-            continue
+        if then == now or (key == "source_files" and stored.get("source") != current.get("source")):
+            continue  # (another source has other files: said once)
         if key == "model_state" and isinstance(then, dict) and isinstance(now, dict):
             details = []
             if then.get("files") != now.get("files"):

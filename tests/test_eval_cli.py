@@ -703,6 +703,10 @@ def test_the_recompute_message_says_what_changed():
     assert _run_differences(stored, {**stored, "model_state": {"files": {"a": [1, 2], "c": [5, 6]}}, "protocol": 5}) == [
         "model state (changed files: b, c)", "protocol version (4 then, 5 now)"]
     assert _run_differences(stored, {**stored, "source": "t"}) == ["source ('s' then, 't' now)"]
+    # another source file has other files: one "source" (it was said twice)
+    assert _run_differences(stored, {**stored, "source": "t", "source_files": {"t": [1, 2]}}) == ["source ('s' then, 't' now)"]
+    assert _run_differences({**stored, "source_files": {"s": [1, 2]}}, {**stored, "source_files": {"s": [1, 3]}}) == [
+        "source (changed files: s)"]
     assert _run_differences({}, stored)[0].startswith("model reference (None then, 'm' now)")
 
 
