@@ -18,9 +18,9 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from maple.cli import DefaultsHelpFormatter, checked_device, library_progress_bars_hidden, positive
+from maple.cli import DefaultsHelpFormatter, checked_device, exit_with_error, library_progress_bars_hidden, positive
 from maple.files import atomic_write_text, folder_problem
 
 from .benchmarks import BENCHMARKS, QuadrupleBenchmark, RetrievalBenchmark, load_benchmark
@@ -51,21 +51,14 @@ def _distinct_models(model_refs: list[str]) -> list[str]:
     return list(distinct.values())
 
 
-def _usage_error(parser: argparse.ArgumentParser, message: str) -> NoReturn:
-    """Exit with status 2 on one line `maple eval: error: message`, for a value the command cannot use, as `maple
-    train` and `maple build-preferences` report theirs: `parser.error` prints the usage lines first, which are for
-    argparse's own (syntax) errors and say nothing about the value."""
-    parser.exit(2, f"{parser.prog}: error: {message}\n")
-
-
 def _parse_sources(parser: argparse.ArgumentParser, pairs: list[str]) -> dict[str, str]:
     sources = {}
     for pair in pairs:
         name, separator, source = pair.partition("=")
         if not separator or name not in BENCHMARKS:
-            _usage_error(parser, f"--source expects BENCHMARK=PATH_OR_HUB_ID with BENCHMARK in {sorted(BENCHMARKS)}, got {pair!r}")
+            exit_with_error(parser, f"--source expects BENCHMARK=PATH_OR_HUB_ID with BENCHMARK in {sorted(BENCHMARKS)}, got {pair!r}")
         if not source.strip():  # it read the official Hub dataset, as if the option were not there
-            _usage_error(parser, f"--source {pair!r}: no path or Hub id after '='; leave {name} out of --source to read "
+            exit_with_error(parser, f"--source {pair!r}: no path or Hub id after '='; leave {name} out of --source to read "
                                  f"its official dataset, {BENCHMARKS[name].hub_id}")
         sources[name] = source
     return sources
@@ -97,15 +90,15 @@ def _check_out(parser: argparse.ArgumentParser, out: Path) -> None:
     folder whose results.json (or results.md, without a results.json) another command wrote, which the results
     would overwrite (`maple eval --out .` in the demo's output folder)."""
     if problem := folder_problem(out, "--out"):
-        _usage_error(parser, problem)
+        exit_with_error(parser, problem)
     if not out.exists():
         return
     results_json, results_md = out / RESULTS_JSON, out / RESULTS_MD
     if results_json.exists() and not _written_by_maple_eval(results_json):
-        _usage_error(parser, f"--out {out} holds a results.json that maple eval did not write (another command's results, "
+        exit_with_error(parser, f"--out {out} holds a results.json that maple eval did not write (another command's results, "
                              "which these would overwrite); choose another folder")
     if results_md.exists() and not results_json.exists():
-        _usage_error(parser, f"--out {out} holds a results.md but no results.json of maple eval (another command's "
+        exit_with_error(parser, f"--out {out} holds a results.md but no results.json of maple eval (another command's "
                              "results, which these would overwrite); choose another folder")
 
 
@@ -382,7 +375,7 @@ def _embedding_device(parser: argparse.ArgumentParser, requested: str | None) ->
     try:
         return checked_device(requested)
     except ValueError as error:
-        _usage_error(parser, str(error))
+        exit_with_error(parser, str(error))
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultsHelpFormatter):
@@ -419,12 +412,12 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     _check_out(parser, args.out)
     model_refs = _distinct_models([args.model, *args.compare])
     if args.push_to_hub and Path(args.model).expanduser().exists():
-        _usage_error(parser, f"--push-to-hub writes into the card of MODEL's Hub repo, but {args.model} is a local folder: push the checkpoint first and evaluate it by repo id")
+        exit_with_error(parser, f"--push-to-hub writes into the card of MODEL's Hub repo, but {args.model} is a local folder: push the checkpoint first and evaluate it by repo id")
     # The card's model-index would label local copies as the official benchmarks, and a copy may be a subset.
     local_sources = [f"{name}={source}" for name, source in sorted(sources.items())
                      if name in args.benchmarks and Path(source).expanduser().exists()]
     if args.push_to_hub and local_sources:
-        _usage_error(parser, f"--push-to-hub publishes results under the benchmarks' Hub datasets, but "
+        exit_with_error(parser, f"--push-to-hub publishes results under the benchmarks' Hub datasets, but "
                              f"{', '.join(local_sources)} is a local copy: evaluate from the Hub (the default source, or "
                              "another Hub id) to push")
 

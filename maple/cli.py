@@ -11,6 +11,7 @@ import contextlib
 import importlib
 import sys
 from collections.abc import Iterator
+from typing import NoReturn
 
 # sub-command -> (module with `main(argv: list[str]) -> int`, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -28,6 +29,12 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str | None:
         silent = action.default in (None, False, []) or "default" in (action.help or "")
         return action.help if silent else super()._get_help_string(action)
+
+
+def exit_with_error(parser: argparse.ArgumentParser, message: str) -> NoReturn:
+    """Exit with status 2 on one line `PROG: error: message`, for a value the command cannot use: `parser.error`
+    prints the usage lines first, which are for argparse's own (syntax) errors and say nothing about the value."""
+    parser.exit(2, f"{parser.prog}: error: {message}\n")
 
 
 def positive(number_type: type[int] | type[float]):

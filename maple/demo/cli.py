@@ -7,7 +7,7 @@ import contextlib
 import re
 from pathlib import Path
 
-from maple.cli import DefaultsHelpFormatter, library_progress_bars_hidden
+from maple.cli import DefaultsHelpFormatter, exit_with_error, library_progress_bars_hidden
 
 from . import BACKBONES, MINERS
 
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         claim_output_folder(config)
     except ValueError as error:
-        build_parser().error(str(error))
+        exit_with_error(build_parser(), str(error))
     with contextlib.nullcontext() if config.progress else library_progress_bars_hidden():
         result = run_demo(config)
     print(format_summary(result))

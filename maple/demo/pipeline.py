@@ -205,7 +205,8 @@ def check_judge(judge: str) -> None:
     try:
         check_supported(AutoConfig.from_pretrained(judge).model_type)
     except (OSError, ValueError, NotImplementedError) as error:
-        raise ValueError(f"--judge {judge}: not a judge that can be loaded ({type(error).__name__}: {error})") from None
+        problem = " ".join(str(error).split())  # transformers' messages run over several lines
+        raise ValueError(f"--judge {judge}: not a judge that can be loaded ({type(error).__name__}: {problem})") from None
 
 
 def _write_json(path: Path, value: Any) -> None:
