@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from maple.cli import DefaultsHelpFormatter, checked_device, exit_with_error, library_progress_bars_hidden, positive
-from maple.files import atomic_write_text, folder_problem
+from maple.files import atomic_write_json, atomic_write_text, folder_problem
 
 from .benchmarks import BENCHMARKS, QuadrupleBenchmark, RetrievalBenchmark, load_benchmark
 from .metric_names import QUADRUPLE_SCORES, RETRIEVAL_METRICS
@@ -269,7 +269,7 @@ def evaluate_model(
             print(f"{model_ref}: evaluating {name} ...", flush=True)
             results[name] = evaluate_benchmark(model, processor, loaded[name], batch_size)
             record = {"run": _run_fingerprint(model_ref, model_state, name, sources.get(name), dtype), "metrics": results[name]}
-            atomic_write_text(folder / f"{name}.json", json.dumps(record, indent=2))  # a crash never leaves half a result
+            atomic_write_json(folder / f"{name}.json", record)  # a crash never leaves half a result
     return {name: results[name] for name in benchmarks}
 
 
@@ -449,7 +449,7 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return 2
     # atomically: an interruption leaves the previous results or these, never half a file (which the next run's
     # --out check would take for another command's)
-    atomic_write_text(args.out / RESULTS_JSON, json.dumps(all_results, indent=2))
+    atomic_write_json(args.out / RESULTS_JSON, all_results)
     table = markdown_table(all_results)
     atomic_write_text(args.out / RESULTS_MD, table)
     print(table)

@@ -4,10 +4,12 @@ job starts, that its output folder can be one."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def folder_problem(path: str | os.PathLike, name: str) -> str | None:
@@ -42,3 +44,8 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """`text` (UTF-8) into `path` through `atomic_write`."""
     atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | os.PathLike, value: Any, **dumps_kwargs: Any) -> None:
+    """`value` as JSON (indented by 2 unless `dumps_kwargs` say otherwise) into `path` through `atomic_write`."""
+    atomic_write_text(path, json.dumps(value, **{"indent": 2, **dumps_kwargs}))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import json
 import math
 import os
 import re
@@ -34,7 +33,7 @@ from trl.trainer.base_trainer import _BaseTrainer
 from evaluation.metric_names import QUADRUPLE_SCORES
 from evaluation.retrieval import NonFiniteEmbeddingsError, anchor_recall_at_1
 from maple import PAPER_CITATION
-from maple.files import atomic_write_text
+from maple.files import atomic_write_json
 from modeling_maple.lora import check_mergeable, get_maple_peft_model, save_merged
 from modeling_maple.loading import load_maple, load_maple_model
 
@@ -600,8 +599,8 @@ class RPATrainer(DPOTrainer):
         output_dir = output_dir or self.args.output_dir
         self._save_weights(output_dir, state_dict)
         if self.args.should_save:  # a recipe file is whole or absent
-            recipe = json.dumps(training_recipe(self.args, self._lora_recipe(), self._model_recipe()), indent=2)
-            atomic_write_text(os.path.join(output_dir, RECIPE_FILE), recipe)
+            recipe = training_recipe(self.args, self._lora_recipe(), self._model_recipe())
+            atomic_write_json(os.path.join(output_dir, RECIPE_FILE), recipe)
 
     def _save_weights(self, output_dir: str, state_dict: dict | None) -> None:
         model = self.accelerator.unwrap_model(self.model)
