@@ -661,14 +661,14 @@ def test_an_out_holding_another_commands_results_is_refused(written, tiny, bench
 
 
 def test_results_are_written_atomically_and_recognised_on_a_rerun(tiny, benchmark_sources, tmp_path, capsys, monkeypatch):
-    import evaluation.cli
+    import maple.files
 
     _, _, (first, _) = tiny
     out = tmp_path / "eval"
     argv = [str(first), "--benchmarks", "coco", "--source", f"coco={benchmark_sources['coco']}", "--out", str(out)]
     written = []
-    atomic = evaluation.cli.atomic_write_text
-    monkeypatch.setattr(evaluation.cli, "atomic_write_text", lambda path, text: (written.append(Path(path).name), atomic(path, text)))
+    atomic = maple.files.atomic_write  # what every atomic_write_* goes through
+    monkeypatch.setattr(maple.files, "atomic_write", lambda path, write: (written.append(Path(path).name), atomic(path, write)))
     assert main(argv) == 0
     assert {"results.json", "results.md"} <= set(written)
     assert main(argv) == 0  # its own results.json: the --out check lets the rerun through
