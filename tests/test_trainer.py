@@ -870,13 +870,13 @@ def test_expanded_negatives_pool_the_candidates_that_are_no_anchor_of_the_batch(
 
 def test_only_errors_raised_in_pil_point_to_the_image_scan():
     """A network or disk error while fetching a batch is not an image that does not decode (found by review)."""
-    from trainer.rpa_trainer import _pointing_to_undecodable_images
+    from trainer.schema import naming_undecodable_images
 
     with pytest.raises(ConnectionError, match="connection reset"):
-        with _pointing_to_undecodable_images("train"):
+        with naming_undecodable_images("train"):
             raise ConnectionError("connection reset by peer")
     with pytest.raises(ValueError, match=r"An image of the train dataset does not decode \(UnidentifiedImageError"):
-        with _pointing_to_undecodable_images("train"):
+        with naming_undecodable_images("train"):
             Image.open(io.BytesIO(b"not an image"))
 
 

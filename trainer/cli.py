@@ -166,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # heavy imports only once the arguments are known to be fine
     from .checkpoints import lora_recipe, model_recipe
-    from .rpa_trainer import RPATrainer, UndecodableImageError
+    from .rpa_trainer import RPATrainer
+    from .schema import UndecodableImageError
 
     try:
         # Cheapest first: paths that exist or could be Hub ids, the checkpoint to resume, then the dataset, then the

@@ -11,9 +11,7 @@ import copy
 import dataclasses
 import math
 import os
-import re
 import shutil
-import traceback
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -56,7 +54,12 @@ from .collator import (
 )
 from .losses import bidirectional_rpa_loss, contrastive_loss, judged_positive_ids, maple_loss, preference_agreement
 from .rpa_config import RPAConfig, from_pretrained_kwargs
-from .schema import PREFERENCE_COLUMNS, rows_without_preference, validate_preference_dataset
+from .schema import (
+    PREFERENCE_COLUMNS,
+    naming_undecodable_images,
+    validate_preference_dataset,
+    warn_about_rows_without_preference,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -204,7 +207,7 @@ class RPATrainer(DPOTrainer):
         self._leave_images_encoded = data_collator is None or isinstance(data_collator, DataCollatorForEmbeddingPreference)
         train_dataset = self._prepare_dataset(train_dataset, processing_class, args, "train")
         if args.rpa_weight > 0 and isinstance(train_dataset, Dataset):
-            _warn_about_rows_without_preference(train_dataset, args.rpa_weight)
+            warn_about_rows_without_preference(train_dataset, args.rpa_weight)
         if isinstance(eval_dataset, dict):
             eval_dataset = {
                 name: self._prepare_dataset(dataset, processing_class, args, name)
@@ -321,7 +324,7 @@ class RPATrainer(DPOTrainer):
         return processes > 1 and not self.args.accelerator_config.split_batches and dataset.n_shards >= processes
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
-        with _pointing_to_undecodable_images("train"):
+        with naming_undecodable_images("train"):
             return super().get_batch_samples(epoch_iterator, num_batches, device)
 
     def _run_epoch(self, *, epoch: int, **kwargs) -> None:
@@ -378,6 +381,27 @@ class RPATrainer(DPOTrainer):
         loss = anchor_losses.mean() if repeated is None else anchor_losses[~repeated].mean()
 
         counted = None if repeated is None else ~self.accelerator.gather(repeated)
+        self._log_batch_metrics(mode, rpa, contrastive, rankings, beta, inverse_temperature, counted)
+        if mode == "eval":
+            # replaces `Trainer`'s eval loss, a mean of the processes' batch means that counts the repeated rows
+            self._log_mean(mode, "loss", anchor_losses, counted)
+            self._collect_eval_anchors(outputs.text_embeds, outputs.image_embeds, inputs, counted)
+        else:
+            self._stop_on_non_finite(loss, rpa.mean(), contrastive.mean())
+        return (loss, outputs) if return_outputs else loss
+
+    def _log_batch_metrics(
+        self,
+        mode: str,
+        rpa: Tensor,
+        contrastive: Tensor,
+        rankings: list[tuple[Tensor, Tensor, Tensor]],
+        beta: Tensor,
+        inverse_temperature: Tensor,
+        counted: Tensor | None,
+    ) -> None:
+        """Records the batch's ``(N,)`` RPA and InfoNCE losses, the judge agreement of the `rankings` (rewards
+        accuracy and margin, as DPO's `rewards/*`), and the two scales; `counted` as in `_log_mean`."""
         self._log_mean(mode, "loss/rpa", rpa, counted)
         self._log_mean(mode, "loss/contrastive", contrastive, counted)
         # A training step pools the rewards over its batch's pairs; evaluation needs each anchor's (see `_log_mean`).
@@ -389,13 +413,6 @@ class RPATrainer(DPOTrainer):
         self._log_mean(mode, "rewards/margins", torch.stack([margin for _, margin in agreement]).nanmean(0), counted)
         self._metrics[mode]["beta"].append(beta.item())
         self._metrics[mode]["temperature"].append(1.0 / inverse_temperature.item())
-        if mode == "eval":
-            # replaces `Trainer`'s eval loss, a mean of the processes' batch means that counts the repeated rows
-            self._log_mean(mode, "loss", anchor_losses, counted)
-            self._collect_eval_anchors(outputs.text_embeds, outputs.image_embeds, inputs, counted)
-        else:
-            self._stop_on_non_finite(loss, rpa.mean(), contrastive.mean())
-        return (loss, outputs) if return_outputs else loss
 
     def _contrastive_loss(
         self, text_embeds: Tensor, image_embeds: Tensor, inputs, inverse_temperature, left_out: Tensor | None = None
@@ -526,7 +543,7 @@ class RPATrainer(DPOTrainer):
         # They go into the loop's own metrics under its prefix (per split, and for `predict` too), not to `log`.
         self._eval_anchors = []
         self._metrics["eval"].clear()
-        with _pointing_to_undecodable_images(metric_key_prefix):
+        with naming_undecodable_images(metric_key_prefix):
             output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         for key, values in self._metrics["eval"].items():  # NaN: no anchor had a strict judge preference
             output.metrics[f"{metric_key_prefix}_{key}"] = sum(values) / len(values) if values else math.nan
@@ -695,8 +712,8 @@ class RPATrainer(DPOTrainer):
 
 def _resume_schedule(optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
     """Sets the learning rates of a resumed run to its own schedule at the step resumed. The checkpoint's optimizer
-    holds the rates its run's schedule gave there, and a run resumed to train longer (another `max_steps`) trained its
-    first step at them: at the old run's last step, 0 for a linear or cosine decay. `transformers`' schedules are
+    holds the rates its run's schedule gave there, and a run resumed to train longer (another `max_steps`) would train
+    its first step at them: at the old run's last step, 0 for a linear or cosine decay. `transformers`' schedules are
     `LambdaLR`s, whose state holds the step but not the schedule, so the scheduler already follows the new length
     from the next step on; a run of the same length gets the rates it saved."""
     if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
@@ -743,57 +760,6 @@ class ScaleBound(TrainerCallback):
 
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):
         bound_scales(model, self.max_scale)
-
-
-class UndecodableImageError(ValueError):
-    """An image of a split does not decode while the data loader fetches rows; `split` names the split, and
-    `trainer.schema.first_undecodable_image` its row."""
-
-    def __init__(self, message: str, split: str):
-        super().__init__(message)
-        self.split = split
-
-
-@contextlib.contextmanager
-def _pointing_to_undecodable_images(split: str):
-    """Turns an error PIL raises while the data loader fetches rows (`datasets` decodes the images then, so the error
-    names no row) into one that points to `trainer.schema.first_undecodable_image`, which finds the row by decoding
-    every image: too slow to run unasked on a large dataset. Other errors pass unchanged."""
-    try:
-        yield
-    except (OSError, Image.DecompressionBombError) as error:
-        # raised in PIL, here or (its traceback in the message) in a data loader worker
-        in_pil = re.compile(r"[\\/]PIL[\\/]")
-        from_pil = any(in_pil.search(frame.filename) for frame in traceback.extract_tb(error.__traceback__))
-        if not (from_pil or in_pil.search(str(error))):
-            raise
-        raise UndecodableImageError(
-            f"An image of the {split} dataset does not decode ({type(error).__name__}: {' '.join(str(error).split())[:300]}): "
-            f"trainer.schema.first_undecodable_image(dataset, {split!r}) names the first such row.",
-            split,
-        ) from error
-
-
-def _warn_about_rows_without_preference(dataset: Dataset, rpa_weight: float) -> None:
-    """RPA's loss is zero in a direction whose candidates all share one judge score: say so when rows are like that,
-    since a dataset of only such rows trains with a zero RPA loss, and one where a direction never ranks with half of
-    `rpa_weight` (`bidirectional_rpa_loss` averages the two), and no other sign."""
-    counts = rows_without_preference(dataset)
-    if counts["both"]:
-        hint = "; that is every row: set rpa_weight=0 to train with InfoNCE only" if counts["both"] == len(dataset) else ""
-        logger.warning(
-            f"{counts['both']} of {len(dataset)} train rows have no strict preference (one candidate, or equal judge "
-            f"scores): RPA learns nothing from them{hint}."
-        )
-    if counts["both"] == len(dataset):
-        return
-    for direction, candidates in (("text_to_image", "images"), ("image_to_text", "texts")):
-        if counts[direction] == len(dataset):
-            logger.warning(
-                f"No train row has a strict preference among its candidate {candidates} (one candidate, or equal judge "
-                f"scores): the {direction.replace('_', ' ')} half of the RPA loss is zero throughout, so RPA trains with "
-                f"half of rpa_weight={rpa_weight}."
-            )
 
 
 def _with_position(row: dict[str, Any], position: int) -> dict[str, int]:

@@ -13,16 +13,21 @@ One row per anchor::
 `PREFERENCE_FEATURES` is the one definition of this schema: `dataset_builders` and `trainer.testing` import it.
 
 Validation runs before training so a bad column or row fails in seconds, not hours in, and the error names the
-column, the row id and what was expected.
+column, the row id and what was expected. What cannot be checked up front without decoding every image, an image
+that does not decode when the data loader fetches it, becomes an `UndecodableImageError` pointing to
+`first_undecodable_image`; rows that RPA can learn nothing from are counted and warned about.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import numbers
 import os
+import re
 import reprlib
+import traceback
 import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -42,6 +47,9 @@ from datasets import (
     List,
     Value,
 )
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 PREFERENCE_FEATURES = Features(
     {
@@ -238,6 +246,35 @@ def first_undecodable_image(dataset: Dataset | IterableDataset, dataset_name: st
                     return f"{dataset_name} dataset, row id {row['id']!r}, column {entry}: {type(error).__name__}: {error}"
 
 
+class UndecodableImageError(ValueError):
+    """An image of a split does not decode while the data loader fetches rows; `split` names the split, and
+    `first_undecodable_image` its row."""
+
+    def __init__(self, message: str, split: str):
+        super().__init__(message)
+        self.split = split
+
+
+@contextlib.contextmanager
+def naming_undecodable_images(split: str):
+    """Turns an error PIL raises while the data loader fetches rows (`datasets` decodes the images then, so the error
+    names no row) into one that points to `first_undecodable_image`, which finds the row by decoding
+    every image: too slow to run unasked on a large dataset. Other errors pass unchanged."""
+    try:
+        yield
+    except (OSError, PIL.Image.DecompressionBombError) as error:
+        # raised in PIL, here or (its traceback in the message) in a data loader worker
+        in_pil = re.compile(r"[\\/]PIL[\\/]")
+        from_pil = any(in_pil.search(frame.filename) for frame in traceback.extract_tb(error.__traceback__))
+        if not (from_pil or in_pil.search(str(error))):
+            raise
+        raise UndecodableImageError(
+            f"An image of the {split} dataset does not decode ({type(error).__name__}: {' '.join(str(error).split())[:300]}): "
+            f"trainer.schema.first_undecodable_image(dataset, {split!r}) names the first such row.",
+            split,
+        ) from error
+
+
 def _image_decoder(feature: Any) -> Image:
     """The `Image` feature that decodes a column's images as the dataset would: its own (its mode), decoding on."""
     if isinstance(feature, (List, LargeList)):
@@ -293,6 +330,28 @@ def rows_without_preference(dataset: Dataset) -> dict[str, int]:
             counts[direction] += int(without[direction].sum())
         counts["both"] += int((without["text_to_image"] & without["image_to_text"]).sum())
     return counts
+
+
+def warn_about_rows_without_preference(dataset: Dataset, rpa_weight: float) -> None:
+    """RPA's loss is zero in a direction whose candidates all share one judge score: say so when rows are like that,
+    since a dataset of only such rows trains with a zero RPA loss, and one where a direction never ranks with half of
+    `rpa_weight` (`bidirectional_rpa_loss` averages the two), and no other sign."""
+    counts = rows_without_preference(dataset)
+    if counts["both"]:
+        hint = "; that is every row: set rpa_weight=0 to train with InfoNCE only" if counts["both"] == len(dataset) else ""
+        logger.warning(
+            f"{counts['both']} of {len(dataset)} train rows have no strict preference (one candidate, or equal judge "
+            f"scores): RPA learns nothing from them{hint}."
+        )
+    if counts["both"] == len(dataset):
+        return
+    for direction, candidates in (("text_to_image", "images"), ("image_to_text", "texts")):
+        if counts[direction] == len(dataset):
+            logger.warning(
+                f"No train row has a strict preference among its candidate {candidates} (one candidate, or equal judge "
+                f"scores): the {direction.replace('_', ' ')} half of the RPA loss is zero throughout, so RPA trains with "
+                f"half of rpa_weight={rpa_weight}."
+            )
 
 
 def _check_anchor_first(batch: pa.Table, features: Features, dataset_name: str) -> None:
