@@ -52,7 +52,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
-from maple.files import atomic_write, atomic_write_bytes, folder_problem
+from maple.files import atomic_write, atomic_write_json, folder_problem
 from trainer.schema import PREFERENCE_FEATURES
 
 from .interfaces import CandidateCaptioner, PreferenceJudge, component_name, first_finding
@@ -473,7 +473,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         stats = _read_json(self.work_dir / "stats.json")
         if stats.get("source_license") != self.config.source_license:
             stats["source_license"] = self.config.source_license
-            atomic_write_bytes(self.work_dir / "stats.json", json.dumps(stats, indent=2).encode())
+            atomic_write_json(self.work_dir / "stats.json", stats)
 
     def _split_generators(self, dl_manager) -> list[datasets.SplitGenerator]:
         self.build_shards()
@@ -564,7 +564,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                     f"so their recipe is unknown and they cannot be reused safely: {advice}"
                 )
             self.work_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(path, json.dumps(current, indent=2, sort_keys=True).encode())
+            atomic_write_json(path, current, sort_keys=True)
         saved = _read_json(path, advice=f"the recipe of the checkpoints beside it is unknown: delete {self.work_dir} to start over")
         saved_version = saved.get("manifest_version", 1)
         if saved_version != MANIFEST_VERSION:
@@ -610,13 +610,13 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         mine = slices[self.rank]
         if not mine.exists():
             start, end = _slice_bounds(len(source), self.rank, self.world_size)
-            atomic_write_bytes(mine, json.dumps(self._check_slice(source, start, end, mine)).encode())
+            atomic_write_json(mine, self._check_slice(source, start, end, mine), indent=None)
         claimed = (self.work_dir / MANIFEST_FILE).exists()  # (a check run on its own, without `plan`, has none)
         self._wait_for(slices, what="input checks")
         checks = [self._read_from_another_rank(slice_, what="input checks", claimed=claimed) for slice_ in slices]
         valid_rows, skipped = _merge_input_checks(checks)
         payload = {"num_source_rows": len(source), "valid_rows": valid_rows, "skipped": [asdict(i) for i in skipped]}
-        atomic_write_bytes(path, json.dumps(payload).encode())
+        atomic_write_json(path, payload, indent=None)
         return len(source), valid_rows, skipped
 
     def _check_slice(self, source: datasets.Dataset, start: int, end: int, slice_path: Path) -> dict[str, list]:
@@ -645,7 +645,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 skipped.append(problem)
             if (index + 1 - start) % INPUT_CHECK_PART_ROWS == 0 and index + 1 < end:
                 checked = {"valid_rows": valid_rows, "valid_ids": valid_ids, "skipped": [asdict(i) for i in skipped]}
-                atomic_write_bytes(progress_path, json.dumps({"next_row": index + 1, **checked}).encode())
+                atomic_write_json(progress_path, {"next_row": index + 1, **checked}, indent=None)
         progress_path.unlink(missing_ok=True)
         return {"valid_rows": valid_rows, "valid_ids": valid_ids, "skipped": [asdict(item) for item in skipped]}
 
@@ -774,7 +774,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                     SkippedInput(row, self._row_id(source[row], row), "near-duplicate", f"of id {self._row_id(source[other], other)} (SemDeDup)")
                 )
             payload = {"anchor_positions": result.kept.tolist(), "near_duplicates": [asdict(item) for item in skipped]}
-            atomic_write_bytes(path, json.dumps(payload).encode())
+            atomic_write_json(path, payload, indent=None)
         self._wait_for([path], what="SemDeDup results from rank 0")
         saved = _read_json(path)
         return saved["anchor_positions"], [SkippedInput(**item) for item in saved["near_duplicates"]]
@@ -1050,7 +1050,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             "skipped": [asdict(item) for item in plan.skipped],
             "score_histograms": histograms,
         }
-        atomic_write_bytes(self.work_dir / "stats.json", json.dumps(stats, indent=2).encode())
+        atomic_write_json(self.work_dir / "stats.json", stats)
         return stats
 
     @property
@@ -1094,7 +1094,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         # Counts only: the per-row list of skipped inputs may name local files.
         published_stats = {key: value for key, value in self.stats.items() if key != "skipped"}
         published_stats["histogram_file"] = f"{stats_dir}/{HISTOGRAM_FILE}" if histogram.exists() else None
-        atomic_write_bytes(staging / stats_dir / "stats.json", json.dumps(published_stats, indent=2).encode())
+        atomic_write_json(staging / stats_dir / "stats.json", published_stats)
         # The data first: a push that fails there leaves no stats, and no card naming a config that is not there (the
         # stats of every config in the repo make the card's sections, so they would name it at every later push).
         datasets.DatasetDict({"train": self.as_dataset(split="train")}).push_to_hub(
