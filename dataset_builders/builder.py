@@ -478,7 +478,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager) -> list[datasets.SplitGenerator]:
         self.build_shards()
         shard_paths = self._wait_for_shards()
-        self.write_stats()
+        self.write_stats(shard_paths)
         return [datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs={"shard_paths": shard_paths})]
 
     def _generate_examples(self, shard_paths: list[Path]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -1005,16 +1005,19 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
     # ----------------------------------------------------------------------------------------------
     # statistics, publishing, loading
 
-    def write_stats(self) -> dict[str, Any]:
+    def write_stats(self, shard_paths: list[Path] | None = None) -> dict[str, Any]:
         """Summary of the finished build (counts, skipped inputs, score histograms), saved to
-        stats.json in the work dir; the dataset card is written from it."""
+        stats.json in the work dir; the dataset card is written from it. `shard_paths`: the shards
+        `_wait_for_shards` returned, if the caller has them (else it is called here)."""
         plan = self.plan()
+        if shard_paths is None:
+            shard_paths = self._wait_for_shards()
         # One score per candidate (checked before each shard was written), so the score columns give the candidate
         # counts too: the image columns are never read, a shard at a time.
         score_columns = {"txt2img_scores": "candidate_images", "img2txt_scores": "candidate_texts"}
         num_anchors, counts = 0, dict.fromkeys(score_columns.values(), 0)
         bin_counts = {column: torch.zeros(10, dtype=torch.long) for column in score_columns}
-        for path in self._wait_for_shards():
+        for path in shard_paths:
             table = pq.read_table(path, columns=list(score_columns))
             num_anchors += table.num_rows
             for column, candidates in score_columns.items():
