@@ -830,8 +830,8 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 continue
             positions = torch.arange(shard * self.config.shard_size, min((shard + 1) * self.config.shard_size, len(plan.anchor_rows)))
             neighbours = self.miner.mine(plan.anchor_embeddings, self.config.num_hard_negatives, query_rows=positions)
-            rows = self._build_rows(shard, positions.tolist(), neighbours.indices.tolist(), plan.anchor_rows)
-            self._write_shard(path, rows)
+            columns = self._shard_columns(shard, positions.tolist(), neighbours.indices.tolist(), plan.anchor_rows)
+            self._write_shard(path, columns)
             report.computed.append(shard)
         report.seconds = time.perf_counter() - started
         return report
@@ -842,7 +842,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         end = min(start + self.config.shard_size, len(self.plan().anchor_rows))
         return self.shard_dir / f"shard-{start:06d}-{end:06d}.parquet"
 
-    def _build_rows(
+    def _shard_columns(
         self, shard: int, positions: list[int], neighbour_positions: list[list[int]], anchor_rows: list[int]
     ) -> dict[str, list]:
         """The preference rows of one shard, as columns.
@@ -859,20 +859,24 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         images = {row: decode_image(payload, row) for row, payload in payloads.items()}
         ids = [self._row_id(records[row], row) for row in rows]
         captions = [records[row][config.caption_column].strip() for row in rows]
-        anchors = [images[row] for row in rows]
+        anchor_images = [images[row] for row in rows]
 
         if config.text_candidates == "generated":
             negative_images = [[images[row] for row in negatives] for negatives in negative_rows]
-            generated = self._generated_captions(shard, anchors, negative_images)
+            texts_by_negative = self._generated_captions(shard, anchor_images, negative_images)
             # The judge cannot score these (source captions were checked with the inputs); they
             # are dropped like empty ones: the captioner's tokenizer may differ from the judge's.
-            generated = [
+            texts_by_negative = [
                 [[text for text in texts if self._judge_special_token(text) is None] for texts in by_negative]
-                for by_negative in generated
+                for by_negative in texts_by_negative
             ]
         else:
-            generated = [[[records[row][config.caption_column]] for row in negatives] for negatives in negative_rows]
-        candidate_texts = [text_pool(caption, texts, config.max_candidate_texts) for caption, texts in zip(captions, generated)]
+            texts_by_negative = [
+                [[records[row][config.caption_column]] for row in negatives] for negatives in negative_rows
+            ]
+        candidate_texts = [
+            text_pool(caption, texts, config.max_candidate_texts) for caption, texts in zip(captions, texts_by_negative)
+        ]
 
         img2txt, txt2img = score_both_directions(
             self.judge, images, rows, candidate_texts, captions, candidate_rows,
