@@ -828,7 +828,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             if path.exists():
                 report.reused.append(shard)
                 continue
-            positions = torch.arange(shard * self.config.shard_size, min((shard + 1) * self.config.shard_size, len(plan.anchor_rows)))
+            positions = torch.arange(*self._shard_bounds(shard))
             neighbours = self.miner.mine(plan.anchor_embeddings, self.config.num_hard_negatives, query_rows=positions)
             columns = self._shard_columns(shard, positions.tolist(), neighbours.indices.tolist(), plan.anchor_rows)
             self._write_shard(path, columns)
@@ -836,10 +836,14 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         report.seconds = time.perf_counter() - started
         return report
 
+    def _shard_bounds(self, shard: int) -> tuple[int, int]:
+        """[start, end): the anchor positions of shard `shard` (the last shard may be short)."""
+        start = shard * self.config.shard_size
+        return start, min(start + self.config.shard_size, len(self.plan().anchor_rows))
+
     def _shard_path(self, shard: int) -> Path:
         """shards/shard-{start:06d}-{end:06d}.parquet: the anchors [start, end) of shard `shard`."""
-        start = shard * self.config.shard_size
-        end = min(start + self.config.shard_size, len(self.plan().anchor_rows))
+        start, end = self._shard_bounds(shard)
         return self.shard_dir / f"shard-{start:06d}-{end:06d}.parquet"
 
     def _shard_columns(
