@@ -666,17 +666,23 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         try:
             image = decode_image(encoded_bytes(value), index)
         except Exception as error:  # any decoding failure makes the row unusable, whatever its kind
-            # PIL names the in-memory file by its address, which would differ from run to run in stats and card
-            detail = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the image bytes", f"{type(error).__name__}: {error}")
-            file = value.get("path") if isinstance(value, dict) else None  # an image folder's file, or a column of text
-            if file and not value.get("bytes") and not Path(file).exists():  # text read as a file path, most likely
-                detail = (f"column {self.config.image_column!r} holds the text {reprlib.repr(file)}, read as an image file "
-                          "path, and there is no such file")
-                return SkippedInput(index, row_id, "unreadable image", detail)
-            return SkippedInput(index, row_id, "unreadable image", f"{file}: {detail}" if file else detail)
+            return self._unreadable_image(index, row_id, value, error)
         if (problem := self._image_problem(image.size)) is not None:
             return SkippedInput(index, row_id, "image a model cannot take", problem)
         return None
+
+    def _unreadable_image(self, index: int, row_id: str, value: Any, error: Exception) -> SkippedInput:
+        """Source row `index` skipped as an "unreadable image": its image column's `value` failed to decode with
+        `error`. The detail names the image file, if any, and the error; a path to no file is most likely text read
+        as a file path, and says so."""
+        file = value.get("path") if isinstance(value, dict) else None  # an image folder's file, or a column of text
+        if file and not value.get("bytes") and not Path(file).exists():  # text read as a file path, most likely
+            detail = (f"column {self.config.image_column!r} holds the text {reprlib.repr(file)}, read as an image file "
+                      "path, and there is no such file")
+            return SkippedInput(index, row_id, "unreadable image", detail)
+        # PIL names the in-memory file by its address, which would differ from run to run in stats and card
+        detail = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the image bytes", f"{type(error).__name__}: {error}")
+        return SkippedInput(index, row_id, "unreadable image", f"{file}: {detail}" if file else detail)
 
     def _judge_special_token(self, text: str) -> str | None:
         """The special token of the judge's tokenizer that `text` holds (`MLLMJudge.special_token_in`),
