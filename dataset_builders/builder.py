@@ -75,9 +75,9 @@ one definition the builder writes and the trainer validates against."""
 TEXT_CANDIDATE_SOURCES = ("generated", "corpus")
 MANIFEST_FILE = "manifest.json"
 # Raised whenever a manifest field is added or changes meaning, or what the checkpoints hold changes (what each raise
-# changed: `git log -G "MANIFEST_VERSION = "`). A work dir of another version is refused: its manifest cannot say whether
-# its checkpoints match this builder's. Not raised for changes that only move float rounding, as a judge's batch size
-# does (scoring txt2img through `score_both_directions`: an MLLM judge's scores moved by ~1e-7).
+# changed: `git log -G "MANIFEST_VERSION = "`). A work dir of another version is refused: its manifest cannot say
+# whether its checkpoints match this builder's. Not raised for changes that only move float rounding, as a judge's batch
+# size does.
 MANIFEST_VERSION = 7
 # Source rows per checkpoint of the input check (which decodes every image), and image embeddings per checkpoint
 # while a rank embeds its slice: the most an interruption can cost.
@@ -245,16 +245,18 @@ class ShardReport:
     seconds: float = 0.0
 
 
-def _read_checkpoint(path: Path, read: Callable[[Path], Any], **advice: str) -> Any:
-    """`read(path)` of a work-dir checkpoint; a file that does not read is a `DamagedCheckpoint` naming it."""
+def _read_checkpoint(path: Path, read: Callable[[Path], Any], advice: str | None = None) -> Any:
+    """`read(path)` of a work-dir checkpoint; a file that does not read is a `DamagedCheckpoint` naming it, with
+    `advice` if given (else `DamagedCheckpoint`'s: delete it and run again)."""
     try:
         return read(path)
     except (OSError, ValueError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as error:
-        raise DamagedCheckpoint(path, error, **advice) from error
+        damaged = DamagedCheckpoint(path, error) if advice is None else DamagedCheckpoint(path, error, advice)
+        raise damaged from error
 
 
-def _read_json(path: Path, **advice: str) -> Any:
-    return _read_checkpoint(path, lambda file: json.loads(file.read_text()), **advice)
+def _read_json(path: Path, advice: str | None = None) -> Any:
+    return _read_checkpoint(path, lambda file: json.loads(file.read_text()), advice)
 
 
 def _read_tensor(path: Path) -> torch.Tensor:
@@ -939,7 +941,8 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
 
     def _wait_for(self, paths: list[Path], *, what: str) -> None:
         """Returns once every path exists. Raises `WorkDirMismatch` if the manifest goes meanwhile: another rank gave
-        up the work dir (an error before embedding, which removes what the others wait for) and said why."""
+        up the work dir (an error before embedding, which removes what the others wait for) and said why; raises
+        `TimeoutError`, naming the missing files, if they are not all there after `wait_timeout` seconds."""
         deadline, manifest = time.monotonic() + self.wait_timeout, self.work_dir / MANIFEST_FILE
         claimed = manifest.exists()  # (a stage run on its own, without `plan`, may have none)
         while missing := [path for path in paths if not path.exists()]:
