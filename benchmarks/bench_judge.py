@@ -8,7 +8,7 @@ real one. Both paths score the same pairs; the script checks that they agree wit
 `--shard` measures instead what the builder asks of the judge per shard: both candidate lists (img2txt: each
 anchor against its `--candidates` texts, the first its own caption; txt2img: each anchor caption against the anchor
 and `--negatives` hard-negative images), as the builder did before (`score` for img2txt, then `score_images`, one
-full prompt per pair) and as it does now (`builder.score_both_directions`: one `score` call, each image asked once
+full prompt per pair) and as it does now (`scoring.score_both_directions`: one `score` call, each image asked once
 with every text it is paired with, each pair once). The hard negatives are other anchors of the shard (the common
 case: neighbours in the same shard, one image prefix serving its own texts and the captions of every anchor listing
 it), or with `--negatives-outside` images that are no anchor (each asked for one caption: the least sharing).
@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from dataset_builders.builder import score_both_directions  # noqa: E402
+from dataset_builders.scoring import score_both_directions  # noqa: E402
 from dataset_builders.judge import MLLMJudge  # noqa: E402
 from dataset_builders.testing import tiny_judge  # noqa: E402
 

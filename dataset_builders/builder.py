@@ -9,7 +9,7 @@ Pipeline, per the paper (section 3 of the method notes):
 2. embed the images (a `HardNegativeMiner`), optionally de-duplicate with SemDeDup;
 3. per shard of `shard_size` anchors: mine each anchor's top-K neighbours, write candidate captions
    (a `CandidateCaptioner`, or the neighbours' own captions), score both candidate lists with a
-   `PreferenceJudge` (one `score` call per shard, each source image asked once: `score_both_directions`), and
+   `PreferenceJudge` (one `score` call per shard, each source image asked once: `scoring.score_both_directions`), and
    write the shard as parquet.
 
 Everything expensive is checkpointed in the work directory: the row check, the embeddings, the
@@ -39,7 +39,7 @@ import reprlib
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -52,11 +52,12 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
-from maple.files import atomic_write, atomic_write_bytes, folder_problem
+from maple.files import atomic_write, atomic_write_json, folder_problem
 from trainer.schema import PREFERENCE_FEATURES
 
 from .interfaces import CandidateCaptioner, PreferenceJudge, component_name, first_finding
 from .miner import HardNegativeMiner, check_finite, check_semdedup_clusters
+from .scoring import _check_judge_scores, score_both_directions, text_pool
 from .sources import (
     DEFAULT_ID_COLUMN,
     SourceError,
@@ -74,9 +75,9 @@ one definition the builder writes and the trainer validates against."""
 TEXT_CANDIDATE_SOURCES = ("generated", "corpus")
 MANIFEST_FILE = "manifest.json"
 # Raised whenever a manifest field is added or changes meaning, or what the checkpoints hold changes (what each raise
-# changed: `git log -G "MANIFEST_VERSION = "`). A work dir of another version is refused: its manifest cannot say whether
-# its checkpoints match this builder's. Not raised for changes that only move float rounding, as a judge's batch size
-# does (scoring txt2img through `score_both_directions`: an MLLM judge's scores moved by ~1e-7).
+# changed: `git log -G "MANIFEST_VERSION = "`). A work dir of another version is refused: its manifest cannot say
+# whether its checkpoints match this builder's. Not raised for changes that only move float rounding, as a judge's batch
+# size does.
 MANIFEST_VERSION = 7
 # Source rows per checkpoint of the input check (which decodes every image), and image embeddings per checkpoint
 # while a rank embeds its slice: the most an interruption can cost.
@@ -95,11 +96,6 @@ class DamagedCheckpoint(WorkDirMismatch):
     def __init__(self, path: Path, error: Exception, advice: str = "delete it and run again; only what it held is recomputed") -> None:
         detail = " ".join(str(error).split())[:200]
         super().__init__(f"{path} cannot be read ({type(error).__name__}: {detail}): {advice}")
-
-
-class JudgeOutputError(RuntimeError):
-    """A judge returned something other than one alpha in [0, 1] per candidate; the message names shard, row and
-    candidate."""
 
 
 @dataclass
@@ -249,16 +245,18 @@ class ShardReport:
     seconds: float = 0.0
 
 
-def _read_checkpoint(path: Path, read: Callable[[Path], Any], **advice: str) -> Any:
-    """`read(path)` of a work-dir checkpoint; a file that does not read is a `DamagedCheckpoint` naming it."""
+def _read_checkpoint(path: Path, read: Callable[[Path], Any], advice: str | None = None) -> Any:
+    """`read(path)` of a work-dir checkpoint; a file that does not read is a `DamagedCheckpoint` naming it, with
+    `advice` if given (else `DamagedCheckpoint`'s: delete it and run again)."""
     try:
         return read(path)
     except (OSError, ValueError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as error:
-        raise DamagedCheckpoint(path, error, **advice) from error
+        damaged = DamagedCheckpoint(path, error) if advice is None else DamagedCheckpoint(path, error, advice)
+        raise damaged from error
 
 
-def _read_json(path: Path, **advice: str) -> Any:
-    return _read_checkpoint(path, lambda file: json.loads(file.read_text()), **advice)
+def _read_json(path: Path, advice: str | None = None) -> Any:
+    return _read_checkpoint(path, lambda file: json.loads(file.read_text()), advice)
 
 
 def _read_tensor(path: Path) -> torch.Tensor:
@@ -352,102 +350,6 @@ def _merge_input_checks(slices: list[dict[str, list]]) -> tuple[list[int], list[
             else:
                 skipped.append(problem)
     return valid_rows, skipped
-
-
-def text_pool(caption: str, groups: list[list[str]], size: int) -> list[str]:
-    """The anchor's text candidates: its caption as given, then at most `size - 1` texts of `groups` (each hard
-    negative's candidate texts, in order) with whitespace normalised, empty texts and repeats (of the caption too)
-    dropped. Repeats are found by the normalised forms, the caption's included: "a  red square" repeats the caption
-    "a red square" (the judge would score the two alike). When the texts do not all fit, the groups take turns (the
-    first text of each, then the second, ...), so that every captioned negative is in the pool; the kept texts stay
-    in group order. (Turns of one text: a captioner's answers need not come in pairs, nor survive de-duplication
-    as pairs.)"""
-    seen = {" ".join(caption.split())}
-    distinct: list[list[str]] = []
-    for group in groups:
-        distinct.append([])
-        for text in (" ".join(str(candidate).split()) for candidate in group):
-            if text and text not in seen:
-                distinct[-1].append(text)
-                seen.add(text)
-    kept, budget = [0] * len(distinct), size - 1
-    while budget and any(count < len(texts) for count, texts in zip(kept, distinct)):
-        for group, texts in enumerate(distinct):
-            if budget and kept[group] < len(texts):
-                kept[group] += 1
-                budget -= 1
-    return [caption] + [text for texts, count in zip(distinct, kept) for text in texts[:count]]
-
-
-def _check_judge_scores(shard: int, ids: list[str], column: str, scores: list[torch.Tensor]) -> None:
-    """Raise `JudgeOutputError` naming the shard, row id, column and candidate of the first judge score that is not a
-    finite alpha in [0, 1], before the shard is written: training would refuse the row much later. (One score per
-    candidate: `score_both_directions` checked the judge's answer and laid it out so.)"""
-    for row_id, row_scores in zip(ids, scores, strict=True):
-        bad = ~(torch.isfinite(row_scores) & (row_scores >= 0) & (row_scores <= 1))
-        if bad.any():
-            candidate = int(bad.nonzero()[0])
-            raise JudgeOutputError(
-                f"shard {shard}, row id {row_id!r}: the judge's {column}[{candidate}] is {float(row_scores[candidate])}; "
-                "expected an alpha in [0, 1] (a float16 judge can overflow to NaN: load it in bfloat16 or float32). "
-                "Shards finished before this one are kept."
-            )
-
-
-def score_both_directions(
-    judge: PreferenceJudge,
-    images: Mapping[Hashable, PIL.Image.Image],
-    anchors: Sequence[Hashable],
-    candidate_texts: Sequence[Sequence[str]],
-    captions: Sequence[str],
-    candidate_images: Sequence[Sequence[Hashable]],
-    *,
-    describe: Callable[[Hashable], str] = repr,
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """(img2txt, txt2img) of a shard from one `judge.score` call: img2txt[i][j] = alpha(images[anchors[i]],
-    candidate_texts[i][j]) and txt2img[i][j] = alpha(images[candidate_images[i][j]], captions[i]), images named by
-    keys (the builder's: source rows).
-
-    Both lists hold (image, text) pairs, the image first in the prompt, so they are scored alike: each image is asked
-    once, with every distinct text it is paired with (an anchor's candidate texts, then the captions of the anchors
-    that list it as a hard negative), and each distinct (image, text) pair is scored once. So the anchor's own pair,
-    img2txt[i][0] = txt2img[i][0] when candidate_texts[i][0] is captions[i], is scored once, and a judge that shares
-    an image's prompt prefix among its texts (`MLLMJudge`) runs each image's prefix once, not once per pair as
-    `score_images` must (its candidates, the images, come first). The judge's `score_images` is not called: by the
-    `PreferenceJudge` protocol both methods give the same alpha(image, text).
-
-    The judge's answer must hold one score per text of each image, else `JudgeOutputError` (`describe(key)` names the
-    image); the scores are then gathered into the anchors' slots, one (len(candidates),) tensor per anchor."""
-    slots: dict[Hashable, tuple[int, dict[str, int]]] = {}  # key -> (query, text -> position among its texts)
-    query_keys: list[Hashable] = []
-    query_texts: list[list[str]] = []
-
-    def slot(key: Hashable, text: str) -> tuple[int, int]:
-        if key not in slots:
-            slots[key] = (len(query_keys), {})
-            query_keys.append(key)
-            query_texts.append([])
-        query, positions = slots[key]
-        if text not in positions:
-            positions[text] = len(query_texts[query])
-            query_texts[query].append(text)
-        return query, positions[text]
-
-    img2txt_slots = [[slot(key, text) for text in texts] for key, texts in zip(anchors, candidate_texts, strict=True)]
-    txt2img_slots = [[slot(key, caption) for key in keys] for caption, keys in zip(captions, candidate_images, strict=True)]
-    scores = judge.score([images[key] for key in query_keys], query_texts) if query_keys else []
-    if len(scores) != len(query_keys):
-        first = f" (the first: {describe(query_keys[0])})" if query_keys else ""
-        raise JudgeOutputError(f"the judge returned {len(scores)} score rows for {len(query_keys)} images{first}")
-    scores = [torch.as_tensor(row) for row in scores]
-    for key, texts, row in zip(query_keys, query_texts, scores):
-        if tuple(row.shape) != (len(texts),):
-            raise JudgeOutputError(f"{describe(key)}: the judge returned scores of shape {tuple(row.shape)} for {len(texts)} texts")
-
-    def gather(anchor_slots: list[tuple[int, int]]) -> torch.Tensor:
-        return torch.stack([scores[query][position] for query, position in anchor_slots]) if anchor_slots else torch.empty(0)
-
-    return [gather(anchor_slots) for anchor_slots in img2txt_slots], [gather(anchor_slots) for anchor_slots in txt2img_slots]
 
 
 class MaplePreferences(datasets.GeneratorBasedBuilder):
@@ -573,12 +475,12 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         stats = _read_json(self.work_dir / "stats.json")
         if stats.get("source_license") != self.config.source_license:
             stats["source_license"] = self.config.source_license
-            atomic_write_bytes(self.work_dir / "stats.json", json.dumps(stats, indent=2).encode())
+            atomic_write_json(self.work_dir / "stats.json", stats)
 
     def _split_generators(self, dl_manager) -> list[datasets.SplitGenerator]:
         self.build_shards()
         shard_paths = self._wait_for_shards()
-        self.write_stats()
+        self.write_stats(shard_paths)
         return [datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs={"shard_paths": shard_paths})]
 
     def _generate_examples(self, shard_paths: list[Path]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -664,7 +566,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                     f"so their recipe is unknown and they cannot be reused safely: {advice}"
                 )
             self.work_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(path, json.dumps(current, indent=2, sort_keys=True).encode())
+            atomic_write_json(path, current, sort_keys=True)
         saved = _read_json(path, advice=f"the recipe of the checkpoints beside it is unknown: delete {self.work_dir} to start over")
         saved_version = saved.get("manifest_version", 1)
         if saved_version != MANIFEST_VERSION:
@@ -710,13 +612,13 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         mine = slices[self.rank]
         if not mine.exists():
             start, end = _slice_bounds(len(source), self.rank, self.world_size)
-            atomic_write_bytes(mine, json.dumps(self._check_slice(source, start, end, mine)).encode())
+            atomic_write_json(mine, self._check_slice(source, start, end, mine), indent=None)
         claimed = (self.work_dir / MANIFEST_FILE).exists()  # (a check run on its own, without `plan`, has none)
         self._wait_for(slices, what="input checks")
         checks = [self._read_from_another_rank(slice_, what="input checks", claimed=claimed) for slice_ in slices]
         valid_rows, skipped = _merge_input_checks(checks)
         payload = {"num_source_rows": len(source), "valid_rows": valid_rows, "skipped": [asdict(i) for i in skipped]}
-        atomic_write_bytes(path, json.dumps(payload).encode())
+        atomic_write_json(path, payload, indent=None)
         return len(source), valid_rows, skipped
 
     def _check_slice(self, source: datasets.Dataset, start: int, end: int, slice_path: Path) -> dict[str, list]:
@@ -745,7 +647,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 skipped.append(problem)
             if (index + 1 - start) % INPUT_CHECK_PART_ROWS == 0 and index + 1 < end:
                 checked = {"valid_rows": valid_rows, "valid_ids": valid_ids, "skipped": [asdict(i) for i in skipped]}
-                atomic_write_bytes(progress_path, json.dumps({"next_row": index + 1, **checked}).encode())
+                atomic_write_json(progress_path, {"next_row": index + 1, **checked}, indent=None)
         progress_path.unlink(missing_ok=True)
         return {"valid_rows": valid_rows, "valid_ids": valid_ids, "skipped": [asdict(item) for item in skipped]}
 
@@ -766,17 +668,23 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         try:
             image = decode_image(encoded_bytes(value), index)
         except Exception as error:  # any decoding failure makes the row unusable, whatever its kind
-            # PIL names the in-memory file by its address, which would differ from run to run in stats and card
-            detail = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the image bytes", f"{type(error).__name__}: {error}")
-            file = value.get("path") if isinstance(value, dict) else None  # an image folder's file, or a column of text
-            if file and not value.get("bytes") and not Path(file).exists():  # text read as a file path, most likely
-                detail = (f"column {self.config.image_column!r} holds the text {reprlib.repr(file)}, read as an image file "
-                          "path, and there is no such file")
-                return SkippedInput(index, row_id, "unreadable image", detail)
-            return SkippedInput(index, row_id, "unreadable image", f"{file}: {detail}" if file else detail)
+            return self._unreadable_image(index, row_id, value, error)
         if (problem := self._image_problem(image.size)) is not None:
             return SkippedInput(index, row_id, "image a model cannot take", problem)
         return None
+
+    def _unreadable_image(self, index: int, row_id: str, value: Any, error: Exception) -> SkippedInput:
+        """Source row `index` skipped as an "unreadable image": its image column's `value` failed to decode with
+        `error`. The detail names the image file, if any, and the error; a path to no file is most likely text read
+        as a file path, and says so."""
+        file = value.get("path") if isinstance(value, dict) else None  # an image folder's file, or a column of text
+        if file and not value.get("bytes") and not Path(file).exists():  # text read as a file path, most likely
+            detail = (f"column {self.config.image_column!r} holds the text {reprlib.repr(file)}, read as an image file "
+                      "path, and there is no such file")
+            return SkippedInput(index, row_id, "unreadable image", detail)
+        # PIL names the in-memory file by its address, which would differ from run to run in stats and card
+        detail = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the image bytes", f"{type(error).__name__}: {error}")
+        return SkippedInput(index, row_id, "unreadable image", f"{file}: {detail}" if file else detail)
 
     def _judge_special_token(self, text: str) -> str | None:
         """The special token of the judge's tokenizer that `text` holds (`MLLMJudge.special_token_in`),
@@ -874,7 +782,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                     SkippedInput(row, self._row_id(source[row], row), "near-duplicate", f"of id {self._row_id(source[other], other)} (SemDeDup)")
                 )
             payload = {"anchor_positions": result.kept.tolist(), "near_duplicates": [asdict(item) for item in skipped]}
-            atomic_write_bytes(path, json.dumps(payload).encode())
+            atomic_write_json(path, payload, indent=None)
         self._wait_for([path], what="SemDeDup results from rank 0")
         saved = _read_json(path)
         return saved["anchor_positions"], [SkippedInput(**item) for item in saved["near_duplicates"]]
@@ -928,21 +836,25 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             if path.exists():
                 report.reused.append(shard)
                 continue
-            positions = torch.arange(shard * self.config.shard_size, min((shard + 1) * self.config.shard_size, len(plan.anchor_rows)))
+            positions = torch.arange(*self._shard_bounds(shard))
             neighbours = self.miner.mine(plan.anchor_embeddings, self.config.num_hard_negatives, query_rows=positions)
-            rows = self._build_rows(shard, positions.tolist(), neighbours.indices.tolist(), plan.anchor_rows)
-            self._write_shard(path, rows)
+            columns = self._shard_columns(shard, positions.tolist(), neighbours.indices.tolist(), plan.anchor_rows)
+            self._write_shard(path, columns)
             report.computed.append(shard)
         report.seconds = time.perf_counter() - started
         return report
 
+    def _shard_bounds(self, shard: int) -> tuple[int, int]:
+        """[start, end): the anchor positions of shard `shard` (the last shard may be short)."""
+        start = shard * self.config.shard_size
+        return start, min(start + self.config.shard_size, len(self.plan().anchor_rows))
+
     def _shard_path(self, shard: int) -> Path:
         """shards/shard-{start:06d}-{end:06d}.parquet: the anchors [start, end) of shard `shard`."""
-        start = shard * self.config.shard_size
-        end = min(start + self.config.shard_size, len(self.plan().anchor_rows))
+        start, end = self._shard_bounds(shard)
         return self.shard_dir / f"shard-{start:06d}-{end:06d}.parquet"
 
-    def _build_rows(
+    def _shard_columns(
         self, shard: int, positions: list[int], neighbour_positions: list[list[int]], anchor_rows: list[int]
     ) -> dict[str, list]:
         """The preference rows of one shard, as columns.
@@ -959,20 +871,24 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         images = {row: decode_image(payload, row) for row, payload in payloads.items()}
         ids = [self._row_id(records[row], row) for row in rows]
         captions = [records[row][config.caption_column].strip() for row in rows]
-        anchors = [images[row] for row in rows]
+        anchor_images = [images[row] for row in rows]
 
         if config.text_candidates == "generated":
             negative_images = [[images[row] for row in negatives] for negatives in negative_rows]
-            generated = self._generated_captions(shard, anchors, negative_images)
+            texts_by_negative = self._generated_captions(shard, anchor_images, negative_images)
             # The judge cannot score these (source captions were checked with the inputs); they
             # are dropped like empty ones: the captioner's tokenizer may differ from the judge's.
-            generated = [
+            texts_by_negative = [
                 [[text for text in texts if self._judge_special_token(text) is None] for texts in by_negative]
-                for by_negative in generated
+                for by_negative in texts_by_negative
             ]
         else:
-            generated = [[[records[row][config.caption_column]] for row in negatives] for negatives in negative_rows]
-        candidate_texts = [text_pool(caption, texts, config.max_candidate_texts) for caption, texts in zip(captions, generated)]
+            texts_by_negative = [
+                [[records[row][config.caption_column]] for row in negatives] for negatives in negative_rows
+            ]
+        candidate_texts = [
+            text_pool(caption, texts, config.max_candidate_texts) for caption, texts in zip(captions, texts_by_negative)
+        ]
 
         img2txt, txt2img = score_both_directions(
             self.judge, images, rows, candidate_texts, captions, candidate_rows,
@@ -1025,7 +941,8 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
 
     def _wait_for(self, paths: list[Path], *, what: str) -> None:
         """Returns once every path exists. Raises `WorkDirMismatch` if the manifest goes meanwhile: another rank gave
-        up the work dir (an error before embedding, which removes what the others wait for) and said why."""
+        up the work dir (an error before embedding, which removes what the others wait for) and said why; raises
+        `TimeoutError`, naming the missing files, if they are not all there after `wait_timeout` seconds."""
         deadline, manifest = time.monotonic() + self.wait_timeout, self.work_dir / MANIFEST_FILE
         claimed = manifest.exists()  # (a stage run on its own, without `plan`, may have none)
         while missing := [path for path in paths if not path.exists()]:
@@ -1105,16 +1022,19 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
     # ----------------------------------------------------------------------------------------------
     # statistics, publishing, loading
 
-    def write_stats(self) -> dict[str, Any]:
+    def write_stats(self, shard_paths: list[Path] | None = None) -> dict[str, Any]:
         """Summary of the finished build (counts, skipped inputs, score histograms), saved to
-        stats.json in the work dir; the dataset card is written from it."""
+        stats.json in the work dir; the dataset card is written from it. `shard_paths`: the shards
+        `_wait_for_shards` returned, if the caller has them (else it is called here)."""
         plan = self.plan()
+        if shard_paths is None:
+            shard_paths = self._wait_for_shards()
         # One score per candidate (checked before each shard was written), so the score columns give the candidate
         # counts too: the image columns are never read, a shard at a time.
         score_columns = {"txt2img_scores": "candidate_images", "img2txt_scores": "candidate_texts"}
         num_anchors, counts = 0, dict.fromkeys(score_columns.values(), 0)
         bin_counts = {column: torch.zeros(10, dtype=torch.long) for column in score_columns}
-        for path in self._wait_for_shards():
+        for path in shard_paths:
             table = pq.read_table(path, columns=list(score_columns))
             num_anchors += table.num_rows
             for column, candidates in score_columns.items():
@@ -1150,7 +1070,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             "skipped": [asdict(item) for item in plan.skipped],
             "score_histograms": histograms,
         }
-        atomic_write_bytes(self.work_dir / "stats.json", json.dumps(stats, indent=2).encode())
+        atomic_write_json(self.work_dir / "stats.json", stats)
         return stats
 
     @property
@@ -1194,7 +1114,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         # Counts only: the per-row list of skipped inputs may name local files.
         published_stats = {key: value for key, value in self.stats.items() if key != "skipped"}
         published_stats["histogram_file"] = f"{stats_dir}/{HISTOGRAM_FILE}" if histogram.exists() else None
-        atomic_write_bytes(staging / stats_dir / "stats.json", json.dumps(published_stats, indent=2).encode())
+        atomic_write_json(staging / stats_dir / "stats.json", published_stats)
         # The data first: a push that fails there leaves no stats, and no card naming a config that is not there (the
         # stats of every config in the repo make the card's sections, so they would name it at every later push).
         datasets.DatasetDict({"train": self.as_dataset(split="train")}).push_to_hub(

@@ -31,7 +31,8 @@ import datasets
 from maple.cli import DefaultsHelpFormatter, checked_device, library_progress_bars_hidden, positive
 from maple.files import folder_problem
 
-from .builder import JudgeOutputError, MaplePreferences, MaplePreferencesConfig, WorkDirMismatch
+from .builder import MaplePreferences, MaplePreferencesConfig, WorkDirMismatch
+from .scoring import JudgeOutputError
 from .sources import SourceError, check_outside_source, open_source
 
 # `MaplePreferencesConfig` fields offered as options, by option group.

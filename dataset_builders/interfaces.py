@@ -30,7 +30,7 @@ class PreferenceJudge(Protocol):
     """Scores how well an image and a text align, as alpha in [0, 1].
 
     Both methods give the same alpha(image, text), grouped by image (`score`) or by text (`score_images`). The
-    builder asks `score` only, for both candidate lists of a shard (`builder.score_both_directions`: each image once
+    builder asks `score` only, for both candidate lists of a shard (`scoring.score_both_directions`: each image once
     with all the texts it is paired with), so a judge must give a pair the same alpha through either method."""
 
     def score(self, images: list[PIL.Image.Image], texts: list[list[str]]) -> list[torch.Tensor]:

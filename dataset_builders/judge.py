@@ -374,7 +374,7 @@ class MLLMJudge:
         """alpha(images[i][j], texts[i]); one (len(images[i]),) float32 CPU tensor per text.
 
         The image comes first in the prompt, so candidates share no prefix: this is the per-pair path. (The builder
-        does not use it: `builder.score_both_directions` asks `score` for txt2img pairs grouped by image, which
+        does not use it: `scoring.score_both_directions` asks `score` for txt2img pairs grouped by image, which
         shares each image's prefix among its texts.)
         Malformed inputs and texts holding a special token of the judge's tokenizer raise a
         ValueError naming the item (`check_score_images_inputs`, `special_token_in`).

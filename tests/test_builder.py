@@ -14,14 +14,13 @@ from PIL import Image
 
 from dataset_builders.builder import (
     FEATURES,
-    JudgeOutputError,
     MANIFEST_FILE,
     MaplePreferences,
     MaplePreferencesConfig,
     WorkDirMismatch,
     _slice_bounds,
-    text_pool,
 )
+from dataset_builders.scoring import JudgeOutputError, text_pool
 from dataset_builders.sources import SourceError, load_source
 from dataset_builders.miner import HardNegativeMiner
 from dataset_builders.testing import (

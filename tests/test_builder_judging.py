@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 import dataset_builders.builder as builder_module
-from dataset_builders.builder import JudgeOutputError, MaplePreferences, score_both_directions
+from dataset_builders.builder import MaplePreferences
+from dataset_builders.scoring import JudgeOutputError, score_both_directions
 from dataset_builders.testing import ColourCaptioner, ColourJudge, colour_square_source, colour_squares, thumbnail_miner, tiny_judge
 
 
