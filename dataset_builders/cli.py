@@ -23,10 +23,8 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import fields
-from pathlib import Path
 from typing import Any
 
-import datasets
 
 from maple.cli import DefaultsHelpFormatter, checked_device, library_progress_bars_hidden, positive
 from maple.files import folder_problem
