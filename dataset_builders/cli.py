@@ -25,7 +25,6 @@ from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
 
-
 from maple.cli import DefaultsHelpFormatter, checked_device, library_progress_bars_hidden, positive
 from maple.files import folder_problem
 
