@@ -9,7 +9,8 @@ from hub_server import run_client
 from isolated import run_isolated
 
 from maple.demo.cli import main
-from maple.demo.pipeline import HEADLINE_METRICS, METHODS
+from maple.demo.pipeline import METHODS
+from maple.demo.report import HEADLINE_METRICS
 
 QUICK = ["--quick", "--seeds", "1", "--no-progress"]
 

@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .pipeline import DemoConfig, claim_output_folder, format_summary, run_demo  # torch: after the usage checks
+    from .pipeline import DemoConfig, claim_output_folder, run_demo  # torch: after the usage checks
+    from .report import format_summary
 
     try:
         config = DemoConfig(

@@ -23,9 +23,8 @@ import json
 import math
 import multiprocessing
 import shutil
-import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -37,13 +36,12 @@ from tqdm.auto import tqdm
 
 from ..files import atomic_write, atomic_write_text, folder_problem
 from . import BACKBONES, MINERS  # the choices of `maple demo`, where its --help reads them without torch
+from .report import results_markdown, write_report
 from .scene_judge import SceneFeatureEncoder, SceneGraphCaptioner, SceneGraphJudge
 from .world import CATEGORIES, World, WorldConfig, build_world
 
 METHODS = ("infonce", "infonce_expanded", "maple")
 TEST_SETS_DIR = "test_sets"  # the evaluated test sets, in `maple eval`'s schemas
-# results.json: every metric of every method as {"mean", "std"} over seeds
-HEADLINE_METRICS = ("group_score", "text_score", "image_score", "i2t_r1", "t2i_r1", "delta_gap")
 RUN_FILE = "run.json"
 TIMINGS_FILE = "timings.json"
 # Part of every run's identity: bumped whenever what a run computes changes (model, data recipe), so a folder written
@@ -489,11 +487,9 @@ def run_demo(config: DemoConfig) -> DemoResult:
     for method, seed in runs:
         results[method].append(json.loads((_run_dir(out, method, seed) / "result.json").read_text()))
 
-    summary = timer.run("report", lambda: _report(config, results))
+    summary = timer.run("report", lambda: write_report(out, results))
     maple_dir = out / "maple-model"
     timer.run("checkpoint and card", lambda: _publish_checkpoint(config, results["maple"][0], maple_dir))
-    from .report import results_markdown
-
     (out / "results.md").write_text(results_markdown(summary, config, timer.all_seconds))  # every stage's time
     if config.push_to_hub:
         timer.run("push to hub", lambda: _push(config, results["maple"][0], maple_dir))
@@ -669,46 +665,6 @@ def _is_plain(value: Any) -> bool:
     return isinstance(value, (str, int, float, bool, type(None)))
 
 
-def metric_values(result: dict[str, Any]) -> dict[str, float]:
-    """The flat metrics of one run: headline metrics, per-category scores, gap terms."""
-    values = {key: float(result[key]) for key in ("group_score", "text_score", "image_score", "i2t_r1", "t2i_r1")}
-    values |= {key: float(result["modality_gap"][key]) for key in ("delta_gap", "w_dist", "w_disc")}
-    for category, scores in result.get("per_category", {}).items():
-        for key in ("group_score", "text_score", "image_score"):
-            values[f"{category}/{key}"] = float(scores[key])
-    return values
-
-
-def summarise(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict[str, float]]]:
-    """method -> metric -> {"mean", "std"} over seeds; the sample standard deviation (n - 1), 0 for one seed."""
-    summary = {}
-    for method, runs in results.items():
-        per_run = [metric_values(run) for run in runs]
-        summary[method] = {
-            metric: {
-                "mean": statistics.fmean(run[metric] for run in per_run),
-                "std": statistics.stdev([run[metric] for run in per_run]) if len(per_run) > 1 else 0.0,
-            }
-            for metric in per_run[0]
-        }
-    return summary
-
-
-def _report(config: DemoConfig, results: dict[str, list[dict[str, Any]]]) -> dict:
-    """results.json and the plots; results.md follows once the checkpoint stage is timed too."""
-    from model_cards.cards import plot_similarity_histograms
-
-    from .report import plot_category_bars, plot_method_curves
-
-    summary = summarise(results)
-    out = config.out
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
-    plot_method_curves({method: runs[0]["log_history"] for method, runs in results.items()}, out / "training_curves.png")
-    plot_category_bars(summary, out / "per_category.png")
-    plot_similarity_histograms({method: runs[0] for method, runs in results.items()}, out / "similarities.png")
-    return summary
-
-
 def _demo_card_stats(stats: dict[str, Any]) -> dict[str, Any]:
     """The builder's stats with what the demo's dataset card must say: its data and its stand-ins are not an MLLM's."""
     return {
@@ -787,19 +743,3 @@ def push_outputs(out: Path, repo_id: str) -> None:
     push_dataset_card(card, dataset_repo, {HISTOGRAM_FILE: out / "preferences" / HISTOGRAM_FILE},
                       commit_message="Describe the preference data")
 
-
-def format_summary(result: DemoResult, metrics: Sequence[str] = HEADLINE_METRICS) -> str:
-    """The short table printed at the end of a demo: mean ± std over seeds, the mean alone for one seed (as in
-    results.md: one run has no spread)."""
-    lines = [f"{'method':<18}" + "".join(f"{metric:>16}" for metric in metrics)]
-    for method, values in result.summary.items():
-        cells = "".join(
-            f"{values[metric]['mean']:>9.2f} ± {values[metric]['std']:<4.2f}" if result.num_seeds > 1
-            else f"{values[metric]['mean']:>16.2f}"
-            for metric in metrics
-        )
-        lines.append(f"{method:<18}{cells}")
-    total = sum(result.seconds.values())
-    lines.append("time: " + ", ".join(f"{stage} {seconds:.0f}s" for stage, seconds in result.seconds.items()) + f" (total {total:.0f}s)")
-    lines.append(f"outputs in {result.out}")
-    return "\n".join(lines)
