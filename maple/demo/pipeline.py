@@ -34,7 +34,7 @@ import datasets
 import torch
 from tqdm.auto import tqdm
 
-from ..files import atomic_write, atomic_write_text, folder_problem
+from ..files import atomic_write, atomic_write_json, atomic_write_text, folder_problem
 from . import BACKBONES, MINERS  # the choices of `maple demo`, where its --help reads them without torch
 from .report import results_markdown, write_report
 from .scene_judge import SceneFeatureEncoder, SceneGraphCaptioner, SceneGraphJudge
@@ -183,7 +183,7 @@ def claim_output_folder(config: DemoConfig) -> None:
         raise ValueError(f"--out {out} is not empty and holds no demo run ({RUN_FILE} is missing); choose another folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        _write_json(path, config.identity())
+        atomic_write_json(path, config.identity())
     except OSError as error:  # read-only or unwritable location: one line, not a traceback
         raise ValueError(f"--out {out}: cannot write there ({error.strerror or error})") from error
 
@@ -205,11 +205,6 @@ def check_judge(judge: str) -> None:
     except (OSError, ValueError, NotImplementedError) as error:
         problem = " ".join(str(error).split())  # transformers' messages run over several lines
         raise ValueError(f"--judge {judge}: not a judge that can be loaded ({type(error).__name__}: {problem})") from None
-
-
-def _write_json(path: Path, value: Any) -> None:
-    """Write `value` to `path` whole or not at all (finished stages are marked this way)."""
-    atomic_write_text(path, json.dumps(value, indent=2))
 
 
 def _read_run_file(path: Path) -> dict[str, Any]:
@@ -238,7 +233,7 @@ class StageTimer:
         result = work()
         self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
         if self.file is not None:
-            _write_json(self.file, self.all_seconds)
+            atomic_write_json(self.file, self.all_seconds)
         return result
 
     @property
@@ -490,7 +485,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
     summary = timer.run("report", lambda: write_report(out, results))
     maple_dir = out / "maple-model"
     timer.run("checkpoint and card", lambda: _publish_checkpoint(config, results["maple"][0], maple_dir))
-    (out / "results.md").write_text(results_markdown(summary, config, timer.all_seconds))  # every stage's time
+    atomic_write_text(out / "results.md", results_markdown(summary, config, timer.all_seconds))  # every stage's time
     if config.push_to_hub:
         timer.run("push to hub", lambda: _push(config, results["maple"][0], maple_dir))
     return DemoResult(summary=summary, seconds=timer.all_seconds, out=out, num_seeds=len(config.seeds))
@@ -658,7 +653,7 @@ def _finetune(config: DemoConfig, method: str, seed: int) -> None:
     if method == "maple":
         model.save_pretrained(run_dir / "model")
         processor.save_pretrained(run_dir / "model")
-    _write_json(run_dir / "result.json", result)  # written last: marks the run done
+    atomic_write_json(run_dir / "result.json", result)  # written last: marks the run done
 
 
 def _is_plain(value: Any) -> bool:

@@ -4,7 +4,6 @@ per method), and the table printed at the end of a demo."""
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from model_cards.cards import plot_similarity_histograms, pyplot, save_figure
 
+from ..files import atomic_write_json
 from .world import CATEGORIES
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ def write_report(out: Path, results: dict[str, list[dict[str, Any]]]) -> dict[st
     """results.json (every metric of every method as {"mean", "std"} over seeds) and the plots, in `out`; returns the
     summary. results.md follows once the checkpoint stage is timed too."""
     summary = summarise(results)
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_json(out / "results.json", summary)
     plot_method_curves({method: runs[0]["log_history"] for method, runs in results.items()}, out / "training_curves.png")
     plot_category_bars(summary, out / "per_category.png")
     plot_similarity_histograms({method: runs[0] for method, runs in results.items()}, out / "similarities.png")
