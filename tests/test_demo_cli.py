@@ -152,7 +152,20 @@ def test_a_failed_worker_run_is_named_and_the_other_runs_are_kept(demo_out, tmp_
 def test_a_folder_with_another_run_is_refused(demo_out, capsys):
     with pytest.raises(SystemExit):
         main(["--out", str(demo_out), "--quick", "--seeds", "2", "--no-progress"])
-    assert "holds a different demo run (it differs in: seeds)" in capsys.readouterr().err
+    assert "holds a different demo run (seeds: [0] -> [0, 1]); choose another folder" in capsys.readouterr().err
+
+
+def test_a_different_run_is_refused_naming_each_changed_value_with_both_values(tmp_path):
+    """The message named the keys that differed ("it differs in: budget, quick, world") but not their values, and
+    not which value of the nested budget or world."""
+    from maple.demo.pipeline import DemoConfig, claim_output_folder
+
+    claim_output_folder(DemoConfig(out=tmp_path, seeds=(0,), quick=True))
+    with pytest.raises(ValueError) as refused:
+        claim_output_folder(DemoConfig(out=tmp_path, seeds=(0, 1), quick=True, world_seed=3))
+    assert "holds a different demo run (seeds: [0] -> [0, 1]; world.seed: 0 -> 3); choose another" in str(refused.value)
+    with pytest.raises(ValueError, match=r"budget\.finetune_steps: 5 -> 150; .*quick: True -> False"):
+        claim_output_folder(DemoConfig(out=tmp_path, seeds=(0,)))
 
 
 def test_unusable_output_folders_are_refused_in_one_line(tmp_path, capsys):

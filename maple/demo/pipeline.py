@@ -167,15 +167,13 @@ def claim_output_folder(config: DemoConfig) -> None:
     that cannot be loaded is refused first, so that no folder is claimed for a run that cannot finish."""
     if config.judge is not None:
         check_judge(config.judge)
-    out, path = config.out, config.out / RUN_FILE
+    out, path, identity = config.out, config.out / RUN_FILE, config.identity()
     if problem := folder_problem(out, "--out"):
         raise ValueError(problem)
     if path.exists():
-        stored = _read_run_file(path)
-        differences = sorted(key for key in stored.keys() | config.identity().keys() if stored.get(key) != config.identity().get(key))
-        if differences:
+        if differences := _identity_differences(_read_run_file(path), identity):
             raise ValueError(
-                f"--out {out} holds a different demo run (it differs in: {', '.join(differences)}); "
+                f"--out {out} holds a different demo run ({'; '.join(differences)}); "
                 "choose another folder, or delete this one to start over"
             )
         return
@@ -183,9 +181,22 @@ def claim_output_folder(config: DemoConfig) -> None:
         raise ValueError(f"--out {out} is not empty and holds no demo run ({RUN_FILE} is missing); choose another folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, config.identity())
+        atomic_write_json(path, identity)
     except OSError as error:  # read-only or unwritable location: one line, not a traceback
         raise ValueError(f"--out {out}: cannot write there ({error.strerror or error})") from error
+
+
+def _identity_differences(stored: Any, current: Any, name: str = "") -> list[str]:
+    """"name: stored -> current" for each differing key of two run identities, as `check_recipe` words a changed
+    training recipe; the nested world and budget are compared key by key, so that the message names the value that
+    changed (say `budget.finetune_steps`) rather than printing both whole."""
+    if isinstance(stored, dict) and isinstance(current, dict):
+        return [
+            line
+            for key in sorted(stored.keys() | current.keys())
+            for line in _identity_differences(stored.get(key), current.get(key), f"{name}.{key}" if name else key)
+        ]
+    return [] if stored == current else [f"{name}: {stored!r} -> {current!r}"]
 
 
 def check_judge(judge: str) -> None:
