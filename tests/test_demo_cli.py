@@ -155,6 +155,27 @@ def test_a_folder_with_another_run_is_refused(demo_out, capsys):
     assert "holds a different demo run (seeds: [0] -> [0, 1]); choose another folder" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "damaged, message",
+    [
+        ("timings.json", "timings.json cannot be read as the demo's stage times (Expecting"),
+        ("runs/maple-seed0/result.json", "result.json cannot be read as a run's result (Expecting"),
+    ],
+)
+def test_a_damaged_file_of_a_started_run_is_reported_in_one_line(demo_out, tmp_path, capsys, damaged, message):
+    """A damaged timings.json or result.json in the folder of a run stopped its rerun with a JSONDecodeError
+    traceback, where a damaged run.json was reported in one line."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(demo_out, out)
+    (out / damaged).write_text('{"world": [0')
+    with pytest.raises(SystemExit):
+        main(["--out", str(out), *QUICK])
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1, error
+
+
 def test_a_different_run_is_refused_naming_each_changed_value_with_both_values(tmp_path):
     """The message named the keys that differed ("it differs in: budget, quick, world") but not their values, and
     not which value of the nested budget or world."""

@@ -171,7 +171,7 @@ def claim_output_folder(config: DemoConfig) -> None:
     if problem := folder_problem(out, "--out"):
         raise ValueError(problem)
     if path.exists():
-        if differences := _identity_differences(_read_run_file(path), identity):
+        if differences := _identity_differences(_read_json_file(path, "a demo run"), identity):
             raise ValueError(
                 f"--out {out} holds a different demo run ({'; '.join(differences)}); "
                 "choose another folder, or delete this one to start over"
@@ -218,14 +218,18 @@ def check_judge(judge: str) -> None:
         raise ValueError(f"--judge {judge}: not a judge that can be loaded ({type(error).__name__}: {problem})") from None
 
 
-def _read_run_file(path: Path) -> dict[str, Any]:
-    """The run identity stored in `path`, or a ValueError saying why it cannot be read."""
+class OutputFileError(ValueError):
+    """A file of the output folder that cannot be read; `maple demo` says so in one line, not a traceback."""
+
+
+def _read_json_file(path: Path, what: str, advice: str = "delete the folder to start over") -> dict[str, Any]:
+    """The JSON object stored in `path`, or an OutputFileError saying it cannot be read as `what`, and the `advice`."""
     try:
         stored = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path} cannot be read as a demo run ({error}); delete the folder to start over") from None
+    except (OSError, ValueError) as error:  # ValueError: not JSON, or not UTF-8
+        raise OutputFileError(f"{path} cannot be read as {what} ({error}); {advice}") from None
     if not isinstance(stored, dict):
-        raise ValueError(f"{path} holds a {type(stored).__name__}, not a demo run; delete the folder to start over")
+        raise OutputFileError(f"{path} holds a {type(stored).__name__}, not {what}; {advice}")
     return stored
 
 
@@ -474,7 +478,11 @@ def run_demo(config: DemoConfig) -> DemoResult:
     claim_output_folder(config)
     out = config.out
     # A rerun times only the stages it does; the others keep the times of the run that did them.
-    earlier_seconds = json.loads((out / TIMINGS_FILE).read_text()) if (out / TIMINGS_FILE).exists() else {}
+    earlier_seconds = (
+        _read_json_file(out / TIMINGS_FILE, "the demo's stage times", "delete it and rerun (only the times are lost)")
+        if (out / TIMINGS_FILE).exists()
+        else {}
+    )
     timer = StageTimer(file=out / TIMINGS_FILE, earlier=earlier_seconds)
     world = timer.run("world", lambda: build_world(config.world_config))
     if not (out / TEST_SETS_DIR / "quadruples.parquet").exists():
@@ -491,7 +499,8 @@ def run_demo(config: DemoConfig) -> DemoResult:
         timer.run("fine-tuning and evaluation", lambda: _finetune_all(config, pending))
     results: dict[str, list[dict[str, Any]]] = {method: [] for method in METHODS}
     for method, seed in runs:
-        results[method].append(json.loads((_run_dir(out, method, seed) / "result.json").read_text()))
+        result_file = _run_dir(out, method, seed) / "result.json"
+        results[method].append(_read_json_file(result_file, "a run's result", "delete it and rerun to redo that run"))
 
     summary = timer.run("report", lambda: write_report(out, results))
     maple_dir = out / "maple-model"
@@ -737,7 +746,7 @@ def push_outputs(out: Path, repo_id: str) -> None:
     dataset_repo = f"{repo_id}-preferences"
     stats_file = out / "preferences" / "work" / "stats.json"
     if stats_file.exists():  # else (work/ deleted) the card as built, without the repo id
-        stats = json.loads(stats_file.read_text())
+        stats = _read_json_file(stats_file, "the preference builder's stats", "delete it to push the card as built")
         card = dataset_card_from_stats(_demo_card_stats(stats), repo_id=dataset_repo, output_dir=out / "preferences")
         card.save(str(out / "preferences" / "README.md"))
     api = HfApi()
