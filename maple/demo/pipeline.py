@@ -547,7 +547,6 @@ def _build_preferences(config: DemoConfig, world: World, base_dir: Path, folder:
     if dataset_dir.exists():
         return
     from dataset_builders import HardNegativeMiner, MaplePreferences
-    from model_cards import dataset_card_from_stats
 
     # On the CPU like the demo's training, so that a GPU machine mines the same neighbours (a GPU's sums can order
     # near ties differently).
@@ -574,7 +573,7 @@ def _build_preferences(config: DemoConfig, world: World, base_dir: Path, folder:
         source_license="apache-2.0",  # drawn by this package's code
     )
     builder.download_and_prepare()
-    dataset_card_from_stats(_demo_card_stats(builder.stats), output_dir=folder).save(str(folder / "README.md"))
+    _write_dataset_card(folder, builder.stats)
     staging = dataset_dir.with_name("data.partial")  # renamed when complete, like the base model
     builder.as_dataset(split="train").save_to_disk(str(staging))
     staging.rename(dataset_dir)
@@ -692,6 +691,14 @@ def _demo_card_stats(stats: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _write_dataset_card(folder: Path, stats: dict[str, Any], repo_id: str | None = None) -> None:
+    """The preference dataset's card, `folder`/README.md, from the builder's `stats`, for `repo_id` (the dataset repo
+    it is pushed to), if any."""
+    from model_cards import dataset_card_from_stats
+
+    dataset_card_from_stats(_demo_card_stats(stats), repo_id=repo_id, output_dir=folder).save(str(folder / "README.md"))
+
+
 def _publish_checkpoint(config: DemoConfig, maple_result: dict[str, Any], maple_dir: Path) -> None:
     """The first seed's MAPLE model with its processor and a model card filled from its run."""
     source = _run_dir(config.out, "maple", config.seeds[0]) / "model"
@@ -726,35 +733,25 @@ def _write_model_card(config: DemoConfig, maple_result: dict[str, Any], maple_di
 
 
 def _push(config: DemoConfig, maple_result: dict[str, Any], maple_dir: Path) -> None:
-    """Push the outputs to `config.push_to_hub`, whose cards name the repos by their full ids (a bare name is created
-    under the token's user). The local checkpoint and card are written before, so a failed push loses nothing."""
-    from huggingface_hub import HfApi
-
-    repo_id = HfApi().create_repo(config.push_to_hub, exist_ok=True).repo_id
-    _write_model_card(config, maple_result, maple_dir, repo_id)
-    push_outputs(config.out, repo_id)
-
-
-def push_outputs(out: Path, repo_id: str) -> None:
-    """Push a finished demo's MAPLE model (checkpoint, processor, card) to `repo_id` ("namespace/name") and its
-    preference dataset with its card, rendered for that repo, to `{repo_id}-preferences`."""
+    """Push the MAPLE model (checkpoint, processor, card) to `config.push_to_hub` and the preference dataset with its
+    card to the same name + "-preferences". The cards name the repos by their full ids (a bare name is created under
+    the token's user); they are written here before the push, as the checkpoint was, so a failed push loses nothing."""
     from huggingface_hub import DatasetCard, HfApi
 
-    from model_cards import dataset_card_from_stats
     from model_cards.cards import HISTOGRAM_FILE, push_dataset_card
 
-    dataset_repo = f"{repo_id}-preferences"
-    stats_file = out / "preferences" / "work" / "stats.json"
+    api = HfApi()
+    repo_id = api.create_repo(config.push_to_hub, exist_ok=True).repo_id
+    dataset_repo, preferences = f"{repo_id}-preferences", config.out / "preferences"
+    _write_model_card(config, maple_result, maple_dir, repo_id)
+    stats_file = preferences / "work" / "stats.json"
     if stats_file.exists():  # else (work/ deleted) the card as built, without the repo id
         stats = _read_json_file(stats_file, "the preference builder's stats", "delete it to push the card as built")
-        card = dataset_card_from_stats(_demo_card_stats(stats), repo_id=dataset_repo, output_dir=out / "preferences")
-        card.save(str(out / "preferences" / "README.md"))
-    api = HfApi()
-    api.create_repo(repo_id, exist_ok=True)
-    api.upload_folder(repo_id=repo_id, folder_path=str(out / "maple-model"))
+        _write_dataset_card(preferences, stats, dataset_repo)
+    api.upload_folder(repo_id=repo_id, folder_path=str(maple_dir))
     api.create_repo(dataset_repo, repo_type="dataset", exist_ok=True)
-    datasets.load_from_disk(str(out / "preferences" / "data")).push_to_hub(dataset_repo)
-    card = DatasetCard((out / "preferences" / "README.md").read_text())
-    push_dataset_card(card, dataset_repo, {HISTOGRAM_FILE: out / "preferences" / HISTOGRAM_FILE},
+    datasets.load_from_disk(str(preferences / "data")).push_to_hub(dataset_repo)
+    card = DatasetCard((preferences / "README.md").read_text())
+    push_dataset_card(card, dataset_repo, {HISTOGRAM_FILE: preferences / HISTOGRAM_FILE},
                       commit_message="Describe the preference data")
 
