@@ -541,11 +541,7 @@ def _load(directory: Path):
 
 
 def _build_preferences(config: DemoConfig, world: World, base_dir: Path, folder: Path) -> None:
-    """Build the preference dataset into `folder/data`, with its card, unless it is there (the
-    builder resumes its own shards)."""
-    dataset_dir = folder / "data"
-    if dataset_dir.exists():
-        return
+    """Build the preference dataset into `folder/data`, with its card (the builder resumes its own shards)."""
     from dataset_builders import HardNegativeMiner, MaplePreferences
 
     # On the CPU like the demo's training, so that a GPU machine mines the same neighbours (a GPU's sums can order
@@ -574,9 +570,9 @@ def _build_preferences(config: DemoConfig, world: World, base_dir: Path, folder:
     )
     builder.download_and_prepare()
     _write_dataset_card(folder, builder.stats)
-    staging = dataset_dir.with_name("data.partial")  # renamed when complete, like the base model
+    staging = folder / "data.partial"  # renamed when complete, like the base model
     builder.as_dataset(split="train").save_to_disk(str(staging))
-    staging.rename(dataset_dir)
+    staging.rename(folder / "data")
     shutil.rmtree(folder / "cache", ignore_errors=True)
 
 
