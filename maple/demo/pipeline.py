@@ -38,7 +38,7 @@ from ..files import atomic_write, atomic_write_json, atomic_write_text, folder_p
 from . import BACKBONES, MINERS  # the choices of `maple demo`, where its --help reads them without torch
 from .report import results_markdown, write_report
 from .scene_judge import SceneFeatureEncoder, SceneGraphCaptioner, SceneGraphJudge
-from .world import CATEGORIES, World, WorldConfig, build_world
+from .world import CATEGORIES, Example, Quadruple, World, WorldConfig, build_world
 
 METHODS = ("infonce", "infonce_expanded", "maple")
 TEST_SETS_DIR = "test_sets"  # the evaluated test sets, in `maple eval`'s schemas
@@ -406,8 +406,7 @@ def evaluate(model, processor, world: World, budget: Budget) -> dict[str, Any]:
     modality gap, on the evaluated prefix of the held-out test sets."""
     from evaluation.protocols import evaluate_quadruples, evaluate_retrieval
 
-    retrieval = world.retrieval[: budget.eval_retrieval]
-    quadruples = _evaluated_quadruples(world, budget)
+    retrieval, quadruples = _evaluated_test_sets(world, budget)
     as_tuples = [(q.first.image, q.second.image, q.first.caption, q.second.caption) for q in quadruples]
     result = evaluate_retrieval(
         model, processor, [e.image for e in retrieval], [[e.caption] for e in retrieval], batch_size=256
@@ -421,8 +420,7 @@ def export_test_sets(world: World, budget: Budget, folder: Path) -> None:
     `--source bivlc=...` for quadruples, whose `type` is the category), so any checkpoint can be scored on them as the
     demo scores its runs: `maple eval CHECKPOINT --benchmarks coco bivlc --source coco=FOLDER/retrieval.parquet
     --source bivlc=FOLDER/quadruples.parquet` (the benchmark names say only which schema the files are in)."""
-    retrieval = world.retrieval[: budget.eval_retrieval]
-    quadruples = _evaluated_quadruples(world, budget)
+    retrieval, quadruples = _evaluated_test_sets(world, budget)
     tables = {
         "retrieval.parquet": datasets.Dataset.from_dict(
             {"image": [e.image for e in retrieval], "caption": [[e.caption] for e in retrieval]},
@@ -447,12 +445,15 @@ def export_test_sets(world: World, budget: Budget, folder: Path) -> None:
         atomic_write(folder / name, lambda temporary, table=table: table.to_parquet(str(temporary)))
 
 
-def _evaluated_quadruples(world: World, budget: Budget):
-    return [
+def _evaluated_test_sets(world: World, budget: Budget) -> tuple[list[Example], list[Quadruple]]:
+    """The retrieval items and the quadruples (by category) that the runs are scored on and `export_test_sets`
+    writes: the first ones of the world's held-out sets, as many as `budget` says."""
+    quadruples = [
         quad
         for category in CATEGORIES
         for quad in [q for q in world.quadruples if q.category == category][: budget.eval_quadruples_per_category]
     ]
+    return world.retrieval[: budget.eval_retrieval], quadruples
 
 
 # --- the pipeline -----------------------------------------------------------------------------
@@ -534,7 +535,7 @@ def _train_base(config: DemoConfig, world: World, base_dir: Path) -> None:
     staging.rename(base_dir)
 
 
-def _load(directory: Path):
+def _load_model_and_processor(directory: Path):
     from modeling_maple import MapleModel, MapleProcessor
 
     return MapleModel.from_pretrained(directory), MapleProcessor.from_pretrained(directory)
@@ -549,7 +550,7 @@ def _build_preferences(config: DemoConfig, world: World, base_dir: Path, folder:
     if config.miner == "scene-graph":
         miner = HardNegativeMiner(SceneFeatureEncoder(world.registry), batch_size=256, search_device="cpu")
     else:
-        miner = HardNegativeMiner.from_maple(*_load(base_dir), batch_size=256, search_device="cpu")
+        miner = HardNegativeMiner.from_maple(*_load_model_and_processor(base_dir), batch_size=256, search_device="cpu")
     builder = MaplePreferences(
         config_name="paper",
         judge=make_judge(config, world),
@@ -641,7 +642,7 @@ def _finetune(config: DemoConfig, method: str, seed: int) -> None:
     timer = StageTimer()
     world = build_world(config.world_config)
     preferences = datasets.load_from_disk(str(config.out / "preferences" / "data"))
-    model, processor = _load(config.out / "base")
+    model, processor = _load_model_and_processor(config.out / "base")
     run_dir, budget = _run_dir(config.out, method, seed), config.budget
     trainer = timer.run("fine-tuning", lambda: train(
         model,
