@@ -1,20 +1,23 @@
 """The `maple demo` pipeline: the whole of MAPLE, offline, on the procedurally drawn world.
 
-Stages, each checkpointed in the output folder so that an interrupted demo resumes where it
-stopped:
+Stages, in the order `run_demo` runs them; each one that takes time is checkpointed in the output folder, so that an
+interrupted demo resumes where it stopped:
 
 1. world: drawn from its seed (fast, never stored; the same every run).
-2. base: a tiny embedder trained with plain InfoNCE on the world's image-caption pairs
+2. test sets: the evaluated part of the world's held-out retrieval set and quadruples, written to test_sets/ as
+   parquet files in `maple eval`'s schemas, so that any checkpoint can be scored as the runs are.
+3. base: a tiny embedder trained with plain InfoNCE on the world's image-caption pairs
    (`RPATrainer` with `rpa_weight=0` on rows whose only candidate is the anchor), standing in
    for the pretrained model the paper starts from.
-3. preferences: `MaplePreferences` with a `HardNegativeMiner` on scene-graph features (a
+4. preferences: `MaplePreferences` with a `HardNegativeMiner` on scene-graph features (a
    stand-in for the paper's DINOv2; or the base model's image embeddings), the scene-graph
-   captioner and judge (MLLM stand-ins; `judge=` takes a real one).
-4. runs: from that same base, per seed, three fine-tuning runs with equal steps, batch and
+   captioner and judge (MLLM stand-ins; `judge=` takes a real one), and the dataset's card.
+5. runs: from that same base, per seed, three fine-tuning runs with equal steps, batch and
    learning rate: `infonce` (anchor pairs only), `infonce_expanded` (hard negatives in the
-   InfoNCE denominator) and `maple` (expanded negatives + RPA listwise).
-5. report: `evaluation` on the held-out retrieval set and quadruples, results.json/.md, plots,
-   the MAPLE checkpoint with its model card, and the preference dataset with its card.
+   InfoNCE denominator) and `maple` (expanded negatives + RPA listwise), each evaluated (`evaluation`'s
+   protocols) on the test sets.
+6. report: results.json/.md and plots (`report`), the MAPLE checkpoint with its model card, and with
+   `push_to_hub` the model and the preference dataset pushed with their cards.
 """
 
 from __future__ import annotations
