@@ -149,6 +149,18 @@ def test_a_failed_worker_run_is_named_and_the_other_runs_are_kept(demo_out, tmp_
     assert not (copy / "runs" / "maple-seed0" / "result.json").exists()
 
 
+def test_every_problem_of_a_demo_config_is_reported_at_once(tmp_path):
+    from maple.demo.pipeline import DemoConfig
+
+    with pytest.raises(ValueError) as refused:
+        DemoConfig(out=tmp_path, seeds=(1, 1, -1), miner="dino", rpa_weight=2.0)
+    assert str(refused.value) == (
+        "unknown miner 'dino': expected one of scene-graph, base-model; seeds must be distinct, got [1, 1, -1]; seeds "
+        "must lie in [0, 2**32) (numpy's and torch's seed range), got [1, 1, -1]; rpa_weight (lambda) must lie in (0, 1], "
+        "got 2.0"
+    )
+
+
 def test_a_folder_with_another_run_is_refused(demo_out, capsys):
     with pytest.raises(SystemExit):
         main(["--out", str(demo_out), "--quick", "--seeds", "2", "--no-progress"])

@@ -97,48 +97,71 @@ QUICK = Budget(
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """One demo run. Everything but `out`, `push_to_hub`, `progress` and `workers` defines the
-    run: an output folder holding a run with other values is refused."""
+    """One demo run; each field's `help` says what it does. Everything but `out`, `push_to_hub`, `progress` and
+    `workers` defines the run: an output folder holding a run with other values is refused."""
 
-    out: Path
-    seeds: tuple[int, ...] = (0, 1, 2)
-    backbone: str = "dual_encoder"
-    quick: bool = False
-    judge: str | None = None  # Hub id or path of a real MLLM judge; None: the scene-graph judge
-    judge_noise: float = 0.3  # std of the scene-graph judge's logit noise (an imperfect MLLM)
-    # hard negatives from scene-graph features (a stand-in for the paper's DINOv2) or from the
-    # base model's own image embeddings
-    miner: str = "scene-graph"
-    rpa_weight: float = 0.5  # lambda of the maple runs
-    learning_rate: float = 1e-3
-    world_seed: int = 0
-    push_to_hub: str | None = None
-    progress: bool = True
-    # fine-tuning runs trained side by side, each in its own process on one CPU thread; the runs
-    # are independent, so this changes the wall clock, not what is trained (`maple demo`: 2)
-    workers: int = 1
+    out: Path = field(metadata={"help": "output folder: every stage's outputs, from which a rerun resumes"})
+    seeds: tuple[int, ...] = field(
+        default=(0, 1, 2), metadata={"help": "seeds of the fine-tuning runs: one run per method and seed"}
+    )
+    backbone: str = field(default="dual_encoder", metadata={"help": f"the embedder: one of {', '.join(BACKBONES)}"})
+    quick: bool = field(default=False, metadata={"help": "the small `QUICK` budget instead of `FULL`"})
+    judge: str | None = field(
+        default=None, metadata={"help": "Hub id or path of a real MLLM judge; None: the scene-graph judge"}
+    )
+    judge_noise: float = field(
+        default=0.3, metadata={"help": "std of the scene-graph judge's logit noise (an imperfect MLLM)"}
+    )
+    miner: str = field(
+        default="scene-graph",
+        metadata={"help": "hard negatives from scene-graph features (a stand-in for the paper's DINOv2) or from the "
+                  "base model's own image embeddings"},
+    )
+    rpa_weight: float = field(default=0.5, metadata={"help": "lambda of the maple runs"})
+    learning_rate: float = field(
+        default=1e-3, metadata={"help": "of the base model's training and of every fine-tuning run"}
+    )
+    world_seed: int = field(
+        default=0,
+        metadata={"help": "seed of the world and of what is built from it before the fine-tuning runs (base model, "
+                  "preference data)"},
+    )
+    push_to_hub: str | None = field(
+        default=None,
+        metadata={"help": "repo the MAPLE model is pushed to, and REPO-preferences the preference data; None: no push"},
+    )
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+    workers: int = field(
+        default=1,
+        metadata={"help": "fine-tuning runs trained side by side, each in its own process on one CPU thread; the runs "
+                  "are independent, so this changes the wall clock, not what is trained (`maple demo`: 2)"},
+    )
 
     def __post_init__(self) -> None:
+        problems = []
         if self.backbone not in BACKBONES:
-            raise ValueError(f"unknown backbone {self.backbone!r}: expected one of {', '.join(BACKBONES)}")
+            problems.append(f"unknown backbone {self.backbone!r}: expected one of {', '.join(BACKBONES)}")
         if self.miner not in MINERS:
-            raise ValueError(f"unknown miner {self.miner!r}: expected one of {', '.join(MINERS)}")
+            problems.append(f"unknown miner {self.miner!r}: expected one of {', '.join(MINERS)}")
         if not self.seeds:
-            raise ValueError("seeds: give at least one seed")
-        if any(not isinstance(seed, int) or isinstance(seed, bool) for seed in self.seeds):
-            raise ValueError(f"seeds must be integers, got {list(self.seeds)!r}")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must be distinct, got {list(self.seeds)}")
-        if any(not 0 <= seed < 2**32 for seed in self.seeds):
-            raise ValueError(f"seeds must lie in [0, 2**32) (numpy's and torch's seed range), got {list(self.seeds)}")
+            problems.append("seeds: give at least one seed")
+        elif any(not isinstance(seed, int) or isinstance(seed, bool) for seed in self.seeds):
+            problems.append(f"seeds must be integers, got {list(self.seeds)!r}")
+        else:  # integers, which can be compared
+            if len(set(self.seeds)) != len(self.seeds):
+                problems.append(f"seeds must be distinct, got {list(self.seeds)}")
+            if any(not 0 <= seed < 2**32 for seed in self.seeds):
+                problems.append(f"seeds must lie in [0, 2**32) (numpy's and torch's seed range), got {list(self.seeds)}")
         if not 0.0 < self.rpa_weight <= 1.0:
-            raise ValueError(f"rpa_weight (lambda) must lie in (0, 1], got {self.rpa_weight}")
+            problems.append(f"rpa_weight (lambda) must lie in (0, 1], got {self.rpa_weight}")
         if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 1:
-            raise ValueError(f"workers must be a positive integer, got {self.workers!r}")
+            problems.append(f"workers must be a positive integer, got {self.workers!r}")
         if not (math.isfinite(self.judge_noise) and self.judge_noise >= 0):
-            raise ValueError(f"judge_noise is a standard deviation and must be finite and >= 0, got {self.judge_noise}")
+            problems.append(f"judge_noise is a standard deviation and must be finite and >= 0, got {self.judge_noise}")
         if self.judge is not None and not self.judge.strip():
-            raise ValueError("judge: give a Hub id or a local path of an MLLM judge, or leave it out for the scene-graph judge")
+            problems.append("judge: give a Hub id or a local path of an MLLM judge, or leave it out for the scene-graph judge")
+        if problems:  # all at once, so that a command line is corrected in one go
+            raise ValueError("; ".join(problems))
 
     @property
     def budget(self) -> Budget:
