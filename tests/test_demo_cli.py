@@ -9,7 +9,8 @@ from hub_server import run_client
 from isolated import run_isolated
 
 from maple.demo.cli import main
-from maple.demo.pipeline import HEADLINE_METRICS, METHODS
+from maple.demo.pipeline import METHODS
+from maple.demo.report import HEADLINE_METRICS
 
 QUICK = ["--quick", "--seeds", "1", "--no-progress"]
 
@@ -148,10 +149,56 @@ def test_a_failed_worker_run_is_named_and_the_other_runs_are_kept(demo_out, tmp_
     assert not (copy / "runs" / "maple-seed0" / "result.json").exists()
 
 
+def test_every_problem_of_a_demo_config_is_reported_at_once(tmp_path):
+    from maple.demo.pipeline import DemoConfig
+
+    with pytest.raises(ValueError) as refused:
+        DemoConfig(out=tmp_path, seeds=(1, 1, -1), miner="dino", rpa_weight=2.0)
+    assert str(refused.value) == (
+        "unknown miner 'dino': expected one of scene-graph, base-model; seeds must be distinct, got [1, 1, -1]; seeds "
+        "must lie in [0, 2**32) (numpy's and torch's seed range), got [1, 1, -1]; rpa_weight (lambda) must lie in (0, 1], "
+        "got 2.0"
+    )
+
+
 def test_a_folder_with_another_run_is_refused(demo_out, capsys):
     with pytest.raises(SystemExit):
         main(["--out", str(demo_out), "--quick", "--seeds", "2", "--no-progress"])
-    assert "holds a different demo run (it differs in: seeds)" in capsys.readouterr().err
+    assert "holds a different demo run (seeds: [0] -> [0, 1]); choose another folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "damaged, message",
+    [
+        ("timings.json", "timings.json cannot be read as the demo's stage times (Expecting"),
+        ("runs/maple-seed0/result.json", "result.json cannot be read as a run's result (Expecting"),
+    ],
+)
+def test_a_damaged_file_of_a_started_run_is_reported_in_one_line(demo_out, tmp_path, capsys, damaged, message):
+    """A damaged timings.json or result.json in the folder of a run stopped its rerun with a JSONDecodeError
+    traceback, where a damaged run.json was reported in one line."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(demo_out, out)
+    (out / damaged).write_text('{"world": [0')
+    with pytest.raises(SystemExit):
+        main(["--out", str(out), *QUICK])
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1, error
+
+
+def test_a_different_run_is_refused_naming_each_changed_value_with_both_values(tmp_path):
+    """The message named the keys that differed ("it differs in: budget, quick, world") but not their values, and
+    not which value of the nested budget or world."""
+    from maple.demo.pipeline import DemoConfig, claim_output_folder
+
+    claim_output_folder(DemoConfig(out=tmp_path, seeds=(0,), quick=True))
+    with pytest.raises(ValueError) as refused:
+        claim_output_folder(DemoConfig(out=tmp_path, seeds=(0, 1), quick=True, world_seed=3))
+    assert "holds a different demo run (seeds: [0] -> [0, 1]; world.seed: 0 -> 3); choose another" in str(refused.value)
+    with pytest.raises(ValueError, match=r"budget\.finetune_steps: 5 -> 150; .*quick: True -> False"):
+        claim_output_folder(DemoConfig(out=tmp_path, seeds=(0,)))
 
 
 def test_unusable_output_folders_are_refused_in_one_line(tmp_path, capsys):

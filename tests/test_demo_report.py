@@ -3,7 +3,7 @@
 import pytest
 
 from maple.demo.cli import _seeds
-from maple.demo.pipeline import metric_values, summarise
+from maple.demo.report import metric_values, summarise
 
 
 def _run(group: float, swap_group: float) -> dict:
@@ -31,7 +31,8 @@ def test_one_seed_has_zero_std():
 
 def test_the_printed_summary_shows_a_spread_only_over_several_seeds(tmp_path):
     """One seed printed "68.44 ± 0.00", a spread that one run does not have (results.md already left it out)."""
-    from maple.demo.pipeline import DemoResult, format_summary
+    from maple.demo.pipeline import DemoResult
+    from maple.demo.report import format_summary
 
     one = format_summary(DemoResult(summarise({"maple": [_run(10.0, 0.0)]}), {"world": 1.0}, tmp_path, num_seeds=1))
     three = format_summary(

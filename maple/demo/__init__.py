@@ -4,8 +4,8 @@
   held-out retrieval set and fine-grained quadruples.
 - `scene_judge`: a judge and a captioner that read the scene graphs; stand-ins for the MLLMs
   of the paper, plugged into the same protocols as `MLLMJudge` and `ContrastiveCaptioner`.
-- `pipeline`: world -> preference data -> base model -> fine-tuning runs -> evaluation -> report.
-- `report`: results.md and the plots.
+- `pipeline`: world -> test sets -> base model -> preference data -> fine-tuning runs, evaluated -> report.
+- `report`: the summary over seeds (results.json), results.md, the plots and the printed table.
 - `cli`: the `maple demo` command.
 
 The choices of `maple demo` are defined here, so that its `--help` and usage errors come before torch loads.

@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .pipeline import DemoConfig, claim_output_folder, format_summary, run_demo  # torch: after the usage checks
+    from .pipeline import DemoConfig, OutputFileError, claim_output_folder, run_demo  # torch: after the usage checks
+    from .report import format_summary
 
     try:
         config = DemoConfig(
@@ -103,7 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         claim_output_folder(config)
     except ValueError as error:
         exit_with_error(build_parser(), str(error))
-    with contextlib.nullcontext() if config.progress else library_progress_bars_hidden():
-        result = run_demo(config)
+    try:
+        with contextlib.nullcontext() if config.progress else library_progress_bars_hidden():
+            result = run_demo(config)
+    except OutputFileError as error:  # a damaged file in --out, found once the run has started
+        exit_with_error(build_parser(), str(error))
     print(format_summary(result))
     return 0

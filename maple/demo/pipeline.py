@@ -1,20 +1,23 @@
 """The `maple demo` pipeline: the whole of MAPLE, offline, on the procedurally drawn world.
 
-Stages, each checkpointed in the output folder so that an interrupted demo resumes where it
-stopped:
+Stages, in the order `run_demo` runs them; each one that takes time is checkpointed in the output folder, so that an
+interrupted demo resumes where it stopped:
 
 1. world: drawn from its seed (fast, never stored; the same every run).
-2. base: a tiny embedder trained with plain InfoNCE on the world's image-caption pairs
+2. test sets: the evaluated part of the world's held-out retrieval set and quadruples, written to test_sets/ as
+   parquet files in `maple eval`'s schemas, so that any checkpoint can be scored as the runs are.
+3. base: a tiny embedder trained with plain InfoNCE on the world's image-caption pairs
    (`RPATrainer` with `rpa_weight=0` on rows whose only candidate is the anchor), standing in
    for the pretrained model the paper starts from.
-3. preferences: `MaplePreferences` with a `HardNegativeMiner` on scene-graph features (a
+4. preferences: `MaplePreferences` with a `HardNegativeMiner` on scene-graph features (a
    stand-in for the paper's DINOv2; or the base model's image embeddings), the scene-graph
-   captioner and judge (MLLM stand-ins; `judge=` takes a real one).
-4. runs: from that same base, per seed, three fine-tuning runs with equal steps, batch and
+   captioner and judge (MLLM stand-ins; `judge=` takes a real one), and the dataset's card.
+5. runs: from that same base, per seed, three fine-tuning runs with equal steps, batch and
    learning rate: `infonce` (anchor pairs only), `infonce_expanded` (hard negatives in the
-   InfoNCE denominator) and `maple` (expanded negatives + RPA listwise).
-5. report: `evaluation` on the held-out retrieval set and quadruples, results.json/.md, plots,
-   the MAPLE checkpoint with its model card, and the preference dataset with its card.
+   InfoNCE denominator) and `maple` (expanded negatives + RPA listwise), each evaluated (`evaluation`'s
+   protocols) on the test sets.
+6. report: results.json/.md and plots (`report`), the MAPLE checkpoint with its model card, and with
+   `push_to_hub` the model and the preference dataset pushed with their cards.
 """
 
 from __future__ import annotations
@@ -23,9 +26,8 @@ import json
 import math
 import multiprocessing
 import shutil
-import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -35,15 +37,14 @@ import datasets
 import torch
 from tqdm.auto import tqdm
 
-from ..files import atomic_write, atomic_write_text, folder_problem
+from ..files import atomic_write, atomic_write_json, atomic_write_text, folder_problem
 from . import BACKBONES, MINERS  # the choices of `maple demo`, where its --help reads them without torch
+from .report import results_markdown, write_report
 from .scene_judge import SceneFeatureEncoder, SceneGraphCaptioner, SceneGraphJudge
-from .world import CATEGORIES, World, WorldConfig, build_world
+from .world import CATEGORIES, Example, Quadruple, World, WorldConfig, build_world
 
 METHODS = ("infonce", "infonce_expanded", "maple")
 TEST_SETS_DIR = "test_sets"  # the evaluated test sets, in `maple eval`'s schemas
-# results.json: every metric of every method as {"mean", "std"} over seeds
-HEADLINE_METRICS = ("group_score", "text_score", "image_score", "i2t_r1", "t2i_r1", "delta_gap")
 RUN_FILE = "run.json"
 TIMINGS_FILE = "timings.json"
 # Part of every run's identity: bumped whenever what a run computes changes (model, data recipe), so a folder written
@@ -96,48 +97,71 @@ QUICK = Budget(
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """One demo run. Everything but `out`, `push_to_hub`, `progress` and `workers` defines the
-    run: an output folder holding a run with other values is refused."""
+    """One demo run; each field's `help` says what it does. Everything but `out`, `push_to_hub`, `progress` and
+    `workers` defines the run: an output folder holding a run with other values is refused."""
 
-    out: Path
-    seeds: tuple[int, ...] = (0, 1, 2)
-    backbone: str = "dual_encoder"
-    quick: bool = False
-    judge: str | None = None  # Hub id or path of a real MLLM judge; None: the scene-graph judge
-    judge_noise: float = 0.3  # std of the scene-graph judge's logit noise (an imperfect MLLM)
-    # hard negatives from scene-graph features (a stand-in for the paper's DINOv2) or from the
-    # base model's own image embeddings
-    miner: str = "scene-graph"
-    rpa_weight: float = 0.5  # lambda of the maple runs
-    learning_rate: float = 1e-3
-    world_seed: int = 0
-    push_to_hub: str | None = None
-    progress: bool = True
-    # fine-tuning runs trained side by side, each in its own process on one CPU thread; the runs
-    # are independent, so this changes the wall clock, not what is trained (`maple demo`: 2)
-    workers: int = 1
+    out: Path = field(metadata={"help": "output folder: every stage's outputs, from which a rerun resumes"})
+    seeds: tuple[int, ...] = field(
+        default=(0, 1, 2), metadata={"help": "seeds of the fine-tuning runs: one run per method and seed"}
+    )
+    backbone: str = field(default="dual_encoder", metadata={"help": f"the embedder: one of {', '.join(BACKBONES)}"})
+    quick: bool = field(default=False, metadata={"help": "the small `QUICK` budget instead of `FULL`"})
+    judge: str | None = field(
+        default=None, metadata={"help": "Hub id or path of a real MLLM judge; None: the scene-graph judge"}
+    )
+    judge_noise: float = field(
+        default=0.3, metadata={"help": "std of the scene-graph judge's logit noise (an imperfect MLLM)"}
+    )
+    miner: str = field(
+        default="scene-graph",
+        metadata={"help": "hard negatives from scene-graph features (a stand-in for the paper's DINOv2) or from the "
+                  "base model's own image embeddings"},
+    )
+    rpa_weight: float = field(default=0.5, metadata={"help": "lambda of the maple runs"})
+    learning_rate: float = field(
+        default=1e-3, metadata={"help": "of the base model's training and of every fine-tuning run"}
+    )
+    world_seed: int = field(
+        default=0,
+        metadata={"help": "seed of the world and of what is built from it before the fine-tuning runs (base model, "
+                  "preference data)"},
+    )
+    push_to_hub: str | None = field(
+        default=None,
+        metadata={"help": "repo the MAPLE model is pushed to, and REPO-preferences the preference data; None: no push"},
+    )
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+    workers: int = field(
+        default=1,
+        metadata={"help": "fine-tuning runs trained side by side, each in its own process on one CPU thread; the runs "
+                  "are independent, so this changes the wall clock, not what is trained (`maple demo`: 2)"},
+    )
 
     def __post_init__(self) -> None:
+        problems = []
         if self.backbone not in BACKBONES:
-            raise ValueError(f"unknown backbone {self.backbone!r}: expected one of {', '.join(BACKBONES)}")
+            problems.append(f"unknown backbone {self.backbone!r}: expected one of {', '.join(BACKBONES)}")
         if self.miner not in MINERS:
-            raise ValueError(f"unknown miner {self.miner!r}: expected one of {', '.join(MINERS)}")
+            problems.append(f"unknown miner {self.miner!r}: expected one of {', '.join(MINERS)}")
         if not self.seeds:
-            raise ValueError("seeds: give at least one seed")
-        if any(not isinstance(seed, int) or isinstance(seed, bool) for seed in self.seeds):
-            raise ValueError(f"seeds must be integers, got {list(self.seeds)!r}")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must be distinct, got {list(self.seeds)}")
-        if any(not 0 <= seed < 2**32 for seed in self.seeds):
-            raise ValueError(f"seeds must lie in [0, 2**32) (numpy's and torch's seed range), got {list(self.seeds)}")
+            problems.append("seeds: give at least one seed")
+        elif any(not isinstance(seed, int) or isinstance(seed, bool) for seed in self.seeds):
+            problems.append(f"seeds must be integers, got {list(self.seeds)!r}")
+        else:  # integers, which can be compared
+            if len(set(self.seeds)) != len(self.seeds):
+                problems.append(f"seeds must be distinct, got {list(self.seeds)}")
+            if any(not 0 <= seed < 2**32 for seed in self.seeds):
+                problems.append(f"seeds must lie in [0, 2**32) (numpy's and torch's seed range), got {list(self.seeds)}")
         if not 0.0 < self.rpa_weight <= 1.0:
-            raise ValueError(f"rpa_weight (lambda) must lie in (0, 1], got {self.rpa_weight}")
+            problems.append(f"rpa_weight (lambda) must lie in (0, 1], got {self.rpa_weight}")
         if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 1:
-            raise ValueError(f"workers must be a positive integer, got {self.workers!r}")
+            problems.append(f"workers must be a positive integer, got {self.workers!r}")
         if not (math.isfinite(self.judge_noise) and self.judge_noise >= 0):
-            raise ValueError(f"judge_noise is a standard deviation and must be finite and >= 0, got {self.judge_noise}")
+            problems.append(f"judge_noise is a standard deviation and must be finite and >= 0, got {self.judge_noise}")
         if self.judge is not None and not self.judge.strip():
-            raise ValueError("judge: give a Hub id or a local path of an MLLM judge, or leave it out for the scene-graph judge")
+            problems.append("judge: give a Hub id or a local path of an MLLM judge, or leave it out for the scene-graph judge")
+        if problems:  # all at once, so that a command line is corrected in one go
+            raise ValueError("; ".join(problems))
 
     @property
     def budget(self) -> Budget:
@@ -169,15 +193,13 @@ def claim_output_folder(config: DemoConfig) -> None:
     that cannot be loaded is refused first, so that no folder is claimed for a run that cannot finish."""
     if config.judge is not None:
         check_judge(config.judge)
-    out, path = config.out, config.out / RUN_FILE
+    out, path, identity = config.out, config.out / RUN_FILE, config.identity()
     if problem := folder_problem(out, "--out"):
         raise ValueError(problem)
     if path.exists():
-        stored = _read_run_file(path)
-        differences = sorted(key for key in stored.keys() | config.identity().keys() if stored.get(key) != config.identity().get(key))
-        if differences:
+        if differences := _identity_differences(_read_json_file(path, "a demo run"), identity):
             raise ValueError(
-                f"--out {out} holds a different demo run (it differs in: {', '.join(differences)}); "
+                f"--out {out} holds a different demo run ({'; '.join(differences)}); "
                 "choose another folder, or delete this one to start over"
             )
         return
@@ -185,9 +207,22 @@ def claim_output_folder(config: DemoConfig) -> None:
         raise ValueError(f"--out {out} is not empty and holds no demo run ({RUN_FILE} is missing); choose another folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        _write_json(path, config.identity())
+        atomic_write_json(path, identity)
     except OSError as error:  # read-only or unwritable location: one line, not a traceback
         raise ValueError(f"--out {out}: cannot write there ({error.strerror or error})") from error
+
+
+def _identity_differences(stored: Any, current: Any, name: str = "") -> list[str]:
+    """"name: stored -> current" for each differing key of two run identities, as `check_recipe` words a changed
+    training recipe; the nested world and budget are compared key by key, so that the message names the value that
+    changed (say `budget.finetune_steps`) rather than printing both whole."""
+    if isinstance(stored, dict) and isinstance(current, dict):
+        return [
+            line
+            for key in sorted(stored.keys() | current.keys())
+            for line in _identity_differences(stored.get(key), current.get(key), f"{name}.{key}" if name else key)
+        ]
+    return [] if stored == current else [f"{name}: {stored!r} -> {current!r}"]
 
 
 def check_judge(judge: str) -> None:
@@ -209,19 +244,18 @@ def check_judge(judge: str) -> None:
         raise ValueError(f"--judge {judge}: not a judge that can be loaded ({type(error).__name__}: {problem})") from None
 
 
-def _write_json(path: Path, value: Any) -> None:
-    """Write `value` to `path` whole or not at all (finished stages are marked this way)."""
-    atomic_write_text(path, json.dumps(value, indent=2))
+class OutputFileError(ValueError):
+    """A file of the output folder that cannot be read; `maple demo` says so in one line, not a traceback."""
 
 
-def _read_run_file(path: Path) -> dict[str, Any]:
-    """The run identity stored in `path`, or a ValueError saying why it cannot be read."""
+def _read_json_file(path: Path, what: str, advice: str = "delete the folder to start over") -> dict[str, Any]:
+    """The JSON object stored in `path`, or an OutputFileError saying it cannot be read as `what`, and the `advice`."""
     try:
         stored = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path} cannot be read as a demo run ({error}); delete the folder to start over") from None
+    except (OSError, ValueError) as error:  # ValueError: not JSON, or not UTF-8
+        raise OutputFileError(f"{path} cannot be read as {what} ({error}); {advice}") from None
     if not isinstance(stored, dict):
-        raise ValueError(f"{path} holds a {type(stored).__name__}, not a demo run; delete the folder to start over")
+        raise OutputFileError(f"{path} holds a {type(stored).__name__}, not {what}; {advice}")
     return stored
 
 
@@ -240,7 +274,7 @@ class StageTimer:
         result = work()
         self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
         if self.file is not None:
-            _write_json(self.file, self.all_seconds)
+            atomic_write_json(self.file, self.all_seconds)
         return result
 
     @property
@@ -398,8 +432,7 @@ def evaluate(model, processor, world: World, budget: Budget) -> dict[str, Any]:
     modality gap, on the evaluated prefix of the held-out test sets."""
     from evaluation.protocols import evaluate_quadruples, evaluate_retrieval
 
-    retrieval = world.retrieval[: budget.eval_retrieval]
-    quadruples = _evaluated_quadruples(world, budget)
+    retrieval, quadruples = _evaluated_test_sets(world, budget)
     as_tuples = [(q.first.image, q.second.image, q.first.caption, q.second.caption) for q in quadruples]
     result = evaluate_retrieval(
         model, processor, [e.image for e in retrieval], [[e.caption] for e in retrieval], batch_size=256
@@ -413,8 +446,7 @@ def export_test_sets(world: World, budget: Budget, folder: Path) -> None:
     `--source bivlc=...` for quadruples, whose `type` is the category), so any checkpoint can be scored on them as the
     demo scores its runs: `maple eval CHECKPOINT --benchmarks coco bivlc --source coco=FOLDER/retrieval.parquet
     --source bivlc=FOLDER/quadruples.parquet` (the benchmark names say only which schema the files are in)."""
-    retrieval = world.retrieval[: budget.eval_retrieval]
-    quadruples = _evaluated_quadruples(world, budget)
+    retrieval, quadruples = _evaluated_test_sets(world, budget)
     tables = {
         "retrieval.parquet": datasets.Dataset.from_dict(
             {"image": [e.image for e in retrieval], "caption": [[e.caption] for e in retrieval]},
@@ -439,12 +471,15 @@ def export_test_sets(world: World, budget: Budget, folder: Path) -> None:
         atomic_write(folder / name, lambda temporary, table=table: table.to_parquet(str(temporary)))
 
 
-def _evaluated_quadruples(world: World, budget: Budget):
-    return [
+def _evaluated_test_sets(world: World, budget: Budget) -> tuple[list[Example], list[Quadruple]]:
+    """The retrieval items and the quadruples (by category) that the runs are scored on and `export_test_sets`
+    writes: the first ones of the world's held-out sets, as many as `budget` says."""
+    quadruples = [
         quad
         for category in CATEGORIES
         for quad in [q for q in world.quadruples if q.category == category][: budget.eval_quadruples_per_category]
     ]
+    return world.retrieval[: budget.eval_retrieval], quadruples
 
 
 # --- the pipeline -----------------------------------------------------------------------------
@@ -470,7 +505,11 @@ def run_demo(config: DemoConfig) -> DemoResult:
     claim_output_folder(config)
     out = config.out
     # A rerun times only the stages it does; the others keep the times of the run that did them.
-    earlier_seconds = json.loads((out / TIMINGS_FILE).read_text()) if (out / TIMINGS_FILE).exists() else {}
+    earlier_seconds = (
+        _read_json_file(out / TIMINGS_FILE, "the demo's stage times", "delete it and rerun (only the times are lost)")
+        if (out / TIMINGS_FILE).exists()
+        else {}
+    )
     timer = StageTimer(file=out / TIMINGS_FILE, earlier=earlier_seconds)
     world = timer.run("world", lambda: build_world(config.world_config))
     if not (out / TEST_SETS_DIR / "quadruples.parquet").exists():
@@ -487,14 +526,13 @@ def run_demo(config: DemoConfig) -> DemoResult:
         timer.run("fine-tuning and evaluation", lambda: _finetune_all(config, pending))
     results: dict[str, list[dict[str, Any]]] = {method: [] for method in METHODS}
     for method, seed in runs:
-        results[method].append(json.loads((_run_dir(out, method, seed) / "result.json").read_text()))
+        result_file = _run_dir(out, method, seed) / "result.json"
+        results[method].append(_read_json_file(result_file, "a run's result", "delete it and rerun to redo that run"))
 
-    summary = timer.run("report", lambda: _report(config, results))
+    summary = timer.run("report", lambda: write_report(out, results))
     maple_dir = out / "maple-model"
     timer.run("checkpoint and card", lambda: _publish_checkpoint(config, results["maple"][0], maple_dir))
-    from .report import results_markdown
-
-    (out / "results.md").write_text(results_markdown(summary, config, timer.all_seconds))  # every stage's time
+    atomic_write_text(out / "results.md", results_markdown(summary, config, timer.all_seconds))  # every stage's time
     if config.push_to_hub:
         timer.run("push to hub", lambda: _push(config, results["maple"][0], maple_dir))
     return DemoResult(summary=summary, seconds=timer.all_seconds, out=out, num_seeds=len(config.seeds))
@@ -523,27 +561,22 @@ def _train_base(config: DemoConfig, world: World, base_dir: Path) -> None:
     staging.rename(base_dir)
 
 
-def _load(directory: Path):
+def _load_model_and_processor(directory: Path):
     from modeling_maple import MapleModel, MapleProcessor
 
     return MapleModel.from_pretrained(directory), MapleProcessor.from_pretrained(directory)
 
 
 def _build_preferences(config: DemoConfig, world: World, base_dir: Path, folder: Path) -> None:
-    """Build the preference dataset into `folder/data`, with its card, unless it is there (the
-    builder resumes its own shards)."""
-    dataset_dir = folder / "data"
-    if dataset_dir.exists():
-        return
+    """Build the preference dataset into `folder/data`, with its card (the builder resumes its own shards)."""
     from dataset_builders import HardNegativeMiner, MaplePreferences
-    from model_cards import dataset_card_from_stats
 
     # On the CPU like the demo's training, so that a GPU machine mines the same neighbours (a GPU's sums can order
     # near ties differently).
     if config.miner == "scene-graph":
         miner = HardNegativeMiner(SceneFeatureEncoder(world.registry), batch_size=256, search_device="cpu")
     else:
-        miner = HardNegativeMiner.from_maple(*_load(base_dir), batch_size=256, search_device="cpu")
+        miner = HardNegativeMiner.from_maple(*_load_model_and_processor(base_dir), batch_size=256, search_device="cpu")
     builder = MaplePreferences(
         config_name="paper",
         judge=make_judge(config, world),
@@ -563,10 +596,10 @@ def _build_preferences(config: DemoConfig, world: World, base_dir: Path, folder:
         source_license="apache-2.0",  # drawn by this package's code
     )
     builder.download_and_prepare()
-    dataset_card_from_stats(_demo_card_stats(builder.stats), output_dir=folder).save(str(folder / "README.md"))
-    staging = dataset_dir.with_name("data.partial")  # renamed when complete, like the base model
+    _write_dataset_card(folder, builder.stats)
+    staging = folder / "data.partial"  # renamed when complete, like the base model
     builder.as_dataset(split="train").save_to_disk(str(staging))
-    staging.rename(dataset_dir)
+    staging.rename(folder / "data")
     shutil.rmtree(folder / "cache", ignore_errors=True)
 
 
@@ -635,7 +668,7 @@ def _finetune(config: DemoConfig, method: str, seed: int) -> None:
     timer = StageTimer()
     world = build_world(config.world_config)
     preferences = datasets.load_from_disk(str(config.out / "preferences" / "data"))
-    model, processor = _load(config.out / "base")
+    model, processor = _load_model_and_processor(config.out / "base")
     run_dir, budget = _run_dir(config.out, method, seed), config.budget
     trainer = timer.run("fine-tuning", lambda: train(
         model,
@@ -662,51 +695,11 @@ def _finetune(config: DemoConfig, method: str, seed: int) -> None:
     if method == "maple":
         model.save_pretrained(run_dir / "model")
         processor.save_pretrained(run_dir / "model")
-    _write_json(run_dir / "result.json", result)  # written last: marks the run done
+    atomic_write_json(run_dir / "result.json", result)  # written last: marks the run done
 
 
 def _is_plain(value: Any) -> bool:
     return isinstance(value, (str, int, float, bool, type(None)))
-
-
-def metric_values(result: dict[str, Any]) -> dict[str, float]:
-    """The flat metrics of one run: headline metrics, per-category scores, gap terms."""
-    values = {key: float(result[key]) for key in ("group_score", "text_score", "image_score", "i2t_r1", "t2i_r1")}
-    values |= {key: float(result["modality_gap"][key]) for key in ("delta_gap", "w_dist", "w_disc")}
-    for category, scores in result.get("per_category", {}).items():
-        for key in ("group_score", "text_score", "image_score"):
-            values[f"{category}/{key}"] = float(scores[key])
-    return values
-
-
-def summarise(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict[str, float]]]:
-    """method -> metric -> {"mean", "std"} over seeds; the sample standard deviation (n - 1), 0 for one seed."""
-    summary = {}
-    for method, runs in results.items():
-        per_run = [metric_values(run) for run in runs]
-        summary[method] = {
-            metric: {
-                "mean": statistics.fmean(run[metric] for run in per_run),
-                "std": statistics.stdev([run[metric] for run in per_run]) if len(per_run) > 1 else 0.0,
-            }
-            for metric in per_run[0]
-        }
-    return summary
-
-
-def _report(config: DemoConfig, results: dict[str, list[dict[str, Any]]]) -> dict:
-    """results.json and the plots; results.md follows once the checkpoint stage is timed too."""
-    from model_cards.cards import plot_similarity_histograms
-
-    from .report import plot_category_bars, plot_method_curves
-
-    summary = summarise(results)
-    out = config.out
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
-    plot_method_curves({method: runs[0]["log_history"] for method, runs in results.items()}, out / "training_curves.png")
-    plot_category_bars(summary, out / "per_category.png")
-    plot_similarity_histograms({method: runs[0] for method, runs in results.items()}, out / "similarities.png")
-    return summary
 
 
 def _demo_card_stats(stats: dict[str, Any]) -> dict[str, Any]:
@@ -719,6 +712,14 @@ def _demo_card_stats(stats: dict[str, Any]) -> dict[str, Any]:
             "unless `--judge` named an MLLM) are stand-ins for MLLMs that read the drawn scene graphs."
         ],
     }
+
+
+def _write_dataset_card(folder: Path, stats: dict[str, Any], repo_id: str | None = None) -> None:
+    """The preference dataset's card, `folder`/README.md, from the builder's `stats`, for `repo_id` (the dataset repo
+    it is pushed to), if any."""
+    from model_cards import dataset_card_from_stats
+
+    dataset_card_from_stats(_demo_card_stats(stats), repo_id=repo_id, output_dir=folder).save(str(folder / "README.md"))
 
 
 def _publish_checkpoint(config: DemoConfig, maple_result: dict[str, Any], maple_dir: Path) -> None:
@@ -755,51 +756,25 @@ def _write_model_card(config: DemoConfig, maple_result: dict[str, Any], maple_di
 
 
 def _push(config: DemoConfig, maple_result: dict[str, Any], maple_dir: Path) -> None:
-    """Push the outputs to `config.push_to_hub`, whose cards name the repos by their full ids (a bare name is created
-    under the token's user). The local checkpoint and card are written before, so a failed push loses nothing."""
-    from huggingface_hub import HfApi
-
-    repo_id = HfApi().create_repo(config.push_to_hub, exist_ok=True).repo_id
-    _write_model_card(config, maple_result, maple_dir, repo_id)
-    push_outputs(config.out, repo_id)
-
-
-def push_outputs(out: Path, repo_id: str) -> None:
-    """Push a finished demo's MAPLE model (checkpoint, processor, card) to `repo_id` ("namespace/name") and its
-    preference dataset with its card, rendered for that repo, to `{repo_id}-preferences`."""
+    """Push the MAPLE model (checkpoint, processor, card) to `config.push_to_hub` and the preference dataset with its
+    card to the same name + "-preferences". The cards name the repos by their full ids (a bare name is created under
+    the token's user); they are written here before the push, as the checkpoint was, so a failed push loses nothing."""
     from huggingface_hub import DatasetCard, HfApi
 
-    from model_cards import dataset_card_from_stats
     from model_cards.cards import HISTOGRAM_FILE, push_dataset_card
 
-    dataset_repo = f"{repo_id}-preferences"
-    stats_file = out / "preferences" / "work" / "stats.json"
-    if stats_file.exists():  # else (work/ deleted) the card as built, without the repo id
-        stats = json.loads(stats_file.read_text())
-        card = dataset_card_from_stats(_demo_card_stats(stats), repo_id=dataset_repo, output_dir=out / "preferences")
-        card.save(str(out / "preferences" / "README.md"))
     api = HfApi()
-    api.create_repo(repo_id, exist_ok=True)
-    api.upload_folder(repo_id=repo_id, folder_path=str(out / "maple-model"))
+    repo_id = api.create_repo(config.push_to_hub, exist_ok=True).repo_id
+    dataset_repo, preferences = f"{repo_id}-preferences", config.out / "preferences"
+    _write_model_card(config, maple_result, maple_dir, repo_id)
+    stats_file = preferences / "work" / "stats.json"
+    if stats_file.exists():  # else (work/ deleted) the card as built, without the repo id
+        stats = _read_json_file(stats_file, "the preference builder's stats", "delete it to push the card as built")
+        _write_dataset_card(preferences, stats, dataset_repo)
+    api.upload_folder(repo_id=repo_id, folder_path=str(maple_dir))
     api.create_repo(dataset_repo, repo_type="dataset", exist_ok=True)
-    datasets.load_from_disk(str(out / "preferences" / "data")).push_to_hub(dataset_repo)
-    card = DatasetCard((out / "preferences" / "README.md").read_text())
-    push_dataset_card(card, dataset_repo, {HISTOGRAM_FILE: out / "preferences" / HISTOGRAM_FILE},
+    datasets.load_from_disk(str(preferences / "data")).push_to_hub(dataset_repo)
+    card = DatasetCard((preferences / "README.md").read_text())
+    push_dataset_card(card, dataset_repo, {HISTOGRAM_FILE: preferences / HISTOGRAM_FILE},
                       commit_message="Describe the preference data")
 
-
-def format_summary(result: DemoResult, metrics: Sequence[str] = HEADLINE_METRICS) -> str:
-    """The short table printed at the end of a demo: mean ± std over seeds, the mean alone for one seed (as in
-    results.md: one run has no spread)."""
-    lines = [f"{'method':<18}" + "".join(f"{metric:>16}" for metric in metrics)]
-    for method, values in result.summary.items():
-        cells = "".join(
-            f"{values[metric]['mean']:>9.2f} ± {values[metric]['std']:<4.2f}" if result.num_seeds > 1
-            else f"{values[metric]['mean']:>16.2f}"
-            for metric in metrics
-        )
-        lines.append(f"{method:<18}{cells}")
-    total = sum(result.seconds.values())
-    lines.append("time: " + ", ".join(f"{stage} {seconds:.0f}s" for stage, seconds in result.seconds.items()) + f" (total {total:.0f}s)")
-    lines.append(f"outputs in {result.out}")
-    return "\n".join(lines)

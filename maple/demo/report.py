@@ -1,24 +1,65 @@
-"""The demo's report: results.md and the PNG plots of training curves and per-category bars (the
-similarity histograms are the model cards' `plot_similarity_histograms`, one panel per method)."""
+"""The demo's report: the runs' metrics summarised over seeds (results.json), results.md, the PNG plots of training
+curves and per-category bars (the similarity histograms are the model cards' `plot_similarity_histograms`, one panel
+per method), and the table printed at the end of a demo."""
 
 from __future__ import annotations
 
 import os
 import platform
+import statistics
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from model_cards.cards import pyplot, save_figure
+from model_cards.cards import plot_similarity_histograms, pyplot, save_figure
 
+from ..files import atomic_write_json
 from .world import CATEGORIES
 
 if TYPE_CHECKING:
-    from .pipeline import DemoConfig
+    from .pipeline import DemoConfig, DemoResult
 
 Summary = Mapping[str, Mapping[str, Mapping[str, float]]]  # method -> metric -> {"mean", "std"}
 CURVE_KEYS = ("loss", "loss/contrastive", "loss/rpa", "rewards/accuracies")
+# the metrics `format_summary` prints (results.json holds every metric of every method)
+HEADLINE_METRICS = ("group_score", "text_score", "image_score", "i2t_r1", "t2i_r1", "delta_gap")
+
+
+def metric_values(result: dict[str, Any]) -> dict[str, float]:
+    """The flat metrics of one run: headline metrics, per-category scores, gap terms."""
+    values = {key: float(result[key]) for key in ("group_score", "text_score", "image_score", "i2t_r1", "t2i_r1")}
+    values |= {key: float(result["modality_gap"][key]) for key in ("delta_gap", "w_dist", "w_disc")}
+    for category, scores in result.get("per_category", {}).items():
+        for key in ("group_score", "text_score", "image_score"):
+            values[f"{category}/{key}"] = float(scores[key])
+    return values
+
+
+def summarise(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict[str, float]]]:
+    """method -> metric -> {"mean", "std"} over seeds; the sample standard deviation (n - 1), 0 for one seed."""
+    summary = {}
+    for method, runs in results.items():
+        per_run = [metric_values(run) for run in runs]
+        summary[method] = {
+            metric: {
+                "mean": statistics.fmean(run[metric] for run in per_run),
+                "std": statistics.stdev([run[metric] for run in per_run]) if len(per_run) > 1 else 0.0,
+            }
+            for metric in per_run[0]
+        }
+    return summary
+
+
+def write_report(out: Path, results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict[str, float]]]:
+    """results.json (every metric of every method as {"mean", "std"} over seeds) and the plots, in `out`; returns the
+    summary. results.md follows once the checkpoint stage is timed too."""
+    summary = summarise(results)
+    atomic_write_json(out / "results.json", summary)
+    plot_method_curves({method: runs[0]["log_history"] for method, runs in results.items()}, out / "training_curves.png")
+    plot_category_bars(summary, out / "per_category.png")
+    plot_similarity_histograms({method: runs[0] for method, runs in results.items()}, out / "similarities.png")
+    return summary
 
 
 def plot_method_curves(log_histories: Mapping[str, Sequence[Mapping[str, Any]]], path: Path) -> None:
@@ -147,4 +188,17 @@ def results_markdown(summary: Summary, config: DemoConfig, seconds: Mapping[str,
         "other numbers (see docs/demo.md).",
         "",
     ]
+    return "\n".join(lines)
+
+
+def format_summary(result: DemoResult, metrics: Sequence[str] = HEADLINE_METRICS) -> str:
+    """The short table printed at the end of a demo: mean ± std over seeds, the mean alone for one seed (as in
+    results.md: one run has no spread)."""
+    spread = result.num_seeds > 1
+    lines = [f"{'method':<18}" + "".join(f"{metric:>16}" for metric in metrics)]
+    for method, values in result.summary.items():
+        lines.append(f"{method:<18}" + "".join(f"{_cell(values[metric], 2, spread):>16}" for metric in metrics))
+    total = sum(result.seconds.values())
+    lines.append("time: " + ", ".join(f"{stage} {seconds:.0f}s" for stage, seconds in result.seconds.items()) + f" (total {total:.0f}s)")
+    lines.append(f"outputs in {result.out}")
     return "\n".join(lines)
