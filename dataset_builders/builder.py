@@ -57,7 +57,7 @@ from trainer.schema import PREFERENCE_FEATURES
 
 from .interfaces import CandidateCaptioner, PreferenceJudge, component_name, first_finding
 from .miner import HardNegativeMiner, check_finite, check_semdedup_clusters
-from .scoring import _check_judge_scores, score_both_directions, text_pool
+from .scoring import check_judge_scores, score_both_directions, text_pool
 from .sources import (
     DEFAULT_ID_COLUMN,
     SourceError,
@@ -894,8 +894,8 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             self.judge, images, rows, candidate_texts, captions, candidate_rows,
             describe=lambda row: f"shard {shard}, source row {row} (id {self._row_id(records[row], row)!r})",
         )
-        _check_judge_scores(shard, ids, "img2txt_scores", img2txt)
-        _check_judge_scores(shard, ids, "txt2img_scores", txt2img)
+        check_judge_scores(shard, ids, "img2txt_scores", img2txt)
+        check_judge_scores(shard, ids, "txt2img_scores", txt2img)
         return {
             "id": ids,
             "image": [{"bytes": payloads[row], "path": None} for row in rows],

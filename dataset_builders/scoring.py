@@ -1,7 +1,7 @@
 """The judge scoring contract of a shard: how the builder puts a shard's candidates to a `PreferenceJudge` and what
 it accepts back. `text_pool` makes an anchor's text candidates; `score_both_directions` asks the judge for both
 candidate lists (img2txt, txt2img) in one `score` call, each image once, and requires one score per text of each
-image; `_check_judge_scores` requires every score to be a finite alpha in [0, 1] before the shard is written. A judge
+image; `check_judge_scores` requires every score to be a finite alpha in [0, 1] before the shard is written. A judge
 that breaks the contract is a `JudgeOutputError` naming what it got wrong. Pure functions: no builder state."""
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def text_pool(caption: str, groups: list[list[str]], size: int) -> list[str]:
     return [caption] + [text for texts, count in zip(distinct, kept) for text in texts[:count]]
 
 
-def _check_judge_scores(shard: int, ids: list[str], column: str, scores: list[torch.Tensor]) -> None:
+def check_judge_scores(shard: int, ids: list[str], column: str, scores: list[torch.Tensor]) -> None:
     """Raise `JudgeOutputError` naming the shard, row id, column and candidate of the first judge score that is not a
     finite alpha in [0, 1], before the shard is written: training would refuse the row much later. (One score per
     candidate: `score_both_directions` checked the judge's answer and laid it out so.)"""
