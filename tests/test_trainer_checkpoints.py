@@ -1,6 +1,6 @@
 """RPATrainer checkpoints: resuming equals an uninterrupted run (full and LoRA), saved models load with the Auto
-classes, the best LoRA checkpoint is loaded at the end, and a non-finite loss stops the run after saving only finite
-weights."""
+classes, the best LoRA checkpoint is loaded at the end, a non-finite loss stops the run after saving only finite weights, and
+the helpers of `trainer.checkpoints`: the recipe a resume must share, the checkpoint folders by step."""
 
 import json
 import math
