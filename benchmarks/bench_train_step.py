@@ -14,6 +14,13 @@ freed memory) and reports its peak resident memory above what it held before the
 
     python benchmarks/bench_train_step.py                          # small dual encoder on CPU
     python benchmarks/bench_train_step.py --width 512 --layers 6 --anchors 64 --device cuda
+
+`--backbone qwen2-vl-2b` measures the paper's set-up instead: an embedder of Qwen2-VL-2B's shape (random weights: the
+shape, not the values, sets the cost; its 151,936-row vocabulary too), LoRA of rank 32 on the language model (vision
+tower frozen), gradient checkpointing, bf16 autocast over float32 weights (as `maple train --use_peft true --bf16 true
+--gradient_checkpointing true` trains), images resized to `--image-size`^2 pixels (the paper's 384 px: 196 image
+tokens). It needs a GPU:
+    python benchmarks/bench_train_step.py --backbone qwen2-vl-2b --image-size 384 --anchors 96 --device cuda
 """
 
 from __future__ import annotations
@@ -27,16 +34,24 @@ import threading
 import time
 
 import torch
+from accelerate.utils import convert_outputs_to_fp32
 from transformers import BertConfig, CLIPImageProcessorPil, CLIPVisionConfig
 
-from modeling_maple import MapleModel, MapleProcessor
-from modeling_maple.testing import tiny_dual_encoder_config, tiny_tokenizer
+from modeling_maple import MapleConfig, MapleModel, MapleProcessor
+from modeling_maple.lora import get_maple_peft_model, maple_lora_config
+from modeling_maple.testing import TINY_IMAGE_TOKENS, tiny_dual_encoder_config, tiny_mllm_config, tiny_tokenizer
 from trainer.collator import PREFERENCE_KEYS, DataCollatorForEmbeddingPreference
 from trainer.losses import contrastive_loss, rpa_listwise_loss
 from trainer.testing import synthetic_preference_dataset
 
 VARIANTS = ("infonce", "infonce_expanded", "rpa_infonce")
 RPA_WEIGHT = 0.2
+# Qwen/Qwen2-VL-2B-Instruct's config.json, less what does not change the cost (token ids, rope base).
+QWEN2_VL_2B_TEXT = {"vocab_size": 151936, "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
+                    "num_attention_heads": 12, "num_key_value_heads": 2}
+QWEN2_VL_2B_MROPE_SECTION = [16, 24, 24]  # sums to head_dim / 2 = 64
+QWEN2_VL_2B_VISION = {"depth": 32, "embed_dim": 1280, "hidden_size": 1536, "mlp_ratio": 4, "num_heads": 16,
+                      "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2}
 
 
 def build_model(width: int, layers: int, image_size: int, device: str) -> tuple[MapleModel, MapleProcessor]:
@@ -55,6 +70,29 @@ def build_model(width: int, layers: int, image_size: int, device: str) -> tuple[
     image_processor = CLIPImageProcessorPil(size={"shortest_edge": image_size},
                                             crop_size={"height": image_size, "width": image_size})
     return model, MapleProcessor(image_processor=image_processor, tokenizer=tokenizer, backbone="dual_encoder")
+
+
+def build_qwen2_vl_2b(image_size: int, device: str) -> tuple[MapleModel, MapleProcessor]:
+    """A MAPLE embedder of Qwen2-VL-2B's shape with random weights, made on `device`, and a processor that resizes
+    every image to about `image_size`^2 pixels."""
+    from transformers import AutoConfig, Qwen2VLImageProcessorPil
+
+    mllm = tiny_mllm_config("qwen2_vl").to_dict()
+    mllm["text_config"].pop("layer_types")  # one per layer of the tiny config: derived again from the layer count
+    mllm["text_config"].update(QWEN2_VL_2B_TEXT)
+    mllm["text_config"]["rope_parameters"]["mrope_section"] = QWEN2_VL_2B_MROPE_SECTION
+    mllm["vision_config"].update(QWEN2_VL_2B_VISION)
+    mllm_config = AutoConfig.for_model(**mllm)
+    torch.manual_seed(0)
+    with torch.device(device):  # initialised where it runs: 2.2 B parameters are slow to initialise on a CPU
+        model = MapleModel(MapleConfig(backbone="mllm", mllm_config=mllm_config, pooling="mean")).train()
+    factor = QWEN2_VL_2B_VISION["patch_size"] * QWEN2_VL_2B_VISION["spatial_merge_size"]
+    pixels = max(factor, round(image_size / factor) * factor) ** 2
+    image_processor = Qwen2VLImageProcessorPil(patch_size=QWEN2_VL_2B_VISION["patch_size"], temporal_patch_size=2,
+                                               merge_size=2, min_pixels=pixels, max_pixels=pixels)
+    processor = MapleProcessor(image_processor=image_processor, tokenizer=tiny_tokenizer(), backbone="mllm",
+                               mllm_type="qwen2_vl", image_token=TINY_IMAGE_TOKENS["qwen2_vl"])
+    return model, processor
 
 
 def make_batches(processor, anchors: int, candidates: int, device: str) -> tuple[dict, dict]:
@@ -108,8 +146,17 @@ def train_step(variant, model, optimizer, maple_batch, clip_batch) -> None:
 
 
 def setup(args):
-    model, processor = build_model(args.width, args.layers, args.image_size, args.device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    if args.backbone == "qwen2-vl-2b":
+        model, processor = build_qwen2_vl_2b(args.image_size, args.device)
+    else:
+        model, processor = build_model(args.width, args.layers, args.image_size, args.device)
+    if args.gradient_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if args.lora_rank:
+        model = get_maple_peft_model(model, maple_lora_config(model, r=args.lora_rank, lora_alpha=args.lora_rank))
+    if args.bf16:  # as accelerate does for `RPATrainer`: the forward under autocast, its outputs (and the losses) float32
+        model.forward = convert_outputs_to_fp32(torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16)(model.forward))
+    optimizer = torch.optim.AdamW([parameter for parameter in model.parameters() if parameter.requires_grad], lr=1e-5)
     maple_batch, clip_batch = make_batches(processor, args.anchors, args.candidates, args.device)
     return model, optimizer, maple_batch, clip_batch
 
@@ -196,7 +243,19 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--backbone", default="dual_encoder", choices=["dual_encoder", "qwen2-vl-2b"],
+                        help="a small CLIP-ViT + BERT dual encoder (--width, --layers) or the paper's 2B MLLM embedder")
+    parser.add_argument("--lora-rank", type=int, default=None, help="LoRA rank, alpha alike (default: 32 for "
+                        "qwen2-vl-2b, as the paper; none, all weights trained, for dual_encoder); 0 trains all weights")
+    parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                        help="default: on for qwen2-vl-2b (the paper's), off for dual_encoder")
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                        help="bf16 autocast over the forward; default: on for qwen2-vl-2b (the paper's), off for dual_encoder")
     args = parser.parse_args()
+    paper_scale = args.backbone == "qwen2-vl-2b"
+    args.lora_rank = (32 if paper_scale else 0) if args.lora_rank is None else args.lora_rank
+    args.gradient_checkpointing = paper_scale if args.gradient_checkpointing is None else args.gradient_checkpointing
+    args.bf16 = paper_scale if args.bf16 is None else args.bf16
     torch.set_num_threads(args.threads)
 
     step_seconds = time_variants(args)
