@@ -612,16 +612,15 @@ def test_settings_hold_what_changes_the_scores():
     assert JudgeEnsemble([small, large]).settings == {"judges": [small.settings, large.settings]}
 
 
-def test_a_suffix_after_the_image_token_is_tokenised_as_in_the_whole_prompt(monkeypatch):
-    """Llama tokenizers (transformers 5: Metaspace, prepend_scheme="first") mark the start of a string with "▁". A
-    prompt the space cut cannot split falls back to a cut right after the image token; its suffix, tokenised alone,
-    gained a "▁" the whole prompt does not have, so the judge scored a prompt the model was never given."""
+def _llama_judge(prompt: str, texts: list[str], *, legacy_normalizer: bool = False) -> MLLMJudge:
+    """A tiny LLaVA judge asking `prompt`, on a Llama tokenizer whose vocabulary spells the prompt and `texts`:
+    Metaspace with prepend_scheme="first", as transformers 5 builds Llama tokenizers, or with `legacy_normalizer` the
+    normalizer of Llama 2-era tokenizer.json files, which prepends "▁" to every piece between special tokens."""
+    from tokenizers import normalizers
     from transformers import AutoModelForImageTextToText, LlamaTokenizer
 
     from modeling_maple.testing import tiny_mllm_config, tiny_mllm_image_processor
 
-    prompt = '"{text}"? Does the image align with the text? Answer Yes or No.'
-    texts = ["a red circle", "two blue squares"]
     corpus = "USER: ASSISTANT: Does the image align with the text " + " ".join(texts) + '"? Answer Yes or No.'
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{byte:02X}>": 3 + byte for byte in range(256)}}
     for character in sorted(set(corpus.replace(" ", "▁")) | {"▁"}):
@@ -636,19 +635,46 @@ def test_a_suffix_after_the_image_token_is_tokenised_as_in_the_whole_prompt(monk
             piece += character
             vocab.setdefault(piece, len(vocab))
     tokenizer = LlamaTokenizer(vocab=vocab, merges=merges)
+    if legacy_normalizer:
+        tokenizer.backend_tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        tokenizer.backend_tokenizer.pre_tokenizer = None
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|image_pad|>"], "pad_token": "<pad>"})
     tokenizer.chat_template = tiny_tokenizer().chat_template  # LLaVA-1.5's, as the tiny LLaVA uses
     config = tiny_mllm_config("llava", image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"))
     config.text_config.vocab_size = len(tokenizer)
     config.text_config.pad_token_id = tokenizer.pad_token_id
     torch.manual_seed(4)
-    judge = MLLMJudge(AutoModelForImageTextToText.from_config(config).eval(), tokenizer, tiny_mllm_image_processor("llava"),
-                      batch_size=2, prompt=prompt)
-    assert judge.prefix_text.endswith("<|image_pad|>")  # the fallback cut
+    return MLLMJudge(AutoModelForImageTextToText.from_config(config).eval(), tokenizer, tiny_mllm_image_processor("llava"),
+                     batch_size=2, prompt=prompt)
+
+
+def _assert_prompt_ids_are_the_official_processors(judge: MLLMJudge, texts: list[str], monkeypatch) -> None:
+    """Shared prefix + suffix ids of each text equal the ids `LlavaProcessor` gives the whole prompt."""
+    tokenizer = judge.prompt_encoder.tokenizer
     official = official_processor("llava", monkeypatch, tokenizer=tokenizer)
     encoded = judge.prompt_encoder.encode_images([IMAGES[0]])
     for text in texts:
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt.format(text=text)}]}]
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": judge.prompt.format(text=text)}]}]
         expected = official(text=[official.apply_chat_template(messages, add_generation_prompt=True)], images=[IMAGES[0]],
                             return_tensors="pt")["input_ids"][0].tolist()
         assert judge.prefix_ids(encoded, 0) + judge.suffix_ids([text])[0] == expected
+
+
+def test_a_suffix_after_the_image_token_is_tokenised_as_in_the_whole_prompt(monkeypatch):
+    """Llama tokenizers (transformers 5: Metaspace, prepend_scheme="first") mark the start of a string with "▁". A
+    prompt the space cut cannot split falls back to a cut right after the image token; its suffix, tokenised alone,
+    gained a "▁" the whole prompt does not have, so the judge scored a prompt the model was never given."""
+    texts = ["a red circle", "two blue squares"]
+    judge = _llama_judge('"{text}"? Does the image align with the text? Answer Yes or No.', texts)
+    assert judge.prefix_text.endswith("<|image_pad|>")  # the fallback cut
+    _assert_prompt_ids_are_the_official_processors(judge, texts, monkeypatch)
+
+
+def test_a_space_cut_that_tokenises_otherwise_than_the_whole_prompt_is_not_used(monkeypatch):
+    """A tokenizer that prepends "▁" to every piece it reads tokenises the suffix after the question's last space, alone,
+    as "▁▁" + text where the whole prompt has one "▁": the judge must find that out and cut after the image token
+    instead (where the whole prompt starts a piece too), or every pair is scored on a prompt with a stray token."""
+    texts = ["a red circle", "two blue squares"]
+    judge = _llama_judge(judge_module.DEFAULT_JUDGE_PROMPT, texts, legacy_normalizer=True)
+    assert judge.prefix_text.endswith("<|image_pad|>")
+    _assert_prompt_ids_are_the_official_processors(judge, texts, monkeypatch)
