@@ -129,6 +129,23 @@ def test_a_bf16_judge_computes_its_yes_no_logits_in_float32(monkeypatch):
     assert reads == ["weight"]  # once, not per batch: for disk offload a read loads the whole (vocab, hidden) matrix
 
 
+def test_an_output_head_with_a_bias_adds_it_to_the_yes_no_logits():
+    """Some language models' heads have a bias; alpha must be the softmax of the model's own Yes/No logits."""
+    judge = tiny_judge(seed=0)
+    head = judge.model.get_output_embeddings()
+    biased = torch.nn.Linear(head.in_features, head.out_features, bias=True)
+    rows = [judge.yes_id, judge.no_id]
+    with torch.no_grad():
+        biased.weight.copy_(head.weight)
+        biased.bias.zero_()
+        biased.bias[rows] = torch.tensor([3.0, -3.0])
+    judge.model.set_output_embeddings(biased)
+    hidden = torch.randn(8, head.in_features, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = torch.softmax(biased(hidden)[:, rows], dim=-1)[:, 0]
+    torch.testing.assert_close(judge._alphas(hidden), expected, atol=1e-6, rtol=0)
+
+
 def test_shared_prefix_covers_the_question_head_and_keeps_tokenisation(sharp_judge):
     assert sharp_judge.prefix_text.endswith("Does the image align with the text")
     tokenizer = sharp_judge.prompt_encoder.tokenizer
@@ -136,6 +153,21 @@ def test_shared_prefix_covers_the_question_head_and_keeps_tokenisation(sharp_jud
         whole = tokenizer(sharp_judge.prefix_text + sharp_judge.suffix_template.format(text=text), add_special_tokens=False)
         prefix = tokenizer(sharp_judge.prefix_text, add_special_tokens=False)["input_ids"]
         assert prefix + sharp_judge.suffix_ids([text])[0] == whole["input_ids"]
+
+
+def test_a_prompt_cut_must_keep_the_tokenisation_of_every_probe_text(sharp_judge):
+    """After "with the im" the byte-level BPE merges the probe "a red circle" into "ima" (as in "image") but keeps every
+    other probe text apart: one text that tokenises differently makes the cut unusable."""
+    marker = "\x00TEXT\x00"
+    prefix, suffix = "align with the im", marker + "?"
+    tokenizer = sharp_judge.prompt_encoder.tokenizer
+
+    def consistent(text: str) -> bool:
+        ids = [tokenizer(part, add_special_tokens=False)["input_ids"] for part in (prefix, suffix.replace(marker, text), prefix + suffix.replace(marker, text))]
+        return ids[0] + ids[1] == ids[2]
+
+    assert consistent("123") and not consistent("a red circle")
+    assert not sharp_judge._tokenises_consistently(prefix, suffix, marker)
 
 
 def test_score_images_scores_each_candidate_image_against_its_text(sharp_judge):
@@ -229,6 +261,21 @@ def test_the_answer_token_of_a_template_that_renders_only_list_content_is_the_sp
     assert [tokenizer.decode([token]) for token in (judge.yes_id, judge.no_id)] == [" Yes", " No"]
 
 
+def test_a_template_that_renders_no_answer_falls_back_to_the_unspaced_answer_token():
+    """A template that writes the assistant's turn header but never its content renders an answered conversation as
+    the bare generation prompt: the token after it does not exist (an IndexError before the length check), and the
+    judge reads the single-token spellings in order, "Yes" before " Yes"."""
+    silent = (
+        "{% for m in messages %}{% if m['role'] == 'user' %}USER: "
+        "{% for p in m['content'] %}{% if p['type'] == 'image' %}<|image_pad|>{% else %}{{ p['text'] }}{% endif %}"
+        "{% endfor %}{% else %} ASSISTANT:{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %} ASSISTANT:{% endif %}"
+    )
+    tokenizer = tiny_tokenizer()
+    judge = MLLMJudge(tiny_image_text_model(), tokenizer, tiny_image_processor(), chat_template=silent)
+    assert [tokenizer.decode([token]) for token in (judge.yes_id, judge.no_id)] == ["Yes", "No"]
+
+
 def test_tokenizer_without_a_yes_token_is_rejected_clearly():
     from transformers import Qwen2Tokenizer
 
@@ -287,6 +334,9 @@ def test_ensemble_records_its_members_prompt():
         f'colour-judge: {ColourJudge.prompt}\nasker: Is it "{{text}}"?\nSilent: not recorded'
     )
     assert JudgeEnsemble([silent]).prompt is None
+    assert JudgeEnsemble([ColourJudge(), asker, ColourJudge()]).prompt == (  # two prompts, not one shared
+        f'colour-judge: {ColourJudge.prompt}\nasker: Is it "{{text}}"?\ncolour-judge: {ColourJudge.prompt}'
+    )
 
 
 @pytest.mark.parametrize("model_type", ["qwen2_5_vl", "qwen3_vl"])
@@ -568,6 +618,23 @@ def test_smolvlm_judge_refuses_its_literal_image_placeholder_in_a_text():
     assert JudgeEnsemble([judge]).special_token_in("a <row_1_col_1> tag") == "<row_1_col_1>"
     with pytest.raises(ValueError, match=r"texts\[0\]\[0\] contains the judge's special token '<image>'"):
         judge.score([IMAGES[0]], [["an <image> here"]])
+
+
+def test_the_special_token_found_in_a_text_is_named_whole_and_includes_an_unmarked_image_placeholder():
+    """The pattern tries longer tokens first, so a token that begins with another is named whole; and the image
+    placeholder counts even where the tokenizer does not mark it special (an added token is still read as one token,
+    which claims image features that do not exist)."""
+    from types import SimpleNamespace
+
+    from dataset_builders.judge import special_token_pattern
+
+    tokenizer = tiny_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<box>", "<box>_end"]})
+    tokenizer.add_tokens(["<IMG_CONTEXT>"])  # not special
+    pattern = special_token_pattern(SimpleNamespace(tokenizer=tokenizer, image_token="<IMG_CONTEXT>"))
+    assert pattern.search("a cat <box>_end here").group() == "<box>_end"
+    assert pattern.search("a cat <box> here").group() == "<box>"
+    assert pattern.search("an <IMG_CONTEXT> tag").group() == "<IMG_CONTEXT>"
 
 
 @pytest.mark.parametrize("offload", ["cpu", "disk"])
