@@ -163,8 +163,10 @@ def test_a_prompt_cut_must_keep_the_tokenisation_of_every_probe_text(sharp_judge
     tokenizer = sharp_judge.prompt_encoder.tokenizer
 
     def consistent(text: str) -> bool:
-        ids = [tokenizer(part, add_special_tokens=False)["input_ids"] for part in (prefix, suffix.replace(marker, text), prefix + suffix.replace(marker, text))]
-        return ids[0] + ids[1] == ids[2]
+        def ids(string: str) -> list[int]:
+            return tokenizer(string, add_special_tokens=False)["input_ids"]
+
+        return ids(prefix) + ids(suffix.replace(marker, text)) == ids(prefix + suffix.replace(marker, text))
 
     assert consistent("123") and not consistent("a red circle")
     assert not sharp_judge._tokenises_consistently(prefix, suffix, marker)
