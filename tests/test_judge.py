@@ -129,6 +129,23 @@ def test_a_bf16_judge_computes_its_yes_no_logits_in_float32(monkeypatch):
     assert reads == ["weight"]  # once, not per batch: for disk offload a read loads the whole (vocab, hidden) matrix
 
 
+def test_an_output_head_with_a_bias_adds_it_to_the_yes_no_logits():
+    """Some language models' heads have a bias; alpha must be the softmax of the model's own Yes/No logits."""
+    judge = tiny_judge(seed=0)
+    head = judge.model.get_output_embeddings()
+    biased = torch.nn.Linear(head.in_features, head.out_features, bias=True)
+    rows = [judge.yes_id, judge.no_id]
+    with torch.no_grad():
+        biased.weight.copy_(head.weight)
+        biased.bias.zero_()
+        biased.bias[rows] = torch.tensor([3.0, -3.0])
+    judge.model.set_output_embeddings(biased)
+    hidden = torch.randn(8, head.in_features, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = torch.softmax(biased(hidden)[:, rows], dim=-1)[:, 0]
+    torch.testing.assert_close(judge._alphas(hidden), expected, atol=1e-6, rtol=0)
+
+
 def test_shared_prefix_covers_the_question_head_and_keeps_tokenisation(sharp_judge):
     assert sharp_judge.prefix_text.endswith("Does the image align with the text")
     tokenizer = sharp_judge.prompt_encoder.tokenizer
@@ -136,6 +153,23 @@ def test_shared_prefix_covers_the_question_head_and_keeps_tokenisation(sharp_jud
         whole = tokenizer(sharp_judge.prefix_text + sharp_judge.suffix_template.format(text=text), add_special_tokens=False)
         prefix = tokenizer(sharp_judge.prefix_text, add_special_tokens=False)["input_ids"]
         assert prefix + sharp_judge.suffix_ids([text])[0] == whole["input_ids"]
+
+
+def test_a_prompt_cut_must_keep_the_tokenisation_of_every_probe_text(sharp_judge):
+    """After "with the im" the byte-level BPE merges the probe "a red circle" into "ima" (as in "image") but keeps every
+    other probe text apart: one text that tokenises differently makes the cut unusable."""
+    marker = "\x00TEXT\x00"
+    prefix, suffix = "align with the im", marker + "?"
+    tokenizer = sharp_judge.prompt_encoder.tokenizer
+
+    def consistent(text: str) -> bool:
+        def ids(string: str) -> list[int]:
+            return tokenizer(string, add_special_tokens=False)["input_ids"]
+
+        return ids(prefix) + ids(suffix.replace(marker, text)) == ids(prefix + suffix.replace(marker, text))
+
+    assert consistent("123") and not consistent("a red circle")
+    assert not sharp_judge._tokenises_consistently(prefix, suffix, marker)
 
 
 def test_score_images_scores_each_candidate_image_against_its_text(sharp_judge):
@@ -229,6 +263,21 @@ def test_the_answer_token_of_a_template_that_renders_only_list_content_is_the_sp
     assert [tokenizer.decode([token]) for token in (judge.yes_id, judge.no_id)] == [" Yes", " No"]
 
 
+def test_a_template_that_renders_no_answer_falls_back_to_the_unspaced_answer_token():
+    """A template that writes the assistant's turn header but never its content renders an answered conversation as
+    the bare generation prompt: the token after it does not exist (an IndexError before the length check), and the
+    judge reads the single-token spellings in order, "Yes" before " Yes"."""
+    silent = (
+        "{% for m in messages %}{% if m['role'] == 'user' %}USER: "
+        "{% for p in m['content'] %}{% if p['type'] == 'image' %}<|image_pad|>{% else %}{{ p['text'] }}{% endif %}"
+        "{% endfor %}{% else %} ASSISTANT:{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %} ASSISTANT:{% endif %}"
+    )
+    tokenizer = tiny_tokenizer()
+    judge = MLLMJudge(tiny_image_text_model(), tokenizer, tiny_image_processor(), chat_template=silent)
+    assert [tokenizer.decode([token]) for token in (judge.yes_id, judge.no_id)] == ["Yes", "No"]
+
+
 def test_tokenizer_without_a_yes_token_is_rejected_clearly():
     from transformers import Qwen2Tokenizer
 
@@ -287,6 +336,9 @@ def test_ensemble_records_its_members_prompt():
         f'colour-judge: {ColourJudge.prompt}\nasker: Is it "{{text}}"?\nSilent: not recorded'
     )
     assert JudgeEnsemble([silent]).prompt is None
+    assert JudgeEnsemble([ColourJudge(), asker, ColourJudge()]).prompt == (  # two prompts, not one shared
+        f'colour-judge: {ColourJudge.prompt}\nasker: Is it "{{text}}"?\ncolour-judge: {ColourJudge.prompt}'
+    )
 
 
 @pytest.mark.parametrize("model_type", ["qwen2_5_vl", "qwen3_vl"])
@@ -570,6 +622,23 @@ def test_smolvlm_judge_refuses_its_literal_image_placeholder_in_a_text():
         judge.score([IMAGES[0]], [["an <image> here"]])
 
 
+def test_the_special_token_found_in_a_text_is_named_whole_and_includes_an_unmarked_image_placeholder():
+    """The pattern tries longer tokens first, so a token that begins with another is named whole; and the image
+    placeholder counts even where the tokenizer does not mark it special (an added token is still read as one token,
+    which claims image features that do not exist)."""
+    from types import SimpleNamespace
+
+    from dataset_builders.judge import special_token_pattern
+
+    tokenizer = tiny_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<box>", "<box>_end"]})
+    tokenizer.add_tokens(["<IMG_CONTEXT>"])  # not special
+    pattern = special_token_pattern(SimpleNamespace(tokenizer=tokenizer, image_token="<IMG_CONTEXT>"))
+    assert pattern.search("a cat <box>_end here").group() == "<box>_end"
+    assert pattern.search("a cat <box> here").group() == "<box>"
+    assert pattern.search("an <IMG_CONTEXT> tag").group() == "<IMG_CONTEXT>"
+
+
 @pytest.mark.parametrize("offload", ["cpu", "disk"])
 def test_weights_digest_does_not_depend_on_offloading(offload, tmp_path):
     """A judge spread by a device map keeps offloaded weights on the meta device, their values in accelerate's
@@ -612,16 +681,15 @@ def test_settings_hold_what_changes_the_scores():
     assert JudgeEnsemble([small, large]).settings == {"judges": [small.settings, large.settings]}
 
 
-def test_a_suffix_after_the_image_token_is_tokenised_as_in_the_whole_prompt(monkeypatch):
-    """Llama tokenizers (transformers 5: Metaspace, prepend_scheme="first") mark the start of a string with "▁". A
-    prompt the space cut cannot split falls back to a cut right after the image token; its suffix, tokenised alone,
-    gained a "▁" the whole prompt does not have, so the judge scored a prompt the model was never given."""
+def _llama_judge(prompt: str, texts: list[str], *, legacy_normalizer: bool = False) -> MLLMJudge:
+    """A tiny LLaVA judge asking `prompt`, on a Llama tokenizer whose vocabulary spells the prompt and `texts`:
+    Metaspace with prepend_scheme="first", as transformers 5 builds Llama tokenizers, or with `legacy_normalizer` the
+    normalizer of Llama 2-era tokenizer.json files, which prepends "▁" to every piece between special tokens."""
+    from tokenizers import normalizers
     from transformers import AutoModelForImageTextToText, LlamaTokenizer
 
     from modeling_maple.testing import tiny_mllm_config, tiny_mllm_image_processor
 
-    prompt = '"{text}"? Does the image align with the text? Answer Yes or No.'
-    texts = ["a red circle", "two blue squares"]
     corpus = "USER: ASSISTANT: Does the image align with the text " + " ".join(texts) + '"? Answer Yes or No.'
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{byte:02X}>": 3 + byte for byte in range(256)}}
     for character in sorted(set(corpus.replace(" ", "▁")) | {"▁"}):
@@ -636,19 +704,46 @@ def test_a_suffix_after_the_image_token_is_tokenised_as_in_the_whole_prompt(monk
             piece += character
             vocab.setdefault(piece, len(vocab))
     tokenizer = LlamaTokenizer(vocab=vocab, merges=merges)
+    if legacy_normalizer:
+        tokenizer.backend_tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        tokenizer.backend_tokenizer.pre_tokenizer = None
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|image_pad|>"], "pad_token": "<pad>"})
     tokenizer.chat_template = tiny_tokenizer().chat_template  # LLaVA-1.5's, as the tiny LLaVA uses
     config = tiny_mllm_config("llava", image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"))
     config.text_config.vocab_size = len(tokenizer)
     config.text_config.pad_token_id = tokenizer.pad_token_id
     torch.manual_seed(4)
-    judge = MLLMJudge(AutoModelForImageTextToText.from_config(config).eval(), tokenizer, tiny_mllm_image_processor("llava"),
-                      batch_size=2, prompt=prompt)
-    assert judge.prefix_text.endswith("<|image_pad|>")  # the fallback cut
+    return MLLMJudge(AutoModelForImageTextToText.from_config(config).eval(), tokenizer, tiny_mllm_image_processor("llava"),
+                     batch_size=2, prompt=prompt)
+
+
+def _assert_prompt_ids_are_the_official_processors(judge: MLLMJudge, texts: list[str], monkeypatch) -> None:
+    """Shared prefix + suffix ids of each text equal the ids `LlavaProcessor` gives the whole prompt."""
+    tokenizer = judge.prompt_encoder.tokenizer
     official = official_processor("llava", monkeypatch, tokenizer=tokenizer)
     encoded = judge.prompt_encoder.encode_images([IMAGES[0]])
     for text in texts:
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt.format(text=text)}]}]
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": judge.prompt.format(text=text)}]}]
         expected = official(text=[official.apply_chat_template(messages, add_generation_prompt=True)], images=[IMAGES[0]],
                             return_tensors="pt")["input_ids"][0].tolist()
         assert judge.prefix_ids(encoded, 0) + judge.suffix_ids([text])[0] == expected
+
+
+def test_a_suffix_after_the_image_token_is_tokenised_as_in_the_whole_prompt(monkeypatch):
+    """Llama tokenizers (transformers 5: Metaspace, prepend_scheme="first") mark the start of a string with "▁". A
+    prompt the space cut cannot split falls back to a cut right after the image token; its suffix, tokenised alone,
+    gained a "▁" the whole prompt does not have, so the judge scored a prompt the model was never given."""
+    texts = ["a red circle", "two blue squares"]
+    judge = _llama_judge('"{text}"? Does the image align with the text? Answer Yes or No.', texts)
+    assert judge.prefix_text.endswith("<|image_pad|>")  # the fallback cut
+    _assert_prompt_ids_are_the_official_processors(judge, texts, monkeypatch)
+
+
+def test_a_space_cut_that_tokenises_otherwise_than_the_whole_prompt_is_not_used(monkeypatch):
+    """A tokenizer that prepends "▁" to every piece it reads tokenises the suffix after the question's last space, alone,
+    as "▁▁" + text where the whole prompt has one "▁": the judge must find that out and cut after the image token
+    instead (where the whole prompt starts a piece too), or every pair is scored on a prompt with a stray token."""
+    texts = ["a red circle", "two blue squares"]
+    judge = _llama_judge(judge_module.DEFAULT_JUDGE_PROMPT, texts, legacy_normalizer=True)
+    assert judge.prefix_text.endswith("<|image_pad|>")
+    _assert_prompt_ids_are_the_official_processors(judge, texts, monkeypatch)

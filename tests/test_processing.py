@@ -1,0 +1,103 @@
+"""`MapleProcessor`'s inputs against their references: Qwen-VL image prompts against `Qwen2VLProcessor`, the dual
+encoder's bare text, `text_padding="max_length"` lengths, and images as transformers' own readers and image processors
+take them (EXIF orientation, Qwen-VL's aspect-ratio limit). Embeddings are test_modeling.py's; the other MLLM families'
+image prompts are test_mllm_families.py's."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import ProcessorMixin, Qwen2VLProcessor
+
+from modeling_maple import MapleProcessor
+from modeling_maple.processing_maple import QWEN_VL_MAX_ASPECT_RATIO, load_image, mllm_image_problem
+from modeling_maple.testing import build_tiny, tiny_image_processor
+
+TEXTS = ["a red circle", "two blue squares left of a yellow star"]
+
+
+def test_qwen_vl_image_prompts_are_the_official_processors(monkeypatch):
+    """The image between `<|vision_start|>` and `<|vision_end|>`, as Qwen2-VL's chat template writes it and the model
+    was trained: ids, pixels, grid and the mask M-RoPE finds the image tokens by are `Qwen2VLProcessor`'s."""
+    _, processor = build_tiny("mllm")
+    # Built without its video processor, whose class needs torchvision.
+    monkeypatch.setattr(ProcessorMixin, "check_argument_for_proper_class", lambda self, name, value: None)
+    official = Qwen2VLProcessor(image_processor=processor.image_processor, tokenizer=processor.tokenizer)
+    prompt = processor.image_prompt.format(image="<|vision_start|><|image_pad|><|vision_end|>")
+    rng = np.random.default_rng(0)
+    for height, width in [(32, 32), (24, 40)]:
+        image = Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+        ours = processor(images=[image])
+        expected = official(text=[prompt], images=[image], return_tensors="pt")
+        assert ours["image_input_ids"].tolist() == expected["input_ids"].tolist()
+        assert ours["image_mm_token_type_ids"].tolist() == expected["mm_token_type_ids"].tolist()
+        assert torch.equal(ours["image_grid_thw"], expected["image_grid_thw"])
+        torch.testing.assert_close(ours["pixel_values"], expected["pixel_values"], rtol=0, atol=0)
+
+
+def test_dual_encoder_texts_are_tokenised_as_they_are():
+    """A dual encoder's text tower was trained on bare captions: no summarisation prompt around them."""
+    _, processor = build_tiny("dual_encoder")
+    batch = processor(text=TEXTS[:1])
+    assert batch["input_ids"][0].tolist() == processor.tokenizer(TEXTS[0])["input_ids"]
+
+
+@pytest.mark.parametrize("backbone", ["mllm", "dual_encoder"])
+def test_max_length_padding_pads_short_texts_to_max_text_length_plus_the_prompt(backbone):
+    """Every text prompt takes `max_text_length` tokens plus its template's (the MLLM's summarisation prompt) and
+    special tokens, however short the batch's texts are."""
+    _, processor = build_tiny(backbone)
+    padded = MapleProcessor(
+        processor.image_processor, processor.tokenizer, backbone=backbone, max_text_length=6, text_padding="max_length"
+    )
+    template = len(processor.tokenizer(padded.text_prompt.format(text=""))["input_ids"])
+    batch = padded(text=["a", "a red circle"])
+    assert batch["input_ids"].shape == (2, 6 + template)
+
+
+def test_max_length_padding_holds_a_prompt_that_tokenises_longer_than_its_parts():
+    """Byte-level BPE reads "'D" as a contraction, so "'Does it'" takes more tokens than "Does it" and "''" apart: the
+    padded length is at least the longest prompt, or the batch would be ragged."""
+    _, processor = build_tiny("dual_encoder")
+    tokenizer = processor.tokenizer
+    quoted = MapleProcessor(processor.image_processor, tokenizer, backbone="dual_encoder", text_prompt="'{text}'",
+                            max_text_length=3, text_padding="max_length")
+    longest = len(tokenizer("'Does it'")["input_ids"])
+    assert len(tokenizer("Does it", add_special_tokens=False)["input_ids"]) <= 3
+    assert longest > 3 + len(tokenizer("''")["input_ids"])
+    batch = quoted(text=["Does it", "a"])
+    assert batch["input_ids"].shape == (2, longest)
+    assert batch["attention_mask"][0].all() and not batch["attention_mask"][1].all()
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_is_applied_as_transformers_reads_the_photo(orientation, tmp_path):
+    """Orientations 2-8 (mirrored, turned, or both) each change the pixels; 1 and no tag leave them as stored."""
+    from transformers.image_utils import load_image as transformers_load_image
+
+    pixels = np.zeros((16, 32, 3), dtype=np.uint8)
+    pixels[:8, :16] = (255, 0, 0)  # one red quarter: every turn and mirror moves it elsewhere
+    photo = Image.fromarray(pixels)
+    exif = photo.getexif()
+    exif[0x0112] = orientation
+    path = tmp_path / "photo.png"
+    photo.save(path, exif=exif.tobytes())
+    expected = np.asarray(transformers_load_image(str(path)))
+    assert (orientation == 1) == (expected.shape == pixels.shape and (expected == pixels).all())
+    with Image.open(path) as opened:
+        np.testing.assert_array_equal(np.asarray(load_image(opened, 0)), expected)
+
+
+@pytest.mark.parametrize("size", [(200, 1), (201, 1), (1, 200), (1, 201), (1600, 8), (1608, 8)])
+def test_the_qwen_vl_aspect_ratio_limit_is_the_image_processors_own(size):
+    """Images are refused up front (and skipped by the builder) exactly when the Qwen-VL image processor would refuse
+    them: 200:1 passes, anything more elongated does not."""
+    image = Image.new("RGB", size)
+    problem = mllm_image_problem("qwen2_vl", size)
+    if max(size) / min(size) <= QWEN_VL_MAX_ASPECT_RATIO:
+        assert problem is None
+        tiny_image_processor()(images=[image], return_tensors="pt")
+    else:
+        assert "aspect ratio 201:1" in problem
+        with pytest.raises(ValueError, match="aspect ratio"):
+            tiny_image_processor()(images=[image], return_tensors="pt")
