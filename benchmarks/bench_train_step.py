@@ -26,6 +26,7 @@ tokens). It needs a GPU:
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import multiprocessing
 import resource
@@ -214,6 +215,9 @@ def peak_memory_mib(args, variant: str) -> float:
     state, the same for every variant)."""
     model, optimizer, maple_batch, clip_batch = setup(args)
     if args.device.startswith("cuda"):
+        # The earlier variants' models, kept alive by the cycle through the autocast-wrapped forward (`--bf16`): freed
+        # by the collector in the middle of a measured step, they would make it look 8 GiB smaller (qwen2-vl-2b).
+        gc.collect()
         torch.cuda.synchronize()
         baseline = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
