@@ -11,6 +11,30 @@ from dataset_builders import miner as miner_module
 from evaluation import retrieval as retrieval_module
 
 
+def _save_tiny_encoder(path, architecture: str = "dinov2") -> None:
+    """A random tiny transformers image encoder ("dinov2" or "vit") and an image processor for 16-pixel images,
+    saved to `path` for `HardNegativeMiner.from_pretrained`."""
+    from transformers import CLIPImageProcessorPil, Dinov2Config, Dinov2Model, ViTConfig, ViTModel
+
+    config_class, model_class = {"dinov2": (Dinov2Config, Dinov2Model), "vit": (ViTConfig, ViTModel)}[architecture]
+    config = config_class(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=16, patch_size=8)
+    torch.manual_seed(0)
+    model_class(config).save_pretrained(path)
+    CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(path)
+
+
+def _record_searches(monkeypatch) -> list[tuple[int, int]]:
+    """The (number of queries, depth k) of every `chunked_topk` search `top_k_neighbours` runs, in order."""
+    searches, search = [], miner_module.chunked_topk
+
+    def recording(*args, **kwargs):
+        searches.append((len(args[0]), args[2]))
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(miner_module, "chunked_topk", recording)
+    return searches
+
+
 def _brute_force(embeddings: torch.Tensor, k: int) -> torch.Tensor:
     normalised = torch.nn.functional.normalize(embeddings, dim=-1)
     similarities = normalised @ normalised.T
@@ -159,12 +183,7 @@ def test_semdedup_removes_near_duplicates_and_keeps_one_of_each_group():
 
 
 def test_miner_embeds_with_a_transformers_image_encoder(tmp_path):
-    from transformers import CLIPImageProcessorPil, Dinov2Config, Dinov2Model
-
-    torch.manual_seed(0)
-    config = Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=16, patch_size=8)
-    Dinov2Model(config).save_pretrained(tmp_path)
-    CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(tmp_path)
+    _save_tiny_encoder(tmp_path)
     miner = HardNegativeMiner.from_pretrained(str(tmp_path), batch_size=3)
     images = [Image.new("RGB", (20, 20), colour) for colour in ["red", "blue", "green", "red", "white"]]
     embeddings = miner.embed(images)
@@ -216,11 +235,7 @@ def test_query_subset_matches_the_full_search():
 def test_from_pretrained_searches_on_the_encoder_device(tmp_path, monkeypatch):
     """Each rank of a multi-GPU build loads its miner with device=cuda:LOCAL_RANK; its neighbour
     search and SemDeDup must go there too, not to the default cuda (cuda:0) on every rank."""
-    from transformers import CLIPImageProcessorPil, Dinov2Config, Dinov2Model
-
-    config = Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=16, patch_size=8)
-    Dinov2Model(config).save_pretrained(tmp_path)
-    CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(tmp_path)
+    _save_tiny_encoder(tmp_path)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
     assert HardNegativeMiner.from_pretrained(str(tmp_path), device="cpu").search_device == torch.device("cpu")
     explicit = HardNegativeMiner.from_pretrained(str(tmp_path), device="cpu", search_device="meta")
@@ -229,11 +244,7 @@ def test_from_pretrained_searches_on_the_encoder_device(tmp_path, monkeypatch):
 
 
 def test_from_pretrained_takes_the_loading_keywords_the_judge_takes(tmp_path):
-    from transformers import CLIPImageProcessorPil, Dinov2Config, Dinov2Model
-
-    config = Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=16, patch_size=8)
-    Dinov2Model(config).save_pretrained(tmp_path)
-    CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(tmp_path)
+    _save_tiny_encoder(tmp_path)
     miner = HardNegativeMiner.from_pretrained(str(tmp_path), dtype=torch.bfloat16, device_map="cpu", model_kwargs={"attn_implementation": "eager"})
     assert miner.encode_images.model.dtype == torch.bfloat16 and miner.encode_images.model.config._attn_implementation == "eager"
     with pytest.raises(TypeError, match=r"HardNegativeMiner.from_pretrained got an unknown keyword 'attn_implementation'.*model_kwargs="):
@@ -295,11 +306,7 @@ def test_semdedup_refuses_clusters_too_many_to_find_duplicates():
 
 
 def test_settings_hold_the_duplicate_threshold_and_the_encoders_dtype_and_image_processor(tmp_path):
-    from transformers import CLIPImageProcessorPil, Dinov2Config, Dinov2Model
-
-    config = Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=16, patch_size=8)
-    Dinov2Model(config).save_pretrained(tmp_path)
-    CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(tmp_path)
+    _save_tiny_encoder(tmp_path)
     settings = HardNegativeMiner.from_pretrained(str(tmp_path), duplicate_threshold=0.9).settings
     assert settings["duplicate_threshold"] == 0.9
     assert settings["encoder"]["dtype"] == "torch.float32" and len(settings["encoder"]["weights"]) == 16
@@ -325,15 +332,9 @@ def test_duplicate_neighbours_count_once_and_ties_go_to_the_lower_row_whatever_t
 def test_rows_whose_duplicates_exhaust_the_corpus_stop_after_one_search(monkeypatch):
     """Copies of one image are each other's duplicates, so every row is excluded for every query: the search
     doubled its depth up to N, comparing depth² neighbour pairs each time (500 copies took seconds, 2,000 minutes)."""
-    depths, search = [], miner_module.chunked_topk
-
-    def recording(*args, **kwargs):
-        depths.append(args[2])
-        return search(*args, **kwargs)
-
-    monkeypatch.setattr(miner_module, "chunked_topk", recording)
+    searches = _record_searches(monkeypatch)
     neighbours = top_k_neighbours(torch.randn(1, 16).repeat(64, 1), k=3)
-    assert depths == [3]
+    assert searches == [(64, 3)]
     assert bool((neighbours.indices == -1).all()) and bool((neighbours.scores == float("-inf")).all())
 
 
@@ -354,19 +355,13 @@ def test_a_group_of_copies_among_a_rows_nearest_costs_one_more_search_not_one_as
     """Copies of one image that are a query's nearest neighbours (not its duplicates) filled the search with one
     negative: the depth doubled up to the group's size, comparing depth² neighbour pairs each time. Searches now
     exclude the duplicates of the neighbours found, at the same depth."""
-    depths, search = [], miner_module.chunked_topk
-
-    def recording(*args, **kwargs):
-        depths.append((len(args[0]), args[2]))
-        return search(*args, **kwargs)
-
-    monkeypatch.setattr(miner_module, "chunked_topk", recording)
+    searches = _record_searches(monkeypatch)
     generator = torch.Generator().manual_seed(3)
     query, others = torch.randn(1, 16, generator=generator), torch.randn(5, 16, generator=generator)
     copies = (query + 0.3 * torch.randn(1, 16, generator=generator)).repeat(300, 1)  # the query's nearest, 300 times
     embeddings = torch.cat([query, copies, others])
     found = top_k_neighbours(embeddings, 3, query_rows=torch.tensor([0]), key_chunk_size=64)
-    assert depths == [(1, 3), (1, 3)]  # was 3, 6, ..., 384: 8 searches
+    assert searches == [(1, 3), (1, 3)]  # was 3, 6, ..., 384: 8 searches
     normalised = torch.nn.functional.normalize(embeddings, dim=-1)
     expected = (normalised[0] @ normalised[301:].T).topk(2).indices + 301  # one copy, then the two best others
     assert found.indices[0, 0] == 1 and found.indices[0, 1:].tolist() == expected.tolist()
