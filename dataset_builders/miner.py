@@ -239,7 +239,8 @@ def semdedup(
 
     Inside a cluster rows are ordered by similarity to the centroid, least typical first, and a row
     is dropped when it duplicates any row ordered before it; so of each duplicate group the row
-    farthest from the centroid (the least prototypical) survives, SemDeDup's default. The paper
+    farthest from the centroid (the least prototypical) survives, SemDeDup's default, and of exact
+    copies the first (the sort is stable, so CPU and GPU keep the same one). The paper
     uses 50,000 clusters and epsilon 0.07 on DINOv2 embeddings.
 
     Args:
@@ -265,7 +266,7 @@ def semdedup(
             continue
         vectors = normalised[members]
         centroid = torch.nn.functional.normalize(vectors.sum(0), dim=0)
-        order = (vectors @ centroid).argsort()
+        order = (vectors @ centroid).argsort(stable=True)
         members, vectors = members[order], vectors[order]
         best, best_row = _best_earlier_rows(vectors, max_elements)
         for position in (best > 1.0 - epsilon).nonzero().squeeze(1).tolist():

@@ -203,6 +203,16 @@ def test_semdedup_removes_near_duplicates_and_keeps_one_of_each_group():
     assert semdedup(distinct, num_clusters=4, epsilon=0.01).removed == {}
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_semdedup_keeps_the_first_of_exact_copies(seed):
+    """Exact copies tie in their similarity to the centroid; an unstable sort kept whichever came first, which
+    differed between the CPU and a GPU (an H200 kept row 0 where the CPU kept row 1)."""
+    embeddings = torch.randn(200, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    embeddings[1] = embeddings[2] = embeddings[0]
+    embeddings[50] = embeddings[7]
+    assert semdedup(embeddings, num_clusters=4, epsilon=0.01).removed == {1: 0, 2: 0, 50: 7}
+
+
 def _at_angle(degrees: float, plane_axis: int) -> list[float]:
     """A unit vector `degrees` from e0 towards e1 or e2 (`plane_axis`), negative degrees the mirror image."""
     vector = [math.cos(math.radians(degrees)), 0.0, 0.0]

@@ -1,5 +1,5 @@
-"""Model and dataset cards: rendered from a real tiny training run and a builder's stats, metadata
-that parses back, figures written next to the card."""
+"""Model and dataset cards: rendered from a real tiny training run, hand-built eval results (every value distinct)
+and a builder's stats, metadata that parses back, figures written next to the card."""
 
 import pytest
 import yaml
@@ -8,6 +8,7 @@ from PIL import Image
 
 from maple import PAPER_CITATION
 from model_cards import dataset_card_from_stats, model_card_from_run, with_eval_results
+from model_cards.cards import PAPER_TAGS
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +46,7 @@ def test_model_card_from_a_tiny_run(tiny_run):
     parsed = ModelCard(str(card))
     metadata = yaml.safe_load(str(card).split("---")[1])
     assert metadata["base_model"] == "openai/clip-vit-base-patch32" and metadata["datasets"] == ["maple-org/prefs"]
+    assert metadata["tags"] == PAPER_TAGS + ["dual_encoder", "lora", "peft"]
     results = {(r.dataset_name, r.metric_config, r.metric_type): r.metric_value for r in parsed.data.eval_results}
     # a category is a metric config: the dataset config is for `load_dataset`, and BiVLC has no config "object"
     assert {r.dataset_config for r in parsed.data.eval_results} == {None}
@@ -112,6 +114,7 @@ def test_a_nan_score_stays_out_of_the_model_index(tmp_path):
 def test_model_card_without_eval_or_logs(tmp_path):
     card = model_card_from_run(tmp_path, base_model=None, backbone="mllm", training_config={}, log_history=[], eval_results={})
     assert ModelCard(str(card)).data.eval_results is None
+    assert ModelCard(str(card)).data.tags == PAPER_TAGS + ["mllm"]  # full fine-tuning: no "lora" or "peft" tag
     assert "No benchmark was evaluated" in card.text and "Training curves" not in card.text and "Similarity histograms" not in card.text
     assert not (tmp_path / "training_curves.png").exists() and not (tmp_path / "similarity_histograms.png").exists()
     assert f"```bibtex\n{PAPER_CITATION}\n```" in card.text
@@ -139,6 +142,8 @@ def test_model_card_states_the_objective_and_similarity_the_run_and_model_have(t
     assert "fine-tuned with Relative Preference Alignment (RPA) mixed with InfoNCE," in text({"rpa_weight": 0.2})
     assert "fine-tuned with InfoNCE alone (`rpa_weight` 0: no preference alignment)," in text({"rpa_weight": 0.0})
     assert "fine-tuned with Relative Preference Alignment (RPA) alone" in text({"rpa_weight": 1})
+    # a config that does not record it has RPAConfig's default (0.2), which mixes both, not RPA alone
+    assert "fine-tuned with Relative Preference Alignment (RPA) mixed with InfoNCE," in text({})
     normalized, raw = text({}), text({}, {"normalize": False})
     assert "similarity is the cosine of the L2-normalised embeddings" in normalized and "# cosine similarities" in normalized
     assert "not normalised (`normalize=False`): similarity is their dot product" in raw and "# dot products" in raw
@@ -164,6 +169,64 @@ def test_with_eval_results_replaces_the_section(tmp_path):
     assert updated.text.count("## Evaluation") == 1 and "| bivlc | swap | 50.0 | 25.0 | 25.0 |" in updated.text
     assert "| winoground |" not in updated.text and "## Usage" in updated.text
     assert {(r.dataset_name, r.metric_type) for r in updated.data.eval_results} >= {("bivlc", "group_score"), ("bivlc", "delta_gap")}
+
+
+# Results built by hand, a distinct value for every metric, direction and category: a tiny model's scores tie
+# (i2t == t2i, a category as the whole), which hides a swapped direction or a category showing the overall score.
+EVAL_RESULTS = {
+    "coco": {"i2t_r1": 11.114, "i2t_r5": 12.2, "i2t_r10": 13.3, "t2i_r1": 21.1, "t2i_r5": 22.2, "t2i_r10": 23.3},
+    "bivlc": {"text_score": 40.0, "image_score": 30.0, "group_score": 20.0,
+              "per_category": {"swap": {"text_score": 41.0, "image_score": 31.0, "group_score": 21.0},
+                               "replace": {"text_score": 42.0, "image_score": 32.0, "group_score": 22.0}},
+              "modality_gap": {"w_dist": 0.3, "w_disc": 0.125, "delta_gap": 2.4}},
+}
+
+
+def _model_index(card):
+    """{(benchmark, category, metric): (value, name, task type, dataset)} of the card's `model-index`."""
+    return {(r.dataset_name, r.metric_config, r.metric_type): (r.metric_value, r.metric_name, r.task_type, r.dataset_type)
+            for r in ModelCard(str(card)).data.eval_results}
+
+
+def test_model_index_holds_every_metric_by_direction_and_category(tmp_path):
+    card = model_card_from_run(tmp_path, None, "mllm", {}, [], EVAL_RESULTS)
+    coco, bivlc = "nlphuji/mscoco_2014_5k_test_image_text_retrieval", "imirandam/BiVLC"
+    retrieval, matching = "image-text-retrieval", "image-text-matching"
+    assert _model_index(card) == {
+        ("coco", None, "i2t_r1"): (11.11, "Image→text R@1", retrieval, coco),
+        ("coco", None, "i2t_r5"): (12.2, "Image→text R@5", retrieval, coco),
+        ("coco", None, "i2t_r10"): (13.3, "Image→text R@10", retrieval, coco),
+        ("coco", None, "t2i_r1"): (21.1, "Text→image R@1", retrieval, coco),
+        ("coco", None, "t2i_r5"): (22.2, "Text→image R@5", retrieval, coco),
+        ("coco", None, "t2i_r10"): (23.3, "Text→image R@10", retrieval, coco),
+        ("bivlc", None, "text_score"): (40.0, "Text score", matching, bivlc),
+        ("bivlc", None, "image_score"): (30.0, "Image score", matching, bivlc),
+        ("bivlc", None, "group_score"): (20.0, "Group score", matching, bivlc),
+        ("bivlc", "replace", "text_score"): (42.0, "Text score (replace)", matching, bivlc),
+        ("bivlc", "replace", "image_score"): (32.0, "Image score (replace)", matching, bivlc),
+        ("bivlc", "replace", "group_score"): (22.0, "Group score (replace)", matching, bivlc),
+        ("bivlc", "swap", "text_score"): (41.0, "Text score (swap)", matching, bivlc),
+        ("bivlc", "swap", "image_score"): (31.0, "Image score (swap)", matching, bivlc),
+        ("bivlc", "swap", "group_score"): (21.0, "Group score (swap)", matching, bivlc),
+        ("bivlc", None, "delta_gap"): (2.4, "Modality gap Δgap", matching, bivlc),
+    }
+
+
+def test_evaluation_tables_show_every_metric_in_its_column(tmp_path):
+    text = model_card_from_run(tmp_path, None, "mllm", {}, [], EVAL_RESULTS).text
+    assert "| coco | 11.1 | 12.2 | 13.3 | 21.1 | 22.2 | 23.3 |" in text  # I→T R@1, 5, 10, then T→I
+    for row in ("| bivlc | all | 40.0 | 30.0 | 20.0 |", "| bivlc | replace | 42.0 | 32.0 | 22.0 |",
+                "| bivlc | swap | 41.0 | 31.0 | 21.0 |"):  # text, image, group
+        assert row in text, row
+    assert "| bivlc | 30.00 | 12.50 | 2.40 |" in text  # W_dist and W_disc x100, Δgap (their ratio) as it is
+
+
+def test_with_eval_results_names_the_dataset_each_benchmark_was_read_from(tmp_path):
+    """`maple eval --push-to-hub` on a mirror of COCO: the model-index names the mirror, the others their official id."""
+    card = model_card_from_run(tmp_path, None, "mllm", {}, [], {})
+    updated = with_eval_results(card, EVAL_RESULTS, dataset_ids={"coco": "maple-org/coco-mirror"})
+    datasets = {(benchmark, dataset) for (benchmark, _, _), (_, _, _, dataset) in _model_index(updated).items()}
+    assert datasets == {("coco", "maple-org/coco-mirror"), ("bivlc", "imirandam/BiVLC")}
 
 
 STATS = {  # the shape `MaplePreferences.write_stats` writes
@@ -213,7 +276,10 @@ def test_card_hyperparameters_are_those_the_run_used():
 
     rows = dict(_card_hyperparameters({"num_train_epochs": 3.0, "max_steps": 150, "warmup_steps": 0.025, "seed": 0}))
     assert rows == {"max_steps": 150, "warmup_steps": "0.025 (ratio of the training steps)", "seed": 0}
-    assert dict(_card_hyperparameters({"num_train_epochs": 8.0, "max_steps": -1, "warmup_steps": 10}))["num_train_epochs"] == 8.0
+    # max_steps -1 (Trainer's default), 0 or unset leave the epochs in charge; warmup_steps 0 is no ratio
+    for max_steps in ({"max_steps": -1}, {"max_steps": 0}, {}):
+        rows = dict(_card_hyperparameters({"num_train_epochs": 8.0, **max_steps, "warmup_steps": 0}))
+        assert rows["num_train_epochs"] == 8.0 and rows["warmup_steps"] == 0, max_steps
 
 
 def test_dataset_card_describes_every_config_of_a_repo(tmp_path):

@@ -1,6 +1,6 @@
 """RPATrainer checkpoints: resuming equals an uninterrupted run (full and LoRA), saved models load with the Auto
-classes, the best LoRA checkpoint is loaded at the end, and a non-finite loss stops the run after saving only finite
-weights."""
+classes, the best LoRA checkpoint is loaded at the end, a non-finite loss stops the run after saving only finite weights, and
+the helpers of `trainer.checkpoints`: the recipe a resume must share, the checkpoint folders by step."""
 
 import json
 import math
@@ -17,9 +17,12 @@ from transformers import AutoModel, AutoProcessor, TrainerCallback
 import trainer.rpa_trainer as rpa_trainer_module
 
 from modeling_maple.lora import maple_lora_config, save_merged
-from modeling_maple.testing import build_tiny
+from modeling_maple.testing import build_tiny, tiny_dual_encoder_config
 from test_trainer import make_config, make_trainer
 from trainer import RPATrainer
+from trainer.checkpoints import (
+    RECIPE_FILE, check_recipe, last_complete_checkpoint, model_recipe, run_checkpoints, training_recipe,
+)
 from trainer.testing import smoke_config, synthetic_preference_dataset
 
 
@@ -327,3 +330,66 @@ def test_a_run_resumed_to_train_longer_follows_its_own_schedule_from_the_first_s
     # steps 1-2 ran on the 2-step schedule, as they did; from step 3 on, the 4-step one's rates (step 3: 0 before)
     assert [rates(longer)[step] for step in (3, 4)] == pytest.approx([rates(uninterrupted)[step] for step in (3, 4)])
     assert rates(longer)[3] > 0
+
+
+# A change of every value a resumed run must share (`RECIPE_FIELDS`), from `smoke_config`'s: a field the recipe
+# leaves out resumes silently under another loss, schedule or batch.
+RECIPE_CHANGES = {
+    "rpa_loss": "pairwise", "rpa_weight": 0.9, "reference": "frozen", "learn_beta": False, "learn_temperature": False,
+    "max_scale": 50.0, "expand_negatives": False, "exclude_judged_positives": True, "gather_negatives": False,
+    "num_image_candidates": 2, "num_text_candidates": 2, "per_device_train_batch_size": 4,
+    "gradient_accumulation_steps": 2, "learning_rate": 1e-4, "lr_scheduler_type": "linear", "warmup_steps": 3,
+    "weight_decay": 0.1, "seed": 1,
+}
+
+
+def _save_recipe(checkpoint, recipe):
+    checkpoint.mkdir(exist_ok=True)
+    (checkpoint / RECIPE_FILE).write_text(json.dumps(recipe))
+
+
+@pytest.mark.parametrize("field, changed", RECIPE_CHANGES.items(), ids=list(RECIPE_CHANGES))
+def test_a_checkpoint_refuses_a_resume_that_changes_any_recipe_value(tmp_path, field, changed):
+    saved = smoke_config(str(tmp_path))
+    _save_recipe(tmp_path, training_recipe(saved, lora=None))
+    check_recipe(str(tmp_path), smoke_config(str(tmp_path)), None)  # the same recipe resumes
+    with pytest.raises(ValueError, match=rf"another recipe \({field}: [^;]*\)"):  # this one value, named
+        check_recipe(str(tmp_path), smoke_config(str(tmp_path), **{field: changed}), None)
+
+
+def test_a_recipe_saved_before_a_value_was_recorded_resumes(tmp_path):
+    """Checkpoints of older versions have no model (or other newer) entry in their recipe: what they did not record
+    cannot differ, and must not read as a change to None."""
+    args, model = smoke_config(str(tmp_path)), model_recipe(tiny_dual_encoder_config())
+    recipe = training_recipe(args, lora=None, model=model)
+    del recipe["model"], recipe["gather_negatives"]
+    _save_recipe(tmp_path, recipe)
+    check_recipe(str(tmp_path), args, None, model)
+
+
+def test_a_checkpoint_refuses_a_model_with_another_text_tower_or_embedding_size(tmp_path):
+    """Another model's weights and optimizer state do not fit the checkpoint's."""
+    from transformers import RobertaConfig
+
+    args, config = smoke_config(str(tmp_path)), tiny_dual_encoder_config()
+    _save_recipe(tmp_path, training_recipe(args, lora=None, model=model_recipe(config)))
+    check_recipe(str(tmp_path), args, None, model_recipe(config))
+    roberta = RobertaConfig(**{key: getattr(config.text_config, key) for key in (
+        "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")})
+    with pytest.raises(ValueError, match=r"\(model: .*'bert'\].* -> .*'roberta'\]"):
+        check_recipe(str(tmp_path), args, None, model_recipe(tiny_dual_encoder_config(text_config=roberta)))
+    with pytest.raises(ValueError, match=r"\(model: .*'projection_dim': 16\} -> .*'projection_dim': 32\}"):
+        check_recipe(str(tmp_path), args, None, model_recipe(tiny_dual_encoder_config(projection_dim=32)))
+
+
+def test_run_checkpoints_are_the_checkpoint_folders_by_step(tmp_path):
+    """By step, not by name ("checkpoint-10" sorts before "checkpoint-9"): resuming "the last checkpoint" took step
+    9 over step 10. A renamed copy such as "checkpoint-2-old", or a file, is no checkpoint."""
+    for name in ("checkpoint-10", "checkpoint-9", "checkpoint-2-old", "checkpoint-2", "other"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "checkpoint-11").write_text("not a folder")
+    assert run_checkpoints(str(tmp_path)) == [str(tmp_path / f"checkpoint-{step}") for step in (2, 9, 10)]
+    for step in (9, 10):
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    assert last_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-10")
+    assert run_checkpoints(str(tmp_path / "missing")) == [] and last_complete_checkpoint(str(tmp_path / "missing")) is None
