@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from evaluation import retrieval as retrieval_module
 from evaluation.metrics import first_relevant_ranks, retrieval_recall
 from evaluation.retrieval import chunked_ranks, chunked_retrieval_recall, chunked_topk
 
@@ -86,6 +87,37 @@ def test_chunked_topk_skips_each_querys_excluded_candidates_and_their_near_dupli
         chunked_topk(queries, candidates, k=2, excluded_indices=excluded_indices[:2])
 
 
+def test_chunked_topk_excludes_scores_exactly_at_the_duplicate_threshold():
+    """The threshold is inclusive ("at or above"), against the query and against each excluded candidate. Entries of
+    0, 0.5 and 1 make every score exact, so the threshold 0.5 is reached, not approached."""
+    query = torch.tensor([[1.0, 0, 0, 0, 0, 0, 0, 0]])
+    candidates = torch.tensor([
+        [0.5, 0.5, 0.5, 0.5, 0, 0, 0, 0],  # scores 0.5 against the query
+        [0, 0, 0, 0, 1.0, 0, 0, 0],  # excluded by index
+        [0, 0, 0, 0, 0.5, 0.5, 0.5, 0.5],  # scores 0.5 against candidate 1, 0 against the query
+        [0, 0, 0, 0, 0, 0, 0, 1.0],  # scores 0 against everything
+    ])
+
+    def retrieved(duplicate_threshold):
+        scores, indices = chunked_topk(query, candidates, k=4, candidate_chunk=3, duplicate_threshold=duplicate_threshold,
+                                       excluded_indices=torch.tensor([[1]]))
+        return sorted(indices[scores > float("-inf")].tolist())
+
+    assert retrieved(0.5) == [3]
+    assert retrieved(0.5001) == [0, 2, 3]
+
+
+@pytest.mark.parametrize("candidate_chunk", [24, 5, 7])
+def test_chunked_topk_orders_more_than_16_ties_by_candidate_index(candidate_chunk):
+    """Equal scores come in candidate order. Past 16 columns torch's default (unstable) sort reorders equal keys, so
+    only a stable sort keeps that order for k > 16."""
+    high, low = [1.0, 0.0], [0.5, 0.5]  # exact scores 1 and 0.5 against the query
+    candidates = torch.tensor([high if c % 2 else low for c in range(24)])
+    scores, indices = chunked_topk(torch.tensor([[1.0, 0.0]]), candidates, k=20, candidate_chunk=candidate_chunk)
+    assert indices[0].tolist() == list(range(1, 24, 2)) + list(range(0, 16, 2))
+    assert scores[0].tolist() == [1.0] * 12 + [0.5] * 8
+
+
 def test_chunked_topk_without_queries():
     scores, indices = chunked_topk(torch.zeros(0, 4), _normalised(5, 4, 0), k=3)
     assert scores.shape == indices.shape == (0, 3)
@@ -116,6 +148,25 @@ def test_chunked_ranks_equal_dense_with_several_captions_per_image(query_chunk, 
     assert chunked_retrieval_recall(images, captions, captions_of_image, candidate_chunk=candidate_chunk) == (
         retrieval_recall(dense, captions_of_image)
     )
+
+
+def test_chunked_ranks_compute_each_score_block_once_when_the_relevant_blocks_are_kept(monkeypatch):
+    """The blocks holding a query block's relevant candidates (up to `KEPT_RELEVANT_BLOCKS` of them) are kept from
+    the first pass for the count, not computed again: every (query, candidate) score is computed once."""
+    computed = []
+    score_blocks = retrieval_module._score_blocks
+
+    def recording(*args, **kwargs):
+        for c_start, scores in score_blocks(*args, **kwargs):
+            computed.append(scores.numel())
+            yield c_start, scores
+
+    monkeypatch.setattr(retrieval_module, "_score_blocks", recording)
+    queries, candidates = _normalised(6, 8, 0), _normalised(20, 8, 1)
+    relevant = [0, 3, 11, [12, 14], 4, 13]  # in the candidate blocks [0, 5) and [10, 15)
+    ranks = chunked_ranks(queries, candidates, relevant, query_chunk=6, candidate_chunk=5)
+    assert torch.equal(ranks, first_relevant_ranks(queries @ candidates.T, relevant))
+    assert sum(computed) == 6 * 20
 
 
 def test_chunked_ranks_exact_ties_with_duplicates():
@@ -154,9 +205,12 @@ def test_chunked_ranks_keep_ties_of_float_duplicates_at_any_block_size(query_chu
         assert torch.equal(chunked, dense)
 
 
-def test_mismatched_dimensions_are_reported():
+def test_mismatched_shapes_are_reported():
     with pytest.raises(ValueError, match=r"got \(2, 3\) and \(4, 5\)"):
         chunked_topk(torch.zeros(2, 3), torch.zeros(4, 5), k=1)
+    # One position short: the last query would retrieve itself, silently.
+    with pytest.raises(ValueError, match=r"self_indices: expected shape \(3,\), got \(2,\)"):
+        chunked_topk(_normalised(3, 4, 0), _normalised(5, 4, 1), k=1, self_indices=torch.tensor([0, 1]))
 
 
 def test_non_finite_embeddings_and_scores_are_refused_not_ranked_first():

@@ -83,11 +83,24 @@ def test_recall_without_queries_is_an_error_not_nan():
 
 @pytest.mark.parametrize(
     "relevant, message",
-    [([0, 1], "one entry per query (3)"), ([0, 1, 5], "query 2 refers to candidates [5]"), ([0, [], 1], "query 1 has no")],
+    [
+        ([0, 1], "one entry per query (3)"),
+        ([0, 1, 5], "query 2 refers to candidates [5]"),
+        ([0, 1, 3], "query 2 refers to candidates [3], expected indices in [0, 3)"),  # one past the last candidate
+        ([0, [1, -1], 2], "query 1 refers to candidates [-1]"),  # not Python's last element
+        ([0, [], 1], "query 1 has no"),
+    ],
 )
 def test_recall_bad_input_names_the_problem(relevant, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         retrieval_recall(torch.zeros(3, 3), relevant)
+
+
+@pytest.mark.parametrize("ks", [(0,), (1, -5), ()])
+def test_recall_refuses_cutoffs_below_one(ks):
+    """recall@0 would be 0 for every model, a score that reads as a failure rather than a typo."""
+    with pytest.raises(ValueError, match=re.escape(f"ks: expected positive integers, got {ks}")):
+        retrieval_recall(torch.eye(3), [0, 1, 2], ks=ks)
 
 
 def test_group_scores_hand_computed():
@@ -135,6 +148,13 @@ def test_wasserstein_equal_and_unequal_sizes():
     # quantile functions 0 vs (0 below u=1/2, 2 above): mean |difference| = 1
     assert wasserstein_1d([0.0], [0.0, 2.0]) == pytest.approx(1.0)
     assert wasserstein_1d([0.2, 0.7], [0.7, 0.2]) == 0.0
+
+
+@pytest.mark.parametrize("a, b", [([], [0.5]), ([0.5], [])])
+def test_wasserstein_refuses_an_empty_sample(a, b):
+    """An empty sample has no distribution: its CDF would divide by zero and the distance come out NaN."""
+    with pytest.raises(ValueError, match=rf"both samples must be non-empty, got sizes {len(a)} and {len(b)}"):
+        wasserstein_1d(a, b)
 
 
 def test_modality_gap_hand_computed():

@@ -1,6 +1,7 @@
 """Hard-negative mining: exact chunked top-k, bounded memory, duplicates, SemDeDup, encoders."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -11,6 +12,31 @@ from dataset_builders import miner as miner_module
 from evaluation import retrieval as retrieval_module
 
 
+def _save_tiny_encoder(path, architecture: str = "dinov2") -> None:
+    """A random tiny transformers image encoder ("dinov2" or "vit") and an image processor for 16-pixel images,
+    saved to `path` for `HardNegativeMiner.from_pretrained`."""
+    from transformers import CLIPImageProcessorPil, Dinov2Config, Dinov2Model, ViTConfig, ViTModel
+
+    config_class, model_class = {"dinov2": (Dinov2Config, Dinov2Model), "vit": (ViTConfig, ViTModel)}[architecture]
+    sizes = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=16,
+                 patch_size=8)
+    torch.manual_seed(0)
+    model_class(config_class(**sizes)).save_pretrained(path)
+    CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(path)
+
+
+def _record_searches(monkeypatch) -> list[tuple[int, int]]:
+    """The (number of queries, depth k) of every `chunked_topk` search `top_k_neighbours` runs, in order."""
+    searches, search = [], miner_module.chunked_topk
+
+    def recording(*args, **kwargs):
+        searches.append((len(args[0]), args[2]))
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(miner_module, "chunked_topk", recording)
+    return searches
+
+
 def _brute_force(embeddings: torch.Tensor, k: int) -> torch.Tensor:
     normalised = torch.nn.functional.normalize(embeddings, dim=-1)
     similarities = normalised @ normalised.T
@@ -18,11 +44,13 @@ def _brute_force(embeddings: torch.Tensor, k: int) -> torch.Tensor:
     return similarities.topk(k, dim=1)
 
 
+# k = 20: past 16 columns torch's default (unstable) sort reorders equal keys, the kept neighbours among them
+@pytest.mark.parametrize("k", [5, 20])
 @pytest.mark.parametrize("query_chunk_size, key_chunk_size", [(7, 13), (64, 5), (1000, 1000)])
-def test_chunked_search_equals_brute_force(query_chunk_size, key_chunk_size):
+def test_chunked_search_equals_brute_force(query_chunk_size, key_chunk_size, k):
     embeddings = torch.randn(301, 24, generator=torch.Generator().manual_seed(0)) * 3.0
-    expected = _brute_force(embeddings, k=5)
-    found = top_k_neighbours(embeddings, 5, query_chunk_size=query_chunk_size, key_chunk_size=key_chunk_size)
+    expected = _brute_force(embeddings, k=k)
+    found = top_k_neighbours(embeddings, k, query_chunk_size=query_chunk_size, key_chunk_size=key_chunk_size)
     assert torch.equal(found.indices, expected.indices)
     torch.testing.assert_close(found.scores, expected.values)
 
@@ -84,8 +112,11 @@ def test_self_is_excluded_even_where_duplicates_are_kept():
     assert found.indices[0, 0] == 6 and found.indices[6, 0] == 0
 
 
-def test_too_few_neighbours_are_padded_with_minus_one():
+def test_too_few_neighbours_are_padded_with_minus_one_after_one_search(monkeypatch):
+    """A search that comes back with excluded rows at -inf has run out of eligible rows: another would find none."""
+    searches = _record_searches(monkeypatch)
     found = top_k_neighbours(torch.randn(3, 4), 5)
+    assert searches == [(3, 5)]
     assert (found.indices[:, :2] >= 0).all()
     assert (found.indices[:, 2:] == -1).all()
     assert torch.isinf(found.scores[:, 2:]).all()
@@ -128,6 +159,20 @@ def test_search_equals_a_dense_reference_with_self_and_duplicates_masked(query_c
     assert valid.sum(dim=1).tolist() == [7, 7, 7, 7]
 
 
+def test_a_neighbour_exactly_at_the_duplicate_threshold_of_a_better_one_counts_as_its_duplicate():
+    """The threshold is inclusive between neighbours too. Entries of 0 and 0.5 make every cosine exact: rows 1 and 2
+    are at 0.5 of each other and at 0.25 of the query, row 3 at 0 of every row."""
+    rows = torch.tensor([
+        [0.5, 0, 0, 0, 0.5, 0.5, 0.5, 0],
+        [0.5, 0.5, 0.5, 0.5, 0, 0, 0, 0],
+        [0.5, 0.5, 0.5, -0.5, 0, 0, 0, 0],
+        [0, 0, 0, 0, 0, 0, 0, 1.0],
+    ])
+    query = torch.tensor([0])
+    assert top_k_neighbours(rows, 2, query_rows=query, duplicate_threshold=0.5).indices.tolist() == [[1, 3]]
+    assert top_k_neighbours(rows, 2, query_rows=query, duplicate_threshold=0.5001).indices.tolist() == [[1, 2]]
+
+
 def test_bad_arguments_are_rejected():
     with pytest.raises(ValueError, match="k must be"):
         top_k_neighbours(torch.randn(3, 4), 0)
@@ -168,13 +213,69 @@ def test_semdedup_keeps_the_first_of_exact_copies(seed):
     assert semdedup(embeddings, num_clusters=4, epsilon=0.01).removed == {1: 0, 2: 0, 50: 7}
 
 
-def test_miner_embeds_with_a_transformers_image_encoder(tmp_path):
-    from transformers import CLIPImageProcessorPil, Dinov2Config, Dinov2Model
+def _at_angle(degrees: float, plane_axis: int) -> list[float]:
+    """A unit vector `degrees` from e0 towards e1 or e2 (`plane_axis`), negative degrees the mirror image."""
+    vector = [math.cos(math.radians(degrees)), 0.0, 0.0]
+    vector[plane_axis] = math.sin(math.radians(degrees))
+    return vector
 
-    torch.manual_seed(0)
-    config = Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=16, patch_size=8)
-    Dinov2Model(config).save_pretrained(tmp_path)
-    CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(tmp_path)
+
+def test_semdedup_keeps_the_least_prototypical_copy_and_maps_each_removed_row_to_its_duplicate():
+    """One cluster, mirror-symmetric about e0, so its centroid is e0 and a row's angle to e0 says how prototypical
+    it is. Rows 0 and 1 (20 and 25 degrees, 5 apart: cosine 0.996) are duplicates, as are their mirror images 3 and
+    4; rows 2 and 5 (22 degrees, in another plane) duplicate nothing and sit between them in the centroid order."""
+    rows = torch.tensor([_at_angle(20, 1), _at_angle(25, 1), _at_angle(22, 2),
+                         _at_angle(-20, 1), _at_angle(-25, 1), _at_angle(-22, 2)])
+    result = semdedup(rows, num_clusters=1, epsilon=0.01)
+    # the copies at 25 degrees, farther from the centroid, stay; those at 20 name them
+    assert result.removed == {0: 1, 3: 4}
+    assert result.kept.tolist() == [1, 2, 4, 5]
+
+
+def test_semdedup_compares_the_rows_of_a_cluster_of_two():
+    """Rows 0 and 1 (one image twice, 1 degree apart) form a cluster of their own, away from rows 2 and 3 (20 degrees
+    apart: not duplicates)."""
+    rows = torch.tensor([_at_angle(0, 1), _at_angle(1, 1), _at_angle(80, 1), _at_angle(100, 1)])
+    assert semdedup(rows, num_clusters=2, epsilon=0.01).removed.keys() in ({0}, {1})
+
+
+def test_semdedup_duplicates_have_cosine_strictly_above_one_minus_epsilon():
+    rows = torch.tensor([[1.0, 0, 0, 0], [0.5, 0.5, 0.5, 0.5]])  # cosine exactly 0.5
+    assert semdedup(rows, num_clusters=1, epsilon=0.5).removed == {}
+    assert len(semdedup(rows, num_clusters=1, epsilon=0.5001).removed) == 1
+
+
+@pytest.mark.parametrize("epsilon", [-0.01, 1.0])
+def test_semdedup_refuses_epsilon_outside_zero_to_one(epsilon):
+    """At epsilon 1 every pair with a positive cosine would count as a duplicate."""
+    with pytest.raises(ValueError, match=re.escape(f"epsilon must be in [0, 1), got {epsilon}")):
+        semdedup(torch.eye(4), num_clusters=1, epsilon=epsilon)
+
+
+@pytest.mark.parametrize("iterations", [1, 2, 5, 20])
+def test_spherical_kmeans_groups_rows_by_direction(iterations):
+    """Four noisy rows along each of three orthogonal directions. Seed 0 starts from one row of each group, so the
+    first assignment finds the groups and every later one keeps them."""
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.eye(3).repeat_interleave(4, dim=0) + 0.05 * torch.randn(12, 3, generator=generator)
+    assignment = miner_module.spherical_kmeans(rows, 3, seed=0, iterations=iterations)
+    assert all(len(set(assignment[group : group + 4].tolist())) == 1 for group in (0, 4, 8))
+    assert len(set(assignment.tolist())) == 3
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_spherical_kmeans_recovers_a_cluster_that_goes_empty(seed):
+    """Two groups of copies are split whatever two rows k-means starts from. From two copies of one image (seeds 0, 1,
+    2 and 4) the second centroid gets no row, as ties go to the first; kept where it was, it takes its copies back once
+    the first centroid moves towards the other group. Collapsed to the zero vector it stayed empty, and one cluster
+    held everything."""
+    rows = torch.tensor([_at_angle(0, 1)] * 5 + [_at_angle(60, 1)] * 5)
+    assignment = miner_module.spherical_kmeans(rows, 2, seed=seed).tolist()
+    assert len(set(assignment[:5])) == len(set(assignment[5:])) == 1 and assignment[0] != assignment[5]
+
+
+def test_miner_embeds_with_a_transformers_image_encoder(tmp_path):
+    _save_tiny_encoder(tmp_path)
     miner = HardNegativeMiner.from_pretrained(str(tmp_path), batch_size=3)
     images = [Image.new("RGB", (20, 20), colour) for colour in ["red", "blue", "green", "red", "white"]]
     embeddings = miner.embed(images)
@@ -183,6 +284,21 @@ def test_miner_embeds_with_a_transformers_image_encoder(tmp_path):
     # Identical images embed identically, so each is excluded from the other's negatives.
     neighbours = miner.mine(embeddings, k=2)
     assert 3 not in neighbours.indices[0].tolist() and 0 not in neighbours.indices[3].tolist()
+
+
+def test_miner_embeds_with_the_pooled_output_where_the_encoder_has_one(tmp_path):
+    """DINOv2's pooled output is its last hidden state's first token, so only an encoder whose pooler transforms that
+    token (ViT: dense and tanh) tells the pooled output from the first-token fallback."""
+    from transformers import AutoImageProcessor, ViTModel
+
+    _save_tiny_encoder(tmp_path, "vit")
+    images = [Image.new("RGB", (20, 20), colour) for colour in ["red", "blue"]]
+    embeddings = HardNegativeMiner.from_pretrained(str(tmp_path)).embed(images)
+    inputs = AutoImageProcessor.from_pretrained(tmp_path)(images, return_tensors="pt")
+    with torch.no_grad():
+        output = ViTModel.from_pretrained(tmp_path)(**inputs)
+    torch.testing.assert_close(embeddings, torch.nn.functional.normalize(output.pooler_output, dim=-1))
+    assert not torch.allclose(embeddings, torch.nn.functional.normalize(output.last_hidden_state[:, 0], dim=-1))
 
 
 def test_from_pretrained_refuses_an_mllm_before_loading_it(tmp_path, monkeypatch):
@@ -226,11 +342,7 @@ def test_query_subset_matches_the_full_search():
 def test_from_pretrained_searches_on_the_encoder_device(tmp_path, monkeypatch):
     """Each rank of a multi-GPU build loads its miner with device=cuda:LOCAL_RANK; its neighbour
     search and SemDeDup must go there too, not to the default cuda (cuda:0) on every rank."""
-    from transformers import CLIPImageProcessorPil, Dinov2Config, Dinov2Model
-
-    config = Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=16, patch_size=8)
-    Dinov2Model(config).save_pretrained(tmp_path)
-    CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(tmp_path)
+    _save_tiny_encoder(tmp_path)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
     assert HardNegativeMiner.from_pretrained(str(tmp_path), device="cpu").search_device == torch.device("cpu")
     explicit = HardNegativeMiner.from_pretrained(str(tmp_path), device="cpu", search_device="meta")
@@ -239,11 +351,7 @@ def test_from_pretrained_searches_on_the_encoder_device(tmp_path, monkeypatch):
 
 
 def test_from_pretrained_takes_the_loading_keywords_the_judge_takes(tmp_path):
-    from transformers import CLIPImageProcessorPil, Dinov2Config, Dinov2Model
-
-    config = Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=16, patch_size=8)
-    Dinov2Model(config).save_pretrained(tmp_path)
-    CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(tmp_path)
+    _save_tiny_encoder(tmp_path)
     miner = HardNegativeMiner.from_pretrained(str(tmp_path), dtype=torch.bfloat16, device_map="cpu", model_kwargs={"attn_implementation": "eager"})
     assert miner.encode_images.model.dtype == torch.bfloat16 and miner.encode_images.model.config._attn_implementation == "eager"
     with pytest.raises(TypeError, match=r"HardNegativeMiner.from_pretrained got an unknown keyword 'attn_implementation'.*model_kwargs="):
@@ -305,11 +413,7 @@ def test_semdedup_refuses_clusters_too_many_to_find_duplicates():
 
 
 def test_settings_hold_the_duplicate_threshold_and_the_encoders_dtype_and_image_processor(tmp_path):
-    from transformers import CLIPImageProcessorPil, Dinov2Config, Dinov2Model
-
-    config = Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=16, patch_size=8)
-    Dinov2Model(config).save_pretrained(tmp_path)
-    CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(tmp_path)
+    _save_tiny_encoder(tmp_path)
     settings = HardNegativeMiner.from_pretrained(str(tmp_path), duplicate_threshold=0.9).settings
     assert settings["duplicate_threshold"] == 0.9
     assert settings["encoder"]["dtype"] == "torch.float32" and len(settings["encoder"]["weights"]) == 16
@@ -335,15 +439,9 @@ def test_duplicate_neighbours_count_once_and_ties_go_to_the_lower_row_whatever_t
 def test_rows_whose_duplicates_exhaust_the_corpus_stop_after_one_search(monkeypatch):
     """Copies of one image are each other's duplicates, so every row is excluded for every query: the search
     doubled its depth up to N, comparing depth² neighbour pairs each time (500 copies took seconds, 2,000 minutes)."""
-    depths, search = [], miner_module.chunked_topk
-
-    def recording(*args, **kwargs):
-        depths.append(args[2])
-        return search(*args, **kwargs)
-
-    monkeypatch.setattr(miner_module, "chunked_topk", recording)
+    searches = _record_searches(monkeypatch)
     neighbours = top_k_neighbours(torch.randn(1, 16).repeat(64, 1), k=3)
-    assert depths == [3]
+    assert searches == [(64, 3)]
     assert bool((neighbours.indices == -1).all()) and bool((neighbours.scores == float("-inf")).all())
 
 
@@ -364,19 +462,13 @@ def test_a_group_of_copies_among_a_rows_nearest_costs_one_more_search_not_one_as
     """Copies of one image that are a query's nearest neighbours (not its duplicates) filled the search with one
     negative: the depth doubled up to the group's size, comparing depth² neighbour pairs each time. Searches now
     exclude the duplicates of the neighbours found, at the same depth."""
-    depths, search = [], miner_module.chunked_topk
-
-    def recording(*args, **kwargs):
-        depths.append((len(args[0]), args[2]))
-        return search(*args, **kwargs)
-
-    monkeypatch.setattr(miner_module, "chunked_topk", recording)
+    searches = _record_searches(monkeypatch)
     generator = torch.Generator().manual_seed(3)
     query, others = torch.randn(1, 16, generator=generator), torch.randn(5, 16, generator=generator)
     copies = (query + 0.3 * torch.randn(1, 16, generator=generator)).repeat(300, 1)  # the query's nearest, 300 times
     embeddings = torch.cat([query, copies, others])
     found = top_k_neighbours(embeddings, 3, query_rows=torch.tensor([0]), key_chunk_size=64)
-    assert depths == [(1, 3), (1, 3)]  # was 3, 6, ..., 384: 8 searches
+    assert searches == [(1, 3), (1, 3)]  # was 3, 6, ..., 384: 8 searches
     normalised = torch.nn.functional.normalize(embeddings, dim=-1)
     expected = (normalised[0] @ normalised[301:].T).topk(2).indices + 301  # one copy, then the two best others
     assert found.indices[0, 0] == 1 and found.indices[0, 1:].tolist() == expected.tolist()
