@@ -25,13 +25,14 @@ from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
 
-from maple.cli import DefaultsHelpFormatter, checked_device, library_progress_bars_hidden, positive
+from maple.cli import DefaultsHelpFormatter, checked_device, library_progress_bars_hidden, positive, report_error
 from maple.files import folder_problem
 
 from .builder import MaplePreferences, MaplePreferencesConfig, WorkDirMismatch
 from .scoring import JudgeOutputError
 from .sources import SourceError, check_outside_source, open_source
 
+PROG = "maple build-preferences"
 # `MaplePreferencesConfig` fields offered as options, by option group.
 RECIPE_OPTIONS = (
     "num_hard_negatives", "captioned_negatives", "max_candidate_texts", "semdedup_clusters", "semdedup_epsilon",
@@ -62,7 +63,7 @@ MAX_EXAMPLES_PER_REASON = 5
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="maple build-preferences",
+        prog=PROG,
         description="Build a MAPLE preference dataset: mine hard-negative images, write contrastive captions, "
         "score every candidate with an MLLM judge, and write (and optionally publish) parquet shards.",
         formatter_class=DefaultsHelpFormatter,
@@ -347,8 +348,7 @@ def _build(args: argparse.Namespace, given: set[str]) -> int:
         open_source(config, cache_dir=os.path.join(args.output_dir, "cache"))
         components = _load_components(args, device)
     except ValueError as error:  # SourceError included
-        print(f"maple build-preferences: error: {error}", file=sys.stderr)
-        return 2
+        return report_error(PROG, str(error))
 
     work_dir = os.path.join(args.output_dir, "work")
     builder = MaplePreferences(
@@ -367,8 +367,7 @@ def _build(args: argparse.Namespace, given: set[str]) -> int:
             return 0
         builder.download_and_prepare()
     except (WorkDirMismatch, SourceError, JudgeOutputError) as error:  # a damaged checkpoint or shard included
-        print(f"maple build-preferences: error: {error}", file=sys.stderr)
-        return 2
+        return report_error(PROG, str(error))
     print(format_summary(builder.stats, time.perf_counter() - started, len(report.computed), len(report.reused), work_dir,
                          builder.world_size))
     if args.push_to_hub:
@@ -380,10 +379,8 @@ def _build(args: argparse.Namespace, given: set[str]) -> int:
             problem = hub_failure(error, args.push_to_hub, repo_type="dataset", writing=True)
             if problem is None:
                 raise
-            print(f"maple build-preferences: error: pushing failed: {problem}. The built dataset is kept in "
-                  f"{builder.shard_dir}: run the same command again to push it (the build is reused, not redone)",
-                  file=sys.stderr)
-            return 1
+            return report_error(PROG, f"pushing failed: {problem}. The built dataset is kept in {builder.shard_dir}: "
+                                      "run the same command again to push it (the build is reused, not redone)", status=1)
         print(f"  pushed to Hub dataset repo {repo_id}")
     return 0
 

@@ -16,11 +16,17 @@ import argparse
 import contextlib
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
-from maple.cli import DefaultsHelpFormatter, checked_device, exit_with_error, library_progress_bars_hidden, positive
+from maple.cli import (
+    DefaultsHelpFormatter,
+    checked_device,
+    exit_with_error,
+    library_progress_bars_hidden,
+    positive,
+    report_error,
+)
 from maple.files import atomic_write_json, atomic_write_text, folder_problem
 
 from .benchmarks import BENCHMARKS, QuadrupleBenchmark, RetrievalBenchmark, load_benchmark
@@ -445,8 +451,7 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                 args.trust_remote_code,
             )
     except (ModelLoadError, BenchmarkFormatError, BenchmarkSourceError) as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 2
+        return report_error(parser.prog, str(error))
     # atomically: an interruption leaves the previous results or these, never half a file (which the next run's
     # --out check would take for another command's)
     atomic_write_json(args.out / RESULTS_JSON, all_results)
@@ -460,8 +465,8 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             push_results(args.model, all_results[args.model], dataset_ids=sources)
         except HfHubHTTPError as error:
             status = error.response.status_code if error.response is not None else "?"
-            print(f"{parser.prog}: error: pushing the results to {args.model} failed (HTTP {status}); they are saved in {args.out}", file=sys.stderr)
-            return 1
+            return report_error(parser.prog, f"pushing the results to {args.model} failed (HTTP {status}); they are saved "
+                                             f"in {args.out}", status=1)
     return 0
 
 

@@ -31,10 +31,17 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return action.help if silent else super()._get_help_string(action)
 
 
+def report_error(prog: str, message: str, status: int = 2) -> int:
+    """Print `PROG: error: MESSAGE` on one line to stderr, as argparse words its errors, and return `status` for the
+    command to exit with: for a problem found once work has begun (a damaged shard, a model that does not load)."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return status
+
+
 def exit_with_error(parser: argparse.ArgumentParser, message: str) -> NoReturn:
     """Exit with status 2 on one line `PROG: error: message`, for a value the command cannot use: `parser.error`
     prints the usage lines first, which are for argparse's own (syntax) errors and say nothing about the value."""
-    parser.exit(2, f"{parser.prog}: error: {message}\n")
+    parser.exit(report_error(parser.prog, message))
 
 
 def positive(number_type: type[int] | type[float]):

@@ -27,6 +27,7 @@ from datasets import Dataset, DatasetDict, Image, LargeList, List, Value, load_d
 from datasets.exceptions import DatasetGenerationError
 from trl import TrlParser
 
+from maple.cli import exit_with_error
 from maple.hub import is_hub_id, local_typo_hint
 from modeling_maple.configuration_maple import BACKBONES, SUPPORTED_MLLMS
 
@@ -43,7 +44,7 @@ class _Parser(TrlParser):
     fields of RPAConfig and TrainingArguments, which bury the message."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        exit_with_error(self, message)
 
 
 @dataclass
