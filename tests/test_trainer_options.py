@@ -1,6 +1,7 @@
 """RPAConfig options no other test set: `learn_temperature=False` freezes the InfoNCE temperature (beta still learns),
-and `gather_negatives` reaches the InfoNCE loss (one process here; with two processes, the per-process pools give
-another loss than the gathered ones). This file is also the script that `accelerate launch` runs (see `__main__`)."""
+`gather_negatives` reaches the InfoNCE loss (one process here; with two processes, the per-process pools give
+another loss than the gathered ones), and `activation_checkpointing` with LoRA (the paper's set-up) trains the adapters
+as without it. This file is also the script that `accelerate launch` runs (see `__main__`)."""
 
 import json
 import os
@@ -10,6 +11,7 @@ import sys
 import pytest
 import torch
 
+from modeling_maple.lora import maple_lora_config
 from modeling_maple.testing import build_tiny
 from ports import free_port
 from trainer import RPATrainer
@@ -57,6 +59,44 @@ def test_gather_negatives_reaches_the_infonce_loss(tmp_path, monkeypatch, gather
     trainer = make_trainer(tmp_path, gather_negatives=gather, max_steps=1)
     trainer.train()
     assert seen == [gather]
+
+
+def test_activation_checkpointing_with_lora_trains_the_adapters_as_without_it(tmp_path, monkeypatch):
+    """The paper trains LoRA adapters on the MLLM with activation checkpointing: the backbone's layers run under
+    `torch.utils.checkpoint` (counted here), and one step gives the loss and adapter weights of one step without it,
+    though the frozen embeddings' output needs no gradient of its own."""
+    from transformers import modeling_utils
+
+    checkpointed_calls = []
+
+    def checkpoint(function, *args, **kwargs):
+        checkpointed_calls.append(function)
+        return checkpoint_of(function, *args, **kwargs)
+
+    checkpoint_of = modeling_utils.checkpoint
+    monkeypatch.setattr(modeling_utils, "checkpoint", checkpoint)
+    trainers = {}
+    for checkpointing in (False, True):
+        model, processor = build_tiny("mllm", seed=0)
+        args = smoke_config(str(tmp_path / f"run-{checkpointing}"), per_device_train_batch_size=GLOBAL_BATCH,
+                            dataloader_num_workers=0, max_steps=1, logging_steps=1,
+                            activation_checkpointing=checkpointing)
+        trainers[checkpointing] = RPATrainer(
+            model, args=args, train_dataset=synthetic_preference_dataset(GLOBAL_BATCH, seed=3),
+            processing_class=processor, peft_config=maple_lora_config(model, r=4, lora_alpha=4, lora_dropout=0.0))
+    plain, checkpointed = trainers[False], trainers[True]
+    initial = {name: weight.detach().clone() for name, weight in checkpointed.model.named_parameters() if "lora_B" in name}
+    plain.train()
+    assert not checkpointed_calls
+    checkpointed.train()
+    assert checkpointed_calls  # Trainer turns it on as training starts
+    assert checkpointed.state.log_history[0]["loss"] == pytest.approx(plain.state.log_history[0]["loss"], abs=1e-6)
+    plain_weights = dict(plain.model.named_parameters())
+    for name, weight in checkpointed.model.named_parameters():
+        if weight.requires_grad:
+            torch.testing.assert_close(weight, plain_weights[name], atol=1e-6, rtol=0, msg=name)
+    assert all(not torch.equal(weight, initial[name]) for name, weight in checkpointed.model.named_parameters()
+               if name in initial)
 
 
 def first_step_losses(output_dir: str, per_device_batch: int, gather_negatives: bool) -> dict:
