@@ -42,7 +42,8 @@ from modeling_maple import MapleConfig, MapleModel, MapleProcessor
 from modeling_maple.lora import get_maple_peft_model, maple_lora_config
 from modeling_maple.testing import TINY_IMAGE_TOKENS, tiny_dual_encoder_config, tiny_mllm_config, tiny_tokenizer
 from trainer.collator import PREFERENCE_KEYS, DataCollatorForEmbeddingPreference
-from trainer.losses import contrastive_loss, rpa_listwise_loss
+from trainer.losses import bidirectional_rpa_loss, contrastive_loss, maple_loss
+from trainer.rpa_trainer import _candidate_similarities
 from trainer.testing import synthetic_preference_dataset
 
 VARIANTS = ("infonce", "infonce_expanded", "rpa_infonce")
@@ -117,27 +118,27 @@ def _made_distinct(row: dict, index: int) -> dict:
 
 
 def loss_of(variant: str, model: MapleModel, maple_batch: dict, clip_batch: dict) -> torch.Tensor:
-    inverse_temperature = model.logit_scale.exp()
+    """The variant's loss, from the trainer's own functions (`RPATrainer._compute_loss` without its bookkeeping)."""
     if variant == "infonce":
         outputs = model(**clip_batch)
-        return contrastive_loss(outputs.image_embeds, outputs.text_embeds, inverse_temperature)
+        return contrastive_loss(outputs.image_embeds, outputs.text_embeds, outputs.inverse_temperature)
     outputs = model(**{k: v for k, v in maple_batch.items() if k not in PREFERENCE_KEYS})
     texts, images = outputs.text_embeds, outputs.image_embeds
     anchor_texts, anchor_images = texts[maple_batch["anchor_text_index"]], images[maple_batch["anchor_image_index"]]
     text_ids, image_ids = maple_batch["text_ids"], maple_batch["image_ids"]
-    loss = contrastive_loss(
-        anchor_images, anchor_texts, inverse_temperature, images, texts,
+    contrastive = contrastive_loss(
+        anchor_images, anchor_texts, outputs.inverse_temperature, images, texts,
         image_ids=image_ids[maple_batch["anchor_image_index"]], text_ids=text_ids[maple_batch["anchor_text_index"]],
         negative_image_ids=image_ids, negative_text_ids=text_ids,
     )
     if variant == "infonce_expanded":
-        return loss
-    beta = model.preference_logit_scale.exp()
-    txt2img = beta * torch.einsum("nd,ncd->nc", anchor_texts, images[maple_batch["candidate_image_index"]])
-    img2txt = beta * torch.einsum("nd,ncd->nc", anchor_images, texts[maple_batch["candidate_text_index"]])
-    rpa = (rpa_listwise_loss(txt2img, maple_batch["txt2img_scores"], maple_batch["candidate_image_mask"])
-           + rpa_listwise_loss(img2txt, maple_batch["img2txt_scores"], maple_batch["candidate_text_mask"])) / 2
-    return RPA_WEIGHT * rpa + (1 - RPA_WEIGHT) * loss
+        return contrastive
+    txt2img, img2txt = _candidate_similarities(texts, images, maple_batch)
+    rpa = bidirectional_rpa_loss(
+        (outputs.beta * txt2img, maple_batch["txt2img_scores"], maple_batch["candidate_image_mask"]),
+        (outputs.beta * img2txt, maple_batch["img2txt_scores"], maple_batch["candidate_text_mask"]),
+    )
+    return maple_loss(rpa, contrastive, RPA_WEIGHT)
 
 
 def train_step(variant, model, optimizer, maple_batch, clip_batch) -> None:
