@@ -788,6 +788,18 @@ def test_lora_config_takes_a_model_of_the_checkpoints_own_class():
     assert maple_lora_config(remote).target_modules == maple_lora_config(model).target_modules
 
 
+def test_lora_config_is_the_papers_rank_and_alpha_saves_maples_own_heads_and_takes_any_other_field():
+    """Rank and alpha 32 (paper, section 4.1); `modules_to_save` names only the heads the model has (PEFT would wrap
+    any backbone module whose name ends in `projection`); other `LoraConfig` fields pass through."""
+    headless = MapleConfig(backbone="mllm", mllm_config=tiny_qwen2_vl_config())
+    headed = MapleConfig(backbone="mllm", mllm_config=tiny_qwen2_vl_config(), projection_dim=8)
+    lora = maple_lora_config(headless)
+    assert (lora.r, lora.lora_alpha, lora.bias, lora.modules_to_save) == (32, 32, "none", None)
+    assert maple_lora_config(headed).modules_to_save == ["projection"]
+    assert maple_lora_config(tiny_dual_encoder_config()).modules_to_save == ["visual_projection", "text_projection"]
+    assert maple_lora_config(headed, use_dora=True).use_dora
+
+
 def test_max_length_padding_without_any_length_is_refused_when_built():
     model, processor = build_tiny("dual_encoder")
     tokenizer = processor.tokenizer
