@@ -217,6 +217,15 @@ def test_last_token_pooling_reads_each_texts_last_real_token(padding_side):
     assert not torch.allclose(embeds, model._finish(states[:, 0], model.projection), atol=1e-3)
 
 
+def test_last_token_embeddings_of_a_bf16_backbone_are_float32():
+    """Mean pooling sums in float32, but the last token's state is the backbone's bf16: embeddings are float32
+    whatever the pooling, as the losses on similarities scaled by 1/0.07 need more than bf16's three digits."""
+    _, processor = build_tiny("mllm")
+    config = MapleConfig(backbone="mllm", mllm_config=tiny_qwen2_vl_config(), pooling="last")
+    model = MapleModel(config).to(torch.bfloat16)
+    assert model(**processor(text=TEXTS[:1])).text_embeds.dtype == torch.float32
+
+
 def test_encode_batches_equal_one_batch(tiny):
     model, processor = tiny
     whole = model.encode(processor, texts=TEXTS, batch_size=8)
