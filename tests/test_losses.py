@@ -207,6 +207,16 @@ def test_preference_agreement_per_anchor_counts_each_anchors_own_pairs():
     assert pooled[0].item() == pytest.approx(4 / 5) and pooled[1].item() == pytest.approx(12 / 5)
 
 
+def test_preference_agreement_counts_a_tie_in_scores_as_no_agreement():
+    """DPO's rewards/accuracies counts a pair only when the chosen one scores strictly higher: a collapsed model that
+    scores every candidate alike follows none of the judge's preferences."""
+    scores = torch.zeros(2, 3)
+    alphas = torch.tensor([[0.9, 0.5, 0.1], [0.2, 0.4, 0.6]])
+    accuracies, margins = preference_agreement(scores, alphas, per_anchor=True)
+    assert accuracies.tolist() == [0.0, 0.0] and margins.tolist() == [0.0, 0.0]
+    assert preference_agreement(scores, alphas)[0].item() == 0.0
+
+
 # ----------------------------------------------------------------------------------------- InfoNCE
 def contrastive_inputs(seed, num_anchors=4, num_negatives=5, dim=8):
     """Anchors and negatives whose ids repeat: negative 0 is anchor 1's image, negatives 2 and 3 are the same image,

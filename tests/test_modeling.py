@@ -1,6 +1,7 @@
 """modeling_maple: embeddings, pooling, attention, save/load (with and without the package), LoRA."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -28,7 +29,7 @@ from isolated import run_isolated
 from modeling_maple import MapleConfig, MapleModel, MapleProcessor
 from modeling_maple.configuration_maple import SUPPORTED_MLLMS
 from modeling_maple.lora import maple_lora_config
-from modeling_maple.modeling_maple import masked_mean_pool
+from modeling_maple.modeling_maple import last_token_pool, masked_mean_pool
 from modeling_maple.processing_maple import fill_image_placeholders, qwen_vl_image_token_counts
 from modeling_maple.testing import (
     build_tiny,
@@ -101,6 +102,61 @@ def test_mean_pooling_of_float16_states_neither_overflows_nor_takes_nan_from_pad
     torch.testing.assert_close(masked_mean_pool(states[:1], None), torch.full((1, 4), 40.0), rtol=0, atol=0)
 
 
+def test_pooling_without_a_mask_reads_every_position_and_an_all_padding_row_pools_to_zeros():
+    """Unpadded states (no mask) pool over every position; a row without any real token pools to zeros rather than
+    the NaN of 0/0, which would make the whole batch's loss NaN."""
+    states = torch.arange(24, dtype=torch.float32).view(2, 3, 4)
+    torch.testing.assert_close(masked_mean_pool(states, None), states.mean(dim=1))
+    torch.testing.assert_close(last_token_pool(states, None), states[:, -1])
+    mask = torch.tensor([[1, 1, 0], [0, 0, 0]])
+    torch.testing.assert_close(masked_mean_pool(states, mask), torch.stack([states[0, :2].mean(0), torch.zeros(4)]))
+
+
+def test_each_logit_scale_starts_at_its_own_init_value_and_comes_out_exponentiated():
+    """The InfoNCE temperature and RPA's beta are separate parameters; their defaults are equal (1/0.07), which hid
+    any mix-up of the two."""
+    _, processor = build_tiny("dual_encoder")
+    model = MapleModel(tiny_dual_encoder_config(logit_scale_init_value=math.log(10), preference_logit_scale_init_value=math.log(5)))
+    outputs = model(**processor(text=TEXTS[:2], images=random_images(2)))
+    torch.testing.assert_close(outputs.inverse_temperature, torch.tensor(10.0))
+    torch.testing.assert_close(outputs.beta, torch.tensor(5.0))
+    torch.testing.assert_close(outputs.logits_per_text, 10 * outputs.text_embeds @ outputs.image_embeds.t())
+
+
+def test_projection_heads_are_drawn_with_the_configured_initializer_range():
+    for initializer_range in (0.02, 0.5):
+        torch.manual_seed(0)
+        model = MapleModel(tiny_dual_encoder_config(initializer_range=initializer_range))
+        for head in (model.visual_projection, model.text_projection):
+            assert head.weight.std().item() == pytest.approx(initializer_range, rel=0.15)
+
+
+def test_normalize_false_keeps_the_lengths_of_the_projected_embeddings():
+    """With `normalize=False` the embeddings are the heads' raw outputs: the same directions as the normalised
+    model's, of other lengths."""
+    _, processor = build_tiny("dual_encoder")
+    batch = processor(text=TEXTS, images=random_images(2))
+    outputs = {}
+    for normalize in (True, False):
+        torch.manual_seed(0)
+        outputs[normalize] = MapleModel(tiny_dual_encoder_config(normalize=normalize)).eval()(**batch)
+    for side in ("text_embeds", "image_embeds"):
+        raw = getattr(outputs[False], side)
+        assert not torch.allclose(raw.norm(dim=-1), torch.ones(len(raw)), atol=1e-2)
+        torch.testing.assert_close(torch.nn.functional.normalize(raw, dim=-1), getattr(outputs[True], side))
+
+
+def test_the_config_shares_the_text_sides_special_tokens_unless_given_its_own():
+    """`Trainer` aligns the tokenizer's special tokens with the model config's: MapleConfig takes the text side's (an
+    MLLM keeps them in its nested `text_config`), so that alignment changes nothing; ids given explicitly stay."""
+    tokenizer = tiny_tokenizer()
+    mllm = MapleConfig(backbone="mllm", mllm_config=tiny_qwen2_vl_config())
+    for config in (mllm, tiny_dual_encoder_config()):
+        assert (config.pad_token_id, config.eos_token_id) == (tokenizer.pad_token_id, tokenizer.eos_token_id)
+    assert MapleConfig(backbone="mllm", mllm_config=tiny_qwen2_vl_config(), pad_token_id=7).pad_token_id == 7
+    assert tiny_dual_encoder_config(pad_token_id=7).pad_token_id == 7
+
+
 def test_cls_pooling_is_refused_for_clips_causal_text_tower():
     """CLIP's first text token (BOS) sees only itself: every text embedded alike."""
     clip = CLIPConfig(text_config={"hidden_size": 32, "num_attention_heads": 4}, vision_config={"hidden_size": 32, "num_attention_heads": 4})
@@ -161,6 +217,15 @@ def test_last_token_pooling_reads_each_texts_last_real_token(padding_side):
     assert not torch.allclose(embeds, model._finish(states[:, 0], model.projection), atol=1e-3)
 
 
+def test_last_token_embeddings_of_a_bf16_backbone_are_float32():
+    """Mean pooling sums in float32, but the last token's state is the backbone's bf16: embeddings are float32
+    whatever the pooling, as the losses on similarities scaled by 1/0.07 need more than bf16's three digits."""
+    _, processor = build_tiny("mllm")
+    config = MapleConfig(backbone="mllm", mllm_config=tiny_qwen2_vl_config(), pooling="last")
+    model = MapleModel(config).to(torch.bfloat16)
+    assert model(**processor(text=TEXTS[:1])).text_embeds.dtype == torch.float32
+
+
 def test_encode_batches_equal_one_batch(tiny):
     model, processor = tiny
     whole = model.encode(processor, texts=TEXTS, batch_size=8)
@@ -194,7 +259,12 @@ def test_bidirectional_attention_lets_early_tokens_see_later_ones(bidirectional,
     def early_token_moved(model: MapleModel) -> bool:
         first = model.mllm(input_ids=input_ids).last_hidden_state
         second = model.mllm(input_ids=changed).last_hidden_state
-        return not torch.allclose(first[0, 0], second[0, 0])
+        moved = not torch.allclose(first[0, 0], second[0, 0])
+        # Flash attention (the paper's) reads each attention module's own flag, where SDPA and eager use the mask;
+        # it cannot run here, so the flags are checked.
+        flags = {module.is_causal for module in model.mllm.get_decoder().modules() if hasattr(module, "is_causal")}
+        assert flags == {not moved}
+        return moved
 
     assert early_token_moved(model) == bidirectional
     # A checkpoint records its language model's direction; loading it the other way must switch it.
@@ -378,7 +448,10 @@ def test_from_backbone_two_tower_clip_keeps_towers_and_projections(tmp_path):
         vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 4, "image_size": 16, "patch_size": 4},
         projection_dim=12,
     )
-    CLIPModel(config).save_pretrained(tmp_path)
+    clip = CLIPModel(config)
+    with torch.no_grad():  # a trained temperature: a fresh CLIP's equals MAPLE's default, log(1/0.07)
+        clip.logit_scale.fill_(4.0)
+    clip.save_pretrained(tmp_path)
     model = MapleModel.from_backbone(str(tmp_path), backbone="dual_encoder")
     saved = load_file(str(tmp_path / "model.safetensors"))
     state = model.state_dict()
@@ -390,6 +463,7 @@ def test_from_backbone_two_tower_clip_keeps_towers_and_projections(tmp_path):
     assert torch.equal(model.visual_projection.weight, saved["visual_projection.weight"])
     assert torch.equal(model.text_projection.weight, saved["text_projection.weight"])
     assert model.config.pooling == "pooler" and model.config.projection_dim == 12
+    assert model.logit_scale.item() == pytest.approx(4.0)
 
 
 def test_from_backbone_siglip_keeps_towers_with_identity_projections(tmp_path):
@@ -550,6 +624,10 @@ def test_lora_gradients_reach_adapters_not_frozen_vision(backbone):
     assert vision and all(not p.requires_grad and p.grad is None for p in vision.values())
     if backbone == "mllm":  # the paper puts no LoRA on the vision tower or the connector
         assert not any("visual" in name for name in lora)
+    else:  # both of MAPLE's heads are trained in full
+        for head in ("visual_projection", "text_projection"):
+            weight = named[f"base_model.model.{head}.modules_to_save.default.weight"]
+            assert weight.grad is not None and weight.grad.abs().sum() > 0, head
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
@@ -578,6 +656,10 @@ def test_bad_inputs_raise_clear_value_errors(tmp_path):
     model, processor = build_tiny(backbone="mllm")
     with pytest.raises(ValueError, match="neither texts"):
         model()
+    with pytest.raises(ValueError, match="return_loss=True needs as many texts as images"):
+        model(**processor(text=TEXTS[:2], images=random_images(3)), return_loss=True)
+    with pytest.raises(ValueError, match="batch_size must be at least 1, got 0"):
+        model.encode(processor, texts=TEXTS, batch_size=0)
     with pytest.raises(ValueError, match="needs `text`, `images` or both"):
         processor()
     with pytest.raises(ValueError, match=r"text\[1\] is an empty string"):
@@ -592,6 +674,8 @@ def test_bad_inputs_raise_clear_value_errors(tmp_path):
         MapleConfig(backbone="cnn")
     with pytest.raises(ValueError, match="Unknown pooling 'max'"):
         MapleConfig(backbone="mllm", mllm_config=tiny_qwen2_vl_config(), pooling="max")
+    with pytest.raises(ValueError, match="`projection_dim` must be positive, got 0"):
+        tiny_dual_encoder_config(projection_dim=0)
     with pytest.raises(ValueError, match="needs `projection_dim`"):
         MapleConfig(backbone="dual_encoder", vision_config={"model_type": "clip_vision_model"}, text_config={"model_type": "bert"})
     with pytest.raises(ValueError, match="Unknown backbone"):
@@ -711,6 +795,18 @@ def test_lora_config_takes_a_model_of_the_checkpoints_own_class():
     remote = remote_class()
     remote.config = model.config
     assert maple_lora_config(remote).target_modules == maple_lora_config(model).target_modules
+
+
+def test_lora_config_is_the_papers_rank_and_alpha_saves_maples_own_heads_and_takes_any_other_field():
+    """Rank and alpha 32 (paper, section 4.1); `modules_to_save` names only the heads the model has (PEFT would wrap
+    any backbone module whose name ends in `projection`); other `LoraConfig` fields pass through."""
+    headless = MapleConfig(backbone="mllm", mllm_config=tiny_qwen2_vl_config())
+    headed = MapleConfig(backbone="mllm", mllm_config=tiny_qwen2_vl_config(), projection_dim=8)
+    lora = maple_lora_config(headless)
+    assert (lora.r, lora.lora_alpha, lora.bias, lora.modules_to_save) == (32, 32, "none", None)
+    assert maple_lora_config(headed).modules_to_save == ["projection"]
+    assert maple_lora_config(tiny_dual_encoder_config()).modules_to_save == ["visual_projection", "text_projection"]
+    assert maple_lora_config(headed, use_dora=True).use_dora
 
 
 def test_max_length_padding_without_any_length_is_refused_when_built():
