@@ -295,14 +295,15 @@ class _SamplingCaptioner:
 
 def test_captions_are_sampled_from_a_seed_of_each_shard_leaving_the_callers_generator_alone(tmp_path):
     """A shard's samples depend only on the seed and the shard, so a resumed build or another rank redraws them
-    alike; each shard draws its own (seeded alike, every shard would repeat the first one's samples); the caller's
-    random state is what it was."""
+    alike; each shard draws its own (seeded alike, every shard would repeat the first one's samples), another seed
+    others; the caller's random state is what it was."""
     state = torch.random.get_rng_state()
     texts = _build(tmp_path, captioner=_SamplingCaptioner()).as_dataset(split="train")["candidate_texts"]
     assert torch.equal(torch.random.get_rng_state(), state)
     first_sample_of_each_shard = [texts[start][1] for start in range(0, 10, 3)]
     assert len(set(first_sample_of_each_shard)) == 4
     assert _build(tmp_path / "again", captioner=_SamplingCaptioner()).as_dataset(split="train")["candidate_texts"] == texts
+    assert _build(tmp_path / "seed 1", captioner=_SamplingCaptioner(), seed=1).as_dataset(split="train")["candidate_texts"] != texts
 
 
 @pytest.mark.parametrize(
