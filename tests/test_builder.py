@@ -437,6 +437,8 @@ def test_a_folder_source_is_split_by_file_name_as_datasets_reads_it(tmp_path):
     assert list(load_source(source, split="train")["id"]) == list(colour_square_source(6)["id"])
     assert list(load_source(source, split="test")["id"]) == test_columns["id"]
     assert load_source(source, split="train[:2]+test").num_rows == 6
+    with pytest.raises(SourceError, match=r"has no split 'validation'; its splits are \['train', 'test'\]"):
+        load_source(source, split="train+validation")
     with pytest.raises(SourceError, match=rf"source {re.escape(source)} has no split 'validation'; its splits are \['train', 'test'\]"):
         MaplePreferences(config_name="corpus-captions", source=source, source_split="validation", cache_dir=str(tmp_path / "cache")).manifest()
 
@@ -616,6 +618,14 @@ def test_an_image_column_that_holds_no_images_names_column_and_type(tmp_path):
     assert isinstance(as_structs.features["image"], dict)
     _, anchors, skipped = _unbuilt(tmp_path / "structs", as_structs).check_inputs()
     assert len(anchors) == 3 and skipped == []
+    # encoded image bytes, as a binary column, are images; a struct of other fields is not
+    as_bytes = datasets.Dataset.from_dict({**columns, "image": [image["bytes"] for image in columns["image"]]})
+    assert as_bytes.features["image"] == datasets.Value("binary")
+    _, anchors, skipped = _unbuilt(tmp_path / "bytes", as_bytes).check_inputs()
+    assert len(anchors) == 3 and skipped == []
+    as_links = datasets.Dataset.from_dict({**columns, "image": [{"path": "a.png", "url": "https://x/a.png"}] * 3})
+    with pytest.raises(ValueError, match=r"source column 'image' holds \{'path': .*'url': .*\}; expected images"):
+        _unbuilt(tmp_path / "links", as_links).check_inputs()
 
 
 def test_columns_the_build_does_not_read_are_never_decoded(tmp_path):
@@ -834,6 +844,16 @@ def test_an_interrupted_input_check_resumes_where_it_stopped(tmp_path, monkeypat
     assert checked == [4, 5, 6, 7, 8, 9]  # rows 0-3 were checkpointed
     assert not (tmp_path / "work" / "inputs-0-of-1.partial.json").exists()
     assert [item.kind for item in reference[2]] == ["duplicate id", "unreadable image"]
+
+
+@pytest.mark.parametrize("source", ["./images", "~/images", "data/images/train", "captions.csv"])
+def test_a_missing_source_that_can_only_be_local_is_not_looked_up_on_the_hub(tmp_path, monkeypatch, source):
+    """A Hub dataset id is "name" or "org/name": a missing path of more parts (or relative, or a file) is a local typo,
+    said so at once rather than after a Hub round trip that fails with the Hub's words."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(SourceError, match=rf"^source {re.escape(source)}: no such file or folder \(a Hub dataset id is 'name' or 'org/name'\)$"):
+        load_source(source, split="train")
 
 
 def test_a_mistyped_relative_source_under_an_existing_folder_is_called_that(tmp_path, monkeypatch):
