@@ -119,6 +119,23 @@ def test_bad_inputs_are_skipped_counted_and_listed(tmp_path):
     assert by_id[("blank", "empty caption")]["row"] == 9
 
 
+def test_rows_after_a_skipped_row_hold_their_own_image_and_caption(tmp_path):
+    """Anchors are source rows, not positions among the valid ones: with the first row skipped, every later one
+    must still carry its own id, image and caption (the tests above skip only rows at the end)."""
+    good = colour_squares(6)
+    source = datasets.Dataset.from_dict(
+        {"id": ["broken", *good["id"]], "image": [{"bytes": b"not an image", "path": None}, *good["image"]],
+         "caption": ["a red square", *good["caption"]]},
+        features=SOURCE_FEATURES,
+    )
+    builder = _build(tmp_path, source_dataset=source)
+    raw = builder.as_dataset(split="train").cast_column("image", datasets.Image(decode=False))
+    assert sorted(raw["id"]) == good["id"]
+    for row in raw:
+        position = good["id"].index(row["id"])
+        assert (row["image"]["bytes"], row["caption"]) == (good["image"][position]["bytes"], good["caption"][position])
+
+
 def test_images_the_judge_cannot_take_are_skipped_with_the_inputs(tmp_path):
     """A Qwen-VL image processor refuses aspect ratios above 200:1; such a row used to pass the input check and
     fail its shard at every attempt, naming no row."""
@@ -700,6 +717,19 @@ def test_a_rank_given_up_on_between_its_wait_and_its_read_says_so(tmp_path, monk
     monkeypatch.setattr(MaplePreferences, "_wait_for", other_rank_gives_up_after_the_wait)
     rank_0 = _unbuilt(tmp_path, colour_square_source(), config_name="paper", captioner=ColourCaptioner(), rank=0, world_size=2)
     with pytest.raises(WorkDirMismatch, match="another process gave up the work dir .* while this one waited for input"):
+        rank_0.build_shards()
+
+
+def test_a_rank_waiting_for_a_peer_that_gave_up_stops_at_its_next_poll(tmp_path, monkeypatch):
+    """The test above leaves to chance whether a rank is still polling when its peer gives up. Here rank 1 never
+    comes and its giving up (the manifest removed) happens during rank 0's first wait: rank 0 must stop and say so,
+    not poll on until wait_timeout and blame a missing file."""
+    import dataset_builders.builder as builder_module
+
+    manifest = tmp_path / "work" / MANIFEST_FILE
+    monkeypatch.setattr(builder_module.time, "sleep", lambda seconds: manifest.unlink(missing_ok=True))
+    rank_0 = _unbuilt(tmp_path, colour_square_source(), rank=0, world_size=2, wait_timeout=5)
+    with pytest.raises(WorkDirMismatch, match="another process gave up the work dir .* while this one waited for input checks"):
         rank_0.build_shards()
 
 

@@ -311,7 +311,7 @@ def test_local_source_digest_sees_the_last_block_every_size_and_not_what_dataset
     payload[-1] ^= 0xFF
     (folder / "big.bin").write_bytes(payload)
     (folder / "__MACOSX").mkdir()
-    (folder / "__MACOSX" / "._big.bin").write_bytes(b"resource fork")
+    (folder / "__MACOSX" / "big.bin").write_bytes(b"resource fork")
     assert local_source_digest(folder) == reference
     many = tmp_path / "many"
     many.mkdir()
