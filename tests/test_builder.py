@@ -556,9 +556,14 @@ def _unbuilt(tmp_path, source: datasets.Dataset, **kwargs) -> MaplePreferences:
     return MaplePreferences(source_dataset=source, work_dir=tmp_path / "work", **{**settings, **kwargs})
 
 
-def test_a_duplicate_id_keeps_its_first_valid_row(tmp_path):
+def test_a_duplicate_id_keeps_its_first_valid_row(tmp_path, monkeypatch):
     """Before the fix an invalid first row claimed the id: it was skipped as unreadable, the valid
-    row after it as its duplicate, and the id was lost."""
+    row after it as its duplicate, and the id was lost. The id is checked first: a duplicate's image,
+    the costly part of the check, is never decoded."""
+    import dataset_builders.builder as builder_module
+
+    decoded, decode = [], builder_module.decode_image
+    monkeypatch.setattr(builder_module, "decode_image", lambda payload, row: decoded.append(row) or decode(payload, row))
     columns = colour_squares(4)
     columns["id"][:3] = ["a", "a", "a"]
     columns["image"][0] = {"bytes": b"not an image", "path": None}
@@ -568,6 +573,7 @@ def test_a_duplicate_id_keeps_its_first_valid_row(tmp_path):
         (2, "duplicate id", "row 1 has this id and is kept")
     ]
     assert [item.row for item in skipped if item.kind == "unreadable image"] == [0]
+    assert decoded == [0, 1, 3]
 
 
 def test_ranks_check_a_slice_each_and_agree_with_one_process(tmp_path, monkeypatch):
