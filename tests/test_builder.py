@@ -739,6 +739,31 @@ def test_a_rank_waiting_for_a_peer_that_gave_up_stops_at_its_next_poll(tmp_path,
         rank_0.build_shards()
 
 
+def test_only_rank_0_runs_semdedup_and_the_other_ranks_wait_for_its_anchors(tmp_path):
+    """k-means on different GPUs need not round alike, so every rank must build from rank 0's anchors: another rank
+    never de-duplicates itself, it waits for anchors.json."""
+    calls = []
+
+    def counting_miner(rank: int) -> HardNegativeMiner:
+        miner = thumbnail_miner()
+        deduplicate = miner.deduplicate
+        miner.deduplicate = lambda *args, **kwargs: calls.append(rank) or deduplicate(*args, **kwargs)
+        return miner
+
+    def rank(rank: int, world_size: int = 2, **kwargs) -> MaplePreferences:
+        return _unbuilt(tmp_path, colour_square_source(), semdedup_clusters=2, miner=counting_miner(rank), rank=rank,
+                        world_size=world_size, **kwargs)
+
+    one_process = rank(0, world_size=1)  # the input check and the embeddings, as the ranks would leave them
+    one_process.check_work_dir()
+    one_process.embed_inputs(one_process.check_inputs()[1])
+    with pytest.raises(TimeoutError, match="for SemDeDup results from rank 0 .*: anchors.json"):
+        rank(1, wait_timeout=0.5).plan()
+    assert calls == [] and not (tmp_path / "work" / "anchors.json").exists()
+    anchors = rank(0).plan().anchor_rows
+    assert calls == [0] and rank(1).plan().anchor_rows == anchors
+
+
 def test_a_none_override_turns_semdedup_off_even_for_the_paper_config(tmp_path):
     """`datasets` ignores keyword overrides that are None: semdedup_clusters=None (CLI
     --semdedup-clusters 0) left the paper config's 50,000 clusters in place."""
