@@ -14,6 +14,7 @@ from PIL import Image
 
 from dataset_builders.builder import (
     FEATURES,
+    DamagedCheckpoint,
     MANIFEST_FILE,
     MaplePreferences,
     MaplePreferencesConfig,
@@ -85,6 +86,12 @@ def test_rows_follow_the_schema_with_one_score_per_candidate(tmp_path):
         expected_img2txt = judge.score([row["image"]], [row["candidate_texts"]])[0]
         assert row["txt2img_scores"] == pytest.approx(expected_txt2img.tolist())
         assert row["img2txt_scores"] == pytest.approx(expected_img2txt.tolist())
+    # The stats count each list's candidates, and the histogram of its scores holds one count per candidate.
+    stats = builder.stats
+    assert stats["num_candidate_images"] == sum(map(len, dataset["candidate_images"])) == 40
+    assert stats["num_candidate_texts"] == sum(map(len, dataset["candidate_texts"])) != 40
+    assert sum(stats["score_histograms"]["txt2img_scores"]["counts"]) == stats["num_candidate_images"]
+    assert sum(stats["score_histograms"]["img2txt_scores"]["counts"]) == stats["num_candidate_texts"]
     from trainer.schema import validate_preference_dataset
 
     validate_preference_dataset(dataset, "built")
@@ -110,6 +117,23 @@ def test_bad_inputs_are_skipped_counted_and_listed(tmp_path):
     assert "images[11]: corrupt image data" in by_id[("truncated", "unreadable image")]["detail"]
     assert by_id[(good["id"][0], "duplicate id")]["detail"] == "row 0 has this id and is kept"
     assert by_id[("blank", "empty caption")]["row"] == 9
+
+
+def test_rows_after_a_skipped_row_hold_their_own_image_and_caption(tmp_path):
+    """Anchors are source rows, not positions among the valid ones: with the first row skipped, every later one
+    must still carry its own id, image and caption (the tests above skip only rows at the end)."""
+    good = colour_squares(6)
+    source = datasets.Dataset.from_dict(
+        {"id": ["broken", *good["id"]], "image": [{"bytes": b"not an image", "path": None}, *good["image"]],
+         "caption": ["a red square", *good["caption"]]},
+        features=SOURCE_FEATURES,
+    )
+    builder = _build(tmp_path, source_dataset=source)
+    raw = builder.as_dataset(split="train").cast_column("image", datasets.Image(decode=False))
+    assert sorted(raw["id"]) == good["id"]
+    for row in raw:
+        position = good["id"].index(row["id"])
+        assert (row["image"]["bytes"], row["caption"]) == (good["image"][position]["bytes"], good["caption"][position])
 
 
 def test_images_the_judge_cannot_take_are_skipped_with_the_inputs(tmp_path):
@@ -145,6 +169,29 @@ def test_images_the_judge_cannot_take_are_skipped_with_the_inputs(tmp_path):
     assert miner.image_problem((400, 2)) is None and thumbnail_miner().image_problem((1000, 2)) is None
 
 
+@pytest.mark.parametrize(
+    "refuser, config_name, skipped",
+    [
+        ("judge", "paper", True),
+        ("miner", "paper", True),
+        ("captioner", "paper", True),
+        ("captioner", "corpus-captions", False),  # a captioner the recipe never calls refuses nothing
+    ],
+)
+def test_each_model_that_sees_the_images_is_asked_whether_it_takes_them(tmp_path, refuser, config_name, skipped):
+    import io
+
+    strip = io.BytesIO()
+    Image.new("RGB", (400, 2), "red").save(strip, format="PNG")
+    source = colour_square_source(4, id=["strip"], image=[{"bytes": strip.getvalue(), "path": None}], caption=["a red strip"])
+    models = {"judge": ColourJudge(), "miner": thumbnail_miner(), "captioner": ColourCaptioner()}
+    models[refuser].image_problem = lambda size: "too wide" if size[0] > 100 * size[1] else None
+    _, valid_rows, problems = _unbuilt(tmp_path, source, config_name=config_name, semdedup_clusters=None, **models).check_inputs()
+    expected = [("strip", "image a model cannot take", f"the {refuser}: too wide")] if skipped else []
+    assert [(item.id, item.kind, item.detail) for item in problems] == expected
+    assert len(valid_rows) == 5 - len(expected)
+
+
 def test_semdedup_drops_near_duplicates_with_a_reason(tmp_path):
     columns = colour_squares(6)
     source = colour_square_source(6, id=["copy"], image=[columns["image"][0]], caption=["a red square again"])
@@ -154,6 +201,12 @@ def test_semdedup_drops_near_duplicates_with_a_reason(tmp_path):
     removed = {item["id"] for item in stats["skipped"]}
     assert len(removed & {"copy", columns["id"][0]}) == 1, "exactly one of the identical pair survives"
     assert stats["num_anchors"] == 7 - stats["num_skipped"]
+    # each record names the row dropped, and in its detail the one kept in its place
+    kept = set(builder.as_dataset(split="train")["id"])
+    [dropped] = removed & {"copy", columns["id"][0]}
+    [survivor] = {"copy", columns["id"][0]} - {dropped}
+    assert dropped not in kept and survivor in kept
+    assert {item["id"]: item["detail"] for item in stats["skipped"]}[dropped] == f"of id {survivor} (SemDeDup)"
 
 
 def test_hard_negatives_are_the_miners_top_k_neighbours_in_order(tmp_path):
@@ -180,13 +233,29 @@ def test_hard_negatives_are_the_miners_top_k_neighbours_in_order(tmp_path):
 
 
 def test_corpus_captions_config_uses_the_neighbours_captions(tmp_path):
+    """The text candidates are the anchor's caption, then the caption of each hard negative, in the candidate
+    images' order, repeats dropped (6 colours over 10 squares: neighbours often share the anchor's caption)."""
     builder = _build(tmp_path, config_name="corpus-captions", captioner=None)
-    dataset = builder.as_dataset(split="train")
-    captions = set(colour_square_source()["caption"])
-    for row in dataset:
-        assert set(row["candidate_texts"]) <= captions
-        assert row["candidate_texts"][0] == row["caption"]
+    raw = builder.as_dataset(split="train").cast_column("candidate_images", datasets.Sequence(datasets.Image(decode=False)))
+    source = colour_square_source().cast_column("image", datasets.Image(decode=False))
+    caption_of = {image["bytes"]: caption for image, caption in zip(source["image"], source["caption"])}
+    for row in raw:
+        negatives = [caption_of[image["bytes"]] for image in row["candidate_images"][1:]]
+        assert row["candidate_texts"] == list(dict.fromkeys([row["caption"], *negatives])), row["id"]
     assert builder.stats["captioner"].startswith("none")
+
+
+def test_the_anchor_caption_is_stored_and_judged_without_surrounding_whitespace(tmp_path):
+    """Caption files end in a newline: the stored caption, the first text candidate and the text the judge pairs with
+    every candidate image are the caption stripped."""
+    source = colour_square_source(6, id=["padded"], image=[colour_squares(1)["image"][0]], caption=["  a red square, padded\n"])
+    judge = ColourJudge()
+    asked = []
+    score = judge.score
+    judge.score = lambda images, texts: asked.extend(text for candidates in texts for text in candidates) or score(images, texts)
+    row = _build(tmp_path, source_dataset=source, judge=judge).as_dataset(split="train").filter(lambda row: row["id"] == "padded")[0]
+    assert row["caption"] == row["candidate_texts"][0] == "a red square, padded"
+    assert "a red square, padded" in asked and not any(text != text.strip() for text in asked)
 
 
 def test_config_errors_stop_before_any_work(tmp_path):
@@ -209,6 +278,82 @@ def test_config_errors_stop_before_any_work(tmp_path):
         MaplePreferences(
             judge=ColourJudge(), captioner=ColourCaptioner(), miner=thumbnail_miner(), cache_dir=str(tmp_path / "c2")
         ).build_shards()
+
+
+class _RecordingCaptioner(ColourCaptioner):
+    """Records the pixels of every (anchor, negative) pair it is asked to caption, in order."""
+
+    def __init__(self) -> None:
+        self.pairs: list[tuple[bytes, bytes]] = []
+
+    def caption(self, anchors, negatives):
+        self.pairs += [(anchor.tobytes(), negative.tobytes()) for anchor, negative in zip(anchors, negatives)]
+        return super().caption(anchors, negatives)
+
+
+def test_the_captioner_contrasts_each_anchor_with_its_first_captioned_negatives(tmp_path):
+    """`captioned_negatives` of the K hard negatives, the most similar first, are each shown beside the anchor."""
+    captioner = _RecordingCaptioner()
+    rows = _build(tmp_path, captioner=captioner, captioned_negatives=2).as_dataset(split="train")
+    assert captioner.pairs == [
+        (row["image"].convert("RGB").tobytes(), negative.convert("RGB").tobytes())
+        for row in rows for negative in row["candidate_images"][1:3]
+    ]
+
+
+class _SamplingCaptioner:
+    """A captioner whose one caption per pair is a draw of torch's global generator, as sampling is."""
+
+    name = "sampling-captioner"
+
+    def caption(self, anchors, negatives):
+        return [[f"sample {int(torch.randint(10**9, ()))}"] for _ in anchors]
+
+
+def test_captions_are_sampled_from_a_seed_of_each_shard_leaving_the_callers_generator_alone(tmp_path):
+    """A shard's samples depend only on the seed and the shard, so a resumed build or another rank redraws them
+    alike; each shard draws its own (seeded alike, every shard would repeat the first one's samples), another seed
+    others; the caller's random state is what it was."""
+    state = torch.random.get_rng_state()
+    texts = _build(tmp_path, captioner=_SamplingCaptioner()).as_dataset(split="train")["candidate_texts"]
+    assert torch.equal(torch.random.get_rng_state(), state)
+    first_sample_of_each_shard = [texts[start][1] for start in range(0, 10, 3)]
+    assert len(set(first_sample_of_each_shard)) == 4
+    assert _build(tmp_path / "again", captioner=_SamplingCaptioner()).as_dataset(split="train")["candidate_texts"] == texts
+    assert _build(tmp_path / "seed 1", captioner=_SamplingCaptioner(), seed=1).as_dataset(split="train")["candidate_texts"] != texts
+
+
+@pytest.mark.parametrize(
+    "setting, refused, accepted",
+    [
+        ("num_hard_negatives", {"num_hard_negatives": 0}, {"num_hard_negatives": 1, "captioned_negatives": 1}),
+        ("captioned_negatives", {"captioned_negatives": 0}, {"captioned_negatives": 1}),
+        ("captioned_negatives", {"num_hard_negatives": 2, "captioned_negatives": 3}, {"num_hard_negatives": 2, "captioned_negatives": 2}),
+        ("max_candidate_texts", {"max_candidate_texts": 1}, {"max_candidate_texts": 2}),
+        ("shard_size", {"shard_size": 0}, {"shard_size": 1}),
+        ("semdedup_clusters", {"semdedup_clusters": 0}, {"semdedup_clusters": 1}),
+        ("semdedup_epsilon", {"semdedup_epsilon": 1.0}, {"semdedup_epsilon": 0.0}),
+        ("semdedup_epsilon", {"semdedup_epsilon": -0.01}, {"semdedup_epsilon": 0.99}),
+    ],
+)
+def test_each_config_bound_refuses_the_value_just_outside_and_takes_the_edge(setting, refused, accepted):
+    """Each bound of `validate`, pinned at its edge: a value just outside is refused, naming the setting; the edge
+    itself is a valid recipe (one hard negative, a pool of two texts, shards of one anchor, epsilon 0)."""
+    with pytest.raises(ValueError, match=rf"invalid MaplePreferences config: {setting} must"):
+        MaplePreferencesConfig(name="x", **refused)
+    MaplePreferencesConfig(name="x", **accepted)
+
+
+@pytest.mark.parametrize("rank", [-1, 2])
+def test_a_rank_outside_the_world_is_refused_when_the_builder_is_made(tmp_path, monkeypatch, rank):
+    """Rank `world_size` would build the shards s % world_size == rank: none, and its peers would wait for it forever.
+    The launcher's RANK / WORLD_SIZE are read the same way."""
+    with pytest.raises(ValueError, match=rf"rank {rank} is not in \[0, world_size=2\)"):
+        MaplePreferences(config_name="paper", cache_dir=str(tmp_path / "cache"), rank=rank, world_size=2)
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=rf"rank {rank} is not in \[0, world_size=2\)"):
+        MaplePreferences(config_name="paper", cache_dir=str(tmp_path / "cache"))
 
 
 def test_sources_parquet_file_folder_and_imagefolder_give_the_same_rows(tmp_path):
@@ -286,6 +431,16 @@ def test_an_unreadable_file_of_an_image_folder_is_named(tmp_path):
     assert skipped[0].detail.startswith(str(folder / f"{rows[1]['id']}.png") + ": ")  # was: <_io.BytesIO object at 0x...>
 
 
+def test_corrupt_image_bytes_under_a_file_name_from_elsewhere_are_an_unreadable_image_not_text(tmp_path):
+    """Parquet written from an image folder keeps each image's bytes beside its original file name, a path that need
+    not exist here: the bytes are what was read, so their error is the detail, not "text read as a file path"."""
+    corrupt = {"bytes": b"not an image", "path": "photos/0001.png"}
+    source = colour_square_source(3, id=["corrupt"], image=[corrupt], caption=["a red square"])
+    _, _, skipped = _unbuilt(tmp_path, source).check_inputs()
+    assert [(item.id, item.kind) for item in skipped] == [("corrupt", "unreadable image")]
+    assert skipped[0].detail.startswith("photos/0001.png: UnidentifiedImageError: cannot identify image file")
+
+
 def test_a_folder_source_is_split_by_file_name_as_datasets_reads_it(tmp_path):
     """A Hub snapshot's layout (data/train-*, data/test-*): before the fix every parquet file under
     the folder was read as "train", test rows included, whatever `source_split` said."""
@@ -299,6 +454,8 @@ def test_a_folder_source_is_split_by_file_name_as_datasets_reads_it(tmp_path):
     assert list(load_source(source, split="train")["id"]) == list(colour_square_source(6)["id"])
     assert list(load_source(source, split="test")["id"]) == test_columns["id"]
     assert load_source(source, split="train[:2]+test").num_rows == 6
+    with pytest.raises(SourceError, match=r"has no split 'validation'; its splits are \['train', 'test'\]"):
+        load_source(source, split="train+validation")
     with pytest.raises(SourceError, match=rf"source {re.escape(source)} has no split 'validation'; its splits are \['train', 'test'\]"):
         MaplePreferences(config_name="corpus-captions", source=source, source_split="validation", cache_dir=str(tmp_path / "cache")).manifest()
 
@@ -399,9 +556,14 @@ def _unbuilt(tmp_path, source: datasets.Dataset, **kwargs) -> MaplePreferences:
     return MaplePreferences(source_dataset=source, work_dir=tmp_path / "work", **{**settings, **kwargs})
 
 
-def test_a_duplicate_id_keeps_its_first_valid_row(tmp_path):
+def test_a_duplicate_id_keeps_its_first_valid_row(tmp_path, monkeypatch):
     """Before the fix an invalid first row claimed the id: it was skipped as unreadable, the valid
-    row after it as its duplicate, and the id was lost."""
+    row after it as its duplicate, and the id was lost. The id is checked first: a duplicate's image,
+    the costly part of the check, is never decoded."""
+    import dataset_builders.builder as builder_module
+
+    decoded, decode = [], builder_module.decode_image
+    monkeypatch.setattr(builder_module, "decode_image", lambda payload, row: decoded.append(row) or decode(payload, row))
     columns = colour_squares(4)
     columns["id"][:3] = ["a", "a", "a"]
     columns["image"][0] = {"bytes": b"not an image", "path": None}
@@ -411,6 +573,7 @@ def test_a_duplicate_id_keeps_its_first_valid_row(tmp_path):
         (2, "duplicate id", "row 1 has this id and is kept")
     ]
     assert [item.row for item in skipped if item.kind == "unreadable image"] == [0]
+    assert decoded == [0, 1, 3]
 
 
 def test_ranks_check_a_slice_each_and_agree_with_one_process(tmp_path, monkeypatch):
@@ -462,8 +625,10 @@ def test_an_explicit_id_column_must_exist_but_the_default_one_may_be_absent(tmp_
     with pytest.raises(ValueError, match=r"source datasets.Dataset \(in memory\) lacks column\(s\) \['image_id'\].*--id-column"):
         _unbuilt(tmp_path, colour_square_source(3), id_column="image_id").check_inputs()
     without_ids = colour_square_source(3).remove_columns("id")
-    _, _, skipped = _unbuilt(tmp_path / "no_ids", without_ids).check_inputs()
-    assert skipped == []
+    builder = _build(tmp_path / "no_ids", config_name="corpus-captions", source_dataset=without_ids, captioner=None)
+    assert builder.stats["skipped"] == []
+    # the row index, zero-padded: the ids sort as the rows do
+    assert builder.as_dataset(split="train")["id"] == ["000000000", "000000001", "000000002"]
 
 
 def test_an_image_column_that_holds_no_images_names_column_and_type(tmp_path):
@@ -476,6 +641,14 @@ def test_an_image_column_that_holds_no_images_names_column_and_type(tmp_path):
     assert isinstance(as_structs.features["image"], dict)
     _, anchors, skipped = _unbuilt(tmp_path / "structs", as_structs).check_inputs()
     assert len(anchors) == 3 and skipped == []
+    # encoded image bytes, as a binary column, are images; a struct of other fields is not
+    as_bytes = datasets.Dataset.from_dict({**columns, "image": [image["bytes"] for image in columns["image"]]})
+    assert as_bytes.features["image"] == datasets.Value("binary")
+    _, anchors, skipped = _unbuilt(tmp_path / "bytes", as_bytes).check_inputs()
+    assert len(anchors) == 3 and skipped == []
+    as_links = datasets.Dataset.from_dict({**columns, "image": [{"path": "a.png", "url": "https://x/a.png"}] * 3})
+    with pytest.raises(ValueError, match=r"source column 'image' holds \{'path': .*'url': .*\}; expected images"):
+        _unbuilt(tmp_path / "links", as_links).check_inputs()
 
 
 def test_columns_the_build_does_not_read_are_never_decoded(tmp_path):
@@ -553,6 +726,44 @@ def test_a_rank_given_up_on_between_its_wait_and_its_read_says_so(tmp_path, monk
         rank_0.build_shards()
 
 
+def test_a_rank_waiting_for_a_peer_that_gave_up_stops_at_its_next_poll(tmp_path, monkeypatch):
+    """The test above leaves to chance whether a rank is still polling when its peer gives up. Here rank 1 never
+    comes and its giving up (the manifest removed) happens during rank 0's first wait: rank 0 must stop and say so,
+    not poll on until wait_timeout and blame a missing file."""
+    import dataset_builders.builder as builder_module
+
+    manifest = tmp_path / "work" / MANIFEST_FILE
+    monkeypatch.setattr(builder_module.time, "sleep", lambda seconds: manifest.unlink(missing_ok=True))
+    rank_0 = _unbuilt(tmp_path, colour_square_source(), rank=0, world_size=2, wait_timeout=5)
+    with pytest.raises(WorkDirMismatch, match="another process gave up the work dir .* while this one waited for input checks"):
+        rank_0.build_shards()
+
+
+def test_only_rank_0_runs_semdedup_and_the_other_ranks_wait_for_its_anchors(tmp_path):
+    """k-means on different GPUs need not round alike, so every rank must build from rank 0's anchors: another rank
+    never de-duplicates itself, it waits for anchors.json."""
+    calls = []
+
+    def counting_miner(rank: int) -> HardNegativeMiner:
+        miner = thumbnail_miner()
+        deduplicate = miner.deduplicate
+        miner.deduplicate = lambda *args, **kwargs: calls.append(rank) or deduplicate(*args, **kwargs)
+        return miner
+
+    def rank(rank: int, world_size: int = 2, **kwargs) -> MaplePreferences:
+        return _unbuilt(tmp_path, colour_square_source(), semdedup_clusters=2, miner=counting_miner(rank), rank=rank,
+                        world_size=world_size, **kwargs)
+
+    one_process = rank(0, world_size=1)  # the input check and the embeddings, as the ranks would leave them
+    one_process.check_work_dir()
+    one_process.embed_inputs(one_process.check_inputs()[1])
+    with pytest.raises(TimeoutError, match="for SemDeDup results from rank 0 .*: anchors.json"):
+        rank(1, wait_timeout=0.5).plan()
+    assert calls == [] and not (tmp_path / "work" / "anchors.json").exists()
+    anchors = rank(0).plan().anchor_rows
+    assert calls == [0] and rank(1).plan().anchor_rows == anchors
+
+
 def test_a_none_override_turns_semdedup_off_even_for_the_paper_config(tmp_path):
     """`datasets` ignores keyword overrides that are None: semdedup_clusters=None (CLI
     --semdedup-clusters 0) left the paper config's 50,000 clusters in place."""
@@ -616,7 +827,7 @@ def test_an_interrupted_image_embedding_keeps_its_finished_parts(tmp_path, monke
     monkeypatch.setattr(builder_module, "EMBEDDING_PART_ROWS", 4)
     embedded = []
 
-    def counting_miner(fail_after: int | None = None) -> HardNegativeMiner:
+    def counting_miner(fail_after: int | None = None, batch_size: int = 2) -> HardNegativeMiner:
         encode = thumbnail_miner().encode_images
 
         def encode_images(images):
@@ -625,7 +836,7 @@ def test_an_interrupted_image_embedding_keeps_its_finished_parts(tmp_path, monke
             embedded.append(len(images))
             return encode(images)
 
-        return HardNegativeMiner(encode_images, name="thumbnail-4x4", batch_size=2)
+        return HardNegativeMiner(encode_images, name="thumbnail-4x4", batch_size=batch_size)
 
     builder = _unbuilt(tmp_path, colour_square_source(10), miner=counting_miner(fail_after=3))  # 3 batches: part 0 and half of 1
     valid_rows = builder.check_inputs()[1]
@@ -646,8 +857,24 @@ def test_an_interrupted_image_embedding_keeps_its_finished_parts(tmp_path, monke
     embedded.clear()
     with pytest.raises(KeyboardInterrupt):
         _unbuilt(tmp_path, colour_square_source(10), miner=counting_miner(fail_after=3)).embed_inputs(valid_rows)
-    wider = HardNegativeMiner(thumbnail_miner().encode_images, name="thumbnail-4x4", batch_size=3)
-    assert torch.equal(_unbuilt(tmp_path, colour_square_source(10), miner=wider).embed_inputs(valid_rows), reference.embed_inputs(valid_rows))
+    embedded.clear()
+    wider = _unbuilt(tmp_path, colour_square_source(10), miner=counting_miner(batch_size=3))
+    assert torch.equal(wider.embed_inputs(valid_rows), reference.embed_inputs(valid_rows))
+    # parts of 3 rows (4 rounded down to whole batches of 3): the batches of one pass, whatever the parts
+    assert embedded == [3, 3, 3, 1]
+
+
+def test_an_embedding_part_of_the_wrong_length_is_a_damaged_checkpoint(tmp_path, monkeypatch):
+    """A part is reused only if it holds one embedding per row its name covers: a short one would shift every later
+    embedding onto another row."""
+    import dataset_builders.builder as builder_module
+
+    monkeypatch.setattr(builder_module, "EMBEDDING_PART_ROWS", 4)
+    builder = _unbuilt(tmp_path, colour_square_source(10), miner=thumbnail_miner(batch_size=2))
+    valid_rows = builder.check_inputs()[1]
+    torch.save(torch.zeros(3, 48), tmp_path / "work" / "embeddings-0-of-1.rows-000000000-000000004.pt")
+    with pytest.raises(DamagedCheckpoint, match=r"rows-000000000-000000004\.pt cannot be read \(ValueError: 3 embeddings for 4 rows\)"):
+        builder.embed_inputs(valid_rows)
 
 
 def test_an_interrupted_input_check_resumes_where_it_stopped(tmp_path, monkeypatch):
@@ -678,6 +905,16 @@ def test_an_interrupted_input_check_resumes_where_it_stopped(tmp_path, monkeypat
     assert checked == [4, 5, 6, 7, 8, 9]  # rows 0-3 were checkpointed
     assert not (tmp_path / "work" / "inputs-0-of-1.partial.json").exists()
     assert [item.kind for item in reference[2]] == ["duplicate id", "unreadable image"]
+
+
+@pytest.mark.parametrize("source", ["./images", "~/images", "data/images/train", "captions.csv"])
+def test_a_missing_source_that_can_only_be_local_is_not_looked_up_on_the_hub(tmp_path, monkeypatch, source):
+    """A Hub dataset id is "name" or "org/name": a missing path of more parts (or relative, or a file) is a local typo,
+    said so at once rather than after a Hub round trip that fails with the Hub's words."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(SourceError, match=rf"^source {re.escape(source)}: no such file or folder \(a Hub dataset id is 'name' or 'org/name'\)$"):
+        load_source(source, split="train")
 
 
 def test_a_mistyped_relative_source_under_an_existing_folder_is_called_that(tmp_path, monkeypatch):

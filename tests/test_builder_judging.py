@@ -11,7 +11,7 @@ from PIL import Image
 
 import dataset_builders.builder as builder_module
 from dataset_builders.builder import MaplePreferences
-from dataset_builders.scoring import JudgeOutputError, score_both_directions
+from dataset_builders.scoring import JudgeOutputError, check_judge_scores, score_both_directions
 from dataset_builders.testing import ColourCaptioner, ColourJudge, colour_square_source, colour_squares, thumbnail_miner, tiny_judge
 
 
@@ -177,6 +177,48 @@ def test_a_judge_answer_of_the_wrong_shape_names_the_image():
         score_both_directions(
             _ShortJudge(), images, [7], [["a", "b"]], ["a"], [[7]], describe=lambda key: f"row {key}"
         )
+
+
+class _ColumnJudge(_HashJudge):
+    """Answers each image with a column, (texts, 1), as a judge that keeps its logits' last axis would."""
+
+    def score(self, images, texts):
+        return [scores[:, None] for scores in super().score(images, texts)]
+
+
+class _ExtraRowJudge(_HashJudge):
+    def score(self, images, texts):
+        scores = super().score(images, texts)
+        return scores + scores[:1]
+
+
+@pytest.mark.parametrize(
+    "judge, problem",
+    [
+        (_ColumnJudge(), r"row 7: the judge returned scores of shape \(2, 1\) for 2 texts"),
+        (_ExtraRowJudge(), r"the judge returned 3 score rows for 2 images \(the first: row 7\)"),
+    ],
+)
+def test_a_judge_answer_with_more_than_one_score_per_text_is_refused(judge, problem):
+    """One score per (image, text) exactly: an answer of the right length but another shape, or with rows to spare,
+    cannot be laid out on the candidates."""
+    images = {7: Image.new("RGB", (4, 4), "red"), 8: Image.new("RGB", (4, 4), "blue")}
+    with pytest.raises(JudgeOutputError, match=problem):
+        score_both_directions(judge, images, [7], [["a", "b"]], ["a"], [[7, 8]], describe=lambda key: f"row {key}")
+
+
+@pytest.mark.parametrize(
+    "scores, candidate",
+    [([0.5, -0.001], 1), ([1.001, 0.5], 0), ([0.5, float("nan"), 2.0], 1), ([float("inf")], 0), ([0.2, 0.3, -1.0, 2.0], 2)],
+)
+def test_a_score_outside_zero_to_one_is_refused_naming_the_first_bad_candidate(scores, candidate):
+    with pytest.raises(JudgeOutputError, match=rf"shard 3, row id 'x': the judge's txt2img_scores\[{candidate}\] is "):
+        check_judge_scores(3, ["ok", "x"], "txt2img_scores", [torch.tensor([0.5]), torch.tensor(scores)])
+
+
+def test_alphas_of_exactly_zero_and_one_are_accepted():
+    """A judge sure of a pair (a softmax that saturates, a stand-in) gives 0 or 1: valid alphas, not errors."""
+    check_judge_scores(0, ["a", "b"], "img2txt_scores", [torch.tensor([0.0, 1.0]), torch.tensor([1.0])])
 
 
 def test_txt2img_through_the_shared_prefix_equals_per_pair_scoring_for_an_mllm_judge(tmp_path, monkeypatch):

@@ -78,12 +78,27 @@ def test_another_shard_size_on_the_same_work_dir_is_refused_not_mixed(tmp_path):
         ({"captioner": type("Sampler", (ColourCaptioner,), {"settings": {"temperature": 0.9}})()}, "captioner_settings"),
         ({"miner": thumbnail_miner(duplicate_threshold=0.5)}, "miner_settings.duplicate_threshold"),
         ({"source_dataset": colour_square_source(9)}, "source_fingerprint"),
+        ({"source_split": "test"}, "source_split"),
+        ({"id_column": "caption"}, "id_column"),
+        ({"text_candidates": "corpus"}, "text_candidates"),
+        ({"captioned_negatives": 2}, "captioned_negatives"),
+        ({"judge": type("RewordedJudge", (ColourJudge,), {"prompt": "colour distance, reworded"})()}, "judge_prompt"),
     ],
 )
 def test_every_recipe_change_is_named(tmp_path, change, field):
     _builder(tmp_path).build_shards()
     with pytest.raises(WorkDirMismatch, match=rf"\b{re.escape(field)}:"):
         _builder(tmp_path, **change).build_shards()
+
+
+def test_a_setting_the_recipe_does_not_use_is_no_part_of_it(tmp_path):
+    """captioned_negatives shapes nothing without a captioner, semdedup_epsilon nothing without SemDeDup: changing
+    them resumes such a work dir; where they are used, a change is named like any other."""
+    _builder(tmp_path, config_name="corpus-captions", captioner=None).check_work_dir()
+    _builder(tmp_path, config_name="corpus-captions", captioner=None, captioned_negatives=2, semdedup_epsilon=0.2).check_work_dir()
+    _builder(tmp_path / "deduplicated", semdedup_clusters=3).check_work_dir()
+    with pytest.raises(WorkDirMismatch, match=r"\(semdedup_epsilon: 0\.07 in the work dir, 0\.2 now\)"):
+        _builder(tmp_path / "deduplicated", semdedup_clusters=3, semdedup_epsilon=0.2).check_work_dir()
 
 
 def test_the_manifest_records_the_recipe_and_other_ranks_share_it(tmp_path):
@@ -142,13 +157,24 @@ def test_a_work_dir_that_is_a_file_is_refused_when_the_builder_is_made(tmp_path,
     assert file.read_text() == "not a folder"
 
 
-def test_merge_refuses_shards_that_do_not_cover_every_anchor_once(tmp_path):
+@pytest.mark.parametrize(
+    "name, content, problem",
+    [
+        ("shard-000002-000006.parquet", "shard-000004-000008.parquet", r"anchors 2\.\.5 are in more than one shard"),
+        ("shard-000008-000012.parquet", "shard-000004-000008.parquet", r"shard-000008-000012\.parquet holds anchors outside \[0, 10\)"),
+        ("shard-000008-000010.parquet", "shard-000004-000008.parquet", r"shard-000008-000010\.parquet holds 4 rows, not 2"),
+        ("shard-000008-000010.parquet", b"PAR1 cut short", r"shard-000008-000010\.parquet cannot be read .*anchors 8\.\.9 are in no shard"),
+        ("shard-old.parquet", "shard-000004-000008.parquet", r"shard-old\.parquet is not named shard-START-END\.parquet"),
+    ],
+)
+def test_merge_refuses_shards_that_do_not_cover_every_anchor_once(tmp_path, name, content, problem):
+    """Shard files copied in by hand, left by another recipe or cut short are caught when the dataset is assembled,
+    not read into it. `content`: the bytes written to `name`, or the shard whose bytes are copied there."""
     builder = _builder(tmp_path)
     builder.build_shards()
     shards = tmp_path / "work" / "shards"
-    # A stray shard overlapping the others (say, copied in by hand) is caught when assembling.
-    (shards / "shard-000002-000006.parquet").write_bytes((shards / "shard-000004-000008.parquet").read_bytes())
-    with pytest.raises(ValueError, match=r"anchors 2\.\.5 .*more than one shard"):
+    (shards / name).write_bytes(content if isinstance(content, bytes) else (shards / content).read_bytes())
+    with pytest.raises(WorkDirMismatch, match=rf"cannot assemble the dataset from {re.escape(str(shards))}: .*{problem}"):
         builder.download_and_prepare()
 
 
@@ -266,6 +292,34 @@ def test_local_source_digest_reads_sizes_edges_and_sampled_blocks(tmp_path):
     pq.write_table(table.take(list(range(50, 100)) + list(range(50))), images / "metadata.parquet", compression="none")
     assert (images / "metadata.parquet").stat().st_size == size
     assert local_source_digest(images.parent) != before
+
+
+def test_local_source_digest_sees_the_last_block_every_size_and_not_what_datasets_skips(tmp_path):
+    """The other half of what the digest reads: each sampled file's last 64 KiB (a parquet file's footer, where an
+    appended row group shows), the size of every file, sampled or not, and nothing under `__*` folders (macOS's
+    `__MACOSX`), which `datasets` does not read either."""
+    from dataset_builders.sources import local_source_digest
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    payload = bytearray(os.urandom(1_000_000))
+    (folder / "big.bin").write_bytes(payload)
+    reference = local_source_digest(folder)
+    payload[-1] ^= 0xFF
+    (folder / "big.bin").write_bytes(payload)
+    assert local_source_digest(folder) != reference
+    payload[-1] ^= 0xFF
+    (folder / "big.bin").write_bytes(payload)
+    (folder / "__MACOSX").mkdir()
+    (folder / "__MACOSX" / "big.bin").write_bytes(b"resource fork")
+    assert local_source_digest(folder) == reference
+    many = tmp_path / "many"
+    many.mkdir()
+    for index in range(100):
+        (many / f"part-{index:03d}.bin").write_bytes(bytes(1000))
+    before = local_source_digest(many)
+    (many / "part-001.bin").write_bytes(bytes(1001))  # not among the 64 files sampled of 100: its size alone shows
+    assert local_source_digest(many) != before
 
 
 def test_a_new_work_dir_builds_again_rather_than_reusing_the_cache(tmp_path):
