@@ -146,6 +146,21 @@ def test_normalize_false_keeps_the_lengths_of_the_projected_embeddings():
         torch.testing.assert_close(torch.nn.functional.normalize(raw, dim=-1), getattr(outputs[True], side))
 
 
+def test_cls_pooling_reads_each_towers_first_token():
+    """`pooling="cls"` embeds the state of the first token (BERT's [CLS], the ViT's class token)."""
+    _, processor = build_tiny("dual_encoder")
+    batch = processor(text=TEXTS, images=random_images(2))
+    torch.manual_seed(0)
+    model = MapleModel(tiny_dual_encoder_config(pooling="cls")).eval()
+    outputs = model(**batch)
+    with torch.no_grad():
+        text_states = model.text_tower(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        image_states = model.vision_tower(pixel_values=batch["pixel_values"]).last_hidden_state
+    normalize = torch.nn.functional.normalize
+    torch.testing.assert_close(outputs.text_embeds, normalize(model.text_projection(text_states[:, 0]), dim=-1))
+    torch.testing.assert_close(outputs.image_embeds, normalize(model.visual_projection(image_states[:, 0]), dim=-1))
+
+
 def test_the_config_shares_the_text_sides_special_tokens_unless_given_its_own():
     """`Trainer` aligns the tokenizer's special tokens with the model config's: MapleConfig takes the text side's (an
     MLLM keeps them in its nested `text_config`), so that alignment changes nothing; ids given explicitly stay."""
@@ -786,6 +801,28 @@ def test_from_backbone_refuses_keywords_that_are_no_config_field(tmp_path, monke
     and have no effect."""
     with pytest.raises(TypeError, match="got device_map, projection_dims, which are not MapleConfig fields"):
         MapleModel.from_backbone(str(tmp_path / "never-read"), backbone="mllm", projection_dims=8, device_map="cuda")
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_lora_adapts_every_attention_and_mlp_projection_of_the_language_model_or_each_towers_attention(backbone):
+    """The paper's targets: an MLLM's language model, attention and MLP alike (its vision tower and connector stay
+    frozen); a dual encoder's attention projections in both towers, CLIP-style (`*_proj`) and BERT-style alike."""
+    from peft.tuners.lora import LoraLayer
+
+    model, _ = build_tiny(backbone)
+    peft_model = get_peft_model(model, maple_lora_config(model))
+    adapted = {name for name, module in peft_model.get_base_model().named_modules() if isinstance(module, LoraLayer)}
+    if backbone == "mllm":
+        parts = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+                 "mlp.up_proj", "mlp.down_proj"]
+        expected = {f"mllm.language_model.layers.{layer}.{part}" for layer in range(2) for part in parts}
+    else:
+        vision = [f"vision_tower.encoder.layers.{layer}.self_attn.{name}" for layer in range(2)
+                  for name in ("q_proj", "k_proj", "v_proj", "out_proj")]
+        text = [f"text_tower.encoder.layer.{layer}.attention.self.{name}" for layer in range(2)
+                for name in ("query", "key", "value")]
+        expected = {*vision, *text}
+    assert adapted == expected
 
 
 def test_lora_config_takes_a_model_of_the_checkpoints_own_class():
