@@ -719,6 +719,23 @@ def test_encode_names_a_bad_item_by_its_position_in_the_inputs_and_leaves_the_tr
             model.encode(processor, images=elongated, batch_size=3)
 
 
+def test_encode_embeds_in_eval_mode_and_gives_back_the_mode_it_found(tiny):
+    """Dropout is off while `encode` embeds; a model in training (`encode` called from a callback) goes back to
+    training, and one in eval mode stays so."""
+    model, processor = tiny
+    modes_seen = []
+    hook = model.register_forward_pre_hook(lambda module, args: modes_seen.append(module.training))
+    try:
+        for training in (True, False):
+            model.train(training)
+            model.encode(processor, texts=TEXTS[:1])
+            assert model.training is training
+    finally:
+        hook.remove()
+        model.eval()
+    assert modes_seen == [False, False]
+
+
 def test_transparent_images_are_composited_onto_white_as_by_the_familys_processor(tiny):
     """`load_image` ran `convert("RGB")`, which keeps the (black) colour under transparent pixels: black line art on a
     transparent background became a black square, and two such drawings had the same embedding."""
