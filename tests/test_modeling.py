@@ -479,6 +479,9 @@ def test_from_backbone_two_tower_clip_keeps_towers_and_projections(tmp_path):
     assert torch.equal(model.text_projection.weight, saved["text_projection.weight"])
     assert model.config.pooling == "pooler" and model.config.projection_dim == 12
     assert model.logit_scale.item() == pytest.approx(4.0)
+    # another embedding size: CLIP's heads do not fit, and new ones are drawn
+    resized = MapleModel.from_backbone(str(tmp_path), backbone="dual_encoder", projection_dim=8)
+    assert resized.visual_projection.weight.shape == resized.text_projection.weight.shape == (8, 32)
 
 
 def test_from_backbone_siglip_keeps_towers_with_identity_projections(tmp_path):
@@ -622,6 +625,8 @@ def test_from_backbone_dinov2_with_real_minilm(tmp_path):
     text_embeds, image_embeds = model.encode(processor, texts=["a cat on a mat", *TEXTS], images=random_images(1))
     assert text_embeds.shape == (4, 16) and image_embeds.shape == (1, 16)
     torch.testing.assert_close(model.encode(processor, texts=["a cat on a mat"]), text_embeds[:1])  # padding is masked
+    # without a projection_dim, embeddings are as wide as the text encoder's (384), not the vision encoder's (32)
+    assert MapleModel.from_backbone(str(tmp_path), backbone="dual_encoder", text_backbone=minilm_dir).embed_dim == 384
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
