@@ -516,6 +516,10 @@ def test_from_backbone_siglip_keeps_towers_with_identity_projections(tmp_path):
     # LoRA adapts the towers' attention, not the pooling head's nn.MultiheadAttention (which would bypass it).
     adapted = [name for name, _ in get_peft_model(model, maple_lora_config(model)).named_modules() if name.endswith(".lora_A")]
     assert adapted and not any(".head." in name for name in adapted)
+    # loaded in bf16, both towers are bf16, SigLIP's text tower too (built by its class, which ignores the config's dtype)
+    half = MapleModel.from_backbone(str(tmp_path), backbone="dual_encoder", dtype=torch.bfloat16)
+    assert {param.dtype for param in [*half.vision_tower.parameters(), *half.text_tower.parameters()]} == {torch.bfloat16}
+    assert half.visual_projection.weight.dtype == half.text_projection.weight.dtype == torch.float32
 
 
 @pytest.mark.parametrize("pooling", ["pooler", "mean"])
