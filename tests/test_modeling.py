@@ -698,6 +698,13 @@ def test_bad_inputs_raise_clear_value_errors(tmp_path):
         MapleConfig(backbone="cnn")
     with pytest.raises(ValueError, match="Unknown pooling 'max'"):
         MapleConfig(backbone="mllm", mllm_config=tiny_qwen2_vl_config(), pooling="max")
+    with pytest.raises(ValueError, match="Unknown pooling 'cls' for backbone 'mllm'"):  # a decoder has no class token
+        MapleConfig(backbone="mllm", mllm_config=tiny_qwen2_vl_config(), pooling="cls")
+    with pytest.raises(ValueError, match="Unsupported MLLM 'llama'"):  # a text-only LLM
+        MapleConfig(backbone="mllm", mllm_config={"model_type": "llama"})
+    for one_tower in ({"vision_config": {"model_type": "clip_vision_model"}}, {"text_config": {"model_type": "bert"}}):
+        with pytest.raises(ValueError, match="needs both `vision_config` and `text_config`"):
+            MapleConfig(backbone="dual_encoder", projection_dim=8, **one_tower)
     with pytest.raises(ValueError, match="`projection_dim` must be positive, got 0"):
         tiny_dual_encoder_config(projection_dim=0)
     with pytest.raises(ValueError, match="needs `projection_dim`"):
