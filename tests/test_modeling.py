@@ -557,6 +557,20 @@ def test_from_backbone_siglip2_embeds_images_of_any_aspect_ratio(pooling, tmp_pa
             torch.testing.assert_close(batched, torch.nn.functional.normalize(reference, dim=-1))
 
 
+@pytest.mark.parametrize("pooling, width", [("pooler", 32), ("mean", 24), ("cls", 24)])
+def test_the_text_head_takes_the_pooler_width_only_under_pooler_pooling(pooling, width):
+    """SigLIP's text pooler maps the hidden size (24 here) to `projection_size` (32, the vision width); mean and cls
+    pooling read the hidden states themselves."""
+    from transformers import SiglipTextConfig
+
+    text_config = SiglipTextConfig(vocab_size=len(tiny_tokenizer()), hidden_size=24, projection_size=32, intermediate_size=37,
+                                   num_hidden_layers=1, num_attention_heads=4)
+    model = MapleModel(tiny_dual_encoder_config(text_config=text_config, pooling=pooling)).eval()
+    _, processor = build_tiny("dual_encoder")
+    assert model.text_projection.in_features == width
+    assert model(**processor(text=TEXTS)).text_embeds.shape == (len(TEXTS), 16)
+
+
 def test_long_texts_keep_the_instruction_and_fit_the_tower():
     model, processor = build_tiny(backbone="mllm")
     long_text = " ".join(["a big red circle left of a small blue square"] * 20)
