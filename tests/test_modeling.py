@@ -1,5 +1,6 @@
 """modeling_maple: embeddings, pooling, attention, save/load (with and without the package), LoRA."""
 
+import copy
 import json
 import math
 
@@ -28,7 +29,7 @@ from transformers import (
 from isolated import run_isolated
 from modeling_maple import MapleConfig, MapleModel, MapleProcessor
 from modeling_maple.configuration_maple import SUPPORTED_MLLMS
-from modeling_maple.lora import maple_lora_config
+from modeling_maple.lora import freeze_backbone_modules_to_save, get_maple_peft_model, maple_lora_config
 from modeling_maple.modeling_maple import last_token_pool, masked_mean_pool
 from modeling_maple.processing_maple import fill_image_placeholders, qwen_vl_image_token_counts
 from modeling_maple.testing import (
@@ -870,6 +871,29 @@ def test_lora_adapts_every_attention_and_mlp_projection_of_the_language_model_or
                 for name in ("query", "key", "value")]
         expected = {*vision, *text}
     assert adapted == expected
+
+
+def test_only_untrained_backbone_lookalikes_of_maples_head_are_frozen():
+    """PEFT wraps InternVL's patch embedding (`...patch_embeddings.projection`) for MAPLE's head, `projection`, and
+    `freeze_backbone_modules_to_save` turns that copy off; it leaves in training MAPLE's head, a module the config
+    names itself (the connector here), and a copy that differs from its original in any tensor (an adapter trained
+    before the freezing: its outputs must not change). Another adapter's wrappers are left alone."""
+    torch.manual_seed(0)
+    model = MapleModel(MapleConfig(backbone="mllm", mllm_config=tiny_mllm_config("internvl"), projection_dim=16))
+    lookalike = "mllm.vision_tower.embeddings.patch_embeddings.projection"
+    config = maple_lora_config(model, r=4, modules_to_save=["projection", "multi_modal_projector"])
+
+    def trained_in_full(peft_model) -> set[str]:
+        return {name.removeprefix("base_model.model.").split(".modules_to_save.")[0]
+                for name, param in peft_model.named_parameters() if param.requires_grad and ".modules_to_save." in name}
+
+    assert trained_in_full(get_maple_peft_model(copy.deepcopy(model), config)) == {"projection", "mllm.multi_modal_projector"}
+    old = get_peft_model(model, config)
+    with torch.no_grad():  # trained before the freezing existed: the look-alike's weight moved, its bias did not
+        old.get_submodule(f"base_model.model.{lookalike}.modules_to_save.default").weight.add_(0.5)
+    old.add_adapter("other", maple_lora_config(model, r=4, modules_to_save=["language_model.norm"]))
+    freeze_backbone_modules_to_save(old)
+    assert trained_in_full(old) == {"projection", "mllm.multi_modal_projector", lookalike}
 
 
 def test_lora_config_takes_a_model_of_the_checkpoints_own_class():
