@@ -59,7 +59,7 @@ def test_the_trainer_and_the_evaluation_build_the_same_embedder_from_a_backbone(
 
 
 def test_checkpoints_it_cannot_load_are_refused_before_any_weights_load(tmp_path, clip_folder, monkeypatch):
-    from transformers import BertConfig, BertModel
+    from transformers import BertConfig, BertModel, SamConfig
 
     BertModel(BertConfig(vocab_size=99, **TINY_TOWER)).save_pretrained(tmp_path / "bert")
     monkeypatch.setattr(MapleModel, "from_backbone", lambda *args, **kwargs: pytest.fail("weights were loaded"))
@@ -67,6 +67,11 @@ def test_checkpoints_it_cannot_load_are_refused_before_any_weights_load(tmp_path
         load_maple(str(tmp_path / "bert"))
     with pytest.raises(MapleLoadError, match=r"clip: device_map cannot be passed when building from a backbone"):
         load_maple(str(clip_folder), device_map="cpu")
+    with pytest.raises(MapleLoadError, match=r"clip: a 'clip' checkpoint cannot be the 'mllm' backbone"):
+        load_maple(str(clip_folder), backbone="mllm")  # the backbone named, not the one the config suggests
+    SamConfig().save_pretrained(tmp_path / "sam")  # a vision config, but no text one
+    with pytest.raises(MapleLoadError, match=r"sam: a 'sam' checkpoint is not a two-tower image-text model"):
+        load_maple(str(tmp_path / "sam"), backbone="dual_encoder")
     with pytest.raises(MapleLoadError, match=r"^\S*missing: no such folder$"):
         load_maple(str(tmp_path / "missing"))
     monkeypatch.chdir(tmp_path)
