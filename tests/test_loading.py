@@ -143,3 +143,22 @@ def test_a_saved_processor_loads_with_the_image_processor_backend_it_was_built_w
     requested.clear()
     load_maple_processor(str(tmp_path), backend="pil")  # an explicit backend wins: the first load is the one asked
     assert requested == [None]
+
+
+def test_the_revision_asked_for_reaches_the_weights_and_the_processor(tmp_path, clip_folder, monkeypatch):
+    """`load_maple(revision=...)` takes the weights and the processor from the snapshot whose config it read, for a
+    MAPLE checkpoint and a backbone alike (tests/test_hub_model.py makes the round trip through a Hub server)."""
+    from transformers import AutoModel, AutoProcessor
+
+    from modeling_maple.testing import tiny_dual_encoder_config
+
+    revisions = {}
+    for owner, loader, part in ((AutoModel, "from_pretrained", "weights"), (MapleModel, "from_backbone", "weights"),
+                                (AutoProcessor, "from_pretrained", "processor"),
+                                (MapleProcessor, "from_backbone", "processor")):
+        monkeypatch.setattr(owner, loader, lambda *args, part=part, revision=None, **kwargs: revisions.update({part: revision}))
+    tiny_dual_encoder_config().save_pretrained(tmp_path / "maple")
+    for folder in (tmp_path / "maple", clip_folder):
+        revisions.clear()
+        load_maple(str(folder), revision="v2")
+        assert revisions == {"weights": "v2", "processor": "v2"}, folder
