@@ -59,7 +59,7 @@ def test_the_trainer_and_the_evaluation_build_the_same_embedder_from_a_backbone(
 
 
 def test_checkpoints_it_cannot_load_are_refused_before_any_weights_load(tmp_path, clip_folder, monkeypatch):
-    from transformers import BertConfig, BertModel
+    from transformers import BertConfig, BertModel, SamConfig
 
     BertModel(BertConfig(vocab_size=99, **TINY_TOWER)).save_pretrained(tmp_path / "bert")
     monkeypatch.setattr(MapleModel, "from_backbone", lambda *args, **kwargs: pytest.fail("weights were loaded"))
@@ -67,6 +67,11 @@ def test_checkpoints_it_cannot_load_are_refused_before_any_weights_load(tmp_path
         load_maple(str(tmp_path / "bert"))
     with pytest.raises(MapleLoadError, match=r"clip: device_map cannot be passed when building from a backbone"):
         load_maple(str(clip_folder), device_map="cpu")
+    with pytest.raises(MapleLoadError, match=r"clip: a 'clip' checkpoint cannot be the 'mllm' backbone"):
+        load_maple(str(clip_folder), backbone="mllm")  # the backbone named, not the one the config suggests
+    SamConfig().save_pretrained(tmp_path / "sam")  # a vision config, but no text one
+    with pytest.raises(MapleLoadError, match=r"sam: a 'sam' checkpoint is not a two-tower image-text model"):
+        load_maple(str(tmp_path / "sam"), backbone="dual_encoder")
     with pytest.raises(MapleLoadError, match=r"^\S*missing: no such folder$"):
         load_maple(str(tmp_path / "missing"))
     monkeypatch.chdir(tmp_path)
@@ -138,3 +143,22 @@ def test_a_saved_processor_loads_with_the_image_processor_backend_it_was_built_w
     requested.clear()
     load_maple_processor(str(tmp_path), backend="pil")  # an explicit backend wins: the first load is the one asked
     assert requested == [None]
+
+
+def test_the_revision_asked_for_reaches_the_weights_and_the_processor(tmp_path, clip_folder, monkeypatch):
+    """`load_maple(revision=...)` takes the weights and the processor from the snapshot whose config it read, for a
+    MAPLE checkpoint and a backbone alike (tests/test_hub_model.py makes the round trip through a Hub server)."""
+    from transformers import AutoModel, AutoProcessor
+
+    from modeling_maple.testing import tiny_dual_encoder_config
+
+    revisions = {}
+    for owner, loader, part in ((AutoModel, "from_pretrained", "weights"), (MapleModel, "from_backbone", "weights"),
+                                (AutoProcessor, "from_pretrained", "processor"),
+                                (MapleProcessor, "from_backbone", "processor")):
+        monkeypatch.setattr(owner, loader, lambda *args, part=part, revision=None, **kwargs: revisions.update({part: revision}))
+    tiny_dual_encoder_config().save_pretrained(tmp_path / "maple")
+    for folder in (tmp_path / "maple", clip_folder):
+        revisions.clear()
+        load_maple(str(folder), revision="v2")
+        assert revisions == {"weights": "v2", "processor": "v2"}, folder

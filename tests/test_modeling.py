@@ -1,5 +1,6 @@
 """modeling_maple: embeddings, pooling, attention, save/load (with and without the package), LoRA."""
 
+import copy
 import json
 import math
 
@@ -28,7 +29,7 @@ from transformers import (
 from isolated import run_isolated
 from modeling_maple import MapleConfig, MapleModel, MapleProcessor
 from modeling_maple.configuration_maple import SUPPORTED_MLLMS
-from modeling_maple.lora import maple_lora_config
+from modeling_maple.lora import freeze_backbone_modules_to_save, get_maple_peft_model, maple_lora_config
 from modeling_maple.modeling_maple import last_token_pool, masked_mean_pool
 from modeling_maple.processing_maple import fill_image_placeholders, qwen_vl_image_token_counts
 from modeling_maple.testing import (
@@ -144,6 +145,21 @@ def test_normalize_false_keeps_the_lengths_of_the_projected_embeddings():
         raw = getattr(outputs[False], side)
         assert not torch.allclose(raw.norm(dim=-1), torch.ones(len(raw)), atol=1e-2)
         torch.testing.assert_close(torch.nn.functional.normalize(raw, dim=-1), getattr(outputs[True], side))
+
+
+def test_cls_pooling_reads_each_towers_first_token():
+    """`pooling="cls"` embeds the state of the first token (BERT's [CLS], the ViT's class token)."""
+    _, processor = build_tiny("dual_encoder")
+    batch = processor(text=TEXTS, images=random_images(2))
+    torch.manual_seed(0)
+    model = MapleModel(tiny_dual_encoder_config(pooling="cls")).eval()
+    outputs = model(**batch)
+    with torch.no_grad():
+        text_states = model.text_tower(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        image_states = model.vision_tower(pixel_values=batch["pixel_values"]).last_hidden_state
+    normalize = torch.nn.functional.normalize
+    torch.testing.assert_close(outputs.text_embeds, normalize(model.text_projection(text_states[:, 0]), dim=-1))
+    torch.testing.assert_close(outputs.image_embeds, normalize(model.visual_projection(image_states[:, 0]), dim=-1))
 
 
 def test_the_config_shares_the_text_sides_special_tokens_unless_given_its_own():
@@ -464,6 +480,9 @@ def test_from_backbone_two_tower_clip_keeps_towers_and_projections(tmp_path):
     assert torch.equal(model.text_projection.weight, saved["text_projection.weight"])
     assert model.config.pooling == "pooler" and model.config.projection_dim == 12
     assert model.logit_scale.item() == pytest.approx(4.0)
+    # another embedding size: CLIP's heads do not fit, and new ones are drawn
+    resized = MapleModel.from_backbone(str(tmp_path), backbone="dual_encoder", projection_dim=8)
+    assert resized.visual_projection.weight.shape == resized.text_projection.weight.shape == (8, 32)
 
 
 def test_from_backbone_siglip_keeps_towers_with_identity_projections(tmp_path):
@@ -498,6 +517,10 @@ def test_from_backbone_siglip_keeps_towers_with_identity_projections(tmp_path):
     # LoRA adapts the towers' attention, not the pooling head's nn.MultiheadAttention (which would bypass it).
     adapted = [name for name, _ in get_peft_model(model, maple_lora_config(model)).named_modules() if name.endswith(".lora_A")]
     assert adapted and not any(".head." in name for name in adapted)
+    # loaded in bf16, both towers are bf16, SigLIP's text tower too (built by its class, which ignores the config's dtype)
+    half = MapleModel.from_backbone(str(tmp_path), backbone="dual_encoder", dtype=torch.bfloat16)
+    assert {param.dtype for param in [*half.vision_tower.parameters(), *half.text_tower.parameters()]} == {torch.bfloat16}
+    assert half.visual_projection.weight.dtype == half.text_projection.weight.dtype == torch.float32
 
 
 @pytest.mark.parametrize("pooling", ["pooler", "mean"])
@@ -533,6 +556,20 @@ def test_from_backbone_siglip2_embeds_images_of_any_aspect_ratio(pooling, tmp_pa
         if pooling == "pooler":  # with SigLIP2's own pooling head and identity projections, SigLIP2's embeddings
             reference = siglip2(**processor(text=TEXTS[:1]), **processor(images=images)).image_embeds
             torch.testing.assert_close(batched, torch.nn.functional.normalize(reference, dim=-1))
+
+
+@pytest.mark.parametrize("pooling, width", [("pooler", 32), ("mean", 24), ("cls", 24)])
+def test_the_text_head_takes_the_pooler_width_only_under_pooler_pooling(pooling, width):
+    """SigLIP's text pooler maps the hidden size (24 here) to `projection_size` (32, the vision width); mean and cls
+    pooling read the hidden states themselves."""
+    from transformers import SiglipTextConfig
+
+    text_config = SiglipTextConfig(vocab_size=len(tiny_tokenizer()), hidden_size=24, projection_size=32, intermediate_size=37,
+                                   num_hidden_layers=1, num_attention_heads=4)
+    model = MapleModel(tiny_dual_encoder_config(text_config=text_config, pooling=pooling)).eval()
+    _, processor = build_tiny("dual_encoder")
+    assert model.text_projection.in_features == width
+    assert model(**processor(text=TEXTS)).text_embeds.shape == (len(TEXTS), 16)
 
 
 def test_long_texts_keep_the_instruction_and_fit_the_tower():
@@ -607,6 +644,8 @@ def test_from_backbone_dinov2_with_real_minilm(tmp_path):
     text_embeds, image_embeds = model.encode(processor, texts=["a cat on a mat", *TEXTS], images=random_images(1))
     assert text_embeds.shape == (4, 16) and image_embeds.shape == (1, 16)
     torch.testing.assert_close(model.encode(processor, texts=["a cat on a mat"]), text_embeds[:1])  # padding is masked
+    # without a projection_dim, embeddings are as wide as the text encoder's (384), not the vision encoder's (32)
+    assert MapleModel.from_backbone(str(tmp_path), backbone="dual_encoder", text_backbone=minilm_dir).embed_dim == 384
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
@@ -674,6 +713,13 @@ def test_bad_inputs_raise_clear_value_errors(tmp_path):
         MapleConfig(backbone="cnn")
     with pytest.raises(ValueError, match="Unknown pooling 'max'"):
         MapleConfig(backbone="mllm", mllm_config=tiny_qwen2_vl_config(), pooling="max")
+    with pytest.raises(ValueError, match="Unknown pooling 'cls' for backbone 'mllm'"):  # a decoder has no class token
+        MapleConfig(backbone="mllm", mllm_config=tiny_qwen2_vl_config(), pooling="cls")
+    with pytest.raises(ValueError, match="Unsupported MLLM 'llama'"):  # a text-only LLM
+        MapleConfig(backbone="mllm", mllm_config={"model_type": "llama"})
+    for one_tower in ({"vision_config": {"model_type": "clip_vision_model"}}, {"text_config": {"model_type": "bert"}}):
+        with pytest.raises(ValueError, match="needs both `vision_config` and `text_config`"):
+            MapleConfig(backbone="dual_encoder", projection_dim=8, **one_tower)
     with pytest.raises(ValueError, match="`projection_dim` must be positive, got 0"):
         tiny_dual_encoder_config(projection_dim=0)
     with pytest.raises(ValueError, match="needs `projection_dim`"):
@@ -702,6 +748,23 @@ def test_encode_names_a_bad_item_by_its_position_in_the_inputs_and_leaves_the_tr
         elongated = [*random_images(4), Image.new("RGB", (700, 3))]
         with pytest.raises(ValueError, match=r"^images\[4\]: aspect ratio 233:1 is above the 200:1 that qwen2_vl image"):
             model.encode(processor, images=elongated, batch_size=3)
+
+
+def test_encode_embeds_in_eval_mode_and_gives_back_the_mode_it_found(tiny):
+    """Dropout is off while `encode` embeds; a model in training (`encode` called from a callback) goes back to
+    training, and one in eval mode stays so."""
+    model, processor = tiny
+    modes_seen = []
+    hook = model.register_forward_pre_hook(lambda module, args: modes_seen.append(module.training))
+    try:
+        for training in (True, False):
+            model.train(training)
+            model.encode(processor, texts=TEXTS[:1])
+            assert model.training is training
+    finally:
+        hook.remove()
+        model.eval()
+    assert modes_seen == [False, False]
 
 
 def test_transparent_images_are_composited_onto_white_as_by_the_familys_processor(tiny):
@@ -786,6 +849,51 @@ def test_from_backbone_refuses_keywords_that_are_no_config_field(tmp_path, monke
     and have no effect."""
     with pytest.raises(TypeError, match="got device_map, projection_dims, which are not MapleConfig fields"):
         MapleModel.from_backbone(str(tmp_path / "never-read"), backbone="mllm", projection_dims=8, device_map="cuda")
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_lora_adapts_every_attention_and_mlp_projection_of_the_language_model_or_each_towers_attention(backbone):
+    """The paper's targets: an MLLM's language model, attention and MLP alike (its vision tower and connector stay
+    frozen); a dual encoder's attention projections in both towers, CLIP-style (`*_proj`) and BERT-style alike."""
+    from peft.tuners.lora import LoraLayer
+
+    model, _ = build_tiny(backbone)
+    peft_model = get_peft_model(model, maple_lora_config(model))
+    adapted = {name for name, module in peft_model.get_base_model().named_modules() if isinstance(module, LoraLayer)}
+    if backbone == "mllm":
+        parts = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+                 "mlp.up_proj", "mlp.down_proj"]
+        expected = {f"mllm.language_model.layers.{layer}.{part}" for layer in range(2) for part in parts}
+    else:
+        vision = [f"vision_tower.encoder.layers.{layer}.self_attn.{name}" for layer in range(2)
+                  for name in ("q_proj", "k_proj", "v_proj", "out_proj")]
+        text = [f"text_tower.encoder.layer.{layer}.attention.self.{name}" for layer in range(2)
+                for name in ("query", "key", "value")]
+        expected = {*vision, *text}
+    assert adapted == expected
+
+
+def test_only_untrained_backbone_lookalikes_of_maples_head_are_frozen():
+    """PEFT wraps InternVL's patch embedding (`...patch_embeddings.projection`) for MAPLE's head, `projection`, and
+    `freeze_backbone_modules_to_save` turns that copy off; it leaves in training MAPLE's head, a module the config
+    names itself (the connector here), and a copy that differs from its original in any tensor (an adapter trained
+    before the freezing: its outputs must not change). Another adapter's wrappers are left alone."""
+    torch.manual_seed(0)
+    model = MapleModel(MapleConfig(backbone="mllm", mllm_config=tiny_mllm_config("internvl"), projection_dim=16))
+    lookalike = "mllm.vision_tower.embeddings.patch_embeddings.projection"
+    config = maple_lora_config(model, r=4, modules_to_save=["projection", "multi_modal_projector"])
+
+    def trained_in_full(peft_model) -> set[str]:
+        return {name.removeprefix("base_model.model.").split(".modules_to_save.")[0]
+                for name, param in peft_model.named_parameters() if param.requires_grad and ".modules_to_save." in name}
+
+    assert trained_in_full(get_maple_peft_model(copy.deepcopy(model), config)) == {"projection", "mllm.multi_modal_projector"}
+    old = get_peft_model(model, config)
+    with torch.no_grad():  # trained before the freezing existed: the look-alike's weight moved, its bias did not
+        old.get_submodule(f"base_model.model.{lookalike}.modules_to_save.default").weight.add_(0.5)
+    old.add_adapter("other", maple_lora_config(model, r=4, modules_to_save=["language_model.norm"]))
+    freeze_backbone_modules_to_save(old)
+    assert trained_in_full(old) == {"projection", "mllm.multi_modal_projector", lookalike}
 
 
 def test_lora_config_takes_a_model_of_the_checkpoints_own_class():

@@ -146,7 +146,8 @@ def test_saved_model_loads_with_auto_classes(tmp_path, lora, monkeypatch):
 )
 def test_lora_saves_equal_merge_and_unload_and_leave_the_model_untouched(tmp_path, dtype, lora_kwargs, monkeypatch):
     model, _ = build_tiny("dual_encoder", seed=0)
-    model = get_peft_model(model.to(dtype), maple_lora_config(model, r=4, lora_alpha=4, lora_dropout=0.0,
+    # scaling alpha/r = 2, which merging applies to every delta, bias included
+    model = get_peft_model(model.to(dtype), maple_lora_config(model, r=4, lora_alpha=8, lora_dropout=0.0,
                                                                **lora_kwargs))
     with torch.no_grad():  # trained adapters: B (zero at initialisation) and, for DoRA, the magnitudes move
         for name, param in model.named_parameters():
