@@ -16,7 +16,7 @@ from modeling_maple.testing import build_tiny
 from trainer import RPAConfig, RPATrainer
 from trainer.losses import bidirectional_rpa_loss, contrastive_loss
 from evaluation.retrieval import anchor_recall_at_1
-from trainer.losses import judged_positive_ids
+from trainer.losses import judged_positive_ids, preference_agreement
 from trainer.rpa_trainer import _model_inputs, _repeated_stream_rows
 from trainer.testing import describe_scene, draw_scene, smoke_config, synthetic_preference_dataset
 
@@ -231,10 +231,13 @@ def test_mllm_backbone_trains_with_sampled_candidates(tmp_path):
 
 def test_beta_and_temperature_initialise_from_config_and_can_be_frozen(tmp_path):
     """The scales are checked as set up, before training: after it, a learnt temperature only showed it was not 2.0
-    any more, which it also was not when the configured one was never set (the model's 1/0.07 then)."""
+    any more, which it also was not when the configured one was never set (the model's 1/0.07 then). They are logged
+    as set: both start at 1/0.07 in a new model, so logging either scale as beta passed until they differed."""
     trainer = make_trainer(tmp_path, beta=5.0, temperature=0.5, learn_beta=False, max_steps=3)
     assert trainer.model.preference_logit_scale.exp().item() == pytest.approx(5.0)
     assert trainer.model.logit_scale.exp().item() == pytest.approx(2.0)  # 1 / temperature
+    metrics = trainer.evaluate()
+    assert metrics["eval_beta"] == pytest.approx(5.0) and metrics["eval_temperature"] == pytest.approx(0.5)
     assert not trainer.model.preference_logit_scale.requires_grad and trainer.model.logit_scale.requires_grad
     trainer.train()
     model = trainer.model
@@ -600,12 +603,18 @@ def test_every_pass_over_a_streamed_dataset_draws_fresh_candidates(tmp_path):
 
 
 def test_eval_candidates_do_not_depend_on_the_training_epoch(tmp_path):
+    """Also for a collator passed in at another epoch (one reused from an earlier run): evaluation draws at epoch 0."""
     trainer = make_trainer(tmp_path, num_text_candidates=2, num_image_candidates=2)
     first = trainer.evaluate()
     trainer.data_collator.set_epoch(7)  # as training does at the start of epoch 7
     again = trainer.evaluate()
+    model, processor = build_tiny("dual_encoder", seed=0)  # make_trainer's model, untrained
+    reused = RPATrainer(model, args=make_config(tmp_path), data_collator=trainer.data_collator,
+                        train_dataset=trainer.train_dataset, processing_class=processor)
+    later = reused.evaluate(trainer.eval_dataset)
     for key in ("eval_loss", "eval_loss/rpa", "eval_rewards/accuracies"):
         assert again[key] == pytest.approx(first[key], abs=1e-6), key
+        assert later[key] == pytest.approx(first[key], abs=1e-6), key
 
 
 def test_bad_rows_of_a_streamed_eval_dataset_are_named_as_eval(tmp_path):
@@ -745,9 +754,9 @@ def test_judged_positive_ids_name_candidates_rated_at_least_as_high_as_the_ancho
 
 
 def test_excluding_judged_positives_takes_them_out_of_their_anchors_denominators(tmp_path):
-    # every anchor's candidate text 1 becomes as good as the anchor caption
+    # every anchor's candidate text 1 and candidate image 1 become as good as the anchor's own
     dataset = synthetic_preference_dataset(8, seed=0).map(
-        lambda row: {"img2txt_scores": [row["img2txt_scores"][0], 1.0, *row["img2txt_scores"][2:]]}
+        lambda row: {column: [row[column][0], 1.0, *row[column][2:]] for column in ("img2txt_scores", "txt2img_scores")}
     )
     losses = {}
     for exclude in (False, True):
@@ -758,14 +767,15 @@ def test_excluding_judged_positives_takes_them_out_of_their_anchors_denominators
         with torch.no_grad():
             losses[exclude] = trainer.compute_loss(trainer.model, batch).item()
             outputs = trainer.model(**_model_inputs(batch))
-    excluded = judged_positive_ids(batch["text_ids"], batch["candidate_text_index"], batch["img2txt_scores"],
-                                   batch["candidate_text_mask"])
+    excluded = {modality: judged_positive_ids(batch[f"{modality}_ids"], batch[f"candidate_{modality}_index"],
+                                              batch[scores], batch[f"candidate_{modality}_mask"])
+                for modality, scores in (("text", "img2txt_scores"), ("image", "txt2img_scores"))}
     anchors_image, anchors_text = batch["anchor_image_index"], batch["anchor_text_index"]
     expected = contrastive_loss(
         outputs.image_embeds[anchors_image], outputs.text_embeds[anchors_text], outputs.inverse_temperature,
         outputs.image_embeds, outputs.text_embeds, image_ids=batch["image_ids"][anchors_image],
         text_ids=batch["text_ids"][anchors_text], negative_image_ids=batch["image_ids"],
-        negative_text_ids=batch["text_ids"], excluded_text_ids=excluded,
+        negative_text_ids=batch["text_ids"], excluded_text_ids=excluded["text"], excluded_image_ids=excluded["image"],
     )
     assert losses[True] == pytest.approx(expected.item(), rel=1e-6)
     assert losses[True] < losses[False]  # captions rated as true no longer push their anchors away
@@ -813,6 +823,27 @@ def test_the_rpa_term_ranks_beta_times_each_anchors_cosines_to_its_own_candidate
     txt2img, img2txt = encoded_cosines(model, processor, rows)
     expected = expected_rpa(4.0 * txt2img, 4.0 * img2txt, rows, form)
     assert batch_loss(trainer, rows) == pytest.approx(expected, rel=1e-5)
+
+
+def test_eval_rewards_average_the_directions_an_anchor_ranks_and_are_nan_where_none_does(tmp_path):
+    """An anchor's reward is the mean over its directions with a strict judge preference: with every row's candidate
+    texts tied, the caption-to-image direction's alone (a plain mean made every anchor NaN, so no reward at all); with
+    both tied, no anchor has one and the reward is NaN, not 0."""
+    rows = list(synthetic_preference_dataset(4, seed=0))
+    texts_tied = datasets.Dataset.from_list([dict(row, img2txt_scores=[0.5] * len(row["img2txt_scores"])) for row in rows],
+                                            features=synthetic_preference_dataset(1).features)
+    model, processor = build_tiny("dual_encoder", seed=0)
+    trainer = RPATrainer(model, args=make_config(tmp_path, beta=4.0), train_dataset=texts_tied,
+                         processing_class=processor)
+    txt2img, _ = encoded_cosines(model, processor, rows)
+    judged = torch.tensor([row["txt2img_scores"] for row in rows])
+    accuracies, margins = preference_agreement(4.0 * txt2img, judged, per_anchor=True)
+    metrics = trainer.evaluate(texts_tied)
+    assert metrics["eval_rewards/accuracies"] == pytest.approx(accuracies.mean().item())
+    assert metrics["eval_rewards/margins"] == pytest.approx(margins.mean().item(), rel=1e-4)
+    both_tied = texts_tied.map(lambda row: {"txt2img_scores": [0.5] * len(row["txt2img_scores"])})
+    metrics = trainer.evaluate(both_tied)
+    assert math.isnan(metrics["eval_rewards/accuracies"]) and math.isnan(metrics["eval_rewards/margins"])
 
 
 def test_a_frozen_reference_ranks_beta_times_the_policys_cosines_less_the_initial_models(tmp_path):
