@@ -207,10 +207,11 @@ def test_content_id_takes_only_texts_and_images(item):
 @pytest.mark.parametrize("candidates,scores,anchor", [("candidate_texts", "img2txt_scores", "caption"),
                                                       ("candidate_images", "txt2img_scores", "image")])
 def test_a_first_candidate_other_than_the_anchor_is_named(processor, rows, candidates, scores, anchor):
-    bad = dict(rows[1], **{candidates: rows[1][candidates][::-1], scores: rows[1][scores][::-1]})
+    """Of two such rows, the first in the batch is named."""
+    bad = [dict(row, **{candidates: row[candidates][::-1], scores: row[scores][::-1]}) for row in rows[1:3]]
     with pytest.raises(ValueError, match=rf"^train dataset, row id 'scene-1': column '{candidates}'\[0\] differs "
                                          rf"from the row's '{anchor}'; expected the anchor itself first"):
-        DataCollatorForEmbeddingPreference(processor, num_text_candidates=2, num_image_candidates=2)([rows[0], bad])
+        DataCollatorForEmbeddingPreference(processor, num_text_candidates=2, num_image_candidates=2)([rows[0], *bad])
 
 
 def test_images_with_the_same_bytes_in_another_size_or_mode_have_other_ids():
@@ -306,3 +307,25 @@ def test_an_image_left_encoded_without_bytes_or_path_is_named(processor, image):
     with pytest.raises(ValueError, match=r"^train dataset, row id 'scene-1': column 'candidate_images'\[5\] is .*"
                                          r"\(dict\); expected an image"):
         DataCollatorForEmbeddingPreference(processor)([encoded[0], bad])
+
+
+def test_a_first_candidate_stored_as_a_path_is_the_anchor_only_at_the_anchors_path(processor, tmp_path, monkeypatch):
+    """Images left encoded as file paths (no bytes): candidate 0 at the anchor's path is the anchor, decoded once; at
+    another path it is read, and a picture other than the anchor there is named, as for images stored as bytes."""
+    import datasets
+
+    row = synthetic_preference_dataset(1, num_candidates=3)[0]
+    paths = []
+    for position, image in enumerate(row["candidate_images"]):
+        image.save(tmp_path / f"{position}.png")
+        paths.append({"bytes": None, "path": str(tmp_path / f"{position}.png")})
+    stored = dict(row, image=paths[0], candidate_images=paths)
+    decoded = []
+    decode = datasets.Image.decode_example
+    monkeypatch.setattr(datasets.Image, "decode_example", lambda self, value, **kw: decoded.append(value) or decode(self, value, **kw))
+    batch = DataCollatorForEmbeddingPreference(processor)([stored])
+    assert [value["path"] for value in decoded] == [entry["path"] for entry in paths]  # the anchor once
+    assert picked(batch, 0, "image") == [content_id(image) for image in row["candidate_images"]]
+    elsewhere = dict(stored, candidate_images=[paths[1], *paths[1:]])
+    with pytest.raises(ValueError, match=r"column 'candidate_images'\[0\] differs from the row's 'image'"):
+        DataCollatorForEmbeddingPreference(processor)([elsewhere])
