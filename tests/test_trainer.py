@@ -278,6 +278,7 @@ def test_scales_are_bounded_by_max_scale_at_set_up_and_after_every_optimizer_ste
         RPAConfig(str(tmp_path), temperature=0.005)
     with pytest.raises(ValueError, match="max_scale must be a positive finite number"):
         RPAConfig(str(tmp_path), max_scale=0.0)
+    RPAConfig(str(tmp_path), beta=100.0, temperature=0.01)  # at the bound: allowed
 
 
 @pytest.mark.parametrize("wrapped_by", ["trainer", "user"])
@@ -631,9 +632,10 @@ def test_compute_metrics_is_rejected_as_it_would_never_be_called(tmp_path):
                    processing_class=processor, compute_metrics=lambda prediction: {"mine": 1.0})
 
 
-def test_persistent_workers_are_rejected_with_subsampled_candidates(tmp_path):
+@pytest.mark.parametrize("subsampled", ["num_text_candidates", "num_image_candidates"])
+def test_persistent_workers_are_rejected_with_subsampled_candidates(tmp_path, subsampled):
     with pytest.raises(ValueError, match="dataloader_persistent_workers"):
-        RPAConfig(output_dir=str(tmp_path), num_text_candidates=2, dataloader_num_workers=1,
+        RPAConfig(output_dir=str(tmp_path), **{subsampled: 2}, dataloader_num_workers=1,
                   dataloader_persistent_workers=True)
     RPAConfig(output_dir=str(tmp_path), dataloader_num_workers=1, dataloader_persistent_workers=True)  # all kept
 
@@ -679,16 +681,22 @@ def test_bf16_default_is_off_when_training_on_the_cpu_of_a_gpu_machine(tmp_path,
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)  # the faked CUDA reaches the device set-up
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert RPAConfig(output_dir=str(tmp_path)).bf16 is False
+    monkeypatch.delenv("ACCELERATE_USE_CPU")
+    assert RPAConfig(output_dir=str(tmp_path), fp16=True).bf16 is False  # fp16 asked for: not both
 
 
 @pytest.mark.parametrize(
     "overrides,message",
     [
         (dict(rpa_weight=1.5), "rpa_weight"),
+        (dict(rpa_weight=-0.1), "rpa_weight"),
         (dict(rpa_loss="triplet"), "rpa_loss"),
         (dict(reference="ema"), "reference"),
         (dict(beta=0.0), "beta"),
+        (dict(beta=math.inf, max_scale=None), "beta must be a positive finite number"),
+        (dict(max_scale=math.inf), "max_scale must be a positive finite number"),
         (dict(num_text_candidates=1), "num_text_candidates"),
+        (dict(num_image_candidates=1), "num_image_candidates"),
         (dict(loss_type=["ipo"]), "loss_type"),
         (dict(loss_weights=[0.5]), "loss_weights"),
         (dict(precompute_ref_log_probs=True), "precompute_ref_log_probs"),
