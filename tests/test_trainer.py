@@ -1019,6 +1019,27 @@ def test_a_dataset_formatted_for_torch_or_numpy_trains_as_it_is(tmp_path, format
     assert formatted.format["type"] == format_type, "the caller's dataset keeps its format"
 
 
+def test_a_reference_model_that_is_the_model_or_would_be_ignored_is_refused(tmp_path):
+    """The model as its own reference would train its reference; a reference with reference="none" would do nothing."""
+    model, processor = build_tiny("dual_encoder", seed=0)
+    reference, _ = build_tiny("dual_encoder", seed=0)
+    dataset = synthetic_preference_dataset(4)
+    with pytest.raises(ValueError, match="`model` and `ref_model` must be different objects"):
+        RPATrainer(model, ref_model=model, args=make_config(tmp_path, reference="frozen"), train_dataset=dataset,
+                   processing_class=processor)
+    with pytest.raises(ValueError, match="`reference='none'` would ignore it; set reference='frozen'"):
+        RPATrainer(model, ref_model=reference, args=make_config(tmp_path), train_dataset=dataset,
+                   processing_class=processor)
+
+
+def test_batches_dispatched_by_rows_are_refused(tmp_path):
+    """accelerate's dispatching slices every tensor of a batch by rows; ours hold more texts and images than rows."""
+    model, processor = build_tiny("dual_encoder", seed=0)
+    args = make_config(tmp_path, accelerator_config={"dispatch_batches": True})
+    with pytest.raises(ValueError, match="cannot be dispatched by rows"):
+        RPATrainer(model, args=args, train_dataset=synthetic_preference_dataset(4), processing_class=processor)
+
+
 def test_a_tokenizer_passed_as_processing_class_is_refused_up_front(tmp_path):
     """It failed at the first step, deep in the text tower ("'list' object has no attribute 'size'")."""
     model, processor = build_tiny("dual_encoder", seed=0)
