@@ -298,6 +298,9 @@ def test_images_left_encoded_only_where_the_collator_decodes_them_as_the_dataset
     assert isinstance(next(iter(streamed))["candidate_images"][0], dict)
     without_features = dataset.to_iterable_dataset().map(lambda row: row)
     assert without_features.features is None and with_images_left_encoded(without_features) is without_features
+    private = dataset.to_iterable_dataset()
+    private._token_per_repo_id = {"user/private-set": "hf_token"}  # as a stream of a private Hub dataset holds it
+    assert with_images_left_encoded(private) is private  # its image files need the token, which the collator lacks
 
 
 @pytest.mark.parametrize("image", [{"bytes": None, "path": None}, {"path": "a.png"}], ids=["neither", "no-bytes-key"])
