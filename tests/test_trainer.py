@@ -711,6 +711,12 @@ def test_config_rejects_bad_values(tmp_path, overrides, message):
         RPAConfig(output_dir=str(tmp_path), **overrides)
 
 
+def test_config_accepts_dpo_settings_that_mean_what_rpa_does(tmp_path):
+    """A TRL recipe's loss_type=["sigmoid"] with loss_weights=[1.0] is RPA's one loss at weight 1: nothing to refuse."""
+    config = RPAConfig(output_dir=str(tmp_path), loss_type=["sigmoid"], loss_weights=[1.0])
+    assert config.loss_weights == [1.0]
+
+
 def test_the_help_of_max_length_says_other_values_are_rejected():
     help_text = RPAConfig.__dataclass_fields__["max_length"].metadata["help"]
     assert "any other value is rejected" in help_text and "Not used" not in help_text
@@ -852,6 +858,24 @@ def test_eval_rewards_average_the_directions_an_anchor_ranks_and_are_nan_where_n
     both_tied = texts_tied.map(lambda row: {"txt2img_scores": [0.5] * len(row["txt2img_scores"])})
     metrics = trainer.evaluate(both_tied)
     assert math.isnan(metrics["eval_rewards/accuracies"]) and math.isnan(metrics["eval_rewards/margins"])
+
+
+def test_a_training_step_logs_the_rewards_pooled_over_its_batchs_pairs(tmp_path):
+    """Training pools each direction's judge-preferred pairs over the batch (DPO's rewards), then averages the two
+    directions; row 0's tied image scores give it 3 pairs where the other rows have 6, so a mean of per-anchor values
+    would differ."""
+    rows = list(synthetic_preference_dataset(4, seed=0))
+    rows[0]["txt2img_scores"] = [rows[0]["txt2img_scores"][0], 0.5, 0.5, 0.5]
+    dataset = datasets.Dataset.from_list(rows, features=synthetic_preference_dataset(1).features)
+    model, processor = build_tiny("dual_encoder", seed=0)
+    args = make_config(tmp_path, beta=4.0, per_device_train_batch_size=4, max_steps=1, logging_steps=1)
+    trainer = RPATrainer(model, args=args, train_dataset=dataset, processing_class=processor)
+    pooled = [preference_agreement(4.0 * cosines, torch.tensor([row[column] for row in rows]))
+              for cosines, column in zip(encoded_cosines(model, processor, rows), ("txt2img_scores", "img2txt_scores"))]
+    trainer.train()
+    logged = trainer.state.log_history[0]
+    assert logged["rewards/accuracies"] == pytest.approx(sum(accuracy for accuracy, _ in pooled).item() / 2)
+    assert logged["rewards/margins"] == pytest.approx(sum(margin for _, margin in pooled).item() / 2, rel=1e-4)
 
 
 def test_a_frozen_reference_ranks_beta_times_the_policys_cosines_less_the_initial_models(tmp_path):
