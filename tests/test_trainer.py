@@ -159,6 +159,16 @@ def test_a_streams_repeated_rows_are_those_after_it_starts_over():
     assert repeated(8, 9, 10, 11) == [False] * 4
 
 
+def test_a_streamed_eval_sets_rows_reach_the_loss_numbered(tmp_path):
+    """Their positions in the stream are how `_repeated_eval_rows` tells the rows accelerate repeats across processes
+    (see test_trainer_distributed); in one process nothing else shows whether the rows were numbered, or their numbers
+    dropped with the columns outside the model's signature."""
+    trainer = make_trainer(tmp_path, max_steps=1, per_device_eval_batch_size=4)
+    stream = synthetic_preference_dataset(8, seed=1).to_iterable_dataset()
+    batches = trainer.get_eval_dataloader(stream)
+    assert [batch["row_position"].tolist() for batch in batches] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
 def test_eval_metrics_carry_the_prefix_of_their_own_evaluation(tmp_path):
     # evaluate(metric_key_prefix=...), each split of a dict and predict report their own losses, rewards and scales
     trainer = make_trainer(tmp_path, max_steps=1)
