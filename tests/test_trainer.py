@@ -635,6 +635,25 @@ def test_bad_rows_of_a_streamed_eval_dataset_are_named_as_eval(tmp_path):
         trainer.evaluate(streamed)
 
 
+def test_an_evaluation_stopped_midway_leaves_nothing_in_the_next(tmp_path):
+    """A bad row in the third batch stops the evaluation after its first batch was scored: the next evaluation must not
+    average that batch's metrics into its own, nor retrieve with its anchor (a caption of its own)."""
+    trainer = make_trainer(tmp_path, max_steps=1, per_device_eval_batch_size=1)
+
+    def reword_first(row, index):  # a caption found in no other evaluation set
+        if index == 0:
+            row["caption"] = "one red square on the left"
+            row["candidate_texts"] = [row["caption"], *row["candidate_texts"][1:]]
+        return row
+
+    broken = _corrupt("img2txt_scores", lambda scores: [-0.5, *scores[1:]]).map(reword_first, with_indices=True)
+    with pytest.raises(ValueError, match=r"row id 'scene-2'"):
+        trainer.evaluate(broken.to_iterable_dataset())  # a stream: its rows are checked as they are batched
+    after_the_failure, clean = trainer.evaluate(), trainer.evaluate()
+    for key in ("eval_loss", "eval_loss/rpa", "eval_rewards/accuracies", "eval_recall@1/text_to_image"):
+        assert after_the_failure[key] == pytest.approx(clean[key], abs=1e-6), key
+
+
 def test_compute_metrics_is_rejected_as_it_would_never_be_called(tmp_path):
     model, processor = build_tiny("dual_encoder")
     with pytest.raises(ValueError, match=r"does not take `compute_metrics`.*eval_rewards/accuracies.*eval_quadruples"):
