@@ -187,9 +187,10 @@ def test_bad_rows_are_named_with_the_collators_dataset(processor, rows):
          r"column 'candidate_images'\[5\] is 'b.png' \(str\); expected an image"),
         ("txt2img_scores", lambda scores: [*scores[:2], "0.5", *scores[3:]],
          r"column 'txt2img_scores'\[2\] is '0.5'; expected a judge probability in \[0, 1\]"),
+        ("img2txt_scores", None, r"column 'img2txt_scores' has 0 scores, expected 6"),
     ],
     ids=["caption", "image", "candidate-text", "candidate-image", "int-caption", "image-path", "int-candidate-text",
-         "candidate-image-path", "string-score"],
+         "candidate-image-path", "string-score", "no-scores"],
 )
 def test_missing_or_mistyped_values_are_named(processor, rows, column, value, message):
     # streamed rows of unknown features reach the collator unchecked
