@@ -729,9 +729,11 @@ def test_bf16_default_is_off_when_training_on_the_cpu_of_a_gpu_machine(tmp_path,
         (dict(loss_type=["ipo"]), "loss_type"),
         (dict(loss_weights=[0.5]), "loss_weights"),
         (dict(precompute_ref_log_probs=True), "precompute_ref_log_probs"),
+        (dict(use_weighting=True), "use_weighting=True acts on token log-probabilities"),
         (dict(max_length=512), "max_length"),
         (dict(pad_to_multiple_of=8), "pad_to_multiple_of=8 configures DPO's token collator"),
         (dict(truncation_mode="keep_end"), "truncation_mode"),
+        (dict(pad_token="<pad>"), "pad_token='<pad>' configures DPO's token collator"),
         (dict(exclude_judged_positives=True, expand_negatives=False), "needs expand_negatives=True"),
     ],
 )
@@ -1091,6 +1093,13 @@ def test_batches_dispatched_by_rows_are_refused(tmp_path):
     args = make_config(tmp_path, accelerator_config={"dispatch_batches": True})
     with pytest.raises(ValueError, match="cannot be dispatched by rows"):
         RPATrainer(model, args=args, train_dataset=synthetic_preference_dataset(4), processing_class=processor)
+
+
+def test_uneven_batches_are_allowed_in_one_process(tmp_path):
+    """even_batches only matters where a process could wait for another's batch in a collective."""
+    model, processor = build_tiny("dual_encoder", seed=0)
+    args = make_config(tmp_path, accelerator_config={"even_batches": False})
+    RPATrainer(model, args=args, train_dataset=synthetic_preference_dataset(4), processing_class=processor)
 
 
 def test_a_tokenizer_passed_as_processing_class_is_refused_up_front(tmp_path):
