@@ -35,6 +35,18 @@ def picked(batch, row, modality):
     return batch[f"{modality}_ids"][index[mask]].tolist()
 
 
+def shortened(row, texts, images):
+    """`row` with only its first `texts` candidate texts and `images` candidate images (and their scores)."""
+    return dict(row, candidate_texts=row["candidate_texts"][:texts], img2txt_scores=row["img2txt_scores"][:texts],
+                candidate_images=row["candidate_images"][:images], txt2img_scores=row["txt2img_scores"][:images])
+
+
+def drawn_positions(batch, position, row, modality):
+    """Positions in `row`'s own candidate list of the candidates the batch holds for it (batch row `position`)."""
+    ids = [content_id(item) for item in row[f"candidate_{modality}s"]]
+    return [ids.index(item) for item in picked(batch, position, modality)]
+
+
 def test_each_distinct_item_is_embedded_once_and_indices_point_at_it(processor, rows):
     batch = DataCollatorForEmbeddingPreference(processor)(rows)
     texts = {content_id(text) for row in rows for text in [row["caption"], *row["candidate_texts"]]}
@@ -53,11 +65,20 @@ def test_each_distinct_item_is_embedded_once_and_indices_point_at_it(processor, 
 
 
 def test_selected_rows_are_the_batch_of_those_rows_alone(processor, rows):
+    """Row 3 has fewer candidates than drawn: its padding points at the batch's items 0, the caption and image of
+    the left-out row 0, which no other row uses; once selected, that padding must neither count as a use nor point
+    anywhere but 0."""
     collate = DataCollatorForEmbeddingPreference(processor, num_text_candidates=3, num_image_candidates=4)
-    batch = collate(rows[:6])
+    lone_caption, lone_image = "a lone square", draw_scene("red", "left", size=32)
+    lone = dict(rows[0], caption=lone_caption, image=lone_image,
+                candidate_texts=[lone_caption, *rows[0]["candidate_texts"][1:]],
+                candidate_images=[lone_image, *rows[0]["candidate_images"][1:]])
+    batch_rows = [lone, *rows[1:3], shortened(rows[3], texts=2, images=2), *rows[4:6]]
+    batch = collate(batch_rows)
     kept = torch.tensor([False, True, False, True, True, False])
     selected, texts, images = select_rows(batch, kept)
-    alone = collate([row for row, keep in zip(rows[:6], kept) if keep])
+    alone = collate([row for row, keep in zip(batch_rows, kept) if keep])
+    assert not selected["candidate_text_mask"].all() and not selected["candidate_image_mask"].all()
     # items in the batch's order, which need not be the order the rows alone are collated in: compare by content id
     for modality, items in (("text", texts), ("image", images)):
         ids = selected[f"{modality}_ids"]
@@ -81,9 +102,7 @@ def test_rows_carry_their_position_only_when_they_have_one(processor, rows):
 
 
 def test_rows_with_fewer_candidates_are_padded_and_masked(processor, rows):
-    short = dict(rows[1])
-    short.update(candidate_texts=short["candidate_texts"][:2], img2txt_scores=short["img2txt_scores"][:2],
-                 candidate_images=short["candidate_images"][:3], txt2img_scores=short["txt2img_scores"][:3])
+    short = shortened(rows[1], texts=2, images=3)
     batch = DataCollatorForEmbeddingPreference(processor)([rows[0], short, rows[2]])
     for modality, kept in (("text", 2), ("image", 3)):
         mask, index = batch[f"candidate_{modality}_mask"], batch[f"candidate_{modality}_index"]
@@ -106,6 +125,9 @@ def test_sampling_keeps_the_anchor_and_draws_without_replacement(processor, rows
             assert texts[0] == content_id(row["candidate_texts"][0]) == content_id(row["caption"])
             assert picked(batch, position, "image")[0] == content_id(row["image"])
             assert len(set(texts)) == 3
+            for modality in ("text", "image"):  # in dataset order
+                positions = drawn_positions(batch, position, row, modality)
+                assert positions == sorted(positions)
             # the scores follow the drawn candidates
             candidates = [content_id(text) for text in row["candidate_texts"]]
             expected = [row["img2txt_scores"][candidates.index(text)] for text in texts]
@@ -131,6 +153,17 @@ def test_draws_depend_on_seed_epoch_and_row_not_on_the_batch(processor, rows):
     assert draws(other_seed, rows) != together
 
 
+def test_each_row_and_modality_draws_its_own_candidates(processor, rows):
+    """The draw is seeded by the row id and the modality as well: without them, every row with as many candidates drew
+    the same positions, and a row its candidate images at the positions of its candidate texts (which, in the synthetic
+    rows, are the same scenes)."""
+    batch = DataCollatorForEmbeddingPreference(processor, num_text_candidates=3, num_image_candidates=3)(rows)
+    texts = [drawn_positions(batch, position, row, "text") for position, row in enumerate(rows)]
+    images = [drawn_positions(batch, position, row, "image") for position, row in enumerate(rows)]
+    assert len({tuple(draw) for draw in texts}) > 1
+    assert texts != images
+
+
 def test_bad_rows_are_named_with_the_collators_dataset(processor, rows):
     bad = dict(rows[0], img2txt_scores=rows[0]["img2txt_scores"][:-1])
     with pytest.raises(ValueError, match=r"^eval dataset, row id 'scene-0': column 'img2txt_scores' has 5 scores"):
@@ -154,9 +187,10 @@ def test_bad_rows_are_named_with_the_collators_dataset(processor, rows):
          r"column 'candidate_images'\[5\] is 'b.png' \(str\); expected an image"),
         ("txt2img_scores", lambda scores: [*scores[:2], "0.5", *scores[3:]],
          r"column 'txt2img_scores'\[2\] is '0.5'; expected a judge probability in \[0, 1\]"),
+        ("img2txt_scores", None, r"column 'img2txt_scores' has 0 scores, expected 6"),
     ],
     ids=["caption", "image", "candidate-text", "candidate-image", "int-caption", "image-path", "int-candidate-text",
-         "candidate-image-path", "string-score"],
+         "candidate-image-path", "string-score", "no-scores"],
 )
 def test_missing_or_mistyped_values_are_named(processor, rows, column, value, message):
     # streamed rows of unknown features reach the collator unchecked
@@ -174,10 +208,21 @@ def test_content_id_takes_only_texts_and_images(item):
 @pytest.mark.parametrize("candidates,scores,anchor", [("candidate_texts", "img2txt_scores", "caption"),
                                                       ("candidate_images", "txt2img_scores", "image")])
 def test_a_first_candidate_other_than_the_anchor_is_named(processor, rows, candidates, scores, anchor):
-    bad = dict(rows[1], **{candidates: rows[1][candidates][::-1], scores: rows[1][scores][::-1]})
+    """Of two such rows, the first in the batch is named."""
+    bad = [dict(row, **{candidates: row[candidates][::-1], scores: row[scores][::-1]}) for row in rows[1:3]]
     with pytest.raises(ValueError, match=rf"^train dataset, row id 'scene-1': column '{candidates}'\[0\] differs "
                                          rf"from the row's '{anchor}'; expected the anchor itself first"):
-        DataCollatorForEmbeddingPreference(processor, num_text_candidates=2, num_image_candidates=2)([rows[0], bad])
+        DataCollatorForEmbeddingPreference(processor, num_text_candidates=2, num_image_candidates=2)([rows[0], *bad])
+
+
+def test_images_with_the_same_bytes_in_another_size_or_mode_have_other_ids():
+    """The bytes alone are not the picture: the same bytes are another image at another size (8x2 against 2x8) or in
+    another mode (RGB against YCbCr); one id would embed one for both and make a hard negative its own anchor."""
+    wide, tall = Image.new("L", (8, 2), 7), Image.new("L", (2, 8), 7)
+    rgb = Image.new("RGB", (2, 2), (10, 20, 30))
+    ycbcr = Image.frombytes("YCbCr", (2, 2), rgb.tobytes())
+    assert wide.tobytes() == tall.tobytes() and rgb.tobytes() == ycbcr.tobytes()
+    assert content_id(wide) != content_id(tall) and content_id(rgb) != content_id(ycbcr)
 
 
 def test_palette_images_that_differ_only_in_their_palette_are_two_images(processor):
@@ -254,6 +299,9 @@ def test_images_left_encoded_only_where_the_collator_decodes_them_as_the_dataset
     assert isinstance(next(iter(streamed))["candidate_images"][0], dict)
     without_features = dataset.to_iterable_dataset().map(lambda row: row)
     assert without_features.features is None and with_images_left_encoded(without_features) is without_features
+    private = dataset.to_iterable_dataset()
+    private._token_per_repo_id = {"user/private-set": "hf_token"}  # as a stream of a private Hub dataset holds it
+    assert with_images_left_encoded(private) is private  # its image files need the token, which the collator lacks
 
 
 @pytest.mark.parametrize("image", [{"bytes": None, "path": None}, {"path": "a.png"}], ids=["neither", "no-bytes-key"])
@@ -263,3 +311,25 @@ def test_an_image_left_encoded_without_bytes_or_path_is_named(processor, image):
     with pytest.raises(ValueError, match=r"^train dataset, row id 'scene-1': column 'candidate_images'\[5\] is .*"
                                          r"\(dict\); expected an image"):
         DataCollatorForEmbeddingPreference(processor)([encoded[0], bad])
+
+
+def test_a_first_candidate_stored_as_a_path_is_the_anchor_only_at_the_anchors_path(processor, tmp_path, monkeypatch):
+    """Images left encoded as file paths (no bytes): candidate 0 at the anchor's path is the anchor, decoded once; at
+    another path it is read, and a picture other than the anchor there is named, as for images stored as bytes."""
+    import datasets
+
+    row = synthetic_preference_dataset(1, num_candidates=3)[0]
+    paths = []
+    for position, image in enumerate(row["candidate_images"]):
+        image.save(tmp_path / f"{position}.png")
+        paths.append({"bytes": None, "path": str(tmp_path / f"{position}.png")})
+    stored = dict(row, image=paths[0], candidate_images=paths)
+    decoded = []
+    decode = datasets.Image.decode_example
+    monkeypatch.setattr(datasets.Image, "decode_example", lambda self, value, **kw: decoded.append(value) or decode(self, value, **kw))
+    batch = DataCollatorForEmbeddingPreference(processor)([stored])
+    assert [value["path"] for value in decoded] == [entry["path"] for entry in paths]  # the anchor once
+    assert picked(batch, 0, "image") == [content_id(image) for image in row["candidate_images"]]
+    elsewhere = dict(stored, candidate_images=[paths[1], *paths[1:]])
+    with pytest.raises(ValueError, match=r"column 'candidate_images'\[0\] differs from the row's 'image'"):
+        DataCollatorForEmbeddingPreference(processor)([elsewhere])

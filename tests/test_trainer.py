@@ -16,7 +16,7 @@ from modeling_maple.testing import build_tiny
 from trainer import RPAConfig, RPATrainer
 from trainer.losses import bidirectional_rpa_loss, contrastive_loss
 from evaluation.retrieval import anchor_recall_at_1
-from trainer.losses import judged_positive_ids
+from trainer.losses import judged_positive_ids, preference_agreement
 from trainer.rpa_trainer import _model_inputs, _repeated_stream_rows
 from trainer.testing import describe_scene, draw_scene, smoke_config, synthetic_preference_dataset
 
@@ -159,6 +159,16 @@ def test_a_streams_repeated_rows_are_those_after_it_starts_over():
     assert repeated(8, 9, 10, 11) == [False] * 4
 
 
+def test_a_streamed_eval_sets_rows_reach_the_loss_numbered(tmp_path):
+    """Their positions in the stream are how `_repeated_eval_rows` tells the rows accelerate repeats across processes
+    (see test_trainer_distributed); in one process nothing else shows whether the rows were numbered, or their numbers
+    dropped with the columns outside the model's signature."""
+    trainer = make_trainer(tmp_path, max_steps=1, per_device_eval_batch_size=4)
+    stream = synthetic_preference_dataset(8, seed=1).to_iterable_dataset()
+    batches = trainer.get_eval_dataloader(stream)
+    assert [batch["row_position"].tolist() for batch in batches] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
 def test_eval_metrics_carry_the_prefix_of_their_own_evaluation(tmp_path):
     # evaluate(metric_key_prefix=...), each split of a dict and predict report their own losses, rewards and scales
     trainer = make_trainer(tmp_path, max_steps=1)
@@ -231,10 +241,13 @@ def test_mllm_backbone_trains_with_sampled_candidates(tmp_path):
 
 def test_beta_and_temperature_initialise_from_config_and_can_be_frozen(tmp_path):
     """The scales are checked as set up, before training: after it, a learnt temperature only showed it was not 2.0
-    any more, which it also was not when the configured one was never set (the model's 1/0.07 then)."""
+    any more, which it also was not when the configured one was never set (the model's 1/0.07 then). They are logged
+    as set: both start at 1/0.07 in a new model, so logging either scale as beta passed until they differed."""
     trainer = make_trainer(tmp_path, beta=5.0, temperature=0.5, learn_beta=False, max_steps=3)
     assert trainer.model.preference_logit_scale.exp().item() == pytest.approx(5.0)
     assert trainer.model.logit_scale.exp().item() == pytest.approx(2.0)  # 1 / temperature
+    metrics = trainer.evaluate()
+    assert metrics["eval_beta"] == pytest.approx(5.0) and metrics["eval_temperature"] == pytest.approx(0.5)
     assert not trainer.model.preference_logit_scale.requires_grad and trainer.model.logit_scale.requires_grad
     trainer.train()
     model = trainer.model
@@ -275,6 +288,7 @@ def test_scales_are_bounded_by_max_scale_at_set_up_and_after_every_optimizer_ste
         RPAConfig(str(tmp_path), temperature=0.005)
     with pytest.raises(ValueError, match="max_scale must be a positive finite number"):
         RPAConfig(str(tmp_path), max_scale=0.0)
+    RPAConfig(str(tmp_path), beta=100.0, temperature=0.01)  # at the bound: allowed
 
 
 @pytest.mark.parametrize("wrapped_by", ["trainer", "user"])
@@ -600,12 +614,18 @@ def test_every_pass_over_a_streamed_dataset_draws_fresh_candidates(tmp_path):
 
 
 def test_eval_candidates_do_not_depend_on_the_training_epoch(tmp_path):
+    """Also for a collator passed in at another epoch (one reused from an earlier run): evaluation draws at epoch 0."""
     trainer = make_trainer(tmp_path, num_text_candidates=2, num_image_candidates=2)
     first = trainer.evaluate()
     trainer.data_collator.set_epoch(7)  # as training does at the start of epoch 7
     again = trainer.evaluate()
+    model, processor = build_tiny("dual_encoder", seed=0)  # make_trainer's model, untrained
+    reused = RPATrainer(model, args=make_config(tmp_path), data_collator=trainer.data_collator,
+                        train_dataset=trainer.train_dataset, processing_class=processor)
+    later = reused.evaluate(trainer.eval_dataset)
     for key in ("eval_loss", "eval_loss/rpa", "eval_rewards/accuracies"):
         assert again[key] == pytest.approx(first[key], abs=1e-6), key
+        assert later[key] == pytest.approx(first[key], abs=1e-6), key
 
 
 def test_bad_rows_of_a_streamed_eval_dataset_are_named_as_eval(tmp_path):
@@ -615,6 +635,25 @@ def test_bad_rows_of_a_streamed_eval_dataset_are_named_as_eval(tmp_path):
         trainer.evaluate(streamed)
 
 
+def test_an_evaluation_stopped_midway_leaves_nothing_in_the_next(tmp_path):
+    """A bad row in the third batch stops the evaluation after its first batch was scored: the next evaluation must not
+    average that batch's metrics into its own, nor retrieve with its anchor (a caption of its own)."""
+    trainer = make_trainer(tmp_path, max_steps=1, per_device_eval_batch_size=1)
+
+    def reword_first(row, index):  # a caption found in no other evaluation set
+        if index == 0:
+            row["caption"] = "one red square on the left"
+            row["candidate_texts"] = [row["caption"], *row["candidate_texts"][1:]]
+        return row
+
+    broken = _corrupt("img2txt_scores", lambda scores: [-0.5, *scores[1:]]).map(reword_first, with_indices=True)
+    with pytest.raises(ValueError, match=r"row id 'scene-2'"):
+        trainer.evaluate(broken.to_iterable_dataset())  # a stream: its rows are checked as they are batched
+    after_the_failure, clean = trainer.evaluate(), trainer.evaluate()
+    for key in ("eval_loss", "eval_loss/rpa", "eval_rewards/accuracies", "eval_recall@1/text_to_image"):
+        assert after_the_failure[key] == pytest.approx(clean[key], abs=1e-6), key
+
+
 def test_compute_metrics_is_rejected_as_it_would_never_be_called(tmp_path):
     model, processor = build_tiny("dual_encoder")
     with pytest.raises(ValueError, match=r"does not take `compute_metrics`.*eval_rewards/accuracies.*eval_quadruples"):
@@ -622,9 +661,10 @@ def test_compute_metrics_is_rejected_as_it_would_never_be_called(tmp_path):
                    processing_class=processor, compute_metrics=lambda prediction: {"mine": 1.0})
 
 
-def test_persistent_workers_are_rejected_with_subsampled_candidates(tmp_path):
+@pytest.mark.parametrize("subsampled", ["num_text_candidates", "num_image_candidates"])
+def test_persistent_workers_are_rejected_with_subsampled_candidates(tmp_path, subsampled):
     with pytest.raises(ValueError, match="dataloader_persistent_workers"):
-        RPAConfig(output_dir=str(tmp_path), num_text_candidates=2, dataloader_num_workers=1,
+        RPAConfig(output_dir=str(tmp_path), **{subsampled: 2}, dataloader_num_workers=1,
                   dataloader_persistent_workers=True)
     RPAConfig(output_dir=str(tmp_path), dataloader_num_workers=1, dataloader_persistent_workers=True)  # all kept
 
@@ -670,28 +710,42 @@ def test_bf16_default_is_off_when_training_on_the_cpu_of_a_gpu_machine(tmp_path,
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)  # the faked CUDA reaches the device set-up
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert RPAConfig(output_dir=str(tmp_path)).bf16 is False
+    monkeypatch.delenv("ACCELERATE_USE_CPU")
+    assert RPAConfig(output_dir=str(tmp_path), fp16=True).bf16 is False  # fp16 asked for: not both
 
 
 @pytest.mark.parametrize(
     "overrides,message",
     [
         (dict(rpa_weight=1.5), "rpa_weight"),
+        (dict(rpa_weight=-0.1), "rpa_weight"),
         (dict(rpa_loss="triplet"), "rpa_loss"),
         (dict(reference="ema"), "reference"),
         (dict(beta=0.0), "beta"),
+        (dict(beta=math.inf, max_scale=None), "beta must be a positive finite number"),
+        (dict(max_scale=math.inf), "max_scale must be a positive finite number"),
         (dict(num_text_candidates=1), "num_text_candidates"),
+        (dict(num_image_candidates=1), "num_image_candidates"),
         (dict(loss_type=["ipo"]), "loss_type"),
         (dict(loss_weights=[0.5]), "loss_weights"),
         (dict(precompute_ref_log_probs=True), "precompute_ref_log_probs"),
+        (dict(use_weighting=True), "use_weighting=True acts on token log-probabilities"),
         (dict(max_length=512), "max_length"),
         (dict(pad_to_multiple_of=8), "pad_to_multiple_of=8 configures DPO's token collator"),
         (dict(truncation_mode="keep_end"), "truncation_mode"),
+        (dict(pad_token="<pad>"), "pad_token='<pad>' configures DPO's token collator"),
         (dict(exclude_judged_positives=True, expand_negatives=False), "needs expand_negatives=True"),
     ],
 )
 def test_config_rejects_bad_values(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         RPAConfig(output_dir=str(tmp_path), **overrides)
+
+
+def test_config_accepts_dpo_settings_that_mean_what_rpa_does(tmp_path):
+    """A TRL recipe's loss_type=["sigmoid"] with loss_weights=[1.0] is RPA's one loss at weight 1: nothing to refuse."""
+    config = RPAConfig(output_dir=str(tmp_path), loss_type=["sigmoid"], loss_weights=[1.0])
+    assert config.loss_weights == [1.0]
 
 
 def test_the_help_of_max_length_says_other_values_are_rejected():
@@ -745,9 +799,9 @@ def test_judged_positive_ids_name_candidates_rated_at_least_as_high_as_the_ancho
 
 
 def test_excluding_judged_positives_takes_them_out_of_their_anchors_denominators(tmp_path):
-    # every anchor's candidate text 1 becomes as good as the anchor caption
+    # every anchor's candidate text 1 and candidate image 1 become as good as the anchor's own
     dataset = synthetic_preference_dataset(8, seed=0).map(
-        lambda row: {"img2txt_scores": [row["img2txt_scores"][0], 1.0, *row["img2txt_scores"][2:]]}
+        lambda row: {column: [row[column][0], 1.0, *row[column][2:]] for column in ("img2txt_scores", "txt2img_scores")}
     )
     losses = {}
     for exclude in (False, True):
@@ -758,14 +812,15 @@ def test_excluding_judged_positives_takes_them_out_of_their_anchors_denominators
         with torch.no_grad():
             losses[exclude] = trainer.compute_loss(trainer.model, batch).item()
             outputs = trainer.model(**_model_inputs(batch))
-    excluded = judged_positive_ids(batch["text_ids"], batch["candidate_text_index"], batch["img2txt_scores"],
-                                   batch["candidate_text_mask"])
+    excluded = {modality: judged_positive_ids(batch[f"{modality}_ids"], batch[f"candidate_{modality}_index"],
+                                              batch[scores], batch[f"candidate_{modality}_mask"])
+                for modality, scores in (("text", "img2txt_scores"), ("image", "txt2img_scores"))}
     anchors_image, anchors_text = batch["anchor_image_index"], batch["anchor_text_index"]
     expected = contrastive_loss(
         outputs.image_embeds[anchors_image], outputs.text_embeds[anchors_text], outputs.inverse_temperature,
         outputs.image_embeds, outputs.text_embeds, image_ids=batch["image_ids"][anchors_image],
         text_ids=batch["text_ids"][anchors_text], negative_image_ids=batch["image_ids"],
-        negative_text_ids=batch["text_ids"], excluded_text_ids=excluded,
+        negative_text_ids=batch["text_ids"], excluded_text_ids=excluded["text"], excluded_image_ids=excluded["image"],
     )
     assert losses[True] == pytest.approx(expected.item(), rel=1e-6)
     assert losses[True] < losses[False]  # captions rated as true no longer push their anchors away
@@ -813,6 +868,45 @@ def test_the_rpa_term_ranks_beta_times_each_anchors_cosines_to_its_own_candidate
     txt2img, img2txt = encoded_cosines(model, processor, rows)
     expected = expected_rpa(4.0 * txt2img, 4.0 * img2txt, rows, form)
     assert batch_loss(trainer, rows) == pytest.approx(expected, rel=1e-5)
+
+
+def test_eval_rewards_average_the_directions_an_anchor_ranks_and_are_nan_where_none_does(tmp_path):
+    """An anchor's reward is the mean over its directions with a strict judge preference: with every row's candidate
+    texts tied, the caption-to-image direction's alone (a plain mean made every anchor NaN, so no reward at all); with
+    both tied, no anchor has one and the reward is NaN, not 0."""
+    rows = list(synthetic_preference_dataset(4, seed=0))
+    texts_tied = datasets.Dataset.from_list([dict(row, img2txt_scores=[0.5] * len(row["img2txt_scores"])) for row in rows],
+                                            features=synthetic_preference_dataset(1).features)
+    model, processor = build_tiny("dual_encoder", seed=0)
+    trainer = RPATrainer(model, args=make_config(tmp_path, beta=4.0), train_dataset=texts_tied,
+                         processing_class=processor)
+    txt2img, _ = encoded_cosines(model, processor, rows)
+    judged = torch.tensor([row["txt2img_scores"] for row in rows])
+    accuracies, margins = preference_agreement(4.0 * txt2img, judged, per_anchor=True)
+    metrics = trainer.evaluate(texts_tied)
+    assert metrics["eval_rewards/accuracies"] == pytest.approx(accuracies.mean().item())
+    assert metrics["eval_rewards/margins"] == pytest.approx(margins.mean().item(), rel=1e-4)
+    both_tied = texts_tied.map(lambda row: {"txt2img_scores": [0.5] * len(row["txt2img_scores"])})
+    metrics = trainer.evaluate(both_tied)
+    assert math.isnan(metrics["eval_rewards/accuracies"]) and math.isnan(metrics["eval_rewards/margins"])
+
+
+def test_a_training_step_logs_the_rewards_pooled_over_its_batchs_pairs(tmp_path):
+    """Training pools each direction's judge-preferred pairs over the batch (DPO's rewards), then averages the two
+    directions; row 0's tied image scores give it 3 pairs where the other rows have 6, so a mean of per-anchor values
+    would differ."""
+    rows = list(synthetic_preference_dataset(4, seed=0))
+    rows[0]["txt2img_scores"] = [rows[0]["txt2img_scores"][0], 0.5, 0.5, 0.5]
+    dataset = datasets.Dataset.from_list(rows, features=synthetic_preference_dataset(1).features)
+    model, processor = build_tiny("dual_encoder", seed=0)
+    args = make_config(tmp_path, beta=4.0, per_device_train_batch_size=4, max_steps=1, logging_steps=1)
+    trainer = RPATrainer(model, args=args, train_dataset=dataset, processing_class=processor)
+    pooled = [preference_agreement(4.0 * cosines, torch.tensor([row[column] for row in rows]))
+              for cosines, column in zip(encoded_cosines(model, processor, rows), ("txt2img_scores", "img2txt_scores"))]
+    trainer.train()
+    logged = trainer.state.log_history[0]
+    assert logged["rewards/accuracies"] == pytest.approx(sum(accuracy for accuracy, _ in pooled).item() / 2)
+    assert logged["rewards/margins"] == pytest.approx(sum(margin for _, margin in pooled).item() / 2, rel=1e-4)
 
 
 def test_a_frozen_reference_ranks_beta_times_the_policys_cosines_less_the_initial_models(tmp_path):
@@ -978,6 +1072,34 @@ def test_a_dataset_formatted_for_torch_or_numpy_trains_as_it_is(tmp_path, format
                          train_dataset=formatted)
     trainer.train()
     assert formatted.format["type"] == format_type, "the caller's dataset keeps its format"
+
+
+def test_a_reference_model_that_is_the_model_or_would_be_ignored_is_refused(tmp_path):
+    """The model as its own reference would train its reference; a reference with reference="none" would do nothing."""
+    model, processor = build_tiny("dual_encoder", seed=0)
+    reference, _ = build_tiny("dual_encoder", seed=0)
+    dataset = synthetic_preference_dataset(4)
+    with pytest.raises(ValueError, match="`model` and `ref_model` must be different objects"):
+        RPATrainer(model, ref_model=model, args=make_config(tmp_path, reference="frozen"), train_dataset=dataset,
+                   processing_class=processor)
+    with pytest.raises(ValueError, match="`reference='none'` would ignore it; set reference='frozen'"):
+        RPATrainer(model, ref_model=reference, args=make_config(tmp_path), train_dataset=dataset,
+                   processing_class=processor)
+
+
+def test_batches_dispatched_by_rows_are_refused(tmp_path):
+    """accelerate's dispatching slices every tensor of a batch by rows; ours hold more texts and images than rows."""
+    model, processor = build_tiny("dual_encoder", seed=0)
+    args = make_config(tmp_path, accelerator_config={"dispatch_batches": True})
+    with pytest.raises(ValueError, match="cannot be dispatched by rows"):
+        RPATrainer(model, args=args, train_dataset=synthetic_preference_dataset(4), processing_class=processor)
+
+
+def test_uneven_batches_are_allowed_in_one_process(tmp_path):
+    """even_batches only matters where a process could wait for another's batch in a collective."""
+    model, processor = build_tiny("dual_encoder", seed=0)
+    args = make_config(tmp_path, accelerator_config={"even_batches": False})
+    RPATrainer(model, args=args, train_dataset=synthetic_preference_dataset(4), processing_class=processor)
 
 
 def test_a_tokenizer_passed_as_processing_class_is_refused_up_front(tmp_path):
