@@ -458,3 +458,69 @@ def test_naturalbench_reads_a_parquet_file_in_the_metadata_columns(tmp_path):
     }, ("image_0", "image_1"))
     natural = load_benchmark("naturalbench", str(source))
     assert natural.quadruples[0][2:] == ("a man", "a woman") and _is_picture(natural.quadruples[0].image1, 1)
+
+
+class _LookupModel:
+    """Texts embedded by a lookup table; images are their own embeddings (the protocols normalise both)."""
+
+    def __init__(self, text_embeds):
+        self.text_embeds, self.calls = text_embeds, []
+
+    def encode(self, processor, texts, images, batch_size):
+        import torch
+
+        self.calls.append((list(texts), batch_size))
+        return torch.tensor([self.text_embeds[text] for text in texts]), torch.tensor([list(image) for image in images])
+
+
+# s(I0,T0) = 0.89 and s(I1,T1) = 0.84 (matched) are above 0.5, s(I0,T1) = -0.17 and s(I1,T0) = -0.29 (mismatched)
+# below 0, s(T0,T1) = 0.29 between them.
+_TEXTS = {"t0": [1.0, 0.0, 0.0], "t1": [0.3, 1.0, 0.0]}
+_RIGHT = ([1.0, -0.5, 0.0], [-0.3, 1.0, 0.0], "t0", "t1")
+_WRONG = (_RIGHT[1], _RIGHT[0], "t0", "t1")  # images swapped: every hit fails
+
+
+def test_similarity_histograms_count_matched_mismatched_and_text_text_cosines_apart():
+    """The model-card plot's three samples: matched are s(I0,T0) and s(I1,T1), mismatched s(I0,T1) and s(I1,T0),
+    binned over the whole cosine range [-1, 1] (a negative cosine is counted, not dropped)."""
+    from evaluation.protocols import HISTOGRAM_BINS, evaluate_quadruples
+
+    histograms = evaluate_quadruples(_LookupModel(_TEXTS), None, [_RIGHT, _RIGHT])["similarity_histograms"]
+    middle, three_quarters = HISTOGRAM_BINS // 2, 3 * HISTOGRAM_BINS // 4  # the bins starting at 0 and at 0.5
+    assert sum(histograms["matched"][three_quarters:]) == sum(histograms["matched"]) == 4
+    assert sum(histograms["mismatched"][:middle]) == sum(histograms["mismatched"]) == 4
+    assert sum(histograms["text_text"][middle:three_quarters]) == sum(histograms["text_text"]) == 2
+
+
+def test_per_category_scores_come_in_sorted_category_order():
+    """A set's order changes from run to run (string hashing): results.json and the tables would list categories
+    differently each time."""
+    from evaluation.protocols import evaluate_quadruples
+
+    categories = ["swap", "add", "replace", "negation", "counting", "add"]
+    result = evaluate_quadruples(_LookupModel(_TEXTS), None, [_RIGHT, _WRONG, _RIGHT, _RIGHT, _RIGHT, _RIGHT], categories)
+    assert list(result["per_category"]) == ["add", "counting", "negation", "replace", "swap"]
+    assert result["per_category"]["add"] == {"text_score": 50.0, "image_score": 50.0, "group_score": 50.0, "num_quadruples": 2}
+
+
+@pytest.mark.parametrize("quadruples, categories, message", [
+    ([], None, r"^quadruples: got none$"),
+    ([_RIGHT, _RIGHT], ["add"], r"^categories: expected one per quadruple \(2\), got 1$"),
+    ([_RIGHT], ["add", "swap"], r"^categories: expected one per quadruple \(1\), got 2$"),
+])
+def test_quadruple_inputs_of_the_wrong_length_are_refused(quadruples, categories, message):
+    from evaluation.protocols import evaluate_quadruples
+
+    with pytest.raises(ValueError, match=message):
+        evaluate_quadruples(_LookupModel(_TEXTS), None, quadruples, categories)
+
+
+def test_each_protocol_embeds_with_the_batch_size_given_and_each_distinct_caption_once():
+    from evaluation.protocols import evaluate_benchmark
+
+    model = _LookupModel(_TEXTS)
+    retrieval = RetrievalBenchmark("r", [_RIGHT[0], _RIGHT[1]], [["t0", "t1"], ["t1", "t1"]])
+    result = evaluate_benchmark(model, None, retrieval, batch_size=3)
+    evaluate_benchmark(model, None, QuadrupleBenchmark("q", [_RIGHT], None), batch_size=5)
+    assert model.calls == [(["t0", "t1"], 3), (["t0", "t1"], 5)]
+    assert (result["num_images"], result["num_captions"]) == (2, 4)  # captions are counted as written
