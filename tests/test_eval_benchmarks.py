@@ -102,6 +102,41 @@ def test_an_empty_source_is_refused(tmp_path, monkeypatch):
         load_benchmark("coco", "")
 
 
+@pytest.mark.parametrize("source", ["test_sets/nope.parquet", "test_sets/Nope.PARQUET"])
+def test_a_missing_source_named_as_a_file_is_reported_missing_not_looked_up_on_the_hub(source, tmp_path, monkeypatch):
+    """'test_sets/nope.parquet' is a valid Hub id too: its file suffix (in any case) says it can only be a local file."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BenchmarkSourceError, match=rf"^benchmark 'winoground': no such file or folder: {source}$"):
+        load_benchmark("winoground", source)
+
+
+def test_a_hub_table_is_read_from_the_benchmarks_split_and_refused_without_rows(monkeypatch):
+    """A parquet file without rows is refused by datasets itself; a Hub table is checked here."""
+    from conftest import make_picture
+
+    read = []
+    table = datasets.Dataset.from_dict({"image": [make_picture(0)], "caption": [["a dog"]]}).cast_column("image", datasets.Image())
+    monkeypatch.setattr(datasets, "load_dataset", lambda source, split: read.append((source, split)) or table)
+    assert load_benchmark("coco", "maple-org/coco-copy").captions_per_image == [["a dog"]]
+    assert read == [("maple-org/coco-copy", "test")]
+    table = table.select([])
+    with pytest.raises(BenchmarkFormatError, match=r"^maple-org/coco-copy: benchmark 'coco' has no rows$"):
+        load_benchmark("coco", "maple-org/coco-copy")
+
+
+def test_a_hub_dataset_without_the_benchmarks_split_says_how_to_push_one(monkeypatch):
+    """datasets' ValueError for a missing split becomes a format error; any other ValueError is not disguised as one."""
+    def load_dataset(source, split):
+        raise ValueError("Unknown split \"test\". Should be one of ['train']." if source.endswith("train-only") else "bad config")
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    with pytest.raises(BenchmarkFormatError, match=r"^maple-org/train-only: benchmark 'bivlc' is read from the 'test' split, "
+                                                   r"which this dataset lacks .*push_to_hub\(\.\.\., split='test'\)$"):
+        load_benchmark("bivlc", "maple-org/train-only")
+    with pytest.raises(ValueError, match="^bad config$"):
+        load_benchmark("bivlc", "maple-org/other")
+
+
 def test_every_benchmark_has_an_official_hub_id():
     assert {spec.name: spec.kind for spec in BENCHMARKS.values()} == {
         "coco": "retrieval", "flickr30k": "retrieval", "winoground": "quadruples",
@@ -202,6 +237,8 @@ def test_malformed_sources_are_format_errors_naming_file_row_and_column(benchmar
     lines = (mmvp / "Questions.csv").read_text().splitlines()
     (mmvp / "Questions.csv").write_text("\n".join([lines[0], lines[1], "2,Texts"] + lines[3:]) + "\n")
     assert "Questions.csv, line 3: expected 3 fields" in error_of("mmvp", mmvp)
+    (mmvp / "Questions.csv").write_text("\n".join([lines[0] + ",Answer"] + lines[1:]) + "\n")
+    assert "Questions.csv: expected a header with 3 columns" in error_of("mmvp", mmvp)
     (mmvp / "Questions.csv").write_text(lines[0] + "\n")
     assert "statements come in pairs; got 0 rows" in error_of("mmvp", mmvp)
 
@@ -209,6 +246,8 @@ def test_malformed_sources_are_format_errors_naming_file_row_and_column(benchmar
     metadata = json.loads((natural / "metadata.json").read_text())
     (natural / "metadata.json").write_text(json.dumps(metadata)[:-5])
     assert "metadata.json: not valid JSON" in error_of("naturalbench", natural)
+    (natural / "metadata.json").write_text("[]")
+    assert "metadata.json: expected a non-empty list of entries" in error_of("naturalbench", natural)
     metadata[0]["caption_0"] = None
     (natural / "metadata.json").write_text(json.dumps(metadata))
     assert "metadata.json: entry 0, 'caption_0' is None; expected a non-empty string" in error_of("naturalbench", natural)
@@ -377,3 +416,111 @@ def test_a_category_that_is_not_a_string_names_file_row_and_column(bad, tmp_path
     row = 0 if isinstance(bad, int) else 1
     with pytest.raises(BenchmarkFormatError, match=rf"bivlc\.parquet: row {row}, column 'type': .*expected a non-empty string"):
         load_benchmark("bivlc", str(source))
+
+
+def test_a_missing_image_file_in_a_later_shard_names_that_shard_and_its_own_row(tmp_path):
+    """The image check counts rows across the table's chunks (one per shard), and the file holding a shard's first
+    row is that shard, not the one before it: a missing image at row 0 of the third of three shards is reported there."""
+    from conftest import make_picture
+
+    make_picture(0).save(tmp_path / "a.png")
+    (tmp_path / "shards").mkdir()
+    for shard, images in enumerate([["a.png"] * 3, ["a.png"] * 2, ["missing.png", "a.png"]]):
+        datasets.Dataset.from_dict({"image": [str(tmp_path / image) for image in images], "caption": [["a"]] * len(images)}).to_parquet(
+            str(tmp_path / "shards" / f"test-{shard:05d}-of-00003.parquet"))
+    with pytest.raises(BenchmarkFormatError, match=r"test-00002-of-00003\.parquet: row 0, column 'image': image file is missing: \S*missing\.png"):
+        load_benchmark("coco", str(tmp_path / "shards"))
+
+
+def test_mmvp_takes_both_images_and_the_category_of_a_pair_from_its_first_row(benchmark_sources, tmp_path):
+    """The benchmark files both images of a pair under the first row's Type (docstring of `_load_mmvp`): a second row
+    whose Type differs changes neither where its image is read nor the pair's category."""
+    mmvp = shutil.copytree(benchmark_sources["mmvp"], tmp_path / "mmvp")
+    questions = (mmvp / "Questions.csv").read_text().replace("2,Orientation and Direction", "2,Spatial")
+    (mmvp / "Questions.csv").write_text(questions)
+    loaded = load_benchmark("mmvp", str(mmvp))
+    assert loaded.categories == ["orientation and direction", "color and appearance"]
+    assert _same_pixels(loaded.quadruples[0].image1, mmvp / "MLLM_VLM Images" / "Orientation and Direction" / "2.jpg")
+
+
+def test_naturalbench_reads_a_folder_holding_the_unpacked_retrieval_folder(benchmark_sources, tmp_path):
+    """A snapshot whose archive was unpacked in place holds NaturalBench-Retrieval/metadata.json one level down."""
+    shutil.copytree(benchmark_sources["naturalbench"], tmp_path / "snapshot" / "NaturalBench-Retrieval")
+    natural = load_benchmark("naturalbench", str(tmp_path / "snapshot"))
+    assert [quadruple.text1 for quadruple in natural.quadruples] == ["scene 0 with a woman", "scene 1 with a woman"]
+
+
+def test_naturalbench_reads_a_parquet_file_in_the_metadata_columns(tmp_path):
+    from conftest import make_picture, write_parquet
+
+    source = write_parquet(tmp_path / "naturalbench.parquet", {
+        "image_0": [make_picture(0)], "image_1": [make_picture(1)], "caption_0": ["a man"], "caption_1": ["a woman"],
+    }, ("image_0", "image_1"))
+    natural = load_benchmark("naturalbench", str(source))
+    assert natural.quadruples[0][2:] == ("a man", "a woman") and _is_picture(natural.quadruples[0].image1, 1)
+
+
+class _LookupModel:
+    """Texts embedded by a lookup table; images are their own embeddings (the protocols normalise both)."""
+
+    def __init__(self, text_embeds):
+        self.text_embeds, self.calls = text_embeds, []
+
+    def encode(self, processor, texts, images, batch_size):
+        import torch
+
+        self.calls.append((list(texts), batch_size))
+        return torch.tensor([self.text_embeds[text] for text in texts]), torch.tensor([list(image) for image in images])
+
+
+# s(I0,T0) = 0.89 and s(I1,T1) = 0.84 (matched) are above 0.5, s(I0,T1) = -0.17 and s(I1,T0) = -0.29 (mismatched)
+# below 0, s(T0,T1) = 0.29 between them.
+_TEXTS = {"t0": [1.0, 0.0, 0.0], "t1": [0.3, 1.0, 0.0]}
+_RIGHT = ([1.0, -0.5, 0.0], [-0.3, 1.0, 0.0], "t0", "t1")
+_WRONG = (_RIGHT[1], _RIGHT[0], "t0", "t1")  # images swapped: every hit fails
+
+
+def test_similarity_histograms_count_matched_mismatched_and_text_text_cosines_apart():
+    """The model-card plot's three samples: matched are s(I0,T0) and s(I1,T1), mismatched s(I0,T1) and s(I1,T0),
+    binned over the whole cosine range [-1, 1] (a negative cosine is counted, not dropped)."""
+    from evaluation.protocols import HISTOGRAM_BINS, evaluate_quadruples
+
+    histograms = evaluate_quadruples(_LookupModel(_TEXTS), None, [_RIGHT, _RIGHT])["similarity_histograms"]
+    middle, three_quarters = HISTOGRAM_BINS // 2, 3 * HISTOGRAM_BINS // 4  # the bins starting at 0 and at 0.5
+    assert sum(histograms["matched"][three_quarters:]) == sum(histograms["matched"]) == 4
+    assert sum(histograms["mismatched"][:middle]) == sum(histograms["mismatched"]) == 4
+    assert sum(histograms["text_text"][middle:three_quarters]) == sum(histograms["text_text"]) == 2
+
+
+def test_per_category_scores_come_in_sorted_category_order():
+    """A set's order changes from run to run (string hashing): results.json and the tables would list categories
+    differently each time."""
+    from evaluation.protocols import evaluate_quadruples
+
+    categories = ["swap", "add", "replace", "negation", "counting", "add"]
+    result = evaluate_quadruples(_LookupModel(_TEXTS), None, [_RIGHT, _WRONG, _RIGHT, _RIGHT, _RIGHT, _RIGHT], categories)
+    assert list(result["per_category"]) == ["add", "counting", "negation", "replace", "swap"]
+    assert result["per_category"]["add"] == {"text_score": 50.0, "image_score": 50.0, "group_score": 50.0, "num_quadruples": 2}
+
+
+@pytest.mark.parametrize("quadruples, categories, message", [
+    ([], None, r"^quadruples: got none$"),
+    ([_RIGHT, _RIGHT], ["add"], r"^categories: expected one per quadruple \(2\), got 1$"),
+    ([_RIGHT], ["add", "swap"], r"^categories: expected one per quadruple \(1\), got 2$"),
+])
+def test_quadruple_inputs_of_the_wrong_length_are_refused(quadruples, categories, message):
+    from evaluation.protocols import evaluate_quadruples
+
+    with pytest.raises(ValueError, match=message):
+        evaluate_quadruples(_LookupModel(_TEXTS), None, quadruples, categories)
+
+
+def test_each_protocol_embeds_with_the_batch_size_given_and_each_distinct_caption_once():
+    from evaluation.protocols import evaluate_benchmark
+
+    model = _LookupModel(_TEXTS)
+    retrieval = RetrievalBenchmark("r", [_RIGHT[0], _RIGHT[1]], [["t0", "t1"], ["t1", "t1"]])
+    result = evaluate_benchmark(model, None, retrieval, batch_size=3)
+    evaluate_benchmark(model, None, QuadrupleBenchmark("q", [_RIGHT], None), batch_size=5)
+    assert model.calls == [(["t0", "t1"], 3), (["t0", "t1"], 5)]
+    assert (result["num_images"], result["num_captions"]) == (2, 4)  # captions are counted as written

@@ -140,3 +140,70 @@ except BenchmarkSourceError as error:
 """
     message = run_client(hub_server, tmp_path, load_missing_repo).strip()
     assert message.startswith("benchmark 'bivlc': cannot read source 'maple-org/no-such-benchmark': ") and "\n" not in message
+
+
+def _answered(error_class, status):
+    """A Hub error carrying an HTTP answer of `status`, as huggingface_hub raises it."""
+    from huggingface_hub.utils import httpx
+
+    request = httpx.Request("GET", "https://hub.test/api/models/maple-org/model")
+    return error_class(f"HTTP {status}", response=httpx.Response(status, request=request))
+
+
+def _hub_failure_of_wrapped(hub_error, **kwargs):
+    """`hub_failure` of the error transformers raises while handling `hub_error` (its `__context__`, not a cause)."""
+    from maple.hub import hub_failure
+
+    try:
+        try:
+            raise hub_error
+        except Exception:
+            raise OSError("We couldn't connect to the Hub. Check your internet connection")  # noqa: B904 (as transformers does)
+    except OSError as error:
+        return hub_failure(error, "maple-org/model", **kwargs)
+
+
+@pytest.mark.parametrize("error_class, status, expected", [
+    ("GatedRepoError", 403, "is gated: accept its terms and log in (HF_TOKEN)"),
+    ("RevisionNotFoundError", 404, "has no revision 'v2'"),
+    ("HfHubHTTPError", 403, "refused the token (HTTP 403): check HF_TOKEN"),
+    ("HfHubHTTPError", 503, "could not be read: HTTP 503 from the server"),
+])
+def test_hub_failure_names_the_repo_and_the_answer_found_in_the_context_of_a_wrapping_error(error_class, status, expected):
+    """Cases the local Hub server does not answer: a gated repo (a subclass of the not-found error, so checked
+    first), a missing revision, a 403 (a refused token, as a 401 is)."""
+    from huggingface_hub import constants, errors
+
+    message = _hub_failure_of_wrapped(_answered(getattr(errors, error_class), status), revision="v2")
+    assert message == f"model repo 'maple-org/model' on {constants.ENDPOINT} {expected}"
+
+
+def test_hub_failure_leaves_a_missing_file_of_a_readable_repo_to_the_caller():
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    assert _hub_failure_of_wrapped(_answered(RemoteEntryNotFoundError, 404)) is None
+    assert _hub_failure_of_wrapped(ValueError("not a Hub error")) is None
+
+
+@pytest.mark.parametrize("writing, expected", [
+    (False, "is not in the local cache and the Hub is offline or unreachable"),
+    (True, "cannot be written: the Hub is offline (HF_HUB_OFFLINE) or unreachable"),  # a push has no cache to fall back on
+])
+def test_hub_failure_offline_says_whether_the_cache_could_have_helped(writing, expected):
+    from huggingface_hub import constants
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    from maple.hub import hub_failure
+
+    message = hub_failure(OfflineModeIsEnabled("offline"), "maple-org/data", repo_type="dataset", writing=writing)
+    assert message == f"dataset repo 'maple-org/data' on {constants.ENDPOINT} {expected}"
+
+
+def test_local_typo_hint_only_for_a_relative_reference_whose_first_folder_exists(tmp_path, monkeypatch):
+    from maple.hub import local_typo_hint
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    assert local_typo_hint("runs/modle") == " (nor is it a local folder: runs/ exists here, but not runs/modle)"
+    assert local_typo_hint("maple-org/model") == ""  # no maple-org/ here
+    assert local_typo_hint(str(tmp_path / "runs" / "modle")) == ""  # an absolute path is no Hub id: never looked up

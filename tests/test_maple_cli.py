@@ -1,8 +1,14 @@
-"""The `maple` command: its sub-commands and an interrupted run."""
+"""The `maple` command: its sub-commands and an interrupted run; the output-folder check and atomic writes
+(`maple.files`) that its long jobs share."""
+
+import json
+import os
+import threading
 
 import pytest
 
 from maple import cli
+from maple.files import atomic_write, atomic_write_json, atomic_write_text, folder_problem
 
 
 def test_help_lists_every_command_with_its_purpose(capsys):
@@ -47,3 +53,42 @@ def test_an_unknown_option_before_the_command_is_named(option, capsys):
     error = capsys.readouterr().err
     assert f"maple: error: unknown option {option}; options come after the command" in error
     assert "required" not in error and "eval" in error.splitlines()[-1]
+
+
+def test_folder_problem_names_a_file_at_or_above_the_folder(tmp_path):
+    (tmp_path / "done").mkdir()
+    (tmp_path / "results.json").write_text("{}")
+    assert folder_problem(tmp_path / "done", "--out") is None
+    assert folder_problem(tmp_path / "done" / "new" / "deeper", "--out") is None  # created when the job writes
+    assert folder_problem(tmp_path / "results.json", "--out") == (
+        f"--out {tmp_path / 'results.json'} is a file; expected a folder (created if missing)")
+    assert folder_problem(tmp_path / "results.json" / "run", "work_dir") == (
+        f"work_dir {tmp_path / 'results.json' / 'run'} is inside {tmp_path / 'results.json'}, a file; "
+        "expected a folder (created if missing)")
+
+
+def test_atomic_write_syncs_a_temporary_file_of_its_own_beside_the_target_before_replacing_it(tmp_path, monkeypatch):
+    """The temporary file is named by process and thread, so concurrent writers of one file never share one; it
+    reaches the disk (fsync) while the old file is still in place."""
+    target = tmp_path / "stats.json"
+    target.write_text("old")
+    events = []
+    monkeypatch.setattr(os, "fsync", lambda descriptor: events.append(("fsync", target.read_text())))
+
+    def write(temporary):
+        events.append(("write", temporary))
+        temporary.write_text("new")
+
+    atomic_write(target, write)
+    temporary = tmp_path / f"stats.json.tmp-{os.getpid()}-{threading.get_ident()}"
+    assert events == [("write", temporary), ("fsync", "old")]
+    assert target.read_text() == "new" and sorted(tmp_path.iterdir()) == [target]
+
+
+def test_atomic_writes_of_text_are_utf8_and_of_json_indented_by_two_unless_told(tmp_path):
+    atomic_write_text(tmp_path / "results.md", "| café | ✓ |")
+    assert (tmp_path / "results.md").read_bytes() == "| café | ✓ |".encode("utf-8")
+    atomic_write_json(tmp_path / "a.json", {"r1": 1.0})
+    assert (tmp_path / "a.json").read_text() == '{\n  "r1": 1.0\n}'
+    atomic_write_json(tmp_path / "b.json", {"r1": 1.0}, indent=None)
+    assert json.loads((tmp_path / "b.json").read_text()) == {"r1": 1.0} and "\n" not in (tmp_path / "b.json").read_text()
