@@ -1,4 +1,5 @@
-"""Benchmark loaders on small local fixtures in each benchmark's real schema (see conftest.py)."""
+"""Benchmark loaders on small local fixtures in each benchmark's real schema (see conftest.py), and the protocols on
+known cosines (`evaluation.testing.LookupEmbedder`)."""
 
 import csv
 import json
@@ -11,6 +12,7 @@ from PIL import Image
 from evaluation.benchmarks import (
     BENCHMARKS, BenchmarkFormatError, BenchmarkSourceError, QuadrupleBenchmark, RetrievalBenchmark, load_benchmark,
 )
+from evaluation.testing import LookupEmbedder
 
 
 def test_coco_parquet_with_five_and_six_captions(benchmark_sources):
@@ -460,19 +462,6 @@ def test_naturalbench_reads_a_parquet_file_in_the_metadata_columns(tmp_path):
     assert natural.quadruples[0][2:] == ("a man", "a woman") and _is_picture(natural.quadruples[0].image1, 1)
 
 
-class _LookupModel:
-    """Texts embedded by a lookup table; images are their own embeddings (the protocols normalise both)."""
-
-    def __init__(self, text_embeds):
-        self.text_embeds, self.calls = text_embeds, []
-
-    def encode(self, processor, texts, images, batch_size):
-        import torch
-
-        self.calls.append((list(texts), batch_size))
-        return torch.tensor([self.text_embeds[text] for text in texts]), torch.tensor([list(image) for image in images])
-
-
 # s(I0,T0) = 0.89 and s(I1,T1) = 0.84 (matched) are above 0.5, s(I0,T1) = -0.17 and s(I1,T0) = -0.29 (mismatched)
 # below 0, s(T0,T1) = 0.29 between them.
 _TEXTS = {"t0": [1.0, 0.0, 0.0], "t1": [0.3, 1.0, 0.0]}
@@ -485,7 +474,7 @@ def test_similarity_histograms_count_matched_mismatched_and_text_text_cosines_ap
     binned over the whole cosine range [-1, 1] (a negative cosine is counted, not dropped)."""
     from evaluation.protocols import HISTOGRAM_BINS, evaluate_quadruples
 
-    histograms = evaluate_quadruples(_LookupModel(_TEXTS), None, [_RIGHT, _RIGHT])["similarity_histograms"]
+    histograms = evaluate_quadruples(LookupEmbedder(_TEXTS), None, [_RIGHT, _RIGHT])["similarity_histograms"]
     middle, three_quarters = HISTOGRAM_BINS // 2, 3 * HISTOGRAM_BINS // 4  # the bins starting at 0 and at 0.5
     assert sum(histograms["matched"][three_quarters:]) == sum(histograms["matched"]) == 4
     assert sum(histograms["mismatched"][:middle]) == sum(histograms["mismatched"]) == 4
@@ -498,7 +487,7 @@ def test_per_category_scores_come_in_sorted_category_order():
     from evaluation.protocols import evaluate_quadruples
 
     categories = ["swap", "add", "replace", "negation", "counting", "add"]
-    result = evaluate_quadruples(_LookupModel(_TEXTS), None, [_RIGHT, _WRONG, _RIGHT, _RIGHT, _RIGHT, _RIGHT], categories)
+    result = evaluate_quadruples(LookupEmbedder(_TEXTS), None, [_RIGHT, _WRONG, _RIGHT, _RIGHT, _RIGHT, _RIGHT], categories)
     assert list(result["per_category"]) == ["add", "counting", "negation", "replace", "swap"]
     assert result["per_category"]["add"] == {"text_score": 50.0, "image_score": 50.0, "group_score": 50.0, "num_quadruples": 2}
 
@@ -512,13 +501,13 @@ def test_quadruple_inputs_of_the_wrong_length_are_refused(quadruples, categories
     from evaluation.protocols import evaluate_quadruples
 
     with pytest.raises(ValueError, match=message):
-        evaluate_quadruples(_LookupModel(_TEXTS), None, quadruples, categories)
+        evaluate_quadruples(LookupEmbedder(_TEXTS), None, quadruples, categories)
 
 
 def test_each_protocol_embeds_with_the_batch_size_given_and_each_distinct_caption_once():
     from evaluation.protocols import evaluate_benchmark
 
-    model = _LookupModel(_TEXTS)
+    model = LookupEmbedder(_TEXTS)
     retrieval = RetrievalBenchmark("r", [_RIGHT[0], _RIGHT[1]], [["t0", "t1"], ["t1", "t1"]])
     result = evaluate_benchmark(model, None, retrieval, batch_size=3)
     evaluate_benchmark(model, None, QuadrupleBenchmark("q", [_RIGHT], None), batch_size=5)

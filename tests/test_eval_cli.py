@@ -13,6 +13,7 @@ from evaluation.benchmarks import load_benchmark
 from evaluation.cli import main
 from evaluation.metrics import group_scores, modality_gap_from_quadruples, retrieval_recall
 from evaluation.protocols import evaluate_quadruples, evaluate_retrieval, quadruple_similarities
+from evaluation.testing import LookupEmbedder
 
 
 @pytest.fixture(scope="module")
@@ -69,21 +70,11 @@ def test_retrieval_with_a_caption_shared_by_two_images_does_not_depend_on_the_ba
     assert (results[0]["i2t_r1"], results[0]["t2i_r1"]) == (100.0, 100.0)
 
 
-class _LookupModel:
-    """Texts embedded by a lookup table; images are their own embeddings."""
-
-    def __init__(self, text_embeds: dict[str, list[float]]):
-        self.text_embeds = text_embeds
-
-    def encode(self, processor, texts, images, batch_size):
-        return torch.tensor([self.text_embeds[text] for text in texts]), torch.tensor(images)
-
-
 def test_a_caption_written_under_two_images_is_relevant_to_both_in_each_direction():
     """By position, the copy of image 0's caption filed under image 1 was an irrelevant candidate for image 0, tied
     exactly with image 0's own copy, so (ties count against the model) image 0 could never retrieve it first (a
     perfect model got i2t R@1 50); and image 0 outranked image 1 for image 1's copy as a query."""
-    model = _LookupModel({"a surfer": [1.0, 0.0, 0.0], "a bus": [0.0, 1.0, 0.0], "a cat": [0.0, 0.0, 1.0]})
+    model = LookupEmbedder({"a surfer": [1.0, 0.0, 0.0], "a bus": [0.0, 1.0, 0.0], "a cat": [0.0, 0.0, 1.0]})
     images = [[1.0, 0.0, 0.0], [0.8, 0.6, 0.0], [0.0, 0.0, 1.0]]
     captions = [["a surfer"], ["a surfer", "a bus"], ["a cat"]]
     result = evaluate_retrieval(model, None, images, captions)
@@ -114,14 +105,14 @@ def test_a_caption_written_under_two_images_is_relevant_to_both_in_each_directio
 )
 def test_retrieval_inputs_of_the_wrong_shape_are_refused(images, captions_per_image, error, message):
     with pytest.raises(error, match=message):
-        evaluate_retrieval(_LookupModel({}), None, images, captions_per_image)
+        evaluate_retrieval(LookupEmbedder({}), None, images, captions_per_image)
 
 
 def test_caption_lists_read_as_arrays_are_caption_lists():
     """A list column read by pandas gives an array per row (of np.str_): refused as 'not a list' (found by review)."""
     import numpy as np
 
-    model = _LookupModel({"a surfer": [1.0, 0.0], "a bus": [0.0, 1.0]})
+    model = LookupEmbedder({"a surfer": [1.0, 0.0], "a bus": [0.0, 1.0]})
     images, captions = [[1.0, 0.0], [0.0, 1.0]], [["a surfer"], ["a bus"]]
     as_arrays = [np.array(image_captions) for image_captions in captions]
     assert evaluate_retrieval(model, None, images, as_arrays) == evaluate_retrieval(model, None, images, captions)
@@ -154,7 +145,7 @@ def test_quadruple_protocol_equals_group_scores(tiny, benchmark_sources):
 def test_quadruple_scores_on_known_cosines():
     """Quadruples whose cosines are known by construction, with a text hit and no image hit and the reverse: the
     scores of a model whose s(I0,T1) and s(I1,T0) traded places (text and image scores swapped) would fail."""
-    model = _LookupModel({"t0": [1.0, 0.0, 0.0], "t1": [0.0, 1.0, 0.0]})
+    model = LookupEmbedder({"t0": [1.0, 0.0, 0.0], "t1": [0.0, 1.0, 0.0]})
     text_only = ([0.8, 0.6, 0.0], [0.0, 0.5, math.sqrt(0.75)], "t0", "t1")  # cosines 0.8, 0.6, 0.0, 0.5
     image_only = ([0.8, 0.0, 0.6], [0.6, 0.5, math.sqrt(0.39)], "t0", "t1")  # cosines 0.8, 0.0, 0.6, 0.5
     image_text, text_text = quadruple_similarities(model, None, [text_only, image_only])
