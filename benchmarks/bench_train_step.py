@@ -17,8 +17,8 @@ freed memory) and reports its peak resident memory above what it held before the
 
 `--backbone qwen2-vl-2b` measures the paper's set-up instead: an embedder of Qwen2-VL-2B's shape (random weights: the
 shape, not the values, sets the cost; its 151,936-row vocabulary too), LoRA of rank 32 on the language model (vision
-tower frozen), gradient checkpointing, bf16 autocast over float32 weights (as `maple train --use_peft true --bf16 true
---gradient_checkpointing true` trains), images resized to `--image-size`^2 pixels (the paper's 384 px: 196 image
+tower frozen), activation checkpointing, bf16 autocast over float32 weights (as `maple train --use_peft true --bf16 true
+--activation_checkpointing true` trains), images resized to `--image-size`^2 pixels (the paper's 384 px: 196 image
 tokens). It needs a GPU:
     python benchmarks/bench_train_step.py --backbone qwen2-vl-2b --image-size 384 --anchors 96 --device cuda
 """
@@ -152,7 +152,7 @@ def setup(args):
         model, processor = build_qwen2_vl_2b(args.image_size, args.device)
     else:
         model, processor = build_model(args.width, args.layers, args.image_size, args.device)
-    if args.gradient_checkpointing:
+    if args.activation_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if args.lora_rank:
         model = get_maple_peft_model(model, maple_lora_config(model, r=args.lora_rank, lora_alpha=args.lora_rank))
@@ -252,14 +252,14 @@ def main() -> None:
                         help="a small CLIP-ViT + BERT dual encoder (--width, --layers) or the paper's 2B MLLM embedder")
     parser.add_argument("--lora-rank", type=int, default=None, help="LoRA rank, alpha alike (default: 32 for "
                         "qwen2-vl-2b, as the paper; none, all weights trained, for dual_encoder); 0 trains all weights")
-    parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+    parser.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                         help="default: on for qwen2-vl-2b (the paper's), off for dual_encoder")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                         help="bf16 autocast over the forward; default: on for qwen2-vl-2b (the paper's), off for dual_encoder")
     args = parser.parse_args()
     paper_scale = args.backbone == "qwen2-vl-2b"
     args.lora_rank = (32 if paper_scale else 0) if args.lora_rank is None else args.lora_rank
-    args.gradient_checkpointing = paper_scale if args.gradient_checkpointing is None else args.gradient_checkpointing
+    args.activation_checkpointing = paper_scale if args.activation_checkpointing is None else args.activation_checkpointing
     args.bf16 = paper_scale if args.bf16 is None else args.bf16
     torch.set_num_threads(args.threads)
 
