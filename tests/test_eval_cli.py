@@ -442,7 +442,8 @@ def test_cli_reports_a_refused_push_in_one_line_and_keeps_the_results(tiny, benc
 
 
 def test_cli_pushes_the_results_with_their_sources_hub_ids(tiny, benchmark_sources, tmp_path, capsys, monkeypatch):
-    """A local copy given for a benchmark not evaluated now does not stop the push: its results are not published."""
+    """A local copy given for a benchmark not evaluated now does not stop the push: its results are not published, nor
+    its path (it was written into the repo's maple_eval_results.json)."""
     _, _, (first, _) = tiny
     out, source = tmp_path / "eval", f"coco={benchmark_sources['coco']}"
     assert main([str(first), "--benchmarks", "coco", "--source", source, "--out", str(out)]) == 0
@@ -455,7 +456,7 @@ def test_cli_pushes_the_results_with_their_sources_hub_ids(tiny, benchmark_sourc
     assert main(argv) == 0
     [((repo_id, results), kwargs)] = pushed
     assert repo_id == hub_model and list(results) == ["coco"]
-    assert kwargs["dataset_ids"]["coco"] == hub_source
+    assert kwargs["dataset_ids"] == {"coco": hub_source}
 
 
 def test_cli_reports_a_missing_or_unreachable_benchmark_source(tiny, tmp_path, capsys):
