@@ -36,6 +36,14 @@ def test_every_option_has_help():
     assert "--judge" in parser.format_help() and "--push-to-hub" in parser.format_help()
 
 
+def test_unset_options_build_the_papers_recipe_into_maple_preferences():
+    args = vars(cli.build_parser().parse_args(["source", "--judge", "org/judge"]))
+    expected = {"output_dir": "maple_preferences", "config": "paper", "miner": "facebook/dinov2-base", "dtype": "auto",
+                "device": None, "device_map": None, "max_pixels": None, "push_to_hub": None, "private": False}
+    assert {option: args[option] for option in expected} == expected
+    assert all(args[name] is None for name in cli.RECIPE_OPTIONS + cli.SOURCE_OPTIONS), "the named config's values hold"
+
+
 def test_config_options_show_the_config_fields_help_and_defaults():
     """The recipe options are `MaplePreferencesConfig`'s fields, so their help and defaults cannot drift from it."""
     from dataclasses import fields
