@@ -462,7 +462,8 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         from huggingface_hub.errors import HfHubHTTPError
 
         try:
-            push_results(args.model, all_results[args.model], dataset_ids=sources)
+            pushed_sources = {name: source for name, source in sources.items() if name in args.benchmarks}
+            push_results(args.model, all_results[args.model], dataset_ids=pushed_sources)
         except HfHubHTTPError as error:
             status = error.response.status_code if error.response is not None else "?"
             return report_error(parser.prog, f"pushing the results to {args.model} failed (HTTP {status}); they are saved "

@@ -36,6 +36,14 @@ def test_every_option_has_help():
     assert "--judge" in parser.format_help() and "--push-to-hub" in parser.format_help()
 
 
+def test_unset_options_build_the_papers_recipe_into_maple_preferences():
+    args = vars(cli.build_parser().parse_args(["source", "--judge", "org/judge"]))
+    expected = {"output_dir": "maple_preferences", "config": "paper", "miner": "facebook/dinov2-base", "dtype": "auto",
+                "device": None, "device_map": None, "max_pixels": None, "push_to_hub": None, "private": False}
+    assert {option: args[option] for option in expected} == expected
+    assert all(args[name] is None for name in cli.RECIPE_OPTIONS + cli.SOURCE_OPTIONS), "the named config's values hold"
+
+
 def test_config_options_show_the_config_fields_help_and_defaults():
     """The recipe options are `MaplePreferencesConfig`'s fields, so their help and defaults cannot drift from it."""
     from dataclasses import fields
@@ -313,14 +321,78 @@ def test_a_factory_module_in_the_current_directory_is_found(source_file, tmp_pat
     assert cli.main(argv) == 0, capsys.readouterr().err
 
 
-def test_each_rank_searches_neighbours_on_its_own_device(source_file, monkeypatch):
+@pytest.fixture
+def loaded(monkeypatch) -> list:
+    """(class, model ref, keywords) of every `from_pretrained` call `_load_components` makes, stand-ins made instead."""
+    from dataset_builders.captioner import ContrastiveCaptioner
+    from dataset_builders.judge import MLLMJudge
     from dataset_builders.miner import HardNegativeMiner
+    from dataset_builders.testing import ColourCaptioner, ColourJudge
 
     calls = []
-    monkeypatch.setattr(HardNegativeMiner, "from_pretrained", classmethod(lambda cls, spec, **kwargs: calls.append(kwargs)))
-    args = cli.build_parser().parse_args([source_file, "--judge", STAND_INS[1], "--miner", "facebook/dinov2-base"])
-    cli._load_components(args, "cuda:1")
-    assert calls == [{"device": "cuda:1", "search_device": "cuda:1"}]
+    for loader, stand_in in [(MLLMJudge, ColourJudge), (ContrastiveCaptioner, ColourCaptioner), (HardNegativeMiner, lambda: None)]:
+        monkeypatch.setattr(loader, "from_pretrained", classmethod(
+            lambda cls, ref, stand_in=stand_in, **kwargs: calls.append((cls.__name__, ref, kwargs)) or stand_in()))
+    return calls
+
+
+def test_model_options_reach_every_model_loaded_from_a_hub_id_or_path(source_file, loaded):
+    """Each option goes to the loaders of the components it is for (`MODEL_OPTIONS`); the miner searches on this
+    rank's device; two --judge are averaged."""
+    from dataset_builders.judge import JudgeEnsemble
+
+    args = cli.build_parser().parse_args([
+        source_file, "--judge", "org/judge-a", "--judge", "org/judge-b", "--captioner", "org/captioner",
+        "--dtype", "bfloat16", "--max-pixels", "1024", "--device-map", "auto", "--judge-prompt", "Is it {text}?",
+        "--judge-batch-size", "2", "--caption-prompt", "Contrast them.", "--temperature", "0.5", "--num-samples", "1",
+        "--max-new-tokens", "16",
+    ])
+    components = cli._load_components(args, "cuda:1")
+    loading = {"device": "cuda:1", "dtype": "bfloat16", "image_processor_kwargs": {"max_pixels": 1024},
+               "model_kwargs": {"device_map": "auto"}}
+    judging = {"loading_kwargs": loading, "batch_size": 2, "prompt": "Is it {text}?"}
+    assert loaded == [
+        ("MLLMJudge", "org/judge-a", judging),
+        ("MLLMJudge", "org/judge-b", judging),
+        ("ContrastiveCaptioner", "org/captioner", {"loading_kwargs": loading, "temperature": 0.5, "num_samples": 1,
+                                                   "max_new_tokens": 16, "prompt": "Contrast them."}),
+        ("HardNegativeMiner", "facebook/dinov2-base", {"device": "cuda:1", "search_device": "cuda:1"}),
+    ]
+    assert isinstance(components["judge"], JudgeEnsemble) and len(components["judge"].judges) == 2
+
+
+def test_unset_model_options_load_the_papers_settings(source_file, loaded):
+    """The judge's and captioner's own prompts, judge batches of 8, and the paper's sampling (0.7, 3 samples)."""
+    from dataset_builders.testing import ColourJudge
+
+    args = cli.build_parser().parse_args([source_file, "--judge", "org/judge", "--captioner", "org/captioner"])
+    components = cli._load_components(args, "cpu")
+    loading = {"device": "cpu", "dtype": "auto", "image_processor_kwargs": None, "model_kwargs": None}
+    assert loaded[:2] == [
+        ("MLLMJudge", "org/judge", {"loading_kwargs": loading, "batch_size": 8}),
+        ("ContrastiveCaptioner", "org/captioner", {"loading_kwargs": loading, "temperature": 0.7, "num_samples": 3,
+                                                   "max_new_tokens": 96}),
+    ]
+    assert isinstance(components["judge"], ColourJudge), "one judge is used as it is"
+
+
+def test_the_default_device_is_this_ranks_gpu_else_cpu(monkeypatch):
+    import torch
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli._device(None) == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert cli._device(None) == "cuda:0"
+    monkeypatch.setenv("LOCAL_RANK", "3")  # as `accelerate launch` sets it for each process
+    assert cli._device(None) == "cuda:3"
+
+
+def test_a_local_folder_named_like_a_factory_is_a_model_path(tmp_path, monkeypatch):
+    """`runs:v2` has the form of module:factory; a folder of that name is a checkpoint, not a module to import."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs:v2").mkdir()
+    assert cli._factory("runs:v2") is None
 
 
 def test_the_summary_warns_when_the_captioner_added_no_caption(tmp_path):
@@ -344,6 +416,18 @@ def test_a_push_to_hub_repo_id_the_hub_would_refuse_is_an_error_before_any_work(
     assert error.startswith("maple build-preferences: error: --push-to-hub 'bad repo id!!' is not a Hub repo id") and \
         error.count("\n") == 1, error
     assert not out.exists()
+
+
+def test_private_reaches_the_push(source_file, tmp_path, capsys, monkeypatch):
+    pushed = []
+    monkeypatch.setattr(cli.MaplePreferences, "push_to_hub",
+                        lambda self, repo_id, private: pushed.append((repo_id, private)) or repo_id)
+    argv = [source_file, "--output-dir", str(tmp_path / "out"), *STAND_INS, "--semdedup-clusters", "0", "--no-progress",
+            "--push-to-hub", "me/prefs"]
+    assert cli.main([*argv, "--private"]) == 0
+    assert "  pushed to Hub dataset repo me/prefs\n" in capsys.readouterr().out
+    assert cli.main(argv) == 0  # the build reused, pushed again in public
+    assert pushed == [("me/prefs", True), ("me/prefs", False)]
 
 
 @pytest.mark.parametrize("hub", ["offline", "unreachable"])
@@ -499,6 +583,18 @@ def test_no_progress_hides_transformers_bars_too(source_file, tmp_path, monkeypa
     assert cli.main([source_file, "--output-dir", str(tmp_path / "out"), *STAND_INS, "--no-progress"]) == 0
     assert seen == [(False, True)]
     assert transformers_logging.is_progress_bar_enabled() and not datasets.are_progress_bars_disabled()
+
+
+@pytest.mark.parametrize("count, after_the_examples", [(5, "  full list"), (6, "      ... 1 more")])
+def test_the_summary_names_at_most_five_skipped_inputs_per_reason(tmp_path, count, after_the_examples):
+    skipped = [{"kind": "empty caption", "id": f"row-{row}", "row": row, "detail": ""} for row in range(count)]
+    stats = {"config_name": "paper", "num_source_rows": 9, "num_anchors": 4, "num_candidate_images": 16,
+             "num_candidate_texts": 9, "num_skipped": count, "skipped": skipped,
+             "skipped_by_reason": {"empty caption": count}, "text_candidates": "generated"}
+    lines = cli.format_summary(stats, 1.0, 1, 0, str(tmp_path)).splitlines()
+    start = lines.index(f"    empty caption: {count}") + 1
+    assert lines[start:start + 5] == [f"      id 'row-{row}' (row {row})" for row in range(5)]
+    assert lines[start + 5].startswith(after_the_examples)
 
 
 def test_the_summary_says_what_its_shard_counts_are(tmp_path):

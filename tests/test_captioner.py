@@ -29,6 +29,8 @@ RED_BLUE = ["a red car", "a blue car"]
     ("Image 1: a red car. Image 2: a blue car.", ["a red car.", "a blue car."]),
     ("Image 1: a red car, Image 2: a blue car", RED_BLUE),
     ("Image 1: a red car | Image 2: a blue car", RED_BLUE),
+    ("Image 1: a red car; Image 2: a blue car", RED_BLUE),
+    ("Image 1: a red car\rImage 2: a blue car", RED_BLUE),  # old Mac line ends
     ("- Image 1: a red car\n- Image 2: a blue car", RED_BLUE),
     ("Image 1 (anchor): a red car\nImage 2 (negative): a blue car", RED_BLUE),
     ("**Caption for Image 1:**\na red car\n\n**Caption for Image 2:**\na blue car", RED_BLUE),
@@ -50,10 +52,14 @@ def test_parse_captions_splits_answers_that_half_follow_the_format(answer, capti
     ("Image 1: A red car parked on a quiet street,\nwith trees behind it.\nImage 2: A blue car.",
      ["A red car parked on a quiet street, with trees behind it.", "A blue car."]),
     ("**Image 1:**\nA red car\nparked.", ["A red car parked."]),
+    ("**Image 1:**\nWhat a red car!\nThe colour stands out.", ["What a red car!"]),
+    ("Image 1: a red car beside a sign,\nthe sign reading in large letters: STOP.\nImage 2: a blue car.",
+     ["a red car beside a sign, the sign reading in large letters: STOP.", "a blue car."]),
 ])
 def test_parse_captions_keeps_wrapped_captions_and_leaves_out_comments(answer, captions):
-    """A caption goes on over the next line until it ends a sentence; a comment after a finished caption or on a
-    "Note:" line is not part of it; a mid-sentence "image 2-" is no label."""
+    """A caption goes on over the next line until it ends a sentence (with ".", "!" or "?"); a comment after a finished
+    caption or on a short "Note:" line is not part of it, while a long line with a colon in it goes on the caption; a
+    mid-sentence "image 2-" is no label."""
     assert parse_captions(answer) == captions
 
 
@@ -90,8 +96,9 @@ def test_captioner_shows_both_images_and_the_configured_prompt(monkeypatch):
     first = calls[0]
     assert first["image_grid_thw"].shape[0] == 2 * 3  # anchor + negative per prompt
     assert first["temperature"] == 0.7 and first["do_sample"]
-    prompt = captioner.prompt_encoder.tokenizer.decode(first["input_ids"][0], skip_special_tokens=True)
+    prompt = captioner.prompt_encoder.tokenizer.decode(first["input_ids"][0])
     assert "Contrast them." in prompt
+    assert prompt.endswith("<|im_start|>assistant\n"), "the answer starts in the assistant's turn"
     image_token = captioner.prompt_encoder.image_token_id
     assert (first["mm_token_type_ids"] == (first["input_ids"] == image_token)).all()
     assert (first["attention_mask"][:, -1] == 1).all(), "generation prompts are left-padded"
@@ -108,11 +115,25 @@ def test_sampling_is_plain_whatever_the_checkpoints_generation_config_says():
     torch.manual_seed(0)
     answers = captioner._generate([(ANCHORS[0], NEGATIVES[0])] * 6)
     assert len(set(answers)) > 1
+    for setting, value in {"typical_p": 0.2, "no_repeat_ngram_size": 3, "epsilon_cutoff": 0.1, "min_p": 0.1}.items():
+        setattr(checkpoint_config, setting, value)  # every other warper a checkpoint may switch on
+    off = {"top_k": 0, "top_p": 1.0, "min_p": None, "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0,
+           "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "num_beams": 1, "num_return_sequences": 1}
+    assert {setting: getattr(captioner.generation_config, setting) for setting in off} == off
     recorded = captioner.settings["generation_config"]
     assert recorded["do_sample"] and recorded["temperature"] == 0.7
     assert (recorded["top_k"], recorded["top_p"], recorded["repetition_penalty"]) == (0, 1.0, 1.0)
     assert recorded["eos_token_id"] == checkpoint_config.eos_token_id  # the checkpoint's other entries still apply
     assert checkpoint_config.top_k == 1, "the model's own generation config is left as it was"
+
+
+def test_each_prompt_shows_the_pairs_negative_beside_its_anchor():
+    """Images of other sizes take other numbers of image tokens: a prompt that showed the anchor twice would not
+    match the negative's features."""
+    captioner = tiny_captioner(seed=0)
+    torch.manual_seed(0)
+    [(answer, _)] = captioner._generate([(ANCHORS[0], Image.new("RGB", (64, 32), "orange"))])
+    assert answer
 
 
 def test_bad_settings_and_mismatched_inputs_are_rejected():
@@ -196,6 +217,7 @@ def test_the_last_caption_of_an_answer_cut_at_max_new_tokens_is_dropped(monkeypa
     ("1. A red car on a road.\n2. A blue car on a road.\n3.", ["A red car on a road.", "A blue car on a road."]),
     ("Image 1: a red car\nImage 2: a blue car\n\nThese captions hi", ["a red car", "a blue car"]),
     ("Image 1: a red car\nImage 2: The car is blue.", ["a red car", "The car is blue."]),
+    ("Image 1: Is the car red?\nImage 2: What a blue car!", ["Is the car red?", "What a blue car!"]),
 ])
 def test_a_cut_that_falls_after_the_last_caption_keeps_it(monkeypatch, answer, captions):
     """The cut can fall in a label, a list number or a closing comment that parsing leaves out, or right after a
@@ -218,5 +240,6 @@ def test_settings_hold_what_changes_the_captions():
     settings = captioner.settings
     assert settings["temperature"] == 0.9 and settings["num_samples"] == 2 and settings["batch_size"] == 4
     assert settings["prompt"] == captioner.prompt and settings["dtype"] == "torch.float32"
+    assert captioner.name == "tiny-captioner-1"  # as given, for the dataset card
     assert settings["image_processor"] == tiny_captioner(seed=1).settings["image_processor"]
     assert settings["image_processor"] != tiny_captioner(seed=1, image_size=64).settings["image_processor"]

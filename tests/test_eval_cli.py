@@ -33,6 +33,17 @@ def tiny(tmp_path_factory):
     return (*first, folders)
 
 
+def _store_as_hub_models_result(out: Path, evaluated: Path, hub_model: str, **run) -> None:
+    """Files the coco result stored for the model folder `evaluated` as `hub_model`'s (at a made-up commit, `run` over
+    its fingerprint): a Hub model with its result stored, which needs no Hub access."""
+    from evaluation.cli import _model_folder_name
+
+    record = json.loads((out / _model_folder_name(str(evaluated)) / "coco.json").read_text())
+    record["run"] |= {"model": hub_model, "model_state": {"commit": "0" * 40}, **run}
+    (out / _model_folder_name(hub_model)).mkdir()
+    (out / _model_folder_name(hub_model) / "coco.json").write_text(json.dumps(record))
+
+
 def test_retrieval_protocol_equals_dense_metrics(tiny, benchmark_sources):
     model, processor, _ = tiny
     coco = load_benchmark("coco", str(benchmark_sources["coco"]))
@@ -309,6 +320,16 @@ def test_cli_rejects_a_bad_source_argument(tmp_path, capsys):
     assert error.startswith("maple eval: error: --source expects BENCHMARK=PATH_OR_HUB_ID") and error.count("\n") == 1, error
 
 
+def test_repeated_compare_and_source_options_add_up(tiny, tmp_path, capsys):
+    """argparse's default keeps the last one only: the first --compare or --source would be dropped unsaid."""
+    _, _, (first, second) = tiny
+    assert main([str(first), "--compare", "./no_such_checkpoint", "--compare", str(second), "--out", str(tmp_path / "eval")]) == 2
+    assert capsys.readouterr().err == "maple eval: error: no such folder: ./no_such_checkpoint\n"
+    with pytest.raises(SystemExit):
+        main([str(first), "--source", "coco=", "--source", f"mmvp={tmp_path}", "--out", str(tmp_path / "eval")])
+    assert "--source 'coco=': no path or Hub id after '='" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("value", ["", " "])
 def test_cli_rejects_an_empty_source(value, tmp_path, capsys):
     """`--source coco=` read the official Hub dataset, as if the option were not there."""
@@ -388,16 +409,11 @@ def test_cli_reports_a_bad_compared_model_before_evaluating_the_first(tiny, benc
 
 def test_cli_reruns_offline_a_hub_model_whose_results_are_all_stored(tiny, benchmark_sources, tmp_path, capsys):
     """The up-front config check is for models with work left: one whose results are stored needs no Hub access."""
-    from evaluation.cli import _model_folder_name
-
     _, _, (first, _) = tiny
     out, source = tmp_path / "eval", f"coco={benchmark_sources['coco']}"
     assert main([str(first), "--benchmarks", "coco", "--source", source, "--out", str(out)]) == 0
-    record = json.loads((out / _model_folder_name(str(first)) / "coco.json").read_text())
     hub_model = "maple-org/never-downloaded"  # offline, and not in the cache: its config cannot be read
-    record["run"] |= {"model": hub_model, "model_state": {"commit": "0" * 40}}
-    (out / _model_folder_name(hub_model)).mkdir()
-    (out / _model_folder_name(hub_model) / "coco.json").write_text(json.dumps(record))
+    _store_as_hub_models_result(out, first, hub_model)
     capsys.readouterr()
     assert main([str(first), "--compare", hub_model, "--benchmarks", "coco", "--source", source, "--out", str(out)]) == 0
     assert f"{hub_model}: coco already done" in capsys.readouterr().out
@@ -408,16 +424,11 @@ def test_cli_reports_a_refused_push_in_one_line_and_keeps_the_results(tiny, benc
     from huggingface_hub.errors import HfHubHTTPError
     from huggingface_hub.utils import httpx
 
-    from evaluation.cli import _model_folder_name
-
     _, _, (first, _) = tiny
     out, source = tmp_path / "eval", f"coco={benchmark_sources['coco']}"
     assert main([str(first), "--benchmarks", "coco", "--source", source, "--out", str(out)]) == 0
-    record = json.loads((out / _model_folder_name(str(first)) / "coco.json").read_text())
     hub_model, hub_source = "maple-org/not-yours", "maple-org/coco-copy"  # pushed results come from the Hub
-    record["run"] |= {"model": hub_model, "model_state": {"commit": "0" * 40}, "source": hub_source, "source_files": None}
-    (out / _model_folder_name(hub_model)).mkdir()
-    (out / _model_folder_name(hub_model) / "coco.json").write_text(json.dumps(record))
+    _store_as_hub_models_result(out, first, hub_model, source=hub_source, source_files=None)
 
     def refuse(repo_id, results, dataset_ids):
         response = httpx.Response(403, request=httpx.Request("POST", f"https://hub/{repo_id}"))
@@ -428,6 +439,24 @@ def test_cli_reports_a_refused_push_in_one_line_and_keeps_the_results(tiny, benc
     assert main([hub_model, "--benchmarks", "coco", "--source", f"coco={hub_source}", "--out", str(out), "--push-to-hub"]) == 1
     assert capsys.readouterr().err == f"maple eval: error: pushing the results to {hub_model} failed (HTTP 403); they are saved in {out}\n"
     assert hub_model in json.loads((out / "results.json").read_text())
+
+
+def test_cli_pushes_the_results_with_their_sources_hub_ids(tiny, benchmark_sources, tmp_path, capsys, monkeypatch):
+    """A local copy given for a benchmark not evaluated now does not stop the push: its results are not published, nor
+    its path (it was written into the repo's maple_eval_results.json)."""
+    _, _, (first, _) = tiny
+    out, source = tmp_path / "eval", f"coco={benchmark_sources['coco']}"
+    assert main([str(first), "--benchmarks", "coco", "--source", source, "--out", str(out)]) == 0
+    hub_model, hub_source = "maple-org/mine", "maple-org/coco-copy"
+    _store_as_hub_models_result(out, first, hub_model, source=hub_source, source_files=None)
+    pushed = []
+    monkeypatch.setattr("evaluation.cli.push_results", lambda *args, **kwargs: pushed.append((args, kwargs)))
+    argv = [hub_model, "--benchmarks", "coco", "--source", f"coco={hub_source}", f"mmvp={benchmark_sources['mmvp']}",
+            "--out", str(out), "--push-to-hub"]
+    assert main(argv) == 0
+    [((repo_id, results), kwargs)] = pushed
+    assert repo_id == hub_model and list(results) == ["coco"]
+    assert kwargs["dataset_ids"] == {"coco": hub_source}
 
 
 def test_cli_reports_a_missing_or_unreachable_benchmark_source(tiny, tmp_path, capsys):
@@ -459,6 +488,19 @@ def test_cli_reports_an_unreadable_image_file_of_a_folder_layout(tiny, benchmark
     assert main([str(first), "--benchmarks", "mmvp", "--source", f"mmvp={mmvp}", "--out", str(tmp_path / "eval")]) == 2
     error = capsys.readouterr().err.splitlines()[-1]  # after the weights' loading bar
     assert error.startswith(f"maple eval: error: {mmvp / 'Questions.csv'}, line 5: unreadable image file {broken} (")
+
+
+def test_a_changed_image_in_a_source_folders_subfolder_is_recomputed(tiny, benchmark_sources, tmp_path, capsys):
+    """A folder layout keeps its images in subfolders: they are part of the source's fingerprint."""
+    _, _, (first, _) = tiny
+    mmvp = shutil.copytree(benchmark_sources["mmvp"], tmp_path / "mmvp")
+    argv = [str(first), "--benchmarks", "mmvp", "--source", f"mmvp={mmvp}", "--out", str(tmp_path / "eval")]
+    assert main(argv) == 0
+    image = Path("MLLM_VLM Images") / "Color and Appearance" / "4.jpg"
+    (mmvp / image).write_bytes((mmvp / image).read_bytes())  # same bytes, new modification time
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert f"mmvp: stored result is from another source (changed files: {image}), recomputing\n" in capsys.readouterr().out
 
 
 def test_lora_adapter_folder_loads_on_its_base(tiny, tmp_path):
@@ -537,6 +579,18 @@ def test_a_device_this_machine_lacks_is_a_usage_error(device, cuda_devices, erro
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == f"maple eval: error: {error}\n"
     assert not (tmp_path / "eval").exists()
+
+
+def test_models_embed_on_cuda_when_available_unless_a_device_is_given(monkeypatch):
+    import argparse
+
+    from evaluation.cli import _embedding_device
+
+    parser = argparse.ArgumentParser()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _embedding_device(parser, None) == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert (_embedding_device(parser, None), _embedding_device(parser, "cpu")) == ("cuda", "cpu")
 
 
 def test_device_dtype_and_trust_remote_code_are_checked_and_used(tiny, tmp_path, benchmark_sources, capsys, monkeypatch):
@@ -628,7 +682,7 @@ def test_an_out_that_is_a_file_is_a_usage_error_before_the_model_loads(kind, tin
     assert a_file.read_text() == "mine"
 
 
-@pytest.mark.parametrize("written", ["demo results.json", "results.md alone", "not json"])
+@pytest.mark.parametrize("written", ["demo results.json", "results.md alone", "not json", "empty json"])
 def test_an_out_holding_another_commands_results_is_refused(written, tiny, benchmark_sources, tmp_path, capsys, monkeypatch):
     """`cd demo_out && maple eval maple-model ... --out .` overwrote the demo's own results.json and results.md."""
     _, _, (first, _) = tiny
@@ -637,7 +691,8 @@ def test_an_out_holding_another_commands_results_is_refused(written, tiny, bench
     files = {"demo results.json": {"results.json": json.dumps({"maple": {"group_score": {"mean": 5.0, "std": 0.0}}}),
                                    "results.md": "# demo\n"},
              "results.md alone": {"results.md": "# someone's table\n"},
-             "not json": {"results.json": "{\"maple\": "}}[written]
+             "not json": {"results.json": "{\"maple\": "},
+             "empty json": {"results.json": "{}"}}[written]  # maple eval writes at least one model's results
     for name, text in files.items():
         (out / name).write_text(text)
     monkeypatch.setattr("evaluation.models.load_embedder", lambda *args, **kwargs: pytest.fail("the model was loaded"))
@@ -699,6 +754,9 @@ def test_the_recompute_message_says_what_changed():
     assert _run_differences({**stored, "source_files": {"s": [1, 2]}}, {**stored, "source_files": {"s": [1, 3]}}) == [
         "source (changed files: s)"]
     assert _run_differences({}, stored)[0].startswith("model reference (None then, 'm' now)")
+    many = {name: [1, 2] for name in "vwxyz"}
+    assert _run_differences(stored, {**stored, "model_state": {"files": many}}) == [
+        "model state (changed files: a, b, v and 4 more)"]
 
 
 def test_no_progress_hides_the_bars_of_datasets_and_of_loading_and_puts_them_back(tiny, benchmark_sources, tmp_path, capsys):
