@@ -64,6 +64,7 @@ def test_the_printed_summary_shows_a_spread_only_over_several_seeds(tmp_path):
     )
     assert "±" not in one and "10.00" in one.splitlines()[1]
     assert "20.00 ± 10.00" in three.splitlines()[1]
+    assert len({len(line) for line in three.splitlines()[:2]}) == 1  # the columns line up under their names
     assert one.splitlines()[-2:] == ["time: world 1s, train 2s (total 3s)", f"outputs in {tmp_path}"]
 
 
@@ -86,6 +87,15 @@ def test_the_report_writes_the_summary_and_plots_each_method_s_first_seed(tmp_pa
     assert json.loads((tmp_path / "results.json").read_text()) == summary
     assert plotted == {"maple": [{"step": 1, "loss": 10.0}]}
     assert (tmp_path / "per_category.png").stat().st_size > 0
+
+
+def test_the_category_bars_are_the_mean_group_scores(monkeypatch):
+    figures = []
+    monkeypatch.setattr(report, "save_figure", lambda figure, path: figures.append(figure))
+    report.plot_category_bars(summarise({"maple": [_run_in_every_category(20.0), _run_in_every_category(30.0)]}), None)
+    (axis,) = figures[0].axes
+    assert [bar.get_height() for bar in axis.patches] == pytest.approx([26.0, 27.0, 28.0, 25.0])  # CATEGORIES, "all"
+    report.pyplot().close(figures[0])
 
 
 @pytest.mark.parametrize("text, seeds", [("3", (0, 1, 2)), ("1", (0,)), ("0,5,7", (0, 5, 7))])
