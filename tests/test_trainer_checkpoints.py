@@ -16,12 +16,13 @@ from transformers import AutoModel, AutoProcessor, TrainerCallback
 
 import trainer.rpa_trainer as rpa_trainer_module
 
+from modeling_maple import MapleConfig
 from modeling_maple.lora import maple_lora_config, save_merged
-from modeling_maple.testing import build_tiny, tiny_dual_encoder_config
+from modeling_maple.testing import build_tiny, tiny_dual_encoder_config, tiny_mllm_config
 from test_trainer import make_config, make_trainer
 from trainer import RPATrainer
 from trainer.checkpoints import (
-    RECIPE_FILE, check_recipe, last_complete_checkpoint, model_recipe, run_checkpoints, training_recipe,
+    RECIPE_FILE, check_recipe, last_complete_checkpoint, lora_recipe, model_recipe, run_checkpoints, training_recipe,
 )
 from trainer.testing import smoke_config, synthetic_preference_dataset
 
@@ -362,10 +363,32 @@ def test_a_recipe_saved_before_a_value_was_recorded_resumes(tmp_path):
     """Checkpoints of older versions have no model (or other newer) entry in their recipe: what they did not record
     cannot differ, and must not read as a change to None."""
     args, model = smoke_config(str(tmp_path)), model_recipe(tiny_dual_encoder_config())
+    check_recipe(str(tmp_path), args, None, model)  # saved before any recipe was recorded: no rpa_recipe.json
     recipe = training_recipe(args, lora=None, model=model)
     del recipe["model"], recipe["gather_negatives"]
     _save_recipe(tmp_path, recipe)
     check_recipe(str(tmp_path), args, None, model)
+
+
+def test_a_checkpoint_refuses_a_resume_under_other_lora_settings(tmp_path):
+    """A LoRA checkpoint's adapters have its rank and its scaling (lora_alpha / r); full fine-tuning has none."""
+    args = smoke_config(str(tmp_path))
+    _save_recipe(tmp_path, training_recipe(args, lora=lora_recipe(r=4, lora_alpha=8)))
+    check_recipe(str(tmp_path), args, lora_recipe(r=4, lora_alpha=8))
+    with pytest.raises(ValueError, match=r"\(lora: \{'r': 4, 'lora_alpha': 8\} -> \{'r': 4, 'lora_alpha': 16\}\)"):
+        check_recipe(str(tmp_path), args, lora_recipe(r=4, lora_alpha=16))
+    for lora in (lora_recipe(r=8, lora_alpha=8), None):
+        with pytest.raises(ValueError, match=r"another recipe \(lora: "):
+            check_recipe(str(tmp_path), args, lora)
+
+
+def test_the_model_recipe_is_the_backbone_its_model_types_and_the_embedding_size():
+    """Each tower of a dual encoder counts: another vision tower's weights do not fit either."""
+    assert model_recipe(tiny_dual_encoder_config()) == {
+        "backbone": "dual_encoder", "model_types": ["clip_vision_model", "bert"], "projection_dim": 16,
+    }
+    mllm = MapleConfig(backbone="mllm", mllm_config=tiny_mllm_config(), projection_dim=16)
+    assert model_recipe(mllm) == {"backbone": "mllm", "model_types": ["qwen2_vl"], "projection_dim": 16}
 
 
 def test_a_checkpoint_refuses_a_model_with_another_text_tower_or_embedding_size(tmp_path):
@@ -394,3 +417,4 @@ def test_run_checkpoints_are_the_checkpoint_folders_by_step(tmp_path):
         (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
     assert last_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-10")
     assert run_checkpoints(str(tmp_path / "missing")) == [] and last_complete_checkpoint(str(tmp_path / "missing")) is None
+    assert run_checkpoints(str(tmp_path / "checkpoint-11")) == []  # a file, not a run folder
