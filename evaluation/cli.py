@@ -415,13 +415,15 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """`maple eval` with the parsed `args`."""
     args.benchmarks = list(dict.fromkeys(args.benchmarks))  # `--benchmarks coco coco` evaluates coco once
     sources = _parse_sources(parser, args.source)
+    # the sources the results are of: a --source for a benchmark left out is checked, but neither published nor refused
+    evaluated_sources = {name: source for name, source in sources.items() if name in args.benchmarks}
     _check_out(parser, args.out)
     model_refs = _distinct_models([args.model, *args.compare])
     if args.push_to_hub and Path(args.model).expanduser().exists():
         exit_with_error(parser, f"--push-to-hub writes into the card of MODEL's Hub repo, but {args.model} is a local folder: push the checkpoint first and evaluate it by repo id")
     # The card's model-index would label local copies as the official benchmarks, and a copy may be a subset.
-    local_sources = [f"{name}={source}" for name, source in sorted(sources.items())
-                     if name in args.benchmarks and Path(source).expanduser().exists()]
+    local_sources = [f"{name}={source}" for name, source in sorted(evaluated_sources.items())
+                     if Path(source).expanduser().exists()]
     if args.push_to_hub and local_sources:
         exit_with_error(parser, f"--push-to-hub publishes results under the benchmarks' Hub datasets, but "
                              f"{', '.join(local_sources)} is a local copy: evaluate from the Hub (the default source, or "
@@ -462,8 +464,7 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         from huggingface_hub.errors import HfHubHTTPError
 
         try:
-            pushed_sources = {name: source for name, source in sources.items() if name in args.benchmarks}
-            push_results(args.model, all_results[args.model], dataset_ids=pushed_sources)
+            push_results(args.model, all_results[args.model], dataset_ids=evaluated_sources)
         except HfHubHTTPError as error:
             status = error.response.status_code if error.response is not None else "?"
             return report_error(parser.prog, f"pushing the results to {args.model} failed (HTTP {status}); they are saved "
