@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from maple.demo.scene_judge import SceneFeatureEncoder, SceneGraphCaptioner, SceneGraphJudge, check_caption
+from maple.demo.scene_judge import ClaimCheck, SceneFeatureEncoder, SceneGraphCaptioner, SceneGraphJudge, check_caption
 from maple.demo.world import (
     ObjectGroup,
     Scene,
@@ -58,6 +58,16 @@ def test_missing_object_and_its_relation_are_false():
     # whichever of the two mentioned objects is the drawn one
     mentioned_second = Scene(groups=(BLUE_SQUARE, RED_CIRCLE), layout="horizontal")
     assert check_caption(mentioned_second, single) == check
+
+
+def test_every_mentioned_object_is_read_as_a_drawn_one_while_one_is_left():
+    """Charity picks which drawn object a mentioned one is, never that a drawn object is not there: a caption
+    wrong in every attribute makes one false claim per wrong attribute, not one for a missing object."""
+    single = Scene(groups=(RED_CIRCLE,), layout="single")
+    assert check_caption(parse_caption("two large yellow diamonds"), single) == ClaimCheck(false_claims=4, omissions=0)
+    # best reading: the diamonds are the blue square and the triangles the red circle (3 + 3), so the relation fails
+    caption = "two large yellow diamonds above two small green triangles"
+    assert check_caption(parse_caption(caption), SCENE) == ClaimCheck(false_claims=7, omissions=0)
 
 
 def test_alphas_are_graded_and_the_true_caption_ranks_first(world):

@@ -269,7 +269,8 @@ def test_a_shape_is_drawn_with_its_outline_and_its_side(shape, area, top_share, 
     image = render(Scene(groups=(ObjectGroup(shape, "blue", size),), layout="single"), random.Random(1), image_size=200)
     pixels = _pixels(image, "blue")
     xs, ys = [x for x, _ in pixels], [y for _, y in pixels]
-    side = SIZES[size] * 200
+    side = {"small": 40, "large": 68}[size]  # SIZES: a fifth and 0.34 of the canvas side
+    assert side == pytest.approx(SIZES[size] * 200)
     assert side - 1 <= max(xs) - min(xs) + 1 <= side + 2 and side - 1 <= max(ys) - min(ys) + 1 <= side + 2
     assert len(pixels) / side**2 == pytest.approx(area, abs=0.06)
     middle = (min(ys) + max(ys)) / 2
