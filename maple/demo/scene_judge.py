@@ -55,8 +55,8 @@ class ClaimCheck:
 def check_caption(stated: Scene, actual: Scene) -> ClaimCheck:
     """Count the false claims and omissions of the caption scene `stated` about the image scene
     `actual`, under the most charitable reading: the matching of mentioned objects to drawn
-    objects with the fewest false claims (ties go to the matching that keeps their order)."""
-    best: tuple[int, int] | None = None  # (false claims, 0 if order kept else 1)
+    objects with the fewest false claims."""
+    fewest_false_claims: int | None = None
     n_stated, n_actual = len(stated.groups), len(actual.groups)
     # targets[i]: the drawn object mentioned object i is read as, or None; as many matched as can be, and any
     # mentioned object may be the unmatched one (a caption of two objects about an image of one).
@@ -69,15 +69,14 @@ def check_caption(stated: Scene, actual: Scene) -> ClaimCheck:
             if index is not None:
                 actual_group = actual.groups[index]
                 false_claims += sum(getattr(stated_group, a) != getattr(actual_group, a) for a in ATTRIBUTES)
-        order_kept = matched == sorted(matched)
         if n_stated == 2:
+            order_kept = matched == sorted(matched)
             relation_holds = len(matched) == 2 and order_kept and stated.layout == actual.layout
             false_claims += not relation_holds
-        candidate = (false_claims, 0 if order_kept else 1)
-        if best is None or candidate < best:
-            best = candidate
-    assert best is not None  # permutations() always yields at least the empty matching
-    return ClaimCheck(false_claims=best[0], omissions=max(0, n_actual - n_stated))
+        if fewest_false_claims is None or false_claims < fewest_false_claims:
+            fewest_false_claims = false_claims
+    assert fewest_false_claims is not None  # permutations() always yields at least the empty matching
+    return ClaimCheck(false_claims=fewest_false_claims, omissions=max(0, n_actual - n_stated))
 
 
 @dataclass
