@@ -254,7 +254,7 @@ def test_captioner_refuses_mismatched_lists_and_non_integer_sample_counts(world)
     for anchors, negatives in ((images, images[:1]), (images[:1], images)):
         with pytest.raises(ValueError, match="one negative per anchor"):
             captioner.caption(anchors, negatives)
-    for n_samples in (1.5, "2"):
+    for n_samples in (1.5, "2", True):
         with pytest.raises(ValueError, match="n_samples must be a positive integer"):
             SceneGraphCaptioner(world.registry, n_samples=n_samples)
 

@@ -158,7 +158,7 @@ class SceneGraphCaptioner:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.n_samples, int) or self.n_samples < 1:
+        if not isinstance(self.n_samples, int) or isinstance(self.n_samples, bool) or self.n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {self.n_samples!r}")
 
     def caption(self, anchors: list[Image.Image], negatives: list[Image.Image]) -> list[list[str]]:
