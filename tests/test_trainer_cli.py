@@ -511,3 +511,83 @@ def test_resuming_another_models_checkpoint_is_a_one_line_error(tmp_path, capsys
     error = capsys.readouterr().err.splitlines()[-1]
     assert error.startswith(f"maple train: error: {tmp_path / 'out' / 'checkpoint-1'} was trained with another recipe "
                             "(model: {'backbone': 'dual_encoder'")
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"lora_r": 1.5}, "lora_r is a rank and must be an integer >= 1, got 1.5"),
+    ({"lora_alpha": 0}, "lora_alpha must be > 0, got 0"),
+    ({"lora_dropout": 1}, "lora_dropout is a probability and must be in [0, 1), got 1"),
+])
+def test_lora_settings_outside_their_range_are_refused(settings, message):
+    """From Python or a YAML value, as from a flag: a rank of 1.5, a scaling of 0 (adapters that change nothing) or a
+    dropout of 1 (every input dropped)."""
+    with pytest.raises(ValueError) as refused:
+        ModelArguments(tiny="dual_encoder", **settings)
+    assert str(refused.value) == message
+
+
+def test_lora_settings_at_the_ends_of_their_range_are_accepted():
+    arguments = ModelArguments(tiny="dual_encoder", lora_r=1, lora_alpha=0.5, lora_dropout=0)
+    assert (arguments.lora_r, arguments.lora_alpha, arguments.lora_dropout) == (1, 0.5, 0)
+
+
+def test_a_config_path_holding_an_equals_sign_is_read_whole(tmp_path, capsys):
+    """`--config=runs/lr=1e-4.yaml`: only the first '=' separates the option from its value."""
+    config = tmp_path / "lr=1e-4.yaml"
+    config.write_text("not_an_option: 3\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main([f"--config={config}", "--tiny", "dual_encoder", "--dataset_name", "x"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith(f"maple train: error: {config}: unknown key 'not_an_option'")
+
+
+def test_loading_options_reach_a_model_given_by_name(tmp_path, monkeypatch):
+    """--backbone and --trust_remote_code are refused with --tiny only: they are how a --model_name_or_path loads."""
+    synthetic_preference_dataset(4).save_to_disk(tmp_path / "prefs")
+    (tmp_path / "clip").mkdir()
+    loaded = []
+
+    def load(model_args, training_args):
+        loaded.append((model_args.model_name_or_path, model_args.backbone, training_args.trust_remote_code))
+        raise TrainingInputError("stop here")
+
+    monkeypatch.setattr("trainer.cli.load_model_and_processor", load)
+    with pytest.raises(SystemExit):
+        main(["--model_name_or_path", str(tmp_path / "clip"), "--backbone", "dual_encoder", "--trust_remote_code", "true",
+              "--dataset_name", str(tmp_path / "prefs"), "--output_dir", str(tmp_path / "out")])
+    assert loaded == [(str(tmp_path / "clip"), "dual_encoder", True)]
+
+
+def test_a_checkpoint_of_another_recipe_is_refused_before_the_dataset_and_the_model_load(tmp_path, monkeypatch, capsys):
+    """The recipe of the checkpoint is checked once before any loading (the model's part once the model has loaded):
+    a 7B model and its dataset were loaded only to be refused for another --rpa_weight."""
+    checkpoint = tmp_path / "out" / "checkpoint-3"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text("{}")
+    (checkpoint / "rpa_recipe.json").write_text(json.dumps({"rpa_weight": 0.9}))
+    synthetic_preference_dataset(4).save_to_disk(tmp_path / "prefs")
+    capsys.readouterr()
+    monkeypatch.setattr("trainer.cli.load_preference_splits", lambda *args: pytest.fail("the dataset was loaded"))
+    monkeypatch.setattr("trainer.cli.load_model_and_processor", lambda *args: pytest.fail("the model was loaded"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--tiny", "dual_encoder", "--dataset_name", str(tmp_path / "prefs"), "--output_dir", str(tmp_path / "out"),
+              "--rpa_weight", "0.5", "--resume_from_checkpoint", "true"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith(
+        f"maple train: error: {checkpoint} was trained with another recipe (rpa_weight: 0.9 -> 0.5)")
+
+
+def test_an_error_of_several_lines_from_building_the_trainer_is_one_line(tmp_path, monkeypatch, capsys):
+    """transformers words some of the errors it raises for the options it checks late over several lines, or ends
+    them with a space."""
+    synthetic_preference_dataset(4).save_to_disk(tmp_path / "prefs")
+
+    def refuse(*args, **kwargs):
+        raise ValueError("these options do not fit:\n- one\n-   another ")
+
+    monkeypatch.setattr("trainer.rpa_trainer.RPATrainer", refuse)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--tiny", "dual_encoder", "--dataset_name", str(tmp_path / "prefs"), "--output_dir", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1:] == ["maple train: error: these options do not fit: - one - another"]
