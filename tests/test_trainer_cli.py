@@ -591,3 +591,14 @@ def test_an_error_of_several_lines_from_building_the_trainer_is_one_line(tmp_pat
         main(["--tiny", "dual_encoder", "--dataset_name", str(tmp_path / "prefs"), "--output_dir", str(tmp_path / "out")])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1:] == ["maple train: error: these options do not fit: - one - another"]
+
+
+def test_an_error_of_several_lines_from_checking_the_options_is_one_line(capsys):
+    """transformers words its check of --load_best_model_at_end over three lines, which came out as three lines of
+    `maple train: error:` output, unlike every other error of the command."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--tiny", "dual_encoder", "--dataset_name", "x", "--load_best_model_at_end", "true", "--save_strategy", "steps"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith("maple train: error: --load_best_model_at_end requires the save and eval strategy to match")
+    assert error.count("\n") == 1, error
