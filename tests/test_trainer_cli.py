@@ -602,3 +602,20 @@ def test_an_error_of_several_lines_from_checking_the_options_is_one_line(capsys)
     error = capsys.readouterr().err
     assert error.startswith("maple train: error: --load_best_model_at_end requires the save and eval strategy to match")
     assert error.count("\n") == 1, error
+
+
+def test_the_judge_is_read_from_stats_json_in_the_data_folder_or_above_it(tmp_path):
+    """`--dataset_name OUT/work` (the folder holding stats.json) or one shard in it, as well as OUT/work/shards;
+    a stats.json that does not name the judge as a string records none."""
+    from trainer.cli import preference_judge
+
+    shards = tmp_path / "work" / "shards"
+    shards.mkdir(parents=True)
+    (shards / "shard-000000-000004.parquet").write_bytes(b"")
+    stats = tmp_path / "work" / "stats.json"
+    stats.write_text(json.dumps({"judge": "Qwen/Qwen2-VL-7B-Instruct"}))
+    for location in (tmp_path / "work", shards, shards / "shard-000000-000004.parquet"):
+        assert preference_judge(str(location)) == "Qwen/Qwen2-VL-7B-Instruct", location
+    for content in ('{"judge": 3}', '["Qwen/Qwen2-VL-7B-Instruct"]', "{not json"):
+        stats.write_text(content)
+        assert preference_judge(str(tmp_path / "work")) is None, content
