@@ -619,3 +619,109 @@ def test_the_judge_is_read_from_stats_json_in_the_data_folder_or_above_it(tmp_pa
     for content in ('{"judge": 3}', '["Qwen/Qwen2-VL-7B-Instruct"]', "{not json"):
         stats.write_text(content)
         assert preference_judge(str(tmp_path / "work")) is None, content
+
+
+def _checkpoints(output_dir, *steps, complete=True):
+    for step in steps:
+        (output_dir / f"checkpoint-{step}").mkdir(parents=True)
+        if complete:
+            (output_dir / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+
+
+def test_the_checkpoint_to_resume_is_the_last_by_step_and_only_later_partial_ones_are_named(tmp_path, capsys):
+    from trainer.cli import checkpoint_to_resume
+    from trainer.testing import smoke_config
+
+    output = tmp_path / "out"
+    _checkpoints(output, 9, 10, 2)
+    with pytest.raises(TrainingInputError, match=r"holds checkpoints of an earlier run \(the last: checkpoint-10\)"):
+        checkpoint_to_resume(smoke_config(str(output)))
+    _checkpoints(output, 12, 14, complete=False)
+    assert checkpoint_to_resume(smoke_config(str(output), resume_from_checkpoint="true")) == str(output / "checkpoint-10")
+    named = [line.split()[2] for line in capsys.readouterr().err.splitlines()]
+    assert named == [str(output / "checkpoint-12"), str(output / "checkpoint-14")]  # not the one resumed
+    assert checkpoint_to_resume(smoke_config(str(output), resume_from_checkpoint="false")) is None
+    given = str(output / "checkpoint-9")
+    assert checkpoint_to_resume(smoke_config(str(output), resume_from_checkpoint=given)) == given
+
+
+def test_a_resume_folder_that_does_not_exist_is_called_that(tmp_path):
+    from trainer.cli import checkpoint_to_resume
+    from trainer.testing import smoke_config
+
+    missing = str(tmp_path / "out" / "checkpoint-7")
+    with pytest.raises(TrainingInputError) as refused:
+        checkpoint_to_resume(smoke_config(str(tmp_path / "out"), resume_from_checkpoint=missing))
+    assert str(refused.value) == f"--resume_from_checkpoint: no such folder: {missing}"
+
+
+def test_training_from_scratch_sets_each_earlier_run_aside_in_a_folder_of_its_own(tmp_path, capsys):
+    from trainer.cli import set_aside_earlier_checkpoints
+    from trainer.testing import smoke_config
+
+    output = tmp_path / "out"
+    set_aside_earlier_checkpoints(smoke_config(str(output), resume_from_checkpoint="false"))
+    assert not output.exists()  # nothing to set aside: no folder made
+    output.mkdir()
+    set_aside_earlier_checkpoints(smoke_config(str(output), resume_from_checkpoint="false"))
+    assert list(output.iterdir()) == []
+    for run in (1, 2, 3):
+        _checkpoints(output, 1, 2)
+        set_aside_earlier_checkpoints(smoke_config(str(output), resume_from_checkpoint="false"))
+        assert capsys.readouterr().err == (
+            f"maple train: the earlier run's 2 checkpoint(s) moved to {output / f'_earlier-run-{run}'}\n")
+    assert sorted(path.name for path in output.iterdir()) == ["_earlier-run-1", "_earlier-run-2", "_earlier-run-3"]
+    assert sorted(path.name for path in (output / "_earlier-run-3").iterdir()) == ["checkpoint-1", "checkpoint-2"]
+    _checkpoints(output, 3)
+    for value in (None, "true", str(output / "checkpoint-3")):  # only `false` sets a run aside
+        set_aside_earlier_checkpoints(smoke_config(str(output), resume_from_checkpoint=value))
+        assert (output / "checkpoint-3").is_dir()
+
+
+@pytest.mark.parametrize("given, read", [
+    (None, None), (False, "false"), ("False", "false"), ("NO", "false"), (0, "false"), ("0", "false"),
+    (True, "true"), ("TRUE", "true"), ("yes", "true"), (1, "true"), ("1", "true"), ("runs/x/checkpoint-2", "runs/x/checkpoint-2"),
+])
+def test_resume_from_checkpoint_reads_the_yaml_and_flag_spellings_of_true_and_false(given, read):
+    from types import SimpleNamespace
+
+    from trainer.cli import _resume_value
+
+    assert _resume_value(SimpleNamespace(resume_from_checkpoint=given)) == read
+
+
+def test_config_as_the_last_argument_asks_for_its_file(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--tiny", "dual_encoder", "--config"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "maple train: error: --config needs a YAML file\n"
+
+
+@pytest.mark.parametrize("content", [
+    "env:\n  MAPLE_TEST_CONFIG_ENV: 'set'\n",  # an `env:` mapping, set for the run
+    "save_total_limit: null\n",  # an optional number left unset
+    "learning_rate: 0.0001\nrpa_weight: 1\n",  # YAML's float for a float, an int for a float
+    "max_steps: 2.0\n",  # an integer written as a float
+])
+def test_a_good_config_file_is_accepted(tmp_path, monkeypatch, capsys, content):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MAPLE_TEST_CONFIG_ENV", raising=False)  # unset again after the test
+    (tmp_path / "train.yaml").write_text(content)
+    with pytest.raises(SystemExit) as exit_info:  # stopped by the next check, the dataset's
+        main(["--config", "train.yaml", "--tiny", "dual_encoder", "--dataset_name", "./missing", "--output_dir", "out"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "maple train: error: --dataset_name: no such folder: ./missing\n"
+    assert os.environ.get("MAPLE_TEST_CONFIG_ENV") == ("set" if "env:" in content else None)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("env: [TOKENIZERS_PARALLELISM]\n", "expected 'env' to be a mapping of environment variables, got ['TOKENIZERS_PARALLELISM']"),
+    ("max_steps: true\n", "max_steps: expected an integer, got True"),
+    ("rpa_weight: false\n", "rpa_weight: expected a number, got False"),
+])
+def test_a_config_value_of_the_wrong_kind_is_refused(tmp_path, capsys, content, message):
+    (tmp_path / "train.yaml").write_text(content)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(tmp_path / "train.yaml"), "--tiny", "dual_encoder", "--dataset_name", "x"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"maple train: error: {tmp_path / 'train.yaml'}: {message}\n"
