@@ -725,3 +725,95 @@ def test_a_config_value_of_the_wrong_kind_is_refused(tmp_path, capsys, content, 
         main(["--config", str(tmp_path / "train.yaml"), "--tiny", "dual_encoder", "--dataset_name", "x"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == f"maple train: error: {tmp_path / 'train.yaml'}: {message}\n"
+
+
+def test_one_data_file_or_one_saved_split_is_the_split_named_to_train_on(tmp_path):
+    """Its rows are `--dataset_train_split` (default "train"), whatever that is called; a file suffix in capitals is
+    read as well."""
+    from trainer.cli import load_preference_splits
+
+    synthetic_preference_dataset(4).to_parquet(tmp_path / "prefs.PARQUET")
+    synthetic_preference_dataset(4).save_to_disk(tmp_path / "saved")
+    for location in (tmp_path / "prefs.PARQUET", tmp_path / "saved"):
+        splits = load_preference_splits(DataArguments(dataset_name=str(location), dataset_train_split="judged"))
+        assert list(splits) == ["judged"] and splits["judged"].num_rows == 4, location
+
+
+def test_a_dataset_config_for_one_data_file_is_refused(tmp_path):
+    from trainer.cli import load_preference_splits
+
+    synthetic_preference_dataset(4).to_parquet(tmp_path / "prefs.parquet")
+    with pytest.raises(TrainingInputError) as refused:
+        load_preference_splits(DataArguments(dataset_name=str(tmp_path / "prefs.parquet"), dataset_config="paper"))
+    assert str(refused.value) == f"--dataset_config paper: {tmp_path / 'prefs.parquet'} is one dataset, without configs"
+
+
+def test_a_bad_row_of_the_test_split_is_reported_before_any_model_loads(tmp_path):
+    from trainer.cli import load_preference_splits
+
+    test = synthetic_preference_dataset(4, seed=1)
+    scores = [list(row) for row in test["txt2img_scores"]]
+    scores[1][0] = float("nan")
+    test = test.remove_columns("txt2img_scores").add_column("txt2img_scores", scores, feature=test.features["txt2img_scores"])
+    DatasetDict({"train": synthetic_preference_dataset(4), "test": test}).save_to_disk(tmp_path / "prefs")
+    arguments = DataArguments(dataset_name=str(tmp_path / "prefs"), dataset_test_split="test")
+    with pytest.raises(TrainingInputError, match=r"test dataset, row id 'scene-1': column 'txt2img_scores'\[0\] is nan"):
+        load_preference_splits(arguments)
+    with pytest.raises(TrainingInputError, match=r"has no split 'dev'; it has \['test', 'train'\]"):
+        load_preference_splits(DataArguments(dataset_name=str(tmp_path / "prefs"), dataset_test_split="dev"))
+
+
+def test_image_paths_relative_to_a_folder_of_data_files_are_found_in_it(tmp_path, monkeypatch):
+    from trainer.cli import load_preference_splits
+
+    folder = tmp_path / "prefs"
+    folder.mkdir()
+    table = _table_of_image_paths(folder)
+    table = table.map(lambda row: {"image": os.path.basename(row["image"]),
+                                   "candidate_images": [os.path.basename(path) for path in row["candidate_images"]]})
+    table.to_parquet(folder / "train.parquet")
+    monkeypatch.chdir(tmp_path)  # not the data's folder
+    splits = load_preference_splits(DataArguments(dataset_name=str(folder)))
+    assert splits["train"][0]["image"].size == splits["train"][0]["candidate_images"][0].size
+
+
+def test_image_paths_are_read_from_the_current_folder_first_and_a_missing_one_is_left_as_written(tmp_path, monkeypatch):
+    """The data file's folder is looked in only for a path the current folder does not have; a path found in
+    neither stays as written, for the error that names it."""
+    from datasets import Dataset, Image as ImageFeature, List, Value
+    from PIL import Image
+
+    from trainer.cli import _with_image_paths_read
+
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (4, 4)).save(tmp_path / "here.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "data" / "here.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "data" / "there.png")
+    rows = Dataset.from_dict({"image": ["here.png", "missing.png"], "candidate_images": [["there.png"], ["missing.png"]]})
+    for dtype in ("string", "large_string"):  # as pyarrow reads a parquet table's strings, either
+        table = rows.cast_column("image", Value(dtype))
+        located = _with_image_paths_read(table, str(tmp_path / "data"))
+        paths = located.cast_column("image", ImageFeature(decode=False)).cast_column(
+            "candidate_images", List(ImageFeature(decode=False)))
+        assert [row["image"]["path"] for row in paths] == ["here.png", "missing.png"], dtype
+        assert [row["candidate_images"][0]["path"] for row in paths] == [str(tmp_path / "data" / "there.png"), "missing.png"]
+        assert located[0]["image"].size == (4, 4) and located[0]["candidate_images"][0].size == (8, 8)
+
+
+def test_a_type_error_while_loading_without_model_init_kwargs_is_not_blamed_on_them(tmp_path, monkeypatch):
+    """A TypeError from loading is the user's only when --model_init_kwargs passed something on; otherwise it is a
+    fault to see whole, not a one-line error naming an option the user did not give."""
+    import modeling_maple
+
+    from trainer.cli import load_model_and_processor
+
+    def fail(*args, **kwargs):
+        raise TypeError("__init__() got an unexpected keyword argument 'foo'")
+
+    monkeypatch.setattr(modeling_maple, "load_maple", fail)
+    model_args = ModelArguments(model_name_or_path=str(tmp_path))
+    with pytest.raises(TypeError):
+        load_model_and_processor(model_args, RPAConfig(output_dir=str(tmp_path / "out")))
+    with pytest.raises(TrainingInputError, match="--model_init_kwargs: __init__"):
+        load_model_and_processor(model_args, RPAConfig(output_dir=str(tmp_path / "out"), model_init_kwargs={"foo": 1}))
