@@ -92,3 +92,39 @@ def test_atomic_writes_of_text_are_utf8_and_of_json_indented_by_two_unless_told(
     assert (tmp_path / "a.json").read_text() == '{\n  "r1": 1.0\n}'
     atomic_write_json(tmp_path / "b.json", {"r1": 1.0}, indent=None)
     assert json.loads((tmp_path / "b.json").read_text()) == {"r1": 1.0} and "\n" not in (tmp_path / "b.json").read_text()
+
+
+def test_a_command_gets_the_arguments_after_its_name_and_its_status_is_maples(monkeypatch):
+    module = __import__(cli.SUBCOMMANDS["eval"][0], fromlist=["main"])
+    received = []
+
+    def command(argv):
+        received.append(argv)
+        return status
+
+    monkeypatch.setattr(module, "main", command)
+    status = 2
+    assert cli.main(["eval", "some/model", "--out", "x"]) == 2
+    status = None  # a main that returns nothing succeeded
+    monkeypatch.setattr("sys.argv", ["maple", "eval", "--help"])
+    assert cli.main() == 0
+    assert received == [["some/model", "--out", "x"], ["--help"]]
+
+
+@pytest.mark.parametrize("argv", [[], ["-h"], ["--help"]])
+def test_no_command_or_help_prints_the_commands(argv, capsys):
+    assert cli.main(argv) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: maple ") and all(f"  {name}" in text for name in cli.SUBCOMMANDS)
+
+
+def test_help_lines_up_the_purposes_of_the_commands(capsys):
+    cli.main(["--help"])
+    lines = capsys.readouterr().out.splitlines()
+    columns = {line.index(purpose) for _, purpose in cli.SUBCOMMANDS.values() for line in lines if line.endswith(purpose)}
+    assert len(columns) == 1 and columns.pop() > max(map(len, cli.SUBCOMMANDS)) + 2
+
+
+def test_the_version_of_a_package_run_without_being_installed_says_so(monkeypatch):
+    monkeypatch.setattr(cli, "DISTRIBUTION", "maple-embed-not-installed")
+    assert cli.version() == "unknown (maple-embed-not-installed is not installed)"
