@@ -177,6 +177,8 @@ def test_bad_arguments_are_reported_in_one_line(capsys, argv, message):
         # argparse converted these and named the flag, not the file (found by a user-journey review)
         ("max_steps: ten\n", "{path}: max_steps: invalid int value: 'ten'"),
         ("rpa_loss: ranked\n", "{path}: rpa_loss: invalid choice 'ranked' (choose from 'listwise', 'pairwise')"),
+        # an option of several types (int or str) is no number option: RPAConfig's refusal says why it is refused
+        ("pad_to_multiple_of: 8.5\n", "pad_to_multiple_of=8.5 configures DPO's token collator, which RPATrainer does not use"),
     ],
 )
 def test_a_bad_config_file_is_reported_in_one_line_naming_it(tmp_path, capsys, content, message):
