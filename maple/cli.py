@@ -27,7 +27,8 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     then), a flag's False, an empty list, or a help text that names its default itself."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        silent = action.default in (None, False, []) or "default" in (action.help or "")
+        # `is`, not `in (None, False, [])`: a default of 0 equals False and was hidden
+        silent = action.default is None or action.default is False or action.default == [] or "default" in (action.help or "")
         return action.help if silent else super()._get_help_string(action)
 
 

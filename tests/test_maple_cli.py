@@ -92,3 +92,78 @@ def test_atomic_writes_of_text_are_utf8_and_of_json_indented_by_two_unless_told(
     assert (tmp_path / "a.json").read_text() == '{\n  "r1": 1.0\n}'
     atomic_write_json(tmp_path / "b.json", {"r1": 1.0}, indent=None)
     assert json.loads((tmp_path / "b.json").read_text()) == {"r1": 1.0} and "\n" not in (tmp_path / "b.json").read_text()
+
+
+def test_a_command_gets_the_arguments_after_its_name_and_its_status_is_maples(monkeypatch):
+    module = __import__(cli.SUBCOMMANDS["eval"][0], fromlist=["main"])
+    received = []
+
+    def command(argv):
+        received.append(argv)
+        return status
+
+    monkeypatch.setattr(module, "main", command)
+    status = 2
+    assert cli.main(["eval", "some/model", "--out", "x"]) == 2
+    status = None  # a main that returns nothing succeeded
+    monkeypatch.setattr("sys.argv", ["maple", "eval", "--help"])
+    assert cli.main() == 0
+    assert received == [["some/model", "--out", "x"], ["--help"]]
+
+
+@pytest.mark.parametrize("argv", [[], ["-h"], ["--help"]])
+def test_no_command_or_help_prints_the_commands(argv, capsys):
+    assert cli.main(argv) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: maple ") and all(f"  {name}" in text for name in cli.SUBCOMMANDS)
+
+
+def test_help_lines_up_the_purposes_of_the_commands(capsys):
+    cli.main(["--help"])
+    lines = capsys.readouterr().out.splitlines()
+    columns = {line.index(purpose) for _, purpose in cli.SUBCOMMANDS.values() for line in lines if line.endswith(purpose)}
+    assert len(columns) == 1 and columns.pop() > max(map(len, cli.SUBCOMMANDS)) + 2
+
+
+def test_the_version_of_a_package_run_without_being_installed_says_so(monkeypatch):
+    monkeypatch.setattr(cli, "DISTRIBUTION", "maple-embed-not-installed")
+    assert cli.version() == "unknown (maple-embed-not-installed is not installed)"
+
+
+def test_help_shows_each_default_but_none_false_an_empty_list_or_one_the_help_names():
+    """A default of 0 was hidden as well (0 == False): `maple build-preferences --help` showed no default for --seed."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="maple x", formatter_class=cli.DefaultsHelpFormatter)
+    parser.add_argument("--size", type=int, default=3, help="cells per row (default: 3, or 4 for hexagons)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--scale", type=float, default=0.0, help="noise scale")
+    parser.add_argument("--name", default="out", help="run name")
+    parser.add_argument("--fast", action="store_true", help="skip checks")
+    parser.add_argument("--model", default=None, help="model id")
+    parser.add_argument("--tags", nargs="*", default=[], help="tags")
+    help_text = " ".join(parser.format_help().split())
+    for shown in ("cells per row (default: 3, or 4 for hexagons) --seed", "random seed (default: 0)",
+                  "noise scale (default: 0.0)", "run name (default: out)", "skip checks --model", "model id --tags"):
+        assert shown in help_text, shown
+    assert help_text.endswith("tags")
+
+
+def test_a_positive_number_option_names_its_type_in_argparses_error(capsys):
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="maple x")
+    parser.add_argument("--count", type=cli.positive(int))
+    parser.add_argument("--rate", type=cli.positive(float))
+    assert (parser.parse_args(["--count", "2", "--rate", "0.5"]).count, parser.parse_args(["--rate", "0.5"]).rate) == (2, 0.5)
+    for option, value, type_name in (("--count", "two", "int"), ("--rate", "fast", "float")):
+        with pytest.raises(SystemExit):
+            parser.parse_args([option, value])
+        assert capsys.readouterr().err.endswith(f"argument {option}: invalid {type_name} value: '{value}'\n")
+
+
+def test_a_device_this_machine_has_is_returned_as_torch_names_it(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [cli.checked_device(name) for name in ("cuda", "cuda:1", "cpu")] == ["cuda", "cuda:1", "cpu"]

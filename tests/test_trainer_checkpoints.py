@@ -418,3 +418,11 @@ def test_run_checkpoints_are_the_checkpoint_folders_by_step(tmp_path):
     assert last_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-10")
     assert run_checkpoints(str(tmp_path / "missing")) == [] and last_complete_checkpoint(str(tmp_path / "missing")) is None
     assert run_checkpoints(str(tmp_path / "checkpoint-11")) == []  # a file, not a run folder
+
+
+def test_a_checkpoint_refusing_a_resume_names_every_value_that_differs(tmp_path):
+    _save_recipe(tmp_path, training_recipe(smoke_config(str(tmp_path)), lora=None))
+    with pytest.raises(ValueError) as refused:
+        check_recipe(str(tmp_path), smoke_config(str(tmp_path), rpa_weight=0.9, seed=1), lora_recipe(r=4, lora_alpha=8))
+    assert f"{tmp_path} was trained with another recipe (rpa_weight: 0.5 -> 0.9; seed: 0 -> 1; lora: None -> " \
+           "{'r': 4, 'lora_alpha': 8}): resume with its settings, or start a new run in another output_dir" == str(refused.value)

@@ -177,6 +177,8 @@ def test_bad_arguments_are_reported_in_one_line(capsys, argv, message):
         # argparse converted these and named the flag, not the file (found by a user-journey review)
         ("max_steps: ten\n", "{path}: max_steps: invalid int value: 'ten'"),
         ("rpa_loss: ranked\n", "{path}: rpa_loss: invalid choice 'ranked' (choose from 'listwise', 'pairwise')"),
+        # an option of several types (int or str) is no number option: RPAConfig's refusal says why it is refused
+        ("pad_to_multiple_of: 8.5\n", "pad_to_multiple_of=8.5 configures DPO's token collator, which RPATrainer does not use"),
     ],
 )
 def test_a_bad_config_file_is_reported_in_one_line_naming_it(tmp_path, capsys, content, message):
@@ -511,3 +513,309 @@ def test_resuming_another_models_checkpoint_is_a_one_line_error(tmp_path, capsys
     error = capsys.readouterr().err.splitlines()[-1]
     assert error.startswith(f"maple train: error: {tmp_path / 'out' / 'checkpoint-1'} was trained with another recipe "
                             "(model: {'backbone': 'dual_encoder'")
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"lora_r": 1.5}, "lora_r is a rank and must be an integer >= 1, got 1.5"),
+    ({"lora_alpha": 0}, "lora_alpha must be > 0, got 0"),
+    ({"lora_dropout": 1}, "lora_dropout is a probability and must be in [0, 1), got 1"),
+])
+def test_lora_settings_outside_their_range_are_refused(settings, message):
+    """From Python or a YAML value, as from a flag: a rank of 1.5, a scaling of 0 (adapters that change nothing) or a
+    dropout of 1 (every input dropped)."""
+    with pytest.raises(ValueError) as refused:
+        ModelArguments(tiny="dual_encoder", **settings)
+    assert str(refused.value) == message
+
+
+def test_lora_settings_at_the_ends_of_their_range_are_accepted():
+    arguments = ModelArguments(tiny="dual_encoder", lora_r=1, lora_alpha=0.5, lora_dropout=0)
+    assert (arguments.lora_r, arguments.lora_alpha, arguments.lora_dropout) == (1, 0.5, 0)
+
+
+def test_a_config_path_holding_an_equals_sign_is_read_whole(tmp_path, capsys):
+    """`--config=runs/lr=1e-4.yaml`: only the first '=' separates the option from its value."""
+    config = tmp_path / "lr=1e-4.yaml"
+    config.write_text("not_an_option: 3\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main([f"--config={config}", "--tiny", "dual_encoder", "--dataset_name", "x"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith(f"maple train: error: {config}: unknown key 'not_an_option'")
+
+
+def test_loading_options_reach_a_model_given_by_name(tmp_path, monkeypatch):
+    """--backbone and --trust_remote_code are refused with --tiny only: they are how a --model_name_or_path loads."""
+    synthetic_preference_dataset(4).save_to_disk(tmp_path / "prefs")
+    (tmp_path / "clip").mkdir()
+    loaded = []
+
+    def load(model_args, training_args):
+        loaded.append((model_args.model_name_or_path, model_args.backbone, training_args.trust_remote_code))
+        raise TrainingInputError("stop here")
+
+    monkeypatch.setattr("trainer.cli.load_model_and_processor", load)
+    with pytest.raises(SystemExit):
+        main(["--model_name_or_path", str(tmp_path / "clip"), "--backbone", "dual_encoder", "--trust_remote_code", "true",
+              "--dataset_name", str(tmp_path / "prefs"), "--output_dir", str(tmp_path / "out")])
+    assert loaded == [(str(tmp_path / "clip"), "dual_encoder", True)]
+
+
+def test_a_checkpoint_of_another_recipe_is_refused_before_the_dataset_and_the_model_load(tmp_path, monkeypatch, capsys):
+    """The recipe of the checkpoint is checked once before any loading (the model's part once the model has loaded):
+    a 7B model and its dataset were loaded only to be refused for another --rpa_weight."""
+    checkpoint = tmp_path / "out" / "checkpoint-3"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text("{}")
+    (checkpoint / "rpa_recipe.json").write_text(json.dumps({"rpa_weight": 0.9}))
+    synthetic_preference_dataset(4).save_to_disk(tmp_path / "prefs")
+    capsys.readouterr()
+    monkeypatch.setattr("trainer.cli.load_preference_splits", lambda *args: pytest.fail("the dataset was loaded"))
+    monkeypatch.setattr("trainer.cli.load_model_and_processor", lambda *args: pytest.fail("the model was loaded"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--tiny", "dual_encoder", "--dataset_name", str(tmp_path / "prefs"), "--output_dir", str(tmp_path / "out"),
+              "--rpa_weight", "0.5", "--resume_from_checkpoint", "true"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith(
+        f"maple train: error: {checkpoint} was trained with another recipe (rpa_weight: 0.9 -> 0.5)")
+
+
+def test_an_error_of_several_lines_from_building_the_trainer_is_one_line(tmp_path, monkeypatch, capsys):
+    """transformers words some of the errors it raises for the options it checks late over several lines, or ends
+    them with a space."""
+    synthetic_preference_dataset(4).save_to_disk(tmp_path / "prefs")
+
+    def refuse(*args, **kwargs):
+        raise ValueError("these options do not fit:\n- one\n-   another ")
+
+    monkeypatch.setattr("trainer.rpa_trainer.RPATrainer", refuse)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--tiny", "dual_encoder", "--dataset_name", str(tmp_path / "prefs"), "--output_dir", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1:] == ["maple train: error: these options do not fit: - one - another"]
+
+
+def test_an_error_of_several_lines_from_checking_the_options_is_one_line(capsys):
+    """transformers words its check of --load_best_model_at_end over three lines, which came out as three lines of
+    `maple train: error:` output, unlike every other error of the command."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--tiny", "dual_encoder", "--dataset_name", "x", "--load_best_model_at_end", "true", "--save_strategy", "steps"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith("maple train: error: --load_best_model_at_end requires the save and eval strategy to match")
+    assert error.count("\n") == 1, error
+
+
+def test_the_judge_is_read_from_stats_json_in_the_data_folder_or_above_it(tmp_path):
+    """`--dataset_name OUT/work` (the folder holding stats.json) or one shard in it, as well as OUT/work/shards;
+    a stats.json that does not name the judge as a string records none."""
+    from trainer.cli import preference_judge
+
+    shards = tmp_path / "work" / "shards"
+    shards.mkdir(parents=True)
+    (shards / "shard-000000-000004.parquet").write_bytes(b"")
+    stats = tmp_path / "work" / "stats.json"
+    stats.write_text(json.dumps({"judge": "Qwen/Qwen2-VL-7B-Instruct"}))
+    for location in (tmp_path / "work", shards, shards / "shard-000000-000004.parquet"):
+        assert preference_judge(str(location)) == "Qwen/Qwen2-VL-7B-Instruct", location
+    for content in ('{"judge": 3}', '["Qwen/Qwen2-VL-7B-Instruct"]', "{not json"):
+        stats.write_text(content)
+        assert preference_judge(str(tmp_path / "work")) is None, content
+
+
+def _checkpoints(output_dir, *steps, complete=True):
+    for step in steps:
+        (output_dir / f"checkpoint-{step}").mkdir(parents=True)
+        if complete:
+            (output_dir / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+
+
+def test_the_checkpoint_to_resume_is_the_last_by_step_and_only_later_partial_ones_are_named(tmp_path, capsys):
+    from trainer.cli import checkpoint_to_resume
+    from trainer.testing import smoke_config
+
+    output = tmp_path / "out"
+    _checkpoints(output, 9, 10, 2)
+    with pytest.raises(TrainingInputError, match=r"holds checkpoints of an earlier run \(the last: checkpoint-10\)"):
+        checkpoint_to_resume(smoke_config(str(output)))
+    _checkpoints(output, 12, 14, complete=False)
+    assert checkpoint_to_resume(smoke_config(str(output), resume_from_checkpoint="true")) == str(output / "checkpoint-10")
+    named = [line.split()[2] for line in capsys.readouterr().err.splitlines()]
+    assert named == [str(output / "checkpoint-12"), str(output / "checkpoint-14")]  # not the one resumed
+    assert checkpoint_to_resume(smoke_config(str(output), resume_from_checkpoint="false")) is None
+    given = str(output / "checkpoint-9")
+    assert checkpoint_to_resume(smoke_config(str(output), resume_from_checkpoint=given)) == given
+
+
+def test_a_resume_folder_that_does_not_exist_is_called_that(tmp_path):
+    from trainer.cli import checkpoint_to_resume
+    from trainer.testing import smoke_config
+
+    missing = str(tmp_path / "out" / "checkpoint-7")
+    with pytest.raises(TrainingInputError) as refused:
+        checkpoint_to_resume(smoke_config(str(tmp_path / "out"), resume_from_checkpoint=missing))
+    assert str(refused.value) == f"--resume_from_checkpoint: no such folder: {missing}"
+
+
+def test_training_from_scratch_sets_each_earlier_run_aside_in_a_folder_of_its_own(tmp_path, capsys):
+    from trainer.cli import set_aside_earlier_checkpoints
+    from trainer.testing import smoke_config
+
+    output = tmp_path / "out"
+    set_aside_earlier_checkpoints(smoke_config(str(output), resume_from_checkpoint="false"))
+    assert not output.exists()  # nothing to set aside: no folder made
+    output.mkdir()
+    set_aside_earlier_checkpoints(smoke_config(str(output), resume_from_checkpoint="false"))
+    assert list(output.iterdir()) == []
+    for run in (1, 2, 3):
+        _checkpoints(output, 1, 2)
+        set_aside_earlier_checkpoints(smoke_config(str(output), resume_from_checkpoint="false"))
+        assert capsys.readouterr().err == (
+            f"maple train: the earlier run's 2 checkpoint(s) moved to {output / f'_earlier-run-{run}'}\n")
+    assert sorted(path.name for path in output.iterdir()) == ["_earlier-run-1", "_earlier-run-2", "_earlier-run-3"]
+    assert sorted(path.name for path in (output / "_earlier-run-3").iterdir()) == ["checkpoint-1", "checkpoint-2"]
+    _checkpoints(output, 3)
+    for value in (None, "true", str(output / "checkpoint-3")):  # only `false` sets a run aside
+        set_aside_earlier_checkpoints(smoke_config(str(output), resume_from_checkpoint=value))
+        assert (output / "checkpoint-3").is_dir()
+
+
+@pytest.mark.parametrize("given, read", [
+    (None, None), (False, "false"), ("False", "false"), ("NO", "false"), (0, "false"), ("0", "false"),
+    (True, "true"), ("TRUE", "true"), ("yes", "true"), (1, "true"), ("1", "true"), ("runs/x/checkpoint-2", "runs/x/checkpoint-2"),
+])
+def test_resume_from_checkpoint_reads_the_yaml_and_flag_spellings_of_true_and_false(given, read):
+    from types import SimpleNamespace
+
+    from trainer.cli import _resume_value
+
+    assert _resume_value(SimpleNamespace(resume_from_checkpoint=given)) == read
+
+
+def test_config_as_the_last_argument_asks_for_its_file(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--tiny", "dual_encoder", "--config"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "maple train: error: --config needs a YAML file\n"
+
+
+@pytest.mark.parametrize("content", [
+    "env:\n  MAPLE_TEST_CONFIG_ENV: 'set'\n",  # an `env:` mapping, set for the run
+    "save_total_limit: null\n",  # an optional number left unset
+    "learning_rate: 0.0001\nrpa_weight: 1\n",  # YAML's float for a float, an int for a float
+    "max_steps: 2.0\n",  # an integer written as a float
+])
+def test_a_good_config_file_is_accepted(tmp_path, monkeypatch, capsys, content):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MAPLE_TEST_CONFIG_ENV", raising=False)  # unset again after the test
+    (tmp_path / "train.yaml").write_text(content)
+    with pytest.raises(SystemExit) as exit_info:  # stopped by the next check, the dataset's
+        main(["--config", "train.yaml", "--tiny", "dual_encoder", "--dataset_name", "./missing", "--output_dir", "out"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "maple train: error: --dataset_name: no such folder: ./missing\n"
+    assert os.environ.get("MAPLE_TEST_CONFIG_ENV") == ("set" if "env:" in content else None)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("env: [TOKENIZERS_PARALLELISM]\n", "expected 'env' to be a mapping of environment variables, got ['TOKENIZERS_PARALLELISM']"),
+    ("max_steps: true\n", "max_steps: expected an integer, got True"),
+    ("rpa_weight: false\n", "rpa_weight: expected a number, got False"),
+])
+def test_a_config_value_of_the_wrong_kind_is_refused(tmp_path, capsys, content, message):
+    (tmp_path / "train.yaml").write_text(content)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(tmp_path / "train.yaml"), "--tiny", "dual_encoder", "--dataset_name", "x"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"maple train: error: {tmp_path / 'train.yaml'}: {message}\n"
+
+
+def test_one_data_file_or_one_saved_split_is_the_split_named_to_train_on(tmp_path):
+    """Its rows are `--dataset_train_split` (default "train"), whatever that is called; a file suffix in capitals is
+    read as well."""
+    from trainer.cli import load_preference_splits
+
+    synthetic_preference_dataset(4).to_parquet(tmp_path / "prefs.PARQUET")
+    synthetic_preference_dataset(4).save_to_disk(tmp_path / "saved")
+    for location in (tmp_path / "prefs.PARQUET", tmp_path / "saved"):
+        splits = load_preference_splits(DataArguments(dataset_name=str(location), dataset_train_split="judged"))
+        assert list(splits) == ["judged"] and splits["judged"].num_rows == 4, location
+
+
+def test_a_dataset_config_for_one_data_file_is_refused(tmp_path):
+    from trainer.cli import load_preference_splits
+
+    synthetic_preference_dataset(4).to_parquet(tmp_path / "prefs.parquet")
+    with pytest.raises(TrainingInputError) as refused:
+        load_preference_splits(DataArguments(dataset_name=str(tmp_path / "prefs.parquet"), dataset_config="paper"))
+    assert str(refused.value) == f"--dataset_config paper: {tmp_path / 'prefs.parquet'} is one dataset, without configs"
+
+
+def test_a_bad_row_of_the_test_split_is_reported_before_any_model_loads(tmp_path):
+    from trainer.cli import load_preference_splits
+
+    test = synthetic_preference_dataset(4, seed=1)
+    scores = [list(row) for row in test["txt2img_scores"]]
+    scores[1][0] = float("nan")
+    test = test.remove_columns("txt2img_scores").add_column("txt2img_scores", scores, feature=test.features["txt2img_scores"])
+    DatasetDict({"train": synthetic_preference_dataset(4), "test": test}).save_to_disk(tmp_path / "prefs")
+    arguments = DataArguments(dataset_name=str(tmp_path / "prefs"), dataset_test_split="test")
+    with pytest.raises(TrainingInputError, match=r"test dataset, row id 'scene-1': column 'txt2img_scores'\[0\] is nan"):
+        load_preference_splits(arguments)
+    with pytest.raises(TrainingInputError, match=r"has no split 'dev'; it has \['test', 'train'\]"):
+        load_preference_splits(DataArguments(dataset_name=str(tmp_path / "prefs"), dataset_test_split="dev"))
+
+
+def test_image_paths_relative_to_a_folder_of_data_files_are_found_in_it(tmp_path, monkeypatch):
+    from trainer.cli import load_preference_splits
+
+    folder = tmp_path / "prefs"
+    folder.mkdir()
+    table = _table_of_image_paths(folder)
+    table = table.map(lambda row: {"image": os.path.basename(row["image"]),
+                                   "candidate_images": [os.path.basename(path) for path in row["candidate_images"]]})
+    table.to_parquet(folder / "train.parquet")
+    monkeypatch.chdir(tmp_path)  # not the data's folder
+    splits = load_preference_splits(DataArguments(dataset_name=str(folder)))
+    assert splits["train"][0]["image"].size == splits["train"][0]["candidate_images"][0].size
+
+
+def test_image_paths_are_read_from_the_current_folder_first_and_a_missing_one_is_left_as_written(tmp_path, monkeypatch):
+    """The data file's folder is looked in only for a path the current folder does not have; a path found in
+    neither stays as written, for the error that names it."""
+    from datasets import Dataset, Image as ImageFeature, List, Value
+    from PIL import Image
+
+    from trainer.cli import _with_image_paths_read
+
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (4, 4)).save(tmp_path / "here.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "data" / "here.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "data" / "there.png")
+    rows = Dataset.from_dict({"image": ["here.png", "missing.png"], "candidate_images": [["there.png"], ["missing.png"]]})
+    for dtype in ("string", "large_string"):  # as pyarrow reads a parquet table's strings, either
+        table = rows.cast_column("image", Value(dtype))
+        located = _with_image_paths_read(table, str(tmp_path / "data"))
+        paths = located.cast_column("image", ImageFeature(decode=False)).cast_column(
+            "candidate_images", List(ImageFeature(decode=False)))
+        assert [row["image"]["path"] for row in paths] == ["here.png", "missing.png"], dtype
+        assert [row["candidate_images"][0]["path"] for row in paths] == [str(tmp_path / "data" / "there.png"), "missing.png"]
+        assert located[0]["image"].size == (4, 4) and located[0]["candidate_images"][0].size == (8, 8)
+
+
+def test_a_type_error_while_loading_without_model_init_kwargs_is_not_blamed_on_them(tmp_path, monkeypatch):
+    """A TypeError from loading is the user's only when --model_init_kwargs passed something on; otherwise it is a
+    fault to see whole, not a one-line error naming an option the user did not give."""
+    import modeling_maple
+
+    from trainer.cli import load_model_and_processor
+
+    def fail(*args, **kwargs):
+        raise TypeError("__init__() got an unexpected keyword argument 'foo'")
+
+    monkeypatch.setattr(modeling_maple, "load_maple", fail)
+    model_args = ModelArguments(model_name_or_path=str(tmp_path))
+    with pytest.raises(TypeError):
+        load_model_and_processor(model_args, RPAConfig(output_dir=str(tmp_path / "out")))
+    with pytest.raises(TrainingInputError, match="--model_init_kwargs: __init__"):
+        load_model_and_processor(model_args, RPAConfig(output_dir=str(tmp_path / "out"), model_init_kwargs={"foo": 1}))

@@ -153,9 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     _check_config_file(parser, argv)
     try:
         model_args, data_args, training_args = parser.parse_args_and_config(argv)
-    # the dataclasses' own checks (e.g. RPAConfig's rejected settings); TypeError: a YAML value of the wrong type
+    # the dataclasses' own checks (e.g. RPAConfig's rejected settings; transformers words some over several lines);
+    # TypeError: a YAML value of the wrong type
     except (ValueError, TypeError) as error:
-        parser.error(str(error))
+        parser.error(" ".join(str(error).split()))
     if (model_args.model_name_or_path is None) == (model_args.tiny is None):
         parser.error("give exactly one of --model_name_or_path and --tiny")
     loading_options = {"--backbone": model_args.backbone, "--model_init_kwargs": training_args.model_init_kwargs,
