@@ -9,12 +9,13 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from hub_server import run_client
 from isolated import run_isolated
 
-from maple.demo.cli import main
+from maple.demo.cli import build_parser, main
 from maple.demo.pipeline import METHODS
 from maple.demo.report import HEADLINE_METRICS
 
@@ -744,5 +745,6 @@ def test_the_command_passes_every_option_to_the_run_and_prints_its_summary(tmp_p
         True,
     )
     assert json.loads((tmp_path / "options" / "run.json").read_text())["seeds"] == [4]  # claimed before the run
+    assert build_parser().parse_args([]).out == Path("demo_out")  # `make demo`'s folder
     assert DemoConfig(out=tmp_path).seeds == (0, 1, 2) and DemoConfig(out=tmp_path).judge_noise == 0.3
     assert DemoConfig(out=tmp_path).rpa_weight == 0.5 and DemoConfig(out=tmp_path).learning_rate == 1e-3
