@@ -3,12 +3,19 @@ bad input refused before any work, and a push to a (local) Hub."""
 
 import argparse
 import json
+import math
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from hub_server import run_client
 from isolated import run_isolated
 
-from maple.demo.cli import main
+from maple.demo.cli import build_parser, main
 from maple.demo.pipeline import METHODS
 from maple.demo.report import HEADLINE_METRICS
 
@@ -39,6 +46,10 @@ def test_plots_cards_and_dataset_are_written(demo_out):
         assert (demo_out / plot).read_bytes().startswith(b"\x89PNG")
     card = (demo_out / "maple-model" / "README.md").read_text()
     assert "model-index" in card and "group_score" in card and "scene-graph judge" in card
+    # both retrieval directions and every category of the quadruples
+    assert all(f"- type: {metric}" in card for metric in ("i2t_r1", "t2i_r1", "i2t_r5", "t2i_r5"))
+    assert all(f"config: {category}" in card for category in ("replace", "swap", "add"))
+    assert "`../preferences/data` (a local folder)" in card
     assert (demo_out / "preferences" / "README.md").exists()
     import datasets
 
@@ -46,6 +57,45 @@ def test_plots_cards_and_dataset_are_written(demo_out):
     row = preferences[0]
     assert len(row["candidate_images"]) == 4 and len(row["txt2img_scores"]) == 4
     assert row["img2txt_scores"][0] == max(row["img2txt_scores"])  # the true caption is preferred
+    # the paper's pool: the anchor caption and 5 captions of its hard negatives
+    assert all(len(texts) == 6 for texts in preferences["candidate_texts"])
+    assert row["candidate_texts"][0] == row["caption"] and len(row["img2txt_scores"]) == 6
+    assert not (demo_out / "preferences" / "cache").exists()  # the builder's cache is removed once the data is saved
+
+
+def test_the_base_model_has_the_documented_architecture_and_log(demo_out):
+    """docs/demo.md: CLIP ViT and BERT towers of 4 layers, width 64, patch 6 on 48 px, mean pooling, a 64-d space,
+    64 text positions; the base model's log history is kept, a loss logged every step of the quick budget's 20."""
+    config = json.loads((demo_out / "base" / "config.json").read_text())
+    vision, text = config["vision_config"], config["text_config"]
+    assert (config["backbone"], config["pooling"], config["projection_dim"]) == ("dual_encoder", "mean", 64)
+    assert {key: vision[key] for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                                         "image_size", "patch_size")} == {
+        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "image_size": 48,
+        "patch_size": 6}
+    assert {key: text[key] for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                                       "max_position_embeddings")} == {
+        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
+        "max_position_embeddings": 64}
+    assert json.loads((demo_out / "base" / "tokenizer_config.json").read_text())["model_max_length"] == 64
+    log = json.loads((demo_out / "base" / "log_history.json").read_text())
+    assert [entry["step"] for entry in log if "loss" in entry] == list(range(1, 21))
+
+
+def test_the_exported_test_sets_are_the_first_items_of_the_world_s_held_out_sets(demo_out):
+    import datasets
+
+    from maple.demo.pipeline import QUICK
+    from maple.demo.world import CATEGORIES, WorldConfig, build_world
+
+    world = build_world(WorldConfig(seed=0, n_train_families=QUICK.train_families))
+    retrieval = datasets.Dataset.from_parquet(str(demo_out / "test_sets" / "retrieval.parquet"))
+    assert retrieval["caption"] == [[example.caption] for example in world.retrieval[:60]]
+    quadruples = datasets.Dataset.from_parquet(str(demo_out / "test_sets" / "quadruples.parquet"))
+    expected = [quad for category in CATEGORIES for quad in [q for q in world.quadruples if q.category == category][:20]]
+    assert quadruples["caption"] == [quad.first.caption for quad in expected]
+    assert quadruples["negative_caption"] == [quad.second.caption for quad in expected]
+    assert quadruples["type"] == [category for category in CATEGORIES for _ in range(20)]
 
 
 def test_maple_eval_on_the_exported_test_sets_scores_the_checkpoint_as_the_demo_did(demo_out, tmp_path, monkeypatch):
@@ -87,16 +137,45 @@ def test_a_rerun_resumes_without_redoing_finished_stages(demo_out):
     from transformers.utils import logging as transformers_logging
 
     result_files = sorted((demo_out / "runs").glob("*/result.json"))
-    stamps = [path.stat().st_mtime_ns for path in result_files + [demo_out / "base" / "model.safetensors"]]
+    checkpoints = [demo_out / "base" / "model.safetensors", *sorted((demo_out / "test_sets").glob("*.parquet"))]
+    stamps = [path.stat().st_mtime_ns for path in result_files + checkpoints]
     first_timings = json.loads((demo_out / "timings.json").read_text())
     assert main(["--out", str(demo_out), *QUICK]) == 0
-    assert [path.stat().st_mtime_ns for path in result_files + [demo_out / "base" / "model.safetensors"]] == stamps
+    assert [path.stat().st_mtime_ns for path in result_files + checkpoints] == stamps
     # --no-progress left the libraries' bars off for the rest of the process (a later test expecting them failed)
     assert transformers_logging.is_progress_bar_enabled() and not datasets.are_progress_bars_disabled()
     # the stages the rerun skipped keep the times of the run that did them
     timings = json.loads((demo_out / "timings.json").read_text())
-    for stage in ("base model", "preferences", "fine-tuning and evaluation"):
+    for stage in ("test sets", "base model", "preferences", "fine-tuning and evaluation"):
         assert timings[stage] == first_timings[stage]
+    markdown = (demo_out / "results.md").read_text()  # its table of times too, not only the stages the rerun did
+    assert all(f"| {stage} | {seconds:.0f} |" in markdown for stage, seconds in timings.items()), markdown
+
+
+def test_the_report_of_several_seeds_publishes_the_first_seed_s_maple_model_and_card(demo_out, tmp_path):
+    """The runs of a second seed added to a finished folder: the report covers both seeds, and the published
+    checkpoint and its card are the first seed's (only that seed's model is kept)."""
+    import shutil
+
+    from maple.demo.pipeline import DemoConfig, run_demo
+
+    out = tmp_path / "out"
+    shutil.copytree(demo_out, out, ignore=shutil.ignore_patterns("maple-model"))
+    config = DemoConfig(out=out, seeds=(0, 1), quick=True, progress=False, workers=1)
+    (out / "run.json").write_text(json.dumps(config.identity()))
+    for method in METHODS:
+        result = json.loads((out / "runs" / f"{method}-seed0" / "result.json").read_text())
+        result["group_score"] += 10.0
+        (out / "runs" / f"{method}-seed1").mkdir()
+        (out / "runs" / f"{method}-seed1" / "result.json").write_text(json.dumps(result))
+    result = run_demo(config)
+    assert result.num_seeds == 2
+    first = json.loads((out / "runs" / "maple-seed0" / "result.json").read_text())["group_score"]
+    assert result.summary["maple"]["group_score"]["mean"] == pytest.approx(first + 5.0)
+    card = (out / "maple-model" / "README.md").read_text()
+    assert f"- type: group_score\n      value: {round(first, 2)}\n" in card
+    assert (out / "maple-model" / "model.safetensors").read_bytes() == (
+        out / "runs" / "maple-seed0" / "model" / "model.safetensors").read_bytes()
 
 
 def test_an_interrupted_run_keeps_the_times_of_the_stages_it_finished(demo_out, tmp_path, monkeypatch):
@@ -116,9 +195,9 @@ def test_an_interrupted_run_keeps_the_times_of_the_stages_it_finished(demo_out, 
     assert set(json.loads((copy / "timings.json").read_text())) == {"world", "base model"}
 
 
-def test_runs_in_worker_processes_equal_a_run_in_this_process(demo_out, tmp_path):
+def test_runs_in_worker_processes_equal_a_run_in_this_process(demo_out, tmp_path, capfd):
     """The fixture's runs were trained two at a time in worker processes; redoing one here, serially,
-    gives the same numbers."""
+    gives the same numbers; without progress bars, the run prints no bar and no log line."""
     import shutil
 
     from maple.demo.pipeline import DemoConfig, _finetune_all
@@ -126,11 +205,87 @@ def test_runs_in_worker_processes_equal_a_run_in_this_process(demo_out, tmp_path
     copy = tmp_path / "copy"
     shutil.copytree(demo_out, copy, ignore=shutil.ignore_patterns("runs"))
     config = DemoConfig(out=copy, seeds=(0,), quick=True, progress=False, workers=1)
+    capfd.readouterr()
     _finetune_all(config, [("maple", 0)])
+    printed = "".join(capfd.readouterr())  # the libraries' loading bars are the command's to hide, not checked here
+    assert not re.search(r"\b[0-5]/5 \[", printed), printed  # the bar of the run's 5 training steps
+    assert "'loss'" not in printed and "fine-tuning runs" not in printed, printed
     serial, parallel = (json.loads((out / "runs" / "maple-seed0" / "result.json").read_text()) for out in (copy, demo_out))
     for metric in ("group_score", "text_score", "image_score", "i2t_r1", "t2i_r1"):
         assert serial[metric] == pytest.approx(parallel[metric], abs=1e-6)
     assert serial["log_history"][-1]["train_loss"] == pytest.approx(parallel["log_history"][-1]["train_loss"], rel=1e-5)
+
+
+def test_training_runs_rpa_trainer_with_the_given_budget_and_quiet_without_progress(tmp_path, monkeypatch):
+    import trainer
+    from transformers import PrinterCallback
+
+    from maple.demo.pipeline import train
+
+    trainers = []
+
+    class Trainer:
+        def __init__(self, model, args, train_dataset, processing_class):
+            self.args, self.train_dataset, self.removed, self.trained = args, train_dataset, [], False
+            trainers.append(self)
+
+        def remove_callback(self, callback):
+            self.removed.append(callback)
+
+        def train(self):
+            self.trained = True
+
+    monkeypatch.setattr(trainer, "RPATrainer", Trainer)
+    options = {"steps": 150, "batch_size": 32, "learning_rate": 1e-3, "rpa_weight": 0.5, "expand_negatives": True,
+               "seed": 7, "num_text_candidates": 4}
+    quiet = train("model", "processor", "data", tmp_path / "run", progress=False, **options)
+    assert trainers == [quiet] and quiet.trained and quiet.train_dataset == "data"
+    args = quiet.args
+    assert (args.output_dir, args.max_steps, args.per_device_train_batch_size, args.learning_rate, args.weight_decay) == (
+        str(tmp_path / "run"), 150, 32, 1e-3, 0.01)
+    assert (args.rpa_weight, args.expand_negatives, args.num_text_candidates, args.seed) == (0.5, True, 4, 7)
+    assert (args.logging_steps, args.save_strategy, args.report_to, args.use_cpu, args.dataloader_num_workers) == (
+        7, "no", [], True, 0)
+    assert args.disable_tqdm and quiet.removed == [PrinterCallback]  # without bars, no log line printed either
+    shown = train("model", "processor", "data", tmp_path / "run", progress=True, **options)
+    assert not shown.args.disable_tqdm and shown.removed == []
+
+
+def test_each_method_fine_tunes_from_the_base_with_its_own_data_and_loss(demo_out, monkeypatch):
+    """infonce: the anchor pairs, no RPA, no expanded negatives; infonce_expanded: every candidate in the denominator;
+    maple: the same with RPA at the run's lambda; all with the same budget, the run's seed and 4 texts per step."""
+    from maple.demo import pipeline
+
+    calls = []
+
+    def train(model, processor, dataset, output_dir, **options):
+        calls.append((model, dataset, output_dir, options))
+        raise _Stop
+
+    monkeypatch.setattr(pipeline, "train", train)
+    config = pipeline.DemoConfig(out=demo_out, seeds=(7,), quick=True, rpa_weight=0.25, progress=False)
+    for method in pipeline.METHODS:
+        with pytest.raises(_Stop):
+            pipeline._finetune(config, method, 7)
+    common = {"steps": 5, "batch_size": 16, "learning_rate": 1e-3, "seed": 7, "progress": False, "num_text_candidates": 4}
+    losses = [(0.0, False), (0.0, True), (0.25, True)]
+    for (model, dataset, output_dir, options), method, (rpa_weight, expand) in zip(calls, pipeline.METHODS, losses):
+        assert options == {**common, "rpa_weight": rpa_weight, "expand_negatives": expand}, method
+        assert output_dir == demo_out / "runs" / f"{method}-seed7" / "trainer"
+        assert type(model).__name__ == "MapleModel" and model.config.text_config.vocab_size > 256
+        candidates = {len(images) for images in dataset["candidate_images"]}
+        assert candidates == ({1} if method == "infonce" else {4}), method
+        if method == "infonce":
+            assert dataset["candidate_texts"] == [[caption] for caption in dataset["caption"]]
+            assert dataset["img2txt_scores"] == [[1.0]] * len(dataset)
+
+
+def test_a_run_stores_its_training_arguments_but_not_display_ones_and_only_maple_keeps_its_model(demo_out):
+    for method in METHODS:
+        run = demo_out / "runs" / f"{method}-seed0"
+        args = json.loads((run / "result.json").read_text())["training_args"]
+        assert args["max_steps"] == 5 and args["num_text_candidates"] == 4 and "disable_tqdm" not in args
+        assert (run / "model").exists() == (method == "maple")
 
 
 def test_a_failed_worker_run_is_named_and_the_other_runs_are_kept(demo_out, tmp_path):
@@ -149,6 +304,156 @@ def test_a_failed_worker_run_is_named_and_the_other_runs_are_kept(demo_out, tmp_
     assert not (copy / "runs" / "maple-seed0" / "result.json").exists()
 
 
+class _ThreadPool(ThreadPoolExecutor):
+    """A stand-in for the process pool: the same scheduling, with threads, so that a test can replace `_finetune`."""
+
+    created = []
+
+    def __init__(self, max_workers, mp_context, initializer):
+        self.created.append((max_workers, mp_context.get_start_method(), initializer))
+        super().__init__(max_workers)  # without the initializer, which would set this process's threads
+
+
+def test_runs_in_workers_are_one_per_worker_quiet_and_a_failure_starts_no_further_run(tmp_path, monkeypatch, capsys):
+    """The scheduling of `_finetune_all` with `workers > 1`: a run starts as soon as a worker is free (not when all
+    are), never more runs in flight than workers, the workers get a config without progress bars (one bar for all
+    runs, in this process), and after a failure no further run starts."""
+    from maple.demo import pipeline
+
+    started, third_started = [], threading.Event()
+
+    def finetune(config, method, seed):
+        started.append((method, seed, config.progress))
+        if method == "slow":  # holds its worker until the third run has started on the other one
+            assert third_started.wait(10), "the third run waited for the first to finish"
+        if method == "third":
+            third_started.set()
+        if method == "boom":
+            raise OSError("disk full")
+        time.sleep(0.2)  # still running when the failure is seen
+
+    monkeypatch.setattr(pipeline, "_finetune", finetune)
+    monkeypatch.setattr(pipeline, "ProcessPoolExecutor", _ThreadPool)
+    _ThreadPool.created.clear()
+    config = pipeline.DemoConfig(out=tmp_path, quick=True, workers=2, progress=True)
+    pipeline._finetune_all(config, [("slow", 0), ("fast", 0), ("third", 0)])
+    assert sorted(started) == [("fast", 0, False), ("slow", 0, False), ("third", 0, False)]
+    assert "fine-tuning runs: 100%" in capsys.readouterr().err
+    started.clear()
+    with pytest.raises(RuntimeError, match=r"fine-tuning run boom-seed1 failed \(OSError: disk full\)"):
+        pipeline._finetune_all(replace(config, progress=False), [("boom", 1), ("other", 1), ("never", 1)])
+    assert sorted(started) == [("boom", 1, False), ("other", 1, False)]
+    assert "fine-tuning runs" not in capsys.readouterr().err
+    assert _ThreadPool.created == [(2, "spawn", pipeline._init_worker)] * 2
+
+
+def test_runs_in_this_process_stop_at_the_first_failure_naming_it(tmp_path, monkeypatch, capsys):
+    from maple.demo import pipeline
+
+    started = []
+
+    def finetune(config, method, seed):
+        started.append((method, seed))
+        if method == "boom":
+            raise OSError("disk full")
+
+    monkeypatch.setattr(pipeline, "_finetune", finetune)
+    config = pipeline.DemoConfig(out=tmp_path, quick=True, workers=1, progress=False)
+    with pytest.raises(RuntimeError, match=r"fine-tuning run boom-seed0 failed \(OSError: disk full\)"):
+        pipeline._finetune_all(config, [("first", 0), ("boom", 0), ("never", 0)])
+    assert started == [("first", 0), ("boom", 0)]
+    assert "fine-tuning runs" not in capsys.readouterr().err
+
+
+def test_a_worker_trains_on_one_thread_without_progress_bars(monkeypatch):
+    import datasets
+    import torch
+    import transformers
+
+    from maple.demo.pipeline import _init_worker
+
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda threads: calls.append(("threads", threads)))
+    monkeypatch.setattr(datasets, "disable_progress_bars", lambda: calls.append("datasets"))
+    monkeypatch.setattr(transformers.utils.logging, "disable_progress_bar", lambda: calls.append("transformers"))
+    _init_worker()
+    assert calls == [("threads", 1), "datasets", "transformers"]
+
+
+def test_stage_times_add_up_and_a_rerun_s_own_times_replace_the_earlier_ones(tmp_path):
+    from maple.demo.pipeline import StageTimer
+
+    timer = StageTimer(file=tmp_path / "timings.json", earlier={"world": 100.0, "base model": 50.0})
+    assert timer.run("world", lambda: time.sleep(0.01) or "drawn") == "drawn"
+    timer.run("world", lambda: time.sleep(0.01))
+    assert 0.02 <= timer.seconds["world"] < 100.0
+    stored = json.loads((tmp_path / "timings.json").read_text())
+    assert stored == timer.all_seconds == {"world": timer.seconds["world"], "base model": 50.0}
+
+
+class _Stop(Exception):
+    """Raised by a stand-in to stop a stage once its inputs are recorded."""
+
+
+def _small_world(seed: int = 0):
+    from maple.demo.world import WorldConfig, build_world
+
+    return build_world(WorldConfig(seed=seed, n_train_families=5, n_retrieval=2, n_quadruples_per_category=2))
+
+
+def test_the_base_model_is_trained_with_plain_infonce_on_the_run_s_budget_and_world_seed(tmp_path, monkeypatch):
+    import torch
+
+    from maple.demo import pipeline
+
+    world, calls = _small_world(seed=3), []
+
+    def train(model, processor, dataset, output_dir, **options):
+        calls.append((model, dataset, output_dir, options))
+        raise _Stop
+
+    monkeypatch.setattr(pipeline, "train", train)
+    config = pipeline.DemoConfig(out=tmp_path, quick=True, world_seed=3, learning_rate=5e-4, progress=False)
+    with pytest.raises(_Stop):
+        pipeline._train_base(config, world, tmp_path / "base")
+    ((model, dataset, output_dir, options),) = calls
+    assert options == {"steps": 20, "batch_size": 32, "learning_rate": 5e-4, "rpa_weight": 0.0,
+                       "expand_negatives": False, "seed": 3, "progress": False}
+    assert dataset["caption"] == [example.caption for example in world.train] and output_dir == tmp_path / "base-training"
+    assert dataset["candidate_texts"] == [[example.caption] for example in world.train]
+    reference, _ = pipeline.build_embedder(world, "dual_encoder", seed=3)  # initialised from the world seed
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values(), strict=True))
+
+
+def test_the_preference_data_is_built_as_the_paper_builds_it_with_the_run_s_judge(tmp_path, monkeypatch):
+    import dataset_builders
+
+    from maple.demo import pipeline
+
+    world, options = _small_world(seed=3), {}
+
+    def builder(**given):
+        options.update(given)
+        raise _Stop
+
+    monkeypatch.setattr(dataset_builders, "MaplePreferences", builder)
+    config = pipeline.DemoConfig(out=tmp_path, quick=True, world_seed=3, judge_noise=0.7, progress=False)
+    with pytest.raises(_Stop):
+        pipeline._build_preferences(config, world, tmp_path / "base", tmp_path / "preferences")
+    miner, judge, captioner = options.pop("miner"), options.pop("judge"), options.pop("captioner")
+    assert type(miner.encode_images).__name__ == "SceneFeatureEncoder" and miner.search_device.type == "cpu"
+    assert (type(judge).__name__, judge.noise, judge.seed) == ("SceneGraphJudge", 0.7, 3)
+    assert (type(captioner).__name__, captioner.n_samples, captioner.caption_anchors, captioner.seed) == (
+        "SceneGraphCaptioner", 2, False, 3)
+    assert options.pop("source_dataset")["caption"] == [example.caption for example in world.train]
+    assert options == {
+        "config_name": "paper", "work_dir": tmp_path / "preferences" / "work",
+        "cache_dir": str(tmp_path / "preferences" / "cache"), "progress": False, "num_hard_negatives": 3,
+        "captioned_negatives": 3, "max_candidate_texts": 6, "semdedup_clusters": None, "seed": 3,
+        "source_license": "apache-2.0",
+    }
+
+
 def test_every_problem_of_a_demo_config_is_reported_at_once(tmp_path):
     from maple.demo.pipeline import DemoConfig
 
@@ -165,6 +470,114 @@ def test_a_folder_with_another_run_is_refused(demo_out, capsys):
     with pytest.raises(SystemExit):
         main(["--out", str(demo_out), "--quick", "--seeds", "2", "--no-progress"])
     assert "holds a different demo run (seeds: [0] -> [0, 1]); choose another folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"seeds": ()}, "seeds: give at least one seed"),
+        ({"seeds": (True,)}, "seeds must be integers, got [True]"),
+        ({"seeds": ("0",)}, "seeds must be integers, got ['0']"),
+        ({"seeds": (2**32,)}, "seeds must lie in [0, 2**32)"),
+        ({"rpa_weight": 0.0}, "rpa_weight (lambda) must lie in (0, 1], got 0.0"),
+        ({"workers": 0}, "workers must be a positive integer, got 0"),
+        ({"workers": True}, "workers must be a positive integer, got True"),
+        ({"judge_noise": math.inf}, "judge_noise is a standard deviation and must be finite and >= 0, got inf"),
+        ({"judge": "  "}, "judge: give a Hub id or a local path of an MLLM judge"),
+    ],
+)
+def test_a_demo_config_refuses_each_bad_value(tmp_path, values, message):
+    from maple.demo.pipeline import DemoConfig
+
+    with pytest.raises(ValueError) as refused:
+        DemoConfig(out=tmp_path, **values)
+    assert message in str(refused.value)
+
+
+def test_a_demo_config_accepts_the_bounds_of_each_range(tmp_path):
+    from maple.demo.pipeline import DemoConfig
+
+    DemoConfig(out=tmp_path, seeds=(0, 2**32 - 1), rpa_weight=1.0, judge_noise=0.0, workers=1)
+
+
+def test_the_budgets_are_the_documented_ones(tmp_path):
+    """docs/demo.md: the full run's numbers are measured with this budget, the smoke run's is `--quick`."""
+    from maple.demo.pipeline import FULL, QUICK, Budget, DemoConfig
+
+    assert FULL == Budget(train_families=400, base_steps=600, base_batch_size=64, finetune_steps=150,
+                          finetune_batch_size=32, eval_retrieval=500, eval_quadruples_per_category=150)
+    assert QUICK == Budget(train_families=60, base_steps=20, base_batch_size=32, finetune_steps=5,
+                           finetune_batch_size=16, eval_retrieval=60, eval_quadruples_per_category=20)
+    assert DemoConfig(out=tmp_path).budget is FULL and DemoConfig(out=tmp_path, quick=True).budget is QUICK
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"backbone": "mllm"}, "backbone: 'dual_encoder' -> 'mllm'"),
+        ({"judge_noise": 0.5}, "judge_noise: 0.3 -> 0.5"),
+        ({"miner": "base-model"}, "miner: 'scene-graph' -> 'base-model'"),
+        ({"rpa_weight": 0.25}, "rpa_weight: 0.5 -> 0.25"),
+        ({"learning_rate": 3e-4}, "learning_rate: 0.001 -> 0.0003"),
+    ],
+)
+def test_a_folder_is_refused_for_a_run_that_differs_in_any_value_that_defines_it(tmp_path, change, message):
+    from maple.demo.pipeline import DemoConfig, claim_output_folder
+
+    claim_output_folder(DemoConfig(out=tmp_path, seeds=(0,), quick=True))
+    with pytest.raises(ValueError, match="holds a different demo run") as refused:
+        claim_output_folder(DemoConfig(out=tmp_path, seeds=(0,), quick=True, **change))
+    assert f"({message})" in str(refused.value)
+
+
+def test_a_refusal_names_the_changed_values_in_sorted_order(tmp_path):
+    """The same refusal gives the same message every time (the keys are a set, whose order varies between runs)."""
+    from maple.demo.pipeline import DemoConfig, claim_output_folder
+
+    claim_output_folder(DemoConfig(out=tmp_path, seeds=(0,), quick=True))
+    with pytest.raises(ValueError) as refused:
+        claim_output_folder(DemoConfig(out=tmp_path, seeds=(1,), backbone="mllm", judge_noise=0.5, miner="base-model",
+                                       rpa_weight=0.25, learning_rate=3e-4, world_seed=2))
+    names = re.findall(r"(?:\(|; )([a-z_.]+): ", str(refused.value))
+    assert len(names) == 16 and names == sorted(names), names
+
+
+def test_a_run_identity_names_its_judge_and_the_demo_version(tmp_path):
+    from maple.demo.pipeline import DEMO_VERSION, DemoConfig
+
+    assert DemoConfig(out=tmp_path).identity()["judge"] == "scene-graph"
+    assert DemoConfig(out=tmp_path, judge="org/judge").identity()["judge"] == "org/judge"
+    assert DemoConfig(out=tmp_path).identity()["demo_version"] == DEMO_VERSION
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda stored: stored.update(demo_version=stored["demo_version"] - 1), "demo_version: 4 -> 5"),
+        (lambda stored: stored.pop("miner"), "miner: None -> 'scene-graph'"),  # a key an older demo did not write
+        (lambda stored: stored["budget"].pop("finetune_steps"), "budget.finetune_steps: None -> 5"),
+    ],
+)
+def test_a_folder_of_an_older_demo_is_refused(tmp_path, edit, message):
+    from maple.demo.pipeline import DEMO_VERSION, DemoConfig, claim_output_folder
+
+    assert DEMO_VERSION == 5  # the first case's message
+    config = DemoConfig(out=tmp_path, seeds=(0,), quick=True)
+    claim_output_folder(config)
+    stored = json.loads((tmp_path / "run.json").read_text())
+    edit(stored)
+    (tmp_path / "run.json").write_text(json.dumps(stored))
+    with pytest.raises(ValueError) as refused:
+        claim_output_folder(config)
+    assert f"holds a different demo run ({message}); choose another folder" in str(refused.value)
+
+
+def test_an_output_folder_is_created_with_its_missing_parents(tmp_path):
+    from maple.demo.pipeline import DemoConfig, claim_output_folder
+
+    out = tmp_path / "a" / "b" / "out"
+    claim_output_folder(DemoConfig(out=out, seeds=(0,), quick=True))
+    assert json.loads((out / "run.json").read_text())["seeds"] == [0]
 
 
 @pytest.mark.parametrize(
@@ -207,10 +620,12 @@ def test_unusable_output_folders_are_refused_in_one_line(tmp_path, capsys):
     (tmp_path / "listed" / "run.json").write_text("[1, 2]")
     (tmp_path / "truncated").mkdir()
     (tmp_path / "truncated" / "run.json").write_text('{"seeds": [0')
+    (tmp_path / "unreadable" / "run.json").mkdir(parents=True)  # an OSError (IsADirectoryError) when read
     for out, message in [
         ("a-file/sub", "a-file, a file; expected a folder"),
         ("listed", "run.json holds a list, not a demo run"),
         ("truncated", "run.json cannot be read as a demo run"),
+        ("unreadable", "run.json cannot be read as a demo run ([Errno 21] Is a directory"),
         ("/proc/maple-demo-out", "--out /proc/maple-demo-out: cannot write there"),  # even root cannot
     ]:
         with pytest.raises(SystemExit):
@@ -266,6 +681,8 @@ def test_outputs_push_to_a_hub_under_a_bare_repo_name(demo_out, hub_server, tmp_
     model_files = hub_server.files(f"{USER}/demo")
     assert {"model.safetensors", "modeling_maple.py", "README.md", "tokenizer.json"} <= set(model_files)
     assert f'AutoModel.from_pretrained("{USER}/demo", trust_remote_code=True)' in model_files["README.md"].decode()
+    assert f"{USER}/demo-preferences" in model_files["README.md"].decode()  # the card names the pushed data
+    assert "../preferences/data" not in model_files["README.md"].decode()
     dataset_files = hub_server.files(f"{USER}/demo-preferences", repo_type="dataset")
     assert "README.md" in dataset_files and any(path.endswith(".parquet") for path in dataset_files)
     card = dataset_files["README.md"].decode()
@@ -298,3 +715,36 @@ def test_seeds_are_a_count_or_a_list():
     assert (_seeds("3"), _seeds("0,5,7"), _seeds("5,")) == ((0, 1, 2), (0, 5, 7), (5,))
     with pytest.raises(argparse.ArgumentTypeError, match="a count .* or a comma-separated list of integers"):
         _seeds("1_0")  # int() reads it as 10: a 10-seed run
+    with pytest.raises(argparse.ArgumentTypeError, match="a count .* or a comma-separated list of integers"):
+        _seeds("")  # no count and no list (an IndexError once the trailing-comma rule took the empty part away)
+
+
+def test_the_command_passes_every_option_to_the_run_and_prints_its_summary(tmp_path, monkeypatch, capsys):
+    """The command's defaults are the documented demo (DemoConfig's own defaults, but two workers), each option
+    reaches the run, --no-progress hides the libraries' bars during the run, and the summary is printed."""
+    import datasets
+
+    from maple.demo.pipeline import DemoConfig, DemoResult
+
+    runs = []
+
+    def run_demo(config):
+        runs.append((config, datasets.are_progress_bars_disabled()))
+        return DemoResult(summary={}, seconds={"world": 1.0}, out=config.out, num_seeds=len(config.seeds))
+
+    monkeypatch.setattr("maple.demo.pipeline.run_demo", run_demo)
+    assert main(["--out", str(tmp_path / "defaults")]) == 0
+    assert capsys.readouterr().out.splitlines()[-2:] == ["time: world 1s (total 1s)", f"outputs in {tmp_path / 'defaults'}"]
+    assert runs.pop() == (DemoConfig(out=tmp_path / "defaults", workers=2), False)
+    assert main(["--out", str(tmp_path / "options"), "--seeds", "4,", "--backbone", "mllm", "--quick", "--judge-noise",
+                 "0.7", "--miner", "base-model", "--rpa-weight", "0.25", "--push-to-hub", "me/demo", "--workers", "3",
+                 "--no-progress"]) == 0
+    assert runs.pop() == (
+        DemoConfig(out=tmp_path / "options", seeds=(4,), backbone="mllm", quick=True, judge_noise=0.7,
+                   miner="base-model", rpa_weight=0.25, push_to_hub="me/demo", progress=False, workers=3),
+        True,
+    )
+    assert json.loads((tmp_path / "options" / "run.json").read_text())["seeds"] == [4]  # claimed before the run
+    assert build_parser().parse_args([]).out == Path("demo_out")  # `make demo`'s folder
+    assert DemoConfig(out=tmp_path).seeds == (0, 1, 2) and DemoConfig(out=tmp_path).judge_noise == 0.3
+    assert DemoConfig(out=tmp_path).rpa_weight == 0.5 and DemoConfig(out=tmp_path).learning_rate == 1e-3
