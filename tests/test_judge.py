@@ -910,3 +910,14 @@ def test_load_vlm_moves_the_model_to_its_device_unless_a_device_map_placed_it(tm
     folder = _saved_judge_folder(tmp_path)
     assert load_vlm(folder, device="meta").model.device.type == "meta"
     assert load_vlm(folder, device="meta", model_kwargs={"device_map": "cpu"}).model.device.type == "cpu"
+
+
+@pytest.mark.parametrize("keyword", ["token", "cache_dir", "subfolder", "local_files_only", "force_download", "trust_remote_code"])
+def test_every_file_selecting_keyword_is_refused_at_top_level_and_in_model_kwargs(keyword, monkeypatch):
+    """Each of them, like `revision`, would reach the weights' from_pretrained only, pairing one snapshot's weights
+    with another's tokenizer and image processor."""
+    monkeypatch.setattr("dataset_builders.vlm_inputs.load_vlm", lambda *args, **kwargs: pytest.fail("the model was loaded"))
+    message = rf"MLLMJudge.from_pretrained: '{keyword}' would reach the model's weights only"
+    for kwargs in ({keyword: True}, {"model_kwargs": {keyword: True}}):
+        with pytest.raises(TypeError, match=message):
+            MLLMJudge.from_pretrained("org/judge", **kwargs)
