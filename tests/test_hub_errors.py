@@ -207,3 +207,81 @@ def test_local_typo_hint_only_for_a_relative_reference_whose_first_folder_exists
     assert local_typo_hint("runs/modle") == " (nor is it a local folder: runs/ exists here, but not runs/modle)"
     assert local_typo_hint("maple-org/model") == ""  # no maple-org/ here
     assert local_typo_hint(str(tmp_path / "runs" / "modle")) == ""  # an absolute path is no Hub id: never looked up
+
+
+def _fake_hub(monkeypatch, *, files=(), info_error=None, download=None):
+    """The Hub as `hub_checkpoint_config_file` sees it: a repo listing `files` (or whose listing raises `info_error`),
+    and `download(repo_id, filename, revision=..., local_files_only=...)` for its files."""
+    from types import SimpleNamespace
+
+    import huggingface_hub
+
+    def model_info(self, repo_id, revision=None):
+        if info_error is not None:
+            raise info_error
+        return SimpleNamespace(siblings=[SimpleNamespace(rfilename=name) for name in files])
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", model_info)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download or (lambda *args, **kwargs: pytest.fail("downloaded")))
+
+
+def test_a_hub_repo_holding_both_configs_is_read_by_its_config_json(tmp_path, monkeypatch):
+    """A merged checkpoint may keep the adapter_config.json of the LoRA it was merged from: it is a model, not an adapter."""
+    from evaluation.models import hub_checkpoint_config_file
+
+    files = ["adapter_config.json", "config.json", "model.safetensors"]
+    _fake_hub(monkeypatch, files=files, download=lambda repo_id, filename, revision=None: tmp_path / filename)
+    assert hub_checkpoint_config_file("maple-org/model").name == "config.json"
+
+
+def test_a_missing_repo_whose_first_folder_exists_here_hints_at_a_local_typo_and_a_gated_one_does_not(tmp_path, monkeypatch):
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    from evaluation.models import hub_checkpoint_config_file
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "maple-org").mkdir()
+    _fake_hub(monkeypatch, info_error=_answered(RepositoryNotFoundError, 404))
+    with pytest.raises(ModelLoadError, match=r"was not found .*\(HTTP 404\) \(nor is it a local folder: maple-org/ exists here, but not maple-org/model\)$"):
+        hub_checkpoint_config_file("maple-org/model")
+    _fake_hub(monkeypatch, info_error=_answered(GatedRepoError, 403))
+    with pytest.raises(ModelLoadError, match=r"is gated: accept its terms and log in \(HF_TOKEN\)$"):
+        hub_checkpoint_config_file("maple-org/model")
+
+
+def test_a_listed_config_the_hub_then_does_not_find_is_raised_as_the_hub_raised_it(monkeypatch):
+    """`hub_failure` leaves a missing file of a readable repo to the caller: here there is nothing better to say."""
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    from evaluation.models import hub_checkpoint_config_file
+
+    def download(repo_id, filename, revision=None):
+        raise _answered(RemoteEntryNotFoundError, 404)
+
+    _fake_hub(monkeypatch, files=["config.json"], download=download)
+    with pytest.raises(RemoteEntryNotFoundError):
+        hub_checkpoint_config_file("maple-org/model")
+
+
+def test_offline_an_adapter_downloaded_before_is_read_from_the_cache(tmp_path, monkeypatch):
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    from evaluation.models import hub_checkpoint_config_file
+
+    cached = {"adapter_config.json": tmp_path / "adapter_config.json"}
+
+    def download(repo_id, filename, revision=None, local_files_only=False):
+        assert local_files_only
+        if filename not in cached:
+            raise LocalEntryNotFoundError(f"{filename} is not in the cache")
+        return cached[filename]
+
+    _fake_hub(monkeypatch, info_error=OfflineModeIsEnabled("offline"), download=download)
+    assert hub_checkpoint_config_file("maple-org/adapter") == cached["adapter_config.json"]
+    cached["config.json"] = tmp_path / "config.json"  # a model with both, downloaded before: its config.json
+    assert hub_checkpoint_config_file("maple-org/adapter") == cached["config.json"]
+    cached.clear()  # never downloaded, and maybe a mistyped local path
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "maple-org").mkdir()
+    with pytest.raises(ModelLoadError, match=r"is not in the local cache and the Hub is offline or unreachable \(nor is it a local folder: maple-org/"):
+        hub_checkpoint_config_file("maple-org/adapter")

@@ -747,3 +747,177 @@ def test_a_space_cut_that_tokenises_otherwise_than_the_whole_prompt_is_not_used(
     judge = _llama_judge(judge_module.DEFAULT_JUDGE_PROMPT, texts, legacy_normalizer=True)
     assert judge.prefix_text.endswith("<|image_pad|>")
     _assert_prompt_ids_are_the_official_processors(judge, texts, monkeypatch)
+
+
+def _prompt_encoder(tokenizer=None, **kwargs):
+    """The tiny Qwen2-VL prompt encoder, on `tokenizer` (default: the tiny one)."""
+    from dataset_builders.vlm_inputs import prompt_encoder_for
+    from modeling_maple.testing import tiny_qwen2_vl_config
+
+    tokenizer = tokenizer if tokenizer is not None else tiny_tokenizer()
+    config = tiny_qwen2_vl_config(image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"))
+    return prompt_encoder_for(config, tokenizer, tiny_image_processor(), **kwargs)
+
+
+def test_a_tokenizer_without_a_chat_template_needs_one_passed():
+    from modeling_maple.testing import TINY_CHAT_TEMPLATE
+
+    tokenizer = tiny_tokenizer()
+    tokenizer.chat_template = None
+    with pytest.raises(ValueError, match=r"the tokenizer has no chat template; pass chat_template=\.\.\. explicitly"):
+        _prompt_encoder(tokenizer)
+    assert _prompt_encoder(tokenizer, chat_template=TINY_CHAT_TEMPLATE).chat_template == TINY_CHAT_TEMPLATE
+
+
+def test_an_image_token_id_the_tokenizer_lacks_is_refused_clearly():
+    from dataset_builders.vlm_inputs import prompt_encoder_for
+    from modeling_maple.testing import tiny_qwen2_vl_config
+
+    tokenizer = tiny_tokenizer()
+    beyond = len(tokenizer) + 7
+    with pytest.raises(ValueError, match=rf"the tokenizer has no token for the model's image token id {beyond}"):
+        prompt_encoder_for(tiny_qwen2_vl_config(image_token_id=beyond), tokenizer, tiny_image_processor())
+
+
+def test_render_ends_with_the_generation_prompt_only_when_asked():
+    encoder = _prompt_encoder()
+    messages = [{"role": "user", "content": [{"type": "text", "text": "a red circle"}]}]
+    answering = encoder.render(messages, add_generation_prompt=True)
+    finished = encoder.render(messages, add_generation_prompt=False)
+    assert finished.endswith("<|im_end|>\n") and answering == finished + "<|im_start|>assistant\n"
+
+
+def test_pad_fills_with_the_tokenizers_pad_token_on_the_side_asked():
+    tokenizer = tiny_tokenizer()
+    tokenizer.pad_token = "<|video_pad|>"  # the tiny pad is id 0; Qwen2-VL's (<|endoftext|>) is not
+    pad = tokenizer.pad_token_id
+    assert pad not in (None, 0)
+    encoder = _prompt_encoder(tokenizer)
+    ids, mask = encoder.pad([[5, 6, 7], [8]], padding_side="left")
+    assert ids.tolist() == [[5, 6, 7], [pad, pad, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    ids, mask = encoder.pad([[5, 6, 7], [8]], padding_side="right")
+    assert ids.tolist() == [[5, 6, 7], [8, pad, pad]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+@pytest.mark.parametrize("template, leading", [("$A <|endoftext|>", []), ("<|im_start|> $A <|endoftext|>", ["<|im_start|>"])])
+def test_the_leading_special_ids_leave_out_what_a_tokenizer_puts_after_a_text(template, leading):
+    """A prompt prefix must not end the sequence: a tokenizer that appends an EOS (as some Llama tokenizers are set
+    to) contributes only what it puts before a text."""
+    from tokenizers import processors
+
+    tokenizer = tiny_tokenizer()
+    special = [(token, tokenizer.convert_tokens_to_ids(token)) for token in ("<|endoftext|>", "<|im_start|>")]
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(single=template, special_tokens=special)
+    assert tokenizer("a")["input_ids"][-1] == tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    assert _prompt_encoder(tokenizer).leading_special_ids == tokenizer.convert_tokens_to_ids(leading)
+
+
+def _digest_of(**tensors: torch.Tensor) -> str:
+    from dataset_builders.vlm_inputs import weights_digest
+
+    module = torch.nn.Module()
+    for name, tensor in tensors.items():
+        module.register_buffer(name, tensor)
+    return weights_digest(module)
+
+
+def test_weights_digest_tells_apart_weights_of_equal_bytes_under_other_names_shapes_or_dtypes():
+    values = torch.arange(6, dtype=torch.float16)
+    digest = _digest_of(weight=values.reshape(2, 3))
+    assert digest == _digest_of(weight=values.reshape(2, 3).clone())
+    assert digest != _digest_of(bias=values.reshape(2, 3))
+    assert digest != _digest_of(weight=values.reshape(3, 2))
+    assert digest != _digest_of(weight=values.reshape(2, 3).view(torch.bfloat16))
+
+
+def test_weights_digest_hashes_at_most_values_per_tensor_values_of_each_tensor(monkeypatch):
+    """A 72B model's digest must stay cheap: at most `values_per_tensor` evenly strided values of a tensor are read."""
+    import hashlib
+    from types import SimpleNamespace
+
+    from dataset_builders import vlm_inputs
+
+    hashed = []
+
+    class Recording:
+        def __init__(self):
+            self.inner = hashlib.sha256()
+
+        def update(self, data):
+            hashed.append(data)
+            self.inner.update(data)
+
+        def hexdigest(self):
+            return self.inner.hexdigest()
+
+    monkeypatch.setattr(vlm_inputs, "hashlib", SimpleNamespace(sha256=Recording))
+    module = torch.nn.Module()
+    module.register_buffer("weight", torch.arange(7, dtype=torch.float32))
+    vlm_inputs.weights_digest(module, values_per_tensor=4)
+    assert hashed[1] == torch.arange(4, dtype=torch.float32).numpy().tobytes()
+
+
+def test_weights_digest_of_a_meta_tensor_without_an_offload_hook_still_covers_its_name_and_shape():
+    """A meta tensor no offload hook holds has no values to read; the digest still records it."""
+    assert _digest_of(weight=torch.empty(2, 3, device="meta")) != _digest_of(weight=torch.empty(3, 2, device="meta"))
+
+
+def test_an_offloaded_tensor_is_looked_up_in_each_hook_of_a_sequential_hook():
+    from types import SimpleNamespace
+
+    values = torch.ones(2)
+    module = torch.nn.Module()
+    module._hf_hook = SimpleNamespace(hooks=[SimpleNamespace(), SimpleNamespace(weights_map={}), SimpleNamespace(weights_map={"weight": values})])
+    assert offloaded_tensor(module, "weight") is values
+    assert offloaded_tensor(module, "bias") is None
+    assert offloaded_tensor(torch.nn.Module(), "weight") is None
+
+
+def test_to_model_gives_the_pixels_the_models_dtype_and_leaves_the_ids_integers():
+    """A bf16 judge or captioner gets bf16 pixels: float32 ones would double the pixels' memory (some vision towers
+    cast them themselves, so a missing cast does not show in the scores)."""
+    from dataset_builders.vlm_inputs import to_model
+
+    model = tiny_image_text_model("qwen2_vl", seed=0).to(torch.bfloat16)
+    inputs = {"input_ids": torch.ones(1, 2, dtype=torch.long), "pixel_values": torch.zeros(4, 8)}
+    moved = to_model(inputs, model)
+    assert (moved["pixel_values"].dtype, moved["input_ids"].dtype) == (torch.bfloat16, torch.long)
+
+
+def _saved_judge_folder(tmp_path):
+    source = tiny_judge(seed=3)
+    for part in (source.model, source.prompt_encoder.tokenizer, source.prompt_encoder.image_processor):
+        part.save_pretrained(tmp_path)
+    return str(tmp_path)
+
+
+def test_load_vlm_refuses_an_unsupported_family_from_its_config_before_loading_anything_else(tmp_path, monkeypatch):
+    from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer, BertConfig
+
+    from dataset_builders.vlm_inputs import load_vlm
+
+    BertConfig(vocab_size=8, hidden_size=4, num_hidden_layers=1, num_attention_heads=1, intermediate_size=4).save_pretrained(tmp_path)
+    for auto in (AutoImageProcessor, AutoTokenizer, AutoModelForImageTextToText):
+        monkeypatch.setattr(auto, "from_pretrained", lambda *args, **kwargs: pytest.fail("more than the config was loaded"))
+    with pytest.raises(NotImplementedError, match=r"model type 'bert' is not supported yet; supported: qwen2_vl"):
+        load_vlm(str(tmp_path))
+
+
+def test_load_vlm_moves_the_model_to_its_device_unless_a_device_map_placed_it(tmp_path):
+    """A device map spreads a 72B model over several GPUs; moving it to `device` afterwards would undo that."""
+    from dataset_builders.vlm_inputs import load_vlm
+
+    folder = _saved_judge_folder(tmp_path)
+    assert load_vlm(folder, device="meta").model.device.type == "meta"
+    assert load_vlm(folder, device="meta", model_kwargs={"device_map": "cpu"}).model.device.type == "cpu"
+
+
+@pytest.mark.parametrize("keyword", ["token", "cache_dir", "subfolder", "local_files_only", "force_download", "trust_remote_code"])
+def test_every_file_selecting_keyword_is_refused_at_top_level_and_in_model_kwargs(keyword, monkeypatch):
+    """Each of them, like `revision`, would reach the weights' from_pretrained only, pairing one snapshot's weights
+    with another's tokenizer and image processor."""
+    monkeypatch.setattr("dataset_builders.vlm_inputs.load_vlm", lambda *args, **kwargs: pytest.fail("the model was loaded"))
+    message = rf"MLLMJudge.from_pretrained: '{keyword}' would reach the model's weights only"
+    for kwargs in ({keyword: True}, {"model_kwargs": {keyword: True}}):
+        with pytest.raises(TypeError, match=message):
+            MLLMJudge.from_pretrained("org/judge", **kwargs)

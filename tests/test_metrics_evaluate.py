@@ -32,3 +32,16 @@ def test_modality_gap_module():
 def test_unknown_metric_name():
     with pytest.raises(ValueError, match="unknown MAPLE metric 'recall'"):
         metric_path("recall")
+
+
+def test_retrieval_recall_module_reports_recall_at_1_5_and_10_by_default():
+    recall = load_metric("retrieval_recall")
+    result = recall.compute(predictions=[[float(i) for i in range(12)]], references=[[6]])
+    assert result == pytest.approx({"recall@1": 0.0, "recall@5": 0.0, "recall@10": 100.0, "mrr": 100 / 6})
+
+
+@pytest.mark.parametrize("name, extra", [("group_scores", {}), ("modality_gap", {"text_text_similarities": [0.9]})])
+def test_quadruple_modules_refuse_a_prediction_that_is_not_four_similarities_when_it_is_added(name, extra):
+    module = load_metric(name)
+    with pytest.raises(ValueError, match="don't match the expected format"):
+        module.add_batch(predictions=[[0.3, 0.1, 0.2]], **extra)
