@@ -8,6 +8,7 @@ import shutil
 import time
 
 import datasets
+import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
@@ -315,8 +316,17 @@ def test_captions_are_sampled_from_a_seed_of_each_shard_leaving_the_callers_gene
     alike; each shard draws its own (seeded alike, every shard would repeat the first one's samples), another seed
     others; the caller's random state is what it was."""
     state = torch.random.get_rng_state()
-    texts = _build(tmp_path, captioner=_SamplingCaptioner()).as_dataset(split="train")["candidate_texts"]
+    built = _build(tmp_path, captioner=_SamplingCaptioner())
+    texts = built.as_dataset(split="train")["candidate_texts"]
     assert torch.equal(torch.random.get_rng_state(), state)
+    # rank 1 of 2, on the same work dir, redraws shard 1 (rows 3 to 5) as the one process drew it
+    (built.shard_dir / "shard-000003-000006.parquet").unlink()
+    rank_1 = MaplePreferences(config_name="paper", judge=ColourJudge(), captioner=_SamplingCaptioner(),
+                              miner=thumbnail_miner(), source_dataset=colour_square_source(), cache_dir=str(tmp_path / "cache"),
+                              work_dir=tmp_path / "work", shard_size=3, semdedup_clusters=None, progress=False, rank=1,
+                              world_size=2)
+    assert rank_1.build_shards().computed == [1]
+    assert pq.read_table(built.shard_dir / "shard-000003-000006.parquet")["candidate_texts"].to_pylist() == texts[3:6]
     first_sample_of_each_shard = [texts[start][1] for start in range(0, 10, 3)]
     assert len(set(first_sample_of_each_shard)) == 4
     assert _build(tmp_path / "again", captioner=_SamplingCaptioner()).as_dataset(split="train")["candidate_texts"] == texts
