@@ -874,6 +874,24 @@ def test_an_interrupted_image_embedding_keeps_its_finished_parts(tmp_path, monke
     assert embedded == [3, 3, 3, 1]
 
 
+def test_a_rank_that_saves_its_embeddings_leaves_another_ranks_parts_alone(tmp_path, monkeypatch):
+    """Each rank removes its own parts once its slice is saved; a peer killed mid-slice resumes from its parts, even
+    when the other rank finishes while it is down."""
+    import dataset_builders.builder as builder_module
+
+    monkeypatch.setattr(builder_module, "EMBEDDING_PART_ROWS", 2)
+    one_process = _unbuilt(tmp_path, colour_square_source(10), miner=thumbnail_miner(batch_size=2))
+    valid_rows = one_process.check_inputs()[1]
+    # rank 1's first part of its slice, rows [5, 10), left by a kill
+    part = tmp_path / "work" / "embeddings-1-of-2.rows-000000000-000000002.pt"
+    torch.save(one_process._embed_rows(valid_rows[5:7]), part)
+    rank_0 = _unbuilt(tmp_path, colour_square_source(10), miner=thumbnail_miner(batch_size=2), rank=0, world_size=2,
+                      wait_timeout=0.5)
+    with pytest.raises(TimeoutError, match="still missing: embeddings-1-of-2.pt"):
+        rank_0.embed_inputs(valid_rows)
+    assert (tmp_path / "work" / "embeddings-0-of-2.pt").exists() and part.exists()
+
+
 def test_an_embedding_part_of_the_wrong_length_is_a_damaged_checkpoint(tmp_path, monkeypatch):
     """A part is reused only if it holds one embedding per row its name covers: a short one would shift every later
     embedding onto another row."""
