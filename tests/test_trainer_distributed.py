@@ -2,8 +2,9 @@
 the loss with gathered negatives equals the one-process loss on the same global batch, and training runs; batches
 that are not evened out across processes are refused; the evaluation metrics, of a map-style or a streamed evaluation
 set, are those of one process evaluating the same global batches: accelerate repeats rows to fill the last batch of
-each process, and they are neither counted nor in the InfoNCE pools. (accelerate 1.15's `--cpu` flag starts several
-CPU processes only through MPI; without it, one.)
+each process, and they are neither counted nor in the InfoNCE pools (also when accelerate splits each batch across the
+processes); a NaN loss in one process stops them all. (accelerate 1.15's `--cpu` flag starts several CPU processes
+only through MPI; without it, one.)
 
 Every global batch holds the same rows in both runs (one batch of 8 in one process, two of 4 in two processes), in
 training (the same 8 rows at every step) and in evaluation (in order), so the comparison does not depend on how
