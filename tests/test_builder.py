@@ -8,6 +8,7 @@ import shutil
 import time
 
 import datasets
+import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
@@ -315,8 +316,17 @@ def test_captions_are_sampled_from_a_seed_of_each_shard_leaving_the_callers_gene
     alike; each shard draws its own (seeded alike, every shard would repeat the first one's samples), another seed
     others; the caller's random state is what it was."""
     state = torch.random.get_rng_state()
-    texts = _build(tmp_path, captioner=_SamplingCaptioner()).as_dataset(split="train")["candidate_texts"]
+    built = _build(tmp_path, captioner=_SamplingCaptioner())
+    texts = built.as_dataset(split="train")["candidate_texts"]
     assert torch.equal(torch.random.get_rng_state(), state)
+    # rank 1 of 2, on the same work dir, redraws shard 1 (rows 3 to 5) as the one process drew it
+    (built.shard_dir / "shard-000003-000006.parquet").unlink()
+    rank_1 = MaplePreferences(config_name="paper", judge=ColourJudge(), captioner=_SamplingCaptioner(),
+                              miner=thumbnail_miner(), source_dataset=colour_square_source(), cache_dir=str(tmp_path / "cache"),
+                              work_dir=tmp_path / "work", shard_size=3, semdedup_clusters=None, progress=False, rank=1,
+                              world_size=2)
+    assert rank_1.build_shards().computed == [1]
+    assert pq.read_table(built.shard_dir / "shard-000003-000006.parquet")["candidate_texts"].to_pylist() == texts[3:6]
     first_sample_of_each_shard = [texts[start][1] for start in range(0, 10, 3)]
     assert len(set(first_sample_of_each_shard)) == 4
     assert _build(tmp_path / "again", captioner=_SamplingCaptioner()).as_dataset(split="train")["candidate_texts"] == texts
@@ -862,6 +872,24 @@ def test_an_interrupted_image_embedding_keeps_its_finished_parts(tmp_path, monke
     assert torch.equal(wider.embed_inputs(valid_rows), reference.embed_inputs(valid_rows))
     # parts of 3 rows (4 rounded down to whole batches of 3): the batches of one pass, whatever the parts
     assert embedded == [3, 3, 3, 1]
+
+
+def test_a_rank_that_saves_its_embeddings_leaves_another_ranks_parts_alone(tmp_path, monkeypatch):
+    """Each rank removes its own parts once its slice is saved; a peer killed mid-slice resumes from its parts, even
+    when the other rank finishes while it is down."""
+    import dataset_builders.builder as builder_module
+
+    monkeypatch.setattr(builder_module, "EMBEDDING_PART_ROWS", 2)
+    one_process = _unbuilt(tmp_path, colour_square_source(10), miner=thumbnail_miner(batch_size=2))
+    valid_rows = one_process.check_inputs()[1]
+    # rank 1's first part of its slice, rows [5, 10), left by a kill
+    part = tmp_path / "work" / "embeddings-1-of-2.rows-000000000-000000002.pt"
+    torch.save(one_process._embed_rows(valid_rows[5:7]), part)
+    rank_0 = _unbuilt(tmp_path, colour_square_source(10), miner=thumbnail_miner(batch_size=2), rank=0, world_size=2,
+                      wait_timeout=0.5)
+    with pytest.raises(TimeoutError, match="still missing: embeddings-1-of-2.pt"):
+        rank_0.embed_inputs(valid_rows)
+    assert (tmp_path / "work" / "embeddings-0-of-2.pt").exists() and part.exists()
 
 
 def test_an_embedding_part_of_the_wrong_length_is_a_damaged_checkpoint(tmp_path, monkeypatch):

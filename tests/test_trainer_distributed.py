@@ -2,8 +2,9 @@
 the loss with gathered negatives equals the one-process loss on the same global batch, and training runs; batches
 that are not evened out across processes are refused; the evaluation metrics, of a map-style or a streamed evaluation
 set, are those of one process evaluating the same global batches: accelerate repeats rows to fill the last batch of
-each process, and they are neither counted nor in the InfoNCE pools. (accelerate 1.15's `--cpu` flag starts several
-CPU processes only through MPI; without it, one.)
+each process, and they are neither counted nor in the InfoNCE pools (also when accelerate splits each batch across the
+processes); a NaN loss in one process stops them all. (accelerate 1.15's `--cpu` flag starts several CPU processes
+only through MPI; without it, one.)
 
 Every global batch holds the same rows in both runs (one batch of 8 in one process, two of 4 in two processes), in
 training (the same 8 rows at every step) and in evaluation (in order), so the comparison does not depend on how
@@ -14,6 +15,7 @@ that `accelerate launch` runs (see `__main__`).
 """
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -31,9 +33,10 @@ from trainer.testing import smoke_config, synthetic_preference_dataset
 GLOBAL_BATCH = 8
 STEPS = 2
 # Two processes evaluate in batches of 4: the second global batch of 10 rows holds 2 rows and 6 repeated ones, and the
-# 3 rows of the short set leave the second process only repeated rows. Two candidates a row: the repeated rows' items
-# would be new negatives for the real ones.
-EVAL_SETS = {"eval": (10, 4), "short": (3, 5)}  # name: (rows, seed)
+# 3 rows of the short set leave the second process only repeated rows; the 8 rows of the whole set fill their one
+# global batch, and accelerate's remainder of 0 then means no repeated row. Two candidates a row: the repeated rows'
+# items would be new negatives for the real ones.
+EVAL_SETS = {"eval": (10, 4), "short": (3, 5), "whole": (8, 6)}  # name: (rows, seed)
 EVAL_KEYS = ("eval_loss", "eval_loss/rpa", "eval_loss/contrastive", "eval_rewards/accuracies", "eval_rewards/margins")
 # The metrics of each anchor alone, whichever batch it lands in (not the InfoNCE pools).
 PER_ANCHOR_KEYS = ("eval_loss/rpa", "eval_rewards/accuracies", "eval_rewards/margins", "eval_recall@1/text_to_image",
@@ -98,6 +101,39 @@ def train_without_even_batches(output_dir: str, **overrides) -> str:
     return "trained"
 
 
+def evaluate_untrained(output_dir: str, batch_size: int, streamed: bool, **overrides) -> dict:
+    """The initial model's evaluation metrics on the 10-row evaluation set in batches of `batch_size`, streamed in two
+    shards when `streamed`."""
+    model, processor = build_tiny("dual_encoder", seed=0)
+    args = smoke_config(output_dir, per_device_eval_batch_size=batch_size, use_cpu=True, **overrides)
+    trainer = RPATrainer(model, args=args, train_dataset=synthetic_preference_dataset(GLOBAL_BATCH, seed=3),
+                         processing_class=processor)
+    rows, seed = EVAL_SETS["eval"]
+    dataset = synthetic_preference_dataset(rows, num_candidates=2, seed=seed)
+    return trainer.evaluate(dataset.to_iterable_dataset(num_shards=2) if streamed else dataset)
+
+
+def stop_on_a_nan_loss_of_one_process(output_dir: str) -> str:
+    """The error of a training whose InfoNCE loss is NaN in the second process only, at step 2, or "trained". Every
+    process must stop there: one that went on would wait forever in the backward pass's all-reduce for the other."""
+    model, processor = build_tiny("dual_encoder", seed=0)
+    args = smoke_config(output_dir, per_device_train_batch_size=GLOBAL_BATCH // 2, max_steps=3, use_cpu=True)
+    trainer = RPATrainer(model, args=args, train_dataset=synthetic_preference_dataset(GLOBAL_BATCH, seed=3),
+                         processing_class=processor)
+    compute = trainer._contrastive_loss
+
+    def nan_in_the_second_process_at_step_2(*args, **kwargs):
+        loss = compute(*args, **kwargs)
+        return loss * math.nan if trainer.state.global_step == 1 and trainer.accelerator.process_index == 1 else loss
+
+    trainer._contrastive_loss = nan_in_the_second_process_at_step_2
+    try:
+        trainer.train()
+    except FloatingPointError as error:
+        return str(error)
+    return "trained"
+
+
 def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
     result_file = tmp_path / "two_processes.json"
     command = [
@@ -129,6 +165,16 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
         assert two_processes["eval"]["eval_sharded"][key] == pytest.approx(one_process["eval"]["eval"][key], abs=1e-5), key
     assert "RPATrainer needs accelerator_config.even_batches under several processes" in two_processes["uneven"]
     assert two_processes["uneven_dropping_last"] == "trained"  # without the short batch, the counts cannot differ
+    # With split_batches accelerate splits each batch of a stream across the processes, whatever its shards, and
+    # repeats rows to fill the last one: they are told by their numbers, as without split_batches.
+    one_process_untrained = evaluate_untrained(str(tmp_path / "untrained1"), GLOBAL_BATCH, streamed=False)
+    for key in (*EVAL_KEYS, *PER_ANCHOR_KEYS):
+        assert two_processes["split_batches"][key] == pytest.approx(one_process_untrained[key], abs=1e-5), key
+    # The first process's loss was finite, yet it stopped too (and saved the weights before the step with the other)
+    nan_run = tmp_path / "run2-nan"
+    assert two_processes["nan_in_one_process"].startswith("Non-finite loss at training step 2")
+    assert f"saved to {nan_run / 'checkpoint-1'};" in two_processes["nan_in_one_process"]
+    assert (nan_run / "checkpoint-1" / "model.safetensors").exists()
 
 
 if __name__ == "__main__":  # run by `accelerate launch` above
@@ -136,6 +182,10 @@ if __name__ == "__main__":  # run by `accelerate launch` above
     logs = run(output_dir, per_device_batch=GLOBAL_BATCH // 2, streamed=True)
     logs["uneven"] = train_without_even_batches(output_dir + "-uneven")
     logs["uneven_dropping_last"] = train_without_even_batches(output_dir + "-uneven-dropping", dataloader_drop_last=True)
+    # batches of 8 split into 4 per process: the global batches of one process evaluating in batches of 8
+    logs["split_batches"] = evaluate_untrained(output_dir + "-split", GLOBAL_BATCH, streamed=True,
+                                               accelerator_config={"split_batches": True})
+    logs["nan_in_one_process"] = stop_on_a_nan_loss_of_one_process(output_dir + "-nan")
     if int(os.environ.get("RANK", "0")) == 0:
         with open(result_file, "w") as handle:
             json.dump(logs, handle)
