@@ -37,6 +37,10 @@ from dataset_builders.testing import (
     tiny_judge,
 )
 
+# A rank waits for its peers' files 24 hours by default: a regression that leaves a file unwritten must fail the
+# test with the builder's TimeoutError (naming what is missing), not hang the suite.
+RANK_WAIT_SECONDS = 120.0
+
 
 def _build(tmp_path, config_name="paper", **kwargs) -> MaplePreferences:
     """A finished build in tmp_path with the stand-in judge, captioner and miner; `kwargs` override
@@ -50,6 +54,7 @@ def _build(tmp_path, config_name="paper", **kwargs) -> MaplePreferences:
         "shard_size": 3,
         "semdedup_clusters": None,
         "progress": False,
+        "wait_timeout": RANK_WAIT_SECONDS,
     }
     if "source" not in kwargs:
         builder_kwargs["source_dataset"] = colour_square_source()
@@ -561,7 +566,7 @@ def _unbuilt(tmp_path, source: datasets.Dataset, **kwargs) -> MaplePreferences:
     """A corpus-captions builder in tmp_path, nothing run yet; `kwargs` override its arguments."""
     settings = {
         "config_name": "corpus-captions", "judge": ColourJudge(), "miner": thumbnail_miner(),
-        "cache_dir": str(tmp_path / "cache"), "progress": False,
+        "cache_dir": str(tmp_path / "cache"), "progress": False, "wait_timeout": RANK_WAIT_SECONDS,
     }
     return MaplePreferences(source_dataset=source, work_dir=tmp_path / "work", **{**settings, **kwargs})
 
