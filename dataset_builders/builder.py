@@ -367,6 +367,10 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         dataset = builder.as_dataset(split="train")
         builder.push_to_hub("me/my-preferences")
 
+    Under several processes (`accelerate launch`), do as `maple build-preferences` does: every rank calls
+    `builder.build_shards()`, then rank 0 alone `download_and_prepare()` (it waits for the other ranks' shards) and
+    pushes; ranks that all assembled would write the same `datasets` cache and stats.json side by side.
+
     Load: `MaplePreferences.from_pretrained("me/my-preferences")` (or `datasets.load_dataset`).
 
     Args:
