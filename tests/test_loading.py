@@ -172,3 +172,21 @@ def test_the_revision_asked_for_reaches_the_config_the_weights_and_the_processor
     calls.clear()
     load_maple(str(clip_folder), revision="v2")
     assert {part: revision for part, (revision, _) in calls.items()} == {"config": "v2", "weights": "v2", "processor": "v2"}
+
+
+def test_a_processors_revision_is_its_vision_backbones_not_its_text_backbones(monkeypatch):
+    """`MapleProcessor.from_backbone(..., text_backbone=..., revision=...)`: the revision names a snapshot of the
+    vision backbone's repo; the text backbone's tokenizer, another repo's, comes from its own default branch."""
+    from types import SimpleNamespace
+
+    from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
+
+    from modeling_maple.testing import tiny_image_processor
+
+    revisions = {}
+    for owner, made in ((AutoImageProcessor, tiny_image_processor()), (AutoTokenizer, tiny_tokenizer()),
+                        (AutoConfig, SimpleNamespace(model_type="dinov2"))):
+        monkeypatch.setattr(owner, "from_pretrained",
+                            lambda name, revision=None, made=made, **kwargs: revisions.update({name: revision}) or made)
+    MapleProcessor.from_backbone("org/vision", backbone="dual_encoder", text_backbone="org/text", revision="v2")
+    assert revisions == {"org/vision": "v2", "org/text": None}
