@@ -174,6 +174,29 @@ def test_the_revision_asked_for_reaches_the_config_the_weights_and_the_processor
     assert {part: revision for part, (revision, _) in calls.items()} == {"config": "v2", "weights": "v2", "processor": "v2"}
 
 
+def test_a_models_revision_is_its_backbones_not_its_text_backbones(monkeypatch):
+    """`MapleModel.from_backbone(..., revision=...)` loads an MLLM, or a vision tower, from that snapshot; a text
+    backbone, another repo, from its own default branch."""
+    from transformers import AutoModel
+
+    class Loaded(Exception):
+        """Stops the build once the backbone that matters here is asked for."""
+
+    loads = []
+
+    def load(name, revision=None, **kwargs):
+        loads.append((name, revision))
+        if name != "org/vision":
+            raise Loaded
+
+    monkeypatch.setattr(AutoModel, "from_pretrained", load)
+    with pytest.raises(Loaded):
+        MapleModel.from_backbone("org/mllm", backbone="mllm", revision="v2")
+    with pytest.raises(Loaded):
+        MapleModel.from_backbone("org/vision", backbone="dual_encoder", text_backbone="org/text", revision="v2")
+    assert loads == [("org/mllm", "v2"), ("org/vision", "v2"), ("org/text", None)]
+
+
 def test_a_processors_revision_is_its_vision_backbones_not_its_text_backbones(monkeypatch):
     """`MapleProcessor.from_backbone(..., text_backbone=..., revision=...)`: the revision names a snapshot of the
     vision backbone's repo; the text backbone's tokenizer, another repo's, comes from its own default branch."""
