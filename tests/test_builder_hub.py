@@ -92,14 +92,20 @@ from dataset_builders.testing import ColourCaptioner, ColourJudge, colour_square
 
 features = datasets.Features({"id": datasets.Value("string"), "image": datasets.Image(), "caption": datasets.Value("string")})
 source = datasets.Dataset.from_dict(colour_squares(6), features=features)
+token, built = os.environ["MAPLE_TEST_TOKEN"], {}
 for name in ("corpus-captions", "paper"):
     builder = MaplePreferences(
         config_name=name, source_dataset=source, judge=ColourJudge(), captioner=ColourCaptioner(), miner=thumbnail_miner(),
         cache_dir="cache", work_dir="work-" + name, shard_size=4, semdedup_clusters=None, progress=False,
     )
     builder.download_and_prepare()
-    builder.push_to_hub("%s", token=os.environ["MAPLE_TEST_TOKEN"])
-""" % (REPO + "-two",)
+    builder.push_to_hub("%s", token=token)
+    built[name] = builder.as_dataset(split="train")["candidate_texts"]
+# each config loads back by its name, as built (the two differ in their text candidates)
+assert built["corpus-captions"] != built["paper"]
+for name in ("corpus-captions", "paper"):
+    assert MaplePreferences.from_pretrained("%s", config_name=name, token=token)["candidate_texts"] == built[name], name
+""" % (REPO + "-two", REPO + "-two")
 
 LOAD_TWO_CONFIGS = """
 import json
@@ -116,7 +122,8 @@ def test_a_second_config_pushed_to_the_repo_keeps_the_first_loadable_and_describ
     """Before the fix the second push replaced README.md with a card holding only its own
     `configs` entry, and `load_dataset(repo, "corpus-captions")` failed; later the card still
     described only the last config pushed. Both pushes get their token as `push_to_hub(token=...)`, with no HF_TOKEN:
-    every request (the second's read of the first config's stats too) must carry it."""
+    every request (the second's read of the first config's stats too) must carry it. `MaplePreferences.from_pretrained`
+    loads each config by its name."""
     hub_server.require_token(CLIENT_TOKEN)
     try:
         run_client(hub_server, tmp_path, PUSH_TWO_CONFIGS, HF_TOKEN="", MAPLE_TEST_TOKEN=CLIENT_TOKEN)
