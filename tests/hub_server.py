@@ -4,7 +4,7 @@ It implements the slice of the Hub API that `huggingface_hub` 2.4, `transformers
 `peft` use to push and pull model and dataset repositories:
 
     GET  /api/whoami-v2                                        who the token belongs to
-    POST /api/repos/create                                     create a repo (409 if it exists)
+    POST /api/repos/create                                     create a repo, private or public (409 if it exists)
     POST /api/validate-yaml                                    README metadata check
     GET  /api/{models|datasets}/{repo}[/revision/{rev}]        repo info (sha, siblings)
     GET  /api/{type}s/{repo}/refs                              branches
@@ -19,7 +19,8 @@ It implements the slice of the Hub API that `huggingface_hub` 2.4, `transformers
 Repositories live in memory as a chain of commits, each a full {path: file} snapshot. Errors carry
 the Hub's `X-Error-Code` / `X-Error-Message` headers, so clients raise their usual exceptions.
 For error-path tests, `require_token` makes every request without that bearer token fail with
-401, and `fail_next(repo_id, status, times)` makes the next requests touching a repo fail.
+401 (but those the Hub takes without one: `_TOKENLESS_HANDLERS`), and `fail_next(repo_id, status,
+times)` makes the next requests touching a repo fail.
 
 Xet storage is not implemented: clients must run with HF_HUB_DISABLE_XET=1.
 """
@@ -64,6 +65,9 @@ _ROUTES = [  # (method, pattern, handler name); the first match wins
     ("GET", rf"/(?:(?P<type>dataset)s/)?{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve"),
     ("HEAD", rf"/(?:(?P<type>dataset)s/)?{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve"),
 ]
+# Requests the Hub takes without a token, and clients send without one: the metadata check (`RepoCard.validate`), and
+# LFS uploads, to the URLs the Hub presigns.
+_TOKENLESS_HANDLERS = {"validate_yaml", "lfs_upload"}
 
 
 class HubError(Exception):
@@ -102,6 +106,8 @@ class Repo:
     repo_id: str
     commits: dict[str, dict[str, StoredFile]] = field(default_factory=dict)  # sha -> snapshot
     main: str = ""  # sha of the head of the only branch
+    private: bool = False  # as created
+    summaries: list[str] = field(default_factory=list)  # the commit messages, oldest first
 
     def snapshot(self, revision: str) -> tuple[str, dict[str, StoredFile]]:
         sha = self.main if revision == "main" else revision
@@ -113,6 +119,7 @@ class Repo:
         manifest = json.dumps([self.main, summary, sorted((p, f.git_oid) for p, f in files.items())])
         sha = hashlib.sha1(manifest.encode()).hexdigest()
         self.commits[sha], self.main = files, sha
+        self.summaries.append(summary)
         return sha
 
 
@@ -163,7 +170,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
                 match = re.fullmatch(pattern, url.path) if route_method == method else None
                 if match:
                     self.params = {k: unquote(v) for k, v in match.groupdict().items() if v is not None}
-                    self._check_access(state)
+                    self._check_access(state, handler)
                     with state.lock:
                         getattr(self, f"handle_{handler}")(state)
                     return
@@ -178,8 +185,9 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         headers = {"X-Error-Message": error.message, **({"X-Error-Code": error.code} if error.code else {})}
         self._send(error.status, body, "application/json", headers)
 
-    def _check_access(self, state: HubState) -> None:
-        if state.required_token and self.headers.get("Authorization") != f"Bearer {state.required_token}":
+    def _check_access(self, state: HubState, handler: str) -> None:
+        if (state.required_token and handler not in _TOKENLESS_HANDLERS
+                and self.headers.get("Authorization") != f"Bearer {state.required_token}"):
             raise HubError(401, "Invalid credentials in Authorization header")
         repo_id = f"{self.params['namespace']}/{self.params['name']}" if "name" in self.params else None
         with state.lock:
@@ -229,7 +237,8 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         if (repo_type, repo_id) in state.repos:
             existing = state.repos[(repo_type, repo_id)]
             raise HubError(409, f"You already created this {repo_type} repo: {repo_id}", url=self._repo_url(existing))
-        repo = state.repos[(repo_type, repo_id)] = Repo(repo_type, repo_id)
+        private = payload.get("visibility") == "private" or bool(payload.get("private"))  # older clients send `private`
+        repo = state.repos[(repo_type, repo_id)] = Repo(repo_type, repo_id, private=private)
         repo.add_commit({}, "initial commit")
         self._json({"url": self._repo_url(repo), "name": repo_id})
 
@@ -244,7 +253,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
                 "id": repo.repo_id,
                 "_id": sha[:24],
                 "sha": sha,
-                "private": False,
+                "private": repo.private,
                 "disabled": False,
                 "gated": False,
                 "lastModified": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z"),

@@ -418,16 +418,17 @@ def test_a_push_to_hub_repo_id_the_hub_would_refuse_is_an_error_before_any_work(
     assert not out.exists()
 
 
-def test_private_reaches_the_push(source_file, tmp_path, capsys, monkeypatch):
+def test_private_reaches_the_push_and_the_repo_is_named_by_its_full_id(source_file, tmp_path, capsys, monkeypatch):
+    """A bare name is created under the token's user: the summary names the repo the push made."""
     pushed = []
     monkeypatch.setattr(cli.MaplePreferences, "push_to_hub",
-                        lambda self, repo_id, private: pushed.append((repo_id, private)) or repo_id)
+                        lambda self, repo_id, private: pushed.append((repo_id, private)) or f"me/{repo_id}")
     argv = [source_file, "--output-dir", str(tmp_path / "out"), *STAND_INS, "--semdedup-clusters", "0", "--no-progress",
-            "--push-to-hub", "me/prefs"]
+            "--push-to-hub", "prefs"]
     assert cli.main([*argv, "--private"]) == 0
     assert "  pushed to Hub dataset repo me/prefs\n" in capsys.readouterr().out
     assert cli.main(argv) == 0  # the build reused, pushed again in public
-    assert pushed == [("me/prefs", True), ("me/prefs", False)]
+    assert pushed == [("prefs", True), ("prefs", False)]
 
 
 @pytest.mark.parametrize("hub", ["offline", "unreachable"])

@@ -5,7 +5,7 @@ preference dataset with its card, and the dataset comes back identical, images i
 
 import json
 
-from hub_server import run_client
+from hub_server import CLIENT_TOKEN, run_client
 
 REPO = "maple-org/colour-preferences"
 SOURCE_REPO = "maple-org/colour-squares"
@@ -69,6 +69,7 @@ def test_push_then_load_back_gives_the_same_rows_images_and_card(hub_server, tmp
     files = hub_server.files(REPO, repo_type="dataset")
     assert any(path.startswith("paper/train-") and path.endswith(".parquet") for path in files)
     assert {"stats/paper/score_histograms.png", "stats/paper/stats.json"} <= set(files)
+    assert hub_server.state.repo("dataset", REPO).summaries[-1] == "Describe config paper"
 
     published = _last_json(run_client(hub_server, tmp_path, LOAD_WITH_DATASETS, isolated=True))
     assert published["rows"] == built and len(built) == 6
@@ -84,20 +85,27 @@ def test_push_then_load_back_gives_the_same_rows_images_and_card(hub_server, tmp
 
 
 PUSH_TWO_CONFIGS = """
+import os
 import datasets
 from dataset_builders import MaplePreferences
 from dataset_builders.testing import ColourCaptioner, ColourJudge, colour_squares, thumbnail_miner
 
 features = datasets.Features({"id": datasets.Value("string"), "image": datasets.Image(), "caption": datasets.Value("string")})
 source = datasets.Dataset.from_dict(colour_squares(6), features=features)
+token, built = os.environ["MAPLE_TEST_TOKEN"], {}
 for name in ("corpus-captions", "paper"):
     builder = MaplePreferences(
         config_name=name, source_dataset=source, judge=ColourJudge(), captioner=ColourCaptioner(), miner=thumbnail_miner(),
         cache_dir="cache", work_dir="work-" + name, shard_size=4, semdedup_clusters=None, progress=False,
     )
     builder.download_and_prepare()
-    builder.push_to_hub("%s")
-""" % (REPO + "-two",)
+    builder.push_to_hub("%s", token=token)
+    built[name] = builder.as_dataset(split="train")["candidate_texts"]
+# each config loads back by its name, as built (the two differ in their text candidates)
+assert built["corpus-captions"] != built["paper"]
+for name in ("corpus-captions", "paper"):
+    assert MaplePreferences.from_pretrained("%s", config_name=name, token=token)["candidate_texts"] == built[name], name
+""" % (REPO + "-two", REPO + "-two")
 
 LOAD_TWO_CONFIGS = """
 import json
@@ -113,8 +121,14 @@ print(json.dumps({"rows": rows, "card": DatasetCard.load("%s").text}))
 def test_a_second_config_pushed_to_the_repo_keeps_the_first_loadable_and_described(hub_server, tmp_path):
     """Before the fix the second push replaced README.md with a card holding only its own
     `configs` entry, and `load_dataset(repo, "corpus-captions")` failed; later the card still
-    described only the last config pushed."""
-    run_client(hub_server, tmp_path, PUSH_TWO_CONFIGS)
+    described only the last config pushed. Both pushes get their token as `push_to_hub(token=...)`, with no HF_TOKEN:
+    every request (the second's read of the first config's stats too) must carry it. `MaplePreferences.from_pretrained`
+    loads each config by its name."""
+    hub_server.require_token(CLIENT_TOKEN)
+    try:
+        run_client(hub_server, tmp_path, PUSH_TWO_CONFIGS, HF_TOKEN="", MAPLE_TEST_TOKEN=CLIENT_TOKEN)
+    finally:
+        hub_server.require_token(None)
     loaded = _last_json(run_client(hub_server, tmp_path, LOAD_TWO_CONFIGS, isolated=True))
     assert sorted(loaded["rows"]) == ["corpus-captions", "paper"]
     assert all(sorted(ids) == [f"square-{index:03d}" for index in range(6)] for ids in loaded["rows"].values())
@@ -145,15 +159,16 @@ builder.download_and_prepare()
 """
 
 PUSH_UNDER_A_BARE_NAME = BUILT + """
-print(builder.push_to_hub("bare-prefs"))
+print(builder.push_to_hub("bare-prefs", private=True))
 """
 
 
-def test_a_bare_repo_name_is_pushed_under_the_users_namespace(hub_server, tmp_path):
+def test_a_bare_repo_name_is_pushed_under_the_users_namespace_private_if_asked(hub_server, tmp_path):
     """`create_repo("bare-prefs")` makes `<user>/bare-prefs`; every later call used the bare name and failed (404)."""
     from hub_server import USER
 
     assert run_client(hub_server, tmp_path, PUSH_UNDER_A_BARE_NAME).strip().splitlines()[-1] == f"{USER}/bare-prefs"
+    assert hub_server.state.repo("dataset", f"{USER}/bare-prefs").private
     files = hub_server.files(f"{USER}/bare-prefs", repo_type="dataset")
     assert "README.md" in files and any(path.endswith(".parquet") for path in files)
     assert f'load_dataset("{USER}/bare-prefs"' in files["README.md"].decode()

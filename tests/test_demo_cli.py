@@ -689,6 +689,7 @@ def test_outputs_push_to_a_hub_under_a_bare_repo_name(demo_out, hub_server, tmp_
     assert "score_histograms.png" in card and "score_histograms.png" in dataset_files  # the card's plot is there
     assert "license: apache-2.0" in card and "configs:" in card  # a Hub licence id; the push's metadata kept
     assert f'load_dataset("{USER}/demo-preferences"' in card
+    assert hub_server.state.repo("dataset", f"{USER}/demo-preferences").summaries[-1] == "Describe the preference data"
 
 
 def test_judge_option_loads_a_real_mllm_judge(tmp_path):

@@ -459,6 +459,27 @@ def test_cli_pushes_the_results_with_their_sources_hub_ids(tiny, benchmark_sourc
     assert kwargs["dataset_ids"] == {"coco": hub_source}
 
 
+def test_a_results_record_the_hub_fails_to_serve_fails_the_push(monkeypatch):
+    """Only a repo without maple_eval_results.json starts a new record. One the Hub failed to serve (a 5xx, offline:
+    LocalEntryNotFoundError, also an EntryNotFoundError) must fail the push, not drop the results pushed before for
+    other benchmarks from the card."""
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from evaluation.cli import PUSHED_RESULTS_FILE, push_results
+
+    def unreachable(repo_id, filename, **kwargs):
+        raise LocalEntryNotFoundError(f"{filename}: the Hub did not answer and it is not in the cache")
+
+    commits = []
+    monkeypatch.setattr(huggingface_hub.ModelCard, "load", classmethod(lambda cls, *args, **kwargs: cls("# mine\n")))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", lambda self, *args, **kwargs: commits.append(args))
+    with pytest.raises(LocalEntryNotFoundError, match=PUSHED_RESULTS_FILE):
+        push_results("maple-org/mine", {"bivlc": {"text_score": 50.0, "image_score": 25.0, "group_score": 25.0}})
+    assert commits == []
+
+
 def test_cli_reports_a_missing_or_unreachable_benchmark_source(tiny, tmp_path, capsys):
     _, _, (first, _) = tiny
     out = tmp_path / "eval"

@@ -210,8 +210,8 @@ def test_local_typo_hint_only_for_a_relative_reference_whose_first_folder_exists
 
 
 def _fake_hub(monkeypatch, *, files=(), info_error=None, download=None):
-    """The Hub as `hub_checkpoint_config_file` sees it: a repo listing `files` (or whose listing raises `info_error`),
-    and `download(repo_id, filename, revision=..., local_files_only=...)` for its files."""
+    """The Hub as `hub_checkpoint_config_file` sees it: a repo listing `files` (a dict: at each revision; or whose
+    listing raises `info_error`), and `download(repo_id, filename, revision=..., local_files_only=...)` for its files."""
     from types import SimpleNamespace
 
     import huggingface_hub
@@ -219,7 +219,8 @@ def _fake_hub(monkeypatch, *, files=(), info_error=None, download=None):
     def model_info(self, repo_id, revision=None):
         if info_error is not None:
             raise info_error
-        return SimpleNamespace(siblings=[SimpleNamespace(rfilename=name) for name in files])
+        listed = files.get(revision or "main", ()) if isinstance(files, dict) else files
+        return SimpleNamespace(siblings=[SimpleNamespace(rfilename=name) for name in listed])
 
     monkeypatch.setattr(huggingface_hub.HfApi, "model_info", model_info)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", download or (lambda *args, **kwargs: pytest.fail("downloaded")))
@@ -232,6 +233,16 @@ def test_a_hub_repo_holding_both_configs_is_read_by_its_config_json(tmp_path, mo
     files = ["adapter_config.json", "config.json", "model.safetensors"]
     _fake_hub(monkeypatch, files=files, download=lambda repo_id, filename, revision=None: tmp_path / filename)
     assert hub_checkpoint_config_file("maple-org/model").name == "config.json"
+
+
+def test_a_hub_repo_is_read_at_the_revision_asked_for(tmp_path, monkeypatch):
+    """A revision whose files are not main's (an adapter there, a full model now) is listed and read at that revision."""
+    from evaluation.models import hub_checkpoint_config_file
+
+    files = {"main": ["config.json", "model.safetensors"], "v1": ["adapter_config.json", "adapter_model.safetensors"]}
+    _fake_hub(monkeypatch, files=files,
+              download=lambda repo_id, filename, revision=None: tmp_path / (revision or "main") / filename)
+    assert hub_checkpoint_config_file("maple-org/model", revision="v1") == tmp_path / "v1" / "adapter_config.json"
 
 
 def test_a_missing_repo_whose_first_folder_exists_here_hints_at_a_local_typo_and_a_gated_one_does_not(tmp_path, monkeypatch):

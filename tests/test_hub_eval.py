@@ -90,6 +90,7 @@ def test_push_refuses_local_benchmark_copies_and_writes_a_card_where_there_is_no
     assert "maple-org/bivlc-train: benchmark 'bivlc' is read from the 'test' split, which this dataset lacks" in output
     card = hub_server.files("maple-org/no-card")["README.md"].decode()
     assert "name: bivlc" in card and "type: maple-org/bivlc-copy" in card and "| bivlc |" in card
+    assert "model-index:\n- name: maple-org/no-card\n" in card  # the card names no model: the results are the repo's
 
 
 PUSH_WHILE_THE_HUB_FAILS = """
@@ -124,15 +125,23 @@ HfApi().create_repo("maple-org/two-pushes")
 push_results("maple-org/two-pushes", {"coco": {key: 40.0 for key in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5",
                                                                     "t2i_r10")}}, dataset_ids={"coco": "maple-org/coco-copy"})
 push_results("maple-org/two-pushes", {"bivlc": {"text_score": 50.0, "image_score": 25.0, "group_score": 25.0}})
+push_results("maple-org/two-pushes", {"coco": {key: 41.0 for key in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5",
+                                                                    "t2i_r10")}})  # now from the official source
 """
 
 
 def test_a_push_of_one_benchmark_keeps_the_results_pushed_for_another(hub_server, tmp_path):
     """`maple eval --benchmarks winoground --push-to-hub` replaced the card's evaluation section and model-index
-    with winoground alone: COCO results pushed before were gone."""
+    with winoground alone: COCO results pushed before were gone. A benchmark pushed again takes its new results and
+    source."""
+    from evaluation.benchmarks import BENCHMARKS
+
     run_client(hub_server, tmp_path, PUSH_TWO_BENCHMARKS_ONE_AFTER_THE_OTHER)
-    card = hub_server.files("maple-org/two-pushes")["README.md"].decode()
-    assert "| coco | 40.0 |" in card and "| bivlc | all | 50.0 | 25.0 | 25.0 |" in card
-    assert "name: coco" in card and "type: maple-org/coco-copy" in card and "name: bivlc" in card
+    repo = hub_server.state.repo("model", "maple-org/two-pushes")
     # the repo's first commit, then one per push: card and record together (a failed push leaves both as they were)
-    assert len(hub_server.state.repo("model", "maple-org/two-pushes").commits) == 3
+    assert repo.summaries == ["initial commit"] + ["Add MAPLE evaluation results"] * 3
+    after_bivlc, card = (files["README.md"].content.decode() for files in list(repo.commits.values())[2:])
+    assert "| coco | 40.0 |" in after_bivlc and "| bivlc | all | 50.0 | 25.0 | 25.0 |" in after_bivlc
+    assert "name: coco" in after_bivlc and "type: maple-org/coco-copy" in after_bivlc and "name: bivlc" in after_bivlc
+    assert "| coco | 41.0 |" in card and "| bivlc | all | 50.0 | 25.0 | 25.0 |" in card
+    assert f"type: {BENCHMARKS['coco'].hub_id}" in card and "maple-org/coco-copy" not in card

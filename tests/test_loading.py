@@ -145,20 +145,71 @@ def test_a_saved_processor_loads_with_the_image_processor_backend_it_was_built_w
     assert requested == [None]
 
 
-def test_the_revision_asked_for_reaches_the_weights_and_the_processor(tmp_path, clip_folder, monkeypatch):
-    """`load_maple(revision=...)` takes the weights and the processor from the snapshot whose config it read, for a
-    MAPLE checkpoint and a backbone alike (tests/test_hub_model.py makes the round trip through a Hub server)."""
-    from transformers import AutoModel, AutoProcessor
+def test_the_revision_asked_for_reaches_the_config_the_weights_and_the_processor(tmp_path, clip_folder, monkeypatch):
+    """`load_maple(revision=...)` reads the config and takes the weights and the processor from that one snapshot, for
+    a MAPLE checkpoint and a backbone alike (tests/test_hub_model.py makes the round trip through a Hub server); a
+    MAPLE checkpoint's three get `trust_remote_code` too."""
+    from transformers import AutoConfig, AutoModel, AutoProcessor
 
     from modeling_maple.testing import tiny_dual_encoder_config
 
-    revisions = {}
+    calls = {}
+
+    def recorder(part, load=lambda *args, **kwargs: None):
+        def record(*args, revision=None, trust_remote_code=None, **kwargs):
+            calls[part] = (revision, trust_remote_code)
+            return load(*args, revision=revision, **kwargs)
+        return record
+
+    monkeypatch.setattr(AutoConfig, "from_pretrained", recorder("config", AutoConfig.from_pretrained))
     for owner, loader, part in ((AutoModel, "from_pretrained", "weights"), (MapleModel, "from_backbone", "weights"),
                                 (AutoProcessor, "from_pretrained", "processor"),
                                 (MapleProcessor, "from_backbone", "processor")):
-        monkeypatch.setattr(owner, loader, lambda *args, part=part, revision=None, **kwargs: revisions.update({part: revision}))
+        monkeypatch.setattr(owner, loader, recorder(part))
     tiny_dual_encoder_config().save_pretrained(tmp_path / "maple")
-    for folder in (tmp_path / "maple", clip_folder):
-        revisions.clear()
-        load_maple(str(folder), revision="v2")
-        assert revisions == {"weights": "v2", "processor": "v2"}, folder
+    load_maple(str(tmp_path / "maple"), revision="v2", trust_remote_code=True)
+    assert calls == {"config": ("v2", True), "weights": ("v2", True), "processor": ("v2", True)}
+    calls.clear()
+    load_maple(str(clip_folder), revision="v2")
+    assert {part: revision for part, (revision, _) in calls.items()} == {"config": "v2", "weights": "v2", "processor": "v2"}
+
+
+def test_a_models_revision_is_its_backbones_not_its_text_backbones(monkeypatch):
+    """`MapleModel.from_backbone(..., revision=...)` loads an MLLM, or a vision tower, from that snapshot; a text
+    backbone, another repo, from its own default branch."""
+    from transformers import AutoModel
+
+    class Loaded(Exception):
+        """Stops the build once the backbone that matters here is asked for."""
+
+    loads = []
+
+    def load(name, revision=None, **kwargs):
+        loads.append((name, revision))
+        if name != "org/vision":
+            raise Loaded
+
+    monkeypatch.setattr(AutoModel, "from_pretrained", load)
+    with pytest.raises(Loaded):
+        MapleModel.from_backbone("org/mllm", backbone="mllm", revision="v2")
+    with pytest.raises(Loaded):
+        MapleModel.from_backbone("org/vision", backbone="dual_encoder", text_backbone="org/text", revision="v2")
+    assert loads == [("org/mllm", "v2"), ("org/vision", "v2"), ("org/text", None)]
+
+
+def test_a_processors_revision_is_its_vision_backbones_not_its_text_backbones(monkeypatch):
+    """`MapleProcessor.from_backbone(..., text_backbone=..., revision=...)`: the revision names a snapshot of the
+    vision backbone's repo; the text backbone's tokenizer, another repo's, comes from its own default branch."""
+    from types import SimpleNamespace
+
+    from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
+
+    from modeling_maple.testing import tiny_image_processor
+
+    revisions = {}
+    for owner, made in ((AutoImageProcessor, tiny_image_processor()), (AutoTokenizer, tiny_tokenizer()),
+                        (AutoConfig, SimpleNamespace(model_type="dinov2"))):
+        monkeypatch.setattr(owner, "from_pretrained",
+                            lambda name, revision=None, made=made, **kwargs: revisions.update({name: revision}) or made)
+    MapleProcessor.from_backbone("org/vision", backbone="dual_encoder", text_backbone="org/text", revision="v2")
+    assert revisions == {"org/vision": "v2", "org/text": None}

@@ -362,3 +362,23 @@ def test_the_licence_of_a_base_model_on_the_hub_is_read_from_its_tags(hub_server
 
     repo = f"{USER}/licensed-base"
     assert run_client(hub_server, tmp_path, BASE_LICENCE.format(repo=repo, user=USER)).split() == ["llama3", "None"]
+
+
+def test_a_dataset_card_the_hub_fails_to_serve_fails_the_card_push(monkeypatch):
+    """Only a repo without README.md may get a card without the `configs` metadata that `datasets`' push wrote there.
+    A card the Hub failed to serve (a 5xx, offline: LocalEntryNotFoundError, also an EntryNotFoundError) must fail the
+    push: a card without `configs` leaves the configs, pushed to folders of their own names, unloadable."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from model_cards.cards import push_dataset_card
+
+    def unreachable(cls, *args, **kwargs):
+        raise LocalEntryNotFoundError("README.md: the Hub did not answer and it is not in the cache")
+
+    commits = []
+    monkeypatch.setattr(DatasetCard, "load", classmethod(unreachable))
+    monkeypatch.setattr(HfApi, "create_commit", lambda self, *args, **kwargs: commits.append(args))
+    with pytest.raises(LocalEntryNotFoundError):
+        push_dataset_card(dataset_card_from_stats({}), "me/prefs", {}, commit_message="Describe config paper")
+    assert commits == []

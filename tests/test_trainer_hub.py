@@ -60,9 +60,9 @@ def test_push_to_hub_uploads_a_loadable_merged_model_and_its_card(hub_server, tm
     assert {"config.json", "model.safetensors", "modeling_maple.py", "processor_config.json", "README.md"} <= files
     assert "adapter_config.json" not in files  # merged: AutoModel needs no PEFT
     assert loaded["model_class"].startswith("transformers_modules.") and loaded["identical"]
-    assert "lora" in loaded["card_text"].lower() and "rpa_weight" in loaded["card_text"]
+    assert "| Fine-tuning | LoRA (rank 4, alpha 4) on `" in loaded["card_text"] and "rpa_weight" in loaded["card_text"]
     assert f'from_pretrained("{REPO}"' in loaded["card_text"]  # the repo created, not the name asked for
-    assert {"my-tag", "maple", "trl"} <= set(loaded["card_tags"])
+    assert {"my-tag", "maple", "trl", "lora"} <= set(loaded["card_tags"])
 
 
 TRAIN_WITH_CHECKPOINT_PUSHES = INPUTS + """
@@ -75,7 +75,7 @@ model, processor = build_tiny("dual_encoder", seed=0)
 args = RPAConfig(output_dir="{output_dir}", max_steps=1, per_device_train_batch_size=4, save_strategy="steps",
                  save_steps=1, report_to="none", push_to_hub=True, hub_model_id="{repo}", hub_strategy="every_save")
 trainer = RPATrainer(model, args=args, train_dataset=synthetic_preference_dataset(4), processing_class=processor)
-trainer.model_card_kwargs = {{"dataset_name": "maple-org/prefs", "judge_id": "Qwen/Qwen2-VL-7B-Instruct"}}
+trainer.model_card_kwargs = {{"dataset_name": "maple-org/prefs", "judge_id": "Qwen/Qwen2-VL-7B-Instruct", "tags": ["my-run"]}}
 trainer.train()  # pushes the step-1 checkpoint only: no push_to_hub() at the end
 text, image = trainer.model.eval().encode(processor, texts=TEXTS, images=IMAGES)
 torch.save({{"text": text, "image": image}}, "{expected}")
@@ -86,9 +86,10 @@ def test_checkpoints_pushed_during_training_load_without_the_package(hub_server,
     paths = {"repo": "maple-org/rpa-tiny-checkpoints", "output_dir": tmp_path / "run", "expected": tmp_path / "expected.pt"}
     run_client(hub_server, tmp_path, TRAIN_WITH_CHECKPOINT_PUSHES.format(**paths))
     assert {"config.json", "modeling_maple.py", "configuration_maple.py"} <= set(hub_server.files(paths["repo"]))
-    # the card pushed with a checkpoint names the data and the judge (it said "not recorded" for both before)
+    # the card pushed with a checkpoint names the data and the judge (it said "not recorded" for both before), and has
+    # the run's tags
     card = hub_server.files(paths["repo"])["README.md"].decode()
-    assert "maple-org/prefs" in card and "Qwen/Qwen2-VL-7B-Instruct" in card
+    assert "maple-org/prefs" in card and "Qwen/Qwen2-VL-7B-Instruct" in card and "\n- my-run\n" in card
     loaded = json.loads(run_client(hub_server, tmp_path, LOAD.format(**paths), isolated=True).strip().splitlines()[-1])
     assert loaded["model_class"].startswith("transformers_modules.") and loaded["identical"]
 
@@ -113,3 +114,26 @@ def test_the_judge_of_a_preference_dataset_on_the_hub_is_read_from_its_stats(hub
     """`maple build-preferences --push-to-hub` uploads stats/<config>/stats.json: the model card names its judge."""
     printed = run_client(hub_server, tmp_path, JUDGE_OF_A_HUB_DATASET.format(repo=f"{USER}/judged-preferences"))
     assert printed.strip().splitlines()[-2:] == ["Qwen/Qwen2-VL-7B-Instruct", "None OpenGVLab/InternVL3-1B"]
+
+
+TRAIN_ON_HUB_DATA_AND_PUSH = """
+from huggingface_hub import HfApi
+from trainer.cli import main
+from trainer.testing import synthetic_preference_dataset
+
+synthetic_preference_dataset(4).push_to_hub("{data_repo}")
+HfApi().upload_file(path_or_fileobj=b'{{"judge": "Qwen/Qwen2-VL-7B-Instruct"}}', path_in_repo="stats/default/stats.json",
+                    repo_id="{data_repo}", repo_type="dataset")
+assert main(["--tiny", "dual_encoder", "--dataset_name", "{data_repo}", "--output_dir", "run", "--max_steps", "1",
+             "--per_device_train_batch_size", "4", "--report_to", "none", "--save_strategy", "no",  # no checkpoint pushes
+             "--push_to_hub", "--hub_model_id", "{repo}"]) == 0
+"""
+
+
+def test_maple_train_pushes_the_model_with_a_card_naming_the_hub_data_and_its_judge(hub_server, tmp_path):
+    repo, data_repo = "maple-org/rpa-tiny-cli", "maple-org/cli-preferences"
+    run_client(hub_server, tmp_path, TRAIN_ON_HUB_DATA_AND_PUSH.format(repo=repo, data_repo=data_repo))
+    files = hub_server.files(repo)
+    assert {"config.json", "model.safetensors", "modeling_maple.py", "processor_config.json"} <= set(files)
+    card = files["README.md"].decode()
+    assert f"datasets:\n- {data_repo}\n" in card and "| Preference judge | `Qwen/Qwen2-VL-7B-Instruct` |" in card
