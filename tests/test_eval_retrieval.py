@@ -123,6 +123,19 @@ def test_chunked_topk_without_queries():
     assert scores.shape == indices.shape == (0, 3)
 
 
+def test_chunked_topk_on_an_empty_gallery_returns_no_candidates_whatever_is_excluded():
+    """With a duplicate threshold the excluded candidates' vectors were gathered from the empty gallery: IndexError."""
+    scores, indices = chunked_topk(_normalised(2, 4, 0), torch.zeros(0, 4), k=3, self_indices=torch.tensor([0, 1]),
+                                   duplicate_threshold=0.9, excluded_indices=torch.tensor([[-1], [-1]]))
+    assert scores.shape == indices.shape == (2, 0)
+
+
+def test_chunked_topk_refuses_one_dimensional_excluded_indices():
+    """A (Q,) tensor, one excluded candidate per query, passes the length check; it must be (Q, 1)."""
+    with pytest.raises(ValueError, match=r"excluded_indices: expected shape \(3, m\), got \(3,\)"):
+        chunked_topk(_normalised(3, 4, 0), _normalised(5, 4, 1), k=2, excluded_indices=torch.tensor([0, 1, 2]))
+
+
 def test_chunked_ranks_without_queries_and_with_zero_dimensional_entries():
     """Zero queries raised torch.cat's 'expected a non-empty list of Tensors' (chunked_topk returns empty results);
     0-d tensors as entries raised 'iteration over a 0-d tensor'."""
