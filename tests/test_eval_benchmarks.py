@@ -102,6 +102,8 @@ def test_an_empty_source_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(BenchmarkSourceError, match=r"benchmark 'coco': the source is empty; expected a path or a Hub dataset id"):
         load_benchmark("coco", "")
+    with pytest.raises(BenchmarkSourceError, match=r"the source is empty"):
+        load_benchmark("coco", " ")
 
 
 @pytest.mark.parametrize("source", ["test_sets/nope.parquet", "test_sets/Nope.PARQUET"])
@@ -567,3 +569,25 @@ def test_mmvp_rows_with_more_than_three_fields_or_a_blank_field_name_their_line(
         (mmvp / "Questions.csv").write_text("\n".join([*lines[:2], bad, *lines[3:]]) + "\n")
         with pytest.raises(BenchmarkFormatError, match=r"Questions\.csv, line 3: expected 3 fields"):
             load_benchmark("mmvp", str(mmvp))
+
+
+def test_an_empty_folder_names_what_each_benchmark_needs(tmp_path):
+    with pytest.raises(BenchmarkFormatError, match=r"no parquet files for benchmark 'coco'"):
+        load_benchmark("coco", str(tmp_path))
+    with pytest.raises(BenchmarkFormatError, match=r"NaturalBench-Retrieval needs metadata\.json and images/"):
+        load_benchmark("naturalbench", str(tmp_path))
+
+
+def test_shards_are_read_in_file_name_order_whatever_order_the_folder_lists_them(tmp_path, monkeypatch):
+    """A folder lists its files in no set order: the table's row order, and each row's file in errors, follow the
+    shard names (test-00000-of-00002, test-00001-of-00002), as the Hub orders them."""
+    from pathlib import Path
+
+    from conftest import make_picture, write_parquet
+
+    for shard in range(2):
+        write_parquet(tmp_path / f"test-{shard:05d}-of-00002.parquet",
+                      {"image": [make_picture(shard)], "caption": [[f"shard {shard}"]]}, ("image",))
+    rglob = Path.rglob
+    monkeypatch.setattr(Path, "rglob", lambda self, pattern: reversed(sorted(rglob(self, pattern))))
+    assert load_benchmark("coco", str(tmp_path)).captions_per_image == [["shard 0"], ["shard 1"]]
