@@ -203,8 +203,8 @@ def chunked_topk(
         block_excluded = None
         if excluded_indices is not None:
             indices = excluded_indices[q_start : q_start + query_chunk].to(device=queries.device, dtype=torch.long)
-            # their vectors only to find their near-duplicates
-            vectors = candidates[indices.clamp(min=0)] if duplicate_threshold is not None else None
+            # their vectors only to find their near-duplicates (an empty gallery has no blocks, and no vectors)
+            vectors = candidates[indices.clamp(min=0)] if duplicate_threshold is not None and len(candidates) else None
             block_excluded = (indices, vectors)
         best_scores = query_block.new_full((query_block.shape[0], 0), float("-inf"))
         best_indices = torch.empty((query_block.shape[0], 0), dtype=torch.long, device=queries.device)

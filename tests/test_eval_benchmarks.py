@@ -102,6 +102,8 @@ def test_an_empty_source_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(BenchmarkSourceError, match=r"benchmark 'coco': the source is empty; expected a path or a Hub dataset id"):
         load_benchmark("coco", "")
+    with pytest.raises(BenchmarkSourceError, match=r"the source is empty"):
+        load_benchmark("coco", " ")
 
 
 @pytest.mark.parametrize("source", ["test_sets/nope.parquet", "test_sets/Nope.PARQUET"])
@@ -513,3 +515,79 @@ def test_each_protocol_embeds_with_the_batch_size_given_and_each_distinct_captio
     evaluate_benchmark(model, None, QuadrupleBenchmark("q", [_RIGHT], None), batch_size=5)
     assert model.calls == [(["t0", "t1"], 3), (["t0", "t1"], 5)]
     assert (result["num_images"], result["num_captions"]) == (2, 4)  # captions are counted as written
+
+
+def test_caption_errors_name_the_first_bad_row_count_them_all_and_refuse_a_one_word_string(tmp_path):
+    """A one-word caption string has no space to fail the blank check letter by letter: only the string check keeps it
+    from being read as a list of one-letter captions."""
+    from conftest import make_picture, write_parquet
+
+    pictures = [make_picture(seed) for seed in range(3)]
+    path = write_parquet(tmp_path / "c.parquet", {"image": pictures, "caption": [["a"], [], [" "]]}, ("image",))
+    with pytest.raises(BenchmarkFormatError, match=r"c\.parquet: row 1, column 'caption': \[\]; .* \(2 such rows\)"):
+        load_benchmark("coco", str(path))
+    path = write_parquet(tmp_path / "word.parquet", {"image": pictures[:1], "caption": ["dog"]}, ("image",))
+    with pytest.raises(BenchmarkFormatError, match=r"word\.parquet: row 0, column 'caption': 'dog'; expected a non-empty list"):
+        load_benchmark("coco", str(path))
+
+
+def test_a_null_image_in_a_later_shard_names_that_shard_and_its_own_row(tmp_path):
+    from conftest import make_picture
+
+    make_picture(0).save(tmp_path / "a.png")
+    (tmp_path / "shards").mkdir()
+    for shard, images in enumerate([[str(tmp_path / "a.png")] * 2, [str(tmp_path / "a.png"), None]]):
+        datasets.Dataset.from_dict({"image": images, "caption": [["a"]] * len(images)}).to_parquet(
+            str(tmp_path / "shards" / f"test-{shard:05d}-of-00002.parquet"))
+    with pytest.raises(BenchmarkFormatError, match=r"test-00001-of-00002\.parquet: row 1, column 'image': no image"):
+        load_benchmark("coco", str(tmp_path / "shards"))
+
+
+def test_naturalbench_entries_that_are_not_objects_blank_or_folders_are_named(benchmark_sources, tmp_path):
+    natural = shutil.copytree(benchmark_sources["naturalbench"], tmp_path / "natural")
+    metadata = json.loads((natural / "metadata.json").read_text())
+
+    def error_with(entries):
+        (natural / "metadata.json").write_text(json.dumps(entries))
+        with pytest.raises(BenchmarkFormatError) as raised:
+            load_benchmark("naturalbench", str(natural))
+        return str(raised.value)
+
+    assert "metadata.json: entry 1 lacks ['image_0', 'image_1', 'caption_0', 'caption_1']" in error_with([metadata[0], 3])
+    assert "metadata.json: entry 1, 'caption_1' is ' '; expected a non-empty string" in error_with(
+        [metadata[0], {**metadata[1], "caption_1": " "}])
+    (natural / "images" / "folder").mkdir()
+    assert "metadata.json: entry 0, 'image_0': image file is missing: " in error_with([{**metadata[0], "image_0": "folder"}])
+
+
+def test_mmvp_rows_with_more_than_three_fields_or_a_blank_field_name_their_line(benchmark_sources, tmp_path):
+    """A statement holding an unquoted comma splits into four fields; a blank statement would be the text
+    "a photo of  "."""
+    mmvp = shutil.copytree(benchmark_sources["mmvp"], tmp_path / "mmvp")
+    lines = (mmvp / "Questions.csv").read_text().splitlines()
+    for bad in ("2,Orientation and Direction,The bird, facing right.", "2,Orientation and Direction,  "):
+        (mmvp / "Questions.csv").write_text("\n".join([*lines[:2], bad, *lines[3:]]) + "\n")
+        with pytest.raises(BenchmarkFormatError, match=r"Questions\.csv, line 3: expected 3 fields"):
+            load_benchmark("mmvp", str(mmvp))
+
+
+def test_an_empty_folder_names_what_each_benchmark_needs(tmp_path):
+    with pytest.raises(BenchmarkFormatError, match=r"no parquet files for benchmark 'coco'"):
+        load_benchmark("coco", str(tmp_path))
+    with pytest.raises(BenchmarkFormatError, match=r"NaturalBench-Retrieval needs metadata\.json and images/"):
+        load_benchmark("naturalbench", str(tmp_path))
+
+
+def test_shards_are_read_in_file_name_order_whatever_order_the_folder_lists_them(tmp_path, monkeypatch):
+    """A folder lists its files in no set order: the table's row order, and each row's file in errors, follow the
+    shard names (test-00000-of-00002, test-00001-of-00002), as the Hub orders them."""
+    from pathlib import Path
+
+    from conftest import make_picture, write_parquet
+
+    for shard in range(2):
+        write_parquet(tmp_path / f"test-{shard:05d}-of-00002.parquet",
+                      {"image": [make_picture(shard)], "caption": [[f"shard {shard}"]]}, ("image",))
+    rglob = Path.rglob
+    monkeypatch.setattr(Path, "rglob", lambda self, pattern: reversed(sorted(rglob(self, pattern))))
+    assert load_benchmark("coco", str(tmp_path)).captions_per_image == [["shard 0"], ["shard 1"]]

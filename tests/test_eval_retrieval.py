@@ -123,6 +123,24 @@ def test_chunked_topk_without_queries():
     assert scores.shape == indices.shape == (0, 3)
 
 
+def test_chunked_topk_with_k_zero_returns_no_candidates():
+    scores, indices = chunked_topk(_normalised(3, 4, 0), _normalised(5, 4, 1), k=0, candidate_chunk=2)
+    assert scores.shape == indices.shape == (3, 0)
+
+
+def test_chunked_topk_on_an_empty_gallery_returns_no_candidates_whatever_is_excluded():
+    """With a duplicate threshold the excluded candidates' vectors were gathered from the empty gallery: IndexError."""
+    scores, indices = chunked_topk(_normalised(2, 4, 0), torch.zeros(0, 4), k=3, self_indices=torch.tensor([0, 1]),
+                                   duplicate_threshold=0.9, excluded_indices=torch.tensor([[-1], [-1]]))
+    assert scores.shape == indices.shape == (2, 0)
+
+
+def test_chunked_topk_refuses_one_dimensional_excluded_indices():
+    """A (Q,) tensor, one excluded candidate per query, passes the length check; it must be (Q, 1)."""
+    with pytest.raises(ValueError, match=r"excluded_indices: expected shape \(3, m\), got \(3,\)"):
+        chunked_topk(_normalised(3, 4, 0), _normalised(5, 4, 1), k=2, excluded_indices=torch.tensor([0, 1, 2]))
+
+
 def test_chunked_ranks_without_queries_and_with_zero_dimensional_entries():
     """Zero queries raised torch.cat's 'expected a non-empty list of Tensors' (chunked_topk returns empty results);
     0-d tensors as entries raised 'iteration over a 0-d tensor'."""
@@ -208,6 +226,8 @@ def test_chunked_ranks_keep_ties_of_float_duplicates_at_any_block_size(query_chu
 def test_mismatched_shapes_are_reported():
     with pytest.raises(ValueError, match=r"got \(2, 3\) and \(4, 5\)"):
         chunked_topk(torch.zeros(2, 3), torch.zeros(4, 5), k=1)
+    with pytest.raises(ValueError, match=r"got \(4,\) and \(5, 4\)"):
+        chunked_topk(torch.zeros(4), torch.zeros(5, 4), k=1)
     # One position short: the last query would retrieve itself, silently.
     with pytest.raises(ValueError, match=r"self_indices: expected shape \(3,\), got \(2,\)"):
         chunked_topk(_normalised(3, 4, 0), _normalised(5, 4, 1), k=1, self_indices=torch.tensor([0, 1]))

@@ -229,6 +229,8 @@ def test_eval_recall_of_a_diverged_model_is_nan_not_an_error():
     ids = torch.tensor([0, 1])
     recalls = anchor_recall_at_1(embeds, embeds, ids, ids)
     assert all(math.isnan(value) for value in recalls.values()) and set(recalls) == {"text_to_image", "image_to_text"}
+    for text_embeds, image_embeds in ((embeds, embeds.nan_to_num()), (embeds.nan_to_num(), embeds)):  # one side diverged
+        assert all(math.isnan(value) for value in anchor_recall_at_1(text_embeds, image_embeds, ids, ids).values())
 
 
 def test_mllm_backbone_trains_with_sampled_candidates(tmp_path):
