@@ -495,6 +495,24 @@ def test_anchor_images_are_compared_as_the_datasets_image_feature_decodes_them(t
     rgb = dataset.cast_column("image", datasets.Image(mode="RGB")).cast_column(
         "candidate_images", datasets.List(datasets.Image(mode="RGB")))
     validate_preference_dataset(rgb, "train")
+    # each column decodes with its own feature: a palette anchor under Image(mode="RGB"), an RGB candidate without
+    palette_anchor = _corrupt("image", lambda image: as_palette([image])[0])
+    validate_preference_dataset(palette_anchor.cast_column("image", datasets.Image(mode="RGB")), "train")
+
+
+def test_a_first_candidate_that_does_not_decode_is_named_by_validation():
+    from trainer.schema import validate_preference_dataset
+
+    def truncate(row, index):
+        if index == 2:
+            row["candidate_images"][0] = {"bytes": row["candidate_images"][0]["bytes"][:40], "path": None}
+        return row
+
+    encoded = synthetic_preference_dataset(4).cast_column("candidate_images", datasets.List(datasets.Image(decode=False)))
+    truncated = encoded.map(truncate, with_indices=True).cast_column("candidate_images", datasets.List(datasets.Image()))
+    with pytest.raises(ValueError, match=r"^train dataset, row id 'scene-2': column 'image' or 'candidate_images'\[0\] "
+                                         r"does not decode \(UnidentifiedImageError"):
+        validate_preference_dataset(truncated, "train")
 
 
 def test_a_missing_column_is_named_with_the_dataset_it_is_missing_from():
