@@ -188,15 +188,29 @@ def test_bad_rows_are_named_with_the_collators_dataset(processor, rows):
         ("txt2img_scores", lambda scores: [*scores[:2], "0.5", *scores[3:]],
          r"column 'txt2img_scores'\[2\] is '0.5'; expected a judge probability in \[0, 1\]"),
         ("img2txt_scores", None, r"column 'img2txt_scores' has 0 scores, expected 6"),
+        ("txt2img_scores", lambda scores: [*scores, 0.5], r"column 'txt2img_scores' has 7 scores, expected 6"),
+        ("candidate_texts", None, r"column 'candidate_texts' is empty; expected at least the anchor itself"),
+        ("candidate_texts", lambda texts: [texts[0], "  ", *texts[2:]],
+         r"column 'candidate_texts'\[1\] is a blank string '  '; expected a non-empty string"),
     ],
     ids=["caption", "image", "candidate-text", "candidate-image", "int-caption", "image-path", "int-candidate-text",
-         "candidate-image-path", "string-score", "no-scores"],
+         "candidate-image-path", "string-score", "no-scores", "extra-score", "no-candidate-texts",
+         "blank-candidate-text"],
 )
 def test_missing_or_mistyped_values_are_named(processor, rows, column, value, message):
     # streamed rows of unknown features reach the collator unchecked
     bad = dict(rows[1], **{column: value(rows[1][column]) if callable(value) else value})
     with pytest.raises(ValueError, match=rf"^train dataset, row id 'scene-1': {message}"):
         DataCollatorForEmbeddingPreference(processor)([rows[0], bad])
+
+
+def test_a_batch_the_processor_refuses_is_named_by_its_dataset_and_rows(rows):
+    def refusing(**inputs):
+        raise ValueError("an aspect ratio above 200:1")
+
+    with pytest.raises(ValueError, match=r"^eval dataset, the batch of row ids \['scene-0', 'scene-1'\]: the processor "
+                                         r"refused its texts or images: an aspect ratio above 200:1"):
+        DataCollatorForEmbeddingPreference(refusing, dataset_name="eval")(rows[:2])
 
 
 @pytest.mark.parametrize("item", [None, b"a red square", 3], ids=["none", "bytes", "int"])
@@ -304,7 +318,8 @@ def test_images_left_encoded_only_where_the_collator_decodes_them_as_the_dataset
     assert with_images_left_encoded(private) is private  # its image files need the token, which the collator lacks
 
 
-@pytest.mark.parametrize("image", [{"bytes": None, "path": None}, {"path": "a.png"}], ids=["neither", "no-bytes-key"])
+@pytest.mark.parametrize("image", [{"bytes": None, "path": None}, {"path": "a.png"}, {"bytes": b"\x89PNG"}],
+                         ids=["neither", "no-bytes-key", "no-path-key"])
 def test_an_image_left_encoded_without_bytes_or_path_is_named(processor, image):
     _, encoded = _left_encoded(num_rows=2)
     bad = dict(encoded[1], candidate_images=[*encoded[1]["candidate_images"][:-1], image])

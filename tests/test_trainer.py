@@ -497,6 +497,89 @@ def test_anchor_images_are_compared_as_the_datasets_image_feature_decodes_them(t
     rgb = dataset.cast_column("image", datasets.Image(mode="RGB")).cast_column(
         "candidate_images", datasets.List(datasets.Image(mode="RGB")))
     validate_preference_dataset(rgb, "train")
+    # each column decodes with its own feature: a palette anchor under Image(mode="RGB"), an RGB candidate without
+    palette_anchor = _corrupt("image", lambda image: as_palette([image])[0])
+    validate_preference_dataset(palette_anchor.cast_column("image", datasets.Image(mode="RGB")), "train")
+
+
+def test_a_first_candidate_that_does_not_decode_is_named_by_validation():
+    from trainer.schema import validate_preference_dataset
+
+    def truncate(row, index):
+        if index == 2:
+            row["candidate_images"][0] = {"bytes": row["candidate_images"][0]["bytes"][:40], "path": None}
+        return row
+
+    encoded = synthetic_preference_dataset(4).cast_column("candidate_images", datasets.List(datasets.Image(decode=False)))
+    truncated = encoded.map(truncate, with_indices=True).cast_column("candidate_images", datasets.List(datasets.Image()))
+    with pytest.raises(ValueError, match=r"^train dataset, row id 'scene-2': column 'image' or 'candidate_images'\[0\] "
+                                         r"does not decode \(UnidentifiedImageError"):
+        validate_preference_dataset(truncated, "train")
+
+
+def test_a_missing_column_is_named_with_the_dataset_it_is_missing_from():
+    from trainer.schema import validate_preference_dataset
+
+    with pytest.raises(ValueError, match=r"^The winoground_dev dataset lacks column\(s\) \['caption'\]"):
+        validate_preference_dataset(synthetic_preference_dataset(2).remove_columns("caption"), "winoground_dev")
+
+
+def test_an_empty_candidate_list_is_named_when_another_row_holds_a_missing_candidate():
+    """The per-row first invalid entries were computed over the lists' lengths, which a null list has none of."""
+    from trainer.schema import validate_preference_dataset
+
+    def edit(row, index):
+        texts = row["candidate_texts"]
+        return {"candidate_texts": None if index == 1 else [texts[0], None, *texts[2:]] if index == 2 else texts}
+
+    with pytest.raises(ValueError, match=r"row id 'scene-1': column 'candidate_texts' is empty"):
+        validate_preference_dataset(synthetic_preference_dataset(4).map(edit, with_indices=True), "train")
+
+
+def _stored_as_paths(dataset, tmp_path, edit=lambda row, candidates: candidates):
+    """`dataset` with each image saved as a file and stored by its path (no bytes); `edit` changes each row's list of
+    candidate images so stored."""
+    rows = []
+    for row in dataset:
+        candidates = []
+        for position, image in enumerate(row["candidate_images"]):
+            image.save(tmp_path / f"{row['id']}-{position}.png")
+            candidates.append({"bytes": None, "path": str(tmp_path / f"{row['id']}-{position}.png")})
+        rows.append(dict(row, image=candidates[0], candidate_images=edit(row, candidates)))
+    return datasets.Dataset.from_list(rows, features=dataset.features)
+
+
+def test_an_anchor_image_stored_by_path_is_compared_by_its_picture(tmp_path):
+    """Images stored by path have no bytes to compare: another picture first at another path is still found."""
+    from trainer.schema import validate_preference_dataset
+
+    dataset = synthetic_preference_dataset(2)
+    validate_preference_dataset(_stored_as_paths(dataset, tmp_path), "train")
+    swapped = _stored_as_paths(dataset, tmp_path, lambda row, candidates: [candidates[1], candidates[0], *candidates[2:]])
+    with pytest.raises(ValueError, match=r"row id 'scene-0': column 'candidate_images'\[0\] differs from the row's 'image'"):
+        validate_preference_dataset(swapped, "train")
+
+
+def test_only_missing_local_files_read_by_path_are_refused(tmp_path):
+    """A URL is left to the read that fetches it, and a path stored beside the image's bytes is never read: the entry
+    named is the one that would be read from the missing file."""
+    from trainer.schema import validate_preference_dataset
+
+    dataset = synthetic_preference_dataset(2)
+    gone = str(tmp_path / "gone.png")
+
+    def with_url(row, candidates):
+        return [*candidates[:1], {"bytes": None, "path": "https://example.com/a.png"}, *candidates[2:]]
+
+    validate_preference_dataset(_stored_as_paths(dataset, tmp_path, with_url), "train")
+
+    def with_missing_file(row, candidates):
+        png = (tmp_path / f"{row['id']}-1.png").read_bytes()
+        return [candidates[0], {"bytes": png, "path": gone}, {"bytes": None, "path": gone}, *candidates[3:]]
+
+    with pytest.raises(ValueError, match=r"row id 'scene-0': column 'candidate_images'\[2\] is the file '.*gone.png', "
+                                         r"which does not exist"):
+        validate_preference_dataset(_stored_as_paths(dataset, tmp_path, with_missing_file), "train")
 
 
 def test_streamed_datasets_train_and_their_bad_rows_are_caught_as_they_arrive(tmp_path):
@@ -761,6 +844,10 @@ def test_a_dataset_dict_as_train_dataset_asks_for_one_split(tmp_path):
     with pytest.raises(ValueError, match=r"train dataset is a DatasetDict: pass one split, e.g. dataset\['train'\]; "
                                          r"it has splits \['train', 'test'\]"):
         RPATrainer(model, args=make_config(tmp_path), train_dataset=splits, processing_class=processor)
+    from trainer.schema import validate_preference_dataset
+
+    with pytest.raises(ValueError, match=r"pass one split, e.g. dataset\['train'\]; it has splits \['test', 'train'\]"):
+        validate_preference_dataset(datasets.DatasetDict(test=splits["test"], train=splits["train"]), "train")
 
 
 @pytest.mark.parametrize("id_type", ["large_string", "int64"])
@@ -974,6 +1061,16 @@ def test_only_errors_raised_in_pil_point_to_the_image_scan():
     with pytest.raises(ValueError, match=r"An image of the train dataset does not decode \(UnidentifiedImageError"):
         with naming_undecodable_images("train"):
             Image.open(io.BytesIO(b"not an image"))
+    # re-raised from a data loader worker: no PIL frame, PIL's traceback in the message
+    from torch._utils import ExceptionWrapper
+
+    try:
+        Image.open(io.BytesIO(b"not an image"))
+    except OSError:
+        in_worker = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(ValueError, match=r"An image of the eval dataset does not decode \(UnidentifiedImageError"):
+        with naming_undecodable_images("eval"):
+            in_worker.reraise()
 
 
 def test_rows_without_a_strict_preference_are_counted_and_reported(tmp_path, caplog):
@@ -1008,6 +1105,25 @@ def test_rows_without_a_strict_preference_are_counted_and_reported(tmp_path, cap
         "No train row has a strict preference among its candidate texts (one candidate, or equal judge scores): the "
         "image to text half of the RPA loss is zero throughout, so RPA trains with half of rpa_weight=0.5.",
     ]
+
+
+def test_rows_without_a_strict_preference_among_others_are_reported_without_the_every_row_hint(caplog):
+    from transformers.utils import logging as transformers_logging
+
+    from trainer.schema import warn_about_rows_without_preference
+
+    half_tied = synthetic_preference_dataset(4).map(
+        lambda row, index: {column: [0.5] * len(row[column]) if index < 2 else row[column]
+                            for column in ("txt2img_scores", "img2txt_scores")}, with_indices=True)
+    transformers_logging.enable_propagation()
+    try:
+        with caplog.at_level("WARNING"):
+            warn_about_rows_without_preference(half_tied, rpa_weight=0.5)
+    finally:
+        transformers_logging.disable_propagation()
+    assert [record.getMessage() for record in caplog.records] == [
+        "2 of 4 train rows have no strict preference (one candidate, or equal judge scores): RPA learns nothing from "
+        "them."]
 
 
 def test_rows_are_read_once_per_dataset_and_again_for_a_transformed_one_whatever_its_fingerprint(monkeypatch):
