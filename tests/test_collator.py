@@ -192,10 +192,16 @@ def test_bad_rows_are_named_with_the_collators_dataset(processor, rows):
         ("candidate_texts", None, r"column 'candidate_texts' is empty; expected at least the anchor itself"),
         ("candidate_texts", lambda texts: [texts[0], "  ", *texts[2:]],
          r"column 'candidate_texts'\[1\] is a blank string '  '; expected a non-empty string"),
+        # a lone value where a list belongs: a string was counted by its characters, an image or a score failed in len
+        ("candidate_texts", lambda texts: texts[0], r"column 'candidate_texts' is 'a .*' \(str\); expected a list, "
+         r"one entry per candidate \(the anchor's own first\)\.$"),
+        ("candidate_images", lambda images: images[0], r"column 'candidate_images' is <PIL\..*; expected a list"),
+        ("txt2img_scores", lambda scores: scores[0], r"column 'txt2img_scores' is 0\.\d+ \(float\); expected a list"),
+        ("candidate_texts", tuple, r"column 'candidate_texts' is \('a .*\) \(tuple\); expected a list"),
     ],
     ids=["caption", "image", "candidate-text", "candidate-image", "int-caption", "image-path", "int-candidate-text",
          "candidate-image-path", "string-score", "no-scores", "extra-score", "no-candidate-texts",
-         "blank-candidate-text"],
+         "blank-candidate-text", "lone-candidate-text", "lone-candidate-image", "lone-score", "candidate-tuple"],
 )
 def test_missing_or_mistyped_values_are_named(processor, rows, column, value, message):
     # streamed rows of unknown features reach the collator unchecked

@@ -581,6 +581,13 @@ def test_only_missing_local_files_read_by_path_are_refused(tmp_path):
                                          r"which does not exist"):
         validate_preference_dataset(_stored_as_paths(dataset, tmp_path, with_missing_file), "train")
 
+    def with_folder(row, candidates):
+        return [candidates[0], {"bytes": None, "path": str(tmp_path)}, *candidates[2:]]
+
+    with pytest.raises(ValueError, match=r"row id 'scene-0': column 'candidate_images'\[1\] is the file '.*', which is a "
+                                         r"folder \(relative paths"):
+        validate_preference_dataset(_stored_as_paths(dataset, tmp_path, with_folder), "train")
+
 
 def test_streamed_datasets_train_and_their_bad_rows_are_caught_as_they_arrive(tmp_path):
     model, processor = build_tiny("dual_encoder")

@@ -181,6 +181,20 @@ def check_rows(
                 )
 
 
+def check_lists(examples: Sequence[dict[str, Any]], dataset_name: str) -> None:
+    """Checks that the candidate and score columns of rows the collator gets hold lists (or None, which `check_rows`
+    names): rows of a stream without features arrive untyped, and a lone string would be counted by its characters,
+    a lone image or score fail in `len`."""
+    for example in examples:
+        for column in (*SCORED_CANDIDATES, *SCORED_CANDIDATES.values()):
+            value = example[column]
+            if value is not None and not isinstance(value, list):
+                raise ValueError(
+                    f"{dataset_name} dataset, row id {example['id']!r}: column {column!r} is {_described(value)}; "
+                    "expected a list, one entry per candidate (the anchor's own first)."
+                )
+
+
 def first_invalid(value: Any, column: str) -> tuple[int, str] | None:
     """A row value's first invalid entry for `check_rows`: in a column of `CONTENT_COLUMNS`, the first entry (the
     value itself for a caption or image) that is not a non-blank string / an image, as its position (0 for a caption
@@ -392,9 +406,9 @@ def _check_anchor_first(batch: pa.Table, features: Features, dataset_name: str) 
 
 
 def _check_image_files(batch: pa.Table, dataset_name: str) -> None:
-    """Raises for the first row holding an image stored as the path of a local file that does not exist (`datasets`
-    opens it only when the row is batched, hours into a run). Each distinct path is looked up once; paths with a
-    scheme (hf://, https://) are left to that read."""
+    """Raises for the first row holding an image stored as the path of a local file that does not exist or is a
+    folder (`datasets` opens it only when the row is batched, hours into a run). Each distinct path is looked up once;
+    paths with a scheme (hf://, https://) are left to that read."""
     for column in ("image", "candidate_images"):
         entries = pc.list_flatten(batch[column]) if column == "candidate_images" else batch[column]
         paths = pc.struct_field(entries, "path")
@@ -408,9 +422,11 @@ def _check_image_files(batch: pa.Table, dataset_name: str) -> None:
                              and image["path"] in missing), None)
             if position is not None:
                 entry = f"{column!r}[{position}]" if column == "candidate_images" else repr(column)
+                path = values[position]["path"]
+                problem = "is a folder" if os.path.isdir(path) else "does not exist"
                 raise ValueError(
                     f"{dataset_name} dataset, row id {batch['id'][row].as_py()!r}: column {entry} is the file "
-                    f"{values[position]['path']!r}, which does not exist (relative paths are read from {os.getcwd()})."
+                    f"{path!r}, which {problem} (relative paths are read from {os.getcwd()})."
                 )
 
 
