@@ -41,7 +41,7 @@ from ..files import atomic_write, atomic_write_json, atomic_write_text, folder_p
 from . import BACKBONES, MINERS  # the choices of `maple demo`, where its --help reads them without torch
 from .report import results_markdown, write_report
 from .scene_judge import SceneFeatureEncoder, SceneGraphCaptioner, SceneGraphJudge
-from .world import CATEGORIES, Example, Quadruple, World, WorldConfig, build_world
+from .world import CATEGORIES, Example, Quadruple, World, WorldConfig, build_world, is_positive_integer
 
 METHODS = ("infonce", "infonce_expanded", "maple")
 TEST_SETS_DIR = "test_sets"  # the evaluated test sets, in `maple eval`'s schemas
@@ -154,7 +154,7 @@ class DemoConfig:
                 problems.append(f"seeds must lie in [0, 2**32) (numpy's and torch's seed range), got {list(self.seeds)}")
         if not 0.0 < self.rpa_weight <= 1.0:
             problems.append(f"rpa_weight (lambda) must lie in (0, 1], got {self.rpa_weight}")
-        if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 1:
+        if not is_positive_integer(self.workers):
             problems.append(f"workers must be a positive integer, got {self.workers!r}")
         if not (math.isfinite(self.judge_noise) and self.judge_noise >= 0):
             problems.append(f"judge_noise is a standard deviation and must be finite and >= 0, got {self.judge_noise}")

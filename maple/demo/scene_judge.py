@@ -38,6 +38,7 @@ from .world import (
     SceneRegistry,
     describe,
     image_fingerprint,
+    is_positive_integer,
     parse_caption,
 )
 
@@ -158,7 +159,7 @@ class SceneGraphCaptioner:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.n_samples, int) or isinstance(self.n_samples, bool) or self.n_samples < 1:
+        if not is_positive_integer(self.n_samples):
             raise ValueError(f"n_samples must be a positive integer, got {self.n_samples!r}")
 
     def caption(self, anchors: list[Image.Image], negatives: list[Image.Image]) -> list[list[str]]:

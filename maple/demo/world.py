@@ -353,6 +353,11 @@ class Quadruple:
     second: Example
 
 
+def is_positive_integer(value: object) -> bool:
+    """Whether a setting is an integer >= 1; a bool is an int to Python, never a count here."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 @dataclass(frozen=True)
 class WorldConfig:
     """Everything that defines a world. The test sets depend only on `seed`, `image_size`,
@@ -368,7 +373,7 @@ class WorldConfig:
     def __post_init__(self) -> None:
         for name in ("image_size", "n_train_families", "n_retrieval", "n_quadruples_per_category"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not is_positive_integer(value):
                 raise ValueError(f"WorldConfig.{name} must be a positive integer, got {value!r}")
         if self.image_size < 24:
             raise ValueError(f"WorldConfig.image_size must be at least 24 pixels, got {self.image_size}")
