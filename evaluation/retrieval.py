@@ -213,9 +213,10 @@ def chunked_topk(
                 candidate_block = candidates[c_start : c_start + block_scores.shape[1]]
                 _exclude_in_block(block_scores, candidate_block, c_start, block_self, duplicate_threshold, block_excluded)
             top_scores, top_columns = _topk_first_columns(block_scores, min(k, block_scores.shape[1]))
-            # the kept candidates, all before this block, then this block's: in candidate order
-            merged_scores = torch.cat([best_scores.gather(1, best_order := best_indices.argsort(dim=1)), top_scores], dim=1)
-            merged_indices = torch.cat([best_indices.gather(1, best_order), top_columns + c_start], dim=1)
+            # the kept candidates (all before this block) then this block's, each by score then index: among equal
+            # scores the merged columns are in candidate order, so ties still go to the lower index
+            merged_scores = torch.cat([best_scores, top_scores], dim=1)
+            merged_indices = torch.cat([best_indices, top_columns + c_start], dim=1)
             best_scores, columns = _topk_first_columns(merged_scores, min(k, merged_scores.shape[1]))
             best_indices = merged_indices.gather(1, columns)
         all_scores[q_start : q_start + query_block.shape[0]] = best_scores
