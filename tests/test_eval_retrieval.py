@@ -118,6 +118,20 @@ def test_chunked_topk_orders_more_than_16_ties_by_candidate_index(candidate_chun
     assert scores[0].tolist() == [1.0] * 12 + [0.5] * 8
 
 
+@pytest.mark.parametrize("query_chunk, candidate_chunk", [(1, 1), (3, 2), (7, 13), (64, 256)])
+def test_chunked_topk_settles_many_ties_by_candidate_index_at_any_block_shape(query_chunk, candidate_chunk):
+    """Binary vectors give exact scores with many ties per row, some at -inf (self, near-duplicates): every block
+    shape returns the candidates sorted by score, then index."""
+    candidates = torch.randint(0, 2, (40, 3), generator=torch.Generator().manual_seed(0)).float()
+    dense = candidates @ candidates.T
+    masked = dense.masked_fill(dense >= 2.5, float("-inf")).fill_diagonal_(float("-inf"))
+    expected = [sorted(range(40), key=lambda column: (-row[column].item(), column))[:25] for row in masked]
+    scores, indices = chunked_topk(candidates, candidates, k=25, query_chunk=query_chunk, candidate_chunk=candidate_chunk,
+                                   self_indices=torch.arange(40), duplicate_threshold=2.5)
+    assert indices.tolist() == expected
+    assert torch.equal(scores, masked.gather(1, indices))
+
+
 def test_chunked_topk_without_queries():
     scores, indices = chunked_topk(torch.zeros(0, 4), _normalised(5, 4, 0), k=3)
     assert scores.shape == indices.shape == (0, 3)
