@@ -31,6 +31,26 @@ def hub_server():
     server.stop()
 
 
+@pytest.fixture
+def similarity_dtypes(monkeypatch) -> list[tuple]:
+    """What the trainer's losses are given, one entry per `_candidate_similarities` call: the text and image
+    embeddings' dtypes, the similarities' dtypes, and whether autocast was on for their device."""
+    import torch
+
+    from trainer import rpa_trainer
+
+    seen, candidate_similarities_of = [], rpa_trainer._candidate_similarities
+
+    def candidate_similarities(text_embeds, image_embeds, inputs):
+        similarities = candidate_similarities_of(text_embeds, image_embeds, inputs)
+        seen.append((text_embeds.dtype, image_embeds.dtype, *(tensor.dtype for tensor in similarities),
+                     torch.is_autocast_enabled(text_embeds.device.type)))
+        return similarities
+
+    monkeypatch.setattr(rpa_trainer, "_candidate_similarities", candidate_similarities)
+    return seen
+
+
 def make_picture(seed: int, size: int = 24):
     """A small deterministic RGB picture (PIL)."""
     import numpy as np

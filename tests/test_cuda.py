@@ -100,25 +100,13 @@ def test_judge_in_bf16_on_cuda_is_close_to_float32_on_the_cpu():
         torch.testing.assert_close(got.float(), want.float(), atol=0.05, rtol=0)
 
 
-def test_the_losses_see_float32_similarities_under_bf16_autocast_on_cuda(tmp_path, monkeypatch):
+def test_the_losses_see_float32_similarities_under_bf16_autocast_on_cuda(tmp_path, similarity_dtypes):
     """The GPU twin of test_trainer.py's check, which runs under CPU autocast: accelerate's bf16 autocast covers the
     model's forward only, so beta times a cosine is never computed from bfloat16 embeddings."""
-    from trainer import rpa_trainer
-
-    seen = []
-    candidate_similarities_of = rpa_trainer._candidate_similarities
-
-    def candidate_similarities(text_embeds, image_embeds, inputs):
-        similarities = candidate_similarities_of(text_embeds, image_embeds, inputs)
-        seen.append((text_embeds.dtype, image_embeds.dtype, *(tensor.dtype for tensor in similarities),
-                     torch.is_autocast_enabled("cuda")))
-        return similarities
-
-    monkeypatch.setattr(rpa_trainer, "_candidate_similarities", candidate_similarities)
     model, processor = build_tiny("mllm", seed=0)
     args = smoke_config(str(tmp_path / "run"), per_device_train_batch_size=4, max_steps=1, dataloader_num_workers=0)
     trainer = RPATrainer(model, args=args, train_dataset=synthetic_preference_dataset(8, seed=0),
                          processing_class=processor)
     assert trainer.accelerator.mixed_precision == "bf16"
     trainer.train()
-    assert seen == [(torch.float32,) * 4 + (False,)]
+    assert similarity_dtypes == [(torch.float32,) * 4 + (False,)]

@@ -770,26 +770,14 @@ def test_config_defaults_run_on_cpu_and_follow_the_paper(tmp_path):
     assert (config.rpa_loss, config.reference, config.expand_negatives) == ("listwise", "none", True)
 
 
-def test_the_losses_see_float32_similarities_under_bf16_mixed_precision(tmp_path, monkeypatch):
+def test_the_losses_see_float32_similarities_under_bf16_mixed_precision(tmp_path, similarity_dtypes):
     """Autocast covers the model's forward only (accelerate returns its outputs in float32): beta (up to 100) times a
     bfloat16 cosine would round away the small similarity gaps between hard negatives that RPA ranks. CPU autocast
     stands in for a GPU's here."""
-    from trainer import rpa_trainer
-
-    seen = []
-
-    def candidate_similarities(text_embeds, image_embeds, inputs):
-        similarities = candidate_similarities_of(text_embeds, image_embeds, inputs)
-        seen.append((text_embeds.dtype, image_embeds.dtype, *(tensor.dtype for tensor in similarities),
-                     torch.is_autocast_enabled("cpu")))
-        return similarities
-
-    candidate_similarities_of = rpa_trainer._candidate_similarities
-    monkeypatch.setattr(rpa_trainer, "_candidate_similarities", candidate_similarities)
     trainer = make_trainer(tmp_path, bf16=True, use_cpu=True, max_steps=1, per_device_train_batch_size=4)
     assert trainer.args.bf16 and trainer.accelerator.mixed_precision == "bf16"
     trainer.train()
-    assert seen == [(torch.float32,) * 4 + (False,)]
+    assert similarity_dtypes == [(torch.float32,) * 4 + (False,)]
 
 
 def test_bf16_default_is_off_when_training_on_the_cpu_of_a_gpu_machine(tmp_path, monkeypatch):
