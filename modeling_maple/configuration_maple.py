@@ -13,7 +13,9 @@ POOLINGS = {"mllm": ("mean", "last"), "dual_encoder": ("mean", "cls", "pooler")}
 QWEN_VL_MLLMS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 # SmolVLM shares Idefics3's architecture and prompt format (a grid of tagged tiles plus a global view).
 IDEFICS3_MLLMS = ("idefics3", "smolvlm")
-SUPPORTED_MLLMS = (*QWEN_VL_MLLMS, "llava", "internvl", *IDEFICS3_MLLMS)
+# LLaVA-1.5 sees each image at one size; LLaVA-NeXT adds a grid of high-resolution tiles ("anyres").
+LLAVA_MLLMS = ("llava", "llava_next")
+SUPPORTED_MLLMS = (*QWEN_VL_MLLMS, *LLAVA_MLLMS, "internvl", *IDEFICS3_MLLMS)
 # Two-tower checkpoints whose towers and projections `MapleModel.from_backbone` reuses as they are.
 DUAL_ENCODER_MODEL_TYPES = ("clip", "siglip", "siglip2")
 # Vision towers that take images at their own aspect ratio as padded patch sequences (SigLIP2's NaFlex): their image
@@ -41,7 +43,7 @@ class MapleConfig(PreTrainedConfig):
 
     Two backbone families:
     - `"mllm"`: one multimodal LLM (Qwen2-VL, Qwen2.5-VL and Qwen3-VL as in the paper; LLaVA-1.5,
-      InternVL, Idefics3/SmolVLM) used as a dual encoder; images and texts are wrapped in
+      LLaVA-NeXT, InternVL, Idefics3/SmolVLM) used as a dual encoder; images and texts are wrapped in
       summarisation prompts and each gives one embedding (paper, section 3.1).
     - `"dual_encoder"`: a vision tower and a text tower (CLIP/SigLIP towers, or any transformers
       vision and text encoders such as DINOv2 + BERT) projected into one space.

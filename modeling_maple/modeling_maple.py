@@ -223,14 +223,15 @@ class MapleModel(MaplePreTrainedModel):
         image_mm_token_type_ids: torch.IntTensor | None = None,
         pixel_attention_mask: torch.Tensor | None = None,
         spatial_shapes: torch.LongTensor | None = None,
+        image_sizes: torch.LongTensor | None = None,
     ) -> torch.FloatTensor:
         r"""
         Args:
             pixel_values (`torch.FloatTensor`): dual encoder and LLaVA: `(num_images, channels, height,
                 width)`; SigLIP2 (NaFlex) vision tower: `(num_images, max_num_patches, patch_dim)`, each image's
                 patches padded to one length; Qwen-VL family: `(num_patches, patch_dim)`, the processor's flattened patches;
-                InternVL: `(num_tiles, channels, height, width)`; Idefics3/SmolVLM: `(1, num_tiles,
-                channels, height, width)`, every tile of the batch as one sample's images.
+                LLaVA-NeXT, InternVL: `(num_tiles, channels, height, width)`, each image's tiles in turn; Idefics3/SmolVLM:
+                `(1, num_tiles, channels, height, width)`, every tile of the batch as one sample's images.
             image_grid_thw (`torch.LongTensor` of shape `(num_images, 3)`, Qwen-VL only): patch grid per image.
             image_input_ids (`torch.LongTensor` of shape `(num_images, prompt_length)`, MLLM only):
                 the image prompt with its image placeholder tokens.
@@ -242,22 +243,30 @@ class MapleModel(MaplePreTrainedModel):
                 `(num_images, max_num_patches)`, the patches of each image.
             spatial_shapes (`torch.LongTensor` of shape `(num_images, 2)`, SigLIP2 only): each image's patch grid
                 (rows, columns).
+            image_sizes (`torch.LongTensor` of shape `(num_images, 2)`, LLaVA-NeXT only): each image's (height, width)
+                before processing, which sets its tiles and image tokens.
 
         Returns:
             `torch.FloatTensor` of shape `(num_images, embed_dim)`.
         """
         if self.config.backbone == "mllm":
             model_type = self.config.mllm_config.model_type
-            if image_input_ids is None or (model_type in QWEN_VL_MLLMS and image_grid_thw is None):
-                needed = "`image_input_ids` and `image_grid_thw`" if model_type in QWEN_VL_MLLMS else "`image_input_ids`"
+            needed = {"image_input_ids": image_input_ids}
+            if model_type in QWEN_VL_MLLMS:
+                needed["image_grid_thw"] = image_grid_thw
+            elif model_type == "llava_next":
+                needed["image_sizes"] = image_sizes
+            if any(value is None for value in needed.values()):
+                names = " and ".join(f"`{name}`" for name in needed)
                 raise ValueError(
-                    f"A {model_type} embedder needs {needed} with `pixel_values`: prepare images with MapleProcessor."
+                    f"A {model_type} embedder needs {names} with `pixel_values`: prepare images with MapleProcessor."
                 )
             # Only the family's own inputs: LLaVA and InternVL take none beside the pixels.
             vision_inputs = {
                 "image_grid_thw": image_grid_thw,
                 "mm_token_type_ids": image_mm_token_type_ids,
                 "pixel_attention_mask": pixel_attention_mask,
+                "image_sizes": image_sizes,
             }
             hidden_states = self.mllm(
                 input_ids=image_input_ids,
@@ -299,6 +308,7 @@ class MapleModel(MaplePreTrainedModel):
         image_mm_token_type_ids: torch.IntTensor | None = None,
         pixel_attention_mask: torch.Tensor | None = None,
         spatial_shapes: torch.LongTensor | None = None,
+        image_sizes: torch.LongTensor | None = None,
         return_loss: bool | None = None,
         return_dict: bool | None = None,
     ) -> MapleOutput | tuple:
@@ -325,6 +335,7 @@ class MapleModel(MaplePreTrainedModel):
                 image_mm_token_type_ids,
                 pixel_attention_mask,
                 spatial_shapes,
+                image_sizes,
             )
         inverse_temperature = self.logit_scale.exp()
         logits_per_text = logits_per_image = loss = None
@@ -425,7 +436,7 @@ class MapleModel(MaplePreTrainedModel):
 
         Args:
             name_or_path: Hub id or folder of the backbone. `"mllm"`: a checkpoint of a supported MLLM
-                (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA-1.5, InternVL `-hf`, Idefics3, SmolVLM).
+                (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA-1.5, LLaVA-NeXT, InternVL `-hf`, Idefics3, SmolVLM).
                 `"dual_encoder"`: a two-tower model (CLIP, SigLIP) whose towers and projections are
                 reused, or a vision encoder (e.g. DINOv2) when `text_backbone` is given.
             backbone: `"mllm"` or `"dual_encoder"`.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -11,9 +12,10 @@ import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 from transformers.feature_extraction_utils import BatchFeature
+from transformers.image_processing_utils import select_best_resolution
 from transformers.processing_utils import ProcessorMixin
 
-from .configuration_maple import BACKBONES, IDEFICS3_MLLMS, QWEN_VL_MLLMS, SUPPORTED_MLLMS
+from .configuration_maple import BACKBONES, IDEFICS3_MLLMS, LLAVA_MLLMS, QWEN_VL_MLLMS, SUPPORTED_MLLMS
 
 # Paper prompts (E5-V style summarisation, MAPLE section 3.1). `{image}` expands to the MLLM's
 # image tokens, `{text}` to the text itself.
@@ -70,6 +72,29 @@ def qwen_vl_image_token_counts(image_grid_thw: torch.Tensor, merge_size: int) ->
     return (image_grid_thw.prod(dim=-1) // merge_size**2).tolist()
 
 
+def llava_next_image_layout(
+    image_size: Sequence[int], grid_pinpoints: Sequence[Sequence[int]], tile_size: Sequence[int], tile_tokens: int
+) -> tuple[int, int]:
+    """(tiles, image tokens) of an image of `image_size` (height, width) in LLaVA-NeXT's any-resolution layout.
+
+    The image is resized and letterboxed into the pinpoint (height, width) that fits it best, which is cut into a
+    grid of `tile_size` (height, width) tiles; a base view of the whole image comes first. Each tile gives a square
+    grid of `tile_tokens` patches. `LlavaNextModel` joins the tiles' grids, drops the rows or columns that cover only
+    the letterbox (`unpad_image`) and ends each row with `image_newline`; the base view's tokens come first, as
+    `LlavaNextProcessor._get_number_of_features` counts them."""
+    height, width = image_size
+    best_height, best_width = select_best_resolution((height, width), grid_pinpoints)
+    rows, cols = best_height // tile_size[0], best_width // tile_size[1]
+    side = math.isqrt(tile_tokens)  # patches along a tile's side
+    grid_height, grid_width = rows * side, cols * side
+    # the same float operations as `unpad_image`, so that rounding falls the same way
+    if width / height > grid_width / grid_height:
+        grid_height -= 2 * ((grid_height - int(round(height * (grid_width / width), 7))) // 2)
+    else:
+        grid_width -= 2 * ((grid_width - int(round(width * (grid_height / height), 7))) // 2)
+    return 1 + rows * cols, tile_tokens + grid_height * (grid_width + 1)
+
+
 def fill_image_placeholders(prompt: str, image_texts: Iterable[str], placeholder: str = IMAGE_PAD) -> str:
     """Replace the i-th `placeholder` of `prompt` by `image_texts[i]` (a ValueError if the numbers of
     placeholders and images differ)."""
@@ -85,12 +110,13 @@ class EncodedImages:
     """Output of an MLLM's image processor for a batch of images, with what each image becomes in a prompt.
 
     pixel_values: the processed pixels, in the family's layout (Qwen-VL: (total_patches, patch
-        features); LLaVA: (num_images, channels, height, width); InternVL, Idefics3: (total_tiles,
-        channels, height, width)).
+        features); LLaVA: (num_images, channels, height, width); LLaVA-NeXT, InternVL, Idefics3:
+        (total_tiles, channels, height, width), each image's tiles unpadded and in the images' order).
     num_tokens: number of image placeholder tokens each image takes in the prompt.
     extra: other tensors the model needs beside the pixels, each indexed along its first dimension
-        by image (Qwen-VL: image_grid_thw, (num_images, 3)) or like `pixel_values` (Idefics3:
-        pixel_attention_mask, one per tile). `concatenate` joins batches by concatenating each
+        by image (Qwen-VL: image_grid_thw, (num_images, 3); LLaVA-NeXT: image_sizes, (num_images, 2),
+        each image's (height, width) before processing, from which the model counts its tiles) or like
+        `pixel_values` (Idefics3: pixel_attention_mask, one per tile). `concatenate` joins batches by concatenating each
         extra tensor along its first dimension, which keeps either kind in the images' order.
     image_texts: the text each image's placeholder becomes in the prompt, for families that wrap or
         tile it (InternVL's `<img>...</img>`, Idefics3's grid of tiles); None: the placeholder
@@ -118,19 +144,41 @@ class EncodedImages:
 
 
 def mllm_image_seq_length(mllm_config) -> int | None:
-    """Image tokens per image (LLaVA) or per tile (InternVL, Idefics3/SmolVLM) of an MLLM with
-    config `mllm_config`, as the family's own processor counts them; None for the Qwen-VL family,
-    whose count follows each image's size."""
+    """Image tokens per image (LLaVA) or per tile (LLaVA-NeXT, InternVL, Idefics3/SmolVLM) of an MLLM
+    with config `mllm_config`, as the family's own processor counts them; None for the Qwen-VL family,
+    whose count follows each image's size. A LLaVA-NeXT image adds its tiles' tokens to those of its
+    base view (`llava_next_image_layout`).
+
+    Raises a ValueError for a LLaVA or LLaVA-NeXT config whose image tokens MAPLE cannot count."""
     model_type, vision = mllm_config.model_type, getattr(mllm_config, "vision_config", None)
-    if model_type == "llava":
-        # The tower's tokens (its patches, plus CLS for a CLIP tower; SigLIP has none), less the first one
-        # under the "default" feature strategy, which `LlavaModel` drops whatever it is.
+    if model_type in LLAVA_MLLMS:
+        name = "LLaVA-NeXT" if model_type == "llava_next" else "LLaVA"
         if vision.model_type not in ("clip_vision_model", "siglip_vision_model"):
             # e.g. Pixtral's tower, whose token count follows each image's size
-            raise ValueError(f"LLaVA with a {vision.model_type!r} vision tower is not supported: expected a CLIP or SigLIP tower.")
+            raise ValueError(f"{name} with a {vision.model_type!r} vision tower is not supported: expected a CLIP or SigLIP tower.")
+        # The tower's tokens (its patches, plus CLS for a CLIP tower; SigLIP has none), less the first one
+        # under the "default" feature strategy, which the model drops whatever it is.
         patches = (vision.image_size // vision.patch_size) ** 2
         has_cls = vision.model_type == "clip_vision_model"
-        return patches + int(has_cls) - int(mllm_config.vision_feature_select_strategy == "default")
+        strategy = mllm_config.vision_feature_select_strategy
+        tokens = patches + int(has_cls) - int(strategy == "default")
+        if model_type == "llava":
+            return tokens
+        # `LlavaNextModel` lays each tile's tokens out as its square grid of patches: a kept CLS, or a patch
+        # dropped, breaks the grid.
+        if tokens != patches:
+            expected = "default" if has_cls else "full"
+            raise ValueError(
+                f"LLaVA-NeXT with a {vision.model_type!r} vision tower and vision_feature_select_strategy={strategy!r} is "
+                f"not supported: its tiles' features are not a grid of patches (expected {expected!r})."
+            )
+        # Each pinpoint (a resolution the image is resized to) is cut into whole tiles of the tower's image size.
+        if uneven := [pinpoint for pinpoint in mllm_config.image_grid_pinpoints if any(side % vision.image_size for side in pinpoint)]:
+            raise ValueError(
+                f"LLaVA-NeXT image_grid_pinpoints {uneven} are not multiples of the vision tower's image_size "
+                f"{vision.image_size}: not supported."
+            )
+        return patches
     if model_type == "internvl":
         # Each tile's patches, shuffled into `downsample_ratio**2` as many tokens.
         (height, width), (patch_height, patch_width) = _pair(vision.image_size), _pair(vision.patch_size)
@@ -183,6 +231,8 @@ def encode_mllm_images(
 
     - Qwen-VL: dynamic-resolution patches, one token per 2x2 merged patch;
     - LLaVA: fixed-size images, `image_seq_length` tokens each;
+    - LLaVA-NeXT: a base view plus a grid of tiles that follows the image's size, `image_seq_length` tokens per tile
+      less the letterbox, plus one `image_newline` per row (`llava_next_image_layout`);
     - InternVL: up to `max_patches` tiles plus a thumbnail (`InternVLProcessor`'s tiling), each tile
       `image_seq_length` tokens, the whole image between `<img>` and `</img>`;
     - Idefics3, SmolVLM: a grid of tiles plus a global view, each tile `image_seq_length` tokens
@@ -203,6 +253,17 @@ def encode_mllm_images(
     if mllm_type == "llava":
         pixel_values = image_processor(images=images, return_tensors="pt")["pixel_values"]
         return EncodedImages(pixel_values, [image_seq_length] * len(images))
+    if mllm_type == "llava_next":
+        # Padded to the batch's most tiles, as `LlavaNextProcessor` asks; each image's own tiles are cut back out, so
+        # that batches join by concatenation and no padding tile reaches the model.
+        processed = image_processor(images=images, do_pad=True, return_tensors="pt")
+        padded, image_sizes = processed["pixel_values"], processed["image_sizes"]
+        layouts = [
+            llava_next_image_layout(size, image_processor.image_grid_pinpoints, padded.shape[-2:], image_seq_length)
+            for size in image_sizes.tolist()
+        ]
+        pixel_values = torch.cat([pixels[:tiles] for pixels, (tiles, _) in zip(padded, layouts)])
+        return EncodedImages(pixel_values, [tokens for _, tokens in layouts], {"image_sizes": image_sizes})
     if mllm_type == "internvl":
         # InternVLProcessor tiles whatever the image processor's own `crop_to_patches` says;
         # `max_patches` caps the tiles, and 1 turns tiling off.
@@ -261,8 +322,9 @@ class MapleProcessor(ProcessorMixin):
             `SUPPORTED_MLLMS`); the Qwen-VL family shares one prompt format.
         image_token (`str`, *optional*): the MLLM's image placeholder token (the one at its config's
             `image_token_id`); defaults to Qwen-VL's `<|image_pad|>`.
-        image_seq_length (`int`, *optional*): image tokens per image (LLaVA) or per tile (InternVL,
-            Idefics3/SmolVLM), `mllm_image_seq_length(config)`; the Qwen-VL family needs none.
+        image_seq_length (`int`, *optional*): image tokens per image (LLaVA) or per tile (LLaVA-NeXT, a
+            square number; InternVL, Idefics3/SmolVLM), `mllm_image_seq_length(config)`; the Qwen-VL family
+            needs none.
         image_prompt (`str`, *optional*): template with an `{image}` slot (MLLM only).
         text_prompt (`str`, *optional*): template with a `{text}` slot.
         max_text_length (`int`, *optional*): truncate each text to this many tokens before it is put
@@ -298,6 +360,11 @@ class MapleProcessor(ProcessorMixin):
             raise ValueError(
                 f"A {mllm_type} processor needs `image_seq_length` (image tokens per image or tile): "
                 "build it with MapleProcessor.from_backbone, or pass mllm_image_seq_length(model_config)."
+            )
+        if mllm_type == "llava_next" and image_seq_length is not None and math.isqrt(image_seq_length) ** 2 != image_seq_length:
+            raise ValueError(
+                f"A llava_next processor's `image_seq_length` is the tokens of one tile, a square grid of patches: "
+                f"got {image_seq_length}, not a square number."
             )
         self.text_padding = text_padding
         self.backbone = backbone
@@ -343,8 +410,8 @@ class MapleProcessor(ProcessorMixin):
 
         Returns a `BatchFeature` of PyTorch tensors: `input_ids`, `attention_mask` for texts, and
         `pixel_values` for images; for an MLLM also `image_input_ids`, `image_attention_mask` and the
-        family's own inputs (Qwen-VL: `image_grid_thw`, `image_mm_token_type_ids`; Idefics3/SmolVLM:
-        `pixel_attention_mask`); for a SigLIP2 dual encoder also `pixel_attention_mask` and `spatial_shapes`."""
+        family's own inputs (Qwen-VL: `image_grid_thw`, `image_mm_token_type_ids`; LLaVA-NeXT: `image_sizes`;
+        Idefics3/SmolVLM: `pixel_attention_mask`); for a SigLIP2 dual encoder also `pixel_attention_mask` and `spatial_shapes`."""
         if unexpected := sorted(key for key, value in kwargs.items() if value is not None or key not in ("videos", "audio")):
             raise TypeError(
                 f"MapleProcessor does not take {unexpected}: it prepares texts and images by its own settings "
@@ -521,6 +588,7 @@ __all__ = [
     "check_tokens_known",
     "encode_mllm_images",
     "fill_image_placeholders",
+    "llava_next_image_layout",
     "load_image",
     "mllm_image_problem",
     "mllm_image_seq_length",

@@ -29,7 +29,7 @@ from transformers import (
     Qwen2VLImageProcessorPil,
 )
 
-from .configuration_maple import IDEFICS3_MLLMS, MapleConfig
+from .configuration_maple import IDEFICS3_MLLMS, LLAVA_MLLMS, MapleConfig
 from .modeling_maple import MapleModel
 from .processing_maple import MapleProcessor, mllm_image_seq_length
 
@@ -103,11 +103,14 @@ SMOLVLM_CHAT_TEMPLATE = (
 )
 """SmolVLM's chat template, less video: `<image>` where each image goes."""
 
-# The image placeholder of each tiny family: the tiny LLaVA shares the Qwen-VL tokenizer and its pad.
+# The image placeholder of each tiny family: the tiny LLaVA and LLaVA-NeXT share the Qwen-VL tokenizer and its pad.
 TINY_IMAGE_TOKENS = {
     "qwen2_vl": "<|image_pad|>", "qwen2_5_vl": "<|image_pad|>", "qwen3_vl": "<|image_pad|>",
-    "llava": "<|image_pad|>", "internvl": "<IMG_CONTEXT>", "idefics3": "<image>", "smolvlm": "<image>",
+    "llava": "<|image_pad|>", "llava_next": "<|image_pad|>", "internvl": "<IMG_CONTEXT>", "idefics3": "<image>",
+    "smolvlm": "<image>",
 }
+# llava-v1.6's pinpoints (336 x 672, ... up to 1008 x 336) scaled to the tiny 16-pixel tiles: 2 to 4 tiles.
+TINY_LLAVA_NEXT_PINPOINTS = [[16, 32], [32, 16], [32, 32], [48, 16], [16, 48]]
 
 
 def tiny_internvl_tokenizer() -> PreTrainedTokenizerBase:
@@ -142,12 +145,17 @@ def tiny_mllm_tokenizer(model_type: str = "qwen2_vl") -> PreTrainedTokenizerBase
 
 def tiny_mllm_image_processor(model_type: str = "qwen2_vl", image_size: int = 16):
     """The image processor of a tiny MLLM family: Qwen-VL resizes to about `image_size`^2 pixels;
-    LLaVA sees 16x16 images; InternVL tiles into at most 4 tiles of 16x16 plus a thumbnail;
+    LLaVA sees 16x16 images; LLaVA-NeXT a 16x16 base view plus 2 to 4 tiles of 16x16
+    (`TINY_LLAVA_NEXT_PINPOINTS`); InternVL tiles into at most 4 tiles of 16x16 plus a thumbnail;
     Idefics3/SmolVLM resize to at most 48 px and split into 16x16 tiles plus a global view."""
-    from transformers import GotOcr2ImageProcessorPil, Idefics3ImageProcessorPil, SmolVLMImageProcessorPil
+    from transformers import GotOcr2ImageProcessorPil, Idefics3ImageProcessorPil, LlavaNextImageProcessorPil, SmolVLMImageProcessorPil
 
     if model_type == "llava":
         return CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
+    if model_type == "llava_next":
+        return LlavaNextImageProcessorPil(
+            size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}, image_grid_pinpoints=TINY_LLAVA_NEXT_PINPOINTS
+        )
     if model_type == "internvl":
         return GotOcr2ImageProcessorPil(size={"height": 16, "width": 16}, max_patches=4)
     if model_type in IDEFICS3_MLLMS:
@@ -177,7 +185,7 @@ def tiny_image_processor(image_size: int = 16, patch_size: int = 4) -> Qwen2VLIm
 def tiny_mllm_config(model_type: str = "qwen2_vl", **overrides) -> PreTrainedConfig:
     """A tiny MLLM config of a supported family: two text layers of width 32 and a two-layer vision
     tower with patch 4, matching `tiny_mllm_tokenizer(model_type)` and
-    `tiny_mllm_image_processor(model_type)`. LLaVA: CLIP vision, Qwen2 text; InternVL: Qwen2 text,
+    `tiny_mllm_image_processor(model_type)`. LLaVA, LLaVA-NeXT: CLIP vision, Qwen2 text; InternVL: Qwen2 text,
     4 tokens per 16x16 tile; Idefics3/SmolVLM: Llama text, 4 tokens per tile. Keyword overrides go to
     the top-level config."""
     if model_type not in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
@@ -236,13 +244,15 @@ def _tiny_tiled_mllm_config(model_type: str, **overrides) -> PreTrainedConfig:
         "num_key_value_heads": 2, "pad_token_id": tokenizer.pad_token_id,
     }
     kwargs = {
-        "vision_config": {"model_type": "clip_vision_model", **vision} if model_type == "llava" else vision,
+        "vision_config": {"model_type": "clip_vision_model", **vision} if model_type in LLAVA_MLLMS else vision,
         "text_config": text,
         "image_token_id": tokenizer.convert_tokens_to_ids(TINY_IMAGE_TOKENS[model_type]),
         "tie_word_embeddings": False,
     }
     if model_type in IDEFICS3_MLLMS:
         kwargs["scale_factor"] = 2
+    if model_type == "llava_next":
+        kwargs["image_grid_pinpoints"] = TINY_LLAVA_NEXT_PINPOINTS
     kwargs.update(overrides)
     return AutoConfig.for_model(model_type, **kwargs)
 
@@ -290,7 +300,7 @@ def build_tiny(
             pooling) or `"dual_encoder"` (a tiny CLIP vision tower and a tiny BERT).
         seed: seeds the weight initialisation.
         mllm_type: the MLLM family for `backbone="mllm"`, one of `SUPPORTED_MLLMS` (`"qwen2_vl"`,
-            `"qwen2_5_vl"`, `"qwen3_vl"`, `"llava"`, `"internvl"`, `"idefics3"`, `"smolvlm"`).
+            `"qwen2_5_vl"`, `"qwen3_vl"`, `"llava"`, `"llava_next"`, `"internvl"`, `"idefics3"`, `"smolvlm"`).
     """
     if backbone == "mllm":
         mllm_config = tiny_mllm_config(mllm_type)

@@ -7,17 +7,19 @@ from modeling_maple.testing import tiny_idefics3_tokenizer, tiny_internvl_tokeni
 
 
 def official_processor(family: str, monkeypatch, tokenizer=None) -> ProcessorMixin:
-    """`LlavaProcessor`, `InternVLProcessor` or `Idefics3Processor` (for "idefics3" and "smolvlm", whose prompt
-    strings are the same) with the tiny models' settings and chat templates; LLaVA's takes another `tokenizer`."""
+    """`LlavaProcessor`, `LlavaNextProcessor`, `InternVLProcessor` or `Idefics3Processor` (for "idefics3" and
+    "smolvlm", whose prompt strings are the same) with the tiny models' settings and chat templates; LLaVA's and
+    LLaVA-NeXT's take another `tokenizer`."""
     image_processor = tiny_mllm_image_processor(family)
-    if family == "llava":
-        from transformers import LlavaProcessor
+    if family in ("llava", "llava_next"):
+        from transformers import LlavaNextProcessor, LlavaProcessor
 
-        # llava-1.5-hf's settings: CLS counted, then dropped by the "default" feature strategy.
+        # llava-1.5-hf's and llava-v1.6's settings: CLS counted, then dropped by the "default" feature strategy.
         tokenizer = tokenizer or tiny_tokenizer()
-        return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=4,
-                              vision_feature_select_strategy="default", image_token="<|image_pad|>",
-                              num_additional_image_tokens=1, chat_template=tokenizer.chat_template)
+        processor_class = LlavaProcessor if family == "llava" else LlavaNextProcessor
+        return processor_class(image_processor=image_processor, tokenizer=tokenizer, patch_size=4,
+                               vision_feature_select_strategy="default", image_token="<|image_pad|>",
+                               num_additional_image_tokens=1, chat_template=tokenizer.chat_template)
     if family == "internvl":
         from transformers import InternVLProcessor
 

@@ -10,6 +10,7 @@ from dataset_builders import CandidateCaptioner, ContrastiveCaptioner
 from dataset_builders.captioner import parse_captions
 from dataset_builders.testing import tiny_captioner, tiny_image_text_model
 from modeling_maple.testing import tiny_image_processor, tiny_tokenizer
+from official_processors import official_processor
 
 ANCHORS = [Image.new("RGB", (32, 32), "red"), Image.new("RGB", (40, 24), "blue")]
 NEGATIVES = [Image.new("RGB", (32, 32), "orange"), Image.new("RGB", (24, 40), "navy")]
@@ -175,12 +176,47 @@ def test_from_pretrained_takes_loading_keywords_at_top_level_as_the_judge_does(t
     assert SettingsPassedOn.from_pretrained(str(tmp_path), num_samples=2).num_samples == 2
 
 
-@pytest.mark.parametrize("family", ["llava", "internvl", "smolvlm"])
+@pytest.mark.parametrize("family", ["llava", "llava_next", "internvl", "smolvlm"])
 def test_other_families_caption_from_both_images(family):
     captioner = tiny_captioner(seed=0, family=family, num_samples=2, max_new_tokens=4)
     torch.manual_seed(0)
     answers = captioner._generate(list(zip(ANCHORS, NEGATIVES)))
     assert len(answers) == 2 and all(answer for answer, _ in answers)
+
+
+def test_llava_next_captioner_batches_pairs_of_any_sizes_as_its_own_processor_and_model_see_each(monkeypatch):
+    """LLaVA-NeXT: tiles and image tokens follow each image's size, so the prompts of pairs of differently sized images
+    differ in length and are left-padded in one batch. Each row holds the prompt `LlavaNextProcessor` builds for its pair
+    alone, and the model's next-token logits for it (at the positions `generate` gives a left-padded row) are those of
+    that pair alone."""
+    captioner = tiny_captioner(seed=0, family="llava_next", num_samples=1, max_new_tokens=4)
+    with torch.no_grad():
+        for parameter in captioner.model.parameters():
+            parameter.normal_(0.0, 0.3)
+    pairs = [(ANCHORS[0], NEGATIVES[1]), (Image.new("RGB", (16, 16), "green"), Image.new("RGB", (100, 7), "grey"))]
+    captured = {}
+    generate = captioner.model.generate
+
+    def recording_generate(**inputs):
+        captured.update(inputs)
+        return generate(**inputs)
+
+    monkeypatch.setattr(captioner.model, "generate", recording_generate)
+    assert len(captioner._generate(pairs)) == 2
+    mask = captured["attention_mask"]
+    assert len(set(mask.sum(dim=1).tolist())) == 2  # the rows are padded
+    assert captured["pixel_values"].shape[0] == 5 + 5 + 3 + 4  # each image's own tiles, no padding tile
+    model_inputs = {key: captured[key] for key in ("input_ids", "attention_mask", "pixel_values", "image_sizes")}
+    with torch.no_grad():
+        batched = captioner.model(**model_inputs, position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0)).logits[:, -1]
+    official = official_processor("llava_next", monkeypatch)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": captioner.prompt}]}]
+    prompt = official.apply_chat_template(messages, add_generation_prompt=True)
+    for row, pair in enumerate(pairs):
+        alone = official(text=[prompt], images=list(pair), return_tensors="pt")
+        assert captured["input_ids"][row][mask[row].bool()].tolist() == alone["input_ids"][0].tolist()
+        with torch.no_grad():
+            torch.testing.assert_close(batched[row], captioner.model(**alone).logits[0, -1], atol=1e-4, rtol=1e-4)
 
 
 def test_captions_repeated_within_one_answer_are_kept_once(monkeypatch):

@@ -299,8 +299,8 @@ def test_unsupported_model_family_bad_prompt_and_batch_size_fail_before_any_work
     for batch_size in (0, -1):  # before the fix: `range() arg 3 must not be zero` when scoring, or empty scores
         with pytest.raises(ValueError, match=rf"batch_size must be at least 1, got {batch_size}"):
             MLLMJudge(judge_model, tiny_tokenizer(), tiny_image_processor(), batch_size=batch_size)
-    judge_model.config.model_type = "llava_next"
-    with pytest.raises(NotImplementedError, match="llava_next"):
+    judge_model.config.model_type = "llava_onevision"
+    with pytest.raises(NotImplementedError, match="llava_onevision"):
         MLLMJudge(judge_model, tiny_tokenizer(), tiny_image_processor())
 
 
@@ -469,6 +469,33 @@ def test_llava_judge_prompt_starts_with_the_bos_the_official_processor_adds(monk
     own_bos = MLLMJudge(judge.model, tokenizer, judge.prompt_encoder.image_processor, chat_template="<|video_pad|>" + tokenizer.chat_template)
     own_prefix = own_bos.prefix_ids(own_bos.prompt_encoder.encode_images([IMAGES[0]]), 0)
     assert own_prefix == ids[: len(own_prefix)]  # one BOS, the template's
+
+
+def test_llava_next_judge_scores_each_pair_as_its_own_processor_and_model_do(monkeypatch):
+    """LLaVA-NeXT: each image takes a base view plus a grid of tiles, and image tokens, that follow its size. With images
+    of 5, 5, 3 and 4 tiles batched together, both scoring paths give every pair the P(Yes) of that pair alone through
+    `LlavaNextProcessor` and `LlavaNextForConditionalGeneration`."""
+    judge = tiny_judge(seed=4, family="llava_next", batch_size=2)
+    with torch.no_grad():
+        for parameter in judge.model.parameters():
+            parameter.normal_(0.0, 0.3)
+    images = [IMAGES[0], IMAGES[1], _noise_image(3, (16, 16)), _noise_image(4, (100, 7))]
+    texts = [TEXTS[0], TEXTS[1], ["two", "a red circle"], ["a", "no"]]
+    assert judge.prompt_encoder.encode_images(images).num_tokens == [88, 52, 36, 16]
+    official = official_processor("llava_next", monkeypatch)
+    reused, per_pair = judge.score(images, texts), judge.score(images, texts, reuse_prefix=False)
+    for image, candidates, image_alphas, image_alphas_per_pair in zip(images, texts, reused, per_pair):
+        for text, alpha, alpha_per_pair in zip(candidates, image_alphas, image_alphas_per_pair):
+            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": judge.prompt.format(text=text)}]}]
+            prompt = official.apply_chat_template(messages, add_generation_prompt=True)
+            with torch.no_grad():
+                logits = judge.model(**official(text=[prompt], images=[image], return_tensors="pt")).logits[0, -1]
+            expected = torch.softmax(logits[[judge.yes_id, judge.no_id]], dim=-1)[0].item()
+            assert abs(alpha.item() - expected) < 1e-5 and abs(alpha_per_pair.item() - expected) < 1e-5
+    # a model whose tiles' features are no grid of patches (CLS kept) is refused by name, not at its first forward
+    refused = tiny_image_text_model("llava_next", vision_feature_select_strategy="full")
+    with pytest.raises(ValueError, match="vision_feature_select_strategy='full' is not supported"):
+        MLLMJudge(refused, judge.prompt_encoder.tokenizer, judge.prompt_encoder.image_processor)
 
 
 def test_internvl_tokenizer_without_image_brackets_is_refused():

@@ -1,4 +1,4 @@
-"""MAPLE embedders on the MLLM families beyond Qwen-VL (LLaVA, InternVL, Idefics3/SmolVLM): image prompts
+"""MAPLE embedders on the MLLM families beyond Qwen-VL (LLaVA, LLaVA-NeXT, InternVL, Idefics3/SmolVLM): image prompts
 equal to the family's own processor, padding invariance, save/load, `from_backbone`, LoRA on the language model
 only, and training steps through `RPATrainer`. The Qwen-VL family is covered by test_modeling.py."""
 
@@ -16,6 +16,7 @@ from transformers import (
     CLIPImageProcessorPil,
     GotOcr2ImageProcessorPil,
     Idefics3ImageProcessorPil,
+    LlavaNextImageProcessorPil,
     SmolVLMImageProcessorPil,
 )
 
@@ -28,18 +29,18 @@ from official_processors import official_processor
 from trainer import RPATrainer
 from trainer.testing import smoke_config, synthetic_preference_dataset
 
-FAMILIES = ["llava", "internvl", "idefics3", "smolvlm"]
+FAMILIES = ["llava", "llava_next", "internvl", "idefics3", "smolvlm"]
 TEXTS = ["a red circle", "two blue squares left of a yellow star", "a big green triangle above a small circle"]
 
 
 def images_of_three_shapes() -> list[Image.Image]:
-    """Square, wide and tall images: InternVL and Idefics3 tile them differently, so their prompts differ in
-    length and get padded in a batch."""
+    """Square, wide and tall images: LLaVA-NeXT, InternVL and Idefics3 tile them differently, so their prompts differ
+    in length and get padded in a batch."""
     rng = np.random.default_rng(0)
     return [Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)) for height, width in [(32, 32), (24, 40), (40, 24)]]
 
 
-@pytest.mark.parametrize("family", ["llava", "internvl", "idefics3"])
+@pytest.mark.parametrize("family", ["llava", "llava_next", "internvl", "idefics3"])
 def test_image_prompts_and_pixels_are_the_official_processors(family, monkeypatch):
     _, processor = build_tiny("mllm", mllm_type=family)
     official = official_processor(family, monkeypatch)
@@ -48,9 +49,78 @@ def test_image_prompts_and_pixels_are_the_official_processors(family, monkeypatc
         ours = processor(images=[image])
         expected = official(text=[prompt], images=[[image]] if family == "idefics3" else [image], return_tensors="pt")
         assert ours["image_input_ids"][0].tolist() == expected["input_ids"][0].tolist()
-        torch.testing.assert_close(ours["pixel_values"], expected["pixel_values"])
+        if family == "llava_next":  # one image's tiles, (tiles, C, H, W), where LlavaNextProcessor adds a batch dimension
+            torch.testing.assert_close(ours["pixel_values"], expected["pixel_values"][0])
+            assert torch.equal(ours["image_sizes"], expected["image_sizes"])
+        else:
+            torch.testing.assert_close(ours["pixel_values"], expected["pixel_values"])
         if family == "idefics3":
             assert torch.equal(ours["pixel_attention_mask"], expected["pixel_attention_mask"])
+
+
+def test_llava_next_tiles_and_image_tokens_follow_each_images_size(monkeypatch):
+    """LLaVA-NeXT cuts each image into a base view plus a grid of tiles chosen by its size; its image tokens leave out
+    the letterbox and end each row with `image_newline`. A batch of images of 5, 3, 4 and 5 tiles: the prompts are those
+    `LlavaNextProcessor` builds, the pixels its own less the padding tiles it adds to fill the batch, the token counts
+    the model's features, and each image embeds the same alone as beside the others."""
+    model, processor = build_tiny("mllm", mllm_type="llava_next")
+    official = official_processor("llava_next", monkeypatch)
+    rng = np.random.default_rng(1)
+    sizes = [(32, 32), (16, 16), (7, 100), (40, 24)]  # (height, width); (7, 100): every tile row is letterbox
+    images = [Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)) for height, width in sizes]
+    prompt = processor.image_prompt.format(image=processor.image_token)
+    ours = processor(images=images)
+    expected = official(text=[prompt] * len(images), images=images, padding=True, return_tensors="pt")
+    assert torch.equal(ours["image_input_ids"], expected["input_ids"])
+    assert torch.equal(ours["image_sizes"], expected["image_sizes"]) and ours["image_sizes"].tolist() == [list(s) for s in sizes]
+    tiles = [5, 3, 4, 5]
+    assert expected["pixel_values"].shape[1] == max(tiles)
+    torch.testing.assert_close(ours["pixel_values"], torch.cat([pixels[:count] for pixels, count in zip(expected["pixel_values"], tiles)]))
+
+    counts = (ours["image_input_ids"] == model.config.mllm_config.image_token_id).sum(dim=1).tolist()
+    assert counts == [88, 36, 16, 56]
+    with torch.no_grad():
+        features = model.mllm.get_image_features(pixel_values=ours["pixel_values"], image_sizes=ours["image_sizes"]).pooler_output
+    assert [len(feature) for feature in features] == counts
+    batched = model.encode(processor, images=images)
+    for index, image in enumerate(images):
+        torch.testing.assert_close(model.encode(processor, images=[image])[0], batched[index], atol=1e-5, rtol=0)
+
+
+def test_llava_next_configs_whose_image_tokens_cannot_be_counted_are_refused(tmp_path):
+    """LLaVA-NeXT lays each tile's features out as a square grid of patches: a tower whose token count follows the
+    image (Pixtral's), a kept CLS or a dropped patch, or pinpoints that are not whole tiles make `LlavaNextModel` fail
+    with a shape error deep in its forward; MAPLE names the setting up front."""
+    clip = tiny_mllm_config("llava_next").vision_config.to_dict()
+    siglip = {**clip, "model_type": "siglip_vision_model"}
+    pixtral = {"model_type": "pixtral", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+               "num_attention_heads": 2, "image_size": 16, "patch_size": 4}
+    refused = [
+        ({"vision_config": pixtral}, "LLaVA-NeXT with a 'pixtral' vision tower is not supported: expected a CLIP or SigLIP"),
+        ({"vision_feature_select_strategy": "full"},
+         "'clip_vision_model' vision tower and vision_feature_select_strategy='full' is not supported.*expected 'default'"),
+        ({"vision_config": siglip}, "'siglip_vision_model' vision tower and vision_feature_select_strategy='default' is not supported"),
+        ({"image_grid_pinpoints": [[16, 32], [24, 24]]},
+         r"image_grid_pinpoints \[\[24, 24\]\] are not multiples of the vision tower's image_size 16"),
+    ]
+    for overrides, message in refused:
+        with pytest.raises(ValueError, match=message):
+            mllm_image_seq_length(tiny_mllm_config("llava_next", **overrides))
+    assert mllm_image_seq_length(tiny_mllm_config("llava_next", vision_config=siglip, vision_feature_select_strategy="full")) == 16
+
+    folder = tmp_path / "full-strategy"  # a checkpoint: refused when its processor is built
+    tiny_mllm_config("llava_next", vision_feature_select_strategy="full").save_pretrained(folder)
+    tiny_mllm_image_processor("llava_next").save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    with pytest.raises(ValueError, match="vision_feature_select_strategy='full' is not supported"):
+        MapleProcessor.from_backbone(str(folder), backbone="mllm")
+    with pytest.raises(ValueError, match="image_seq_length` is the tokens of one tile.*got 17, not a square number"):
+        MapleProcessor(tiny_mllm_image_processor("llava_next"), tiny_tokenizer(), mllm_type="llava_next",
+                       image_token="<|image_pad|>", image_seq_length=17)
+    model, processor = build_tiny("mllm", mllm_type="llava_next")
+    inputs = processor(images=images_of_three_shapes())
+    with pytest.raises(ValueError, match="llava_next embedder needs `image_input_ids` and `image_sizes`"):
+        model(pixel_values=inputs["pixel_values"], image_input_ids=inputs["image_input_ids"])
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -92,7 +162,7 @@ def test_from_backbone_keeps_every_tensor_and_reads_the_image_settings(family, t
     processor = MapleProcessor.from_backbone(str(tmp_path), backbone="mllm")
     assert processor.mllm_type == family
     assert processor.image_token == TINY_IMAGE_TOKENS[family]
-    assert processor.image_seq_length == mllm_image_seq_length(config) == (16 if family == "llava" else 4)
+    assert processor.image_seq_length == mllm_image_seq_length(config) == (16 if family in ("llava", "llava_next") else 4)
     assert model.encode(processor, images=images_of_three_shapes()).shape == (3, 32)
 
 
@@ -157,10 +227,12 @@ def test_lora_trains_maples_head_in_full_and_no_backbone_module_named_like_it(fa
     torch.testing.assert_close(reloaded.eval().encode(processor, images=images_of_three_shapes()), old_expected, rtol=0, atol=0)
 
 
-def test_a_tiled_family_checkpoint_loads_without_the_package(tmp_path):
-    """SmolVLM (tiles, one sample holding a batch's images, a pixel mask) through `trust_remote_code` in an interpreter
-    that cannot import this repository: the checkpoint's own copy of the processing code builds the same inputs."""
-    model, processor = build_tiny("mllm", mllm_type="smolvlm")
+@pytest.mark.parametrize("family", ["smolvlm", "llava_next"])
+def test_a_tiled_family_checkpoint_loads_without_the_package(family, tmp_path):
+    """SmolVLM (tiles, one sample holding a batch's images, a pixel mask) and LLaVA-NeXT (tiles and image tokens that
+    follow each image's size) through `trust_remote_code` in an interpreter that cannot import this repository: the
+    checkpoint's own copy of the processing code builds the same inputs."""
+    model, processor = build_tiny("mllm", mllm_type=family)
     model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
     for index, image in enumerate(images_of_three_shapes()):
@@ -179,11 +251,11 @@ def test_a_tiled_family_checkpoint_loads_without_the_package(tmp_path):
         cwd=str(tmp_path),
     )
     module, mllm_type, error = output.split()[-3:]
-    assert module.startswith("transformers_modules.") and mllm_type == "smolvlm"
+    assert module.startswith("transformers_modules.") and mllm_type == family
     assert float(error) <= 1e-6
 
 
-@pytest.mark.parametrize("family", ["llava", "idefics3"])
+@pytest.mark.parametrize("family", ["llava", "llava_next", "idefics3"])
 def test_rpa_trainer_trains_the_family_with_lora(family, tmp_path):
     model, processor = build_tiny("mllm", seed=0, mllm_type=family)
     trainer = RPATrainer(
@@ -251,11 +323,19 @@ def test_llava_image_token_count_follows_the_tower_and_feature_strategy(tower, s
 
 # The image geometry of real checkpoints (at tiny widths), and the image tokens per image or tile their own
 # processors use (processor_config.json: image_seq_length / image_seq_len).
+LLAVA_V16_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]  # config and image processor
 REAL_GEOMETRY = {
     "llava": (  # llava-hf/llava-1.5-7b-hf
         {"vision_config": {"model_type": "clip_vision_model", "image_size": 336, "patch_size": 14},
          "vision_feature_select_strategy": "default", "vision_feature_layer": -2},
         lambda: CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}), 576),
+    "llava_next": (  # llava-hf/llava-v1.6-mistral-7b-hf: 576 tokens per 336-pixel tile, up to 4 tiles and the base view
+        {"vision_config": {"model_type": "clip_vision_model", "image_size": 336, "patch_size": 14},
+         "vision_feature_select_strategy": "default", "vision_feature_layer": -2,
+         "image_grid_pinpoints": LLAVA_V16_PINPOINTS},
+        lambda: LlavaNextImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
+                                           image_grid_pinpoints=LLAVA_V16_PINPOINTS),
+        576),
     "internvl": (  # OpenGVLab/InternVL3-1B-hf
         {"vision_config": {"image_size": [448, 448], "patch_size": [14, 14]}, "downsample_ratio": 0.5},
         lambda: GotOcr2ImageProcessorPil(size={"height": 448, "width": 448}, max_patches=4), 256),

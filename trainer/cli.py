@@ -63,8 +63,8 @@ class ModelArguments:
         default=None,
         metadata={
             "help": "How to build the embedder from a backbone that is not yet a MAPLE checkpoint: 'mllm' or "
-            "'dual_encoder'. Inferred for the supported MLLMs (Qwen2/2.5/3-VL, LLaVA-1.5, InternVL, Idefics3, SmolVLM) "
-            "and CLIP/SigLIP models; ignored for MAPLE checkpoints.",
+            "'dual_encoder'. Inferred for the supported MLLMs (Qwen2/2.5/3-VL, LLaVA-1.5, LLaVA-NeXT, InternVL, Idefics3, "
+            "SmolVLM) and CLIP/SigLIP models; ignored for MAPLE checkpoints.",
             "choices": list(BACKBONES),
         },
     )
