@@ -31,6 +31,7 @@ from modeling_maple.processing_maple import (
     encode_mllm_images,
     fill_image_placeholders,
     mllm_image_problem,
+    mllm_image_processor_problem,
     mllm_image_seq_length,
     mllm_image_tokens,
     mllm_pixel_inputs,
@@ -69,6 +70,8 @@ class PromptEncoder:
             raise ValueError(f"the tokenizer has no token for the model's image token id {self.image_token_id}")
         check_tokens_known(tokenizer, mllm_image_tokens(config.model_type, tokenizer), needed_by=f"{config.model_type} prompts around images")
         self.image_seq_length = mllm_image_seq_length(config)
+        if (problem := mllm_image_processor_problem(config, image_processor)) is not None:
+            raise ValueError(f"{config.model_type}: {problem}")
         self.leading_special_ids = _leading_special_ids(tokenizer)
 
     def image_problem(self, size: tuple[int, int]) -> str | None:

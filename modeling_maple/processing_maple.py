@@ -188,6 +188,27 @@ def mllm_image_seq_length(mllm_config) -> int | None:
     return None
 
 
+def mllm_image_processor_problem(mllm_config, image_processor) -> str | None:
+    """Why `image_processor` cannot feed the MLLM with config `mllm_config`, or None. LLaVA-NeXT's model counts each
+    image's tiles from its config (`image_grid_pinpoints`, the tower's `image_size`), so the image processor must cut
+    them alike: a mismatch (e.g. pinpoints overridden on one side only, to spend fewer tiles) would otherwise fail deep
+    in the forward with a bare shape error."""
+    if mllm_config.model_type != "llava_next":
+        return None
+    # `LlavaNextImageProcessor`'s tile side: its crop height, else its size's height or shortest edge
+    crop_size, size = image_processor.crop_size, image_processor.size
+    tile = (crop_size.height if crop_size else None) or size.height or size.shortest_edge
+    model_pinpoints = [list(pinpoint) for pinpoint in mllm_config.image_grid_pinpoints]
+    processor_pinpoints = [list(pinpoint) for pinpoint in image_processor.image_grid_pinpoints]
+    if processor_pinpoints != model_pinpoints:
+        return (f"the image processor's image_grid_pinpoints {processor_pinpoints} differ from the model config's "
+                f"{model_pinpoints}, by which the model counts each image's tiles: set both alike")
+    if tile != mllm_config.vision_config.image_size:
+        return (f"the image processor cuts {tile}-pixel tiles, but the model's vision tower takes "
+                f"{mllm_config.vision_config.image_size}-pixel images (vision_config.image_size): set both alike")
+    return None
+
+
 QWEN_VL_MAX_ASPECT_RATIO = 200  # Qwen-VL image processors (`smart_resize`) refuse more elongated images
 
 
@@ -577,6 +598,8 @@ class MapleProcessor(ProcessorMixin):
             kwargs.setdefault("mllm_type", config.model_type)
             kwargs.setdefault("image_token", tokenizer.convert_ids_to_tokens(config.image_token_id))
             kwargs.setdefault("image_seq_length", mllm_image_seq_length(config))
+            if (problem := mllm_image_processor_problem(config, image_processor)) is not None:
+                raise ValueError(f"{name_or_path}: {problem}.")
         elif text_backbone is None and config.model_type in ("siglip", "siglip2"):
             kwargs.setdefault("text_padding", "max_length")  # SigLIP pools its text at the last position
         return cls(image_processor=image_processor, tokenizer=tokenizer, backbone=backbone, **kwargs)
@@ -591,6 +614,7 @@ __all__ = [
     "llava_next_image_layout",
     "load_image",
     "mllm_image_problem",
+    "mllm_image_processor_problem",
     "mllm_image_seq_length",
     "mllm_image_tokens",
     "mllm_pixel_inputs",

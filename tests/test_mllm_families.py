@@ -4,6 +4,7 @@ only, and training steps through `RPATrainer`. The Qwen-VL family is covered by 
 
 import copy
 import math
+import re
 
 import numpy as np
 import pytest
@@ -121,6 +122,34 @@ def test_llava_next_configs_whose_image_tokens_cannot_be_counted_are_refused(tmp
     inputs = processor(images=images_of_three_shapes())
     with pytest.raises(ValueError, match="llava_next embedder needs `image_input_ids` and `image_sizes`"):
         model(pixel_values=inputs["pixel_values"], image_input_ids=inputs["image_input_ids"])
+
+
+def test_llava_next_image_processors_that_cut_tiles_unlike_the_model_are_refused(tmp_path):
+    """`LlavaNextModel` counts an image's tiles from its config, the image processor cuts them by its own settings: a
+    difference (pinpoints overridden on one side, to spend fewer tiles) failed in the forward with a bare shape error
+    (split_with_sizes). The embedder's processor and the judge's prompt encoder name it up front."""
+    from dataset_builders.vlm_inputs import PromptEncoder
+
+    config, tokenizer = tiny_mllm_config("llava_next"), tiny_mllm_tokenizer("llava_next")
+    fewer_tiles = LlavaNextImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16},
+                                             image_grid_pinpoints=[[16, 32], [32, 16]])
+    larger_tiles = LlavaNextImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                                              image_grid_pinpoints=config.image_grid_pinpoints)
+    refused = [
+        (fewer_tiles, r"'s image_grid_pinpoints \[\[16, 32\], \[32, 16\]\] differ from the model config's \[\[16, 32\], "),
+        (larger_tiles, " cuts 32-pixel tiles, but the model's vision tower takes 16-pixel images"),
+    ]
+    config.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    for image_processor, message in refused:
+        with pytest.raises(ValueError, match=f"^llava_next: the image processor{message}"):
+            PromptEncoder(config, tokenizer, image_processor)
+        image_processor.save_pretrained(tmp_path)
+        with pytest.raises(ValueError, match=f"^{re.escape(str(tmp_path))}: the image processor{message}"):
+            MapleProcessor.from_backbone(str(tmp_path), backbone="mllm")
+    tiny_mllm_image_processor("llava_next").save_pretrained(tmp_path)  # the model's own tiles: accepted
+    assert MapleProcessor.from_backbone(str(tmp_path), backbone="mllm").image_seq_length == 16
+    assert PromptEncoder(config, tokenizer, tiny_mllm_image_processor("llava_next")).image_seq_length == 16
 
 
 @pytest.mark.parametrize("family", FAMILIES)
