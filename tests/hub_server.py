@@ -24,6 +24,7 @@ token is refused (401), a write (create, preupload, commit, LFS batch) needs a t
 private repo is seen only with its owner's token (the user who created it): to anyone else every request about it
 answers as for a missing repo, `RepoNotFound` (401 without a token, 404 with another user's), which huggingface_hub
 raises as `RepositoryNotFoundError`. Who may write to a public repo is not checked.
+
 For error-path tests, `require_token` makes every request without that bearer token fail with
 401 (but those the Hub takes without one: `_TOKENLESS_HANDLERS`), and `fail_next(repo_id, status,
 times)` makes the next requests touching a repo fail.
