@@ -25,7 +25,14 @@ from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
 
-from maple.cli import DefaultsHelpFormatter, checked_device, library_progress_bars_hidden, positive, report_error
+from maple.cli import (
+    DefaultsHelpFormatter,
+    add_token_option,
+    checked_device,
+    library_progress_bars_hidden,
+    positive,
+    report_error,
+)
 from maple.files import folder_problem
 
 from .builder import MaplePreferences, MaplePreferencesConfig, WorkDirMismatch
@@ -96,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     publish = parser.add_argument_group("publishing and output")
     publish.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="publish the dataset and its card to this Hub dataset repo")
     publish.add_argument("--private", action="store_true", help="make the pushed repo private")
+    add_token_option(publish, "--push-to-hub only, not for reading the models or a Hub source")
     publish.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
 
@@ -374,7 +382,7 @@ def _build(args: argparse.Namespace, given: set[str]) -> int:
         from maple.hub import hub_failure
 
         try:
-            repo_id = builder.push_to_hub(args.push_to_hub, private=args.private)
+            repo_id = builder.push_to_hub(args.push_to_hub, private=args.private, token=args.token)
         except Exception as error:  # the Hub's errors come wrapped by datasets' and httpx's: `hub_failure` reads them
             problem = hub_failure(error, args.push_to_hub, repo_type="dataset", writing=True)
             if problem is None:

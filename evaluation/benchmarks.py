@@ -161,15 +161,15 @@ class BenchmarkSpec:
     kind: Literal["retrieval", "quadruples"]
     hub_id: str
     description: str
-    loader: Callable[[str, "BenchmarkSpec"], RetrievalBenchmark | QuadrupleBenchmark]
+    loader: Callable[[str, "BenchmarkSpec", str | None], RetrievalBenchmark | QuadrupleBenchmark]  # (source, spec, token)
     split: str = "test"
     columns: tuple[str, ...] = ()  # required columns of the table, in the real schema
     category_column: str | None = None
 
 
 # -- tables ------------------------------------------------------------------------------------------
-def _read_table(source: str, spec: BenchmarkSpec) -> tuple[Any, RowLocator]:
-    """A `datasets.Dataset` from a Hub id, a parquet file or a folder of parquet files, with the
+def _read_table(source: str, spec: BenchmarkSpec, token: str | None) -> tuple[Any, RowLocator]:
+    """A `datasets.Dataset` from a Hub id (read with `token`), a parquet file or a folder of parquet files, with the
     spec's columns checked, and the `RowLocator` that names its rows in errors."""
     import datasets
     import pyarrow.parquet as pq
@@ -192,7 +192,7 @@ def _read_table(source: str, spec: BenchmarkSpec) -> tuple[Any, RowLocator]:
         locate = RowLocator(source, tuple(str(file) for file in files), offsets)
     else:
         try:
-            table = datasets.load_dataset(source, split=spec.split)
+            table = datasets.load_dataset(source, split=spec.split, token=token)
         except ValueError as error:
             if "Unknown split" not in str(error):  # datasets' message for a split the dataset lacks
                 raise
@@ -227,8 +227,8 @@ def _categories(locate: Callable[[int], str], column: str, values: Sequence[Any]
     return [value.lower() for value in _checked_texts(locate, column, values)]
 
 
-def _load_retrieval(source: str, spec: BenchmarkSpec) -> RetrievalBenchmark:
-    table, locate = _read_table(source, spec)
+def _load_retrieval(source: str, spec: BenchmarkSpec, token: str | None) -> RetrievalBenchmark:
+    table, locate = _read_table(source, spec, token)
     image_column, caption_column = spec.columns
     values = table[caption_column]
     # A string is a sequence too: list() would split one caption into characters.
@@ -244,9 +244,9 @@ def _load_retrieval(source: str, spec: BenchmarkSpec) -> RetrievalBenchmark:
     return RetrievalBenchmark(spec.name, LazyImages(table, image_column, locate), captions)
 
 
-def _load_quadruple_table(source: str, spec: BenchmarkSpec) -> QuadrupleBenchmark:
+def _load_quadruple_table(source: str, spec: BenchmarkSpec, token: str | None) -> QuadrupleBenchmark:
     """Tables with one quadruple per row; `spec.columns` = (image0, image1, text0, text1)."""
-    table, locate = _read_table(source, spec)
+    table, locate = _read_table(source, spec, token)
     image0, image1, text0, text1 = spec.columns
     images0, images1 = LazyImages(table, image0, locate), LazyImages(table, image1, locate)
     texts0, texts1 = (_checked_texts(locate, column, table[column]) for column in (text0, text1))
@@ -277,14 +277,14 @@ class _IndexedQuadruples(LazySequence):
 
 
 # -- native folder layouts ---------------------------------------------------------------------------
-def _hub_folder(source: str, allow_patterns: list[str]) -> Path:
-    """A local folder for `source`: itself if it is one, else a snapshot of the Hub dataset repo."""
+def _hub_folder(source: str, allow_patterns: list[str], token: str | None) -> Path:
+    """A local folder for `source`: itself if it is one, else a snapshot of the Hub dataset repo, read with `token`."""
     path = Path(source).expanduser()
     if path.is_dir():
         return path
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(source, repo_type="dataset", allow_patterns=allow_patterns))
+    return Path(snapshot_download(source, repo_type="dataset", allow_patterns=allow_patterns, token=token))
 
 
 def _image_files(files: list[Path], places: list[str]) -> LazyImageFiles:
@@ -326,7 +326,7 @@ def _naturalbench_folder(folder: Path) -> Path:
     return target / "NaturalBench-Retrieval"
 
 
-def _load_naturalbench(source: str, spec: BenchmarkSpec) -> QuadrupleBenchmark:
+def _load_naturalbench(source: str, spec: BenchmarkSpec, token: str | None) -> QuadrupleBenchmark:
     """NaturalBench-Retrieval: `metadata.json` (a list of {index, image_0, image_1, caption_0,
     caption_1}) and `images/`, as in the zip of the Hub repo; parquet in the same columns also works."""
     path = Path(source).expanduser()
@@ -334,8 +334,8 @@ def _load_naturalbench(source: str, spec: BenchmarkSpec) -> QuadrupleBenchmark:
     # layout wins wherever it is present.
     native = ("metadata.json", "NaturalBench-Retrieval/metadata.json", NATURALBENCH_ARCHIVE)
     if path.suffix == ".parquet" or (path.is_dir() and not any((path / name).exists() for name in native) and any(path.rglob("*.parquet"))):
-        return _load_quadruple_table(source, spec)
-    folder = _naturalbench_folder(path if path.is_dir() else _hub_folder(source, [NATURALBENCH_ARCHIVE]))
+        return _load_quadruple_table(source, spec, token)
+    folder = _naturalbench_folder(path if path.is_dir() else _hub_folder(source, [NATURALBENCH_ARCHIVE], token))
     metadata_file = folder / "metadata.json"
     if not metadata_file.is_file():
         raise BenchmarkFormatError(f"{folder}: NaturalBench-Retrieval needs metadata.json and images/")
@@ -365,11 +365,11 @@ MMVP_IMAGE_FOLDER = "MLLM_VLM Images"
 MMVP_TEXT_PREFIX = "a photo of "  # the MMVP repository's scripts/evaluate_vlm.py puts it before every statement
 
 
-def _load_mmvp(source: str, spec: BenchmarkSpec) -> QuadrupleBenchmark:
+def _load_mmvp(source: str, spec: BenchmarkSpec, token: str | None) -> QuadrupleBenchmark:
     """MMVP-VLM: `Questions.csv` with rows (Question ID, Type, Statement), consecutive rows forming
     a pair, and images `MLLM_VLM Images/<Type>/<Question ID>.jpg`. Texts are "a photo of <Statement>", as
     the benchmark's own evaluation script (`evaluate_vlm.py`) writes them."""
-    folder = _hub_folder(source, ["Questions.csv", f"{MMVP_IMAGE_FOLDER}/**"])
+    folder = _hub_folder(source, ["Questions.csv", f"{MMVP_IMAGE_FOLDER}/**"], token)
     questions_file = folder / "Questions.csv"
     if not questions_file.is_file():
         raise BenchmarkFormatError(f"{folder}: MMVP-VLM needs Questions.csv and '{MMVP_IMAGE_FOLDER}/'")
@@ -450,8 +450,11 @@ def check_source(name: str, source: str) -> None:
         raise BenchmarkSourceError(f"benchmark {name!r}: no such file or folder: {source}")
 
 
-def load_benchmark(name: str, source: str | None = None) -> RetrievalBenchmark | QuadrupleBenchmark:
-    """Load benchmark `name` (see `BENCHMARKS`) from `source` (default: its official Hub id).
+def load_benchmark(
+    name: str, source: str | None = None, token: str | None = None
+) -> RetrievalBenchmark | QuadrupleBenchmark:
+    """Load benchmark `name` (see `BENCHMARKS`) from `source` (default: its official Hub id); a Hub dataset is read
+    with `token` (None: HF_TOKEN or the saved login).
 
     Raises `BenchmarkSourceError` naming the benchmark and the source when the source cannot be read
     (datasets and the Hub client raise FileNotFoundError, ConnectionError or HTTP errors, all OSErrors),
@@ -462,7 +465,7 @@ def load_benchmark(name: str, source: str | None = None) -> RetrievalBenchmark |
     source = spec.hub_id if source is None else source
     check_source(name, source)
     try:
-        return spec.loader(source, spec)
+        return spec.loader(source, spec, token)
     except OSError as error:
         detail = " ".join(str(error).split())  # one line: Hub errors span several
         raise BenchmarkSourceError(f"benchmark {name!r}: cannot read source {source!r}: {detail}") from error

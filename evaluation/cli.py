@@ -1,13 +1,15 @@
 """`maple eval`: run the paper's benchmarks on one or more embedders.
 
     maple eval MODEL [--benchmarks coco winoground ...] [--compare MODEL2 ...]
-               [--source winoground=/data/winoground.parquet ...] [--out DIR] [--push-to-hub] [--no-progress]
+               [--source winoground=/data/winoground.parquet ...] [--out DIR] [--push-to-hub] [--token TOKEN]
+               [--no-progress]
 
 MODEL is a local checkpoint folder or a Hub repo id. Each (model, benchmark) result is written to
 `DIR/<model>/<benchmark>.json` as soon as it is done, and skipped on a rerun while the model (its files,
 or its Hub commit) and the benchmark source are unchanged, so an interrupted run resumes where it stopped.
 At the end, `DIR/results.json` and `DIR/results.md` hold all models side by side. `--push-to-hub` writes
-the results into MODEL's model card (`model-index`) on the Hub.
+the results into MODEL's model card (`model-index`) on the Hub. Hub repos (models, benchmarks, the push) are
+read and written with `--token`, else HF_TOKEN or the token `hf auth login` saved.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 from maple.cli import (
     DefaultsHelpFormatter,
+    add_token_option,
     checked_device,
     exit_with_error,
     library_progress_bars_hidden,
@@ -122,10 +125,10 @@ def _files_state(path: Path, *, recursive: bool) -> dict[str, list[int]]:
     return states
 
 
-def _model_state(model_ref: str, revision: str | None = None) -> dict[str, Any]:
+def _model_state(model_ref: str, revision: str | None = None, token: str | None = None) -> dict[str, Any]:
     """What identifies the model evaluated: for a local folder its files (weights, config, processor and tokenizer
     files; not subfolders, which loading does not read, such as a results folder or training checkpoints, nor the
-    card, pictures and the summaries of an `--out` there: `NOT_LOADED_SUFFIXES`) by size and modification time; for a Hub repo its commit at `revision` (None: unknown now). An adapter's base model is
+    card, pictures and the summaries of an `--out` there: `NOT_LOADED_SUFFIXES`) by size and modification time; for a Hub repo its commit at `revision` (None: unknown now), read with `token`. An adapter's base model is
     included."""
     from maple.hub import is_hub_id
 
@@ -141,7 +144,7 @@ def _model_state(model_ref: str, revision: str | None = None) -> dict[str, Any]:
         config_file = folder / ADAPTER_CONFIG_FILE
     else:
         try:
-            config_file = hub_checkpoint_config_file(model_ref, revision) if is_hub_id(model_ref) else None
+            config_file = hub_checkpoint_config_file(model_ref, revision, token) if is_hub_id(model_ref) else None
         except ModelLoadError:
             config_file = None
         state = {"commit": config_file.parent.name if config_file is not None else None}
@@ -149,7 +152,7 @@ def _model_state(model_ref: str, revision: str | None = None) -> dict[str, Any]:
         adapter_config = json.loads(config_file.read_text())
         base_ref = adapter_config.get("base_model_name_or_path")
         # PEFT records the base's revision when it was given one
-        state["base"] = {"model": base_ref, **_model_state(base_ref, adapter_config.get("revision"))} if base_ref else None
+        state["base"] = {"model": base_ref, **_model_state(base_ref, adapter_config.get("revision"), token)} if base_ref else None
     return state
 
 
@@ -222,13 +225,19 @@ def _run_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[st
 
 
 def stored_results(
-    model_ref: str, benchmarks: list[str], sources: dict[str, str], out: Path, dtype: str = "float32"
+    model_ref: str,
+    benchmarks: list[str],
+    sources: dict[str, str],
+    out: Path,
+    dtype: str = "float32",
+    token: str | None = None,
 ) -> dict[str, Any]:
     """The results of `model_ref` stored in `out/<model>/<benchmark>.json` that were computed from the same
-    model files, dtype and benchmark source, by benchmark; the other benchmarks are still to do."""
+    model files, dtype and benchmark source, by benchmark; the other benchmarks are still to do. A Hub model's commit
+    is read with `token`."""
     folder = out / _model_folder_name(model_ref)
     done = {name: folder / f"{name}.json" for name in benchmarks if (folder / f"{name}.json").exists()}
-    model_state = _model_state(model_ref) if done else None
+    model_state = _model_state(model_ref, token=token) if done else None
     results: dict[str, Any] = {}
     for name, path in done.items():
         stored = json.loads(path.read_text())
@@ -251,10 +260,12 @@ def evaluate_model(
     device: str = "cpu",
     dtype: str = "float32",
     trust_remote_code: bool = False,
+    token: str | None = None,
 ) -> dict[str, Any]:
     """Results of one model on the benchmarks: the `stored` ones (`stored_results`) as they are, the others
     computed on `device` with weights in `dtype` and written to `out/<model>/<benchmark>.json`. The folder is created only once the
-    model has loaded, so a model that fails to load leaves nothing behind."""
+    model has loaded, so a model that fails to load leaves nothing behind. Hub models and benchmarks are read with
+    `token` (None: HF_TOKEN or the saved login)."""
     folder = out / _model_folder_name(model_ref)
     results = dict(stored)
     for name in results:
@@ -266,9 +277,9 @@ def evaluate_model(
 
         # Benchmarks load before the model (tables and file lists: images are decoded as they are embedded),
         # so a source that is unreachable or in the wrong schema is reported before a large model is loaded.
-        loaded = _load_benchmarks(todo, sources)
-        model_state = _model_state(model_ref)  # before loading: a change while it runs must not pass unnoticed
-        model, processor = load_embedder(model_ref, trust_remote_code=trust_remote_code, dtype=dtype)
+        loaded = _load_benchmarks(todo, sources, token)
+        model_state = _model_state(model_ref, token=token)  # before loading: a change while it runs must not pass unnoticed
+        model, processor = load_embedder(model_ref, trust_remote_code=trust_remote_code, dtype=dtype, token=token)
         model.to(device)
         folder.mkdir(parents=True, exist_ok=True)
         for name in todo:
@@ -279,15 +290,17 @@ def evaluate_model(
     return {name: results[name] for name in benchmarks}
 
 
-def _load_benchmarks(names: list[str], sources: dict[str, str]) -> dict[str, QuadrupleBenchmark | RetrievalBenchmark]:
-    """Each benchmark of `names`; every one that cannot be read is reported in one error (one at a time, a user
-    fixing them would rerun once per benchmark)."""
+def _load_benchmarks(
+    names: list[str], sources: dict[str, str], token: str | None
+) -> dict[str, QuadrupleBenchmark | RetrievalBenchmark]:
+    """Each benchmark of `names` (a Hub dataset read with `token`); every one that cannot be read is reported in one
+    error (one at a time, a user fixing them would rerun once per benchmark)."""
     from .benchmarks import BenchmarkFormatError, BenchmarkSourceError
 
     loaded, problems = {}, []
     for name in names:
         try:
-            loaded[name] = load_benchmark(name, sources.get(name))
+            loaded[name] = load_benchmark(name, sources.get(name), token)
         except (BenchmarkSourceError, BenchmarkFormatError) as error:
             problems.append(error)
     if len(problems) == 1:
@@ -324,11 +337,14 @@ def markdown_table(all_results: dict[str, dict[str, Any]]) -> str:
 PUSHED_RESULTS_FILE = "maple_eval_results.json"
 
 
-def push_results(repo_id: str, results: dict[str, Any], dataset_ids: dict[str, str] | None = None) -> None:
+def push_results(
+    repo_id: str, results: dict[str, Any], dataset_ids: dict[str, str] | None = None, token: str | None = None
+) -> None:
     """Add `results` to the model card of Hub repo `repo_id` (eval tables, `model-index` and, for quadruple
     benchmarks, freshly drawn similarity histograms replacing the run's), in one commit with `PUSHED_RESULTS_FILE`;
     results pushed before for other benchmarks stay. A repo without a card gets one. `dataset_ids`: the Hub id a
-    benchmark was read from where it is not the official one."""
+    benchmark was read from where it is not the official one. Every request (reading the card and the record, the
+    commit) carries `token` (None: HF_TOKEN or the saved login)."""
     import tempfile
 
     from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, hf_hub_download
@@ -338,13 +354,13 @@ def push_results(repo_id: str, results: dict[str, Any], dataset_ids: dict[str, s
     from model_cards.cards import GAP_HISTOGRAM_FILE, plot_similarity_histograms
 
     try:
-        card = ModelCard.load(repo_id)
+        card = ModelCard.load(repo_id, token=token)
     # Only a README.md the repo lacks: a Hub that cannot be reached (LocalEntryNotFoundError, also an
     # EntryNotFoundError) must not make this push replace the card with a bare one.
     except RemoteEntryNotFoundError:
         card = ModelCard("")
     try:
-        pushed = json.loads(Path(hf_hub_download(repo_id, PUSHED_RESULTS_FILE)).read_text())
+        pushed = json.loads(Path(hf_hub_download(repo_id, PUSHED_RESULTS_FILE, token=token)).read_text())
     except RemoteEntryNotFoundError:
         pushed = {"results": {}, "dataset_ids": {}}
     # a benchmark pushed again takes its new source, the official one where `dataset_ids` names none
@@ -367,7 +383,7 @@ def push_results(repo_id: str, results: dict[str, Any], dataset_ids: dict[str, s
         if has_histograms:
             operations.append(CommitOperationAdd(path_in_repo=GAP_HISTOGRAM_FILE, path_or_fileobj=histograms))
         # one commit: a failed push leaves the card, its histograms and the record as they were, together
-        HfApi().create_commit(repo_id, operations, commit_message="Add MAPLE evaluation results")
+        HfApi(token=token).create_commit(repo_id, operations, commit_message="Add MAPLE evaluation results")
 
 
 def _embedding_device(parser: argparse.ArgumentParser, requested: str | None) -> str:
@@ -405,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="run code a checkpoint's repo holds (a config or processor of its own, `auto_map`); MAPLE checkpoints "
                         "and the backbones MAPLE wraps need none")
     parser.add_argument("--push-to-hub", action="store_true", help="write the results into MODEL's model card on the Hub")
+    add_token_option(parser, "the models and benchmarks read from the Hub and for --push-to-hub")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars (datasets' reading, the weights' loading)")
     args = parser.parse_args(argv)
     with library_progress_bars_hidden() if args.no_progress else contextlib.nullcontext():
@@ -441,16 +458,17 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         # once, not after hours; a model whose results are all stored needs nothing (an offline re-run works).
         for model_ref in model_refs:
             check_model_ref(model_ref)
-        stored = {model_ref: stored_results(model_ref, args.benchmarks, sources, args.out, args.dtype) for model_ref in model_refs}
+        stored = {model_ref: stored_results(model_ref, args.benchmarks, sources, args.out, args.dtype, args.token)
+                  for model_ref in model_refs}
         for model_ref in model_refs:
             if set(args.benchmarks) - set(stored[model_ref]):
-                checkpoint_config(model_ref)
+                checkpoint_config(model_ref, token=args.token)
         for name, source in sources.items():
             check_source(name, source)
         for model_ref in model_refs:
             all_results[model_ref] = evaluate_model(
                 model_ref, args.benchmarks, sources, args.out, args.batch_size, stored[model_ref], device, args.dtype,
-                args.trust_remote_code,
+                args.trust_remote_code, args.token,
             )
     except (ModelLoadError, BenchmarkFormatError, BenchmarkSourceError) as error:
         return report_error(parser.prog, str(error))
@@ -461,14 +479,14 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     atomic_write_text(args.out / RESULTS_MD, table)
     print(table)
     if args.push_to_hub:
-        from huggingface_hub.errors import HfHubHTTPError
+        from maple.hub import hub_failure
 
         try:
-            push_results(args.model, all_results[args.model], dataset_ids=evaluated_sources)
-        except HfHubHTTPError as error:
-            status = error.response.status_code if error.response is not None else "?"
-            return report_error(parser.prog, f"pushing the results to {args.model} failed (HTTP {status}); they are saved "
-                                             f"in {args.out}", status=1)
+            push_results(args.model, all_results[args.model], dataset_ids=evaluated_sources, token=args.token)
+        except Exception as error:  # what the Hub answered, found in the exception chain by `hub_failure`
+            if (problem := hub_failure(error, args.model, writing=True)) is None:
+                raise
+            return report_error(parser.prog, f"pushing the results failed: {problem}; they are saved in {args.out}", status=1)
     return 0
 
 

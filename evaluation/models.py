@@ -36,11 +36,11 @@ def check_model_ref(model_ref: str) -> None:
         raise ModelLoadError(f"no such folder: {model_ref}")
 
 
-def hub_checkpoint_config_file(repo_id: str, revision: str | None = None) -> Path:
+def hub_checkpoint_config_file(repo_id: str, revision: str | None = None, token: str | None = None) -> Path:
     """The config.json, else adapter_config.json, of a Hub model repo at `revision`, in the cache's
-    snapshots/<commit>/ folder; Hub failures become `ModelLoadError`s naming the repo and what the Hub answered
-    (`maple.hub.hub_failure`). Offline or unreachable, a repo downloaded before is read from the
-    cache."""
+    snapshots/<commit>/ folder, read with `token` (None: HF_TOKEN or the saved login); Hub failures become
+    `ModelLoadError`s naming the repo and what the Hub answered (`maple.hub.hub_failure`). Offline or unreachable, a
+    repo downloaded before is read from the cache."""
     from huggingface_hub import HfApi, hf_hub_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -53,13 +53,13 @@ def hub_checkpoint_config_file(repo_id: str, revision: str | None = None) -> Pat
 
     try:
         # The info call is not retried, so an unreachable or failing Hub is reported at once.
-        files = {sibling.rfilename for sibling in HfApi().model_info(repo_id, revision=revision).siblings or []}
+        files = {sibling.rfilename for sibling in HfApi(token=token).model_info(repo_id, revision=revision).siblings or []}
         name = next((name for name in (CONFIG_FILE, ADAPTER_CONFIG_FILE) if name in files), None)
         if name is None:
             raise ModelLoadError(
                 f"{hub_repo(repo_id)} has neither {CONFIG_FILE} nor {ADAPTER_CONFIG_FILE}: not a transformers checkpoint"
             )
-        return Path(hf_hub_download(repo_id, name, revision=revision))
+        return Path(hf_hub_download(repo_id, name, revision=revision, token=token))
     except (OfflineModeIsEnabled, httpx.TransportError, LocalEntryNotFoundError, HfHubHTTPError) as error:
         problem = hub_failure(error, repo_id, revision=revision)
         if problem is None:
@@ -84,25 +84,27 @@ def _local_checkpoint_config_file(folder: Path) -> Path:
     raise ModelLoadError(f"{folder} has neither {CONFIG_FILE} nor {ADAPTER_CONFIG_FILE}: not a transformers checkpoint folder")
 
 
-def checkpoint_config_file(model_ref: str, revision: str | None = None) -> Path:
+def checkpoint_config_file(model_ref: str, revision: str | None = None, token: str | None = None) -> Path:
     """The config.json, else adapter_config.json, of `model_ref`, a local folder or a Hub repo id (read from the
     cache offline), whatever model it holds: a `ModelLoadError` naming the folder or repo when it is missing, holds
-    neither file (a folder of images, say), or cannot be read. Reads no weights."""
+    neither file (a folder of images, say), or cannot be read. Reads no weights; a Hub repo with `token` (None: HF_TOKEN
+    or the saved login)."""
     check_model_ref(model_ref)
     folder = Path(model_ref).expanduser()
-    return _local_checkpoint_config_file(folder) if folder.is_dir() else hub_checkpoint_config_file(model_ref, revision)
+    return _local_checkpoint_config_file(folder) if folder.is_dir() else hub_checkpoint_config_file(model_ref, revision, token)
 
 
-def checkpoint_config(model_ref: str, revision: str | None = None) -> tuple[str, dict[str, Any]]:
+def checkpoint_config(model_ref: str, revision: str | None = None, token: str | None = None) -> tuple[str, dict[str, Any]]:
     """(file name, content) of the config.json, else adapter_config.json, of `model_ref`, a local folder
     or a Hub repo id, after checking that it is an embedder MAPLE can evaluate: a MAPLE checkpoint, a
     backbone `MapleModel.from_backbone` wraps, or a LoRA adapter over one (its base is checked too).
-    Reads configs only, so a command can check every model before loading the first.
+    Reads configs only, so a command can check every model before loading the first; Hub repos with `token` (None:
+    HF_TOKEN or the saved login).
 
     Raises `ModelLoadError` naming the folder or repo when it is missing, cannot be read or is of
     another kind. Offline, a Hub repo downloaded before is read from the local cache.
     """
-    config_file = checkpoint_config_file(model_ref, revision)
+    config_file = checkpoint_config_file(model_ref, revision, token)
     name = config_file.name
     try:
         config = json.loads(config_file.read_text())
@@ -112,7 +114,7 @@ def checkpoint_config(model_ref: str, revision: str | None = None) -> tuple[str,
         base_ref = config.get("base_model_name_or_path")
         if not base_ref:
             raise ModelLoadError(f"{model_ref!r}: {ADAPTER_CONFIG_FILE} does not name its base model (base_model_name_or_path)")
-        checkpoint_config(base_ref, config.get("revision"))  # PEFT records the base's revision when it was given one
+        checkpoint_config(base_ref, config.get("revision"), token)  # PEFT records the base's revision when it was given one
         return name, config
     from modeling_maple.configuration_maple import DUAL_ENCODER_MODEL_TYPES, SUPPORTED_MLLMS, backbone_of
 
@@ -125,7 +127,13 @@ def checkpoint_config(model_ref: str, revision: str | None = None) -> tuple[str,
     return name, config
 
 
-def load_embedder(model_ref: str, revision: str | None = None, trust_remote_code: bool = False, dtype: str = "float32"):
+def load_embedder(
+    model_ref: str,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    dtype: str = "float32",
+    token: str | None = None,
+):
     """(model, processor) for `model_ref`, a local folder or a Hub repo id, in eval mode.
 
     A LoRA adapter (adapter_config.json, as `PeftModel.save_pretrained` writes) is loaded onto its
@@ -133,20 +141,24 @@ def load_embedder(model_ref: str, revision: str | None = None, trust_remote_code
     ("float32" or "bfloat16"), MAPLE checkpoints and backbones (wrapped by `from_backbone`) alike, so a
     baseline and its fine-tune are scored at one precision; MAPLE's heads and logit scales stay float32.
     `trust_remote_code` runs code a checkpoint's repo holds (a config or processor of its own, `auto_map`): a
-    MAPLE checkpoint loads with this package's classes and the backbones MAPLE wraps are transformers' own. Errors are those of [`checkpoint_config`], raised before any
-    weights load.
+    MAPLE checkpoint loads with this package's classes and the backbones MAPLE wraps are transformers' own. Hub repos
+    are read with `token` (None: HF_TOKEN or the saved login). Errors are those of [`checkpoint_config`], raised before
+    any weights load.
     """
-    name, config = checkpoint_config(model_ref, revision)
+    name, config = checkpoint_config(model_ref, revision, token)
     if name == ADAPTER_CONFIG_FILE:
         from peft import PeftModel
 
         base, processor = load_embedder(
-            config["base_model_name_or_path"], revision=config.get("revision"), trust_remote_code=trust_remote_code, dtype=dtype
+            config["base_model_name_or_path"], revision=config.get("revision"), trust_remote_code=trust_remote_code,
+            dtype=dtype, token=token,
         )
-        return PeftModel.from_pretrained(base, model_ref, revision=revision).eval(), processor
+        return PeftModel.from_pretrained(base, model_ref, revision=revision, token=token).eval(), processor
     import torch
     from modeling_maple import load_maple
 
     # An explicit dtype: transformers 5 would load a bf16 checkpoint in bf16 whatever the baseline's.
-    model, processor = load_maple(model_ref, revision=revision, trust_remote_code=trust_remote_code, dtype=getattr(torch, dtype))
+    model, processor = load_maple(
+        model_ref, revision=revision, trust_remote_code=trust_remote_code, token=token, dtype=getattr(torch, dtype)
+    )
     return model.eval(), processor

@@ -45,6 +45,13 @@ def exit_with_error(parser: argparse.ArgumentParser, message: str) -> NoReturn:
     parser.exit(report_error(parser.prog, message))
 
 
+def add_token_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup, used_for: str) -> None:
+    """`--token TOKEN`, the Hub token `used_for` what the help says, as `hf upload --token` takes it; unset, HF_TOKEN
+    or the token `hf auth login` saved is used, as huggingface_hub does."""
+    parser.add_argument("--token", default=None, metavar="TOKEN",
+                        help=f"Hub token for {used_for}; unset: HF_TOKEN, else the token `hf auth login` saved")
+
+
 def positive(number_type: type[int] | type[float]):
     """An argparse `type` for a number above zero: a bad value is a usage error (exit status 2)
     when the command line is parsed, not a failure after the models have loaded."""

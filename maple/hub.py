@@ -71,6 +71,14 @@ def _chain(error: BaseException) -> Iterator[BaseException]:
         current = current.__cause__ or current.__context__
 
 
+def _sent_a_token(answered: BaseException) -> bool:
+    """Whether the request a Hub error (`HfHubHTTPError`) answered carried a token (True when that is unknown)."""
+    try:
+        return "authorization" in answered.response.request.headers
+    except (AttributeError, RuntimeError):  # no response, or one built without its request
+        return True
+
+
 def hub_failure(
     error: BaseException, repo_id: str, *, repo_type: str = "model", revision: str | None = None, writing: bool = False
 ) -> str | None:
@@ -104,6 +112,9 @@ def hub_failure(
             return f"{where} was not found or is not accessible with the current token (HTTP {status})"
         if isinstance(answered, RevisionNotFoundError):
             return f"{where} has no revision {revision!r}"
+        if status == 401 and not _sent_a_token(answered):
+            return (f"{where} needs a token (HTTP 401 to a request without one): pass one (--token, token=), set HF_TOKEN "
+                    "or log in with `hf auth login`")
         if status in (401, 403):
             return f"{where} refused the token (HTTP {status}): check HF_TOKEN"
         return f"{where} could not be read: HTTP {status} from the server"

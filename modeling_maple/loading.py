@@ -23,7 +23,7 @@ from .configuration_maple import BACKBONES, DUAL_ENCODER_MODEL_TYPES, SUPPORTED_
 from .modeling_maple import MapleModel
 from .processing_maple import MapleProcessor
 
-# What `MapleModel.from_backbone` forwards to the backbones' `from_pretrained` (besides `revision`).
+# What `MapleModel.from_backbone` forwards to the backbones' `from_pretrained` (besides `revision` and `token`).
 BACKBONE_LOADING_KWARGS = ("dtype", "attn_implementation")
 # `load_maple` takes one checkpoint: a vision encoder paired with a text encoder is built once, saved, then loaded.
 PAIRING_ADVICE = (
@@ -48,6 +48,7 @@ def load_maple(
     revision: str | None = None,
     trust_remote_code: bool = False,
     backend: str | None = None,
+    token: str | None = None,
     **from_pretrained_kwargs: Any,
 ) -> tuple[MapleModel, MapleProcessor]:
     """The MAPLE embedder and processor of `name_or_path`, a local folder or a Hub repo id.
@@ -61,6 +62,7 @@ def load_maple(
             classes are registered, so it is not needed where the package is imported).
         backend: the image processor's backend, `"pil"` or `"torchvision"` (None: a MAPLE checkpoint's the one it was
             saved with, else transformers' choice, torchvision's where it is installed).
+        token: the Hub token every file is read with (None: HF_TOKEN or the saved login, as in transformers).
         from_pretrained_kwargs: for a MAPLE checkpoint any `from_pretrained` argument (`dtype`, `device_map`,
             ...); for a backbone only `dtype` and `attn_implementation`.
 
@@ -71,9 +73,9 @@ def load_maple(
             cannot be the backbone given (an encoder that is not a supported MLLM as `"mllm"`, one without a text
             tower as `"dual_encoder"`); `BackboneLoadingError` for a `from_pretrained` argument a backbone cannot take.
     """
-    backbone = _backbone(name_or_path, backbone, revision, trust_remote_code)  # the config is read once
-    model = _load_model(name_or_path, backbone, revision, trust_remote_code, from_pretrained_kwargs)
-    return model, _load_processor(name_or_path, backbone, revision, trust_remote_code, backend)
+    backbone = _backbone(name_or_path, backbone, revision, trust_remote_code, token)  # the config is read once
+    model = _load_model(name_or_path, backbone, revision, trust_remote_code, token, from_pretrained_kwargs)
+    return model, _load_processor(name_or_path, backbone, revision, trust_remote_code, backend, token)
 
 
 def load_maple_model(
@@ -82,12 +84,13 @@ def load_maple_model(
     backbone: str | None = None,
     revision: str | None = None,
     trust_remote_code: bool = False,
+    token: str | None = None,
     **from_pretrained_kwargs: Any,
 ) -> MapleModel:
     """The embedder of [`load_maple`] alone, for a caller that has its processor (a checkpoint may be saved
     without one)."""
-    backbone = _backbone(name_or_path, backbone, revision, trust_remote_code)
-    return _load_model(name_or_path, backbone, revision, trust_remote_code, from_pretrained_kwargs)
+    backbone = _backbone(name_or_path, backbone, revision, trust_remote_code, token)
+    return _load_model(name_or_path, backbone, revision, trust_remote_code, token, from_pretrained_kwargs)
 
 
 def load_maple_processor(
@@ -97,47 +100,60 @@ def load_maple_processor(
     revision: str | None = None,
     trust_remote_code: bool = False,
     backend: str | None = None,
+    token: str | None = None,
 ) -> MapleProcessor:
     """The processor of [`load_maple`] alone."""
-    backbone = _backbone(name_or_path, backbone, revision, trust_remote_code)
-    return _load_processor(name_or_path, backbone, revision, trust_remote_code, backend)
+    backbone = _backbone(name_or_path, backbone, revision, trust_remote_code, token)
+    return _load_processor(name_or_path, backbone, revision, trust_remote_code, backend, token)
 
 
 def _load_model(
-    name_or_path: str, backbone: str | None, revision: str | None, trust_remote_code: bool, from_pretrained_kwargs: dict
+    name_or_path: str,
+    backbone: str | None,
+    revision: str | None,
+    trust_remote_code: bool,
+    token: str | None,
+    from_pretrained_kwargs: dict,
 ) -> MapleModel:
     """The model of a checkpoint whose backbone `_backbone` resolved (None: a MAPLE checkpoint)."""
     if backbone is None:
         return AutoModel.from_pretrained(
-            name_or_path, revision=revision, trust_remote_code=trust_remote_code, **from_pretrained_kwargs
+            name_or_path, revision=revision, trust_remote_code=trust_remote_code, token=token, **from_pretrained_kwargs
         )
     unused = sorted(set(from_pretrained_kwargs) - set(BACKBONE_LOADING_KWARGS))
     if unused:
         raise BackboneLoadingError(
             f"{name_or_path}: {', '.join(unused)} cannot be passed when building from a backbone "
-            f"(MapleModel.from_backbone takes only {', '.join(BACKBONE_LOADING_KWARGS)} and revision)"
+            f"(MapleModel.from_backbone takes only {', '.join(BACKBONE_LOADING_KWARGS)}, revision and token)"
         )
-    return MapleModel.from_backbone(name_or_path, backbone=backbone, revision=revision, **from_pretrained_kwargs)
+    return MapleModel.from_backbone(name_or_path, backbone=backbone, revision=revision, token=token, **from_pretrained_kwargs)
 
 
 def _load_processor(
-    name_or_path: str, backbone: str | None, revision: str | None, trust_remote_code: bool, backend: str | None
+    name_or_path: str,
+    backbone: str | None,
+    revision: str | None,
+    trust_remote_code: bool,
+    backend: str | None,
+    token: str | None,
 ) -> MapleProcessor:
     """The processor of a checkpoint whose backbone `_backbone` resolved (None: a MAPLE checkpoint)."""
     if backbone is None:
         return AutoProcessor.from_pretrained(
-            name_or_path, revision=revision, trust_remote_code=trust_remote_code, backend=backend
+            name_or_path, revision=revision, trust_remote_code=trust_remote_code, backend=backend, token=token
         )
-    return MapleProcessor.from_backbone(name_or_path, backbone=backbone, revision=revision, backend=backend)
+    return MapleProcessor.from_backbone(name_or_path, backbone=backbone, revision=revision, backend=backend, token=token)
 
 
-def _backbone(name_or_path: str, backbone: str | None, revision: str | None, trust_remote_code: bool) -> str | None:
+def _backbone(
+    name_or_path: str, backbone: str | None, revision: str | None, trust_remote_code: bool, token: str | None
+) -> str | None:
     """None for a MAPLE checkpoint, else the backbone to wrap it as (given or inferred); `MapleLoadError`s as
     [`load_maple`] says. Reads the config only."""
     if not Path(name_or_path).expanduser().exists() and not is_hub_id(name_or_path):  # './x', '/x', 'a/b/c'
         raise MapleLoadError(f"{name_or_path}: no such folder")
     try:
-        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
+        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision, token=token)
     except (OSError, ValueError) as error:  # transformers says which: not found, gated, offline, unknown model type
         # except for a Hub answer, such as an HTTP 500, that it reads as "couldn't connect"
         problem = hub_failure(error, name_or_path, revision=revision) or " ".join(str(error).split())

@@ -430,6 +430,7 @@ class MapleModel(MaplePreTrainedModel):
         dtype: str | torch.dtype = "auto",
         attn_implementation: str | None = None,
         revision: str | None = None,
+        token: str | None = None,
         **config_overrides: Any,
     ) -> "MapleModel":
         """Build a MAPLE embedder around pretrained backbone weights (every backbone tensor is kept as is).
@@ -447,6 +448,7 @@ class MapleModel(MaplePreTrainedModel):
             attn_implementation: attention of the backbones, as in `from_pretrained` (`None`: SDPA
                 where available; `"flash_attention_2"` as in the paper).
             revision: the Hub revision (branch, tag or commit) of `name_or_path`, not of `text_backbone`.
+            token: the Hub token the backbones are read with (None: HF_TOKEN or the saved login).
             config_overrides: other [`MapleConfig`] fields (`pooling`, `projection_dim`, ...).
         """
         unknown = sorted(set(config_overrides) - {field.name for field in fields(MapleConfig)})
@@ -454,9 +456,9 @@ class MapleModel(MaplePreTrainedModel):
             # MapleConfig keeps any attribute: a typo or a loading option such as device_map would be saved, unused.
             raise TypeError(
                 f"from_backbone() got {', '.join(unknown)}, which are not MapleConfig fields; its loading options "
-                "are dtype, attn_implementation and revision."
+                "are dtype, attn_implementation, revision and token."
             )
-        loading = {"dtype": dtype, "attn_implementation": attn_implementation}
+        loading = {"dtype": dtype, "attn_implementation": attn_implementation, "token": token}
         if backbone == "mllm":
             mllm = AutoModel.from_pretrained(name_or_path, revision=revision, **loading)
             model = cls._wrap("mllm", config_overrides, mllm_config=mllm)

@@ -584,14 +584,18 @@ class MapleProcessor(ProcessorMixin):
         text_backbone: str | None = None,
         revision: str | None = None,
         backend: str | None = None,
+        token: str | None = None,
         **kwargs: Any,
     ) -> "MapleProcessor":
         """The processor matching [`MapleModel.from_backbone`] with the same arguments (`revision`: of
-        `name_or_path`). `backend`: the image processor's, `"pil"` or `"torchvision"` (None: transformers' choice,
-        torchvision's where it is installed)."""
-        image_processor = AutoImageProcessor.from_pretrained(name_or_path, revision=revision, backend=backend)
-        tokenizer = AutoTokenizer.from_pretrained(text_backbone or name_or_path, revision=None if text_backbone else revision)
-        config = AutoConfig.from_pretrained(name_or_path, revision=revision)
+        `name_or_path`; `token`: the Hub token every file is read with, None: HF_TOKEN or the saved login). `backend`:
+        the image processor's, `"pil"` or `"torchvision"` (None: transformers' choice, torchvision's where it is
+        installed)."""
+        image_processor = AutoImageProcessor.from_pretrained(name_or_path, revision=revision, backend=backend, token=token)
+        tokenizer = AutoTokenizer.from_pretrained(
+            text_backbone or name_or_path, revision=None if text_backbone else revision, token=token
+        )
+        config = AutoConfig.from_pretrained(name_or_path, revision=revision, token=token)
         if backbone == "mllm":
             if config.model_type not in SUPPORTED_MLLMS:
                 raise ValueError(f"Unsupported MLLM {config.model_type!r}: expected one of {SUPPORTED_MLLMS}.")

@@ -18,6 +18,13 @@ It implements the slice of the Hub API that `huggingface_hub` 2.4, `transformers
 
 Repositories live in memory as a chain of commits, each a full {path: file} snapshot. Errors carry
 the Hub's `X-Error-Code` / `X-Error-Message` headers, so clients raise their usual exceptions.
+
+Tokens are users' (`HubState.users`: `CLIENT_TOKEN` is `USER`'s; `add_user` adds one). As on the Hub, an unknown
+token is refused (401), a write (create, preupload, commit, LFS batch) needs a token (401 without one), and a
+private repo is seen only with its owner's token (the user who created it): to anyone else every request about it
+answers as for a missing repo, `RepoNotFound` (401 without a token, 404 with another user's), which huggingface_hub
+raises as `RepositoryNotFoundError`. Who may write to a public repo is not checked.
+
 For error-path tests, `require_token` makes every request without that bearer token fail with
 401 (but those the Hub takes without one: `_TOKENLESS_HANDLERS`), and `fail_next(repo_id, status,
 times)` makes the next requests touching a repo fail.
@@ -45,6 +52,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from isolated import isolated_command
 
 USER = "maple-tester"
+CLIENT_TOKEN = "hf_maple_test_token"  # USER's token, the one `run_client` gives its children
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".parquet", ".arrow", ".png", ".jpg", ".jpeg", ".npy")
 LFS_MIN_SIZE = 10 * 2**20  # the Hub's default threshold for LFS
 LFS_POINTER_SIZE = 134  # length of a git-lfs pointer file, reported as `pointerSize`
@@ -68,6 +76,8 @@ _ROUTES = [  # (method, pattern, handler name); the first match wins
 # Requests the Hub takes without a token, and clients send without one: the metadata check (`RepoCard.validate`), and
 # LFS uploads, to the URLs the Hub presigns.
 _TOKENLESS_HANDLERS = {"validate_yaml", "lfs_upload"}
+# Requests that write, which the Hub refuses without a token
+_WRITE_HANDLERS = {"create_repo", "preupload", "commit", "lfs_batch"}
 
 
 class HubError(Exception):
@@ -107,6 +117,7 @@ class Repo:
     commits: dict[str, dict[str, StoredFile]] = field(default_factory=dict)  # sha -> snapshot
     main: str = ""  # sha of the head of the only branch
     private: bool = False  # as created
+    owner: str = USER  # the user who created it: the only one who sees it when private
     summaries: list[str] = field(default_factory=list)  # the commit messages, oldest first
 
     def snapshot(self, revision: str) -> tuple[str, dict[str, StoredFile]]:
@@ -131,6 +142,7 @@ class HubState:
         self.repos: dict[tuple[str, str], Repo] = {}
         self.lfs_objects: dict[str, bytes] = {}
         self.required_token: str | None = None
+        self.users: dict[str, str] = {CLIENT_TOKEN: USER}  # token -> user name
         self.pending_failures: dict[str, list[int]] = {}  # repo_id -> statuses of its next requests
 
     def repo(self, repo_type: str, repo_id: str) -> Repo:
@@ -186,9 +198,19 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         self._send(error.status, body, "application/json", headers)
 
     def _check_access(self, state: HubState, handler: str) -> None:
+        """Sets `self.user` (None: no token); refuses a token that is not required or not known, and a write without
+        one."""
+        authorization = self.headers.get("Authorization")
         if (state.required_token and handler not in _TOKENLESS_HANDLERS
-                and self.headers.get("Authorization") != f"Bearer {state.required_token}"):
+                and authorization != f"Bearer {state.required_token}"):
             raise HubError(401, "Invalid credentials in Authorization header")
+        token = authorization.removeprefix("Bearer ") if authorization and authorization.startswith("Bearer ") else None
+        with state.lock:
+            self.user = state.users.get(token) if token else None
+        if token and self.user is None and handler not in _TOKENLESS_HANDLERS:
+            raise HubError(401, "Invalid credentials in Authorization header")
+        if self.user is None and handler in _WRITE_HANDLERS:
+            raise HubError(401, "Invalid username or password.")
         repo_id = f"{self.params['namespace']}/{self.params['name']}" if "name" in self.params else None
         with state.lock:
             failures = state.pending_failures.get(repo_id) if repo_id else None
@@ -220,7 +242,12 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(payload).encode(), "application/json")
 
     def _repo(self, state: HubState) -> Repo:
-        return state.repo(self.params.get("type") or "model", f"{self.params['namespace']}/{self.params['name']}")
+        """The repo the request names, if its user may see it: a private repo is, to anyone but its owner, missing."""
+        repo = state.repo(self.params.get("type") or "model", f"{self.params['namespace']}/{self.params['name']}")
+        if repo.private and self.user != repo.owner:
+            # as the Hub answers: 401 without a token, 404 with a token that does not see it
+            raise HubError(401 if self.user is None else 404, "Repository not found", "RepoNotFound")
+        return repo
 
     def _repo_url(self, repo: Repo) -> str:
         prefix = "datasets/" if repo.repo_type == "dataset" else ""
@@ -228,17 +255,19 @@ class HubRequestHandler(BaseHTTPRequestHandler):
 
     # -- account and repos ----------------------------------------------------------------------
     def handle_whoami(self, state: HubState) -> None:
-        self._json({"type": "user", "name": USER, "orgs": [], "auth": {"accessToken": {"role": "write"}}})
+        if self.user is None:
+            raise HubError(401, "Invalid credentials in Authorization header")
+        self._json({"type": "user", "name": self.user, "orgs": [], "auth": {"accessToken": {"role": "write"}}})
 
     def handle_create_repo(self, state: HubState) -> None:
         payload = json.loads(self.body)
         repo_type = payload.get("type") or "model"
-        repo_id = f"{payload.get('organization') or USER}/{payload['name']}"
+        repo_id = f"{payload.get('organization') or self.user}/{payload['name']}"
         if (repo_type, repo_id) in state.repos:
             existing = state.repos[(repo_type, repo_id)]
             raise HubError(409, f"You already created this {repo_type} repo: {repo_id}", url=self._repo_url(existing))
         private = payload.get("visibility") == "private" or bool(payload.get("private"))  # older clients send `private`
-        repo = state.repos[(repo_type, repo_id)] = Repo(repo_type, repo_id, private=private)
+        repo = state.repos[(repo_type, repo_id)] = Repo(repo_type, repo_id, private=private, owner=self.user)
         repo.add_commit({}, "initial commit")
         self._json({"url": self._repo_url(repo), "name": repo_id})
 
@@ -412,6 +441,11 @@ class HubServer(ThreadingHTTPServer):
         """Answer 401 to every request without `Authorization: Bearer <token>` (None: accept all)."""
         self.state.required_token = token
 
+    def add_user(self, token: str, name: str) -> None:
+        """A user whose requests carry `token` (`CLIENT_TOKEN` is `USER`'s)."""
+        with self.state.lock:
+            self.state.users[token] = name
+
     def fail_next(self, repo_id: str, status: int, times: int = 1) -> None:
         """Answer `status` to the next `times` requests that touch `repo_id`."""
         with self.state.lock:
@@ -425,7 +459,6 @@ class HubServer(ThreadingHTTPServer):
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CLIENT_TOKEN = "hf_maple_test_token"
 
 
 def run_client(server: HubServer, workdir: Path, code: str, isolated: bool = False, expect_failure: bool = False, **env: str) -> str:
@@ -460,6 +493,11 @@ def run_client(server: HubServer, workdir: Path, code: str, isolated: bool = Fal
         return result.stderr
     assert result.returncode == 0, f"client failed ({result.returncode}):\n{result.stderr[-6000:]}"
     return result.stdout
+
+
+def files_holding(root: Path, text: str) -> list[Path]:
+    """The files under `root` whose bytes hold `text` (a token that must be written nowhere)."""
+    return [path for path in Path(root).rglob("*") if path.is_file() and text.encode() in path.read_bytes()]
 
 
 def _card_tags(card: StoredFile | None) -> list[str]:

@@ -39,7 +39,8 @@ def test_every_option_has_help():
 def test_unset_options_build_the_papers_recipe_into_maple_preferences():
     args = vars(cli.build_parser().parse_args(["source", "--judge", "org/judge"]))
     expected = {"output_dir": "maple_preferences", "config": "paper", "miner": "facebook/dinov2-base", "dtype": "auto",
-                "device": None, "device_map": None, "max_pixels": None, "push_to_hub": None, "private": False}
+                "device": None, "device_map": None, "max_pixels": None, "push_to_hub": None, "private": False,
+                "token": None}
     assert {option: args[option] for option in expected} == expected
     assert all(args[name] is None for name in cli.RECIPE_OPTIONS + cli.SOURCE_OPTIONS), "the named config's values hold"
 
@@ -418,17 +419,17 @@ def test_a_push_to_hub_repo_id_the_hub_would_refuse_is_an_error_before_any_work(
     assert not out.exists()
 
 
-def test_private_reaches_the_push_and_the_repo_is_named_by_its_full_id(source_file, tmp_path, capsys, monkeypatch):
+def test_private_and_token_reach_the_push_and_the_repo_is_named_by_its_full_id(source_file, tmp_path, capsys, monkeypatch):
     """A bare name is created under the token's user: the summary names the repo the push made."""
     pushed = []
     monkeypatch.setattr(cli.MaplePreferences, "push_to_hub",
-                        lambda self, repo_id, private: pushed.append((repo_id, private)) or f"me/{repo_id}")
+                        lambda self, repo_id, private, token: pushed.append((repo_id, private, token)) or f"me/{repo_id}")
     argv = [source_file, "--output-dir", str(tmp_path / "out"), *STAND_INS, "--semdedup-clusters", "0", "--no-progress",
             "--push-to-hub", "prefs"]
-    assert cli.main([*argv, "--private"]) == 0
+    assert cli.main([*argv, "--private", "--token", "hf_x"]) == 0
     assert "  pushed to Hub dataset repo me/prefs\n" in capsys.readouterr().out
-    assert cli.main(argv) == 0  # the build reused, pushed again in public
-    assert pushed == [("prefs", True), ("prefs", False)]
+    assert cli.main(argv) == 0  # the build reused, pushed again in public, with HF_TOKEN or the saved login
+    assert pushed == [("prefs", True, "hf_x"), ("prefs", False, None)]
 
 
 @pytest.mark.parametrize("hub", ["offline", "unreachable"])

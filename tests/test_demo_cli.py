@@ -665,19 +665,45 @@ def test_bad_options_fail_before_any_work(tmp_path, capsys, arguments, message):
     assert not out.exists()
 
 
-def test_outputs_push_to_a_hub_under_a_bare_repo_name(demo_out, hub_server, tmp_path):
+def test_outputs_push_to_a_hub_under_a_bare_repo_name_with_the_token_given(demo_out, hub_server, tmp_path):
     """A bare name (no "namespace/") is created under the token's user; the pushes then used the bare name and
-    failed with 404 after creating an empty repo, and the cards named the bare name."""
+    failed with 404 after creating an empty repo, and the cards named the bare name.
+
+    With no HF_TOKEN and no saved login, `--token` goes with every request of the push: the repos are private here
+    (created beforehand: the demo makes public ones), so a request without it would fail as for a missing repo. Without
+    a token the push fails in one line and the run is kept; the token is not part of the run (the rerun with it is not
+    "a different run") and is in no file the run writes."""
     import shutil
 
-    from hub_server import USER
+    from hub_server import CLIENT_TOKEN, USER, files_holding
 
     out = tmp_path / "out"
     shutil.copytree(demo_out, out)  # finished: only the card and push stages run again
-    run_client(hub_server, tmp_path, f"""
+    output = run_client(hub_server, tmp_path, f"""
+        import contextlib, io
+        from huggingface_hub import HfApi, get_token
+        from huggingface_hub.errors import RepositoryNotFoundError
         from maple.demo.cli import main
-        assert main(["--out", {str(out)!r}, *{QUICK!r}, "--push-to-hub", "demo"]) == 0
-        """)
+
+        assert get_token() is None  # no HF_TOKEN, no saved login
+        token, argv = {CLIENT_TOKEN!r}, ["--out", {str(out)!r}, *{QUICK!r}, "--push-to-hub", "demo"]
+        stderr = io.StringIO()
+        with contextlib.redirect_stderr(stderr):
+            assert main(argv) == 1
+        print("without a token:", stderr.getvalue().strip())
+        HfApi(token=token).create_repo("demo", private=True)
+        HfApi(token=token).create_repo("demo-preferences", repo_type="dataset", private=True)
+        assert main([*argv, "--token", token]) == 0
+        try:
+            HfApi().model_info("{USER}/demo")
+        except RepositoryNotFoundError:
+            pass
+        else:
+            raise AssertionError("the private repo was read without a token")
+        """, HF_TOKEN="")
+    assert (f"without a token: maple demo: error: pushing failed: model repo 'demo' on {hub_server.url} needs a token "
+            "(HTTP 401 to a request without one): pass one (--token, token=), set HF_TOKEN or log in with `hf auth "
+            f"login`. The run is kept in {out}: run the same command again to push it (nothing is recomputed)") in output
     model_files = hub_server.files(f"{USER}/demo")
     assert {"model.safetensors", "modeling_maple.py", "README.md", "tokenizer.json"} <= set(model_files)
     assert f'AutoModel.from_pretrained("{USER}/demo", trust_remote_code=True)' in model_files["README.md"].decode()
@@ -690,6 +716,7 @@ def test_outputs_push_to_a_hub_under_a_bare_repo_name(demo_out, hub_server, tmp_
     assert "license: apache-2.0" in card and "configs:" in card  # a Hub licence id; the push's metadata kept
     assert f'load_dataset("{USER}/demo-preferences"' in card
     assert hub_server.state.repo("dataset", f"{USER}/demo-preferences").summaries[-1] == "Describe the preference data"
+    assert files_holding(tmp_path, CLIENT_TOKEN) == []
 
 
 def test_judge_option_loads_a_real_mllm_judge(tmp_path):

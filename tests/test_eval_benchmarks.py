@@ -115,14 +115,15 @@ def test_a_missing_source_named_as_a_file_is_reported_missing_not_looked_up_on_t
 
 
 def test_a_hub_table_is_read_from_the_benchmarks_split_and_refused_without_rows(monkeypatch):
-    """A parquet file without rows is refused by datasets itself; a Hub table is checked here."""
+    """A parquet file without rows is refused by datasets itself; a Hub table is checked here. It is read with the
+    token given."""
     from conftest import make_picture
 
     read = []
     table = datasets.Dataset.from_dict({"image": [make_picture(0)], "caption": [["a dog"]]}).cast_column("image", datasets.Image())
-    monkeypatch.setattr(datasets, "load_dataset", lambda source, split: read.append((source, split)) or table)
-    assert load_benchmark("coco", "maple-org/coco-copy").captions_per_image == [["a dog"]]
-    assert read == [("maple-org/coco-copy", "test")]
+    monkeypatch.setattr(datasets, "load_dataset", lambda source, split, token: read.append((source, split, token)) or table)
+    assert load_benchmark("coco", "maple-org/coco-copy", token="hf_x").captions_per_image == [["a dog"]]
+    assert read == [("maple-org/coco-copy", "test", "hf_x")]
     table = table.select([])
     with pytest.raises(BenchmarkFormatError, match=r"^maple-org/coco-copy: benchmark 'coco' has no rows$"):
         load_benchmark("coco", "maple-org/coco-copy")
@@ -130,7 +131,7 @@ def test_a_hub_table_is_read_from_the_benchmarks_split_and_refused_without_rows(
 
 def test_a_hub_dataset_without_the_benchmarks_split_says_how_to_push_one(monkeypatch):
     """datasets' ValueError for a missing split becomes a format error; any other ValueError is not disguised as one."""
-    def load_dataset(source, split):
+    def load_dataset(source, split, token):
         raise ValueError("Unknown split \"test\". Should be one of ['train']." if source.endswith("train-only") else "bad config")
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)

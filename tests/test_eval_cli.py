@@ -269,7 +269,7 @@ def test_an_adapters_state_has_its_base_at_the_revision_the_adapter_records(tmp_
 
     commits = {"v1": "1" * 40, None: "2" * 40}
 
-    def cached_config(repo_id, revision=None):
+    def cached_config(repo_id, revision=None, token=None):
         return tmp_path / "snapshots" / commits[revision] / "config.json"
 
     monkeypatch.setattr(evaluation.models, "hub_checkpoint_config_file", cached_config)
@@ -421,6 +421,7 @@ def test_cli_reruns_offline_a_hub_model_whose_results_are_all_stored(tiny, bench
 
 
 def test_cli_reports_a_refused_push_in_one_line_and_keeps_the_results(tiny, benchmark_sources, tmp_path, capsys, monkeypatch):
+    from huggingface_hub import constants
     from huggingface_hub.errors import HfHubHTTPError
     from huggingface_hub.utils import httpx
 
@@ -430,14 +431,15 @@ def test_cli_reports_a_refused_push_in_one_line_and_keeps_the_results(tiny, benc
     hub_model, hub_source = "maple-org/not-yours", "maple-org/coco-copy"  # pushed results come from the Hub
     _store_as_hub_models_result(out, first, hub_model, source=hub_source, source_files=None)
 
-    def refuse(repo_id, results, dataset_ids):
+    def refuse(repo_id, results, dataset_ids, token):
         response = httpx.Response(403, request=httpx.Request("POST", f"https://hub/{repo_id}"))
         raise HfHubHTTPError("403 Forbidden", response=response)
 
     monkeypatch.setattr("evaluation.cli.push_results", refuse)
     capsys.readouterr()
     assert main([hub_model, "--benchmarks", "coco", "--source", f"coco={hub_source}", "--out", str(out), "--push-to-hub"]) == 1
-    assert capsys.readouterr().err == f"maple eval: error: pushing the results to {hub_model} failed (HTTP 403); they are saved in {out}\n"
+    assert capsys.readouterr().err == (f"maple eval: error: pushing the results failed: model repo {hub_model!r} on "
+                                       f"{constants.ENDPOINT} refused the token (HTTP 403): check HF_TOKEN; they are saved in {out}\n")
     assert hub_model in json.loads((out / "results.json").read_text())
 
 

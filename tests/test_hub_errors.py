@@ -231,7 +231,7 @@ def test_a_hub_repo_holding_both_configs_is_read_by_its_config_json(tmp_path, mo
     from evaluation.models import hub_checkpoint_config_file
 
     files = ["adapter_config.json", "config.json", "model.safetensors"]
-    _fake_hub(monkeypatch, files=files, download=lambda repo_id, filename, revision=None: tmp_path / filename)
+    _fake_hub(monkeypatch, files=files, download=lambda repo_id, filename, revision=None, token=None: tmp_path / filename)
     assert hub_checkpoint_config_file("maple-org/model").name == "config.json"
 
 
@@ -241,7 +241,7 @@ def test_a_hub_repo_is_read_at_the_revision_asked_for(tmp_path, monkeypatch):
 
     files = {"main": ["config.json", "model.safetensors"], "v1": ["adapter_config.json", "adapter_model.safetensors"]}
     _fake_hub(monkeypatch, files=files,
-              download=lambda repo_id, filename, revision=None: tmp_path / (revision or "main") / filename)
+              download=lambda repo_id, filename, revision=None, token=None: tmp_path / (revision or "main") / filename)
     assert hub_checkpoint_config_file("maple-org/model", revision="v1") == tmp_path / "v1" / "adapter_config.json"
 
 
@@ -266,7 +266,7 @@ def test_a_listed_config_the_hub_then_does_not_find_is_raised_as_the_hub_raised_
 
     from evaluation.models import hub_checkpoint_config_file
 
-    def download(repo_id, filename, revision=None):
+    def download(repo_id, filename, revision=None, token=None):
         raise _answered(RemoteEntryNotFoundError, 404)
 
     _fake_hub(monkeypatch, files=["config.json"], download=download)
@@ -281,7 +281,7 @@ def test_offline_an_adapter_downloaded_before_is_read_from_the_cache(tmp_path, m
 
     cached = {"adapter_config.json": tmp_path / "adapter_config.json"}
 
-    def download(repo_id, filename, revision=None, local_files_only=False):
+    def download(repo_id, filename, revision=None, local_files_only=False, token=None):
         assert local_files_only
         if filename not in cached:
             raise LocalEntryNotFoundError(f"{filename} is not in the cache")

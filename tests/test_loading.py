@@ -148,7 +148,8 @@ def test_a_saved_processor_loads_with_the_image_processor_backend_it_was_built_w
 def test_the_revision_asked_for_reaches_the_config_the_weights_and_the_processor(tmp_path, clip_folder, monkeypatch):
     """`load_maple(revision=...)` reads the config and takes the weights and the processor from that one snapshot, for
     a MAPLE checkpoint and a backbone alike (tests/test_hub_model.py makes the round trip through a Hub server); a
-    MAPLE checkpoint's three get `trust_remote_code` too."""
+    MAPLE checkpoint's three get `trust_remote_code` too, and all of them the `token` (tests/test_hub_tokens.py reads a
+    private repo with it)."""
     from transformers import AutoConfig, AutoModel, AutoProcessor
 
     from modeling_maple.testing import tiny_dual_encoder_config
@@ -156,8 +157,8 @@ def test_the_revision_asked_for_reaches_the_config_the_weights_and_the_processor
     calls = {}
 
     def recorder(part, load=lambda *args, **kwargs: None):
-        def record(*args, revision=None, trust_remote_code=None, **kwargs):
-            calls[part] = (revision, trust_remote_code)
+        def record(*args, revision=None, trust_remote_code=None, token=None, **kwargs):
+            calls[part] = (revision, trust_remote_code, token)
             return load(*args, revision=revision, **kwargs)
         return record
 
@@ -167,11 +168,12 @@ def test_the_revision_asked_for_reaches_the_config_the_weights_and_the_processor
                                 (MapleProcessor, "from_backbone", "processor")):
         monkeypatch.setattr(owner, loader, recorder(part))
     tiny_dual_encoder_config().save_pretrained(tmp_path / "maple")
-    load_maple(str(tmp_path / "maple"), revision="v2", trust_remote_code=True)
-    assert calls == {"config": ("v2", True), "weights": ("v2", True), "processor": ("v2", True)}
+    load_maple(str(tmp_path / "maple"), revision="v2", trust_remote_code=True, token="hf_x")
+    assert calls == {"config": ("v2", True, "hf_x"), "weights": ("v2", True, "hf_x"), "processor": ("v2", True, "hf_x")}
     calls.clear()
-    load_maple(str(clip_folder), revision="v2")
-    assert {part: revision for part, (revision, _) in calls.items()} == {"config": "v2", "weights": "v2", "processor": "v2"}
+    load_maple(str(clip_folder), revision="v2", token="hf_x")
+    assert {part: (revision, token) for part, (revision, _, token) in calls.items()} == {
+        "config": ("v2", "hf_x"), "weights": ("v2", "hf_x"), "processor": ("v2", "hf_x")}
 
 
 def test_a_models_revision_is_its_backbones_not_its_text_backbones(monkeypatch):

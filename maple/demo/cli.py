@@ -7,7 +7,7 @@ import contextlib
 import re
 from pathlib import Path
 
-from maple.cli import DefaultsHelpFormatter, exit_with_error, library_progress_bars_hidden
+from maple.cli import DefaultsHelpFormatter, add_token_option, exit_with_error, library_progress_bars_hidden, report_error
 
 from . import BACKBONES, MINERS
 
@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="lambda of the MAPLE runs: L = lambda * L_RPA + (1 - lambda) * L_InfoNCE",
     )
     parser.add_argument("--push-to-hub", default=None, metavar="REPO", help="push the MAPLE model (and REPO-preferences)")
+    add_token_option(parser, "--push-to-hub")
     parser.add_argument(
         "--workers",
         type=int,
@@ -84,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .pipeline import DemoConfig, OutputFileError, claim_output_folder, run_demo  # torch: after the usage checks
+    from .pipeline import DemoConfig, OutputFileError, PushError, claim_output_folder, run_demo  # torch: after the usage checks
     from .report import format_summary
 
     try:
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             miner=args.miner,
             rpa_weight=args.rpa_weight,
             push_to_hub=args.push_to_hub,
+            token=args.token,
             progress=not args.no_progress,
             workers=args.workers,
         )
@@ -109,5 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             result = run_demo(config)
     except OutputFileError as error:  # a damaged file in --out, found once the run has started
         exit_with_error(build_parser(), str(error))
+    except PushError as error:  # the run is done and kept; only the push failed
+        return report_error(build_parser().prog, str(error), status=1)
     print(format_summary(result))
     return 0

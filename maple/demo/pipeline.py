@@ -22,12 +22,13 @@ interrupted demo resumes where it stopped:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import multiprocessing
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -38,6 +39,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..files import atomic_write, atomic_write_json, atomic_write_text, folder_problem
+from ..hub import hub_failure
 from . import BACKBONES, MINERS  # the choices of `maple demo`, where its --help reads them without torch
 from .report import results_markdown, write_report
 from .scene_judge import SceneFeatureEncoder, SceneGraphCaptioner, SceneGraphJudge
@@ -97,8 +99,8 @@ QUICK = Budget(
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """One demo run; each field's `help` says what it does. Everything but `out`, `push_to_hub`, `progress` and
-    `workers` defines the run: an output folder holding a run with other values is refused."""
+    """One demo run; each field's `help` says what it does. Everything but `out`, `push_to_hub`, `token`, `progress`
+    and `workers` defines the run: an output folder holding a run with other values is refused."""
 
     out: Path = field(metadata={"help": "output folder: every stage's outputs, from which a rerun resumes"})
     seeds: tuple[int, ...] = field(
@@ -129,6 +131,11 @@ class DemoConfig:
     push_to_hub: str | None = field(
         default=None,
         metadata={"help": "repo the MAPLE model is pushed to, and REPO-preferences the preference data; None: no push"},
+    )
+    # not in repr: a config printed in a log or an error must not show it
+    token: str | None = field(
+        default=None, repr=False,
+        metadata={"help": "Hub token of the push (every request of it); None: HF_TOKEN or the token `hf auth login` saved"},
     )
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
     workers: int = field(
@@ -242,6 +249,10 @@ def check_judge(judge: str) -> None:
     except (OSError, ValueError, NotImplementedError) as error:
         problem = " ".join(str(error).split())  # transformers' messages run over several lines
         raise ValueError(f"--judge {judge}: not a judge that can be loaded ({type(error).__name__}: {problem})") from None
+
+
+class PushError(RuntimeError):
+    """A push to the Hub that failed; the message names the repo and what the Hub answered (`maple.hub.hub_failure`)."""
 
 
 class OutputFileError(ValueError):
@@ -758,23 +769,40 @@ def _write_model_card(config: DemoConfig, maple_result: dict[str, Any], maple_di
 def _push(config: DemoConfig, maple_result: dict[str, Any], maple_dir: Path) -> None:
     """Push the MAPLE model (checkpoint, processor, card) to `config.push_to_hub` and the preference dataset with its
     card to the same name + "-preferences". The cards name the repos by their full ids (a bare name is created under
-    the token's user); they are written here before the push, as the checkpoint was, so a failed push loses nothing."""
+    the token's user); they are written here before the push, as the checkpoint was, so a failed push loses nothing.
+    Every request carries `config.token` (None: HF_TOKEN or the saved login)."""
     from huggingface_hub import DatasetCard, HfApi
 
     from model_cards.cards import HISTOGRAM_FILE, push_dataset_card
 
-    api = HfApi()
-    repo_id = api.create_repo(config.push_to_hub, exist_ok=True).repo_id
+    api = HfApi(token=config.token)
+    with _push_failure_explained(config.push_to_hub, "model", config.out):
+        repo_id = api.create_repo(config.push_to_hub, exist_ok=True).repo_id
     dataset_repo, preferences = f"{repo_id}-preferences", config.out / "preferences"
     _write_model_card(config, maple_result, maple_dir, repo_id)
     stats_file = preferences / "work" / "stats.json"
     if stats_file.exists():  # else (work/ deleted) the card as built, without the repo id
         stats = _read_json_file(stats_file, "the preference builder's stats", "delete it to push the card as built")
         _write_dataset_card(preferences, stats, dataset_repo)
-    api.upload_folder(repo_id=repo_id, folder_path=str(maple_dir))
-    api.create_repo(dataset_repo, repo_type="dataset", exist_ok=True)
-    datasets.load_from_disk(str(preferences / "data")).push_to_hub(dataset_repo)
-    card = DatasetCard((preferences / "README.md").read_text())
-    push_dataset_card(card, dataset_repo, {HISTOGRAM_FILE: preferences / HISTOGRAM_FILE},
-                      commit_message="Describe the preference data")
+    with _push_failure_explained(repo_id, "model", config.out):
+        api.upload_folder(repo_id=repo_id, folder_path=str(maple_dir))
+    with _push_failure_explained(dataset_repo, "dataset", config.out):
+        api.create_repo(dataset_repo, repo_type="dataset", exist_ok=True)
+        datasets.load_from_disk(str(preferences / "data")).push_to_hub(dataset_repo, token=config.token)
+        card = DatasetCard((preferences / "README.md").read_text())
+        push_dataset_card(card, dataset_repo, {HISTOGRAM_FILE: preferences / HISTOGRAM_FILE}, token=config.token,
+                          commit_message="Describe the preference data")
+
+
+@contextlib.contextmanager
+def _push_failure_explained(repo_id: str, repo_type: str, out: Path) -> Iterator[None]:
+    """A Hub failure inside (a refused or missing token, an HTTP error, an offline Hub) becomes a `PushError` naming
+    `repo_id` and what the Hub answered; other errors pass as they are."""
+    try:
+        yield
+    except Exception as error:  # the Hub's errors come wrapped by datasets' and httpx's: `hub_failure` reads them
+        if (problem := hub_failure(error, repo_id, repo_type=repo_type, writing=True)) is None:
+            raise
+        raise PushError(f"pushing failed: {problem}. The run is kept in {out}: run the same command again to push it "
+                        "(nothing is recomputed)") from error
 

@@ -1,0 +1,137 @@
+"""Explicit Hub tokens, against the local Hub server: a private repo is seen only with its owner's token, and
+`maple eval --push-to-hub --token` and `maple build-preferences --push-to-hub --private --token` read and write
+private repos with the token given, with no HF_TOKEN and no saved login, writing it into no file (the demo's push:
+test_demo_cli.py)."""
+
+from hub_server import CLIENT_TOKEN, USER, files_holding, run_client
+
+
+def test_a_private_repo_answers_as_a_missing_one_to_anyone_but_its_owner(hub_server):
+    """As the Hub answers: 401 without a token, 404 with another user's, both `RepoNotFound`, which huggingface_hub
+    raises as RepositoryNotFoundError; a public repo stays readable without a token. A write needs a token."""
+    from huggingface_hub.utils import httpx
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+    from huggingface_hub.utils import hf_raise_for_status
+
+    hub_server.add_user("hf_someone_else", "someone-else")
+
+    def request(method: str, path: str, token: str | None = None, **kwargs):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.request(method, hub_server.url + path, headers=headers, **kwargs)
+
+    owner = CLIENT_TOKEN
+    for kind, prefix in (("model", ""), ("dataset", "datasets/")):
+        for name, private in (("secret", True), ("open", False)):
+            assert request("POST", "/api/repos/create", owner, json={"name": f"{kind}-{name}", "type": kind,
+                                                                     "private": private}).status_code == 200
+        reads = [("GET", f"/api/{kind}s/{USER}/{kind}-{{}}"), ("GET", f"/api/{kind}s/{USER}/{kind}-{{}}/tree/main"),
+                 ("GET", f"/api/{kind}s/{USER}/{kind}-{{}}/refs"), ("HEAD", f"/{prefix}{USER}/{kind}-{{}}/resolve/main/x"),
+                 ("POST", f"/api/{kind}s/{USER}/{kind}-{{}}/paths-info/main")]
+        for method, path in reads:
+            for token, status in ((None, 401), ("hf_someone_else", 404)):
+                response = request(method, path.format("secret"), token, data={"paths": "x"})
+                assert (response.status_code, response.headers["X-Error-Code"]) == (status, "RepoNotFound"), path
+                try:
+                    hf_raise_for_status(response)
+                except RepositoryNotFoundError:
+                    pass
+                else:
+                    raise AssertionError(f"{method} {path}: not a RepositoryNotFoundError")
+            assert request(method, path.format("secret"), owner, data={"paths": "x"}).status_code in (200, 404), path
+            assert request(method, path.format("open"), data={"paths": "x"}).status_code in (200, 404), path
+        assert request("GET", f"/api/{kind}s/{USER}/{kind}-secret", owner).json()["private"] is True
+    anonymous_create = request("POST", "/api/repos/create", json={"name": "anonymous", "type": "model"})
+    assert anonymous_create.status_code == 401
+    try:
+        hf_raise_for_status(anonymous_create)
+    except RepositoryNotFoundError:
+        raise AssertionError("a refused write read as a missing repo") from None
+    except HfHubHTTPError:
+        pass
+    assert request("GET", "/api/whoami-v2", "hf_someone_else").json()["name"] == "someone-else"
+    assert request("GET", "/api/whoami-v2", "hf_not_a_token").status_code == 401
+
+
+EVAL_PRIVATE_REPO = """
+import contextlib, io, os
+import datasets
+from huggingface_hub import HfApi, get_token, hf_hub_download
+from huggingface_hub.errors import RepositoryNotFoundError
+from evaluation.cli import main
+from modeling_maple.testing import build_tiny
+
+assert get_token() is None  # no HF_TOKEN, no saved login
+token, repo, bivlc = os.environ["MAPLE_TEST_TOKEN"], "maple-org/private-embedder", "maple-org/private-bivlc"
+model, processor = build_tiny("dual_encoder", seed=0)
+model.push_to_hub(repo, private=True, token=token)
+processor.push_to_hub(repo, token=token)
+table = datasets.load_dataset("parquet", data_files=os.environ["MAPLE_TEST_BIVLC"], split="train")
+table.push_to_hub(bivlc, split="test", private=True, token=token)
+argv = [repo, "--benchmarks", "bivlc", "--source", "bivlc=" + bivlc, "--out", "eval_out", "--push-to-hub", "--no-progress"]
+stderr = io.StringIO()
+with contextlib.redirect_stderr(stderr):
+    assert main(argv) == 2
+print("without a token:", stderr.getvalue().strip())
+assert main([*argv, "--token", token]) == 0
+# (a fresh cache: a file cached by the push would be served from it, as huggingface_hub does when the Hub refuses)
+for anonymous_read in (lambda: HfApi().model_info(repo), lambda: hf_hub_download(repo, "README.md", cache_dir="empty")):
+    try:
+        anonymous_read()
+    except RepositoryNotFoundError:
+        pass
+    else:
+        raise AssertionError("the private repo was read without a token")
+with open(hf_hub_download(repo, "README.md", token=token)) as card:
+    assert "name: bivlc" in card.read()
+"""
+
+
+def test_maple_eval_reads_and_pushes_a_private_repo_with_the_token_given(hub_server, benchmark_sources, tmp_path):
+    """The model and the benchmark copy are private: without --token the model is not found (the Hub's answer to a
+    request without a token), before any work; with it they load and the results reach the card."""
+    output = run_client(hub_server, tmp_path, EVAL_PRIVATE_REPO, HF_TOKEN="", MAPLE_TEST_TOKEN=CLIENT_TOKEN,
+                        MAPLE_TEST_BIVLC=str(benchmark_sources["bivlc"]))
+    assert (f"without a token: maple eval: error: model repo 'maple-org/private-embedder' on {hub_server.url} was not "
+            "found or is not accessible with the current token (HTTP 401)") in output
+    assert hub_server.state.repo("model", "maple-org/private-embedder").private
+    assert "maple_eval_results.json" in hub_server.files("maple-org/private-embedder")
+    assert files_holding(tmp_path, CLIENT_TOKEN) == []
+
+
+BUILD_PRIVATE_REPO = """
+import contextlib, io, os
+import datasets
+from huggingface_hub import HfApi, get_token
+from huggingface_hub.errors import RepositoryNotFoundError
+from dataset_builders import cli
+from dataset_builders.testing import colour_squares
+
+assert get_token() is None  # no HF_TOKEN, no saved login
+token, repo = os.environ["MAPLE_TEST_TOKEN"], "maple-org/private-preferences"
+features = datasets.Features({"id": datasets.Value("string"), "image": datasets.Image(), "caption": datasets.Value("string")})
+datasets.Dataset.from_dict(colour_squares(6), features=features).to_parquet("source.parquet")
+argv = ["source.parquet", "--output-dir", "out", "--judge", "dataset_builders.testing:ColourJudge", "--miner",
+        "dataset_builders.testing:thumbnail_miner", "--config", "corpus-captions", "--semdedup-clusters", "0",
+        "--no-progress", "--push-to-hub", repo, "--private"]
+stderr = io.StringIO()
+with contextlib.redirect_stderr(stderr):
+    assert cli.main(argv) == 1
+print("without a token:", stderr.getvalue().strip())
+assert cli.main([*argv, "--token", token]) == 0
+try:
+    HfApi().dataset_info(repo)
+except RepositoryNotFoundError:
+    pass
+else:
+    raise AssertionError("the private repo was read without a token")
+assert len(datasets.load_dataset(repo, split="train", token=token)) == 6
+"""
+
+
+def test_build_preferences_pushes_a_private_repo_with_the_token_given(hub_server, tmp_path):
+    output = run_client(hub_server, tmp_path, BUILD_PRIVATE_REPO, HF_TOKEN="", MAPLE_TEST_TOKEN=CLIENT_TOKEN)
+    assert (f"without a token: maple build-preferences: error: pushing failed: dataset repo "
+            f"'maple-org/private-preferences' on {hub_server.url} needs a token (HTTP 401 to a request without one): "
+            "pass one (--token, token=), set HF_TOKEN or log in with `hf auth login`. The built dataset is kept in") in output
+    assert hub_server.state.repo("dataset", "maple-org/private-preferences").private
+    assert files_holding(tmp_path, CLIENT_TOKEN) == []
