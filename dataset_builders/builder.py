@@ -384,7 +384,8 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             environment variables that `accelerate launch` and torchrun set, else 0 / 1.
         progress: show progress bars.
         wait_timeout: seconds rank 0 waits for other ranks' embeddings and shards.
-        other keyword arguments: the usual `datasets.DatasetBuilder` ones and config overrides.
+        other keyword arguments: the usual `datasets.DatasetBuilder` ones (`token`: the Hub token a Hub source is read
+            with; not part of the cache key) and config overrides.
     """
 
     BUILDER_CONFIG_CLASS = MaplePreferencesConfig
@@ -593,7 +594,9 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
 
     def _load_source(self) -> datasets.Dataset:
         if self._source is None:
-            self._source, fingerprint = open_source(self.config, self.source_dataset, cache_dir=self._cache_dir_root)
+            self._source, fingerprint = open_source(
+                self.config, self.source_dataset, cache_dir=self._cache_dir_root, token=self.token
+            )
             local = self._local_source()
             self._source_fingerprint = fingerprint if local is None else local_source_digest(local)
         return self._source

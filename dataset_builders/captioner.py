@@ -186,6 +186,7 @@ class ContrastiveCaptioner:
         device_map: str | dict | None = None,
         image_processor_kwargs: dict | None = None,
         model_kwargs: dict | None = None,
+        token: str | None = None,
         loading_kwargs: dict | None = None,
         **captioner_kwargs,
     ) -> ContrastiveCaptioner:
@@ -193,7 +194,7 @@ class ContrastiveCaptioner:
         `MLLMJudge.from_pretrained` takes (`ContrastiveCaptioner.from_pretrained(path, dtype=torch.bfloat16,
         device_map="auto")`); `captioner_kwargs` go to the constructor."""
         loading = dict(device=device, dtype=dtype, device_map=device_map, image_processor_kwargs=image_processor_kwargs,
-                       model_kwargs=model_kwargs)
+                       model_kwargs=model_kwargs, token=token)
         return build_on_vlm(cls, model_id_or_path, loading_kwargs, loading, captioner_kwargs)
 
     def image_problem(self, size: tuple[int, int]) -> str | None:

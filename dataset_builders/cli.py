@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     publish = parser.add_argument_group("publishing and output")
     publish.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="publish the dataset and its card to this Hub dataset repo")
     publish.add_argument("--private", action="store_true", help="make the pushed repo private")
-    add_token_option(publish, "--push-to-hub only, not for reading the models or a Hub source")
+    add_token_option(publish, "the models and a source read from the Hub and for --push-to-hub")
     publish.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
 
@@ -209,7 +209,7 @@ def _check_model_refs(args: argparse.Namespace) -> None:
         try:
             if spec is None or _factory(spec) is not None:
                 continue
-            config_file = checkpoint_config_file(spec)  # a folder holding no model (of images, say) too
+            config_file = checkpoint_config_file(spec, token=args.token)  # a folder holding no model (of images, say) too
             config = json.loads(config_file.read_text())
             if option == "--miner" and (problem := encoder_config_problem(spec, config)):
                 raise ModelLoadError(problem)
@@ -267,6 +267,7 @@ def _load_components(args: argparse.Namespace, device: str) -> dict[str, Any]:
         "dtype": args.dtype,
         "image_processor_kwargs": {"max_pixels": args.max_pixels} if args.max_pixels else None,
         "model_kwargs": {"device_map": args.device_map} if args.device_map else None,
+        "token": args.token,
     }
     specs = [("--judge", spec) for spec in args.judge] + [("--captioner", args.captioner), ("--miner", args.miner)]
     # Factories first: they are quick to call and check, and one that is wrong must not wait for a 72B model to load.
@@ -287,7 +288,10 @@ def _load_components(args: argparse.Namespace, device: str) -> dict[str, Any]:
             lambda ref: ContrastiveCaptioner.from_pretrained(ref, loading_kwargs=loading_kwargs, **caption_kwargs),
             made,
         )
-    miner = _load("--miner", args.miner, lambda ref: HardNegativeMiner.from_pretrained(ref, device=device, search_device=device), made)
+    miner = _load(
+        "--miner", args.miner,
+        lambda ref: HardNegativeMiner.from_pretrained(ref, device=device, search_device=device, token=args.token), made,
+    )
     return {"judge": judges[0] if len(judges) == 1 else JudgeEnsemble(judges), "captioner": captioner, "miner": miner}
 
 
@@ -353,7 +357,7 @@ def _build(args: argparse.Namespace, given: set[str]) -> int:
         device = _device(args.device)
         _check_model_refs(args)
         _check_model_options(args, given)
-        open_source(config, cache_dir=os.path.join(args.output_dir, "cache"))
+        open_source(config, cache_dir=os.path.join(args.output_dir, "cache"), token=args.token)
         components = _load_components(args, device)
     except ValueError as error:  # SourceError included
         return report_error(PROG, str(error))
@@ -365,6 +369,7 @@ def _build(args: argparse.Namespace, given: set[str]) -> int:
         cache_dir=os.path.join(args.output_dir, "cache"),
         work_dir=work_dir,
         progress=not args.no_progress,
+        token=args.token,
         **overrides,
         **components,
     )

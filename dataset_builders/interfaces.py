@@ -80,6 +80,9 @@ FILE_SELECTING_KEYWORDS = (
 
 
 def _file_selecting(owner: str, key: str) -> TypeError:
+    if key == "token":  # one that every loader of `from_pretrained` takes
+        return TypeError(f"{owner}: 'token' in model_kwargs would reach the model's weights only; pass token=... to "
+                         "from_pretrained itself, which reads every file with it")
     return TypeError(
         f"{owner}: {key!r} would reach the model's weights only, not its tokenizer and image processor; fetch the "
         f"snapshot you want first (huggingface_hub.snapshot_download(repo_id, {key}=...)) and pass its folder"

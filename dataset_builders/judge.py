@@ -197,6 +197,7 @@ class MLLMJudge:
         device_map: str | dict | None = None,
         image_processor_kwargs: dict | None = None,
         model_kwargs: dict | None = None,
+        token: str | None = None,
         loading_kwargs: dict | None = None,
         **judge_kwargs,
     ) -> MLLMJudge:
@@ -205,12 +206,12 @@ class MLLMJudge:
 
         Loading keywords go to `vlm_inputs.load_vlm`: `device` (default: the CPU; ignored with a `device_map`),
         `dtype` (default "auto": as saved), `device_map`, `image_processor_kwargs` (e.g. `{"max_pixels": 384 * 384}`)
-        and `model_kwargs` (other `from_pretrained` arguments, e.g. `attn_implementation`); `loading_kwargs` may hold
-        them as one dict instead. `judge_kwargs` go to the constructor; a keyword that is neither is a TypeError saying
+        `model_kwargs` (other `from_pretrained` arguments, e.g. `attn_implementation`) and `token` (the Hub token every
+        file is read with; None: HF_TOKEN or the saved login); `loading_kwargs` may hold them as one dict instead. `judge_kwargs` go to the constructor; a keyword that is neither is a TypeError saying
         where it goes (`interfaces.check_settings`).
         """
         loading = dict(device=device, dtype=dtype, device_map=device_map, image_processor_kwargs=image_processor_kwargs,
-                       model_kwargs=model_kwargs)
+                       model_kwargs=model_kwargs, token=token)
         return build_on_vlm(cls, model_id_or_path, loading_kwargs, loading, judge_kwargs)
 
     @property

@@ -344,6 +344,7 @@ class HardNegativeMiner:
         dtype: torch.dtype = torch.float32,
         device_map: str | dict | None = None,
         model_kwargs: dict | None = None,
+        token: str | None = None,
         **kwargs,
     ) -> HardNegativeMiner:
         """A miner on a transformers image encoder (AutoModel + AutoImageProcessor).
@@ -354,21 +355,23 @@ class HardNegativeMiner:
         places it, and so do the neighbour search and SemDeDup unless `search_device` says otherwise
         (without a `device`: the GPU if there is one); so each rank of a multi-GPU build that passes
         its own device searches on it. `model_kwargs` are more `from_pretrained` arguments (e.g.
-        `attn_implementation`); `kwargs` go to the miner, and a keyword that is neither is a TypeError
+        `attn_implementation`); `token` is the Hub token the config, weights and image processor are read with (None:
+        HF_TOKEN or the saved login); `kwargs` go to the miner, and a keyword that is none of these is a TypeError
         saying where it goes (`interfaces.check_settings`), as for the judge and the captioner.
         """
         from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
-        check_settings(cls, kwargs, ("device", "dtype", "device_map", "model_kwargs"))
+        check_settings(cls, kwargs, ("device", "dtype", "device_map", "model_kwargs", "token"))
         cls.check_values(**kwargs)
         model_kwargs = with_device_map(f"{cls.__name__}.from_pretrained", model_kwargs, device_map)
-        problem = encoder_config_problem(model_id_or_path, AutoConfig.from_pretrained(model_id_or_path).to_dict())
+        config = AutoConfig.from_pretrained(model_id_or_path, token=token)
+        problem = encoder_config_problem(model_id_or_path, config.to_dict())
         if problem is not None:  # it would load, and fail at its first batch of images
             raise ValueError(problem)
-        model = AutoModel.from_pretrained(model_id_or_path, dtype=dtype, **model_kwargs).eval()
+        model = AutoModel.from_pretrained(model_id_or_path, dtype=dtype, token=token, **model_kwargs).eval()
         if "device_map" not in model_kwargs:
             model = model.to(device or "cpu")
-        image_processor = AutoImageProcessor.from_pretrained(model_id_or_path)
+        image_processor = AutoImageProcessor.from_pretrained(model_id_or_path, token=token)
         kwargs.setdefault("name", model_id_or_path)
         if device is not None:
             kwargs.setdefault("search_device", device)

@@ -102,14 +102,18 @@ def check_outside_source(source: str | None, **folders: str | os.PathLike | None
 
 
 def open_source(
-    config: MaplePreferencesConfig, source_dataset: datasets.Dataset | None = None, *, cache_dir: str | None = None
+    config: MaplePreferencesConfig,
+    source_dataset: datasets.Dataset | None = None,
+    *,
+    cache_dir: str | None = None,
+    token: str | None = None,
 ) -> tuple[datasets.Dataset, str]:
-    """The columns of the source a build reads (`config.source`, or `source_dataset`), images left encoded, and the
-    source's `datasets` fingerprint. Raises `SourceError` for a source that cannot be read, a missing column or a
+    """The columns of the source a build reads (`config.source`, or `source_dataset`; a Hub dataset read with `token`,
+    None: HF_TOKEN or the saved login), images left encoded, and the source's `datasets` fingerprint. Raises `SourceError` for a source that cannot be read, a missing column or a
     column that holds no images: all before any model is needed, so `maple build-preferences` checks it first."""
     source = source_dataset
     if source is None:
-        source = load_source(config.source, split=config.source_split, cache_dir=cache_dir)
+        source = load_source(config.source, split=config.source_split, cache_dir=cache_dir, token=token)
     required = [config.image_column, config.caption_column]
     # An id column named explicitly is meant to exist: without it every id would silently be the row index.
     if config.id_column != DEFAULT_ID_COLUMN:
@@ -134,9 +138,9 @@ def open_source(
     return source.cast_column(config.image_column, datasets.Image(decode=False)), fingerprint
 
 
-def load_source(source: str, *, split: str, cache_dir: str | None = None) -> datasets.Dataset:
+def load_source(source: str, *, split: str, cache_dir: str | None = None, token: str | None = None) -> datasets.Dataset:
     """Split `split` of the image-caption dataset behind `source`: a local folder, a parquet file, or
-    a Hub dataset id.
+    a Hub dataset id (read with `token`; None: HF_TOKEN or the saved login).
 
     A folder is read as `datasets.load_dataset(folder)` reads it: parquet files, or images with a
     metadata.csv / metadata.jsonl holding the captions, split by file name (a Hub snapshot's
@@ -153,7 +157,7 @@ def load_source(source: str, *, split: str, cache_dir: str | None = None) -> dat
     if path.is_file():
         raise SourceError(f"unsupported source file {source}: give a folder, a parquet file or a Hub dataset id")
     try:
-        builder = datasets.load_dataset_builder(str(path) if path.exists() else source, cache_dir=cache_dir)
+        builder = datasets.load_dataset_builder(str(path) if path.exists() else source, cache_dir=cache_dir, token=token)
     # ValueError: a Hub repo of several configs (the source must not leave it open), a folder without data files;
     # OSError: a Hub id not found, or not cached offline
     except (ValueError, OSError) as error:

@@ -266,6 +266,7 @@ def load_vlm(
     dtype: torch.dtype | str = "auto",
     image_processor_kwargs: dict | None = None,
     model_kwargs: dict | None = None,
+    token: str | None = None,
 ) -> LoadedVLM:
     """Load an image-text-to-text model by Hub id or local path, after checking its family is
     supported and its image processor settings (so bad input fails before any weights are
@@ -279,21 +280,23 @@ def load_vlm(
             Qwen2-VL, `{"max_patches": 6}` (tiles per image) for InternVL; one it does not have is a
             ValueError.
         model_kwargs: more `from_pretrained` arguments (`device_map`, `attn_implementation`, ...).
+        token: the Hub token every file (config, image processor, tokenizer, weights) is read with; None: HF_TOKEN or
+            the token `hf auth login` saved.
     """
     from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
-    check_supported(AutoConfig.from_pretrained(model_id_or_path).model_type)
-    image_processor = AutoImageProcessor.from_pretrained(model_id_or_path, **(image_processor_kwargs or {}))
+    check_supported(AutoConfig.from_pretrained(model_id_or_path, token=token).model_type)
+    image_processor = AutoImageProcessor.from_pretrained(model_id_or_path, token=token, **(image_processor_kwargs or {}))
     _check_image_processor_kwargs(model_id_or_path, image_processor, image_processor_kwargs or {})
-    tokenizer = AutoTokenizer.from_pretrained(model_id_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(model_id_or_path, token=token)
     model_kwargs = dict(model_kwargs or {})
-    model = AutoModelForImageTextToText.from_pretrained(model_id_or_path, dtype=dtype, **model_kwargs)
+    model = AutoModelForImageTextToText.from_pretrained(model_id_or_path, dtype=dtype, token=token, **model_kwargs)
     if "device_map" not in model_kwargs and device is not None:
         model = model.to(device)
     return LoadedVLM(model=model, tokenizer=tokenizer, image_processor=image_processor)
 
 
-VLM_LOADING_KEYWORDS = ("device", "dtype", "device_map", "image_processor_kwargs", "model_kwargs")
+VLM_LOADING_KEYWORDS = ("device", "dtype", "device_map", "image_processor_kwargs", "model_kwargs", "token")
 """What `MLLMJudge.from_pretrained` and `ContrastiveCaptioner.from_pretrained` take at top level for `load_vlm`, as
 transformers' `from_pretrained` takes `dtype` and `device_map`; `device_map` goes into `model_kwargs`."""
 

@@ -346,18 +346,18 @@ def test_model_options_reach_every_model_loaded_from_a_hub_id_or_path(source_fil
         source_file, "--judge", "org/judge-a", "--judge", "org/judge-b", "--captioner", "org/captioner",
         "--dtype", "bfloat16", "--max-pixels", "1024", "--device-map", "auto", "--judge-prompt", "Is it {text}?",
         "--judge-batch-size", "2", "--caption-prompt", "Contrast them.", "--temperature", "0.5", "--num-samples", "1",
-        "--max-new-tokens", "16",
+        "--max-new-tokens", "16", "--token", "hf_reader",
     ])
     components = cli._load_components(args, "cuda:1")
     loading = {"device": "cuda:1", "dtype": "bfloat16", "image_processor_kwargs": {"max_pixels": 1024},
-               "model_kwargs": {"device_map": "auto"}}
+               "model_kwargs": {"device_map": "auto"}, "token": "hf_reader"}
     judging = {"loading_kwargs": loading, "batch_size": 2, "prompt": "Is it {text}?"}
     assert loaded == [
         ("MLLMJudge", "org/judge-a", judging),
         ("MLLMJudge", "org/judge-b", judging),
         ("ContrastiveCaptioner", "org/captioner", {"loading_kwargs": loading, "temperature": 0.5, "num_samples": 1,
                                                    "max_new_tokens": 16, "prompt": "Contrast them."}),
-        ("HardNegativeMiner", "facebook/dinov2-base", {"device": "cuda:1", "search_device": "cuda:1"}),
+        ("HardNegativeMiner", "facebook/dinov2-base", {"device": "cuda:1", "search_device": "cuda:1", "token": "hf_reader"}),
     ]
     assert isinstance(components["judge"], JudgeEnsemble) and len(components["judge"].judges) == 2
 
@@ -368,7 +368,7 @@ def test_unset_model_options_load_the_papers_settings(source_file, loaded):
 
     args = cli.build_parser().parse_args([source_file, "--judge", "org/judge", "--captioner", "org/captioner"])
     components = cli._load_components(args, "cpu")
-    loading = {"device": "cpu", "dtype": "auto", "image_processor_kwargs": None, "model_kwargs": None}
+    loading = {"device": "cpu", "dtype": "auto", "image_processor_kwargs": None, "model_kwargs": None, "token": None}
     assert loaded[:2] == [
         ("MLLMJudge", "org/judge", {"loading_kwargs": loading, "batch_size": 8}),
         ("ContrastiveCaptioner", "org/captioner", {"loading_kwargs": loading, "temperature": 0.7, "num_samples": 3,

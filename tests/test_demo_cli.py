@@ -737,6 +737,23 @@ def test_judge_option_loads_a_real_mllm_judge(tmp_path):
     assert alphas.shape == (2,) and bool(((alphas >= 0) & (alphas <= 1)).all())
 
 
+def test_a_judge_from_the_hub_is_checked_and_loaded_with_the_token_given(tmp_path, monkeypatch):
+    """`--token` reaches the judge's config check and its loading (`MLLMJudge.from_pretrained` reads every file with
+    it), not only the push."""
+    from transformers import AutoConfig
+
+    from dataset_builders import MLLMJudge
+    from maple.demo.pipeline import DemoConfig, check_judge, make_judge
+
+    reads = []
+    monkeypatch.setattr(AutoConfig, "from_pretrained", lambda ref, **kwargs: reads.append(kwargs) or AutoConfig.for_model("qwen2_vl"))
+    monkeypatch.setattr(MLLMJudge, "from_pretrained", lambda ref, **kwargs: reads.append(kwargs))
+    config = DemoConfig(out=tmp_path, judge="org/private-judge", token="hf_reader")
+    check_judge(config.judge, config.token)
+    make_judge(config, world=None)
+    assert reads == [{"token": "hf_reader"}, {"token": "hf_reader"}]
+
+
 def test_seeds_are_a_count_or_a_list():
     from maple.demo.cli import _seeds
 

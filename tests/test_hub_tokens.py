@@ -135,3 +135,46 @@ def test_build_preferences_pushes_a_private_repo_with_the_token_given(hub_server
             "pass one (--token, token=), set HF_TOKEN or log in with `hf auth login`. The built dataset is kept in") in output
     assert hub_server.state.repo("dataset", "maple-org/private-preferences").private
     assert files_holding(tmp_path, CLIENT_TOKEN) == []
+
+
+BUILD_FROM_PRIVATE_REPOS = """
+import contextlib, io, os
+import datasets
+import torch
+from huggingface_hub import get_token
+from transformers import CLIPImageProcessorPil, Dinov2Config, Dinov2Model
+from dataset_builders import cli
+from dataset_builders.testing import colour_squares, tiny_judge
+
+assert get_token() is None  # no HF_TOKEN, no saved login
+token = os.environ["MAPLE_TEST_TOKEN"]
+source, judge_repo, miner_repo = "maple-org/private-source", "maple-org/private-judge", "maple-org/private-miner"
+features = datasets.Features({"id": datasets.Value("string"), "image": datasets.Image(), "caption": datasets.Value("string")})
+datasets.Dataset.from_dict(colour_squares(6), features=features).push_to_hub(source, private=True, token=token)
+judge = tiny_judge(seed=0)
+for part in (judge.model, judge.prompt_encoder.tokenizer, judge.prompt_encoder.image_processor):
+    part.push_to_hub(judge_repo, private=True, token=token)
+torch.manual_seed(0)
+encoder = Dinov2Model(Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                                   image_size=16, patch_size=8))
+encoder.push_to_hub(miner_repo, private=True, token=token)
+CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).push_to_hub(miner_repo, token=token)
+argv = [source, "--output-dir", "out", "--judge", judge_repo, "--miner", miner_repo, "--config", "corpus-captions",
+        "--semdedup-clusters", "0", "--num-hard-negatives", "2", "--no-progress"]
+stderr = io.StringIO()
+with contextlib.redirect_stderr(stderr):
+    assert cli.main(argv) == 2
+print("without a token:", stderr.getvalue().strip())
+assert cli.main([*argv, "--token", token]) == 0
+shards = datasets.load_dataset("parquet", data_files="out/work/shards/*.parquet", split="train")
+print("rows:", len(shards), "judged:", all(len(scores) == 3 for scores in shards["img2txt_scores"]))
+"""
+
+
+def test_build_preferences_reads_a_private_source_judge_and_miner_with_the_token_given(hub_server, tmp_path):
+    """--token reaches every read: the source, and the judge's and the miner's config, weights, tokenizer and image
+    processor. Without it the private judge is not found, before any model loads."""
+    output = run_client(hub_server, tmp_path, BUILD_FROM_PRIVATE_REPOS, HF_TOKEN="", MAPLE_TEST_TOKEN=CLIENT_TOKEN)
+    assert "without a token: maple build-preferences: error: --judge maple-org/private-judge: model repo" in output
+    assert "rows: 6 judged: True" in output
+    assert files_holding(tmp_path, CLIENT_TOKEN) == []

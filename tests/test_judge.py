@@ -391,7 +391,7 @@ def test_from_pretrained_takes_loading_keywords_at_top_level_as_transformers_doe
     load = AutoModelForImageTextToText.from_pretrained.__func__
     monkeypatch.setattr(AutoModelForImageTextToText, "from_pretrained", classmethod(lambda cls, *a, **kw: loads.append(kw) or load(cls, *a, **kw)))
     judge = MLLMJudge.from_pretrained(str(tmp_path), dtype=torch.bfloat16, device_map="cpu", batch_size=2, name="judge")
-    assert loads[-1] == {"dtype": torch.bfloat16, "device_map": "cpu"}
+    assert loads[-1] == {"dtype": torch.bfloat16, "device_map": "cpu", "token": None}
     assert (judge.model.dtype, judge.batch_size, judge.name) == (torch.bfloat16, 2, "judge")
     capped = MLLMJudge.from_pretrained(str(tmp_path), image_processor_kwargs={"max_pixels": 16 * 16}, model_kwargs={"attn_implementation": "eager"})
     assert capped.prompt_encoder.encode_images(IMAGES[:1]).num_tokens == [4] and loads[-1]["attn_implementation"] == "eager"
@@ -939,7 +939,31 @@ def test_load_vlm_moves_the_model_to_its_device_unless_a_device_map_placed_it(tm
     assert load_vlm(folder, device="meta", model_kwargs={"device_map": "cpu"}).model.device.type == "cpu"
 
 
-@pytest.mark.parametrize("keyword", ["token", "cache_dir", "subfolder", "local_files_only", "force_download", "trust_remote_code"])
+def test_a_token_is_taken_at_top_level_for_every_file_and_refused_in_model_kwargs(tmp_path, monkeypatch):
+    """`token=` reads the config, image processor, tokenizer and weights alike; in model_kwargs it would reach the
+    weights only."""
+    from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+
+    source = tiny_judge(seed=3)
+    for part in (source.model, source.prompt_encoder.tokenizer, source.prompt_encoder.image_processor):
+        part.save_pretrained(tmp_path)
+    tokens = {}
+
+    def recording(load):
+        def from_pretrained(cls, *args, **kwargs):
+            tokens[cls.__name__] = kwargs.get("token")
+            return load(cls, *args, **kwargs)
+        return classmethod(from_pretrained)
+
+    for loader in (AutoConfig, AutoImageProcessor, AutoTokenizer, AutoModelForImageTextToText):
+        monkeypatch.setattr(loader, "from_pretrained", recording(loader.from_pretrained.__func__))
+    MLLMJudge.from_pretrained(str(tmp_path), token="hf_reader")
+    assert tokens == dict.fromkeys(["AutoConfig", "AutoImageProcessor", "AutoTokenizer", "AutoModelForImageTextToText"], "hf_reader")
+    with pytest.raises(TypeError, match=r"'token' in model_kwargs would reach the model's weights only; pass token=\.\.\. to from_pretrained itself"):
+        MLLMJudge.from_pretrained(str(tmp_path), model_kwargs={"token": "hf_reader"})
+
+
+@pytest.mark.parametrize("keyword", ["cache_dir", "subfolder", "local_files_only", "force_download", "trust_remote_code"])
 def test_every_file_selecting_keyword_is_refused_at_top_level_and_in_model_kwargs(keyword, monkeypatch):
     """Each of them, like `revision`, would reach the weights' from_pretrained only, pairing one snapshot's weights
     with another's tokenizer and image processor."""

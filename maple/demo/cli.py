@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="lambda of the MAPLE runs: L = lambda * L_RPA + (1 - lambda) * L_InfoNCE",
     )
     parser.add_argument("--push-to-hub", default=None, metavar="REPO", help="push the MAPLE model (and REPO-preferences)")
-    add_token_option(parser, "--push-to-hub")
+    add_token_option(parser, "--push-to-hub and a --judge read from the Hub")
     parser.add_argument(
         "--workers",
         type=int,

@@ -135,7 +135,8 @@ class DemoConfig:
     # not in repr: a config printed in a log or an error must not show it
     token: str | None = field(
         default=None, repr=False,
-        metadata={"help": "Hub token of the push (every request of it); None: HF_TOKEN or the token `hf auth login` saved"},
+        metadata={"help": "Hub token of the push (every request of it) and of a `judge` read from the Hub; None: HF_TOKEN "
+                          "or the token `hf auth login` saved"},
     )
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
     workers: int = field(
@@ -199,7 +200,7 @@ def claim_output_folder(config: DemoConfig) -> None:
     """Make `config.out` this run's folder, or refuse one that holds something else; a real judge
     that cannot be loaded is refused first, so that no folder is claimed for a run that cannot finish."""
     if config.judge is not None:
-        check_judge(config.judge)
+        check_judge(config.judge, config.token)
     out, path, identity = config.out, config.out / RUN_FILE, config.identity()
     if problem := folder_problem(out, "--out"):
         raise ValueError(problem)
@@ -232,9 +233,9 @@ def _identity_differences(stored: Any, current: Any, name: str = "") -> list[str
     return [] if stored == current else [f"{name}: {stored!r} -> {current!r}"]
 
 
-def check_judge(judge: str) -> None:
+def check_judge(judge: str, token: str | None = None) -> None:
     """A ValueError unless `judge` names a checkpoint `MLLMJudge` can load: its config must be
-    readable and its model family supported (only the config is read, not the weights)."""
+    readable (from the Hub with `token`) and its model family supported (only the config is read, not the weights)."""
     from transformers import AutoConfig
 
     from dataset_builders.vlm_inputs import check_supported
@@ -245,7 +246,7 @@ def check_judge(judge: str) -> None:
     except ModelLoadError as error:
         raise ValueError(f"--judge {judge}: {error}") from None
     try:
-        check_supported(AutoConfig.from_pretrained(judge).model_type)
+        check_supported(AutoConfig.from_pretrained(judge, token=token).model_type)
     except (OSError, ValueError, NotImplementedError) as error:
         problem = " ".join(str(error).split())  # transformers' messages run over several lines
         raise ValueError(f"--judge {judge}: not a judge that can be loaded ({type(error).__name__}: {problem})") from None
@@ -620,7 +621,7 @@ def make_judge(config: DemoConfig, world: World):
         return SceneGraphJudge(world.registry, noise=config.judge_noise, seed=config.world_seed)
     from dataset_builders import MLLMJudge
 
-    return MLLMJudge.from_pretrained(config.judge)
+    return MLLMJudge.from_pretrained(config.judge, token=config.token)
 
 
 def _run_dir(out: Path, method: str, seed: int) -> Path:
