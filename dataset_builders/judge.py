@@ -136,7 +136,7 @@ def cache_keyword(model: torch.nn.Module) -> str:
 
 class MLLMJudge:
     """Scores image-text alignment with a frozen MLLM (paper: Qwen2-VL-7B; InternVL3-1B also helps);
-    Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA, LLaVA-NeXT, InternVL, Idefics3 and SmolVLM families
+    Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA, LLaVA-NeXT, InternVL, Idefics3, SmolVLM and Gemma 3 families
     (`vlm_inputs.PROMPT_ENCODERS`).
 
     Implements `PreferenceJudge`. Build it with `from_pretrained`, or from a loaded model, tokenizer
@@ -248,14 +248,15 @@ class MLLMJudge:
             {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.prompt.replace("{text}", marker)}]}
         ]
         rendered = self.prompt_encoder.render(messages, add_generation_prompt=True)
-        image_end = rendered.index(self.prompt_encoder.image_token) + len(self.prompt_encoder.image_token)
+        placeholder = self.prompt_encoder.image_placeholder
+        image_end = rendered.index(placeholder) + len(placeholder)
         text_start = rendered.find(marker, image_end)
         if text_start < 0:
             raise ValueError("the chat template must place the image before the question")
         cut = rendered.rfind(" ", image_end, text_start)
         self._suffix_lead = ""
         if cut <= image_end or not self._tokenises_consistently(rendered[:cut], rendered[cut:], marker):
-            cut, self._suffix_lead = image_end, self.prompt_encoder.image_token
+            cut, self._suffix_lead = image_end, placeholder
             if not self._tokenises_consistently(rendered[:cut], rendered[cut:], marker):
                 raise ValueError(
                     "the judge's prompt cannot be cut into a shared prefix and a per-text suffix that tokenise as the "

@@ -39,11 +39,13 @@ def tiny_image_text_model(family: str = "qwen2_vl", seed: int = 0, **config_over
     `tiny_mllm_tokenizer(family)` and `tiny_mllm_image_processor(family)`."""
     from transformers import AutoModelForImageTextToText
 
-    from modeling_maple.testing import tiny_mllm_config
+    from modeling_maple.testing import randomise_zero_initialised_weights, tiny_mllm_config
 
     config = tiny_mllm_config(family, **config_overrides)
     torch.manual_seed(seed)
-    return AutoModelForImageTextToText.from_config(config).eval()
+    model = AutoModelForImageTextToText.from_config(config).eval()
+    randomise_zero_initialised_weights(model)
+    return model
 
 
 def _tiny_model_tokenizer_and_image_processor(family: str, seed: int, image_size: int):
@@ -55,7 +57,7 @@ def _tiny_model_tokenizer_and_image_processor(family: str, seed: int, image_size
 
 def tiny_judge(seed: int = 0, *, family: str = "qwen2_vl", image_size: int = 32, **judge_kwargs) -> MLLMJudge:
     """An `MLLMJudge` on a random tiny model of `family` ("qwen2_vl", "llava", "internvl", "idefics3",
-    "smolvlm", ...: `tiny_image_text_model`); Qwen2-VL resizes images to about image_size^2 pixels."""
+    "smolvlm", "gemma3", ...: `tiny_image_text_model`); Qwen2-VL resizes images to about image_size^2 pixels."""
     from .judge import MLLMJudge
 
     model, tokenizer, image_processor = _tiny_model_tokenizer_and_image_processor(family, seed, image_size)

@@ -24,7 +24,7 @@ from typing import Any
 import PIL.Image
 import torch
 
-from modeling_maple.configuration_maple import QWEN_VL_MLLMS, SUPPORTED_MLLMS
+from modeling_maple.configuration_maple import IMAGE_TOKEN_TYPE_INPUTS, QWEN_VL_MLLMS, SUPPORTED_MLLMS
 from modeling_maple.processing_maple import (
     EncodedImages,
     check_tokens_known,
@@ -47,11 +47,15 @@ class PromptEncoder:
     """Turns chat messages and images into model inputs for one model family.
 
     Shared by all families: chat rendering, image processing and placeholder expansion
-    (`encode_mllm_images`), padding and plain 1-D positions. A subclass says how a family's positions
-    differ (Qwen-VL's multimodal RoPE).
+    (`encode_mllm_images`), the image tokens' mask for the families whose model takes one (Qwen-VL, Gemma 3),
+    padding and plain 1-D positions. A subclass says how a family's positions differ (Qwen-VL's multimodal RoPE).
+
+    The chat template writes one placeholder where each image goes (`image_placeholder`): the image token (the one
+    at `config.image_token_id`), but Gemma 3's `<start_of_image>`, which `Gemma3Processor` expands into the image's
+    whole sequence.
 
     Args:
-        config: the model's config; its `image_token_id` is the placeholder the template emits.
+        config: the model's config; its `image_token_id` is the image token.
         tokenizer: the model's tokenizer; must carry a chat template (or pass `chat_template`).
         image_processor: the model's image processor (the PIL classes are fine).
         chat_template: overrides the tokenizer's template.
@@ -68,7 +72,9 @@ class PromptEncoder:
         self.image_token = tokenizer.convert_ids_to_tokens(self.image_token_id)
         if self.image_token is None or self.tokenizer.convert_tokens_to_ids(self.image_token) != self.image_token_id:
             raise ValueError(f"the tokenizer has no token for the model's image token id {self.image_token_id}")
-        check_tokens_known(tokenizer, mllm_image_tokens(config.model_type, tokenizer), needed_by=f"{config.model_type} prompts around images")
+        image_tokens = mllm_image_tokens(config.model_type, tokenizer)
+        check_tokens_known(tokenizer, image_tokens, needed_by=f"{config.model_type} prompts around images")
+        self.image_placeholder = image_tokens[0] if config.model_type == "gemma3" else self.image_token
         self.image_seq_length = mllm_image_seq_length(config)
         if (problem := mllm_image_processor_problem(config, image_processor)) is not None:
             raise ValueError(f"{config.model_type}: {problem}")
@@ -92,16 +98,16 @@ class PromptEncoder:
         )
 
     def expand_images(self, text: str, images: EncodedImages, indices: Sequence[int]) -> list[int]:
-        """Token ids of the rendered prompt `text`, or of its start, with its k-th image placeholder
+        """Token ids of the rendered prompt `text`, or of its start, with its k-th `image_placeholder`
         filled for image `indices[k]` of `images` (`EncodedImages.image_text`; a ValueError if the
         numbers of placeholders and images differ). Placeholders and the tokens they become are
         special tokens, so filling before or after tokenising is the same.
 
         The tokens the tokenizer puts before a text (Llama's BOS) lead the ids unless the template
-        wrote the BOS itself, as a processor's `apply_chat_template(tokenize=True)` does: LLaVA-1.5's
-        template has no BOS, and the model was trained with one."""
+        wrote the BOS itself (Gemma 3's does), as a processor's `apply_chat_template(tokenize=True)` does:
+        LLaVA-1.5's template has no BOS, and the model was trained with one."""
         image_texts = [images.image_text(index, self.image_token) for index in indices]
-        expanded = fill_image_placeholders(text, image_texts, placeholder=self.image_token)
+        expanded = fill_image_placeholders(text, image_texts, placeholder=self.image_placeholder)
         ids = self.tokenizer(expanded, add_special_tokens=False)["input_ids"]
         bos = self.tokenizer.bos_token
         return ids if bos is not None and text.startswith(bos) else self.leading_special_ids + ids
@@ -122,9 +128,13 @@ class PromptEncoder:
         self, sequences: Sequence[Sequence[int]], images: EncodedImages, *, padding_side: str
     ) -> dict[str, torch.Tensor]:
         """Everything a forward pass or `generate` needs for a padded batch of prompts whose
-        images, in reading order, are `images`."""
+        images, in reading order, are `images`; for Qwen-VL and Gemma 3 with the mask of the image tokens, by which
+        Qwen-VL's multimodal RoPE and Gemma 3's causal mask (each image's tokens see one another) find them."""
         input_ids, attention_mask = self.pad(sequences, padding_side=padding_side)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, **mllm_pixel_inputs(self.config.model_type, images)}
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, **mllm_pixel_inputs(self.config.model_type, images)}
+        if (token_type_input := IMAGE_TOKEN_TYPE_INPUTS.get(self.config.model_type)) is not None:
+            inputs[token_type_input] = (input_ids == self.image_token_id).int()
+        return inputs
 
     def prefix_positions(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, int | torch.Tensor]:
         """Position ids for a batch of unpadded, equally long prompt prefixes (None: the model's
@@ -142,11 +152,6 @@ class PromptEncoder:
 
 class QwenVLPromptEncoder(PromptEncoder):
     """Qwen2-VL / Qwen2.5-VL: dynamic-resolution patches, one token per 2x2 merged patch, M-RoPE."""
-
-    def model_inputs(self, sequences, images, *, padding_side):
-        inputs = super().model_inputs(sequences, images, padding_side=padding_side)
-        inputs["mm_token_type_ids"] = (inputs["input_ids"] == self.image_token_id).int()
-        return inputs
 
     def prefix_positions(self, model, inputs):
         """M-RoPE positions (3, batch, length): image tokens get 2-D grid positions, so the text

@@ -15,7 +15,10 @@ QWEN_VL_MLLMS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 IDEFICS3_MLLMS = ("idefics3", "smolvlm")
 # LLaVA-1.5 sees each image at one size; LLaVA-NeXT adds a grid of high-resolution tiles ("anyres").
 LLAVA_MLLMS = ("llava", "llava_next")
-SUPPORTED_MLLMS = (*QWEN_VL_MLLMS, *LLAVA_MLLMS, "internvl", *IDEFICS3_MLLMS)
+SUPPORTED_MLLMS = (*QWEN_VL_MLLMS, *LLAVA_MLLMS, "internvl", *IDEFICS3_MLLMS, "gemma3")
+# Families whose model takes, beside a prompt's ids, a mask of its image tokens, and the name it takes it under: Qwen-VL's
+# multimodal RoPE gives those tokens 2-D positions; Gemma 3's causal mask lets each image's tokens see one another.
+IMAGE_TOKEN_TYPE_INPUTS = {**dict.fromkeys(QWEN_VL_MLLMS, "mm_token_type_ids"), "gemma3": "token_type_ids"}
 # Two-tower checkpoints whose towers and projections `MapleModel.from_backbone` reuses as they are.
 DUAL_ENCODER_MODEL_TYPES = ("clip", "siglip", "siglip2")
 # Vision towers that take images at their own aspect ratio as padded patch sequences (SigLIP2's NaFlex): their image
@@ -43,7 +46,7 @@ class MapleConfig(PreTrainedConfig):
 
     Two backbone families:
     - `"mllm"`: one multimodal LLM (Qwen2-VL, Qwen2.5-VL and Qwen3-VL as in the paper; LLaVA-1.5,
-      LLaVA-NeXT, InternVL, Idefics3/SmolVLM) used as a dual encoder; images and texts are wrapped in
+      LLaVA-NeXT, InternVL, Idefics3/SmolVLM, Gemma 3) used as a dual encoder; images and texts are wrapped in
       summarisation prompts and each gives one embedding (paper, section 3.1).
     - `"dual_encoder"`: a vision tower and a text tower (CLIP/SigLIP towers, or any transformers
       vision and text encoders such as DINOv2 + BERT) projected into one space.

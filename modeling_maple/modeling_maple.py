@@ -13,7 +13,7 @@ from transformers import AutoModel, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .configuration_maple import NAFLEX_VISION_TOWERS, QWEN_VL_MLLMS, MapleConfig
+from .configuration_maple import IMAGE_TOKEN_TYPE_INPUTS, NAFLEX_VISION_TOWERS, QWEN_VL_MLLMS, MapleConfig
 
 
 @dataclass
@@ -227,7 +227,7 @@ class MapleModel(MaplePreTrainedModel):
     ) -> torch.FloatTensor:
         r"""
         Args:
-            pixel_values (`torch.FloatTensor`): dual encoder and LLaVA: `(num_images, channels, height,
+            pixel_values (`torch.FloatTensor`): dual encoder, LLaVA and Gemma 3: `(num_images, channels, height,
                 width)`; SigLIP2 (NaFlex) vision tower: `(num_images, max_num_patches, patch_dim)`, each image's
                 patches padded to one length; Qwen-VL family: `(num_patches, patch_dim)`, the processor's flattened patches;
                 LLaVA-NeXT, InternVL: `(num_tiles, channels, height, width)`, each image's tiles in turn; Idefics3/SmolVLM:
@@ -236,8 +236,8 @@ class MapleModel(MaplePreTrainedModel):
             image_input_ids (`torch.LongTensor` of shape `(num_images, prompt_length)`, MLLM only):
                 the image prompt with its image placeholder tokens.
             image_attention_mask (`torch.Tensor` of shape `(num_images, prompt_length)`, MLLM only).
-            image_mm_token_type_ids (`torch.IntTensor` of shape `(num_images, prompt_length)`, Qwen-VL only):
-                1 at image placeholder positions (needed for multimodal RoPE).
+            image_mm_token_type_ids (`torch.IntTensor` of shape `(num_images, prompt_length)`, Qwen-VL and Gemma 3
+                only): 1 at image placeholder positions (needed for Qwen-VL's multimodal RoPE and Gemma 3's causal mask).
             pixel_attention_mask (`torch.Tensor`, Idefics3/SmolVLM and SigLIP2 only): 1 on what is real, not
                 padding. Idefics3/SmolVLM: `(1, num_tiles, height, width)`, the pixels of each tile; SigLIP2:
                 `(num_images, max_num_patches)`, the patches of each image.
@@ -256,6 +256,8 @@ class MapleModel(MaplePreTrainedModel):
                 needed["image_grid_thw"] = image_grid_thw
             elif model_type == "llava_next":
                 needed["image_sizes"] = image_sizes
+            elif model_type == "gemma3" and not self.config.bidirectional:
+                needed["image_mm_token_type_ids"] = image_mm_token_type_ids
             if any(value is None for value in needed.values()):
                 names = " and ".join(f"`{name}`" for name in needed)
                 raise ValueError(
@@ -264,10 +266,14 @@ class MapleModel(MaplePreTrainedModel):
             # Only the family's own inputs: LLaVA and InternVL take none beside the pixels.
             vision_inputs = {
                 "image_grid_thw": image_grid_thw,
-                "mm_token_type_ids": image_mm_token_type_ids,
                 "pixel_attention_mask": pixel_attention_mask,
                 "image_sizes": image_sizes,
             }
+            # Gemma 3 takes its image-token mask only to let each image's tokens see one another in its causal mask;
+            # bidirectional attention already does, and on its sliding-window layers the mask would make the window
+            # one-sided (all later tokens, and only the window's earlier ones).
+            if model_type in IMAGE_TOKEN_TYPE_INPUTS and not (model_type == "gemma3" and self.config.bidirectional):
+                vision_inputs[IMAGE_TOKEN_TYPE_INPUTS[model_type]] = image_mm_token_type_ids
             hidden_states = self.mllm(
                 input_ids=image_input_ids,
                 attention_mask=image_attention_mask,
@@ -437,7 +443,7 @@ class MapleModel(MaplePreTrainedModel):
 
         Args:
             name_or_path: Hub id or folder of the backbone. `"mllm"`: a checkpoint of a supported MLLM
-                (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA-1.5, LLaVA-NeXT, InternVL `-hf`, Idefics3, SmolVLM).
+                (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA-1.5, LLaVA-NeXT, InternVL `-hf`, Idefics3, SmolVLM, Gemma 3).
                 `"dual_encoder"`: a two-tower model (CLIP, SigLIP) whose towers and projections are
                 reused, or a vision encoder (e.g. DINOv2) when `text_backbone` is given.
             backbone: `"mllm"` or `"dual_encoder"`.

@@ -15,7 +15,7 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_utils import select_best_resolution
 from transformers.processing_utils import ProcessorMixin
 
-from .configuration_maple import BACKBONES, IDEFICS3_MLLMS, LLAVA_MLLMS, QWEN_VL_MLLMS, SUPPORTED_MLLMS
+from .configuration_maple import BACKBONES, IDEFICS3_MLLMS, IMAGE_TOKEN_TYPE_INPUTS, LLAVA_MLLMS, QWEN_VL_MLLMS, SUPPORTED_MLLMS
 
 # Paper prompts (E5-V style summarisation, MAPLE section 3.1). `{image}` expands to the MLLM's
 # image tokens, `{text}` to the text itself.
@@ -25,6 +25,8 @@ MLLM_TEXT_PROMPT = "{text} Describe this text in one word:"
 VISION_START, IMAGE_PAD, VISION_END = "<|vision_start|>", "<|image_pad|>", "<|vision_end|>"
 # Idefics3 / SmolVLM: the tokens around each tile's image tokens, and the global view's tag.
 FAKE_IMAGE_TOKEN, GLOBAL_IMAGE_TOKEN = "<fake_token_around_image>", "<global-img>"
+# Gemma 3: the tokens around an image's soft tokens; its chat template writes the first where an image goes.
+START_OF_IMAGE, END_OF_IMAGE = "<start_of_image>", "<end_of_image>"
 # What a dual encoder's image processor returns that its vision tower takes: the pixels, and for a NaFlex tower
 # (SigLIP2) the mask of each image's real patches and its patch grid.
 DUAL_ENCODER_IMAGE_INPUTS = ("pixel_values", "pixel_attention_mask", "spatial_shapes")
@@ -119,8 +121,8 @@ class EncodedImages:
         `pixel_values` (Idefics3: pixel_attention_mask, one per tile). `concatenate` joins batches by concatenating each
         extra tensor along its first dimension, which keeps either kind in the images' order.
     image_texts: the text each image's placeholder becomes in the prompt, for families that wrap or
-        tile it (InternVL's `<img>...</img>`, Idefics3's grid of tiles); None: the placeholder
-        repeated `num_tokens` times.
+        tile it (InternVL's `<img>...</img>`, Idefics3's grid of tiles, Gemma 3's `<start_of_image>...<end_of_image>`);
+        None: the placeholder repeated `num_tokens` times.
     """
 
     pixel_values: torch.Tensor
@@ -144,12 +146,12 @@ class EncodedImages:
 
 
 def mllm_image_seq_length(mllm_config) -> int | None:
-    """Image tokens per image (LLaVA) or per tile (LLaVA-NeXT, InternVL, Idefics3/SmolVLM) of an MLLM
+    """Image tokens per image (LLaVA, Gemma 3) or per tile (LLaVA-NeXT, InternVL, Idefics3/SmolVLM) of an MLLM
     with config `mllm_config`, as the family's own processor counts them; None for the Qwen-VL family,
     whose count follows each image's size. A LLaVA-NeXT image adds its tiles' tokens to those of its
     base view (`llava_next_image_layout`).
 
-    Raises a ValueError for a LLaVA or LLaVA-NeXT config whose image tokens MAPLE cannot count."""
+    Raises a ValueError for a LLaVA, LLaVA-NeXT or Gemma 3 config whose image tokens MAPLE cannot count."""
     model_type, vision = mllm_config.model_type, getattr(mllm_config, "vision_config", None)
     if model_type in LLAVA_MLLMS:
         name = "LLaVA-NeXT" if model_type == "llava_next" else "LLaVA"
@@ -185,6 +187,17 @@ def mllm_image_seq_length(mllm_config) -> int | None:
         return int((height // patch_height) * (width // patch_width) * mllm_config.downsample_ratio**2)
     if model_type in IDEFICS3_MLLMS:
         return (vision.image_size // vision.patch_size) ** 2 // mllm_config.scale_factor**2
+    if model_type == "gemma3":
+        # `Gemma3MultiModalProjector` average-pools the tower's square grid of patches into a square grid of
+        # `mm_tokens_per_image` tokens: any other number would not match the features it gives.
+        tokens, patches_per_side = mllm_config.mm_tokens_per_image, vision.image_size // vision.patch_size
+        side = math.isqrt(tokens)
+        if side**2 != tokens or patches_per_side % side:
+            raise ValueError(
+                f"Gemma 3 mm_tokens_per_image={tokens} is not supported: it must be a square number whose side divides "
+                f"the vision tower's {patches_per_side} patches per side (image_size // patch_size)."
+            )
+        return tokens
     return None
 
 
@@ -192,7 +205,9 @@ def mllm_image_processor_problem(mllm_config, image_processor) -> str | None:
     """Why `image_processor` cannot feed the MLLM with config `mllm_config`, or None. LLaVA-NeXT's model counts each
     image's tiles from its config (`image_grid_pinpoints`, the tower's `image_size`), so the image processor must cut
     them alike: a mismatch (e.g. pinpoints overridden on one side only, to spend fewer tiles) would otherwise fail deep
-    in the forward with a bare shape error."""
+    in the forward with a bare shape error. Gemma 3: `gemma3_image_processor_problem`."""
+    if mllm_config.model_type == "gemma3":
+        return gemma3_image_processor_problem(image_processor)
     if mllm_config.model_type != "llava_next":
         return None
     # `LlavaNextImageProcessor`'s tile side: its crop height, else its size's height or shortest edge
@@ -206,6 +221,16 @@ def mllm_image_processor_problem(mllm_config, image_processor) -> str | None:
     if tile != mllm_config.vision_config.image_size:
         return (f"the image processor cuts {tile}-pixel tiles, but the model's vision tower takes "
                 f"{mllm_config.vision_config.image_size}-pixel images (vision_config.image_size): set both alike")
+    return None
+
+
+def gemma3_image_processor_problem(image_processor) -> str | None:
+    """Why a Gemma 3 `image_processor` cannot be used, or None. Pan-and-scan (`do_pan_and_scan`, off in Gemma 3's
+    checkpoints) is refused: it adds crops whose number follows each image's aspect ratio, and `Gemma3Processor` puts
+    them in the prompt inside an English sentence ("Here is the original image ... and here are some crops to help you
+    see better ..."), which an embedding prompt would have to carry; MAPLE prompts take each image whole."""
+    if getattr(image_processor, "do_pan_and_scan", None):
+        return "the image processor has do_pan_and_scan=True, which MAPLE does not support: set do_pan_and_scan=False"
     return None
 
 
@@ -235,6 +260,8 @@ def mllm_image_tokens(mllm_type: str, tokenizer) -> tuple[str, ...]:
         return (getattr(tokenizer, "start_image_token", None) or "<img>", getattr(tokenizer, "end_image_token", None) or "</img>")
     if mllm_type in IDEFICS3_MLLMS:
         return (FAKE_IMAGE_TOKEN, GLOBAL_IMAGE_TOKEN)
+    if mllm_type == "gemma3":
+        return (getattr(tokenizer, "boi_token", None) or START_OF_IMAGE, getattr(tokenizer, "eoi_token", None) or END_OF_IMAGE)
     return ()
 
 
@@ -257,7 +284,10 @@ def encode_mllm_images(
     - InternVL: up to `max_patches` tiles plus a thumbnail (`InternVLProcessor`'s tiling), each tile
       `image_seq_length` tokens, the whole image between `<img>` and `</img>`;
     - Idefics3, SmolVLM: a grid of tiles plus a global view, each tile `image_seq_length` tokens
-      after its `<row_r_col_c>` tag (`Idefics3Processor`'s prompt string).
+      after its `<row_r_col_c>` tag (`Idefics3Processor`'s prompt string);
+    - Gemma 3: fixed-size images, `image_seq_length` tokens each between `<start_of_image>` and `<end_of_image>`, set
+      apart by blank lines (`Gemma3Processor.full_image_sequence`); pan-and-scan crops are refused
+      (`gemma3_image_processor_problem`).
 
     An image that cannot be read, or that the family's image processor would refuse (`mllm_image_problem`), is a
     ValueError naming it `images[first_index + position]`.
@@ -274,6 +304,11 @@ def encode_mllm_images(
     if mllm_type == "llava":
         pixel_values = image_processor(images=images, return_tensors="pt")["pixel_values"]
         return EncodedImages(pixel_values, [image_seq_length] * len(images))
+    if mllm_type == "gemma3":
+        pixel_values = image_processor(images=images, return_tensors="pt")["pixel_values"]
+        start, end = mllm_image_tokens(mllm_type, tokenizer)
+        image_text = f"\n\n{start}{image_token * image_seq_length}{end}\n\n"
+        return EncodedImages(pixel_values, [image_seq_length] * len(images), image_texts=[image_text] * len(images))
     if mllm_type == "llava_next":
         # Padded to the batch's most tiles, as `LlavaNextProcessor` asks; each image's own tiles are cut back out, so
         # that batches join by concatenation and no padding tile reaches the model.
@@ -331,7 +366,7 @@ class MapleProcessor(ProcessorMixin):
     For an MLLM backbone, every input is wrapped in a summarisation prompt (`image_prompt`,
     `text_prompt`; the paper's by default) and an image becomes a prompt whose `{image}` slot holds
     the family's image tokens (`encode_mllm_images`); its prompt tensors are returned as
-    `image_input_ids`, `image_attention_mask` (and, for Qwen-VL, `image_mm_token_type_ids`), so
+    `image_input_ids`, `image_attention_mask` (and, for Qwen-VL and Gemma 3, `image_mm_token_type_ids`), so
     texts and images fit in one batch.
     For a dual encoder, texts are tokenised as they are (`text_prompt` defaults to `"{text}"`).
 
@@ -343,7 +378,7 @@ class MapleProcessor(ProcessorMixin):
             `SUPPORTED_MLLMS`); the Qwen-VL family shares one prompt format.
         image_token (`str`, *optional*): the MLLM's image placeholder token (the one at its config's
             `image_token_id`); defaults to Qwen-VL's `<|image_pad|>`.
-        image_seq_length (`int`, *optional*): image tokens per image (LLaVA) or per tile (LLaVA-NeXT, a
+        image_seq_length (`int`, *optional*): image tokens per image (LLaVA, Gemma 3) or per tile (LLaVA-NeXT, a
             square number; InternVL, Idefics3/SmolVLM), `mllm_image_seq_length(config)`; the Qwen-VL family
             needs none.
         image_prompt (`str`, *optional*): template with an `{image}` slot (MLLM only).
@@ -414,6 +449,8 @@ class MapleProcessor(ProcessorMixin):
         if backbone == "mllm":
             image_tokens = (self.image_token, *mllm_image_tokens(mllm_type, tokenizer))
             check_tokens_known(tokenizer, image_tokens, needed_by=f"{mllm_type} image prompts")
+        if backbone == "mllm" and mllm_type == "gemma3" and (problem := gemma3_image_processor_problem(image_processor)):
+            raise ValueError(f"A gemma3 processor: {problem}.")
 
     def __call__(
         self,
@@ -432,7 +469,7 @@ class MapleProcessor(ProcessorMixin):
         Returns a `BatchFeature` of PyTorch tensors: `input_ids`, `attention_mask` for texts, and
         `pixel_values` for images; for an MLLM also `image_input_ids`, `image_attention_mask` and the
         family's own inputs (Qwen-VL: `image_grid_thw`, `image_mm_token_type_ids`; LLaVA-NeXT: `image_sizes`;
-        Idefics3/SmolVLM: `pixel_attention_mask`); for a SigLIP2 dual encoder also `pixel_attention_mask` and `spatial_shapes`."""
+        Idefics3/SmolVLM: `pixel_attention_mask`; Gemma 3: `image_mm_token_type_ids`); for a SigLIP2 dual encoder also `pixel_attention_mask` and `spatial_shapes`."""
         if unexpected := sorted(key for key, value in kwargs.items() if value is not None or key not in ("videos", "audio")):
             raise TypeError(
                 f"MapleProcessor does not take {unexpected}: it prepares texts and images by its own settings "
@@ -544,8 +581,8 @@ class MapleProcessor(ProcessorMixin):
             "image_input_ids": tokenized["input_ids"],
             "image_attention_mask": tokenized["attention_mask"],
         }
-        if self.mllm_type in QWEN_VL_MLLMS:
-            # Multimodal RoPE gives image tokens 2-D positions; it finds them by this mask.
+        if self.mllm_type in IMAGE_TOKEN_TYPE_INPUTS:
+            # Qwen-VL's multimodal RoPE and Gemma 3's causal mask find the image tokens by this mask.
             image_token_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
             inputs["image_mm_token_type_ids"] = (tokenized["input_ids"] == image_token_id).to(torch.int32)
         return inputs
@@ -615,6 +652,7 @@ __all__ = [
     "check_tokens_known",
     "encode_mllm_images",
     "fill_image_placeholders",
+    "gemma3_image_processor_problem",
     "llava_next_image_layout",
     "load_image",
     "mllm_image_problem",

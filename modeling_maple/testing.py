@@ -28,6 +28,7 @@ from transformers import (
     Qwen2Tokenizer,
     Qwen2VLImageProcessorPil,
 )
+from transformers.tokenization_utils_tokenizers import TokenizersBackend
 
 from .configuration_maple import IDEFICS3_MLLMS, LLAVA_MLLMS, MapleConfig
 from .modeling_maple import MapleModel
@@ -103,11 +104,24 @@ SMOLVLM_CHAT_TEMPLATE = (
 )
 """SmolVLM's chat template, less video: `<image>` where each image goes."""
 
+GEMMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "<start_of_turn>{{ role }}\n"
+    "{% if message['content'] is string %}{{ message['content'] | trim }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<start_of_image>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] | trim }}{% endif %}{% endfor %}{% endif %}"
+    "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+"""Gemma 3's chat template, less the system turn: it starts with the BOS, and writes `<start_of_image>` where each
+image goes (its processor expands it into the image's soft tokens)."""
+
 # The image placeholder of each tiny family: the tiny LLaVA and LLaVA-NeXT share the Qwen-VL tokenizer and its pad.
 TINY_IMAGE_TOKENS = {
     "qwen2_vl": "<|image_pad|>", "qwen2_5_vl": "<|image_pad|>", "qwen3_vl": "<|image_pad|>",
     "llava": "<|image_pad|>", "llava_next": "<|image_pad|>", "internvl": "<IMG_CONTEXT>", "idefics3": "<image>",
-    "smolvlm": "<image>",
+    "smolvlm": "<image>", "gemma3": "<image_soft_token>",
 }
 # llava-v1.6's pinpoints (336 x 672, ... up to 1008 x 336) scaled to the tiny 16-pixel tiles: 2 to 4 tiles.
 TINY_LLAVA_NEXT_PINPOINTS = [[16, 32], [32, 16], [32, 32], [48, 16], [16, 48]]
@@ -132,13 +146,32 @@ def tiny_idefics3_tokenizer() -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def tiny_gemma3_tokenizer() -> PreTrainedTokenizerBase:
+    """`tiny_tokenizer()`'s vocabulary as Gemma 3's tokenizer uses it: a BOS (`<bos>`) before every text, `<eos>` and
+    `<pad>`, the turn tokens, the image tokens named as `Gemma3Processor` reads them (`boi_token` `<start_of_image>`,
+    `eoi_token` `<end_of_image>`, `image_token` `<image_soft_token>`) and Gemma 3's chat template."""
+    tokenizer = TokenizersBackend(
+        tokenizer_object=copy.deepcopy(_trained_tokenizer().backend_tokenizer),
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        add_bos_token=True,
+        extra_special_tokens={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"},
+        chat_template=GEMMA3_CHAT_TEMPLATE,
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]}, replace_extra_special_tokens=False)
+    return tokenizer
+
+
 def tiny_mllm_tokenizer(model_type: str = "qwen2_vl") -> PreTrainedTokenizerBase:
     """The tiny tokenizer of an MLLM family (see `SUPPORTED_MLLMS`): `tiny_tokenizer()`, with the
-    family's image tokens and chat template for InternVL and Idefics3/SmolVLM."""
+    family's image tokens and chat template for InternVL, Idefics3/SmolVLM and Gemma 3."""
     if model_type == "internvl":
         return tiny_internvl_tokenizer()
     if model_type in IDEFICS3_MLLMS:
         return tiny_idefics3_tokenizer()
+    if model_type == "gemma3":
+        return tiny_gemma3_tokenizer()
     _check_tiny_family(model_type)
     return tiny_tokenizer()
 
@@ -147,8 +180,15 @@ def tiny_mllm_image_processor(model_type: str = "qwen2_vl", image_size: int = 16
     """The image processor of a tiny MLLM family: Qwen-VL resizes to about `image_size`^2 pixels;
     LLaVA sees 16x16 images; LLaVA-NeXT a 16x16 base view plus 2 to 4 tiles of 16x16
     (`TINY_LLAVA_NEXT_PINPOINTS`); InternVL tiles into at most 4 tiles of 16x16 plus a thumbnail;
-    Idefics3/SmolVLM resize to at most 48 px and split into 16x16 tiles plus a global view."""
-    from transformers import GotOcr2ImageProcessorPil, Idefics3ImageProcessorPil, LlavaNextImageProcessorPil, SmolVLMImageProcessorPil
+    Idefics3/SmolVLM resize to at most 48 px and split into 16x16 tiles plus a global view; Gemma 3 sees 16x16
+    images, without pan-and-scan."""
+    from transformers import (
+        Gemma3ImageProcessorPil,
+        GotOcr2ImageProcessorPil,
+        Idefics3ImageProcessorPil,
+        LlavaNextImageProcessorPil,
+        SmolVLMImageProcessorPil,
+    )
 
     if model_type == "llava":
         return CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
@@ -158,6 +198,8 @@ def tiny_mllm_image_processor(model_type: str = "qwen2_vl", image_size: int = 16
         )
     if model_type == "internvl":
         return GotOcr2ImageProcessorPil(size={"height": 16, "width": 16}, max_patches=4)
+    if model_type == "gemma3":
+        return Gemma3ImageProcessorPil(size={"height": 16, "width": 16})
     if model_type in IDEFICS3_MLLMS:
         image_processor_class = Idefics3ImageProcessorPil if model_type == "idefics3" else SmolVLMImageProcessorPil
         return image_processor_class(size={"longest_edge": 48}, max_image_size={"longest_edge": 16})
@@ -186,8 +228,10 @@ def tiny_mllm_config(model_type: str = "qwen2_vl", **overrides) -> PreTrainedCon
     """A tiny MLLM config of a supported family: two text layers of width 32 and a two-layer vision
     tower with patch 4, matching `tiny_mllm_tokenizer(model_type)` and
     `tiny_mllm_image_processor(model_type)`. LLaVA, LLaVA-NeXT: CLIP vision, Qwen2 text; InternVL: Qwen2 text,
-    4 tokens per 16x16 tile; Idefics3/SmolVLM: Llama text, 4 tokens per tile. Keyword overrides go to
-    the top-level config."""
+    4 tokens per 16x16 tile; Idefics3/SmolVLM: Llama text, 4 tokens per tile; Gemma 3: SigLIP vision, Gemma 3 text
+    (a sliding-window layer, then a global one), 4 tokens per image. Keyword overrides go to the top-level config."""
+    if model_type == "gemma3":
+        return _tiny_gemma3_config(**overrides)
     if model_type not in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
         return _tiny_tiled_mllm_config(model_type, **overrides)
     tokenizer = _trained_tokenizer()
@@ -257,6 +301,40 @@ def _tiny_tiled_mllm_config(model_type: str, **overrides) -> PreTrainedConfig:
     return AutoConfig.for_model(model_type, **kwargs)
 
 
+def _tiny_gemma3_config(**overrides) -> PreTrainedConfig:
+    tokenizer = tiny_gemma3_tokenizer()
+    text = {
+        "vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "query_pre_attn_scalar": 8,
+        # Gemma 3 mixes sliding-window and global layers; its 1024-token window is wider than an image prompt, and so
+        # is this one than any tiny prompt
+        "layer_types": ["sliding_attention", "full_attention"], "sliding_window": 128,
+        "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+    }
+    vision = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 16, "patch_size": 4}
+    kwargs = {
+        "text_config": text,
+        "vision_config": vision,
+        "mm_tokens_per_image": 4,  # the 4x4 patches pooled 2x2, as gemma-3's 64x64 are pooled into 256 tokens
+        "image_token_id": tokenizer.image_token_id,
+        "boi_token_index": tokenizer.boi_token_id,
+        "eoi_token_index": tokenizer.eoi_token_id,
+        "tie_word_embeddings": False,
+    }
+    kwargs.update(overrides)
+    return AutoConfig.for_model("gemma3", **kwargs)
+
+
+def randomise_zero_initialised_weights(model: torch.nn.Module) -> None:
+    """Draw, like transformers' other random weights (normal, std 0.02), those it initialises to zeros because a
+    checkpoint always overwrites them: Gemma 3's image projection (`mm_input_projection_weight`), without which a
+    random tiny Gemma 3 maps every image to zeros and ignores it."""
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("mm_input_projection_weight"):
+                parameter.normal_(0.0, 0.02)
+
+
 def tiny_qwen2_vl_config(**overrides) -> PreTrainedConfig:
     """`tiny_mllm_config("qwen2_vl", **overrides)`: a tiny Qwen2VLConfig."""
     return tiny_mllm_config("qwen2_vl", **overrides)
@@ -300,7 +378,7 @@ def build_tiny(
             pooling) or `"dual_encoder"` (a tiny CLIP vision tower and a tiny BERT).
         seed: seeds the weight initialisation.
         mllm_type: the MLLM family for `backbone="mllm"`, one of `SUPPORTED_MLLMS` (`"qwen2_vl"`,
-            `"qwen2_5_vl"`, `"qwen3_vl"`, `"llava"`, `"llava_next"`, `"internvl"`, `"idefics3"`, `"smolvlm"`).
+            `"qwen2_5_vl"`, `"qwen3_vl"`, `"llava"`, `"llava_next"`, `"internvl"`, `"idefics3"`, `"smolvlm"`, `"gemma3"`).
     """
     if backbone == "mllm":
         mllm_config = tiny_mllm_config(mllm_type)
@@ -324,4 +402,5 @@ def build_tiny(
         raise ValueError(f"Unknown backbone {backbone!r}: expected 'mllm' or 'dual_encoder'.")
     torch.manual_seed(seed)
     model = MapleModel(config).eval()
+    randomise_zero_initialised_weights(model)
     return model, processor

@@ -3,12 +3,18 @@
 
 from transformers import ProcessorMixin
 
-from modeling_maple.testing import tiny_idefics3_tokenizer, tiny_internvl_tokenizer, tiny_mllm_image_processor, tiny_tokenizer
+from modeling_maple.testing import (
+    tiny_gemma3_tokenizer,
+    tiny_idefics3_tokenizer,
+    tiny_internvl_tokenizer,
+    tiny_mllm_image_processor,
+    tiny_tokenizer,
+)
 
 
 def official_processor(family: str, monkeypatch, tokenizer=None) -> ProcessorMixin:
-    """`LlavaProcessor`, `LlavaNextProcessor`, `InternVLProcessor` or `Idefics3Processor` (for "idefics3" and
-    "smolvlm", whose prompt strings are the same) with the tiny models' settings and chat templates; LLaVA's and
+    """`LlavaProcessor`, `LlavaNextProcessor`, `InternVLProcessor`, `Idefics3Processor` (for "idefics3" and
+    "smolvlm", whose prompt strings are the same) or `Gemma3Processor` with the tiny models' settings and chat templates; LLaVA's and
     LLaVA-NeXT's take another `tokenizer`."""
     image_processor = tiny_mllm_image_processor(family)
     if family in ("llava", "llava_next"):
@@ -38,4 +44,10 @@ def official_processor(family: str, monkeypatch, tokenizer=None) -> ProcessorMix
         tokenizer = tiny_idefics3_tokenizer()
         return Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=4,
                                  chat_template=tokenizer.chat_template)
+    if family == "gemma3":
+        from transformers import Gemma3Processor
+
+        tokenizer = tiny_gemma3_tokenizer()
+        return Gemma3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_length=4,
+                               chat_template=tokenizer.chat_template)
     raise ValueError(f"no official processor for {family!r} here")

@@ -176,7 +176,7 @@ def test_from_pretrained_takes_loading_keywords_at_top_level_as_the_judge_does(t
     assert SettingsPassedOn.from_pretrained(str(tmp_path), num_samples=2).num_samples == 2
 
 
-@pytest.mark.parametrize("family", ["llava", "llava_next", "internvl", "smolvlm"])
+@pytest.mark.parametrize("family", ["llava", "llava_next", "internvl", "smolvlm", "gemma3"])
 def test_other_families_caption_from_both_images(family):
     captioner = tiny_captioner(seed=0, family=family, num_samples=2, max_new_tokens=4)
     torch.manual_seed(0)
@@ -184,16 +184,17 @@ def test_other_families_caption_from_both_images(family):
     assert len(answers) == 2 and all(answer for answer, _ in answers)
 
 
-def test_llava_next_captioner_batches_pairs_of_any_sizes_as_its_own_processor_and_model_see_each(monkeypatch):
-    """LLaVA-NeXT: tiles and image tokens follow each image's size, so the prompts of pairs of differently sized images
-    differ in length and are left-padded in one batch. Each row holds the prompt `LlavaNextProcessor` builds for its pair
-    alone, and the model's next-token logits for it (at the positions `generate` gives a left-padded row) are those of
-    that pair alone."""
-    captioner = tiny_captioner(seed=0, family="llava_next", num_samples=1, max_new_tokens=4)
+# Pairs of differently sized images (LLaVA-NeXT: 5 + 5 and 3 + 4 tiles).
+MIXED_PAIRS = [(ANCHORS[0], NEGATIVES[1]), (Image.new("RGB", (16, 16), "green"), Image.new("RGB", (100, 7), "grey"))]
+
+
+def _sharp_captioner_and_its_generate_inputs(family: str, monkeypatch) -> tuple[ContrastiveCaptioner, dict]:
+    """A tiny `family` captioner with large random weights (its logits spread), and the inputs it gives `generate` to
+    caption `MIXED_PAIRS` in one batch."""
+    captioner = tiny_captioner(seed=0, family=family, num_samples=1, max_new_tokens=4)
     with torch.no_grad():
         for parameter in captioner.model.parameters():
             parameter.normal_(0.0, 0.3)
-    pairs = [(ANCHORS[0], NEGATIVES[1]), (Image.new("RGB", (16, 16), "green"), Image.new("RGB", (100, 7), "grey"))]
     captured = {}
     generate = captioner.model.generate
 
@@ -202,7 +203,16 @@ def test_llava_next_captioner_batches_pairs_of_any_sizes_as_its_own_processor_an
         return generate(**inputs)
 
     monkeypatch.setattr(captioner.model, "generate", recording_generate)
-    assert len(captioner._generate(pairs)) == 2
+    assert len(captioner._generate(MIXED_PAIRS)) == 2
+    return captioner, captured
+
+
+def test_llava_next_captioner_batches_pairs_of_any_sizes_as_its_own_processor_and_model_see_each(monkeypatch):
+    """LLaVA-NeXT: tiles and image tokens follow each image's size, so the prompts of pairs of differently sized images
+    differ in length and are left-padded in one batch. Each row holds the prompt `LlavaNextProcessor` builds for its pair
+    alone, and the model's next-token logits for it (at the positions `generate` gives a left-padded row) are those of
+    that pair alone."""
+    captioner, captured = _sharp_captioner_and_its_generate_inputs("llava_next", monkeypatch)
     mask = captured["attention_mask"]
     assert len(set(mask.sum(dim=1).tolist())) == 2  # the rows are padded
     assert captured["pixel_values"].shape[0] == 5 + 5 + 3 + 4  # each image's own tiles, no padding tile
@@ -212,11 +222,32 @@ def test_llava_next_captioner_batches_pairs_of_any_sizes_as_its_own_processor_an
     official = official_processor("llava_next", monkeypatch)
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": captioner.prompt}]}]
     prompt = official.apply_chat_template(messages, add_generation_prompt=True)
-    for row, pair in enumerate(pairs):
+    for row, pair in enumerate(MIXED_PAIRS):
         alone = official(text=[prompt], images=list(pair), return_tensors="pt")
         assert captured["input_ids"][row][mask[row].bool()].tolist() == alone["input_ids"][0].tolist()
         with torch.no_grad():
             torch.testing.assert_close(batched[row], captioner.model(**alone).logits[0, -1], atol=1e-4, rtol=1e-4)
+
+
+def test_gemma3_captioner_prompts_and_logits_are_its_own_processors_and_models_for_each_pair(monkeypatch):
+    """Gemma 3: the chat template's BOS and `<start_of_image>` placeholders, expanded as `Gemma3Processor` expands them,
+    and `token_type_ids` for its mask within each image reach `generate`. Each row holds the prompt `Gemma3Processor`
+    builds for its pair alone, and the model's next-token logits for it are those of that pair alone."""
+    captioner, captured = _sharp_captioner_and_its_generate_inputs("gemma3", monkeypatch)
+    model_inputs = {key: captured[key] for key in ("input_ids", "attention_mask", "pixel_values", "token_type_ids")}
+    with torch.no_grad():
+        batched = captioner.model(**model_inputs).logits[:, -1]
+    official = official_processor("gemma3", monkeypatch)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": captioner.prompt}]}]
+    prompt = official.apply_chat_template(messages, add_generation_prompt=True)
+    for row, pair in enumerate(MIXED_PAIRS):
+        # the template wrote the BOS, so `apply_chat_template(tokenize=True)` would add no other
+        alone = official(text=[prompt], images=[list(pair)], add_special_tokens=False, return_tensors="pt")
+        assert captured["input_ids"][row].tolist() == alone["input_ids"][0].tolist()
+        assert captured["token_type_ids"][row].tolist() == alone["token_type_ids"][0].tolist()
+        with torch.no_grad():
+            torch.testing.assert_close(batched[row], captioner.model(**alone).logits[0, -1], atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(batched[0], batched[1], atol=1e-3)  # the two pairs' images are seen
 
 
 def test_captions_repeated_within_one_answer_are_kept_once(monkeypatch):

@@ -21,14 +21,17 @@ def _noise_image(seed: int, size: tuple[int, int] = (32, 32)) -> Image.Image:
     return Image.fromarray(pixels.numpy())
 
 
-@pytest.fixture(scope="module")
-def sharp_judge() -> MLLMJudge:
-    """A random judge with large weights, so alphas spread well away from 0.5."""
-    judge = tiny_judge(seed=1, batch_size=3)
+def _sharpened(judge: MLLMJudge) -> MLLMJudge:
+    """`judge` with large random weights, so alphas spread well away from 0.5."""
     with torch.no_grad():
         for parameter in judge.model.parameters():
             parameter.normal_(0.0, 0.3)
     return judge
+
+
+@pytest.fixture(scope="module")
+def sharp_judge() -> MLLMJudge:
+    return _sharpened(tiny_judge(seed=1, batch_size=3))
 
 
 IMAGES = [_noise_image(0), _noise_image(1, (40, 24)), Image.new("RGB", (32, 32), "red")]
@@ -471,31 +474,61 @@ def test_llava_judge_prompt_starts_with_the_bos_the_official_processor_adds(monk
     assert own_prefix == ids[: len(own_prefix)]  # one BOS, the template's
 
 
+# Images of several sizes (LLaVA-NeXT: 5, 5, 3 and 4 tiles) with candidate lists of several lengths.
+MIXED_IMAGES = [IMAGES[0], IMAGES[1], _noise_image(3, (16, 16)), _noise_image(4, (100, 7))]
+MIXED_TEXTS = [TEXTS[0], TEXTS[1], ["two", "a red circle"], ["a", "no"]]
+
+
+def _official_pair_inputs(judge: MLLMJudge, official, image: Image.Image, text: str, **processor_kwargs) -> dict:
+    """The inputs the family's own processor `official` builds for the judge's prompt on (image, text) alone."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": judge.prompt.format(text=text)}]}]
+    prompt = official.apply_chat_template(messages, add_generation_prompt=True)
+    return official(text=[prompt], images=[image], return_tensors="pt", **processor_kwargs)
+
+
+def _assert_scores_are_the_official_pairs_alone(judge: MLLMJudge, official, **processor_kwargs) -> list[float]:
+    """Both scoring paths give every pair of `MIXED_IMAGES` x `MIXED_TEXTS` the P(Yes) of the model on the inputs
+    `official` builds for that pair alone (`_official_pair_inputs`); returns those P(Yes)."""
+    reused, per_pair = judge.score(MIXED_IMAGES, MIXED_TEXTS), judge.score(MIXED_IMAGES, MIXED_TEXTS, reuse_prefix=False)
+    expected_alphas = []
+    for image, candidates, image_alphas, image_alphas_per_pair in zip(MIXED_IMAGES, MIXED_TEXTS, reused, per_pair):
+        for text, alpha, alpha_per_pair in zip(candidates, image_alphas, image_alphas_per_pair):
+            with torch.no_grad():
+                logits = judge.model(**_official_pair_inputs(judge, official, image, text, **processor_kwargs)).logits[0, -1]
+            expected = torch.softmax(logits[[judge.yes_id, judge.no_id]], dim=-1)[0].item()
+            assert abs(alpha.item() - expected) < 1e-5 and abs(alpha_per_pair.item() - expected) < 1e-5
+            expected_alphas.append(expected)
+    return expected_alphas
+
+
 def test_llava_next_judge_scores_each_pair_as_its_own_processor_and_model_do(monkeypatch):
     """LLaVA-NeXT: each image takes a base view plus a grid of tiles, and image tokens, that follow its size. With images
     of 5, 5, 3 and 4 tiles batched together, both scoring paths give every pair the P(Yes) of that pair alone through
     `LlavaNextProcessor` and `LlavaNextForConditionalGeneration`."""
-    judge = tiny_judge(seed=4, family="llava_next", batch_size=2)
-    with torch.no_grad():
-        for parameter in judge.model.parameters():
-            parameter.normal_(0.0, 0.3)
-    images = [IMAGES[0], IMAGES[1], _noise_image(3, (16, 16)), _noise_image(4, (100, 7))]
-    texts = [TEXTS[0], TEXTS[1], ["two", "a red circle"], ["a", "no"]]
-    assert judge.prompt_encoder.encode_images(images).num_tokens == [88, 52, 36, 16]
-    official = official_processor("llava_next", monkeypatch)
-    reused, per_pair = judge.score(images, texts), judge.score(images, texts, reuse_prefix=False)
-    for image, candidates, image_alphas, image_alphas_per_pair in zip(images, texts, reused, per_pair):
-        for text, alpha, alpha_per_pair in zip(candidates, image_alphas, image_alphas_per_pair):
-            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": judge.prompt.format(text=text)}]}]
-            prompt = official.apply_chat_template(messages, add_generation_prompt=True)
-            with torch.no_grad():
-                logits = judge.model(**official(text=[prompt], images=[image], return_tensors="pt")).logits[0, -1]
-            expected = torch.softmax(logits[[judge.yes_id, judge.no_id]], dim=-1)[0].item()
-            assert abs(alpha.item() - expected) < 1e-5 and abs(alpha_per_pair.item() - expected) < 1e-5
+    judge = _sharpened(tiny_judge(seed=4, family="llava_next", batch_size=2))
+    assert judge.prompt_encoder.encode_images(MIXED_IMAGES).num_tokens == [88, 52, 36, 16]
+    _assert_scores_are_the_official_pairs_alone(judge, official_processor("llava_next", monkeypatch))
     # a model whose tiles' features are no grid of patches (CLS kept) is refused by name, not at its first forward
     refused = tiny_image_text_model("llava_next", vision_feature_select_strategy="full")
     with pytest.raises(ValueError, match="vision_feature_select_strategy='full' is not supported"):
         MLLMJudge(refused, judge.prompt_encoder.tokenizer, judge.prompt_encoder.image_processor)
+
+
+def test_gemma3_judge_scores_each_pair_as_its_own_processor_and_model_do(monkeypatch):
+    """Gemma 3: its chat template starts with the BOS and writes `<start_of_image>` where the image goes, which
+    `Gemma3Processor` expands into blank lines around the image's soft tokens; its causal mask lets those tokens see one
+    another (`token_type_ids`). Both scoring paths give every pair the prompt ids (one BOS) and the P(Yes) of that pair
+    alone through `Gemma3Processor` and `Gemma3ForConditionalGeneration`."""
+    judge = _sharpened(tiny_judge(seed=4, family="gemma3", batch_size=2))
+    official = official_processor("gemma3", monkeypatch)
+    # the template wrote the BOS, so `apply_chat_template(tokenize=True)` would add no other
+    alphas = _assert_scores_are_the_official_pairs_alone(judge, official, add_special_tokens=False)
+    assert max(alphas) - min(alphas) > 0.05  # the pairs are told apart: images and texts are seen
+    tokenizer = judge.prompt_encoder.tokenizer
+    for image, text in [(MIXED_IMAGES[0], "a red circle"), (MIXED_IMAGES[3], "no")]:
+        ids = _official_pair_inputs(judge, official, image, text, add_special_tokens=False)["input_ids"][0].tolist()
+        assert judge.prefix_ids(judge.prompt_encoder.encode_images([image]), 0) + judge.suffix_ids([text])[0] == ids
+        assert ids[:2] == [tokenizer.bos_token_id, tokenizer.convert_tokens_to_ids("<start_of_turn>")]  # one BOS
 
 
 def test_internvl_tokenizer_without_image_brackets_is_refused():

@@ -1,4 +1,4 @@
-"""MAPLE embedders on the MLLM families beyond Qwen-VL (LLaVA, LLaVA-NeXT, InternVL, Idefics3/SmolVLM): image prompts
+"""MAPLE embedders on the MLLM families beyond Qwen-VL (LLaVA, LLaVA-NeXT, InternVL, Idefics3/SmolVLM, Gemma 3): image prompts
 equal to the family's own processor, padding invariance, save/load, `from_backbone`, LoRA on the language model
 only, and training steps through `RPATrainer`. The Qwen-VL family is covered by test_modeling.py."""
 
@@ -15,6 +15,7 @@ from transformers import (
     AutoModel,
     AutoProcessor,
     CLIPImageProcessorPil,
+    Gemma3ImageProcessorPil,
     GotOcr2ImageProcessorPil,
     Idefics3ImageProcessorPil,
     LlavaNextImageProcessorPil,
@@ -30,7 +31,7 @@ from official_processors import official_processor
 from trainer import RPATrainer
 from trainer.testing import smoke_config, synthetic_preference_dataset
 
-FAMILIES = ["llava", "llava_next", "internvl", "idefics3", "smolvlm"]
+FAMILIES = ["llava", "llava_next", "internvl", "idefics3", "smolvlm", "gemma3"]
 TEXTS = ["a red circle", "two blue squares left of a yellow star", "a big green triangle above a small circle"]
 
 
@@ -41,15 +42,18 @@ def images_of_three_shapes() -> list[Image.Image]:
     return [Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)) for height, width in [(32, 32), (24, 40), (40, 24)]]
 
 
-@pytest.mark.parametrize("family", ["llava", "llava_next", "internvl", "idefics3"])
+@pytest.mark.parametrize("family", ["llava", "llava_next", "internvl", "idefics3", "gemma3"])
 def test_image_prompts_and_pixels_are_the_official_processors(family, monkeypatch):
     _, processor = build_tiny("mllm", mllm_type=family)
     official = official_processor(family, monkeypatch)
-    prompt = processor.image_prompt.format(image=processor.image_token)
+    # the placeholder the official processor expands: the image token, but Gemma 3's `<start_of_image>`
+    prompt = processor.image_prompt.format(image=official.image_token)
     for image in images_of_three_shapes():
         ours = processor(images=[image])
         expected = official(text=[prompt], images=[[image]] if family == "idefics3" else [image], return_tensors="pt")
         assert ours["image_input_ids"][0].tolist() == expected["input_ids"][0].tolist()
+        if family == "gemma3":  # the image tokens' mask, by which Gemma 3 opens each image's block in its causal mask
+            assert ours["image_mm_token_type_ids"].tolist() == expected["token_type_ids"].tolist()
         if family == "llava_next":  # one image's tiles, (tiles, C, H, W), where LlavaNextProcessor adds a batch dimension
             torch.testing.assert_close(ours["pixel_values"], expected["pixel_values"][0])
             assert torch.equal(ours["image_sizes"], expected["image_sizes"])
@@ -256,10 +260,11 @@ def test_lora_trains_maples_head_in_full_and_no_backbone_module_named_like_it(fa
     torch.testing.assert_close(reloaded.eval().encode(processor, images=images_of_three_shapes()), old_expected, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("family", ["smolvlm", "llava_next"])
-def test_a_tiled_family_checkpoint_loads_without_the_package(family, tmp_path):
-    """SmolVLM (tiles, one sample holding a batch's images, a pixel mask) and LLaVA-NeXT (tiles and image tokens that
-    follow each image's size) through `trust_remote_code` in an interpreter that cannot import this repository: the
+@pytest.mark.parametrize("family", ["smolvlm", "llava_next", "gemma3"])
+def test_a_family_checkpoint_loads_without_the_package(family, tmp_path):
+    """SmolVLM (tiles, one sample holding a batch's images, a pixel mask), LLaVA-NeXT (tiles and image tokens that
+    follow each image's size) and Gemma 3 (image tokens wrapped in `<start_of_image>`, a BOS-adding tokenizer with
+    named image tokens) through `trust_remote_code` in an interpreter that cannot import this repository: the
     checkpoint's own copy of the processing code builds the same inputs."""
     model, processor = build_tiny("mllm", mllm_type=family)
     model.save_pretrained(tmp_path)
@@ -284,7 +289,7 @@ def test_a_tiled_family_checkpoint_loads_without_the_package(family, tmp_path):
     assert float(error) <= 1e-6
 
 
-@pytest.mark.parametrize("family", ["llava", "llava_next", "idefics3"])
+@pytest.mark.parametrize("family", ["llava", "llava_next", "idefics3", "gemma3"])
 def test_rpa_trainer_trains_the_family_with_lora(family, tmp_path):
     model, processor = build_tiny("mllm", seed=0, mllm_type=family)
     trainer = RPATrainer(
@@ -300,6 +305,57 @@ def test_rpa_trainer_trains_the_family_with_lora(family, tmp_path):
     assert logs and all(math.isfinite(entry["loss"]) and math.isfinite(entry["loss/rpa"]) for entry in logs)
     after = dict(trainer.model.named_parameters())
     assert any(not torch.equal(after[name], tensor) for name, tensor in before.items())
+
+
+def test_a_causal_gemma3_embedder_attends_within_each_image_as_gemma3model_does(monkeypatch):
+    """Gemma 3's causal mask lets an image's soft tokens see one another, found by `token_type_ids`; without them it is
+    plainly causal. With `bidirectional=False` MAPLE passes them, so an image embeds as the mean of the states
+    `Gemma3Model` gives `Gemma3Processor`'s inputs, alone and in one forward with texts."""
+    bidirectional, processor = build_tiny("mllm", mllm_type="gemma3")
+    model = MapleModel(MapleConfig(backbone="mllm", mllm_config=tiny_mllm_config("gemma3"), bidirectional=False)).eval()
+    model.load_state_dict(bidirectional.state_dict())
+    official = official_processor("gemma3", monkeypatch)
+    images = images_of_three_shapes()
+    prompt = processor.image_prompt.format(image=official.image_token)
+    expected = official(text=[prompt] * 3, images=[[image] for image in images], return_tensors="pt")
+    with torch.no_grad():
+        states = model.mllm(**expected).last_hidden_state
+        plainly_causal = model.mllm(**{k: v for k, v in expected.items() if k != "token_type_ids"}).last_hidden_state
+    assert not torch.allclose(states, plainly_causal, atol=1e-4)  # the mask matters
+    means = torch.nn.functional.normalize(states.mean(dim=1), dim=-1)
+    torch.testing.assert_close(model.encode(processor, images=images), means, atol=1e-5, rtol=0)
+    with torch.no_grad():  # one forward with the texts, as in training
+        torch.testing.assert_close(model(**processor(text=TEXTS, images=images)).image_embeds, means, atol=1e-5, rtol=0)
+
+
+def test_gemma3_pan_and_scan_and_uncountable_image_tokens_are_refused(tmp_path):
+    """Pan-and-scan crops (their number follows each image's aspect ratio, and `Gemma3Processor` wraps them in an
+    English sentence) are refused by name where the embedder's processor and the judge's prompt encoder are built; so
+    are image token counts `Gemma3MultiModalProjector` cannot pool to."""
+    from dataset_builders.vlm_inputs import PromptEncoder
+
+    config, tokenizer = tiny_mllm_config("gemma3"), tiny_mllm_tokenizer("gemma3")
+    panning = Gemma3ImageProcessorPil(size={"height": 16, "width": 16}, do_pan_and_scan=True)
+    message = "the image processor has do_pan_and_scan=True, which MAPLE does not support: set do_pan_and_scan=False"
+    with pytest.raises(ValueError, match=f"^gemma3: {message}"):
+        PromptEncoder(config, tokenizer, panning)
+    with pytest.raises(ValueError, match=f"^A gemma3 processor: {message}"):
+        MapleProcessor(panning, tokenizer, mllm_type="gemma3", image_token="<image_soft_token>", image_seq_length=4)
+    config.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    panning.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=f"^{re.escape(str(tmp_path))}: {message}"):
+        MapleProcessor.from_backbone(str(tmp_path), backbone="mllm")
+    tiny_mllm_image_processor("gemma3").save_pretrained(tmp_path)
+    assert MapleProcessor.from_backbone(str(tmp_path), backbone="mllm").image_seq_length == 4
+    for tokens in (3, 9):  # not a square; a square whose side (3) does not divide the 4 patches per side
+        with pytest.raises(ValueError, match=f"Gemma 3 mm_tokens_per_image={tokens} is not supported"):
+            mllm_image_seq_length(tiny_mllm_config("gemma3", mm_tokens_per_image=tokens))
+    model, processor = build_tiny("mllm", mllm_type="gemma3")
+    model.config.bidirectional = False
+    inputs = processor(images=images_of_three_shapes())
+    with pytest.raises(ValueError, match="gemma3 embedder needs `image_input_ids` and `image_mm_token_type_ids`"):
+        model(pixel_values=inputs["pixel_values"], image_input_ids=inputs["image_input_ids"])
 
 
 def test_bad_family_settings_are_named_errors(tmp_path):
@@ -371,6 +427,9 @@ REAL_GEOMETRY = {
     "smolvlm": (  # HuggingFaceTB/SmolVLM-256M-Instruct
         {"vision_config": {"image_size": 512, "patch_size": 16}, "scale_factor": 4},
         lambda: SmolVLMImageProcessorPil(size={"longest_edge": 1024}, max_image_size={"longest_edge": 512}), 64),
+    "gemma3": (  # google/gemma-3-4b-it: 896-pixel images, 64x64 patches pooled into 256 tokens
+        {"vision_config": {"image_size": 896, "patch_size": 14}, "mm_tokens_per_image": 256},
+        lambda: Gemma3ImageProcessorPil(size={"height": 896, "width": 896}), 256),
     "idefics3": (  # HuggingFaceM4/Idefics3-8B-Llama3
         {"vision_config": {"image_size": 364, "patch_size": 14}, "scale_factor": 2},
         lambda: Idefics3ImageProcessorPil(size={"longest_edge": 728}, max_image_size={"longest_edge": 364}), 169),

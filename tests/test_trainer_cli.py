@@ -402,7 +402,7 @@ def test_model_init_kwargs_reach_the_model_as_in_trl(tmp_path):
 
 @pytest.mark.parametrize(
     "model_type, backbone",
-    [("qwen2_vl", "mllm"), ("qwen2_5_vl", "mllm"), ("qwen3_vl", "mllm"), ("llava_next", "mllm"), ("clip", "dual_encoder"),
+    [("qwen2_vl", "mllm"), ("qwen2_5_vl", "mllm"), ("qwen3_vl", "mllm"), ("llava_next", "mllm"), ("gemma3", "mllm"), ("clip", "dual_encoder"),
      ("siglip", "dual_encoder"), ("siglip2", "dual_encoder"), ("bert", None), ("maple", None), (None, None)],
 )
 def test_backbone_of_maps_checkpoint_families(model_type, backbone):

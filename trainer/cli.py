@@ -64,7 +64,7 @@ class ModelArguments:
         metadata={
             "help": "How to build the embedder from a backbone that is not yet a MAPLE checkpoint: 'mllm' or "
             "'dual_encoder'. Inferred for the supported MLLMs (Qwen2/2.5/3-VL, LLaVA-1.5, LLaVA-NeXT, InternVL, Idefics3, "
-            "SmolVLM) and CLIP/SigLIP models; ignored for MAPLE checkpoints.",
+            "SmolVLM, Gemma 3) and CLIP/SigLIP models; ignored for MAPLE checkpoints.",
             "choices": list(BACKBONES),
         },
     )
