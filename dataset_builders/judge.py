@@ -429,7 +429,11 @@ class MLLMJudge:
         prefix_ids = [self.prefix_ids(images, index) for index in range(len(encoded))]
         prefix = to_model(self.prompt_encoder.model_inputs(prefix_ids, images, padding_side="right"), self.model)
         prefix_positions, position_offsets = self.prompt_encoder.prefix_positions(self.model, prefix)
-        prefix_outputs = self.model.model(**prefix, position_ids=prefix_positions, use_cache=True)
+        # A cache of full layers: the one the model builds itself keeps only the last `sliding_window - 1` tokens in a
+        # sliding-window layer (Gemma 3's), which the suffix forward, given the whole prefix's mask, cannot continue
+        prefix_outputs = self.model.model(
+            **prefix, position_ids=prefix_positions, use_cache=True, **{self._cache_keyword: DynamicCache()}
+        )
         prefix_cache = getattr(prefix_outputs, self._cache_keyword)
         prefix_length = prefix["input_ids"].shape[1]
 

@@ -531,6 +531,26 @@ def test_gemma3_judge_scores_each_pair_as_its_own_processor_and_model_do(monkeyp
         assert ids[:2] == [tokenizer.bos_token_id, tokenizer.convert_tokens_to_ids("<start_of_turn>")]  # one BOS
 
 
+@pytest.mark.parametrize("sliding_window", [8, 32])
+def test_gemma3_judge_scores_prompts_longer_than_its_sliding_window_as_its_own_model_does(sliding_window, monkeypatch):
+    """Gemma 3's sliding-window layers keep, in the cache its forward builds, only the last `sliding_window - 1`
+    tokens. The shared-prefix path failed with a shape error when the prefix was longer than the window (8: the
+    23-token prefix), as a long custom prompt makes it under gemma-3's 1024; with the prefix within it and whole
+    prompts beyond it (32), both paths must still give each pair the P(Yes) of the model on that pair alone."""
+    from transformers import AutoModelForImageTextToText
+
+    from modeling_maple.testing import randomise_zero_initialised_weights, tiny_mllm_config, tiny_mllm_image_processor, tiny_mllm_tokenizer
+
+    config = tiny_mllm_config("gemma3")
+    config.text_config.sliding_window = sliding_window
+    torch.manual_seed(4)
+    model = AutoModelForImageTextToText.from_config(config).eval()
+    randomise_zero_initialised_weights(model)
+    judge = _sharpened(MLLMJudge(model, tiny_mllm_tokenizer("gemma3"), tiny_mllm_image_processor("gemma3"), batch_size=2))
+    assert len(judge.prefix_ids(judge.prompt_encoder.encode_images(MIXED_IMAGES[:1]), 0)) == 23
+    _assert_scores_are_the_official_pairs_alone(judge, official_processor("gemma3", monkeypatch), add_special_tokens=False)
+
+
 def test_internvl_tokenizer_without_image_brackets_is_refused():
     from dataset_builders.testing import tiny_image_text_model
     from dataset_builders.vlm_inputs import prompt_encoder_for
