@@ -92,6 +92,49 @@ def test_llava_next_tiles_and_image_tokens_follow_each_images_size(monkeypatch):
         torch.testing.assert_close(model.encode(processor, images=[image])[0], batched[index], atol=1e-5, rtol=0)
 
 
+REAL_LLAVA_NEXT_GEOMETRIES = {
+    # (tile side, patch side, image_grid_pinpoints, the tower's extra tokens, vision_feature_select_strategy)
+    "llava-v1.6 (CLIP 336/14)": (336, 14, [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]], 1, "default"),
+    "SigLIP 384/14": (384, 14, [[384, 768], [768, 384], [768, 768], [1152, 384], [384, 1152]], 0, "full"),
+    "CLIP 336/14, grids of 1x1 to 6x6 tiles": (336, 14, [[336 * rows, 336 * cols] for rows in range(1, 7) for cols in range(1, 7)], 1, "default"),
+}
+
+
+@pytest.mark.parametrize("geometry", REAL_LLAVA_NEXT_GEOMETRIES)
+def test_llava_next_image_layout_counts_as_the_official_processor_and_model_at_real_geometries(geometry):
+    """`llava_next_image_layout` against `LlavaNextProcessor._get_number_of_features` (the prompt) and
+    `image_size_to_num_patches` and `unpad_image` (what `LlavaNextModel` gives), without a model, at real tile sizes:
+    every size to 60 px a side, sizes about the pinpoints' edges, extreme aspect ratios, sizes whose letterbox a
+    float's rounding decides (88 x 55: 24 * 55 / 88 is 14.999...) and random sizes to 3000 px."""
+    from transformers import LlavaNextProcessor
+    from transformers.image_processing_utils import select_best_resolution
+    from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches, unpad_image
+
+    from modeling_maple.processing_maple import llava_next_image_layout
+
+    tile, patch, pinpoints, extra_tokens, strategy = REAL_LLAVA_NEXT_GEOMETRIES[geometry]
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": tile}, crop_size={"height": tile, "width": tile}, image_grid_pinpoints=pinpoints
+    )
+    official = LlavaNextProcessor(image_processor=image_processor, tokenizer=tiny_tokenizer(), patch_size=patch,
+                                  vision_feature_select_strategy=strategy, image_token="<|image_pad|>",
+                                  num_additional_image_tokens=extra_tokens)
+    side = tile // patch
+    edges = [1, 2, 3, 7, 100, 223, 335, 336, 337, 671, 672, 673, 1007, 1008, 1009, 2016, 4000, 10000]
+    rng = np.random.default_rng(0)
+    sizes = {(height, width) for height in range(1, 61) for width in range(1, 61)}
+    sizes |= {(height, width) for height in edges for width in edges}
+    sizes |= {(88, 55), (88, 99), (176, 110), (47, 1128), (205, 656), (220, 1056)}
+    sizes |= {tuple(size) for size in rng.integers(1, 3001, (1000, 2)).tolist()}
+    for height, width in sorted(sizes):
+        tiles, tokens = llava_next_image_layout((height, width), pinpoints, (tile, tile), side * side)
+        expected = official._get_number_of_features(height, width, tile, tile) - (strategy == "default")
+        best_height, best_width = select_best_resolution((height, width), pinpoints)
+        grid = unpad_image(torch.empty(1, best_height // tile * side, best_width // tile * side), (height, width))
+        assert (tiles, tokens) == (image_size_to_num_patches((height, width), pinpoints, tile), expected), (height, width)
+        assert tokens == side * side + grid.shape[1] * (grid.shape[2] + 1), (height, width)
+
+
 def test_llava_next_configs_whose_image_tokens_cannot_be_counted_are_refused(tmp_path):
     """LLaVA-NeXT lays each tile's features out as a square grid of patches: a tower whose token count follows the
     image (Pixtral's), a kept CLS or a dropped patch, or pinpoints that are not whole tiles make `LlavaNextModel` fail
