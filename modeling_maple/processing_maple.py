@@ -205,9 +205,16 @@ def mllm_image_processor_problem(mllm_config, image_processor) -> str | None:
     """Why `image_processor` cannot feed the MLLM with config `mllm_config`, or None. LLaVA-NeXT's model counts each
     image's tiles from its config (`image_grid_pinpoints`, the tower's `image_size`), so the image processor must cut
     them alike: a mismatch (e.g. pinpoints overridden on one side only, to spend fewer tiles) would otherwise fail deep
-    in the forward with a bare shape error. Gemma 3: `gemma3_image_processor_problem`."""
+    in the forward with a bare shape error. Gemma 3: `gemma3_image_processor_problem`, and images resized to the vision
+    tower's `image_size` (its SigLIP tower fails on any other with a bare shape error)."""
     if mllm_config.model_type == "gemma3":
-        return gemma3_image_processor_problem(image_processor)
+        if (problem := gemma3_image_processor_problem(image_processor)) is not None:
+            return problem
+        size, tower = image_processor.size, mllm_config.vision_config.image_size
+        if (size.height, size.width) != (tower, tower):
+            return (f"the image processor resizes images to {size.height}x{size.width}, but the model's vision tower "
+                    f"takes {tower}x{tower} (vision_config.image_size): set both alike")
+        return None
     if mllm_config.model_type != "llava_next":
         return None
     # `LlavaNextImageProcessor`'s tile side: its crop height, else its size's height or shortest edge

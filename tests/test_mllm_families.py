@@ -401,6 +401,25 @@ def test_gemma3_pan_and_scan_and_uncountable_image_tokens_are_refused(tmp_path):
         model(pixel_values=inputs["pixel_values"], image_input_ids=inputs["image_input_ids"])
 
 
+def test_gemma3_image_processors_that_resize_unlike_the_vision_tower_are_refused(tmp_path):
+    """Gemma 3's SigLIP tower takes images of its own `image_size` (896 px for gemma-3) and pools its patch grid into
+    `mm_tokens_per_image` tokens: an image processor resizing to another size (e.g. `image_processor_kwargs` asking the
+    judge for smaller images) failed at the first forward with a bare shape error, after the weights had loaded. The
+    embedder's processor and the judge's prompt encoder name it up front."""
+    from dataset_builders.vlm_inputs import PromptEncoder
+
+    config, tokenizer = tiny_mllm_config("gemma3"), tiny_mllm_tokenizer("gemma3")
+    larger = Gemma3ImageProcessorPil(size={"height": 32, "width": 32})
+    message = "the image processor resizes images to 32x32, but the model's vision tower takes 16x16 .*: set both alike"
+    with pytest.raises(ValueError, match=f"^gemma3: {message}"):
+        PromptEncoder(config, tokenizer, larger)
+    config.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    larger.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=f"^{re.escape(str(tmp_path))}: {message}"):
+        MapleProcessor.from_backbone(str(tmp_path), backbone="mllm")
+
+
 def test_bad_family_settings_are_named_errors(tmp_path):
     image_processor, tokenizer = tiny_mllm_image_processor("llava"), tiny_tokenizer()
     padless = tiny_tokenizer()
