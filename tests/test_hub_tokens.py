@@ -92,7 +92,8 @@ def test_maple_eval_reads_and_pushes_a_private_repo_with_the_token_given(hub_ser
     output = run_client(hub_server, tmp_path, EVAL_PRIVATE_REPO, HF_TOKEN="", MAPLE_TEST_TOKEN=CLIENT_TOKEN,
                         MAPLE_TEST_BIVLC=str(benchmark_sources["bivlc"]))
     assert (f"without a token: maple eval: error: model repo 'maple-org/private-embedder' on {hub_server.url} was not "
-            "found or is not accessible with the current token (HTTP 401)") in output
+            "found, or is private and needs a token (HTTP 401 to a request without one): pass one (--token, token=), set "
+            "HF_TOKEN or log in with `hf auth login`") in output
     assert hub_server.state.repo("model", "maple-org/private-embedder").private
     assert "maple_eval_results.json" in hub_server.files("maple-org/private-embedder")
     assert files_holding(tmp_path, CLIENT_TOKEN) == []
