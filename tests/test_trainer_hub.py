@@ -128,6 +128,7 @@ token = os.environ["MAPLE_TEST_TOKEN"]
 model, processor = build_tiny("dual_encoder", seed=0)
 model.push_to_hub("{model_repo}", private=True, token=token)
 processor.push_to_hub("{model_repo}", token=token)
+HfApi(token=token).upload_file(path_or_fileobj=b"---\\nlicense: mit\\n---\\n", path_in_repo="README.md", repo_id="{model_repo}")
 synthetic_preference_dataset(4).push_to_hub("{data_repo}", private=True, token=token)
 HfApi(token=token).upload_file(path_or_fileobj=b'{{"judge": "Qwen/Qwen2-VL-7B-Instruct"}}',
                                path_in_repo="stats/default/stats.json", repo_id="{data_repo}", repo_type="dataset")
@@ -140,7 +141,7 @@ assert main(["--model_name_or_path", "{model_repo}", "--dataset_name", "{data_re
 
 def test_maple_train_pushes_the_model_with_a_card_naming_the_hub_data_and_its_judge(hub_server, tmp_path):
     """The model and the data are private, read with `--hub_token` (no HF_TOKEN, no saved login), as the stats that
-    name the judge and the push are."""
+    name the judge, the base model's licence and the push are."""
     repo, data_repo, model_repo = "maple-org/rpa-tiny-cli", "maple-org/cli-preferences", "maple-org/cli-base"
     run_client(hub_server, tmp_path, TRAIN_ON_HUB_DATA_AND_PUSH.format(repo=repo, data_repo=data_repo,
                                                                        model_repo=model_repo),
@@ -149,5 +150,6 @@ def test_maple_train_pushes_the_model_with_a_card_naming_the_hub_data_and_its_ju
     assert {"config.json", "model.safetensors", "modeling_maple.py", "processor_config.json"} <= set(files)
     card = files["README.md"].decode()
     assert f"datasets:\n- {data_repo}\n" in card and "| Preference judge | `Qwen/Qwen2-VL-7B-Instruct` |" in card
+    assert "\nlicense: mit\n" in card
     # transformers pickles the arguments, --hub_token included, into training_args.bin (its own business)
     assert [path.name for path in files_holding(tmp_path, CLIENT_TOKEN)] == ["training_args.bin"]
