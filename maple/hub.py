@@ -111,18 +111,19 @@ def hub_failure(
         status = answered.response.status_code if answered.response is not None else "?"
         if isinstance(answered, RemoteEntryNotFoundError):
             return None
-        sent_a_token = _sent_a_token(answered)
+        no_token = status == 401 and not _sent_a_token(answered)
         if isinstance(answered, GatedRepoError):
             return f"{where} is gated: accept its terms on the Hub with the account of the token used ({TOKEN_SOURCES})"
+        # (over https huggingface_hub raises a 401 to a write without a token as RepositoryNotFoundError too)
+        if no_token and (writing or not isinstance(answered, RepositoryNotFoundError)):
+            return f"{where} needs a token (HTTP 401 to a request without one): {NO_TOKEN_ADVICE}"
         if isinstance(answered, RepositoryNotFoundError):
-            if status == 401 and not sent_a_token:  # the Hub's answer for a private repo as for a missing one
+            if no_token:  # the Hub's answer to a read of a private repo, as of a missing one
                 return (f"{where} was not found, or is private and needs a token (HTTP 401 to a request without one): "
                         f"{NO_TOKEN_ADVICE}")
             return f"{where} was not found or is not accessible with the current token (HTTP {status})"
         if isinstance(answered, RevisionNotFoundError):
             return f"{where} has no revision {revision!r}"
-        if status == 401 and not sent_a_token:
-            return f"{where} needs a token (HTTP 401 to a request without one): {NO_TOKEN_ADVICE}"
         if status in (401, 403):
             return f"{where} refused the token (HTTP {status}): check the one used ({TOKEN_SOURCES})"
         return f"{where} could not be read: HTTP {status} from the server"

@@ -184,6 +184,17 @@ def test_hub_failure_names_the_repo_and_the_answer_found_in_the_context_of_a_wra
     assert message == f"model repo 'maple-org/model' on {constants.ENDPOINT} {expected}"
 
 
+def test_hub_failure_names_a_write_without_a_token_as_one_that_needs_a_token():
+    """Over https (not the local Hub's http) huggingface_hub raises the Hub's 401 to a write on /api/models/... without
+    a token as RepositoryNotFoundError: a push to an existing public repo is not 'not found' but needs a token."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    message = _hub_failure_of_wrapped(_answered(RepositoryNotFoundError, 401), writing=True)
+    assert message == (f"model repo 'maple-org/model' on {constants.ENDPOINT} needs a token (HTTP 401 to a request "
+                       "without one): pass one (--token, token=), set HF_TOKEN or log in with `hf auth login`")
+
+
 def test_hub_failure_leaves_a_missing_file_of_a_readable_repo_to_the_caller():
     from huggingface_hub.errors import RemoteEntryNotFoundError
 
