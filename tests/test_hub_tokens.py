@@ -125,7 +125,12 @@ except RepositoryNotFoundError:
     pass
 else:
     raise AssertionError("the private repo was read without a token")
-assert len(datasets.load_dataset(repo, split="train", token=token)) == 6
+from dataset_builders import MaplePreferences
+try:
+    MaplePreferences.from_pretrained(repo)
+except Exception as error:
+    print("loaded without a token:", type(error).__name__, " ".join(str(error).split()))
+assert len(MaplePreferences.from_pretrained(repo, token=token)) == 6
 """
 
 
@@ -135,6 +140,9 @@ def test_build_preferences_pushes_a_private_repo_with_the_token_given(hub_server
             f"'maple-org/private-preferences' on {hub_server.url} needs a token (HTTP 401 to a request without one): "
             "pass one (--token, token=), set HF_TOKEN or log in with `hf auth login`. The built dataset is kept in") in output
     assert hub_server.state.repo("dataset", "maple-org/private-preferences").private
+    # MaplePreferences.from_pretrained reads it with the token given, and says what to do without one
+    assert (f"loaded without a token: HubReadError dataset repo 'maple-org/private-preferences' on {hub_server.url} was "
+            "not found, or is private and needs a token (HTTP 401 to a request without one)") in output
     assert files_holding(tmp_path, CLIENT_TOKEN) == []
 
 
