@@ -3,6 +3,8 @@
 private repos with the token given, with no HF_TOKEN and no saved login, writing it into no file (the demo's push:
 test_demo_cli.py)."""
 
+import pytest
+
 from hub_server import CLIENT_TOKEN, USER, files_holding, run_client
 
 
@@ -187,3 +189,17 @@ def test_build_preferences_reads_a_private_source_judge_and_miner_with_the_token
     assert "without a token: maple build-preferences: error: --judge maple-org/private-judge: model repo" in output
     assert "rows: 6 judged: True" in output
     assert files_holding(tmp_path, CLIENT_TOKEN) == []
+
+
+@pytest.mark.parametrize("command", ["eval", "demo", "build-preferences"])
+def test_an_empty_token_is_a_usage_error(command, capsys):
+    """`--token "$UNSET"`: an empty bearer token, which httpx would refuse to send (read as an unreachable Hub)."""
+    from dataset_builders.cli import main as build_main
+    from evaluation.cli import main as eval_main
+    from maple.demo.cli import main as demo_main
+
+    main, argv = {"eval": (eval_main, ["model"]), "demo": (demo_main, []), "build-preferences": (build_main, ["src"])}[command]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--token", ""])
+    assert exit_info.value.code == 2
+    assert "argument --token: empty; leave the option out" in capsys.readouterr().err
