@@ -42,6 +42,10 @@ def test_a_private_repo_answers_as_a_missing_one_to_anyone_but_its_owner(hub_ser
             assert request(method, path.format("secret"), owner, data={"paths": "x"}).status_code in (200, 404), path
             assert request(method, path.format("open"), data={"paths": "x"}).status_code in (200, 404), path
         assert request("GET", f"/api/{kind}s/{USER}/{kind}-secret", owner).json()["private"] is True
+        # a missing repo answers alike: 401 without a token (as the Hub does), 404 with one
+        for token, status in ((None, 401), (owner, 404)):
+            response = request("GET", f"/api/{kind}s/{USER}/{kind}-missing", token)
+            assert (response.status_code, response.headers["X-Error-Code"]) == (status, "RepoNotFound")
     anonymous_create = request("POST", "/api/repos/create", json={"name": "anonymous", "type": "model"})
     assert anonymous_create.status_code == 401
     try:
