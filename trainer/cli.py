@@ -143,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         "resume_from_checkpoint": "A checkpoint folder to resume from; 'true': the last complete checkpoint-* in "
         "output_dir; 'false': train from scratch, the earlier run's checkpoints moved to output_dir/_earlier-run-N (an "
         "output_dir holding checkpoints needs one of the three). A checkpoint resumes "
-        "only under the recipe it was trained with (rpa_recipe.json: loss, lambda, batch size, learning rate, ...)."
+        "only under the recipe it was trained with (rpa_recipe.json: loss, lambda, batch size, learning rate, ...).",
+        "hub_token": "The Hub token of every Hub request: the push, and the reads of a Hub --model_name_or_path and "
+        "--dataset_name; unset: HF_TOKEN, else the token `hf auth login` saved.",
     }
     for action in parser._actions:
         action.help = own_help.get(action.dest, action.help)
