@@ -48,8 +48,17 @@ def exit_with_error(parser: argparse.ArgumentParser, message: str) -> NoReturn:
 def add_token_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup, used_for: str) -> None:
     """`--token TOKEN`, the Hub token `used_for` what the help says, as `hf upload --token` takes it; unset, HF_TOKEN
     or the token `hf auth login` saved is used, as huggingface_hub does."""
-    parser.add_argument("--token", default=None, metavar="TOKEN",
+    parser.add_argument("--token", default=None, metavar="TOKEN", type=_token,
                         help=f"Hub token for {used_for}; unset: HF_TOKEN, else the token `hf auth login` saved")
+
+
+def _token(text: str) -> str:
+    """A `--token` value: an empty one (`--token "$UNSET_VARIABLE"`) is a usage error; huggingface_hub would build the
+    header `Bearer ` from it, which httpx refuses to send (LocalProtocolError, a TransportError: read as an unreachable
+    Hub)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty; leave the option out to use HF_TOKEN or the `hf auth login` token")
+    return text
 
 
 def positive(number_type: type[int] | type[float]):

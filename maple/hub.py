@@ -71,6 +71,11 @@ def _chain(error: BaseException) -> Iterator[BaseException]:
         current = current.__cause__ or current.__context__
 
 
+# Where the token of a Hub request comes from, first found first: what errors about a token advise
+TOKEN_SOURCES = "--token or token=, else HF_TOKEN, else the one `hf auth login` saved"
+NO_TOKEN_ADVICE = "pass one (--token, token=), set HF_TOKEN or log in with `hf auth login`"
+
+
 def _sent_a_token(answered: BaseException) -> bool:
     """Whether the request a Hub error (`HfHubHTTPError`) answered carried a token (True when that is unknown)."""
     try:
@@ -106,17 +111,21 @@ def hub_failure(
         status = answered.response.status_code if answered.response is not None else "?"
         if isinstance(answered, RemoteEntryNotFoundError):
             return None
+        no_token = status == 401 and not _sent_a_token(answered)
         if isinstance(answered, GatedRepoError):
-            return f"{where} is gated: accept its terms and log in (HF_TOKEN)"
+            return f"{where} is gated: accept its terms on the Hub with the account of the token used ({TOKEN_SOURCES})"
+        # (over https huggingface_hub raises a 401 to a write without a token as RepositoryNotFoundError too)
+        if no_token and (writing or not isinstance(answered, RepositoryNotFoundError)):
+            return f"{where} needs a token (HTTP 401 to a request without one): {NO_TOKEN_ADVICE}"
         if isinstance(answered, RepositoryNotFoundError):
+            if no_token:  # the Hub's answer to a read of a private repo, as of a missing one
+                return (f"{where} was not found, or is private and needs a token (HTTP 401 to a request without one): "
+                        f"{NO_TOKEN_ADVICE}")
             return f"{where} was not found or is not accessible with the current token (HTTP {status})"
         if isinstance(answered, RevisionNotFoundError):
             return f"{where} has no revision {revision!r}"
-        if status == 401 and not _sent_a_token(answered):
-            return (f"{where} needs a token (HTTP 401 to a request without one): pass one (--token, token=), set HF_TOKEN "
-                    "or log in with `hf auth login`")
         if status in (401, 403):
-            return f"{where} refused the token (HTTP {status}): check HF_TOKEN"
+            return f"{where} refused the token (HTTP {status}): check the one used ({TOKEN_SOURCES})"
         return f"{where} could not be read: HTTP {status} from the server"
     if any(isinstance(link, (OfflineModeIsEnabled, httpx.TransportError, LocalEntryNotFoundError)) for link in chain):
         if writing:

@@ -111,9 +111,10 @@ def _license_metadata(license: str | None) -> dict[str, str | None]:
     return {"license": slug, "license_name": None} if slug in HUB_LICENSES else {"license": "other", "license_name": slug}
 
 
-def base_model_license(base_model: str | None) -> str | None:
+def base_model_license(base_model: str | None, token: str | None = None) -> str | None:
     """The licence a fine-tune of `base_model` inherits: the `license` of a local folder's card (README.md), or of
-    the Hub repo's tags unless offline, as `transformers`' `TrainingSummary` reads it; None when unknown."""
+    the Hub repo's tags unless offline (read with `token`; None: HF_TOKEN or the saved login), as `transformers`'
+    `TrainingSummary` reads it; None when unknown."""
     from huggingface_hub import constants, model_info
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import httpx
@@ -130,7 +131,7 @@ def base_model_license(base_model: str | None) -> str | None:
     if hub_reference(base_model) is None or constants.HF_HUB_OFFLINE:
         return None
     try:
-        tags = model_info(base_model).tags or []
+        tags = model_info(base_model, token=token).tags or []
     except (OSError, HFValidationError, httpx.HTTPError):  # not on the Hub, or the Hub out of reach: no licence
         return None
     return next((tag.removeprefix("license:") for tag in tags if tag.startswith("license:")), None)

@@ -22,8 +22,8 @@ the Hub's `X-Error-Code` / `X-Error-Message` headers, so clients raise their usu
 Tokens are users' (`HubState.users`: `CLIENT_TOKEN` is `USER`'s; `add_user` adds one). As on the Hub, an unknown
 token is refused (401), a write (create, preupload, commit, LFS batch) needs a token (401 without one), and a
 private repo is seen only with its owner's token (the user who created it): to anyone else every request about it
-answers as for a missing repo, `RepoNotFound` (401 without a token, 404 with another user's), which huggingface_hub
-raises as `RepositoryNotFoundError`. Who may write to a public repo is not checked.
+answers as for a missing repo, `RepoNotFound` (401 without a token, 404 with another user's; a missing repo answers
+so too), which huggingface_hub raises as `RepositoryNotFoundError`. Who may write to a public repo is not checked.
 
 For error-path tests, `require_token` makes every request without that bearer token fail with
 401 (but those the Hub takes without one: `_TOKENLESS_HANDLERS`), and `fail_next(repo_id, status,
@@ -243,7 +243,12 @@ class HubRequestHandler(BaseHTTPRequestHandler):
 
     def _repo(self, state: HubState) -> Repo:
         """The repo the request names, if its user may see it: a private repo is, to anyone but its owner, missing."""
-        repo = state.repo(self.params.get("type") or "model", f"{self.params['namespace']}/{self.params['name']}")
+        try:
+            repo = state.repo(self.params.get("type") or "model", f"{self.params['namespace']}/{self.params['name']}")
+        except HubError:
+            if self.user is None:  # the Hub answers a request without a token alike for a missing and a private repo
+                raise HubError(401, "Repository not found", "RepoNotFound") from None
+            raise
         if repo.private and self.user != repo.owner:
             # as the Hub answers: 401 without a token, 404 with a token that does not see it
             raise HubError(401 if self.user is None else 404, "Repository not found", "RepoNotFound")

@@ -31,7 +31,8 @@ def test_refused_token_is_named(hub_server, tmp_path):
         message = run_client(hub_server, tmp_path, LOAD, MAPLE_TEST_REPO="maple-org/private").strip()
     finally:
         hub_server.require_token(None)
-    assert message == f"model repo 'maple-org/private' on {hub_server.url} refused the token (HTTP 401): check HF_TOKEN"
+    assert message == (f"model repo 'maple-org/private' on {hub_server.url} refused the token (HTTP 401): check the one "
+                       "used (--token or token=, else HF_TOKEN, else the one `hf auth login` saved)")
 
 
 def test_server_error_is_named(hub_server, tmp_path):
@@ -164,10 +165,15 @@ def _hub_failure_of_wrapped(hub_error, **kwargs):
 
 
 @pytest.mark.parametrize("error_class, status, expected", [
-    ("GatedRepoError", 403, "is gated: accept its terms and log in (HF_TOKEN)"),
+    ("GatedRepoError", 403, "is gated: accept its terms on the Hub with the account of the token used (--token or "
+                            "token=, else HF_TOKEN, else the one `hf auth login` saved)"),
     ("RevisionNotFoundError", 404, "has no revision 'v2'"),
-    ("HfHubHTTPError", 403, "refused the token (HTTP 403): check HF_TOKEN"),
+    ("HfHubHTTPError", 403, "refused the token (HTTP 403): check the one used (--token or token=, else HF_TOKEN, else "
+                            "the one `hf auth login` saved)"),
     ("HfHubHTTPError", 503, "could not be read: HTTP 503 from the server"),
+    # the Hub's answer to a request without a token for a private repo, as for a missing one
+    ("RepositoryNotFoundError", 401, "was not found, or is private and needs a token (HTTP 401 to a request without "
+                                     "one): pass one (--token, token=), set HF_TOKEN or log in with `hf auth login`"),
 ])
 def test_hub_failure_names_the_repo_and_the_answer_found_in_the_context_of_a_wrapping_error(error_class, status, expected):
     """Cases the local Hub server does not answer: a gated repo (a subclass of the not-found error, so checked
@@ -176,6 +182,17 @@ def test_hub_failure_names_the_repo_and_the_answer_found_in_the_context_of_a_wra
 
     message = _hub_failure_of_wrapped(_answered(getattr(errors, error_class), status), revision="v2")
     assert message == f"model repo 'maple-org/model' on {constants.ENDPOINT} {expected}"
+
+
+def test_hub_failure_names_a_write_without_a_token_as_one_that_needs_a_token():
+    """Over https (not the local Hub's http) huggingface_hub raises the Hub's 401 to a write on /api/models/... without
+    a token as RepositoryNotFoundError: a push to an existing public repo is not 'not found' but needs a token."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    message = _hub_failure_of_wrapped(_answered(RepositoryNotFoundError, 401), writing=True)
+    assert message == (f"model repo 'maple-org/model' on {constants.ENDPOINT} needs a token (HTTP 401 to a request "
+                       "without one): pass one (--token, token=), set HF_TOKEN or log in with `hf auth login`")
 
 
 def test_hub_failure_leaves_a_missing_file_of_a_readable_repo_to_the_caller():
@@ -256,7 +273,7 @@ def test_a_missing_repo_whose_first_folder_exists_here_hints_at_a_local_typo_and
     with pytest.raises(ModelLoadError, match=r"was not found .*\(HTTP 404\) \(nor is it a local folder: maple-org/ exists here, but not maple-org/model\)$"):
         hub_checkpoint_config_file("maple-org/model")
     _fake_hub(monkeypatch, info_error=_answered(GatedRepoError, 403))
-    with pytest.raises(ModelLoadError, match=r"is gated: accept its terms and log in \(HF_TOKEN\)$"):
+    with pytest.raises(ModelLoadError, match=r"is gated: accept its terms on the Hub with the account of the token used \(.*saved\)$"):
         hub_checkpoint_config_file("maple-org/model")
 
 

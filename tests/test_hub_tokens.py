@@ -3,6 +3,8 @@
 private repos with the token given, with no HF_TOKEN and no saved login, writing it into no file (the demo's push:
 test_demo_cli.py)."""
 
+import pytest
+
 from hub_server import CLIENT_TOKEN, USER, files_holding, run_client
 
 
@@ -40,6 +42,10 @@ def test_a_private_repo_answers_as_a_missing_one_to_anyone_but_its_owner(hub_ser
             assert request(method, path.format("secret"), owner, data={"paths": "x"}).status_code in (200, 404), path
             assert request(method, path.format("open"), data={"paths": "x"}).status_code in (200, 404), path
         assert request("GET", f"/api/{kind}s/{USER}/{kind}-secret", owner).json()["private"] is True
+        # a missing repo answers alike: 401 without a token (as the Hub does), 404 with one
+        for token, status in ((None, 401), (owner, 404)):
+            response = request("GET", f"/api/{kind}s/{USER}/{kind}-missing", token)
+            assert (response.status_code, response.headers["X-Error-Code"]) == (status, "RepoNotFound")
     anonymous_create = request("POST", "/api/repos/create", json={"name": "anonymous", "type": "model"})
     assert anonymous_create.status_code == 401
     try:
@@ -92,7 +98,8 @@ def test_maple_eval_reads_and_pushes_a_private_repo_with_the_token_given(hub_ser
     output = run_client(hub_server, tmp_path, EVAL_PRIVATE_REPO, HF_TOKEN="", MAPLE_TEST_TOKEN=CLIENT_TOKEN,
                         MAPLE_TEST_BIVLC=str(benchmark_sources["bivlc"]))
     assert (f"without a token: maple eval: error: model repo 'maple-org/private-embedder' on {hub_server.url} was not "
-            "found or is not accessible with the current token (HTTP 401)") in output
+            "found, or is private and needs a token (HTTP 401 to a request without one): pass one (--token, token=), set "
+            "HF_TOKEN or log in with `hf auth login`") in output
     assert hub_server.state.repo("model", "maple-org/private-embedder").private
     assert "maple_eval_results.json" in hub_server.files("maple-org/private-embedder")
     assert files_holding(tmp_path, CLIENT_TOKEN) == []
@@ -124,7 +131,12 @@ except RepositoryNotFoundError:
     pass
 else:
     raise AssertionError("the private repo was read without a token")
-assert len(datasets.load_dataset(repo, split="train", token=token)) == 6
+from dataset_builders import MaplePreferences
+try:
+    MaplePreferences.from_pretrained(repo)
+except Exception as error:
+    print("loaded without a token:", type(error).__name__, " ".join(str(error).split()))
+assert len(MaplePreferences.from_pretrained(repo, token=token)) == 6
 """
 
 
@@ -134,6 +146,9 @@ def test_build_preferences_pushes_a_private_repo_with_the_token_given(hub_server
             f"'maple-org/private-preferences' on {hub_server.url} needs a token (HTTP 401 to a request without one): "
             "pass one (--token, token=), set HF_TOKEN or log in with `hf auth login`. The built dataset is kept in") in output
     assert hub_server.state.repo("dataset", "maple-org/private-preferences").private
+    # MaplePreferences.from_pretrained reads it with the token given, and says what to do without one
+    assert (f"loaded without a token: HubReadError dataset repo 'maple-org/private-preferences' on {hub_server.url} was "
+            "not found, or is private and needs a token (HTTP 401 to a request without one)") in output
     assert files_holding(tmp_path, CLIENT_TOKEN) == []
 
 
@@ -178,3 +193,17 @@ def test_build_preferences_reads_a_private_source_judge_and_miner_with_the_token
     assert "without a token: maple build-preferences: error: --judge maple-org/private-judge: model repo" in output
     assert "rows: 6 judged: True" in output
     assert files_holding(tmp_path, CLIENT_TOKEN) == []
+
+
+@pytest.mark.parametrize("command", ["eval", "demo", "build-preferences"])
+def test_an_empty_token_is_a_usage_error(command, capsys):
+    """`--token "$UNSET"`: an empty bearer token, which httpx would refuse to send (read as an unreachable Hub)."""
+    from dataset_builders.cli import main as build_main
+    from evaluation.cli import main as eval_main
+    from maple.demo.cli import main as demo_main
+
+    main, argv = {"eval": (eval_main, ["model"]), "demo": (demo_main, []), "build-preferences": (build_main, ["src"])}[command]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--token", ""])
+    assert exit_info.value.code == 2
+    assert "argument --token: empty; leave the option out" in capsys.readouterr().err

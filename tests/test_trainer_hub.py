@@ -4,7 +4,7 @@ this project loads the model by repo id and gets the same embeddings."""
 
 import json
 
-from hub_server import USER, run_client
+from hub_server import CLIENT_TOKEN, USER, files_holding, run_client
 
 REPO_NAME = "rpa-tiny-lora"  # given without a namespace: the Hub puts the repo under the token's user
 REPO = f"{USER}/{REPO_NAME}"
@@ -117,23 +117,39 @@ def test_the_judge_of_a_preference_dataset_on_the_hub_is_read_from_its_stats(hub
 
 
 TRAIN_ON_HUB_DATA_AND_PUSH = """
-from huggingface_hub import HfApi
+import os
+from huggingface_hub import HfApi, get_token
+from modeling_maple.testing import build_tiny
 from trainer.cli import main
 from trainer.testing import synthetic_preference_dataset
 
-synthetic_preference_dataset(4).push_to_hub("{data_repo}")
-HfApi().upload_file(path_or_fileobj=b'{{"judge": "Qwen/Qwen2-VL-7B-Instruct"}}', path_in_repo="stats/default/stats.json",
-                    repo_id="{data_repo}", repo_type="dataset")
-assert main(["--tiny", "dual_encoder", "--dataset_name", "{data_repo}", "--output_dir", "run", "--max_steps", "1",
-             "--per_device_train_batch_size", "4", "--report_to", "none", "--save_strategy", "no",  # no checkpoint pushes
-             "--push_to_hub", "--hub_model_id", "{repo}"]) == 0
+assert get_token() is None  # no HF_TOKEN, no saved login: --hub_token alone
+token = os.environ["MAPLE_TEST_TOKEN"]
+model, processor = build_tiny("dual_encoder", seed=0)
+model.push_to_hub("{model_repo}", private=True, token=token)
+processor.push_to_hub("{model_repo}", token=token)
+HfApi(token=token).upload_file(path_or_fileobj=b"---\\nlicense: mit\\n---\\n", path_in_repo="README.md", repo_id="{model_repo}")
+synthetic_preference_dataset(4).push_to_hub("{data_repo}", private=True, token=token)
+HfApi(token=token).upload_file(path_or_fileobj=b'{{"judge": "Qwen/Qwen2-VL-7B-Instruct"}}',
+                               path_in_repo="stats/default/stats.json", repo_id="{data_repo}", repo_type="dataset")
+assert main(["--model_name_or_path", "{model_repo}", "--dataset_name", "{data_repo}", "--output_dir", "run",
+             "--max_steps", "1", "--per_device_train_batch_size", "4", "--report_to", "none",
+             "--save_strategy", "no",  # no checkpoint pushes
+             "--push_to_hub", "--hub_model_id", "{repo}", "--hub_private_repo", "true", "--hub_token", token]) == 0
 """
 
 
 def test_maple_train_pushes_the_model_with_a_card_naming_the_hub_data_and_its_judge(hub_server, tmp_path):
-    repo, data_repo = "maple-org/rpa-tiny-cli", "maple-org/cli-preferences"
-    run_client(hub_server, tmp_path, TRAIN_ON_HUB_DATA_AND_PUSH.format(repo=repo, data_repo=data_repo))
+    """The model and the data are private, read with `--hub_token` (no HF_TOKEN, no saved login), as the stats that
+    name the judge, the base model's licence and the push are."""
+    repo, data_repo, model_repo = "maple-org/rpa-tiny-cli", "maple-org/cli-preferences", "maple-org/cli-base"
+    run_client(hub_server, tmp_path, TRAIN_ON_HUB_DATA_AND_PUSH.format(repo=repo, data_repo=data_repo,
+                                                                       model_repo=model_repo),
+               HF_TOKEN="", MAPLE_TEST_TOKEN=CLIENT_TOKEN)
     files = hub_server.files(repo)
     assert {"config.json", "model.safetensors", "modeling_maple.py", "processor_config.json"} <= set(files)
     card = files["README.md"].decode()
     assert f"datasets:\n- {data_repo}\n" in card and "| Preference judge | `Qwen/Qwen2-VL-7B-Instruct` |" in card
+    assert "\nlicense: mit\n" in card
+    # transformers pickles the arguments, --hub_token included, into training_args.bin (its own business)
+    assert [path.name for path in files_holding(tmp_path, CLIENT_TOKEN)] == ["training_args.bin"]

@@ -143,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         "resume_from_checkpoint": "A checkpoint folder to resume from; 'true': the last complete checkpoint-* in "
         "output_dir; 'false': train from scratch, the earlier run's checkpoints moved to output_dir/_earlier-run-N (an "
         "output_dir holding checkpoints needs one of the three). A checkpoint resumes "
-        "only under the recipe it was trained with (rpa_recipe.json: loss, lambda, batch size, learning rate, ...)."
+        "only under the recipe it was trained with (rpa_recipe.json: loss, lambda, batch size, learning rate, ...).",
+        "hub_token": "The Hub token of every Hub request: the push, and the reads of a Hub --model_name_or_path and "
+        "--dataset_name; unset: HF_TOKEN, else the token `hf auth login` saved.",
     }
     for action in parser._actions:
         action.help = own_help.get(action.dest, action.help)
@@ -181,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         lora = lora_recipe(model_args.lora_r, model_args.lora_alpha) if model_args.use_peft else None
         if resume is not None:
             _check_resume_recipe(resume, training_args, lora)
-        splits = load_preference_splits(data_args)
+        splits = load_preference_splits(data_args, token=training_args.hub_token)
         model, processor = load_model_and_processor(model_args, training_args)
         if resume is not None:  # now that the model is known: another model's checkpoint does not fit it
             _check_resume_recipe(resume, training_args, lora, model_recipe(model.config))
@@ -207,8 +209,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError) as error:
         parser.error(" ".join(str(error).split()))
     # every card of the run, those pushed with checkpoints too, names the data and the judge
-    judge = preference_judge(data_args.dataset_name, data_args.dataset_config)
-    trainer.model_card_kwargs = {"dataset_name": data_args.dataset_name, "judge_id": judge, "license": model_args.license}
+    judge = preference_judge(data_args.dataset_name, data_args.dataset_config, token=training_args.hub_token)
+    license = model_args.license
+    if license is None and training_args.hub_token is not None:
+        from model_cards import base_model_license
+
+        # the base model's, read with the token (RPATrainer's card would read it without one)
+        license = base_model_license(model_args.model_name_or_path, token=training_args.hub_token)
+    trainer.model_card_kwargs = {"dataset_name": data_args.dataset_name, "judge_id": judge, "license": license}
     # only now, an error above must not move them; the main process first, the others then find none
     with training_args.main_process_first(local=False, desc="setting earlier checkpoints aside"):
         set_aside_earlier_checkpoints(training_args)
@@ -231,11 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def preference_judge(location: str, config: str | None = None) -> str | None:
+def preference_judge(location: str, config: str | None = None, token: str | None = None) -> str | None:
     """The judge that scored a preference dataset `maple build-preferences` made, for the model card: from the build's
     stats.json, beside the shards in a local work dir (`--dataset_name OUT/work/shards`), or in a Hub repo it pushed
-    `stats/<config>/stats.json` (without `config`, the repo's only one); None where there is none (or, offline, none
-    cached)."""
+    `stats/<config>/stats.json` (without `config`, the repo's only one), read with `token` (None: HF_TOKEN or the saved
+    login); None where there is none (or, offline, none cached)."""
     path = Path(location).expanduser()
     if path.exists():
         folder = path if path.is_dir() else path.parent
@@ -246,8 +254,9 @@ def preference_judge(location: str, config: str | None = None) -> str | None:
 
         try:
             pattern = rf"stats/{re.escape(config)}/stats\.json" if config else r"stats/[^/]+/stats\.json"
-            files = [file for file in HfApi().list_repo_files(location, repo_type="dataset") if re.fullmatch(pattern, file)]
-            found = [Path(hf_hub_download(location, files[0], repo_type="dataset"))] if len(files) == 1 else []
+            listed = HfApi(token=token).list_repo_files(location, repo_type="dataset")
+            files = [file for file in listed if re.fullmatch(pattern, file)]
+            found = [Path(hf_hub_download(location, files[0], repo_type="dataset", token=token))] if len(files) == 1 else []
         except (OSError, ValueError, HfHubHTTPError):  # offline, not found, gated: the card says "not recorded"
             return None
     try:
@@ -425,7 +434,8 @@ def model_loading_kwargs(training_args: RPAConfig) -> dict:
 
 def load_model_and_processor(model_args: ModelArguments, training_args: RPAConfig):
     """The MapleModel and MapleProcessor to train: tiny, or `modeling_maple.load_maple` (a MAPLE checkpoint, or one
-    built from a backbone) with `model_loading_kwargs(training_args)` and `--trust_remote_code`."""
+    built from a backbone) with `model_loading_kwargs(training_args)` and `--trust_remote_code`, a Hub repo read with
+    `--hub_token` (unless `--model_init_kwargs` names a token)."""
     from modeling_maple import BackboneLoadingError, MapleLoadError, load_maple
 
     if model_args.tiny:
@@ -436,7 +446,8 @@ def load_model_and_processor(model_args: ModelArguments, training_args: RPAConfi
         return build_tiny(model_args.tiny)
     name = model_args.model_name_or_path
     try:
-        return load_maple(name, backbone=model_args.backbone, **model_loading_kwargs(training_args))
+        loading = {"token": training_args.hub_token, **model_loading_kwargs(training_args)}
+        return load_maple(name, backbone=model_args.backbone, **loading)
     except BackboneLoadingError as error:
         raise TrainingInputError(f"--model_init_kwargs: {error}") from error
     except TypeError as error:  # a --model_init_kwargs key that from_pretrained passes on to the model's __init__
@@ -455,8 +466,9 @@ def load_model_and_processor(model_args: ModelArguments, training_args: RPAConfi
 DATA_FILE_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
 
 
-def load_preference_splits(data_args: DataArguments) -> DatasetDict:
-    """The dataset's splits, from `save_to_disk` output, a folder of data files, one data file or the Hub."""
+def load_preference_splits(data_args: DataArguments, token: str | None = None) -> DatasetDict:
+    """The dataset's splits, from `save_to_disk` output, a folder of data files, one data file or the Hub (read with
+    `token`; None: HF_TOKEN or the saved login)."""
     location = data_args.dataset_name
     file_builder = DATA_FILE_BUILDERS.get(os.path.splitext(location)[1].lower())
     if os.path.isfile(location) and file_builder is None:
@@ -474,7 +486,7 @@ def load_preference_splits(data_args: DataArguments) -> DatasetDict:
         elif os.path.isfile(location):  # one file, as `datasets` reads it: its rows are the "train" split
             splits = load_dataset(file_builder, data_files={data_args.dataset_train_split: location})
         else:
-            splits = load_dataset(location, data_args.dataset_config)
+            splits = load_dataset(location, data_args.dataset_config, token=token)
     except OSError as error:  # no data files, not on the Hub, offline and not cached
         raise TrainingInputError(f"--dataset_name {location}: {' '.join(str(error).split())}{local_typo_hint(location)}") from error
     except IndexError as error:  # what datasets raises for a save_to_disk folder without rows
