@@ -794,6 +794,22 @@ def test_bf16_default_is_off_when_training_on_the_cpu_of_a_gpu_machine(tmp_path,
     assert RPAConfig(output_dir=str(tmp_path), fp16=True).bf16 is False  # fp16 asked for: not both
 
 
+def test_the_pickled_arguments_hold_no_hub_token(tmp_path):
+    """`Trainer` saves the arguments as training_args.bin beside every checkpoint and pushes that file; the token
+    stays with the arguments in use."""
+    import io
+    import pickle
+
+    args = RPAConfig(output_dir=str(tmp_path), hub_token="hf_secret_token", report_to="none")
+    saved = io.BytesIO()
+    torch.save(args, saved)
+    assert b"hf_secret_token" not in saved.getvalue()
+    saved.seek(0)
+    loaded = torch.load(saved, weights_only=False)
+    assert loaded.hub_token is None and loaded.rpa_weight == args.rpa_weight and loaded.output_dir == args.output_dir
+    assert args.hub_token == "hf_secret_token" and b"hf_secret_token" not in pickle.dumps(args)
+
+
 @pytest.mark.parametrize(
     "overrides,message",
     [

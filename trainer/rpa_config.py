@@ -250,6 +250,11 @@ class RPAConfig(DPOConfig):
         },
     )
 
+    def __getstate__(self) -> dict[str, Any]:
+        # `Trainer` pickles the arguments into training_args.bin beside every checkpoint, and `push_to_hub` uploads
+        # that file: the Hub token stays out of it (transformers' repr and `to_dict` mask it too).
+        return {**self.__dict__, "hub_token": None}
+
     def __post_init__(self):
         if self.bf16 is None:
             # `accelerate launch --cpu` sets ACCELERATE_USE_CPU, which transformers reads as `use_cpu`
