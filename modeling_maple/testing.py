@@ -161,38 +161,38 @@ def tiny_idefics3_tokenizer() -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def _tiny_bos_tokenizer(bos: str, eos: str, pad: str, chat_template: str, special: list[str], **named) -> PreTrainedTokenizerBase:
+    """`tiny_tokenizer()`'s vocabulary with a BOS added before every text, its `eos` and `pad`, the `special` tokens, the
+    `named` special tokens (name: token) and `chat_template`, as Llama-style MLLM tokenizers are."""
+    tokenizer = TokenizersBackend(
+        tokenizer_object=copy.deepcopy(_trained_tokenizer().backend_tokenizer),
+        bos_token=bos,
+        eos_token=eos,
+        pad_token=pad,
+        add_bos_token=True,
+        extra_special_tokens=named,
+        chat_template=chat_template,
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": special}, replace_extra_special_tokens=False)
+    return tokenizer
+
+
 def tiny_gemma3_tokenizer() -> PreTrainedTokenizerBase:
     """`tiny_tokenizer()`'s vocabulary as Gemma 3's tokenizer uses it: a BOS (`<bos>`) before every text, `<eos>` and
     `<pad>`, the turn tokens, the image tokens named as `Gemma3Processor` reads them (`boi_token` `<start_of_image>`,
     `eoi_token` `<end_of_image>`, `image_token` `<image_soft_token>`) and Gemma 3's chat template."""
-    tokenizer = TokenizersBackend(
-        tokenizer_object=copy.deepcopy(_trained_tokenizer().backend_tokenizer),
-        bos_token="<bos>",
-        eos_token="<eos>",
-        pad_token="<pad>",
-        add_bos_token=True,
-        extra_special_tokens={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"},
-        chat_template=GEMMA3_CHAT_TEMPLATE,
+    return _tiny_bos_tokenizer(
+        "<bos>", "<eos>", "<pad>", GEMMA3_CHAT_TEMPLATE, ["<start_of_turn>", "<end_of_turn>"],
+        boi_token="<start_of_image>", eoi_token="<end_of_image>", image_token="<image_soft_token>",
     )
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]}, replace_extra_special_tokens=False)
-    return tokenizer
 
 
 def tiny_pixtral_tokenizer() -> PreTrainedTokenizerBase:
     """`tiny_tokenizer()`'s vocabulary as Pixtral's and Mistral 3's tokenizers use it: a BOS (`<s>`) before every text,
     `</s>` and `<pad>`, `[INST]` and `[/INST]`, the image tokens (`[IMG]`, `[IMG_BREAK]`, `[IMG_END]`) and their chat
     template (`PIXTRAL_CHAT_TEMPLATE`)."""
-    tokenizer = TokenizersBackend(
-        tokenizer_object=copy.deepcopy(_trained_tokenizer().backend_tokenizer),
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        add_bos_token=True,
-        chat_template=PIXTRAL_CHAT_TEMPLATE,
-    )
     special = ["[INST]", "[/INST]", "[IMG]", "[IMG_BREAK]", "[IMG_END]"]
-    tokenizer.add_special_tokens({"additional_special_tokens": special}, replace_extra_special_tokens=False)
-    return tokenizer
+    return _tiny_bos_tokenizer("<s>", "</s>", "<pad>", PIXTRAL_CHAT_TEMPLATE, special)
 
 
 def tiny_mllm_tokenizer(model_type: str = "qwen2_vl") -> PreTrainedTokenizerBase:

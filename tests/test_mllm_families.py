@@ -217,17 +217,26 @@ def test_llava_next_image_processors_that_cut_tiles_unlike_the_model_are_refused
         (fewer_tiles, r"'s image_grid_pinpoints \[\[16, 32\], \[32, 16\]\] differ from the model config's \[\[16, 32\], "),
         (larger_tiles, " cuts 32-pixel tiles, but the model's vision tower takes 16-pixel images"),
     ]
-    config.save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
-    for image_processor, message in refused:
-        with pytest.raises(ValueError, match=f"^llava_next: the image processor{message}"):
-            PromptEncoder(config, tokenizer, image_processor)
-        image_processor.save_pretrained(tmp_path)
-        with pytest.raises(ValueError, match=f"^{re.escape(str(tmp_path))}: the image processor{message}"):
-            MapleProcessor.from_backbone(str(tmp_path), backbone="mllm")
+    assert_refused_where_built(config, tokenizer, [(processor, f"the image processor{message}") for processor, message in refused], tmp_path)
     tiny_mllm_image_processor("llava_next").save_pretrained(tmp_path)  # the model's own tiles: accepted
     assert MapleProcessor.from_backbone(str(tmp_path), backbone="mllm").image_seq_length == 16
     assert PromptEncoder(config, tokenizer, tiny_mllm_image_processor("llava_next")).image_seq_length == 16
+
+
+def assert_refused_where_built(config, tokenizer, refused, folder) -> None:
+    """Each image processor of `refused`, (image processor, message pattern) pairs, is refused with its message where
+    the judge's prompt encoder (prefixed by the family) and the embedder's processor (by the checkpoint `folder`,
+    where `config`, `tokenizer` and the image processor are saved) are built."""
+    from dataset_builders.vlm_inputs import PromptEncoder
+
+    config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    for image_processor, message in refused:
+        with pytest.raises(ValueError, match=f"^{mllm_family(config)}: {message}"):
+            PromptEncoder(config, tokenizer, image_processor)
+        image_processor.save_pretrained(folder)
+        with pytest.raises(ValueError, match=f"^{re.escape(str(folder))}: {message}"):
+            MapleProcessor.from_backbone(str(folder), backbone="mllm")
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -463,8 +472,6 @@ def test_pixtral_image_processors_unlike_the_vision_tower_are_refused(family, tm
     from dataset_builders.vlm_inputs import PromptEncoder
 
     config, tokenizer = tiny_mllm_config(family), tiny_mllm_tokenizer(family)
-    config.save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
     refused = [
         (PixtralImageProcessorPil(size={"longest_edge": 32}, patch_size=8),
          "the image processor's patch_size is 8x8, but the model's vision tower's is 4x4 .*: set both alike"),
@@ -472,12 +479,7 @@ def test_pixtral_image_processors_unlike_the_vision_tower_are_refused(family, tm
          "the image processor's size is .*, but the model's vision tower takes images of at most 32 px a side .*"
          "set size={'longest_edge': 32} or less"),
     ]
-    for image_processor, message in refused:
-        with pytest.raises(ValueError, match=f"^{family}: {message}"):
-            PromptEncoder(config, tokenizer, image_processor)
-        image_processor.save_pretrained(tmp_path)
-        with pytest.raises(ValueError, match=f"^{re.escape(str(tmp_path))}: {message}"):
-            MapleProcessor.from_backbone(str(tmp_path), backbone="mllm")
+    assert_refused_where_built(config, tokenizer, refused, tmp_path)
     tiny_mllm_image_processor(family).save_pretrained(tmp_path)  # the tower's patches and size: accepted
     assert MapleProcessor.from_backbone(str(tmp_path), backbone="mllm").mllm_type == family
     assert PromptEncoder(config, tokenizer, PixtralImageProcessorPil(size={"longest_edge": 16}, patch_size=4)).family == family
