@@ -88,7 +88,7 @@ class PromptEncoder:
 
     def image_problem(self, size: tuple[int, int]) -> str | None:
         """Why an image of `size` (width, height) cannot be encoded for this model, or None."""
-        return mllm_image_problem(self.family, size)
+        return mllm_image_problem(self.family, size, self.image_processor)
 
     def render(self, messages: list[Message], *, add_generation_prompt: bool) -> str:
         """The chat template applied to `messages`, as text with one placeholder per image."""

@@ -316,11 +316,19 @@ def gemma3_image_processor_problem(image_processor) -> str | None:
 QWEN_VL_MAX_ASPECT_RATIO = 200  # Qwen-VL image processors (`smart_resize`) refuse more elongated images
 
 
-def mllm_image_problem(mllm_type: str, size: tuple[int, int]) -> str | None:
-    """Why an image of `size` (width, height) cannot go through a `mllm_type` image processor, or None."""
+def mllm_image_problem(mllm_type: str, size: tuple[int, int], image_processor=None) -> str | None:
+    """Why an image of `size` (width, height) cannot go through a `mllm_type` image processor, or None. Pixtral and
+    Mistral 3 (checked when `image_processor` is given): an image so elongated that scaling its long side down to the
+    image processor's `longest_edge` leaves its short side no pixel (the processor fails with a bare size error)."""
     ratio = max(size) / max(1, min(size))
     if mllm_type in QWEN_VL_MLLMS and ratio > QWEN_VL_MAX_ASPECT_RATIO:
         return f"aspect ratio {ratio:.0f}:1 is above the {QWEN_VL_MAX_ASPECT_RATIO}:1 that {mllm_type} image processors accept"
+    if mllm_type in PIXTRAL_MLLMS and image_processor is not None:
+        longest_edge = image_processor.size.longest_edge
+        # the processor's own arithmetic (`get_resize_output_image_size`)
+        if max(size) > longest_edge and math.floor(min(size) / (max(size) / longest_edge)) == 0:
+            return (f"aspect ratio {ratio:.0f}:1 leaves no pixel of its short side once its long side is resized to "
+                    f"{longest_edge} px, as the {mllm_type} image processor does")
     return None
 
 
@@ -379,7 +387,7 @@ def encode_mllm_images(
     """
     images = [load_image(image, index) for index, image in enumerate(images, start=first_index)]
     for index, image in enumerate(images, start=first_index):
-        if (problem := mllm_image_problem(mllm_type, image.size)) is not None:
+        if (problem := mllm_image_problem(mllm_type, image.size, image_processor)) is not None:
             raise ValueError(f"images[{index}]: {problem}.")
     if mllm_type in QWEN_VL_MLLMS:
         processed = image_processor(images=images, return_tensors="pt")

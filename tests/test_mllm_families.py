@@ -94,6 +94,21 @@ def test_pixtral_images_keep_their_size_in_a_batch_as_pixtral_processor_does(fam
     assert len({tuple(size) for size in ours["image_sizes"].tolist()}) == len(images)  # every image at its own size
 
 
+@pytest.mark.parametrize("family", ["pixtral", "mistral3"])
+def test_pixtral_images_too_elongated_to_keep_a_pixel_are_refused_by_name(family):
+    """Pixtral's image processor scales an image's long side down to its `longest_edge` (32 px for the tiny models), and
+    failed with a bare size error on an image whose short side that left no pixel; the embedder's processor and the
+    judge (`image_problem`, which the preference builder asks before it reads a row) name it."""
+    from dataset_builders.testing import tiny_judge
+
+    _, processor = build_tiny("mllm", mllm_type=family)
+    message = f"aspect ratio 40:1 leaves no pixel of its short side once its long side is resized to 32 px, as the {family} image processor does"
+    with pytest.raises(ValueError, match=f"^images\\[1\\]: {message}"):
+        processor(images=[Image.new("RGB", (16, 16)), Image.new("RGB", (1, 40))])
+    assert tiny_judge(family=family).image_problem((40, 1)) == message
+    assert processor(images=[Image.new("RGB", (32, 1))])["image_sizes"].tolist() == [[4 * mllm_spatial_merge_size(tiny_mllm_config(family)), 32]]
+
+
 def test_llava_next_tiles_and_image_tokens_follow_each_images_size(monkeypatch):
     """LLaVA-NeXT cuts each image into a base view plus a grid of tiles chosen by its size; its image tokens leave out
     the letterbox and end each row with `image_newline`. A batch of images of 5, 3, 4 and 5 tiles: the prompts are those
