@@ -104,7 +104,7 @@ def _ends_inside(answer: str, caption: str) -> bool:
 
 class ContrastiveCaptioner:
     """Writes difference-stressing captions with an MLLM of a supported family (Qwen2-VL, Qwen2.5-VL,
-    Qwen3-VL, LLaVA, LLaVA-NeXT, InternVL, Idefics3, SmolVLM, Gemma 3; `vlm_inputs.PROMPT_ENCODERS`).
+    Qwen3-VL, LLaVA, LLaVA-NeXT, InternVL, Idefics3, SmolVLM, Gemma 3, Pixtral, Mistral 3; `vlm_inputs.PROMPT_ENCODERS`).
 
     Implements `CandidateCaptioner`: `caption(anchors, negatives)` returns, per pair, the distinct
     captions parsed from `num_samples` sampled answers (order of first appearance). Sampling is plain

@@ -136,7 +136,7 @@ def cache_keyword(model: torch.nn.Module) -> str:
 
 class MLLMJudge:
     """Scores image-text alignment with a frozen MLLM (paper: Qwen2-VL-7B; InternVL3-1B also helps);
-    Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA, LLaVA-NeXT, InternVL, Idefics3, SmolVLM and Gemma 3 families
+    Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA, LLaVA-NeXT, InternVL, Idefics3, SmolVLM, Gemma 3, Pixtral and Mistral 3 families
     (`vlm_inputs.PROMPT_ENCODERS`).
 
     Implements `PreferenceJudge`. Build it with `from_pretrained`, or from a loaded model, tokenizer

@@ -24,7 +24,7 @@ from typing import Any
 import PIL.Image
 import torch
 
-from modeling_maple.configuration_maple import IMAGE_TOKEN_TYPE_INPUTS, QWEN_VL_MLLMS, SUPPORTED_MLLMS
+from modeling_maple.configuration_maple import IMAGE_TOKEN_TYPE_INPUTS, QWEN_VL_MLLMS, SUPPORTED_MLLMS, mllm_family
 from modeling_maple.processing_maple import (
     EncodedImages,
     check_tokens_known,
@@ -35,6 +35,7 @@ from modeling_maple.processing_maple import (
     mllm_image_seq_length,
     mllm_image_tokens,
     mllm_pixel_inputs,
+    mllm_spatial_merge_size,
 )
 
 from .interfaces import check_settings, with_device_map
@@ -54,6 +55,9 @@ class PromptEncoder:
     at `config.image_token_id`), but Gemma 3's `<start_of_image>`, which `Gemma3Processor` expands into the image's
     whole sequence.
 
+    A family is a config's `model_type`, but "pixtral" for a `llava` config with a Pixtral vision tower
+    (`mllm_family`), whose images become rows of `[IMG]` tokens.
+
     Args:
         config: the model's config; its `image_token_id` is the image token.
         tokenizer: the model's tokenizer; must carry a chat template (or pass `chat_template`).
@@ -72,17 +76,19 @@ class PromptEncoder:
         self.image_token = tokenizer.convert_ids_to_tokens(self.image_token_id)
         if self.image_token is None or self.tokenizer.convert_tokens_to_ids(self.image_token) != self.image_token_id:
             raise ValueError(f"the tokenizer has no token for the model's image token id {self.image_token_id}")
-        image_tokens = mllm_image_tokens(config.model_type, tokenizer)
-        check_tokens_known(tokenizer, image_tokens, needed_by=f"{config.model_type} prompts around images")
-        self.image_placeholder = image_tokens[0] if config.model_type == "gemma3" else self.image_token
+        self.family = mllm_family(config)
+        image_tokens = mllm_image_tokens(self.family, tokenizer)
+        check_tokens_known(tokenizer, image_tokens, needed_by=f"{self.family} prompts around images")
+        self.image_placeholder = image_tokens[0] if self.family == "gemma3" else self.image_token
         self.image_seq_length = mllm_image_seq_length(config)
+        self.spatial_merge_size = mllm_spatial_merge_size(config)
         if (problem := mllm_image_processor_problem(config, image_processor)) is not None:
-            raise ValueError(f"{config.model_type}: {problem}")
+            raise ValueError(f"{self.family}: {problem}")
         self.leading_special_ids = _leading_special_ids(tokenizer)
 
     def image_problem(self, size: tuple[int, int]) -> str | None:
         """Why an image of `size` (width, height) cannot be encoded for this model, or None."""
-        return mllm_image_problem(self.config.model_type, size)
+        return mllm_image_problem(self.family, size, self.image_processor)
 
     def render(self, messages: list[Message], *, add_generation_prompt: bool) -> str:
         """The chat template applied to `messages`, as text with one placeholder per image."""
@@ -94,7 +100,8 @@ class PromptEncoder:
         """Pixels and token counts of `images`, in order (PIL images or file paths; a corrupt one
         is a ValueError naming its position in `images`)."""
         return encode_mllm_images(
-            self.config.model_type, self.image_processor, self.tokenizer, images, self.image_token, self.image_seq_length
+            self.family, self.image_processor, self.tokenizer, images, self.image_token, self.image_seq_length,
+            spatial_merge_size=self.spatial_merge_size,
         )
 
     def expand_images(self, text: str, images: EncodedImages, indices: Sequence[int]) -> list[int]:
@@ -131,8 +138,8 @@ class PromptEncoder:
         images, in reading order, are `images`; for Qwen-VL and Gemma 3 with the mask of the image tokens, by which
         Qwen-VL's multimodal RoPE and Gemma 3's causal mask (each image's tokens see one another) find them."""
         input_ids, attention_mask = self.pad(sequences, padding_side=padding_side)
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, **mllm_pixel_inputs(self.config.model_type, images)}
-        if (token_type_input := IMAGE_TOKEN_TYPE_INPUTS.get(self.config.model_type)) is not None:
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, **mllm_pixel_inputs(self.family, images)}
+        if (token_type_input := IMAGE_TOKEN_TYPE_INPUTS.get(self.family)) is not None:
             inputs[token_type_input] = (input_ids == self.image_token_id).int()
         return inputs
 

@@ -15,7 +15,13 @@ QWEN_VL_MLLMS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 IDEFICS3_MLLMS = ("idefics3", "smolvlm")
 # LLaVA-1.5 sees each image at one size; LLaVA-NeXT adds a grid of high-resolution tiles ("anyres").
 LLAVA_MLLMS = ("llava", "llava_next")
-SUPPORTED_MLLMS = (*QWEN_VL_MLLMS, *LLAVA_MLLMS, "internvl", *IDEFICS3_MLLMS, "gemma3")
+SUPPORTED_MLLMS = (*QWEN_VL_MLLMS, *LLAVA_MLLMS, "internvl", *IDEFICS3_MLLMS, "gemma3", "mistral3")
+# Pixtral's vision tower takes each image at its own size: rows of `[IMG]` tokens, each row ended by `[IMG_BREAK]`, the
+# last by `[IMG_END]`. "pixtral" is a `llava` config with a Pixtral tower (pixtral-12b); "mistral3" adds a patch merger.
+PIXTRAL_MLLMS = ("pixtral", "mistral3")
+# The families MAPLE prompts by (`MapleProcessor.mllm_type`, `mllm_family`): the supported configs' model types, and
+# "pixtral", a `llava` config whose prompts are Pixtral's.
+MLLM_FAMILIES = (*SUPPORTED_MLLMS, "pixtral")
 # Families whose model takes, beside a prompt's ids, a mask of its image tokens, and the name it takes it under: Qwen-VL's
 # multimodal RoPE gives those tokens 2-D positions; Gemma 3's causal mask lets each image's tokens see one another.
 IMAGE_TOKEN_TYPE_INPUTS = {**dict.fromkeys(QWEN_VL_MLLMS, "mm_token_type_ids"), "gemma3": "token_type_ids"}
@@ -26,6 +32,16 @@ DUAL_ENCODER_MODEL_TYPES = ("clip", "siglip", "siglip2")
 NAFLEX_VISION_TOWERS = ("siglip2_vision_model",)
 # Text towers with causal attention, whose first token sees only itself (SigLIP's attend both ways)
 CAUSAL_TEXT_TOWERS = ("clip_text_model",)
+
+
+def mllm_family(mllm_config) -> str:
+    """The family whose prompts an MLLM with config `mllm_config` takes (one of `MLLM_FAMILIES`): its `model_type`, but
+    "pixtral" for a `llava` config whose vision tower is Pixtral's (`vision_config.model_type == "pixtral"`), which
+    takes images at their own size and lays their tokens out in rows, unlike LLaVA-1.5's CLIP or SigLIP tower."""
+    vision = getattr(mllm_config, "vision_config", None)
+    if mllm_config.model_type == "llava" and getattr(vision, "model_type", None) == "pixtral":
+        return "pixtral"
+    return mllm_config.model_type
 
 
 def backbone_of(model_type: str | None) -> str | None:
@@ -46,7 +62,7 @@ class MapleConfig(PreTrainedConfig):
 
     Two backbone families:
     - `"mllm"`: one multimodal LLM (Qwen2-VL, Qwen2.5-VL and Qwen3-VL as in the paper; LLaVA-1.5,
-      LLaVA-NeXT, InternVL, Idefics3/SmolVLM, Gemma 3) used as a dual encoder; images and texts are wrapped in
+      LLaVA-NeXT, InternVL, Idefics3/SmolVLM, Gemma 3, Pixtral (a LLaVA with a Pixtral tower), Mistral 3) used as a dual encoder; images and texts are wrapped in
       summarisation prompts and each gives one embedding (paper, section 3.1).
     - `"dual_encoder"`: a vision tower and a text tower (CLIP/SigLIP towers, or any transformers
       vision and text encoders such as DINOv2 + BERT) projected into one space.

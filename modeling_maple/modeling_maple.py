@@ -13,7 +13,7 @@ from transformers import AutoModel, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .configuration_maple import IMAGE_TOKEN_TYPE_INPUTS, NAFLEX_VISION_TOWERS, QWEN_VL_MLLMS, MapleConfig
+from .configuration_maple import IMAGE_TOKEN_TYPE_INPUTS, NAFLEX_VISION_TOWERS, PIXTRAL_MLLMS, QWEN_VL_MLLMS, MapleConfig, mllm_family
 
 
 @dataclass
@@ -228,7 +228,8 @@ class MapleModel(MaplePreTrainedModel):
         r"""
         Args:
             pixel_values (`torch.FloatTensor`): dual encoder, LLaVA and Gemma 3: `(num_images, channels, height,
-                width)`; SigLIP2 (NaFlex) vision tower: `(num_images, max_num_patches, patch_dim)`, each image's
+                width)`; Pixtral, Mistral 3: `(num_images, channels, max_height, max_width)`, each image zero-padded to
+                the largest; SigLIP2 (NaFlex) vision tower: `(num_images, max_num_patches, patch_dim)`, each image's
                 patches padded to one length; Qwen-VL family: `(num_patches, patch_dim)`, the processor's flattened patches;
                 LLaVA-NeXT, InternVL: `(num_tiles, channels, height, width)`, each image's tiles in turn; Idefics3/SmolVLM:
                 `(1, num_tiles, channels, height, width)`, every tile of the batch as one sample's images.
@@ -243,18 +244,19 @@ class MapleModel(MaplePreTrainedModel):
                 `(num_images, max_num_patches)`, the patches of each image.
             spatial_shapes (`torch.LongTensor` of shape `(num_images, 2)`, SigLIP2 only): each image's patch grid
                 (rows, columns).
-            image_sizes (`torch.LongTensor` of shape `(num_images, 2)`, LLaVA-NeXT only): each image's (height, width)
-                before processing, which sets its tiles and image tokens.
+            image_sizes (`torch.LongTensor` of shape `(num_images, 2)`, LLaVA-NeXT, Pixtral and Mistral 3 only): each
+                image's (height, width), LLaVA-NeXT's before processing, which sets its tiles and image tokens; Pixtral's
+                and Mistral 3's after resizing, the part of its padded pixels the vision tower reads.
 
         Returns:
             `torch.FloatTensor` of shape `(num_images, embed_dim)`.
         """
         if self.config.backbone == "mllm":
-            model_type = self.config.mllm_config.model_type
+            model_type = mllm_family(self.config.mllm_config)
             needed = {"image_input_ids": image_input_ids}
             if model_type in QWEN_VL_MLLMS:
                 needed["image_grid_thw"] = image_grid_thw
-            elif model_type == "llava_next":
+            elif model_type == "llava_next" or model_type in PIXTRAL_MLLMS:
                 needed["image_sizes"] = image_sizes
             elif model_type == "gemma3" and not self.config.bidirectional:
                 needed["image_mm_token_type_ids"] = image_mm_token_type_ids

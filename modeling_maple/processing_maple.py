@@ -12,10 +12,20 @@ import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 from transformers.feature_extraction_utils import BatchFeature
-from transformers.image_processing_utils import select_best_resolution
+from transformers.image_processing_utils import get_size_dict, select_best_resolution
 from transformers.processing_utils import ProcessorMixin
 
-from .configuration_maple import BACKBONES, IDEFICS3_MLLMS, IMAGE_TOKEN_TYPE_INPUTS, LLAVA_MLLMS, QWEN_VL_MLLMS, SUPPORTED_MLLMS
+from .configuration_maple import (
+    BACKBONES,
+    IDEFICS3_MLLMS,
+    IMAGE_TOKEN_TYPE_INPUTS,
+    LLAVA_MLLMS,
+    MLLM_FAMILIES,
+    PIXTRAL_MLLMS,
+    QWEN_VL_MLLMS,
+    SUPPORTED_MLLMS,
+    mllm_family,
+)
 
 # Paper prompts (E5-V style summarisation, MAPLE section 3.1). `{image}` expands to the MLLM's
 # image tokens, `{text}` to the text itself.
@@ -27,6 +37,10 @@ VISION_START, IMAGE_PAD, VISION_END = "<|vision_start|>", "<|image_pad|>", "<|vi
 FAKE_IMAGE_TOKEN, GLOBAL_IMAGE_TOKEN = "<fake_token_around_image>", "<global-img>"
 # Gemma 3: the tokens around an image's soft tokens; its chat template writes the first where an image goes.
 START_OF_IMAGE, END_OF_IMAGE = "<start_of_image>", "<end_of_image>"
+# Pixtral / Mistral 3: the tokens that end each row of an image's `[IMG]` tokens, and its last row.
+IMAGE_BREAK, IMAGE_END = "[IMG_BREAK]", "[IMG_END]"
+# Families whose image token count follows each image's size: their processors need no `image_seq_length`.
+SIZE_DEPENDENT_MLLMS = (*QWEN_VL_MLLMS, *PIXTRAL_MLLMS)
 # What a dual encoder's image processor returns that its vision tower takes: the pixels, and for a NaFlex tower
 # (SigLIP2) the mask of each image's real patches and its patch grid.
 DUAL_ENCODER_IMAGE_INPUTS = ("pixel_values", "pixel_attention_mask", "spatial_shapes")
@@ -113,15 +127,20 @@ class EncodedImages:
 
     pixel_values: the processed pixels, in the family's layout (Qwen-VL: (total_patches, patch
         features); LLaVA: (num_images, channels, height, width); LLaVA-NeXT, InternVL, Idefics3:
-        (total_tiles, channels, height, width), each image's tiles unpadded and in the images' order).
+        (total_tiles, channels, height, width), each image's tiles unpadded and in the images' order; Pixtral,
+        Mistral 3: (num_images, channels, max_height, max_width), each image at its own size, zero-padded at the bottom
+        and right to the largest).
     num_tokens: number of image placeholder tokens each image takes in the prompt.
     extra: other tensors the model needs beside the pixels, each indexed along its first dimension
         by image (Qwen-VL: image_grid_thw, (num_images, 3); LLaVA-NeXT: image_sizes, (num_images, 2),
-        each image's (height, width) before processing, from which the model counts its tiles) or like
+        each image's (height, width) before processing, from which the model counts its tiles; Pixtral, Mistral 3:
+        image_sizes, (num_images, 2), each image's (height, width) after resizing, the part of its padded pixels the
+        vision tower reads) or like
         `pixel_values` (Idefics3: pixel_attention_mask, one per tile). `concatenate` joins batches by concatenating each
         extra tensor along its first dimension, which keeps either kind in the images' order.
     image_texts: the text each image's placeholder becomes in the prompt, for families that wrap or
-        tile it (InternVL's `<img>...</img>`, Idefics3's grid of tiles, Gemma 3's `<start_of_image>...<end_of_image>`);
+        tile it (InternVL's `<img>...</img>`, Idefics3's grid of tiles, Gemma 3's `<start_of_image>...<end_of_image>`,
+        Pixtral's rows of `[IMG]` ended by `[IMG_BREAK]` and `[IMG_END]`);
         None: the placeholder repeated `num_tokens` times.
     """
 
@@ -133,8 +152,18 @@ class EncodedImages:
     @classmethod
     def concatenate(cls, parts: Sequence[EncodedImages]) -> EncodedImages:
         """The images of `parts`, in order, as one batch."""
+        pixel_values = [part.pixel_values for part in parts]
+        if pixel_values[0].dim() == 4:
+            # (images or tiles, channels, height, width): Pixtral's parts are each padded to their own largest image,
+            # so they are padded on to the largest of all, with zeros at the bottom and right as PixtralImageProcessor
+            # pads a batch (the model reads each image's own part, by `image_sizes`); the other families' are equal.
+            height, width = max(pixels.shape[2] for pixels in pixel_values), max(pixels.shape[3] for pixels in pixel_values)
+            pixel_values = [
+                torch.nn.functional.pad(pixels, (0, width - pixels.shape[3], 0, height - pixels.shape[2]))
+                for pixels in pixel_values
+            ]
         return cls(
-            pixel_values=torch.cat([part.pixel_values for part in parts]),
+            pixel_values=torch.cat(pixel_values),
             num_tokens=[count for part in parts for count in part.num_tokens],
             extra={key: torch.cat([part.extra[key] for part in parts]) for key in parts[0].extra},
             image_texts=None if parts[0].image_texts is None else [text for part in parts for text in part.image_texts],
@@ -147,17 +176,28 @@ class EncodedImages:
 
 def mllm_image_seq_length(mllm_config) -> int | None:
     """Image tokens per image (LLaVA, Gemma 3) or per tile (LLaVA-NeXT, InternVL, Idefics3/SmolVLM) of an MLLM
-    with config `mllm_config`, as the family's own processor counts them; None for the Qwen-VL family,
-    whose count follows each image's size. A LLaVA-NeXT image adds its tiles' tokens to those of its
+    with config `mllm_config`, as the family's own processor counts them; None for the Qwen-VL, Pixtral and Mistral 3
+    families, whose count follows each image's size. A LLaVA-NeXT image adds its tiles' tokens to those of its
     base view (`llava_next_image_layout`).
 
-    Raises a ValueError for a LLaVA, LLaVA-NeXT or Gemma 3 config whose image tokens MAPLE cannot count."""
+    Raises a ValueError for a LLaVA, LLaVA-NeXT, Pixtral or Gemma 3 config whose image tokens MAPLE cannot count."""
     model_type, vision = mllm_config.model_type, getattr(mllm_config, "vision_config", None)
+    if mllm_family(mllm_config) == "pixtral":
+        # Every patch is an image token: the "default" strategy would drop the batch's first one, and the model's split
+        # of the features by `image_sizes` would then fail.
+        if (strategy := mllm_config.vision_feature_select_strategy) != "full":
+            raise ValueError(
+                f"LLaVA with a 'pixtral' vision tower and vision_feature_select_strategy={strategy!r} is not supported: "
+                "expected 'full' (every patch is an image token), as pixtral-12b sets it."
+            )
+        return None
     if model_type in LLAVA_MLLMS:
         name = "LLaVA-NeXT" if model_type == "llava_next" else "LLaVA"
         if vision.model_type not in ("clip_vision_model", "siglip_vision_model"):
-            # e.g. Pixtral's tower, whose token count follows each image's size
-            raise ValueError(f"{name} with a {vision.model_type!r} vision tower is not supported: expected a CLIP or SigLIP tower.")
+            raise ValueError(
+                f"{name} with a {vision.model_type!r} vision tower is not supported: expected a CLIP or SigLIP tower"
+                + (" (a Pixtral tower goes with a 'llava' config)." if vision.model_type == "pixtral" else ".")
+            )
         # The tower's tokens (its patches, plus CLS for a CLIP tower; SigLIP has none), less the first one
         # under the "default" feature strategy, which the model drops whatever it is.
         patches = (vision.image_size // vision.patch_size) ** 2
@@ -206,7 +246,12 @@ def mllm_image_processor_problem(mllm_config, image_processor) -> str | None:
     image's tiles from its config (`image_grid_pinpoints`, the tower's `image_size`), so the image processor must cut
     them alike: a mismatch (e.g. pinpoints overridden on one side only, to spend fewer tiles) would otherwise fail deep
     in the forward with a bare shape error. Gemma 3: `gemma3_image_processor_problem`, and images resized to the vision
-    tower's `image_size` (its SigLIP tower fails on any other with a bare shape error)."""
+    tower's `image_size` (its SigLIP tower fails on any other with a bare shape error). Pixtral, Mistral 3: the image
+    processor's patches are the tower's (it resizes images to whole patches, merged ones for Mistral 3, from which
+    each image's tokens are counted), and it resizes no image beyond the tower's `image_size`, the reach of its 2-D
+    rotary positions."""
+    if mllm_family(mllm_config) in PIXTRAL_MLLMS:
+        return pixtral_image_processor_problem(mllm_config.vision_config, image_processor)
     if mllm_config.model_type == "gemma3":
         if (problem := gemma3_image_processor_problem(image_processor)) is not None:
             return problem
@@ -231,6 +276,33 @@ def mllm_image_processor_problem(mllm_config, image_processor) -> str | None:
     return None
 
 
+def pixtral_image_processor_problem(vision_config, image_processor) -> str | None:
+    """Why `image_processor` cannot feed a Pixtral vision tower of config `vision_config`, or None
+    (`mllm_image_processor_problem`)."""
+    (height, width), tower_patch = pixtral_patch_size(image_processor), vision_config.patch_size
+    if (height, width) != (tower_patch, tower_patch):
+        return (f"the image processor's patch_size is {height}x{width}, but the model's vision tower's is "
+                f"{tower_patch}x{tower_patch} (vision_config.patch_size): set both alike")
+    longest_edge = image_processor.size.longest_edge
+    if not longest_edge or longest_edge > vision_config.image_size:
+        return (f"the image processor's size is {dict(image_processor.size)}, but the model's vision tower takes images "
+                f"of at most {vision_config.image_size} px a side (vision_config.image_size): set "
+                f"size={{'longest_edge': {vision_config.image_size}}} or less")
+    return None
+
+
+def pixtral_patch_size(image_processor) -> tuple[int, int]:
+    """(height, width) of a Pixtral image processor's `patch_size`, which it keeps as given: an int or a dict."""
+    size = get_size_dict(image_processor.patch_size, default_to_square=True)
+    return size["height"], size["width"]
+
+
+def mllm_spatial_merge_size(mllm_config) -> int:
+    """Patches merged along each side into one image token before the language model: Mistral 3's patch merger
+    (`spatial_merge_size`), 1 for the other families whose image tokens `encode_mllm_images` counts by it (Pixtral)."""
+    return mllm_config.spatial_merge_size if mllm_config.model_type == "mistral3" else 1
+
+
 def gemma3_image_processor_problem(image_processor) -> str | None:
     """Why a Gemma 3 `image_processor` cannot be used, or None. Pan-and-scan (`do_pan_and_scan`, off in Gemma 3's
     checkpoints) is refused: it adds crops whose number follows each image's aspect ratio, and `Gemma3Processor` puts
@@ -244,11 +316,19 @@ def gemma3_image_processor_problem(image_processor) -> str | None:
 QWEN_VL_MAX_ASPECT_RATIO = 200  # Qwen-VL image processors (`smart_resize`) refuse more elongated images
 
 
-def mllm_image_problem(mllm_type: str, size: tuple[int, int]) -> str | None:
-    """Why an image of `size` (width, height) cannot go through a `mllm_type` image processor, or None."""
+def mllm_image_problem(mllm_type: str, size: tuple[int, int], image_processor=None) -> str | None:
+    """Why an image of `size` (width, height) cannot go through a `mllm_type` image processor, or None. Pixtral and
+    Mistral 3 (checked when `image_processor` is given): an image so elongated that scaling its long side down to the
+    image processor's `longest_edge` leaves its short side no pixel (the processor fails with a bare size error)."""
     ratio = max(size) / max(1, min(size))
     if mllm_type in QWEN_VL_MLLMS and ratio > QWEN_VL_MAX_ASPECT_RATIO:
         return f"aspect ratio {ratio:.0f}:1 is above the {QWEN_VL_MAX_ASPECT_RATIO}:1 that {mllm_type} image processors accept"
+    if mllm_type in PIXTRAL_MLLMS and image_processor is not None:
+        longest_edge = image_processor.size.longest_edge
+        # the processor's own arithmetic (`get_resize_output_image_size`)
+        if max(size) > longest_edge and math.floor(min(size) / (max(size) / longest_edge)) == 0:
+            return (f"aspect ratio {ratio:.0f}:1 leaves no pixel of its short side once its long side is resized to "
+                    f"{longest_edge} px, as the {mllm_type} image processor does")
     return None
 
 
@@ -269,6 +349,8 @@ def mllm_image_tokens(mllm_type: str, tokenizer) -> tuple[str, ...]:
         return (FAKE_IMAGE_TOKEN, GLOBAL_IMAGE_TOKEN)
     if mllm_type == "gemma3":
         return (getattr(tokenizer, "boi_token", None) or START_OF_IMAGE, getattr(tokenizer, "eoi_token", None) or END_OF_IMAGE)
+    if mllm_type in PIXTRAL_MLLMS:
+        return (IMAGE_BREAK, IMAGE_END)
     return ()
 
 
@@ -280,6 +362,7 @@ def encode_mllm_images(
     image_token: str,
     image_seq_length: int | None,
     first_index: int = 0,
+    spatial_merge_size: int = 1,
 ) -> EncodedImages:
     """Pixels of `images` (PIL images or file paths) for an MLLM of `mllm_type`, and what each image's
     `image_token` placeholder becomes in a prompt, as the family's own processor builds them:
@@ -294,14 +377,17 @@ def encode_mllm_images(
       after its `<row_r_col_c>` tag (`Idefics3Processor`'s prompt string);
     - Gemma 3: fixed-size images, `image_seq_length` tokens each between `<start_of_image>` and `<end_of_image>`, set
       apart by blank lines (`Gemma3Processor.full_image_sequence`); pan-and-scan crops are refused
-      (`gemma3_image_processor_problem`).
+      (`gemma3_image_processor_problem`);
+    - Pixtral, Mistral 3: each image at its own size, resized to whole token cells (`patch_size` x
+      `spatial_merge_size` pixels, `mllm_spatial_merge_size`), a row of `[IMG]` per row of cells, each row ended by
+      `[IMG_BREAK]` and the last by `[IMG_END]` (`PixtralProcessor.replace_image_token`).
 
     An image that cannot be read, or that the family's image processor would refuse (`mllm_image_problem`), is a
     ValueError naming it `images[first_index + position]`.
     """
     images = [load_image(image, index) for index, image in enumerate(images, start=first_index)]
     for index, image in enumerate(images, start=first_index):
-        if (problem := mllm_image_problem(mllm_type, image.size)) is not None:
+        if (problem := mllm_image_problem(mllm_type, image.size, image_processor)) is not None:
             raise ValueError(f"images[{index}]: {problem}.")
     if mllm_type in QWEN_VL_MLLMS:
         processed = image_processor(images=images, return_tensors="pt")
@@ -316,6 +402,16 @@ def encode_mllm_images(
         start, end = mllm_image_tokens(mllm_type, tokenizer)
         image_text = f"\n\n{start}{image_token * image_seq_length}{end}\n\n"
         return EncodedImages(pixel_values, [image_seq_length] * len(images), image_texts=[image_text] * len(images))
+    if mllm_type in PIXTRAL_MLLMS:
+        # Resized to whole cells of merged patches and padded to the batch's largest image, as PixtralProcessor asks.
+        cell = pixtral_patch_size(image_processor)[0] * spatial_merge_size
+        processed = image_processor(images=images, patch_size=cell, return_tensors="pt")
+        image_sizes = processed["image_sizes"]
+        grids = [(height // cell, width // cell) for height, width in image_sizes.tolist()]
+        image_break, image_end = mllm_image_tokens(mllm_type, tokenizer)
+        image_texts = [((image_token * cols + image_break) * rows).removesuffix(image_break) + image_end for rows, cols in grids]
+        num_tokens = [rows * cols for rows, cols in grids]
+        return EncodedImages(processed["pixel_values"], num_tokens, {"image_sizes": image_sizes}, image_texts=image_texts)
     if mllm_type == "llava_next":
         # Padded to the batch's most tiles, as `LlavaNextProcessor` asks; each image's own tiles are cut back out, so
         # that batches join by concatenation and no padding tile reaches the model.
@@ -348,7 +444,7 @@ def encode_mllm_images(
         num_tokens = [(rows * cols + 1) * image_seq_length for rows, cols in grids]
         extra = {"pixel_attention_mask": processed["pixel_attention_mask"][0]}
         return EncodedImages(processed["pixel_values"][0], num_tokens, extra, image_texts=image_texts)
-    raise ValueError(f"Unsupported MLLM {mllm_type!r}: expected one of {SUPPORTED_MLLMS}.")
+    raise ValueError(f"Unsupported MLLM {mllm_type!r}: expected one of {MLLM_FAMILIES}.")
 
 
 def mllm_pixel_inputs(mllm_type: str, images: EncodedImages) -> dict[str, torch.Tensor]:
@@ -381,13 +477,16 @@ class MapleProcessor(ProcessorMixin):
         image_processor: the backbone's image processor.
         tokenizer: the backbone's tokenizer.
         backbone (`str`): `"mllm"` or `"dual_encoder"`, as in [`MapleConfig`].
-        mllm_type (`str`, defaults to `"qwen2_vl"`): the MLLM's `model_type` (one of
-            `SUPPORTED_MLLMS`); the Qwen-VL family shares one prompt format.
+        mllm_type (`str`, defaults to `"qwen2_vl"`): the MLLM's family, `mllm_family(config)` (one of
+            `MLLM_FAMILIES`): its `model_type`, but `"pixtral"` for a `llava` config with a Pixtral vision tower; the
+            Qwen-VL family shares one prompt format.
         image_token (`str`, *optional*): the MLLM's image placeholder token (the one at its config's
             `image_token_id`); defaults to Qwen-VL's `<|image_pad|>`.
         image_seq_length (`int`, *optional*): image tokens per image (LLaVA, Gemma 3) or per tile (LLaVA-NeXT, a
-            square number; InternVL, Idefics3/SmolVLM), `mllm_image_seq_length(config)`; the Qwen-VL family
-            needs none.
+            square number; InternVL, Idefics3/SmolVLM), `mllm_image_seq_length(config)`; the Qwen-VL, Pixtral and
+            Mistral 3 families need none.
+        spatial_merge_size (`int`, defaults to 1): Pixtral, Mistral 3: patches merged along each side into one image
+            token, `mllm_spatial_merge_size(config)` (Mistral 3's patch merger).
         image_prompt (`str`, *optional*): template with an `{image}` slot (MLLM only).
         text_prompt (`str`, *optional*): template with a `{text}` slot.
         max_text_length (`int`, *optional*): truncate each text to this many tokens before it is put
@@ -411,15 +510,16 @@ class MapleProcessor(ProcessorMixin):
         mllm_type: str = "qwen2_vl",
         image_token: str | None = None,
         image_seq_length: int | None = None,
+        spatial_merge_size: int = 1,
         **kwargs,
     ):
         if backbone not in BACKBONES:
             raise ValueError(f"Unknown backbone {backbone!r}: expected one of {BACKBONES}.")
         if text_padding not in ("longest", "max_length"):
             raise ValueError(f"Unknown text_padding {text_padding!r}: expected 'longest' or 'max_length'.")
-        if mllm_type not in SUPPORTED_MLLMS:
-            raise ValueError(f"Unsupported MLLM {mllm_type!r}: expected one of {SUPPORTED_MLLMS}.")
-        if backbone == "mllm" and mllm_type not in QWEN_VL_MLLMS and image_seq_length is None:
+        if mllm_type not in MLLM_FAMILIES:
+            raise ValueError(f"Unsupported MLLM {mllm_type!r}: expected one of {MLLM_FAMILIES}.")
+        if backbone == "mllm" and mllm_type not in SIZE_DEPENDENT_MLLMS and image_seq_length is None:
             raise ValueError(
                 f"A {mllm_type} processor needs `image_seq_length` (image tokens per image or tile): "
                 "build it with MapleProcessor.from_backbone, or pass mllm_image_seq_length(model_config)."
@@ -434,6 +534,7 @@ class MapleProcessor(ProcessorMixin):
         self.mllm_type = mllm_type
         self.image_token = image_token or IMAGE_PAD
         self.image_seq_length = image_seq_length
+        self.spatial_merge_size = spatial_merge_size
         self.image_prompt = image_prompt or (MLLM_IMAGE_PROMPT if backbone == "mllm" else None)
         self.text_prompt = text_prompt or (MLLM_TEXT_PROMPT if backbone == "mllm" else "{text}")
         if self.image_prompt is not None and "{image}" not in self.image_prompt:
@@ -475,7 +576,7 @@ class MapleProcessor(ProcessorMixin):
 
         Returns a `BatchFeature` of PyTorch tensors: `input_ids`, `attention_mask` for texts, and
         `pixel_values` for images; for an MLLM also `image_input_ids`, `image_attention_mask` and the
-        family's own inputs (Qwen-VL: `image_grid_thw`, `image_mm_token_type_ids`; LLaVA-NeXT: `image_sizes`;
+        family's own inputs (Qwen-VL: `image_grid_thw`, `image_mm_token_type_ids`; LLaVA-NeXT, Pixtral, Mistral 3: `image_sizes`;
         Idefics3/SmolVLM: `pixel_attention_mask`; Gemma 3: `image_mm_token_type_ids`); for a SigLIP2 dual encoder also `pixel_attention_mask` and `spatial_shapes`."""
         if unexpected := sorted(key for key, value in kwargs.items() if value is not None or key not in ("videos", "audio")):
             raise TypeError(
@@ -572,7 +673,8 @@ class MapleProcessor(ProcessorMixin):
             processed = self.image_processor(images=images, return_tensors="pt")
             return {key: processed[key] for key in DUAL_ENCODER_IMAGE_INPUTS if key in processed}
         encoded = encode_mllm_images(
-            self.mllm_type, self.image_processor, self.tokenizer, images, self.image_token, self.image_seq_length, first_index
+            self.mllm_type, self.image_processor, self.tokenizer, images, self.image_token, self.image_seq_length,
+            first_index, self.spatial_merge_size,
         )
         # Qwen-VL's chat template puts its vision markers around the placeholder; other families'
         # markers are part of what the placeholder becomes (`EncodedImages.image_texts`).
@@ -643,9 +745,10 @@ class MapleProcessor(ProcessorMixin):
         if backbone == "mllm":
             if config.model_type not in SUPPORTED_MLLMS:
                 raise ValueError(f"Unsupported MLLM {config.model_type!r}: expected one of {SUPPORTED_MLLMS}.")
-            kwargs.setdefault("mllm_type", config.model_type)
+            kwargs.setdefault("mllm_type", mllm_family(config))
             kwargs.setdefault("image_token", tokenizer.convert_ids_to_tokens(config.image_token_id))
             kwargs.setdefault("image_seq_length", mllm_image_seq_length(config))
+            kwargs.setdefault("spatial_merge_size", mllm_spatial_merge_size(config))
             if (problem := mllm_image_processor_problem(config, image_processor)) is not None:
                 raise ValueError(f"{name_or_path}: {problem}.")
         elif text_backbone is None and config.model_type in ("siglip", "siglip2"):
@@ -661,12 +764,14 @@ __all__ = [
     "fill_image_placeholders",
     "gemma3_image_processor_problem",
     "llava_next_image_layout",
+    "pixtral_image_processor_problem",
     "load_image",
     "mllm_image_problem",
     "mllm_image_processor_problem",
     "mllm_image_seq_length",
     "mllm_image_tokens",
     "mllm_pixel_inputs",
+    "mllm_spatial_merge_size",
     "qwen_vl_image_token_counts",
     "to_rgb",
 ]

@@ -30,9 +30,9 @@ from transformers import (
 )
 from transformers.tokenization_utils_tokenizers import TokenizersBackend
 
-from .configuration_maple import IDEFICS3_MLLMS, LLAVA_MLLMS, MapleConfig
+from .configuration_maple import IDEFICS3_MLLMS, LLAVA_MLLMS, PIXTRAL_MLLMS, MapleConfig
 from .modeling_maple import MapleModel
-from .processing_maple import MapleProcessor, mllm_image_seq_length
+from .processing_maple import MapleProcessor, mllm_image_seq_length, mllm_spatial_merge_size
 
 # The special tokens of the Qwen2-VL family, so tiny tokenizers accept the real prompt formats.
 QWEN2_VL_SPECIAL_TOKENS = [
@@ -117,11 +117,26 @@ GEMMA3_CHAT_TEMPLATE = (
 """Gemma 3's chat template, less the system turn: it starts with the BOS, and writes `<start_of_image>` where each
 image goes (its processor expands it into the image's soft tokens)."""
 
+PIXTRAL_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'user' %}[INST]"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}[IMG]"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}[/INST]"
+    "{% else %}{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}{{ part['text'] }}{% endfor %}{% endif %}{{ eos_token }}{% endif %}"
+    "{% endfor %}"
+)
+"""pixtral-12b's and Mistral-Small-3.1's chat template, less the system prompt: it starts with the BOS, wraps each user
+turn in `[INST]...[/INST]` (the answer follows directly: no generation prompt) and writes `[IMG]` where each image goes
+(its processor expands it into the image's rows of `[IMG]` tokens)."""
+
 # The image placeholder of each tiny family: the tiny LLaVA and LLaVA-NeXT share the Qwen-VL tokenizer and its pad.
 TINY_IMAGE_TOKENS = {
     "qwen2_vl": "<|image_pad|>", "qwen2_5_vl": "<|image_pad|>", "qwen3_vl": "<|image_pad|>",
     "llava": "<|image_pad|>", "llava_next": "<|image_pad|>", "internvl": "<IMG_CONTEXT>", "idefics3": "<image>",
-    "smolvlm": "<image>", "gemma3": "<image_soft_token>",
+    "smolvlm": "<image>", "gemma3": "<image_soft_token>", "pixtral": "[IMG]", "mistral3": "[IMG]",
 }
 # llava-v1.6's pinpoints (336 x 672, ... up to 1008 x 336) scaled to the tiny 16-pixel tiles: 2 to 4 tiles.
 TINY_LLAVA_NEXT_PINPOINTS = [[16, 32], [32, 16], [32, 32], [48, 16], [16, 48]]
@@ -146,32 +161,51 @@ def tiny_idefics3_tokenizer() -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def _tiny_bos_tokenizer(bos: str, eos: str, pad: str, chat_template: str, special: list[str], **named) -> PreTrainedTokenizerBase:
+    """`tiny_tokenizer()`'s vocabulary with a BOS added before every text, its `eos` and `pad`, the `special` tokens, the
+    `named` special tokens (name: token) and `chat_template`, as Llama-style MLLM tokenizers are."""
+    tokenizer = TokenizersBackend(
+        tokenizer_object=copy.deepcopy(_trained_tokenizer().backend_tokenizer),
+        bos_token=bos,
+        eos_token=eos,
+        pad_token=pad,
+        add_bos_token=True,
+        extra_special_tokens=named,
+        chat_template=chat_template,
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": special}, replace_extra_special_tokens=False)
+    return tokenizer
+
+
 def tiny_gemma3_tokenizer() -> PreTrainedTokenizerBase:
     """`tiny_tokenizer()`'s vocabulary as Gemma 3's tokenizer uses it: a BOS (`<bos>`) before every text, `<eos>` and
     `<pad>`, the turn tokens, the image tokens named as `Gemma3Processor` reads them (`boi_token` `<start_of_image>`,
     `eoi_token` `<end_of_image>`, `image_token` `<image_soft_token>`) and Gemma 3's chat template."""
-    tokenizer = TokenizersBackend(
-        tokenizer_object=copy.deepcopy(_trained_tokenizer().backend_tokenizer),
-        bos_token="<bos>",
-        eos_token="<eos>",
-        pad_token="<pad>",
-        add_bos_token=True,
-        extra_special_tokens={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"},
-        chat_template=GEMMA3_CHAT_TEMPLATE,
+    return _tiny_bos_tokenizer(
+        "<bos>", "<eos>", "<pad>", GEMMA3_CHAT_TEMPLATE, ["<start_of_turn>", "<end_of_turn>"],
+        boi_token="<start_of_image>", eoi_token="<end_of_image>", image_token="<image_soft_token>",
     )
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]}, replace_extra_special_tokens=False)
-    return tokenizer
+
+
+def tiny_pixtral_tokenizer() -> PreTrainedTokenizerBase:
+    """`tiny_tokenizer()`'s vocabulary as Pixtral's and Mistral 3's tokenizers use it: a BOS (`<s>`) before every text,
+    `</s>` and `<pad>`, `[INST]` and `[/INST]`, the image tokens (`[IMG]`, `[IMG_BREAK]`, `[IMG_END]`) and their chat
+    template (`PIXTRAL_CHAT_TEMPLATE`)."""
+    special = ["[INST]", "[/INST]", "[IMG]", "[IMG_BREAK]", "[IMG_END]"]
+    return _tiny_bos_tokenizer("<s>", "</s>", "<pad>", PIXTRAL_CHAT_TEMPLATE, special)
 
 
 def tiny_mllm_tokenizer(model_type: str = "qwen2_vl") -> PreTrainedTokenizerBase:
-    """The tiny tokenizer of an MLLM family (see `SUPPORTED_MLLMS`): `tiny_tokenizer()`, with the
-    family's image tokens and chat template for InternVL, Idefics3/SmolVLM and Gemma 3."""
+    """The tiny tokenizer of an MLLM family (see `MLLM_FAMILIES`): `tiny_tokenizer()`, with the
+    family's image tokens and chat template for InternVL, Idefics3/SmolVLM, Gemma 3, Pixtral and Mistral 3."""
     if model_type == "internvl":
         return tiny_internvl_tokenizer()
     if model_type in IDEFICS3_MLLMS:
         return tiny_idefics3_tokenizer()
     if model_type == "gemma3":
         return tiny_gemma3_tokenizer()
+    if model_type in PIXTRAL_MLLMS:
+        return tiny_pixtral_tokenizer()
     _check_tiny_family(model_type)
     return tiny_tokenizer()
 
@@ -181,12 +215,14 @@ def tiny_mllm_image_processor(model_type: str = "qwen2_vl", image_size: int = 16
     LLaVA sees 16x16 images; LLaVA-NeXT a 16x16 base view plus 2 to 4 tiles of 16x16
     (`TINY_LLAVA_NEXT_PINPOINTS`); InternVL tiles into at most 4 tiles of 16x16 plus a thumbnail;
     Idefics3/SmolVLM resize to at most 48 px and split into 16x16 tiles plus a global view; Gemma 3 sees 16x16
-    images, without pan-and-scan."""
+    images, without pan-and-scan; Pixtral and Mistral 3 see each image at its own aspect ratio, at most 32 px a side,
+    in whole 4-pixel patches (Mistral 3: whole 8-pixel cells of 2x2 merged patches)."""
     from transformers import (
         Gemma3ImageProcessorPil,
         GotOcr2ImageProcessorPil,
         Idefics3ImageProcessorPil,
         LlavaNextImageProcessorPil,
+        PixtralImageProcessorPil,
         SmolVLMImageProcessorPil,
     )
 
@@ -200,6 +236,8 @@ def tiny_mllm_image_processor(model_type: str = "qwen2_vl", image_size: int = 16
         return GotOcr2ImageProcessorPil(size={"height": 16, "width": 16}, max_patches=4)
     if model_type == "gemma3":
         return Gemma3ImageProcessorPil(size={"height": 16, "width": 16})
+    if model_type in PIXTRAL_MLLMS:
+        return PixtralImageProcessorPil(size={"longest_edge": 32}, patch_size=4)
     if model_type in IDEFICS3_MLLMS:
         image_processor_class = Idefics3ImageProcessorPil if model_type == "idefics3" else SmolVLMImageProcessorPil
         return image_processor_class(size={"longest_edge": 48}, max_image_size={"longest_edge": 16})
@@ -229,9 +267,13 @@ def tiny_mllm_config(model_type: str = "qwen2_vl", **overrides) -> PreTrainedCon
     tower with patch 4, matching `tiny_mllm_tokenizer(model_type)` and
     `tiny_mllm_image_processor(model_type)`. LLaVA, LLaVA-NeXT: CLIP vision, Qwen2 text; InternVL: Qwen2 text,
     4 tokens per 16x16 tile; Idefics3/SmolVLM: Llama text, 4 tokens per tile; Gemma 3: SigLIP vision, Gemma 3 text
-    (a sliding-window layer, then a global one), 4 tokens per image. Keyword overrides go to the top-level config."""
+    (a sliding-window layer, then a global one), 4 tokens per image; Pixtral (a `llava` config), Mistral 3: Pixtral
+    vision (images up to 32 px a side), Mistral text, a token per patch (Mistral 3: per 2x2 merged patches). Keyword
+    overrides go to the top-level config."""
     if model_type == "gemma3":
         return _tiny_gemma3_config(**overrides)
+    if model_type in PIXTRAL_MLLMS:
+        return _tiny_pixtral_config(model_type, **overrides)
     if model_type not in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
         return _tiny_tiled_mllm_config(model_type, **overrides)
     tokenizer = _trained_tokenizer()
@@ -325,6 +367,28 @@ def _tiny_gemma3_config(**overrides) -> PreTrainedConfig:
     return AutoConfig.for_model("gemma3", **kwargs)
 
 
+def _tiny_pixtral_config(model_type: str, **overrides) -> PreTrainedConfig:
+    tokenizer = tiny_pixtral_tokenizer()
+    vision = {"model_type": "pixtral", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
+              "num_attention_heads": 2, "image_size": 32, "patch_size": 4}
+    text = {
+        "model_type": "mistral", "vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8,
+        "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+    }
+    kwargs = {
+        "vision_config": vision,
+        "text_config": text,
+        "image_token_id": tokenizer.convert_tokens_to_ids("[IMG]"),
+        "vision_feature_layer": -1,
+        "tie_word_embeddings": False,
+    }
+    if model_type == "pixtral":  # pixtral-12b: a LLaVA whose every patch is an image token
+        kwargs["vision_feature_select_strategy"] = "full"
+    kwargs.update(overrides)
+    return AutoConfig.for_model("llava" if model_type == "pixtral" else model_type, **kwargs)
+
+
 def randomise_zero_initialised_weights(model: torch.nn.Module) -> None:
     """Draw, like transformers' other random weights (normal, std 0.02), those it initialises to zeros because a
     checkpoint always overwrites them: Gemma 3's image projection (`mm_input_projection_weight`), without which a
@@ -377,8 +441,9 @@ def build_tiny(
         backbone: `"mllm"` (a tiny MLLM used as a dual encoder, bidirectional attention, mean
             pooling) or `"dual_encoder"` (a tiny CLIP vision tower and a tiny BERT).
         seed: seeds the weight initialisation.
-        mllm_type: the MLLM family for `backbone="mllm"`, one of `SUPPORTED_MLLMS` (`"qwen2_vl"`,
-            `"qwen2_5_vl"`, `"qwen3_vl"`, `"llava"`, `"llava_next"`, `"internvl"`, `"idefics3"`, `"smolvlm"`, `"gemma3"`).
+        mllm_type: the MLLM family for `backbone="mllm"`, one of `MLLM_FAMILIES` (`"qwen2_vl"`,
+            `"qwen2_5_vl"`, `"qwen3_vl"`, `"llava"`, `"llava_next"`, `"internvl"`, `"idefics3"`, `"smolvlm"`, `"gemma3"`,
+            `"pixtral"`, `"mistral3"`).
     """
     if backbone == "mllm":
         mllm_config = tiny_mllm_config(mllm_type)
@@ -391,6 +456,7 @@ def build_tiny(
             mllm_type=mllm_type,
             image_token=TINY_IMAGE_TOKENS[mllm_type],
             image_seq_length=mllm_image_seq_length(mllm_config),
+            spatial_merge_size=mllm_spatial_merge_size(mllm_config),
         )
     elif backbone == "dual_encoder":
         config = tiny_dual_encoder_config()

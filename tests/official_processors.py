@@ -1,6 +1,9 @@
 """The transformers processors of the MLLM families, around the tiny tokenizers and image processors of
 `modeling_maple.testing`: the reference that the judge's and the embedder's image prompts are tested against."""
 
+import sys
+import types
+
 from transformers import ProcessorMixin
 
 from modeling_maple.testing import (
@@ -8,14 +11,16 @@ from modeling_maple.testing import (
     tiny_idefics3_tokenizer,
     tiny_internvl_tokenizer,
     tiny_mllm_image_processor,
+    tiny_pixtral_tokenizer,
     tiny_tokenizer,
 )
 
 
 def official_processor(family: str, monkeypatch, tokenizer=None) -> ProcessorMixin:
     """`LlavaProcessor`, `LlavaNextProcessor`, `InternVLProcessor`, `Idefics3Processor` (for "idefics3" and
-    "smolvlm", whose prompt strings are the same) or `Gemma3Processor` with the tiny models' settings and chat templates; LLaVA's and
-    LLaVA-NeXT's take another `tokenizer`."""
+    "smolvlm", whose prompt strings are the same), `Gemma3Processor` or `PixtralProcessor` (for "pixtral" and "mistral3",
+    whose processor it is too) with the tiny models' settings and chat templates; LLaVA's and LLaVA-NeXT's take another
+    `tokenizer`."""
     image_processor = tiny_mllm_image_processor(family)
     if family in ("llava", "llava_next"):
         from transformers import LlavaNextProcessor, LlavaProcessor
@@ -50,4 +55,16 @@ def official_processor(family: str, monkeypatch, tokenizer=None) -> ProcessorMix
         tokenizer = tiny_gemma3_tokenizer()
         return Gemma3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_length=4,
                                chat_template=tokenizer.chat_template)
+    if family in ("pixtral", "mistral3"):
+        # processing_pixtral imports the torchvision image processor for one helper, which the PIL one has too
+        from transformers.models.pixtral import image_processing_pil_pixtral
+
+        torchvision_module = types.ModuleType("transformers.models.pixtral.image_processing_pixtral")
+        torchvision_module.get_resize_output_image_size = image_processing_pil_pixtral.get_resize_output_image_size
+        monkeypatch.setitem(sys.modules, torchvision_module.__name__, torchvision_module)
+        from transformers.models.pixtral.processing_pixtral import PixtralProcessor
+
+        tokenizer = tiny_pixtral_tokenizer()
+        return PixtralProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=4,
+                                spatial_merge_size=2 if family == "mistral3" else 1, chat_template=tokenizer.chat_template)
     raise ValueError(f"no official processor for {family!r} here")

@@ -176,7 +176,7 @@ def test_from_pretrained_takes_loading_keywords_at_top_level_as_the_judge_does(t
     assert SettingsPassedOn.from_pretrained(str(tmp_path), num_samples=2).num_samples == 2
 
 
-@pytest.mark.parametrize("family", ["llava", "llava_next", "internvl", "smolvlm", "gemma3"])
+@pytest.mark.parametrize("family", ["llava", "llava_next", "internvl", "smolvlm", "gemma3", "pixtral", "mistral3"])
 def test_other_families_caption_from_both_images(family):
     captioner = tiny_captioner(seed=0, family=family, num_samples=2, max_new_tokens=4)
     torch.manual_seed(0)
@@ -227,6 +227,30 @@ def test_llava_next_captioner_batches_pairs_of_any_sizes_as_its_own_processor_an
         assert captured["input_ids"][row][mask[row].bool()].tolist() == alone["input_ids"][0].tolist()
         with torch.no_grad():
             torch.testing.assert_close(batched[row], captioner.model(**alone).logits[0, -1], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["pixtral", "mistral3"])
+def test_pixtral_captioner_batches_pairs_of_any_sizes_as_its_own_processor_and_model_see_each(family, monkeypatch):
+    """Pixtral and Mistral 3: each image at its own size, its rows of `[IMG]` tokens and its pixels padded to the batch's
+    largest image, with `image_sizes`. Each left-padded row holds the prompt `PixtralProcessor` builds for its pair alone
+    (the template's BOS, not doubled), and the model's next-token logits for it are those of that pair alone."""
+    captioner, captured = _sharp_captioner_and_its_generate_inputs(family, monkeypatch)
+    mask = captured["attention_mask"]
+    assert len(set(mask.sum(dim=1).tolist())) == 2  # the rows are padded
+    assert len(set(map(tuple, captured["image_sizes"].tolist()))) == 4  # every image at its own size
+    model_inputs = {key: captured[key] for key in ("input_ids", "attention_mask", "pixel_values", "image_sizes")}
+    with torch.no_grad():
+        batched = captioner.model(**model_inputs, position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0)).logits[:, -1]
+    official = official_processor(family, monkeypatch)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": captioner.prompt}]}]
+    prompt = official.apply_chat_template(messages, add_generation_prompt=True)
+    for row, pair in enumerate(MIXED_PAIRS):
+        # the template wrote the BOS, so `apply_chat_template(tokenize=True)` would add no other
+        alone = official(text=[prompt], images=[list(pair)], add_special_tokens=False, return_tensors="pt")
+        assert captured["input_ids"][row][mask[row].bool()].tolist() == alone["input_ids"][0].tolist()
+        with torch.no_grad():
+            torch.testing.assert_close(batched[row], captioner.model(**alone).logits[0, -1], atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(batched[0], batched[1], atol=1e-3)  # the two pairs' images are seen
 
 
 def test_gemma3_captioner_prompts_and_logits_are_its_own_processors_and_models_for_each_pair(monkeypatch):

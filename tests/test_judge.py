@@ -486,12 +486,14 @@ def _official_pair_inputs(judge: MLLMJudge, official, image: Image.Image, text: 
     return official(text=[prompt], images=[image], return_tensors="pt", **processor_kwargs)
 
 
-def _assert_scores_are_the_official_pairs_alone(judge: MLLMJudge, official, **processor_kwargs) -> list[float]:
-    """Both scoring paths give every pair of `MIXED_IMAGES` x `MIXED_TEXTS` the P(Yes) of the model on the inputs
-    `official` builds for that pair alone (`_official_pair_inputs`); returns those P(Yes)."""
-    reused, per_pair = judge.score(MIXED_IMAGES, MIXED_TEXTS), judge.score(MIXED_IMAGES, MIXED_TEXTS, reuse_prefix=False)
+def _assert_scores_are_the_official_pairs_alone(
+    judge: MLLMJudge, official, images=MIXED_IMAGES, texts=MIXED_TEXTS, **processor_kwargs
+) -> list[float]:
+    """Both scoring paths give every pair of `images` x `texts` (by default `MIXED_IMAGES` x `MIXED_TEXTS`) the P(Yes)
+    of the model on the inputs `official` builds for that pair alone (`_official_pair_inputs`); returns those P(Yes)."""
+    reused, per_pair = judge.score(images, texts), judge.score(images, texts, reuse_prefix=False)
     expected_alphas = []
-    for image, candidates, image_alphas, image_alphas_per_pair in zip(MIXED_IMAGES, MIXED_TEXTS, reused, per_pair):
+    for image, candidates, image_alphas, image_alphas_per_pair in zip(images, texts, reused, per_pair):
         for text, alpha, alpha_per_pair in zip(candidates, image_alphas, image_alphas_per_pair):
             with torch.no_grad():
                 logits = judge.model(**_official_pair_inputs(judge, official, image, text, **processor_kwargs)).logits[0, -1]
@@ -529,6 +531,40 @@ def test_gemma3_judge_scores_each_pair_as_its_own_processor_and_model_do(monkeyp
         ids = _official_pair_inputs(judge, official, image, text, add_special_tokens=False)["input_ids"][0].tolist()
         assert judge.prefix_ids(judge.prompt_encoder.encode_images([image]), 0) + judge.suffix_ids([text])[0] == ids
         assert ids[:2] == [tokenizer.bos_token_id, tokenizer.convert_tokens_to_ids("<start_of_turn>")]  # one BOS
+
+
+# Pixtral and Mistral 3 images whose prompts are equally long, at other sizes: rows x (columns + 1) tokens, 2 x (4 + 1)
+# and 5 x (1 + 1) of Pixtral's 4-pixel patches, 1 x (3 + 1) and 2 x (1 + 1) of Mistral 3's 8-pixel merged ones
+EQUAL_LENGTH_IMAGES = {
+    "pixtral": [_noise_image(5, (16, 8)), _noise_image(6, (4, 20))],
+    "mistral3": [_noise_image(5, (24, 8)), _noise_image(6, (8, 16))],
+}
+
+
+@pytest.mark.parametrize("family", ["pixtral", "mistral3"])
+def test_pixtral_judge_scores_each_pair_as_its_own_processor_and_model_do(family, monkeypatch):
+    """Pixtral (a `llava` config with a Pixtral tower) and Mistral 3: the chat template starts with the BOS and writes
+    `[IMG]` where the image goes, which `PixtralProcessor` expands into the image's rows of `[IMG]`, each ended by
+    `[IMG_BREAK]`, the last by `[IMG_END]`; the model reads each image's part of the padded pixels by `image_sizes`.
+    Both scoring paths give every pair the prompt ids (one BOS) and the P(Yes) of that pair alone through
+    `PixtralProcessor` and the model, images of mixed sizes included, and images of other sizes whose prompts are
+    equally long, which share a prefix forward, their pixels padded to the larger."""
+    judge = _sharpened(tiny_judge(seed=4, family=family, batch_size=2))
+    assert judge.prompt_encoder.family == family
+    official = official_processor(family, monkeypatch)
+    # the template wrote the BOS, so `apply_chat_template(tokenize=True)` would add no other
+    alphas = _assert_scores_are_the_official_pairs_alone(judge, official, add_special_tokens=False)
+    assert max(alphas) - min(alphas) > 0.05  # the pairs are told apart: images and texts are seen
+    equal_length = EQUAL_LENGTH_IMAGES[family]
+    encoded = [judge.prompt_encoder.encode_images([image]) for image in equal_length]
+    assert len({len(judge.prefix_ids(images, 0)) for images in encoded}) == 1
+    assert encoded[0].pixel_values.shape != encoded[1].pixel_values.shape
+    _assert_scores_are_the_official_pairs_alone(judge, official, equal_length, [["a red circle", "no"], ["two"]], add_special_tokens=False)
+    tokenizer = judge.prompt_encoder.tokenizer
+    for image, text in [(MIXED_IMAGES[0], "a red circle"), (MIXED_IMAGES[3], "no")]:
+        ids = _official_pair_inputs(judge, official, image, text, add_special_tokens=False)["input_ids"][0].tolist()
+        assert judge.prefix_ids(judge.prompt_encoder.encode_images([image]), 0) + judge.suffix_ids([text])[0] == ids
+        assert ids[:2] == [tokenizer.bos_token_id, tokenizer.convert_tokens_to_ids("[INST]")]  # one BOS
 
 
 @pytest.mark.parametrize("sliding_window", [8, 32])

@@ -1,4 +1,5 @@
-"""MAPLE embedders on the MLLM families beyond Qwen-VL (LLaVA, LLaVA-NeXT, InternVL, Idefics3/SmolVLM, Gemma 3): image prompts
+"""MAPLE embedders on the MLLM families beyond Qwen-VL (LLaVA, LLaVA-NeXT, InternVL, Idefics3/SmolVLM, Gemma 3, Pixtral,
+Mistral 3): image prompts
 equal to the family's own processor, padding invariance, save/load, `from_backbone`, LoRA on the language model
 only, and training steps through `RPATrainer`. The Qwen-VL family is covered by test_modeling.py."""
 
@@ -19,30 +20,32 @@ from transformers import (
     GotOcr2ImageProcessorPil,
     Idefics3ImageProcessorPil,
     LlavaNextImageProcessorPil,
+    PixtralImageProcessorPil,
     SmolVLMImageProcessorPil,
 )
 
 from modeling_maple import MapleConfig, MapleModel, MapleProcessor
 from modeling_maple.lora import freeze_backbone_modules_to_save, get_maple_peft_model, maple_lora_config
-from modeling_maple.processing_maple import mllm_image_seq_length
+from modeling_maple.configuration_maple import mllm_family
+from modeling_maple.processing_maple import mllm_image_seq_length, mllm_spatial_merge_size
 from modeling_maple.testing import TINY_IMAGE_TOKENS, build_tiny, tiny_mllm_config, tiny_mllm_image_processor, tiny_mllm_tokenizer, tiny_tokenizer
 from isolated import run_isolated
 from official_processors import official_processor
 from trainer import RPATrainer
 from trainer.testing import smoke_config, synthetic_preference_dataset
 
-FAMILIES = ["llava", "llava_next", "internvl", "idefics3", "smolvlm", "gemma3"]
+FAMILIES = ["llava", "llava_next", "internvl", "idefics3", "smolvlm", "gemma3", "pixtral", "mistral3"]
 TEXTS = ["a red circle", "two blue squares left of a yellow star", "a big green triangle above a small circle"]
 
 
 def images_of_three_shapes() -> list[Image.Image]:
-    """Square, wide and tall images: LLaVA-NeXT, InternVL and Idefics3 tile them differently, so their prompts differ
-    in length and get padded in a batch."""
+    """Square, wide and tall images: LLaVA-NeXT, InternVL and Idefics3 tile them differently, Pixtral and Mistral 3 take
+    each at its own size, so their prompts differ in length and get padded in a batch (Pixtral's pixels too)."""
     rng = np.random.default_rng(0)
     return [Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)) for height, width in [(32, 32), (24, 40), (40, 24)]]
 
 
-@pytest.mark.parametrize("family", ["llava", "llava_next", "internvl", "idefics3", "gemma3"])
+@pytest.mark.parametrize("family", ["llava", "llava_next", "internvl", "idefics3", "gemma3", "pixtral", "mistral3"])
 def test_image_prompts_and_pixels_are_the_official_processors(family, monkeypatch):
     _, processor = build_tiny("mllm", mllm_type=family)
     official = official_processor(family, monkeypatch)
@@ -56,11 +59,54 @@ def test_image_prompts_and_pixels_are_the_official_processors(family, monkeypatc
             assert ours["image_mm_token_type_ids"].tolist() == expected["token_type_ids"].tolist()
         if family == "llava_next":  # one image's tiles, (tiles, C, H, W), where LlavaNextProcessor adds a batch dimension
             torch.testing.assert_close(ours["pixel_values"], expected["pixel_values"][0])
-            assert torch.equal(ours["image_sizes"], expected["image_sizes"])
         else:
             torch.testing.assert_close(ours["pixel_values"], expected["pixel_values"])
+        if family in ("llava_next", "pixtral", "mistral3"):
+            assert torch.equal(ours["image_sizes"], expected["image_sizes"])
         if family == "idefics3":
             assert torch.equal(ours["pixel_attention_mask"], expected["pixel_attention_mask"])
+
+
+@pytest.mark.parametrize("family", ["pixtral", "mistral3"])
+def test_pixtral_images_keep_their_size_in_a_batch_as_pixtral_processor_does(family, monkeypatch):
+    """Pixtral and Mistral 3 take each image at its own size: rows of `[IMG]` (one per patch, Mistral 3: per 2x2 merged
+    patches), each row ended by `[IMG_BREAK]`, the last by `[IMG_END]`. A batch of images of several sizes and aspect
+    ratios gets `PixtralProcessor`'s prompt ids, pixels (padded to the largest image) and `image_sizes`."""
+    _, processor = build_tiny("mllm", mllm_type=family)
+    official = official_processor(family, monkeypatch)
+    rng = np.random.default_rng(1)
+    images = [*images_of_three_shapes(), Image.fromarray(rng.integers(0, 255, (7, 100, 3), dtype=np.uint8)), Image.new("RGB", (9, 9))]
+    prompt = processor.image_prompt.format(image=official.image_token)
+    ours = processor(text=TEXTS, images=images)
+    expected = official(text=[prompt] * len(images), images=[[image] for image in images], padding=True, return_tensors="pt")
+    for row, mask, official_row, official_mask in zip(ours["image_input_ids"], ours["image_attention_mask"],
+                                                      expected["input_ids"], expected["attention_mask"]):
+        assert row[mask.bool()].tolist() == official_row[official_mask.bool()].tolist()
+    torch.testing.assert_close(ours["pixel_values"], expected["pixel_values"])
+    assert torch.equal(ours["image_sizes"], expected["image_sizes"])
+    cell = 4 * mllm_spatial_merge_size(tiny_mllm_config(family))
+    tokenizer = processor.tokenizer
+    for ids, (height, width) in zip(ours["image_input_ids"], ours["image_sizes"].tolist()):
+        tokens = tokenizer.convert_ids_to_tokens(ids)
+        rows, cols = height // cell, width // cell
+        image_part = tokens[tokens.index("[IMG]") : tokens.index("[IMG_END]") + 1]
+        assert image_part == ((["[IMG]"] * cols + ["[IMG_BREAK]"]) * rows)[:-1] + ["[IMG_END]"]
+    assert len({tuple(size) for size in ours["image_sizes"].tolist()}) == len(images)  # every image at its own size
+
+
+@pytest.mark.parametrize("family", ["pixtral", "mistral3"])
+def test_pixtral_images_too_elongated_to_keep_a_pixel_are_refused_by_name(family):
+    """Pixtral's image processor scales an image's long side down to its `longest_edge` (32 px for the tiny models), and
+    failed with a bare size error on an image whose short side that left no pixel; the embedder's processor and the
+    judge (`image_problem`, which the preference builder asks before it reads a row) name it."""
+    from dataset_builders.testing import tiny_judge
+
+    _, processor = build_tiny("mllm", mllm_type=family)
+    message = f"aspect ratio 40:1 leaves no pixel of its short side once its long side is resized to 32 px, as the {family} image processor does"
+    with pytest.raises(ValueError, match=f"^images\\[1\\]: {message}"):
+        processor(images=[Image.new("RGB", (16, 16)), Image.new("RGB", (1, 40))])
+    assert tiny_judge(family=family).image_problem((40, 1)) == message
+    assert processor(images=[Image.new("RGB", (32, 1))])["image_sizes"].tolist() == [[4 * mllm_spatial_merge_size(tiny_mllm_config(family)), 32]]
 
 
 def test_llava_next_tiles_and_image_tokens_follow_each_images_size(monkeypatch):
@@ -186,17 +232,26 @@ def test_llava_next_image_processors_that_cut_tiles_unlike_the_model_are_refused
         (fewer_tiles, r"'s image_grid_pinpoints \[\[16, 32\], \[32, 16\]\] differ from the model config's \[\[16, 32\], "),
         (larger_tiles, " cuts 32-pixel tiles, but the model's vision tower takes 16-pixel images"),
     ]
-    config.save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
-    for image_processor, message in refused:
-        with pytest.raises(ValueError, match=f"^llava_next: the image processor{message}"):
-            PromptEncoder(config, tokenizer, image_processor)
-        image_processor.save_pretrained(tmp_path)
-        with pytest.raises(ValueError, match=f"^{re.escape(str(tmp_path))}: the image processor{message}"):
-            MapleProcessor.from_backbone(str(tmp_path), backbone="mllm")
+    assert_refused_where_built(config, tokenizer, [(processor, f"the image processor{message}") for processor, message in refused], tmp_path)
     tiny_mllm_image_processor("llava_next").save_pretrained(tmp_path)  # the model's own tiles: accepted
     assert MapleProcessor.from_backbone(str(tmp_path), backbone="mllm").image_seq_length == 16
     assert PromptEncoder(config, tokenizer, tiny_mllm_image_processor("llava_next")).image_seq_length == 16
+
+
+def assert_refused_where_built(config, tokenizer, refused, folder) -> None:
+    """Each image processor of `refused`, (image processor, message pattern) pairs, is refused with its message where
+    the judge's prompt encoder (prefixed by the family) and the embedder's processor (by the checkpoint `folder`,
+    where `config`, `tokenizer` and the image processor are saved) are built."""
+    from dataset_builders.vlm_inputs import PromptEncoder
+
+    config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    for image_processor, message in refused:
+        with pytest.raises(ValueError, match=f"^{mllm_family(config)}: {message}"):
+            PromptEncoder(config, tokenizer, image_processor)
+        image_processor.save_pretrained(folder)
+        with pytest.raises(ValueError, match=f"^{re.escape(str(folder))}: {message}"):
+            MapleProcessor.from_backbone(str(folder), backbone="mllm")
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -215,8 +270,8 @@ def test_embeddings_ignore_batching_and_survive_save_load(family, tmp_path):
     # the backend the processor was built with (PIL): with torchvision installed, transformers would load its
     # torchvision backend, whose resizing moves embeddings by about 1e-4 (docs/modeling.md)
     loaded, loaded_processor = AutoModel.from_pretrained(tmp_path), AutoProcessor.from_pretrained(tmp_path, backend="pil")
-    assert loaded.config.mllm_config.model_type == family
-    for name in ("mllm_type", "image_token", "image_seq_length"):
+    assert mllm_family(loaded.config.mllm_config) == family
+    for name in ("mllm_type", "image_token", "image_seq_length", "spatial_merge_size"):
         assert getattr(loaded_processor, name) == getattr(processor, name)
     for got, expected in zip(loaded.encode(loaded_processor, texts=TEXTS, images=images), (text_embeds, image_embeds)):
         torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
@@ -238,7 +293,9 @@ def test_from_backbone_keeps_every_tensor_and_reads_the_image_settings(family, t
     processor = MapleProcessor.from_backbone(str(tmp_path), backbone="mllm")
     assert processor.mllm_type == family
     assert processor.image_token == TINY_IMAGE_TOKENS[family]
-    assert processor.image_seq_length == mllm_image_seq_length(config) == (16 if family in ("llava", "llava_next") else 4)
+    expected_seq_length = {"llava": 16, "llava_next": 16, "pixtral": None, "mistral3": None}.get(family, 4)
+    assert processor.image_seq_length == mllm_image_seq_length(config) == expected_seq_length
+    assert processor.spatial_merge_size == (2 if family == "mistral3" else 1)
     assert model.encode(processor, images=images_of_three_shapes()).shape == (3, 32)
 
 
@@ -303,11 +360,12 @@ def test_lora_trains_maples_head_in_full_and_no_backbone_module_named_like_it(fa
     torch.testing.assert_close(reloaded.eval().encode(processor, images=images_of_three_shapes()), old_expected, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("family", ["smolvlm", "llava_next", "gemma3"])
+@pytest.mark.parametrize("family", ["smolvlm", "llava_next", "gemma3", "pixtral", "mistral3"])
 def test_a_family_checkpoint_loads_without_the_package(family, tmp_path):
     """SmolVLM (tiles, one sample holding a batch's images, a pixel mask), LLaVA-NeXT (tiles and image tokens that
-    follow each image's size) and Gemma 3 (image tokens wrapped in `<start_of_image>`, a BOS-adding tokenizer with
-    named image tokens) through `trust_remote_code` in an interpreter that cannot import this repository: the
+    follow each image's size), Gemma 3 (image tokens wrapped in `<start_of_image>`, a BOS-adding tokenizer with
+    named image tokens), Pixtral (a `llava` config told apart by its tower) and Mistral 3 (merged patches; images of
+    several sizes padded in one batch) through `trust_remote_code` in an interpreter that cannot import this repository: the
     checkpoint's own copy of the processing code builds the same inputs."""
     model, processor = build_tiny("mllm", mllm_type=family)
     model.save_pretrained(tmp_path)
@@ -332,7 +390,7 @@ def test_a_family_checkpoint_loads_without_the_package(family, tmp_path):
     assert float(error) <= 1e-6
 
 
-@pytest.mark.parametrize("family", ["llava", "llava_next", "idefics3", "gemma3"])
+@pytest.mark.parametrize("family", ["llava", "llava_next", "idefics3", "gemma3", "pixtral", "mistral3"])
 def test_rpa_trainer_trains_the_family_with_lora(family, tmp_path):
     model, processor = build_tiny("mllm", seed=0, mllm_type=family)
     trainer = RPATrainer(
@@ -420,6 +478,28 @@ def test_gemma3_image_processors_that_resize_unlike_the_vision_tower_are_refused
         MapleProcessor.from_backbone(str(tmp_path), backbone="mllm")
 
 
+@pytest.mark.parametrize("family", ["pixtral", "mistral3"])
+def test_pixtral_image_processors_unlike_the_vision_tower_are_refused(family, tmp_path):
+    """Pixtral's and Mistral 3's image processors resize each image to whole patches (Mistral 3: merged ones), by which
+    its tokens are counted, and the tower's 2-D rotary positions reach `image_size` px a side: a `patch_size` unlike the
+    tower's (tokens counted for other patches than the model cuts) or a larger `size` (positions out of its table) is
+    refused by name where the embedder's processor and the judge's prompt encoder are built, not in a forward."""
+    from dataset_builders.vlm_inputs import PromptEncoder
+
+    config, tokenizer = tiny_mllm_config(family), tiny_mllm_tokenizer(family)
+    refused = [
+        (PixtralImageProcessorPil(size={"longest_edge": 32}, patch_size=8),
+         "the image processor's patch_size is 8x8, but the model's vision tower's is 4x4 .*: set both alike"),
+        (PixtralImageProcessorPil(size={"longest_edge": 64}, patch_size=4),
+         "the image processor's size is .*, but the model's vision tower takes images of at most 32 px a side .*"
+         "set size={'longest_edge': 32} or less"),
+    ]
+    assert_refused_where_built(config, tokenizer, refused, tmp_path)
+    tiny_mllm_image_processor(family).save_pretrained(tmp_path)  # the tower's patches and size: accepted
+    assert MapleProcessor.from_backbone(str(tmp_path), backbone="mllm").mllm_type == family
+    assert PromptEncoder(config, tokenizer, PixtralImageProcessorPil(size={"longest_edge": 16}, patch_size=4)).family == family
+
+
 def test_bad_family_settings_are_named_errors(tmp_path):
     image_processor, tokenizer = tiny_mllm_image_processor("llava"), tiny_tokenizer()
     padless = tiny_tokenizer()
@@ -440,10 +520,15 @@ def test_bad_family_settings_are_named_errors(tmp_path):
     tokenizer.save_pretrained(clip_folder)
     with pytest.raises(ValueError, match="Unsupported MLLM 'clip_vision_model'"):
         MapleProcessor.from_backbone(str(clip_folder), backbone="mllm")
-    pixtral_tower = {"model_type": "pixtral", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-                     "num_attention_heads": 2, "image_size": 16, "patch_size": 4}
-    with pytest.raises(ValueError, match="LLaVA with a 'pixtral' vision tower is not supported"):
-        mllm_image_seq_length(tiny_mllm_config("llava", vision_config=pixtral_tower))
+    pixtral_tower = tiny_mllm_config("pixtral").vision_config.to_dict()
+    with pytest.raises(ValueError, match="LLaVA-NeXT with a 'pixtral' vision tower is not supported: expected a CLIP or "
+                                         r"SigLIP tower \(a Pixtral tower goes with a 'llava' config\)"):
+        mllm_image_seq_length(tiny_mllm_config("llava_next", vision_config=pixtral_tower))
+    # pixtral-12b's strategy; "default" would drop the batch's first patch, and the model's split by image_sizes fail
+    with pytest.raises(ValueError, match="LLaVA with a 'pixtral' vision tower and vision_feature_select_strategy='default' "
+                                         "is not supported: expected 'full'"):
+        mllm_image_seq_length(tiny_mllm_config("pixtral", vision_feature_select_strategy="default"))
+    assert mllm_family(tiny_mllm_config("pixtral")) == "pixtral" and mllm_family(tiny_mllm_config("llava")) == "llava"
     model, processor = build_tiny("mllm", mllm_type="llava")
     with pytest.raises(ValueError, match="llava embedder needs `image_input_ids`"):
         model(pixel_values=processor(images=images_of_three_shapes())["pixel_values"])
@@ -469,7 +554,7 @@ def test_llava_image_token_count_follows_the_tower_and_feature_strategy(tower, s
 
 
 # The image geometry of real checkpoints (at tiny widths), and the image tokens per image or tile their own
-# processors use (processor_config.json: image_seq_length / image_seq_len).
+# processors use (processor_config.json: image_seq_length / image_seq_len; None where it follows each image's size).
 LLAVA_V16_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]  # config and image processor
 REAL_GEOMETRY = {
     "llava": (  # llava-hf/llava-1.5-7b-hf
@@ -492,6 +577,12 @@ REAL_GEOMETRY = {
     "gemma3": (  # google/gemma-3-4b-it: 896-pixel images, 64x64 patches pooled into 256 tokens
         {"vision_config": {"image_size": 896, "patch_size": 14}, "mm_tokens_per_image": 256},
         lambda: Gemma3ImageProcessorPil(size={"height": 896, "width": 896}), 256),
+    "pixtral": (  # mistral-community/pixtral-12b: 16-pixel patches, images up to 1024 px a side, a token per patch
+        {"vision_config": {"image_size": 1024, "patch_size": 16}, "vision_feature_select_strategy": "full"},
+        lambda: PixtralImageProcessorPil(size={"longest_edge": 1024}, patch_size=16), None),
+    "mistral3": (  # mistralai/Mistral-Small-3.1-24B-Instruct-2503: 14-pixel patches merged 2x2, up to 1540 px a side
+        {"vision_config": {"image_size": 1540, "patch_size": 14}, "spatial_merge_size": 2},
+        lambda: PixtralImageProcessorPil(size={"longest_edge": 1540}, patch_size=14), None),
     "idefics3": (  # HuggingFaceM4/Idefics3-8B-Llama3
         {"vision_config": {"image_size": 364, "patch_size": 14}, "scale_factor": 2},
         lambda: Idefics3ImageProcessorPil(size={"longest_edge": 728}, max_image_size={"longest_edge": 364}), 169),
@@ -507,7 +598,8 @@ def test_real_checkpoint_geometry_gives_their_processors_token_counts(family):
     torch.manual_seed(0)
     model = MapleModel(MapleConfig(backbone="mllm", mllm_config=config)).eval()
     processor = MapleProcessor(image_processor(), tiny_mllm_tokenizer(family), mllm_type=family,
-                               image_token=TINY_IMAGE_TOKENS[family], image_seq_length=expected_tokens)
+                               image_token=TINY_IMAGE_TOKENS[family], image_seq_length=expected_tokens,
+                               spatial_merge_size=mllm_spatial_merge_size(config))
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)) for shape in [(300, 400, 3), (400, 200, 3)]]
     both = model.encode(processor, images=images)  # a count that differs from the model's features raises here

@@ -118,13 +118,15 @@ def test_resuming_with_other_lora_settings_or_without_lora_is_a_one_line_error(t
             "its settings, or start a new run in another output_dir")
 
 
-def test_tiny_smoke_run_on_an_mllm_family(tmp_path):
+@pytest.mark.parametrize("family, model_type", [("smolvlm", "smolvlm"), ("pixtral", "llava")])
+def test_tiny_smoke_run_on_an_mllm_family(family, model_type, tmp_path):
     synthetic_preference_dataset(8).save_to_disk(tmp_path / "prefs")
-    argv = ["--tiny", "smolvlm", "--dataset_name", str(tmp_path / "prefs"), "--output_dir", str(tmp_path / "out"),
+    argv = ["--tiny", family, "--dataset_name", str(tmp_path / "prefs"), "--output_dir", str(tmp_path / "out"),
             "--max_steps", "1", "--per_device_train_batch_size", "4", "--report_to", "none", "--save_strategy", "no"]
     assert main(argv) == 0
     model = AutoModel.from_pretrained(tmp_path / "out")
-    assert model.config.mllm_config.model_type == "smolvlm"
+    assert model.config.mllm_config.model_type == model_type  # Pixtral's is a llava config with a Pixtral tower
+    assert AutoProcessor.from_pretrained(tmp_path / "out").mllm_type == family
 
 
 def test_help_documents_every_option(capsys):
@@ -402,8 +404,9 @@ def test_model_init_kwargs_reach_the_model_as_in_trl(tmp_path):
 
 @pytest.mark.parametrize(
     "model_type, backbone",
-    [("qwen2_vl", "mllm"), ("qwen2_5_vl", "mllm"), ("qwen3_vl", "mllm"), ("llava_next", "mllm"), ("gemma3", "mllm"), ("clip", "dual_encoder"),
-     ("siglip", "dual_encoder"), ("siglip2", "dual_encoder"), ("bert", None), ("maple", None), (None, None)],
+    [("qwen2_vl", "mllm"), ("qwen2_5_vl", "mllm"), ("qwen3_vl", "mllm"), ("llava_next", "mllm"), ("gemma3", "mllm"), ("mistral3", "mllm"),
+     ("clip", "dual_encoder"), ("siglip", "dual_encoder"), ("siglip2", "dual_encoder"), ("bert", None), ("maple", None),
+     ("pixtral", None), (None, None)],  # "pixtral": the vision tower alone (pixtral-12b is a llava checkpoint)
 )
 def test_backbone_of_maps_checkpoint_families(model_type, backbone):
     from modeling_maple.configuration_maple import backbone_of

@@ -29,7 +29,7 @@ from trl import TrlParser
 
 from maple.cli import exit_with_error
 from maple.hub import is_hub_id, local_typo_hint
-from modeling_maple.configuration_maple import BACKBONES, SUPPORTED_MLLMS
+from modeling_maple.configuration_maple import BACKBONES, MLLM_FAMILIES
 
 from .rpa_config import RPAConfig, from_pretrained_kwargs, unused_dpo_field_help
 from .schema import first_undecodable_image, validate_preference_dataset
@@ -64,7 +64,7 @@ class ModelArguments:
         metadata={
             "help": "How to build the embedder from a backbone that is not yet a MAPLE checkpoint: 'mllm' or "
             "'dual_encoder'. Inferred for the supported MLLMs (Qwen2/2.5/3-VL, LLaVA-1.5, LLaVA-NeXT, InternVL, Idefics3, "
-            "SmolVLM, Gemma 3) and CLIP/SigLIP models; ignored for MAPLE checkpoints.",
+            "SmolVLM, Gemma 3, Pixtral (a LLaVA with a Pixtral tower), Mistral 3) and CLIP/SigLIP models; ignored for MAPLE checkpoints.",
             "choices": list(BACKBONES),
         },
     )
@@ -72,8 +72,8 @@ class ModelArguments:
         default=None,
         metadata={
             "help": "Train a tiny random model instead: 'dual_encoder', 'mllm' (a Qwen2-VL) or an MLLM family such as "
-            "'smolvlm'; an offline smoke run that needs no download.",
-            "choices": [*BACKBONES, *SUPPORTED_MLLMS],
+            "'smolvlm' or 'pixtral'; an offline smoke run that needs no download.",
+            "choices": [*BACKBONES, *MLLM_FAMILIES],
         },
     )
     use_peft: bool = field(
@@ -441,7 +441,7 @@ def load_model_and_processor(model_args: ModelArguments, training_args: RPAConfi
     if model_args.tiny:
         from modeling_maple.testing import build_tiny
 
-        if model_args.tiny in SUPPORTED_MLLMS:
+        if model_args.tiny in MLLM_FAMILIES:
             return build_tiny("mllm", mllm_type=model_args.tiny)
         return build_tiny(model_args.tiny)
     name = model_args.model_name_or_path
