@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", default="paper", choices=[config.name for config in MaplePreferences.BUILDER_CONFIGS], help="named recipe: 'paper' (generated contrastive captions) or 'corpus-captions' (the hard negatives' own captions, no captioner)")
 
     components = parser.add_argument_group("models (a Hub id or local path, or module:factory for any object implementing the protocol)")
-    components.add_argument("--judge", action="append", required=True, metavar="ID", help="MLLM judge (paper: Qwen/Qwen2-VL-7B-Instruct; also OpenGVLab/InternVL3-1B-hf, HuggingFaceTB/SmolVLM-Instruct, ...: Qwen2/2.5/3-VL, LLaVA, LLaVA-NeXT, InternVL, Idefics3/SmolVLM, Gemma 3 families); repeat to average several judges")
+    components.add_argument("--judge", action="append", required=True, metavar="ID", help="MLLM judge (paper: Qwen/Qwen2-VL-7B-Instruct; also OpenGVLab/InternVL3-1B-hf, HuggingFaceTB/SmolVLM-Instruct, ...: Qwen2/2.5/3-VL, LLaVA, LLaVA-NeXT, InternVL, Idefics3/SmolVLM, Gemma 3, Pixtral, Mistral 3 families); repeat to average several judges")
     components.add_argument("--captioner", metavar="ID", help="contrastive captioner (paper: Qwen/Qwen2.5-VL-72B-Instruct); required by the 'paper' config")
     components.add_argument("--miner", default="facebook/dinov2-base", metavar="ID", help="image encoder for hard-negative mining and SemDeDup")
     components.add_argument("--device", default=None, help="device for the models; default: this rank's GPU if any, else cpu")
