@@ -794,10 +794,28 @@ def test_bf16_default_is_off_when_training_on_the_cpu_of_a_gpu_machine(tmp_path,
     assert RPAConfig(output_dir=str(tmp_path), fp16=True).bf16 is False  # fp16 asked for: not both
 
 
+def test_a_model_given_by_hub_id_is_read_with_the_hub_token(tmp_path, monkeypatch):
+    """`RPATrainer(model="org/id")` reads the repo with `args.hub_token`, as it pushes, unless `model_init_kwargs` name
+    another token."""
+    from trainer import rpa_trainer
+
+    class Loaded(Exception):
+        pass
+
+    def load_maple(name, **kwargs):
+        raise Loaded(kwargs.get("token"))
+
+    monkeypatch.setattr(rpa_trainer, "load_maple", load_maple)
+    for model_init_kwargs, token in ((None, "hf_reader"), ({"token": "hf_other"}, "hf_other")):
+        args = RPAConfig(output_dir=str(tmp_path), hub_token="hf_reader", model_init_kwargs=model_init_kwargs,
+                         report_to="none")
+        with pytest.raises(Loaded, match=f"^{token}$"):
+            RPATrainer("org/private-embedder", args=args, train_dataset=synthetic_preference_dataset(4, seed=0))
+
+
 def test_the_pickled_arguments_hold_no_hub_token(tmp_path):
     """`Trainer` saves the arguments as training_args.bin beside every checkpoint and pushes that file; the token
     stays with the arguments in use."""
-    import io
     import pickle
 
     args = RPAConfig(output_dir=str(tmp_path), hub_token="hf_secret_token", report_to="none")

@@ -427,7 +427,7 @@ def model_loading_kwargs(training_args: RPAConfig) -> dict:
     """`from_pretrained` arguments from `--model_init_kwargs` (`rpa_config.from_pretrained_kwargs`); a bad value is a
     one-line error."""
     try:
-        return from_pretrained_kwargs(training_args.model_init_kwargs, training_args.trust_remote_code)
+        return from_pretrained_kwargs(training_args.model_init_kwargs, training_args.trust_remote_code, training_args.hub_token)
     except ValueError as error:
         raise TrainingInputError(f"--model_init_kwargs: {error}") from None
 
@@ -446,8 +446,7 @@ def load_model_and_processor(model_args: ModelArguments, training_args: RPAConfi
         return build_tiny(model_args.tiny)
     name = model_args.model_name_or_path
     try:
-        loading = {"token": training_args.hub_token, **model_loading_kwargs(training_args)}
-        return load_maple(name, backbone=model_args.backbone, **loading)
+        return load_maple(name, backbone=model_args.backbone, **model_loading_kwargs(training_args))
     except BackboneLoadingError as error:
         raise TrainingInputError(f"--model_init_kwargs: {error}") from error
     except TypeError as error:  # a --model_init_kwargs key that from_pretrained passes on to the model's __init__

@@ -318,13 +318,15 @@ class RPAConfig(DPOConfig):
             )
 
 
-def from_pretrained_kwargs(model_init_kwargs: dict | None, trust_remote_code: bool = False) -> dict:
-    """`from_pretrained` arguments from `RPAConfig.model_init_kwargs`, with `trust_remote_code` (`RPAConfig`'s) unless
-    they name it. As in TRL, the weights are float32 unless a
+def from_pretrained_kwargs(
+    model_init_kwargs: dict | None, trust_remote_code: bool = False, token: str | None = None
+) -> dict:
+    """`from_pretrained` arguments from `RPAConfig.model_init_kwargs`, with `trust_remote_code` and `token` (`RPAConfig`'s
+    `hub_token`, which reads a Hub model as it pushes) unless they name them. As in TRL, the weights are float32 unless a
     dtype is given ("bfloat16" names one; "auto" keeps the checkpoint's, which transformers 5 would take by default:
     bf16 for a bf16 checkpoint, where updates below its resolution are lost). `torch_dtype`, transformers' former
     name still in many TRL recipes, counts as `dtype`. A string that names no torch dtype is a ValueError."""
-    kwargs = {"trust_remote_code": trust_remote_code, **(model_init_kwargs or {})}
+    kwargs = {"trust_remote_code": trust_remote_code, "token": token, **(model_init_kwargs or {})}
     if "backbone" in kwargs:  # `load_maple`'s own argument, not one of `from_pretrained`
         raise ValueError("'backbone' is not a from_pretrained argument: pass `maple train --backbone`, or build the model "
                          "with MapleModel.from_backbone")

@@ -91,7 +91,8 @@ class RPATrainer(DPOTrainer):
 
     Args:
         model: a `MapleModel`, or the path / Hub id of a MAPLE checkpoint or of a backbone to build one from (an MLLM
-            or CLIP/SigLIP checkpoint), loaded by `modeling_maple.load_maple` with `args.model_init_kwargs`.
+            or CLIP/SigLIP checkpoint), loaded by `modeling_maple.load_maple` with `args.model_init_kwargs` (a Hub repo
+            with `args.hub_token`, unless they name a token).
         ref_model: the frozen reference embedder for `reference="frozen"`; by default the PEFT base model (adapters
             disabled; also when `model` is a `PeftModel` whose base weights are all frozen) or a frozen copy of
             `model`.
@@ -152,7 +153,7 @@ class RPATrainer(DPOTrainer):
                 "evaluate the saved model (`maple eval`)."
             )
         if isinstance(model, str):
-            loading = from_pretrained_kwargs(args.model_init_kwargs, args.trust_remote_code)
+            loading = from_pretrained_kwargs(args.model_init_kwargs, args.trust_remote_code, args.hub_token)
             if processing_class is None:
                 model, processing_class = load_maple(model, **loading)
             else:  # only the model: a checkpoint may be saved without its processor
