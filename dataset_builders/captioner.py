@@ -16,7 +16,7 @@ import PIL.Image
 import torch
 from transformers import GenerationConfig
 
-from .vlm_inputs import build_on_vlm, model_settings, prompt_encoder_for, to_model
+from .vlm_inputs import build_on_vlm, model_settings, prompt_encoder_for, text_part, to_model
 
 DEFAULT_CAPTION_PROMPT = (
     "The first image is the anchor; the second is a similar but different image. "
@@ -145,7 +145,7 @@ class ContrastiveCaptioner:
         self.batch_size = batch_size
         self.name = name or model.config.name_or_path or type(model).__name__
         self.prompt_encoder = prompt_encoder_for(model.config, tokenizer, image_processor, chat_template=chat_template)
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": prompt}]}]
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, text_part(prompt)]}]
         # Every prompt is the same text around two images: render it once, expand images per pair.
         self._prompt_text = self.prompt_encoder.render(messages, add_generation_prompt=True)
         self._generate_kwargs = {

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import PIL.Image
 import torch
+from jinja2 import TemplateError
 from transformers import DynamicCache
 
 from .interfaces import PreferenceJudge, component_name, first_finding
@@ -28,6 +29,7 @@ from .vlm_inputs import (
     model_settings,
     offloaded_tensor,
     prompt_encoder_for,
+    text_part,
     to_model,
 )
 
@@ -106,12 +108,16 @@ def answer_token_id(prompt_encoder: PromptEncoder, word: str) -> int:
     "Yes" / " Yes" are tried; if neither exists the judge cannot score and a ValueError says so.
     """
     tokenizer = prompt_encoder.tokenizer
-    question = [{"role": "user", "content": [{"type": "text", "text": "?"}]}]
+    question = [{"role": "user", "content": [text_part("?")]}]
     prompt_ids = tokenizer(prompt_encoder.render(question, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
     # Content as a list of parts first: some templates (SmolVLM's, Idefics3's) render only that form, and render a
     # plain-string answer as nothing, which would leave the fallback's spelling, not the model's.
-    for content in ([{"type": "text", "text": word}], word):
-        answered = prompt_encoder.render(question + [{"role": "assistant", "content": content}], add_generation_prompt=False)
+    # pixtral-12b's template adds the EOS to an answer's content as a string, so a list of parts is a TypeError there.
+    for content in ([text_part(word)], word):
+        try:
+            answered = prompt_encoder.render(question + [{"role": "assistant", "content": content}], add_generation_prompt=False)
+        except (TypeError, TemplateError):
+            continue
         answered_ids = tokenizer(answered, add_special_tokens=False)["input_ids"]
         if answered_ids[: len(prompt_ids)] == prompt_ids and len(answered_ids) > len(prompt_ids):
             candidate = answered_ids[len(prompt_ids)]
@@ -245,7 +251,7 @@ class MLLMJudge:
         """
         marker = "\x00TEXT\x00"
         messages = [
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.prompt.replace("{text}", marker)}]}
+            {"role": "user", "content": [{"type": "image"}, text_part(self.prompt.replace("{text}", marker))]}
         ]
         rendered = self.prompt_encoder.render(messages, add_generation_prompt=True)
         placeholder = self.prompt_encoder.image_placeholder

@@ -41,7 +41,13 @@ from modeling_maple.processing_maple import (
 from .interfaces import check_settings, with_device_map
 
 Message = dict[str, object]
-"""One chat message: {"role": ..., "content": [{"type": "image"} | {"type": "text", "text": ...}]}."""
+"""One chat message: {"role": ..., "content": [{"type": "image"} | `text_part(...)`]}."""
+
+
+def text_part(text: str) -> dict[str, str]:
+    """A chat message's text part, its words under both keys templates read them by: "text" (most families'), and
+    "content" (pixtral-12b's template, which would render a part without it as nothing)."""
+    return {"type": "text", "text": text, "content": text}
 
 
 class PromptEncoder:

@@ -68,3 +68,27 @@ def official_processor(family: str, monkeypatch, tokenizer=None) -> ProcessorMix
         return PixtralProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=4,
                                 spatial_merge_size=2 if family == "mistral3" else 1, chat_template=tokenizer.chat_template)
     raise ValueError(f"no official processor for {family!r} here")
+
+
+# mistral-community/pixtral-12b's own chat template (its Hub chat_template.json, as transformers' Pixtral docs use it):
+# a text part's words are read under "content", not "text", and an assistant turn's content is concatenated with the
+# EOS as a string, so a list of parts there is a TypeError.
+PIXTRAL_12B_CHAT_TEMPLATE = (
+    '{%- if messages[0]["role"] == "system" %}{%- set system_message = messages[0]["content"] %}'
+    '{%- set loop_messages = messages[1:] %}{%- else %}{%- set loop_messages = messages %}{%- endif %}'
+    "{{- bos_token }}"
+    "{%- for message in loop_messages %}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{- raise_exception('After the optional system message, conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{%- endif %}"
+    '{%- if message["role"] == "user" %}'
+    '{%- if loop.last and system_message is defined %}{{- "[INST]" + system_message + "\\n\\n" }}{%- else %}{{- "[INST]" }}{%- endif %}'
+    '{%- if message["content"] is not string %}{%- for chunk in message["content"] %}'
+    '{%- if chunk["type"] == "text" %}{{- chunk["content"] }}{%- elif chunk["type"] == "image" %}{{- "[IMG]" }}'
+    '{%- else %}{{- raise_exception("Unrecognized content type!") }}{%- endif %}{%- endfor %}'
+    '{%- else %}{{- message["content"] }}{%- endif %}{{- "[/INST]" }}'
+    '{%- elif message["role"] == "assistant" %}{{- message["content"] + eos_token}}'
+    '{%- else %}{{- raise_exception("Only user and assistant roles are supported, with the exception of an initial '
+    'optional system message!") }}{%- endif %}'
+    "{%- endfor %}"
+)

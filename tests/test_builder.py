@@ -175,6 +175,30 @@ def test_images_the_judge_cannot_take_are_skipped_with_the_inputs(tmp_path):
     assert miner.image_problem((400, 2)) is None and thumbnail_miner().image_problem((1000, 2)) is None
 
 
+@pytest.mark.parametrize("family", ["pixtral", "mistral3"])
+def test_an_image_a_pixtral_embedders_miner_cannot_take_is_skipped_with_the_inputs(tmp_path, family):
+    """A miner on a Pixtral or Mistral 3 MAPLE embedder, whose image processor fails on an image so elongated that its
+    short side keeps no pixel once its long side is scaled to `longest_edge` (32 px for the tiny models): the builder
+    skips such a row with the inputs, naming the miner, rather than fail mid-build when it embeds the row (the miner's
+    check asked the family alone, which holds only Qwen-VL's aspect-ratio rule, not the image processor)."""
+    import io
+
+    from modeling_maple.testing import build_tiny
+
+    strip = io.BytesIO()
+    Image.new("RGB", (40, 1), "red").save(strip, format="PNG")
+    source = colour_square_source(4, id=["strip"], image=[{"bytes": strip.getvalue(), "path": None}], caption=["a red strip"])
+    model, processor = build_tiny("mllm", seed=0, mllm_type=family)
+    miner = HardNegativeMiner.from_maple(model, processor)
+    _, valid_rows, problems = _unbuilt(tmp_path, source, miner=miner, semdedup_clusters=None).check_inputs()
+    detail = (f"the miner: aspect ratio 40:1 leaves no pixel of its short side once its long side is resized to 32 px, "
+              f"as the {family} image processor does")
+    assert [(item.id, item.kind, item.detail) for item in problems] == [("strip", "image a model cannot take", detail)]
+    assert valid_rows == list(range(4))
+    with pytest.raises(ValueError, match="leaves no pixel"):  # what embedding it would have met
+        miner.embed([Image.new("RGB", (40, 1))])
+
+
 @pytest.mark.parametrize(
     "refuser, config_name, skipped",
     [

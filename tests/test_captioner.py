@@ -10,7 +10,7 @@ from dataset_builders import CandidateCaptioner, ContrastiveCaptioner
 from dataset_builders.captioner import parse_captions
 from dataset_builders.testing import tiny_captioner, tiny_image_text_model
 from modeling_maple.testing import tiny_image_processor, tiny_tokenizer
-from official_processors import official_processor
+from official_processors import PIXTRAL_12B_CHAT_TEMPLATE, official_processor
 
 ANCHORS = [Image.new("RGB", (32, 32), "red"), Image.new("RGB", (40, 24), "blue")]
 NEGATIVES = [Image.new("RGB", (32, 32), "orange"), Image.new("RGB", (24, 40), "navy")]
@@ -251,6 +251,14 @@ def test_pixtral_captioner_batches_pairs_of_any_sizes_as_its_own_processor_and_m
         with torch.no_grad():
             torch.testing.assert_close(batched[row], captioner.model(**alone).logits[0, -1], atol=1e-4, rtol=1e-4)
     assert not torch.allclose(batched[0], batched[1], atol=1e-3)  # the two pairs' images are seen
+
+
+def test_a_pixtral_captioner_with_pixtral_12bs_own_chat_template_keeps_its_instruction():
+    """pixtral-12b's chat template reads a text part's words under "content", not "text": the captioner's prompt held
+    the two images and no instruction at all, and it sampled captions of nothing it had asked for, silently."""
+    captioner = tiny_captioner(family="pixtral", chat_template=PIXTRAL_12B_CHAT_TEMPLATE)
+    assert captioner._prompt_text == tiny_captioner(family="pixtral")._prompt_text
+    assert captioner.prompt in captioner._prompt_text
 
 
 def test_gemma3_captioner_prompts_and_logits_are_its_own_processors_and_models_for_each_pair(monkeypatch):

@@ -12,7 +12,7 @@ from dataset_builders.judge import answer_token_id
 from dataset_builders.testing import ColourJudge, tiny_image_text_model, tiny_judge
 from dataset_builders.vlm_inputs import QwenVLPromptEncoder, offloaded_tensor
 from modeling_maple.testing import tiny_image_processor, tiny_tokenizer
-from official_processors import official_processor
+from official_processors import PIXTRAL_12B_CHAT_TEMPLATE, official_processor
 
 
 def _noise_image(seed: int, size: tuple[int, int] = (32, 32)) -> Image.Image:
@@ -565,6 +565,21 @@ def test_pixtral_judge_scores_each_pair_as_its_own_processor_and_model_do(family
         ids = _official_pair_inputs(judge, official, image, text, add_special_tokens=False)["input_ids"][0].tolist()
         assert judge.prefix_ids(judge.prompt_encoder.encode_images([image]), 0) + judge.suffix_ids([text])[0] == ids
         assert ids[:2] == [tokenizer.bos_token_id, tokenizer.convert_tokens_to_ids("[INST]")]  # one BOS
+
+
+def test_a_pixtral_judge_with_pixtral_12bs_own_chat_template_asks_the_question_and_reads_the_answer():
+    """pixtral-12b's chat template reads a text part's words under "content" (not "text") and concatenates an
+    assistant turn's content with the EOS as a string: the judge failed to start with a bare TypeError (the answer
+    rendered as a list of parts) and its prompt would have lost the question. Its prompt and scores are those of the
+    same template reading "text" (the tiny Pixtral one)."""
+    reference = tiny_judge(seed=4, family="pixtral")
+    judge = tiny_judge(seed=4, family="pixtral", chat_template=PIXTRAL_12B_CHAT_TEMPLATE)
+    assert (judge.prefix_text, judge.suffix_template) == (reference.prefix_text, reference.suffix_template)
+    assert "Answer Yes or No." in judge.suffix_template
+    assert (judge.yes_id, judge.no_id) == (reference.yes_id, reference.no_id)
+    images, texts = MIXED_IMAGES[:2], [["a red circle", "no"], ["two"]]
+    for got, expected in zip(judge.score(images, texts), reference.score(images, texts)):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("sliding_window", [8, 32])
