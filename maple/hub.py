@@ -72,8 +72,8 @@ def _chain(error: BaseException) -> Iterator[BaseException]:
 
 
 # Where the token of a Hub request comes from, first found first: what errors about a token advise
-TOKEN_SOURCES = "--token or token=, else HF_TOKEN, else the one `hf auth login` saved"
-NO_TOKEN_ADVICE = "pass one (--token, token=), set HF_TOKEN or log in with `hf auth login`"
+TOKEN_SOURCES = "--token (maple train: --hub_token) or token=, else HF_TOKEN, else the one `hf auth login` saved"
+NO_TOKEN_ADVICE = "pass one (--token, maple train's --hub_token, token=), set HF_TOKEN or log in with `hf auth login`"
 
 
 def _sent_a_token(answered: BaseException) -> bool:

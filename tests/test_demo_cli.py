@@ -702,7 +702,7 @@ def test_outputs_push_to_a_hub_under_a_bare_repo_name_with_the_token_given(demo_
             raise AssertionError("the private repo was read without a token")
         """, HF_TOKEN="")
     assert (f"without a token: maple demo: error: pushing failed: model repo 'demo' on {hub_server.url} needs a token "
-            "(HTTP 401 to a request without one): pass one (--token, token=), set HF_TOKEN or log in with `hf auth "
+            "(HTTP 401 to a request without one): pass one (--token, maple train's --hub_token, token=), set HF_TOKEN or log in with `hf auth "
             f"login`. The run is kept in {out}: run the same command again to push it (nothing is recomputed)") in output
     model_files = hub_server.files(f"{USER}/demo")
     assert {"model.safetensors", "modeling_maple.py", "README.md", "tokenizer.json"} <= set(model_files)

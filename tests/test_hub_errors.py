@@ -32,7 +32,7 @@ def test_refused_token_is_named(hub_server, tmp_path):
     finally:
         hub_server.require_token(None)
     assert message == (f"model repo 'maple-org/private' on {hub_server.url} refused the token (HTTP 401): check the one "
-                       "used (--token or token=, else HF_TOKEN, else the one `hf auth login` saved)")
+                       "used (--token (maple train: --hub_token) or token=, else HF_TOKEN, else the one `hf auth login` saved)")
 
 
 def test_server_error_is_named(hub_server, tmp_path):
@@ -165,15 +165,15 @@ def _hub_failure_of_wrapped(hub_error, **kwargs):
 
 
 @pytest.mark.parametrize("error_class, status, expected", [
-    ("GatedRepoError", 403, "is gated: accept its terms on the Hub with the account of the token used (--token or "
-                            "token=, else HF_TOKEN, else the one `hf auth login` saved)"),
+    ("GatedRepoError", 403, "is gated: accept its terms on the Hub with the account of the token used (--token (maple "
+                            "train: --hub_token) or token=, else HF_TOKEN, else the one `hf auth login` saved)"),
     ("RevisionNotFoundError", 404, "has no revision 'v2'"),
-    ("HfHubHTTPError", 403, "refused the token (HTTP 403): check the one used (--token or token=, else HF_TOKEN, else "
-                            "the one `hf auth login` saved)"),
+    ("HfHubHTTPError", 403, "refused the token (HTTP 403): check the one used (--token (maple train: --hub_token) or "
+                            "token=, else HF_TOKEN, else the one `hf auth login` saved)"),
     ("HfHubHTTPError", 503, "could not be read: HTTP 503 from the server"),
     # the Hub's answer to a request without a token for a private repo, as for a missing one
     ("RepositoryNotFoundError", 401, "was not found, or is private and needs a token (HTTP 401 to a request without "
-                                     "one): pass one (--token, token=), set HF_TOKEN or log in with `hf auth login`"),
+                                     "one): pass one (--token, maple train's --hub_token, token=), set HF_TOKEN or log in with `hf auth login`"),
 ])
 def test_hub_failure_names_the_repo_and_the_answer_found_in_the_context_of_a_wrapping_error(error_class, status, expected):
     """Cases the local Hub server does not answer: a gated repo (a subclass of the not-found error, so checked
@@ -192,7 +192,7 @@ def test_hub_failure_names_a_write_without_a_token_as_one_that_needs_a_token():
 
     message = _hub_failure_of_wrapped(_answered(RepositoryNotFoundError, 401), writing=True)
     assert message == (f"model repo 'maple-org/model' on {constants.ENDPOINT} needs a token (HTTP 401 to a request "
-                       "without one): pass one (--token, token=), set HF_TOKEN or log in with `hf auth login`")
+                       "without one): pass one (--token, maple train's --hub_token, token=), set HF_TOKEN or log in with `hf auth login`")
 
 
 def test_hub_failure_leaves_a_missing_file_of_a_readable_repo_to_the_caller():

@@ -98,7 +98,7 @@ def test_maple_eval_reads_and_pushes_a_private_repo_with_the_token_given(hub_ser
     output = run_client(hub_server, tmp_path, EVAL_PRIVATE_REPO, HF_TOKEN="", MAPLE_TEST_TOKEN=CLIENT_TOKEN,
                         MAPLE_TEST_BIVLC=str(benchmark_sources["bivlc"]))
     assert (f"without a token: maple eval: error: model repo 'maple-org/private-embedder' on {hub_server.url} was not "
-            "found, or is private and needs a token (HTTP 401 to a request without one): pass one (--token, token=), set "
+            "found, or is private and needs a token (HTTP 401 to a request without one): pass one (--token, maple train's --hub_token, token=), set "
             "HF_TOKEN or log in with `hf auth login`") in output
     assert hub_server.state.repo("model", "maple-org/private-embedder").private
     assert "maple_eval_results.json" in hub_server.files("maple-org/private-embedder")
@@ -144,7 +144,7 @@ def test_build_preferences_pushes_a_private_repo_with_the_token_given(hub_server
     output = run_client(hub_server, tmp_path, BUILD_PRIVATE_REPO, HF_TOKEN="", MAPLE_TEST_TOKEN=CLIENT_TOKEN)
     assert (f"without a token: maple build-preferences: error: pushing failed: dataset repo "
             f"'maple-org/private-preferences' on {hub_server.url} needs a token (HTTP 401 to a request without one): "
-            "pass one (--token, token=), set HF_TOKEN or log in with `hf auth login`. The built dataset is kept in") in output
+            "pass one (--token, maple train's --hub_token, token=), set HF_TOKEN or log in with `hf auth login`. The built dataset is kept in") in output
     assert hub_server.state.repo("dataset", "maple-org/private-preferences").private
     # MaplePreferences.from_pretrained reads it with the token given, and says what to do without one
     assert (f"loaded without a token: HubReadError dataset repo 'maple-org/private-preferences' on {hub_server.url} was "
