@@ -425,6 +425,8 @@ def test_cli_reports_a_refused_push_in_one_line_and_keeps_the_results(tiny, benc
     from huggingface_hub.errors import HfHubHTTPError
     from huggingface_hub.utils import httpx
 
+    from maple.hub import TOKEN_SOURCES
+
     _, _, (first, _) = tiny
     out, source = tmp_path / "eval", f"coco={benchmark_sources['coco']}"
     assert main([str(first), "--benchmarks", "coco", "--source", source, "--out", str(out)]) == 0
@@ -439,9 +441,8 @@ def test_cli_reports_a_refused_push_in_one_line_and_keeps_the_results(tiny, benc
     capsys.readouterr()
     assert main([hub_model, "--benchmarks", "coco", "--source", f"coco={hub_source}", "--out", str(out), "--push-to-hub"]) == 1
     assert capsys.readouterr().err == (f"maple eval: error: pushing the results failed: model repo {hub_model!r} on "
-                                       f"{constants.ENDPOINT} refused the token (HTTP 403): check the one used (--token "
-                                       f"or token=, else HF_TOKEN, else the one `hf auth login` saved); they are saved in "
-                                       f"{out}\n")
+                                       f"{constants.ENDPOINT} refused the token (HTTP 403): check the one used "
+                                       f"({TOKEN_SOURCES}); they are saved in {out}\n")
     assert hub_model in json.loads((out / "results.json").read_text())
 
 
