@@ -346,6 +346,7 @@ def model_card_from_run(
     repo_id: str | None = None,
     model_config: Mapping[str, Any] | Any | None = None,
     license: str | None = None,
+    token: str | None = None,
 ) -> ModelCard:
     """The model card of a training run; writes `training_curves.png` (and, with quadruple
     benchmarks, `similarity_histograms.png`) into `output_dir`.
@@ -363,8 +364,8 @@ def model_card_from_run(
         repo_id: where the card will live (names the model and fills the usage snippet).
         model_config: the model's `MapleConfig` (or its `to_dict()`), whose pooling and attention the
             card describes; None: the card names the backbone kind only.
-        license: the model's licence, a Hub licence id or a name; None: the base model's (`base_model_license`),
-            and none in the metadata where that is unknown.
+        license: the model's licence, a Hub licence id or a name; None: the base model's (`base_model_license`, a
+            Hub base read with `token`), and none in the metadata where that is unknown.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -373,7 +374,7 @@ def model_card_from_run(
     # Only Hub ids go into the metadata (the Hub refuses a card whose base_model or datasets name a local path)
     # and get links; a local folder is named as text.
     base_model_id, dataset_hub_id = hub_reference(base_model), hub_reference(dataset_id)
-    license = license or base_model_license(base_model)
+    license = license or base_model_license(base_model, token=token)
     card_data = ModelCardData(
         **(_license_metadata(license) if license else {}),
         model_name=model_name,

@@ -210,13 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(" ".join(str(error).split()))
     # every card of the run, those pushed with checkpoints too, names the data and the judge
     judge = preference_judge(data_args.dataset_name, data_args.dataset_config, token=training_args.hub_token)
-    license = model_args.license
-    if license is None and training_args.hub_token is not None:
-        from model_cards import base_model_license
-
-        # the base model's, read with the token (RPATrainer's card would read it without one)
-        license = base_model_license(model_args.model_name_or_path, token=training_args.hub_token)
-    trainer.model_card_kwargs = {"dataset_name": data_args.dataset_name, "judge_id": judge, "license": license}
+    trainer.model_card_kwargs = {"dataset_name": data_args.dataset_name, "judge_id": judge, "license": model_args.license}
     # only now, an error above must not move them; the main process first, the others then find none
     with training_args.main_process_first(local=False, desc="setting earlier checkpoints aside"):
         set_aside_earlier_checkpoints(training_args)

@@ -705,6 +705,7 @@ class RPATrainer(DPOTrainer):
             repo_id=self.hub_model_id or self.args.hub_model_id or model_name,  # the first is the repo created
             model_config=base.config,
             license=license,
+            token=self.args.hub_token,  # a private base model's licence
         )
         new_tags = [*([tags] if isinstance(tags, str) else tags or []), *self._tag_names]
         card.data.tags = [*card.data.tags, *(tag for tag in dict.fromkeys(new_tags) if tag not in card.data.tags)]
