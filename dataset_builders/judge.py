@@ -210,11 +210,12 @@ class MLLMJudge:
         """Load a judge by Hub id or local path, e.g. "Qwen/Qwen2-VL-7B-Instruct", with the loading keywords of
         transformers' `from_pretrained`: `MLLMJudge.from_pretrained(path, dtype=torch.bfloat16, device_map="auto")`.
 
-        Loading keywords go to `vlm_inputs.load_vlm`: `device` (default: the CPU; ignored with a `device_map`),
-        `dtype` (default "auto": as saved), `device_map`, `image_processor_kwargs` (e.g. `{"max_pixels": 384 * 384}`)
+        Loading keywords go to `vlm_inputs.load_vlm`: `device` (default: the CPU; ignored with a `device_map`), `dtype`
+        (default "auto": as saved), `device_map`, `image_processor_kwargs` (e.g. `{"max_pixels": 384 * 384}`),
         `model_kwargs` (other `from_pretrained` arguments, e.g. `attn_implementation`) and `token` (the Hub token every
-        file is read with; None: HF_TOKEN or the saved login); `loading_kwargs` may hold them as one dict instead. `judge_kwargs` go to the constructor; a keyword that is neither is a TypeError saying
-        where it goes (`interfaces.check_settings`).
+        file is read with; None: HF_TOKEN or the saved login); `loading_kwargs` may hold them as one dict instead.
+        `judge_kwargs` go to the constructor; a keyword that is neither is a TypeError saying where it goes
+        (`interfaces.check_settings`).
         """
         loading = dict(device=device, dtype=dtype, device_map=device_map, image_processor_kwargs=image_processor_kwargs,
                        model_kwargs=model_kwargs, token=token)

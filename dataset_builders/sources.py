@@ -109,8 +109,9 @@ def open_source(
     token: str | None = None,
 ) -> tuple[datasets.Dataset, str]:
     """The columns of the source a build reads (`config.source`, or `source_dataset`; a Hub dataset read with `token`,
-    None: HF_TOKEN or the saved login), images left encoded, and the source's `datasets` fingerprint. Raises `SourceError` for a source that cannot be read, a missing column or a
-    column that holds no images: all before any model is needed, so `maple build-preferences` checks it first."""
+    None: HF_TOKEN or the saved login), images left encoded, and the source's `datasets` fingerprint. Raises
+    `SourceError` for a source that cannot be read, a missing column or a column that holds no images: all before any
+    model is needed, so `maple build-preferences` checks it first."""
     source = source_dataset
     if source is None:
         source = load_source(config.source, split=config.source_split, cache_dir=cache_dir, token=token)

@@ -128,8 +128,8 @@ def _files_state(path: Path, *, recursive: bool) -> dict[str, list[int]]:
 def _model_state(model_ref: str, revision: str | None = None, token: str | None = None) -> dict[str, Any]:
     """What identifies the model evaluated: for a local folder its files (weights, config, processor and tokenizer
     files; not subfolders, which loading does not read, such as a results folder or training checkpoints, nor the
-    card, pictures and the summaries of an `--out` there: `NOT_LOADED_SUFFIXES`) by size and modification time; for a Hub repo its commit at `revision` (None: unknown now), read with `token`. An adapter's base model is
-    included."""
+    card, pictures and the summaries of an `--out` there: `NOT_LOADED_SUFFIXES`) by size and modification time; for a
+    Hub repo its commit at `revision` (None: unknown now), read with `token`. An adapter's base model is included."""
     from maple.hub import is_hub_id
 
     from .models import ADAPTER_CONFIG_FILE, ModelLoadError, hub_checkpoint_config_file

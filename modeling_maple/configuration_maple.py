@@ -61,9 +61,9 @@ class MapleConfig(PreTrainedConfig):
     Configuration of a [`MapleModel`]: an image-text embedder trained with MLLM preferences.
 
     Two backbone families:
-    - `"mllm"`: one multimodal LLM (Qwen2-VL, Qwen2.5-VL and Qwen3-VL as in the paper; LLaVA-1.5,
-      LLaVA-NeXT, InternVL, Idefics3/SmolVLM, Gemma 3, Pixtral (a LLaVA with a Pixtral tower), Mistral 3) used as a dual encoder; images and texts are wrapped in
-      summarisation prompts and each gives one embedding (paper, section 3.1).
+    - `"mllm"`: one multimodal LLM (Qwen2-VL, Qwen2.5-VL and Qwen3-VL as in the paper; LLaVA-1.5, LLaVA-NeXT,
+      InternVL, Idefics3/SmolVLM, Gemma 3, Pixtral (a LLaVA with a Pixtral tower), Mistral 3) used as a dual encoder;
+      images and texts are wrapped in summarisation prompts and each gives one embedding (paper, section 3.1).
     - `"dual_encoder"`: a vision tower and a text tower (CLIP/SigLIP towers, or any transformers
       vision and text encoders such as DINOv2 + BERT) projected into one space.
 
