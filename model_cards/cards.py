@@ -20,6 +20,7 @@ from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard,
 
 from evaluation.metric_names import QUADRUPLE_SCORES, RETRIEVAL_METRICS
 from maple import PAPER_CITATION
+from modeling_maple.configuration_maple import mllm_family
 
 TEMPLATES = Path(__file__).parent / "templates"
 CURVES_FILE = "training_curves.png"
@@ -302,7 +303,7 @@ def _backbone_description(backbone: str, model_config: Mapping[str, Any]) -> str
     """E.g. "a multimodal LLM (qwen2_vl) used as a dual encoder (bidirectional attention, mean pooling)"."""
     pooling = model_config.get("pooling")
     if backbone == "mllm":
-        mllm_type = (model_config.get("mllm_config") or {}).get("model_type")
+        mllm_type = mllm_family(model_config["mllm_config"]) if model_config.get("mllm_config") else None
         details = [f"{'bidirectional' if model_config['bidirectional'] else 'causal'} attention"] if "bidirectional" in model_config else []
         details += [f"{pooling} pooling"] if pooling else []
         name = f"a multimodal LLM ({mllm_type})" if mllm_type else "a multimodal LLM"

@@ -1,6 +1,8 @@
 """MAPLE embedder configuration (arXiv 2506.06970)."""
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig
@@ -34,14 +36,19 @@ NAFLEX_VISION_TOWERS = ("siglip2_vision_model",)
 CAUSAL_TEXT_TOWERS = ("clip_text_model",)
 
 
-def mllm_family(mllm_config) -> str:
-    """The family whose prompts an MLLM with config `mllm_config` takes (one of `MLLM_FAMILIES`): its `model_type`, but
-    "pixtral" for a `llava` config whose vision tower is Pixtral's (`vision_config.model_type == "pixtral"`), which
-    takes images at their own size and lays their tokens out in rows, unlike LLaVA-1.5's CLIP or SigLIP tower."""
-    vision = getattr(mllm_config, "vision_config", None)
-    if mllm_config.model_type == "llava" and getattr(vision, "model_type", None) == "pixtral":
+def mllm_family(mllm_config: PreTrainedConfig | Mapping[str, Any]) -> str:
+    """The family whose prompts an MLLM with config `mllm_config` (a config, or its `to_dict()` as a saved checkpoint's
+    `mllm_config` holds it) takes, one of `MLLM_FAMILIES`: its `model_type`, but "pixtral" for a `llava` config whose
+    vision tower is Pixtral's (`vision_config.model_type == "pixtral"`), which takes images at their own size and lays
+    their tokens out in rows, unlike LLaVA-1.5's CLIP or SigLIP tower."""
+
+    def field(config: Any, name: str) -> Any:
+        return config.get(name) if isinstance(config, Mapping) else getattr(config, name, None)
+
+    model_type = field(mllm_config, "model_type")
+    if model_type == "llava" and field(field(mllm_config, "vision_config"), "model_type") == "pixtral":
         return "pixtral"
-    return mllm_config.model_type
+    return model_type
 
 
 def backbone_of(model_type: str | None) -> str | None:

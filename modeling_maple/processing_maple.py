@@ -249,7 +249,7 @@ def mllm_image_processor_problem(mllm_config, image_processor) -> str | None:
     tower's `image_size` (its SigLIP tower fails on any other with a bare shape error). Pixtral, Mistral 3: the image
     processor's patches are the tower's (it resizes images to whole patches, merged ones for Mistral 3, from which
     each image's tokens are counted), and it resizes no image beyond the tower's `image_size`, the reach of its 2-D
-    rotary positions."""
+    rotary positions; it resizes, pads and does not crop, as `PixtralProcessor` needs."""
     if mllm_family(mllm_config) in PIXTRAL_MLLMS:
         return pixtral_image_processor_problem(mllm_config.vision_config, image_processor)
     if mllm_config.model_type == "gemma3":
@@ -279,6 +279,12 @@ def mllm_image_processor_problem(mllm_config, image_processor) -> str | None:
 def pixtral_image_processor_problem(vision_config, image_processor) -> str | None:
     """Why `image_processor` cannot feed a Pixtral vision tower of config `vision_config`, or None
     (`mllm_image_processor_problem`)."""
+    # Each image's tokens are counted from its size after resizing to whole patches; images of several sizes are
+    # padded into one batch, and `image_sizes` gives back each one's own.
+    switched = {"do_resize": False, "do_pad": False, "do_center_crop": True}
+    if unsupported := [f"{name}={value}" for name, value in switched.items() if getattr(image_processor, name, None) is value]:
+        return (f"the image processor sets {', '.join(unsupported)}, but each image must be resized to whole patches "
+                "and padded into the batch as PixtralProcessor does: set do_resize=True, do_pad=True, do_center_crop=False")
     (height, width), tower_patch = pixtral_patch_size(image_processor), vision_config.patch_size
     if (height, width) != (tower_patch, tower_patch):
         return (f"the image processor's patch_size is {height}x{width}, but the model's vision tower's is "

@@ -483,7 +483,9 @@ def test_pixtral_image_processors_unlike_the_vision_tower_are_refused(family, tm
     """Pixtral's and Mistral 3's image processors resize each image to whole patches (Mistral 3: merged ones), by which
     its tokens are counted, and the tower's 2-D rotary positions reach `image_size` px a side: a `patch_size` unlike the
     tower's (tokens counted for other patches than the model cuts) or a larger `size` (positions out of its table) is
-    refused by name where the embedder's processor and the judge's prompt encoder are built, not in a forward."""
+    refused by name where the embedder's processor and the judge's prompt encoder are built, not in a forward; so is one
+    that does not resize (sizes that are no whole patches, beyond the tower's reach), pad (images of several sizes in
+    one batch) or that crops (the tokens counted from sizes the crop changes)."""
     from dataset_builders.vlm_inputs import PromptEncoder
 
     config, tokenizer = tiny_mllm_config(family), tiny_mllm_tokenizer(family)
@@ -493,6 +495,10 @@ def test_pixtral_image_processors_unlike_the_vision_tower_are_refused(family, tm
         (PixtralImageProcessorPil(size={"longest_edge": 64}, patch_size=4),
          "the image processor's size is .*, but the model's vision tower takes images of at most 32 px a side .*"
          "set size={'longest_edge': 32} or less"),
+        (PixtralImageProcessorPil(size={"longest_edge": 32}, patch_size=4, do_resize=False, do_pad=False),
+         "the image processor sets do_resize=False, do_pad=False, but each image must be resized to whole patches .*"),
+        (PixtralImageProcessorPil(size={"longest_edge": 32}, patch_size=4, do_center_crop=True, crop_size=16),
+         "the image processor sets do_center_crop=True, .*: set do_resize=True, do_pad=True, do_center_crop=False"),
     ]
     assert_refused_where_built(config, tokenizer, refused, tmp_path)
     tiny_mllm_image_processor(family).save_pretrained(tmp_path)  # the tower's patches and size: accepted

@@ -127,6 +127,10 @@ def test_model_card_describes_the_models_pooling_and_attention(tmp_path):
     causal_last = MapleConfig(backbone="mllm", mllm_config=tiny_mllm_config("qwen2_vl"), pooling="last", bidirectional=False)
     card = model_card_from_run(tmp_path, None, "mllm", {}, [], {}, model_config=causal_last)
     assert "a multimodal LLM (qwen2_vl) used as a dual encoder (causal attention, last pooling)" in card.text
+    # a `llava` config with a Pixtral tower is named by its family, from the object or from a saved config.json's dict
+    pixtral = MapleConfig(backbone="mllm", mllm_config=tiny_mllm_config("pixtral"))
+    for model_config in (pixtral, pixtral.to_dict()):
+        assert "a multimodal LLM (pixtral) used as" in model_card_from_run(tmp_path, None, "mllm", {}, [], {}, model_config=model_config).text
     card = model_card_from_run(tmp_path, None, "dual_encoder", {}, [], {}, model_config={"pooling": "mean"})
     assert "a two-tower image/text encoder (mean pooling)" in card.text
     assert "bidirectional" not in model_card_from_run(tmp_path, None, "mllm", {}, [], {}).text

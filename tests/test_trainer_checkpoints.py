@@ -389,6 +389,10 @@ def test_the_model_recipe_is_the_backbone_its_model_types_and_the_embedding_size
     }
     mllm = MapleConfig(backbone="mllm", mllm_config=tiny_mllm_config(), projection_dim=16)
     assert model_recipe(mllm) == {"backbone": "mllm", "model_types": ["qwen2_vl"], "projection_dim": 16}
+    # a `llava` config with a Pixtral tower is another family than LLaVA-1.5 (its weights and prompts differ)
+    pixtral = MapleConfig(backbone="mllm", mllm_config=tiny_mllm_config("pixtral"), projection_dim=16)
+    assert model_recipe(pixtral)["model_types"] == ["pixtral"]
+    assert model_recipe(MapleConfig(backbone="mllm", mllm_config=tiny_mllm_config("llava")))["model_types"] == ["llava"]
 
 
 def test_a_checkpoint_refuses_a_model_with_another_text_tower_or_embedding_size(tmp_path):

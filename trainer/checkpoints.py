@@ -59,8 +59,11 @@ def lora_recipe(r: int, lora_alpha: float) -> dict[str, Any]:
 def model_recipe(config: Any) -> dict[str, Any]:
     """What a resumed run's model must share with its checkpoint's, from its `MapleConfig`: the backbone kind, the
     backbone's model type(s) and the embedding size (another model's weights and optimizer state do not fit)."""
+    # imported here: reading a run folder's checkpoints needs no transformers, and a model's config has loaded it
+    from modeling_maple.configuration_maple import mllm_family
+
     if config.backbone == "mllm":
-        model_types = [config.mllm_config.model_type]
+        model_types = [mllm_family(config.mllm_config)]  # a Pixtral tower's prompts and weights are not LLaVA-1.5's
     else:
         model_types = [config.vision_config.model_type, config.text_config.model_type]
     return {"backbone": config.backbone, "model_types": model_types, "projection_dim": config.projection_dim}
