@@ -419,3 +419,16 @@ def test_the_rpa_loss_of_both_directions_is_their_mean_and_the_objective_mixes_i
         torch.testing.assert_close(bidirectional_rpa_loss(text_to_image, image_to_text, form=form), expected.mean())
     contrastive = torch.tensor([0.5, 1.0, 2.0])
     torch.testing.assert_close(maple_loss(per_anchor, contrastive, 0.25), 0.25 * per_anchor + 0.75 * contrastive)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_first_occurrence_finds_each_ids_first_position(seed):
+    """`_first_occurrence` (by a stable sort, no data-dependent size) against a list's `index`, with repeats, a single
+    id, ids far apart, and no ids."""
+    from trainer.losses import _first_occurrence
+
+    generator = torch.Generator().manual_seed(seed)
+    for length, high in [(0, 1), (1, 1), (7, 1), (40, 5), (40, 40), (200, 10**12)]:
+        ids = torch.randint(0, high, (length,), generator=generator)
+        expected = [ids.tolist().index(value) for value in ids.tolist()]
+        assert _first_occurrence(ids).tolist() == expected

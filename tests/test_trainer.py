@@ -2,6 +2,7 @@
 
 import io
 import math
+import sys
 
 import datasets
 import pytest
@@ -141,13 +142,55 @@ def test_fine_grained_scores_are_computed_once_with_several_eval_datasets(tmp_pa
     assert sorted(logged) == sorted(key for key in metrics if "sides" in key)  # logged once, under one prefix
 
 
+def test_a_training_step_reads_the_device_once(tmp_path, monkeypatch):
+    """Every read of a tensor to the host (`item`, `tolist`, `bool`, `int`, `float`, `nonzero`, `torch.unique`) waits
+    for the GPU to finish its queue: a training step's losses, rewards, scales and finite-loss check travel in one
+    gather (one collective) and reach the host in one read, and the losses need none (counted here on the CPU, the
+    calls the package's own code makes)."""
+    import pathlib
+
+    import trainer as trainer_package
+
+    package_root = pathlib.Path(trainer_package.__file__).resolve().parent.parent
+    reads, gathers = [], []
+
+    def recording(name, original):
+        def read(*args, **kwargs):
+            caller = pathlib.Path(sys._getframe(1).f_code.co_filename).resolve()
+            if package_root in caller.parents and not {"tests", "site-packages"} & set(caller.parts):
+                reads.append(f"{name} at {caller.name}:{sys._getframe(1).f_lineno}")
+            return original(*args, **kwargs)
+        return read
+
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__", "nonzero"):
+        monkeypatch.setattr(torch.Tensor, name, recording(name, getattr(torch.Tensor, name)))
+    monkeypatch.setattr(torch, "unique", recording("unique", torch.unique))
+    trainer = make_trainer(tmp_path, max_steps=3, logging_steps=1, expand_negatives=True)
+    gather, compute_loss = trainer.accelerator.gather, trainer._compute_loss
+    monkeypatch.setattr(trainer.accelerator, "gather", lambda tensor: gathers.append(1) or gather(tensor))
+    per_step = []
+
+    def counted_step(*args, **kwargs):
+        reads.clear(), gathers.clear()
+        result = compute_loss(*args, **kwargs)
+        per_step.append((list(reads), len(gathers)))
+        return result
+
+    monkeypatch.setattr(trainer, "_compute_loss", counted_step)
+    trainer.train()
+    assert len(per_step) == 3
+    for step_reads, step_gathers in per_step:
+        assert len(step_reads) == 1 and step_reads[0].startswith("tolist at rpa_trainer.py"), step_reads
+        assert step_gathers == 1
+
+
 def test_evaluation_keeps_a_nan_loss_and_leaves_out_undefined_rewards(tmp_path):
     """A reward is undefined (NaN) for an anchor without a strict judge preference; a NaN loss means divergence and
     must reach eval_loss, not be averaged away."""
     model, processor = build_tiny("dual_encoder")
     trainer = RPATrainer(model, args=make_config(tmp_path), train_dataset=synthetic_preference_dataset(4), processing_class=processor)
-    trainer._log_mean("eval", "loss/rpa", torch.tensor([1.0, float("nan")]))
-    trainer._log_mean("eval", "rewards/accuracies", torch.tensor([0.5, float("nan")]))
+    trainer._log_mean("loss/rpa", torch.tensor([1.0, float("nan")]))
+    trainer._log_mean("rewards/accuracies", torch.tensor([0.5, float("nan")]))
     assert math.isnan(trainer._metrics["eval"]["loss/rpa"][1]) and trainer._metrics["eval"]["rewards/accuracies"] == [0.5]
 
 

@@ -272,9 +272,10 @@ def _expanded_info_nce(
         # anchor's: de-duplication keeps one column per id.
         anchors = len(all_query_ids)
         positive_column = first_index[:anchors] if positive_ids is not None else torch.arange(anchors, device=logits.device)
-        rows, siblings = (query_ids.unsqueeze(1) == all_query_ids.unsqueeze(0)).nonzero(as_tuple=True)
-        sibling = torch.zeros_like(logits, dtype=torch.bool)
-        sibling[rows, positive_column[siblings]] = True
+        same_query = (query_ids.unsqueeze(1) == all_query_ids.unsqueeze(0)).float()  # (N, anchors)
+        # sibling[i, positive_column[j]] for each same_query[i, j]: scattered as a max, since columns repeat
+        columns = positive_column.unsqueeze(0).expand_as(same_query)
+        sibling = same_query.new_zeros(logits.shape).scatter_reduce(1, columns, same_query, "amax") > 0
         sibling[torch.arange(len(local_targets), device=logits.device), local_targets] = False
         logits = logits.masked_fill(sibling, float("-inf"))
     return F.cross_entropy(logits, local_targets, reduction="none")
@@ -289,12 +290,17 @@ def _reduce(per_anchor: Tensor, reduction: str) -> Tensor:
 
 
 def _first_occurrence(ids: Tensor) -> Tensor:
-    """For each position, the index of the first position holding the same id."""
-    _, inverse = torch.unique(ids, return_inverse=True)
+    """For each position of the ``(n,)`` `ids`, the index of the first position holding the same id. Computed by a
+    stable sort, whose output has a fixed size (`torch.unique`'s does not, and would wait for the device)."""
+    sorted_ids, order = torch.sort(ids, stable=True)
     positions = torch.arange(len(ids), device=ids.device)
-    first = torch.full((int(inverse.max()) + 1,), len(ids), device=ids.device, dtype=positions.dtype)
-    first = first.scatter_reduce(0, inverse, positions, reduce="amin")
-    return first[inverse]
+    starts_run = torch.ones_like(sorted_ids, dtype=torch.bool)
+    starts_run[1:] = sorted_ids[1:] != sorted_ids[:-1]
+    # each sorted position's run start; the sort is stable, so a run's first entry is its id's first position
+    run_start = torch.where(starts_run, positions, 0).cummax(0).values
+    first = torch.empty_like(order)
+    first[order] = order[run_start]
+    return first
 
 
 def _all_gather_rows(tensor: Tensor, with_grad: bool) -> tuple[Tensor, int]:
@@ -385,9 +391,8 @@ def preference_agreement(
     scores, mask = _check_rpa_inputs(scores, judge_scores, mask)
     preferred = _strict_preferences(judge_scores, mask)
     differences = scores.unsqueeze(2) - scores.unsqueeze(1)
-    if per_anchor:
-        pairs = preferred.sum(dim=(1, 2))
-        agreeing = ((differences > 0) & preferred).sum(dim=(1, 2))
-        return agreeing / pairs, differences.masked_fill(~preferred, 0.0).sum(dim=(1, 2)) / pairs
-    differences = differences[preferred]
-    return (differences > 0).float().mean(), differences.mean()
+    # sums over the preferred pairs, not `differences[preferred]`, whose data-dependent size would wait for the device
+    dims = (1, 2) if per_anchor else (0, 1, 2)
+    pairs = preferred.sum(dim=dims)
+    agreeing = ((differences > 0) & preferred).sum(dim=dims)
+    return agreeing / pairs, differences.masked_fill(~preferred, 0.0).sum(dim=dims) / pairs

@@ -242,7 +242,7 @@ class RPATrainer(DPOTrainer):
         self.eval_data_collator = self.data_collator
         if isinstance(self.data_collator, DataCollatorForEmbeddingPreference):
             self.eval_data_collator = dataclasses.replace(self.data_collator, dataset_name="eval", epoch=0)
-        self._last_grad_norm: float | None = None
+        self._last_grad_norm: Tensor | float | None = None
 
     # ------------------------------------------------------------------------------------------ set-up
     @classmethod
@@ -381,39 +381,52 @@ class RPATrainer(DPOTrainer):
         # (NaN for a process holding only repeated rows; `evaluation_loop` reports its own eval_loss)
         loss = anchor_losses.mean() if repeated is None else anchor_losses[~repeated].mean()
 
-        counted = None if repeated is None else ~self.accelerator.gather(repeated)
-        self._log_batch_metrics(mode, rpa, contrastive, rankings, beta, inverse_temperature, counted)
+        # pooled over the batch's pairs in training; evaluation needs each anchor's (see `_log_mean`)
+        agreement = _judge_agreement(rankings, per_anchor=mode == "eval")
         if mode == "eval":
-            # replaces `Trainer`'s eval loss, a mean of the processes' batch means that counts the repeated rows
-            self._log_mean(mode, "loss", anchor_losses, counted)
+            counted = ~self.accelerator.gather(repeated)
+            self._log_eval_batch(anchor_losses, rpa, contrastive, agreement, counted)
+            self._metrics[mode]["beta"].append(beta.item())
+            self._metrics[mode]["temperature"].append(1.0 / inverse_temperature.item())
             self._collect_eval_anchors(outputs.text_embeds, outputs.image_embeds, inputs, counted)
         else:
-            self._stop_on_non_finite(loss, rpa.mean(), contrastive.mean())
+            step_values = [rpa.mean(), contrastive.mean(), *agreement, beta, inverse_temperature, torch.isfinite(loss)]
+            if not self._log_train_step(torch.stack([value.detach().float() for value in step_values])):
+                self._stop_on_non_finite(loss, rpa.mean(), contrastive.mean())
         return (loss, outputs) if return_outputs else loss
 
-    def _log_batch_metrics(
-        self,
-        mode: str,
-        rpa: Tensor,
-        contrastive: Tensor,
-        rankings: list[tuple[Tensor, Tensor, Tensor]],
-        beta: Tensor,
-        inverse_temperature: Tensor,
-        counted: Tensor | None,
+    def _log_train_step(self, step_values: Tensor) -> bool:
+        """Records a training step's metrics from this process's ``(7,)`` `step_values`: the means of its batch's RPA
+        and InfoNCE losses, its rewards accuracy and margin (`_judge_agreement`), beta, the inverse temperature, and 1.0
+        if its loss is finite; returns whether the loss is finite on every process. All processes' values travel in one
+        gather and reach the host in one read, not a collective and a device sync per metric. A loss or reward is the
+        mean of the processes' means (their batches may differ in size); a reward NaN on a process (no strict judge
+        preference in its batch) is left out of it, and a step without any records none, or `log`'s plain mean over
+        the logging window would be NaN. A NaN loss is recorded, so a diverged run shows. The scales are the same on
+        every process."""
+        per_process = self.accelerator.gather(step_values.reshape(1, -1))  # (processes, 7)
+        means = torch.cat([per_process[:, :2].mean(0), per_process[:, 2:4].nanmean(0), per_process[0, 4:6],
+                           per_process[:, 6].amin().reshape(1)])
+        rpa, contrastive, accuracy, margin, beta, inverse_temperature, all_finite = means.tolist()
+        metrics = self._metrics["train"]
+        metrics["loss/rpa"].append(rpa)
+        metrics["loss/contrastive"].append(contrastive)
+        for key, value in (("rewards/accuracies", accuracy), ("rewards/margins", margin)):
+            if not math.isnan(value):
+                metrics[key].append(value)
+        metrics["beta"].append(beta)
+        metrics["temperature"].append(1.0 / inverse_temperature)
+        return all_finite == 1.0
+
+    def _log_eval_batch(
+        self, anchor_losses: Tensor, rpa: Tensor, contrastive: Tensor, agreement: tuple[Tensor, Tensor], counted: Tensor
     ) -> None:
-        """Records the batch's ``(N,)`` RPA and InfoNCE losses, the judge agreement of the `rankings` (rewards
-        accuracy and margin, as DPO's `rewards/*`), and the two scales; `counted` as in `_log_mean`."""
-        self._log_mean(mode, "loss/rpa", rpa, counted)
-        self._log_mean(mode, "loss/contrastive", contrastive, counted)
-        # A training step pools the rewards over its batch's pairs; evaluation needs each anchor's (see `_log_mean`).
-        agreement = [
-            preference_agreement(scores.detach(), judge, mask, per_anchor=mode == "eval")
-            for scores, judge, mask in rankings
-        ]
-        self._log_mean(mode, "rewards/accuracies", torch.stack([accuracy for accuracy, _ in agreement]).nanmean(0), counted)
-        self._log_mean(mode, "rewards/margins", torch.stack([margin for _, margin in agreement]).nanmean(0), counted)
-        self._metrics[mode]["beta"].append(beta.item())
-        self._metrics[mode]["temperature"].append(1.0 / inverse_temperature.item())
+        """Records an evaluation batch's ``(N,)`` losses (`anchor_losses`, which replace `Trainer`'s eval loss, a mean
+        of the processes' batch means that counts the repeated rows), RPA and InfoNCE losses and per-anchor rewards
+        accuracy and margin (`_judge_agreement`), for the rows of `counted` (`_log_mean`)."""
+        for key, values in (("loss", anchor_losses), ("loss/rpa", rpa), ("loss/contrastive", contrastive),
+                            ("rewards/accuracies", agreement[0]), ("rewards/margins", agreement[1])):
+            self._log_mean(key, values, counted)
 
     def _contrastive_loss(
         self, text_embeds: Tensor, image_embeds: Tensor, inputs, inverse_temperature, left_out: Tensor | None = None
@@ -477,44 +490,33 @@ class RPATrainer(DPOTrainer):
             return places >= state.remainder
         return torch.zeros(rows, dtype=torch.bool, device=device)
 
-    def _log_mean(self, mode: str, key: str, values: Tensor, counted: Tensor | None = None) -> None:
-        """Records a batch metric given per anchor (or, in training, as one value per process): in training, the
-        mean of the processes' means (one value each: their batches may differ in size); in evaluation, each
-        anchor's value where the gathered ``(N * processes,)`` bool `counted` is True (None: everywhere), i.e. not on
-        the rows accelerate repeats to even out the last batch across processes (`_repeated_eval_rows`), so that
-        `evaluation_loop` averages over the set's anchors. A reward is NaN for an anchor without a strict judge
-        preference and is left out (a batch of such anchors gives none); a NaN loss is kept, so a diverged run shows."""
-        values = values.detach().reshape(-1)
+    def _log_mean(self, key: str, values: Tensor, counted: Tensor | None = None) -> None:
+        """Records an evaluation batch's metric given per anchor: each anchor's value where the gathered
+        ``(N * processes,)`` bool `counted` is True (None: everywhere), i.e. not on the rows accelerate repeats to even
+        out the last batch across processes (`_repeated_eval_rows`), so that `evaluation_loop` averages over the
+        set's anchors. A reward is NaN for an anchor without a strict judge preference and is left out (a batch of
+        such anchors gives none); a NaN loss is kept, so a diverged run shows."""
+        values = self.accelerator.gather(values.detach().reshape(-1))
+        values = values if counted is None else values[counted]
         skip_nan = key.startswith("rewards/")
-        if mode == "train":
-            mean = values.nanmean() if skip_nan else values.mean()
-            gathered = self.accelerator.gather(mean.reshape(1))
-            value = (gathered.nanmean() if skip_nan else gathered.mean()).item()
-            # a batch without a strict preference has no reward: left out, or `log`'s plain mean over the logging
-            # window would be NaN
-            if not (skip_nan and math.isnan(value)):
-                self._metrics[mode][key].append(value)
-        else:
-            values = self.accelerator.gather(values)
-            values = values if counted is None else values[counted]
-            self._metrics[mode][key].extend((values[~values.isnan()] if skip_nan else values).tolist())
+        self._metrics["eval"][key].extend((values[~values.isnan()] if skip_nan else values).tolist())
 
     def _get_grad_norm(self, model, grad_norm=None):
         grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
-        self._last_grad_norm = None if grad_norm is None else float(grad_norm)
+        # kept as it is (a tensor on the device, but for DeepSpeed): read only if a later loss is not finite
+        self._last_grad_norm = grad_norm
         return grad_norm
 
     def _stop_on_non_finite(self, loss: Tensor, rpa: Tensor, contrastive: Tensor) -> None:
-        """A NaN/inf loss would poison the weights at the next optimiser step: stop, naming the step. The current
-        weights are saved as a checkpoint when they (and the last step's gradient norm, else the optimiser state may
-        hold NaNs) are finite; otherwise the error points to the last regular checkpoint. All processes agree, so
-        none waits on a collective."""
-        if bool(self.accelerator.gather(torch.isfinite(loss.detach()).reshape(1)).all()):
-            return
+        """Called on every process when a training loss is not finite on some process (`_log_train_step`): a NaN/inf
+        loss would poison the weights at the next optimiser step, so stop, naming the step. The current weights are
+        saved as a checkpoint when they (and the last step's gradient norm, else the optimiser state may hold NaNs)
+        are finite; otherwise the error points to the last regular checkpoint. All processes agree, so none waits on
+        a collective."""
         step = self.state.global_step + 1
         losses = f"loss={loss.item()}, loss/rpa={rpa.item()}, loss/contrastive={contrastive.item()}"
         bad = [name for name, param in self.model.named_parameters() if not torch.isfinite(param.detach()).all()]
-        grad_norm_finite = self._last_grad_norm is None or math.isfinite(self._last_grad_norm)
+        grad_norm_finite = self._last_grad_norm is None or math.isfinite(float(self._last_grad_norm))
         weights_finite = torch.tensor([not bad and grad_norm_finite], device=self.accelerator.device)
         if bool(self.accelerator.gather(weights_finite).all()):
             self._save_checkpoint(self.model, trial=None)
@@ -787,6 +789,16 @@ def _format_type(dataset: Dataset | IterableDataset) -> str | None:
 def _model_inputs(inputs: dict[str, Tensor]) -> dict[str, Tensor]:
     """The processor's tensors of a collated batch, without the collator's bookkeeping."""
     return {key: value for key, value in inputs.items() if key not in PREFERENCE_KEYS}
+
+
+def _judge_agreement(rankings: list[tuple[Tensor, Tensor, Tensor]], per_anchor: bool) -> tuple[Tensor, Tensor]:
+    """How well the scores of the `rankings` ((scores, judge scores, mask) per direction) follow the judge: rewards
+    accuracy and margin (`preference_agreement`, DPO's `rewards/*`), averaged over the two directions; scalars pooled
+    over the batch's preferred pairs, or ``(N,)`` per anchor with `per_anchor`. NaN where no pair is strictly
+    preferred."""
+    agreement = [preference_agreement(scores.detach(), judge, mask, per_anchor=per_anchor) for scores, judge, mask in rankings]
+    accuracy, margin = (torch.stack(values).nanmean(0) for values in zip(*agreement))
+    return accuracy, margin
 
 
 def _candidate_similarities(text_embeds: Tensor, image_embeds: Tensor, inputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
