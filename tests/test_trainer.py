@@ -186,12 +186,17 @@ def test_a_training_step_reads_the_device_once(tmp_path, monkeypatch):
 
 def test_evaluation_keeps_a_nan_loss_and_leaves_out_undefined_rewards(tmp_path):
     """A reward is undefined (NaN) for an anchor without a strict judge preference; a NaN loss means divergence and
-    must reach eval_loss, not be averaged away."""
+    must reach eval_loss, not be averaged away. A row accelerate repeated (not `counted`) is left out of both."""
     model, processor = build_tiny("dual_encoder")
     trainer = RPATrainer(model, args=make_config(tmp_path), train_dataset=synthetic_preference_dataset(4), processing_class=processor)
-    trainer._log_mean("loss/rpa", torch.tensor([1.0, float("nan")]))
-    trainer._log_mean("rewards/accuracies", torch.tensor([0.5, float("nan")]))
-    assert math.isnan(trainer._metrics["eval"]["loss/rpa"][1]) and trainer._metrics["eval"]["rewards/accuracies"] == [0.5]
+    nan = float("nan")
+    losses, rpa, contrastive = torch.tensor([1.0, nan, 3.0]), torch.tensor([1.0, nan, 5.0]), torch.tensor([1.0, 2.0, 7.0])
+    agreement = (torch.tensor([0.5, nan, 0.75]), torch.tensor([0.25, nan, 0.125]))
+    trainer._log_eval_batch(losses, rpa, contrastive, agreement, counted=torch.tensor([True, True, False]))
+    metrics = trainer._metrics["eval"]
+    assert metrics["loss"][0] == 1.0 and math.isnan(metrics["loss"][1]) and len(metrics["loss"]) == 2
+    assert math.isnan(metrics["loss/rpa"][1]) and metrics["loss/contrastive"] == [1.0, 2.0]
+    assert metrics["rewards/accuracies"] == [0.5] and metrics["rewards/margins"] == [0.25]
 
 
 def test_a_streams_repeated_rows_are_those_after_it_starts_over():

@@ -80,7 +80,7 @@ class RPATrainer(DPOTrainer):
     Logged, in training and evaluation (there under the evaluation's ``metric_key_prefix``): ``loss/rpa``,
     ``loss/contrastive``, ``rewards/accuracies`` (share of judge-preferred pairs the model scores higher),
     ``rewards/margins``, ``beta``, ``temperature``. Evaluation averages the losses and rewards over the anchors of its
-    set, each once (see `_log_mean`), and adds ``recall@1/text_to_image`` and ``recall@1/image_to_text`` (0-100,
+    set, each once (see `_log_eval_batch`), and adds ``recall@1/text_to_image`` and ``recall@1/image_to_text`` (0-100,
     `evaluation.retrieval.anchor_recall_at_1`) over the distinct anchor captions and images of the whole evaluation set,
     every caption of an image counting as relevant to it.
 
@@ -372,7 +372,7 @@ class RPATrainer(DPOTrainer):
             (beta * similarities[0], inputs["txt2img_scores"], inputs["candidate_image_mask"]),
             (beta * similarities[1], inputs["img2txt_scores"], inputs["candidate_text_mask"]),
         ]
-        # per anchor, so that evaluation can average over the anchors of its whole set (see `_log_mean`)
+        # per anchor, so that evaluation can average over the anchors of its whole set (see `_log_eval_batch`)
         rpa = bidirectional_rpa_loss(*rankings, form=self.args.rpa_loss, reduction="none")
         contrastive = self._contrastive_loss(
             outputs.text_embeds, outputs.image_embeds, inputs, inverse_temperature, left_out=repeated
@@ -381,7 +381,7 @@ class RPATrainer(DPOTrainer):
         # (NaN for a process holding only repeated rows; `evaluation_loop` reports its own eval_loss)
         loss = anchor_losses.mean() if repeated is None else anchor_losses[~repeated].mean()
 
-        # pooled over the batch's pairs in training; evaluation needs each anchor's (see `_log_mean`)
+        # pooled over the batch's pairs in training; evaluation needs each anchor's (see `_log_eval_batch`)
         agreement = _judge_agreement(rankings, per_anchor=mode == "eval")
         if mode == "eval":
             counted = ~self.accelerator.gather(repeated)
@@ -421,12 +421,18 @@ class RPATrainer(DPOTrainer):
     def _log_eval_batch(
         self, anchor_losses: Tensor, rpa: Tensor, contrastive: Tensor, agreement: tuple[Tensor, Tensor], counted: Tensor
     ) -> None:
-        """Records an evaluation batch's ``(N,)`` losses (`anchor_losses`, which replace `Trainer`'s eval loss, a mean
-        of the processes' batch means that counts the repeated rows), RPA and InfoNCE losses and per-anchor rewards
-        accuracy and margin (`_judge_agreement`), for the rows of `counted` (`_log_mean`)."""
-        for key, values in (("loss", anchor_losses), ("loss/rpa", rpa), ("loss/contrastive", contrastive),
-                            ("rewards/accuracies", agreement[0]), ("rewards/margins", agreement[1])):
-            self._log_mean(key, values, counted)
+        """Records an evaluation batch's ``(N,)`` per-anchor losses (`anchor_losses`, which replace `Trainer`'s eval
+        loss, a mean of the processes' batch means that counts the repeated rows), RPA and InfoNCE losses and rewards
+        accuracy and margin (`_judge_agreement`), from all processes (one gather), where the gathered
+        ``(N * processes,)`` bool `counted` is True, i.e. not on the rows accelerate repeats to even out the last batch
+        across processes (`_repeated_eval_rows`): `evaluation_loop` then averages over the set's anchors, each once.
+        A reward is NaN for an anchor without a strict judge preference and is left out (a batch of such anchors gives
+        none); a NaN loss is kept, so a diverged run shows."""
+        per_anchor = torch.stack([anchor_losses, rpa, contrastive, *agreement], dim=1).detach().float()  # (N, 5)
+        columns = self.accelerator.gather(per_anchor)[counted].T.tolist()
+        for key, values in zip(("loss", "loss/rpa", "loss/contrastive", "rewards/accuracies", "rewards/margins"), columns):
+            skip_nan = key.startswith("rewards/")
+            self._metrics["eval"][key].extend(value for value in values if not (skip_nan and math.isnan(value)))
 
     def _contrastive_loss(
         self, text_embeds: Tensor, image_embeds: Tensor, inputs, inverse_temperature, left_out: Tensor | None = None
@@ -489,17 +495,6 @@ class RPATrainer(DPOTrainer):
         if state.end_of_dataloader and state.remainder > 0 and self.accelerator.even_batches:
             return places >= state.remainder
         return torch.zeros(rows, dtype=torch.bool, device=device)
-
-    def _log_mean(self, key: str, values: Tensor, counted: Tensor | None = None) -> None:
-        """Records an evaluation batch's metric given per anchor: each anchor's value where the gathered
-        ``(N * processes,)`` bool `counted` is True (None: everywhere), i.e. not on the rows accelerate repeats to even
-        out the last batch across processes (`_repeated_eval_rows`), so that `evaluation_loop` averages over the
-        set's anchors. A reward is NaN for an anchor without a strict judge preference and is left out (a batch of
-        such anchors gives none); a NaN loss is kept, so a diverged run shows."""
-        values = self.accelerator.gather(values.detach().reshape(-1))
-        values = values if counted is None else values[counted]
-        skip_nan = key.startswith("rewards/")
-        self._metrics["eval"][key].extend((values[~values.isnan()] if skip_nan else values).tolist())
 
     def _get_grad_norm(self, model, grad_norm=None):
         grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
