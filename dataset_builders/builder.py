@@ -469,9 +469,18 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         path source, so a cached dataset is reused only when the work dir still matches this build
         (`check_work_dir`, the source fingerprint included: a changed source file is a
         `WorkDirMismatch`, not the old dataset) and holds the finished build the cache was made
-        from (its stats.json); a new or emptied work dir builds the dataset again."""
+        from (its stats.json); a new or emptied work dir builds the dataset again.
+
+        Under several processes every rank may call it: each builds its shards first (`build_shards`), outside the
+        lock `datasets` holds for one process at a time while it prepares (the rank holding it would otherwise wait for
+        the shards of a rank stuck at the lock); rank 0 then assembles the dataset and the others, once it has
+        written stats.json, load it from the cache."""
         self.check_ready()
         self.check_work_dir()
+        if self.world_size > 1:
+            self.build_shards()
+            if self.rank != 0:
+                self._wait_for([self.work_dir / "stats.json"], what="the dataset rank 0 assembles")
         if not (self.work_dir / "stats.json").exists():
             download_mode = datasets.DownloadMode.FORCE_REDOWNLOAD
         super().download_and_prepare(output_dir, download_config, download_mode, **kwargs)

@@ -778,6 +778,23 @@ def test_a_rank_waiting_for_a_peer_that_gave_up_stops_at_its_next_poll(tmp_path,
         rank_0.build_shards()
 
 
+def test_every_rank_may_call_download_and_prepare(tmp_path):
+    """The natural call from Python on every rank: before, the rank holding `datasets`' cache lock waited for shards
+    of a rank stuck at that lock (until wait_timeout, 24 hours by default). Every rank now builds its shards before the
+    lock; rank 0 assembles the dataset and the others load it from the cache, equal to one process's."""
+    ranks = [_unbuilt(tmp_path, colour_square_source(), shard_size=3, rank=rank, world_size=2, wait_timeout=30)
+             for rank in range(2)]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        for future in [pool.submit(builder.download_and_prepare) for builder in reversed(ranks)]:
+            future.result(timeout=120)
+    single = _unbuilt(tmp_path / "single", colour_square_source(), shard_size=3)
+    single.download_and_prepare()
+    expected = single.as_dataset(split="train").data.table
+    assert expected.num_rows == 10
+    for builder in ranks:
+        assert builder.as_dataset(split="train").data.table.equals(expected)
+
+
 def test_only_rank_0_runs_semdedup_and_the_other_ranks_wait_for_its_anchors(tmp_path):
     """k-means on different GPUs need not round alike, so every rank must build from rank 0's anchors: another rank
     never de-duplicates itself, it waits for anchors.json."""
