@@ -30,6 +30,7 @@ from modeling_maple.processing_maple import (
     check_tokens_known,
     encode_mllm_images,
     fill_image_placeholders,
+    image_processor_kwargs_problem,
     mllm_image_problem,
     mllm_image_processor_problem,
     mllm_image_seq_length,
@@ -305,7 +306,8 @@ def load_vlm(
 
     check_supported(AutoConfig.from_pretrained(model_id_or_path, token=token).model_type)
     image_processor = AutoImageProcessor.from_pretrained(model_id_or_path, token=token, **(image_processor_kwargs or {}))
-    _check_image_processor_kwargs(model_id_or_path, image_processor, image_processor_kwargs or {})
+    if (problem := image_processor_kwargs_problem(image_processor, image_processor_kwargs)) is not None:
+        raise ValueError(f"{model_id_or_path}: {problem}")
     tokenizer = AutoTokenizer.from_pretrained(model_id_or_path, token=token)
     model_kwargs = dict(model_kwargs or {})
     model = AutoModelForImageTextToText.from_pretrained(model_id_or_path, dtype=dtype, token=token, **model_kwargs)
@@ -349,16 +351,3 @@ def build_on_vlm(owner: type, model_id_or_path: str, loading_kwargs: dict | None
     return owner(loaded.model, loaded.tokenizer, loaded.image_processor, **{"name": model_id_or_path, **settings})
 
 
-def _check_image_processor_kwargs(model_id_or_path: str, image_processor, kwargs: dict) -> None:
-    """Raise a ValueError for a setting the loaded image processor does not have: `from_pretrained`
-    silently drops keyword arguments the processor class does not know. A setting is known if it
-    is an attribute or one of the class's `valid_kwargs` (Qwen-VL's `max_pixels` is stored as
-    `size["longest_edge"]`, so attributes alone cannot tell)."""
-    known = {key for typed_dict in type(image_processor).valid_kwargs.__mro__ for key in getattr(typed_dict, "__annotations__", {})}
-    unknown = [key for key in kwargs if key not in known and not hasattr(image_processor, key)]
-    if unknown:
-        raise ValueError(
-            f"{model_id_or_path}: {', '.join(unknown)} is not a setting of its image processor "
-            f"({type(image_processor).__name__}). Image size settings differ by family: Qwen-VL max_pixels, "
-            "InternVL max_patches (tiles), Idefics3/SmolVLM size={'longest_edge': ...}"
-        )

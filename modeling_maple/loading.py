@@ -15,13 +15,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoConfig, AutoModel, AutoProcessor, PreTrainedConfig
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoProcessor, PreTrainedConfig
 
 from maple.hub import hub_failure, is_hub_id, local_typo_hint
 
 from .configuration_maple import BACKBONES, DUAL_ENCODER_MODEL_TYPES, SUPPORTED_MLLMS, MapleConfig, backbone_of
 from .modeling_maple import MapleModel
-from .processing_maple import MapleProcessor
+from .processing_maple import MapleProcessor, image_processor_kwargs_problem, mllm_image_processor_problem
 
 # What `MapleModel.from_backbone` forwards to the backbones' `from_pretrained` (besides `revision` and `token`).
 BACKBONE_LOADING_KWARGS = ("dtype", "attn_implementation")
@@ -49,6 +49,7 @@ def load_maple(
     trust_remote_code: bool = False,
     backend: str | None = None,
     token: str | None = None,
+    image_processor_kwargs: dict[str, Any] | None = None,
     **from_pretrained_kwargs: Any,
 ) -> tuple[MapleModel, MapleProcessor]:
     """The MAPLE embedder and processor of `name_or_path`, a local folder or a Hub repo id.
@@ -63,6 +64,10 @@ def load_maple(
         backend: the image processor's backend, `"pil"` or `"torchvision"` (None: a MAPLE checkpoint's the one it was
             saved with, else transformers' choice, torchvision's where it is installed).
         token: the Hub token every file is read with (None: HF_TOKEN or the saved login, as in transformers).
+        image_processor_kwargs: image processor settings that override the checkpoint's, e.g. `{"max_pixels": 384 *
+            384}` for a Qwen-VL backbone (the paper's 384 x 384 training images); a MAPLE checkpoint's processor is
+            rebuilt around the image processor loaded with them. One the image processor does not have, or one the
+            model cannot take (a LLaVA-NeXT processor cutting other tiles than its config), is a ValueError.
         from_pretrained_kwargs: for a MAPLE checkpoint any `from_pretrained` argument (`dtype`, `device_map`,
             ...); for a backbone only `dtype` and `attn_implementation`.
 
@@ -71,11 +76,15 @@ def load_maple(
             be read (missing, offline and not cached, gated, an HTTP error from the Hub: `maple.hub.hub_failure`; of
             no known model type), the checkpoint is neither MAPLE's nor one whose backbone is known or given, or it
             cannot be the backbone given (an encoder that is not a supported MLLM as `"mllm"`, one without a text
-            tower as `"dual_encoder"`); `BackboneLoadingError` for a `from_pretrained` argument a backbone cannot take.
+            tower as `"dual_encoder"`), or its processor cannot be built (`image_processor_kwargs` holding a setting
+            the image processor does not have; an image processor the model cannot take); `BackboneLoadingError` for
+            a `from_pretrained` argument a backbone cannot take.
     """
     backbone = _backbone(name_or_path, backbone, revision, trust_remote_code, token)  # the config is read once
-    model = _load_model(name_or_path, backbone, revision, trust_remote_code, token, from_pretrained_kwargs)
-    return model, _load_processor(name_or_path, backbone, revision, trust_remote_code, backend, token)
+    # the processor first: what is wrong with it (a setting its image processor lacks, one the model cannot take)
+    # shows before any weights load
+    processor = _load_processor(name_or_path, backbone, revision, trust_remote_code, backend, token, image_processor_kwargs)
+    return _load_model(name_or_path, backbone, revision, trust_remote_code, token, from_pretrained_kwargs), processor
 
 
 def load_maple_model(
@@ -101,10 +110,11 @@ def load_maple_processor(
     trust_remote_code: bool = False,
     backend: str | None = None,
     token: str | None = None,
+    image_processor_kwargs: dict[str, Any] | None = None,
 ) -> MapleProcessor:
     """The processor of [`load_maple`] alone."""
     backbone = _backbone(name_or_path, backbone, revision, trust_remote_code, token)
-    return _load_processor(name_or_path, backbone, revision, trust_remote_code, backend, token)
+    return _load_processor(name_or_path, backbone, revision, trust_remote_code, backend, token, image_processor_kwargs)
 
 
 def _load_model(
@@ -136,13 +146,31 @@ def _load_processor(
     trust_remote_code: bool,
     backend: str | None,
     token: str | None,
+    image_processor_kwargs: dict[str, Any] | None,
 ) -> MapleProcessor:
-    """The processor of a checkpoint whose backbone `_backbone` resolved (None: a MAPLE checkpoint)."""
-    if backbone is None:
-        return AutoProcessor.from_pretrained(
-            name_or_path, revision=revision, trust_remote_code=trust_remote_code, backend=backend, token=token
-        )
-    return MapleProcessor.from_backbone(name_or_path, backbone=backbone, revision=revision, backend=backend, token=token)
+    """The processor of a checkpoint whose backbone `_backbone` resolved (None: a MAPLE checkpoint), its image
+    processor loaded with `image_processor_kwargs`; a `MapleLoadError` for an image processor that cannot feed the
+    model (`MapleProcessor.from_backbone`'s checks) or a setting it does not have."""
+    if backbone is not None:
+        try:
+            return MapleProcessor.from_backbone(name_or_path, backbone=backbone, revision=revision, backend=backend,
+                                                token=token, image_processor_kwargs=image_processor_kwargs)
+        except ValueError as error:  # its own checks name the checkpoint
+            message = str(error) if str(error).startswith(f"{name_or_path}: ") else f"{name_or_path}: {error}"
+            raise MapleLoadError(message) from error
+    loading = dict(revision=revision, trust_remote_code=trust_remote_code, backend=backend, token=token)
+    processor = AutoProcessor.from_pretrained(name_or_path, **loading)
+    if not image_processor_kwargs:
+        return processor
+    image_processor = AutoImageProcessor.from_pretrained(name_or_path, **loading, **image_processor_kwargs)
+    problem = image_processor_kwargs_problem(image_processor, image_processor_kwargs)
+    config = AutoConfig.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code, token=token)
+    if problem is None and config.backbone == "mllm":
+        problem = mllm_image_processor_problem(config.mllm_config, image_processor)
+    if problem is not None:
+        raise MapleLoadError(f"{name_or_path}: {problem}")
+    # as `from_pretrained` builds it, around the new image processor: the processor's own settings are kept
+    return type(processor).from_args_and_dict([image_processor, processor.tokenizer], processor.to_dict())
 
 
 def _backbone(

@@ -276,6 +276,20 @@ def mllm_image_processor_problem(mllm_config, image_processor) -> str | None:
     return None
 
 
+def image_processor_kwargs_problem(image_processor, image_processor_kwargs: dict[str, Any] | None) -> str | None:
+    """Why `image_processor_kwargs` are not all settings of `image_processor`, loaded with them, or None:
+    `from_pretrained` silently drops keyword arguments the image processor class does not know. A setting is known if
+    it is an attribute or one of the class's `valid_kwargs` (Qwen-VL's `max_pixels` is stored as `size["longest_edge"]`,
+    so attributes alone cannot tell)."""
+    valid_kwargs = type(image_processor).valid_kwargs
+    known = {key for typed_dict in valid_kwargs.__mro__ for key in getattr(typed_dict, "__annotations__", {})}
+    if unknown := [key for key in image_processor_kwargs or {} if key not in known and not hasattr(image_processor, key)]:
+        return (f"{', '.join(unknown)} is not a setting of its image processor ({type(image_processor).__name__}). Image "
+                "size settings differ by family: Qwen-VL max_pixels, InternVL max_patches (tiles), Idefics3/SmolVLM "
+                "size={'longest_edge': ...}")
+    return None
+
+
 def pixtral_image_processor_problem(vision_config, image_processor) -> str | None:
     """Why `image_processor` cannot feed a Pixtral vision tower of config `vision_config`, or None
     (`mllm_image_processor_problem`)."""
@@ -737,13 +751,20 @@ class MapleProcessor(ProcessorMixin):
         revision: str | None = None,
         backend: str | None = None,
         token: str | None = None,
+        image_processor_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> "MapleProcessor":
         """The processor matching [`MapleModel.from_backbone`] with the same arguments (`revision`: of
         `name_or_path`; `token`: the Hub token every file is read with, None: HF_TOKEN or the saved login). `backend`:
         the image processor's, `"pil"` or `"torchvision"` (None: transformers' choice, torchvision's where it is
-        installed)."""
-        image_processor = AutoImageProcessor.from_pretrained(name_or_path, revision=revision, backend=backend, token=token)
+        installed). `image_processor_kwargs`: settings of the image processor that override the checkpoint's, e.g.
+        `{"max_pixels": 384 * 384}` (Qwen-VL; the paper trains at 384 x 384) or `{"max_patches": 6}` (InternVL tiles);
+        one it does not have is a ValueError (`image_processor_kwargs_problem`)."""
+        image_processor = AutoImageProcessor.from_pretrained(
+            name_or_path, revision=revision, backend=backend, token=token, **(image_processor_kwargs or {})
+        )
+        if (problem := image_processor_kwargs_problem(image_processor, image_processor_kwargs)) is not None:
+            raise ValueError(f"{name_or_path}: {problem}")
         tokenizer = AutoTokenizer.from_pretrained(
             text_backbone or name_or_path, revision=None if text_backbone else revision, token=token
         )
@@ -769,6 +790,7 @@ __all__ = [
     "encode_mllm_images",
     "fill_image_placeholders",
     "gemma3_image_processor_problem",
+    "image_processor_kwargs_problem",
     "llava_next_image_layout",
     "pixtral_image_processor_problem",
     "load_image",

@@ -215,3 +215,66 @@ def test_a_processors_revision_is_its_vision_backbones_not_its_text_backbones(mo
                             lambda name, revision=None, made=made, **kwargs: revisions.update({name: revision}) or made)
     MapleProcessor.from_backbone("org/vision", backbone="dual_encoder", text_backbone="org/text", revision="v2")
     assert revisions == {"org/vision": "v2", "org/text": None}
+
+
+@pytest.fixture
+def qwen2_vl_folder(tmp_path):
+    """A plain tiny Qwen2-VL checkpoint, as on the Hub: its image processor resizes images to at most 256 pixels."""
+    from transformers import AutoModel
+
+    from modeling_maple.testing import tiny_mllm_config, tiny_mllm_image_processor, tiny_mllm_tokenizer
+
+    torch.manual_seed(0)
+    folder = tmp_path / "qwen2-vl"
+    AutoModel.from_config(tiny_mllm_config("qwen2_vl")).save_pretrained(folder)
+    tiny_mllm_image_processor("qwen2_vl").save_pretrained(folder)
+    tiny_mllm_tokenizer("qwen2_vl").save_pretrained(folder)
+    return folder
+
+
+def image_grid(processor) -> list[list[int]]:
+    """The patch grid a 32 x 32 image (1,024 pixels) gets: (1, 4, 4) patches at the tiny default of 256 pixels."""
+    return processor(images=[Image.new("RGB", (32, 32), "red")])["image_grid_thw"].tolist()
+
+
+def test_image_processor_settings_override_a_backbones_and_a_maple_checkpoints(tmp_path, qwen2_vl_folder):
+    """`image_processor_kwargs` (e.g. the paper's 384 x 384 images as Qwen-VL's max_pixels) reach the image processor of
+    a backbone and of a MAPLE checkpoint, whose processor keeps its own settings around it."""
+    from modeling_maple import load_maple_processor
+
+    assert image_grid(load_maple_processor(str(qwen2_vl_folder))) == [[1, 4, 4]]
+    model, processor = load_maple(str(qwen2_vl_folder), image_processor_kwargs={"max_pixels": 1024})
+    assert image_grid(processor) == [[1, 8, 8]] and model.config.backbone == "mllm"
+
+    trained, trained_processor = build_tiny("mllm", seed=0)
+    trained_processor.text_prompt = "Text: {text}\nIn one word:"  # a setting of MAPLE's own, to be kept
+    trained.save_pretrained(tmp_path / "maple")
+    trained_processor.save_pretrained(tmp_path / "maple")
+    overridden = load_maple_processor(str(tmp_path / "maple"), image_processor_kwargs={"max_pixels": 1024})
+    assert image_grid(overridden) == [[1, 8, 8]] and image_grid(trained_processor) == [[1, 4, 4]]
+    assert overridden.text_prompt == "Text: {text}\nIn one word:" and type(overridden) is type(trained_processor)
+
+
+def test_an_image_processor_setting_it_does_not_have_is_refused_before_any_weights_load(tmp_path, qwen2_vl_folder, monkeypatch):
+    """`from_pretrained` drops a keyword the image processor class does not know, silently; here it is named."""
+    import modeling_maple.loading as loading
+
+    monkeypatch.setattr(loading, "_load_model", lambda *args: pytest.fail("weights loaded before the processor"))
+    model, processor = build_tiny("mllm", seed=0)
+    model.save_pretrained(tmp_path / "maple")
+    processor.save_pretrained(tmp_path / "maple")
+    for folder in (qwen2_vl_folder, tmp_path / "maple"):
+        message = rf"^{re.escape(str(folder))}: max_patches is not a setting of its image processor \(Qwen2VLImageProcessor"
+        with pytest.raises(MapleLoadError, match=message):
+            load_maple(str(folder), image_processor_kwargs={"max_patches": 6})
+
+
+def test_image_processor_settings_the_model_cannot_take_are_refused_for_a_maple_checkpoint(tmp_path):
+    """A LLaVA-NeXT model counts each image's tiles from its config: fewer pinpoints on the processor's side only (to
+    spend fewer tiles) would fail in the forward with a bare shape error, so loading refuses them, as building from
+    the backbone does."""
+    model, processor = build_tiny("mllm", mllm_type="llava_next", seed=0)
+    model.save_pretrained(tmp_path / "maple")
+    processor.save_pretrained(tmp_path / "maple")
+    with pytest.raises(MapleLoadError, match=r"image_grid_pinpoints \[\[32, 32\]\] differ from the model config's"):
+        load_maple(str(tmp_path / "maple"), image_processor_kwargs={"image_grid_pinpoints": [[32, 32]]})

@@ -129,6 +129,47 @@ def test_tiny_smoke_run_on_an_mllm_family(family, model_type, tmp_path):
     assert AutoProcessor.from_pretrained(tmp_path / "out").mllm_type == family
 
 
+def test_image_processor_settings_reach_the_trained_models_processor(tmp_path, capsys):
+    """`--image_processor_kwargs` (JSON on the command line, a mapping in a --config file): the paper trains on
+    384 x 384 images, which a Qwen-VL backbone's own image processor (up to 12.8 M pixels) would not give."""
+    from transformers import AutoModel as AutoBackbone
+
+    from modeling_maple.testing import tiny_mllm_config, tiny_mllm_image_processor, tiny_mllm_tokenizer
+
+    backbone = tmp_path / "qwen2-vl"
+    AutoBackbone.from_config(tiny_mllm_config("qwen2_vl")).save_pretrained(backbone)
+    tiny_mllm_image_processor("qwen2_vl").save_pretrained(backbone)  # at most 256 pixels per image
+    tiny_mllm_tokenizer("qwen2_vl").save_pretrained(backbone)
+    synthetic_preference_dataset(8).save_to_disk(tmp_path / "prefs")
+    argv = ["--model_name_or_path", str(backbone), "--dataset_name", str(tmp_path / "prefs"), "--max_steps", "1",
+            "--per_device_train_batch_size", "4", "--report_to", "none", "--save_strategy", "no"]
+    assert main([*argv, "--output_dir", str(tmp_path / "flag"), "--image_processor_kwargs", '{"max_pixels": 1024}']) == 0
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump({"image_processor_kwargs": {"max_pixels": 4096}}))
+    assert main(["--config", str(config), *argv, "--output_dir", str(tmp_path / "yaml")]) == 0
+    for output, max_pixels in (("flag", 1024), ("yaml", 4096)):
+        assert AutoProcessor.from_pretrained(tmp_path / output).image_processor.size["longest_edge"] == max_pixels
+
+    def error_of(*extra):
+        with pytest.raises(SystemExit) as exited:
+            main([*argv, "--output_dir", str(tmp_path / "refused"), *extra])
+        assert exited.value.code == 2
+        return capsys.readouterr().err.splitlines()[-1]
+
+    assert error_of("--image_processor_kwargs", '{"max_patches": 6}').startswith(
+        f"maple train: error: --model_name_or_path {backbone}: max_patches is not a setting of its image processor")
+    assert error_of("--image_processor_kwargs", "{max_pixels: 1024}").startswith(
+        "maple train: error: image_processor_kwargs: not valid JSON (")
+    assert error_of("--image_processor_kwargs", "[1024]") == (
+        "maple train: error: image_processor_kwargs: expected a mapping of settings, got [1024]")
+    assert not (tmp_path / "refused").exists()
+    with pytest.raises(SystemExit):
+        main(["--tiny", "mllm", "--dataset_name", "x", "--image_processor_kwargs", '{"max_pixels": 1024}'])
+    assert capsys.readouterr().err == (
+        "maple train: error: --image_processor_kwargs: --tiny builds a random float32 model; these apply to "
+        "--model_name_or_path\n")
+
+
 def test_help_documents_every_option(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])

@@ -84,6 +84,15 @@ class ModelArguments:
             "saved checkpoint has the adapters merged."
         },
     )
+    image_processor_kwargs: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Image processor settings that override the checkpoint's, as JSON (a mapping in a --config file), "
+            "e.g. '{\"max_pixels\": 147456}': Qwen-VL images of at most 384 x 384 pixels, as MAPLE trains; InternVL "
+            "'{\"max_patches\": 6}' (tiles), Idefics3/SmolVLM '{\"size\": {\"longest_edge\": 768}}'. Saved with the "
+            "trained model's processor."
+        },
+    )
     lora_r: int = field(default=32, metadata={"help": "LoRA rank (MAPLE: 32)."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator alpha (MAPLE: 32)."})
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input (not stated in MAPLE)."})
@@ -99,6 +108,13 @@ class ModelArguments:
             choices = next(f for f in fields(self) if f.name == name).metadata["choices"]
             if getattr(self, name) is not None and getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+        if isinstance(self.image_processor_kwargs, str):
+            try:
+                self.image_processor_kwargs = json.loads(self.image_processor_kwargs)
+            except ValueError as error:
+                raise ValueError(f"image_processor_kwargs: not valid JSON ({error}): {self.image_processor_kwargs!r}") from None
+        if self.image_processor_kwargs is not None and not isinstance(self.image_processor_kwargs, dict):
+            raise ValueError(f"image_processor_kwargs: expected a mapping of settings, got {self.image_processor_kwargs!r}")
         if not (isinstance(self.lora_r, int) and self.lora_r >= 1):
             raise ValueError(f"lora_r is a rank and must be an integer >= 1, got {self.lora_r!r}")
         if not (isinstance(self.lora_alpha, (int, float)) and self.lora_alpha > 0):
@@ -163,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     if (model_args.model_name_or_path is None) == (model_args.tiny is None):
         parser.error("give exactly one of --model_name_or_path and --tiny")
     loading_options = {"--backbone": model_args.backbone, "--model_init_kwargs": training_args.model_init_kwargs,
+                       "--image_processor_kwargs": model_args.image_processor_kwargs,
                        "--trust_remote_code": training_args.trust_remote_code}
     if model_args.tiny and (ignored := [option for option, value in loading_options.items() if value]):
         parser.error(f"{', '.join(ignored)}: --tiny builds a random float32 model; these apply to --model_name_or_path")
@@ -441,7 +458,8 @@ def load_model_and_processor(model_args: ModelArguments, training_args: RPAConfi
         return build_tiny(model_args.tiny)
     name = model_args.model_name_or_path
     try:
-        return load_maple(name, backbone=model_args.backbone, **model_loading_kwargs(training_args))
+        return load_maple(name, backbone=model_args.backbone, image_processor_kwargs=model_args.image_processor_kwargs,
+                          **model_loading_kwargs(training_args))
     except BackboneLoadingError as error:
         raise TrainingInputError(f"--model_init_kwargs: {error}") from error
     except TypeError as error:  # a --model_init_kwargs key that from_pretrained passes on to the model's __init__
