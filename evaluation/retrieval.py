@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-from .metrics import DEFAULT_KS, RelevantIndices, relevant_index_lists, recall_from_ranks
+from .metrics import DEFAULT_KS, RelevantIndices, checked_ks, recall_from_ranks, relevant_index_lists
 
 DEFAULT_QUERY_CHUNK = 1024
 DEFAULT_CANDIDATE_CHUNK = 16384
@@ -292,11 +292,13 @@ def chunked_retrieval_recall(
     queries: torch.Tensor,
     candidates: torch.Tensor,
     relevant: RelevantIndices,
-    ks=DEFAULT_KS,
+    ks: Iterable[int] = DEFAULT_KS,
     query_chunk: int = DEFAULT_QUERY_CHUNK,
     candidate_chunk: int = DEFAULT_CANDIDATE_CHUNK,
 ) -> dict[str, float]:
-    """`evaluation.metrics.retrieval_recall` on embeddings, without the full score matrix."""
+    """`evaluation.metrics.retrieval_recall` on (Q, D) query and (C, D) candidate embeddings, without the full score
+    matrix."""
+    ks = checked_ks(ks)  # before the search, not after it
     ranks = chunked_ranks(queries, candidates, relevant, query_chunk, candidate_chunk)
     return recall_from_ranks(ranks, ks)
 
