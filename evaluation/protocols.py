@@ -158,11 +158,22 @@ class _Field(LazySequence):
 def _columns(quadruples: Quadruples) -> tuple[Sequence[Any], Sequence[Any], list[str], list[str]]:
     """I0, I1, T0, T1 of the quadruples. A benchmark's quadruples hold them as columns (`columns()`, lazy images),
     read as such so that no image is decoded to read a text and each once to embed it; other quadruples field by
-    field."""
+    field, each checked to hold four fields of which the last two are strings (a ValueError or TypeError naming it)."""
     if hasattr(quadruples, "columns"):
         images0, images1, texts0, texts1 = quadruples.columns()
         return images0, images1, list(texts0), list(texts1)
-    return _Field(quadruples, 0), _Field(quadruples, 1), [q[2] for q in quadruples], [q[3] for q in quadruples]
+    texts0, texts1 = [], []
+    for index, quadruple in enumerate(quadruples):  # each read once here for its texts, so checked here
+        if isinstance(quadruple, str) or not isinstance(quadruple, Sequence) or len(quadruple) != 4:
+            got = f"{len(quadruple)} fields" if isinstance(quadruple, Sequence) and not isinstance(quadruple, str) else (
+                f"{quadruple!r:.80}")
+            raise ValueError(f"quadruples[{index}]: expected (image0, image1, text0, text1), got {got}")
+        for field, text in (("text0", quadruple[2]), ("text1", quadruple[3])):
+            if not isinstance(text, str):
+                raise TypeError(f"quadruples[{index}]: {field} is {text!r:.80} ({type(text).__name__}); expected a string")
+        texts0.append(quadruple[2])
+        texts1.append(quadruple[3])
+    return _Field(quadruples, 0), _Field(quadruples, 1), texts0, texts1
 
 
 def quadruple_similarities(model, processor, quadruples: Quadruples, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -217,7 +228,10 @@ def evaluate_quadruples(
 def _similarity_histograms(image_text: torch.Tensor, text_text: torch.Tensor) -> dict[str, list[float]]:
     """Counts of matched, mismatched and text-text cosines in HISTOGRAM_BINS bins over [-1, 1]."""
     samples = {"matched": image_text[:, [0, 3]], "mismatched": image_text[:, [1, 2]], "text_text": text_text}
-    histograms = {name: torch.histc(values.flatten().float(), bins=HISTOGRAM_BINS, min=-1.0, max=1.0).long().tolist()
-                  for name, values in samples.items()}
+    histograms = {}
+    for name, values in samples.items():
+        # clamped: the cosine of two equal unit vectors often rounds past 1, and histc drops values past its range
+        cosines = values.flatten().float().clamp(-1.0, 1.0)
+        histograms[name] = torch.histc(cosines, bins=HISTOGRAM_BINS, min=-1.0, max=1.0).long().tolist()
     return {"bin_edges": torch.linspace(-1.0, 1.0, HISTOGRAM_BINS + 1).tolist(), **histograms}
 

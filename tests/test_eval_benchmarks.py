@@ -7,6 +7,7 @@ import shutil
 
 import datasets
 import pytest
+import torch
 from PIL import Image
 
 from evaluation.benchmarks import (
@@ -592,3 +593,42 @@ def test_shards_are_read_in_file_name_order_whatever_order_the_folder_lists_them
     rglob = Path.rglob
     monkeypatch.setattr(Path, "rglob", lambda self, pattern: reversed(sorted(rglob(self, pattern))))
     assert load_benchmark("coco", str(tmp_path)).captions_per_image == [["shard 0"], ["shard 1"]]
+
+
+def test_similarity_histograms_count_cosines_that_round_past_one():
+    """A cosine of two equal unit vectors rounds to 1 + 1 ulp about as often as to 1, and `torch.histc` drops values
+    past its range: a collapsed model (every embedding alike) had about half its cosines missing from the plot that is
+    meant to show the collapse."""
+    from evaluation.protocols import evaluate_quadruples
+
+    vectors = torch.randn(50, 64, generator=torch.Generator().manual_seed(0))
+    model = LookupEmbedder({f"t{i}": vector.tolist() for i, vector in enumerate(vectors)})
+    quadruples = [(vector.tolist(), vector.tolist(), f"t{i}", f"t{i}") for i, vector in enumerate(vectors)]
+    histograms = evaluate_quadruples(model, None, quadruples)["similarity_histograms"]
+    assert (sum(histograms["matched"]), sum(histograms["mismatched"]), sum(histograms["text_text"])) == (100, 100, 50)
+    assert histograms["matched"][-1] == 100
+
+
+def test_lookup_embedder_takes_vectors_of_integers():
+    """Integer vectors made int64 tensors, which `F.normalize` refuses ("Expected a floating point ... Got Long")."""
+    from evaluation.protocols import evaluate_quadruples
+
+    model = LookupEmbedder({"t0": [1, 0], "t1": [0, 1]})
+    assert evaluate_quadruples(model, None, [([1, 0], [0, 1], "t0", "t1")])["group_score"] == 100.0
+
+
+@pytest.mark.parametrize("bad, message", [
+    ((_RIGHT[0], _RIGHT[1], "t0"), r"^quadruples\[1\]: expected \(image0, image1, text0, text1\), got 3 fields$"),
+    ((_RIGHT[0], _RIGHT[1], "t0", None), r"^quadruples\[1\]: text1 is None \(NoneType\); expected a string$"),
+    ((_RIGHT[0], _RIGHT[1], 3, "t1"), r"^quadruples\[1\]: text0 is 3 \(int\); expected a string$"),
+    ("abcd", r"^quadruples\[1\]: expected \(image0, image1, text0, text1\), got 'abcd'$"),
+])
+def test_a_malformed_quadruple_is_named_before_anything_is_embedded(bad, message):
+    """A quadruple of three fields failed with "tuple index out of range", and a text of None reached the tokenizer:
+    neither said which quadruple."""
+    from evaluation.protocols import evaluate_quadruples
+
+    model = LookupEmbedder(_TEXTS)
+    with pytest.raises((TypeError, ValueError), match=message):
+        evaluate_quadruples(model, None, [_RIGHT, bad, _RIGHT])
+    assert model.calls == []
