@@ -264,7 +264,8 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Results of one model on the benchmarks: the `stored` ones (`stored_results`) as they are, the others
     computed on `device` with weights in `dtype` and written to `out/<model>/<benchmark>.json`. The folder is created only once the
-    model has loaded, so a model that fails to load leaves nothing behind. Hub models and benchmarks are read with
+    model has loaded, so a model that fails to load leaves nothing behind. NaN or inf embeddings (a diverged model) are a
+    `NonFiniteEmbeddingsError` naming the model and the benchmark. Hub models and benchmarks are read with
     `token` (None: HF_TOKEN or the saved login)."""
     folder = out / _model_folder_name(model_ref)
     results = dict(stored)
@@ -274,6 +275,7 @@ def evaluate_model(
     if todo:
         from .models import load_embedder
         from .protocols import evaluate_benchmark
+        from .retrieval import NonFiniteEmbeddingsError
 
         # Benchmarks load before the model (tables and file lists: images are decoded as they are embedded),
         # so a source that is unreachable or in the wrong schema is reported before a large model is loaded.
@@ -284,7 +286,10 @@ def evaluate_model(
         folder.mkdir(parents=True, exist_ok=True)
         for name in todo:
             print(f"{model_ref}: evaluating {name} ...", flush=True)
-            results[name] = evaluate_benchmark(model, processor, loaded[name], batch_size)
+            try:
+                results[name] = evaluate_benchmark(model, processor, loaded[name], batch_size)
+            except NonFiniteEmbeddingsError as error:  # a diverged model: which one, on what
+                raise NonFiniteEmbeddingsError(f"{model_ref}: {name}: {error}") from error
             record = {"run": _run_fingerprint(model_ref, model_state, name, sources.get(name), dtype), "metrics": results[name]}
             atomic_write_json(folder / f"{name}.json", record)  # a crash never leaves half a result
     return {name: results[name] for name in benchmarks}
@@ -448,6 +453,7 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
     from .benchmarks import BenchmarkFormatError, BenchmarkSourceError, check_source
     from .models import ModelLoadError, check_model_ref, checkpoint_config
+    from .retrieval import NonFiniteEmbeddingsError
 
     device = _embedding_device(parser, args.device)
 
@@ -470,7 +476,7 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                 model_ref, args.benchmarks, sources, args.out, args.batch_size, stored[model_ref], device, args.dtype,
                 args.trust_remote_code, args.token,
             )
-    except (ModelLoadError, BenchmarkFormatError, BenchmarkSourceError) as error:
+    except (ModelLoadError, BenchmarkFormatError, BenchmarkSourceError, NonFiniteEmbeddingsError) as error:
         return report_error(parser.prog, str(error))
     # atomically: an interruption leaves the previous results or these, never half a file (which the next run's
     # --out check would take for another command's)

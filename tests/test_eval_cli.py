@@ -799,3 +799,29 @@ def test_no_progress_hides_the_bars_of_datasets_and_of_loading_and_puts_them_bac
     error = capsys.readouterr().err
     assert "Generating train split" not in error and "Loading weights" not in error, error
     assert not datasets.are_progress_bars_disabled() and transformers.utils.logging.is_progress_bar_enabled()
+
+
+def test_a_diverged_model_is_one_error_line_naming_the_model_and_the_benchmark(tiny, benchmark_sources, tmp_path, capsys, monkeypatch):
+    """NaN embeddings were a traceback of `NonFiniteEmbeddingsError` that named neither the model nor the benchmark;
+    the benchmarks finished before it stay stored."""
+    import evaluation.models
+
+    _, _, (first, _) = tiny
+    load = evaluation.models.load_embedder
+
+    def load_diverged(model_ref, **kwargs):
+        model, processor = load(model_ref, **kwargs)
+        encode = model.encode
+        # coco is finite, winoground (evaluated second) is not
+        monkeypatch.setattr(model, "encode", lambda *args, **kw: tuple(
+            embeds.fill_(float("nan")) if len(kw["texts"]) == 6 else embeds for embeds in encode(*args, **kw)))
+        return model, processor
+
+    monkeypatch.setattr(evaluation.models, "load_embedder", load_diverged)
+    out = tmp_path / "eval"
+    argv = [str(first), "--benchmarks", "coco", "winoground", "--out", str(out),
+            "--source", f"coco={benchmark_sources['coco']}", f"winoground={benchmark_sources['winoground']}"]
+    assert main(argv) == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error.startswith(f"maple eval: error: {first}: winoground: embeddings: ") and "are not finite" in error
+    assert [path.name for path in out.glob("*/*.json")] == ["coco.json"]
