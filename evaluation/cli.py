@@ -158,7 +158,7 @@ def _model_state(model_ref: str, revision: str | None = None, token: str | None 
 
 # Part of every stored result's fingerprint: raised whenever a benchmark is read or scored differently, so that
 # results stored before are recomputed, not mixed with new ones (what each raise changed: `git log -G "PROTOCOL_VERSION = "`).
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 
 
 def _run_fingerprint(

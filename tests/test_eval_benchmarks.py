@@ -596,9 +596,9 @@ def test_shards_are_read_in_file_name_order_whatever_order_the_folder_lists_them
 
 
 def test_similarity_histograms_count_cosines_that_round_past_one():
-    """A cosine of two equal unit vectors rounds to 1 + 1 ulp about as often as to 1, and `torch.histc` drops values
-    past its range: a collapsed model (every embedding alike) had about half its cosines missing from the plot that is
-    meant to show the collapse."""
+    """The cosine of two equal unit vectors often rounds to 1 + 1 ulp, and `torch.histc` drops values past its range:
+    here nearly half the matched cosines were missing, as they would be for a collapsed model (every embedding alike)
+    from the plot meant to show the collapse."""
     from evaluation.protocols import evaluate_quadruples
 
     vectors = torch.randn(50, 64, generator=torch.Generator().manual_seed(0))
@@ -632,3 +632,29 @@ def test_a_malformed_quadruple_is_named_before_anything_is_embedded(bad, message
     with pytest.raises((TypeError, ValueError), match=message):
         evaluate_quadruples(model, None, [_RIGHT, bad, _RIGHT])
     assert model.calls == []
+
+
+def test_a_folder_holding_several_splits_is_read_from_the_benchmarks_split_only(tmp_path, monkeypatch):
+    """A snapshot of a Hub repo with a validation split beside the test split was read whole: the validation rows were
+    scored as test rows. Splits are told by file name, as datasets tells them (and as the Hub read does)."""
+    from conftest import make_picture, write_parquet
+
+    def shard(path, captions):
+        write_parquet(path, {"image": [make_picture(i) for i in range(len(captions))], "caption": captions}, ("image",))
+
+    shard(tmp_path / "snapshot" / "data" / "test-00000-of-00001.parquet", [["a test caption"], ["another"]])
+    shard(tmp_path / "snapshot" / "data" / "validation-00000-of-00001.parquet", [["a validation caption"]])
+    coco = load_benchmark("coco", str(tmp_path / "snapshot"))
+    assert coco.captions_per_image == [["a test caption"], ["another"]] and len(coco.images) == 2
+    monkeypatch.chdir(tmp_path / "snapshot" / "data")  # a relative path, through ..
+    assert load_benchmark("coco", "../../snapshot").captions_per_image == [["a test caption"], ["another"]]
+
+    shard(tmp_path / "no_test" / "train.parquet", [["a training caption"]])
+    shard(tmp_path / "no_test" / "validation.parquet", [["a validation caption"]])
+    with pytest.raises(BenchmarkFormatError, match=r"no_test: holds the splits \['train', 'validation'\] but not "
+                                                   r"'test', the split benchmark 'coco' is read from"):
+        load_benchmark("coco", str(tmp_path / "no_test"))
+    # files that name no split, or one, are all read (as before)
+    shard(tmp_path / "one_split" / "coco_train_copy.parquet", [["first"]])
+    shard(tmp_path / "one_split" / "more" / "coco_train_more.parquet", [["second"]])
+    assert load_benchmark("coco", str(tmp_path / "one_split")).captions_per_image == [["first"], ["second"]]
