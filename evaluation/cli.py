@@ -264,8 +264,8 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Results of one model on the benchmarks: the `stored` ones (`stored_results`) as they are, the others
     computed on `device` with weights in `dtype` and written to `out/<model>/<benchmark>.json`. The folder is created only once the
-    model has loaded, so a model that fails to load leaves nothing behind. NaN or inf embeddings (a diverged model) are a
-    `NonFiniteEmbeddingsError` naming the model and the benchmark. Hub models and benchmarks are read with
+    model has loaded, so a model that fails to load leaves nothing behind. NaN or inf embeddings (a diverged model)
+    are a `NonFiniteEmbeddingsError` naming the model and the benchmark. Hub models and benchmarks are read with
     `token` (None: HF_TOKEN or the saved login)."""
     folder = out / _model_folder_name(model_ref)
     results = dict(stored)

@@ -164,13 +164,17 @@ def _columns(quadruples: Quadruples) -> tuple[Sequence[Any], Sequence[Any], list
         return images0, images1, list(texts0), list(texts1)
     texts0, texts1 = [], []
     for index, quadruple in enumerate(quadruples):  # each read once here for its texts, so checked here
-        if isinstance(quadruple, str) or not isinstance(quadruple, Sequence) or len(quadruple) != 4:
-            got = f"{len(quadruple)} fields" if isinstance(quadruple, Sequence) and not isinstance(quadruple, str) else (
-                f"{quadruple!r:.80}")
+        # a string of four letters is a sequence of four, not a quadruple; a row of a NumPy array of objects is one
+        fields = (isinstance(quadruple, Sequence) and not isinstance(quadruple, str)) or (
+            isinstance(quadruple, np.ndarray) and quadruple.ndim == 1)
+        if not fields or len(quadruple) != 4:
+            got = f"{len(quadruple)} fields" if fields else f"{quadruple!r:.80}"
             raise ValueError(f"quadruples[{index}]: expected (image0, image1, text0, text1), got {got}")
         for field, text in (("text0", quadruple[2]), ("text1", quadruple[3])):
             if not isinstance(text, str):
-                raise TypeError(f"quadruples[{index}]: {field} is {text!r:.80} ({type(text).__name__}); expected a string")
+                raise TypeError(
+                    f"quadruples[{index}]: {field} is {text!r:.80} ({type(text).__name__}); expected a string"
+                )
         texts0.append(quadruple[2])
         texts1.append(quadruple[3])
     return _Field(quadruples, 0), _Field(quadruples, 1), texts0, texts1

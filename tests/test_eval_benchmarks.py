@@ -634,6 +634,16 @@ def test_a_malformed_quadruple_is_named_before_anything_is_embedded(bad, message
     assert model.calls == []
 
 
+def test_quadruples_may_be_the_rows_of_a_numpy_array_of_objects():
+    import numpy as np
+
+    from evaluation.protocols import evaluate_quadruples
+
+    rows = np.empty((2, 4), dtype=object)
+    rows[:] = [_RIGHT, _WRONG]
+    assert evaluate_quadruples(LookupEmbedder(_TEXTS), None, rows)["group_score"] == 50.0
+
+
 def test_a_folder_holding_several_splits_is_read_from_the_benchmarks_split_only(tmp_path, monkeypatch):
     """A snapshot of a Hub repo with a validation split beside the test split was read whole: the validation rows were
     scored as test rows. Splits are told by file name, as datasets tells them (and as the Hub read does)."""

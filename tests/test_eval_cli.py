@@ -801,7 +801,9 @@ def test_no_progress_hides_the_bars_of_datasets_and_of_loading_and_puts_them_bac
     assert not datasets.are_progress_bars_disabled() and transformers.utils.logging.is_progress_bar_enabled()
 
 
-def test_a_diverged_model_is_one_error_line_naming_the_model_and_the_benchmark(tiny, benchmark_sources, tmp_path, capsys, monkeypatch):
+def test_a_diverged_model_is_one_error_line_naming_the_model_and_the_benchmark(
+    tiny, benchmark_sources, tmp_path, capsys, monkeypatch
+):
     """NaN embeddings were a traceback of `NonFiniteEmbeddingsError` that named neither the model nor the benchmark;
     the benchmarks finished before it stay stored."""
     import evaluation.models
