@@ -1,8 +1,8 @@
 """The paper's evaluation protocols on an embedder: retrieval recall, group scores, modality gap.
 
 Every function takes a MAPLE model (anything with `encode(processor, texts=..., images=...)`) and
-its processor; embeddings are L2-normalised here (a model with `normalize=False` returns raw ones),
-so similarities are cosines.
+its processor; embeddings are L2-normalised here, in float32 (a model with `normalize=False` returns raw ones, another
+embedder may return bf16), so similarities are float32 cosines.
 """
 
 from __future__ import annotations
@@ -26,11 +26,13 @@ HISTOGRAM_BINS = 200
 
 
 def _encode(model, processor, texts: Sequence[str], images: Sequence[Any], batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(text_embeds, image_embeds), L2-normalised; a ValueError if any is NaN or inf."""
+    """(text_embeds, image_embeds), (len(texts), D) and (len(images), D), L2-normalised in float32 whatever the dtype
+    the model returns (bf16 cosines tie where float32 ones differ, and ties count against the model); a ValueError if
+    any is NaN or inf."""
     text_embeds, image_embeds = model.encode(processor, texts=texts, images=images, batch_size=batch_size)
     check_finite_embeddings(text_embeds, "texts")
     check_finite_embeddings(image_embeds, "images")
-    return F.normalize(text_embeds, dim=-1), F.normalize(image_embeds, dim=-1)
+    return F.normalize(text_embeds.float(), dim=-1), F.normalize(image_embeds.float(), dim=-1)
 
 
 def evaluate_retrieval(

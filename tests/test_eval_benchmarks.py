@@ -668,3 +668,29 @@ def test_a_folder_holding_several_splits_is_read_from_the_benchmarks_split_only(
     shard(tmp_path / "one_split" / "coco_train_copy.parquet", [["first"]])
     shard(tmp_path / "one_split" / "more" / "coco_train_more.parquet", [["second"]])
     assert load_benchmark("coco", str(tmp_path / "one_split")).captions_per_image == [["first"], ["second"]]
+
+
+def test_embeddings_a_model_returns_in_bfloat16_are_scored_in_float32():
+    """bf16 cosines carry 8 bits: neighbours whose float32 cosines differ came out tied, and ties count against the
+    model, so an embedder returning bf16 (the protocols take any `encode`) lost hits it had made."""
+    from evaluation.protocols import evaluate_quadruples, evaluate_retrieval
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(300, 64, generator=generator).bfloat16()
+    texts = (images + 2.2 * torch.randn(300, 64, generator=generator)).bfloat16()
+
+    class Embedder:
+        def __init__(self, dtype):
+            self.dtype = dtype
+
+        def encode(self, processor, texts, images, batch_size):
+            return (torch.stack([text_vectors[int(text)] for text in texts]).to(self.dtype),
+                    torch.stack(list(images)).to(self.dtype))
+
+    text_vectors = texts
+    captions = [[str(i)] for i in range(300)]
+    assert evaluate_retrieval(Embedder(torch.bfloat16), None, list(images), captions) == evaluate_retrieval(
+        Embedder(torch.float32), None, list(images), captions)
+    quadruples = [(images[i], images[i + 1], str(i), str(i + 1)) for i in range(0, 300, 2)]
+    bf16, fp32 = (evaluate_quadruples(Embedder(dtype), None, quadruples) for dtype in (torch.bfloat16, torch.float32))
+    assert bf16 == fp32
