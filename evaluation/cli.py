@@ -36,7 +36,6 @@ from .benchmarks import BENCHMARKS, QuadrupleBenchmark, RetrievalBenchmark, load
 from .metric_names import QUADRUPLE_SCORES, RETRIEVAL_METRICS
 
 
-
 def _model_folder_name(model_ref: str) -> str:
     """A file-system-safe name for a model reference: `org--name` for a Hub id (which cannot hold `--`), `local--`
     and the absolute path with `--` for `/` for a local folder, so that `.`, `..`, or a folder `/x/y` beside a Hub

@@ -57,12 +57,18 @@ def relevant_index_lists(relevant: RelevantIndices, num_queries: int, num_candid
     return lists
 
 
+def relevant_pairs(relevant: list[list[int]], device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (query, candidate) pairs of `relevant` (from `relevant_index_lists`) as two (P,) int64 tensors on `device`:
+    rows[p] is the query and cols[p] the candidate of pair p, queries in order."""
+    rows = torch.tensor([q for q, indices in enumerate(relevant) for _ in indices], dtype=torch.long, device=device)
+    cols = torch.tensor([c for indices in relevant for c in indices], dtype=torch.long, device=device)
+    return rows, cols
+
+
 def relevance_mask(relevant: list[list[int]], num_candidates: int, device: torch.device | str | None = None) -> torch.Tensor:
     """Boolean (Q, C) mask on `device`, True where candidate c is relevant to query q."""
     mask = torch.zeros(len(relevant), num_candidates, dtype=torch.bool, device=device)
-    rows = torch.tensor([q for q, indices in enumerate(relevant) for _ in indices], dtype=torch.long, device=device)
-    cols = torch.tensor([c for indices in relevant for c in indices], dtype=torch.long, device=device)
-    mask[rows, cols] = True
+    mask[relevant_pairs(relevant, device)] = True
     return mask
 
 
@@ -96,7 +102,7 @@ def first_relevant_ranks(similarities: torch.Tensor, relevant: RelevantIndices) 
 
     similarities: (Q, C), higher = more similar. relevant: per query, one index or a list of
     indices into the C candidates (several captions per image). With s* the best relevant score of
-    query q: rank_q = 1 + #{c not relevant : s_qc >= s*} (ties rank the relevant one last).
+    query q: rank_q = 1 + #{c not relevant : s_qc >= s*} (ties rank the relevant one last). Returns (Q,) int64.
     """
     similarities = torch.as_tensor(similarities)
     if similarities.ndim != 2:
@@ -206,7 +212,7 @@ def wasserstein_1d(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndar
 
 
 def modality_gap_from_scores(matched, intra_modal, mismatched) -> dict[str, float]:
-    """The paper's modality-gap ratio from three samples of scores.
+    """The paper's modality-gap ratio from three samples of scores (each of any shape, taken flat, of any size).
 
     w_dist = W(matched image-text scores, text-text scores)   (cross- vs intra-modal)
     w_disc = W(matched image-text scores, mismatched scores)  (how well pairs are told apart)

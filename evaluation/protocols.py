@@ -215,17 +215,16 @@ def evaluate_quadruples(
     image_text, text_text = quadruple_similarities(model, processor, quadruples, batch_size)
     hits = group_score_hits(image_text)
 
-    def scores(mask: torch.Tensor) -> dict[str, float]:
-        return {name: 100.0 * float(values[mask.numpy()].mean()) for name, values in hits.items()} | {
+    def scores(mask: np.ndarray) -> dict[str, float]:
+        """The scores (0-100) over the quadruples where the (n,) boolean `mask` is True, and their count."""
+        return {name: 100.0 * float(values[mask].mean()) for name, values in hits.items()} | {
             "num_quadruples": int(mask.sum())
         }
 
-    result = scores(torch.ones(len(quadruples), dtype=torch.bool))
+    result = scores(np.ones(len(quadruples), dtype=bool))
     if categories is not None:
-        labels = list(categories)
-        result["per_category"] = {
-            category: scores(torch.tensor([label == category for label in labels])) for category in sorted(set(labels))
-        }
+        labels = np.array(list(categories), dtype=object)
+        result["per_category"] = {category: scores(labels == category) for category in sorted(set(labels))}
     result["modality_gap"] = modality_gap_from_quadruples(image_text, text_text)
     result["similarity_histograms"] = _similarity_histograms(image_text, text_text)
     return result

@@ -1,10 +1,9 @@
 """Retrieval over large corpora without materialising the (queries x candidates) score matrix.
 
-Scores are inner products of the embeddings given (cosines for MAPLE's L2-normalised ones). The two
-search functions walk the score
-matrix in (query_chunk x candidate_chunk) blocks, so peak extra memory is a few blocks of
-query_chunk * candidate_chunk * 4 bytes (64 MiB at the defaults) whatever the corpus size: the reused block buffer
-(two while a new pass's generator starts), and in `chunked_ranks` up to `KEPT_RELEVANT_BLOCKS` kept blocks.
+Scores are inner products of the embeddings given (cosines for MAPLE's L2-normalised ones). The two search functions
+walk the score matrix in (query_chunk x candidate_chunk) blocks, so peak extra memory is a few blocks of
+query_chunk * candidate_chunk * 4 bytes (64 MiB at the defaults) whatever the corpus size: the reused block buffer,
+and in `chunked_ranks` up to `KEPT_RELEVANT_BLOCKS` kept blocks.
 
 - `chunked_topk` keeps a running top-k per query: the k best candidates seen so far are merged
   with each block's own top-k. It can skip, block by block, each query's own row and its
@@ -26,7 +25,9 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-from .metrics import DEFAULT_KS, RelevantIndices, checked_ks, recall_from_ranks, relevant_index_lists
+from .metrics import (
+    DEFAULT_KS, RelevantIndices, checked_ks, recall_from_ranks, relevant_index_lists, relevant_pairs,
+)
 
 DEFAULT_QUERY_CHUNK = 1024
 DEFAULT_CANDIDATE_CHUNK = 16384
@@ -247,9 +248,7 @@ def chunked_ranks(
     for q_start in range(0, queries.shape[0], query_chunk):
         query_block = queries[q_start : q_start + query_chunk]
         block_relevant = relevant_lists[q_start : q_start + query_chunk]
-        # Relevant pairs of this query block as (row, candidate) coordinates.
-        rows = torch.tensor([q for q, indices in enumerate(block_relevant) for _ in indices], device=queries.device)
-        cols = torch.tensor([c for indices in block_relevant for c in indices], device=queries.device)
+        rows, cols = relevant_pairs(block_relevant, queries.device)  # (row in the block, candidate) coordinates
         # Best relevant score per query, read from the very blocks the count below compares against: a separate
         # GEMM may round a relevant score one ulp away from its duplicate's, breaking an exact tie (in the
         # model's favour). The blocks that hold relevant candidates come first (for COCO one or two); up to
