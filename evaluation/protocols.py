@@ -7,6 +7,7 @@ embedder may return bf16), so similarities are float32 cosines.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -130,6 +131,10 @@ def _check_retrieval_inputs(images: Sequence[Any], captions_per_image: Sequence[
             )
 
 
+# How `MapleProcessor` names the image it cannot read: by its index in the list it was given
+_INTERLEAVED_IMAGE = re.compile(r"^images\[(\d+)\]")
+
+
 class _Interleaved(LazySequence):
     """The 2n images of two image columns in order I0, I1, I0, I1, ..., fetched on access, so that lazy benchmark
     images are decoded one batch at a time, each once."""
@@ -184,12 +189,21 @@ def _columns(quadruples: Quadruples) -> tuple[Sequence[Any], Sequence[Any], list
 
 def quadruple_similarities(model, processor, quadruples: Quadruples, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """Per quadruple the image-text cosines [s(I0,T0), s(I0,T1), s(I1,T0), s(I1,T1)] (n, 4) and
-    the text-text cosine s(T0, T1) (n,)."""
+    the text-text cosine s(T0, T1) (n,). An image the processor cannot read is a ValueError naming its quadruple and
+    field (`quadruples[2], image1: ...`)."""
     if len(quadruples) == 0:
         raise ValueError("quadruples: got none")
     images0, images1, texts0, texts1 = _columns(quadruples)
     texts = [text for pair in zip(texts0, texts1) for text in pair]
-    text_embeds, image_embeds = _encode(model, processor, texts, _Interleaved(images0, images1), batch_size)
+    try:
+        text_embeds, image_embeds = _encode(model, processor, texts, _Interleaved(images0, images1), batch_size)
+    except ValueError as error:
+        # The processor names an image by its place in the interleaved list, which the caller never made.
+        place = _INTERLEAVED_IMAGE.match(str(error))
+        if place is None:  # another error (a benchmark's images name their file and row themselves)
+            raise
+        position = int(place.group(1))
+        raise ValueError(f"quadruples[{position // 2}], image{position % 2}{str(error)[place.end():]}") from error
     text_pairs = text_embeds.view(len(quadruples), 2, -1)
     image_pairs = image_embeds.view(len(quadruples), 2, -1)
     image_text = torch.einsum("nid,njd->nij", image_pairs, text_pairs)  # [n, image, text]

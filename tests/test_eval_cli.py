@@ -827,3 +827,19 @@ def test_a_diverged_model_is_one_error_line_naming_the_model_and_the_benchmark(
     error = capsys.readouterr().err.splitlines()[-1]
     assert error.startswith(f"maple eval: error: {first}: winoground: embeddings: ") and "are not finite" in error
     assert [path.name for path in out.glob("*/*.json")] == ["coco.json"]
+
+
+def test_an_unreadable_image_of_a_quadruple_given_from_python_names_the_quadruple(tiny, tmp_path):
+    """The images of n quadruples are embedded as one list I0, I1, I0, I1, ...: the processor's error named
+    "images[5]", a list the caller never made, for quadruple 2's second image."""
+    from PIL import Image
+
+    model, processor, _ = tiny
+    picture = Image.new("RGB", (24, 24))
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    quadruples = [(picture, picture, "a", "b"), (picture, picture, "c", "d"), (picture, str(broken), "e", "f")]
+    with pytest.raises(ValueError, match=rf"^quadruples\[2\], image1: cannot read image file '{broken}'"):
+        evaluate_quadruples(model, processor, quadruples, batch_size=2)
+    with pytest.raises(ValueError, match=r"^quadruples\[0\], image0 is a int; expected a PIL image"):
+        evaluate_quadruples(model, processor, [(3, picture, "a", "b")])
