@@ -104,7 +104,7 @@ def _refuse_benchmark(value: Any, argument: str) -> None:
 
 def _check_retrieval_inputs(images: Sequence[Any], captions_per_image: Sequence[Sequence[str]]) -> None:
     """Raise a TypeError or ValueError naming the first entry of `captions_per_image` that is not a non-empty list of
-    strings, or the mismatch of the two lengths. A string is a sequence too: taken for an image's list of captions,
+    strings with words, or the mismatch of the two lengths. A string is a sequence too: taken for an image's list of captions,
     it would be split into one-character captions, silently."""
     if isinstance(captions_per_image, str) or not isinstance(captions_per_image, Sequence):
         raise TypeError(
@@ -128,6 +128,13 @@ def _check_retrieval_inputs(images: Sequence[Any], captions_per_image: Sequence[
         if bad:
             raise TypeError(
                 f"captions_per_image[{index}]: expected caption strings, got {bad[0]!r:.80} ({type(bad[0]).__name__})"
+            )
+        # MAPLE's processor refuses it too, but by its place among the distinct captions
+        blank = next((position for position, caption in enumerate(image_captions) if not caption.strip()), None)
+        if blank is not None:
+            raise ValueError(
+                f"captions_per_image[{index}][{blank}]: {image_captions[blank]!r:.80} is blank; expected a caption with "
+                "words"
             )
 
 
@@ -165,7 +172,8 @@ class _Field(LazySequence):
 def _columns(quadruples: Quadruples) -> tuple[Sequence[Any], Sequence[Any], list[str], list[str]]:
     """I0, I1, T0, T1 of the quadruples. A benchmark's quadruples hold them as columns (`columns()`, lazy images),
     read as such so that no image is decoded to read a text and each once to embed it; other quadruples field by
-    field, each checked to hold four fields of which the last two are strings (a ValueError or TypeError naming it)."""
+    field, each checked to hold four fields of which the last two are strings with words (a ValueError or TypeError
+    naming it)."""
     if hasattr(quadruples, "columns"):
         images0, images1, texts0, texts1 = quadruples.columns()
         return images0, images1, list(texts0), list(texts1)
@@ -182,6 +190,8 @@ def _columns(quadruples: Quadruples) -> tuple[Sequence[Any], Sequence[Any], list
                 raise TypeError(
                     f"quadruples[{index}]: {field} is {text!r:.80} ({type(text).__name__}); expected a string"
                 )
+            if not text.strip():  # MAPLE's processor refuses it too, but by its place among the interleaved texts
+                raise ValueError(f"quadruples[{index}]: {field} is {text!r:.80}, blank; expected a text with words")
         texts0.append(quadruple[2])
         texts1.append(quadruple[3])
     return _Field(quadruples, 0), _Field(quadruples, 1), texts0, texts1

@@ -621,6 +621,8 @@ def test_lookup_embedder_takes_vectors_of_integers():
     ((_RIGHT[0], _RIGHT[1], "t0"), r"^quadruples\[1\]: expected \(image0, image1, text0, text1\), got 3 fields$"),
     ((_RIGHT[0], _RIGHT[1], "t0", None), r"^quadruples\[1\]: text1 is None \(NoneType\); expected a string$"),
     ((_RIGHT[0], _RIGHT[1], 3, "t1"), r"^quadruples\[1\]: text0 is 3 \(int\); expected a string$"),
+    # MAPLE's processor refuses a blank text, by its place in the interleaved texts ("text[2]")
+    ((_RIGHT[0], _RIGHT[1], "t0", "  "), r"^quadruples\[1\]: text1 is '  ', blank; expected a text with words$"),
     ("abcd", r"^quadruples\[1\]: expected \(image0, image1, text0, text1\), got 'abcd'$"),
 ])
 def test_a_malformed_quadruple_is_named_before_anything_is_embedded(bad, message):

@@ -110,6 +110,9 @@ def test_a_caption_written_under_two_images_is_relevant_to_both_in_each_directio
         ([[1.0], [2.0]], [["a cat"], 7], TypeError, r"captions_per_image\[1\]: expected a list of captions, got 7 \(int\)"),
         ([[1.0], [2.0]], [["a cat"], ["a dog", None]], TypeError, r"captions_per_image\[1\]: expected caption strings, got None"),
         ([[1.0], [2.0]], [["a cat"], []], ValueError, r"captions_per_image\[1\]: got no captions"),
+        # MAPLE's processor refuses a blank text, by its place among the distinct captions ("text[1]"), not the caller's
+        ([[1.0], [2.0]], [["a cat"], ["a dog", " "]], ValueError,
+         r"captions_per_image\[1\]\[1\]: ' ' is blank; expected a caption with words"),
         ([], [], ValueError, r"retrieval: got no images"),
         ([[1.0]], [["a cat"], ["a dog"]], ValueError, r"retrieval: 1 images but 2 caption lists"),
     ],
