@@ -112,7 +112,7 @@ def _check_retrieval_inputs(images: Sequence[Any], captions_per_image: Sequence[
         )
     if len(images) != len(captions_per_image):
         raise ValueError(f"retrieval: {len(images)} images but {len(captions_per_image)} caption lists")
-    if not images:
+    if len(images) == 0:  # `not images` is an error for an array or tensor of several images
         raise ValueError("retrieval: got no images")
     for index, image_captions in enumerate(captions_per_image):
         if isinstance(image_captions, np.ndarray) and image_captions.ndim == 1:  # a list column read by pandas

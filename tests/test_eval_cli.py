@@ -6,6 +6,7 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -846,3 +847,11 @@ def test_an_unreadable_image_of_a_quadruple_given_from_python_names_the_quadrupl
         evaluate_quadruples(model, processor, quadruples, batch_size=2)
     with pytest.raises(ValueError, match=r"^quadruples\[0\], image0 is a int; expected a PIL image"):
         evaluate_quadruples(model, processor, [(3, picture, "a", "b")])
+
+
+@pytest.mark.parametrize("as_batch", [np.eye, torch.eye], ids=["numpy", "torch"])
+def test_images_given_as_one_array_or_tensor_are_a_sequence_of_images(as_batch):
+    """`if not images` asked an array or tensor of several images for its truth value (an error) before the embedder,
+    which may well take them (this one takes vectors), was called."""
+    model = LookupEmbedder({"a": [1.0, 0.0], "b": [0.0, 1.0]})
+    assert evaluate_retrieval(model, None, as_batch(2), [["a"], ["b"]])["i2t_r1"] == 100.0
