@@ -223,6 +223,18 @@ def _run_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[st
     return differences
 
 
+def _stored_record(path: Path) -> dict[str, Any] | None:
+    """The record `evaluate_model` wrote to `path` ({"run": fingerprint, "metrics": result}), or None where the file
+    does not read as one (emptied, edited by hand, not JSON), so that it is recomputed, not a traceback on every run."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not (isinstance(record, dict) and isinstance(record.get("run"), dict) and isinstance(record.get("metrics"), dict)):
+        return None
+    return record
+
+
 def stored_results(
     model_ref: str,
     benchmarks: list[str],
@@ -232,19 +244,22 @@ def stored_results(
     token: str | None = None,
 ) -> dict[str, Any]:
     """The results of `model_ref` stored in `out/<model>/<benchmark>.json` that were computed from the same
-    model files, dtype and benchmark source, by benchmark; the other benchmarks are still to do. A Hub model's commit
-    is read with `token`."""
+    model files, dtype and benchmark source, by benchmark; the other benchmarks are still to do (a file that does not read
+    as a result is said to be recomputed). A Hub model's commit is read with `token`."""
     folder = out / _model_folder_name(model_ref)
     done = {name: folder / f"{name}.json" for name in benchmarks if (folder / f"{name}.json").exists()}
     model_state = _model_state(model_ref, token=token) if done else None
     results: dict[str, Any] = {}
     for name, path in done.items():
-        stored = json.loads(path.read_text())
+        stored = _stored_record(path)
+        if stored is None:
+            print(f"{model_ref}: {name}: stored result {path} does not read as one, recomputing")
+            continue
         current = _run_fingerprint(model_ref, model_state, name, sources.get(name), dtype)
-        if _same_run(stored.get("run", {}), current):
+        if _same_run(stored["run"], current):
             results[name] = stored["metrics"]
         else:
-            differences = _run_differences(stored.get("run", {}), current)
+            differences = _run_differences(stored["run"], current)
             print(f"{model_ref}: {name}: stored result is from another {'; another '.join(differences)}, recomputing")
     return results
 

@@ -855,3 +855,21 @@ def test_images_given_as_one_array_or_tensor_are_a_sequence_of_images(as_batch):
     which may well take them (this one takes vectors), was called."""
     model = LookupEmbedder({"a": [1.0, 0.0], "b": [0.0, 1.0]})
     assert evaluate_retrieval(model, None, as_batch(2), [["a"], ["b"]])["i2t_r1"] == 100.0
+
+
+@pytest.mark.parametrize("content", ["", "{not json", "[1, 2]", '{"run": {}}'], ids=["empty", "not_json", "a_list", "no_metrics"])
+def test_a_stored_result_that_does_not_read_is_recomputed_not_a_traceback(content, tiny, benchmark_sources, tmp_path, capsys):
+    """A result file emptied or edited by hand (or by a full disk) was a JSONDecodeError, AttributeError or KeyError
+    traceback on every later run, until the user found and deleted it."""
+    from evaluation.cli import _model_folder_name
+
+    _, _, (first, _) = tiny
+    out = tmp_path / "eval"
+    argv = [str(first), "--benchmarks", "mmvp", "--source", f"mmvp={benchmark_sources['mmvp']}", "--out", str(out)]
+    assert main(argv) == 0
+    stored = out / _model_folder_name(str(first)) / "mmvp.json"
+    stored.write_text(content)
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert f"{first}: mmvp: stored result {stored} does not read as one, recomputing\n" in capsys.readouterr().out
+    assert "metrics" in json.loads(stored.read_text())
