@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 
@@ -44,6 +45,16 @@ def _check_embeddings(queries: torch.Tensor, candidates: torch.Tensor) -> None:
         )
     check_finite_embeddings(queries, "queries")
     check_finite_embeddings(candidates, "candidates")
+
+
+def _check_counts(query_chunk: int, candidate_chunk: int, k: int | None = None) -> None:
+    """A ValueError naming a block size that is not a positive integer, or a `k` that is not a non-negative one (they
+    failed inside torch or `range()`, naming neither)."""
+    for name, value in (("query_chunk", query_chunk), ("candidate_chunk", candidate_chunk)):
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    if k is not None and (not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 0):
+        raise ValueError(f"k: expected a non-negative integer, got {k!r}")
 
 
 class NonFiniteEmbeddingsError(ValueError):
@@ -186,6 +197,7 @@ def chunked_topk(
     columns hold excluded candidates at -inf: callers tell them apart by that score.
     """
     _check_embeddings(queries, candidates)
+    _check_counts(query_chunk, candidate_chunk, k)
     if self_indices is not None and self_indices.shape != (queries.shape[0],):
         raise ValueError(f"self_indices: expected shape ({queries.shape[0]},), got {tuple(self_indices.shape)}")
     if excluded_indices is not None and (excluded_indices.ndim != 2 or len(excluded_indices) != len(queries)):
@@ -240,6 +252,7 @@ def chunked_ranks(
     as `chunked_topk`'s results are).
     """
     _check_embeddings(queries, candidates)
+    _check_counts(query_chunk, candidate_chunk)
     relevant_lists = relevant_index_lists(relevant, queries.shape[0], candidates.shape[0])
     # Filled block by block: no list of per-block results to concatenate (and Q = 0 just works).
     ranks = torch.empty(queries.shape[0], dtype=torch.long, device=queries.device)
