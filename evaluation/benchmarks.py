@@ -88,6 +88,21 @@ class LazyImages(LazySequence):
     def __len__(self) -> int:
         return len(self._rows)
 
+    def content_keys(self) -> list[Any]:
+        """One key per image, equal for images stored with equal bytes (or kept as paths to files of equal bytes, or
+        as one URL), read from the column's arrow buffers: no image is decoded."""
+        keys: list[Any] = []
+        for chunk in self._rows.with_format("arrow")[:][self._column].chunks:  # struct<bytes, path>; zero-copy
+            data, paths = chunk.field("bytes"), chunk.field("path")
+            for row in range(len(chunk)):
+                raw = data[row].as_py()
+                if raw is None:  # a path: `_check_image_files` found the local ones
+                    path = paths[row].as_py()
+                    keys.append(("url", path) if "://" in path else file_key(path))
+                else:
+                    keys.append(("bytes", content_digest(raw)))
+        return keys
+
     def _item(self, row: int) -> Any:
         from modeling_maple.processing_maple import to_rgb  # transformers: only once images are read
 
@@ -115,6 +130,16 @@ def _check_image_files(rows: Any, column: str, locate: RowLocator) -> None:
             if "://" not in path and not Path(path).expanduser().is_file():
                 raise BenchmarkFormatError(f"{locate(start + row)}, column {column!r}: image file is missing: {path}")
         start += len(chunk)
+
+
+def content_digest(data: bytes) -> bytes:
+    """A 128-bit digest of `data`: equal images are told by it (`content_keys`, `evaluation.protocols`)."""
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def file_key(path: str | os.PathLike) -> tuple[str, bytes]:
+    """A key equal for files of equal bytes (`LazyImages.content_keys`, `evaluation.protocols`)."""
+    return ("bytes", content_digest(Path(path).expanduser().read_bytes()))
 
 
 class LazyImageFiles(LazySequence):

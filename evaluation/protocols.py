@@ -7,15 +7,17 @@ embedder may return bf16), so similarities are float32 cosines.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .benchmarks import QuadrupleBenchmark, RetrievalBenchmark
+from .benchmarks import QuadrupleBenchmark, RetrievalBenchmark, content_digest, file_key
 from .lazy import LazySequence
 from .metrics import DEFAULT_KS, group_score_hits, modality_gap_from_quadruples, recall_from_ranks
 from .retrieval import check_finite_embeddings, chunked_ranks
@@ -44,35 +46,49 @@ def evaluate_retrieval(
     Image->text: an image query hits when any of its captions is in the top k of all captions.
     Text->image: a caption query hits when its image is in the top k of all images. A caption is relevant to an image
     by its text: one written word for word under several images (COCO has some) describes each of them, so every copy
-    counts as a caption of each, and each copy as a query has all of them as its images. Ranks come from
-    `chunked_ranks`, so no (captions x images) matrix is built. Ties count against the model; copies of one caption
-    are embedded once, so they tie exactly whatever the batch size.
+    counts as a caption of each, and each copy as a query has all of them as its images. Likewise an image is one by
+    its content (`_image_keys`): an image listed twice is one image, so each copy's captions are relevant to both.
+    Ranks come from `chunked_ranks`, so no (captions x images) matrix is built. Ties count against the model; copies of
+    one caption or one image are embedded once, so they tie exactly whatever the batch size.
     Returns keys i2t_r1, i2t_r5, i2t_r10, i2t_mrr, t2i_r1, ..., t2i_mrr, num_images, num_captions.
     """
     _refuse_benchmark(images, "images")
     _check_retrieval_inputs(images, captions_per_image)
     captions = [caption for image_captions in captions_per_image for caption in image_captions]
     # By position, the copy of image A's caption filed under image B would be an irrelevant candidate for A tied
-    # exactly with A's own copy, and as ties count against the model, neither image could ever retrieve it first.
+    # exactly with A's own copy, and as ties count against the model, neither image could ever retrieve it first; so
+    # would two copies of one image for each other's captions. Relevance is therefore (text, image content).
     positions_of_text: dict[str, list[int]] = {}
-    images_of_text: dict[str, list[int]] = {}
     for position, caption in enumerate(captions):
         positions_of_text.setdefault(caption, []).append(position)
-    for image, image_captions in enumerate(captions_per_image):
-        for caption in dict.fromkeys(image_captions):
-            images_of_text.setdefault(caption, []).append(image)
-    captions_of_image = [
-        sorted(position for caption in dict.fromkeys(image_captions) for position in positions_of_text[caption])
-        for image_captions in captions_per_image
-    ]
+    group_of_key: dict[Hashable, int] = {}
+    group_of_image = [group_of_key.setdefault(key, len(group_of_key)) for key in _image_keys(images)]
+    images_of_group: list[list[int]] = [[] for _ in group_of_key]
+    texts_of_group: list[dict[str, None]] = [{} for _ in group_of_key]  # ordered sets
+    for image, (group, image_captions) in enumerate(zip(group_of_image, captions_per_image)):
+        images_of_group[group].append(image)
+        texts_of_group[group].update(dict.fromkeys(image_captions))
+    groups_of_text: dict[str, list[int]] = {}
+    for group, texts in enumerate(texts_of_group):
+        for text in texts:
+            groups_of_text.setdefault(text, []).append(group)
+    captions_of_group = [sorted(position for text in texts for position in positions_of_text[text]) for texts in texts_of_group]
+    images_of_text = {text: sorted(image for group in groups for image in images_of_group[group])
+                      for text, groups in groups_of_text.items()}
+    captions_of_image = [captions_of_group[group] for group in group_of_image]
     images_of_caption = [images_of_text[caption] for caption in captions]
-    # Copies of a caption are embedded once, so they tie exactly; embedded apart, batch padding moved them ~1e-7.
+    # Copies of a caption, or of an image, are embedded once, so they tie exactly; embedded apart, batch padding moved
+    # captions ~1e-7.
     distinct_captions = list(positions_of_text)
     copy_of = torch.empty(len(captions), dtype=torch.long)
     for index, positions in enumerate(positions_of_text.values()):
         copy_of[positions] = index
-    text_embeds, image_embeds = _encode(model, processor, distinct_captions, images, batch_size)
+    first_of_group = [positions[0] for positions in images_of_group]
+    distinct_images = images if len(first_of_group) == len(images) else _Subset(images, first_of_group)
+    with _images_named(lambda index: f"images[{first_of_group[index]}]"):  # by the caller's positions
+        text_embeds, image_embeds = _encode(model, processor, distinct_captions, distinct_images, batch_size)
     text_embeds = text_embeds[copy_of]
+    image_embeds = image_embeds[torch.tensor(group_of_image, dtype=torch.long)]
     result: dict[str, float] = {}
     for direction, ranks in (
         ("i2t", chunked_ranks(image_embeds, text_embeds, captions_of_image)),
@@ -139,7 +155,59 @@ def _check_retrieval_inputs(images: Sequence[Any], captions_per_image: Sequence[
 
 
 # How `MapleProcessor` names the image it cannot read: by its index in the list it was given
-_INTERLEAVED_IMAGE = re.compile(r"^images\[(\d+)\]")
+_PROCESSOR_IMAGE = re.compile(r"^images\[(\d+)\]")
+
+
+@contextlib.contextmanager
+def _images_named(name: Callable[[int], str]) -> Iterator[None]:
+    """Re-raise the processor's ValueError about `images[j]` of a list the protocol made (interleaved, de-duplicated)
+    naming that image as `name(j)` does, in the caller's terms. Other errors (a benchmark's images name their file and
+    row themselves) pass as they are."""
+    try:
+        yield
+    except ValueError as error:
+        place = _PROCESSOR_IMAGE.match(str(error))
+        if place is None:
+            raise
+        raise ValueError(name(int(place.group(1))) + str(error)[place.end():]) from error
+
+
+def _image_keys(images: Sequence[Any]) -> list[Hashable]:
+    """One key per image, equal for copies of one image: a benchmark's images by their stored bytes (`content_keys`,
+    read without decoding), a PIL image by its pixels (mode, size, orientation tag and transparency too, which loading
+    applies), a path by its file's bytes; an item of any other kind (an embedder's own) by its position, a copy of
+    none."""
+    if hasattr(images, "content_keys"):
+        return images.content_keys()
+    from PIL import Image
+
+    keys: list[Hashable] = []
+    for position, image in enumerate(images):
+        if isinstance(image, Image.Image):
+            try:
+                orientation = image.getexif().get(0x0112, 1)  # EXIF Orientation: loading turns the image by it
+                keys.append(("pixels", image.mode, image.size, orientation, repr(image.info.get("transparency")),
+                             content_digest(image.tobytes())))
+            except OSError:  # corrupt image data: the processor reports it, by its position
+                keys.append(("position", position))
+        elif isinstance(image, (str, os.PathLike)) and os.path.isfile(image):
+            keys.append(file_key(image))
+        else:
+            keys.append(("position", position))
+    return keys
+
+
+class _Subset(LazySequence):
+    """The items of `items` at `positions`, fetched on access (lazy benchmark images are decoded one batch at a time)."""
+
+    def __init__(self, items: Sequence[Any], positions: Sequence[int]):
+        self._items, self._positions = items, positions
+
+    def __len__(self) -> int:
+        return len(self._positions)
+
+    def _item(self, index: int) -> Any:
+        return self._items[self._positions[index]]
 
 
 class _Interleaved(LazySequence):
@@ -205,15 +273,9 @@ def quadruple_similarities(model, processor, quadruples: Quadruples, batch_size:
         raise ValueError("quadruples: got none")
     images0, images1, texts0, texts1 = _columns(quadruples)
     texts = [text for pair in zip(texts0, texts1) for text in pair]
-    try:
+    # the processor names an image by its place in the interleaved list, which the caller never made
+    with _images_named(lambda index: f"quadruples[{index // 2}], image{index % 2}"):
         text_embeds, image_embeds = _encode(model, processor, texts, _Interleaved(images0, images1), batch_size)
-    except ValueError as error:
-        # The processor names an image by its place in the interleaved list, which the caller never made.
-        place = _INTERLEAVED_IMAGE.match(str(error))
-        if place is None:  # another error (a benchmark's images name their file and row themselves)
-            raise
-        position = int(place.group(1))
-        raise ValueError(f"quadruples[{position // 2}], image{position % 2}{str(error)[place.end():]}") from error
     text_pairs = text_embeds.view(len(quadruples), 2, -1)
     image_pairs = image_embeds.view(len(quadruples), 2, -1)
     image_text = torch.einsum("nid,njd->nij", image_pairs, text_pairs)  # [n, image, text]

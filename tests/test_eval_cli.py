@@ -873,3 +873,76 @@ def test_a_stored_result_that_does_not_read_is_recomputed_not_a_traceback(conten
     assert main(argv) == 0
     assert f"{first}: mmvp: stored result {stored} does not read as one, recomputing\n" in capsys.readouterr().out
     assert "metrics" in json.loads(stored.read_text())
+
+
+class _ColourEmbedder:
+    """Embeds a PIL image as its mean colour and a caption by the colour it names; counts the images it embeds."""
+
+    colours = {"red": [255.0, 0.0, 0.0], "blue": [0.0, 0.0, 255.0], "green": [0.0, 255.0, 0.0]}
+
+    def __init__(self):
+        self.images = 0
+
+    def encode(self, processor, texts, images, batch_size):
+        from modeling_maple.processing_maple import load_image
+
+        self.images += len(images)
+        pictures = [load_image(image, index) for index, image in enumerate(images)]
+        return (torch.tensor([self.colours[text.split()[1]] for text in texts]),
+                torch.tensor(np.array([np.asarray(picture, dtype=np.float32).mean(axis=(0, 1)) for picture in pictures])))
+
+
+def test_an_image_listed_twice_is_embedded_once_and_relevant_to_the_captions_of_both():
+    """By position, two copies of one image tied exactly, and ties count against the model: a perfect model could
+    retrieve neither copy's captions first from the other copy, nor either copy first for them (i2t and t2i R@1 33
+    here). As for captions, the copies are one image: each copy's captions are relevant to both."""
+    from PIL import Image
+
+    red, also_red, blue = (Image.new("RGB", (8, 8), colour) for colour in ("red", "red", "blue"))
+    captions = [["a red square"], ["a red box"], ["a blue square"]]
+    model = _ColourEmbedder()
+    result = evaluate_retrieval(model, None, [red, also_red, blue], captions)
+    assert (result["i2t_r1"], result["t2i_r1"], result["num_images"], result["num_captions"]) == (100.0, 100.0, 3, 3)
+    assert model.images == 2
+    # the dense metric with relevance by content: images 0 and 1 are one, so captions 0 and 1 are relevant to both
+    scores = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    assert retrieval_recall(scores, [[0, 1], [0, 1], [2]])["recall@1"] == 100.0
+    assert retrieval_recall(scores, [[0], [1], [2]])["recall@1"] == pytest.approx(100 / 3)  # by position
+
+
+def test_a_benchmark_table_listing_one_image_twice_scores_it_as_one(tmp_path):
+    from conftest import make_picture, write_parquet
+
+    from evaluation.benchmarks import load_benchmark
+
+    picture = make_picture(3)
+    source = write_parquet(tmp_path / "coco.parquet", {
+        "image": [picture, make_picture(4), picture],
+        "caption": [["a red cat"], ["a blue cat"], ["a red dog"]],
+    }, ("image",))
+    coco = load_benchmark("coco", str(source))
+    model = _ColourEmbedder()
+    evaluate_retrieval(model, None, coco.images, coco.captions_per_image)
+    assert model.images == 2
+    # a column of file paths: two rows naming one file, and a copy of it, are one image
+    picture.save(tmp_path / "a.png")
+    make_picture(4).save(tmp_path / "b.png")
+    (tmp_path / "copy_of_a.png").write_bytes((tmp_path / "a.png").read_bytes())
+    paths = [str(tmp_path / name) for name in ("a.png", "b.png", "a.png", "copy_of_a.png")]
+    source = write_parquet(tmp_path / "paths.parquet", {"image": paths, "caption": [["a red cat"]] * 4}, ())
+    coco = load_benchmark("coco", str(source))
+    model = _ColourEmbedder()
+    evaluate_retrieval(model, None, coco.images, coco.captions_per_image)
+    assert model.images == 2
+
+
+def test_an_unreadable_image_of_a_retrieval_set_is_named_by_its_place_in_the_callers_list(tmp_path):
+    """Distinct images are embedded, in a list of their own: the processor's index is mapped back to the caller's."""
+    from PIL import Image
+
+    picture = Image.new("RGB", (8, 8), "red")
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=rf"^images\[3\]: cannot read image file '{broken}'"):
+        evaluate_retrieval(_ColourEmbedder(), None, [picture, picture, Image.new("RGB", (8, 8), "blue"), str(broken)],
+                           [["a red a"], ["a red b"], ["a blue c"], ["a red d"]])
