@@ -230,9 +230,9 @@ def _stored_record(path: Path) -> dict[str, Any] | None:
         record = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError):
         return None
-    if not (isinstance(record, dict) and isinstance(record.get("run"), dict) and isinstance(record.get("metrics"), dict)):
-        return None
-    return record
+    if isinstance(record, dict) and isinstance(record.get("run"), dict) and isinstance(record.get("metrics"), dict):
+        return record
+    return None
 
 
 def stored_results(
@@ -244,8 +244,8 @@ def stored_results(
     token: str | None = None,
 ) -> dict[str, Any]:
     """The results of `model_ref` stored in `out/<model>/<benchmark>.json` that were computed from the same
-    model files, dtype and benchmark source, by benchmark; the other benchmarks are still to do (a file that does not read
-    as a result is said to be recomputed). A Hub model's commit is read with `token`."""
+    model files, dtype and benchmark source, by benchmark; the other benchmarks are still to do (a file that does not
+    read as a result is said to be recomputed). A Hub model's commit is read with `token`."""
     folder = out / _model_folder_name(model_ref)
     done = {name: folder / f"{name}.json" for name in benchmarks if (folder / f"{name}.json").exists()}
     model_state = _model_state(model_ref, token=token) if done else None

@@ -57,7 +57,9 @@ def relevant_index_lists(relevant: RelevantIndices, num_queries: int, num_candid
     return lists
 
 
-def relevant_pairs(relevant: list[list[int]], device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def relevant_pairs(
+    relevant: list[list[int]], device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The (query, candidate) pairs of `relevant` (from `relevant_index_lists`) as two (P,) int64 tensors on `device`:
     rows[p] is the query and cols[p] the candidate of pair p, queries in order."""
     rows = torch.tensor([q for q, indices in enumerate(relevant) for _ in indices], dtype=torch.long, device=device)

@@ -72,7 +72,9 @@ def evaluate_retrieval(
     for group, texts in enumerate(texts_of_group):
         for text in texts:
             groups_of_text.setdefault(text, []).append(group)
-    captions_of_group = [sorted(position for text in texts for position in positions_of_text[text]) for texts in texts_of_group]
+    captions_of_group = [
+        sorted(position for text in texts for position in positions_of_text[text]) for texts in texts_of_group
+    ]
     images_of_text = {text: sorted(image for group in groups for image in images_of_group[group])
                       for text, groups in groups_of_text.items()}
     captions_of_image = [captions_of_group[group] for group in group_of_image]
@@ -120,8 +122,8 @@ def _refuse_benchmark(value: Any, argument: str) -> None:
 
 def _check_retrieval_inputs(images: Sequence[Any], captions_per_image: Sequence[Sequence[str]]) -> None:
     """Raise a TypeError or ValueError naming the first entry of `captions_per_image` that is not a non-empty list of
-    strings with words, or the mismatch of the two lengths. A string is a sequence too: taken for an image's list of captions,
-    it would be split into one-character captions, silently."""
+    strings with words, or the mismatch of the two lengths. A string is a sequence too: taken for an image's list of
+    captions, it would be split into one-character captions, silently."""
     if isinstance(captions_per_image, str) or not isinstance(captions_per_image, Sequence):
         raise TypeError(
             f"captions_per_image: expected a list holding a list of captions per image, got {captions_per_image!r:.80}"
@@ -149,8 +151,8 @@ def _check_retrieval_inputs(images: Sequence[Any], captions_per_image: Sequence[
         blank = next((position for position, caption in enumerate(image_captions) if not caption.strip()), None)
         if blank is not None:
             raise ValueError(
-                f"captions_per_image[{index}][{blank}]: {image_captions[blank]!r:.80} is blank; expected a caption with "
-                "words"
+                f"captions_per_image[{index}][{blank}]: {image_captions[blank]!r:.80} is blank; expected a caption "
+                "with words"
             )
 
 
@@ -198,7 +200,7 @@ def _image_keys(images: Sequence[Any]) -> list[Hashable]:
 
 
 class _Subset(LazySequence):
-    """The items of `items` at `positions`, fetched on access (lazy benchmark images are decoded one batch at a time)."""
+    """The items of `items` at `positions`, fetched on access (lazy benchmark images are decoded a batch at a time)."""
 
     def __init__(self, items: Sequence[Any], positions: Sequence[int]):
         self._items, self._positions = items, positions

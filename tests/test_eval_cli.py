@@ -857,8 +857,12 @@ def test_images_given_as_one_array_or_tensor_are_a_sequence_of_images(as_batch):
     assert evaluate_retrieval(model, None, as_batch(2), [["a"], ["b"]])["i2t_r1"] == 100.0
 
 
-@pytest.mark.parametrize("content", ["", "{not json", "[1, 2]", '{"run": {}}'], ids=["empty", "not_json", "a_list", "no_metrics"])
-def test_a_stored_result_that_does_not_read_is_recomputed_not_a_traceback(content, tiny, benchmark_sources, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "content", ["", "{not json", "[1, 2]", '{"run": {}}'], ids=["empty", "not_json", "a_list", "no_metrics"]
+)
+def test_a_stored_result_that_does_not_read_is_recomputed_not_a_traceback(
+    content, tiny, benchmark_sources, tmp_path, capsys
+):
     """A result file emptied or edited by hand (or by a full disk) was a JSONDecodeError, AttributeError or KeyError
     traceback on every later run, until the user found and deleted it."""
     from evaluation.cli import _model_folder_name
@@ -888,8 +892,8 @@ class _ColourEmbedder:
 
         self.images += len(images)
         pictures = [load_image(image, index) for index, image in enumerate(images)]
-        return (torch.tensor([self.colours[text.split()[1]] for text in texts]),
-                torch.tensor(np.array([np.asarray(picture, dtype=np.float32).mean(axis=(0, 1)) for picture in pictures])))
+        means = np.array([np.asarray(picture, dtype=np.float32).mean(axis=(0, 1)) for picture in pictures])
+        return torch.tensor([self.colours[text.split()[1]] for text in texts]), torch.tensor(means)
 
 
 def test_an_image_listed_twice_is_embedded_once_and_relevant_to_the_captions_of_both():

@@ -276,7 +276,8 @@ def test_chunked_ranks_count_exactly_in_bfloat16():
 @pytest.mark.parametrize("call, message", [
     (lambda: chunked_topk(torch.eye(3), torch.eye(3), k=-1), r"^k: expected a non-negative integer, got -1$"),
     (lambda: chunked_topk(torch.eye(3), torch.eye(3), k=2.5), r"^k: expected a non-negative integer, got 2\.5$"),
-    (lambda: chunked_topk(torch.eye(3), torch.eye(3), k=1, query_chunk=0), r"^query_chunk: expected a positive integer, got 0$"),
+    (lambda: chunked_topk(torch.eye(3), torch.eye(3), k=1, query_chunk=0),
+     r"^query_chunk: expected a positive integer, got 0$"),
     (lambda: chunked_ranks(torch.eye(3), torch.eye(3), [0, 1, 2], candidate_chunk=-2),
      r"^candidate_chunk: expected a positive integer, got -2$"),
 ])
