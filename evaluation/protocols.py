@@ -300,6 +300,14 @@ def evaluate_quadruples(
     _refuse_benchmark(quadruples, "quadruples")
     if categories is not None and len(categories) != len(quadruples):
         raise ValueError(f"categories: expected one per quadruple ({len(quadruples)}), got {len(categories)}")
+    # they are sorted, and name the per-category results
+    labels = [] if categories is None else list(categories)
+    bad = next((i for i, label in enumerate(labels) if not isinstance(label, str)), None)
+    if bad is not None:
+        raise TypeError(
+            f"categories[{bad}]: {labels[bad]!r:.80} ({type(labels[bad]).__name__}); expected a category name "
+            "(a string)"
+        )
     image_text, text_text = quadruple_similarities(model, processor, quadruples, batch_size)
     hits = group_score_hits(image_text)
 
@@ -311,8 +319,8 @@ def evaluate_quadruples(
 
     result = scores(np.ones(len(quadruples), dtype=bool))
     if categories is not None:
-        labels = np.array(list(categories), dtype=object)
-        result["per_category"] = {category: scores(labels == category) for category in sorted(set(labels))}
+        as_array = np.array(labels, dtype=object)
+        result["per_category"] = {category: scores(as_array == category) for category in sorted(set(labels))}
     result["modality_gap"] = modality_gap_from_quadruples(image_text, text_text)
     result["similarity_histograms"] = _similarity_histograms(image_text, text_text)
     return result

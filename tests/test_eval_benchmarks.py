@@ -696,3 +696,11 @@ def test_embeddings_a_model_returns_in_bfloat16_are_scored_in_float32():
     quadruples = [(images[i], images[i + 1], str(i), str(i + 1)) for i in range(0, 300, 2)]
     bf16, fp32 = (evaluate_quadruples(Embedder(dtype), None, quadruples) for dtype in (torch.bfloat16, torch.float32))
     assert bf16 == fp32
+
+
+def test_a_category_that_is_not_a_string_is_named():
+    """Sorting the categories failed: "'<' not supported between instances of 'NoneType' and 'str'"."""
+    from evaluation.protocols import evaluate_quadruples
+
+    with pytest.raises(TypeError, match=r"^categories\[1\]: None \(NoneType\); expected a category name \(a string\)$"):
+        evaluate_quadruples(LookupEmbedder(_TEXTS), None, [_RIGHT, _RIGHT], ["add", None])
