@@ -7,9 +7,9 @@ Two kinds of benchmark, as in the paper (protocols and schemas: docs/evaluation.
   I0 and T1 describing I1, optionally with a category per quadruple.
 
 A `source` is a Hub dataset id (the default is the benchmark's official one), a parquet file, or
-a folder: a folder of parquet files (e.g. a snapshot of the Hub repo) or the benchmark's native
-layout (NaturalBench-Retrieval: `metadata.json` + `images/`; MMVP-VLM: `Questions.csv` +
-`MLLM_VLM Images/<category>/<id>.jpg`). Images stay on disk until embedded.
+a folder: a folder of parquet files (e.g. a snapshot of the Hub repo, read from the benchmark's split where its file
+names tell splits apart) or the benchmark's native layout (NaturalBench-Retrieval: `metadata.json` + `images/`;
+MMVP-VLM: `Questions.csv` + `MLLM_VLM Images/<category>/<id>.jpg`). Images stay on disk until embedded.
 """
 
 from __future__ import annotations
@@ -88,6 +88,21 @@ class LazyImages(LazySequence):
     def __len__(self) -> int:
         return len(self._rows)
 
+    def content_keys(self) -> list[Any]:
+        """One key per image, equal for images stored with equal bytes (or kept as paths to files of equal bytes, or
+        as one URL), read from the column's arrow buffers: no image is decoded."""
+        keys: list[Any] = []
+        for chunk in self._rows.with_format("arrow")[:][self._column].chunks:  # struct<bytes, path>; zero-copy
+            data, paths = chunk.field("bytes"), chunk.field("path")
+            for row in range(len(chunk)):
+                raw = data[row].as_py()
+                if raw is None:  # a path: `_check_image_files` found the local ones
+                    path = paths[row].as_py()
+                    keys.append(("url", path) if "://" in path else file_key(path))
+                else:
+                    keys.append(("bytes", content_digest(raw)))
+        return keys
+
     def _item(self, row: int) -> Any:
         from modeling_maple.processing_maple import to_rgb  # transformers: only once images are read
 
@@ -115,6 +130,16 @@ def _check_image_files(rows: Any, column: str, locate: RowLocator) -> None:
             if "://" not in path and not Path(path).expanduser().is_file():
                 raise BenchmarkFormatError(f"{locate(start + row)}, column {column!r}: image file is missing: {path}")
         start += len(chunk)
+
+
+def content_digest(data: bytes) -> bytes:
+    """A 128-bit digest of `data`: equal images are told by it (`content_keys`, `evaluation.protocols`)."""
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def file_key(path: str | os.PathLike) -> tuple[str, bytes]:
+    """A key equal for files of equal bytes (`LazyImages.content_keys`, `evaluation.protocols`)."""
+    return ("bytes", content_digest(Path(path).expanduser().read_bytes()))
 
 
 class LazyImageFiles(LazySequence):
@@ -178,9 +203,7 @@ def _read_table(source: str, spec: BenchmarkSpec, token: str | None) -> tuple[An
 
     path = Path(source).expanduser()
     if path.is_file() or path.is_dir():
-        files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
-        if not files:
-            raise BenchmarkFormatError(f"{path}: no parquet files for benchmark {spec.name!r}")
+        files = [path] if path.is_file() else _split_files(path, spec)
         try:
             table = datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
             row_counts = [pq.ParquetFile(file).metadata.num_rows for file in files]
@@ -210,6 +233,33 @@ def _read_table(source: str, spec: BenchmarkSpec, token: str | None) -> tuple[An
     if len(table) == 0:
         raise BenchmarkFormatError(f"{source}: benchmark {spec.name!r} has no rows")
     return table, locate
+
+
+def _split_files(folder: Path, spec: BenchmarkSpec) -> list[Path]:
+    """The parquet files of `folder`, in path order, less those of splits other than `spec.split` where the file names
+    tell several splits apart, as datasets tells them (`data/test-00000-of-00001.parquet`, `validation.parquet`, ...):
+    a snapshot of a Hub repo holds every split, and the Hub read takes the benchmark's alone. Files that name no split,
+    or one, are all read. A `BenchmarkFormatError` for a folder without parquet files, or whose splits lack the
+    benchmark's."""
+    from datasets.data_files import DataFilesDict, get_data_patterns
+
+    files = sorted(folder.rglob("*.parquet"))
+    if not files:
+        raise BenchmarkFormatError(f"{folder}: no parquet files for benchmark {spec.name!r}")
+    resolved = DataFilesDict.from_patterns(get_data_patterns(str(folder)), base_path=str(folder))
+    # datasets names the files by absolute path (symbolic links, as in the Hub cache, kept): ours as given
+    as_given = {os.path.abspath(file): file for file in files}
+    splits = {str(split): {as_given[name] for name in map(os.path.abspath, split_files) if name in as_given}
+              for split, split_files in resolved.items()}
+    splits = {split: split_files for split, split_files in splits.items() if split_files}
+    if len(splits) < 2:
+        return files
+    if spec.split not in splits:
+        raise BenchmarkFormatError(
+            f"{folder}: holds the splits {sorted(splits)} but not {spec.split!r}, the split benchmark {spec.name!r} is "
+            "read from; pass its file or a folder of its files"
+        )
+    return sorted(splits[spec.split])
 
 
 def _checked_texts(locate: Callable[[int], str], column: str, values: Sequence[Any]) -> list[str]:

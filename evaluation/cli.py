@@ -36,7 +36,6 @@ from .benchmarks import BENCHMARKS, QuadrupleBenchmark, RetrievalBenchmark, load
 from .metric_names import QUADRUPLE_SCORES, RETRIEVAL_METRICS
 
 
-
 def _model_folder_name(model_ref: str) -> str:
     """A file-system-safe name for a model reference: `org--name` for a Hub id (which cannot hold `--`), `local--`
     and the absolute path with `--` for `/` for a local folder, so that `.`, `..`, or a folder `/x/y` beside a Hub
@@ -158,7 +157,7 @@ def _model_state(model_ref: str, revision: str | None = None, token: str | None 
 
 # Part of every stored result's fingerprint: raised whenever a benchmark is read or scored differently, so that
 # results stored before are recomputed, not mixed with new ones (what each raise changed: `git log -G "PROTOCOL_VERSION = "`).
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 
 
 def _run_fingerprint(
@@ -224,6 +223,18 @@ def _run_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[st
     return differences
 
 
+def _stored_record(path: Path) -> dict[str, Any] | None:
+    """The record `evaluate_model` wrote to `path` ({"run": fingerprint, "metrics": result}), or None where the file
+    does not read as one (emptied, edited by hand, not JSON), so that it is recomputed, not a traceback on every run."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if isinstance(record, dict) and isinstance(record.get("run"), dict) and isinstance(record.get("metrics"), dict):
+        return record
+    return None
+
+
 def stored_results(
     model_ref: str,
     benchmarks: list[str],
@@ -233,19 +244,22 @@ def stored_results(
     token: str | None = None,
 ) -> dict[str, Any]:
     """The results of `model_ref` stored in `out/<model>/<benchmark>.json` that were computed from the same
-    model files, dtype and benchmark source, by benchmark; the other benchmarks are still to do. A Hub model's commit
-    is read with `token`."""
+    model files, dtype and benchmark source, by benchmark; the other benchmarks are still to do (a file that does not
+    read as a result is said to be recomputed). A Hub model's commit is read with `token`."""
     folder = out / _model_folder_name(model_ref)
     done = {name: folder / f"{name}.json" for name in benchmarks if (folder / f"{name}.json").exists()}
     model_state = _model_state(model_ref, token=token) if done else None
     results: dict[str, Any] = {}
     for name, path in done.items():
-        stored = json.loads(path.read_text())
+        stored = _stored_record(path)
+        if stored is None:
+            print(f"{model_ref}: {name}: stored result {path} does not read as one, recomputing")
+            continue
         current = _run_fingerprint(model_ref, model_state, name, sources.get(name), dtype)
-        if _same_run(stored.get("run", {}), current):
+        if _same_run(stored["run"], current):
             results[name] = stored["metrics"]
         else:
-            differences = _run_differences(stored.get("run", {}), current)
+            differences = _run_differences(stored["run"], current)
             print(f"{model_ref}: {name}: stored result is from another {'; another '.join(differences)}, recomputing")
     return results
 
@@ -264,7 +278,8 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Results of one model on the benchmarks: the `stored` ones (`stored_results`) as they are, the others
     computed on `device` with weights in `dtype` and written to `out/<model>/<benchmark>.json`. The folder is created only once the
-    model has loaded, so a model that fails to load leaves nothing behind. Hub models and benchmarks are read with
+    model has loaded, so a model that fails to load leaves nothing behind. NaN or inf embeddings (a diverged model)
+    are a `NonFiniteEmbeddingsError` naming the model and the benchmark. Hub models and benchmarks are read with
     `token` (None: HF_TOKEN or the saved login)."""
     folder = out / _model_folder_name(model_ref)
     results = dict(stored)
@@ -274,6 +289,7 @@ def evaluate_model(
     if todo:
         from .models import load_embedder
         from .protocols import evaluate_benchmark
+        from .retrieval import NonFiniteEmbeddingsError
 
         # Benchmarks load before the model (tables and file lists: images are decoded as they are embedded),
         # so a source that is unreachable or in the wrong schema is reported before a large model is loaded.
@@ -284,7 +300,10 @@ def evaluate_model(
         folder.mkdir(parents=True, exist_ok=True)
         for name in todo:
             print(f"{model_ref}: evaluating {name} ...", flush=True)
-            results[name] = evaluate_benchmark(model, processor, loaded[name], batch_size)
+            try:
+                results[name] = evaluate_benchmark(model, processor, loaded[name], batch_size)
+            except NonFiniteEmbeddingsError as error:  # a diverged model: which one, on what
+                raise NonFiniteEmbeddingsError(f"{model_ref}: {name}: {error}") from error
             record = {"run": _run_fingerprint(model_ref, model_state, name, sources.get(name), dtype), "metrics": results[name]}
             atomic_write_json(folder / f"{name}.json", record)  # a crash never leaves half a result
     return {name: results[name] for name in benchmarks}
@@ -448,6 +467,7 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
     from .benchmarks import BenchmarkFormatError, BenchmarkSourceError, check_source
     from .models import ModelLoadError, check_model_ref, checkpoint_config
+    from .retrieval import NonFiniteEmbeddingsError
 
     device = _embedding_device(parser, args.device)
 
@@ -470,7 +490,7 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                 model_ref, args.benchmarks, sources, args.out, args.batch_size, stored[model_ref], device, args.dtype,
                 args.trust_remote_code, args.token,
             )
-    except (ModelLoadError, BenchmarkFormatError, BenchmarkSourceError) as error:
+    except (ModelLoadError, BenchmarkFormatError, BenchmarkSourceError, NonFiniteEmbeddingsError) as error:
         return report_error(parser.prog, str(error))
     # atomically: an interruption leaves the previous results or these, never half a file (which the next run's
     # --out check would take for another command's)

@@ -39,7 +39,8 @@ def relevant_index_lists(relevant: RelevantIndices, num_queries: int, num_candid
         # a string is a sequence too, and int() reads digits: "12" would be candidates 1 and 2
         several = isinstance(entry, (Sequence, Set)) and not isinstance(entry, str)
         indices = sorted(entry) if isinstance(entry, Set) else list(entry) if several else [entry]
-        if not all(isinstance(index, (int, np.integer)) for index in indices):
+        # a bool is an int to Python: True would be candidate 1
+        if not all(isinstance(index, (int, np.integer)) and not isinstance(index, bool) for index in indices):
             raise TypeError(
                 f"relevant indices: query {query} has {entry!r:.80}; expected a candidate index or a list of them"
             )
@@ -56,21 +57,40 @@ def relevant_index_lists(relevant: RelevantIndices, num_queries: int, num_candid
     return lists
 
 
+def relevant_pairs(
+    relevant: list[list[int]], device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (query, candidate) pairs of `relevant` (from `relevant_index_lists`) as two (P,) int64 tensors on `device`:
+    rows[p] is the query and cols[p] the candidate of pair p, queries in order."""
+    rows = torch.tensor([q for q, indices in enumerate(relevant) for _ in indices], dtype=torch.long, device=device)
+    cols = torch.tensor([c for indices in relevant for c in indices], dtype=torch.long, device=device)
+    return rows, cols
+
+
 def relevance_mask(relevant: list[list[int]], num_candidates: int, device: torch.device | str | None = None) -> torch.Tensor:
     """Boolean (Q, C) mask on `device`, True where candidate c is relevant to query q."""
     mask = torch.zeros(len(relevant), num_candidates, dtype=torch.bool, device=device)
-    rows = torch.tensor([q for q, indices in enumerate(relevant) for _ in indices], dtype=torch.long, device=device)
-    cols = torch.tensor([c for indices in relevant for c in indices], dtype=torch.long, device=device)
-    mask[rows, cols] = True
+    mask[relevant_pairs(relevant, device)] = True
     return mask
 
 
+def checked_ks(ks: Iterable[int]) -> tuple[int, ...]:
+    """The recall cut-offs `ks` as a tuple, or a ValueError unless they are one or more positive integers: recall@0 is 0
+    for every model and "recall@1.5" is recall@1, scores that read as results rather than typos."""
+    ks = tuple(ks)
+    if not ks or not all(isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1 for k in ks):
+        raise ValueError(f"ks: expected positive integers, got {ks}")
+    return ks
+
+
 def recall_from_ranks(ranks: torch.Tensor, ks: Iterable[int] = DEFAULT_KS) -> dict[str, float]:
-    """Recall@k and mean reciprocal rank from 1-based ranks of the first relevant candidate.
+    """Recall@k (for each k in `ks`, positive integers) and mean reciprocal rank from the (Q,) 1-based ranks of each
+    query's first relevant candidate.
 
     recall@k = 100 * mean_q [rank_q <= k];  mrr = 100 * mean_q 1 / rank_q. A ValueError without queries (NaN, a mean
     of nothing, would pass for a score).
     """
+    ks = checked_ks(ks)
     if ranks.numel() == 0:
         raise ValueError("ranks: got no queries; recall@k and MRR are means over queries")
     ranks = ranks.to(torch.float64)
@@ -84,7 +104,7 @@ def first_relevant_ranks(similarities: torch.Tensor, relevant: RelevantIndices) 
 
     similarities: (Q, C), higher = more similar. relevant: per query, one index or a list of
     indices into the C candidates (several captions per image). With s* the best relevant score of
-    query q: rank_q = 1 + #{c not relevant : s_qc >= s*} (ties rank the relevant one last).
+    query q: rank_q = 1 + #{c not relevant : s_qc >= s*} (ties rank the relevant one last). Returns (Q,) int64.
     """
     similarities = torch.as_tensor(similarities)
     if similarities.ndim != 2:
@@ -106,14 +126,27 @@ def retrieval_recall(
     A query counts as a hit at k when any of its relevant candidates is among its top k (so for
     image->text on COCO, any of the image's 5 captions). See `first_relevant_ranks` for ties.
     """
-    ks = tuple(ks)
-    if not ks or any(k < 1 for k in ks):
-        raise ValueError(f"ks: expected positive integers, got {ks}")
+    ks = checked_ks(ks)
+    _check_row_lengths(similarities, "similarities")
     similarities = torch.as_tensor(similarities, dtype=torch.float64)
     if not torch.isfinite(similarities).all():  # a NaN score compares false with everything: it would rank first
         rows = (~torch.isfinite(similarities)).any(dim=-1).nonzero().flatten()
         raise ValueError(f"similarities: rows {rows[:5].tolist()} hold NaN or inf scores, which cannot be ranked")
     return recall_from_ranks(first_relevant_ranks(similarities, relevant), ks)
+
+
+def _check_row_lengths(rows, name: str) -> None:
+    """A ValueError naming the first row of `rows` (a list of score rows) whose length is not row 0's: torch and NumPy
+    refuse such a ragged list without naming a row. Tensors and arrays, whose rows are alike, pass unchecked."""
+    if isinstance(rows, (torch.Tensor, np.ndarray)) or not isinstance(rows, Sequence) or not rows:
+        return
+    try:
+        lengths = [len(row) for row in rows]
+    except TypeError:  # rows that are numbers: a shape error, reported by the caller
+        return
+    ragged = next((row for row, length in enumerate(lengths) if length != lengths[0]), None)
+    if ragged is not None:
+        raise ValueError(f"{name}: row {ragged} has {lengths[ragged]} scores, row 0 has {lengths[0]}")
 
 
 def _float64_array(scores) -> np.ndarray:
@@ -124,6 +157,8 @@ def _float64_array(scores) -> np.ndarray:
 
 
 def _quadruple_matrix(quadruple_similarities: torch.Tensor | np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
+    """The (n, 4) quadruple similarities as float64 NumPy, checked for shape and finiteness."""
+    _check_row_lengths(quadruple_similarities, "quadruple similarities")
     scores = _float64_array(quadruple_similarities)
     if scores.ndim != 2 or scores.shape[1] != 4:
         raise ValueError(
@@ -179,7 +214,7 @@ def wasserstein_1d(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndar
 
 
 def modality_gap_from_scores(matched, intra_modal, mismatched) -> dict[str, float]:
-    """The paper's modality-gap ratio from three samples of scores.
+    """The paper's modality-gap ratio from three samples of scores (each of any shape, taken flat, of any size).
 
     w_dist = W(matched image-text scores, text-text scores)   (cross- vs intra-modal)
     w_disc = W(matched image-text scores, mismatched scores)  (how well pairs are told apart)

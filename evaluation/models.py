@@ -25,7 +25,6 @@ CONFIG_FILE = "config.json"
 ADAPTER_CONFIG_FILE = "adapter_config.json"  # a PEFT (LoRA) adapter over a base checkpoint
 
 
-
 def check_model_ref(model_ref: str) -> None:
     """Raise `ModelLoadError` when `model_ref` can only be a local folder and is not one: a check
     that costs nothing, so a command can make it for every model before loading the first."""

@@ -1,20 +1,23 @@
 """The paper's evaluation protocols on an embedder: retrieval recall, group scores, modality gap.
 
 Every function takes a MAPLE model (anything with `encode(processor, texts=..., images=...)`) and
-its processor; embeddings are L2-normalised here (a model with `normalize=False` returns raw ones),
-so similarities are cosines.
+its processor; embeddings are L2-normalised here, in float32 (a model with `normalize=False` returns raw ones, another
+embedder may return bf16), so similarities are float32 cosines.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import os
+import re
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .benchmarks import QuadrupleBenchmark, RetrievalBenchmark
+from .benchmarks import QuadrupleBenchmark, RetrievalBenchmark, content_digest, file_key
 from .lazy import LazySequence
 from .metrics import DEFAULT_KS, group_score_hits, modality_gap_from_quadruples, recall_from_ranks
 from .retrieval import check_finite_embeddings, chunked_ranks
@@ -26,11 +29,13 @@ HISTOGRAM_BINS = 200
 
 
 def _encode(model, processor, texts: Sequence[str], images: Sequence[Any], batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(text_embeds, image_embeds), L2-normalised; a ValueError if any is NaN or inf."""
+    """(text_embeds, image_embeds), (len(texts), D) and (len(images), D), L2-normalised in float32 whatever the dtype
+    the model returns (bf16 cosines tie where float32 ones differ, and ties count against the model); a ValueError if
+    any is NaN or inf."""
     text_embeds, image_embeds = model.encode(processor, texts=texts, images=images, batch_size=batch_size)
     check_finite_embeddings(text_embeds, "texts")
     check_finite_embeddings(image_embeds, "images")
-    return F.normalize(text_embeds, dim=-1), F.normalize(image_embeds, dim=-1)
+    return F.normalize(text_embeds.float(), dim=-1), F.normalize(image_embeds.float(), dim=-1)
 
 
 def evaluate_retrieval(
@@ -41,35 +46,51 @@ def evaluate_retrieval(
     Image->text: an image query hits when any of its captions is in the top k of all captions.
     Text->image: a caption query hits when its image is in the top k of all images. A caption is relevant to an image
     by its text: one written word for word under several images (COCO has some) describes each of them, so every copy
-    counts as a caption of each, and each copy as a query has all of them as its images. Ranks come from
-    `chunked_ranks`, so no (captions x images) matrix is built. Ties count against the model; copies of one caption
-    are embedded once, so they tie exactly whatever the batch size.
+    counts as a caption of each, and each copy as a query has all of them as its images. Likewise an image is one by
+    its content (`_image_keys`): an image listed twice is one image, so each copy's captions are relevant to both.
+    Ranks come from `chunked_ranks`, so no (captions x images) matrix is built. Ties count against the model; copies of
+    one caption or one image are embedded once, so they tie exactly whatever the batch size.
     Returns keys i2t_r1, i2t_r5, i2t_r10, i2t_mrr, t2i_r1, ..., t2i_mrr, num_images, num_captions.
     """
     _refuse_benchmark(images, "images")
     _check_retrieval_inputs(images, captions_per_image)
     captions = [caption for image_captions in captions_per_image for caption in image_captions]
     # By position, the copy of image A's caption filed under image B would be an irrelevant candidate for A tied
-    # exactly with A's own copy, and as ties count against the model, neither image could ever retrieve it first.
+    # exactly with A's own copy, and as ties count against the model, neither image could ever retrieve it first; so
+    # would two copies of one image for each other's captions. Relevance is therefore (text, image content).
     positions_of_text: dict[str, list[int]] = {}
-    images_of_text: dict[str, list[int]] = {}
     for position, caption in enumerate(captions):
         positions_of_text.setdefault(caption, []).append(position)
-    for image, image_captions in enumerate(captions_per_image):
-        for caption in dict.fromkeys(image_captions):
-            images_of_text.setdefault(caption, []).append(image)
-    captions_of_image = [
-        sorted(position for caption in dict.fromkeys(image_captions) for position in positions_of_text[caption])
-        for image_captions in captions_per_image
+    group_of_key: dict[Hashable, int] = {}
+    group_of_image = [group_of_key.setdefault(key, len(group_of_key)) for key in _image_keys(images)]
+    images_of_group: list[list[int]] = [[] for _ in group_of_key]
+    texts_of_group: list[dict[str, None]] = [{} for _ in group_of_key]  # ordered sets
+    for image, (group, image_captions) in enumerate(zip(group_of_image, captions_per_image)):
+        images_of_group[group].append(image)
+        texts_of_group[group].update(dict.fromkeys(image_captions))
+    groups_of_text: dict[str, list[int]] = {}
+    for group, texts in enumerate(texts_of_group):
+        for text in texts:
+            groups_of_text.setdefault(text, []).append(group)
+    captions_of_group = [
+        sorted(position for text in texts for position in positions_of_text[text]) for texts in texts_of_group
     ]
+    images_of_text = {text: sorted(image for group in groups for image in images_of_group[group])
+                      for text, groups in groups_of_text.items()}
+    captions_of_image = [captions_of_group[group] for group in group_of_image]
     images_of_caption = [images_of_text[caption] for caption in captions]
-    # Copies of a caption are embedded once, so they tie exactly; embedded apart, batch padding moved them ~1e-7.
+    # Copies of a caption, or of an image, are embedded once, so they tie exactly; embedded apart, batch padding moved
+    # captions ~1e-7.
     distinct_captions = list(positions_of_text)
     copy_of = torch.empty(len(captions), dtype=torch.long)
     for index, positions in enumerate(positions_of_text.values()):
         copy_of[positions] = index
-    text_embeds, image_embeds = _encode(model, processor, distinct_captions, images, batch_size)
+    first_of_group = [positions[0] for positions in images_of_group]
+    distinct_images = images if len(first_of_group) == len(images) else _Subset(images, first_of_group)
+    with _images_named(lambda index: f"images[{first_of_group[index]}]"):  # by the caller's positions
+        text_embeds, image_embeds = _encode(model, processor, distinct_captions, distinct_images, batch_size)
     text_embeds = text_embeds[copy_of]
+    image_embeds = image_embeds[torch.tensor(group_of_image, dtype=torch.long)]
     result: dict[str, float] = {}
     for direction, ranks in (
         ("i2t", chunked_ranks(image_embeds, text_embeds, captions_of_image)),
@@ -101,15 +122,15 @@ def _refuse_benchmark(value: Any, argument: str) -> None:
 
 def _check_retrieval_inputs(images: Sequence[Any], captions_per_image: Sequence[Sequence[str]]) -> None:
     """Raise a TypeError or ValueError naming the first entry of `captions_per_image` that is not a non-empty list of
-    strings, or the mismatch of the two lengths. A string is a sequence too: taken for an image's list of captions,
-    it would be split into one-character captions, silently."""
+    strings with words, or the mismatch of the two lengths. A string is a sequence too: taken for an image's list of
+    captions, it would be split into one-character captions, silently."""
     if isinstance(captions_per_image, str) or not isinstance(captions_per_image, Sequence):
         raise TypeError(
             f"captions_per_image: expected a list holding a list of captions per image, got {captions_per_image!r:.80}"
         )
     if len(images) != len(captions_per_image):
         raise ValueError(f"retrieval: {len(images)} images but {len(captions_per_image)} caption lists")
-    if not images:
+    if len(images) == 0:  # `not images` is an error for an array or tensor of several images
         raise ValueError("retrieval: got no images")
     for index, image_captions in enumerate(captions_per_image):
         if isinstance(image_captions, np.ndarray) and image_captions.ndim == 1:  # a list column read by pandas
@@ -126,6 +147,69 @@ def _check_retrieval_inputs(images: Sequence[Any], captions_per_image: Sequence[
             raise TypeError(
                 f"captions_per_image[{index}]: expected caption strings, got {bad[0]!r:.80} ({type(bad[0]).__name__})"
             )
+        # MAPLE's processor refuses it too, but by its place among the distinct captions
+        blank = next((position for position, caption in enumerate(image_captions) if not caption.strip()), None)
+        if blank is not None:
+            raise ValueError(
+                f"captions_per_image[{index}][{blank}]: {image_captions[blank]!r:.80} is blank; expected a caption "
+                "with words"
+            )
+
+
+# How `MapleProcessor` names the image it cannot read: by its index in the list it was given
+_PROCESSOR_IMAGE = re.compile(r"^images\[(\d+)\]")
+
+
+@contextlib.contextmanager
+def _images_named(name: Callable[[int], str]) -> Iterator[None]:
+    """Re-raise the processor's ValueError about `images[j]` of a list the protocol made (interleaved, de-duplicated)
+    naming that image as `name(j)` does, in the caller's terms. Other errors (a benchmark's images name their file and
+    row themselves) pass as they are."""
+    try:
+        yield
+    except ValueError as error:
+        place = _PROCESSOR_IMAGE.match(str(error))
+        if place is None:
+            raise
+        raise ValueError(name(int(place.group(1))) + str(error)[place.end():]) from error
+
+
+def _image_keys(images: Sequence[Any]) -> list[Hashable]:
+    """One key per image, equal for copies of one image: a benchmark's images by their stored bytes (`content_keys`,
+    read without decoding), a PIL image by its pixels (mode, size, orientation tag and transparency too, which loading
+    applies), a path by its file's bytes; an item of any other kind (an embedder's own) by its position, a copy of
+    none."""
+    if hasattr(images, "content_keys"):
+        return images.content_keys()
+    from PIL import Image
+
+    keys: list[Hashable] = []
+    for position, image in enumerate(images):
+        if isinstance(image, Image.Image):
+            try:
+                orientation = image.getexif().get(0x0112, 1)  # EXIF Orientation: loading turns the image by it
+                keys.append(("pixels", image.mode, image.size, orientation, repr(image.info.get("transparency")),
+                             content_digest(image.tobytes())))
+            except OSError:  # corrupt image data: the processor reports it, by its position
+                keys.append(("position", position))
+        elif isinstance(image, (str, os.PathLike)) and os.path.isfile(image):
+            keys.append(file_key(image))
+        else:
+            keys.append(("position", position))
+    return keys
+
+
+class _Subset(LazySequence):
+    """The items of `items` at `positions`, fetched on access (lazy benchmark images are decoded a batch at a time)."""
+
+    def __init__(self, items: Sequence[Any], positions: Sequence[int]):
+        self._items, self._positions = items, positions
+
+    def __len__(self) -> int:
+        return len(self._positions)
+
+    def _item(self, index: int) -> Any:
+        return self._items[self._positions[index]]
 
 
 class _Interleaved(LazySequence):
@@ -158,21 +242,42 @@ class _Field(LazySequence):
 def _columns(quadruples: Quadruples) -> tuple[Sequence[Any], Sequence[Any], list[str], list[str]]:
     """I0, I1, T0, T1 of the quadruples. A benchmark's quadruples hold them as columns (`columns()`, lazy images),
     read as such so that no image is decoded to read a text and each once to embed it; other quadruples field by
-    field."""
+    field, each checked to hold four fields of which the last two are strings with words (a ValueError or TypeError
+    naming it)."""
     if hasattr(quadruples, "columns"):
         images0, images1, texts0, texts1 = quadruples.columns()
         return images0, images1, list(texts0), list(texts1)
-    return _Field(quadruples, 0), _Field(quadruples, 1), [q[2] for q in quadruples], [q[3] for q in quadruples]
+    texts0, texts1 = [], []
+    for index, quadruple in enumerate(quadruples):  # each read once here for its texts, so checked here
+        # a string of four letters is a sequence of four, not a quadruple; a row of a NumPy array of objects is one
+        fields = (isinstance(quadruple, Sequence) and not isinstance(quadruple, str)) or (
+            isinstance(quadruple, np.ndarray) and quadruple.ndim == 1)
+        if not fields or len(quadruple) != 4:
+            got = f"{len(quadruple)} fields" if fields else f"{quadruple!r:.80}"
+            raise ValueError(f"quadruples[{index}]: expected (image0, image1, text0, text1), got {got}")
+        for field, text in (("text0", quadruple[2]), ("text1", quadruple[3])):
+            if not isinstance(text, str):
+                raise TypeError(
+                    f"quadruples[{index}]: {field} is {text!r:.80} ({type(text).__name__}); expected a string"
+                )
+            if not text.strip():  # MAPLE's processor refuses it too, but by its place among the interleaved texts
+                raise ValueError(f"quadruples[{index}]: {field} is {text!r:.80}, blank; expected a text with words")
+        texts0.append(quadruple[2])
+        texts1.append(quadruple[3])
+    return _Field(quadruples, 0), _Field(quadruples, 1), texts0, texts1
 
 
 def quadruple_similarities(model, processor, quadruples: Quadruples, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """Per quadruple the image-text cosines [s(I0,T0), s(I0,T1), s(I1,T0), s(I1,T1)] (n, 4) and
-    the text-text cosine s(T0, T1) (n,)."""
+    the text-text cosine s(T0, T1) (n,). An image the processor cannot read is a ValueError naming its quadruple and
+    field (`quadruples[2], image1: ...`)."""
     if len(quadruples) == 0:
         raise ValueError("quadruples: got none")
     images0, images1, texts0, texts1 = _columns(quadruples)
     texts = [text for pair in zip(texts0, texts1) for text in pair]
-    text_embeds, image_embeds = _encode(model, processor, texts, _Interleaved(images0, images1), batch_size)
+    # the processor names an image by its place in the interleaved list, which the caller never made
+    with _images_named(lambda index: f"quadruples[{index // 2}], image{index % 2}"):
+        text_embeds, image_embeds = _encode(model, processor, texts, _Interleaved(images0, images1), batch_size)
     text_pairs = text_embeds.view(len(quadruples), 2, -1)
     image_pairs = image_embeds.view(len(quadruples), 2, -1)
     image_text = torch.einsum("nid,njd->nij", image_pairs, text_pairs)  # [n, image, text]
@@ -195,20 +300,27 @@ def evaluate_quadruples(
     _refuse_benchmark(quadruples, "quadruples")
     if categories is not None and len(categories) != len(quadruples):
         raise ValueError(f"categories: expected one per quadruple ({len(quadruples)}), got {len(categories)}")
+    # they are sorted, and name the per-category results
+    labels = [] if categories is None else list(categories)
+    bad = next((i for i, label in enumerate(labels) if not isinstance(label, str)), None)
+    if bad is not None:
+        raise TypeError(
+            f"categories[{bad}]: {labels[bad]!r:.80} ({type(labels[bad]).__name__}); expected a category name "
+            "(a string)"
+        )
     image_text, text_text = quadruple_similarities(model, processor, quadruples, batch_size)
     hits = group_score_hits(image_text)
 
-    def scores(mask: torch.Tensor) -> dict[str, float]:
-        return {name: 100.0 * float(values[mask.numpy()].mean()) for name, values in hits.items()} | {
+    def scores(mask: np.ndarray) -> dict[str, float]:
+        """The scores (0-100) over the quadruples where the (n,) boolean `mask` is True, and their count."""
+        return {name: 100.0 * float(values[mask].mean()) for name, values in hits.items()} | {
             "num_quadruples": int(mask.sum())
         }
 
-    result = scores(torch.ones(len(quadruples), dtype=torch.bool))
+    result = scores(np.ones(len(quadruples), dtype=bool))
     if categories is not None:
-        labels = list(categories)
-        result["per_category"] = {
-            category: scores(torch.tensor([label == category for label in labels])) for category in sorted(set(labels))
-        }
+        as_array = np.array(labels, dtype=object)
+        result["per_category"] = {category: scores(as_array == category) for category in sorted(set(labels))}
     result["modality_gap"] = modality_gap_from_quadruples(image_text, text_text)
     result["similarity_histograms"] = _similarity_histograms(image_text, text_text)
     return result
@@ -217,7 +329,10 @@ def evaluate_quadruples(
 def _similarity_histograms(image_text: torch.Tensor, text_text: torch.Tensor) -> dict[str, list[float]]:
     """Counts of matched, mismatched and text-text cosines in HISTOGRAM_BINS bins over [-1, 1]."""
     samples = {"matched": image_text[:, [0, 3]], "mismatched": image_text[:, [1, 2]], "text_text": text_text}
-    histograms = {name: torch.histc(values.flatten().float(), bins=HISTOGRAM_BINS, min=-1.0, max=1.0).long().tolist()
-                  for name, values in samples.items()}
+    histograms = {}
+    for name, values in samples.items():
+        # clamped: the cosine of two equal unit vectors often rounds past 1, and histc drops values past its range
+        cosines = values.flatten().float().clamp(-1.0, 1.0)
+        histograms[name] = torch.histc(cosines, bins=HISTOGRAM_BINS, min=-1.0, max=1.0).long().tolist()
     return {"bin_edges": torch.linspace(-1.0, 1.0, HISTOGRAM_BINS + 1).tolist(), **histograms}
 

@@ -1,10 +1,9 @@
 """Retrieval over large corpora without materialising the (queries x candidates) score matrix.
 
-Scores are inner products of the embeddings given (cosines for MAPLE's L2-normalised ones). The two
-search functions walk the score
-matrix in (query_chunk x candidate_chunk) blocks, so peak extra memory is a few blocks of
-query_chunk * candidate_chunk * 4 bytes (64 MiB at the defaults) whatever the corpus size: the reused block buffer
-(two while a new pass's generator starts), and in `chunked_ranks` up to `KEPT_RELEVANT_BLOCKS` kept blocks.
+Scores are inner products of the embeddings given (cosines for MAPLE's L2-normalised ones). The two search functions
+walk the score matrix in (query_chunk x candidate_chunk) blocks, so peak extra memory is a few blocks of
+query_chunk * candidate_chunk * 4 bytes (64 MiB at the defaults) whatever the corpus size: the reused block buffer,
+and in `chunked_ranks` up to `KEPT_RELEVANT_BLOCKS` kept blocks.
 
 - `chunked_topk` keeps a running top-k per query: the k best candidates seen so far are merged
   with each block's own top-k. It can skip, block by block, each query's own row and its
@@ -21,12 +20,15 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 
 import torch
 
-from .metrics import DEFAULT_KS, RelevantIndices, relevant_index_lists, recall_from_ranks
+from .metrics import (
+    DEFAULT_KS, RelevantIndices, checked_ks, recall_from_ranks, relevant_index_lists, relevant_pairs,
+)
 
 DEFAULT_QUERY_CHUNK = 1024
 DEFAULT_CANDIDATE_CHUNK = 16384
@@ -43,6 +45,16 @@ def _check_embeddings(queries: torch.Tensor, candidates: torch.Tensor) -> None:
         )
     check_finite_embeddings(queries, "queries")
     check_finite_embeddings(candidates, "candidates")
+
+
+def _check_counts(query_chunk: int, candidate_chunk: int, k: int | None = None) -> None:
+    """A ValueError naming a block size that is not a positive integer, or a `k` that is not a non-negative one (they
+    failed inside torch or `range()`, naming neither)."""
+    for name, value in (("query_chunk", query_chunk), ("candidate_chunk", candidate_chunk)):
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    if k is not None and (not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 0):
+        raise ValueError(f"k: expected a non-negative integer, got {k!r}")
 
 
 class NonFiniteEmbeddingsError(ValueError):
@@ -185,6 +197,7 @@ def chunked_topk(
     columns hold excluded candidates at -inf: callers tell them apart by that score.
     """
     _check_embeddings(queries, candidates)
+    _check_counts(query_chunk, candidate_chunk, k)
     if self_indices is not None and self_indices.shape != (queries.shape[0],):
         raise ValueError(f"self_indices: expected shape ({queries.shape[0]},), got {tuple(self_indices.shape)}")
     if excluded_indices is not None and (excluded_indices.ndim != 2 or len(excluded_indices) != len(queries)):
@@ -239,6 +252,7 @@ def chunked_ranks(
     as `chunked_topk`'s results are).
     """
     _check_embeddings(queries, candidates)
+    _check_counts(query_chunk, candidate_chunk)
     relevant_lists = relevant_index_lists(relevant, queries.shape[0], candidates.shape[0])
     # Filled block by block: no list of per-block results to concatenate (and Q = 0 just works).
     ranks = torch.empty(queries.shape[0], dtype=torch.long, device=queries.device)
@@ -247,9 +261,7 @@ def chunked_ranks(
     for q_start in range(0, queries.shape[0], query_chunk):
         query_block = queries[q_start : q_start + query_chunk]
         block_relevant = relevant_lists[q_start : q_start + query_chunk]
-        # Relevant pairs of this query block as (row, candidate) coordinates.
-        rows = torch.tensor([q for q, indices in enumerate(block_relevant) for _ in indices], device=queries.device)
-        cols = torch.tensor([c for indices in block_relevant for c in indices], device=queries.device)
+        rows, cols = relevant_pairs(block_relevant, queries.device)  # (row in the block, candidate) coordinates
         # Best relevant score per query, read from the very blocks the count below compares against: a separate
         # GEMM may round a relevant score one ulp away from its duplicate's, breaking an exact tie (in the
         # model's favour). The blocks that hold relevant candidates come first (for COCO one or two); up to
@@ -292,11 +304,13 @@ def chunked_retrieval_recall(
     queries: torch.Tensor,
     candidates: torch.Tensor,
     relevant: RelevantIndices,
-    ks=DEFAULT_KS,
+    ks: Iterable[int] = DEFAULT_KS,
     query_chunk: int = DEFAULT_QUERY_CHUNK,
     candidate_chunk: int = DEFAULT_CANDIDATE_CHUNK,
 ) -> dict[str, float]:
-    """`evaluation.metrics.retrieval_recall` on embeddings, without the full score matrix."""
+    """`evaluation.metrics.retrieval_recall` on (Q, D) query and (C, D) candidate embeddings, without the full score
+    matrix."""
+    ks = checked_ks(ks)  # before the search, not after it
     ranks = chunked_ranks(queries, candidates, relevant, query_chunk, candidate_chunk)
     return recall_from_ranks(ranks, ks)
 

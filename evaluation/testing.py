@@ -28,4 +28,5 @@ class LookupEmbedder:
     def encode(self, processor, texts: Sequence[str], images: Sequence[Sequence[float]], batch_size: int):
         """`MapleModel.encode`'s interface: (texts, D) and (images, D) float tensors; `processor` is unused."""
         self.calls.append((list(texts), batch_size))
-        return torch.tensor([list(self.text_embeds[text]) for text in texts]), torch.tensor([list(image) for image in images])
+        text_embeds = torch.tensor([list(self.text_embeds[text]) for text in texts], dtype=torch.float32)
+        return text_embeds, torch.tensor([list(image) for image in images], dtype=torch.float32)

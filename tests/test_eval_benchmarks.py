@@ -7,6 +7,7 @@ import shutil
 
 import datasets
 import pytest
+import torch
 from PIL import Image
 
 from evaluation.benchmarks import (
@@ -592,3 +593,114 @@ def test_shards_are_read_in_file_name_order_whatever_order_the_folder_lists_them
     rglob = Path.rglob
     monkeypatch.setattr(Path, "rglob", lambda self, pattern: reversed(sorted(rglob(self, pattern))))
     assert load_benchmark("coco", str(tmp_path)).captions_per_image == [["shard 0"], ["shard 1"]]
+
+
+def test_similarity_histograms_count_cosines_that_round_past_one():
+    """The cosine of two equal unit vectors often rounds to 1 + 1 ulp, and `torch.histc` drops values past its range:
+    here nearly half the matched cosines were missing, as they would be for a collapsed model (every embedding alike)
+    from the plot meant to show the collapse."""
+    from evaluation.protocols import evaluate_quadruples
+
+    vectors = torch.randn(50, 64, generator=torch.Generator().manual_seed(0))
+    model = LookupEmbedder({f"t{i}": vector.tolist() for i, vector in enumerate(vectors)})
+    quadruples = [(vector.tolist(), vector.tolist(), f"t{i}", f"t{i}") for i, vector in enumerate(vectors)]
+    histograms = evaluate_quadruples(model, None, quadruples)["similarity_histograms"]
+    assert (sum(histograms["matched"]), sum(histograms["mismatched"]), sum(histograms["text_text"])) == (100, 100, 50)
+    assert histograms["matched"][-1] == 100
+
+
+def test_lookup_embedder_takes_vectors_of_integers():
+    """Integer vectors made int64 tensors, which `F.normalize` refuses ("Expected a floating point ... Got Long")."""
+    from evaluation.protocols import evaluate_quadruples
+
+    model = LookupEmbedder({"t0": [1, 0], "t1": [0, 1]})
+    assert evaluate_quadruples(model, None, [([1, 0], [0, 1], "t0", "t1")])["group_score"] == 100.0
+
+
+@pytest.mark.parametrize("bad, message", [
+    ((_RIGHT[0], _RIGHT[1], "t0"), r"^quadruples\[1\]: expected \(image0, image1, text0, text1\), got 3 fields$"),
+    ((_RIGHT[0], _RIGHT[1], "t0", None), r"^quadruples\[1\]: text1 is None \(NoneType\); expected a string$"),
+    ((_RIGHT[0], _RIGHT[1], 3, "t1"), r"^quadruples\[1\]: text0 is 3 \(int\); expected a string$"),
+    # MAPLE's processor refuses a blank text, by its place in the interleaved texts ("text[2]")
+    ((_RIGHT[0], _RIGHT[1], "t0", "  "), r"^quadruples\[1\]: text1 is '  ', blank; expected a text with words$"),
+    ("abcd", r"^quadruples\[1\]: expected \(image0, image1, text0, text1\), got 'abcd'$"),
+])
+def test_a_malformed_quadruple_is_named_before_anything_is_embedded(bad, message):
+    """A quadruple of three fields failed with "tuple index out of range", and a text of None reached the tokenizer:
+    neither said which quadruple."""
+    from evaluation.protocols import evaluate_quadruples
+
+    model = LookupEmbedder(_TEXTS)
+    with pytest.raises((TypeError, ValueError), match=message):
+        evaluate_quadruples(model, None, [_RIGHT, bad, _RIGHT])
+    assert model.calls == []
+
+
+def test_quadruples_may_be_the_rows_of_a_numpy_array_of_objects():
+    import numpy as np
+
+    from evaluation.protocols import evaluate_quadruples
+
+    rows = np.empty((2, 4), dtype=object)
+    rows[:] = [_RIGHT, _WRONG]
+    assert evaluate_quadruples(LookupEmbedder(_TEXTS), None, rows)["group_score"] == 50.0
+
+
+def test_a_folder_holding_several_splits_is_read_from_the_benchmarks_split_only(tmp_path, monkeypatch):
+    """A snapshot of a Hub repo with a validation split beside the test split was read whole: the validation rows were
+    scored as test rows. Splits are told by file name, as datasets tells them (and as the Hub read does)."""
+    from conftest import make_picture, write_parquet
+
+    def shard(path, captions):
+        write_parquet(path, {"image": [make_picture(i) for i in range(len(captions))], "caption": captions}, ("image",))
+
+    shard(tmp_path / "snapshot" / "data" / "test-00000-of-00001.parquet", [["a test caption"], ["another"]])
+    shard(tmp_path / "snapshot" / "data" / "validation-00000-of-00001.parquet", [["a validation caption"]])
+    coco = load_benchmark("coco", str(tmp_path / "snapshot"))
+    assert coco.captions_per_image == [["a test caption"], ["another"]] and len(coco.images) == 2
+    monkeypatch.chdir(tmp_path / "snapshot" / "data")  # a relative path, through ..
+    assert load_benchmark("coco", "../../snapshot").captions_per_image == [["a test caption"], ["another"]]
+
+    shard(tmp_path / "no_test" / "train.parquet", [["a training caption"]])
+    shard(tmp_path / "no_test" / "validation.parquet", [["a validation caption"]])
+    with pytest.raises(BenchmarkFormatError, match=r"no_test: holds the splits \['train', 'validation'\] but not "
+                                                   r"'test', the split benchmark 'coco' is read from"):
+        load_benchmark("coco", str(tmp_path / "no_test"))
+    # files that name no split, or one, are all read (as before)
+    shard(tmp_path / "one_split" / "coco_train_copy.parquet", [["first"]])
+    shard(tmp_path / "one_split" / "more" / "coco_train_more.parquet", [["second"]])
+    assert load_benchmark("coco", str(tmp_path / "one_split")).captions_per_image == [["first"], ["second"]]
+
+
+def test_embeddings_a_model_returns_in_bfloat16_are_scored_in_float32():
+    """bf16 cosines carry 8 bits: neighbours whose float32 cosines differ came out tied, and ties count against the
+    model, so an embedder returning bf16 (the protocols take any `encode`) lost hits it had made."""
+    from evaluation.protocols import evaluate_quadruples, evaluate_retrieval
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(300, 64, generator=generator).bfloat16()
+    texts = (images + 2.2 * torch.randn(300, 64, generator=generator)).bfloat16()
+
+    class Embedder:
+        def __init__(self, dtype):
+            self.dtype = dtype
+
+        def encode(self, processor, texts, images, batch_size):
+            return (torch.stack([text_vectors[int(text)] for text in texts]).to(self.dtype),
+                    torch.stack(list(images)).to(self.dtype))
+
+    text_vectors = texts
+    captions = [[str(i)] for i in range(300)]
+    assert evaluate_retrieval(Embedder(torch.bfloat16), None, list(images), captions) == evaluate_retrieval(
+        Embedder(torch.float32), None, list(images), captions)
+    quadruples = [(images[i], images[i + 1], str(i), str(i + 1)) for i in range(0, 300, 2)]
+    bf16, fp32 = (evaluate_quadruples(Embedder(dtype), None, quadruples) for dtype in (torch.bfloat16, torch.float32))
+    assert bf16 == fp32
+
+
+def test_a_category_that_is_not_a_string_is_named():
+    """Sorting the categories failed: "'<' not supported between instances of 'NoneType' and 'str'"."""
+    from evaluation.protocols import evaluate_quadruples
+
+    with pytest.raises(TypeError, match=r"^categories\[1\]: None \(NoneType\); expected a category name \(a string\)$"):
+        evaluate_quadruples(LookupEmbedder(_TEXTS), None, [_RIGHT, _RIGHT], ["add", None])

@@ -6,6 +6,7 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -110,6 +111,9 @@ def test_a_caption_written_under_two_images_is_relevant_to_both_in_each_directio
         ([[1.0], [2.0]], [["a cat"], 7], TypeError, r"captions_per_image\[1\]: expected a list of captions, got 7 \(int\)"),
         ([[1.0], [2.0]], [["a cat"], ["a dog", None]], TypeError, r"captions_per_image\[1\]: expected caption strings, got None"),
         ([[1.0], [2.0]], [["a cat"], []], ValueError, r"captions_per_image\[1\]: got no captions"),
+        # MAPLE's processor refuses a blank text, by its place among the distinct captions ("text[1]"), not the caller's
+        ([[1.0], [2.0]], [["a cat"], ["a dog", " "]], ValueError,
+         r"captions_per_image\[1\]\[1\]: ' ' is blank; expected a caption with words"),
         ([], [], ValueError, r"retrieval: got no images"),
         ([[1.0]], [["a cat"], ["a dog"]], ValueError, r"retrieval: 1 images but 2 caption lists"),
     ],
@@ -799,3 +803,150 @@ def test_no_progress_hides_the_bars_of_datasets_and_of_loading_and_puts_them_bac
     error = capsys.readouterr().err
     assert "Generating train split" not in error and "Loading weights" not in error, error
     assert not datasets.are_progress_bars_disabled() and transformers.utils.logging.is_progress_bar_enabled()
+
+
+def test_a_diverged_model_is_one_error_line_naming_the_model_and_the_benchmark(
+    tiny, benchmark_sources, tmp_path, capsys, monkeypatch
+):
+    """NaN embeddings were a traceback of `NonFiniteEmbeddingsError` that named neither the model nor the benchmark;
+    the benchmarks finished before it stay stored."""
+    import evaluation.models
+
+    _, _, (first, _) = tiny
+    load = evaluation.models.load_embedder
+
+    def load_diverged(model_ref, **kwargs):
+        model, processor = load(model_ref, **kwargs)
+        encode = model.encode
+        # coco is finite, winoground (evaluated second) is not
+        monkeypatch.setattr(model, "encode", lambda *args, **kw: tuple(
+            embeds.fill_(float("nan")) if len(kw["texts"]) == 6 else embeds for embeds in encode(*args, **kw)))
+        return model, processor
+
+    monkeypatch.setattr(evaluation.models, "load_embedder", load_diverged)
+    out = tmp_path / "eval"
+    argv = [str(first), "--benchmarks", "coco", "winoground", "--out", str(out),
+            "--source", f"coco={benchmark_sources['coco']}", f"winoground={benchmark_sources['winoground']}"]
+    assert main(argv) == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error.startswith(f"maple eval: error: {first}: winoground: embeddings: ") and "are not finite" in error
+    assert [path.name for path in out.glob("*/*.json")] == ["coco.json"]
+
+
+def test_an_unreadable_image_of_a_quadruple_given_from_python_names_the_quadruple(tiny, tmp_path):
+    """The images of n quadruples are embedded as one list I0, I1, I0, I1, ...: the processor's error named
+    "images[5]", a list the caller never made, for quadruple 2's second image."""
+    from PIL import Image
+
+    model, processor, _ = tiny
+    picture = Image.new("RGB", (24, 24))
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    quadruples = [(picture, picture, "a", "b"), (picture, picture, "c", "d"), (picture, str(broken), "e", "f")]
+    with pytest.raises(ValueError, match=rf"^quadruples\[2\], image1: cannot read image file '{broken}'"):
+        evaluate_quadruples(model, processor, quadruples, batch_size=2)
+    with pytest.raises(ValueError, match=r"^quadruples\[0\], image0 is a int; expected a PIL image"):
+        evaluate_quadruples(model, processor, [(3, picture, "a", "b")])
+
+
+@pytest.mark.parametrize("as_batch", [np.eye, torch.eye], ids=["numpy", "torch"])
+def test_images_given_as_one_array_or_tensor_are_a_sequence_of_images(as_batch):
+    """`if not images` asked an array or tensor of several images for its truth value (an error) before the embedder,
+    which may well take them (this one takes vectors), was called."""
+    model = LookupEmbedder({"a": [1.0, 0.0], "b": [0.0, 1.0]})
+    assert evaluate_retrieval(model, None, as_batch(2), [["a"], ["b"]])["i2t_r1"] == 100.0
+
+
+@pytest.mark.parametrize(
+    "content", ["", "{not json", "[1, 2]", '{"run": {}}'], ids=["empty", "not_json", "a_list", "no_metrics"]
+)
+def test_a_stored_result_that_does_not_read_is_recomputed_not_a_traceback(
+    content, tiny, benchmark_sources, tmp_path, capsys
+):
+    """A result file emptied or edited by hand (or by a full disk) was a JSONDecodeError, AttributeError or KeyError
+    traceback on every later run, until the user found and deleted it."""
+    from evaluation.cli import _model_folder_name
+
+    _, _, (first, _) = tiny
+    out = tmp_path / "eval"
+    argv = [str(first), "--benchmarks", "mmvp", "--source", f"mmvp={benchmark_sources['mmvp']}", "--out", str(out)]
+    assert main(argv) == 0
+    stored = out / _model_folder_name(str(first)) / "mmvp.json"
+    stored.write_text(content)
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert f"{first}: mmvp: stored result {stored} does not read as one, recomputing\n" in capsys.readouterr().out
+    assert "metrics" in json.loads(stored.read_text())
+
+
+class _ColourEmbedder:
+    """Embeds a PIL image as its mean colour and a caption by the colour it names; counts the images it embeds."""
+
+    colours = {"red": [255.0, 0.0, 0.0], "blue": [0.0, 0.0, 255.0], "green": [0.0, 255.0, 0.0]}
+
+    def __init__(self):
+        self.images = 0
+
+    def encode(self, processor, texts, images, batch_size):
+        from modeling_maple.processing_maple import load_image
+
+        self.images += len(images)
+        pictures = [load_image(image, index) for index, image in enumerate(images)]
+        means = np.array([np.asarray(picture, dtype=np.float32).mean(axis=(0, 1)) for picture in pictures])
+        return torch.tensor([self.colours[text.split()[1]] for text in texts]), torch.tensor(means)
+
+
+def test_an_image_listed_twice_is_embedded_once_and_relevant_to_the_captions_of_both():
+    """By position, two copies of one image tied exactly, and ties count against the model: a perfect model could
+    retrieve neither copy's captions first from the other copy, nor either copy first for them (i2t and t2i R@1 33
+    here). As for captions, the copies are one image: each copy's captions are relevant to both."""
+    from PIL import Image
+
+    red, also_red, blue = (Image.new("RGB", (8, 8), colour) for colour in ("red", "red", "blue"))
+    captions = [["a red square"], ["a red box"], ["a blue square"]]
+    model = _ColourEmbedder()
+    result = evaluate_retrieval(model, None, [red, also_red, blue], captions)
+    assert (result["i2t_r1"], result["t2i_r1"], result["num_images"], result["num_captions"]) == (100.0, 100.0, 3, 3)
+    assert model.images == 2
+    # the dense metric with relevance by content: images 0 and 1 are one, so captions 0 and 1 are relevant to both
+    scores = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    assert retrieval_recall(scores, [[0, 1], [0, 1], [2]])["recall@1"] == 100.0
+    assert retrieval_recall(scores, [[0], [1], [2]])["recall@1"] == pytest.approx(100 / 3)  # by position
+
+
+def test_a_benchmark_table_listing_one_image_twice_scores_it_as_one(tmp_path):
+    from conftest import make_picture, write_parquet
+
+    from evaluation.benchmarks import load_benchmark
+
+    picture = make_picture(3)
+    source = write_parquet(tmp_path / "coco.parquet", {
+        "image": [picture, make_picture(4), picture],
+        "caption": [["a red cat"], ["a blue cat"], ["a red dog"]],
+    }, ("image",))
+    coco = load_benchmark("coco", str(source))
+    model = _ColourEmbedder()
+    evaluate_retrieval(model, None, coco.images, coco.captions_per_image)
+    assert model.images == 2
+    # a column of file paths: two rows naming one file, and a copy of it, are one image
+    picture.save(tmp_path / "a.png")
+    make_picture(4).save(tmp_path / "b.png")
+    (tmp_path / "copy_of_a.png").write_bytes((tmp_path / "a.png").read_bytes())
+    paths = [str(tmp_path / name) for name in ("a.png", "b.png", "a.png", "copy_of_a.png")]
+    source = write_parquet(tmp_path / "paths.parquet", {"image": paths, "caption": [["a red cat"]] * 4}, ())
+    coco = load_benchmark("coco", str(source))
+    model = _ColourEmbedder()
+    evaluate_retrieval(model, None, coco.images, coco.captions_per_image)
+    assert model.images == 2
+
+
+def test_an_unreadable_image_of_a_retrieval_set_is_named_by_its_place_in_the_callers_list(tmp_path):
+    """Distinct images are embedded, in a list of their own: the processor's index is mapped back to the caller's."""
+    from PIL import Image
+
+    picture = Image.new("RGB", (8, 8), "red")
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=rf"^images\[3\]: cannot read image file '{broken}'"):
+        evaluate_retrieval(_ColourEmbedder(), None, [picture, picture, Image.new("RGB", (8, 8), "blue"), str(broken)],
+                           [["a red a"], ["a red b"], ["a blue c"], ["a red d"]])

@@ -263,7 +263,7 @@ def test_non_finite_embeddings_and_scores_are_refused_not_ranked_first():
 
 
 def test_chunked_ranks_count_exactly_in_bfloat16():
-    # Past 256 ones a bf16 sum rounds; the count is an integer sum now.
+    # Past 256 ones a bf16 sum rounds; the count is a float32 sum now (exact below 2**24 ones).
     generator = torch.Generator().manual_seed(0)
     queries, candidates = torch.randn(8, 16, generator=generator), torch.randn(4000, 16, generator=generator)
     relevant = list(range(8))
@@ -271,3 +271,18 @@ def test_chunked_ranks_count_exactly_in_bfloat16():
     expected = first_relevant_ranks((queries @ candidates.T).float(), relevant)
     ranks = chunked_ranks(queries, candidates, relevant, candidate_chunk=4000)
     assert expected.max() > 1000 and torch.equal(ranks, expected)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: chunked_topk(torch.eye(3), torch.eye(3), k=-1), r"^k: expected a non-negative integer, got -1$"),
+    (lambda: chunked_topk(torch.eye(3), torch.eye(3), k=2.5), r"^k: expected a non-negative integer, got 2\.5$"),
+    (lambda: chunked_topk(torch.eye(3), torch.eye(3), k=1, query_chunk=0),
+     r"^query_chunk: expected a positive integer, got 0$"),
+    (lambda: chunked_ranks(torch.eye(3), torch.eye(3), [0, 1, 2], candidate_chunk=-2),
+     r"^candidate_chunk: expected a positive integer, got -2$"),
+])
+def test_sizes_that_are_not_counts_are_named(call, message):
+    """They failed inside torch or range(): "negative dimension -6", "range() arg 3 must not be zero",
+    "ZeroDivisionError"."""
+    with pytest.raises(ValueError, match=message):
+        call()

@@ -181,3 +181,36 @@ def test_nan_scores_are_refused_rather_than_counted_as_misses():
         modality_gap_from_quadruples(scores, torch.tensor([0.5, 0.5]))
     with pytest.raises(ValueError, match="samples hold NaN or inf"):
         wasserstein_1d([0.1, float("nan")], [0.2, 0.3])
+
+
+@pytest.mark.parametrize("ks", [(0,), (1, -5), (), (1.5,), (True,)])
+def test_recall_from_ranks_refuses_the_cutoffs_the_dense_recall_refuses(ks):
+    """The chunked recall (`maple eval`'s and the trainer's) took ks=(0,) and reported recall@0 = 0, and ks=(1.5,) as
+    "recall@1.5": the check lived in `retrieval_recall` alone."""
+    from evaluation.metrics import recall_from_ranks
+    from evaluation.retrieval import chunked_retrieval_recall
+
+    with pytest.raises(ValueError, match=re.escape(f"ks: expected positive integers, got {ks}")):
+        recall_from_ranks(torch.tensor([1, 2]), ks)
+    with pytest.raises(ValueError, match=re.escape(f"ks: expected positive integers, got {ks}")):
+        chunked_retrieval_recall(torch.eye(3), torch.eye(3), [0, 1, 2], ks=ks)
+
+
+def test_recall_refuses_a_boolean_for_a_candidate_index():
+    """True is an int to Python: it was taken for candidate 1."""
+    with pytest.raises(TypeError, match=re.escape("query 0 has True; expected a candidate index")):
+        retrieval_recall([[0.1, 0.9]], [True])
+
+
+@pytest.mark.parametrize("function, rows", [
+    (retrieval_recall, [[0.1, 0.9], [0.2, 0.3], [0.5]]),
+    (group_scores, [[0.9, 0.1, 0.2, 0.8], [0.9, 0.1, 0.2]]),
+])
+def test_score_rows_of_different_lengths_name_the_first_short_or_long_row(function, rows):
+    """A ragged list of rows failed in torch or NumPy ("expected sequence of length 2 at dim 1 (got 1)", "inhomogeneous
+    shape"), naming no row."""
+    last = len(rows) - 1
+    expected = len(rows[0])
+    args = (rows, [0] * len(rows)) if function is retrieval_recall else (rows,)
+    with pytest.raises(ValueError, match=re.escape(f"row {last} has {len(rows[last])} scores, row 0 has {expected}")):
+        function(*args)

@@ -29,7 +29,6 @@ Example:
 """
 
 
-
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class RetrievalRecall(evaluate.Metric):
     def _info(self):
