@@ -282,12 +282,19 @@ def _as_dict(config: Any) -> dict[str, Any]:
     raise TypeError(f"expected a config mapping or an object with to_dict(), got {type(config).__name__}")
 
 
+def table_cell(value: Any) -> str:
+    """`value` as the text of a markdown table cell: a `|` (as in a LoRA target regex, even inside backticks) would end
+    the cell and a line break the row, so the first is escaped (GitHub and the Hub show `\\|` as `|`) and the second
+    becomes a space."""
+    return " ".join(str(value).splitlines()).replace("|", "\\|")
+
+
 def _finetuning_description(lora: Mapping[str, Any] | None) -> str:
     if not lora:
         return "full fine-tuning"
     targets = lora.get("target_modules")
     targets = ", ".join(sorted(targets)) if isinstance(targets, (list, set, tuple)) else targets
-    return f"LoRA (rank {lora.get('r')}, alpha {lora.get('lora_alpha')}) on `{targets}`"
+    return table_cell(f"LoRA (rank {lora.get('r')}, alpha {lora.get('lora_alpha')}) on `{targets}`")
 
 
 def _objective_description(rpa_weight: float | None) -> str:
@@ -403,7 +410,7 @@ def model_card_from_run(
         dataset_id=dataset_id,
         dataset_is_hub_id=dataset_hub_id is not None,
         judge_id=judge_id,
-        hyperparameters=_card_hyperparameters(config),
+        hyperparameters=[(name, table_cell(value)) for name, value in _card_hyperparameters(config)],
         curves_file=CURVES_FILE if has_curves else None,
         evaluation_section=render_evaluation_section(eval_results, repo_id, GAP_HISTOGRAM_FILE if has_histograms else None),
         citation=PAPER_CITATION,
@@ -501,8 +508,8 @@ def _config_section(stats: Mapping[str, Any]) -> dict[str, Any]:
         "semdedup": "not applied" if not semdedup else f"{semdedup['clusters']} clusters, epsilon {semdedup['epsilon']}",
         "skipped_by_reason": sorted((stats.get("skipped_by_reason") or {}).items()),
         "histogram_file": stats.get("histogram_file"),
-        **{
-            key: recorded(key)
+        **{  # table cells
+            key: table_cell(recorded(key))
             for key in (
                 "source", "source_license", "num_hard_negatives", "text_candidates", "captioner", "judge",
                 "num_source_rows", "num_anchors", "num_candidate_images", "num_candidate_texts", "num_skipped",

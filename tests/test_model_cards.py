@@ -1,6 +1,8 @@
 """Model and dataset cards: rendered from a real tiny training run, hand-built eval results (every value distinct)
 and a builder's stats, metadata that parses back, figures written next to the card."""
 
+import re
+
 import pytest
 import yaml
 from huggingface_hub import DatasetCard, ModelCard
@@ -109,6 +111,37 @@ def test_a_nan_score_stays_out_of_the_model_index(tmp_path):
                                eval_results={"winoground": scores})
     metrics = [metric for result in ModelCard(str(card)).data.eval_results for metric in [result.metric_type]]
     assert metrics == ["text_score"] and ".nan" not in str(card)
+
+
+def assert_table_rows_keep_their_cells(text: str) -> None:
+    """Every row of each markdown table in `text` has as many cells as its header: an unescaped `|` in a value would
+    add one (`\\|` is a pipe inside the cell)."""
+    cells = None
+    for line in text.splitlines():
+        if not line.startswith("|"):
+            cells = None
+            continue
+        count = len(re.findall(r"(?<!\\)\|", line))
+        cells = count if cells is None else cells
+        assert count == cells, line
+
+
+def test_lora_targets_and_other_values_holding_a_pipe_stay_in_their_table_cell(tmp_path):
+    """The LoRA target regexes hold `|`, which ended the "Fine-tuning" cell even inside backticks: the row showed
+    ``LoRA (rank 32, alpha 32) on `.*.(language_model`` and dropped the rest."""
+    from modeling_maple.lora import DUAL_ENCODER_LORA_TARGETS, MLLM_LORA_TARGETS
+
+    for targets in (MLLM_LORA_TARGETS, DUAL_ENCODER_LORA_TARGETS):
+        assert "|" in targets
+        lora = {"r": 32, "lora_alpha": 32, "target_modules": targets}
+        card = model_card_from_run(tmp_path, None, "mllm", {"lr_scheduler_type": "a|b"}, [], {}, lora=lora)
+        assert_table_rows_keep_their_cells(card.text)
+        assert f"| Fine-tuning | LoRA (rank 32, alpha 32) on `{targets.replace('|', chr(92) + '|')}` |" in card.text
+        assert "| `lr_scheduler_type` | `a\\|b` |" in card.text
+    stats = {**STATS, "judge": "JudgeEnsemble(a|b)", "captioner": "two\nlines"}
+    text = dataset_card_from_stats(stats, repo_id="maple-org/prefs", output_dir=tmp_path).text
+    assert_table_rows_keep_their_cells(text)
+    assert "| Judge | JudgeEnsemble(a\\|b) |" in text and "| Captioner | two lines |" in text
 
 
 def test_model_card_without_eval_or_logs(tmp_path):
