@@ -480,8 +480,8 @@ class MapleModel(MaplePreTrainedModel):
         else:
             model = cls._from_two_tower(name_or_path, {**loading, "revision": revision}, **config_overrides)
         # What the model was built from, as `from_pretrained` records a checkpoint's: model cards name it as the base
-        # model (not saved in config.json).
-        model.config._name_or_path = name_or_path
+        # model (not saved in config.json), and PEFT saves adapters with it as their base.
+        model.config._name_or_path = model.name_or_path = name_or_path
         return model
 
     @classmethod

@@ -278,3 +278,16 @@ def test_image_processor_settings_the_model_cannot_take_are_refused_for_a_maple_
     processor.save_pretrained(tmp_path / "maple")
     with pytest.raises(MapleLoadError, match=r"image_grid_pinpoints \[\[32, 32\]\] differ from the model config's"):
         load_maple(str(tmp_path / "maple"), image_processor_kwargs={"image_grid_pinpoints": [[32, 32]]})
+
+
+def test_adapters_of_a_model_built_from_a_backbone_name_it_as_their_base(tmp_path, clip_folder):
+    """PEFT records `model.name_or_path` as the adapters' base; `from_backbone` left it empty, so `maple eval` refused
+    the adapters for not naming their base model."""
+    import json
+
+    from modeling_maple.lora import get_maple_peft_model
+
+    model = MapleModel.from_backbone(str(clip_folder), backbone="dual_encoder")
+    assert model.name_or_path == model.config._name_or_path == str(clip_folder)
+    get_maple_peft_model(model).save_pretrained(tmp_path / "adapters")
+    assert json.loads((tmp_path / "adapters" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(clip_folder)
