@@ -382,13 +382,15 @@ def test_a_checkpoint_refuses_a_resume_under_other_lora_settings(tmp_path):
             check_recipe(str(tmp_path), args, lora)
 
 
-def test_the_model_recipe_is_the_backbone_its_model_types_and_the_embedding_size():
+def test_the_model_recipe_is_the_backbone_its_model_types_and_sizes():
     """Each tower of a dual encoder counts: another vision tower's weights do not fit either."""
     assert model_recipe(tiny_dual_encoder_config()) == {
         "backbone": "dual_encoder", "model_types": ["clip_vision_model", "bert"], "projection_dim": 16,
+        "tower_sizes": [[32, 2], [32, 2]],
     }
     mllm = MapleConfig(backbone="mllm", mllm_config=tiny_mllm_config(), projection_dim=16)
-    assert model_recipe(mllm) == {"backbone": "mllm", "model_types": ["qwen2_vl"], "projection_dim": 16}
+    assert model_recipe(mllm) == {"backbone": "mllm", "model_types": ["qwen2_vl"], "projection_dim": 16,
+                                  "tower_sizes": [[32, 2], [32, 1]]}  # language model, vision tower
     # a `llava` config with a Pixtral tower is another family than LLaVA-1.5 (its weights and prompts differ)
     pixtral = MapleConfig(backbone="mllm", mllm_config=tiny_mllm_config("pixtral"), projection_dim=16)
     assert model_recipe(pixtral)["model_types"] == ["pixtral"]
@@ -406,8 +408,29 @@ def test_a_checkpoint_refuses_a_model_with_another_text_tower_or_embedding_size(
         "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")})
     with pytest.raises(ValueError, match=r"\(model: .*'bert'\].* -> .*'roberta'\]"):
         check_recipe(str(tmp_path), args, None, model_recipe(tiny_dual_encoder_config(text_config=roberta)))
-    with pytest.raises(ValueError, match=r"\(model: .*'projection_dim': 16\} -> .*'projection_dim': 32\}"):
+    with pytest.raises(ValueError, match=r"\(model: .*'projection_dim': 16, .* -> .*'projection_dim': 32, "):
         check_recipe(str(tmp_path), args, None, model_recipe(tiny_dual_encoder_config(projection_dim=32)))
+
+
+def test_a_checkpoint_refuses_the_same_mllm_family_at_another_size(tmp_path):
+    """Qwen2-VL 2B and 7B are one model type, and an MLLM without a projection has no projection_dim to tell them apart:
+    resuming the one's checkpoint with the other was a size-mismatch traceback from load_state_dict."""
+    args = smoke_config(str(tmp_path))
+    small = MapleConfig(backbone="mllm", mllm_config=tiny_mllm_config())
+    _save_recipe(tmp_path, training_recipe(args, lora=None, model=model_recipe(small)))
+    check_recipe(str(tmp_path), args, None, model_recipe(small))
+    wider_config = tiny_mllm_config()
+    wider_config.text_config.hidden_size = 64
+    wider = MapleConfig(backbone="mllm", mllm_config=wider_config)
+    with pytest.raises(ValueError, match=r"\(model: .*'tower_sizes': \[\[32, 2\], .* -> .*'tower_sizes': \[\[64, 2\], "):
+        check_recipe(str(tmp_path), args, None, model_recipe(wider))
+
+
+def test_a_model_recipe_recorded_before_the_tower_sizes_resumes(tmp_path):
+    """Checkpoints of the version before record no tower sizes: what they did not record cannot differ."""
+    args, model = smoke_config(str(tmp_path)), model_recipe(tiny_dual_encoder_config())
+    _save_recipe(tmp_path, training_recipe(args, lora=None, model={key: model[key] for key in model if key != "tower_sizes"}))
+    check_recipe(str(tmp_path), args, None, model)
 
 
 def test_run_checkpoints_are_the_checkpoint_folders_by_step(tmp_path):

@@ -58,15 +58,22 @@ def lora_recipe(r: int, lora_alpha: float) -> dict[str, Any]:
 
 def model_recipe(config: Any) -> dict[str, Any]:
     """What a resumed run's model must share with its checkpoint's, from its `MapleConfig`: the backbone kind, the
-    backbone's model type(s) and the embedding size (another model's weights and optimizer state do not fit)."""
+    backbone's model type(s), the projection size and its towers' `[hidden_size, num_hidden_layers]` (language model
+    first for an MLLM, vision tower first for a dual encoder; None where a config names them otherwise): another
+    model's weights and optimizer state do not fit, also a model of the same family at another size (Qwen2-VL 2B and
+    7B), whose embedding is its width when it has no projection."""
     # imported here: reading a run folder's checkpoints needs no transformers, and a model's config has loaded it
     from modeling_maple.configuration_maple import mllm_family
 
     if config.backbone == "mllm":
         model_types = [mllm_family(config.mllm_config)]  # a Pixtral tower's prompts and weights are not LLaVA-1.5's
+        towers = [config.mllm_config.get_text_config(), config.mllm_config.vision_config]
     else:
         model_types = [config.vision_config.model_type, config.text_config.model_type]
-    return {"backbone": config.backbone, "model_types": model_types, "projection_dim": config.projection_dim}
+        towers = [config.vision_config, config.text_config]
+    sizes = [[getattr(tower, "hidden_size", None), getattr(tower, "num_hidden_layers", None)] for tower in towers]
+    return {"backbone": config.backbone, "model_types": model_types, "projection_dim": config.projection_dim,
+            "tower_sizes": sizes}
 
 
 def training_recipe(args: RPAConfig, lora: dict[str, Any] | None, model: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -89,9 +96,15 @@ def check_recipe(checkpoint: str, args: RPAConfig, lora: dict[str, Any] | None, 
     except (OSError, ValueError) as error:
         raise ValueError(f"{recipe_file} cannot be read ({error}): restore it, or start a new run in another output_dir") from error
     now = training_recipe(args, lora, model)
-    differences = [
-        f"{name}: {saved[name]!r} -> {value!r}" for name, value in now.items() if name in saved and saved[name] != value
-    ]
+    differences = []
+    for name, value in now.items():
+        if name not in saved:
+            continue
+        if name == "model" and isinstance(saved[name], dict):
+            # an older checkpoint recorded fewer of the model's entries: what it did not record cannot differ
+            value = {key: value.get(key) for key in saved[name]}
+        if saved[name] != value:
+            differences.append(f"{name}: {saved[name]!r} -> {value!r}")
     if differences:
         raise ValueError(
             f"{checkpoint} was trained with another recipe ({'; '.join(differences)}): resume with its settings, or "
