@@ -445,7 +445,8 @@ class MapleModel(MaplePreTrainedModel):
 
         Args:
             name_or_path: Hub id or folder of the backbone. `"mllm"`: a checkpoint of a supported MLLM
-                (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA-1.5, LLaVA-NeXT, InternVL `-hf`, Idefics3, SmolVLM, Gemma 3).
+                (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA-1.5, LLaVA-NeXT, InternVL `-hf`, Idefics3, SmolVLM, Gemma 3,
+                Pixtral (a LLaVA config with a Pixtral tower), Mistral 3).
                 `"dual_encoder"`: a two-tower model (CLIP, SigLIP) whose towers and projections are
                 reused, or a vision encoder (e.g. DINOv2) when `text_backbone` is given.
             backbone: `"mllm"` or `"dual_encoder"`.
