@@ -170,6 +170,21 @@ def test_image_processor_settings_reach_the_trained_models_processor(tmp_path, c
         "--model_name_or_path\n")
 
 
+@pytest.mark.parametrize("recipe", ["qwen2-vl-2b.yaml", "qwen2-vl-7b.yaml"])
+def test_the_shipped_paper_recipes_are_valid_configs(recipe, capsys):
+    """recipes/*.yaml hold the paper's settings as `maple train --config` reads them: every key an option, every value
+    accepted (bf16 turned off here, on a machine without a GPU), so the run stops only at the missing dataset."""
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "recipes", recipe)
+    with pytest.raises(SystemExit) as exited:
+        main(["--config", path, "--bf16", "false", "--dataset_name", "./missing"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == "maple train: error: --dataset_name: no such folder: ./missing\n"
+    with open(path) as handle:
+        settings = yaml.safe_load(handle)
+    assert settings["learning_rate"] == 5e-4 and settings["lora_r"] == 32 and settings["num_train_epochs"] == 8
+    assert settings["image_processor_kwargs"] == {"max_pixels": 384 * 384}
+
+
 def test_help_documents_every_option(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
