@@ -2,14 +2,16 @@
 
     maple eval MODEL [--benchmarks coco winoground ...] [--compare MODEL2 ...]
                [--source winoground=/data/winoground.parquet ...] [--out DIR] [--push-to-hub] [--token TOKEN]
-               [--no-progress]
+               [--image-processor-kwargs JSON] [--no-progress]
 
 MODEL is a local checkpoint folder or a Hub repo id. Each (model, benchmark) result is written to
 `DIR/<model>/<benchmark>.json` as soon as it is done, and skipped on a rerun while the model (its files,
 or its Hub commit) and the benchmark source are unchanged, so an interrupted run resumes where it stopped.
 At the end, `DIR/results.json` and `DIR/results.md` hold all models side by side. `--push-to-hub` writes
 the results into MODEL's model card (`model-index`) on the Hub. Hub repos (models, benchmarks, the push) are
-read and written with `--token`, else HF_TOKEN or the token `hf auth login` saved.
+read and written with `--token`, else HF_TOKEN or the token `hf auth login` saved. `--image-processor-kwargs`
+overrides the image processor's settings of every model, e.g. '{"max_pixels": 147456}' scores a Qwen-VL backbone
+at the 384 x 384 pixels MAPLE trains at.
 """
 
 from __future__ import annotations
@@ -70,6 +72,25 @@ def _parse_sources(parser: argparse.ArgumentParser, pairs: list[str]) -> dict[st
                                  f"its official dataset, {BENCHMARKS[name].hub_id}")
         sources[name] = source
     return sources
+
+
+def _parse_image_processor_kwargs(parser: argparse.ArgumentParser, text: str | None) -> dict[str, Any] | None:
+    """The settings of `--image-processor-kwargs JSON`, None where it is not given or an empty mapping (no
+    override); one-line usage errors for text that is not a JSON object."""
+    if text is None:
+        return None
+    example = "e.g. '{\"max_pixels\": 147456}'"
+    if not text.strip():
+        exit_with_error(parser, f"--image-processor-kwargs is empty; expected a JSON object of image processor settings, {example}")
+    try:
+        settings = json.loads(text)
+    except ValueError as error:
+        exit_with_error(parser, f"--image-processor-kwargs {text!r} is not valid JSON ({error}); expected a JSON object of "
+                             f"image processor settings, {example}")
+    if not isinstance(settings, dict):
+        exit_with_error(parser, f"--image-processor-kwargs {text!r} is not a JSON object; expected one of image processor "
+                             f"settings, {example}")
+    return settings or None
 
 
 # The summaries written to OUT
@@ -159,18 +180,34 @@ def _model_state(model_ref: str, revision: str | None = None, token: str | None 
 # results stored before are recomputed, not mixed with new ones (what each raise changed: `git log -G "PROTOCOL_VERSION = "`).
 PROTOCOL_VERSION = 6
 
+# Fingerprint entries added after results were first stored, with the value a result stored without them was
+# computed with: such a result is reused by a run with that value (it is not one of another protocol)
+FINGERPRINT_DEFAULTS = {"image_processor_kwargs": None}
+
 
 def _run_fingerprint(
-    model_ref: str, model_state: dict[str, Any], benchmark: str, source: str | None, dtype: str
+    model_ref: str,
+    model_state: dict[str, Any],
+    benchmark: str,
+    source: str | None,
+    dtype: str,
+    image_processor_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What a stored result was computed from: the model and its state (`_model_state`), the weights dtype, the
-    benchmark source (the default one by its Hub id), with its files' sizes and modification times when it is local
-    (a Hub dataset by its id only), and the version of the evaluation protocol."""
+    image processor settings overridden (`--image-processor-kwargs`; None: the checkpoint's own), the benchmark
+    source (the default one by its Hub id), with its files' sizes and modification times when it is local (a Hub
+    dataset by its id only), and the version of the evaluation protocol."""
     source = source or BENCHMARKS[benchmark].hub_id
     source_path = Path(source).expanduser()
     source_files = _files_state(source_path, recursive=True) if source_path.exists() else None
-    return {"model": model_ref, "model_state": model_state, "dtype": dtype, "source": source,
-            "source_files": source_files, "protocol": PROTOCOL_VERSION}
+    return {"model": model_ref, "model_state": model_state, "dtype": dtype,
+            "image_processor_kwargs": image_processor_kwargs or None, "source": source, "source_files": source_files,
+            "protocol": PROTOCOL_VERSION}
+
+
+def _with_defaults(fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """`fingerprint` with the entries it predates (`FINGERPRINT_DEFAULTS`) at the value it was computed with."""
+    return {**FINGERPRINT_DEFAULTS, **fingerprint}
 
 
 def _with_unknown_commits_from(current: Any, stored: Any) -> Any:
@@ -186,7 +223,8 @@ def _with_unknown_commits_from(current: Any, stored: Any) -> Any:
 def _same_run(stored: dict[str, Any], current: dict[str, Any]) -> bool:
     """Whether a stored result's fingerprint is the current run's. A Hub model (or an adapter's base) whose commit
     cannot be resolved now matches any commit: offline and not cached, its stored results are all there is."""
-    return stored == _with_unknown_commits_from(current, stored)
+    stored = _with_defaults(stored)
+    return stored == _with_unknown_commits_from(_with_defaults(current), stored)
 
 
 def _changed_files(stored: Any, current: Any) -> str:
@@ -198,10 +236,12 @@ def _changed_files(stored: Any, current: Any) -> str:
 
 def _run_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """What differs between a stored result's fingerprint and the current run's (`_same_run`), in words."""
-    current = _with_unknown_commits_from(current, stored)
+    stored = _with_defaults(stored)
+    current = _with_unknown_commits_from(_with_defaults(current), stored)
     # in `_run_fingerprint`'s order, then any key it no longer writes
-    words = {"model": "model reference", "model_state": "model state", "dtype": "dtype", "source": "source",
-             "source_files": "source", "protocol": "protocol version"}
+    words = {"model": "model reference", "model_state": "model state", "dtype": "dtype",
+             "image_processor_kwargs": "image processor override", "source": "source", "source_files": "source",
+             "protocol": "protocol version"}
     differences = []
     for key in [*words, *sorted((current.keys() | stored.keys()) - words.keys())]:
         then, now = stored.get(key), current.get(key)
@@ -242,10 +282,12 @@ def stored_results(
     out: Path,
     dtype: str = "float32",
     token: str | None = None,
+    image_processor_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The results of `model_ref` stored in `out/<model>/<benchmark>.json` that were computed from the same
-    model files, dtype and benchmark source, by benchmark; the other benchmarks are still to do (a file that does not
-    read as a result is said to be recomputed). A Hub model's commit is read with `token`."""
+    model files, dtype, image processor settings and benchmark source, by benchmark; the other benchmarks are still
+    to do (a file that does not read as a result is said to be recomputed). A Hub model's commit is read with
+    `token`."""
     folder = out / _model_folder_name(model_ref)
     done = {name: folder / f"{name}.json" for name in benchmarks if (folder / f"{name}.json").exists()}
     model_state = _model_state(model_ref, token=token) if done else None
@@ -255,7 +297,7 @@ def stored_results(
         if stored is None:
             print(f"{model_ref}: {name}: stored result {path} does not read as one, recomputing")
             continue
-        current = _run_fingerprint(model_ref, model_state, name, sources.get(name), dtype)
+        current = _run_fingerprint(model_ref, model_state, name, sources.get(name), dtype, image_processor_kwargs)
         if _same_run(stored["run"], current):
             results[name] = stored["metrics"]
         else:
@@ -275,9 +317,11 @@ def evaluate_model(
     dtype: str = "float32",
     trust_remote_code: bool = False,
     token: str | None = None,
+    image_processor_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Results of one model on the benchmarks: the `stored` ones (`stored_results`) as they are, the others
-    computed on `device` with weights in `dtype` and written to `out/<model>/<benchmark>.json`. The folder is created only once the
+    computed on `device` with weights in `dtype`, its image processor's settings overridden by
+    `image_processor_kwargs`, and written to `out/<model>/<benchmark>.json`. The folder is created only once the
     model has loaded, so a model that fails to load leaves nothing behind. NaN or inf embeddings (a diverged model)
     are a `NonFiniteEmbeddingsError` naming the model and the benchmark. Hub models and benchmarks are read with
     `token` (None: HF_TOKEN or the saved login)."""
@@ -295,7 +339,8 @@ def evaluate_model(
         # so a source that is unreachable or in the wrong schema is reported before a large model is loaded.
         loaded = _load_benchmarks(todo, sources, token)
         model_state = _model_state(model_ref, token=token)  # before loading: a change while it runs must not pass unnoticed
-        model, processor = load_embedder(model_ref, trust_remote_code=trust_remote_code, dtype=dtype, token=token)
+        model, processor = load_embedder(model_ref, trust_remote_code=trust_remote_code, dtype=dtype, token=token,
+                                         image_processor_kwargs=image_processor_kwargs)
         model.to(device)
         folder.mkdir(parents=True, exist_ok=True)
         for name in todo:
@@ -304,7 +349,8 @@ def evaluate_model(
                 results[name] = evaluate_benchmark(model, processor, loaded[name], batch_size)
             except NonFiniteEmbeddingsError as error:  # a diverged model: which one, on what
                 raise NonFiniteEmbeddingsError(f"{model_ref}: {name}: {error}") from error
-            record = {"run": _run_fingerprint(model_ref, model_state, name, sources.get(name), dtype), "metrics": results[name]}
+            run = _run_fingerprint(model_ref, model_state, name, sources.get(name), dtype, image_processor_kwargs)
+            record = {"run": run, "metrics": results[name]}
             atomic_write_json(folder / f"{name}.json", record)  # a crash never leaves half a result
     return {name: results[name] for name in benchmarks}
 
@@ -436,6 +482,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="where the models embed, e.g. cuda:1; unset: cuda if available, else cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                         help="weights dtype of every model (backbones too, so models compare at one precision; MAPLE's heads stay float32)")
+    parser.add_argument("--image-processor-kwargs", default=None, metavar="JSON",
+                        help="image processor settings of every model (an adapter's: its base's) that override the "
+                        "checkpoint's, as a JSON object, e.g. '{\"max_pixels\": 147456}': a Qwen-VL backbone scored at the "
+                        "384 x 384 pixels MAPLE trains at; stored results record them")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="run code a checkpoint's repo holds (a config or processor of its own, `auto_map`); MAPLE checkpoints "
                         "and the backbones MAPLE wraps need none")
@@ -451,6 +501,7 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """`maple eval` with the parsed `args`."""
     args.benchmarks = list(dict.fromkeys(args.benchmarks))  # `--benchmarks coco coco` evaluates coco once
     sources = _parse_sources(parser, args.source)
+    image_processor_kwargs = _parse_image_processor_kwargs(parser, args.image_processor_kwargs)
     # the sources the results are of: a --source for a benchmark left out is checked, but neither published nor refused
     evaluated_sources = {name: source for name, source in sources.items() if name in args.benchmarks}
     _check_out(parser, args.out)
@@ -466,7 +517,7 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                              "another Hub id) to push")
 
     from .benchmarks import BenchmarkFormatError, BenchmarkSourceError, check_source
-    from .models import ModelLoadError, check_model_ref, checkpoint_config
+    from .models import ModelLoadError, check_image_processor_kwargs, check_model_ref, checkpoint_config
     from .retrieval import NonFiniteEmbeddingsError
 
     device = _embedding_device(parser, args.device)
@@ -474,21 +525,27 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     all_results = {}
     try:
         # Before the first model loads: every model that has benchmarks left to do gets its config read and checked
-        # (missing folders, Hub repos that cannot be read, unsupported kinds), so a bad --compare entry fails at
-        # once, not after hours; a model whose results are all stored needs nothing (an offline re-run works).
+        # (missing folders, Hub repos that cannot be read, unsupported kinds), and its processor loaded with the
+        # --image-processor-kwargs (a setting it lacks), so a bad --compare entry fails at once, not after hours; a
+        # model whose results are all stored needs nothing (an offline re-run works).
         for model_ref in model_refs:
             check_model_ref(model_ref)
-        stored = {model_ref: stored_results(model_ref, args.benchmarks, sources, args.out, args.dtype, args.token)
+        stored = {model_ref: stored_results(model_ref, args.benchmarks, sources, args.out, args.dtype, args.token,
+                                            image_processor_kwargs)
                   for model_ref in model_refs}
         for model_ref in model_refs:
             if set(args.benchmarks) - set(stored[model_ref]):
                 checkpoint_config(model_ref, token=args.token)
+        for model_ref in model_refs:
+            if set(args.benchmarks) - set(stored[model_ref]):
+                check_image_processor_kwargs(model_ref, image_processor_kwargs, trust_remote_code=args.trust_remote_code,
+                                             token=args.token)
         for name, source in sources.items():
             check_source(name, source)
         for model_ref in model_refs:
             all_results[model_ref] = evaluate_model(
                 model_ref, args.benchmarks, sources, args.out, args.batch_size, stored[model_ref], device, args.dtype,
-                args.trust_remote_code, args.token,
+                args.trust_remote_code, args.token, image_processor_kwargs,
             )
     except (ModelLoadError, BenchmarkFormatError, BenchmarkSourceError, NonFiniteEmbeddingsError) as error:
         return report_error(parser.prog, str(error))

@@ -126,12 +126,49 @@ def checkpoint_config(model_ref: str, revision: str | None = None, token: str | 
     return name, config
 
 
+def _maple_load_error(model_ref: str, error: Exception) -> ModelLoadError:
+    """A `MapleLoadError` of loading `model_ref` (its message starts with the checkpoint it is about) as a
+    `ModelLoadError`, the one error the commands report in a line."""
+    return ModelLoadError(str(error) if str(error).startswith(f"{model_ref}: ") else f"{model_ref}: {error}")
+
+
+def check_image_processor_kwargs(
+    model_ref: str,
+    image_processor_kwargs: dict[str, Any] | None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    token: str | None = None,
+) -> None:
+    """Raise `ModelLoadError` naming the model when `image_processor_kwargs` cannot apply to `model_ref`'s image
+    processor (a LoRA adapter's: its base's): a setting it does not have, or one the model cannot take. Loads the
+    processor only, no weights, so a command can check every model before loading the first; nothing to check for
+    no settings. `model_ref` is one `checkpoint_config` accepted."""
+    if not image_processor_kwargs:
+        return
+    name, config = checkpoint_config(model_ref, revision, token)
+    if name == ADAPTER_CONFIG_FILE:
+        try:
+            check_image_processor_kwargs(config["base_model_name_or_path"], image_processor_kwargs, config.get("revision"),
+                                         trust_remote_code, token)
+        except ModelLoadError as error:
+            raise ModelLoadError(f"{model_ref}: its base model {error}") from error
+        return
+    from modeling_maple import MapleLoadError, load_maple_processor
+
+    try:
+        load_maple_processor(model_ref, revision=revision, trust_remote_code=trust_remote_code, token=token,
+                             image_processor_kwargs=image_processor_kwargs)
+    except MapleLoadError as error:
+        raise _maple_load_error(model_ref, error) from error
+
+
 def load_embedder(
     model_ref: str,
     revision: str | None = None,
     trust_remote_code: bool = False,
     dtype: str = "float32",
     token: str | None = None,
+    image_processor_kwargs: dict[str, Any] | None = None,
 ):
     """(model, processor) for `model_ref`, a local folder or a Hub repo id, in eval mode.
 
@@ -139,25 +176,36 @@ def load_embedder(
     base checkpoint (`base_model_name_or_path`), itself resolved by this function. Weights load in `dtype`
     ("float32" or "bfloat16"), MAPLE checkpoints and backbones (wrapped by `from_backbone`) alike, so a
     baseline and its fine-tune are scored at one precision; MAPLE's heads and logit scales stay float32.
-    `trust_remote_code` runs code a checkpoint's repo holds (a config or processor of its own, `auto_map`): a
-    MAPLE checkpoint loads with this package's classes and the backbones MAPLE wraps are transformers' own. Hub repos
-    are read with `token` (None: HF_TOKEN or the saved login). Errors are those of [`checkpoint_config`], raised before
-    any weights load.
+    `image_processor_kwargs` override the image processor's settings (a LoRA adapter's: its base's), e.g.
+    `{"max_pixels": 384 * 384}` for a Qwen-VL backbone, so a baseline is scored at the resolution its fine-tune was
+    trained at (`modeling_maple.load_maple`). `trust_remote_code` runs code a checkpoint's repo holds (a config or
+    processor of its own, `auto_map`): a MAPLE checkpoint loads with this package's classes and the backbones MAPLE
+    wraps are transformers' own. Hub repos are read with `token` (None: HF_TOKEN or the saved login). Errors are
+    `ModelLoadError`s, raised before any weights load: those of [`checkpoint_config`], and a setting of
+    `image_processor_kwargs` the image processor does not have or the model cannot take, naming the model
+    ([`check_image_processor_kwargs`]).
     """
     name, config = checkpoint_config(model_ref, revision, token)
     if name == ADAPTER_CONFIG_FILE:
         from peft import PeftModel
 
-        base, processor = load_embedder(
-            config["base_model_name_or_path"], revision=config.get("revision"), trust_remote_code=trust_remote_code,
-            dtype=dtype, token=token,
-        )
+        try:
+            base, processor = load_embedder(
+                config["base_model_name_or_path"], revision=config.get("revision"), trust_remote_code=trust_remote_code,
+                dtype=dtype, token=token, image_processor_kwargs=image_processor_kwargs,
+            )
+        except ModelLoadError as error:  # its base's processor or weights (its config was checked above)
+            raise ModelLoadError(f"{model_ref}: its base model {error}") from error
         return PeftModel.from_pretrained(base, model_ref, revision=revision, token=token).eval(), processor
     import torch
-    from modeling_maple import load_maple
+    from modeling_maple import MapleLoadError, load_maple
 
-    # An explicit dtype: transformers 5 would load a bf16 checkpoint in bf16 whatever the baseline's.
-    model, processor = load_maple(
-        model_ref, revision=revision, trust_remote_code=trust_remote_code, token=token, dtype=getattr(torch, dtype)
-    )
+    try:
+        # An explicit dtype: transformers 5 would load a bf16 checkpoint in bf16 whatever the baseline's.
+        model, processor = load_maple(
+            model_ref, revision=revision, trust_remote_code=trust_remote_code, token=token, dtype=getattr(torch, dtype),
+            image_processor_kwargs=image_processor_kwargs,
+        )
+    except MapleLoadError as error:
+        raise _maple_load_error(model_ref, error) from error
     return model.eval(), processor
