@@ -67,7 +67,7 @@ def load_maple(
         image_processor_kwargs: image processor settings that override the checkpoint's, e.g. `{"max_pixels": 384 *
             384}` for a Qwen-VL backbone (the paper's 384 x 384 training images); a MAPLE checkpoint's processor is
             rebuilt around the image processor loaded with them. One the image processor does not have, or one the
-            model cannot take (a LLaVA-NeXT processor cutting other tiles than its config), is a ValueError.
+            model cannot take (a LLaVA-NeXT processor cutting other tiles than its config), is a `MapleLoadError`.
         from_pretrained_kwargs: for a MAPLE checkpoint any `from_pretrained` argument (`dtype`, `device_map`,
             ...); for a backbone only `dtype` and `attn_implementation`.
 
