@@ -264,3 +264,28 @@ for repo, token in ((private, None), (missing, None), (private, "hf_someone_else
     ]
     assert lines[3].startswith(f"EmptyDatasetError The directory at hf://datasets/{empty}@"), lines[3:]
 
+
+def test_maple_train_names_a_private_or_missing_hub_dataset_read_without_a_token(hub_server, tmp_path):
+    """`maple train --dataset_name <Hub id>` without --hub_token (nor HF_TOKEN, nor a login): the same message, before
+    any model loads."""
+    private, missing = _private_dataset_repo(hub_server, "fresh-private-train-data"), f"{USER}/no-such-train-data"
+    code = READ_WITHOUT_A_TOKEN + """
+from trainer import cli
+
+cli.load_model_and_processor = lambda *args: print("the model was loaded")
+for repo in (private, missing):
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        try:
+            cli.main(["--tiny", "dual_encoder", "--dataset_name", repo, "--output_dir", "run"])
+        except SystemExit as exit:
+            print("exit", exit.code)
+    print(stderr.getvalue().strip().splitlines()[-1])
+"""
+    lines = run_client(hub_server, tmp_path, code, HF_TOKEN="", MAPLE_TEST_PRIVATE=private,
+                       MAPLE_TEST_MISSING=missing).splitlines()
+    assert lines == [
+        "exit 2", f"maple train: error: --dataset_name {private}: {_needs_a_token(hub_server, private)}",
+        "exit 2", f"maple train: error: --dataset_name {missing}: {_needs_a_token(hub_server, missing)}",
+    ]
+
