@@ -289,3 +289,19 @@ for repo in (private, missing):
         "exit 2", f"maple train: error: --dataset_name {missing}: {_needs_a_token(hub_server, missing)}",
     ]
 
+
+def test_a_private_or_missing_hub_benchmark_source_read_without_a_token_is_named(hub_server, tmp_path):
+    """`load_benchmark(name, <Hub id>)` (maple eval --source name=<Hub id>) without a token."""
+    private, missing = _private_dataset_repo(hub_server, "fresh-private-bivlc"), f"{USER}/no-such-bivlc"
+    code = READ_WITHOUT_A_TOKEN + """
+from evaluation.benchmarks import BenchmarkSourceError, load_benchmark
+for repo in (private, missing):
+    try:
+        load_benchmark("bivlc", repo)
+    except BenchmarkSourceError as error:
+        print(error)
+"""
+    lines = run_client(hub_server, tmp_path, code, HF_TOKEN="", MAPLE_TEST_PRIVATE=private,
+                       MAPLE_TEST_MISSING=missing).splitlines()
+    assert lines == [f"benchmark 'bivlc': cannot read source {repo!r}: {_needs_a_token(hub_server, repo)}"
+                     for repo in (private, missing)]
