@@ -1150,9 +1150,10 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
 
         A repo snapshot keeps each config's files in a folder named after it: `config_name` picks
         one; without it a snapshot must hold a single config (several are an error listing them,
-        never one split of every config's rows). A Hub repo that answers with an error (an HTTP status), or an offline
-        Hub, is a `HubReadError` naming it and what the Hub answered; a missing repo is `datasets`' own
-        `DatasetNotFoundError`."""
+        never one split of every config's rows). A Hub repo that answers with an error (an HTTP status: a 401 to a read
+        without a token, for a missing and a private repo alike), or an offline or unreachable Hub, is a `HubReadError`
+        naming it and what the Hub answered (`maple.hub.hub_read_failure`, which asks the Hub when `datasets` kept no
+        answer); read with a token, a repo the Hub does not find for it is `datasets`' own `DatasetNotFoundError`."""
         path = Path(repo_id_or_path)
         if path.exists():
             files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
@@ -1172,10 +1173,13 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             return datasets.load_dataset("parquet", data_files=files, split=split, features=FEATURES, **load_kwargs)
         try:
             return datasets.load_dataset(repo_id_or_path, name=config_name, split=split, **load_kwargs)
-        except OSError as error:  # datasets reads some Hub answers (an HTTP 500) as a missing local path
-            from maple.hub import HubReadError, hub_failure
+        # datasets reads some Hub answers (an HTTP 500) as a missing local path, and raises a repo not found or an
+        # offline Hub without the Hub's answer: `hub_read_failure` asks the Hub then
+        except OSError as error:
+            from maple.hub import HubReadError, hub_read_failure
 
-            problem = hub_failure(error, repo_id_or_path, repo_type="dataset", revision=load_kwargs.get("revision"))
+            problem = hub_read_failure(error, repo_id_or_path, repo_type="dataset", revision=load_kwargs.get("revision"),
+                                       token=load_kwargs.get("token"))
             if problem is None:
                 raise
             raise HubReadError(problem) from error

@@ -507,8 +507,9 @@ def load_benchmark(
     with `token` (None: HF_TOKEN or the saved login).
 
     Raises `BenchmarkSourceError` naming the benchmark and the source when the source cannot be read
-    (datasets and the Hub client raise FileNotFoundError, ConnectionError or HTTP errors, all OSErrors),
-    `BenchmarkFormatError` when it is not in the benchmark's schema."""
+    (datasets and the Hub client raise FileNotFoundError, ConnectionError or HTTP errors, all OSErrors; for a Hub
+    repo, what the Hub answered: `maple.hub.hub_read_failure`), `BenchmarkFormatError` when it is not in the
+    benchmark's schema."""
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; expected one of {sorted(BENCHMARKS)}")
     spec = BENCHMARKS[name]
@@ -517,7 +518,11 @@ def load_benchmark(
     try:
         return spec.loader(source, spec, token)
     except OSError as error:
-        detail = " ".join(str(error).split())  # one line: Hub errors span several
+        from maple.hub import hub_read_failure
+
+        # a Hub id: what the Hub answered (datasets raises a repo not found, or an offline Hub, without its answer)
+        hub = not Path(source).expanduser().exists() and hub_read_failure(error, source, repo_type="dataset", token=token)
+        detail = hub or " ".join(str(error).split())  # one line: Hub errors span several
         raise BenchmarkSourceError(f"benchmark {name!r}: cannot read source {source!r}: {detail}") from error
     except RuntimeError as error:
         if "Dataset scripts are no longer supported" not in str(error):

@@ -132,3 +132,31 @@ def hub_failure(
             return f"{where} cannot be written: the Hub is offline (HF_HUB_OFFLINE) or unreachable"
         return f"{where} is not in the local cache and the Hub is offline or unreachable"
     return None
+
+
+def hub_read_failure(
+    error: BaseException, repo_id: str, *, repo_type: str = "dataset", revision: str | None = None,
+    token: str | bool | None = None,
+) -> str | None:
+    """`hub_failure` of a failed read of Hub repo `repo_id`, asking the Hub when the exception chain holds no answer.
+
+    `datasets.load_dataset` raises a repo the Hub did not find (a 401 to a request without a token, for a missing and a
+    private repo alike), and an offline or unreachable Hub, as errors of its own (DatasetNotFoundError, ConnectionError)
+    raised `from None` once its cache was searched: the chain then holds only "not cached", whatever the Hub answered.
+    So the Hub is asked about the repo once more (`repo_info`, with the same `token` and `revision`), and `hub_failure`
+    reads that answer. None when the chain holds none and either the Hub reads the repo (the failure is not the
+    repo's) or answers, to a request with a token, that it finds no such repo for it (missing, gated, or someone
+    else's private one): what datasets' own error already says, naming the repo."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    problem = hub_failure(error, repo_id, repo_type=repo_type, revision=revision)
+    if problem is not None or not is_hub_id(repo_id):
+        return problem
+    try:
+        HfApi(token=token).repo_info(repo_id, repo_type=repo_type, revision=revision, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except Exception as answer:  # noqa: BLE001 (`hub_failure` reads the Hub's errors; any other is no answer: None)
+        if isinstance(answer, RepositoryNotFoundError) and _sent_a_token(answer):
+            return None
+        return hub_failure(answer, repo_id, repo_type=repo_type, revision=revision)
+    return None

@@ -79,6 +79,21 @@ def test_missing_repo_is_named_when_loading_a_preference_dataset_or_an_embedder(
     ]
 
 
+def test_an_offline_hub_is_named_when_loading_a_preference_dataset(hub_server, tmp_path):
+    """datasets raises it as a ConnectionError of its own, `from None`: the chain holds no Hub error (a fresh process,
+    nothing cached). (An unreachable Hub reads the same, after datasets' retries: some 25 s, so not tested here.)"""
+    load = """
+from dataset_builders import MaplePreferences
+try:
+    MaplePreferences.from_pretrained("maple-org/anything")
+except Exception as error:
+    print(type(error).__name__, error)
+"""
+    message = run_client(hub_server, tmp_path, load, HF_HUB_OFFLINE="1").strip()
+    assert message == (f"HubReadError dataset repo 'maple-org/anything' on {hub_server.url} is not in the local cache "
+                       "and the Hub is offline or unreachable")
+
+
 def test_unreachable_hub_is_named(hub_server, tmp_path):
     closed = "http://127.0.0.1:9"  # the discard port: nothing listens
     message = run_client(hub_server, tmp_path, LOAD, MAPLE_TEST_REPO="maple-org/anything", HF_ENDPOINT=closed).strip()

@@ -207,3 +207,101 @@ def test_an_empty_token_is_a_usage_error(command, capsys):
         main([*argv, "--token", ""])
     assert exit_info.value.code == 2
     assert "argument --token: empty; leave the option out" in capsys.readouterr().err
+
+
+# Read in a fresh process (its own empty HF_HOME: nothing cached), as a user would: `datasets` raises a missing repo as
+# its own DatasetNotFoundError `from None`, so the exception chain keeps no answer of the Hub (only "not cached").
+READ_WITHOUT_A_TOKEN = """
+import contextlib, io, os
+from huggingface_hub import get_token
+
+assert get_token() is None  # no HF_TOKEN, no saved login
+private, missing = os.environ["MAPLE_TEST_PRIVATE"], os.environ["MAPLE_TEST_MISSING"]
+"""
+
+
+def _private_dataset_repo(hub_server, name: str, private: bool = True) -> str:
+    """An empty dataset repo of USER's, private unless told (created over the Hub API: the test process runs offline),
+    its full id."""
+    from huggingface_hub.utils import httpx
+
+    response = httpx.post(f"{hub_server.url}/api/repos/create", headers={"Authorization": f"Bearer {CLIENT_TOKEN}"},
+                          json={"name": name, "organization": None, "type": "dataset", "private": private})
+    assert response.status_code in (200, 409), response.text
+    assert hub_server.state.repo("dataset", f"{USER}/{name}").private == private
+    return f"{USER}/{name}"
+
+
+def _needs_a_token(hub_server, repo: str) -> str:
+    return (f"dataset repo {repo!r} on {hub_server.url} was not found, or is private and needs a token (HTTP 401 to a "
+            "request without one): pass one (--token, maple train's --hub_token, token=), set HF_TOKEN or log in with "
+            "`hf auth login`")
+
+
+def test_a_private_or_missing_preference_dataset_read_without_a_token_is_a_hub_read_error(hub_server, tmp_path):
+    """The Hub answers 401 to a read without a token of a missing and of a private repo alike: a `HubReadError` saying
+    so and how to pass a token, also in a process that cached nothing. With a token (here another user's), a repo the
+    Hub does not find for it stays `datasets`' DatasetNotFoundError, and so does datasets' error about a repo the Hub
+    reads (a public one without data files)."""
+    private, missing = _private_dataset_repo(hub_server, "fresh-private-preferences"), f"{USER}/no-such-preferences"
+    empty = _private_dataset_repo(hub_server, "fresh-empty-preferences", private=False)
+    hub_server.add_user("hf_someone_else", "someone-else")
+    code = READ_WITHOUT_A_TOKEN + """
+from dataset_builders import MaplePreferences
+empty = os.environ["MAPLE_TEST_EMPTY"]
+for repo, token in ((private, None), (missing, None), (private, "hf_someone_else"), (empty, None)):
+    try:
+        MaplePreferences.from_pretrained(repo, token=token)
+    except Exception as error:
+        print(type(error).__name__, error)
+"""
+    lines = run_client(hub_server, tmp_path, code, HF_TOKEN="", MAPLE_TEST_PRIVATE=private,
+                       MAPLE_TEST_MISSING=missing, MAPLE_TEST_EMPTY=empty).splitlines()
+    assert lines[:3] == [
+        f"HubReadError {_needs_a_token(hub_server, private)}",
+        f"HubReadError {_needs_a_token(hub_server, missing)}",
+        f"DatasetNotFoundError Dataset {private!r} doesn't exist on the Hub or cannot be accessed.",
+    ]
+    assert lines[3].startswith(f"EmptyDatasetError The directory at hf://datasets/{empty}@"), lines[3:]
+
+
+def test_maple_train_names_a_private_or_missing_hub_dataset_read_without_a_token(hub_server, tmp_path):
+    """`maple train --dataset_name <Hub id>` without --hub_token (nor HF_TOKEN, nor a login): the same message, before
+    any model loads."""
+    private, missing = _private_dataset_repo(hub_server, "fresh-private-train-data"), f"{USER}/no-such-train-data"
+    code = READ_WITHOUT_A_TOKEN + """
+from trainer import cli
+
+cli.load_model_and_processor = lambda *args: print("the model was loaded")
+for repo in (private, missing):
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        try:
+            cli.main(["--tiny", "dual_encoder", "--dataset_name", repo, "--output_dir", "run"])
+        except SystemExit as exit:
+            print("exit", exit.code)
+    print(stderr.getvalue().strip().splitlines()[-1])
+"""
+    lines = run_client(hub_server, tmp_path, code, HF_TOKEN="", MAPLE_TEST_PRIVATE=private,
+                       MAPLE_TEST_MISSING=missing).splitlines()
+    assert lines == [
+        "exit 2", f"maple train: error: --dataset_name {private}: {_needs_a_token(hub_server, private)}",
+        "exit 2", f"maple train: error: --dataset_name {missing}: {_needs_a_token(hub_server, missing)}",
+    ]
+
+
+def test_a_private_or_missing_hub_benchmark_source_read_without_a_token_is_named(hub_server, tmp_path):
+    """`load_benchmark(name, <Hub id>)` (maple eval --source name=<Hub id>) without a token."""
+    private, missing = _private_dataset_repo(hub_server, "fresh-private-bivlc"), f"{USER}/no-such-bivlc"
+    code = READ_WITHOUT_A_TOKEN + """
+from evaluation.benchmarks import BenchmarkSourceError, load_benchmark
+for repo in (private, missing):
+    try:
+        load_benchmark("bivlc", repo)
+    except BenchmarkSourceError as error:
+        print(error)
+"""
+    lines = run_client(hub_server, tmp_path, code, HF_TOKEN="", MAPLE_TEST_PRIVATE=private,
+                       MAPLE_TEST_MISSING=missing).splitlines()
+    assert lines == [f"benchmark 'bivlc': cannot read source {repo!r}: {_needs_a_token(hub_server, repo)}"
+                     for repo in (private, missing)]
