@@ -305,3 +305,19 @@ for repo in (private, missing):
                        MAPLE_TEST_MISSING=missing).splitlines()
     assert lines == [f"benchmark 'bivlc': cannot read source {repo!r}: {_needs_a_token(hub_server, repo)}"
                      for repo in (private, missing)]
+
+
+def test_a_private_or_missing_hub_source_read_without_a_token_is_named(hub_server, tmp_path):
+    """`load_source(<Hub id>)` (maple build-preferences SOURCE) without a token."""
+    private, missing = _private_dataset_repo(hub_server, "fresh-private-source"), f"{USER}/no-such-source"
+    code = READ_WITHOUT_A_TOKEN + """
+from dataset_builders.sources import SourceError, load_source
+for repo in (private, missing):
+    try:
+        load_source(repo, split="train")
+    except SourceError as error:
+        print(error)
+"""
+    lines = run_client(hub_server, tmp_path, code, HF_TOKEN="", MAPLE_TEST_PRIVATE=private,
+                       MAPLE_TEST_MISSING=missing).splitlines()
+    assert lines == [f"source {repo}: {_needs_a_token(hub_server, repo)}" for repo in (private, missing)]
