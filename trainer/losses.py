@@ -248,12 +248,17 @@ def _expanded_info_nce(
     local_targets = torch.arange(queries.shape[0], device=queries.device)
     all_query_ids = query_ids
     if gather:
-        positives, offset = _all_gather_rows(positives, with_grad=True)
-        local_targets = local_targets + offset
-        all_query_ids = None if query_ids is None else _all_gather_rows(query_ids, with_grad=False)[0]
-        negatives = None if negatives is None else _all_gather_rows(negatives, with_grad=True)[0]
-        positive_ids = None if positive_ids is None else _all_gather_rows(positive_ids, with_grad=False)[0]
-        negative_ids = None if negative_ids is None else _all_gather_rows(negative_ids, with_grad=False)[0]
+        # each process's row counts, read once for the tensors that share them: the anchors' (queries, positives and
+        # their ids) and the negatives'
+        anchor_rows = _rows_per_process(positives)
+        local_targets = local_targets + sum(anchor_rows[: dist.get_rank()])
+        positives = _all_gather_rows(positives, anchor_rows, with_grad=True)
+        all_query_ids = None if query_ids is None else _all_gather_rows(query_ids, anchor_rows, with_grad=False)
+        positive_ids = None if positive_ids is None else _all_gather_rows(positive_ids, anchor_rows, with_grad=False)
+        if negatives is not None:
+            negative_rows = _rows_per_process(negatives)
+            negatives = _all_gather_rows(negatives, negative_rows, with_grad=True)
+            negative_ids = None if negative_ids is None else _all_gather_rows(negative_ids, negative_rows, with_grad=False)
     pool = positives if negatives is None else torch.cat([positives, negatives])
     logits = inverse_temperature * queries @ pool.T
     if positive_ids is not None:
@@ -303,24 +308,26 @@ def _first_occurrence(ids: Tensor) -> Tensor:
     return first
 
 
-def _all_gather_rows(tensor: Tensor, with_grad: bool) -> tuple[Tensor, int]:
+def _rows_per_process(tensor: Tensor) -> list[int]:
+    """The number of rows of `tensor` on every process, in rank order: one small gather, read to the host once."""
+    local = torch.tensor([tensor.shape[0]], device=tensor.device)
+    counts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, local)
+    return torch.cat(counts).tolist()
+
+
+def _all_gather_rows(tensor: Tensor, rows_per_process: list[int], with_grad: bool) -> Tensor:
     """Concatenates the rows of `tensor` from every process in rank order; processes may hold different numbers of
-    rows. Returns the result and the index of this process's first row in it. With `with_grad`, gradients flow back
-    to every process's rows (the backward pass sums the gradients all processes computed for them)."""
-    world_size, rank = dist.get_world_size(), dist.get_rank()
-    local_size = torch.tensor([tensor.shape[0]], device=tensor.device)
-    sizes = [torch.empty_like(local_size) for _ in range(world_size)]
-    dist.all_gather(sizes, local_size)
-    sizes = [int(size) for size in sizes]
+    rows, `rows_per_process` (`_rows_per_process`). With `with_grad`, gradients flow back to every process's rows (the
+    backward pass sums the gradients all processes computed for them)."""
     # all_gather needs equal shapes: pad to the largest, trim after
-    padded = F.pad(tensor, (0, 0) * (tensor.dim() - 1) + (0, max(sizes) - tensor.shape[0]))
+    padded = F.pad(tensor, (0, 0) * (tensor.dim() - 1) + (0, max(rows_per_process) - tensor.shape[0]))
     if with_grad:
         gathered = _AllGatherWithGradient.apply(padded)
     else:
-        gathered = [torch.empty_like(padded) for _ in range(world_size)]
+        gathered = [torch.empty_like(padded) for _ in range(dist.get_world_size())]
         dist.all_gather(gathered, padded)
-    rows = torch.cat([part[:size] for part, size in zip(gathered, sizes)])
-    return rows, sum(sizes[:rank])
+    return torch.cat([part[:rows] for part, rows in zip(gathered, rows_per_process)])
 
 
 class _AllGatherWithGradient(torch.autograd.Function):
