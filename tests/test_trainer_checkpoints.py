@@ -277,6 +277,14 @@ def test_non_finite_weights_are_not_saved_and_the_last_checkpoint_is_named(tmp_p
     _assert_finite_checkpoint(last)
 
 
+def test_a_scale_driven_to_zero_still_stops_on_the_non_finite_loss(tmp_path):
+    """A diverged step can drive the log inverse temperature to -inf: logging the temperature (1 / 0) raised a
+    ZeroDivisionError before the non-finite loss could stop the run with its advice (it is logged as inf)."""
+    trainer = make_trainer(tmp_path, max_steps=3, learning_rate=1e9, logging_steps=1)
+    with pytest.raises(FloatingPointError, match="Non-finite loss at training step"):
+        trainer.train()
+
+
 def test_non_finite_gradient_norm_before_a_nan_loss_saves_nothing(tmp_path):
     # finite weights, but the step that produced them had a non-finite gradient norm: the optimiser state may hold
     # NaNs, so these weights are not saved either

@@ -387,7 +387,7 @@ class RPATrainer(DPOTrainer):
             counted = ~self.accelerator.gather(repeated)
             self._log_eval_batch(anchor_losses, rpa, contrastive, agreement, counted)
             self._metrics[mode]["beta"].append(beta.item())
-            self._metrics[mode]["temperature"].append(1.0 / inverse_temperature.item())
+            self._metrics[mode]["temperature"].append(_temperature(inverse_temperature.item()))
             self._collect_eval_anchors(outputs.text_embeds, outputs.image_embeds, inputs, counted)
         else:
             step_values = [rpa.mean(), contrastive.mean(), *agreement, beta, inverse_temperature, torch.isfinite(loss)]
@@ -415,7 +415,7 @@ class RPATrainer(DPOTrainer):
             if not math.isnan(value):
                 metrics[key].append(value)
         metrics["beta"].append(beta)
-        metrics["temperature"].append(1.0 / inverse_temperature)
+        metrics["temperature"].append(_temperature(inverse_temperature))
         return all_finite == 1.0
 
     def _log_eval_batch(
@@ -784,6 +784,12 @@ def _format_type(dataset: Dataset | IterableDataset) -> str | None:
 def _model_inputs(inputs: dict[str, Tensor]) -> dict[str, Tensor]:
     """The processor's tensors of a collated batch, without the collator's bookkeeping."""
     return {key: value for key, value in inputs.items() if key not in PREFERENCE_KEYS}
+
+
+def _temperature(inverse_temperature: float) -> float:
+    """The InfoNCE temperature logged for the model's `inverse_temperature`: inf for a scale a diverged step drove to
+    zero (exp(-inf)), which must not fail the step before its non-finite loss stops the run."""
+    return 1.0 / inverse_temperature if inverse_temperature else math.inf
 
 
 def _judge_agreement(rankings: list[tuple[Tensor, Tensor, Tensor]], per_anchor: bool) -> tuple[Tensor, Tensor]:
