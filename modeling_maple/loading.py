@@ -162,6 +162,9 @@ def _load_processor(
     processor = AutoProcessor.from_pretrained(name_or_path, **loading)
     if not image_processor_kwargs:
         return processor
+    # the backend of the processor loaded as saved (`MapleProcessor.from_pretrained` follows the one it was saved with;
+    # torchvision's and PIL's resizing differ)
+    loading["backend"] = backend or processor.image_processor.backend
     image_processor = AutoImageProcessor.from_pretrained(name_or_path, **loading, **image_processor_kwargs)
     problem = image_processor_kwargs_problem(image_processor, image_processor_kwargs)
     config = AutoConfig.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code, token=token)

@@ -143,6 +143,10 @@ def test_a_saved_processor_loads_with_the_image_processor_backend_it_was_built_w
     requested.clear()
     load_maple_processor(str(tmp_path), backend="pil")  # an explicit backend wins: the first load is the one asked
     assert requested == [None]
+    as_saved = load_maple_processor(str(tmp_path)).image_processor.backend
+    requested.clear()  # the image processor loaded again with new settings keeps the backend of the one loaded as saved
+    overridden = load_maple_processor(str(tmp_path), image_processor_kwargs={"max_pixels": 1024})
+    assert requested[-1] == as_saved == overridden.image_processor.backend
 
 
 def test_the_revision_asked_for_reaches_the_config_the_weights_and_the_processor(tmp_path, clip_folder, monkeypatch):
