@@ -397,12 +397,26 @@ def test_the_model_recipe_is_the_backbone_its_model_types_and_sizes():
         "tower_sizes": [[32, 2], [32, 2]],
     }
     mllm = MapleConfig(backbone="mllm", mllm_config=tiny_mllm_config(), projection_dim=16)
-    assert model_recipe(mllm) == {"backbone": "mllm", "model_types": ["qwen2_vl"], "projection_dim": 16,
-                                  "tower_sizes": [[32, 2], [32, 1]]}  # language model, vision tower
+    assert model_recipe(mllm) == {"backbone": "mllm", "model_types": ["qwen2_vl"], "family": "qwen2_vl",
+                                  "projection_dim": 16, "tower_sizes": [[32, 2], [32, 1]]}  # language model, vision tower
     # a `llava` config with a Pixtral tower is another family than LLaVA-1.5 (its weights and prompts differ)
     pixtral = MapleConfig(backbone="mllm", mllm_config=tiny_mllm_config("pixtral"), projection_dim=16)
-    assert model_recipe(pixtral)["model_types"] == ["pixtral"]
-    assert model_recipe(MapleConfig(backbone="mllm", mllm_config=tiny_mllm_config("llava")))["model_types"] == ["llava"]
+    assert model_recipe(pixtral)["model_types"] == ["llava"] and model_recipe(pixtral)["family"] == "pixtral"
+    assert model_recipe(MapleConfig(backbone="mllm", mllm_config=tiny_mllm_config("llava")))["family"] == "llava"
+
+
+def test_a_pixtral_checkpoint_saved_before_families_were_recorded_resumes_and_refuses_llava(tmp_path):
+    """Its recipe names the model type, `llava`, and no family: the same Pixtral model resumes it (the family is
+    compared only where recorded); one recorded since refuses a LLaVA-1.5 model."""
+    args = smoke_config(str(tmp_path))
+    pixtral = model_recipe(MapleConfig(backbone="mllm", mllm_config=tiny_mllm_config("pixtral")))
+    llava = model_recipe(MapleConfig(backbone="mllm", mllm_config=tiny_mllm_config("llava")))
+    before = {"backbone": "mllm", "model_types": ["llava"], "projection_dim": None}  # as 065149c recorded it
+    _save_recipe(tmp_path, training_recipe(args, lora=None, model=before))
+    check_recipe(str(tmp_path), args, None, pixtral)
+    _save_recipe(tmp_path, training_recipe(args, lora=None, model=pixtral))
+    with pytest.raises(ValueError, match=r"'family': 'pixtral'.* -> .*'family': 'llava'"):
+        check_recipe(str(tmp_path), args, None, llava)
 
 
 def test_a_checkpoint_refuses_a_model_with_another_text_tower_or_embedding_size(tmp_path):

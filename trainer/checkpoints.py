@@ -58,22 +58,25 @@ def lora_recipe(r: int, lora_alpha: float) -> dict[str, Any]:
 
 def model_recipe(config: Any) -> dict[str, Any]:
     """What a resumed run's model must share with its checkpoint's, from its `MapleConfig`: the backbone kind, the
-    backbone's model type(s), the projection size and its towers' `[hidden_size, num_hidden_layers]` (language model
+    backbone's model type(s) (and an MLLM's family, `mllm_family`), the projection size and its towers'
+    `[hidden_size, num_hidden_layers]` (language model
     first for an MLLM, vision tower first for a dual encoder; None where a config names them otherwise): another
     model's weights and optimizer state do not fit, also a model of the same family at another size (Qwen2-VL 2B and
     7B), whose embedding is its width when it has no projection."""
     # imported here: reading a run folder's checkpoints needs no transformers, and a model's config has loaded it
     from modeling_maple.configuration_maple import mllm_family
 
+    recipe: dict[str, Any] = {"backbone": config.backbone}
     if config.backbone == "mllm":
-        model_types = [mllm_family(config.mllm_config)]  # a Pixtral tower's prompts and weights are not LLaVA-1.5's
+        recipe["model_types"] = [config.mllm_config.model_type]
+        # a Pixtral tower's prompts and weights are not LLaVA-1.5's, though both are `llava` configs
+        recipe["family"] = mllm_family(config.mllm_config)
         towers = [config.mllm_config.get_text_config(), config.mllm_config.vision_config]
     else:
-        model_types = [config.vision_config.model_type, config.text_config.model_type]
+        recipe["model_types"] = [config.vision_config.model_type, config.text_config.model_type]
         towers = [config.vision_config, config.text_config]
     sizes = [[getattr(tower, "hidden_size", None), getattr(tower, "num_hidden_layers", None)] for tower in towers]
-    return {"backbone": config.backbone, "model_types": model_types, "projection_dim": config.projection_dim,
-            "tower_sizes": sizes}
+    return recipe | {"projection_dim": config.projection_dim, "tower_sizes": sizes}
 
 
 def training_recipe(args: RPAConfig, lora: dict[str, Any] | None, model: dict[str, Any] | None = None) -> dict[str, Any]:
