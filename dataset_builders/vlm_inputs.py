@@ -31,6 +31,7 @@ from modeling_maple.processing_maple import (
     encode_mllm_images,
     fill_image_placeholders,
     image_processor_kwargs_problem,
+    image_processor_loading_problem,
     mllm_image_problem,
     mllm_image_processor_problem,
     mllm_image_seq_length,
@@ -305,6 +306,8 @@ def load_vlm(
     from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
     check_supported(AutoConfig.from_pretrained(model_id_or_path, token=token).model_type)
+    if (problem := image_processor_loading_problem(image_processor_kwargs)) is not None:
+        raise ValueError(f"{model_id_or_path}: {problem}")
     image_processor = AutoImageProcessor.from_pretrained(model_id_or_path, token=token, **(image_processor_kwargs or {}))
     if (problem := image_processor_kwargs_problem(image_processor, image_processor_kwargs)) is not None:
         raise ValueError(f"{model_id_or_path}: {problem}")

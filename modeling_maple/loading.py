@@ -21,7 +21,12 @@ from maple.hub import hub_failure, is_hub_id, local_typo_hint
 
 from .configuration_maple import BACKBONES, DUAL_ENCODER_MODEL_TYPES, SUPPORTED_MLLMS, MapleConfig, backbone_of
 from .modeling_maple import MapleModel
-from .processing_maple import MapleProcessor, image_processor_kwargs_problem, mllm_image_processor_problem
+from .processing_maple import (
+    MapleProcessor,
+    image_processor_kwargs_problem,
+    image_processor_loading_problem,
+    mllm_image_processor_problem,
+)
 
 # What `MapleModel.from_backbone` forwards to the backbones' `from_pretrained` (besides `revision` and `token`).
 BACKBONE_LOADING_KWARGS = ("dtype", "attn_implementation")
@@ -158,6 +163,8 @@ def _load_processor(
         except ValueError as error:  # its own checks name the checkpoint
             message = str(error) if str(error).startswith(f"{name_or_path}: ") else f"{name_or_path}: {error}"
             raise MapleLoadError(message) from error
+    if (problem := image_processor_loading_problem(image_processor_kwargs)) is not None:
+        raise MapleLoadError(f"{name_or_path}: {problem}")
     loading = dict(revision=revision, trust_remote_code=trust_remote_code, backend=backend, token=token)
     processor = AutoProcessor.from_pretrained(name_or_path, **loading)
     if not image_processor_kwargs:

@@ -249,9 +249,20 @@ def mllm_image_processor_problem(mllm_config, image_processor) -> str | None:
     tower's `image_size` (its SigLIP tower fails on any other with a bare shape error). Pixtral, Mistral 3: the image
     processor's patches are the tower's (it resizes images to whole patches, merged ones for Mistral 3, from which
     each image's tokens are counted), and it resizes no image beyond the tower's `image_size`, the reach of its 2-D
-    rotary positions; it resizes, pads and does not crop, as `PixtralProcessor` needs."""
+    rotary positions; it resizes, pads and does not crop, as `PixtralProcessor` needs. Qwen-VL: the image processor's
+    `patch_size`, `merge_size` and `temporal_patch_size` are the vision tower's (the model reads the flattened patches
+    back by them)."""
     if mllm_family(mllm_config) in PIXTRAL_MLLMS:
         return pixtral_image_processor_problem(mllm_config.vision_config, image_processor)
+    if mllm_config.model_type in QWEN_VL_MLLMS:
+        # the processor flattens patches, merges and frames as the vision tower reads them back
+        vision = mllm_config.vision_config
+        pairs = {"patch_size": "patch_size", "merge_size": "spatial_merge_size", "temporal_patch_size": "temporal_patch_size"}
+        if unlike := [f"{ours}={getattr(image_processor, ours)} (vision_config.{theirs}={getattr(vision, theirs)})"
+                      for ours, theirs in pairs.items() if getattr(image_processor, ours, None) != getattr(vision, theirs, None)]:
+            return (f"the image processor cuts images unlike the model's vision tower: {', '.join(unlike)}: set both "
+                    "alike")
+        return None
     if mllm_config.model_type == "gemma3":
         if (problem := gemma3_image_processor_problem(image_processor)) is not None:
             return problem
@@ -276,17 +287,42 @@ def mllm_image_processor_problem(mllm_config, image_processor) -> str | None:
     return None
 
 
+# `from_pretrained` arguments that say where and how files are read, not what the image processor does
+IMAGE_PROCESSOR_LOADING_KEYWORDS = (
+    "backend", "revision", "token", "trust_remote_code", "cache_dir", "force_download", "local_files_only", "subfolder",
+)
+
+
+def image_processor_loading_problem(image_processor_kwargs: dict[str, Any] | None) -> str | None:
+    """Why `image_processor_kwargs` cannot be passed to the image processor's `from_pretrained` beside the loading
+    arguments (`IMAGE_PROCESSOR_LOADING_KEYWORDS`; each is an argument of its own, given twice a TypeError), or None.
+    Checked before anything is read."""
+    if loading := [key for key in image_processor_kwargs or {} if key in IMAGE_PROCESSOR_LOADING_KEYWORDS]:
+        return (f"image_processor_kwargs hold {', '.join(loading)}: loading arguments, not image processor settings; "
+                "pass them as arguments of their own")
+    return None
+
+
 def image_processor_kwargs_problem(image_processor, image_processor_kwargs: dict[str, Any] | None) -> str | None:
-    """Why `image_processor_kwargs` are not all settings of `image_processor`, loaded with them, or None:
-    `from_pretrained` silently drops keyword arguments the image processor class does not know. A setting is known if
-    it is an attribute or one of the class's `valid_kwargs` (Qwen-VL's `max_pixels` is stored as `size["longest_edge"]`,
-    so attributes alone cannot tell)."""
+    """Why `image_processor_kwargs` are not all usable settings of `image_processor`, loaded with them, or None:
+    `from_pretrained` silently drops keyword arguments the image processor class does not know, and takes values it
+    cannot use until the first image. A setting is known if it is an attribute or one of the class's `valid_kwargs`
+    (Qwen-VL's `max_pixels` is stored as `size["longest_edge"]`, so attributes alone cannot tell); the settings are
+    then tried on one small image."""
+    if not image_processor_kwargs:
+        return None
     valid_kwargs = type(image_processor).valid_kwargs
     known = {key for typed_dict in valid_kwargs.__mro__ for key in getattr(typed_dict, "__annotations__", {})}
-    if unknown := [key for key in image_processor_kwargs or {} if key not in known and not hasattr(image_processor, key)]:
+    if unknown := [key for key in image_processor_kwargs if key not in known and not hasattr(image_processor, key)]:
         return (f"{', '.join(unknown)} is not a setting of its image processor ({type(image_processor).__name__}). Image "
                 "size settings differ by family: Qwen-VL max_pixels, InternVL max_patches (tiles), Idefics3/SmolVLM "
                 "size={'longest_edge': ...}")
+    try:
+        image_processor(images=[Image.new("RGB", (64, 48))])
+    except Exception as error:  # noqa: BLE001 (any failure of a bad value: transformers raises several kinds)
+        problem = " ".join(str(error).split())
+        return (f"its image processor ({type(image_processor).__name__}) cannot process an image with "
+                f"image_processor_kwargs {image_processor_kwargs} ({type(error).__name__}: {problem})")
     return None
 
 
@@ -760,6 +796,8 @@ class MapleProcessor(ProcessorMixin):
         installed). `image_processor_kwargs`: settings of the image processor that override the checkpoint's, e.g.
         `{"max_pixels": 384 * 384}` (Qwen-VL; the paper trains at 384 x 384) or `{"max_patches": 6}` (InternVL tiles);
         one it does not have is a ValueError (`image_processor_kwargs_problem`)."""
+        if (problem := image_processor_loading_problem(image_processor_kwargs)) is not None:
+            raise ValueError(f"{name_or_path}: {problem}")
         image_processor = AutoImageProcessor.from_pretrained(
             name_or_path, revision=revision, backend=backend, token=token, **(image_processor_kwargs or {})
         )
@@ -791,6 +829,7 @@ __all__ = [
     "fill_image_placeholders",
     "gemma3_image_processor_problem",
     "image_processor_kwargs_problem",
+    "image_processor_loading_problem",
     "llava_next_image_layout",
     "pixtral_image_processor_problem",
     "load_image",

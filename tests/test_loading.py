@@ -295,3 +295,28 @@ def test_adapters_of_a_model_built_from_a_backbone_name_it_as_their_base(tmp_pat
     assert model.name_or_path == model.config._name_or_path == str(clip_folder)
     get_maple_peft_model(model).save_pretrained(tmp_path / "adapters")
     assert json.loads((tmp_path / "adapters" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(clip_folder)
+
+
+@pytest.mark.parametrize("settings, message", [
+    # the model reads the flattened patches back by its own sizes: a bare shape error in the first forward
+    ({"merge_size": 3}, r"the image processor cuts images unlike the model's vision tower: merge_size=3 "
+                        r"\(vision_config.spatial_merge_size=2\): set both alike"),
+    ({"patch_size": 8}, r"the image processor cuts images unlike the model's vision tower: patch_size=8 "
+                        r"\(vision_config.patch_size=4\)"),
+    # a value the image processor takes, and fails on at the first image
+    ({"size": {"longest_edge": 768}}, r"its image processor \(Qwen2VLImageProcessorPil\) cannot process an image with "
+                                      r"image_processor_kwargs \{'size': \{'longest_edge': 768\}\} \(ValueError: "),
+    # a loading argument given as a setting (a TypeError, "got multiple values", before)
+    ({"backend": "pil"}, r"image_processor_kwargs hold backend: loading arguments, not image processor settings"),
+])
+def test_image_processor_settings_that_would_fail_later_are_refused_when_loading(tmp_path, qwen2_vl_folder, monkeypatch,
+                                                                                 settings, message):
+    import modeling_maple.loading as loading
+
+    monkeypatch.setattr(loading, "_load_model", lambda *args: pytest.fail("weights loaded before the processor"))
+    model, processor = build_tiny("mllm", seed=0)
+    model.save_pretrained(tmp_path / "maple")
+    processor.save_pretrained(tmp_path / "maple")
+    for folder in (qwen2_vl_folder, tmp_path / "maple"):
+        with pytest.raises(MapleLoadError, match=rf"^{re.escape(str(folder))}: {message}"):
+            load_maple(str(folder), image_processor_kwargs=settings)
