@@ -473,8 +473,9 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
 
         Under several processes every rank may call it: each builds its shards first (`build_shards`), outside the
         lock `datasets` holds for one process at a time while it prepares (the rank holding it would otherwise wait for
-        the shards of a rank stuck at the lock); rank 0 then assembles the dataset and the others, once it has
-        written stats.json, load it from the cache."""
+        the shards of a rank stuck at the lock); one rank assembles the dataset from them and the others load it from
+        the cache. In a fresh build that is rank 0: the others wait for its stats.json first (a stats.json left by an
+        earlier build lets any rank take the lock first, to the same rows)."""
         self.check_ready()
         self.check_work_dir()
         if self.world_size > 1:
