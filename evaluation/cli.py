@@ -10,8 +10,8 @@ or its Hub commit) and the benchmark source are unchanged, so an interrupted run
 At the end, `DIR/results.json` and `DIR/results.md` hold all models side by side. `--push-to-hub` writes
 the results into MODEL's model card (`model-index`) on the Hub. Hub repos (models, benchmarks, the push) are
 read and written with `--token`, else HF_TOKEN or the token `hf auth login` saved. `--image-processor-kwargs`
-overrides the image processor's settings of every model, e.g. '{"max_pixels": 147456}' scores a Qwen-VL backbone
-at the 384 x 384 pixels MAPLE trains at.
+overrides the image processor's settings of every model, e.g. '{"max_pixels": 153664}' scores a Qwen-VL backbone
+with the pixels of a 384 x 384 image, as MAPLE trains (Qwen2-VL sizes one 392 x 392: 196 tokens).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def _parse_image_processor_kwargs(parser: argparse.ArgumentParser, text: str | N
     override); one-line usage errors for text that is not a JSON object."""
     if text is None:
         return None
-    example = "e.g. '{\"max_pixels\": 147456}'"
+    example = "e.g. '{\"max_pixels\": 153664}'"
     if not text.strip():
         exit_with_error(parser, f"--image-processor-kwargs is empty; expected a JSON object of image processor settings, {example}")
     try:
@@ -484,8 +484,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="weights dtype of every model (backbones too, so models compare at one precision; MAPLE's heads stay float32)")
     parser.add_argument("--image-processor-kwargs", default=None, metavar="JSON",
                         help="image processor settings of every model (an adapter's: its base's) that override the "
-                        "checkpoint's, as a JSON object, e.g. '{\"max_pixels\": 147456}': a Qwen-VL backbone scored at the "
-                        "384 x 384 pixels MAPLE trains at; stored results record them")
+                        "checkpoint's, as a JSON object, e.g. '{\"max_pixels\": 153664}': a Qwen-VL backbone scored with "
+                        "the pixels of a 384 x 384 image, as MAPLE trains; stored results record them")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="run code a checkpoint's repo holds (a config or processor of its own, `auto_map`); MAPLE checkpoints "
                         "and the backbones MAPLE wraps need none")

@@ -69,8 +69,8 @@ def load_maple(
         backend: the image processor's backend, `"pil"` or `"torchvision"` (None: a MAPLE checkpoint's the one it was
             saved with, else transformers' choice, torchvision's where it is installed).
         token: the Hub token every file is read with (None: HF_TOKEN or the saved login, as in transformers).
-        image_processor_kwargs: image processor settings that override the checkpoint's, e.g. `{"max_pixels": 384 *
-            384}` for a Qwen-VL backbone (the paper's 384 x 384 training images); a MAPLE checkpoint's processor is
+        image_processor_kwargs: image processor settings that override the checkpoint's, e.g. `{"max_pixels": 392 *
+            392}` for a Qwen-VL backbone (the paper's 384 x 384 training images, which Qwen2-VL sizes 392 x 392); a MAPLE checkpoint's processor is
             rebuilt around the image processor loaded with them. One the image processor does not have, or one the
             model cannot take (a LLaVA-NeXT processor cutting other tiles than its config), is a `MapleLoadError`.
         from_pretrained_kwargs: for a MAPLE checkpoint any `from_pretrained` argument (`dtype`, `device_map`,

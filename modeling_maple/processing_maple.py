@@ -794,7 +794,7 @@ class MapleProcessor(ProcessorMixin):
         `name_or_path`; `token`: the Hub token every file is read with, None: HF_TOKEN or the saved login). `backend`:
         the image processor's, `"pil"` or `"torchvision"` (None: transformers' choice, torchvision's where it is
         installed). `image_processor_kwargs`: settings of the image processor that override the checkpoint's, e.g.
-        `{"max_pixels": 384 * 384}` (Qwen-VL; the paper trains at 384 x 384) or `{"max_patches": 6}` (InternVL tiles);
+        `{"max_pixels": 392 * 392}` (Qwen-VL; the paper's 384 x 384 images, sized 392 x 392) or `{"max_patches": 6}` (InternVL tiles);
         one it does not have is a ValueError (`image_processor_kwargs_problem`)."""
         if (problem := image_processor_loading_problem(image_processor_kwargs)) is not None:
             raise ValueError(f"{name_or_path}: {problem}")

@@ -128,7 +128,7 @@ def test_the_fingerprint_reads_a_missing_entry_as_no_override():
     ("value", "expected"),
     [
         ("", "--image-processor-kwargs is empty; expected a JSON object of image processor settings, "
-             "e.g. '{\"max_pixels\": 147456}'"),
+             "e.g. '{\"max_pixels\": 153664}'"),
         (" ", "--image-processor-kwargs is empty; expected a JSON object"),
         ("{max_pixels: 1024}", "--image-processor-kwargs '{max_pixels: 1024}' is not valid JSON (Expecting property name "
                                "enclosed in double quotes: line 1 column 2 (char 1)); expected a JSON object"),

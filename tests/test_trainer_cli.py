@@ -182,7 +182,7 @@ def test_the_shipped_paper_recipes_are_valid_configs(recipe, capsys):
     with open(path) as handle:
         settings = yaml.safe_load(handle)
     assert settings["learning_rate"] == 5e-4 and settings["lora_r"] == 32 and settings["num_train_epochs"] == 8
-    assert settings["image_processor_kwargs"] == {"max_pixels": 384 * 384}
+    assert settings["image_processor_kwargs"] == {"max_pixels": 392 * 392}
 
 
 def test_help_documents_every_option(capsys):

@@ -88,7 +88,8 @@ class ModelArguments:
         default=None,
         metadata={
             "help": "Image processor settings that override the checkpoint's, as JSON (a mapping in a --config file), "
-            "e.g. '{\"max_pixels\": 147456}': Qwen-VL images of at most 384 x 384 pixels, as MAPLE trains; InternVL "
+            "e.g. '{\"max_pixels\": 153664}': Qwen-VL images of at most 392 x 392 pixels, as MAPLE's 384 x 384 "
+            "images are sized (196 tokens); InternVL "
             "'{\"max_patches\": 6}' (tiles), Idefics3/SmolVLM '{\"size\": {\"longest_edge\": 768}}'. Saved with the "
             "trained model's processor."
         },
