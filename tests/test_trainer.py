@@ -166,6 +166,8 @@ def test_a_training_step_reads_the_device_once(tmp_path, monkeypatch):
         monkeypatch.setattr(torch.Tensor, name, recording(name, getattr(torch.Tensor, name)))
     monkeypatch.setattr(torch, "unique", recording("unique", torch.unique))
     trainer = make_trainer(tmp_path, max_steps=3, logging_steps=1, expand_negatives=True)
+    # transformers' own filter of non-finite logged losses reads each step's loss: off, RPATrainer stops on them
+    assert trainer.args.logging_nan_inf_filter is False
     gather, compute_loss = trainer.accelerator.gather, trainer._compute_loss
     monkeypatch.setattr(trainer.accelerator, "gather", lambda tensor: gathers.append(1) or gather(tensor))
     per_step = []

@@ -104,6 +104,14 @@ class RPAConfig(DPOConfig):
             "on), so small models run fast."
         },
     )
+    logging_nan_inf_filter: bool = field(
+        default=False,
+        metadata={
+            "help": "`Trainer`'s filter that leaves non-finite step losses out of the logged loss. Off: `RPATrainer` "
+            "stops on a non-finite loss before it would be logged, and the filter reads the loss from the device at "
+            "every step."
+        },
+    )
     bf16: bool | None = field(
         default=None,
         metadata={
