@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     components.add_argument("--device", default=None, help="device for the models; default: this rank's GPU if any, else cpu")
     components.add_argument("--device-map", default=None, help="device_map for the judge and captioner (e.g. 'auto' to spread a 72B captioner over this machine's GPUs); overrides --device for them")
     components.add_argument("--dtype", default="auto", choices=DTYPES, help="weights dtype of the judge and captioner")
-    components.add_argument("--max-pixels", type=positive(int), default=None, help="cap on image pixels seen by the judge and captioner (paper: 384*384 for training images); Qwen-VL family models only")
+    components.add_argument("--max-pixels", type=positive(int), default=None, help="cap on image pixels seen by the judge and captioner (the paper's 384x384 training images: 153664, "
+                            "392*392, as Qwen2-VL sizes them); Qwen-VL family models only")
 
     recipe = parser.add_argument_group("recipe")
     _add_config_options(recipe, RECIPE_OPTIONS)

@@ -306,7 +306,8 @@ def load_vlm(
     from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
     check_supported(AutoConfig.from_pretrained(model_id_or_path, token=token).model_type)
-    if (problem := image_processor_loading_problem(image_processor_kwargs)) is not None:
+    # `backend` ("pil", "torchvision") picks the image processor's class: a choice of its own here
+    if (problem := image_processor_loading_problem(image_processor_kwargs, allowed=("backend",))) is not None:
         raise ValueError(f"{model_id_or_path}: {problem}")
     image_processor = AutoImageProcessor.from_pretrained(model_id_or_path, token=token, **(image_processor_kwargs or {}))
     if (problem := image_processor_kwargs_problem(image_processor, image_processor_kwargs)) is not None:

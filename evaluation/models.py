@@ -177,7 +177,7 @@ def load_embedder(
     ("float32" or "bfloat16"), MAPLE checkpoints and backbones (wrapped by `from_backbone`) alike, so a
     baseline and its fine-tune are scored at one precision; MAPLE's heads and logit scales stay float32.
     `image_processor_kwargs` override the image processor's settings (a LoRA adapter's: its base's), e.g.
-    `{"max_pixels": 384 * 384}` for a Qwen-VL backbone, so a baseline is scored at the resolution its fine-tune was
+    `{"max_pixels": 392 * 392}` for a Qwen-VL backbone, so a baseline is scored at the resolution its fine-tune was
     trained at (`modeling_maple.load_maple`). `trust_remote_code` runs code a checkpoint's repo holds (a config or
     processor of its own, `auto_map`): a MAPLE checkpoint loads with this package's classes and the backbones MAPLE
     wraps are transformers' own. Hub repos are read with `token` (None: HF_TOKEN or the saved login). Errors are

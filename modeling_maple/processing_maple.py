@@ -293,13 +293,15 @@ IMAGE_PROCESSOR_LOADING_KEYWORDS = (
 )
 
 
-def image_processor_loading_problem(image_processor_kwargs: dict[str, Any] | None) -> str | None:
+def image_processor_loading_problem(
+    image_processor_kwargs: dict[str, Any] | None, allowed: Sequence[str] = ()
+) -> str | None:
     """Why `image_processor_kwargs` cannot be passed to the image processor's `from_pretrained` beside the loading
-    arguments (`IMAGE_PROCESSOR_LOADING_KEYWORDS`; each is an argument of its own, given twice a TypeError), or None.
-    Checked before anything is read."""
-    if loading := [key for key in image_processor_kwargs or {} if key in IMAGE_PROCESSOR_LOADING_KEYWORDS]:
-        return (f"image_processor_kwargs hold {', '.join(loading)}: loading arguments, not image processor settings; "
-                "pass them as arguments of their own")
+    arguments (`IMAGE_PROCESSOR_LOADING_KEYWORDS` but those `allowed`: a caller's own argument given twice is a
+    TypeError, another would reach the image processor's files only), or None. Checked before anything is read."""
+    if loading := [key for key in image_processor_kwargs or {} if key in IMAGE_PROCESSOR_LOADING_KEYWORDS and key not in allowed]:
+        return (f"image_processor_kwargs hold {', '.join(loading)}: loading arguments, not image processor settings (they "
+                "would reach the image processor's files only)")
     return None
 
 

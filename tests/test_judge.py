@@ -382,6 +382,11 @@ def test_from_pretrained_loads_a_saved_judge(tmp_path):
     # ... while a setting of another family's processor would be dropped silently by from_pretrained.
     with pytest.raises(ValueError, match=r"max_patches is not a setting of its image processor \(Qwen2VLImageProcessor"):
         MLLMJudge.from_pretrained(str(tmp_path), loading_kwargs={"image_processor_kwargs": {"max_patches": 3}})
+    # the image processor's backend is a choice of its own here; a revision would reach its files only
+    backend = MLLMJudge.from_pretrained(str(tmp_path), loading_kwargs={"image_processor_kwargs": {"backend": "pil"}})
+    assert backend.prompt_encoder.image_processor.backend == "pil"
+    with pytest.raises(ValueError, match=r"image_processor_kwargs hold revision: loading arguments"):
+        MLLMJudge.from_pretrained(str(tmp_path), loading_kwargs={"image_processor_kwargs": {"revision": "main"}})
 
 
 def test_from_pretrained_takes_loading_keywords_at_top_level_as_transformers_does(tmp_path, monkeypatch):

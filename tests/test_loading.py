@@ -308,6 +308,7 @@ def test_adapters_of_a_model_built_from_a_backbone_name_it_as_their_base(tmp_pat
                                       r"image_processor_kwargs \{'size': \{'longest_edge': 768\}\} \(ValueError: "),
     # a loading argument given as a setting (a TypeError, "got multiple values", before)
     ({"backend": "pil"}, r"image_processor_kwargs hold backend: loading arguments, not image processor settings"),
+    ({"revision": "main"}, r"image_processor_kwargs hold revision: loading arguments, not image processor settings"),
 ])
 def test_image_processor_settings_that_would_fail_later_are_refused_when_loading(tmp_path, qwen2_vl_folder, monkeypatch,
                                                                                  settings, message):
