@@ -65,11 +65,16 @@ class DataCollatorForEmbeddingPreference(DataCollatorMixin):
     `with_images_left_encoded` leaves them, which `RPATrainer` does): those are decoded here, only the anchor image
     and the drawn candidates, exactly as `datasets.Image()` decodes them.
 
+    The RPA losses rank distinct items: a candidate whose content repeats an earlier one of its row (a caption listed
+    twice, a hard-negative image that copies the anchor's) is masked like padding, the first occurrence kept with its
+    judge score; the repeat still took one of the row's `num_*_candidates` slots.
+
     Returned keys, besides the processor's (`input_ids`, `attention_mask`, `pixel_values`, ...):
         anchor_text_index, anchor_image_index: `(N,)` row of each anchor's caption / image in the embeddings.
-        candidate_text_index, candidate_image_index: `(N, C)` rows of the sampled candidates, 0 where padded.
-        candidate_text_mask, candidate_image_mask: `(N, C)` bool, False where padded.
-        img2txt_scores, txt2img_scores: `(N, C)` judge scores of those candidates.
+        candidate_text_index, candidate_image_index: `(N, C)` rows of the sampled candidates, 0 where masked.
+        candidate_text_mask, candidate_image_mask: `(N, C)` bool, False where padded (a row with fewer candidates
+            than `C`) and where a candidate repeats an earlier one of its row (by content: `content_id`).
+        img2txt_scores, txt2img_scores: `(N, C)` float32 judge scores of those candidates, 0 where masked.
         text_ids, image_ids: int64 content ids of the embedded texts / images (see `content_id`).
         row_position: `(N,)` the rows' `ROW_POSITION` field, only when they have one.
     """
@@ -121,9 +126,15 @@ class DataCollatorForEmbeddingPreference(DataCollatorMixin):
                     picked = [example[candidates_column][j] for j in pick]
                 else:  # only the drawn candidates are decoded (when left encoded, see `with_images_left_encoded`)
                     picked = _picked_images(example, anchor_images[row], pick)
-                index[row, : len(pick)] = torch.tensor([items.add(item) for item in picked])
-                mask[row, : len(pick)] = True
-                scores[row, : len(pick)] = torch.tensor([float(example[scores_column][j]) for j in pick])
+                positions = [items.add(item) for item in picked]
+                # an item the row lists again (the same caption twice, a copy of the anchor image) is masked as padding:
+                # the RPA losses rank distinct items, and a pair of one item with itself cannot be ordered
+                first = _first_occurrences(positions)
+                index[row, : len(pick)] = torch.tensor([position if kept else 0 for position, kept in zip(positions, first)])
+                mask[row, : len(pick)] = torch.tensor(first)
+                scores[row, : len(pick)] = torch.tensor(
+                    [float(example[scores_column][j]) if kept else 0.0 for j, kept in zip(pick, first)]
+                )
             # Candidate 0 is the anchor's own pair: always kept, and the judge score the others are compared with
             # (`judged_positive_ids`). Checked here, where the content ids that tell equal items apart are at hand.
             not_anchor = (index[:, 0] != batch[f"anchor_{modality}_index"]).nonzero().flatten()
@@ -262,6 +273,16 @@ def with_images_left_encoded(dataset: Any) -> Any:
     except (ImportError, AttributeError, TypeError):
         return dataset
     return left_encoded
+
+
+def _first_occurrences(positions: list[int]) -> list[bool]:
+    """Per entry of `positions`, whether no earlier entry holds the same value."""
+    seen: set[int] = set()
+    first = []
+    for position in positions:
+        first.append(position not in seen)
+        seen.add(position)
+    return first
 
 
 def _sample_candidates(count: int, limit: int | None, generator: torch.Generator) -> list[int]:
