@@ -389,3 +389,20 @@ def test_a_candidate_repeated_within_a_row_counts_once(processor):
         kept = mask[0]
         torch.testing.assert_close(rpa_listwise_loss(perfect, batch[scores], mask),
                                    rpa_listwise_loss(perfect[:, kept], batch[scores][:, kept]))
+
+
+@pytest.mark.parametrize("field", ["num_text_candidates", "num_image_candidates"])
+@pytest.mark.parametrize("value", [0, -1, 1.5, True])
+def test_candidate_counts_other_than_positive_integers_are_refused(processor, field, value):
+    """`_sample_candidates` read a limit of 0 as "all but one" (`randperm(...)[: -1]`), -1 as "all but two": a
+    collator made outside `RPAConfig` (which asks for at least 2) silently drew another count than asked."""
+    with pytest.raises(ValueError, match=rf"^{field} must be a positive integer \(1: the anchor's own candidate alone\) "
+                                         rf"or None, got {value!r}"):
+        DataCollatorForEmbeddingPreference(processor, **{field: value})
+
+
+def test_a_candidate_count_of_one_keeps_the_anchor_alone(processor, rows):
+    batch = DataCollatorForEmbeddingPreference(processor, num_text_candidates=1, num_image_candidates=1)(rows[:3])
+    for modality in ("text", "image"):
+        assert batch[f"candidate_{modality}_mask"].shape == (3, 1)
+        assert torch.equal(batch[f"candidate_{modality}_index"][:, 0], batch[f"anchor_{modality}_index"])

@@ -87,6 +87,14 @@ class DataCollatorForEmbeddingPreference(DataCollatorMixin):
     return_tensors: str = "pt"
     epoch: int = 0
 
+    def __post_init__(self):
+        for name in ("num_text_candidates", "num_image_candidates"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(
+                    f"{name} must be a positive integer (1: the anchor's own candidate alone) or None, got {value!r}"
+                )
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
