@@ -406,3 +406,14 @@ def test_a_candidate_count_of_one_keeps_the_anchor_alone(processor, rows):
     for modality in ("text", "image"):
         assert batch[f"candidate_{modality}_mask"].shape == (3, 1)
         assert torch.equal(batch[f"candidate_{modality}_index"][:, 0], batch[f"anchor_{modality}_index"])
+
+
+@pytest.mark.parametrize("column", ["id", "caption", "candidate_images", "txt2img_scores"])
+def test_a_streamed_row_without_a_column_is_named(processor, rows, column):
+    """Rows of a stream without features are checked against the schema by their first row only
+    (`validate_preference_dataset`): a later row lacking a column failed with a bare KeyError."""
+    bad = {key: value for key, value in rows[1].items() if key != column}
+    where = "the row after id 'scene-0'" if column == "id" else "row id 'scene-1'"
+    with pytest.raises(ValueError, match=rf"^eval dataset, {where}: lacks column\(s\) \['{column}'\]; a MAPLE "
+                                         r"preference dataset has the columns \['id', 'image', "):
+        DataCollatorForEmbeddingPreference(processor, dataset_name="eval")([rows[0], bad])

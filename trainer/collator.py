@@ -14,7 +14,7 @@ import xxhash
 from PIL import Image
 from transformers.data.data_collator import DataCollatorMixin
 
-from .schema import CONTENT_COLUMNS, SCORED_CANDIDATES, check_lists, check_rows, first_invalid
+from .schema import CONTENT_COLUMNS, SCORED_CANDIDATES, check_row_columns, check_rows, first_invalid
 
 # Keys of a collated batch that are not model inputs.
 PREFERENCE_KEYS = (
@@ -99,7 +99,7 @@ class DataCollatorForEmbeddingPreference(DataCollatorMixin):
         self.epoch = epoch
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        check_lists(examples, self.dataset_name)
+        check_row_columns(examples, self.dataset_name)
         check_rows(
             ids=[example["id"] for example in examples],
             candidate_counts={

@@ -181,11 +181,22 @@ def check_rows(
                 )
 
 
-def check_lists(examples: Sequence[dict[str, Any]], dataset_name: str) -> None:
-    """Checks that the candidate and score columns of rows the collator gets hold lists (or None, which `check_rows`
-    names): rows of a stream without features arrive untyped, and a lone string would be counted by its characters,
-    a lone image or score fail in `len`."""
-    for example in examples:
+def check_row_columns(examples: Sequence[dict[str, Any]], dataset_name: str) -> None:
+    """Checks that rows the collator gets have every column of the schema and that their candidate and score columns
+    hold lists (or None, which `check_rows` names): rows of a stream without features arrive untyped (its columns
+    were checked on its first row only), and a lone string would be counted by its characters, a lone image or score
+    fail in `len`."""
+    for position, example in enumerate(examples):
+        missing = [column for column in PREFERENCE_COLUMNS if column not in example]
+        if missing:
+            if "id" in example:
+                where = f"row id {example['id']!r}"
+            else:
+                where = f"the row after id {examples[position - 1]['id']!r}" if position else "a row without an id"
+            raise ValueError(
+                f"{dataset_name} dataset, {where}: lacks column(s) {missing}; a MAPLE preference dataset has the "
+                f"columns {list(PREFERENCE_COLUMNS)} (see trainer/schema.py)."
+            )
         for column in (*SCORED_CANDIDATES, *SCORED_CANDIDATES.values()):
             value = example[column]
             if value is not None and not isinstance(value, list):
