@@ -227,8 +227,8 @@ def _decoded(image: Any) -> Any:
 
 
 def _picked_images(example: dict[str, Any], anchor: Any, pick: list[int]) -> list[Any]:
-    """A row's drawn candidate images (positions `pick`), decoded; a candidate 0 stored as the row's `image` is (the
-    same bytes, or the same path without bytes) is `anchor`, the image already decoded, not decoded again."""
+    """A row's drawn candidate images (positions `pick`), decoded. Candidate 0, when stored as the row's `image` is
+    (the same bytes, or the same path and no bytes), is `anchor`, the anchor image already decoded, not decoded again."""
     candidates, stored_anchor = example["candidate_images"], example["image"]
     return [
         anchor if position == 0 and _stored_alike(candidates[0], stored_anchor) else _decoded(candidates[position])
