@@ -185,7 +185,8 @@ def check_rows(
                     f"{count} (one per entry of {candidate_column!r})."
                 )
             for position, score in enumerate(scores):
-                if not isinstance(score, numbers.Real) or not math.isfinite(score) or not 0.0 <= score <= 1.0:
+                if (not isinstance(score, numbers.Real) or isinstance(score, bool) or not math.isfinite(score)
+                        or not 0.0 <= score <= 1.0):
                     raise ValueError(
                         f"{where}: column {score_column!r}[{position}] is {score!r}; expected a judge probability "
                         "in [0, 1]."
