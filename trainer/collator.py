@@ -96,6 +96,7 @@ class DataCollatorForEmbeddingPreference(DataCollatorMixin):
                 )
 
     def set_epoch(self, epoch: int) -> None:
+        """Seeds the next batches' candidate draws with `epoch` (`RPATrainer` calls it at the start of every pass)."""
         self.epoch = epoch
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -167,7 +168,9 @@ class DataCollatorForEmbeddingPreference(DataCollatorMixin):
             ) from error
         return batch
 
-    def _generator(self, row_id: str, modality: str) -> torch.Generator:
+    def _generator(self, row_id: str | int, modality: str) -> torch.Generator:
+        """The generator of one row's draw of `modality` ("text" or "image") candidates, seeded by a hash of `seed`,
+        the epoch, the row id and the modality: the same in every process and every run (`hash()` is salted)."""
         key = hashlib.blake2b(f"{self.seed}:{self.epoch}:{row_id}:{modality}".encode(), digest_size=8).digest()
         return torch.Generator().manual_seed(int.from_bytes(key, "little"))
 
