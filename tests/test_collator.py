@@ -15,7 +15,7 @@ from trainer.collator import (
     content_id,
     select_rows,
 )
-from trainer.testing import draw_scene, synthetic_preference_dataset
+from trainer.testing import describe_scene, draw_scene, synthetic_preference_dataset
 
 
 @pytest.fixture(scope="module")
@@ -354,3 +354,66 @@ def test_a_first_candidate_stored_as_a_path_is_the_anchor_only_at_the_anchors_pa
     elsewhere = dict(stored, candidate_images=[paths[1], *paths[1:]])
     with pytest.raises(ValueError, match=r"column 'candidate_images'\[0\] differs from the row's 'image'"):
         DataCollatorForEmbeddingPreference(processor)([elsewhere])
+
+
+def test_a_candidate_repeated_within_a_row_counts_once(processor):
+    """A text or image that an anchor lists twice among its candidates (a caption the captioner wrote twice, a
+    hard-negative image that is a copy of the anchor's or of another hard negative) is one item: its repeats are
+    masked, the first occurrence (candidate 0 for a copy of the anchor) kept with its score. Unmasked, the RPA losses
+    compared the item with itself, a pair no embedder can order, so `rewards/accuracies` stayed below 1 for a perfect
+    embedder, and the listwise loss counted the item twice in its denominators."""
+    from trainer.losses import preference_agreement, rpa_listwise_loss
+
+    anchor, other, third = draw_scene("red", "left"), draw_scene("blue", "left"), draw_scene("green", "right")
+    caption = describe_scene("red", "left")
+    row = dict(id="r0", image=anchor, caption=caption,
+               candidate_texts=[caption, "a blue square", "a blue square", caption, "a green square"],
+               img2txt_scores=[0.9, 0.5, 0.3, 0.85, 0.1],
+               candidate_images=[anchor, other, anchor.copy(), third, other.copy()],
+               txt2img_scores=[0.9, 0.4, 0.8, 0.2, 0.35])
+    batch = DataCollatorForEmbeddingPreference(processor)([row])
+    assert batch["candidate_text_mask"].tolist() == [[True, True, False, False, True]]
+    assert batch["candidate_image_mask"].tolist() == [[True, True, False, True, False]]
+    for modality, scores in (("text", "img2txt_scores"), ("image", "txt2img_scores")):
+        mask, index = batch[f"candidate_{modality}_mask"], batch[f"candidate_{modality}_index"]
+        assert (index[~mask] == 0).all()  # as padding
+        assert len(set(index[mask].tolist())) == int(mask.sum())  # each item once
+        # a perfect embedder: each distinct item's similarity is the judge score of its first occurrence
+        similarity = {}
+        for slot, item in enumerate(index[0].tolist()):
+            similarity.setdefault(item, batch[scores][0, slot].item())
+        perfect = torch.tensor([[similarity[item] for item in index[0].tolist()]])
+        accuracy, _ = preference_agreement(perfect, batch[scores], mask)
+        assert accuracy.item() == 1.0
+        # the loss of the row equals that of its distinct candidates alone
+        kept = mask[0]
+        torch.testing.assert_close(rpa_listwise_loss(perfect, batch[scores], mask),
+                                   rpa_listwise_loss(perfect[:, kept], batch[scores][:, kept]))
+
+
+@pytest.mark.parametrize("field", ["num_text_candidates", "num_image_candidates"])
+@pytest.mark.parametrize("value", [0, -1, 1.5, True])
+def test_candidate_counts_other_than_positive_integers_are_refused(processor, field, value):
+    """`_sample_candidates` read a limit of 0 as "all but one" (`randperm(...)[: -1]`), -1 as "all but two": a
+    collator made outside `RPAConfig` (which asks for at least 2) silently drew another count than asked."""
+    with pytest.raises(ValueError, match=rf"^{field} must be a positive integer \(1: the anchor's own candidate alone\) "
+                                         rf"or None, got {value!r}"):
+        DataCollatorForEmbeddingPreference(processor, **{field: value})
+
+
+def test_a_candidate_count_of_one_keeps_the_anchor_alone(processor, rows):
+    batch = DataCollatorForEmbeddingPreference(processor, num_text_candidates=1, num_image_candidates=1)(rows[:3])
+    for modality in ("text", "image"):
+        assert batch[f"candidate_{modality}_mask"].shape == (3, 1)
+        assert torch.equal(batch[f"candidate_{modality}_index"][:, 0], batch[f"anchor_{modality}_index"])
+
+
+@pytest.mark.parametrize("column", ["id", "caption", "candidate_images", "txt2img_scores"])
+def test_a_streamed_row_without_a_column_is_named(processor, rows, column):
+    """Rows of a stream without features are checked against the schema by their first row only
+    (`validate_preference_dataset`): a later row lacking a column failed with a bare KeyError."""
+    bad = {key: value for key, value in rows[1].items() if key != column}
+    where = "the row after id 'scene-0'" if column == "id" else "row id 'scene-1'"
+    with pytest.raises(ValueError, match=rf"^eval dataset, {where}: lacks column\(s\) \['{column}'\]; a MAPLE "
+                                         r"preference dataset has the columns \['id', 'image', "):
+        DataCollatorForEmbeddingPreference(processor, dataset_name="eval")([rows[0], bad])

@@ -14,7 +14,7 @@ import xxhash
 from PIL import Image
 from transformers.data.data_collator import DataCollatorMixin
 
-from .schema import CONTENT_COLUMNS, SCORED_CANDIDATES, check_lists, check_rows, first_invalid
+from .schema import CONTENT_COLUMNS, SCORED_CANDIDATES, check_row_columns, check_rows, first_invalid
 
 # Keys of a collated batch that are not model inputs.
 PREFERENCE_KEYS = (
@@ -65,11 +65,16 @@ class DataCollatorForEmbeddingPreference(DataCollatorMixin):
     `with_images_left_encoded` leaves them, which `RPATrainer` does): those are decoded here, only the anchor image
     and the drawn candidates, exactly as `datasets.Image()` decodes them.
 
+    The RPA losses rank distinct items: a candidate whose content repeats an earlier one of its row (a caption listed
+    twice, a hard-negative image that copies the anchor's) is masked like padding, the first occurrence kept with its
+    judge score; the repeat still took one of the row's `num_*_candidates` slots.
+
     Returned keys, besides the processor's (`input_ids`, `attention_mask`, `pixel_values`, ...):
         anchor_text_index, anchor_image_index: `(N,)` row of each anchor's caption / image in the embeddings.
-        candidate_text_index, candidate_image_index: `(N, C)` rows of the sampled candidates, 0 where padded.
-        candidate_text_mask, candidate_image_mask: `(N, C)` bool, False where padded.
-        img2txt_scores, txt2img_scores: `(N, C)` judge scores of those candidates.
+        candidate_text_index, candidate_image_index: `(N, C)` rows of the sampled candidates, 0 where masked.
+        candidate_text_mask, candidate_image_mask: `(N, C)` bool, False where padded (a row with fewer candidates
+            than `C`) and where a candidate repeats an earlier one of its row (by content: `content_id`).
+        img2txt_scores, txt2img_scores: `(N, C)` float32 judge scores of those candidates, 0 where masked.
         text_ids, image_ids: int64 content ids of the embedded texts / images (see `content_id`).
         row_position: `(N,)` the rows' `ROW_POSITION` field, only when they have one.
     """
@@ -82,11 +87,20 @@ class DataCollatorForEmbeddingPreference(DataCollatorMixin):
     return_tensors: str = "pt"
     epoch: int = 0
 
+    def __post_init__(self):
+        for name in ("num_text_candidates", "num_image_candidates"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(
+                    f"{name} must be a positive integer (1: the anchor's own candidate alone) or None, got {value!r}"
+                )
+
     def set_epoch(self, epoch: int) -> None:
+        """Seeds the next batches' candidate draws with `epoch` (`RPATrainer` calls it at the start of every pass)."""
         self.epoch = epoch
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        check_lists(examples, self.dataset_name)
+        check_row_columns(examples, self.dataset_name)
         check_rows(
             ids=[example["id"] for example in examples],
             candidate_counts={
@@ -121,9 +135,15 @@ class DataCollatorForEmbeddingPreference(DataCollatorMixin):
                     picked = [example[candidates_column][j] for j in pick]
                 else:  # only the drawn candidates are decoded (when left encoded, see `with_images_left_encoded`)
                     picked = _picked_images(example, anchor_images[row], pick)
-                index[row, : len(pick)] = torch.tensor([items.add(item) for item in picked])
-                mask[row, : len(pick)] = True
-                scores[row, : len(pick)] = torch.tensor([float(example[scores_column][j]) for j in pick])
+                positions = [items.add(item) for item in picked]
+                # an item the row lists again (the same caption twice, a copy of the anchor image) is masked as padding:
+                # the RPA losses rank distinct items, and a pair of one item with itself cannot be ordered
+                first = _first_occurrences(positions)
+                index[row, : len(pick)] = torch.tensor([position if kept else 0 for position, kept in zip(positions, first)])
+                mask[row, : len(pick)] = torch.tensor(first)
+                scores[row, : len(pick)] = torch.tensor(
+                    [float(example[scores_column][j]) if kept else 0.0 for j, kept in zip(pick, first)]
+                )
             # Candidate 0 is the anchor's own pair: always kept, and the judge score the others are compared with
             # (`judged_positive_ids`). Checked here, where the content ids that tell equal items apart are at hand.
             not_anchor = (index[:, 0] != batch[f"anchor_{modality}_index"]).nonzero().flatten()
@@ -148,7 +168,9 @@ class DataCollatorForEmbeddingPreference(DataCollatorMixin):
             ) from error
         return batch
 
-    def _generator(self, row_id: str, modality: str) -> torch.Generator:
+    def _generator(self, row_id: str | int, modality: str) -> torch.Generator:
+        """The generator of one row's draw of `modality` ("text" or "image") candidates, seeded by a hash of `seed`,
+        the epoch, the row id and the modality: the same in every process and every run (`hash()` is salted)."""
         key = hashlib.blake2b(f"{self.seed}:{self.epoch}:{row_id}:{modality}".encode(), digest_size=8).digest()
         return torch.Generator().manual_seed(int.from_bytes(key, "little"))
 
@@ -208,8 +230,8 @@ def _decoded(image: Any) -> Any:
 
 
 def _picked_images(example: dict[str, Any], anchor: Any, pick: list[int]) -> list[Any]:
-    """A row's drawn candidate images (positions `pick`), decoded; a candidate 0 stored as the row's `image` is (the
-    same bytes, or the same path without bytes) is `anchor`, the image already decoded, not decoded again."""
+    """A row's drawn candidate images (positions `pick`), decoded. Candidate 0, when stored as the row's `image` is
+    (the same bytes, or the same path and no bytes), is `anchor`, the anchor image already decoded, not decoded again."""
     candidates, stored_anchor = example["candidate_images"], example["image"]
     return [
         anchor if position == 0 and _stored_alike(candidates[0], stored_anchor) else _decoded(candidates[position])
@@ -262,6 +284,16 @@ def with_images_left_encoded(dataset: Any) -> Any:
     except (ImportError, AttributeError, TypeError):
         return dataset
     return left_encoded
+
+
+def _first_occurrences(positions: list[int]) -> list[bool]:
+    """Per entry of `positions`, whether no earlier entry holds the same value."""
+    seen: set[int] = set()
+    first = []
+    for position in positions:
+        first.append(position not in seen)
+        seen.add(position)
+    return first
 
 
 def _sample_candidates(count: int, limit: int | None, generator: torch.Generator) -> list[int]:

@@ -142,9 +142,12 @@ def check_rows(
     judge_scores: dict[str, Sequence[Sequence[float] | None]],
     invalid: dict[str, Sequence[tuple[int, str] | None]],
     dataset_name: str,
+    first_row: int | None = None,
+    previous_id: Any = None,
 ) -> None:
-    """Checks a batch of rows: every candidate list is non-empty, each score list is as long as its candidate list,
-    every score is a number in [0, 1], and every caption, image and candidate is a string or an image (not None).
+    """Checks a batch of rows: every row has an id (not None, not blank: it names the row in errors and seeds its
+    candidate draws), every candidate list is non-empty, each score list is as long as its candidate list, every score
+    is a number in [0, 1], and every caption, image and candidate is a string or an image (not None).
 
     Args:
         ids: the rows' `id` values.
@@ -154,7 +157,23 @@ def check_rows(
             (0 for a caption or image) and what it is ("None", ...); None when every entry is valid (see
             `first_invalid`).
         dataset_name: names the dataset in errors ("train", "eval", ...).
+        first_row: the position of the first row in the dataset, to name a row without an id by its position (rows
+            of a stream have none).
+        previous_id: the id of the row before the first, if any.
     """
+    for position, row_id in enumerate(ids):
+        if row_id is None or (isinstance(row_id, str) and not row_id.strip()):
+            before = ids[position - 1] if position else previous_id
+            if before is None:
+                where = "the first row" if first_row == 0 else "the first row of a batch"
+            else:
+                where = f"the row after id {before!r}"
+            if first_row is not None:
+                where = f"row {first_row + position} ({where})"
+            raise ValueError(
+                f"{dataset_name} dataset, {where}: column 'id' is {_described(row_id)}; expected a non-empty string "
+                "or a number, which names the row in errors and seeds its candidate draws."
+            )
     for candidate_column, score_column in SCORED_CANDIDATES.items():
         for row_id, count, scores in zip(ids, candidate_counts[candidate_column], judge_scores[score_column]):
             where = f"{dataset_name} dataset, row id {row_id!r}"
@@ -166,7 +185,8 @@ def check_rows(
                     f"{count} (one per entry of {candidate_column!r})."
                 )
             for position, score in enumerate(scores):
-                if not isinstance(score, numbers.Real) or not math.isfinite(score) or not 0.0 <= score <= 1.0:
+                if (not isinstance(score, numbers.Real) or isinstance(score, bool) or not math.isfinite(score)
+                        or not 0.0 <= score <= 1.0):
                     raise ValueError(
                         f"{where}: column {score_column!r}[{position}] is {score!r}; expected a judge probability "
                         "in [0, 1]."
@@ -181,11 +201,22 @@ def check_rows(
                 )
 
 
-def check_lists(examples: Sequence[dict[str, Any]], dataset_name: str) -> None:
-    """Checks that the candidate and score columns of rows the collator gets hold lists (or None, which `check_rows`
-    names): rows of a stream without features arrive untyped, and a lone string would be counted by its characters,
-    a lone image or score fail in `len`."""
-    for example in examples:
+def check_row_columns(examples: Sequence[dict[str, Any]], dataset_name: str) -> None:
+    """Checks that rows the collator gets have every column of the schema and that their candidate and score columns
+    hold lists (or None, which `check_rows` names): rows of a stream without features arrive untyped (its columns
+    were checked on its first row only), and a lone string would be counted by its characters, a lone image or score
+    fail in `len`."""
+    for position, example in enumerate(examples):
+        missing = [column for column in PREFERENCE_COLUMNS if column not in example]
+        if missing:
+            if "id" in example:
+                where = f"row id {example['id']!r}"
+            else:
+                where = f"the row after id {examples[position - 1]['id']!r}" if position else "a row without an id"
+            raise ValueError(
+                f"{dataset_name} dataset, {where}: lacks column(s) {missing}; a MAPLE preference dataset has the "
+                f"columns {list(PREFERENCE_COLUMNS)} (see trainer/schema.py)."
+            )
         for column in (*SCORED_CANDIDATES, *SCORED_CANDIDATES.values()):
             value = example[column]
             if value is not None and not isinstance(value, list):
@@ -313,16 +344,21 @@ def validate_preference_dataset(dataset: Dataset | IterableDataset, dataset_name
         return
     columns = ["id", *CONTENT_COLUMNS, *SCORED_CANDIDATES.values()]  # images as stored: nothing is decoded
     arrow_rows = dataset.select_columns(columns).with_format("arrow")
+    first_row, previous_id = 0, None
     for batch in arrow_rows.iter(batch_size=_ARROW_BATCH_ROWS):
+        ids = batch["id"].to_pylist()
         check_rows(
-            ids=batch["id"].to_pylist(),
+            ids=ids,
             candidate_counts={
                 column: pc.list_value_length(batch[column]).to_pylist() for column in SCORED_CANDIDATES
             },
             judge_scores={column: batch[column].to_pylist() for column in SCORED_CANDIDATES.values()},
             invalid={column: _first_missing(batch[column]) for column in CONTENT_COLUMNS},
             dataset_name=dataset_name,
+            first_row=first_row,
+            previous_id=previous_id,
         )
+        first_row, previous_id = first_row + len(ids), ids[-1]
         _check_anchor_first(batch, dataset.features, dataset_name)
         _check_image_files(batch, dataset_name)
     _VALIDATED_DATASETS.add(dataset)
