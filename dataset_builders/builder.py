@@ -612,8 +612,10 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         return self._source
 
     def _row_id(self, row: dict[str, Any], index: int) -> str:
+        """The row's id, or its zero-padded index where it has none (None or blank: the trainer refuses a blank id,
+        which names the row in its errors and seeds its candidate draws)."""
         value = row.get(self.config.id_column)
-        return f"{index:09d}" if value is None else str(value)
+        return f"{index:09d}" if value is None or not str(value).strip() else str(value)
 
     def check_inputs(self) -> tuple[int, list[int], list[SkippedInput]]:
         """(number of source rows, rows fit to be anchors, rows skipped with reasons); checkpointed in inputs.json.

@@ -668,6 +668,10 @@ def test_an_explicit_id_column_must_exist_but_the_default_one_may_be_absent(tmp_
     assert builder.stats["skipped"] == []
     # the row index, zero-padded: the ids sort as the rows do
     assert builder.as_dataset(split="train")["id"] == ["000000000", "000000001", "000000002"]
+    # a blank id is no id either (training refuses it)
+    blank_ids = colour_square_source(3).map(lambda row, index: {"id": " " if index == 1 else row["id"]}, with_indices=True)
+    builder = _build(tmp_path / "blank_ids", config_name="corpus-captions", source_dataset=blank_ids, captioner=None)
+    assert builder.as_dataset(split="train")["id"][1] == "000000001"
 
 
 def test_an_image_column_that_holds_no_images_names_column_and_type(tmp_path):
