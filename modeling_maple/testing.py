@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
 
 import torch
 from transformers import (
     AutoConfig,
+    AutoModel,
     BertConfig,
     CLIPImageProcessorPil,
     CLIPVisionConfig,
@@ -397,6 +399,18 @@ def randomise_zero_initialised_weights(model: torch.nn.Module) -> None:
         for name, parameter in model.named_parameters():
             if name.endswith("mm_input_projection_weight"):
                 parameter.normal_(0.0, 0.02)
+
+
+def save_tiny_mllm_backbone(folder: str | os.PathLike, model_type: str = "qwen2_vl", seed: int = 0) -> str:
+    """A plain tiny checkpoint of the MLLM family `model_type` saved in `folder` as on the Hub (random weights drawn
+    with `seed`, the family's tiny image processor and tokenizer), for `MapleModel.from_backbone` and `load_maple`;
+    returns the folder as a string. Qwen2-VL's image processor resizes images to at most 256 pixels."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        AutoModel.from_config(tiny_mllm_config(model_type)).save_pretrained(folder)
+    tiny_mllm_image_processor(model_type).save_pretrained(folder)
+    tiny_mllm_tokenizer(model_type).save_pretrained(folder)
+    return str(folder)
 
 
 def tiny_qwen2_vl_config(**overrides) -> PreTrainedConfig:

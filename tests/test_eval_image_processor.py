@@ -5,10 +5,10 @@ import json
 import re
 
 import pytest
-import torch
 from PIL import Image
 
 from evaluation.cli import _model_folder_name, main
+from test_loading import image_grid
 
 MORE_PIXELS = '{"max_pixels": 1024}'  # the tiny Qwen2-VL image processor's own cap is 256 pixels
 
@@ -17,21 +17,11 @@ MORE_PIXELS = '{"max_pixels": 1024}'  # the tiny Qwen2-VL image processor's own 
 def qwen2_vl_folder(tmp_path_factory):
     """A plain tiny Qwen2-VL checkpoint, as on the Hub: its image processor resizes images to at most 256 pixels, so
     the benchmarks' 24 x 24 pictures are seen at 16 x 16 unless max_pixels says otherwise."""
-    from transformers import AutoModel
+    from modeling_maple.testing import save_tiny_mllm_backbone
 
-    from modeling_maple.testing import tiny_mllm_config, tiny_mllm_image_processor, tiny_mllm_tokenizer
-
-    torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("qwen2-vl")
-    AutoModel.from_config(tiny_mllm_config("qwen2_vl")).save_pretrained(folder)
-    tiny_mllm_image_processor("qwen2_vl").save_pretrained(folder)
-    tiny_mllm_tokenizer("qwen2_vl").save_pretrained(folder)
+    save_tiny_mllm_backbone(folder)
     return folder
-
-
-def image_grid(processor) -> list[list[int]]:
-    """The patch grid of a 32 x 32 image (1,024 pixels): (1, 4, 4) patches at the tiny default of 256 pixels."""
-    return processor(images=[Image.new("RGB", (32, 32), "red")])["image_grid_thw"].tolist()
 
 
 def test_load_embedder_applies_the_settings_to_a_backbone_and_to_an_adapters_base(qwen2_vl_folder, tmp_path):

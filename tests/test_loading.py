@@ -224,16 +224,10 @@ def test_a_processors_revision_is_its_vision_backbones_not_its_text_backbones(mo
 @pytest.fixture
 def qwen2_vl_folder(tmp_path):
     """A plain tiny Qwen2-VL checkpoint, as on the Hub: its image processor resizes images to at most 256 pixels."""
-    from transformers import AutoModel
+    from modeling_maple.testing import save_tiny_mllm_backbone
 
-    from modeling_maple.testing import tiny_mllm_config, tiny_mllm_image_processor, tiny_mllm_tokenizer
-
-    torch.manual_seed(0)
-    folder = tmp_path / "qwen2-vl"
-    AutoModel.from_config(tiny_mllm_config("qwen2_vl")).save_pretrained(folder)
-    tiny_mllm_image_processor("qwen2_vl").save_pretrained(folder)
-    tiny_mllm_tokenizer("qwen2_vl").save_pretrained(folder)
-    return folder
+    save_tiny_mllm_backbone(tmp_path / "qwen2-vl")
+    return tmp_path / "qwen2-vl"
 
 
 def image_grid(processor) -> list[list[int]]:

@@ -362,12 +362,9 @@ def test_from_backbone_mllm_keeps_every_tensor(tmp_path):
 def test_from_backbone_keeps_the_backbones_attention(family, tmp_path):
     """A sub-config handed to a new config loses its attention implementation (transformers 5), and a backbone
     without one applies no mask at all: padding was attended to and `bidirectional=False` was ignored."""
-    from modeling_maple.testing import tiny_mllm_image_processor, tiny_mllm_tokenizer
+    from modeling_maple.testing import save_tiny_mllm_backbone
 
-    torch.manual_seed(0)
-    AutoModel.from_config(tiny_mllm_config(family)).save_pretrained(tmp_path)
-    tiny_mllm_image_processor(family).save_pretrained(tmp_path)
-    tiny_mllm_tokenizer(family).save_pretrained(tmp_path)
+    save_tiny_mllm_backbone(tmp_path, family)
     processor = MapleProcessor.from_backbone(str(tmp_path), backbone="mllm")
     model = MapleModel.from_backbone(str(tmp_path), backbone="mllm")
     assert model.mllm.get_decoder().config._attn_implementation == "sdpa"

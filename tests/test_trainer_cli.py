@@ -132,14 +132,9 @@ def test_tiny_smoke_run_on_an_mllm_family(family, model_type, tmp_path):
 def test_image_processor_settings_reach_the_trained_models_processor(tmp_path, capsys):
     """`--image_processor_kwargs` (JSON on the command line, a mapping in a --config file): the paper trains on
     384 x 384 images, which a Qwen-VL backbone's own image processor (up to 12.8 M pixels) would not give."""
-    from transformers import AutoModel as AutoBackbone
+    from modeling_maple.testing import save_tiny_mllm_backbone
 
-    from modeling_maple.testing import tiny_mllm_config, tiny_mllm_image_processor, tiny_mllm_tokenizer
-
-    backbone = tmp_path / "qwen2-vl"
-    AutoBackbone.from_config(tiny_mllm_config("qwen2_vl")).save_pretrained(backbone)
-    tiny_mllm_image_processor("qwen2_vl").save_pretrained(backbone)  # at most 256 pixels per image
-    tiny_mllm_tokenizer("qwen2_vl").save_pretrained(backbone)
+    backbone = save_tiny_mllm_backbone(tmp_path / "qwen2-vl")  # at most 256 pixels per image
     synthetic_preference_dataset(8).save_to_disk(tmp_path / "prefs")
     argv = ["--model_name_or_path", str(backbone), "--dataset_name", str(tmp_path / "prefs"), "--max_steps", "1",
             "--per_device_train_batch_size", "4", "--report_to", "none", "--save_strategy", "no"]
