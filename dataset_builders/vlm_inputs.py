@@ -30,8 +30,7 @@ from modeling_maple.processing_maple import (
     check_tokens_known,
     encode_mllm_images,
     fill_image_placeholders,
-    image_processor_kwargs_problem,
-    image_processor_loading_problem,
+    load_image_processor,
     mllm_image_problem,
     mllm_image_processor_problem,
     mllm_image_seq_length,
@@ -303,15 +302,11 @@ def load_vlm(
         token: the Hub token every file (config, image processor, tokenizer, weights) is read with; None: HF_TOKEN or
             the token `hf auth login` saved.
     """
-    from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
 
     check_supported(AutoConfig.from_pretrained(model_id_or_path, token=token).model_type)
     # `backend` ("pil", "torchvision") picks the image processor's class: a choice of its own here
-    if (problem := image_processor_loading_problem(image_processor_kwargs, allowed=("backend",))) is not None:
-        raise ValueError(f"{model_id_or_path}: {problem}")
-    image_processor = AutoImageProcessor.from_pretrained(model_id_or_path, token=token, **(image_processor_kwargs or {}))
-    if (problem := image_processor_kwargs_problem(image_processor, image_processor_kwargs)) is not None:
-        raise ValueError(f"{model_id_or_path}: {problem}")
+    image_processor = load_image_processor(model_id_or_path, image_processor_kwargs, allowed=("backend",), token=token)
     tokenizer = AutoTokenizer.from_pretrained(model_id_or_path, token=token)
     model_kwargs = dict(model_kwargs or {})
     model = AutoModelForImageTextToText.from_pretrained(model_id_or_path, dtype=dtype, token=token, **model_kwargs)

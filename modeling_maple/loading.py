@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoProcessor, PreTrainedConfig
+from transformers import AutoConfig, AutoModel, AutoProcessor, PreTrainedConfig
 
 from maple.hub import hub_failure, is_hub_id, local_typo_hint
 
@@ -23,8 +23,7 @@ from .configuration_maple import BACKBONES, DUAL_ENCODER_MODEL_TYPES, SUPPORTED_
 from .modeling_maple import MapleModel
 from .processing_maple import (
     MapleProcessor,
-    image_processor_kwargs_problem,
-    image_processor_loading_problem,
+    load_image_processor,
     mllm_image_processor_problem,
 )
 
@@ -85,10 +84,12 @@ def load_maple(
             the image processor does not have; an image processor the model cannot take); `BackboneLoadingError` for
             a `from_pretrained` argument a backbone cannot take.
     """
-    backbone = _backbone(name_or_path, backbone, revision, trust_remote_code, token)  # the config is read once
+    backbone, config = _checkpoint(name_or_path, backbone, revision, trust_remote_code, token)  # the config read once
     # the processor first: what is wrong with it (a setting its image processor lacks, one the model cannot take)
     # shows before any weights load
-    processor = _load_processor(name_or_path, backbone, revision, trust_remote_code, backend, token, image_processor_kwargs)
+    processor = _load_processor(
+        name_or_path, backbone, config, revision, trust_remote_code, backend, token, image_processor_kwargs
+    )
     return _load_model(name_or_path, backbone, revision, trust_remote_code, token, from_pretrained_kwargs), processor
 
 
@@ -103,7 +104,7 @@ def load_maple_model(
 ) -> MapleModel:
     """The embedder of [`load_maple`] alone, for a caller that has its processor (a checkpoint may be saved
     without one)."""
-    backbone = _backbone(name_or_path, backbone, revision, trust_remote_code, token)
+    backbone, _ = _checkpoint(name_or_path, backbone, revision, trust_remote_code, token)
     return _load_model(name_or_path, backbone, revision, trust_remote_code, token, from_pretrained_kwargs)
 
 
@@ -118,8 +119,10 @@ def load_maple_processor(
     image_processor_kwargs: dict[str, Any] | None = None,
 ) -> MapleProcessor:
     """The processor of [`load_maple`] alone."""
-    backbone = _backbone(name_or_path, backbone, revision, trust_remote_code, token)
-    return _load_processor(name_or_path, backbone, revision, trust_remote_code, backend, token, image_processor_kwargs)
+    backbone, config = _checkpoint(name_or_path, backbone, revision, trust_remote_code, token)
+    return _load_processor(
+        name_or_path, backbone, config, revision, trust_remote_code, backend, token, image_processor_kwargs
+    )
 
 
 def _load_model(
@@ -130,7 +133,7 @@ def _load_model(
     token: str | None,
     from_pretrained_kwargs: dict,
 ) -> MapleModel:
-    """The model of a checkpoint whose backbone `_backbone` resolved (None: a MAPLE checkpoint)."""
+    """The model of a checkpoint whose backbone `_checkpoint` resolved (None: a MAPLE checkpoint)."""
     if backbone is None:
         return AutoModel.from_pretrained(
             name_or_path, revision=revision, trust_remote_code=trust_remote_code, token=token, **from_pretrained_kwargs
@@ -147,15 +150,16 @@ def _load_model(
 def _load_processor(
     name_or_path: str,
     backbone: str | None,
+    config: PreTrainedConfig,
     revision: str | None,
     trust_remote_code: bool,
     backend: str | None,
     token: str | None,
     image_processor_kwargs: dict[str, Any] | None,
 ) -> MapleProcessor:
-    """The processor of a checkpoint whose backbone `_backbone` resolved (None: a MAPLE checkpoint), its image
-    processor loaded with `image_processor_kwargs`; a `MapleLoadError` for an image processor that cannot feed the
-    model (`MapleProcessor.from_backbone`'s checks) or a setting it does not have."""
+    """The processor of a checkpoint of `config` whose backbone `_checkpoint` resolved (None: a MAPLE checkpoint), its
+    image processor loaded with `image_processor_kwargs`; a `MapleLoadError` for an image processor that cannot feed
+    the model (`MapleProcessor.from_backbone`'s checks) or a setting it does not have or fails on."""
     if backbone is not None:
         try:
             return MapleProcessor.from_backbone(name_or_path, backbone=backbone, revision=revision, backend=backend,
@@ -163,8 +167,6 @@ def _load_processor(
         except ValueError as error:  # its own checks name the checkpoint
             message = str(error) if str(error).startswith(f"{name_or_path}: ") else f"{name_or_path}: {error}"
             raise MapleLoadError(message) from error
-    if (problem := image_processor_loading_problem(image_processor_kwargs)) is not None:
-        raise MapleLoadError(f"{name_or_path}: {problem}")
     loading = dict(revision=revision, trust_remote_code=trust_remote_code, backend=backend, token=token)
     processor = AutoProcessor.from_pretrained(name_or_path, **loading)
     if not image_processor_kwargs:
@@ -172,22 +174,21 @@ def _load_processor(
     # the backend of the processor loaded as saved (`MapleProcessor.from_pretrained` follows the one it was saved with;
     # torchvision's and PIL's resizing differ)
     loading["backend"] = backend or processor.image_processor.backend
-    image_processor = AutoImageProcessor.from_pretrained(name_or_path, **loading, **image_processor_kwargs)
-    problem = image_processor_kwargs_problem(image_processor, image_processor_kwargs)
-    config = AutoConfig.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code, token=token)
-    if problem is None and config.backbone == "mllm":
-        problem = mllm_image_processor_problem(config.mllm_config, image_processor)
-    if problem is not None:
+    try:
+        image_processor = load_image_processor(name_or_path, image_processor_kwargs, **loading)
+    except ValueError as error:  # it names the checkpoint
+        raise MapleLoadError(str(error)) from error
+    if config.backbone == "mllm" and (problem := mllm_image_processor_problem(config.mllm_config, image_processor)):
         raise MapleLoadError(f"{name_or_path}: {problem}")
     # as `from_pretrained` builds it, around the new image processor: the processor's own settings are kept
     return type(processor).from_args_and_dict([image_processor, processor.tokenizer], processor.to_dict())
 
 
-def _backbone(
+def _checkpoint(
     name_or_path: str, backbone: str | None, revision: str | None, trust_remote_code: bool, token: str | None
-) -> str | None:
-    """None for a MAPLE checkpoint, else the backbone to wrap it as (given or inferred); `MapleLoadError`s as
-    [`load_maple`] says. Reads the config only."""
+) -> tuple[str | None, PreTrainedConfig]:
+    """(backbone, config) of the checkpoint: the backbone None for a MAPLE checkpoint, else the one to wrap it as
+    (given or inferred); `MapleLoadError`s as [`load_maple`] says. Reads the config only."""
     if not Path(name_or_path).expanduser().exists() and not is_hub_id(name_or_path):  # './x', '/x', 'a/b/c'
         raise MapleLoadError(f"{name_or_path}: no such folder")
     try:
@@ -197,7 +198,7 @@ def _backbone(
         problem = hub_failure(error, name_or_path, revision=revision) or " ".join(str(error).split())
         raise MapleLoadError(f"{name_or_path}: {problem}{local_typo_hint(name_or_path)}") from error
     if config.model_type == MapleConfig.model_type:
-        return None
+        return None, config
     backbone = backbone or backbone_of(config.model_type)
     if backbone is None:
         raise MapleLoadError(
@@ -219,7 +220,7 @@ def _backbone(
             f"{name_or_path}: a {config.model_type!r} checkpoint is not a two-tower image-text model (no vision and text "
             f"config), and load_maple wraps only those (CLIP, SigLIP) as 'dual_encoder'{PAIRING_ADVICE}"
         )
-    return backbone
+    return backbone, config
 
 
 def _has_two_towers(config: PreTrainedConfig) -> bool:

@@ -305,6 +305,22 @@ def image_processor_loading_problem(
     return None
 
 
+def load_image_processor(
+    name_or_path: str, image_processor_kwargs: dict[str, Any] | None = None, *, allowed: Sequence[str] = (),
+    **loading: Any,
+):
+    """`AutoImageProcessor.from_pretrained(name_or_path, **loading)`, its settings overridden by
+    `image_processor_kwargs`. A ValueError naming `name_or_path` for a loading argument among the settings (but those
+    `allowed`; `image_processor_loading_problem`), before anything is read, and for a setting the image processor does
+    not have or fails on (`image_processor_kwargs_problem`)."""
+    if (problem := image_processor_loading_problem(image_processor_kwargs, allowed)) is not None:
+        raise ValueError(f"{name_or_path}: {problem}")
+    image_processor = AutoImageProcessor.from_pretrained(name_or_path, **loading, **(image_processor_kwargs or {}))
+    if (problem := image_processor_kwargs_problem(image_processor, image_processor_kwargs)) is not None:
+        raise ValueError(f"{name_or_path}: {problem}")
+    return image_processor
+
+
 def image_processor_kwargs_problem(image_processor, image_processor_kwargs: dict[str, Any] | None) -> str | None:
     """Why `image_processor_kwargs` are not all usable settings of `image_processor`, loaded with them, or None:
     `from_pretrained` silently drops keyword arguments the image processor class does not know, and takes values it
@@ -798,13 +814,9 @@ class MapleProcessor(ProcessorMixin):
         installed). `image_processor_kwargs`: settings of the image processor that override the checkpoint's, e.g.
         `{"max_pixels": 392 * 392}` (Qwen-VL; the paper's 384 x 384 images, sized 392 x 392) or `{"max_patches": 6}` (InternVL tiles);
         one it does not have is a ValueError (`image_processor_kwargs_problem`)."""
-        if (problem := image_processor_loading_problem(image_processor_kwargs)) is not None:
-            raise ValueError(f"{name_or_path}: {problem}")
-        image_processor = AutoImageProcessor.from_pretrained(
-            name_or_path, revision=revision, backend=backend, token=token, **(image_processor_kwargs or {})
+        image_processor = load_image_processor(
+            name_or_path, image_processor_kwargs, revision=revision, backend=backend, token=token
         )
-        if (problem := image_processor_kwargs_problem(image_processor, image_processor_kwargs)) is not None:
-            raise ValueError(f"{name_or_path}: {problem}")
         tokenizer = AutoTokenizer.from_pretrained(
             text_backbone or name_or_path, revision=None if text_backbone else revision, token=token
         )
@@ -833,6 +845,7 @@ __all__ = [
     "image_processor_kwargs_problem",
     "image_processor_loading_problem",
     "llava_next_image_layout",
+    "load_image_processor",
     "pixtral_image_processor_problem",
     "load_image",
     "mllm_image_problem",
