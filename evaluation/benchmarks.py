@@ -133,7 +133,7 @@ def _check_image_files(rows: Any, column: str, locate: RowLocator) -> None:
 
 
 def content_digest(data: bytes) -> bytes:
-    """A 128-bit digest of `data`: equal images are told by it (`content_keys`, `evaluation.protocols`)."""
+    """A 128-bit digest of `data`: equal stored images are told by it (`content_keys`, `file_key`)."""
     return hashlib.blake2b(data, digest_size=16).digest()
 
 

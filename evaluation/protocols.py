@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .benchmarks import QuadrupleBenchmark, RetrievalBenchmark, content_digest, file_key
+from .benchmarks import QuadrupleBenchmark, RetrievalBenchmark, file_key
 from .lazy import LazySequence
 from .metrics import DEFAULT_KS, group_score_hits, modality_gap_from_quadruples, recall_from_ranks
 from .retrieval import check_finite_embeddings, chunked_ranks
@@ -176,20 +176,20 @@ def _images_named(name: Callable[[int], str]) -> Iterator[None]:
 
 def _image_keys(images: Sequence[Any]) -> list[Hashable]:
     """One key per image, equal for copies of one image: a benchmark's images by their stored bytes (`content_keys`,
-    read without decoding), a PIL image by its pixels (mode, size, orientation tag and transparency too, which loading
-    applies), a path by its file's bytes; an item of any other kind (an embedder's own) by its position, a copy of
-    none."""
+    read without decoding), a PIL image by the picture it loads as (`maple.content.content_id`, as the trainer tells
+    items apart: pixels, palette, transparency, EXIF turn), a path by its file's bytes; an item of any other kind (an
+    embedder's own) by its position, a copy of none."""
     if hasattr(images, "content_keys"):
         return images.content_keys()
     from PIL import Image
+
+    from maple.content import content_id
 
     keys: list[Hashable] = []
     for position, image in enumerate(images):
         if isinstance(image, Image.Image):
             try:
-                orientation = image.getexif().get(0x0112, 1)  # EXIF Orientation: loading turns the image by it
-                keys.append(("pixels", image.mode, image.size, orientation, repr(image.info.get("transparency")),
-                             content_digest(image.tobytes())))
+                keys.append(("pixels", content_id(image)))
             except OSError:  # corrupt image data: the processor reports it, by its position
                 keys.append(("position", position))
         elif isinstance(image, (str, os.PathLike)) and os.path.isfile(image):

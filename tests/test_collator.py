@@ -245,6 +245,19 @@ def test_images_with_the_same_bytes_in_another_size_or_mode_have_other_ids():
     assert content_id(wide) != content_id(tall) and content_id(rgb) != content_id(ycbcr)
 
 
+def test_images_that_load_as_other_pictures_have_other_ids():
+    """Loading (`load_image`) turns a photo by its EXIF orientation and makes an RGB image's colour key transparent:
+    the same pixels with such a tag are another picture. A tag that turns nothing (1) leaves the id as it is."""
+    plain = Image.new("RGB", (4, 2), (10, 20, 30))
+    turned, unturned = plain.copy(), plain.copy()
+    turned.getexif()[0x0112] = 6  # rotate 90 degrees on load
+    unturned.getexif()[0x0112] = 1
+    keyed = plain.copy()
+    keyed.info["transparency"] = (10, 20, 30)
+    assert len({content_id(plain), content_id(turned), content_id(keyed)}) == 3
+    assert content_id(unturned) == content_id(plain)
+
+
 def test_palette_images_that_differ_only_in_their_palette_are_two_images(processor):
     """A palette image's bytes are indices: a recoloured copy (a colour-binding hard negative) had the anchor's id,
     so the collator embedded it once and RPA compared the anchor with itself."""

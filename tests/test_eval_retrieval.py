@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from evaluation import retrieval as retrieval_module
 from evaluation.metrics import first_relevant_ranks, retrieval_recall
@@ -286,3 +287,16 @@ def test_sizes_that_are_not_counts_are_named(call, message):
     "ZeroDivisionError"."""
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_palette_images_differing_only_in_their_palette_are_two_images_in_retrieval():
+    """The evaluation tells images apart as the trainer does (`maple.content.content_id`): a recoloured palette copy
+    has the same index bytes, and keying by pixels and mode alone made it the same image."""
+    from evaluation.protocols import _image_keys
+
+    red = Image.new("P", (4, 4), 0)
+    red.putpalette([255, 0, 0] + [0, 0, 0] * 255)
+    blue = red.copy()
+    blue.putpalette([0, 0, 255] + [0, 0, 0] * 255)
+    keys = _image_keys([red, blue, red.copy()])
+    assert keys[0] != keys[1] and keys[0] == keys[2]

@@ -10,9 +10,9 @@ from typing import Any
 
 import datasets
 import torch
-import xxhash
-from PIL import Image
 from transformers.data.data_collator import DataCollatorMixin
+
+from maple.content import content_id
 
 from .schema import CONTENT_COLUMNS, SCORED_CANDIDATES, check_row_columns, check_rows, first_invalid
 
@@ -33,23 +33,6 @@ PREFERENCE_KEYS = (
 # A field the trainer adds to the rows of a streamed evaluation set: their position in the stream (see
 # `RPATrainer._repeated_eval_rows`); the collator passes it on as `row_position`.
 ROW_POSITION = "row_position"
-
-
-def content_id(item: str | Image.Image) -> int:
-    """A stable 64-bit id of a text or an image's pixels (with its palette): equal content, equal id, in every
-    process (unlike `hash()`, which is salted per process). Used to embed each distinct item once and to de-duplicate
-    negatives. xxh3: a collated batch hashes every image's pixels, and blake2b took as long as decoding a JPEG."""
-    digest = xxhash.xxh3_64()
-    if isinstance(item, str):
-        digest.update(b"text:" + item.encode("utf-8"))
-    elif isinstance(item, Image.Image):
-        digest.update(f"image:{item.mode}:{item.size}:".encode())
-        digest.update(item.tobytes())
-        if item.mode in ("P", "PA"):  # the bytes are palette indices: a recoloured copy differs only in its palette
-            digest.update(bytes(item.getpalette() or []) + repr(item.info.get("transparency")).encode())
-    else:
-        raise TypeError(f"content_id takes a text (str) or a PIL image, got {type(item).__name__}")
-    return int.from_bytes(digest.digest(), "little", signed=True)
 
 
 @dataclass

@@ -409,7 +409,7 @@ def _check_anchor_first(batch: pa.Table, features: Features, dataset_name: str) 
     run). Texts compare as strings; images by stored bytes (else path), and only those that differ are decoded, with
     the dataset's own image features, and compared by content as the collator compares them (the same picture may be
     stored twice, encoded differently)."""
-    from .collator import content_id
+    from maple.content import content_id
 
     for anchor_column, candidates_column in (("caption", "candidate_texts"), ("image", "candidate_images")):
         anchors, firsts = batch[anchor_column], pc.list_element(batch[candidates_column], 0)
