@@ -1,19 +1,14 @@
 """`accelerate launch -m dataset_builders.cli` with two processes: each rank builds its own shards,
-rank 0 assembles, and the rows equal a one-process build. (`--multi_gpu` makes accelerate start the
-processes with torch.distributed.run; on a CPU-only machine that still gives two CPU ranks.)"""
+rank 0 assembles, and the rows equal a one-process build."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import datasets
-import pytest
 
 from dataset_builders import cli
 from dataset_builders.builder import MaplePreferences
 from dataset_builders.testing import colour_squares
-from ports import free_port
+from launch import launch_two_processes
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUILD_OPTIONS = [
@@ -24,21 +19,13 @@ BUILD_OPTIONS = [
 ]
 
 
-ACCELERATE = Path(sys.executable).parent / "accelerate"
-
-
-@pytest.mark.skipif(not ACCELERATE.exists(), reason="the accelerate command is not installed beside this Python")
 def test_accelerate_launch_with_two_processes_equals_one_process(tmp_path):
     features = datasets.Features({"id": datasets.Value("string"), "image": datasets.Image(), "caption": datasets.Value("string")})
     source = str(tmp_path / "source.parquet")
     datasets.Dataset.from_dict(colour_squares(9), features=features).to_parquet(source)
 
-    env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
-    launched = subprocess.run(
-        [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "dataset_builders.cli", source, "--output-dir", str(tmp_path / "two"), *BUILD_OPTIONS],
-        env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
-    )
+    launched = launch_two_processes("-m", "dataset_builders.cli", source, "--output-dir", str(tmp_path / "two"),
+                                    *BUILD_OPTIONS, cwd=REPO_ROOT)
     assert launched.returncode == 0, launched.stderr[-3000:]
     assert "rank 1: built shards [1, 3]" in launched.stdout
     # only rank 0 assembles and summarises the dataset (and would push it)

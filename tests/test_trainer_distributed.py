@@ -3,8 +3,7 @@ the loss with gathered negatives equals the one-process loss on the same global 
 that are not evened out across processes are refused; the evaluation metrics, of a map-style or a streamed evaluation
 set, are those of one process evaluating the same global batches: accelerate repeats rows to fill the last batch of
 each process, and they are neither counted nor in the InfoNCE pools (also when accelerate splits each batch across the
-processes); a NaN loss in one process stops them all. (accelerate 1.15's `--cpu` flag starts several CPU processes
-only through MPI; without it, one.)
+processes); a NaN loss in one process stops them all.
 
 Every global batch holds the same rows in both runs (one batch of 8 in one process, two of 4 in two processes), in
 training (the same 8 rows at every step) and in evaluation (in order), so the comparison does not depend on how
@@ -17,16 +16,14 @@ that `accelerate launch` runs (see `__main__`).
 import json
 import math
 import os
-import subprocess
 import sys
 
 import pytest
-import torch
 from datasets import Dataset
 from PIL import Image
 
 from modeling_maple.testing import build_tiny
-from ports import free_port
+from launch import end_launched_run, launch_two_processes
 from trainer import RPATrainer
 from trainer.testing import smoke_config, synthetic_preference_dataset
 
@@ -136,12 +133,7 @@ def stop_on_a_nan_loss_of_one_process(output_dir: str) -> str:
 
 def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
     result_file = tmp_path / "two_processes.json"
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), __file__, str(tmp_path / "run2"), str(result_file),
-    ]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    completed = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+    completed = launch_two_processes(__file__, str(tmp_path / "run2"), str(result_file))
     assert completed.returncode == 0, completed.stderr[-4000:]
     two_processes = json.loads(result_file.read_text())
     one_process = run(str(tmp_path / "run1"), per_device_batch=GLOBAL_BATCH, streamed=False)
@@ -189,6 +181,4 @@ if __name__ == "__main__":  # run by `accelerate launch` above
     if int(os.environ.get("RANK", "0")) == 0:
         with open(result_file, "w") as handle:
             json.dump(logs, handle)
-    # Left to interpreter exit, gloo's threads sometimes abort the process ("terminate called without an active
-    # exception", about one run in three)
-    torch.distributed.destroy_process_group()
+    end_launched_run()

@@ -5,7 +5,6 @@ as without it. This file is also the script that `accelerate launch` runs (see `
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -13,7 +12,7 @@ import torch
 
 from modeling_maple.lora import maple_lora_config
 from modeling_maple.testing import build_tiny
-from ports import free_port
+from launch import end_launched_run, launch_two_processes
 from trainer import RPATrainer
 from trainer.testing import smoke_config, synthetic_preference_dataset
 
@@ -115,13 +114,7 @@ def test_without_gathering_each_process_contrasts_its_own_batch(tmp_path):
     global batch of 8, as one process with all 8 rows does; gather_negatives=False with the 4 rows of its own process,
     an easier pool, so a lower InfoNCE loss. The RPA loss, per anchor over its own candidates, is the same."""
     result_file = tmp_path / "two_processes.json"
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), __file__,
-        str(tmp_path / "run2"), str(result_file),
-    ]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    completed = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+    completed = launch_two_processes(__file__, str(tmp_path / "run2"), str(result_file))
     assert completed.returncode == 0, completed.stderr[-4000:]
     two_processes = json.loads(result_file.read_text())
     one_process = first_step_losses(str(tmp_path / "run1"), GLOBAL_BATCH, gather_negatives=True)
@@ -140,6 +133,4 @@ if __name__ == "__main__":  # run by `accelerate launch` above
     if int(os.environ.get("RANK", "0")) == 0:
         with open(result_file, "w") as handle:
             json.dump(losses, handle)
-    # Left to interpreter exit, gloo's threads sometimes abort the process ("terminate called without an active
-    # exception", about one run in three)
-    torch.distributed.destroy_process_group()
+    end_launched_run()

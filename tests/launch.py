@@ -1,0 +1,42 @@
+"""Two-process runs under `accelerate launch --multi_gpu --num_processes 2` on CPU (gloo) for the tests: the launch, and
+the end of a launched script."""
+
+import gc
+import os
+import socket
+import subprocess
+import sys
+
+
+def free_port() -> int:
+    """A port the OS just handed out and released. accelerate's default, 29500, is shared by every launch, and two test
+    workers launching at once could both see it free and then collide; ephemeral ports come in random order, so another
+    process taking this one before the launch binds it is far less likely."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch_two_processes(*program: str, cwd: str | None = None) -> subprocess.CompletedProcess:
+    """Runs `program` (a script and its arguments, or "-m", a module and its arguments) in two CPU processes; its
+    output is captured as text. (`--multi_gpu` makes accelerate start them with torch.distributed.run; accelerate
+    1.15's `--cpu` starts several CPU processes only through MPI; without it, one.)"""
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), *program,
+    ]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.run(command, env=environment, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def end_launched_run() -> None:
+    """Ends a launched script's process group while every rank is alive and the interpreter whole. The trainers' DDP
+    wrappers hold the group, and a trainer is freed only by the garbage collector (its parts refer to each other):
+    left to interpreter exit, gloo's threads then sometimes abort the process ("terminate called without an active
+    exception", SIGABRT), most often on a rank that finished first while the other still worked. So: free the
+    trainers, wait for every rank, then destroy the group."""
+    import torch.distributed
+
+    gc.collect()
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
