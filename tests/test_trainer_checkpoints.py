@@ -22,7 +22,8 @@ from modeling_maple.testing import build_tiny, tiny_dual_encoder_config, tiny_ml
 from test_trainer import make_config, make_trainer
 from trainer import RPATrainer
 from trainer.checkpoints import (
-    RECIPE_FILE, check_recipe, last_complete_checkpoint, lora_recipe, model_recipe, run_checkpoints, training_recipe,
+    RECIPE_FILE, check_recipe, image_recipe, last_complete_checkpoint, lora_recipe, model_recipe, run_checkpoints,
+    training_recipe,
 )
 from trainer.testing import smoke_config, synthetic_preference_dataset
 
@@ -453,6 +454,27 @@ def test_a_model_recipe_recorded_before_the_tower_sizes_resumes(tmp_path):
     args, model = smoke_config(str(tmp_path)), model_recipe(tiny_dual_encoder_config())
     _save_recipe(tmp_path, training_recipe(args, lora=None, model={key: model[key] for key in model if key != "tower_sizes"}))
     check_recipe(str(tmp_path), args, None, model)
+
+
+def test_a_checkpoint_records_its_image_settings_and_refuses_others(tmp_path):
+    """`RPATrainer` saves the image processor's pixel settings with every checkpoint and refuses to resume one under
+    others; a recipe saved before they were recorded resumes."""
+    stopped = make_trainer(tmp_path, max_steps=2, save_strategy="steps", save_steps=1)
+    stopped.add_callback(_StopAfter(1))
+    stopped.train()
+    checkpoint = tmp_path / "run" / "checkpoint-1"
+    saved = json.loads((checkpoint / RECIPE_FILE).read_text())
+    assert saved["images"] == image_recipe(stopped.processing_class.image_processor)
+    assert saved["images"]["size"] == {"shortest_edge": 16} and saved["images"]["crop_size"] == {"height": 16, "width": 16}
+    other = make_trainer(tmp_path, max_steps=2, save_strategy="steps", save_steps=1)
+    other.processing_class.image_processor.image_mean = [0.5, 0.5, 0.5]  # another normalisation
+    with pytest.raises(ValueError, match=r"another recipe \(images: .*'image_mean': \[0.48145466, .* -> "
+                                         r".*'image_mean': \[0.5, 0.5, 0.5\]"):
+        other.train(resume_from_checkpoint=True)
+    del saved["images"]
+    _save_recipe(checkpoint, saved)
+    other.train(resume_from_checkpoint=True)
+    assert other.state.global_step == 2
 
 
 def test_run_checkpoints_are_the_checkpoint_folders_by_step(tmp_path):

@@ -4,6 +4,7 @@ reported as one line (`maple train: error: ...`, exit 2) before any model is loa
 import dataclasses
 import json
 import os
+import re
 
 import pytest
 import yaml
@@ -163,6 +164,28 @@ def test_image_processor_settings_reach_the_trained_models_processor(tmp_path, c
     assert capsys.readouterr().err == (
         "maple train: error: --image_processor_kwargs: --tiny builds a random float32 model; these apply to "
         "--model_name_or_path\n")
+
+
+def test_a_resume_under_other_image_settings_is_refused(tmp_path, capsys):
+    """The image settings were no part of the resume recipe: resuming with another `--image_processor_kwargs` (or
+    without it) went on at another resolution, silently."""
+    from modeling_maple.testing import save_tiny_mllm_backbone
+
+    backbone = save_tiny_mllm_backbone(tmp_path / "qwen2-vl")
+    synthetic_preference_dataset(8).save_to_disk(tmp_path / "prefs")
+    output = tmp_path / "out"
+    argv = ["--model_name_or_path", str(backbone), "--dataset_name", str(tmp_path / "prefs"), "--output_dir", str(output),
+            "--per_device_train_batch_size", "4", "--report_to", "none", "--save_strategy", "steps", "--save_steps", "1"]
+    assert main([*argv, "--max_steps", "1", "--image_processor_kwargs", '{"max_pixels": 1024}']) == 0
+    for other in (["--image_processor_kwargs", '{"max_pixels": 4096}'], []):
+        with pytest.raises(SystemExit):
+            main([*argv, "--max_steps", "2", "--resume_from_checkpoint", "true", *other])
+        error = capsys.readouterr().err.splitlines()[-1]
+        assert error.startswith(f"maple train: error: {output / 'checkpoint-1'} was trained with another recipe (images: ")
+        assert re.search(r"'size': \{'longest_edge': 1024, .* -> .*'size': \{'longest_edge': (4096|256), ", error), error
+    assert main([*argv, "--max_steps", "2", "--resume_from_checkpoint", "true",
+                 "--image_processor_kwargs", '{"max_pixels": 1024}']) == 0
+    assert (output / "checkpoint-2" / "trainer_state.json").is_file()
 
 
 @pytest.mark.parametrize("recipe", ["qwen2-vl-2b.yaml", "qwen2-vl-7b.yaml"])

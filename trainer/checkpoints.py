@@ -79,17 +79,41 @@ def model_recipe(config: Any) -> dict[str, Any]:
     return recipe | {"projection_dim": config.projection_dim, "tower_sizes": sizes}
 
 
-def training_recipe(args: RPAConfig, lora: dict[str, Any] | None, model: dict[str, Any] | None = None) -> dict[str, Any]:
+# The image processor's settings that decide the pixels the model sees: its resolution (Qwen-VL's pixel budget and
+# patches, CLIP's resize and crop, LLaVA-NeXT's tiles), padding and normalisation.
+IMAGE_RECIPE_SETTINGS = (
+    "size", "crop_size", "min_pixels", "max_pixels", "patch_size", "merge_size", "temporal_patch_size",
+    "image_grid_pinpoints", "do_resize", "resample", "do_center_crop", "do_pad", "do_rescale", "rescale_factor",
+    "do_normalize", "image_mean", "image_std",
+)
+
+
+def image_recipe(image_processor: Any) -> dict[str, Any]:
+    """What a resumed run's images must share with its checkpoint's: the `IMAGE_RECIPE_SETTINGS` its image processor
+    has (e.g. `--image_processor_kwargs '{"max_pixels": 153664}'` given to one run and not the other trains half the
+    run at another resolution), as JSON holds them."""
+    settings = image_processor.to_dict()
+    chosen = {name: settings[name] for name in IMAGE_RECIPE_SETTINGS if name in settings}
+    return json.loads(json.dumps(chosen, default=str))  # tuples as lists, enums as values: as read back
+
+
+def training_recipe(
+    args: RPAConfig, lora: dict[str, Any] | None, model: dict[str, Any] | None = None, images: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """What `rpa_recipe.json` holds: the `RECIPE_FIELDS` values of `args`, the LoRA settings (`lora_recipe`, or None
-    for full fine-tuning) and, when given, the model's (`model_recipe`)."""
+    for full fine-tuning) and, when given, the model's (`model_recipe`) and the images' (`image_recipe`)."""
     recipe = {name: getattr(args, name) for name in RECIPE_FIELDS} | {"lora": lora}
-    return recipe | ({"model": model} if model is not None else {})
+    return recipe | ({"model": model} if model is not None else {}) | ({"images": images} if images is not None else {})
 
 
-def check_recipe(checkpoint: str, args: RPAConfig, lora: dict[str, Any] | None, model: dict[str, Any] | None = None) -> None:
-    """Raise a ValueError naming each `RECIPE_FIELDS` value, the LoRA settings (`lora_recipe`, or None) and the model
-    (`model_recipe`, when given), (saved -> now), that differ from the recipe the checkpoint was trained with.
-    Checkpoints saved before recipes (or their LoRA settings, or their model) were recorded have none and pass."""
+def check_recipe(
+    checkpoint: str, args: RPAConfig, lora: dict[str, Any] | None, model: dict[str, Any] | None = None,
+    images: dict[str, Any] | None = None,
+) -> None:
+    """Raise a ValueError naming each `RECIPE_FIELDS` value, the LoRA settings (`lora_recipe`, or None), the model
+    (`model_recipe`) and the images (`image_recipe`) (the last two when given), (saved -> now), that differ from the
+    recipe the checkpoint was trained with. Checkpoints saved before recipes (or any of these entries) were recorded
+    have none and pass."""
     recipe_file = os.path.join(checkpoint, RECIPE_FILE)
     if not os.path.isfile(recipe_file):
         return
@@ -98,13 +122,13 @@ def check_recipe(checkpoint: str, args: RPAConfig, lora: dict[str, Any] | None, 
             saved = json.load(handle)
     except (OSError, ValueError) as error:
         raise ValueError(f"{recipe_file} cannot be read ({error}): restore it, or start a new run in another output_dir") from error
-    now = training_recipe(args, lora, model)
+    now = training_recipe(args, lora, model, images)
     differences = []
     for name, value in now.items():
         if name not in saved:
             continue
-        if name == "model" and isinstance(saved[name], dict):
-            # an older checkpoint recorded fewer of the model's entries: what it did not record cannot differ
+        if name in ("model", "images") and isinstance(saved[name], dict):
+            # an older checkpoint recorded fewer of these entries: what it did not record cannot differ
             value = {key: value.get(key) for key in saved[name]}
         if saved[name] != value:
             differences.append(f"{name}: {saved[name]!r} -> {value!r}")

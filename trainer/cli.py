@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--dataset_name is required")
 
     # heavy imports only once the arguments are known to be fine
-    from .checkpoints import lora_recipe, model_recipe
+    from .checkpoints import image_recipe, lora_recipe, model_recipe
     from .rpa_trainer import RPATrainer
     from .schema import UndecodableImageError
 
@@ -205,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         splits = load_preference_splits(data_args, token=training_args.hub_token)
         model, processor = load_model_and_processor(model_args, training_args)
         if resume is not None:  # now that the model is known: another model's checkpoint does not fit it
-            _check_resume_recipe(resume, training_args, lora, model_recipe(model.config))
+            _check_resume_recipe(resume, training_args, lora, model_recipe(model.config),
+                                 image_recipe(processor.image_processor))
     except TrainingInputError as error:
         parser.error(str(error))
     peft_config = None
@@ -401,12 +402,14 @@ def _check_config_file(parser: _Parser, argv: list[str]) -> None:
             parser.error(f"{path}: {key}: invalid choice {value!r} (choose from {', '.join(map(repr, action.choices))})")
 
 
-def _check_resume_recipe(checkpoint: str, args: RPAConfig, lora: dict | None, model: dict | None = None) -> None:
+def _check_resume_recipe(
+    checkpoint: str, args: RPAConfig, lora: dict | None, model: dict | None = None, images: dict | None = None
+) -> None:
     """`checkpoints.check_recipe`, its error one line of `maple train`'s."""
     from .checkpoints import check_recipe
 
     try:
-        check_recipe(checkpoint, args, lora, model)
+        check_recipe(checkpoint, args, lora, model, images)
     except ValueError as error:
         raise TrainingInputError(str(error)) from None
 

@@ -39,6 +39,7 @@ from .checkpoints import (
     RECIPE_FILE,
     TRAINER_STATE_NAME,
     check_recipe,
+    image_recipe,
     last_complete_checkpoint,
     lora_recipe,
     model_recipe,
@@ -592,7 +593,7 @@ class RPATrainer(DPOTrainer):
             if resume_from_checkpoint is None:
                 raise ValueError(f"No complete checkpoint (with {TRAINER_STATE_NAME}) in {self.args.output_dir}")
         if resume_from_checkpoint:
-            check_recipe(resume_from_checkpoint, self.args, self._lora_recipe(), self._model_recipe())
+            check_recipe(resume_from_checkpoint, self.args, self._lora_recipe(), self._model_recipe(), self._image_recipe())
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def _trained_model(self) -> tuple[nn.Module, PeftConfig | None]:
@@ -606,6 +607,10 @@ class RPATrainer(DPOTrainer):
     def _model_recipe(self) -> dict[str, Any]:
         return model_recipe(self._trained_model()[0].config)
 
+    def _image_recipe(self) -> dict[str, Any] | None:
+        image_processor = getattr(self.processing_class, "image_processor", None)
+        return None if image_processor is None else image_recipe(image_processor)
+
     def _lora_recipe(self) -> dict[str, Any] | None:
         _, peft_config = self._trained_model()
         return None if peft_config is None else lora_recipe(peft_config.r, peft_config.lora_alpha)
@@ -614,7 +619,7 @@ class RPATrainer(DPOTrainer):
         output_dir = output_dir or self.args.output_dir
         self._save_weights(output_dir, state_dict)
         if self.args.should_save:  # a recipe file is whole or absent
-            recipe = training_recipe(self.args, self._lora_recipe(), self._model_recipe())
+            recipe = training_recipe(self.args, self._lora_recipe(), self._model_recipe(), self._image_recipe())
             atomic_write_json(os.path.join(output_dir, RECIPE_FILE), recipe)
 
     def _save_weights(self, output_dir: str, state_dict: dict | None) -> None:
