@@ -326,7 +326,8 @@ def image_processor_kwargs_problem(image_processor, image_processor_kwargs: dict
     `from_pretrained` silently drops keyword arguments the image processor class does not know, and takes values it
     cannot use until the first image. A setting is known if it is an attribute or one of the class's `valid_kwargs`
     (Qwen-VL's `max_pixels` is stored as `size["longest_edge"]`, so attributes alone cannot tell); the settings are
-    then tried on one small image."""
+    then tried on one image, 448 x 224: its sides are whole numbers of every family's patch grid (Qwen2-VL's 28 px,
+    Qwen3-VL's 32), so settings that leave images unresized (`do_resize=False`, for images sized beforehand) pass."""
     if not image_processor_kwargs:
         return None
     valid_kwargs = type(image_processor).valid_kwargs
@@ -336,7 +337,7 @@ def image_processor_kwargs_problem(image_processor, image_processor_kwargs: dict
                 "size settings differ by family: Qwen-VL max_pixels, InternVL max_patches (tiles), Idefics3/SmolVLM "
                 "size={'longest_edge': ...}")
     try:
-        image_processor(images=[Image.new("RGB", (64, 48))])
+        image_processor(images=[Image.new("RGB", (448, 224))])
     except Exception as error:  # noqa: BLE001 (any failure of a bad value: transformers raises several kinds)
         problem = " ".join(str(error).split())
         return (f"its image processor ({type(image_processor).__name__}) cannot process an image with "

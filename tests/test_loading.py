@@ -291,6 +291,16 @@ def test_adapters_of_a_model_built_from_a_backbone_name_it_as_their_base(tmp_pat
     assert json.loads((tmp_path / "adapters" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(clip_folder)
 
 
+def test_settings_that_leave_images_unresized_are_not_refused_by_the_settings_check():
+    """The check tried the settings on a 64 x 48 image, which Qwen2-VL cannot cut into 28 px patch pairs unresized:
+    `do_resize=False`, for images sized beforehand, was refused."""
+    from transformers import Qwen2VLImageProcessorPil
+
+    from modeling_maple.processing_maple import image_processor_kwargs_problem
+
+    assert image_processor_kwargs_problem(Qwen2VLImageProcessorPil(do_resize=False), {"do_resize": False}) is None
+
+
 @pytest.mark.parametrize("settings, message", [
     # the model reads the flattened patches back by its own sizes: a bare shape error in the first forward
     ({"merge_size": 3}, r"the image processor cuts images unlike the model's vision tower: merge_size=3 "
