@@ -397,6 +397,13 @@ def markdown_table(all_results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def scoring_settings(dtype: str, image_processor_kwargs: dict[str, Any] | None) -> str:
+    """The line under the tables that says how every result of the run was scored (a stored result is reused only
+    under the same dtype and image settings, its fingerprint's)."""
+    images = json.dumps(image_processor_kwargs, sort_keys=True) if image_processor_kwargs else "each checkpoint's own"
+    return f"Weights in {dtype}; image processor settings: {images}.\n"
+
+
 # In a model repo: every benchmark result `push_results` has published there, and the Hub id each was read from, so
 # that a push of some benchmarks adds them to the others instead of replacing them
 PUSHED_RESULTS_FILE = "maple_eval_results.json"
@@ -552,7 +559,7 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     # atomically: an interruption leaves the previous results or these, never half a file (which the next run's
     # --out check would take for another command's)
     atomic_write_json(args.out / RESULTS_JSON, all_results)
-    table = markdown_table(all_results)
+    table = markdown_table(all_results) + "\n" + scoring_settings(args.dtype, image_processor_kwargs)
     atomic_write_text(args.out / RESULTS_MD, table)
     print(table)
     if args.push_to_hub:

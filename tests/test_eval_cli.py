@@ -197,6 +197,7 @@ def test_cli_compares_models_writes_tables_and_resumes(tiny, benchmark_sources, 
     assert results[str(first)]["winoground"]["per_category"]["relation"]["num_quadruples"] == 1
     table = (out / "results.md").read_text()
     assert table.count(f"| {first} | coco |") == 1 and table.count(f"| {second} | winoground | object |") == 1
+    assert table.endswith("\nWeights in float32; image processor settings: each checkpoint's own.\n")
 
     # A finished benchmark is read back, not recomputed (here: a marked result survives a rerun).
     done = next(out.glob("*tiny_0*/coco.json"))

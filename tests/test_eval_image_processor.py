@@ -56,6 +56,9 @@ def test_the_option_changes_a_backbones_image_grid_and_scores(qwen2_vl_folder, b
                             for out in ("default", "more_pixels"))
     assert default["similarity_histograms"] != more_pixels["similarity_histograms"]
     assert default["modality_gap"] != more_pixels["modality_gap"]
+    # results.md says which settings its results were scored with
+    assert (tmp_path / "more_pixels" / "results.md").read_text().endswith(
+        f"Weights in float32; image processor settings: {json.dumps(json.loads(MORE_PIXELS))}.\n")
 
 
 def test_a_rerun_with_other_settings_recomputes_and_with_the_same_ones_reuses(qwen2_vl_folder, benchmark_sources, tmp_path, capsys):
