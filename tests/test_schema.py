@@ -25,6 +25,17 @@ def test_a_row_without_an_id_is_refused_before_training_and_named_by_its_positio
         validate_preference_dataset(_with_id(2, value), "train")
 
 
+def test_a_nan_id_is_refused_before_training_and_in_a_stream():
+    """Numbers name rows too, but NaN names none, and every NaN row drew the same candidates."""
+    dataset = synthetic_preference_dataset(4).remove_columns("id").add_column("id", [0.0, 1.0, float("nan"), 3.0])
+    with pytest.raises(ValueError, match=r"^train dataset, row 2 \(the row after id 1.0\): column 'id' is nan \(float\); "
+                                         r"expected a non-empty string or a number \(not NaN\)"):
+        validate_preference_dataset(dataset, "train")
+    processor = build_tiny("dual_encoder", seed=0)[1]
+    with pytest.raises(ValueError, match=r"^eval dataset, the row after id 1.0: column 'id' is nan \(float\)"):
+        DataCollatorForEmbeddingPreference(processor, dataset_name="eval")(list(dataset))
+
+
 def test_a_first_row_without_an_id_is_named_as_the_first():
     with pytest.raises(ValueError, match=r"^train dataset, row 0 \(the first row\): column 'id' is None"):
         validate_preference_dataset(_with_id(0, None), "train")

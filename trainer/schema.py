@@ -145,7 +145,7 @@ def check_rows(
     first_row: int | None = None,
     previous_id: Any = None,
 ) -> None:
-    """Checks a batch of rows: every row has an id (not None, not blank: it names the row in errors and seeds its
+    """Checks a batch of rows: every row has an id (not None, blank or NaN: it names the row in errors and seeds its
     candidate draws), every candidate list is non-empty, each score list is as long as its candidate list, every score
     is a number in [0, 1], and every caption, image and candidate is a string or an image (not None).
 
@@ -162,7 +162,9 @@ def check_rows(
         previous_id: the id of the row before the first, if any.
     """
     for position, row_id in enumerate(ids):
-        if row_id is None or (isinstance(row_id, str) and not row_id.strip()):
+        # a NaN id is no name either, and every NaN row would draw the same candidates ("nan" seeds them)
+        blank = isinstance(row_id, str) and not row_id.strip()
+        if row_id is None or blank or (isinstance(row_id, float) and math.isnan(row_id)):
             before = ids[position - 1] if position else previous_id
             if before is None:
                 where = "the first row" if first_row == 0 else "the first row of a batch"
@@ -172,7 +174,7 @@ def check_rows(
                 where = f"row {first_row + position} ({where})"
             raise ValueError(
                 f"{dataset_name} dataset, {where}: column 'id' is {_described(row_id)}; expected a non-empty string "
-                "or a number, which names the row in errors and seeds its candidate draws."
+                "or a number (not NaN), which names the row in errors and seeds its candidate draws."
             )
     for candidate_column, score_column in SCORED_CANDIDATES.items():
         for row_id, count, scores in zip(ids, candidate_counts[candidate_column], judge_scores[score_column]):
