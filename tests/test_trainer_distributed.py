@@ -169,6 +169,26 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
     assert (nan_run / "checkpoint-1" / "model.safetensors").exists()
 
 
+def test_maple_train_under_two_processes_trains_saves_once_and_exits_cleanly(tmp_path):
+    """The `maple train` command (its checkpoints set aside on the main process first, the save, the card, the end of
+    the process group) under two processes."""
+    from transformers import AutoModel
+
+    synthetic_preference_dataset(GLOBAL_BATCH, seed=3).save_to_disk(tmp_path / "prefs")
+    output = tmp_path / "out"
+    completed = launch_two_processes(
+        "-m", "trainer.cli", "--tiny", "dual_encoder", "--dataset_name", str(tmp_path / "prefs"), "--output_dir",
+        str(output), "--max_steps", "2", "--per_device_train_batch_size", str(GLOBAL_BATCH // 2), "--use_cpu", "true",
+        "--report_to", "none", "--save_strategy", "steps", "--save_steps", "1",
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    assert completed.stdout.count("'train_runtime'") == 1  # the main process logs
+    for folder in (output, output / "checkpoint-1", output / "checkpoint-2"):
+        assert json.loads((folder / "rpa_recipe.json").read_text())["per_device_train_batch_size"] == GLOBAL_BATCH // 2
+    assert "fine-tuned with Relative Preference Alignment (RPA)" in (output / "README.md").read_text()
+    AutoModel.from_pretrained(output, trust_remote_code=True)
+
+
 if __name__ == "__main__":  # run by `accelerate launch` above
     output_dir, result_file = sys.argv[1], sys.argv[2]
     logs = run(output_dir, per_device_batch=GLOBAL_BATCH // 2, streamed=True)

@@ -250,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         trainer.save_model(training_args.output_dir)
         trainer.create_model_card()
+    trainer.end()  # destroys the process group of several processes while all are alive, as transformers advises
     return 0
 
 
