@@ -1181,8 +1181,10 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         except OSError as error:
             from maple.hub import HubReadError, hub_read_failure
 
+            # the token `datasets` read with: `token=`, else the one in `download_config=`
+            token = load_kwargs.get("token") or getattr(load_kwargs.get("download_config"), "token", None)
             problem = hub_read_failure(error, repo_id_or_path, repo_type="dataset", revision=load_kwargs.get("revision"),
-                                       token=load_kwargs.get("token"))
+                                       token=token)
             if problem is None:
                 raise
             raise HubReadError(problem) from error

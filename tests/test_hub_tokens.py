@@ -240,29 +240,35 @@ def _needs_a_token(hub_server, repo: str) -> str:
 
 def test_a_private_or_missing_preference_dataset_read_without_a_token_is_a_hub_read_error(hub_server, tmp_path):
     """The Hub answers 401 to a read without a token of a missing and of a private repo alike: a `HubReadError` saying
-    so and how to pass a token, also in a process that cached nothing. With a token (here another user's), a repo the
-    Hub does not find for it stays `datasets`' DatasetNotFoundError, and so does datasets' error about a repo the Hub
+    so and how to pass a token, also in a process that cached nothing. With a token (here another user's, as `token=`
+    or in `download_config=`), a repo the Hub does not find for it stays `datasets`' DatasetNotFoundError, and so does datasets' error about a repo the Hub
     reads (a public one without data files)."""
     private, missing = _private_dataset_repo(hub_server, "fresh-private-preferences"), f"{USER}/no-such-preferences"
     empty = _private_dataset_repo(hub_server, "fresh-empty-preferences", private=False)
     hub_server.add_user("hf_someone_else", "someone-else")
     code = READ_WITHOUT_A_TOKEN + """
+from datasets import DownloadConfig
 from dataset_builders import MaplePreferences
 empty = os.environ["MAPLE_TEST_EMPTY"]
-for repo, token in ((private, None), (missing, None), (private, "hf_someone_else"), (empty, None)):
+someone_else = {"token": "hf_someone_else"}
+for repo, kwargs in ((private, {}), (missing, {}), (private, someone_else),
+                     (private, {"download_config": DownloadConfig(**someone_else)}), (empty, {})):
     try:
-        MaplePreferences.from_pretrained(repo, token=token)
+        MaplePreferences.from_pretrained(repo, **kwargs)
     except Exception as error:
         print(type(error).__name__, error)
 """
     lines = run_client(hub_server, tmp_path, code, HF_TOKEN="", MAPLE_TEST_PRIVATE=private,
                        MAPLE_TEST_MISSING=missing, MAPLE_TEST_EMPTY=empty).splitlines()
-    assert lines[:3] == [
+    assert lines[:4] == [
         f"HubReadError {_needs_a_token(hub_server, private)}",
         f"HubReadError {_needs_a_token(hub_server, missing)}",
         f"DatasetNotFoundError Dataset {private!r} doesn't exist on the Hub or cannot be accessed.",
+        # a token given in `download_config=` is a token given: the Hub was asked again without it, and the error said
+        # one was needed
+        f"DatasetNotFoundError Dataset {private!r} doesn't exist on the Hub or cannot be accessed.",
     ]
-    assert lines[3].startswith(f"EmptyDatasetError The directory at hf://datasets/{empty}@"), lines[3:]
+    assert lines[4].startswith(f"EmptyDatasetError The directory at hf://datasets/{empty}@"), lines[4:]
 
 
 def test_maple_train_names_a_private_or_missing_hub_dataset_read_without_a_token(hub_server, tmp_path):
