@@ -1,11 +1,13 @@
 """Two-process runs under `accelerate launch --multi_gpu --num_processes 2` on CPU (gloo) for the tests: the launch, and
 the end of a launched script."""
 
+import contextlib
 import gc
 import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -30,13 +32,19 @@ def launch_two_processes(*program: str, cwd: str | None = None) -> subprocess.Co
 
 
 def end_launched_run() -> None:
-    """Ends a launched script's process group while every rank is alive and the interpreter whole. The trainers' DDP
-    wrappers hold the group, and a trainer is freed only by the garbage collector (its parts refer to each other):
-    left to interpreter exit, gloo's threads then sometimes abort the process ("terminate called without an active
-    exception", SIGABRT), most often on a rank that finished first while the other still worked. So: free the
-    trainers, wait for every rank, then destroy the group."""
+    """Ends a launched script's process group while every rank is alive and the interpreter whole. A trainer is freed
+    only by the garbage collector (its parts refer to each other), and its DDP wrapper holds the group: destroyed with
+    a trainer still uncollected, the group lived on, its gloo threads running into interpreter exit, where a rank that
+    finished first sometimes aborted ("terminate called without an active exception", SIGABRT) while the other still
+    worked. So: free the trainers (the gloo threads then end with the group), wait for every rank, destroy the group."""
     import torch.distributed
 
     gc.collect()
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
+    if os.path.isdir("/proc/self/task"):  # Linux: the threads by name
+        names = []
+        for task in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                names.append(Path(f"/proc/self/task/{task}/comm").read_text().strip())
+        assert not [name for name in names if "gloo" in name], f"gloo threads outlived the process group: {names}"
