@@ -42,9 +42,14 @@ def end_launched_run() -> None:
     gc.collect()
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
-    if os.path.isdir("/proc/self/task"):  # Linux: the threads by name
-        names = []
+    assert not gloo_threads(), f"gloo threads outlived the process group: {gloo_threads()}"
+
+
+def gloo_threads() -> list[str]:
+    """The names of this process's threads that gloo started (Linux; elsewhere none are seen)."""
+    names = []
+    if os.path.isdir("/proc/self/task"):
         for task in os.listdir("/proc/self/task"):
             with contextlib.suppress(OSError):  # a thread that ended meanwhile
                 names.append(Path(f"/proc/self/task/{task}/comm").read_text().strip())
-        assert not [name for name in names if "gloo" in name], f"gloo threads outlived the process group: {names}"
+    return [name for name in names if "gloo" in name]

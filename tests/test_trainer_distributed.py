@@ -23,7 +23,7 @@ from datasets import Dataset
 from PIL import Image
 
 from modeling_maple.testing import build_tiny
-from launch import end_launched_run, launch_two_processes
+from launch import end_launched_run, gloo_threads, launch_two_processes
 from trainer import RPATrainer
 from trainer.testing import smoke_config, synthetic_preference_dataset
 
@@ -170,14 +170,15 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
 
 
 def test_maple_train_under_two_processes_trains_saves_once_and_exits_cleanly(tmp_path):
-    """The `maple train` command (its checkpoints set aside on the main process first, the save, the card, the end of
-    the process group) under two processes."""
+    """The `maple train` command (its checkpoints set aside on the main process first, the save, the card) under two
+    processes; at its end no gloo thread is left (`RPATrainer.end`: with the trainer's DDP wrapper kept, the process
+    group and its threads lived on after `Trainer.end` into interpreter exit, see `launch.end_launched_run`)."""
     from transformers import AutoModel
 
     synthetic_preference_dataset(GLOBAL_BATCH, seed=3).save_to_disk(tmp_path / "prefs")
     output = tmp_path / "out"
     completed = launch_two_processes(
-        "-m", "trainer.cli", "--tiny", "dual_encoder", "--dataset_name", str(tmp_path / "prefs"), "--output_dir",
+        __file__, "maple-train", "--tiny", "dual_encoder", "--dataset_name", str(tmp_path / "prefs"), "--output_dir",
         str(output), "--max_steps", "2", "--per_device_train_batch_size", str(GLOBAL_BATCH // 2), "--use_cpu", "true",
         "--report_to", "none", "--save_strategy", "steps", "--save_steps", "1",
     )
@@ -189,7 +190,20 @@ def test_maple_train_under_two_processes_trains_saves_once_and_exits_cleanly(tmp
     AutoModel.from_pretrained(output, trust_remote_code=True)
 
 
-if __name__ == "__main__":  # run by `accelerate launch` above
+if __name__ == "__main__" and sys.argv[1] == "maple-train":  # run by `accelerate launch` above: `maple train ...`
+    from trainer.cli import main
+
+    end, left = RPATrainer.end, []
+
+    def end_and_look(trainer):  # the gloo threads left once the trainer has ended, while `main` still holds it
+        end(trainer)
+        left.extend(gloo_threads())
+
+    RPATrainer.end = end_and_look
+    status = main(sys.argv[2:])
+    assert not left, f"gloo threads outlived RPATrainer.end: {left}"
+    sys.exit(status)
+elif __name__ == "__main__":  # run by `accelerate launch` above
     output_dir, result_file = sys.argv[1], sys.argv[2]
     logs = run(output_dir, per_device_batch=GLOBAL_BATCH // 2, streamed=True)
     logs["uneven"] = train_without_even_batches(output_dir + "-uneven")

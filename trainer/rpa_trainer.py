@@ -596,6 +596,14 @@ class RPATrainer(DPOTrainer):
             check_recipe(resume_from_checkpoint, self.args, self._lora_recipe(), self._model_recipe(), self._image_recipe())
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
+    def end(self) -> None:
+        """`Trainer.end`: finishes the trackers and destroys the process group, after letting go of the DDP wrapper,
+        which holds the group: kept, the group and its threads (gloo's) live on into interpreter exit. Call it last:
+        the trainer cannot train or evaluate after it."""
+        self.model_wrapped = self.model
+        self.accelerator.free_memory()  # its prepared models (the wrapper among them), then the garbage collector
+        super().end()
+
     def _trained_model(self) -> tuple[nn.Module, PeftConfig | None]:
         """The `MapleModel` trained (under PEFT, the base model the adapters sit on) and the active adapter's config
         (None for full fine-tuning)."""
