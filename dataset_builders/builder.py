@@ -1182,7 +1182,9 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             from maple.hub import HubReadError, hub_read_failure
 
             # the token `datasets` read with: `token=`, else the one in `download_config=`
-            token = load_kwargs.get("token") or getattr(load_kwargs.get("download_config"), "token", None)
+            token = load_kwargs.get("token")
+            if token is None:
+                token = getattr(load_kwargs.get("download_config"), "token", None)
             problem = hub_read_failure(error, repo_id_or_path, repo_type="dataset", revision=load_kwargs.get("revision"),
                                        token=token)
             if problem is None:

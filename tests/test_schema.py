@@ -1,6 +1,7 @@
 """`trainer.schema`: the checks of a preference dataset's rows, before training (map-style datasets) and in the
 collator (streamed rows), name the split, the row and the column."""
 
+import numpy as np
 import pytest
 
 from modeling_maple.testing import build_tiny
@@ -34,6 +35,10 @@ def test_a_nan_id_is_refused_before_training_and_in_a_stream():
     processor = build_tiny("dual_encoder", seed=0)[1]
     with pytest.raises(ValueError, match=r"^eval dataset, the row after id 1.0: column 'id' is nan \(float\)"):
         DataCollatorForEmbeddingPreference(processor, dataset_name="eval")(list(dataset))
+    rows = list(dataset)
+    rows[2]["id"] = np.float32("nan")  # a stream's rows may hold numpy numbers (not floats)
+    with pytest.raises(ValueError, match=r"^eval dataset, the row after id 1.0: column 'id' is np.float32\(nan\)"):
+        DataCollatorForEmbeddingPreference(processor, dataset_name="eval")(rows)
 
 
 def test_a_first_row_without_an_id_is_named_as_the_first():

@@ -169,7 +169,7 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
     assert (nan_run / "checkpoint-1" / "model.safetensors").exists()
 
 
-def test_maple_train_under_two_processes_trains_saves_once_and_exits_cleanly(tmp_path):
+def test_maple_train_under_two_processes_trains_saves_and_leaves_no_gloo_thread(tmp_path):
     """The `maple train` command (its checkpoints set aside on the main process first, the save, the card) under two
     processes; at its end no gloo thread is left (`RPATrainer.end`: with the trainer's DDP wrapper kept, the process
     group and its threads lived on after `Trainer.end` into interpreter exit, see `launch.end_launched_run`)."""

@@ -79,22 +79,21 @@ def model_recipe(config: Any) -> dict[str, Any]:
     return recipe | {"projection_dim": config.projection_dim, "tower_sizes": sizes}
 
 
-# The image processor's settings that decide the pixels the model sees: its resolution (Qwen-VL's pixel budget and
-# patches, CLIP's resize and crop, LLaVA-NeXT's tiles), padding and normalisation.
-IMAGE_RECIPE_SETTINGS = (
-    "size", "crop_size", "min_pixels", "max_pixels", "patch_size", "merge_size", "temporal_patch_size",
-    "image_grid_pinpoints", "do_resize", "resample", "do_center_crop", "do_pad", "do_rescale", "rescale_factor",
-    "do_normalize", "image_mean", "image_std",
-)
+# The entries of an image processor's `to_dict()` that are not settings of its pixels: its class name (the PIL and the
+# torchvision backend of one processor differ in it) and where it was loaded from
+NOT_PIXEL_SETTINGS = ("image_processor_type", "processor_class", "auto_map")
 
 
 def image_recipe(image_processor: Any) -> dict[str, Any]:
-    """What a resumed run's images must share with its checkpoint's: the `IMAGE_RECIPE_SETTINGS` its image processor
-    has (e.g. `--image_processor_kwargs '{"max_pixels": 153664}'` given to one run and not the other trains half the
-    run at another resolution), as JSON holds them."""
-    settings = image_processor.to_dict()
-    chosen = {name: settings[name] for name in IMAGE_RECIPE_SETTINGS if name in settings}
-    return json.loads(json.dumps(chosen, default=str))  # tuples as lists, enums as values: as read back
+    """What a resumed run's images must share with its checkpoint's: every setting of its image processor but the
+    `NOT_PIXEL_SETTINGS`, as JSON holds them. They decide the pixels the model sees: resolution (Qwen-VL's pixel budget
+    and patches, CLIP's resize and crop, LLaVA-NeXT's, InternVL's and Idefics3's tiles), padding and normalisation;
+    `--image_processor_kwargs '{"max_pixels": 153664}'` given to one run and not the other trains half the run at
+    another resolution."""
+    settings = {name: value for name, value in image_processor.to_dict().items()
+                if name not in NOT_PIXEL_SETTINGS and not name.startswith("_")}
+    # tuples as lists, arrays as lists (as transformers writes them), anything else as its text: as read back
+    return json.loads(json.dumps(settings, default=lambda value: value.tolist() if hasattr(value, "tolist") else str(value)))
 
 
 def training_recipe(
@@ -127,9 +126,14 @@ def check_recipe(
     for name, value in now.items():
         if name not in saved:
             continue
-        if name in ("model", "images") and isinstance(saved[name], dict):
-            # an older checkpoint recorded fewer of these entries: what it did not record cannot differ
-            value = {key: value.get(key) for key in saved[name]}
+        if name in ("model", "images") and isinstance(saved[name], dict) and isinstance(value, dict):
+            # an older checkpoint recorded fewer of these entries: what it did not record cannot differ; of the
+            # others, only those that differ are named
+            changed = [key for key in saved[name] if saved[name][key] != value.get(key)]
+            if changed:
+                before, after = ({key: entries.get(key) for key in changed} for entries in (saved[name], value))
+                differences.append(f"{name}: {before!r} -> {after!r}")
+            continue
         if saved[name] != value:
             differences.append(f"{name}: {saved[name]!r} -> {value!r}")
     if differences:

@@ -598,8 +598,9 @@ class RPATrainer(DPOTrainer):
 
     def end(self) -> None:
         """`Trainer.end`: finishes the trackers and destroys the process group, after letting go of the DDP wrapper,
-        which holds the group: kept, the group and its threads (gloo's) live on into interpreter exit. Call it last:
-        the trainer cannot train or evaluate after it."""
+        which holds the group: kept, the group and its threads (gloo's) live on into interpreter exit. (An FSDP or
+        DeepSpeed model is the trainer's own model, and keeps the group.) Call it last: under several processes the
+        trainer cannot train or evaluate after it."""
         self.model_wrapped = self.model
         self.accelerator.free_memory()  # its prepared models (the wrapper among them), then the garbage collector
         super().end()

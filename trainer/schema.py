@@ -164,7 +164,7 @@ def check_rows(
     for position, row_id in enumerate(ids):
         # a NaN id is no name either, and every NaN row would draw the same candidates ("nan" seeds them)
         blank = isinstance(row_id, str) and not row_id.strip()
-        if row_id is None or blank or (isinstance(row_id, float) and math.isnan(row_id)):
+        if row_id is None or blank or (isinstance(row_id, numbers.Real) and math.isnan(row_id)):
             before = ids[position - 1] if position else previous_id
             if before is None:
                 where = "the first row" if first_row == 0 else "the first row of a batch"
