@@ -28,6 +28,7 @@ from maple.cli import (
     add_token_option,
     checked_device,
     exit_with_error,
+    image_settings,
     library_progress_bars_hidden,
     positive,
     report_error,
@@ -79,17 +80,10 @@ def _parse_image_processor_kwargs(parser: argparse.ArgumentParser, text: str | N
     override); one-line usage errors for text that is not a JSON object."""
     if text is None:
         return None
-    example = "e.g. '{\"max_pixels\": 153664}'"
-    if not text.strip():
-        exit_with_error(parser, f"--image-processor-kwargs is empty; expected a JSON object of image processor settings, {example}")
     try:
-        settings = json.loads(text)
+        settings = image_settings(text, "--image-processor-kwargs")
     except ValueError as error:
-        exit_with_error(parser, f"--image-processor-kwargs {text!r} is not valid JSON ({error}); expected a JSON object of "
-                             f"image processor settings, {example}")
-    if not isinstance(settings, dict):
-        exit_with_error(parser, f"--image-processor-kwargs {text!r} is not a JSON object; expected one of image processor "
-                             f"settings, {example}")
+        exit_with_error(parser, str(error))
     return settings or None
 
 

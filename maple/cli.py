@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import json
 import sys
 from collections.abc import Iterator
 from typing import NoReturn
@@ -73,6 +74,25 @@ def positive(number_type: type[int] | type[float]):
 
     parse.__name__ = number_type.__name__  # argparse names the type in "invalid int value: 'x'"
     return parse
+
+
+def image_settings(value: object, option: str) -> dict:
+    """The image processor settings given to `option` (`maple train`'s and `maple eval`'s), as JSON text or, from a
+    config file, a mapping; a ValueError naming the option and the value for anything else."""
+    example = "e.g. '{\"max_pixels\": 153664}'"
+    settings = value
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError(f"{option} is empty; expected a JSON object of image processor settings, {example}")
+        try:
+            settings = json.loads(value)
+        except ValueError as error:
+            raise ValueError(f"{option} {value!r} is not valid JSON ({error}); expected a JSON object of image "
+                             f"processor settings, {example}") from None
+    if not isinstance(settings, dict):
+        raise ValueError(f"{option} {value!r} is not a JSON object; expected one of image processor "
+                         f"settings, {example}")
+    return settings
 
 
 def checked_device(requested: str, option: str = "--device") -> str:

@@ -154,10 +154,16 @@ def test_image_processor_settings_reach_the_trained_models_processor(tmp_path, c
 
     assert error_of("--image_processor_kwargs", '{"max_patches": 6}').startswith(
         f"maple train: error: --model_name_or_path {backbone}: max_patches is not a setting of its image processor")
+    # worded as `maple eval --image-processor-kwargs` words them (`maple.cli.image_settings`)
     assert error_of("--image_processor_kwargs", "{max_pixels: 1024}").startswith(
-        "maple train: error: image_processor_kwargs: not valid JSON (")
+        "maple train: error: --image_processor_kwargs '{max_pixels: 1024}' is not valid JSON (")
     assert error_of("--image_processor_kwargs", "[1024]") == (
-        "maple train: error: image_processor_kwargs: expected a mapping of settings, got [1024]")
+        "maple train: error: --image_processor_kwargs '[1024]' is not a JSON object; expected one of image processor "
+        "settings, e.g. '{\"max_pixels\": 153664}'")
+    config = tmp_path / "list.yaml"
+    config.write_text(yaml.safe_dump({"image_processor_kwargs": [1024]}))
+    assert error_of("--config", str(config)).startswith(
+        "maple train: error: --image_processor_kwargs [1024] is not a JSON object; expected one")
     assert not (tmp_path / "refused").exists()
     with pytest.raises(SystemExit):
         main(["--tiny", "mllm", "--dataset_name", "x", "--image_processor_kwargs", '{"max_pixels": 1024}'])

@@ -27,7 +27,7 @@ from datasets import Dataset, DatasetDict, Image, LargeList, List, Value, load_d
 from datasets.exceptions import DatasetGenerationError
 from trl import TrlParser
 
-from maple.cli import exit_with_error
+from maple.cli import exit_with_error, image_settings
 from maple.hub import hub_read_failure, is_hub_id, local_typo_hint
 from modeling_maple.configuration_maple import BACKBONES, MLLM_FAMILIES
 
@@ -109,13 +109,8 @@ class ModelArguments:
             choices = next(f for f in fields(self) if f.name == name).metadata["choices"]
             if getattr(self, name) is not None and getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
-        if isinstance(self.image_processor_kwargs, str):
-            try:
-                self.image_processor_kwargs = json.loads(self.image_processor_kwargs)
-            except ValueError as error:
-                raise ValueError(f"image_processor_kwargs: not valid JSON ({error}): {self.image_processor_kwargs!r}") from None
-        if self.image_processor_kwargs is not None and not isinstance(self.image_processor_kwargs, dict):
-            raise ValueError(f"image_processor_kwargs: expected a mapping of settings, got {self.image_processor_kwargs!r}")
+        if self.image_processor_kwargs is not None:
+            self.image_processor_kwargs = image_settings(self.image_processor_kwargs, "--image_processor_kwargs")
         if not (isinstance(self.lora_r, int) and self.lora_r >= 1):
             raise ValueError(f"lora_r is a rank and must be an integer >= 1, got {self.lora_r!r}")
         if not (isinstance(self.lora_alpha, (int, float)) and self.lora_alpha > 0):
