@@ -57,7 +57,7 @@ from trainer.schema import PREFERENCE_FEATURES
 
 from .interfaces import CandidateCaptioner, PreferenceJudge, component_name, first_finding
 from .miner import HardNegativeMiner, check_finite, check_semdedup_clusters
-from .scoring import check_judge_scores, score_both_directions, text_pool
+from .scoring import check_captions, check_judge_scores, score_both_directions, text_pool
 from .sources import (
     DEFAULT_ID_COLUMN,
     SourceError,
@@ -894,7 +894,11 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
 
         if config.text_candidates == "generated":
             negative_images = [[images[row] for row in negatives] for negatives in negative_rows]
-            texts_by_negative = self._generated_captions(shard, anchor_images, negative_images)
+            texts_by_negative = self._generated_captions(
+                shard, anchor_images, negative_images,
+                describe=lambda anchor, negative: f"anchor source row {rows[anchor]} (id {ids[anchor]!r}) with hard "
+                f"negative source row {negative_rows[anchor][negative]}",
+            )
             # The judge cannot score these (source captions were checked with the inputs); they
             # are dropped like empty ones: the captioner's tokenizer may differ from the judge's.
             texts_by_negative = [
@@ -931,14 +935,16 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         return {row: {name: values[index] for name, values in columns.items()} for index, row in enumerate(rows)}
 
     def _generated_captions(
-        self, shard: int, anchors: list[PIL.Image.Image], negatives: list[list[PIL.Image.Image]]
+        self, shard: int, anchors: list[PIL.Image.Image], negatives: list[list[PIL.Image.Image]],
+        describe: Callable[[int, int], str],
     ) -> list[list[list[str]]]:
         """Per anchor, per each of its first `captioned_negatives` hard negatives, the captioner's captions for the
-        anchor and that negative, in order."""
+        anchor and that negative, in order (`scoring.check_captions`; `describe(anchor, negative)` names a pair by
+        their positions in `anchors` and the anchor's `negatives`)."""
         pairs = [
-            (index, negative)
+            (index, negative, describe(index, position))
             for index, anchor_negatives in enumerate(negatives)
-            for negative in anchor_negatives[: self.config.captioned_negatives]
+            for position, negative in enumerate(anchor_negatives[: self.config.captioned_negatives])
         ]
         generated: list[list[list[str]]] = [[] for _ in anchors]
         if not pairs:
@@ -948,8 +954,8 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
             # Sampling depends only on the seed and the shard, never on which process or run builds it.
             torch.manual_seed(self.config.seed * 1_000_003 + shard)
-            captioned = self.captioner.caption([anchors[index] for index, _ in pairs], [negative for _, negative in pairs])
-        for (index, _), texts in zip(pairs, captioned):
+            captioned = self.captioner.caption([anchors[index] for index, _, _ in pairs], [negative for _, negative, _ in pairs])
+        for (index, _, _), texts in zip(pairs, check_captions(shard, captioned, [name for _, _, name in pairs])):
             generated[index].append(texts)
         return generated
 

@@ -36,7 +36,7 @@ from maple.cli import (
 from maple.files import folder_problem
 
 from .builder import MaplePreferences, MaplePreferencesConfig, WorkDirMismatch
-from .scoring import JudgeOutputError
+from .scoring import CaptionerOutputError, JudgeOutputError
 from .sources import SourceError, check_outside_source, open_source
 
 PROG = "maple build-preferences"
@@ -380,7 +380,8 @@ def _build(args: argparse.Namespace, given: set[str]) -> int:
             print(f"rank {builder.rank}: built shards {report.computed}, reused {report.reused}; rank 0 assembles the dataset")
             return 0
         builder.download_and_prepare()
-    except (WorkDirMismatch, SourceError, JudgeOutputError) as error:  # a damaged checkpoint or shard included
+    # a damaged checkpoint or shard included
+    except (WorkDirMismatch, SourceError, JudgeOutputError, CaptionerOutputError) as error:
         return report_error(PROG, str(error))
     print(format_summary(builder.stats, time.perf_counter() - started, len(report.computed), len(report.reused), work_dir,
                          builder.world_size))

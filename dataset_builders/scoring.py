@@ -2,10 +2,12 @@
 it accepts back. `text_pool` makes an anchor's text candidates; `score_both_directions` asks the judge for both
 candidate lists (img2txt, txt2img) in one `score` call, each image once, and requires one score per text of each
 image; `check_judge_scores` requires every score to be a finite alpha in [0, 1] before the shard is written. A judge
-that breaks the contract is a `JudgeOutputError` naming what it got wrong. Pure functions: no builder state."""
+that breaks the contract is a `JudgeOutputError` naming what it got wrong; a captioner whose answer is not one list of
+texts per pair (`check_captions`), a `CaptionerOutputError`. Pure functions: no builder state."""
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Callable, Hashable, Mapping, Sequence
 
 import PIL.Image
@@ -17,6 +19,28 @@ from .interfaces import PreferenceJudge
 class JudgeOutputError(RuntimeError):
     """A judge returned something other than one alpha in [0, 1] per candidate; the message names shard, row and
     candidate."""
+
+
+class CaptionerOutputError(RuntimeError):
+    """A captioner returned something other than one list of texts per (anchor, hard negative) pair; the message names
+    the shard and the pair."""
+
+
+def check_captions(shard: int, captioned: object, pairs: Sequence[str]) -> list[list[str]]:
+    """The captioner's answer for a shard's (anchor, hard negative) pairs, named by `pairs`, as one list of texts per
+    pair; a `CaptionerOutputError` naming the shard and the first pair it got wrong otherwise. Unchecked, a flat list
+    of captions was read letter by letter, a short answer left the last pairs without texts, and None became the text
+    "None", each judged and written as a candidate."""
+    kept = "Shards finished before this one are kept."
+    if not isinstance(captioned, (list, tuple)) or len(captioned) != len(pairs):
+        got = f"{len(captioned)} answers" if isinstance(captioned, (list, tuple)) else f"a {type(captioned).__name__}"
+        raise CaptionerOutputError(f"shard {shard}: the captioner returned {got} for {len(pairs)} (anchor, hard "
+                                   f"negative) pairs; expected one list of texts per pair. {kept}")
+    for pair, texts in zip(pairs, captioned):
+        if not isinstance(texts, (list, tuple)) or not all(isinstance(text, str) for text in texts):
+            raise CaptionerOutputError(f"shard {shard}, {pair}: the captioner returned {reprlib.repr(texts)}; expected "
+                                       f"a list of texts (strings). {kept}")
+    return [list(texts) for texts in captioned]
 
 
 def text_pool(caption: str, groups: list[list[str]], size: int) -> list[str]:

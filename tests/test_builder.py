@@ -22,7 +22,7 @@ from dataset_builders.builder import (
     WorkDirMismatch,
     _slice_bounds,
 )
-from dataset_builders.scoring import JudgeOutputError, text_pool
+from dataset_builders.scoring import CaptionerOutputError, JudgeOutputError, text_pool
 from dataset_builders.sources import SourceError, load_source
 from dataset_builders.miner import HardNegativeMiner
 from dataset_builders.testing import (
@@ -878,6 +878,38 @@ def test_a_judge_score_that_is_not_an_alpha_stops_the_build_naming_shard_row_and
     with pytest.raises(JudgeOutputError, match=r"shard 1, row id 'square-003': the judge's img2txt_scores\[0\] is nan; expected an alpha"):
         _build(tmp_path, config_name="corpus-captions", judge=_OverflowingJudge())
     assert [path.name for path in (tmp_path / "work" / "shards").glob("*.parquet")] == ["shard-000000-000003.parquet"]
+
+
+class _FaultyCaptioner(ColourCaptioner):
+    """`ColourCaptioner` until its `fault`: a flat list of captions, an answer short of one pair, or a None caption."""
+
+    def __init__(self, fault: str):
+        self.fault = fault
+
+    def caption(self, anchors, negatives):
+        captions = super().caption(anchors, negatives)
+        if self.fault == "flat":
+            return [pair[0] for pair in captions]
+        if self.fault == "short":
+            return captions[:-1]
+        return [[pair[0], None] for pair in captions]
+
+
+@pytest.mark.parametrize("fault, message", [
+    # the flat list's captions were read letter by letter: each letter a candidate text
+    ("flat", r"shard 0, anchor source row 0 \(id 'square-000'\) with hard negative source row \d+: the captioner "
+             r"returned 'a \w+ image, not \w+'; expected a list of texts \(strings\)\. Shards finished"),
+    # the last pairs got no texts
+    ("short", r"shard 0: the captioner returned 2 answers for 3 \(anchor, hard negative\) pairs; expected one list of "
+              r"texts per pair"),
+    # None became the candidate text "None"
+    ("none", r"shard 0, anchor source row 0 \(id 'square-000'\) with hard negative source row \d+: the captioner "
+             r"returned \['a \w+ image, not \w+', None\]; expected a list of texts"),
+])
+def test_a_captioner_answer_that_is_not_a_list_of_texts_per_pair_stops_the_build(tmp_path, fault, message):
+    """The judge's answers were checked, the captioner's not: each of these built without an error."""
+    with pytest.raises(CaptionerOutputError, match=message):
+        _build(tmp_path, captioner=_FaultyCaptioner(fault))
 
 
 def test_an_interrupted_image_embedding_keeps_its_finished_parts(tmp_path, monkeypatch):
