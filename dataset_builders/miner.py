@@ -401,13 +401,24 @@ class HardNegativeMiner:
 
         pending: list[PIL.Image.Image] = []
         embeddings: list[torch.Tensor] = []
+
+        def encode(first: int) -> torch.Tensor:  # `pending` holds images first, first + 1, ...
+            encoded = self.encode_images(pending)
+            # another shape would pair embeddings with the wrong rows, silently
+            if not (isinstance(encoded, torch.Tensor) and encoded.ndim == 2 and encoded.shape[0] == len(pending)):
+                got = tuple(encoded.shape) if isinstance(encoded, torch.Tensor) else type(encoded).__name__
+                which = f"images {first}-{first + len(pending) - 1}" if len(pending) > 1 else f"image {first}"
+                raise ValueError(f"the image encoder of miner {self.name!r} returned {got} for {which}; expected a "
+                                 f"({len(pending)}, D) tensor, one row per image")
+            return encoded.float().cpu()
+
         for index, image in enumerate(images):
             pending.append(load_image(image, index))
             if len(pending) == self.batch_size:
-                embeddings.append(self.encode_images(pending).float().cpu())
+                embeddings.append(encode(index + 1 - len(pending)))
                 pending = []
         if pending:
-            embeddings.append(self.encode_images(pending).float().cpu())
+            embeddings.append(encode(index + 1 - len(pending)))
         if not embeddings:
             raise ValueError("no images to embed")
         return torch.nn.functional.normalize(torch.cat(embeddings), dim=-1)

@@ -384,6 +384,22 @@ def test_embed_reads_paths_and_names_a_corrupt_image(tmp_path):
         miner.embed(images + [truncated])
 
 
+def test_an_encoder_answer_of_another_shape_is_refused_naming_the_images():
+    """An encoder that returned fewer rows than images (or one vector per batch) paired the embeddings with the wrong
+    source rows, silently."""
+    def one_row_short(images):
+        return torch.randn(len(images) - 1, 4)
+
+    images = [Image.new("RGB", (8, 8), colour) for colour in ("red", "green", "blue")]
+    with pytest.raises(ValueError, match=r"the image encoder of miner 'short' returned \(1, 4\) for images 0-1; "
+                                         r"expected a \(2, D\) tensor, one row per image"):
+        HardNegativeMiner(one_row_short, batch_size=2, name="short", search_device="cpu").embed(images)
+    with pytest.raises(ValueError, match=r"returned \(4,\) for image 0; expected a \(1, D\) tensor"):
+        HardNegativeMiner(lambda batch: torch.randn(4), batch_size=1, name="flat", search_device="cpu").embed(images)
+    with pytest.raises(ValueError, match=r"returned list for images 0-1"):
+        HardNegativeMiner(lambda batch: [[0.0] * 4] * len(batch), batch_size=2, search_device="cpu").embed(images)
+
+
 def test_non_finite_embeddings_are_refused_naming_their_rows():
     """Before the fix a NaN row became every row's top neighbour (top-k ranks NaN highest)."""
     embeddings = torch.randn(6, 4)
