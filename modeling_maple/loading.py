@@ -12,6 +12,7 @@ model, processor = load_maple("openai/clip-vit-base-patch16", dtype=torch.bfloat
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,7 @@ def load_maple(
             the image processor does not have; an image processor the model cannot take); `BackboneLoadingError` for
             a `from_pretrained` argument a backbone cannot take.
     """
+    name_or_path = _local(name_or_path)
     backbone, config = _checkpoint(name_or_path, backbone, revision, trust_remote_code, token)  # the config read once
     # the processor first: what is wrong with it (a setting its image processor lacks, one the model cannot take)
     # shows before any weights load
@@ -104,6 +106,7 @@ def load_maple_model(
 ) -> MapleModel:
     """The embedder of [`load_maple`] alone, for a caller that has its processor (a checkpoint may be saved
     without one)."""
+    name_or_path = _local(name_or_path)
     backbone, _ = _checkpoint(name_or_path, backbone, revision, trust_remote_code, token)
     return _load_model(name_or_path, backbone, revision, trust_remote_code, token, from_pretrained_kwargs)
 
@@ -119,6 +122,7 @@ def load_maple_processor(
     image_processor_kwargs: dict[str, Any] | None = None,
 ) -> MapleProcessor:
     """The processor of [`load_maple`] alone."""
+    name_or_path = _local(name_or_path)
     backbone, config = _checkpoint(name_or_path, backbone, revision, trust_remote_code, token)
     return _load_processor(
         name_or_path, backbone, config, revision, trust_remote_code, backend, token, image_processor_kwargs
@@ -168,7 +172,12 @@ def _load_processor(
             message = str(error) if str(error).startswith(f"{name_or_path}: ") else f"{name_or_path}: {error}"
             raise MapleLoadError(message) from error
     loading = dict(revision=revision, trust_remote_code=trust_remote_code, backend=backend, token=token)
-    processor = AutoProcessor.from_pretrained(name_or_path, **loading)
+    try:
+        processor = AutoProcessor.from_pretrained(name_or_path, **loading)
+    except (OSError, ValueError) as error:  # e.g. a checkpoint saved without its processor
+        problem = " ".join(str(error).split())
+        raise MapleLoadError(f"{name_or_path}: its processor cannot be loaded ({problem}); save the processor with "
+                             "the model, or load the model alone with load_maple_model and pass a processor") from error
     if not image_processor_kwargs:
         return processor
     # the backend of the processor loaded as saved (`MapleProcessor.from_pretrained` follows the one it was saved with;
@@ -184,12 +193,19 @@ def _load_processor(
     return type(processor).from_args_and_dict([image_processor, processor.tokenizer], processor.to_dict())
 
 
+def _local(name_or_path: str) -> str:
+    """`name_or_path` with `~` expanded where that names a local path (transformers would read "~/ckpt" as a Hub
+    id); else as given."""
+    expanded = os.path.expanduser(name_or_path)
+    return expanded if expanded != name_or_path and os.path.exists(expanded) else name_or_path
+
+
 def _checkpoint(
     name_or_path: str, backbone: str | None, revision: str | None, trust_remote_code: bool, token: str | None
 ) -> tuple[str | None, PreTrainedConfig]:
     """(backbone, config) of the checkpoint: the backbone None for a MAPLE checkpoint, else the one to wrap it as
     (given or inferred); `MapleLoadError`s as [`load_maple`] says. Reads the config only."""
-    if not Path(name_or_path).expanduser().exists() and not is_hub_id(name_or_path):  # './x', '/x', 'a/b/c'
+    if not Path(name_or_path).exists() and not is_hub_id(name_or_path):  # './x', '/x', 'a/b/c'
         raise MapleLoadError(f"{name_or_path}: no such folder")
     try:
         config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision, token=token)

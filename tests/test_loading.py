@@ -80,6 +80,33 @@ def test_checkpoints_it_cannot_load_are_refused_before_any_weights_load(tmp_path
             load_maple(relative)
 
 
+def test_a_home_relative_path_loads_as_a_folder(tmp_path, monkeypatch):
+    """"~/ckpt" passed the folder check (which expanded it), and transformers then read it as a Hub id."""
+    from modeling_maple import load_maple_model, load_maple_processor
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    model, processor = build_tiny("dual_encoder", seed=0)
+    model.save_pretrained(tmp_path / "ckpt")
+    processor.save_pretrained(tmp_path / "ckpt")
+    loaded, _ = load_maple("~/ckpt")
+    assert loaded.name_or_path == str(tmp_path / "ckpt")
+    assert isinstance(load_maple_model("~/ckpt"), MapleModel) and load_maple_processor("~/ckpt") is not None
+    with pytest.raises(MapleLoadError, match=r"^~/missing: no such folder$"):
+        load_maple("~/missing")
+
+
+def test_a_checkpoint_saved_without_its_processor_is_a_load_error_naming_it(tmp_path):
+    """It was transformers' bare OSError, which `maple eval` showed as a traceback; the model alone still loads."""
+    from modeling_maple import load_maple_model
+
+    build_tiny("dual_encoder", seed=0)[0].save_pretrained(tmp_path / "weights-only")
+    with pytest.raises(MapleLoadError, match=rf"^{re.escape(str(tmp_path / 'weights-only'))}: its processor cannot be "
+                                             r"loaded \(.*\); save the processor with the model, or load the model "
+                                             r"alone with load_maple_model and pass a processor$"):
+        load_maple(str(tmp_path / "weights-only"))
+    assert isinstance(load_maple_model(str(tmp_path / "weights-only")), MapleModel)
+
+
 @pytest.mark.parametrize("backbone", ["mllm", "dual_encoder", "two_towers"])
 def test_a_backbone_named_for_a_checkpoint_that_cannot_be_it_is_refused_before_any_weights_load(tmp_path, monkeypatch, backbone):
     """A DINOv2 named as 'mllm' or 'dual_encoder' loaded its weights, then failed with a plain ValueError (which `maple
