@@ -162,11 +162,9 @@ def load_source(source: str, *, split: str, cache_dir: str | None = None, token:
     # ValueError: a Hub repo of several configs (the source must not leave it open), a folder without data files;
     # OSError: a Hub id not found, or not cached offline
     except (ValueError, OSError) as error:
-        from maple.hub import hub_read_failure, local_typo_hint
+        from maple.hub import dataset_read_problem, local_typo_hint
 
-        # a Hub id: what the Hub answered (datasets raises a repo not found, or an offline Hub, without its answer)
-        hub = isinstance(error, OSError) and not path.exists() and hub_read_failure(error, source, token=token)
-        problem = hub or " ".join(str(error).split())
+        problem = dataset_read_problem(error, source, token)
         raise SourceError(f"source {source}: {problem}{local_typo_hint(source)}") from None
     # Checked before any file is read; `datasets` would convert every split first.
     _check_splits(source, split, available=[str(name) for name in builder.config.data_files])

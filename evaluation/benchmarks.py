@@ -518,12 +518,11 @@ def load_benchmark(
     try:
         return spec.loader(source, spec, token)
     except OSError as error:
-        from maple.hub import hub_read_failure
+        from maple.hub import dataset_read_problem
 
-        # a Hub id: what the Hub answered (datasets raises a repo not found, or an offline Hub, without its answer)
-        hub = not Path(source).expanduser().exists() and hub_read_failure(error, source, repo_type="dataset", token=token)
-        detail = hub or " ".join(str(error).split())  # one line: Hub errors span several
-        raise BenchmarkSourceError(f"benchmark {name!r}: cannot read source {source!r}: {detail}") from error
+        raise BenchmarkSourceError(
+            f"benchmark {name!r}: cannot read source {source!r}: {dataset_read_problem(error, source, token)}"
+        ) from error
     except RuntimeError as error:
         if "Dataset scripts are no longer supported" not in str(error):
             raise

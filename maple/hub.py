@@ -160,3 +160,13 @@ def hub_read_failure(
             return None
         return hub_failure(answer, repo_id, repo_type=repo_type, revision=revision)
     return None
+
+
+def dataset_read_problem(error: BaseException, source: str, token: str | bool | None = None) -> str:
+    """Why reading the dataset `source` failed, in one line: for a Hub id (no local path of that name) whose read
+    raised an OSError, what the Hub answered (`hub_read_failure`: `datasets` raises a repo not found, or an offline
+    Hub, without its answer); else the error's own text."""
+    if isinstance(error, OSError) and not Path(source).expanduser().exists():
+        if (answer := hub_read_failure(error, source, repo_type="dataset", token=token)) is not None:
+            return answer
+    return " ".join(str(error).split())

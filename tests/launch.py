@@ -42,7 +42,7 @@ def end_launched_run() -> None:
     gc.collect()
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
-    assert not gloo_threads(), f"gloo threads outlived the process group: {gloo_threads()}"
+    assert not (left := gloo_threads()), f"gloo threads outlived the process group: {left}"
 
 
 def gloo_threads() -> list[str]:

@@ -28,7 +28,7 @@ from datasets.exceptions import DatasetGenerationError
 from trl import TrlParser
 
 from maple.cli import exit_with_error, image_settings
-from maple.hub import hub_read_failure, is_hub_id, local_typo_hint
+from maple.hub import dataset_read_problem, is_hub_id, local_typo_hint
 from modeling_maple.configuration_maple import BACKBONES, MLLM_FAMILIES
 
 from .rpa_config import RPAConfig, from_pretrained_kwargs, unused_dpo_field_help
@@ -500,9 +500,7 @@ def load_preference_splits(data_args: DataArguments, token: str | None = None) -
         else:
             splits = load_dataset(location, data_args.dataset_config, token=token)
     except OSError as error:  # no data files, not on the Hub, offline and not cached
-        # a Hub id: what the Hub answered (datasets raises a repo not found, or an offline Hub, without its answer)
-        hub = not saved and not os.path.exists(location) and hub_read_failure(error, location, repo_type="dataset", token=token)
-        problem = hub or " ".join(str(error).split())
+        problem = dataset_read_problem(error, location, token)
         raise TrainingInputError(f"--dataset_name {location}: {problem}{local_typo_hint(location)}") from error
     except IndexError as error:  # what datasets raises for a save_to_disk folder without rows
         raise TrainingInputError(f"--dataset_name {location}: a saved dataset without rows") from error
