@@ -450,6 +450,8 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         self._source: datasets.Dataset | None = None
         self._source_fingerprint: str | None = None
         self._plan: BuildPlan | None = None
+        # Set once `check_work_dir` passes: from then on the manifest going means another rank gave up the work dir.
+        self._claimed_work_dir = False
 
     # ----------------------------------------------------------------------------------------------
     # datasets.GeneratorBasedBuilder
@@ -596,6 +598,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 f"work dir {self.work_dir} was built with another recipe ({'; '.join(differences)}); reusing its "
                 f"checkpoints and shards would mix the two builds: {advice}"
             )
+        self._claimed_work_dir = True
 
     def _local_source(self) -> Path | None:
         """The source's file or folder, when it is one on this machine."""
@@ -632,9 +635,8 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         if not mine.exists():
             start, end = _slice_bounds(len(source), self.rank, self.world_size)
             atomic_write_json(mine, self._check_slice(source, start, end, mine), indent=None)
-        claimed = (self.work_dir / MANIFEST_FILE).exists()  # (a check run on its own, without `plan`, has none)
         self._wait_for(slices, what="input checks")
-        checks = [self._read_from_another_rank(slice_, what="input checks", claimed=claimed) for slice_ in slices]
+        checks = [self._read_from_another_rank(slice_, what="input checks") for slice_ in slices]
         valid_rows, skipped = _merge_input_checks(checks)
         payload = {"num_source_rows": len(source), "valid_rows": valid_rows, "skipped": [asdict(i) for i in skipped]}
         atomic_write_json(path, payload, indent=None)
@@ -967,11 +969,13 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
     def _wait_for(self, paths: list[Path], *, what: str) -> None:
         """Returns once every path exists. Raises `WorkDirMismatch` if the manifest goes meanwhile: another rank gave
         up the work dir (an error before embedding, which removes what the others wait for) and said why; raises
-        `TimeoutError`, naming the missing files, if they are not all there after `wait_timeout` seconds."""
+        `TimeoutError`, naming the missing files, if they are not all there after `wait_timeout` seconds.
+
+        Whether the manifest was there is what this rank saw when it claimed the work dir, not at the wait's start: a
+        peer may give up between this rank writing its part and its wait."""
         deadline, manifest = time.monotonic() + self.wait_timeout, self.work_dir / MANIFEST_FILE
-        claimed = manifest.exists()  # (a stage run on its own, without `plan`, may have none)
         while missing := [path for path in paths if not path.exists()]:
-            if claimed and not manifest.exists():
+            if self._claimed_work_dir and not manifest.exists():
                 raise self._given_up(what)
             if time.monotonic() > deadline:
                 raise TimeoutError(
@@ -985,14 +989,14 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             f"another process gave up the work dir {self.work_dir} while this one waited for {what}: its error says why"
         )
 
-    def _read_from_another_rank(self, path: Path, *, what: str, claimed: bool) -> Any:
+    def _read_from_another_rank(self, path: Path, *, what: str) -> Any:
         """`_read_json` of a file `_wait_for` saw. A rank that gives up the work dir removes it and the manifest,
-        possibly between that wait and this read: then, if the manifest was there (`claimed`), this rank says so
-        rather than call the file damaged."""
+        possibly between that wait and this read: then, if this rank had claimed the work dir, it says so rather than
+        call the file damaged."""
         try:
             return _read_json(path)
         except DamagedCheckpoint:
-            if claimed and not path.exists() and not (self.work_dir / MANIFEST_FILE).exists():
+            if self._claimed_work_dir and not path.exists() and not (self.work_dir / MANIFEST_FILE).exists():
                 raise self._given_up(what) from None
             raise
 

@@ -782,6 +782,24 @@ def test_a_rank_waiting_for_a_peer_that_gave_up_stops_at_its_next_poll(tmp_path,
         rank_0.build_shards()
 
 
+def test_a_peer_giving_up_while_this_rank_checks_its_slice_stops_this_rank(tmp_path, monkeypatch):
+    """CI caught a third window: rank 0 gave up (removing the manifest and its slice) while rank 1 was still checking
+    or writing its slice. Rank 1 then began its wait with no manifest, took the work dir for unclaimed and waited
+    out wait_timeout for rank 0's slice. Whether the manifest was there is now what rank 1 saw when it claimed the
+    work dir."""
+    check_slice = MaplePreferences._check_slice
+
+    def peer_gives_up_meanwhile(self, *args):
+        checked = check_slice(self, *args)
+        (self.work_dir / MANIFEST_FILE).unlink()
+        return checked
+
+    monkeypatch.setattr(MaplePreferences, "_check_slice", peer_gives_up_meanwhile)
+    rank_1 = _unbuilt(tmp_path, colour_square_source(), rank=1, world_size=2, wait_timeout=5)
+    with pytest.raises(WorkDirMismatch, match="another process gave up the work dir .* while this one waited for input checks"):
+        rank_1.build_shards()
+
+
 def test_every_rank_may_call_download_and_prepare(tmp_path):
     """The natural call from Python on every rank: before, the rank holding `datasets`' cache lock waited for shards
     of a rank stuck at that lock (until wait_timeout, 24 hours by default). Every rank now builds its shards before the
