@@ -50,6 +50,10 @@ def _check_list(value: object, name: str) -> None:
 
 
 # (type, "a <singular>", "<plural>") of what the judge compares
+# The shared-prefix path holds an anchor's encoded image (its pixel values) until a batch of equally long prefixes
+# fills; at most this many batches' worth wait, so a shard of large images is not all held in memory at once.
+PENDING_PREFIX_BATCHES = 4
+
 _IMAGE = (PIL.Image.Image, "a PIL image", "PIL images")
 _TEXT = (str, "a str", "texts (str)")
 
@@ -410,23 +414,33 @@ class MLLMJudge:
     def _score_with_shared_prefixes(self, images: Sequence[PIL.Image.Image], texts: Sequence[Sequence[str]]) -> list[torch.Tensor]:
         """Per image, (len(texts[i]),) alphas, each anchor's prefix run once.
 
-        Anchors whose prefixes have the same length (for most families: the same number of image
-        tokens) share prefix
-        forwards, `batch_size` anchors at a time; their (anchor, text) pairs then run in batches of
-        `batch_size`, each pair against its own anchor's rows of the prefix cache. So short
-        candidate lists still fill the batches.
+        Anchors whose prefixes have the same length (for most families: the same number of image tokens) share
+        prefix forwards, `batch_size` anchors at a time; their (anchor, text) pairs then run in batches of
+        `batch_size`, each pair against its own anchor's rows of the prefix cache. So short candidate lists still fill
+        the batches. Images are encoded as they come and a group runs once it is full: at most
+        `PENDING_PREFIX_BATCHES * batch_size` encoded images wait, the fullest group running early when more would.
         """
         alphas: list[torch.Tensor] = [torch.empty(0) for _ in images]
-        encoded = {index: self.prompt_encoder.encode_images([images[index]]) for index, candidates in enumerate(texts) if candidates}
-        by_prefix_length = defaultdict(list)
-        for index, images_of_anchor in encoded.items():
-            by_prefix_length[len(self.prefix_ids(images_of_anchor, 0))].append(index)
-        for indices in by_prefix_length.values():
-            for start in range(0, len(indices), self.batch_size):
-                group = indices[start : start + self.batch_size]
-                group_alphas = self._score_prefix_group([encoded[index] for index in group], [texts[index] for index in group])
-                for index, scores in zip(group, group_alphas):
-                    alphas[index] = scores
+        pending: dict[int, list[tuple[int, EncodedImages]]] = defaultdict(list)  # prefix length -> (anchor, encoded)
+
+        def run(prefix_length: int) -> None:
+            group = pending.pop(prefix_length)
+            scores = self._score_prefix_group([encoded for _, encoded in group], [texts[index] for index, _ in group])
+            for (index, _), anchor_alphas in zip(group, scores):
+                alphas[index] = anchor_alphas
+
+        for index, candidates in enumerate(texts):
+            if not candidates:
+                continue
+            encoded = self.prompt_encoder.encode_images([images[index]])
+            prefix_length = len(self.prefix_ids(encoded, 0))
+            pending[prefix_length].append((index, encoded))
+            if len(pending[prefix_length]) == self.batch_size:
+                run(prefix_length)
+            elif sum(len(group) for group in pending.values()) > PENDING_PREFIX_BATCHES * self.batch_size:
+                run(max(pending, key=lambda length: len(pending[length])))
+        for prefix_length in list(pending):
+            run(prefix_length)
         return alphas
 
     def _score_prefix_group(self, encoded: list[EncodedImages], texts: list[Sequence[str]]) -> list[torch.Tensor]:

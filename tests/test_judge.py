@@ -92,6 +92,37 @@ def test_prefix_groups_mix_grids_of_equal_token_count_and_uneven_candidate_lists
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
 
 
+def test_the_shared_prefix_path_holds_few_encoded_images_at_once(sharp_judge, monkeypatch):
+    """It encoded every image of a call before the first forward, and the builder passes a whole shard (256 anchors
+    and their candidate images at the defaults): many GB for large images. Now a prefix group runs once it fills, and
+    the fullest runs early when too many images wait; here 7 prefix lengths, each twice, never fill a group of 3."""
+    images = [_noise_image(seed, (16 + 8 * (seed % 7), 16)) for seed in range(14)]  # 18, 20, ..., 30 prefix tokens
+    texts = [["a red circle", "two"] if seed % 2 else ["one"] for seed in range(14)]
+    per_pair = sharp_judge.score(images, texts, reuse_prefix=False)
+    monkeypatch.setattr(judge_module, "PENDING_PREFIX_BATCHES", 1)
+    held, most_held = 0, 0
+    encode_images, score_prefix_group = sharp_judge.prompt_encoder.encode_images, sharp_judge._score_prefix_group
+
+    def encode_and_count(batch):
+        nonlocal held, most_held
+        held += len(batch)
+        most_held = max(most_held, held)
+        return encode_images(batch)
+
+    def score_and_release(encoded, group_texts):
+        nonlocal held
+        scores = score_prefix_group(encoded, group_texts)
+        held -= len(encoded)
+        return scores
+
+    monkeypatch.setattr(sharp_judge.prompt_encoder, "encode_images", encode_and_count)
+    monkeypatch.setattr(sharp_judge, "_score_prefix_group", score_and_release)
+    reused = sharp_judge.score(images, texts)
+    assert held == 0 and most_held <= 1 * sharp_judge.batch_size + 1
+    for a, b in zip(reused, per_pair):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+
+
 def test_per_pair_path_matches_the_model_forward_one_pair_at_a_time(sharp_judge):
     """Guards both paths against a shared mistake (positions, padding): compare with the plain
     transformers forward pass, which computes its own M-RoPE positions."""
