@@ -348,7 +348,8 @@ class MapleModel(MaplePreTrainedModel):
         inverse_temperature = self.logit_scale.exp()
         logits_per_text = logits_per_image = loss = None
         if text_embeds is not None and image_embeds is not None:
-            logits_per_text = inverse_temperature * text_embeds @ image_embeds.t()
+            # As CLIPModel does: with a multi-GPU `device_map` the towers and the scale may sit on different GPUs.
+            logits_per_text = inverse_temperature.to(text_embeds.device) * text_embeds @ image_embeds.t().to(text_embeds.device)
             logits_per_image = logits_per_text.t()
         if return_loss:
             if logits_per_text is None or logits_per_text.shape[0] != logits_per_text.shape[1]:
