@@ -577,13 +577,15 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 for pattern in ("inputs*.json", "embeddings*.pt", "anchors.json", "stats.json", "shards/*.parquet")
                 for item in self.work_dir.glob(pattern)
             ]
-            if leftovers:
+            # A peer claiming the work dir meanwhile writes the manifest before its checkpoints: they are not leftovers.
+            if leftovers and not path.exists():
                 raise WorkDirMismatch(
                     f"work dir {self.work_dir} holds checkpoints ({', '.join(sorted(leftovers)[:5])}) but no manifest, "
                     f"so their recipe is unknown and they cannot be reused safely: {advice}"
                 )
-            self.work_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(path, current, sort_keys=True)
+            if not path.exists():
+                self.work_dir.mkdir(parents=True, exist_ok=True)
+                atomic_write_json(path, current, sort_keys=True)
         saved = _read_json(path, advice=f"the recipe of the checkpoints beside it is unknown: delete {self.work_dir} to start over")
         saved_version = saved.get("manifest_version", 1)
         if saved_version != MANIFEST_VERSION:

@@ -744,7 +744,7 @@ def test_a_rank_that_gives_up_before_embedding_does_not_leave_another_waiting(tm
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         futures = [pool.submit(builder.build_shards) for builder in ranks]
         errors = [future.exception(timeout=120) for future in futures]
-    assert not any(isinstance(error, TimeoutError) for error in errors)  # a rank waited out wait_timeout
+    assert not any(isinstance(error, TimeoutError) for error in errors), errors  # a rank waited out wait_timeout
     # whichever merges first says why; the other, waiting, is told another process gave up
     gave_up = [error for error in errors if isinstance(error, WorkDirMismatch)]
     assert len(gave_up) <= 1 and all("another process gave up the work dir" in str(error) for error in gave_up)
@@ -798,6 +798,28 @@ def test_a_peer_giving_up_while_this_rank_checks_its_slice_stops_this_rank(tmp_p
     rank_1 = _unbuilt(tmp_path, colour_square_source(), rank=1, world_size=2, wait_timeout=5)
     with pytest.raises(WorkDirMismatch, match="another process gave up the work dir .* while this one waited for input checks"):
         rank_1.build_shards()
+
+
+def test_a_peer_claiming_the_work_dir_during_this_ranks_claim_is_not_taken_for_leftovers(tmp_path):
+    """A window a review found: rank 0 saw no manifest; before it looked for leftover checkpoints, rank 1 claimed the
+    work dir and wrote its input-check slice. Rank 0 refused the slice as a checkpoint without a manifest and stopped
+    without giving anything up, so rank 1 waited out wait_timeout for rank 0's slice."""
+    rank_0, rank_1 = (_unbuilt(tmp_path, colour_square_source(), rank=rank, world_size=2) for rank in range(2))
+
+    class PeerClaimsBeforeTheLeftoverCheck(type(rank_0.work_dir)):
+        def glob(self, pattern):
+            if not (self / MANIFEST_FILE).exists():
+                rank_1.check_work_dir()
+                (self / "inputs-1-of-2.json").write_text(json.dumps({"valid_rows": [], "valid_ids": [], "skipped": []}))
+            return super().glob(pattern)
+
+    rank_0.work_dir = PeerClaimsBeforeTheLeftoverCheck(rank_0.work_dir)
+    rank_0.check_work_dir()
+    assert rank_0._claimed_work_dir
+    # A work dir that holds checkpoints and no manifest is still refused.
+    (tmp_path / "work" / MANIFEST_FILE).unlink()
+    with pytest.raises(WorkDirMismatch, match=r"holds checkpoints \(inputs-1-of-2.json\) but no manifest"):
+        _unbuilt(tmp_path, colour_square_source(), rank=0, world_size=2).check_work_dir()
 
 
 def test_every_rank_may_call_download_and_prepare(tmp_path):
