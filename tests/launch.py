@@ -28,7 +28,16 @@ def launch_two_processes(*program: str, cwd: str | None = None) -> subprocess.Co
         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), *program,
     ]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    return subprocess.run(command, env=environment, cwd=cwd, capture_output=True, text=True, timeout=300)
+    with subprocess.Popen(command, env=environment, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as launch:
+        try:
+            stdout, stderr = launch.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            # SIGTERM, which torchrun's agent passes on to the ranks (each runs in a session of its own, out of reach
+            # of a kill of the launcher's group); killed, it would leave them running, slowing every later test.
+            launch.terminate()
+            launch.communicate(timeout=60)
+            raise
+    return subprocess.CompletedProcess(command, launch.returncode, stdout, stderr)
 
 
 def end_launched_run() -> None:
