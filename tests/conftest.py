@@ -2,9 +2,12 @@
 trips go to a local Hub-compatible server (see `hub_server.py`). These variables are read by
 huggingface_hub at import time, so they are set before any test module imports HF libraries."""
 
+import atexit
 import csv
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,12 @@ os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Each test process gets an HF_HOME of its own: transformers copies a checkpoint's remote code into
+# HF_HOME/modules/transformers_modules/<folder name>/ without a lock, so two xdist workers loading same-named folders
+# at once could import a file the other was rewriting. Nothing of the user's Hub cache or token is read or written.
+_HF_HOME = tempfile.mkdtemp(prefix="maple-tests-hf-home-")
+atexit.register(shutil.rmtree, _HF_HOME, ignore_errors=True)
+os.environ["HF_HOME"] = _HF_HOME
 # Expected values here are float32 CPU numbers; on a GPU, training would default to bf16 and cuDNN to TF32. So CUDA
 # stays hidden (subprocesses too), except with MAPLE_TEST_CUDA=1, which runs test_cuda.py's checks of the GPU paths.
 if os.environ.get("MAPLE_TEST_CUDA") != "1":
