@@ -450,8 +450,8 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         self._source: datasets.Dataset | None = None
         self._source_fingerprint: str | None = None
         self._plan: BuildPlan | None = None
-        # Set once `check_work_dir` passes: from then on the manifest going means another rank gave up the work dir.
-        self._claimed_work_dir = False
+        # True once `check_work_dir` passes: from then on the manifest going means another rank gave up the work dir.
+        self._work_dir_claimed = False
 
     # ----------------------------------------------------------------------------------------------
     # datasets.GeneratorBasedBuilder
@@ -568,6 +568,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         The first build writes manifest.json; a later one (a resume, another rank) must match it
         field for field. A work dir with checkpoints but no manifest is refused too: nothing says
         which recipe made them."""
+        self._work_dir_claimed = False
         path = self.work_dir / MANIFEST_FILE
         current = json.loads(json.dumps(self.manifest(), default=str))  # as it reads back from the file
         advice = f"use another work dir (CLI: another --output-dir), or delete {self.work_dir} to start over"
@@ -600,7 +601,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 f"work dir {self.work_dir} was built with another recipe ({'; '.join(differences)}); reusing its "
                 f"checkpoints and shards would mix the two builds: {advice}"
             )
-        self._claimed_work_dir = True
+        self._work_dir_claimed = True
 
     def _local_source(self) -> Path | None:
         """The source's file or folder, when it is one on this machine."""
@@ -843,6 +844,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         computed beyond the input check, so the command the error suggests (other columns, another cluster count)
         can make the work dir its own instead of being refused as another recipe. Ranks waiting for this one see the
         manifest go and stop (`_wait_for`)."""
+        self._work_dir_claimed = False
         for path in [self.work_dir / MANIFEST_FILE, *self.work_dir.glob("inputs*.json")]:
             path.unlink(missing_ok=True)
 
@@ -973,11 +975,13 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         up the work dir (an error before embedding, which removes what the others wait for) and said why; raises
         `TimeoutError`, naming the missing files, if they are not all there after `wait_timeout` seconds.
 
-        Whether the manifest was there is what this rank saw when it claimed the work dir, not at the wait's start: a
-        peer may give up between this rank writing its part and its wait."""
+        The work dir counts as claimed when `check_work_dir` passed, not only when the manifest is there at the wait's
+        start: a peer may give up between this rank writing its part and its wait. (A stage called on its own, without
+        `plan`, goes by the manifest alone.)"""
         deadline, manifest = time.monotonic() + self.wait_timeout, self.work_dir / MANIFEST_FILE
+        claimed = self._work_dir_claimed or manifest.exists()
         while missing := [path for path in paths if not path.exists()]:
-            if self._claimed_work_dir and not manifest.exists():
+            if claimed and not manifest.exists():
                 raise self._given_up(what)
             if time.monotonic() > deadline:
                 raise TimeoutError(
@@ -998,7 +1002,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         try:
             return _read_json(path)
         except DamagedCheckpoint:
-            if self._claimed_work_dir and not path.exists() and not (self.work_dir / MANIFEST_FILE).exists():
+            if self._work_dir_claimed and not path.exists() and not (self.work_dir / MANIFEST_FILE).exists():
                 raise self._given_up(what) from None
             raise
 

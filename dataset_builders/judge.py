@@ -36,6 +36,10 @@ from .vlm_inputs import (
 DEFAULT_JUDGE_PROMPT = 'Does the image align with the text "{text}"? Answer Yes or No.'
 """The paper's judge question; the image comes first, as `<image>` does in the paper."""
 
+# The shared-prefix path holds an anchor's encoded image (its pixel values) until a batch of equally long prefixes
+# fills; at most this many batches' worth wait, so a shard of large images is not all held in memory at once.
+PENDING_PREFIX_BATCHES = 4
+
 
 def _kind(value: object) -> str:
     """How a wrong value is described in an error: its type, and for short text the text."""
@@ -50,10 +54,6 @@ def _check_list(value: object, name: str) -> None:
 
 
 # (type, "a <singular>", "<plural>") of what the judge compares
-# The shared-prefix path holds an anchor's encoded image (its pixel values) until a batch of equally long prefixes
-# fills; at most this many batches' worth wait, so a shard of large images is not all held in memory at once.
-PENDING_PREFIX_BATCHES = 4
-
 _IMAGE = (PIL.Image.Image, "a PIL image", "PIL images")
 _TEXT = (str, "a str", "texts (str)")
 
@@ -418,12 +418,13 @@ class MLLMJudge:
         prefix forwards, `batch_size` anchors at a time; their (anchor, text) pairs then run in batches of
         `batch_size`, each pair against its own anchor's rows of the prefix cache. So short candidate lists still fill
         the batches. Images are encoded as they come and a group runs once it is full: at most
-        `PENDING_PREFIX_BATCHES * batch_size` encoded images wait, the fullest group running early when more would.
+        `PENDING_PREFIX_BATCHES * batch_size` encoded images are held, the fullest group running early when they
+        reach that.
         """
         alphas: list[torch.Tensor] = [torch.empty(0) for _ in images]
         pending: dict[int, list[tuple[int, EncodedImages]]] = defaultdict(list)  # prefix length -> (anchor, encoded)
 
-        def run(prefix_length: int) -> None:
+        def run_group(prefix_length: int) -> None:
             group = pending.pop(prefix_length)
             scores = self._score_prefix_group([encoded for _, encoded in group], [texts[index] for index, _ in group])
             for (index, _), anchor_alphas in zip(group, scores):
@@ -436,11 +437,11 @@ class MLLMJudge:
             prefix_length = len(self.prefix_ids(encoded, 0))
             pending[prefix_length].append((index, encoded))
             if len(pending[prefix_length]) == self.batch_size:
-                run(prefix_length)
-            elif sum(len(group) for group in pending.values()) > PENDING_PREFIX_BATCHES * self.batch_size:
-                run(max(pending, key=lambda length: len(pending[length])))
+                run_group(prefix_length)
+            elif sum(len(group) for group in pending.values()) >= PENDING_PREFIX_BATCHES * self.batch_size:
+                run_group(max(pending, key=lambda length: len(pending[length])))
         for prefix_length in list(pending):
-            run(prefix_length)
+            run_group(prefix_length)
         return alphas
 
     def _score_prefix_group(self, encoded: list[EncodedImages], texts: list[Sequence[str]]) -> list[torch.Tensor]:

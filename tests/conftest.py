@@ -25,6 +25,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 _HF_HOME = tempfile.mkdtemp(prefix="maple-tests-hf-home-")
 atexit.register(shutil.rmtree, _HF_HOME, ignore_errors=True)
 os.environ["HF_HOME"] = _HF_HOME
+for _variable in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_ASSETS_CACHE", "HF_XET_CACHE", "HF_MODULES_CACHE",
+                  "HF_DATASETS_CACHE", "TRANSFORMERS_CACHE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH"):
+    os.environ.pop(_variable, None)  # each would win over HF_HOME
 # Expected values here are float32 CPU numbers; on a GPU, training would default to bf16 and cuDNN to TF32. So CUDA
 # stays hidden (subprocesses too), except with MAPLE_TEST_CUDA=1, which runs test_cuda.py's checks of the GPU paths.
 if os.environ.get("MAPLE_TEST_CUDA") != "1":

@@ -35,8 +35,12 @@ def launch_two_processes(*program: str, cwd: str | None = None) -> subprocess.Co
             # SIGTERM, which torchrun's agent passes on to the ranks (each runs in a session of its own, out of reach
             # of a kill of the launcher's group); killed, it would leave them running, slowing every later test.
             launch.terminate()
-            launch.communicate(timeout=60)
-            raise
+            try:
+                stdout, stderr = launch.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                launch.kill()
+                stdout, stderr = launch.communicate()
+            raise subprocess.TimeoutExpired(command, 300, output=stdout, stderr=stderr) from None
     return subprocess.CompletedProcess(command, launch.returncode, stdout, stderr)
 
 
