@@ -327,11 +327,14 @@ class _IndexedQuadruples(LazySequence):
 
 
 # -- native folder layouts ---------------------------------------------------------------------------
-def _hub_folder(source: str, allow_patterns: list[str], token: str | None) -> Path:
-    """A local folder for `source`: itself if it is one, else a snapshot of the Hub dataset repo, read with `token`."""
+def _hub_folder(source: str, allow_patterns: list[str], token: str | None, *, layout: str) -> Path:
+    """A local folder for `source`: itself if it is one, else a snapshot of the Hub dataset repo, read with `token`.
+    A local file is refused, naming the folder `layout` the benchmark needs (as a Hub id it would be a traceback)."""
     path = Path(source).expanduser()
     if path.is_dir():
         return path
+    if path.exists():
+        raise BenchmarkFormatError(f"{path}: a file; {layout}: give that folder (or a Hub dataset id)")
     from huggingface_hub import snapshot_download
 
     return Path(snapshot_download(source, repo_type="dataset", allow_patterns=allow_patterns, token=token))
@@ -385,10 +388,17 @@ def _load_naturalbench(source: str, spec: BenchmarkSpec, token: str | None) -> Q
     native = ("metadata.json", "NaturalBench-Retrieval/metadata.json", NATURALBENCH_ARCHIVE)
     if path.suffix == ".parquet" or (path.is_dir() and not any((path / name).exists() for name in native) and any(path.rglob("*.parquet"))):
         return _load_quadruple_table(source, spec, token)
-    folder = _naturalbench_folder(path if path.is_dir() else _hub_folder(source, [NATURALBENCH_ARCHIVE], token))
+    layout = "NaturalBench-Retrieval needs a folder holding metadata.json and images/ (or its zip)"
+    if not path.is_dir():
+        snapshot = _hub_folder(source, [NATURALBENCH_ARCHIVE, "metadata.json", "images/**", "NaturalBench-Retrieval/**"],
+                               token, layout=layout)
+        if not any((snapshot / name).exists() for name in native):  # a copy in the parquet columns, read as a table
+            return _load_quadruple_table(source, spec, token)
+        path = snapshot
+    folder = _naturalbench_folder(path)
     metadata_file = folder / "metadata.json"
     if not metadata_file.is_file():
-        raise BenchmarkFormatError(f"{folder}: NaturalBench-Retrieval needs metadata.json and images/")
+        raise BenchmarkFormatError(f"{folder}: {layout}")
     try:
         items = json.loads(metadata_file.read_text())
     except json.JSONDecodeError as error:
@@ -419,10 +429,11 @@ def _load_mmvp(source: str, spec: BenchmarkSpec, token: str | None) -> Quadruple
     """MMVP-VLM: `Questions.csv` with rows (Question ID, Type, Statement), consecutive rows forming
     a pair, and images `MLLM_VLM Images/<Type>/<Question ID>.jpg`. Texts are "a photo of <Statement>", as
     the benchmark's own evaluation script (`evaluate_vlm.py`) writes them."""
-    folder = _hub_folder(source, ["Questions.csv", f"{MMVP_IMAGE_FOLDER}/**"], token)
+    layout = f"MMVP-VLM needs a folder holding Questions.csv and '{MMVP_IMAGE_FOLDER}/'"
+    folder = _hub_folder(source, ["Questions.csv", f"{MMVP_IMAGE_FOLDER}/**"], token, layout=layout)
     questions_file = folder / "Questions.csv"
     if not questions_file.is_file():
-        raise BenchmarkFormatError(f"{folder}: MMVP-VLM needs Questions.csv and '{MMVP_IMAGE_FOLDER}/'")
+        raise BenchmarkFormatError(f"{folder}: {layout}")
     raw = questions_file.read_bytes()
     try:
         text = raw.decode("utf-8-sig")  # UTF-8, with the byte-order mark Excel writes or without
@@ -440,6 +451,8 @@ def _load_mmvp(source: str, spec: BenchmarkSpec, token: str | None) -> Quadruple
             row = next(reader, None)
             if row is None:
                 break
+            if not row:  # a blank line, which csv reads as no fields
+                continue
             rows.append(row)
             lines.append(first_line)
     except csv.Error as error:  # e.g. a NUL byte

@@ -3,6 +3,7 @@ known cosines (`evaluation.testing.LookupEmbedder`)."""
 
 import csv
 import json
+import re
 import shutil
 
 import datasets
@@ -213,6 +214,24 @@ def test_mmvp_odd_rows_and_missing_images(benchmark_sources, tmp_path):
     (natural / "metadata.json").write_text(json.dumps(metadata))
     with pytest.raises(BenchmarkFormatError, match=r"metadata\.json: entry 0 lacks \['caption_1'\]"):
         load_benchmark("naturalbench", str(natural))
+
+
+def test_blank_lines_in_mmvp_questions_are_not_statements(benchmark_sources, tmp_path):
+    """csv reads a blank line as a row of no fields: one at the end was counted as a fifth statement ("statements come
+    in pairs; got 5 rows", naming no line)."""
+    blank = shutil.copytree(benchmark_sources["mmvp"], tmp_path / "blank")
+    lines = (blank / "Questions.csv").read_text().splitlines()
+    (blank / "Questions.csv").write_text("\n".join([*lines[:3], "", *lines[3:], "", ""]))
+    assert [q[2:] for q in load_benchmark("mmvp", str(blank)).quadruples] == [
+        q[2:] for q in load_benchmark("mmvp", str(benchmark_sources["mmvp"])).quadruples
+    ]
+
+
+@pytest.mark.parametrize("name, file", [("mmvp", "Questions.csv"), ("naturalbench", "metadata.json")])
+def test_a_file_where_a_benchmark_needs_its_folder_is_a_format_error(benchmark_sources, name, file):
+    """The path exists, so it passed the source check, then went to the Hub client as a repo id: a traceback."""
+    with pytest.raises(BenchmarkFormatError, match=rf"{re.escape(file)}: a file; .* needs a folder holding .*give that folder"):
+        load_benchmark(name, str(benchmark_sources[name] / file))
 
 
 def test_malformed_sources_are_format_errors_naming_file_row_and_column(benchmark_sources, tmp_path):
@@ -576,7 +595,7 @@ def test_mmvp_rows_with_more_than_three_fields_or_a_blank_field_name_their_line(
 def test_an_empty_folder_names_what_each_benchmark_needs(tmp_path):
     with pytest.raises(BenchmarkFormatError, match=r"no parquet files for benchmark 'coco'"):
         load_benchmark("coco", str(tmp_path))
-    with pytest.raises(BenchmarkFormatError, match=r"NaturalBench-Retrieval needs metadata\.json and images/"):
+    with pytest.raises(BenchmarkFormatError, match=r"NaturalBench-Retrieval needs a folder holding metadata\.json and images/"):
         load_benchmark("naturalbench", str(tmp_path))
 
 

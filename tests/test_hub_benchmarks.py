@@ -82,3 +82,29 @@ def test_a_script_only_hub_repo_is_one_named_error(tmp_path):
         server.stop()
     assert output.startswith("ERROR benchmark 'flickr30k': 'nlphuji/flickr_1k_test_image_text_retrieval' is a script-based dataset")
     assert "--source flickr30k=PATH" in output
+
+
+NATURALBENCH_PARQUET_COPY = """
+import os
+from huggingface_hub import HfApi
+from evaluation.benchmarks import load_benchmark
+
+repo = "someone/naturalbench-retrieval-parquet"
+api = HfApi()
+api.create_repo(repo, repo_type="dataset", exist_ok=True)
+api.upload_file(path_or_fileobj=os.environ["MAPLE_TEST_PARQUET"], path_in_repo="data/test-00000-of-00001.parquet",
+                repo_id=repo, repo_type="dataset")
+print([quadruple[2:] for quadruple in load_benchmark("naturalbench", repo).quadruples])
+"""
+
+
+def test_a_naturalbench_copy_in_parquet_loads_by_its_hub_id(hub_server, tmp_path):
+    """Only the retrieval archive was downloaded from a Hub id, so a copy in the documented parquet columns (the
+    kind `--push-to-hub` needs, since it refuses local sources) was an empty snapshot, blamed on a cache folder."""
+    from conftest import make_picture, write_parquet
+
+    parquet = write_parquet(tmp_path / "natural.parquet", {
+        "image_0": [make_picture(0)], "image_1": [make_picture(1)], "caption_0": ["a man"], "caption_1": ["a woman"],
+    }, ("image_0", "image_1"))
+    output = run_client(hub_server, tmp_path, NATURALBENCH_PARQUET_COPY, MAPLE_TEST_PARQUET=str(parquet))
+    assert output.strip().splitlines()[-1] == "[('a man', 'a woman')]"
