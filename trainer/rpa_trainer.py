@@ -305,11 +305,11 @@ class RPATrainer(DPOTrainer):
         if self._leave_images_encoded:
             dataset = with_images_left_encoded(dataset)
         if is_training:
+            dataset = _dealt_by_batch(dataset, self.accelerator.num_processes)
             return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, dataloader_key)
-        # A stream is numbered to tell the rows accelerate repeats (`_repeated_eval_rows`), unless accelerate splits it
-        # by its shards, a set per process, which repeats none (and numbers each process's rows from 0).
-        if isinstance(dataset, IterableDataset) and not self._shards_by_process(dataset):
-            dataset = dataset.map(_with_position, with_indices=True)
+        # A stream is numbered to tell the rows accelerate repeats (`_repeated_eval_rows`).
+        if isinstance(dataset, IterableDataset):
+            dataset = _dealt_by_batch(dataset.map(_with_position, with_indices=True), self.accelerator.num_processes)
         eval_collator = self.eval_data_collator
         if isinstance(eval_collator, DataCollatorForEmbeddingPreference) and dataloader_key not in (None, "eval"):
             eval_collator = dataclasses.replace(eval_collator, dataset_name=dataloader_key)  # errors name the split
@@ -318,12 +318,6 @@ class RPATrainer(DPOTrainer):
             return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, dataloader_key)
         finally:
             self.data_collator = train_collator
-
-    def _shards_by_process(self, dataset: IterableDataset) -> bool:
-        """Whether accelerate gives each process its own shards of the stream `dataset` (`prepare_data_loader`: with at
-        least as many shards as processes, batches not split) instead of dealing out its batches."""
-        processes = self.accelerator.num_processes
-        return processes > 1 and not self.args.accelerator_config.split_batches and dataset.n_shards >= processes
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         with naming_undecodable_images("train"):
@@ -773,6 +767,28 @@ class ScaleBound(TrainerCallback):
 
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):
         bound_scales(model, self.max_scale)
+
+
+class _StreamDealtByBatch(torch.utils.data.IterableDataset):
+    """A `datasets` stream that accelerate deals out batch by batch (its `IterableDatasetShard`: every process reads
+    the stream and keeps its part of each global batch, the last one evened out with repeated rows), not by shards.
+    Given a `datasets.IterableDataset` of at least as many shards as processes, accelerate hands each process shards
+    of its own, unevened: shards of unequal length left the processes unequal numbers of batches, and one waited
+    forever in the loss's all-gather or ran its evaluation against the other's training step."""
+
+    def __init__(self, stream: IterableDataset) -> None:
+        self.stream = stream
+
+    def __iter__(self):
+        return iter(self.stream)
+
+    def set_epoch(self, epoch: int) -> None:  # the stream's shuffling is seeded by the epoch
+        self.stream.set_epoch(epoch)
+
+
+def _dealt_by_batch(dataset: Dataset | IterableDataset, processes: int) -> Dataset | torch.utils.data.IterableDataset:
+    """`dataset`, a stream read by several processes wrapped in `_StreamDealtByBatch`."""
+    return _StreamDealtByBatch(dataset) if isinstance(dataset, IterableDataset) and processes > 1 else dataset
 
 
 def _with_position(row: dict[str, Any], position: int) -> dict[str, int]:
