@@ -878,6 +878,20 @@ def test_the_pickled_arguments_hold_no_hub_token(tmp_path):
     assert args.hub_token == "hf_secret_token" and b"hf_secret_token" not in pickle.dumps(args)
 
 
+def test_a_token_in_model_init_kwargs_is_neither_pickled_nor_reported(tmp_path):
+    """`maple train --model_init_kwargs '{"token": ...}'` is a supported way to read a private model: the token went
+    into training_args.bin, which `push_to_hub` uploads, and into `to_dict`, which reporters log."""
+    import pickle
+
+    args = RPAConfig(output_dir=str(tmp_path), report_to="none",
+                     model_init_kwargs={"token": "hf_secret_token", "use_auth_token": "hf_old_token", "dtype": "bfloat16"})
+    assert b"hf_secret_token" not in pickle.dumps(args) and b"hf_old_token" not in pickle.dumps(args)
+    assert pickle.loads(pickle.dumps(args)).model_init_kwargs == {"dtype": "bfloat16"}
+    assert args.to_dict()["model_init_kwargs"] == {"dtype": "bfloat16", "token": "<TOKEN>", "use_auth_token": "<TOKEN>"}
+    assert "hf_secret_token" not in args.to_json_string()
+    assert args.model_init_kwargs["token"] == "hf_secret_token"  # the arguments in use keep it
+
+
 @pytest.mark.parametrize(
     "overrides,message",
     [

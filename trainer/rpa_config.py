@@ -260,8 +260,14 @@ class RPAConfig(DPOConfig):
 
     def __getstate__(self) -> dict[str, Any]:
         # `Trainer` pickles the arguments into training_args.bin beside every checkpoint, and `push_to_hub` uploads
-        # that file: the Hub token stays out of it (transformers' repr and `to_dict` mask it too).
-        return {**self.__dict__, "hub_token": None}
+        # that file: Hub tokens stay out of it (transformers' repr and `to_dict` mask `hub_token` too).
+        return {**self.__dict__, "hub_token": None, "model_init_kwargs": _without_tokens(self.model_init_kwargs, None)}
+
+    def to_dict(self) -> dict[str, Any]:
+        # What reporters (TensorBoard, W&B) log: a token given in `model_init_kwargs` is masked as `hub_token` is.
+        arguments = super().to_dict()
+        arguments["model_init_kwargs"] = _without_tokens(self.model_init_kwargs, "<TOKEN>")
+        return arguments
 
     def __post_init__(self):
         if self.bf16 is None:
@@ -348,3 +354,14 @@ def from_pretrained_kwargs(
         kwargs["dtype"] = getattr(torch, dtype)
     return kwargs
 
+
+
+def _without_tokens(model_init_kwargs: dict | None, placeholder: str | None) -> dict | None:
+    """`model_init_kwargs` with a Hub token it names (`token`, or transformers' former `use_auth_token`) replaced by
+    `placeholder`, or left out when that is None."""
+    if not model_init_kwargs:
+        return model_init_kwargs
+    kept = {key: value for key, value in model_init_kwargs.items() if key not in ("token", "use_auth_token")}
+    if placeholder is not None:
+        kept.update({key: placeholder for key in ("token", "use_auth_token") if key in model_init_kwargs})
+    return kept
