@@ -1126,12 +1126,15 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         for a bare `repo_id`, which is created under the token's user)."""
         from huggingface_hub import HfApi, hf_hub_download
 
+        from maple.hub import check_private
         from model_cards import dataset_card_from_stats
         from model_cards.cards import HISTOGRAM_FILE, push_dataset_card
 
         api = HfApi(token=token)
         # The full id: a bare name is created under the token's user, and every call below needs "namespace/name".
         repo_id = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True).repo_id
+        if private:
+            check_private(api, repo_id, "dataset")
         stats_dir = f"stats/{self.config.name}"
         other_configs = [
             json.loads(Path(hf_hub_download(repo_id, path, repo_type="dataset", token=token)).read_text())

@@ -416,6 +416,7 @@ def push_results(
     from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, hf_hub_download
     from huggingface_hub.errors import RemoteEntryNotFoundError
 
+    from maple.hub import validate_card
     from model_cards import with_eval_results
     from model_cards.cards import GAP_HISTOGRAM_FILE, plot_similarity_histograms
 
@@ -440,7 +441,7 @@ def push_results(
             card, results, model_name=repo_id, histogram_file=GAP_HISTOGRAM_FILE if has_histograms else None,
             dataset_ids=dataset_ids,
         )
-        card.validate()
+        validate_card(card)
         record = json.dumps({"results": results, "dataset_ids": dataset_ids}, indent=2).encode()
         operations = [
             CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode()),

@@ -31,6 +31,33 @@ class HubReadError(OSError):
     """A Hub repo that could not be read; the message names it and says what the Hub answered."""
 
 
+class CardMetadataError(ValueError):
+    """The Hub refused a card's metadata (its validate-yaml check); the message says why."""
+
+
+class PublicRepoError(ValueError):
+    """A push asked for a private repo, and the repo exists and is public."""
+
+
+def validate_card(card) -> None:
+    """`card.validate()` against the Hub's metadata check; its refusal (a bare ValueError raised while handling the
+    HTTP 400, which `hub_failure` would report as that 400) is a `CardMetadataError` saying why."""
+    try:
+        card.validate()
+    except ValueError as error:
+        raise CardMetadataError(f"the Hub refused the card's metadata: {error}") from None
+
+
+def check_private(api, repo_id: str, repo_type: str) -> None:
+    """Raise `PublicRepoError` if repo `repo_id` is public: `create_repo(private=True, exist_ok=True)` leaves an
+    existing repo as it is, so a push asked to be private would publish."""
+    if api.repo_info(repo_id, repo_type=repo_type).private is False:
+        raise PublicRepoError(
+            f"{hub_repo(repo_id, repo_type)} exists and is public, and a private push was asked for: nothing was "
+            "pushed. Make the repo private on the Hub first, or push to a new repo"
+        )
+
+
 def hub_repo(repo_id: str, repo_type: str = "model") -> str:
     """How errors name a Hub repo: "model repo 'org/name' on <endpoint>", so a local Hub mirror shows as itself."""
     from huggingface_hub import constants
@@ -105,6 +132,10 @@ def hub_failure(
     from huggingface_hub.utils import httpx
 
     where = hub_repo(repo_id, repo_type)
+    if isinstance(error, PublicRepoError):
+        return str(error)
+    if isinstance(error, CardMetadataError):
+        return f"{where}: {error}"
     chain = list(_chain(error))
     answered = next((link for link in chain if isinstance(link, HfHubHTTPError)), None)
     if answered is not None:
@@ -126,7 +157,7 @@ def hub_failure(
             return f"{where} has no revision {revision!r}"
         if status in (401, 403):
             return f"{where} refused the token (HTTP {status}): check the one used ({TOKEN_SOURCES})"
-        return f"{where} could not be read: HTTP {status} from the server"
+        return f"{where} could not be {'written' if writing else 'read'}: HTTP {status} from the server"
     if any(isinstance(link, (OfflineModeIsEnabled, httpx.TransportError, LocalEntryNotFoundError)) for link in chain):
         if writing:
             return f"{where} cannot be written: the Hub is offline (HF_HUB_OFFLINE) or unreachable"

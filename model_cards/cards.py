@@ -20,6 +20,7 @@ from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard,
 
 from evaluation.metric_names import QUADRUPLE_SCORES, RETRIEVAL_METRICS
 from maple import PAPER_CITATION
+from maple.hub import validate_card
 from modeling_maple.configuration_maple import mllm_family
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -545,7 +546,7 @@ def push_dataset_card(
     for key in ("configs", "dataset_info"):
         if key in published:
             card.data[key] = published[key]
-    card.validate()
+    validate_card(card)
     operations = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=local) for path, local in files.items()]
     operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode()))
     HfApi(token=token).create_commit(repo_id, operations, repo_type="dataset", commit_message=commit_message)

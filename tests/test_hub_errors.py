@@ -328,3 +328,44 @@ def test_offline_an_adapter_downloaded_before_is_read_from_the_cache(tmp_path, m
     (tmp_path / "maple-org").mkdir()
     with pytest.raises(ModelLoadError, match=r"is not in the local cache and the Hub is offline or unreachable \(nor is it a local folder: maple-org/"):
         hub_checkpoint_config_file("maple-org/adapter")
+
+
+REFUSED_CARD = """
+from huggingface_hub import HfApi
+from evaluation.cli import push_results
+from maple.hub import hub_failure
+
+repo = "maple-org/card-refused"
+HfApi().create_repo(repo)
+try:
+    push_results(repo, {"coco": {metric: 50.0 for metric in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")}})
+except Exception as error:
+    print(hub_failure(error, repo, writing=True))
+"""
+
+
+def test_a_card_the_hub_refuses_is_named_with_the_hubs_reason(hub_server, tmp_path, monkeypatch):
+    """huggingface_hub raises the Hub's refusal of a card's metadata as a bare ValueError while handling the HTTP 400,
+    and the push's one line said the repo "could not be read: HTTP 400"."""
+    import hub_server as server_module
+
+    def refuse(handler, state):
+        raise server_module.HubError(400, '"model-index[0].results[0].metrics[0].value" must be a number')
+
+    monkeypatch.setattr(server_module.HubRequestHandler, "handle_validate_yaml", refuse)
+    message = run_client(hub_server, tmp_path, REFUSED_CARD).strip().splitlines()[-1]
+    assert message.startswith(f"model repo 'maple-org/card-refused' on {hub_server.url}: the Hub refused the card's "
+                              "metadata: ")
+    assert 'model-index[0].results[0].metrics[0].value\\" must be a number' in message  # the server answers in JSON
+
+
+def test_a_failed_write_says_written_not_read(hub_server):
+    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.utils import httpx
+
+    from maple.hub import hub_failure
+
+    answer = httpx.Response(500, request=httpx.Request("POST", f"{hub_server.url}/api/models/maple-org/x/commit/main"))
+    error = HfHubHTTPError("server error", response=answer)
+    assert hub_failure(error, "maple-org/x", writing=True).endswith("could not be written: HTTP 500 from the server")
+    assert hub_failure(error, "maple-org/x").endswith("could not be read: HTTP 500 from the server")

@@ -327,3 +327,37 @@ for repo in (private, missing):
     lines = run_client(hub_server, tmp_path, code, HF_TOKEN="", MAPLE_TEST_PRIVATE=private,
                        MAPLE_TEST_MISSING=missing).splitlines()
     assert lines == [f"source {repo}: {_needs_a_token(hub_server, repo)}" for repo in (private, missing)]
+
+
+PRIVATE_PUSH_TO_A_PUBLIC_REPO = """
+import contextlib, io, os
+import datasets
+from huggingface_hub import HfApi
+from dataset_builders import cli
+from dataset_builders.testing import colour_squares
+
+token, repo = os.environ["MAPLE_TEST_TOKEN"], "maple-org/public-preferences"
+HfApi(token=token).create_repo(repo, repo_type="dataset", private=False)
+features = datasets.Features({"id": datasets.Value("string"), "image": datasets.Image(), "caption": datasets.Value("string")})
+datasets.Dataset.from_dict(colour_squares(6), features=features).to_parquet("source.parquet")
+argv = ["source.parquet", "--output-dir", "out", "--judge", "dataset_builders.testing:ColourJudge", "--miner",
+        "dataset_builders.testing:thumbnail_miner", "--config", "corpus-captions", "--semdedup-clusters", "0",
+        "--no-progress", "--push-to-hub", repo, "--private", "--token", token]
+stderr = io.StringIO()
+with contextlib.redirect_stderr(stderr):
+    status = cli.main(argv)
+print(status, " ".join(stderr.getvalue().split()))
+print(sorted(HfApi(token=token).list_repo_files(repo, repo_type="dataset")))
+"""
+
+
+def test_a_private_push_to_an_existing_public_repo_is_refused_before_any_upload(hub_server, tmp_path):
+    """`create_repo(private=True, exist_ok=True)` leaves an existing repo as it is: `--private` published the build in
+    a public repo and said it had pushed."""
+    status_and_error, files = run_client(hub_server, tmp_path, PRIVATE_PUSH_TO_A_PUBLIC_REPO,
+                                         MAPLE_TEST_TOKEN=CLIENT_TOKEN).strip().splitlines()[-2:]
+    assert status_and_error.startswith(
+        f"1 maple build-preferences: error: pushing failed: dataset repo 'maple-org/public-preferences' on "
+        f"{hub_server.url} exists and is public, and a private push was asked for: nothing was pushed."
+    )
+    assert files == "[]"
