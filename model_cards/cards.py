@@ -55,6 +55,15 @@ def _benchmark_dataset_id(name: str) -> str:
     return spec.hub_id if spec else name
 
 
+def _written_by_maple(result: EvalResult, eval_results: Mapping[str, Mapping[str, Any]]) -> bool:
+    """Whether `model-index` entry `result` is one `_eval_results` writes: a MAPLE metric of a known benchmark or of
+    one in `eval_results`."""
+    from evaluation.benchmarks import BENCHMARKS
+
+    maple_metric = result.metric_type in (*RETRIEVAL_METRICS, *QUADRUPLE_SCORES, "delta_gap")
+    return maple_metric and (result.dataset_name in BENCHMARKS or result.dataset_name in eval_results)
+
+
 def _eval_results(
     eval_results: Mapping[str, Mapping[str, Any]], dataset_ids: Mapping[str, str] | None = None
 ) -> list[EvalResult]:
@@ -176,14 +185,17 @@ def with_eval_results(
     histogram_file: str | None = None,
     dataset_ids: Mapping[str, str] | None = None,
 ) -> ModelCard:
-    """`card` with its evaluation section and `model-index` replaced by `eval_results` (used by
-    `maple eval --push-to-hub`); a card without a MAPLE evaluation section gets one appended.
+    """`card` with its evaluation section and its MAPLE `model-index` entries replaced by `eval_results` (used by
+    `maple eval --push-to-hub`; the card's other entries stay); a card without a MAPLE evaluation section gets one
+    appended.
     `model-index` needs a model name: the card's own, else `model_name` (e.g. the repo id).
     `histogram_file`: the similarity histograms of `eval_results` beside the card, if drawn
     (`plot_similarity_histograms`); the new section links them. `dataset_ids`: the Hub id each benchmark was read
     from where it is not the official one."""
     data = ModelCard(str(card)).data  # a copy: the caller's card stays as it is
-    data.eval_results = _eval_results(eval_results, dataset_ids) or None
+    # The card's other results (a zero-shot classification score, say) stay; MAPLE's own are rewritten whole.
+    others = [result for result in data.eval_results or [] if not _written_by_maple(result, eval_results)]
+    data.eval_results = others + _eval_results(eval_results, dataset_ids) or None
     data.model_name = data.model_name or model_name or "MAPLE embedder"
     section = render_evaluation_section(eval_results, histogram_file=histogram_file)
     text = card.text

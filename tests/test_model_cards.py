@@ -208,6 +208,23 @@ def test_with_eval_results_replaces_the_section(tmp_path):
     assert {(r.dataset_name, r.metric_type) for r in updated.data.eval_results} >= {("bivlc", "group_score"), ("bivlc", "delta_gap")}
 
 
+def test_with_eval_results_keeps_the_cards_other_model_index_entries(tmp_path):
+    """`maple eval --push-to-hub` replaced the card's whole `model-index`: a zero-shot ImageNet result of the card's
+    own was lost."""
+    from huggingface_hub import EvalResult
+
+    card = model_card_from_run(tmp_path, None, "mllm", {}, [], {}, repo_id="maple-org/tiny")
+    card.data.model_name = "tiny"
+    card.data.eval_results = [EvalResult(task_type="zero-shot-image-classification", dataset_type="imagenet-1k",
+                                         dataset_name="ImageNet", metric_type="accuracy", metric_value=61.5)]
+    card = ModelCard(str(card))
+    second = {"winoground": {"text_score": 10.0, "image_score": 5.0, "group_score": 2.5}}
+    updated = ModelCard(str(with_eval_results(ModelCard(str(with_eval_results(card, second))), second)))
+    assert [(r.dataset_name, r.metric_type) for r in updated.data.eval_results] == [
+        ("ImageNet", "accuracy"), ("winoground", "text_score"), ("winoground", "image_score"), ("winoground", "group_score")
+    ]
+
+
 # Results built by hand, a distinct value for every metric, direction and category: a tiny model's scores tie
 # (i2t == t2i, a category as the whole), which hides a swapped direction or a category showing the overall score.
 EVAL_RESULTS = {
