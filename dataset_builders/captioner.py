@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 import warnings
 
@@ -171,7 +172,7 @@ class ContrastiveCaptioner:
         problems = [
             f"{setting} must be at least 1, got {value}" for setting, value in counts.items() if value is not None and value < 1
         ]
-        if temperature is not None and temperature <= 0:
+        if temperature is not None and not 0 < temperature < math.inf:  # (NaN fails both)
             problems.insert(0, f"temperature must be positive, got {temperature}")
         if problems:
             raise ValueError("invalid ContrastiveCaptioner settings: " + "; ".join(problems))

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import math
 import sys
 from collections.abc import Iterator
 from typing import NoReturn
@@ -63,13 +64,14 @@ def _token(text: str) -> str:
 
 
 def positive(number_type: type[int] | type[float]):
-    """An argparse `type` for a number above zero: a bad value is a usage error (exit status 2)
-    when the command line is parsed, not a failure after the models have loaded."""
+    """An argparse `type` for a finite number above zero: a bad value is a usage error (exit status 2)
+    when the command line is parsed, not a failure after the models have loaded. ("nan" and "inf" parse as floats:
+    a NaN setting never equals itself, so a recorded recipe holding one refused every rerun.)"""
 
     def parse(text: str) -> int | float:
         value = number_type(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"must be a finite number above zero, got {text}")
         return value
 
     parse.__name__ = number_type.__name__  # argparse names the type in "invalid int value: 'x'"

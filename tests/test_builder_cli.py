@@ -94,17 +94,20 @@ def test_configuration_errors_stop_before_any_work(source_file, tmp_path, capsys
 
 
 @pytest.mark.parametrize(
-    "option, value", [("--num-samples", "0"), ("--temperature", "0"), ("--judge-batch-size", "0"), ("--max-new-tokens", "-1"), ("--max-pixels", "0")]
+    "option, value", [("--num-samples", "0"), ("--temperature", "0"), ("--judge-batch-size", "0"), ("--max-new-tokens", "-1"),
+                      ("--max-pixels", "0"), ("--temperature", "nan"), ("--temperature", "inf")]
 )
 def test_bad_model_settings_are_usage_errors_before_any_model_loads(source_file, tmp_path, capsys, option, value, monkeypatch):
     """Before the fix --num-samples 0 and --temperature 0 failed once the captioner had loaded, and
-    --judge-batch-size 0 only after the row check and the image embedding (`range() arg 3 must not be zero`)."""
+    --judge-batch-size 0 only after the row check and the image embedding (`range() arg 3 must not be zero`).
+    --temperature nan was taken, recorded in the work dir's manifest and, never equal to itself, refused every run
+    as another recipe; inf sampled uniformly."""
     monkeypatch.setattr(cli, "_load_components", lambda *args: pytest.fail("models were loaded"))
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exited:
         cli.main([source_file, "--output-dir", str(out), *STAND_INS, option, value])
     assert exited.value.code == 2
-    assert f"argument {option}: must be positive, got {value}" in capsys.readouterr().err
+    assert f"argument {option}: must be a finite number above zero, got {value}" in capsys.readouterr().err
     assert not out.exists()
 
 

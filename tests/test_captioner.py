@@ -143,6 +143,9 @@ def test_bad_settings_and_mismatched_inputs_are_rejected():
     for setting in ("max_new_tokens", "batch_size"):
         with pytest.raises(ValueError, match=rf"{setting} must be at least 1, got -1"):
             ContrastiveCaptioner(tiny_image_text_model(), tiny_tokenizer(), tiny_image_processor(), **{setting: -1})
+    for temperature in (float("nan"), float("inf")):  # NaN passed `temperature <= 0`
+        with pytest.raises(ValueError, match=rf"temperature must be positive, got {temperature}"):
+            ContrastiveCaptioner.check_values(temperature=temperature)
     with pytest.raises(ValueError, match="2 anchors but 1 negatives"):
         tiny_captioner().caption(ANCHORS, NEGATIVES[:1])
 

@@ -375,7 +375,7 @@ def test_cli_rejects_a_batch_size_below_one(tmp_path, capsys, size):
         main([str(tmp_path), "--batch-size", size])
     assert exit_info.value.code == 2
     error = capsys.readouterr().err  # argparse's own error: the usage lines, then the error
-    assert error.startswith("usage: maple eval ") and error.endswith(f"\nmaple eval: error: argument --batch-size: must be positive, got {size}\n")
+    assert error.startswith("usage: maple eval ") and error.endswith(f"\nmaple eval: error: argument --batch-size: must be a finite number above zero, got {size}\n")
 
 
 @pytest.mark.parametrize("missing", ["./no_such_checkpoint", "{tmp_path}/models/no_such_checkpoint"])
