@@ -897,6 +897,10 @@ def test_a_token_in_model_init_kwargs_is_neither_pickled_nor_reported(tmp_path):
     [
         (dict(rpa_weight=1.5), "rpa_weight"),
         (dict(rpa_weight=-0.1), "rpa_weight"),
+        # torch's optimizers refused these only once training started, after the model and the data had loaded
+        (dict(learning_rate=-1.0), "learning_rate"),
+        (dict(learning_rate=float("nan")), "learning_rate"),
+        (dict(weight_decay=-0.1), "weight_decay"),
         (dict(rpa_loss="triplet"), "rpa_loss"),
         (dict(reference="ema"), "reference"),
         (dict(beta=0.0), "beta"),

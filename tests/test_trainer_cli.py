@@ -290,6 +290,19 @@ def test_a_missing_dataset_or_model_folder_is_reported_before_any_model_loads(tm
         assert capsys.readouterr().err == f"maple train: error: {message}\n"
 
 
+@pytest.mark.parametrize("inside", [False, True])
+def test_an_output_dir_that_is_a_file_is_reported_before_any_model_loads(tmp_path, monkeypatch, capsys, inside):
+    """The trainer's FileExistsError or NotADirectoryError, a traceback once the model had loaded."""
+    monkeypatch.setattr("trainer.cli.load_model_and_processor", lambda *args: pytest.fail("the model was loaded"))
+    (tmp_path / "afile").write_text("")
+    output_dir = tmp_path / "afile" / "run" if inside else tmp_path / "afile"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--tiny", "dual_encoder", "--dataset_name", str(tmp_path), "--output_dir", str(output_dir)])
+    assert exit_info.value.code == 2
+    where = f"is inside {tmp_path / 'afile'}, a file" if inside else "is a file"
+    assert capsys.readouterr().err == f"maple train: error: --output_dir {output_dir} {where}; expected a folder (created if missing)\n"
+
+
 def test_an_unreadable_dataset_is_reported_in_one_line_before_any_model_loads(tmp_path, monkeypatch, capsys):
     """An empty save_to_disk folder was an IndexError traceback, a truncated parquet file an ArrowInvalid one."""
     monkeypatch.setattr("trainer.cli.load_model_and_processor", lambda *args: pytest.fail("the model was loaded"))

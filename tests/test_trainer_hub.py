@@ -154,3 +154,48 @@ def test_maple_train_pushes_the_model_with_a_card_naming_the_hub_data_and_its_ju
     # transformers pickles the arguments into training_args.bin, which the push uploads: without the token
     assert "training_args.bin" in files and files_holding(tmp_path, CLIENT_TOKEN) == []
     assert not [name for name, content in files.items() if CLIENT_TOKEN.encode() in content]
+
+
+PUSH_FAILURES = """
+import contextlib, io, os, sys
+from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.utils import httpx
+from trainer import RPATrainer
+from trainer.cli import main
+from trainer.testing import synthetic_preference_dataset
+
+synthetic_preference_dataset(4).save_to_disk("prefs")
+argv = ["--tiny", "dual_encoder", "--dataset_name", "prefs", "--max_steps", "1", "--per_device_train_batch_size", "4",
+        "--report_to", "none", "--save_strategy", "no", "--push_to_hub", "--hub_model_id", "maple-org/pushed"]
+stderr = io.StringIO()
+with contextlib.redirect_stderr(stderr):
+    status = main([*argv, "--output_dir", "refused", "--hub_token", "hf_not_a_token"])
+print(status, stderr.getvalue().strip().splitlines()[-1], sorted(os.listdir("refused")) if os.path.exists("refused") else None)
+
+
+def push_fails(trainer, *args, **kwargs):  # saves the model, as `push_to_hub` does first, then the commit fails
+    trainer.args.push_to_hub = False  # (save_model would push)
+    trainer.save_model()
+    request = httpx.Request("POST", os.environ["HF_ENDPOINT"] + "/api/models/maple-org/pushed/commit/main")
+    raise HfHubHTTPError("server error", response=httpx.Response(503, request=request))
+
+
+RPATrainer.push_to_hub = push_fails
+stderr = io.StringIO()
+with contextlib.redirect_stderr(stderr):
+    status = main([*argv, "--output_dir", "trained"])
+print(status, stderr.getvalue().strip().splitlines()[-1], os.path.exists("trained/model.safetensors"))
+"""
+
+
+def test_maple_train_names_a_failed_push_in_one_line(hub_server, tmp_path):
+    """A refused --hub_token (the repo is created as the trainer is made) and a push that fails at the end were
+    tracebacks; the second said nothing of the trained model, which is saved."""
+    output = run_client(hub_server, tmp_path, PUSH_FAILURES).strip().splitlines()
+    refused, failed = output[0], output[-1]  # (the training logs its metrics between them)
+    assert refused == (f"1 maple train: error: --push_to_hub: model repo 'maple-org/pushed' on {hub_server.url} refused "
+                       "the token (HTTP 401): check the one used (--token (maple train: --hub_token) or token=, else "
+                       "HF_TOKEN, else the one `hf auth login` saved); nothing was trained None")
+    assert failed == (f"1 maple train: error: pushing failed: model repo 'maple-org/pushed' on {hub_server.url} could not "
+                      "be written: HTTP 503 from the server. The trained model is saved in trained: upload it with "
+                      "`hf upload` True")

@@ -27,8 +27,9 @@ from datasets import Dataset, DatasetDict, Image, LargeList, List, Value, load_d
 from datasets.exceptions import DatasetGenerationError
 from trl import TrlParser
 
-from maple.cli import exit_with_error, image_settings
-from maple.hub import dataset_read_problem, is_hub_id, local_typo_hint
+from maple.cli import exit_with_error, image_settings, report_error
+from maple.files import folder_problem
+from maple.hub import dataset_read_problem, hub_failure, is_hub_id, local_typo_hint
 from modeling_maple.configuration_maple import BACKBONES, MLLM_FAMILIES
 
 from .rpa_config import RPAConfig, from_pretrained_kwargs, unused_dpo_field_help
@@ -181,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{', '.join(ignored)}: --tiny builds a random float32 model; these apply to --model_name_or_path")
     if data_args.dataset_name is None:
         parser.error("--dataset_name is required")
+    if problem := folder_problem(training_args.output_dir, "--output_dir"):
+        parser.error(problem)
 
     # heavy imports only once the arguments are known to be fine
     from .checkpoints import image_recipe, lora_recipe, model_recipe
@@ -223,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     # options that transformers checks only here (an unknown --report_to, --eval_strategy without a test split, ...)
     except (ValueError, RuntimeError) as error:
         parser.error(" ".join(str(error).split()))
+    except Exception as error:  # with --push_to_hub, `Trainer` creates the Hub repo here
+        if not training_args.push_to_hub or (problem := hub_failure(error, _hub_repo_id(training_args), writing=True)) is None:
+            raise
+        return report_error(parser.prog, f"--push_to_hub: {problem}; nothing was trained", status=1)
     # every card of the run, those pushed with checkpoints too, names the data and the judge
     judge = preference_judge(data_args.dataset_name, data_args.dataset_config, token=training_args.hub_token)
     trainer.model_card_kwargs = {"dataset_name": data_args.dataset_name, "judge_id": judge, "license": model_args.license}
@@ -240,13 +247,26 @@ def main(argv: list[str] | None = None) -> int:
         metrics = trainer.evaluate()
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
-    if training_args.push_to_hub:
-        trainer.push_to_hub()  # saves the model and writes the card first (save_model would push a second time)
-    else:
-        trainer.save_model(training_args.output_dir)
-        trainer.create_model_card()
-    trainer.end()  # destroys the process group of several processes while all are alive, as transformers advises
-    return 0
+    try:
+        if not training_args.push_to_hub:
+            trainer.save_model(training_args.output_dir)
+            trainer.create_model_card()
+            return 0
+        try:
+            trainer.push_to_hub()  # saves the model and writes the card first (save_model would push a second time)
+        except Exception as error:
+            if (problem := hub_failure(error, _hub_repo_id(training_args), writing=True)) is None:
+                raise
+            return report_error(parser.prog, f"pushing failed: {problem}. The trained model is saved in "
+                                             f"{training_args.output_dir}: upload it with `hf upload`", status=1)
+        return 0
+    finally:
+        trainer.end()  # destroys the process group of several processes while all are alive, as transformers advises
+
+
+def _hub_repo_id(training_args: RPAConfig) -> str:
+    """The repo `Trainer` pushes to: `--hub_model_id`, else the output folder's name (under the token's user)."""
+    return training_args.hub_model_id or Path(training_args.output_dir).absolute().name
 
 
 def preference_judge(location: str, config: str | None = None, token: str | None = None) -> str | None:

@@ -278,6 +278,10 @@ class RPAConfig(DPOConfig):
             self.bf16 = bool(on_cuda and torch.cuda.is_bf16_supported(including_emulation=False)) and not self.fp16
         if not 0.0 <= self.rpa_weight <= 1.0:
             raise ValueError(f"rpa_weight (lambda) must lie in [0, 1], got {self.rpa_weight}")
+        # torch's optimizers refuse these only when the training starts, after the model and the data have loaded
+        for name, value in (("learning_rate", self.learning_rate), ("weight_decay", self.weight_decay)):
+            if not 0.0 <= value < math.inf:
+                raise ValueError(f"{name} must be a finite number of at least 0, got {value}")
         for name, value in (("beta", self.beta), ("temperature", self.temperature), ("max_scale", self.max_scale)):
             if value is not None and not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a positive finite number or None, got {value}")
