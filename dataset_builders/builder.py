@@ -1168,7 +1168,8 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         cls, repo_id_or_path: str, *, config_name: str | None = None, split: str = "train", **load_kwargs
     ) -> datasets.Dataset:
         """A published preference dataset: a Hub id, a local folder holding its parquet files (a
-        snapshot of the repo, or a build's work dir), or a parquet file.
+        snapshot of the repo, or a build's work dir), a parquet file, or a `save_to_disk` folder (`maple demo`'s
+        `preferences/data`; of a `DatasetDict`, its split `split`).
 
         A repo snapshot keeps each config's files in a folder named after it: `config_name` picks
         one; without it a snapshot must hold a single config (several are an error listing them,
@@ -1177,6 +1178,13 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         naming it and what the Hub answered (`maple.hub.hub_read_failure`, which asks the Hub when `datasets` kept no
         answer); read with a token, a repo the Hub does not find for it is `datasets`' own `DatasetNotFoundError`."""
         path = Path(repo_id_or_path)
+        if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():  # a `save_to_disk` folder
+            saved = datasets.load_from_disk(str(path))
+            if isinstance(saved, datasets.DatasetDict):
+                if split not in saved:
+                    raise ValueError(f"{repo_id_or_path} holds the splits {sorted(saved)}, not {split!r}")
+                saved = saved[split]
+            return saved
         if path.exists():
             files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
             if config_name is not None:

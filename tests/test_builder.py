@@ -520,6 +520,13 @@ def test_from_pretrained_loads_a_local_build_or_snapshot(tmp_path):
     with pytest.raises(ValueError, match=r"several configs \(corpus-captions, paper\).*config_name="):
         MaplePreferences.from_pretrained(str(snapshot))
     assert len(MaplePreferences.from_pretrained(str(snapshot), config_name="corpus-captions")) == 3
+    # A save_to_disk folder (`maple demo`'s preferences/data): "no parquet files" before.
+    built.save_to_disk(str(tmp_path / "saved"))
+    assert MaplePreferences.from_pretrained(str(tmp_path / "saved")).to_dict() == built.to_dict()
+    datasets.DatasetDict({"train": built, "test": built.select(range(2))}).save_to_disk(str(tmp_path / "saved-splits"))
+    assert len(MaplePreferences.from_pretrained(str(tmp_path / "saved-splits"), split="test")) == 2
+    with pytest.raises(ValueError, match=r"holds the splits \['test', 'train'\], not 'validation'"):
+        MaplePreferences.from_pretrained(str(tmp_path / "saved-splits"), split="validation")
 
 
 def test_end_to_end_with_a_tiny_mllm_judge_and_captioner(tmp_path):

@@ -878,6 +878,15 @@ def test_the_pickled_arguments_hold_no_hub_token(tmp_path):
     assert args.hub_token == "hf_secret_token" and b"hf_secret_token" not in pickle.dumps(args)
 
 
+def test_memory_is_pinned_only_for_an_accelerator(tmp_path, monkeypatch):
+    """transformers pins the loader's memory by default, and torch warned at every CPU run ("'pin_memory' argument is
+    set as true but no accelerator is found")."""
+    for available, use_cpu, pinned in ((False, False, False), (True, True, False), (True, False, True)):
+        monkeypatch.setattr(torch.accelerator, "is_available", lambda: available)
+        args = RPAConfig(output_dir=str(tmp_path), report_to="none", use_cpu=use_cpu)
+        assert args.dataloader_pin_memory is pinned, (available, use_cpu)
+
+
 def test_a_token_in_model_init_kwargs_is_neither_pickled_nor_reported(tmp_path):
     """`maple train --model_init_kwargs '{"token": ...}'` is a supported way to read a private model: the token went
     into training_args.bin, which `push_to_hub` uploads, and into `to_dict`, which reporters log."""

@@ -270,9 +270,11 @@ class RPAConfig(DPOConfig):
         return arguments
 
     def __post_init__(self):
+        # `accelerate launch --cpu` sets ACCELERATE_USE_CPU, which transformers reads as `use_cpu`
+        on_cpu = self.use_cpu or parse_flag_from_env("ACCELERATE_USE_CPU")
+        if on_cpu or not torch.accelerator.is_available():
+            self.dataloader_pin_memory = False  # pinned memory serves copies to an accelerator; torch warns without one
         if self.bf16 is None:
-            # `accelerate launch --cpu` sets ACCELERATE_USE_CPU, which transformers reads as `use_cpu`
-            on_cpu = self.use_cpu or parse_flag_from_env("ACCELERATE_USE_CPU")
             on_cuda = torch.cuda.is_available() and not on_cpu
             # without emulation: T4/V100 (before Ampere) would run bf16 emulated, slower than float32
             self.bf16 = bool(on_cuda and torch.cuda.is_bf16_supported(including_emulation=False)) and not self.fp16

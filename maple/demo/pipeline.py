@@ -240,6 +240,7 @@ def check_judge(judge: str, token: str | None = None) -> None:
 
     from dataset_builders.vlm_inputs import check_supported
     from evaluation.models import ModelLoadError, check_model_ref
+    from maple.hub import hub_failure
 
     try:
         check_model_ref(judge)  # a missing folder, said plainly: not a Hub id that fails validation
@@ -248,6 +249,8 @@ def check_judge(judge: str, token: str | None = None) -> None:
     try:
         check_supported(AutoConfig.from_pretrained(judge, token=token).model_type)
     except (OSError, ValueError, NotImplementedError) as error:
+        if (problem := hub_failure(error, judge)) is not None:  # the Hub's answer, worded as the other commands word it
+            raise ValueError(f"--judge {judge}: {problem}") from None
         problem = " ".join(str(error).split())  # transformers' messages run over several lines
         raise ValueError(f"--judge {judge}: not a judge that can be loaded ({type(error).__name__}: {problem})") from None
 
