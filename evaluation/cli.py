@@ -71,6 +71,8 @@ def _parse_sources(parser: argparse.ArgumentParser, pairs: list[str]) -> dict[st
         if not source.strip():  # it read the official Hub dataset, as if the option were not there
             exit_with_error(parser, f"--source {pair!r}: no path or Hub id after '='; leave {name} out of --source to read "
                                  f"its official dataset, {BENCHMARKS[name].hub_id}")
+        if name in sources and sources[name] != source:  # the last one was read, silently
+            exit_with_error(parser, f"--source gives {name} twice ({sources[name]} and {source}): give one")
         sources[name] = source
     return sources
 

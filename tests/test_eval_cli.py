@@ -335,6 +335,14 @@ def test_repeated_compare_and_source_options_add_up(tiny, tmp_path, capsys):
     assert "--source 'coco=': no path or Hub id after '='" in capsys.readouterr().err
 
 
+def test_a_benchmark_given_two_sources_is_refused(tmp_path, capsys):
+    """The last --source of a benchmark was read and the others dropped unsaid (found by a review)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path), "--source", "coco=a.parquet", "--source", "coco=b.parquet"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "maple eval: error: --source gives coco twice (a.parquet and b.parquet): give one\n"
+
+
 @pytest.mark.parametrize("value", ["", " "])
 def test_cli_rejects_an_empty_source(value, tmp_path, capsys):
     """`--source coco=` read the official Hub dataset, as if the option were not there."""
