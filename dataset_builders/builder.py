@@ -1179,6 +1179,8 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         answer); read with a token, a repo the Hub does not find for it is `datasets`' own `DatasetNotFoundError`."""
         path = Path(repo_id_or_path)
         if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():  # a `save_to_disk` folder
+            if config_name is not None:
+                raise ValueError(f"{repo_id_or_path} is a save_to_disk folder, which holds no configs: leave config_name out")
             saved = datasets.load_from_disk(str(path))
             if isinstance(saved, datasets.DatasetDict):
                 if split not in saved:

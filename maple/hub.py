@@ -42,9 +42,13 @@ class PublicRepoError(ValueError):
 def validate_card(card) -> None:
     """`card.validate()` against the Hub's metadata check; its refusal (a bare ValueError raised while handling the
     HTTP 400, which `hub_failure` would report as that 400) is a `CardMetadataError` saying why."""
+    from huggingface_hub.errors import HfHubHTTPError
+
     try:
         card.validate()
     except ValueError as error:
+        if not isinstance(error.__context__, HfHubHTTPError):  # not the Hub's answer: an error of the card itself
+            raise
         raise CardMetadataError(f"the Hub refused the card's metadata: {error}") from None
 
 

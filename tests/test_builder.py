@@ -527,6 +527,8 @@ def test_from_pretrained_loads_a_local_build_or_snapshot(tmp_path):
     assert len(MaplePreferences.from_pretrained(str(tmp_path / "saved-splits"), split="test")) == 2
     with pytest.raises(ValueError, match=r"holds the splits \['test', 'train'\], not 'validation'"):
         MaplePreferences.from_pretrained(str(tmp_path / "saved-splits"), split="validation")
+    with pytest.raises(ValueError, match="save_to_disk folder, which holds no configs"):
+        MaplePreferences.from_pretrained(str(tmp_path / "saved"), config_name="paper")
 
 
 def test_end_to_end_with_a_tiny_mllm_judge_and_captioner(tmp_path):

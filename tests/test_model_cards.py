@@ -218,8 +218,9 @@ def test_with_eval_results_keeps_the_cards_other_model_index_entries(tmp_path):
     card.data.eval_results = [EvalResult(task_type="zero-shot-image-classification", dataset_type="imagenet-1k",
                                          dataset_name="ImageNet", metric_type="accuracy", metric_value=61.5)]
     card = ModelCard(str(card))
+    first = {"coco": {"i2t_r1": 11.0, "t2i_r1": 12.0}}  # a benchmark of an earlier push: MAPLE's own, rewritten
     second = {"winoground": {"text_score": 10.0, "image_score": 5.0, "group_score": 2.5}}
-    updated = ModelCard(str(with_eval_results(ModelCard(str(with_eval_results(card, second))), second)))
+    updated = ModelCard(str(with_eval_results(ModelCard(str(with_eval_results(card, first))), second)))
     assert [(r.dataset_name, r.metric_type) for r in updated.data.eval_results] == [
         ("ImageNet", "accuracy"), ("winoground", "text_score"), ("winoground", "image_score"), ("winoground", "group_score")
     ]

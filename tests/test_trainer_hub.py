@@ -158,6 +158,7 @@ def test_maple_train_pushes_the_model_with_a_card_naming_the_hub_data_and_its_ju
 
 PUSH_FAILURES = """
 import contextlib, io, os, sys
+from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import httpx
 from trainer import RPATrainer
@@ -171,6 +172,12 @@ stderr = io.StringIO()
 with contextlib.redirect_stderr(stderr):
     status = main([*argv, "--output_dir", "refused", "--hub_token", "hf_not_a_token"])
 print(status, stderr.getvalue().strip().splitlines()[-1], sorted(os.listdir("refused")) if os.path.exists("refused") else None)
+
+HfApi().create_repo("maple-org/public-model", private=False)
+stderr = io.StringIO()
+with contextlib.redirect_stderr(stderr):
+    status = main([*argv[:-1], "maple-org/public-model", "--hub_private_repo", "true", "--output_dir", "public"])
+print(status, stderr.getvalue().strip().splitlines()[-1])
 
 
 def push_fails(trainer, *args, **kwargs):  # saves the model, as `push_to_hub` does first, then the commit fails
@@ -190,9 +197,14 @@ print(status, stderr.getvalue().strip().splitlines()[-1], os.path.exists("traine
 
 def test_maple_train_names_a_failed_push_in_one_line(hub_server, tmp_path):
     """A refused --hub_token (the repo is created as the trainer is made) and a push that fails at the end were
-    tracebacks; the second said nothing of the trained model, which is saved."""
+    tracebacks; the second said nothing of the trained model, which is saved. A private push to a public repo is
+    refused before training."""
     output = run_client(hub_server, tmp_path, PUSH_FAILURES).strip().splitlines()
-    refused, failed = output[0], output[-1]  # (the training logs its metrics between them)
+    refused, public, failed = output[0], output[1], output[-1]  # (the training logs its metrics before the last)
+    # `create_repo(private=True, exist_ok=True)` leaves an existing public repo public: the model was published
+    assert public == (f"1 maple train: error: --hub_private_repo: model repo 'maple-org/public-model' on {hub_server.url} "
+                      "exists and is public, and a private push was asked for: nothing was pushed. Make the repo private "
+                      "on the Hub first, or push to a new repo; nothing was trained")
     assert refused == (f"1 maple train: error: --push_to_hub: model repo 'maple-org/pushed' on {hub_server.url} refused "
                        "the token (HTTP 401): check the one used (--token (maple train: --hub_token) or token=, else "
                        "HF_TOKEN, else the one `hf auth login` saved); nothing was trained None")

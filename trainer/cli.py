@@ -29,7 +29,7 @@ from trl import TrlParser
 
 from maple.cli import exit_with_error, image_settings, report_error
 from maple.files import folder_problem
-from maple.hub import dataset_read_problem, hub_failure, is_hub_id, local_typo_hint
+from maple.hub import check_private, dataset_read_problem, hub_failure, is_hub_id, local_typo_hint
 from modeling_maple.configuration_maple import BACKBONES, MLLM_FAMILIES
 
 from .rpa_config import RPAConfig, from_pretrained_kwargs, unused_dpo_field_help
@@ -230,6 +230,15 @@ def main(argv: list[str] | None = None) -> int:
         if not training_args.push_to_hub or (problem := hub_failure(error, _hub_repo_id(training_args), writing=True)) is None:
             raise
         return report_error(parser.prog, f"--push_to_hub: {problem}; nothing was trained", status=1)
+    if training_args.push_to_hub and training_args.hub_private_repo and trainer.is_world_process_zero():
+        from huggingface_hub import HfApi
+
+        try:  # `Trainer` leaves an existing repo's visibility as it is
+            check_private(HfApi(token=training_args.hub_token), trainer.hub_model_id, "model")
+        except Exception as error:
+            if (problem := hub_failure(error, trainer.hub_model_id, writing=True)) is None:
+                raise
+            return report_error(parser.prog, f"--hub_private_repo: {problem}; nothing was trained", status=1)
     # every card of the run, those pushed with checkpoints too, names the data and the judge
     judge = preference_judge(data_args.dataset_name, data_args.dataset_config, token=training_args.hub_token)
     trainer.model_card_kwargs = {"dataset_name": data_args.dataset_name, "judge_id": judge, "license": model_args.license}
@@ -255,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             trainer.push_to_hub()  # saves the model and writes the card first (save_model would push a second time)
         except Exception as error:
-            if (problem := hub_failure(error, _hub_repo_id(training_args), writing=True)) is None:
+            if (problem := hub_failure(error, trainer.hub_model_id or _hub_repo_id(training_args), writing=True)) is None:
                 raise
             return report_error(parser.prog, f"pushing failed: {problem}. The trained model is saved in "
                                              f"{training_args.output_dir}: upload it with `hf upload`", status=1)
