@@ -19,6 +19,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# Seconds a launch may run: the longest two-process test took 18-25 s in runs on a 2-core machine
+LAUNCH_TIMEOUT = 300
+
+
 def launch_two_processes(*program: str, cwd: str | None = None) -> subprocess.CompletedProcess:
     """Runs `program` (a script and its arguments, or "-m", a module and its arguments) in two CPU processes; its
     output is captured as text. (`--multi_gpu` makes accelerate start them with torch.distributed.run; accelerate
@@ -30,7 +34,7 @@ def launch_two_processes(*program: str, cwd: str | None = None) -> subprocess.Co
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     with subprocess.Popen(command, env=environment, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as launch:
         try:
-            stdout, stderr = launch.communicate(timeout=300)
+            stdout, stderr = launch.communicate(timeout=LAUNCH_TIMEOUT)
         except subprocess.TimeoutExpired:
             # SIGTERM, which torchrun's agent passes on to the ranks (each runs in a session of its own, out of reach
             # of a kill of the launcher's group); killed, it would leave them running, slowing every later test.
@@ -40,7 +44,7 @@ def launch_two_processes(*program: str, cwd: str | None = None) -> subprocess.Co
             except subprocess.TimeoutExpired:
                 launch.kill()
                 stdout, stderr = launch.communicate()
-            raise subprocess.TimeoutExpired(command, 300, output=stdout, stderr=stderr) from None
+            raise subprocess.TimeoutExpired(command, LAUNCH_TIMEOUT, output=stdout, stderr=stderr) from None
     return subprocess.CompletedProcess(command, launch.returncode, stdout, stderr)
 
 

@@ -238,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as error:
             if (problem := hub_failure(error, trainer.hub_model_id, writing=True)) is None:
                 raise
+            trainer.end()  # as on every other way out once the trainer exists
             return report_error(parser.prog, f"--hub_private_repo: {problem}; nothing was trained", status=1)
     # every card of the run, those pushed with checkpoints too, names the data and the judge
     judge = preference_judge(data_args.dataset_name, data_args.dataset_config, token=training_args.hub_token)

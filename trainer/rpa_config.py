@@ -361,13 +361,16 @@ def from_pretrained_kwargs(
     return kwargs
 
 
+# The `from_pretrained` arguments that carry a Hub token (`use_auth_token`: transformers' former name)
+_TOKEN_ARGUMENTS = ("token", "use_auth_token")
+
 
 def _without_tokens(model_init_kwargs: dict | None, placeholder: str | None) -> dict | None:
-    """`model_init_kwargs` with a Hub token it names (`token`, or transformers' former `use_auth_token`) replaced by
-    `placeholder`, or left out when that is None."""
+    """`model_init_kwargs` with the Hub tokens it names (`_TOKEN_ARGUMENTS`) replaced by `placeholder`, or left out
+    when that is None."""
     if not model_init_kwargs:
         return model_init_kwargs
-    kept = {key: value for key, value in model_init_kwargs.items() if key not in ("token", "use_auth_token")}
+    kept = {key: value for key, value in model_init_kwargs.items() if key not in _TOKEN_ARGUMENTS}
     if placeholder is not None:
-        kept.update({key: placeholder for key in ("token", "use_auth_token") if key in model_init_kwargs})
+        kept.update({key: placeholder for key in _TOKEN_ARGUMENTS if key in model_init_kwargs})
     return kept
