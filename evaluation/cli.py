@@ -400,19 +400,22 @@ def scoring_settings(dtype: str, image_processor_kwargs: dict[str, Any] | None) 
     return f"Weights in {dtype}; image processor settings: {images}.\n"
 
 
-# In a model repo: every benchmark result `push_results` has published there, and the Hub id each was read from, so
-# that a push of some benchmarks adds them to the others instead of replacing them
+# In a model repo: every benchmark result `push_results` has published there, the Hub id each was read from and the
+# weights each was computed from (`_loaded_files`), so that a push of some benchmarks adds them to the others of the
+# same weights instead of replacing them
 PUSHED_RESULTS_FILE = "maple_eval_results.json"
 
 
 def push_results(
     repo_id: str, results: dict[str, Any], dataset_ids: dict[str, str] | None = None, token: str | None = None
-) -> None:
+) -> list[str]:
     """Add `results` to the model card of Hub repo `repo_id` (eval tables, `model-index` and, for quadruple
     benchmarks, freshly drawn similarity histograms replacing the run's), in one commit with `PUSHED_RESULTS_FILE`;
-    results pushed before for other benchmarks stay. A repo without a card gets one. `dataset_ids`: the Hub id a
-    benchmark was read from where it is not the official one. Every request (reading the card and the record, the
-    commit) carries `token` (None: HF_TOKEN or the saved login)."""
+    results pushed before for other benchmarks stay, unless they were computed from other weights than the repo holds
+    now (`_loaded_files`: a model retrained and pushed again since): those are dropped, and their names returned.
+    A repo without a card gets one. `dataset_ids`: the Hub id a benchmark was read from where it is not the official
+    one. Every request (reading the card, the record and the repo's files, the commit) carries `token` (None: HF_TOKEN
+    or the saved login)."""
     import tempfile
 
     from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, hf_hub_download
@@ -432,10 +435,18 @@ def push_results(
         pushed = json.loads(Path(hf_hub_download(repo_id, PUSHED_RESULTS_FILE, token=token)).read_text())
     except RemoteEntryNotFoundError:
         pushed = {"results": {}, "dataset_ids": {}}
+    weights = _loaded_files(repo_id, token)
+    # a record written before weights were recorded (no "weights") cannot tell: its results stay
+    pushed_weights = pushed.get("weights", {})
+    stale = sorted(name for name in pushed["results"]
+                   if name not in results and pushed_weights.get(name, weights) != weights)
+    kept = [name for name in pushed["results"] if name not in results and name not in stale]
     # a benchmark pushed again takes its new source, the official one where `dataset_ids` names none
-    dataset_ids = {**{name: ref for name, ref in pushed["dataset_ids"].items() if name not in results},
+    dataset_ids = {**{name: pushed["dataset_ids"][name] for name in kept if name in pushed["dataset_ids"]},
                    **(dataset_ids or {})}
-    results = {**pushed["results"], **results}
+    weights_of = {**{name: pushed_weights[name] for name in kept if name in pushed_weights},
+                  **{name: weights for name in results}}
+    results = {**{name: pushed["results"][name] for name in kept}, **results}
     with tempfile.TemporaryDirectory() as folder:
         histograms = Path(folder) / GAP_HISTOGRAM_FILE
         has_histograms = plot_similarity_histograms(results, histograms)
@@ -444,7 +455,7 @@ def push_results(
             dataset_ids=dataset_ids,
         )
         validate_card(card)
-        record = json.dumps({"results": results, "dataset_ids": dataset_ids}, indent=2).encode()
+        record = json.dumps({"results": results, "dataset_ids": dataset_ids, "weights": weights_of}, indent=2).encode()
         operations = [
             CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode()),
             CommitOperationAdd(path_in_repo=PUSHED_RESULTS_FILE, path_or_fileobj=record),
@@ -453,6 +464,23 @@ def push_results(
             operations.append(CommitOperationAdd(path_in_repo=GAP_HISTOGRAM_FILE, path_or_fileobj=histograms))
         # one commit: a failed push leaves the card, its histograms and the record as they were, together
         HfApi(token=token).create_commit(repo_id, operations, commit_message="Add MAPLE evaluation results")
+    return stale
+
+
+def _loaded_files(repo_id: str, token: str | None) -> dict[str, str]:
+    """The files of Hub repo `repo_id` that loading the model reads, by git blob id: those at the top level, as
+    `_model_state` takes a folder's, but the card, pictures, `PUSHED_RESULTS_FILE` and dotfiles (.gitattributes). The
+    commits a push of results makes leave them as they are, a model pushed again changes them. (An adapter's base
+    model is not looked at.)"""
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoFile
+
+    return {
+        entry.path: entry.blob_id
+        for entry in HfApi(token=token).list_repo_tree(repo_id, recursive=False)
+        if isinstance(entry, RepoFile) and entry.path != PUSHED_RESULTS_FILE and not entry.path.startswith(".")
+        and not entry.path.lower().endswith(NOT_LOADED_SUFFIXES)
+    }
 
 
 def _embedding_device(parser: argparse.ArgumentParser, requested: str | None) -> str:
@@ -563,11 +591,14 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         from maple.hub import hub_failure
 
         try:
-            push_results(args.model, all_results[args.model], dataset_ids=evaluated_sources, token=args.token)
+            stale = push_results(args.model, all_results[args.model], dataset_ids=evaluated_sources, token=args.token)
         except Exception as error:  # what the Hub answered, found in the exception chain by `hub_failure`
             if (problem := hub_failure(error, args.model, writing=True)) is None:
                 raise
             return report_error(parser.prog, f"pushing the results failed: {problem}; they are saved in {args.out}", status=1)
+        if stale:
+            print(f"{args.model}: the card no longer shows the results pushed before for {', '.join(stale)}: they were "
+                  "computed from other weights than the repo holds now; evaluate them again to publish them")
     return 0
 
 

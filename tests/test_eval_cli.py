@@ -468,13 +468,18 @@ def test_cli_pushes_the_results_with_their_sources_hub_ids(tiny, benchmark_sourc
     hub_model, hub_source = "maple-org/mine", "maple-org/coco-copy"
     _store_as_hub_models_result(out, first, hub_model, source=hub_source, source_files=None)
     pushed = []
-    monkeypatch.setattr("evaluation.cli.push_results", lambda *args, **kwargs: pushed.append((args, kwargs)))
+    # the push dropped the bivlc results pushed before, for other weights
+    monkeypatch.setattr("evaluation.cli.push_results", lambda *args, **kwargs: pushed.append((args, kwargs)) or ["bivlc"])
     argv = [hub_model, "--benchmarks", "coco", "--source", f"coco={hub_source}", f"mmvp={benchmark_sources['mmvp']}",
             "--out", str(out), "--push-to-hub"]
+    capsys.readouterr()
     assert main(argv) == 0
     [((repo_id, results), kwargs)] = pushed
     assert repo_id == hub_model and list(results) == ["coco"]
     assert kwargs["dataset_ids"] == {"coco": hub_source}
+    assert capsys.readouterr().out.endswith(f"{hub_model}: the card no longer shows the results pushed before for bivlc: "
+                                            "they were computed from other weights than the repo holds now; evaluate "
+                                            "them again to publish them\n")
 
 
 def test_a_results_record_the_hub_fails_to_serve_fails_the_push(monkeypatch):

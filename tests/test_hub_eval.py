@@ -145,3 +145,36 @@ def test_a_push_of_one_benchmark_keeps_the_results_pushed_for_another(hub_server
     assert "name: coco" in after_bivlc and "type: maple-org/coco-copy" in after_bivlc and "name: bivlc" in after_bivlc
     assert "| coco | 41.0 |" in card and "| bivlc | all | 50.0 | 25.0 | 25.0 |" in card
     assert f"type: {BENCHMARKS['coco'].hub_id}" in card and "maple-org/coco-copy" not in card
+
+
+PUSH_AFTER_THE_WEIGHTS_CHANGED = """
+from huggingface_hub import HfApi, ModelCard
+from evaluation.cli import push_results
+from modeling_maple.testing import build_tiny
+
+repo = "maple-org/retrained"
+coco = {key: 40.0 for key in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")}
+bivlc = {"text_score": 50.0, "image_score": 25.0, "group_score": 25.0}
+build_tiny("dual_encoder", seed=0)[0].push_to_hub(repo)
+print("first:", push_results(repo, {"coco": coco}))
+card = ModelCard.load(repo)
+card.text += "\\nedited by hand\\n"
+card.push_to_hub(repo)  # a commit that leaves the weights as they are
+print("card edited:", push_results(repo, {"bivlc": bivlc}))
+build_tiny("dual_encoder", seed=1)[0].push_to_hub(repo)  # retrained
+print("retrained:", push_results(repo, {"bivlc": {**bivlc, "group_score": 30.0}}))
+"""
+
+
+def test_a_push_drops_the_results_pushed_for_other_weights(hub_server, tmp_path):
+    """A model retrained and pushed again kept on its card the scores of the weights it replaced, for every benchmark
+    not evaluated again: they were merged with the new ones as if of one model."""
+    output = run_client(hub_server, tmp_path, PUSH_AFTER_THE_WEIGHTS_CHANGED)
+    assert "first: []" in output and "card edited: []" in output and "retrained: ['coco']" in output
+    repo = hub_server.state.repo("model", "maple-org/retrained")
+    edited, retrained = (files["README.md"].content.decode() for files in list(repo.commits.values())[-3::2])
+    assert "| coco | 40.0 |" in edited and "| bivlc | all | 50.0 | 25.0 | 25.0 |" in edited
+    assert "| coco |" not in retrained and "name: coco" not in retrained and "| bivlc | all | 50.0 | 25.0 | 30.0 |" in retrained
+    record = json.loads(hub_server.files("maple-org/retrained")["maple_eval_results.json"])
+    assert set(record["results"]) == set(record["weights"]) == {"bivlc"}
+    assert "model.safetensors" in record["weights"]["bivlc"] and "README.md" not in record["weights"]["bivlc"]
