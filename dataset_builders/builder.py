@@ -518,7 +518,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         if self.source_dataset is None and self.config.source is None:
             problems.append("no source: set config source=... or pass source_dataset=...")
         if not isinstance(self.judge, PreferenceJudge):
-            problems.append("judge= must implement PreferenceJudge (score and score_images)")
+            problems.append("judge= must implement PreferenceJudge (method score)")
         if self.config.text_candidates == "generated" and not isinstance(self.captioner, CandidateCaptioner):
             problems.append('text_candidates="generated" needs captioner= implementing CandidateCaptioner')
         if not isinstance(self.miner, HardNegativeMiner):

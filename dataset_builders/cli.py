@@ -230,7 +230,7 @@ def _make(option: str, spec: str) -> Any:
     from .miner import HardNegativeMiner
 
     protocol, needs = {
-        "--judge": (PreferenceJudge, "a PreferenceJudge (methods score and score_images)"),
+        "--judge": (PreferenceJudge, "a PreferenceJudge (method score)"),
         "--captioner": (CandidateCaptioner, "a CandidateCaptioner (method caption)"),
         "--miner": (HardNegativeMiner, "a HardNegativeMiner"),
     }[option]

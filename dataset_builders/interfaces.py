@@ -29,18 +29,14 @@ import torch
 class PreferenceJudge(Protocol):
     """Scores how well an image and a text align, as alpha in [0, 1].
 
-    Both methods give the same alpha(image, text), grouped by image (`score`) or by text (`score_images`). The
-    builder asks `score` only, for both candidate lists of a shard (`scoring.score_both_directions`: each image once
-    with all the texts it is paired with), so a judge must give a pair the same alpha through either method."""
+    `score` groups the pairs by image. The builder scores both candidate lists of a shard with it
+    (`scoring.score_both_directions`: each image once with all the texts it is paired with), so alpha(image, text)
+    must not depend on the direction it is asked for. (`MLLMJudge` also has `score_images`, the same alphas grouped
+    by text, for direct use; the builder does not need it.)"""
 
     def score(self, images: list[PIL.Image.Image], texts: list[list[str]]) -> list[torch.Tensor]:
         """alpha(images[i], texts[i][j]) in [0, 1]; one float tensor of shape (len(texts[i]),) per
         image (img2txt)."""
-        ...
-
-    def score_images(self, texts: list[str], images: list[list[PIL.Image.Image]]) -> list[torch.Tensor]:
-        """alpha(images[i][j], texts[i]); one float tensor of shape (len(images[i]),) per text
-        (txt2img)."""
         ...
 
 

@@ -529,7 +529,10 @@ class JudgeEnsemble:
         return [torch.stack(scores).mean(dim=0) for scores in zip(*per_judge)]
 
     def score_images(self, texts: list[str], images: list[list[PIL.Image.Image]]) -> list[torch.Tensor]:
-        """Per text, the mean over judges of alpha(images[i][j], texts[i])."""
+        """Per text, the mean over judges of alpha(images[i][j], texts[i]); every judge must have `score_images`
+        (which `PreferenceJudge` does not ask for)."""
         check_score_images_inputs(texts, images)
+        if lacking := [component_name(judge) for judge in self.judges if not hasattr(judge, "score_images")]:
+            raise TypeError(f"score_images() needs every judge of the ensemble to have it; these have not: {', '.join(lacking)}")
         per_judge = [judge.score_images(texts, images) for judge in self.judges]
         return [torch.stack(scores).mean(dim=0) for scores in zip(*per_judge)]

@@ -102,8 +102,7 @@ def score_both_directions(
     that list it as a hard negative), and each distinct (image, text) pair is scored once. So the anchor's own pair,
     img2txt[i][0] = txt2img[i][0] when candidate_texts[i][0] is captions[i], is scored once, and a judge that shares
     an image's prompt prefix among its texts (`MLLMJudge`) runs each image's prefix once, not once per pair as
-    `score_images` must (its candidates, the images, come first). The judge's `score_images` is not called: by the
-    `PreferenceJudge` protocol both methods give the same alpha(image, text).
+    `MLLMJudge.score_images` must (its candidates, the images, come first).
 
     The judge's answer must hold one score per text of each image, else `JudgeOutputError` (`describe(key)` names the
     image); the scores are then gathered into the anchors' slots, one (len(candidates),) tensor per anchor."""

@@ -493,10 +493,10 @@ def test_a_dtype_not_offered_is_a_usage_error(source_file, tmp_path, capsys):
 @pytest.mark.parametrize(
     "option, spec, error",
     [
-        ("--judge", "builtins:dict", "--judge builtins:dict made a dict; expected a PreferenceJudge (methods score and score_images)"),
+        ("--judge", "builtins:dict", "--judge builtins:dict made a dict; expected a PreferenceJudge (method score)"),
         ("--judge", "dataset_builders.testing:mean_colour", "--judge dataset_builders.testing:mean_colour: calling it with "
          "no arguments failed (mean_colour() missing 1 required positional argument: 'image'); expected a zero-argument "
-         "factory of a PreferenceJudge (methods score and score_images)"),
+         "factory of a PreferenceJudge (method score)"),
         ("--captioner", "dataset_builders.testing:ColourJudge", "--captioner dataset_builders.testing:ColourJudge made a "
          "ColourJudge; expected a CandidateCaptioner (method caption)"),
         ("--miner", "dataset_builders.testing:COLOURS", "--miner dataset_builders.testing:COLOURS: COLOURS is a dict, not a "

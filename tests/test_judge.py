@@ -360,6 +360,21 @@ def test_ensemble_averages_its_judges(sharp_judge):
         JudgeEnsemble([])
 
 
+def test_an_ensemble_scores_images_only_with_judges_that_can():
+    """`PreferenceJudge` asks for `score` alone: an ensemble of such judges is a judge, and its `score_images` names
+    the member without one instead of failing with an AttributeError."""
+
+    class ScoreOnly:
+        def score(self, images, texts):
+            return [torch.full((len(candidates),), 0.5) for candidates in texts]
+
+    ensemble = JudgeEnsemble([ScoreOnly(), ScoreOnly()])
+    assert isinstance(ensemble, PreferenceJudge) and isinstance(ScoreOnly(), PreferenceJudge)
+    assert [scores.tolist() for scores in ensemble.score(IMAGES[:1], [["a", "b"]])] == [[0.5, 0.5]]
+    with pytest.raises(TypeError, match=r"^score_images\(\) needs every judge of the ensemble to have it; these have not: ScoreOnly, ScoreOnly$"):
+        ensemble.score_images(["a"], [IMAGES[:1]])
+
+
 def test_ensemble_records_its_members_prompt():
     """Before the fix an ensemble had no `prompt`: the manifest, stats.json and the dataset card
     of a build with repeated --judge said "not recorded"."""
