@@ -52,7 +52,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
-from maple.files import atomic_write, atomic_write_json, folder_problem
+from maple.files import atomic_write, atomic_write_json, changed_entries, folder_problem
 from trainer.schema import PREFERENCE_FEATURES
 
 from .interfaces import CandidateCaptioner, PreferenceJudge, component_name, first_finding
@@ -289,17 +289,9 @@ def _component_key(component: object | None) -> str | None:
     return f"{_component_name(component)}@{hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]}"
 
 
-def _differences(saved: Any, current: Any, name: str = "") -> list[str]:
-    """"name: saved in the work dir, current now" for each differing manifest field; settings
-    (nested dicts) are compared key by key, so the message names the one that changed (say
-    `judge_settings.image_processor.size`) rather than printing both whole."""
-    if isinstance(saved, dict) and isinstance(current, dict):
-        return [
-            line
-            for key in sorted(saved.keys() | current.keys())
-            for line in _differences(saved.get(key), current.get(key), f"{name}.{key}" if name else key)
-        ]
-    return [] if saved == current else [f"{name}: {_brief(saved)} in the work dir, {_brief(current)} now"]
+def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """"name: saved in the work dir, current now" for each differing manifest entry (`changed_entries`)."""
+    return [f"{name}: {_brief(then)} in the work dir, {_brief(now)} now" for name, then, now in changed_entries(saved, current)]
 
 
 def _brief(value: Any) -> str:

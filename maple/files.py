@@ -12,6 +12,19 @@ from pathlib import Path
 from typing import Any
 
 
+def changed_entries(saved: Any, current: Any, name: str = "") -> list[tuple[str, Any, Any]]:
+    """`(name, saved value, current value)` for each entry that differs between a job's saved recipe and the current
+    one. Nested dicts are compared key by key, named with dots (`judge_settings.image_processor.size`), so that a
+    refusal to resume names the value that changed rather than printing both recipes whole."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        return [
+            entry
+            for key in sorted(saved.keys() | current.keys())
+            for entry in changed_entries(saved.get(key), current.get(key), f"{name}.{key}" if name else key)
+        ]
+    return [] if saved == current else [(name, saved, current)]
+
+
 def folder_problem(path: str | os.PathLike, name: str) -> str | None:
     """Why `path` can be no folder, as one sentence that begins with `name` (the flag or argument that gave it); None
     when it is a folder or can be made one. A file there, or above it, would otherwise stop a long job with a

@@ -38,7 +38,7 @@ import datasets
 import torch
 from tqdm.auto import tqdm
 
-from ..files import atomic_write, atomic_write_json, atomic_write_text, folder_problem
+from ..files import atomic_write, atomic_write_json, atomic_write_text, changed_entries, folder_problem
 from ..hub import hub_failure
 from . import BACKBONES, MINERS  # the choices of `maple demo`, where its --help reads them without torch
 from .report import results_markdown, write_report
@@ -220,17 +220,10 @@ def claim_output_folder(config: DemoConfig) -> None:
         raise ValueError(f"--out {out}: cannot write there ({error.strerror or error})") from error
 
 
-def _identity_differences(stored: Any, current: Any, name: str = "") -> list[str]:
-    """"name: stored -> current" for each differing key of two run identities, as `check_recipe` words a changed
-    training recipe; the nested world and budget are compared key by key, so that the message names the value that
-    changed (say `budget.finetune_steps`) rather than printing both whole."""
-    if isinstance(stored, dict) and isinstance(current, dict):
-        return [
-            line
-            for key in sorted(stored.keys() | current.keys())
-            for line in _identity_differences(stored.get(key), current.get(key), f"{name}.{key}" if name else key)
-        ]
-    return [] if stored == current else [f"{name}: {stored!r} -> {current!r}"]
+def _identity_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """"name: stored -> current" for each differing entry of two run identities (`changed_entries`: say
+    `budget.finetune_steps`), as `check_recipe` words a changed training recipe."""
+    return [f"{name}: {then!r} -> {now!r}" for name, then, now in changed_entries(stored, current)]
 
 
 def check_judge(judge: str, token: str | None = None) -> None:
