@@ -164,7 +164,9 @@ def _table_rows(eval_results: Mapping[str, Mapping[str, Any]]) -> dict[str, list
     return {"retrieval_rows": retrieval, "quadruple_rows": quadruples, "gap_rows": gaps}
 
 
-EVALUATION_END = "<!-- end of evaluation -->"
+# MAPLE's evaluation section lies between these (a card may hold an "## Evaluation" of its own, as the Hub's default
+# template does)
+EVALUATION_START, EVALUATION_END = "<!-- start of evaluation -->", "<!-- end of evaluation -->"
 
 
 def render_evaluation_section(
@@ -199,8 +201,10 @@ def with_eval_results(
     data.model_name = data.model_name or model_name or "MAPLE embedder"
     section = render_evaluation_section(eval_results, histogram_file=histogram_file)
     text = card.text
-    start, end = text.find("## Evaluation\n"), text.find(EVALUATION_END)
-    if start >= 0 and end >= 0:
+    end = text.find(EVALUATION_END)
+    # a section written before the start marker: the heading nearest before the end marker
+    start = text.rfind(EVALUATION_START, 0, end) if EVALUATION_START in text else text.rfind("## Evaluation\n", 0, end)
+    if 0 <= start < end:
         text = text[:start] + section + text[end + len(EVALUATION_END) :].lstrip("\n")
     else:
         text = text.rstrip("\n") + "\n\n" + section

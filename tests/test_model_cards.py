@@ -208,6 +208,27 @@ def test_with_eval_results_replaces_the_section(tmp_path):
     assert {(r.dataset_name, r.metric_type) for r in updated.data.eval_results} >= {("bivlc", "group_score"), ("bivlc", "delta_gap")}
 
 
+def test_with_eval_results_replaces_its_own_section_only():
+    """The Hub's default card template has an "## Evaluation" of its own: a second push replaced everything from that
+    heading to the end of MAPLE's section (appended by the first push), the user's sections in between included."""
+    from huggingface_hub import ModelCardData
+
+    from model_cards.cards import EVALUATION_START
+
+    card = ModelCard.from_template(ModelCardData(license="mit"))
+    headings = re.findall(r"^## .*$", card.text, flags=re.MULTILINE)
+    assert "## Evaluation" in headings and headings.index("## Evaluation") < len(headings) - 1
+    first = {"winoground": {"text_score": 10.0, "image_score": 5.0, "group_score": 2.5}}
+    second = {"winoground": {"text_score": 20.0, "image_score": 5.0, "group_score": 2.5}}
+    pushed_once = with_eval_results(card, first)
+    pushed_twice = with_eval_results(pushed_once, second)
+    assert re.findall(r"^## .*$", pushed_twice.text, flags=re.MULTILINE) == headings + ["## Evaluation"]
+    assert pushed_twice.text.count("| winoground | all |") == 1 and "| winoground | all | 20.0 |" in pushed_twice.text
+    # a card whose section was written before the start marker: the heading just before the end marker starts it
+    old_card = ModelCard(str(pushed_once).replace(EVALUATION_START + "\n", ""))
+    assert re.findall(r"^## .*$", with_eval_results(old_card, second).text, flags=re.MULTILINE) == headings + ["## Evaluation"]
+
+
 def test_with_eval_results_keeps_the_cards_other_model_index_entries(tmp_path):
     """`maple eval --push-to-hub` replaced the card's whole `model-index`: a zero-shot ImageNet result of the card's
     own was lost."""
