@@ -505,11 +505,11 @@ class _MapleImageEncoder(_TransformersImageEncoder):
         return self.model.encode(self.image_processor, images=list(images), batch_size=len(images))
 
     def image_problem(self, size: tuple[int, int]) -> str | None:
-        """Why an MLLM embedder's image processor cannot take an image of `size` (width, height), or None (Pixtral's
-        and Mistral 3's rule reads the image processor's `longest_edge`)."""
+        """Why an MLLM embedder cannot take an image of `size` (width, height), or None (`mllm_image_problem`: Pixtral's
+        and Mistral 3's rules read the image processor's `longest_edge` and token cell)."""
         from modeling_maple.processing_maple import mllm_image_problem
 
         processor = self.image_processor
         if processor.backbone != "mllm":
             return None
-        return mllm_image_problem(processor.mllm_type, size, processor.image_processor)
+        return mllm_image_problem(processor.mllm_type, size, processor.image_processor, processor.spatial_merge_size)

@@ -95,7 +95,7 @@ class PromptEncoder:
 
     def image_problem(self, size: tuple[int, int]) -> str | None:
         """Why an image of `size` (width, height) cannot be encoded for this model, or None."""
-        return mllm_image_problem(self.family, size, self.image_processor)
+        return mllm_image_problem(self.family, size, self.image_processor, self.spatial_merge_size)
 
     def render(self, messages: list[Message], *, add_generation_prompt: bool) -> str:
         """The chat template applied to `messages`, as text with one placeholder per image."""

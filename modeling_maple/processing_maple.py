@@ -391,19 +391,32 @@ def gemma3_image_processor_problem(image_processor) -> str | None:
 QWEN_VL_MAX_ASPECT_RATIO = 200  # Qwen-VL image processors (`smart_resize`) refuse more elongated images
 
 
-def mllm_image_problem(mllm_type: str, size: tuple[int, int], image_processor=None) -> str | None:
-    """Why an image of `size` (width, height) cannot go through a `mllm_type` image processor, or None. Pixtral and
-    Mistral 3 (checked when `image_processor` is given): an image so elongated that scaling its long side down to the
-    image processor's `longest_edge` leaves its short side no pixel (the processor fails with a bare size error)."""
+def mllm_image_problem(
+    mllm_type: str, size: tuple[int, int], image_processor=None, spatial_merge_size: int = 1
+) -> str | None:
+    """Why an image of `size` (width, height) cannot go through a `mllm_type` image processor and model, or None.
+    Pixtral and Mistral 3 (checked when `image_processor` is given):
+
+    - an image so elongated that scaling its long side down to the image processor's `longest_edge` leaves its short
+      side no pixel (the processor fails with a bare size error);
+    - Mistral 3: an image that fits in one token cell (`patch_size` x `spatial_merge_size` px: 28 x 28 for its
+      checkpoints) makes a single image token, and `Mistral3Model.get_image_features` squeezes a batch of one image
+      token to no token dimension (a bare RuntimeError in `torch.split` whenever that image is alone in a batch)."""
     ratio = max(size) / max(1, min(size))
     if mllm_type in QWEN_VL_MLLMS and ratio > QWEN_VL_MAX_ASPECT_RATIO:
         return f"aspect ratio {ratio:.0f}:1 is above the {QWEN_VL_MAX_ASPECT_RATIO}:1 that {mllm_type} image processors accept"
     if mllm_type in PIXTRAL_MLLMS and image_processor is not None:
         longest_edge = image_processor.size.longest_edge
         # the processor's own arithmetic (`get_resize_output_image_size`)
-        if max(size) > longest_edge and math.floor(min(size) / (max(size) / longest_edge)) == 0:
+        scale = max(1.0, max(size) / longest_edge)
+        resized = [math.floor(side / scale) for side in size]
+        if min(resized) == 0:
             return (f"aspect ratio {ratio:.0f}:1 leaves no pixel of its short side once its long side is resized to "
                     f"{longest_edge} px, as the {mllm_type} image processor does")
+        cell = pixtral_patch_size(image_processor)[0] * spatial_merge_size
+        if mllm_type == "mistral3" and max(resized) <= cell:
+            return (f"{size[0]}x{size[1]} px fits in one {cell}x{cell} token cell, and a single image token is more "
+                    "than transformers' Mistral 3 model can take: use an image larger than one cell")
     return None
 
 
@@ -462,7 +475,7 @@ def encode_mllm_images(
     """
     images = [load_image(image, index) for index, image in enumerate(images, start=first_index)]
     for index, image in enumerate(images, start=first_index):
-        if (problem := mllm_image_problem(mllm_type, image.size, image_processor)) is not None:
+        if (problem := mllm_image_problem(mllm_type, image.size, image_processor, spatial_merge_size)) is not None:
             raise ValueError(f"images[{index}]: {problem}.")
     if mllm_type in QWEN_VL_MLLMS:
         processed = image_processor(images=images, return_tensors="pt")

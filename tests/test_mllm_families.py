@@ -109,6 +109,25 @@ def test_pixtral_images_too_elongated_to_keep_a_pixel_are_refused_by_name(family
     assert processor(images=[Image.new("RGB", (32, 1))])["image_sizes"].tolist() == [[4 * mllm_spatial_merge_size(tiny_mllm_config(family)), 32]]
 
 
+def test_a_mistral3_image_of_one_token_cell_is_refused_by_name():
+    """Mistral 3 merges 2x2 patches into one image token; an image that fits in one cell (8 x 8 px for the tiny model,
+    28 x 28 for Mistral 3's checkpoints) makes one token, which `Mistral3Model.get_image_features` squeezes away: a bare
+    RuntimeError from `torch.split` whenever that image was alone in a batch (found by a review). The embedder, the
+    judge and a miner on the embedder (`image_problem`, which the preference builder asks first) name it instead."""
+    from dataset_builders.miner import HardNegativeMiner
+    from dataset_builders.testing import tiny_judge
+
+    model, processor = build_tiny("mllm", mllm_type="mistral3")
+    message = "8x8 px fits in one 8x8 token cell, and a single image token is more than transformers' Mistral 3 model can take"
+    with pytest.raises(ValueError, match=f"^images\\[2\\]: {message}"):
+        model.encode(processor, images=[Image.new("RGB", (16, 16)), Image.new("RGB", (9, 9)), Image.new("RGB", (8, 8))], batch_size=2)
+    assert model.encode(processor, images=[Image.new("RGB", (9, 9))]).shape[0] == 1  # 2 x 2 cells
+    assert tiny_judge(family="mistral3").image_problem((8, 8)).startswith(message)
+    assert tiny_judge(family="mistral3").image_problem((9, 8)) is None
+    assert HardNegativeMiner.from_maple(model, processor).image_problem((3, 5)).startswith("3x5 px fits in one 8x8 token cell")
+    assert tiny_judge(family="pixtral").image_problem((4, 4)) is None  # Pixtral's vision model takes one token
+
+
 def test_llava_next_tiles_and_image_tokens_follow_each_images_size(monkeypatch):
     """LLaVA-NeXT cuts each image into a base view plus a grid of tiles chosen by its size; its image tokens leave out
     the letterbox and end each row with `image_newline`. A batch of images of 5, 3, 4 and 5 tiles: the prompts are those
