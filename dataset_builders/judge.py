@@ -21,6 +21,8 @@ import torch
 from jinja2 import TemplateError
 from transformers import DynamicCache
 
+from modeling_maple.modeling_maple import last_token_pool
+
 from .interfaces import PreferenceJudge, component_name, first_finding
 from .vlm_inputs import (
     EncodedImages,
@@ -354,13 +356,6 @@ class MLLMJudge:
             logits = logits + bias.to(hidden_states.device)
         return torch.softmax(logits, dim=-1)[:, 0]
 
-    @staticmethod
-    def _last_states(hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(batch, seq, hidden) right-padded -> (batch, hidden) at each row's last real token. With a `device_map`
-        the states come from the last GPU and the mask lives on the first."""
-        last = (attention_mask.sum(dim=1) - 1).to(hidden_states.device)
-        return hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), last]
-
     @torch.inference_mode()
     def score(
         self, images: list[PIL.Image.Image], texts: list[list[str]], *, reuse_prefix: bool = True
@@ -408,7 +403,7 @@ class MLLMJudge:
             sequences = [self.prefix_ids(encoded, index) + suffix for index, suffix in enumerate(suffixes)]
             inputs = to_model(self.prompt_encoder.model_inputs(sequences, encoded, padding_side="right"), self.model)
             outputs = self.model.model(**inputs, use_cache=False)
-            alphas.append(self._alphas(self._last_states(outputs.last_hidden_state, inputs["attention_mask"])))
+            alphas.append(self._alphas(last_token_pool(outputs.last_hidden_state, inputs["attention_mask"])))
         return torch.cat(alphas).cpu() if alphas else torch.empty(0)
 
     def _score_with_shared_prefixes(self, images: Sequence[PIL.Image.Image], texts: Sequence[Sequence[str]]) -> list[torch.Tensor]:
@@ -479,7 +474,7 @@ class MLLMJudge:
                 use_cache=True,
                 **{self._cache_keyword: cache},
             )
-            alphas.append(self._alphas(self._last_states(outputs.last_hidden_state, suffix_mask)))
+            alphas.append(self._alphas(last_token_pool(outputs.last_hidden_state, suffix_mask)))
         return list(torch.cat(alphas).cpu().split([len(candidates) for candidates in texts]))
 
 
