@@ -5,10 +5,9 @@ as one."""
 from __future__ import annotations
 
 import xxhash
-from PIL import ExifTags, Image
+from PIL import Image
 
-# The EXIF tag whose values 2-8 turn or mirror a photo when it is loaded (`ImageOps.exif_transpose`)
-ORIENTATION = ExifTags.Base.Orientation
+from modeling_maple.processing_maple import exif_turn
 
 
 def content_id(item: str | Image.Image) -> int:
@@ -25,8 +24,8 @@ def content_id(item: str | Image.Image) -> int:
             digest.update(bytes(item.getpalette() or []) + repr(item.info.get("transparency")).encode())
         elif (transparency := item.info.get("transparency")) is not None:  # a colour key loading makes transparent
             digest.update(b"transparency:" + repr(transparency).encode())
-        if (orientation := item.getexif().get(ORIENTATION, 1)) in range(2, 9):  # loading turns the picture upright
-            digest.update(f"orientation:{orientation}".encode())
+        if (turn := exif_turn(item)) is not None:  # loading turns the picture upright
+            digest.update(f"orientation:{turn}".encode())
     else:
         raise TypeError(f"content_id takes a text (str) or a PIL image, got {type(item).__name__}")
     return int.from_bytes(digest.digest(), "little", signed=True)

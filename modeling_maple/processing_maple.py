@@ -44,7 +44,6 @@ SIZE_DEPENDENT_MLLMS = (*QWEN_VL_MLLMS, *PIXTRAL_MLLMS)
 # What a dual encoder's image processor returns that its vision tower takes: the pixels, and for a NaFlex tower
 # (SigLIP2) the mask of each image's real patches and its patch grid.
 DUAL_ENCODER_IMAGE_INPUTS = ("pixel_values", "pixel_attention_mask", "spatial_shapes")
-ORIENTATION = ExifTags.Base.Orientation  # the EXIF tag that says how to turn a photo upright
 # The processor_config.json entry recording the image processor's backend ("pil" or "torchvision").
 IMAGE_PROCESSOR_BACKEND_KEY = "image_processor_backend"
 
@@ -56,6 +55,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if "A" in image.getbands() or image.info.get("transparency") is not None:
         image = Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image.convert("RGBA"))
     return image.convert("RGB")
+
+
+def exif_turn(image: Image.Image) -> int | None:
+    """The EXIF Orientation (2-8) by which loading turns or mirrors `image` upright (`ImageOps.exif_transpose`), or
+    None for an image that loads as it is stored."""
+    orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    return orientation if orientation in range(2, 9) else None
 
 
 def load_image(image: Any, index: int) -> Image.Image:
@@ -73,8 +79,7 @@ def load_image(image: Any, index: int) -> Image.Image:
         try:
             image.load()  # a lazily loaded, truncated file fails here
             # an upright RGB image as it is: each of exif_transpose and convert would copy it (a twentieth of decoding)
-            upright = image.getexif().get(ORIENTATION, 1) not in range(2, 9)  # exif_transpose's turns
-            if image.mode == "RGB" and image.info.get("transparency") is None and upright:
+            if image.mode == "RGB" and image.info.get("transparency") is None and exif_turn(image) is None:
                 return image
             return to_rgb(ImageOps.exif_transpose(image))
         except OSError as error:
