@@ -84,14 +84,19 @@ _ARROW_BATCH_ROWS = 10_000
 _VALIDATED_DATASETS: weakref.WeakSet[Dataset] = weakref.WeakSet()
 
 
+def _missing_columns(column_names: Iterable[str]) -> str | None:
+    """"lacks column(s) [...]; ..." naming the columns of the schema not among `column_names`, or None."""
+    present = set(column_names)
+    if missing := [column for column in PREFERENCE_COLUMNS if column not in present]:
+        return (f"lacks column(s) {missing}; a MAPLE preference dataset has the columns {list(PREFERENCE_COLUMNS)} "
+                "(see trainer/schema.py).")
+    return None
+
+
 def check_columns(column_names: Iterable[str], dataset_name: str) -> None:
     """Raises if a column of the schema is missing."""
-    missing = [column for column in PREFERENCE_COLUMNS if column not in set(column_names)]
-    if missing:
-        raise ValueError(
-            f"The {dataset_name} dataset lacks column(s) {missing}; a MAPLE preference dataset has the columns "
-            f"{list(PREFERENCE_COLUMNS)} (see trainer/schema.py)."
-        )
+    if problem := _missing_columns(column_names):
+        raise ValueError(f"The {dataset_name} dataset {problem}")
 
 
 def check_features(features: Features, dataset_name: str) -> None:
@@ -209,16 +214,12 @@ def check_row_columns(examples: Sequence[dict[str, Any]], dataset_name: str) -> 
     were checked on its first row only), and a lone string would be counted by its characters, a lone image or score
     fail in `len`."""
     for position, example in enumerate(examples):
-        missing = [column for column in PREFERENCE_COLUMNS if column not in example]
-        if missing:
+        if problem := _missing_columns(example):
             if "id" in example:
                 where = f"row id {example['id']!r}"
             else:
                 where = f"the row after id {examples[position - 1]['id']!r}" if position else "a row without an id"
-            raise ValueError(
-                f"{dataset_name} dataset, {where}: lacks column(s) {missing}; a MAPLE preference dataset has the "
-                f"columns {list(PREFERENCE_COLUMNS)} (see trainer/schema.py)."
-            )
+            raise ValueError(f"{dataset_name} dataset, {where}: {problem}")
         for column in (*SCORED_CANDIDATES, *SCORED_CANDIDATES.values()):
             value = example[column]
             if value is not None and not isinstance(value, list):
