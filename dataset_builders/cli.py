@@ -205,8 +205,7 @@ def _check_model_refs(args: argparse.Namespace) -> None:
     from .miner import encoder_config_problem
     from .vlm_inputs import check_supported
 
-    specs = [("--judge", spec) for spec in args.judge] + [("--captioner", args.captioner), ("--miner", args.miner)]
-    for option, spec in specs:
+    for option, spec in _component_specs(args):
         try:
             if spec is None or _factory(spec) is not None:
                 continue
@@ -220,6 +219,11 @@ def _check_model_refs(args: argparse.Namespace) -> None:
             raise ValueError(f"{option} {spec}: {error}") from None
         except ValueError as error:  # json's: a config that does not read
             raise ValueError(f"{option} {spec}: {config_file} cannot be read: {error}") from None
+
+
+def _component_specs(args: argparse.Namespace) -> list[tuple[str, str | None]]:
+    """(option, spec) of every judge, the captioner and the miner given (a spec is None where the option was not)."""
+    return [("--judge", spec) for spec in args.judge] + [("--captioner", args.captioner), ("--miner", args.miner)]
 
 
 def _make(option: str, spec: str) -> Any:
@@ -270,7 +274,7 @@ def _load_components(args: argparse.Namespace, device: str) -> dict[str, Any]:
         "model_kwargs": {"device_map": args.device_map} if args.device_map else None,
         "token": args.token,
     }
-    specs = [("--judge", spec) for spec in args.judge] + [("--captioner", args.captioner), ("--miner", args.miner)]
+    specs = _component_specs(args)
     # Factories first: they are quick to call and check, and one that is wrong must not wait for a 72B model to load.
     made = {(option, spec): _make(option, spec) for option, spec in specs if spec is not None and _factory(spec) is not None}
     judge_kwargs = {"batch_size": args.judge_batch_size} | ({"prompt": args.judge_prompt} if args.judge_prompt else {})

@@ -40,13 +40,15 @@ DUAL_ENCODER_LORA_TARGETS = (
 )
 # MapleModel's own heads, top-level modules: the MLLM's, and the dual encoder's two.
 MAPLE_HEADS = ("projection", "visual_projection", "text_projection")
+# The paper's LoRA: rank and alpha 32 (its dropout is not stated)
+LORA_RANK, LORA_ALPHA, LORA_DROPOUT = 32, 32, 0.05
 
 
 def maple_lora_config(
     model_or_config: MapleModel | MapleConfig,
-    r: int = 32,
-    lora_alpha: int = 32,
-    lora_dropout: float = 0.05,
+    r: int = LORA_RANK,
+    lora_alpha: int = LORA_ALPHA,
+    lora_dropout: float = LORA_DROPOUT,
     **lora_kwargs,
 ) -> LoraConfig:
     """A `peft.LoraConfig` for the paper's set-up (rank and alpha 32 by default; vision side frozen).

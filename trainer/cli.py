@@ -31,6 +31,7 @@ from maple.cli import exit_with_error, image_settings, report_error
 from maple.files import folder_problem
 from maple.hub import check_private, dataset_read_problem, hub_failure, is_hub_id, local_typo_hint
 from modeling_maple.configuration_maple import BACKBONES, MLLM_FAMILIES
+from modeling_maple.lora import LORA_ALPHA, LORA_DROPOUT, LORA_RANK
 
 from .rpa_config import RPAConfig, from_pretrained_kwargs, unused_dpo_field_help
 from .schema import first_undecodable_image, validate_preference_dataset
@@ -95,9 +96,9 @@ class ModelArguments:
             "trained model's processor."
         },
     )
-    lora_r: int = field(default=32, metadata={"help": "LoRA rank (MAPLE: 32)."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator alpha (MAPLE: 32)."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input (not stated in MAPLE)."})
+    lora_r: int = field(default=LORA_RANK, metadata={"help": f"LoRA rank (MAPLE: {LORA_RANK})."})
+    lora_alpha: int = field(default=LORA_ALPHA, metadata={"help": f"LoRA scaling numerator alpha (MAPLE: {LORA_ALPHA})."})
+    lora_dropout: float = field(default=LORA_DROPOUT, metadata={"help": "Dropout on the LoRA input (not stated in MAPLE)."})
     license: str | None = field(
         default=None,
         metadata={"help": "The trained model's licence in its card, a Hub licence id (e.g. apache-2.0) or a name. "
