@@ -191,11 +191,14 @@ def _run_fingerprint(
 ) -> dict[str, Any]:
     """What a stored result was computed from: the model and its state (`_model_state`), the weights dtype, the
     image processor settings overridden (`--image-processor-kwargs`; None: the checkpoint's own), the benchmark
-    source (the default one by its Hub id), with its files' sizes and modification times when it is local (a Hub
-    dataset by its id only), and the version of the evaluation protocol."""
+    source (the default one by its Hub id), with its files' sizes and modification times when it is local (by its
+    absolute path: a copy named relative to another folder is the same copy; a Hub dataset by its id only), and the
+    version of the evaluation protocol."""
     source = source or BENCHMARKS[benchmark].hub_id
     source_path = Path(source).expanduser()
-    source_files = _files_state(source_path, recursive=True) if source_path.exists() else None
+    source_files = None
+    if source_path.exists():
+        source, source_files = str(source_path.resolve()), _files_state(source_path, recursive=True)
     return {"model": model_ref, "model_state": model_state, "dtype": dtype,
             "image_processor_kwargs": image_processor_kwargs or None, "source": source, "source_files": source_files,
             "protocol": PROTOCOL_VERSION}

@@ -242,6 +242,19 @@ def test_results_written_inside_the_model_folder_do_not_change_its_fingerprint(t
     assert ".: coco already done" in capsys.readouterr().out
 
 
+def test_a_local_source_named_another_way_is_the_same_source(tiny, benchmark_sources, tmp_path, capsys, monkeypatch):
+    """The source was compared as typed: the same parquet file named by its absolute path, then relative to the working
+    folder, recomputed the benchmark as "from another source" (found by a docs walkthrough)."""
+    _, _, (first, _) = tiny
+    source = benchmark_sources["coco"]
+    out = tmp_path / "eval"
+    assert main([str(first), "--benchmarks", "coco", "--source", f"coco={source}", "--out", str(out)]) == 0
+    monkeypatch.chdir(source.parent)
+    capsys.readouterr()
+    assert main([str(first), "--benchmarks", "coco", "--source", f"coco=./{source.name}", "--out", str(out)]) == 0
+    assert "coco already done" in capsys.readouterr().out
+
+
 def test_a_moved_checkpoint_with_stored_results_is_reported_as_missing(tiny, benchmark_sources, tmp_path, capsys, monkeypatch):
     import shutil
 
