@@ -414,6 +414,13 @@ def test_candidate_counts_other_than_positive_integers_are_refused(processor, fi
         DataCollatorForEmbeddingPreference(processor, **{field: value})
 
 
+def test_tensors_other_than_torch_are_refused(processor):
+    """`DataCollatorMixin` dispatches on `return_tensors`, and the collator has a torch collation only: "np" failed at
+    the first batch with an AttributeError for `numpy_call`."""
+    with pytest.raises(ValueError, match=r"^return_tensors must be 'pt' \(torch tensors\), got 'np'$"):
+        DataCollatorForEmbeddingPreference(processor, return_tensors="np")
+
+
 def test_a_candidate_count_of_one_keeps_the_anchor_alone(processor, rows):
     batch = DataCollatorForEmbeddingPreference(processor, num_text_candidates=1, num_image_candidates=1)(rows[:3])
     for modality in ("text", "image"):

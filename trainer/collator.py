@@ -16,6 +16,9 @@ from maple.content import content_id
 
 from .schema import CONTENT_COLUMNS, SCORED_CANDIDATES, check_row_columns, check_rows, first_invalid
 
+# A field the trainer adds to the rows of a streamed evaluation set: their position in the stream (see
+# `RPATrainer._repeated_eval_rows`); the collator passes it on as `row_position`.
+ROW_POSITION = "row_position"
 # Keys of a collated batch that are not model inputs.
 PREFERENCE_KEYS = (
     "anchor_text_index",
@@ -28,11 +31,8 @@ PREFERENCE_KEYS = (
     "img2txt_scores",
     "text_ids",
     "image_ids",
-    "row_position",
+    ROW_POSITION,
 )
-# A field the trainer adds to the rows of a streamed evaluation set: their position in the stream (see
-# `RPATrainer._repeated_eval_rows`); the collator passes it on as `row_position`.
-ROW_POSITION = "row_position"
 
 
 @dataclass
@@ -51,6 +51,14 @@ class DataCollatorForEmbeddingPreference(DataCollatorMixin):
     The RPA losses rank distinct items: a candidate whose content repeats an earlier one of its row (a caption listed
     twice, a hard-negative image that copies the anchor's) is masked like padding, the first occurrence kept with its
     judge score; the repeat still took one of the row's `num_*_candidates` slots.
+
+    Args:
+        processor: the `MapleProcessor` that turns the batch's texts and images into model inputs.
+        num_image_candidates, num_text_candidates: candidates per anchor each step, its own included (None: all).
+        seed: seeds the candidate draws, with the epoch and the row id.
+        dataset_name: names the dataset in the errors of malformed rows ("train", "eval", ...).
+        return_tensors: "pt" only (torch tensors; `DataCollatorMixin` reads it).
+        epoch: the pass the draws are seeded with (`set_epoch`).
 
     Returned keys, besides the processor's (`input_ids`, `attention_mask`, `pixel_values`, ...):
         anchor_text_index, anchor_image_index: `(N,)` row of each anchor's caption / image in the embeddings.
@@ -71,6 +79,8 @@ class DataCollatorForEmbeddingPreference(DataCollatorMixin):
     epoch: int = 0
 
     def __post_init__(self):
+        if self.return_tensors != "pt":  # DataCollatorMixin would look for a numpy or tensorflow collation
+            raise ValueError(f"return_tensors must be 'pt' (torch tensors), got {self.return_tensors!r}")
         for name in ("num_text_candidates", "num_image_candidates"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
