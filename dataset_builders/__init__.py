@@ -21,13 +21,13 @@ _EXPORTS = {
     "top_k_neighbours": "miner",
     "MaplePreferences": "builder",
     "MaplePreferencesConfig": "builder",
-    "FEATURES": "builder",
+    "PREFERENCE_FEATURES": "builder",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from .builder import FEATURES, MaplePreferences, MaplePreferencesConfig
+    from .builder import PREFERENCE_FEATURES, MaplePreferences, MaplePreferencesConfig
     from .captioner import ContrastiveCaptioner
     from .interfaces import CandidateCaptioner, PreferenceJudge
     from .judge import JudgeEnsemble, MLLMJudge

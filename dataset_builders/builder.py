@@ -1,5 +1,5 @@
 """`MaplePreferences`: the `datasets` builder that turns image-caption pairs into MLLM-judged
-preference rows (schema: `trainer.schema.PREFERENCE_FEATURES`, re-exported here as `FEATURES`), and
+preference rows (schema: `trainer.schema.PREFERENCE_FEATURES`, which the trainer validates against), and
 publishes and loads them.
 
 Pipeline, per the paper (section 3 of the method notes):
@@ -67,10 +67,6 @@ from .sources import (
     local_source_digest,
     open_source,
 )
-
-FEATURES = PREFERENCE_FEATURES
-"""The preference dataset schema, one row per anchor: `trainer.schema.PREFERENCE_FEATURES` itself, the
-one definition the builder writes and the trainer validates against."""
 
 TEXT_CANDIDATE_SOURCES = ("generated", "corpus")
 MANIFEST_FILE = "manifest.json"
@@ -452,7 +448,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         return datasets.DatasetInfo(
             description="MAPLE preference data: anchors with hard-negative image and text candidates, "
             "ranked by an MLLM judge (arXiv 2506.06970).",
-            features=FEATURES,
+            features=PREFERENCE_FEATURES,
             license=self.config.source_license,
         )
 
@@ -959,7 +955,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
 
     def _write_shard(self, path: Path, columns: dict[str, list]) -> None:
         """Write a shard through `atomic_write`: a shard file is complete or absent."""
-        table = pa.Table.from_pydict(FEATURES.encode_batch(columns), schema=FEATURES.arrow_schema)
+        table = pa.Table.from_pydict(PREFERENCE_FEATURES.encode_batch(columns), schema=PREFERENCE_FEATURES.arrow_schema)
         atomic_write(path, lambda temporary: pq.write_table(table, temporary))
 
     def _wait_for(self, paths: list[Path], *, what: str) -> None:
@@ -1194,7 +1190,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 raise FileNotFoundError(f"no parquet files{f' of config {config_name!r}' if config_name else ''} under {repo_id_or_path}")
             files = [str(file) for file in files]
             # Local parquet files load as one "train" split; `split` may still slice it ("train[:100]").
-            return datasets.load_dataset("parquet", data_files=files, split=split, features=FEATURES, **load_kwargs)
+            return datasets.load_dataset("parquet", data_files=files, split=split, features=PREFERENCE_FEATURES, **load_kwargs)
         try:
             return datasets.load_dataset(repo_id_or_path, name=config_name, split=split, **load_kwargs)
         # datasets reads some Hub answers (an HTTP 500) as a missing local path, and raises a repo not found or an

@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 from dataset_builders.builder import (
-    FEATURES,
-    DamagedCheckpoint,
     MANIFEST_FILE,
+    PREFERENCE_FEATURES,
+    DamagedCheckpoint,
     MaplePreferences,
     MaplePreferencesConfig,
     WorkDirMismatch,
@@ -67,7 +67,7 @@ def _build(tmp_path, config_name="paper", **kwargs) -> MaplePreferences:
 def test_rows_follow_the_schema_with_one_score_per_candidate(tmp_path):
     builder = _build(tmp_path)
     dataset = builder.as_dataset(split="train")
-    assert dataset.features == FEATURES
+    assert dataset.features == PREFERENCE_FEATURES
     assert len(dataset) == 10 and len(set(dataset["id"])) == 10
     source = colour_square_source()
     raw = dataset.cast_column("image", datasets.Image(decode=False)).cast_column(
@@ -503,7 +503,7 @@ def test_from_pretrained_loads_a_local_build_or_snapshot(tmp_path):
     builder = _build(tmp_path)
     built = builder.as_dataset(split="train")
     loaded = MaplePreferences.from_pretrained(str(tmp_path / "work" / "shards"))
-    assert loaded.features == FEATURES
+    assert loaded.features == PREFERENCE_FEATURES
     assert loaded.to_dict() == built.to_dict()
     # A Hub snapshot keeps each config in its own folder.
     snapshot = tmp_path / "snapshot"
@@ -555,9 +555,10 @@ def test_end_to_end_with_a_tiny_mllm_judge_and_captioner(tmp_path):
 
 
 def test_the_schema_is_the_trainers_one_definition():
-    from trainer.schema import PREFERENCE_FEATURES
+    import dataset_builders
+    import trainer.schema
 
-    assert FEATURES is PREFERENCE_FEATURES
+    assert dataset_builders.PREFERENCE_FEATURES is PREFERENCE_FEATURES is trainer.schema.PREFERENCE_FEATURES
 
 
 def test_text_pool_keeps_the_caption_first_and_drops_repeats():

@@ -359,7 +359,7 @@ def pairs_dataset(world: World) -> datasets.Dataset:
     """The world's training pairs in the preference schema, each anchor its only candidate: the
     input of the preference builder, and plain InfoNCE training data (no RPA signal, no extra
     negatives)."""
-    from dataset_builders import FEATURES
+    from dataset_builders import PREFERENCE_FEATURES
 
     examples = world.train
     return datasets.Dataset.from_dict(
@@ -372,7 +372,7 @@ def pairs_dataset(world: World) -> datasets.Dataset:
             "txt2img_scores": [[1.0] for _ in examples],
             "img2txt_scores": [[1.0] for _ in examples],
         },
-        features=FEATURES,
+        features=PREFERENCE_FEATURES,
     )
 
 
