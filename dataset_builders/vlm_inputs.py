@@ -165,7 +165,8 @@ class PromptEncoder:
 
 
 class QwenVLPromptEncoder(PromptEncoder):
-    """Qwen2-VL / Qwen2.5-VL: dynamic-resolution patches, one token per 2x2 merged patch, M-RoPE."""
+    """Qwen2-VL, Qwen2.5-VL, Qwen3-VL: dynamic-resolution patches, one token per `merge_size` x `merge_size` merged
+    patches (2 x 2 in their checkpoints), M-RoPE."""
 
     def prefix_positions(self, model, inputs):
         """M-RoPE positions (3, batch, length): image tokens get 2-D grid positions, so the text

@@ -326,7 +326,7 @@ def evaluate_quadruples(
     return result
 
 
-def _similarity_histograms(image_text: torch.Tensor, text_text: torch.Tensor) -> dict[str, list[float]]:
+def _similarity_histograms(image_text: torch.Tensor, text_text: torch.Tensor) -> dict[str, list[int]]:
     """Counts of matched, mismatched and text-text cosines in HISTOGRAM_BINS bins over [-1, 1]."""
     samples = {"matched": image_text[:, [0, 3]], "mismatched": image_text[:, [1, 2]], "text_text": text_text}
     histograms = {}

@@ -460,7 +460,8 @@ def encode_mllm_images(
     """Pixels of `images` (PIL images or file paths) for an MLLM of `mllm_type`, and what each image's
     `image_token` placeholder becomes in a prompt, as the family's own processor builds them:
 
-    - Qwen-VL: dynamic-resolution patches, one token per 2x2 merged patch;
+    - Qwen-VL: dynamic-resolution patches, one token per `merge_size` x `merge_size` merged patches (2 x 2 in their
+      checkpoints);
     - LLaVA: fixed-size images, `image_seq_length` tokens each;
     - LLaVA-NeXT: a base view plus a grid of tiles that follows the image's size, `image_seq_length` tokens per tile
       less the letterbox, plus one `image_newline` per row (`llava_next_image_layout`);

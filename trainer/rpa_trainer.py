@@ -70,6 +70,8 @@ Quadruple = tuple[Image.Image, Image.Image, str, str]
 LOG_SCALES = ("logit_scale", "preference_logit_scale")
 # Under PEFT, the trainable state (adapters and the learnable scales) of a checkpoint, for resuming.
 PEFT_TRAINABLE_STATE = "trainable_state.safetensors"
+
+
 class RPATrainer(DPOTrainer):
     """Trains a `MapleModel` with MAPLE's Relative Preference Alignment plus InfoNCE (see `RPAConfig`).
 
@@ -386,11 +388,11 @@ class RPATrainer(DPOTrainer):
             self._collect_eval_anchors(outputs.text_embeds, outputs.image_embeds, inputs, counted)
         else:
             step_values = [rpa.mean(), contrastive.mean(), *agreement, beta, inverse_temperature, torch.isfinite(loss)]
-            if not self._log_train_step(torch.stack([value.detach().float() for value in step_values])):
+            if not self._log_train_step_and_check_finite(torch.stack([value.detach().float() for value in step_values])):
                 self._stop_on_non_finite(loss, rpa.mean(), contrastive.mean())
         return (loss, outputs) if return_outputs else loss
 
-    def _log_train_step(self, step_values: Tensor) -> bool:
+    def _log_train_step_and_check_finite(self, step_values: Tensor) -> bool:
         """Records a training step's metrics from this process's ``(7,)`` `step_values`: the means of its batch's RPA
         and InfoNCE losses, its rewards accuracy and margin (`_judge_agreement`), beta, the inverse temperature, and 1.0
         if its loss is finite; returns whether the loss is finite on every process. All processes' values travel in one
@@ -498,11 +500,11 @@ class RPATrainer(DPOTrainer):
         return grad_norm
 
     def _stop_on_non_finite(self, loss: Tensor, rpa: Tensor, contrastive: Tensor) -> None:
-        """Called on every process when a training loss is not finite on some process (`_log_train_step`): a NaN/inf
-        loss would poison the weights at the next optimiser step, so stop, naming the step. The current weights are
-        saved as a checkpoint when they (and the last step's gradient norm, else the optimiser state may hold NaNs)
-        are finite; otherwise the error points to the last regular checkpoint. All processes agree, so none waits on
-        a collective."""
+        """Called on every process when a training loss is not finite on some process
+        (`_log_train_step_and_check_finite`): a NaN/inf loss would poison the weights at the next optimiser step, so
+        stop, naming the step. The current weights are saved as a checkpoint when they (and the last step's gradient
+        norm, else the optimiser state may hold NaNs) are finite; otherwise the error points to the last regular
+        checkpoint. All processes agree, so none waits on a collective."""
         step = self.state.global_step + 1
         losses = f"loss={loss.item()}, loss/rpa={rpa.item()}, loss/contrastive={contrastive.item()}"
         bad = [name for name, param in self.model.named_parameters() if not torch.isfinite(param.detach()).all()]
@@ -581,7 +583,8 @@ class RPATrainer(DPOTrainer):
 
     # ------------------------------------------------------------------------------------------ saving
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
-        """`Trainer.train`, refusing to resume a checkpoint saved under another recipe (`RECIPE_FIELDS`)."""
+        """`Trainer.train`, refusing to resume a checkpoint saved under another recipe (`check_recipe`: the
+        `RECIPE_FIELDS`, the LoRA, model and image settings)."""
         if resume_from_checkpoint is True:
             resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:

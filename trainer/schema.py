@@ -386,9 +386,9 @@ def rows_without_preference(dataset: Dataset) -> dict[str, int]:
 
 
 def warn_about_rows_without_preference(dataset: Dataset, rpa_weight: float) -> None:
-    """RPA's loss is zero in a direction whose candidates all share one judge score: say so when rows are like that,
-    since a dataset of only such rows trains with a zero RPA loss, and one where a direction never ranks with half of
-    `rpa_weight` (`bidirectional_rpa_loss` averages the two), and no other sign."""
+    """Warn about rows whose candidates in a direction all share one judge score, where RPA's loss is zero in that
+    direction. Nothing else would show it: a dataset of only such rows trains with a zero RPA loss, and one where a
+    direction never ranks trains with half of `rpa_weight` (`bidirectional_rpa_loss` averages the two directions)."""
     counts = rows_without_preference(dataset)
     if counts["both"]:
         hint = "; that is every row: set rpa_weight=0 to train with InfoNCE only" if counts["both"] == len(dataset) else ""
