@@ -140,61 +140,14 @@ class RPATrainer(DPOTrainer):
         peft_config: PeftConfig | None = None,
         eval_quadruples: dict[str, Sequence[Quadruple]] | None = None,
     ):
-        if args is None:
-            name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "") or "maple"
-            args = RPAConfig(f"{os.path.basename(name.rstrip('/'))}-RPA")
-        if not isinstance(args, RPAConfig):
-            raise TypeError(f"args must be an RPAConfig, got {type(args).__name__}")
-        if train_dataset is None:
-            raise ValueError("`train_dataset` is required")
-        if compute_metrics is not None:
-            raise ValueError(
-                "RPATrainer does not take `compute_metrics`: an embedder's evaluation has no predictions and labels to "
-                "pass it. Evaluation reports eval_loss, eval_loss/rpa, eval_loss/contrastive, "
-                "eval_rewards/accuracies, eval_rewards/margins, eval_recall@1/text_to_image and /image_to_text, and, "
-                "with `eval_quadruples`, eval_<name>/text_score, /image_score and /group_score; for other benchmarks "
-                "evaluate the saved model (`maple eval`)."
-            )
-        if isinstance(model, str):
-            loading = from_pretrained_kwargs(args.model_init_kwargs, args.trust_remote_code, args.hub_token)
-            if processing_class is None:
-                model, processing_class = load_maple(model, **loading)
-            else:  # only the model: a checkpoint may be saved without its processor
-                model = load_maple_model(model, **loading)
-        if processing_class is None:
-            raise ValueError("Pass the model's MapleProcessor as `processing_class` (or the model as a path).")
-        # Not isinstance(MapleProcessor): a processor loaded as remote code is the checkpoint's own copy of the class.
-        if not hasattr(processing_class, "image_prompt"):
-            raise TypeError(
-                f"`processing_class` must be the model's MapleProcessor (MapleProcessor.from_pretrained), got "
-                f"{type(processing_class).__name__}."
-            )
-        if not all(hasattr(model, name) for name in LOG_SCALES):
-            raise TypeError(
-                f"RPATrainer trains MAPLE embedders (a MapleModel with `logit_scale` and `preference_logit_scale`), "
-                f"got {type(model).__name__}"
-            )
+        args = _checked_args(args, model, train_dataset, compute_metrics)
+        model, processing_class = _model_and_processor(model, processing_class, args)
         if ref_model is model:
             raise ValueError("`model` and `ref_model` must be different objects.")
         if ref_model is not None and args.reference == "none":
             raise ValueError("A `ref_model` was given but `reference='none'` would ignore it; set reference='frozen'.")
         model, ref_model = self._policy_and_reference(model, ref_model, args, peft_config)
-        # Under DDP a step may leave parameters without gradient (a text tower's pooler, beta when rpa_weight is 0).
-        if args.ddp_find_unused_parameters is None:
-            args.ddp_find_unused_parameters = True
-        # accelerate's batch dispatching (its default for streamed datasets) slices every tensor of a batch by rows;
-        # ours hold more images and texts than rows, so each process collates its own batches instead.
-        if args.accelerator_config.dispatch_batches:
-            raise ValueError("RPATrainer batches cannot be dispatched by rows: leave dispatch_batches unset or False.")
-        args.accelerator_config.dispatch_batches = False
-        # Without even batches, processes may get different numbers of batches, and one would wait forever in the
-        # loss's all-gather (or the evaluation's gather) for a batch the others do not have.
-        if not args.accelerator_config.even_batches and not args.dataloader_drop_last and args.world_size > 1:
-            raise ValueError(
-                "RPATrainer needs accelerator_config.even_batches under several processes: without it a process can "
-                "get one batch more than another and wait forever in the loss's all-gather. Keep even_batches=True "
-                "(the last batch is evened out with repeated rows) or set dataloader_drop_last=True."
-            )
+        _set_distributed_batching(args)
 
         # The state `DPOTrainer`'s inherited methods read (see the class docstring)
         self._is_vision_dataset = False  # our collator builds the image inputs; evaluate() then validates datasets
@@ -843,3 +796,73 @@ def _candidate_similarities(text_embeds: Tensor, image_embeds: Tensor, inputs: d
     txt2img = torch.einsum("nd,ncd->nc", anchor_texts, image_embeds[inputs["candidate_image_index"]])
     img2txt = torch.einsum("nd,ncd->nc", anchor_images, text_embeds[inputs["candidate_text_index"]])
     return txt2img, img2txt
+
+
+def _checked_args(
+    args: RPAConfig | None, model: str | nn.Module, train_dataset: Any, compute_metrics: Callable | None
+) -> RPAConfig:
+    """`args` (by default an `RPAConfig` whose output_dir is named after the model), refusing another config type, a
+    missing `train_dataset` and `compute_metrics`."""
+    if args is None:
+        name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "") or "maple"
+        args = RPAConfig(f"{os.path.basename(name.rstrip('/'))}-RPA")
+    if not isinstance(args, RPAConfig):
+        raise TypeError(f"args must be an RPAConfig, got {type(args).__name__}")
+    if train_dataset is None:
+        raise ValueError("`train_dataset` is required")
+    if compute_metrics is not None:
+        raise ValueError(
+            "RPATrainer does not take `compute_metrics`: an embedder's evaluation has no predictions and labels to "
+            "pass it. Evaluation reports eval_loss, eval_loss/rpa, eval_loss/contrastive, "
+            "eval_rewards/accuracies, eval_rewards/margins, eval_recall@1/text_to_image and /image_to_text, and, "
+            "with `eval_quadruples`, eval_<name>/text_score, /image_score and /group_score; for other benchmarks "
+            "evaluate the saved model (`maple eval`)."
+        )
+    return args
+
+
+def _model_and_processor(
+    model: str | nn.Module, processing_class: ProcessorMixin | None, args: RPAConfig
+) -> tuple[nn.Module, ProcessorMixin]:
+    """The MAPLE model and its processor: loaded when `model` is a path or Hub id (with `args.model_init_kwargs`),
+    checked to be a MAPLE embedder and a `MapleProcessor` either way."""
+    if isinstance(model, str):
+        loading = from_pretrained_kwargs(args.model_init_kwargs, args.trust_remote_code, args.hub_token)
+        if processing_class is None:
+            model, processing_class = load_maple(model, **loading)
+        else:  # only the model: a checkpoint may be saved without its processor
+            model = load_maple_model(model, **loading)
+    if processing_class is None:
+        raise ValueError("Pass the model's MapleProcessor as `processing_class` (or the model as a path).")
+    # Not isinstance(MapleProcessor): a processor loaded as remote code is the checkpoint's own copy of the class.
+    if not hasattr(processing_class, "image_prompt"):
+        raise TypeError(
+            f"`processing_class` must be the model's MapleProcessor (MapleProcessor.from_pretrained), got "
+            f"{type(processing_class).__name__}."
+        )
+    if not all(hasattr(model, name) for name in LOG_SCALES):
+        raise TypeError(
+            f"RPATrainer trains MAPLE embedders (a MapleModel with `logit_scale` and `preference_logit_scale`), "
+            f"got {type(model).__name__}"
+        )
+    return model, processing_class
+
+
+def _set_distributed_batching(args: RPAConfig) -> None:
+    """Set `args` up for RPA batches under several processes, refusing the settings that cannot work."""
+    # Under DDP a step may leave parameters without gradient (a text tower's pooler, beta when rpa_weight is 0).
+    if args.ddp_find_unused_parameters is None:
+        args.ddp_find_unused_parameters = True
+    # accelerate's batch dispatching (its default for streamed datasets) slices every tensor of a batch by rows;
+    # ours hold more images and texts than rows, so each process collates its own batches instead.
+    if args.accelerator_config.dispatch_batches:
+        raise ValueError("RPATrainer batches cannot be dispatched by rows: leave dispatch_batches unset or False.")
+    args.accelerator_config.dispatch_batches = False
+    # Without even batches, processes may get different numbers of batches, and one would wait forever in the
+    # loss's all-gather (or the evaluation's gather) for a batch the others do not have.
+    if not args.accelerator_config.even_batches and not args.dataloader_drop_last and args.world_size > 1:
+        raise ValueError(
+            "RPATrainer needs accelerator_config.even_batches under several processes: without it a process can "
+            "get one batch more than another and wait forever in the loss's all-gather. Keep even_batches=True "
+            "(the last batch is evened out with repeated rows) or set dataloader_drop_last=True."
+        )
