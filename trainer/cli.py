@@ -36,6 +36,11 @@ from modeling_maple.lora import LORA_ALPHA, LORA_DROPOUT, LORA_RANK
 from .rpa_config import RPAConfig, from_pretrained_kwargs, unused_dpo_field_help
 from .schema import first_undecodable_image, validate_preference_dataset
 
+if typing.TYPE_CHECKING:
+    from modeling_maple import MapleModel, MapleProcessor
+
+    from .rpa_trainer import RPATrainer
+
 
 class TrainingInputError(ValueError):
     """A model or dataset `maple train` cannot use, found before training: one line, not a traceback."""
@@ -146,68 +151,13 @@ class DataArguments:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(
-        (ModelArguments, DataArguments, RPAConfig),
-        prog="maple train",
-        description=__doc__.split("\n")[0],
-        epilog="--config FILE.yaml: a YAML mapping of any of the options above (flags given as well override it); "
-        "an `env:` mapping in it sets environment variables.",
-    )
-    own_help = unused_dpo_field_help() | {  # TRL's help of these describes what they do to a language model
-        "resume_from_checkpoint": "A checkpoint folder to resume from; 'true': the last complete checkpoint-* in "
-        "output_dir; 'false': train from scratch, the earlier run's checkpoints moved to output_dir/_earlier-run-N (an "
-        "output_dir holding checkpoints needs one of the three). A checkpoint resumes "
-        "only under the recipe it was trained with (rpa_recipe.json: loss, lambda, batch size, learning rate, ...).",
-        "hub_token": "The Hub token of every Hub request: the push, and the reads of a Hub --model_name_or_path (its "
-        "weights, and its licence for the model card) and --dataset_name (its rows and stats.json); unset: HF_TOKEN, "
-        "else the token `hf auth login` saved.",
-    }
-    for action in parser._actions:
-        action.help = own_help.get(action.dest, action.help)
-    argv = sys.argv[1:] if argv is None else list(argv)
-    # TrlParser reads only `--config FILE`; accept `--config=FILE` too, as argparse options do.
-    argv = [part for argument in argv for part in (argument.split("=", 1) if argument.startswith("--config=") else [argument])]
-    _check_config_file(parser, argv)
-    try:
-        model_args, data_args, training_args = parser.parse_args_and_config(argv)
-    # the dataclasses' own checks (e.g. RPAConfig's rejected settings; transformers words some over several lines);
-    # TypeError: a YAML value of the wrong type
-    except (ValueError, TypeError) as error:
-        parser.error(" ".join(str(error).split()))
-    if (model_args.model_name_or_path is None) == (model_args.tiny is None):
-        parser.error("give exactly one of --model_name_or_path and --tiny")
-    loading_options = {"--backbone": model_args.backbone, "--model_init_kwargs": training_args.model_init_kwargs,
-                       "--image_processor_kwargs": model_args.image_processor_kwargs,
-                       "--trust_remote_code": training_args.trust_remote_code}
-    if model_args.tiny and (ignored := [option for option, value in loading_options.items() if value]):
-        parser.error(f"{', '.join(ignored)}: --tiny builds a random float32 model; these apply to --model_name_or_path")
-    if data_args.dataset_name is None:
-        parser.error("--dataset_name is required")
-    if problem := folder_problem(training_args.output_dir, "--output_dir"):
-        parser.error(problem)
+    parser = _parser()
+    model_args, data_args, training_args = _parse(parser, argv)
 
     # heavy imports only once the arguments are known to be fine
-    from .checkpoints import image_recipe, lora_recipe, model_recipe
     from .rpa_trainer import RPATrainer
-    from .schema import UndecodableImageError
 
-    try:
-        # Cheapest first: paths that exist or could be Hub ids, the checkpoint to resume, then the dataset, then the
-        # (larger) model.
-        if model_args.model_name_or_path is not None:
-            _check_reference("--model_name_or_path", model_args.model_name_or_path)
-        _check_reference("--dataset_name", data_args.dataset_name)
-        resume = checkpoint_to_resume(training_args)
-        lora = lora_recipe(model_args.lora_r, model_args.lora_alpha) if model_args.use_peft else None
-        if resume is not None:
-            _check_resume_recipe(resume, training_args, lora)
-        splits = load_preference_splits(data_args, token=training_args.hub_token)
-        model, processor = load_model_and_processor(model_args, training_args)
-        if resume is not None:  # now that the model is known: another model's checkpoint does not fit it
-            _check_resume_recipe(resume, training_args, lora, model_recipe(model.config),
-                                 image_recipe(processor.image_processor))
-    except TrainingInputError as error:
-        parser.error(str(error))
+    resume, splits, model, processor = _load_inputs(parser, model_args, data_args, training_args)
     peft_config = None
     if model_args.use_peft:
         from modeling_maple.lora import maple_lora_config
@@ -231,6 +181,99 @@ def main(argv: list[str] | None = None) -> int:
         if not training_args.push_to_hub or (problem := hub_failure(error, _hub_repo_id(training_args), writing=True)) is None:
             raise
         return report_error(parser.prog, f"--push_to_hub: {problem}; nothing was trained", status=1)
+    try:
+        return _train_and_save(parser, trainer, resume, splits, model_args, data_args, training_args)
+    finally:
+        trainer.end()  # destroys the process group of several processes while all are alive, as transformers advises
+
+
+def _parser() -> _Parser:
+    """`maple train`'s parser: the options of `ModelArguments`, `DataArguments` and `RPAConfig`, with help of our own
+    where TRL's describes what an option does to a language model."""
+    parser = _Parser(
+        (ModelArguments, DataArguments, RPAConfig),
+        prog="maple train",
+        description=__doc__.split("\n")[0],
+        epilog="--config FILE.yaml: a YAML mapping of any of the options above (flags given as well override it); "
+        "an `env:` mapping in it sets environment variables.",
+    )
+    own_help = unused_dpo_field_help() | {
+        "resume_from_checkpoint": "A checkpoint folder to resume from; 'true': the last complete checkpoint-* in "
+        "output_dir; 'false': train from scratch, the earlier run's checkpoints moved to output_dir/_earlier-run-N (an "
+        "output_dir holding checkpoints needs one of the three). A checkpoint resumes "
+        "only under the recipe it was trained with (rpa_recipe.json: loss, lambda, batch size, learning rate, ...).",
+        "hub_token": "The Hub token of every Hub request: the push, and the reads of a Hub --model_name_or_path (its "
+        "weights, and its licence for the model card) and --dataset_name (its rows and stats.json); unset: HF_TOKEN, "
+        "else the token `hf auth login` saved.",
+    }
+    for action in parser._actions:
+        action.help = own_help.get(action.dest, action.help)
+    return parser
+
+
+def _parse(parser: _Parser, argv: list[str] | None) -> tuple[ModelArguments, DataArguments, RPAConfig]:
+    """The parsed options (of `argv`, by default the command line's, and of a `--config` file); a usage error (exit
+    status 2) for a bad config file, a value a dataclass refuses, options that do not go together and an
+    `--output_dir` that cannot be a folder."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # TrlParser reads only `--config FILE`; accept `--config=FILE` too, as argparse options do.
+    argv = [part for argument in argv for part in (argument.split("=", 1) if argument.startswith("--config=") else [argument])]
+    _check_config_file(parser, argv)
+    try:
+        model_args, data_args, training_args = parser.parse_args_and_config(argv)
+    # the dataclasses' own checks (e.g. RPAConfig's rejected settings; transformers words some over several lines);
+    # TypeError: a YAML value of the wrong type
+    except (ValueError, TypeError) as error:
+        parser.error(" ".join(str(error).split()))
+    if (model_args.model_name_or_path is None) == (model_args.tiny is None):
+        parser.error("give exactly one of --model_name_or_path and --tiny")
+    loading_options = {"--backbone": model_args.backbone, "--model_init_kwargs": training_args.model_init_kwargs,
+                       "--image_processor_kwargs": model_args.image_processor_kwargs,
+                       "--trust_remote_code": training_args.trust_remote_code}
+    if model_args.tiny and (ignored := [option for option, value in loading_options.items() if value]):
+        parser.error(f"{', '.join(ignored)}: --tiny builds a random float32 model; these apply to --model_name_or_path")
+    if data_args.dataset_name is None:
+        parser.error("--dataset_name is required")
+    if problem := folder_problem(training_args.output_dir, "--output_dir"):
+        parser.error(problem)
+    return model_args, data_args, training_args
+
+
+def _load_inputs(
+    parser: _Parser, model_args: ModelArguments, data_args: DataArguments, training_args: RPAConfig
+) -> tuple[str | None, DatasetDict, MapleModel, MapleProcessor]:
+    """(checkpoint to resume or None, the dataset's splits, model, processor), each input checked before the next,
+    costlier one loads; a usage error naming the first that is wrong (`TrainingInputError`)."""
+    from .checkpoints import image_recipe, lora_recipe, model_recipe
+
+    try:
+        # Cheapest first: paths that exist or could be Hub ids, the checkpoint to resume, then the dataset, then the
+        # (larger) model.
+        if model_args.model_name_or_path is not None:
+            _check_reference("--model_name_or_path", model_args.model_name_or_path)
+        _check_reference("--dataset_name", data_args.dataset_name)
+        resume = checkpoint_to_resume(training_args)
+        lora = lora_recipe(model_args.lora_r, model_args.lora_alpha) if model_args.use_peft else None
+        if resume is not None:
+            _check_resume_recipe(resume, training_args, lora)
+        splits = load_preference_splits(data_args, token=training_args.hub_token)
+        model, processor = load_model_and_processor(model_args, training_args)
+        if resume is not None:  # now that the model is known: another model's checkpoint does not fit it
+            _check_resume_recipe(resume, training_args, lora, model_recipe(model.config),
+                                 image_recipe(processor.image_processor))
+    except TrainingInputError as error:
+        parser.error(str(error))
+    return resume, splits, model, processor
+
+
+def _train_and_save(
+    parser: _Parser, trainer: RPATrainer, resume: str | None, splits: DatasetDict, model_args: ModelArguments,
+    data_args: DataArguments, training_args: RPAConfig,
+) -> int:
+    """Train (resuming `resume`), evaluate a test split at least once, and save the model with its card or push it;
+    the exit status. A private push to an existing public repo is refused before training."""
+    from .schema import UndecodableImageError
+
     if training_args.push_to_hub and training_args.hub_private_repo and trainer.is_world_process_zero():
         from huggingface_hub import HfApi
 
@@ -239,7 +282,6 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as error:
             if (problem := hub_failure(error, trainer.hub_model_id, writing=True)) is None:
                 raise
-            trainer.end()  # as on every other way out once the trainer exists
             return report_error(parser.prog, f"--hub_private_repo: {problem}; nothing was trained", status=1)
     # every card of the run, those pushed with checkpoints too, names the data and the judge
     judge = preference_judge(data_args.dataset_name, data_args.dataset_config, token=training_args.hub_token)
@@ -258,21 +300,18 @@ def main(argv: list[str] | None = None) -> int:
         metrics = trainer.evaluate()
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
-    try:
-        if not training_args.push_to_hub:
-            trainer.save_model(training_args.output_dir)
-            trainer.create_model_card()
-            return 0
-        try:
-            trainer.push_to_hub()  # saves the model and writes the card first (save_model would push a second time)
-        except Exception as error:
-            if (problem := hub_failure(error, trainer.hub_model_id or _hub_repo_id(training_args), writing=True)) is None:
-                raise
-            return report_error(parser.prog, f"pushing failed: {problem}. The trained model is saved in "
-                                             f"{training_args.output_dir}: upload it with `hf upload`", status=1)
+    if not training_args.push_to_hub:
+        trainer.save_model(training_args.output_dir)
+        trainer.create_model_card()
         return 0
-    finally:
-        trainer.end()  # destroys the process group of several processes while all are alive, as transformers advises
+    try:
+        trainer.push_to_hub()  # saves the model and writes the card first (save_model would push a second time)
+    except Exception as error:
+        if (problem := hub_failure(error, trainer.hub_model_id or _hub_repo_id(training_args), writing=True)) is None:
+            raise
+        return report_error(parser.prog, f"pushing failed: {problem}. The trained model is saved in "
+                                         f"{training_args.output_dir}: upload it with `hf upload`", status=1)
+    return 0
 
 
 def _hub_repo_id(training_args: RPAConfig) -> str:
@@ -475,7 +514,7 @@ def model_loading_kwargs(training_args: RPAConfig) -> dict:
         raise TrainingInputError(f"--model_init_kwargs: {error}") from None
 
 
-def load_model_and_processor(model_args: ModelArguments, training_args: RPAConfig):
+def load_model_and_processor(model_args: ModelArguments, training_args: RPAConfig) -> tuple[MapleModel, MapleProcessor]:
     """The MapleModel and MapleProcessor to train: tiny, or `modeling_maple.load_maple` (a MAPLE checkpoint, or one
     built from a backbone) with `model_loading_kwargs(training_args)` and `--trust_remote_code`, a Hub repo read with
     `--hub_token` (unless `--model_init_kwargs` names a token)."""
