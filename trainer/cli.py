@@ -292,6 +292,7 @@ def _train_and_save(
     try:
         trainer.train(resume_from_checkpoint=resume)
     except UndecodableImageError as error:  # the loader cannot say which row: find it, as the error advises
+        _close_progress_bars(trainer)  # the error line goes below the bar, not onto it
         split = data_args.dataset_train_split if error.split == "train" else data_args.dataset_test_split
         where = first_undecodable_image(splits[split], error.split) if split in splits else None
         parser.error(where or str(error))
@@ -312,6 +313,18 @@ def _train_and_save(
         return report_error(parser.prog, f"pushing failed: {problem}. The trained model is saved in "
                                          f"{training_args.output_dir}: upload it with `hf upload`", status=1)
     return 0
+
+
+def _close_progress_bars(trainer: RPATrainer) -> None:
+    """Close the training and evaluation progress bars, as the end of training does: a bar left open keeps the
+    cursor on its line."""
+    from transformers.trainer_callback import ProgressCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, ProgressCallback):
+            for bar in (callback.prediction_bar, callback.training_bar):
+                if bar is not None:
+                    bar.close()
 
 
 def _hub_repo_id(training_args: RPAConfig) -> str:
