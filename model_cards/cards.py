@@ -38,6 +38,7 @@ CARD_HYPERPARAMETERS = (
 )
 # Trainer log entries that are end-of-run summaries, not curves.
 _SUMMARY_LOG_KEYS = {"step", "epoch", "total_flos", "train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss"}
+# Every metric the card's `model-index` holds (`_eval_results`), by its name there
 _METRIC_NAMES = {
     "i2t_r1": "Image→text R@1", "i2t_r5": "Image→text R@5", "i2t_r10": "Image→text R@10",
     "t2i_r1": "Text→image R@1", "t2i_r5": "Text→image R@5", "t2i_r10": "Text→image R@10",
@@ -60,7 +61,7 @@ def _written_by_maple(result: EvalResult, eval_results: Mapping[str, Mapping[str
     one in `eval_results`."""
     from evaluation.benchmarks import BENCHMARKS
 
-    maple_metric = result.metric_type in (*RETRIEVAL_METRICS, *QUADRUPLE_SCORES, "delta_gap")
+    maple_metric = result.metric_type in _METRIC_NAMES
     return maple_metric and (result.dataset_name in BENCHMARKS or result.dataset_name in eval_results)
 
 
