@@ -381,6 +381,28 @@ def test_a_parquet_table_of_image_paths_trains_from_the_command_line_as_a_folder
                      "--max_steps", "1", "--per_device_train_batch_size", "2", "--report_to", "none", "--use_cpu", "true"]) == 0
 
 
+def test_the_trainer_is_ended_where_every_process_gets_to_only(tmp_path, monkeypatch):
+    """`RPATrainer.end` destroys the process group. After the save it runs on every process; on an error of one
+    process in training (its own batch's undecodable image, say) it must not, as its peers wait in a collective and
+    destroying the group then can hang under NCCL (a refactor had moved it into a `finally` around training)."""
+    from trainer.rpa_trainer import RPATrainer
+
+    ended = []
+    monkeypatch.setattr(RPATrainer, "end", lambda self: ended.append(True))
+    synthetic_preference_dataset(4).to_parquet(tmp_path / "prefs.parquet")
+    argv = ["--tiny", "dual_encoder", "--dataset_name", str(tmp_path / "prefs.parquet"), "--output_dir",
+            str(tmp_path / "out"), "--max_steps", "1", "--per_device_train_batch_size", "4", "--report_to", "none"]
+    assert main(argv) == 0 and ended == [True]
+
+    def fail(self, **kwargs):
+        raise RuntimeError("CUDA out of memory (a stand-in)")
+
+    monkeypatch.setattr(RPATrainer, "train", fail)
+    with pytest.raises(RuntimeError, match="a stand-in"):
+        main([*argv[:5], str(tmp_path / "again"), *argv[6:]])
+    assert ended == [True]
+
+
 def test_a_missing_or_corrupt_image_file_is_one_line_naming_its_row(tmp_path, capsys):
     """Both were two chained tracebacks once training had started, the last asking a command-line user to run a
     Python function (found by a user-journey review). A missing file is found by validation, before the model loads;

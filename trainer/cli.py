@@ -181,10 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         if not training_args.push_to_hub or (problem := hub_failure(error, _hub_repo_id(training_args), writing=True)) is None:
             raise
         return report_error(parser.prog, f"--push_to_hub: {problem}; nothing was trained", status=1)
-    try:
-        return _train_and_save(parser, trainer, resume, splits, model_args, data_args, training_args)
-    finally:
-        trainer.end()  # destroys the process group of several processes while all are alive, as transformers advises
+    return _train_and_save(parser, trainer, resume, splits, model_args, data_args, training_args)
 
 
 def _parser() -> _Parser:
@@ -271,7 +268,12 @@ def _train_and_save(
     data_args: DataArguments, training_args: RPAConfig,
 ) -> int:
     """Train (resuming `resume`), evaluate a test split at least once, and save the model with its card or push it;
-    the exit status. A private push to an existing public repo is refused before training."""
+    the exit status. A private push to an existing public repo is refused before training.
+
+    The trainer is ended (`RPATrainer.end`, which destroys the process group) where every process gets to: after the
+    save or push, or when the refusal stops the run. Not on an error of one process in training (an undecodable
+    image of its own batch): its peers wait in a collective, and destroying the group then can hang under NCCL;
+    the launcher tears the job down instead."""
     from .schema import UndecodableImageError
 
     if training_args.push_to_hub and training_args.hub_private_repo and trainer.is_world_process_zero():
@@ -282,6 +284,7 @@ def _train_and_save(
         except Exception as error:
             if (problem := hub_failure(error, trainer.hub_model_id, writing=True)) is None:
                 raise
+            trainer.end()
             return report_error(parser.prog, f"--hub_private_repo: {problem}; nothing was trained", status=1)
     # every card of the run, those pushed with checkpoints too, names the data and the judge
     judge = preference_judge(data_args.dataset_name, data_args.dataset_config, token=training_args.hub_token)
@@ -301,18 +304,21 @@ def _train_and_save(
         metrics = trainer.evaluate()
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
-    if not training_args.push_to_hub:
-        trainer.save_model(training_args.output_dir)
-        trainer.create_model_card()
-        return 0
     try:
-        trainer.push_to_hub()  # saves the model and writes the card first (save_model would push a second time)
-    except Exception as error:
-        if (problem := hub_failure(error, trainer.hub_model_id or _hub_repo_id(training_args), writing=True)) is None:
-            raise
-        return report_error(parser.prog, f"pushing failed: {problem}. The trained model is saved in "
-                                         f"{training_args.output_dir}: upload it with `hf upload`", status=1)
-    return 0
+        if not training_args.push_to_hub:
+            trainer.save_model(training_args.output_dir)
+            trainer.create_model_card()
+            return 0
+        try:
+            trainer.push_to_hub()  # saves the model and writes the card first (save_model would push a second time)
+        except Exception as error:
+            if (problem := hub_failure(error, trainer.hub_model_id or _hub_repo_id(training_args), writing=True)) is None:
+                raise
+            return report_error(parser.prog, f"pushing failed: {problem}. The trained model is saved in "
+                                             f"{training_args.output_dir}: upload it with `hf upload`", status=1)
+        return 0
+    finally:
+        trainer.end()  # destroys the process group of several processes while all are alive, as transformers advises
 
 
 def _close_progress_bars(trainer: RPATrainer) -> None:
