@@ -421,7 +421,7 @@ def push_results(
     or the saved login)."""
     import tempfile
 
-    from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, hf_hub_download
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, ModelCard, hf_hub_download
     from huggingface_hub.errors import RemoteEntryNotFoundError
 
     from maple.hub import validate_card
@@ -438,17 +438,17 @@ def push_results(
         pushed = json.loads(Path(hf_hub_download(repo_id, PUSHED_RESULTS_FILE, token=token)).read_text())
     except RemoteEntryNotFoundError:
         pushed = {"results": {}, "dataset_ids": {}}
-    weights = _loaded_files(repo_id, token)
-    # a record written before weights were recorded (no "weights") cannot tell: its results stay
-    pushed_weights = pushed.get("weights", {})
-    stale = sorted(name for name in pushed["results"]
-                   if name not in results and pushed_weights.get(name, weights) != weights)
+    repo_files = _top_level_files(repo_id, token)
+    weights = _loaded_files(repo_files)
+    # A result recorded without its weights (before they were recorded) cannot tell: it is taken for these weights'
+    # and recorded so, and a later retrain drops it.
+    weights_of = {name: pushed.get("weights", {}).get(name, weights) for name in pushed["results"]}
+    stale = sorted(name for name in pushed["results"] if name not in results and weights_of[name] != weights)
     kept = [name for name in pushed["results"] if name not in results and name not in stale]
     # a benchmark pushed again takes its new source, the official one where `dataset_ids` names none
     dataset_ids = {**{name: pushed["dataset_ids"][name] for name in kept if name in pushed["dataset_ids"]},
                    **(dataset_ids or {})}
-    weights_of = {**{name: pushed_weights[name] for name in kept if name in pushed_weights},
-                  **{name: weights for name in results}}
+    weights_of = {**{name: weights_of[name] for name in kept}, **{name: weights for name in results}}
     results = {**{name: pushed["results"][name] for name in kept}, **results}
     with tempfile.TemporaryDirectory() as folder:
         histograms = Path(folder) / GAP_HISTOGRAM_FILE
@@ -465,25 +465,30 @@ def push_results(
         ]
         if has_histograms:
             operations.append(CommitOperationAdd(path_in_repo=GAP_HISTOGRAM_FILE, path_or_fileobj=histograms))
+        elif GAP_HISTOGRAM_FILE in repo_files:  # those of results the card no longer shows
+            operations.append(CommitOperationDelete(path_in_repo=GAP_HISTOGRAM_FILE))
         # one commit: a failed push leaves the card, its histograms and the record as they were, together
         HfApi(token=token).create_commit(repo_id, operations, commit_message="Add MAPLE evaluation results")
     return stale
 
 
-def _loaded_files(repo_id: str, token: str | None) -> dict[str, str]:
-    """The files of Hub repo `repo_id` that loading the model reads, by git blob id: those at the top level, as
-    `_model_state` takes a folder's, but the card, pictures, `PUSHED_RESULTS_FILE` and dotfiles (.gitattributes). The
-    commits a push of results makes leave them as they are, a model pushed again changes them. (An adapter's base
-    model is not looked at.)"""
+def _top_level_files(repo_id: str, token: str | None) -> dict[str, str]:
+    """The files at the top level of Hub repo `repo_id`, by git blob id."""
     from huggingface_hub import HfApi
     from huggingface_hub.hf_api import RepoFile
 
-    return {
-        entry.path: entry.blob_id
-        for entry in HfApi(token=token).list_repo_tree(repo_id, recursive=False)
-        if isinstance(entry, RepoFile) and entry.path != PUSHED_RESULTS_FILE and not entry.path.startswith(".")
-        and not entry.path.lower().endswith(NOT_LOADED_SUFFIXES)
-    }
+    entries = HfApi(token=token).list_repo_tree(repo_id, recursive=False)
+    return {entry.path: entry.blob_id for entry in entries if isinstance(entry, RepoFile)}
+
+
+def _loaded_files(repo_files: dict[str, str]) -> dict[str, str]:
+    """Of a Hub repo's top-level files (`_top_level_files`), those that loading the model may read, as `_model_state`
+    takes a folder's: not the card, pictures, an `--out` folder's results, `PUSHED_RESULTS_FILE` nor dotfiles
+    (.gitattributes). The commits a push of results makes leave them as they are, a model pushed again changes them.
+    (An adapter's base model is not looked at.)"""
+    not_loaded = (PUSHED_RESULTS_FILE, RESULTS_JSON)
+    return {path: blob_id for path, blob_id in repo_files.items()
+            if path not in not_loaded and not path.startswith(".") and not path.lower().endswith(NOT_LOADED_SUFFIXES)}
 
 
 def _embedding_device(parser: argparse.ArgumentParser, requested: str | None) -> str:

@@ -178,3 +178,39 @@ def test_a_push_drops_the_results_pushed_for_other_weights(hub_server, tmp_path)
     record = json.loads(hub_server.files("maple-org/retrained")["maple_eval_results.json"])
     assert set(record["results"]) == set(record["weights"]) == {"bivlc"}
     assert "model.safetensors" in record["weights"]["bivlc"] and "README.md" not in record["weights"]["bivlc"]
+
+
+PUSH_AFTER_A_RECORD_WITHOUT_WEIGHTS = """
+import json
+from huggingface_hub import HfApi
+from evaluation.cli import push_results
+from modeling_maple.testing import build_tiny
+
+repo = "maple-org/legacy"
+coco = {key: 40.0 for key in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")}
+histograms = {"bin_edges": [-1.0, 0.0, 1.0], "matched": [0, 3], "mismatched": [2, 1], "text_text": [1, 2]}
+bivlc = {"text_score": 50.0, "image_score": 25.0, "group_score": 25.0, "similarity_histograms": histograms}
+build_tiny("dual_encoder", seed=0)[0].push_to_hub(repo)
+legacy = {"results": {"bivlc": bivlc}, "dataset_ids": {}}  # as pushed before weights were recorded
+HfApi().upload_file(path_or_fileobj=json.dumps(legacy).encode(), path_in_repo="maple_eval_results.json", repo_id=repo)
+print("legacy record:", push_results(repo, {"coco": coco}))
+print("histograms drawn:", "similarity_histograms.png" in HfApi().list_repo_files(repo))
+# an `maple eval --out .` folder's results uploaded with the model: not a file loading reads
+HfApi().upload_file(path_or_fileobj=b"{}", path_in_repo="results.json", repo_id=repo)
+winoground = {"text_score": 30.0, "image_score": 20.0, "group_score": 10.0}
+print("results uploaded:", push_results(repo, {"winoground": winoground}))
+build_tiny("dual_encoder", seed=1)[0].push_to_hub(repo)  # retrained
+print("retrained:", push_results(repo, {"winoground": winoground}))
+print("histograms kept:", "similarity_histograms.png" in HfApi().list_repo_files(repo))
+"""
+
+
+def test_results_recorded_without_weights_are_dropped_at_the_next_retrain(hub_server, tmp_path):
+    """A result pushed before weights were recorded stayed on the card through every retrain; a results.json uploaded
+    beside the model counted as other weights. The histograms of dropped results were left in the repo, unlinked."""
+    output = run_client(hub_server, tmp_path, PUSH_AFTER_A_RECORD_WITHOUT_WEIGHTS)
+    assert "legacy record: []" in output and "histograms drawn: True" in output
+    assert "results uploaded: []" in output and "retrained: ['bivlc', 'coco']" in output and "histograms kept: False" in output
+    card = hub_server.files("maple-org/legacy")["README.md"].decode()
+    assert "| bivlc |" not in card and "| coco |" not in card and "| winoground | all | 30.0 |" in card
+    assert "similarity_histograms.png" not in card
