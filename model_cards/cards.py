@@ -202,9 +202,15 @@ def with_eval_results(
     data.model_name = data.model_name or model_name or "MAPLE embedder"
     section = render_evaluation_section(eval_results, histogram_file=histogram_file)
     text = card.text
-    end = text.find(EVALUATION_END)
-    # a section written before the start marker: the heading nearest before the end marker
-    start = text.rfind(EVALUATION_START, 0, end) if EVALUATION_START in text else text.rfind("## Evaluation\n", 0, end)
+    start = text.rfind(EVALUATION_START)
+    if start >= 0:
+        end = text.find(EVALUATION_END, start)
+    else:  # a section written before the start marker: the heading nearest before the end marker, with no other
+        # second-level heading between them (MAPLE's section has none; another is the user's)
+        end = text.find(EVALUATION_END)
+        start = text.rfind("## Evaluation\n", 0, end) if end >= 0 else -1
+        if start >= 0 and "\n## " in text[start:end]:
+            start = -1
     if 0 <= start < end:
         text = text[:start] + section + text[end + len(EVALUATION_END) :].lstrip("\n")
     else:

@@ -227,6 +227,15 @@ def test_with_eval_results_replaces_its_own_section_only():
     # a card whose section was written before the start marker: the heading just before the end marker starts it
     old_card = ModelCard(str(pushed_once).replace(EVALUATION_START + "\n", ""))
     assert re.findall(r"^## .*$", with_eval_results(old_card, second).text, flags=re.MULTILINE) == headings + ["## Evaluation"]
+    # an end marker left over from an older section that no heading starts (renamed by hand): the first push appends
+    # a section, the next ones replace it instead of appending another each (found by a review)
+    stray = ModelCard("---\nlicense: mit\n---\n# mine\n\n## Results (renamed)\n| old |\n<!-- end of evaluation -->\n")
+    pushed = with_eval_results(with_eval_results(with_eval_results(stray, first), second), second)
+    assert pushed.text.count(EVALUATION_START) == 1 and pushed.text.count("| winoground | all |") == 1
+    # and on a card with an "## Evaluation" of the user's before such a marker, the user's sections stay
+    stray = ModelCard(str(card) + "\n## Results (renamed)\n| old |\n<!-- end of evaluation -->\n")
+    pushed = with_eval_results(with_eval_results(stray, first), second)
+    assert re.findall(r"^## .*$", pushed.text, flags=re.MULTILINE) == headings + ["## Results (renamed)", "## Evaluation"]
 
 
 def test_with_eval_results_keeps_the_cards_other_model_index_entries(tmp_path):
