@@ -939,6 +939,30 @@ def test_config_accepts_dpo_settings_that_mean_what_rpa_does(tmp_path):
     assert config.loss_weights == [1.0]
 
 
+@pytest.mark.parametrize("metric, greater", [
+    ("eval_loss/contrastive", False), ("loss/rpa", False), ("eval_test_loss/rpa", False), ("eval_loss", False),
+    ("eval_q/group_score", True), ("eval_rewards/accuracies", True), ("eval_recall@1/text_to_image", True),
+])
+def test_the_best_checkpoint_by_a_loss_term_is_the_lowest(tmp_path, metric, greater):
+    """transformers takes a metric for a loss only when its name ends in "loss": by "eval_loss/contrastive" the
+    checkpoint with the highest loss was kept as the best, silently (found by a review)."""
+    config = RPAConfig(output_dir=str(tmp_path), metric_for_best_model=metric, eval_strategy="steps",
+                       save_strategy="steps", load_best_model_at_end=True)
+    assert config.greater_is_better is greater
+    assert RPAConfig(output_dir=str(tmp_path), metric_for_best_model=metric, greater_is_better=True).greater_is_better
+
+
+def test_predict_prepares_its_dataset_as_evaluate_does(tmp_path):
+    """`predict` skipped the preparation `evaluate` does: a dataset in torch format was refused row by row, and a
+    missing column was found by the collator, with errors naming the "eval" dataset (found by a review)."""
+    trainer = make_trainer(tmp_path, max_steps=1)
+    dataset = synthetic_preference_dataset(8, seed=1)
+    expected = trainer.evaluate(dataset, metric_key_prefix="test")["test_loss/rpa"]
+    assert trainer.predict(dataset.with_format("torch")).metrics["test_loss/rpa"] == pytest.approx(expected)
+    with pytest.raises(ValueError, match=r"^The test dataset lacks column\(s\) \['txt2img_scores'\]"):
+        trainer.predict(dataset.remove_columns("txt2img_scores"))
+
+
 def test_the_help_of_max_length_says_other_values_are_rejected():
     help_text = RPAConfig.__dataclass_fields__["max_length"].metadata["help"]
     assert "any other value is rejected" in help_text and "Not used" not in help_text

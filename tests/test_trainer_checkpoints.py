@@ -343,6 +343,21 @@ def test_a_run_resumed_to_train_longer_follows_its_own_schedule_from_the_first_s
     assert rates(longer)[3] > 0
 
 
+def test_a_resumed_run_logs_evaluates_and_saves_at_its_own_intervals(tmp_path):
+    """`Trainer` reloaded the intervals from the checkpoint's state, silently over the resumed run's: a resume with a
+    smaller `save_steps`, to guard against another crash, saved no more often (found by a review)."""
+    first = make_trainer(tmp_path, max_steps=2, save_strategy="steps", save_steps=2, logging_steps=1)
+    first.train()
+    resumed = make_trainer(tmp_path, max_steps=6, save_strategy="steps", save_steps=3, logging_steps=2,
+                           eval_strategy="steps", eval_steps=4)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-2"))
+    history = resumed.state.log_history
+    assert [entry["step"] for entry in history if "loss" in entry] == [1, 2, 4, 6]
+    assert [entry["step"] for entry in history if "eval_loss" in entry] == [4, 6]  # and at the last step
+    assert [os.path.basename(path) for path in run_checkpoints(str(tmp_path / "run"))] == [
+        "checkpoint-2", "checkpoint-3", "checkpoint-6"]
+
+
 # A change of every value a resumed run must share (`RECIPE_FIELDS`), from `smoke_config`'s: a field the recipe
 # leaves out resumes silently under another loss, schedule or batch.
 RECIPE_CHANGES = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -307,6 +308,10 @@ class RPAConfig(DPOConfig):
             raise ValueError(f"rpa_loss must be one of {list(RPA_LOSSES)}, got {self.rpa_loss!r}")
         if self.reference not in ("none", "frozen"):
             raise ValueError(f"reference must be 'none' or 'frozen', got {self.reference!r}")
+        # transformers takes a metric for a loss only when its name ends in "loss": the loss terms ("eval_loss/rpa",
+        # "eval_loss/contrastive") would count as better when larger, and the worst checkpoint be kept as the best
+        if self.greater_is_better is None and self.metric_for_best_model and _names_a_loss(self.metric_for_best_model):
+            self.greater_is_better = False
         super().__post_init__()
         if self.loss_type != ["sigmoid"]:
             raise ValueError(
@@ -374,3 +379,9 @@ def _without_tokens(model_init_kwargs: dict | None, placeholder: str | None) -> 
     if placeholder is not None:
         kept.update({key: placeholder for key in _TOKEN_ARGUMENTS if key in model_init_kwargs})
     return kept
+
+
+def _names_a_loss(metric: str) -> bool:
+    """Whether `metric` (as `metric_for_best_model` names it, with or without its "eval_" prefix) is a loss or a loss
+    term: "loss", "eval_loss", "eval_test_loss", "loss/rpa", "eval_loss/contrastive"."""
+    return re.search(r"(^|_)loss(/|$)", metric) is not None

@@ -274,6 +274,16 @@ class RPATrainer(DPOTrainer):
         finally:
             self.data_collator = train_collator
 
+    def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial):
+        # `Trainer` reloads the logging, evaluation and saving intervals from a resumed checkpoint's state, over
+        # this run's: they are not part of the recipe (`RECIPE_FIELDS`), so a resume with `save_steps` made smaller
+        # to guard against another crash must save that often.
+        resumed = super()._init_training_state(
+            max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
+        )
+        self.state.compute_steps(self.args, max_steps)
+        return resumed
+
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         with naming_undecodable_images("train"):
             return super().get_batch_samples(epoch_iterator, num_batches, device)
@@ -533,6 +543,12 @@ class RPATrainer(DPOTrainer):
             self.log(fine_grained)
             metrics.update(fine_grained)
         return metrics
+
+    def predict(self, test_dataset, ignore_keys=None, metric_key_prefix: str = "test"):
+        """`Trainer.predict`: `evaluate`'s metrics under `metric_key_prefix` (`predictions` and `label_ids` are None:
+        an embedder's evaluation has none), `test_dataset` checked and prepared as `evaluate` prepares its own."""
+        test_dataset = self._prepare_dataset(test_dataset, self.processing_class, self.args, metric_key_prefix)
+        return super().predict(test_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
 
     # ------------------------------------------------------------------------------------------ saving
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
