@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import pickle
 import re
@@ -283,6 +284,15 @@ def _component_key(component: object | None) -> str | None:
     if settings is None:
         return _component_name(component)
     return f"{_component_name(component)}@{hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]}"
+
+
+def _published_source(source: str | None) -> str | None:
+    """How a pushed card and stats name the build's source: a Hub id as it is, a local file or folder by its name
+    only. Its path means nothing to a reader of the Hub, and may say more about the machine than its owner means to
+    publish (a home folder, a user name)."""
+    if source is None or not Path(source).expanduser().exists():
+        return source
+    return f"local files ({Path(source).expanduser().resolve().name})"
 
 
 def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -606,10 +616,12 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         return self._source
 
     def _row_id(self, row: dict[str, Any], index: int) -> str:
-        """The row's id, or its zero-padded index where it has none (None or blank: the trainer refuses a blank id,
-        which names the row in its errors and seeds its candidate draws)."""
+        """The row's id, or its zero-padded index where it has none (None, NaN or blank: the trainer refuses a blank
+        or NaN id, which names the row in its errors and seeds its candidate draws; several NaNs, read as "nan", would
+        be taken for one duplicated id)."""
         value = row.get(self.config.id_column)
-        return f"{index:09d}" if value is None or not str(value).strip() else str(value)
+        missing = value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip()
+        return f"{index:09d}" if missing else str(value)
 
     def check_inputs(self) -> tuple[int, list[int], list[SkippedInput]]:
         """(number of source rows, rows fit to be anchors, rows skipped with reasons); checkpointed in inputs.json.
@@ -1132,13 +1144,14 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         staging = self.work_dir / "hub"  # the repo's files of this config, as they are uploaded
         shutil.rmtree(staging, ignore_errors=True)
         (staging / stats_dir).mkdir(parents=True)
+        # Counts only: the per-row list of skipped inputs may name local files; so would a local source's path.
+        published_stats = {key: value for key, value in self.stats.items() if key != "skipped"}
+        published_stats["source"] = _published_source(self.stats.get("source"))
         card = dataset_card_from_stats(
-            self.stats, repo_id=repo_id, output_dir=staging,
+            {**self.stats, "source": published_stats["source"]}, repo_id=repo_id, output_dir=staging,
             histogram_file=f"{stats_dir}/{HISTOGRAM_FILE}", other_configs=other_configs,
         )
         histogram = staging / stats_dir / HISTOGRAM_FILE
-        # Counts only: the per-row list of skipped inputs may name local files.
-        published_stats = {key: value for key, value in self.stats.items() if key != "skipped"}
         published_stats["histogram_file"] = f"{stats_dir}/{HISTOGRAM_FILE}" if histogram.exists() else None
         atomic_write_json(staging / stats_dir / "stats.json", published_stats)
         # The data first: a push that fails there leaves no stats, and no card naming a config that is not there (the

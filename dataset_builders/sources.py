@@ -115,6 +115,14 @@ def open_source(
     source = source_dataset
     if source is None:
         source = load_source(config.source, split=config.source_split, cache_dir=cache_dir, token=token)
+    elif isinstance(source, datasets.DatasetDict):
+        raise SourceError(f"source_dataset is a DatasetDict of the splits {list(source)}: pass one split, e.g. "
+                          f"source_dataset=dataset[{next(iter(source), 'train')!r}]")
+    elif isinstance(source, datasets.IterableDataset):
+        raise SourceError("source_dataset is a streamed dataset (IterableDataset): the build reads rows by index; "
+                          "load it without streaming=True")
+    elif not isinstance(source, datasets.Dataset):
+        raise SourceError(f"source_dataset is a {type(source).__name__}; expected a datasets.Dataset")
     required = [config.image_column, config.caption_column]
     # An id column named explicitly is meant to exist: without it every id would silently be the row index.
     if config.id_column != DEFAULT_ID_COLUMN:
@@ -133,9 +141,10 @@ def open_source(
             "(datasets.Image), image file paths (str) or encoded image bytes"
         )
     fingerprint = source._fingerprint
-    # Only the columns the build reads: others may be heavy, or images decoded on every row access.
+    # Only the columns the build reads: others may be heavy, or images decoded on every row access. Rows as Python
+    # objects: a torch, numpy, pandas or arrow format (or a transform) of the caller's would reach the ids and captions.
     used = dict.fromkeys([config.id_column, config.image_column, config.caption_column])
-    source = source.select_columns([column for column in used if column in source.column_names])
+    source = source.with_format(None).select_columns([column for column in used if column in source.column_names])
     return source.cast_column(config.image_column, datasets.Image(decode=False)), fingerprint
 
 

@@ -3,6 +3,7 @@ Judges and captioners are fast deterministic stand-ins, except in the end-to-end
 
 import concurrent.futures
 import json
+import math
 import re
 import shutil
 import time
@@ -682,6 +683,46 @@ def test_an_explicit_id_column_must_exist_but_the_default_one_may_be_absent(tmp_
     blank_ids = colour_square_source(3).map(lambda row, index: {"id": " " if index == 1 else row["id"]}, with_indices=True)
     builder = _build(tmp_path / "blank_ids", config_name="corpus-captions", source_dataset=blank_ids, captioner=None)
     assert builder.as_dataset(split="train")["id"][1] == "000000001"
+
+
+def test_nan_ids_are_no_ids_and_no_row_is_lost(tmp_path):
+    """A float id column with NaNs (pandas' missing values) gave every NaN row the id "nan", and all but the first
+    were skipped as duplicates (found by a review); training refuses a NaN id."""
+    ids = [1.0, math.nan, 3.0, math.nan]
+    source = colour_square_source(4).remove_columns("id").add_column("id", ids)
+    _, valid_rows, skipped = _unbuilt(tmp_path, source).check_inputs()
+    assert valid_rows == [0, 1, 2, 3] and skipped == []
+    builder = _build(tmp_path / "nan_ids", config_name="corpus-captions", source_dataset=source, captioner=None)
+    assert builder.as_dataset(split="train")["id"] == ["1.0", "000000001", "3.0", "000000003"]
+
+
+@pytest.mark.parametrize("format_type", ["torch", "numpy", "pandas", "arrow", "transform"])
+def test_a_source_dataset_in_any_format_reads_as_python_rows(tmp_path, format_type):
+    """A caller's format reached the rows: torch ids became "tensor(0)", pandas captions a Series (every row skipped),
+    an arrow format an AttributeError (found by a review)."""
+    from dataset_builders.sources import open_source
+
+    source = colour_square_source(3).remove_columns("id").add_column("id", [0, 1, 2])
+    if format_type == "transform":
+        formatted = source.with_transform(lambda batch: {"id": [str(value) + "!" for value in batch["id"]]})
+    else:
+        formatted = source.with_format(format_type)
+    builder = _unbuilt(tmp_path, formatted)
+    rows, _ = open_source(builder.config, formatted)
+    assert rows[:] == open_source(builder.config, source)[0][:]
+    assert builder.check_inputs()[1] == [0, 1, 2] and builder._row_id(rows[0], 0) == "0"
+
+
+def test_a_source_dataset_of_several_splits_or_streamed_is_refused_by_name(tmp_path):
+    from dataset_builders.sources import SourceError, open_source
+
+    splits = datasets.DatasetDict(train=colour_square_source(3), test=colour_square_source(2))
+    config = _unbuilt(tmp_path, colour_square_source(3)).config
+    with pytest.raises(SourceError, match=r"^source_dataset is a DatasetDict of the splits \['train', 'test'\]: pass "
+                                          r"one split, e.g. source_dataset=dataset\['train'\]$"):
+        open_source(config, splits)
+    with pytest.raises(SourceError, match=r"^source_dataset is a streamed dataset \(IterableDataset\)"):
+        open_source(config, colour_square_source(3).to_iterable_dataset())
 
 
 def test_an_image_column_that_holds_no_images_names_column_and_type(tmp_path):

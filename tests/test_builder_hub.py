@@ -194,3 +194,30 @@ def test_a_push_whose_data_fails_leaves_no_stats_or_card_for_the_config(hub_serv
     assert "failed: the data push broke off" in run_client(hub_server, tmp_path, PUSH_WHOSE_DATA_FAILS)
     files = hub_server.files(REPO + "-broken", repo_type="dataset")
     assert not [path for path in files if path.startswith("stats/")] and "README.md" not in files
+
+
+PUSH_A_LOCAL_SOURCE = """
+import datasets, json, os
+from dataset_builders import MaplePreferences
+from dataset_builders.testing import ColourJudge, colour_square_source, thumbnail_miner
+
+os.makedirs("alice-private")
+colour_square_source(4).to_parquet("alice-private/src.parquet")
+builder = MaplePreferences(
+    config_name="corpus-captions", source=os.path.abspath("alice-private/src.parquet"), judge=ColourJudge(),
+    miner=thumbnail_miner(), cache_dir="cache", work_dir="work", semdedup_clusters=None, progress=False,
+)
+builder.download_and_prepare()
+builder.push_to_hub("maple-org/from-local")
+print(json.dumps(builder.stats["source"]))
+"""
+
+
+def test_a_pushed_build_names_a_local_source_by_its_name_only(hub_server, tmp_path):
+    """The card and the published stats.json showed the source's full local path (a home folder, a user name)."""
+    local = _last_json(run_client(hub_server, tmp_path, PUSH_A_LOCAL_SOURCE))
+    assert local.endswith("/alice-private/src.parquet")  # the local stats keep it
+    files = hub_server.files("maple-org/from-local", repo_type="dataset")
+    card, stats = files["README.md"].decode(), json.loads(files["stats/corpus-captions/stats.json"])
+    assert "alice-private" not in card and "alice-private" not in json.dumps(stats)
+    assert stats["source"] == "local files (src.parquet)" and "| Source images and captions | local files (src.parquet) |" in card
