@@ -1170,7 +1170,8 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
     ) -> datasets.Dataset:
         """A published preference dataset: a Hub id, a local folder holding its parquet files (a
         snapshot of the repo, or a build's work dir), a parquet file, or a `save_to_disk` folder (`maple demo`'s
-        `preferences/data`; of a `DatasetDict`, its split `split`).
+        `preferences/data`). `split` is read as `datasets` reads it everywhere ("train[:100]", "train+test"); the
+        rows of a saved `Dataset`, like those of local parquet files, are its "train" split.
 
         A repo snapshot keeps each config's files in a folder named after it: `config_name` picks
         one; without it a snapshot must hold a single config (several are an error listing them,
@@ -1183,11 +1184,13 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             if config_name is not None:
                 raise ValueError(f"{repo_id_or_path} is a save_to_disk folder, which holds no configs: leave config_name out")
             saved = datasets.load_from_disk(str(path))
-            if isinstance(saved, datasets.DatasetDict):
-                if split not in saved:
-                    raise ValueError(f"{repo_id_or_path} holds the splits {sorted(saved)}, not {split!r}")
-                saved = saved[split]
-            return saved
+            splits = saved if isinstance(saved, datasets.DatasetDict) else {"train": saved}
+            try:
+                parts = datasets.ReadInstruction.from_spec(split).to_absolute({name: len(rows) for name, rows in splits.items()})
+            except ValueError as error:  # an unknown split, or a malformed one
+                raise ValueError(f"{repo_id_or_path} holds the splits {sorted(splits)}: split {split!r}: {error}") from None
+            rows = [splits[part.splitname].select(range(part.from_, part.to)) for part in parts]
+            return rows[0] if len(rows) == 1 else datasets.concatenate_datasets(rows)
         if path.exists():
             files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
             if config_name is not None:

@@ -526,8 +526,15 @@ def test_from_pretrained_loads_a_local_build_or_snapshot(tmp_path):
     assert MaplePreferences.from_pretrained(str(tmp_path / "saved")).to_dict() == built.to_dict()
     datasets.DatasetDict({"train": built, "test": built.select(range(2))}).save_to_disk(str(tmp_path / "saved-splits"))
     assert len(MaplePreferences.from_pretrained(str(tmp_path / "saved-splits"), split="test")) == 2
-    with pytest.raises(ValueError, match=r"holds the splits \['test', 'train'\], not 'validation'"):
+    with pytest.raises(ValueError, match=r"holds the splits \['test', 'train'\]: split 'validation': Unknown split"):
         MaplePreferences.from_pretrained(str(tmp_path / "saved-splits"), split="validation")
+    # splits sliced and joined as `datasets` reads them, a saved Dataset's rows as "train" (a slice of a saved
+    # Dataset gave every row, another split too, and a DatasetDict's slice was refused; found by a review)
+    sliced = MaplePreferences.from_pretrained(str(tmp_path / "saved-splits"), split="train[:3]+test[-1:]")
+    assert sliced["id"] == built["id"][:3] + built["id"][1:2]
+    assert MaplePreferences.from_pretrained(str(tmp_path / "saved"), split="train[:3]")["id"] == built["id"][:3]
+    with pytest.raises(ValueError, match=r"holds the splits \['train'\]: split 'test': Unknown split"):
+        MaplePreferences.from_pretrained(str(tmp_path / "saved"), split="test")
     with pytest.raises(ValueError, match="save_to_disk folder, which holds no configs"):
         MaplePreferences.from_pretrained(str(tmp_path / "saved"), config_name="paper")
 
