@@ -106,6 +106,11 @@ class MaplePreferencesConfig(datasets.BuilderConfig):
         metadata={"help": "local folder (image folder with a metadata file, or parquet files), a parquet file, or a "
                   "Hub dataset id (`load_source`); alternatively pass a `datasets.Dataset` to the builder"},
     )
+    source_config: str | None = field(
+        default=None,
+        metadata={"help": "config of a Hub or folder source that has several (as `load_dataset(source, name)` takes "
+                  "it)"},
+    )
     source_split: str = field(
         default="train",
         metadata={"help": "split of a Hub or folder source; a folder is split by file name (data/train-*, "
@@ -539,6 +544,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             "manifest_version": MANIFEST_VERSION,
             "source": source,
             "source_fingerprint": self._source_fingerprint,
+            "source_config": config.source_config,
             "source_split": config.source_split,
             "image_column": config.image_column,
             "caption_column": config.caption_column,

@@ -45,7 +45,7 @@ RECIPE_OPTIONS = (
     "num_hard_negatives", "captioned_negatives", "max_candidate_texts", "semdedup_clusters", "semdedup_epsilon",
     "shard_size", "seed",
 )
-SOURCE_OPTIONS = ("source_split", "image_column", "caption_column", "id_column", "source_license")
+SOURCE_OPTIONS = ("source_config", "source_split", "image_column", "caption_column", "id_column", "source_license")
 _OPTION_TYPES = {"int": int, "int | None": int, "float": float, "str": str, "str | None": str}  # field type -> argparse's
 # The options that set up models, by the components they apply to. They reach only components loaded from a Hub id
 # or path: a module:factory builds its object itself, unconfigured, so an option that reaches none is refused.

@@ -114,7 +114,8 @@ def open_source(
     model is needed, so `maple build-preferences` checks it first."""
     source = source_dataset
     if source is None:
-        source = load_source(config.source, split=config.source_split, cache_dir=cache_dir, token=token)
+        source = load_source(config.source, split=config.source_split, name=config.source_config, cache_dir=cache_dir,
+                             token=token)
     elif isinstance(source, datasets.DatasetDict):
         raise SourceError(f"source_dataset is a DatasetDict of the splits {list(source)}: pass one split, e.g. "
                           f"source_dataset=dataset[{next(iter(source), 'train')!r}]")
@@ -148,9 +149,11 @@ def open_source(
     return source.cast_column(config.image_column, datasets.Image(decode=False)), fingerprint
 
 
-def load_source(source: str, *, split: str, cache_dir: str | None = None, token: str | None = None) -> datasets.Dataset:
+def load_source(
+    source: str, *, split: str, name: str | None = None, cache_dir: str | None = None, token: str | None = None
+) -> datasets.Dataset:
     """Split `split` of the image-caption dataset behind `source`: a local folder, a parquet file, or
-    a Hub dataset id (read with `token`; None: HF_TOKEN or the saved login).
+    a Hub dataset id (read with `token`; None: HF_TOKEN or the saved login); of its config `name` where it has several.
 
     A folder is read as `datasets.load_dataset(folder)` reads it: parquet files, or images with a
     metadata.csv / metadata.jsonl holding the captions, split by file name (a Hub snapshot's
@@ -162,18 +165,24 @@ def load_source(source: str, *, split: str, cache_dir: str | None = None, token:
     if not path.exists() and (names_a_file(source) or source.startswith((".", "/", "~")) or source.count("/") > 1):
         raise SourceError(f"source {source}: no such file or folder (a Hub dataset id is 'name' or 'org/name')")
     if path.suffix == ".parquet":
+        if name is not None:
+            raise SourceError(f"source {source} is one parquet file, which has no configs: leave source_config out")
         _check_splits(source, split, available=["train"])  # datasets names a lone file's split "train"
         return datasets.load_dataset("parquet", data_files=str(path), split=split, cache_dir=cache_dir)
     if path.is_file():
         raise SourceError(f"unsupported source file {source}: give a folder, a parquet file or a Hub dataset id")
     try:
-        builder = datasets.load_dataset_builder(str(path) if path.exists() else source, cache_dir=cache_dir, token=token)
+        builder = datasets.load_dataset_builder(
+            str(path) if path.exists() else source, name, cache_dir=cache_dir, token=token
+        )
     # ValueError: a Hub repo of several configs (the source must not leave it open), a folder without data files;
     # OSError: a Hub id not found, or not cached offline
     except (ValueError, OSError) as error:
         from maple.hub import dataset_read_problem, local_typo_hint
 
         problem = dataset_read_problem(error, source, token)
+        if "Config name is missing" in problem:  # `datasets`' advice is a `load_dataset` call
+            problem = f"{problem.split('Example of usage')[0].strip()}: name it with source_config= (CLI --source-config)"
         raise SourceError(f"source {source}: {problem}{local_typo_hint(source)}") from None
     # Checked before any file is read; `datasets` would convert every split first.
     _check_splits(source, split, available=[str(name) for name in builder.config.data_files])

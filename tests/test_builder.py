@@ -426,6 +426,27 @@ def test_sources_parquet_file_folder_and_imagefolder_give_the_same_rows(tmp_path
     assert len(results[0]) == 7
 
 
+def test_a_source_of_several_configs_is_read_by_the_one_named(tmp_path):
+    """A Hub or folder source with several configs (conceptual_captions, a MAPLE repo of two configs) could not be
+    built at all: no option named the config, and the error advised a `load_dataset` call (found by a review)."""
+    folder = tmp_path / "two-configs"
+    for name, rows in (("small", 3), ("large", 5)):
+        (folder / name).mkdir(parents=True)
+        colour_square_source(rows).to_parquet(str(folder / name / "train-00000-of-00001.parquet"))
+    (folder / "README.md").write_text(
+        "---\nconfigs:\n- config_name: small\n  data_files: small/*.parquet\n"
+        "- config_name: large\n  data_files: large/*.parquet\n---\n"
+    )
+    with pytest.raises(SourceError, match=r"Config name is missing.*: name it with source_config= \(CLI --source-config\)$"):
+        load_source(str(folder), split="train")
+    assert load_source(str(folder), split="train", name="large").num_rows == 5
+    builder = MaplePreferences(config_name="corpus-captions", source=str(folder), source_config="small",
+                               cache_dir=str(tmp_path / "cache"))
+    assert builder.manifest()["source_config"] == "small"
+    with pytest.raises(SourceError, match=r"is one parquet file, which has no configs: leave source_config out"):
+        load_source(str(folder / "small" / "train-00000-of-00001.parquet"), split="train", name="small")
+
+
 def test_a_source_under_the_home_folder_is_a_local_one(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     colour_square_source(5).to_parquet(str(tmp_path / "source.parquet"))
