@@ -14,6 +14,7 @@ import datasets
 import PIL.Image
 from datasets.exceptions import DatasetGenerationError
 
+from maple.files import located
 from maple.hub import names_a_file
 
 if TYPE_CHECKING:
@@ -146,7 +147,29 @@ def open_source(
     # objects: a torch, numpy, pandas or arrow format (or a transform) of the caller's would reach the ids and captions.
     used = dict.fromkeys([config.id_column, config.image_column, config.caption_column])
     source = source.with_format(None).select_columns([column for column in used if column in source.column_names])
+    if source_dataset is None and _holds_paths(image_feature) and (folder := _local_folder(config.source)) is not None:
+        # relative image paths are found beside the table too, as `maple train` finds them, and made absolute: a
+        # build resumed from another folder reads the files its input check read
+        column = config.image_column
+        source = source.map(lambda row: {column: _absolute(located(row[column], folder))}, desc="locating image files")
     return source.cast_column(config.image_column, datasets.Image(decode=False)), fingerprint
+
+
+def _absolute(path: str | None) -> str | None:
+    """`path` made absolute where it names a file; else as written, for the input check to name it."""
+    return os.path.abspath(path) if path is not None and os.path.exists(path) else path
+
+
+def _holds_paths(feature: Any) -> bool:
+    """Whether a source column of this feature holds file paths (strings)."""
+    return isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")
+
+
+def _local_folder(source: str | None) -> str | None:
+    """The absolute folder of a local source (a parquet file's own folder), None for a Hub one."""
+    if source is None or not (path := Path(source).expanduser()).exists():
+        return None
+    return str((path if path.is_dir() else path.parent).resolve())
 
 
 def load_source(

@@ -25,6 +25,16 @@ def changed_entries(saved: Any, current: Any, name: str = "") -> list[tuple[str,
     return [] if saved == current else [(name, saved, current)]
 
 
+def located(path: str | None, folder: str | os.PathLike | None) -> str | None:
+    """A file path read from a data table: as written, unless it is relative and names no file from the current
+    folder but does from `folder` (the table's own folder), then that one. Tables of image paths are written relative
+    to themselves as often as to where the job runs."""
+    if path is None or folder is None or os.path.isabs(path) or os.path.exists(path):
+        return path
+    beside = os.path.join(folder, path)
+    return beside if os.path.exists(beside) else path
+
+
 def folder_problem(path: str | os.PathLike, name: str) -> str | None:
     """Why `path` can be no folder, as one sentence that begins with `name` (the flag or argument that gave it); None
     when it is a folder or can be made one. A file there, or above it, would otherwise stop a long job with a

@@ -447,6 +447,29 @@ def test_a_source_of_several_configs_is_read_by_the_one_named(tmp_path):
         load_source(str(folder / "small" / "train-00000-of-00001.parquet"), split="train", name="small")
 
 
+def test_relative_image_paths_are_found_beside_the_source_table(tmp_path, monkeypatch):
+    """A parquet table of image paths relative to itself had every row skipped as "no such file" unless the build ran
+    from the table's folder; `maple train` finds such paths (found by a review). The paths are made absolute, so a
+    build resumed from another folder reads the same files."""
+    columns = colour_squares(4)
+    (tmp_path / "data" / "imgs").mkdir(parents=True)
+    for index, image in enumerate(columns["image"]):
+        (tmp_path / "data" / "imgs" / f"{index}.png").write_bytes(image["bytes"])
+    columns["image"] = [f"imgs/{index}.png" for index in range(4)]
+    columns["image"][3] = "imgs/missing.png"
+    datasets.Dataset.from_dict(columns).to_parquet(str(tmp_path / "data" / "train.parquet"))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    builder = MaplePreferences(config_name="corpus-captions", source=str(tmp_path / "data" / "train.parquet"),
+                               judge=ColourJudge(), miner=thumbnail_miner(), cache_dir=str(tmp_path / "cache"),
+                               work_dir=tmp_path / "work", progress=False)
+    _, valid_rows, skipped = builder.check_inputs()
+    assert valid_rows == [0, 1, 2]
+    assert [(item.row, item.kind) for item in skipped] == [(3, "unreadable image")] and "imgs/missing.png" in skipped[0].detail
+    rows = builder._load_source()
+    assert rows[0]["image"]["path"] == str(tmp_path / "data" / "imgs" / "0.png")
+
+
 def test_a_source_under_the_home_folder_is_a_local_one(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     colour_square_source(5).to_parquet(str(tmp_path / "source.parquet"))

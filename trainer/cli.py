@@ -28,7 +28,7 @@ from datasets.exceptions import DatasetGenerationError
 from trl import TrlParser
 
 from maple.cli import exit_with_error, image_settings, report_error
-from maple.files import folder_problem
+from maple.files import folder_problem, located
 from maple.hub import check_private, dataset_read_problem, hub_failure, is_hub_id, local_typo_hint
 from modeling_maple.configuration_maple import BACKBONES, MLLM_FAMILIES
 from modeling_maple.lora import LORA_ALPHA, LORA_DROPOUT, LORA_RANK
@@ -622,12 +622,6 @@ def _with_image_paths_read(dataset: Dataset, data_folder: str | None) -> Dataset
     def is_path(feature) -> bool:
         return isinstance(feature, Value) and feature.dtype in ("string", "large_string")
 
-    def located(path: str | None) -> str | None:
-        if path is None or os.path.isabs(path) or os.path.exists(path) or data_folder is None:
-            return path
-        beside_data = os.path.join(data_folder, path)
-        return beside_data if os.path.exists(beside_data) else path
-
     candidates = dataset.features.get("candidate_images")
     columns = {"image": is_path(dataset.features.get("image")),
                "candidate_images": isinstance(candidates, (List, LargeList)) and is_path(candidates.feature)}
@@ -636,7 +630,7 @@ def _with_image_paths_read(dataset: Dataset, data_folder: str | None) -> Dataset
 
     def locate(row: dict) -> dict:
         return {
-            column: located(row[column]) if column == "image" else [located(path) for path in row[column]]
+            column: located(row[column], data_folder) if column == "image" else [located(path, data_folder) for path in row[column]]
             for column, holds_paths in columns.items()
             if holds_paths
         }
