@@ -1191,6 +1191,8 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 raise ValueError(f"{repo_id_or_path} is a save_to_disk folder, which holds no configs: leave config_name out")
             saved = datasets.load_from_disk(str(path))
             splits = saved if isinstance(saved, datasets.DatasetDict) else {"train": saved}
+            if split in splits:  # a name ReadInstruction may not parse ("val-x")
+                return splits[split]
             try:
                 parts = datasets.ReadInstruction.from_spec(split).to_absolute({name: len(rows) for name, rows in splits.items()})
             except ValueError as error:  # an unknown split, or a malformed one

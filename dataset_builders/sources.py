@@ -151,7 +151,9 @@ def open_source(
         # relative image paths are found beside the table too, as `maple train` finds them, and made absolute: a
         # build resumed from another folder reads the files its input check read
         column = config.image_column
-        source = source.map(lambda row: {column: _absolute(located(row[column], folder))}, desc="locating image files")
+        # never from datasets' cache: its key holds neither which files exist now nor the folder the build runs in
+        source = source.map(lambda row: {column: _absolute(located(row[column], folder))}, load_from_cache_file=False,
+                            desc="locating image files")
     return source.cast_column(config.image_column, datasets.Image(decode=False)), fingerprint
 
 

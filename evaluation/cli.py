@@ -443,7 +443,9 @@ def push_results(
     # A result recorded without its weights (before they were recorded) cannot tell: it is taken for these weights'
     # and recorded so, and a later retrain drops it.
     weights_of = {name: pushed.get("weights", {}).get(name, weights) for name in pushed["results"]}
-    stale = sorted(name for name in pushed["results"] if name not in results and weights_of[name] != weights)
+    # compared as `_loaded_files` reads them now (a record may hold files it has since learnt to leave out)
+    stale = sorted(name for name in pushed["results"]
+                   if name not in results and _loaded_files(weights_of[name]) != weights)
     kept = [name for name in pushed["results"] if name not in results and name not in stale]
     # a benchmark pushed again takes its new source, the official one where `dataset_ids` names none
     dataset_ids = {**{name: pushed["dataset_ids"][name] for name in kept if name in pushed["dataset_ids"]},

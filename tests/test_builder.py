@@ -468,6 +468,13 @@ def test_relative_image_paths_are_found_beside_the_source_table(tmp_path, monkey
     assert [(item.row, item.kind) for item in skipped] == [(3, "unreadable image")] and "imgs/missing.png" in skipped[0].detail
     rows = builder._load_source()
     assert rows[0]["image"]["path"] == str(tmp_path / "data" / "imgs" / "0.png")
+    # the missing file put back: a new build finds it (datasets' cache of the located paths was reused, found by a
+    # review)
+    (tmp_path / "data" / "imgs" / "missing.png").write_bytes((tmp_path / "data" / "imgs" / "0.png").read_bytes())
+    again = MaplePreferences(config_name="corpus-captions", source=str(tmp_path / "data" / "train.parquet"),
+                             judge=ColourJudge(), miner=thumbnail_miner(), cache_dir=str(tmp_path / "cache"),
+                             work_dir=tmp_path / "work-again", progress=False)
+    assert again.check_inputs()[1] == [0, 1, 2, 3]
 
 
 def test_a_source_under_the_home_folder_is_a_local_one(tmp_path, monkeypatch):
@@ -579,6 +586,8 @@ def test_from_pretrained_loads_a_local_build_or_snapshot(tmp_path):
     assert MaplePreferences.from_pretrained(str(tmp_path / "saved"), split="train[:3]")["id"] == built["id"][:3]
     with pytest.raises(ValueError, match=r"holds the splits \['train'\]: split 'test': Unknown split"):
         MaplePreferences.from_pretrained(str(tmp_path / "saved"), split="test")
+    datasets.DatasetDict({"train": built, "val-x": built.select(range(1))}).save_to_disk(str(tmp_path / "odd-name"))
+    assert len(MaplePreferences.from_pretrained(str(tmp_path / "odd-name"), split="val-x")) == 1  # a name as saved
     with pytest.raises(ValueError, match="save_to_disk folder, which holds no configs"):
         MaplePreferences.from_pretrained(str(tmp_path / "saved"), config_name="paper")
 

@@ -214,3 +214,28 @@ def test_results_recorded_without_weights_are_dropped_at_the_next_retrain(hub_se
     card = hub_server.files("maple-org/legacy")["README.md"].decode()
     assert "| bivlc |" not in card and "| coco |" not in card and "| winoground | all | 30.0 |" in card
     assert "similarity_histograms.png" not in card
+
+
+PUSH_AFTER_A_RECORD_THAT_COUNTED_RESULTS_JSON = """
+import json
+from huggingface_hub import HfApi
+from evaluation.cli import push_results
+from modeling_maple.testing import build_tiny
+
+repo = "maple-org/counted-results"
+coco = {key: 40.0 for key in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")}
+build_tiny("dual_encoder", seed=0)[0].push_to_hub(repo)
+HfApi().upload_file(path_or_fileobj=b"{}", path_in_repo="results.json", repo_id=repo)
+files = {entry.path: entry.blob_id for entry in HfApi().list_repo_tree(repo) if entry.path not in ("README.md", ".gitattributes")}
+assert "results.json" in files
+# as the version before recorded the weights: results.json among them
+record = {"results": {"coco": coco}, "dataset_ids": {}, "weights": {"coco": files}}
+HfApi().upload_file(path_or_fileobj=json.dumps(record).encode(), path_in_repo="maple_eval_results.json", repo_id=repo)
+print("same weights:", push_results(repo, {"winoground": {"text_score": 30.0, "image_score": 20.0, "group_score": 10.0}}))
+"""
+
+
+def test_a_record_that_counted_files_now_left_out_keeps_its_results(hub_server, tmp_path):
+    """Weights recorded with a results.json among them (before it was left out) never matched again: the first push
+    after the upgrade dropped results of unchanged weights (found by a review)."""
+    assert "same weights: []" in run_client(hub_server, tmp_path, PUSH_AFTER_A_RECORD_THAT_COUNTED_RESULTS_JSON)

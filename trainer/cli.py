@@ -276,14 +276,19 @@ def _train_and_save(
     the launcher tears the job down instead."""
     from .schema import UndecodableImageError
 
-    if training_args.push_to_hub and training_args.hub_private_repo and trainer.is_world_process_zero():
+    if training_args.push_to_hub and training_args.hub_private_repo:
+        from accelerate.utils import broadcast_object_list
         from huggingface_hub import HfApi
 
-        try:  # `Trainer` leaves an existing repo's visibility as it is
-            check_private(HfApi(token=training_args.hub_token), trainer.hub_model_id, "model")
-        except Exception as error:
-            if (problem := hub_failure(error, trainer.hub_model_id, writing=True)) is None:
-                raise
+        problem = None
+        if trainer.is_world_process_zero():  # the one that made the repo (`Trainer.init_hf_repo`) and knows its id
+            try:  # `Trainer` leaves an existing repo's visibility as it is
+                check_private(HfApi(token=training_args.hub_token), trainer.hub_model_id, "model")
+            except Exception as error:
+                if (problem := hub_failure(error, trainer.hub_model_id, writing=True)) is None:
+                    raise
+        # every process refuses together: one that went on would wait for the others in training
+        if (problem := broadcast_object_list([problem])[0]) is not None:
             trainer.end()
             return report_error(parser.prog, f"--hub_private_repo: {problem}; nothing was trained", status=1)
     # every card of the run, those pushed with checkpoints too, names the data and the judge

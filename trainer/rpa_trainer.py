@@ -545,8 +545,9 @@ class RPATrainer(DPOTrainer):
         return metrics
 
     def predict(self, test_dataset, ignore_keys=None, metric_key_prefix: str = "test"):
-        """`Trainer.predict`: `evaluate`'s metrics under `metric_key_prefix` (`predictions` and `label_ids` are None:
-        an embedder's evaluation has none), `test_dataset` checked and prepared as `evaluate` prepares its own."""
+        """`Trainer.predict`: `evaluate`'s losses, rewards and recalls under `metric_key_prefix` (not the
+        `eval_quadruples` scores, which `evaluate` adds; `predictions` and `label_ids` are None: an embedder's
+        evaluation has none), `test_dataset` checked and prepared as `evaluate` prepares its own."""
         test_dataset = self._prepare_dataset(test_dataset, self.processing_class, self.args, metric_key_prefix)
         return super().predict(test_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
 
