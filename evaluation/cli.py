@@ -442,15 +442,15 @@ def push_results(
     weights = _loaded_files(repo_files)
     # A result recorded without its weights (before they were recorded) cannot tell: it is taken for these weights'
     # and recorded so, and a later retrain drops it.
-    weights_of = {name: pushed.get("weights", {}).get(name, weights) for name in pushed["results"]}
+    pushed_weights = {name: pushed.get("weights", {}).get(name, weights) for name in pushed["results"]}
     # compared as `_loaded_files` reads them now (a record may hold files it has since learnt to leave out)
     stale = sorted(name for name in pushed["results"]
-                   if name not in results and _loaded_files(weights_of[name]) != weights)
+                   if name not in results and _loaded_files(pushed_weights[name]) != weights)
     kept = [name for name in pushed["results"] if name not in results and name not in stale]
     # a benchmark pushed again takes its new source, the official one where `dataset_ids` names none
     dataset_ids = {**{name: pushed["dataset_ids"][name] for name in kept if name in pushed["dataset_ids"]},
                    **(dataset_ids or {})}
-    weights_of = {**{name: weights_of[name] for name in kept}, **{name: weights for name in results}}
+    weights_of = {**{name: pushed_weights[name] for name in kept}, **{name: weights for name in results}}
     results = {**{name: pushed["results"][name] for name in kept}, **results}
     with tempfile.TemporaryDirectory() as folder:
         histograms = Path(folder) / GAP_HISTOGRAM_FILE
