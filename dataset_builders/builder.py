@@ -639,13 +639,12 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             return saved["num_source_rows"], saved["valid_rows"], [SkippedInput(**item) for item in saved["skipped"]]
         source = self._load_source()
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        slices = [self.work_dir / f"inputs-{rank}-of-{self.world_size}.json" for rank in range(self.world_size)]
-        mine = slices[self.rank]
-        if not mine.exists():
+
+        def check_my_slice(mine: Path) -> None:
             start, end = _slice_bounds(len(source), self.rank, self.world_size)
             atomic_write_json(mine, self._check_slice(source, start, end, mine), indent=None)
-        self._wait_for(slices, what="input checks")
-        checks = [self._read_from_another_rank(slice_, what="input checks") for slice_ in slices]
+
+        checks = self._slices_of_every_rank("inputs", ".json", check_my_slice, _read_json, what="input checks")
         valid_rows, skipped = _merge_input_checks(checks)
         payload = {"num_source_rows": len(source), "valid_rows": valid_rows, "skipped": [asdict(i) for i in skipped]}
         atomic_write_json(path, payload, indent=None)
@@ -741,17 +740,15 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         path = self.work_dir / "embeddings.pt"
         if path.exists():
             return _read_tensor(path)
-        slices = [
-            self.work_dir / f"embeddings-{rank}-of-{self.world_size}.pt" for rank in range(self.world_size)
-        ]
-        mine = slices[self.rank]
-        if not mine.exists():
+
+        def embed_my_slice(mine: Path) -> None:
             start, end = _slice_bounds(len(valid_rows), self.rank, self.world_size)
             _atomic_torch_save(mine, self._embed_rows_in_parts(valid_rows[start:end], mine))
             for part in mine.parent.glob(f"{mine.stem}.rows-*.pt"):
                 part.unlink()
-        self._wait_for(slices, what="image embeddings")
-        embeddings = torch.cat([part for part in (_read_tensor(slice_) for slice_ in slices) if part.numel()])
+
+        slices = self._slices_of_every_rank("embeddings", ".pt", embed_my_slice, _read_tensor, what="image embeddings")
+        embeddings = torch.cat([part for part in slices if part.numel()])
         _atomic_torch_save(path, embeddings)
         return embeddings
 
@@ -814,7 +811,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             payload = {"anchor_positions": result.kept.tolist(), "near_duplicates": [asdict(item) for item in skipped]}
             atomic_write_json(path, payload, indent=None)
         self._wait_for([path], what="SemDeDup results from rank 0")
-        saved = _read_json(path)
+        saved = self._read_from_another_rank(path, read=_read_json, what="SemDeDup results from rank 0")
         return saved["anchor_positions"], [SkippedInput(**item) for item in saved["near_duplicates"]]
 
     def plan(self) -> BuildPlan:
@@ -1001,12 +998,24 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             f"another process gave up the work dir {self.work_dir} while this one waited for {what}: its error says why"
         )
 
-    def _read_from_another_rank(self, path: Path, *, what: str) -> Any:
-        """`_read_json` of a file `_wait_for` saw. A rank that gives up the work dir removes it and the manifest,
-        possibly between that wait and this read: then, if this rank had claimed the work dir, it says so rather than
-        call the file damaged."""
+    def _slices_of_every_rank(
+        self, stage: str, suffix: str, compute: Callable[[Path], None], read: Callable[[Path], Any], *, what: str
+    ) -> list[Any]:
+        """Every rank's slice of a stage, in rank order, once all are written: this rank's slice file
+        (`<stage>-<rank>-of-<world_size><suffix>` in the work dir) is written by `compute(path)` unless a run before
+        left it, and each is read with `read`."""
+        slices = [self.work_dir / f"{stage}-{rank}-of-{self.world_size}{suffix}" for rank in range(self.world_size)]
+        if not slices[self.rank].exists():
+            compute(slices[self.rank])
+        self._wait_for(slices, what=what)
+        return [self._read_from_another_rank(slice_, read=read, what=what) for slice_ in slices]
+
+    def _read_from_another_rank(self, path: Path, *, read: Callable[[Path], Any], what: str) -> Any:
+        """`read(path)` (a `_read_json` or `_read_tensor`) of a file `_wait_for` saw. A rank that gives up the work dir
+        removes it and the manifest, possibly between that wait and this read: then, if this rank had claimed the work
+        dir, it says so rather than call the file damaged."""
         try:
-            return _read_json(path)
+            return read(path)
         except DamagedCheckpoint:
             if self._work_dir_claimed and not path.exists() and not (self.work_dir / MANIFEST_FILE).exists():
                 raise self._given_up(what) from None

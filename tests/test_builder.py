@@ -862,21 +862,27 @@ def test_a_rank_that_gives_up_before_embedding_does_not_leave_another_waiting(tm
     assert all(re.search(r"50000 clusters on 10 rows", str(error)) for error in errors if error not in gave_up)
 
 
-def test_a_rank_given_up_on_between_its_wait_and_its_read_says_so(tmp_path, monkeypatch):
+@pytest.mark.parametrize("given_up_slice, stage", [("inputs-1-of-2.json", "input checks"), ("embeddings-1-of-2.pt", "image embeddings")])
+def test_a_rank_given_up_on_between_its_wait_and_its_read_says_so(tmp_path, monkeypatch, given_up_slice, stage):
     """CI caught the window the test above leaves to chance: rank 1 gave up (removing the manifest and the slices)
-    after rank 0 saw every slice but before it read them, and rank 0 called the missing slice a damaged checkpoint."""
+    after rank 0 saw every slice but before it read them, and rank 0 called the missing slice a damaged checkpoint.
+    The embeddings stage did so still after the input checks were mended."""
     wait_for = MaplePreferences._wait_for
 
-    def other_rank_gives_up_after_the_wait(self, paths, *, what):
-        other = self.work_dir / "inputs-1-of-2.json"
-        other.write_text(json.dumps({"valid_rows": [], "valid_ids": [], "skipped": []}))
+    def other_rank_writes_and_gives_up_after_the_wait(self, paths, *, what):
+        for path in paths:  # rank 1's slices: no valid rows of its own, so no embeddings either
+            if path.name == "inputs-1-of-2.json":
+                path.write_text(json.dumps({"valid_rows": [], "valid_ids": [], "skipped": []}))
+            elif path.name == "embeddings-1-of-2.pt":
+                torch.save(torch.empty(0), path)
         wait_for(self, paths, what=what)
-        for path in (self.work_dir / MANIFEST_FILE, other):
-            path.unlink()
+        if any(path.name == given_up_slice for path in paths):
+            for path in (self.work_dir / MANIFEST_FILE, self.work_dir / given_up_slice):
+                path.unlink()
 
-    monkeypatch.setattr(MaplePreferences, "_wait_for", other_rank_gives_up_after_the_wait)
-    rank_0 = _unbuilt(tmp_path, colour_square_source(), config_name="paper", captioner=ColourCaptioner(), rank=0, world_size=2)
-    with pytest.raises(WorkDirMismatch, match="another process gave up the work dir .* while this one waited for input"):
+    monkeypatch.setattr(MaplePreferences, "_wait_for", other_rank_writes_and_gives_up_after_the_wait)
+    rank_0 = _unbuilt(tmp_path, colour_square_source(), rank=0, world_size=2)  # no SemDeDup: too few rows for it
+    with pytest.raises(WorkDirMismatch, match=f"another process gave up the work dir .* while this one waited for {stage}"):
         rank_0.build_shards()
 
 
