@@ -53,11 +53,12 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
+from evaluation.retrieval import check_finite_embeddings
 from maple.files import atomic_write, atomic_write_json, changed_entries, folder_problem
 from trainer.schema import PREFERENCE_FEATURES
 
 from .interfaces import CandidateCaptioner, PreferenceJudge, component_name, first_finding
-from .miner import HardNegativeMiner, check_finite, check_semdedup_clusters
+from .miner import HardNegativeMiner, check_semdedup_clusters
 from .scoring import check_captions, check_judge_scores, score_both_directions, text_pool
 from .sources import (
     DEFAULT_ID_COLUMN,
@@ -785,7 +786,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             return f"source row {rows[position]} (id {self._row_id(source[rows[position]], rows[position])})"
 
         try:
-            check_finite(embeddings, describe=describe)
+            check_finite_embeddings(embeddings, "images", describe=describe)
         except ValueError as error:
             raise SourceError(str(error)) from None
         return embeddings

@@ -16,7 +16,7 @@ from typing import Any
 import PIL.Image
 import torch
 
-from evaluation.retrieval import chunked_topk
+from evaluation.retrieval import check_finite_embeddings, chunked_topk
 
 from .interfaces import check_settings, with_device_map
 
@@ -26,22 +26,6 @@ ImageEncoder = Callable[[Sequence[PIL.Image.Image]], torch.Tensor]
 DEFAULT_DUPLICATE_THRESHOLD = 1.0 - 1e-5
 """Cosine at or above which two embeddings count as the same image. Identical images embed to
 cosine 1 up to float32 rounding (about 1e-6); genuinely different images sit far below."""
-
-
-def check_finite(embeddings: torch.Tensor, *, describe: Callable[[int], str] = lambda row: f"row {row}") -> None:
-    """Raise a ValueError naming the rows of `embeddings` (N, D) that hold NaN or inf, the first
-    10 as `describe(row)` says.
-
-    Such a row would not merely be lost: its cosines are NaN, which top-k ranks above every
-    number, so it would become every other row's nearest neighbour. A broken encoder (say,
-    overflow in half precision) is the usual cause, so the search refuses rather than skips."""
-    rows = (~torch.isfinite(embeddings)).any(dim=-1).nonzero().squeeze(1).tolist()
-    if rows:
-        named = ", ".join(describe(row) for row in rows[:10]) + (f" and {len(rows) - 10} more" if len(rows) > 10 else "")
-        raise ValueError(
-            f"{len(rows)} of {embeddings.shape[0]} embeddings hold NaN or inf: {named}. "
-            "Check the image encoder (e.g. load it in float32 rather than half precision)."
-        )
 
 
 @dataclass(frozen=True)
@@ -97,7 +81,7 @@ def top_k_neighbours(
         raise ValueError(f"k must be at least 1, got {k}")
     if query_chunk_size < 1 or key_chunk_size < 1:
         raise ValueError("chunk sizes must be positive")
-    check_finite(embeddings)
+    check_finite_embeddings(embeddings, "images")
     # float32 whatever the encoder's dtype: duplicates sit within ~1e-6 of cosine 1, finer than
     # half precision can tell apart from genuine near neighbours.
     normalised = torch.nn.functional.normalize(embeddings.float(), dim=-1)
@@ -254,7 +238,7 @@ def semdedup(
     if not 0.0 <= epsilon < 1.0:
         raise ValueError(f"epsilon must be in [0, 1), got {epsilon}")
     check_semdedup_clusters(num_clusters, embeddings.shape[0])
-    check_finite(embeddings)
+    check_finite_embeddings(embeddings, "images")
     normalised = torch.nn.functional.normalize(embeddings.float(), dim=-1)
     assignment = spherical_kmeans(normalised, num_clusters, iterations=iterations, seed=seed)
     # Rows grouped by cluster with one sort, instead of one scan of all rows per cluster.

@@ -22,7 +22,7 @@ import itertools
 import math
 import numbers
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
@@ -61,15 +61,18 @@ class NonFiniteEmbeddingsError(ValueError):
     """Embeddings with NaN or inf rows: a diverged or overflowing model, which no score describes."""
 
 
-def check_finite_embeddings(embeddings: torch.Tensor, name: str) -> None:
-    """Raise `NonFiniteEmbeddingsError` naming the first NaN or inf rows of (N, D) `embeddings`: a NaN score compares
-    false with everything, so it would rank first or lose every comparison, and give a plausible-looking score."""
-    finite = torch.isfinite(embeddings).all(dim=1)
-    if not finite.all():
-        rows = (~finite).nonzero().flatten()
+def check_finite_embeddings(
+    embeddings: torch.Tensor, name: str, *, describe: Callable[[int], str] = lambda row: f"row {row}"
+) -> None:
+    """Raise `NonFiniteEmbeddingsError` naming the rows of (N, D) `embeddings` that hold NaN or inf, the first 10 as
+    `describe(row)` says. A NaN score compares false with everything, so such a row would rank first or lose every
+    comparison: a plausible-looking score, or every other row's nearest neighbour in a hard-negative search."""
+    rows = (~torch.isfinite(embeddings)).any(dim=-1).nonzero().flatten().tolist()
+    if rows:
+        named = ", ".join(describe(row) for row in rows[:10]) + (f" and {len(rows) - 10} more" if len(rows) > 10 else "")
         raise NonFiniteEmbeddingsError(
-            f"embeddings: {len(rows)} of the {embeddings.shape[0]} {name} are not finite (NaN or inf; first rows "
-            f"{rows[:5].tolist()}); a diverged or overflowing model cannot be scored"
+            f"embeddings: {len(rows)} of the {embeddings.shape[0]} {name} are not finite (NaN or inf): {named}; a "
+            "diverged or overflowing model gives these (check it, e.g. load it in float32 rather than half precision)"
         )
 
 

@@ -824,7 +824,7 @@ def test_a_nan_embedding_is_an_error_naming_the_source_row_and_id(tmp_path):
 
     miner.encode_images = encode_with_a_nan
     # Rows 2 and 8 are the blue squares.
-    with pytest.raises(ValueError, match=r"2 of 10 embeddings hold NaN or inf: source row 2 \(id square-002\), source row 8 \(id square-008\)"):
+    with pytest.raises(ValueError, match=r"2 of the 10 images are not finite \(NaN or inf\): source row 2 \(id square-002\), source row 8 \(id square-008\)"):
         _unbuilt(tmp_path, colour_square_source(), miner=miner).build_shards()
     assert not list((tmp_path / "work").glob("embeddings*.pt")), "no checkpoint holds the NaN"
 

@@ -405,7 +405,7 @@ def test_non_finite_embeddings_are_refused_naming_their_rows():
     embeddings = torch.randn(6, 4)
     embeddings[3] = float("nan")
     embeddings[5, 0] = float("inf")
-    with pytest.raises(ValueError, match=r"2 of 6 embeddings hold NaN or inf: row 3, row 5"):
+    with pytest.raises(ValueError, match=r"2 of the 6 images are not finite \(NaN or inf\): row 3, row 5;"):
         top_k_neighbours(embeddings, 2)
     with pytest.raises(ValueError, match=r"row 3, row 5"):
         semdedup(embeddings, num_clusters=2, epsilon=0.01)
