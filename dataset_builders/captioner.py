@@ -17,7 +17,7 @@ import PIL.Image
 import torch
 from transformers import GenerationConfig
 
-from .vlm_inputs import build_on_vlm, model_settings, prompt_encoder_for, text_part, to_model
+from .vlm_inputs import LoadsFromVLM, model_settings, prompt_encoder_for, text_part, to_model
 
 DEFAULT_CAPTION_PROMPT = (
     "The first image is the anchor; the second is a similar but different image. "
@@ -103,7 +103,7 @@ def _ends_inside(answer: str, caption: str) -> bool:
     return " ".join(answer.split()).endswith(caption) and not caption.endswith((".", "!", "?"))
 
 
-class ContrastiveCaptioner:
+class ContrastiveCaptioner(LoadsFromVLM):
     """Writes difference-stressing captions with an MLLM of a supported family (Qwen2-VL, Qwen2.5-VL,
     Qwen3-VL, LLaVA, LLaVA-NeXT, InternVL, Idefics3, SmolVLM, Gemma 3, Pixtral, Mistral 3; `vlm_inputs.PROMPT_ENCODERS`).
 
@@ -176,27 +176,6 @@ class ContrastiveCaptioner:
             problems.insert(0, f"temperature must be positive, got {temperature}")
         if problems:
             raise ValueError("invalid ContrastiveCaptioner settings: " + "; ".join(problems))
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        model_id_or_path: str,
-        *,
-        device: str | torch.device | None = None,
-        dtype: torch.dtype | str | None = None,
-        device_map: str | dict | None = None,
-        image_processor_kwargs: dict | None = None,
-        model_kwargs: dict | None = None,
-        token: str | None = None,
-        loading_kwargs: dict | None = None,
-        **captioner_kwargs,
-    ) -> ContrastiveCaptioner:
-        """Load a captioner by Hub id or local path, e.g. "Qwen/Qwen2.5-VL-72B-Instruct", with the loading keywords
-        `MLLMJudge.from_pretrained` takes (`ContrastiveCaptioner.from_pretrained(path, dtype=torch.bfloat16,
-        device_map="auto")`); `captioner_kwargs` go to the constructor."""
-        loading = dict(device=device, dtype=dtype, device_map=device_map, image_processor_kwargs=image_processor_kwargs,
-                       model_kwargs=model_kwargs, token=token)
-        return build_on_vlm(cls, model_id_or_path, loading_kwargs, loading, captioner_kwargs)
 
     def image_problem(self, size: tuple[int, int]) -> str | None:
         """Why the captioner's image processor cannot take an image of `size` (width, height), or None."""

@@ -26,8 +26,8 @@ from modeling_maple.modeling_maple import last_token_pool
 from .interfaces import PreferenceJudge, component_name, first_finding
 from .vlm_inputs import (
     EncodedImages,
+    LoadsFromVLM,
     PromptEncoder,
-    build_on_vlm,
     model_settings,
     offloaded_tensor,
     prompt_encoder_for,
@@ -146,7 +146,7 @@ def cache_keyword(model: torch.nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-class MLLMJudge:
+class MLLMJudge(LoadsFromVLM):
     """Scores image-text alignment with a frozen MLLM (paper: Qwen2-VL-7B; InternVL3-1B also helps);
     Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA, LLaVA-NeXT, InternVL, Idefics3, SmolVLM, Gemma 3, Pixtral and Mistral 3 families
     (`vlm_inputs.PROMPT_ENCODERS`).
@@ -198,34 +198,6 @@ class MLLMJudge:
             raise ValueError("the judge prompt needs a '{text}' field for the candidate text")
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"MLLMJudge batch_size must be at least 1, got {batch_size}")
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        model_id_or_path: str,
-        *,
-        device: str | torch.device | None = None,
-        dtype: torch.dtype | str | None = None,
-        device_map: str | dict | None = None,
-        image_processor_kwargs: dict | None = None,
-        model_kwargs: dict | None = None,
-        token: str | None = None,
-        loading_kwargs: dict | None = None,
-        **judge_kwargs,
-    ) -> MLLMJudge:
-        """Load a judge by Hub id or local path, e.g. "Qwen/Qwen2-VL-7B-Instruct", with the loading keywords of
-        transformers' `from_pretrained`: `MLLMJudge.from_pretrained(path, dtype=torch.bfloat16, device_map="auto")`.
-
-        Loading keywords go to `vlm_inputs.load_vlm`: `device` (default: the CPU; ignored with a `device_map`), `dtype`
-        (default "auto": as saved), `device_map`, `image_processor_kwargs` (e.g. `{"max_pixels": 384 * 384}`),
-        `model_kwargs` (other `from_pretrained` arguments, e.g. `attn_implementation`) and `token` (the Hub token every
-        file is read with; None: HF_TOKEN or the saved login); `loading_kwargs` may hold them as one dict instead.
-        `judge_kwargs` go to the constructor; a keyword that is neither is a TypeError saying where it goes
-        (`interfaces.check_settings`).
-        """
-        loading = dict(device=device, dtype=dtype, device_map=device_map, image_processor_kwargs=image_processor_kwargs,
-                       model_kwargs=model_kwargs, token=token)
-        return build_on_vlm(cls, model_id_or_path, loading_kwargs, loading, judge_kwargs)
 
     @property
     def settings(self) -> dict:

@@ -19,7 +19,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeVar
 
 import PIL.Image
 import torch
@@ -339,15 +339,44 @@ def vlm_loading_kwargs(owner: str, loading_kwargs: dict | None, **given) -> dict
     return merged
 
 
-def build_on_vlm(owner: type, model_id_or_path: str, loading_kwargs: dict | None, given: dict, settings: dict) -> Any:
-    """`owner(model, tokenizer, image_processor, **settings)` on the VLM `load_vlm` loads with the keywords of a
-    `from_pretrained` (`given`: its top-level loading keywords, None where not given; `loading_kwargs`: the same as
-    one dict); named after the model unless `settings` name it. A keyword of `settings` that `owner` does not take is
-    a TypeError saying where it goes (`interfaces.check_settings`); a value `owner.check_values` refuses is a
-    ValueError before anything loads."""
-    check_settings(owner, settings, VLM_LOADING_KEYWORDS)
-    owner.check_values(**settings)
-    loaded = load_vlm(model_id_or_path, **vlm_loading_kwargs(f"{owner.__name__}.from_pretrained", loading_kwargs, **given))
-    return owner(loaded.model, loaded.tokenizer, loaded.image_processor, **{"name": model_id_or_path, **settings})
+VLMComponent = TypeVar("VLMComponent", bound="LoadsFromVLM")
+
+
+class LoadsFromVLM:
+    """A component made from a VLM's model, tokenizer and image processor (`MLLMJudge`, `ContrastiveCaptioner`),
+    built by Hub id or path with `from_pretrained`. Subclasses take `(model, tokenizer, image_processor, *, name, ...)`
+    and define `check_values(**settings)`."""
+
+    @classmethod
+    def from_pretrained(
+        cls: type[VLMComponent],
+        model_id_or_path: str,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | str | None = None,
+        device_map: str | dict | None = None,
+        image_processor_kwargs: dict | None = None,
+        model_kwargs: dict | None = None,
+        token: str | None = None,
+        loading_kwargs: dict | None = None,
+        **settings,
+    ) -> VLMComponent:
+        """Load by Hub id or local path with the loading keywords of transformers' `from_pretrained`, e.g.
+        `MLLMJudge.from_pretrained("Qwen/Qwen2-VL-7B-Instruct", dtype=torch.bfloat16, device_map="auto")`; named after
+        the model unless `settings` name it.
+
+        Loading keywords go to `load_vlm`: `device` (default: the CPU; ignored with a `device_map`), `dtype` (default
+        "auto": as saved), `device_map`, `image_processor_kwargs` (e.g. `{"max_pixels": 384 * 384}`), `model_kwargs`
+        (other `from_pretrained` arguments, e.g. `attn_implementation`) and `token` (the Hub token every file is read
+        with; None: HF_TOKEN or the saved login); `loading_kwargs` may hold them as one dict instead. `settings` go to
+        the constructor: a keyword that is neither is a TypeError saying where it goes (`interfaces.check_settings`),
+        and a value `check_values` refuses is a ValueError before anything loads.
+        """
+        check_settings(cls, settings, VLM_LOADING_KEYWORDS)
+        cls.check_values(**settings)
+        given = dict(device=device, dtype=dtype, device_map=device_map, image_processor_kwargs=image_processor_kwargs,
+                     model_kwargs=model_kwargs, token=token)
+        loaded = load_vlm(model_id_or_path, **vlm_loading_kwargs(f"{cls.__name__}.from_pretrained", loading_kwargs, **given))
+        return cls(loaded.model, loaded.tokenizer, loaded.image_processor, **{"name": model_id_or_path, **settings})
 
 
