@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 from collections.abc import Callable, Hashable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -54,52 +55,75 @@ def evaluate_retrieval(
     """
     _refuse_benchmark(images, "images")
     _check_retrieval_inputs(images, captions_per_image)
-    captions = [caption for image_captions in captions_per_image for caption in image_captions]
-    # By position, the copy of image A's caption filed under image B would be an irrelevant candidate for A tied
-    # exactly with A's own copy, and as ties count against the model, neither image could ever retrieve it first; so
-    # would two copies of one image for each other's captions. Relevance is therefore (text, image content).
-    positions_of_text: dict[str, list[int]] = {}
-    for position, caption in enumerate(captions):
-        positions_of_text.setdefault(caption, []).append(position)
-    group_of_key: dict[Hashable, int] = {}
-    group_of_image = [group_of_key.setdefault(key, len(group_of_key)) for key in _image_keys(images)]
-    images_of_group: list[list[int]] = [[] for _ in group_of_key]
-    texts_of_group: list[dict[str, None]] = [{} for _ in group_of_key]  # ordered sets
-    for image, (group, image_captions) in enumerate(zip(group_of_image, captions_per_image)):
-        images_of_group[group].append(image)
-        texts_of_group[group].update(dict.fromkeys(image_captions))
-    groups_of_text: dict[str, list[int]] = {}
-    for group, texts in enumerate(texts_of_group):
-        for text in texts:
-            groups_of_text.setdefault(text, []).append(group)
-    captions_of_group = [
-        sorted(position for text in texts for position in positions_of_text[text]) for texts in texts_of_group
-    ]
-    images_of_text = {text: sorted(image for group in groups for image in images_of_group[group])
-                      for text, groups in groups_of_text.items()}
-    captions_of_image = [captions_of_group[group] for group in group_of_image]
-    images_of_caption = [images_of_text[caption] for caption in captions]
+    relevance = _RetrievalRelevance.of(_image_keys(images), captions_per_image)
+    num_captions = len(relevance.images_of_caption)
     # Copies of a caption, or of an image, are embedded once, so they tie exactly; embedded apart, batch padding moved
     # captions ~1e-7.
-    distinct_captions = list(positions_of_text)
-    copy_of = torch.empty(len(captions), dtype=torch.long)
-    for index, positions in enumerate(positions_of_text.values()):
+    distinct_captions = list(relevance.positions_of_text)
+    copy_of = torch.empty(num_captions, dtype=torch.long)
+    for index, positions in enumerate(relevance.positions_of_text.values()):
         copy_of[positions] = index
-    first_of_group = [positions[0] for positions in images_of_group]
+    first_of_group = [positions[0] for positions in relevance.images_of_group]
     distinct_images = images if len(first_of_group) == len(images) else _Subset(images, first_of_group)
     with _images_named(lambda index: f"images[{first_of_group[index]}]"):  # by the caller's positions
         text_embeds, image_embeds = _encode(model, processor, distinct_captions, distinct_images, batch_size)
     text_embeds = text_embeds[copy_of]
-    image_embeds = image_embeds[torch.tensor(group_of_image, dtype=torch.long)]
+    image_embeds = image_embeds[torch.tensor(relevance.group_of_image, dtype=torch.long)]
     result: dict[str, float] = {}
     for direction, ranks in (
-        ("i2t", chunked_ranks(image_embeds, text_embeds, captions_of_image)),
-        ("t2i", chunked_ranks(text_embeds, image_embeds, images_of_caption)),
+        ("i2t", chunked_ranks(image_embeds, text_embeds, relevance.captions_of_image)),
+        ("t2i", chunked_ranks(text_embeds, image_embeds, relevance.images_of_caption)),
     ):
         recall = recall_from_ranks(ranks, DEFAULT_KS)
         result.update({f"{direction}_r{k}": recall[f"recall@{k}"] for k in DEFAULT_KS})
         result[f"{direction}_mrr"] = recall["mrr"]
-    return result | {"num_images": len(images), "num_captions": len(captions)}
+    return result | {"num_images": len(images), "num_captions": num_captions}
+
+
+@dataclass(frozen=True)
+class _RetrievalRelevance:
+    """Which captions are relevant to which images in a retrieval set, by caption text and image content.
+
+    By position, the copy of image A's caption filed under image B would be an irrelevant candidate for A tied exactly
+    with A's own copy, and as ties count against the model, neither image could ever retrieve it first; so would two
+    copies of one image for each other's captions. Relevance is therefore (text, image content): images with one key
+    form a group, and a caption text is relevant to every image of every group that lists it."""
+
+    positions_of_text: dict[str, list[int]]  # caption text -> its positions among all captions, in order
+    group_of_image: list[int]  # image position -> its group
+    images_of_group: list[list[int]]  # group -> its image positions
+    captions_of_image: list[list[int]]  # image position -> the caption positions relevant to it (image->text)
+    images_of_caption: list[list[int]]  # caption position -> the image positions relevant to it (text->image)
+
+    @classmethod
+    def of(cls, image_keys: Sequence[Hashable], captions_per_image: Sequence[Sequence[str]]) -> _RetrievalRelevance:
+        captions = [caption for image_captions in captions_per_image for caption in image_captions]
+        positions_of_text: dict[str, list[int]] = {}
+        for position, caption in enumerate(captions):
+            positions_of_text.setdefault(caption, []).append(position)
+        group_of_key: dict[Hashable, int] = {}
+        group_of_image = [group_of_key.setdefault(key, len(group_of_key)) for key in image_keys]
+        images_of_group: list[list[int]] = [[] for _ in group_of_key]
+        texts_of_group: list[dict[str, None]] = [{} for _ in group_of_key]  # ordered sets
+        for image, (group, image_captions) in enumerate(zip(group_of_image, captions_per_image)):
+            images_of_group[group].append(image)
+            texts_of_group[group].update(dict.fromkeys(image_captions))
+        groups_of_text: dict[str, list[int]] = {}
+        for group, texts in enumerate(texts_of_group):
+            for text in texts:
+                groups_of_text.setdefault(text, []).append(group)
+        captions_of_group = [
+            sorted(position for text in texts for position in positions_of_text[text]) for texts in texts_of_group
+        ]
+        images_of_text = {text: sorted(image for group in groups for image in images_of_group[group])
+                          for text, groups in groups_of_text.items()}
+        return cls(
+            positions_of_text=positions_of_text,
+            group_of_image=group_of_image,
+            images_of_group=images_of_group,
+            captions_of_image=[captions_of_group[group] for group in group_of_image],
+            images_of_caption=[images_of_text[caption] for caption in captions],
+        )
 
 
 def evaluate_benchmark(
