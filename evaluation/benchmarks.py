@@ -103,13 +103,17 @@ class LazyImages(LazySequence):
                     keys.append(("bytes", content_digest(raw)))
         return keys
 
+    def place(self, row: int) -> str:
+        """Where image `row` is stored, for errors: its file, row and column."""
+        return f"{self._locate(row)}, column {self._column!r}"
+
     def _item(self, row: int) -> Any:
         from modeling_maple.processing_maple import to_rgb  # transformers: only once images are read
 
         try:
             return to_rgb(self._rows[row][self._column])
         except Exception as error:  # PIL and datasets raise many types for corrupt bytes
-            raise BenchmarkFormatError(f"{self._locate(row)}, column {self._column!r}: unreadable image ({error})") from error
+            raise BenchmarkFormatError(f"{self.place(row)}: unreadable image ({error})") from error
 
 
 def _check_image_files(rows: Any, column: str, locate: RowLocator) -> None:
@@ -154,6 +158,10 @@ class LazyImageFiles(LazySequence):
 
     def __len__(self) -> int:
         return len(self.files)
+
+    def place(self, row: int) -> str:
+        """Where image `row` is listed and stored, for errors: its metadata entry or CSV line, and its file."""
+        return f"{self._places[row]}, image file {self.files[row]}"
 
     def _item(self, row: int) -> Any:
         from modeling_maple.processing_maple import load_image  # transformers: only once images are read

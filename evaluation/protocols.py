@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .benchmarks import QuadrupleBenchmark, RetrievalBenchmark, file_key
+from .benchmarks import BenchmarkFormatError, QuadrupleBenchmark, RetrievalBenchmark, file_key
 from .lazy import LazySequence
 from .metrics import DEFAULT_KS, group_score_hits, modality_gap_from_quadruples, recall_from_ranks
 from .retrieval import check_finite_embeddings, chunked_ranks
@@ -65,7 +65,10 @@ def evaluate_retrieval(
         copy_of[positions] = index
     first_of_group = [positions[0] for positions in relevance.images_of_group]
     distinct_images = images if len(first_of_group) == len(images) else _Subset(images, first_of_group)
-    with _images_named(lambda index: f"images[{first_of_group[index]}]"):  # by the caller's positions
+    def image_name(index: int) -> str:  # by the caller's positions
+        return _place(images, first_of_group[index], otherwise=f"images[{first_of_group[index]}]")
+
+    with _images_named(image_name, benchmark=hasattr(images, "place")):
         text_embeds, image_embeds = _encode(model, processor, distinct_captions, distinct_images, batch_size)
     text_embeds = text_embeds[copy_of]
     image_embeds = image_embeds[torch.tensor(relevance.group_of_image, dtype=torch.long)]
@@ -185,17 +188,25 @@ _PROCESSOR_IMAGE = re.compile(r"^images\[(\d+)\]")
 
 
 @contextlib.contextmanager
-def _images_named(name: Callable[[int], str]) -> Iterator[None]:
+def _images_named(name: Callable[[int], str], benchmark: bool = False) -> Iterator[None]:
     """Re-raise the processor's ValueError about `images[j]` of a list the protocol made (interleaved, de-duplicated)
-    naming that image as `name(j)` does, in the caller's terms. Other errors (a benchmark's images name their file and
-    row themselves) pass as they are."""
+    naming that image as `name(j)` does, in the caller's terms; for a benchmark's images (`benchmark`) as a
+    `BenchmarkFormatError`, like its other row errors. Other errors (a benchmark's images name their file and row
+    themselves) pass as they are."""
     try:
         yield
     except ValueError as error:
         place = _PROCESSOR_IMAGE.match(str(error))
         if place is None:
             raise
-        raise ValueError(name(int(place.group(1))) + str(error)[place.end():]) from error
+        error_type = BenchmarkFormatError if benchmark else ValueError
+        raise error_type(name(int(place.group(1))) + str(error)[place.end():]) from error
+
+
+def _place(images: Sequence[Any], position: int, *, otherwise: str) -> str:
+    """How an error names image `position` of `images`: a benchmark's by its file, row and column (`place`, e.g.
+    "coco.parquet: row 7, column 'image'"), any other as `otherwise`."""
+    return images.place(position) if hasattr(images, "place") else otherwise
 
 
 def _image_keys(images: Sequence[Any]) -> list[Hashable]:
@@ -300,7 +311,10 @@ def quadruple_similarities(model, processor, quadruples: Quadruples, batch_size:
     images0, images1, texts0, texts1 = _columns(quadruples)
     texts = [text for pair in zip(texts0, texts1) for text in pair]
     # the processor names an image by its place in the interleaved list, which the caller never made
-    with _images_named(lambda index: f"quadruples[{index // 2}], image{index % 2}"):
+    def image_name(index: int) -> str:
+        return _place((images0, images1)[index % 2], index // 2, otherwise=f"quadruples[{index // 2}], image{index % 2}")
+
+    with _images_named(image_name, benchmark=hasattr(images0, "place")):
         text_embeds, image_embeds = _encode(model, processor, texts, _Interleaved(images0, images1), batch_size)
     text_pairs = text_embeds.view(len(quadruples), 2, -1)
     image_pairs = image_embeds.view(len(quadruples), 2, -1)

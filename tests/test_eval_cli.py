@@ -977,3 +977,34 @@ def test_an_unreadable_image_of_a_retrieval_set_is_named_by_its_place_in_the_cal
     with pytest.raises(ValueError, match=rf"^images\[3\]: cannot read image file '{broken}'"):
         evaluate_retrieval(_ColourEmbedder(), None, [picture, picture, Image.new("RGB", (8, 8), "blue"), str(broken)],
                            [["a red a"], ["a red b"], ["a blue c"], ["a red d"]])
+
+
+def test_an_image_the_models_processor_refuses_is_named_by_its_file_row_and_column(benchmark_sources, tmp_path, capsys):
+    """Qwen-VL image processors refuse an aspect ratio above 200:1; `maple eval` died with a traceback naming the
+    image's place in the protocol's list (`images[1]`), not the benchmark file's row."""
+    import datasets
+    from PIL import Image
+
+    from conftest import make_picture, write_parquet
+    from evaluation.benchmarks import BenchmarkFormatError
+    from modeling_maple.testing import build_tiny
+
+    model, processor = build_tiny("mllm")
+    checkpoint = tmp_path / "qwen"
+    model.save_pretrained(checkpoint)
+    processor.save_pretrained(checkpoint)
+    wide = Image.new("RGB", (600, 2), "red")
+    coco = datasets.Dataset.from_parquet(str(benchmark_sources["coco"])).to_dict()
+    coco["image"] = [make_picture(0), wide, make_picture(2)]
+    source = write_parquet(tmp_path / "coco.parquet", coco, ("image",))
+    assert main([str(checkpoint), "--benchmarks", "coco", "--source", f"coco={source}", "--out", str(tmp_path / "eval")]) == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error.startswith(f"maple eval: error: {source}: row 1, column 'image': aspect ratio 300:1 is above the 200:1")
+
+    winoground = datasets.Dataset.from_parquet(str(benchmark_sources["winoground"])).to_dict()
+    winoground["image_1"][2] = wide
+    quadruples = load_benchmark("winoground", str(write_parquet(tmp_path / "wino.parquet", winoground, ("image_0", "image_1"))))
+    with pytest.raises(BenchmarkFormatError, match=r"wino\.parquet: row 2, column 'image_1': aspect ratio 300:1"):
+        evaluate_quadruples(model, processor, quadruples.quadruples, batch_size=2)
+    with pytest.raises(ValueError, match=r"^quadruples\[0\], image1: aspect ratio 300:1"):  # a list: by its place in it
+        evaluate_quadruples(model, processor, [(make_picture(0), wide, "a cat", "a dog")])
