@@ -224,13 +224,17 @@ def _read_table(source: str, spec: BenchmarkSpec, token: str | None) -> tuple[An
     else:
         try:
             table = datasets.load_dataset(source, split=spec.split, token=token)
-        except ValueError as error:
-            if "Unknown split" not in str(error):  # datasets' message for a split the dataset lacks
+        except ValueError as error:  # datasets' messages for a dataset laid out otherwise; other errors pass
+            if "Unknown split" in str(error):
+                advice = (f"is read from the {spec.split!r} split, which this dataset lacks ({error}); push a copy with "
+                          f"push_to_hub(..., split={spec.split!r})")
+            elif "Config name is missing" in str(error):
+                advice = ("is read from a dataset's default config, and this one has several and no default; push a "
+                          "copy of the benchmark alone (push_to_hub without config_name): "
+                          + " ".join(str(error).split("Example of usage")[0].split()))
+            else:
                 raise
-            raise BenchmarkFormatError(
-                f"{source}: benchmark {spec.name!r} is read from the {spec.split!r} split, which this dataset lacks "
-                f"({error}); push a copy with push_to_hub(..., split={spec.split!r})"
-            ) from error
+            raise BenchmarkFormatError(f"{source}: benchmark {spec.name!r} {advice}") from error
         locate = RowLocator(source)
     required = [*spec.columns, *([spec.category_column] if spec.category_column else [])]
     missing = [column for column in required if column not in table.column_names]

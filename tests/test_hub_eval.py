@@ -77,6 +77,13 @@ stderr = io.StringIO()
 with contextlib.redirect_stderr(stderr):  # a copy pushed with the default split, "train"
     assert main([repo, "--benchmarks", "bivlc", "--source", "bivlc=maple-org/bivlc-train", "--out", "eval_train"]) == 2
 print(stderr.getvalue())
+for config in ("full", "small"):
+    datasets.load_dataset("parquet", data_files=os.environ["MAPLE_TEST_BIVLC"], split="train").push_to_hub(
+        "maple-org/bivlc-configs", config_name=config, split="test")
+stderr = io.StringIO()
+with contextlib.redirect_stderr(stderr):
+    assert main([repo, "--benchmarks", "bivlc", "--source", "bivlc=maple-org/bivlc-configs", "--out", "eval_configs"]) == 2
+print(stderr.getvalue())
 datasets.load_dataset("parquet", data_files=os.environ["MAPLE_TEST_BIVLC"], split="train").push_to_hub("maple-org/bivlc-copy", split="test")
 assert main([repo, "--benchmarks", "bivlc", "--source", "bivlc=maple-org/bivlc-copy", "--out", "eval_out", "--push-to-hub"]) == 0
 """
@@ -88,6 +95,10 @@ def test_push_refuses_local_benchmark_copies_and_writes_a_card_where_there_is_no
     output = run_client(hub_server, tmp_path, PUSH_WITHOUT_A_CARD, MAPLE_TEST_BIVLC=str(benchmark_sources["bivlc"]))
     assert "--push-to-hub publishes results under the benchmarks' Hub datasets, but bivlc=" in output
     assert "maple-org/bivlc-train: benchmark 'bivlc' is read from the 'test' split, which this dataset lacks" in output
+    # it was a traceback of datasets' ValueError
+    assert ("maple-org/bivlc-configs: benchmark 'bivlc' is read from a dataset's default config, and this one has several "
+            "and no default; push a copy of the benchmark alone (push_to_hub without config_name): Config name is missing. "
+            "Please pick one among the available configs: ['full', 'small']") in output
     card = hub_server.files("maple-org/no-card")["README.md"].decode()
     assert "name: bivlc" in card and "type: maple-org/bivlc-copy" in card and "| bivlc |" in card
     assert "model-index:\n- name: maple-org/no-card\n" in card  # the card names no model: the results are the repo's
