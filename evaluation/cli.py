@@ -127,13 +127,16 @@ def _check_out(parser: argparse.ArgumentParser, out: Path) -> None:
                              "results, which these would overwrite); choose another folder")
 
 
-def _files_state(path: Path, *, recursive: bool) -> dict[str, list[int]]:
+def _files_state(path: Path, *, recursive: bool, skip: Path | None = None) -> dict[str, list[int]]:
     """Size and modification time of the files of `path` (a file, or a folder's files, with its subfolders' when
-    `recursive`), by relative path."""
+    `recursive`, except those inside folder `skip`), by relative path."""
     if path.is_file():
         files = [path]
     else:
         files = sorted(file for file in (path.rglob("*") if recursive else path.iterdir()) if file.is_file())
+        if skip is not None:
+            skip = skip.expanduser().resolve()
+            files = [file for file in files if not file.resolve().is_relative_to(skip)]
     states = {}
     for file in files:
         stat = file.stat()
@@ -188,17 +191,19 @@ def _run_fingerprint(
     source: str | None,
     dtype: str,
     image_processor_kwargs: dict[str, Any] | None = None,
+    out: Path | None = None,
 ) -> dict[str, Any]:
     """What a stored result was computed from: the model and its state (`_model_state`), the weights dtype, the
     image processor settings overridden (`--image-processor-kwargs`; None: the checkpoint's own), the benchmark
     source (the default one by its Hub id), with its files' sizes and modification times when it is local (by its
-    absolute path: a copy named relative to another folder is the same copy; a Hub dataset by its id only), and the
-    version of the evaluation protocol."""
+    absolute path: a copy named relative to another folder is the same copy; a Hub dataset by its id only; not the
+    files of the results folder `out`, where it lies inside the source's folder), and the version of the evaluation
+    protocol."""
     source = source or BENCHMARKS[benchmark].hub_id
     source_path = Path(source).expanduser()
     source_files = None
     if source_path.exists():
-        source, source_files = str(source_path.resolve()), _files_state(source_path, recursive=True)
+        source, source_files = str(source_path.resolve()), _files_state(source_path, recursive=True, skip=out)
     return {"model": model_ref, "model_state": model_state, "dtype": dtype,
             "image_processor_kwargs": image_processor_kwargs or None, "source": source, "source_files": source_files,
             "protocol": PROTOCOL_VERSION}
@@ -296,7 +301,7 @@ def stored_results(
         if stored is None:
             print(f"{model_ref}: {name}: stored result {path} does not read as one, recomputing")
             continue
-        current = _run_fingerprint(model_ref, model_state, name, sources.get(name), dtype, image_processor_kwargs)
+        current = _run_fingerprint(model_ref, model_state, name, sources.get(name), dtype, image_processor_kwargs, out)
         if _same_run(stored["run"], current):
             results[name] = stored["metrics"]
         else:
@@ -348,7 +353,7 @@ def evaluate_model(
                 results[name] = evaluate_benchmark(model, processor, loaded[name], batch_size)
             except NonFiniteEmbeddingsError as error:  # a diverged model: which one, on what
                 raise NonFiniteEmbeddingsError(f"{model_ref}: {name}: {error}") from error
-            run = _run_fingerprint(model_ref, model_state, name, sources.get(name), dtype, image_processor_kwargs)
+            run = _run_fingerprint(model_ref, model_state, name, sources.get(name), dtype, image_processor_kwargs, out)
             record = {"run": run, "metrics": results[name]}
             atomic_write_json(folder / f"{name}.json", record)  # a crash never leaves half a result
     return {name: results[name] for name in benchmarks}

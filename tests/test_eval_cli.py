@@ -560,6 +560,18 @@ def test_a_changed_image_in_a_source_folders_subfolder_is_recomputed(tiny, bench
     assert f"mmvp: stored result is from another source (changed files: {image}), recomputing\n" in capsys.readouterr().out
 
 
+def test_results_written_inside_the_source_folder_do_not_change_its_fingerprint(tiny, benchmark_sources, tmp_path, capsys):
+    """An --out inside a source folder: each run's own results changed the source's files, so every rerun recomputed
+    ("from another source (changed files: out/...)"); found by a review helper."""
+    _, _, (first, _) = tiny
+    mmvp = shutil.copytree(benchmark_sources["mmvp"], tmp_path / "mmvp")
+    argv = [str(first), "--benchmarks", "mmvp", "--source", f"mmvp={mmvp}", "--out", str(mmvp / "eval")]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "mmvp already done" in capsys.readouterr().out
+
+
 def test_lora_adapter_folder_loads_on_its_base(tiny, tmp_path):
     from peft import get_peft_model
 
