@@ -204,14 +204,25 @@ def _run_fingerprint(
     source_files = None
     if source_path.exists():
         source, source_files = str(source_path.resolve()), _files_state(source_path, recursive=True, skip=out)
-    return {"model": model_ref, "model_state": model_state, "dtype": dtype,
+    return {"model": _model_identity(model_ref), "model_state": model_state, "dtype": dtype,
             "image_processor_kwargs": image_processor_kwargs or None, "source": source, "source_files": source_files,
             "protocol": PROTOCOL_VERSION}
 
 
-def _with_defaults(fingerprint: dict[str, Any]) -> dict[str, Any]:
-    """`fingerprint` with the entries it predates (`FINGERPRINT_DEFAULTS`) at the value it was computed with."""
-    return {**FINGERPRINT_DEFAULTS, **fingerprint}
+def _model_identity(model_ref: str) -> str:
+    """A model reference as a fingerprint holds it: a local folder by its absolute path (`./m`, `m/` and `/abs/m` are
+    one folder, whose results share one result folder, `_model_folder_name`), a Hub id as written."""
+    path = Path(model_ref).expanduser()
+    return str(path.resolve()) if path.exists() else model_ref
+
+
+def _comparable(fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """`fingerprint` with the entries it predates (`FINGERPRINT_DEFAULTS`) at the value it was computed with, and its
+    model as `_model_identity` gives it (a result stored before held the reference as typed)."""
+    comparable = {**FINGERPRINT_DEFAULTS, **fingerprint}
+    if isinstance(comparable.get("model"), str):
+        comparable["model"] = _model_identity(comparable["model"])
+    return comparable
 
 
 def _with_unknown_commits_from(current: Any, stored: Any) -> Any:
@@ -227,8 +238,8 @@ def _with_unknown_commits_from(current: Any, stored: Any) -> Any:
 def _same_run(stored: dict[str, Any], current: dict[str, Any]) -> bool:
     """Whether a stored result's fingerprint is the current run's. A Hub model (or an adapter's base) whose commit
     cannot be resolved now matches any commit: offline and not cached, its stored results are all there is."""
-    stored = _with_defaults(stored)
-    return stored == _with_unknown_commits_from(_with_defaults(current), stored)
+    stored = _comparable(stored)
+    return stored == _with_unknown_commits_from(_comparable(current), stored)
 
 
 def _changed_files(stored: Any, current: Any) -> str:
@@ -240,8 +251,8 @@ def _changed_files(stored: Any, current: Any) -> str:
 
 def _run_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """What differs between a stored result's fingerprint and the current run's (`_same_run`), in words."""
-    stored = _with_defaults(stored)
-    current = _with_unknown_commits_from(_with_defaults(current), stored)
+    stored = _comparable(stored)
+    current = _with_unknown_commits_from(_comparable(current), stored)
     # in `_run_fingerprint`'s order, then any key it no longer writes
     words = {"model": "model reference", "model_state": "model state", "dtype": "dtype",
              "image_processor_kwargs": "image processor override", "source": "source", "source_files": "source",

@@ -255,6 +255,19 @@ def test_a_local_source_named_another_way_is_the_same_source(tiny, benchmark_sou
     assert "coco already done" in capsys.readouterr().out
 
 
+def test_a_local_model_named_another_way_is_the_same_model(tiny, benchmark_sources, tmp_path, capsys, monkeypatch):
+    """The model was compared as typed: `./m` after `/abs/m` (one result folder) recomputed every benchmark as "from
+    another model reference", each spelling overwriting the other's result (found by a review helper)."""
+    _, _, (first, _) = tiny
+    out, source = tmp_path / "eval", f"coco={benchmark_sources['coco']}"
+    assert main([str(first), "--benchmarks", "coco", "--source", source, "--out", str(out)]) == 0
+    monkeypatch.chdir(first.parent)
+    for spelling in (f"./{first.name}", f"{first.name}/"):
+        capsys.readouterr()
+        assert main([spelling, "--benchmarks", "coco", "--source", source, "--out", str(out)]) == 0
+        assert "coco already done" in capsys.readouterr().out, spelling
+
+
 def test_a_moved_checkpoint_with_stored_results_is_reported_as_missing(tiny, benchmark_sources, tmp_path, capsys, monkeypatch):
     import shutil
 
