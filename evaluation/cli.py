@@ -278,16 +278,30 @@ def _run_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[st
     return differences
 
 
-def _stored_record(path: Path) -> dict[str, Any] | None:
-    """The record `evaluate_model` wrote to `path` ({"run": fingerprint, "metrics": result}), or None where the file
-    does not read as one (emptied, edited by hand, not JSON), so that it is recomputed, not a traceback on every run."""
+def _stored_record(path: Path, kind: str) -> dict[str, Any] | None:
+    """The record `evaluate_model` wrote to `path` ({"run": fingerprint, "metrics": result}) for a benchmark of `kind`,
+    or None where the file does not read as one (emptied, edited by hand, not JSON, a metric the tables and cards show
+    missing or not a number), so that it is recomputed, not a traceback on every run."""
     try:
         record = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError):
         return None
-    if isinstance(record, dict) and isinstance(record.get("run"), dict) and isinstance(record.get("metrics"), dict):
-        return record
-    return None
+    if not (isinstance(record, dict) and isinstance(record.get("run"), dict) and isinstance(record.get("metrics"), dict)):
+        return None
+    metrics = record["metrics"]
+    if kind == "retrieval":
+        required = [(metrics, (*RETRIEVAL_METRICS, "i2t_mrr", "t2i_mrr"))]
+    else:
+        per_category = metrics.get("per_category", {})
+        categories = list(per_category.values()) if isinstance(per_category, dict) else [None]
+        required = [(metrics, QUADRUPLE_SCORES), (metrics.get("modality_gap"), ("w_dist", "w_disc", "delta_gap")),
+                    *((values, QUADRUPLE_SCORES) for values in categories)]
+    numbers = all(
+        isinstance(values, dict) and all(isinstance(values.get(key), (int, float)) and not isinstance(values.get(key), bool)
+                                         for key in keys)
+        for values, keys in required
+    )
+    return record if numbers else None
 
 
 def stored_results(
@@ -308,7 +322,7 @@ def stored_results(
     model_state = _model_state(model_ref, token=token) if done else None
     results: dict[str, Any] = {}
     for name, path in done.items():
-        stored = _stored_record(path)
+        stored = _stored_record(path, BENCHMARKS[name].kind)
         if stored is None:
             print(f"{model_ref}: {name}: stored result {path} does not read as one, recomputing")
             continue
