@@ -171,6 +171,8 @@ def _load_processor(
         except ValueError as error:  # its own checks name the checkpoint
             message = str(error) if str(error).startswith(f"{name_or_path}: ") else f"{name_or_path}: {error}"
             raise MapleLoadError(message) from error
+        except OSError as error:  # transformers' for a backbone without image processor or tokenizer files
+            raise MapleLoadError(f"{name_or_path}: its processor cannot be loaded ({' '.join(str(error).split())})") from error
     loading = dict(revision=revision, trust_remote_code=trust_remote_code, backend=backend, token=token)
     try:
         processor = AutoProcessor.from_pretrained(name_or_path, **loading)

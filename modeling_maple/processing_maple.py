@@ -645,6 +645,13 @@ class MapleProcessor(ProcessorMixin):
                 f"The tokenizer ({type(tokenizer).__name__}) has no pad token, which batches of texts and image prompts "
                 "need: set `tokenizer.pad_token` (e.g. to its EOS token) first."
             )
+        if tokenizer is not None and set(tokenizer.get_vocab()) <= set(tokenizer.all_special_tokens):
+            # what transformers builds from a checkpoint without tokenizer files: every text would be the same ids
+            raise ValueError(
+                f"The tokenizer ({type(tokenizer).__name__}) holds only its special tokens "
+                f"{sorted(tokenizer.get_vocab())}, so every text would embed alike; transformers builds such an empty "
+                "one for a checkpoint saved without its tokenizer files: save the tokenizer with the model."
+            )
         if tokenizer is not None and text_padding == "max_length" and max_text_length is None and self._text_tower_limit() is None:
             reason = "an MLLM's texts have no fixed length" if backbone == "mllm" else "the tokenizer sets no `model_max_length`"
             raise ValueError(f"text_padding='max_length' needs `max_text_length`: {reason} to pad to.")

@@ -107,6 +107,21 @@ def test_a_checkpoint_saved_without_its_processor_is_a_load_error_naming_it(tmp_
     assert isinstance(load_maple_model(str(tmp_path / "weights-only")), MapleModel)
 
 
+def test_a_backbone_saved_without_its_tokenizer_or_image_processor_is_a_load_error_naming_it(clip_folder):
+    """Without tokenizer files transformers builds an empty tokenizer (its special tokens only), with which every text
+    embedded alike, silently; without an image processor it was transformers' bare OSError, a traceback in `maple eval`
+    (both found by a review helper)."""
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json"):
+        (clip_folder / name).unlink(missing_ok=True)
+    with pytest.raises(MapleLoadError, match=rf"^{re.escape(str(clip_folder))}: The tokenizer \(CLIPTokenizer\) holds only its "
+                                             r"special tokens .* save the tokenizer with the model\.$"):
+        load_maple(str(clip_folder))
+    tiny_tokenizer().save_pretrained(clip_folder)
+    (clip_folder / "preprocessor_config.json").unlink()
+    with pytest.raises(MapleLoadError, match=rf"^{re.escape(str(clip_folder))}: its processor cannot be loaded \(.*\)$"):
+        load_maple(str(clip_folder))
+
+
 @pytest.mark.parametrize("backbone", ["mllm", "dual_encoder", "two_towers"])
 def test_a_backbone_named_for_a_checkpoint_that_cannot_be_it_is_refused_before_any_weights_load(tmp_path, monkeypatch, backbone):
     """A DINOv2 named as 'mllm' or 'dual_encoder' loaded its weights, then failed with a plain ValueError (which `maple
