@@ -233,6 +233,11 @@ def _checkpoint(
             f"{name_or_path}: a {config.model_type!r} checkpoint cannot be the 'mllm' backbone, which takes one of "
             f"{', '.join(SUPPORTED_MLLMS)}"
         )
+    if backbone == "dual_encoder" and config.model_type in SUPPORTED_MLLMS:
+        raise MapleLoadError(
+            f"{name_or_path}: a {config.model_type!r} checkpoint is an MLLM, not a two-tower image-text model: load it "
+            "as the 'mllm' backbone (the default for it)"
+        )
     if backbone == "dual_encoder" and not _has_two_towers(config):
         raise MapleLoadError(
             f"{name_or_path}: a {config.model_type!r} checkpoint is not a two-tower image-text model (no vision and text "

@@ -13,7 +13,15 @@ from transformers import AutoModel, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .configuration_maple import IMAGE_TOKEN_TYPE_INPUTS, NAFLEX_VISION_TOWERS, PIXTRAL_MLLMS, QWEN_VL_MLLMS, MapleConfig, mllm_family
+from .configuration_maple import (
+    IMAGE_TOKEN_TYPE_INPUTS,
+    NAFLEX_VISION_TOWERS,
+    PIXTRAL_MLLMS,
+    QWEN_VL_MLLMS,
+    SUPPORTED_MLLMS,
+    MapleConfig,
+    mllm_family,
+)
 
 
 @dataclass
@@ -475,8 +483,8 @@ class MapleModel(MaplePreTrainedModel):
         elif backbone != "dual_encoder":
             raise ValueError(f"Unknown backbone {backbone!r}: expected 'mllm' or 'dual_encoder'.")
         elif text_backbone is not None:
-            vision_tower = AutoModel.from_pretrained(name_or_path, revision=revision, **loading)
-            text_tower = AutoModel.from_pretrained(text_backbone, **loading)
+            vision_tower = _single_tower(name_or_path, "vision_config", {**loading, "revision": revision})
+            text_tower = _single_tower(text_backbone, "text_config", loading)
             config_overrides.setdefault("projection_dim", _hidden_size(text_tower.config))
             model = cls._wrap("dual_encoder", config_overrides, vision_config=vision_tower, text_config=text_tower)
         else:
@@ -496,14 +504,16 @@ class MapleModel(MaplePreTrainedModel):
 
     @classmethod
     def _from_two_tower(cls, name_or_path: str, loading: dict[str, Any], **config_overrides: Any) -> "MapleModel":
+        config = _backbone_config(name_or_path, loading)  # checked before any weights load
+        _refuse_mllm(name_or_path, config)
+        if not _is_two_tower(config):
+            raise ValueError(
+                f"{name_or_path!r} ({config.model_type}) is not a two-tower image-text model; pass `text_backbone=` to "
+                "pair a vision encoder with a text encoder."
+            )
         # CLIP/SigLIP keep their towers under `vision_model.` / `text_model.`; their single-tower
         # classes use the same names, with or without that prefix depending on the family.
         two_tower = AutoModel.from_pretrained(name_or_path, **loading)
-        if getattr(two_tower.config, "vision_config", None) is None or getattr(two_tower.config, "text_config", None) is None:
-            raise ValueError(
-                f"{name_or_path!r} ({two_tower.config.model_type}) is not a two-tower image-text model; "
-                "pass `text_backbone=` to pair a vision encoder with a text encoder."
-            )
         projection_dim = getattr(two_tower.config, "projection_dim", None) or _pooled_size(two_tower.config.text_config, "pooler")
         config_overrides.setdefault("projection_dim", projection_dim)
         config_overrides.setdefault("pooling", "pooler")
@@ -542,12 +552,50 @@ def tower_from_config(config) -> PreTrainedModel:
     try:
         return AutoModel.from_config(config)
     except ValueError:
-        import transformers
+        return _tower_class(config)(config)
 
-        tower_class = getattr(transformers, type(config).__name__.removesuffix("Config") + "Model", None)
-        if tower_class is None:
-            raise ValueError(f"No model class for a {config.model_type!r} tower.") from None
-        return tower_class(config)
+
+def _tower_class(config: PreTrainedConfig) -> type[PreTrainedModel]:
+    """The single-modality model class of tower config `config`: `AutoModel`'s, else the one named after it."""
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    if type(config) in MODEL_MAPPING:
+        return MODEL_MAPPING[type(config)]
+    tower_class = getattr(transformers, type(config).__name__.removesuffix("Config") + "Model", None)
+    if tower_class is None:
+        raise ValueError(f"No model class for a {config.model_type!r} tower.")
+    return tower_class
+
+
+def _backbone_config(name_or_path: str, loading: dict[str, Any]) -> PreTrainedConfig:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(name_or_path, revision=loading.get("revision"), token=loading.get("token"))
+
+
+def _refuse_mllm(name_or_path: str, config: PreTrainedConfig) -> None:
+    """A ValueError for an MLLM checkpoint given as a dual encoder's backbone (its config has a vision and a text config
+    too, and its weights would load into towers that cannot use them)."""
+    if config.model_type in SUPPORTED_MLLMS:
+        raise ValueError(f"{name_or_path!r} is an MLLM ({config.model_type}), not a dual encoder's: build it with "
+                         "backbone='mllm'.")
+
+
+def _is_two_tower(config: PreTrainedConfig) -> bool:
+    """Whether `config`, not an MLLM's, is a two-tower image-text model's (CLIP, SigLIP): a vision and a text config."""
+    return getattr(config, "vision_config", None) is not None and getattr(config, "text_config", None) is not None
+
+
+def _single_tower(name_or_path: str, side: str, loading: dict[str, Any]) -> PreTrainedModel:
+    """The one-modality encoder of checkpoint `name_or_path` for the `side` ("vision_config" or "text_config") of a
+    dual encoder built from two models: the model itself, or, from a two-tower image-text model (CLIP, SigLIP), its
+    tower of that side, loaded with its weights alone. An MLLM is refused before any weights load."""
+    config = _backbone_config(name_or_path, loading)
+    _refuse_mllm(name_or_path, config)
+    if _is_two_tower(config):
+        return _tower_class(getattr(config, side)).from_pretrained(name_or_path, **loading)
+    return AutoModel.from_pretrained(name_or_path, **loading)
 
 
 def _config_around(backbone: str, config_overrides: dict[str, Any], **sub_configs: PreTrainedConfig) -> MapleConfig:

@@ -140,6 +140,45 @@ def test_a_backbone_named_for_a_checkpoint_that_cannot_be_it_is_refused_before_a
         load_maple(str(tmp_path / "dinov2"), backbone=backbone)
 
 
+def test_an_mllm_named_as_a_dual_encoder_is_refused_before_any_weights_load(tmp_path, monkeypatch):
+    """Its config has a vision and a text config, as a CLIP's does: the weights loaded, then a bare error (Qwen2-VL,
+    LLaVA), or, for SmolVLM, a 'dual encoder' of its ViT and a bare Llama (found by a review helper)."""
+    import transformers
+
+    from modeling_maple.testing import save_tiny_mllm_backbone
+
+    save_tiny_mllm_backbone(tmp_path / "qwen2-vl")
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", lambda *args, **kwargs: pytest.fail("weights were loaded"))
+    with pytest.raises(MapleLoadError, match=r"qwen2-vl: a 'qwen2_vl' checkpoint is an MLLM, not a two-tower image-text "
+                                             r"model: load it as the 'mllm' backbone"):
+        load_maple(str(tmp_path / "qwen2-vl"), backbone="dual_encoder")
+    for text_backbone in (None, str(tmp_path / "qwen2-vl")):
+        with pytest.raises(ValueError, match=r"is an MLLM \(qwen2_vl\), not a dual encoder's: build it with backbone='mllm'"):
+            MapleModel.from_backbone(str(tmp_path / "qwen2-vl"), backbone="dual_encoder", text_backbone=text_backbone)
+
+
+def test_a_two_tower_model_paired_with_another_encoder_gives_its_tower_of_that_side(tmp_path, clip_folder):
+    """`from_backbone(clip, text_backbone=bert)` wrapped the whole CLIPModel as the vision tower (and a CLIP as the text
+    side likewise): built, then failing at the first encode in transformers' words (found by a review helper)."""
+    from transformers import BertConfig, BertModel, CLIPModel
+
+    BertModel(BertConfig(vocab_size=400, **TINY_TOWER)).save_pretrained(tmp_path / "bert")
+    tiny_tokenizer().save_pretrained(tmp_path / "bert")
+    clip = CLIPModel.from_pretrained(clip_folder)
+    model = MapleModel.from_backbone(str(clip_folder), backbone="dual_encoder", text_backbone=str(tmp_path / "bert"))
+    assert type(model.vision_tower).__name__ == "CLIPVisionModel"
+    assert all(torch.equal(value, clip.vision_model.state_dict()[key.removeprefix("vision_model.")])
+               for key, value in model.vision_tower.state_dict().items())
+    processor = MapleProcessor.from_backbone(str(clip_folder), backbone="dual_encoder", text_backbone=str(tmp_path / "bert"))
+    text_embeds, image_embeds = embeddings(model, processor)
+    assert text_embeds.shape[0] == image_embeds.shape[0] == 2
+
+    swapped = MapleModel.from_backbone(str(clip_folder), backbone="dual_encoder", text_backbone=str(clip_folder))
+    assert type(swapped.text_tower).__name__ == "CLIPTextModel"
+    assert all(torch.equal(value, clip.text_model.state_dict()[key.removeprefix("text_model.")])
+               for key, value in swapped.text_tower.state_dict().items())
+
+
 def test_the_trainer_loads_only_the_model_when_given_a_processor_and_takes_trust_remote_code_from_either_place(tmp_path):
     """`RPATrainer(model=path, processing_class=...)` loaded the checkpoint's processor anyway, failing on a folder
     saved without one; `model_init_kwargs={"trust_remote_code": True}` collided with `args.trust_remote_code`."""
@@ -223,26 +262,33 @@ def test_the_revision_asked_for_reaches_the_config_the_weights_and_the_processor
 
 
 def test_a_models_revision_is_its_backbones_not_its_text_backbones(monkeypatch):
-    """`MapleModel.from_backbone(..., revision=...)` loads an MLLM, or a vision tower, from that snapshot; a text
-    backbone, another repo, from its own default branch."""
-    from transformers import AutoModel
+    """`MapleModel.from_backbone(..., revision=...)` loads an MLLM, or a vision tower, from that snapshot (its config
+    too, read first to tell a single tower from a two-tower model); a text backbone, another repo, from its own default
+    branch."""
+    from transformers import AutoConfig, AutoModel, BertConfig
 
     class Loaded(Exception):
         """Stops the build once the backbone that matters here is asked for."""
 
-    loads = []
+    loads, configs = [], []
 
     def load(name, revision=None, **kwargs):
         loads.append((name, revision))
         if name != "org/vision":
             raise Loaded
 
+    def load_config(name, revision=None, **kwargs):
+        configs.append((name, revision))
+        return BertConfig()  # a single tower
+
     monkeypatch.setattr(AutoModel, "from_pretrained", load)
+    monkeypatch.setattr(AutoConfig, "from_pretrained", load_config)
     with pytest.raises(Loaded):
         MapleModel.from_backbone("org/mllm", backbone="mllm", revision="v2")
     with pytest.raises(Loaded):
         MapleModel.from_backbone("org/vision", backbone="dual_encoder", text_backbone="org/text", revision="v2")
     assert loads == [("org/mllm", "v2"), ("org/vision", "v2"), ("org/text", None)]
+    assert configs == [("org/vision", "v2"), ("org/text", None)]
 
 
 def test_a_processors_revision_is_its_vision_backbones_not_its_text_backbones(monkeypatch):
