@@ -21,7 +21,7 @@ from transformers import AutoConfig, AutoModel, AutoProcessor, PreTrainedConfig
 from maple.hub import hub_failure, is_hub_id, local_typo_hint
 
 from .configuration_maple import BACKBONES, DUAL_ENCODER_MODEL_TYPES, SUPPORTED_MLLMS, MapleConfig, backbone_of
-from .modeling_maple import MapleModel
+from .modeling_maple import MapleModel, is_two_tower
 from .processing_maple import (
     MapleProcessor,
     load_image_processor,
@@ -238,18 +238,12 @@ def _checkpoint(
             f"{name_or_path}: a {config.model_type!r} checkpoint is an MLLM, not a two-tower image-text model: load it "
             "as the 'mllm' backbone (the default for it)"
         )
-    if backbone == "dual_encoder" and not _has_two_towers(config):
+    if backbone == "dual_encoder" and not is_two_tower(config):
         raise MapleLoadError(
             f"{name_or_path}: a {config.model_type!r} checkpoint is not a two-tower image-text model (no vision and text "
             f"config), and load_maple wraps only those (CLIP, SigLIP) as 'dual_encoder'{PAIRING_ADVICE}"
         )
     return backbone, config
-
-
-def _has_two_towers(config: PreTrainedConfig) -> bool:
-    """Whether `config` is a two-tower image-text model's (CLIP, SigLIP), as `MapleModel.from_backbone` wraps without
-    a `text_backbone`."""
-    return getattr(config, "vision_config", None) is not None and getattr(config, "text_config", None) is not None
 
 
 __all__ = ["BackboneLoadingError", "MapleLoadError", "load_maple", "load_maple_model", "load_maple_processor"]

@@ -506,7 +506,7 @@ class MapleModel(MaplePreTrainedModel):
     def _from_two_tower(cls, name_or_path: str, loading: dict[str, Any], **config_overrides: Any) -> "MapleModel":
         config = _backbone_config(name_or_path, loading)  # checked before any weights load
         _refuse_mllm(name_or_path, config)
-        if not _is_two_tower(config):
+        if not is_two_tower(config):
             raise ValueError(
                 f"{name_or_path!r} ({config.model_type}) is not a two-tower image-text model; pass `text_backbone=` to "
                 "pair a vision encoder with a text encoder."
@@ -582,8 +582,9 @@ def _refuse_mllm(name_or_path: str, config: PreTrainedConfig) -> None:
                          "backbone='mllm'.")
 
 
-def _is_two_tower(config: PreTrainedConfig) -> bool:
-    """Whether `config`, not an MLLM's, is a two-tower image-text model's (CLIP, SigLIP): a vision and a text config."""
+def is_two_tower(config: PreTrainedConfig) -> bool:
+    """Whether `config`, not an MLLM's, is a two-tower image-text model's (CLIP, SigLIP), as `MapleModel.from_backbone`
+    wraps without a `text_backbone`: a vision and a text config."""
     return getattr(config, "vision_config", None) is not None and getattr(config, "text_config", None) is not None
 
 
@@ -593,7 +594,7 @@ def _single_tower(name_or_path: str, side: str, loading: dict[str, Any]) -> PreT
     tower of that side, loaded with its weights alone. An MLLM is refused before any weights load."""
     config = _backbone_config(name_or_path, loading)
     _refuse_mllm(name_or_path, config)
-    if _is_two_tower(config):
+    if is_two_tower(config):
         return _tower_class(getattr(config, side)).from_pretrained(name_or_path, **loading)
     return AutoModel.from_pretrained(name_or_path, **loading)
 
