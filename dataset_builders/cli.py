@@ -34,6 +34,7 @@ from maple.cli import (
     report_error,
 )
 from maple.files import folder_problem
+from maple.hub import repo_id_problem
 
 from .builder import MaplePreferences, MaplePreferencesConfig, WorkDirMismatch
 from .scoring import CaptionerOutputError, JudgeOutputError
@@ -181,17 +182,6 @@ def _device(requested: str | None) -> str:
     import torch
 
     return f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
-
-
-def _check_repo_id(repo_id: str) -> None:
-    """A ValueError for a `--push-to-hub` repo id the Hub would refuse, found before the build rather than after it."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as error:
-        raise ValueError(f"--push-to-hub {repo_id!r} is not a Hub repo id ('name' or 'namespace/name'): {error}") from None
 
 
 def _check_model_refs(args: argparse.Namespace) -> None:
@@ -357,8 +347,8 @@ def _build(args: argparse.Namespace, given: set[str]) -> int:
             raise ValueError(f"the {args.config!r} config writes captions: pass --captioner (or use --config corpus-captions)")
         if config.text_candidates != "generated" and args.captioner:  # it would be loaded (a 72B MLLM) for nothing
             raise ValueError(f"the {args.config!r} config uses the hard negatives' own captions: leave out --captioner")
-        if args.push_to_hub:
-            _check_repo_id(args.push_to_hub)
+        if args.push_to_hub is not None and (problem := repo_id_problem(args.push_to_hub)) is not None:
+            raise ValueError(f"--push-to-hub {problem}")
         device = _device(args.device)
         _check_model_refs(args)
         _check_model_options(args, given)

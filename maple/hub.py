@@ -69,6 +69,19 @@ def hub_repo(repo_id: str, repo_type: str = "model") -> str:
     return f"{repo_type} repo {repo_id!r} on {constants.ENDPOINT}"
 
 
+def repo_id_problem(repo_id: str) -> str | None:
+    """Why the Hub would refuse `repo_id` as the id of a repo to create ("name" or "namespace/name"), or None: a long
+    job checks it before it starts rather than at its push."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        return f"{repo_id!r} is not a Hub repo id ('name' or 'namespace/name'): {error}"
+    return None
+
+
 def is_hub_id(ref: str) -> bool:
     """Whether `ref` can name a Hub repo ('name' or 'namespace/name'). A reference that cannot (an
     absolute path, one starting with '.' or '~', one with several '/') can only be a local path, so a

@@ -411,13 +411,14 @@ def test_the_summary_warns_when_the_captioner_added_no_caption(tmp_path):
     assert "warning" not in cli.format_summary(stats | {"text_candidates": "corpus"}, 1.0, 1, 0, str(tmp_path))
 
 
-def test_a_push_to_hub_repo_id_the_hub_would_refuse_is_an_error_before_any_work(source_file, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("repo_id", ["bad repo id!!", ""])  # "" (an unset variable) built and pushed nothing, silently
+def test_a_push_to_hub_repo_id_the_hub_would_refuse_is_an_error_before_any_work(repo_id, source_file, tmp_path, capsys, monkeypatch):
     """It was an HFValidationError traceback once the whole build had run."""
     monkeypatch.setattr(cli, "_load_components", lambda *args: pytest.fail("models were loaded"))
     out = tmp_path / "out"
-    assert cli.main([source_file, "--output-dir", str(out), *STAND_INS, "--push-to-hub", "bad repo id!!"]) == 2
+    assert cli.main([source_file, "--output-dir", str(out), *STAND_INS, "--push-to-hub", repo_id]) == 2
     error = capsys.readouterr().err
-    assert error.startswith("maple build-preferences: error: --push-to-hub 'bad repo id!!' is not a Hub repo id") and \
+    assert error.startswith(f"maple build-preferences: error: --push-to-hub {repo_id!r} is not a Hub repo id") and \
         error.count("\n") == 1, error
     assert not out.exists()
 

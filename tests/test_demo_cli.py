@@ -646,7 +646,12 @@ def test_a_foreign_folder_is_refused(tmp_path, capsys):
         (["--backbone", "resnet"], "unknown backbone 'resnet'"),
         (["--miner", "dino"], "unknown miner 'dino'"),
         (["--seeds", "1,x"], "integers"),
-        (["--seeds", "0"], "at least 1"),
+        (["--seeds", "0"], "must lie in [1, 2**32]"),
+        (["--seeds", "10000000000"], "must lie in [1, 2**32], got 10000000000"),  # it counted them out: a MemoryError
+        # found once the run was done (a traceback, or a model pushed without its data), or no push at all
+        (["--push-to-hub", "my demo"], "push_to_hub: 'my demo' is not a Hub repo id"),
+        (["--push-to-hub", "me/" + "a" * 90], "-preferences' is not a Hub repo id"),
+        (["--push-to-hub", ""], "push_to_hub: '' is not a Hub repo id"),
         (["--rpa-weight", "1.5"], "rpa_weight (lambda) must lie in (0, 1]"),
         (["--seeds=-1,2"], "seeds must lie in [0, 2**32)"),
         (["--judge-noise", "nan"], "judge_noise is a standard deviation and must be finite"),
@@ -794,3 +799,16 @@ def test_the_command_passes_every_option_to_the_run_and_prints_its_summary(tmp_p
     assert build_parser().parse_args([]).out == Path("demo_out")  # `make demo`'s folder
     assert DemoConfig(out=tmp_path).seeds == (0, 1, 2) and DemoConfig(out=tmp_path).judge_noise == 0.3
     assert DemoConfig(out=tmp_path).rpa_weight == 0.5 and DemoConfig(out=tmp_path).learning_rate == 1e-3
+
+
+def test_an_output_folder_under_home_written_as_typed_is_the_home_folder(tmp_path, monkeypatch):
+    """`--out=~/x` reaches the program unexpanded: the folder check read ~/x as $HOME/x, run.json went to ./~/x and the
+    test sets to $HOME/x (through fsspec), and the run died (found by a review helper)."""
+    from maple.demo.pipeline import RUN_FILE, DemoConfig, claim_output_folder
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    config = DemoConfig(out=Path("~/demo"), quick=True)
+    assert config.out == tmp_path / "home" / "demo"
+    claim_output_folder(config)
+    assert (tmp_path / "home" / "demo" / RUN_FILE).exists() and not (tmp_path / "~").exists()

@@ -28,8 +28,8 @@ def _seeds(value: str) -> tuple[int, ...]:
         ) from None
     if is_list:
         return tuple(numbers)
-    if numbers[0] < 1:
-        raise argparse.ArgumentTypeError(f"--seeds as a count must be at least 1, got {numbers[0]}")
+    if not 1 <= numbers[0] <= 2**32:  # seeds lie in [0, 2**32): a larger count is refused before it is counted out
+        raise argparse.ArgumentTypeError(f"--seeds as a count must lie in [1, 2**32], got {numbers[0]}")
     return tuple(range(numbers[0]))
 
 

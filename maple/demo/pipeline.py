@@ -39,7 +39,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..files import atomic_write, atomic_write_json, atomic_write_text, changed_entries, folder_problem
-from ..hub import hub_failure
+from ..hub import hub_failure, repo_id_problem
 from . import BACKBONES, MINERS  # the choices of `maple demo`, where its --help reads them without torch
 from .report import results_markdown, write_report
 from .scene_judge import SceneFeatureEncoder, SceneGraphCaptioner, SceneGraphJudge
@@ -146,6 +146,8 @@ class DemoConfig:
     )
 
     def __post_init__(self) -> None:
+        # "~/x" as typed in `--out=~/x`, which the shell leaves alone: every writer must see the folder the checks see
+        object.__setattr__(self, "out", Path(self.out).expanduser())
         problems = []
         if self.backbone not in BACKBONES:
             problems.append(f"unknown backbone {self.backbone!r}: expected one of {', '.join(BACKBONES)}")
@@ -168,6 +170,10 @@ class DemoConfig:
             problems.append(f"judge_noise is a standard deviation and must be finite and >= 0, got {self.judge_noise}")
         if self.judge is not None and not self.judge.strip():
             problems.append("judge: give a Hub id or a local path of an MLLM judge, or leave it out for the scene-graph judge")
+        if self.push_to_hub is not None:  # the model's repo, and the preference data's beside it
+            problem = repo_id_problem(self.push_to_hub) or repo_id_problem(f"{self.push_to_hub}-preferences")
+            if problem is not None:
+                problems.append(f"push_to_hub: {problem}")
         if problems:  # all at once, so that a command line is corrected in one go
             raise ValueError("; ".join(problems))
 
