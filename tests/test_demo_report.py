@@ -173,3 +173,20 @@ def test_results_record_the_libraries_and_cpu_that_produced_them(tmp_path):
     environment = next(line for line in text.splitlines() if line.startswith("Environment"))
     assert f"torch {torch.__version__}" in environment and f"transformers {transformers.__version__}" in environment
     assert f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}" in environment
+
+
+def test_a_method_has_one_colour_on_every_curve_panel(monkeypatch, tmp_path):
+    """InfoNCE-only logs no rewards/accuracies (it ranks no candidates), so that panel's colour cycle began with the
+    next method: infonce_expanded was drawn in the colour the legend gives infonce (found by a review helper)."""
+    figures = []
+    monkeypatch.setattr(report, "save_figure", lambda figure, path: figures.append(figure))
+    history = [{"step": step, "loss": 1.0 / step, "loss/contrastive": 1.0, "loss/rpa": 0.5, "rewards/accuracies": 0.6}
+               for step in (1, 2)]
+    infonce_history = [{key: value for key, value in entry.items() if key in ("step", "loss", "loss/contrastive")}
+                       for entry in history]
+    report.plot_method_curves({"infonce": infonce_history, "infonce_expanded": history, "maple": history}, tmp_path / "c.png")
+    colours = [{line.get_label(): line.get_color() for line in axis.get_lines()} for axis in figures[0].axes]
+    legend = colours[0]
+    assert set(legend) == {"infonce", "infonce_expanded", "maple"} and len(set(legend.values())) == 3
+    assert all(colour == legend[method] for panel in colours for method, colour in panel.items())
+    assert set(colours[report.CURVE_KEYS.index("rewards/accuracies")]) == {"infonce_expanded", "maple"}

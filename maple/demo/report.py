@@ -63,15 +63,17 @@ def write_report(out: Path, results: dict[str, list[dict[str, Any]]]) -> dict[st
 
 
 def plot_method_curves(log_histories: Mapping[str, Sequence[Mapping[str, Any]]], path: Path) -> None:
-    """One panel per logged loss term, one line per method (each method's first seed)."""
+    """One panel per logged loss term, one line per method (each method's first seed), a method in one colour on
+    every panel: the one legend, on the first panel, names the lines of all (a panel may lack a method, as
+    rewards/accuracies lacks InfoNCE-only, which has no candidates to rank)."""
     plt = pyplot()
     figure, axes = plt.subplots(1, len(CURVE_KEYS), figsize=(4 * len(CURVE_KEYS), 3.2))
     for axis, key in zip(axes, CURVE_KEYS):
-        for method, history in log_histories.items():
+        for index, (method, history) in enumerate(log_histories.items()):
             points = [(entry["step"], entry[key]) for entry in history if key in entry and "step" in entry]
             if points:
                 steps, values = zip(*points)
-                axis.plot(steps, values, marker=".", label=method)
+                axis.plot(steps, values, marker=".", label=method, color=f"C{index}")
         axis.set_title(key)
         axis.set_xlabel("fine-tuning step")
     axes[0].legend()
