@@ -4,7 +4,9 @@ bad input refused before any work, and a push to a (local) Hub."""
 import argparse
 import json
 import math
+import os
 import re
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -812,3 +814,53 @@ def test_an_output_folder_under_home_written_as_typed_is_the_home_folder(tmp_pat
     assert config.out == tmp_path / "home" / "demo"
     claim_output_folder(config)
     assert (tmp_path / "home" / "demo" / RUN_FILE).exists() and not (tmp_path / "~").exists()
+
+
+# A worker as the pool's initializer makes it (`_init_worker` calls `_end_with_parent`), forked here rather than
+# spawned: a spawned worker would import torch and the package a second time.
+KILLED_WITH_A_WORKER = """
+import multiprocessing, os, signal, time
+
+from maple.demo.pipeline import _end_with_parent
+
+
+def worker(ready):
+    _end_with_parent()
+    ready.set()
+    time.sleep(300)
+
+
+if __name__ == "__main__":
+    ready = multiprocessing.get_context("fork").Event()
+    process = multiprocessing.get_context("fork").Process(target=worker, args=(ready,))
+    process.start()
+    ready.wait()
+    print(process.pid, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # as `kill -9` or the OOM killer would
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_fine_tuning_workers_end_when_the_main_process_is_killed(tmp_path):
+    """The workers waited on the dead main process's queue for ever, holding their memory (found by a review
+    helper)."""
+    import subprocess
+
+    script, printed = tmp_path / "main.py", tmp_path / "printed.txt"
+    script.write_text(KILLED_WITH_A_WORKER)
+    with printed.open("w") as stdout:  # not a pipe: a surviving worker would hold it open, and the wait never end
+        subprocess.run([sys.executable, str(script)], stdout=stdout, timeout=120)
+    worker = int(printed.read_text().split()[0])
+    deadline = time.monotonic() + 30
+
+    def running(pid: int) -> bool:  # a zombie (no init reaping it in a container) has ended too
+        try:
+            return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    while running(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if running(worker):
+        os.kill(worker, 9)
+        pytest.fail(f"worker {worker} outlived its killed main process")
