@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -347,13 +348,15 @@ def evaluate_model(
     trust_remote_code: bool = False,
     token: str | None = None,
     image_processor_kwargs: dict[str, Any] | None = None,
+    loaded: Mapping[str, QuadrupleBenchmark | RetrievalBenchmark] | None = None,
 ) -> dict[str, Any]:
     """Results of one model on the benchmarks: the `stored` ones (`stored_results`) as they are, the others
     computed on `device` with weights in `dtype`, its image processor's settings overridden by
-    `image_processor_kwargs`, and written to `out/<model>/<benchmark>.json`. The folder is created only once the
-    model has loaded, so a model that fails to load leaves nothing behind. NaN or inf embeddings (a diverged model)
-    are a `NonFiniteEmbeddingsError` naming the model and the benchmark. Hub models and benchmarks are read with
-    `token` (None: HF_TOKEN or the saved login)."""
+    `image_processor_kwargs`, and written to `out/<model>/<benchmark>.json`; `loaded`: benchmarks read already, by name
+    (the others are read here, before the model loads). The folder is created only once the model has loaded, so a
+    model that fails to load leaves nothing behind. NaN or inf embeddings (a diverged model) are a
+    `NonFiniteEmbeddingsError` naming the model and the benchmark. Hub models and benchmarks are read with `token`
+    (None: HF_TOKEN or the saved login)."""
     folder = out / _model_folder_name(model_ref)
     results = dict(stored)
     for name in results:
@@ -366,7 +369,8 @@ def evaluate_model(
 
         # Benchmarks load before the model (tables and file lists: images are decoded as they are embedded),
         # so a source that is unreachable or in the wrong schema is reported before a large model is loaded.
-        loaded = _load_benchmarks(todo, sources, token)
+        loaded = dict(loaded or {})
+        loaded |= _load_benchmarks([name for name in todo if name not in loaded], sources, token)
         model_state = _model_state(model_ref, token=token)  # before loading: a change while it runs must not pass unnoticed
         model, processor = load_embedder(model_ref, trust_remote_code=trust_remote_code, dtype=dtype, token=token,
                                          image_processor_kwargs=image_processor_kwargs)
@@ -614,10 +618,14 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                                              token=args.token)
         for name, source in sources.items():
             check_source(name, source)
+        # every benchmark some model has left to do, read once, before the first model loads: one only a later
+        # --compare model needs (a Hub copy offline and not cached, say) would fail after the first model's hours
+        todo = [name for name in args.benchmarks if any(name not in stored[model_ref] for model_ref in model_refs)]
+        loaded = _load_benchmarks(todo, sources, args.token)
         for model_ref in model_refs:
             all_results[model_ref] = evaluate_model(
                 model_ref, args.benchmarks, sources, args.out, args.batch_size, stored[model_ref], device, args.dtype,
-                args.trust_remote_code, args.token, image_processor_kwargs,
+                args.trust_remote_code, args.token, image_processor_kwargs, loaded,
             )
     except (ModelLoadError, BenchmarkFormatError, BenchmarkSourceError, NonFiniteEmbeddingsError) as error:
         return report_error(parser.prog, str(error))

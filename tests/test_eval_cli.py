@@ -424,6 +424,30 @@ def test_cli_reports_a_missing_model_folder_before_loading_any_model(tiny, bench
     assert not out.exists()  # nothing evaluated (not even the first model), no folder for the missing one
 
 
+def test_a_benchmark_only_a_compared_model_needs_is_read_before_the_first_model_loads(tiny, benchmark_sources, tmp_path, capsys):
+    """The first model's stored winoground result (from a Hub copy, offline and not cached now) let it go on to coco;
+    the second model, which still needed winoground, failed to read it only after the first had been evaluated (found
+    by a review helper)."""
+    from evaluation.cli import _model_folder_name
+
+    _, _, (first, second) = tiny
+    out, hub_copy = tmp_path / "eval", "maple-org/winoground-copy"
+    assert main([str(first), "--benchmarks", "winoground", "--source", f"winoground={benchmark_sources['winoground']}",
+                 "--out", str(out)]) == 0
+    stored = out / _model_folder_name(str(first)) / "winoground.json"
+    record = json.loads(stored.read_text())
+    record["run"] |= {"source": hub_copy, "source_files": None}  # as if read from the Hub copy then
+    stored.write_text(json.dumps(record))
+    capsys.readouterr()
+    argv = [str(first), "--compare", str(second), "--benchmarks", "coco", "winoground", "--source",
+            f"coco={benchmark_sources['coco']}", "--source", f"winoground={hub_copy}", "--out", str(out)]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert "evaluating" not in captured.out
+    assert captured.err.splitlines()[-1].startswith(f"maple eval: error: benchmark 'winoground': cannot read source {hub_copy!r}")
+    assert not (out / _model_folder_name(str(first)) / "coco.json").exists()
+
+
 @pytest.mark.parametrize("kind", ["uncached hub repo", "mistyped local path", "unsupported checkpoint"])
 def test_cli_reports_a_bad_compared_model_before_evaluating_the_first(tiny, benchmark_sources, tmp_path, capsys, kind, monkeypatch):
     _, _, (first, _) = tiny
