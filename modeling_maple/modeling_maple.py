@@ -14,6 +14,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_maple import (
+    DUAL_ENCODER_MODEL_TYPES,
     IMAGE_TOKEN_TYPE_INPUTS,
     NAFLEX_VISION_TOWERS,
     PIXTRAL_MLLMS,
@@ -590,12 +591,19 @@ def is_two_tower(config: PreTrainedConfig) -> bool:
 
 def _single_tower(name_or_path: str, side: str, loading: dict[str, Any]) -> PreTrainedModel:
     """The one-modality encoder of checkpoint `name_or_path` for the `side` ("vision_config" or "text_config") of a
-    dual encoder built from two models: the model itself, or, from a two-tower image-text model (CLIP, SigLIP), its
-    tower of that side, loaded with its weights alone. An MLLM is refused before any weights load."""
+    dual encoder built from two models: the model itself, or, from a CLIP or SigLIP checkpoint, its tower of that side,
+    loaded with its weights alone. Any other checkpoint holding a vision and a text model (an MLLM, PaliGemma, BLIP,
+    ...) is refused before any weights load: its tower's weights are named otherwise, and `from_pretrained` would leave
+    the tower at random initialisation, silently."""
     config = _backbone_config(name_or_path, loading)
     _refuse_mllm(name_or_path, config)
-    if is_two_tower(config):
+    if config.model_type in DUAL_ENCODER_MODEL_TYPES:
         return _tower_class(getattr(config, side)).from_pretrained(name_or_path, **loading)
+    if is_two_tower(config):
+        raise ValueError(
+            f"{name_or_path!r} ({config.model_type}) holds a vision and a text model; MAPLE takes one tower of a "
+            f"{', '.join(DUAL_ENCODER_MODEL_TYPES)} checkpoint only: save the tower you want as a checkpoint of its own"
+        )
     return AutoModel.from_pretrained(name_or_path, **loading)
 
 

@@ -155,6 +155,11 @@ def test_an_mllm_named_as_a_dual_encoder_is_refused_before_any_weights_load(tmp_
     for text_backbone in (None, str(tmp_path / "qwen2-vl")):
         with pytest.raises(ValueError, match=r"is an MLLM \(qwen2_vl\), not a dual encoder's: build it with backbone='mllm'"):
             MapleModel.from_backbone(str(tmp_path / "qwen2-vl"), backbone="dual_encoder", text_backbone=text_backbone)
+    # a vision-language model MAPLE does not support: its SigLIP tower's weights are named otherwise, so taking that
+    # tower of it left the tower at random initialisation (found by a review of the fix above)
+    transformers.PaliGemmaConfig(vision_config=TINY_TOWER, text_config=TINY_TOWER).save_pretrained(tmp_path / "paligemma")
+    with pytest.raises(ValueError, match=r"\(paligemma\) holds a vision and a text model; MAPLE takes one tower of a clip, "):
+        MapleModel.from_backbone(str(tmp_path / "paligemma"), backbone="dual_encoder", text_backbone=str(tmp_path / "qwen2-vl"))
 
 
 def test_a_two_tower_model_paired_with_another_encoder_gives_its_tower_of_that_side(tmp_path, clip_folder):
