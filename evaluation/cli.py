@@ -130,13 +130,13 @@ def _check_out(parser: argparse.ArgumentParser, out: Path) -> None:
 
 def _files_state(path: Path, *, recursive: bool, skip: Path | None = None) -> dict[str, list[int]]:
     """Size and modification time of the files of `path` (a file, or a folder's files, with its subfolders' when
-    `recursive`, except those inside folder `skip`), by relative path."""
+    `recursive`, except those inside `skip` where it is a folder strictly inside `path`), by relative path."""
     if path.is_file():
         files = [path]
     else:
         files = sorted(file for file in (path.rglob("*") if recursive else path.iterdir()) if file.is_file())
-        if skip is not None:
-            skip = skip.expanduser().resolve()
+        skip = skip.expanduser().resolve() if skip is not None else None
+        if skip is not None and skip != path.resolve() and skip.is_relative_to(path.resolve()):
             files = [file for file in files if not file.resolve().is_relative_to(skip)]
     states = {}
     for file in files:
@@ -198,8 +198,8 @@ def _run_fingerprint(
     image processor settings overridden (`--image-processor-kwargs`; None: the checkpoint's own), the benchmark
     source (the default one by its Hub id), with its files' sizes and modification times when it is local (by its
     absolute path: a copy named relative to another folder is the same copy; a Hub dataset by its id only; not the
-    files of the results folder `out`, where it lies inside the source's folder), and the version of the evaluation
-    protocol."""
+    files of the results folder `out` where it lies inside the source's folder: a source inside `out`, or `out`
+    itself, keeps all its files), and the version of the evaluation protocol."""
     source = source or BENCHMARKS[benchmark].hub_id
     source_path = Path(source).expanduser()
     source_files = None
@@ -281,8 +281,9 @@ def _run_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[st
 
 def _stored_record(path: Path, kind: str) -> dict[str, Any] | None:
     """The record `evaluate_model` wrote to `path` ({"run": fingerprint, "metrics": result}) for a benchmark of `kind`,
-    or None where the file does not read as one (emptied, edited by hand, not JSON, a metric the tables and cards show
-    missing or not a number), so that it is recomputed, not a traceback on every run."""
+    or None where the file does not read as one (emptied, edited by hand, not JSON, one of the scores the protocol
+    writes and the tables, cards and results.json read missing or not a number), so that it is recomputed, not a
+    traceback on every run."""
     try:
         record = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError):

@@ -607,6 +607,16 @@ def test_results_written_inside_the_source_folder_do_not_change_its_fingerprint(
     capsys.readouterr()
     assert main(argv) == 0
     assert "mmvp already done" in capsys.readouterr().out
+    # a source inside the results folder keeps every file: a changed image is seen (a review of the fix found the
+    # source's files all left out)
+    inner = shutil.copytree(benchmark_sources["mmvp"], tmp_path / "eval" / "mmvp")
+    argv = [str(first), "--benchmarks", "mmvp", "--source", f"mmvp={inner}", "--out", str(tmp_path / "eval")]
+    assert main(argv) == 0
+    image = Path("MLLM_VLM Images") / "Color and Appearance" / "4.jpg"
+    (inner / image).write_bytes((inner / image).read_bytes())  # same bytes, new modification time
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert f"mmvp: stored result is from another source (changed files: {image}), recomputing\n" in capsys.readouterr().out
 
 
 def test_lora_adapter_folder_loads_on_its_base(tiny, tmp_path):
