@@ -12,6 +12,9 @@ from maple.cli import DefaultsHelpFormatter, add_token_option, exit_with_error, 
 from . import BACKBONES, MINERS
 
 
+MAX_SEED_COUNT = 1000  # three fine-tuning runs each: far beyond any budget of this demo
+
+
 def _seeds(value: str) -> tuple[int, ...]:
     """`--seeds 3` means seeds 0, 1, 2; `--seeds 0,5,7` lists them (`--seeds 5,` is the list of seed 5)."""
     is_list = "," in value
@@ -28,8 +31,11 @@ def _seeds(value: str) -> tuple[int, ...]:
         ) from None
     if is_list:
         return tuple(numbers)
-    if not 1 <= numbers[0] <= 2**32:  # seeds lie in [0, 2**32): a larger count is refused before it is counted out
-        raise argparse.ArgumentTypeError(f"--seeds as a count must lie in [1, 2**32], got {numbers[0]}")
+    if not 1 <= numbers[0] <= MAX_SEED_COUNT:  # refused before it is counted out (billions of seeds: a MemoryError)
+        raise argparse.ArgumentTypeError(
+            f"--seeds as a count must lie in [1, {MAX_SEED_COUNT}] (each seed is three fine-tuning runs; a list takes "
+            f"any seeds), got {numbers[0]}"
+        )
     return tuple(range(numbers[0]))
 
 

@@ -694,10 +694,12 @@ def _end_with_parent() -> None:
     import ctypes
     import signal
 
-    parent = os.getppid()
+    # the pid recorded when the worker was started: by now (torch imported) the parent may have died, and
+    # `os.getppid()` would name the process that adopted this one
+    parent = multiprocessing.parent_process()
     pr_set_pdeathsig = 1  # <linux/prctl.h>
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-    if os.getppid() != parent:  # the parent died before the request: no signal will come
+    if parent is not None and os.getppid() != parent.pid:  # it died before the request: no signal will come
         os.kill(os.getpid(), signal.SIGTERM)
 
 
