@@ -65,10 +65,13 @@ def evaluate_retrieval(
         copy_of[positions] = index
     first_of_group = [positions[0] for positions in relevance.images_of_group]
     distinct_images = images if len(first_of_group) == len(images) else _Subset(images, first_of_group)
-    def image_name(index: int) -> str:  # by the caller's positions
-        return _place(images, first_of_group[index], otherwise=f"images[{first_of_group[index]}]")
+    from_benchmark = hasattr(images, "place")  # a benchmark's images say where they are stored
 
-    with _images_named(image_name, benchmark=hasattr(images, "place")):
+    def image_name(index: int) -> str:  # by the caller's positions
+        position = first_of_group[index]
+        return images.place(position) if from_benchmark else f"images[{position}]"
+
+    with _images_named(image_name, benchmark=from_benchmark):
         text_embeds, image_embeds = _encode(model, processor, distinct_captions, distinct_images, batch_size)
     text_embeds = text_embeds[copy_of]
     image_embeds = image_embeds[torch.tensor(relevance.group_of_image, dtype=torch.long)]
@@ -203,12 +206,6 @@ def _images_named(name: Callable[[int], str], benchmark: bool = False) -> Iterat
         raise error_type(name(int(place.group(1))) + str(error)[place.end():]) from error
 
 
-def _place(images: Sequence[Any], position: int, *, otherwise: str) -> str:
-    """How an error names image `position` of `images`: a benchmark's by its file, row and column (`place`, e.g.
-    "coco.parquet: row 7, column 'image'"), any other as `otherwise`."""
-    return images.place(position) if hasattr(images, "place") else otherwise
-
-
 def _image_keys(images: Sequence[Any]) -> list[Hashable]:
     """One key per image, equal for copies of one image: a benchmark's images by their stored bytes (`content_keys`,
     read without decoding), a PIL image by the picture it loads as (`maple.content.content_id`, as the trainer tells
@@ -310,11 +307,13 @@ def quadruple_similarities(model, processor, quadruples: Quadruples, batch_size:
         raise ValueError("quadruples: got none")
     images0, images1, texts0, texts1 = _columns(quadruples)
     texts = [text for pair in zip(texts0, texts1) for text in pair]
-    # the processor names an image by its place in the interleaved list, which the caller never made
-    def image_name(index: int) -> str:
-        return _place((images0, images1)[index % 2], index // 2, otherwise=f"quadruples[{index // 2}], image{index % 2}")
+    from_benchmark = hasattr(images0, "place")  # a benchmark's images say where they are stored
 
-    with _images_named(image_name, benchmark=hasattr(images0, "place")):
+    def image_name(index: int) -> str:  # the processor's index is into the interleaved list, which the caller never made
+        quadruple, column = divmod(index, 2)
+        return (images0, images1)[column].place(quadruple) if from_benchmark else f"quadruples[{quadruple}], image{column}"
+
+    with _images_named(image_name, benchmark=from_benchmark):
         text_embeds, image_embeds = _encode(model, processor, texts, _Interleaved(images0, images1), batch_size)
     text_pairs = text_embeds.view(len(quadruples), 2, -1)
     image_pairs = image_embeds.view(len(quadruples), 2, -1)
