@@ -253,6 +253,9 @@ def test_bad_arguments_are_reported_in_one_line(capsys, argv, message):
         ("num_image_candidates: [1, 2]\n", "{path}: num_image_candidates: expected an integer, got [1, 2]"),
         ("max_steps: 1.7\n", "{path}: max_steps: expected an integer, got 1.7"),  # a TypeError once training ran
         ("rpa_weight: [1]\n", "{path}: rpa_weight: expected a number, got [1]"),
+        # a number for a string option: a traceback at the first checkpoint, after training (found by a review helper)
+        ("hub_model_id: 5\n", "{path}: hub_model_id: expected a string, got 5"),
+        ("dataset_train_split: 1\n", "{path}: dataset_train_split: expected a string, got 1"),
         ("tiny: foo\n", "{path}: tiny: invalid choice 'foo' (choose from 'mllm', 'dual_encoder', "),
         ("lora_r: 0\n", "lora_r is a rank and must be an integer >= 1, got 0"),
         ("lora_dropout: 2\n", "lora_dropout is a probability and must be in [0, 1), got 2"),
@@ -313,8 +316,11 @@ def test_an_unreadable_dataset_is_reported_in_one_line_before_any_model_loads(tm
     (tmp_path / "truncated" / "train.parquet").write_bytes(data[: len(data) // 2])
     capsys.readouterr()  # the progress bars of writing them
     (tmp_path / "notes.txt").write_text("not a dataset")
+    (tmp_path / "table.csv").write_text("image,caption\n")  # documented, but a CSV cell cannot hold the candidate lists
     for folder, message in [("empty", "a saved dataset without rows"), ("truncated", "cannot be read as a dataset ("),
-                            ("notes.txt", "expected a folder, a Hub dataset id or a .parquet/.jsonl/.json/.csv file")]:
+                            ("notes.txt", "expected a folder, a Hub dataset id or a .parquet/.jsonl/.json file"),
+                            ("table.csv", "expected a folder, a Hub dataset id or a .parquet/.jsonl/.json file (a CSV "
+                                          "cell cannot hold the candidate lists)")]:
         with pytest.raises(SystemExit) as exit_info:
             main(["--tiny", "dual_encoder", "--dataset_name", str(tmp_path / folder), "--output_dir", str(tmp_path / "out")])
         assert exit_info.value.code == 2
@@ -601,6 +607,20 @@ def test_image_paths_relative_to_the_data_file_are_found_beside_it(tmp_path, mon
     assert main(["--tiny", "dual_encoder", "--dataset_name", str(folder / "prefs.jsonl"), "--output_dir",
                  str(tmp_path / "out"), "--max_steps", "1", "--per_device_train_batch_size", "2", "--report_to",
                  "none"]) == 0
+
+
+def test_a_null_candidate_list_in_a_table_of_image_paths_is_named_by_its_row(tmp_path, capsys):
+    """Reading the paths iterated over the null list: a TypeError traceback (found by a review helper)."""
+    table = _table_of_image_paths(tmp_path)
+    rows = [json.loads(line) for line in table.to_pandas().to_json(orient="records", lines=True).splitlines()]
+    rows[1]["candidate_images"] = None
+    (tmp_path / "prefs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--tiny", "dual_encoder", "--dataset_name", str(tmp_path / "prefs.jsonl"), "--output_dir", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error.endswith("prefs.jsonl: train dataset, row id 'scene-1': column 'candidate_images' is empty; expected at "
+                          "least the anchor itself."), error
 
 
 @pytest.mark.parametrize("options, message", [

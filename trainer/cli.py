@@ -134,7 +134,7 @@ class DataArguments:
         default=None,
         metadata={
             "help": "The preference dataset: a folder written by `save_to_disk`, a folder of parquet files, one "
-            "parquet/JSON Lines/CSV file (its rows are the train split), or a Hub dataset id."
+            "parquet/JSON Lines file (its rows are the train split), or a Hub dataset id."
         },
     )
     dataset_config: str | None = field(
@@ -475,7 +475,7 @@ def _check_config_file(parser: _Parser, argv: list[str]) -> None:
     if not isinstance(config.get("env", {}), dict):
         parser.error(f"{path}: expected 'env' to be a mapping of environment variables, got {config['env']!r:.80}")
     actions = {action.dest: action for action in parser._actions}
-    numeric_fields = _numeric_fields(parser.dataclass_types)
+    scalar_fields = _scalar_fields(parser.dataclass_types)
     for key, value in config.items():
         # argparse converts a YAML string as it would a flag's, and its error names the flag, not this file
         action = actions.get(key)
@@ -485,9 +485,10 @@ def _check_config_file(parser: _Parser, argv: list[str]) -> None:
                 value = convert(value)
             except (TypeError, ValueError, argparse.ArgumentTypeError):
                 parser.error(f"{path}: {key}: invalid {getattr(convert, '__name__', 'option')} value: {value!r}")
-        # YAML's own numbers and lists reach the config unconverted: a float for a count failed only once training ran
-        elif (kind := numeric_fields.get(key)) is not None and value is not None and not _is_number_of(value, kind):
-            parser.error(f"{path}: {key}: expected {'an integer' if kind is int else 'a number'}, got {value!r:.80}")
+        # YAML's own numbers and lists reach the config unconverted: a float for a count failed only once training ran,
+        # a number for a repo id at the first checkpoint
+        elif (kind := scalar_fields.get(key)) is not None and value is not None and not _is_value_of(value, kind):
+            parser.error(f"{path}: {key}: expected {_KIND_NAMES[kind]}, got {value!r:.80}")
         if action is not None and action.choices is not None and value not in action.choices:
             parser.error(f"{path}: {key}: invalid choice {value!r} (choose from {', '.join(map(repr, action.choices))})")
 
@@ -504,22 +505,29 @@ def _check_resume_recipe(
         raise TrainingInputError(str(error)) from None
 
 
-def _numeric_fields(dataclass_types) -> dict[str, type]:
-    """The options typed `int` or `float` (or either or None), by name, with that type."""
-    numeric = {}
+def _scalar_fields(dataclass_types) -> dict[str, type]:
+    """The options typed `int`, `float` or `str` (or that or None), by name, with that type; not
+    `resume_from_checkpoint`, a path that a YAML boolean may stand for (`_resume_value`)."""
+    scalar = {}
     for dataclass_type in dataclass_types:
         for name, hint in typing.get_type_hints(dataclass_type).items():
             kinds = [kind for kind in (typing.get_args(hint) or (hint,)) if kind is not type(None)]
-            if len(kinds) == 1 and kinds[0] in (int, float):
-                numeric[name] = kinds[0]
-    return numeric
+            if len(kinds) == 1 and kinds[0] in (int, float, str) and name != "resume_from_checkpoint":
+                scalar[name] = kinds[0]
+    return scalar
 
 
-def _is_number_of(value: object, kind: type) -> bool:
-    """Whether a YAML value is an `int` option's integer (2.0 too) or a `float` option's number; booleans are neither."""
+def _is_value_of(value: object, kind: type) -> bool:
+    """Whether a YAML value is a `str` option's string, an `int` option's integer (2.0 too) or a `float` option's
+    number; booleans are none of them."""
+    if kind is str:
+        return isinstance(value, str)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
     return kind is float or float(value).is_integer()
+
+
+_KIND_NAMES = {int: "an integer", float: "a number", str: "a string"}
 
 
 def _check_reference(option: str, reference: str) -> None:
@@ -568,8 +576,8 @@ def load_model_and_processor(model_args: ModelArguments, training_args: RPAConfi
         ) from error
 
 
-# suffix -> the `datasets` builder that reads one data file
-DATA_FILE_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
+# suffix -> the `datasets` builder that reads one data file (not CSV: a cell cannot hold the candidate lists)
+DATA_FILE_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}
 
 
 def load_preference_splits(data_args: DataArguments, token: str | None = None) -> DatasetDict:
@@ -578,8 +586,9 @@ def load_preference_splits(data_args: DataArguments, token: str | None = None) -
     location = data_args.dataset_name
     file_builder = DATA_FILE_BUILDERS.get(os.path.splitext(location)[1].lower())
     if os.path.isfile(location) and file_builder is None:
+        why = " (a CSV cell cannot hold the candidate lists)" if location.lower().endswith(".csv") else ""
         raise TrainingInputError(
-            f"--dataset_name {location}: expected a folder, a Hub dataset id or a {'/'.join(DATA_FILE_BUILDERS)} file"
+            f"--dataset_name {location}: expected a folder, a Hub dataset id or a {'/'.join(DATA_FILE_BUILDERS)} file{why}"
         )
     saved = os.path.isfile(os.path.join(location, "dataset_dict.json")) or os.path.isfile(
         os.path.join(location, "state.json")
@@ -621,7 +630,7 @@ def load_preference_splits(data_args: DataArguments, token: str | None = None) -
 
 
 def _with_image_paths_read(dataset: Dataset, data_folder: str | None) -> Dataset:
-    """`dataset` with image columns that hold file paths (a parquet or CSV table of paths) read as images, which the
+    """`dataset` with image columns that hold file paths (a parquet or JSON Lines table of paths) read as images, which the
     Python API asks its user to cast. A relative path that is not a file from the current directory but is one from
     `data_folder` (the data file's folder) is read from there."""
     def is_path(feature) -> bool:
@@ -634,8 +643,9 @@ def _with_image_paths_read(dataset: Dataset, data_folder: str | None) -> Dataset
         return dataset
 
     def locate(row: dict) -> dict:
-        return {
-            column: located(row[column], data_folder) if column == "image" else [located(path, data_folder) for path in row[column]]
+        return {  # a null list is left to the schema check, which names its row
+            column: located(row[column], data_folder) if column == "image" or row[column] is None
+            else [located(path, data_folder) for path in row[column]]
             for column, holds_paths in columns.items()
             if holds_paths
         }
