@@ -101,6 +101,42 @@ def test_evaluation_reports_fine_grained_scores_on_quadruples(tmp_path):
     assert "eval_sides/group_score" in trainer.state.log_history[-1]
 
 
+@pytest.mark.parametrize("several_splits", [False, True])
+def test_fine_grained_scores_reach_the_callbacks_so_early_stopping_can_use_them(tmp_path, several_splits):
+    """They were added after `Trainer.evaluate` had called `on_evaluate`: `EarlyStoppingCallback` with
+    metric_for_best_model="sides/group_score" found no such metric and turned itself off (found by a review helper)."""
+    from transformers import TrainerCallback
+
+    seen = []
+
+    class Seen(TrainerCallback):
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            seen.append(dict(metrics))
+
+    model, processor = build_tiny("dual_encoder", seed=0)
+    quadruples = [(draw_scene("red", "left"), draw_scene("red", "right"), describe_scene("red", "left"),
+                   describe_scene("red", "right"))]
+    eval_dataset = synthetic_preference_dataset(8, seed=1)
+    trainer = RPATrainer(model, args=make_config(tmp_path), train_dataset=synthetic_preference_dataset(8),
+                         eval_dataset={"a": eval_dataset, "b": eval_dataset} if several_splits else eval_dataset,
+                         processing_class=processor, eval_quadruples={"sides": quadruples}, callbacks=[Seen()])
+    metrics = trainer.evaluate()
+    assert any("eval_sides/group_score" in each for each in seen)
+    assert sum("eval_sides/group_score" in entry for entry in trainer.state.log_history) == 1  # logged once
+    assert metrics["eval_sides/group_score"] == next(each for each in seen if "eval_sides/group_score" in each)[
+        "eval_sides/group_score"]
+
+
+def test_an_evaluation_at_the_last_step_keeps_the_last_training_metrics(tmp_path):
+    """The closing log came with the model in eval mode, so `DPOTrainer.log` took it for an evaluation's: the last
+    window's loss/rpa, rewards and scales were neither logged nor cleared (found by a review helper)."""
+    trainer = make_trainer(tmp_path, train_rows=16, max_steps=3, logging_steps=2, eval_strategy="steps", eval_steps=3)
+    trainer.train()
+    closing = trainer.state.log_history[-1]
+    assert "train_loss" in closing and "loss/rpa" in closing and "rewards/accuracies" in closing, closing
+    assert not any(trainer._metrics["train"].values())
+
+
 def test_fine_grained_scores_of_a_diverged_model_are_nan_not_zero(tmp_path):
     """NaN embeddings lost every comparison: a diverged model scored a plausible 0 / 0 / 0. Evaluation now refuses
     them, and the trainer logs NaN, as for its loss and recall, without stopping the run."""

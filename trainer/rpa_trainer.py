@@ -159,6 +159,7 @@ class RPATrainer(DPOTrainer):
         # what every model card of this run says beside the run itself (see `create_model_card`)
         self.model_card_kwargs: dict[str, Any] = {}
         self._evaluating = False  # inside `evaluate` (see there)
+        self._quadruples_prefix: str | None = None  # set by `evaluate` until its first `evaluation_loop` scores them
 
         # Our collator decodes only the images it uses (`with_images_left_encoded`); another reads what `datasets` gives.
         self._leave_images_encoded = data_collator is None or isinstance(data_collator, DataCollatorForEmbeddingPreference)
@@ -510,39 +511,49 @@ class RPATrainer(DPOTrainer):
             recalls = anchor_recall_at_1(*(torch.cat(part) for part in zip(*self._eval_anchors)))
             output.metrics.update({f"{metric_key_prefix}_recall@1/{key}": value for key, value in recalls.items()})
             self._eval_anchors = []
+        if self._quadruples_prefix is not None:  # in the loop, so that they are logged and seen by `on_evaluate`
+            output.metrics.update(self._quadruple_scores(self._quadruples_prefix))
+            self._quadruples_prefix = None
         return output
 
+    def _quadruple_scores(self, metric_key_prefix: str) -> dict[str, float]:
+        """The `eval_quadruples` scores, as `{prefix}_{name}/{score}`; NaN for a diverged model."""
+        from evaluation.protocols import evaluate_quadruples
+
+        model = self.accelerator.unwrap_model(self.model)
+        fine_grained = {}
+        for name, quadruples in self.eval_quadruples.items():
+            try:
+                # as given: a benchmark's lazy quadruples, listed, would hold every image decoded
+                scores = evaluate_quadruples(model, self.processing_class, quadruples)
+            except NonFiniteEmbeddingsError:  # a diverged model: NaN, like its loss and recall
+                scores = dict.fromkeys(QUADRUPLE_SCORES, math.nan)
+            for key in QUADRUPLE_SCORES:
+                fine_grained[f"{metric_key_prefix}_{name}/{key}"] = scores[key]
+        return fine_grained
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        # `DPOTrainer.log` adds the collected metrics of the current mode; evaluation metrics are already in `logs`,
-        # under their prefix (`evaluation_loop`), so only training metrics are added here.
-        if self.model.training:
-            return super().log(logs, start_time)
+        # Evaluation metrics are already in `logs`, under their prefix (`evaluation_loop`); any other log adds the
+        # training metrics collected since the last, as `DPOTrainer.log` does, but chosen by where it is called from,
+        # not by `model.training`, which an evaluation at the last step leaves off for the closing log.
+        if not self._evaluating:
+            logs = {**logs, **{key: sum(values) / len(values) for key, values in self._metrics["train"].items()}}
+            self._metrics["train"].clear()
         return super(DPOTrainer, self).log(logs, start_time)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         # With a dict of eval datasets `Trainer.evaluate` calls this method again per split; the quadruples do not
-        # depend on the split, so only the outermost call evaluates them, once, under its own prefix.
+        # depend on the split, so the outermost call has them scored once, under its own prefix, by the first
+        # split's loop: `Trainer.evaluate` then logs them and hands them to `on_evaluate` (early stopping).
         nested, self._evaluating = self._evaluating, True
+        if not nested and self.eval_quadruples:
+            self._quadruples_prefix = metric_key_prefix
         try:
-            metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+            return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
         finally:
             self._evaluating = nested
-        if self.eval_quadruples and not nested:
-            from evaluation.protocols import evaluate_quadruples
-
-            model = self.accelerator.unwrap_model(self.model)
-            fine_grained = {}
-            for name, quadruples in self.eval_quadruples.items():
-                try:
-                    # as given: a benchmark's lazy quadruples, listed, would hold every image decoded
-                    scores = evaluate_quadruples(model, self.processing_class, quadruples)
-                except NonFiniteEmbeddingsError:  # a diverged model: NaN, like its loss and recall
-                    scores = dict.fromkeys(QUADRUPLE_SCORES, math.nan)
-                for key in QUADRUPLE_SCORES:
-                    fine_grained[f"{metric_key_prefix}_{name}/{key}"] = scores[key]
-            self.log(fine_grained)
-            metrics.update(fine_grained)
-        return metrics
+            if not nested:
+                self._quadruples_prefix = None
 
     def predict(self, test_dataset, ignore_keys=None, metric_key_prefix: str = "test"):
         """`Trainer.predict`: `evaluate`'s losses, rewards and recalls under `metric_key_prefix` (not the
