@@ -937,6 +937,14 @@ def test_a_token_in_model_init_kwargs_is_neither_pickled_nor_reported(tmp_path):
     assert args.model_init_kwargs["token"] == "hf_secret_token"  # the arguments in use keep it
 
 
+def test_a_config_is_rebuilt_from_its_dict(tmp_path):
+    """transformers masks every "*_token" key, pad_token too, which `__post_init__` then refused: `RPAConfig(**
+    config.to_dict())` raised (found by a review helper)."""
+    args = RPAConfig(output_dir=str(tmp_path), report_to="none", rpa_weight=0.3)
+    rebuilt = RPAConfig(**args.to_dict())
+    assert rebuilt.rpa_weight == 0.3 and rebuilt.pad_token is None
+
+
 @pytest.mark.parametrize(
     "overrides,message",
     [

@@ -268,6 +268,8 @@ class RPAConfig(DPOConfig):
         # What reporters (TensorBoard, W&B) log: a token given in `model_init_kwargs` is masked as `hub_token` is.
         arguments = super().to_dict()
         arguments["model_init_kwargs"] = _without_tokens(self.model_init_kwargs, "<TOKEN>")
+        # masked for its "_token" suffix alone, which `__post_init__` would then refuse: RPAConfig(**config.to_dict())
+        arguments["pad_token"] = self.pad_token
         return arguments
 
     def __post_init__(self):
