@@ -970,6 +970,9 @@ def test_a_config_is_rebuilt_from_its_dict(tmp_path):
         (dict(truncation_mode="keep_end"), "truncation_mode"),
         (dict(pad_token="<pad>"), "pad_token='<pad>' configures DPO's token collator"),
         (dict(exclude_judged_positives=True, expand_negatives=False), "needs expand_negatives=True"),
+        # accepted, then a traceback at the first step (found by a review helper)
+        (dict(train_sampling_strategy="group_by_length"), "train_sampling_strategy='group_by_length' orders rows by"),
+        (dict(train_sampling_strategy="batch_rebalance"), "train_sampling_strategy='batch_rebalance' orders rows by"),
     ],
 )
 def test_config_rejects_bad_values(tmp_path, overrides, message):

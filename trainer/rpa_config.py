@@ -338,6 +338,12 @@ class RPAConfig(DPOConfig):
                     f"texts are padded and truncated by the model's processor (MapleProcessor's max_text_length and "
                     f"text_padding); leave it at {supported[0]!r}."
                 )
+        if self.train_sampling_strategy in ("group_by_length", "batch_rebalance"):
+            raise ValueError(
+                f"train_sampling_strategy={self.train_sampling_strategy!r} orders rows by their token length, which a "
+                "preference row (an image, a caption and candidate lists) does not have: use 'random' (the default) "
+                "or 'sequential'."
+            )
         if self.exclude_judged_positives and not self.expand_negatives:
             raise ValueError(
                 "exclude_judged_positives=True needs expand_negatives=True: it removes judged positives from the "
