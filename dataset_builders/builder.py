@@ -54,7 +54,7 @@ import torch
 from tqdm.auto import tqdm
 
 from evaluation.retrieval import check_finite_embeddings
-from maple.files import atomic_write, atomic_write_json, changed_entries, folder_problem
+from maple.files import atomic_write, atomic_write_json, changed_entries, files_by_split, folder_problem
 from trainer.schema import PREFERENCE_FEATURES
 
 from .interfaces import CandidateCaptioner, PreferenceJudge, component_name, first_finding
@@ -1187,7 +1187,9 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         """A published preference dataset: a Hub id, a local folder holding its parquet files (a
         snapshot of the repo, or a build's work dir), a parquet file, or a `save_to_disk` folder (`maple demo`'s
         `preferences/data`). `split` is read as `datasets` reads it everywhere ("train[:100]", "train+test"); the
-        rows of a saved `Dataset`, like those of local parquet files, are its "train" split.
+        splits of local parquet files are those their names give, as `datasets` reads a folder ("test-00000-of-00001
+        .parquet"), and the rows of a saved `Dataset`, of one file or of files whose names give no split (a build's
+        shards) are the "train" split.
 
         A repo snapshot keeps each config's files in a folder named after it: `config_name` picks
         one; without it a snapshot must hold a single config (several are an error listing them,
@@ -1222,9 +1224,11 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                     )
             if not files:
                 raise FileNotFoundError(f"no parquet files{f' of config {config_name!r}' if config_name else ''} under {repo_id_or_path}")
-            files = [str(file) for file in files]
-            # Local parquet files load as one "train" split; `split` may still slice it ("train[:100]").
-            return datasets.load_dataset("parquet", data_files=files, split=split, features=PREFERENCE_FEATURES, **load_kwargs)
+            # Split by their names, as `datasets` splits a repo's files ("train-00000-of-00001.parquet", "test-...");
+            # a build's shards, whose names give none, are its "train" split. `split` may slice ("train[:100]").
+            by_split = files_by_split(path, files) if path.is_dir() else {"train": files}
+            data_files = {name: [str(file) for file in split_files] for name, split_files in by_split.items()}
+            return datasets.load_dataset("parquet", data_files=data_files, split=split, features=PREFERENCE_FEATURES, **load_kwargs)
         try:
             return datasets.load_dataset(repo_id_or_path, name=config_name, split=split, **load_kwargs)
         # datasets reads some Hub answers (an HTTP 500) as a missing local path, and raises a repo not found or an

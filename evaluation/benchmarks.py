@@ -253,17 +253,12 @@ def _split_files(folder: Path, spec: BenchmarkSpec) -> list[Path]:
     a snapshot of a Hub repo holds every split, and the Hub read takes the benchmark's alone. Files that name no split,
     or one, are all read. A `BenchmarkFormatError` for a folder without parquet files, or whose splits lack the
     benchmark's."""
-    from datasets.data_files import DataFilesDict, get_data_patterns
+    from maple.files import files_by_split
 
     files = sorted(folder.rglob("*.parquet"))
     if not files:
         raise BenchmarkFormatError(f"{folder}: no parquet files for benchmark {spec.name!r}")
-    resolved = DataFilesDict.from_patterns(get_data_patterns(str(folder)), base_path=str(folder))
-    # datasets names the files by absolute path (symbolic links, as in the Hub cache, kept): ours as given
-    as_given = {os.path.abspath(file): file for file in files}
-    splits = {str(split): {as_given[name] for name in map(os.path.abspath, split_files) if name in as_given}
-              for split, split_files in resolved.items()}
-    splits = {split: split_files for split, split_files in splits.items() if split_files}
+    splits = files_by_split(folder, files)
     if len(splits) < 2:
         return files
     if spec.split not in splits:
@@ -271,7 +266,7 @@ def _split_files(folder: Path, spec: BenchmarkSpec) -> list[Path]:
             f"{folder}: holds the splits {sorted(splits)} but not {spec.split!r}, the split benchmark {spec.name!r} is "
             "read from; pass its file or a folder of its files"
         )
-    return sorted(splits[spec.split])
+    return splits[spec.split]
 
 
 def _checked_texts(locate: Callable[[int], str], column: str, values: Sequence[Any]) -> list[str]:

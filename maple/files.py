@@ -1,13 +1,13 @@
 """Writing files so that an interruption leaves the old file or the new one, never half of one: the work dirs,
-checkpoints and result folders that MAPLE's long jobs resume from are written this way; and checking, before such a
-job starts, that its output folder can be one."""
+checkpoints and result folders that MAPLE's long jobs resume from are written this way; checking, before such a
+job starts, that its output folder can be one; and reading a folder's data files by split, as `datasets` does."""
 
 from __future__ import annotations
 
 import json
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,23 @@ def folder_problem(path: str | os.PathLike, name: str) -> str | None:
         return None
     where = "is a file" if existing is path else f"is inside {existing}, a file"
     return f"{name} {path} {where}; expected a folder (created if missing)"
+
+
+def files_by_split(folder: str | os.PathLike, files: Sequence[Path]) -> dict[str, list[Path]]:
+    """`files` (data files inside `folder`) grouped by the split their names give, as `datasets` groups the files of a
+    folder or a Hub repo (`train-00000-of-00001.parquet`, `data/test.parquet`, `validation/part-0.parquet`; the files
+    of a folder whose names give no split are all "train"), each group in the order of `files`; splits without a file
+    of `files` are left out."""
+    from datasets.data_files import DataFilesDict, get_data_patterns
+
+    resolved = DataFilesDict.from_patterns(get_data_patterns(str(folder)), base_path=str(folder))
+    # datasets names the files by absolute path (symbolic links, as in the Hub cache, kept): ours as given
+    split_of = {os.path.abspath(name): str(split) for split, names in resolved.items() for name in names}
+    grouped: dict[str, list[Path]] = {}
+    for file in files:
+        if (split := split_of.get(os.path.abspath(file))) is not None:
+            grouped.setdefault(split, []).append(file)
+    return grouped
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:

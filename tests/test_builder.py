@@ -572,6 +572,12 @@ def test_from_pretrained_loads_a_local_build_or_snapshot(tmp_path):
     with pytest.raises(ValueError, match=r"several configs \(corpus-captions, paper\).*config_name="):
         MaplePreferences.from_pretrained(str(snapshot))
     assert len(MaplePreferences.from_pretrained(str(snapshot), config_name="corpus-captions")) == 3
+    # A config pushed with a test split: its files are split by name, as the Hub's are (every file was "train", the
+    # held-out rows among them, and split="test" was unknown; found by a review helper)
+    built.select(range(2)).to_parquet(str(snapshot / "paper" / "test-00000-of-00001.parquet"))
+    assert MaplePreferences.from_pretrained(str(snapshot), config_name="paper").to_dict() == built.to_dict()
+    assert MaplePreferences.from_pretrained(str(snapshot), config_name="paper", split="test")["id"] == built["id"][:2]
+    assert len(MaplePreferences.from_pretrained(str(snapshot), config_name="paper", split="train+test")) == len(built) + 2
     # A save_to_disk folder (`maple demo`'s preferences/data): "no parquet files" before.
     built.save_to_disk(str(tmp_path / "saved"))
     assert MaplePreferences.from_pretrained(str(tmp_path / "saved")).to_dict() == built.to_dict()
