@@ -189,7 +189,7 @@ def load_source(
     # A path that can only be local (a Hub id is "name" or "org/name") is not sent to the Hub when missing.
     if not path.exists() and (names_a_file(source) or source.startswith((".", "/", "~")) or source.count("/") > 1):
         raise SourceError(f"source {source}: no such file or folder (a Hub dataset id is 'name' or 'org/name')")
-    if path.suffix == ".parquet":
+    if path.suffix == ".parquet" and not path.is_dir():  # Spark and pyarrow write folders named "*.parquet"
         if name is not None:
             raise SourceError(f"source {source} is one parquet file, which has no configs: leave source_config out")
         _check_splits(source, split, available=["train"])  # datasets names a lone file's split "train"

@@ -399,8 +399,10 @@ def test_a_rank_outside_the_world_is_refused_when_the_builder_is_made(tmp_path, 
 def test_sources_parquet_file_folder_and_imagefolder_give_the_same_rows(tmp_path):
     source = colour_square_source(7)
     source.to_parquet(str(tmp_path / "source.parquet"))
-    (tmp_path / "parquet_folder").mkdir()
-    source.to_parquet(str(tmp_path / "parquet_folder" / "part-0.parquet"))
+    # a folder named as Spark and pyarrow name their output, "*.parquet": read as one parquet file, it was a
+    # FileNotFoundError traceback (found by a review helper)
+    (tmp_path / "parquet_folder.parquet").mkdir()
+    source.to_parquet(str(tmp_path / "parquet_folder.parquet" / "part-0.parquet"))
     image_folder = tmp_path / "image_folder"
     image_folder.mkdir()
     with open(image_folder / "metadata.jsonl", "w") as metadata:
@@ -418,7 +420,7 @@ def test_sources_parquet_file_folder_and_imagefolder_give_the_same_rows(tmp_path
         rows(_build(tmp_path / name, source=str(path)))
         for name, path in [
             ("from_file", tmp_path / "source.parquet"),
-            ("from_folder", tmp_path / "parquet_folder"),
+            ("from_folder", tmp_path / "parquet_folder.parquet"),
             ("from_imagefolder", image_folder),
         ]
     ]
