@@ -336,12 +336,15 @@ def _build(args: argparse.Namespace, given: set[str]) -> int:
     """The build `args` ask for; `given`: the dests of the options set on the command line (`_options_given`)."""
     started = time.perf_counter()
     overrides = _config_overrides(args)
+    work_dir, cache_dir = os.path.join(args.output_dir, "work"), os.path.join(args.output_dir, "cache")
     try:
         # Configuration, source and model errors stop here, before any file is written.
         config = next(config for config in MaplePreferences.BUILDER_CONFIGS if config.name == args.config)
         config = MaplePreferencesConfig(**{**config.__dict__, **overrides, "source": args.source})
-        if problem := folder_problem(args.output_dir, "--output-dir"):
-            raise ValueError(problem)
+        for name, folder in (("--output-dir", args.output_dir), ("--output-dir's work folder", work_dir),
+                             ("--output-dir's cache folder", cache_dir)):
+            if problem := folder_problem(folder, name):
+                raise ValueError(problem)
         check_outside_source(args.source, **{"--output-dir": args.output_dir})
         if config.text_candidates == "generated" and not args.captioner:
             raise ValueError(f"the {args.config!r} config writes captions: pass --captioner (or use --config corpus-captions)")
@@ -352,16 +355,15 @@ def _build(args: argparse.Namespace, given: set[str]) -> int:
         device = _device(args.device)
         _check_model_refs(args)
         _check_model_options(args, given)
-        open_source(config, cache_dir=os.path.join(args.output_dir, "cache"), token=args.token)
+        open_source(config, cache_dir=cache_dir, token=args.token)
         components = _load_components(args, device)
     except ValueError as error:  # SourceError included
         return report_error(PROG, str(error))
 
-    work_dir = os.path.join(args.output_dir, "work")
     builder = MaplePreferences(
         config_name=args.config,
         source=args.source,
-        cache_dir=os.path.join(args.output_dir, "cache"),
+        cache_dir=cache_dir,
         work_dir=work_dir,
         progress=not args.no_progress,
         token=args.token,

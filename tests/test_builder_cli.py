@@ -564,17 +564,22 @@ def test_an_mllm_as_miner_is_refused_before_any_model_loads(source_file, tmp_pat
     assert not out.exists()
 
 
-@pytest.mark.parametrize("where", ["file", "inside a file"])
+@pytest.mark.parametrize("where", ["file", "inside a file", "its work folder", "its cache folder"])
 def test_an_output_dir_that_is_a_file_is_an_error_before_any_work(source_file, tmp_path, capsys, monkeypatch, where):
-    """It was a NotADirectoryError traceback."""
+    """It was a NotADirectoryError traceback; a file named "work" or "cache" inside it, a ValueError traceback naming
+    `work_dir` (found by a review helper)."""
     monkeypatch.setattr(cli, "_load_components", lambda *args: pytest.fail("models were loaded"))
     file = tmp_path / "taken"
+    if where.startswith("its"):
+        file = tmp_path / "out" / where.split()[1]
+        file.parent.mkdir()
     file.write_text("not a folder")
-    out = file if where == "file" else file / "out"
+    out = {"file": file, "inside a file": file / "out"}.get(where, file.parent)
     assert cli.main([source_file, "--output-dir", str(out), *STAND_INS]) == 2
-    detail = "is a file" if where == "file" else f"is inside {file}, a file"
+    name, path = ("--output-dir's " + where.removeprefix("its "), file) if where.startswith("its") else ("--output-dir", out)
+    detail = f"is inside {file}, a file" if where == "inside a file" else "is a file"
     assert capsys.readouterr().err == (
-        f"maple build-preferences: error: --output-dir {out} {detail}; expected a folder (created if missing)\n"
+        f"maple build-preferences: error: {name} {path} {detail}; expected a folder (created if missing)\n"
     )
 
 
