@@ -190,6 +190,8 @@ class MaplePreferencesConfig(datasets.BuilderConfig):
             )
         if not 0.0 <= self.semdedup_epsilon < 1.0:
             problems.append(f"semdedup_epsilon must be in [0, 1), got {self.semdedup_epsilon}")
+        if not 0 <= self.seed < 2**32:  # numpy's seed range; each shard's sampling seed derives from it (`_generated_captions`)
+            problems.append(f"seed must be in [0, 2**32), got {self.seed}")
         if problems:
             raise ValueError("invalid MaplePreferences config: " + "; ".join(problems))
 

@@ -374,6 +374,9 @@ def test_captions_are_sampled_from_a_seed_of_each_shard_leaving_the_callers_gene
         ("semdedup_clusters", {"semdedup_clusters": 0}, {"semdedup_clusters": 1}),
         ("semdedup_epsilon", {"semdedup_epsilon": 1.0}, {"semdedup_epsilon": 0.0}),
         ("semdedup_epsilon", {"semdedup_epsilon": -0.01}, {"semdedup_epsilon": 0.99}),
+        # 2e13 overflowed a shard's sampling seed, a traceback once the inputs were embedded (found by a review helper)
+        ("seed", {"seed": 2**32}, {"seed": 2**32 - 1}),
+        ("seed", {"seed": -1}, {"seed": 0}),
     ],
 )
 def test_each_config_bound_refuses_the_value_just_outside_and_takes_the_edge(setting, refused, accepted):
