@@ -250,6 +250,12 @@ class ShardReport:
     seconds: float = 0.0
 
 
+def _in_number_order(path: Path) -> list[str | int]:
+    """A sort key that orders the numbers in a path by value: a build's shards are named by anchor ("shard-999995-..."
+    before "shard-1000000-...", which a plain sort puts first)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
+
+
 def _read_checkpoint(path: Path, read: Callable[[Path], Any], advice: str | None = None) -> Any:
     """`read(path)` of a work-dir checkpoint; a file that does not read is a `DamagedCheckpoint` naming it, with
     `advice` if given (else `DamagedCheckpoint`'s: delete it and run again)."""
@@ -1214,7 +1220,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             rows = [splits[part.splitname].select(range(part.from_, part.to)) for part in parts]
             return rows[0] if len(rows) == 1 else datasets.concatenate_datasets(rows)
         if path.exists():
-            files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
+            files = [path] if path.is_file() else sorted(path.rglob("*.parquet"), key=_in_number_order)
             if config_name is not None:
                 files = [file for file in files if config_name in file.relative_to(path).parts[:-1]]
             elif path.is_dir():

@@ -562,6 +562,11 @@ def test_from_pretrained_loads_a_local_build_or_snapshot(tmp_path):
     loaded = MaplePreferences.from_pretrained(str(tmp_path / "work" / "shards"))
     assert loaded.features == PREFERENCE_FEATURES
     assert loaded.to_dict() == built.to_dict()
+    # Shards past anchor 999,999 are read in anchor order, not name order (found by a review helper)
+    (tmp_path / "large").mkdir()
+    built.select(range(2)).to_parquet(str(tmp_path / "large" / "shard-999998-1000000.parquet"))
+    built.select(range(2, 4)).to_parquet(str(tmp_path / "large" / "shard-1000000-1000002.parquet"))
+    assert MaplePreferences.from_pretrained(str(tmp_path / "large"))["id"] == built["id"][:4]
     # A Hub snapshot keeps each config in its own folder.
     snapshot = tmp_path / "snapshot"
     (snapshot / "paper").mkdir(parents=True)
