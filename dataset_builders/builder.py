@@ -55,6 +55,7 @@ from tqdm.auto import tqdm
 
 from evaluation.retrieval import check_finite_embeddings
 from maple.files import atomic_write, atomic_write_json, changed_entries, files_by_split, folder_problem
+from maple.hub import is_hub_id, names_a_file
 from trainer.schema import PREFERENCE_FEATURES
 
 from .interfaces import CandidateCaptioner, PreferenceJudge, component_name, first_finding
@@ -304,9 +305,13 @@ def _published_source(source: str | None) -> str | None:
     """How a pushed card and stats name the build's source: a Hub id as it is, a local file or folder by its name
     only. Its path means nothing to a reader of the Hub, and may say more about the machine than its owner means to
     publish (a home folder, a user name)."""
-    if source is None or not Path(source).expanduser().exists():
+    if source is None:
+        return None
+    path = Path(source).expanduser()
+    # by its form as well as by what is there: a staged copy may be deleted once built
+    if not path.exists() and is_hub_id(source) and not names_a_file(source):
         return source
-    return f"local files ({Path(source).expanduser().resolve().name})"
+    return f"local files ({path.resolve().name})"
 
 
 def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
