@@ -52,7 +52,8 @@ FULLY_HASHED_NAMES = ("metadata.parquet",)  # an image folder's captions as parq
 
 def local_source_digest(path: Path, sampled_files: int = 64, sampled_blocks: int = 16, block_size: int = 4096) -> str:
     """A fingerprint of a local source by content, not by timestamps (which `datasets`' own fingerprint reads), so
-    that the same files copied elsewhere (staged to a job's local disk, one copy per node) resume the same build.
+    that the same files copied elsewhere (staged to a job's local disk, one copy per node) resume the same build
+    (in one work dir: the default `work_dir` follows the source path).
     Every data file's path relative to `path` and size, and the bytes of `sampled_files` files spread over them (all
     of a few parquet shards; a sample of an image folder): each one's first and last 64 KiB and `sampled_blocks`
     evenly spaced blocks; and every caption table of an image folder (`FULLY_HASHED_SUFFIXES`, `metadata.parquet`)
