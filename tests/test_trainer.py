@@ -973,6 +973,7 @@ def test_a_config_is_rebuilt_from_its_dict(tmp_path):
         # accepted, then a traceback at the first step (found by a review helper)
         (dict(train_sampling_strategy="group_by_length"), "train_sampling_strategy='group_by_length' orders rows by"),
         (dict(train_sampling_strategy="batch_rebalance"), "train_sampling_strategy='batch_rebalance' orders rows by"),
+        (dict(model_init_kwargs="[1, 2]"), r"model_init_kwargs must be a mapping of from_pretrained arguments .*got '\[1, 2\]'"),
     ],
 )
 def test_config_rejects_bad_values(tmp_path, overrides, message):

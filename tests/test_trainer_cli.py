@@ -516,8 +516,9 @@ def test_model_init_kwargs_reach_the_model_as_in_trl(tmp_path):
         for init_kwargs, dtype in ((None, torch.float32), ({"dtype": "bfloat16"}, torch.bfloat16), ({"torch_dtype": "bfloat16"}, torch.bfloat16)):
             args = RPAConfig(output_dir=str(tmp_path / "out"), model_init_kwargs=init_kwargs)
             assert getattr(load_model_and_processor(model_args, args)[0], tower).dtype == dtype, (name, init_kwargs)
-    with pytest.raises(TrainingInputError, match="dtype 'bf16' is not a torch dtype"):
-        load_model_and_processor(model_args, RPAConfig(output_dir=str(tmp_path / "out"), model_init_kwargs={"dtype": "bf16"}))
+    for dtype in ("bf16", 5):  # a number was transformers' traceback (found by a review helper)
+        with pytest.raises(TrainingInputError, match=f"dtype {dtype!r} is not a torch dtype"):
+            load_model_and_processor(model_args, RPAConfig(output_dir=str(tmp_path / "out"), model_init_kwargs={"dtype": dtype}))
     with pytest.raises(TrainingInputError, match="--model_init_kwargs: .*clip: device_map cannot be passed when building from a backbone"):
         load_model_and_processor(model_args, RPAConfig(output_dir=str(tmp_path / "out"), model_init_kwargs={"device_map": "cpu"}))
     with pytest.raises(TrainingInputError, match="--model_init_kwargs: 'backbone' is not a from_pretrained argument"):

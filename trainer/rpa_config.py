@@ -315,6 +315,12 @@ class RPAConfig(DPOConfig):
         if self.greater_is_better is None and self.metric_for_best_model and _names_a_loss(self.metric_for_best_model):
             self.greater_is_better = False
         super().__post_init__()
+        # transformers parses a JSON string only when it starts with "{": '[1, 2]' would stay a string until loading
+        if self.model_init_kwargs is not None and not isinstance(self.model_init_kwargs, dict):
+            raise ValueError(
+                f"model_init_kwargs must be a mapping of from_pretrained arguments (CLI: a JSON object such as "
+                f"'{{\"dtype\": \"bfloat16\"}}'), got {self.model_init_kwargs!r:.80}"
+            )
         if self.loss_type != ["sigmoid"]:
             raise ValueError(
                 f"loss_type {self.loss_type} is not available for embedders: RPA is the margin-weighted 'sigmoid' "
@@ -367,8 +373,8 @@ def from_pretrained_kwargs(
         kwargs["dtype"] = kwargs.pop("torch_dtype")
     kwargs.setdefault("dtype", "float32")
     dtype = kwargs["dtype"]
-    if isinstance(dtype, str) and dtype != "auto":
-        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+    if dtype != "auto" and not isinstance(dtype, torch.dtype):
+        if not isinstance(dtype, str) or not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise ValueError(f"dtype {dtype!r} is not a torch dtype; e.g. 'bfloat16', 'float32' or 'auto'")
         kwargs["dtype"] = getattr(torch, dtype)
     return kwargs
