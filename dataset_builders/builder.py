@@ -301,17 +301,17 @@ def _component_key(component: object | None) -> str | None:
     return f"{_component_name(component)}@{hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]}"
 
 
-def _published_source(source: str | None) -> str | None:
+def _published_source(source: str | None, read_from_local_files: bool) -> str | None:
     """How a pushed card and stats name the build's source: a Hub id as it is, a local file or folder by its name
     only. Its path means nothing to a reader of the Hub, and may say more about the machine than its owner means to
-    publish (a home folder, a user name)."""
+    publish (a home folder, a user name). `read_from_local_files`: the build's manifest says so, which a staged copy
+    deleted once built can no longer show; a label of a `source_dataset` is local by what is there or by its form."""
     if source is None:
         return None
     path = Path(source).expanduser()
-    # by its form as well as by what is there: a staged copy may be deleted once built
-    if not path.exists() and is_hub_id(source) and not names_a_file(source):
-        return source
-    return f"local files ({path.resolve().name})"
+    if read_from_local_files or path.exists() or not is_hub_id(source) or names_a_file(source):
+        return f"local files ({path.resolve().name})"
+    return source
 
 
 def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -1175,7 +1175,9 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         (staging / stats_dir).mkdir(parents=True)
         # Counts only: the per-row list of skipped inputs may name local files; so would a local source's path.
         published_stats = {key: value for key, value in self.stats.items() if key != "skipped"}
-        published_stats["source"] = _published_source(self.stats.get("source"))
+        manifest = self.work_dir / MANIFEST_FILE
+        read_from_local_files = manifest.exists() and _read_json(manifest).get("source") == "local files"
+        published_stats["source"] = _published_source(self.stats.get("source"), read_from_local_files)
         card = dataset_card_from_stats(
             {**self.stats, "source": published_stats["source"]}, repo_id=repo_id, output_dir=staging,
             histogram_file=f"{stats_dir}/{HISTOGRAM_FILE}", other_configs=other_configs,

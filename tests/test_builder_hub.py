@@ -201,10 +201,10 @@ import datasets, json, os, shutil
 from dataset_builders import MaplePreferences
 from dataset_builders.testing import ColourJudge, colour_square_source, thumbnail_miner
 
-os.makedirs("alice-private")
-colour_square_source(4).to_parquet("alice-private/src.parquet")
-builder = MaplePreferences(
-    config_name="corpus-captions", source=os.path.abspath("alice-private/src.parquet"), judge=ColourJudge(),
+os.makedirs("alice-private/staged")
+colour_square_source(4).to_parquet("alice-private/staged/part-0.parquet")
+builder = MaplePreferences(  # a relative folder, which reads like a Hub id once it is gone
+    config_name="corpus-captions", source="alice-private/staged", judge=ColourJudge(),
     miner=thumbnail_miner(), cache_dir="cache", work_dir="work", semdedup_clusters=None, progress=False,
 )
 builder.download_and_prepare()
@@ -217,8 +217,8 @@ print(json.dumps(builder.stats["source"]))
 def test_a_pushed_build_names_a_local_source_by_its_name_only(hub_server, tmp_path):
     """The card and the published stats.json showed the source's full local path (a home folder, a user name)."""
     local = _last_json(run_client(hub_server, tmp_path, PUSH_A_LOCAL_SOURCE))
-    assert local.endswith("/alice-private/src.parquet")  # the local stats keep it
+    assert local == "alice-private/staged"  # the local stats keep it
     files = hub_server.files("maple-org/from-local", repo_type="dataset")
     card, stats = files["README.md"].decode(), json.loads(files["stats/corpus-captions/stats.json"])
     assert "alice-private" not in card and "alice-private" not in json.dumps(stats)
-    assert stats["source"] == "local files (src.parquet)" and "| Source images and captions | local files (src.parquet) |" in card
+    assert stats["source"] == "local files (staged)" and "| Source images and captions | local files (staged) |" in card
