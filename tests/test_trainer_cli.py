@@ -278,6 +278,20 @@ def test_a_bad_config_file_is_reported_in_one_line_naming_it(tmp_path, capsys, c
         assert error.startswith("maple train: error: " + message.format(path=config)) and error.count("\n") == 1
 
 
+@pytest.mark.parametrize("content", [
+    "include_for_metrics: [loss]\n", "loss_type: [sigmoid]\n", "fsdp: true\n", "fsdp: [full_shard, auto_wrap]\n",
+    "resume_from_checkpoint: true\n", "hub_model_id: me/run\n",
+])
+def test_config_file_values_of_the_options_types_pass_the_check(tmp_path, content):
+    """The check of string options took `list[str]` ones for strings and refused `fsdp: true`, which transformers
+    documents (found by a review of that check)."""
+    from trainer.cli import _check_config_file, _parser
+
+    config = tmp_path / "train.yaml"
+    config.write_text(content)
+    _check_config_file(_parser(), ["--config", str(config)])
+
+
 @pytest.mark.parametrize("relative", [False, True])
 def test_a_missing_dataset_or_model_folder_is_reported_before_any_model_loads(tmp_path, monkeypatch, capsys, relative):
     monkeypatch.chdir(tmp_path)

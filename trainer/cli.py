@@ -17,6 +17,7 @@ import json
 import os
 import re
 import sys
+import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -505,14 +506,20 @@ def _check_resume_recipe(
         raise TrainingInputError(str(error)) from None
 
 
+# Options typed `str` that take other YAML values too: a YAML boolean for a checkpoint path (`_resume_value`), and
+# transformers' documented `fsdp: true` or a list of FSDP options
+_NOT_ONLY_STRINGS = ("resume_from_checkpoint", "fsdp")
+
+
 def _scalar_fields(dataclass_types) -> dict[str, type]:
-    """The options typed `int`, `float` or `str` (or that or None), by name, with that type; not
-    `resume_from_checkpoint`, a path that a YAML boolean may stand for (`_resume_value`)."""
+    """The options typed `int`, `float` or `str` (or that or None), by name, with that type, but `_NOT_ONLY_STRINGS`;
+    a `list[str]` is none of them."""
     scalar = {}
     for dataclass_type in dataclass_types:
         for name, hint in typing.get_type_hints(dataclass_type).items():
-            kinds = [kind for kind in (typing.get_args(hint) or (hint,)) if kind is not type(None)]
-            if len(kinds) == 1 and kinds[0] in (int, float, str) and name != "resume_from_checkpoint":
+            is_union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+            kinds = [kind for kind in (typing.get_args(hint) if is_union else (hint,)) if kind is not type(None)]
+            if len(kinds) == 1 and kinds[0] in (int, float, str) and name not in _NOT_ONLY_STRINGS:
                 scalar[name] = kinds[0]
     return scalar
 
