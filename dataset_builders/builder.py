@@ -1202,9 +1202,10 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         """A published preference dataset: a Hub id, a local folder holding its parquet files (a
         snapshot of the repo, or a build's work dir), a parquet file, or a `save_to_disk` folder (`maple demo`'s
         `preferences/data`). `split` is read as `datasets` reads it everywhere ("train[:100]", "train+test"); the
-        splits of local parquet files are those their names give, as `datasets` reads a folder ("test-00000-of-00001
-        .parquet"), and the rows of a saved `Dataset`, of one file or of files whose names give no split (a build's
-        shards) are the "train" split.
+        splits of local parquet files are those their names give, as `datasets` reads a folder
+        ("test-00000-of-00001.parquet"), and the rows of a saved `Dataset`, of one file or of files whose names give no
+        split (a build's shards) are the "train" split. Files are read with the numbers in their names in value order
+        (a build's shards past anchor 999,999 in anchor order), where `datasets` sorts names as text.
 
         A repo snapshot keeps each config's files in a folder named after it: `config_name` picks
         one; without it a snapshot must hold a single config (several are an error listing them,
@@ -1241,7 +1242,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 raise FileNotFoundError(f"no parquet files{f' of config {config_name!r}' if config_name else ''} under {repo_id_or_path}")
             # Split by their names, as `datasets` splits a repo's files ("train-00000-of-00001.parquet", "test-...");
             # a build's shards, whose names give none, are its "train" split. `split` may slice ("train[:100]").
-            by_split = files_by_split(path, files) if path.is_dir() else {"train": files}
+            by_split = files_by_split(files) if path.is_dir() else {"train": files}
             data_files = {name: [str(file) for file in split_files] for name, split_files in by_split.items()}
             return datasets.load_dataset("parquet", data_files=data_files, split=split, features=PREFERENCE_FEATURES, **load_kwargs)
         try:

@@ -588,6 +588,16 @@ def test_from_pretrained_loads_a_local_build_or_snapshot(tmp_path):
     assert MaplePreferences.from_pretrained(str(snapshot), config_name="paper").to_dict() == built.to_dict()
     assert MaplePreferences.from_pretrained(str(snapshot), config_name="paper", split="test")["id"] == built["id"][:2]
     assert len(MaplePreferences.from_pretrained(str(snapshot), config_name="paper", split="train+test")) == len(built) + 2
+    # the splits are read within the config's folder, and a file naming none is "train" beside one that does: another
+    # config's split names left this one without files, and a build's shards beside an eval file were dropped (found
+    # by a review of the fix above)
+    (snapshot / "mine").mkdir()
+    built.select(range(3)).to_parquet(str(snapshot / "mine" / "shard-000000-000003.parquet"))
+    assert MaplePreferences.from_pretrained(str(snapshot), config_name="mine")["id"] == built["id"][:3]
+    built.select(range(1)).to_parquet(str(snapshot / "mine" / "eval.parquet"))
+    assert MaplePreferences.from_pretrained(str(snapshot), config_name="mine")["id"] == built["id"][:3]
+    assert MaplePreferences.from_pretrained(str(snapshot), config_name="mine", split="test")["id"] == built["id"][:1]
+    shutil.rmtree(snapshot / "mine")
     # A save_to_disk folder (`maple demo`'s preferences/data): "no parquet files" before.
     built.save_to_disk(str(tmp_path / "saved"))
     assert MaplePreferences.from_pretrained(str(tmp_path / "saved")).to_dict() == built.to_dict()
