@@ -82,6 +82,10 @@ MANIFEST_VERSION = 7
 # while a rank embeds its slice: the most an interruption can cost.
 INPUT_CHECK_PART_ROWS = 50_000
 EMBEDDING_PART_ROWS = 10_000
+# A shard's captioner sampling is seeded with seed * SHARD_SEED_STRIDE + shard (`_generated_captions`), which
+# torch.manual_seed takes in [-2**63, 2**64): the seeds whose every shard (up to 2**32 of them) stays in that range.
+SHARD_SEED_STRIDE = 1_000_003
+SEED_RANGE = (-(2**63 // SHARD_SEED_STRIDE), (2**64 - 2**32) // SHARD_SEED_STRIDE)
 _SHARD_NAME = re.compile(r"^shard-(\d+)-(\d+)\.parquet$")
 
 
@@ -191,8 +195,11 @@ class MaplePreferencesConfig(datasets.BuilderConfig):
             )
         if not 0.0 <= self.semdedup_epsilon < 1.0:
             problems.append(f"semdedup_epsilon must be in [0, 1), got {self.semdedup_epsilon}")
-        if not 0 <= self.seed < 2**32:  # numpy's seed range; each shard's sampling seed derives from it (`_generated_captions`)
-            problems.append(f"seed must be in [0, 2**32), got {self.seed}")
+        if not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
+            problems.append(
+                f"seed must be in [{SEED_RANGE[0]}, {SEED_RANGE[1]}] (a shard's sampling seed, seed * "
+                f"{SHARD_SEED_STRIDE} + shard, must be one torch.manual_seed takes), got {self.seed}"
+            )
         if problems:
             raise ValueError("invalid MaplePreferences config: " + "; ".join(problems))
 
@@ -976,7 +983,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         # warning about several visible GPUs.
         with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
             # Sampling depends only on the seed and the shard, never on which process or run builds it.
-            torch.manual_seed(self.config.seed * 1_000_003 + shard)
+            torch.manual_seed(self.config.seed * SHARD_SEED_STRIDE + shard)
             captioned = self.captioner.caption([anchors[index] for index, _, _ in pairs], [negative for _, negative, _ in pairs])
         for (index, _, _), texts in zip(pairs, check_captions(shard, captioned, [name for _, _, name in pairs])):
             generated[index].append(texts)

@@ -17,6 +17,7 @@ from PIL import Image
 from dataset_builders.builder import (
     MANIFEST_FILE,
     PREFERENCE_FEATURES,
+    SEED_RANGE,
     DamagedCheckpoint,
     MaplePreferences,
     MaplePreferencesConfig,
@@ -375,8 +376,8 @@ def test_captions_are_sampled_from_a_seed_of_each_shard_leaving_the_callers_gene
         ("semdedup_epsilon", {"semdedup_epsilon": 1.0}, {"semdedup_epsilon": 0.0}),
         ("semdedup_epsilon", {"semdedup_epsilon": -0.01}, {"semdedup_epsilon": 0.99}),
         # 2e13 overflowed a shard's sampling seed, a traceback once the inputs were embedded (found by a review helper)
-        ("seed", {"seed": 2**32}, {"seed": 2**32 - 1}),
-        ("seed", {"seed": -1}, {"seed": 0}),
+        ("seed", {"seed": SEED_RANGE[1] + 1}, {"seed": SEED_RANGE[1]}),
+        ("seed", {"seed": SEED_RANGE[0] - 1}, {"seed": SEED_RANGE[0]}),
     ],
 )
 def test_each_config_bound_refuses_the_value_just_outside_and_takes_the_edge(setting, refused, accepted):
