@@ -937,6 +937,19 @@ def test_a_token_in_model_init_kwargs_is_neither_pickled_nor_reported(tmp_path):
     assert args.model_init_kwargs["token"] == "hf_secret_token"  # the arguments in use keep it
 
 
+def test_model_init_kwargs_may_be_any_mapping_and_name_a_dtype_per_sub_config(tmp_path):
+    """A non-dict mapping was refused as "not a mapping", and transformers' per-sub-config dtype dict as "not a torch
+    dtype" (found by a review of those checks)."""
+    from types import MappingProxyType
+
+    from trainer.rpa_config import from_pretrained_kwargs
+
+    args = RPAConfig(output_dir=str(tmp_path), report_to="none", model_init_kwargs=MappingProxyType({"dtype": "bfloat16"}))
+    assert args.model_init_kwargs == {"dtype": "bfloat16"} and isinstance(args.model_init_kwargs, dict)
+    per_sub_config = {"text_config": "bfloat16", "": "float32"}
+    assert from_pretrained_kwargs({"dtype": per_sub_config})["dtype"] == per_sub_config
+
+
 def test_a_config_is_rebuilt_from_its_dict(tmp_path):
     """transformers masks every "*_token" key, pad_token too, which `__post_init__` then refused: `RPAConfig(**
     config.to_dict())` raised (found by a review helper)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -316,7 +317,9 @@ class RPAConfig(DPOConfig):
             self.greater_is_better = False
         super().__post_init__()
         # transformers parses a JSON string only when it starts with "{": '[1, 2]' would stay a string until loading
-        if self.model_init_kwargs is not None and not isinstance(self.model_init_kwargs, dict):
+        if isinstance(self.model_init_kwargs, Mapping):
+            self.model_init_kwargs = dict(self.model_init_kwargs)  # an OmegaConf DictConfig, say
+        elif self.model_init_kwargs is not None:
             raise ValueError(
                 f"model_init_kwargs must be a mapping of from_pretrained arguments (CLI: a JSON object such as "
                 f"'{{\"dtype\": \"bfloat16\"}}'), got {self.model_init_kwargs!r:.80}"
@@ -373,7 +376,8 @@ def from_pretrained_kwargs(
         kwargs["dtype"] = kwargs.pop("torch_dtype")
     kwargs.setdefault("dtype", "float32")
     dtype = kwargs["dtype"]
-    if dtype != "auto" and not isinstance(dtype, torch.dtype):
+    # "auto", a torch dtype, or transformers' dict of one per sub-config ({"text_config": "bfloat16", "": "float32"})
+    if dtype != "auto" and not isinstance(dtype, (torch.dtype, dict)):
         if not isinstance(dtype, str) or not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise ValueError(f"dtype {dtype!r} is not a torch dtype; e.g. 'bfloat16', 'float32' or 'auto'")
         kwargs["dtype"] = getattr(torch, dtype)
