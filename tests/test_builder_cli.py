@@ -564,22 +564,25 @@ def test_an_mllm_as_miner_is_refused_before_any_model_loads(source_file, tmp_pat
     assert not out.exists()
 
 
-@pytest.mark.parametrize("where", ["file", "inside a file", "its work folder", "its cache folder"])
-def test_an_output_dir_that_is_a_file_is_an_error_before_any_work(source_file, tmp_path, capsys, monkeypatch, where):
+@pytest.mark.parametrize("file_at, output_dir, named", [
+    ("taken", "taken", "--output-dir"),  # the output folder itself is a file
+    ("taken", "taken/out", "--output-dir"),  # it lies inside a file
+    ("out/work", "out", "--output-dir's work folder"),
+    ("out/cache", "out", "--output-dir's cache folder"),
+])
+def test_an_output_dir_that_is_a_file_is_an_error_before_any_work(source_file, tmp_path, capsys, monkeypatch, file_at,
+                                                                  output_dir, named):
     """It was a NotADirectoryError traceback; a file named "work" or "cache" inside it, a ValueError traceback naming
     `work_dir` (found by a review helper)."""
     monkeypatch.setattr(cli, "_load_components", lambda *args: pytest.fail("models were loaded"))
-    file = tmp_path / "taken"
-    if where.startswith("its"):
-        file = tmp_path / "out" / where.split()[1]
-        file.parent.mkdir()
+    file, out = tmp_path / file_at, tmp_path / output_dir
+    file.parent.mkdir(parents=True, exist_ok=True)
     file.write_text("not a folder")
-    out = {"file": file, "inside a file": file / "out"}.get(where, file.parent)
     assert cli.main([source_file, "--output-dir", str(out), *STAND_INS]) == 2
-    name, path = ("--output-dir's " + where.removeprefix("its "), file) if where.startswith("its") else ("--output-dir", out)
-    detail = f"is inside {file}, a file" if where == "inside a file" else "is a file"
+    path = out if named == "--output-dir" else file
+    detail = "is a file" if path == file else f"is inside {file}, a file"
     assert capsys.readouterr().err == (
-        f"maple build-preferences: error: {name} {path} {detail}; expected a folder (created if missing)\n"
+        f"maple build-preferences: error: {named} {path} {detail}; expected a folder (created if missing)\n"
     )
 
 

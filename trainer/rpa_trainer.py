@@ -535,7 +535,8 @@ class RPATrainer(DPOTrainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # Evaluation metrics are already in `logs`, under their prefix (`evaluation_loop`); any other log adds the
         # training metrics collected since the last, as `DPOTrainer.log` does, but chosen by where it is called from,
-        # not by `model.training`, which an evaluation at the last step leaves off for the closing log.
+        # not by `model.training`, which an evaluation at the last step leaves off for the closing log. So
+        # `DPOTrainer.log` is replaced, not extended: what a later TRL adds there must be added here too.
         if not self._evaluating:
             logs = {**logs, **{key: sum(values) / len(values) for key, values in self._metrics["train"].items()}}
             self._metrics["train"].clear()
