@@ -258,6 +258,15 @@ class ShardReport:
     seconds: float = 0.0
 
 
+def _config_folder(folder: Path, file: Path, config_name: str | None) -> Path:
+    """The folder of config `config_name` in `folder` (a snapshot keeps each config's files in a folder named after it;
+    `file` is one of them), whose files' paths within it give their splits; `folder` itself without a config."""
+    if config_name is None:
+        return folder
+    parts = file.relative_to(folder).parts
+    return folder.joinpath(*parts[: parts.index(config_name) + 1])
+
+
 def _in_number_order(path: Path) -> list[str | int]:
     """A sort key that orders the numbers in a path by value: a build's shards are named by anchor ("shard-999995-..."
     before "shard-1000000-...", which a plain sort puts first)."""
@@ -308,13 +317,16 @@ def _component_key(component: object | None) -> str | None:
     return f"{_component_name(component)}@{hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]}"
 
 
+IN_MEMORY_SOURCE = "in-memory datasets.Dataset"  # how a build from a `source_dataset` without a `source` names it
+
+
 def _published_source(source: str | None, read_from_local_files: bool) -> str | None:
     """How a pushed card and stats name the build's source: a Hub id as it is, a local file or folder by its name
     only. Its path means nothing to a reader of the Hub, and may say more about the machine than its owner means to
     publish (a home folder, a user name). `read_from_local_files`: the build's manifest says so, which a staged copy
     deleted once built can no longer show; a label of a `source_dataset` is local by what is there or by its form."""
-    if source is None:
-        return None
+    if source is None or source == IN_MEMORY_SOURCE:
+        return source
     path = Path(source).expanduser()
     if read_from_local_files or path.exists() or not is_hub_id(source) or names_a_file(source):
         return f"local files ({path.resolve().name})"
@@ -558,7 +570,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         deduplicated = config.semdedup_clusters is not None
         self._load_source()
         if self.source_dataset is not None:
-            source = "in-memory datasets.Dataset"
+            source = IN_MEMORY_SOURCE
         else:  # local files are identified by their contents (`local_source_digest`), wherever they are
             source = config.source if self._local_source() is None else "local files"
         return {
@@ -1118,7 +1130,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         }
         stats = {
             "config_name": self.config.name,
-            "source": self.config.source or "in-memory datasets.Dataset",
+            "source": self.config.source or IN_MEMORY_SOURCE,
             "source_license": self.config.source_license,
             "judge": _component_name(self.judge),
             "judge_prompt": getattr(self.judge, "prompt", None),
@@ -1249,7 +1261,10 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 raise FileNotFoundError(f"no parquet files{f' of config {config_name!r}' if config_name else ''} under {repo_id_or_path}")
             # Split by their names, as `datasets` splits a repo's files ("train-00000-of-00001.parquet", "test-...");
             # a build's shards, whose names give none, are its "train" split. `split` may slice ("train[:100]").
-            by_split = files_by_split(files) if path.is_dir() else {"train": files}
+            if path.is_dir():
+                by_split = files_by_split(_config_folder(path, files[0], config_name), files, unnamed="train")
+            else:
+                by_split = {"train": files}
             data_files = {name: [str(file) for file in split_files] for name, split_files in by_split.items()}
             return datasets.load_dataset("parquet", data_files=data_files, split=split, features=PREFERENCE_FEATURES, **load_kwargs)
         try:

@@ -258,7 +258,7 @@ def _split_files(folder: Path, spec: BenchmarkSpec) -> list[Path]:
     files = sorted(folder.rglob("*.parquet"))
     if not files:
         raise BenchmarkFormatError(f"{folder}: no parquet files for benchmark {spec.name!r}")
-    splits = files_by_split(files)
+    splits = files_by_split(folder, files)
     if len(splits) < 2:
         return files
     if spec.split not in splits:

@@ -47,21 +47,21 @@ def folder_problem(path: str | os.PathLike, name: str) -> str | None:
     return f"{name} {path} {where}; expected a folder (created if missing)"
 
 
-def files_by_split(files: Sequence[Path]) -> dict[str, list[Path]]:
-    """`files` (data files) grouped by the split their names give, as `datasets` groups the files of a folder or a Hub
-    repo (`train-00000-of-00001.parquet`, `data/test.parquet`, `validation/part-0.parquet`), read within the folder
-    they share, each group in the order of `files`. A file whose name gives no split is "train", as all the files of
-    a folder are when none gives one (`datasets` would drop it beside files that do: rows lost, silently)."""
+def files_by_split(folder: str | os.PathLike, files: Sequence[Path], unnamed: str | None = None) -> dict[str, list[Path]]:
+    """`files` (data files inside `folder`) grouped by the split their paths within `folder` give, as `datasets` groups
+    the files of a folder or a Hub repo (`train-00000-of-00001.parquet`, `data/test_hard-00000-of-00001.parquet`,
+    `validation/part-0.parquet`; all of them "train" when none gives a split), each group in the order of `files`.
+    A file whose path gives no split beside files that do goes to split `unnamed`, or, with None, is left out, as
+    `datasets` leaves it out."""
     from datasets.data_files import DataFilesDict, get_data_patterns
 
-    folder = os.path.commonpath([os.path.abspath(file) for file in files])
-    folder = folder if os.path.isdir(folder) else os.path.dirname(folder)  # one file: its folder
-    resolved = DataFilesDict.from_patterns(get_data_patterns(folder), base_path=folder)
+    resolved = DataFilesDict.from_patterns(get_data_patterns(str(folder)), base_path=str(folder))
     # datasets names the files by absolute path (symbolic links, as in the Hub cache, kept): ours as given
     split_of = {os.path.abspath(name): str(split) for split, names in resolved.items() for name in names}
     grouped: dict[str, list[Path]] = {}
     for file in files:
-        grouped.setdefault(split_of.get(os.path.abspath(file), "train"), []).append(file)
+        if (split := split_of.get(os.path.abspath(file), unnamed)) is not None:
+            grouped.setdefault(split, []).append(file)
     return grouped
 
 

@@ -599,6 +599,18 @@ def test_from_pretrained_loads_a_local_build_or_snapshot(tmp_path):
     assert MaplePreferences.from_pretrained(str(snapshot), config_name="mine")["id"] == built["id"][:3]
     assert MaplePreferences.from_pretrained(str(snapshot), config_name="mine", split="test")["id"] == built["id"][:1]
     shutil.rmtree(snapshot / "mine")
+    # a split named by its folder (the Hub's refs/convert/parquet layout), and a custom split name in data/, as
+    # datasets reads them within the config's folder (a review of the fix above found both lost)
+    (snapshot / "converted" / "test").mkdir(parents=True)
+    built.select(range(2)).to_parquet(str(snapshot / "converted" / "test" / "0000.parquet"))
+    assert MaplePreferences.from_pretrained(str(snapshot), config_name="converted", split="test")["id"] == built["id"][:2]
+    (snapshot / "custom" / "data").mkdir(parents=True)
+    built.to_parquet(str(snapshot / "custom" / "data" / "train-00000-of-00001.parquet"))
+    built.select(range(1)).to_parquet(str(snapshot / "custom" / "data" / "test_hard-00000-of-00001.parquet"))
+    assert len(MaplePreferences.from_pretrained(str(snapshot), config_name="custom")) == len(built)
+    assert MaplePreferences.from_pretrained(str(snapshot), config_name="custom", split="test_hard")["id"] == built["id"][:1]
+    shutil.rmtree(snapshot / "converted")
+    shutil.rmtree(snapshot / "custom")
     # A save_to_disk folder (`maple demo`'s preferences/data): "no parquet files" before.
     built.save_to_disk(str(tmp_path / "saved"))
     assert MaplePreferences.from_pretrained(str(tmp_path / "saved")).to_dict() == built.to_dict()
@@ -1227,3 +1239,15 @@ def test_a_malformed_caption_table_of_an_image_folder_is_a_source_error_naming_t
     (folder / "metadata.csv").write_text("file_name,caption\n0.png,a red square\n1.png,a square, extra\n2.png,x\n")
     with pytest.raises(SourceError, match=rf"^source {folder}: its data files cannot be read \(.*Expected 2 fields"):
         load_source(str(folder), split="train")
+
+
+def test_a_published_source_is_named_by_what_the_build_read():
+    """A Hub id as it is; local files by their name, whatever is there now; an in-memory dataset as such (a review
+    found it published as "local files (in-memory datasets.Dataset)")."""
+    from dataset_builders.builder import IN_MEMORY_SOURCE, _published_source
+
+    assert _published_source("org/name", read_from_local_files=False) == "org/name"
+    assert _published_source("org/name", read_from_local_files=True) == "local files (name)"  # a staged copy, gone
+    assert _published_source("/gone/alice/coco.parquet", read_from_local_files=False) == "local files (coco.parquet)"
+    assert _published_source(IN_MEMORY_SOURCE, read_from_local_files=False) == IN_MEMORY_SOURCE
+    assert _published_source(None, read_from_local_files=False) is None

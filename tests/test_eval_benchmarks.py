@@ -675,6 +675,8 @@ def test_a_folder_holding_several_splits_is_read_from_the_benchmarks_split_only(
 
     shard(tmp_path / "snapshot" / "data" / "test-00000-of-00001.parquet", [["a test caption"], ["another"]])
     shard(tmp_path / "snapshot" / "data" / "validation-00000-of-00001.parquet", [["a validation caption"]])
+    # a custom split name, which datasets reads from data/ only (a review found it read as "test" once)
+    shard(tmp_path / "snapshot" / "data" / "test_hard-00000-of-00001.parquet", [["a hard caption"]])
     coco = load_benchmark("coco", str(tmp_path / "snapshot"))
     assert coco.captions_per_image == [["a test caption"], ["another"]] and len(coco.images) == 2
     monkeypatch.chdir(tmp_path / "snapshot" / "data")  # a relative path, through ..
@@ -685,7 +687,10 @@ def test_a_folder_holding_several_splits_is_read_from_the_benchmarks_split_only(
     with pytest.raises(BenchmarkFormatError, match=r"no_test: holds the splits \['train', 'validation'\] but not "
                                                    r"'test', the split benchmark 'coco' is read from"):
         load_benchmark("coco", str(tmp_path / "no_test"))
-    # files that name no split, or one, are all read (as before)
+    # files that name no split, or one, are all read (as before), a file that names none beside one that does too
+    shard(tmp_path / "with_extra" / "test.parquet", [["the test caption"]])
+    shard(tmp_path / "with_extra" / "extra.parquet", [["an extra caption"]])
+    assert load_benchmark("coco", str(tmp_path / "with_extra")).captions_per_image == [["an extra caption"], ["the test caption"]]
     shard(tmp_path / "one_split" / "coco_train_copy.parquet", [["first"]])
     shard(tmp_path / "one_split" / "more" / "coco_train_more.parquet", [["second"]])
     assert load_benchmark("coco", str(tmp_path / "one_split")).captions_per_image == [["first"], ["second"]]
