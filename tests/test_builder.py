@@ -388,6 +388,19 @@ def test_each_config_bound_refuses_the_value_just_outside_and_takes_the_edge(set
     MaplePreferencesConfig(name="x", **accepted)
 
 
+def test_the_seed_range_is_the_one_whose_every_shard_seed_torch_takes():
+    """`SEED_RANGE` pinned to torch: seed * SHARD_SEED_STRIDE + shard for shards up to 2**32 at its edges, not past."""
+    from dataset_builders.builder import SHARD_SEED_STRIDE
+
+    low, high = SEED_RANGE
+    torch.manual_seed(low * SHARD_SEED_STRIDE)
+    torch.manual_seed(high * SHARD_SEED_STRIDE + 2**32 - 1)
+    for outside in ((low - 1) * SHARD_SEED_STRIDE, (high + 1) * SHARD_SEED_STRIDE + 2**32 - 1):
+        with pytest.raises((ValueError, RuntimeError, OverflowError)):
+            torch.manual_seed(outside)
+    torch.manual_seed(0)
+
+
 @pytest.mark.parametrize("rank", [-1, 2])
 def test_a_rank_outside_the_world_is_refused_when_the_builder_is_made(tmp_path, monkeypatch, rank):
     """Rank `world_size` would build the shards s % world_size == rank: none, and its peers would wait for it forever.

@@ -376,8 +376,10 @@ def from_pretrained_kwargs(
         kwargs["dtype"] = kwargs.pop("torch_dtype")
     kwargs.setdefault("dtype", "float32")
     dtype = kwargs["dtype"]
-    # "auto", a torch dtype, or transformers' dict of one per sub-config ({"text_config": "bfloat16", "": "float32"})
-    if dtype != "auto" and not isinstance(dtype, (torch.dtype, dict)):
+    if isinstance(dtype, Mapping):  # transformers 5 loads every module in the dict's "" entry alone, silently
+        raise ValueError(f"dtype {dict(dtype)!r}: one dtype per sub-config is not available (transformers 5 loads every "
+                         "module in one dtype): give one, e.g. 'bfloat16'")
+    if dtype != "auto" and not isinstance(dtype, torch.dtype):
         if not isinstance(dtype, str) or not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise ValueError(f"dtype {dtype!r} is not a torch dtype; e.g. 'bfloat16', 'float32' or 'auto'")
         kwargs["dtype"] = getattr(torch, dtype)
