@@ -564,25 +564,22 @@ def test_an_mllm_as_miner_is_refused_before_any_model_loads(source_file, tmp_pat
     assert not out.exists()
 
 
-@pytest.mark.parametrize("file_at, output_dir, named", [
-    ("taken", "taken", "--output-dir"),  # the output folder itself is a file
-    ("taken", "taken/out", "--output-dir"),  # it lies inside a file
-    ("out/work", "out", "--output-dir's work folder"),
-    ("out/cache", "out", "--output-dir's cache folder"),
+@pytest.mark.parametrize("file_at, output_dir, message", [
+    ("taken", "taken", "--output-dir {tmp}/taken is a file"),
+    ("taken", "taken/out", "--output-dir {tmp}/taken/out is inside {tmp}/taken, a file"),
+    ("out/work", "out", "--output-dir's work folder {tmp}/out/work is a file"),
+    ("out/cache", "out", "--output-dir's cache folder {tmp}/out/cache is a file"),
 ])
 def test_an_output_dir_that_is_a_file_is_an_error_before_any_work(source_file, tmp_path, capsys, monkeypatch, file_at,
-                                                                  output_dir, named):
+                                                                  output_dir, message):
     """It was a NotADirectoryError traceback; a file named "work" or "cache" inside it, a ValueError traceback naming
     `work_dir` (found by a review helper)."""
     monkeypatch.setattr(cli, "_load_components", lambda *args: pytest.fail("models were loaded"))
-    file, out = tmp_path / file_at, tmp_path / output_dir
-    file.parent.mkdir(parents=True, exist_ok=True)
-    file.write_text("not a folder")
-    assert cli.main([source_file, "--output-dir", str(out), *STAND_INS]) == 2
-    path = out if named == "--output-dir" else file
-    detail = "is a file" if path == file else f"is inside {file}, a file"
+    (tmp_path / file_at).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / file_at).write_text("not a folder")
+    assert cli.main([source_file, "--output-dir", str(tmp_path / output_dir), *STAND_INS]) == 2
     assert capsys.readouterr().err == (
-        f"maple build-preferences: error: {named} {path} {detail}; expected a folder (created if missing)\n"
+        f"maple build-preferences: error: {message.format(tmp=tmp_path)}; expected a folder (created if missing)\n"
     )
 
 
