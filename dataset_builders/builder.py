@@ -258,13 +258,12 @@ class ShardReport:
     seconds: float = 0.0
 
 
-def _config_folder(folder: Path, file: Path, config_name: str | None) -> Path:
-    """The folder of config `config_name` in `folder` (a snapshot keeps each config's files in a folder named after it;
-    `file` is one of them), whose files' paths within it give their splits; `folder` itself without a config."""
-    if config_name is None:
-        return folder
-    parts = file.relative_to(folder).parts
-    return folder.joinpath(*parts[: parts.index(config_name) + 1])
+def _config_folder(snapshot: Path, config_name: str) -> Path:
+    """The folder of config `config_name` in a snapshot of a dataset repo: `push_to_hub(config_name=...)` writes each
+    config's files to a top-level folder named after it, and the "default" config's to `data/`."""
+    if config_name == "default" and not (snapshot / config_name).is_dir():
+        return snapshot / "data"
+    return snapshot / config_name
 
 
 def _in_number_order(path: Path) -> list[str | int]:
@@ -1226,8 +1225,8 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         split (a build's shards) are the "train" split. Files are read with the numbers in their names in value order
         (a build's shards past anchor 999,999 in anchor order), where `datasets` sorts names as text.
 
-        A repo snapshot keeps each config's files in a folder named after it: `config_name` picks
-        one; without it a snapshot must hold a single config (several are an error listing them,
+        A repo snapshot keeps each config's files in a top-level folder named after it (the "default" config's in
+        `data/`): `config_name` picks one; without it a snapshot must hold a single config (several are an error listing them,
         never one split of every config's rows). A Hub repo that answers with an error (an HTTP status: a 401 to a read
         without a token, for a missing and a private repo alike), or an offline or unreachable Hub, is a `HubReadError`
         naming it and what the Hub answered (`maple.hub.hub_read_failure`, which asks the Hub when `datasets` kept no
@@ -1247,10 +1246,9 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             rows = [splits[part.splitname].select(range(part.from_, part.to)) for part in parts]
             return rows[0] if len(rows) == 1 else datasets.concatenate_datasets(rows)
         if path.exists():
-            files = [path] if path.is_file() else sorted(path.rglob("*.parquet"), key=_in_number_order)
-            if config_name is not None:
-                files = [file for file in files if config_name in file.relative_to(path).parts[:-1]]
-            elif path.is_dir():
+            folder = path if config_name is None else _config_folder(path, config_name)
+            files = [path] if path.is_file() else sorted(folder.rglob("*.parquet"), key=_in_number_order)
+            if config_name is None and path.is_dir():
                 folders = sorted({file.relative_to(path).parts[0] if len(file.relative_to(path).parts) > 1 else "." for file in files})
                 if len(folders) > 1:
                     raise ValueError(
@@ -1261,10 +1259,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 raise FileNotFoundError(f"no parquet files{f' of config {config_name!r}' if config_name else ''} under {repo_id_or_path}")
             # Split by their names, as `datasets` splits a repo's files ("train-00000-of-00001.parquet", "test-...");
             # a build's shards, whose names give none, are its "train" split. `split` may slice ("train[:100]").
-            if path.is_dir():
-                by_split = files_by_split(_config_folder(path, files[0], config_name), files, unnamed="train")
-            else:
-                by_split = {"train": files}
+            by_split = files_by_split(folder, files, unnamed="train") if path.is_dir() else {"train": files}
             data_files = {name: [str(file) for file in split_files] for name, split_files in by_split.items()}
             return datasets.load_dataset("parquet", data_files=data_files, split=split, features=PREFERENCE_FEATURES, **load_kwargs)
         try:

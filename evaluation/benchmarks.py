@@ -258,7 +258,10 @@ def _split_files(folder: Path, spec: BenchmarkSpec) -> list[Path]:
     files = sorted(folder.rglob("*.parquet"))
     if not files:
         raise BenchmarkFormatError(f"{folder}: no parquet files for benchmark {spec.name!r}")
-    splits = files_by_split(folder, files)
+    try:
+        splits = files_by_split(folder, files)
+    except ValueError as error:  # datasets': a file name that reads as no split name ("test-v2-00000-of-00001")
+        raise BenchmarkFormatError(f"{folder}: {error}") from error
     if len(splits) < 2:
         return files
     if spec.split not in splits:

@@ -687,6 +687,11 @@ def test_a_folder_holding_several_splits_is_read_from_the_benchmarks_split_only(
     with pytest.raises(BenchmarkFormatError, match=r"no_test: holds the splits \['train', 'validation'\] but not "
                                                    r"'test', the split benchmark 'coco' is read from"):
         load_benchmark("coco", str(tmp_path / "no_test"))
+    # a file name that reads as no split name is a format error, not datasets' ValueError (found by a review)
+    shard(tmp_path / "bad_name" / "data" / "test-v2-00000-of-00001.parquet", [["a caption"]])
+    shard(tmp_path / "bad_name" / "data" / "test-00000-of-00001.parquet", [["a caption"]])
+    with pytest.raises(BenchmarkFormatError, match=r"bad_name: Split name should match"):
+        load_benchmark("coco", str(tmp_path / "bad_name"))
     # files that name no split, or one, are all read (as before), a file that names none beside one that does too
     shard(tmp_path / "with_extra" / "test.parquet", [["the test caption"]])
     shard(tmp_path / "with_extra" / "extra.parquet", [["an extra caption"]])

@@ -939,7 +939,7 @@ def test_a_token_in_model_init_kwargs_is_neither_pickled_nor_reported(tmp_path):
 
 def test_model_init_kwargs_may_be_any_mapping_but_name_one_dtype(tmp_path):
     """A non-dict mapping was refused as "not a mapping". A dtype per sub-config is refused by name: transformers 5
-    loads every module in the dict's "" entry alone, silently (found by reviews of those checks)."""
+    loads every module in the dict's "" entry, with a warning only (found by reviews of those checks)."""
     from types import MappingProxyType
 
     from trainer.rpa_config import from_pretrained_kwargs

@@ -367,7 +367,8 @@ def from_pretrained_kwargs(
     `hub_token`, which reads a Hub model as it pushes) unless they name them. As in TRL, the weights are float32 unless a
     dtype is given ("bfloat16" names one; "auto" keeps the checkpoint's, which transformers 5 would take by default:
     bf16 for a bf16 checkpoint, where updates below its resolution are lost). `torch_dtype`, transformers' former
-    name still in many TRL recipes, counts as `dtype`. A string that names no torch dtype is a ValueError."""
+    name still in many TRL recipes, counts as `dtype`. A string that names no torch dtype, and a dict of one dtype per
+    sub-config, are ValueErrors."""
     kwargs = {"trust_remote_code": trust_remote_code, "token": token, **(model_init_kwargs or {})}
     if "backbone" in kwargs:  # `load_maple`'s own argument, not one of `from_pretrained`
         raise ValueError("'backbone' is not a from_pretrained argument: pass `maple train --backbone`, or build the model "
@@ -376,7 +377,7 @@ def from_pretrained_kwargs(
         kwargs["dtype"] = kwargs.pop("torch_dtype")
     kwargs.setdefault("dtype", "float32")
     dtype = kwargs["dtype"]
-    if isinstance(dtype, Mapping):  # transformers 5 loads every module in the dict's "" entry alone, silently
+    if isinstance(dtype, Mapping):  # transformers 5 loads every module in the dict's "" entry, with a warning only
         raise ValueError(f"dtype {dict(dtype)!r}: one dtype per sub-config is not available (transformers 5 loads every "
                          "module in one dtype): give one, e.g. 'bfloat16'")
     if dtype != "auto" and not isinstance(dtype, torch.dtype):
