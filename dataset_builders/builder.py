@@ -55,10 +55,10 @@ from tqdm.auto import tqdm
 
 from evaluation.retrieval import check_finite_embeddings
 from maple.files import atomic_write, atomic_write_json, changed_entries, files_by_split, folder_problem
-from maple.hub import is_hub_id, names_a_file
+from maple.hub import is_hub_id, local_path_name, names_a_file
 from trainer.schema import PREFERENCE_FEATURES
 
-from .interfaces import CandidateCaptioner, PreferenceJudge, component_name, first_finding
+from .interfaces import ENSEMBLE_SEPARATOR, CandidateCaptioner, PreferenceJudge, component_name, first_finding
 from .miner import HardNegativeMiner, check_semdedup_clusters
 from .scoring import check_captions, check_judge_scores, score_both_directions, text_pool
 from .sources import (
@@ -330,6 +330,27 @@ def _published_source(source: str | None, read_from_local_files: bool) -> str | 
     if read_from_local_files or path.exists() or not is_hub_id(source) or names_a_file(source):
         return f"local files ({path.resolve().name})"
     return source
+
+
+def publishable_stats(stats: dict[str, Any], read_from_local_files: bool = False) -> dict[str, Any]:
+    """A build's `stats` as a pushed card and stats.json say them: counts only of the skipped inputs (their list may
+    name local files), and a local source, judge or captioner by its name only (`_published_source`,
+    `_published_component`). `read_from_local_files`: the build's manifest says its source was local files."""
+    published = {key: value for key, value in stats.items() if key != "skipped"}
+    published["source"] = _published_source(stats.get("source"), read_from_local_files)
+    for component in ("judge", "captioner"):
+        published[component] = _published_component(stats.get(component))
+    return published
+
+
+def _published_component(name: str | None) -> str | None:
+    """How a pushed card and stats name a judge or captioner: one loaded from a local folder by that folder's name
+    only (`local_path_name`), as `_published_source` names a local source; an ensemble's members one by one."""
+    if name is None:
+        return None
+    return ENSEMBLE_SEPARATOR.join(
+        f"local folder ({local})" if (local := local_path_name(member)) else member for member in name.split(ENSEMBLE_SEPARATOR)
+    )
 
 
 def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -1191,13 +1212,11 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         staging = self.work_dir / "hub"  # the repo's files of this config, as they are uploaded
         shutil.rmtree(staging, ignore_errors=True)
         (staging / stats_dir).mkdir(parents=True)
-        # Counts only: the per-row list of skipped inputs may name local files; so would a local source's path.
-        published_stats = {key: value for key, value in self.stats.items() if key != "skipped"}
         manifest = self.work_dir / MANIFEST_FILE
         read_from_local_files = manifest.exists() and _read_json(manifest).get("source") == "local files"
-        published_stats["source"] = _published_source(self.stats.get("source"), read_from_local_files)
+        published_stats = publishable_stats(self.stats, read_from_local_files)
         card = dataset_card_from_stats(
-            {**self.stats, "source": published_stats["source"]}, repo_id=repo_id, output_dir=staging,
+            {**self.stats, **published_stats}, repo_id=repo_id, output_dir=staging,
             histogram_file=f"{stats_dir}/{HISTOGRAM_FILE}", other_configs=other_configs,
         )
         histogram = staging / stats_dir / HISTOGRAM_FILE

@@ -51,6 +51,10 @@ class CandidateCaptioner(Protocol):
         ...
 
 
+# Joins the names of a `JudgeEnsemble`'s members into its own.
+ENSEMBLE_SEPARATOR = " + "
+
+
 def component_name(component: Any) -> str:
     """How a judge, captioner or miner is named in cards, cache keys and ensembles: its `name`, else its class name."""
     return getattr(component, "name", type(component).__name__)

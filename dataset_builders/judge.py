@@ -23,7 +23,7 @@ from transformers import DynamicCache
 
 from modeling_maple.modeling_maple import last_token_pool
 
-from .interfaces import PreferenceJudge, component_name, first_finding
+from .interfaces import ENSEMBLE_SEPARATOR, PreferenceJudge, component_name, first_finding
 from .vlm_inputs import (
     EncodedImages,
     LoadsFromVLM,
@@ -460,7 +460,7 @@ class JudgeEnsemble:
         if not judges:
             raise ValueError("a judge ensemble needs at least one judge")
         self.judges = list(judges)
-        self.name = name or " + ".join(component_name(judge) for judge in self.judges)
+        self.name = name or ENSEMBLE_SEPARATOR.join(component_name(judge) for judge in self.judges)
 
     @property
     def prompt(self) -> str | None:

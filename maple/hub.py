@@ -27,6 +27,17 @@ def names_a_file(ref: str) -> bool:
     return Path(ref).suffix.lower() in LOCAL_FILE_SUFFIXES
 
 
+def local_path_name(ref: str) -> str | None:
+    """The last name of `ref` if it is a local path (one that exists here, or one written as a path: absolute, or
+    starting with '.' or '~'), else None: a Hub id, a class name or a description. Cards pushed to the Hub name a local
+    model or dataset by this name only: its path means nothing there and may say more about the machine (a home
+    folder, a user name) than its owner means to publish."""
+    path = Path(ref).expanduser()
+    if not (path.is_absolute() or ref.startswith((".", "~")) or path.exists()):
+        return None
+    return path.resolve().name or ref
+
+
 class HubReadError(OSError):
     """A Hub repo that could not be read; the message names it and says what the Hub answered."""
 

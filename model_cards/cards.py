@@ -20,7 +20,7 @@ from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard,
 
 from evaluation.metric_names import QUADRUPLE_SCORES, RETRIEVAL_METRICS
 from maple import PAPER_CITATION
-from maple.hub import validate_card
+from maple.hub import local_path_name, validate_card
 from modeling_maple.configuration_maple import mllm_family
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -365,6 +365,18 @@ def hub_reference(reference: str | None) -> str | None:
     return reference if reference and not os.path.exists(reference) and is_hub_id(reference) else None
 
 
+def _shown_reference(reference: str | None, output_dir: Path, repo_id: str | None) -> str | None:
+    """How a model card names its base model, preference data or judge: a Hub id, or a text that names no local path,
+    as it is; a local path by its name only on the card of a repo (`local_path_name`), else, if it exists, relative
+    to the card's folder, from which a reader of the card finds it."""
+    if reference is None or hub_reference(reference) is not None or (name := local_path_name(reference)) is None:
+        return reference
+    if repo_id:
+        return name
+    path = Path(reference).expanduser()
+    return os.path.relpath(path.resolve(), output_dir.resolve()) if path.exists() else reference
+
+
 def model_card_from_run(
     output_dir: str | Path,
     base_model: str | None,
@@ -407,6 +419,9 @@ def model_card_from_run(
     # and get links; a local folder is named as text.
     base_model_id, dataset_hub_id = hub_reference(base_model), hub_reference(dataset_id)
     license = license or base_model_license(base_model, token=token)
+    base_model, dataset_id, judge_id = (
+        _shown_reference(reference, output_dir, repo_id) for reference in (base_model, dataset_id, judge_id)
+    )
     card_data = ModelCardData(
         **(_license_metadata(license) if license else {}),
         model_name=model_name,

@@ -198,27 +198,33 @@ def test_a_push_whose_data_fails_leaves_no_stats_or_card_for_the_config(hub_serv
 
 PUSH_A_LOCAL_SOURCE = """
 import datasets, json, os, shutil
-from dataset_builders import MaplePreferences
+from dataset_builders import JudgeEnsemble, MaplePreferences
 from dataset_builders.testing import ColourJudge, colour_square_source, thumbnail_miner
 
 os.makedirs("alice-private/staged")
 colour_square_source(4).to_parquet("alice-private/staged/part-0.parquet")
+local_judge = ColourJudge()
+local_judge.name = os.path.abspath("alice-private/qwen-judge")  # an MLLMJudge loaded from a local folder is so named
 builder = MaplePreferences(  # a relative folder, which reads like a Hub id once it is gone
-    config_name="corpus-captions", source="alice-private/staged", judge=ColourJudge(),
+    config_name="corpus-captions", source="alice-private/staged", judge=JudgeEnsemble([local_judge, ColourJudge()]),
     miner=thumbnail_miner(), cache_dir="cache", work_dir="work", semdedup_clusters=None, progress=False,
 )
 builder.download_and_prepare()
 shutil.rmtree("alice-private")  # a staged copy, deleted once built: its path was published (found by a review helper)
 builder.push_to_hub("maple-org/from-local")
-print(json.dumps(builder.stats["source"]))
+print(json.dumps([builder.stats["source"], builder.stats["judge"]]))
 """
 
 
 def test_a_pushed_build_names_a_local_source_by_its_name_only(hub_server, tmp_path):
-    """The card and the published stats.json showed the source's full local path (a home folder, a user name)."""
-    local = _last_json(run_client(hub_server, tmp_path, PUSH_A_LOCAL_SOURCE))
-    assert local == "alice-private/staged"  # the local stats keep it
+    """The card and the published stats.json showed the source's full local path (a home folder, a user name), and
+    so a judge's, loaded from a local folder, until a later fix."""
+    local_source, local_judge = _last_json(run_client(hub_server, tmp_path, PUSH_A_LOCAL_SOURCE))
+    assert local_source == "alice-private/staged"  # the local stats keep them
+    assert local_judge == f"{tmp_path}/alice-private/qwen-judge + colour-judge"
     files = hub_server.files("maple-org/from-local", repo_type="dataset")
     card, stats = files["README.md"].decode(), json.loads(files["stats/corpus-captions/stats.json"])
     assert "alice-private" not in card and "alice-private" not in json.dumps(stats)
     assert stats["source"] == "local files (staged)" and "| Source images and captions | local files (staged) |" in card
+    assert stats["judge"] == "local folder (qwen-judge) + colour-judge"
+    assert "| Judge | local folder (qwen-judge) + colour-judge |" in card

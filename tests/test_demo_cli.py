@@ -51,7 +51,7 @@ def test_plots_cards_and_dataset_are_written(demo_out):
     # both retrieval directions and every category of the quadruples
     assert all(f"- type: {metric}" in card for metric in ("i2t_r1", "t2i_r1", "i2t_r5", "t2i_r5"))
     assert all(f"config: {category}" in card for category in ("replace", "swap", "add"))
-    assert "`../preferences/data` (a local folder)" in card
+    assert "`../preferences/data` (a local folder)" in card and "`../base` (a local folder)" in card
     assert (demo_out / "preferences" / "README.md").exists()
     import datasets
 
@@ -183,6 +183,24 @@ def test_the_report_of_several_seeds_publishes_the_first_seed_s_maple_model_and_
     assert f"- type: group_score\n      value: {round(first, 2)}\n" in card
     assert (out / "maple-model" / "model.safetensors").read_bytes() == (
         out / "runs" / "maple-seed0" / "model" / "model.safetensors").read_bytes()
+
+
+def test_the_model_card_reads_the_base_model_of_its_own_run(demo_out, tmp_path, monkeypatch):
+    """The card named its base model `../base` and so looked its licence up in `../base/README.md` from the working
+    directory: another folder's card gave the demo's model its licence."""
+    import shutil
+
+    from maple.demo.pipeline import DemoConfig, _write_model_card
+
+    out = tmp_path / "out"
+    shutil.copytree(demo_out, out)
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "README.md").write_text("---\nlicense: mit\n---\n")
+    monkeypatch.chdir(tmp_path / "out")  # where ../base is that other folder
+    result = json.loads((out / "runs" / "maple-seed0" / "result.json").read_text())
+    _write_model_card(DemoConfig(out=out, seeds=(0,), quick=True), result, out / "maple-model", repo_id=None)
+    card = (out / "maple-model" / "README.md").read_text()
+    assert "license" not in card.split("---")[1] and "`../base` (a local folder)" in card
 
 
 def test_an_interrupted_run_keeps_the_times_of_the_stages_it_finished(demo_out, tmp_path, monkeypatch):
@@ -722,6 +740,7 @@ def test_outputs_push_to_a_hub_under_a_bare_repo_name_with_the_token_given(demo_
     assert f'AutoModel.from_pretrained("{USER}/demo", trust_remote_code=True)' in model_files["README.md"].decode()
     assert f"{USER}/demo-preferences" in model_files["README.md"].decode()  # the card names the pushed data
     assert "../preferences/data" not in model_files["README.md"].decode()
+    assert "| Base model | `base` (a local folder) |" in model_files["README.md"].decode()  # not "../base"
     dataset_files = hub_server.files(f"{USER}/demo-preferences", repo_type="dataset")
     assert "README.md" in dataset_files and any(path.endswith(".parquet") for path in dataset_files)
     card = dataset_files["README.md"].decode()

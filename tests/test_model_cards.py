@@ -84,8 +84,30 @@ def test_local_references_are_named_as_text_not_as_hub_metadata(tmp_path, monkey
                                eval_results={}, dataset_id="./prefs")
     metadata = yaml.safe_load(str(card).split("---")[1])
     assert "base_model" not in metadata and "datasets" not in metadata
-    assert "| Base model | `./ckpt` (a local folder) |" in card.text and "| Preference data | `./prefs` (a local folder) |" in card.text
+    # an existing folder from the card's folder; a missing one as given
+    assert "| Base model | `../ckpt` (a local folder) |" in card.text and "| Preference data | `./prefs` (a local folder) |" in card.text
     assert "huggingface.co/./" not in card.text
+
+
+def test_the_card_of_a_repo_names_local_folders_by_their_names_only(tmp_path, monkeypatch):
+    """A pushed card named a local base model, preference data and judge by their paths (a home folder, a user name;
+    the demo's `../base`, which means nothing on the Hub)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "alice" / "base").mkdir(parents=True)
+    references = {"base_model": str(tmp_path / "alice" / "base"), "dataset_id": "./alice/prefs",
+                  "judge_id": str(tmp_path / "alice" / "qwen-judge")}
+    pushed = model_card_from_run(tmp_path / "alice" / "model", backbone="mllm", training_config={}, log_history=[],
+                                 eval_results={}, repo_id="bob/model", **references)
+    assert "alice" not in pushed.text
+    assert "| Base model | `base` (a local folder) |" in pushed.text and "| Preference data | `prefs` (a local folder) |" in pushed.text
+    assert "| Preference judge | `qwen-judge` |" in pushed.text
+    local = model_card_from_run(tmp_path / "alice" / "model", backbone="mllm", training_config={}, log_history=[],
+                                eval_results={}, **references)
+    assert "| Base model | `../base` (a local folder) |" in local.text  # from the card's folder
+    description = "scene-graph judge (a stand-in for an MLLM judge; see docs/demo.md)"  # not a path: as it is
+    described = model_card_from_run(tmp_path / "m", base_model=None, backbone="mllm", training_config={}, log_history=[],
+                                    eval_results={}, judge_id=description, repo_id="bob/model")
+    assert f"| Preference judge | `{description}` |" in described.text
 
 
 @pytest.mark.parametrize("licence, metadata, name", [

@@ -178,7 +178,7 @@ def contrastive_loss(
     (MAPLE section 3.3, "expanded negatives"); likewise for texts. Under several processes the pools are gathered from
     all of them with gradients (`_AllGatherWithGradient`), and each process computes the loss
     of its own anchors against the global pools (open_clip's ``local_loss``): averaging the per-process losses, as
-    DDP does with their gradients, gives the loss of the global batch.
+    DDP does with their gradients, gives the loss of the global batch when every process holds as many anchors.
 
     Passing ids (e.g. content hashes) removes duplicates from the pools: a hard negative of one anchor is often
     another anchor of the batch, or a repeated candidate, and a duplicate in the denominator would count a false

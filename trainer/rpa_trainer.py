@@ -818,7 +818,7 @@ def _judge_agreement(rankings: list[tuple[Tensor, Tensor, Tensor]], per_anchor: 
 
 
 def _candidate_similarities(text_embeds: Tensor, image_embeds: Tensor, inputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-    """Similarities (cosines: the embeddings are L2-normalised) of each anchor to its sampled candidates: ``(N, C_img)`` anchor caption -> candidate
+    """Similarities (dot products; cosines unless `MapleConfig.normalize=False`) of each anchor to its sampled candidates: ``(N, C_img)`` anchor caption -> candidate
     images (txt2img) and ``(N, C_txt)`` anchor image -> candidate texts (img2txt)."""
     anchor_texts = text_embeds[inputs["anchor_text_index"]]
     anchor_images = image_embeds[inputs["anchor_image_index"]]

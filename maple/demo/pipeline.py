@@ -756,9 +756,11 @@ def _demo_card_stats(stats: dict[str, Any]) -> dict[str, Any]:
 
 def _write_dataset_card(folder: Path, stats: dict[str, Any], repo_id: str | None = None) -> None:
     """The preference dataset's card, `folder`/README.md, from the builder's `stats`, for `repo_id` (the dataset repo
-    it is pushed to), if any."""
+    it is pushed to), if any: that card names a local `--judge` by its folder's name only, as the builder's push does."""
+    from dataset_builders.builder import publishable_stats
     from model_cards import dataset_card_from_stats
 
+    stats = {**stats, **publishable_stats(stats)} if repo_id else stats
     dataset_card_from_stats(_demo_card_stats(stats), repo_id=repo_id, output_dir=folder).save(str(folder / "README.md"))
 
 
@@ -782,12 +784,12 @@ def _write_model_card(config: DemoConfig, maple_result: dict[str, Any], maple_di
     }
     card = model_card_from_run(
         output_dir=maple_dir,
-        base_model="../base",  # relative to the card: the base model is not published
+        base_model=str(config.out / "base"),  # not published: named by its folder's name (pushed) or path from the card
         backbone=config.backbone,
         training_config=maple_result["training_args"],
         log_history=maple_result["log_history"],
         eval_results=eval_results,
-        dataset_id=f"{repo_id}-preferences" if repo_id else "../preferences/data",
+        dataset_id=f"{repo_id}-preferences" if repo_id else str(config.out / "preferences" / "data"),
         judge_id=config.judge or "scene-graph judge (a stand-in for an MLLM judge; see docs/demo.md)",
         repo_id=repo_id,
         model_config=json.loads((maple_dir / "config.json").read_text()),
