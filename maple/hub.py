@@ -13,6 +13,7 @@ command can use it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,7 +78,8 @@ def hub_repo(repo_id: str, repo_type: str = "model") -> str:
     """How errors name a Hub repo: "model repo 'org/name' on <endpoint>", so a local Hub mirror shows as itself."""
     from huggingface_hub import constants
 
-    return f"{repo_type} repo {repo_id!r} on {constants.ENDPOINT}"
+    # without the user and password a mirror's URL may carry (https://user:secret@mirror)
+    return f"{repo_type} repo {repo_id!r} on {re.sub(r'(?<=://)[^/@]*@', '', constants.ENDPOINT)}"
 
 
 def repo_id_problem(repo_id: str) -> str | None:
@@ -185,7 +187,11 @@ def hub_failure(
             return f"{where} has no revision {revision!r}"
         if status in (401, 403):
             return f"{where} refused the token (HTTP {status}): check the one used ({TOKEN_SOURCES})"
-        return f"{where} could not be {'written' if writing else 'read'}: HTTP {status} from the server"
+        # the Hub's reason (a refused card's metadata, a file too large, a rate limit), in one line
+        reason = " ".join((answered.server_message or "").split())
+        return f"{where} could not be {'written' if writing else 'read'}: HTTP {status} from the server" + (
+            f": {reason}" if reason else ""
+        )
     if any(isinstance(link, (OfflineModeIsEnabled, httpx.TransportError, LocalEntryNotFoundError)) for link in chain):
         if writing:
             return f"{where} cannot be written: the Hub is offline (HF_HUB_OFFLINE) or unreachable"

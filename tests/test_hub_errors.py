@@ -41,7 +41,8 @@ def test_server_error_is_named(hub_server, tmp_path):
         message = run_client(hub_server, tmp_path, LOAD, MAPLE_TEST_REPO="maple-org/flaky").strip()
     finally:
         hub_server.fail_next("maple-org/flaky", 500, times=0)
-    assert message == f"model repo 'maple-org/flaky' on {hub_server.url} could not be read: HTTP 500 from the server"
+    assert message == (f"model repo 'maple-org/flaky' on {hub_server.url} could not be read: HTTP 500 from the server: "
+                       "Injected failure 500 for repo maple-org/flaky")  # the server's reason
 
 
 LOAD_OUTSIDE_EVAL = """
@@ -64,9 +65,10 @@ def test_server_error_is_named_when_loading_a_preference_dataset_or_an_embedder(
         lines = run_client(hub_server, tmp_path, LOAD_OUTSIDE_EVAL, MAPLE_TEST_REPO="maple-org/flaky").splitlines()
     finally:
         hub_server.fail_next("maple-org/flaky", 500, times=0)
+    reason = "HTTP 500 from the server: Injected failure 500 for repo maple-org/flaky"
     assert lines == [
-        f"HubReadError dataset repo 'maple-org/flaky' on {hub_server.url} could not be read: HTTP 500 from the server",
-        f"MapleLoadError maple-org/flaky: model repo 'maple-org/flaky' on {hub_server.url} could not be read: HTTP 500 from the server",
+        f"HubReadError dataset repo 'maple-org/flaky' on {hub_server.url} could not be read: {reason}",
+        f"MapleLoadError maple-org/flaky: model repo 'maple-org/flaky' on {hub_server.url} could not be read: {reason}",
     ]
 
 
@@ -369,3 +371,27 @@ def test_a_failed_write_says_written_not_read(hub_server):
     error = HfHubHTTPError("server error", response=answer)
     assert hub_failure(error, "maple-org/x", writing=True).endswith("could not be written: HTTP 500 from the server")
     assert hub_failure(error, "maple-org/x").endswith("could not be read: HTTP 500 from the server")
+
+
+def test_an_http_error_keeps_the_hub_s_reason_in_its_one_line():
+    """A 400, 409, 413 or 429 was "HTTP N from the server" only: the Hub's reason (a refused README, a file too large,
+    a rate limit) was dropped."""
+    from huggingface_hub.utils import hf_raise_for_status, httpx
+
+    from maple.hub import hub_failure
+
+    reason = '"base_model" with value "../base" is not valid.'
+    request = httpx.Request("POST", "https://huggingface.co/api/models/alice/m/commit/main", headers={"authorization": "Bearer x"})
+    with pytest.raises(Exception) as raised:
+        hf_raise_for_status(httpx.Response(400, json={"error": reason}, headers={"X-Error-Message": reason}, request=request))
+    assert hub_failure(raised.value, "alice/m", writing=True).endswith(f"could not be written: HTTP 400 from the server: {reason}")
+
+
+def test_a_mirror_s_credentials_are_not_in_the_repo_s_name(monkeypatch):
+    """`HF_ENDPOINT=https://bob:secret@mirror` was printed in every error naming a repo."""
+    from huggingface_hub import constants
+
+    from maple.hub import hub_repo
+
+    monkeypatch.setattr(constants, "ENDPOINT", "https://bob:hf_secret@mirror.example:8443")
+    assert hub_repo("org/name", "dataset") == "dataset repo 'org/name' on https://mirror.example:8443"
