@@ -154,14 +154,14 @@ def _table_rows(eval_results: Mapping[str, Mapping[str, Any]]) -> dict[str, list
     retrieval, quadruples, gaps = [], [], []
     for name, metrics in eval_results.items():
         if all(key in metrics for key in RETRIEVAL_METRICS):
-            retrieval.append({"name": name, **{key: f"{metrics[key]:.1f}" for key in RETRIEVAL_METRICS}})
+            retrieval.append({"name": table_cell(name), **{key: f"{metrics[key]:.1f}" for key in RETRIEVAL_METRICS}})
         if all(key in metrics for key in QUADRUPLE_SCORES):
             subsets = [("all", metrics)] + sorted(metrics.get("per_category", {}).items())
             for subset, values in subsets:
-                quadruples.append({"name": name, "subset": subset, **{key: f"{values[key]:.1f}" for key in QUADRUPLE_SCORES}})
+                quadruples.append({"name": table_cell(name), "subset": table_cell(subset), **{key: f"{values[key]:.1f}" for key in QUADRUPLE_SCORES}})
         if "modality_gap" in metrics:
             gap = metrics["modality_gap"]
-            gaps.append({"name": name, "w_dist": f"{100 * gap['w_dist']:.2f}", "w_disc": f"{100 * gap['w_disc']:.2f}", "delta_gap": f"{gap['delta_gap']:.2f}"})
+            gaps.append({"name": table_cell(name), "w_dist": f"{100 * gap['w_dist']:.2f}", "w_disc": f"{100 * gap['w_disc']:.2f}", "delta_gap": f"{gap['delta_gap']:.2f}"})
     return {"retrieval_rows": retrieval, "quadruple_rows": quadruples, "gap_rows": gaps}
 
 
@@ -420,7 +420,8 @@ def model_card_from_run(
     base_model_id, dataset_hub_id = hub_reference(base_model), hub_reference(dataset_id)
     license = license or base_model_license(base_model, token=token)
     base_model, dataset_id, judge_id = (
-        _shown_reference(reference, output_dir, repo_id) for reference in (base_model, dataset_id, judge_id)
+        None if reference is None else table_cell(_shown_reference(reference, output_dir, repo_id))
+        for reference in (base_model, dataset_id, judge_id)
     )
     card_data = ModelCardData(
         **(_license_metadata(license) if license else {}),
@@ -529,7 +530,10 @@ def dataset_card_from_stats(
         repo_id=repo_id,
         configs=[_config_section(config) for config in configs],
         judges=sorted({str(config["judge"]) for config in configs if config.get("judge")}),
-        known_biases=list(dict.fromkeys(bias for config in configs for bias in config.get("known_biases") or [])),
+        # one bullet each: a line break inside one would end its bullet
+        known_biases=list(dict.fromkeys(
+            " ".join(str(bias).split()) for config in configs for bias in config.get("known_biases") or []
+        )),
         citation=PAPER_CITATION,
     )
 
@@ -544,8 +548,9 @@ def _config_section(stats: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "name": stats.get("config_name"),
         "judge_prompt": stats.get("judge_prompt"),
+        "judge_prompt_fence": _code_fence(stats.get("judge_prompt") or ""),
         "semdedup": "not applied" if not semdedup else f"{semdedup['clusters']} clusters, epsilon {semdedup['epsilon']}",
-        "skipped_by_reason": sorted((stats.get("skipped_by_reason") or {}).items()),
+        "skipped_by_reason": [(table_cell(reason), count) for reason, count in sorted((stats.get("skipped_by_reason") or {}).items())],
         "histogram_file": stats.get("histogram_file"),
         **{  # table cells
             key: table_cell(recorded(key))
@@ -555,6 +560,11 @@ def _config_section(stats: Mapping[str, Any]) -> dict[str, Any]:
             )
         },
     }
+
+
+def _code_fence(text: str) -> str:
+    """A markdown code fence that `text` cannot close: longer than its longest run of backticks, and at least 3."""
+    return "`" * max(3, 1 + max((len(run) for run in re.findall("`+", text)), default=0))
 
 
 def _size_category(num_rows: int | None) -> list[str] | None:

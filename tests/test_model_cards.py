@@ -489,3 +489,19 @@ def test_a_dataset_card_the_hub_fails_to_serve_fails_the_card_push(monkeypatch):
     with pytest.raises(LocalEntryNotFoundError):
         push_dataset_card(dataset_card_from_stats({}), "me/prefs", {}, commit_message="Describe config paper")
     assert commits == []
+
+
+def test_text_from_data_cannot_break_the_cards_tables_fences_or_lists(tmp_path):
+    """A `|` or line break in a benchmark's category, a local path or a judge's name broke its table row, a judge
+    prompt holding a code fence closed the card's, and a line break in a known bias ended its bullet."""
+    scores = {"text_score": 1.0, "image_score": 2.0, "group_score": 3.0}
+    eval_results = {"wino|ground": {**scores, "per_category": {"a|b": scores, "x\ny": scores}}}
+    card = model_card_from_run(tmp_path / "m", "/models/m|x", "mllm", {}, [], eval_results, judge_id="j|2")
+    rows = [line for line in card.text.splitlines() if line.startswith("| wino")]
+    assert len(rows) == 3 and all(row.count(" | ") == 4 for row in rows)  # benchmark, subset, three scores
+    assert "| Base model | `/models/m\\|x` (a local folder) |" in card.text and "| Preference judge | `j\\|2` |" in card.text
+    prompt = "Match?\n```\n{caption}\n```\nYes or No."
+    dataset_card = str(dataset_card_from_stats({"judge_prompt": prompt, "known_biases": ["one\nbias"],
+                                                "skipped_by_reason": {"bad|image": 2}}))
+    assert f"````\n{prompt}\n````" in dataset_card
+    assert "- one bias\n" in dataset_card and "| bad\\|image | 2 |" in dataset_card
