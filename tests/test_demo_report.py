@@ -49,6 +49,18 @@ def test_summary_is_mean_and_sample_std_over_seeds():
     assert summary["maple"]["delta_gap"] == pytest.approx({"mean": 0.5, "std": 0.0})
 
 
+def test_a_collapsed_seed_s_infinite_gap_is_reported_not_raised(tmp_path):
+    """The Δgap of a model whose mismatched pairs all score alike (W_disc = 0) is inf; with two or more seeds
+    `statistics.stdev` raised an AttributeError and the report failed after all the training."""
+    collapsed = _run(20.0)
+    collapsed["modality_gap"] = {"w_dist": 0.1, "w_disc": 0.0, "delta_gap": float("inf")}
+    summary = summarise({"maple": [_run(10.0), collapsed]})
+    assert summary["maple"]["delta_gap"]["mean"] == float("inf") and summary["maple"]["delta_gap"]["std"] != summary["maple"]["delta_gap"]["std"]
+    assert summary["maple"]["group_score"] == pytest.approx({"mean": 15.0, "std": 50**0.5})
+    collapsed["per_category"] = _run_in_every_category(20.0)["per_category"]
+    assert "| maple |" in _results_markdown({"maple": [_run_in_every_category(10.0), collapsed]}, tmp_path, seeds=(0, 1))
+
+
 def test_one_seed_has_zero_std():
     assert summarise({"infonce": [_run(10.0, 0.0)]})["infonce"]["group_score"] == {"mean": 10.0, "std": 0.0}
 

@@ -4,6 +4,7 @@ per method), and the table printed at the end of a demo."""
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import statistics
@@ -44,11 +45,19 @@ def summarise(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, d
         summary[method] = {
             metric: {
                 "mean": statistics.fmean(run[metric] for run in per_run),
-                "std": statistics.stdev([run[metric] for run in per_run]) if len(per_run) > 1 else 0.0,
+                "std": _sample_std([run[metric] for run in per_run]),
             }
             for metric in per_run[0]
         }
     return summary
+
+
+def _sample_std(values: list[float]) -> float:
+    """The sample standard deviation (n - 1), 0 for one value; NaN where a value is not finite (the Δgap of a collapsed
+    model, W_disc = 0), of which `statistics.stdev` raises an AttributeError."""
+    if len(values) < 2:
+        return 0.0
+    return statistics.stdev(values) if all(math.isfinite(value) for value in values) else math.nan
 
 
 def write_report(out: Path, results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict[str, float]]]:
