@@ -1278,7 +1278,11 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 raise FileNotFoundError(f"no parquet files{f' of config {config_name!r}' if config_name else ''} under {repo_id_or_path}")
             # Split by their names, as `datasets` splits a repo's files ("train-00000-of-00001.parquet", "test-...");
             # a build's shards, whose names give none, are its "train" split. `split` may slice ("train[:100]").
-            by_split = files_by_split(folder, files, unnamed="train") if path.is_dir() else {"train": files}
+            by_split = (
+                files_by_split(folder, files, unnamed="train", config_folder=config_name is not None)
+                if path.is_dir()
+                else {"train": files}
+            )
             data_files = {name: [str(file) for file in split_files] for name, split_files in by_split.items()}
             return datasets.load_dataset("parquet", data_files=data_files, split=split, features=PREFERENCE_FEATURES, **load_kwargs)
         try:

@@ -628,6 +628,19 @@ def test_from_pretrained_loads_a_local_build_or_snapshot(tmp_path):
         assert MaplePreferences.from_pretrained(str(snapshot), config_name=config, split="test_hard")["id"] == built["id"][:1]
     for folder in ("converted", "custom", "data"):
         shutil.rmtree(snapshot / folder)
+    # ... but only there: a plain folder's "prefs-00000-of-00001.parquet" is its train split, and a split folder's
+    # file is of that folder's split, as datasets reads them (found by a review of the fix above)
+    plain = tmp_path / "plain"
+    (plain / "train").mkdir(parents=True)
+    built.to_parquet(str(plain / "prefs-00000-of-00001.parquet"))
+    assert MaplePreferences.from_pretrained(str(plain))["id"] == built["id"]
+    from maple.files import files_by_split
+
+    (plain / "prefs-00000-of-00001.parquet").rename(plain / "train" / "test-00000-of-00001.parquet")
+    (plain / "test").mkdir()
+    built.select(range(2)).to_parquet(str(plain / "test" / "a.parquet"))
+    assert files_by_split(plain, sorted(plain.rglob("*.parquet"))) == {
+        "train": [plain / "train" / "test-00000-of-00001.parquet"], "test": [plain / "test" / "a.parquet"]}
     # A save_to_disk folder (`maple demo`'s preferences/data): "no parquet files" before.
     built.save_to_disk(str(tmp_path / "saved"))
     assert MaplePreferences.from_pretrained(str(tmp_path / "saved")).to_dict() == built.to_dict()
