@@ -55,7 +55,7 @@ def unused_dpo_field_help() -> dict[str, str]:
     }
     helps |= {name: f"Not used by RPATrainer (DPO's {setting}, which it does not support)." for name, setting in _MOOT_DPO_FIELDS.items()}
     helps["dataset_num_proc"] = "Not used by RPATrainer: the preference dataset is used as it is, with no tokenisation pass."
-    helps["loss_weights"] = "Not used by RPATrainer: RPA is one loss, mixed with InfoNCE by `rpa_weight`; must stay None."
+    helps["loss_weights"] = "Not used by RPATrainer: RPA is one loss, mixed with InfoNCE by `rpa_weight`; must stay None (or [1.0], the same)."
     helps["max_length"] = RPAConfig.__dataclass_fields__["max_length"].metadata["help"]
     return {name: text.replace("%", "%%") for name, text in helps.items()}  # argparse formats help with %
 
