@@ -581,6 +581,10 @@ def test_long_texts_keep_the_instruction_and_fit_the_tower():
     assert dual(**batch).text_embeds.shape == (1, dual.embed_dim)
     dual_processor.tokenizer.model_max_length = int(1e30)  # transformers' "no limit recorded"
     assert dual_processor(text=["a red circle"])["input_ids"].shape[0] == 1
+    # then nothing truncates a long text: the tower's position table failed with a bare shape error (found by a review)
+    with pytest.raises(ValueError, match=r"texts of \d+ tokens, and the text tower has 128 positions: set the processor's "
+                                         r"`max_text_length`, or its tokenizer's `model_max_length` to 128"):
+        dual.encode(dual_processor, texts=[long_text * 3])
 
 
 @pytest.mark.parametrize("fast", [True, False])
