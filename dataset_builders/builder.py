@@ -542,6 +542,10 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 self._wait_for([self.work_dir / "stats.json"], what="the dataset rank 0 assembles")
         if not (self.work_dir / "stats.json").exists():
             download_mode = datasets.DownloadMode.FORCE_REDOWNLOAD
+            # `DatasetBuilder.__init__` read the cached build's split sizes, which the new build is checked against:
+            # another source under the same cache key failed that check once, and the failed build's stats.json then
+            # let the stale cache be reused (and pushed) under this build's stats
+            self.info.splits = None
         super().download_and_prepare(output_dir, download_config, download_mode, **kwargs)
         # A cached dataset skips `_split_generators`, which writes stats.json: the source licence, part of the cache
         # key but not of the work dir's recipe, may have changed since; the card must show this build's.

@@ -4,9 +4,11 @@ a copy of it resumes the same build."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -194,7 +196,12 @@ def load_source(
         if name is not None:
             raise SourceError(f"source {source} is one parquet file, which has no configs: leave source_config out")
         _check_splits(source, split, available=["train"])  # datasets names a lone file's split "train"
-        return datasets.load_dataset("parquet", data_files=str(path), split=split, cache_dir=cache_dir)
+        with _data_files_read(source):
+            import pyarrow.parquet as pq
+
+            if pq.read_metadata(path).num_rows == 0:  # `datasets` fails on it with "BatchSize must be greater than 0"
+                raise SourceError(f"source {source} has no rows")
+            return datasets.load_dataset("parquet", data_files=str(path), split=split, cache_dir=cache_dir)
     if path.is_file():
         raise SourceError(f"unsupported source file {source}: give a folder, a parquet file or a Hub dataset id")
     try:
@@ -212,15 +219,25 @@ def load_source(
         raise SourceError(f"source {source}: {problem}{local_typo_hint(source)}") from None
     # Checked before any file is read; `datasets` would convert every split first.
     _check_splits(source, split, available=[str(name) for name in builder.config.data_files])
-    try:
+    with _data_files_read(source):
         builder.download_and_prepare()
-    # a malformed metadata.csv / .jsonl (pandas' and pyarrow's parse errors are ValueErrors), wrapped or not
+    return builder.as_dataset(split=split)
+
+
+@contextlib.contextmanager
+def _data_files_read(source: str) -> Iterator[None]:
+    """A data file of `source` that does not read inside (a malformed metadata.csv / .jsonl: pandas' and pyarrow's
+    parse errors are ValueErrors, wrapped by `datasets` or not; a parquet file that is not one) is a `SourceError`
+    naming the source and the cause."""
+    try:
+        yield
+    except SourceError:
+        raise
     except (ValueError, DatasetGenerationError) as error:
         cause = error.__cause__ or error
         raise SourceError(
             f"source {source}: its data files cannot be read ({type(cause).__name__}: {' '.join(str(cause).split())})"
         ) from error
-    return builder.as_dataset(split=split)
 
 
 def _check_splits(source: str, split: str, available: list[str]) -> None:

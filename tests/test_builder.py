@@ -523,6 +523,19 @@ def test_stats_describe_this_build_when_the_dataset_comes_from_the_cache(tmp_pat
     assert len(_build(tmp_path, source_license="cc-by-4.0", wait_timeout=1).as_dataset(split="train")) == 10
 
 
+def test_a_new_work_dir_builds_again_though_the_cache_holds_another_source_s_build(tmp_path):
+    """The cache key holds a path source's path, not its contents: after the work dir was deleted (as its
+    WorkDirMismatch advises), the new build was checked against the cached build's split sizes and failed with a
+    traceback, and the stats.json it had written then let the next build return (and push) the stale rows."""
+    source = str(tmp_path / "source.parquet")
+    colour_square_source(6).to_parquet(source)
+    assert len(_build(tmp_path, source=source).as_dataset(split="train")) == 6
+    colour_square_source(9).to_parquet(source)
+    shutil.rmtree(tmp_path / "work")
+    builder = _build(tmp_path, source=source)
+    assert len(builder.as_dataset(split="train")) == builder.stats["num_anchors"] == 9
+
+
 def test_an_unreadable_file_of_an_image_folder_is_named(tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()
@@ -1269,6 +1282,18 @@ def test_a_malformed_caption_table_of_an_image_folder_is_a_source_error_naming_t
     (folder / "metadata.csv").write_text("file_name,caption\n0.png,a red square\n1.png,a square, extra\n2.png,x\n")
     with pytest.raises(SourceError, match=rf"^source {folder}: its data files cannot be read \(.*Expected 2 fields"):
         load_source(str(folder), split="train")
+
+
+def test_an_empty_or_broken_parquet_file_source_is_a_source_error_naming_it(tmp_path):
+    """A lone parquet file of 0 rows was a traceback of datasets' DatasetGenerationError (pyarrow: "BatchSize must be
+    greater than 0"), and one that is no parquet file pyarrow's bare "Parquet magic bytes not found", naming no file."""
+    empty, broken = tmp_path / "empty.parquet", tmp_path / "broken.parquet"
+    colour_square_source(2).select([]).to_parquet(str(empty))
+    broken.write_bytes(b"not parquet")
+    with pytest.raises(SourceError, match=rf"^source {empty} has no rows$"):
+        load_source(str(empty), split="train")
+    with pytest.raises(SourceError, match=rf"^source {broken}: its data files cannot be read \(ArrowInvalid: .*magic bytes"):
+        load_source(str(broken), split="train")
 
 
 def test_a_published_source_is_named_by_what_the_build_read():
