@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -40,26 +41,36 @@ from .benchmarks import BENCHMARKS, QuadrupleBenchmark, RetrievalBenchmark, load
 from .metric_names import QUADRUPLE_SCORES, RETRIEVAL_METRICS
 
 
+# A path's folder names that `--` joins into a name that reads back as one path only: no `--` in them, none at an end
+_PLAIN_FOLDER_NAME = re.compile(r"[\w.]+(?:-[\w.]+)*")
+
+
 def _model_folder_name(model_ref: str) -> str:
     """A file-system-safe name for a model reference: `org--name` for a Hub id (which cannot hold `--`), `local--`
     and the absolute path with `--` for `/` for a local folder, so that `.`, `..`, or a folder `/x/y` beside a Hub
-    id `x/y`, name folders of their own inside OUT."""
+    id `x/y`, name folders of their own inside OUT. A path with other characters (`/x/a b`, `/x/a--b`, which would
+    both read `x--a--b`, as `/x/a/b` does) gets `@` and a digest of itself, so two folders never share a name."""
     path = Path(model_ref).expanduser()
     if path.exists():
-        return "local--" + re.sub(r"[^\w.-]+", "--", str(path.resolve()).strip("/"))
+        resolved = str(path.resolve()).strip("/")
+        name = "local--" + re.sub(r"[^\w.-]+", "--", resolved)
+        if not all(_PLAIN_FOLDER_NAME.fullmatch(part) for part in resolved.split("/")):
+            name += "@" + hashlib.sha256(resolved.encode()).hexdigest()[:8]
+        return name
     return re.sub(r"[^\w.-]+", "--", model_ref.strip("/")).strip(".") or "model"
 
 
 def _distinct_models(model_refs: list[str]) -> list[str]:
     """`model_refs` less those naming a model listed before them, each dropped one announced: `m`, `m/` and `../x/m`
-    are one folder (a Hub id is taken as written), and evaluated twice they would write one result folder twice."""
+    are one folder (`_model_identity`; a Hub id is taken as written), and evaluated twice they would write one result
+    folder twice."""
     distinct: dict[str, str] = {}
     for model_ref in model_refs:
-        folder_name = _model_folder_name(model_ref)
-        if folder_name in distinct:
-            print(f"{model_ref}: the same model as {distinct[folder_name]}, evaluated once")
+        identity = _model_identity(model_ref)
+        if identity in distinct:
+            print(f"{model_ref}: the same model as {distinct[identity]}, evaluated once")
         else:
-            distinct[folder_name] = model_ref
+            distinct[identity] = model_ref
     return list(distinct.values())
 
 

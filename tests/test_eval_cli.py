@@ -658,7 +658,7 @@ def test_one_model_named_several_ways_is_evaluated_once(tiny, benchmark_sources,
 
 
 def test_result_folders_stay_inside_out_and_apart(tmp_path, monkeypatch):
-    from evaluation.cli import _model_folder_name
+    from evaluation.cli import _distinct_models, _model_folder_name
 
     (tmp_path / "org" / "m").mkdir(parents=True)
     monkeypatch.chdir(tmp_path / "org" / "m")
@@ -668,6 +668,14 @@ def test_result_folders_stay_inside_out_and_apart(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert _model_folder_name("org/m") != _model_folder_name("org/missing") == "org--missing"  # a local folder is not the Hub id
     assert _model_folder_name(str(tmp_path / "org" / "m")).startswith("local--")  # nor a Hub id that spells its path
+    # `/x/a b` and `/x/a--b` read `x--a--b` as `/x/a/b` does: the second was evaluated as "the same model" as the
+    # first, and run apart they overwrote each other's results (found by a review)
+    for folder in ("a/b", "a b", "a--b", "a-/b", "a/-b"):
+        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+    names = [_model_folder_name(str(tmp_path / folder)) for folder in ("a/b", "a b", "a--b", "a-/b", "a/-b")]
+    assert len(set(names)) == 5 and "@" not in names[0] and all("/" not in name for name in names)
+    assert _distinct_models([str(tmp_path / "a/b"), str(tmp_path / "a b"), str(tmp_path / "a" / ".." / "a b")]) == [
+        str(tmp_path / "a/b"), str(tmp_path / "a b")]
 
 
 @pytest.mark.parametrize(
