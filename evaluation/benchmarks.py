@@ -21,7 +21,7 @@ import io
 import itertools
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -92,16 +92,23 @@ class LazyImages(LazySequence):
         """One key per image, equal for images stored with equal bytes (or kept as paths to files of equal bytes, or
         as one URL), read from the column's arrow buffers: no image is decoded."""
         keys: list[Any] = []
+        for raw, path in self._stored():
+            if raw is None:  # a path: `_check_image_files` found the local ones
+                keys.append(("url", path) if "://" in path else file_key(path))
+            else:
+                keys.append(("bytes", content_digest(raw)))
+        return keys
+
+    def image_files(self) -> list[Path]:
+        """The local files of the images kept as paths (no bytes), as `datasets` opens them: from the working folder."""
+        return [Path(path).expanduser() for raw, path in self._stored() if raw is None and "://" not in path]
+
+    def _stored(self) -> Iterator[tuple[bytes | None, str | None]]:
+        """(bytes, path) of every image as the column stores it, read from its arrow buffers."""
         for chunk in self._rows.with_format("arrow")[:][self._column].chunks:  # struct<bytes, path>; zero-copy
             data, paths = chunk.field("bytes"), chunk.field("path")
             for row in range(len(chunk)):
-                raw = data[row].as_py()
-                if raw is None:  # a path: `_check_image_files` found the local ones
-                    path = paths[row].as_py()
-                    keys.append(("url", path) if "://" in path else file_key(path))
-                else:
-                    keys.append(("bytes", content_digest(raw)))
-        return keys
+                yield data[row].as_py(), paths[row].as_py()
 
     def place(self, row: int) -> str:
         """Where image `row` is stored, for errors: its file, row and column."""
@@ -144,6 +151,21 @@ def content_digest(data: bytes) -> bytes:
 def file_key(path: str | os.PathLike) -> tuple[str, bytes]:
     """A key equal for files of equal bytes (`LazyImages.content_keys`, `evaluation.protocols`)."""
     return ("bytes", content_digest(Path(path).expanduser().read_bytes()))
+
+
+def benchmark_image_files(benchmark: RetrievalBenchmark | QuadrupleBenchmark) -> list[Path]:
+    """The local files `benchmark` reads its images from: those a table keeps as paths, and a folder layout's."""
+    if isinstance(benchmark, RetrievalBenchmark):
+        columns = [benchmark.images]
+    else:
+        columns = [getattr(benchmark.quadruples, name, None) for name in ("images0", "images1")]
+    files = []
+    for images in columns:
+        if isinstance(images, LazyImageFiles):
+            files += images.files
+        elif isinstance(images, LazyImages):
+            files += images.image_files()
+    return files
 
 
 class LazyImageFiles(LazySequence):

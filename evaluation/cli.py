@@ -37,7 +37,7 @@ from maple.cli import (
 )
 from maple.files import atomic_write_json, atomic_write_text, folder_problem
 
-from .benchmarks import BENCHMARKS, QuadrupleBenchmark, RetrievalBenchmark, load_benchmark
+from .benchmarks import BENCHMARKS, QuadrupleBenchmark, RetrievalBenchmark, benchmark_image_files, load_benchmark
 from .metric_names import QUADRUPLE_SCORES, RETRIEVAL_METRICS
 
 
@@ -193,7 +193,7 @@ PROTOCOL_VERSION = 6
 
 # Fingerprint entries added after results were first stored, with the value a result stored without them was
 # computed with: such a result is reused by a run with that value (it is not one of another protocol)
-FINGERPRINT_DEFAULTS = {"image_processor_kwargs": None}
+FINGERPRINT_DEFAULTS = {"image_processor_kwargs": None, "image_files": None}
 
 
 def _run_fingerprint(
@@ -204,21 +204,40 @@ def _run_fingerprint(
     dtype: str,
     image_processor_kwargs: dict[str, Any] | None = None,
     out: Path | None = None,
+    loaded: QuadrupleBenchmark | RetrievalBenchmark | None = None,
 ) -> dict[str, Any]:
     """What a stored result was computed from: the model and its state (`_model_state`), the weights dtype, the
     image processor settings overridden (`--image-processor-kwargs`; None: the checkpoint's own), the benchmark
     source (the default one by its Hub id), with its files' sizes and modification times when it is local (by its
     absolute path: a copy named relative to another folder is the same copy; a Hub dataset by its id only; not the
     files of the results folder `out` where it lies inside the source's folder: a source inside `out`, or `out`
-    itself, keeps all its files), and the version of the evaluation protocol."""
+    itself, keeps all its files), those of the image files outside it that the source names by path (`loaded`, the
+    benchmark read from a local source: a table names them from the working folder), and the version of the
+    evaluation protocol."""
     source = source or BENCHMARKS[benchmark].hub_id
     source_path = Path(source).expanduser()
-    source_files = None
+    source_files = image_files = None
     if source_path.exists():
         source, source_files = str(source_path.resolve()), _files_state(source_path, recursive=True, skip=out)
+        if loaded is not None:
+            image_files = _outside_files_state(benchmark_image_files(loaded), source_path) or None
     return {"model": _model_identity(model_ref), "model_state": model_state, "dtype": dtype,
             "image_processor_kwargs": image_processor_kwargs or None, "source": source, "source_files": source_files,
-            "protocol": PROTOCOL_VERSION}
+            "image_files": image_files, "protocol": PROTOCOL_VERSION}
+
+
+def _outside_files_state(files: list[Path], source: Path) -> dict[str, list[int]]:
+    """Size and modification time of each of `files` that is not inside folder `source` (whose own files
+    `_files_state` holds), by absolute path."""
+    source = source.resolve()
+    states = {}
+    for file in files:
+        file = file.resolve()
+        if source.is_dir() and file.is_relative_to(source):
+            continue
+        stat = file.stat()
+        states[str(file)] = [stat.st_size, stat.st_mtime_ns]
+    return states
 
 
 def _model_identity(model_ref: str) -> str:
@@ -268,11 +287,11 @@ def _run_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[st
     # in `_run_fingerprint`'s order, then any key it no longer writes
     words = {"model": "model reference", "model_state": "model state", "dtype": "dtype",
              "image_processor_kwargs": "image processor override", "source": "source", "source_files": "source",
-             "protocol": "protocol version"}
+             "image_files": "source", "protocol": "protocol version"}
     differences = []
     for key in [*words, *sorted((current.keys() | stored.keys()) - words.keys())]:
         then, now = stored.get(key), current.get(key)
-        if then == now or (key == "source_files" and stored.get("source") != current.get("source")):
+        if then == now or (key in ("source_files", "image_files") and stored.get("source") != current.get("source")):
             continue  # (another source has other files: said once)
         if key == "model_state" and isinstance(then, dict) and isinstance(now, dict):
             details = []
@@ -283,7 +302,7 @@ def _run_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[st
             if then.get("base") != now.get("base"):
                 details.append("the adapter's base model changed")
             differences.append("model state" + (f" ({'; '.join(details)})" if details else ""))
-        elif key == "source_files" and isinstance(then, dict) and isinstance(now, dict):
+        elif key in ("source_files", "image_files") and isinstance(then, dict) and isinstance(now, dict):
             differences.append(f"source (changed files: {_changed_files(then, now)})")
         else:
             differences.append(f"{words.get(key, key)} ({then!r} then, {now!r} now)")
@@ -325,11 +344,12 @@ def stored_results(
     dtype: str = "float32",
     token: str | None = None,
     image_processor_kwargs: dict[str, Any] | None = None,
+    loaded: Mapping[str, QuadrupleBenchmark | RetrievalBenchmark] | None = None,
 ) -> dict[str, Any]:
     """The results of `model_ref` stored in `out/<model>/<benchmark>.json` that were computed from the same
     model files, dtype, image processor settings and benchmark source, by benchmark; the other benchmarks are still
     to do (a file that does not read as a result is said to be recomputed). A Hub model's commit is read with
-    `token`."""
+    `token`. `loaded`: the benchmarks read from local sources, whose image files outside the source count too."""
     folder = out / _model_folder_name(model_ref)
     done = {name: folder / f"{name}.json" for name in benchmarks if (folder / f"{name}.json").exists()}
     model_state = _model_state(model_ref, token=token) if done else None
@@ -339,7 +359,8 @@ def stored_results(
         if stored is None:
             print(f"{model_ref}: {name}: stored result {path} does not read as one, recomputing")
             continue
-        current = _run_fingerprint(model_ref, model_state, name, sources.get(name), dtype, image_processor_kwargs, out)
+        current = _run_fingerprint(model_ref, model_state, name, sources.get(name), dtype, image_processor_kwargs, out,
+                                   (loaded or {}).get(name))
         if _same_run(stored["run"], current):
             results[name] = stored["metrics"]
         else:
@@ -394,7 +415,8 @@ def evaluate_model(
                 results[name] = evaluate_benchmark(model, processor, loaded[name], batch_size)
             except NonFiniteEmbeddingsError as error:  # a diverged model: which one, on what
                 raise NonFiniteEmbeddingsError(f"{model_ref}: {name}: {error}") from error
-            run = _run_fingerprint(model_ref, model_state, name, sources.get(name), dtype, image_processor_kwargs, out)
+            run = _run_fingerprint(model_ref, model_state, name, sources.get(name), dtype, image_processor_kwargs, out,
+                                   loaded[name])
             record = {"run": run, "metrics": results[name]}
             atomic_write_json(folder / f"{name}.json", record)  # a crash never leaves half a result
     return {name: results[name] for name in benchmarks}
@@ -618,8 +640,11 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         # model whose results are all stored needs nothing (an offline re-run works).
         for model_ref in model_refs:
             check_model_ref(model_ref)
+        # local sources first (cheap, offline): a stored result counts the image files they name outside themselves
+        loaded = _load_benchmarks([name for name in args.benchmarks if name in sources and Path(sources[name]).expanduser().exists()],
+                                  sources, args.token)
         stored = {model_ref: stored_results(model_ref, args.benchmarks, sources, args.out, args.dtype, args.token,
-                                            image_processor_kwargs)
+                                            image_processor_kwargs, loaded)
                   for model_ref in model_refs}
         for model_ref in model_refs:
             if set(args.benchmarks) - set(stored[model_ref]):
@@ -633,7 +658,7 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         # every benchmark some model has left to do, read once, before the first model loads: one only a later
         # --compare model needs (a Hub copy offline and not cached, say) would fail after the first model's hours
         todo = [name for name in args.benchmarks if any(name not in stored[model_ref] for model_ref in model_refs)]
-        loaded = _load_benchmarks(todo, sources, args.token)
+        loaded |= _load_benchmarks([name for name in todo if name not in loaded], sources, args.token)
         for model_ref in model_refs:
             all_results[model_ref] = evaluate_model(
                 model_ref, args.benchmarks, sources, args.out, args.batch_size, stored[model_ref], device, args.dtype,

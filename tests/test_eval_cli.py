@@ -584,6 +584,36 @@ def test_cli_reports_an_unreadable_image_file_of_a_folder_layout(tiny, benchmark
     assert error.startswith(f"maple eval: error: {mmvp / 'Questions.csv'}, line 5: unreadable image file {broken} (")
 
 
+def test_image_files_a_table_names_outside_itself_are_part_of_its_fingerprint(tiny, tmp_path, capsys, monkeypatch):
+    """A parquet source's images kept as file paths were not fingerprinted: images replaced (or, for relative paths,
+    another working folder's) reused the stored result of the old ones (found by a review)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    _, _, (first, _) = tiny
+    for folder in ("a", "b"):
+        (tmp_path / folder / "images").mkdir(parents=True)
+        for index in range(4):
+            Image.new("RGB", (16, 16), (60 * index, 0, 255 if folder == "a" else 0)).save(tmp_path / folder / "images" / f"{index}.png")
+    source = tmp_path / "coco.parquet"
+    pq.write_table(pa.table({"image": [f"images/{index}.png" for index in range(4)],
+                             "caption": [[f"a red circle {index}"] for index in range(4)]}), source)
+    argv = [str(first), "--benchmarks", "coco", "--source", f"coco={source}", "--out", str(tmp_path / "eval")]
+    monkeypatch.chdir(tmp_path / "a")
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "coco already done" in capsys.readouterr().out
+    image = tmp_path / "a" / "images" / "2.png"
+    image.write_bytes(image.read_bytes())  # same bytes, new modification time
+    assert main(argv) == 0
+    assert f"coco: stored result is from another source (changed files: {image}), recomputing\n" in capsys.readouterr().out
+    monkeypatch.chdir(tmp_path / "b")  # the same table names other files
+    assert main(argv) == 0
+    assert "coco: stored result is from another source (changed files: " in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("out_holds_the_source", [False, True])
 def test_a_changed_image_in_a_source_folders_subfolder_is_recomputed(tiny, benchmark_sources, tmp_path, capsys,
                                                                      out_holds_the_source):
