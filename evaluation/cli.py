@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -41,29 +40,21 @@ from .benchmarks import BENCHMARKS, QuadrupleBenchmark, RetrievalBenchmark, benc
 from .metric_names import QUADRUPLE_SCORES, RETRIEVAL_METRICS
 
 
-# A path's folder names that `--` joins into a name that reads back as one path only: no `--` in them, none at an end
-_PLAIN_FOLDER_NAME = re.compile(r"[\w.]+(?:-[\w.]+)*")
-
-
 def _model_folder_name(model_ref: str) -> str:
     """A file-system-safe name for a model reference: `org--name` for a Hub id (which cannot hold `--`), `local--`
     and the absolute path with `--` for `/` for a local folder, so that `.`, `..`, or a folder `/x/y` beside a Hub
-    id `x/y`, name folders of their own inside OUT. A path with other characters (`/x/a b`, `/x/a--b`, which would
-    both read `x--a--b`, as `/x/a/b` does) gets `@` and a digest of itself, so two folders never share a name."""
+    id `x/y`, name folders of their own inside OUT. Two paths may share one (`/x/a b`, `/x/a--b` and `/x/a/b`): their
+    results' fingerprints tell them apart, and `_distinct_models` refuses them side by side."""
     path = Path(model_ref).expanduser()
     if path.exists():
-        resolved = str(path.resolve()).strip("/")
-        name = "local--" + re.sub(r"[^\w.-]+", "--", resolved)
-        if not all(_PLAIN_FOLDER_NAME.fullmatch(part) for part in resolved.split("/")):
-            name += "@" + hashlib.sha256(resolved.encode()).hexdigest()[:8]
-        return name
+        return "local--" + re.sub(r"[^\w.-]+", "--", str(path.resolve()).strip("/"))
     return re.sub(r"[^\w.-]+", "--", model_ref.strip("/")).strip(".") or "model"
 
 
 def _distinct_models(model_refs: list[str]) -> list[str]:
     """`model_refs` less those naming a model listed before them, each dropped one announced: `m`, `m/` and `../x/m`
     are one folder (`_model_identity`; a Hub id is taken as written), and evaluated twice they would write one result
-    folder twice."""
+    folder twice. A `ValueError` for two models whose results would share one folder (`_model_folder_name`)."""
     distinct: dict[str, str] = {}
     for model_ref in model_refs:
         identity = _model_identity(model_ref)
@@ -71,6 +62,11 @@ def _distinct_models(model_refs: list[str]) -> list[str]:
             print(f"{model_ref}: the same model as {distinct[identity]}, evaluated once")
         else:
             distinct[identity] = model_ref
+    by_folder: dict[str, str] = {}
+    for model_ref in distinct.values():
+        if (other := by_folder.setdefault(_model_folder_name(model_ref), model_ref)) != model_ref:
+            raise ValueError(f"{other} and {model_ref} are two models whose results would share one folder, "
+                             f"{_model_folder_name(model_ref)}: evaluate them with two --out folders")
     return list(distinct.values())
 
 
@@ -302,7 +298,7 @@ def _run_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[st
             if then.get("base") != now.get("base"):
                 details.append("the adapter's base model changed")
             differences.append("model state" + (f" ({'; '.join(details)})" if details else ""))
-        elif key in ("source_files", "image_files") and isinstance(then, dict) and isinstance(now, dict):
+        elif key in ("source_files", "image_files"):  # (one of them None: files named, not every file's state)
             differences.append(f"source (changed files: {_changed_files(then, now)})")
         else:
             differences.append(f"{words.get(key, key)} ({then!r} then, {now!r} now)")
@@ -615,7 +611,10 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     # the sources the results are of: a --source for a benchmark left out is checked, but neither published nor refused
     evaluated_sources = {name: source for name, source in sources.items() if name in args.benchmarks}
     _check_out(parser, args.out)
-    model_refs = _distinct_models([args.model, *args.compare])
+    try:
+        model_refs = _distinct_models([args.model, *args.compare])
+    except ValueError as error:
+        exit_with_error(parser, str(error))
     if args.push_to_hub and Path(args.model).expanduser().exists():
         exit_with_error(parser, f"--push-to-hub writes into the card of MODEL's Hub repo, but {args.model} is a local folder: push the checkpoint first and evaluate it by repo id")
     # The card's model-index would label local copies as the official benchmarks, and a copy may be a subset.
@@ -641,8 +640,8 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         for model_ref in model_refs:
             check_model_ref(model_ref)
         # local sources first (cheap, offline): a stored result counts the image files they name outside themselves
-        loaded = _load_benchmarks([name for name in args.benchmarks if name in sources and Path(sources[name]).expanduser().exists()],
-                                  sources, args.token)
+        local = [name for name in args.benchmarks if Path(sources.get(name) or BENCHMARKS[name].hub_id).expanduser().exists()]
+        loaded = _load_benchmarks(local, sources, args.token)
         stored = {model_ref: stored_results(model_ref, args.benchmarks, sources, args.out, args.dtype, args.token,
                                             image_processor_kwargs, loaded)
                   for model_ref in model_refs}
