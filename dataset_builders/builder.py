@@ -58,7 +58,7 @@ from maple.files import atomic_write, atomic_write_json, changed_entries, files_
 from maple.hub import is_hub_id, local_path_name, names_a_file
 from trainer.schema import PREFERENCE_FEATURES
 
-from .interfaces import ENSEMBLE_SEPARATOR, CandidateCaptioner, PreferenceJudge, component_name, first_finding
+from .interfaces import CandidateCaptioner, PreferenceJudge, component_name, first_finding, renamed_members
 from .miner import HardNegativeMiner, check_semdedup_clusters
 from .scoring import check_captions, check_judge_scores, score_both_directions, text_pool
 from .sources import (
@@ -266,6 +266,15 @@ def _config_folder(snapshot: Path, config_name: str) -> Path:
     return snapshot / config_name
 
 
+def _lone_config_folder(path: Path, top_folder: str, files: list[Path]) -> Path | None:
+    """The folder of the one config of a snapshot `path` read without a config name, whose files all lie in
+    `top_folder` ("." for `path` itself): a folder's own, or `path` when it holds push_to_hub's train shards
+    ("train-00000-of-00001.parquet": a config's folder given as the source); None for a plain folder of files."""
+    if top_folder != ".":
+        return path / top_folder
+    return path if any(re.fullmatch(r"train-\d{5}-of-\d{5}\.parquet", file.name) for file in files) else None
+
+
 def _in_number_order(path: Path) -> list[str | int]:
     """A sort key that orders the numbers in a path by value: a build's shards are named by anchor ("shard-999995-..."
     before "shard-1000000-...", which a plain sort puts first)."""
@@ -348,9 +357,7 @@ def _published_component(name: str | None) -> str | None:
     only (`local_path_name`), as `_published_source` names a local source; an ensemble's members one by one."""
     if name is None:
         return None
-    return ENSEMBLE_SEPARATOR.join(
-        f"local folder ({local})" if (local := local_path_name(member)) else member for member in name.split(ENSEMBLE_SEPARATOR)
-    )
+    return renamed_members(name, lambda member: f"local folder ({local})" if (local := local_path_name(member)) else member)
 
 
 def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -508,6 +515,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         self._plan: BuildPlan | None = None
         # True once `check_work_dir` passes: from then on the manifest going means another rank gave up the work dir.
         self._work_dir_claimed = False
+        self._assembled_stats: dict[str, Any] | None = None  # the stats `_split_generators` computed, written once assembled
 
     # ----------------------------------------------------------------------------------------------
     # datasets.GeneratorBasedBuilder
@@ -546,8 +554,14 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             # another source under the same cache key failed that check once, and the failed build's stats.json then
             # let the stale cache be reused (and pushed) under this build's stats
             self.info.splits = None
+        self._assembled_stats = None
         super().download_and_prepare(output_dir, download_config, download_mode, **kwargs)
-        # A cached dataset skips `_split_generators`, which writes stats.json: the source licence, part of the cache
+        # stats.json marks the cache as this work dir's finished build, so it is written only once `datasets` has
+        # finished writing the cache: one written before, by a build that was then interrupted, let the next reuse
+        # the cache of another source under the same key, with this build's stats
+        if self._assembled_stats is not None:
+            atomic_write_json(self.work_dir / "stats.json", self._assembled_stats)
+        # A cached dataset skips `_split_generators`, which computes the stats: the source licence, part of the cache
         # key but not of the work dir's recipe, may have changed since; the card must show this build's.
         stats = _read_json(self.work_dir / "stats.json")
         if stats.get("source_license") != self.config.source_license:
@@ -557,7 +571,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager) -> list[datasets.SplitGenerator]:
         self.build_shards()
         shard_paths = self._wait_for_shards()
-        self.write_stats(shard_paths)
+        self._assembled_stats = self.build_stats(shard_paths)
         return [datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs={"shard_paths": shard_paths})]
 
     def _generate_examples(self, shard_paths: list[Path]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -1129,9 +1143,9 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
     # ----------------------------------------------------------------------------------------------
     # statistics, publishing, loading
 
-    def write_stats(self, shard_paths: list[Path] | None = None) -> dict[str, Any]:
-        """Summary of the finished build (counts, skipped inputs, score histograms), saved to
-        stats.json in the work dir; the dataset card is written from it. `shard_paths`: the shards
+    def build_stats(self, shard_paths: list[Path] | None = None) -> dict[str, Any]:
+        """Summary of the finished build (counts, skipped inputs, score histograms), which `download_and_prepare` saves
+        to stats.json in the work dir; the dataset card is written from it. `shard_paths`: the shards
         `_wait_for_shards` returned, if the caller has them (else it is called here)."""
         plan = self.plan()
         if shard_paths is None:
@@ -1177,7 +1191,6 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             "skipped": [asdict(item) for item in plan.skipped],
             "score_histograms": histograms,
         }
-        atomic_write_json(self.work_dir / "stats.json", stats)
         return stats
 
     @property
@@ -1271,6 +1284,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         if path.exists():
             folder = path if config_name is None else _config_folder(path, config_name)
             files = [path] if path.is_file() else sorted(folder.rglob("*.parquet"), key=_in_number_order)
+            config_folder = folder if config_name is not None else None
             if config_name is None and path.is_dir():
                 folders = sorted({file.relative_to(path).parts[0] if len(file.relative_to(path).parts) > 1 else "." for file in files})
                 if len(folders) > 1:
@@ -1278,12 +1292,13 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                         f"{repo_id_or_path} holds several configs ({', '.join(folders)}): "
                         f"pass config_name= to pick one"
                     )
+                config_folder = _lone_config_folder(path, folders[0], files)
             if not files:
                 raise FileNotFoundError(f"no parquet files{f' of config {config_name!r}' if config_name else ''} under {repo_id_or_path}")
             # Split by their names, as `datasets` splits a repo's files ("train-00000-of-00001.parquet", "test-...");
             # a build's shards, whose names give none, are its "train" split. `split` may slice ("train[:100]").
             by_split = (
-                files_by_split(folder, files, unnamed="train", config_folder=config_name is not None)
+                files_by_split(folder, files, unnamed="train", config_folder=config_folder)
                 if path.is_dir()
                 else {"train": files}
             )

@@ -18,7 +18,7 @@ Optional attributes the builder reads when a judge, captioner or miner has them 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import PIL.Image
@@ -53,6 +53,11 @@ class CandidateCaptioner(Protocol):
 
 # Joins the names of a `JudgeEnsemble`'s members into its own.
 ENSEMBLE_SEPARATOR = " + "
+
+
+def renamed_members(name: str, rename: Callable[[str], str]) -> str:
+    """`name` of a judge, or of a `JudgeEnsemble` (its members' names joined), with each member's name `rename`d."""
+    return ENSEMBLE_SEPARATOR.join(rename(member) for member in name.split(ENSEMBLE_SEPARATOR))
 
 
 def component_name(component: Any) -> str:

@@ -281,7 +281,7 @@ def _split_files(folder: Path, spec: BenchmarkSpec) -> list[Path]:
     if not files:
         raise BenchmarkFormatError(f"{folder}: no parquet files for benchmark {spec.name!r}")
     try:
-        splits = files_by_split(folder, files)
+        splits = files_by_split(folder, files, config_folder=folder)  # a benchmark's folder may be a config's
     except ValueError as error:  # datasets': a file name that reads as no split name ("test-v2-00000-of-00001")
         raise BenchmarkFormatError(f"{folder}: {error}") from error
     if len(splits) < 2:

@@ -53,12 +53,16 @@ _SPLIT_SHARD_NAME = re.compile(r"^(\w+(?:\.\w+)*)-\d{5}-of-\d{5}\.")
 
 
 def files_by_split(
-    folder: str | os.PathLike, files: Sequence[Path], unnamed: str | None = None, *, config_folder: bool = True
+    folder: str | os.PathLike,
+    files: Sequence[Path],
+    unnamed: str | None = None,
+    *,
+    config_folder: str | os.PathLike | None = None,
 ) -> dict[str, list[Path]]:
     """`files` (data files inside `folder`) grouped by the split their paths within `folder` give, each group in the
-    order of `files`: with `config_folder` (`folder` may be a config's folder, or `data/`), a file directly inside it
-    named as `push_to_hub` names a split's shards there (`test_hard-00000-of-00001.parquet`, where `datasets` reads the
-    custom name only inside `data/`); else as `datasets` groups the files of a folder or a Hub repo (`test.parquet`,
+    order of `files`: a file directly inside `config_folder` (a config's folder, or `data/`; None: none) named as
+    `push_to_hub` names a split's shards there (`test_hard-00000-of-00001.parquet`, where `datasets` reads the custom
+    name only inside `data/`); else as `datasets` groups the files of a folder or a Hub repo (`test.parquet`,
     `validation/part-0.parquet`; all of them "train" when none gives a split). A file whose path gives no split beside
     files that do goes to split `unnamed`, or, with None, is left out, as `datasets` leaves it out. A `ValueError`
     (from `datasets`) for a name that is no split name."""
@@ -69,8 +73,8 @@ def files_by_split(
     split_of = {os.path.abspath(name): str(split) for split, names in resolved.items() for name in names}
     grouped: dict[str, list[Path]] = {}
     for file in files:
-        in_folder = config_folder and os.path.dirname(os.path.abspath(file)) == os.path.abspath(folder)
-        shard = _SPLIT_SHARD_NAME.match(Path(file).name) if in_folder else None
+        in_config_folder = config_folder is not None and os.path.dirname(os.path.abspath(file)) == os.path.abspath(config_folder)
+        shard = _SPLIT_SHARD_NAME.match(Path(file).name) if in_config_folder else None
         split = shard.group(1) if shard else split_of.get(os.path.abspath(file), unnamed)
         if split is not None:
             grouped.setdefault(split, []).append(file)

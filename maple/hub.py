@@ -13,6 +13,7 @@ command can use it.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,7 +37,9 @@ def local_path_name(ref: str) -> str | None:
     path = Path(ref).expanduser()
     if not (path.is_absolute() or ref.startswith((".", "~")) or path.exists()):
         return None
-    return path.resolve().name or ref
+    # the name as written, not a link's target (a Hub cache snapshot's is a commit hash); the home folder's is a user's
+    absolute = Path(os.path.abspath(path))
+    return "~" if absolute == Path.home() else absolute.name or ref
 
 
 class HubReadError(OSError):

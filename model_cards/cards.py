@@ -20,6 +20,7 @@ from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard,
 
 from evaluation.metric_names import QUADRUPLE_SCORES, RETRIEVAL_METRICS
 from maple import PAPER_CITATION
+from dataset_builders.interfaces import renamed_members
 from maple.hub import local_path_name, validate_card
 from modeling_maple.configuration_maple import mllm_family
 
@@ -419,10 +420,9 @@ def model_card_from_run(
     # and get links; a local folder is named as text.
     base_model_id, dataset_hub_id = hub_reference(base_model), hub_reference(dataset_id)
     license = license or base_model_license(base_model, token=token)
-    base_model, dataset_id, judge_id = (
-        None if reference is None else table_cell(_shown_reference(reference, output_dir, repo_id))
-        for reference in (base_model, dataset_id, judge_id)
-    )
+    base_model, dataset_id = (_shown_reference(reference, output_dir, repo_id) for reference in (base_model, dataset_id))
+    if judge_id is not None:  # an ensemble's members one by one
+        judge_id = renamed_members(judge_id, lambda member: _shown_reference(member, output_dir, repo_id))
     card_data = ModelCardData(
         **(_license_metadata(license) if license else {}),
         model_name=model_name,
@@ -440,16 +440,17 @@ def model_card_from_run(
         template_path=str(TEMPLATES / "model_card.md"),
         model_name=model_name,
         repo_id=repo_id,
-        base_model=base_model,
+        base_model=base_model and table_cell(base_model),
         base_model_is_hub_id=base_model_id is not None,
         backbone=backbone,
         backbone_description=_backbone_description(backbone, model_config),
         objective=_objective_description(config.get("rpa_weight")),
         normalized=model_config.get("normalize", True),
         finetuning=_finetuning_description(lora),
-        dataset_id=dataset_id,
+        dataset_id=dataset_id and table_cell(dataset_id),
         dataset_is_hub_id=dataset_hub_id is not None,
         judge_id=judge_id,
+        judge_cell=judge_id and table_cell(judge_id),
         hyperparameters=[(name, table_cell(value)) for name, value in _card_hyperparameters(config)],
         curves_file=CURVES_FILE if has_curves else None,
         evaluation_section=render_evaluation_section(eval_results, repo_id, GAP_HISTOGRAM_FILE if has_histograms else None),

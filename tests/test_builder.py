@@ -523,7 +523,7 @@ def test_stats_describe_this_build_when_the_dataset_comes_from_the_cache(tmp_pat
     assert len(_build(tmp_path, source_license="cc-by-4.0", wait_timeout=1).as_dataset(split="train")) == 10
 
 
-def test_a_new_work_dir_builds_again_though_the_cache_holds_another_source_s_build(tmp_path):
+def test_a_new_work_dir_builds_again_though_the_cache_holds_another_source_s_build(tmp_path, monkeypatch):
     """The cache key holds a path source's path, not its contents: after the work dir was deleted (as its
     WorkDirMismatch advises), the new build was checked against the cached build's split sizes and failed with a
     traceback, and the stats.json it had written then let the next build return (and push) the stale rows."""
@@ -534,6 +534,22 @@ def test_a_new_work_dir_builds_again_though_the_cache_holds_another_source_s_bui
     shutil.rmtree(tmp_path / "work")
     builder = _build(tmp_path, source=source)
     assert len(builder.as_dataset(split="train")) == builder.stats["num_anchors"] == 9
+    # and so after a rebuild interrupted while `datasets` writes the cache: its stats.json, written before, marked the
+    # old cache as the new build's (found by a review of the fix above)
+    colour_square_source(7).to_parquet(source)
+    shutil.rmtree(tmp_path / "work")
+
+    def interrupted(self, shard_paths):
+        raise KeyboardInterrupt
+        yield
+
+    with monkeypatch.context() as patch:
+        patch.setattr(MaplePreferences, "_generate_examples", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            _build(tmp_path, source=source)
+    assert not (tmp_path / "work" / "stats.json").exists()
+    builder = _build(tmp_path, source=source)
+    assert len(builder.as_dataset(split="train")) == builder.stats["num_anchors"] == 7
 
 
 def test_an_unreadable_file_of_an_image_folder_is_named(tmp_path):
@@ -639,6 +655,12 @@ def test_from_pretrained_loads_a_local_build_or_snapshot(tmp_path):
     for config in ("custom", "default"):
         assert len(MaplePreferences.from_pretrained(str(snapshot), config_name=config)) == len(built)
         assert MaplePreferences.from_pretrained(str(snapshot), config_name=config, split="test_hard")["id"] == built["id"][:1]
+    # and without a config name, where the snapshot holds one config, or the config's folder is given (a review of the
+    # fix below found test_hard read as test there)
+    lone = tmp_path / "lone"
+    shutil.copytree(snapshot / "custom", lone / "custom")
+    for source in (lone, lone / "custom"):
+        assert MaplePreferences.from_pretrained(str(source), split="test_hard")["id"] == built["id"][:1]
     for folder in ("converted", "custom", "data"):
         shutil.rmtree(snapshot / folder)
     # ... but only there: a plain folder's "prefs-00000-of-00001.parquet" is its train split, and a split folder's

@@ -395,3 +395,16 @@ def test_a_mirror_s_credentials_are_not_in_the_repo_s_name(monkeypatch):
 
     monkeypatch.setattr(constants, "ENDPOINT", "https://bob:hf_secret@mirror.example:8443")
     assert hub_repo("org/name", "dataset") == "dataset repo 'org/name' on https://mirror.example:8443"
+
+
+def test_a_local_path_is_published_by_the_name_it_was_given(tmp_path, monkeypatch):
+    """`local_path_name` followed links (a Hub cache snapshot's target is a commit hash) and named the home folder by
+    its user name (found by a review)."""
+    from maple.hub import local_path_name
+
+    (tmp_path / "blobs" / "3f2a9c").mkdir(parents=True)
+    (tmp_path / "judge").symlink_to(tmp_path / "blobs" / "3f2a9c")
+    assert local_path_name(str(tmp_path / "judge")) == "judge"
+    monkeypatch.setenv("HOME", str(tmp_path / "alice"))
+    assert local_path_name("~") == "~" and local_path_name("~/models/qwen") == "qwen"
+    assert local_path_name("Qwen/Qwen2-VL-2B-Instruct") is None and local_path_name("scene-graph judge (a stand-in)") is None

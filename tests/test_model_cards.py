@@ -104,6 +104,10 @@ def test_the_card_of_a_repo_names_local_folders_by_their_names_only(tmp_path, mo
     local = model_card_from_run(tmp_path / "alice" / "model", backbone="mllm", training_config={}, log_history=[],
                                 eval_results={}, **references)
     assert "| Base model | `../base` (a local folder) |" in local.text  # from the card's folder
+    # an ensemble's members one by one (a review found `Qwen/... + /home/alice/judge` published whole)
+    ensemble = model_card_from_run(tmp_path / "m", base_model=None, backbone="mllm", training_config={}, log_history=[],
+                                   eval_results={}, judge_id=f"org/judge + {tmp_path}/alice/qwen-judge", repo_id="bob/model")
+    assert "| Preference judge | `org/judge + qwen-judge` |" in ensemble.text and "alice" not in ensemble.text
     description = "scene-graph judge (a stand-in for an MLLM judge; see docs/demo.md)"  # not a path: as it is
     described = model_card_from_run(tmp_path / "m", base_model=None, backbone="mllm", training_config={}, log_history=[],
                                     eval_results={}, judge_id=description, repo_id="bob/model")
@@ -336,7 +340,7 @@ def test_with_eval_results_names_the_dataset_each_benchmark_was_read_from(tmp_pa
     assert datasets == {("coco", "maple-org/coco-mirror"), ("bivlc", "imirandam/BiVLC")}
 
 
-STATS = {  # the shape `MaplePreferences.write_stats` writes
+STATS = {  # the shape `MaplePreferences.build_stats` gives
     "config_name": "default", "source": "openclipart", "source_license": "cc0-1.0", "judge": "Qwen/Qwen2-VL-7B-Instruct",
     "judge_prompt": 'Does the image align with the text "{text}"? Answer Yes or No.', "captioner": "Qwen/Qwen2.5-VL-72B-Instruct",
     "num_hard_negatives": 3, "text_candidates": "generated", "semdedup": {"clusters": 50, "epsilon": 0.07},
@@ -500,6 +504,7 @@ def test_text_from_data_cannot_break_the_cards_tables_fences_or_lists(tmp_path):
     rows = [line for line in card.text.splitlines() if line.startswith("| wino")]
     assert len(rows) == 3 and all(row.count(" | ") == 4 for row in rows)  # benchmark, subset, three scores
     assert "| Base model | `/models/m\\|x` (a local folder) |" in card.text and "| Preference judge | `j\\|2` |" in card.text
+    assert "judge (`j|2`)" in card.text  # not escaped outside the table
     prompt = "Match?\n```\n{caption}\n```\nYes or No."
     dataset_card = str(dataset_card_from_stats({"judge_prompt": prompt, "known_biases": ["one\nbias"],
                                                 "skipped_by_reason": {"bad|image": 2}}))

@@ -756,11 +756,12 @@ def _demo_card_stats(stats: dict[str, Any]) -> dict[str, Any]:
 
 def _write_dataset_card(folder: Path, stats: dict[str, Any], repo_id: str | None = None) -> None:
     """The preference dataset's card, `folder`/README.md, from the builder's `stats`, for `repo_id` (the dataset repo
-    it is pushed to), if any: that card names a local `--judge` by its folder's name only, as the builder's push does."""
+    it is pushed to), if any. It names a local `--judge` by its folder's name only, as the builder's push does, also
+    where it is written locally: a push without the builder's stats (work/ deleted) publishes the card as built."""
     from dataset_builders.builder import publishable_stats
     from model_cards import dataset_card_from_stats
 
-    stats = {**stats, **publishable_stats(stats)} if repo_id else stats
+    stats = {**stats, **publishable_stats(stats)}
     dataset_card_from_stats(_demo_card_stats(stats), repo_id=repo_id, output_dir=folder).save(str(folder / "README.md"))
 
 
