@@ -1383,6 +1383,16 @@ def test_a_dataset_formatted_for_torch_or_numpy_trains_as_it_is(tmp_path, format
     assert formatted.format["type"] == format_type, "the caller's dataset keeps its format"
 
 
+def test_a_dataset_with_a_transform_is_refused_not_trained_on_without_it(tmp_path):
+    """Its "custom" format was reset like a torch one: the transform was dropped and the untransformed rows trained
+    on, silently (found by a review)."""
+    model, processor = build_tiny("dual_encoder", seed=0)
+    transformed = synthetic_preference_dataset(8, seed=0).with_transform(lambda batch: batch)
+    with pytest.raises(ValueError, match=r"^train dataset: a transform set with `with_transform` or `set_transform` is not "
+                                         r"applied by RPATrainer; apply it with `dataset.map\(...\)` first$"):
+        RPATrainer(model, args=make_config(tmp_path, max_steps=1), processing_class=processor, train_dataset=transformed)
+
+
 def test_a_reference_model_that_is_the_model_or_would_be_ignored_is_refused(tmp_path):
     """The model as its own reference would train its reference; a reference with reference="none" would do nothing."""
     model, processor = build_tiny("dual_encoder", seed=0)

@@ -857,7 +857,7 @@ def test_config_as_the_last_argument_asks_for_its_file(capsys):
     "env:\n  MAPLE_TEST_CONFIG_ENV: 'set'\n",  # an `env:` mapping, set for the run
     "save_total_limit: null\n",  # an optional number left unset
     "learning_rate: 0.0001\nrpa_weight: 1\n",  # YAML's float for a float, an int for a float
-    "max_steps: 2.0\n",  # an integer written as a float
+    "learn_beta: false\nbf16: null\n",  # a YAML boolean for a switch, an optional one left unset
 ])
 def test_a_good_config_file_is_accepted(tmp_path, monkeypatch, capsys, content):
     monkeypatch.chdir(tmp_path)
@@ -874,6 +874,11 @@ def test_a_good_config_file_is_accepted(tmp_path, monkeypatch, capsys, content):
     ("env: [TOKENIZERS_PARALLELISM]\n", "expected 'env' to be a mapping of environment variables, got ['TOKENIZERS_PARALLELISM']"),
     ("max_steps: true\n", "max_steps: expected an integer, got True"),
     ("rpa_weight: false\n", "rpa_weight: expected a number, got False"),
+    # nothing converts YAML's values: these failed in transformers, torch or the trainer once the model had loaded
+    # (a review found them; 2.0 had been accepted as an integer)
+    ("max_steps: 2.0\n", "max_steps: expected an integer, got 2.0"),
+    ("per_device_train_batch_size: 8.0\n", "per_device_train_batch_size: expected an integer, got 8.0"),
+    ("learn_beta: 0\n", "learn_beta: expected true or false, got 0"),
 ])
 def test_a_config_value_of_the_wrong_kind_is_refused(tmp_path, capsys, content, message):
     (tmp_path / "train.yaml").write_text(content)

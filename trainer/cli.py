@@ -512,29 +512,28 @@ _NOT_ONLY_STRINGS = ("resume_from_checkpoint", "fsdp")
 
 
 def _scalar_fields(dataclass_types) -> dict[str, type]:
-    """The options typed `int`, `float` or `str` (or that or None), by name, with that type, but `_NOT_ONLY_STRINGS`;
-    a `list[str]` is none of them."""
+    """The options typed `bool`, `int`, `float` or `str` (or that or None), by name, with that type, but
+    `_NOT_ONLY_STRINGS`; a `list[str]` is none of them."""
     scalar = {}
     for dataclass_type in dataclass_types:
         for name, hint in typing.get_type_hints(dataclass_type).items():
             is_union = typing.get_origin(hint) in (typing.Union, types.UnionType)
             kinds = [kind for kind in (typing.get_args(hint) if is_union else (hint,)) if kind is not type(None)]
-            if len(kinds) == 1 and kinds[0] in (int, float, str) and name not in _NOT_ONLY_STRINGS:
+            if len(kinds) == 1 and kinds[0] in _KIND_NAMES and name not in _NOT_ONLY_STRINGS:
                 scalar[name] = kinds[0]
     return scalar
 
 
 def _is_value_of(value: object, kind: type) -> bool:
-    """Whether a YAML value is a `str` option's string, an `int` option's integer (2.0 too) or a `float` option's
-    number; booleans are none of them."""
-    if kind is str:
-        return isinstance(value, str)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    return kind is float or float(value).is_integer()
+    """Whether a YAML value is a `str` option's string, a `bool` option's boolean, an `int` option's integer or a
+    `float` option's number (an integer too). Nothing converts them: `2.0` for a count, or `0` for a switch, reached
+    transformers and torch as they are, which failed on them once the model had loaded."""
+    if kind in (str, bool):
+        return isinstance(value, kind)
+    return not isinstance(value, bool) and isinstance(value, (int, float) if kind is float else int)
 
 
-_KIND_NAMES = {int: "an integer", float: "a number", str: "a string"}
+_KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 
 
 def _check_reference(option: str, reference: str) -> None:
