@@ -438,7 +438,7 @@ def test_a_missing_or_corrupt_image_file_is_one_line_naming_its_row(tmp_path, ca
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"maple train: error: --dataset_name {tmp_path / 'prefs.parquet'}: train dataset, row id 'scene-2': column "
         f"'candidate_images'[1] is the file '{tmp_path / '2-1.png'}', which does not exist (relative paths are read "
-        f"from {os.getcwd()}).")
+        f"from {os.getcwd()}; by `maple train`, also from the data file's folder).")
     (tmp_path / "moved.png").rename(tmp_path / "2-1.png")
     (tmp_path / "2-1.png").write_bytes(b"not a png")
     with pytest.raises(SystemExit) as exit_info:

@@ -465,7 +465,8 @@ def _check_image_files(batch: pa.Table, dataset_name: str) -> None:
                 problem = "is a folder" if os.path.isdir(path) else "does not exist"
                 raise ValueError(
                     f"{dataset_name} dataset, row id {batch['id'][row].as_py()!r}: column {entry} is the file "
-                    f"{path!r}, which {problem} (relative paths are read from {os.getcwd()})."
+                    f"{path!r}, which {problem} (relative paths are read from {os.getcwd()}; by `maple train`, "
+                    "also from the data file's folder)."
                 )
 
 
