@@ -268,11 +268,12 @@ def _config_folder(snapshot: Path, config_name: str) -> Path:
 
 def _lone_config_folder(path: Path, top_folder: str, files: list[Path]) -> Path | None:
     """The folder of the one config of a snapshot `path` read without a config name, whose files all lie in
-    `top_folder` ("." for `path` itself): a folder's own, or `path` when it holds push_to_hub's train shards
-    ("train-00000-of-00001.parquet": a config's folder given as the source); None for a plain folder of files."""
-    if top_folder != ".":
-        return path / top_folder
-    return path if any(re.fullmatch(r"train-\d{5}-of-\d{5}\.parquet", file.name) for file in files) else None
+    `top_folder` ("." for `path` itself, a config's folder given as the source), if it is one: if it directly holds
+    push_to_hub's train shards ("train-00000-of-00001.parquet"); None for a plain folder of files, or a split's folder
+    (`train/`, `validation/`), whose files are of its split, as `datasets` reads them."""
+    folder = path if top_folder == "." else path / top_folder
+    train_shard = re.compile(r"train-\d{5}-of-\d{5}\.parquet")
+    return folder if any(file.parent == folder and train_shard.fullmatch(file.name) for file in files) else None
 
 
 def _in_number_order(path: Path) -> list[str | int]:
@@ -1284,6 +1285,8 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         if path.exists():
             folder = path if config_name is None else _config_folder(path, config_name)
             files = [path] if path.is_file() else sorted(folder.rglob("*.parquet"), key=_in_number_order)
+            if not files:
+                raise FileNotFoundError(f"no parquet files{f' of config {config_name!r}' if config_name else ''} under {repo_id_or_path}")
             config_folder = folder if config_name is not None else None
             if config_name is None and path.is_dir():
                 folders = sorted({file.relative_to(path).parts[0] if len(file.relative_to(path).parts) > 1 else "." for file in files})
@@ -1293,8 +1296,6 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                         f"pass config_name= to pick one"
                     )
                 config_folder = _lone_config_folder(path, folders[0], files)
-            if not files:
-                raise FileNotFoundError(f"no parquet files{f' of config {config_name!r}' if config_name else ''} under {repo_id_or_path}")
             # Split by their names, as `datasets` splits a repo's files ("train-00000-of-00001.parquet", "test-...");
             # a build's shards, whose names give none, are its "train" split. `split` may slice ("train[:100]").
             by_split = (

@@ -37,7 +37,8 @@ def local_path_name(ref: str) -> str | None:
     path = Path(ref).expanduser()
     if not (path.is_absolute() or ref.startswith((".", "~")) or path.exists()):
         return None
-    # the name as written, not a link's target (a Hub cache snapshot's is a commit hash); the home folder's is a user's
+    # the name as written, not a link's target (a Hub cache snapshot's files link to blobs named by their hash); the
+    # home folder's name is a user's
     absolute = Path(os.path.abspath(path))
     return "~" if absolute == Path.home() else absolute.name or ref
 

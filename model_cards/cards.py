@@ -18,9 +18,9 @@ from typing import Any
 import yaml
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 
+from dataset_builders.interfaces import renamed_members
 from evaluation.metric_names import QUADRUPLE_SCORES, RETRIEVAL_METRICS
 from maple import PAPER_CITATION
-from dataset_builders.interfaces import renamed_members
 from maple.hub import local_path_name, validate_card
 from modeling_maple.configuration_maple import mllm_family
 

@@ -661,6 +661,17 @@ def test_from_pretrained_loads_a_local_build_or_snapshot(tmp_path):
     shutil.copytree(snapshot / "custom", lone / "custom")
     for source in (lone, lone / "custom"):
         assert MaplePreferences.from_pretrained(str(source), split="test_hard")["id"] == built["id"][:1]
+    # ... but a lone split folder's files are of its split, and a folder without parquet files is said to be one (a
+    # review of that fix found both refused: "Unknown split 'train'", and an IndexError)
+    shutil.rmtree(lone)
+    built.to_parquet(str(lone / "train" / "prefs-00000-of-00001.parquet"))
+    assert MaplePreferences.from_pretrained(str(lone))["id"] == built["id"]
+    shutil.rmtree(lone)
+    built.select(range(2)).to_parquet(str(lone / "validation" / "part-00000-of-00002.parquet"))
+    assert MaplePreferences.from_pretrained(str(lone), split="validation")["id"] == built["id"][:2]
+    (lone / "validation" / "part-00000-of-00002.parquet").unlink()
+    with pytest.raises(FileNotFoundError, match="no parquet files under"):
+        MaplePreferences.from_pretrained(str(lone))
     for folder in ("converted", "custom", "data"):
         shutil.rmtree(snapshot / folder)
     # ... but only there: a plain folder's "prefs-00000-of-00001.parquet" is its train split, and a split folder's
