@@ -58,7 +58,7 @@ from maple.files import atomic_write, atomic_write_json, changed_entries, files_
 from maple.hub import is_hub_id, local_path_name, names_a_file
 from trainer.schema import PREFERENCE_FEATURES
 
-from .interfaces import CandidateCaptioner, PreferenceJudge, component_name, first_finding, renamed_members
+from .interfaces import CandidateCaptioner, PreferenceJudge, component_name, first_finding, member_names, renamed_members
 from .miner import HardNegativeMiner, check_semdedup_clusters
 from .scoring import check_captions, check_judge_scores, score_both_directions, text_pool
 from .sources import (
@@ -350,6 +350,12 @@ def publishable_stats(stats: dict[str, Any], read_from_local_files: bool = False
     published["source"] = _published_source(stats.get("source"), read_from_local_files)
     for component in ("judge", "captioner"):
         published[component] = _published_component(stats.get(component))
+    # an ensemble whose members ask different questions records one "name: prompt" line per member
+    if (prompt := stats.get("judge_prompt")) and stats.get("judge"):
+        for member in member_names(stats["judge"]):
+            if local_path_name(member) is not None:
+                prompt = prompt.replace(member, _published_component(member))
+        published["judge_prompt"] = prompt
     return published
 
 

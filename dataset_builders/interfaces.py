@@ -55,9 +55,14 @@ class CandidateCaptioner(Protocol):
 ENSEMBLE_SEPARATOR = " + "
 
 
+def member_names(name: str) -> list[str]:
+    """The names of a `JudgeEnsemble`'s members in its `name`; a lone judge's own name."""
+    return name.split(ENSEMBLE_SEPARATOR)
+
+
 def renamed_members(name: str, rename: Callable[[str], str]) -> str:
     """`name` of a judge, or of a `JudgeEnsemble` (its members' names joined), with each member's name `rename`d."""
-    return ENSEMBLE_SEPARATOR.join(rename(member) for member in name.split(ENSEMBLE_SEPARATOR))
+    return ENSEMBLE_SEPARATOR.join(rename(member) for member in member_names(name))
 
 
 def component_name(component: Any) -> str:

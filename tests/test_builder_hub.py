@@ -205,6 +205,7 @@ os.makedirs("alice-private/staged")
 colour_square_source(4).to_parquet("alice-private/staged/part-0.parquet")
 local_judge = ColourJudge()
 local_judge.name = os.path.abspath("alice-private/qwen-judge")  # an MLLMJudge loaded from a local folder is so named
+local_judge.prompt = "Does the image show {text}?"  # members asking two questions: one "name: prompt" line each
 builder = MaplePreferences(  # a relative folder, which reads like a Hub id once it is gone
     config_name="corpus-captions", source="alice-private/staged", judge=JudgeEnsemble([local_judge, ColourJudge()]),
     miner=thumbnail_miner(), cache_dir="cache", work_dir="work", semdedup_clusters=None, progress=False,
@@ -227,4 +228,5 @@ def test_a_pushed_build_names_a_local_source_by_its_name_only(hub_server, tmp_pa
     assert "alice-private" not in card and "alice-private" not in json.dumps(stats)
     assert stats["source"] == "local files (staged)" and "| Source images and captions | local files (staged) |" in card
     assert stats["judge"] == "local folder (qwen-judge) + colour-judge"
+    assert stats["judge_prompt"] == "local folder (qwen-judge): Does the image show {text}?\ncolour-judge: colour distance"
     assert "| Judge | local folder (qwen-judge) + colour-judge |" in card
