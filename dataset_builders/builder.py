@@ -67,6 +67,7 @@ from .sources import (
     check_outside_source,
     decode_image,
     encoded_bytes,
+    image_paths,
     local_source_digest,
     open_source,
 )
@@ -696,7 +697,11 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 self.config, self.source_dataset, cache_dir=self._cache_dir_root, token=self.token
             )
             local = self._local_source()
-            self._source_fingerprint = fingerprint if local is None else local_source_digest(local)
+            self._source_fingerprint = (
+                fingerprint if local is None
+                # a table of image paths: its images are the source's too (a changed one mixed old and new embeddings)
+                else local_source_digest(local, image_paths(self._source, self.config.image_column))
+            )
         return self._source
 
     def _row_id(self, row: dict[str, Any], index: int) -> str:

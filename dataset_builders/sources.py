@@ -8,7 +8,7 @@ import contextlib
 import hashlib
 import io
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,27 +52,38 @@ FULLY_HASHED_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".txt")
 FULLY_HASHED_NAMES = ("metadata.parquet",)  # an image folder's captions as parquet
 
 
-def local_source_digest(path: Path, sampled_files: int = 64, sampled_blocks: int = 16, block_size: int = 4096) -> str:
+def local_source_digest(
+    path: Path,
+    image_files: Iterable[str | os.PathLike] = (),
+    sampled_files: int = 64,
+    sampled_blocks: int = 16,
+    block_size: int = 4096,
+) -> str:
     """A fingerprint of a local source by content, not by timestamps (which `datasets`' own fingerprint reads), so
     that the same files copied elsewhere (staged to a job's local disk, one copy per node) resume the same build
     (in one work dir: the default `work_dir` follows the source path).
-    Every data file's path relative to `path` and size, and the bytes of `sampled_files` files spread over them (all
-    of a few parquet shards; a sample of an image folder): each one's first and last 64 KiB and `sampled_blocks`
-    evenly spaced blocks; and every caption table of an image folder (`FULLY_HASHED_SUFFIXES`, `metadata.parquet`)
-    in full.
+    Every data file's path relative to `path` (a file's: to its folder) and size, with the image files a table names
+    by path (`image_files`; those outside that folder by their absolute paths), and the bytes of `sampled_files` files
+    spread over them (all of a few parquet shards; a sample of an image folder): each one's first and last 64 KiB and
+    `sampled_blocks` evenly spaced blocks; and every caption table of an image folder (`FULLY_HASHED_SUFFIXES`,
+    `metadata.parquet`) in full.
     Hidden files and folders (`.cache/`, written by `snapshot_download`) and `__*` ones are left out, as `datasets`
     leaves them out. An edit of an image or parquet file that keeps every size and misses the sampled bytes goes
     unseen: the price of not reading a corpus of images in full at every start."""
+    root = path.parent if path.is_file() else path
     if path.is_file():
         files = [path]
     else:
-        files = sorted(
+        files = [
             file for file in path.rglob("*")
             if file.is_file() and not any(part.startswith((".", "__")) for part in file.relative_to(path).parts)
-        )
+        ]
+    named = {Path(os.path.abspath(file)) for file in image_files if os.path.isfile(file)}
+    files = sorted({Path(os.path.abspath(file)) for file in files} | named)
+    root = Path(os.path.abspath(root))
     digest = hashlib.sha256()
     for file in files:
-        digest.update(f"{file.relative_to(path) if file != path else file.name}\0{file.stat().st_size}\0".encode())
+        digest.update(f"{file.relative_to(root) if file.is_relative_to(root) else file}\0{file.stat().st_size}\0".encode())
     count = min(sampled_files, len(files))  # spread from the first file to the last
     picked = sorted({round(index * (len(files) - 1) / max(1, count - 1)) for index in range(count)})
     for file in (files[index] for index in picked):
@@ -158,6 +169,15 @@ def open_source(
         source = source.map(lambda row: {column: _absolute(located(row[column], folder))}, load_from_cache_file=False,
                             desc="locating image files")
     return source.cast_column(config.image_column, datasets.Image(decode=False)), fingerprint
+
+
+def image_paths(source: datasets.Dataset, column: str) -> list[str]:
+    """The files of the images `column` of `source` (images left encoded, `open_source`'s) holds by path, not bytes."""
+    paths = []
+    for chunk in source.with_format("arrow")[:][column].chunks:  # struct<bytes, path>: no image is read
+        data, names = chunk.field("bytes"), chunk.field("path")
+        paths += [name.as_py() for raw, name in zip(data, names) if not raw.is_valid and name.is_valid]
+    return paths
 
 
 def _absolute(path: str | None) -> str | None:

@@ -223,6 +223,33 @@ def test_a_changed_source_file_is_caught_by_download_and_prepare(tmp_path):
         _file_builder(tmp_path, source).download_and_prepare()
 
 
+def test_a_changed_image_file_of_a_table_of_image_paths_is_a_changed_source(tmp_path):
+    """The fingerprint of a table of image paths covered the table alone: a replaced image was built on, its shards
+    mixing the old image's embedding with the new one's (found by a review). A copy of the table with its images
+    resumes the build."""
+    from PIL import Image
+
+    rows = list(colour_square_source(6).cast_column("image", datasets.Image(decode=False)))
+    (tmp_path / "table" / "pics").mkdir(parents=True)
+    for row in rows:
+        (tmp_path / "table" / "pics" / f"{row['id']}.png").write_bytes(row["image"]["bytes"])
+    datasets.Dataset.from_dict({"id": [row["id"] for row in rows], "caption": [row["caption"] for row in rows],
+                                "image": [f"pics/{row['id']}.png" for row in rows]}).to_parquet(str(tmp_path / "table" / "t.parquet"))
+    shutil.copytree(tmp_path / "table", tmp_path / "copy")
+
+    def builder(folder):
+        return _builder(tmp_path, source_dataset=None, source=str(tmp_path / folder / "t.parquet"),
+                        config_name="corpus-captions", captioner=None)
+
+    first = builder("table")
+    first.check_work_dir()
+    fingerprint = first.manifest()["source_fingerprint"]
+    assert builder("copy").manifest()["source_fingerprint"] == fingerprint
+    Image.new("RGB", (64, 64), (0, 0, 255)).save(tmp_path / "table" / "pics" / f"{rows[2]['id']}.png")
+    with pytest.raises(WorkDirMismatch, match=r"source_fingerprint: "):
+        builder("table").check_work_dir()
+
+
 def test_the_same_source_bytes_with_a_new_timestamp_or_place_resume_the_build(tmp_path):
     """`datasets`' fingerprint of a local file follows its timestamp: a source staged again (the same bytes, copied to
     a job's local disk) used to be a WorkDirMismatch."""
