@@ -901,6 +901,11 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         """Check the inputs, embed them and pick the anchors (each step checkpointed; memoised)."""
         if self._plan is None:
             self.check_ready()
+            if self.config.semdedup_clusters is not None:  # the source's rows bound the usable ones: before any is read
+                try:
+                    check_semdedup_clusters(self.config.semdedup_clusters, len(self._load_source()))
+                except ValueError as error:
+                    raise SourceError(str(error)) from None
             self.check_work_dir()
             num_source_rows, valid_rows, skipped = self.check_inputs()
             if not valid_rows:
@@ -908,7 +913,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 example = f"; e.g. row {skipped[0].row}: {skipped[0].detail}" if skipped and skipped[0].detail else ""
                 self._give_up_work_dir()
                 raise SourceError(f"no usable input rows: all {num_source_rows} were skipped ({reasons}{example})")
-            if self.config.semdedup_clusters is not None:  # checked before the costly embedding
+            if self.config.semdedup_clusters is not None:  # and the usable ones, before the costly embedding
                 try:
                     check_semdedup_clusters(self.config.semdedup_clusters, len(valid_rows))
                 except ValueError as error:

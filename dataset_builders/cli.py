@@ -37,6 +37,7 @@ from maple.files import folder_problem
 from maple.hub import repo_id_problem
 
 from .builder import MaplePreferences, MaplePreferencesConfig, WorkDirMismatch
+from .miner import check_semdedup_clusters
 from .scoring import CaptionerOutputError, JudgeOutputError
 from .sources import SourceError, check_outside_source, open_source
 
@@ -355,7 +356,9 @@ def _build(args: argparse.Namespace, given: set[str]) -> int:
         device = _device(args.device)
         _check_model_refs(args)
         _check_model_options(args, given)
-        open_source(config, cache_dir=cache_dir, token=args.token)
+        source, _ = open_source(config, cache_dir=cache_dir, token=args.token)
+        if config.semdedup_clusters is not None:  # the source's rows bound the usable ones: before any model loads
+            check_semdedup_clusters(config.semdedup_clusters, len(source))
         components = _load_components(args, device)
     except ValueError as error:  # SourceError included
         return report_error(PROG, str(error))

@@ -156,12 +156,20 @@ def open_source(
             f"source column {config.image_column!r} holds {image_feature!r}; expected images "
             "(datasets.Image), image file paths (str) or encoded image bytes"
         )
+    caption_feature = source.features[config.caption_column]
+    if not _holds_strings(caption_feature):  # every row would be skipped as "non-string caption", after a full input check
+        several = isinstance(caption_feature, (datasets.List, datasets.LargeList, datasets.Sequence))
+        raise SourceError(
+            f"source column {config.caption_column!r} holds {caption_feature!r}; expected captions (str): "
+            + ("give each caption of an image a row of its own" if several
+               else "name the caption column with caption_column= (CLI --caption-column)")
+        )
     fingerprint = source._fingerprint
     # Only the columns the build reads: others may be heavy, or images decoded on every row access. Rows as Python
     # objects: a torch, numpy, pandas or arrow format (or a transform) of the caller's would reach the ids and captions.
     used = dict.fromkeys([config.id_column, config.image_column, config.caption_column])
     source = source.with_format(None).select_columns([column for column in used if column in source.column_names])
-    if source_dataset is None and _holds_paths(image_feature) and (folder := _local_folder(config.source)) is not None:
+    if source_dataset is None and _holds_strings(image_feature) and (folder := _local_folder(config.source)) is not None:
         # relative image paths are found beside the table too, as `maple train` finds them, and made absolute: a
         # build resumed from another folder reads the files its input check read
         column = config.image_column
@@ -185,8 +193,8 @@ def _absolute(path: str | None) -> str | None:
     return os.path.abspath(path) if path is not None and os.path.exists(path) else path
 
 
-def _holds_paths(feature: Any) -> bool:
-    """Whether a source column of this feature holds file paths (strings)."""
+def _holds_strings(feature: Any) -> bool:
+    """Whether a source column of this feature holds strings: file paths in an image column, captions in the other."""
     return isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")
 
 

@@ -827,9 +827,10 @@ def test_ranks_check_a_slice_each_and_agree_with_one_process(tmp_path, monkeypat
     ]
 
 
-def test_a_caption_column_of_lists_is_skipped_as_non_string_naming_column_and_type(tmp_path):
-    """COCO-style sources hold several captions per image. Before the fix such rows were skipped as
-    "empty caption" with no detail."""
+def test_a_caption_column_of_lists_is_refused_naming_column_and_type(tmp_path):
+    """COCO-style sources hold several captions per image. Before a first fix such rows were skipped as
+    "empty caption" with no detail; then every row was skipped as a "non-string caption" once all images had been
+    read; now the column is refused as the source opens (found by a review)."""
     columns = colour_squares(3)
     columns["caption"] = [[caption, caption + " again"] for caption in columns["caption"]]
     source = datasets.Dataset.from_dict(
@@ -838,11 +839,9 @@ def test_a_caption_column_of_lists_is_skipped_as_non_string_naming_column_and_ty
             {"id": datasets.Value("string"), "image": datasets.Image(), "caption": datasets.Sequence(datasets.Value("string"))}
         ),
     )
-    _, valid_rows, skipped = _unbuilt(tmp_path, source).check_inputs()
-    assert valid_rows == []
-    assert {(item.kind, item.detail) for item in skipped} == {("non-string caption", "column 'caption' holds a list, expected str")}
-    with pytest.raises(ValueError, match=r"all 3 were skipped \(non-string caption: 3;"):
-        _unbuilt(tmp_path / "again", source).build_shards()
+    with pytest.raises(SourceError, match=r"^source column 'caption' holds List\(Value\('string'\)\); expected captions "
+                                          r"\(str\): give each caption of an image a row of its own$"):
+        _unbuilt(tmp_path, source).build_shards()
 
 
 def test_an_explicit_id_column_must_exist_but_the_default_one_may_be_absent(tmp_path):

@@ -180,8 +180,14 @@ def test_source_problems_are_one_line_errors(source_file, tmp_path, capsys):
         assert cli.main([source_file, "--output-dir", str(tmp_path / name), *STAND_INS, "--no-progress", *options]) == 2
         return capsys.readouterr().err
 
-    # the paper's 50,000 SemDeDup clusters on 7 usable images
-    assert "SemDeDup with 50000 clusters on 7 rows" in error_of("clusters")
+    # the paper's 50,000 SemDeDup clusters on 9 rows: refused before any model loads or any image is read (it was
+    # refused once the input check had read every image; found by a review), and 4 clusters on the 7 usable ones
+    assert "SemDeDup with 50000 clusters on 9 rows" in error_of("clusters")
+    assert not (tmp_path / "clusters" / "work").exists()  # only the source read into the cache
+    assert "SemDeDup with 4 clusters on 7 rows" in error_of("usable", "--semdedup-clusters", "4")
+    # a caption column that holds no text: refused before any model loads, not every row skipped after reading them
+    swapped = error_of("swapped", "--semdedup-clusters", "0", "--caption-column", "image", "--image-column", "caption")
+    assert swapped.startswith("maple build-preferences: error: source column 'image' holds Image(") and "--caption-column" in swapped
     missing_column = error_of("column", "--semdedup-clusters", "0", "--caption-column", "missing")
     assert f"source {source_file} lacks column(s) ['missing']" in missing_column and "--caption-column" in missing_column
     assert "no usable input rows: all 9 were skipped" in error_of("paths", "--semdedup-clusters", "0", "--image-column", "id")
@@ -625,7 +631,7 @@ def test_semdedup_and_its_cluster_count_are_explained_in_command_line_terms(sour
     assert cli.main(argv) == 2
     error = capsys.readouterr().err
     assert "use about" not in error and "turn de-duplication off (semdedup_clusters=None, CLI --semdedup-clusters 0); " \
-        "7 rows are too few to cluster" in error, error
+        "9 rows are too few to cluster" in error, error  # the source's 9 rows: checked before any is read
     assert cli.main([*argv, "--semdedup-clusters", "-1"]) == 2
     assert "semdedup_clusters must be positive, or None to turn de-duplication off (CLI --semdedup-clusters 0), got -1" \
         in capsys.readouterr().err

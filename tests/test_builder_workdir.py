@@ -250,6 +250,18 @@ def test_a_changed_image_file_of_a_table_of_image_paths_is_a_changed_source(tmp_
         builder("table").check_work_dir()
 
 
+def test_too_many_semdedup_clusters_for_the_source_s_rows_are_refused_before_its_images_are_read(tmp_path, monkeypatch):
+    """The check waited for the input check, which decodes every image (found by a review)."""
+    from dataset_builders.sources import SourceError
+
+    def input_check(self):
+        raise AssertionError("the input check ran")
+
+    monkeypatch.setattr(MaplePreferences, "check_inputs", input_check)
+    with pytest.raises(SourceError, match="SemDeDup with 50000 clusters on 10 rows"):
+        _builder(tmp_path, semdedup_clusters=50_000).plan()
+
+
 def test_the_same_source_bytes_with_a_new_timestamp_or_place_resume_the_build(tmp_path):
     """`datasets`' fingerprint of a local file follows its timestamp: a source staged again (the same bytes, copied to
     a job's local disk) used to be a WorkDirMismatch."""
