@@ -665,6 +665,29 @@ def test_a_foreign_folder_is_refused(tmp_path, capsys):
     assert "not empty and holds no demo run" in capsys.readouterr().err
 
 
+def test_a_folder_inside_another_run_is_refused(tmp_path, capsys):
+    """`--out OUTER/base` of a run stopped before its base model was accepted, and the outer run's rerun then
+    crashed renaming base.partial onto it (found by a review)."""
+    (tmp_path / "outer").mkdir()
+    (tmp_path / "outer" / "run.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "outer" / "base"), *QUICK])
+    assert f"--out {tmp_path / 'outer' / 'base'} is inside the demo run in {tmp_path / 'outer'}" in capsys.readouterr().err
+    assert not (tmp_path / "outer" / "base").exists()
+
+
+def test_no_progress_hides_the_tokenizer_trainer_s_bars(capfd):
+    """The byte-level BPE trainer drew its bars (and, piped, printed empty lines) under --no-progress (found by a
+    review)."""
+    from maple.demo import pipeline
+    from maple.demo.world import WorldConfig, build_world
+
+    world = build_world(WorldConfig(seed=0, n_train_families=5, n_retrieval=2, n_quadruples_per_category=2))
+    capfd.readouterr()
+    pipeline.build_embedder(world, "dual_encoder", progress=False)
+    assert capfd.readouterr() == ("", "")
+
+
 @pytest.mark.parametrize(
     "arguments, message",
     [

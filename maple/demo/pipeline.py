@@ -221,6 +221,9 @@ def claim_output_folder(config: DemoConfig) -> None:
         return
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"--out {out} is not empty and holds no demo run ({RUN_FILE} is missing); choose another folder")
+    # a folder of another run (its base/, still to be written) would be that run's to overwrite, and this one's
+    if (run := next((folder for folder in out.absolute().parents if (folder / RUN_FILE).is_file()), None)) is not None:
+        raise ValueError(f"--out {out} is inside the demo run in {run}; choose a folder outside it")
     try:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, identity)
@@ -304,8 +307,8 @@ class StageTimer:
 # --- model and data ---------------------------------------------------------------------------
 
 
-def build_embedder(world: World, backbone: str, seed: int = 0):
-    """A tiny untrained embedder and its processor.
+def build_embedder(world: World, backbone: str, seed: int = 0, progress: bool = True):
+    """A tiny untrained embedder and its processor; `progress`: the tokenizer trainer's progress bars.
 
     dual_encoder: a CLIP-style ViT (4 layers, patch 6 on 48 px images) and a small BERT (4 layers),
     width 64, mean-pooled into a shared 64-d space; mean pooling gives the bag-of-attributes
@@ -330,7 +333,7 @@ def build_embedder(world: World, backbone: str, seed: int = 0):
         )
     else:
         tokenizer = Qwen2Tokenizer().train_new_from_iterator(
-            [example.caption for example in world.train], vocab_size=PAIRS_VOCABULARY_SIZE
+            [example.caption for example in world.train], vocab_size=PAIRS_VOCABULARY_SIZE, show_progress=progress
         )
         width, max_text_tokens = 64, 64
         tokenizer.model_max_length = max_text_tokens  # the text tower's position limit
@@ -559,7 +562,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
 
 
 def _train_base(config: DemoConfig, world: World, base_dir: Path) -> None:
-    model, processor = build_embedder(world, config.backbone, seed=config.world_seed)
+    model, processor = build_embedder(world, config.backbone, seed=config.world_seed, progress=config.progress)
     budget = config.budget
     trainer = train(
         model,
