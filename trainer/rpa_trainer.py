@@ -246,6 +246,8 @@ class RPATrainer(DPOTrainer):
         return [name for name in names if name.rsplit(".", 1)[-1] not in LOG_SCALES]
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        # Nothing to tokenise ahead: the collator processes images and texts on the fly. Validate the schema instead.
+        validate_preference_dataset(dataset, dataset_name)
         # A transform (`with_transform`, `set_transform`) would be dropped with the format below, silently: the rows it
         # makes are neither checked nor what the loader reads with its images left encoded
         if _format_type(dataset) == "custom":
@@ -253,8 +255,6 @@ class RPATrainer(DPOTrainer):
                 f"{dataset_name} dataset: a transform set with `with_transform` or `set_transform` is not applied by "
                 "RPATrainer; apply it with `dataset.map(...)` first"
             )
-        # Nothing to tokenise ahead: the collator processes images and texts on the fly. Validate the schema instead.
-        validate_preference_dataset(dataset, dataset_name)
         # The collator reads rows as Python objects (PIL images, lists); a torch or numpy format is only a view.
         return dataset.with_format(None) if _format_type(dataset) is not None else dataset
 
