@@ -54,7 +54,7 @@ import torch
 from tqdm.auto import tqdm
 
 from evaluation.retrieval import check_finite_embeddings
-from maple.files import atomic_write, atomic_write_json, changed_entries, files_by_split, folder_problem
+from maple.files import atomic_write, atomic_write_json, changed_entries, files_by_split, folder_problem, shard_split
 from maple.hub import is_hub_id, local_path_name, names_a_file
 from trainer.schema import PREFERENCE_FEATURES
 
@@ -273,8 +273,7 @@ def _lone_config_folder(path: Path, top_folder: str, files: list[Path]) -> Path 
     push_to_hub's train shards ("train-00000-of-00001.parquet"); None for a plain folder of files, or a split's folder
     (`train/`, `validation/`), whose files are of its split, as `datasets` reads them."""
     folder = path if top_folder == "." else path / top_folder
-    train_shard = re.compile(r"train-\d{5}-of-\d{5}\.parquet")
-    return folder if any(file.parent == folder and train_shard.fullmatch(file.name) for file in files) else None
+    return folder if any(file.parent == folder and shard_split(file.name) == "train" for file in files) else None
 
 
 def _in_number_order(path: Path) -> list[str | int]:

@@ -16,7 +16,7 @@ import datasets
 import PIL.Image
 from datasets.exceptions import DatasetGenerationError
 
-from maple.files import located
+from maple.files import located, stored_images
 from maple.hub import names_a_file
 
 if TYPE_CHECKING:
@@ -70,17 +70,17 @@ def local_source_digest(
     Hidden files and folders (`.cache/`, written by `snapshot_download`) and `__*` ones are left out, as `datasets`
     leaves them out. An edit of an image or parquet file that keeps every size and misses the sampled bytes goes
     unseen: the price of not reading a corpus of images in full at every start."""
-    root = path.parent if path.is_file() else path
     if path.is_file():
-        files = [path]
+        root, files = path.parent, [path]
     else:
+        root = path
         files = [
             file for file in path.rglob("*")
             if file.is_file() and not any(part.startswith((".", "__")) for part in file.relative_to(path).parts)
         ]
+    root = Path(os.path.abspath(root))
     named = {Path(os.path.abspath(file)) for file in image_files if os.path.isfile(file)}
     files = sorted({Path(os.path.abspath(file)) for file in files} | named)
-    root = Path(os.path.abspath(root))
     digest = hashlib.sha256()
     for file in files:
         digest.update(f"{file.relative_to(root) if file.is_relative_to(root) else file}\0{file.stat().st_size}\0".encode())
@@ -181,11 +181,7 @@ def open_source(
 
 def image_paths(source: datasets.Dataset, column: str) -> list[str]:
     """The files of the images `column` of `source` (images left encoded, `open_source`'s) holds by path, not bytes."""
-    paths = []
-    for chunk in source.with_format("arrow")[:][column].chunks:  # struct<bytes, path>: no image is read
-        data, names = chunk.field("bytes"), chunk.field("path")
-        paths += [name.as_py() for raw, name in zip(data, names) if not raw.is_valid and name.is_valid]
-    return paths
+    return [path for raw, path in stored_images(source, column) if raw is None and path is not None]
 
 
 def _absolute(path: str | None) -> str | None:

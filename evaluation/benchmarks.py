@@ -104,11 +104,10 @@ class LazyImages(LazySequence):
         return [Path(path).expanduser() for raw, path in self._stored() if raw is None and "://" not in path]
 
     def _stored(self) -> Iterator[tuple[bytes | None, str | None]]:
-        """(bytes, path) of every image as the column stores it, read from its arrow buffers."""
-        for chunk in self._rows.with_format("arrow")[:][self._column].chunks:  # struct<bytes, path>; zero-copy
-            data, paths = chunk.field("bytes"), chunk.field("path")
-            for row in range(len(chunk)):
-                yield data[row].as_py(), paths[row].as_py()
+        """(bytes, path) of every image as the column stores it."""
+        from maple.files import stored_images
+
+        return stored_images(self._rows, self._column)
 
     def place(self, row: int) -> str:
         """Where image `row` is stored, for errors: its file, row and column."""

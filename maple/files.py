@@ -1,6 +1,7 @@
 """Writing files so that an interruption leaves the old file or the new one, never half of one: the work dirs,
 checkpoints and result folders that MAPLE's long jobs resume from are written this way; checking, before such a
-job starts, that its output folder can be one; and reading a folder's data files by split, as `datasets` does."""
+job starts, that its output folder can be one; and reading a folder's data files by split, as `datasets` does, and the
+image files a table names."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,12 @@ def folder_problem(path: str | os.PathLike, name: str) -> str | None:
 _SPLIT_SHARD_NAME = re.compile(r"^(\w+(?:\.\w+)*)-\d{5}-of-\d{5}\.")
 
 
+def shard_split(name: str) -> str | None:
+    """The split a file named as `push_to_hub` names a split's shards belongs to ("test_hard" for
+    "test_hard-00000-of-00001.parquet"), None for another name."""
+    return shard.group(1) if (shard := _SPLIT_SHARD_NAME.match(name)) else None
+
+
 def files_by_split(
     folder: str | os.PathLike,
     files: Sequence[Path],
@@ -74,11 +81,19 @@ def files_by_split(
     grouped: dict[str, list[Path]] = {}
     for file in files:
         in_config_folder = config_folder is not None and os.path.dirname(os.path.abspath(file)) == os.path.abspath(config_folder)
-        shard = _SPLIT_SHARD_NAME.match(Path(file).name) if in_config_folder else None
-        split = shard.group(1) if shard else split_of.get(os.path.abspath(file), unnamed)
+        split = (shard_split(Path(file).name) if in_config_folder else None) or split_of.get(os.path.abspath(file), unnamed)
         if split is not None:
             grouped.setdefault(split, []).append(file)
     return grouped
+
+
+def stored_images(rows: Any, column: str) -> Iterator[tuple[bytes | None, str | None]]:
+    """(bytes, path) of each image of an image column of the `datasets.Dataset` `rows` as the column stores it, read from
+    its arrow buffers: no image is decoded, and a path without bytes names the file the image is read from."""
+    for chunk in rows.with_format("arrow")[:][column].chunks:  # struct<bytes, path>; zero-copy
+        data, paths = chunk.field("bytes"), chunk.field("path")
+        for row in range(len(chunk)):
+            yield data[row].as_py(), paths[row].as_py()
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:

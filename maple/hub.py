@@ -103,14 +103,7 @@ def is_hub_id(ref: str) -> bool:
     """Whether `ref` can name a Hub repo ('name' or 'namespace/name'). A reference that cannot (an
     absolute path, one starting with '.' or '~', one with several '/') can only be a local path, so a
     missing one is reported as such instead of as an invalid repo id."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    try:
-        validate_repo_id(ref)
-    except HFValidationError:
-        return False
-    return True
+    return repo_id_problem(ref) is None
 
 
 def local_typo_hint(ref: str) -> str:
