@@ -55,11 +55,16 @@ def add_token_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup, 
 
 
 def _token(text: str) -> str:
-    """A `--token` value: an empty one (`--token "$UNSET_VARIABLE"`) is a usage error; huggingface_hub would build the
-    header `Bearer ` from it, which httpx refuses to send (LocalProtocolError, a TransportError: read as an unreachable
-    Hub)."""
+    """A `--token` value: an empty one (`--token "$UNSET_VARIABLE"`), or one holding a space, a line break or a
+    character outside printable ASCII (a token pasted with its newline), is a usage error. huggingface_hub would send
+    it in the header `Bearer <token>`, which httpx refuses to send (LocalProtocolError, a TransportError: read as an
+    unreachable Hub) or cannot encode (a UnicodeEncodeError traceback)."""
     if not text.strip():
         raise argparse.ArgumentTypeError("empty; leave the option out to use HF_TOKEN or the `hf auth login` token")
+    if not all("!" <= character <= "~" for character in text):
+        raise argparse.ArgumentTypeError(
+            "holds a space, a line break or a character outside printable ASCII, which no Hub token has"
+        )
     return text
 
 
@@ -70,7 +75,8 @@ def positive(number_type: type[int] | type[float]):
 
     def parse(text: str) -> int | float:
         value = number_type(text)
-        if not math.isfinite(value) or value <= 0:
+        # an int is finite (math.isfinite would raise OverflowError on one past the float range)
+        if (number_type is float and not math.isfinite(value)) or value <= 0:
             raise argparse.ArgumentTypeError(f"must be a finite number above zero, got {text}")
         return value
 
@@ -169,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     parser.add_argument("command", choices=sorted(SUBCOMMANDS), help="the stage to run")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="options of the sub-command (see `maple COMMAND --help`)")
+    if argv[:1] == ["--"]:  # the end of (maple's own) options, before the command
+        argv = argv[1:]
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         return 0

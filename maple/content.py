@@ -1,6 +1,7 @@
-"""Content ids: equal texts, or images that load as equal pictures, get equal ids, in every process. The trainer embeds
-each distinct item of a batch once and de-duplicates negatives by them; the evaluation counts an image listed twice
-as one."""
+"""Content ids: equal texts, or images stored alike (equal mode, size and pixels), get equal ids, in every process. The
+trainer embeds each distinct item of a batch once and de-duplicates negatives by them; the evaluation counts an image
+listed twice as one. One picture stored in two modes (RGB and an opaque RGBA, L and RGB) gets two ids: it is embedded
+twice, and counted as two images."""
 
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ def located(path: str | None, folder: str | os.PathLike | None) -> str | None:
     """A file path read from a data table: as written, unless it is relative and names no file from the current
     folder but does from `folder` (the table's own folder), then that one. Tables of image paths are written relative
     to themselves as often as to where the job runs."""
-    if path is None or folder is None or os.path.isabs(path) or os.path.exists(path):
+    if not path or folder is None or os.path.isabs(path) or os.path.exists(path):  # ("": no file, not the folder)
         return path
     beside = os.path.join(folder, path)
     return beside if os.path.exists(beside) else path
@@ -42,10 +42,12 @@ def folder_problem(path: str | os.PathLike, name: str) -> str | None:
     when it is a folder or can be made one. A file there, or above it, would otherwise stop a long job with a
     NotADirectoryError or FileExistsError traceback when it first writes."""
     path = Path(path).expanduser()
-    existing = next(folder for folder in (path, *path.absolute().parents) if folder.exists())  # the root exists
+    # the first that exists, or is a link (a broken one does not exist, and mkdir then raises FileExistsError)
+    existing = next(folder for folder in (path, *path.absolute().parents) if folder.exists() or folder.is_symlink())
     if existing.is_dir():
         return None
-    where = "is a file" if existing is path else f"is inside {existing}, a file"
+    kind = "a broken symbolic link" if existing.is_symlink() and not existing.exists() else "a file"
+    where = f"is {kind}" if existing is path else f"is inside {existing}, {kind}"
     return f"{name} {path} {where}; expected a folder (created if missing)"
 
 
@@ -99,13 +101,20 @@ def stored_images(rows: Any, column: str) -> Iterator[tuple[bytes | None, str | 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
     """`write` a temporary file beside `path` (named `<name>.tmp-<pid>-<thread>`: processes and threads that write
     the same file each have their own), sync it to disk and rename it to `path`: the file is whole or absent, even
-    after a crash of the machine (a rename alone can reach the disk before the data)."""
+    after a crash of the machine (a rename alone can reach the disk before the data). A `write` that raises leaves
+    no temporary file behind."""
     path = Path(path)
-    temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    write(temporary)
-    with open(temporary, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    # the name cut so that the suffix keeps it within the 255 bytes a file name may have
+    name = path.name.encode()[:200].decode(errors="ignore")
+    temporary = path.with_name(f"{name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    try:
+        write(temporary)
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:

@@ -37,10 +37,12 @@ def local_path_name(ref: str) -> str | None:
     path = Path(ref).expanduser()
     if not (path.is_absolute() or ref.startswith((".", "~")) or path.exists()):
         return None
-    # the name as written, not a link's target (a Hub cache snapshot's files link to blobs named by their hash); the
-    # home folder's name is a user's
+    # the name as written, not a link's target (a Hub cache snapshot's files link to blobs named by their hash); a
+    # home folder's name is a user's: this user's, or the one it names (~alice, or /home/alice under sudo)
     absolute = Path(os.path.abspath(path))
-    return "~" if absolute == Path.home() else absolute.name or ref
+    if absolute == Path.home() or str(absolute) == os.path.expanduser(f"~{absolute.name}"):
+        return "~"
+    return absolute.name or ref
 
 
 class HubReadError(OSError):
@@ -82,8 +84,9 @@ def hub_repo(repo_id: str, repo_type: str = "model") -> str:
     """How errors name a Hub repo: "model repo 'org/name' on <endpoint>", so a local Hub mirror shows as itself."""
     from huggingface_hub import constants
 
-    # without the user and password a mirror's URL may carry (https://user:secret@mirror)
-    return f"{repo_type} repo {repo_id!r} on {re.sub(r'(?<=://)[^/@]*@', '', constants.ENDPOINT)}"
+    # without the user and password a mirror's URL may carry (https://user:secret@mirror): up to the last '@' before
+    # the path, as httpx reads a password holding an '@'
+    return f"{repo_type} repo {repo_id!r} on {re.sub(r'(?<=://)[^/?#]*@', '', constants.ENDPOINT)}"
 
 
 def repo_id_problem(repo_id: str) -> str | None:
@@ -148,6 +151,7 @@ def hub_failure(
     cache" error a failed download also raises; with no answer the Hub was offline or unreachable (`writing`: a push,
     for which the local cache is no way out)."""
     from huggingface_hub.errors import (
+        DisabledRepoError,
         GatedRepoError,
         HfHubHTTPError,
         LocalEntryNotFoundError,
@@ -170,7 +174,14 @@ def hub_failure(
         if isinstance(answered, RemoteEntryNotFoundError):
             return None
         no_token = status == 401 and not _sent_a_token(answered)
+        # the Hub's own reason, in one line: said after ours where ours may not be the whole story
+        reason = " ".join((answered.server_message or "").split())
+        because = f": {reason}" if reason else ""
+        if isinstance(answered, DisabledRepoError):
+            return f"{where} is disabled on the Hub (HTTP {status}){because}"
         if isinstance(answered, GatedRepoError):
+            if no_token:  # (a 403: a token was sent, without the terms accepted)
+                return f"{where} is gated: a request without a token cannot read it; {NO_TOKEN_ADVICE}"
             return f"{where} is gated: accept its terms on the Hub with the account of the token used ({TOKEN_SOURCES})"
         # (over https huggingface_hub raises a 401 to a write without a token as RepositoryNotFoundError too)
         if no_token and (writing or not isinstance(answered, RepositoryNotFoundError)):
@@ -181,14 +192,11 @@ def hub_failure(
                         f"{NO_TOKEN_ADVICE}")
             return f"{where} was not found or is not accessible with the current token (HTTP {status})"
         if isinstance(answered, RevisionNotFoundError):
-            return f"{where} has no revision {revision!r}"
-        if status in (401, 403):
-            return f"{where} refused the token (HTTP {status}): check the one used ({TOKEN_SOURCES})"
-        # the Hub's reason (a refused card's metadata, a file too large, a rate limit), in one line
-        reason = " ".join((answered.server_message or "").split())
-        return f"{where} could not be {'written' if writing else 'read'}: HTTP {status} from the server" + (
-            f": {reason}" if reason else ""
-        )
+            return f"{where} has no revision {revision!r}" if revision is not None else f"{where} has no such revision"
+        if status in (401, 403):  # a refused token, or one without the rights asked for (a namespace not its own)
+            return f"{where} refused the token (HTTP {status}): check the one used ({TOKEN_SOURCES}){because}"
+        # (a refused card's metadata, a file too large, a rate limit)
+        return f"{where} could not be {'written' if writing else 'read'}: HTTP {status} from the server{because}"
     if any(isinstance(link, (OfflineModeIsEnabled, httpx.TransportError, LocalEntryNotFoundError)) for link in chain):
         if writing:
             return f"{where} cannot be written: the Hub is offline (HF_HUB_OFFLINE) or unreachable"

@@ -2,6 +2,7 @@
 errors naming the repo or folder; a benchmark that cannot be read, errors naming it and its source."""
 
 import json
+import os
 import re
 
 import pytest
@@ -32,7 +33,8 @@ def test_refused_token_is_named(hub_server, tmp_path):
     finally:
         hub_server.require_token(None)
     assert message == (f"model repo 'maple-org/private' on {hub_server.url} refused the token (HTTP 401): check the one "
-                       "used (--token (maple train: --hub_token) or token=, else HF_TOKEN, else the one `hf auth login` saved)")
+                       "used (--token (maple train: --hub_token) or token=, else HF_TOKEN, else the one `hf auth login` saved): Invalid "
+                       "credentials in Authorization header")
 
 
 def test_server_error_is_named(hub_server, tmp_path):
@@ -397,6 +399,62 @@ def test_a_mirror_s_credentials_are_not_in_the_repo_s_name(monkeypatch):
     assert hub_repo("org/name", "dataset") == "dataset repo 'org/name' on https://mirror.example:8443"
 
 
+def test_a_mirror_password_holding_an_at_sign_is_not_shown_in_part(monkeypatch):
+    """httpx reads `bob:p@ss@mirror` as the password `p@ss`; the credentials were cut at the first '@', which showed
+    `ss@mirror` (found by a review)."""
+    from huggingface_hub import constants
+
+    from maple.hub import hub_repo
+
+    monkeypatch.setattr(constants, "ENDPOINT", "https://bob:p@ss@mirror.example/hub")
+    assert hub_repo("org/name") == "model repo 'org/name' on https://mirror.example/hub"
+
+
+def _hub_error(status, message, code=None, *, token=True):
+    """The error `hf_raise_for_status` raises for an answer of `status` with this X-Error-Message and X-Error-Code."""
+    from huggingface_hub.utils import hf_raise_for_status, httpx
+
+    headers = {"authorization": "Bearer x"} if token else {}
+    request = httpx.Request("GET", "https://huggingface.co/api/models/alice/m", headers=headers)
+    answer = {"X-Error-Message": message, **({"X-Error-Code": code} if code else {})}
+    response = httpx.Response(status, headers=answer, request=request)
+    try:
+        hf_raise_for_status(response)
+    except Exception as error:  # noqa: BLE001
+        return error
+    raise AssertionError("no error raised")
+
+
+def test_hub_failure_tells_a_disabled_repo_a_gated_one_read_without_a_token_and_a_403_with_its_reason():
+    """A disabled repo and a 403 for a namespace the token has no rights on were both "refused the token", without the
+    Hub's reason; a gated repo read without a token asked to accept its terms "with the account of the token used"
+    (found by a review)."""
+    from maple.hub import hub_failure
+
+    where = "model repo 'alice/m' on https://huggingface.co"
+    disabled = _hub_error(403, "Access to this resource is disabled.")
+    assert type(disabled).__name__ == "DisabledRepoError"
+    assert hub_failure(disabled, "alice/m") == f"{where} is disabled on the Hub (HTTP 403): Access to this resource is disabled."
+    gated = _hub_error(401, "Access to model alice/m is restricted.", "GatedRepo", token=False)
+    assert type(gated).__name__ == "GatedRepoError"
+    assert hub_failure(gated, "alice/m") == (
+        f"{where} is gated: a request without a token cannot read it; pass one (--token, maple train's --hub_token, "
+        "token=), set HF_TOKEN or log in with `hf auth login`")
+    rights = _hub_error(403, 'You don\'t have the rights to create a model under the namespace "bob"')
+    assert hub_failure(rights, "alice/m", writing=True).endswith(
+        "saved): You don't have the rights to create a model under the namespace \"bob\"")
+
+
+def test_hub_failure_of_a_missing_revision_nobody_named():
+    """`dataset_read_problem` passes no revision: the message read "has no revision None"."""
+    from maple.hub import hub_failure
+
+    missing = _hub_error(404, "Invalid rev id: nope", "RevisionNotFound")
+    assert type(missing).__name__ == "RevisionNotFoundError"
+    assert hub_failure(missing, "alice/m").endswith("'alice/m' on https://huggingface.co has no such revision")
+    assert hub_failure(missing, "alice/m", revision="nope").endswith("has no revision 'nope'")
+
+
 def test_a_local_path_is_published_by_the_name_it_was_given(tmp_path, monkeypatch):
     """`local_path_name` followed links (a Hub cache snapshot's target is a commit hash) and named the home folder by
     its user name (found by a review)."""
@@ -408,3 +466,6 @@ def test_a_local_path_is_published_by_the_name_it_was_given(tmp_path, monkeypatc
     monkeypatch.setenv("HOME", str(tmp_path / "alice"))
     assert local_path_name("~") == "~" and local_path_name("~/models/qwen") == "qwen"
     assert local_path_name("Qwen/Qwen2-VL-2B-Instruct") is None and local_path_name("scene-graph judge (a stand-in)") is None
+    # another user's home folder (~root, or /root under sudo) is named by no user name either
+    assert local_path_name("~root") == "~" and local_path_name(os.path.expanduser("~root")) == "~"
+    assert local_path_name(os.path.expanduser("~root") + "/judge") == "judge"

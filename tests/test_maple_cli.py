@@ -85,6 +85,45 @@ def test_atomic_write_syncs_a_temporary_file_of_its_own_beside_the_target_before
     assert target.read_text() == "new" and sorted(tmp_path.iterdir()) == [target]
 
 
+def test_atomic_write_leaves_no_temporary_file_when_writing_fails_and_takes_the_longest_names(tmp_path):
+    """A `write` that raised left `<name>.tmp-<pid>-<thread>` behind, and a 250-byte name failed with "File name too
+    long": the suffix pushed the temporary file's name past 255 bytes (found by a review)."""
+
+    def failing(temporary):
+        temporary.write_text("half")
+        raise RuntimeError("cannot pickle")
+
+    with pytest.raises(RuntimeError, match="cannot pickle"):
+        atomic_write(tmp_path / "state.pt", failing)
+    assert list(tmp_path.iterdir()) == []
+    longest = tmp_path / ("é" * 120 + ".json")  # 245 bytes
+    atomic_write_text(longest, "{}")
+    assert [path.name for path in tmp_path.iterdir()] == [longest.name] and longest.read_text() == "{}"
+
+
+def test_folder_problem_names_a_broken_link_where_the_folder_would_be(tmp_path):
+    """A link to nothing does not exist, so it passed the check, and the job failed when it first wrote (mkdir:
+    FileExistsError), after its models had loaded (found by a review)."""
+    (tmp_path / "out").symlink_to(tmp_path / "nowhere")
+    assert folder_problem(tmp_path / "out", "--out") == (
+        f"--out {tmp_path / 'out'} is a broken symbolic link; expected a folder (created if missing)")
+    assert folder_problem(tmp_path / "out" / "run", "--out") == (
+        f"--out {tmp_path / 'out' / 'run'} is inside {tmp_path / 'out'}, a broken symbolic link; expected a folder "
+        "(created if missing)")
+    (tmp_path / "nowhere").mkdir()
+    assert folder_problem(tmp_path / "out" / "run", "--out") is None
+
+
+def test_an_empty_path_in_a_table_is_not_taken_for_the_tables_folder(tmp_path):
+    """`located("", folder)` was the folder itself (it exists), so an empty image path read as a folder:
+    IsADirectoryError naming the data folder, not the empty cell (found by a review)."""
+    from maple.files import located
+
+    (tmp_path / "cat.png").write_bytes(b"")
+    assert located("", str(tmp_path)) == ""
+    assert located("cat.png", str(tmp_path)) == str(tmp_path / "cat.png")
+
+
 def test_atomic_writes_of_text_are_utf8_and_of_json_indented_by_two_unless_told(tmp_path):
     atomic_write_text(tmp_path / "results.md", "| café | ✓ |")
     assert (tmp_path / "results.md").read_bytes() == "| café | ✓ |".encode("utf-8")
@@ -160,6 +199,36 @@ def test_a_positive_number_option_names_its_type_in_argparses_error(capsys):
         with pytest.raises(SystemExit):
             parser.parse_args([option, value])
         assert capsys.readouterr().err.endswith(f"argument {option}: invalid {type_name} value: '{value}'\n")
+
+
+def test_a_huge_integer_is_accepted_as_positive_not_a_float_overflow():
+    """`--batch-size` of 400 digits raised OverflowError from math.isfinite: a traceback, not a usage error."""
+    assert cli.positive(int)("1" + "0" * 400) == 10**400
+    with pytest.raises(Exception, match="must be a finite number above zero, got -" + "9" * 400):
+        cli.positive(int)("-" + "9" * 400)
+
+
+@pytest.mark.parametrize("token", ["hf_token ", "hf_token\n", "hf tok", "hf_é"])
+def test_a_token_no_hub_token_can_be_is_a_usage_error(token, capsys):
+    """A token with a trailing space or newline was reported as an unreachable Hub (httpx refuses the header), and one
+    outside ASCII ended in a UnicodeEncodeError traceback (found by a review)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="maple eval")
+    cli.add_token_option(parser, "reading")
+    assert parser.parse_args(["--token", "hf_AbC-123_x.y"]).token == "hf_AbC-123_x.y"
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["--token", token])
+    assert exit_info.value.code == 2
+    assert "argument --token: holds a space, a line break or a character outside printable ASCII" in capsys.readouterr().err
+
+
+def test_a_double_dash_before_the_command_ends_maples_options(monkeypatch):
+    """`maple -- eval` was "unknown option --"."""
+    module = __import__(cli.SUBCOMMANDS["eval"][0], fromlist=["main"])
+    received = []
+    monkeypatch.setattr(module, "main", lambda argv: received.append(argv))
+    assert cli.main(["--", "eval", "model"]) == 0 and received == [["model"]]
 
 
 def test_a_device_this_machine_has_is_returned_as_torch_names_it(monkeypatch):
