@@ -15,6 +15,7 @@ from trainer.collator import (
     content_id,
     select_rows,
 )
+from trainer.rpa_config import RPAConfig
 from trainer.testing import describe_scene, draw_scene, synthetic_preference_dataset
 
 
@@ -405,13 +406,17 @@ def test_a_candidate_repeated_within_a_row_counts_once(processor):
 
 
 @pytest.mark.parametrize("field", ["num_text_candidates", "num_image_candidates"])
-@pytest.mark.parametrize("value", [0, -1, 1.5, True])
-def test_candidate_counts_other_than_positive_integers_are_refused(processor, field, value):
+@pytest.mark.parametrize("value", [1, 0, -1, 2.5, True])
+def test_candidate_counts_below_two_or_not_integers_are_refused(processor, tmp_path, field, value):
     """`_sample_candidates` read a limit of 0 as "all but one" (`randperm(...)[: -1]`), -1 as "all but two": a
-    collator made outside `RPAConfig` (which asks for at least 2) silently drew another count than asked."""
-    with pytest.raises(ValueError, match=rf"^{field} must be a positive integer \(1: the anchor's own candidate alone\) "
-                                         rf"or None, got {value!r}"):
+    collator made outside `RPAConfig` silently drew another count than asked. And 1, the anchor's own candidate alone,
+    was accepted here while `RPAConfig` refused it: a ranking of one candidate has no pair, so RPA learnt nothing."""
+    message = (rf"^{field} must be an integer of at least 2 \(the anchor's own candidate and one to rank it against\) "
+               rf"or None \(all\), got {value!r}$")
+    with pytest.raises(ValueError, match=message):
         DataCollatorForEmbeddingPreference(processor, **{field: value})
+    with pytest.raises(ValueError, match=message):  # the same rule, in the same words
+        RPAConfig(output_dir=str(tmp_path), report_to="none", **{field: value})
 
 
 def test_tensors_other_than_torch_are_refused(processor):
@@ -419,13 +424,6 @@ def test_tensors_other_than_torch_are_refused(processor):
     the first batch with an AttributeError for `numpy_call`."""
     with pytest.raises(ValueError, match=r"^return_tensors must be 'pt' \(torch tensors\), got 'np'$"):
         DataCollatorForEmbeddingPreference(processor, return_tensors="np")
-
-
-def test_a_candidate_count_of_one_keeps_the_anchor_alone(processor, rows):
-    batch = DataCollatorForEmbeddingPreference(processor, num_text_candidates=1, num_image_candidates=1)(rows[:3])
-    for modality in ("text", "image"):
-        assert batch[f"candidate_{modality}_mask"].shape == (3, 1)
-        assert torch.equal(batch[f"candidate_{modality}_index"][:, 0], batch[f"anchor_{modality}_index"])
 
 
 @pytest.mark.parametrize("column", ["id", "caption", "candidate_images", "txt2img_scores"])

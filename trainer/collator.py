@@ -35,6 +35,17 @@ PREFERENCE_KEYS = (
 )
 
 
+def check_candidate_count(name: str, value: int | None) -> None:
+    """A ValueError unless `value`, the `name`d number of candidates per anchor and step (`num_text_candidates`,
+    `num_image_candidates`), is None (all of a row's candidates) or an integer of at least 2: the anchor's own
+    candidate and one other to rank it against, as a preference needs. The one rule of the collator and `RPAConfig`."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 2):
+        raise ValueError(
+            f"{name} must be an integer of at least 2 (the anchor's own candidate and one to rank it against) or None "
+            f"(all), got {value!r}"
+        )
+
+
 @dataclass
 class DataCollatorForEmbeddingPreference(DataCollatorMixin):
     """Collates preference rows (see `trainer.schema`) into one batch that a `MapleModel` embeds in a single
@@ -54,7 +65,8 @@ class DataCollatorForEmbeddingPreference(DataCollatorMixin):
 
     Args:
         processor: the `MapleProcessor` that turns the batch's texts and images into model inputs.
-        num_image_candidates, num_text_candidates: candidates per anchor each step, its own included (None: all).
+        num_image_candidates, num_text_candidates: candidates per anchor each step, its own included: at least 2
+            (`check_candidate_count`), or None for all.
         seed: seeds the candidate draws, with the epoch and the row id.
         dataset_name: names the dataset in the errors of malformed rows ("train", "eval", ...).
         return_tensors: "pt" only (torch tensors; `DataCollatorMixin` reads it).
@@ -82,11 +94,7 @@ class DataCollatorForEmbeddingPreference(DataCollatorMixin):
         if self.return_tensors != "pt":  # DataCollatorMixin would look for a numpy or tensorflow collation
             raise ValueError(f"return_tensors must be 'pt' (torch tensors), got {self.return_tensors!r}")
         for name in ("num_text_candidates", "num_image_candidates"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ValueError(
-                    f"{name} must be a positive integer (1: the anchor's own candidate alone) or None, got {value!r}"
-                )
+            check_candidate_count(name, getattr(self, name))
 
     def set_epoch(self, epoch: int) -> None:
         """Seeds the next batches' candidate draws with `epoch` (`RPATrainer` calls it at the start of every pass)."""

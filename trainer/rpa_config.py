@@ -12,6 +12,7 @@ import torch
 from accelerate.utils import parse_flag_from_env
 from trl import DPOConfig
 
+from .collator import check_candidate_count
 from .losses import RPA_LOSSES
 
 # DPOConfig knobs that act on the token sequences or log-probabilities of a causal LM; an embedder has neither, so
@@ -249,7 +250,7 @@ class RPAConfig(DPOConfig):
         metadata={
             "help": "Image candidates per anchor and step: the anchor's own image plus this many minus one drawn "
             "from its other candidates, drawn afresh for every row in every epoch. `None` uses all (MAPLE: the anchor and K=3 DINOv2 nearest "
-            "neighbours). Fewer means a cheaper step."
+            "neighbours). At least 2: a ranking needs a pair. Fewer means a cheaper step."
         },
     )
     num_text_candidates: int | None = field(
@@ -296,9 +297,7 @@ class RPAConfig(DPOConfig):
                 if scale is not None and scale > self.max_scale:
                     raise ValueError(f"{name} = {scale:g} exceeds max_scale = {self.max_scale:g}; raise max_scale or set None")
         for name in ("num_image_candidates", "num_text_candidates"):
-            value = getattr(self, name)
-            if value is not None and value < 2:
-                raise ValueError(f"{name} must be at least 2 (a ranking needs two candidates) or None, got {value}")
+            check_candidate_count(name, getattr(self, name))
         subsampled = self.num_image_candidates is not None or self.num_text_candidates is not None
         if subsampled and self.dataloader_persistent_workers:
             raise ValueError(
