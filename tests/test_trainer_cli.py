@@ -609,6 +609,22 @@ def test_a_test_split_is_evaluated_at_the_end_when_no_strategy_asks_earlier(tmp_
     assert "eval_recall@1/text_to_image" in json.loads((tmp_path / "out" / "eval_results.json").read_text())
 
 
+def test_the_results_in_the_output_folder_are_the_final_models(tmp_path):
+    """A run resumed without evaluating at the end left the earlier run's eval_results.json and all_results.json
+    beside its own model (and pushed them with it): results of another model, which the folder's now seemed to have."""
+    DatasetDict({"train": synthetic_preference_dataset(8), "test": synthetic_preference_dataset(4, seed=1)}).save_to_disk(
+        tmp_path / "prefs")
+    output = tmp_path / "out"
+    argv = ["--tiny", "dual_encoder", "--dataset_name", str(tmp_path / "prefs"), "--output_dir", str(output),
+            "--per_device_train_batch_size", "4", "--report_to", "none", "--save_strategy", "steps", "--save_steps", "1"]
+    assert main([*argv, "--max_steps", "1", "--dataset_test_split", "test"]) == 0
+    assert json.loads((output / "eval_results.json").read_text())["epoch"] == 0.5  # the model of step 1
+    assert main([*argv, "--max_steps", "2", "--resume_from_checkpoint", "true"]) == 0  # evaluates nothing
+    assert not (output / "eval_results.json").exists() and not (output / "all_results.json").exists()
+    assert main([*argv, "--max_steps", "3", "--resume_from_checkpoint", "true", "--dataset_test_split", "test"]) == 0
+    assert json.loads((output / "eval_results.json").read_text())["epoch"] == 1.5  # the final model's own
+
+
 def test_image_paths_relative_to_the_data_file_are_found_beside_it(tmp_path, monkeypatch):
     """A table holding "img/0-0.png" next to its images was read from the current directory only: "No such file"."""
     folder = tmp_path / "data"

@@ -269,7 +269,7 @@ def _train_and_save(
     data_args: DataArguments, training_args: RPAConfig,
 ) -> int:
     """Train (resuming `resume`), evaluate a test split at least once, and save the model with its card or push it;
-    the exit status. A private push to an existing public repo is refused before training.
+    the exit status. An earlier run's results in output_dir (`RESULTS_FILES`) go: they describe another model. A private push to an existing public repo is refused before training.
 
     The trainer is ended (`RPATrainer.end`, which destroys the process group) where every process gets to: after the
     save or push, or when the refusal stops the run. Not on an error of one process in training (an undecodable
@@ -305,10 +305,17 @@ def _train_and_save(
         split = data_args.dataset_train_split if error.split == "train" else data_args.dataset_test_split
         where = first_undecodable_image(splits[split], error.split) if split in splits else None
         parser.error(where or str(error))
+    metrics = None
     if trainer.eval_dataset is not None and training_args.eval_strategy == "no":
         # a --dataset_test_split is evaluated at least once, at the end, as transformers' example scripts do
         metrics = trainer.evaluate()
         trainer.log_metrics("eval", metrics)
+    # The results in output_dir are the model's saved there: an earlier run's (resumed, or trained from scratch into
+    # the folder) describe another model, and `save_metrics` would merge this run's into its all_results.json
+    if trainer.is_world_process_zero():
+        for name in RESULTS_FILES:
+            Path(training_args.output_dir, name).unlink(missing_ok=True)
+    if metrics is not None:
         trainer.save_metrics("eval", metrics)
     try:
         if not training_args.push_to_hub:
@@ -371,6 +378,8 @@ def preference_judge(location: str, config: str | None = None, token: str | None
     return judge if isinstance(judge, str) else None
 
 
+# What `Trainer.save_metrics("eval", ...)` writes into output_dir: the final evaluation of the model saved there
+RESULTS_FILES = ("eval_results.json", "all_results.json")
 # where `--resume_from_checkpoint false` moves an earlier run's checkpoints, in output_dir; the leading "_" keeps it out
 # of `push_to_hub`'s uploads of output_dir (`Trainer` ignores "_*" and "checkpoint-*", at the top level only)
 EARLIER_RUN_FOLDER = "_earlier-run-{n}"
