@@ -197,6 +197,19 @@ def test_lora_bias_on_layers_without_a_bias_is_refused_before_training(tmp_path)
     assert not (tmp_path / "merged").exists()
 
 
+def test_a_full_fine_tune_saved_over_a_lora_run_leaves_no_trainable_state_of_the_other(tmp_path):
+    """A LoRA run's trainable_state.safetensors (its adapters and scales) stayed in an output_dir that a later full
+    fine-tune saved its model into, and was pushed with it."""
+    lora = make_trainer(tmp_path, lora=True, max_steps=1)
+    lora.save_model()
+    state = tmp_path / "run" / "trainable_state.safetensors"
+    assert state.is_file()
+    make_trainer(tmp_path, max_steps=1).save_model()
+    assert not state.exists() and AutoModel.from_pretrained(tmp_path / "run") is not None
+    lora.save_model()  # and the LoRA run saves it again
+    assert state.is_file()
+
+
 def test_training_continues_from_a_saved_model_given_by_path(tmp_path):
     first = make_trainer(tmp_path / "first", max_steps=2)
     first.train()

@@ -620,6 +620,9 @@ class RPATrainer(DPOTrainer):
     def _save_weights(self, output_dir: str, state_dict: dict | None) -> None:
         model = self.accelerator.unwrap_model(self.model)
         if not isinstance(model, PeftModel):
+            if self.args.should_save:  # a PEFT run's saved into this folder before (its final save): another model's
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(output_dir, PEFT_TRAINABLE_STATE))
             return super()._save(output_dir, state_dict)
         # A PEFT model saves only its adapters, which AutoModel cannot load: save the merged MapleModel instead, and
         # beside it the trainable state (adapters + scales) that resuming needs.
