@@ -269,7 +269,8 @@ def _train_and_save(
     data_args: DataArguments, training_args: RPAConfig,
 ) -> int:
     """Train (resuming `resume`), evaluate a test split at least once, and save the model with its card or push it;
-    the exit status. An earlier run's results in output_dir (`RESULTS_FILES`) go: they describe another model. A private push to an existing public repo is refused before training.
+    the exit status. An earlier run's results in output_dir (`RESULTS_FILES`) go: they describe another model. A
+    private push to an existing public repo is refused before training.
 
     The trainer is ended (`RPATrainer.end`, which destroys the process group) where every process gets to: after the
     save or push, or when the refusal stops the run. Not on an error of one process in training (an undecodable
