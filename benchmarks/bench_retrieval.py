@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -26,8 +27,10 @@ import time
 import psutil
 import torch
 
-from evaluation.metrics import first_relevant_ranks
-from evaluation.retrieval import chunked_ranks, chunked_topk
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from evaluation.metrics import first_relevant_ranks  # noqa: E402
+from evaluation.retrieval import chunked_ranks, chunked_topk  # noqa: E402
 
 METHODS = ("dense_matmul", "dense_ranks", "chunked_topk", "chunked_ranks")
 DENSE_METHODS = ("dense_matmul", "dense_ranks")

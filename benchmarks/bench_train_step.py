@@ -29,22 +29,26 @@ import argparse
 import gc
 import json
 import multiprocessing
+import os
 import resource
 import statistics
+import sys
 import threading
 import time
 
-import torch
-from accelerate.utils import convert_outputs_to_fp32
-from transformers import BertConfig, CLIPImageProcessorPil, CLIPVisionConfig
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from modeling_maple import MapleConfig, MapleModel, MapleProcessor
-from modeling_maple.lora import get_maple_peft_model, maple_lora_config
-from modeling_maple.testing import TINY_IMAGE_TOKENS, tiny_dual_encoder_config, tiny_mllm_config, tiny_tokenizer
-from trainer.collator import PREFERENCE_KEYS, DataCollatorForEmbeddingPreference
-from trainer.losses import bidirectional_rpa_loss, contrastive_loss, maple_loss
-from trainer.rpa_trainer import _candidate_similarities
-from trainer.testing import synthetic_preference_dataset
+import torch  # noqa: E402
+from accelerate.utils import convert_outputs_to_fp32  # noqa: E402
+from transformers import BertConfig, CLIPImageProcessorPil, CLIPVisionConfig  # noqa: E402
+
+from modeling_maple import MapleConfig, MapleModel, MapleProcessor  # noqa: E402
+from modeling_maple.lora import get_maple_peft_model, maple_lora_config  # noqa: E402
+from modeling_maple.testing import TINY_IMAGE_TOKENS, tiny_dual_encoder_config, tiny_mllm_config, tiny_tokenizer  # noqa: E402
+from trainer.collator import PREFERENCE_KEYS, DataCollatorForEmbeddingPreference  # noqa: E402
+from trainer.losses import bidirectional_rpa_loss, contrastive_loss, maple_loss  # noqa: E402
+from trainer.rpa_trainer import _candidate_similarities  # noqa: E402
+from trainer.testing import synthetic_preference_dataset  # noqa: E402
 
 VARIANTS = ("infonce", "infonce_expanded", "rpa_infonce")
 RPA_WEIGHT = 0.2
