@@ -145,11 +145,12 @@ def _files_state(path: Path, *, recursive: bool, skip: Path | None = None) -> di
         skip = skip.expanduser().resolve() if skip is not None else None
         if skip is not None and skip != path.resolve() and skip.is_relative_to(path.resolve()):
             files = [file for file in files if not file.resolve().is_relative_to(skip)]
-    states = {}
-    for file in files:
-        stat = file.stat()
-        states[file.name if file == path else str(file.relative_to(path))] = [stat.st_size, stat.st_mtime_ns]
-    return states
+    return _file_states({file.name if file == path else str(file.relative_to(path)): file for file in files})
+
+
+def _file_states(files: Mapping[str, Path]) -> dict[str, list[int]]:
+    """Size and modification time of each of `files`, by its name there."""
+    return {name: [(stat := file.stat()).st_size, stat.st_mtime_ns] for name, file in files.items()}
 
 
 def _model_state(model_ref: str, revision: str | None = None, token: str | None = None) -> dict[str, Any]:
@@ -215,25 +216,14 @@ def _run_fingerprint(
     source_files = image_files = None
     if source_path.exists():
         source, source_files = str(source_path.resolve()), _files_state(source_path, recursive=True, skip=out)
-        if loaded is not None:
-            image_files = _outside_files_state(benchmark_image_files(loaded), source_path) or None
+        if loaded is not None:  # by absolute path; those inside a source folder are among its own files
+            folder = source_path.resolve() if source_path.is_dir() else None
+            outside = {str(file): file for file in map(Path.resolve, benchmark_image_files(loaded))
+                       if folder is None or not file.is_relative_to(folder)}
+            image_files = _file_states(outside) or None
     return {"model": _model_identity(model_ref), "model_state": model_state, "dtype": dtype,
             "image_processor_kwargs": image_processor_kwargs or None, "source": source, "source_files": source_files,
             "image_files": image_files, "protocol": PROTOCOL_VERSION}
-
-
-def _outside_files_state(files: list[Path], source: Path) -> dict[str, list[int]]:
-    """Size and modification time of each of `files` that is not inside folder `source` (whose own files
-    `_files_state` holds), by absolute path."""
-    source = source.resolve()
-    states = {}
-    for file in files:
-        file = file.resolve()
-        if source.is_dir() and file.is_relative_to(source):
-            continue
-        stat = file.stat()
-        states[str(file)] = [stat.st_size, stat.st_mtime_ns]
-    return states
 
 
 def _model_identity(model_ref: str) -> str:
