@@ -22,7 +22,7 @@ import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from maple.cli import (
     DefaultsHelpFormatter,
@@ -38,6 +38,9 @@ from maple.files import atomic_write_json, atomic_write_text, folder_problem
 
 from .benchmarks import BENCHMARKS, QuadrupleBenchmark, RetrievalBenchmark, benchmark_image_files, load_benchmark
 from .metric_names import QUADRUPLE_SCORES, RETRIEVAL_METRICS
+
+if TYPE_CHECKING:
+    from modeling_maple import MapleProcessor
 
 
 def _model_folder_name(model_ref: str) -> str:
@@ -368,11 +371,13 @@ def evaluate_model(
     token: str | None = None,
     image_processor_kwargs: dict[str, Any] | None = None,
     loaded: Mapping[str, QuadrupleBenchmark | RetrievalBenchmark] | None = None,
+    processor: MapleProcessor | None = None,
 ) -> dict[str, Any]:
     """Results of one model on the benchmarks: the `stored` ones (`stored_results`) as they are, the others
     computed on `device` with weights in `dtype`, its image processor's settings overridden by
     `image_processor_kwargs`, and written to `out/<model>/<benchmark>.json`; `loaded`: benchmarks read already, by name
-    (the others are read here, before the model loads). The folder is created only once the model has loaded, so a
+    (the others are read here, before the model loads); `processor`: the model's, loaded already with those settings
+    (`evaluation.models.load_processor`; None: loaded here). The folder is created only once the model has loaded, so a
     model that fails to load leaves nothing behind. NaN or inf embeddings (a diverged model) are a
     `NonFiniteEmbeddingsError` naming the model and the benchmark. Hub models and benchmarks are read with `token`
     (None: HF_TOKEN or the saved login)."""
@@ -392,7 +397,7 @@ def evaluate_model(
         loaded |= _load_benchmarks([name for name in todo if name not in loaded], sources, token)
         model_state = _model_state(model_ref, token=token)  # before loading: a change while it runs must not pass unnoticed
         model, processor = load_embedder(model_ref, trust_remote_code=trust_remote_code, dtype=dtype, token=token,
-                                         image_processor_kwargs=image_processor_kwargs)
+                                         image_processor_kwargs=image_processor_kwargs, processor=processor)
         model.to(device)
         folder.mkdir(parents=True, exist_ok=True)
         for name in todo:
@@ -616,7 +621,7 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                              "another Hub id) to push")
 
     from .benchmarks import BenchmarkFormatError, BenchmarkSourceError, check_source
-    from .models import ModelLoadError, check_image_processor_kwargs, check_model_ref, checkpoint_config
+    from .models import ModelLoadError, check_model_ref, checkpoint_config, load_processor
     from .retrieval import NonFiniteEmbeddingsError
 
     device = _embedding_device(parser, args.device)
@@ -625,8 +630,9 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
         # Before the first model loads: every model that has benchmarks left to do gets its config read and checked
         # (missing folders, Hub repos that cannot be read, unsupported kinds), and its processor loaded with the
-        # --image-processor-kwargs (a setting it lacks), so a bad --compare entry fails at once, not after hours; a
-        # model whose results are all stored needs nothing (an offline re-run works).
+        # --image-processor-kwargs (none saved, a setting it lacks), so a bad --compare entry fails at once, not after
+        # hours, and that processor is the one the model embeds with; a model whose results are all stored needs
+        # nothing (an offline re-run works).
         for model_ref in model_refs:
             check_model_ref(model_ref)
         # local sources first (cheap, offline): a stored result counts the image files they name outside themselves
@@ -638,10 +644,9 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         for model_ref in model_refs:
             if set(args.benchmarks) - set(stored[model_ref]):
                 checkpoint_config(model_ref, token=args.token)
-        for model_ref in model_refs:
-            if set(args.benchmarks) - set(stored[model_ref]):
-                check_image_processor_kwargs(model_ref, image_processor_kwargs, trust_remote_code=args.trust_remote_code,
-                                             token=args.token)
+        processors = {model_ref: load_processor(model_ref, image_processor_kwargs, trust_remote_code=args.trust_remote_code,
+                                                token=args.token)
+                      for model_ref in model_refs if set(args.benchmarks) - set(stored[model_ref])}
         for name, source in sources.items():
             check_source(name, source)
         # every benchmark some model has left to do, read once, before the first model loads: one only a later
@@ -651,7 +656,7 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         for model_ref in model_refs:
             all_results[model_ref] = evaluate_model(
                 model_ref, args.benchmarks, sources, args.out, args.batch_size, stored[model_ref], device, args.dtype,
-                args.trust_remote_code, args.token, image_processor_kwargs, loaded,
+                args.trust_remote_code, args.token, image_processor_kwargs, loaded, processors.get(model_ref),
             )
     except (ModelLoadError, BenchmarkFormatError, BenchmarkSourceError, NonFiniteEmbeddingsError) as error:
         return report_error(parser.prog, str(error))

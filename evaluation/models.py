@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from maple.hub import hub_failure, hub_repo, is_hub_id, local_typo_hint
+
+if TYPE_CHECKING:
+    from modeling_maple import MapleProcessor
 
 MAPLE_MODEL_TYPE = "maple"
 
@@ -132,32 +135,30 @@ def _maple_load_error(model_ref: str, error: Exception) -> ModelLoadError:
     return ModelLoadError(str(error) if str(error).startswith(f"{model_ref}: ") else f"{model_ref}: {error}")
 
 
-def check_image_processor_kwargs(
+def load_processor(
     model_ref: str,
-    image_processor_kwargs: dict[str, Any] | None,
+    image_processor_kwargs: dict[str, Any] | None = None,
     revision: str | None = None,
     trust_remote_code: bool = False,
     token: str | None = None,
-) -> None:
-    """Raise `ModelLoadError` naming the model when `image_processor_kwargs` cannot apply to `model_ref`'s image
-    processor (a LoRA adapter's: its base's): a setting it does not have, or one the model cannot take. Loads the
-    processor only, no weights, so a command can check every model before loading the first; nothing to check for
-    no settings. `model_ref` is one `checkpoint_config` accepted."""
-    if not image_processor_kwargs:
-        return
+) -> MapleProcessor:
+    """The processor [`load_embedder`] gives `model_ref` (a LoRA adapter's: its base's), its image processor's settings
+    overridden by `image_processor_kwargs`, loaded alone (no weights), so a command can load every model's before the
+    first model loads and pass each to `load_embedder`. Raises `ModelLoadError` naming the model for a processor that
+    cannot be loaded (a checkpoint saved without one), a setting of `image_processor_kwargs` its image processor does
+    not have, or one the model cannot take. `model_ref` is one `checkpoint_config` accepted."""
     name, config = checkpoint_config(model_ref, revision, token)
     if name == ADAPTER_CONFIG_FILE:
         try:
-            check_image_processor_kwargs(config["base_model_name_or_path"], image_processor_kwargs, config.get("revision"),
-                                         trust_remote_code, token)
+            return load_processor(config["base_model_name_or_path"], image_processor_kwargs, config.get("revision"),
+                                  trust_remote_code, token)
         except ModelLoadError as error:
             raise ModelLoadError(f"{model_ref}: its base model {error}") from error
-        return
     from modeling_maple import MapleLoadError, load_maple_processor
 
     try:
-        load_maple_processor(model_ref, revision=revision, trust_remote_code=trust_remote_code, token=token,
-                             image_processor_kwargs=image_processor_kwargs)
+        return load_maple_processor(model_ref, revision=revision, trust_remote_code=trust_remote_code, token=token,
+                                    image_processor_kwargs=image_processor_kwargs)
     except MapleLoadError as error:
         raise _maple_load_error(model_ref, error) from error
 
@@ -169,7 +170,8 @@ def load_embedder(
     dtype: str = "float32",
     token: str | None = None,
     image_processor_kwargs: dict[str, Any] | None = None,
-):
+    processor: MapleProcessor | None = None,
+) -> tuple[Any, MapleProcessor]:
     """(model, processor) for `model_ref`, a local folder or a Hub repo id, in eval mode.
 
     A LoRA adapter (adapter_config.json, as `PeftModel.save_pretrained` writes) is loaded onto its
@@ -178,34 +180,36 @@ def load_embedder(
     baseline and its fine-tune are scored at one precision; MAPLE's heads and logit scales stay float32.
     `image_processor_kwargs` override the image processor's settings (a LoRA adapter's: its base's), e.g.
     `{"max_pixels": 392 * 392}` for a Qwen-VL backbone, so a baseline is scored at the resolution its fine-tune was
-    trained at (`modeling_maple.load_maple`). `trust_remote_code` runs code a checkpoint's repo holds (a config or
-    processor of its own, `auto_map`): a MAPLE checkpoint loads with this package's classes and the backbones MAPLE
-    wraps are transformers' own. Hub repos are read with `token` (None: HF_TOKEN or the saved login). Errors are
-    `ModelLoadError`s, raised before any weights load: those of [`checkpoint_config`], and a setting of
-    `image_processor_kwargs` the image processor does not have or the model cannot take, naming the model
-    ([`check_image_processor_kwargs`]).
+    trained at (`modeling_maple.load_maple`). `processor`: the one [`load_processor`] loaded for this model (with the
+    settings wanted), returned as it is instead of loaded again. `trust_remote_code` runs code a checkpoint's repo
+    holds (a config or processor of its own, `auto_map`): a MAPLE checkpoint loads with this package's classes and the
+    backbones MAPLE wraps are transformers' own. Hub repos are read with `token` (None: HF_TOKEN or the saved login).
+    Errors are `ModelLoadError`s, raised before any weights load: those of [`checkpoint_config`] and
+    [`load_processor`].
     """
+    if processor is None:  # first: what is wrong with it shows before any weights load
+        processor = load_processor(model_ref, image_processor_kwargs, revision, trust_remote_code, token)
+    return _load_model(model_ref, revision, trust_remote_code, dtype, token), processor
+
+
+def _load_model(model_ref: str, revision: str | None, trust_remote_code: bool, dtype: str, token: str | None):
+    """The model of [`load_embedder`] alone, in eval mode."""
     name, config = checkpoint_config(model_ref, revision, token)
     if name == ADAPTER_CONFIG_FILE:
         from peft import PeftModel
 
         try:
-            base, processor = load_embedder(
-                config["base_model_name_or_path"], revision=config.get("revision"), trust_remote_code=trust_remote_code,
-                dtype=dtype, token=token, image_processor_kwargs=image_processor_kwargs,
-            )
-        except ModelLoadError as error:  # its base's processor or weights (its config was checked above)
+            base = _load_model(config["base_model_name_or_path"], config.get("revision"), trust_remote_code, dtype, token)
+        except ModelLoadError as error:  # its base's weights (its config was checked above)
             raise ModelLoadError(f"{model_ref}: its base model {error}") from error
-        return PeftModel.from_pretrained(base, model_ref, revision=revision, token=token).eval(), processor
+        return PeftModel.from_pretrained(base, model_ref, revision=revision, token=token).eval()
     import torch
-    from modeling_maple import MapleLoadError, load_maple
+    from modeling_maple import MapleLoadError, load_maple_model
 
     try:
         # An explicit dtype: transformers 5 would load a bf16 checkpoint in bf16 whatever the baseline's.
-        model, processor = load_maple(
-            model_ref, revision=revision, trust_remote_code=trust_remote_code, token=token, dtype=getattr(torch, dtype),
-            image_processor_kwargs=image_processor_kwargs,
-        )
+        model = load_maple_model(model_ref, revision=revision, trust_remote_code=trust_remote_code, token=token,
+                                 dtype=getattr(torch, dtype))
     except MapleLoadError as error:
         raise _maple_load_error(model_ref, error) from error
-    return model.eval(), processor
+    return model.eval()

@@ -448,22 +448,29 @@ def test_a_benchmark_only_a_compared_model_needs_is_read_before_the_first_model_
     assert not (out / _model_folder_name(str(first)) / "coco.json").exists()
 
 
-@pytest.mark.parametrize("kind", ["uncached hub repo", "mistyped local path", "unsupported checkpoint"])
+@pytest.mark.parametrize("kind", ["uncached hub repo", "mistyped local path", "unsupported checkpoint", "no processor"])
 def test_cli_reports_a_bad_compared_model_before_evaluating_the_first(tiny, benchmark_sources, tmp_path, capsys, kind, monkeypatch):
-    _, _, (first, _) = tiny
+    model, _, (first, _) = tiny
     if kind == "uncached hub repo":  # the tests run offline (HF_HUB_OFFLINE=1), and this repo was never downloaded
         bad, expected = "maple-org/never-downloaded", "is not in the local cache and the Hub is offline or unreachable\n"
     elif kind == "mistyped local path":  # it could be a Hub id, so it is looked up there; runs/ says it is a typo
         monkeypatch.chdir(tmp_path)
         (tmp_path / "runs").mkdir()
         bad, expected = "runs/modle", "offline or unreachable (nor is it a local folder: runs/ exists here, but not runs/modle)\n"
-    else:
+    elif kind == "unsupported checkpoint":
         bad = tmp_path / "bert"
         bad.mkdir()
         (bad / "config.json").write_text('{"model_type": "bert"}')
         expected = "is a 'bert' checkpoint; expected a MAPLE checkpoint"
+    else:  # found once the first model had been evaluated: each model's processor loaded with the model
+        bad = tmp_path / "weights_only"
+        model.save_pretrained(bad)
+        capsys.readouterr()  # saving's progress bar
+        expected = f"{bad}: its processor cannot be loaded ("
     out = tmp_path / "eval"
-    argv = [str(first), "--compare", str(bad), "--benchmarks", "coco", "--source", f"coco={benchmark_sources['coco']}", "--out", str(out)]
+    # --no-progress: datasets' bars, reading the local source first (unless a test before read it), go to stderr
+    argv = [str(first), "--compare", str(bad), "--benchmarks", "coco", "--source", f"coco={benchmark_sources['coco']}",
+            "--out", str(out), "--no-progress"]
     assert main(argv) == 2
     error = capsys.readouterr().err
     assert error.startswith("maple eval: error: ") and expected in error and error.count("\n") == 1

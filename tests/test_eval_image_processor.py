@@ -159,7 +159,8 @@ def test_a_setting_a_compared_models_image_processor_lacks_is_one_line_before_th
     monkeypatch.setattr("evaluation.models.load_embedder", lambda *args, **kwargs: pytest.fail("a model was loaded"))
     out = tmp_path / "eval"
     argv = [str(qwen2_vl_folder), "--compare", str(tmp_path / "clip_maple"), "--benchmarks", "coco",
-            "--source", f"coco={benchmark_sources['coco']}", "--out", str(out), "--image-processor-kwargs", MORE_PIXELS]
+            "--source", f"coco={benchmark_sources['coco']}", "--out", str(out), "--image-processor-kwargs", MORE_PIXELS,
+            "--no-progress"]  # datasets' bars, read the local source first (unless a test before read it), on stderr
     assert main(argv) == 2
     error = capsys.readouterr().err
     assert error.startswith(f"maple eval: error: {tmp_path / 'clip_maple'}: max_pixels is not a setting of its image processor")
@@ -168,16 +169,38 @@ def test_a_setting_a_compared_models_image_processor_lacks_is_one_line_before_th
 
 
 def test_a_setting_its_image_processor_lacks_is_a_load_error_naming_the_model_or_the_adapter(qwen2_vl_folder, tmp_path):
-    from evaluation.models import ModelLoadError, check_image_processor_kwargs, load_embedder
+    from evaluation.models import ModelLoadError, load_processor, load_embedder
     from modeling_maple import MapleModel
     from modeling_maple.lora import get_maple_peft_model
 
     folder = str(qwen2_vl_folder)
-    for call in (load_embedder, check_image_processor_kwargs):
+    for call in (load_embedder, load_processor):
         with pytest.raises(ModelLoadError, match=rf"^{re.escape(folder)}: max_patches is not a setting of its image processor"):
             call(folder, image_processor_kwargs={"max_patches": 6})
     get_maple_peft_model(MapleModel.from_backbone(folder)).save_pretrained(tmp_path / "adapter")
-    for call in (load_embedder, check_image_processor_kwargs):
+    for call in (load_embedder, load_processor):
         with pytest.raises(ModelLoadError, match=rf"^{re.escape(str(tmp_path / 'adapter'))}: its base model {re.escape(folder)}: max_patches is not"):
             call(str(tmp_path / "adapter"), image_processor_kwargs={"max_patches": 6})
-    check_image_processor_kwargs(str(tmp_path / "adapter"), {"max_pixels": 1024})  # one it has
+    assert image_grid(load_processor(str(tmp_path / "adapter"), {"max_pixels": 1024})) == [[1, 8, 8]]  # one it has
+
+
+@pytest.mark.parametrize("settings", [[], ["--image-processor-kwargs", MORE_PIXELS]], ids=["own", "overridden"])
+def test_each_models_processor_is_loaded_once(settings, qwen2_vl_folder, benchmark_sources, tmp_path, monkeypatch):
+    """With --image-processor-kwargs the check before the first model loaded each model's processor, and loading the
+    model loaded it again; an adapter's is its base's, loaded once too."""
+    import modeling_maple.loading
+    from modeling_maple import MapleModel
+    from modeling_maple.lora import get_maple_peft_model
+
+    get_maple_peft_model(MapleModel.from_backbone(str(qwen2_vl_folder))).save_pretrained(tmp_path / "adapter")
+    loaded, load = [], modeling_maple.loading._load_processor
+
+    def load_and_count(name_or_path, *args, **kwargs):
+        loaded.append(name_or_path)
+        return load(name_or_path, *args, **kwargs)
+
+    monkeypatch.setattr(modeling_maple.loading, "_load_processor", load_and_count)
+    argv = [str(qwen2_vl_folder), "--compare", str(tmp_path / "adapter"), "--benchmarks", "mmvp",
+            "--source", f"mmvp={benchmark_sources['mmvp']}", "--out", str(tmp_path / "eval")]
+    assert main(argv + settings) == 0
+    assert loaded == [str(qwen2_vl_folder)] * 2  # the backbone's, then the adapter's base's
