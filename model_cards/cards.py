@@ -110,24 +110,55 @@ def _eval_results(
 
 
 def _license_slug(license: str) -> str:
-    """"CC BY 4.0" and "CC_BY-4.0" as the Hub spells its ids: "cc-by-4.0"."""
-    return re.sub(r"[\s_]+", "-", license.strip().lower())
+    """A licence named as given, as an id: lower case, its words joined by "-", punctuation dropped ("CC BY 4.0" and
+    "CC_BY-4.0": "cc-by-4.0"; "Research Only": "research-only")."""
+    return re.sub(r"[^a-z0-9.+]+", "-", license.lower()).strip("-.")
+
+
+# Words of a licence's name that its Hub id leaves out ("Apache License, Version 2.0" is apache-2.0), and words it
+# abbreviates ("Creative Commons Attribution-NonCommercial 4.0 International" is cc-by-nc-4.0), longest first, as
+# SPDX's full names and the licences' own texts write them
+_LICENSE_FILLER_WORDS = frozenset({"the", "license", "licence", "version", "international", "unported", "generic", "universal"})
+_LICENSE_NAME_WORDS = (
+    ("creative-commons-zero", "cc0"), ("creative-commons", "cc"), ("attribution", "by"), ("noncommercial", "nc"),
+    ("non-commercial", "nc"), ("sharealike", "sa"), ("share-alike", "sa"), ("noderivatives", "nd"), ("noderivs", "nd"),
+    ("no-derivatives", "nd"), ("gnu-affero-general-public", "agpl"), ("gnu-lesser-general-public", "lgpl"),
+    ("gnu-general-public", "gpl"), ("mozilla-public", "mpl"), ("eclipse-public", "epl"), ("boost-software", "bsl"),
+)
+
+
+def _hub_license_id(license: str) -> str | None:
+    """The Hub's id of licence `license` (`HUB_LICENSES`), or None where it has none: an id in any case and spacing
+    ("CC BY 4.0"), or a name as SPDX and the licences' own texts write it ("Apache License, Version 2.0", "MIT
+    License", "Creative Commons Attribution-ShareAlike 4.0 International", "GNU General Public License v3.0 only",
+    "GPL-3.0-only"). A name that does not say which of the Hub's licences it is has none ("Apache License", with no
+    version; "GPL-3.0-or-later", which the Hub's gpl-3.0 does not say)."""
+    slug = _license_slug(license)
+    words = [re.sub(r"^v(?=\d)", "", word) for word in slug.split("-") if word not in _LICENSE_FILLER_WORDS]
+    name = f"-{'-'.join(words)}-"
+    for long, short in _LICENSE_NAME_WORDS:
+        name = name.replace(f"-{long}-", f"-{short}-")
+    name = name.strip("-")
+    return next((id for id in (slug, name, name.removesuffix("-only")) if id in HUB_LICENSES), None)
 
 
 def _license_metadata(license: str | None) -> dict[str, str | None]:
-    """Card metadata of a licence named as given: `license` is the Hub's id of it ("CC BY 4.0" is "cc-by-4.0"),
-    "unknown" for none, or "other" with the name as `license_name`: the Hub refuses a `license` that is not one of
-    its ids."""
-    if license is None:
+    """Card metadata of a licence named as given: `license` is the Hub's id of it (`_hub_license_id`), "unknown" for
+    none, or "other" with an id of the name as `license_name` ("research-only"): the Hub refuses a `license` that is
+    not one of its ids."""
+    if license is None or not _license_slug(license):
         return {"license": "unknown", "license_name": None}
-    slug = _license_slug(license)
-    return {"license": slug, "license_name": None} if slug in HUB_LICENSES else {"license": "other", "license_name": slug}
+    hub_id = _hub_license_id(license)
+    return {"license": hub_id, "license_name": None} if hub_id else {"license": "other", "license_name": _license_slug(license)}
 
 
-def base_model_license(base_model: str | None, token: str | None = None) -> str | None:
-    """The licence a fine-tune of `base_model` inherits: the `license` of a local folder's card (README.md), or of
-    the Hub repo's tags unless offline (read with `token`; None: HF_TOKEN or the saved login), as `transformers`'
-    `TrainingSummary` reads it; None when unknown."""
+def base_model_license(base_model: str | None, token: str | None = None) -> dict[str, str | None] | None:
+    """The licence metadata a fine-tune of `base_model` inherits (`_license_metadata` of its `license`), from the card
+    (README.md) of a local folder, or from the Hub repo's tags unless offline (read with `token`; None: HF_TOKEN or the
+    saved login), as `transformers`' `TrainingSummary` reads it; None when unknown. A base under `license: other`
+    passes on its card's `license_name` and `license_link` (what the licence is: "other" alone says nothing), a link
+    to a file of a Hub base's repo ("LICENSE") as that file's address on the Hub, since the fine-tune's repo has no
+    such file; a local base's link to one of its files is dropped."""
     from huggingface_hub import constants, model_info
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import httpx
@@ -137,17 +168,31 @@ def base_model_license(base_model: str | None, token: str | None = None) -> str 
     card = Path(base_model) / "README.md"
     if card.is_file():
         try:
-            license = ModelCard.load(card).data.license
+            details = ModelCard.load(card).data
         except (yaml.YAMLError, ValueError):  # a base card's broken metadata must not fail the run's own card
             return None
-        return license if isinstance(license, str) else None
-    if hub_reference(base_model) is None or constants.HF_HUB_OFFLINE:
+        license, files_at = details.license, None
+    elif hub_reference(base_model) is None or constants.HF_HUB_OFFLINE:
         return None
-    try:
-        tags = model_info(base_model, token=token).tags or []
-    except (OSError, HFValidationError, httpx.HTTPError):  # not on the Hub, or the Hub out of reach: no licence
+    else:
+        try:
+            info = model_info(base_model, token=token)
+        except (OSError, HFValidationError, httpx.HTTPError):  # not on the Hub, or the Hub out of reach: no licence
+            return None
+        license = next((tag.removeprefix("license:") for tag in info.tags or [] if tag.startswith("license:")), None)
+        details, files_at = info.card_data, f"{constants.ENDPOINT}/{base_model}/blob/main/"
+    if not isinstance(license, str):
         return None
-    return next((tag.removeprefix("license:") for tag in tags if tag.startswith("license:")), None)
+    metadata = _license_metadata(license)
+    if metadata["license"] == "other" and details is not None:
+        name, link = details.get("license_name"), details.get("license_link")
+        if isinstance(name, str) and _license_slug(name):
+            metadata["license_name"] = name
+        if isinstance(link, str) and link.strip():
+            link = link.strip()
+            link = link if "://" in link else files_at and files_at + link.removeprefix("./")
+            metadata |= {"license_link": link} if link else {}
+    return metadata
 
 
 def _table_rows(eval_results: Mapping[str, Mapping[str, Any]]) -> dict[str, list[dict[str, str]]]:
@@ -419,12 +464,12 @@ def model_card_from_run(
     # Only Hub ids go into the metadata (the Hub refuses a card whose base_model or datasets name a local path)
     # and get links; a local folder is named as text.
     base_model_id, dataset_hub_id = hub_reference(base_model), hub_reference(dataset_id)
-    license = license or base_model_license(base_model, token=token)
+    license_metadata = _license_metadata(license) if license else base_model_license(base_model, token=token)
     base_model, dataset_id = (_shown_reference(reference, output_dir, repo_id) for reference in (base_model, dataset_id))
     if judge_id is not None:  # an ensemble's members one by one
         judge_id = renamed_members(judge_id, lambda member: _shown_reference(member, output_dir, repo_id))
     card_data = ModelCardData(
-        **(_license_metadata(license) if license else {}),
+        **(license_metadata or {}),
         model_name=model_name,
         base_model=base_model_id,
         datasets=[dataset_hub_id] if dataset_hub_id else None,
@@ -515,10 +560,14 @@ def dataset_card_from_stats(
     own = {**stats, "histogram_file": histogram_file if histogram_written else None}
     others = [config for config in other_configs if config.get("config_name") != stats.get("config_name")]
     configs = sorted([own, *others], key=lambda config: str(config.get("config_name") or ""))
-    licenses = {config.get("source_license") for config in configs}
-    license = _license_metadata(licenses.pop()) if len(licenses) == 1 else {"license": "other"}  # configs of several
+    # configs of several licences: all of them (a dataset card's `license` may be a list), with the name of the one
+    # that is "other", where only one is
+    licenses = [_license_metadata(config.get("source_license")) for config in configs]
+    ids = sorted({license["license"] for license in licenses})
+    names = sorted({license["license_name"] for license in licenses if license["license_name"]})
     card_data = DatasetCardData(
-        **license,
+        license=ids[0] if len(ids) == 1 else ids,
+        license_name=names[0] if len(names) == 1 else None,
         pretty_name=stats.get("pretty_name") or (repo_id or "MAPLE preference dataset"),
         task_categories=["feature-extraction"],
         tags=PAPER_TAGS + ["preference", "mllm-judge"],

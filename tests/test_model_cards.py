@@ -120,6 +120,12 @@ def test_the_card_of_a_repo_names_local_folders_by_their_names_only(tmp_path, mo
     ("CC-BY-4.0", "cc-by-4.0", None),
     # as people write them: the Hub showed a CC-BY dataset as "other"
     ("CC BY 4.0", "cc-by-4.0", None), ("Apache 2.0", "apache-2.0", None), ("Research Only", "other", "research-only"),
+    # names, as SPDX and the licences' texts write them: "other" with license_name "apache-license,-version-2.0"
+    ("Apache License, Version 2.0", "apache-2.0", None), ("MIT License", "mit", None),
+    ("Creative Commons Attribution-NonCommercial-ShareAlike 4.0 International", "cc-by-nc-sa-4.0", None),
+    ("Creative Commons Zero v1.0 Universal", "cc0-1.0", None), ("GPL-3.0-only", "gpl-3.0", None),
+    ("GNU General Public License v3.0 or later", "other", "gnu-general-public-license-v3.0-or-later"),
+    ("Apache License", "other", "apache-license"),  # which version: not said
 ])
 def test_dataset_card_licence_metadata_is_a_hub_licence_id(tmp_path, licence, metadata, name):
     """Any lower-case slug passed before; the Hub refuses ids not on its list, failing the push after the build. An id
@@ -404,7 +410,7 @@ def test_dataset_card_describes_every_config_of_a_repo(tmp_path):
     assert fast_section.startswith("fast`") and "| Judge | OpenGVLab/InternVL3-1B-hf |" in fast_section
     assert "(stats/fast/score_histograms.png)" in fast_section and (tmp_path / "stats/default/score_histograms.png").exists()
     assert 'load_dataset("maple-org/prefs", "fast", split="train")' in card.text
-    assert card.data.license == "other" and card.data.size_categories == ["1K<n<10K"]  # licences differ; the largest config
+    assert card.data.license == ["cc0-1.0", "mit"] and card.data.size_categories == ["1K<n<10K"]  # each licence; the largest config
 
 
 def test_the_cards_usage_snippets_run_as_written(tmp_path, monkeypatch):
@@ -428,12 +434,20 @@ def test_the_cards_usage_snippets_run_as_written(tmp_path, monkeypatch):
         assert namespace["text_embeds"].shape == namespace["image_embeds"].shape == (1, model.config.projection_dim)
 
 
-def test_a_source_without_a_licence_is_unknown_and_configs_of_several_licences_other(tmp_path):
+def test_a_source_without_a_licence_is_unknown_and_configs_of_several_licences_list_them(tmp_path):
+    """Configs of several licences were published as `license: other`, naming none of them."""
     card = dataset_card_from_stats({**STATS, "source_license": None}, repo_id="maple-org/prefs", output_dir=tmp_path)
     assert DatasetCard(str(card)).data.license == "unknown"
-    other = {**STATS, "config_name": "fast", "source_license": "mit"}
-    card = dataset_card_from_stats(STATS, repo_id="maple-org/prefs", output_dir=tmp_path, other_configs=[other])
-    assert DatasetCard(str(card)).data.license == "other" and DatasetCard(str(card)).data.get("license_name") is None
+
+    def metadata(*licences):
+        others = [{**STATS, "config_name": f"config{i}", "source_license": licence} for i, licence in enumerate(licences)]
+        data = DatasetCard(str(dataset_card_from_stats(STATS, repo_id="maple-org/prefs", other_configs=others))).data
+        return data.license, data.get("license_name")
+
+    assert metadata("MIT License") == (["cc0-1.0", "mit"], None)
+    assert metadata("Research Only", None) == (["cc0-1.0", "other", "unknown"], "research-only")
+    assert metadata("Research Only", "Internal use") == (["cc0-1.0", "other"], None)  # one name: the tables give each
+    assert metadata("CC0 1.0 Universal") == ("cc0-1.0", None)  # one licence, written two ways
 
 
 def test_a_fine_tune_has_its_base_models_licence_unless_told_another(tmp_path):
@@ -457,6 +471,42 @@ def test_a_fine_tune_has_its_base_models_licence_unless_told_another(tmp_path):
     for broken in ("license: [unclosed", "- a list", "license: 5"):  # the base's card must not fail the run's
         (base / "README.md").write_text(f"---\n{broken}\n---\n# base\n")
         assert card_licence(base) == (None, None), broken
+    (base / "README.md").write_text("---\nlicense: MIT License\n---\n# base\n")  # a name: the Hub's id of it
+    assert card_licence(base) == ("mit", None)
+
+
+def test_a_base_model_under_another_licence_passes_on_its_name_and_link(tmp_path, monkeypatch):
+    """A base under `license: other` gave its fine-tune `license: other` alone, without the licence's name and link
+    its card gives. A link to a file of the base's Hub repo is that file's address (the fine-tune has no such file)."""
+    import huggingface_hub
+    from huggingface_hub import ModelCardData, constants
+
+    from model_cards import base_model_license
+
+    def card_licence(base_model):
+        card = model_card_from_run(tmp_path / "out", base_model=str(base_model), backbone="mllm", training_config={},
+                                   log_history=[], eval_results={})
+        metadata = yaml.safe_load(str(card).split("---")[1])
+        return tuple(metadata.get(key) for key in ("license", "license_name", "license_link"))
+
+    base = tmp_path / "base"
+    base.mkdir()
+    other = "---\nlicense: other\nlicense_name: yi-license\nlicense_link: {}\n---\n# base\n"
+    (base / "README.md").write_text(other.format("https://example.org/yi-license"))
+    assert card_licence(base) == ("other", "yi-license", "https://example.org/yi-license")
+    (base / "README.md").write_text(other.format("LICENSE"))  # a file of a local folder: no address to give
+    assert card_licence(base) == ("other", "yi-license", None)
+
+    class Info:
+        tags = ["license:other"]
+        card_data = ModelCardData(license="other", license_name="yi-license", license_link="LICENSE")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "model_info", lambda repo_id, token=None: Info())
+    assert base_model_license("org/yi-base") == {
+        "license": "other", "license_name": "yi-license", "license_link": f"{constants.ENDPOINT}/org/yi-base/blob/main/LICENSE"}
+    Info.card_data = None  # a Hub that gives no card data: the tag alone
+    assert base_model_license("org/yi-base") == {"license": "other", "license_name": None}
 
 
 BASE_LICENCE = """
@@ -464,7 +514,7 @@ from huggingface_hub import HfApi
 from model_cards import base_model_license
 HfApi().create_repo("{repo}")
 HfApi().upload_file(path_or_fileobj=b"---\\nlicense: llama3\\n---\\n# base\\n", path_in_repo="README.md", repo_id="{repo}")
-print(base_model_license("{repo}"), base_model_license("{user}/no-such-model"))
+print(base_model_license("{repo}")["license"], base_model_license("{user}/no-such-model"))
 """
 
 
