@@ -213,7 +213,7 @@ def _run_fingerprint(
     files of the results folder `out` where it lies inside the source's folder: a source inside `out`, or `out`
     itself, keeps all its files), those of the image files outside it that the source names by path (`loaded`, the
     benchmark read from a local source: a table names them from the working folder), and the version of the
-    evaluation protocol."""
+    evaluation protocol. Not the batch size nor the device, which change a score by floating-point rounding at most."""
     source = source or BENCHMARKS[benchmark].hub_id
     source_path = Path(source).expanduser()
     source_files = image_files = None
