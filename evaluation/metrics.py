@@ -74,16 +74,17 @@ def relevance_mask(relevant: list[list[int]], num_candidates: int, device: torch
     return mask
 
 
-def checked_ks(ks: Iterable[int]) -> tuple[int, ...]:
-    """The recall cut-offs `ks` as a tuple, or a ValueError unless they are one or more positive integers: recall@0 is 0
-    for every model and "recall@1.5" is recall@1, scores that read as results rather than typos."""
-    ks = tuple(ks)
+def checked_ks(ks: int | Iterable[int]) -> tuple[int, ...]:
+    """The recall cut-offs `ks` (one, or several) as a tuple, or a ValueError unless they are one or more positive
+    integers: recall@0 is 0 for every model and "recall@1.5" is recall@1, scores that read as results rather than
+    typos."""
+    ks = tuple(ks) if isinstance(ks, Iterable) else (ks,)
     if not ks or not all(isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1 for k in ks):
         raise ValueError(f"ks: expected positive integers, got {ks}")
     return ks
 
 
-def recall_from_ranks(ranks: torch.Tensor, ks: Iterable[int] = DEFAULT_KS) -> dict[str, float]:
+def recall_from_ranks(ranks: torch.Tensor, ks: int | Iterable[int] = DEFAULT_KS) -> dict[str, float]:
     """Recall@k (for each k in `ks`, positive integers) and mean reciprocal rank from the (Q,) 1-based ranks of each
     query's first relevant candidate.
 
@@ -119,7 +120,7 @@ def first_relevant_ranks(similarities: torch.Tensor, relevant: RelevantIndices) 
 def retrieval_recall(
     similarities: torch.Tensor | np.ndarray | Sequence[Sequence[float]],
     relevant: RelevantIndices,
-    ks: Iterable[int] = DEFAULT_KS,
+    ks: int | Iterable[int] = DEFAULT_KS,
 ) -> dict[str, float]:
     """Recall@k (for each k in `ks`) and MRR, on a 0-100 scale, of a dense (Q, C) score matrix.
 
@@ -128,10 +129,10 @@ def retrieval_recall(
     """
     ks = checked_ks(ks)
     _check_row_lengths(similarities, "similarities")
-    similarities = torch.as_tensor(similarities, dtype=torch.float64)
+    similarities = torch.from_numpy(_float64_array(similarities))  # (a missing score, None, reads as NaN)
     if not torch.isfinite(similarities).all():  # a NaN score compares false with everything: it would rank first
         rows = (~torch.isfinite(similarities)).any(dim=-1).nonzero().flatten()
-        raise ValueError(f"similarities: rows {rows[:5].tolist()} hold NaN or inf scores, which cannot be ranked")
+        raise ValueError(f"similarities: rows {rows[:5].tolist()} hold NaN, inf or missing scores, which cannot be ranked")
     return recall_from_ranks(first_relevant_ranks(similarities, relevant), ks)
 
 
@@ -150,7 +151,8 @@ def _check_row_lengths(rows, name: str) -> None:
 
 
 def _float64_array(scores) -> np.ndarray:
-    """Scores given as a list, an array or a tensor (any device or dtype, bf16 and autograd too) as float64 NumPy."""
+    """Scores given as a list, an array or a tensor (any device or dtype, bf16 and autograd too) as float64 NumPy; a
+    missing score (None) is NaN, which the callers refuse by row."""
     if isinstance(scores, torch.Tensor):
         scores = scores.detach().to("cpu", torch.float64)  # NumPy reads neither CUDA nor bf16 tensors
     return np.asarray(scores, dtype=np.float64)
@@ -160,6 +162,8 @@ def _quadruple_matrix(quadruple_similarities: torch.Tensor | np.ndarray | Sequen
     """The (n, 4) quadruple similarities as float64 NumPy, checked for shape and finiteness."""
     _check_row_lengths(quadruple_similarities, "quadruple similarities")
     scores = _float64_array(quadruple_similarities)
+    if scores.size == 0:  # none given ([]): "got no quadruples" (`group_scores`), not a shape error
+        scores = scores.reshape(0, 4)
     if scores.ndim != 2 or scores.shape[1] != 4:
         raise ValueError(
             "quadruple similarities: expected shape (n, 4) = [s(I0,T0), s(I0,T1), s(I1,T0), s(I1,T1)] "
@@ -168,7 +172,7 @@ def _quadruple_matrix(quadruple_similarities: torch.Tensor | np.ndarray | Sequen
     # NaN compares false with everything: it would lose every comparison (scores of 0) and reach the gap as inf.
     if not np.isfinite(scores).all():
         rows = np.flatnonzero(~np.isfinite(scores).all(axis=1))
-        raise ValueError(f"quadruple similarities: rows {rows[:5].tolist()} hold NaN or inf scores")
+        raise ValueError(f"quadruple similarities: rows {rows[:5].tolist()} hold NaN, inf or missing scores")
     return scores
 
 
@@ -206,6 +210,8 @@ def wasserstein_1d(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndar
         raise ValueError(f"wasserstein_1d: both samples must be non-empty, got sizes {a.size} and {b.size}")
     if not (np.isfinite(a).all() and np.isfinite(b).all()):  # NaN sorts last and would make the distance NaN
         raise ValueError("wasserstein_1d: the samples hold NaN or inf")
+    if a.size == b.size:  # the sorted-pairs form: exact where the CDF form's widths round (0.25 came out 0.2499...)
+        return float(np.mean(np.abs(a - b)))
     support = np.sort(np.concatenate([a, b]))
     widths = np.diff(support)
     cdf_a = np.searchsorted(a, support[:-1], side="right") / a.size

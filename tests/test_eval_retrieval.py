@@ -259,7 +259,7 @@ def test_non_finite_embeddings_and_scores_are_refused_not_ranked_first():
         chunked_ranks(torch.randn(4, 8), candidates, [0, 1, 2, 3])
     scores = torch.randn(3, 5)
     scores[1, 4] = float("nan")
-    with pytest.raises(ValueError, match=r"rows \[1\] hold NaN or inf scores"):
+    with pytest.raises(ValueError, match=r"rows \[1\] hold NaN, inf or missing scores"):
         retrieval_recall(scores, [0, 1, 2])
 
 

@@ -175,9 +175,9 @@ def test_modality_gap_without_discrimination_is_infinite():
 def test_nan_scores_are_refused_rather_than_counted_as_misses():
     """NaN compares false with everything: it lost every comparison (a score of 0) and made the gap inf."""
     scores = torch.tensor([[0.9, 0.1, 0.2, 0.8], [float("nan"), 0.1, 0.2, 0.8]])
-    with pytest.raises(ValueError, match=r"rows \[1\] hold NaN or inf"):
+    with pytest.raises(ValueError, match=r"rows \[1\] hold NaN, inf or missing"):
         group_scores(scores)
-    with pytest.raises(ValueError, match=r"rows \[1\] hold NaN or inf"):
+    with pytest.raises(ValueError, match=r"rows \[1\] hold NaN, inf or missing"):
         modality_gap_from_quadruples(scores, torch.tensor([0.5, 0.5]))
     with pytest.raises(ValueError, match="samples hold NaN or inf"):
         wasserstein_1d([0.1, float("nan")], [0.2, 0.3])
@@ -194,6 +194,19 @@ def test_recall_from_ranks_refuses_the_cutoffs_the_dense_recall_refuses(ks):
         recall_from_ranks(torch.tensor([1, 2]), ks)
     with pytest.raises(ValueError, match=re.escape(f"ks: expected positive integers, got {ks}")):
         chunked_retrieval_recall(torch.eye(3), torch.eye(3), [0, 1, 2], ks=ks)
+
+
+def test_metrics_name_edge_inputs_plainly():
+    """A bare cut-off (ks=5) was "'int' object is not iterable"; no quadruples at all ([]) a shape error; a missing
+    (None) score a TypeError from torch naming no row; and two equal-sized samples' distance came out 0.2499... for
+    0.25, as the modality-gap module's docstring example shows it (found by a review)."""
+    assert retrieval_recall(torch.eye(3), [0, 1, 2], ks=2) == {"recall@2": 100.0, "mrr": 100.0}
+    with pytest.raises(ValueError, match="got no quadruples"):
+        group_scores([])
+    with pytest.raises(ValueError, match=r"rows \[1\] hold NaN, inf or missing scores"):
+        retrieval_recall([[0.9, 0.1], [None, 0.8]], [0, 1])
+    assert wasserstein_1d([0.3, 0.5], [0.1, 0.2]) == 0.25
+    assert modality_gap_from_quadruples([[0.3, 0.1, 0.2, 0.5]], [0.9]) == {"w_dist": 0.5, "w_disc": 0.25, "delta_gap": 2.0}
 
 
 def test_recall_refuses_a_boolean_for_a_candidate_index():

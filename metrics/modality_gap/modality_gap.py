@@ -7,7 +7,7 @@ from evaluation.metrics import modality_gap_from_quadruples
 from maple import PAPER_CITATION
 
 _DESCRIPTION = """
-Modality gap of an embedder on quadruples (I0, I1, T0, T1), after MAPLE (arXiv 2506.06970, sec. 5).
+Modality gap of an embedder on quadruples (I0, I1, T0, T1), after MAPLE (arXiv 2506.06970).
 With W the 1-Wasserstein distance between two 1-D score distributions:
 w_dist = W(matched image-text scores {s(I0,T0), s(I1,T1)}, text-text scores {s(T0,T1)}),
 w_disc = W(matched scores, mismatched scores {s(I0,T1), s(I1,T0)}),
