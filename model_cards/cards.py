@@ -282,8 +282,15 @@ def save_figure(figure, path: Path) -> None:
     pyplot().close(figure)
 
 
+def no_figure(path: Path) -> bool:
+    """False, for a card with no figure at `path`: a figure an earlier run drew there is removed, since it would be
+    pushed beside a card that does not describe it."""
+    Path(path).unlink(missing_ok=True)
+    return False
+
+
 def plot_training_curves(log_history: Sequence[Mapping[str, Any]], path: Path) -> bool:
-    """One panel per logged scalar (loss, learning rate, ...) against the step; False if nothing to plot."""
+    """One panel per logged scalar (loss, learning rate, ...) against the step; False if nothing to plot (`no_figure`)."""
     curves: dict[str, tuple[list[float], list[float]]] = {}
     for entry in log_history:
         if "step" not in entry:
@@ -295,7 +302,7 @@ def plot_training_curves(log_history: Sequence[Mapping[str, Any]], path: Path) -
                 values.append(value)
     curves = {key: curve for key, curve in curves.items() if len(curve[0]) >= 2}
     if not curves:
-        return False
+        return no_figure(path)
     plt = pyplot()
 
     columns = min(3, len(curves))
@@ -314,10 +321,10 @@ def plot_training_curves(log_history: Sequence[Mapping[str, Any]], path: Path) -
 def plot_similarity_histograms(eval_results: Mapping[str, Mapping[str, Any]], path: Path) -> bool:
     """One panel per entry of `eval_results` with histograms (a quadruple benchmark; in the demo, a
     method): matched, mismatched and text-text cosine histograms (the modality gap), zoomed to the
-    occupied bins; False if no entry has them."""
+    occupied bins; False if no entry has them (`no_figure`)."""
     benchmarks = {name: metrics["similarity_histograms"] for name, metrics in eval_results.items() if "similarity_histograms" in metrics}
     if not benchmarks:
-        return False
+        return no_figure(path)
     plt = pyplot()
 
     labels = ("matched", "mismatched", "text_text")
@@ -518,9 +525,9 @@ def _card_hyperparameters(config: Mapping[str, Any]) -> list[tuple[str, Any]]:
 
 
 def plot_score_histograms(histograms: Mapping[str, Mapping[str, Sequence[float]]], path: Path) -> bool:
-    """Bar charts of pre-binned judge scores ({column: {bin_edges, counts}}); False if none."""
+    """Bar charts of pre-binned judge scores ({column: {bin_edges, counts}}); False if none (`no_figure`)."""
     if not histograms:
-        return False
+        return no_figure(path)
     plt = pyplot()
 
     figure, axes = plt.subplots(1, len(histograms), figsize=(4 * len(histograms), 3), squeeze=False)

@@ -185,6 +185,16 @@ def test_model_card_without_eval_or_logs(tmp_path):
     assert f"```bibtex\n{PAPER_CITATION}\n```" in card.text
 
 
+def test_a_card_without_figures_leaves_no_earlier_runs_figures_beside_it(tmp_path):
+    """A run that logged fewer than two points into a folder where an earlier run drew its curves and histograms left
+    those files there, and they were pushed beside a card that did not describe them (found by a review)."""
+    for name in ("training_curves.png", "similarity_histograms.png", "score_histograms.png"):
+        (tmp_path / name).write_bytes(b"an earlier run's figure")
+    model_card_from_run(tmp_path, base_model=None, backbone="mllm", training_config={}, log_history=[], eval_results={})
+    dataset_card_from_stats({"num_anchors": 20}, output_dir=tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == []
+
+
 def test_model_card_describes_the_models_pooling_and_attention(tmp_path):
     from modeling_maple import MapleConfig
     from modeling_maple.testing import tiny_mllm_config
