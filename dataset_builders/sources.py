@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import datasets
 import PIL.Image
+import pyarrow.compute as pc
 from datasets.exceptions import DatasetGenerationError
 
 from maple.files import located, stored_images
@@ -169,14 +170,17 @@ def open_source(
     # objects: a torch, numpy, pandas or arrow format (or a transform) of the caller's would reach the ids and captions.
     used = dict.fromkeys([config.id_column, config.image_column, config.caption_column])
     source = source.with_format(None).select_columns([column for column in used if column in source.column_names])
-    if source_dataset is None and _holds_strings(image_feature) and (folder := _local_folder(config.source)) is not None:
-        # relative image paths are found beside the table too, as `maple train` finds them, and made absolute: a
-        # build resumed from another folder reads the files its input check read
-        column = config.image_column
-        # never from datasets' cache: its key holds neither which files exist now nor the folder the build runs in
-        source = source.map(lambda row: {column: _absolute(located(row[column], folder))}, load_from_cache_file=False,
-                            desc="locating image files")
-    return source.cast_column(config.image_column, datasets.Image(decode=False)), fingerprint
+    column = config.image_column
+    source = source.cast_column(column, datasets.Image(decode=False))
+    folder = None if source_dataset is not None else _local_folder(config.source)
+    if folder is not None and _holds_relative_image_paths(source, column):
+        # relative image paths (a column of text, or images stored as paths) are found beside the table too, as
+        # `maple train` finds them, and made absolute: a build resumed from another folder reads the files its input
+        # check read, and the source digest reads those files. Never from datasets' cache: its key holds neither which
+        # files exist now nor the folder the build runs in.
+        source = source.map(lambda row: {column: _located_image(row[column], folder)}, features=source.features,
+                            load_from_cache_file=False, desc="locating image files")
+    return source, fingerprint
 
 
 def image_paths(source: datasets.Dataset, column: str) -> list[str]:
@@ -184,9 +188,24 @@ def image_paths(source: datasets.Dataset, column: str) -> list[str]:
     return [path for raw, path in stored_images(source, column) if raw is None and path is not None]
 
 
-def _absolute(path: str | None) -> str | None:
-    """`path` made absolute where it names a file; else as written, for the input check to name it."""
-    return os.path.abspath(path) if path is not None and os.path.exists(path) else path
+def _holds_relative_image_paths(source: datasets.Dataset, column: str) -> bool:
+    """Whether an image column of `source` (images left encoded) holds an image by a relative file path, without
+    bytes (an image folder's are absolute: its rows need no locating)."""
+    for chunk in source.with_format("arrow")[:][column].chunks:  # struct<bytes, path>; zero-copy
+        data, paths = chunk.flatten()  # a null image's fields are null
+        paths = pc.filter(paths, pc.and_(data.is_null(), paths.is_valid()))
+        if any(not os.path.isabs(path) for path in paths.to_pylist()):
+            return True
+    return False
+
+
+def _located_image(value: dict[str, Any] | None, folder: str) -> dict[str, Any] | None:
+    """An undecoded image kept as a file path (no bytes) with its path `located` from `folder` and made absolute where
+    it names a file; else as written, for the input check to name it. An image with bytes is left as it is."""
+    if value is None or value["bytes"] is not None or value["path"] is None:
+        return value
+    path = located(value["path"], folder)
+    return {"bytes": None, "path": os.path.abspath(path) if os.path.exists(path) else path}
 
 
 def _holds_strings(feature: Any) -> bool:

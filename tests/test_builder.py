@@ -466,17 +466,24 @@ def test_a_source_of_several_configs_is_read_by_the_one_named(tmp_path):
         load_source(str(folder / "small" / "train-00000-of-00001.parquet"), split="train", name="small")
 
 
-def test_relative_image_paths_are_found_beside_the_source_table(tmp_path, monkeypatch):
+@pytest.mark.parametrize("image_feature", [datasets.Value("string"), datasets.Image()], ids=["text", "image"])
+def test_relative_image_paths_are_found_beside_the_source_table(tmp_path, monkeypatch, image_feature):
     """A parquet table of image paths relative to itself had every row skipped as "no such file" unless the build ran
     from the table's folder; `maple train` finds such paths (found by a review). The paths are made absolute, so a
-    build resumed from another folder reads the same files."""
+    build resumed from another folder reads the same files. So are images stored as relative paths (a `datasets.Image`
+    column without bytes, as `to_parquet` writes one cast from paths), which were read from the working folder only,
+    and whose files the source digest left out (found by a review)."""
     columns = colour_squares(4)
     (tmp_path / "data" / "imgs").mkdir(parents=True)
     for index, image in enumerate(columns["image"]):
         (tmp_path / "data" / "imgs" / f"{index}.png").write_bytes(image["bytes"])
     columns["image"] = [f"imgs/{index}.png" for index in range(4)]
     columns["image"][3] = "imgs/missing.png"
-    datasets.Dataset.from_dict(columns).to_parquet(str(tmp_path / "data" / "train.parquet"))
+    features = datasets.Features({**SOURCE_FEATURES, "image": image_feature})
+    # with the features in the schema metadata, as `to_parquet` writes them (which stats every image file)
+    pq.write_table(datasets.Dataset.from_dict(columns, features=features).data.table, tmp_path / "data" / "train.parquet")
+    table = load_source(str(tmp_path / "data" / "train.parquet"), split="train", cache_dir=str(tmp_path / "cache"))
+    assert table.features["image"] == image_feature
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
     builder = MaplePreferences(config_name="corpus-captions", source=str(tmp_path / "data" / "train.parquet"),
@@ -494,6 +501,12 @@ def test_relative_image_paths_are_found_beside_the_source_table(tmp_path, monkey
                              judge=ColourJudge(), miner=thumbnail_miner(), cache_dir=str(tmp_path / "cache"),
                              work_dir=tmp_path / "work-again", progress=False)
     assert again.check_inputs()[1] == [0, 1, 2, 3]
+    # an image beside the table changed (in size: the digest reads every named file's size) is another source
+    (tmp_path / "data" / "imgs" / "1.png").write_bytes((tmp_path / "data" / "imgs" / "1.png").read_bytes() + b"\0")
+    edited = MaplePreferences(config_name="corpus-captions", source=str(tmp_path / "data" / "train.parquet"),
+                              judge=ColourJudge(), miner=thumbnail_miner(), cache_dir=str(tmp_path / "cache"),
+                              work_dir=tmp_path / "work-edited", progress=False)
+    assert edited.manifest()["source_fingerprint"] != again.manifest()["source_fingerprint"]
 
 
 def test_a_source_under_the_home_folder_is_a_local_one(tmp_path, monkeypatch):
