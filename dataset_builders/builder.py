@@ -204,6 +204,15 @@ class MaplePreferencesConfig(datasets.BuilderConfig):
         if problems:
             raise ValueError("invalid MaplePreferences config: " + "; ".join(problems))
 
+    def unused_fields(self) -> list[str]:
+        """The recipe fields no step of this recipe reads: `captioned_negatives` without generated captions,
+        `semdedup_epsilon` without SemDeDup, and `seed` without either (it seeds caption sampling and SemDeDup's
+        k-means). The manifest records them as None, so that changing one does not refuse a work dir."""
+        generated, deduplicated = self.text_candidates == "generated", self.semdedup_clusters is not None
+        unused = {"captioned_negatives": not generated, "semdedup_epsilon": not deduplicated,
+                  "seed": not (generated or deduplicated)}
+        return [name for name, is_unused in unused.items() if is_unused]
+
 
 _OVERRIDABLE_WITH_NONE = {item.name for item in fields(MaplePreferencesConfig)} - {
     item.name for item in fields(datasets.BuilderConfig)
@@ -612,13 +621,12 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         write the same checkpoints and shards. Saved as manifest.json by the first build."""
         config = self.config
         generated = config.text_candidates == "generated"
-        deduplicated = config.semdedup_clusters is not None
         self._load_source()
         if self.source_dataset is not None:
             source = IN_MEMORY_SOURCE
         else:  # local files are identified by their contents (`local_source_digest`), wherever they are
             source = config.source if self._local_source() is None else "local files"
-        return {
+        manifest = {
             "manifest_version": MANIFEST_VERSION,
             "source": source,
             "source_fingerprint": self._source_fingerprint,
@@ -629,11 +637,11 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             "id_column": config.id_column,
             "num_hard_negatives": config.num_hard_negatives,
             "text_candidates": config.text_candidates,
-            "captioned_negatives": config.captioned_negatives if generated else None,
+            "captioned_negatives": config.captioned_negatives,
             "max_candidate_texts": config.max_candidate_texts,
             "shard_size": config.shard_size,
             "semdedup_clusters": config.semdedup_clusters,
-            "semdedup_epsilon": config.semdedup_epsilon if deduplicated else None,
+            "semdedup_epsilon": config.semdedup_epsilon,
             "seed": config.seed,
             "judge": _component_name(self.judge),
             "judge_prompt": getattr(self.judge, "prompt", None),
@@ -643,6 +651,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             "miner": _component_name(self.miner),
             "miner_settings": _component_settings(self.miner),
         }
+        return manifest | dict.fromkeys(config.unused_fields(), None)
 
     def check_work_dir(self) -> None:
         """Claim the work dir for this recipe, or raise `WorkDirMismatch` if it holds another's.

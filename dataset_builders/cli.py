@@ -175,6 +175,21 @@ def _check_model_options(args: argparse.Namespace, given: set[str]) -> None:
         raise ValueError(f"ignored options: {'; '.join(groups)}. Leave them out, or set them in the factory")
 
 
+def _check_recipe_options(args: argparse.Namespace, config: MaplePreferencesConfig, given: set[str]) -> None:
+    """A ValueError naming every recipe option set on the command line that this recipe does not read
+    (`MaplePreferencesConfig.unused_fields`), which would ignore it."""
+    semdedup_off = ("SemDeDup is off (--semdedup-clusters 0)" if "semdedup_clusters" in given
+                    else f"SemDeDup is off: the {args.config!r} config's default; --semdedup-clusters N turns it on")
+    why = {
+        "captioned_negatives": f"the {args.config!r} config writes no captions",
+        "semdedup_epsilon": semdedup_off,
+        "seed": "it seeds caption sampling and SemDeDup, and this build has neither",
+    }
+    ignored = [f"--{name.replace('_', '-')} ({why[name]})" for name in config.unused_fields() if name in given]
+    if ignored:
+        raise ValueError(f"ignored options: {', '.join(ignored)}. Leave them out")
+
+
 def _device(requested: str | None) -> str:
     """`--device`, checked to exist on this machine (a ValueError naming it, before any model loads), else this rank's
     GPU if there is one, else cpu."""
@@ -351,6 +366,7 @@ def _build(args: argparse.Namespace, given: set[str]) -> int:
             raise ValueError(f"the {args.config!r} config writes captions: pass --captioner (or use --config corpus-captions)")
         if config.text_candidates != "generated" and args.captioner:  # it would be loaded (a 72B MLLM) for nothing
             raise ValueError(f"the {args.config!r} config uses the hard negatives' own captions: leave out --captioner")
+        _check_recipe_options(args, config, given)
         if args.push_to_hub is not None and (problem := repo_id_problem(args.push_to_hub)) is not None:
             raise ValueError(f"--push-to-hub {problem}")
         device = _device(args.device)

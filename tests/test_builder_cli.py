@@ -132,6 +132,42 @@ def test_a_model_option_only_factories_would_get_is_refused_before_any_work(sour
     assert not out.exists()
 
 
+CORPUS_STAND_INS = ["--config", "corpus-captions", *STAND_INS[:2], *STAND_INS[4:]]  # no --captioner
+
+
+@pytest.mark.parametrize(
+    "options, error",
+    [
+        (["--captioned-negatives", "2"], "--captioned-negatives (the 'corpus-captions' config writes no captions)"),
+        (["--semdedup-epsilon", "0.1"],
+         "--semdedup-epsilon (SemDeDup is off: the 'corpus-captions' config's default; --semdedup-clusters N turns it on)"),
+        (["--seed", "0"], "--seed (it seeds caption sampling and SemDeDup, and this build has neither)"),
+        (["--seed", "3", "--captioned-negatives", "1"], "--captioned-negatives (the 'corpus-captions' config writes no "
+         "captions), --seed (it seeds caption sampling and SemDeDup, and this build has neither)"),
+    ],
+)
+def test_a_recipe_option_the_recipe_does_not_read_is_refused_before_any_work(source_file, tmp_path, capsys, monkeypatch,
+                                                                             options, error):
+    """`--config corpus-captions` took --captioned-negatives, --semdedup-epsilon and --seed and built without them,
+    saying nothing (found by a review); given explicitly, even at its default value, such an option is refused."""
+    monkeypatch.setattr(cli, "_load_components", lambda *args: pytest.fail("models were loaded"))
+    out = tmp_path / "out"
+    assert cli.main([source_file, "--output-dir", str(out), *CORPUS_STAND_INS, *options]) == 2
+    assert capsys.readouterr().err == f"maple build-preferences: error: ignored options: {error}. Leave them out\n"
+    assert not out.exists()
+
+
+def test_a_recipe_option_is_refused_only_where_the_recipe_does_not_read_it(source_file, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "_load_components", lambda *args: pytest.fail("models were loaded"))
+    argv = [source_file, "--output-dir", str(tmp_path / "out"), "--semdedup-epsilon", "0.1", "--seed", "1"]
+    assert cli.main([*argv, *STAND_INS, "--semdedup-clusters", "0"]) == 2
+    assert capsys.readouterr().err == ("maple build-preferences: error: ignored options: --semdedup-epsilon (SemDeDup "
+                                       "is off (--semdedup-clusters 0)). Leave them out\n")
+    # SemDeDup on: both are read, and the build goes on to load the models
+    with pytest.raises(pytest.fail.Exception, match="models were loaded"):
+        cli.main([*argv, *CORPUS_STAND_INS, "--semdedup-clusters", "2"])
+
+
 def test_every_option_ignored_is_named_with_the_factories_in_one_error(source_file, tmp_path, capsys):
     argv = [source_file, "--output-dir", str(tmp_path / "out"), *STAND_INS, "--num-samples", "1", "--max-new-tokens", "16", "--dtype", "float32"]
     assert cli.main(argv) == 2

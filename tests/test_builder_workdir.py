@@ -92,13 +92,23 @@ def test_every_recipe_change_is_named(tmp_path, change, field):
 
 
 def test_a_setting_the_recipe_does_not_use_is_no_part_of_it(tmp_path):
-    """captioned_negatives shapes nothing without a captioner, semdedup_epsilon nothing without SemDeDup: changing
-    them resumes such a work dir; where they are used, a change is named like any other."""
-    _builder(tmp_path, config_name="corpus-captions", captioner=None).check_work_dir()
-    _builder(tmp_path, config_name="corpus-captions", captioner=None, captioned_negatives=2, semdedup_epsilon=0.2).check_work_dir()
+    """captioned_negatives shapes nothing without a captioner, semdedup_epsilon nothing without SemDeDup, and seed
+    nothing without either (it was recorded all the same, and a resume with another seed was refused as another
+    recipe): changing them resumes such a work dir, whose manifest records them as None; where they are used, a change
+    is named like any other."""
+    corpus = {"config_name": "corpus-captions", "captioner": None}
+    _builder(tmp_path, **corpus).check_work_dir()
+    _builder(tmp_path, **corpus, captioned_negatives=2, semdedup_epsilon=0.2, seed=5).check_work_dir()
+    saved = json.loads((tmp_path / "work" / "manifest.json").read_text())
+    assert {name: saved[name] for name in ("captioned_negatives", "semdedup_epsilon", "seed")} == dict.fromkeys(
+        ("captioned_negatives", "semdedup_epsilon", "seed"), None
+    )
     _builder(tmp_path / "deduplicated", semdedup_clusters=3).check_work_dir()
     with pytest.raises(WorkDirMismatch, match=r"\(semdedup_epsilon: 0\.07 in the work dir, 0\.2 now\)"):
         _builder(tmp_path / "deduplicated", semdedup_clusters=3, semdedup_epsilon=0.2).check_work_dir()
+    _builder(tmp_path / "corpus-deduplicated", **corpus, semdedup_clusters=3).check_work_dir()  # k-means is seeded
+    with pytest.raises(WorkDirMismatch, match=r"\(seed: 0 in the work dir, 5 now\)"):
+        _builder(tmp_path / "corpus-deduplicated", **corpus, semdedup_clusters=3, seed=5).check_work_dir()
 
 
 def test_the_manifest_records_the_recipe_and_other_ranks_share_it(tmp_path):
