@@ -242,8 +242,8 @@ def load_source(
         with _data_files_read(source):
             import pyarrow.parquet as pq
 
-            if pq.read_metadata(path).num_rows == 0:  # `datasets` fails on it with "BatchSize must be greater than 0"
-                raise SourceError(f"source {source} has no rows")
+            # `datasets` fails on a file of no rows with "BatchSize must be greater than 0"
+            _check_selects_rows(source, split, {"train": pq.read_metadata(path).num_rows})
             return datasets.load_dataset("parquet", data_files=str(path), split=split, cache_dir=cache_dir)
     if path.is_file():
         raise SourceError(f"unsupported source file {source}: give a folder, a parquet file or a Hub dataset id")
@@ -264,6 +264,7 @@ def load_source(
     _check_splits(source, split, available=[str(name) for name in builder.config.data_files])
     with _data_files_read(source):
         builder.download_and_prepare()
+    _check_selects_rows(source, split, {str(name): info.num_examples for name, info in builder.info.splits.items()})
     return builder.as_dataset(split=split)
 
 
@@ -284,13 +285,37 @@ def _data_files_read(source: str) -> Iterator[None]:
 
 
 def _check_splits(source: str, split: str, available: list[str]) -> None:
-    """Raise `SourceError` when `split` ("train", "train[:1000]", "train+test") names a split `source` lacks."""
+    """Raise `SourceError` when `split` ("train", "train[:1000]", "train+test") is no split expression (`datasets`'
+    error was taken for a file that does not read), or names a split `source` lacks."""
+    try:
+        datasets.ReadInstruction.from_spec(split)
+        problem = "it holds a space" if any(character.isspace() for character in split) else None  # (read as a name)
+    except ValueError as error:
+        problem = str(error)
+    if problem is not None:
+        raise SourceError(
+            f"source_split {split!r} is not a split expression ({problem}); expected a split, a slice of one "
+            "('train[:1000]', 'train[10%:20%]') or several joined by + ('train+test') (CLI --source-split)"
+        )
     missing = [name for name in (part.split("[")[0].strip() for part in split.split("+")) if name not in available]
     if missing:
         raise SourceError(
             f"source {source} has no split {', '.join(map(repr, missing))}; its splits are {available}: "
             "pick one with source_split=... (CLI --source-split)"
         )
+
+
+def _check_selects_rows(source: str, split: str, sizes: dict[str, int]) -> None:
+    """Raise `SourceError` when `split` (a split expression `_check_splits` passed) selects no rows of `source`, whose
+    splits hold `sizes` rows: a source without rows, or a slice past a split's end or reversed (`datasets` said
+    "corresponds to no data", or read no rows)."""
+    if not any(sizes.values()):
+        raise SourceError(f"source {source} has no rows")
+    selected = datasets.ReadInstruction.from_spec(split).to_absolute(sizes)
+    if all(part.to <= part.from_ for part in selected):
+        counts = ", ".join(f"split {name!r} has {sizes[name]}" for name in dict.fromkeys(part.splitname for part in selected))
+        raise SourceError(f"source {source}: source_split {split!r} selects no rows ({counts}): pick rows with "
+                          "source_split=... (CLI --source-split)")
 
 
 def _readable_as_images(feature: Any) -> bool:

@@ -1341,6 +1341,43 @@ def test_an_empty_or_broken_parquet_file_source_is_a_source_error_naming_it(tmp_
         load_source(str(broken), split="train")
 
 
+def test_a_folder_of_parquet_files_without_rows_is_a_source_without_rows(tmp_path):
+    """It was datasets' bare "Instruction "train" corresponds to no data!", a ValueError naming no folder (found by
+    a review); a lone file of no rows already said this."""
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    for name in ("part-0.parquet", "part-1.parquet"):
+        colour_square_source(2).select([]).to_parquet(str(folder / name))
+    with pytest.raises(SourceError, match=rf"^source {folder} has no rows$"):
+        load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("layout", ["file", "folder"])
+@pytest.mark.parametrize(
+    "split, error",
+    [
+        ("train[:abc]", r"^source_split 'train\[:abc\]' is not a split expression \(Unrecognized instruction format: "
+                        r"train\[:abc\]\); expected a split, a slice of one \('train\[:1000\]', 'train\[10%:20%\]'\) or "
+                        r"several joined by \+ \('train\+test'\) \(CLI --source-split\)$"),
+        ("train[:200%]", r"^source_split 'train\[:200%\]' is not a split expression \(Percent slice boundaries"),
+        ("train + train[:2]", r"^source_split 'train \+ train\[:2\]' is not a split expression \(it holds a space\)"),
+        ("train[5:2]", r"^source .*: source_split 'train\[5:2\]' selects no rows \(split 'train' has 5\): pick rows "
+                       r"with source_split=\.\.\. \(CLI --source-split\)$"),
+        ("train[10:]", r"^source .*: source_split 'train\[10:\]' selects no rows \(split 'train' has 5\)"),
+    ],
+)
+def test_a_split_expression_that_selects_nothing_is_named_as_such(tmp_path, layout, split, error):
+    """A malformed --source-split was reported as "its data files cannot be read" of a parquet file and as datasets'
+    bare ValueError of a folder, a slice past the end likewise ("corresponds to no data"), and a reversed slice built
+    from no rows (found by a review)."""
+    (tmp_path / "folder").mkdir()
+    source = tmp_path / "folder" / "train.parquet"
+    colour_square_source(5).to_parquet(str(source))
+    with pytest.raises(SourceError, match=error):
+        load_source(str(source if layout == "file" else source.parent), split=split, cache_dir=str(tmp_path / "cache"))
+    assert len(load_source(str(source), split="train[-2:]", cache_dir=str(tmp_path / "cache"))) == 2
+
+
 def test_a_published_source_is_named_by_what_the_build_read():
     """A Hub id as it is; local files by their name, whatever is there now; an in-memory dataset as such (a review
     found it published as "local files (in-memory datasets.Dataset)")."""
