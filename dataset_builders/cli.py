@@ -415,5 +415,7 @@ def _build(args: argparse.Namespace, given: set[str]) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # `accelerate launch -m dataset_builders.cli`: as `maple build-preferences` (Ctrl-C included)
+    from maple.cli import main as maple_main
+
+    raise SystemExit(maple_main(["build-preferences", *sys.argv[1:]]))

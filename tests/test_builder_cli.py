@@ -2,7 +2,10 @@
 
 import argparse
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import datasets
 import pytest
@@ -166,6 +169,18 @@ def test_a_recipe_option_is_refused_only_where_the_recipe_does_not_read_it(sourc
     # SemDeDup on: both are read, and the build goes on to load the models
     with pytest.raises(pytest.fail.Exception, match="models were loaded"):
         cli.main([*argv, *CORPUS_STAND_INS, "--semdedup-clusters", "2"])
+
+
+def test_an_interrupted_module_run_says_how_to_resume_as_the_maple_command_does(tmp_path):
+    """`python -m dataset_builders.cli` (as `accelerate launch` runs it) printed a KeyboardInterrupt traceback on
+    Ctrl-C, where `maple build-preferences` says what is kept and how to resume (found by a review)."""
+    (tmp_path / "interrupting.py").write_text("raise KeyboardInterrupt  # as Ctrl-C while a factory's module imports\n")
+    command = [sys.executable, "-m", "dataset_builders.cli", "source.parquet", "--judge", "interrupting:make",
+               "--config", "corpus-captions", "--miner", "dataset_builders.testing:thumbnail_miner"]
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    run = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 130, run.stderr
+    assert run.stderr == "\nmaple build-preferences: interrupted; what was finished is kept: run the same command to resume\n"
 
 
 def test_every_option_ignored_is_named_with_the_factories_in_one_error(source_file, tmp_path, capsys):
