@@ -37,7 +37,7 @@ from maple.files import folder_problem
 from maple.hub import repo_id_problem
 
 from .builder import MaplePreferences, MaplePreferencesConfig, WorkDirMismatch
-from .miner import check_semdedup_clusters
+from .miner import MinerOutputError, check_semdedup_clusters
 from .scoring import CaptionerOutputError, JudgeOutputError
 from .sources import SourceError, check_outside_source, open_source
 
@@ -398,6 +398,8 @@ def _build(args: argparse.Namespace, given: set[str]) -> int:
     # a damaged checkpoint or shard included
     except (WorkDirMismatch, SourceError, JudgeOutputError, CaptionerOutputError) as error:
         return report_error(PROG, str(error))
+    except MinerOutputError as error:  # named by its name, which a module:factory's miner chose itself
+        return report_error(PROG, f"--miner {args.miner}: {error}")
     print(format_summary(builder.stats, time.perf_counter() - started, len(report.computed), len(report.reused), work_dir,
                          builder.world_size))
     if args.push_to_hub:

@@ -28,6 +28,11 @@ DEFAULT_DUPLICATE_THRESHOLD = 1.0 - 1e-5
 cosine 1 up to float32 rounding (about 1e-6); genuinely different images sit far below."""
 
 
+class MinerOutputError(RuntimeError):
+    """A miner's image encoder returned something other than one embedding, of one size for all, per image; the
+    message names the miner, the images and the shape it returned."""
+
+
 @dataclass(frozen=True)
 class Neighbours:
     """Top-k neighbours of every query, best first.
@@ -388,12 +393,16 @@ class HardNegativeMiner:
 
         def encode(first: int) -> torch.Tensor:  # `pending` holds images first, first + 1, ...
             encoded = self.encode_images(pending)
-            # another shape would pair embeddings with the wrong rows, silently
-            if not (isinstance(encoded, torch.Tensor) and encoded.ndim == 2 and encoded.shape[0] == len(pending)):
+            # another shape would pair embeddings with the wrong rows, silently; another size than the first batch's
+            # was torch.cat's bare RuntimeError once every image was encoded
+            size = embeddings[0].shape[1] if embeddings else None
+            if not (isinstance(encoded, torch.Tensor) and encoded.ndim == 2 and encoded.shape[0] == len(pending)
+                    and size in (None, encoded.shape[1])):
                 got = tuple(encoded.shape) if isinstance(encoded, torch.Tensor) else type(encoded).__name__
                 which = f"images {first}-{first + len(pending) - 1}" if len(pending) > 1 else f"image {first}"
-                raise ValueError(f"the image encoder of miner {self.name!r} returned {got} for {which}; expected a "
-                                 f"({len(pending)}, D) tensor, one row per image")
+                expected = f"({len(pending)}, D) tensor" if size is None else f"({len(pending)}, {size}) tensor, as for the images before"
+                raise MinerOutputError(f"the image encoder of miner {self.name!r} returned {got} for {which}; expected a "
+                                       f"{expected}, one row per image")
             return encoded.float().cpu()
 
         for index, image in enumerate(images):

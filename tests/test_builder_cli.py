@@ -382,6 +382,24 @@ def test_a_factory_module_in_the_current_directory_is_found(source_file, tmp_pat
     assert cli.main(argv) == 0, capsys.readouterr().err
 
 
+def test_a_factory_miner_whose_embeddings_have_another_shape_is_a_one_line_error(source_file, tmp_path, monkeypatch, capsys):
+    """It was a traceback: the miner's ValueError for one embedding per batch, torch.cat's RuntimeError for a size that
+    changed between batches (found by a review)."""
+    (tmp_path / "my_miners.py").write_text(
+        "import torch\nfrom dataset_builders.miner import HardNegativeMiner\n\n"
+        "def flat():\n    return HardNegativeMiner(lambda batch: torch.ones(len(batch)), name='flat', search_device='cpu')\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", list(sys.path))  # the factory's folder, put on it, goes with the test
+    argv = [source_file, "--output-dir", str(tmp_path / "out"), *CORPUS_STAND_INS[:4], "--miner", "my_miners:flat",
+            "--no-progress"]
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err == (
+        "maple build-preferences: error: --miner my_miners:flat: the image encoder of miner 'flat' returned (7,) for "
+        "images 0-6; expected a (7, D) tensor, one row per image\n"
+    )
+
+
 @pytest.fixture
 def loaded(monkeypatch) -> list:
     """(class, model ref, keywords) of every `from_pretrained` call `_load_components` makes, stand-ins made instead."""

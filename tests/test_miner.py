@@ -9,6 +9,7 @@ from PIL import Image
 
 from dataset_builders import HardNegativeMiner, semdedup, top_k_neighbours
 from dataset_builders import miner as miner_module
+from dataset_builders.miner import MinerOutputError
 from evaluation import retrieval as retrieval_module
 
 
@@ -386,18 +387,23 @@ def test_embed_reads_paths_and_names_a_corrupt_image(tmp_path):
 
 def test_an_encoder_answer_of_another_shape_is_refused_naming_the_images():
     """An encoder that returned fewer rows than images (or one vector per batch) paired the embeddings with the wrong
-    source rows, silently."""
+    source rows, silently; one whose embedding size changed from batch to batch was torch.cat's bare RuntimeError
+    once every image was encoded (found by a review)."""
     def one_row_short(images):
         return torch.randn(len(images) - 1, 4)
 
     images = [Image.new("RGB", (8, 8), colour) for colour in ("red", "green", "blue")]
-    with pytest.raises(ValueError, match=r"the image encoder of miner 'short' returned \(1, 4\) for images 0-1; "
-                                         r"expected a \(2, D\) tensor, one row per image"):
+    with pytest.raises(MinerOutputError, match=r"^the image encoder of miner 'short' returned \(1, 4\) for images 0-1; "
+                                               r"expected a \(2, D\) tensor, one row per image$"):
         HardNegativeMiner(one_row_short, batch_size=2, name="short", search_device="cpu").embed(images)
-    with pytest.raises(ValueError, match=r"returned \(4,\) for image 0; expected a \(1, D\) tensor"):
+    with pytest.raises(MinerOutputError, match=r"returned \(4,\) for image 0; expected a \(1, D\) tensor"):
         HardNegativeMiner(lambda batch: torch.randn(4), batch_size=1, name="flat", search_device="cpu").embed(images)
-    with pytest.raises(ValueError, match=r"returned list for images 0-1"):
+    with pytest.raises(MinerOutputError, match=r"returned list for images 0-1"):
         HardNegativeMiner(lambda batch: [[0.0] * 4] * len(batch), batch_size=2, search_device="cpu").embed(images)
+    with pytest.raises(MinerOutputError, match=r"^the image encoder of miner 'growing' returned \(1, 5\) for image 2; "
+                                               r"expected a \(1, 6\) tensor, as for the images before, one row per image$"):
+        HardNegativeMiner(lambda batch: torch.randn(len(batch), 4 + len(batch)), batch_size=2, name="growing",
+                          search_device="cpu").embed(images)
 
 
 def test_non_finite_embeddings_are_refused_naming_their_rows():
