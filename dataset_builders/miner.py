@@ -78,7 +78,9 @@ def top_k_neighbours(
         duplicate_threshold: cosine at or above which a row counts as a duplicate.
 
     Returns `Neighbours` on the CPU: (Q, k) indices, -1 where fewer than k rows are eligible, and
-    their scores, -inf there.
+    their scores, -inf there. Of rows whose computed scores are equal, the lower are kept, in any block shape; the
+    scores are block matrix products, though, which may round differently in blocks of another shape or on another
+    device, so rows that tie in exact arithmetic (exact copies of one image) may be ranked differently there.
     """
     if embeddings.ndim != 2:
         raise ValueError(f"embeddings must be (N, D), got shape {tuple(embeddings.shape)}")
@@ -376,7 +378,8 @@ class HardNegativeMiner:
     def settings(self) -> dict:
         """What, beside `name`, decides the neighbours: the duplicate threshold and the encoder's own
         `settings` where it has them (from `from_pretrained`: weights dtype and image-processor
-        settings). Recorded in the builder's manifest; batch and chunk sizes change nothing."""
+        settings). Recorded in the builder's manifest; batch and chunk sizes only move float rounding (which may
+        settle a tie of exact copies another way: `top_k_neighbours`)."""
         return {"duplicate_threshold": self.duplicate_threshold, "encoder": getattr(self.encode_images, "settings", None)}
 
     @torch.inference_mode()
