@@ -188,9 +188,10 @@ def test_bad_rows_are_named_with_the_collators_dataset(processor, rows):
          r"column 'candidate_images'\[5\] is 'b.png' \(str\); expected an image"),
         ("txt2img_scores", lambda scores: [*scores[:2], "0.5", *scores[3:]],
          r"column 'txt2img_scores'\[2\] is '0.5'; expected a judge probability in \[0, 1\]"),
-        ("img2txt_scores", None, r"column 'img2txt_scores' has 0 scores, expected 6"),
-        ("txt2img_scores", lambda scores: [*scores, 0.5], r"column 'txt2img_scores' has 7 scores, expected 6"),
-        ("candidate_texts", None, r"column 'candidate_texts' is empty; expected at least the anchor itself"),
+        ("img2txt_scores", None, r"column 'img2txt_scores' is None \(no list\), expected 6 scores"),
+        ("txt2img_scores", lambda scores: [*scores, 0.5], r"column 'txt2img_scores' has 7 scores, expected 6 scores"),
+        ("candidate_texts", None, r"column 'candidate_texts' is None \(no list\); expected a list holding at least the "
+                                  r"anchor itself"),
         ("candidate_texts", lambda texts: [texts[0], "  ", *texts[2:]],
          r"column 'candidate_texts'\[1\] is a blank string '  '; expected a non-empty string"),
         # a lone value where a list belongs: a string was counted by its characters, an image or a score failed in len

@@ -79,3 +79,26 @@ def test_a_streamed_boolean_score_is_refused_like_a_boolean_score_column():
     with pytest.raises(ValueError, match=r"^train dataset, row id 'scene-1': column 'txt2img_scores'\[0\] is True; "
                                          r"expected a judge probability in \[0, 1\]"):
         DataCollatorForEmbeddingPreference(processor)(rows)
+
+
+@pytest.mark.parametrize(
+    "column, value, found",
+    [
+        ("candidate_texts", None, r"column 'candidate_texts' is None \(no list\); expected a list holding at least the "
+                                  r"anchor itself\.$"),
+        ("candidate_images", [], r"column 'candidate_images' is empty; expected a list holding at least the anchor "
+                                 r"itself\.$"),
+        ("txt2img_scores", None, r"column 'txt2img_scores' is None \(no list\), expected 4 scores \(one per entry of "
+                                 r"'candidate_images'\)\.$"),
+    ],
+)
+def test_a_null_candidate_or_score_list_is_named_as_missing_not_empty(column, value, found):
+    """A null list was reported as "empty" (a candidate list) or as "0 scores" (a score list), as if it held none
+    (found by a review); in a stream too."""
+    dataset = synthetic_preference_dataset(3).map(lambda row, index: {column: value if index == 1 else row[column]},
+                                                  with_indices=True)
+    with pytest.raises(ValueError, match=rf"^train dataset, row id 'scene-1': {found}"):
+        validate_preference_dataset(dataset, "train")
+    processor = build_tiny("dual_encoder", seed=0)[1]
+    with pytest.raises(ValueError, match=rf"^train dataset, row id 'scene-1': {found}"):
+        DataCollatorForEmbeddingPreference(processor)(list(dataset))

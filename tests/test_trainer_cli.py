@@ -650,8 +650,8 @@ def test_a_null_candidate_list_in_a_table_of_image_paths_is_named_by_its_row(tmp
         main(["--tiny", "dual_encoder", "--dataset_name", str(tmp_path / "prefs.jsonl"), "--output_dir", str(tmp_path / "out")])
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.splitlines()[-1]
-    assert error.endswith("prefs.jsonl: train dataset, row id 'scene-1': column 'candidate_images' is empty; expected at "
-                          "least the anchor itself."), error
+    assert error.endswith("prefs.jsonl: train dataset, row id 'scene-1': column 'candidate_images' is None (no list); "
+                          "expected a list holding at least the anchor itself."), error
 
 
 @pytest.mark.parametrize("options, message", [

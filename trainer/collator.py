@@ -105,7 +105,8 @@ class DataCollatorForEmbeddingPreference(DataCollatorMixin):
         check_rows(
             ids=[example["id"] for example in examples],
             candidate_counts={
-                column: [len(example[column] or []) for example in examples] for column in SCORED_CANDIDATES
+                column: [None if example[column] is None else len(example[column]) for example in examples]
+                for column in SCORED_CANDIDATES
             },
             judge_scores={column: [example[column] for example in examples] for column in SCORED_CANDIDATES.values()},
             invalid={

@@ -184,13 +184,14 @@ def check_rows(
     for candidate_column, score_column in SCORED_CANDIDATES.items():
         for row_id, count, scores in zip(ids, candidate_counts[candidate_column], judge_scores[score_column]):
             where = f"{dataset_name} dataset, row id {row_id!r}"
-            if not count:
-                raise ValueError(f"{where}: column {candidate_column!r} is empty; expected at least the anchor itself.")
+            if not count:  # a null list is no list at all, not an empty one
+                found = "None (no list)" if count is None else "empty"
+                raise ValueError(f"{where}: column {candidate_column!r} is {found}; expected a list holding at least the "
+                                 "anchor itself.")
             if scores is None or len(scores) != count:
-                raise ValueError(
-                    f"{where}: column {score_column!r} has {0 if scores is None else len(scores)} scores, expected "
-                    f"{count} (one per entry of {candidate_column!r})."
-                )
+                found = "is None (no list)" if scores is None else f"has {len(scores)} scores"
+                raise ValueError(f"{where}: column {score_column!r} {found}, expected {count} scores (one per entry of "
+                                 f"{candidate_column!r}).")
             for position, score in enumerate(scores):
                 if (not isinstance(score, numbers.Real) or isinstance(score, bool) or not math.isfinite(score)
                         or not 0.0 <= score <= 1.0):
