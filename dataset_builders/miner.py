@@ -403,7 +403,7 @@ class HardNegativeMiner:
                     and size in (None, encoded.shape[1])):
                 got = tuple(encoded.shape) if isinstance(encoded, torch.Tensor) else type(encoded).__name__
                 which = f"images {first}-{first + len(pending) - 1}" if len(pending) > 1 else f"image {first}"
-                expected = f"({len(pending)}, D) tensor" if size is None else f"({len(pending)}, {size}) tensor, as for the images before"
+                expected = f"({len(pending)}, {size or 'D'}) tensor" + (", as for the images before" if size else "")
                 raise MinerOutputError(f"the image encoder of miner {self.name!r} returned {got} for {which}; expected a "
                                        f"{expected}, one row per image")
             return encoded.float().cpu()

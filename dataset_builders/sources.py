@@ -297,7 +297,7 @@ def _check_splits(source: str, split: str, available: list[str]) -> None:
             f"source_split {split!r} is not a split expression ({problem}); expected a split, a slice of one "
             "('train[:1000]', 'train[10%:20%]') or several joined by + ('train+test') (CLI --source-split)"
         )
-    missing = [name for name in (part.split("[")[0].strip() for part in split.split("+")) if name not in available]
+    missing = [name for name in (part.split("[")[0] for part in split.split("+")) if name not in available]
     if missing:
         raise SourceError(
             f"source {source} has no split {', '.join(map(repr, missing))}; its splits are {available}: "
