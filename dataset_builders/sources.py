@@ -14,10 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import datasets
 import PIL.Image
-import pyarrow.compute as pc
 from datasets.exceptions import DatasetGenerationError
 
-from maple.files import located, stored_images
+from maple.files import holds_relative_image_paths, located_image, stored_images
 from maple.hub import names_a_file
 
 if TYPE_CHECKING:
@@ -173,12 +172,12 @@ def open_source(
     column = config.image_column
     source = source.cast_column(column, datasets.Image(decode=False))
     folder = None if source_dataset is not None else _local_folder(config.source)
-    if folder is not None and _holds_relative_image_paths(source, column):
+    if folder is not None and holds_relative_image_paths(source, column):
         # relative image paths (a column of text, or images stored as paths) are found beside the table too, as
         # `maple train` finds them, and made absolute: a build resumed from another folder reads the files its input
         # check read, and the source digest reads those files. Never from datasets' cache: its key holds neither which
         # files exist now nor the folder the build runs in.
-        source = source.map(lambda row: {column: _located_image(row[column], folder)}, features=source.features,
+        source = source.map(lambda row: {column: located_image(row[column], folder)}, features=source.features,
                             load_from_cache_file=False, desc="locating image files")
     return source, fingerprint
 
@@ -186,26 +185,6 @@ def open_source(
 def image_paths(source: datasets.Dataset, column: str) -> list[str]:
     """The files of the images `column` of `source` (images left encoded, `open_source`'s) holds by path, not bytes."""
     return [path for raw, path in stored_images(source, column) if raw is None and path is not None]
-
-
-def _holds_relative_image_paths(source: datasets.Dataset, column: str) -> bool:
-    """Whether an image column of `source` (images left encoded) holds an image by a relative file path, without
-    bytes (an image folder's are absolute: its rows need no locating)."""
-    for chunk in source.with_format("arrow")[:][column].chunks:  # struct<bytes, path>; zero-copy
-        data, paths = chunk.flatten()  # a null image's fields are null
-        paths = pc.filter(paths, pc.and_(data.is_null(), paths.is_valid()))
-        if any(not os.path.isabs(path) for path in paths.to_pylist()):
-            return True
-    return False
-
-
-def _located_image(value: dict[str, Any] | None, folder: str) -> dict[str, Any] | None:
-    """An undecoded image kept as a file path (no bytes) with its path `located` from `folder` and made absolute where
-    it names a file; else as written, for the input check to name it. An image with bytes is left as it is."""
-    if value is None or value["bytes"] is not None or value["path"] is None:
-        return value
-    path = located(value["path"], folder)
-    return {"bytes": None, "path": os.path.abspath(path) if os.path.exists(path) else path}
 
 
 def _holds_strings(feature: Any) -> bool:

@@ -98,6 +98,33 @@ def stored_images(rows: Any, column: str) -> Iterator[tuple[bytes | None, str | 
             yield data[row].as_py(), paths[row].as_py()
 
 
+def holds_relative_image_paths(rows: Any, column: str) -> bool:
+    """Whether the image column `column` of the `datasets.Dataset` `rows` (images, or lists of images, as the column
+    stores them: decoded or not) holds an image by a relative file path, without bytes, which `located_image` would
+    find beside the table. Read from its arrow buffers; an image folder's paths are absolute."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for chunk in rows.with_format("arrow")[:][column].chunks:  # struct<bytes, path>, or a list of them; zero-copy
+        if pa.types.is_list(chunk.type) or pa.types.is_large_list(chunk.type):
+            chunk = chunk.flatten()
+        data, paths = chunk.flatten()  # a null image's fields are null
+        paths = pc.filter(paths, pc.and_(data.is_null(), paths.is_valid()))
+        if any(not os.path.isabs(path) for path in paths.to_pylist()):
+            return True
+    return False
+
+
+def located_image(value: dict[str, Any] | None, folder: str | os.PathLike) -> dict[str, Any] | None:
+    """An image as `datasets` stores it undecoded ({"bytes", "path"}), kept as a file path (no bytes): its path
+    `located` from `folder` and made absolute where it names a file; else as written, for an input check to name it.
+    An image with bytes is left as it is."""
+    if value is None or value["bytes"] is not None or value["path"] is None:
+        return value
+    path = located(value["path"], folder)
+    return {"bytes": None, "path": os.path.abspath(path) if os.path.exists(path) else path}
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
     """`write` a temporary file beside `path` (named `<name>.tmp-<pid>-<thread>`: processes and threads that write
     the same file each have their own), sync it to disk and rename it to `path`: the file is whole or absent, even

@@ -954,6 +954,31 @@ def test_image_paths_relative_to_a_folder_of_data_files_are_found_in_it(tmp_path
     assert splits["train"][0]["image"].size == splits["train"][0]["candidate_images"][0].size
 
 
+def test_images_stored_as_relative_paths_are_found_beside_the_data_file(tmp_path, monkeypatch):
+    """An image column cast from relative paths and written to parquet as it is stores each image as its path, without
+    bytes: `datasets` read those from the current folder only, although the schema's message says the data file's
+    folder is looked in too (found by a review)."""
+    import pyarrow.parquet as pq
+    from datasets import Image as ImageFeature, List
+
+    from trainer.cli import load_preference_splits
+
+    folder = tmp_path / "prefs"
+    folder.mkdir()
+    table = _table_of_image_paths(folder)
+    table = table.map(lambda row: {"image": os.path.basename(row["image"]),
+                                   "candidate_images": [os.path.basename(path) for path in row["candidate_images"]]})
+    first = table[0]["image"]
+    table = table.cast_column("image", ImageFeature()).cast_column("candidate_images", List(ImageFeature()))
+    # with the features in the schema metadata, as `to_parquet` writes them (which would embed the images it finds)
+    pq.write_table(table.data.table, folder / "train.parquet")
+    monkeypatch.chdir(tmp_path)  # not the data's folder
+    splits = load_preference_splits(DataArguments(dataset_name=str(folder)))
+    stored = splits["train"].cast_column("image", ImageFeature(decode=False))[0]["image"]
+    assert stored == {"bytes": None, "path": str(folder / first)}
+    assert splits["train"][0]["image"].size == splits["train"][0]["candidate_images"][1].size
+
+
 def test_image_paths_are_read_from_the_current_folder_first_and_a_missing_one_is_left_as_written(tmp_path, monkeypatch):
     """The data file's folder is looked in only for a path the current folder does not have; a path found in
     neither stays as written, for the error that names it."""

@@ -21,7 +21,7 @@ import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import yaml
 from datasets import Dataset, DatasetDict, Image, LargeList, List, Value, load_dataset, load_from_disk
@@ -29,7 +29,7 @@ from datasets.exceptions import DatasetGenerationError
 from trl import TrlParser
 
 from maple.cli import exit_with_error, image_settings, report_error
-from maple.files import folder_problem, located
+from maple.files import folder_problem, holds_relative_image_paths, located, located_image
 from maple.hub import check_private, dataset_read_problem, hub_failure, is_hub_id, local_typo_hint
 from modeling_maple.configuration_maple import BACKBONES, MLLM_FAMILIES
 from modeling_maple.lora import LORA_ALPHA, LORA_DROPOUT, LORA_RANK
@@ -648,29 +648,44 @@ def load_preference_splits(data_args: DataArguments, token: str | None = None) -
 def _with_image_paths_read(dataset: Dataset, data_folder: str | None) -> Dataset:
     """`dataset` with image columns that hold file paths (a parquet or JSON Lines table of paths) read as images, which the
     Python API asks its user to cast. A relative path that is not a file from the current directory but is one from
-    `data_folder` (the data file's folder) is read from there."""
+    `data_folder` (the data file's folder) is read from there: a path as text, or an image stored as a path without its
+    bytes (a table written from an image column cast from paths)."""
     def is_path(feature) -> bool:
         return isinstance(feature, Value) and feature.dtype in ("string", "large_string")
 
-    candidates = dataset.features.get("candidate_images")
-    columns = {"image": is_path(dataset.features.get("image")),
-               "candidate_images": isinstance(candidates, (List, LargeList)) and is_path(candidates.feature)}
-    if not any(columns.values()):
-        return dataset
+    def listed(feature) -> Any:  # the feature of each item of a list column, else None
+        return feature.feature if isinstance(feature, (List, LargeList)) else None
 
-    def locate(row: dict) -> dict:
+    image, candidates = dataset.features.get("image"), dataset.features.get("candidate_images")
+    texts = {"image": is_path(image), "candidate_images": is_path(listed(candidates))}
+    # images stored as relative paths, looked for only beside a data file (a folder's, or a saved dataset's)
+    stored = {
+        column: data_folder is not None and holds_relative_image_paths(dataset, column)
+        for column, holds_images in (("image", isinstance(image, Image)), ("candidate_images", isinstance(listed(candidates), Image)))
+        if holds_images
+    }
+    if not any(texts.values()) and not any(stored.values()):
+        return dataset
+    undecoded = {column: Image(decode=False) if column == "image" else List(Image(decode=False))
+                 for column, relative in stored.items() if relative}
+    for column, feature in undecoded.items():  # the stored {bytes, path}, not the decoded image
+        dataset = dataset.cast_column(column, feature)
+
+    def locate(value: Any, column: str) -> Any:
+        return located(value, data_folder) if texts[column] else located_image(value, data_folder)
+
+    def locate_row(row: dict) -> dict:
         return {  # a null list is left to the schema check, which names its row
-            column: located(row[column], data_folder) if column == "image" or row[column] is None
-            else [located(path, data_folder) for path in row[column]]
-            for column, holds_paths in columns.items()
-            if holds_paths
+            column: locate(row[column], column) if column == "image" or row[column] is None
+            else [locate(item, column) for item in row[column]]
+            for column in ("image", "candidate_images")
+            if texts[column] or column in undecoded
         }
 
-    dataset = dataset.map(locate, desc="locating image files")
-    if columns["image"]:
-        dataset = dataset.cast_column("image", Image())
-    if columns["candidate_images"]:
-        dataset = dataset.cast_column("candidate_images", List(Image()))
+    dataset = dataset.map(locate_row, features=dataset.features, desc="locating image files")
+    for column in ("image", "candidate_images"):
+        if texts[column] or column in undecoded:
+            dataset = dataset.cast_column(column, Image() if column == "image" else List(Image()))
     return dataset
 
 
