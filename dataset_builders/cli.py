@@ -418,6 +418,6 @@ def _build(args: argparse.Namespace, given: set[str]) -> int:
 
 
 if __name__ == "__main__":  # `accelerate launch -m dataset_builders.cli`: as `maple build-preferences` (Ctrl-C included)
-    from maple.cli import main as maple_main
+    from maple.cli import run_module
 
-    raise SystemExit(maple_main(["build-preferences", *sys.argv[1:]]))
+    run_module("build-preferences")

@@ -681,5 +681,7 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # as `maple eval` (Ctrl-C included)
+    from maple.cli import run_module
+
+    run_module("eval")

@@ -200,5 +200,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def run_module(command: str) -> NoReturn:
+    """Exit as `maple COMMAND ARGS...` would, for `python -m <module>` of `command`'s module (what `accelerate launch
+    -m` runs on every process): Ctrl-C then says what is kept and how to resume (exit status 130), not where Python
+    stopped."""
+    raise SystemExit(main([command, *sys.argv[1:]]))
+
+
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -35,6 +35,28 @@ def test_ctrl_c_says_how_to_resume_instead_of_a_traceback(command, resume, monke
     assert capsys.readouterr().err == f"\nmaple {command}: interrupted; {resume} to resume\n"
 
 
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules after import of package:RuntimeWarning")  # (imported above)
+@pytest.mark.parametrize("command", ["train", "eval", "build-preferences"])
+def test_a_module_run_is_the_maple_command(command, monkeypatch, capsys):
+    """`python -m trainer.cli` (as `accelerate launch -m` runs it) printed a KeyboardInterrupt traceback on Ctrl-C,
+    where `maple train` says what is kept and how to resume (found by a review)."""
+    import runpy
+
+    module_name = cli.SUBCOMMANDS[command][0]
+    module = __import__(module_name, fromlist=["main"])
+
+    def interrupted(argv):
+        assert argv == ["--some", "option"]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "main", interrupted)  # what `maple COMMAND` runs; the module's own run defines another
+    monkeypatch.setattr("sys.argv", [module_name, "--some", "option"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module(module_name, run_name="__main__")
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err.startswith(f"\nmaple {command}: interrupted; ")
+
+
 def test_version_is_the_installed_distributions(capsys):
     """`maple --version` said "the following arguments are required: command, args" (a user-journey review)."""
     from importlib.metadata import version

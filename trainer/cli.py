@@ -689,5 +689,7 @@ def _with_image_paths_read(dataset: Dataset, data_folder: str | None) -> Dataset
     return dataset
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # as `maple train` (Ctrl-C included)
+    from maple.cli import run_module
+
+    run_module("train")
