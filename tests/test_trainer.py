@@ -15,6 +15,7 @@ from evaluation.metrics import retrieval_recall
 from modeling_maple.lora import maple_lora_config
 from modeling_maple.testing import build_tiny
 from trainer import RPAConfig, RPATrainer
+from trainer.collator import DataCollatorForEmbeddingPreference
 from trainer.losses import bidirectional_rpa_loss, contrastive_loss
 from evaluation.retrieval import anchor_recall_at_1
 from trainer.losses import judged_positive_ids, preference_agreement
@@ -845,6 +846,17 @@ def test_persistent_workers_are_rejected_with_subsampled_candidates(tmp_path, su
         RPAConfig(output_dir=str(tmp_path), **{subsampled: 2}, dataloader_num_workers=1,
                   dataloader_persistent_workers=True)
     RPAConfig(output_dir=str(tmp_path), dataloader_num_workers=1, dataloader_persistent_workers=True)  # all kept
+
+
+def test_persistent_workers_are_rejected_with_a_collator_that_draws_candidates(tmp_path):
+    """A collator passed in draws with its own counts, not the config's: the config's check passed (found by a
+    review)."""
+    model, processor = build_tiny("dual_encoder")
+    args = make_config(tmp_path, dataloader_num_workers=1, dataloader_persistent_workers=True)
+    drawing = DataCollatorForEmbeddingPreference(processor=processor, num_text_candidates=2)
+    with pytest.raises(ValueError, match="dataloader_persistent_workers=True cannot be combined with drawn candidates"):
+        RPATrainer(model, args=args, data_collator=drawing, train_dataset=synthetic_preference_dataset(8),
+                   processing_class=processor)
 
 
 def test_config_defaults_run_on_cpu_and_follow_the_paper(tmp_path):

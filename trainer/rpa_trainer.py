@@ -47,6 +47,7 @@ from .checkpoints import (
     training_recipe,
 )
 from .collator import (
+    PERSISTENT_WORKERS_PROBLEM,
     PREFERENCE_KEYS,
     ROW_POSITION,
     DataCollatorForEmbeddingPreference,
@@ -100,7 +101,8 @@ class RPATrainer(DPOTrainer):
             disabled; also when `model` is a `PeftModel` whose base weights are all frozen) or a frozen copy of
             `model`.
         args: an `RPAConfig`.
-        data_collator: by default a `DataCollatorForEmbeddingPreference` over `processing_class`. Evaluation uses a
+        data_collator: by default a `DataCollatorForEmbeddingPreference` over `processing_class` with `args`'
+            candidate counts (one passed in draws with its own). Evaluation uses a
             copy of a `DataCollatorForEmbeddingPreference` fixed at epoch 0 (the same candidates at every
             evaluation), named "eval" in its errors; any other collator serves both.
         train_dataset, eval_dataset: preference datasets with the columns of `trainer.schema`.
@@ -175,6 +177,9 @@ class RPATrainer(DPOTrainer):
             eval_dataset = self._prepare_dataset(eval_dataset, processing_class, args, "eval")
         if args.max_scale is not None:
             callbacks = [*(callbacks or []), ScaleBound(args.max_scale)]
+        drawn = isinstance(data_collator, DataCollatorForEmbeddingPreference) and data_collator.draws_candidates
+        if drawn and args.dataloader_persistent_workers:  # a collator of the caller's: its counts, not the config's
+            raise ValueError(PERSISTENT_WORKERS_PROBLEM)
         if data_collator is None:
             data_collator = DataCollatorForEmbeddingPreference(
                 processor=processing_class,
