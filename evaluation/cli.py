@@ -372,12 +372,14 @@ def evaluate_model(
     image_processor_kwargs: dict[str, Any] | None = None,
     loaded: Mapping[str, QuadrupleBenchmark | RetrievalBenchmark] | None = None,
     processor: MapleProcessor | None = None,
+    model_state: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Results of one model on the benchmarks: the `stored` ones (`stored_results`) as they are, the others
     computed on `device` with weights in `dtype`, its image processor's settings overridden by
     `image_processor_kwargs`, and written to `out/<model>/<benchmark>.json`; `loaded`: benchmarks read already, by name
     (the others are read here, before the model loads); `processor`: the model's, loaded already with those settings
-    (`evaluation.models.load_processor`; None: loaded here). The folder is created only once the model has loaded, so a
+    (`evaluation.models.load_processor`; None: loaded here), with `model_state`, the state of the model's files taken
+    before it loaded (`_model_state`; None: taken here, before the model loads). The folder is created only once the model has loaded, so a
     model that fails to load leaves nothing behind. NaN or inf embeddings (a diverged model) are a
     `NonFiniteEmbeddingsError` naming the model and the benchmark. Hub models and benchmarks are read with `token`
     (None: HF_TOKEN or the saved login)."""
@@ -395,7 +397,8 @@ def evaluate_model(
         # so a source that is unreachable or in the wrong schema is reported before a large model is loaded.
         loaded = dict(loaded or {})
         loaded |= _load_benchmarks([name for name in todo if name not in loaded], sources, token)
-        model_state = _model_state(model_ref, token=token)  # before loading: a change while it runs must not pass unnoticed
+        if model_state is None:  # before loading: a change while it runs must not pass unnoticed
+            model_state = _model_state(model_ref, token=token)
         model, processor = load_embedder(model_ref, trust_remote_code=trust_remote_code, dtype=dtype, token=token,
                                          image_processor_kwargs=image_processor_kwargs, processor=processor)
         model.to(device)
@@ -644,9 +647,14 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         for model_ref in model_refs:
             if set(args.benchmarks) - set(stored[model_ref]):
                 checkpoint_config(model_ref, token=args.token)
-        processors = {model_ref: load_processor(model_ref, image_processor_kwargs, trust_remote_code=args.trust_remote_code,
-                                                token=args.token)
-                      for model_ref in model_refs if set(args.benchmarks) - set(stored[model_ref])}
+        # each with the state of its files taken before its processor loads, hours before a later --compare model
+        # itself loads: a processor saved anew in between must not be stored under the new files' state
+        states, processors = {}, {}
+        for model_ref in model_refs:
+            if set(args.benchmarks) - set(stored[model_ref]):
+                states[model_ref] = _model_state(model_ref, token=args.token)
+                processors[model_ref] = load_processor(model_ref, image_processor_kwargs,
+                                                       trust_remote_code=args.trust_remote_code, token=args.token)
         for name, source in sources.items():
             check_source(name, source)
         # every benchmark some model has left to do, read once, before the first model loads: one only a later
@@ -657,6 +665,7 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             all_results[model_ref] = evaluate_model(
                 model_ref, args.benchmarks, sources, args.out, args.batch_size, stored[model_ref], device, args.dtype,
                 args.trust_remote_code, args.token, image_processor_kwargs, loaded, processors.get(model_ref),
+                states.get(model_ref),
             )
     except (ModelLoadError, BenchmarkFormatError, BenchmarkSourceError, NonFiniteEmbeddingsError) as error:
         return report_error(parser.prog, str(error))

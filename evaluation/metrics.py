@@ -78,7 +78,9 @@ def checked_ks(ks: int | Iterable[int]) -> tuple[int, ...]:
     """The recall cut-offs `ks` (one, or several) as a tuple, or a ValueError unless they are one or more positive
     integers: recall@0 is 0 for every model and "recall@1.5" is recall@1, scores that read as results rather than
     typos."""
-    ks = tuple(ks) if isinstance(ks, Iterable) else (ks,)
+    if not isinstance(ks, Iterable) or getattr(ks, "ndim", None) == 0:  # one: a number, a 0-d array or tensor
+        ks = [ks.item() if hasattr(ks, "item") else ks]
+    ks = tuple(ks)
     if not ks or not all(isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1 for k in ks):
         raise ValueError(f"ks: expected positive integers, got {ks}")
     return ks
@@ -162,7 +164,7 @@ def _quadruple_matrix(quadruple_similarities: torch.Tensor | np.ndarray | Sequen
     """The (n, 4) quadruple similarities as float64 NumPy, checked for shape and finiteness."""
     _check_row_lengths(quadruple_similarities, "quadruple similarities")
     scores = _float64_array(quadruple_similarities)
-    if scores.size == 0:  # none given ([]): "got no quadruples" (`group_scores`), not a shape error
+    if scores.ndim == 1 and scores.size == 0:  # none given ([]): "got no quadruples" (`group_scores`), not a shape error
         scores = scores.reshape(0, 4)
     if scores.ndim != 2 or scores.shape[1] != 4:
         raise ValueError(

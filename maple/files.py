@@ -106,7 +106,7 @@ def holds_relative_image_paths(rows: Any, column: str) -> bool:
     import pyarrow.compute as pc
 
     for chunk in rows.with_format("arrow")[:][column].chunks:  # struct<bytes, path>, or a list of them; zero-copy
-        if pa.types.is_list(chunk.type) or pa.types.is_large_list(chunk.type):
+        while pa.types.is_list(chunk.type) or pa.types.is_large_list(chunk.type) or pa.types.is_fixed_size_list(chunk.type):
             chunk = chunk.flatten()
         data, paths = chunk.flatten()  # a null image's fields are null
         paths = pc.filter(paths, pc.and_(data.is_null(), paths.is_valid()))

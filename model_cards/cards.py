@@ -187,7 +187,7 @@ def base_model_license(base_model: str | None, token: str | None = None) -> dict
     if metadata["license"] == "other" and details is not None:
         name, link = details.get("license_name"), details.get("license_link")
         if isinstance(name, str) and _license_slug(name):
-            metadata["license_name"] = name
+            metadata["license_name"] = _license_slug(name)  # an id, as the Hub asks for one
         if isinstance(link, str) and link.strip():
             link = link.strip()
             link = link if "://" in link else files_at and files_at + link.removeprefix("./")

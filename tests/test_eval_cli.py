@@ -1139,3 +1139,35 @@ def test_an_image_the_models_processor_refuses_is_named_by_its_file_row_and_colu
         evaluate_quadruples(model, processor, quadruples.quadruples, batch_size=2)
     with pytest.raises(ValueError, match=r"^quadruples\[0\], image1: aspect ratio 300:1"):  # a list: by its place in it
         evaluate_quadruples(model, processor, [(make_picture(0), wide, "a cat", "a dog")])
+
+
+def test_a_compared_models_processor_saved_anew_before_it_runs_is_not_stored_under_the_new_files(
+    tiny, benchmark_sources, tmp_path, monkeypatch
+):
+    """Every model's processor loads before the first model runs; its files' state was taken only when its turn came,
+    so a processor saved anew in between (a training run saving into the folder) was scored with the old one and stored
+    under the new files' state, and reused by the next run (found by a review of 238b3ed)."""
+    import evaluation.cli as cli
+
+    _, _, (first, second) = tiny
+    a, b = tmp_path / "A", tmp_path / "B"
+    shutil.copytree(first, a)
+    shutil.copytree(second, b)
+    sources = ["--source", f"winoground={benchmark_sources['winoground']}", "--benchmarks", "winoground"]
+    evaluate_model = cli.evaluate_model
+
+    def resaving_b_after_a(model_ref, *args, **kwargs):
+        result = evaluate_model(model_ref, *args, **kwargs)
+        if model_ref == str(a):
+            config = json.loads((b / "processor_config.json").read_text())
+            config["image_processor"] |= {"image_mean": [0.0, 0.0, 0.0], "image_std": [0.05, 0.05, 0.05]}
+            (b / "processor_config.json").write_text(json.dumps(config, indent=2))
+        return result
+
+    monkeypatch.setattr(cli, "evaluate_model", resaving_b_after_a)
+    assert main([str(a), "--compare", str(b), *sources, "--out", str(tmp_path / "eval")]) == 0
+    monkeypatch.setattr(cli, "evaluate_model", evaluate_model)
+    assert main([str(b), *sources, "--out", str(tmp_path / "eval")]) == 0  # B's processor changed: scored again
+    assert main([str(b), *sources, "--out", str(tmp_path / "fresh")]) == 0
+    scores = [json.loads((tmp_path / out / "results.json").read_text())[str(b)]["winoground"] for out in ("eval", "fresh")]
+    assert scores[0] == scores[1]

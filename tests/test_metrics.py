@@ -3,6 +3,7 @@
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -200,9 +201,12 @@ def test_metrics_name_edge_inputs_plainly():
     """A bare cut-off (ks=5) was "'int' object is not iterable"; no quadruples at all ([]) a shape error; a missing
     (None) score a TypeError from torch naming no row; and two equal-sized samples' distance came out 0.2499... for
     0.25, as the modality-gap module's docstring example shows it (found by a review)."""
-    assert retrieval_recall(torch.eye(3), [0, 1, 2], ks=2) == {"recall@2": 100.0, "mrr": 100.0}
+    for ks in (2, np.int64(2), np.array(2), torch.tensor(2)):
+        assert retrieval_recall(torch.eye(3), [0, 1, 2], ks=ks) == {"recall@2": 100.0, "mrr": 100.0}
     with pytest.raises(ValueError, match="got no quadruples"):
         group_scores([])
+    with pytest.raises(ValueError, match=r"expected shape \(n, 4\).*got shape \(3, 0\)"):  # rows without scores
+        group_scores([[], [], []])
     with pytest.raises(ValueError, match=r"rows \[1\] hold NaN, inf or missing scores"):
         retrieval_recall([[0.9, 0.1], [None, 0.8]], [0, 1])
     assert wasserstein_1d([0.3, 0.5], [0.1, 0.2]) == 0.25

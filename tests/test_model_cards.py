@@ -506,6 +506,9 @@ def test_a_base_model_under_another_licence_passes_on_its_name_and_link(tmp_path
     assert card_licence(base) == ("other", "yi-license", "https://example.org/yi-license")
     (base / "README.md").write_text(other.format("LICENSE"))  # a file of a local folder: no address to give
     assert card_licence(base) == ("other", "yi-license", None)
+    # a name as written (a local card, which no Hub checked) is passed on as an id of it, as --license's is
+    (base / "README.md").write_text(other.replace("yi-license", "Yi Series Models Community License").format("LICENSE"))
+    assert card_licence(base) == ("other", "yi-series-models-community-license", None)
 
     class Info:
         tags = ["license:other"]

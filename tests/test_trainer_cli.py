@@ -979,6 +979,43 @@ def test_images_stored_as_relative_paths_are_found_beside_the_data_file(tmp_path
     assert splits["train"][0]["image"].size == splits["train"][0]["candidate_images"][1].size
 
 
+def test_a_fixed_length_list_of_images_is_read(tmp_path):
+    """The check for images stored as relative paths unpacked a fixed-size list column as a struct: a ValueError
+    traceback for a dataset that loaded before (found by a review)."""
+    from datasets import Image as ImageFeature, List
+
+    from trainer.cli import load_preference_splits
+
+    rows = synthetic_preference_dataset(4)
+    length = len(rows[0]["candidate_images"])
+    rows.cast_column("candidate_images", List(ImageFeature(), length=length)).to_parquet(tmp_path / "train.parquet")
+    splits = load_preference_splits(DataArguments(dataset_name=str(tmp_path / "train.parquet")))
+    assert len(splits["train"][0]["candidate_images"]) == length
+
+
+def test_images_put_beside_the_data_file_after_a_failed_run_are_found(tmp_path, monkeypatch):
+    """The paths were located by a cached map: after "does not exist", putting the images beside the data file failed
+    the same way until the datasets cache was deleted (found by a review)."""
+    import shutil
+
+    from trainer.cli import TrainingInputError, load_preference_splits
+
+    folder, images = tmp_path / "prefs", tmp_path / "images"
+    folder.mkdir()
+    images.mkdir()
+    table = _table_of_image_paths(images)
+    table.map(lambda row: {"image": os.path.basename(row["image"]),
+                           "candidate_images": [os.path.basename(path) for path in row["candidate_images"]]}
+              ).to_parquet(folder / "train.parquet")
+    monkeypatch.chdir(tmp_path)  # neither the data's folder nor the images'
+    with pytest.raises(TrainingInputError, match="which does not exist"):
+        load_preference_splits(DataArguments(dataset_name=str(folder)))
+    for image in images.iterdir():
+        shutil.copy(image, folder)
+    splits = load_preference_splits(DataArguments(dataset_name=str(folder)))
+    assert splits["train"][0]["image"].size == splits["train"][0]["candidate_images"][0].size
+
+
 def test_image_paths_are_read_from_the_current_folder_first_and_a_missing_one_is_left_as_written(tmp_path, monkeypatch):
     """The data file's folder is looked in only for a path the current folder does not have; a path found in
     neither stays as written, for the error that names it."""

@@ -682,11 +682,14 @@ def _with_image_paths_read(dataset: Dataset, data_folder: str | None) -> Dataset
             if texts[column] or column in undecoded
         }
 
-    dataset = dataset.map(locate_row, features=dataset.features, desc="locating image files")
+    # never from datasets' cache, nor the cast after it (whose key is the map's): the key holds neither which files
+    # exist now nor the folder the run starts in
+    dataset = dataset.map(locate_row, features=dataset.features, load_from_cache_file=False, desc="locating image files")
+    features = dataset.features.copy()
     for column in ("image", "candidate_images"):
         if texts[column] or column in undecoded:
-            dataset = dataset.cast_column(column, Image() if column == "image" else List(Image()))
-    return dataset
+            features[column] = Image() if column == "image" else List(Image())
+    return dataset.cast(features, load_from_cache_file=False)
 
 
 if __name__ == "__main__":  # as `maple train` (Ctrl-C included)
