@@ -59,7 +59,7 @@ from maple.hub import is_hub_id, local_path_name, names_a_file
 from trainer.schema import PREFERENCE_FEATURES
 
 from .interfaces import CandidateCaptioner, PreferenceJudge, component_name, first_finding, member_names, renamed_members
-from .miner import HardNegativeMiner, check_semdedup_clusters
+from .miner import HardNegativeMiner, MinerOutputError, check_semdedup_clusters
 from .scoring import check_captions, check_judge_scores, score_both_directions, text_pool
 from .sources import (
     DEFAULT_ID_COLUMN,
@@ -686,7 +686,8 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 f"{saved_version}, this one writes {MANIFEST_VERSION}), whose manifest cannot say whether its checkpoints "
                 f"match this build: {advice}"
             )
-        differences = _differences(saved, current)
+        # a work dir begun before the manifest left unused fields out recorded them anyway (a seed nothing seeds)
+        differences = _differences(saved | dict.fromkeys(self.config.unused_fields(), None), current)
         if differences:
             raise WorkDirMismatch(
                 f"work dir {self.work_dir} was built with another recipe ({'; '.join(differences)}); reusing its "
@@ -839,7 +840,9 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 part.unlink()
 
         slices = self._slices_of_every_rank("embeddings", ".pt", embed_my_slice, _read_tensor, what="image embeddings")
-        embeddings = torch.cat([part for part in slices if part.numel()])
+        bounds = [_slice_bounds(len(valid_rows), rank, self.world_size) for rank in range(self.world_size)]
+        embeddings = self._joined_embeddings([(f"inputs {start}-{end - 1} (rank {rank})", part)
+                                              for rank, ((start, end), part) in enumerate(zip(bounds, slices))])
         _atomic_torch_save(path, embeddings)
         return embeddings
 
@@ -860,7 +863,23 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 continue
             parts.append(self._embed_rows(rows[offset:end]))
             _atomic_torch_save(part_path, parts[-1])
-        return torch.cat(parts) if parts else torch.empty(0)
+        offsets = range(0, len(rows), part_rows)
+        return self._joined_embeddings([(f"source rows {rows[offset]}-{rows[min(offset + part_rows, len(rows)) - 1]}", part)
+                                        for offset, part in zip(offsets, parts)])
+
+    def _joined_embeddings(self, parts: list[tuple[str, torch.Tensor]]) -> torch.Tensor:
+        """The (label, embeddings) `parts`, embedded apart, in one tensor; a `MinerOutputError` naming two of them when
+        their sizes differ (the miner checks the batches of one call only)."""
+        parts = [(label, part) for label, part in parts if part.numel()]
+        if not parts:
+            return torch.empty(0)
+        (first_label, first), *others = parts
+        for label, part in others:
+            if part.shape[1] != first.shape[1]:
+                raise MinerOutputError(
+                    f"the image encoder of miner {_component_name(self.miner)!r} returned {first.shape[1]}-d embeddings "
+                    f"for {first_label} and {part.shape[1]}-d ones for {label}; expected one size for every image")
+        return torch.cat([part for _, part in parts])
 
     def _embed_rows(self, rows: list[int]) -> torch.Tensor:
         """(len(rows), D) image embeddings of source rows `rows`. A NaN or inf embedding is an error

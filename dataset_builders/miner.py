@@ -400,10 +400,11 @@ class HardNegativeMiner:
             # was torch.cat's bare RuntimeError once every image was encoded
             size = embeddings[0].shape[1] if embeddings else None
             if not (isinstance(encoded, torch.Tensor) and encoded.ndim == 2 and encoded.shape[0] == len(pending)
-                    and size in (None, encoded.shape[1])):
+                    and encoded.shape[1] > 0 and size in (None, encoded.shape[1])):
                 got = tuple(encoded.shape) if isinstance(encoded, torch.Tensor) else type(encoded).__name__
                 which = f"images {first}-{first + len(pending) - 1}" if len(pending) > 1 else f"image {first}"
-                expected = f"({len(pending)}, {size or 'D'}) tensor" + (", as for the images before" if size else "")
+                expected = (f"({len(pending)}, D) tensor" if size is None
+                            else f"({len(pending)}, {size}) tensor, as for the images before")
                 raise MinerOutputError(f"the image encoder of miner {self.name!r} returned {got} for {which}; expected a "
                                        f"{expected}, one row per image")
             return encoded.float().cpu()

@@ -241,10 +241,29 @@ def load_source(
         raise SourceError(f"source {source}: {problem}{local_typo_hint(source)}") from None
     # Checked before any file is read; `datasets` would convert every split first.
     _check_splits(source, split, available=[str(name) for name in builder.config.data_files])
+    if path.exists():
+        _check_local_parquet_rows(source, split, builder.config.data_files)
     with _data_files_read(source):
         builder.download_and_prepare()
     _check_selects_rows(source, split, {str(name): info.num_examples for name, info in builder.info.splits.items()})
     return builder.as_dataset(split=split)
+
+
+def _check_local_parquet_rows(source: str, split: str, data_files: dict[str, list[str]]) -> None:
+    """For a folder of parquet files only: `_check_selects_rows` from their metadata, and a `SourceError` naming a file
+    of no rows written with a row group (as pyarrow and pandas write one), which `datasets` fails on ("BatchSize must be
+    greater than 0"; one written by `datasets`, without row groups, reads)."""
+    import pyarrow.parquet as pq
+
+    files = {str(name): [str(file) for file in names] for name, names in data_files.items()}
+    if not all(file.endswith(".parquet") for names in files.values() for file in names):
+        return
+    with _data_files_read(source):
+        metadata = {file: pq.read_metadata(file) for names in files.values() for file in names}
+    _check_selects_rows(source, split, {name: sum(metadata[file].num_rows for file in names) for name, names in files.items()})
+    empty = next((file for file, meta in metadata.items() if meta.num_rows == 0 and meta.num_row_groups > 0), None)
+    if empty is not None:
+        raise SourceError(f"source {source}: its data file {empty} has no rows, which datasets cannot read: remove it")
 
 
 @contextlib.contextmanager
@@ -290,7 +309,10 @@ def _check_selects_rows(source: str, split: str, sizes: dict[str, int]) -> None:
     "corresponds to no data", or read no rows)."""
     if not any(sizes.values()):
         raise SourceError(f"source {source} has no rows")
-    selected = datasets.ReadInstruction.from_spec(split).to_absolute(sizes)
+    try:
+        selected = datasets.ReadInstruction.from_spec(split).to_absolute(sizes)
+    except ValueError as error:  # pct1_dropremainder rounding of a split under 100 rows
+        raise SourceError(f"source {source}: source_split {split!r} cannot select rows: {error}") from None
     if all(part.to <= part.from_ for part in selected):
         counts = ", ".join(f"split {name!r} has {sizes[name]}" for name in dict.fromkeys(part.splitname for part in selected))
         raise SourceError(f"source {source}: source_split {split!r} selects no rows ({counts}): pick rows with "

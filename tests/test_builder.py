@@ -1350,6 +1350,16 @@ def test_a_folder_of_parquet_files_without_rows_is_a_source_without_rows(tmp_pat
         colour_square_source(2).select([]).to_parquet(str(folder / name))
     with pytest.raises(SourceError, match=rf"^source {folder} has no rows$"):
         load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"))
+    # written by pyarrow, with an empty row group, which datasets fails on: "its data files cannot be read" (found by a
+    # review of the fix); alone, or beside files with rows
+    for name in ("part-0.parquet", "part-1.parquet"):
+        pq.write_table(colour_square_source(2).select([]).data.table, folder / name)
+    with pytest.raises(SourceError, match=rf"^source {folder} has no rows$"):
+        load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"))
+    colour_square_source(2).to_parquet(str(folder / "part-2.parquet"))
+    with pytest.raises(SourceError, match=rf"^source {folder}: its data file {folder / 'part-0.parquet'} has no rows, "
+                                          r"which datasets cannot read: remove it$"):
+        load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"))
 
 
 @pytest.mark.parametrize("layout", ["file", "folder"])
@@ -1364,6 +1374,8 @@ def test_a_folder_of_parquet_files_without_rows_is_a_source_without_rows(tmp_pat
         ("train[5:2]", r"^source .*: source_split 'train\[5:2\]' selects no rows \(split 'train' has 5\): pick rows "
                        r"with source_split=\.\.\. \(CLI --source-split\)$"),
         ("train[10:]", r"^source .*: source_split 'train\[10:\]' selects no rows \(split 'train' has 5\)"),
+        ("train[:50%](pct1_dropremainder)", r"^source .*: source_split 'train\[:50%\]\(pct1_dropremainder\)' cannot "
+                                            r"select rows: Using \"pct1_dropremainder\" rounding on a split with less than 100"),
     ],
 )
 def test_a_split_expression_that_selects_nothing_is_named_as_such(tmp_path, layout, split, error):

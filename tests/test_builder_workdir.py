@@ -103,6 +103,10 @@ def test_a_setting_the_recipe_does_not_use_is_no_part_of_it(tmp_path):
     assert {name: saved[name] for name in ("captioned_negatives", "semdedup_epsilon", "seed")} == dict.fromkeys(
         ("captioned_negatives", "semdedup_epsilon", "seed"), None
     )
+    # a manifest written before these were left out (seed 0 recorded, unused) resumes (found by a review)
+    saved |= {"captioned_negatives": 1, "semdedup_epsilon": 0.07, "seed": 0}
+    (tmp_path / "work" / "manifest.json").write_text(json.dumps(saved))
+    _builder(tmp_path, **corpus).check_work_dir()
     _builder(tmp_path / "deduplicated", semdedup_clusters=3).check_work_dir()
     with pytest.raises(WorkDirMismatch, match=r"\(semdedup_epsilon: 0\.07 in the work dir, 0\.2 now\)"):
         _builder(tmp_path / "deduplicated", semdedup_clusters=3, semdedup_epsilon=0.2).check_work_dir()

@@ -404,6 +404,9 @@ def test_an_encoder_answer_of_another_shape_is_refused_naming_the_images():
                                                r"expected a \(1, 6\) tensor, as for the images before, one row per image$"):
         HardNegativeMiner(lambda batch: torch.randn(len(batch), 4 + len(batch)), batch_size=2, name="growing",
                           search_device="cpu").embed(images)
+    # embeddings of no size were taken, and one size of 0 read as none given ("(2, D)" after a (2, 0) batch)
+    with pytest.raises(MinerOutputError, match=r"returned \(2, 0\) for images 0-1; expected a \(2, D\) tensor"):
+        HardNegativeMiner(lambda batch: torch.randn(len(batch), 0), batch_size=2, search_device="cpu").embed(images)
 
 
 def test_non_finite_embeddings_are_refused_naming_their_rows():
