@@ -611,7 +611,7 @@ def test_a_missing_column_is_named_with_the_dataset_it_is_missing_from():
         validate_preference_dataset(synthetic_preference_dataset(2).remove_columns("caption"), "winoground_dev")
 
 
-def test_an_empty_candidate_list_is_named_when_another_row_holds_a_missing_candidate():
+def test_a_null_candidate_list_is_named_when_another_row_holds_a_missing_candidate():
     """The per-row first invalid entries were computed over the lists' lengths, which a null list has none of."""
     from trainer.schema import validate_preference_dataset
 
@@ -619,7 +619,7 @@ def test_an_empty_candidate_list_is_named_when_another_row_holds_a_missing_candi
         texts = row["candidate_texts"]
         return {"candidate_texts": None if index == 1 else [texts[0], None, *texts[2:]] if index == 2 else texts}
 
-    with pytest.raises(ValueError, match=r"row id 'scene-1': column 'candidate_texts' is empty"):
+    with pytest.raises(ValueError, match=r"row id 'scene-1': column 'candidate_texts' is None \(no list\)"):
         validate_preference_dataset(synthetic_preference_dataset(4).map(edit, with_indices=True), "train")
 
 

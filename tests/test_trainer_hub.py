@@ -2,6 +2,7 @@
 model card, a run with `hub_strategy="every_save"` its checkpoints as they are saved; a process that cannot import
 this project loads the model by repo id and gets the same embeddings."""
 
+import ast
 import json
 
 from hub_server import CLIENT_TOKEN, USER, files_holding, run_client
@@ -207,7 +208,32 @@ def test_maple_train_names_a_failed_push_in_one_line(hub_server, tmp_path):
                       "on the Hub first, or push to a new repo; nothing was trained")
     assert refused == (f"1 maple train: error: --push_to_hub: model repo 'maple-org/pushed' on {hub_server.url} refused "
                        "the token (HTTP 401): check the one used (--token (maple train: --hub_token) or token=, else "
-                       "HF_TOKEN, else the one `hf auth login` saved); nothing was trained None")
+                       "HF_TOKEN, else the one `hf auth login` saved): Invalid credentials in Authorization header; nothing was trained None")
     assert failed == (f"1 maple train: error: pushing failed: model repo 'maple-org/pushed' on {hub_server.url} could not "
                       "be written: HTTP 503 from the server. The trained model is saved in trained: upload it with "
                       "`hf upload` True")
+
+
+PUSH_TWICE = """
+from datasets import DatasetDict
+from huggingface_hub import HfApi
+from trainer.cli import main
+from trainer.testing import synthetic_preference_dataset
+
+DatasetDict({"train": synthetic_preference_dataset(4), "test": synthetic_preference_dataset(4, seed=1)}).save_to_disk("prefs")
+argv = ["--tiny", "dual_encoder", "--dataset_name", "prefs", "--max_steps", "1", "--per_device_train_batch_size", "4",
+        "--report_to", "none", "--save_strategy", "no", "--push_to_hub", "--hub_model_id", "maple-org/pushed-twice"]
+assert main([*argv, "--output_dir", "first", "--dataset_test_split", "test"]) == 0
+print("FILES", sorted(HfApi().list_repo_files("maple-org/pushed-twice")))
+assert main([*argv, "--output_dir", "second"]) == 0
+print("FILES", sorted(HfApi().list_repo_files("maple-org/pushed-twice")))
+"""
+
+
+def test_a_push_deletes_an_earlier_runs_results_from_the_repo(hub_server, tmp_path):
+    """`Trainer.push_to_hub` uploads without deleting: an earlier run's eval_results.json and all_results.json stayed
+    in the repo beside a model they do not describe (found by a review)."""
+    output = run_client(hub_server, tmp_path, PUSH_TWICE).splitlines()
+    first, second = (ast.literal_eval(line.removeprefix("FILES ")) for line in output if line.startswith("FILES "))
+    assert {"eval_results.json", "all_results.json", "model.safetensors"} <= set(first)
+    assert "model.safetensors" in second and not {"eval_results.json", "all_results.json"} & set(second)

@@ -325,6 +325,8 @@ def _train_and_save(
             return 0
         try:
             trainer.push_to_hub()  # saves the model and writes the card first (save_model would push a second time)
+            if trainer.is_world_process_zero():
+                _delete_earlier_runs_files(trainer.hub_model_id, training_args)
         except Exception as error:
             if (problem := hub_failure(error, trainer.hub_model_id or _hub_repo_id(training_args), writing=True)) is None:
                 raise
@@ -381,6 +383,25 @@ def preference_judge(location: str, config: str | None = None, token: str | None
 
 # What `Trainer.save_metrics("eval", ...)` writes into output_dir: the final evaluation of the model saved there
 RESULTS_FILES = ("eval_results.json", "all_results.json")
+
+
+def _delete_earlier_runs_files(repo_id: str, training_args: RPAConfig) -> None:
+    """Delete from Hub repo `repo_id` the files a run writes beside its model that this run's push did not upload (not
+    in output_dir): an earlier run's results, LoRA state and card figures, which `Trainer.push_to_hub` (an upload, which
+    deletes nothing) left beside this run's model and card. One commit, made only when there is one to delete."""
+    from huggingface_hub import CommitOperationDelete, HfApi
+
+    from model_cards.cards import CURVES_FILE, GAP_HISTOGRAM_FILE
+
+    from .rpa_trainer import PEFT_TRAINABLE_STATE
+
+    api = HfApi(token=training_args.hub_token)
+    pushed = set(api.list_repo_files(repo_id, revision=training_args.hub_revision))
+    stale = [name for name in (*RESULTS_FILES, PEFT_TRAINABLE_STATE, CURVES_FILE, GAP_HISTOGRAM_FILE)
+             if name in pushed and not Path(training_args.output_dir, name).exists()]
+    if stale:
+        api.create_commit(repo_id, [CommitOperationDelete(path_in_repo=name) for name in stale],
+                          commit_message="Remove an earlier run's files", revision=training_args.hub_revision)
 # where `--resume_from_checkpoint false` moves an earlier run's checkpoints, in output_dir; the leading "_" keeps it out
 # of `push_to_hub`'s uploads of output_dir (`Trainer` ignores "_*" and "checkpoint-*", at the top level only)
 EARLIER_RUN_FOLDER = "_earlier-run-{n}"
