@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import signal
 import sys
 import threading
 import time
@@ -329,6 +330,148 @@ def test_a_failed_worker_run_is_named_and_the_other_runs_are_kept(demo_out, tmp_
     assert not (copy / "runs" / "maple-seed0" / "result.json").exists()
 
 
+def _fork_workers(monkeypatch) -> None:
+    """The fine-tuning pool's workers forked from this process, not spawned: a spawned worker imports torch and the
+    package again (seconds), and would find a test's stand-in for `_finetune` only in a module it imports itself; no
+    `_init_worker` (torch in a forked copy of a process that has run it can deadlock)."""
+    from maple.demo import pipeline
+
+    fork = pipeline.multiprocessing.get_context("fork")
+    monkeypatch.setattr(pipeline.multiprocessing, "get_context", lambda method: fork)
+    monkeypatch.setattr(pipeline, "_init_worker", _no_setup)
+
+
+def _no_setup() -> None:
+    pass
+
+
+RUN_WAIT_SECONDS = 60  # far longer than a test waits: a run still waiting was not ended
+
+
+def _mark_started(config, method: str) -> None:
+    """Write the pid of the worker running `method` to its marker file in `config.out`."""
+    (config.out / f"{method}.pid").write_text(str(os.getpid()))
+
+
+def _wait_until_started(config, method: str) -> int:
+    """The pid of the worker that started `method`, once it has."""
+    deadline = time.monotonic() + RUN_WAIT_SECONDS
+    while not (config.out / f"{method}.pid").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return int((config.out / f"{method}.pid").read_text())
+
+
+def _killed_with_a_run_in_flight(config, method: str, seed: int) -> None:
+    """`done` finishes (its result.json written); `killed` is killed, as the OOM killer would, once `slow` (on the
+    worker `done` freed) is in flight; `slow` would run on; `never` must not start."""
+    _mark_started(config, method)
+    if method == "done":
+        (config.out / "runs" / "done-seed0").mkdir(parents=True)
+        (config.out / "runs" / "done-seed0" / "result.json").write_text("{}")
+    elif method == "killed":
+        _wait_until_started(config, "slow")
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif method == "slow":
+        time.sleep(RUN_WAIT_SECONDS)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_killed_worker_is_reported_with_every_run_in_flight_and_the_finished_runs_are_kept(tmp_path, monkeypatch):
+    """A worker killed mid-run (by the OOM killer, say) breaks the pool: the error named one run in flight, chosen
+    arbitrarily, as a run that failed (a RuntimeError, with a traceback)."""
+    from maple.demo import pipeline
+
+    _fork_workers(monkeypatch)
+    monkeypatch.setattr(pipeline, "_finetune", _killed_with_a_run_in_flight)
+    config = pipeline.DemoConfig(out=tmp_path, seeds=(0,), quick=True, progress=False, workers=2)
+    started = time.monotonic()
+    with pytest.raises(pipeline.WorkerDiedError) as died:
+        pipeline._finetune_all(config, [("done", 0), ("killed", 0), ("slow", 0), ("never", 0)])
+    assert str(died.value) == (
+        "a fine-tuning worker process died (killed, most likely for lack of memory) while these runs were in flight: "
+        "killed-seed0, slow-seed0; the finished runs are kept: rerun the same command to resume (with fewer --workers "
+        "if memory ran out)"
+    )
+    assert time.monotonic() - started < RUN_WAIT_SECONDS and _ends(_wait_until_started(config, "slow"))
+    assert (tmp_path / "runs" / "done-seed0" / "result.json").exists() and not (tmp_path / "never.pid").exists()
+
+
+def test_a_killed_worker_ends_the_command_in_one_line(tmp_path, monkeypatch, capsys):
+    from maple.demo.pipeline import WorkerDiedError
+
+    def run_demo(config):
+        raise WorkerDiedError(["maple-seed0", "infonce-seed1"])
+
+    monkeypatch.setattr("maple.demo.pipeline.run_demo", run_demo)
+    assert main(["--out", str(tmp_path / "out"), *QUICK]) == 1
+    assert capsys.readouterr().err == (
+        "maple demo: error: a fine-tuning worker process died (killed, most likely for lack of memory) while these "
+        "runs were in flight: maple-seed0, infonce-seed1; the finished runs are kept: rerun the same command to resume "
+        "(with fewer --workers if memory ran out)\n"
+    )
+
+
+def _interrupted(config, method: str, seed: int) -> None:
+    """A Ctrl-C, which a terminal sends to every process of its group: `idle` finishes once `busy` has started on the
+    other worker, leaving its own waiting for a run; `busy` then sends SIGINT to that worker, to its own and to the main
+    process, and would run on."""
+    _mark_started(config, method)
+    if method == "idle":
+        _wait_until_started(config, "busy")
+    else:
+        idle_worker = _wait_until_started(config, "idle")
+        time.sleep(1.0)  # `idle`'s worker is back to waiting for a run, the main process to waiting for `busy`
+        for pid in (idle_worker, os.getpid(), os.getppid()):
+            os.kill(pid, signal.SIGINT)
+        time.sleep(RUN_WAIT_SECONDS)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_an_interrupt_ends_the_workers_at_once_and_they_print_nothing(tmp_path, monkeypatch, capfd):
+    """A Ctrl-C reaches every process of the terminal's group: each worker printed a KeyboardInterrupt traceback of its
+    own (waiting for a run, or importing torch), and the runs in flight ran on."""
+    from maple.demo import pipeline
+
+    _fork_workers(monkeypatch)
+    monkeypatch.setattr(pipeline, "_finetune", _interrupted)
+    config = pipeline.DemoConfig(out=tmp_path, seeds=(0,), quick=True, progress=False, workers=2)
+    capfd.readouterr()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        pipeline._finetune_all(config, [("idle", 0), ("busy", 0)])
+    assert time.monotonic() - started < RUN_WAIT_SECONDS  # `busy` was ended, not waited for
+    assert all(_ends(_wait_until_started(config, run)) for run in ("idle", "busy"))
+    printed = "".join(capfd.readouterr())
+    assert "Traceback" not in printed and "KeyboardInterrupt" not in printed, printed
+
+
+def _failed_then_interrupted(config, method: str, seed: int) -> None:
+    """`boom` fails once `busy` has started; `busy` then, the main process waiting for it to finish, sends the main
+    process a SIGINT, and would run on."""
+    _mark_started(config, method)
+    if method == "boom":
+        _wait_until_started(config, "busy")
+        raise OSError("disk full")
+    _wait_until_started(config, "boom")
+    time.sleep(1.0)  # the main process has seen `boom` fail and waits for `busy`
+    os.kill(os.getppid(), signal.SIGINT)
+    time.sleep(RUN_WAIT_SECONDS)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_an_interrupt_while_the_runs_beside_a_failed_one_finish_ends_them(tmp_path, monkeypatch):
+    """After a run failed, the pool's shutdown waited for the other runs in flight (to keep them), and a Ctrl-C then
+    left them running: the workers do not see it."""
+    from maple.demo import pipeline
+
+    _fork_workers(monkeypatch)
+    monkeypatch.setattr(pipeline, "_finetune", _failed_then_interrupted)
+    config = pipeline.DemoConfig(out=tmp_path, seeds=(0,), quick=True, progress=False, workers=2)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline._finetune_all(config, [("boom", 0), ("busy", 0)])
+    assert _ends(_wait_until_started(config, "busy"))
+
+
 class _ThreadPool(ThreadPoolExecutor):
     """A stand-in for the process pool: the same scheduling, with threads, so that a test can replace `_finetune`."""
 
@@ -393,6 +536,7 @@ def test_runs_in_this_process_stop_at_the_first_failure_naming_it(tmp_path, monk
 def test_a_worker_trains_on_one_thread_without_progress_bars(monkeypatch):
     import datasets
     import torch
+    import tqdm
     import transformers
 
     from maple.demo.pipeline import _init_worker
@@ -401,8 +545,10 @@ def test_a_worker_trains_on_one_thread_without_progress_bars(monkeypatch):
     monkeypatch.setattr(torch, "set_num_threads", lambda threads: calls.append(("threads", threads)))
     monkeypatch.setattr(datasets, "disable_progress_bars", lambda: calls.append("datasets"))
     monkeypatch.setattr(transformers.utils.logging, "disable_progress_bar", lambda: calls.append("transformers"))
+    # tqdm's default lock holds a semaphore, which a worker ended by a signal leaves behind (Python warned of it)
+    monkeypatch.setattr(tqdm.tqdm, "set_lock", lambda lock: calls.append(("tqdm lock", type(lock))))
     _init_worker()
-    assert calls == [("threads", 1), "datasets", "transformers"]
+    assert calls == [("threads", 1), "datasets", "transformers", ("tqdm lock", type(threading.RLock()))]
 
 
 def test_stage_times_add_up_and_a_rerun_s_own_times_replace_the_earlier_ones(tmp_path):
@@ -898,16 +1044,21 @@ def test_fine_tuning_workers_end_when_the_main_process_is_killed(tmp_path):
     with printed.open("w") as stdout:  # not a pipe: a surviving worker would hold it open, and the wait never end
         subprocess.run([sys.executable, str(script)], stdout=stdout, timeout=120)
     worker = int(printed.read_text().split()[0])
-    deadline = time.monotonic() + 30
+    if not _ends(worker):
+        os.kill(worker, 9)
+        pytest.fail(f"worker {worker} outlived its killed main process")
 
-    def running(pid: int) -> bool:  # a zombie (no init reaping it in a container) has ended too
+
+def _ends(pid: int, within: float = 30.0) -> bool:
+    """Whether process `pid` ends within `within` seconds (Linux: reads /proc)."""
+    deadline = time.monotonic() + within
+
+    def running() -> bool:  # a zombie (no init reaping it in a container) has ended too
         try:
             return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] != "Z"
         except FileNotFoundError:
             return False
 
-    while running(worker) and time.monotonic() < deadline:
+    while running() and time.monotonic() < deadline:
         time.sleep(0.2)
-    if running(worker):
-        os.kill(worker, 9)
-        pytest.fail(f"worker {worker} outlived its killed main process")
+    return not running()

@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .pipeline import DemoConfig, OutputFileError, PushError, claim_output_folder, run_demo  # torch: after the usage checks
+    # torch: after the usage checks
+    from .pipeline import DemoConfig, OutputFileError, PushError, WorkerDiedError, claim_output_folder, run_demo
     from .report import format_summary
 
     try:
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             result = run_demo(config)
     except OutputFileError as error:  # a damaged file in --out, found once the run has started
         exit_with_error(build_parser(), str(error))
-    except PushError as error:  # the run is done and kept; only the push failed
+    except (PushError, WorkerDiedError) as error:  # the push failed, or a worker was killed: the finished work is kept
         return report_error(build_parser().prog, str(error), status=1)
     print(format_summary(result))
     return 0

@@ -28,10 +28,12 @@ import math
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -642,28 +644,99 @@ def _run_dir(out: Path, method: str, seed: int) -> Path:
 def _finetune_all(config: DemoConfig, runs: list[tuple[str, int]]) -> None:
     """Fine-tune and evaluate `runs`, `config.workers` at a time in worker processes (or in this
     process for one worker). Each run writes its own folder; the first failure is raised naming its
-    run, no further run starts, and the finished runs stay in place for a rerun to resume."""
+    run, no further run starts, and the finished runs stay in place for a rerun to resume. A worker that dies
+    (killed: out of memory, most likely) takes the runs in flight with it: a `WorkerDiedError` names them all. A
+    KeyboardInterrupt ends the workers at once, their runs unfinished."""
     with tqdm(total=len(runs), desc="fine-tuning runs", disable=not config.progress) as progress:
         if config.workers == 1 or len(runs) == 1:
             for method, seed in runs:
                 _raise_naming_the_run(lambda: _finetune(config, method, seed), method, seed)
                 progress.update()
             return
-        # spawn, not fork: a forked copy of a process that has run torch can deadlock
-        context = multiprocessing.get_context("spawn")
         quiet = replace(config, progress=False)  # one bar for all runs, in this process
         queued, running = list(runs), {}
-        with ProcessPoolExecutor(min(config.workers, len(runs)), mp_context=context, initializer=_init_worker) as pool:
-            while queued or running:
-                # at most one run per worker in flight, so a failure leaves no queue to drain
-                while queued and len(running) < config.workers:
-                    run = queued.pop(0)
-                    running[pool.submit(_finetune, quiet, *run)] = run
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    method, seed = running.pop(future)
-                    _raise_naming_the_run(future.result, method, seed)
-                    progress.update()
+        with _worker_pool(min(config.workers, len(runs))) as pool:
+            try:
+                while queued or running:
+                    # at most one run per worker in flight, so a failure leaves no queue to drain
+                    while queued and len(running) < config.workers:
+                        run = queued.pop(0)
+                        with _interrupts_kept_from_new_processes():  # the pool starts its workers in `submit`
+                            running[pool.submit(_finetune, quiet, *run)] = run
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    if broken := [future for future in done if isinstance(future.exception(), BrokenProcessPool)]:
+                        raise broken[0].exception()  # every run in flight failed with it: named together, below
+                    for future in done:
+                        method, seed = running.pop(future)
+                        _raise_naming_the_run(future.result, method, seed)
+                        progress.update()
+            except BrokenProcessPool:  # from a run's future, or from `submit` once the pool knows
+                raise WorkerDiedError(_lost_runs(running)) from None
+
+
+@contextlib.contextmanager
+def _worker_pool(size: int) -> Iterator[ProcessPoolExecutor]:
+    """A pool of `size` fine-tuning worker processes. Leaving it waits for the runs in flight, which finish and are
+    kept (those beside a run that failed); a KeyboardInterrupt, among the runs or in that wait, ends the workers at
+    once instead, their runs unfinished."""
+    # spawn, not fork: a forked copy of a process that has run torch can deadlock
+    pool = ProcessPoolExecutor(size, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker)
+    try:
+        try:
+            yield pool
+        except Exception:  # a failed run, say: not a KeyboardInterrupt, which must not wait
+            pool.shutdown()
+            raise
+        pool.shutdown()
+    except KeyboardInterrupt:  # among the runs, or in the wait for them
+        _end_workers(pool)
+        raise
+
+
+class WorkerDiedError(RuntimeError):
+    """A fine-tuning worker process that died, killed from outside (by the system, short of memory, most likely)."""
+
+    def __init__(self, lost_runs: list[str]) -> None:
+        super().__init__(
+            f"a fine-tuning worker process died (killed, most likely for lack of memory) while these runs were in "
+            f"flight: {', '.join(lost_runs)}; the finished runs are kept: rerun the same command to resume (with fewer "
+            "--workers if memory ran out)"
+        )
+
+
+def _lost_runs(running: dict[Future, tuple[str, int]]) -> list[str]:
+    """The names of the runs of `running` that did not finish: a broken pool fails every run in flight."""
+    return [
+        f"{method}-seed{seed}"
+        for future, (method, seed) in running.items()
+        if not (future.done() and future.exception() is None)
+    ]
+
+
+@contextlib.contextmanager
+def _interrupts_kept_from_new_processes() -> Iterator[None]:
+    """Processes started inside never receive SIGINT: it is blocked here meanwhile, and they inherit the block. A
+    Ctrl-C reaches every process of the terminal's foreground group, and each worker printed a KeyboardInterrupt
+    traceback of its own (while importing torch, or waiting for a run); this process ends them instead
+    (`_end_workers`). Blocked rather than ignored, a SIGINT arriving meanwhile is this process's once unblocked
+    (multiprocessing starts its resource tracker the same way)."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no POSIX signal mask
+        yield
+        return
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def _end_workers(pool: ProcessPoolExecutor) -> None:
+    """Terminate `pool`'s workers now, their runs unfinished, as Python 3.14's `ProcessPoolExecutor.terminate_workers`
+    does: the pool's shutdown waits for every run in flight to finish."""
+    workers = list((pool._processes or {}).values())  # private before Python 3.14
+    pool.shutdown(wait=False, cancel_futures=True)
+    for worker in workers:
+        worker.terminate()
 
 
 def _raise_naming_the_run(work: Callable[[], Any], method: str, seed: int) -> None:
@@ -680,12 +753,19 @@ def _raise_naming_the_run(work: Callable[[], Any], method: str, seed: int) -> No
 def _init_worker() -> None:
     """A fine-tuning worker: one CPU thread (the workers share the cores), no progress bars, and an end with the main
     process's."""
+    import threading
+
+    import tqdm as tqdm_package
     import transformers
 
     _end_with_parent()
     torch.set_num_threads(1)
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
+    # tqdm's default lock (the libraries create one, bars or not) holds a multiprocessing semaphore, which a worker
+    # ended by a signal (killed, or by `_end_workers`) leaves behind: Python warned of "leaked semaphore objects" after
+    # the command's last line
+    tqdm_package.tqdm.set_lock(threading.RLock())
 
 
 def _end_with_parent() -> None:
