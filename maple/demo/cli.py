@@ -27,13 +27,13 @@ def _seeds(value: str) -> tuple[int, ...]:
         numbers = [int(part) for part in parts]
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"--seeds takes a count (e.g. 3) or a comma-separated list of integers (e.g. 0,1,2 or 5,), got {value!r}"
+            f"expected a count (e.g. 3) or a comma-separated list of integers (e.g. 0,1,2 or 5,), got {value!r}"
         ) from None
     if is_list:
         return tuple(numbers)
     if not 1 <= numbers[0] <= MAX_SEED_COUNT:  # refused before it is counted out (billions of seeds: a MemoryError)
         raise argparse.ArgumentTypeError(
-            f"--seeds as a count must lie in [1, {MAX_SEED_COUNT}] (each seed is three fine-tuning runs; a list takes "
+            f"a count must lie in [1, {MAX_SEED_COUNT}] (each seed is three fine-tuning runs; a list takes "
             f"any seeds), got {numbers[0]}"
         )
     return tuple(range(numbers[0]))
@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
         "three fine-tuning runs per seed (InfoNCE, InfoNCE + expanded negatives, MAPLE), evaluation, plots and "
         "a model card. An interrupted run resumes when started again with the same options.",
     )
+    # a value such as "-1," (a list of seed -1) is --seeds' to refuse, as newer Pythons read it: argparse took anything
+    # starting with "-" but a plain negative number for an option, and said only "--seeds: expected one argument"
+    parser._negative_number_matcher = re.compile(r"-\.?\d")
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder")
     parser.add_argument(
         "--seeds", type=_seeds, default=(0, 1, 2), help="number of seeds (3: seeds 0,1,2) or a list such as 0,5,7 (one seed: 5,); the default: seeds 0,1,2"
