@@ -78,9 +78,8 @@ def checked_ks(ks: int | Iterable[int]) -> tuple[int, ...]:
     """The recall cut-offs `ks` (one, or several) as a tuple, or a ValueError unless they are one or more positive
     integers: recall@0 is 0 for every model and "recall@1.5" is recall@1, scores that read as results rather than
     typos."""
-    if not isinstance(ks, Iterable) or getattr(ks, "ndim", None) == 0:  # one: a number, a 0-d array or tensor
-        ks = [ks.item() if hasattr(ks, "item") else ks]
-    ks = tuple(ks)
+    ks = ks.tolist() if hasattr(ks, "tolist") else ks  # an array or tensor (of any dimension) as Python numbers
+    ks = tuple(ks) if isinstance(ks, Iterable) else (ks,)
     if not ks or not all(isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1 for k in ks):
         raise ValueError(f"ks: expected positive integers, got {ks}")
     return ks

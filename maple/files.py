@@ -100,16 +100,20 @@ def stored_images(rows: Any, column: str) -> Iterator[tuple[bytes | None, str | 
 
 def holds_relative_image_paths(rows: Any, column: str) -> bool:
     """Whether the image column `column` of the `datasets.Dataset` `rows` (images, or lists of images, as the column
-    stores them: decoded or not) holds an image by a relative file path, without bytes, which `located_image` would
-    find beside the table. Read from its arrow buffers; an image folder's paths are absolute."""
+    stores them: decoded or not; or file paths as text) holds an image by a relative file path (without bytes), which
+    `located` or `located_image` would look for beside the table. Read from its arrow buffers; an image folder's paths
+    are absolute."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     for chunk in rows.with_format("arrow")[:][column].chunks:  # struct<bytes, path>, or a list of them; zero-copy
         while pa.types.is_list(chunk.type) or pa.types.is_large_list(chunk.type) or pa.types.is_fixed_size_list(chunk.type):
             chunk = chunk.flatten()
-        data, paths = chunk.flatten()  # a null image's fields are null
-        paths = pc.filter(paths, pc.and_(data.is_null(), paths.is_valid()))
+        if pa.types.is_string(chunk.type) or pa.types.is_large_string(chunk.type):  # paths as text
+            paths = pc.drop_null(chunk)
+        else:
+            data, paths = chunk.flatten()  # a null image's fields are null
+            paths = pc.filter(paths, pc.and_(data.is_null(), paths.is_valid()))
         if any(not os.path.isabs(path) for path in paths.to_pylist()):
             return True
     return False

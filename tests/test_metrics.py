@@ -201,7 +201,7 @@ def test_metrics_name_edge_inputs_plainly():
     """A bare cut-off (ks=5) was "'int' object is not iterable"; no quadruples at all ([]) a shape error; a missing
     (None) score a TypeError from torch naming no row; and two equal-sized samples' distance came out 0.2499... for
     0.25, as the modality-gap module's docstring example shows it (found by a review)."""
-    for ks in (2, np.int64(2), np.array(2), torch.tensor(2)):
+    for ks in (2, np.int64(2), np.array(2), torch.tensor(2), torch.tensor([2]), np.array([2])):
         assert retrieval_recall(torch.eye(3), [0, 1, 2], ks=ks) == {"recall@2": 100.0, "mrr": 100.0}
     with pytest.raises(ValueError, match="got no quadruples"):
         group_scores([])

@@ -215,8 +215,12 @@ def test_maple_train_names_a_failed_push_in_one_line(hub_server, tmp_path):
 
 
 PUSH_TWICE = """
+import contextlib, io, os
 from datasets import DatasetDict
 from huggingface_hub import HfApi
+from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.utils import httpx
+import trainer.cli
 from trainer.cli import main
 from trainer.testing import synthetic_preference_dataset
 
@@ -227,13 +231,30 @@ assert main([*argv, "--output_dir", "first", "--dataset_test_split", "test"]) ==
 print("FILES", sorted(HfApi().list_repo_files("maple-org/pushed-twice")))
 assert main([*argv, "--output_dir", "second"]) == 0
 print("FILES", sorted(HfApi().list_repo_files("maple-org/pushed-twice")))
+
+
+def deleting_fails(repo_id, training_args):  # after the model's push, the clean-up commit fails
+    request = httpx.Request("POST", os.environ["HF_ENDPOINT"] + f"/api/models/{repo_id}/commit/main")
+    raise HfHubHTTPError("server error", response=httpx.Response(503, request=request))
+
+
+trainer.cli._delete_earlier_runs_files = deleting_fails
+stderr = io.StringIO()
+with contextlib.redirect_stderr(stderr):
+    print("STATUS", main([*argv, "--output_dir", "third"]), stderr.getvalue().strip().splitlines()[-1])
 """
 
 
 def test_a_push_deletes_an_earlier_runs_results_from_the_repo(hub_server, tmp_path):
     """`Trainer.push_to_hub` uploads without deleting: an earlier run's eval_results.json and all_results.json stayed
-    in the repo beside a model they do not describe (found by a review)."""
+    in the repo beside a model they do not describe (found by a review); a failed clean-up was reported as a failed
+    push, advising to upload the model again (found by the diff review)."""
     output = run_client(hub_server, tmp_path, PUSH_TWICE).splitlines()
     first, second = (ast.literal_eval(line.removeprefix("FILES ")) for line in output if line.startswith("FILES "))
     assert {"eval_results.json", "all_results.json", "model.safetensors"} <= set(first)
     assert "model.safetensors" in second and not {"eval_results.json", "all_results.json"} & set(second)
+    # a failed clean-up is not a failed push: the model is on the Hub, and uploading it again would not help
+    status = next(line for line in output if line.startswith("STATUS "))
+    assert status == (f"STATUS 1 maple train: error: the model is pushed, but deleting an earlier run's files from the "
+                      f"repo failed: model repo 'maple-org/pushed-twice' on {hub_server.url} could not be written: "
+                      "HTTP 503 from the server; delete them with `hf repos delete-files maple-org/pushed-twice FILE...`")

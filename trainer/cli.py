@@ -325,13 +325,20 @@ def _train_and_save(
             return 0
         try:
             trainer.push_to_hub()  # saves the model and writes the card first (save_model would push a second time)
-            if trainer.is_world_process_zero():
-                _delete_earlier_runs_files(trainer.hub_model_id, training_args)
         except Exception as error:
             if (problem := hub_failure(error, trainer.hub_model_id or _hub_repo_id(training_args), writing=True)) is None:
                 raise
             return report_error(parser.prog, f"pushing failed: {problem}. The trained model is saved in "
                                              f"{training_args.output_dir}: upload it with `hf upload`", status=1)
+        if trainer.is_world_process_zero():
+            try:
+                _delete_earlier_runs_files(trainer.hub_model_id, training_args)
+            except Exception as error:  # the model is pushed: only the clean-up failed
+                if (problem := hub_failure(error, trainer.hub_model_id, writing=True)) is None:
+                    raise
+                return report_error(parser.prog, f"the model is pushed, but deleting an earlier run's files from the "
+                                                 f"repo failed: {problem}; delete them with `hf repos delete-files "
+                                                 f"{trainer.hub_model_id} FILE...`", status=1)
         return 0
     finally:
         trainer.end()  # destroys the process group of several processes while all are alive, as transformers advises
@@ -679,18 +686,15 @@ def _with_image_paths_read(dataset: Dataset, data_folder: str | None) -> Dataset
 
     image, candidates = dataset.features.get("image"), dataset.features.get("candidate_images")
     texts = {"image": is_path(image), "candidate_images": is_path(listed(candidates))}
-    # images stored as relative paths, looked for only beside a data file (a folder's, or a saved dataset's)
-    stored = {
-        column: data_folder is not None and holds_relative_image_paths(dataset, column)
-        for column, holds_images in (("image", isinstance(image, Image)), ("candidate_images", isinstance(listed(candidates), Image)))
-        if holds_images
-    }
-    if not any(texts.values()) and not any(stored.values()):
+    images = {"image": isinstance(image, Image), "candidate_images": isinstance(listed(candidates), Image)}
+    # the columns holding relative paths, looked for beside a data file (a folder's, or a saved dataset's) too
+    relative = [column for column in texts if (texts[column] or images[column]) and data_folder is not None
+                and holds_relative_image_paths(dataset, column)]
+    if not any(texts.values()) and not relative:
         return dataset
-    undecoded = {column: Image(decode=False) if column == "image" else List(Image(decode=False))
-                 for column, relative in stored.items() if relative}
-    for column, feature in undecoded.items():  # the stored {bytes, path}, not the decoded image
-        dataset = dataset.cast_column(column, feature)
+    for column in relative:
+        if images[column]:  # the stored {bytes, path}, not the decoded image
+            dataset = dataset.cast_column(column, Image(decode=False) if column == "image" else List(Image(decode=False)))
 
     def locate(value: Any, column: str) -> Any:
         return located(value, data_folder) if texts[column] else located_image(value, data_folder)
@@ -699,18 +703,20 @@ def _with_image_paths_read(dataset: Dataset, data_folder: str | None) -> Dataset
         return {  # a null list is left to the schema check, which names its row
             column: locate(row[column], column) if column == "image" or row[column] is None
             else [locate(item, column) for item in row[column]]
-            for column in ("image", "candidate_images")
-            if texts[column] or column in undecoded
+            for column in relative
         }
 
-    # never from datasets' cache, nor the cast after it (whose key is the map's): the key holds neither which files
-    # exist now nor the folder the run starts in
-    dataset = dataset.map(locate_row, features=dataset.features, load_from_cache_file=False, desc="locating image files")
-    features = dataset.features.copy()
-    for column in ("image", "candidate_images"):
-        if texts[column] or column in undecoded:
-            features[column] = Image() if column == "image" else List(Image())
-    return dataset.cast(features, load_from_cache_file=False)
+    if relative:  # never from datasets' cache: its key holds neither which files exist now nor where the run starts
+        dataset = dataset.map(locate_row, features=dataset.features, load_from_cache_file=False,
+                              desc="locating image files")
+    for column in [column for column in texts if texts[column] or column in relative]:
+        if column == "image":  # a cast of the table's schema alone
+            dataset = dataset.cast_column(column, Image())
+        else:  # rewritten by a map, not from the cache after a locating map (whose result it would key)
+            features = dataset.features.copy()
+            features[column] = List(Image())
+            dataset = dataset.cast(features, load_from_cache_file=not relative)
+    return dataset
 
 
 if __name__ == "__main__":  # as `maple train` (Ctrl-C included)
