@@ -396,6 +396,65 @@ def test_a_killed_worker_is_reported_with_every_run_in_flight_and_the_finished_r
     assert (tmp_path / "runs" / "done-seed0" / "result.json").exists() and not (tmp_path / "never.pid").exists()
 
 
+class _UnreadableError(Exception):
+    """An error a worker raises that does not unpickle in the main process (its __init__ takes two arguments)."""
+
+    def __init__(self, message, detail):
+        super().__init__(message)
+
+
+def _failing_unreadably(config, method: str, seed: int) -> None:
+    raise _UnreadableError("no image", "detail")
+
+
+def test_a_run_error_that_cannot_be_read_back_is_not_called_a_killed_worker(tmp_path, monkeypatch):
+    """The pool breaks too when a run's error does not unpickle: that was reported as a worker killed for lack of
+    memory, its cause hidden (found by a review)."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    from maple.demo import pipeline
+
+    _fork_workers(monkeypatch)
+    monkeypatch.setattr(pipeline, "_finetune", _failing_unreadably)
+    config = pipeline.DemoConfig(out=tmp_path, seeds=(0,), quick=True, progress=False, workers=2)
+    with pytest.raises(BrokenProcessPool) as broken:
+        pipeline._finetune_all(config, [("a", 0), ("b", 0)])
+    assert "_UnreadableError" in str(broken.value.__cause__)
+
+
+def test_a_run_that_wrote_its_result_is_not_named_as_lost(tmp_path):
+    """A run whose result had not come back when another worker died was named as in flight, though it had finished
+    (found by a review)."""
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    from maple.demo import pipeline
+
+    futures = [Future(), Future()]
+    for future in futures:
+        future.set_exception(BrokenProcessPool("terminated abruptly"))
+    (tmp_path / "runs" / "done-seed0").mkdir(parents=True)
+    (tmp_path / "runs" / "done-seed0" / "result.json").write_text("{}")
+    assert pipeline._lost_runs({futures[0]: ("done", 0), futures[1]: ("lost", 0)}, tmp_path) == ["lost-seed0"]
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks")
+def test_a_ctrl_c_taken_by_another_thread_while_workers_start_waits_until_they_have(monkeypatch):
+    """SIGINT was blocked in the main thread only: another thread (tqdm's monitor) took a Ctrl-C, and Python raised it
+    in the main thread at once, in the middle of starting a worker, which was left half started (found by a review)."""
+    from maple.demo import pipeline
+
+    finished = []
+    with pytest.raises(KeyboardInterrupt):
+        with pipeline._interrupts_kept_from_new_processes():
+            threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGINT)).start()
+            time.sleep(0.5)  # a worker starting: not to be cut short
+            finished.append(True)
+    assert finished == [True]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
 def test_a_killed_worker_ends_the_command_in_one_line(tmp_path, monkeypatch, capsys):
     from maple.demo.pipeline import WorkerDiedError
 

@@ -102,3 +102,14 @@ def test_a_null_candidate_or_score_list_is_named_as_missing_not_empty(column, va
     processor = build_tiny("dual_encoder", seed=0)[1]
     with pytest.raises(ValueError, match=rf"^train dataset, row id 'scene-1': {found}"):
         DataCollatorForEmbeddingPreference(processor)(list(dataset))
+
+
+def test_an_undecodable_image_error_survives_pickling():
+    """It took two arguments and pickled one: a worker process's error (a data loader's, the demo's) did not unpickle
+    in the main process, which broke the demo's pool (found by a review)."""
+    import pickle
+
+    from trainer.schema import UndecodableImageError
+
+    error = pickle.loads(pickle.dumps(UndecodableImageError("an image does not decode", "train")))
+    assert (str(error), error.split) == ("an image does not decode", "train")

@@ -303,6 +303,9 @@ class UndecodableImageError(ValueError):
         super().__init__(message)
         self.split = split
 
+    def __reduce__(self):  # pickled with its split: a data-loader or demo worker sends it to the main process
+        return type(self), (str(self), self.split)
+
 
 @contextlib.contextmanager
 def naming_undecodable_images(split: str):

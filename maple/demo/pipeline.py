@@ -30,6 +30,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -670,8 +671,10 @@ def _finetune_all(config: DemoConfig, runs: list[tuple[str, int]]) -> None:
                         method, seed = running.pop(future)
                         _raise_naming_the_run(future.result, method, seed)
                         progress.update()
-            except BrokenProcessPool:  # from a run's future, or from `submit` once the pool knows
-                raise WorkerDiedError(_lost_runs(running)) from None
+            except BrokenProcessPool as error:  # from a run's future, or from `submit` once the pool knows
+                if error.__cause__ is not None:  # not a killed worker: a run's error that could not be read back
+                    raise
+                raise WorkerDiedError(_lost_runs(running, config.out)) from None
 
 
 @contextlib.contextmanager
@@ -704,12 +707,13 @@ class WorkerDiedError(RuntimeError):
         )
 
 
-def _lost_runs(running: dict[Future, tuple[str, int]]) -> list[str]:
-    """The names of the runs of `running` that did not finish: a broken pool fails every run in flight."""
+def _lost_runs(running: dict[Future, tuple[str, int]], out: Path) -> list[str]:
+    """The names of the runs of `running` that did not finish: a broken pool fails every run in flight, one whose
+    result had not yet come back too (its `result.json` says it finished)."""
     return [
         f"{method}-seed{seed}"
         for future, (method, seed) in running.items()
-        if not (future.done() and future.exception() is None)
+        if not (future.done() and future.exception() is None) and not (_run_dir(out, method, seed) / "result.json").exists()
     ]
 
 
@@ -718,16 +722,29 @@ def _interrupts_kept_from_new_processes() -> Iterator[None]:
     """Processes started inside never receive SIGINT: it is blocked here meanwhile, and they inherit the block. A
     Ctrl-C reaches every process of the terminal's foreground group, and each worker printed a KeyboardInterrupt
     traceback of its own (while importing torch, or waiting for a run); this process ends them instead
-    (`_end_workers`). Blocked rather than ignored, a SIGINT arriving meanwhile is this process's once unblocked
-    (multiprocessing starts its resource tracker the same way)."""
+    (`_end_workers`). Blocked rather than ignored (multiprocessing starts its resource tracker the same way).
+
+    The block is the calling thread's; another thread of this process (tqdm's monitor) can still take a Ctrl-C, which
+    Python raises in the main thread at once, in the middle of starting a worker. So in the main thread the SIGINT
+    handler meanwhile only records it, and a KeyboardInterrupt is raised once the processes have started."""
     if not hasattr(signal, "pthread_sigmask"):  # Windows: no POSIX signal mask
         yield
         return
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    received: list[int] = []
+    handler = signal.getsignal(signal.SIGINT)
+    swap = threading.current_thread() is threading.main_thread() and handler not in (signal.SIG_IGN, None)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])  # as it is: restored however this ends
     try:
+        if swap:
+            signal.signal(signal.SIGINT, lambda number, frame: received.append(number))
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        if swap:
+            signal.signal(signal.SIGINT, handler)
+    if received:
+        raise KeyboardInterrupt
 
 
 def _end_workers(pool: ProcessPoolExecutor) -> None:
@@ -753,8 +770,6 @@ def _raise_naming_the_run(work: Callable[[], Any], method: str, seed: int) -> No
 def _init_worker() -> None:
     """A fine-tuning worker: one CPU thread (the workers share the cores), no progress bars, and an end with the main
     process's."""
-    import threading
-
     import tqdm as tqdm_package
     import transformers
 
