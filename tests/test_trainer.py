@@ -799,7 +799,8 @@ def test_eval_candidates_do_not_depend_on_the_training_epoch(tmp_path):
     trainer.data_collator.set_epoch(7)  # as training does at the start of epoch 7
     again = trainer.evaluate()
     model, processor = build_tiny("dual_encoder", seed=0)  # make_trainer's model, untrained
-    reused = RPATrainer(model, args=make_config(tmp_path), data_collator=trainer.data_collator,
+    reused = RPATrainer(model, args=make_config(tmp_path, num_text_candidates=2, num_image_candidates=2),
+                        data_collator=trainer.data_collator,
                         train_dataset=trainer.train_dataset, processing_class=processor)
     later = reused.evaluate(trainer.eval_dataset)
     for key in ("eval_loss", "eval_loss/rpa", "eval_rewards/accuracies"):
@@ -848,15 +849,17 @@ def test_persistent_workers_are_rejected_with_subsampled_candidates(tmp_path, su
     RPAConfig(output_dir=str(tmp_path), dataloader_num_workers=1, dataloader_persistent_workers=True)  # all kept
 
 
-def test_persistent_workers_are_rejected_with_a_collator_that_draws_candidates(tmp_path):
-    """A collator passed in draws with its own counts, not the config's: the config's check passed (found by a
-    review)."""
+def test_a_collator_passed_in_must_draw_the_configs_candidate_counts(tmp_path):
+    """A collator passed in drew with its own counts, which the recipe a resume checks, the card and the config's
+    checks (persistent workers repeating the first epoch's draws) never saw (found by a review)."""
     model, processor = build_tiny("dual_encoder")
-    args = make_config(tmp_path, dataloader_num_workers=1, dataloader_persistent_workers=True)
     drawing = DataCollatorForEmbeddingPreference(processor=processor, num_text_candidates=2)
-    with pytest.raises(ValueError, match="dataloader_persistent_workers=True cannot be combined with drawn candidates"):
-        RPATrainer(model, args=args, data_collator=drawing, train_dataset=synthetic_preference_dataset(8),
+    with pytest.raises(ValueError, match=r"^The data_collator draws num_text_candidates=2 where the config has None: set "
+                                         r"the config's candidate counts to the collator's"):
+        RPATrainer(model, args=make_config(tmp_path), data_collator=drawing, train_dataset=synthetic_preference_dataset(8),
                    processing_class=processor)
+    RPATrainer(model, args=make_config(tmp_path, num_text_candidates=2), data_collator=drawing,
+               train_dataset=synthetic_preference_dataset(8), processing_class=processor)
 
 
 def test_config_defaults_run_on_cpu_and_follow_the_paper(tmp_path):

@@ -46,15 +46,6 @@ def check_candidate_count(name: str, value: int | None) -> None:
         )
 
 
-# Why candidate draws and persistent data-loader workers do not mix (`RPAConfig` and `RPATrainer` refuse them)
-PERSISTENT_WORKERS_PROBLEM = (
-    "dataloader_persistent_workers=True cannot be combined with drawn candidates (num_image_candidates / "
-    "num_text_candidates, of the config or of the data collator): the candidate draws are re-seeded every epoch in "
-    "the main process, which persistent workers never see, so every epoch would repeat the first one's candidates. "
-    "Set dataloader_persistent_workers=False, or leave both candidate counts at None."
-)
-
-
 @dataclass
 class DataCollatorForEmbeddingPreference(DataCollatorMixin):
     """Collates preference rows (see `trainer.schema`) into one batch that a `MapleModel` embeds in a single
@@ -104,11 +95,6 @@ class DataCollatorForEmbeddingPreference(DataCollatorMixin):
             raise ValueError(f"return_tensors must be 'pt' (torch tensors), got {self.return_tensors!r}")
         for name in ("num_text_candidates", "num_image_candidates"):
             check_candidate_count(name, getattr(self, name))
-
-    @property
-    def draws_candidates(self) -> bool:
-        """Whether the candidates are drawn (a count is set), so differ from one epoch to the next."""
-        return self.num_image_candidates is not None or self.num_text_candidates is not None
 
     def set_epoch(self, epoch: int) -> None:
         """Seeds the next batches' candidate draws with `epoch` (`RPATrainer` calls it at the start of every pass)."""

@@ -12,7 +12,7 @@ import torch
 from accelerate.utils import parse_flag_from_env
 from trl import DPOConfig
 
-from .collator import PERSISTENT_WORKERS_PROBLEM, check_candidate_count
+from .collator import check_candidate_count
 from .losses import RPA_LOSSES
 
 # DPOConfig knobs that act on the token sequences or log-probabilities of a causal LM; an embedder has neither, so
@@ -300,7 +300,12 @@ class RPAConfig(DPOConfig):
             check_candidate_count(name, getattr(self, name))
         subsampled = self.num_image_candidates is not None or self.num_text_candidates is not None
         if subsampled and self.dataloader_persistent_workers:
-            raise ValueError(PERSISTENT_WORKERS_PROBLEM)
+            raise ValueError(
+                "dataloader_persistent_workers=True cannot be combined with num_image_candidates / "
+                "num_text_candidates: the candidate draws are re-seeded every epoch in the main process, which "
+                "persistent workers never see, so every epoch would repeat the first one's candidates. Set "
+                "dataloader_persistent_workers=False, or leave both candidate counts at None."
+            )
         if self.rpa_loss not in RPA_LOSSES:
             raise ValueError(f"rpa_loss must be one of {list(RPA_LOSSES)}, got {self.rpa_loss!r}")
         if self.reference not in ("none", "frozen"):

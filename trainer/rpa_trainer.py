@@ -47,7 +47,6 @@ from .checkpoints import (
     training_recipe,
 )
 from .collator import (
-    PERSISTENT_WORKERS_PROBLEM,
     PREFERENCE_KEYS,
     ROW_POSITION,
     DataCollatorForEmbeddingPreference,
@@ -102,7 +101,7 @@ class RPATrainer(DPOTrainer):
             `model`.
         args: an `RPAConfig`.
         data_collator: by default a `DataCollatorForEmbeddingPreference` over `processing_class` with `args`'
-            candidate counts (one passed in draws with its own). Evaluation uses a
+            candidate counts (one passed in must have them too). Evaluation uses a
             copy of a `DataCollatorForEmbeddingPreference` fixed at epoch 0 (the same candidates at every
             evaluation), named "eval" in its errors; any other collator serves both.
         train_dataset, eval_dataset: preference datasets with the columns of `trainer.schema`.
@@ -177,9 +176,8 @@ class RPATrainer(DPOTrainer):
             eval_dataset = self._prepare_dataset(eval_dataset, processing_class, args, "eval")
         if args.max_scale is not None:
             callbacks = [*(callbacks or []), ScaleBound(args.max_scale)]
-        drawn = isinstance(data_collator, DataCollatorForEmbeddingPreference) and data_collator.draws_candidates
-        if drawn and args.dataloader_persistent_workers:  # a collator of the caller's: its counts, not the config's
-            raise ValueError(PERSISTENT_WORKERS_PROBLEM)
+        if isinstance(data_collator, DataCollatorForEmbeddingPreference):
+            _check_collator_counts(data_collator, args)
         if data_collator is None:
             data_collator = DataCollatorForEmbeddingPreference(
                 processor=processing_class,
@@ -840,6 +838,17 @@ def _candidate_similarities(text_embeds: Tensor, image_embeds: Tensor, inputs: d
     txt2img = torch.einsum("nd,ncd->nc", anchor_texts, image_embeds[inputs["candidate_image_index"]])
     img2txt = torch.einsum("nd,ncd->nc", anchor_images, text_embeds[inputs["candidate_text_index"]])
     return txt2img, img2txt
+
+
+def _check_collator_counts(collator: DataCollatorForEmbeddingPreference, args: RPAConfig) -> None:
+    """A ValueError unless a `DataCollatorForEmbeddingPreference` passed to the trainer draws the candidate counts of
+    `args`: the run's recipe (which a resume must share), its card and `RPAConfig`'s checks (persistent workers
+    would repeat the first epoch's draws) read them there, and would describe another run."""
+    differing = [f"{name}={getattr(collator, name)!r} where the config has {getattr(args, name)!r}"
+                 for name in ("num_image_candidates", "num_text_candidates") if getattr(collator, name) != getattr(args, name)]
+    if differing:
+        raise ValueError(f"The data_collator draws {', '.join(differing)}: set the config's candidate counts to the "
+                         "collator's (its recipe, its card and its checks read them).")
 
 
 def _checked_args(
