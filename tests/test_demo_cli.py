@@ -422,6 +422,38 @@ def test_a_run_error_that_cannot_be_read_back_is_not_called_a_killed_worker(tmp_
     assert "_UnreadableError" in str(broken.value.__cause__)
 
 
+def _a_done_then_b_unreadable(config, method: str, seed: int) -> None:
+    """`a` returns as `b` starts; `b` then fails with an error that does not unpickle; `c` would run long."""
+    if method == "b":
+        time.sleep(0.05)
+        raise _UnreadableError("no image", "detail")
+    if method == "c":
+        time.sleep(RUN_WAIT_SECONDS)
+
+
+def test_a_pool_broken_by_an_unreadable_error_is_not_called_a_killed_worker_when_submit_finds_it(tmp_path, monkeypatch):
+    """When the pool broke between a wait that returned another run and the next submit, submit's error (which has no
+    cause) was reported as a killed worker, the cause on the failed run's future hidden (found by a review)."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    from maple.demo import pipeline
+
+    _fork_workers(monkeypatch)
+    monkeypatch.setattr(pipeline, "_finetune", _a_done_then_b_unreadable)
+    real_wait = pipeline.wait
+
+    def slow_wait(*args, **kwargs):  # the main process delayed after a wait (a loaded machine): b fails meanwhile
+        done = real_wait(*args, **kwargs)
+        time.sleep(0.5)
+        return done
+
+    monkeypatch.setattr(pipeline, "wait", slow_wait)
+    config = pipeline.DemoConfig(out=tmp_path, seeds=(0,), quick=True, progress=False, workers=2)
+    with pytest.raises(BrokenProcessPool) as broken:
+        pipeline._finetune_all(config, [("a", 0), ("b", 0), ("c", 0)])
+    assert "_UnreadableError" in str(broken.value.__cause__)
+
+
 def test_a_run_that_wrote_its_result_is_not_named_as_lost(tmp_path):
     """A run whose result had not come back when another worker died was named as in flight, though it had finished
     (found by a review)."""
@@ -439,7 +471,7 @@ def test_a_run_that_wrote_its_result_is_not_named_as_lost(tmp_path):
 
 
 @pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks")
-def test_a_ctrl_c_taken_by_another_thread_while_workers_start_waits_until_they_have(monkeypatch):
+def test_a_ctrl_c_taken_by_another_thread_while_workers_start_waits_until_they_have():
     """SIGINT was blocked in the main thread only: another thread (tqdm's monitor) took a Ctrl-C, and Python raised it
     in the main thread at once, in the middle of starting a worker, which was left half started (found by a review)."""
     from maple.demo import pipeline
@@ -453,6 +485,19 @@ def test_a_ctrl_c_taken_by_another_thread_while_workers_start_waits_until_they_h
     assert finished == [True]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    # the Ctrl-C goes to the handler in place, not always as a KeyboardInterrupt, and is not lost when the body fails
+    # (found by a review)
+    calls = []
+    signal.signal(signal.SIGINT, lambda number, frame: calls.append(number))
+    try:
+        with pytest.raises(RuntimeError, match="submit failed"):
+            with pipeline._interrupts_kept_from_new_processes():
+                threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGINT)).start()
+                time.sleep(0.5)
+                raise RuntimeError("submit failed")
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    assert calls == [signal.SIGINT]
 
 
 def test_a_killed_worker_ends_the_command_in_one_line(tmp_path, monkeypatch, capsys):

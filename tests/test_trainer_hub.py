@@ -233,15 +233,16 @@ assert main([*argv, "--output_dir", "second"]) == 0
 print("FILES", sorted(HfApi().list_repo_files("maple-org/pushed-twice")))
 
 
-def deleting_fails(repo_id, training_args):  # after the model's push, the clean-up commit fails
+def deleting_fails(repo_id, names, training_args):  # after the model's push, the clean-up commit fails
     request = httpx.Request("POST", os.environ["HF_ENDPOINT"] + f"/api/models/{repo_id}/commit/main")
     raise HfHubHTTPError("server error", response=httpx.Response(503, request=request))
 
 
-trainer.cli._delete_earlier_runs_files = deleting_fails
+assert main([*argv, "--output_dir", "third", "--dataset_test_split", "test"]) == 0
+trainer.cli._delete_from_repo = deleting_fails
 stderr = io.StringIO()
 with contextlib.redirect_stderr(stderr):
-    print("STATUS", main([*argv, "--output_dir", "third"]), stderr.getvalue().strip().splitlines()[-1])
+    print("STATUS", main([*argv, "--output_dir", "fourth"]), stderr.getvalue().strip().splitlines()[-1])
 """
 
 
@@ -257,4 +258,5 @@ def test_a_push_deletes_an_earlier_runs_results_from_the_repo(hub_server, tmp_pa
     status = next(line for line in output if line.startswith("STATUS "))
     assert status == (f"STATUS 1 maple train: error: the model is pushed, but deleting an earlier run's files from the "
                       f"repo failed: model repo 'maple-org/pushed-twice' on {hub_server.url} could not be written: "
-                      "HTTP 503 from the server; delete them with `hf repos delete-files maple-org/pushed-twice FILE...`")
+                      "HTTP 503 from the server; delete them with `hf repos delete-files maple-org/pushed-twice eval_results.json "
+                      "all_results.json`")

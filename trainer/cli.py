@@ -332,13 +332,17 @@ def _train_and_save(
                                              f"{training_args.output_dir}: upload it with `hf upload`", status=1)
         if trainer.is_world_process_zero():
             try:
-                _delete_earlier_runs_files(trainer.hub_model_id, training_args)
+                stale = _earlier_runs_files(trainer.hub_model_id, training_args)
+                if stale:
+                    _delete_from_repo(trainer.hub_model_id, stale, training_args)
             except Exception as error:  # the model is pushed: only the clean-up failed
                 if (problem := hub_failure(error, trainer.hub_model_id, writing=True)) is None:
                     raise
+                revision = f" --revision {training_args.hub_revision}" if training_args.hub_revision else ""
                 return report_error(parser.prog, f"the model is pushed, but deleting an earlier run's files from the "
                                                  f"repo failed: {problem}; delete them with `hf repos delete-files "
-                                                 f"{trainer.hub_model_id} FILE...`", status=1)
+                                                 f"{trainer.hub_model_id}{revision} {' '.join(stale) or 'FILE...'}`",
+                                    status=1)
         return 0
     finally:
         trainer.end()  # destroys the process group of several processes while all are alive, as transformers advises
@@ -392,23 +396,31 @@ def preference_judge(location: str, config: str | None = None, token: str | None
 RESULTS_FILES = ("eval_results.json", "all_results.json")
 
 
-def _delete_earlier_runs_files(repo_id: str, training_args: RPAConfig) -> None:
-    """Delete from Hub repo `repo_id` the files a run writes beside its model that this run's push did not upload (not
-    in output_dir): an earlier run's results, LoRA state and card figures, which `Trainer.push_to_hub` (an upload, which
-    deletes nothing) left beside this run's model and card. One commit, made only when there is one to delete."""
-    from huggingface_hub import CommitOperationDelete, HfApi
+def _earlier_runs_files(repo_id: str, training_args: RPAConfig) -> list[str]:
+    """The files of Hub repo `repo_id` (at `--hub_revision`) that a run writes beside its model and this run's push did
+    not upload (not in output_dir): an earlier run's results, LoRA state and card figures, which `Trainer.push_to_hub`
+    (an upload, which deletes nothing) left beside this run's model and card."""
+    from huggingface_hub import HfApi
 
     from model_cards.cards import CURVES_FILE, GAP_HISTOGRAM_FILE
 
     from .rpa_trainer import PEFT_TRAINABLE_STATE
 
-    api = HfApi(token=training_args.hub_token)
-    pushed = set(api.list_repo_files(repo_id, revision=training_args.hub_revision))
-    stale = [name for name in (*RESULTS_FILES, PEFT_TRAINABLE_STATE, CURVES_FILE, GAP_HISTOGRAM_FILE)
-             if name in pushed and not Path(training_args.output_dir, name).exists()]
-    if stale:
-        api.create_commit(repo_id, [CommitOperationDelete(path_in_repo=name) for name in stale],
-                          commit_message="Remove an earlier run's files", revision=training_args.hub_revision)
+    pushed = set(HfApi(token=training_args.hub_token).list_repo_files(repo_id, revision=training_args.hub_revision))
+    return [name for name in (*RESULTS_FILES, PEFT_TRAINABLE_STATE, CURVES_FILE, GAP_HISTOGRAM_FILE)
+            if name in pushed and not Path(training_args.output_dir, name).exists()]
+
+
+def _delete_from_repo(repo_id: str, names: list[str], training_args: RPAConfig) -> None:
+    """Delete files `names` from Hub repo `repo_id` (at `--hub_revision`) in one commit."""
+    from huggingface_hub import CommitOperationDelete, HfApi
+
+    HfApi(token=training_args.hub_token).create_commit(
+        repo_id, [CommitOperationDelete(path_in_repo=name) for name in names],
+        commit_message="Remove an earlier run's files", revision=training_args.hub_revision,
+    )
+
+
 # where `--resume_from_checkpoint false` moves an earlier run's checkpoints, in output_dir; the leading "_" keeps it out
 # of `push_to_hub`'s uploads of output_dir (`Trainer` ignores "_*" and "checkpoint-*", at the top level only)
 EARLIER_RUN_FOLDER = "_earlier-run-{n}"

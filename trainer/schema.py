@@ -304,7 +304,7 @@ class UndecodableImageError(ValueError):
         self.split = split
 
     def __reduce__(self):  # pickled with its split: a data-loader or demo worker sends it to the main process
-        return type(self), (str(self), self.split)
+        return type(self), (str(self), self.split), self.__dict__
 
 
 @contextlib.contextmanager

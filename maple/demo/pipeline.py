@@ -672,8 +672,12 @@ def _finetune_all(config: DemoConfig, runs: list[tuple[str, int]]) -> None:
                         _raise_naming_the_run(future.result, method, seed)
                         progress.update()
             except BrokenProcessPool as error:  # from a run's future, or from `submit` once the pool knows
-                if error.__cause__ is not None:  # not a killed worker: a run's error that could not be read back
-                    raise
+                # a run's error that could not be read back (the futures' own error has it as its cause; `submit`'s,
+                # raised once the pool knows, has none), not a killed worker
+                unread = next((future.exception() for future in running if future.done()
+                               and isinstance(future.exception(), BrokenProcessPool) and future.exception().__cause__), None)
+                if error.__cause__ is not None or unread is not None:
+                    raise (unread or error) from (unread or error).__cause__
                 raise WorkerDiedError(_lost_runs(running, config.out)) from None
 
 
@@ -726,7 +730,8 @@ def _interrupts_kept_from_new_processes() -> Iterator[None]:
 
     The block is the calling thread's; another thread of this process (tqdm's monitor) can still take a Ctrl-C, which
     Python raises in the main thread at once, in the middle of starting a worker. So in the main thread the SIGINT
-    handler meanwhile only records it, and a KeyboardInterrupt is raised once the processes have started."""
+    handler meanwhile only records it, and replays it to the handler in place once the processes have started (a
+    KeyboardInterrupt by default, also over an error of the body)."""
     if not hasattr(signal, "pthread_sigmask"):  # Windows: no POSIX signal mask
         yield
         return
@@ -743,8 +748,8 @@ def _interrupts_kept_from_new_processes() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         if swap:
             signal.signal(signal.SIGINT, handler)
-    if received:
-        raise KeyboardInterrupt
+        if received:
+            signal.raise_signal(signal.SIGINT)
 
 
 def _end_workers(pool: ProcessPoolExecutor) -> None:
