@@ -924,15 +924,20 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         saved = self._read_from_another_rank(path, read=_read_json, what="SemDeDup results from rank 0")
         return saved["anchor_positions"], [SkippedInput(**item) for item in saved["near_duplicates"]]
 
+    def _check_semdedup_clusters(self, rows: int) -> None:
+        """A `SourceError` when SemDeDup's clusters cannot be drawn from `rows` rows (`check_semdedup_clusters`); nothing
+        to check without SemDeDup."""
+        if self.config.semdedup_clusters is not None:
+            try:
+                check_semdedup_clusters(self.config.semdedup_clusters, rows)
+            except ValueError as error:
+                raise SourceError(str(error)) from None
+
     def plan(self) -> BuildPlan:
         """Check the inputs, embed them and pick the anchors (each step checkpointed; memoised)."""
         if self._plan is None:
             self.check_ready()
-            if self.config.semdedup_clusters is not None:  # the source's rows bound the usable ones: before any is read
-                try:
-                    check_semdedup_clusters(self.config.semdedup_clusters, len(self._load_source()))
-                except ValueError as error:
-                    raise SourceError(str(error)) from None
+            self._check_semdedup_clusters(len(self._load_source()))  # the source's rows bound the usable ones
             self.check_work_dir()
             num_source_rows, valid_rows, skipped = self.check_inputs()
             if not valid_rows:
@@ -940,12 +945,11 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 example = f"; e.g. row {skipped[0].row}: {skipped[0].detail}" if skipped and skipped[0].detail else ""
                 self._give_up_work_dir()
                 raise SourceError(f"no usable input rows: all {num_source_rows} were skipped ({reasons}{example})")
-            if self.config.semdedup_clusters is not None:  # and the usable ones, before the costly embedding
-                try:
-                    check_semdedup_clusters(self.config.semdedup_clusters, len(valid_rows))
-                except ValueError as error:
-                    self._give_up_work_dir()
-                    raise SourceError(str(error)) from None
+            try:  # and the usable ones, before the costly embedding
+                self._check_semdedup_clusters(len(valid_rows))
+            except SourceError:
+                self._give_up_work_dir()
+                raise
             embeddings = self.embed_inputs(valid_rows)
             anchor_positions, deduplicated = self.select_anchors(valid_rows, embeddings)
             self._plan = BuildPlan(

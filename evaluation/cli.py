@@ -67,9 +67,9 @@ def _distinct_models(model_refs: list[str]) -> list[str]:
             distinct[identity] = model_ref
     by_folder: dict[str, str] = {}
     for model_ref in distinct.values():
-        if (other := by_folder.setdefault(_model_folder_name(model_ref), model_ref)) != model_ref:
+        if (other := by_folder.setdefault(folder := _model_folder_name(model_ref), model_ref)) != model_ref:
             raise ValueError(f"{other} and {model_ref} are two models whose results would share one folder, "
-                             f"{_model_folder_name(model_ref)}: evaluate them with two --out folders")
+                             f"{folder}: evaluate them with two --out folders")
     return list(distinct.values())
 
 
@@ -379,8 +379,8 @@ def evaluate_model(
     `image_processor_kwargs`, and written to `out/<model>/<benchmark>.json`; `loaded`: benchmarks read already, by name
     (the others are read here, before the model loads); `processor`: the model's, loaded already with those settings
     (`evaluation.models.load_processor`; None: loaded here), with `model_state`, the state of the model's files taken
-    before it loaded (`_model_state`; None: taken here, before the model loads). The folder is created only once the model has loaded, so a
-    model that fails to load leaves nothing behind. NaN or inf embeddings (a diverged model) are a
+    before it loaded (`_model_state`; None: taken here, before the model loads). The folder is created only once the
+    model has loaded, so a model that fails to load leaves nothing behind. NaN or inf embeddings (a diverged model) are a
     `NonFiniteEmbeddingsError` naming the model and the benchmark. Hub models and benchmarks are read with `token`
     (None: HF_TOKEN or the saved login)."""
     folder = out / _model_folder_name(model_ref)

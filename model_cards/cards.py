@@ -186,8 +186,8 @@ def base_model_license(base_model: str | None, token: str | None = None) -> dict
     metadata = _license_metadata(license)
     if metadata["license"] == "other" and details is not None:
         name, link = details.get("license_name"), details.get("license_link")
-        if isinstance(name, str) and _license_slug(name):
-            metadata["license_name"] = _license_slug(name)  # an id, as the Hub asks for one
+        if isinstance(name, str) and (name_id := _license_slug(name)):
+            metadata["license_name"] = name_id  # an id, as the Hub asks for one
         if isinstance(link, str) and link.strip():
             link = link.strip()
             link = link if "://" in link else files_at and files_at + link.removeprefix("./")

@@ -672,12 +672,12 @@ def _finetune_all(config: DemoConfig, runs: list[tuple[str, int]]) -> None:
                         _raise_naming_the_run(future.result, method, seed)
                         progress.update()
             except BrokenProcessPool as error:  # from a run's future, or from `submit` once the pool knows
-                # a run's error that could not be read back (the futures' own error has it as its cause; `submit`'s,
-                # raised once the pool knows, has none), not a killed worker
-                unread = next((future.exception() for future in running if future.done()
-                               and isinstance(future.exception(), BrokenProcessPool) and future.exception().__cause__), None)
-                if error.__cause__ is not None or unread is not None:
-                    raise (unread or error) from (unread or error).__cause__
+                # A run's error that could not be read back, not a killed worker, breaks the pool with that error as the
+                # cause of the futures' own error (`submit`'s, raised once the pool knows, has none): raised as it is
+                failures = [error, *(future.exception() for future in running if future.done())]
+                if (unread := next((failure for failure in failures if isinstance(failure, BrokenProcessPool)
+                                    and failure.__cause__ is not None), None)) is not None:
+                    raise unread
                 raise WorkerDiedError(_lost_runs(running, config.out)) from None
 
 
