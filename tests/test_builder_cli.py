@@ -382,23 +382,29 @@ def test_a_factory_module_in_the_current_directory_is_found(source_file, tmp_pat
     assert cli.main(argv) == 0, capsys.readouterr().err
 
 
+def _build_with_factory_miner(source_file, tmp_path, monkeypatch, factory: str, miner: str) -> int:
+    """`maple build-preferences` of corpus captions with `--miner MODULE:FACTORY`, the factory written to a module in
+    tmp_path that returns the `miner` expression (each test a module name of its own: sys.modules keeps another's)."""
+    module, name = factory.split(":")
+    (tmp_path / f"{module}.py").write_text(
+        f"import torch\nfrom dataset_builders.miner import HardNegativeMiner\n\ndef {name}():\n    return {miner}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", list(sys.path))  # the factory's folder, put on it, goes with the test
+    return cli.main([source_file, "--output-dir", str(tmp_path / "out"), *CORPUS_STAND_INS[:4], "--miner", factory,
+                     "--no-progress"])
+
+
 def test_an_embedding_size_that_changes_between_checkpointed_parts_is_a_one_line_error(source_file, tmp_path, monkeypatch,
                                                                                         capsys):
     """The miner checks the batches of one call; the builder embeds in parts of EMBEDDING_PART_ROWS rows, one call
     each, and a size that changed at a part's first batch was torch.cat's RuntimeError (found by a review)."""
     from dataset_builders import builder
 
-    (tmp_path / "growing_miners.py").write_text(  # a module name of its own: sys.modules keeps another test's
-        "import torch\nfrom dataset_builders.miner import HardNegativeMiner\n\n"
-        "def growing():\n    return HardNegativeMiner(lambda batch: torch.ones(len(batch), 4 + len(batch)), batch_size=3, "
-        "name='growing', search_device='cpu')\n"
-    )
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("sys.path", list(sys.path))  # the factory's folder, put on it, goes with the test
     monkeypatch.setattr(builder, "EMBEDDING_PART_ROWS", 3)  # parts of one batch: 7 rows make 3, 3 and 1
-    argv = [source_file, "--output-dir", str(tmp_path / "out"), *CORPUS_STAND_INS[:4], "--miner", "growing_miners:growing",
-            "--no-progress"]
-    assert cli.main(argv) == 2
+    miner = ("HardNegativeMiner(lambda batch: torch.ones(len(batch), 4 + len(batch)), batch_size=3, name='growing', "
+             "search_device='cpu')")
+    assert _build_with_factory_miner(source_file, tmp_path, monkeypatch, "growing_miners:growing", miner) == 2
     assert capsys.readouterr().err == (
         "maple build-preferences: error: --miner growing_miners:growing: the image encoder of miner 'growing' returned 7-d "
         "embeddings for source rows 0-2 and 5-d ones for source rows 6-6; expected one size for every image\n"
@@ -408,15 +414,8 @@ def test_an_embedding_size_that_changes_between_checkpointed_parts_is_a_one_line
 def test_a_factory_miner_whose_embeddings_have_another_shape_is_a_one_line_error(source_file, tmp_path, monkeypatch, capsys):
     """It was a traceback: the miner's ValueError for one embedding per batch, torch.cat's RuntimeError for a size that
     changed between batches (found by a review)."""
-    (tmp_path / "my_miners.py").write_text(
-        "import torch\nfrom dataset_builders.miner import HardNegativeMiner\n\n"
-        "def flat():\n    return HardNegativeMiner(lambda batch: torch.ones(len(batch)), name='flat', search_device='cpu')\n"
-    )
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("sys.path", list(sys.path))  # the factory's folder, put on it, goes with the test
-    argv = [source_file, "--output-dir", str(tmp_path / "out"), *CORPUS_STAND_INS[:4], "--miner", "my_miners:flat",
-            "--no-progress"]
-    assert cli.main(argv) == 2
+    miner = "HardNegativeMiner(lambda batch: torch.ones(len(batch)), name='flat', search_device='cpu')"
+    assert _build_with_factory_miner(source_file, tmp_path, monkeypatch, "my_miners:flat", miner) == 2
     assert capsys.readouterr().err == (
         "maple build-preferences: error: --miner my_miners:flat: the image encoder of miner 'flat' returned (7,) for "
         "images 0-6; expected a (7, D) tensor, one row per image\n"
