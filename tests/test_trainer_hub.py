@@ -67,12 +67,17 @@ def test_push_to_hub_uploads_a_loadable_merged_model_and_its_card(hub_server, tm
 
 
 TRAIN_WITH_CHECKPOINT_PUSHES = INPUTS + """
+import os
 import torch
 from modeling_maple.testing import build_tiny
 from trainer import RPAConfig, RPATrainer
 from trainer.testing import synthetic_preference_dataset
 
 model, processor = build_tiny("dual_encoder", seed=0)
+# what an earlier LoRA run, evaluated at its end, left in output_dir: not this run's model's
+os.makedirs("{output_dir}")
+for name in ("eval_results.json", "all_results.json", "trainable_state.safetensors"):
+    open(os.path.join("{output_dir}", name), "w").write("{{}}")
 args = RPAConfig(output_dir="{output_dir}", max_steps=1, per_device_train_batch_size=4, save_strategy="steps",
                  save_steps=1, report_to="none", push_to_hub=True, hub_model_id="{repo}", hub_strategy="every_save")
 trainer = RPATrainer(model, args=args, train_dataset=synthetic_preference_dataset(4), processing_class=processor)
@@ -86,7 +91,9 @@ torch.save({{"text": text, "image": image}}, "{expected}")
 def test_checkpoints_pushed_during_training_load_without_the_package(hub_server, tmp_path):
     paths = {"repo": "maple-org/rpa-tiny-checkpoints", "output_dir": tmp_path / "run", "expected": tmp_path / "expected.pt"}
     run_client(hub_server, tmp_path, TRAIN_WITH_CHECKPOINT_PUSHES.format(**paths))
-    assert {"config.json", "modeling_maple.py", "configuration_maple.py"} <= set(hub_server.files(paths["repo"]))
+    pushed = set(hub_server.files(paths["repo"]))
+    assert {"config.json", "modeling_maple.py", "configuration_maple.py"} <= pushed
+    assert not {"eval_results.json", "all_results.json", "trainable_state.safetensors"} & pushed  # an earlier run's
     # the card pushed with a checkpoint names the data and the judge (it said "not recorded" for both before), and has
     # the run's tags
     card = hub_server.files(paths["repo"])["README.md"].decode()

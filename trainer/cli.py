@@ -276,6 +276,7 @@ def _train_and_save(
     save or push, or when the refusal stops the run. Not on an error of one process in training (an undecodable
     image of its own batch): its peers wait in a collective, and destroying the group then can hang under NCCL;
     the launcher tears the job down instead."""
+    from .rpa_trainer import RESULTS_FILES
     from .schema import UndecodableImageError
 
     if training_args.push_to_hub and training_args.hub_private_repo:
@@ -392,10 +393,6 @@ def preference_judge(location: str, config: str | None = None, token: str | None
     return judge if isinstance(judge, str) else None
 
 
-# What `Trainer.save_metrics("eval", ...)` writes into output_dir: the final evaluation of the model saved there
-RESULTS_FILES = ("eval_results.json", "all_results.json")
-
-
 def _earlier_runs_files(repo_id: str, training_args: RPAConfig) -> list[str]:
     """The files of Hub repo `repo_id` (at `--hub_revision`) that a run writes beside its model and this run's push did
     not upload (not in output_dir): an earlier run's results, LoRA state and card figures, which `Trainer.push_to_hub`
@@ -404,7 +401,7 @@ def _earlier_runs_files(repo_id: str, training_args: RPAConfig) -> list[str]:
 
     from model_cards.cards import CURVES_FILE, GAP_HISTOGRAM_FILE
 
-    from .rpa_trainer import PEFT_TRAINABLE_STATE
+    from .rpa_trainer import PEFT_TRAINABLE_STATE, RESULTS_FILES
 
     pushed = set(HfApi(token=training_args.hub_token).list_repo_files(repo_id, revision=training_args.hub_revision))
     return [name for name in (*RESULTS_FILES, PEFT_TRAINABLE_STATE, CURVES_FILE, GAP_HISTOGRAM_FILE)

@@ -23,7 +23,7 @@ from peft import PeftConfig, PeftModel
 from PIL import Image
 from torch import Tensor, nn
 from transformers import EvalPrediction, ProcessorMixin, TrainerCallback
-from transformers.trainer_utils import EvalLoopOutput
+from transformers.trainer_utils import EvalLoopOutput, HubStrategy
 from transformers.utils import logging
 from trl import DPOTrainer
 from trl.trainer.base_trainer import _BaseTrainer
@@ -70,6 +70,8 @@ Quadruple = tuple[Image.Image, Image.Image, str, str]
 LOG_SCALES = ("logit_scale", "preference_logit_scale")
 # Under PEFT, the trainable state (adapters and the learnable scales) of a checkpoint, for resuming.
 PEFT_TRAINABLE_STATE = "trainable_state.safetensors"
+# What `Trainer.save_metrics("eval", ...)` writes into output_dir: the final evaluation of the model saved there
+RESULTS_FILES = ("eval_results.json", "all_results.json")
 
 
 class RPATrainer(DPOTrainer):
@@ -664,10 +666,22 @@ class RPATrainer(DPOTrainer):
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         # `Trainer` pushes `output_dir` after copying the checkpoint's weights and config.json into it, but not the
         # remote code that config.json's `auto_map` names: without it the pushed repo loads only with this package.
-        if self.is_world_process_zero():
+        # Nor does it touch what else output_dir holds of the model saved there before, which would be uploaded beside
+        # this run's weights: that model's results, and a PEFT run's trainable state (this checkpoint's goes instead).
+        if self.is_world_process_zero() and self.args.hub_strategy != HubStrategy.END:
+            output_dir = self.args.output_dir
             for name in os.listdir(checkpoint_folder):
                 if name.endswith(".py"):
-                    shutil.copy(os.path.join(checkpoint_folder, name), os.path.join(self.args.output_dir, name))
+                    shutil.copy(os.path.join(checkpoint_folder, name), os.path.join(output_dir, name))
+            for name in RESULTS_FILES:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(output_dir, name))
+            trainable_state = os.path.join(checkpoint_folder, PEFT_TRAINABLE_STATE)
+            if os.path.isfile(trainable_state):
+                shutil.copy(trainable_state, os.path.join(output_dir, PEFT_TRAINABLE_STATE))
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(output_dir, PEFT_TRAINABLE_STATE))
         super()._push_from_checkpoint(checkpoint_folder)
 
     def create_model_card(
