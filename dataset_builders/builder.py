@@ -54,7 +54,15 @@ import torch
 from tqdm.auto import tqdm
 
 from evaluation.retrieval import check_finite_embeddings
-from maple.files import atomic_write, atomic_write_json, changed_entries, files_by_split, folder_problem, shard_split
+from maple.files import (
+    atomic_write,
+    atomic_write_json,
+    changed_entries,
+    expanded_path,
+    files_by_split,
+    folder_problem,
+    shard_split,
+)
 from maple.hub import is_hub_id, local_path_name, names_a_file
 from trainer.schema import PREFERENCE_FEATURES
 
@@ -345,7 +353,7 @@ def _published_source(source: str | None, read_from_local_files: bool) -> str | 
     deleted once built can no longer show; a label of a `source_dataset` is local by what is there or by its form."""
     if source is None or source == IN_MEMORY_SOURCE:
         return source
-    path = Path(source).expanduser()
+    path = expanded_path(source)
     if read_from_local_files or path.exists() or not is_hub_id(source) or names_a_file(source):
         return f"local files ({path.resolve().name})"
     return source
@@ -697,7 +705,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
 
     def _local_source(self) -> Path | None:
         """The source's file or folder, when it is one on this machine."""
-        path = None if self.source_dataset is not None else Path(self.config.source).expanduser()
+        path = None if self.source_dataset is not None else expanded_path(self.config.source)
         return path if path is not None and path.exists() else None
 
     def _load_source(self) -> datasets.Dataset:

@@ -16,7 +16,7 @@ import datasets
 import PIL.Image
 from datasets.exceptions import DatasetGenerationError
 
-from maple.files import holds_relative_image_paths, located_image, stored_images
+from maple.files import expanded_path, holds_relative_image_paths, located_image, stored_images
 from maple.hub import names_a_file
 
 if TYPE_CHECKING:
@@ -105,11 +105,11 @@ def check_outside_source(source: str | None, **folders: str | os.PathLike | None
     """Raise `SourceError` when one of `folders` (by option name) lies inside `source`, a local folder: `datasets`
     would read the build's own cache and shards there as source data at the next start (and the source fingerprint
     would change, so the build could never resume)."""
-    if source is None or not Path(source).expanduser().is_dir():
+    if source is None or not expanded_path(source).is_dir():
         return
-    source_path = Path(source).expanduser().resolve()
+    source_path = expanded_path(source).resolve()
     for name, folder in folders.items():
-        if folder is not None and Path(folder).expanduser().resolve().is_relative_to(source_path):
+        if folder is not None and expanded_path(folder).resolve().is_relative_to(source_path):
             raise SourceError(
                 f"{name} {folder} is inside the source folder {source}: the build would read its own files as source "
                 "data; put it outside"
@@ -194,7 +194,7 @@ def _holds_strings(feature: Any) -> bool:
 
 def _local_folder(source: str | None) -> str | None:
     """The absolute folder of a local source (a parquet file's own folder), None for a Hub one."""
-    if source is None or not (path := Path(source).expanduser()).exists():
+    if source is None or not (path := expanded_path(source)).exists():
         return None
     return str((path if path.is_dir() else path.parent).resolve())
 
@@ -210,7 +210,7 @@ def load_source(
     `data/train-*.parquet` and `data/test-*.parquet` are two splits; files whose names name no split
     are all "train"). A split the source lacks is a `SourceError` naming the source and the splits
     it has. `split` may slice or join splits as `datasets` does ("train[:1000]", "train+test")."""
-    path = Path(source).expanduser()
+    path = expanded_path(source)
     # A path that can only be local (a Hub id is "name" or "org/name") is not sent to the Hub when missing.
     if not path.exists() and (names_a_file(source) or source.startswith((".", "/", "~")) or source.count("/") > 1):
         raise SourceError(f"source {source}: no such file or folder (a Hub dataset id is 'name' or 'org/name')")

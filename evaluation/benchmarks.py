@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
+from maple.files import expanded_path, files_by_split, stored_images
+
 from .lazy import LazySequence
 
 
@@ -101,12 +103,10 @@ class LazyImages(LazySequence):
 
     def image_files(self) -> list[Path]:
         """The local files of the images kept as paths (no bytes), as `datasets` opens them: from the working folder."""
-        return [Path(path).expanduser() for raw, path in self._stored() if raw is None and "://" not in path]
+        return [expanded_path(path) for raw, path in self._stored() if raw is None and "://" not in path]
 
     def _stored(self) -> Iterator[tuple[bytes | None, str | None]]:
         """(bytes, path) of every image as the column stores it."""
-        from maple.files import stored_images
-
         return stored_images(self._rows, self._column)
 
     def place(self, row: int) -> str:
@@ -137,7 +137,7 @@ def _check_image_files(rows: Any, column: str, locate: RowLocator) -> None:
             if path is None:
                 raise BenchmarkFormatError(f"{locate(start + row)}, column {column!r}: no image (neither bytes nor a file path)")
             # datasets opens a local path as given (relative to the working folder); a URL is fetched when decoded
-            if "://" not in path and not Path(path).expanduser().is_file():
+            if "://" not in path and not expanded_path(path).is_file():
                 raise BenchmarkFormatError(f"{locate(start + row)}, column {column!r}: image file is missing: {path}")
         start += len(chunk)
 
@@ -149,7 +149,7 @@ def content_digest(data: bytes) -> bytes:
 
 def file_key(path: str | os.PathLike) -> tuple[str, bytes]:
     """A key equal for files of equal bytes (`LazyImages.content_keys`, `evaluation.protocols`)."""
-    return ("bytes", content_digest(Path(path).expanduser().read_bytes()))
+    return ("bytes", content_digest(expanded_path(path).read_bytes()))
 
 
 def benchmark_image_files(benchmark: RetrievalBenchmark | QuadrupleBenchmark) -> list[Path]:
@@ -230,7 +230,7 @@ def _read_table(source: str, spec: BenchmarkSpec, token: str | None) -> tuple[An
 
     from datasets.exceptions import DatasetGenerationError
 
-    path = Path(source).expanduser()
+    path = expanded_path(source)
     if path.is_file() or path.is_dir():
         files = [path] if path.is_file() else _split_files(path, spec)
         try:
@@ -274,8 +274,6 @@ def _split_files(folder: Path, spec: BenchmarkSpec) -> list[Path]:
     a snapshot of a Hub repo holds every split, and the Hub read takes the benchmark's alone. Files that name no split,
     or one, are all read. A `BenchmarkFormatError` for a folder without parquet files, or whose splits lack the
     benchmark's."""
-    from maple.files import files_by_split
-
     files = sorted(folder.rglob("*.parquet"))
     if not files:
         raise BenchmarkFormatError(f"{folder}: no parquet files for benchmark {spec.name!r}")
@@ -361,7 +359,7 @@ class _IndexedQuadruples(LazySequence):
 def _hub_folder(source: str, allow_patterns: list[str], token: str | None, *, layout: str) -> Path:
     """A local folder for `source`: itself if it is one, else a snapshot of the Hub dataset repo, read with `token`.
     A local file is refused, naming the folder `layout` the benchmark needs (as a Hub id it would be a traceback)."""
-    path = Path(source).expanduser()
+    path = expanded_path(source)
     if path.is_dir():
         return path
     if path.exists():
@@ -413,7 +411,7 @@ def _naturalbench_folder(folder: Path) -> Path:
 def _load_naturalbench(source: str, spec: BenchmarkSpec, token: str | None) -> QuadrupleBenchmark:
     """NaturalBench-Retrieval: `metadata.json` (a list of {index, image_0, image_1, caption_0,
     caption_1}) and `images/`, as in the zip of the Hub repo; parquet in the same columns also works."""
-    path = Path(source).expanduser()
+    path = expanded_path(source)
     # A snapshot of the Hub repo holds the VQA benchmark's parquet files beside the retrieval archive: the native
     # layout wins wherever it is present.
     native = ("metadata.json", "NaturalBench-Retrieval/metadata.json", NATURALBENCH_ARCHIVE)
@@ -540,7 +538,7 @@ def check_source(name: str, source: str) -> None:
 
     if not source.strip():  # Path("") is the current folder
         raise BenchmarkSourceError(f"benchmark {name!r}: the source is empty; expected a path or a Hub dataset id")
-    if not Path(source).expanduser().exists() and (not is_hub_id(source) or names_a_file(source)):
+    if not expanded_path(source).exists() and (not is_hub_id(source) or names_a_file(source)):
         raise BenchmarkSourceError(f"benchmark {name!r}: no such file or folder: {source}")
 
 

@@ -34,7 +34,7 @@ from maple.cli import (
     positive,
     report_error,
 )
-from maple.files import atomic_write_json, atomic_write_text, folder_problem
+from maple.files import atomic_write_json, atomic_write_text, expanded_path, folder_problem
 
 from .benchmarks import BENCHMARKS, QuadrupleBenchmark, RetrievalBenchmark, benchmark_image_files, load_benchmark
 from .metric_names import QUADRUPLE_SCORES, RETRIEVAL_METRICS
@@ -48,7 +48,7 @@ def _model_folder_name(model_ref: str) -> str:
     and the absolute path with `--` for `/` for a local folder, so that `.`, `..`, or a folder `/x/y` beside a Hub
     id `x/y`, name folders of their own inside OUT. Two paths may share one (`/x/a b`, `/x/a--b` and `/x/a/b`): their
     results' fingerprints tell them apart, and `_distinct_models` refuses them side by side."""
-    path = Path(model_ref).expanduser()
+    path = expanded_path(model_ref)
     if path.exists():
         return "local--" + re.sub(r"[^\w.-]+", "--", str(path.resolve()).strip("/"))
     return re.sub(r"[^\w.-]+", "--", model_ref.strip("/")).strip(".") or "model"
@@ -145,7 +145,7 @@ def _files_state(path: Path, *, recursive: bool, skip: Path | None = None) -> di
         files = [path]
     else:
         files = sorted(file for file in (path.rglob("*") if recursive else path.iterdir()) if file.is_file())
-        skip = skip.expanduser().resolve() if skip is not None else None
+        skip = expanded_path(skip).resolve() if skip is not None else None
         if skip is not None and skip != path.resolve() and skip.is_relative_to(path.resolve()):
             files = [file for file in files if not file.resolve().is_relative_to(skip)]
     return _file_states({file.name if file == path else str(file.relative_to(path)): file for file in files})
@@ -165,7 +165,7 @@ def _model_state(model_ref: str, revision: str | None = None, token: str | None 
 
     from .models import ADAPTER_CONFIG_FILE, ModelLoadError, hub_checkpoint_config_file
 
-    folder = Path(model_ref).expanduser()
+    folder = expanded_path(model_ref)
     if folder.is_dir():
         files = {
             name: file for name, file in _files_state(folder, recursive=False).items()
@@ -215,7 +215,7 @@ def _run_fingerprint(
     benchmark read from a local source: a table names them from the working folder), and the version of the
     evaluation protocol. Not the batch size nor the device, which change a score by floating-point rounding at most."""
     source = source or BENCHMARKS[benchmark].hub_id
-    source_path = Path(source).expanduser()
+    source_path = expanded_path(source)
     source_files = image_files = None
     if source_path.exists():
         source, source_files = str(source_path.resolve()), _files_state(source_path, recursive=True, skip=out)
@@ -232,7 +232,7 @@ def _run_fingerprint(
 def _model_identity(model_ref: str) -> str:
     """A model reference as a fingerprint holds it: a local folder by its absolute path (`./m`, `m/` and `/abs/m` are
     one folder, whose results share one result folder, `_model_folder_name`), a Hub id as written."""
-    path = Path(model_ref).expanduser()
+    path = expanded_path(model_ref)
     return str(path.resolve()) if path.exists() else model_ref
 
 
@@ -613,11 +613,11 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         model_refs = _distinct_models([args.model, *args.compare])
     except ValueError as error:
         exit_with_error(parser, str(error))
-    if args.push_to_hub and Path(args.model).expanduser().exists():
+    if args.push_to_hub and expanded_path(args.model).exists():
         exit_with_error(parser, f"--push-to-hub writes into the card of MODEL's Hub repo, but {args.model} is a local folder: push the checkpoint first and evaluate it by repo id")
     # The card's model-index would label local copies as the official benchmarks, and a copy may be a subset.
     local_sources = [f"{name}={source}" for name, source in sorted(evaluated_sources.items())
-                     if Path(source).expanduser().exists()]
+                     if expanded_path(source).exists()]
     if args.push_to_hub and local_sources:
         exit_with_error(parser, f"--push-to-hub publishes results under the benchmarks' Hub datasets, but "
                              f"{', '.join(local_sources)} is a local copy: evaluate from the Hub (the default source, or "
@@ -639,7 +639,7 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         for model_ref in model_refs:
             check_model_ref(model_ref)
         # local sources first (cheap, offline): a stored result counts the image files they name outside themselves
-        local = [name for name in args.benchmarks if Path(sources.get(name) or BENCHMARKS[name].hub_id).expanduser().exists()]
+        local = [name for name in args.benchmarks if expanded_path(sources.get(name) or BENCHMARKS[name].hub_id).exists()]
         loaded = _load_benchmarks(local, sources, args.token)
         stored = {model_ref: stored_results(model_ref, args.benchmarks, sources, args.out, args.dtype, args.token,
                                             image_processor_kwargs, loaded)

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from maple.files import expanded_path
 from maple.hub import hub_failure, hub_repo, is_hub_id, local_typo_hint
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ ADAPTER_CONFIG_FILE = "adapter_config.json"  # a PEFT (LoRA) adapter over a base
 def check_model_ref(model_ref: str) -> None:
     """Raise `ModelLoadError` when `model_ref` can only be a local folder and is not one: a check
     that costs nothing, so a command can make it for every model before loading the first."""
-    path = Path(model_ref).expanduser()
+    path = expanded_path(model_ref)
     if path.exists() and not path.is_dir():
         raise ModelLoadError(f"{model_ref} is a file; expected a checkpoint folder or a Hub repo id")
     if not path.exists() and not is_hub_id(model_ref):
@@ -92,7 +93,7 @@ def checkpoint_config_file(model_ref: str, revision: str | None = None, token: s
     neither file (a folder of images, say), or cannot be read. Reads no weights; a Hub repo with `token` (None: HF_TOKEN
     or the saved login)."""
     check_model_ref(model_ref)
-    folder = Path(model_ref).expanduser()
+    folder = expanded_path(model_ref)
     return _local_checkpoint_config_file(folder) if folder.is_dir() else hub_checkpoint_config_file(model_ref, revision, token)
 
 

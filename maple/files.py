@@ -27,6 +27,13 @@ def changed_entries(saved: Any, current: Any, name: str = "") -> list[tuple[str,
     return [] if saved == current else [(name, saved, current)]
 
 
+def expanded_path(path: str | os.PathLike) -> Path:
+    """`path` with a leading `~` or `~user` expanded as the shell and `os.path.expanduser` expand it: one that names
+    no home folder (`~nosuchuser/x`) is left as written, so that a check reports it as any other missing path, where
+    `Path.expanduser` raises a RuntimeError."""
+    return Path(os.path.expanduser(path))
+
+
 def located(path: str | None, folder: str | os.PathLike | None) -> str | None:
     """A file path read from a data table: as written, unless it is relative and names no file from the current
     folder but does from `folder` (the table's own folder), then that one. Tables of image paths are written relative
@@ -41,7 +48,7 @@ def folder_problem(path: str | os.PathLike, name: str) -> str | None:
     """Why `path` can be no folder, as one sentence that begins with `name` (the flag or argument that gave it); None
     when it is a folder or can be made one. A file there, or above it, would otherwise stop a long job with a
     NotADirectoryError or FileExistsError traceback when it first writes."""
-    path = Path(path).expanduser()
+    path = expanded_path(path)
     # the first that exists, or is a link (a broken one does not exist, and mkdir then raises FileExistsError)
     existing = next(folder for folder in (path, *path.absolute().parents) if folder.exists() or folder.is_symlink())
     if existing.is_dir():

@@ -18,6 +18,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from .files import expanded_path
+
 
 # A reference whose name ends so is a file, never a Hub id: a missing one is reported as missing, not looked up on the
 # Hub (as the dataset id `test_sets/nope.parquet`).
@@ -34,7 +36,7 @@ def local_path_name(ref: str) -> str | None:
     starting with '.' or '~'), else None: a Hub id, a class name or a description. Cards pushed to the Hub name a local
     model or dataset by this name only: its path means nothing there and may say more about the machine (a home
     folder, a user name) than its owner means to publish."""
-    path = Path(ref).expanduser()
+    path = expanded_path(ref)
     if not (path.is_absolute() or ref.startswith((".", "~")) or path.exists()):
         return None
     # the name as written, not a link's target (a Hub cache snapshot's files link to blobs named by their hash); a
@@ -236,7 +238,7 @@ def dataset_read_problem(error: BaseException, source: str, token: str | bool | 
     """Why reading the dataset `source` failed, in one line: for a Hub id (no local path of that name) whose read
     raised an OSError, what the Hub answered (`hub_read_failure`: `datasets` raises a repo not found, or an offline
     Hub, without its answer); else the error's own text."""
-    if isinstance(error, OSError) and not Path(source).expanduser().exists():
+    if isinstance(error, OSError) and not expanded_path(source).exists():
         if (answer := hub_read_failure(error, source, repo_type="dataset", token=token)) is not None:
             return answer
     return " ".join(str(error).split())

@@ -21,6 +21,7 @@ from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard,
 from dataset_builders.interfaces import renamed_members
 from evaluation.metric_names import QUADRUPLE_SCORES, RETRIEVAL_METRICS
 from maple import PAPER_CITATION
+from maple.files import expanded_path
 from maple.hub import local_path_name, validate_card
 from modeling_maple.configuration_maple import mllm_family
 
@@ -426,7 +427,7 @@ def _shown_reference(reference: str | None, output_dir: Path, repo_id: str | Non
         return reference
     if repo_id:
         return name
-    path = Path(reference).expanduser()
+    path = expanded_path(reference)
     return os.path.relpath(path.resolve(), output_dir.resolve()) if path.exists() else reference
 
 

@@ -282,6 +282,8 @@ def test_unreadable_sources_are_one_line_errors_before_any_model_loads(source_fi
 
     assert "missing.parquet: no such file or folder" in error_of(str(tmp_path / "missing.parquet"))
     assert "source ./nofolder: no such file or folder" in error_of("./nofolder")
+    # a home folder of no user, left as typed as a shell leaves it (a RuntimeError traceback from Path.expanduser)
+    assert "source ~nosuchuser/data: no such file or folder" in error_of("~nosuchuser/data")
     assert "has no split 'test'; its splits are ['train']" in error_of(source_file, "--source-split", "test")
     assert "lacks column(s) ['missing']" in error_of(source_file, "--caption-column", "missing")
     (tmp_path / "source.csv").write_text("image,caption\n")
@@ -301,6 +303,7 @@ def test_models_that_cannot_be_found_or_loaded_are_one_line_errors(source_file, 
         return error
 
     assert "--judge ./nojudge: no such folder: ./nojudge" in error_of("--judge", "./nojudge")
+    assert "--judge ~nosuchuser/judge: no such folder: ~nosuchuser/judge" in error_of("--judge", "~nosuchuser/judge")
     assert "--captioner dataset_builders.testing:NoSuch: module 'dataset_builders.testing' has no attribute 'NoSuch'" in \
         error_of("--captioner", "dataset_builders.testing:NoSuch")
     assert "--judge no_such_module:factory: No module named 'no_such_module'" in error_of("--judge", "no_such_module:factory")

@@ -889,7 +889,7 @@ def test_a_different_run_is_refused_naming_each_changed_value_with_both_values(t
         claim_output_folder(DemoConfig(out=tmp_path, seeds=(0,)))
 
 
-def test_unusable_output_folders_are_refused_in_one_line(tmp_path, capsys):
+def test_unusable_output_folders_are_refused_in_one_line(tmp_path, monkeypatch, capsys):
     (tmp_path / "a-file").write_text("x")
     (tmp_path / "listed").mkdir()
     (tmp_path / "listed" / "run.json").write_text("[1, 2]")
@@ -906,6 +906,12 @@ def test_unusable_output_folders_are_refused_in_one_line(tmp_path, capsys):
         with pytest.raises(SystemExit):
             main(["--out", str(tmp_path / out), *QUICK])
         assert message in capsys.readouterr().err
+    # a home folder of no user is a folder here, as a shell leaves it (a RuntimeError traceback from Path.expanduser)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "~nosuchuser").write_text("x")
+    with pytest.raises(SystemExit):
+        main(["--out", "~nosuchuser/sub", *QUICK])
+    assert f"--out ~nosuchuser/sub is inside {tmp_path / '~nosuchuser'}, a file" in capsys.readouterr().err
 
 
 def test_a_foreign_folder_is_refused(tmp_path, capsys):
@@ -961,6 +967,7 @@ def test_no_progress_hides_the_tokenizer_trainer_s_bars(capfd):
         (["--seeds=-1,2"], "seeds must lie in [0, 2**32)"),
         (["--judge-noise", "nan"], "judge_noise is a standard deviation and must be finite"),
         (["--judge", "/no/such/judge"], "--judge /no/such/judge: no such folder: /no/such/judge"),
+        (["--judge", "~nosuchuser/judge"], "--judge ~nosuchuser/judge: no such folder: ~nosuchuser/judge"),
         # offline, worded as every command words it ("not a judge that can be loaded (OSError: ...)" before)
         (["--judge", "maple-org/not-cached"], "--judge maple-org/not-cached: model repo 'maple-org/not-cached' on "),
     ],

@@ -412,7 +412,8 @@ def test_cli_rejects_a_batch_size_below_one(tmp_path, capsys, size):
     assert error.startswith("usage: maple eval ") and error.endswith(f"\nmaple eval: error: argument --batch-size: must be a finite number above zero, got {size}\n")
 
 
-@pytest.mark.parametrize("missing", ["./no_such_checkpoint", "{tmp_path}/models/no_such_checkpoint"])
+# `~nosuchuser`, a home folder of no user, was a RuntimeError traceback (Path.expanduser); a shell leaves it as typed
+@pytest.mark.parametrize("missing", ["./no_such_checkpoint", "{tmp_path}/models/no_such_checkpoint", "~nosuchuser/checkpoint"])
 def test_cli_reports_a_missing_model_folder_before_loading_any_model(tiny, benchmark_sources, tmp_path, monkeypatch, capsys, missing):
     _, _, (first, _) = tiny
     monkeypatch.chdir(tmp_path)
@@ -565,6 +566,8 @@ def test_cli_reports_a_missing_or_unreachable_benchmark_source(tiny, tmp_path, c
     out = tmp_path / "eval"
     assert main([str(first), "--benchmarks", "coco", "--source", f"coco={tmp_path / 'coco.parquet'}", "--out", str(out)]) == 2
     assert capsys.readouterr().err == f"maple eval: error: benchmark 'coco': no such file or folder: {tmp_path / 'coco.parquet'}\n"
+    assert main([str(first), "--benchmarks", "coco", "--source", "coco=~nosuchuser/coco.parquet", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == "maple eval: error: benchmark 'coco': no such file or folder: ~nosuchuser/coco.parquet\n"
     assert not out.exists()
     assert main([str(first), "--benchmarks", "coco", "--out", str(out)]) == 2  # offline: the official source is not cached
     error = capsys.readouterr().err

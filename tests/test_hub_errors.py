@@ -469,3 +469,5 @@ def test_a_local_path_is_published_by_the_name_it_was_given(tmp_path, monkeypatc
     # another user's home folder (~root, or /root under sudo) is named by no user name either
     assert local_path_name("~root") == "~" and local_path_name(os.path.expanduser("~root")) == "~"
     assert local_path_name(os.path.expanduser("~root") + "/judge") == "judge"
+    # a home folder of no user is a folder of that name here, as a shell reads it (a RuntimeError from Path.expanduser)
+    assert local_path_name("~nosuchuser/judge") == "judge"

@@ -4,11 +4,12 @@
 import json
 import os
 import threading
+from pathlib import Path
 
 import pytest
 
 from maple import cli
-from maple.files import atomic_write, atomic_write_json, atomic_write_text, folder_problem
+from maple.files import atomic_write, atomic_write_json, atomic_write_text, expanded_path, folder_problem
 
 
 def test_help_lists_every_command_with_its_purpose(capsys):
@@ -87,6 +88,18 @@ def test_folder_problem_names_a_file_at_or_above_the_folder(tmp_path):
     assert folder_problem(tmp_path / "results.json" / "run", "work_dir") == (
         f"work_dir {tmp_path / 'results.json' / 'run'} is inside {tmp_path / 'results.json'}, a file; "
         "expected a folder (created if missing)")
+
+
+def test_a_home_folder_of_no_user_is_left_as_written(tmp_path, monkeypatch):
+    """`Path.expanduser` raised RuntimeError ("Could not determine home directory") for `~nosuchuser/x`, a traceback
+    from every command given such a path; the shell and `os.path.expanduser` leave it as written."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert expanded_path("~/runs") == tmp_path / "runs" and expanded_path(Path("~")) == tmp_path
+    assert expanded_path("~nosuchuser/runs") == Path("~nosuchuser/runs")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "~nosuchuser").write_text("")
+    assert folder_problem("~nosuchuser/runs", "--out") == (
+        f"--out ~nosuchuser/runs is inside {tmp_path / '~nosuchuser'}, a file; expected a folder (created if missing)")
 
 
 def test_atomic_write_syncs_a_temporary_file_of_its_own_beside_the_target_before_replacing_it(tmp_path, monkeypatch):

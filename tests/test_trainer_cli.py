@@ -320,6 +320,18 @@ def test_an_output_dir_that_is_a_file_is_reported_before_any_model_loads(tmp_pat
     assert capsys.readouterr().err == f"maple train: error: --output_dir {output_dir} {where}; expected a folder (created if missing)\n"
 
 
+def test_an_output_dir_in_a_home_folder_of_no_user_is_checked_as_written(tmp_path, monkeypatch, capsys):
+    """`~nosuchuser/run` was a RuntimeError traceback (Path.expanduser); a shell leaves it as typed, a folder here."""
+    monkeypatch.setattr("trainer.cli.load_model_and_processor", lambda *args: pytest.fail("the model was loaded"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "~nosuchuser").write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--tiny", "dual_encoder", "--dataset_name", str(tmp_path), "--output_dir", "~nosuchuser/run"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (f"maple train: error: --output_dir ~nosuchuser/run is inside {tmp_path / '~nosuchuser'}, "
+                                       "a file; expected a folder (created if missing)\n")
+
+
 def test_an_unreadable_dataset_is_reported_in_one_line_before_any_model_loads(tmp_path, monkeypatch, capsys):
     """An empty save_to_disk folder was an IndexError traceback, a truncated parquet file an ArrowInvalid one."""
     monkeypatch.setattr("trainer.cli.load_model_and_processor", lambda *args: pytest.fail("the model was loaded"))

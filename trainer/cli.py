@@ -29,7 +29,7 @@ from datasets.exceptions import DatasetGenerationError
 from trl import TrlParser
 
 from maple.cli import exit_with_error, image_settings, report_error
-from maple.files import folder_problem, holds_relative_image_paths, located, located_image
+from maple.files import expanded_path, folder_problem, holds_relative_image_paths, located, located_image
 from maple.hub import check_private, dataset_read_problem, hub_failure, is_hub_id, local_typo_hint
 from modeling_maple.configuration_maple import BACKBONES, MLLM_FAMILIES
 from modeling_maple.lora import LORA_ALPHA, LORA_DROPOUT, LORA_RANK
@@ -371,7 +371,7 @@ def preference_judge(location: str, config: str | None = None, token: str | None
     stats.json, beside the shards in a local work dir (`--dataset_name OUT/work/shards`), or in a Hub repo it pushed
     `stats/<config>/stats.json` (without `config`, the repo's only one), read with `token` (None: HF_TOKEN or the saved
     login); None where there is none (or, offline, none cached)."""
-    path = Path(location).expanduser()
+    path = expanded_path(location)
     if path.exists():
         folder = path if path.is_dir() else path.parent
         found = [candidate for candidate in (folder / "stats.json", folder.parent / "stats.json") if candidate.is_file()]

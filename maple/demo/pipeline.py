@@ -43,7 +43,7 @@ import datasets
 import torch
 from tqdm.auto import tqdm
 
-from ..files import atomic_write, atomic_write_json, atomic_write_text, changed_entries, folder_problem
+from ..files import atomic_write, atomic_write_json, atomic_write_text, changed_entries, expanded_path, folder_problem
 from ..hub import hub_failure, repo_id_problem
 from . import BACKBONES, MINERS  # the choices of `maple demo`, where its --help reads them without torch
 from .report import results_markdown, write_report
@@ -152,7 +152,7 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         # "~/x" as typed in `--out=~/x`, which the shell leaves alone: every writer must see the folder the checks see
-        object.__setattr__(self, "out", Path(self.out).expanduser())
+        object.__setattr__(self, "out", expanded_path(self.out))
         problems = []
         if self.backbone not in BACKBONES:
             problems.append(f"unknown backbone {self.backbone!r}: expected one of {', '.join(BACKBONES)}")
