@@ -44,6 +44,9 @@ SIZE_DEPENDENT_MLLMS = (*QWEN_VL_MLLMS, *PIXTRAL_MLLMS)
 # What a dual encoder's image processor returns that its vision tower takes: the pixels, and for a NaFlex tower
 # (SigLIP2) the mask of each image's real patches and its patch grid.
 DUAL_ENCODER_IMAGE_INPUTS = ("pixel_values", "pixel_attention_mask", "spatial_shapes")
+# Text towers that pool their last position (SigLIP's): every text must be padded to one length, or its embedding
+# would depend on the longest text of its batch.
+LAST_POSITION_TEXT_TOWERS = ("siglip_text_model", "siglip2_text_model")
 # The processor_config.json entry recording the image processor's backend ("pil" or "torchvision").
 IMAGE_PROCESSOR_BACKEND_KEY = "image_processor_backend"
 
@@ -857,8 +860,11 @@ class MapleProcessor(ProcessorMixin):
             kwargs.setdefault("spatial_merge_size", mllm_spatial_merge_size(config))
             if (problem := mllm_image_processor_problem(config, image_processor)) is not None:
                 raise ValueError(f"{name_or_path}: {problem}.")
-        elif text_backbone is None and config.model_type in ("siglip", "siglip2"):
-            kwargs.setdefault("text_padding", "max_length")  # SigLIP pools its text at the last position
+        elif backbone == "dual_encoder":
+            # the text tower's config: the text backbone's, or that of the two-tower checkpoint's text side
+            text_config = AutoConfig.from_pretrained(text_backbone, token=token) if text_backbone else config
+            if (getattr(text_config, "text_config", None) or text_config).model_type in LAST_POSITION_TEXT_TOWERS:
+                kwargs.setdefault("text_padding", "max_length")
         return cls(image_processor=image_processor, tokenizer=tokenizer, backbone=backbone, **kwargs)
 
 

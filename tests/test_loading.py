@@ -184,6 +184,34 @@ def test_a_two_tower_model_paired_with_another_encoder_gives_its_tower_of_that_s
                for key, value in swapped.text_tower.state_dict().items())
 
 
+def test_a_siglip_text_tower_pads_texts_to_one_length_whichever_vision_tower_it_is_paired_with(tmp_path, clip_folder):
+    """SigLIP's text tower pools its last position, so its texts must all be padded to one length:
+    `MapleProcessor.from_backbone` did so for a SigLIP checkpoint taken whole only, and with a SigLIP `text_backbone` a
+    text's embedding depended on its batch's longest text (found by a review helper). A SigLIP vision tower paired with
+    another text tower needs no such padding."""
+    from transformers import BertConfig, BertModel, SiglipConfig, SiglipImageProcessorPil, SiglipModel
+
+    torch.manual_seed(0)
+    siglip = tmp_path / "siglip"
+    text_tower = {**TINY_TOWER, "vocab_size": len(tiny_tokenizer()), "max_position_embeddings": 16}
+    SiglipModel(SiglipConfig(text_config=text_tower, vision_config={**TINY_TOWER, "image_size": 16, "patch_size": 4})).save_pretrained(siglip)
+    SiglipImageProcessorPil(size={"height": 16, "width": 16}).save_pretrained(siglip)
+    tokenizer = tiny_tokenizer()
+    tokenizer.model_max_length = 16
+    tokenizer.save_pretrained(siglip)
+    texts = ["a red circle", "two small blue squares left of a star"]
+    for vision in (siglip, clip_folder):
+        model = MapleModel.from_backbone(str(vision), backbone="dual_encoder", text_backbone=str(siglip), pooling="pooler")
+        processor = MapleProcessor.from_backbone(str(vision), backbone="dual_encoder", text_backbone=str(siglip))
+        assert processor.text_padding == "max_length"
+        batched = model.eval().encode(processor, texts=texts)
+        torch.testing.assert_close(model.encode(processor, texts=texts, batch_size=1), batched)
+    BertModel(BertConfig(vocab_size=400, **TINY_TOWER)).save_pretrained(tmp_path / "bert")
+    tiny_tokenizer().save_pretrained(tmp_path / "bert")
+    paired = MapleProcessor.from_backbone(str(siglip), backbone="dual_encoder", text_backbone=str(tmp_path / "bert"))
+    assert paired.text_padding == "longest"
+
+
 def test_the_trainer_loads_only_the_model_when_given_a_processor_and_takes_trust_remote_code_from_either_place(tmp_path):
     """`RPATrainer(model=path, processing_class=...)` loaded the checkpoint's processor anyway, failing on a folder
     saved without one; `model_init_kwargs={"trust_remote_code": True}` collided with `args.trust_remote_code`."""
