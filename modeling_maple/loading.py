@@ -24,6 +24,7 @@ from .configuration_maple import BACKBONES, DUAL_ENCODER_MODEL_TYPES, SUPPORTED_
 from .modeling_maple import MapleModel, is_two_tower
 from .processing_maple import (
     MapleProcessor,
+    dual_encoder_image_processor_problem,
     load_image_processor,
     mllm_image_processor_problem,
 )
@@ -72,7 +73,8 @@ def load_maple(
         image_processor_kwargs: image processor settings that override the checkpoint's, e.g. `{"max_pixels": 392 *
             392}` for a Qwen-VL backbone (the paper's 384 x 384 training images, which Qwen2-VL sizes 392 x 392); a MAPLE checkpoint's processor is
             rebuilt around the image processor loaded with them. One the image processor does not have, or one the
-            model cannot take (a LLaVA-NeXT processor cutting other tiles than its config), is a `MapleLoadError`.
+            model cannot take (a LLaVA-NeXT processor cutting other tiles than its config; images of another size than
+            a fixed-size vision tower's `image_size`), is a `MapleLoadError`.
         from_pretrained_kwargs: for a MAPLE checkpoint any `from_pretrained` argument (`dtype`, `device_map`,
             ...); for a backbone only `dtype` and `attn_implementation`.
 
@@ -189,7 +191,11 @@ def _load_processor(
         image_processor = load_image_processor(name_or_path, image_processor_kwargs, **loading)
     except ValueError as error:  # it names the checkpoint
         raise MapleLoadError(str(error)) from error
-    if config.backbone == "mllm" and (problem := mllm_image_processor_problem(config.mllm_config, image_processor)):
+    if config.backbone == "mllm":
+        problem = mllm_image_processor_problem(config.mllm_config, image_processor)
+    else:
+        problem = dual_encoder_image_processor_problem(config.vision_config, image_processor)
+    if problem is not None:
         raise MapleLoadError(f"{name_or_path}: {problem}")
     # as `from_pretrained` builds it, around the new image processor: the processor's own settings are kept
     return type(processor).from_args_and_dict([image_processor, processor.tokenizer], processor.to_dict())

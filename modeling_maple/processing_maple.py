@@ -47,6 +47,9 @@ DUAL_ENCODER_IMAGE_INPUTS = ("pixel_values", "pixel_attention_mask", "spatial_sh
 # Text towers that pool their last position (SigLIP's): every text must be padded to one length, or its embedding
 # would depend on the longest text of its batch.
 LAST_POSITION_TEXT_TOWERS = ("siglip_text_model", "siglip2_text_model")
+# Dual encoders' vision towers that take images of their config's `image_size` only (MapleModel does not ask them to
+# interpolate their position embeddings): CLIP's refuses another size, SigLIP's fails on it with a bare shape error.
+FIXED_SIZE_VISION_TOWERS = ("clip_vision_model", "siglip_vision_model")
 # The processor_config.json entry recording the image processor's backend ("pil" or "torchvision").
 IMAGE_PROCESSOR_BACKEND_KEY = "image_processor_backend"
 
@@ -259,7 +262,9 @@ def mllm_image_processor_problem(mllm_config, image_processor) -> str | None:
     each image's tokens are counted), and it resizes no image beyond the tower's `image_size`, the reach of its 2-D
     rotary positions; it resizes, pads and does not crop, as `PixtralProcessor` needs. Qwen-VL: the image processor's
     `patch_size`, `merge_size` and `temporal_patch_size` are the vision tower's (the model reads the flattened patches
-    back by them)."""
+    back by them). LLaVA (a CLIP or SigLIP tower), InternVL, Idefics3/SmolVLM: images, or tiles, of the vision
+    tower's `image_size` (`image_size_problem`): LLaVA's tower takes no other size, and InternVL's and Idefics3's image
+    tokens are counted for a tile of that size (`mllm_image_seq_length`)."""
     if mllm_family(mllm_config) in PIXTRAL_MLLMS:
         return pixtral_image_processor_problem(mllm_config.vision_config, image_processor)
     if mllm_config.model_type in QWEN_VL_MLLMS:
@@ -279,6 +284,8 @@ def mllm_image_processor_problem(mllm_config, image_processor) -> str | None:
             return (f"the image processor resizes images to {size.height}x{size.width}, but the model's vision tower "
                     f"takes {tower}x{tower} (vision_config.image_size): set both alike")
         return None
+    if mllm_config.model_type in ("llava", "internvl", *IDEFICS3_MLLMS):
+        return image_size_problem(image_processor, mllm_config.vision_config.image_size)
     if mllm_config.model_type != "llava_next":
         return None
     # `LlavaNextImageProcessor`'s tile side: its crop height, else its size's height or shortest edge
@@ -293,6 +300,32 @@ def mllm_image_processor_problem(mllm_config, image_processor) -> str | None:
         return (f"the image processor cuts {tile}-pixel tiles, but the model's vision tower takes "
                 f"{mllm_config.vision_config.image_size}-pixel images (vision_config.image_size): set both alike")
     return None
+
+
+def dual_encoder_image_processor_problem(vision_config, image_processor) -> str | None:
+    """Why `image_processor` cannot feed a dual encoder's vision tower of config `vision_config`, or None: a CLIP or
+    SigLIP tower (`FIXED_SIZE_VISION_TOWERS`) takes images of its `image_size` only (`image_size_problem`); other
+    towers (DINOv2, which interpolates its position embeddings; SigLIP2's NaFlex) take what their processor gives."""
+    if vision_config.model_type not in FIXED_SIZE_VISION_TOWERS:
+        return None
+    return image_size_problem(image_processor, vision_config.image_size)
+
+
+def image_size_problem(image_processor, image_size: int | Sequence[int]) -> str | None:
+    """Why `image_processor` does not make images (or tiles) of `image_size` pixels (an int, or height and width), the
+    only size a vision tower takes, or None. Read from what it makes of one image twice as wide as high (without a
+    center crop, CLIP's size follows the aspect ratio); one of the tower's own size where it does not resize (images
+    sized beforehand, as `image_processor_kwargs_problem` lets pass)."""
+    height, width = _pair(image_size)
+    probe = (width, height) if getattr(image_processor, "do_resize", True) is False else (2 * width, height)
+    pixel_values = image_processor(images=[Image.new("RGB", probe)], return_tensors="pt")["pixel_values"]
+    made = tuple(pixel_values.shape[-2:])
+    if made == (height, width):
+        return None
+    return (f"the image processor makes {made[0]}x{made[1]}-pixel images (or tiles) of a {probe[1]}x{probe[0]} one "
+            f"(height x width), but the model's vision tower takes {height}x{width} (vision_config.image_size): set its "
+            "output size to the tower's (crop_size, or size without center crop; InternVL: size; Idefics3/SmolVLM: "
+            "max_image_size)")
 
 
 # `from_pretrained` arguments that say where and how files are read, not what the image processor does
@@ -843,7 +876,8 @@ class MapleProcessor(ProcessorMixin):
         the image processor's, `"pil"` or `"torchvision"` (None: transformers' choice, torchvision's where it is
         installed). `image_processor_kwargs`: settings of the image processor that override the checkpoint's, e.g.
         `{"max_pixels": 392 * 392}` (Qwen-VL; the paper's 384 x 384 images, sized 392 x 392) or `{"max_patches": 6}` (InternVL tiles);
-        one it does not have is a ValueError (`image_processor_kwargs_problem`)."""
+        one it does not have is a ValueError (`image_processor_kwargs_problem`), as is an image processor the model
+        cannot take (`mllm_image_processor_problem`, `dual_encoder_image_processor_problem`)."""
         image_processor = load_image_processor(
             name_or_path, image_processor_kwargs, revision=revision, backend=backend, token=token
         )
@@ -865,6 +899,10 @@ class MapleProcessor(ProcessorMixin):
             text_config = AutoConfig.from_pretrained(text_backbone, token=token) if text_backbone else config
             if (getattr(text_config, "text_config", None) or text_config).model_type in LAST_POSITION_TEXT_TOWERS:
                 kwargs.setdefault("text_padding", "max_length")
+            # the vision tower's: the two-tower checkpoint's vision side, or the vision encoder's own
+            vision_config = getattr(config, "vision_config", None) or config
+            if (problem := dual_encoder_image_processor_problem(vision_config, image_processor)) is not None:
+                raise ValueError(f"{name_or_path}: {problem}.")
         return cls(image_processor=image_processor, tokenizer=tokenizer, backbone=backbone, **kwargs)
 
 
@@ -872,11 +910,13 @@ __all__ = [
     "EncodedImages",
     "MapleProcessor",
     "check_tokens_known",
+    "dual_encoder_image_processor_problem",
     "encode_mllm_images",
     "fill_image_placeholders",
     "gemma3_image_processor_problem",
     "image_processor_kwargs_problem",
     "image_processor_loading_problem",
+    "image_size_problem",
     "llava_next_image_layout",
     "load_image_processor",
     "pixtral_image_processor_problem",

@@ -212,6 +212,48 @@ def test_a_siglip_text_tower_pads_texts_to_one_length_whichever_vision_tower_it_
     assert paired.text_padding == "longest"
 
 
+def test_image_processor_settings_a_fixed_size_vision_tower_cannot_take_are_refused(tmp_path, clip_folder):
+    """CLIP's and SigLIP's towers take images of their `image_size` only (MapleModel does not interpolate their
+    position embeddings): `image_processor_kwargs` making another size loaded, for a backbone or a MAPLE checkpoint,
+    then failed at the first encode in transformers' words (found by a review helper). They are refused by name, as is
+    a checkpoint's own image processor making another size, also for a tower paired with another text encoder; a
+    DINOv2 tower, which interpolates, takes any size."""
+    from transformers import (
+        BertConfig, BertModel, CLIPImageProcessorPil, Dinov2Config, Dinov2Model, SiglipConfig, SiglipImageProcessorPil,
+        SiglipModel,
+    )
+
+    model, processor = build_tiny("dual_encoder", seed=0)
+    model.save_pretrained(tmp_path / "maple")
+    processor.save_pretrained(tmp_path / "maple")
+    larger = {"crop_size": {"height": 24, "width": 24}, "size": {"shortest_edge": 24}}
+    message = (r"the image processor makes {}-pixel images \(or tiles\) of a 16x32 one \(height x width\), but the model's "
+               "vision tower takes 16x16 ")
+    for folder in (str(clip_folder), str(tmp_path / "maple")):
+        with pytest.raises(MapleLoadError, match=f"^{re.escape(folder)}: {message.format('24x24')}"):
+            load_maple(folder, image_processor_kwargs=larger)
+        # without its center crop, CLIP's size follows the aspect ratio
+        with pytest.raises(MapleLoadError, match=f"^{re.escape(folder)}: {message.format('16x32')}"):
+            load_maple(folder, image_processor_kwargs={"do_center_crop": False})
+        # resized larger, then cropped to the tower's size
+        embeddings(*load_maple(folder, image_processor_kwargs={"size": {"shortest_edge": 32}}))
+    BertModel(BertConfig(vocab_size=400, **TINY_TOWER)).save_pretrained(tmp_path / "bert")
+    tiny_tokenizer().save_pretrained(tmp_path / "bert")
+    with pytest.raises(ValueError, match=f"^{re.escape(str(clip_folder))}: {message.format('24x24')}"):
+        MapleProcessor.from_backbone(str(clip_folder), backbone="dual_encoder", text_backbone=str(tmp_path / "bert"),
+                                     image_processor_kwargs=larger)
+    SiglipModel(SiglipConfig(text_config=TINY_TOWER, vision_config={**TINY_TOWER, "image_size": 16, "patch_size": 4})).save_pretrained(tmp_path / "siglip")
+    SiglipImageProcessorPil(size={"height": 24, "width": 24}).save_pretrained(tmp_path / "siglip")
+    tiny_tokenizer().save_pretrained(tmp_path / "siglip")
+    with pytest.raises(MapleLoadError, match=f"^{re.escape(str(tmp_path / 'siglip'))}: {message.format('24x24')}"):
+        load_maple(str(tmp_path / "siglip"))
+    Dinov2Model(Dinov2Config(**TINY_TOWER, image_size=16, patch_size=4)).save_pretrained(tmp_path / "dinov2")
+    CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(tmp_path / "dinov2")
+    pairing = {"backbone": "dual_encoder", "text_backbone": str(tmp_path / "bert")}
+    dinov2 = MapleModel.from_backbone(str(tmp_path / "dinov2"), **pairing, projection_dim=16)
+    embeddings(dinov2, MapleProcessor.from_backbone(str(tmp_path / "dinov2"), **pairing, image_processor_kwargs=larger))
+
+
 def test_the_trainer_loads_only_the_model_when_given_a_processor_and_takes_trust_remote_code_from_either_place(tmp_path):
     """`RPATrainer(model=path, processing_class=...)` loaded the checkpoint's processor anyway, failing on a folder
     saved without one; `model_init_kwargs={"trust_remote_code": True}` collided with `args.trust_remote_code`."""

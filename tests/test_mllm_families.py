@@ -27,7 +27,7 @@ from transformers import (
 from modeling_maple import MapleConfig, MapleModel, MapleProcessor
 from modeling_maple.lora import freeze_backbone_modules_to_save, get_maple_peft_model, maple_lora_config
 from modeling_maple.configuration_maple import mllm_family
-from modeling_maple.processing_maple import mllm_image_seq_length, mllm_spatial_merge_size
+from modeling_maple.processing_maple import load_image_processor, mllm_image_seq_length, mllm_spatial_merge_size
 from modeling_maple.testing import TINY_IMAGE_TOKENS, build_tiny, tiny_mllm_config, tiny_mllm_image_processor, tiny_mllm_tokenizer, tiny_tokenizer
 from isolated import run_isolated
 from official_processors import official_processor
@@ -476,6 +476,39 @@ def test_gemma3_pan_and_scan_and_uncountable_image_tokens_are_refused(tmp_path):
     inputs = processor(images=images_of_three_shapes())
     with pytest.raises(ValueError, match="gemma3 embedder needs `image_input_ids` and `image_mm_token_type_ids`"):
         model(pixel_values=inputs["pixel_values"], image_input_ids=inputs["image_input_ids"])
+
+
+@pytest.mark.parametrize("family, refused, accepted", [
+    # LLaVA's CLIP tower: the center crop is the tower's input; without one, CLIP's size follows the aspect ratio
+    ("llava", [{"crop_size": {"height": 24, "width": 24}, "size": {"shortest_edge": 24}}, {"do_center_crop": False}],
+     [{"size": {"shortest_edge": 32}}, {"do_center_crop": False, "size": {"height": 16, "width": 16}}]),
+    ("internvl", [{"size": {"height": 24, "width": 24}}], [{"max_patches": 2}]),
+    # tiles of max_image_size (a multiple of the tower's too is refused: its tokens are counted for the tower's);
+    # size, the image's longest edge before it is cut into tiles, may be any
+    ("idefics3", [{"max_image_size": {"longest_edge": 32}}], [{"size": {"longest_edge": 32}}]),
+    ("smolvlm", [{"max_image_size": {"longest_edge": 24}}], [{"do_image_splitting": False}]),
+])
+def test_image_processors_making_images_unlike_the_vision_towers_are_refused(family, refused, accepted, tmp_path):
+    """LLaVA's tower takes images of its `image_size` only, and InternVL's and Idefics3's image tokens are counted for
+    tiles of that size: `image_processor_kwargs` making another size loaded, then failed at the first encode in
+    transformers' words (found by a review helper). They are refused by name, as `load_maple` promises, and by the
+    judge's prompt encoder; settings that make images of the tower's size load and encode."""
+    from dataset_builders.vlm_inputs import PromptEncoder
+
+    from modeling_maple import MapleLoadError, load_maple
+    from modeling_maple.testing import save_tiny_mllm_backbone
+
+    folder = save_tiny_mllm_backbone(tmp_path, family)
+    message = (r"the image processor makes (?!16x16-)\d+x\d+-pixel images \(or tiles\) of a 16x32 one \(height x width\), "
+               "but the model's vision tower takes 16x16 ")
+    for kwargs in refused:
+        with pytest.raises(MapleLoadError, match=f"^{re.escape(folder)}: {message}"):
+            load_maple(folder, image_processor_kwargs=kwargs)
+        with pytest.raises(ValueError, match=f"^{family}: {message}"):
+            PromptEncoder(tiny_mllm_config(family), tiny_mllm_tokenizer(family), load_image_processor(folder, kwargs))
+    for kwargs in accepted:
+        model, processor = load_maple(folder, image_processor_kwargs=kwargs)
+        assert model.eval().encode(processor, images=images_of_three_shapes()).shape[0] == 3
 
 
 def test_gemma3_image_processors_that_resize_unlike_the_vision_tower_are_refused(tmp_path):
