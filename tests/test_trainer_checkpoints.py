@@ -1,6 +1,7 @@
-"""RPATrainer checkpoints: resuming equals an uninterrupted run (full and LoRA), saved models load with the Auto
-classes, the best LoRA checkpoint is loaded at the end, a non-finite loss stops the run after saving only finite weights, and
-the helpers of `trainer.checkpoints`: the recipe a resume must share, the checkpoint folders by step."""
+"""RPATrainer checkpoints: resuming equals an uninterrupted run (full and LoRA, and on a stream), saved models load
+with the Auto classes, the best LoRA checkpoint is loaded at the end, a non-finite loss stops the run after saving only
+finite weights, and the helpers of `trainer.checkpoints`: the recipe a resume must share, the checkpoint folders by
+step."""
 
 import json
 import math
@@ -22,7 +23,7 @@ from modeling_maple.testing import build_tiny, tiny_dual_encoder_config, tiny_ml
 from test_trainer import make_config, make_trainer
 from trainer import RPATrainer
 from trainer.checkpoints import (
-    RECIPE_FILE, check_recipe, image_recipe, last_complete_checkpoint, lora_recipe, model_recipe, run_checkpoints,
+    RECIPE_FILE, STREAM_POSITION_FILE, check_recipe, image_recipe, last_complete_checkpoint, lora_recipe, model_recipe, run_checkpoints,
     training_recipe,
 )
 from trainer.testing import smoke_config, synthetic_preference_dataset
@@ -66,6 +67,60 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(tmp_path, stop):
     expected, got = uninterrupted.model.state_dict(), resumed.model.state_dict()
     for name, tensor in expected.items():
         torch.testing.assert_close(got[name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
+def _stream_trainer(output_dir, rows, **overrides):
+    """A trainer on a stream of `rows` synthetic rows, in batches of 4 drawing 2 candidates per modality."""
+    model, processor = build_tiny("dual_encoder", seed=0)
+    args = make_config(output_dir, per_device_train_batch_size=4, num_text_candidates=2, num_image_candidates=2,
+                       logging_steps=1, **overrides)
+    return RPATrainer(model, args=args, train_dataset=synthetic_preference_dataset(rows).to_iterable_dataset(),
+                      processing_class=processor)
+
+
+def _step_losses(trainer):
+    return {entry["step"]: entry["loss"] for entry in trainer.state.log_history if "loss" in entry}
+
+
+@pytest.mark.parametrize("rows, accumulation, stop, position", [(8, 1, 3, (1, 1)), (12, 2, 2, (1, 2))],
+                         ids=["pass-1", "accumulation-across-passes"])
+def test_resuming_a_stream_past_its_first_pass_equals_an_uninterrupted_run(tmp_path, rows, accumulation, stop, position):
+    """`Trainer` counts a stream's epoch as max_steps steps: resumed at step 3 (8 rows, 2 batches a pass) it skipped 3
+    batches of pass 0, i.e. all of it, and trained pass 1's first batch again, every later batch one behind. Each
+    checkpoint now records its pass and the batches of it trained. With 12 rows (3 batches a pass) and 2 batches a
+    step, pass 0's last batch joins pass 1's first two in step 2."""
+    common = dict(max_steps=5, save_strategy="steps", save_steps=stop, gradient_accumulation_steps=accumulation)
+    uninterrupted = _stream_trainer(tmp_path / "a", rows, **common)
+    uninterrupted.train()
+    stopped = _stream_trainer(tmp_path / "b", rows, **common)
+    stopped.add_callback(_StopAfter(stop))
+    stopped.train()
+    checkpoint = tmp_path / "b" / "run" / f"checkpoint-{stop}"
+    assert json.loads((checkpoint / STREAM_POSITION_FILE).read_text()) == dict(zip(("pass", "batches"), position))
+    resumed = _stream_trainer(tmp_path / "b", rows, **common)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+
+    assert _step_losses(resumed) == pytest.approx(_step_losses(uninterrupted), abs=1e-5)
+    expected, got = uninterrupted.model.state_dict(), resumed.model.state_dict()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(got[name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
+def test_a_stream_checkpoint_saved_before_positions_were_recorded_resumes_only_in_the_first_pass(tmp_path):
+    """Without its position the global step tells where a stream's run stopped only within the first pass (8 rows in
+    batches of 4: steps 1 and 2)."""
+    first = _stream_trainer(tmp_path, 8, max_steps=3, save_strategy="steps", save_steps=1)
+    first.train()
+    for checkpoint in run_checkpoints(str(tmp_path / "run")):
+        os.remove(os.path.join(checkpoint, STREAM_POSITION_FILE))
+    later = _stream_trainer(tmp_path, 8, max_steps=4)
+    with pytest.raises(ValueError, match=r"checkpoint-3 was saved after the first pass over the streamed training set "
+                                         r"but records no position in it \(stream_position.json; "):
+        later.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-3"))
+    assert later.state.global_step == 3 and not [entry for entry in later.state.log_history if entry["step"] > 3]
+    resumed = _stream_trainer(tmp_path, 8, max_steps=3)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-1"))
+    assert _step_losses(resumed) == pytest.approx(_step_losses(first), abs=1e-5)
 
 
 def test_a_checkpoint_resumes_only_under_its_recipe(tmp_path):

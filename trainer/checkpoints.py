@@ -1,5 +1,6 @@
-"""A run's checkpoints: which `checkpoint-N` folders `output_dir` holds and which were saved whole, and the recipe
-(`rpa_recipe.json`) saved with each, which a resumed run must share.
+"""A run's checkpoints: which `checkpoint-N` folders `output_dir` holds and which were saved whole, the recipe
+(`rpa_recipe.json`) saved with each, which a resumed run must share, and, for a streamed training set, where in the
+stream each was saved (`stream_position.json`).
 
 Light to import (no TRL or transformers): reading a run folder needs neither.
 """
@@ -26,6 +27,11 @@ RECIPE_FIELDS = (
     "warmup_steps", "weight_decay", "seed",
 )
 
+# Where a run on a streamed training set stands at a checkpoint: the pass over the stream (the training loop's epoch,
+# which seeds the collator's candidate draws and the stream's shuffling) and the batches of that pass its steps trained,
+# per process. `Trainer` counts a stream's epoch as `max_steps` steps, so the global step does not tell them.
+STREAM_POSITION_FILE = "stream_position.json"
+
 
 def run_checkpoints(output_dir: str) -> list[str]:
     """The checkpoint-N folders of `output_dir`, by N (none if it does not exist)."""
@@ -47,6 +53,22 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
     by a kill), or None."""
     complete = [path for path in run_checkpoints(output_dir) if is_complete_checkpoint(path)]
     return complete[-1] if complete else None
+
+
+def stream_position(checkpoint: str) -> tuple[int, int] | None:
+    """(pass, batches trained of it) from `checkpoint`'s `STREAM_POSITION_FILE`, or None when it has none (a
+    map-style run's checkpoint, or one saved before positions were recorded)."""
+    position_file = os.path.join(checkpoint, STREAM_POSITION_FILE)
+    if not os.path.isfile(position_file):
+        return None
+    try:
+        with open(position_file) as handle:
+            position = json.load(handle)
+        return int(position["pass"]), int(position["batches"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(
+            f"{position_file} cannot be read ({error!r}): restore it, or start a new run in another output_dir"
+        ) from error
 
 
 def lora_recipe(r: int, lora_alpha: float) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from peft import PeftConfig, PeftModel
 from PIL import Image
 from torch import Tensor, nn
 from transformers import EvalPrediction, ProcessorMixin, TrainerCallback
-from transformers.trainer_utils import EvalLoopOutput, HubStrategy
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalLoopOutput, HubStrategy
 from transformers.utils import logging
 from trl import DPOTrainer
 from trl.trainer.base_trainer import _BaseTrainer
@@ -37,6 +37,7 @@ from modeling_maple.loading import load_maple, load_maple_model
 
 from .checkpoints import (
     RECIPE_FILE,
+    STREAM_POSITION_FILE,
     TRAINER_STATE_NAME,
     check_recipe,
     image_recipe,
@@ -44,6 +45,7 @@ from .checkpoints import (
     lora_recipe,
     model_recipe,
     run_checkpoints,
+    stream_position,
     training_recipe,
 )
 from .collator import (
@@ -205,6 +207,8 @@ class RPATrainer(DPOTrainer):
         if isinstance(self.data_collator, DataCollatorForEmbeddingPreference):
             self.eval_data_collator = dataclasses.replace(self.data_collator, dataset_name="eval", epoch=0)
         self._last_grad_norm: Tensor | float | None = None
+        # the training loop's pass and the global step it began at, had it not been resumed (see `_save_checkpoint`)
+        self._pass_start: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------------------------------ set-up
     @classmethod
@@ -291,23 +295,52 @@ class RPATrainer(DPOTrainer):
         # `Trainer` reloads the logging, evaluation and saving intervals from a resumed checkpoint's state, over
         # this run's: they are not part of the recipe (`RECIPE_FIELDS`), so a resume with `save_steps` made smaller
         # to guard against another crash must save that often.
-        resumed = super()._init_training_state(
+        epochs_trained, batches_trained = super()._init_training_state(
             max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
         )
         self.state.compute_steps(self.args, max_steps)
-        return resumed
+        if resume_from_checkpoint is not None and isinstance(self.train_dataset, IterableDataset):
+            epochs_trained, batches_trained = self._resumed_stream_position(resume_from_checkpoint)
+        return epochs_trained, batches_trained
+
+    def _resumed_stream_position(self, checkpoint: str) -> tuple[int, int]:
+        """The pass over the streamed training set a resumed run goes on in, and the batches of it to skip, as
+        `checkpoint` recorded them (`_save_checkpoint`). `Trainer` counts a stream's epoch as `max_steps` steps: it
+        would skip `global_step` steps' batches of the first pass, and past that pass's end the run went on at the
+        next pass's first batch, not where it stopped."""
+        position = stream_position(checkpoint)
+        if position is None:  # saved before positions were recorded: the global step tells them in the first pass only
+            if self.state.global_step > 0 and self.state.epoch >= 1:
+                raise ValueError(
+                    f"{checkpoint} was saved after the first pass over the streamed training set but records no "
+                    f"position in it ({STREAM_POSITION_FILE}; saved by an earlier version, or by a run on a map-style "
+                    "dataset): resuming it would train other batches than the run it continues; start a new run in "
+                    "another output_dir"
+                )
+            position = (0, self.state.global_step * self.args.gradient_accumulation_steps)
+        pass_index, batches = position
+        return pass_index, 0 if self.args.ignore_data_skip else batches
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         with naming_undecodable_images("train"):
             return super().get_batch_samples(epoch_iterator, num_batches, device)
 
-    def _run_epoch(self, *, epoch: int, **kwargs) -> None:
+    def _run_epoch(
+        self, *, epoch: int, epochs_trained: int, steps_trained_in_current_epoch: int, resume_from_checkpoint, **kwargs
+    ) -> None:
         # The collator's candidate draws are seeded by the epoch. This is the loop's own pass index, also when resuming
-        # mid-epoch; `state.epoch` is not: for a streamed dataset `Trainer` counts an epoch as `max_steps` steps, so
-        # `int(state.epoch)` stays behind the passes over the stream and repeats their draws.
+        # mid-epoch (for a stream, the pass `_resumed_stream_position` found); `state.epoch` is not: for a streamed
+        # dataset `Trainer` counts an epoch as `max_steps` steps, so `int(state.epoch)` stays behind the passes over
+        # the stream and repeats their draws.
         if hasattr(self.data_collator, "set_epoch"):
             self.data_collator.set_epoch(epoch)
-        super()._run_epoch(epoch=epoch, **kwargs)
+        resumed = epoch == epochs_trained and resume_from_checkpoint is not None
+        skipped_steps = steps_trained_in_current_epoch // self.args.gradient_accumulation_steps if resumed else 0
+        self._pass_start = (epoch, self.state.global_step - skipped_steps)
+        super()._run_epoch(
+            epoch=epoch, epochs_trained=epochs_trained, steps_trained_in_current_epoch=steps_trained_in_current_epoch,
+            resume_from_checkpoint=resume_from_checkpoint, **kwargs,
+        )
 
     # ------------------------------------------------------------------------------------------ loss
     def _reference_similarities(self, inputs) -> tuple[Tensor, Tensor]:
@@ -614,6 +647,20 @@ class RPATrainer(DPOTrainer):
     def _lora_recipe(self) -> dict[str, Any] | None:
         _, peft_config = self._trained_model()
         return None if peft_config is None else lora_recipe(peft_config.r, peft_config.lora_alpha)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        # A streamed run's checkpoint records its pass over the stream and the batches of that pass its steps trained
+        # (`_resumed_stream_position`), before `Trainer` writes trainer_state.json, last. Counted by steps: a save
+        # after a pass whose last batches wait for the next pass's to fill an accumulation step, or before a step
+        # whose loss is not finite (`_stop_on_non_finite`), leaves those batches to train again, as their gradients
+        # are not saved.
+        if self._pass_start is not None and isinstance(self.train_dataset, IterableDataset) and self.args.should_save:
+            pass_index, start_step = self._pass_start
+            batches = (self.state.global_step - start_step) * self.args.gradient_accumulation_steps
+            checkpoint = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            os.makedirs(checkpoint, exist_ok=True)
+            atomic_write_json(os.path.join(checkpoint, STREAM_POSITION_FILE), {"pass": pass_index, "batches": batches})
+        super()._save_checkpoint(model, trial)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         output_dir = output_dir or self.args.output_dir
