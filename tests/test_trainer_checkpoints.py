@@ -426,7 +426,8 @@ def test_a_resumed_run_logs_evaluates_and_saves_at_its_own_intervals(tmp_path):
         "checkpoint-2", "checkpoint-3", "checkpoint-6"]
 
 
-# A change of every value a resumed run must share (`RECIPE_FIELDS`), from `smoke_config`'s: a field the recipe
+# A change of every value a resumed run must share (`RECIPE_FIELDS`, but `world_size`, which is no setting: see
+# test_a_checkpoint_refuses_a_resume_under_another_number_of_processes), from `smoke_config`'s: a field the recipe
 # leaves out resumes silently under another loss, schedule or batch.
 RECIPE_CHANGES = {
     "rpa_loss": "pairwise", "rpa_weight": 0.9, "reference": "frozen", "learn_beta": False, "learn_temperature": False,
@@ -451,15 +452,29 @@ def test_a_checkpoint_refuses_a_resume_that_changes_any_recipe_value(tmp_path, f
         check_recipe(str(tmp_path), smoke_config(str(tmp_path), **{field: changed}), None)
 
 
-def test_a_recipe_saved_before_a_value_was_recorded_resumes(tmp_path):
+def test_a_recipe_saved_before_a_value_was_recorded_resumes(tmp_path, monkeypatch):
     """Checkpoints of older versions have no model (or other newer) entry in their recipe: what they did not record
     cannot differ, and must not read as a change to None."""
     args, model = smoke_config(str(tmp_path)), model_recipe(tiny_dual_encoder_config())
     check_recipe(str(tmp_path), args, None, model)  # saved before any recipe was recorded: no rpa_recipe.json
     recipe = training_recipe(args, lora=None, model=model)
-    del recipe["model"], recipe["gather_negatives"]
+    del recipe["model"], recipe["gather_negatives"], recipe["world_size"]
     _save_recipe(tmp_path, recipe)
     check_recipe(str(tmp_path), args, None, model)
+    monkeypatch.setattr(type(args), "world_size", property(lambda self: 2))
+    check_recipe(str(tmp_path), args, None, model)
+
+
+def test_a_checkpoint_refuses_a_resume_under_another_number_of_processes(tmp_path, monkeypatch):
+    """The global batch, the InfoNCE pool gathered across processes and the batches `Trainer` skips on resuming
+    depend on the number of processes, which the recipe did not record: a 2-process checkpoint resumed silently
+    under 1."""
+    args = smoke_config(str(tmp_path))
+    assert training_recipe(args, lora=None)["world_size"] == 1
+    _save_recipe(tmp_path, training_recipe(args, lora=None))
+    monkeypatch.setattr(type(args), "world_size", property(lambda self: 2))  # as under `accelerate launch`
+    with pytest.raises(ValueError, match=r"another recipe \(world_size: 1 -> 2\)"):
+        check_recipe(str(tmp_path), args, None)
 
 
 def test_a_checkpoint_refuses_a_resume_under_other_lora_settings(tmp_path):

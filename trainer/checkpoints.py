@@ -18,12 +18,14 @@ if TYPE_CHECKING:
 # `Trainer` writes it last when it saves a checkpoint (transformers.trainer.TRAINER_STATE_NAME)
 TRAINER_STATE_NAME = "trainer_state.json"
 # The `RPAConfig` values that define the method and its batches, saved with every checkpoint: a run resumes only
-# under the same ones (the length of training, logging and saving may change, e.g. to train longer).
+# under the same ones (the length of training, logging and saving may change, e.g. to train longer). `world_size`, the
+# number of processes, is one: the global batch, the InfoNCE pool `gather_negatives` gathers and the batches a
+# resumed run skips depend on it.
 RECIPE_FILE = "rpa_recipe.json"
 RECIPE_FIELDS = (
     "rpa_loss", "rpa_weight", "reference", "learn_beta", "learn_temperature", "max_scale", "expand_negatives",
     "exclude_judged_positives", "gather_negatives", "num_image_candidates", "num_text_candidates",
-    "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "lr_scheduler_type",
+    "per_device_train_batch_size", "gradient_accumulation_steps", "world_size", "learning_rate", "lr_scheduler_type",
     "warmup_steps", "weight_decay", "seed",
 )
 

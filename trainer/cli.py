@@ -198,8 +198,8 @@ def _parser() -> _Parser:
     own_help = unused_dpo_field_help() | {
         "resume_from_checkpoint": "A checkpoint folder to resume from; 'true': the last complete checkpoint-* in "
         "output_dir; 'false': train from scratch, the earlier run's checkpoints moved to output_dir/_earlier-run-N (an "
-        "output_dir holding checkpoints needs one of the three). A checkpoint resumes "
-        "only under the recipe it was trained with (rpa_recipe.json: loss, lambda, batch size, learning rate, ...).",
+        "output_dir holding checkpoints needs one of the three). A checkpoint resumes only under the recipe it was "
+        "trained with (rpa_recipe.json: loss, lambda, batch size, number of processes, learning rate, ...).",
         "hub_token": "The Hub token of every Hub request: the push, and the reads of a Hub --model_name_or_path (its "
         "weights, and its licence for the model card) and --dataset_name (its rows and stats.json); unset: HF_TOKEN, "
         "else the token `hf auth login` saved.",
