@@ -1436,6 +1436,26 @@ def test_uneven_batches_are_allowed_in_one_process(tmp_path):
     RPATrainer(model, args=args, train_dataset=synthetic_preference_dataset(4), processing_class=processor)
 
 
+def test_evaluation_keeps_every_row_whatever_dataloader_drop_last_and_even_batches_say(tmp_path):
+    """`dataloader_drop_last`, which the even_batches error advises, reached the evaluation loaders too: of 10 rows in
+    batches of 4 the last 2 were dropped, and the metrics were of 8 anchors. Evaluation loaders keep every row, with
+    even batches (without them, a process could wait forever in the evaluation's gathers)."""
+    model, processor = build_tiny("dual_encoder", seed=0)
+    dataset = synthetic_preference_dataset(10, seed=1)
+    evaluations = []
+    for settings in ({}, {"dataloader_drop_last": True, "accelerator_config": {"even_batches": False}}):
+        trainer = RPATrainer(model, args=make_config(tmp_path, per_device_eval_batch_size=4, **settings),
+                             train_dataset=synthetic_preference_dataset(8), processing_class=processor)
+        evaluations.append(trainer.evaluate(dataset))
+        batches = list(trainer.get_eval_dataloader(dataset))
+        assert [len(batch["anchor_text_index"]) for batch in batches] == [4, 4, 2]
+        assert trainer.args.dataloader_drop_last == settings.get("dataloader_drop_last", False)  # training's, as set
+    kept, dropping = evaluations
+    for key in ("eval_loss", "eval_loss/rpa", "eval_loss/contrastive", "eval_rewards/accuracies",
+                "eval_rewards/margins", "eval_recall@1/text_to_image", "eval_recall@1/image_to_text"):
+        assert dropping[key] == pytest.approx(kept[key], abs=1e-6), key
+
+
 def test_a_tokenizer_passed_as_processing_class_is_refused_up_front(tmp_path):
     """It failed at the first step, deep in the text tower ("'list' object has no attribute 'size'")."""
     model, processor = build_tiny("dual_encoder", seed=0)

@@ -175,6 +175,10 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
     one_process_untrained = evaluate_untrained(str(tmp_path / "untrained1"), GLOBAL_BATCH, streamed=False)
     for key in (*EVAL_KEYS, *PER_ANCHOR_KEYS):
         assert two_processes["split_batches"][key] == pytest.approx(one_process_untrained[key], abs=1e-5), key
+    # Training's dataloader_drop_last and even_batches=False do not reach evaluation: it dropped the 2 rows past the
+    # 8 of the first global batch, and without even batches one process could wait in a gather for the other
+    for key in (*EVAL_KEYS, *PER_ANCHOR_KEYS):
+        assert two_processes["uneven_dropping_last_eval"][key] == pytest.approx(one_process_untrained[key], abs=1e-5), key
     # The first process's loss was finite, yet it stopped too (and saved the weights before the step with the other)
     nan_run = tmp_path / "run2-nan"
     assert two_processes["nan_in_one_process"].startswith("Non-finite loss at training step 2")
@@ -224,6 +228,9 @@ elif __name__ == "__main__":  # run by `accelerate launch` above
     # batches of 8 split into 4 per process: the global batches of one process evaluating in batches of 8
     logs["split_batches"] = evaluate_untrained(output_dir + "-split", GLOBAL_BATCH, streamed=True,
                                                accelerator_config={"split_batches": True})
+    logs["uneven_dropping_last_eval"] = evaluate_untrained(output_dir + "-uneven-eval", GLOBAL_BATCH // 2,
+                                                           streamed=False, dataloader_drop_last=True,
+                                                           accelerator_config={"even_batches": False})
     logs["nan_in_one_process"] = stop_on_a_nan_loss_of_one_process(output_dir + "-nan")
     logs["unequal_shards"] = train_on_unequal_shards(output_dir + "-shards")
     if int(os.environ.get("RANK", "0")) == 0:

@@ -285,11 +285,19 @@ class RPATrainer(DPOTrainer):
         eval_collator = self.eval_data_collator
         if isinstance(eval_collator, DataCollatorForEmbeddingPreference) and dataloader_key not in (None, "eval"):
             eval_collator = dataclasses.replace(eval_collator, dataset_name=dataloader_key)  # errors name the split
+        # Evaluation counts every row of its set once: `dataloader_drop_last` (training's setting, which transformers
+        # applies to every loader) would drop a short last batch, and without `even_batches` one process could get a
+        # batch more than another and wait forever in the evaluation's gathers. So its last batch is evened out across
+        # processes with repeated rows, which `_repeated_eval_rows` leaves out.
         train_collator, self.data_collator = self.data_collator, eval_collator
+        drop_last, self.args.dataloader_drop_last = self.args.dataloader_drop_last, False
+        even_batches, self.accelerator.even_batches = self.accelerator.even_batches, True
         try:
             return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, dataloader_key)
         finally:
             self.data_collator = train_collator
+            self.args.dataloader_drop_last = drop_last
+            self.accelerator.even_batches = even_batches
 
     def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial):
         # `Trainer` reloads the logging, evaluation and saving intervals from a resumed checkpoint's state, over
@@ -488,17 +496,17 @@ class RPATrainer(DPOTrainer):
 
     def _repeated_eval_rows(self, inputs) -> Tensor:
         """``(N,)`` bool: this process's rows of an evaluation batch that accelerate repeated to fill the last batch
-        of every process (even batches). accelerate tells them by the dataset's length (`gradient_state.remainder`,
-        which its `gather_for_metrics` drops); a stream has none (-1), so `_get_dataloader` numbers its rows, which
-        the default collator passes on as `row_position` (with a collator that does not, a streamed evaluation still
-        counts them)."""
+        of every process (evaluation loaders have even batches, see `_get_dataloader`). accelerate tells them by the
+        dataset's length (`gradient_state.remainder`, which its `gather_for_metrics` drops); a stream has none (-1), so
+        `_get_dataloader` numbers its rows, which the default collator passes on as `row_position` (with a collator
+        that does not, a streamed evaluation still counts them)."""
         rows = len(inputs["anchor_text_index"])
         state, device = self.accelerator.gradient_state, inputs["anchor_text_index"].device
         # the rows' places in the global batch, processes in rank order (as gathered)
         places = self.accelerator.process_index * rows + torch.arange(rows, device=device)
         if ROW_POSITION in inputs and state.remainder == -1:
             return _repeated_stream_rows(self.accelerator.gather(inputs[ROW_POSITION]))[places]
-        if state.end_of_dataloader and state.remainder > 0 and self.accelerator.even_batches:
+        if state.end_of_dataloader and state.remainder > 0:
             return places >= state.remainder
         return torch.zeros(rows, dtype=torch.bool, device=device)
 
@@ -972,11 +980,13 @@ def _set_distributed_batching(args: RPAConfig) -> None:
     if args.accelerator_config.dispatch_batches:
         raise ValueError("RPATrainer batches cannot be dispatched by rows: leave dispatch_batches unset or False.")
     args.accelerator_config.dispatch_batches = False
-    # Without even batches, processes may get different numbers of batches, and one would wait forever in the
-    # loss's all-gather (or the evaluation's gather) for a batch the others do not have.
+    # Without even batches, processes may get different numbers of training batches, and one would wait forever in
+    # the loss's all-gather for a batch the others do not have. (Evaluation loaders have even batches and keep every
+    # row whatever these settings say, see `_get_dataloader`.)
     if not args.accelerator_config.even_batches and not args.dataloader_drop_last and args.world_size > 1:
         raise ValueError(
             "RPATrainer needs accelerator_config.even_batches under several processes: without it a process can "
             "get one batch more than another and wait forever in the loss's all-gather. Keep even_batches=True "
-            "(the last batch is evened out with repeated rows) or set dataloader_drop_last=True."
+            "(the last batch is evened out with repeated rows) or set dataloader_drop_last=True (training drops its "
+            "short last batch; evaluation keeps every row)."
         )
