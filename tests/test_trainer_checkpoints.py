@@ -23,8 +23,8 @@ from modeling_maple.testing import build_tiny, tiny_dual_encoder_config, tiny_ml
 from test_trainer import make_config, make_trainer
 from trainer import RPATrainer
 from trainer.checkpoints import (
-    RECIPE_FILE, STREAM_POSITION_FILE, check_recipe, image_recipe, last_complete_checkpoint, lora_recipe, model_recipe, run_checkpoints,
-    training_recipe,
+    RECIPE_FILE, STREAM_POSITION_FILE, check_recipe, image_recipe, last_complete_checkpoint, lora_recipe, model_recipe,
+    run_checkpoints, training_recipe,
 )
 from trainer.testing import smoke_config, synthetic_preference_dataset
 
@@ -84,7 +84,9 @@ def _step_losses(trainer):
 
 @pytest.mark.parametrize("rows, accumulation, stop, position", [(8, 1, 3, (1, 1)), (12, 2, 2, (1, 2))],
                          ids=["pass-1", "accumulation-across-passes"])
-def test_resuming_a_stream_past_its_first_pass_equals_an_uninterrupted_run(tmp_path, rows, accumulation, stop, position):
+def test_resuming_a_stream_past_its_first_pass_equals_an_uninterrupted_run(
+    tmp_path, rows, accumulation, stop, position
+):
     """`Trainer` counts a stream's epoch as max_steps steps: resumed at step 3 (8 rows, 2 batches a pass) it skipped 3
     batches of pass 0, i.e. all of it, and trained pass 1's first batch again, every later batch one behind. Each
     checkpoint now records its pass and the batches of it trained. With 12 rows (3 batches a pass) and 2 batches a

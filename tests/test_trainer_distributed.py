@@ -177,8 +177,9 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
         assert two_processes["split_batches"][key] == pytest.approx(one_process_untrained[key], abs=1e-5), key
     # Training's dataloader_drop_last and even_batches=False do not reach evaluation: it dropped the 2 rows past the
     # 8 of the first global batch, and without even batches one process could wait in a gather for the other
+    dropping_last = two_processes["uneven_dropping_last_eval"]
     for key in (*EVAL_KEYS, *PER_ANCHOR_KEYS):
-        assert two_processes["uneven_dropping_last_eval"][key] == pytest.approx(one_process_untrained[key], abs=1e-5), key
+        assert dropping_last[key] == pytest.approx(one_process_untrained[key], abs=1e-5), key
     # The first process's loss was finite, yet it stopped too (and saved the weights before the step with the other)
     nan_run = tmp_path / "run2-nan"
     assert two_processes["nan_in_one_process"].startswith("Non-finite loss at training step 2")
