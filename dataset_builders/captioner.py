@@ -48,17 +48,20 @@ Qwen2-VL / Qwen2.5-VL Instruct ship top_k=1, top_p=0.001 and repetition_penalty=
 (each the one `generate` reads as "off") override the checkpoint's."""
 
 # A label "Image N:" or "Caption N:" ("Caption for Image N:", bold "**", a heading "#", a bullet or a list number
-# before it, a parenthesis such as "(anchor)" after it): at the start of a line with ":", ".", "-" or ")" after it,
-# or with ":" after a sentence, a comma or a "|". Models that half follow the format write such variants.
+# before it, a parenthesis such as "(anchor)" after it): at the start of a line with ":", ".", "-", an en or em dash
+# or ")" after it, or alone on its line ("**Image 1**", "### Image 1"), or with ":" after a sentence, a comma or a
+# "|". Models that half follow the format write such variants.
 _LABEL_NAME = (
     r"(?:\*\*)?(?:(?:caption|description)[ \t]+(?:for|of)[ \t]+(?:the[ \t]+)?)?(?:image|caption)[ \t]*\d+[ \t]*"
     r"(?:\([^)\n]*\))?[ \t]*(?:\*\*)?[ \t]*"
 )
 _LABEL = re.compile(
-    rf"^[ \t]*(?:#+[ \t]*|[-*\u2022][ \t]*|\d+[.)][ \t]*)?{_LABEL_NAME}[:.\-)][ \t]*(?:\*\*)?"
+    rf"^[ \t]*(?:#+[ \t]*|[-*\u2022][ \t]*|\d+[.)][ \t]*)?{_LABEL_NAME}(?:[:.\-\u2013\u2014)][ \t]*(?:\*\*)?|$)"
     rf"|(?<=[.!?;,|])[ \t]+{_LABEL_NAME}:[ \t]*(?:\*\*)?",
     re.I | re.M,
 )
+# An "Image N" anywhere: an answer naming two or more that no label splits describes both images in one text
+_LABEL_MENTION = re.compile(r"\b(?:image|caption)[ \t]*\d+\b", re.I)
 _NUMBERED_LINE = re.compile(r"^[ \t]*(\d+)[.)][ \t]+(\S.*?)[ \t]*$")
 _SECTION_LINE = re.compile(r"^[\w ]{1,24}:")  # "Note: ...", "Difference: ...": not a caption's continuation
 
@@ -82,7 +85,8 @@ def _labelled_caption(text: str) -> str:
 def parse_captions(generated: str) -> list[str]:
     """Captions in one generated answer: the caption after every "Image N:" label (`_labelled_caption`); else the
     items of a numbered list 1, 2, ... (other lines, such as an introduction or a closing comment, left out); else,
-    when the model ignored the format, the whole answer as one caption. A label with nothing after it gives no
+    when the model ignored the format, the whole answer as one caption, unless it names "Image N" twice or more (both
+    images' captions run together, which no caption of one image is). A label with nothing after it gives no
     caption; neither does an empty answer."""
     generated = generated.replace("\r\n", "\n").replace("\r", "\n")
     labels = list(_LABEL.finditer(generated))
@@ -92,7 +96,10 @@ def parse_captions(generated: str) -> list[str]:
     else:
         items = [(int(match.group(1)), match.group(2)) for line in generated.split("\n") if (match := _NUMBERED_LINE.match(line))]
         numbered_list = len(items) >= 2 and [number for number, _ in items] == list(range(1, len(items) + 1))
-        pieces = [item for _, item in items] if numbered_list else [generated]
+        if numbered_list:
+            pieces = [item for _, item in items]
+        else:
+            pieces = [generated] if len(_LABEL_MENTION.findall(generated)) < 2 else []
     return [caption for caption in (" ".join(piece.split()) for piece in pieces) if caption]
 
 

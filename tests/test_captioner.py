@@ -331,6 +331,31 @@ def test_a_cut_that_falls_after_the_last_caption_keeps_it(monkeypatch, answer, c
         assert captioner.caption(ANCHORS[:1], NEGATIVES[:1]) == [captions]
 
 
+RED_GREEN = ["A red apple.", "A green apple."]
+
+
+@pytest.mark.parametrize("answer, captions", [
+    ("**Image 1**\nA red apple.\n\n**Image 2**\nA green apple.", RED_GREEN),
+    ("### Image 1\nA red apple.\n\n### Image 2\nA green apple.", RED_GREEN),
+    ("Image 1\nA red apple.\nImage 2\nA green apple.", RED_GREEN),
+    ("Image 1 \u2013 A red apple.\nImage 2 \u2013 A green apple.", RED_GREEN),  # en dash
+    ("Image 1\u2014A red apple.\nImage 2\u2014A green apple.", RED_GREEN),  # em dash
+    # no label to split at: the two captions, labels included, were one candidate text
+    ("**Image 1** A red apple. **Image 2** A green apple.", []),
+    ("Image 1 shows a red apple and image 2 a green one.", []),
+])
+def test_labels_alone_on_their_line_or_before_a_dash_split_and_unsplittable_labelled_answers_give_nothing(answer, captions):
+    """Each of these was one caption describing both images, markup included, which then joined the anchor's pool."""
+    assert parse_captions(answer) == captions
+
+
+def test_a_captioner_answer_naming_both_images_that_cannot_be_split_adds_no_caption(monkeypatch):
+    captioner = tiny_captioner(seed=0, num_samples=2, batch_size=2)
+    answers = ["Image 1 has a red apple, Image 2 a green one.", "Image 1: A red apple.\nImage 2: A green apple."]
+    monkeypatch.setattr(captioner, "_generate", lambda pairs: [(answer, True) for answer in answers[: len(pairs)]])
+    assert captioner.caption(ANCHORS[:1], NEGATIVES[:1]) == [RED_GREEN]
+
+
 def test_labelled_lines_with_nothing_after_the_label_give_no_caption():
     """Before the fix the lazy `(.+?)` captured a lone space: "Image 1:  " gave the caption ' '."""
     assert parse_captions("Image 1:  \nImage 2: a cat") == ["a cat"]
