@@ -17,7 +17,7 @@ import PIL.Image
 import torch
 from transformers import GenerationConfig
 
-from .vlm_inputs import LoadsFromVLM, model_settings, prompt_encoder_for, text_part, to_model
+from .vlm_inputs import LoadsFromVLM, answer_start, model_settings, prompt_encoder_for, text_part, to_model
 
 DEFAULT_CAPTION_PROMPT = (
     "The first image is the anchor; the second is a similar but different image. "
@@ -154,8 +154,12 @@ class ContrastiveCaptioner(LoadsFromVLM):
         self.name = name or model.config.name_or_path or type(model).__name__
         self.prompt_encoder = prompt_encoder_for(model.config, tokenizer, image_processor, chat_template=chat_template)
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, text_part(prompt)]}]
+        # What the template writes before an answer, fed after the generation prompt: a thinking template's empty
+        # think block, without which the model reasons, within max_new_tokens, instead of captioning
+        start = answer_start(self.prompt_encoder, "Image")
+        self.answer_lead = "" if start is None else start[0]
         # Every prompt is the same text around two images: render it once, expand images per pair.
-        self._prompt_text = self.prompt_encoder.render(messages, add_generation_prompt=True)
+        self._prompt_text = self.prompt_encoder.render(messages, add_generation_prompt=True) + self.answer_lead
         self._generate_kwargs = {
             "do_sample": True,
             "temperature": temperature,
@@ -201,14 +205,14 @@ class ContrastiveCaptioner(LoadsFromVLM):
         """What, beside `name` and the seed, decides the captions: the prompt, the sampling settings,
         the batch size (all samples draw from one generator, so batching shapes them), the effective
         generation config (`generation_config`, as far as it differs from transformers' defaults),
-        the chat template, the weights dtype and the image processor's settings. Recorded in the
-        builder's manifest."""
+        the chat template (and the text fed after its generation prompt, where there is one), the weights dtype and
+        the image processor's settings. Recorded in the builder's manifest."""
         sampling = {
             "prompt": self.prompt, "temperature": self.temperature, "num_samples": self.num_samples,
             "max_new_tokens": self.max_new_tokens, "batch_size": self.batch_size,
             "generation_config": json.loads(self.generation_config.to_json_string(ignore_metadata=True)),
         }
-        return {**sampling, **model_settings(self.model, self.prompt_encoder)}
+        return {**sampling, **model_settings(self.model, self.prompt_encoder, self.answer_lead)}
 
     @torch.inference_mode()
     def caption(self, anchors: list[PIL.Image.Image], negatives: list[PIL.Image.Image]) -> list[list[str]]:

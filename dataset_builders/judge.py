@@ -18,7 +18,6 @@ from collections.abc import Sequence
 
 import PIL.Image
 import torch
-from jinja2 import TemplateError
 from transformers import DynamicCache
 
 from modeling_maple.modeling_maple import last_token_pool
@@ -28,6 +27,7 @@ from .vlm_inputs import (
     EncodedImages,
     LoadsFromVLM,
     PromptEncoder,
+    answer_start,
     model_settings,
     offloaded_tensor,
     prompt_encoder_for,
@@ -104,35 +104,34 @@ def special_token_pattern(prompt_encoder: PromptEncoder) -> re.Pattern[str]:
     return re.compile("|".join(re.escape(token) for token in sorted(tokens - {""}, key=len, reverse=True)))
 
 
-def answer_token_id(prompt_encoder: PromptEncoder, word: str) -> int:
-    """The token the model would emit first when answering `word` in its chat format.
+def answer_token(prompt_encoder: PromptEncoder, word: str) -> tuple[str, int]:
+    """What the judge feeds after the generation prompt, and the token the model would emit first when answering
+    `word` in its chat format after it (`answer_start`).
 
     Tokenizers differ on whether the answer starts a word ("Yes") or continues one (" Yes", as
-    after "ASSISTANT:" in LLaVA-style templates). Rendering a conversation that ends in the answer
-    and reading the token right after the generation prompt gives the spelling the model was
-    trained to produce. If that token is only a fragment of `word`, the single-token spellings
-    "Yes" / " Yes" are tried; if neither exists the judge cannot score and a ValueError says so.
+    after "ASSISTANT:" in LLaVA-style templates), and a thinking template (Qwen3-VL-Thinking's) closes an empty think
+    block before the answer; rendering a conversation that ends in the answer gives both as the model was trained on
+    them. If the answer's token is only a fragment of `word`, or the template renders no answer, the single-token
+    spellings "Yes" / " Yes" are tried; if neither exists the judge cannot score and a ValueError says so, as it
+    does when the template's answer is not the word.
     """
     tokenizer = prompt_encoder.tokenizer
-    question = [{"role": "user", "content": [text_part("?")]}]
-    prompt_ids = tokenizer(prompt_encoder.render(question, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
-    # Content as a list of parts first: some templates (SmolVLM's, Idefics3's) render only that form, and render a
-    # plain-string answer as nothing, which would leave the fallback's spelling, not the model's.
-    # pixtral-12b's template adds the EOS to an answer's content as a string, so a list of parts is a TypeError there.
-    for content in ([text_part(word)], word):
-        try:
-            answered = prompt_encoder.render(question + [{"role": "assistant", "content": content}], add_generation_prompt=False)
-        except (TypeError, TemplateError):
-            continue
-        answered_ids = tokenizer(answered, add_special_tokens=False)["input_ids"]
-        if answered_ids[: len(prompt_ids)] == prompt_ids and len(answered_ids) > len(prompt_ids):
-            candidate = answered_ids[len(prompt_ids)]
-            if tokenizer.decode([candidate]).strip() == word:
-                return candidate
+    start = answer_start(prompt_encoder, word)
+    lead = ""
+    if start is not None:
+        lead, token = start
+        spelled = tokenizer.decode([token]).strip()
+        if spelled == word:
+            return lead, token
+        if not (spelled and word.startswith(spelled)):
+            raise ValueError(
+                f"the judge's chat template answers {word!r} with the token {spelled!r} after its generation prompt"
+                f"{f' and {lead!r}' if lead else ''}; alpha needs the token the model answers {word!r} with"
+            )
     for spelling in (word, " " + word):
         ids = tokenizer(spelling, add_special_tokens=False)["input_ids"]
         if len(ids) == 1:
-            return ids[0]
+            return lead, ids[0]
     raise ValueError(
         f"the judge's tokenizer has no single token for {word!r} (nor {' ' + word!r}); "
         "alpha needs the next-token logits of one 'Yes' and one 'No' token"
@@ -180,8 +179,12 @@ class MLLMJudge(LoadsFromVLM):
         self.batch_size = batch_size
         self.name = name or model.config.name_or_path or type(model).__name__
         self.prompt_encoder = prompt_encoder_for(model.config, tokenizer, image_processor, chat_template=chat_template)
-        self.yes_id = answer_token_id(self.prompt_encoder, "Yes")
-        self.no_id = answer_token_id(self.prompt_encoder, "No")
+        yes_lead, self.yes_id = answer_token(self.prompt_encoder, "Yes")
+        no_lead, self.no_id = answer_token(self.prompt_encoder, "No")
+        if yes_lead != no_lead:
+            raise ValueError(f"the judge's chat template writes {yes_lead!r} before the answer 'Yes' but {no_lead!r} before 'No'")
+        # fed after the generation prompt, in both scoring paths (the end of `suffix_template`)
+        self.answer_lead = yes_lead
         # The prompt split into the part all candidate texts of an image share and the rest.
         self.prefix_text, self.suffix_template = self._split_prompt()
         self._special_tokens = special_token_pattern(self.prompt_encoder)
@@ -206,17 +209,17 @@ class MLLMJudge(LoadsFromVLM):
         manifest records them, so a resumed build never mixes shards scored under other settings.
         Batch size and device change only float rounding and are left out. `answer_logits`: the Yes/No logits are
         read in float32 (`_alphas`), whatever the weights' dtype; `answer_tokens`: the two tokens read
-        (`answer_token_id`)."""
+        (`answer_token`); `answer_lead`, where there is one: the text fed after the generation prompt."""
         answer_tokens = [self.prompt_encoder.tokenizer.decode([token]) for token in (self.yes_id, self.no_id)]
         return {
             "prompt": self.prompt,
             "answer_logits": "float32",
             "answer_tokens": answer_tokens,
-            **model_settings(self.model, self.prompt_encoder),
+            **model_settings(self.model, self.prompt_encoder, self.answer_lead),
         }
 
     def _split_prompt(self) -> tuple[str, str]:
-        """The rendered prompt cut into the part shared by all candidate texts and the rest:
+        """The rendered prompt, `answer_lead` included, cut into the part shared by all candidate texts and the rest:
         (prefix, suffix template with a `{text}` field).
 
         The cut must not change tokenisation: ids(prefix) + ids(suffix) has to equal ids(whole),
@@ -232,7 +235,7 @@ class MLLMJudge(LoadsFromVLM):
         messages = [
             {"role": "user", "content": [{"type": "image"}, text_part(self.prompt.replace("{text}", marker))]}
         ]
-        rendered = self.prompt_encoder.render(messages, add_generation_prompt=True)
+        rendered = self.prompt_encoder.render(messages, add_generation_prompt=True) + self.answer_lead
         placeholder = self.prompt_encoder.image_placeholder
         image_end = rendered.index(placeholder) + len(placeholder)
         text_start = rendered.find(marker, image_end)

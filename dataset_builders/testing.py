@@ -48,6 +48,25 @@ def tiny_image_text_model(family: str = "qwen2_vl", seed: int = 0, **config_over
     return model
 
 
+def tiny_thinking_tokenizer(*, answer_closes_think_block: bool = True):
+    """`modeling_maple.testing.tiny_tokenizer()` with a Qwen3-VL-Thinking-style chat template: the generation prompt
+    opens a think block ("<|im_start|>assistant\n<think>\n"), which a finished answer closes empty first ("<think>\n\n
+    </think>\n\nYes"), or, with `answer_closes_think_block=False`, does not write (its answer no longer follows the
+    generation prompt). A model of the tiny vocabulary needs `resize_token_embeddings(len(tokenizer))`."""
+    from modeling_maple.testing import TINY_CHAT_TEMPLATE, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<think>", "</think>"]}, replace_extra_special_tokens=False)
+    template = TINY_CHAT_TEMPLATE.replace("<|im_start|>assistant\n{% endif %}", "<|im_start|>assistant\n<think>\n{% endif %}")
+    if answer_closes_think_block:
+        template = template.replace(
+            "<|im_start|>{{ message['role'] }}\n",
+            "<|im_start|>{{ message['role'] }}\n{% if message['role'] == 'assistant' %}<think>\n\n</think>\n\n{% endif %}",
+        )
+    tokenizer.chat_template = template
+    return tokenizer
+
+
 def _tiny_model_tokenizer_and_image_processor(family: str, seed: int, image_size: int):
     from modeling_maple.testing import tiny_mllm_image_processor, tiny_mllm_tokenizer
 

@@ -23,6 +23,7 @@ from typing import TypeVar
 
 import PIL.Image
 import torch
+from jinja2 import TemplateError
 
 from modeling_maple.configuration_maple import IMAGE_TOKEN_TYPE_INPUTS, QWEN_VL_MLLMS, SUPPORTED_MLLMS, mllm_family
 from modeling_maple.processing_maple import (
@@ -191,6 +192,66 @@ def _leading_special_ids(tokenizer) -> list[int]:
     return full[:start]
 
 
+def answer_start(prompt_encoder: PromptEncoder, word: str) -> tuple[str, int] | None:
+    """Where the model's answer `word` starts in its chat format: (lead, token), the text the chat template writes
+    between the generation prompt and the answer, and the first token of the answer after it.
+
+    The lead is empty for most templates. A thinking model's (Qwen3-VL-Thinking's) generation prompt ends in an open
+    think block that a finished answer closes empty first ("\n</think>\n\n"): a prompt fed without the lead has the
+    model start reasoning, not answering. Read from a conversation rendered with the answer `word` and tokenised
+    whole, the answer's token being the one that starts at the word or at the whitespace before it (LLaVA's
+    "ASSISTANT:" is answered " Yes", one token). None when the template renders no answer (`word` is not in the
+    answered conversation); a ValueError when it renders the answer but not after its generation prompt, or inside
+    a token that starts before it."""
+    question = [{"role": "user", "content": [text_part("?")]}]
+    prompt = prompt_encoder.render(question, add_generation_prompt=True)
+    starts, problems = [], []
+    # The answer's content as a list of parts and as a string: some templates (SmolVLM's, Idefics3's) render only
+    # the first and render a string as nothing; pixtral-12b's adds the EOS to the content as a string, so a list of
+    # parts is a TypeError there; one that prints the content as it is renders a list as its repr, the word inside.
+    for content in ([text_part(word)], word):
+        try:
+            answered = prompt_encoder.render(question + [{"role": "assistant", "content": content}], add_generation_prompt=False)
+        except (TypeError, TemplateError):
+            continue
+        try:
+            start = _answer_start_after(prompt, answered, word, prompt_encoder.tokenizer)
+        except ValueError as problem:
+            problems.append(problem)
+            continue
+        if start is not None:
+            starts.append(start)
+    if starts:
+        return min(starts, key=lambda start: len(start[0]))  # the template's own text, not a list's repr
+    if problems:
+        raise problems[0]
+    return None
+
+
+def _answer_start_after(prompt: str, answered: str, word: str, tokenizer) -> tuple[str, int] | None:
+    """`answer_start` in one rendering `answered` of the conversation the generation prompt `prompt` asks for."""
+    if not answered.startswith(prompt):
+        if word not in answered:
+            return None
+        raise ValueError(
+            f"the chat template renders an answered conversation that does not continue its generation prompt, so "
+            f"where the answer {word!r} starts is unknown: the prompt ends {prompt[-40:]!r}, the answered "
+            f"conversation {answered[-60:]!r}"
+        )
+    after_prompt = answered[len(prompt) :]
+    if (at := after_prompt.find(word)) < 0:
+        return None
+    answered_ids = tokenizer(answered, add_special_tokens=False)["input_ids"]
+    for cut in range(at, len(after_prompt[:at].rstrip()) - 1, -1):  # at the word, or at the whitespace before it
+        lead_ids = tokenizer(prompt + after_prompt[:cut], add_special_tokens=False)["input_ids"]
+        if answered_ids[: len(lead_ids)] == lead_ids and len(answered_ids) > len(lead_ids):
+            return after_prompt[:cut], answered_ids[len(lead_ids)]
+    raise ValueError(
+        f"no token of the chat template's answered conversation starts at its answer {word!r}: after the "
+        f"generation prompt it reads {after_prompt!r}"
+    )
+
+
 def image_processor_settings(image_processor) -> dict:
     """An image processor's settings as plain JSON values (sizes, pixel budgets such as Qwen-VL's
     max_pixels, normalisation), for recipe manifests: they change what a model sees."""
@@ -229,14 +290,16 @@ def offloaded_tensor(module: torch.nn.Module, tensor_name: str) -> torch.Tensor 
     return None
 
 
-def model_settings(model: torch.nn.Module, prompt_encoder: PromptEncoder) -> dict:
+def model_settings(model: torch.nn.Module, prompt_encoder: PromptEncoder, answer_lead: str) -> dict:
     """What shapes a VLM's outputs for a given prompt: its weights (`weights_digest`), the chat template, the
-    special tokens the tokenizer puts before a prompt (LLaVA's BOS), the weights dtype and the image
-    processor's settings."""
+    special tokens the tokenizer puts before a prompt (LLaVA's BOS), the text fed after the generation prompt
+    (`answer_start`'s lead; recorded only where there is one, so that other manifests read as before), the weights
+    dtype and the image processor's settings."""
     return {
         "weights": weights_digest(model),
         "chat_template": prompt_encoder.chat_template,
         "leading_special_ids": prompt_encoder.leading_special_ids,
+        **({"answer_lead": answer_lead} if answer_lead else {}),
         "dtype": str(model.dtype),
         "image_processor": image_processor_settings(prompt_encoder.image_processor),
     }

@@ -8,7 +8,7 @@ from PIL import Image
 
 from dataset_builders import CandidateCaptioner, ContrastiveCaptioner
 from dataset_builders.captioner import parse_captions
-from dataset_builders.testing import tiny_captioner, tiny_image_text_model
+from dataset_builders.testing import tiny_captioner, tiny_image_text_model, tiny_thinking_tokenizer
 from modeling_maple.testing import tiny_image_processor, tiny_tokenizer
 from official_processors import PIXTRAL_12B_CHAT_TEMPLATE, official_processor
 
@@ -103,6 +103,21 @@ def test_captioner_shows_both_images_and_the_configured_prompt(monkeypatch):
     image_token = captioner.prompt_encoder.image_token_id
     assert (first["mm_token_type_ids"] == (first["input_ids"] == image_token)).all()
     assert (first["attention_mask"][:, -1] == 1).all(), "generation prompts are left-padded"
+
+
+def test_a_thinking_template_has_the_captioner_answer_after_the_empty_think_block(monkeypatch):
+    """The generation prompt ends in an open think block: the model spent max_new_tokens reasoning, and the reasoning,
+    unlabelled, became one caption. The captioner feeds the empty think block the template writes before an answer."""
+    tokenizer = tiny_thinking_tokenizer()
+    model = tiny_image_text_model()
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    captioner = ContrastiveCaptioner(model, tokenizer, tiny_image_processor(), num_samples=1, max_new_tokens=2)
+    prompts = []
+    monkeypatch.setattr(captioner.model, "generate", lambda input_ids, **inputs: prompts.append(input_ids) or input_ids)
+    captioner.caption(ANCHORS[:1], NEGATIVES[:1])
+    assert tokenizer.decode(prompts[0][0]).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert captioner.settings["answer_lead"] == "\n</think>\n\n"
+    assert "answer_lead" not in tiny_captioner(seed=0).settings  # a manifest without one reads as before
 
 
 def test_sampling_is_plain_whatever_the_checkpoints_generation_config_says():

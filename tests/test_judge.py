@@ -8,8 +8,8 @@ from PIL import Image
 
 import dataset_builders.judge as judge_module
 from dataset_builders import JudgeEnsemble, MLLMJudge, PreferenceJudge
-from dataset_builders.judge import answer_token_id
-from dataset_builders.testing import ColourJudge, tiny_image_text_model, tiny_judge
+from dataset_builders.judge import answer_token
+from dataset_builders.testing import ColourJudge, tiny_image_text_model, tiny_judge, tiny_thinking_tokenizer
 from dataset_builders.vlm_inputs import QwenVLPromptEncoder, offloaded_tensor
 from modeling_maple.testing import tiny_image_processor, tiny_tokenizer
 from official_processors import PIXTRAL_12B_CHAT_TEMPLATE, official_processor
@@ -312,6 +312,40 @@ def test_a_template_that_renders_no_answer_falls_back_to_the_unspaced_answer_tok
     assert [tokenizer.decode([token]) for token in (judge.yes_id, judge.no_id)] == ["Yes", "No"]
 
 
+def test_a_thinking_template_has_the_judge_read_the_answer_after_the_empty_think_block():
+    """The generation prompt ends in "<think>\n", where the model starts reasoning; the judge read alpha there (the token
+    after the prompt was no "Yes", and it fell back to the bare one). Both scoring paths now feed the text the template
+    writes before an answer, and read P(Yes) where the model trained on the answered conversation answers."""
+    tokenizer = tiny_thinking_tokenizer()
+    model = _sharpened(tiny_judge(seed=2)).model
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    judge = MLLMJudge(model, tokenizer, tiny_image_processor(), batch_size=2)
+    assert judge.answer_lead == "\n</think>\n\n" and judge.settings["answer_lead"] == "\n</think>\n\n"
+    reused, per_pair = judge.score(IMAGES[:2], TEXTS[:2]), judge.score(IMAGES[:2], TEXTS[:2], reuse_prefix=False)
+    for image, candidates, image_alphas, image_alphas_per_pair in zip(IMAGES, TEXTS, reused, per_pair):
+        encoded = judge.prompt_encoder.encode_images([image])
+        for text, alpha, alpha_per_pair in zip(candidates, image_alphas, image_alphas_per_pair):
+            question = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": judge.prompt.format(text=text)}]}
+            answered = tokenizer.apply_chat_template([question, {"role": "assistant", "content": "Yes"}], tokenize=False)
+            assert answered.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\nYes<|im_end|>\n")
+            ids = judge.prompt_encoder.expand_images(answered[: answered.rindex("Yes")], encoded, [0])
+            assert judge.prefix_ids(encoded, 0) + judge.suffix_ids([text])[0] == ids
+            with torch.no_grad():
+                logits = model(**judge.prompt_encoder.model_inputs([ids], encoded, padding_side="right")).logits[0, -1]
+            expected = torch.softmax(logits[[judge.yes_id, judge.no_id]], dim=-1)[0].item()
+            assert abs(alpha.item() - expected) < 1e-5 and abs(alpha_per_pair.item() - expected) < 1e-5
+
+
+def test_a_template_whose_answer_does_not_follow_its_generation_prompt_is_refused():
+    """Its answered conversation drops the open think block: where the answer starts after the prompt is unknown, and
+    the judge read the bare "Yes" after "<think>\n"."""
+    tokenizer = tiny_thinking_tokenizer(answer_closes_think_block=False)
+    model = tiny_image_text_model()
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    with pytest.raises(ValueError, match=r"renders an answered conversation that does not continue its generation prompt"):
+        MLLMJudge(model, tokenizer, tiny_image_processor())
+
+
 def test_tokenizer_without_a_yes_token_is_rejected_clearly():
     from transformers import Qwen2Tokenizer
 
@@ -323,7 +357,7 @@ def test_tokenizer_without_a_yes_token_is_rejected_clearly():
     tokenizer.chat_template = TINY_CHAT_TEMPLATE
     config = tiny_qwen2_vl_config(image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"))
     with pytest.raises(ValueError, match="no single token for 'Yes'"):
-        answer_token_id(QwenVLPromptEncoder(config, tokenizer, tiny_image_processor()), "Yes")
+        answer_token(QwenVLPromptEncoder(config, tokenizer, tiny_image_processor()), "Yes")
 
 
 def test_unsupported_model_family_bad_prompt_and_batch_size_fail_before_any_work():
