@@ -350,10 +350,11 @@ def load_vlm(
     image_processor_kwargs: dict | None = None,
     model_kwargs: dict | None = None,
     token: str | None = None,
+    chat_template: str | None = None,
 ) -> LoadedVLM:
     """Load an image-text-to-text model by Hub id or local path, after checking its family is
-    supported and its image processor settings (so bad input fails before any weights are
-    downloaded).
+    supported, its image processor settings and that it has a chat template (so bad input fails before any weights
+    are downloaded).
 
     Args:
         device: where the model goes; ignored when `model_kwargs` holds a `device_map` (large
@@ -365,6 +366,8 @@ def load_vlm(
         model_kwargs: more `from_pretrained` arguments (`device_map`, `attn_implementation`, ...).
         token: the Hub token every file (config, image processor, tokenizer, weights) is read with; None: HF_TOKEN or
             the token `hf auth login` saved.
+        chat_template: the chat template to use instead of the checkpoint's. Without it, the tokenizer's, else the
+            processor's (`processor_chat_template`); the returned tokenizer carries the one in use.
     """
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
 
@@ -372,11 +375,29 @@ def load_vlm(
     # `backend` ("pil", "torchvision") picks the image processor's class: a choice of its own here
     image_processor = load_image_processor(model_id_or_path, image_processor_kwargs, allowed=("backend",), token=token)
     tokenizer = AutoTokenizer.from_pretrained(model_id_or_path, token=token)
+    tokenizer.chat_template = chat_template or tokenizer.chat_template or processor_chat_template(model_id_or_path, token)
+    if not tokenizer.chat_template:
+        raise ValueError(
+            f"{model_id_or_path} has no chat template (neither in its tokenizer nor in chat_template.jinja or "
+            "chat_template.json); pass chat_template=... explicitly"
+        )
     model_kwargs = dict(model_kwargs or {})
     model = AutoModelForImageTextToText.from_pretrained(model_id_or_path, dtype=dtype, token=token, **model_kwargs)
     if "device_map" not in model_kwargs and device is not None:
         model = model.to(device)
     return LoadedVLM(model=model, tokenizer=tokenizer, image_processor=image_processor)
+
+
+def processor_chat_template(model_id_or_path: str, token: str | None = None) -> str | None:
+    """The chat template a checkpoint keeps for its processor rather than its tokenizer (the legacy
+    chat_template.json, a chat_template.jinja or processor_config.json; its default one where there are several), as
+    `AutoProcessor` reads it, without building the processor (Qwen2-VL's insists on a torchvision video processor);
+    None if it has none."""
+    from transformers import ProcessorMixin
+
+    processor_dict, _ = ProcessorMixin.get_processor_dict(model_id_or_path, token=token)
+    template = processor_dict.get("chat_template")
+    return template.get("default") if isinstance(template, dict) else template
 
 
 VLM_LOADING_KEYWORDS = ("device", "dtype", "device_map", "image_processor_kwargs", "model_kwargs", "token")
@@ -433,13 +454,16 @@ class LoadsFromVLM:
         (other `from_pretrained` arguments, e.g. `attn_implementation`) and `token` (the Hub token every file is read
         with; None: HF_TOKEN or the saved login); `loading_kwargs` may hold them as one dict instead. `settings` go to
         the constructor: a keyword that is neither is a TypeError saying where it goes (`interfaces.check_settings`),
-        and a value `check_values` refuses is a ValueError before anything loads.
+        and a value `check_values` refuses is a ValueError before anything loads. A checkpoint without a chat template
+        (its tokenizer's or its processor's) is a ValueError before the weights load, unless `settings` hold a
+        `chat_template`.
         """
         check_settings(cls, settings, VLM_LOADING_KEYWORDS)
         cls.check_values(**settings)
         given = dict(device=device, dtype=dtype, device_map=device_map, image_processor_kwargs=image_processor_kwargs,
                      model_kwargs=model_kwargs, token=token)
-        loaded = load_vlm(model_id_or_path, **vlm_loading_kwargs(f"{cls.__name__}.from_pretrained", loading_kwargs, **given))
+        loading = vlm_loading_kwargs(f"{cls.__name__}.from_pretrained", loading_kwargs, **given)
+        loaded = load_vlm(model_id_or_path, chat_template=settings.get("chat_template"), **loading)
         return cls(loaded.model, loaded.tokenizer, loaded.image_processor, **{"name": model_id_or_path, **settings})
 
 

@@ -1100,8 +1100,8 @@ def test_to_model_gives_the_pixels_the_models_dtype_and_leaves_the_ids_integers(
     assert (moved["pixel_values"].dtype, moved["input_ids"].dtype) == (torch.bfloat16, torch.long)
 
 
-def _saved_judge_folder(tmp_path):
-    source = tiny_judge(seed=3)
+def _saved_judge_folder(tmp_path, source=None):
+    source = source or tiny_judge(seed=3)
     for part in (source.model, source.prompt_encoder.tokenizer, source.prompt_encoder.image_processor):
         part.save_pretrained(tmp_path)
     return str(tmp_path)
@@ -1117,6 +1117,30 @@ def test_load_vlm_refuses_an_unsupported_family_from_its_config_before_loading_a
         monkeypatch.setattr(auto, "from_pretrained", lambda *args, **kwargs: pytest.fail("more than the config was loaded"))
     with pytest.raises(NotImplementedError, match=r"model type 'bert' is not supported yet; supported: qwen2_vl"):
         load_vlm(str(tmp_path))
+
+
+def test_a_chat_template_kept_only_for_the_processor_is_used_and_a_missing_one_is_refused_before_the_weights(tmp_path, monkeypatch):
+    """The legacy chat_template.json is `AutoProcessor`'s, not the tokenizer's: `from_pretrained` loaded every weight,
+    then failed with "the tokenizer has no chat template", with no way round it from the CLI."""
+    import json
+
+    from transformers import AutoModelForImageTextToText
+
+    source = tiny_judge(seed=3)
+    template = source.prompt_encoder.chat_template
+    source.prompt_encoder.tokenizer.chat_template = None
+    folder = _saved_judge_folder(tmp_path, source)
+    (tmp_path / "chat_template.json").write_text(json.dumps({"chat_template": template}))
+    judge = MLLMJudge.from_pretrained(folder)
+    assert judge.prompt_encoder.chat_template == template
+    assert judge.settings == source.settings  # the same prompts and answer tokens as with the template in the tokenizer
+
+    (tmp_path / "chat_template.json").unlink()
+    monkeypatch.setattr(AutoModelForImageTextToText, "from_pretrained", lambda *args, **kwargs: pytest.fail("the weights were loaded"))
+    with pytest.raises(ValueError, match=r"has no chat template \(neither in its tokenizer nor in chat_template.jinja or chat_template.json\)"):
+        MLLMJudge.from_pretrained(folder)
+    monkeypatch.undo()
+    assert MLLMJudge.from_pretrained(folder, chat_template=template).prompt_encoder.chat_template == template
 
 
 def test_load_vlm_moves_the_model_to_its_device_unless_a_device_map_placed_it(tmp_path):
