@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import PIL.Image
 import torch
@@ -92,6 +92,24 @@ def check_score_images_inputs(texts: object, images: object) -> None:
     """Raise a ValueError naming the first malformed item of `score_images(texts, images)`'s
     inputs: texts a list of str, images a list with one list of PIL images per text."""
     _check_queries_and_candidates(texts, "texts", _TEXT, images, "images", _IMAGE)
+
+
+def candidate_names(texts: Sequence[Sequence[str]]) -> Iterator[tuple[str, str]]:
+    """("texts[i][j]", text) for every candidate text of `score`'s `texts`."""
+    for index, candidates in enumerate(texts):
+        for position, text in enumerate(candidates):
+            yield f"texts[{index}][{position}]", text
+
+
+def check_special_tokens(judge: MLLMJudge | JudgeEnsemble, named_texts: Iterable[tuple[str, str]]) -> None:
+    """A ValueError naming the first of `named_texts` ((name, text) pairs) that holds a special token of the judge's
+    tokenizer (its `special_token_in`; an ensemble's: any member's), before any forward."""
+    for name, text in named_texts:
+        if (token := judge.special_token_in(text)) is not None:
+            raise ValueError(
+                f"{name} contains the judge's special token {token!r}, which its tokenizer would read as that token, "
+                "not as text, breaking the prompt"
+            )
 
 
 def special_token_pattern(prompt_encoder: PromptEncoder) -> re.Pattern[str]:
@@ -286,13 +304,6 @@ class MLLMJudge(LoadsFromVLM):
         match = self._special_tokens.search(text)
         return None if match is None else match.group()
 
-    def _check_text(self, text: str, name: str) -> None:
-        if (token := self.special_token_in(text)) is not None:
-            raise ValueError(
-                f"{name} contains the judge's special token {token!r}, which its tokenizer would read as that token, "
-                "not as text, breaking the prompt"
-            )
-
     def prefix_ids(self, images: EncodedImages, index: int) -> list[int]:
         """Token ids of the shared prompt prefix for the `index`-th of `images` (image tokens
         expanded); `prefix_ids(...) + suffix_ids([text])[0]` is the whole prompt for one pair."""
@@ -343,9 +354,7 @@ class MLLMJudge(LoadsFromVLM):
         `PreferenceJudge` protocol): False runs every pair as one full prompt, the reference the shared-prefix path
         is tested and benchmarked against."""
         check_score_inputs(images, texts)
-        for index, candidates in enumerate(texts):
-            for position, text in enumerate(candidates):
-                self._check_text(text, f"texts[{index}][{position}]")
+        check_special_tokens(self, candidate_names(texts))
         if not reuse_prefix:
             pairs = [(image, text) for image, candidates in zip(images, texts) for text in candidates]
             flat = self._score_pairs(pairs)
@@ -363,8 +372,7 @@ class MLLMJudge(LoadsFromVLM):
         ValueError naming the item (`check_score_images_inputs`, `special_token_in`).
         """
         check_score_images_inputs(texts, images)
-        for index, text in enumerate(texts):
-            self._check_text(text, f"texts[{index}]")
+        check_special_tokens(self, ((f"texts[{index}]", text) for index, text in enumerate(texts)))
         pairs = [(image, text) for text, candidates in zip(texts, images) for image in candidates]
         return list(self._score_pairs(pairs).split([len(candidates) for candidates in images]))
 
@@ -493,16 +501,20 @@ class JudgeEnsemble:
         return None if found is None else found[1]
 
     def score(self, images: list[PIL.Image.Image], texts: list[list[str]]) -> list[torch.Tensor]:
-        """Per image, the mean over judges of alpha(images[i], texts[i][j])."""
+        """Per image, the mean over judges of alpha(images[i], texts[i][j]). Malformed inputs and a text holding a
+        special token of any member's tokenizer are a ValueError before any member scores."""
         check_score_inputs(images, texts)  # members need not check
+        check_special_tokens(self, candidate_names(texts))
         per_judge = [judge.score(images, texts) for judge in self.judges]
         return [torch.stack(scores).mean(dim=0) for scores in zip(*per_judge)]
 
     def score_images(self, texts: list[str], images: list[list[PIL.Image.Image]]) -> list[torch.Tensor]:
         """Per text, the mean over judges of alpha(images[i][j], texts[i]); every judge must have `score_images`
-        (which `PreferenceJudge` does not ask for)."""
+        (which `PreferenceJudge` does not ask for). Inputs are checked as `score` checks them, before any member
+        scores."""
         check_score_images_inputs(texts, images)
         if lacking := [component_name(judge) for judge in self.judges if not hasattr(judge, "score_images")]:
             raise TypeError(f"score_images() needs every judge of the ensemble to have it; these have not: {', '.join(lacking)}")
+        check_special_tokens(self, ((f"texts[{index}]", text) for index, text in enumerate(texts)))
         per_judge = [judge.score_images(texts, images) for judge in self.judges]
         return [torch.stack(scores).mean(dim=0) for scores in zip(*per_judge)]

@@ -822,6 +822,19 @@ def test_texts_holding_a_special_token_are_refused_before_any_forward(sharp_judg
         call(JudgeEnsemble([sharp_judge]))
 
 
+@pytest.mark.parametrize("call", [
+    lambda ensemble: ensemble.score(IMAGES[:2], [["fine"], ["a red <image> square"]]),
+    lambda ensemble: ensemble.score_images(["fine", "a red <image> square"], [[IMAGES[0]], [IMAGES[1]]]),
+])
+def test_an_ensemble_refuses_a_text_special_to_any_member_before_any_member_scores(call, monkeypatch):
+    """"<image>" is special to SmolVLM's tokenizer only: the Qwen2-VL member ran its forwards, then SmolVLM refused it."""
+    qwen, smolvlm = tiny_judge(seed=1), tiny_judge(seed=2, family="smolvlm")
+    for member in (qwen, smolvlm):
+        monkeypatch.setattr(member.model.model, "forward", lambda *args, **kwargs: pytest.fail("a member ran its model"))
+    with pytest.raises(ValueError, match=r"texts\[1\](\[0\])? contains the judge's special token '<image>'"):
+        call(JudgeEnsemble([qwen, smolvlm]))
+
+
 def test_a_special_token_is_refused_on_the_per_pair_path_too(sharp_judge, monkeypatch):
     """An image slot without features: the per-pair path crashed naming nothing."""
     monkeypatch.setattr(sharp_judge.model.model, "forward", lambda *args, **kwargs: pytest.fail("the model ran"))
