@@ -125,6 +125,22 @@ def test_a_stream_checkpoint_saved_before_positions_were_recorded_resumes_only_i
     assert _step_losses(resumed) == pytest.approx(_step_losses(first), abs=1e-5)
 
 
+def test_a_stream_checkpoint_without_its_position_at_the_end_of_a_run_inside_the_first_pass_resumes(tmp_path):
+    """A run stopped by max_steps inside the first pass (16 rows in batches of 4, 2 steps) ends at `state.epoch` 1.0,
+    which was taken for a checkpoint past the first pass: resuming it to train longer was refused."""
+    uninterrupted = _stream_trainer(tmp_path / "a", 16, max_steps=4)
+    uninterrupted.train()
+    first = _stream_trainer(tmp_path / "b", 16, max_steps=2, save_strategy="steps", save_steps=2)
+    first.train()
+    checkpoint = tmp_path / "b" / "run" / "checkpoint-2"
+    os.remove(checkpoint / STREAM_POSITION_FILE)
+    longer = _stream_trainer(tmp_path / "b", 16, max_steps=4)
+    longer.train(resume_from_checkpoint=str(checkpoint))
+    assert _step_losses(longer) == pytest.approx(
+        {step: loss for step, loss in _step_losses(uninterrupted).items() if step > 2}, abs=1e-5
+    )
+
+
 def test_a_checkpoint_resumes_only_under_its_recipe(tmp_path):
     """Resuming under another rpa_weight or batch size ran silently: a model trained half with one loss, half with
     another. The recipe is saved with every checkpoint; `max_steps` may change (to train longer)."""
@@ -616,3 +632,26 @@ def test_a_checkpoint_refusing_a_resume_names_every_value_that_differs(tmp_path)
         check_recipe(str(tmp_path), smoke_config(str(tmp_path), rpa_weight=0.9, seed=1), lora_recipe(r=4, lora_alpha=8))
     assert f"{tmp_path} was trained with another recipe (rpa_weight: 0.5 -> 0.9; seed: 0 -> 1; lora: None -> " \
            "{'r': 4, 'lora_alpha': 8}): resume with its settings, or start a new run in another output_dir" == str(refused.value)
+
+
+def test_a_checkpoint_push_that_transformers_skips_leaves_output_dir_as_the_last_push_uploads_it(tmp_path):
+    """`Trainer` skips a checkpoint's push while the last one is still uploading output_dir; the files put in place
+    for a push (a PEFT run's trainable state, the removed results) were changed all the same, under that upload."""
+
+    class Uploading:  # the last push, still in flight
+        def is_done(self):
+            return False
+
+    trainer = make_trainer(tmp_path, max_steps=1, push_to_hub=False)
+    trainer.args.hub_strategy = "every_save"
+    trainer.push_in_progress = Uploading()
+    output_dir = tmp_path / "run"
+    output_dir.mkdir(exist_ok=True)
+    (output_dir / "trainable_state.safetensors").write_bytes(b"checkpoint-1's, being uploaded")
+    (output_dir / "eval_results.json").write_text("{}")
+    checkpoint = output_dir / "checkpoint-2"
+    checkpoint.mkdir()
+    (checkpoint / "trainable_state.safetensors").write_bytes(b"checkpoint-2's")
+    trainer._push_from_checkpoint(str(checkpoint))
+    assert (output_dir / "trainable_state.safetensors").read_bytes() == b"checkpoint-1's, being uploaded"
+    assert (output_dir / "eval_results.json").exists()

@@ -318,7 +318,7 @@ class RPATrainer(DPOTrainer):
         next pass's first batch, not where it stopped."""
         position = stream_position(checkpoint)
         if position is None:  # saved before positions were recorded: the global step tells them in the first pass only
-            if self.state.global_step > 0 and self.state.epoch >= 1:
+            if self.state.global_step > 0 and self.state.epoch > 1:  # 1.0: the run ended in pass 0 (max_steps)
                 raise ValueError(
                     f"{checkpoint} was saved after the first pass over the streamed training set but records no "
                     f"position in it ({STREAM_POSITION_FILE}; saved by an earlier version, or by a run on a map-style "
@@ -723,7 +723,9 @@ class RPATrainer(DPOTrainer):
         # remote code that config.json's `auto_map` names: without it the pushed repo loads only with this package.
         # Nor does it touch what else output_dir holds of the model saved there before, which would be uploaded beside
         # this run's weights: that model's results, and a PEFT run's trainable state (this checkpoint's goes instead).
-        if self.is_world_process_zero() and self.args.hub_strategy != HubStrategy.END:
+        # Not while `Trainer` skips this push because the last one is still uploading output_dir's files (only process
+        # zero, which made the repo, has `push_in_progress`).
+        if self.is_world_process_zero() and self.args.hub_strategy != HubStrategy.END and not self._skips_push():
             output_dir = self.args.output_dir
             for name in os.listdir(checkpoint_folder):
                 if name.endswith(".py"):
@@ -738,6 +740,11 @@ class RPATrainer(DPOTrainer):
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(os.path.join(output_dir, PEFT_TRAINABLE_STATE))
         super()._push_from_checkpoint(checkpoint_folder)
+
+    def _skips_push(self) -> bool:
+        """Whether `Trainer._push_from_checkpoint` skips a checkpoint's push: the last one is still uploading."""
+        uploading = getattr(self, "push_in_progress", None)
+        return not self.args.hub_always_push and uploading is not None and not uploading.is_done()
 
     def create_model_card(
         self,
