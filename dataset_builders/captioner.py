@@ -60,8 +60,8 @@ _LABEL = re.compile(
     rf"|(?<=[.!?;,|])[ \t]+{_LABEL_NAME}:[ \t]*(?:\*\*)?",
     re.I | re.M,
 )
-# An "Image N" anywhere: an answer naming two or more that no label splits describes both images in one text
-_LABEL_MENTION = re.compile(r"\b(?:image|caption)[ \t]*\d+\b", re.I)
+# An "Image N" anywhere: an answer naming two images (two numbers) that no label splits describes both in one text
+_LABEL_MENTION = re.compile(r"\b(?:image|caption)[ \t]*(\d+)\b", re.I)
 _NUMBERED_LINE = re.compile(r"^[ \t]*(\d+)[.)][ \t]+(\S.*?)[ \t]*$")
 _SECTION_LINE = re.compile(r"^[\w ]{1,24}:")  # "Note: ...", "Difference: ...": not a caption's continuation
 
@@ -85,8 +85,8 @@ def _labelled_caption(text: str) -> str:
 def parse_captions(generated: str) -> list[str]:
     """Captions in one generated answer: the caption after every "Image N:" label (`_labelled_caption`); else the
     items of a numbered list 1, 2, ... (other lines, such as an introduction or a closing comment, left out); else,
-    when the model ignored the format, the whole answer as one caption, unless it names "Image N" twice or more (both
-    images' captions run together, which no caption of one image is). A label with nothing after it gives no
+    when the model ignored the format, the whole answer as one caption, unless it names two images ("Image 1" and
+    "Image 2": both images' captions run together, which no caption of one image is). A label with nothing after it gives no
     caption; neither does an empty answer."""
     generated = generated.replace("\r\n", "\n").replace("\r", "\n")
     labels = list(_LABEL.finditer(generated))
@@ -99,7 +99,8 @@ def parse_captions(generated: str) -> list[str]:
         if numbered_list:
             pieces = [item for _, item in items]
         else:
-            pieces = [generated] if len(_LABEL_MENTION.findall(generated)) < 2 else []
+            images_named = {int(number) for number in _LABEL_MENTION.findall(generated)}
+            pieces = [generated] if len(images_named) < 2 else []
     return [caption for caption in (" ".join(piece.split()) for piece in pieces) if caption]
 
 
@@ -155,9 +156,15 @@ class ContrastiveCaptioner(LoadsFromVLM):
         self.prompt_encoder = prompt_encoder_for(model.config, tokenizer, image_processor, chat_template=chat_template)
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, text_part(prompt)]}]
         # What the template writes before an answer, fed after the generation prompt: a thinking template's empty
-        # think block, without which the model reasons, within max_new_tokens, instead of captioning
-        start = answer_start(self.prompt_encoder, "Image")
-        self.answer_lead = "" if start is None else start[0]
+        # think block, without which the model reasons, within max_new_tokens, instead of captioning. Whitespace after
+        # it is left to the model: where it falls depends on how the probe word tokenises, not on the template (a
+        # tokenizer without " Image" would end the prompt in a space). A template whose answer does not continue its
+        # generation prompt has no lead to find; the captioner reads no answer token, so it needs none.
+        try:
+            start = answer_start(self.prompt_encoder, "Image")
+        except ValueError:
+            start = None
+        self.answer_lead = "" if start is None else start[0].rstrip()
         # Every prompt is the same text around two images: render it once, expand images per pair.
         self._prompt_text = self.prompt_encoder.render(messages, add_generation_prompt=True) + self.answer_lead
         self._generate_kwargs = {

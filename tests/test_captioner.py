@@ -115,9 +115,29 @@ def test_a_thinking_template_has_the_captioner_answer_after_the_empty_think_bloc
     prompts = []
     monkeypatch.setattr(captioner.model, "generate", lambda input_ids, **inputs: prompts.append(input_ids) or input_ids)
     captioner.caption(ANCHORS[:1], NEGATIVES[:1])
-    assert tokenizer.decode(prompts[0][0]).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
-    assert captioner.settings["answer_lead"] == "\n</think>\n\n"
+    assert tokenizer.decode(prompts[0][0]).endswith("<|im_start|>assistant\n<think>\n\n</think>")
+    assert captioner.settings["answer_lead"] == "\n</think>"  # the whitespace after it is the model's to write
     assert "answer_lead" not in tiny_captioner(seed=0).settings  # a manifest without one reads as before
+
+
+def test_a_template_whose_answer_does_not_continue_its_generation_prompt_still_captions():
+    """The captioner reads no answer token: such a template (the judge refuses it) has it feed nothing after the prompt,
+    as before answer leads were read, instead of failing to be built."""
+    tokenizer = tiny_thinking_tokenizer(answer_closes_think_block=False)
+    model = tiny_image_text_model()
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    captioner = ContrastiveCaptioner(model, tokenizer, tiny_image_processor(), num_samples=1, max_new_tokens=2)
+    assert captioner._prompt_text.endswith("<|im_start|>assistant\n<think>\n") and "answer_lead" not in captioner.settings
+
+
+@pytest.mark.parametrize("family", ["smolvlm", "idefics3"])
+def test_the_captioner_prompt_ends_where_the_template_ends_it_whatever_the_probe_word_tokenises_to(family):
+    """These tiny tokenizers have no " Image" token, so the answer "Image" renders as " " + "Image": the space was
+    taken for template text, fed after "Assistant:", and recorded in the settings (a work dir built before stopped
+    with a mismatch)."""
+    captioner = tiny_captioner(seed=0, family=family)
+    assert captioner._prompt_text.endswith("Assistant:")
+    assert "answer_lead" not in captioner.settings
 
 
 def test_sampling_is_plain_whatever_the_checkpoints_generation_config_says():
@@ -358,6 +378,9 @@ RED_GREEN = ["A red apple.", "A green apple."]
     # no label to split at: the two captions, labels included, were one candidate text
     ("**Image 1** A red apple. **Image 2** A green apple.", []),
     ("Image 1 shows a red apple and image 2 a green one.", []),
+    # one image named (twice), or none: one caption
+    ("A red apple; the apple in image 1 is shiny, and image 1 has a knife.",
+     ["A red apple; the apple in image 1 is shiny, and image 1 has a knife."]),
 ])
 def test_labels_alone_on_their_line_or_before_a_dash_split_and_unsplittable_labelled_answers_give_nothing(answer, captions):
     """Each of these was one caption describing both images, markup included, which then joined the anchor's pool."""
