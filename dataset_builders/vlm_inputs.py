@@ -379,7 +379,8 @@ def load_vlm(
     if not tokenizer.chat_template:
         raise ValueError(
             f"{model_id_or_path} has no chat template (neither in its tokenizer nor in chat_template.jinja or "
-            "chat_template.json); pass chat_template=... explicitly"
+            "chat_template.json): a judge or captioner answers in a chat format, so use an instruction-tuned "
+            "checkpoint, add its template to the checkpoint's folder as chat_template.jinja, or pass chat_template=..."
         )
     model_kwargs = dict(model_kwargs or {})
     model = AutoModelForImageTextToText.from_pretrained(model_id_or_path, dtype=dtype, token=token, **model_kwargs)
