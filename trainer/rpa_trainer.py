@@ -719,30 +719,31 @@ class RPATrainer(DPOTrainer):
             _resume_schedule(self.optimizer, self.lr_scheduler)
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        # Decided once, as `Trainer` decides: the last push may finish uploading between two looks.
+        if not self.is_world_process_zero() or self.args.hub_strategy == HubStrategy.END or self._skips_push():
+            return
         # `Trainer` pushes `output_dir` after copying the checkpoint's weights and config.json into it, but not the
         # remote code that config.json's `auto_map` names: without it the pushed repo loads only with this package.
         # Nor does it touch what else output_dir holds of the model saved there before, which would be uploaded beside
         # this run's weights: that model's results, and a PEFT run's trainable state (this checkpoint's goes instead).
-        # Not while `Trainer` skips this push because the last one is still uploading output_dir's files (only process
-        # zero, which made the repo, has `push_in_progress`).
-        if self.is_world_process_zero() and self.args.hub_strategy != HubStrategy.END and not self._skips_push():
-            output_dir = self.args.output_dir
-            for name in os.listdir(checkpoint_folder):
-                if name.endswith(".py"):
-                    shutil.copy(os.path.join(checkpoint_folder, name), os.path.join(output_dir, name))
-            for name in RESULTS_FILES:
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(os.path.join(output_dir, name))
-            trainable_state = os.path.join(checkpoint_folder, PEFT_TRAINABLE_STATE)
-            if os.path.isfile(trainable_state):
-                shutil.copy(trainable_state, os.path.join(output_dir, PEFT_TRAINABLE_STATE))
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(os.path.join(output_dir, PEFT_TRAINABLE_STATE))
+        output_dir = self.args.output_dir
+        for name in os.listdir(checkpoint_folder):
+            if name.endswith(".py"):
+                shutil.copy(os.path.join(checkpoint_folder, name), os.path.join(output_dir, name))
+        for name in RESULTS_FILES:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(output_dir, name))
+        trainable_state = os.path.join(checkpoint_folder, PEFT_TRAINABLE_STATE)
+        if os.path.isfile(trainable_state):
+            shutil.copy(trainable_state, os.path.join(output_dir, PEFT_TRAINABLE_STATE))
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(output_dir, PEFT_TRAINABLE_STATE))
         super()._push_from_checkpoint(checkpoint_folder)
 
     def _skips_push(self) -> bool:
-        """Whether `Trainer._push_from_checkpoint` skips a checkpoint's push: the last one is still uploading."""
+        """Whether `Trainer._push_from_checkpoint` skips a checkpoint's push: the last one is still uploading (only
+        process zero, which made the repo, has `push_in_progress`)."""
         uploading = getattr(self, "push_in_progress", None)
         return not self.args.hub_always_push and uploading is not None and not uploading.is_done()
 
