@@ -159,11 +159,8 @@ class ContrastiveCaptioner(LoadsFromVLM):
         # think block, without which the model reasons, within max_new_tokens, instead of captioning. Whitespace after
         # it is left to the model: where it falls depends on how the probe word tokenises, not on the template (a
         # tokenizer without " Image" would end the prompt in a space). A template whose answer does not continue its
-        # generation prompt has no lead to find; the captioner reads no answer token, so it needs none.
-        try:
-            start = answer_start(self.prompt_encoder, "Image")
-        except ValueError:
-            start = None
+        # generation prompt is refused, as the judge refuses it: it may be a thinking one that drops the think block.
+        start = answer_start(self.prompt_encoder, "Image")
         self.answer_lead = "" if start is None else start[0].rstrip()
         # Every prompt is the same text around two images: render it once, expand images per pair.
         self._prompt_text = self.prompt_encoder.render(messages, add_generation_prompt=True) + self.answer_lead

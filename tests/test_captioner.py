@@ -120,14 +120,14 @@ def test_a_thinking_template_has_the_captioner_answer_after_the_empty_think_bloc
     assert "answer_lead" not in tiny_captioner(seed=0).settings  # a manifest without one reads as before
 
 
-def test_a_template_whose_answer_does_not_continue_its_generation_prompt_still_captions():
-    """The captioner reads no answer token: such a template (the judge refuses it) has it feed nothing after the prompt,
-    as before answer leads were read, instead of failing to be built."""
+def test_a_template_whose_answer_does_not_continue_its_generation_prompt_is_refused():
+    """As by the judge: such a template may drop a thinking model's think block when it renders an answer, and a
+    prompt ending in an open "<think>" has the model reason within max_new_tokens instead of captioning."""
     tokenizer = tiny_thinking_tokenizer(answer_closes_think_block=False)
     model = tiny_image_text_model()
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    captioner = ContrastiveCaptioner(model, tokenizer, tiny_image_processor(), num_samples=1, max_new_tokens=2)
-    assert captioner._prompt_text.endswith("<|im_start|>assistant\n<think>\n") and "answer_lead" not in captioner.settings
+    with pytest.raises(ValueError, match=r"renders an answered conversation that does not continue its generation prompt"):
+        ContrastiveCaptioner(model, tokenizer, tiny_image_processor(), num_samples=1, max_new_tokens=2)
 
 
 @pytest.mark.parametrize("family", ["smolvlm", "idefics3"])
