@@ -243,6 +243,7 @@ def load_source(
     _check_splits(source, split, available=[str(name) for name in builder.config.data_files])
     if path.exists():
         _check_local_parquet_rows(source, split, builder.config.data_files)
+        _check_caption_table_rows(source, builder.config.data_files)
     with _data_files_read(source):
         builder.download_and_prepare()
     _check_selects_rows(source, split, {str(name): info.num_examples for name, info in builder.info.splits.items()})
@@ -264,6 +265,29 @@ def _check_local_parquet_rows(source: str, split: str, data_files: dict[str, lis
     empty = next((file for file, meta in metadata.items() if meta.num_rows == 0 and meta.num_row_groups > 0), None)
     if empty is not None:
         raise SourceError(f"source {source}: its data file {empty} has no rows, which datasets cannot read: remove it")
+
+
+# An image folder's caption table (`datasets`' metadata file), by the names `datasets` reads
+CAPTION_TABLES = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
+
+
+def _check_caption_table_rows(source: str, data_files: dict[str, list[str]]) -> None:
+    """A `SourceError` naming a folder's caption table (`CAPTION_TABLES`) that has no rows (empty, blank lines, a
+    header alone), which `datasets` fails on with an IndexError or StopIteration traceback."""
+    import pyarrow.parquet as pq
+
+    for file in (str(file) for names in data_files.values() for file in names):
+        name = os.path.basename(file)
+        if name not in CAPTION_TABLES:
+            continue
+        with _data_files_read(source):
+            if name.endswith(".parquet"):
+                rows = pq.read_metadata(file).num_rows
+            else:
+                lines = [line for line in Path(file).read_text(encoding="utf-8").splitlines() if line.strip()]
+                rows = len(lines) - (name.endswith(".csv") and len(lines) > 0)  # a csv's first line is its header
+        if rows == 0:
+            raise SourceError(f"source {source}: its caption table {file} has no rows")
 
 
 @contextlib.contextmanager

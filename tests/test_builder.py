@@ -1362,6 +1362,20 @@ def test_a_folder_of_parquet_files_without_rows_is_a_source_without_rows(tmp_pat
         load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"))
 
 
+@pytest.mark.parametrize("table, text", [("metadata.jsonl", ""), ("metadata.jsonl", "\n \n"), ("metadata.csv", "file_name,caption\n")])
+@pytest.mark.parametrize("with_images", [True, False])
+def test_an_image_folder_whose_caption_table_has_no_rows_is_a_source_error_naming_it(tmp_path, table, text, with_images):
+    """datasets' image folder builder failed on it with an IndexError traceback (with images; the json builder with a
+    StopIteration without), found by a walk through the docs."""
+    folder = tmp_path / "source"
+    folder.mkdir()
+    if with_images:
+        Image.new("RGB", (8, 8)).save(folder / "000.png")
+    (folder / table).write_text(text)
+    with pytest.raises(SourceError, match=rf"^source {folder}: its caption table {folder / table} has no rows$"):
+        load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"))
+
+
 @pytest.mark.parametrize("layout", ["file", "folder"])
 @pytest.mark.parametrize(
     "split, error",
