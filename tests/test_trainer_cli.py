@@ -886,6 +886,9 @@ def test_config_as_the_last_argument_asks_for_its_file(capsys):
     "save_total_limit: null\n",  # an optional number left unset
     "learning_rate: 0.0001\nrpa_weight: 1\n",  # YAML's float for a float, an int for a float
     "learn_beta: false\nbf16: null\n",  # a YAML boolean for a switch, an optional one left unset
+    # options of choices whose default is None: null had been checked against the choices and refused (found by a review)
+    "backbone: null\ntiny: null\nddp_backend: null\ndataloader_multiprocessing_context: null\n",
+    "save_strategy: 'no'\n",
 ])
 def test_a_good_config_file_is_accepted(tmp_path, monkeypatch, capsys, content):
     monkeypatch.chdir(tmp_path)
@@ -907,6 +910,17 @@ def test_a_good_config_file_is_accepted(tmp_path, monkeypatch, capsys, content):
     ("max_steps: 2.0\n", "max_steps: expected an integer, got 2.0"),
     ("per_device_train_batch_size: 8.0\n", "per_device_train_batch_size: expected an integer, got 8.0"),
     ("learn_beta: 0\n", "learn_beta: expected true or false, got 0"),
+    # null for an option that has no null setting passed the check, and was a TypeError once the dataset and the model
+    # had loaded (found by a review)
+    ("seed: null\n", "seed: expected an integer, got null (leave it out for the default, 42)"),
+    ("max_steps: null\n", "max_steps: expected an integer, got null (leave it out for the default, -1)"),
+    ("per_device_train_batch_size: null\n",
+     "per_device_train_batch_size: expected an integer, got null (leave it out for the default, 8)"),
+    ("save_strategy: null\n",
+     "save_strategy: expected one of 'no', 'steps', 'epoch', 'best', got null (leave it out for the default, 'steps')"),
+    # YAML 1.1 reads an unquoted no as false
+    ("save_strategy: no\n", "save_strategy: invalid choice False (choose from 'no', 'steps', 'epoch', 'best'); "
+                            "YAML reads an unquoted no as false: write 'no'"),
 ])
 def test_a_config_value_of_the_wrong_kind_is_refused(tmp_path, capsys, content, message):
     (tmp_path / "train.yaml").write_text(content)

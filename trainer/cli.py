@@ -523,10 +523,16 @@ def _check_config_file(parser: _Parser, argv: list[str]) -> None:
     if not isinstance(config.get("env", {}), dict):
         parser.error(f"{path}: expected 'env' to be a mapping of environment variables, got {config['env']!r:.80}")
     actions = {action.dest: action for action in parser._actions}
-    scalar_fields = _scalar_fields(parser.dataclass_types)
+    scalar_fields, nullable_fields = _scalar_fields(parser.dataclass_types), _nullable_fields(parser.dataclass_types)
     for key, value in config.items():
-        # argparse converts a YAML string as it would a flag's, and its error names the flag, not this file
         action = actions.get(key)
+        if value is None:  # YAML's null: the option unset, where its type allows that; else a TypeError once training ran
+            if action is not None and key not in nullable_fields:
+                expected = (_KIND_NAMES[scalar_fields[key]] if key in scalar_fields else
+                            f"one of {', '.join(map(repr, action.choices))}" if action.choices is not None else "a value")
+                parser.error(f"{path}: {key}: expected {expected}, got null (leave it out for the default, {action.default!r})")
+            continue
+        # argparse converts a YAML string as it would a flag's, and its error names the flag, not this file
         convert = getattr(action, "type", None)
         if isinstance(value, str) and callable(convert):
             try:
@@ -535,10 +541,11 @@ def _check_config_file(parser: _Parser, argv: list[str]) -> None:
                 parser.error(f"{path}: {key}: invalid {getattr(convert, '__name__', 'option')} value: {value!r}")
         # YAML's own numbers and lists reach the config unconverted: a float for a count failed only once training ran,
         # a number for a repo id at the first checkpoint
-        elif (kind := scalar_fields.get(key)) is not None and value is not None and not _is_value_of(value, kind):
+        elif (kind := scalar_fields.get(key)) is not None and not _is_value_of(value, kind):
             parser.error(f"{path}: {key}: expected {_KIND_NAMES[kind]}, got {value!r:.80}")
         if action is not None and action.choices is not None and value not in action.choices:
-            parser.error(f"{path}: {key}: invalid choice {value!r} (choose from {', '.join(map(repr, action.choices))})")
+            parser.error(f"{path}: {key}: invalid choice {value!r} (choose from {', '.join(map(repr, action.choices))})"
+                         f"{_yaml_boolean_hint(value, action.choices)}")
 
 
 def _check_resume_recipe(
@@ -564,11 +571,34 @@ def _scalar_fields(dataclass_types) -> dict[str, type]:
     scalar = {}
     for dataclass_type in dataclass_types:
         for name, hint in typing.get_type_hints(dataclass_type).items():
-            is_union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-            kinds = [kind for kind in (typing.get_args(hint) if is_union else (hint,)) if kind is not type(None)]
+            kinds = [kind for kind in _union_members(hint) if kind is not type(None)]
             if len(kinds) == 1 and kinds[0] in _KIND_NAMES and name not in _NOT_ONLY_STRINGS:
                 scalar[name] = kinds[0]
     return scalar
+
+
+def _nullable_fields(dataclass_types) -> set[str]:
+    """The options a YAML null may set: those typed `X | None`, and those whose default is None whatever their type."""
+    nullable = set()
+    for dataclass_type in dataclass_types:
+        hints = typing.get_type_hints(dataclass_type)
+        nullable |= {option.name for option in fields(dataclass_type)
+                     if option.default is None or type(None) in _union_members(hints[option.name])}
+    return nullable
+
+
+def _union_members(hint: Any) -> tuple:
+    """The types a type hint allows: a union's members, else the hint itself."""
+    return typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+
+
+def _yaml_boolean_hint(value: object, choices) -> str:
+    """For a YAML boolean given for an option of string choices: which unquoted word YAML read as it, to quote. YAML
+    1.1 reads `no`/`off` as false and `yes`/`on` as true, so `save_strategy: no` arrives as False."""
+    if not isinstance(value, bool):
+        return ""
+    words = [word for word in (("yes", "on") if value else ("no", "off")) if word in choices]
+    return f"; YAML reads an unquoted {words[0]} as {str(value).lower()}: write '{words[0]}'" if words else ""
 
 
 def _is_value_of(value: object, kind: type) -> bool:
