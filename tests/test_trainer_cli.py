@@ -1005,6 +1005,30 @@ def test_images_stored_as_relative_paths_are_found_beside_the_data_file(tmp_path
     assert splits["train"][0]["image"].size == splits["train"][0]["candidate_images"][1].size
 
 
+def test_images_stored_as_relative_paths_keep_their_image_features(tmp_path, monkeypatch):
+    """Locating the files beside the data file cast the columns back to a plain Image() and List(Image()): a dataset's
+    Image(mode="L") was read in RGB, and a fixed-length list lost its length (found by a review)."""
+    import pyarrow.parquet as pq
+    from datasets import Image as ImageFeature, List
+
+    from trainer.cli import load_preference_splits
+
+    folder = tmp_path / "prefs"
+    folder.mkdir()
+    table = _table_of_image_paths(folder).map(
+        lambda row: {"image": os.path.basename(row["image"]),
+                     "candidate_images": [os.path.basename(path) for path in row["candidate_images"]]})
+    length = len(table[0]["candidate_images"])
+    table = table.cast_column("image", ImageFeature(mode="L")).cast_column(
+        "candidate_images", List(ImageFeature(mode="L"), length=length))
+    pq.write_table(table.data.table, folder / "train.parquet")  # the images stored as their paths, as above
+    monkeypatch.chdir(tmp_path)  # not the data's folder
+    train = load_preference_splits(DataArguments(dataset_name=str(folder)))["train"]
+    assert train.features["image"] == ImageFeature(mode="L")
+    assert train.features["candidate_images"] == List(ImageFeature(mode="L"), length=length)
+    assert [image.mode for image in [train[0]["image"], *train[0]["candidate_images"]]] == ["L"] * (1 + length)
+
+
 def test_a_fixed_length_list_of_images_is_read(tmp_path):
     """The check for images stored as relative paths unpacked a fixed-size list column as a struct: a ValueError
     traceback for a dataset that loaded before (found by a review)."""

@@ -19,7 +19,7 @@ import re
 import sys
 import types
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -731,9 +731,14 @@ def _with_image_paths_read(dataset: Dataset, data_folder: str | None) -> Dataset
                 and holds_relative_image_paths(dataset, column)]
     if not any(texts.values()) and not relative:
         return dataset
+    # what each column is read as: its own image feature (its mode, its list's kind and length), or for paths as text a
+    # plain one
+    read_as = {column: _decoding(dataset.features[column], True) if images[column]
+               else Image() if column == "image" else List(Image())
+               for column in texts if texts[column] or column in relative}
     for column in relative:
         if images[column]:  # the stored {bytes, path}, not the decoded image
-            dataset = dataset.cast_column(column, Image(decode=False) if column == "image" else List(Image(decode=False)))
+            dataset = dataset.cast_column(column, _decoding(dataset.features[column], False))
 
     def locate(value: Any, column: str) -> Any:
         return located(value, data_folder) if texts[column] else located_image(value, data_folder)
@@ -748,14 +753,22 @@ def _with_image_paths_read(dataset: Dataset, data_folder: str | None) -> Dataset
     if relative:  # never from datasets' cache: its key holds neither which files exist now nor where the run starts
         dataset = dataset.map(locate_row, features=dataset.features, load_from_cache_file=False,
                               desc="locating image files")
-    for column in [column for column in texts if texts[column] or column in relative]:
+    for column, feature in read_as.items():
         if column == "image":  # a cast of the table's schema alone
-            dataset = dataset.cast_column(column, Image())
+            dataset = dataset.cast_column(column, feature)
         else:  # rewritten by a map, not from the cache after a locating map (whose result it would key)
             features = dataset.features.copy()
-            features[column] = List(Image())
+            features[column] = feature
             dataset = dataset.cast(features, load_from_cache_file=not relative)
     return dataset
+
+
+def _decoding(feature: Image | List | LargeList, decode: bool) -> Image | List | LargeList:
+    """An image feature, or a list feature of images, that decodes its images or not, all else (the images' mode, the
+    list's kind and length) kept."""
+    if isinstance(feature, Image):
+        return replace(feature, decode=decode)
+    return replace(feature, feature=replace(feature.feature, decode=decode))
 
 
 if __name__ == "__main__":  # as `maple train` (Ctrl-C included)
