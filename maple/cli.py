@@ -11,6 +11,7 @@ import contextlib
 import importlib
 import json
 import math
+import os
 import sys
 from collections.abc import Iterator
 from typing import NoReturn
@@ -164,6 +165,29 @@ def version() -> str:
         return f"unknown ({DISTRIBUTION} is not installed)"
 
 
+def set_config_environment(argv: list[str]) -> None:
+    """Set the environment variables of the `env:` mapping in `maple train`'s `--config FILE` (`argv`: its arguments)
+    before trainer.cli is imported: datasets, TRL and huggingface_hub, which it imports, read some of them once, when
+    imported (HF_HOME, HF_HUB_CACHE, HF_HUB_OFFLINE, HF_ENDPOINT, HF_DATASETS_CACHE, ...), and TrlParser sets them only
+    when it reads the file, too late for those. A file that cannot be read is left to `maple train`'s check of it,
+    which reports it."""
+    config_files = [argument.removeprefix("--config=") if argument.startswith("--config=") else argv[position + 1]
+                    for position, argument in enumerate(argv)
+                    if argument.startswith("--config=") or (argument == "--config" and position + 1 < len(argv))]
+    if not config_files:
+        return
+    import yaml
+
+    try:
+        with open(config_files[0]) as handle:
+            config = yaml.safe_load(handle)
+    except (OSError, yaml.YAMLError):
+        return
+    environment = config.get("env") if isinstance(config, dict) else None
+    if isinstance(environment, dict):  # as TrlParser sets them
+        os.environ.update({str(name): str(value) for name, value in environment.items()})
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
@@ -187,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"commands: {', '.join(SUBCOMMANDS)}")
     parsed = parser.parse_args(argv[:1])
     module_name, _ = SUBCOMMANDS[parsed.command]
+    if parsed.command == "train":
+        set_config_environment(argv[1:])
     module = importlib.import_module(module_name)
     try:
         return int(module.main(argv[1:]) or 0)

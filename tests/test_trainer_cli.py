@@ -5,6 +5,8 @@ import dataclasses
 import json
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -899,6 +901,24 @@ def test_a_good_config_file_is_accepted(tmp_path, monkeypatch, capsys, content):
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == "maple train: error: --dataset_name: no such folder: ./missing\n"
     assert os.environ.get("MAPLE_TEST_CONFIG_ENV") == ("set" if "env:" in content else None)
+
+
+@pytest.mark.parametrize("command", [["-m", "maple.cli", "train"], ["-m", "trainer.cli"]])  # the second: accelerate's
+def test_a_config_files_environment_is_set_before_the_libraries_that_read_it_are_imported(tmp_path, command):
+    """TrlParser sets `env:` when it reads the file, after trainer.cli has imported datasets, TRL and huggingface_hub,
+    which read HF_HOME, HF_HUB_CACHE, HF_HUB_OFFLINE, HF_DATASETS_CACHE, ... once, when imported: a cache folder or
+    offline mode set there was not used (found by a review)."""
+    synthetic_preference_dataset(4).to_parquet(tmp_path / "prefs.parquet")
+    cache = tmp_path / "datasets-cache"
+    (tmp_path / "train.yaml").write_text(f"env:\n  HF_DATASETS_CACHE: {cache}\n")
+    result = subprocess.run(
+        [sys.executable, *command, "--config", str(tmp_path / "train.yaml"), "--tiny", "dual_encoder",
+         "--dataset_name", str(tmp_path / "prefs.parquet"), "--dataset_test_split", "dev", "--output_dir", str(tmp_path / "out")],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, capture_output=True, text=True, timeout=300,
+    )
+    # stopped once the dataset was read (and cached), before any model loads
+    assert result.returncode == 2 and "has no split 'dev'" in result.stderr, result.stderr[-2000:]
+    assert list(cache.rglob("*.arrow"))
 
 
 @pytest.mark.parametrize("content, message", [

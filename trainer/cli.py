@@ -23,6 +23,11 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
+from maple.cli import set_config_environment
+
+if __name__ == "__main__":  # `python -m trainer.cli`, as `accelerate launch -m` runs it: before the imports below
+    set_config_environment(sys.argv[1:])
+
 import yaml
 from datasets import Dataset, DatasetDict, Image, LargeList, List, Value, load_dataset, load_from_disk
 from datasets.exceptions import DatasetGenerationError
@@ -193,7 +198,9 @@ def _parser() -> _Parser:
         prog="maple train",
         description=__doc__.split("\n")[0],
         epilog="--config FILE.yaml: a YAML mapping of any of the options above (flags given as well override it); "
-        "an `env:` mapping in it sets environment variables.",
+        "an `env:` mapping in it sets environment variables before the libraries that read them are imported (HF_HOME, "
+        "HF_HUB_OFFLINE, HF_DATASETS_CACHE, ...; under `python -m trainer.cli`, torch is imported first: set "
+        "OMP_NUM_THREADS in the shell).",
     )
     own_help = unused_dpo_field_help() | {
         "resume_from_checkpoint": "A checkpoint folder to resume from; 'true': the last complete checkpoint-* in "
