@@ -226,6 +226,8 @@ def test_help_documents_every_option(capsys):
     assert "--label_smoothing LABEL_SMOOTHING, --label-smoothing LABEL_SMOOTHING Not used by RPATrainer" in flat
     assert "AutoModelForCausalLM" not in flat and "Robust DPO" not in flat
     assert set(unused_dpo_field_help()) <= {option.name for option in dataclasses.fields(RPAConfig)}
+    # unset, transformers writes to trainer_output: the help said "default: None" (found by a walk through the docs)
+    assert "checkpoints will be written. (default: trainer_output)" in flat
 
 
 @pytest.mark.parametrize(

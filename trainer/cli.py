@@ -213,6 +213,8 @@ def _parser() -> _Parser:
     }
     for action in parser._actions:
         action.help = own_help.get(action.dest, action.help)
+    # what TrainingArguments makes of None, said in --help (which read "default: None")
+    parser.set_defaults(output_dir="trainer_output")
     return parser
 
 
