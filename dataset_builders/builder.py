@@ -39,6 +39,7 @@ import re
 import reprlib
 import shutil
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
@@ -57,6 +58,7 @@ from evaluation.retrieval import check_finite_embeddings
 from maple.files import (
     atomic_write,
     atomic_write_json,
+    atomic_write_text,
     changed_entries,
     expanded_path,
     files_by_split,
@@ -96,6 +98,13 @@ EMBEDDING_PART_ROWS = 10_000
 SHARD_SEED_STRIDE = 1_000_003
 SEED_RANGE = (-(2**63 // SHARD_SEED_STRIDE), (2**64 - 2**32) // SHARD_SEED_STRIDE)
 _SHARD_NAME = re.compile(r"^shard-(\d+)-(\d+)\.parquet$")
+# A random id the work dir's manifest gets when it is created, and a file in the `datasets` cache naming the id of the
+# work dir it was assembled from. Several cache keys share a work dir (a source path spelled differently, another
+# --source-license), and a work dir deleted and begun again keeps its path: a cache is reused only when it names the
+# work dir's id. The id is no part of the recipe (`check_work_dir` leaves it out of the comparison, and gives a manifest
+# written before ids one), so adding it kept MANIFEST_VERSION.
+BUILD_ID = "build_id"
+BUILD_ID_FILE = "maple_build_id.txt"
 
 
 class WorkDirMismatch(ValueError):
@@ -559,20 +568,26 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         path source, so a cached dataset is reused only when the work dir still matches this build
         (`check_work_dir`, the source fingerprint included: a changed source file is a
         `WorkDirMismatch`, not the old dataset) and holds the finished build the cache was made
-        from (its stats.json); a new or emptied work dir builds the dataset again.
+        from (its stats.json, and the manifest's `build_id`, which the cache records); otherwise the dataset is
+        assembled again from the work dir's shards (a new or emptied work dir builds them first).
 
         Under several processes every rank may call it: each builds its shards first (`build_shards`), outside the
         lock `datasets` holds for one process at a time while it prepares (the rank holding it would otherwise wait for
         the shards of a rank stuck at the lock); one rank assembles the dataset from them and the others load it from
         the cache. In a fresh build that is rank 0: the others wait for its stats.json first (a stats.json left by an
-        earlier build lets any rank take the lock first, to the same rows)."""
+        earlier build lets any rank take the lock first, to the same rows; if the cache was not assembled from this
+        work dir, each rank that found it so assembles it again, in turn)."""
         self.check_ready()
         self.check_work_dir()
         if self.world_size > 1:
             self.build_shards()
             if self.rank != 0:
                 self._wait_for([self.work_dir / "stats.json"], what="the dataset rank 0 assembles")
-        if not (self.work_dir / "stats.json").exists():
+        build_id_file = Path(output_dir if output_dir is not None else self._cache_dir) / BUILD_ID_FILE
+        build_id = _read_json(self.work_dir / MANIFEST_FILE)[BUILD_ID]
+        assembled_here = build_id_file.is_file() and build_id_file.read_text() == build_id
+        if not (self.work_dir / "stats.json").exists() or not assembled_here:
+            # not this work dir's finished build: assembled from its shards (those missing are built first)
             download_mode = datasets.DownloadMode.FORCE_REDOWNLOAD
             # `DatasetBuilder.__init__` read the cached build's split sizes, which the new build is checked against:
             # another source under the same cache key failed that check once, and the failed build's stats.json then
@@ -580,10 +595,12 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             self.info.splits = None
         self._assembled_stats = None
         super().download_and_prepare(output_dir, download_config, download_mode, **kwargs)
-        # stats.json marks the cache as this work dir's finished build, so it is written only once `datasets` has
-        # finished writing the cache: one written before, by a build that was then interrupted, let the next reuse
-        # the cache of another source under the same key, with this build's stats
+        # stats.json and the cache's build id mark the cache as this work dir's finished build, so they are written
+        # only once `datasets` has finished writing the cache (which replaces the folder, an old id file with it): a
+        # stats.json written before, by a build that was then interrupted, let the next reuse the cache of another
+        # source under the same key, with this build's stats
         if self._assembled_stats is not None:
+            atomic_write_text(build_id_file, build_id)
             atomic_write_json(self.work_dir / "stats.json", self._assembled_stats)
         # A cached dataset skips `_split_generators`, which computes the stats: the source licence, part of the cache
         # key but not of the work dir's recipe, may have changed since; the card must show this build's.
@@ -626,7 +643,8 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
 
     def manifest(self) -> dict[str, Any]:
         """Everything that shapes the contents of the work dir: two builds with equal manifests
-        write the same checkpoints and shards. Saved as manifest.json by the first build."""
+        write the same checkpoints and shards. Saved as manifest.json by the first build, with a random `build_id`
+        that the `datasets` caches assembled from the work dir record (see `download_and_prepare`)."""
         config = self.config
         generated = config.text_candidates == "generated"
         self._load_source()
@@ -685,7 +703,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 )
             if not path.exists():
                 self.work_dir.mkdir(parents=True, exist_ok=True)
-                atomic_write_json(path, current, sort_keys=True)
+                atomic_write_json(path, current | {BUILD_ID: uuid.uuid4().hex}, sort_keys=True)
         saved = _read_json(path, advice=f"the recipe of the checkpoints beside it is unknown: delete {self.work_dir} to start over")
         saved_version = saved.get("manifest_version", 1)
         if saved_version != MANIFEST_VERSION:
@@ -694,6 +712,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 f"{saved_version}, this one writes {MANIFEST_VERSION}), whose manifest cannot say whether its checkpoints "
                 f"match this build: {advice}"
             )
+        build_id = saved.pop(BUILD_ID, None)
         # a work dir begun before the manifest left unused fields out recorded them anyway (a seed nothing seeds)
         differences = _differences(saved | dict.fromkeys(self.config.unused_fields(), None), current)
         if differences:
@@ -701,6 +720,8 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 f"work dir {self.work_dir} was built with another recipe ({'; '.join(differences)}); reusing its "
                 f"checkpoints and shards would mix the two builds: {advice}"
             )
+        if build_id is None:  # begun before build ids: the datasets caches it made name none, and are assembled again
+            atomic_write_json(path, saved | {BUILD_ID: uuid.uuid4().hex}, sort_keys=True)
         self._work_dir_claimed = True
 
     def _local_source(self) -> Path | None:

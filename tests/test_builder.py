@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from dataset_builders.builder import (
+    BUILD_ID_FILE,
     MANIFEST_FILE,
     PREFERENCE_FEATURES,
     SEED_RANGE,
@@ -563,6 +564,50 @@ def test_a_new_work_dir_builds_again_though_the_cache_holds_another_source_s_bui
     assert not (tmp_path / "work" / "stats.json").exists()
     builder = _build(tmp_path, source=source)
     assert len(builder.as_dataset(split="train")) == builder.stats["num_anchors"] == 7
+
+
+def test_a_cache_assembled_from_a_deleted_work_dir_is_not_reused_under_another_key(tmp_path):
+    """Several cache keys share a work dir (here a source path spelled two ways): after the work dir was deleted (as a
+    changed source's WorkDirMismatch advises) and built again under one key, the other key's cache, made from the
+    deleted work dir, was reused with the new stats.json (found by a review): rows of the old source, stats of the
+    new, and pushed so."""
+    source = tmp_path / "data" / "source.parquet"
+    source.parent.mkdir()
+    other_spelling = f"{tmp_path}/data/./source.parquet"
+    colour_square_source(6).to_parquet(str(source))
+    assert len(_build(tmp_path, source=str(source)).as_dataset(split="train")) == 6
+    colour_square_source(9).to_parquet(str(source))
+    with pytest.raises(WorkDirMismatch, match="source_fingerprint"):
+        _build(tmp_path, source=str(source))
+    shutil.rmtree(tmp_path / "work")
+    builder = _build(tmp_path, source=other_spelling)
+    assert len(builder.as_dataset(split="train")) == builder.stats["num_anchors"] == 9
+    builder = _build(tmp_path, source=str(source))
+    assert len(builder.as_dataset(split="train")) == builder.stats["num_anchors"] == 9
+
+
+def test_a_build_made_before_build_ids_is_assembled_again_from_its_shards(tmp_path, monkeypatch):
+    """A work dir whose manifest has no build id, and a cache that records none, came from before build ids: the
+    cache cannot be told to be the work dir's, so the dataset is assembled again, from the shards, not judged again."""
+    rows = _build(tmp_path).as_dataset(split="train").to_list()
+    manifest = json.loads((tmp_path / "work" / MANIFEST_FILE).read_text())
+    del manifest["build_id"]
+    (tmp_path / "work" / MANIFEST_FILE).write_text(json.dumps(manifest))
+    for build_id_file in (tmp_path / "cache").rglob(BUILD_ID_FILE):
+        build_id_file.unlink()
+    assembled, build_stats = [], MaplePreferences.build_stats
+
+    def counted_build_stats(self, shard_paths=None):
+        assembled.append(shard_paths)
+        return build_stats(self, shard_paths)
+
+    monkeypatch.setattr(ColourJudge, "score", lambda *args, **kwargs: pytest.fail("a shard was judged again"))
+    monkeypatch.setattr(MaplePreferences, "build_stats", counted_build_stats)
+    builder = _build(tmp_path)
+    assert len(assembled) == 1 and builder.as_dataset(split="train").to_list() == rows
+    assert "build_id" in json.loads((tmp_path / "work" / MANIFEST_FILE).read_text())
+    _build(tmp_path)  # and the cache assembled now is the work dir's
+    assert len(assembled) == 1
 
 
 def test_an_unreadable_file_of_an_image_folder_is_named(tmp_path):
