@@ -594,7 +594,14 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             # let the stale cache be reused (and pushed) under this build's stats
             self.info.splits = None
         self._assembled_stats = None
-        super().download_and_prepare(output_dir, download_config, download_mode, **kwargs)
+        try:
+            super().download_and_prepare(output_dir, download_config, download_mode, **kwargs)
+        except datasets.exceptions.DatasetGenerationError as error:
+            # `datasets` wraps what `_generate_examples` raises in an error that names no file: a damaged shard's own
+            # error names it
+            if isinstance(error.__cause__, DamagedCheckpoint):
+                raise error.__cause__
+            raise
         # stats.json and the cache's build id mark the cache as this work dir's finished build, so they are written
         # only once `datasets` has finished writing the cache (which replaces the folder, an old id file with it): a
         # stats.json written before, by a build that was then interrupted, let the next reuse the cache of another
@@ -617,7 +624,8 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
 
     def _generate_examples(self, shard_paths: list[Path]) -> Iterator[tuple[str, dict[str, Any]]]:
         for path in shard_paths:
-            for row in pq.read_table(path).to_pylist():
+            # a shard damaged on disk (its footer intact) passes the coverage check, which reads the footer alone
+            for row in _read_checkpoint(path, pq.read_table).to_pylist():
                 yield row["id"], row
 
     # ----------------------------------------------------------------------------------------------
@@ -1233,7 +1241,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         num_anchors, counts = 0, dict.fromkeys(score_columns.values(), 0)
         bin_counts = {column: torch.zeros(10, dtype=torch.long) for column in score_columns}
         for path in shard_paths:
-            table = pq.read_table(path, columns=list(score_columns))
+            table = _read_checkpoint(path, lambda shard: pq.read_table(shard, columns=list(score_columns)))
             num_anchors += table.num_rows
             for column, candidates in score_columns.items():
                 scores = torch.from_numpy(pc.list_flatten(table[column]).to_numpy().astype("float32"))

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import datasets
+import pyarrow.parquet as pq
 import pytest
 
 from dataset_builders import cli
@@ -360,6 +361,32 @@ def test_a_damaged_checkpoint_is_named_and_only_its_part_is_recomputed(source_fi
     else:
         assert "delete it and run again" in error
         path.unlink()
+    assert cli.main(argv) == 0
+    assert [line for line in capsys.readouterr().out.splitlines()[1:] if "shards" not in line] == built
+
+
+@pytest.mark.parametrize("column", ["image", "txt2img_scores"])
+def test_a_shard_damaged_on_disk_with_its_footer_intact_is_named(source_file, tmp_path, capsys, column):
+    """Damaged data pages under an intact footer passed the coverage check (which reads the footer): one in the images
+    failed inside `datasets`' generation with a DatasetGenerationError traceback naming no file, one in the scores
+    with pyarrow's bare OSError (found by a review)."""
+    out = tmp_path / "out"
+    argv = [source_file, "--output-dir", str(out), *STAND_INS, "--shard-size", "3", "--semdedup-clusters", "0", "--no-progress"]
+    assert cli.main(argv) == 0
+    built = [line for line in capsys.readouterr().out.splitlines()[1:] if "shards" not in line]
+    shutil.rmtree(out / "cache")  # the assembled dataset: without it the shards are read again
+    path = out / "work" / "shards" / "shard-000003-000006.parquet"
+    row_group = pq.read_metadata(path).row_group(0)
+    chunks = [row_group.column(index) for index in range(row_group.num_columns)]
+    start = next(chunk for chunk in chunks if chunk.path_in_schema.split(".")[0] == column).data_page_offset
+    data = bytearray(path.read_bytes())
+    data[start:start + 64] = b"\xab" * 64  # the column's first data page; the footer stays as it was
+    path.write_bytes(bytes(data))
+    assert cli.main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"maple build-preferences: error: {path} cannot be read") and "delete it and run again" in error, error
+    assert error.count("\n") == 1, error
+    path.unlink()
     assert cli.main(argv) == 0
     assert [line for line in capsys.readouterr().out.splitlines()[1:] if "shards" not in line] == built
 
