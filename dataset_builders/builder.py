@@ -318,8 +318,17 @@ def _read_checkpoint(path: Path, read: Callable[[Path], Any], advice: str | None
         raise damaged from error
 
 
-def _read_json(path: Path, advice: str | None = None) -> Any:
-    return _read_checkpoint(path, lambda file: json.loads(file.read_text()), advice)
+def _read_json(path: Path, advice: str | None = None) -> dict[str, Any]:
+    """A JSON checkpoint of the work dir, each of which is an object: one that is not (a hand-edited manifest holding a
+    list) is a `DamagedCheckpoint` too."""
+
+    def read_object(file: Path) -> dict[str, Any]:
+        value = json.loads(file.read_text())
+        if not isinstance(value, dict):
+            raise ValueError(f"a JSON object was expected, it holds a {type(value).__name__}")
+        return value
+
+    return _read_checkpoint(path, read_object, advice)
 
 
 def _read_tensor(path: Path) -> torch.Tensor:

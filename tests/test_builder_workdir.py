@@ -9,7 +9,7 @@ import shutil
 import datasets
 import pytest
 
-from dataset_builders.builder import MANIFEST_VERSION, MaplePreferences, WorkDirMismatch
+from dataset_builders.builder import MANIFEST_VERSION, DamagedCheckpoint, MaplePreferences, WorkDirMismatch
 from dataset_builders.testing import (
     SOURCE_FEATURES,
     ColourCaptioner,
@@ -123,6 +123,20 @@ def test_the_manifest_records_the_recipe_and_other_ranks_share_it(tmp_path):
     assert manifest["source_fingerprint"] == colour_square_source()._fingerprint
     # A different world size splits the same shards differently: it is not part of the recipe.
     assert _builder(tmp_path, rank=1, world_size=2).build_shards().reused == [1]
+
+
+@pytest.mark.parametrize("checkpoint", ["manifest.json", "inputs.json", "stats.json"])
+def test_a_json_checkpoint_that_is_not_an_object_is_named(tmp_path, checkpoint):
+    """A hand-edited manifest holding valid JSON that is not an object (a list) raised an AttributeError traceback,
+    where a damaged checkpoint is a DamagedCheckpoint naming its file (found by a review); inputs.json and stats.json
+    alike."""
+    _ids(_builder(tmp_path))
+    if checkpoint == "inputs.json":  # read only to assemble the dataset again: a reused build does not read it
+        (tmp_path / "work" / "stats.json").unlink()
+    path = tmp_path / "work" / checkpoint
+    path.write_text("[1, 2]")
+    with pytest.raises(DamagedCheckpoint, match=rf"^{re.escape(str(path))} cannot be read \(ValueError: a JSON object was expected, it holds a list\)"):
+        _builder(tmp_path).download_and_prepare()
 
 
 @pytest.mark.parametrize("edit", ["older version", "field it lacks", "field it has more"])
