@@ -60,6 +60,7 @@ from maple.files import (
     atomic_write_json,
     atomic_write_text,
     changed_entries,
+    created_once,
     expanded_path,
     files_by_split,
     folder_problem,
@@ -98,12 +99,10 @@ EMBEDDING_PART_ROWS = 10_000
 SHARD_SEED_STRIDE = 1_000_003
 SEED_RANGE = (-(2**63 // SHARD_SEED_STRIDE), (2**64 - 2**32) // SHARD_SEED_STRIDE)
 _SHARD_NAME = re.compile(r"^shard-(\d+)-(\d+)\.parquet$")
-# A random id the work dir's manifest gets when it is created, and a file in the `datasets` cache naming the id of the
-# work dir it was assembled from. Several cache keys share a work dir (a source path spelled differently, another
-# --source-license), and a work dir deleted and begun again keeps its path: a cache is reused only when it names the
-# work dir's id. The id is no part of the recipe (`check_work_dir` leaves it out of the comparison, and gives a manifest
-# written before ids one), so adding it kept MANIFEST_VERSION.
-BUILD_ID = "build_id"
+# A random id of the work dir (in it, written by the first build or rank to ask), and the same file in a `datasets`
+# cache naming the work dir it was assembled from. Several cache keys share a work dir (a source path spelled
+# differently, another --source-license), and a work dir deleted and begun again keeps its path: a cache is reused only
+# when it names the work dir's id. No part of the recipe: the manifest does not hold it.
 BUILD_ID_FILE = "maple_build_id.txt"
 
 
@@ -577,7 +576,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         path source, so a cached dataset is reused only when the work dir still matches this build
         (`check_work_dir`, the source fingerprint included: a changed source file is a
         `WorkDirMismatch`, not the old dataset) and holds the finished build the cache was made
-        from (its stats.json, and the manifest's `build_id`, which the cache records); otherwise the dataset is
+        from (its stats.json, and the work dir's random build id, `BUILD_ID_FILE`, which the cache records); otherwise the dataset is
         assembled again from the work dir's shards (a new or emptied work dir builds them first).
 
         Under several processes every rank may call it: each builds its shards first (`build_shards`), outside the
@@ -593,7 +592,9 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             if self.rank != 0:
                 self._wait_for([self.work_dir / "stats.json"], what="the dataset rank 0 assembles")
         build_id_file = Path(output_dir if output_dir is not None else self._cache_dir) / BUILD_ID_FILE
-        build_id = _read_json(self.work_dir / MANIFEST_FILE)[BUILD_ID]
+        # every rank gets the id of the first to write it (a work dir begun before build ids gets one now, and its
+        # caches, which name none, are assembled again)
+        build_id = created_once(self.work_dir / BUILD_ID_FILE, uuid.uuid4().hex)
         assembled_here = build_id_file.is_file() and build_id_file.read_text() == build_id
         if not (self.work_dir / "stats.json").exists() or not assembled_here:
             # not this work dir's finished build: assembled from its shards (those missing are built first)
@@ -660,8 +661,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
 
     def manifest(self) -> dict[str, Any]:
         """Everything that shapes the contents of the work dir: two builds with equal manifests
-        write the same checkpoints and shards. Saved as manifest.json by the first build, with a random `build_id`
-        that the `datasets` caches assembled from the work dir record (see `download_and_prepare`)."""
+        write the same checkpoints and shards. Saved as manifest.json by the first build."""
         config = self.config
         generated = config.text_candidates == "generated"
         self._load_source()
@@ -720,7 +720,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 )
             if not path.exists():
                 self.work_dir.mkdir(parents=True, exist_ok=True)
-                atomic_write_json(path, current | {BUILD_ID: uuid.uuid4().hex}, sort_keys=True)
+                atomic_write_json(path, current, sort_keys=True)
         saved = _read_json(path, advice=f"the recipe of the checkpoints beside it is unknown: delete {self.work_dir} to start over")
         saved_version = saved.get("manifest_version", 1)
         if saved_version != MANIFEST_VERSION:
@@ -729,7 +729,6 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 f"{saved_version}, this one writes {MANIFEST_VERSION}), whose manifest cannot say whether its checkpoints "
                 f"match this build: {advice}"
             )
-        build_id = saved.pop(BUILD_ID, None)
         # a work dir begun before the manifest left unused fields out recorded them anyway (a seed nothing seeds)
         differences = _differences(saved | dict.fromkeys(self.config.unused_fields(), None), current)
         if differences:
@@ -737,8 +736,6 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 f"work dir {self.work_dir} was built with another recipe ({'; '.join(differences)}); reusing its "
                 f"checkpoints and shards would mix the two builds: {advice}"
             )
-        if build_id is None:  # begun before build ids: the datasets caches it made name none, and are assembled again
-            atomic_write_json(path, saved | {BUILD_ID: uuid.uuid4().hex}, sort_keys=True)
         self._work_dir_claimed = True
 
     def _local_source(self) -> Path | None:

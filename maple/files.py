@@ -5,6 +5,7 @@ image files a table names."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -142,9 +143,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
     after a crash of the machine (a rename alone can reach the disk before the data). A `write` that raises leaves
     no temporary file behind."""
     path = Path(path)
-    # the name cut so that the suffix keeps it within the 255 bytes a file name may have
-    name = path.name.encode()[:200].decode(errors="ignore")
-    temporary = path.with_name(f"{name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    temporary = _temporary_beside(path)
     try:
         write(temporary)
         with open(temporary, "rb") as handle:
@@ -153,6 +152,31 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def _temporary_beside(path: Path) -> Path:
+    """A temporary file name beside `path` for this process and thread (`<name>.tmp-<pid>-<thread>`), the name cut so
+    that the suffix keeps it within the 255 bytes a file name may have."""
+    name = path.name.encode()[:200].decode(errors="ignore")
+    return path.with_name(f"{name}.tmp-{os.getpid()}-{threading.get_ident()}")
+
+
+def created_once(path: str | os.PathLike, text: str) -> str:
+    """The text of file `path`, written as `text` (UTF-8) if there is none: whole, and by one writer however many
+    processes try at once (a hard link of a whole temporary file to `path` fails where one is there: the first wins,
+    and every caller gets its text)."""
+    path = Path(path)
+    if not path.exists():
+        temporary = _temporary_beside(path)
+        try:
+            temporary.write_text(text, encoding="utf-8")
+            with open(temporary, "rb") as handle:
+                os.fsync(handle.fileno())
+            with contextlib.suppress(FileExistsError):
+                os.link(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
+    return path.read_text(encoding="utf-8")
 
 
 def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from maple import cli
-from maple.files import atomic_write, atomic_write_json, atomic_write_text, expanded_path, folder_problem
+from maple.files import atomic_write, atomic_write_json, atomic_write_text, created_once, expanded_path, folder_problem
 
 
 def test_help_lists_every_command_with_its_purpose(capsys):
@@ -134,6 +134,19 @@ def test_atomic_write_leaves_no_temporary_file_when_writing_fails_and_takes_the_
     longest = tmp_path / ("é" * 120 + ".json")  # 245 bytes
     atomic_write_text(longest, "{}")
     assert [path.name for path in tmp_path.iterdir()] == [longest.name] and longest.read_text() == "{}"
+
+
+def test_a_file_created_once_holds_the_first_writers_text_for_every_process(tmp_path):
+    """The builder's work-dir build id: ranks that each wrote their own random id (the last write winning) could read
+    different ones, and each then assembled the dataset again (found by a review)."""
+    import multiprocessing
+
+    target = tmp_path / "id.txt"
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        texts = pool.starmap(created_once, [(target, f"writer {index}") for index in range(8)])
+    assert len(set(texts)) == 1 and texts[0] == target.read_text() and texts[0].startswith("writer ")
+    assert created_once(target, "a later writer") == texts[0]
+    assert list(tmp_path.iterdir()) == [target]  # no temporary file left
 
 
 def test_folder_problem_names_a_broken_link_where_the_folder_would_be(tmp_path):
