@@ -52,6 +52,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
+from fsspec.core import url_to_fs
 from tqdm.auto import tqdm
 
 from evaluation.retrieval import check_finite_embeddings
@@ -591,7 +592,8 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             self.build_shards()
             if self.rank != 0:
                 self._wait_for([self.work_dir / "stats.json"], what="the dataset rank 0 assembles")
-        build_id_file = Path(output_dir if output_dir is not None else self._cache_dir) / BUILD_ID_FILE
+        # the cache's folder as `datasets` reads `output_dir` (`~` expanded, a file:// address stripped)
+        build_id_file = Path(url_to_fs(output_dir if output_dir is not None else self._cache_dir)[1]) / BUILD_ID_FILE
         # every rank gets the id of the first to write it (a work dir begun before build ids gets one now, and its
         # caches, which name none, are assembled again)
         build_id = created_once(self.work_dir / BUILD_ID_FILE, uuid.uuid4().hex)

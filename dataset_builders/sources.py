@@ -282,11 +282,13 @@ def _check_caption_table_rows(source: str, data_files: dict[str, list[str]]) -> 
             continue
         with _data_files_read(source):
             if name.endswith(".parquet"):
-                rows = pq.read_metadata(file).num_rows
-            else:
-                lines = [line for line in Path(file).read_text(encoding="utf-8").splitlines() if line.strip()]
-                rows = len(lines) - (name.endswith(".csv") and len(lines) > 0)  # a csv's first line is its header
-        if rows == 0:
+                has_rows = pq.read_metadata(file).num_rows > 0
+            else:  # read up to its first row only: a table of millions of captions is not held in memory
+                with open(file, encoding="utf-8") as handle:
+                    lines = (line for line in handle if line.strip())
+                    # a csv's first line is its header
+                    has_rows = next(lines, None) is not None and (not name.endswith(".csv") or next(lines, None) is not None)
+        if not has_rows:
             raise SourceError(f"source {source}: its caption table {file} has no rows")
 
 

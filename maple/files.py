@@ -5,7 +5,6 @@ image files a table names."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -164,7 +163,8 @@ def _temporary_beside(path: Path) -> Path:
 def created_once(path: str | os.PathLike, text: str) -> str:
     """The text of file `path`, written as `text` (UTF-8) if there is none: whole, and by one writer however many
     processes try at once (a hard link of a whole temporary file to `path` fails where one is there: the first wins,
-    and every caller gets its text)."""
+    and every caller gets its text). On a filesystem without hard links (SMB, FAT, some FUSE mounts) the file is
+    renamed into place instead, whole, but there the last of writers racing wins."""
     path = Path(path)
     if not path.exists():
         temporary = _temporary_beside(path)
@@ -172,8 +172,12 @@ def created_once(path: str | os.PathLike, text: str) -> str:
             temporary.write_text(text, encoding="utf-8")
             with open(temporary, "rb") as handle:
                 os.fsync(handle.fileno())
-            with contextlib.suppress(FileExistsError):
+            try:
                 os.link(temporary, path)
+            except FileExistsError:
+                pass
+            except OSError:  # no hard links here
+                os.replace(temporary, path)
         finally:
             temporary.unlink(missing_ok=True)
     return path.read_text(encoding="utf-8")

@@ -4,6 +4,7 @@ Judges and captioners are fast deterministic stand-ins, except in the end-to-end
 import concurrent.futures
 import json
 import math
+import os
 import re
 import shutil
 import time
@@ -584,6 +585,30 @@ def test_a_cache_assembled_from_a_deleted_work_dir_is_not_reused_under_another_k
     assert len(builder.as_dataset(split="train")) == builder.stats["num_anchors"] == 9
     builder = _build(tmp_path, source=str(source))
     assert len(builder.as_dataset(split="train")) == builder.stats["num_anchors"] == 9
+
+
+def test_a_cache_given_as_a_home_folder_records_its_build_id_where_datasets_writes_it(tmp_path, monkeypatch):
+    """`datasets` expands `~` in `download_and_prepare(output_dir=...)`; the build id was written to the literal path, a
+    FileNotFoundError after the dataset was assembled, and so at every later run (found by a review)."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    builder = MaplePreferences(config_name="paper", judge=ColourJudge(), captioner=ColourCaptioner(),
+                               miner=thumbnail_miner(), source_dataset=colour_square_source(),
+                               work_dir=tmp_path / "work", shard_size=3, semdedup_clusters=None, progress=False)
+    builder.download_and_prepare(output_dir="~/prefs")
+    assert (tmp_path / "home" / "prefs" / BUILD_ID_FILE).read_text() == (tmp_path / "work" / BUILD_ID_FILE).read_text()
+
+
+def test_a_build_on_a_filesystem_without_hard_links_finishes(tmp_path, monkeypatch):
+    """The work dir's build id is created with a hard link, which SMB, FAT and some FUSE mounts refuse (found by a
+    review: every build then ended in a PermissionError traceback after judging everything)."""
+
+    def no_hard_links(source, target):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_hard_links)
+    builder = _build(tmp_path)
+    assert len(builder.as_dataset(split="train")) == builder.stats["num_anchors"]
+    assert sorted(path.name for path in (tmp_path / "work").glob(f"{BUILD_ID_FILE}*")) == [BUILD_ID_FILE]
 
 
 def test_a_build_made_before_build_ids_is_assembled_again_from_its_shards(tmp_path, monkeypatch):
