@@ -52,6 +52,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
+from datasets.filesystems import is_remote_filesystem
 from fsspec.core import url_to_fs
 from tqdm.auto import tqdm
 
@@ -585,17 +586,26 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         the shards of a rank stuck at the lock); one rank assembles the dataset from them and the others load it from
         the cache. In a fresh build that is rank 0: the others wait for its stats.json first (a stats.json left by an
         earlier build lets any rank take the lock first, to the same rows; if the cache was not assembled from this
-        work dir, each rank that found it so assembles it again, in turn)."""
+        work dir, each rank that found it so assembles it again, in turn). The cache is a local folder: an
+        `output_dir` on another filesystem (s3://, ...) is a ValueError before any work."""
+        # the cache's folder as `datasets` reads `output_dir` (`~` expanded, a file:// address stripped)
+        filesystem, cache_folder = url_to_fs(
+            output_dir if output_dir is not None else self._cache_dir, **(kwargs.get("storage_options") or {})
+        )
+        if is_remote_filesystem(filesystem):
+            raise ValueError(
+                f"output_dir {output_dir}: the preference dataset is built into a local folder (its build records "
+                "live beside it); build it locally, then push it (push_to_hub) or copy the folder"
+            )
         self.check_ready()
         self.check_work_dir()
         if self.world_size > 1:
             self.build_shards()
             if self.rank != 0:
                 self._wait_for([self.work_dir / "stats.json"], what="the dataset rank 0 assembles")
-        # the cache's folder as `datasets` reads `output_dir` (`~` expanded, a file:// address stripped)
-        build_id_file = Path(url_to_fs(output_dir if output_dir is not None else self._cache_dir)[1]) / BUILD_ID_FILE
-        # every rank gets the id of the first to write it (a work dir begun before build ids gets one now, and its
-        # caches, which name none, are assembled again)
+        build_id_file = Path(cache_folder) / BUILD_ID_FILE
+        # every rank gets the id of the first to write it, where the filesystem has hard links (a work dir begun before
+        # build ids gets one now, and its caches, which name none, are assembled again)
         build_id = created_once(self.work_dir / BUILD_ID_FILE, uuid.uuid4().hex)
         assembled_here = build_id_file.is_file() and build_id_file.read_text() == build_id
         if not (self.work_dir / "stats.json").exists() or not assembled_here:

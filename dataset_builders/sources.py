@@ -5,6 +5,7 @@ a copy of it resumes the same build."""
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import io
 import os
@@ -284,10 +285,11 @@ def _check_caption_table_rows(source: str, data_files: dict[str, list[str]]) -> 
             if name.endswith(".parquet"):
                 has_rows = pq.read_metadata(file).num_rows > 0
             else:  # read up to its first row only: a table of millions of captions is not held in memory
-                with open(file, encoding="utf-8") as handle:
-                    lines = (line for line in handle if line.strip())
-                    # a csv's first line is its header
-                    has_rows = next(lines, None) is not None and (not name.endswith(".csv") or next(lines, None) is not None)
+                with open(file, encoding="utf-8-sig", newline="") as handle:  # "-sig": a leading BOM is no row
+                    # a csv record may hold line breaks in quotes, and its first is the header
+                    records = csv.reader(handle) if name.endswith(".csv") else ([line] for line in handle)
+                    rows = (record for record in records if any(field.strip() for field in record))
+                    has_rows = next(rows, None) is not None and (not name.endswith(".csv") or next(rows, None) is not None)
         if not has_rows:
             raise SourceError(f"source {source}: its caption table {file} has no rows")
 

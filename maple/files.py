@@ -5,6 +5,7 @@ image files a table names."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -160,6 +161,10 @@ def _temporary_beside(path: Path) -> Path:
     return path.with_name(f"{name}.tmp-{os.getpid()}-{threading.get_ident()}")
 
 
+# What `os.link` raises on a filesystem without hard links
+NO_HARD_LINKS = (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS)
+
+
 def created_once(path: str | os.PathLike, text: str) -> str:
     """The text of file `path`, written as `text` (UTF-8) if there is none: whole, and by one writer however many
     processes try at once (a hard link of a whole temporary file to `path` fails where one is there: the first wins,
@@ -176,8 +181,11 @@ def created_once(path: str | os.PathLike, text: str) -> str:
                 os.link(temporary, path)
             except FileExistsError:
                 pass
-            except OSError:  # no hard links here
-                os.replace(temporary, path)
+            except OSError as error:
+                if error.errno not in NO_HARD_LINKS:
+                    raise
+                if not path.exists():
+                    os.replace(temporary, path)
         finally:
             temporary.unlink(missing_ok=True)
     return path.read_text(encoding="utf-8")

@@ -598,6 +598,18 @@ def test_a_cache_given_as_a_home_folder_records_its_build_id_where_datasets_writ
     assert (tmp_path / "home" / "prefs" / BUILD_ID_FILE).read_text() == (tmp_path / "work" / BUILD_ID_FILE).read_text()
 
 
+def test_a_cache_on_another_filesystem_is_refused_before_any_work(tmp_path, monkeypatch):
+    """Its build id was written to the local disk under the remote path: a FileNotFoundError after the dataset was
+    assembled, at every run (found by a review)."""
+    monkeypatch.setattr(ColourJudge, "score", lambda *args, **kwargs: pytest.fail("a shard was judged"))
+    builder = MaplePreferences(config_name="paper", judge=ColourJudge(), captioner=ColourCaptioner(),
+                               miner=thumbnail_miner(), source_dataset=colour_square_source(),
+                               work_dir=tmp_path / "work", shard_size=3, semdedup_clusters=None, progress=False)
+    with pytest.raises(ValueError, match=r"^output_dir memory://prefs: the preference dataset is built into a local folder"):
+        builder.download_and_prepare(output_dir="memory://prefs")
+    assert not (tmp_path / "work").exists()
+
+
 def test_a_build_on_a_filesystem_without_hard_links_finishes(tmp_path, monkeypatch):
     """The work dir's build id is created with a hard link, which SMB, FAT and some FUSE mounts refuse (found by a
     review: every build then ended in a PermissionError traceback after judging everything)."""
@@ -1429,7 +1441,11 @@ def test_a_folder_of_parquet_files_without_rows_is_a_source_without_rows(tmp_pat
         load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"))
 
 
-@pytest.mark.parametrize("table, text", [("metadata.jsonl", ""), ("metadata.jsonl", "\n \n"), ("metadata.csv", "file_name,caption\n")])
+@pytest.mark.parametrize("table, text", [
+    ("metadata.jsonl", ""), ("metadata.jsonl", "\n \n"), ("metadata.csv", "file_name,caption\n"),
+    # a header with a line break in quotes, a BOM alone (found by a review)
+    ("metadata.csv", '"file_\nname",caption\n'), ("metadata.jsonl", "\ufeff\n"),
+])
 @pytest.mark.parametrize("with_images", [True, False])
 def test_an_image_folder_whose_caption_table_has_no_rows_is_a_source_error_naming_it(tmp_path, table, text, with_images):
     """datasets' image folder builder failed on it with an IndexError traceback (with images; the json builder with a

@@ -1,6 +1,7 @@
 """The `maple` command: its sub-commands and an interrupted run; the output-folder check and atomic writes
 (`maple.files`) that its long jobs share."""
 
+import errno
 import json
 import os
 import threading
@@ -147,6 +148,20 @@ def test_a_file_created_once_holds_the_first_writers_text_for_every_process(tmp_
     assert len(set(texts)) == 1 and texts[0] == target.read_text() and texts[0].startswith("writer ")
     assert created_once(target, "a later writer") == texts[0]
     assert list(tmp_path.iterdir()) == [target]  # no temporary file left
+
+
+def test_created_once_falls_back_to_a_rename_only_where_there_are_no_hard_links(tmp_path, monkeypatch):
+    def failing_link(code):
+        def link(source, target):
+            raise OSError(code, os.strerror(code))
+        return link
+
+    monkeypatch.setattr(os, "link", failing_link(errno.EPERM))  # SMB, FAT: no hard links
+    assert created_once(tmp_path / "id.txt", "first") == "first" and created_once(tmp_path / "id.txt", "second") == "first"
+    monkeypatch.setattr(os, "link", failing_link(errno.ENOSPC))  # a full disk is no reason to write anyway
+    with pytest.raises(OSError, match="No space left"):
+        created_once(tmp_path / "other.txt", "text")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["id.txt"]
 
 
 def test_folder_problem_names_a_broken_link_where_the_folder_would_be(tmp_path):
