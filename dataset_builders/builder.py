@@ -578,8 +578,8 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         path source, so a cached dataset is reused only when the work dir still matches this build
         (`check_work_dir`, the source fingerprint included: a changed source file is a
         `WorkDirMismatch`, not the old dataset) and holds the finished build the cache was made
-        from (its stats.json, and the work dir's random build id, `BUILD_ID_FILE`, which the cache records); otherwise the dataset is
-        assembled again from the work dir's shards (a new or emptied work dir builds them first).
+        from (its stats.json, and the work dir's random build id, `BUILD_ID_FILE`, which the cache records); otherwise
+        the dataset is assembled again from the work dir's shards (a new or emptied work dir builds them first).
 
         Under several processes every rank may call it: each builds its shards first (`build_shards`), outside the
         lock `datasets` holds for one process at a time while it prepares (the rank holding it would otherwise wait for

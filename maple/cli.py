@@ -165,21 +165,24 @@ def version() -> str:
         return f"unknown ({DISTRIBUTION} is not installed)"
 
 
+def config_option_split(argv: list[str]) -> list[str]:
+    """`argv` with `--config=FILE` as `--config FILE`: TrlParser reads only the second, argparse options take both."""
+    return [part for argument in argv for part in (argument.split("=", 1) if argument.startswith("--config=") else [argument])]
+
+
 def set_config_environment(argv: list[str]) -> None:
     """Set the environment variables of the `env:` mapping in `maple train`'s `--config FILE` (`argv`: its arguments)
     before trainer.cli is imported: datasets, TRL and huggingface_hub, which it imports, read some of them once, when
     imported (HF_HOME, HF_HUB_CACHE, HF_HUB_OFFLINE, HF_ENDPOINT, HF_DATASETS_CACHE, ...), and TrlParser sets them only
-    when it reads the file, too late for those. A file that cannot be read is left to `maple train`'s check of it,
-    which reports it."""
-    config_files = [argument.removeprefix("--config=") if argument.startswith("--config=") else argv[position + 1]
-                    for position, argument in enumerate(argv)
-                    if argument.startswith("--config=") or (argument == "--config" and position + 1 < len(argv))]
-    if not config_files:
+    when it reads the file, too late for those. A file that cannot be read, or none given, is left to `maple train`'s
+    check of it, which reports it."""
+    argv = config_option_split(argv)
+    if "--config" not in argv or (position := argv.index("--config") + 1) == len(argv):
         return
     import yaml
 
     try:
-        with open(config_files[0]) as handle:
+        with open(argv[position]) as handle:
             config = yaml.safe_load(handle)
     except (OSError, yaml.YAMLError):
         return

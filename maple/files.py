@@ -145,13 +145,18 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
     path = Path(path)
     temporary = _temporary_beside(path)
     try:
-        write(temporary)
-        with open(temporary, "rb") as handle:
-            os.fsync(handle.fileno())
+        _write_synced(temporary, write)
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def _write_synced(temporary: Path, write: Callable[[Path], None]) -> None:
+    """`write` the file `temporary` and sync it to disk, before it is renamed or linked into place."""
+    write(temporary)
+    with open(temporary, "rb") as handle:
+        os.fsync(handle.fileno())
 
 
 def _temporary_beside(path: Path) -> Path:
@@ -174,9 +179,7 @@ def created_once(path: str | os.PathLike, text: str) -> str:
     if not path.exists():
         temporary = _temporary_beside(path)
         try:
-            temporary.write_text(text, encoding="utf-8")
-            with open(temporary, "rb") as handle:
-                os.fsync(handle.fileno())
+            _write_synced(temporary, lambda file: file.write_text(text, encoding="utf-8"))
             try:
                 os.link(temporary, path)
             except FileExistsError:

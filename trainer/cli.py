@@ -33,7 +33,7 @@ from datasets import Dataset, DatasetDict, Image, LargeList, List, Value, load_d
 from datasets.exceptions import DatasetGenerationError
 from trl import TrlParser
 
-from maple.cli import exit_with_error, image_settings, report_error
+from maple.cli import config_option_split, exit_with_error, image_settings, report_error
 from maple.files import expanded_path, folder_problem, holds_relative_image_paths, located, located_image
 from maple.hub import check_private, dataset_read_problem, hub_failure, is_hub_id, local_typo_hint
 from modeling_maple.configuration_maple import BACKBONES, MLLM_FAMILIES
@@ -223,8 +223,7 @@ def _parse(parser: _Parser, argv: list[str] | None) -> tuple[ModelArguments, Dat
     status 2) for a bad config file, a value a dataclass refuses, options that do not go together and an
     `--output_dir` that cannot be a folder."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    # TrlParser reads only `--config FILE`; accept `--config=FILE` too, as argparse options do.
-    argv = [part for argument in argv for part in (argument.split("=", 1) if argument.startswith("--config=") else [argument])]
+    argv = config_option_split(argv)
     _check_config_file(parser, argv)
     try:
         model_args, data_args, training_args = parser.parse_args_and_config(argv)
