@@ -60,16 +60,31 @@ _LABEL = re.compile(
     rf"|(?<=[.!?;,|])[ \t]+{_LABEL_NAME}:[ \t]*(?:\*\*)?",
     re.I | re.M,
 )
-# An "Image N" anywhere: an answer naming two images (two numbers) that no label splits describes both in one text
-_LABEL_MENTION = re.compile(r"\b(?:image|caption)[ \t]*(\d+)\b", re.I)
+# "Image N" or "the first / second image" anywhere: an answer naming two images (two numbers) that no label or lead
+# splits describes both in one text
+_IMAGE_MENTION = re.compile(r"\b(?:image|caption)[ \t]*(\d+)\b|\b(first|second|1st|2nd)[ \t]+image\b", re.I)
+_ORDINALS = {"first": 1, "1st": 1, "second": 2, "2nd": 2}
+# A sentence lead naming one image: "Image 1 shows", "The first image depicts", "In Image 1,", "In the second image"
+# (bold, or with a parenthesis such as "(anchor)" after the name), at the start of a line (after a bullet or a list
+# number) or of a sentence. Models that answer in sentences rather than labelled lines write these.
+_LEAD_VERBS = "shows|depicts|features|contains|displays|presents|portrays|captures|illustrates|has"
+_SENTENCE_LEAD = re.compile(
+    r"(?:^[ \t]*(?:[-*\u2022][ \t]*|\d+[.)][ \t]*)?|(?<=[.!?])[ \t]+)"
+    r"(?:(?P<inside>in)[ \t]+)?(?:\*\*)?(?:the[ \t]+)?"
+    r"(?:image[ \t]*(?P<number>\d+)\b|(?P<ordinal>first|second|1st|2nd)[ \t]+image\b)"
+    r"(?:[ \t]*\([^)\n]*\))?(?:\*\*)?"
+    rf"(?(inside)[ \t]*,?|[ \t]+(?:{_LEAD_VERBS})\b)[ \t]*",
+    re.I | re.M,
+)
+_SENTENCE_END = re.compile(r"[.!?](?=\s)")  # not the "." inside "1.5"
 _NUMBERED_LINE = re.compile(r"^[ \t]*(\d+)[.)][ \t]+(\S.*?)[ \t]*$")
 _SECTION_LINE = re.compile(r"^[\w ]{1,24}:")  # "Note: ...", "Difference: ...": not a caption's continuation
 
 
 def _labelled_caption(text: str) -> str:
-    """The caption after a label: the rest of its line (or, if that is empty, the next non-empty line), continued
-    over the following lines while it has not ended a sentence (a caption wrapped over lines), up to a blank line
-    or a "Note:"-style line. What follows a finished caption (a comment) is left out."""
+    """The caption after a label (or a sentence lead): the rest of its line (or, if that is empty, the next non-empty
+    line), continued over the following lines while it has not ended a sentence (a caption wrapped over lines), up to
+    a blank line or a "Note:"-style line. What follows a finished caption (a comment) is left out."""
     parts: list[str] = []
     for line in (line.strip() for line in text.split("\n")):
         if not line:
@@ -82,25 +97,54 @@ def _labelled_caption(text: str) -> str:
     return " ".join(parts).rstrip(",;| ")  # what separated it from the next label on the same line
 
 
+def _images_named(text: str) -> set[int]:
+    """The images `text` names: N for "Image N", 1 and 2 for "the first image" and "the second image"."""
+    return {int(number) if number else _ORDINALS[ordinal.lower()] for number, ordinal in _IMAGE_MENTION.findall(text)}
+
+
+def _sentence_lead_captions(generated: str) -> list[str] | None:
+    """The captions of an answer written as one sentence per image, each after a lead naming its image ("Image 1 shows
+    ...", "The second image depicts ...", "In Image 1, ..."): the rest of every lead's sentence (`_labelled_caption`
+    up to its first sentence end: a further sentence, such as "They differ in colour.", is a comment), or None unless
+    the leads name images 1, 2, ... in order and no caption names another image (a comparison, "... unlike image 2",
+    describes both). A lead inside a sentence ("... while Image 2 shows ...") starts no caption."""
+    leads = list(_SENTENCE_LEAD.finditer(generated))
+    numbers = [int(lead["number"]) if lead["number"] else _ORDINALS[lead["ordinal"].lower()] for lead in leads]
+    if len(leads) < 2 or numbers != list(range(1, len(leads) + 1)):
+        return None
+    ends = [lead.start() for lead in leads[1:]] + [len(generated)]
+    captions: list[str] = []
+    for lead, end in zip(leads, ends):
+        caption = _labelled_caption(generated[lead.end() : end])
+        sentence_end = _SENTENCE_END.search(caption)
+        captions.append(caption if sentence_end is None else caption[: sentence_end.end()])
+    if any(_images_named(caption) - {number} for caption, number in zip(captions, numbers)):
+        return None
+    return captions
+
+
 def parse_captions(generated: str) -> list[str]:
-    """Captions in one generated answer: the caption after every "Image N:" label (`_labelled_caption`); else the
-    items of a numbered list 1, 2, ... (other lines, such as an introduction or a closing comment, left out); else,
-    when the model ignored the format, the whole answer as one caption, unless it names two images ("Image 1" and
-    "Image 2": both images' captions run together, which no caption of one image is). A label with nothing after it gives no
-    caption; neither does an empty answer."""
+    """Captions in one generated answer: the caption after every "Image N:" label (`_labelled_caption`); else, for an
+    answer of one sentence or line per image in order ("Image 1 shows ...", "The second image depicts ...", "In Image
+    1, ..."), the text after each lead (`_sentence_lead_captions`); else the items of a numbered list 1, 2, ... (other
+    lines, such as an introduction or a closing comment, left out); else, when the model ignored the format, the whole
+    answer as one caption, unless it names two images ("Image 1" and "Image 2", or "the first image" and "the second
+    image": both images' captions run together, which no caption of one image is). A label or lead with nothing after
+    it gives no caption; neither does an empty answer."""
     generated = generated.replace("\r\n", "\n").replace("\r", "\n")
     labels = list(_LABEL.finditer(generated))
     if labels:
         ends = [label.start() for label in labels[1:]] + [len(generated)]
         pieces = [_labelled_caption(generated[label.end() : end]) for label, end in zip(labels, ends)]
+    elif (lead_captions := _sentence_lead_captions(generated)) is not None:
+        pieces = lead_captions
     else:
         items = [(int(match.group(1)), match.group(2)) for line in generated.split("\n") if (match := _NUMBERED_LINE.match(line))]
         numbered_list = len(items) >= 2 and [number for number, _ in items] == list(range(1, len(items) + 1))
         if numbered_list:
             pieces = [item for _, item in items]
         else:
-            images_named = {int(number) for number in _LABEL_MENTION.findall(generated)}
-            pieces = [generated] if len(images_named) < 2 else []
+            pieces = [generated] if len(_images_named(generated)) < 2 else []
     return [caption for caption in (" ".join(piece.split()) for piece in pieces) if caption]
 
 

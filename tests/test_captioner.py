@@ -355,6 +355,7 @@ def test_the_last_caption_of_an_answer_cut_at_max_new_tokens_is_dropped(monkeypa
     ("Image 1: a red car\nImage 2: a blue car\n\nThese captions hi", ["a red car", "a blue car"]),
     ("Image 1: a red car\nImage 2: The car is blue.", ["a red car", "The car is blue."]),
     ("Image 1: Is the car red?\nImage 2: What a blue car!", ["Is the car red?", "What a blue car!"]),
+    ("Image 1 shows a red car.\nImage 2 shows a blue car. The colours diffe", ["a red car.", "a blue car."]),
 ])
 def test_a_cut_that_falls_after_the_last_caption_keeps_it(monkeypatch, answer, captions):
     """The cut can fall in a label, a list number or a closing comment that parsing leaves out, or right after a
@@ -385,6 +386,54 @@ RED_GREEN = ["A red apple.", "A green apple."]
 def test_labels_alone_on_their_line_or_before_a_dash_split_and_unsplittable_labelled_answers_give_nothing(answer, captions):
     """Each of these was one caption describing both images, markup included, which then joined the anchor's pool."""
     assert parse_captions(answer) == captions
+
+
+RED_BLUE_CUBES = ["a red cube left of a ball.", "a blue cube right of a ball."]
+
+
+@pytest.mark.parametrize("answer, captions", [
+    ("Image 1 shows a red cube left of a ball.\nImage 2 shows a blue cube right of a ball.", RED_BLUE_CUBES),
+    ("The first image shows a red cube left of a ball.\nThe second image shows a blue cube right of a ball.",
+     RED_BLUE_CUBES),
+    ("In Image 1, a red cube left of a ball.\nIn Image 2, a blue cube right of a ball.", RED_BLUE_CUBES),
+    ("Image 1 depicts a red cube left of a ball. Image 2 depicts a blue cube right of a ball.", RED_BLUE_CUBES),
+    ("Here are the captions:\n- **Image 1** shows a red cube left of a ball.\n- **Image 2** shows a blue cube right of"
+     " a ball.\n\nThe difference is the colour.", RED_BLUE_CUBES),
+    ("1. In the first image, a red cube left of a ball.\n2. In the second image, a blue cube right of a ball.",
+     RED_BLUE_CUBES),
+    ("Image 1 (anchor) shows A red cube.\nImage 2 (negative) shows A blue cube.", ["A red cube.", "A blue cube."]),
+    ("Image 1 shows a red cube on a\nwooden table.\nImage 2 shows a 1.5 m tall blue cube.",
+     ["a red cube on a wooden table.", "a 1.5 m tall blue cube."]),
+    # a sentence after the lead's sentence is a comment, even one that names the other image
+    ("Image 1 shows a red cube left of a ball. It is shiny.\nImage 2 shows a blue cube right of a ball. Unlike image 1,"
+     " it is matte.", RED_BLUE_CUBES),
+])
+def test_answers_of_one_sentence_per_image_split_at_their_leads(answer, captions):
+    """Each of these gave no caption (two images named, no "Image N:" label to split at), or, with "the first / second
+    image", "In Image 1," or list numbers, leads included."""
+    assert parse_captions(answer) == captions
+
+
+@pytest.mark.parametrize("answer", [
+    "Image 1 shows a red cube while Image 2 shows a blue one.",
+    "The first image shows a red cube while the second image shows a blue one.",
+    "In the first image, a red cube; in the second image, a blue one.",
+    "Image 1 shows a red cube; image 2 shows a blue one.",
+    "Image 2 shows a blue cube.\nImage 1 shows a red cube.",
+    "Image 1 shows a red cube, unlike image 2.\nImage 2 shows a blue cube.",
+    "Image 1 shows a red cube.\nThe second image shows a cube bluer than the first image.",
+])
+def test_leads_that_do_not_give_one_sentence_per_image_in_order_give_no_caption(answer):
+    """A comparison names both images in one caption: it describes neither alone. Before, the answers naming "the first
+    image" and "the second image" were one caption."""
+    assert parse_captions(answer) == []
+
+
+def test_a_sentence_lead_caption_cut_at_max_new_tokens_is_dropped(monkeypatch):
+    captioner = tiny_captioner(seed=0, num_samples=1, batch_size=1)
+    monkeypatch.setattr(captioner, "_generate", lambda pairs: [("Image 1 shows a red cube.\nImage 2 shows a blue", False)])
+    with pytest.warns(UserWarning, match="reached max_new_tokens"):
+        assert captioner.caption(ANCHORS[:1], NEGATIVES[:1]) == [["a red cube."]]
 
 
 def test_a_captioner_answer_naming_both_images_that_cannot_be_split_adds_no_caption(monkeypatch):
