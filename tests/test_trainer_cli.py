@@ -940,6 +940,10 @@ def test_a_config_files_environment_is_set_before_the_libraries_that_read_it_are
      "per_device_train_batch_size: expected an integer, got null (leave it out for the default, 8)"),
     ("save_strategy: null\n",
      "save_strategy: expected one of 'no', 'steps', 'epoch', 'best', got null (leave it out for the default, 'steps')"),
+    # typed `None | str | list[str]`, but transformers 5 does not handle None: it passed the check, and `Trainer` refused
+    # it once the model had loaded, naming neither the file nor the key
+    ("report_to: null\n",
+     "report_to: expected an integration name, a list of them, 'all' or 'none', got null (leave it out for the default, 'none')"),
     # YAML 1.1 reads an unquoted no as false
     ("save_strategy: no\n", "save_strategy: invalid choice False (choose from 'no', 'steps', 'epoch', 'best'); "
                             "YAML reads an unquoted no as false: write 'no'"),
@@ -950,6 +954,24 @@ def test_a_config_value_of_the_wrong_kind_is_refused(tmp_path, capsys, content, 
         main(["--config", str(tmp_path / "train.yaml"), "--tiny", "dual_encoder", "--dataset_name", "x"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == f"maple train: error: {tmp_path / 'train.yaml'}: {message}\n"
+
+
+def test_each_null_a_config_file_may_give_for_an_option_with_another_default_trains(tmp_path, monkeypatch):
+    """Such a null is a setting of its own (`max_scale: null`: no bound), not the option left out: each trains a step.
+    `report_to: null` passed the config file's check, and `Trainer` refused it once the model had loaded."""
+    from trainer.cli import _nullable_fields, _parser
+
+    parser = _parser()
+    defaults = {action.dest: action.default for action in parser._actions}
+    options = sorted(name for name in _nullable_fields(parser.dataclass_types) if defaults[name] is not None)
+    assert "max_scale" in options
+    DatasetDict({"train": synthetic_preference_dataset(4)}).save_to_disk(tmp_path / "prefs")
+    for option in options:
+        (tmp_path / option).mkdir()
+        monkeypatch.chdir(tmp_path / option)  # `output_dir: null` trains into ./trainer_output
+        (tmp_path / option / "train.yaml").write_text(f"{option}: null\n")
+        assert main(["--config", "train.yaml", "--tiny", "dual_encoder", "--dataset_name", str(tmp_path / "prefs"),
+                     "--max_steps", "1", "--per_device_train_batch_size", "2"]) == 0, option
 
 
 def test_one_data_file_or_one_saved_split_is_the_split_named_to_train_on(tmp_path):

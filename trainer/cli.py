@@ -536,7 +536,8 @@ def _check_config_file(parser: _Parser, argv: list[str]) -> None:
         action = actions.get(key)
         if value is None:  # YAML's null: the option unset, where its type allows that; else a TypeError once training ran
             if action is not None and key not in nullable_fields:
-                expected = (_KIND_NAMES[scalar_fields[key]] if key in scalar_fields else
+                expected = (_NULL_UNHANDLED[key] if key in _NULL_UNHANDLED else
+                            _KIND_NAMES[scalar_fields[key]] if key in scalar_fields else
                             f"one of {', '.join(map(repr, action.choices))}" if action.choices is not None else "a value")
                 parser.error(f"{path}: {key}: expected {expected}, got null (leave it out for the default, {action.default!r})")
             continue
@@ -585,13 +586,20 @@ def _scalar_fields(dataclass_types) -> dict[str, type]:
     return scalar
 
 
+# Options typed `X | None` whose None transformers does not handle, by what they take instead: `TrainingArguments`
+# makes `report_to=None` the list [None], which `Trainer` refuses ("None is not supported") once the dataset and the
+# model have loaded (transformers 4 read None as 'all')
+_NULL_UNHANDLED = {"report_to": "an integration name, a list of them, 'all' or 'none'"}
+
+
 def _nullable_fields(dataclass_types) -> set[str]:
-    """The options a YAML null may set: those typed `X | None`, and those whose default is None whatever their type."""
+    """The options a YAML null may set: those typed `X | None` but `_NULL_UNHANDLED`, and those whose default is None
+    whatever their type."""
     nullable = set()
     for dataclass_type in dataclass_types:
         hints = typing.get_type_hints(dataclass_type)
-        nullable |= {option.name for option in fields(dataclass_type)
-                     if option.default is None or type(None) in _union_members(hints[option.name])}
+        nullable |= {option.name for option in fields(dataclass_type) if option.default is None or
+                     (type(None) in _union_members(hints[option.name]) and option.name not in _NULL_UNHANDLED)}
     return nullable
 
 
