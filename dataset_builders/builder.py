@@ -30,6 +30,7 @@ work: each embeds its slice of the images and builds the shards s with s % world
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -309,12 +310,27 @@ def _in_number_order(path: Path) -> list[str | int]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
 
 
+def _is_undecodable(error: Exception) -> bool:
+    """Whether `error`, raised reading a checkpoint, says that its bytes do not decode, rather than that the system
+    could not read them (no permission, a disk or network filesystem error, too many open files: deleting the file
+    would throw away work). The readers say so with ValueError (pyarrow's ArrowInvalid, json's), RuntimeError,
+    KeyError, EOFError or UnpicklingError (torch.load), and with a plain OSError: without an errno (pyarrow, for a
+    damaged data page) or with EINVAL (torch.load of a zip cut short seeks before its start)."""
+    if not isinstance(error, OSError):
+        return True
+    return type(error) is OSError and error.errno in (None, errno.EINVAL)
+
+
 def _read_checkpoint(path: Path, read: Callable[[Path], Any], advice: str | None = None) -> Any:
-    """`read(path)` of a work-dir checkpoint; a file that does not read is a `DamagedCheckpoint` naming it, with
-    `advice` if given (else `DamagedCheckpoint`'s: delete it and run again)."""
+    """`read(path)` of a work-dir checkpoint; a file whose bytes do not decode is a `DamagedCheckpoint` naming it, with
+    `advice` if given (else `DamagedCheckpoint`'s: delete it and run again). An OSError that does not mean that (a
+    PermissionError, EIO) propagates, noting the file, with no advice to delete it."""
     try:
         return read(path)
     except (OSError, ValueError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as error:
+        if not _is_undecodable(error):
+            error.add_note(f"while reading the work-dir checkpoint {path}")
+            raise
         damaged = DamagedCheckpoint(path, error) if advice is None else DamagedCheckpoint(path, error, advice)
         raise damaged from error
 
@@ -1187,10 +1203,10 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
     def _read_from_another_rank(self, path: Path, *, read: Callable[[Path], Any], what: str) -> Any:
         """`read(path)` (a `_read_json` or `_read_tensor`) of a file `_wait_for` saw. A rank that gives up the work dir
         removes it and the manifest, possibly between that wait and this read: then, if this rank had claimed the work
-        dir, it says so rather than call the file damaged."""
+        dir, it says so rather than report the missing file."""
         try:
             return read(path)
-        except DamagedCheckpoint:
+        except FileNotFoundError:
             if self._work_dir_claimed and not path.exists() and not (self.work_dir / MANIFEST_FILE).exists():
                 raise self._given_up(what) from None
             raise
@@ -1224,6 +1240,8 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             try:
                 rows = pq.read_metadata(path).num_rows
             except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid: a truncated file
+                if not _is_undecodable(error):  # a PermissionError, EIO: the shard may be whole
+                    raise
                 problems.append(f"{path.name} cannot be read ({error}): delete it and run again to rebuild it")
                 continue
             if rows != end - start:

@@ -1,14 +1,19 @@
 """The work dir belongs to one recipe: a build with other settings refuses to reuse it, shards are
 named by the anchors they hold, and the assembled dataset holds every anchor exactly once."""
 
+import errno
+import functools
 import json
 import os
 import re
 import shutil
 
 import datasets
+import pyarrow.parquet as pq
 import pytest
+import torch
 
+import dataset_builders.builder as builder_module
 from dataset_builders.builder import MANIFEST_VERSION, DamagedCheckpoint, MaplePreferences, WorkDirMismatch
 from dataset_builders.testing import (
     SOURCE_FEATURES,
@@ -137,6 +142,77 @@ def test_a_json_checkpoint_that_is_not_an_object_is_named(tmp_path, checkpoint):
     path.write_text("[1, 2]")
     with pytest.raises(DamagedCheckpoint, match=rf"^{re.escape(str(path))} cannot be read \(ValueError: a JSON object was expected, it holds a list\)"):
         _builder(tmp_path).download_and_prepare()
+
+
+@pytest.mark.parametrize(
+    "checkpoint, error_name",
+    [
+        ("manifest.json", "EACCES"),
+        ("inputs.json", "EIO"),
+        ("embeddings.pt", "EACCES"),
+        ("shards/shard-000004-000008.parquet", "EIO"),
+    ],
+)
+def test_a_checkpoint_the_system_cannot_read_is_not_called_damaged(tmp_path, monkeypatch, checkpoint, error_name):
+    """Any OSError reading a checkpoint was a DamagedCheckpoint advising to delete it, which for a permission problem
+    or a disk error throws computed work away: the error propagates, naming the file, and the file is kept. The read
+    raises it, as tests may run as root, whom chmod 000 does not deny."""
+    code = getattr(errno, error_name)
+    error = OSError(code, os.strerror(code))  # a PermissionError for EACCES
+    _ids(_builder(tmp_path))
+    shutil.rmtree(tmp_path / "cache")  # the assembled dataset: without it every checkpoint is read again
+    path = tmp_path / "work" / checkpoint
+    read_checkpoint = builder_module._read_checkpoint
+
+    def read_fails_on_path(file, read, advice=None):
+        def fail(_):
+            raise error
+
+        return read_checkpoint(file, fail if file == path else read, advice)
+
+    monkeypatch.setattr(builder_module, "_read_checkpoint", read_fails_on_path)
+    with pytest.raises(type(error)) as raised:
+        _builder(tmp_path).download_and_prepare()
+    assert raised.value is error and raised.value.__notes__ == [f"while reading the work-dir checkpoint {path}"]
+    monkeypatch.undo()
+    assert path.exists() and _builder(tmp_path).build_shards().computed == []
+
+
+def test_a_shard_footer_the_system_cannot_read_is_not_called_damaged(tmp_path, monkeypatch):
+    """The shard coverage check, which reads each shard's footer, alike called any OSError a file to delete."""
+    _ids(_builder(tmp_path))
+    shutil.rmtree(tmp_path / "cache")
+    path = tmp_path / "work" / "shards" / "shard-000004-000008.parquet"
+    read_metadata = pq.read_metadata
+
+    def read_metadata_fails_on_path(file, *args, **kwargs):
+        if file == path:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return read_metadata(file, *args, **kwargs)
+
+    # the builder module's `pq`, which `datasets` replaced by a patched copy of pyarrow.parquet (for streaming)
+    monkeypatch.setattr(builder_module.pq, "read_metadata", read_metadata_fails_on_path)
+    with pytest.raises(PermissionError, match=re.escape(f"[Errno {errno.EACCES}] Permission denied: '{path}'")):
+        _builder(tmp_path).download_and_prepare()
+
+
+@pytest.mark.parametrize("kind", ["tensor", "shard"])
+def test_a_checkpoint_cut_short_anywhere_is_damaged(tmp_path, kind):
+    """torch.load reports a file cut short with an EOFError (empty), a RuntimeError or, at most lengths, an OSError
+    with EINVAL (its zip reader seeks before the file's start); pyarrow with an ArrowInvalid. Each is damage, though
+    other OSErrors are not (the tests above)."""
+    path = tmp_path / f"checkpoint.{'pt' if kind == 'tensor' else 'parquet'}"
+    if kind == "tensor":
+        torch.save(torch.zeros(50, 48), path)
+        read = builder_module._read_tensor
+    else:
+        pq.write_table(colour_square_source().data.table, path)
+        read = functools.partial(builder_module._read_checkpoint, read=pq.read_table)
+    whole = path.read_bytes()
+    for length in range(0, len(whole), max(1, len(whole) // 50)):
+        path.write_bytes(whole[:length])
+        with pytest.raises(DamagedCheckpoint, match=rf"^{re.escape(str(path))} cannot be read .*: delete it and run again"):
+            read(path)
 
 
 @pytest.mark.parametrize("edit", ["older version", "field it lacks", "field it has more"])
