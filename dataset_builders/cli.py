@@ -400,6 +400,10 @@ def _build(args: argparse.Namespace, given: set[str]) -> int:
         return report_error(PROG, str(error))
     except MinerOutputError as error:  # named by its name, which a module:factory's miner chose itself
         return report_error(PROG, f"--miner {args.miner}: {error}")
+    except OSError as error:  # the system could not read or write a file (no permission, a disk error): not bad input
+        where = "".join(f" ({note})" for note in getattr(error, "__notes__", []))
+        return report_error(PROG, f"{error}{where}. The work done so far is kept in {work_dir}: run the same command "
+                                  "again once that is fixed", status=1)
     print(format_summary(builder.stats, time.perf_counter() - started, len(report.computed), len(report.reused), work_dir,
                          builder.world_size))
     if args.push_to_hub:

@@ -365,6 +365,34 @@ def test_a_damaged_checkpoint_is_named_and_only_its_part_is_recomputed(source_fi
     assert [line for line in capsys.readouterr().out.splitlines()[1:] if "shards" not in line] == built
 
 
+def test_a_checkpoint_the_system_cannot_read_is_a_one_line_error_that_keeps_it(source_file, tmp_path, capsys, monkeypatch):
+    """A PermissionError (or a disk error) reading a checkpoint is no damage to delete: one line naming the error and
+    the file, exit status 1, and the rerun reuses every checkpoint."""
+    import dataset_builders.builder as builder_module
+
+    out = tmp_path / "out"
+    argv = [source_file, "--output-dir", str(out), *STAND_INS, "--shard-size", "3", "--semdedup-clusters", "0", "--no-progress"]
+    assert cli.main(argv) == 0
+    capsys.readouterr()
+    shutil.rmtree(out / "cache")
+    path = out / "work" / "embeddings.pt"
+    read_checkpoint = builder_module._read_checkpoint
+
+    def denied(file, read, advice=None):
+        if file == path:
+            raise PermissionError(13, "Permission denied", str(file))
+        return read_checkpoint(file, read, advice)
+
+    monkeypatch.setattr(builder_module, "_read_checkpoint", denied)
+    assert cli.main(argv) == 1
+    error = capsys.readouterr().err
+    assert error.startswith(f"maple build-preferences: error: [Errno 13] Permission denied: '{path}'"), error
+    assert f"kept in {out / 'work'}" in error and "delete" not in error and error.count("\n") == 1, error
+    monkeypatch.undo()
+    assert cli.main(argv) == 0
+    assert "  shards            0 built, 3 already built by an earlier run" in capsys.readouterr().out.splitlines()
+
+
 @pytest.mark.parametrize("column", ["image", "txt2img_scores"])
 def test_a_shard_damaged_on_disk_with_its_footer_intact_is_named(source_file, tmp_path, capsys, column):
     """Damaged data pages under an intact footer passed the coverage check (which reads the footer): one in the images
