@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import filelock
 import PIL.Image
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -107,6 +108,10 @@ _SHARD_NAME = re.compile(r"^shard-(\d+)-(\d+)\.parquet$")
 # differently, another --source-license), and a work dir deleted and begun again keeps its path: a cache is reused only
 # when it names the work dir's id. No part of the recipe: the manifest does not hold it.
 BUILD_ID_FILE = "maple_build_id.txt"
+# Beside a `datasets` cache folder (its name plus this suffix, no longer than the ".incomplete" `datasets` assembles
+# under): the lock under which a build decides whether the cache is its work dir's and assembles it if not. Not
+# `datasets`' own "_builder.lock", which `DatasetBuilder.download_and_prepare` takes and one process cannot take twice.
+ASSEMBLY_LOCK_SUFFIX = ".maple.lock"
 
 
 class WorkDirMismatch(ValueError):
@@ -598,12 +603,12 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         the dataset is assembled again from the work dir's shards (a new or emptied work dir builds them first).
 
         Under several processes every rank may call it: each builds its shards first (`build_shards`), outside the
-        lock `datasets` holds for one process at a time while it prepares (the rank holding it would otherwise wait for
-        the shards of a rank stuck at the lock); one rank assembles the dataset from them and the others load it from
-        the cache. In a fresh build that is rank 0: the others wait for its stats.json first (a stats.json left by an
-        earlier build lets any rank take the lock first, to the same rows; if the cache was not assembled from this
-        work dir, each rank that found it so assembles it again, in turn). The cache is a local folder: an
-        `output_dir` on another filesystem (s3://, ...) is a ValueError before any work."""
+        lock beside the cache folder under which one process at a time decides whether to reuse the cache and
+        assembles it if not (the rank holding it would otherwise wait for the shards of a rank stuck at the lock); one
+        rank assembles the dataset from them and the others, taking the lock after it, load it from the cache (a cache
+        folder per node: one rank per node). In a fresh build that is rank 0: the others wait for its stats.json first
+        (a stats.json left by an earlier build lets any rank take the lock first, to the same rows). The cache is a
+        local folder: an `output_dir` on another filesystem (s3://, ...) is a ValueError before any work."""
         # the cache's folder as `datasets` reads `output_dir` (`~` expanded, a file:// address stripped)
         filesystem, cache_folder = url_to_fs(
             output_dir if output_dir is not None else self._cache_dir, **(kwargs.get("storage_options") or {})
@@ -623,30 +628,34 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         # every rank gets the id of the first to write it, where the filesystem has hard links (a work dir begun before
         # build ids gets one now, and its caches, which name none, are assembled again)
         build_id = created_once(self.work_dir / BUILD_ID_FILE, uuid.uuid4().hex)
-        assembled_here = build_id_file.is_file() and build_id_file.read_text() == build_id
-        if not (self.work_dir / "stats.json").exists() or not assembled_here:
-            # not this work dir's finished build: assembled from its shards (those missing are built first)
-            download_mode = datasets.DownloadMode.FORCE_REDOWNLOAD
-            # `DatasetBuilder.__init__` read the cached build's split sizes, which the new build is checked against:
-            # another source under the same cache key failed that check once, and the failed build's stats.json then
-            # let the stale cache be reused (and pushed) under this build's stats
-            self.info.splits = None
-        self._assembled_stats = None
-        try:
-            super().download_and_prepare(output_dir, download_config, download_mode, **kwargs)
-        except datasets.exceptions.DatasetGenerationError as error:
-            # `datasets` wraps what `_generate_examples` raises in an error that names no file: a damaged shard's own
-            # error names it
-            if isinstance(error.__cause__, DamagedCheckpoint):
-                raise error.__cause__
-            raise
-        # stats.json and the cache's build id mark the cache as this work dir's finished build, so they are written
-        # only once `datasets` has finished writing the cache (which replaces the folder, an old id file with it): a
-        # stats.json written before, by a build that was then interrupted, let the next reuse the cache of another
-        # source under the same key, with this build's stats
-        if self._assembled_stats is not None:
-            atomic_write_text(build_id_file, build_id)
-            atomic_write_json(self.work_dir / "stats.json", self._assembled_stats)
+        # Whether to reuse the cache is decided under the lock the assembly holds, so that a rank taking it after
+        # another assembled the cache finds that rank's build id there and reuses the cache, not assembling it again.
+        Path(cache_folder).parent.mkdir(parents=True, exist_ok=True)
+        with filelock.FileLock(cache_folder + ASSEMBLY_LOCK_SUFFIX):
+            assembled_here = build_id_file.is_file() and build_id_file.read_text() == build_id
+            if not (self.work_dir / "stats.json").exists() or not assembled_here:
+                # not this work dir's finished build: assembled from its shards (those missing are built first)
+                download_mode = datasets.DownloadMode.FORCE_REDOWNLOAD
+                # `DatasetBuilder.__init__` read the cached build's split sizes, which the new build is checked
+                # against: another source under the same cache key failed that check once, and the failed build's
+                # stats.json then let the stale cache be reused (and pushed) under this build's stats
+                self.info.splits = None
+            self._assembled_stats = None
+            try:
+                super().download_and_prepare(output_dir, download_config, download_mode, **kwargs)
+            except datasets.exceptions.DatasetGenerationError as error:
+                # `datasets` wraps what `_generate_examples` raises in an error that names no file: a damaged shard's
+                # own error names it
+                if isinstance(error.__cause__, DamagedCheckpoint):
+                    raise error.__cause__
+                raise
+            # stats.json and the cache's build id mark the cache as this work dir's finished build, so they are
+            # written only once `datasets` has finished writing the cache (which replaces the folder, an old id file
+            # with it): a stats.json written before, by a build that was then interrupted, let the next reuse the
+            # cache of another source under the same key, with this build's stats
+            if self._assembled_stats is not None:
+                atomic_write_text(build_id_file, build_id)
+                atomic_write_json(self.work_dir / "stats.json", self._assembled_stats)
         # A cached dataset skips `_split_generators`, which computes the stats: the source licence, part of the cache
         # key but not of the work dir's recipe, may have changed since; the card must show this build's.
         stats = _read_json(self.work_dir / "stats.json")

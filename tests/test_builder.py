@@ -7,6 +7,7 @@ import math
 import os
 import re
 import shutil
+import threading
 import time
 
 import datasets
@@ -868,9 +869,10 @@ def _unbuilt(tmp_path, source: datasets.Dataset, **kwargs) -> MaplePreferences:
     """A corpus-captions builder in tmp_path, nothing run yet; `kwargs` override its arguments."""
     settings = {
         "config_name": "corpus-captions", "judge": ColourJudge(), "miner": thumbnail_miner(),
-        "cache_dir": str(tmp_path / "cache"), "progress": False, "wait_timeout": RANK_WAIT_SECONDS,
+        "cache_dir": str(tmp_path / "cache"), "work_dir": tmp_path / "work", "progress": False,
+        "wait_timeout": RANK_WAIT_SECONDS,
     }
-    return MaplePreferences(source_dataset=source, work_dir=tmp_path / "work", **{**settings, **kwargs})
+    return MaplePreferences(source_dataset=source, **{**settings, **kwargs})
 
 
 def test_a_duplicate_id_keeps_its_first_valid_row(tmp_path, monkeypatch):
@@ -1160,6 +1162,50 @@ def test_every_rank_may_call_download_and_prepare(tmp_path):
     assert expected.num_rows == 10
     for builder in ranks:
         assert builder.as_dataset(split="train").data.table.equals(expected)
+
+
+@pytest.mark.parametrize("rank_caches", [("cache", "cache"), ("node-0-cache", "node-1-cache")])
+def test_ranks_finding_a_cache_not_of_their_work_dir_assemble_it_once_per_cache_folder(tmp_path, monkeypatch,
+                                                                                       rank_caches):
+    """With the work dir's stats.json from an earlier build and the cache assembled from another work dir, every rank
+    decided to assemble before taking `datasets`' lock, so each assembled the whole dataset again, in turn. The
+    decision is now taken under the assembly's lock: the second rank reuses the first's cache. Ranks on nodes with a
+    cache folder each (the work dir shared) still assemble one each."""
+    import dataset_builders.builder as builder_module
+
+    source = colour_square_source()
+    _unbuilt(tmp_path, source).download_and_prepare()
+    _unbuilt(tmp_path, source, work_dir=tmp_path / "other").download_and_prepare()  # the cache is now other's
+    ids_read, both_read_the_id = [], threading.Event()
+    created_once, split_generators = builder_module.created_once, MaplePreferences._split_generators
+
+    def counted_created_once(path, text):
+        ids_read.append(path)
+        if len(ids_read) == 2:
+            both_read_the_id.set()
+        return created_once(path, text)
+
+    assembled = []
+
+    def counted_split_generators(self, dl_manager):
+        # both ranks have the work dir's build id before either assembles: the old code had then decided for both
+        assert both_read_the_id.wait(RANK_WAIT_SECONDS)
+        assembled.append(self.rank)
+        return split_generators(self, dl_manager)
+
+    monkeypatch.setattr(builder_module, "created_once", counted_created_once)
+    monkeypatch.setattr(MaplePreferences, "_split_generators", counted_split_generators)
+    ranks = [_unbuilt(tmp_path, source, cache_dir=str(tmp_path / cache), rank=rank, world_size=2)
+             for rank, cache in enumerate(rank_caches)]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        for future in [pool.submit(builder.download_and_prepare) for builder in ranks]:
+            future.result(timeout=2 * RANK_WAIT_SECONDS)
+    assert len(assembled) == len(set(rank_caches))
+    build_id = (tmp_path / "work" / BUILD_ID_FILE).read_text()
+    for cache in set(rank_caches):
+        assert [path.read_text() for path in (tmp_path / cache).rglob(BUILD_ID_FILE)] == [build_id]
+    rows = ranks[0].as_dataset(split="train").to_list()
+    assert len(rows) == 10 and ranks[1].as_dataset(split="train").to_list() == rows
 
 
 def test_only_rank_0_runs_semdedup_and_the_other_ranks_wait_for_its_anchors(tmp_path):
