@@ -234,12 +234,16 @@ def _read_table(source: str, spec: BenchmarkSpec, token: str | None) -> tuple[An
     if path.is_file() or path.is_dir():
         files = [path] if path.is_file() else _split_files(path, spec)
         try:
-            table = datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
             row_counts = [pq.ParquetFile(file).metadata.num_rows for file in files]
-        # pyarrow's ArrowInvalid (a truncated file) is a ValueError, as is datasets' error for files without rows
+            # files without rows are not read: datasets refuses them in its own words ("Instruction 'train'
+            # corresponds to no data")
+            table = datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train") if sum(row_counts) else None
+        # pyarrow's ArrowInvalid (a truncated file) is a ValueError
         except (ValueError, DatasetGenerationError) as error:
             detail = " ".join(str(error.__cause__ or error).split())
             raise BenchmarkFormatError(f"{path}: not a readable parquet table for benchmark {spec.name!r}: {detail}") from error
+        if table is None:
+            raise BenchmarkFormatError(f"{path}: benchmark {spec.name!r} has no rows")
         offsets = tuple(itertools.accumulate(row_counts[:-1], initial=0))
         locate = RowLocator(source, tuple(str(file) for file in files), offsets)
     else:

@@ -116,9 +116,19 @@ def test_a_missing_source_named_as_a_file_is_reported_missing_not_looked_up_on_t
         load_benchmark("winoground", source)
 
 
+def test_a_parquet_file_without_rows_is_refused_in_those_words(tmp_path):
+    """datasets refused it as "Instruction 'train' corresponds to no data", reported as a table that does not read."""
+    from conftest import make_picture
+
+    path = tmp_path / "empty.parquet"
+    table = datasets.Dataset.from_dict({"image": [make_picture(0)], "caption": [["a dog"]]}).cast_column("image", datasets.Image())
+    table.select([]).to_parquet(str(path))
+    with pytest.raises(BenchmarkFormatError, match=rf"^{re.escape(str(path))}: benchmark 'coco' has no rows$"):
+        load_benchmark("coco", str(path))
+
+
 def test_a_hub_table_is_read_from_the_benchmarks_split_and_refused_without_rows(monkeypatch):
-    """A parquet file without rows is refused by datasets itself; a Hub table is checked here. It is read with the
-    token given."""
+    """A Hub table without rows is refused too. It is read with the token given."""
     from conftest import make_picture
 
     read = []
