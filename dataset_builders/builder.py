@@ -202,7 +202,8 @@ class MaplePreferencesConfig(datasets.BuilderConfig):
             problems.append(f"num_hard_negatives must be at least 1, got {self.num_hard_negatives}")
         if self.text_candidates not in TEXT_CANDIDATE_SOURCES:
             problems.append(f"text_candidates must be one of {TEXT_CANDIDATE_SOURCES}, got {self.text_candidates!r}")
-        if not 1 <= self.captioned_negatives <= self.num_hard_negatives:
+        # its range is empty when num_hard_negatives is below 1, which is the problem then
+        if self.num_hard_negatives >= 1 and not 1 <= self.captioned_negatives <= self.num_hard_negatives:
             problems.append(f"captioned_negatives must be in [1, num_hard_negatives], got {self.captioned_negatives}")
         if self.max_candidate_texts < 2:
             problems.append(f"max_candidate_texts must be at least 2, got {self.max_candidate_texts}")

@@ -294,7 +294,8 @@ def test_the_anchor_caption_is_stored_and_judged_without_surrounding_whitespace(
 
 
 def test_config_errors_stop_before_any_work(tmp_path):
-    with pytest.raises(ValueError, match="num_hard_negatives"):
+    # alone: captioned_negatives' range [1, num_hard_negatives] is then empty, which is not a second problem
+    with pytest.raises(ValueError, match=r"num_hard_negatives must be at least 1, got 0$"):
         MaplePreferencesConfig(name="x", num_hard_negatives=0)
     with pytest.raises(ValueError, match="text_candidates"):
         MaplePreferences(config_name="paper", text_candidates="imagined", cache_dir=str(tmp_path / "cache"))
