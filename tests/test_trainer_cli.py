@@ -944,6 +944,11 @@ def test_a_config_files_environment_is_set_before_the_libraries_that_read_it_are
     # it once the model had loaded, naming neither the file nor the key
     ("report_to: null\n",
      "report_to: expected an integration name, a list of them, 'all' or 'none', got null (leave it out for the default, 'none')"),
+    # likewise a list option's items, and a number for its one value (found by a review)
+    ("report_to: [null]\n", "report_to: expected a string or a list of strings, got [None]"),
+    ("report_to: [wandb, null]\n", "report_to: expected a string or a list of strings, got ['wandb', None]"),
+    ("report_to: 5\n", "report_to: expected a string or a list of strings, got 5"),
+    ("label_names: [1]\n", "label_names: expected a list of strings, got [1]"),
     # YAML 1.1 reads an unquoted no as false
     ("save_strategy: no\n", "save_strategy: invalid choice False (choose from 'no', 'steps', 'epoch', 'best'); "
                             "YAML reads an unquoted no as false: write 'no'"),

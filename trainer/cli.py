@@ -532,6 +532,7 @@ def _check_config_file(parser: _Parser, argv: list[str]) -> None:
         parser.error(f"{path}: expected 'env' to be a mapping of environment variables, got {config['env']!r:.80}")
     actions = {action.dest: action for action in parser._actions}
     scalar_fields, nullable_fields = _scalar_fields(parser.dataclass_types), _nullable_fields(parser.dataclass_types)
+    list_fields = _list_fields(parser.dataclass_types)
     for key, value in config.items():
         action = actions.get(key)
         if value is None:  # YAML's null: the option unset, where its type allows that; else a TypeError once training ran
@@ -552,6 +553,11 @@ def _check_config_file(parser: _Parser, argv: list[str]) -> None:
         # a number for a repo id at the first checkpoint
         elif (kind := scalar_fields.get(key)) is not None and not _is_value_of(value, kind):
             parser.error(f"{path}: {key}: expected {_KIND_NAMES[kind]}, got {value!r:.80}")
+        elif (kinds := list_fields.get(key)) is not None and not _is_list_value_of(value, *kinds):
+            item_kind, takes_one = kinds
+            expected = f"a list of {_KIND_NAMES[item_kind].removeprefix('a ').removeprefix('an ')}s"
+            parser.error(f"{path}: {key}: expected {_KIND_NAMES[item_kind] + ' or ' if takes_one else ''}{expected}, "
+                         f"got {value!r:.80}")
         if action is not None and action.choices is not None and value not in action.choices:
             parser.error(f"{path}: {key}: invalid choice {value!r} (choose from {', '.join(map(repr, action.choices))})"
                          f"{_yaml_boolean_hint(value, action.choices)}")
@@ -590,6 +596,27 @@ def _scalar_fields(dataclass_types) -> dict[str, type]:
 # makes `report_to=None` the list [None], which `Trainer` refuses ("None is not supported") once the dataset and the
 # model have loaded (transformers 4 read None as 'all')
 _NULL_UNHANDLED = {"report_to": "an integration name, a list of them, 'all' or 'none'"}
+
+
+def _list_fields(dataclass_types) -> dict[str, tuple[type, bool]]:
+    """The options typed `list[X]` (or that or None, or X) for X `str`, `int` or `float`, by name: (X, whether a lone
+    X is taken too), but `_NOT_ONLY_STRINGS`. YAML lists reach the config unconverted: `report_to: [null]` or
+    `report_to: 5` failed only once the model had loaded, naming neither the file nor the key."""
+    lists = {}
+    for dataclass_type in dataclass_types:
+        for name, hint in typing.get_type_hints(dataclass_type).items():
+            kinds = [kind for kind in _union_members(hint) if kind is not type(None)]
+            items = [typing.get_args(kind)[0] for kind in kinds if typing.get_origin(kind) is list and typing.get_args(kind)]
+            if len(items) == 1 and items[0] in (str, int, float) and name not in _NOT_ONLY_STRINGS:
+                lists[name] = (items[0], items[0] in kinds)
+    return lists
+
+
+def _is_list_value_of(value: object, item_kind: type, takes_one: bool) -> bool:
+    """Whether a YAML value is a list of `item_kind` values, or one such value where the option takes one."""
+    if isinstance(value, list):
+        return all(_is_value_of(item, item_kind) for item in value)
+    return takes_one and _is_value_of(value, item_kind)
 
 
 def _nullable_fields(dataclass_types) -> set[str]:
