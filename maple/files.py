@@ -69,6 +69,16 @@ def shard_split(name: str) -> str | None:
     return shard.group(1) if (shard := _SPLIT_SHARD_NAME.match(name)) else None
 
 
+def snapshot_config_folders(folder: str | os.PathLike) -> list[str]:
+    """The top-level folders of `folder` that directly hold a split's shards as `push_to_hub` names them
+    ("paper/train-00000-of-00001.parquet"), sorted: the configs of a Hub dataset snapshot, each in the folder named
+    after it (the "default" config's in `data/`)."""
+    return sorted(
+        entry.name for entry in Path(folder).iterdir()
+        if entry.is_dir() and any(shard_split(file.name) for file in entry.glob("*.parquet"))
+    )
+
+
 def files_by_split(
     folder: str | os.PathLike,
     files: Sequence[Path],

@@ -1155,3 +1155,30 @@ def test_a_type_error_while_loading_without_model_init_kwargs_is_not_blamed_on_t
         load_model_and_processor(model_args, RPAConfig(output_dir=str(tmp_path / "out")))
     with pytest.raises(TrainingInputError, match="--model_init_kwargs: __init__"):
         load_model_and_processor(model_args, RPAConfig(output_dir=str(tmp_path / "out"), model_init_kwargs={"foo": 1}))
+
+
+def test_a_snapshot_of_several_configs_without_its_card_is_refused_not_merged(tmp_path):
+    """datasets reads such a folder as one config: without the README.md's `configs`, training ran on both configs'
+    rows as one split (every anchor twice), and --dataset_config was "BuilderConfig 'paper' not found" (found by a
+    review). One config's folder trains; with the card, the folder is read as datasets reads the Hub repo."""
+    from trainer.cli import load_preference_splits
+
+    snapshot = tmp_path / "snapshot"
+    for config, rows in (("paper", 4), ("corpus-captions", 3)):
+        (snapshot / config).mkdir(parents=True)
+        synthetic_preference_dataset(rows).to_parquet(snapshot / config / "train-00000-of-00001.parquet")
+    for config, pick in ((None, "corpus-captions"), ("paper", "paper")):
+        with pytest.raises(TrainingInputError) as refused:
+            load_preference_splits(DataArguments(dataset_name=str(snapshot), dataset_config=config))
+        assert str(refused.value) == (
+            f"--dataset_name {snapshot}: holds the configs corpus-captions, paper of a Hub dataset, without the README.md "
+            "that names them for datasets (read without it, every config's rows would be one split): give one config's "
+            f"folder, e.g. --dataset_name {snapshot / pick}{' without --dataset_config' if config else ''}"
+        )
+    assert load_preference_splits(DataArguments(dataset_name=str(snapshot / "paper")))["train"].num_rows == 4
+    (snapshot / "README.md").write_text(
+        "---\nconfigs:\n- config_name: paper\n  data_files:\n  - split: train\n    path: paper/train-*\n"
+        "- config_name: corpus-captions\n  data_files:\n  - split: train\n    path: corpus-captions/train-*\n---\n"
+    )
+    splits = load_preference_splits(DataArguments(dataset_name=str(snapshot), dataset_config="corpus-captions"))
+    assert splits["train"].num_rows == 3

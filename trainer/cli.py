@@ -34,7 +34,7 @@ from datasets.exceptions import DatasetGenerationError
 from trl import TrlParser
 
 from maple.cli import config_option_split, exit_with_error, image_settings, report_error
-from maple.files import expanded_path, folder_problem, holds_relative_image_paths, located, located_image
+from maple.files import expanded_path, folder_problem, holds_relative_image_paths, located, located_image, snapshot_config_folders
 from maple.hub import check_private, dataset_read_problem, hub_failure, is_hub_id, local_typo_hint
 from modeling_maple.configuration_maple import BACKBONES, MLLM_FAMILIES
 from modeling_maple.lora import LORA_ALPHA, LORA_DROPOUT, LORA_RANK
@@ -706,6 +706,24 @@ def load_model_and_processor(model_args: ModelArguments, training_args: RPAConfi
 DATA_FILE_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}
 
 
+def _check_snapshot_has_its_card(folder: str, config: str | None) -> None:
+    """Refuse a snapshot of a Hub dataset of several configs without the `configs` of its README.md: `datasets` reads
+    such a folder as one config, every config's rows in one split (the same anchors twice, judged by two recipes), and
+    knows no config to pick."""
+    from huggingface_hub.repocard import metadata_load
+
+    configs = snapshot_config_folders(folder)
+    card = Path(folder) / "README.md"
+    if len(configs) < 2 or (card.is_file() and (metadata_load(card) or {}).get("configs")):
+        return
+    pick = os.path.join(folder, config if config in configs else configs[0])
+    raise TrainingInputError(
+        f"--dataset_name {folder}: holds the configs {', '.join(configs)} of a Hub dataset, without the README.md that "
+        f"names them for datasets (read without it, every config's rows would be one split): give one config's folder, "
+        f"e.g. --dataset_name {pick}{' without --dataset_config' if config else ''}"
+    )
+
+
 def load_preference_splits(data_args: DataArguments, token: str | None = None) -> DatasetDict:
     """The dataset's splits, from `save_to_disk` output, a folder of data files, one data file or the Hub (read with
     `token`; None: HF_TOKEN or the saved login)."""
@@ -721,6 +739,8 @@ def load_preference_splits(data_args: DataArguments, token: str | None = None) -
     )
     if data_args.dataset_config is not None and (saved or os.path.isfile(location)):
         raise TrainingInputError(f"--dataset_config {data_args.dataset_config}: {location} is one dataset, without configs")
+    if not saved and os.path.isdir(location):
+        _check_snapshot_has_its_card(location, data_args.dataset_config)
     try:
         if saved:
             splits = load_from_disk(location)
