@@ -60,29 +60,38 @@ _LABEL = re.compile(
     rf"|(?<=[.!?;,|])[ \t]+{_LABEL_NAME}:[ \t]*(?:\*\*)?",
     re.I | re.M,
 )
-# "Image N" or "the first / second image" anywhere: an answer naming two images (two numbers) that no label or lead
-# splits describes both in one text
-_IMAGE_MENTION = re.compile(r"\b(?:image|caption)[ \t]*(\d+)\b|\b(first|second|1st|2nd)[ \t]+image\b", re.I)
-_ORDINALS = {"first": 1, "1st": 1, "second": 2, "2nd": 2}
-# A sentence lead naming one image: "Image 1 shows", "The first image depicts", "In Image 1,", "In the second image"
-# (bold, or with a parenthesis such as "(anchor)" after the name), at the start of a line (after a bullet or a list
-# number) or of a sentence. Models that answer in sentences rather than labelled lines write these.
-_LEAD_VERBS = "shows|depicts|features|contains|displays|presents|portrays|captures|illustrates|has"
-_SENTENCE_LEAD = re.compile(
-    r"(?:^[ \t]*(?:[-*\u2022][ \t]*|\d+[.)][ \t]*)?|(?<=[.!?])[ \t]+)"
-    r"(?:(?P<inside>in)[ \t]+)?(?:\*\*)?(?:the[ \t]+)?"
-    r"(?:image[ \t]*(?P<number>\d+)\b|(?P<ordinal>first|second|1st|2nd)[ \t]+image\b)"
-    r"(?:[ \t]*\([^)\n]*\))?(?:\*\*)?"
-    rf"(?(inside)[ \t]*,?|[ \t]+(?:{_LEAD_VERBS})\b)[ \t]*",
+# The verbs after an image's name in a lead; not "has been" ("Image 1 has been taken at night: ..." is no caption)
+_LEAD_VERBS = r"shows|depicts|features|contains|displays|presents|portrays|captures|illustrates|has(?![ \t]+been\b)"
+# "Image N" (or "Image one"), "the first / second image" (or "one", "picture", "photo"), or "the second" closing a
+# clause or before a lead verb ("in the second,", "unlike the first.", "the second shows"): an answer naming two
+# images (two numbers) that no label or lead splits describes both in one text
+_IMAGE_MENTION = re.compile(
+    r"\b(?:image|caption)[ \t]*(\d+|one|two)\b"
+    r"|\b(first|second|1st|2nd)[ \t]+(?:image|picture|photo|one)\b"
+    rf"|\bthe[ \t]+(first|second|1st|2nd)(?=[ \t]*(?:[,;:.!?)]|$)|[ \t]+(?:{_LEAD_VERBS})\b)",
     re.I | re.M,
 )
-_SENTENCE_END = re.compile(r"[.!?](?=\s)")  # not the "." inside "1.5"
+_ORDINALS = {"one": 1, "first": 1, "1st": 1, "two": 2, "second": 2, "2nd": 2}
+# A lead naming one image at the start of a line (after a bullet or a list number, bold or not, with a parenthesis
+# such as "(anchor)" after the name): "Image 1 shows", "The first image depicts", "In Image 1,", "In the second
+# image,". Models that answer in sentences rather than labelled lines write these. Its first word is capitalised as
+# written: a line starting "in the second image, ..." continues a caption wrapped over lines.
+_ORDINAL_IMAGE = r"(?:first|second|1st|2nd)[ \t]+image"
+_LEAD_NAME_END = r"(?:[ \t]*\([^)\n]*\))?[ \t]*(?:\*\*)?"
+_IMAGE_LEAD = re.compile(
+    r"^[ \t]*(?:[-*\u2022][ \t]+|\d+[.)][ \t]+)?(?:\*\*)?"
+    rf"(?:(?:Image[ \t]*\d+|The[ \t]+(?i:{_ORDINAL_IMAGE})){_LEAD_NAME_END}[ \t]+(?i:{_LEAD_VERBS})\b"
+    rf"|In[ \t]+(?i:image[ \t]*\d+|the[ \t]+{_ORDINAL_IMAGE}){_LEAD_NAME_END},)"
+    r"[ \t]*(?:\*\*)?[ \t]*",
+    re.M,
+)
+_CAPTION_START = re.compile(r"[^\W_]|[\"'\u201c\u2018]")  # a letter, a digit or a quote, not ":" or "'s"
 _NUMBERED_LINE = re.compile(r"^[ \t]*(\d+)[.)][ \t]+(\S.*?)[ \t]*$")
 _SECTION_LINE = re.compile(r"^[\w ]{1,24}:")  # "Note: ...", "Difference: ...": not a caption's continuation
 
 
 def _labelled_caption(text: str) -> str:
-    """The caption after a label (or a sentence lead): the rest of its line (or, if that is empty, the next non-empty
+    """The caption after a label (or a lead): the rest of its line (or, if that is empty, the next non-empty
     line), continued over the following lines while it has not ended a sentence (a caption wrapped over lines), up to
     a blank line or a "Note:"-style line. What follows a finished caption (a comment) is left out."""
     parts: list[str] = []
@@ -98,45 +107,55 @@ def _labelled_caption(text: str) -> str:
 
 
 def _images_named(text: str) -> set[int]:
-    """The images `text` names: N for "Image N", 1 and 2 for "the first image" and "the second image"."""
-    return {int(number) if number else _ORDINALS[ordinal.lower()] for number, ordinal in _IMAGE_MENTION.findall(text)}
+    """The images `text` names: N for "Image N", 1 and 2 for "Image one", "the first image", "the second one" or a
+    clause-closing "the second" (`_IMAGE_MENTION`)."""
+    return {
+        int(name) if name.isdigit() else _ORDINALS[name.lower()]
+        for names in _IMAGE_MENTION.findall(text)
+        for name in names
+        if name
+    }
 
 
-def _sentence_lead_captions(generated: str) -> list[str] | None:
-    """The captions of an answer written as one sentence per image, each after a lead naming its image ("Image 1 shows
-    ...", "The second image depicts ...", "In Image 1, ..."): the rest of every lead's sentence (`_labelled_caption`
-    up to its first sentence end: a further sentence, such as "They differ in colour.", is a comment), or None unless
-    the leads name images 1, 2, ... in order and no caption names another image (a comparison, "... unlike image 2",
-    describes both). A lead inside a sentence ("... while Image 2 shows ...") starts no caption."""
-    leads = list(_SENTENCE_LEAD.finditer(generated))
-    numbers = [int(lead["number"]) if lead["number"] else _ORDINALS[lead["ordinal"].lower()] for lead in leads]
-    if len(leads) < 2 or numbers != list(range(1, len(leads) + 1)):
+def _lead_captions(generated: str) -> list[str] | None:
+    """The captions of an answer of one line per image, each starting with a lead naming its image ("Image 1 shows
+    ...", "The second image depicts ...", "In Image 1, ...", `_IMAGE_LEAD`): what `_labelled_caption` gives for the
+    text after each lead, bold markers around the lead or closing its line left out. None unless the leads name images
+    1, 2, ... in order, each caption starts with a letter, a digit or a quote (not the ": a red cube" of "Image 1 shows:
+    a red cube", nor the "'s foreground" of "In the first image's foreground") and no caption names another image (a
+    comparison, "... unlike image 2", describes both)."""
+    leads = list(_IMAGE_LEAD.finditer(generated))
+    images_led = [_images_named(lead[0]) for lead in leads]
+    if len(leads) < 2 or images_led != [{number} for number in range(1, len(leads) + 1)]:
         return None
     ends = [lead.start() for lead in leads[1:]] + [len(generated)]
     captions: list[str] = []
-    for lead, end in zip(leads, ends):
-        caption = _labelled_caption(generated[lead.end() : end])
-        sentence_end = _SENTENCE_END.search(caption)
-        captions.append(caption if sentence_end is None else caption[: sentence_end.end()])
-    if any(_images_named(caption) - {number} for caption, number in zip(captions, numbers)):
-        return None
+    for number, (lead, end) in enumerate(zip(leads, ends), start=1):
+        text = generated[lead.end() : end]
+        if lead[0].count("**") % 2:  # a bold span the lead opened closes in the caption: "**Image 1 shows X.**"
+            text = text.replace("**", "", 1)
+        if not _CAPTION_START.match(text):
+            return None
+        caption = _labelled_caption(text)
+        if _images_named(caption) - {number}:
+            return None
+        captions.append(caption)
     return captions
 
 
 def parse_captions(generated: str) -> list[str]:
     """Captions in one generated answer: the caption after every "Image N:" label (`_labelled_caption`); else, for an
-    answer of one sentence or line per image in order ("Image 1 shows ...", "The second image depicts ...", "In Image
-    1, ..."), the text after each lead (`_sentence_lead_captions`); else the items of a numbered list 1, 2, ... (other
-    lines, such as an introduction or a closing comment, left out); else, when the model ignored the format, the whole
-    answer as one caption, unless it names two images ("Image 1" and "Image 2", or "the first image" and "the second
-    image": both images' captions run together, which no caption of one image is). A label or lead with nothing after
-    it gives no caption; neither does an empty answer."""
+    answer of one line per image in order ("Image 1 shows ...", "The second image depicts ...", "In Image 1, ..."),
+    the caption after each lead (`_lead_captions`); else the items of a numbered list 1, 2, ... (other lines,
+    such as an introduction or a closing comment, left out); else, when the model ignored the format, the whole
+    answer as one caption, unless it names two images (`_images_named`: both images' captions run together, which no
+    caption of one image is). A label with nothing after it gives no caption; neither does an empty answer."""
     generated = generated.replace("\r\n", "\n").replace("\r", "\n")
     labels = list(_LABEL.finditer(generated))
     if labels:
         ends = [label.start() for label in labels[1:]] + [len(generated)]
         pieces = [_labelled_caption(generated[label.end() : end]) for label, end in zip(labels, ends)]
-    elif (lead_captions := _sentence_lead_captions(generated)) is not None:
+    elif (lead_captions := _lead_captions(generated)) is not None:
         pieces = lead_captions
     else:
         items = [(int(match.group(1)), match.group(2)) for line in generated.split("\n") if (match := _NUMBERED_LINE.match(line))]

@@ -355,7 +355,7 @@ def test_the_last_caption_of_an_answer_cut_at_max_new_tokens_is_dropped(monkeypa
     ("Image 1: a red car\nImage 2: a blue car\n\nThese captions hi", ["a red car", "a blue car"]),
     ("Image 1: a red car\nImage 2: The car is blue.", ["a red car", "The car is blue."]),
     ("Image 1: Is the car red?\nImage 2: What a blue car!", ["Is the car red?", "What a blue car!"]),
-    ("Image 1 shows a red car.\nImage 2 shows a blue car. The colours diffe", ["a red car.", "a blue car."]),
+    ("Image 1 shows a red car.\nImage 2 shows a blue car.\nThe colours diffe", ["a red car.", "a blue car."]),
 ])
 def test_a_cut_that_falls_after_the_last_caption_keeps_it(monkeypatch, answer, captions):
     """The cut can fall in a label, a list number or a closing comment that parsing leaves out, or right after a
@@ -396,21 +396,44 @@ RED_BLUE_CUBES = ["a red cube left of a ball.", "a blue cube right of a ball."]
     ("The first image shows a red cube left of a ball.\nThe second image shows a blue cube right of a ball.",
      RED_BLUE_CUBES),
     ("In Image 1, a red cube left of a ball.\nIn Image 2, a blue cube right of a ball.", RED_BLUE_CUBES),
-    ("Image 1 depicts a red cube left of a ball. Image 2 depicts a blue cube right of a ball.", RED_BLUE_CUBES),
     ("Here are the captions:\n- **Image 1** shows a red cube left of a ball.\n- **Image 2** shows a blue cube right of"
      " a ball.\n\nThe difference is the colour.", RED_BLUE_CUBES),
     ("1. In the first image, a red cube left of a ball.\n2. In the second image, a blue cube right of a ball.",
      RED_BLUE_CUBES),
+    ("In the first image, there is a red cube left of a ball.\nIn the second image, there is a blue cube right of a"
+     " ball.", ["there is a red cube left of a ball.", "there is a blue cube right of a ball."]),
     ("Image 1 (anchor) shows A red cube.\nImage 2 (negative) shows A blue cube.", ["A red cube.", "A blue cube."]),
+    ("Image 1 (left) shows a red cube.\nImage 2 (right) shows a blue cube.", ["a red cube.", "a blue cube."]),
     ("Image 1 shows a red cube on a\nwooden table.\nImage 2 shows a 1.5 m tall blue cube.",
      ["a red cube on a wooden table.", "a 1.5 m tall blue cube."]),
-    # a sentence after the lead's sentence is a comment, even one that names the other image
-    ("Image 1 shows a red cube left of a ball. It is shiny.\nImage 2 shows a blue cube right of a ball. Unlike image 1,"
-     " it is matte.", RED_BLUE_CUBES),
+    # bold around the lead, or around the whole line, is no part of the caption
+    ("- **Image 1 shows** a red cube.\n- **Image 2 shows** a blue cube.", ["a red cube.", "a blue cube."]),
+    ("**Image 1 shows a red cube.**\n**Image 2 shows a blue cube.**", ["a red cube.", "a blue cube."]),
+    # a caption goes on past a "." that ends no sentence, and past one that does, to the end of its line
+    ("Image 1 shows Mt. Fuji behind a red car.\nImage 2 shows Mt. Fuji behind a blue car.",
+     ["Mt. Fuji behind a red car.", "Mt. Fuji behind a blue car."]),
+    ("Image 1 shows a man wearing a No. 7 jersey.\nImage 2 shows a man wearing a No. 9 jersey.",
+     ["a man wearing a No. 7 jersey.", "a man wearing a No. 9 jersey."]),
+    ("Image 1 shows a red cube, approx. 1.5 m tall.\nImage 2 shows a blue cube, approx. 2 m tall.",
+     ["a red cube, approx. 1.5 m tall.", "a blue cube, approx. 2 m tall."]),
+    ("Image 1 shows a St. Bernard dog on grass.\nImage 2 shows a St. Bernard dog on snow.",
+     ["a St. Bernard dog on grass.", "a St. Bernard dog on snow."]),
+    ("Image 1 shows a U.S. flag above a red car.\nImage 2 shows a U.S. flag above a blue car.",
+     ["a U.S. flag above a red car.", "a U.S. flag above a blue car."]),
+    ("Image 1 shows a red cube at 3 p.m. near a ball.\nImage 2 shows a blue cube at 5 p.m. near a ball.",
+     ["a red cube at 3 p.m. near a ball.", "a blue cube at 5 p.m. near a ball."]),
+    ("Image 1 shows a sign reading Stop! next to a red car.\nImage 2 shows a sign reading Go! next to a blue car.",
+     ["a sign reading Stop! next to a red car.", "a sign reading Go! next to a blue car."]),
+    ("Image 1 shows a red cube... and a ball.\nImage 2 shows a blue cube... and a ball.",
+     ["a red cube... and a ball.", "a blue cube... and a ball."]),
+    # a comment after a blank line is no part of the caption, even one naming the other image
+    ("Image 1 shows a red cube.\n\nImage 2 shows a blue cube.\n\nIn the first image the cube is shiny.",
+     ["a red cube.", "a blue cube."]),
 ])
-def test_answers_of_one_sentence_per_image_split_at_their_leads(answer, captions):
-    """Each of these gave no caption (two images named, no "Image N:" label to split at), or, with "the first / second
-    image", "In Image 1," or list numbers, leads included."""
+def test_answers_of_one_line_per_image_split_at_their_leads(answer, captions):
+    """Each caption is the rest of its lead's line (and the lines it wraps over), as after an "Image N:" label. Cut at
+    its first ". " (or "! "), the caption was "Mt.", "a man wearing a No." or "a sign reading Stop!"; bold markers
+    were left in ("** a red cube.", "a red cube.**")."""
     assert parse_captions(answer) == captions
 
 
@@ -422,16 +445,50 @@ def test_answers_of_one_sentence_per_image_split_at_their_leads(answer, captions
     "Image 2 shows a blue cube.\nImage 1 shows a red cube.",
     "Image 1 shows a red cube, unlike image 2.\nImage 2 shows a blue cube.",
     "Image 1 shows a red cube.\nThe second image shows a cube bluer than the first image.",
+    "Image 1 shows a red cube.\nImage 2 shows a blue cube, unlike the first.",
+    # a caption goes on to the end of its line: naming the other image there, it is a comparison
+    "Image 1 shows a red cube left of a ball. It is shiny.\nImage 2 shows a blue cube right of a ball. Unlike image 1,"
+    " it is matte.",
+    # leads inside a line start no caption
+    "Image 1 depicts a red cube left of a ball. Image 2 depicts a blue cube right of a ball.",
+    "Image 1 shows a red cube. Image 2 shows a blue cube instead of the red one.",
+    "The first image depicts a red cube. The 2nd image depicts a blue cube.",
+    "Both images show a cube. The first image shows it in red. The second image shows it in blue.",
+    "image 1 shows a red cube. image 2 shows a blue cube.",
+    # a lowercase "in the second image" continues a caption wrapped over lines: it is no lead
+    "Image 1 shows a red cube that does not appear\nin the second image.\nImage 2 shows a blue cube.",
+    "Image 1 shows a red cube missing\nin the second image.",
+    "Image 1 shows a red cube that is missing\nin the second image, which shows a blue cube.",
+    # no caption follows the lead: ":", "'s foreground", a list, or no lead at all ("In Image 1 we can see")
+    "Image 1 shows: a red cube left of a ball.\nImage 2 shows: a blue cube right of a ball.",
+    "- Image 1 shows:\n  - a red cube\n  - a ball\n- Image 2 shows:\n  - a blue cube\n  - a ball",
+    "In the first image's foreground, a red cube sits left of a ball.\nIn the second image's foreground, a blue cube"
+    " sits right of a ball.",
+    "In Image 1 we can see a red cube.\nIn Image 2 we can see a blue cube.",
+    "Image 1 has been taken at night: a red cube.\nImage 2 has been taken by day: a blue cube.",
+    # the second image named as "the second one", "the second" or "Image two": two images, one text
+    "The first image shows a red cube. The second one shows a blue cube.",
+    "Image 1 shows a red cube, and the second shows a blue cube.",
+    "In the first image, a red cube; in the second, a blue cube.",
+    "Image one shows a red cube. Image two shows a blue cube.",
 ])
-def test_leads_that_do_not_give_one_sentence_per_image_in_order_give_no_caption(answer):
-    """A comparison names both images in one caption: it describes neither alone. Before, the answers naming "the first
-    image" and "the second image" were one caption."""
+def test_leads_that_do_not_give_one_caption_per_image_in_order_give_no_caption(answer):
+    """A comparison names both images in one caption: it describes neither alone; what follows "Image 1 shows:" or "In
+    the first image" is no caption of it. Before, these gave such captions ("we can see a red cube.", ": a red cube
+    left of a ball.", "'s foreground, ...", "been taken at night: ..."), or the whole answer as one."""
     assert parse_captions(answer) == []
 
 
-def test_a_sentence_lead_caption_cut_at_max_new_tokens_is_dropped(monkeypatch):
+@pytest.mark.parametrize("answer", [
+    "Image 1 shows a red cube.\nImage 2 shows a blue",
+    "Image 1 shows a red cube.\nImage 2 shows Mt. Fuji beh",
+    "Image 1 shows a red cube.\nImage 2 shows a blue cube. The colours diffe",
+])
+def test_a_lead_caption_cut_at_max_new_tokens_is_dropped(monkeypatch, answer):
+    """A caption goes on to the end of its line, so a cut after one of its ". " is inside it: cut at "Mt.", the caption
+    hid the cut and was kept."""
     captioner = tiny_captioner(seed=0, num_samples=1, batch_size=1)
-    monkeypatch.setattr(captioner, "_generate", lambda pairs: [("Image 1 shows a red cube.\nImage 2 shows a blue", False)])
+    monkeypatch.setattr(captioner, "_generate", lambda pairs: [(answer, False)])
     with pytest.warns(UserWarning, match="reached max_new_tokens"):
         assert captioner.caption(ANCHORS[:1], NEGATIVES[:1]) == [["a red cube."]]
 
