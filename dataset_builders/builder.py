@@ -317,12 +317,13 @@ def _in_number_order(path: Path) -> list[str | int]:
 
 
 def _is_undecodable(error: Exception) -> bool:
-    """Whether `error`, raised reading a checkpoint, says that its bytes do not decode, rather than that the system
-    could not read them (no permission, a disk or network filesystem error, too many open files: deleting the file
-    would throw away work). The readers say so with ValueError (pyarrow's ArrowInvalid, json's), RuntimeError,
-    KeyError, EOFError or UnpicklingError (torch.load), and with a plain OSError: without an errno (pyarrow, for a
-    damaged data page) or with EINVAL (torch.load of a zip cut short seeks before its start)."""
-    if not isinstance(error, OSError):
+    """Whether `error`, raised reading a checkpoint, says that its bytes do not decode (or that a folder stands in its
+    place), rather than that the system could not read them (no permission, a disk or network filesystem error, too
+    many open files: deleting the file would throw away work). The readers say so with ValueError (pyarrow's
+    ArrowInvalid, json's), RuntimeError, KeyError, EOFError, UnpicklingError, IndexError or TypeError (torch.load; the
+    last two from its legacy pickle reader, for a file that is no longer a zip), and with a plain OSError: without an
+    errno (pyarrow, for a damaged data page) or with EINVAL (torch.load of a zip cut short seeks before its start)."""
+    if not isinstance(error, OSError) or isinstance(error, (IsADirectoryError, NotADirectoryError)):
         return True
     return type(error) is OSError and error.errno in (None, errno.EINVAL)
 
@@ -333,7 +334,7 @@ def _read_checkpoint(path: Path, read: Callable[[Path], Any], advice: str | None
     PermissionError, EIO) propagates, noting the file, with no advice to delete it."""
     try:
         return read(path)
-    except (OSError, ValueError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as error:
+    except (OSError, ValueError, RuntimeError, KeyError, IndexError, TypeError, EOFError, pickle.UnpicklingError) as error:
         if not _is_undecodable(error):
             error.add_note(f"while reading the work-dir checkpoint {path}")
             raise
@@ -646,8 +647,8 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 super().download_and_prepare(output_dir, download_config, download_mode, **kwargs)
             except datasets.exceptions.DatasetGenerationError as error:
                 # `datasets` wraps what `_generate_examples` raises in an error that names no file: a damaged shard's
-                # own error names it
-                if isinstance(error.__cause__, DamagedCheckpoint):
+                # own error names it, as does the note on a shard the system could not read (an OSError)
+                if isinstance(error.__cause__, (DamagedCheckpoint, OSError)):
                     raise error.__cause__
                 raise
             # stats.json and the cache's build id mark the cache as this work dir's finished build, so they are
@@ -1251,6 +1252,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 rows = pq.read_metadata(path).num_rows
             except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid: a truncated file
                 if not _is_undecodable(error):  # a PermissionError, EIO: the shard may be whole
+                    error.add_note(f"while reading the work-dir checkpoint {path}")  # pyarrow's message names no file
                     raise
                 problems.append(f"{path.name} cannot be read ({error}): delete it and run again to rebuild it")
                 continue

@@ -192,8 +192,55 @@ def test_a_shard_footer_the_system_cannot_read_is_not_called_damaged(tmp_path, m
 
     # the builder module's `pq`, which `datasets` replaced by a patched copy of pyarrow.parquet (for streaming)
     monkeypatch.setattr(builder_module.pq, "read_metadata", read_metadata_fails_on_path)
-    with pytest.raises(PermissionError, match=re.escape(f"[Errno {errno.EACCES}] Permission denied: '{path}'")):
+    with pytest.raises(PermissionError, match=re.escape(f"[Errno {errno.EACCES}] Permission denied: '{path}'")) as raised:
         _builder(tmp_path).download_and_prepare()
+    # pyarrow's own errors name no file (a review found an EIO reported without it)
+    assert raised.value.__notes__ == [f"while reading the work-dir checkpoint {path}"]
+
+
+def test_a_shard_the_system_cannot_read_while_assembling_is_its_own_error(tmp_path, monkeypatch):
+    """The shards' score columns read (the statistics), their whole tables then fail (an EIO on the image pages):
+    `datasets` wrapped the OSError in a DatasetGenerationError naming no file (found by a review)."""
+    _ids(_builder(tmp_path))
+    shutil.rmtree(tmp_path / "cache")
+    path = tmp_path / "work" / "shards" / "shard-000004-000008.parquet"
+    error = OSError(errno.EIO, os.strerror(errno.EIO))
+    read_checkpoint = builder_module._read_checkpoint
+
+    def whole_table_fails_on_path(file, read, advice=None):
+        def fail(_):
+            raise error
+
+        return read_checkpoint(file, fail if file == path and read is builder_module.pq.read_table else read, advice)
+
+    monkeypatch.setattr(builder_module, "_read_checkpoint", whole_table_fails_on_path)
+    with pytest.raises(OSError) as raised:
+        _builder(tmp_path).download_and_prepare()
+    assert raised.value is error and raised.value.__notes__ == [f"while reading the work-dir checkpoint {path}"]
+
+
+@pytest.mark.parametrize("checkpoint", ["inputs.json", "embeddings.pt"])
+def test_a_folder_in_place_of_a_checkpoint_is_damage(tmp_path, checkpoint):
+    """An IsADirectoryError is no problem a rerun fixes: the folder is to be deleted, as a damaged file is."""
+    _ids(_builder(tmp_path))
+    shutil.rmtree(tmp_path / "cache")
+    path = tmp_path / "work" / checkpoint
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(DamagedCheckpoint, match=rf"^{re.escape(str(path))} cannot be read \(IsADirectoryError"):
+        _builder(tmp_path).download_and_prepare()
+
+
+def test_a_tensor_checkpoint_that_is_no_longer_a_zip_is_damage(tmp_path):
+    """torch.load reads a file that is not a zip with its legacy pickle reader, which raised an IndexError ("pop from
+    empty list") for one bit flipped in the first byte (found by a review)."""
+    path = tmp_path / "checkpoint.pt"
+    torch.save(torch.zeros(50, 48), path)
+    whole = bytearray(path.read_bytes())
+    whole[0] ^= 1
+    path.write_bytes(bytes(whole))
+    with pytest.raises(DamagedCheckpoint, match=rf"^{re.escape(str(path))} cannot be read \(IndexError"):
+        builder_module._read_tensor(path)
 
 
 @pytest.mark.parametrize("kind", ["tensor", "shard"])
