@@ -202,8 +202,8 @@ class MaplePreferencesConfig(datasets.BuilderConfig):
             problems.append(f"num_hard_negatives must be at least 1, got {self.num_hard_negatives}")
         if self.text_candidates not in TEXT_CANDIDATE_SOURCES:
             problems.append(f"text_candidates must be one of {TEXT_CANDIDATE_SOURCES}, got {self.text_candidates!r}")
-        # its range is empty when num_hard_negatives is below 1, which is the problem then
-        if self.num_hard_negatives >= 1 and not 1 <= self.captioned_negatives <= self.num_hard_negatives:
+        # its range is empty when num_hard_negatives is below 1, which is the problem then, unless it is below 1 too
+        if self.captioned_negatives < 1 or 1 <= self.num_hard_negatives < self.captioned_negatives:
             problems.append(f"captioned_negatives must be in [1, num_hard_negatives], got {self.captioned_negatives}")
         if self.max_candidate_texts < 2:
             problems.append(f"max_candidate_texts must be at least 2, got {self.max_candidate_texts}")
@@ -316,13 +316,17 @@ def _in_number_order(path: Path) -> list[str | int]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
 
 
+# The note on an OSError raised reading a work-dir checkpoint that is not damage (`_is_undecodable`)
+UNREADABLE_CHECKPOINT_NOTE = "while reading the work-dir checkpoint {}"
+
+
 def _is_undecodable(error: Exception) -> bool:
     """Whether `error`, raised reading a checkpoint, says that its bytes do not decode (or that a folder stands in its
     place), rather than that the system could not read them (no permission, a disk or network filesystem error, too
     many open files: deleting the file would throw away work). The readers say so with ValueError (pyarrow's
-    ArrowInvalid, json's), RuntimeError, KeyError, EOFError, UnpicklingError, IndexError or TypeError (torch.load; the
-    last two from its legacy pickle reader, for a file that is no longer a zip), and with a plain OSError: without an
-    errno (pyarrow, for a damaged data page) or with EINVAL (torch.load of a zip cut short seeks before its start)."""
+    ArrowInvalid, json's), RuntimeError, KeyError, EOFError or UnpicklingError (torch.load, `_read_tensor`), and with a
+    plain OSError: without an errno (pyarrow, for a damaged data page) or with EINVAL (torch.load of a zip cut short
+    seeks before its start)."""
     if not isinstance(error, OSError) or isinstance(error, (IsADirectoryError, NotADirectoryError)):
         return True
     return type(error) is OSError and error.errno in (None, errno.EINVAL)
@@ -334,9 +338,9 @@ def _read_checkpoint(path: Path, read: Callable[[Path], Any], advice: str | None
     PermissionError, EIO) propagates, noting the file, with no advice to delete it."""
     try:
         return read(path)
-    except (OSError, ValueError, RuntimeError, KeyError, IndexError, TypeError, EOFError, pickle.UnpicklingError) as error:
+    except (OSError, ValueError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as error:
         if not _is_undecodable(error):
-            error.add_note(f"while reading the work-dir checkpoint {path}")
+            error.add_note(UNREADABLE_CHECKPOINT_NOTE.format(path))
             raise
         damaged = DamagedCheckpoint(path, error) if advice is None else DamagedCheckpoint(path, error, advice)
         raise damaged from error
@@ -356,7 +360,14 @@ def _read_json(path: Path, advice: str | None = None) -> dict[str, Any]:
 
 
 def _read_tensor(path: Path) -> torch.Tensor:
-    return _read_checkpoint(path, torch.load)
+    def load(file: Path) -> torch.Tensor:
+        try:
+            return torch.load(file)
+        # torch.load's legacy pickle reader, which reads a file that is no longer a zip ("pop from empty list")
+        except (IndexError, TypeError) as error:
+            raise pickle.UnpicklingError(f"{type(error).__name__}: {error}") from error
+
+    return _read_checkpoint(path, load)
 
 
 def _atomic_torch_save(path: Path, value: Any) -> None:
@@ -647,9 +658,14 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 super().download_and_prepare(output_dir, download_config, download_mode, **kwargs)
             except datasets.exceptions.DatasetGenerationError as error:
                 # `datasets` wraps what `_generate_examples` raises in an error that names no file: a damaged shard's
-                # own error names it, as does the note on a shard the system could not read (an OSError)
-                if isinstance(error.__cause__, (DamagedCheckpoint, OSError)):
-                    raise error.__cause__
+                # own error names it, as does the note on a shard the system could not read (not on an OSError of
+                # datasets' own, writing the cache, which its wrapper places)
+                cause = error.__cause__
+                if isinstance(cause, DamagedCheckpoint) or (
+                    isinstance(cause, OSError) and any(note.startswith(UNREADABLE_CHECKPOINT_NOTE.format(""))
+                                                       for note in getattr(cause, "__notes__", ()))
+                ):
+                    raise cause
                 raise
             # stats.json and the cache's build id mark the cache as this work dir's finished build, so they are
             # written only once `datasets` has finished writing the cache (which replaces the folder, an old id file
@@ -1252,7 +1268,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 rows = pq.read_metadata(path).num_rows
             except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid: a truncated file
                 if not _is_undecodable(error):  # a PermissionError, EIO: the shard may be whole
-                    error.add_note(f"while reading the work-dir checkpoint {path}")  # pyarrow's message names no file
+                    error.add_note(UNREADABLE_CHECKPOINT_NOTE.format(path))  # pyarrow's message names no file
                     raise
                 problems.append(f"{path.name} cannot be read ({error}): delete it and run again to rebuild it")
                 continue

@@ -297,6 +297,8 @@ def test_config_errors_stop_before_any_work(tmp_path):
     # alone: captioned_negatives' range [1, num_hard_negatives] is then empty, which is not a second problem
     with pytest.raises(ValueError, match=r"num_hard_negatives must be at least 1, got 0$"):
         MaplePreferencesConfig(name="x", num_hard_negatives=0)
+    with pytest.raises(ValueError, match=r"got 0; captioned_negatives must be in \[1, num_hard_negatives\], got 0$"):
+        MaplePreferencesConfig(name="x", num_hard_negatives=0, captioned_negatives=0)
     with pytest.raises(ValueError, match="text_candidates"):
         MaplePreferences(config_name="paper", text_candidates="imagined", cache_dir=str(tmp_path / "cache"))
     builder = MaplePreferences(

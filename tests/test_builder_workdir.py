@@ -239,8 +239,25 @@ def test_a_tensor_checkpoint_that_is_no_longer_a_zip_is_damage(tmp_path):
     whole = bytearray(path.read_bytes())
     whole[0] ^= 1
     path.write_bytes(bytes(whole))
-    with pytest.raises(DamagedCheckpoint, match=rf"^{re.escape(str(path))} cannot be read \(IndexError"):
+    with pytest.raises(DamagedCheckpoint, match=rf"^{re.escape(str(path))} cannot be read \(UnpicklingError: IndexError"):
         builder_module._read_tensor(path)
+
+
+def test_an_oserror_writing_the_cache_stays_datasets_own(tmp_path, monkeypatch):
+    """Only a shard's OSError, which notes the shard, is unwrapped from datasets' DatasetGenerationError: a full disk
+    under the cache keeps the wrapper that says where it happened (found by a review)."""
+    from datasets.arrow_writer import ArrowWriter
+
+    _ids(_builder(tmp_path))
+    shutil.rmtree(tmp_path / "cache")
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(ArrowWriter, "write", disk_full)
+    with pytest.raises(datasets.exceptions.DatasetGenerationError) as raised:
+        _builder(tmp_path).download_and_prepare()
+    assert isinstance(raised.value.__cause__, OSError) and raised.value.__cause__.errno == errno.ENOSPC
 
 
 @pytest.mark.parametrize("kind", ["tensor", "shard"])
