@@ -72,10 +72,11 @@ def shard_split(name: str) -> str | None:
 def snapshot_config_folders(folder: str | os.PathLike) -> list[str]:
     """The top-level folders of `folder` that directly hold a split's shards as `push_to_hub` names them
     ("paper/train-00000-of-00001.parquet"), sorted: the configs of a Hub dataset snapshot, each in the folder named
-    after it (the "default" config's in `data/`)."""
+    after it (the "default" config's in `data/`). Not a split's folder ("train/train-00000-of-00001.parquet"), which
+    `datasets` reads as that split."""
     return sorted(
         entry.name for entry in Path(folder).iterdir()
-        if entry.is_dir() and any(shard_split(file.name) for file in entry.glob("*.parquet"))
+        if entry.is_dir() and {shard_split(file.name) for file in entry.glob("*.parquet")} - {None, entry.name}
     )
 
 

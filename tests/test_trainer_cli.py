@@ -948,7 +948,9 @@ def test_a_config_files_environment_is_set_before_the_libraries_that_read_it_are
     ("report_to: [null]\n", "report_to: expected a string or a list of strings, got [None]"),
     ("report_to: [wandb, null]\n", "report_to: expected a string or a list of strings, got ['wandb', None]"),
     ("report_to: 5\n", "report_to: expected a string or a list of strings, got 5"),
-    ("label_names: [1]\n", "label_names: expected a list of strings, got [1]"),
+    ("label_names: [1]\n", "label_names: expected a string or a list of strings, got [1]"),
+    ("loss_weights: '1.0'\n", "loss_weights: expected a list of numbers, got 1.0"),
+    ("loss_weights: 1.0\n", "loss_weights: expected a list of numbers, got 1.0"),
     # YAML 1.1 reads an unquoted no as false
     ("save_strategy: no\n", "save_strategy: invalid choice False (choose from 'no', 'steps', 'epoch', 'best'); "
                             "YAML reads an unquoted no as false: write 'no'"),
@@ -1182,3 +1184,10 @@ def test_a_snapshot_of_several_configs_without_its_card_is_refused_not_merged(tm
     )
     splits = load_preference_splits(DataArguments(dataset_name=str(snapshot), dataset_config="corpus-captions"))
     assert splits["train"].num_rows == 3
+    # a split's folder holding its shards is no config: datasets reads it as that split (a review found it refused)
+    split_folders = tmp_path / "split_folders"
+    for split, rows in (("train", 4), ("test", 2)):
+        (split_folders / split).mkdir(parents=True)
+        synthetic_preference_dataset(rows).to_parquet(split_folders / split / f"{split}-00000-of-00001.parquet")
+    splits = load_preference_splits(DataArguments(dataset_name=str(split_folders)))
+    assert {split: rows.num_rows for split, rows in splits.items()} == {"train": 4, "test": 2}

@@ -549,15 +549,16 @@ def _check_config_file(parser: _Parser, argv: list[str]) -> None:
                 value = convert(value)
             except (TypeError, ValueError, argparse.ArgumentTypeError):
                 parser.error(f"{path}: {key}: invalid {getattr(convert, '__name__', 'option')} value: {value!r}")
+            if (kinds := list_fields.get(key)) is not None and not kinds[1]:  # a list of numbers, given one
+                parser.error(f"{path}: {key}: expected {_list_kind_name(kinds[0])}, got {value!r:.80}")
         # YAML's own numbers and lists reach the config unconverted: a float for a count failed only once training ran,
         # a number for a repo id at the first checkpoint
         elif (kind := scalar_fields.get(key)) is not None and not _is_value_of(value, kind):
             parser.error(f"{path}: {key}: expected {_KIND_NAMES[kind]}, got {value!r:.80}")
         elif (kinds := list_fields.get(key)) is not None and not _is_list_value_of(value, *kinds):
             item_kind, takes_one = kinds
-            expected = f"a list of {_KIND_NAMES[item_kind].removeprefix('a ').removeprefix('an ')}s"
-            parser.error(f"{path}: {key}: expected {_KIND_NAMES[item_kind] + ' or ' if takes_one else ''}{expected}, "
-                         f"got {value!r:.80}")
+            parser.error(f"{path}: {key}: expected {_KIND_NAMES[item_kind] + ' or ' if takes_one else ''}"
+                         f"{_list_kind_name(item_kind)}, got {value!r:.80}")
         if action is not None and action.choices is not None and value not in action.choices:
             parser.error(f"{path}: {key}: invalid choice {value!r} (choose from {', '.join(map(repr, action.choices))})"
                          f"{_yaml_boolean_hint(value, action.choices)}")
@@ -600,16 +601,22 @@ _NULL_UNHANDLED = {"report_to": "an integration name, a list of them, 'all' or '
 
 def _list_fields(dataclass_types) -> dict[str, tuple[type, bool]]:
     """The options typed `list[X]` (or that or None, or X) for X `str`, `int` or `float`, by name: (X, whether a lone
-    X is taken too), but `_NOT_ONLY_STRINGS`. YAML lists reach the config unconverted: `report_to: [null]` or
-    `report_to: 5` failed only once the model had loaded, naming neither the file nor the key."""
+    X is taken too: where the type says so, and for strings, which TRL makes a list of one (`loss_type: sigmoid`)), but
+    `_NOT_ONLY_STRINGS`. YAML lists reach the config unconverted: `report_to: [null]` or `report_to: 5` failed only
+    once the model had loaded, naming neither the file nor the key, and `loss_weights: '1.0'` in TRL's len()."""
     lists = {}
     for dataclass_type in dataclass_types:
         for name, hint in typing.get_type_hints(dataclass_type).items():
             kinds = [kind for kind in _union_members(hint) if kind is not type(None)]
             items = [typing.get_args(kind)[0] for kind in kinds if typing.get_origin(kind) is list and typing.get_args(kind)]
             if len(items) == 1 and items[0] in (str, int, float) and name not in _NOT_ONLY_STRINGS:
-                lists[name] = (items[0], items[0] in kinds)
+                lists[name] = (items[0], items[0] in kinds or items[0] is str)
     return lists
+
+
+def _list_kind_name(item_kind: type) -> str:
+    """"a list of strings", "a list of numbers", ..."""
+    return f"a list of {_KIND_NAMES[item_kind].removeprefix('a ').removeprefix('an ')}s"
 
 
 def _is_list_value_of(value: object, item_kind: type, takes_one: bool) -> bool:
