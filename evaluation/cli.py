@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -43,15 +44,26 @@ if TYPE_CHECKING:
     from modeling_maple import MapleProcessor
 
 
+# The longest result folder name: a file name may hold 255 bytes, and a deep local path made a longer one
+_MAX_FOLDER_NAME = 200
+
+
 def _model_folder_name(model_ref: str) -> str:
     """A file-system-safe name for a model reference: `org--name` for a Hub id (which cannot hold `--`), `local--`
     and the absolute path with `--` for `/` for a local folder, so that `.`, `..`, or a folder `/x/y` beside a Hub
     id `x/y`, name folders of their own inside OUT. Two paths may share one (`/x/a b`, `/x/a--b` and `/x/a/b`): their
-    results' fingerprints tell them apart, and `_distinct_models` refuses them side by side."""
+    results' fingerprints tell them apart, and `_distinct_models` refuses them side by side. A name longer than
+    `_MAX_FOLDER_NAME` bytes keeps its end (the checkpoint's own folder names) after a hash of the whole."""
     path = expanded_path(model_ref)
     if path.exists():
-        return "local--" + re.sub(r"[^\w.-]+", "--", str(path.resolve()).strip("/"))
-    return re.sub(r"[^\w.-]+", "--", model_ref.strip("/")).strip(".") or "model"
+        name = "local--" + re.sub(r"[^\w.-]+", "--", str(path.resolve()).strip("/"))
+    else:
+        name = re.sub(r"[^\w.-]+", "--", model_ref.strip("/")).strip(".") or "model"
+    if len(name.encode()) <= _MAX_FOLDER_NAME:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+    tail = name.encode()[-(_MAX_FOLDER_NAME - len("local----") - len(digest)):].decode(errors="ignore")
+    return f"local--{digest}--{tail.lstrip('-')}"
 
 
 def _distinct_models(model_refs: list[str]) -> list[str]:
@@ -440,12 +452,16 @@ def _load_benchmarks(
 
 
 def markdown_table(all_results: dict[str, dict[str, Any]]) -> str:
-    """Retrieval and fine-grained tables with one row per (model, benchmark[, category])."""
+    """Retrieval and fine-grained tables with one row per (model, benchmark[, category]); model references and
+    categories (the data's own words) escaped as the card's tables escape them."""
+    from model_cards.cards import table_cell
+
     lines = []
     retrieval = [(m, b, r) for m, per_benchmark in all_results.items() for b, r in per_benchmark.items() if BENCHMARKS[b].kind == "retrieval"]
     if retrieval:
         lines += ["| model | benchmark | " + " | ".join(RETRIEVAL_METRICS) + " |", "|---|---|" + "---|" * len(RETRIEVAL_METRICS)]
-        lines += [f"| {m} | {b} | " + " | ".join(f"{r[c]:.1f}" for c in RETRIEVAL_METRICS) + " |" for m, b, r in retrieval]
+        lines += [f"| {table_cell(m)} | {b} | " + " | ".join(f"{r[c]:.1f}" for c in RETRIEVAL_METRICS) + " |"
+                  for m, b, r in retrieval]
         lines.append("")
     quadruples = [(m, b, r) for m, per_benchmark in all_results.items() for b, r in per_benchmark.items() if BENCHMARKS[b].kind == "quadruples"]
     if quadruples:
@@ -454,7 +470,8 @@ def markdown_table(all_results: dict[str, dict[str, Any]]) -> str:
         for m, b, r in quadruples:
             for subset, values in [("all", r)] + sorted(r.get("per_category", {}).items()):
                 gap = f"{r['modality_gap']['delta_gap']:.2f}" if subset == "all" else ""
-                lines.append(f"| {m} | {b} | {subset} | " + " | ".join(f"{values[c]:.1f}" for c in QUADRUPLE_SCORES) + f" | {gap} |")
+                lines.append(f"| {table_cell(m)} | {b} | {table_cell(subset)} | "
+                             + " | ".join(f"{values[c]:.1f}" for c in QUADRUPLE_SCORES) + f" | {gap} |")
     return "\n".join(lines) + "\n"
 
 
@@ -581,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", nargs="*", action="extend", default=[], metavar="MODEL", help="more models, side by side")
     parser.add_argument("--source", nargs="*", action="extend", default=[], metavar="BENCHMARK=PATH",
                         help="local copy or other Hub id of a benchmark (repeat or list several)")
-    parser.add_argument("--out", type=Path, default=Path("maple_eval"), help="results folder (resumable)")
+    parser.add_argument("--out", type=expanded_path, default=Path("maple_eval"), help="results folder (resumable)")
     parser.add_argument("--batch-size", type=positive(int), default=32, help="images or texts embedded per forward pass")
     parser.add_argument("--device", default=None, help="where the models embed, e.g. cuda:1; unset: cuda if available, else cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",

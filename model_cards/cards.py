@@ -58,13 +58,15 @@ def _benchmark_dataset_id(name: str) -> str:
     return spec.hub_id if spec else name
 
 
-def _written_by_maple(result: EvalResult, eval_results: Mapping[str, Mapping[str, Any]]) -> bool:
-    """Whether `model-index` entry `result` is one `_eval_results` writes: a MAPLE metric of a known benchmark or of
-    one in `eval_results`."""
+def _written_by_maple(result: EvalResult, eval_results: Mapping[str, Mapping[str, Any]], replaced_section: str) -> bool:
+    """Whether `model-index` entry `result` is one `_eval_results` writes: a MAPLE metric of a known benchmark, of one
+    in `eval_results`, or of one the card's MAPLE evaluation section being replaced names in its tables (the demo's
+    "maple-demo-retrieval": its entries would outlive the tables that showed them)."""
     from evaluation.benchmarks import BENCHMARKS
 
     maple_metric = result.metric_type in _METRIC_NAMES
-    return maple_metric and (result.dataset_name in BENCHMARKS or result.dataset_name in eval_results)
+    named = result.dataset_name in BENCHMARKS or result.dataset_name in eval_results
+    return maple_metric and (named or f"| {table_cell(result.dataset_name)} |" in replaced_section)
 
 
 def _eval_results(
@@ -242,12 +244,6 @@ def with_eval_results(
     `histogram_file`: the similarity histograms of `eval_results` beside the card, if drawn
     (`plot_similarity_histograms`); the new section links them. `dataset_ids`: the Hub id each benchmark was read
     from where it is not the official one."""
-    data = ModelCard(str(card)).data  # a copy: the caller's card stays as it is
-    # The card's other results (a zero-shot classification score, say) stay; MAPLE's own are rewritten whole.
-    others = [result for result in data.eval_results or [] if not _written_by_maple(result, eval_results)]
-    data.eval_results = others + _eval_results(eval_results, dataset_ids) or None
-    data.model_name = data.model_name or model_name or "MAPLE embedder"
-    section = render_evaluation_section(eval_results, histogram_file=histogram_file)
     text = card.text
     start = text.rfind(EVALUATION_START)
     if start >= 0:
@@ -258,7 +254,14 @@ def with_eval_results(
         start = text.rfind("## Evaluation\n", 0, end) if end >= 0 else -1
         if start >= 0 and "\n## " in text[start:end]:
             start = -1
-    if 0 <= start < end:
+    replaced_section = text[start:end] if 0 <= start < end else ""
+    data = ModelCard(str(card)).data  # a copy: the caller's card stays as it is
+    # The card's other results (a zero-shot classification score, say) stay; MAPLE's own are rewritten whole.
+    others = [result for result in data.eval_results or [] if not _written_by_maple(result, eval_results, replaced_section)]
+    data.eval_results = others + _eval_results(eval_results, dataset_ids) or None
+    data.model_name = data.model_name or model_name or "MAPLE embedder"
+    section = render_evaluation_section(eval_results, histogram_file=histogram_file)
+    if replaced_section:
         text = text[:start] + section + text[end + len(EVALUATION_END) :].lstrip("\n")
     else:
         text = text.rstrip("\n") + "\n\n" + section
@@ -467,7 +470,7 @@ def model_card_from_run(
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    model_name = repo_id or output_dir.name
+    model_name = repo_id or output_dir.resolve().name  # (`.`'s name is empty)
     config, model_config = _as_dict(training_config), _as_dict(model_config)
     # Only Hub ids go into the metadata (the Hub refuses a card whose base_model or datasets name a local path)
     # and get links; a local folder is named as text.

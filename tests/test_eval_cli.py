@@ -3,6 +3,7 @@ JSON + markdown, side-by-side comparison, resuming after an interruption."""
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -703,6 +704,24 @@ def test_one_model_named_several_ways_is_evaluated_once(tiny, benchmark_sources,
     assert len(list(out.glob("*/coco.json"))) == 1
 
 
+def test_a_deep_local_model_path_names_a_result_folder_a_file_system_takes(tmp_path):
+    """The folder name held the whole absolute path: one of 258 characters was over the 255-byte limit of a file name,
+    an OSError before anything ran (found by a review). A long name keeps its end after a hash of the whole."""
+    from evaluation.cli import _MAX_FOLDER_NAME, _model_folder_name
+
+    deep = [tmp_path.joinpath(*(f"component_number_{part:02d}" for part in range(12)), run, "checkpoint-12000")
+            for run in ("run-a", "run-b")]
+    for folder in deep:
+        folder.mkdir(parents=True)
+    names = [_model_folder_name(str(folder)) for folder in deep]
+    assert names[0] != names[1]
+    for name in names:
+        assert len(name.encode()) <= _MAX_FOLDER_NAME and name.startswith("local--") and name.endswith("--checkpoint-12000")
+        (tmp_path / name).mkdir()  # a name the file system takes
+    (tmp_path / "short").mkdir()  # a name within the bound is as it was, and so are the results stored under it
+    assert _model_folder_name(str(tmp_path / "short")) == "local--" + "--".join(str(tmp_path / "short").strip("/").split("/"))
+
+
 def test_result_folders_stay_inside_out_and_apart(tmp_path, monkeypatch):
     from evaluation.cli import _distinct_models, _model_folder_name
 
@@ -1174,3 +1193,23 @@ def test_a_compared_models_processor_saved_anew_before_it_runs_is_not_stored_und
     assert main([str(b), *sources, "--out", str(tmp_path / "fresh")]) == 0
     scores = [json.loads((tmp_path / out / "results.json").read_text())[str(b)]["winoground"] for out in ("eval", "fresh")]
     assert scores[0] == scores[1]
+
+
+def test_results_md_escapes_the_datas_categories_and_out_expands_a_tilde(tiny, benchmark_sources, tmp_path, monkeypatch):
+    """A category holding `|` added a column to results.md, a line break split its row (the card escaped both); and
+    `--out=~/evals`, which the shell leaves as typed, was a folder named `~` (found by a review)."""
+    import datasets
+
+    _, _, (first, _) = tiny
+    table = datasets.load_dataset("parquet", data_files=str(benchmark_sources["winoground"]), split="train")
+    tags = ["Ob|ject", "Relation\nX"] + table["collapsed_tag"][2:]
+    table.remove_columns("collapsed_tag").add_column("collapsed_tag", tags).to_parquet(str(tmp_path / "wino.parquet"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    argv = [str(first), "--benchmarks", "winoground", "--source", "winoground=wino.parquet", "--out=~/evals"]
+    assert main(argv + ["--batch-size", "4"]) == 0
+    assert not (tmp_path / "~").exists()
+    rows = [line for line in (tmp_path / "home" / "evals" / "results.md").read_text().splitlines() if line.startswith("|")]
+    # model, benchmark, subset, text, image, group, Δgap: 8 unescaped bars a row
+    assert {len(re.findall(r"(?<!\\)\|", line)) for line in rows} == {8}
+    assert any("| ob\\|ject |" in line for line in rows) and any("| relation x |" in line for line in rows)

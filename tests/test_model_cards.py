@@ -298,6 +298,24 @@ def test_with_eval_results_keeps_the_cards_other_model_index_entries(tmp_path):
     ]
 
 
+def test_with_eval_results_drops_the_entries_of_the_tables_it_replaces(tmp_path):
+    """The demo's card names its own test sets ("maple-demo-retrieval"): `maple eval REPO --push-to-hub` replaced the
+    section but kept their model-index entries, scores the card no longer showed (found by a review)."""
+    demo = {"maple-demo-retrieval": {key: 50.0 for key in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")}}
+    card = model_card_from_run(tmp_path, None, "dual_encoder", {}, [], demo, repo_id="me/x")
+    updated = ModelCard(str(with_eval_results(card, {"coco": {"i2t_r1": 11.0, "t2i_r1": 12.0}}, model_name="me/x")))
+    assert {result.dataset_name for result in updated.data.eval_results} == {"coco"}
+    assert "maple-demo-retrieval" not in updated.text
+
+
+def test_a_card_of_the_current_folder_is_named_after_it(tmp_path, monkeypatch):
+    """`Path(".").name` is empty: the card's title was "# " (found by a review)."""
+    (tmp_path / "my-model").mkdir()
+    monkeypatch.chdir(tmp_path / "my-model")
+    card = model_card_from_run(".", None, "dual_encoder", {}, [], {"coco": {"i2t_r1": 11.0, "t2i_r1": 12.0}})
+    assert card.text.lstrip().startswith("# my-model\n") and card.data.model_name == "my-model"
+
+
 # Results built by hand, a distinct value for every metric, direction and category: a tiny model's scores tie
 # (i2t == t2i, a category as the whole), which hides a swapped direction or a category showing the overall score.
 EVAL_RESULTS = {
