@@ -69,12 +69,18 @@ def test_selected_rows_are_the_batch_of_those_rows_alone(processor, rows):
     """Row 3 has fewer candidates than drawn: its padding points at the batch's items 0, the caption and image of
     the left-out row 0, which no other row uses; once selected, that padding must neither count as a use nor point
     anywhere but 0."""
-    collate = DataCollatorForEmbeddingPreference(processor, num_text_candidates=3, num_image_candidates=4)
+    collate = DataCollatorForEmbeddingPreference(processor, num_text_candidates=3, num_image_candidates=4,
+                                                 return_judged_positive_ids=True)
     lone_caption, lone_image = "a lone square", draw_scene("red", "left", size=32)
+    # every candidate of the left-out row 0 is a judged positive (rated as high as its anchor), and row 1's
+    # candidates 2 (text) and 3 (image)
+    rising = [0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
     lone = dict(rows[0], caption=lone_caption, image=lone_image,
                 candidate_texts=[lone_caption, *rows[0]["candidate_texts"][1:]],
-                candidate_images=[lone_image, *rows[0]["candidate_images"][1:]])
-    batch_rows = [lone, *rows[1:3], shortened(rows[3], texts=2, images=2), *rows[4:6]]
+                candidate_images=[lone_image, *rows[0]["candidate_images"][1:]],
+                img2txt_scores=rising, txt2img_scores=rising)
+    rated = dict(rows[1], img2txt_scores=[0.8, 0.1, 0.9, 0.1, 0.1, 0.1], txt2img_scores=[0.8, 0.1, 0.1, 0.8, 0.1, 0.1])
+    batch_rows = [lone, rated, rows[2], shortened(rows[3], texts=2, images=2), *rows[4:6]]
     batch = collate(batch_rows)
     kept = torch.tensor([False, True, False, True, True, False])
     selected, texts, images = select_rows(batch, kept)
@@ -90,6 +96,10 @@ def test_selected_rows_are_the_batch_of_those_rows_alone(processor, rows):
         for row in range(3):
             assert picked(selected, row, modality) == picked(alone, row, modality)
         assert (selected[f"candidate_{modality}_index"][~selected[f"candidate_{modality}_mask"]] == 0).all()
+        # the rows' own judged positives (row 1's one), padded with the anchor's id as wide as row 0 needed
+        judged, width = selected[f"judged_positive_{modality}_ids"], alone[f"judged_positive_{modality}_ids"].shape[1]
+        assert torch.equal(judged[:, :width], alone[f"judged_positive_{modality}_ids"]) and width == 1
+        assert (judged[:, width:] == anchors.unsqueeze(1)).all() and judged.shape[1] > width
     for key in ("candidate_text_mask", "candidate_image_mask", "txt2img_scores", "img2txt_scores"):
         assert torch.equal(selected[key], alone[key])
     assert set(selected) == set(PREFERENCE_KEYS) - {ROW_POSITION}
@@ -283,25 +293,64 @@ def _left_encoded(num_rows=4, num_candidates=6):
     return dataset, with_images_left_encoded(dataset)
 
 
+def _counted_decodes(monkeypatch):
+    """The list of the images `datasets.Image.decode_example` decodes from here on (until `monkeypatch.undo()`)."""
+    import datasets
+
+    decoded, decode = [], datasets.Image.decode_example
+    monkeypatch.setattr(datasets.Image, "decode_example",
+                        lambda self, value, **kw: decoded.append(value) or decode(self, value, **kw))
+    return decoded
+
+
 def test_only_the_drawn_candidate_images_are_decoded_and_the_anchor_once(processor, monkeypatch):
     """`datasets` decoded every candidate image of every row (and the anchor image twice, as `image` and as
     `candidate_images[0]`), and the collator kept `num_image_candidates` of them."""
-    import datasets
-
     dataset, encoded = _left_encoded()
     rows = list(encoded)
     assert isinstance(rows[0]["image"], dict) and isinstance(rows[0]["candidate_images"][3], dict)
-    decoded = []
-    decode = datasets.Image.decode_example
-    monkeypatch.setattr(datasets.Image, "decode_example", lambda self, value, **kw: decoded.append(value) or decode(self, value, **kw))
+    decoded = _counted_decodes(monkeypatch)
     collator = DataCollatorForEmbeddingPreference(processor, num_image_candidates=3, num_text_candidates=2)
     batch = collator(rows)
     assert len(decoded) == 3 * len(rows)  # the anchor (candidate 0 reused) and the 2 drawn others, per row
-    monkeypatch.setattr(datasets.Image, "decode_example", decode)
+    monkeypatch.undo()
     expected = collator(list(dataset))  # the same batch from the images `datasets` decodes
     assert batch.keys() == expected.keys()
     for key in batch:
         assert torch.equal(batch[key], expected[key]), key
+
+
+def test_judged_positives_are_all_candidates_rated_as_high_as_the_anchor_drawn_or_not(processor, monkeypatch):
+    """`RPAConfig.exclude_judged_positives` leaves them out of their anchor's InfoNCE denominator: one left undrawn
+    may still be embedded (as another row's anchor or candidate), so every one counts, at every epoch. Decoding
+    images for it costs only the undrawn judged positives; without the option nothing is computed."""
+    dataset, encoded = _left_encoded()
+    # row 0 rates its candidates 2 and 4 at least as high as its own (4: a tie), in both directions; the synthetic
+    # judge rates every other candidate below its anchor
+    scores = [0.8, 0.1, 0.9, 0.1, 0.8, 0.1]
+    rows = [dict(row, img2txt_scores=scores, txt2img_scores=scores) if position == 0 else row
+            for position, row in enumerate(encoded)]
+    first = dataset[0]  # decoded by `datasets`, before decoding is counted
+    expected = {
+        "text": [content_id(first["candidate_texts"][j]) for j in (2, 4)],
+        "image": [content_id(first["candidate_images"][j]) for j in (2, 4)],
+    }
+    decoded = _counted_decodes(monkeypatch)
+    for epoch in range(4):
+        collator = DataCollatorForEmbeddingPreference(processor, num_image_candidates=2, num_text_candidates=2,
+                                                      epoch=epoch, return_judged_positive_ids=True)
+        decoded.clear()
+        batch = collator(rows)
+        for modality in ("text", "image"):
+            anchors = batch[f"{modality}_ids"][batch[f"anchor_{modality}_index"]].tolist()
+            assert batch[f"judged_positive_{modality}_ids"].tolist() == [
+                expected[modality], *([anchor, anchor] for anchor in anchors[1:])  # padded with the anchor's own id
+            ]
+        undrawn = {2, 4} - set(drawn_positions(batch, 0, first, "image"))
+        assert len(decoded) == 2 * len(rows) + len(undrawn)  # the anchor and 1 drawn other per row, and those
+    assert not {"judged_positive_text_ids", "judged_positive_image_ids"} & set(
+        DataCollatorForEmbeddingPreference(processor)(rows)
+    )
 
 
 def test_an_undrawn_candidate_that_does_not_decode_is_never_read_and_a_drawn_one_fails_in_pil(processor):

@@ -18,8 +18,10 @@ from trainer import RPAConfig, RPATrainer
 from trainer.collator import DataCollatorForEmbeddingPreference
 from trainer.losses import bidirectional_rpa_loss, contrastive_loss
 from evaluation.retrieval import anchor_recall_at_1
-from trainer.losses import judged_positive_ids, preference_agreement
+from maple.content import content_id
+from trainer.losses import preference_agreement
 from trainer.rpa_trainer import _model_inputs, _repeated_stream_rows
+from trainer.schema import PREFERENCE_FEATURES
 from trainer.testing import describe_scene, draw_scene, smoke_config, synthetic_preference_dataset
 
 
@@ -862,6 +864,19 @@ def test_a_collator_passed_in_must_draw_the_configs_candidate_counts(tmp_path):
                train_dataset=synthetic_preference_dataset(8), processing_class=processor)
 
 
+def test_a_collator_passed_in_must_return_the_judged_positives_the_config_excludes(tmp_path):
+    model, processor = build_tiny("dual_encoder")
+    args = make_config(tmp_path, exclude_judged_positives=True)
+    with pytest.raises(ValueError, match=r"exclude_judged_positives=True, .*: build it with "
+                                         r"return_judged_positive_ids=True"):
+        RPATrainer(model, args=args, data_collator=DataCollatorForEmbeddingPreference(processor=processor),
+                   train_dataset=synthetic_preference_dataset(8), processing_class=processor)
+    returning = DataCollatorForEmbeddingPreference(processor=processor, return_judged_positive_ids=True)
+    trainer = RPATrainer(model, args=args, data_collator=returning, train_dataset=synthetic_preference_dataset(8),
+                         processing_class=processor)
+    assert trainer.eval_data_collator.return_judged_positive_ids  # evaluation's copy returns them too
+
+
 def test_config_defaults_run_on_cpu_and_follow_the_paper(tmp_path):
     config = RPAConfig(output_dir=str(tmp_path))
     assert config.bf16 is (torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False))
@@ -1083,16 +1098,6 @@ def test_the_preference_schema_is_defined_once():
     assert synthetic_preference_dataset(2).features == PREFERENCE_FEATURES
 
 
-def test_judged_positive_ids_name_candidates_rated_at_least_as_high_as_the_anchor():
-    item_ids = torch.tensor([100, 101, 102, 103, 104, 105])
-    candidate_index = torch.tensor([[0, 2, 3, 4], [1, 3, 0, 5]])
-    judge_scores = torch.tensor([[0.8, 0.9, 0.8, 0.1], [0.6, 0.5, 0.7, 0.9]])
-    mask = torch.tensor([[True, True, True, True], [True, True, True, False]])  # item 5 is padding for anchor 1
-    excluded = judged_positive_ids(item_ids, candidate_index, judge_scores, mask)
-    # anchor 0: items 2 (0.9) and 3 (0.8, a tie); anchor 1: item 0 (0.7); other slots repeat the anchor's own id
-    assert excluded.tolist() == [[100, 102, 103, 100], [101, 101, 100, 101]]
-
-
 def test_excluding_judged_positives_takes_them_out_of_their_anchors_denominators(tmp_path):
     # every anchor's candidate text 1 and candidate image 1 become as good as the anchor's own
     dataset = synthetic_preference_dataset(8, seed=0).map(
@@ -1107,18 +1112,45 @@ def test_excluding_judged_positives_takes_them_out_of_their_anchors_denominators
         with torch.no_grad():
             losses[exclude] = trainer.compute_loss(trainer.model, batch).item()
             outputs = trainer.model(**_model_inputs(batch))
-    excluded = {modality: judged_positive_ids(batch[f"{modality}_ids"], batch[f"candidate_{modality}_index"],
-                                              batch[scores], batch[f"candidate_{modality}_mask"])
-                for modality, scores in (("text", "img2txt_scores"), ("image", "txt2img_scores"))}
     anchors_image, anchors_text = batch["anchor_image_index"], batch["anchor_text_index"]
     expected = contrastive_loss(
         outputs.image_embeds[anchors_image], outputs.text_embeds[anchors_text], outputs.inverse_temperature,
         outputs.image_embeds, outputs.text_embeds, image_ids=batch["image_ids"][anchors_image],
         text_ids=batch["text_ids"][anchors_text], negative_image_ids=batch["image_ids"],
-        negative_text_ids=batch["text_ids"], excluded_text_ids=excluded["text"], excluded_image_ids=excluded["image"],
+        negative_text_ids=batch["text_ids"], excluded_text_ids=batch["judged_positive_text_ids"],
+        excluded_image_ids=batch["judged_positive_image_ids"],
     )
     assert losses[True] == pytest.approx(expected.item(), rel=1e-6)
     assert losses[True] < losses[False]  # captions rated as true no longer push their anchors away
+
+
+def test_a_judged_positive_leaves_its_anchors_denominator_also_when_not_drawn(tmp_path):
+    """Row 0 rates row 1's caption above its own and draws 2 of its 3 texts a step. That caption is in every batch
+    (row 1's anchor), but the exclusion once saw only the drawn candidates: in the steps that drew the other text it
+    stayed a negative of row 0, and the loss changed with the draw (found by a review)."""
+    captions = [describe_scene(colour, "left") for colour in ("red", "blue", "green")]
+    images = [draw_scene(colour, "left") for colour in ("red", "blue", "green")]
+    rows = [
+        dict(id=f"r{index}", image=image, caption=caption, candidate_images=[image], txt2img_scores=[1.0],
+             candidate_texts=[caption], img2txt_scores=[1.0])
+        for index, (image, caption) in enumerate(zip(images, captions))
+    ]
+    rows[0].update(candidate_texts=captions, img2txt_scores=[0.9, 0.95, 0.1])
+    dataset = datasets.Dataset.from_list(rows, features=PREFERENCE_FEATURES)
+    model, processor = build_tiny("dual_encoder", seed=0)
+    args = make_config(tmp_path, per_device_train_batch_size=3, max_steps=1, rpa_weight=0.0,
+                       exclude_judged_positives=True, num_text_candidates=2)
+    trainer = RPATrainer(model, args=args, train_dataset=dataset, processing_class=processor)
+    losses, drew_row_1s_caption = [], set()
+    for epoch in range(6):
+        trainer.data_collator.set_epoch(epoch)
+        batch = trainer._prepare_inputs(trainer.data_collator(list(dataset)))
+        drawn = batch["text_ids"][batch["candidate_text_index"][0, 1]].item()
+        drew_row_1s_caption.add(drawn == content_id(captions[1]))
+        with torch.no_grad():
+            losses.append(trainer.compute_loss(trainer.model, batch).item())
+    assert drew_row_1s_caption == {True, False}  # the steps drew either of row 0's other texts
+    assert losses == pytest.approx([losses[0]] * len(losses), rel=1e-6)
 
 
 def encoded_cosines(model, processor, rows):

@@ -31,6 +31,8 @@ PREFERENCE_KEYS = (
     "img2txt_scores",
     "text_ids",
     "image_ids",
+    "judged_positive_text_ids",
+    "judged_positive_image_ids",
     ROW_POSITION,
 )
 
@@ -63,6 +65,11 @@ class DataCollatorForEmbeddingPreference(DataCollatorMixin):
     twice, a hard-negative image that copies the anchor's) is masked like padding, the first occurrence kept with its
     judge score; the repeat still took one of the row's `num_*_candidates` slots.
 
+    With `return_judged_positive_ids`, the batch also names, per row, every candidate its judge rates at least as high
+    as the anchor's own pair (candidate 0), drawn or not: one left undrawn can still be embedded (as another row's
+    anchor or candidate), and `RPAConfig.exclude_judged_positives` takes them all out of the anchor's InfoNCE
+    denominator whatever the draw. Of those, only the undrawn images left encoded are decoded, to hash them.
+
     Args:
         processor: the `MapleProcessor` that turns the batch's texts and images into model inputs.
         num_image_candidates, num_text_candidates: candidates per anchor each step, its own included: at least 2
@@ -71,6 +78,8 @@ class DataCollatorForEmbeddingPreference(DataCollatorMixin):
         dataset_name: names the dataset in the errors of malformed rows ("train", "eval", ...).
         return_tensors: "pt" only (torch tensors; `DataCollatorMixin` reads it).
         epoch: the pass the draws are seeded with (`set_epoch`).
+        return_judged_positive_ids: also return `judged_positive_text_ids` / `judged_positive_image_ids` (`RPATrainer`
+            sets it from `RPAConfig.exclude_judged_positives`).
 
     Returned keys, besides the processor's (`input_ids`, `attention_mask`, `pixel_values`, ...):
         anchor_text_index, anchor_image_index: `(N,)` row of each anchor's caption / image in the embeddings.
@@ -79,6 +88,9 @@ class DataCollatorForEmbeddingPreference(DataCollatorMixin):
             than `C`) and where a candidate repeats an earlier one of its row (by content: `content_id`).
         img2txt_scores, txt2img_scores: `(N, C)` float32 judge scores of those candidates, 0 where masked.
         text_ids, image_ids: int64 content ids of the embedded texts / images (see `content_id`).
+        judged_positive_text_ids, judged_positive_image_ids: `(N, E)` int64 content ids of each row's candidate
+            texts / images the judge rates at least as high as candidate 0 (by `img2txt_scores` / `txt2img_scores`),
+            drawn or not, padded with the anchor's own id; only with `return_judged_positive_ids`.
         row_position: `(N,)` the rows' `ROW_POSITION` field, only when they have one.
     """
 
@@ -89,6 +101,7 @@ class DataCollatorForEmbeddingPreference(DataCollatorMixin):
     dataset_name: str = "train"
     return_tensors: str = "pt"
     epoch: int = 0
+    return_judged_positive_ids: bool = False
 
     def __post_init__(self):
         if self.return_tensors != "pt":  # DataCollatorMixin would look for a numpy or tensorflow collation
@@ -132,6 +145,7 @@ class DataCollatorForEmbeddingPreference(DataCollatorMixin):
             index = torch.zeros(len(examples), width, dtype=torch.long)
             mask = torch.zeros(len(examples), width, dtype=torch.bool)
             scores = torch.zeros(len(examples), width)
+            judged_positives: list[list[int]] = []
             for row, (example, pick) in enumerate(zip(examples, picks)):
                 if modality == "text":
                     picked = [example[candidates_column][j] for j in pick]
@@ -146,8 +160,13 @@ class DataCollatorForEmbeddingPreference(DataCollatorMixin):
                 scores[row, : len(pick)] = torch.tensor(
                     [float(example[scores_column][j]) if kept else 0.0 for j, kept in zip(pick, first)]
                 )
+                if self.return_judged_positive_ids:
+                    drawn_ids = {j: items.ids[position] for j, position in zip(pick, positions)}
+                    judged_positives.append(
+                        _judged_positive_ids(example[candidates_column], example[scores_column], drawn_ids)
+                    )
             # Candidate 0 is the anchor's own pair: always kept, and the judge score the others are compared with
-            # (`judged_positive_ids`). Checked here, where the content ids that tell equal items apart are at hand.
+            # (`_judged_positive_ids`). Checked here, where the content ids that tell equal items apart are at hand.
             not_anchor = (index[:, 0] != batch[f"anchor_{modality}_index"]).nonzero().flatten()
             if len(not_anchor):
                 raise ValueError(
@@ -157,6 +176,9 @@ class DataCollatorForEmbeddingPreference(DataCollatorMixin):
                 )
             batch[f"candidate_{modality}_index"], batch[f"candidate_{modality}_mask"] = index, mask
             batch[scores_column] = scores
+            if self.return_judged_positive_ids:
+                anchor_ids = [items.ids[position] for position in batch[f"anchor_{modality}_index"].tolist()]
+                batch[f"judged_positive_{modality}_ids"] = _padded_ids(judged_positives, anchor_ids)
         batch["text_ids"], batch["image_ids"] = torch.tensor(texts.ids), torch.tensor(images.ids)
         if ROW_POSITION in examples[0]:
             batch[ROW_POSITION] = torch.tensor([example[ROW_POSITION] for example in examples])
@@ -181,11 +203,14 @@ def select_rows(batch: dict[str, torch.Tensor], rows: torch.Tensor) -> tuple[dic
     """The bookkeeping (`PREFERENCE_KEYS` but `row_position`) of a collated batch of `N` rows for the rows where the
     ``(N,)`` bool `rows` is True alone, as if collated from them: their anchor and candidate indices point into the
     ``T'`` texts and ``I'`` images those rows use, in the batch's order, and `text_ids` / `image_ids` are theirs.
-    Returns it with the ``(T',)`` and ``(I',)`` positions of those texts and images in the batch, to select their
-    embeddings (``text_embeds[texts]``)."""
+    The judged-positive ids, when the batch has them, are the rows' own (content ids, kept as they are; their padding
+    may be wider than the rows alone need). Returns it with the ``(T',)`` and ``(I',)`` positions of those texts and
+    images in the batch, to select their embeddings (``text_embeds[texts]``)."""
     selected = {
         key: batch[key][rows]
-        for key in ("candidate_text_mask", "candidate_image_mask", "txt2img_scores", "img2txt_scores")
+        for key in ("candidate_text_mask", "candidate_image_mask", "txt2img_scores", "img2txt_scores",
+                    "judged_positive_text_ids", "judged_positive_image_ids")
+        if key in batch
     }
     items = []
     for modality in ("text", "image"):
@@ -226,9 +251,27 @@ _IMAGE_DECODER = datasets.Image()
 _IMAGE_COLUMNS = ("image", "candidate_images")
 
 
-def _decoded(image: Any) -> Any:
-    """An image as the collator embeds it: decoded if left encoded, else as it is."""
-    return _IMAGE_DECODER.decode_example(image) if isinstance(image, dict) else image
+def _decoded(item: Any) -> Any:
+    """An item as the collator embeds it: an image left encoded decoded, anything else (a text, a PIL image) as it
+    is."""
+    return _IMAGE_DECODER.decode_example(item) if isinstance(item, dict) else item
+
+
+def _judged_positive_ids(candidates: list[Any], judge_scores: list[float], drawn_ids: dict[int, int]) -> list[int]:
+    """The content ids of a row's `candidates` (texts, or images as stored) whose judge score is at least that of
+    candidate 0, the anchor's own pair, candidate 0 aside. `drawn_ids` maps the positions of the drawn candidates to
+    their ids; an undrawn one is hashed here, an image decoded first if left encoded."""
+    return [
+        drawn_ids[position] if position in drawn_ids else content_id(_decoded(candidates[position]))
+        for position in range(1, len(candidates))
+        if judge_scores[position] >= judge_scores[0]
+    ]
+
+
+def _padded_ids(ids: list[list[int]], padding: list[int]) -> torch.Tensor:
+    """``(N, E)`` int64: row ``i`` holds `ids[i]` followed by copies of `padding[i]`, E the longest row's length."""
+    width = max(len(row) for row in ids)
+    return torch.tensor([row + [pad] * (width - len(row)) for row, pad in zip(ids, padding)], dtype=torch.long)
 
 
 def _picked_images(example: dict[str, Any], anchor: Any, pick: list[int]) -> list[Any]:

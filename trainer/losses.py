@@ -29,7 +29,6 @@ __all__ = [
     "RPA_LOSSES",
     "bidirectional_rpa_loss",
     "contrastive_loss",
-    "judged_positive_ids",
     "maple_loss",
     "preference_agreement",
     "rpa_listwise_loss",
@@ -347,16 +346,6 @@ class _AllGatherWithGradient(torch.autograd.Function):
         gradient = gradient.clone(memory_format=torch.contiguous_format)
         dist.all_reduce(gradient)  # the sum over processes of their gradients for every process's rows
         return gradient[dist.get_rank()]
-
-
-def judged_positive_ids(item_ids: Tensor, candidate_index: Tensor, judge_scores: Tensor, mask: Tensor) -> Tensor:
-    """``(N, C)`` ids of each anchor's candidates that its judge rates at least as high as the anchor's own pair
-    (candidate 0), for `contrastive_loss`'s per-anchor exclusions; other slots hold the anchor's own id, which is
-    never excluded. `item_ids` are the ids of the embedded items `candidate_index` points into."""
-    candidate_ids = item_ids[candidate_index]
-    as_good_as_anchor = (judge_scores >= judge_scores[:, :1]) & mask
-    as_good_as_anchor[:, 0] = False
-    return torch.where(as_good_as_anchor, candidate_ids, candidate_ids[:, :1])
 
 
 def _strict_preferences(judge_scores: Tensor, mask: Tensor) -> Tensor:

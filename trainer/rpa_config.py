@@ -231,9 +231,10 @@ class RPAConfig(DPOConfig):
         metadata={
             "help": "With `expand_negatives`, leave out of each anchor's InfoNCE denominator its candidates the judge "
             "rates at least as high as the anchor's own pair (e.g. a generated caption that is also true of the anchor "
-            "image): they are no negatives for that anchor (they stay negatives for the others). Not in the paper; "
-            "useful when the caption pool holds captions of the anchor itself, as the paper's does, since those "
-            "would otherwise be pushed away as negatives. Off by default, as in the paper."
+            "image): they are no negatives for that anchor (they stay negatives for the others). All of them, drawn "
+            "this step or not (`num_*_candidates`): an undrawn one may still be in the batch, e.g. as another row's "
+            "anchor. Not in the paper; useful when the caption pool holds captions of the anchor itself, as the "
+            "paper's does, since those would otherwise be pushed away as negatives. Off by default, as in the paper."
         },
     )
     gather_negatives: bool = field(

@@ -55,7 +55,7 @@ from .collator import (
     select_rows,
     with_images_left_encoded,
 )
-from .losses import bidirectional_rpa_loss, contrastive_loss, judged_positive_ids, maple_loss, preference_agreement
+from .losses import bidirectional_rpa_loss, contrastive_loss, maple_loss, preference_agreement
 from .rpa_config import RPAConfig, from_pretrained_kwargs
 from .schema import (
     PREFERENCE_COLUMNS,
@@ -105,7 +105,8 @@ class RPATrainer(DPOTrainer):
             `model`.
         args: an `RPAConfig`.
         data_collator: by default a `DataCollatorForEmbeddingPreference` over `processing_class` with `args`'
-            candidate counts (one passed in must have them too). Evaluation uses a
+            candidate counts (one passed in must have them too), returning the judged-positive ids under
+            `args.exclude_judged_positives` (likewise). Evaluation uses a
             copy of a `DataCollatorForEmbeddingPreference` fixed at epoch 0 (the same candidates at every
             evaluation), named "eval" in its errors; any other collator serves both.
         train_dataset, eval_dataset: preference datasets with the columns of `trainer.schema`.
@@ -181,13 +182,14 @@ class RPATrainer(DPOTrainer):
         if args.max_scale is not None:
             callbacks = [*(callbacks or []), ScaleBound(args.max_scale)]
         if isinstance(data_collator, DataCollatorForEmbeddingPreference):
-            _check_collator_counts(data_collator, args)
+            _check_collator(data_collator, args)
         if data_collator is None:
             data_collator = DataCollatorForEmbeddingPreference(
                 processor=processing_class,
                 num_image_candidates=args.num_image_candidates,
                 num_text_candidates=args.num_text_candidates,
                 seed=args.seed,
+                return_judged_positive_ids=args.exclude_judged_positives,
             )
         _BaseTrainer.__init__(
             self,
@@ -468,13 +470,9 @@ class RPATrainer(DPOTrainer):
                 negative_image_ids=image_ids,
                 negative_text_ids=text_ids,
             )
-            if self.args.exclude_judged_positives:
-                expanded["excluded_image_ids"] = judged_positive_ids(
-                    image_ids, inputs["candidate_image_index"], inputs["txt2img_scores"], inputs["candidate_image_mask"]
-                )
-                expanded["excluded_text_ids"] = judged_positive_ids(
-                    text_ids, inputs["candidate_text_index"], inputs["img2txt_scores"], inputs["candidate_text_mask"]
-                )
+            if self.args.exclude_judged_positives:  # every judged positive of a row, drawn or not (see the collator)
+                expanded["excluded_image_ids"] = inputs["judged_positive_image_ids"]
+                expanded["excluded_text_ids"] = inputs["judged_positive_text_ids"]
         return contrastive_loss(
             image_embeds[inputs["anchor_image_index"]],
             text_embeds[inputs["anchor_text_index"]],
@@ -917,15 +915,19 @@ def _candidate_similarities(text_embeds: Tensor, image_embeds: Tensor, inputs: d
     return txt2img, img2txt
 
 
-def _check_collator_counts(collator: DataCollatorForEmbeddingPreference, args: RPAConfig) -> None:
+def _check_collator(collator: DataCollatorForEmbeddingPreference, args: RPAConfig) -> None:
     """A ValueError unless a `DataCollatorForEmbeddingPreference` passed to the trainer draws the candidate counts of
     `args`: the run's recipe (which a resume must share), its card and `RPAConfig`'s checks (persistent workers
-    would repeat the first epoch's draws) read them there, and would describe another run."""
+    would repeat the first epoch's draws) read them there, and would describe another run. With
+    `exclude_judged_positives`, it must also return the judged-positive ids that option excludes."""
     differing = [f"{name}={getattr(collator, name)!r} where the config has {getattr(args, name)!r}"
                  for name in ("num_image_candidates", "num_text_candidates") if getattr(collator, name) != getattr(args, name)]
     if differing:
         raise ValueError(f"The data_collator draws {', '.join(differing)}: set the config's candidate counts to the "
                          "collator's (its recipe, its card and its checks read them).")
+    if args.exclude_judged_positives and not collator.return_judged_positive_ids:
+        raise ValueError("The config has exclude_judged_positives=True, which excludes the judged-positive ids the "
+                         "data_collator returns: build it with return_judged_positive_ids=True.")
 
 
 def _checked_args(
