@@ -44,8 +44,9 @@ if TYPE_CHECKING:
     from modeling_maple import MapleProcessor
 
 
-# The longest result folder name: a file name may hold 255 bytes, and a deep local path made a longer one
-_MAX_FOLDER_NAME = 200
+# The longest result folder name, a file name's limit: a deep local path made a longer one (a shorter bound would move
+# the results stored under names that were taken)
+_MAX_FOLDER_NAME = 255
 
 
 def _model_folder_name(model_ref: str) -> str:

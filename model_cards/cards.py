@@ -66,7 +66,8 @@ def _written_by_maple(result: EvalResult, eval_results: Mapping[str, Mapping[str
 
     maple_metric = result.metric_type in _METRIC_NAMES
     named = result.dataset_name in BENCHMARKS or result.dataset_name in eval_results
-    return maple_metric and (named or f"| {table_cell(result.dataset_name)} |" in replaced_section)
+    # a row's first cell is its benchmark (not a category, nor a value)
+    return maple_metric and (named or f"\n| {table_cell(result.dataset_name)} |" in replaced_section)
 
 
 def _eval_results(
@@ -470,7 +471,7 @@ def model_card_from_run(
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    model_name = repo_id or output_dir.resolve().name  # (`.`'s name is empty)
+    model_name = repo_id or (output_dir.name if output_dir.name not in ("", "..") else output_dir.resolve().name)
     config, model_config = _as_dict(training_config), _as_dict(model_config)
     # Only Hub ids go into the metadata (the Hub refuses a card whose base_model or datasets name a local path)
     # and get links; a local folder is named as text.

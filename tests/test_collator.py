@@ -353,6 +353,16 @@ def test_judged_positives_are_all_candidates_rated_as_high_as_the_anchor_drawn_o
     )
 
 
+def test_a_judged_positive_is_a_tie_in_float32_as_the_rpa_losses_see_it(processor):
+    """Scores of 0.30000001 and 0.3 (float64, which the schema takes) are one float32: a tie for RPA, and so a judged
+    positive; the raw scores had been compared (found by a review)."""
+    row = synthetic_preference_dataset(1)[0]
+    row = dict(row, img2txt_scores=[0.30000001, 0.3] + [0.0] * (len(row["candidate_texts"]) - 2))
+    batch = DataCollatorForEmbeddingPreference(processor, return_judged_positive_ids=True)([row])
+    assert batch["img2txt_scores"][0, 0] == batch["img2txt_scores"][0, 1]
+    assert batch["judged_positive_text_ids"].tolist() == [[content_id(row["candidate_texts"][1])]]
+
+
 def test_an_undrawn_candidate_that_does_not_decode_is_never_read_and_a_drawn_one_fails_in_pil(processor):
     """Rows left encoded decode what they use: a corrupt candidate stops collation (with PIL's error, which the
     trainer turns into `UndecodableImageError`) only in a step that draws it."""

@@ -718,8 +718,12 @@ def test_a_deep_local_model_path_names_a_result_folder_a_file_system_takes(tmp_p
     for name in names:
         assert len(name.encode()) <= _MAX_FOLDER_NAME and name.startswith("local--") and name.endswith("--checkpoint-12000")
         (tmp_path / name).mkdir()  # a name the file system takes
-    (tmp_path / "short").mkdir()  # a name within the bound is as it was, and so are the results stored under it
-    assert _model_folder_name(str(tmp_path / "short")) == "local--" + "--".join(str(tmp_path / "short").strip("/").split("/"))
+    # a name within the bound is as it was, and so are the results stored under it (a bound of 200 bytes had moved
+    # names of 201-255 bytes, found by a review)
+    near = tmp_path.joinpath(*["checkpoint_folder_" + "x" * 20] * 4)
+    near.mkdir(parents=True)
+    assert 200 < len(_model_folder_name(str(near))) <= 255
+    assert _model_folder_name(str(near)) == "local--" + "--".join(str(near).strip("/").split("/"))
 
 
 def test_result_folders_stay_inside_out_and_apart(tmp_path, monkeypatch):

@@ -308,12 +308,31 @@ def test_with_eval_results_drops_the_entries_of_the_tables_it_replaces(tmp_path)
     assert "maple-demo-retrieval" not in updated.text
 
 
+def test_with_eval_results_keeps_a_users_entry_named_like_a_category_of_its_tables():
+    """Only a row's first cell names a benchmark: an entry of the user's own named like a category ("Relation") was
+    dropped (found by a review)."""
+    from huggingface_hub import EvalResult
+
+    results = {"winoground": {"text_score": 10.0, "image_score": 5.0, "group_score": 2.5,
+                              "per_category": {"Relation": {"text_score": 1.0, "image_score": 2.0, "group_score": 3.0}}}}
+    card = with_eval_results(ModelCard("---\nlicense: mit\n---\n# m\n"), results, model_name="m")
+    card.data.eval_results.append(EvalResult(task_type="image-text-matching", dataset_type="me/relation-bench",
+                                             dataset_name="Relation", metric_type="group_score", metric_value=7.0))
+    card = ModelCard(str(card))
+    updated = ModelCard(str(with_eval_results(card, results)))
+    assert [(r.dataset_name, r.metric_value) for r in updated.data.eval_results if r.dataset_type == "me/relation-bench"] == [
+        ("Relation", 7.0)
+    ]
+
+
 def test_a_card_of_the_current_folder_is_named_after_it(tmp_path, monkeypatch):
     """`Path(".").name` is empty: the card's title was "# " (found by a review)."""
     (tmp_path / "my-model").mkdir()
     monkeypatch.chdir(tmp_path / "my-model")
     card = model_card_from_run(".", None, "dual_encoder", {}, [], {"coco": {"i2t_r1": 11.0, "t2i_r1": 12.0}})
     assert card.text.lstrip().startswith("# my-model\n") and card.data.model_name == "my-model"
+    (tmp_path / "latest").symlink_to(tmp_path / "my-model")  # a link's own name, as before
+    assert model_card_from_run(tmp_path / "latest", None, "dual_encoder", {}, [], {}).text.lstrip().startswith("# latest\n")
 
 
 # Results built by hand, a distinct value for every metric, direction and category: a tiny model's scores tie

@@ -259,12 +259,13 @@ def _decoded(item: Any) -> Any:
 
 def _judged_positive_ids(candidates: list[Any], judge_scores: list[float], drawn_ids: dict[int, int]) -> list[int]:
     """The content ids of a row's `candidates` (texts, or images as stored) whose judge score is at least that of
-    candidate 0, the anchor's own pair, candidate 0 aside. `drawn_ids` maps the positions of the drawn candidates to
+    candidate 0, the anchor's own pair, candidate 0 aside, compared in float32 as the RPA losses rank them (two
+    float64 scores that round to one are a tie there). `drawn_ids` maps the positions of the drawn candidates to
     their ids; an undrawn one is hashed here, an image decoded first if left encoded."""
+    scores = torch.tensor([float(score) for score in judge_scores], dtype=torch.float32)
     return [
         drawn_ids[position] if position in drawn_ids else content_id(_decoded(candidates[position]))
-        for position in range(1, len(candidates))
-        if judge_scores[position] >= judge_scores[0]
+        for position in (scores[1:] >= scores[0]).nonzero().flatten().add(1).tolist()
     ]
 
 

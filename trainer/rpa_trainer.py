@@ -471,6 +471,12 @@ class RPATrainer(DPOTrainer):
                 negative_text_ids=text_ids,
             )
             if self.args.exclude_judged_positives:  # every judged positive of a row, drawn or not (see the collator)
+                if "judged_positive_text_ids" not in inputs:  # a collator of the user's own
+                    raise ValueError(
+                        "exclude_judged_positives needs every batch's judged_positive_text_ids and "
+                        "judged_positive_image_ids: collate with DataCollatorForEmbeddingPreference(..., "
+                        "return_judged_positive_ids=True), or return them from your collator"
+                    )
                 expanded["excluded_image_ids"] = inputs["judged_positive_image_ids"]
                 expanded["excluded_text_ids"] = inputs["judged_positive_text_ids"]
         return contrastive_loss(
