@@ -219,8 +219,8 @@ class MaplePreferencesConfig(datasets.BuilderConfig):
                 f"image_column and caption_column are both {self.image_column!r}: name the column holding the images "
                 "and the one holding the captions (CLI --image-column, --caption-column)"
             )
-        if not 0.0 <= self.semdedup_epsilon < 1.0:
-            problems.append(f"semdedup_epsilon must be in [0, 1), got {self.semdedup_epsilon}")
+        if not 0.0 < self.semdedup_epsilon < 1.0:
+            problems.append(f"semdedup_epsilon must be in (0, 1), got {self.semdedup_epsilon}")
         if not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
             problems.append(
                 f"seed must be in [{SEED_RANGE[0]}, {SEED_RANGE[1]}] (a shard's sampling seed, seed * "

@@ -242,8 +242,9 @@ def semdedup(
     Memory: a (cluster size, block) similarity block of about `max_elements` floats at a time (64 MiB at the
     default), so a large cluster (thousands of copies of one placeholder image) does not need (cluster size)^2.
     """
-    if not 0.0 <= epsilon < 1.0:
-        raise ValueError(f"epsilon must be in [0, 1), got {epsilon}")
+    # at 0 only float rounding would make a pair duplicates: an arbitrary share of exact copies, by block size
+    if not 0.0 < epsilon < 1.0:
+        raise ValueError(f"epsilon must be in (0, 1), got {epsilon}")
     check_semdedup_clusters(num_clusters, embeddings.shape[0])
     check_finite_embeddings(embeddings, "images")
     normalised = torch.nn.functional.normalize(embeddings.float(), dim=-1)

@@ -366,8 +366,10 @@ def load_vlm(
         model_kwargs: more `from_pretrained` arguments (`device_map`, `attn_implementation`, ...).
         token: the Hub token every file (config, image processor, tokenizer, weights) is read with; None: HF_TOKEN or
             the token `hf auth login` saved.
-        chat_template: the chat template to use instead of the checkpoint's. Without it, the tokenizer's, else the
-            processor's (`processor_chat_template`); the returned tokenizer carries the one in use.
+        chat_template: the chat template to use instead of the checkpoint's. Without it, the processor's
+            (`processor_chat_template`), which `AutoProcessor` renders with, else the tokenizer's (a checkpoint in the
+            legacy layout may keep a text-only template for its tokenizer and the image one in chat_template.json); the
+            returned tokenizer carries the one in use.
     """
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
 
@@ -375,7 +377,7 @@ def load_vlm(
     # `backend` ("pil", "torchvision") picks the image processor's class: a choice of its own here
     image_processor = load_image_processor(model_id_or_path, image_processor_kwargs, allowed=("backend",), token=token)
     tokenizer = AutoTokenizer.from_pretrained(model_id_or_path, token=token)
-    tokenizer.chat_template = chat_template or tokenizer.chat_template or processor_chat_template(model_id_or_path, token)
+    tokenizer.chat_template = chat_template or processor_chat_template(model_id_or_path, token) or tokenizer.chat_template
     if not tokenizer.chat_template:
         raise ValueError(
             f"{model_id_or_path} has no chat template (neither in its tokenizer nor in chat_template.jinja or "

@@ -1148,7 +1148,15 @@ def test_a_chat_template_kept_only_for_the_processor_is_used_and_a_missing_one_i
     assert judge.prompt_encoder.chat_template == template
     assert judge.settings == source.settings  # the same prompts and answer tokens as with the template in the tokenizer
 
+    # beside a text-only template of the tokenizer (LlamaFactory exports LLaVA so), the processor's is the one
+    # `AutoProcessor` renders with; the tokenizer's had been taken, and failed on the image (found by a review)
+    text_only = "{% for message in messages %}USER: {{ message['content'] }} ASSISTANT:{% endfor %}"
+    tokenizer_config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({**tokenizer_config, "chat_template": text_only}))
+    assert MLLMJudge.from_pretrained(folder).prompt_encoder.chat_template == template
+
     (tmp_path / "chat_template.json").unlink()
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
     monkeypatch.setattr(AutoModelForImageTextToText, "from_pretrained", lambda *args, **kwargs: pytest.fail("the weights were loaded"))
     with pytest.raises(ValueError, match=r"has no chat template \(neither in its tokenizer nor in chat_template.jinja or chat_template.json\)"):
         MLLMJudge.from_pretrained(folder)
