@@ -57,7 +57,11 @@ IMAGE_PROCESSOR_BACKEND_KEY = "image_processor_backend"
 def to_rgb(image: Image.Image) -> Image.Image:
     """`image` in RGB, any transparency composited onto white, as transformers' image processors do
     (`image_transforms.convert_to_rgb`): a plain `convert("RGB")` keeps the colour under transparent pixels,
-    often black, which turns black line art on a transparent background into a black square."""
+    often black, which turns black line art on a transparent background into a black square. A 16-bit greyscale
+    image (mode I;16, or I holding values above 255, as 16-bit PNGs load) is scaled to 8 bits first: `convert` clips
+    it at 255, which turned it white (transformers' `convert_to_rgb` too)."""
+    if image.mode.startswith("I;16") or (image.mode == "I" and image.getextrema()[1] > 255):
+        image = image.convert("I").point(lambda value: value / 257).convert("L")
     if "A" in image.getbands() or image.info.get("transparency") is not None:
         image = Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image.convert("RGBA"))
     return image.convert("RGB")

@@ -101,3 +101,18 @@ def test_the_qwen_vl_aspect_ratio_limit_is_the_image_processors_own(size):
         assert "aspect ratio 201:1" in problem
         with pytest.raises(ValueError, match="aspect ratio"):
             tiny_image_processor()(images=[image], return_tensors="pt")
+
+
+def test_a_16_bit_greyscale_image_is_scaled_to_8_bits_not_clipped_white(tmp_path):
+    """`convert("RGB")` clips I;16 and I values at 255: a 16-bit PNG became a white square, two different ones one
+    image to the miner, SemDeDup, the judge and the embedder alike (found by a bug hunt)."""
+    halves = np.zeros((8, 8), dtype=np.uint16)
+    halves[:, :4], halves[:, 4:] = 60000, 3000
+    Image.fromarray(halves).save(tmp_path / "halves.png")
+    assert Image.open(tmp_path / "halves.png").mode == "I;16"
+    pixels = np.asarray(load_image(str(tmp_path / "halves.png"), 0))
+    assert pixels.shape == (8, 8, 3) and (pixels[0, 0, 0], pixels[0, 7, 0]) == (60000 // 257, 3000 // 257)
+    as_int = Image.fromarray(halves.astype(np.int32))  # mode I, as some loaders give 16-bit data
+    assert np.array_equal(np.asarray(load_image(as_int, 0)), pixels)
+    eight_bit = Image.fromarray(np.array([[0, 100, 255]], dtype=np.int32))  # mode I within 8 bits: as it was
+    assert np.asarray(load_image(eight_bit, 0))[0, :, 0].tolist() == [0, 100, 255]
