@@ -131,6 +131,15 @@ class MapleConfig(PreTrainedConfig):
             if getattr(self, name, None) is None:
                 setattr(self, name, getattr(text_side, name, None))
 
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> "MapleConfig | tuple[MapleConfig, dict[str, Any]]":
+        """`PreTrainedConfig.from_dict`, whose keyword overrides (`from_pretrained(path, pooling="cls")`) are set after
+        `__post_init__` checked the saved values: they are checked too (an MLLM read at a pad token under CLS pooling,
+        and loaded without a word)."""
+        loaded = super().from_dict(config_dict, **kwargs)
+        (loaded[0] if isinstance(loaded, tuple) else loaded)._check_maple_fields()
+        return loaded
+
     def _check_maple_fields(self):
         # Raised from `__post_init__` as plain ValueErrors (`@strict` validators wrap theirs), so bad
         # values fail at construction with a message that names the field.

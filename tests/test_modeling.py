@@ -183,6 +183,20 @@ def test_cls_pooling_is_refused_for_clips_causal_text_tower():
     assert tiny_dual_encoder_config(pooling="cls").pooling == "cls"  # a BERT text tower attends both ways
 
 
+def test_config_overrides_given_to_from_pretrained_are_checked_as_the_constructors_are(tmp_path):
+    """transformers sets `from_pretrained`'s keyword overrides after `__post_init__` checked the saved config: an MLLM
+    loaded with pooling='cls' read a pad token under left padding, without a word (found by a bug hunt)."""
+    model, _ = build_tiny("mllm")
+    model.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"Unknown pooling 'cls' for backbone 'mllm'"):
+        AutoModel.from_pretrained(tmp_path, pooling="cls")
+    with pytest.raises(ValueError, match=r"`projection_dim` must be positive, got 0"):
+        MapleConfig.from_pretrained(tmp_path, projection_dim=0)
+    config, unused = MapleConfig.from_pretrained(tmp_path, pooling="last", return_unused_kwargs=True, other=1)
+    assert config.pooling == "last" and unused == {"other": 1}
+    assert AutoModel.from_pretrained(tmp_path, pooling="last").config.pooling == "last"
+
+
 @pytest.mark.parametrize("max_text_length", [0, -3])
 def test_a_max_text_length_below_one_is_refused(max_text_length):
     """Every text was cut to nothing, so all embedded as the bare prompt."""
