@@ -74,7 +74,7 @@ from maple.hub import is_hub_id, local_path_name, names_a_file
 from trainer.schema import PREFERENCE_FEATURES
 
 from .interfaces import CandidateCaptioner, PreferenceJudge, component_name, first_finding, member_names, renamed_members
-from .miner import HardNegativeMiner, MinerOutputError, check_semdedup_clusters
+from .miner import MIN_SEMDEDUP_EPSILON, HardNegativeMiner, MinerOutputError, check_semdedup_clusters
 from .scoring import check_captions, check_judge_scores, score_both_directions, text_pool
 from .sources import (
     DEFAULT_ID_COLUMN,
@@ -219,8 +219,8 @@ class MaplePreferencesConfig(datasets.BuilderConfig):
                 f"image_column and caption_column are both {self.image_column!r}: name the column holding the images "
                 "and the one holding the captions (CLI --image-column, --caption-column)"
             )
-        if not 0.0 < self.semdedup_epsilon < 1.0:
-            problems.append(f"semdedup_epsilon must be in (0, 1), got {self.semdedup_epsilon}")
+        if not MIN_SEMDEDUP_EPSILON <= self.semdedup_epsilon < 1.0:
+            problems.append(f"semdedup_epsilon must be in [{MIN_SEMDEDUP_EPSILON}, 1), got {self.semdedup_epsilon}")
         if not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
             problems.append(
                 f"seed must be in [{SEED_RANGE[0]}, {SEED_RANGE[1]}] (a shard's sampling seed, seed * "

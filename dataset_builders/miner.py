@@ -216,6 +216,11 @@ def spherical_kmeans(
     return assignment
 
 
+# Below it the float32 cosines of exact copies, which round about 1e-7 either side of 1, decide whether they are
+# duplicates: at 1e-9 an arbitrary share of them was, which changed with the block size
+MIN_SEMDEDUP_EPSILON = 1e-5
+
+
 def semdedup(
     embeddings: torch.Tensor,
     *,
@@ -242,9 +247,8 @@ def semdedup(
     Memory: a (cluster size, block) similarity block of about `max_elements` floats at a time (64 MiB at the
     default), so a large cluster (thousands of copies of one placeholder image) does not need (cluster size)^2.
     """
-    # at 0 only float rounding would make a pair duplicates: an arbitrary share of exact copies, by block size
-    if not 0.0 < epsilon < 1.0:
-        raise ValueError(f"epsilon must be in (0, 1), got {epsilon}")
+    if not MIN_SEMDEDUP_EPSILON <= epsilon < 1.0:
+        raise ValueError(f"epsilon must be in [{MIN_SEMDEDUP_EPSILON}, 1), got {epsilon}")
     check_semdedup_clusters(num_clusters, embeddings.shape[0])
     check_finite_embeddings(embeddings, "images")
     normalised = torch.nn.functional.normalize(embeddings.float(), dim=-1)

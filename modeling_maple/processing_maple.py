@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
@@ -59,9 +60,15 @@ def to_rgb(image: Image.Image) -> Image.Image:
     (`image_transforms.convert_to_rgb`): a plain `convert("RGB")` keeps the colour under transparent pixels,
     often black, which turns black line art on a transparent background into a black square. A 16-bit greyscale
     image (mode I;16, or I holding values above 255, as 16-bit PNGs load) is scaled to 8 bits first: `convert` clips
-    it at 255, which turned it white (transformers' `convert_to_rgb` too)."""
+    it at 255, which turned it white (transformers' `convert_to_rgb` too); its transparent colour, a 16-bit value, is
+    matched before the scaling."""
     if image.mode.startswith("I;16") or (image.mode == "I" and image.getextrema()[1] > 255):
-        image = image.convert("I").point(lambda value: value / 257).convert("L")
+        values = image.convert("I")
+        transparency = image.info.get("transparency")
+        image = values.point(lambda value: value / 257).convert("L")
+        image.info.pop("transparency", None)
+        if transparency is not None:
+            image.putalpha(Image.fromarray(np.where(np.asarray(values) == transparency, 0, 255).astype(np.uint8)))
     if "A" in image.getbands() or image.info.get("transparency") is not None:
         image = Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image.convert("RGBA"))
     return image.convert("RGB")

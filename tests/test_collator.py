@@ -358,9 +358,15 @@ def test_a_judged_positive_is_a_tie_in_float32_as_the_rpa_losses_see_it(processo
     positive; the raw scores had been compared (found by a review)."""
     row = synthetic_preference_dataset(1)[0]
     row = dict(row, img2txt_scores=[0.30000001, 0.3] + [0.0] * (len(row["candidate_texts"]) - 2))
-    batch = DataCollatorForEmbeddingPreference(processor, return_judged_positive_ids=True)([row])
-    assert batch["img2txt_scores"][0, 0] == batch["img2txt_scores"][0, 1]
-    assert batch["judged_positive_text_ids"].tolist() == [[content_id(row["candidate_texts"][1])]]
+    for default_dtype in (torch.float32, torch.float64):  # the scores are float32 whatever torch's default
+        torch.set_default_dtype(default_dtype)
+        try:
+            batch = DataCollatorForEmbeddingPreference(processor, return_judged_positive_ids=True)([row])
+        finally:
+            torch.set_default_dtype(torch.float32)
+        assert batch["img2txt_scores"].dtype == torch.float32
+        assert batch["img2txt_scores"][0, 0] == batch["img2txt_scores"][0, 1]
+        assert batch["judged_positive_text_ids"].tolist() == [[content_id(row["candidate_texts"][1])]]
 
 
 def test_an_undrawn_candidate_that_does_not_decode_is_never_read_and_a_drawn_one_fails_in_pil(processor):

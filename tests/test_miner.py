@@ -246,11 +246,12 @@ def test_semdedup_duplicates_have_cosine_strictly_above_one_minus_epsilon():
     assert len(semdedup(rows, num_clusters=1, epsilon=0.5001).removed) == 1
 
 
-@pytest.mark.parametrize("epsilon", [-0.01, 0.0, 1.0])
-def test_semdedup_refuses_epsilon_outside_zero_to_one(epsilon):
-    """At epsilon 1 every pair with a positive cosine would count as a duplicate; at 0 only a pair whose cosine
-    rounds above 1, an arbitrary share of exact copies that changed with the block size (found by a review)."""
-    with pytest.raises(ValueError, match=re.escape(f"epsilon must be in (0, 1), got {epsilon}")):
+@pytest.mark.parametrize("epsilon", [-0.01, 0.0, 1e-9, 1.0])
+def test_semdedup_refuses_epsilon_outside_its_range(epsilon):
+    """At epsilon 1 every pair with a positive cosine would count as a duplicate; near 0 only a pair whose float32
+    cosine rounds above 1 - epsilon, an arbitrary share of exact copies that changed with the block size (found by
+    reviews)."""
+    with pytest.raises(ValueError, match=re.escape(f"epsilon must be in [1e-05, 1), got {epsilon}")):
         semdedup(torch.eye(4), num_clusters=1, epsilon=epsilon)
 
 
@@ -539,3 +540,11 @@ def test_a_deeper_search_continues_the_best_first_order_of_the_first():
     # best first: the top row (its copies dropped), F, then X (it duplicates only E, which F's duplicate drops), then far
     assert found.indices[0].tolist() == [1, 5, 7, 8]
     assert found.scores[0].tolist() == sorted(found.scores[0].tolist(), reverse=True)
+
+
+def test_semdedup_at_its_smallest_epsilon_finds_every_exact_copy_whatever_the_block_size():
+    torch.manual_seed(0)
+    base = torch.randn(200, 384)
+    copies = torch.cat([base, base])
+    for max_elements in (7, 1 << 26):
+        assert len(semdedup(copies, num_clusters=4, epsilon=1e-5, max_elements=max_elements).removed) == 200

@@ -116,3 +116,12 @@ def test_a_16_bit_greyscale_image_is_scaled_to_8_bits_not_clipped_white(tmp_path
     assert np.array_equal(np.asarray(load_image(as_int, 0)), pixels)
     eight_bit = Image.fromarray(np.array([[0, 100, 255]], dtype=np.int32))  # mode I within 8 bits: as it was
     assert np.asarray(load_image(eight_bit, 0))[0, :, 0].tolist() == [0, 100, 255]
+
+
+def test_the_transparent_colour_of_a_16_bit_image_is_matched_before_scaling(tmp_path):
+    """Its 16-bit value had been compared with the scaled pixels: the transparent pixel stayed dark, and with
+    transparency 0 every value 1-256 turned white (found by a review)."""
+    for values, transparency, expected in (([0, 1000, 30000, 65535], 1000, [0, 255, 116, 255]),
+                                           ([0, 200, 30000, 65535], 0, [255, 0, 116, 255])):
+        Image.fromarray(np.array([values], dtype=np.uint16)).save(tmp_path / "key.png", transparency=transparency)
+        assert np.asarray(load_image(str(tmp_path / "key.png"), 0))[0, :, 0].tolist() == expected

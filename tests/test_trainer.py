@@ -877,11 +877,14 @@ def test_a_collator_passed_in_must_return_the_judged_positives_the_config_exclud
     assert trainer.eval_data_collator.return_judged_positive_ids  # evaluation's copy returns them too
     # a collator of the user's own is not checked up front: a batch without them is one error saying what it needs
     # (it was a bare KeyError in the first step; found by a review)
-    plain = DataCollatorForEmbeddingPreference(processor=processor)
-    trainer = RPATrainer(model, args=args, data_collator=lambda rows: plain(rows),
-                         train_dataset=synthetic_preference_dataset(8), processing_class=processor)
-    with pytest.raises(ValueError, match=r"exclude_judged_positives needs every batch's judged_positive_text_ids"):
-        trainer.train()
+    for missing in (["judged_positive_text_ids", "judged_positive_image_ids"], ["judged_positive_image_ids"]):
+        def collate(rows, missing=missing):
+            return {key: value for key, value in returning(rows).items() if key not in missing}
+
+        trainer = RPATrainer(model, args=args, data_collator=collate, train_dataset=synthetic_preference_dataset(8),
+                             processing_class=processor)
+        with pytest.raises(ValueError, match=r"exclude_judged_positives needs every batch's judged_positive_text_ids"):
+            trainer.train()
 
 
 def test_config_defaults_run_on_cpu_and_follow_the_paper(tmp_path):

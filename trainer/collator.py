@@ -144,7 +144,7 @@ class DataCollatorForEmbeddingPreference(DataCollatorMixin):
             width = max(len(pick) for pick in picks)
             index = torch.zeros(len(examples), width, dtype=torch.long)
             mask = torch.zeros(len(examples), width, dtype=torch.bool)
-            scores = torch.zeros(len(examples), width)
+            scores = torch.zeros(len(examples), width, dtype=torch.float32)  # whatever torch's default dtype
             judged_positives: list[list[int]] = []
             for row, (example, pick) in enumerate(zip(examples, picks)):
                 if modality == "text":

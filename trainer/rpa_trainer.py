@@ -471,7 +471,7 @@ class RPATrainer(DPOTrainer):
                 negative_text_ids=text_ids,
             )
             if self.args.exclude_judged_positives:  # every judged positive of a row, drawn or not (see the collator)
-                if "judged_positive_text_ids" not in inputs:  # a collator of the user's own
+                if not {"judged_positive_text_ids", "judged_positive_image_ids"} <= inputs.keys():  # a user's collator
                     raise ValueError(
                         "exclude_judged_positives needs every batch's judged_positive_text_ids and "
                         "judged_positive_image_ids: collate with DataCollatorForEmbeddingPreference(..., "
