@@ -864,6 +864,26 @@ def test_a_collator_passed_in_must_draw_the_configs_candidate_counts(tmp_path):
                train_dataset=synthetic_preference_dataset(8), processing_class=processor)
 
 
+def test_judge_scores_keep_float32_where_deepspeed_casts_the_other_inputs(tmp_path, monkeypatch):
+    """Under DeepSpeed `Trainer._prepare_input` casts every floating input to the engine's dtype: in bf16 the judge
+    scores 0.8 and 0.801 tied for RPA (found by a review, reading transformers' source: DeepSpeed is not installed
+    here, so its plugin is a stand-in)."""
+    import types
+
+    model, processor = build_tiny("dual_encoder")
+    trainer = RPATrainer(model, args=make_config(tmp_path), train_dataset=synthetic_preference_dataset(8),
+                         processing_class=processor)
+    plugin = types.SimpleNamespace(hf_ds_config=types.SimpleNamespace(dtype=lambda: torch.bfloat16))
+    monkeypatch.setattr(trainer, "is_deepspeed_enabled", True)
+    monkeypatch.setattr(type(trainer.accelerator.state), "deepspeed_plugin", property(lambda state: plugin))
+    batch = trainer.data_collator(list(synthetic_preference_dataset(2)))
+    batch["img2txt_scores"][0, :2] = torch.tensor([0.8, 0.801])
+    prepared = trainer._prepare_inputs(batch)
+    assert prepared["pixel_values"].dtype == torch.bfloat16  # the model's inputs as DeepSpeed wants them
+    assert prepared["img2txt_scores"].dtype == prepared["txt2img_scores"].dtype == torch.float32
+    assert prepared["img2txt_scores"][0, 0] != prepared["img2txt_scores"][0, 1]
+
+
 def test_a_collator_passed_in_must_return_the_judged_positives_the_config_excludes(tmp_path):
     model, processor = build_tiny("dual_encoder")
     args = make_config(tmp_path, exclude_judged_positives=True)

@@ -13,7 +13,7 @@ import math
 import os
 import shutil
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import safetensors.torch
@@ -59,6 +59,7 @@ from .losses import bidirectional_rpa_loss, contrastive_loss, maple_loss, prefer
 from .rpa_config import RPAConfig, from_pretrained_kwargs
 from .schema import (
     PREFERENCE_COLUMNS,
+    SCORED_CANDIDATES,
     naming_undecodable_images,
     validate_preference_dataset,
     warn_about_rows_without_preference,
@@ -513,6 +514,17 @@ class RPATrainer(DPOTrainer):
         if state.end_of_dataloader and state.remainder > 0:
             return places >= state.remainder
         return torch.zeros(rows, dtype=torch.bool, device=device)
+
+    def _prepare_input(self, data: Any) -> Any:
+        """`Trainer._prepare_input`, the judge scores kept in float32: under DeepSpeed it casts every floating input to
+        the engine's dtype, and in bf16 alphas such as 0.8 and 0.801 would tie for RPA, while the collator's judged
+        positives (`exclude_judged_positives`) still tell them apart."""
+        if isinstance(data, Mapping):
+            return type(data)({
+                key: value.to(self.args.device) if key in SCORED_CANDIDATES.values() else self._prepare_input(value)
+                for key, value in data.items()
+            })
+        return super()._prepare_input(data)
 
     def _get_grad_norm(self, model, grad_norm=None):
         grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
