@@ -1264,13 +1264,10 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             if not 0 <= start < end <= num_anchors:
                 problems.append(f"{path.name} holds anchors outside [0, {num_anchors})")
                 continue
-            try:
-                rows = pq.read_metadata(path).num_rows
-            except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid: a truncated file
-                if not _is_undecodable(error):  # a PermissionError, EIO: the shard may be whole
-                    error.add_note(UNREADABLE_CHECKPOINT_NOTE.format(path))  # pyarrow's message names no file
-                    raise
-                problems.append(f"{path.name} cannot be read ({error}): delete it and run again to rebuild it")
+            try:  # a PermissionError or an EIO, which say nothing of the shard, propagate noting it
+                rows = _read_checkpoint(path, pq.read_metadata).num_rows
+            except DamagedCheckpoint as damaged:  # e.g. a truncated file (pyarrow's ArrowInvalid)
+                problems.append(f"{path.name} cannot be read ({damaged.__cause__}): delete it and run again to rebuild it")
                 continue
             if rows != end - start:
                 problems.append(f"{path.name} holds {rows} rows, not {end - start}")

@@ -62,9 +62,9 @@ def _model_folder_name(model_ref: str) -> str:
         name = re.sub(r"[^\w.-]+", "--", model_ref.strip("/")).strip(".") or "model"
     if len(name.encode()) <= _MAX_FOLDER_NAME:
         return name
-    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
-    tail = name.encode()[-(_MAX_FOLDER_NAME - len("local----") - len(digest)):].decode(errors="ignore")
-    return f"local--{digest}--{tail.lstrip('-')}"
+    prefix = f"local--{hashlib.sha256(name.encode()).hexdigest()[:16]}--"
+    tail = name.encode()[len(prefix) - _MAX_FOLDER_NAME :].decode(errors="ignore")
+    return prefix + tail.lstrip("-")
 
 
 def _distinct_models(model_refs: list[str]) -> list[str]:
