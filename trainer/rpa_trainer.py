@@ -642,7 +642,31 @@ class RPATrainer(DPOTrainer):
                 raise ValueError(f"No complete checkpoint (with {TRAINER_STATE_NAME}) in {self.args.output_dir}")
         if resume_from_checkpoint:
             check_recipe(resume_from_checkpoint, self.args, self._lora_recipe(), self._model_recipe(), self._image_recipe())
+        self._unprepare_model_prepared_for_evaluation()
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _unprepare_model_prepared_for_evaluation(self) -> None:
+        """Undoes accelerate's preparation of a model that is prepared but not wrapped, so that `Trainer.train`
+        prepares it for training: under several processes, wraps it in DDP.
+
+        An evaluation before training prepares the model with `prepare_model(evaluation_mode=True)`
+        (`Trainer.evaluation_loop`), which leaves out the DDP wrapper yet marks the model prepared; training's
+        `accelerator.prepare` then handed it back as it was, and each process trained its own copy on its own batches,
+        gradients never averaged (transformers 5.24, accelerate 1.15). Under FSDP and DeepSpeed that evaluation
+        prepares the model for training, and it is left alone. In one process this prepares again a model that training
+        already prepared, the same way."""
+        model = self.model
+        if (
+            self.is_fsdp_enabled
+            or self.is_deepspeed_enabled
+            or self.model_wrapped is not model
+            or not getattr(model, "_is_accelerate_prepared", False)
+        ):
+            return
+        # in place: gives the model back its own forward, without the autocast that mixed precision wrapped it in
+        self.accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+        del model._is_accelerate_prepared
+        self.accelerator._models = [prepared for prepared in self.accelerator._models if prepared is not model]
 
     def end(self) -> None:
         """`Trainer.end`: finishes the trackers and destroys the process group, after letting go of the DDP wrapper,
