@@ -135,7 +135,16 @@ class MapleConfig(PreTrainedConfig):
     def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> "MapleConfig | tuple[MapleConfig, dict[str, Any]]":
         """`PreTrainedConfig.from_dict`, whose keyword overrides (`from_pretrained(path, pooling="cls")`) are set after
         `__post_init__` checked the saved values: they are checked too (an MLLM read at a pad token under CLS pooling,
-        and loaded without a word)."""
+        and loaded without a word). A sub-config override given as a dict is built into a config as the constructor
+        builds one, also where the saved config has none (`from_pretrained(mllm_path, backbone="dual_encoder",
+        vision_config={...}, text_config={...}, projection_dim=...)`); where it has one, the dict updates its fields,
+        as transformers' composite configs (CLIPConfig) take them."""
+        # transformers merges a dict override into a saved sub-config but sets it as a bare dict in place of a None
+        # one; given to the constructor instead, it becomes a config of its `model_type` (else the spec's default).
+        config_dict = dict(config_dict)
+        for key in cls.sub_configs_defaults:
+            if config_dict.get(key) is None and isinstance(kwargs.get(key), Mapping):
+                config_dict[key] = dict(kwargs.pop(key))
         loaded = super().from_dict(config_dict, **kwargs)
         (loaded[0] if isinstance(loaded, tuple) else loaded)._check_maple_fields()
         return loaded

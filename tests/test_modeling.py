@@ -197,6 +197,29 @@ def test_config_overrides_given_to_from_pretrained_are_checked_as_the_constructo
     assert AutoModel.from_pretrained(tmp_path, pooling="last").config.pooling == "last"
 
 
+def test_sub_config_overrides_given_as_dicts_become_configs_where_the_saved_config_has_none(tmp_path):
+    """transformers sets a dict override of a sub-config the saved config lacks as a bare dict: an MLLM checkpoint's
+    config loaded as a dual encoder failed with a bare AttributeError ('dict' object has no attribute 'model_type') in
+    its checks, or later in the model. Like CLIPConfig's, the dict becomes a config of its `model_type` (else the
+    default one), and one given for a saved sub-config updates its fields."""
+    build_tiny("mllm")[0].save_pretrained(tmp_path / "mllm")
+    towers = tiny_dual_encoder_config()
+    vision, text = towers.vision_config.to_dict(), towers.text_config.to_dict()
+    config = MapleConfig.from_pretrained(tmp_path / "mllm", backbone="dual_encoder", vision_config=vision,
+                                         text_config=text, projection_dim=16, pooling="cls")
+    assert config.vision_config.to_dict() == vision and config.text_config.to_dict() == text
+    assert MapleModel(config).encode(build_tiny("dual_encoder")[1], texts=TEXTS).shape == (3, 16)
+    # without a model_type, the sub-config's default one (a CLIP vision tower)
+    saved = MapleConfig(mllm_config=tiny_qwen2_vl_config()).to_dict()
+    default_type = MapleConfig.from_dict(saved, vision_config={"hidden_size": 32, "num_attention_heads": 4})
+    assert (default_type.vision_config.model_type, default_type.vision_config.hidden_size) == ("clip_vision_model", 32)
+    with pytest.raises(ValueError, match=r"Unrecognized model type for subconfig: no_such_tower"):
+        MapleConfig.from_pretrained(tmp_path / "mllm", vision_config={"model_type": "no_such_tower"})
+    towers.save_pretrained(tmp_path / "dual")
+    updated = MapleConfig.from_pretrained(tmp_path / "dual", text_config={"hidden_dropout_prob": 0.0})
+    assert updated.text_config.hidden_dropout_prob == 0.0 and updated.text_config.vocab_size == text["vocab_size"]
+
+
 @pytest.mark.parametrize("max_text_length", [0, -3])
 def test_a_max_text_length_below_one_is_refused(max_text_length):
     """Every text was cut to nothing, so all embedded as the bare prompt."""
