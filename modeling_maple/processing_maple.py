@@ -322,6 +322,34 @@ def dual_encoder_image_processor_problem(vision_config, image_processor) -> str 
     return image_size_problem(image_processor, vision_config.image_size)
 
 
+def image_batch_problem(
+    image_processor, images: Sequence[Image.Image], pixel_values: Sequence[Any], first_index: int = 0
+) -> str | None:
+    """Why `pixel_values`, what `image_processor` made of `images` (the caller's `images[first_index:]`), cannot go to a
+    dual encoder's vision tower as one batch, or None: they are of several sizes. A tower that takes any size (DINOv2)
+    still takes one per batch, and an image processor whose output follows each image's aspect ratio (CLIP's without
+    its center crop) makes several; transformers' own processors then fail with numpy's bare "inhomogeneous shape"
+    error. Resizing them to one size, or padding them, would change what the tower sees of each image by the batch it is
+    in, so the two first images of different sizes are named, with the settings that make one size."""
+    sizes = [tuple(pixels.shape[-2:]) for pixels in pixel_values]
+    other = next((position for position, size in enumerate(sizes) if size != sizes[0]), None)
+    if other is None:
+        return None
+    described = [
+        f"images[{first_index + position}] ({images[position].height}x{images[position].width} px) became "
+        f"{sizes[position][0]}x{sizes[position][1]}"
+        for position in (0, other)
+    ]
+    unset = [f"{name}=False" for name in ("do_resize", "do_center_crop") if getattr(image_processor, name, None) is False]
+    settings = f" ({', '.join(unset)})" if unset else ""
+    fixes = ["do_center_crop=True (images cropped to crop_size)"] if hasattr(image_processor, "do_center_crop") else []
+    fixes.append("size={'height': ..., 'width': ...} (every image resized to it, its aspect ratio not kept)")
+    return (f"{' but '.join(described)} (height x width): the image processor ({type(image_processor).__name__}) gives "
+            f"each image a size that follows its own{settings}, but the vision tower takes a batch at one size. Set "
+            f"{' or '.join(fixes)} in image_processor_kwargs (load_maple, from_backbone) or on "
+            "processor.image_processor, or give images of one size")
+
+
 def image_size_problem(image_processor, image_size: int | Sequence[int]) -> str | None:
     """Why `image_processor` does not make images (or tiles) of `image_size` pixels (an int, or height and width), the
     only size a vision tower takes, or None. Read from what it makes of one image twice as wide as high (without a
@@ -818,7 +846,11 @@ class MapleProcessor(ProcessorMixin):
             raise ValueError("`images` is an empty list.")
         if self.backbone == "dual_encoder":
             images = [load_image(image, index) for index, image in enumerate(images, start=first_index)]
-            processed = self.image_processor(images=images, return_tensors="pt")
+            # Made into tensors once their sizes are checked: numpy's own error names no image.
+            processed = self.image_processor(images=images, return_tensors=None)
+            if (problem := image_batch_problem(self.image_processor, images, processed["pixel_values"], first_index)):
+                raise ValueError(f"{problem}.")
+            processed.convert_to_tensors("pt")
             return {key: processed[key] for key in DUAL_ENCODER_IMAGE_INPUTS if key in processed}
         encoded = encode_mllm_images(
             self.mllm_type, self.image_processor, self.tokenizer, images, self.image_token, self.image_seq_length,
@@ -925,6 +957,7 @@ __all__ = [
     "encode_mllm_images",
     "fill_image_placeholders",
     "gemma3_image_processor_problem",
+    "image_batch_problem",
     "image_processor_kwargs_problem",
     "image_processor_loading_problem",
     "image_size_problem",

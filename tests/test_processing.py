@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import ProcessorMixin, Qwen2VLProcessor
+from transformers import CLIPImageProcessorPil, Dinov2Config, ProcessorMixin, Qwen2VLProcessor
 
-from modeling_maple import MapleProcessor
+from modeling_maple import MapleModel, MapleProcessor
 from modeling_maple.processing_maple import QWEN_VL_MAX_ASPECT_RATIO, load_image, mllm_image_problem
-from modeling_maple.testing import build_tiny, tiny_image_processor
+from modeling_maple.testing import build_tiny, tiny_dual_encoder_config, tiny_image_processor, tiny_tokenizer
 
 TEXTS = ["a red circle", "two blue squares left of a yellow star"]
 
@@ -101,6 +101,26 @@ def test_the_qwen_vl_aspect_ratio_limit_is_the_image_processors_own(size):
         assert "aspect ratio 201:1" in problem
         with pytest.raises(ValueError, match="aspect ratio"):
             tiny_image_processor()(images=[image], return_tensors="pt")
+
+
+def test_a_batch_an_image_processor_makes_of_several_sizes_is_refused_by_name():
+    """A DINOv2 tower takes any size, so `image_processor_kwargs={"do_center_crop": False}` loads; CLIP's image
+    processor then keeps each image's aspect ratio, and a batch of several failed in numpy's words ("inhomogeneous
+    shape"), naming neither image nor setting. Images of one size still make a batch; an encode names images by their
+    position in the whole list."""
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16},
+                                            do_center_crop=False)
+    processor = MapleProcessor(image_processor=image_processor, tokenizer=tiny_tokenizer(), backbone="dual_encoder")
+    dinov2 = Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, image_size=16, patch_size=4)
+    model = MapleModel(tiny_dual_encoder_config(vision_config=dinov2)).eval()
+    wide, square = Image.new("RGB", (32, 16)), Image.new("RGB", (16, 16), "red")
+    assert model.encode(processor, images=[wide, wide.copy()]).shape == (2, 16)
+    message = (r"^images\[2\] \(16x32 px\) became 16x32 but images\[3\] \(16x16 px\) became 16x16 \(height x width\): the "
+               r"image processor \(CLIPImageProcessorPil\) gives each image a size that follows its own "
+               r"\(do_center_crop=False\), but the vision tower takes a batch at one size\. Set do_center_crop=True .* or "
+               r"size=\{'height': \.\.\., 'width': \.\.\.\}")
+    with pytest.raises(ValueError, match=message):
+        model.encode(processor, images=[wide, wide, wide, square], batch_size=2)
 
 
 def test_a_16_bit_greyscale_image_is_scaled_to_8_bits_not_clipped_white(tmp_path):
