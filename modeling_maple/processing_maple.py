@@ -60,12 +60,14 @@ def to_rgb(image: Image.Image) -> Image.Image:
     (`image_transforms.convert_to_rgb`): a plain `convert("RGB")` keeps the colour under transparent pixels,
     often black, which turns black line art on a transparent background into a black square. A 16-bit greyscale
     image (mode I;16, or I holding values above 255, as 16-bit PNGs load) is scaled to 8 bits first: `convert` clips
-    it at 255, which turned it white (transformers' `convert_to_rgb` too); its transparent colour, a 16-bit value, is
-    matched before the scaling."""
-    if image.mode.startswith("I;16") or (image.mode == "I" and image.getextrema()[1] > 255):
+    it at 255, which turned it white (transformers' `convert_to_rgb` too). An integer greyscale image's (mode I or
+    I;16) transparent colour is matched against its own values: Pillow compares only its low byte with the 8-bit
+    pixels, so a 16-bit one (or one above 255 in an image within 8 bits) turned another value's pixels white."""
+    if image.mode.startswith("I"):
         values = image.convert("I")
         transparency = image.info.get("transparency")
-        image = values.point(lambda value: value / 257).convert("L")
+        sixteen_bit = image.mode.startswith("I;16") or values.getextrema()[1] > 255
+        image = (values.point(lambda value: value / 257) if sixteen_bit else values).convert("L")
         image.info.pop("transparency", None)
         if transparency is not None:
             image.putalpha(Image.fromarray(np.where(np.asarray(values) == transparency, 0, 255).astype(np.uint8)))

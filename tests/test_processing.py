@@ -145,3 +145,13 @@ def test_the_transparent_colour_of_a_16_bit_image_is_matched_before_scaling(tmp_
                                            ([0, 200, 30000, 65535], 0, [255, 0, 116, 255])):
         Image.fromarray(np.array([values], dtype=np.uint16)).save(tmp_path / "key.png", transparency=transparency)
         assert np.asarray(load_image(str(tmp_path / "key.png"), 0))[0, :, 0].tolist() == expected
+
+
+def test_the_transparent_colour_of_an_integer_image_within_8_bits_is_matched_against_its_own_values():
+    """Pillow matches a mode I image's transparent colour with the 8-bit pixels by its low byte: with transparency 300,
+    the pixel of value 44 (300 - 256) turned white (found by a review). Only a pixel of the transparent value does."""
+    image = Image.fromarray(np.array([[44, 200, 255]], dtype=np.int32))
+    assert image.mode == "I"
+    for transparency, expected in ((300, [44, 200, 255]), (44, [255, 200, 255]), (200, [44, 255, 255])):
+        image.info["transparency"] = transparency
+        assert np.asarray(load_image(image, 0))[0, :, 0].tolist() == expected
