@@ -66,8 +66,26 @@ def _written_by_maple(result: EvalResult, eval_results: Mapping[str, Mapping[str
 
     maple_metric = result.metric_type in _METRIC_NAMES
     named = result.dataset_name in BENCHMARKS or result.dataset_name in eval_results
-    # a row's first cell is its benchmark (not a category, nor a value)
-    return maple_metric and (named or f"\n| {table_cell(result.dataset_name)} |" in replaced_section)
+    return maple_metric and (named or table_cell(result.dataset_name).strip() in _table_benchmarks(replaced_section))
+
+
+# A markdown table's delimiter row ("|---|---|") and the first cell of a row, whose `\|` (`table_cell`) ends no cell
+_DELIMITER_ROW = re.compile(r"^\|(?:\s*:?-+:?\s*\|)+$")
+_FIRST_CELL = re.compile(r"^\|\s*((?:[^|\\]|\\.)*?)\s*\|")
+
+
+def _table_benchmarks(section: str) -> set[str]:
+    """The benchmarks an evaluation section's tables name (`render_evaluation_section`): the first cell of each data
+    row, as `table_cell` writes it; not a header row's ("benchmark"), nor another cell (a category, a value)."""
+    names, in_table = set(), False
+    for line in section.splitlines():
+        if _DELIMITER_ROW.match(line):  # the rows below it, up to the first line that is none, are data rows
+            in_table = True
+        elif in_table and (cell := _FIRST_CELL.match(line)):
+            names.add(cell.group(1))
+        else:
+            in_table = False
+    return names
 
 
 def _eval_results(

@@ -325,6 +325,21 @@ def test_with_eval_results_keeps_a_users_entry_named_like_a_category_of_its_tabl
     ]
 
 
+def test_with_eval_results_keeps_a_users_entry_named_like_its_tables_header():
+    """The tables' header cell ("benchmark") was read as a benchmark they name: an entry of the user's own named so
+    was dropped (found by a review)."""
+    from huggingface_hub import EvalResult
+
+    results = {"coco": {"i2t_r1": 11.0, "i2t_r5": 12.0, "i2t_r10": 13.0, "t2i_r1": 21.0, "t2i_r5": 22.0, "t2i_r10": 23.0}}
+    card = with_eval_results(ModelCard("---\nlicense: mit\n---\n# m\n"), results, model_name="m")
+    card.data.eval_results.append(EvalResult(task_type="image-text-retrieval", dataset_type="me/bench",
+                                             dataset_name="benchmark", metric_type="i2t_r1", metric_value=7.0))
+    updated = ModelCard(str(with_eval_results(ModelCard(str(card)), {"winoground": {"text_score": 1.0}})))
+    assert [(r.dataset_name, r.metric_value) for r in updated.data.eval_results if r.dataset_type == "me/bench"] == [
+        ("benchmark", 7.0)
+    ]
+
+
 def test_a_card_of_the_current_folder_is_named_after_it(tmp_path, monkeypatch):
     """`Path(".").name` is empty: the card's title was "# " (found by a review)."""
     (tmp_path / "my-model").mkdir()
