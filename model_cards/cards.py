@@ -48,6 +48,8 @@ _METRIC_NAMES = {
     "delta_gap": "Modality gap Δgap",
 }
 PAPER_TAGS = ["maple", "image-text-retrieval", "preference-alignment", "arxiv:2506.06970"]
+# A card's model name (its title, and `model-index`'s) where neither a repo id nor a folder name gives one
+DEFAULT_MODEL_NAME = "MAPLE embedder"
 
 
 def _benchmark_dataset_id(name: str) -> str:
@@ -278,7 +280,7 @@ def with_eval_results(
     # The card's other results (a zero-shot classification score, say) stay; MAPLE's own are rewritten whole.
     others = [result for result in data.eval_results or [] if not _written_by_maple(result, eval_results, replaced_section)]
     data.eval_results = others + _eval_results(eval_results, dataset_ids) or None
-    data.model_name = data.model_name or model_name or "MAPLE embedder"
+    data.model_name = data.model_name or model_name or DEFAULT_MODEL_NAME
     section = render_evaluation_section(eval_results, histogram_file=histogram_file)
     if replaced_section:
         text = text[:start] + section + text[end + len(EVALUATION_END) :].lstrip("\n")
@@ -489,7 +491,9 @@ def model_card_from_run(
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    model_name = repo_id or (output_dir.name if output_dir.name not in ("", "..") else output_dir.resolve().name)
+    # a folder by the name it is given (a link's own), "." and ".." by the folder they are; "/" has none
+    folder_name = output_dir.name if output_dir.name not in ("", "..") else output_dir.resolve().name
+    model_name = repo_id or folder_name or DEFAULT_MODEL_NAME
     config, model_config = _as_dict(training_config), _as_dict(model_config)
     # Only Hub ids go into the metadata (the Hub refuses a card whose base_model or datasets name a local path)
     # and get links; a local folder is named as text.

@@ -350,6 +350,16 @@ def test_a_card_of_the_current_folder_is_named_after_it(tmp_path, monkeypatch):
     assert model_card_from_run(tmp_path / "latest", None, "dual_encoder", {}, [], {}).text.lstrip().startswith("# latest\n")
 
 
+def test_a_card_of_the_root_folder_has_a_title(monkeypatch):
+    """`/` has no name, resolved or not: the card's title was "# " (found by a review)."""
+    import model_cards.cards
+
+    for plot in ("plot_training_curves", "plot_similarity_histograms"):  # nothing is written into /
+        monkeypatch.setattr(model_cards.cards, plot, lambda *args: False)
+    card = model_card_from_run("/", None, "dual_encoder", {}, [], {"coco": {"i2t_r1": 11.0, "t2i_r1": 12.0}})
+    assert card.text.lstrip().startswith("# MAPLE embedder\n") and card.data.model_name == "MAPLE embedder"
+
+
 # Results built by hand, a distinct value for every metric, direction and category: a tiny model's scores tie
 # (i2t == t2i, a category as the whole), which hides a swapped direction or a category showing the overall score.
 EVAL_RESULTS = {
