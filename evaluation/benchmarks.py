@@ -21,6 +21,8 @@ import io
 import itertools
 import json
 import os
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,18 +76,20 @@ class LazyImages(LazySequence):
 
         rows = rows.select_columns([column])
         feature = rows.features[column]
-        if not (isinstance(feature, datasets.Image) and feature.decode):
-            # Parquet written without datasets' metadata stores images as {bytes, path} structs.
-            try:
-                rows = rows.cast_column(column, datasets.Image())
-            # pyarrow's ArrowNotImplementedError (a NotImplementedError) for a column of numbers
-            except (TypeError, ValueError, NotImplementedError) as error:
-                raise BenchmarkFormatError(
-                    f"{locate(0)}, column {column!r}: {rows[0][column]!r:.80}; the column is {feature}, expected images "
-                    "(image bytes, a file path, or {'bytes', 'path'})"
-                ) from error
+        mode = feature.mode if isinstance(feature, datasets.Image) else None
+        # Held undecoded ({bytes, path}): `_item` decodes, reading a local file from the path `_local_image_file`
+        # gives, as the checks found it. Parquet written without datasets' metadata stores images as such structs.
+        try:
+            rows = rows.cast_column(column, datasets.Image(mode=mode, decode=False))
+        # pyarrow's ArrowNotImplementedError (a NotImplementedError) for a column of numbers
+        except (TypeError, ValueError, NotImplementedError) as error:
+            raise BenchmarkFormatError(
+                f"{locate(0)}, column {column!r}: {rows[0][column]!r:.80}; the column is {feature}, expected images "
+                "(image bytes, a file path, or {'bytes', 'path'})"
+            ) from error
         _check_image_files(rows, column, locate)
         self._rows, self._column, self._locate = rows, column, locate
+        self._decoder = datasets.Image(mode=mode)
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -96,14 +100,15 @@ class LazyImages(LazySequence):
         keys: list[Any] = []
         for raw, path in self._stored():
             if raw is None:  # a path: `_check_image_files` found the local ones
-                keys.append(("url", path) if "://" in path else file_key(path))
+                file = _local_image_file(path)
+                keys.append(("url", path) if file is None else file_key(file))
             else:
                 keys.append(("bytes", content_digest(raw)))
         return keys
 
     def image_files(self) -> list[Path]:
-        """The local files of the images kept as paths (no bytes), as `datasets` opens them: from the working folder."""
-        return [expanded_path(path) for raw, path in self._stored() if raw is None and "://" not in path]
+        """The local files of the images kept as paths (no bytes), as `_local_image_file` gives them."""
+        return [file for raw, path in self._stored() if raw is None and (file := _local_image_file(path)) is not None]
 
     def _stored(self) -> Iterator[tuple[bytes | None, str | None]]:
         """(bytes, path) of every image as the column stores it."""
@@ -116,8 +121,10 @@ class LazyImages(LazySequence):
     def _item(self, row: int) -> Any:
         from modeling_maple.processing_maple import to_rgb  # transformers: only once images are read
 
+        stored = self._rows[row][self._column]  # {bytes, path}; `_check_image_files` refused a null image
+        file = _local_image_file(stored["path"]) if stored["bytes"] is None else None
         try:
-            return to_rgb(self._rows[row][self._column])
+            return to_rgb(self._decoder.decode_example(stored if file is None else {"bytes": None, "path": str(file)}))
         except Exception as error:  # PIL and datasets raise many types for corrupt bytes
             raise BenchmarkFormatError(f"{self.place(row)}: unreadable image ({error})") from error
 
@@ -136,10 +143,20 @@ def _check_image_files(rows: Any, column: str, locate: RowLocator) -> None:
             path = None if chunk[row].as_py() is None else chunk.field("path")[row].as_py()
             if path is None:
                 raise BenchmarkFormatError(f"{locate(start + row)}, column {column!r}: no image (neither bytes nor a file path)")
-            # datasets opens a local path as given (relative to the working folder); a URL is fetched when decoded
-            if "://" not in path and not expanded_path(path).is_file():
+            if (file := _local_image_file(path)) is not None and not file.is_file():  # a URL is fetched when decoded
                 raise BenchmarkFormatError(f"{locate(start + row)}, column {column!r}: image file is missing: {path}")
         start += len(chunk)
+
+
+def _local_image_file(path: str) -> Path | None:
+    """The local file that an image a table keeps as `path` (and no bytes) is read from, None for a URL (fetched when
+    decoded): `~` expanded, a relative path from the working folder, and a `file://` URL the file it names (one of
+    another host names none here, so the checks report it missing). The checks and the decoding both read it so:
+    `datasets` alone would open `~/x.png` as written, and a `file://` URL's path from the working folder."""
+    if path.startswith("file://"):
+        url = urllib.parse.urlsplit(path)
+        return Path(urllib.request.url2pathname(url.path) if url.netloc in ("", "localhost") else path)
+    return None if "://" in path else expanded_path(path)
 
 
 def content_digest(data: bytes) -> bytes:

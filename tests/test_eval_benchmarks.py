@@ -438,6 +438,29 @@ def test_missing_image_files_of_a_parquet_table_are_reported_before_any_image_is
     assert load_benchmark("coco", "paths.parquet").images[1].size == (24, 24)
 
 
+def test_image_paths_written_with_a_tilde_or_as_file_urls_are_read_where_the_checks_find_them(tmp_path, monkeypatch):
+    """The check before any model loads expanded `~/a.png`, but `datasets` then opened it as written, and read a
+    `file://` URL's path from the working folder: both failed only when their batch was embedded (a review)."""
+    from conftest import make_picture
+
+    from evaluation.benchmarks import benchmark_image_files
+
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    make_picture(0).save(home / "a.png")
+    make_picture(1).save(home / "b c.png")  # a URL writes the space as %20
+    datasets.Dataset.from_dict({"image": ["~/a.png", (home / "b c.png").as_uri()], "caption": [["a"], ["b"]]}).to_parquet("paths.parquet")
+    benchmark = load_benchmark("coco", "paths.parquet")
+    assert _is_picture(benchmark.images[0], 0) and _is_picture(benchmark.images[1], 1)
+    assert benchmark_image_files(benchmark) == [home / "a.png", home / "b c.png"]
+    datasets.Dataset.from_dict({"image": [(home / "c.png").as_uri()], "caption": [["c"]]}).to_parquet("missing.parquet")
+    with pytest.raises(BenchmarkFormatError, match=r"missing\.parquet: row 0, column 'image': image file is missing: file://\S*/c\.png"):
+        load_benchmark("coco", "missing.parquet")
+
+
 @pytest.mark.parametrize("bad", [None, 3, " "])
 def test_a_category_that_is_not_a_string_names_file_row_and_column(bad, tmp_path):
     """A BiVLC `type` of None became the category "none", an int the category "3", silently (a user-journey review)."""
