@@ -203,7 +203,10 @@ def _load_model(model_ref: str, revision: str | None, trust_remote_code: bool, d
             base = _load_model(config["base_model_name_or_path"], config.get("revision"), trust_remote_code, dtype, token)
         except ModelLoadError as error:  # its base's weights (its config was checked above)
             raise ModelLoadError(f"{model_ref}: its base model {error}") from error
-        return PeftModel.from_pretrained(base, model_ref, revision=revision, token=token).eval()
+        # the folder the checks read: PEFT would take "~/adapter" for a Hub id
+        folder = expanded_path(model_ref)
+        adapter = str(folder) if folder.is_dir() else model_ref
+        return PeftModel.from_pretrained(base, adapter, revision=revision, token=token).eval()
     import torch
     from modeling_maple import MapleLoadError, load_maple_model
 

@@ -660,7 +660,7 @@ def test_results_written_inside_the_source_folder_do_not_change_its_fingerprint(
     assert "mmvp already done" in capsys.readouterr().out
 
 
-def test_lora_adapter_folder_loads_on_its_base(tiny, tmp_path):
+def test_lora_adapter_folder_loads_on_its_base(tiny, tmp_path, monkeypatch):
     from peft import get_peft_model
 
     from evaluation.models import ModelLoadError, load_embedder
@@ -680,6 +680,11 @@ def test_lora_adapter_folder_loads_on_its_base(tiny, tmp_path):
     loaded, loaded_processor = load_embedder(str(tmp_path / "adapter"))
     assert torch.equal(loaded.encode(loaded_processor, texts=["a red square on the left"]), expected)
     assert not torch.equal(load_embedder(str(base_folder))[0].encode(processor, texts=["a red square on the left"]), expected)
+    # `~/adapter` (`--compare=~/adapter`, which the shell leaves as typed) passed the checks, read its config and its
+    # base, then PEFT took it for a Hub id: a traceback once the base's weights had loaded (found by a review)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    loaded, loaded_processor = load_embedder("~/adapter")
+    assert torch.equal(loaded.encode(loaded_processor, texts=["a red square on the left"]), expected)
 
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text()) | {"base_model_name_or_path": None}
     (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(config))
