@@ -3,6 +3,7 @@ collator (streamed rows), name the split, the row and the column."""
 
 import numpy as np
 import pytest
+import torch
 
 from modeling_maple.testing import build_tiny
 from trainer.collator import DataCollatorForEmbeddingPreference
@@ -113,3 +114,75 @@ def test_an_undecodable_image_error_survives_pickling():
 
     error = pickle.loads(pickle.dumps(UndecodableImageError("an image does not decode", "train")))
     assert (str(error), error.split) == ("an image does not decode", "train")
+
+
+def _rows_to_rank(image_folder):
+    """Hand-built rows whose only differing judge scores are between repeats of one item, or not: texts repeated, images
+    repeated as the same bytes (PNG, and BMP, whose pictures of one size have one byte length) or as the same path,
+    and scores that differ only in float64 (the losses rank float32)."""
+    import io
+
+    from trainer.testing import describe_scene, draw_scene
+
+    caption, blue, green = (describe_scene(*scene) for scene in (("red", "left"), ("blue", "left"), ("green", "right")))
+    red_image, blue_image, green_image = (draw_scene(*scene) for scene in (("red", "left"), ("blue", "left"),
+                                                                           ("green", "right")))
+
+    def bmp(image):
+        buffer = io.BytesIO()
+        image.save(buffer, format="BMP")
+        return {"bytes": buffer.getvalue(), "path": None}
+
+    red_image.save(image_folder / "red.png")
+    red_file = {"bytes": None, "path": str(image_folder / "red.png")}
+
+    def row(name, image, texts, img2txt_scores, images, txt2img_scores):
+        return dict(id=name, image=image, caption=caption, candidate_texts=[caption, *texts], img2txt_scores=img2txt_scores,
+                    candidate_images=[image, *images], txt2img_scores=txt2img_scores)
+
+    return [
+        # the anchor's own caption and image listed again, scored lower
+        row("anchor-copy", red_image, [caption], [0.9, 0.5], [red_image.copy()], [0.9, 0.4]),
+        # another item listed twice: only its second, masked unless drawn without the first, scores otherwise
+        row("repeat", red_image, [blue, blue], [0.9, 0.9, 0.3], [blue_image, blue_image.copy()], [0.9, 0.9, 0.3]),
+        # another picture of the anchor's byte length is another item; the anchor's bytes again are not
+        row("same-length", bmp(red_image), [blue], [0.5, 0.5], [bmp(blue_image), bmp(red_image)], [0.6, 0.2, 0.6]),
+        row("ranked", red_image, [blue, green], [0.9, 0.5, 0.5], [blue_image, green_image], [0.9, 0.9, 0.1]),
+        row("same-path", red_file, [blue], [0.9, 0.1], [dict(red_file)], [0.9, 0.2]),
+        row("float32-tie", red_image, [blue], [0.8, 0.8 + 1e-9], [blue_image], [0.8, 0.3]),
+    ]
+
+
+@pytest.mark.parametrize("limit, counts", [
+    (None, {"text_to_image": 3, "image_to_text": 4, "both": 2}),
+    (2, {"text_to_image": 2, "image_to_text": 3, "both": 1}),
+])
+def test_rows_without_preference_are_those_no_draw_of_the_collator_ranks(tmp_path, limit, counts):
+    """A row whose only differing scores were between repeats of one item (the anchor's own caption listed again, a
+    copy of its image), which the collator masks, counted as ranking: with rpa_weight=1.0 and only such rows, nothing
+    warned that the RPA loss was zero (found by a review). Counted here as the collator draws and masks over epochs."""
+    from datasets import Dataset, List, Value
+
+    from trainer.losses import _strict_preferences
+    from trainer.schema import PREFERENCE_FEATURES, rows_without_preference
+
+    features = PREFERENCE_FEATURES.copy()
+    for column in ("txt2img_scores", "img2txt_scores"):
+        features[column] = List(Value("float64"))
+    dataset = Dataset.from_list(_rows_to_rank(tmp_path), features=features)
+    validate_preference_dataset(dataset, "train")
+    collate = DataCollatorForEmbeddingPreference(build_tiny("dual_encoder", seed=0)[1], num_text_candidates=limit,
+                                                 num_image_candidates=limit)
+    rows, ranked = list(dataset), {}
+    for epoch in range(30):  # every draw of 1 of 2 others, many times over
+        collate.set_epoch(epoch)
+        batch = collate(rows)
+        for direction, modality, scores in (("text_to_image", "image", "txt2img_scores"),
+                                            ("image_to_text", "text", "img2txt_scores")):
+            ranks = _strict_preferences(batch[scores], batch[f"candidate_{modality}_mask"]).flatten(1).any(dim=1)
+            ranked[direction] = ranked.get(direction, torch.zeros_like(ranks)) | ranks
+    never = {direction: ~ranks for direction, ranks in ranked.items()}
+    by_the_collator = {direction: int(unranked.sum()) for direction, unranked in never.items()}
+    by_the_collator["both"] = int((never["text_to_image"] & never["image_to_text"]).sum())
+    assert by_the_collator == counts
+    assert rows_without_preference(dataset, num_text_candidates=limit, num_image_candidates=limit) == counts

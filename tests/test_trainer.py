@@ -1367,11 +1367,13 @@ def test_rows_without_a_strict_preference_are_counted_and_reported(tmp_path, cap
         transformers_logging.disable_propagation()
     warnings = [record.getMessage() for record in caplog.records if "strict preference" in record.getMessage()]
     assert warnings == [
-        "4 of 4 train rows have no strict preference (one candidate, or equal judge scores): RPA learns nothing from "
-        "them; that is every row: set rpa_weight=0 to train with InfoNCE only.",
+        "4 of 4 train rows have no strict preference (one candidate, equal judge scores, or scores that differ only "
+        "between repeats of one item): RPA learns nothing from them; that is every row: set rpa_weight=0 to train with "
+        "InfoNCE only.",
         # the RPA loss averages the two directions: one that never ranks halves it, silently before
-        "No train row has a strict preference among its candidate texts (one candidate, or equal judge scores): the "
-        "image to text half of the RPA loss is zero throughout, so RPA trains with half of rpa_weight=0.5.",
+        "No train row has a strict preference among its candidate texts (one candidate, equal judge scores, or scores "
+        "that differ only between repeats of one item): the image to text half of the RPA loss is zero throughout, so "
+        "RPA trains with half of rpa_weight=0.5.",
     ]
 
 
@@ -1390,8 +1392,8 @@ def test_rows_without_a_strict_preference_among_others_are_reported_without_the_
     finally:
         transformers_logging.disable_propagation()
     assert [record.getMessage() for record in caplog.records] == [
-        "2 of 4 train rows have no strict preference (one candidate, or equal judge scores): RPA learns nothing from "
-        "them."]
+        "2 of 4 train rows have no strict preference (one candidate, equal judge scores, or scores that differ only "
+        "between repeats of one item): RPA learns nothing from them."]
 
 
 def test_rows_are_read_once_per_dataset_and_again_for_a_transformed_one_whatever_its_fingerprint(monkeypatch):

@@ -172,7 +172,8 @@ class RPATrainer(DPOTrainer):
         self._leave_images_encoded = data_collator is None or isinstance(data_collator, DataCollatorForEmbeddingPreference)
         train_dataset = self._prepare_dataset(train_dataset, processing_class, args, "train")
         if args.rpa_weight > 0 and isinstance(train_dataset, Dataset):
-            warn_about_rows_without_preference(train_dataset, args.rpa_weight)
+            warn_about_rows_without_preference(train_dataset, args.rpa_weight, args.num_text_candidates,
+                                               args.num_image_candidates)
         if isinstance(eval_dataset, dict):
             eval_dataset = {
                 name: self._prepare_dataset(dataset, processing_class, args, name)

@@ -371,43 +371,111 @@ def validate_preference_dataset(dataset: Dataset | IterableDataset, dataset_name
     _VALIDATED_DATASETS.add(dataset)
 
 
-def rows_without_preference(dataset: Dataset) -> dict[str, int]:
-    """How many rows of a validated map-style dataset give RPA nothing to learn, per direction: no two candidates with
-    different judge scores (a single candidate, or all scores equal) among the candidate images (``"text_to_image"``),
-    among the candidate texts (``"image_to_text"``), and in both (``"both"``). Reads only the score columns."""
-    directions = {"text_to_image": "txt2img_scores", "image_to_text": "img2txt_scores"}
+def rows_without_preference(
+    dataset: Dataset, num_text_candidates: int | None = None, num_image_candidates: int | None = None
+) -> dict[str, int]:
+    """How many rows of a validated map-style dataset give RPA nothing to learn, per direction, as
+    `DataCollatorForEmbeddingPreference` hands them to the losses when it draws `num_image_candidates` /
+    `num_text_candidates` per row (None: all): no draw of the row holds two distinct candidates with different judge
+    scores, among the candidate images (``"text_to_image"``), among the candidate texts (``"image_to_text"``), and in
+    both (``"both"``). That is a row of one candidate, of equal scores, or whose scores differ only between repeats of
+    one item: the collator masks a repeat, keeping the first occurrence it draws with its score. Scores compare in
+    float32, as the losses rank them.
+
+    Reads the score and candidate columns, decoding no image: texts are repeats when equal, images when stored alike
+    (the same bytes, or the same path and no bytes). One picture stored twice otherwise (as bytes and by path, or
+    encoded twice) is one item to the collator, which compares pixels, and two here."""
+    directions = {
+        "text_to_image": ("candidate_images", "txt2img_scores", num_image_candidates),
+        "image_to_text": ("candidate_texts", "img2txt_scores", num_text_candidates),
+    }
+    columns = [column for candidates, scores, _ in directions.values() for column in (candidates, scores)]
     counts = dict.fromkeys([*directions, "both"], 0)
-    for batch in dataset.select_columns(list(directions.values())).with_format("arrow").iter(_ARROW_BATCH_ROWS):
+    for batch in dataset.select_columns(columns).with_format("arrow").iter(_ARROW_BATCH_ROWS):
         without = {}
-        for direction, column in directions.items():
-            lengths = pc.list_value_length(batch[column]).to_numpy()  # >= 1 per row: validation refuses empty lists
-            scores = pc.list_flatten(batch[column]).to_numpy()
+        for direction, (candidates_column, scores_column, limit) in directions.items():
+            # a row's candidates as one flat run of entries: validation refuses empty lists, so every row has one
+            lengths = pc.list_value_length(batch[scores_column]).to_numpy()
             starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-            without[direction] = np.maximum.reduceat(scores, starts) <= np.minimum.reduceat(scores, starts)
+            rows = np.repeat(np.arange(len(lengths)), lengths)
+            candidates = pc.list_flatten(batch[candidates_column])
+            if candidates_column == "candidate_texts":
+                keys = pc.dictionary_encode(pc.cast(candidates, pa.large_string()).combine_chunks()).indices.to_numpy()
+            else:
+                keys = _stored_image_keys(candidates, rows)
+            scores = pc.list_flatten(batch[scores_column]).to_numpy().astype(np.float32)
+            copies_before = _earlier_copies(keys, rows)
+            # The row ranks in some draw when a candidate that is no repeat of candidate 0 (the anchor's own, always
+            # drawn and kept) scores otherwise and can be drawn without its earlier copies: at most as many of those
+            # as the draw leaves out.
+            left_out = lengths - (lengths if limit is None else np.minimum(lengths, limit))
+            ranks = (keys != keys[starts][rows]) & (scores != scores[starts][rows]) & (copies_before <= left_out[rows])
+            without[direction] = ~np.logical_or.reduceat(ranks, starts)
             counts[direction] += int(without[direction].sum())
         counts["both"] += int((without["text_to_image"] & without["image_to_text"]).sum())
     return counts
 
 
-def warn_about_rows_without_preference(dataset: Dataset, rpa_weight: float) -> None:
-    """Warn about rows whose candidates in a direction all share one judge score, where RPA's loss is zero in that
-    direction. Nothing else would show it: a dataset of only such rows trains with a zero RPA loss, and one where a
-    direction never ranks trains with half of `rpa_weight` (`bidirectional_rpa_loss` averages the two directions)."""
-    counts = rows_without_preference(dataset)
+def _earlier_copies(keys: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Per entry, how many earlier entries of its row (`rows`, non-decreasing) have its key."""
+    positions = np.arange(len(keys))
+    order = np.lexsort((positions, keys, rows))  # by row, then key, then position
+    group_starts = np.ones(len(keys), dtype=bool)
+    group_starts[1:] = (rows[order][1:] != rows[order][:-1]) | (keys[order][1:] != keys[order][:-1])
+    first_of_group = np.maximum.accumulate(np.where(group_starts, positions, 0))
+    copies = np.empty(len(keys), dtype=np.int64)
+    copies[order] = positions - first_of_group
+    return copies
+
+
+def _stored_image_keys(images: pa.ChunkedArray, rows: np.ndarray) -> np.ndarray:
+    """Per image of `images` ({"bytes", "path"} structs of a batch's candidate lists, flattened; `rows` their rows),
+    an int64 key that two images of one row share exactly when they are stored alike: the same bytes, or the same path
+    and no bytes, which decode alike. Bytes are read only where a row holds two images of one byte length: the image
+    data of a dataset is not read through for a warning."""
+    data, paths = pc.struct_field(images, "bytes"), pc.struct_field(images, "path")
+    keys = np.arange(len(images), dtype=np.int64)  # each image its own, unless found stored alike below
+    has_bytes = pc.is_valid(data).to_numpy()
+    sizes = pc.binary_length(data).fill_null(-1).to_numpy()
+    _, size_group, group_counts = np.unique(np.stack([rows, sizes]), axis=1, return_inverse=True, return_counts=True)
+    next_key = len(images)
+    for selected, values in (
+        (np.flatnonzero(has_bytes & (group_counts[size_group] > 1)), data),
+        (np.flatnonzero(~has_bytes), paths),  # validation refuses an image with neither
+    ):
+        if len(selected):
+            codes = pc.dictionary_encode(pc.take(values, selected).combine_chunks()).indices.to_numpy()
+            keys[selected] = next_key + codes
+            next_key += len(selected)
+    return keys
+
+
+# why a row has no strict preference, in the warnings of `warn_about_rows_without_preference`
+_NO_PREFERENCE = "one candidate, equal judge scores, or scores that differ only between repeats of one item"
+
+
+def warn_about_rows_without_preference(
+    dataset: Dataset, rpa_weight: float, num_text_candidates: int | None = None, num_image_candidates: int | None = None
+) -> None:
+    """Warn about rows that give RPA nothing to learn in a direction (`rows_without_preference`, drawing
+    `num_*_candidates` as the collator does), where its loss is zero. Nothing else would show it: a dataset of only
+    such rows trains with a zero RPA loss, and one where a direction never ranks trains with half of `rpa_weight`
+    (`bidirectional_rpa_loss` averages the two directions)."""
+    counts = rows_without_preference(dataset, num_text_candidates, num_image_candidates)
     if counts["both"]:
         hint = "; that is every row: set rpa_weight=0 to train with InfoNCE only" if counts["both"] == len(dataset) else ""
         logger.warning(
-            f"{counts['both']} of {len(dataset)} train rows have no strict preference (one candidate, or equal judge "
-            f"scores): RPA learns nothing from them{hint}."
+            f"{counts['both']} of {len(dataset)} train rows have no strict preference ({_NO_PREFERENCE}): RPA learns "
+            f"nothing from them{hint}."
         )
     if counts["both"] == len(dataset):
         return
     for direction, candidates in (("text_to_image", "images"), ("image_to_text", "texts")):
         if counts[direction] == len(dataset):
             logger.warning(
-                f"No train row has a strict preference among its candidate {candidates} (one candidate, or equal judge "
-                f"scores): the {direction.replace('_', ' ')} half of the RPA loss is zero throughout, so RPA trains with "
-                f"half of rpa_weight={rpa_weight}."
+                f"No train row has a strict preference among its candidate {candidates} ({_NO_PREFERENCE}): the "
+                f"{direction.replace('_', ' ')} half of the RPA loss is zero throughout, so RPA trains with half of "
+                f"rpa_weight={rpa_weight}."
             )
 
 
