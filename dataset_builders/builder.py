@@ -68,7 +68,9 @@ from maple.files import (
     expanded_path,
     files_by_split,
     folder_problem,
+    is_config_folder,
     shard_split,
+    snapshot_config_folders,
 )
 from maple.hub import is_hub_id, local_path_name, names_a_file
 from trainer.schema import PREFERENCE_FEATURES
@@ -301,13 +303,11 @@ def _config_folder(snapshot: Path, config_name: str) -> Path:
     return snapshot / config_name
 
 
-def _lone_config_folder(path: Path, top_folder: str, files: list[Path]) -> Path | None:
-    """The folder of the one config of a snapshot `path` read without a config name, whose files all lie in
-    `top_folder` ("." for `path` itself, a config's folder given as the source), if it is one: if it directly holds
-    push_to_hub's train shards ("train-00000-of-00001.parquet"); None for a plain folder of files, or a split's folder
-    (`train/`, `validation/`), whose files are of its split, as `datasets` reads them."""
-    folder = path if top_folder == "." else path / top_folder
-    return folder if any(file.parent == folder and shard_split(file.name) == "train" for file in files) else None
+def _lone_config_folder(folder: Path) -> Path | None:
+    """`folder`, the one config's folder of a snapshot read without a config name, if its files are split by the names
+    `push_to_hub` gives them there: if it directly holds its train shards ("train-00000-of-00001.parquet"). None for a
+    folder of other files named so ("prefs-00000-of-00001.parquet"), which `datasets` reads as the train split."""
+    return folder if any(shard_split(file.name) == "train" for file in folder.glob("*.parquet")) else None
 
 
 def _in_number_order(path: Path) -> list[str | int]:
@@ -1434,13 +1434,12 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 raise FileNotFoundError(f"no parquet files{f' of config {config_name!r}' if config_name else ''} under {repo_id_or_path}")
             config_folder = folder if config_name is not None else None
             if config_name is None and path.is_dir():
-                folders = sorted({file.relative_to(path).parts[0] if len(file.relative_to(path).parts) > 1 else "." for file in files})
-                if len(folders) > 1:
-                    raise ValueError(
-                        f"{repo_id_or_path} holds several configs ({', '.join(folders)}): "
-                        f"pass config_name= to pick one"
-                    )
-                config_folder = _lone_config_folder(path, folders[0], files)
+                # the configs `maple train` tells apart: a folder of split folders (train/, test/) is one config with
+                # those splits; "." for a config's folder given as the folder
+                configs = sorted([*snapshot_config_folders(path), *(["."] if is_config_folder(path) else [])])
+                if len(configs) > 1:
+                    raise ValueError(f"{repo_id_or_path} holds several configs ({', '.join(configs)}): pass config_name= to pick one")
+                config_folder = _lone_config_folder(path / configs[0]) if configs else None
             # Split by their names, as `datasets` splits a repo's files ("train-00000-of-00001.parquet", "test-...");
             # a build's shards, whose names give none, are its "train" split. `split` may slice ("train[:100]").
             by_split = (

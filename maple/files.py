@@ -69,15 +69,25 @@ def shard_split(name: str) -> str | None:
     return shard.group(1) if (shard := _SPLIT_SHARD_NAME.match(name)) else None
 
 
+def is_config_folder(folder: str | os.PathLike) -> bool:
+    """Whether `folder`, a top-level folder of a Hub dataset snapshot, is a config's: it directly holds a split's
+    shards as `push_to_hub` names them in the folder named after the config ("paper/train-00000-of-00001.parquet"; the
+    "default" config's in `data/`). Not a split's folder, which `datasets` reads as that split: one named as a split
+    (`train/`, `validation/`, `test/`, or another of `datasets`' split keywords, whatever its files' names:
+    "validation/part-00000-of-00002.parquet"), or one holding shards named after itself
+    ("test_hard/test_hard-00000-of-00001.parquet")."""
+    from datasets.data_files import SPLIT_KEYWORDS
+
+    folder = Path(folder)
+    if any(folder.name in keywords for keywords in SPLIT_KEYWORDS.values()):
+        return False
+    return bool({shard_split(file.name) for file in folder.glob("*.parquet")} - {None, folder.name})
+
+
 def snapshot_config_folders(folder: str | os.PathLike) -> list[str]:
-    """The top-level folders of `folder` that directly hold a split's shards as `push_to_hub` names them
-    ("paper/train-00000-of-00001.parquet"), sorted: the configs of a Hub dataset snapshot, each in the folder named
-    after it (the "default" config's in `data/`). Not a split's folder ("train/train-00000-of-00001.parquet"), which
-    `datasets` reads as that split."""
-    return sorted(
-        entry.name for entry in Path(folder).iterdir()
-        if entry.is_dir() and {shard_split(file.name) for file in entry.glob("*.parquet")} - {None, entry.name}
-    )
+    """The top-level folders of `folder` that are configs' (`is_config_folder`), sorted: the configs of a Hub dataset
+    snapshot. A folder of split folders (`train/`, `test/`) holds none: it is one dataset with those splits."""
+    return sorted(entry.name for entry in Path(folder).iterdir() if entry.is_dir() and is_config_folder(entry))
 
 
 def files_by_split(

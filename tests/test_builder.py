@@ -804,6 +804,39 @@ def test_from_pretrained_loads_a_local_build_or_snapshot(tmp_path):
         MaplePreferences.from_pretrained(str(tmp_path / "saved"), config_name="paper")
 
 
+
+@pytest.mark.parametrize("names", [
+    {"train": "train-00000-of-00001.parquet", "test": "test-00000-of-00001.parquet"},
+    {"train": "part-00000-of-00002.parquet", "validation": "part-00000-of-00002.parquet"},
+])
+def test_a_folder_of_split_folders_is_one_config_with_those_splits_as_maple_train_reads_it(tmp_path, names):
+    """`from_pretrained` refused a folder holding train/ and test/ as "several configs (test, train)", which `maple
+    train` reads as one dataset with those splits; and a split's folder whose shards are named otherwise
+    ("validation/part-00000-of-00002.parquet") was a config's to both (found by a review). Both tell configs apart
+    with `maple.files.snapshot_config_folders`."""
+    from trainer.cli import DataArguments, TrainingInputError, load_preference_splits
+    from trainer.testing import synthetic_preference_dataset
+
+    rows = synthetic_preference_dataset(5)
+    folder, ids = tmp_path / "splits", {}
+    for (split, name), (start, end) in zip(names.items(), [(0, 3), (3, 5)]):
+        (folder / split).mkdir(parents=True)
+        rows.select(range(start, end)).to_parquet(str(folder / split / name))
+        ids[split] = rows["id"][start:end]
+    read_by_maple_train = load_preference_splits(DataArguments(dataset_name=str(folder)))
+    assert {split: read_by_maple_train[split]["id"] for split in read_by_maple_train} == ids
+    for split in names:
+        assert MaplePreferences.from_pretrained(str(folder), split=split)["id"] == ids[split]
+    # configs' folders beside them are still configs: naming none is refused by both
+    for config in ("paper", "corpus-captions"):
+        (folder / config).mkdir()
+        rows.to_parquet(str(folder / config / "train-00000-of-00001.parquet"))
+    with pytest.raises(ValueError, match=r"several configs \(corpus-captions, paper\): pass config_name="):
+        MaplePreferences.from_pretrained(str(folder))
+    with pytest.raises(TrainingInputError, match="holds the configs corpus-captions, paper of a Hub dataset"):
+        load_preference_splits(DataArguments(dataset_name=str(folder)))
+
+
 def test_end_to_end_with_a_tiny_mllm_judge_and_captioner(tmp_path):
     torch.manual_seed(0)
     captioner = tiny_captioner(seed=1, image_size=16, max_new_tokens=6)
