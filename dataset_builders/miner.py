@@ -400,7 +400,11 @@ class HardNegativeMiner:
         embeddings: list[torch.Tensor] = []
 
         def encode(first: int) -> torch.Tensor:  # `pending` holds images first, first + 1, ...
-            encoded = self.encode_images(pending)
+            # The miner's own encoders name a bad image by its position in `images`; any other callable takes a batch.
+            if isinstance(self.encode_images, _TransformersImageEncoder):
+                encoded = self.encode_images(pending, first_index=first)
+            else:
+                encoded = self.encode_images(pending)
             # another shape would pair embeddings with the wrong rows, silently; another size than the first batch's
             # was torch.cat's bare RuntimeError once every image was encoded
             size = embeddings[0].shape[1] if embeddings else None
@@ -483,10 +487,19 @@ class _TransformersImageEncoder:
             "image_processor": image_processor_settings(self.image_processor),
         }
 
-    def __call__(self, images: Sequence[PIL.Image.Image]) -> torch.Tensor:
-        # RGB already: `HardNegativeMiner.embed` loads every image with `load_image`.
-        inputs = self.image_processor(images=list(images), return_tensors="pt")
-        inputs = inputs.to(self.model.device)
+    def __call__(self, images: Sequence[PIL.Image.Image], first_index: int = 0) -> torch.Tensor:
+        """(len(images), D) embeddings of `images`, RGB already (`HardNegativeMiner.embed` loads every image with
+        `load_image`), the caller's `images[first_index:]`. A batch the image processor makes of several sizes (DINOv2's
+        own, or CLIP's without its center crop, keep each image's aspect ratio) is a ValueError naming two of them
+        (`image_batch_problem`)."""
+        from modeling_maple.processing_maple import image_batch_problem
+
+        images = list(images)
+        # Made into tensors once their sizes are checked: numpy's own error names no image.
+        inputs = self.image_processor(images=images, return_tensors=None)
+        if (problem := image_batch_problem(self.image_processor, images, inputs["pixel_values"], first_index)):
+            raise ValueError(f"{problem}.")
+        inputs = inputs.convert_to_tensors("pt").to(self.model.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         if hasattr(self.model, "get_image_features"):
             features = self.model.get_image_features(**inputs)
@@ -503,8 +516,9 @@ class _MapleImageEncoder(_TransformersImageEncoder):
     """Callable image encoder over a `MapleModel`: its `MapleProcessor` stands for the image processor (its settings,
     prompts included, are recorded alike), its normalised embeddings come from `MapleModel.encode`."""
 
-    def __call__(self, images: Sequence[PIL.Image.Image]) -> torch.Tensor:
-        return self.model.encode(self.image_processor, images=list(images), batch_size=len(images))
+    def __call__(self, images: Sequence[PIL.Image.Image], first_index: int = 0) -> torch.Tensor:
+        return self.model.encode(self.image_processor, images=list(images), batch_size=len(images),
+                                 first_index=first_index)
 
     def image_problem(self, size: tuple[int, int]) -> str | None:
         """Why an MLLM embedder cannot take an image of `size` (width, height), or None (`mllm_image_problem`: Pixtral's

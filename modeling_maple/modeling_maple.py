@@ -391,9 +391,11 @@ class MapleModel(MaplePreTrainedModel):
         images: Any = None,
         batch_size: int = 32,
         show_progress_bar: bool = False,
+        first_index: int = 0,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Embed lists of texts and/or images (PIL images or image file paths) in batches; a single text, path
-        or image counts as a list of one.
+        or image counts as a list of one. `first_index`: the position of the first text and image in the caller's
+        own lists (a miner's stream of images, embedded a batch at a time), by which error messages name an item.
 
         Returns float32 CPU tensors, L2-normalised unless `config.normalize` is False: `(num_texts, D)`
         and/or `(num_images, D)`; with both inputs, the tuple `(text_embeds, image_embeds)`.
@@ -422,7 +424,7 @@ class MapleModel(MaplePreTrainedModel):
                     chunk = items[start : start + batch_size]
                     # `first_index`: errors name an item by its position in `texts`/`images`, not in its batch
                     inputs = {"text": chunk} if kind == "text" else {"images": chunk}
-                    batch = processor(**inputs, first_index=start)
+                    batch = processor(**inputs, first_index=first_index + start)
                     batch = {key: value.to(self.device) for key, value in batch.items()}
                     outputs = self(**batch)
                     embeds.append((outputs.text_embeds if kind == "text" else outputs.image_embeds).float().cpu())

@@ -333,6 +333,34 @@ def test_miner_embeds_with_a_maple_model():
     assert miner.settings["encoder"]["weights"] != before["encoder"]["weights"] and miner.name == "maple:in-memory"
 
 
+def test_a_batch_the_image_processor_makes_of_several_sizes_is_refused_naming_its_images(tmp_path):
+    """DINOv2 takes any size, and CLIP's image processor without its center crop keeps each image's aspect ratio: a
+    batch of several failed in numpy's words ("inhomogeneous shape"), naming neither image nor setting. Images are
+    named by their position among all the miner embeds, with a transformers encoder and with a MAPLE one alike."""
+    from transformers import CLIPImageProcessorPil, Dinov2Config
+
+    from modeling_maple import MapleModel, MapleProcessor
+    from modeling_maple.testing import tiny_dual_encoder_config, tiny_tokenizer
+
+    _save_tiny_encoder(tmp_path)
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16},
+                                            do_center_crop=False)
+    image_processor.save_pretrained(tmp_path)
+    wide, square = Image.new("RGB", (32, 16), "red"), Image.new("RGB", (16, 16), "blue")
+    message = (r"^images\[2\] \(16x32 px\) became 16x32 but images\[3\] \(16x16 px\) became 16x16 \(height x width\): the "
+               r"image processor \(CLIPImageProcessorPil\) gives each image a size that follows its own "
+               r"\(do_center_crop=False\), but the vision tower takes a batch at one size\. Set do_center_crop=True")
+    miner = HardNegativeMiner.from_pretrained(str(tmp_path), batch_size=2, search_device="cpu")
+    assert miner.embed([wide, wide.copy()]).shape == (2, 16), "images of one size still make a batch"
+    with pytest.raises(ValueError, match=message):
+        miner.embed([wide, wide, wide, square])
+    dinov2 = Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, image_size=16, patch_size=4)
+    model = MapleModel(tiny_dual_encoder_config(vision_config=dinov2)).eval()
+    processor = MapleProcessor(image_processor=image_processor, tokenizer=tiny_tokenizer(), backbone="dual_encoder")
+    with pytest.raises(ValueError, match=message):
+        HardNegativeMiner.from_maple(model, processor, batch_size=2, search_device="cpu").embed([wide, wide, wide, square])
+
+
 def test_query_subset_matches_the_full_search():
     embeddings = torch.randn(97, 8, generator=torch.Generator().manual_seed(3))
     full = top_k_neighbours(embeddings, 4, query_chunk_size=10, key_chunk_size=17)
