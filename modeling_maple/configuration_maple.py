@@ -2,6 +2,7 @@
 
 import math
 from collections.abc import Mapping
+from dataclasses import fields
 from typing import Any
 
 from huggingface_hub.dataclasses import strict
@@ -34,6 +35,13 @@ DUAL_ENCODER_MODEL_TYPES = ("clip", "siglip", "siglip2")
 NAFLEX_VISION_TOWERS = ("siglip2_vision_model",)
 # Text towers with causal attention, whose first token sees only itself (SigLIP's attend both ways)
 CAUSAL_TEXT_TOWERS = ("clip_text_model",)
+# The special tokens MapleConfig shares with its text side (`text_side_token_ids`).
+SPECIAL_TOKEN_IDS = ("pad_token_id", "bos_token_id", "eos_token_id")
+
+
+def _field(config: Any, name: str) -> Any:
+    """`config`'s `name`, `config` being a config or its `to_dict()` (None where it has none)."""
+    return config.get(name) if isinstance(config, Mapping) else getattr(config, name, None)
 
 
 def mllm_family(mllm_config: PreTrainedConfig | Mapping[str, Any]) -> str:
@@ -42,13 +50,21 @@ def mllm_family(mllm_config: PreTrainedConfig | Mapping[str, Any]) -> str:
     vision tower is Pixtral's (`vision_config.model_type == "pixtral"`), which takes images at their own size and lays
     their tokens out in rows, unlike LLaVA-1.5's CLIP or SigLIP tower."""
 
-    def field(config: Any, name: str) -> Any:
-        return config.get(name) if isinstance(config, Mapping) else getattr(config, name, None)
-
-    model_type = field(mllm_config, "model_type")
-    if model_type == "llava" and field(field(mllm_config, "vision_config"), "model_type") == "pixtral":
+    model_type = _field(mllm_config, "model_type")
+    if model_type == "llava" and _field(_field(mllm_config, "vision_config"), "model_type") == "pixtral":
         return "pixtral"
     return model_type
+
+
+def text_side_token_ids(maple_config: PreTrainedConfig | Mapping[str, Any]) -> dict[str, int | list[int] | None]:
+    """The special token ids (`SPECIAL_TOKEN_IDS`) of the text side of a MapleConfig (or of its `to_dict()`, as a
+    checkpoint saves it): its text tower's, or its MLLM's language model's (an MLLM keeps them in its nested
+    `text_config`)."""
+    backbone = _field(maple_config, "backbone") or "mllm"
+    text_side = _field(maple_config, "mllm_config" if backbone == "mllm" else "text_config")
+    language_model = _field(text_side, "text_config")
+    text_side = language_model if language_model is not None else text_side
+    return {name: _field(text_side, name) for name in SPECIAL_TOKEN_IDS}
 
 
 def backbone_of(model_type: str | None) -> str | None:
@@ -125,29 +141,33 @@ class MapleConfig(PreTrainedConfig):
         self._check_maple_fields()
         # The embedder shares its special tokens with the backbone's text side, which keeps
         # `Trainer`'s tokenizer/config alignment a no-op.
-        text_side = self.mllm_config if self.backbone == "mllm" else self.text_config
-        text_side = getattr(text_side, "text_config", text_side)
-        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        for name, token_id in text_side_token_ids(self).items():
             if getattr(self, name, None) is None:
-                setattr(self, name, getattr(text_side, name, None))
+                setattr(self, name, token_id)
 
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> "MapleConfig | tuple[MapleConfig, dict[str, Any]]":
-        """`PreTrainedConfig.from_dict`, whose keyword overrides (`from_pretrained(path, pooling="cls")`) are set after
-        `__post_init__` checked the saved values: they are checked too (an MLLM read at a pad token under CLS pooling,
-        and loaded without a word). A sub-config override given as a dict is built into a config as the constructor
-        builds one, also where the saved config has none (`from_pretrained(mllm_path, backbone="dual_encoder",
-        vision_config={...}, text_config={...}, projection_dim=...)`); where it has one, the dict updates its fields,
-        as transformers' composite configs (CLIPConfig) take them."""
-        # transformers merges a dict override into a saved sub-config but sets it as a bare dict in place of a None
-        # one; given to the constructor instead, it becomes a config of its `model_type` (else the spec's default).
+        """`PreTrainedConfig.from_dict`, whose keyword overrides (`from_pretrained(path, pooling="cls")`) are given to
+        the constructor with the saved values where they are MapleConfig's own fields, so the result is the
+        constructor's: transformers sets them once the config is built, after `__post_init__` checked the saved values
+        (an MLLM read at a pad token under CLS pooling, and loaded without a word) and took the special token ids from
+        the saved text side (an MLLM checkpoint's config loaded as a dual encoder,
+        `from_pretrained(mllm_path, backbone="dual_encoder", vision_config=..., text_config=..., projection_dim=...)`,
+        kept the MLLM's). Saved ids that are the saved text side's are taken again from the text side as overridden;
+        ids set otherwise stay, like any saved value, unless given too. A sub-config override given as a dict updates
+        the saved sub-config's fields, as transformers' composite configs (CLIPConfig) take it, or becomes a config of
+        its `model_type` (else the spec's default) where the saved config has none."""
         config_dict = dict(config_dict)
-        for key in cls.sub_configs_defaults:
-            if config_dict.get(key) is None and isinstance(kwargs.get(key), Mapping):
-                config_dict[key] = dict(kwargs.pop(key))
-        loaded = super().from_dict(config_dict, **kwargs)
-        (loaded[0] if isinstance(loaded, tuple) else loaded)._check_maple_fields()
-        return loaded
+        for name, token_id in text_side_token_ids(config_dict).items():
+            if name in config_dict and config_dict[name] == token_id:
+                del config_dict[name]
+        maple_fields = {field.name for field in fields(cls)} - {field.name for field in fields(PreTrainedConfig)}
+        for key in maple_fields & kwargs.keys():
+            value, saved = kwargs.pop(key), config_dict.get(key)
+            if key in cls.sub_configs_defaults and isinstance(value, Mapping) and isinstance(saved, Mapping):
+                value = {**saved, **value}
+            config_dict[key] = value
+        return super().from_dict(config_dict, **kwargs)
 
     def _check_maple_fields(self):
         # Raised from `__post_init__` as plain ValueErrors (`@strict` validators wrap theirs), so bad

@@ -220,6 +220,29 @@ def test_sub_config_overrides_given_as_dicts_become_configs_where_the_saved_conf
     assert updated.text_config.hidden_dropout_prob == 0.0 and updated.text_config.vocab_size == text["vocab_size"]
 
 
+def test_an_mllm_checkpoints_config_loaded_as_a_dual_encoder_is_the_constructors(tmp_path):
+    """transformers set `from_pretrained`'s overrides once the config was built from the saved one, whose special token
+    ids were its MLLM's: loaded as a dual encoder, it kept them, not its new text tower's as the constructor takes them.
+    Overridden as the constructor is, it equals the constructor's config but for what the checkpoint saved beside
+    (`mllm_config`, `architectures`); an id given, or set on the saved config, stays."""
+    build_tiny("mllm")[0].save_pretrained(tmp_path / "mllm")
+    towers = tiny_dual_encoder_config()
+    text = {**towers.text_config.to_dict(), "pad_token_id": 3, "bos_token_id": 1, "eos_token_id": 2}
+    overrides = dict(backbone="dual_encoder", vision_config=towers.vision_config.to_dict(), text_config=text,
+                     projection_dim=16, pooling="cls")
+    loaded = MapleConfig.from_pretrained(tmp_path / "mllm", **overrides)
+    saved_beside = ("mllm_config", "architectures", "auto_map", "dtype")
+    assert ({key: value for key, value in loaded.to_dict().items() if key not in saved_beside}
+            == {key: value for key, value in MapleConfig(**overrides).to_dict().items() if key not in saved_beside})
+    assert (loaded.pad_token_id, loaded.bos_token_id, loaded.eos_token_id) == (3, 1, 2)
+    assert MapleConfig.from_pretrained(tmp_path / "mllm", **overrides, pad_token_id=7).pad_token_id == 7
+    # a text tower overridden in place: its ids too
+    towers.save_pretrained(tmp_path / "dual")
+    assert MapleConfig.from_pretrained(tmp_path / "dual", text_config={"pad_token_id": 9}).pad_token_id == 9
+    tiny_dual_encoder_config(pad_token_id=5).save_pretrained(tmp_path / "own_pad")
+    assert MapleConfig.from_pretrained(tmp_path / "own_pad", text_config={"hidden_dropout_prob": 0.0}).pad_token_id == 5
+
+
 @pytest.mark.parametrize("max_text_length", [0, -3])
 def test_a_max_text_length_below_one_is_refused(max_text_length):
     """Every text was cut to nothing, so all embedded as the bare prompt."""
