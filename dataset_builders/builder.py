@@ -1404,8 +1404,10 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         `preferences/data`). `split` is read as `datasets` reads it everywhere ("train[:100]", "train+test"); the
         splits of local parquet files are those their names give, as `datasets` reads a folder
         ("test-00000-of-00001.parquet"), and the rows of a saved `Dataset`, of one file or of files whose names give no
-        split (a build's shards) are the "train" split. Files are read with the numbers in their names in value order
-        (a build's shards past anchor 999,999 in anchor order), where `datasets` sorts names as text.
+        split (a build's shards) are the "train" split. A file that `datasets` would leave out beside files it reads, or
+        read as two splits, is a `maple.files.SplitLayoutError` naming it, never read as another split's. Files are read
+        with the numbers in their names in value order (a build's shards past anchor 999,999 in anchor order), where
+        `datasets` sorts names as text.
 
         A repo snapshot keeps each config's files in a top-level folder named after it (the "default" config's in
         `data/`): `config_name` picks one; without it a snapshot must hold a single config (several are an error listing them,
@@ -1440,13 +1442,10 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 if len(configs) > 1:
                     raise ValueError(f"{repo_id_or_path} holds several configs ({', '.join(configs)}): pass config_name= to pick one")
                 config_folder = _lone_config_folder(path / configs[0]) if configs else None
-            # Split by their names, as `datasets` splits a repo's files ("train-00000-of-00001.parquet", "test-...");
-            # a build's shards, whose names give none, are its "train" split. `split` may slice ("train[:100]").
-            by_split = (
-                files_by_split(folder, files, unnamed="train", config_folder=config_folder)
-                if path.is_dir()
-                else {"train": files}
-            )
+            # Split by their paths, as `datasets` splits a repo's files ("train-00000-of-00001.parquet", "test/..."),
+            # each file as its own split or refused; a build's shards, whose names give none, are all "train". `split`
+            # may slice ("train[:100]").
+            by_split = files_by_split(folder, files, config_folder=config_folder) if path.is_dir() else {"train": files}
             data_files = {name: [str(file) for file in split_files] for name, split_files in by_split.items()}
             return datasets.load_dataset("parquet", data_files=data_files, split=split, features=PREFERENCE_FEATURES, **load_kwargs)
         try:

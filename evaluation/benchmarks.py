@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from maple.files import expanded_path, files_by_split, stored_images
+from maple.files import SplitLayoutError, expanded_path, files_by_split, stored_images
 
 from .lazy import LazySequence
 
@@ -294,12 +294,14 @@ def _split_files(folder: Path, spec: BenchmarkSpec) -> list[Path]:
     tell several splits apart, as datasets tells them (`data/test-00000-of-00001.parquet`, `validation.parquet`, ...):
     a snapshot of a Hub repo holds every split, and the Hub read takes the benchmark's alone. Files that name no split,
     or one, are all read. A `BenchmarkFormatError` for a folder without parquet files, or whose splits lack the
-    benchmark's."""
+    benchmark's, or holding a file of a split that datasets leaves out or reads as two (`files_by_split`)."""
     files = sorted(folder.rglob("*.parquet"))
     if not files:
         raise BenchmarkFormatError(f"{folder}: no parquet files for benchmark {spec.name!r}")
-    try:
-        splits = files_by_split(folder, files, config_folder=folder)  # a benchmark's folder may be a config's
+    try:  # a benchmark's folder may be a config's
+        splits = files_by_split(folder, files, config_folder=folder, leave_out_unnamed=True)
+    except SplitLayoutError as error:  # a file of another split that datasets leaves out, or reads as two
+        raise BenchmarkFormatError(str(error)) from error
     except ValueError as error:  # datasets': a file name that reads as no split name ("test-v2-00000-of-00001")
         raise BenchmarkFormatError(f"{folder}: {error}") from error
     if len(splits) < 2:

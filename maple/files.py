@@ -90,31 +90,122 @@ def snapshot_config_folders(folder: str | os.PathLike) -> list[str]:
     return sorted(entry.name for entry in Path(folder).iterdir() if entry.is_dir() and is_config_folder(entry))
 
 
+class SplitLayoutError(ValueError):
+    """A folder of data files that `datasets` does not read each as the one split its path names: one it reads as two
+    splits (`train/val_subset/0000.parquet` is "train" and "validation"), or one it leaves out beside files it reads
+    (`test/0000.parquet` beside `data/train-00000-of-00001.parquet`, whose shard names `datasets` then reads alone).
+    Read so, a split's rows would be another's too, or silently missing; the message names the files and how to name
+    them."""
+
+
+def _splits_by_patterns(folder: str, patterns: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The splits (each once) that `patterns` (split -> glob patterns) give each file of `folder`, by absolute path
+    (symbolic links, as in the Hub cache, kept), as `datasets` resolves them: hidden files left out."""
+    from datasets.data_files import resolve_pattern
+
+    splits_of: dict[str, list[str]] = {}
+    for split, split_patterns in patterns.items():
+        for pattern in split_patterns:
+            try:
+                names = resolve_pattern(pattern, base_path=folder)
+            except FileNotFoundError:  # a pattern that matches nothing here
+                continue
+            for name in names:
+                splits = splits_of.setdefault(os.path.abspath(name), [])
+                if str(split) not in splits:
+                    splits.append(str(split))
+    return splits_of
+
+
+def _how_datasets_splits(patterns: dict[str, list[str]]) -> tuple[str, str]:
+    """How `datasets` reads the splits of a folder for which `get_data_patterns` gave `patterns`, and how to name a
+    file so that it reads it as its split, for a `SplitLayoutError`."""
+    from datasets.data_files import (
+        DEFAULT_PATTERNS_SPLIT_IN_DIR_NAME,
+        DEFAULT_PATTERNS_SPLIT_IN_FILENAME,
+        SPLIT_PATTERN_SHARDED,
+    )
+
+    split, split_patterns = next(iter(patterns.items()))
+    if split_patterns == [SPLIT_PATTERN_SHARDED.format(split=split)]:
+        return ("from the names of its shards in data/ alone (data/SPLIT-00000-of-00001.parquet)",
+                "put every split's files in data/, named as its shards are")
+    if split_patterns == DEFAULT_PATTERNS_SPLIT_IN_DIR_NAME.get(split):
+        return ("from its split folders alone (train/, validation/, test/...)", "move every split's files into its folder")
+    if split_patterns == DEFAULT_PATTERNS_SPLIT_IN_FILENAME.get(split):
+        return ("from the split that its files' names give (train.parquet, test-0.parquet) alone",
+                "name every file's split in its name, or move every split's files into its folder (train/, test/...)")
+    return f"by the patterns {patterns}", "move or rename them so that these patterns read them"
+
+
 def files_by_split(
     folder: str | os.PathLike,
-    files: Sequence[Path],
-    unnamed: str | None = None,
+    files: Sequence[Path] | None = None,
     *,
     config_folder: str | os.PathLike | None = None,
+    leave_out_unnamed: bool = False,
 ) -> dict[str, list[Path]]:
-    """`files` (data files inside `folder`) grouped by the split their paths within `folder` give, each group in the
-    order of `files`: a file directly inside `config_folder` (a config's folder, or `data/`; None: none) named as
-    `push_to_hub` names a split's shards there (`test_hard-00000-of-00001.parquet`, where `datasets` reads the custom
-    name only inside `data/`); else as `datasets` groups the files of a folder or a Hub repo (`test.parquet`,
-    `validation/part-0.parquet`; all of them "train" when none gives a split). A file whose path gives no split beside
-    files that do goes to split `unnamed`, or, with None, is left out, as `datasets` leaves it out. A `ValueError`
-    (from `datasets`) for a name that is no split name."""
-    from datasets.data_files import DataFilesDict, get_data_patterns
+    """`files` (data files inside `folder`; None: those of `folder` in the formats `datasets` reads there, as it reads
+    them) grouped by the split their paths within `folder` give, each group in the order of `files`: a file directly
+    inside `config_folder` (a config's folder, or `data/`; None: none) named as `push_to_hub` names a split's shards
+    there (`test_hard-00000-of-00001.parquet`, where `datasets` reads the custom name only inside `data/`); else as
+    `datasets` groups the files of a folder or a Hub repo (`test.parquet`, `validation/part-0.parquet`; all of them
+    "train" when none gives a split). Hidden files are left out, as `datasets` leaves them out.
 
-    resolved = DataFilesDict.from_patterns(get_data_patterns(str(folder)), base_path=str(folder))
-    # datasets names the files by absolute path (symbolic links, as in the Hub cache, kept): ours as given
-    split_of = {os.path.abspath(name): str(split) for split, names in resolved.items() for name in names}
+    A file is never read as a split other than its own: a `SplitLayoutError` for a file `datasets` reads as two splits,
+    and for one it leaves out beside files it reads, which it does where their paths give splits in different ways
+    (`test/0000.parquet` beside `data/train-00000-of-00001.parquet`, or `heldout/0000.parquet` beside `train/`). With
+    `leave_out_unnamed`, a left-out file whose own path names no split (`extra.parquet` beside `test.parquet`) is left
+    out instead, as `datasets` leaves it out. A `ValueError` (from `datasets`) for a name that is no split name."""
+    from datasets.data_files import DEFAULT_PATTERNS_SPLIT_IN_DIR_NAME, DEFAULT_PATTERNS_SPLIT_IN_FILENAME, get_data_patterns
+
+    folder = str(folder)
+    patterns = get_data_patterns(folder)
+    read_as = _splits_by_patterns(folder, patterns)
+    readable = _splits_by_patterns(folder, {"all": ["**"]})  # every file datasets sees: not hidden ones
+    if files is None:
+        suffixes = {Path(name).suffix for name in read_as}
+        files = sorted(Path(name) for name in readable if Path(name).suffix in suffixes)
     grouped: dict[str, list[Path]] = {}
+    left_out: list[Path] = []
     for file in files:
-        in_config_folder = config_folder is not None and os.path.dirname(os.path.abspath(file)) == os.path.abspath(config_folder)
-        split = (shard_split(Path(file).name) if in_config_folder else None) or split_of.get(os.path.abspath(file), unnamed)
-        if split is not None:
-            grouped.setdefault(split, []).append(file)
+        path = os.path.abspath(file)
+        in_config_folder = config_folder is not None and os.path.dirname(path) == os.path.abspath(config_folder)
+        shard = shard_split(Path(file).name) if in_config_folder else None
+        splits = [shard] if shard is not None else read_as.get(path, [])
+        if len(splits) > 1:
+            raise SplitLayoutError(
+                f"{folder}: datasets reads {os.path.relpath(path, folder)} as the splits {' and '.join(splits)} (its path "
+                "names each): rename it, or its folder, so that its path names one split"
+            )
+        if splits:
+            grouped.setdefault(splits[0], []).append(file)
+        elif path in readable:
+            left_out.append(file)
+    if left_out:
+        # the split each left-out file's own path names, as datasets would read a folder of it alone
+        named: dict[str, list[str]] = {}
+        for tier in (DEFAULT_PATTERNS_SPLIT_IN_DIR_NAME, DEFAULT_PATTERNS_SPLIT_IN_FILENAME):
+            for path, splits in _splits_by_patterns(folder, tier).items():
+                named.setdefault(path, splits)
+        refused = [(file, named.get(os.path.abspath(file), [])) for file in left_out]
+        refused = [(file, splits) for file, splits in refused if splits or not leave_out_unnamed]
+        if refused:
+            how, advice = _how_datasets_splits(patterns)
+            listed = [
+                f"{os.path.relpath(os.path.abspath(file), folder)} (its path names "
+                f"{'split ' + ' and '.join(repr(split) for split in splits) if splits else 'no split'})"
+                for file, splits in refused[:3]
+            ]
+            more = f" and {len(refused) - 3} more" if len(refused) > 3 else ""
+            # a split named otherwise than datasets' keywords (heldout/) is read from data/'s shard names alone
+            other_names = "" if all(splits for _, splits in refused) else (
+                "; a split of another name is read from data/NAME-00000-of-00001.parquet, beside the other splits' "
+                "shards named so")
+            raise SplitLayoutError(
+                f"{folder}: datasets reads the splits of this folder ({', '.join(map(str, patterns))}) {how}, and so "
+                f"leaves out {', '.join(listed)}{more}: {advice}, so that each file is read as its own split{other_names}"
+            )
     return grouped
 
 

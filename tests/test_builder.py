@@ -41,6 +41,7 @@ from dataset_builders.testing import (
     tiny_captioner,
     tiny_judge,
 )
+from maple.files import SplitLayoutError
 
 # A rank waits for its peers' files 24 hours by default: a regression that leaves a file unwritten must fail the
 # test with the builder's TimeoutError (naming what is missing), not hang the suite.
@@ -728,13 +729,18 @@ def test_from_pretrained_loads_a_local_build_or_snapshot(tmp_path):
     assert MaplePreferences.from_pretrained(str(snapshot), config_name="paper").to_dict() == built.to_dict()
     assert MaplePreferences.from_pretrained(str(snapshot), config_name="paper", split="test")["id"] == built["id"][:2]
     assert len(MaplePreferences.from_pretrained(str(snapshot), config_name="paper", split="train+test")) == len(built) + 2
-    # the splits are read within the config's folder, and a file naming none is "train" beside one that does: another
-    # config's split names left this one without files, and a build's shards beside an eval file were dropped (found
-    # by a review of the fix above)
+    # the splits are read within the config's folder (another config's split names left this one without files; found
+    # by a review of the fix above), and a file naming none beside one that does, which datasets leaves out, is refused
+    # by name: it was read as "train", whatever split its folder or name meant (heldout/ beside train/ was trained on)
     (snapshot / "mine").mkdir()
     built.select(range(3)).to_parquet(str(snapshot / "mine" / "shard-000000-000003.parquet"))
     assert MaplePreferences.from_pretrained(str(snapshot), config_name="mine")["id"] == built["id"][:3]
     built.select(range(1)).to_parquet(str(snapshot / "mine" / "eval.parquet"))
+    with pytest.raises(SplitLayoutError, match=r"mine: datasets reads the splits of this folder \(test\) from the split "
+                                               r"that its files' names give .* leaves out shard-000000-000003.parquet "
+                                               r"\(its path names no split\): name every file's split in its name"):
+        MaplePreferences.from_pretrained(str(snapshot), config_name="mine")
+    (snapshot / "mine" / "shard-000000-000003.parquet").rename(snapshot / "mine" / "train-shard-000000-000003.parquet")
     assert MaplePreferences.from_pretrained(str(snapshot), config_name="mine")["id"] == built["id"][:3]
     assert MaplePreferences.from_pretrained(str(snapshot), config_name="mine", split="test")["id"] == built["id"][:1]
     shutil.rmtree(snapshot / "mine")
@@ -835,6 +841,61 @@ def test_a_folder_of_split_folders_is_one_config_with_those_splits_as_maple_trai
         MaplePreferences.from_pretrained(str(folder))
     with pytest.raises(TrainingInputError, match="holds the configs corpus-captions, paper of a Hub dataset"):
         load_preference_splits(DataArguments(dataset_name=str(folder)))
+
+
+@pytest.mark.parametrize("files, read_as", [
+    ({"train": "train/train-00000-of-00001.parquet", "test": "test/0000.parquet"}, None),
+    ({"train": "train/0000.parquet", "test": "test/0000.parquet"}, None),
+    ({"train": "data/train-00000-of-00001.parquet", "test": "data/test-00000-of-00001.parquet"}, None),
+    ({"train": "data/train-00000-of-00001.parquet", "test": "test/0000.parquet"},
+     r"\(train\) from the names of its shards in data/ alone .* leaves out test/0000.parquet \(its path names split "
+     r"'test'\): put every split's files in data/, named as its shards are"),
+    ({"train": "data/train-00000-of-00001.parquet", "test": "data/test/0000.parquet"},
+     r"leaves out data/test/0000.parquet \(its path names split 'test'\)"),
+    ({"train": "train/0000.parquet", "heldout": "heldout/0000.parquet"},
+     r"\(train\) from its split folders alone .* leaves out heldout/0000.parquet \(its path names no split\): move every "
+     r"split's files into its folder, .*; a split of another name is read from data/NAME-00000-of-00001.parquet"),
+    ({"train": "train/0000.parquet", "test": "test/0000.parquet", "validation": "train/val_subset/0000.parquet"},
+     r"datasets reads train/val_subset/0000.parquet as the splits train and validation \(its path names each\)"),
+], ids=["split-folders-of-shards", "split-folders", "data-shards", "test-folder-beside-data-shards",
+        "test-folder-in-data", "heldout-beside-train", "val-folder-in-train"])
+def test_a_file_is_read_as_its_own_split_by_both_loaders_or_refused_by_name(tmp_path, files, read_as):
+    """A folder whose files `datasets` does not read each as the split its path names is refused by name, by
+    `from_pretrained` and `maple train` alike: `from_pretrained` read a file `datasets` leaves out (test/0000.parquet
+    beside data/'s shards, which `datasets` then reads alone; heldout/ beside train/) as "train", training on test
+    rows, where `maple train` dropped it silently; and `maple train` trained on a file `datasets` reads as two splits
+    (train/val_subset/: "train" and "validation"). Folders that `datasets` reads as their paths say are read so by both."""
+    from trainer.cli import DataArguments, TrainingInputError, load_preference_splits
+    from trainer.testing import synthetic_preference_dataset
+
+    rows = synthetic_preference_dataset(len(files))
+    folder = tmp_path / "prefs"
+    for row, path in enumerate(files.values()):
+        (folder / path).parent.mkdir(parents=True, exist_ok=True)
+        rows.select([row]).to_parquet(str(folder / path))
+    if read_as is None:
+        ids = {split: [rows["id"][row]] for row, split in enumerate(files)}
+        read_by_maple_train = load_preference_splits(DataArguments(dataset_name=str(folder)))
+        assert {split: read_by_maple_train[split]["id"] for split in read_by_maple_train} == ids
+        assert {split: MaplePreferences.from_pretrained(str(folder), split=split)["id"] for split in files} == ids
+        return
+    with pytest.raises(SplitLayoutError, match=f"^{re.escape(str(folder))}: .*{read_as}"):
+        MaplePreferences.from_pretrained(str(folder))
+    with pytest.raises(TrainingInputError, match=f"^--dataset_name {re.escape(str(folder))}: .*{read_as}"):
+        load_preference_splits(DataArguments(dataset_name=str(folder)))
+
+
+def test_hidden_files_are_left_out_as_datasets_leaves_them_out(tmp_path):
+    """`from_pretrained` read a notebook's hidden checkpoint copy (.ipynb_checkpoints/) as "train" rows beside the
+    folder's own, which `datasets` and `maple train` leave out."""
+    from trainer.testing import synthetic_preference_dataset
+
+    rows = synthetic_preference_dataset(3)
+    rows.select([0]).to_parquet(str(tmp_path / "train.parquet"))
+    rows.select([1]).to_parquet(str(tmp_path / "test.parquet"))
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    rows.select([2]).to_parquet(str(tmp_path / ".ipynb_checkpoints" / "train-checkpoint.parquet"))
+    assert MaplePreferences.from_pretrained(str(tmp_path))["id"] == rows["id"][:1]
 
 
 def test_end_to_end_with_a_tiny_mllm_judge_and_captioner(tmp_path):

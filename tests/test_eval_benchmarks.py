@@ -732,6 +732,20 @@ def test_a_folder_holding_several_splits_is_read_from_the_benchmarks_split_only(
     shard(tmp_path / "one_split" / "coco_train_copy.parquet", [["first"]])
     shard(tmp_path / "one_split" / "more" / "coco_train_more.parquet", [["second"]])
     assert load_benchmark("coco", str(tmp_path / "one_split")).captions_per_image == [["first"], ["second"]]
+    # ... but a file of another split is never read as the benchmark's: a split's folder beside data/'s shards,
+    # which datasets then reads alone, left that split's rows to be scored with the test split's (datasets read one
+    # split, so every file was read); and a file that datasets reads as two splits
+    shard(tmp_path / "beside" / "data" / "test-00000-of-00001.parquet", [["the test caption"]])
+    shard(tmp_path / "beside" / "validation" / "0000.parquet", [["a validation caption"]])
+    with pytest.raises(BenchmarkFormatError, match=r"^\S*beside: datasets reads the splits of this folder \(test\) from "
+                                                   r"the names of its shards in data/ alone .* leaves out "
+                                                   r"validation/0000.parquet \(its path names split 'validation'\)"):
+        load_benchmark("coco", str(tmp_path / "beside"))
+    shard(tmp_path / "twice" / "test" / "0000.parquet", [["the test caption"]])
+    shard(tmp_path / "twice" / "test" / "train_copy" / "0000.parquet", [["a training caption"]])
+    with pytest.raises(BenchmarkFormatError, match=r"datasets reads test/train_copy/0000.parquet as the splits train "
+                                                   r"and test"):
+        load_benchmark("coco", str(tmp_path / "twice"))
 
 
 def test_embeddings_a_model_returns_in_bfloat16_are_scored_in_float32():

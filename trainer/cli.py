@@ -34,7 +34,16 @@ from datasets.exceptions import DatasetGenerationError
 from trl import TrlParser
 
 from maple.cli import config_option_split, exit_with_error, image_settings, report_error
-from maple.files import expanded_path, folder_problem, holds_relative_image_paths, located, located_image, snapshot_config_folders
+from maple.files import (
+    SplitLayoutError,
+    expanded_path,
+    files_by_split,
+    folder_problem,
+    holds_relative_image_paths,
+    located,
+    located_image,
+    snapshot_config_folders,
+)
 from maple.hub import check_private, dataset_read_problem, hub_failure, is_hub_id, local_typo_hint
 from modeling_maple.configuration_maple import BACKBONES, MLLM_FAMILIES
 from modeling_maple.lora import LORA_ALPHA, LORA_DROPOUT, LORA_RANK
@@ -731,6 +740,19 @@ def _check_snapshot_has_its_card(folder: str, config: str | None) -> None:
     )
 
 
+def _check_each_file_has_its_split(folder: str) -> None:
+    """Refuse a folder of data files that `datasets` would not read each as the one split its path names
+    (`maple.files.files_by_split`): one it leaves out (`test/0000.parquet` beside `data/train-00000-of-00001.parquet`,
+    whose shard names it then reads alone) or reads as two splits (`train/val_subset/0000.parquet`, "train" and
+    "validation": evaluated on rows it trains on). A README.md whose `configs` name each split's files is followed
+    as written. A `SplitLayoutError` naming the files."""
+    from huggingface_hub.repocard import metadata_load
+
+    card = Path(folder) / "README.md"
+    if not (card.is_file() and (metadata_load(card) or {}).get("configs")):
+        files_by_split(folder)
+
+
 def load_preference_splits(data_args: DataArguments, token: str | None = None) -> DatasetDict:
     """The dataset's splits, from `save_to_disk` output, a folder of data files, one data file or the Hub (read with
     `token`; None: HF_TOKEN or the saved login)."""
@@ -754,10 +776,14 @@ def load_preference_splits(data_args: DataArguments, token: str | None = None) -
         elif os.path.isfile(location):  # one file, as `datasets` reads it: its rows are the "train" split
             splits = load_dataset(file_builder, data_files={data_args.dataset_train_split: location})
         else:
+            if os.path.isdir(location):
+                _check_each_file_has_its_split(location)
             splits = load_dataset(location, data_args.dataset_config, token=token)
     except OSError as error:  # no data files, not on the Hub, offline and not cached
         problem = dataset_read_problem(error, location, token)
         raise TrainingInputError(f"--dataset_name {location}: {problem}{local_typo_hint(location)}") from error
+    except SplitLayoutError as error:  # (a ValueError, which names the folder and its files itself)
+        raise TrainingInputError(f"--dataset_name {error}") from None
     except IndexError as error:  # what datasets raises for a save_to_disk folder without rows
         raise TrainingInputError(f"--dataset_name {location}: a saved dataset without rows") from error
     except StopIteration as error:  # what datasets' JSON reader raises for an empty file
