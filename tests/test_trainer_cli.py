@@ -230,6 +230,22 @@ def test_help_documents_every_option(capsys):
     assert "checkpoints will be written. (default: trainer_output)" in flat
 
 
+@pytest.mark.parametrize("flags, checkpointing, bf16", [
+    (["--gradient_checkpointing", "--bf16"], True, True),
+    (["--gradient_checkpointing", "false", "--bf16", "false"], False, False),
+    (["--gradient_checkpointing=true", "--bf16=true"], True, True),
+])
+def test_gradient_checkpointing_and_bf16_given_bare_mean_true(tmp_path, flags, checkpointing, bf16):
+    """Both default to None (resolved in `RPAConfig.__post_init__`), and a bare flag was refused ("expected one
+    argument"), where TRL's `DPOConfig` and transformers' `--activation_checkpointing` take it as True."""
+    from trainer.cli import _parse, _parser
+
+    argv = ["--tiny", "dual_encoder", "--dataset_name", "x", "--output_dir", str(tmp_path / "out"), *flags, "--use_cpu"]
+    _, _, training_args = _parse(_parser(), argv)  # a bare flag followed by another option takes no value from it
+    assert training_args.gradient_checkpointing is checkpointing and training_args.activation_checkpointing is checkpointing
+    assert training_args.bf16 is bf16 and training_args.use_cpu
+
+
 @pytest.mark.parametrize(
     "argv,message",
     [

@@ -104,7 +104,10 @@ class RPAConfig(DPOConfig):
         metadata={
             "help": "Deprecated alias of `activation_checkpointing` (recompute activations in the backward pass to "
             "save memory, about 20%% slower). MAPLE uses it for its 2B/7B backbones; off unless set (TRL turns it "
-            "on), so small models run fast."
+            "on), so small models run fast.",
+            # as transformers declares it: a bare `--gradient_checkpointing` means True
+            "nargs": "?",
+            "const": True,
         },
     )
     logging_nan_inf_filter: bool = field(
@@ -119,7 +122,9 @@ class RPAConfig(DPOConfig):
         default=None,
         metadata={
             "help": "bf16 mixed precision, as in MAPLE. `None` turns it on only where training runs on a CUDA device "
-            "with native bf16 (Ampere or newer; not with `use_cpu`), so CPU runs need no flag."
+            "with native bf16 (Ampere or newer; not with `use_cpu`), so CPU runs need no flag.",
+            "nargs": "?",  # a bare `--bf16` means True, as in TRL
+            "const": True,
         },
     )
     max_length: int | None = field(
