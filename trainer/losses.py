@@ -213,17 +213,22 @@ def contrastive_loss(
         )
     gather = gather_across_processes and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     text_to_image = _expanded_info_nce(
-        text_embeds, image_embeds, negative_image_embeds, text_ids, image_ids, negative_image_ids, excluded_image_ids,
-        inverse_temperature, gather,
+        queries=text_embeds, query_ids=text_ids,
+        positives=image_embeds, positive_ids=image_ids,
+        negatives=negative_image_embeds, negative_ids=negative_image_ids,
+        excluded_ids=excluded_image_ids, inverse_temperature=inverse_temperature, gather=gather,
     )
     image_to_text = _expanded_info_nce(
-        image_embeds, text_embeds, negative_text_embeds, image_ids, text_ids, negative_text_ids, excluded_text_ids,
-        inverse_temperature, gather,
+        queries=image_embeds, query_ids=image_ids,
+        positives=text_embeds, positive_ids=text_ids,
+        negatives=negative_text_embeds, negative_ids=negative_text_ids,
+        excluded_ids=excluded_text_ids, inverse_temperature=inverse_temperature, gather=gather,
     )
     return _reduce((text_to_image + image_to_text) / 2, reduction)
 
 
 def _expanded_info_nce(
+    *,
     queries: Tensor,
     positives: Tensor,
     negatives: Tensor | None,
