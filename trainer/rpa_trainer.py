@@ -10,6 +10,7 @@ import contextlib
 import copy
 import dataclasses
 import math
+import operator
 import os
 import shutil
 from collections import defaultdict
@@ -75,6 +76,19 @@ LOG_SCALES = ("logit_scale", "preference_logit_scale")
 PEFT_TRAINABLE_STATE = "trainable_state.safetensors"
 # What `Trainer.save_metrics("eval", ...)` writes into output_dir: the final evaluation of the model saved there
 RESULTS_FILES = ("eval_results.json", "all_results.json")
+# The values of a training step that `RPATrainer._log_train_step_and_check_finite` gathers from every process, each
+# with how the processes' values combine: a loss is the mean of the processes' means (their batches may differ in
+# size); a reward the mean of those that are not NaN (a process's batch may hold no strict judge preference); the
+# scales are the same on every process; the loss is finite only if it is on every process.
+TRAIN_STEP_VALUES: dict[str, Callable[[Tensor], Tensor]] = {
+    "loss/rpa": Tensor.mean,
+    "loss/contrastive": Tensor.mean,
+    "rewards/accuracies": Tensor.nanmean,
+    "rewards/margins": Tensor.nanmean,
+    "beta": operator.itemgetter(0),
+    "inverse_temperature": operator.itemgetter(0),
+    "loss_is_finite": Tensor.amin,
+}
 
 
 class RPATrainer(DPOTrainer):
@@ -408,33 +422,37 @@ class RPATrainer(DPOTrainer):
             self._metrics[mode]["temperature"].append(_temperature(inverse_temperature.item()))
             self._collect_eval_anchors(outputs.text_embeds, outputs.image_embeds, inputs, counted)
         else:
-            step_values = [rpa.mean(), contrastive.mean(), *agreement, beta, inverse_temperature, torch.isfinite(loss)]
-            if not self._log_train_step_and_check_finite(torch.stack([value.detach().float() for value in step_values])):
+            accuracy, margin = agreement
+            step_values = {
+                "loss/rpa": rpa.mean(), "loss/contrastive": contrastive.mean(), "rewards/accuracies": accuracy,
+                "rewards/margins": margin, "beta": beta, "inverse_temperature": inverse_temperature,
+                "loss_is_finite": torch.isfinite(loss),
+            }
+            if not self._log_train_step_and_check_finite(step_values):
                 self._stop_on_non_finite(loss, rpa.mean(), contrastive.mean())
         return (loss, outputs) if return_outputs else loss
 
-    def _log_train_step_and_check_finite(self, step_values: Tensor) -> bool:
-        """Records a training step's metrics from this process's ``(7,)`` `step_values`: the means of its batch's RPA
-        and InfoNCE losses, its rewards accuracy and margin (`_judge_agreement`), beta, the inverse temperature, and 1.0
-        if its loss is finite; returns whether the loss is finite on every process. All processes' values travel in one
-        gather and reach the host in one read, not a collective and a device sync per metric. A loss or reward is the
-        mean of the processes' means (their batches may differ in size); a reward NaN on a process (no strict judge
-        preference in its batch) is left out of it, and a step without any records none, or `log`'s plain mean over
-        the logging window would be NaN. A NaN loss is recorded, so a diverged run shows. The scales are the same on
-        every process."""
-        per_process = self.accelerator.gather(step_values.reshape(1, -1))  # (processes, 7)
-        means = torch.cat([per_process[:, :2].mean(0), per_process[:, 2:4].nanmean(0), per_process[0, 4:6],
-                           per_process[:, 6].amin().reshape(1)])
-        rpa, contrastive, accuracy, margin, beta, inverse_temperature, all_finite = means.tolist()
+    def _log_train_step_and_check_finite(self, step_values: dict[str, Tensor]) -> bool:
+        """Records a training step's metrics from this process's `step_values`, the scalars named in
+        `TRAIN_STEP_VALUES`: the means of its batch's RPA and InfoNCE losses, its rewards accuracy and margin
+        (`_judge_agreement`), beta, the inverse temperature, and whether its loss is finite; returns whether the loss
+        is finite on every process. All processes' values travel in one gather and reach the host in one read, not a
+        collective and a device sync per metric, and combine as `TRAIN_STEP_VALUES` says. A step whose reward is NaN
+        on every process records none, or `log`'s plain mean over the logging window would be NaN. A NaN loss is
+        recorded, so a diverged run shows."""
+        local = torch.stack([step_values[name].detach().float() for name in TRAIN_STEP_VALUES])
+        per_process = self.accelerator.gather(local.reshape(1, -1))  # (processes, len(TRAIN_STEP_VALUES))
+        combined = torch.stack([combine(column) for combine, column in zip(TRAIN_STEP_VALUES.values(), per_process.T)])
+        values = dict(zip(TRAIN_STEP_VALUES, combined.tolist()))
         metrics = self._metrics["train"]
-        metrics["loss/rpa"].append(rpa)
-        metrics["loss/contrastive"].append(contrastive)
-        for key, value in (("rewards/accuracies", accuracy), ("rewards/margins", margin)):
-            if not math.isnan(value):
-                metrics[key].append(value)
-        metrics["beta"].append(beta)
-        metrics["temperature"].append(_temperature(inverse_temperature))
-        return all_finite == 1.0
+        for key in ("loss/rpa", "loss/contrastive"):
+            metrics[key].append(values[key])
+        for key in ("rewards/accuracies", "rewards/margins"):
+            if not math.isnan(values[key]):
+                metrics[key].append(values[key])
+        metrics["beta"].append(values["beta"])
+        metrics["temperature"].append(_temperature(values["inverse_temperature"]))
+        return values["loss_is_finite"] == 1.0
 
     def _log_eval_batch(
         self, anchor_losses: Tensor, rpa: Tensor, contrastive: Tensor, agreement: tuple[Tensor, Tensor], counted: Tensor
