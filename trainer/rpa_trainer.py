@@ -406,9 +406,12 @@ class RPATrainer(DPOTrainer):
         ]
         # per anchor, so that evaluation can average over the anchors of its whole set (see `_log_eval_batch`)
         rpa = bidirectional_rpa_loss(*rankings, form=self.args.rpa_loss, reduction="none")
-        contrastive = self._contrastive_loss(
-            outputs.text_embeds, outputs.image_embeds, inputs, inverse_temperature, left_out=repeated
-        )
+        if repeated is None:
+            contrastive = self._contrastive_loss(outputs.text_embeds, outputs.image_embeds, inputs, inverse_temperature)
+        else:
+            contrastive = self._contrastive_loss_leaving_out(
+                outputs.text_embeds, outputs.image_embeds, inputs, inverse_temperature, left_out=repeated
+            )
         anchor_losses = maple_loss(rpa, contrastive, self.args.rpa_weight)
         # (NaN for a process holding only repeated rows; `evaluation_loop` reports its own eval_loss)
         loss = anchor_losses.mean() if repeated is None else anchor_losses[~repeated].mean()
@@ -470,17 +473,23 @@ class RPATrainer(DPOTrainer):
             skip_nan = key.startswith("rewards/")
             self._metrics["eval"][key].extend(value for value in values if not (skip_nan and math.isnan(value)))
 
-    def _contrastive_loss(
-        self, text_embeds: Tensor, image_embeds: Tensor, inputs, inverse_temperature, left_out: Tensor | None = None
+    def _contrastive_loss_leaving_out(
+        self, text_embeds: Tensor, image_embeds: Tensor, inputs, inverse_temperature, left_out: Tensor
     ) -> Tensor:
+        """`_contrastive_loss` of the batch without the rows of the ``(N,)`` bool `left_out` (an evaluation batch's
+        repeated rows, `_repeated_eval_rows`): they are NaN, and neither their anchors nor the items only they use
+        join the pools."""
+        if not left_out.any():
+            return self._contrastive_loss(text_embeds, image_embeds, inputs, inverse_temperature)
+        kept = ~left_out
+        batch, texts, images = select_rows(inputs, kept)
+        # one `_contrastive_loss` call either way: every process gathers the pools
+        scored = self._contrastive_loss(text_embeds[texts], image_embeds[images], batch, inverse_temperature)
+        return scored.new_full(kept.shape, math.nan).masked_scatter(kept, scored)
+
+    def _contrastive_loss(self, text_embeds: Tensor, image_embeds: Tensor, inputs, inverse_temperature) -> Tensor:
         """The ``(N,)`` InfoNCE losses of the anchors; with `expand_negatives` every embedded item joins the pool (the
-        anchors among them are removed again as duplicates, by id). `left_out`: ``(N,)`` bool, rows scored as if
-        absent from the batch: NaN, and neither their anchors nor the items only they use join the pools."""
-        if left_out is not None and left_out.any():  # one call either way: every process gathers the pools
-            kept = ~left_out
-            batch, texts, images = select_rows(inputs, kept)
-            scored = self._contrastive_loss(text_embeds[texts], image_embeds[images], batch, inverse_temperature)
-            return scored.new_full(kept.shape, math.nan).masked_scatter(kept, scored)
+        anchors among them are removed again as duplicates, by id)."""
         text_ids, image_ids = inputs["text_ids"], inputs["image_ids"]
         expanded = {}
         if self.args.expand_negatives:
