@@ -20,7 +20,8 @@ from trainer.losses import bidirectional_rpa_loss, contrastive_loss
 from evaluation.retrieval import anchor_recall_at_1
 from maple.content import content_id
 from trainer.losses import preference_agreement
-from trainer.rpa_trainer import _model_inputs, _repeated_stream_rows
+from trainer.batch_dealing import repeated_stream_rows
+from trainer.rpa_trainer import _model_inputs
 from trainer.schema import PREFERENCE_FEATURES
 from trainer.testing import describe_scene, draw_scene, smoke_config, synthetic_preference_dataset
 
@@ -242,7 +243,7 @@ def test_evaluation_keeps_a_nan_loss_and_leaves_out_undefined_rewards(tmp_path):
 
 def test_a_streams_repeated_rows_are_those_after_it_starts_over():
     # accelerate fills a stream's last global batch with the stream's first rows again (positions in the stream)
-    repeated = lambda *positions: _repeated_stream_rows(torch.tensor(positions)).tolist()
+    repeated = lambda *positions: repeated_stream_rows(torch.tensor(positions)).tolist()
     assert repeated(8, 9, 0, 1, 2, 3, 4, 5) == [False] * 2 + [True] * 6
     assert repeated(0, 1, 2, 0, 1, 2, 0, 1) == [False] * 3 + [True] * 5  # a stream shorter than one global batch
     assert repeated(8, 9, 10, 11) == [False] * 4

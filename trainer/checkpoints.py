@@ -1,8 +1,10 @@
 """A run's checkpoints: which `checkpoint-N` folders `output_dir` holds and which were saved whole, the recipe
-(`rpa_recipe.json`) saved with each, which a resumed run must share, and, for a streamed training set, where in the
-stream each was saved (`stream_position.json`).
+(`rpa_recipe.json`) saved with each, which a resumed run must share, for a streamed training set, where in the
+stream each was saved (`stream_position.json`), and under PEFT, the trainable state a resumed run restores
+(`trainable_state.safetensors`).
 
-Light to import (no TRL or transformers): reading a run folder needs neither.
+Light to import (no TRL or transformers; torch only where a trainable state is saved or loaded): reading a run folder
+needs neither.
 """
 
 from __future__ import annotations
@@ -12,7 +14,11 @@ import os
 import re
 from typing import TYPE_CHECKING, Any
 
+from maple.files import atomic_write_json
+
 if TYPE_CHECKING:
+    from torch import nn
+
     from .rpa_config import RPAConfig
 
 # `Trainer` writes it last when it saves a checkpoint (transformers.trainer.TRAINER_STATE_NAME)
@@ -33,6 +39,9 @@ RECIPE_FIELDS = (
 # which seeds the collator's candidate draws and the stream's shuffling) and the batches of that pass its steps trained,
 # per process. `Trainer` counts a stream's epoch as `max_steps` steps, so the global step does not tell them.
 STREAM_POSITION_FILE = "stream_position.json"
+# Under PEFT, the trainable state (adapters and the learnable scales) of a checkpoint, for resuming: the model is saved
+# merged, which AutoModel loads but which does not give the adapters back.
+PEFT_TRAINABLE_STATE = "trainable_state.safetensors"
 
 
 def run_checkpoints(output_dir: str) -> list[str]:
@@ -71,6 +80,54 @@ def stream_position(checkpoint: str) -> tuple[int, int] | None:
         raise ValueError(
             f"{position_file} cannot be read ({error!r}): restore it, or start a new run in another output_dir"
         ) from error
+
+
+def save_stream_position(checkpoint: str, pass_index: int, batches: int) -> None:
+    """Writes `checkpoint`'s `STREAM_POSITION_FILE` (whole or not at all), which `stream_position` reads back: the pass
+    over the streamed training set and the batches of that pass trained."""
+    os.makedirs(checkpoint, exist_ok=True)
+    atomic_write_json(os.path.join(checkpoint, STREAM_POSITION_FILE), {"pass": pass_index, "batches": batches})
+
+
+def resumed_stream_position(
+    checkpoint: str, global_step: int, epoch: float, gradient_accumulation_steps: int
+) -> tuple[int, int]:
+    """The pass over the streamed training set a run resumed from `checkpoint` goes on in, and the batches of it
+    trained, as the checkpoint recorded them (`stream_position`). `global_step` and `epoch` are the checkpoint's
+    `Trainer` state, which counts a stream's epoch as `max_steps` steps: a checkpoint saved before positions were
+    recorded is resumed by its global step in the first pass only, and refused after it."""
+    position = stream_position(checkpoint)
+    if position is not None:
+        return position
+    if global_step > 0 and epoch > 1:  # 1.0: the run ended in pass 0 (max_steps)
+        raise ValueError(
+            f"{checkpoint} was saved after the first pass over the streamed training set but records no "
+            f"position in it ({STREAM_POSITION_FILE}; saved by an earlier version, or by a run on a map-style "
+            "dataset): resuming it would train other batches than the run it continues; start a new run in "
+            "another output_dir"
+        )
+    return 0, global_step * gradient_accumulation_steps
+
+
+def save_trainable_state(model: nn.Module, folder: str) -> None:
+    """Saves the trainable parameters of `model`, a PEFT model (its adapters and the learnable scales), as `folder`'s
+    `PEFT_TRAINABLE_STATE`, which `load_trainable_state` restores."""
+    import safetensors.torch
+
+    trainable = {name: param.detach().contiguous() for name, param in model.named_parameters() if param.requires_grad}
+    safetensors.torch.save_file(trainable, os.path.join(folder, PEFT_TRAINABLE_STATE))
+
+
+def load_trainable_state(model: nn.Module, checkpoint: str) -> None:
+    """Loads `checkpoint`'s `PEFT_TRAINABLE_STATE` into `model` (`save_trainable_state`); a ValueError naming the
+    trainable parameters of `model` it lacks."""
+    import safetensors.torch
+
+    state = safetensors.torch.load_file(os.path.join(checkpoint, PEFT_TRAINABLE_STATE))
+    missing = [name for name, param in model.named_parameters() if param.requires_grad and name not in state]
+    if missing:
+        raise ValueError(f"{checkpoint} lacks trainable parameters {missing[:5]}")
+    model.load_state_dict(state, strict=False)
 
 
 def lora_recipe(r: int, lora_alpha: float) -> dict[str, Any]:

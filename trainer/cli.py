@@ -418,7 +418,8 @@ def _earlier_runs_files(repo_id: str, training_args: RPAConfig) -> list[str]:
 
     from model_cards.cards import CURVES_FILE, GAP_HISTOGRAM_FILE
 
-    from .rpa_trainer import PEFT_TRAINABLE_STATE, RESULTS_FILES
+    from .checkpoints import PEFT_TRAINABLE_STATE
+    from .rpa_trainer import RESULTS_FILES
 
     pushed = set(HfApi(token=training_args.hub_token).list_repo_files(repo_id, revision=training_args.hub_revision))
     return [name for name in (*RESULTS_FILES, PEFT_TRAINABLE_STATE, CURVES_FILE, GAP_HISTOGRAM_FILE)

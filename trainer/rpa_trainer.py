@@ -1,7 +1,11 @@
 """`RPATrainer`: TRL's `DPOTrainer` for MAPLE embedders (arXiv 2506.06970).
 
-The trainer only wires things: the batches come from `DataCollatorForEmbeddingPreference`, the maths from
-`trainer.losses`, and logging, checkpointing, PEFT, accelerate and the Hub from `DPOTrainer` / `Trainer`.
+The batches come from `DataCollatorForEmbeddingPreference`, the maths from `trainer.losses`, the run folder's files
+(recipe, stream positions, PEFT trainable state) from `trainer.checkpoints`, how a stream is dealt to the processes and
+which evaluation rows accelerate repeated from `trainer.batch_dealing`, and logging, checkpointing, PEFT, accelerate
+and the Hub from `DPOTrainer` / `Trainer`. The trainer wires them together, and adapts `Trainer` where an embedder
+needs it: evaluation counted once per row, resumption of a stream mid-pass, PEFT checkpoints saved merged, and what a
+Hub push copies into or clears from `output_dir`.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import safetensors.torch
 import torch
 from datasets import Dataset, IterableDataset
 from peft import PeftConfig, PeftModel
@@ -37,18 +40,22 @@ from modeling_maple.lora import check_mergeable, get_maple_peft_model, save_merg
 from modeling_maple.loading import load_maple, load_maple_model
 
 from .checkpoints import (
+    PEFT_TRAINABLE_STATE,
     RECIPE_FILE,
-    STREAM_POSITION_FILE,
     TRAINER_STATE_NAME,
     check_recipe,
     image_recipe,
     last_complete_checkpoint,
+    load_trainable_state,
     lora_recipe,
     model_recipe,
+    resumed_stream_position,
     run_checkpoints,
-    stream_position,
+    save_stream_position,
+    save_trainable_state,
     training_recipe,
 )
+from .batch_dealing import dealt_by_batch, numbered_stream, repeated_eval_rows
 from .collator import (
     PREFERENCE_KEYS,
     ROW_POSITION,
@@ -72,8 +79,6 @@ logger = logging.get_logger(__name__)
 Quadruple = tuple[Image.Image, Image.Image, str, str]
 # The model's log-stored scales: InfoNCE's inverse temperature and RPA's beta
 LOG_SCALES = ("logit_scale", "preference_logit_scale")
-# Under PEFT, the trainable state (adapters and the learnable scales) of a checkpoint, for resuming.
-PEFT_TRAINABLE_STATE = "trainable_state.safetensors"
 # What `Trainer.save_metrics("eval", ...)` writes into output_dir: the final evaluation of the model saved there
 RESULTS_FILES = ("eval_results.json", "all_results.json")
 # The values of a training step that `RPATrainer._log_train_step_and_check_finite` gathers from every process, each
@@ -295,11 +300,11 @@ class RPATrainer(DPOTrainer):
         if self._leave_images_encoded:
             dataset = with_images_left_encoded(dataset)
         if is_training:
-            dataset = _dealt_by_batch(dataset, self.accelerator.num_processes)
+            dataset = dealt_by_batch(dataset, self.accelerator.num_processes)
             return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, dataloader_key)
         # A stream is numbered to tell the rows accelerate repeats (`_repeated_eval_rows`).
         if isinstance(dataset, IterableDataset):
-            dataset = _dealt_by_batch(dataset.map(_with_position, with_indices=True), self.accelerator.num_processes)
+            dataset = dealt_by_batch(numbered_stream(dataset), self.accelerator.num_processes)
         eval_collator = self.eval_data_collator
         if isinstance(eval_collator, DataCollatorForEmbeddingPreference) and dataloader_key not in (None, "eval"):
             eval_collator = dataclasses.replace(eval_collator, dataset_name=dataloader_key)  # errors name the split
@@ -331,20 +336,12 @@ class RPATrainer(DPOTrainer):
 
     def _resumed_stream_position(self, checkpoint: str) -> tuple[int, int]:
         """The pass over the streamed training set a resumed run goes on in, and the batches of it to skip, as
-        `checkpoint` recorded them (`_save_checkpoint`). `Trainer` counts a stream's epoch as `max_steps` steps: it
-        would skip `global_step` steps' batches of the first pass, and past that pass's end the run went on at the
-        next pass's first batch, not where it stopped."""
-        position = stream_position(checkpoint)
-        if position is None:  # saved before positions were recorded: the global step tells them in the first pass only
-            if self.state.global_step > 0 and self.state.epoch > 1:  # 1.0: the run ended in pass 0 (max_steps)
-                raise ValueError(
-                    f"{checkpoint} was saved after the first pass over the streamed training set but records no "
-                    f"position in it ({STREAM_POSITION_FILE}; saved by an earlier version, or by a run on a map-style "
-                    "dataset): resuming it would train other batches than the run it continues; start a new run in "
-                    "another output_dir"
-                )
-            position = (0, self.state.global_step * self.args.gradient_accumulation_steps)
-        pass_index, batches = position
+        `checkpoint` recorded them (`_save_checkpoint`, `checkpoints.resumed_stream_position`). `Trainer` counts a
+        stream's epoch as `max_steps` steps: it would skip `global_step` steps' batches of the first pass, and past
+        that pass's end the run went on at the next pass's first batch, not where it stopped."""
+        pass_index, batches = resumed_stream_position(
+            checkpoint, self.state.global_step, self.state.epoch, self.args.gradient_accumulation_steps
+        )
         return pass_index, 0 if self.args.ignore_data_skip else batches
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
@@ -529,19 +526,9 @@ class RPATrainer(DPOTrainer):
 
     def _repeated_eval_rows(self, inputs) -> Tensor:
         """``(N,)`` bool: this process's rows of an evaluation batch that accelerate repeated to fill the last batch
-        of every process (evaluation loaders have even batches, see `_get_dataloader`). accelerate tells them by the
-        dataset's length (`gradient_state.remainder`, which its `gather_for_metrics` drops); a stream has none (-1), so
-        `_get_dataloader` numbers its rows, which the default collator passes on as `row_position` (with a collator
-        that does not, a streamed evaluation still counts them)."""
-        rows = len(inputs["anchor_text_index"])
-        state, device = self.accelerator.gradient_state, inputs["anchor_text_index"].device
-        # the rows' places in the global batch, processes in rank order (as gathered)
-        places = self.accelerator.process_index * rows + torch.arange(rows, device=device)
-        if ROW_POSITION in inputs and state.remainder == -1:
-            return _repeated_stream_rows(self.accelerator.gather(inputs[ROW_POSITION]))[places]
-        if state.end_of_dataloader and state.remainder > 0:
-            return places >= state.remainder
-        return torch.zeros(rows, dtype=torch.bool, device=device)
+        of every process (`batch_dealing.repeated_eval_rows`; evaluation loaders have even batches, see
+        `_get_dataloader`, which numbers a stream's rows)."""
+        return repeated_eval_rows(self.accelerator, inputs)
 
     def _prepare_input(self, data: Any) -> Any:
         """`Trainer._prepare_input`, the judge scores kept in float32: under DeepSpeed it casts every floating input to
@@ -734,8 +721,7 @@ class RPATrainer(DPOTrainer):
             pass_index, start_step = self._pass_start
             batches = (self.state.global_step - start_step) * self.args.gradient_accumulation_steps
             checkpoint = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            os.makedirs(checkpoint, exist_ok=True)
-            atomic_write_json(os.path.join(checkpoint, STREAM_POSITION_FILE), {"pass": pass_index, "batches": batches})
+            save_stream_position(checkpoint, pass_index, batches)
         super()._save_checkpoint(model, trial)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
@@ -758,8 +744,7 @@ class RPATrainer(DPOTrainer):
             return
         os.makedirs(output_dir, exist_ok=True)
         save_merged(model, output_dir)
-        trainable = {name: param.detach().contiguous() for name, param in model.named_parameters() if param.requires_grad}
-        safetensors.torch.save_file(trainable, os.path.join(output_dir, PEFT_TRAINABLE_STATE))
+        save_trainable_state(model, output_dir)
         self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
@@ -775,11 +760,7 @@ class RPATrainer(DPOTrainer):
         unwrapped = self.accelerator.unwrap_model(model)
         if not isinstance(unwrapped, PeftModel):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        state = safetensors.torch.load_file(os.path.join(resume_from_checkpoint, PEFT_TRAINABLE_STATE))
-        missing = [name for name, param in unwrapped.named_parameters() if param.requires_grad and name not in state]
-        if missing:
-            raise ValueError(f"{resume_from_checkpoint} lacks trainable parameters {missing[:5]}")
-        unwrapped.load_state_dict(state, strict=False)
+        load_trainable_state(unwrapped, resume_from_checkpoint)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
@@ -910,41 +891,6 @@ class ScaleBound(TrainerCallback):
 
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):
         bound_scales(model, self.max_scale)
-
-
-class _StreamDealtByBatch(torch.utils.data.IterableDataset):
-    """A `datasets` stream that accelerate deals out batch by batch (its `IterableDatasetShard`: every process reads
-    the stream and keeps its part of each global batch, the last one evened out with repeated rows), not by shards.
-    Given a `datasets.IterableDataset` of at least as many shards as processes, accelerate hands each process shards
-    of its own, unevened: shards of unequal length left the processes unequal numbers of batches, and one waited
-    forever in the loss's all-gather or ran its evaluation against the other's training step."""
-
-    def __init__(self, stream: IterableDataset) -> None:
-        self.stream = stream
-
-    def __iter__(self):
-        return iter(self.stream)
-
-    def set_epoch(self, epoch: int) -> None:  # the stream's shuffling is seeded by the epoch
-        self.stream.set_epoch(epoch)
-
-
-def _dealt_by_batch(dataset: Dataset | IterableDataset, processes: int) -> Dataset | torch.utils.data.IterableDataset:
-    """`dataset`, a stream read by several processes wrapped in `_StreamDealtByBatch`."""
-    return _StreamDealtByBatch(dataset) if isinstance(dataset, IterableDataset) and processes > 1 else dataset
-
-
-def _with_position(row: dict[str, Any], position: int) -> dict[str, int]:
-    """Numbers the rows of a streamed evaluation set (`datasets.IterableDataset.map` with indices)."""
-    return {ROW_POSITION: position}
-
-
-def _repeated_stream_rows(positions: Tensor) -> Tensor:
-    """``(P,)`` bool: the rows of a global batch of a stream, given by their ``(P,)`` positions in it (processes in rank
-    order), that accelerate repeated. Its `IterableDatasetShard` fills a stream's last batch with the stream's first
-    rows again, so a row is repeated unless its position is above every earlier row's."""
-    earlier = torch.cat([positions.new_full((1,), -1), positions.cummax(0).values[:-1]])
-    return positions <= earlier
 
 
 def _format_type(dataset: Dataset | IterableDataset) -> str | None:
