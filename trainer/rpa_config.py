@@ -45,9 +45,10 @@ _MOOT_DPO_FIELDS = {
 def unused_dpo_field_help() -> dict[str, str]:
     """Help for the `DPOConfig` fields RPATrainer rejects or ignores, by field name, to replace TRL's (which describes
     what they do to a language model) in `maple train --help`."""
-    helps = {
+    helps = {  # `max_length` keeps the help RPAConfig redeclares it with
         name: f"Not used by RPATrainer: acts on a language model's token log-probabilities; must stay {value!r}."
         for name, value in _LANGUAGE_MODEL_ONLY_DEFAULTS.items()
+        if name != "max_length"
     }
     helps |= {
         name: f"Not used by RPATrainer: DPO's token collator setting (texts are padded and truncated by the "
@@ -57,7 +58,6 @@ def unused_dpo_field_help() -> dict[str, str]:
     helps |= {name: f"Not used by RPATrainer (DPO's {setting}, which it does not support)." for name, setting in _MOOT_DPO_FIELDS.items()}
     helps["dataset_num_proc"] = "Not used by RPATrainer: the preference dataset is used as it is, with no tokenisation pass."
     helps["loss_weights"] = "Not used by RPATrainer: RPA is one loss, mixed with InfoNCE by `rpa_weight`; must stay None (or [1.0], the same)."
-    helps["max_length"] = RPAConfig.__dataclass_fields__["max_length"].metadata["help"]
     return {name: text.replace("%", "%%") for name, text in helps.items()}  # argparse formats help with %
 
 
@@ -65,8 +65,14 @@ def unused_dpo_field_help() -> dict[str, str]:
 class RPAConfig(DPOConfig):
     r"""
     Configuration for [`RPATrainer`]: MAPLE's Relative Preference Alignment (RPA) mixed with InfoNCE
-    (arXiv 2506.06970, section 3). Everything of [`~trl.DPOConfig`] and [`~transformers.TrainingArguments`] applies;
-    the fields below are added or have other defaults.
+    (arXiv 2506.06970, section 3). The fields below are added or have other defaults. Those of
+    [`~transformers.TrainingArguments`] apply, but for a `train_sampling_strategy` by token length, which is refused.
+    Of the fields [`~trl.DPOConfig`] adds, only `model_init_kwargs`, `trust_remote_code`, `disable_dropout` and `beta`
+    (RPA's scale) apply; `loss_type` must stay `["sigmoid"]` (RPA's form is `rpa_loss`). The others act on a causal
+    language model's tokens, log-probabilities or reference model: they are refused at any value but their default
+    (`max_length`, `label_smoothing`, `pad_token`, `loss_weights`, ...), or ignored where they act only under a
+    refused setting or not at all (`ref_model_sync_steps` under `sync_ref_model`; `dataset_num_proc`, as nothing is
+    tokenised); `maple train --help` marks each "Not used by RPATrainer" (`unused_dpo_field_help`).
 
     The loss is `L = rpa_weight * L_RPA + (1 - rpa_weight) * L_InfoNCE`, where `L_RPA` averages the text-to-image and
     image-to-text directions of the pairwise or listwise RPA loss on `beta`-scaled similarities, and `L_InfoNCE` is the
