@@ -18,13 +18,12 @@ import operator
 import os
 import shutil
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from datasets import Dataset, IterableDataset
 from peft import PeftConfig, PeftModel
-from PIL import Image
 from torch import Tensor, nn
 from transformers import EvalPrediction, ProcessorMixin, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalLoopOutput, HubStrategy
@@ -33,6 +32,7 @@ from trl import DPOTrainer
 from trl.trainer.base_trainer import _BaseTrainer
 
 from evaluation.metric_names import QUADRUPLE_SCORES
+from evaluation.protocols import Quadruples
 from evaluation.retrieval import NonFiniteEmbeddingsError, anchor_recall_at_1
 from maple import PAPER_CITATION
 from maple.files import atomic_write_json
@@ -75,8 +75,6 @@ from .schema import (
 
 logger = logging.get_logger(__name__)
 
-# (image_0, image_1, text_0, text_1), text_i describing image_i
-Quadruple = tuple[Image.Image, Image.Image, str, str]
 # The model's log-stored scales: InfoNCE's inverse temperature and RPA's beta
 LOG_SCALES = ("logit_scale", "preference_logit_scale")
 # What `Trainer.save_metrics("eval", ...)` writes into output_dir: the final evaluation of the model saved there
@@ -164,7 +162,7 @@ class RPATrainer(DPOTrainer):
         callbacks: list[TrainerCallback] | None = None,
         optimizers: tuple[torch.optim.Optimizer | None, torch.optim.lr_scheduler.LambdaLR | None] = (None, None),
         peft_config: PeftConfig | None = None,
-        eval_quadruples: dict[str, Sequence[Quadruple]] | None = None,
+        eval_quadruples: dict[str, Quadruples] | None = None,
     ):
         args = _checked_args(args, model, train_dataset, compute_metrics)
         model, processing_class = _model_and_processor(model, processing_class, args)
