@@ -200,11 +200,13 @@ def test_rpa_losses_per_anchor_are_each_anchors_own_loss(loss):
 def test_preference_agreement_per_anchor_counts_each_anchors_own_pairs():
     scores = torch.tensor([[3.0, 0.0, -3.0], [1.0, 2.0, 0.0], [1.0, 2.0, 3.0]])
     alphas = torch.tensor([[0.9, 0.5, 0.1], [0.9, 0.5, 0.5], [0.5, 0.5, 0.5]])  # row 2: no strict preference
-    accuracies, margins = preference_agreement(scores, alphas, per_anchor=True)
+    accuracies, margins = preference_agreement(scores, alphas, reduction="none")
     assert accuracies[:2].tolist() == [1.0, 0.5] and margins[:2].tolist() == [4.0, 0.0]
     assert accuracies[2].isnan() and margins[2].isnan()
     pooled = preference_agreement(scores, alphas)  # over the 5 preferred pairs of all anchors
     assert pooled[0].item() == pytest.approx(4 / 5) and pooled[1].item() == pytest.approx(12 / 5)
+    with pytest.raises(ValueError, match="reduction must be 'mean' or 'none', got 'sum'"):
+        preference_agreement(scores, alphas, reduction="sum")
 
 
 def test_preference_agreement_counts_a_tie_in_scores_as_no_agreement():
@@ -212,7 +214,7 @@ def test_preference_agreement_counts_a_tie_in_scores_as_no_agreement():
     scores every candidate alike follows none of the judge's preferences."""
     scores = torch.zeros(2, 3)
     alphas = torch.tensor([[0.9, 0.5, 0.1], [0.2, 0.4, 0.6]])
-    accuracies, margins = preference_agreement(scores, alphas, per_anchor=True)
+    accuracies, margins = preference_agreement(scores, alphas, reduction="none")
     assert accuracies.tolist() == [0.0, 0.0] and margins.tolist() == [0.0, 0.0]
     assert preference_agreement(scores, alphas)[0].item() == 0.0
 
@@ -413,10 +415,10 @@ def test_the_rpa_loss_of_both_directions_is_their_mean_and_the_objective_mixes_i
                      torch.tensor([[True] * 4, [True] * 3 + [False], [True] * 4]))
     image_to_text = (torch.randn(3, 6, generator=generator), torch.rand(3, 6, generator=generator), None)
     for form, loss in (("listwise", rpa_listwise_loss), ("pairwise", rpa_pairwise_loss)):
-        per_anchor = bidirectional_rpa_loss(text_to_image, image_to_text, form=form, reduction="none")
+        per_anchor = bidirectional_rpa_loss(text_to_image, image_to_text, rpa_loss=form, reduction="none")
         expected = (loss(*text_to_image, reduction="none") + loss(*image_to_text, reduction="none")) / 2
         torch.testing.assert_close(per_anchor, expected)
-        torch.testing.assert_close(bidirectional_rpa_loss(text_to_image, image_to_text, form=form), expected.mean())
+        torch.testing.assert_close(bidirectional_rpa_loss(text_to_image, image_to_text, rpa_loss=form), expected.mean())
     contrastive = torch.tensor([0.5, 1.0, 2.0])
     torch.testing.assert_close(maple_loss(per_anchor, contrastive, 0.25), 0.25 * per_anchor + 0.75 * contrastive)
 

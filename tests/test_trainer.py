@@ -1202,14 +1202,14 @@ def batch_loss(trainer, rows):
         return trainer.compute_loss(trainer.model, trainer._prepare_inputs(trainer.data_collator(rows))).item()
 
 
-def expected_rpa(txt2img_scores, img2txt_scores, rows, form="listwise"):
+def expected_rpa(txt2img_scores, img2txt_scores, rows, rpa_loss="listwise"):
     """`bidirectional_rpa_loss` of the scaled similarities `txt2img_scores` and `img2txt_scores` against the judge
     scores of `rows`, every candidate real."""
     judged = {column: torch.tensor([row[column] for row in rows]) for column in ("txt2img_scores", "img2txt_scores")}
     return bidirectional_rpa_loss(
         (txt2img_scores, judged["txt2img_scores"], torch.ones_like(txt2img_scores, dtype=torch.bool)),
         (img2txt_scores, judged["img2txt_scores"], torch.ones_like(img2txt_scores, dtype=torch.bool)),
-        form=form,
+        rpa_loss=rpa_loss,
     ).item()
 
 
@@ -1240,7 +1240,7 @@ def test_eval_rewards_average_the_directions_an_anchor_ranks_and_are_nan_where_n
                          processing_class=processor)
     txt2img, _ = encoded_cosines(model, processor, rows)
     judged = torch.tensor([row["txt2img_scores"] for row in rows])
-    accuracies, margins = preference_agreement(4.0 * txt2img, judged, per_anchor=True)
+    accuracies, margins = preference_agreement(4.0 * txt2img, judged, reduction="none")
     metrics = trainer.evaluate(texts_tied)
     assert metrics["eval_rewards/accuracies"] == pytest.approx(accuracies.mean().item())
     assert metrics["eval_rewards/margins"] == pytest.approx(margins.mean().item(), rel=1e-4)

@@ -111,7 +111,7 @@ RPA_LOSSES = {"listwise": rpa_listwise_loss, "pairwise": rpa_pairwise_loss}
 def bidirectional_rpa_loss(
     text_to_image: tuple[Tensor, Tensor, Tensor],
     image_to_text: tuple[Tensor, Tensor, Tensor],
-    form: Literal["listwise", "pairwise"] = "listwise",
+    rpa_loss: Literal["listwise", "pairwise"] = "listwise",
     reduction: Literal["mean", "none"] = "mean",
 ) -> Tensor:
     r"""MAPLE's :math:`\mathcal{L}_{RPA}`: the mean of the RPA losses of the two retrieval directions (section 3),
@@ -120,13 +120,14 @@ def bidirectional_rpa_loss(
     Args:
         text_to_image, image_to_text: ``(scores, judge_scores, mask)`` of one direction, each ``(N, C)`` as in
             `rpa_listwise_loss` (``C`` may differ between the directions).
-        form: ``"listwise"`` (`rpa_listwise_loss`) or ``"pairwise"`` (`rpa_pairwise_loss`).
+        rpa_loss: ``"listwise"`` (`rpa_listwise_loss`) or ``"pairwise"`` (`rpa_pairwise_loss`), as
+            `RPAConfig.rpa_loss` names them (`RPA_LOSSES`).
         reduction: ``"none"`` for each anchor's loss.
 
     Returns:
         The scalar loss, averaged over the ``N`` anchors, or the ``(N,)`` losses of the anchors.
     """
-    rpa = RPA_LOSSES[form]
+    rpa = RPA_LOSSES[rpa_loss]
     return (rpa(*text_to_image, reduction=reduction) + rpa(*image_to_text, reduction=reduction)) / 2
 
 
@@ -383,17 +384,19 @@ def _check_rpa_inputs(scores: Tensor, judge_scores: Tensor, mask: Tensor | None)
 
 
 def preference_agreement(
-    scores: Tensor, judge_scores: Tensor, mask: Tensor | None = None, per_anchor: bool = False
+    scores: Tensor, judge_scores: Tensor, mask: Tensor | None = None, reduction: Literal["mean", "none"] = "mean"
 ) -> tuple[Tensor, Tensor]:
     """How well the scores follow the judge, over all strictly preferred pairs ``(k, l)`` (DPO's reward metrics):
     the fraction with ``s_k > s_l`` (``rewards/accuracies``) and the mean ``s_k - s_l`` (``rewards/margins``).
-    Both are NaN when no pair is strictly preferred. `per_anchor`: the ``(N,)`` values over each anchor's own pairs
-    instead."""
+    Both are NaN when no pair is strictly preferred. `reduction`: ``"mean"`` over the preferred pairs of all anchors
+    together, ``"none"`` for the ``(N,)`` values over each anchor's own pairs."""
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
     scores, mask = _check_rpa_inputs(scores, judge_scores, mask)
     preferred = _strict_preferences(judge_scores, mask)
     differences = scores.unsqueeze(2) - scores.unsqueeze(1)
     # sums over the preferred pairs, not `differences[preferred]`, whose data-dependent size would wait for the device
-    dims = (1, 2) if per_anchor else (0, 1, 2)
+    dims = (1, 2) if reduction == "none" else (0, 1, 2)
     pairs = preferred.sum(dim=dims)
     agreeing = ((differences > 0) & preferred).sum(dim=dims)
     return agreeing / pairs, differences.masked_fill(~preferred, 0.0).sum(dim=dims) / pairs

@@ -19,7 +19,7 @@ import os
 import shutil
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from datasets import Dataset, IterableDataset
@@ -400,7 +400,7 @@ class RPATrainer(DPOTrainer):
             (beta * similarities[1], inputs["img2txt_scores"], inputs["candidate_text_mask"]),
         ]
         # per anchor, so that evaluation can average over the anchors of its whole set (see `_log_eval_batch`)
-        rpa = bidirectional_rpa_loss(*rankings, form=self.args.rpa_loss, reduction="none")
+        rpa = bidirectional_rpa_loss(*rankings, rpa_loss=self.args.rpa_loss, reduction="none")
         if repeated is None:
             contrastive = self._contrastive_loss(outputs.text_embeds, outputs.image_embeds, inputs, inverse_temperature)
         else:
@@ -412,7 +412,7 @@ class RPATrainer(DPOTrainer):
         loss = anchor_losses.mean() if repeated is None else anchor_losses[~repeated].mean()
 
         # pooled over the batch's pairs in training; evaluation needs each anchor's (see `_log_eval_batch`)
-        agreement = _judge_agreement(rankings, per_anchor=mode == "eval")
+        agreement = _judge_agreement(rankings, reduction="none" if mode == "eval" else "mean")
         if mode == "eval":
             counted = ~self.accelerator.gather(repeated)
             self._log_eval_batch(anchor_losses, rpa, contrastive, agreement, counted)
@@ -909,12 +909,14 @@ def _temperature(inverse_temperature: float) -> float:
     return 1.0 / inverse_temperature if inverse_temperature else math.inf
 
 
-def _judge_agreement(rankings: list[tuple[Tensor, Tensor, Tensor]], per_anchor: bool) -> tuple[Tensor, Tensor]:
+def _judge_agreement(
+    rankings: list[tuple[Tensor, Tensor, Tensor]], reduction: Literal["mean", "none"]
+) -> tuple[Tensor, Tensor]:
     """How well the scores of the `rankings` ((scores, judge scores, mask) per direction) follow the judge: rewards
     accuracy and margin (`preference_agreement`, DPO's `rewards/*`), averaged over the two directions; scalars pooled
-    over the batch's preferred pairs, or ``(N,)`` per anchor with `per_anchor`. NaN where no pair is strictly
-    preferred."""
-    agreement = [preference_agreement(scores.detach(), judge, mask, per_anchor=per_anchor) for scores, judge, mask in rankings]
+    over the batch's preferred pairs (`reduction="mean"`), or ``(N,)`` per anchor (``"none"``). NaN where no pair is
+    strictly preferred."""
+    agreement = [preference_agreement(scores.detach(), judge, mask, reduction) for scores, judge, mask in rankings]
     accuracy, margin = (torch.stack(values).nanmean(0) for values in zip(*agreement))
     return accuracy, margin
 
