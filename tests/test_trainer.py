@@ -1527,3 +1527,13 @@ def test_a_tokenizer_passed_as_processing_class_is_refused_up_front(tmp_path):
     with pytest.raises(TypeError, match="`processing_class` must be the model's MapleProcessor .* got "):
         RPATrainer(model, args=make_config(tmp_path), processing_class=processor.tokenizer,
                    train_dataset=synthetic_preference_dataset(8, seed=0))
+
+
+def test_the_package_lists_and_resolves_its_public_names():
+    """`trainer` resolves most of its names on first use (PEP 562): `dir()` lists them before that, and each resolves."""
+    import trainer
+    from trainer.schema import UndecodableImageError
+
+    assert dir(trainer) == sorted(trainer.__all__)
+    assert all(getattr(trainer, name) is not None for name in trainer.__all__)
+    assert trainer.UndecodableImageError is UndecodableImageError and set(trainer.RPA_LOSSES) == {"listwise", "pairwise"}

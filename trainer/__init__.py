@@ -7,6 +7,7 @@ first use, so `from trainer.losses import ...` (e.g. in every process of a distr
 import importlib
 
 from .losses import (
+    RPA_LOSSES,
     bidirectional_rpa_loss,
     contrastive_loss,
     maple_loss,
@@ -21,10 +22,12 @@ _LAZY_ATTRIBUTES = {
     "PREFERENCE_FEATURES": ".schema",
     "RPAConfig": ".rpa_config",
     "RPATrainer": ".rpa_trainer",
+    "UndecodableImageError": ".schema",
     "validate_preference_dataset": ".schema",
 }
 
 __all__ = [
+    "RPA_LOSSES",
     "bidirectional_rpa_loss",
     "contrastive_loss",
     "maple_loss",
@@ -39,3 +42,8 @@ def __getattr__(name: str):
     if name in _LAZY_ATTRIBUTES:
         return getattr(importlib.import_module(_LAZY_ATTRIBUTES[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # the lazy names are not in the module's namespace until first used: list them for dir() and completion
+    return sorted(__all__)
