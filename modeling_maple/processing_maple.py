@@ -345,7 +345,9 @@ def image_batch_problem(
     unset = [f"{name}=False" for name in ("do_resize", "do_center_crop") if getattr(image_processor, name, None) is False]
     settings = f" ({', '.join(unset)})" if unset else ""
     fixes = ["do_center_crop=True (images cropped to crop_size)"] if hasattr(image_processor, "do_center_crop") else []
-    fixes.append("size={'height': ..., 'width': ...} (every image resized to it, its aspect ratio not kept)")
+    # with do_resize=False, `size` is never read
+    resize = "do_resize=True, " if getattr(image_processor, "do_resize", None) is False else ""
+    fixes.append(f"{resize}size={{'height': ..., 'width': ...}} (every image resized to it, its aspect ratio not kept)")
     return (f"{' but '.join(described)} (height x width): the image processor ({type(image_processor).__name__}) gives "
             f"each image a size that follows its own{settings}, but the vision tower takes a batch at one size. Set "
             f"{' or '.join(fixes)} in image_processor_kwargs (load_maple, from_backbone) or on "

@@ -123,6 +123,23 @@ def test_a_batch_an_image_processor_makes_of_several_sizes_is_refused_by_name():
         model.encode(processor, images=[wide, wide, wide, square], batch_size=2)
 
 
+def test_a_batch_of_several_sizes_unresized_is_told_to_resize_as_well_as_to_set_a_size():
+    """With `do_resize=False`, `size` is never read: the advice `size={...}` alone left the batch at several sizes
+    (found by a review)."""
+    from modeling_maple.processing_maple import image_batch_problem
+
+    images = [Image.new("RGB", (32, 16)), Image.new("RGB", (16, 16))]
+    unresized = CLIPImageProcessorPil(do_resize=False, do_center_crop=False)
+    problem = image_batch_problem(unresized, images, unresized(images=images, return_tensors=None)["pixel_values"])
+    assert "(do_resize=False, do_center_crop=False)" in problem
+    assert "or do_resize=True, size={'height': ..., 'width': ...} (every image resized to it" in problem
+    resized = CLIPImageProcessorPil(do_resize=True, size={"height": 16, "width": 16}, do_center_crop=False)
+    assert [pixels.shape for pixels in resized(images=images, return_tensors=None)["pixel_values"]] == [(3, 16, 16)] * 2
+    resizing = CLIPImageProcessorPil(size={"shortest_edge": 16}, do_center_crop=False)
+    problem = image_batch_problem(resizing, images, resizing(images=images, return_tensors=None)["pixel_values"])
+    assert "or size={'height': ..., 'width': ...}" in problem and "do_resize=True" not in problem
+
+
 def test_a_16_bit_greyscale_image_is_scaled_to_8_bits_not_clipped_white(tmp_path):
     """`convert("RGB")` clips I;16 and I values at 255: a 16-bit PNG became a white square, two different ones one
     image to the miner, SemDeDup, the judge and the embedder alike (found by a bug hunt)."""
