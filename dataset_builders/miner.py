@@ -339,6 +339,7 @@ class HardNegativeMiner:
         device: str | torch.device | None = None,
         dtype: torch.dtype = torch.float32,
         device_map: str | dict | None = None,
+        image_processor_kwargs: dict | None = None,
         model_kwargs: dict | None = None,
         token: str | None = None,
         **kwargs,
@@ -350,24 +351,28 @@ class HardNegativeMiner:
         last hidden state. The encoder goes on `device` (default: the CPU), or where `device_map`
         places it, and so do the neighbour search and SemDeDup unless `search_device` says otherwise
         (without a `device`: the GPU if there is one); so each rank of a multi-GPU build that passes
-        its own device searches on it. `model_kwargs` are more `from_pretrained` arguments (e.g.
+        its own device searches on it. `image_processor_kwargs` override the image processor's settings (e.g.
+        `{"do_center_crop": True}`; one it does not have, or fails on, is a ValueError before the weights load, as for
+        the judge and the captioner); `model_kwargs` are more `from_pretrained` arguments (e.g.
         `attn_implementation`); `token` is the Hub token the config, weights and image processor are read with (None:
         HF_TOKEN or the saved login); `kwargs` go to the miner, and a keyword that is none of these is a TypeError
         saying where it goes (`interfaces.check_settings`), as for the judge and the captioner.
         """
-        from transformers import AutoConfig, AutoImageProcessor, AutoModel
+        from transformers import AutoConfig, AutoModel
 
-        check_settings(cls, kwargs, ("device", "dtype", "device_map", "model_kwargs", "token"))
+        from modeling_maple.processing_maple import load_image_processor
+
+        check_settings(cls, kwargs, ("device", "dtype", "device_map", "image_processor_kwargs", "model_kwargs", "token"))
         cls.check_values(**kwargs)
         model_kwargs = with_device_map(f"{cls.__name__}.from_pretrained", model_kwargs, device_map)
         config = AutoConfig.from_pretrained(model_id_or_path, token=token)
         problem = encoder_config_problem(model_id_or_path, config.to_dict())
         if problem is not None:  # it would load, and fail at its first batch of images
             raise ValueError(problem)
+        image_processor = load_image_processor(model_id_or_path, image_processor_kwargs, token=token)
         model = AutoModel.from_pretrained(model_id_or_path, dtype=dtype, token=token, **model_kwargs).eval()
         if "device_map" not in model_kwargs:
             model = model.to(device or "cpu")
-        image_processor = AutoImageProcessor.from_pretrained(model_id_or_path, token=token)
         kwargs.setdefault("name", model_id_or_path)
         if device is not None:
             kwargs.setdefault("search_device", device)
@@ -489,15 +494,16 @@ class _TransformersImageEncoder:
 
     def __call__(self, images: Sequence[PIL.Image.Image], first_index: int = 0) -> torch.Tensor:
         """(len(images), D) embeddings of `images`, RGB already (`HardNegativeMiner.embed` loads every image with
-        `load_image`), the caller's `images[first_index:]`. A batch the image processor makes of several sizes (DINOv2's
-        own, or CLIP's without its center crop, keep each image's aspect ratio) is a ValueError naming two of them
-        (`image_batch_problem`)."""
+        `load_image`), the caller's `images[first_index:]`. A batch the image processor makes of several sizes (DINOv2
+        takes any size; CLIP's image processor without its center crop keeps each image's aspect ratio) is a ValueError
+        naming two of them and the `image_processor_kwargs` that make one size (`image_batch_problem`)."""
         from modeling_maple.processing_maple import image_batch_problem
 
         images = list(images)
         # Made into tensors once their sizes are checked: numpy's own error names no image.
         inputs = self.image_processor(images=images, return_tensors=None)
-        if (problem := image_batch_problem(self.image_processor, images, inputs["pixel_values"], first_index)):
+        if (problem := image_batch_problem(self.image_processor, images, inputs["pixel_values"], first_index,
+                                           set_in="image_processor_kwargs (HardNegativeMiner.from_pretrained)")):
             raise ValueError(f"{problem}.")
         inputs = inputs.convert_to_tensors("pt").to(self.model.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)

@@ -325,14 +325,20 @@ def dual_encoder_image_processor_problem(vision_config, image_processor) -> str 
 
 
 def image_batch_problem(
-    image_processor, images: Sequence[Image.Image], pixel_values: Sequence[Any], first_index: int = 0
+    image_processor,
+    images: Sequence[Image.Image],
+    pixel_values: Sequence[Any],
+    first_index: int = 0,
+    *,
+    set_in: str = "image_processor_kwargs (load_maple, from_backbone) or on processor.image_processor",
 ) -> str | None:
     """Why `pixel_values`, what `image_processor` made of `images` (the caller's `images[first_index:]`), cannot go to a
     dual encoder's vision tower as one batch, or None: they are of several sizes. A tower that takes any size (DINOv2)
     still takes one per batch, and an image processor whose output follows each image's aspect ratio (CLIP's without
     its center crop) makes several; transformers' own processors then fail with numpy's bare "inhomogeneous shape"
     error. Resizing them to one size, or padding them, would change what the tower sees of each image by the batch it is
-    in, so the two first images of different sizes are named, with the settings that make one size."""
+    in, so the two first images of different sizes are named, with the settings that make one size and where they are
+    set (`set_in`: where the caller's image processor takes its settings)."""
     sizes = [tuple(pixels.shape[-2:]) for pixels in pixel_values]
     other = next((position for position, size in enumerate(sizes) if size != sizes[0]), None)
     if other is None:
@@ -350,8 +356,7 @@ def image_batch_problem(
     fixes.append(f"{resize}size={{'height': ..., 'width': ...}} (every image resized to it, its aspect ratio not kept)")
     return (f"{' but '.join(described)} (height x width): the image processor ({type(image_processor).__name__}) gives "
             f"each image a size that follows its own{settings}, but the vision tower takes a batch at one size. Set "
-            f"{' or '.join(fixes)} in image_processor_kwargs (load_maple, from_backbone) or on "
-            "processor.image_processor, or give images of one size")
+            f"{' or '.join(fixes)} in {set_in}, or give images of one size")
 
 
 def image_size_problem(image_processor, image_size: int | Sequence[int]) -> str | None:

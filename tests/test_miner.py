@@ -361,6 +361,28 @@ def test_a_batch_the_image_processor_makes_of_several_sizes_is_refused_naming_it
         HardNegativeMiner.from_maple(model, processor, batch_size=2, search_device="cpu").embed([wide, wide, wide, square])
 
 
+def test_a_miners_batch_of_several_sizes_names_the_image_processor_kwargs_of_from_pretrained(tmp_path):
+    """Its message told the user to set the image processor in `load_maple`, `from_backbone` or on
+    `processor.image_processor`, none of which reaches a miner (found by a review): `from_pretrained` takes
+    `image_processor_kwargs`, and the message names them. A setting the image processor does not have is refused."""
+    from transformers import CLIPImageProcessorPil
+
+    _save_tiny_encoder(tmp_path)
+    CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16},
+                          do_center_crop=False).save_pretrained(tmp_path)
+    images = [Image.new("RGB", (32, 16), "red"), Image.new("RGB", (16, 16), "blue")]
+    miner = HardNegativeMiner.from_pretrained(str(tmp_path), batch_size=2, search_device="cpu")
+    with pytest.raises(ValueError, match=r"Set do_center_crop=True .* in image_processor_kwargs "
+                                         r"\(HardNegativeMiner\.from_pretrained\), or give images of one size\.$"):
+        miner.embed(images)
+    cropping = HardNegativeMiner.from_pretrained(str(tmp_path), batch_size=2, search_device="cpu",
+                                                 image_processor_kwargs={"do_center_crop": True})
+    assert cropping.embed(images).shape == (2, 16)
+    assert cropping.settings["encoder"]["image_processor"] != miner.settings["encoder"]["image_processor"]
+    with pytest.raises(ValueError, match=r"max_pixels is not a setting of its image processor \(CLIPImageProcessorPil\)"):
+        HardNegativeMiner.from_pretrained(str(tmp_path), image_processor_kwargs={"max_pixels": 256})
+
+
 def test_query_subset_matches_the_full_search():
     embeddings = torch.randn(97, 8, generator=torch.Generator().manual_seed(3))
     full = top_k_neighbours(embeddings, 4, query_chunk_size=10, key_chunk_size=17)
