@@ -71,16 +71,18 @@ def _written_by_maple(result: EvalResult, eval_results: Mapping[str, Mapping[str
     return maple_metric and (named or table_cell(result.dataset_name).strip() in _table_benchmarks(replaced_section))
 
 
-# A markdown table's delimiter row ("|---|---|") and the first cell of a row, whose `\|` (`table_cell`) ends no cell
-_DELIMITER_ROW = re.compile(r"^\|(?:\s*:?-+:?\s*\|)+$")
-_FIRST_CELL = re.compile(r"^\|\s*((?:[^|\\]|\\.)*?)\s*\|")
+# A markdown table's delimiter row ("|---|---|", "| :-- | --: |", "---|---": GFM's outer pipes are optional, but one
+# pipe there must be, or "---" is a rule) and the first cell of a row, whose `\|` (`table_cell`) ends no cell; both
+# matched on lines stripped of the spaces around them
+_DELIMITER_ROW = re.compile(r"^(?=.*\|)\|?\s*:?-+:?\s*(?:\|\s*:?-+:?\s*)*\|?$")
+_FIRST_CELL = re.compile(r"^\|?\s*((?:[^|\\]|\\.)*?)\s*\|")
 
 
 def _table_benchmarks(section: str) -> set[str]:
     """The benchmarks an evaluation section's tables name (`render_evaluation_section`): the first cell of each data
     row, as `table_cell` writes it; not a header row's ("benchmark"), nor another cell (a category, a value)."""
     names, in_table = set(), False
-    for line in section.splitlines():
+    for line in map(str.strip, section.splitlines()):
         if _DELIMITER_ROW.match(line):  # the rows below it, up to the first line that is none, are data rows
             in_table = True
         elif in_table and (cell := _FIRST_CELL.match(line)):

@@ -308,6 +308,30 @@ def test_with_eval_results_drops_the_entries_of_the_tables_it_replaces(tmp_path)
     assert "maple-demo-retrieval" not in updated.text
 
 
+@pytest.mark.parametrize(
+    "hand_edit",
+    [
+        pytest.param(lambda line: line + " " if line.startswith("|-") else line, id="delimiter row with a trailing space"),
+        pytest.param(lambda line: line.strip("|").strip() if line.startswith("|") else line, id="no outer pipes"),
+        pytest.param(lambda line: "  " + line if line.startswith("|") else line, id="indented rows"),
+    ],
+)
+def test_with_eval_results_drops_the_entries_of_hand_edited_tables_it_replaces(tmp_path, hand_edit):
+    """Markdown tables a person edited on the Hub ("|---|---| ", or "---|---" without outer pipes, as GFM allows) named
+    no benchmark, so their model-index entries outlived the section replacing them (found by a review); their header
+    cell still names none."""
+    from huggingface_hub import EvalResult
+
+    demo = {"maple-demo-retrieval": {key: 50.0 for key in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")}}
+    card = model_card_from_run(tmp_path, None, "dual_encoder", {}, [], demo, repo_id="me/x")
+    card.data.eval_results.append(EvalResult(task_type="image-text-retrieval", dataset_type="me/bench",
+                                             dataset_name="benchmark", metric_type="i2t_r1", metric_value=7.0))
+    edited = ModelCard("\n".join(hand_edit(line) for line in str(card).splitlines()))
+    assert {result.dataset_name for result in edited.data.eval_results} == {"maple-demo-retrieval", "benchmark"}
+    updated = ModelCard(str(with_eval_results(edited, {"coco": {"i2t_r1": 11.0, "t2i_r1": 12.0}}, model_name="me/x")))
+    assert {result.dataset_name for result in updated.data.eval_results} == {"coco", "benchmark"}
+
+
 def test_with_eval_results_keeps_a_users_entry_named_like_a_category_of_its_tables():
     """Only a row's first cell names a benchmark: an entry of the user's own named like a category ("Relation") was
     dropped (found by a review)."""
