@@ -4,7 +4,7 @@ that are not evened out across processes are refused; the evaluation metrics, of
 set, are those of one process evaluating the same global batches: accelerate repeats rows to fill the last batch of
 each process, and they are neither counted nor in the InfoNCE pools (also when accelerate splits each batch across the
 processes, and when the stream has shards of unequal lengths); a NaN loss in one process stops them all; an evaluation
-before training leaves the model to be wrapped in DDP for training.
+before training, also one that compiles the model (`torch_compile`), leaves the model to be wrapped in DDP for training.
 
 Every global batch holds the same rows in both runs (one batch of 8 in one process, two of 4 in two processes), in
 training (the same 8 rows at every step) and in evaluation (in order), so the comparison does not depend on how
@@ -115,13 +115,13 @@ def train_on_unequal_shards(output_dir: str) -> str:
     return "trained"
 
 
-def train_after_evaluating(output_dir: str) -> float:
+def train_after_evaluating(output_dir: str, **overrides) -> float:
     """The largest difference between the two processes' weights after an evaluation, then `STEPS` training steps of 4
-    rows per process. The evaluation prepares the model without DDP, and `Trainer.train` would leave it so: each process
-    training its own copy on its own rows."""
+    rows per process. The evaluation prepares the model without DDP (and with `torch_compile` compiles it), and
+    `Trainer.train` would leave it so: each process training its own copy on its own rows."""
     model, processor = build_tiny("dual_encoder", seed=0)
     args = smoke_config(output_dir, per_device_train_batch_size=GLOBAL_BATCH // 2, per_device_eval_batch_size=4,
-                        max_steps=STEPS, use_cpu=True)
+                        max_steps=STEPS, use_cpu=True, **overrides)
     trainer = RPATrainer(model, args=args, train_dataset=synthetic_preference_dataset(GLOBAL_BATCH, seed=3),
                          processing_class=processor)
     trainer.evaluate(synthetic_preference_dataset(4, num_candidates=2, seed=4))
@@ -187,7 +187,8 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
                     one_process["eval"][name][key], abs=1e-5
                 ), (distributed, key)
     assert two_processes["unequal_shards"] == "trained"
-    assert two_processes["evaluated_first"] == 0.0, "an evaluation before training left the processes' weights apart"
+    for evaluated_first in ("evaluated_first", "evaluated_first_compiled"):
+        assert two_processes[evaluated_first] == 0.0, f"{evaluated_first}: the processes' weights came apart"
     assert "RPATrainer needs accelerator_config.even_batches under several processes" in two_processes["uneven"]
     assert two_processes["uneven_dropping_last"] == "trained"  # without the short batch, the counts cannot differ
     # With split_batches accelerate splits each batch of a stream across the processes, whatever its shards, and
@@ -255,6 +256,12 @@ elif __name__ == "__main__":  # run by `accelerate launch` above
     logs["nan_in_one_process"] = stop_on_a_nan_loss_of_one_process(output_dir + "-nan")
     logs["unequal_shards"] = train_on_unequal_shards(output_dir + "-shards")
     logs["evaluated_first"] = train_after_evaluating(output_dir + "-evaluated-first")
+    # The evaluation's compiled model wraps the model itself, without DDP either. "force_eager" keeps the wrappers that
+    # torch.compile makes but runs them uncompiled: tracing the model twice (evaluation, training) took 10-20 s more.
+    # Last: torch_compile sets ACCELERATE_DYNAMO_BACKEND, which the accelerators of later trainers would read.
+    with torch.compiler.set_stance("force_eager"):
+        logs["evaluated_first_compiled"] = train_after_evaluating(output_dir + "-evaluated-first-compiled",
+                                                                  torch_compile=True, torch_compile_backend="eager")
     if int(os.environ.get("RANK", "0")) == 0:
         with open(result_file, "w") as handle:
             json.dump(logs, handle)

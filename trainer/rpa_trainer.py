@@ -665,21 +665,27 @@ class RPATrainer(DPOTrainer):
         An evaluation before training prepares the model with `prepare_model(evaluation_mode=True)`
         (`Trainer.evaluation_loop`), which leaves out the DDP wrapper yet marks the model prepared; training's
         `accelerator.prepare` then handed it back as it was, and each process trained its own copy on its own batches,
-        gradients never averaged (transformers 5.24, accelerate 1.15). Under FSDP and DeepSpeed that evaluation
-        prepares the model for training, and it is left alone. In one process this prepares again a model that training
-        already prepared, the same way."""
-        model = self.model
+        gradients never averaged (transformers 5.24, accelerate 1.15). With `torch_compile` that evaluation also
+        compiles the model, and `model_wrapped` is the compiled model (torch.compile's wrapper, or under regional
+        compilation a copy with compiled blocks), which `Trainer.train` took for a wrapped one and trained as it was:
+        it is let go, and training compiles its DDP wrapper instead. Under FSDP and DeepSpeed that evaluation prepares
+        the model for training, and it is left alone. In one process this prepares again a model that training already
+        prepared, the same way (compiled, in a new wrapper whose calls reuse dynamo's graphs of the model)."""
+        model, prepared = self.model, self.model_wrapped
         if (
             self.is_fsdp_enabled
             or self.is_deepspeed_enabled
-            or self.model_wrapped is not model
-            or not getattr(model, "_is_accelerate_prepared", False)
+            # accelerate compiles last: an evaluation's compiled model holds the model itself, training's its DDP wrapper
+            or (prepared is not model and getattr(prepared, "_orig_mod", None) is not model)
+            or not getattr(prepared, "_is_accelerate_prepared", False)
         ):
             return
         # in place: gives the model back its own forward, without the autocast that mixed precision wrapped it in
         self.accelerator.unwrap_model(model, keep_fp32_wrapper=False)
-        del model._is_accelerate_prepared
-        self.accelerator._models = [prepared for prepared in self.accelerator._models if prepared is not model]
+        # the mark is on the model itself, but for a copy with compiled blocks, which keeps it
+        vars(model).pop("_is_accelerate_prepared", None)
+        self.accelerator._models = [listed for listed in self.accelerator._models if listed is not model]
+        self.model_wrapped = model
 
     def end(self) -> None:
         """`Trainer.end`: finishes the trackers and destroys the process group, after letting go of the DDP wrapper,
