@@ -439,9 +439,11 @@ def _stored_image_keys(images: pa.ChunkedArray, rows: np.ndarray) -> np.ndarray:
     sizes = pc.binary_length(data).fill_null(-1).to_numpy()
     _, size_group, group_counts = np.unique(np.stack([rows, sizes]), axis=1, return_inverse=True, return_counts=True)
     next_key = len(images)
+    # with 64-bit offsets (the data buffers are kept, not copied): a batch's selected images may hold more than the
+    # 2 GiB that binary's 32-bit offsets reach, which `take` and `combine_chunks` would join into one array
     for selected, values in (
-        (np.flatnonzero(has_bytes & (group_counts[size_group] > 1)), data),
-        (np.flatnonzero(~has_bytes), paths),  # validation refuses an image with neither
+        (np.flatnonzero(has_bytes & (group_counts[size_group] > 1)), pc.cast(data, pa.large_binary())),
+        (np.flatnonzero(~has_bytes), pc.cast(paths, pa.large_string())),  # validation refuses an image with neither
     ):
         if len(selected):
             codes = pc.dictionary_encode(pc.take(values, selected).combine_chunks()).indices.to_numpy()
