@@ -63,12 +63,12 @@ from maple.files import (
     atomic_write,
     atomic_write_json,
     atomic_write_text,
+    card_configs,
     changed_entries,
     created_once,
     expanded_path,
     files_by_split,
     folder_problem,
-    is_config_folder,
     shard_split,
     snapshot_config_folders,
 )
@@ -1409,12 +1409,15 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         with the numbers in their names in value order (a build's shards past anchor 999,999 in anchor order), where
         `datasets` sorts names as text.
 
-        A repo snapshot keeps each config's files in a top-level folder named after it (the "default" config's in
-        `data/`): `config_name` picks one; without it a snapshot must hold a single config (several are an error listing them,
-        never one split of every config's rows). A Hub repo that answers with an error (an HTTP status: a 401 to a read
-        without a token, for a missing and a private repo alike), or an offline or unreachable Hub, is a `HubReadError`
-        naming it and what the Hub answered (`maple.hub.hub_read_failure`, which asks the Hub when `datasets` kept no
-        answer); read with a token, a repo the Hub does not find for it is `datasets`' own `DatasetNotFoundError`."""
+        A repo snapshot whose README.md names its `configs` (as a pushed card does) is read as the card says, by
+        `datasets.load_dataset`, as `maple train` reads it. Without one, each config's files lie in a top-level folder
+        named after it (the "default" config's in `data/`), told apart from split folders as `maple train` tells them
+        (`maple.files.snapshot_config_folders`): `config_name` picks one; without it a snapshot must hold a single
+        config (several are an error listing them, never one split of every config's rows). A Hub repo that answers
+        with an error (an HTTP status: a 401 to a read without a token, for a missing and a private repo alike), or an
+        offline or unreachable Hub, is a `HubReadError` naming it and what the Hub answered
+        (`maple.hub.hub_read_failure`, which asks the Hub when `datasets` kept no answer); read with a token, a repo
+        the Hub does not find for it is `datasets`' own `DatasetNotFoundError`."""
         path = Path(repo_id_or_path)
         if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():  # a `save_to_disk` folder
             if config_name is not None:
@@ -1429,6 +1432,9 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 raise ValueError(f"{repo_id_or_path} holds the splits {sorted(splits)}: split {split!r}: {error}") from None
             rows = [splits[part.splitname].select(range(part.from_, part.to)) for part in parts]
             return rows[0] if len(rows) == 1 else datasets.concatenate_datasets(rows)
+        if path.is_dir() and card_configs(path):
+            # a snapshot whose card names its configs' files: read as `datasets`, and `maple train`, read it
+            return datasets.load_dataset(str(path), name=config_name, split=split, **load_kwargs)
         if path.exists():
             folder = path if config_name is None else _config_folder(path, config_name)
             files = [path] if path.is_file() else sorted(folder.rglob("*.parquet"), key=_in_number_order)
@@ -1438,7 +1444,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             if config_name is None and path.is_dir():
                 # the configs `maple train` tells apart: a folder of split folders (train/, test/) is one config with
                 # those splits; "." for a config's folder given as the folder
-                configs = sorted([*snapshot_config_folders(path), *(["."] if is_config_folder(path) else [])])
+                configs = snapshot_config_folders(path, files)
                 if len(configs) > 1:
                     raise ValueError(f"{repo_id_or_path} holds several configs ({', '.join(configs)}): pass config_name= to pick one")
                 config_folder = _lone_config_folder(path / configs[0]) if configs else None

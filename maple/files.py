@@ -69,25 +69,60 @@ def shard_split(name: str) -> str | None:
     return shard.group(1) if (shard := _SPLIT_SHARD_NAME.match(name)) else None
 
 
+def keyword_split(name: str) -> str | None:
+    """The split that `datasets` reads a folder named `name` as, where `name` is one of its split keywords ("test" for
+    `eval/`, "validation" for `dev/`); None for another name."""
+    from datasets.data_files import SPLIT_KEYWORDS
+
+    return next((str(split) for split, keywords in SPLIT_KEYWORDS.items() if name in keywords), None)
+
+
 def is_config_folder(folder: str | os.PathLike) -> bool:
     """Whether `folder`, a top-level folder of a Hub dataset snapshot, is a config's: it directly holds a split's
     shards as `push_to_hub` names them in the folder named after the config ("paper/train-00000-of-00001.parquet"; the
-    "default" config's in `data/`). Not a split's folder, which `datasets` reads as that split: one named as a split
-    (`train/`, `validation/`, `test/`, or another of `datasets`' split keywords, whatever its files' names:
-    "validation/part-00000-of-00002.parquet"), or one holding shards named after itself
-    ("test_hard/test_hard-00000-of-00001.parquet")."""
-    from datasets.data_files import SPLIT_KEYWORDS
-
+    "default" config's in `data/`), of a split other than the folder's own. A split's folder (which `datasets` reads as
+    that split) holds shards named after itself ("test_hard/test_hard-00000-of-00001.parquet"), and one named as a
+    split keyword of `datasets` (`train/`, `validation/`, `test/`, `eval/`...) holds files of any name but shards of
+    another split so named ("validation/part-00000-of-00002.parquet", "eval/test-00000-of-00001.parquet"):
+    "eval/train-00000-of-00001.parquet" is a config's, as `push_to_hub(config_name="eval")` writes it."""
     folder = Path(folder)
-    if any(folder.name in keywords for keywords in SPLIT_KEYWORDS.values()):
-        return False
-    return bool({shard_split(file.name) for file in folder.glob("*.parquet")} - {None, folder.name})
+    shard_splits = {shard_split(file.name) for file in folder.glob("*.parquet")} - {None, folder.name}
+    own_split = keyword_split(folder.name)
+    if own_split is None:
+        return bool(shard_splits)
+    return any(keyword_split(split) not in (None, own_split) for split in shard_splits)
 
 
-def snapshot_config_folders(folder: str | os.PathLike) -> list[str]:
-    """The top-level folders of `folder` that are configs' (`is_config_folder`), sorted: the configs of a Hub dataset
-    snapshot. A folder of split folders (`train/`, `test/`) holds none: it is one dataset with those splits."""
-    return sorted(entry.name for entry in Path(folder).iterdir() if entry.is_dir() and is_config_folder(entry))
+def snapshot_config_folders(folder: str | os.PathLike, files: Sequence[str | os.PathLike] | None = None) -> list[str]:
+    """The configs of a Hub dataset snapshot `folder` read without the `configs` of its card: the top-level folders that
+    `files` (data files inside `folder`; None: those `datasets` reads there) lie in, "." for `folder`'s own files,
+    sorted; but not a split's folder, one named as one of `datasets`' split keywords (`train/`, `test/`, `eval/`...)
+    that is no config's (`is_config_folder`). A folder of split folders is one config with those splits, and holds
+    none of these; configs laid out in split folders (`paper/train/0000.parquet`) are told apart too. The folder given
+    is judged by its files, never by its own name. Hidden files are left out, as `datasets` leaves them out."""
+    folder = str(folder)
+    readable = _splits_by_patterns(folder, {"all": ["**"]})  # every file datasets sees: not hidden ones
+    if files is None:
+        files = data_files(folder)
+    top_folders = {
+        parts[0] if len(parts := Path(os.path.relpath(os.path.abspath(file), folder)).parts) > 1 else "."
+        for file in files
+        if os.path.abspath(file) in readable
+    }
+    return sorted(
+        name for name in top_folders  # ("." is no keyword)
+        if keyword_split(name) is None or is_config_folder(os.path.join(folder, name))
+    )
+
+
+def card_configs(folder: str | os.PathLike) -> list[dict[str, Any]]:
+    """The `configs` that the README.md of `folder` (a Hub dataset snapshot's card) names: each config's files by
+    split, which `datasets` reads as written, and which tell configs apart where folder names cannot. Empty where the
+    folder has no card, or its card names none."""
+    from huggingface_hub.repocard import metadata_load
+
+    card = Path(folder) / "README.md"
+    return ((metadata_load(card) or {}).get("configs") or []) if card.is_file() else []
 
 
 class SplitLayoutError(ValueError):
@@ -115,6 +150,20 @@ def _splits_by_patterns(folder: str, patterns: dict[str, list[str]]) -> dict[str
                 if str(split) not in splits:
                     splits.append(str(split))
     return splits_of
+
+
+def data_files(folder: str | os.PathLike) -> list[Path]:
+    """The data files of `folder` as `datasets` finds them, by absolute path, sorted: those in the formats of the files
+    its patterns read there (`get_data_patterns`), hidden files left out; none where they read none."""
+    from datasets.data_files import EmptyDatasetError, get_data_patterns
+
+    folder = str(folder)
+    try:
+        patterns = get_data_patterns(folder)
+    except EmptyDatasetError:
+        return []
+    suffixes = {Path(name).suffix for name in _splits_by_patterns(folder, patterns)}
+    return sorted(Path(name) for name in _splits_by_patterns(folder, {"all": ["**"]}) if Path(name).suffix in suffixes)
 
 
 def _how_datasets_splits(patterns: dict[str, list[str]]) -> tuple[str, str]:
@@ -164,8 +213,7 @@ def files_by_split(
     read_as = _splits_by_patterns(folder, patterns)
     readable = _splits_by_patterns(folder, {"all": ["**"]})  # every file datasets sees: not hidden ones
     if files is None:
-        suffixes = {Path(name).suffix for name in read_as}
-        files = sorted(Path(name) for name in readable if Path(name).suffix in suffixes)
+        files = data_files(folder)
     grouped: dict[str, list[Path]] = {}
     left_out: list[Path] = []
     for file in files:

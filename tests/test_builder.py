@@ -898,6 +898,97 @@ def test_hidden_files_are_left_out_as_datasets_leaves_them_out(tmp_path):
     assert MaplePreferences.from_pretrained(str(tmp_path))["id"] == rows["id"][:1]
 
 
+def _write_rows(snapshot, files):
+    """`files` (path in `snapshot` -> (first row, end row)) written from synthetic rows; the rows' ids by file."""
+    from trainer.testing import synthetic_preference_dataset
+
+    rows = synthetic_preference_dataset(max(end for _, end in files.values()))
+    for path, (start, end) in files.items():
+        (snapshot / path).parent.mkdir(parents=True, exist_ok=True)
+        rows.select(range(start, end)).to_parquet(str(snapshot / path))
+    return {path: rows["id"][start:end] for path, (start, end) in files.items()}
+
+
+def test_a_config_named_as_a_split_keyword_is_a_config_to_both_loaders(tmp_path):
+    """`push_to_hub(config_name="eval")` writes eval/train-00000-of-00001.parquet, whose folder, named as a split
+    keyword, was taken for the test split (found by a review): the config alone failed with 'Unknown split "train"',
+    and beside a config `paper` it was read as paper's test split, which `maple train --dataset_train_split test`
+    trained on. It is a config: alone `from_pretrained` reads it (`maple train`, whose `datasets` would read it as the
+    test split, asks for its folder), beside another both loaders refuse it."""
+    from trainer.cli import DataArguments, TrainingInputError, load_preference_splits
+
+    snapshot = tmp_path / "snapshot"
+    ids = _write_rows(snapshot, {"eval/train-00000-of-00001.parquet": (0, 3), "eval/test-00000-of-00001.parquet": (3, 4)})
+    read_by_maple_train = load_preference_splits(DataArguments(dataset_name=str(snapshot / "eval")))
+    for split in ("train", "test"):
+        assert MaplePreferences.from_pretrained(str(snapshot), split=split)["id"] == ids[f"eval/{split}-00000-of-00001.parquet"]
+        assert read_by_maple_train[split]["id"] == ids[f"eval/{split}-00000-of-00001.parquet"]
+    with pytest.raises(TrainingInputError, match=rf"holds the config eval .* e\.g\. --dataset_name {re.escape(str(snapshot / 'eval'))}$"):
+        load_preference_splits(DataArguments(dataset_name=str(snapshot)))
+    ids.update(_write_rows(snapshot, {"paper/train-00000-of-00001.parquet": (4, 6)}))
+    for split in ("train", "test"):
+        with pytest.raises(ValueError, match=r"several configs \(eval, paper\): pass config_name="):
+            MaplePreferences.from_pretrained(str(snapshot), split=split)
+        with pytest.raises(TrainingInputError, match="holds the configs eval, paper of a Hub dataset, without the README"):
+            load_preference_splits(DataArguments(dataset_name=str(snapshot), dataset_train_split=split))
+    assert MaplePreferences.from_pretrained(str(snapshot), config_name="eval")["id"] == ids["eval/train-00000-of-00001.parquet"]
+
+
+def test_a_snapshots_card_is_followed_by_both_loaders(tmp_path):
+    """`from_pretrained` read a local snapshot by its folders, where `maple train` (`datasets`) follows the `configs`
+    of its README.md (found by a review): a config the card names otherwise than its folder was not found. Both follow
+    the card."""
+    from trainer.cli import DataArguments, load_preference_splits
+
+    snapshot = tmp_path / "snapshot"
+    ids = _write_rows(snapshot, {"eval/train-00000-of-00001.parquet": (0, 3), "eval/test-00000-of-00001.parquet": (3, 4),
+                                 "paper/train-00000-of-00001.parquet": (4, 6)})
+    (snapshot / "README.md").write_text(
+        "---\nconfigs:\n- config_name: main\n  data_files:\n  - split: train\n    path: eval/train-*\n"
+        "  - split: test\n    path: eval/test-*\n"
+        "- config_name: paper\n  data_files:\n  - split: train\n    path: paper/train-*\n---\n"
+    )
+    read_by_maple_train = load_preference_splits(DataArguments(dataset_name=str(snapshot), dataset_config="main"))
+    for split in ("train", "test"):
+        path = f"eval/{split}-00000-of-00001.parquet"
+        assert MaplePreferences.from_pretrained(str(snapshot), config_name="main", split=split)["id"] == ids[path]
+        assert read_by_maple_train[split]["id"] == ids[path]
+    with pytest.raises(ValueError, match=r"(?s)Config name is missing.*\['main', 'paper'\]"):
+        MaplePreferences.from_pretrained(str(snapshot))
+
+
+def test_configs_laid_out_in_split_folders_are_refused_not_merged_by_both_loaders(tmp_path):
+    """paper/train/0000.parquet beside corpus/train/0000.parquet was one train split of both configs' rows, to
+    `from_pretrained` (which refused it before configs were told apart by their shards' names) and to `maple train`
+    (found by a review). Both refuse it, naming the configs; a config named is read."""
+    from trainer.cli import DataArguments, TrainingInputError, load_preference_splits
+
+    snapshot = tmp_path / "snapshot"
+    ids = _write_rows(snapshot, {"paper/train/0000.parquet": (0, 3), "corpus/train/0000.parquet": (3, 5),
+                                 "paper/test/0000.parquet": (5, 6)})
+    with pytest.raises(ValueError, match=r"several configs \(corpus, paper\): pass config_name="):
+        MaplePreferences.from_pretrained(str(snapshot))
+    with pytest.raises(TrainingInputError, match=rf"holds the configs corpus, paper of a Hub dataset, .* e\.g\. "
+                                                 rf"--dataset_name {re.escape(str(snapshot / 'corpus'))}$"):
+        load_preference_splits(DataArguments(dataset_name=str(snapshot)))
+    assert MaplePreferences.from_pretrained(str(snapshot), config_name="paper")["id"] == ids["paper/train/0000.parquet"]
+    assert MaplePreferences.from_pretrained(str(snapshot), config_name="paper", split="test")["id"] == ids["paper/test/0000.parquet"]
+    read_by_maple_train = load_preference_splits(DataArguments(dataset_name=str(snapshot / "paper")))
+    assert {split: rows["id"] for split, rows in read_by_maple_train.items()} == {
+        "train": ids["paper/train/0000.parquet"], "test": ids["paper/test/0000.parquet"]}
+
+
+def test_a_config_folder_given_is_read_by_its_files_not_by_its_name(tmp_path):
+    """A config's folder given as the folder, named as a split keyword (SNAPSHOT/eval), was judged a split's folder by
+    its name: its push_to_hub shards were split by `datasets`' patterns, and its custom split test_hard was unknown
+    (found by a review). Only a snapshot's own folders are judged by their names."""
+    config = tmp_path / "snapshot" / "eval"
+    ids = _write_rows(config.parent, {"eval/train-00000-of-00001.parquet": (0, 3),
+                                      "eval/test_hard-00000-of-00001.parquet": (3, 4)})
+    for split in ("train", "test_hard"):
+        assert MaplePreferences.from_pretrained(str(config), split=split)["id"] == ids[f"eval/{split}-00000-of-00001.parquet"]
+
+
 def test_end_to_end_with_a_tiny_mllm_judge_and_captioner(tmp_path):
     torch.manual_seed(0)
     captioner = tiny_captioner(seed=1, image_size=16, max_new_tokens=6)

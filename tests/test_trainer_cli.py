@@ -1207,3 +1207,34 @@ def test_a_snapshot_of_several_configs_without_its_card_is_refused_not_merged(tm
         synthetic_preference_dataset(rows).to_parquet(split_folders / split / f"{split}-00000-of-00001.parquet")
     splits = load_preference_splits(DataArguments(dataset_name=str(split_folders)))
     assert {split: rows.num_rows for split, rows in splits.items()} == {"train": 4, "test": 2}
+
+
+_SEVERAL_CONFIGS = ("names them for datasets (read without it, every config's rows would be one split): give one "
+                    "config's folder")
+
+
+@pytest.mark.parametrize("files, refusal, pick", [
+    (["eval/train-00000-of-00001.parquet", "paper/train-00000-of-00001.parquet"],
+     f"holds the configs eval, paper of a Hub dataset, without the README.md that {_SEVERAL_CONFIGS}", "eval"),
+    (["paper/train/0000.parquet", "corpus/train/0000.parquet"],
+     f"holds the configs corpus, paper of a Hub dataset, without the README.md that {_SEVERAL_CONFIGS}", "corpus"),
+    (["eval/train-00000-of-00001.parquet"],
+     "holds the config eval of a Hub dataset, without the README.md that names it for datasets (read without it, its "
+     "rows would be the test split): give the config's folder", "eval"),
+], ids=["config-named-eval-beside-another", "configs-in-split-folders", "lone-config-named-eval"])
+def test_configs_are_told_apart_as_from_pretrained_tells_them(tmp_path, files, refusal, pick):
+    """Configs of a snapshot without its card are told apart as `MaplePreferences.from_pretrained` tells them
+    (`maple.files.snapshot_config_folders`), and refused (found by a review): eval/, push_to_hub's folder of a config
+    named "eval", was taken for the test split (a refusal naming split folders beside paper/; alone, its train rows
+    were the test split), and configs laid out in split folders (paper/train/, corpus/train/) were trained on as one
+    train split. The config's folder given trains."""
+    from trainer.cli import load_preference_splits
+
+    snapshot = tmp_path / "snapshot"
+    for path in files:
+        (snapshot / path).parent.mkdir(parents=True, exist_ok=True)
+        synthetic_preference_dataset(3).to_parquet(snapshot / path)
+    with pytest.raises(TrainingInputError) as refused:
+        load_preference_splits(DataArguments(dataset_name=str(snapshot)))
+    assert str(refused.value) == f"--dataset_name {snapshot}: {refusal}, e.g. --dataset_name {snapshot / pick}"
+    assert load_preference_splits(DataArguments(dataset_name=str(snapshot / pick)))["train"].num_rows == 3

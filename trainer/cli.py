@@ -36,10 +36,12 @@ from trl import TrlParser
 from maple.cli import config_option_split, exit_with_error, image_settings, report_error
 from maple.files import (
     SplitLayoutError,
+    card_configs,
     expanded_path,
     files_by_split,
     folder_problem,
     holds_relative_image_paths,
+    keyword_split,
     located,
     located_image,
     snapshot_config_folders,
@@ -724,20 +726,26 @@ DATA_FILE_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}
 
 
 def _check_snapshot_has_its_card(folder: str, config: str | None) -> None:
-    """Refuse a snapshot of a Hub dataset of several configs without the `configs` of its README.md: `datasets` reads
-    such a folder as one config, every config's rows in one split (the same anchors twice, judged by two recipes), and
-    knows no config to pick."""
-    from huggingface_hub.repocard import metadata_load
-
-    configs = snapshot_config_folders(folder)
-    card = Path(folder) / "README.md"
-    if len(configs) < 2 or (card.is_file() and (metadata_load(card) or {}).get("configs")):
+    """Refuse a snapshot of a Hub dataset of several configs (`maple.files.snapshot_config_folders`, as
+    `MaplePreferences.from_pretrained` tells them apart) without the `configs` of its README.md: `datasets` reads such
+    a folder as one config, every config's rows in one split (the same anchors twice, judged by two recipes), and knows
+    no config to pick. So too a lone config whose folder is named as a split keyword (`push_to_hub(config_name="eval")`
+    writes eval/train-00000-of-00001.parquet), which `datasets` reads as that split."""
+    if card_configs(folder):
         return
-    pick = os.path.join(folder, config if config in configs else configs[0])
+    configs = snapshot_config_folders(folder)
+    misread_as = keyword_split(configs[0]) if len(configs) == 1 else None
+    if len(configs) < 2 and misread_as is None:
+        return
+    pick = os.path.join(folder, config if config in configs else next(name for name in configs if name != "."))
+    if misread_as is None:
+        held, them, why = f"the configs {', '.join(configs)}", "them", "every config's rows would be one split"
+    else:
+        held, them, why = f"the config {configs[0]}", "it", f"its rows would be the {misread_as} split"
     raise TrainingInputError(
-        f"--dataset_name {folder}: holds the configs {', '.join(configs)} of a Hub dataset, without the README.md that "
-        f"names them for datasets (read without it, every config's rows would be one split): give one config's folder, "
-        f"e.g. --dataset_name {pick}{' without --dataset_config' if config else ''}"
+        f"--dataset_name {folder}: holds {held} of a Hub dataset, without the README.md that names {them} for datasets "
+        f"(read without it, {why}): give {'one' if misread_as is None else 'the'} config's folder, e.g. --dataset_name "
+        f"{pick}{' without --dataset_config' if config else ''}"
     )
 
 
@@ -747,10 +755,7 @@ def _check_each_file_has_its_split(folder: str) -> None:
     whose shard names it then reads alone) or reads as two splits (`train/val_subset/0000.parquet`, "train" and
     "validation": evaluated on rows it trains on). A README.md whose `configs` name each split's files is followed
     as written. A `SplitLayoutError` naming the files."""
-    from huggingface_hub.repocard import metadata_load
-
-    card = Path(folder) / "README.md"
-    if not (card.is_file() and (metadata_load(card) or {}).get("configs")):
+    if not card_configs(folder):
         files_by_split(folder)
 
 
