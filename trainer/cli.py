@@ -19,7 +19,7 @@ import re
 import sys
 import types
 import typing
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -51,7 +51,7 @@ from modeling_maple.configuration_maple import BACKBONES, MLLM_FAMILIES
 from modeling_maple.lora import LORA_ALPHA, LORA_DROPOUT, LORA_RANK
 
 from .rpa_config import RPAConfig, from_pretrained_kwargs, unused_dpo_field_help
-from .schema import first_undecodable_image, validate_preference_dataset
+from .schema import first_undecodable_image, validate_preference_dataset, with_image_decode
 
 if typing.TYPE_CHECKING:
     from modeling_maple import MapleModel, MapleProcessor
@@ -835,12 +835,12 @@ def _with_image_paths_read(dataset: Dataset, data_folder: str | None) -> Dataset
         return dataset
     # what each column is read as: its own image feature (its mode, its list's kind and length), or for paths as text a
     # plain one
-    read_as = {column: _decoding(dataset.features[column], True) if images[column]
+    read_as = {column: with_image_decode(dataset.features[column], True) if images[column]
                else Image() if column == "image" else List(Image())
                for column in texts if texts[column] or column in relative}
     for column in relative:
         if images[column]:  # the stored {bytes, path}, not the decoded image
-            dataset = dataset.cast_column(column, _decoding(dataset.features[column], False))
+            dataset = dataset.cast_column(column, with_image_decode(dataset.features[column], False))
 
     def locate(value: Any, column: str) -> Any:
         return located(value, data_folder) if texts[column] else located_image(value, data_folder)
@@ -863,14 +863,6 @@ def _with_image_paths_read(dataset: Dataset, data_folder: str | None) -> Dataset
             features[column] = feature
             dataset = dataset.cast(features, load_from_cache_file=not relative)
     return dataset
-
-
-def _decoding(feature: Image | List | LargeList, decode: bool) -> Image | List | LargeList:
-    """An image feature, or a list feature of images, that decodes its images or not, all else (the images' mode, the
-    list's kind and length) kept."""
-    if isinstance(feature, Image):
-        return replace(feature, decode=decode)
-    return replace(feature, feature=replace(feature.feature, decode=decode))
 
 
 if __name__ == "__main__":  # as `maple train` (Ctrl-C included)

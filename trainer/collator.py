@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import reprlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import datasets
@@ -14,7 +14,15 @@ from transformers.data.data_collator import DataCollatorMixin
 
 from maple.content import content_id
 
-from .schema import CONTENT_COLUMNS, SCORED_CANDIDATES, check_row_columns, check_rows, first_invalid
+from .schema import (
+    CONTENT_COLUMNS,
+    SCORED_CANDIDATES,
+    check_row_columns,
+    check_rows,
+    first_invalid,
+    image_feature,
+    with_image_decode,
+)
 
 # A field the trainer adds to the rows of a streamed evaluation set: their position in the stream (see
 # `RPATrainer._repeated_eval_rows`); the collator passes it on as `row_position`.
@@ -309,10 +317,9 @@ def with_images_left_encoded(dataset: Any) -> Any:
     encoded = features.copy()
     for column in _IMAGE_COLUMNS:
         feature = features.get(column)
-        inner = feature.feature if isinstance(feature, (datasets.List, datasets.LargeList)) else feature
-        if isinstance(inner, datasets.Image) and inner.decode and inner.mode is None:
-            left = replace(inner, decode=False)
-            encoded[column] = replace(feature, feature=left) if inner is not feature else left
+        image = image_feature(feature)
+        if isinstance(image, datasets.Image) and image.decode and image.mode is None:
+            encoded[column] = with_image_decode(feature, False)
     if encoded == features:
         return dataset
     if isinstance(dataset, datasets.IterableDataset):  # lazy already: the stream decodes as it yields

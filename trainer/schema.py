@@ -106,7 +106,7 @@ def check_features(features: Features, dataset_name: str) -> None:
     for column, expected in PREFERENCE_FEATURES.items():
         kind = _feature_kind(features[column])
         if kind == _feature_kind(expected) or (column == "id" and kind == "number"):
-            if "image" in kind and not _decodes_images(features[column]):
+            if "image" in kind and not image_feature(features[column]).decode:
                 raise ValueError(
                     f"The {dataset_name} dataset's column {column!r} has type {features[column]!r}: images left "
                     f"encoded; decode them: dataset.cast_column({column!r}, {_IMAGE_CASTS[column]})."
@@ -121,9 +121,18 @@ def check_features(features: Features, dataset_name: str) -> None:
         )
 
 
-def _decodes_images(feature: Any) -> bool:
-    """Whether an image feature (or a list of them) gives decoded images."""
-    return _decodes_images(feature.feature) if isinstance(feature, (List, LargeList)) else feature.decode
+def image_feature(feature: Any) -> Any:
+    """The feature of each image a column holds: a list column's item feature (`List`, or `LargeList` as polars writes
+    parquet lists), else the column's own feature (`None` too) as it is."""
+    return feature.feature if isinstance(feature, (List, LargeList)) else feature
+
+
+def with_image_decode(feature: Image | List | LargeList, decode: bool) -> Image | List | LargeList:
+    """An image feature, or a list feature of images, that decodes its images or not, all else (the images' mode, the
+    list's kind and length) kept."""
+    if isinstance(feature, (List, LargeList)):
+        return dataclasses.replace(feature, feature=dataclasses.replace(feature.feature, decode=decode))
+    return dataclasses.replace(feature, decode=decode)
 
 
 def _feature_kind(feature: Any) -> str:
@@ -329,9 +338,8 @@ def naming_undecodable_images(split: str):
 
 def _image_decoder(feature: Any) -> Image:
     """The `Image` feature that decodes a column's images as the dataset would: its own (its mode), decoding on."""
-    if isinstance(feature, (List, LargeList)):
-        feature = feature.feature
-    return dataclasses.replace(feature, decode=True) if isinstance(feature, Image) else Image()
+    image = image_feature(feature)
+    return with_image_decode(image, True) if isinstance(image, Image) else Image()
 
 
 def validate_preference_dataset(dataset: Dataset | IterableDataset, dataset_name: str) -> None:
