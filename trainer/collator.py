@@ -17,6 +17,7 @@ from maple.content import content_id
 from .schema import (
     CONTENT_COLUMNS,
     SCORED_CANDIDATES,
+    anchor_not_first_error,
     check_row_columns,
     check_rows,
     first_invalid,
@@ -177,11 +178,8 @@ class DataCollatorForEmbeddingPreference(DataCollatorMixin):
             # (`_judged_positive_ids`). Checked here, where the content ids that tell equal items apart are at hand.
             not_anchor = (index[:, 0] != batch[f"anchor_{modality}_index"]).nonzero().flatten()
             if len(not_anchor):
-                raise ValueError(
-                    f"{self.dataset_name} dataset, row id {examples[not_anchor[0].item()]['id']!r}: column "
-                    f"{candidates_column!r}[0] differs from the row's {anchor_column!r}; expected the anchor itself "
-                    "first, then its other candidates."
-                )
+                where = f"{self.dataset_name} dataset, row id {examples[not_anchor[0].item()]['id']!r}"
+                raise anchor_not_first_error(where, anchor_column, candidates_column)
             batch[f"candidate_{modality}_index"], batch[f"candidate_{modality}_mask"] = index, mask
             batch[scores_column] = scores
             if self.return_judged_positive_ids:

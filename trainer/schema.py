@@ -520,10 +520,17 @@ def _check_anchor_first(batch: pa.Table, features: Features, dataset_name: str) 
                     ) from None
                 if content_id(anchor) == content_id(first):
                     continue
-            raise ValueError(
-                f"{where}: column {candidates_column!r}[0] differs from the row's {anchor_column!r}; expected the anchor "
-                "itself first, then its other candidates."
-            )
+            raise anchor_not_first_error(where, anchor_column, candidates_column)
+
+
+def anchor_not_first_error(where: str, anchor_column: str, candidates_column: str) -> ValueError:
+    """The error for a row whose candidate 0 (in `candidates_column`) is not its anchor (`anchor_column`): the anchor
+    itself must come first. `where` names the dataset and the row ("train dataset, row id 'a'"). Raised by
+    `validate_preference_dataset` before a run and by the collator during one."""
+    return ValueError(
+        f"{where}: column {candidates_column!r}[0] differs from the row's {anchor_column!r}; expected the anchor "
+        "itself first, then its other candidates."
+    )
 
 
 def _check_image_files(batch: pa.Table, dataset_name: str) -> None:
