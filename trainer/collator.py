@@ -142,49 +142,8 @@ class DataCollatorForEmbeddingPreference(DataCollatorMixin):
             "anchor_text_index": torch.tensor([texts.add(example["caption"]) for example in examples]),
             "anchor_image_index": torch.tensor([images.add(image) for image in anchor_images]),
         }
-        for modality, items, anchor_column, candidates_column, scores_column, limit in (
-            ("text", texts, "caption", "candidate_texts", "img2txt_scores", self.num_text_candidates),
-            ("image", images, "image", "candidate_images", "txt2img_scores", self.num_image_candidates),
-        ):
-            picks = [
-                _sample_candidates(len(example[candidates_column]), limit, self._generator(example["id"], modality))
-                for example in examples
-            ]
-            width = max(len(pick) for pick in picks)
-            index = torch.zeros(len(examples), width, dtype=torch.long)
-            mask = torch.zeros(len(examples), width, dtype=torch.bool)
-            scores = torch.zeros(len(examples), width, dtype=torch.float32)  # whatever torch's default dtype
-            judged_positives: list[list[int]] = []
-            for row, (example, pick) in enumerate(zip(examples, picks)):
-                if modality == "text":
-                    picked = [example[candidates_column][j] for j in pick]
-                else:  # only the drawn candidates are decoded (when left encoded, see `with_images_left_encoded`)
-                    picked = _picked_images(example, anchor_images[row], pick)
-                positions = [items.add(item) for item in picked]
-                # an item the row lists again (the same caption twice, a copy of the anchor image) is masked as padding:
-                # the RPA losses rank distinct items, and a pair of one item with itself cannot be ordered
-                first = _first_occurrences(positions)
-                index[row, : len(pick)] = torch.tensor([position if kept else 0 for position, kept in zip(positions, first)])
-                mask[row, : len(pick)] = torch.tensor(first)
-                scores[row, : len(pick)] = torch.tensor(
-                    [float(example[scores_column][j]) if kept else 0.0 for j, kept in zip(pick, first)]
-                )
-                if self.return_judged_positive_ids:
-                    drawn_ids = {j: items.ids[position] for j, position in zip(pick, positions)}
-                    judged_positives.append(
-                        _judged_positive_ids(example[candidates_column], example[scores_column], drawn_ids)
-                    )
-            # Candidate 0 is the anchor's own pair: always kept, and the judge score the others are compared with
-            # (`_judged_positive_ids`). Checked here, where the content ids that tell equal items apart are at hand.
-            not_anchor = (index[:, 0] != batch[f"anchor_{modality}_index"]).nonzero().flatten()
-            if len(not_anchor):
-                where = f"{self.dataset_name} dataset, row id {examples[not_anchor[0].item()]['id']!r}"
-                raise anchor_not_first_error(where, anchor_column, candidates_column)
-            batch[f"candidate_{modality}_index"], batch[f"candidate_{modality}_mask"] = index, mask
-            batch[scores_column] = scores
-            if self.return_judged_positive_ids:
-                anchor_ids = [items.ids[position] for position in batch[f"anchor_{modality}_index"].tolist()]
-                batch[f"judged_positive_{modality}_ids"] = _padded_ids(judged_positives, anchor_ids)
+        batch.update(self._collate_candidates(examples, "text", texts, batch["anchor_text_index"]))
+        batch.update(self._collate_candidates(examples, "image", images, batch["anchor_image_index"], anchor_images))
         batch["text_ids"], batch["image_ids"] = torch.tensor(texts.ids), torch.tensor(images.ids)
         if ROW_POSITION in examples[0]:
             batch[ROW_POSITION] = torch.tensor([example[ROW_POSITION] for example in examples])
@@ -197,6 +156,61 @@ class DataCollatorForEmbeddingPreference(DataCollatorMixin):
                 f"texts or images: {error}"
             ) from error
         return batch
+
+    def _collate_candidates(
+        self,
+        examples: list[dict[str, Any]],
+        modality: str,
+        items: _DistinctItems,
+        anchor_index: torch.Tensor,
+        anchor_images: list[Any] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """One modality's candidates ("text" or "image") of the batch: draws each row's, adds them to `items` (the
+        batch's distinct texts or images), checks that candidate 0 is the row's anchor (at `anchor_index` in `items`),
+        and returns their `candidate_{modality}_index`, `candidate_{modality}_mask`, judge scores and, with
+        `return_judged_positive_ids`, `judged_positive_{modality}_ids`. `anchor_images` (for "image") are the rows'
+        anchor images as embedded, which a candidate 0 stored alike reuses rather than decoding again."""
+        anchor_column, candidates_column, scores_column = _CANDIDATE_COLUMNS[modality]
+        limit = self.num_text_candidates if modality == "text" else self.num_image_candidates
+        picks = [
+            _sample_candidates(len(example[candidates_column]), limit, self._generator(example["id"], modality))
+            for example in examples
+        ]
+        width = max(len(pick) for pick in picks)
+        index = torch.zeros(len(examples), width, dtype=torch.long)
+        mask = torch.zeros(len(examples), width, dtype=torch.bool)
+        scores = torch.zeros(len(examples), width, dtype=torch.float32)  # whatever torch's default dtype
+        judged_positives: list[list[int]] = []
+        for row, (example, pick) in enumerate(zip(examples, picks)):
+            if modality == "text":
+                picked = [example[candidates_column][j] for j in pick]
+            else:  # only the drawn candidates are decoded (when left encoded, see `with_images_left_encoded`)
+                picked = _picked_images(example, anchor_images[row], pick)
+            positions = [items.add(item) for item in picked]
+            # an item the row lists again (the same caption twice, a copy of the anchor image) is masked as padding:
+            # the RPA losses rank distinct items, and a pair of one item with itself cannot be ordered
+            first = _first_occurrences(positions)
+            index[row, : len(pick)] = torch.tensor([position if kept else 0 for position, kept in zip(positions, first)])
+            mask[row, : len(pick)] = torch.tensor(first)
+            scores[row, : len(pick)] = torch.tensor(
+                [float(example[scores_column][j]) if kept else 0.0 for j, kept in zip(pick, first)]
+            )
+            if self.return_judged_positive_ids:
+                drawn_ids = {j: items.ids[position] for j, position in zip(pick, positions)}
+                judged_positives.append(
+                    _judged_positive_ids(example[candidates_column], example[scores_column], drawn_ids)
+                )
+        # Candidate 0 is the anchor's own pair: always kept, and the judge score the others are compared with
+        # (`_judged_positive_ids`). Checked here, where the content ids that tell equal items apart are at hand.
+        not_anchor = (index[:, 0] != anchor_index).nonzero().flatten()
+        if len(not_anchor):
+            where = f"{self.dataset_name} dataset, row id {examples[not_anchor[0].item()]['id']!r}"
+            raise anchor_not_first_error(where, anchor_column, candidates_column)
+        collated = {f"candidate_{modality}_index": index, f"candidate_{modality}_mask": mask, scores_column: scores}
+        if self.return_judged_positive_ids:
+            anchor_ids = [items.ids[position] for position in anchor_index.tolist()]
+            collated[f"judged_positive_{modality}_ids"] = _padded_ids(judged_positives, anchor_ids)
+        return collated
 
     def _generator(self, row_id: str | int, modality: str) -> torch.Generator:
         """The generator of one row's draw of `modality` ("text" or "image") candidates, seeded by a hash of `seed`,
@@ -255,6 +269,11 @@ class _DistinctItems:
 # mode kept): `with_images_left_encoded` leaves only such columns encoded.
 _IMAGE_DECODER = datasets.Image()
 _IMAGE_COLUMNS = ("image", "candidate_images")
+# Per modality of the candidates: the anchor's column, the candidates' column and their judge scores' column.
+_CANDIDATE_COLUMNS = {
+    "text": ("caption", "candidate_texts", "img2txt_scores"),
+    "image": ("image", "candidate_images", "txt2img_scores"),
+}
 
 
 def _decoded(item: Any) -> Any:
