@@ -295,30 +295,51 @@ def _train_and_save(
     save or push, or when the refusal stops the run. Not on an error of one process in training (an undecodable
     image of its own batch): its peers wait in a collective, and destroying the group then can hang under NCCL;
     the launcher tears the job down instead."""
-    from .rpa_trainer import RESULTS_FILES
-    from .schema import UndecodableImageError
-
-    if training_args.push_to_hub and training_args.hub_private_repo:
-        from accelerate.utils import broadcast_object_list
-        from huggingface_hub import HfApi
-
-        problem = None
-        if trainer.is_world_process_zero():  # the one that made the repo (`Trainer.init_hf_repo`) and knows its id
-            try:  # `Trainer` leaves an existing repo's visibility as it is
-                check_private(HfApi(token=training_args.hub_token), trainer.hub_model_id, "model")
-            except Exception as error:
-                if (problem := hub_failure(error, trainer.hub_model_id, writing=True)) is None:
-                    raise
-        # every process refuses together: one that went on would wait for the others in training
-        if (problem := broadcast_object_list([problem])[0]) is not None:
-            trainer.end()
-            return report_error(parser.prog, f"--hub_private_repo: {problem}; nothing was trained", status=1)
+    if (problem := _private_push_problem(trainer, training_args)) is not None:
+        trainer.end()
+        return report_error(parser.prog, f"--hub_private_repo: {problem}; nothing was trained", status=1)
     # every card of the run, those pushed with checkpoints too, names the data and the judge
     judge = preference_judge(data_args.dataset_name, data_args.dataset_config, token=training_args.hub_token)
     trainer.model_card_kwargs = {"dataset_name": data_args.dataset_name, "judge_id": judge, "license": model_args.license}
     # only now, an error above must not move them; the main process first, the others then find none
     with training_args.main_process_first(local=False, desc="setting earlier checkpoints aside"):
         set_aside_earlier_checkpoints(training_args)
+    metrics = _train_and_evaluate(parser, trainer, resume, splits, data_args, training_args)
+    _save_results(trainer, metrics, training_args)
+    try:
+        return _save_or_push(parser, trainer, training_args)
+    finally:
+        trainer.end()  # destroys the process group of several processes while all are alive, as transformers advises
+
+
+def _private_push_problem(trainer: RPATrainer, training_args: RPAConfig) -> str | None:
+    """Why `--push_to_hub --hub_private_repo` cannot keep the model private (the repo exists and is public, or the
+    Hub cannot be asked), the same in every process: the main process asks the Hub and tells the others, which must
+    refuse together (one that went on would wait for the others in training). None when it can, or without those
+    options."""
+    if not (training_args.push_to_hub and training_args.hub_private_repo):
+        return None
+    from accelerate.utils import broadcast_object_list
+    from huggingface_hub import HfApi
+
+    problem = None
+    if trainer.is_world_process_zero():  # the one that made the repo (`Trainer.init_hf_repo`) and knows its id
+        try:  # `Trainer` leaves an existing repo's visibility as it is
+            check_private(HfApi(token=training_args.hub_token), trainer.hub_model_id, "model")
+        except Exception as error:
+            if (problem := hub_failure(error, trainer.hub_model_id, writing=True)) is None:
+                raise
+    return broadcast_object_list([problem])[0]
+
+
+def _train_and_evaluate(
+    parser: _Parser, trainer: RPATrainer, resume: str | None, splits: DatasetDict, data_args: DataArguments,
+    training_args: RPAConfig,
+) -> dict[str, float] | None:
+    """Train (resuming `resume`), then evaluate a test split at the end when no `--eval_strategy` evaluated it; the
+    end's metrics, logged, or None. An image that does not decode while training is a usage error naming its row."""
+    from .schema import UndecodableImageError
+
     try:
         trainer.train(resume_from_checkpoint=resume)
     except UndecodableImageError as error:  # the loader cannot say which row: find it, as the error advises
@@ -326,11 +347,18 @@ def _train_and_save(
         split = data_args.dataset_train_split if error.split == "train" else data_args.dataset_test_split
         where = first_undecodable_image(splits[split], error.split) if split in splits else None
         parser.error(where or str(error))
-    metrics = None
-    if trainer.eval_dataset is not None and training_args.eval_strategy == "no":
-        # a --dataset_test_split is evaluated at least once, at the end, as transformers' example scripts do
-        metrics = trainer.evaluate()
-        trainer.log_metrics("eval", metrics)
+    if trainer.eval_dataset is None or training_args.eval_strategy != "no":
+        return None
+    # a --dataset_test_split is evaluated at least once, at the end, as transformers' example scripts do
+    metrics = trainer.evaluate()
+    trainer.log_metrics("eval", metrics)
+    return metrics
+
+
+def _save_results(trainer: RPATrainer, metrics: dict[str, float] | None, training_args: RPAConfig) -> None:
+    """Replace the results in output_dir with this run's: the end's evaluation `metrics`, if any."""
+    from .rpa_trainer import RESULTS_FILES
+
     # The results in output_dir are the model's saved there: an earlier run's (resumed, or trained from scratch into
     # the folder) describe another model, and `save_metrics` would merge this run's into its all_results.json
     if trainer.is_world_process_zero():
@@ -338,34 +366,36 @@ def _train_and_save(
             Path(training_args.output_dir, name).unlink(missing_ok=True)
     if metrics is not None:
         trainer.save_metrics("eval", metrics)
-    try:
-        if not training_args.push_to_hub:
-            trainer.save_model(training_args.output_dir)
-            trainer.create_model_card()
-            return 0
-        try:
-            trainer.push_to_hub()  # saves the model and writes the card first (save_model would push a second time)
-        except Exception as error:
-            if (problem := hub_failure(error, trainer.hub_model_id or _hub_repo_id(training_args), writing=True)) is None:
-                raise
-            return report_error(parser.prog, f"pushing failed: {problem}. The trained model is saved in "
-                                             f"{training_args.output_dir}: upload it with `hf upload`", status=1)
-        if trainer.is_world_process_zero():
-            try:
-                stale = _earlier_runs_files(trainer.hub_model_id, training_args)
-                if stale:
-                    _delete_from_repo(trainer.hub_model_id, stale, training_args)
-            except Exception as error:  # the model is pushed: only the clean-up failed
-                if (problem := hub_failure(error, trainer.hub_model_id, writing=True)) is None:
-                    raise
-                revision = f" --revision {training_args.hub_revision}" if training_args.hub_revision else ""
-                return report_error(parser.prog, f"the model is pushed, but deleting an earlier run's files from the "
-                                                 f"repo failed: {problem}; delete them with `hf repos delete-files "
-                                                 f"{trainer.hub_model_id}{revision} {' '.join(stale) or 'FILE...'}`",
-                                    status=1)
+
+
+def _save_or_push(parser: _Parser, trainer: RPATrainer, training_args: RPAConfig) -> int:
+    """Save the trained model with its card in output_dir, or push it (`--push_to_hub`) and delete from the repo an
+    earlier run's files this push did not replace; the exit status, a failed push or deletion reported."""
+    if not training_args.push_to_hub:
+        trainer.save_model(training_args.output_dir)
+        trainer.create_model_card()
         return 0
-    finally:
-        trainer.end()  # destroys the process group of several processes while all are alive, as transformers advises
+    try:
+        trainer.push_to_hub()  # saves the model and writes the card first (save_model would push a second time)
+    except Exception as error:
+        if (problem := hub_failure(error, trainer.hub_model_id or _hub_repo_id(training_args), writing=True)) is None:
+            raise
+        return report_error(parser.prog, f"pushing failed: {problem}. The trained model is saved in "
+                                         f"{training_args.output_dir}: upload it with `hf upload`", status=1)
+    if trainer.is_world_process_zero():
+        try:
+            stale = _earlier_runs_files(trainer.hub_model_id, training_args)
+            if stale:
+                _delete_from_repo(trainer.hub_model_id, stale, training_args)
+        except Exception as error:  # the model is pushed: only the clean-up failed
+            if (problem := hub_failure(error, trainer.hub_model_id, writing=True)) is None:
+                raise
+            revision = f" --revision {training_args.hub_revision}" if training_args.hub_revision else ""
+            return report_error(parser.prog, f"the model is pushed, but deleting an earlier run's files from the "
+                                             f"repo failed: {problem}; delete them with `hf repos delete-files "
+                                             f"{trainer.hub_model_id}{revision} {' '.join(stale) or 'FILE...'}`",
+                                status=1)
+    return 0
 
 
 def _close_progress_bars(trainer: RPATrainer) -> None:
