@@ -287,6 +287,22 @@ class RPAConfig(DPOConfig):
         return arguments
 
     def __post_init__(self):
+        self._set_device_defaults()
+        self._check_rpa_settings()
+        # transformers takes a metric for a loss only when its name ends in "loss": the loss terms ("eval_loss/rpa",
+        # "eval_loss/contrastive") would count as better when larger, and the worst checkpoint be kept as the best
+        if self.greater_is_better is None and self.metric_for_best_model and _names_a_loss(self.metric_for_best_model):
+            self.greater_is_better = False
+        super().__post_init__()
+        self._check_inherited_settings()  # as `TrainingArguments` and `DPOConfig` leave them (parsed, normalised)
+        if self.exclude_judged_positives and not self.expand_negatives:
+            raise ValueError(
+                "exclude_judged_positives=True needs expand_negatives=True: it removes judged positives from the "
+                "expanded InfoNCE denominator, which plain InfoNCE does not have."
+            )
+
+    def _set_device_defaults(self) -> None:
+        """Pinned memory off without an accelerator, and `bf16` (when unset) on where CUDA supports it natively."""
         # `accelerate launch --cpu` sets ACCELERATE_USE_CPU, which transformers reads as `use_cpu`
         on_cpu = self.use_cpu or parse_flag_from_env("ACCELERATE_USE_CPU")
         if on_cpu or not torch.accelerator.is_available():
@@ -295,6 +311,10 @@ class RPAConfig(DPOConfig):
             on_cuda = torch.cuda.is_available() and not on_cpu
             # without emulation: T4/V100 (before Ampere) would run bf16 emulated, slower than float32
             self.bf16 = bool(on_cuda and torch.cuda.is_bf16_supported(including_emulation=False)) and not self.fp16
+
+    def _check_rpa_settings(self) -> None:
+        """Raises for a value of an RPA setting (the loss, its scales, the candidate draws) that the run would refuse
+        or misuse later."""
         if not 0.0 <= self.rpa_weight <= 1.0:
             raise ValueError(f"rpa_weight (lambda) must lie in [0, 1], got {self.rpa_weight}")
         # torch's optimizers refuse these only when the training starts, after the model and the data have loaded
@@ -322,11 +342,10 @@ class RPAConfig(DPOConfig):
             raise ValueError(f"rpa_loss must be one of {list(RPA_LOSSES)}, got {self.rpa_loss!r}")
         if self.reference not in ("none", "frozen"):
             raise ValueError(f"reference must be 'none' or 'frozen', got {self.reference!r}")
-        # transformers takes a metric for a loss only when its name ends in "loss": the loss terms ("eval_loss/rpa",
-        # "eval_loss/contrastive") would count as better when larger, and the worst checkpoint be kept as the best
-        if self.greater_is_better is None and self.metric_for_best_model and _names_a_loss(self.metric_for_best_model):
-            self.greater_is_better = False
-        super().__post_init__()
+
+    def _check_inherited_settings(self) -> None:
+        """Raises for a `DPOConfig` / `TrainingArguments` setting that `RPATrainer` does not use or that has no meaning
+        for an embedder; `model_init_kwargs` is made a plain dict."""
         # transformers parses a JSON string only when it starts with "{": '[1, 2]' would stay a string until loading
         if isinstance(self.model_init_kwargs, Mapping):
             self.model_init_kwargs = dict(self.model_init_kwargs)  # an OmegaConf DictConfig, say
@@ -363,11 +382,6 @@ class RPAConfig(DPOConfig):
                 f"train_sampling_strategy={self.train_sampling_strategy!r} orders rows by their token length, which a "
                 "preference row (an image, a caption and candidate lists) does not have: use 'random' (the default) "
                 "or 'sequential'."
-            )
-        if self.exclude_judged_positives and not self.expand_negatives:
-            raise ValueError(
-                "exclude_judged_positives=True needs expand_negatives=True: it removes judged positives from the "
-                "expanded InfoNCE denominator, which plain InfoNCE does not have."
             )
 
 
