@@ -250,6 +250,17 @@ trainer.cli._delete_from_repo = deleting_fails
 stderr = io.StringIO()
 with contextlib.redirect_stderr(stderr):
     print("STATUS", main([*argv, "--output_dir", "fourth"]), stderr.getvalue().strip().splitlines()[-1])
+
+
+def listing_fails(repo_id, training_args):  # after the model's push, listing the repo's files fails
+    request = httpx.Request("GET", os.environ["HF_ENDPOINT"] + f"/api/models/{repo_id}/tree/main")
+    raise HfHubHTTPError("server error", response=httpx.Response(503, request=request))
+
+
+trainer.cli._earlier_runs_files = listing_fails
+stderr = io.StringIO()
+with contextlib.redirect_stderr(stderr):
+    print("LISTING", main([*argv, "--output_dir", "fifth"]), stderr.getvalue().strip().splitlines()[-1])
 """
 
 
@@ -267,3 +278,10 @@ def test_a_push_deletes_an_earlier_runs_results_from_the_repo(hub_server, tmp_pa
                       f"repo failed: model repo 'maple-org/pushed-twice' on {hub_server.url} could not be written: "
                       "HTTP 503 from the server; delete them with `hf repos delete-files maple-org/pushed-twice eval_results.json "
                       "all_results.json`")
+    # a failed listing names the files to look for (it raised an UnboundLocalError: no files to name were listed)
+    listing = next(line for line in output if line.startswith("LISTING "))
+    assert listing.startswith(f"LISTING 1 maple train: error: the model is pushed, but listing the repo's files to "
+                              f"delete an earlier run's failed: model repo 'maple-org/pushed-twice' on {hub_server.url}")
+    assert listing.endswith("; see whether an earlier run's eval_results.json, all_results.json, "
+                            "trainable_state.safetensors, training_curves.png, similarity_histograms.png are left in "
+                            "the repo beside this model")

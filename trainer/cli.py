@@ -383,17 +383,23 @@ def _save_or_push(parser: _Parser, trainer: RPATrainer, training_args: RPAConfig
         return report_error(parser.prog, f"pushing failed: {problem}. The trained model is saved in "
                                          f"{training_args.output_dir}: upload it with `hf upload`", status=1)
     if trainer.is_world_process_zero():
+        stale: list[str] | None = None  # None until the repo's files are listed
         try:
             stale = _earlier_runs_files(trainer.hub_model_id, training_args)
             if stale:
                 _delete_from_repo(trainer.hub_model_id, stale, training_args)
         except Exception as error:  # the model is pushed: only the clean-up failed
-            if (problem := hub_failure(error, trainer.hub_model_id, writing=True)) is None:
+            if (problem := hub_failure(error, trainer.hub_model_id, writing=stale is not None)) is None:
                 raise
             revision = f" --revision {training_args.hub_revision}" if training_args.hub_revision else ""
+            if stale is None:
+                return report_error(parser.prog, f"the model is pushed, but listing the repo's files to delete an "
+                                                 f"earlier run's failed: {problem}; see whether an earlier run's "
+                                                 f"{', '.join(_files_beside_the_model())} are left in the repo beside this model",
+                                    status=1)
             return report_error(parser.prog, f"the model is pushed, but deleting an earlier run's files from the "
                                              f"repo failed: {problem}; delete them with `hf repos delete-files "
-                                             f"{trainer.hub_model_id}{revision} {' '.join(stale) or 'FILE...'}`",
+                                             f"{trainer.hub_model_id}{revision} {' '.join(stale)}`",
                                 status=1)
     return 0
 
@@ -448,14 +454,18 @@ def _earlier_runs_files(repo_id: str, training_args: RPAConfig) -> list[str]:
     (an upload, which deletes nothing) left beside this run's model and card."""
     from huggingface_hub import HfApi
 
+    pushed = set(HfApi(token=training_args.hub_token).list_repo_files(repo_id, revision=training_args.hub_revision))
+    return [name for name in _files_beside_the_model() if name in pushed and not Path(training_args.output_dir, name).exists()]
+
+
+def _files_beside_the_model() -> tuple[str, ...]:
+    """The files a run writes beside its model (results, LoRA state, card figures), which a later run may not."""
     from model_cards.cards import CURVES_FILE, GAP_HISTOGRAM_FILE
 
     from .checkpoints import PEFT_TRAINABLE_STATE
     from .rpa_trainer import RESULTS_FILES
 
-    pushed = set(HfApi(token=training_args.hub_token).list_repo_files(repo_id, revision=training_args.hub_revision))
-    return [name for name in (*RESULTS_FILES, PEFT_TRAINABLE_STATE, CURVES_FILE, GAP_HISTOGRAM_FILE)
-            if name in pushed and not Path(training_args.output_dir, name).exists()]
+    return (*RESULTS_FILES, PEFT_TRAINABLE_STATE, CURVES_FILE, GAP_HISTOGRAM_FILE)
 
 
 def _delete_from_repo(repo_id: str, names: list[str], training_args: RPAConfig) -> None:
