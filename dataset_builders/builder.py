@@ -69,7 +69,7 @@ from maple.files import (
     expanded_path,
     files_by_split,
     folder_problem,
-    shard_split,
+    lone_config_folder,
     snapshot_config_folders,
 )
 from maple.hub import is_hub_id, local_path_name, names_a_file
@@ -301,13 +301,6 @@ def _config_folder(snapshot: Path, config_name: str) -> Path:
     if config_name == "default" and not (snapshot / config_name).is_dir():
         return snapshot / "data"
     return snapshot / config_name
-
-
-def _lone_config_folder(folder: Path) -> Path | None:
-    """`folder`, the one config's folder of a snapshot read without a config name, if its files are split by the names
-    `push_to_hub` gives them there: if it directly holds its train shards ("train-00000-of-00001.parquet"). None for a
-    folder of other files named so ("prefs-00000-of-00001.parquet"), which `datasets` reads as the train split."""
-    return folder if any(shard_split(file.name) == "train" for file in folder.glob("*.parquet")) else None
 
 
 def _in_number_order(path: Path) -> list[str | int]:
@@ -1447,7 +1440,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 configs = snapshot_config_folders(path, files)
                 if len(configs) > 1:
                     raise ValueError(f"{repo_id_or_path} holds several configs ({', '.join(configs)}): pass config_name= to pick one")
-                config_folder = _lone_config_folder(path / configs[0]) if configs else None
+                config_folder = lone_config_folder(path / configs[0]) if configs else None
             # Split by their paths, as `datasets` splits a repo's files ("train-00000-of-00001.parquet", "test/..."),
             # each file as its own split or refused; a build's shards, whose names give none, are all "train". `split`
             # may slice ("train[:100]").

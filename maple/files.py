@@ -115,6 +115,39 @@ def snapshot_config_folders(folder: str | os.PathLike, files: Sequence[str | os.
     )
 
 
+def lone_config_folder(folder: str | os.PathLike) -> Path | None:
+    """`folder`, the one config's folder of a snapshot read without its card (`snapshot_config_folders`; "." for the
+    snapshot itself), if its files are split by the names `push_to_hub` gives them there: if it directly holds its
+    train shards ("train-00000-of-00001.parquet"). None for a folder of other files named so
+    ("prefs-00000-of-00001.parquet"), which `datasets` reads as the train split."""
+    folder = Path(folder)
+    return folder if any(shard_split(file.name) == "train" for file in folder.glob("*.parquet")) else None
+
+
+def check_shards_read_as_named(folder: str | os.PathLike, config_folder: str | os.PathLike) -> None:
+    """Refuse a split's shard directly inside `config_folder` (the lone config's folder of snapshot `folder`, read
+    without its card: `lone_config_folder`) that `datasets`, reading `folder`, reads as a split other than the one its
+    name gives: it reads a shard's own split name ("test_hard-00000-of-00001.parquet") only inside `data/`, and
+    elsewhere the split keyword within it ("test"), merging "test_hard" into "test" and "train_extra" into "train".
+    `MaplePreferences.from_pretrained` reads it by its name. A `SplitLayoutError` naming the file, both splits and the
+    fix; and one for each file that `files_by_split` refuses."""
+    folder = str(folder)
+    read_as = {
+        os.path.abspath(file): split for split, split_files in files_by_split(folder).items() for file in split_files
+    }
+    for split, split_files in files_by_split(folder, config_folder=config_folder).items():
+        for file in split_files:
+            if (read_split := read_as.get(os.path.abspath(file), split)) != split:
+                relative = os.path.relpath(os.path.abspath(file), folder)
+                raise SplitLayoutError(
+                    f"{folder}: datasets reads {relative} as split {read_split!r}, not as split {split!r}, which its "
+                    "name gives as push_to_hub names a split's shards: without the README.md whose configs name each "
+                    "split's files, datasets reads a shard's own split name only in data/; add the dataset's README.md, "
+                    f"or move the config's files into a folder data/ (data/{Path(file).name}) "
+                    "(MaplePreferences.from_pretrained reads them as they are)"
+                )
+
+
 def card_configs(folder: str | os.PathLike) -> list[dict[str, Any]]:
     """The `configs` that the README.md of `folder` (a Hub dataset snapshot's card) names: each config's files by
     split, which `datasets` reads as written, and which tell configs apart where folder names cannot. Empty where the
@@ -166,9 +199,25 @@ def data_files(folder: str | os.PathLike) -> list[Path]:
     return sorted(Path(name) for name in _splits_by_patterns(folder, {"all": ["**"]}) if Path(name).suffix in suffixes)
 
 
-def _how_datasets_splits(patterns: dict[str, list[str]]) -> tuple[str, str]:
+def _meant_split(left_out: Path, named: list[str]) -> str | None:
+    """The split that `left_out` (a file's path within a folder), whose path names the splits `named` of `datasets`, is
+    meant as, for an example of the name that `datasets` reads it by: the one its folder is named as (`val/` is
+    "validation"; `test_hard/` and `heldout/` are their own), else the one its path names; None where none can be
+    told."""
+    folder_name = left_out.parent.name
+    if folder_name not in ("", "data") and _SPLIT_SHARD_NAME.match(f"{folder_name}-00000-of-00001."):
+        if (split := keyword_split(folder_name)) is not None:
+            return split
+        # a folder named after a split of its own: test_hard/ (which datasets reads as "test"), or heldout/ (none)
+        if not named or any(keyword_split(part) in named for part in re.split(r"[-._ 0-9]+", folder_name)):
+            return folder_name
+    return named[0] if len(named) == 1 else None
+
+
+def _how_datasets_splits(patterns: dict[str, list[str]], left_out: Path, named: list[str]) -> tuple[str, str]:
     """How `datasets` reads the splits of a folder for which `get_data_patterns` gave `patterns`, and how to name a
-    file so that it reads it as its split, for a `SplitLayoutError`."""
+    file so that it reads it as its split, for a `SplitLayoutError`: with `left_out` (a file it leaves out, by its path
+    within the folder, which names the splits `named`) so named, where its split can be told."""
     from datasets.data_files import (
         DEFAULT_PATTERNS_SPLIT_IN_DIR_NAME,
         DEFAULT_PATTERNS_SPLIT_IN_FILENAME,
@@ -177,13 +226,19 @@ def _how_datasets_splits(patterns: dict[str, list[str]]) -> tuple[str, str]:
 
     split, split_patterns = next(iter(patterns.items()))
     if split_patterns == [SPLIT_PATTERN_SHARDED.format(split=split)]:
+        meant = _meant_split(left_out, named)
+        example = f" (data/{meant}-00000-of-00001.parquet for {left_out})" if meant is not None else ""
         return ("from the names of its shards in data/ alone (data/SPLIT-00000-of-00001.parquet)",
-                "put every split's files in data/, named as its shards are")
+                f"put every split's files in data/, named as its shards are{example}")
     if split_patterns == DEFAULT_PATTERNS_SPLIT_IN_DIR_NAME.get(split):
         return ("from its split folders alone (train/, validation/, test/...)", "move every split's files into its folder")
     if split_patterns == DEFAULT_PATTERNS_SPLIT_IN_FILENAME.get(split):
+        # a file that names no split beside files of other splits than train: probably the train split
+        probably_train = not named and "train" not in patterns
+        example = f" ({left_out.stem}_train{left_out.suffix} for {left_out})" if probably_train else ""
         return ("from the split that its files' names give (train.parquet, test-0.parquet) alone",
-                "name every file's split in its name, or move every split's files into its folder (train/, test/...)")
+                f"name every file's split in its name{example}, or move every split's files into its folder (train/, "
+                "test/...)")
     return f"by the patterns {patterns}", "move or rename them so that these patterns read them"
 
 
@@ -239,15 +294,19 @@ def files_by_split(
         refused = [(file, named.get(os.path.abspath(file), [])) for file in left_out]
         refused = [(file, splits) for file, splits in refused if splits or not leave_out_unnamed]
         if refused:
-            how, advice = _how_datasets_splits(patterns)
+            first_file, first_named = refused[0]
+            how, advice = _how_datasets_splits(
+                patterns, Path(os.path.relpath(os.path.abspath(first_file), folder)), first_named
+            )
             listed = [
                 f"{os.path.relpath(os.path.abspath(file), folder)} (its path names "
                 f"{'split ' + ' and '.join(repr(split) for split in splits) if splits else 'no split'})"
                 for file, splits in refused[:3]
             ]
             more = f" and {len(refused) - 3} more" if len(refused) > 3 else ""
-            # a split named otherwise than datasets' keywords (heldout/) is read from data/'s shard names alone
-            other_names = "" if all(splits for _, splits in refused) else (
+            # a split named otherwise than datasets' keywords (heldout/) is read from data/'s shard names alone; a file
+            # that names no split beside no train split is probably the train split, and needs no other name
+            other_names = "" if all(splits for _, splits in refused) or "train" not in patterns else (
                 "; a split of another name is read from data/NAME-00000-of-00001.parquet, beside the other splits' "
                 "shards named so")
             raise SplitLayoutError(

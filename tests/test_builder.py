@@ -857,14 +857,25 @@ def test_a_folder_of_split_folders_is_one_config_with_those_splits_as_maple_trai
      r"split's files into its folder, .*; a split of another name is read from data/NAME-00000-of-00001.parquet"),
     ({"train": "train/0000.parquet", "test": "test/0000.parquet", "validation": "train/val_subset/0000.parquet"},
      r"datasets reads train/val_subset/0000.parquet as the splits train and validation \(its path names each\)"),
+    ({"train": "data/train-00000-of-00001.parquet", "test_hard": "data/test_hard/0000.parquet"},
+     r"leaves out data/test_hard/0000.parquet \(its path names split 'test'\): put every split's files in data/, named "
+     r"as its shards are \(data/test_hard-00000-of-00001.parquet for data/test_hard/0000.parquet\), so that each file "
+     r"is read as its own split$"),
+    ({"train": "prefs.parquet", "test": "eval.parquet"},
+     r"\(test\) from the split that its files' names give .* leaves out prefs.parquet \(its path names no split\): "
+     r"name every file's split in its name \(prefs_train.parquet for prefs.parquet\), or move every split's files into its "
+     r"folder \(train/, test/...\), so that each file is read as its own split$"),
 ], ids=["split-folders-of-shards", "split-folders", "data-shards", "test-folder-beside-data-shards",
-        "test-folder-in-data", "heldout-beside-train", "val-folder-in-train"])
+        "test-folder-in-data", "heldout-beside-train", "val-folder-in-train", "custom-split-folder-in-data",
+        "unnamed-file-beside-test-only"])
 def test_a_file_is_read_as_its_own_split_by_both_loaders_or_refused_by_name(tmp_path, files, read_as):
     """A folder whose files `datasets` does not read each as the split its path names is refused by name, by
     `from_pretrained` and `maple train` alike: `from_pretrained` read a file `datasets` leaves out (test/0000.parquet
     beside data/'s shards, which `datasets` then reads alone; heldout/ beside train/) as "train", training on test
     rows, where `maple train` dropped it silently; and `maple train` trained on a file `datasets` reads as two splits
-    (train/val_subset/: "train" and "validation"). Folders that `datasets` reads as their paths say are read so by both."""
+    (train/val_subset/: "train" and "validation"). Folders that `datasets` reads as their paths say are read so by both.
+    The refusal names the file's new name where its split can be told (a review found data/test_hard/ told to be put
+    "in data/", and a lone unnamed file beside a test split told of "a split of another name")."""
     from trainer.cli import DataArguments, TrainingInputError, load_preference_splits
     from trainer.testing import synthetic_preference_dataset
 
@@ -987,6 +998,44 @@ def test_a_config_folder_given_is_read_by_its_files_not_by_its_name(tmp_path):
                                       "eval/test_hard-00000-of-00001.parquet": (3, 4)})
     for split in ("train", "test_hard"):
         assert MaplePreferences.from_pretrained(str(config), split=split)["id"] == ids[f"eval/{split}-00000-of-00001.parquet"]
+
+
+@pytest.mark.parametrize("config, splits", [
+    ("paper", ("train", "test_hard")),
+    ("paper", ("train", "test", "test_hard")),
+    ("paper", ("train", "train_extra")),
+    (".", ("train", "test_hard")),
+], ids=["test-hard", "test-and-test-hard", "train-extra", "config-folder-given"])
+def test_a_configs_shard_of_a_custom_split_is_read_by_its_name_or_refused_never_merged(tmp_path, config, splits):
+    """A snapshot of `push_to_hub(config_name="paper")` without its README.md: `datasets` reads
+    paper/test_hard-00000-of-00001.parquet as "test" (and train_extra as "train"), and `maple train` merged it into
+    that split, evaluating, or training, on its rows (found by a review), where `from_pretrained` reads it by its name.
+    `maple train` refuses it, naming the file, both splits and the fix, which trains: the card, or the files in
+    data/."""
+    from trainer.cli import DataArguments, TrainingInputError, load_preference_splits
+
+    snapshot = tmp_path / "snapshot"
+    paths = {split: os.path.normpath(os.path.join(config, f"{split}-00000-of-00001.parquet")) for split in splits}
+    ids = _write_rows(snapshot, {path: (row, row + 1) for row, path in enumerate(paths.values())})
+    for split, path in paths.items():
+        assert MaplePreferences.from_pretrained(str(snapshot), split=split)["id"] == ids[path]
+    custom = splits[-1]
+    keyword = custom.split("_")[0]
+    with pytest.raises(TrainingInputError) as refused:
+        load_preference_splits(DataArguments(dataset_name=str(snapshot)))
+    assert str(refused.value) == (
+        f"--dataset_name {snapshot}: datasets reads {paths[custom]} as split {keyword!r}, not as split "
+        f"{custom!r}, which its name gives as push_to_hub names a split's shards: without the README.md whose configs "
+        "name each split's files, datasets reads a shard's own split name only in data/; add the dataset's README.md, "
+        f"or move the config's files into a folder data/ (data/{custom}-00000-of-00001.parquet) "
+        "(MaplePreferences.from_pretrained reads them as they are)"
+    )
+    (snapshot / "data").mkdir()
+    for path in paths.values():
+        (snapshot / path).rename(snapshot / "data" / os.path.basename(path))
+    read_by_maple_train = load_preference_splits(DataArguments(dataset_name=str(snapshot)))
+    assert {split: rows["id"] for split, rows in read_by_maple_train.items()} == {
+        split: ids[path] for split, path in paths.items()}
 
 
 def test_end_to_end_with_a_tiny_mllm_judge_and_captioner(tmp_path):

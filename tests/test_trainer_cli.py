@@ -1209,6 +1209,39 @@ def test_a_snapshot_of_several_configs_without_its_card_is_refused_not_merged(tm
     assert {split: rows.num_rows for split, rows in splits.items()} == {"train": 4, "test": 2}
 
 
+def test_a_config_named_without_the_card_and_a_builds_work_dir_are_pointed_to_the_folder_to_give(tmp_path):
+    """Found by a review: `--dataset_config paper` for a snapshot of the one config paper/ without its README.md failed
+    with datasets' "BuilderConfig 'paper' not found", and a build's work dir (manifest.json, shards/) was called a
+    snapshot of the configs "." and shards. Each is told the folder that trains."""
+    from dataset_builders.builder import MaplePreferences
+    from trainer.cli import load_preference_splits
+
+    snapshot = tmp_path / "snapshot"
+    (snapshot / "paper").mkdir(parents=True)
+    synthetic_preference_dataset(3).to_parquet(snapshot / "paper" / "train-00000-of-00001.parquet")
+    with pytest.raises(TrainingInputError) as refused:
+        load_preference_splits(DataArguments(dataset_name=str(snapshot), dataset_config="paper"))
+    assert str(refused.value) == (
+        f"--dataset_name {snapshot}: holds the config paper of a Hub dataset, without the README.md that names it for "
+        "datasets (read without it, datasets knows no config 'paper'): give the config's folder, e.g. --dataset_name "
+        f"{snapshot / 'paper'} without --dataset_config"
+    )
+    assert load_preference_splits(DataArguments(dataset_name=str(snapshot / "paper")))["train"].num_rows == 3
+    work_dir = tmp_path / "work"
+    (work_dir / "shards").mkdir(parents=True)
+    synthetic_preference_dataset(3).to_parquet(work_dir / "shards" / "shard-000000-000003.parquet")
+    for name in ("manifest.json", "stats.json"):
+        (work_dir / name).write_text(json.dumps({"version": 1}))
+    with pytest.raises(TrainingInputError) as refused:
+        load_preference_splits(DataArguments(dataset_name=str(work_dir)))
+    assert str(refused.value) == (
+        f"--dataset_name {work_dir}: is a build's work dir, whose dataset is the parquet files in its shards/ folder: "
+        f"give --dataset_name {work_dir / 'shards'}, or read the work dir with MaplePreferences.from_pretrained"
+    )
+    assert load_preference_splits(DataArguments(dataset_name=str(work_dir / "shards")))["train"].num_rows == 3
+    assert MaplePreferences.from_pretrained(str(work_dir)).num_rows == 3
+
+
 _SEVERAL_CONFIGS = ("names them for datasets (read without it, every config's rows would be one split): give one "
                     "config's folder")
 

@@ -37,6 +37,7 @@ from maple.cli import config_option_split, exit_with_error, image_settings, repo
 from maple.files import (
     SplitLayoutError,
     card_configs,
+    check_shards_read_as_named,
     expanded_path,
     files_by_split,
     folder_problem,
@@ -44,6 +45,7 @@ from maple.files import (
     keyword_split,
     located,
     located_image,
+    lone_config_folder,
     snapshot_config_folders,
 )
 from maple.hub import check_private, dataset_read_problem, hub_failure, is_hub_id, local_typo_hint
@@ -770,21 +772,35 @@ def _check_snapshot_has_its_card(folder: str, config: str | None) -> None:
     `MaplePreferences.from_pretrained` tells them apart) without the `configs` of its README.md: `datasets` reads such
     a folder as one config, every config's rows in one split (the same anchors twice, judged by two recipes), and knows
     no config to pick. So too a lone config whose folder is named as a split keyword (`push_to_hub(config_name="eval")`
-    writes eval/train-00000-of-00001.parquet), which `datasets` reads as that split."""
+    writes eval/train-00000-of-00001.parquet), which `datasets` reads as that split; a config named by `config` that
+    `datasets` knows nothing of without the card; and a build's work dir, whose dataset is its shards/ folder."""
     if card_configs(folder):
         return
+    if os.path.isdir(os.path.join(folder, "shards")):  # (datasets reads its JSON checkpoints beside them)
+        from dataset_builders.builder import MANIFEST_FILE
+
+        if os.path.isfile(os.path.join(folder, MANIFEST_FILE)):
+            raise TrainingInputError(
+                f"--dataset_name {folder}: is a build's work dir, whose dataset is the parquet files in its shards/ "
+                f"folder: give --dataset_name {os.path.join(folder, 'shards')}, or read the work dir with "
+                "MaplePreferences.from_pretrained"
+            )
     configs = snapshot_config_folders(folder)
     misread_as = keyword_split(configs[0]) if len(configs) == 1 else None
-    if len(configs) < 2 and misread_as is None:
+    # without the card, datasets knows one config of a folder, "default"
+    unknown_config = config not in (None, "default") and config in configs
+    if len(configs) < 2 and misread_as is None and not unknown_config:
         return
     pick = os.path.join(folder, config if config in configs else next(name for name in configs if name != "."))
-    if misread_as is None:
+    if len(configs) > 1:
         held, them, why = f"the configs {', '.join(configs)}", "them", "every config's rows would be one split"
-    else:
+    elif misread_as is not None:
         held, them, why = f"the config {configs[0]}", "it", f"its rows would be the {misread_as} split"
+    else:
+        held, them, why = f"the config {configs[0]}", "it", f"datasets knows no config {config!r}"
     raise TrainingInputError(
         f"--dataset_name {folder}: holds {held} of a Hub dataset, without the README.md that names {them} for datasets "
-        f"(read without it, {why}): give {'one' if misread_as is None else 'the'} config's folder, e.g. --dataset_name "
+        f"(read without it, {why}): give {'one' if len(configs) > 1 else 'the'} config's folder, e.g. --dataset_name "
         f"{pick}{' without --dataset_config' if config else ''}"
     )
 
@@ -793,10 +809,18 @@ def _check_each_file_has_its_split(folder: str) -> None:
     """Refuse a folder of data files that `datasets` would not read each as the one split its path names
     (`maple.files.files_by_split`): one it leaves out (`test/0000.parquet` beside `data/train-00000-of-00001.parquet`,
     whose shard names it then reads alone) or reads as two splits (`train/val_subset/0000.parquet`, "train" and
-    "validation": evaluated on rows it trains on). A README.md whose `configs` name each split's files is followed
-    as written. A `SplitLayoutError` naming the files."""
-    if not card_configs(folder):
+    "validation": evaluated on rows it trains on); and a lone config's shard of a split named otherwise than its keyword
+    (`paper/test_hard-00000-of-00001.parquet`, which `datasets` reads without the card as "test", merged with the
+    test split: `maple.files.check_shards_read_as_named`). A README.md whose `configs` name each split's files is
+    followed as written. A `SplitLayoutError` naming the files."""
+    if card_configs(folder):
+        return
+    configs = snapshot_config_folders(folder)
+    config_folder = lone_config_folder(os.path.join(folder, configs[0])) if len(configs) == 1 else None
+    if config_folder is None:
         files_by_split(folder)
+    else:
+        check_shards_read_as_named(folder, config_folder)
 
 
 def load_preference_splits(data_args: DataArguments, token: str | None = None) -> DatasetDict:
