@@ -28,7 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from maple.files import SplitLayoutError, expanded_path, files_by_split, stored_images
+from maple.files import (
+    SplitLayoutError,
+    card_config_files,
+    card_configs,
+    expanded_path,
+    files_by_split,
+    snapshot_config_folders,
+    stored_images,
+)
 
 from .lazy import LazySequence
 
@@ -290,22 +298,44 @@ def _read_table(source: str, spec: BenchmarkSpec, token: str | None) -> tuple[An
 
 
 def _split_files(folder: Path, spec: BenchmarkSpec) -> list[Path]:
-    """The parquet files of `folder`, in path order, less those of splits other than `spec.split` where the file names
-    tell several splits apart, as datasets tells them (`data/test-00000-of-00001.parquet`, `validation.parquet`, ...):
-    a snapshot of a Hub repo holds every split, and the Hub read takes the benchmark's alone. Files that name no split,
-    or one, are all read. A `BenchmarkFormatError` for a folder without parquet files, or whose splits lack the
-    benchmark's, or holding a file of a split that datasets leaves out or reads as two (`files_by_split`)."""
+    """The parquet files of `folder`, in path order, less those of splits other than `spec.split` where several splits
+    are told apart, as datasets tells them: by the `configs` of the folder's README.md (a pushed card: its default
+    config's files, `maple.files.card_config_files`), else by the files' names (`data/test-00000-of-00001.parquet`,
+    `validation.parquet`, ...; a config's shards by their names, `paper/test_hard-00000-of-00001.parquet`): a snapshot
+    of a Hub repo holds every split, and the Hub read takes the benchmark's alone. Files of one split, or of none, are
+    all read. A `BenchmarkFormatError` for a folder without parquet files, whose card names several configs and no
+    default, whose splits lack the benchmark's, or holding a file of a split that datasets leaves out or reads as two
+    (`files_by_split`)."""
     files = sorted(folder.rglob("*.parquet"))
     if not files:
         raise BenchmarkFormatError(f"{folder}: no parquet files for benchmark {spec.name!r}")
-    try:  # a benchmark's folder may be a config's
-        splits = files_by_split(folder, files, config_folder=folder, leave_out_unnamed=True)
-    except SplitLayoutError as error:  # a file of another split that datasets leaves out, or reads as two
-        raise BenchmarkFormatError(str(error)) from error
-    except ValueError as error:  # datasets': a file name that reads as no split name ("test-v2-00000-of-00001")
-        raise BenchmarkFormatError(f"{folder}: {error}") from error
-    if len(splits) < 2:
-        return files
+    if card_configs(folder):
+        try:
+            splits = card_config_files(folder)
+        except ValueError as error:  # several configs and no default, as the Hub read refuses them
+            names = [config.get("config_name") for config in card_configs(folder)]
+            config_folders = [folder / name for name in names if name and (folder / name).is_dir()]
+            example = f" (e.g. {config_folders[0]})" if config_folders else ""
+            raise BenchmarkFormatError(
+                f"{error}: benchmark {spec.name!r} is read from a dataset's default config; pass the folder of one "
+                f"config's files{example}"
+            ) from error
+    else:
+        # a benchmark's folder may be a config's, or a snapshot of one config, whose shards are split by their names
+        configs = snapshot_config_folders(folder, files)
+        config_folder = folder / configs[0] if len(configs) == 1 else folder
+        try:
+            splits = files_by_split(folder, files, config_folder=config_folder, leave_out_unnamed=True)
+        except SplitLayoutError as error:  # a file of another split that datasets leaves out, or reads as two
+            raise BenchmarkFormatError(str(error)) from error
+        except ValueError as error:  # datasets': a file name that reads as no split name ("test-v2-00000-of-00001")
+            raise BenchmarkFormatError(f"{folder}: {error}") from error
+        if len(splits) < 2:
+            return files
+    if len(splits) == 1:
+        return next(iter(splits.values()))
+    if not splits:
+        raise BenchmarkFormatError(f"{folder}: its README.md names no files for benchmark {spec.name!r}")
     if spec.split not in splits:
         raise BenchmarkFormatError(
             f"{folder}: holds the splits {sorted(splits)} but not {spec.split!r}, the split benchmark {spec.name!r} is "

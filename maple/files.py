@@ -158,6 +158,31 @@ def card_configs(folder: str | os.PathLike) -> list[dict[str, Any]]:
     return ((metadata_load(card) or {}).get("configs") or []) if card.is_file() else []
 
 
+def card_config_files(folder: str | os.PathLike, config_name: str | None = None) -> dict[str, list[Path]]:
+    """The data files of config `config_name` of `folder` by split, sorted, as the `configs` of its README.md
+    (`card_configs`) name them and `datasets` reads them: `config_name` None picks the card's default config as
+    `datasets` picks it (the only one, the one named "default", or the one marked `default: true`). A `ValueError`
+    naming the card's configs where it has several and no default, or none named `config_name`."""
+    from datasets.data_files import get_data_patterns, sanitize_patterns
+    from datasets.utils.metadata import MetadataConfigs
+
+    configs = MetadataConfigs.from_dataset_card_data({"configs": card_configs(folder)})
+    if config_name is None:
+        config_name = configs.get_default_config_name()
+    if config_name not in configs:
+        which = "no default config" if config_name is None else f"no config {config_name!r}"
+        raise ValueError(f"{folder}: its README.md names the configs {', '.join(configs)}, and {which}")
+    config = configs[config_name]
+    base = os.path.join(folder, config["data_dir"]) if config.get("data_dir") else str(folder)
+    data_files = config.get("data_files")
+    patterns = sanitize_patterns(data_files) if data_files is not None else get_data_patterns(base)
+    by_split: dict[str, list[Path]] = {}
+    for path, splits in sorted(_splits_by_patterns(base, patterns).items()):
+        for split in splits:
+            by_split.setdefault(split, []).append(Path(path))
+    return by_split
+
+
 class SplitLayoutError(ValueError):
     """A folder of data files that `datasets` does not read each as the one split its path names: one it reads as two
     splits (`train/val_subset/0000.parquet` is "train" and "validation"), or one it leaves out beside files it reads

@@ -748,6 +748,61 @@ def test_a_folder_holding_several_splits_is_read_from_the_benchmarks_split_only(
         load_benchmark("coco", str(tmp_path / "twice"))
 
 
+def _push_card(folder, configs):
+    """The README.md that `push_to_hub` writes for `configs` (config -> its splits; "default" in data/, another in its
+    own folder), as datasets reads it."""
+    lines = ["---", "configs:"]
+    for config, splits in configs.items():
+        data_dir = "data" if config == "default" else config
+        lines += [f"- config_name: {config}", "  data_files:"]
+        lines += [f"  - split: {split}\n    path: {data_dir}/{split}-*" for split in splits]
+    (folder / "README.md").write_text("\n".join([*lines, "---", ""]))
+
+
+def test_a_folder_with_a_card_is_read_as_its_configs_say(tmp_path):
+    """The local read ignored a README.md's `configs` (found by a review): it merged two configs' test splits, read a
+    config's train rows with its test rows, and refused folders that push_to_hub writes itself (a default config beside
+    a config `paper`, or a stray old/test.parquet), whose data/ shards datasets reads alone. A folder with a card is
+    read as the Hub repo is: its default config's benchmark split; several configs and no default are refused, naming
+    them, as the Hub read refuses them."""
+    from conftest import make_picture, write_parquet
+
+    def shard(path, caption):
+        write_parquet(path, {"image": [make_picture(0)], "caption": [[caption]]}, ("image",))
+
+    def captions(folder):
+        return load_benchmark("coco", str(folder)).captions_per_image
+
+    shard(tmp_path / "two" / "add_att" / "test-00000-of-00001.parquet", "add_att's")
+    shard(tmp_path / "two" / "swap" / "test-00000-of-00001.parquet", "swap's")
+    _push_card(tmp_path / "two", {"add_att": ["test"], "swap": ["test"]})
+    with pytest.raises(BenchmarkFormatError) as refused:
+        captions(tmp_path / "two")
+    assert str(refused.value) == (
+        f"{tmp_path / 'two'}: its README.md names the configs add_att, swap, and no default config: benchmark 'coco' "
+        f"is read from a dataset's default config; pass the folder of one config's files "
+        f"(e.g. {tmp_path / 'two' / 'add_att'})"
+    )
+    assert captions(tmp_path / "two" / "swap") == [["swap's"]]
+    shard(tmp_path / "eval" / "eval" / "train-00000-of-00001.parquet", "a training caption")
+    shard(tmp_path / "eval" / "eval" / "test-00000-of-00001.parquet", "the test caption")
+    _push_card(tmp_path / "eval", {"eval": ["train", "test"]})
+    assert captions(tmp_path / "eval") == [["the test caption"]]
+    shard(tmp_path / "paper" / "data" / "train-00000-of-00001.parquet", "a training caption")
+    shard(tmp_path / "paper" / "data" / "test-00000-of-00001.parquet", "the test caption")
+    shard(tmp_path / "paper" / "paper" / "test-00000-of-00001.parquet", "paper's")
+    shard(tmp_path / "paper" / "old" / "test.parquet", "an old one")
+    _push_card(tmp_path / "paper", {"default": ["train", "test"], "paper": ["test"]})
+    assert captions(tmp_path / "paper") == [["the test caption"]]
+    # without the card, a config's shards are split by their names: test_hard is no test split
+    shard(tmp_path / "hard" / "paper" / "train-00000-of-00001.parquet", "a training caption")
+    shard(tmp_path / "hard" / "paper" / "test_hard-00000-of-00001.parquet", "a hard caption")
+    with pytest.raises(BenchmarkFormatError, match=r"holds the splits \['test_hard', 'train'\] but not 'test'"):
+        captions(tmp_path / "hard")
+    shard(tmp_path / "hard" / "paper" / "test-00000-of-00001.parquet", "the test caption")
+    assert captions(tmp_path / "hard") == [["the test caption"]]
+
+
 def test_embeddings_a_model_returns_in_bfloat16_are_scored_in_float32():
     """bf16 cosines carry 8 bits: neighbours whose float32 cosines differ came out tied, and ties count against the
     model, so an embedder returning bf16 (the protocols take any `encode`) lost hits it had made."""
