@@ -59,18 +59,15 @@ from fsspec.core import url_to_fs
 from tqdm.auto import tqdm
 
 from evaluation.retrieval import check_finite_embeddings
+from maple.dataset_layout import card_configs, files_by_split, lone_config_folder, snapshot_config_folders
 from maple.files import (
     atomic_write,
     atomic_write_json,
     atomic_write_text,
-    card_configs,
     changed_entries,
     created_once,
     expanded_path,
-    files_by_split,
     folder_problem,
-    lone_config_folder,
-    snapshot_config_folders,
 )
 from maple.hub import is_hub_id, local_path_name, names_a_file
 from trainer.schema import PREFERENCE_FEATURES
@@ -1398,14 +1395,14 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         splits of local parquet files are those their names give, as `datasets` reads a folder
         ("test-00000-of-00001.parquet"), and the rows of a saved `Dataset`, of one file or of files whose names give no
         split (a build's shards) are the "train" split. A file that `datasets` would leave out beside files it reads, or
-        read as two splits, is a `maple.files.SplitLayoutError` naming it, never read as another split's. Files are read
+        read as two splits, is a `maple.dataset_layout.SplitLayoutError` naming it, never read as another split's. Files are read
         with the numbers in their names in value order (a build's shards past anchor 999,999 in anchor order), where
         `datasets` sorts names as text.
 
         A repo snapshot whose README.md names its `configs` (as a pushed card does) is read as the card says, by
         `datasets.load_dataset`, as `maple train` reads it. Without one, each config's files lie in a top-level folder
         named after it (the "default" config's in `data/`), told apart from split folders as `maple train` tells them
-        (`maple.files.snapshot_config_folders`): `config_name` picks one; without it a snapshot must hold a single
+        (`maple.dataset_layout.snapshot_config_folders`): `config_name` picks one; without it a snapshot must hold a single
         config (several are an error listing them, never one split of every config's rows). A Hub repo that answers
         with an error (an HTTP status: a 401 to a read without a token, for a missing and a private repo alike), or an
         offline or unreachable Hub, is a `HubReadError` naming it and what the Hub answered

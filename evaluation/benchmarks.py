@@ -28,15 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from maple.files import (
+from maple.dataset_layout import (
     SplitLayoutError,
     card_config_files,
     card_configs,
-    expanded_path,
     files_by_split,
     snapshot_config_folders,
-    stored_images,
 )
+from maple.files import expanded_path, stored_images
 
 from .lazy import LazySequence
 
@@ -300,7 +299,7 @@ def _read_table(source: str, spec: BenchmarkSpec, token: str | None) -> tuple[An
 def _split_files(folder: Path, spec: BenchmarkSpec) -> list[Path]:
     """The parquet files of `folder`, in path order, less those of splits other than `spec.split` where several splits
     are told apart, as datasets tells them: by the `configs` of the folder's README.md (a pushed card: its default
-    config's files, `maple.files.card_config_files`), else by the files' names (`data/test-00000-of-00001.parquet`,
+    config's files, `maple.dataset_layout.card_config_files`), else by the files' names (`data/test-00000-of-00001.parquet`,
     `validation.parquet`, ...; a config's shards by their names, `paper/test_hard-00000-of-00001.parquet`): a snapshot
     of a Hub repo holds every split, and the Hub read takes the benchmark's alone. Files of one split, or of none, are
     all read. A `BenchmarkFormatError` for a folder without parquet files, whose card names several configs and no

@@ -41,7 +41,7 @@ from dataset_builders.testing import (
     tiny_captioner,
     tiny_judge,
 )
-from maple.files import SplitLayoutError
+from maple.dataset_layout import SplitLayoutError
 
 # A rank waits for its peers' files 24 hours by default: a regression that leaves a file unwritten must fail the
 # test with the builder's TimeoutError (naming what is missing), not hang the suite.
@@ -783,7 +783,7 @@ def test_from_pretrained_loads_a_local_build_or_snapshot(tmp_path):
     (plain / "train").mkdir(parents=True)
     built.to_parquet(str(plain / "prefs-00000-of-00001.parquet"))
     assert MaplePreferences.from_pretrained(str(plain))["id"] == built["id"]
-    from maple.files import files_by_split
+    from maple.dataset_layout import files_by_split
 
     (plain / "prefs-00000-of-00001.parquet").rename(plain / "train" / "test-00000-of-00001.parquet")
     (plain / "test").mkdir()
@@ -819,7 +819,7 @@ def test_a_folder_of_split_folders_is_one_config_with_those_splits_as_maple_trai
     """`from_pretrained` refused a folder holding train/ and test/ as "several configs (test, train)", which `maple
     train` reads as one dataset with those splits; and a split's folder whose shards are named otherwise
     ("validation/part-00000-of-00002.parquet") was a config's to both (found by a review). Both tell configs apart
-    with `maple.files.snapshot_config_folders`."""
+    with `maple.dataset_layout.snapshot_config_folders`."""
     from trainer.cli import DataArguments, TrainingInputError, load_preference_splits
     from trainer.testing import synthetic_preference_dataset
 

@@ -1257,7 +1257,7 @@ _SEVERAL_CONFIGS = ("names them for datasets (read without it, every config's ro
 ], ids=["config-named-eval-beside-another", "configs-in-split-folders", "lone-config-named-eval"])
 def test_configs_are_told_apart_as_from_pretrained_tells_them(tmp_path, files, refusal, pick):
     """Configs of a snapshot without its card are told apart as `MaplePreferences.from_pretrained` tells them
-    (`maple.files.snapshot_config_folders`), and refused (found by a review): eval/, push_to_hub's folder of a config
+    (`maple.dataset_layout.snapshot_config_folders`), and refused (found by a review): eval/, push_to_hub's folder of a config
     named "eval", was taken for the test split (a refusal naming split folders beside paper/; alone, its train rows
     were the test split), and configs laid out in split folders (paper/train/, corpus/train/) were trained on as one
     train split. The config's folder given trains."""

@@ -34,20 +34,16 @@ from datasets.exceptions import DatasetGenerationError
 from trl import TrlParser
 
 from maple.cli import config_option_split, exit_with_error, image_settings, report_error
-from maple.files import (
+from maple.dataset_layout import (
     SplitLayoutError,
     card_configs,
     check_shards_read_as_named,
-    expanded_path,
     files_by_split,
-    folder_problem,
-    holds_relative_image_paths,
     keyword_split,
-    located,
-    located_image,
     lone_config_folder,
     snapshot_config_folders,
 )
+from maple.files import expanded_path, folder_problem, holds_relative_image_paths, located, located_image
 from maple.hub import check_private, dataset_read_problem, hub_failure, is_hub_id, local_typo_hint
 from modeling_maple.configuration_maple import BACKBONES, MLLM_FAMILIES
 from modeling_maple.lora import LORA_ALPHA, LORA_DROPOUT, LORA_RANK
@@ -768,7 +764,7 @@ DATA_FILE_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}
 
 
 def _check_snapshot_has_its_card(folder: str, config: str | None) -> None:
-    """Refuse a snapshot of a Hub dataset of several configs (`maple.files.snapshot_config_folders`, as
+    """Refuse a snapshot of a Hub dataset of several configs (`maple.dataset_layout.snapshot_config_folders`, as
     `MaplePreferences.from_pretrained` tells them apart) without the `configs` of its README.md: `datasets` reads such
     a folder as one config, every config's rows in one split (the same anchors twice, judged by two recipes), and knows
     no config to pick. So too a lone config whose folder is named as a split keyword (`push_to_hub(config_name="eval")`
@@ -807,11 +803,11 @@ def _check_snapshot_has_its_card(folder: str, config: str | None) -> None:
 
 def _check_each_file_has_its_split(folder: str) -> None:
     """Refuse a folder of data files that `datasets` would not read each as the one split its path names
-    (`maple.files.files_by_split`): one it leaves out (`test/0000.parquet` beside `data/train-00000-of-00001.parquet`,
+    (`maple.dataset_layout.files_by_split`): one it leaves out (`test/0000.parquet` beside `data/train-00000-of-00001.parquet`,
     whose shard names it then reads alone) or reads as two splits (`train/val_subset/0000.parquet`, "train" and
     "validation": evaluated on rows it trains on); and a lone config's shard of a split named otherwise than its keyword
     (`paper/test_hard-00000-of-00001.parquet`, which `datasets` reads without the card as "test", merged with the
-    test split: `maple.files.check_shards_read_as_named`). A README.md whose `configs` name each split's files is
+    test split: `maple.dataset_layout.check_shards_read_as_named`). A README.md whose `configs` name each split's files is
     followed as written. A `SplitLayoutError` naming the files."""
     if card_configs(folder):
         return
