@@ -260,7 +260,8 @@ def listing_fails(repo_id, training_args):  # after the model's push, listing th
 trainer.cli._earlier_runs_files = listing_fails
 stderr = io.StringIO()
 with contextlib.redirect_stderr(stderr):
-    print("LISTING", main([*argv, "--output_dir", "fifth"]), stderr.getvalue().strip().splitlines()[-1])
+    print("LISTING", main([*argv, "--output_dir", "fifth", "--dataset_test_split", "test"]),
+          stderr.getvalue().strip().splitlines()[-1])
 """
 
 
@@ -282,6 +283,6 @@ def test_a_push_deletes_an_earlier_runs_results_from_the_repo(hub_server, tmp_pa
     listing = next(line for line in output if line.startswith("LISTING "))
     assert listing.startswith(f"LISTING 1 maple train: error: the model is pushed, but listing the repo's files to "
                               f"delete an earlier run's failed: model repo 'maple-org/pushed-twice' on {hub_server.url}")
-    assert listing.endswith("; see whether an earlier run's eval_results.json, all_results.json, "
-                            "trainable_state.safetensors, training_curves.png, similarity_histograms.png are left in "
-                            "the repo beside this model")
+    # ... only those this run did not write: its own results, pushed with it, are no earlier run's
+    assert listing.endswith("; see whether an earlier run's trainable_state.safetensors, training_curves.png, "
+                            "similarity_histograms.png are left in the repo beside this model")

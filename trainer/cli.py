@@ -393,7 +393,7 @@ def _save_or_push(parser: _Parser, trainer: RPATrainer, training_args: RPAConfig
             if stale is None:
                 return report_error(parser.prog, f"the model is pushed, but listing the repo's files to delete an "
                                                  f"earlier run's failed: {problem}; see whether an earlier run's "
-                                                 f"{', '.join(_files_beside_the_model())} are left in the repo beside this model",
+                                                 f"{', '.join(_files_this_run_did_not_write(training_args))} are left in the repo beside this model",
                                     status=1)
             return report_error(parser.prog, f"the model is pushed, but deleting an earlier run's files from the "
                                              f"repo failed: {problem}; delete them with `hf repos delete-files "
@@ -447,23 +447,27 @@ def preference_judge(location: str, config: str | None = None, token: str | None
 
 
 def _earlier_runs_files(repo_id: str, training_args: RPAConfig) -> list[str]:
-    """The files of Hub repo `repo_id` (at `--hub_revision`) that a run writes beside its model and this run's push did
-    not upload (not in output_dir): an earlier run's results, LoRA state and card figures, which `Trainer.push_to_hub`
-    (an upload, which deletes nothing) left beside this run's model and card."""
+    """The files of Hub repo `repo_id` (at `--hub_revision`) among `_files_this_run_did_not_write`: an earlier run's
+    results, LoRA state and card figures, which `Trainer.push_to_hub` (an upload, which deletes nothing) left beside
+    this run's model and card. The repo is not listed when this run wrote them all."""
     from huggingface_hub import HfApi
 
+    if not (unwritten := _files_this_run_did_not_write(training_args)):
+        return []
     pushed = set(HfApi(token=training_args.hub_token).list_repo_files(repo_id, revision=training_args.hub_revision))
-    return [name for name in _files_beside_the_model() if name in pushed and not Path(training_args.output_dir, name).exists()]
+    return [name for name in unwritten if name in pushed]
 
 
-def _files_beside_the_model() -> tuple[str, ...]:
-    """The files a run writes beside its model (results, LoRA state, card figures), which a later run may not."""
+def _files_this_run_did_not_write(training_args: RPAConfig) -> list[str]:
+    """The files a run may write beside its model (results, LoRA state, card figures) that are not in this run's
+    output_dir, so not in its push."""
     from model_cards.cards import CURVES_FILE, GAP_HISTOGRAM_FILE
 
     from .checkpoints import PEFT_TRAINABLE_STATE
     from .rpa_trainer import RESULTS_FILES
 
-    return (*RESULTS_FILES, PEFT_TRAINABLE_STATE, CURVES_FILE, GAP_HISTOGRAM_FILE)
+    return [name for name in (*RESULTS_FILES, PEFT_TRAINABLE_STATE, CURVES_FILE, GAP_HISTOGRAM_FILE)
+            if not Path(training_args.output_dir, name).exists()]
 
 
 def _delete_from_repo(repo_id: str, names: list[str], training_args: RPAConfig) -> None:
