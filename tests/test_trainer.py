@@ -141,6 +141,22 @@ def test_an_evaluation_at_the_last_step_keeps_the_last_training_metrics(tmp_path
     assert not any(trainer._metrics["train"].values())
 
 
+def test_regional_compilation_trains_as_training_not_as_evaluation(tmp_path, monkeypatch):
+    """accelerate's regional compilation trains a copy of the model, whose flag `Trainer.train` sets while the
+    trainer's own model stays in eval mode: each step was taken for an evaluation's (no loss/rpa or rewards logged,
+    embeddings kept for an eval recall, a NaN loss not stopping the run; found by a review)."""
+    monkeypatch.setenv("ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION", "true")
+    trainer = make_trainer(tmp_path, train_rows=8, max_steps=2, logging_steps=1, torch_compile=True,
+                           torch_compile_backend="eager")
+    assert not trainer.model.training  # as build_tiny, like from_pretrained, returns it
+    # "force_eager" runs the compiled regions uncompiled: the copy is made all the same, without tracing it
+    with torch.compiler.set_stance("force_eager"):
+        logs = train_logs(trainer)
+    assert trainer.model_wrapped is not trainer.model  # the copy did the training
+    assert len(logs) == 2 and all("rewards/accuracies" in entry for entry in logs), trainer.state.log_history
+    assert trainer._eval_anchors == []
+
+
 def test_fine_grained_scores_of_a_diverged_model_are_nan_not_zero(tmp_path):
     """NaN embeddings lost every comparison: a diverged model scored a plausible 0 / 0 / 0. Evaluation now refuses
     them, and the trainer logs NaN, as for its loss and recall, without stopping the run."""

@@ -383,7 +383,9 @@ class RPATrainer(DPOTrainer):
         return _candidate_similarities(outputs.text_embeds, outputs.image_embeds, inputs)
 
     def _compute_loss(self, model, inputs, return_outputs):
-        mode = "train" if self.model.training else "eval"
+        # The flag of the model run, not `self.model`'s: accelerate's regional compilation trains a copy of it, whose
+        # flag `Trainer.training_step` sets while `self.model`'s stays as it was (off, from `from_pretrained`).
+        mode = "train" if model.training else "eval"
         outputs = model(**_model_inputs(inputs))  # the step's only forward through the wrapped model
         # the scales come out of the forward, so DDP sees them used inside it
         beta, inverse_temperature = outputs.beta, outputs.inverse_temperature
