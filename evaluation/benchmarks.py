@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from maple.dataset_layout import (
+    DatasetCardError,
     SplitLayoutError,
     card_config_files,
     card_configs,
@@ -302,23 +303,35 @@ def _split_files(folder: Path, spec: BenchmarkSpec) -> list[Path]:
     config's files, `maple.dataset_layout.card_config_files`), else by the files' names (`data/test-00000-of-00001.parquet`,
     `validation.parquet`, ...; a config's shards by their names, `paper/test_hard-00000-of-00001.parquet`): a snapshot
     of a Hub repo holds every split, and the Hub read takes the benchmark's alone. Files of one split, or of none, are
-    all read. A `BenchmarkFormatError` for a folder without parquet files, whose card names several configs and no
-    default, whose splits lack the benchmark's, or holding a file of a split that datasets leaves out or reads as two
+    all read. A `BenchmarkFormatError` for a folder without parquet files, whose card datasets cannot read
+    (`DatasetCardError`) or names several configs and no default, whose splits lack the benchmark's, or holding a file of a split that datasets leaves out or reads as two
     (`files_by_split`)."""
     files = sorted(folder.rglob("*.parquet"))
     if not files:
         raise BenchmarkFormatError(f"{folder}: no parquet files for benchmark {spec.name!r}")
-    if card_configs(folder):
+    try:
+        named_configs = card_configs(folder)
+    except DatasetCardError as error:  # a card that datasets cannot read either
+        raise BenchmarkFormatError(str(error)) from error
+    if named_configs:
         try:
-            splits = card_config_files(folder)
+            config_files = card_config_files(folder)
         except ValueError as error:  # several configs and no default, as the Hub read refuses them
-            names = [config.get("config_name") for config in card_configs(folder)]
+            names = [config.get("config_name") for config in named_configs]
             config_folders = [folder / name for name in names if name and (folder / name).is_dir()]
             example = f" (e.g. {config_folders[0]})" if config_folders else ""
             raise BenchmarkFormatError(
                 f"{error}: benchmark {spec.name!r} is read from a dataset's default config; pass the folder of one "
                 f"config's files{example}"
             ) from error
+        # A config's patterns match files of any format (a paper/notes.txt beside its parquet files): datasets reads
+        # those of the format most of them have, and this reader parquet files.
+        parquet_files = {os.path.abspath(file) for file in files}
+        splits = {
+            split: parquet
+            for split, split_files in config_files.items()
+            if (parquet := [file for file in split_files if os.path.abspath(file) in parquet_files])
+        }
     else:
         # a benchmark's folder may be a config's, or a snapshot of one config, whose shards are split by their names
         configs = snapshot_config_folders(folder, files)
@@ -334,7 +347,7 @@ def _split_files(folder: Path, spec: BenchmarkSpec) -> list[Path]:
     if len(splits) == 1:
         return next(iter(splits.values()))
     if not splits:
-        raise BenchmarkFormatError(f"{folder}: its README.md names no files for benchmark {spec.name!r}")
+        raise BenchmarkFormatError(f"{folder}: its README.md names no parquet files for benchmark {spec.name!r}")
     if spec.split not in splits:
         raise BenchmarkFormatError(
             f"{folder}: holds the splits {sorted(splits)} but not {spec.split!r}, the split benchmark {spec.name!r} is "

@@ -101,14 +101,41 @@ def check_shards_read_as_named(folder: str | os.PathLike, config_folder: str | o
                 )
 
 
+class DatasetCardError(ValueError):
+    """A README.md whose YAML metadata `datasets` cannot read a folder's configs from: not UTF-8, not YAML, not a
+    mapping, or `configs` other than a list of mappings each with a `config_name` and well-formed `data_files`. Its
+    message names the file and the problem."""
+
+
 def card_configs(folder: str | os.PathLike) -> list[dict[str, Any]]:
     """The `configs` that the README.md of `folder` (a Hub dataset snapshot's card) names: each config's files by
     split, which `datasets` reads as written, and which tell configs apart where folder names cannot. Empty where the
-    folder has no card, or its card names none."""
+    folder has no card, or its card names none. A `DatasetCardError` naming the card where `datasets` could not read
+    them (it would fail on the folder with a parser's traceback)."""
+    import yaml
+    from datasets.utils.metadata import MetadataConfigs
     from huggingface_hub.repocard import metadata_load
 
     card = Path(folder) / "README.md"
-    return ((metadata_load(card) or {}).get("configs") or []) if card.is_file() else []
+    if not card.is_file():
+        return []
+    try:
+        metadata = metadata_load(card) or {}
+    except yaml.YAMLError as error:
+        raise DatasetCardError(
+            f"{card}: its YAML metadata (between the --- lines) does not parse: {_yaml_problem(card, error)}"
+        ) from error
+    except ValueError as error:  # not UTF-8, or huggingface_hub's "repo card metadata block should be a dict"
+        raise DatasetCardError(f"{card}: its YAML metadata (between the --- lines) cannot be read: {error}") from error
+    configs = metadata.get("configs") or []
+    if not isinstance(configs, list) or not all(isinstance(config, dict) for config in configs):
+        raise DatasetCardError(f"{card}: configs is {configs!r:.80}; expected a list of mappings, one per config")
+    try:  # the rest as `datasets` checks it: each config's name and data_files
+        MetadataConfigs.from_dataset_card_data({"configs": configs})
+    except ValueError as error:  # (the examples of data_files it lists after the problem left out)
+        detail = " ".join(str(error).split("Examples of data_files")[0].split())
+        raise DatasetCardError(f"{card}: {detail}") from error
+    return configs
 
 
 def card_config_files(folder: str | os.PathLike, config_name: str | None = None) -> dict[str, list[Path]]:
@@ -134,6 +161,20 @@ def card_config_files(folder: str | os.PathLike, config_name: str | None = None)
         for split in splits:
             by_split.setdefault(split, []).append(Path(path))
     return by_split
+
+
+def _yaml_problem(card: Path, error: Exception) -> str:
+    """What the YAML parser found wrong in the metadata of `card`, and where in the card: the parser numbers the
+    lines of the metadata block it was given, which starts after the card's opening `---` line."""
+    from huggingface_hub.repocard import REGEX_YAML_BLOCK
+
+    mark = getattr(error, "problem_mark", None)
+    if mark is None:  # a ReaderError (a character YAML does not allow) says where itself
+        return " ".join(str(error).split())
+    problem = ", ".join(filter(None, (getattr(error, "context", None), getattr(error, "problem", None))))
+    text = card.read_text(encoding="utf-8-sig")
+    block_start = text[: REGEX_YAML_BLOCK.search(text).start(2)].count("\n")  # (`metadata_load` matched it)
+    return f"{problem} (line {block_start + mark.line + 1}, column {mark.column + 1})"
 
 
 class SplitLayoutError(ValueError):

@@ -41,7 +41,7 @@ from dataset_builders.testing import (
     tiny_captioner,
     tiny_judge,
 )
-from maple.dataset_layout import SplitLayoutError
+from maple.dataset_layout import DatasetCardError, SplitLayoutError
 
 # A rank waits for its peers' files 24 hours by default: a regression that leaves a file unwritten must fail the
 # test with the builder's TimeoutError (naming what is missing), not hang the suite.
@@ -965,6 +965,26 @@ def test_a_snapshots_card_is_followed_by_both_loaders(tmp_path):
         assert MaplePreferences.from_pretrained(str(snapshot), config_name="main", split=split)["id"] == ids[path]
         assert read_by_maple_train[split]["id"] == ids[path]
     with pytest.raises(ValueError, match=r"(?s)Config name is missing.*\['main', 'paper'\]"):
+        MaplePreferences.from_pretrained(str(snapshot))
+
+
+def test_a_snapshots_card_that_datasets_cannot_read_is_named(tmp_path):
+    """A README.md whose YAML does not parse, or whose configs are not mappings, failed with the parser's traceback
+    (found by a review): a `DatasetCardError` names the card, the problem and where."""
+    snapshot = tmp_path / "snapshot"
+    _write_rows(snapshot, {"data/train-00000-of-00001.parquet": (0, 2)})
+    (snapshot / "README.md").write_text("---\nlicense: mit\nconfigs:\n  - config_name: default\n - data_dir: data\n---\n")
+    with pytest.raises(DatasetCardError) as refused:
+        MaplePreferences.from_pretrained(str(snapshot))
+    assert str(refused.value) == (
+        f"{snapshot / 'README.md'}: its YAML metadata (between the --- lines) does not parse: while parsing a block "
+        "mapping, expected <block end>, but found '<block sequence start>' (line 5, column 2)"
+    )
+    (snapshot / "README.md").write_text("---\nconfigs:\n- 3\n---\n")
+    with pytest.raises(DatasetCardError, match=r"README.md: configs is \[3\]; expected a list of mappings, one per config$"):
+        MaplePreferences.from_pretrained(str(snapshot))
+    (snapshot / "README.md").write_text("---\nconfigs:\n- data_dir: data\n---\n")
+    with pytest.raises(DatasetCardError, match=r"README.md: Each config must include `config_name`"):
         MaplePreferences.from_pretrained(str(snapshot))
 
 

@@ -803,6 +803,34 @@ def test_a_folder_with_a_card_is_read_as_its_configs_say(tmp_path):
     assert captions(tmp_path / "hard") == [["the test caption"]]
 
 
+def test_a_cards_config_is_read_from_its_parquet_files_and_a_card_datasets_cannot_read_is_named(tmp_path):
+    """A card's config read every file its patterns match: paper/test_notes.txt beside `data_dir: paper`'s shard was
+    a "test file" that failed as "not a readable parquet table"; and a README.md whose YAML does not parse, or is not
+    a mapping, failed with the parser's traceback (found by a review)."""
+    from conftest import make_picture, write_parquet
+
+    folder = tmp_path / "notes"
+    write_parquet(folder / "paper" / "test-00000-of-00001.parquet",
+                  {"image": [make_picture(0)], "caption": [["the test caption"]]}, ("image",))
+    (folder / "paper" / "test_notes.txt").write_text("how the captions were written")
+    (folder / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_dir: paper\n---\n")
+    assert load_benchmark("coco", str(folder)).captions_per_image == [["the test caption"]]
+
+    (folder / "README.md").write_text("---\nconfigs: [\n---\n# COCO\n")
+    with pytest.raises(BenchmarkFormatError) as refused:
+        load_benchmark("coco", str(folder))
+    assert str(refused.value) == (
+        f"{folder / 'README.md'}: its YAML metadata (between the --- lines) does not parse: while parsing a flow node, "
+        "expected the node content, but found '<stream end>' (line 2, column 11)"
+    )
+    (folder / "README.md").write_text("---\n- config_name: default\n---\n")
+    with pytest.raises(BenchmarkFormatError, match=r"README.md: its YAML metadata .* cannot be read: .* should be a dict"):
+        load_benchmark("coco", str(folder))
+    (folder / "README.md").write_text("---\nconfigs:\n- paper\n---\n")
+    with pytest.raises(BenchmarkFormatError, match=r"README.md: configs is \['paper'\]; expected a list of mappings"):
+        load_benchmark("coco", str(folder))
+
+
 def test_embeddings_a_model_returns_in_bfloat16_are_scored_in_float32():
     """bf16 cosines carry 8 bits: neighbours whose float32 cosines differ came out tied, and ties count against the
     model, so an embedder returning bf16 (the protocols take any `encode`) lost hits it had made."""
