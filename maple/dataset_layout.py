@@ -233,10 +233,11 @@ def _meant_split(left_out: Path, named: list[str]) -> str | None:
     return named[0] if len(named) == 1 else None
 
 
-def _how_datasets_splits(patterns: dict[str, list[str]], left_out: Path, named: list[str]) -> tuple[str, str]:
+def _how_datasets_splits(patterns: dict[str, list[str]], left_out: Path, named: list[str]) -> tuple[str, str, bool]:
     """How `datasets` reads the splits of a folder for which `get_data_patterns` gave `patterns`, and how to name a
     file so that it reads it as its split, for a `SplitLayoutError`: with `left_out` (a file it leaves out, by its path
-    within the folder, which names the splits `named`) so named, where its split can be told."""
+    within the folder, which names the splits `named`) so named, where its split can be told; and whether that name
+    is the train split's (`prefs_train.parquet` for a `prefs.parquet` that names no split, beside no train split)."""
     from datasets.data_files import (
         DEFAULT_PATTERNS_SPLIT_IN_DIR_NAME,
         DEFAULT_PATTERNS_SPLIT_IN_FILENAME,
@@ -248,17 +249,18 @@ def _how_datasets_splits(patterns: dict[str, list[str]], left_out: Path, named: 
         meant = _meant_split(left_out, named)
         example = f" (data/{meant}-00000-of-00001.parquet for {left_out})" if meant is not None else ""
         return ("from the names of its shards in data/ alone (data/SPLIT-00000-of-00001.parquet)",
-                f"put every split's files in data/, named as its shards are{example}")
+                f"put every split's files in data/, named as its shards are{example}", False)
     if split_patterns == DEFAULT_PATTERNS_SPLIT_IN_DIR_NAME.get(split):
-        return ("from its split folders alone (train/, validation/, test/...)", "move every split's files into its folder")
+        return ("from its split folders alone (train/, validation/, test/...)", "move every split's files into its folder",
+                False)
     if split_patterns == DEFAULT_PATTERNS_SPLIT_IN_FILENAME.get(split):
         # a file that names no split beside files of other splits than train: probably the train split
         probably_train = not named and "train" not in patterns
         example = f" ({left_out.stem}_train{left_out.suffix} for {left_out})" if probably_train else ""
         return ("from the split that its files' names give (train.parquet, test-0.parquet) alone",
                 f"name every file's split in its name{example}, or move every split's files into its folder (train/, "
-                "test/...)")
-    return f"by the patterns {patterns}", "move or rename them so that these patterns read them"
+                "test/...)", probably_train)
+    return f"by the patterns {patterns}", "move or rename them so that these patterns read them", False
 
 
 def files_by_split(
@@ -314,7 +316,7 @@ def files_by_split(
         refused = [(file, splits) for file, splits in refused if splits or not leave_out_unnamed]
         if refused:
             first_file, first_named = refused[0]
-            how, advice = _how_datasets_splits(
+            how, advice, named_as_train = _how_datasets_splits(
                 patterns, Path(os.path.relpath(os.path.abspath(first_file), folder)), first_named
             )
             listed = [
@@ -323,9 +325,9 @@ def files_by_split(
                 for file, splits in refused[:3]
             ]
             more = f" and {len(refused) - 3} more" if len(refused) > 3 else ""
-            # a split named otherwise than datasets' keywords (heldout/) is read from data/'s shard names alone; a file
-            # that names no split beside no train split is probably the train split, and needs no other name
-            other_names = "" if all(splits for _, splits in refused) or "train" not in patterns else (
+            # a split named otherwise than datasets' keywords (heldout/) is read from data/'s shard names alone; not
+            # said where the file was given the train split's name, as it probably is the train split
+            other_names = "" if all(splits for _, splits in refused) or named_as_train else (
                 "; a split of another name is read from data/NAME-00000-of-00001.parquet, beside the other splits' "
                 "shards named so")
             raise SplitLayoutError(

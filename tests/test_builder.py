@@ -855,6 +855,10 @@ def test_a_folder_of_split_folders_is_one_config_with_those_splits_as_maple_trai
     ({"train": "train/0000.parquet", "heldout": "heldout/0000.parquet"},
      r"\(train\) from its split folders alone .* leaves out heldout/0000.parquet \(its path names no split\): move every "
      r"split's files into its folder, .*; a split of another name is read from data/NAME-00000-of-00001.parquet"),
+    ({"test": "test/0000.parquet", "heldout": "heldout/0000.parquet"},
+     r"\(test\) from its split folders alone .* leaves out heldout/0000.parquet \(its path names no split\): move every "
+     r"split's files into its folder, so that each file is read as its own split; a split of another name is read from "
+     r"data/NAME-00000-of-00001.parquet, beside the other splits' shards named so$"),
     ({"train": "train/0000.parquet", "test": "test/0000.parquet", "validation": "train/val_subset/0000.parquet"},
      r"datasets reads train/val_subset/0000.parquet as the splits train and validation \(its path names each\)"),
     ({"train": "data/train-00000-of-00001.parquet", "test_hard": "data/test_hard/0000.parquet"},
@@ -866,7 +870,7 @@ def test_a_folder_of_split_folders_is_one_config_with_those_splits_as_maple_trai
      r"name every file's split in its name \(prefs_train.parquet for prefs.parquet\), or move every split's files into its "
      r"folder \(train/, test/...\), so that each file is read as its own split$"),
 ], ids=["split-folders-of-shards", "split-folders", "data-shards", "test-folder-beside-data-shards",
-        "test-folder-in-data", "heldout-beside-train", "val-folder-in-train", "custom-split-folder-in-data",
+        "test-folder-in-data", "heldout-beside-train", "heldout-beside-test", "val-folder-in-train", "custom-split-folder-in-data",
         "unnamed-file-beside-test-only"])
 def test_a_file_is_read_as_its_own_split_by_both_loaders_or_refused_by_name(tmp_path, files, read_as):
     """A folder whose files `datasets` does not read each as the split its path names is refused by name, by
@@ -875,7 +879,8 @@ def test_a_file_is_read_as_its_own_split_by_both_loaders_or_refused_by_name(tmp_
     rows, where `maple train` dropped it silently; and `maple train` trained on a file `datasets` reads as two splits
     (train/val_subset/: "train" and "validation"). Folders that `datasets` reads as their paths say are read so by both.
     The refusal names the file's new name where its split can be told (a review found data/test_hard/ told to be put
-    "in data/", and a lone unnamed file beside a test split told of "a split of another name")."""
+    "in data/", and a lone unnamed file beside a test split told of "a split of another name", which heldout/ beside
+    test/ then was not told of)."""
     from trainer.cli import DataArguments, TrainingInputError, load_preference_splits
     from trainer.testing import synthetic_preference_dataset
 
