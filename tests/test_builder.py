@@ -975,7 +975,10 @@ def test_a_snapshots_card_is_followed_by_both_loaders(tmp_path):
 
 def test_a_snapshots_card_that_datasets_cannot_read_is_named(tmp_path):
     """A README.md whose YAML does not parse, or whose configs are not mappings, failed with the parser's traceback
-    (found by a review): a `DatasetCardError` names the card, the problem and where."""
+    (found by a review): a `DatasetCardError` names the card, the problem and where; `maple train` says it as its
+    usage error."""
+    from trainer.cli import DataArguments, TrainingInputError, load_preference_splits
+
     snapshot = tmp_path / "snapshot"
     _write_rows(snapshot, {"data/train-00000-of-00001.parquet": (0, 2)})
     (snapshot / "README.md").write_text("---\nlicense: mit\nconfigs:\n  - config_name: default\n - data_dir: data\n---\n")
@@ -985,6 +988,9 @@ def test_a_snapshots_card_that_datasets_cannot_read_is_named(tmp_path):
         f"{snapshot / 'README.md'}: its YAML metadata (between the --- lines) does not parse: while parsing a block "
         "mapping, expected <block end>, but found '<block sequence start>' (line 5, column 2)"
     )
+    with pytest.raises(TrainingInputError) as refused_by_maple_train:
+        load_preference_splits(DataArguments(dataset_name=str(snapshot)))
+    assert str(refused_by_maple_train.value) == f"--dataset_name {snapshot}: {refused.value}"
     (snapshot / "README.md").write_text("---\nconfigs:\n- 3\n---\n")
     with pytest.raises(DatasetCardError, match=r"README.md: configs is \[3\]; expected a list of mappings, one per config$"):
         MaplePreferences.from_pretrained(str(snapshot))

@@ -35,6 +35,7 @@ from trl import TrlParser
 
 from maple.cli import config_option_split, exit_with_error, image_settings, report_error
 from maple.dataset_layout import (
+    DatasetCardError,
     SplitLayoutError,
     card_configs,
     check_shards_read_as_named,
@@ -839,7 +840,10 @@ def load_preference_splits(data_args: DataArguments, token: str | None = None) -
     if data_args.dataset_config is not None and (saved or os.path.isfile(location)):
         raise TrainingInputError(f"--dataset_config {data_args.dataset_config}: {location} is one dataset, without configs")
     if not saved and os.path.isdir(location):
-        _check_snapshot_has_its_card(location, data_args.dataset_config)
+        try:
+            _check_snapshot_has_its_card(location, data_args.dataset_config)
+        except DatasetCardError as error:  # (a ValueError, which names the README.md and the problem itself)
+            raise TrainingInputError(f"--dataset_name {location}: {error}") from None
     try:
         if saved:
             splits = load_from_disk(location)
