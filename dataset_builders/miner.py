@@ -344,7 +344,8 @@ class HardNegativeMiner:
         token: str | None = None,
         **kwargs,
     ) -> HardNegativeMiner:
-        """A miner on a transformers image encoder (AutoModel + AutoImageProcessor).
+        """A miner on a transformers image encoder (AutoModel + AutoImageProcessor), or on a saved MAPLE embedder
+        (`model_type` "maple", either backbone: `load_maple`, then as `from_maple`).
 
         The embedding is the encoder's `get_image_features` where it has one (CLIP, SigLIP, MAPLE),
         else its pooled output (DINOv2: the layer-normed CLS token), else the first token of the
@@ -366,17 +367,27 @@ class HardNegativeMiner:
         cls.check_values(**kwargs)
         model_kwargs = with_device_map(f"{cls.__name__}.from_pretrained", model_kwargs, device_map)
         config = AutoConfig.from_pretrained(model_id_or_path, token=token)
-        problem = encoder_config_problem(model_id_or_path, config.to_dict())
-        if problem is not None:  # it would load, and fail at its first batch of images
-            raise ValueError(problem)
-        image_processor = load_image_processor(model_id_or_path, image_processor_kwargs, token=token)
-        model = AutoModel.from_pretrained(model_id_or_path, dtype=dtype, token=token, **model_kwargs).eval()
+        encoder_class = _TransformersImageEncoder
+        if config.model_type == "maple":
+            # A MAPLE embedder takes its images from its MapleProcessor (an MLLM backbone's need its image tokens), not
+            # from an image processor alone: loaded as a plain encoder, an MLLM one failed at its first batch.
+            from modeling_maple.loading import load_maple
+
+            model, image_processor = load_maple(model_id_or_path, token=token, image_processor_kwargs=image_processor_kwargs,
+                                                dtype=dtype, **model_kwargs)
+            encoder_class = _MapleImageEncoder
+        else:
+            if (problem := encoder_config_problem(model_id_or_path, config.to_dict())) is not None:
+                raise ValueError(problem)  # it would load, and fail at its first batch of images
+            image_processor = load_image_processor(model_id_or_path, image_processor_kwargs, token=token)
+            model = AutoModel.from_pretrained(model_id_or_path, dtype=dtype, token=token, **model_kwargs)
+        model = model.eval()
         if "device_map" not in model_kwargs:
             model = model.to(device or "cpu")
         kwargs.setdefault("name", model_id_or_path)
         if device is not None:
             kwargs.setdefault("search_device", device)
-        return cls(_TransformersImageEncoder(model, image_processor), **kwargs)
+        return cls(encoder_class(model, image_processor), **kwargs)
 
     @classmethod
     def from_maple(cls, model, processor, **kwargs) -> HardNegativeMiner:

@@ -333,6 +333,22 @@ def test_miner_embeds_with_a_maple_model():
     assert miner.settings["encoder"]["weights"] != before["encoder"]["weights"] and miner.name == "maple:in-memory"
 
 
+@pytest.mark.parametrize("backbone", ["mllm", "dual_encoder"])
+def test_from_pretrained_loads_a_saved_maple_embedder_as_from_maple_does(tmp_path, backbone):
+    """A saved MAPLE embedder passed `encoder_config_problem` and loaded as a plain encoder, so an MLLM one failed at its
+    first batch ("A qwen2_vl embedder needs `image_input_ids` ...": its images need its MapleProcessor; found by a bug
+    hunt of `maple build-preferences --miner`). It embeds as `MapleModel.encode` does, with either backbone."""
+    from modeling_maple.testing import build_tiny
+
+    model, processor = build_tiny(backbone, seed=0)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    miner = HardNegativeMiner.from_pretrained(str(tmp_path), batch_size=2, search_device="cpu")
+    images = [Image.new("RGB", (16, 16), colour) for colour in ["red", "blue", "green"]]
+    torch.testing.assert_close(miner.embed(images), model.encode(processor, images=images))
+    assert miner.name == str(tmp_path)
+
+
 def test_a_batch_the_image_processor_makes_of_several_sizes_is_refused_naming_its_images(tmp_path):
     """DINOv2 takes any size, and CLIP's image processor without its center crop keeps each image's aspect ratio: a
     batch of several failed in numpy's words ("inhomogeneous shape"), naming neither image nor setting. Images are
