@@ -73,7 +73,7 @@ from maple.hub import is_hub_id, local_path_name, names_a_file
 from trainer.schema import PREFERENCE_FEATURES
 
 from .interfaces import CandidateCaptioner, PreferenceJudge, component_name, first_finding, member_names, renamed_members
-from .miner import MIN_SEMDEDUP_EPSILON, HardNegativeMiner, MinerOutputError, check_semdedup_clusters
+from .miner import MIN_SEMDEDUP_EPSILON, HardNegativeMiner, MinerInputError, MinerOutputError, check_semdedup_clusters
 from .scoring import check_captions, check_judge_scores, score_both_directions, text_pool
 from .sources import (
     DEFAULT_ID_COLUMN,
@@ -972,16 +972,21 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
     def _embed_rows(self, rows: list[int]) -> torch.Tensor:
         """(len(rows), D) image embeddings of source rows `rows`. A NaN or inf embedding is an error
         naming its source row and id, raised before a checkpoint holds it (the neighbour search
-        would refuse it too, but could only name its position among the anchors)."""
+        would refuse it too, but could only name its position among the anchors); so are images the miner cannot embed
+        in one batch (`MinerInputError`, which named them by their position in this checkpoint part), a `SourceError`
+        raised from it."""
         if not rows:
             return torch.empty(0)
-        images = (self._image(row) for row in tqdm(rows, desc="embedding images", disable=not self.progress))
-        embeddings = self.miner.embed(images)
         source = self._load_source()
 
         def describe(position: int) -> str:
             return f"source row {rows[position]} (id {self._row_id(source[rows[position]], rows[position])})"
 
+        images = (self._image(row) for row in tqdm(rows, desc="embedding images", disable=not self.progress))
+        try:
+            embeddings = self.miner.embed(images, describe=describe)
+        except MinerInputError as error:
+            raise SourceError(str(error)) from error
         try:
             check_finite_embeddings(embeddings, "images", describe=describe)
         except ValueError as error:

@@ -37,7 +37,7 @@ from maple.files import folder_problem
 from maple.hub import repo_id_problem
 
 from .builder import MaplePreferences, MaplePreferencesConfig, WorkDirMismatch
-from .miner import MinerOutputError, check_semdedup_clusters
+from .miner import MinerInputError, MinerOutputError, check_semdedup_clusters
 from .scoring import CaptionerOutputError, JudgeOutputError
 from .sources import SourceError, check_outside_source, open_source
 
@@ -395,8 +395,15 @@ def _build(args: argparse.Namespace, given: set[str]) -> int:
             print(f"rank {builder.rank}: built shards {report.computed}, reused {report.reused}; rank 0 assembles the dataset")
             return 0
         builder.download_and_prepare()
+    except SourceError as error:
+        if isinstance(error.__cause__, MinerInputError):  # its advice names from_pretrained, which the CLI calls itself
+            return report_error(PROG, f"--miner {args.miner}: {error.__cause__.problem}. Mine with a miner whose image "
+                                      "processor makes every image one size (one that crops to crop_size), or with a "
+                                      "--miner module:factory making HardNegativeMiner.from_pretrained(..., "
+                                      f"image_processor_kwargs=...) that sets {error.__cause__.fixes}")
+        return report_error(PROG, str(error))
     # a damaged checkpoint or shard included
-    except (WorkDirMismatch, SourceError, JudgeOutputError, CaptionerOutputError) as error:
+    except (WorkDirMismatch, JudgeOutputError, CaptionerOutputError) as error:
         return report_error(PROG, str(error))
     except MinerOutputError as error:  # named by its name, which a module:factory's miner chose itself
         return report_error(PROG, f"--miner {args.miner}: {error}")

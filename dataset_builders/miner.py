@@ -33,6 +33,18 @@ class MinerOutputError(RuntimeError):
     message names the miner, the images and the shape it returned."""
 
 
+class MinerInputError(ValueError):
+    """Images the miner's encoder cannot take in one batch: its image processor made them of several sizes. `problem`
+    names two of them (as `HardNegativeMiner.embed`'s `describe` does) and their sizes; `fixes`, the image processor
+    settings that make one size; the message says to set them in `image_processor_kwargs` of `from_pretrained`."""
+
+    def __init__(self, problem: str, fixes: str) -> None:
+        super().__init__(f"{problem}. Set {fixes} in image_processor_kwargs (HardNegativeMiner.from_pretrained), or "
+                         "give images of one size.")
+        self.problem = problem
+        self.fixes = fixes
+
+
 @dataclass(frozen=True)
 class Neighbours:
     """Top-k neighbours of every query, best first.
@@ -404,10 +416,12 @@ class HardNegativeMiner:
         return {"duplicate_threshold": self.duplicate_threshold, "encoder": getattr(self.encode_images, "settings", None)}
 
     @torch.inference_mode()
-    def embed(self, images: Iterable[PIL.Image.Image]) -> torch.Tensor:
+    def embed(self, images: Iterable[PIL.Image.Image], *, describe: Callable[[int], str] | None = None) -> torch.Tensor:
         """(N, D) float32 L2-normalised embeddings of `images` (PIL images or file paths),
         encoded `batch_size` at a time. The encoder gets RGB images; an unreadable one is a
-        ValueError naming its position in `images`."""
+        ValueError naming its position in `images`. A batch `from_pretrained`'s image processor makes of several sizes
+        is a `MinerInputError` naming two of its images by `describe(position in images)` (default: `images[i]`; the
+        builder names source rows and ids)."""
         # Imported here: importing modeling_maple pulls in transformers, which a process that only
         # builds from finished embeddings (or prints --help) should not pay for.
         from modeling_maple.processing_maple import load_image
@@ -417,8 +431,10 @@ class HardNegativeMiner:
 
         def encode(first: int) -> torch.Tensor:  # `pending` holds images first, first + 1, ...
             # The miner's own encoders name a bad image by its position in `images`; any other callable takes a batch.
-            if isinstance(self.encode_images, _TransformersImageEncoder):
+            if isinstance(self.encode_images, _MapleImageEncoder):
                 encoded = self.encode_images(pending, first_index=first)
+            elif isinstance(self.encode_images, _TransformersImageEncoder):
+                encoded = self.encode_images(pending, first_index=first, describe=describe)
             else:
                 encoded = self.encode_images(pending)
             # another shape would pair embeddings with the wrong rows, silently; another size than the first batch's
@@ -503,19 +519,21 @@ class _TransformersImageEncoder:
             "image_processor": image_processor_settings(self.image_processor),
         }
 
-    def __call__(self, images: Sequence[PIL.Image.Image], first_index: int = 0) -> torch.Tensor:
+    def __call__(
+        self, images: Sequence[PIL.Image.Image], first_index: int = 0, describe: Callable[[int], str] | None = None
+    ) -> torch.Tensor:
         """(len(images), D) embeddings of `images`, RGB already (`HardNegativeMiner.embed` loads every image with
         `load_image`), the caller's `images[first_index:]`. A batch the image processor makes of several sizes (DINOv2
-        takes any size; CLIP's image processor without its center crop keeps each image's aspect ratio) is a ValueError
-        naming two of them and the `image_processor_kwargs` that make one size (`image_batch_problem`)."""
-        from modeling_maple.processing_maple import image_batch_problem
+        takes any size; CLIP's image processor without its center crop keeps each image's aspect ratio) is a
+        `MinerInputError` naming two of them (`describe(first_index + position)`) and the settings that make one size
+        (`mixed_image_sizes`)."""
+        from modeling_maple.processing_maple import mixed_image_sizes
 
         images = list(images)
         # Made into tensors once their sizes are checked: numpy's own error names no image.
         inputs = self.image_processor(images=images, return_tensors=None)
-        if (problem := image_batch_problem(self.image_processor, images, inputs["pixel_values"], first_index,
-                                           set_in="image_processor_kwargs (HardNegativeMiner.from_pretrained)")):
-            raise ValueError(f"{problem}.")
+        if (mixed := mixed_image_sizes(self.image_processor, images, inputs["pixel_values"], first_index, describe)):
+            raise MinerInputError(*mixed)
         inputs = inputs.convert_to_tensors("pt").to(self.model.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         if hasattr(self.model, "get_image_features"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -339,12 +339,30 @@ def image_batch_problem(
     error. Resizing them to one size, or padding them, would change what the tower sees of each image by the batch it is
     in, so the two first images of different sizes are named, with the settings that make one size and where they are
     set (`set_in`: where the caller's image processor takes its settings)."""
+    mixed = mixed_image_sizes(image_processor, images, pixel_values, first_index)
+    if mixed is None:
+        return None
+    problem, fixes = mixed
+    return f"{problem}. Set {fixes} in {set_in}, or give images of one size"
+
+
+def mixed_image_sizes(
+    image_processor,
+    images: Sequence[Image.Image],
+    pixel_values: Sequence[Any],
+    first_index: int = 0,
+    describe: Callable[[int], str] | None = None,
+) -> tuple[str, str] | None:
+    """`image_batch_problem` in two parts, for a caller that says itself where the settings are set: what is wrong (the
+    two first images of different sizes, named by `describe(first_index + position)`, default `images[i]`) and the
+    settings that make one size (`"do_center_crop=True (...) or size=..."`); None where the batch is of one size."""
     sizes = [tuple(pixels.shape[-2:]) for pixels in pixel_values]
     other = next((position for position, size in enumerate(sizes) if size != sizes[0]), None)
     if other is None:
         return None
+    describe = describe or "images[{}]".format
     described = [
-        f"images[{first_index + position}] ({images[position].height}x{images[position].width} px) became "
+        f"{describe(first_index + position)} ({images[position].height}x{images[position].width} px) became "
         f"{sizes[position][0]}x{sizes[position][1]}"
         for position in (0, other)
     ]
@@ -355,8 +373,8 @@ def image_batch_problem(
     resize = "do_resize=True, " if getattr(image_processor, "do_resize", None) is False else ""
     fixes.append(f"{resize}size={{'height': ..., 'width': ...}} (every image resized to it, its aspect ratio not kept)")
     return (f"{' but '.join(described)} (height x width): the image processor ({type(image_processor).__name__}) gives "
-            f"each image a size that follows its own{settings}, but the vision tower takes a batch at one size. Set "
-            f"{' or '.join(fixes)} in {set_in}, or give images of one size")
+            f"each image a size that follows its own{settings}, but the vision tower takes a batch at one size",
+            " or ".join(fixes))
 
 
 def image_size_problem(image_processor, image_size: int | Sequence[int]) -> str | None:
@@ -967,6 +985,7 @@ __all__ = [
     "fill_image_placeholders",
     "gemma3_image_processor_problem",
     "image_batch_problem",
+    "mixed_image_sizes",
     "image_processor_kwargs_problem",
     "image_processor_loading_problem",
     "image_size_problem",

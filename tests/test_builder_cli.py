@@ -469,6 +469,53 @@ def test_an_embedding_size_that_changes_between_checkpointed_parts_is_a_one_line
     )
 
 
+def test_images_the_miner_cannot_batch_are_one_line_naming_their_source_rows_in_command_line_terms(tmp_path, monkeypatch,
+                                                                                                    capsys):
+    """A miner image processor making images of several sizes was a ValueError traceback naming the images by their
+    position in the checkpointed embedding part (images[1] for source row 5) and advising image_processor_kwargs of
+    HardNegativeMiner.from_pretrained, which no option reaches (found by a bug hunt)."""
+    from transformers import CLIPImageProcessorPil, Dinov2Config, Dinov2Model
+
+    from dataset_builders import builder
+    from dataset_builders.testing import SOURCE_FEATURES
+
+    encoder = tmp_path / "encoder"
+    Dinov2Model(Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                             image_size=16, patch_size=8)).save_pretrained(encoder)
+    CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16},
+                          do_center_crop=False).save_pretrained(encoder)
+    columns = colour_squares(5)
+    columns["image"].append({"bytes": _wide_png(), "path": None})
+    columns["id"].append("wide")
+    columns["caption"].append("a wide red rectangle")
+    source = tmp_path / "source.parquet"
+    datasets.Dataset.from_dict(columns, features=SOURCE_FEATURES).to_parquet(str(source))
+    monkeypatch.setattr(builder, "EMBEDDING_PART_ROWS", 4)  # two parts: rows 0-3 and 4-5
+    miner = f"HardNegativeMiner.from_pretrained({str(encoder)!r}, batch_size=2, search_device='cpu')"
+    capsys.readouterr()  # save_pretrained's progress bar
+    assert _build_with_factory_miner(str(source), tmp_path, monkeypatch, "cropless_miners:cropless", miner) == 2
+    assert capsys.readouterr().err == (
+        "maple build-preferences: error: --miner cropless_miners:cropless: source row 4 (id square-004) (16x16 px) "
+        "became 16x16 but source row 5 (id wide) (16x32 px) became 16x32 (height x width): the image processor "
+        "(CLIPImageProcessorPil) gives each image a size that follows its own (do_center_crop=False), but the vision "
+        "tower takes a batch at one size. Mine with a miner whose image processor makes every image one size (one that "
+        "crops to crop_size), or with a --miner module:factory making HardNegativeMiner.from_pretrained(..., "
+        "image_processor_kwargs=...) that sets do_center_crop=True (images cropped to crop_size) or size={'height': "
+        "..., 'width': ...} (every image resized to it, its aspect ratio not kept)\n"
+    )
+
+
+def _wide_png() -> bytes:
+    """A 32x16 (width x height) PNG image."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 16), "red").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def test_a_factory_miner_whose_embeddings_have_another_shape_is_a_one_line_error(source_file, tmp_path, monkeypatch, capsys):
     """It was a traceback: the miner's ValueError for one embedding per batch, torch.cat's RuntimeError for a size that
     changed between batches (found by a review)."""

@@ -9,7 +9,7 @@ from PIL import Image
 
 from dataset_builders import HardNegativeMiner, semdedup, top_k_neighbours
 from dataset_builders import miner as miner_module
-from dataset_builders.miner import MinerOutputError
+from dataset_builders.miner import MinerInputError, MinerOutputError
 from evaluation import retrieval as retrieval_module
 
 
@@ -391,6 +391,8 @@ def test_a_miners_batch_of_several_sizes_names_the_image_processor_kwargs_of_fro
     with pytest.raises(ValueError, match=r"Set do_center_crop=True .* in image_processor_kwargs "
                                          r"\(HardNegativeMiner\.from_pretrained\), or give images of one size\.$"):
         miner.embed(images)
+    with pytest.raises(MinerInputError, match=r"^row 10 \(16x32 px\) became 16x32 but row 11 \(16x16 px\)"):
+        miner.embed(images, describe=lambda position: f"row {position + 10}")  # as the builder names source rows
     cropping = HardNegativeMiner.from_pretrained(str(tmp_path), batch_size=2, search_device="cpu",
                                                  image_processor_kwargs={"do_center_crop": True})
     assert cropping.embed(images).shape == (2, 16)
