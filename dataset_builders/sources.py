@@ -165,6 +165,12 @@ def open_source(
             + ("give each caption of an image a row of its own" if several
                else "name the caption column with caption_column= (CLI --caption-column)")
         )
+    id_feature = source.features.get(config.id_column)
+    if id_feature is not None and not _holds_ids(id_feature):  # ids would be the repr of an image dict, of a list
+        raise SourceError(
+            f"source column {config.id_column!r} holds {id_feature!r}; expected ids (str or int): name the id column "
+            "with id_column= (CLI --id-column)"
+        )
     fingerprint = source._fingerprint
     # Only the columns the build reads: others may be heavy, or images decoded on every row access. Rows as Python
     # objects: a torch, numpy, pandas or arrow format (or a transform) of the caller's would reach the ids and captions.
@@ -191,6 +197,11 @@ def image_paths(source: datasets.Dataset, column: str) -> list[str]:
 def _holds_strings(feature: Any) -> bool:
     """Whether a source column of this feature holds strings: file paths in an image column, captions in the other."""
     return isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")
+
+
+def _holds_ids(feature: Any) -> bool:
+    """Whether a source column of this feature holds row ids: strings or integers (a row's id is their `str`)."""
+    return _holds_strings(feature) or (isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint")))
 
 
 def _local_folder(source: str | None) -> str | None:

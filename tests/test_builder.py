@@ -1262,6 +1262,20 @@ def test_a_source_dataset_of_several_splits_or_streamed_is_refused_by_name(tmp_p
         open_source(config, colour_square_source(3).to_iterable_dataset())
 
 
+@pytest.mark.parametrize("id_column, feature", [("image", "Image(mode=None, decode=True)"),
+                                                 ("pair", "List(Value('int64'))"), ("score", "Value('float64')")])
+def test_an_id_column_of_no_str_or_int_is_refused_naming_column_and_type(tmp_path, id_column, feature):
+    """The id column's type was never checked: --id-column image made every id the repr of an image dict, and a column
+    of lists ids like '[1, 2]' and rows dropped as duplicate ids, and the build succeeded (found by a bug hunt)."""
+    source = colour_square_source(3)
+    source = source.add_column("pair", [[1, 2]] * 3).add_column("score", [0.5, 1.5, 2.5])
+    with pytest.raises(SourceError, match=rf"^source column '{id_column}' holds {re.escape(feature)}; expected ids "
+                                          r"\(str or int\): name the id column with id_column= \(CLI --id-column\)$"):
+        _unbuilt(tmp_path, source, id_column=id_column).check_inputs()
+    numbered = source.add_column("number", list(range(3)))
+    assert _unbuilt(tmp_path / "int", numbered, id_column="number").check_inputs() is not None
+
+
 def test_an_image_column_that_holds_no_images_names_column_and_type(tmp_path):
     columns = colour_squares(3)
     with pytest.raises(ValueError, match=r"source column 'image' holds Value\('int64'\); expected images"):
