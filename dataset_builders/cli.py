@@ -357,6 +357,8 @@ def _build(args: argparse.Namespace, given: set[str]) -> int:
         # Configuration, source and model errors stop here, before any file is written.
         config = next(config for config in MaplePreferences.BUILDER_CONFIGS if config.name == args.config)
         config = MaplePreferencesConfig(**{**config.__dict__, **overrides, "source": args.source})
+        if not args.output_dir:  # an unset variable's "": it built into the current directory
+            raise ValueError("--output-dir is empty; expected a folder (created if missing)")
         for name, folder in (("--output-dir", args.output_dir), ("--output-dir's work folder", work_dir),
                              ("--output-dir's cache folder", cache_dir)):
             if problem := folder_problem(folder, name):
@@ -369,9 +371,16 @@ def _build(args: argparse.Namespace, given: set[str]) -> int:
         _check_recipe_options(args, config, given)
         if args.push_to_hub is not None and (problem := repo_id_problem(args.push_to_hub)) is not None:
             raise ValueError(f"--push-to-hub {problem}")
+        if args.private and args.push_to_hub is None:  # it would be ignored: nothing is pushed
+            raise ValueError("ignored option: --private (it makes the repo --push-to-hub creates private, and there is "
+                             "no --push-to-hub). Leave it out, or add --push-to-hub REPO_ID")
         device = _device(args.device)
         _check_model_refs(args)
         _check_model_options(args, given)
+        try:  # the source's datasets cache goes in it: a folder that cannot be made was open_source's traceback
+            os.makedirs(cache_dir, exist_ok=True)
+        except OSError as error:
+            raise ValueError(f"--output-dir {args.output_dir} cannot be created: {error.strerror} ({error.filename})") from None
         source, _ = open_source(config, cache_dir=cache_dir, token=args.token)
         if config.semdedup_clusters is not None:  # the source's rows bound the usable ones: before any model loads
             check_semdedup_clusters(config.semdedup_clusters, len(source))

@@ -785,6 +785,33 @@ def test_an_output_dir_that_is_a_file_is_an_error_before_any_work(source_file, t
     )
 
 
+def test_an_output_dir_that_cannot_be_created_or_is_empty_is_one_line_before_any_model_loads(source_file, tmp_path, capsys,
+                                                                                             monkeypatch):
+    """--output-dir under /proc (which cannot be made) was open_source's FileNotFoundError traceback, and "" (an unset
+    variable) built into the current directory, silently (found by a bug hunt)."""
+    monkeypatch.setattr(cli, "_load_components", lambda *args: pytest.fail("models were loaded"))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main([source_file, "--output-dir", "", *STAND_INS]) == 2
+    assert capsys.readouterr().err == (
+        "maple build-preferences: error: --output-dir is empty; expected a folder (created if missing)\n")
+    assert os.listdir(tmp_path) == ["source.parquet"]
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("needs Linux's /proc, where no folder can be made")
+    assert cli.main([source_file, "--output-dir", "/proc/maple_out", *STAND_INS]) == 2
+    assert capsys.readouterr().err.startswith(
+        "maple build-preferences: error: --output-dir /proc/maple_out cannot be created: ")
+
+
+def test_private_without_push_to_hub_is_refused_before_any_work(source_file, tmp_path, capsys, monkeypatch):
+    """It was ignored, silently, as the other ignored options no longer are (found by a bug hunt)."""
+    monkeypatch.setattr(cli, "_load_components", lambda *args: pytest.fail("models were loaded"))
+    assert cli.main([source_file, "--output-dir", str(tmp_path / "out"), *STAND_INS, "--private"]) == 2
+    assert capsys.readouterr().err == (
+        "maple build-preferences: error: ignored option: --private (it makes the repo --push-to-hub creates private, and "
+        "there is no --push-to-hub). Leave it out, or add --push-to-hub REPO_ID\n")
+    assert not (tmp_path / "out").exists()
+
+
 def test_no_progress_hides_transformers_bars_too(source_file, tmp_path, monkeypatch):
     """transformers' "Loading weights ... 46/46" bar showed under --no-progress."""
     from transformers.utils import logging as transformers_logging
