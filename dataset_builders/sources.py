@@ -168,7 +168,7 @@ def open_source(
     id_feature = source.features.get(config.id_column)
     if id_feature is not None and not _holds_ids(id_feature):  # ids would be the repr of an image dict, of a list
         raise SourceError(
-            f"source column {config.id_column!r} holds {id_feature!r}; expected ids (str or int): name the id column "
+            f"source column {config.id_column!r} holds {id_feature!r}; expected ids (str, int or float): name the id column "
             "with id_column= (CLI --id-column)"
         )
     fingerprint = source._fingerprint
@@ -200,8 +200,10 @@ def _holds_strings(feature: Any) -> bool:
 
 
 def _holds_ids(feature: Any) -> bool:
-    """Whether a source column of this feature holds row ids: strings or integers (a row's id is their `str`)."""
-    return _holds_strings(feature) or (isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint")))
+    """Whether a source column of this feature holds row ids: strings or numbers (a row's id is their `str`; floats
+    too: pandas makes an integer column with missing values float, and a NaN id is no id, `_row_id`)."""
+    return _holds_strings(feature) or (isinstance(feature, datasets.Value)
+                                       and feature.dtype.startswith(("int", "uint", "float")))
 
 
 def _local_folder(source: str | None) -> str | None:

@@ -1263,14 +1263,15 @@ def test_a_source_dataset_of_several_splits_or_streamed_is_refused_by_name(tmp_p
 
 
 @pytest.mark.parametrize("id_column, feature", [("image", "Image(mode=None, decode=True)"),
-                                                 ("pair", "List(Value('int64'))"), ("score", "Value('float64')")])
+                                                 ("pair", "List(Value('int64'))"), ("flag", "Value('bool')")])
 def test_an_id_column_of_no_str_or_int_is_refused_naming_column_and_type(tmp_path, id_column, feature):
     """The id column's type was never checked: --id-column image made every id the repr of an image dict, and a column
-    of lists ids like '[1, 2]' and rows dropped as duplicate ids, and the build succeeded (found by a bug hunt)."""
+    of lists ids like '[1, 2]' and rows dropped as duplicate ids, and the build succeeded (found by a bug hunt). Floats
+    stay ids: pandas makes an integer column with missing values float (`test_nan_ids_are_no_ids_and_no_row_is_lost`)."""
     source = colour_square_source(3)
-    source = source.add_column("pair", [[1, 2]] * 3).add_column("score", [0.5, 1.5, 2.5])
+    source = source.add_column("pair", [[1, 2]] * 3).add_column("flag", [True, False, True])
     with pytest.raises(SourceError, match=rf"^source column '{id_column}' holds {re.escape(feature)}; expected ids "
-                                          r"\(str or int\): name the id column with id_column= \(CLI --id-column\)$"):
+                                          r"\(str, int or float\): name the id column with id_column= \(CLI --id-column\)$"):
         _unbuilt(tmp_path, source, id_column=id_column).check_inputs()
     numbered = source.add_column("number", list(range(3)))
     assert _unbuilt(tmp_path / "int", numbered, id_column="number").check_inputs() is not None
