@@ -125,6 +125,29 @@ def test_sigkill_mid_build_then_rerun_equals_uninterrupted_build(source_file, un
     assert not list(shard_dir.glob("*.tmp-*")), "half-written shards of the killed run are cleaned up"
 
 
+def test_a_rerun_removes_the_half_written_checkpoints_of_a_killed_run(source_file, uninterrupted, tmp_path):
+    """Temporary files of a killed run's checkpoints (an embedding part's can be tens of MB) stayed in the work dir
+    forever; only half-written shards went (found by a bug hunt). Files that a rank may still be writing once every
+    shard exists (stats.json, and inputs.json and embeddings.pt, which every rank writes) stay."""
+    builder = _builder(source_file, tmp_path)
+    builder.build_shards()
+    work = tmp_path / "work"
+    killed = [
+        "inputs-0-of-1.partial.json.tmp-11-22",
+        "inputs-0-of-1.json.tmp-11-22",
+        "embeddings-0-of-1.rows-000000000-000000008.pt.tmp-11-22",
+        "embeddings-0-of-1.pt.tmp-11-22",
+        "anchors.json.tmp-11-22",
+        "shards/shard-000000-000004.parquet.tmp-11-22",
+    ]
+    kept = ["stats.json.tmp-11-22", "inputs.json.tmp-11-22", "embeddings.pt.tmp-11-22"]
+    for name in [*killed, *kept]:
+        (work / name).write_bytes(b"half")
+    assert _final_table(_builder(source_file, tmp_path)).equals(uninterrupted)
+    assert [name for name in killed if (work / name).exists()] == []
+    assert [name for name in kept if (work / name).exists()] == kept
+
+
 def test_two_processes_build_the_same_rows_as_one(source_file, uninterrupted, tmp_path):
     rank1 = _start(source_file, tmp_path, rank=1, world_size=2)
     rank0 = _builder(source_file, tmp_path, rank=0, world_size=2)
