@@ -475,6 +475,27 @@ def test_frozen_peft_reference_draws_no_dropout_while_the_policy_trains(tmp_path
     assert trainer.model.training  # and the policy is back in training mode
 
 
+def test_frozen_peft_reference_leaves_the_regionally_compiled_policy_training(tmp_path, monkeypatch):
+    """Under regional compilation the PEFT reference is the trainer's model, off while the compiled copy, sharing its
+    modules, trains: restoring the model's own flag after the reference pass switched them all to eval before backward,
+    and gradient checkpointing recomputed the forward without its dropout (torch's CheckpointError; found by a review)."""
+    monkeypatch.setenv("ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION", "true")
+    model, processor = build_tiny("dual_encoder", seed=0)
+    model = get_peft_model(model, maple_lora_config(model, r=4, lora_alpha=4, lora_dropout=0.5)).eval()
+    trainer = RPATrainer(
+        model,
+        args=make_config(tmp_path, max_steps=1, logging_steps=1, reference="frozen", activation_checkpointing=True,
+                         torch_compile=True, torch_compile_backend="eager"),
+        train_dataset=synthetic_preference_dataset(8, seed=0),
+        processing_class=processor,
+    )
+    assert not trainer.model.training  # a user's PEFT model as `PeftModel.from_pretrained` returns it
+    with torch.compiler.set_stance("force_eager"):
+        logs = train_logs(trainer)
+    assert trainer.model_wrapped is not trainer.model  # the copy did the training
+    assert len(logs) == 1 and math.isfinite(logs[0]["grad_norm"]), trainer.state.log_history
+
+
 def test_a_users_peft_model_with_trainable_base_weights_gets_a_frozen_copy_as_reference(tmp_path):
     """With base weights trainable, the adapters-disabled model would move as the policy trains."""
     model, processor = build_tiny("dual_encoder", seed=0)

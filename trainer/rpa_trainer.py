@@ -373,13 +373,18 @@ class RPATrainer(DPOTrainer):
         else:  # PEFT: the base model is the reference
             reference = self.accelerator.unwrap_model(self.model)
             adapters_off = reference.disable_adapter()
-        was_training = reference.training
+        # Each module's own flag, restored as it was: under accelerate's regional compilation the PEFT reference is the
+        # trainer's model, whose top-level flag stays off while the compiled copy it shares modules with trains;
+        # `reference.train(reference.training)` switched those to eval before backward, and gradient checkpointing's
+        # recomputation then ran without the dropout of the forward (torch's CheckpointError).
+        module_flags = [(module, module.training) for module in reference.modules()]
         reference.eval()  # the policy may train with dropout; the reference must not draw any
         try:
             with torch.no_grad(), adapters_off:
                 outputs = reference(**_model_inputs(inputs))
         finally:
-            reference.train(was_training)
+            for module, training in module_flags:
+                module.training = training
         return _candidate_similarities(outputs.text_embeds, outputs.image_embeds, inputs)
 
     def _compute_loss(self, model, inputs, return_outputs):
