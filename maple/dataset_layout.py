@@ -103,8 +103,8 @@ def check_shards_read_as_named(folder: str | os.PathLike, config_folder: str | o
 
 class DatasetCardError(ValueError):
     """A README.md whose YAML metadata `datasets` cannot read a folder's configs from: not UTF-8, not YAML, not a
-    mapping, or `configs` other than a list of mappings each with a `config_name` and well-formed `data_files`. Its
-    message names the file and the problem."""
+    mapping, or `configs` other than a list of mappings each with a `config_name` and well-formed `data_files` and
+    `features`. Its message names the file and the problem."""
 
 
 def card_configs(folder: str | os.PathLike) -> list[dict[str, Any]]:
@@ -135,6 +135,11 @@ def card_configs(folder: str | os.PathLike) -> list[dict[str, Any]]:
     except ValueError as error:  # (the examples of data_files it lists after the problem left out)
         detail = " ".join(str(error).split("Examples of data_files")[0].split())
         raise DatasetCardError(f"{card}: {detail}") from error
+    except (TypeError, KeyError) as error:  # what it does not check: `features: 3`, a feature without a name, ...
+        raise DatasetCardError(
+            f"{card}: datasets cannot read its configs (a config_name, a data_files split or features of the wrong "
+            f"type or shape): {type(error).__name__}: {error}"
+        ) from error
     return configs
 
 

@@ -997,6 +997,12 @@ def test_a_snapshots_card_that_datasets_cannot_read_is_named(tmp_path):
     (snapshot / "README.md").write_text("---\nconfigs:\n- data_dir: data\n---\n")
     with pytest.raises(DatasetCardError, match=r"README.md: Each config must include `config_name`"):
         MaplePreferences.from_pretrained(str(snapshot))
+    for features, error in [("3", "TypeError: Expected a dict or a list but got <class 'int'>: 3"),
+                            ("[{dtype: string}]", "KeyError: 'name'"),  # a feature without its name
+                            ("{a: 3}", "TypeError: 'int' object is not a mapping")]:
+        (snapshot / "README.md").write_text(f"---\nconfigs:\n- config_name: default\n  features: {features}\n---\n")
+        with pytest.raises(DatasetCardError, match=rf"README.md: datasets cannot read its configs .*: {re.escape(error)}$"):
+            MaplePreferences.from_pretrained(str(snapshot))
 
 
 def test_configs_laid_out_in_split_folders_are_refused_not_merged_by_both_loaders(tmp_path):
