@@ -238,11 +238,14 @@ def _meant_split(left_out: Path, named: list[str]) -> str | None:
     return named[0] if len(named) == 1 else None
 
 
-def _how_datasets_splits(patterns: dict[str, list[str]], left_out: Path, named: list[str]) -> tuple[str, str, bool]:
+def _how_datasets_splits(
+    patterns: dict[str, list[str]], left_out: Path, named: list[str], left_out_naming_no_split: int
+) -> tuple[str, str, bool]:
     """How `datasets` reads the splits of a folder for which `get_data_patterns` gave `patterns`, and how to name a
     file so that it reads it as its split, for a `SplitLayoutError`: with `left_out` (a file it leaves out, by its path
-    within the folder, which names the splits `named`) so named, where its split can be told; and whether that name
-    is the train split's (`prefs_train.parquet` for a `prefs.parquet` that names no split, beside no train split)."""
+    within the folder, which names the splits `named`; `left_out_naming_no_split` of the files it leaves out name none)
+    so named, where its split can be told; and whether that name is the train split's (`prefs_train.parquet` for a
+    `prefs.parquet` that names no split, beside no train split and no other file that names none)."""
     from datasets.data_files import (
         DEFAULT_PATTERNS_SPLIT_IN_DIR_NAME,
         DEFAULT_PATTERNS_SPLIT_IN_FILENAME,
@@ -259,8 +262,9 @@ def _how_datasets_splits(patterns: dict[str, list[str]], left_out: Path, named: 
         return ("from its split folders alone (train/, validation/, test/...)", "move every split's files into its folder",
                 False)
     if split_patterns == DEFAULT_PATTERNS_SPLIT_IN_FILENAME.get(split):
-        # a file that names no split beside files of other splits than train: probably the train split
-        probably_train = not named and "train" not in patterns
+        # the one file that names no split beside files of other splits than train: probably the train split (of
+        # several, heldout.parquet beside prefs.parquet, which one cannot be told)
+        probably_train = not named and left_out_naming_no_split == 1 and "train" not in patterns
         example = f" ({left_out.stem}_train{left_out.suffix} for {left_out})" if probably_train else ""
         return ("from the split that its files' names give (train.parquet, test-0.parquet) alone",
                 f"name every file's split in its name{example}, or move every split's files into its folder (train/, "
@@ -322,7 +326,8 @@ def files_by_split(
         if refused:
             first_file, first_named = refused[0]
             how, advice, named_as_train = _how_datasets_splits(
-                patterns, Path(os.path.relpath(os.path.abspath(first_file), folder)), first_named
+                patterns, Path(os.path.relpath(os.path.abspath(first_file), folder)), first_named,
+                left_out_naming_no_split=sum(not splits for _, splits in refused),
             )
             listed = [
                 f"{os.path.relpath(os.path.abspath(file), folder)} (its path names "

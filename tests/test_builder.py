@@ -869,9 +869,13 @@ def test_a_folder_of_split_folders_is_one_config_with_those_splits_as_maple_trai
      r"\(test\) from the split that its files' names give .* leaves out prefs.parquet \(its path names no split\): "
      r"name every file's split in its name \(prefs_train.parquet for prefs.parquet\), or move every split's files into its "
      r"folder \(train/, test/...\), so that each file is read as its own split$"),
+    ({"test": "test.parquet", "heldout": "heldout.parquet", "train": "prefs.parquet"},
+     r"leaves out heldout.parquet \(its path names no split\), prefs.parquet \(its path names no split\): name every "
+     r"file's split in its name, or move every split's files into its folder \(train/, test/...\), so that each file is "
+     r"read as its own split; a split of another name is read from data/NAME-00000-of-00001.parquet"),
 ], ids=["split-folders-of-shards", "split-folders", "data-shards", "test-folder-beside-data-shards",
         "test-folder-in-data", "heldout-beside-train", "heldout-beside-test", "val-folder-in-train", "custom-split-folder-in-data",
-        "unnamed-file-beside-test-only"])
+        "unnamed-file-beside-test-only", "unnamed-files-beside-test-only"])
 def test_a_file_is_read_as_its_own_split_by_both_loaders_or_refused_by_name(tmp_path, files, read_as):
     """A folder whose files `datasets` does not read each as the split its path names is refused by name, by
     `from_pretrained` and `maple train` alike: `from_pretrained` read a file `datasets` leaves out (test/0000.parquet
@@ -880,7 +884,8 @@ def test_a_file_is_read_as_its_own_split_by_both_loaders_or_refused_by_name(tmp_
     (train/val_subset/: "train" and "validation"). Folders that `datasets` reads as their paths say are read so by both.
     The refusal names the file's new name where its split can be told (a review found data/test_hard/ told to be put
     "in data/", and a lone unnamed file beside a test split told of "a split of another name", which heldout/ beside
-    test/ then was not told of)."""
+    test/ then was not told of; with heldout.parquet and prefs.parquet beside test.parquet, the first was told to be
+    renamed heldout_train.parquet, training on held-out rows)."""
     from trainer.cli import DataArguments, TrainingInputError, load_preference_splits
     from trainer.testing import synthetic_preference_dataset
 
