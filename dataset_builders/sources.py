@@ -167,9 +167,11 @@ def open_source(
         )
     id_feature = source.features.get(config.id_column)
     if id_feature is not None and not _holds_ids(id_feature):  # ids would be the repr of an image dict, of a list
+        # the default id column is optional: without it the row index is the id
+        other_ids = ", or drop or rename the column (the row index is then the id)" if config.id_column == DEFAULT_ID_COLUMN else ""
         raise SourceError(
             f"source column {config.id_column!r} holds {id_feature!r}; expected ids (str, int or float): name the id column "
-            "with id_column= (CLI --id-column)"
+            f"with id_column= (CLI --id-column){other_ids}"
         )
     fingerprint = source._fingerprint
     # Only the columns the build reads: others may be heavy, or images decoded on every row access. Rows as Python
@@ -201,9 +203,10 @@ def _holds_strings(feature: Any) -> bool:
 
 def _holds_ids(feature: Any) -> bool:
     """Whether a source column of this feature holds row ids: strings or numbers (a row's id is their `str`; floats
-    too: pandas makes an integer column with missing values float, and a NaN id is no id, `_row_id`)."""
+    too: pandas makes an integer column with missing values float, and a NaN id is no id, `_row_id`), or only nulls
+    (pandas' all-None column, JSON's `"id": null`: no ids, the row index is each row's)."""
     return _holds_strings(feature) or (isinstance(feature, datasets.Value)
-                                       and feature.dtype.startswith(("int", "uint", "float")))
+                                       and feature.dtype.startswith(("int", "uint", "float", "null")))
 
 
 def _local_folder(source: str | None) -> str | None:

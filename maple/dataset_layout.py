@@ -135,7 +135,7 @@ def card_configs(folder: str | os.PathLike) -> list[dict[str, Any]]:
     except ValueError as error:  # (the examples of data_files it lists after the problem left out)
         detail = " ".join(str(error).split("Examples of data_files")[0].split())
         raise DatasetCardError(f"{card}: {detail}") from error
-    except (TypeError, KeyError) as error:  # what it does not check: `features: 3`, a feature without a name, ...
+    except (TypeError, KeyError, AttributeError) as error:  # what it does not check: `features: 3`, `[3]`, ...
         raise DatasetCardError(
             f"{card}: datasets cannot read its configs (a config_name, a data_files split or features of the wrong "
             f"type or shape): {type(error).__name__}: {error}"

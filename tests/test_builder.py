@@ -1004,7 +1004,8 @@ def test_a_snapshots_card_that_datasets_cannot_read_is_named(tmp_path):
         MaplePreferences.from_pretrained(str(snapshot))
     for features, error in [("3", "TypeError: Expected a dict or a list but got <class 'int'>: 3"),
                             ("[{dtype: string}]", "KeyError: 'name'"),  # a feature without its name
-                            ("{a: 3}", "TypeError: 'int' object is not a mapping")]:
+                            ("{a: 3}", "TypeError: 'int' object is not a mapping"),
+                            ("[3]", "AttributeError: 'int' object has no attribute 'pop'")]:
         (snapshot / "README.md").write_text(f"---\nconfigs:\n- config_name: default\n  features: {features}\n---\n")
         with pytest.raises(DatasetCardError, match=rf"README.md: datasets cannot read its configs .*: {re.escape(error)}$"):
             MaplePreferences.from_pretrained(str(snapshot))
@@ -1286,6 +1287,24 @@ def test_an_id_column_of_no_str_or_int_is_refused_naming_column_and_type(tmp_pat
         _unbuilt(tmp_path, source, id_column=id_column).check_inputs()
     numbered = source.add_column("number", list(range(3)))
     assert _unbuilt(tmp_path / "int", numbered, id_column="number").check_inputs() is not None
+
+
+def test_the_default_id_column_of_no_ids_says_how_to_do_without_it_and_one_of_nulls_is_no_ids(tmp_path):
+    """The default id column is optional, so its refusal says how to do without it (no other name could be given to
+    it); a column of nulls (pandas' all-None ids, JSON's "id": null) is no ids, each row's index its id, as a None id
+    is (it was refused by the id type check, found by a review)."""
+    source = colour_square_source(3).remove_columns("id")
+    with pytest.raises(SourceError, match=r"^source column 'id' holds Value\('bool'\); expected ids \(str, int or "
+                                          r"float\): name the id column with id_column= \(CLI --id-column\), or drop or "
+                                          r"rename the column \(the row index is then the id\)$"):
+        _unbuilt(tmp_path, source.add_column("id", [True, False, True])).check_inputs()
+    nulls = source.add_column("id", [None] * 3)
+    assert nulls.features["id"] == datasets.Value("null")
+    builder = _unbuilt(tmp_path / "nulls", nulls)
+    assert builder.check_inputs()[1] == [0, 1, 2]
+    without = _unbuilt(tmp_path / "without", source)
+    assert [builder._row_id(row, index) for index, row in enumerate(nulls)] == [
+        without._row_id(row, index) for index, row in enumerate(source)]
 
 
 def test_an_image_column_that_holds_no_images_names_column_and_type(tmp_path):
