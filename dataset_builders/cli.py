@@ -348,11 +348,21 @@ def main(argv: list[str] | None = None) -> int:
         return _build(args, given)
 
 
+def _missing_folders(folder: str) -> list[str]:
+    """`folder` and those above it that do not exist, deepest first: what `os.makedirs(folder)` would make."""
+    missing = []
+    while folder and not os.path.exists(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder.rstrip(os.sep))
+    return missing
+
+
 def _build(args: argparse.Namespace, given: set[str]) -> int:
     """The build `args` ask for; `given`: the dests of the options set on the command line (`_options_given`)."""
     started = time.perf_counter()
     overrides = _config_overrides(args)
     work_dir, cache_dir = os.path.join(args.output_dir, "work"), os.path.join(args.output_dir, "cache")
+    made: list[str] = []  # the folders made for the source's cache, deepest first: removed if the build stops empty
     try:
         # Configuration, source and model errors stop here, before any file is written.
         config = next(config for config in MaplePreferences.BUILDER_CONFIGS if config.name == args.config)
@@ -378,6 +388,7 @@ def _build(args: argparse.Namespace, given: set[str]) -> int:
         _check_model_refs(args)
         _check_model_options(args, given)
         try:  # the source's datasets cache goes in it: a folder that cannot be made was open_source's traceback
+            made = _missing_folders(cache_dir)
             os.makedirs(cache_dir, exist_ok=True)
         except OSError as error:
             raise ValueError(f"--output-dir {args.output_dir} cannot be created: {error.strerror} ({error.filename})") from None
@@ -386,6 +397,9 @@ def _build(args: argparse.Namespace, given: set[str]) -> int:
             check_semdedup_clusters(config.semdedup_clusters, len(source))
         components = _load_components(args, device)
     except ValueError as error:  # SourceError included
+        for folder in made:  # an empty output folder left by a refused build would look like a started one
+            with contextlib.suppress(OSError):  # (one that holds the source's cache is kept)
+                os.rmdir(folder)
         return report_error(PROG, str(error))
 
     builder = MaplePreferences(

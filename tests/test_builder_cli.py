@@ -283,6 +283,7 @@ def test_unreadable_sources_are_one_line_errors_before_any_model_loads(source_fi
 
     assert "missing.parquet: no such file or folder" in error_of(str(tmp_path / "missing.parquet"))
     assert "source ./nofolder: no such file or folder" in error_of("./nofolder")
+    assert not (tmp_path / "out").exists(), "a refused build leaves no output folder (it left an empty cache folder)"
     # a home folder of no user, left as typed as a shell leaves it (a RuntimeError traceback from Path.expanduser)
     assert "source ~nosuchuser/data: no such file or folder" in error_of("~nosuchuser/data")
     assert "has no split 'test'; its splits are ['train']" in error_of(source_file, "--source-split", "test")
