@@ -33,7 +33,7 @@ from maple.cli import (
     positive,
     report_error,
 )
-from maple.files import folder_problem
+from maple.files import expanded_path, folder_problem
 from maple.hub import repo_id_problem
 
 from .builder import MaplePreferences, MaplePreferencesConfig, WorkDirMismatch
@@ -361,7 +361,9 @@ def _build(args: argparse.Namespace, given: set[str]) -> int:
     """The build `args` ask for; `given`: the dests of the options set on the command line (`_options_given`)."""
     started = time.perf_counter()
     overrides = _config_overrides(args)
-    work_dir, cache_dir = os.path.join(args.output_dir, "work"), os.path.join(args.output_dir, "cache")
+    # `--output-dir=~/x`, which the shell leaves as typed, is the home folder's (a folder named ~ was made here)
+    output_dir = str(expanded_path(args.output_dir)) if args.output_dir else args.output_dir
+    work_dir, cache_dir = os.path.join(output_dir, "work"), os.path.join(output_dir, "cache")
     made: list[str] = []  # the folders made for the source's cache, deepest first: removed if the build stops empty
     try:
         # Configuration, source and model errors stop here, before any file is written.
@@ -369,11 +371,11 @@ def _build(args: argparse.Namespace, given: set[str]) -> int:
         config = MaplePreferencesConfig(**{**config.__dict__, **overrides, "source": args.source})
         if not args.output_dir:  # an unset variable's "": it built into the current directory
             raise ValueError("--output-dir is empty; expected a folder (created if missing)")
-        for name, folder in (("--output-dir", args.output_dir), ("--output-dir's work folder", work_dir),
+        for name, folder in (("--output-dir", output_dir), ("--output-dir's work folder", work_dir),
                              ("--output-dir's cache folder", cache_dir)):
             if problem := folder_problem(folder, name):
                 raise ValueError(problem)
-        check_outside_source(args.source, **{"--output-dir": args.output_dir})
+        check_outside_source(args.source, **{"--output-dir": output_dir})
         if config.text_candidates == "generated" and not args.captioner:
             raise ValueError(f"the {args.config!r} config writes captions: pass --captioner (or use --config corpus-captions)")
         if config.text_candidates != "generated" and args.captioner:  # it would be loaded (a 72B MLLM) for nothing
@@ -391,7 +393,7 @@ def _build(args: argparse.Namespace, given: set[str]) -> int:
             made = _missing_folders(cache_dir)
             os.makedirs(cache_dir, exist_ok=True)
         except OSError as error:
-            raise ValueError(f"--output-dir {args.output_dir} cannot be created: {error.strerror} ({error.filename})") from None
+            raise ValueError(f"--output-dir {output_dir} cannot be created: {error.strerror} ({error.filename})") from None
         source, _ = open_source(config, cache_dir=cache_dir, token=args.token)
         if config.semdedup_clusters is not None:  # the source's rows bound the usable ones: before any model loads
             check_semdedup_clusters(config.semdedup_clusters, len(source))

@@ -803,6 +803,21 @@ def test_an_output_dir_that_cannot_be_created_or_is_empty_is_one_line_before_any
         "maple build-preferences: error: --output-dir /proc/maple_out cannot be created: ")
 
 
+def test_an_output_dir_written_with_a_tilde_is_the_home_folders(source_file, tmp_path, capsys, monkeypatch):
+    """`--output-dir=~/out`, which the shell leaves as typed, made a folder named ~ in the current one (found by a
+    review), where maple eval's --out and every path the CLIs read are the home folder's."""
+    def stop(*args):
+        raise ValueError("stopped once the source is read")
+
+    monkeypatch.setattr(cli, "_load_components", stop)
+    (tmp_path / "home").mkdir(), (tmp_path / "here").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path / "here")
+    assert cli.main([source_file, "--output-dir=~/out", *STAND_INS, "--semdedup-clusters", "0", "--no-progress"]) == 2
+    assert capsys.readouterr().err.endswith("maple build-preferences: error: stopped once the source is read\n")
+    assert os.listdir(tmp_path / "here") == [] and os.listdir(tmp_path / "home" / "out") == ["cache"]
+
+
 def test_private_without_push_to_hub_is_refused_before_any_work(source_file, tmp_path, capsys, monkeypatch):
     """It was ignored, silently, as the other ignored options no longer are (found by a bug hunt)."""
     monkeypatch.setattr(cli, "_load_components", lambda *args: pytest.fail("models were loaded"))
