@@ -54,13 +54,14 @@ def snapshot_config_folders(folder: str | os.PathLike, files: Sequence[str | os.
     none of these; configs laid out in split folders (`paper/train/0000.parquet`) are told apart too. The folder given
     is judged by its files, never by its own name. Hidden files are left out, as `datasets` leaves them out."""
     folder = str(folder)
-    readable = _splits_by_patterns(folder, {"all": ["**"]})  # every file datasets sees: not hidden ones
     if files is None:
-        files = data_files(folder)
+        files = data_files(folder)  # (only files datasets sees)
+    else:
+        readable = _splits_by_patterns(folder, _EVERY_FILE)
+        files = [file for file in files if os.path.abspath(file) in readable]
     top_folders = {
         parts[0] if len(parts := Path(os.path.relpath(os.path.abspath(file), folder)).parts) > 1 else "."
         for file in files
-        if os.path.abspath(file) in readable
     }
     return sorted(
         name for name in top_folders  # ("." is no keyword)
@@ -190,6 +191,10 @@ class SplitLayoutError(ValueError):
     them."""
 
 
+# The patterns under which `datasets` sees every file of a folder (hidden ones left out): all read as one "split"
+_EVERY_FILE = {"all": ["**"]}
+
+
 def _splits_by_patterns(folder: str, patterns: dict[str, list[str]]) -> dict[str, list[str]]:
     """The splits (each once) that `patterns` (split -> glob patterns) give each file of `folder`, by absolute path
     (symbolic links, as in the Hub cache, kept), as `datasets` resolves them: hidden files left out."""
@@ -219,8 +224,14 @@ def data_files(folder: str | os.PathLike) -> list[Path]:
         patterns = get_data_patterns(folder)
     except EmptyDatasetError:
         return []
-    suffixes = {Path(name).suffix for name in _splits_by_patterns(folder, patterns)}
-    return sorted(Path(name) for name in _splits_by_patterns(folder, {"all": ["**"]}) if Path(name).suffix in suffixes)
+    return _in_read_formats(_splits_by_patterns(folder, _EVERY_FILE), _splits_by_patterns(folder, patterns))
+
+
+def _in_read_formats(readable: dict[str, list[str]], read_as: dict[str, list[str]]) -> list[Path]:
+    """The files of `readable` (every file `datasets` sees in a folder) in the formats of those its patterns read
+    (`read_as`), sorted: a folder's data files."""
+    suffixes = {Path(name).suffix for name in read_as}
+    return sorted(Path(name) for name in readable if Path(name).suffix in suffixes)
 
 
 def _meant_split(left_out: Path, named: list[str]) -> str | None:
@@ -296,9 +307,9 @@ def files_by_split(
     folder = str(folder)
     patterns = get_data_patterns(folder)
     read_as = _splits_by_patterns(folder, patterns)
-    readable = _splits_by_patterns(folder, {"all": ["**"]})  # every file datasets sees: not hidden ones
+    readable = _splits_by_patterns(folder, _EVERY_FILE)  # every file datasets sees: not hidden ones
     if files is None:
-        files = data_files(folder)
+        files = _in_read_formats(readable, read_as)  # `data_files`, from what is resolved here
     grouped: dict[str, list[Path]] = {}
     left_out: list[Path] = []
     for file in files:
