@@ -60,15 +60,16 @@ def _benchmark_dataset_id(name: str) -> str:
     return spec.hub_id if spec else name
 
 
-def _written_by_maple(result: EvalResult, eval_results: Mapping[str, Mapping[str, Any]], replaced_section: str) -> bool:
+def _written_by_maple(result: EvalResult, eval_results: Mapping[str, Mapping[str, Any]], replaced_tables: set[str]) -> bool:
     """Whether `model-index` entry `result` is one `_eval_results` writes: a MAPLE metric of a known benchmark, of one
-    in `eval_results`, or of one the card's MAPLE evaluation section being replaced names in its tables (the demo's
-    "maple-demo-retrieval": its entries would outlive the tables that showed them)."""
+    in `eval_results`, or of one the card's MAPLE evaluation section being replaced names in its tables
+    (`replaced_tables`, `_table_benchmarks`: the demo's "maple-demo-retrieval", whose entries would outlive the tables
+    that showed them)."""
     from evaluation.benchmarks import BENCHMARKS
 
     maple_metric = result.metric_type in _METRIC_NAMES
     named = result.dataset_name in BENCHMARKS or result.dataset_name in eval_results
-    return maple_metric and (named or table_cell(result.dataset_name).strip() in _table_benchmarks(replaced_section))
+    return maple_metric and (named or table_cell(result.dataset_name).strip() in replaced_tables)
 
 
 # A markdown table's delimiter row ("|---|---|", "| :-- | --: |", "---|---": GFM's outer pipes are optional, but one
@@ -280,7 +281,8 @@ def with_eval_results(
     replaced_section = text[start:end] if 0 <= start < end else ""
     data = ModelCard(str(card)).data  # a copy: the caller's card stays as it is
     # The card's other results (a zero-shot classification score, say) stay; MAPLE's own are rewritten whole.
-    others = [result for result in data.eval_results or [] if not _written_by_maple(result, eval_results, replaced_section)]
+    replaced_tables = _table_benchmarks(replaced_section)
+    others = [result for result in data.eval_results or [] if not _written_by_maple(result, eval_results, replaced_tables)]
     data.eval_results = others + _eval_results(eval_results, dataset_ids) or None
     data.model_name = data.model_name or model_name or DEFAULT_MODEL_NAME
     section = render_evaluation_section(eval_results, histogram_file=histogram_file)

@@ -329,8 +329,6 @@ def image_batch_problem(
     images: Sequence[Image.Image],
     pixel_values: Sequence[Any],
     first_index: int = 0,
-    *,
-    set_in: str = "image_processor_kwargs (load_maple, from_backbone) or on processor.image_processor",
 ) -> str | None:
     """Why `pixel_values`, what `image_processor` made of `images` (the caller's `images[first_index:]`), cannot go to a
     dual encoder's vision tower as one batch, or None: they are of several sizes. A tower that takes any size (DINOv2)
@@ -338,12 +336,13 @@ def image_batch_problem(
     its center crop) makes several; transformers' own processors then fail with numpy's bare "inhomogeneous shape"
     error. Resizing them to one size, or padding them, would change what the tower sees of each image by the batch it is
     in, so the two first images of different sizes are named, with the settings that make one size and where they are
-    set (`set_in`: where the caller's image processor takes its settings)."""
+    set."""
     mixed = mixed_image_sizes(image_processor, images, pixel_values, first_index)
     if mixed is None:
         return None
     problem, fixes = mixed
-    return f"{problem}. Set {fixes} in {set_in}, or give images of one size"
+    return (f"{problem}. Set {fixes} in image_processor_kwargs (load_maple, from_backbone) or on "
+            "processor.image_processor, or give images of one size")
 
 
 def mixed_image_sizes(
