@@ -266,7 +266,7 @@ def test_a_streams_repeated_rows_are_those_after_it_starts_over():
 
 
 def test_a_streamed_eval_sets_rows_reach_the_loss_numbered(tmp_path):
-    """Their positions in the stream are how `_repeated_eval_rows` tells the rows accelerate repeats across processes
+    """Their positions in the stream are how `repeated_eval_rows` tells the rows accelerate repeats across processes
     (see test_trainer_distributed); in one process nothing else shows whether the rows were numbered, or their numbers
     dropped with the columns outside the model's signature."""
     trainer = make_trainer(tmp_path, max_steps=1, per_device_eval_batch_size=4)

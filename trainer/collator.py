@@ -26,7 +26,7 @@ from .schema import (
 )
 
 # A field the trainer adds to the rows of a streamed evaluation set: their position in the stream (see
-# `RPATrainer._repeated_eval_rows`); the collator passes it on as `row_position`.
+# `batch_dealing.repeated_eval_rows`); the collator passes it on as `row_position`.
 ROW_POSITION = "row_position"
 # Keys of a collated batch that are not model inputs.
 PREFERENCE_KEYS = (

@@ -300,7 +300,7 @@ class RPATrainer(DPOTrainer):
         if is_training:
             dataset = dealt_by_batch(dataset, self.accelerator.num_processes)
             return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, dataloader_key)
-        # A stream is numbered to tell the rows accelerate repeats (`_repeated_eval_rows`).
+        # A stream is numbered to tell the rows accelerate repeats (`repeated_eval_rows`).
         if isinstance(dataset, IterableDataset):
             dataset = dealt_by_batch(numbered_stream(dataset), self.accelerator.num_processes)
         eval_collator = self.eval_data_collator
@@ -309,7 +309,7 @@ class RPATrainer(DPOTrainer):
         # Evaluation counts every row of its set once: `dataloader_drop_last` (training's setting, which transformers
         # applies to every loader) would drop a short last batch, and without `even_batches` one process could get a
         # batch more than another and wait forever in the evaluation's gathers. So its last batch is evened out across
-        # processes with repeated rows, which `_repeated_eval_rows` leaves out.
+        # processes with repeated rows, which `repeated_eval_rows` leaves out.
         train_collator, self.data_collator = self.data_collator, eval_collator
         drop_last, self.args.dataloader_drop_last = self.args.dataloader_drop_last, False
         even_batches, self.accelerator.even_batches = self.accelerator.even_batches, True
@@ -401,19 +401,17 @@ class RPATrainer(DPOTrainer):
             similarities = tuple(policy - frozen for policy, frozen in zip(similarities, reference))
         # Evaluation scores and counts each row of its set once: the rows accelerate repeats to even out the last batch
         # across processes are embedded (every process runs the same collectives) but left out from here on.
-        repeated = self._repeated_eval_rows(inputs) if mode == "eval" else None
+        # (evaluation loaders have even batches, see `_get_dataloader`, which numbers a stream's rows)
+        repeated = repeated_eval_rows(self.accelerator, inputs) if mode == "eval" else None
         rankings = [  # (scores, judge scores, mask) of the txt2img and img2txt directions
             (beta * similarities[0], inputs["txt2img_scores"], inputs["candidate_image_mask"]),
             (beta * similarities[1], inputs["img2txt_scores"], inputs["candidate_text_mask"]),
         ]
         # per anchor, so that evaluation can average over the anchors of its whole set (see `_log_eval_batch`)
         rpa = bidirectional_rpa_loss(*rankings, rpa_loss=self.args.rpa_loss, reduction="none")
-        if repeated is None:
-            contrastive = self._contrastive_loss(outputs.text_embeds, outputs.image_embeds, inputs, inverse_temperature)
-        else:
-            contrastive = self._contrastive_loss_leaving_out(
-                outputs.text_embeds, outputs.image_embeds, inputs, inverse_temperature, left_out=repeated
-            )
+        contrastive = self._contrastive_loss_leaving_out(
+            outputs.text_embeds, outputs.image_embeds, inputs, inverse_temperature, left_out=repeated
+        )
         anchor_losses = maple_loss(rpa, contrastive, self.args.rpa_weight)
         # (NaN for a process holding only repeated rows; `evaluation_loop` reports its own eval_loss)
         loss = anchor_losses.mean() if repeated is None else anchor_losses[~repeated].mean()
@@ -466,7 +464,7 @@ class RPATrainer(DPOTrainer):
         loss, a mean of the processes' batch means that counts the repeated rows), RPA and InfoNCE losses and rewards
         accuracy and margin (`_judge_agreement`), from all processes (one gather), where the gathered
         ``(N * processes,)`` bool `counted` is True, i.e. not on the rows accelerate repeats to even out the last batch
-        across processes (`_repeated_eval_rows`): `evaluation_loop` then averages over the set's anchors, each once.
+        across processes (`repeated_eval_rows`): `evaluation_loop` then averages over the set's anchors, each once.
         A reward is NaN for an anchor without a strict judge preference and is left out (a batch of such anchors gives
         none); a NaN loss is kept, so a diverged run shows."""
         per_anchor = torch.stack([anchor_losses, rpa, contrastive, *agreement], dim=1).detach().float()  # (N, 5)
@@ -476,12 +474,12 @@ class RPATrainer(DPOTrainer):
             self._metrics["eval"][key].extend(value for value in values if not (skip_nan and math.isnan(value)))
 
     def _contrastive_loss_leaving_out(
-        self, text_embeds: Tensor, image_embeds: Tensor, inputs, inverse_temperature, left_out: Tensor
+        self, text_embeds: Tensor, image_embeds: Tensor, inputs, inverse_temperature, left_out: Tensor | None
     ) -> Tensor:
         """`_contrastive_loss` of the batch without the rows of the ``(N,)`` bool `left_out` (an evaluation batch's
-        repeated rows, `_repeated_eval_rows`): they are NaN, and neither their anchors nor the items only they use
-        join the pools."""
-        if not left_out.any():
+        repeated rows, `repeated_eval_rows`; None: none): they are NaN, and neither their anchors nor the items only
+        they use join the pools."""
+        if left_out is None or not left_out.any():
             return self._contrastive_loss(text_embeds, image_embeds, inputs, inverse_temperature)
         kept = ~left_out
         batch, texts, images = select_rows(inputs, kept)
@@ -528,12 +526,6 @@ class RPATrainer(DPOTrainer):
         anchors = (text_embeds[texts].detach(), image_embeds[images].detach(), inputs["text_ids"][texts],
                    inputs["image_ids"][images])
         self._eval_anchors.append(tuple(part[counted] for part in self.accelerator.gather(anchors)))
-
-    def _repeated_eval_rows(self, inputs) -> Tensor:
-        """``(N,)`` bool: this process's rows of an evaluation batch that accelerate repeated to fill the last batch
-        of every process (`batch_dealing.repeated_eval_rows`; evaluation loaders have even batches, see
-        `_get_dataloader`, which numbers a stream's rows)."""
-        return repeated_eval_rows(self.accelerator, inputs)
 
     def _prepare_input(self, data: Any) -> Any:
         """`Trainer._prepare_input`, the judge scores kept in float32: under DeepSpeed it casts every floating input to
