@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import PIL.Image
 import torch
@@ -20,8 +20,15 @@ from evaluation.retrieval import check_finite_embeddings, chunked_topk
 
 from .interfaces import check_settings, with_device_map
 
+if TYPE_CHECKING:
+    from modeling_maple.processing_maple import MixedImageSizesError
+
 ImageEncoder = Callable[[Sequence[PIL.Image.Image]], torch.Tensor]
 """Maps a batch of images to their embeddings, a float tensor of shape (batch, dim)."""
+
+FROM_PRETRAINED_IMAGE_PROCESSOR_SETTINGS = "image_processor_kwargs (HardNegativeMiner.from_pretrained)"
+"""Where a `from_pretrained` miner's image processor takes its settings; a `from_maple` one's, as its MapleProcessor's
+(`modeling_maple.processing_maple.MAPLE_IMAGE_PROCESSOR_SETTINGS`)."""
 
 DEFAULT_DUPLICATE_THRESHOLD = 1.0 - 1e-5
 """Cosine at or above which two embeddings count as the same image. Identical images embed to
@@ -34,15 +41,15 @@ class MinerOutputError(RuntimeError):
 
 
 class MinerInputError(ValueError):
-    """Images the miner's encoder cannot take in one batch: its image processor made them of several sizes. `problem`
-    names two of them (as `HardNegativeMiner.embed`'s `describe` does) and their sizes; `fixes`, the image processor
-    settings that make one size; the message says to set them in `image_processor_kwargs` of `from_pretrained`."""
+    """Images the miner's encoder cannot take in one batch: its image processor made them of several sizes (`mixed`,
+    which names them by their position among the images embedded). `problem` names two of them by
+    `HardNegativeMiner.embed`'s `describe` and gives their sizes; `fixes`, the image processor settings that make one
+    size; the message says to set them in `set_in`, where the miner's image processor takes its settings."""
 
-    def __init__(self, problem: str, fixes: str) -> None:
-        super().__init__(f"{problem}. Set {fixes} in image_processor_kwargs (HardNegativeMiner.from_pretrained), or "
-                         "give images of one size.")
-        self.problem = problem
-        self.fixes = fixes
+    def __init__(self, mixed: MixedImageSizesError, describe: Callable[[int], str] | None, set_in: str) -> None:
+        super().__init__(mixed.advice(describe, set_in))
+        self.problem = mixed.problem(describe)
+        self.fixes = mixed.fixes
 
 
 @dataclass(frozen=True)
@@ -404,8 +411,10 @@ class HardNegativeMiner:
     @classmethod
     def from_maple(cls, model, processor, **kwargs) -> HardNegativeMiner:
         """A miner on a MAPLE embedder: its normalised image embeddings (`MapleModel.encode`)."""
+        from modeling_maple.processing_maple import MAPLE_IMAGE_PROCESSOR_SETTINGS
+
         kwargs.setdefault("name", f"maple:{model.config.name_or_path or 'in-memory'}")
-        return cls(_MapleImageEncoder(model, processor), **kwargs)
+        return cls(_MapleImageEncoder(model, processor, settings_set_in=MAPLE_IMAGE_PROCESSOR_SETTINGS), **kwargs)
 
     @property
     def settings(self) -> dict:
@@ -419,22 +428,24 @@ class HardNegativeMiner:
     def embed(self, images: Iterable[PIL.Image.Image], *, describe: Callable[[int], str] | None = None) -> torch.Tensor:
         """(N, D) float32 L2-normalised embeddings of `images` (PIL images or file paths),
         encoded `batch_size` at a time. The encoder gets RGB images; an unreadable one is a
-        ValueError naming its position in `images`. A batch `from_pretrained`'s image processor makes of several sizes
-        is a `MinerInputError` naming two of its images by `describe(position in images)` (default: `images[i]`; the
-        builder names source rows and ids)."""
+        ValueError naming its position in `images`. A batch the image processor of a `from_pretrained` or `from_maple`
+        miner makes of several sizes is a `MinerInputError` naming two of its images by `describe(position in images)`
+        (default: `images[i]`; the builder names source rows and ids)."""
         # Imported here: importing modeling_maple pulls in transformers, which a process that only
         # builds from finished embeddings (or prints --help) should not pay for.
-        from modeling_maple.processing_maple import load_image
+        from modeling_maple.processing_maple import MixedImageSizesError, load_image
 
         pending: list[PIL.Image.Image] = []
         embeddings: list[torch.Tensor] = []
 
         def encode(first: int) -> torch.Tensor:  # `pending` holds images first, first + 1, ...
-            # The miner's own encoders name a bad image by its position in `images`; any other callable takes a batch.
-            if isinstance(self.encode_images, _MapleImageEncoder):
-                encoded = self.encode_images(pending, first_index=first)
-            elif isinstance(self.encode_images, _TransformersImageEncoder):
-                encoded = self.encode_images(pending, first_index=first, describe=describe)
+            # The miner's own encoders (MAPLE's included) name a bad image by its position in `images`, which
+            # `describe` words in the caller's terms; any other callable takes a batch.
+            if isinstance(self.encode_images, _TransformersImageEncoder):
+                try:
+                    encoded = self.encode_images(pending, first_index=first)
+                except MixedImageSizesError as error:
+                    raise MinerInputError(error, describe, self.encode_images.settings_set_in) from None
             else:
                 encoded = self.encode_images(pending)
             # another shape would pair embeddings with the wrong rows, silently; another size than the first batch's
@@ -502,11 +513,15 @@ def encoder_config_problem(model_ref: str, config: dict[str, Any]) -> str | None
 
 
 class _TransformersImageEncoder:
-    """Callable image encoder over a transformers model and its image processor."""
+    """Callable image encoder over a transformers model and its image processor, whose settings are set in
+    `settings_set_in` (what a `MinerInputError` advises)."""
 
-    def __init__(self, model: torch.nn.Module, image_processor) -> None:
+    def __init__(
+        self, model: torch.nn.Module, image_processor, settings_set_in: str = FROM_PRETRAINED_IMAGE_PROCESSOR_SETTINGS
+    ) -> None:
         self.model = model
         self.image_processor = image_processor
+        self.settings_set_in = settings_set_in
 
     @property
     def settings(self) -> dict:
@@ -519,22 +534,14 @@ class _TransformersImageEncoder:
             "image_processor": image_processor_settings(self.image_processor),
         }
 
-    def __call__(
-        self, images: Sequence[PIL.Image.Image], first_index: int = 0, describe: Callable[[int], str] | None = None
-    ) -> torch.Tensor:
+    def __call__(self, images: Sequence[PIL.Image.Image], first_index: int = 0) -> torch.Tensor:
         """(len(images), D) embeddings of `images`, RGB already (`HardNegativeMiner.embed` loads every image with
         `load_image`), the caller's `images[first_index:]`. A batch the image processor makes of several sizes (DINOv2
         takes any size; CLIP's image processor without its center crop keeps each image's aspect ratio) is a
-        `MinerInputError` naming two of them (`describe(first_index + position)`) and the settings that make one size
-        (`mixed_image_sizes`)."""
-        from modeling_maple.processing_maple import mixed_image_sizes
+        `MixedImageSizesError` naming two of them by their index in the caller's images (`process_image_batch`)."""
+        from modeling_maple.processing_maple import process_image_batch
 
-        images = list(images)
-        # Made into tensors once their sizes are checked: numpy's own error names no image.
-        inputs = self.image_processor(images=images, return_tensors=None)
-        if (mixed := mixed_image_sizes(self.image_processor, images, inputs["pixel_values"], first_index, describe)):
-            raise MinerInputError(*mixed)
-        inputs = inputs.convert_to_tensors("pt").to(self.model.device)
+        inputs = process_image_batch(self.image_processor, list(images), first_index).to(self.model.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         if hasattr(self.model, "get_image_features"):
             features = self.model.get_image_features(**inputs)
@@ -549,7 +556,8 @@ class _TransformersImageEncoder:
 
 class _MapleImageEncoder(_TransformersImageEncoder):
     """Callable image encoder over a `MapleModel`: its `MapleProcessor` stands for the image processor (its settings,
-    prompts included, are recorded alike), its normalised embeddings come from `MapleModel.encode`."""
+    prompts included, are recorded alike), its normalised embeddings come from `MapleModel.encode`; a dual encoder's
+    batch of several sizes is its processor's `MixedImageSizesError`, as for a transformers encoder."""
 
     def __call__(self, images: Sequence[PIL.Image.Image], first_index: int = 0) -> torch.Tensor:
         return self.model.encode(self.image_processor, images=list(images), batch_size=len(images),

@@ -324,56 +324,80 @@ def dual_encoder_image_processor_problem(vision_config, image_processor) -> str 
     return image_size_problem(image_processor, vision_config.image_size)
 
 
-def image_batch_problem(
-    image_processor,
-    images: Sequence[Image.Image],
-    pixel_values: Sequence[Any],
-    first_index: int = 0,
-) -> str | None:
-    """Why `pixel_values`, what `image_processor` made of `images` (the caller's `images[first_index:]`), cannot go to a
-    dual encoder's vision tower as one batch, or None: they are of several sizes. A tower that takes any size (DINOv2)
-    still takes one per batch, and an image processor whose output follows each image's aspect ratio (CLIP's without
-    its center crop) makes several; transformers' own processors then fail with numpy's bare "inhomogeneous shape"
-    error. Resizing them to one size, or padding them, would change what the tower sees of each image by the batch it is
-    in, so the two first images of different sizes are named, with the settings that make one size and where they are
-    set."""
-    mixed = mixed_image_sizes(image_processor, images, pixel_values, first_index)
-    if mixed is None:
-        return None
-    problem, fixes = mixed
-    return (f"{problem}. Set {fixes} in image_processor_kwargs (load_maple, from_backbone) or on "
-            "processor.image_processor, or give images of one size")
+# Where a `MapleProcessor` takes its image processor's settings: where a `MixedImageSizesError` says to set them
+MAPLE_IMAGE_PROCESSOR_SETTINGS = "image_processor_kwargs (load_maple, from_backbone) or on processor.image_processor"
 
 
-def mixed_image_sizes(
-    image_processor,
-    images: Sequence[Image.Image],
-    pixel_values: Sequence[Any],
-    first_index: int = 0,
-    describe: Callable[[int], str] | None = None,
-) -> tuple[str, str] | None:
-    """`image_batch_problem` in two parts, for a caller that says itself where the settings are set: what is wrong (the
-    two first images of different sizes, named by `describe(first_index + position)`, default `images[i]`) and the
-    settings that make one size (`"do_center_crop=True (...) or size=..."`); None where the batch is of one size."""
-    sizes = [tuple(pixels.shape[-2:]) for pixels in pixel_values]
+class MixedImageSizesError(ValueError):
+    """Images an image processor made of several sizes, which a vision tower cannot take as one batch
+    (`process_image_batch`).
+
+    It holds the facts, so that a caller can name the images and where the settings are set in its own terms:
+    `indices`, the positions of the two first images of different sizes in the caller's list; `image_sizes` and
+    `processed_sizes`, their (height, width) before and after the image processor, named `image_processor_name`;
+    `unset_settings`, its settings turned off that leave each image a size of its own (`"do_center_crop=False"`);
+    `fixes`, the settings that make one size. `problem` and `advice` word them; the message is `advice()`, which names
+    the images `images[i]` and the settings' place as `MapleProcessor`'s (`MAPLE_IMAGE_PROCESSOR_SETTINGS`)."""
+
+    def __init__(
+        self,
+        image_processor,
+        indices: tuple[int, int],
+        image_sizes: tuple[tuple[int, int], tuple[int, int]],
+        processed_sizes: tuple[tuple[int, int], tuple[int, int]],
+    ) -> None:
+        self.indices = indices
+        self.image_sizes = image_sizes
+        self.processed_sizes = processed_sizes
+        self.image_processor_name = type(image_processor).__name__
+        self.unset_settings = [
+            f"{name}=False" for name in ("do_resize", "do_center_crop") if getattr(image_processor, name, None) is False
+        ]
+        fixes = ["do_center_crop=True (images cropped to crop_size)"] if hasattr(image_processor, "do_center_crop") else []
+        # with do_resize=False, `size` is never read
+        resize = "do_resize=True, " if getattr(image_processor, "do_resize", None) is False else ""
+        fixes.append(f"{resize}size={{'height': ..., 'width': ...}} (every image resized to it, its aspect ratio not kept)")
+        self.fixes = " or ".join(fixes)
+        super().__init__(self.advice())
+
+    def problem(self, describe: Callable[[int], str] | None = None) -> str:
+        """What is wrong: the two images, each named `describe(index)` (default `images[index]`), their sizes, and why
+        the image processor made them so."""
+        describe = describe or "images[{}]".format
+        described = [
+            f"{describe(index)} ({height}x{width} px) became {processed[0]}x{processed[1]}"
+            for index, (height, width), processed in zip(self.indices, self.image_sizes, self.processed_sizes)
+        ]
+        settings = f" ({', '.join(self.unset_settings)})" if self.unset_settings else ""
+        return (f"{' but '.join(described)} (height x width): the image processor ({self.image_processor_name}) gives "
+                f"each image a size that follows its own{settings}, but the vision tower takes a batch at one size")
+
+    def advice(
+        self, describe: Callable[[int], str] | None = None, set_in: str = MAPLE_IMAGE_PROCESSOR_SETTINGS
+    ) -> str:
+        """`problem(describe)` and what to do about it: set `fixes` in `set_in` (where the caller's image processor
+        takes its settings), or give images of one size."""
+        return f"{self.problem(describe)}. Set {self.fixes} in {set_in}, or give images of one size."
+
+
+def process_image_batch(image_processor, images: Sequence[Image.Image], first_index: int = 0) -> BatchFeature:
+    """What `image_processor` makes of `images` (the caller's `images[first_index:]`), in PyTorch tensors, for a dual
+    encoder's vision tower; a `MixedImageSizesError` where it makes them of several sizes. A tower that takes any size
+    (DINOv2) still takes one per batch, and an image processor whose output follows each image's aspect ratio (CLIP's
+    without its center crop) makes several: transformers then fails with numpy's bare "inhomogeneous shape" error, so
+    the sizes are checked before the tensors are made. Resizing the images to one size, or padding them, would change
+    what the tower sees of each image by the batch it is in, so the error names the two first of different sizes."""
+    processed = image_processor(images=images, return_tensors=None)
+    sizes = [tuple(pixels.shape[-2:]) for pixels in processed["pixel_values"]]
     other = next((position for position, size in enumerate(sizes) if size != sizes[0]), None)
-    if other is None:
-        return None
-    describe = describe or "images[{}]".format
-    described = [
-        f"{describe(first_index + position)} ({images[position].height}x{images[position].width} px) became "
-        f"{sizes[position][0]}x{sizes[position][1]}"
-        for position in (0, other)
-    ]
-    unset = [f"{name}=False" for name in ("do_resize", "do_center_crop") if getattr(image_processor, name, None) is False]
-    settings = f" ({', '.join(unset)})" if unset else ""
-    fixes = ["do_center_crop=True (images cropped to crop_size)"] if hasattr(image_processor, "do_center_crop") else []
-    # with do_resize=False, `size` is never read
-    resize = "do_resize=True, " if getattr(image_processor, "do_resize", None) is False else ""
-    fixes.append(f"{resize}size={{'height': ..., 'width': ...}} (every image resized to it, its aspect ratio not kept)")
-    return (f"{' but '.join(described)} (height x width): the image processor ({type(image_processor).__name__}) gives "
-            f"each image a size that follows its own{settings}, but the vision tower takes a batch at one size",
-            " or ".join(fixes))
+    if other is not None:
+        raise MixedImageSizesError(
+            image_processor,
+            indices=(first_index, first_index + other),
+            image_sizes=((images[0].height, images[0].width), (images[other].height, images[other].width)),
+            processed_sizes=(sizes[0], sizes[other]),
+        )
+    return processed.convert_to_tensors("pt")
 
 
 def image_size_problem(image_processor, image_size: int | Sequence[int]) -> str | None:
@@ -872,11 +896,7 @@ class MapleProcessor(ProcessorMixin):
             raise ValueError("`images` is an empty list.")
         if self.backbone == "dual_encoder":
             images = [load_image(image, index) for index, image in enumerate(images, start=first_index)]
-            # Made into tensors once their sizes are checked: numpy's own error names no image.
-            processed = self.image_processor(images=images, return_tensors=None)
-            if (problem := image_batch_problem(self.image_processor, images, processed["pixel_values"], first_index)):
-                raise ValueError(f"{problem}.")
-            processed.convert_to_tensors("pt")
+            processed = process_image_batch(self.image_processor, images, first_index)
             return {key: processed[key] for key in DUAL_ENCODER_IMAGE_INPUTS if key in processed}
         encoded = encode_mllm_images(
             self.mllm_type, self.image_processor, self.tokenizer, images, self.image_token, self.image_seq_length,
@@ -978,19 +998,19 @@ class MapleProcessor(ProcessorMixin):
 __all__ = [
     "EncodedImages",
     "MapleProcessor",
+    "MixedImageSizesError",
     "check_tokens_known",
     "dual_encoder_image_processor_problem",
     "encode_mllm_images",
     "fill_image_placeholders",
     "gemma3_image_processor_problem",
-    "image_batch_problem",
-    "mixed_image_sizes",
     "image_processor_kwargs_problem",
     "image_processor_loading_problem",
     "image_size_problem",
     "llava_next_image_layout",
     "load_image_processor",
     "pixtral_image_processor_problem",
+    "process_image_batch",
     "load_image",
     "mllm_image_problem",
     "mllm_image_processor_problem",

@@ -368,12 +368,14 @@ def test_a_batch_the_image_processor_makes_of_several_sizes_is_refused_naming_it
                r"\(do_center_crop=False\), but the vision tower takes a batch at one size\. Set do_center_crop=True")
     miner = HardNegativeMiner.from_pretrained(str(tmp_path), batch_size=2, search_device="cpu")
     assert miner.embed([wide, wide.copy()]).shape == (2, 16), "images of one size still make a batch"
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(MinerInputError, match=message):
         miner.embed([wide, wide, wide, square])
     dinov2 = Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, image_size=16, patch_size=4)
     model = MapleModel(tiny_dual_encoder_config(vision_config=dinov2)).eval()
     processor = MapleProcessor(image_processor=image_processor, tokenizer=tiny_tokenizer(), backbone="dual_encoder")
-    with pytest.raises(ValueError, match=message):
+    # a from_maple miner's image processor is its MapleProcessor's, set where that one is
+    with pytest.raises(MinerInputError, match=message + r".* in image_processor_kwargs \(load_maple, from_backbone\) or on "
+                                                        r"processor\.image_processor, or give images of one size\.$"):
         HardNegativeMiner.from_maple(model, processor, batch_size=2, search_device="cpu").embed([wide, wide, wide, square])
 
 
@@ -399,6 +401,32 @@ def test_a_miners_batch_of_several_sizes_names_the_image_processor_kwargs_of_fro
     assert cropping.settings["encoder"]["image_processor"] != miner.settings["encoder"]["image_processor"]
     with pytest.raises(ValueError, match=r"max_pixels is not a setting of its image processor \(CLIPImageProcessorPil\)"):
         HardNegativeMiner.from_pretrained(str(tmp_path), image_processor_kwargs={"max_pixels": 256})
+
+
+def test_a_saved_maple_miners_batch_of_several_sizes_names_the_callers_images_as_a_transformers_one_does(tmp_path):
+    """A saved dual-encoder MAPLE embedder as a miner raised its processor's ValueError, naming the images `images[i]`
+    whatever `describe` said and advising settings that do not reach a miner: the builder could name no source row, and
+    `maple build-preferences` printed a traceback (found by a review). Both encoders now give a `MinerInputError` naming
+    the images by `describe`, and the advice names `from_pretrained`'s image_processor_kwargs."""
+    from transformers import CLIPImageProcessorPil, Dinov2Config
+
+    from modeling_maple import MapleModel, MapleProcessor
+    from modeling_maple.testing import tiny_dual_encoder_config, tiny_tokenizer
+
+    dinov2 = Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, image_size=16, patch_size=4)
+    MapleModel(tiny_dual_encoder_config(vision_config=dinov2)).save_pretrained(tmp_path)
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16},
+                                            do_center_crop=False)
+    MapleProcessor(image_processor=image_processor, tokenizer=tiny_tokenizer(), backbone="dual_encoder").save_pretrained(tmp_path)
+    miner = HardNegativeMiner.from_pretrained(str(tmp_path), batch_size=2, search_device="cpu")
+    images = [Image.new("RGB", (16, 16), "red"), Image.new("RGB", (16, 16), "blue"), Image.new("RGB", (32, 16), "red")]
+    with pytest.raises(MinerInputError, match=r"^row 12 \(16x32 px\) became 16x32 but row 13 \(16x16 px\) became 16x16 "
+                                              r"\(height x width\): .* Set do_center_crop=True .* in image_processor_kwargs "
+                                              r"\(HardNegativeMiner\.from_pretrained\), or give images of one size\.$"):
+        miner.embed([*images, images[1]], describe=lambda position: f"row {position + 10}")
+    cropping = HardNegativeMiner.from_pretrained(str(tmp_path), batch_size=2, search_device="cpu",
+                                                 image_processor_kwargs={"do_center_crop": True})
+    assert cropping.embed(images).shape == (3, 16)
 
 
 def test_query_subset_matches_the_full_search():

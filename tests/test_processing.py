@@ -10,7 +10,13 @@ from PIL import Image
 from transformers import CLIPImageProcessorPil, Dinov2Config, ProcessorMixin, Qwen2VLProcessor
 
 from modeling_maple import MapleModel, MapleProcessor
-from modeling_maple.processing_maple import QWEN_VL_MAX_ASPECT_RATIO, load_image, mllm_image_problem
+from modeling_maple.processing_maple import (
+    QWEN_VL_MAX_ASPECT_RATIO,
+    MixedImageSizesError,
+    load_image,
+    mllm_image_problem,
+    process_image_batch,
+)
 from modeling_maple.testing import build_tiny, tiny_dual_encoder_config, tiny_image_processor, tiny_tokenizer
 
 TEXTS = ["a red circle", "two blue squares left of a yellow star"]
@@ -119,25 +125,29 @@ def test_a_batch_an_image_processor_makes_of_several_sizes_is_refused_by_name():
                r"image processor \(CLIPImageProcessorPil\) gives each image a size that follows its own "
                r"\(do_center_crop=False\), but the vision tower takes a batch at one size\. Set do_center_crop=True .* or "
                r"size=\{'height': \.\.\., 'width': \.\.\.\}")
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(MixedImageSizesError, match=message) as error:  # a ValueError
         model.encode(processor, images=[wide, wide, wide, square], batch_size=2)
+    # the facts, for a caller (the miner) to name the images in its own terms
+    assert (error.value.indices, error.value.image_sizes, error.value.processed_sizes) == (
+        (2, 3), ((16, 32), (16, 16)), ((16, 32), (16, 16)))
 
 
 def test_a_batch_of_several_sizes_unresized_is_told_to_resize_as_well_as_to_set_a_size():
     """With `do_resize=False`, `size` is never read: the advice `size={...}` alone left the batch at several sizes
     (found by a review)."""
-    from modeling_maple.processing_maple import image_batch_problem
-
     images = [Image.new("RGB", (32, 16)), Image.new("RGB", (16, 16))]
     unresized = CLIPImageProcessorPil(do_resize=False, do_center_crop=False)
-    problem = image_batch_problem(unresized, images, unresized(images=images, return_tensors=None)["pixel_values"])
-    assert "(do_resize=False, do_center_crop=False)" in problem
-    assert "or do_resize=True, size={'height': ..., 'width': ...} (every image resized to it" in problem
+    with pytest.raises(MixedImageSizesError) as unresized_error:
+        process_image_batch(unresized, images)
+    assert "(do_resize=False, do_center_crop=False)" in str(unresized_error.value)
+    assert "or do_resize=True, size={'height': ..., 'width': ...} (every image resized to it" in str(unresized_error.value)
     resized = CLIPImageProcessorPil(do_resize=True, size={"height": 16, "width": 16}, do_center_crop=False)
-    assert [pixels.shape for pixels in resized(images=images, return_tensors=None)["pixel_values"]] == [(3, 16, 16)] * 2
+    assert process_image_batch(resized, images)["pixel_values"].shape == (2, 3, 16, 16)
     resizing = CLIPImageProcessorPil(size={"shortest_edge": 16}, do_center_crop=False)
-    problem = image_batch_problem(resizing, images, resizing(images=images, return_tensors=None)["pixel_values"])
-    assert "or size={'height': ..., 'width': ...}" in problem and "do_resize=True" not in problem
+    with pytest.raises(MixedImageSizesError) as resizing_error:
+        process_image_batch(resizing, images)
+    assert "or size={'height': ..., 'width': ...}" in str(resizing_error.value)
+    assert "do_resize=True" not in str(resizing_error.value)
 
 
 def test_a_16_bit_greyscale_image_is_scaled_to_8_bits_not_clipped_white(tmp_path):
