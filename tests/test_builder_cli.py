@@ -475,46 +475,85 @@ def test_images_the_miner_cannot_batch_are_one_line_naming_their_source_rows_in_
     """A miner image processor making images of several sizes was a ValueError traceback naming the images by their
     position in the checkpointed embedding part (images[1] for source row 5) and advising image_processor_kwargs of
     HardNegativeMiner.from_pretrained, which no option reaches (found by a bug hunt)."""
-    from transformers import CLIPImageProcessorPil, Dinov2Config, Dinov2Model
+    from transformers import Dinov2Config, Dinov2Model
 
     from dataset_builders import builder
-    from dataset_builders.testing import SOURCE_FEATURES
 
     encoder = tmp_path / "encoder"
     Dinov2Model(Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
                              image_size=16, patch_size=8)).save_pretrained(encoder)
-    CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16},
-                          do_center_crop=False).save_pretrained(encoder)
-    columns = colour_squares(5)
-    columns["image"].append({"bytes": _wide_png(), "path": None})
-    columns["id"].append("wide")
-    columns["caption"].append("a wide red rectangle")
-    source = tmp_path / "source.parquet"
-    datasets.Dataset.from_dict(columns, features=SOURCE_FEATURES).to_parquet(str(source))
+    _cropless_image_processor().save_pretrained(encoder)
+    source = _squares_and_a_wide_image(tmp_path)
     monkeypatch.setattr(builder, "EMBEDDING_PART_ROWS", 4)  # two parts: rows 0-3 and 4-5
     miner = f"HardNegativeMiner.from_pretrained({str(encoder)!r}, batch_size=2, search_device='cpu')"
     capsys.readouterr()  # save_pretrained's progress bar
-    assert _build_with_factory_miner(str(source), tmp_path, monkeypatch, "cropless_miners:cropless", miner) == 2
-    assert capsys.readouterr().err == (
-        "maple build-preferences: error: --miner cropless_miners:cropless: source row 4 (id square-004) (16x16 px) "
-        "became 16x16 but source row 5 (id wide) (16x32 px) became 16x32 (height x width): the image processor "
-        "(CLIPImageProcessorPil) gives each image a size that follows its own (do_center_crop=False), but the vision "
-        "tower takes a batch at one size. Mine with a miner whose image processor makes every image one size (one that "
-        "crops to crop_size), or with a --miner module:factory making HardNegativeMiner.from_pretrained(..., "
-        "image_processor_kwargs=...) that sets do_center_crop=True (images cropped to crop_size) or size={'height': "
-        "..., 'width': ...} (every image resized to it, its aspect ratio not kept)\n"
+    assert _build_with_factory_miner(source, tmp_path, monkeypatch, "cropless_miners:cropless", miner) == 2
+    assert capsys.readouterr().err == ("maple build-preferences: error: --miner cropless_miners:cropless: "
+                                       f"{_cropless_batch_error(square_row=4)}\n")
+
+
+def test_a_maple_miner_whose_images_cannot_batch_is_one_line_naming_their_source_rows_too(tmp_path, capsys):
+    """A saved dual-encoder MAPLE embedder as --miner raised its processor's ValueError naming the images by their
+    position in the checkpointed embedding part and advising load_maple settings: a traceback, not the one line a
+    transformers miner gives (found by a review)."""
+    from transformers import Dinov2Config
+
+    from modeling_maple import MapleModel, MapleProcessor
+    from modeling_maple.testing import tiny_dual_encoder_config, tiny_tokenizer
+
+    embedder = tmp_path / "embedder"
+    dinov2 = Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, image_size=16, patch_size=4)
+    MapleModel(tiny_dual_encoder_config(vision_config=dinov2)).save_pretrained(embedder)
+    MapleProcessor(image_processor=_cropless_image_processor(), tokenizer=tiny_tokenizer(),
+                   backbone="dual_encoder").save_pretrained(embedder)
+    source = _squares_and_a_wide_image(tmp_path)
+    capsys.readouterr()  # save_pretrained's progress bar
+    assert cli.main([source, "--output-dir", str(tmp_path / "out"), *CORPUS_STAND_INS[:4], "--miner", str(embedder),
+                     "--no-progress"]) == 2
+    # one batch (the miner's default 64 images): source rows 0-5
+    assert capsys.readouterr().err == (f"maple build-preferences: error: --miner {embedder}: "
+                                       f"{_cropless_batch_error(square_row=0)}\n")
+
+
+def _cropless_batch_error(square_row: int) -> str:
+    """The CLI's words, after its `--miner`, for a batch of `_squares_and_a_wide_image`'s source rows `square_row` to 5
+    that `_cropless_image_processor` makes of two sizes."""
+    return (
+        f"source row {square_row} (id square-{square_row:03d}) (16x16 px) became 16x16 but source row 5 (id wide) (16x32 "
+        "px) became 16x32 (height x width): the image processor (CLIPImageProcessorPil) gives each image a size that "
+        "follows its own (do_center_crop=False), but the vision tower takes a batch at one size. Mine with a miner whose "
+        "image processor makes every image one size (one that crops to crop_size), or with a --miner module:factory "
+        "making HardNegativeMiner.from_pretrained(..., image_processor_kwargs=...) that sets do_center_crop=True (images "
+        "cropped to crop_size) or size={'height': ..., 'width': ...} (every image resized to it, its aspect ratio not "
+        "kept)"
     )
 
 
-def _wide_png() -> bytes:
-    """A 32x16 (width x height) PNG image."""
+def _cropless_image_processor():
+    """CLIP's image processor without its center crop: a 16-pixel shortest edge, each image's aspect ratio kept."""
+    from transformers import CLIPImageProcessorPil
+
+    return CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}, do_center_crop=False)
+
+
+def _squares_and_a_wide_image(tmp_path) -> str:
+    """A source parquet file of five 16x16 colour squares (rows 0-4) and a 32x16 (width x height) image (row 5, id
+    "wide")."""
     import io
 
     from PIL import Image
 
+    from dataset_builders.testing import SOURCE_FEATURES
+
     buffer = io.BytesIO()
     Image.new("RGB", (32, 16), "red").save(buffer, format="PNG")
-    return buffer.getvalue()
+    columns = colour_squares(5)
+    columns["image"].append({"bytes": buffer.getvalue(), "path": None})
+    columns["id"].append("wide")
+    columns["caption"].append("a wide red rectangle")
+    source = tmp_path / "source.parquet"
+    datasets.Dataset.from_dict(columns, features=SOURCE_FEATURES).to_parquet(str(source))
+    return str(source)
 
 
 def test_a_factory_miner_whose_embeddings_have_another_shape_is_a_one_line_error(source_file, tmp_path, monkeypatch, capsys):
