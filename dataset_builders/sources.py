@@ -9,6 +9,7 @@ import csv
 import hashlib
 import io
 import os
+import traceback
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -261,7 +262,7 @@ def load_source(
     if path.exists():
         _check_local_parquet_rows(source, split, builder.config.data_files)
         _check_caption_table_rows(source, builder.config.data_files)
-    with _data_files_read(source):
+    with _data_files_read(source, (str(file) for names in builder.config.data_files.values() for file in names)):
         builder.download_and_prepare()
     _check_selects_rows(source, split, {str(name): info.num_examples for name, info in builder.info.splits.items()})
     return builder.as_dataset(split=split)
@@ -276,7 +277,7 @@ def _check_local_parquet_rows(source: str, split: str, data_files: dict[str, lis
     files = {str(name): [str(file) for file in names] for name, names in data_files.items()}
     if not all(file.endswith(".parquet") for names in files.values() for file in names):
         return
-    with _data_files_read(source):
+    with _data_files_read(source, (file for names in files.values() for file in names)):
         metadata = {file: pq.read_metadata(file) for names in files.values() for file in names}
     _check_selects_rows(source, split, {name: sum(metadata[file].num_rows for file in names) for name, names in files.items()})
     empty = next((file for file, meta in metadata.items() if meta.num_rows == 0 and meta.num_row_groups > 0), None)
@@ -297,7 +298,7 @@ def _check_caption_table_rows(source: str, data_files: dict[str, list[str]]) -> 
         name = os.path.basename(file)
         if name not in CAPTION_TABLES:
             continue
-        with _data_files_read(source):
+        with _data_files_read(source, [file]):
             if name.endswith(".parquet"):
                 has_rows = pq.read_metadata(file).num_rows > 0
             else:  # read up to its first row only: a table of millions of captions is not held in memory
@@ -311,19 +312,33 @@ def _check_caption_table_rows(source: str, data_files: dict[str, list[str]]) -> 
 
 
 @contextlib.contextmanager
-def _data_files_read(source: str) -> Iterator[None]:
+def _data_files_read(source: str, files: Iterable[str] = ()) -> Iterator[None]:
     """A data file of `source` that does not read inside (a malformed metadata.csv / .jsonl: pandas' and pyarrow's
     parse errors are ValueErrors, wrapped by `datasets` or not; a parquet file that is not one) is a `SourceError`
-    naming the source and the cause."""
+    naming the source, the file of `files` being read (`_file_being_read`), if known, and the cause."""
     try:
         yield
     except SourceError:
         raise
     except (ValueError, DatasetGenerationError) as error:
         cause = error.__cause__ or error
+        file = _file_being_read(cause, set(files))
         raise SourceError(
-            f"source {source}: its data files cannot be read ({type(cause).__name__}: {' '.join(str(cause).split())})"
+            f"source {source}: {'its data files' if file is None else f'its data file {file}'} cannot be read "
+            f"({type(cause).__name__}: {' '.join(str(cause).split())})"
         ) from error
+
+
+def _file_being_read(error: BaseException, files: set[str]) -> str | None:
+    """The one of `files` that was being read where `error` was raised: the innermost frame of its traceback that
+    holds one of them in a variable, or None. pandas' and pyarrow's errors name a line or a row but not the file, and
+    `datasets` names it in a log line only: of a folder of many tables, the error said where, but not in which file."""
+    frames = [frame for frame, _ in traceback.walk_tb(error.__traceback__)]
+    for frame in reversed(frames):
+        for value in frame.f_locals.values():
+            if isinstance(value, (str, os.PathLike)) and os.fspath(value) in files:
+                return os.fspath(value)
+    return None
 
 
 def _check_splits(source: str, split: str, available: list[str]) -> None:

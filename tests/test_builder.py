@@ -1764,7 +1764,8 @@ def test_a_malformed_caption_table_of_an_image_folder_is_a_source_error_naming_t
     for index in range(3):
         Image.new("RGB", (8, 8), (index * 80, 0, 0)).save(folder / f"{index}.png")
     (folder / "metadata.csv").write_text("file_name,caption\n0.png,a red square\n1.png,a square, extra\n2.png,x\n")
-    with pytest.raises(SourceError, match=rf"^source {folder}: its data files cannot be read \(.*Expected 2 fields"):
+    with pytest.raises(SourceError, match=rf"^source {folder}: its data file {folder / 'metadata.csv'} cannot be read "
+                                          r"\(.*Expected 2 fields"):
         load_source(str(folder), split="train")
 
 
