@@ -8,9 +8,11 @@ import contextlib
 import csv
 import hashlib
 import io
+import json
 import os
+import reprlib
 import traceback
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -132,7 +134,7 @@ def open_source(
     source = source_dataset
     if source is None:
         source = load_source(config.source, split=config.source_split, name=config.source_config, cache_dir=cache_dir,
-                             token=token)
+                             token=token, columns=[config.image_column, config.caption_column, config.id_column])
     elif isinstance(source, datasets.DatasetDict):
         raise SourceError(f"source_dataset is a DatasetDict of the splits {list(source)}: pass one split, e.g. "
                           f"source_dataset=dataset[{next(iter(source), 'train')!r}]")
@@ -218,7 +220,13 @@ def _local_folder(source: str | None) -> str | None:
 
 
 def load_source(
-    source: str, *, split: str, name: str | None = None, cache_dir: str | None = None, token: str | None = None
+    source: str,
+    *,
+    split: str,
+    name: str | None = None,
+    cache_dir: str | None = None,
+    token: str | None = None,
+    columns: Sequence[str] = (),
 ) -> datasets.Dataset:
     """Split `split` of the image-caption dataset behind `source`: a local folder, a parquet file, or
     a Hub dataset id (read with `token`; None: HF_TOKEN or the saved login); of its config `name` where it has several.
@@ -227,7 +235,9 @@ def load_source(
     metadata.csv / metadata.jsonl holding the captions, split by file name (a Hub snapshot's
     `data/train-*.parquet` and `data/test-*.parquet` are two splits; files whose names name no split
     are all "train"). A split the source lacks is a `SourceError` naming the source and the splits
-    it has. `split` may slice or join splits as `datasets` does ("train[:1000]", "train+test")."""
+    it has. `split` may slice or join splits as `datasets` does ("train[:1000]", "train+test"). In a local folder's
+    JSON data files, a column of `columns` (the ones the build reads) holding values of several types is a
+    `SourceError` naming file, line and column (`_check_json_value_types`)."""
     path = expanded_path(source)
     # A path that can only be local (a Hub id is "name" or "org/name") is not sent to the Hub when missing.
     if not path.exists() and (names_a_file(source) or source.startswith((".", "/", "~")) or source.count("/") > 1):
@@ -262,6 +272,7 @@ def load_source(
     if path.exists():
         _check_local_parquet_rows(source, split, builder.config.data_files)
         _check_caption_table_rows(source, builder.config.data_files)
+        _check_json_value_types(source, builder.config.data_files, columns)
     with _data_files_read(source, (str(file) for names in builder.config.data_files.values() for file in names)):
         builder.download_and_prepare()
     _check_selects_rows(source, split, {str(name): info.num_examples for name, info in builder.info.splits.items()})
@@ -309,6 +320,75 @@ def _check_caption_table_rows(source: str, data_files: dict[str, list[str]]) -> 
                     has_rows = next(rows, None) is not None and (not name.endswith(".csv") or next(rows, None) is not None)
         if not has_rows:
             raise SourceError(f"source {source}: its caption table {file} has no rows")
+
+
+JSON_SUFFIXES = (".json", ".jsonl")
+
+
+def _check_json_value_types(source: str, data_files: dict[str, list[str]], columns: Sequence[str]) -> None:
+    """A `SourceError` naming the file, line and column of the first value in a JSON data file (`JSON_SUFFIXES`) whose
+    type differs from that of the column's first value in the file (a caption that is a list among strings); nulls go
+    with any type. `datasets` reads such a column as JSON text, each value serialised: every caption of the file (of
+    a file over 10 MB, of the chunk holding that row) would gain quotes, `a dog` read as `"a dog"`, with no error
+    where an earlier file or chunk made the column one of strings. Only `columns`, those the build reads, are checked."""
+    for file in (str(file) for names in data_files.values() for file in names):
+        if not file.endswith(JSON_SUFFIXES):
+            continue
+        first: dict[str, tuple[str, str]] = {}  # column -> (type, where) of its first non-null value
+        with _data_files_read(source, [file]):  # (text that is no UTF-8)
+            for where, row in _json_rows(source, file):
+                for column in columns:
+                    if (value_type := _json_type(row.get(column))) is None:
+                        continue
+                    first_type, first_where = first.setdefault(column, (value_type, where))
+                    if value_type != first_type:
+                        raise SourceError(
+                            f"source {source}: its data file {file}, {where}: column {column!r} holds {value_type} "
+                            f"({reprlib.repr(row[column])}), but {first_where} holds {first_type}; datasets would read "
+                            "the column as JSON text, quoting each of its values: give it values of one type (or null)"
+                        )
+
+
+def _json_rows(source: str, file: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, row) for each object of a JSON Lines file ("line N") or of a file holding one JSON array ("item N"), as
+    `datasets` reads them. A file whose first non-blank line is no JSON (one object over several lines) yields nothing;
+    a later line that is no JSON is a `SourceError` naming it."""
+    with open(file, encoding="utf-8-sig") as handle:
+        if handle.read(1024).lstrip().startswith("["):
+            handle.seek(0)
+            items = json.load(handle)
+            yield from ((f"item {number}", item) for number, item in enumerate(items, start=1) if isinstance(item, dict))
+            return
+        handle.seek(0)
+        read_a_line = False
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line.rstrip("\r\n"))
+            except json.JSONDecodeError as error:
+                if not read_a_line:
+                    return
+                raise SourceError(
+                    f"source {source}: its data file {file}, line {number}, is no JSON ({error.msg} at character "
+                    f"{error.pos + 1})"
+                ) from None
+            read_a_line = True
+            if isinstance(row, dict):
+                yield f"line {number}", row
+
+
+def _json_type(value: Any) -> str | None:
+    """The JSON type of a parsed value, as errors name it; None for null."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "a list" if isinstance(value, list) else "an object"
 
 
 @contextlib.contextmanager
