@@ -360,7 +360,7 @@ def load_vlm(
         device: where the model goes; ignored when `model_kwargs` holds a `device_map` (large
             models such as a 72B captioner spread over several GPUs).
         dtype: weights dtype ("auto": as saved).
-        image_processor_kwargs: settings of the image processor, e.g. `{"max_pixels": 384 * 384}` for
+        image_processor_kwargs: settings of the image processor, e.g. `{"max_pixels": 392 * 392}` for
             Qwen2-VL, `{"max_patches": 6}` (tiles per image) for InternVL; one it does not have is a
             ValueError.
         model_kwargs: more `from_pretrained` arguments (`device_map`, `attn_implementation`, ...).
@@ -453,7 +453,7 @@ class LoadsFromVLM:
         the model unless `settings` name it.
 
         Loading keywords go to `load_vlm`: `device` (default: the CPU; ignored with a `device_map`), `dtype` (default
-        "auto": as saved), `device_map`, `image_processor_kwargs` (e.g. `{"max_pixels": 384 * 384}`), `model_kwargs`
+        "auto": as saved), `device_map`, `image_processor_kwargs` (e.g. `{"max_pixels": 392 * 392}`), `model_kwargs`
         (other `from_pretrained` arguments, e.g. `attn_implementation`) and `token` (the Hub token every file is read
         with; None: HF_TOKEN or the saved login); `loading_kwargs` may hold them as one dict instead. `settings` go to
         the constructor: a keyword that is neither is a TypeError saying where it goes (`interfaces.check_settings`),
