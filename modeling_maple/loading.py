@@ -31,6 +31,10 @@ from .processing_maple import (
 
 # What `MapleModel.from_backbone` forwards to the backbones' `from_pretrained` (besides `revision` and `token`).
 BACKBONE_LOADING_KWARGS = ("dtype", "attn_implementation")
+# `from_pretrained` arguments that say where a checkpoint's files are read from, not how its weights load: a MAPLE
+# checkpoint's config and processor are read with them as its weights are (a checkpoint in a subfolder of a repo, in a
+# cache folder of its own), not from the repo's top folder or the default cache.
+FILE_LOADING_KWARGS = ("subfolder", "cache_dir", "force_download", "local_files_only", "proxies")
 # `load_maple` takes one checkpoint: a vision encoder paired with a text encoder is built once, saved, then loaded.
 PAIRING_ADVICE = (
     "; to pair a vision encoder with a text encoder, build the embedder with MapleModel.from_backbone(<vision "
@@ -76,7 +80,8 @@ def load_maple(
             model cannot take (a LLaVA-NeXT processor cutting other tiles than its config; images of another size than
             a fixed-size vision tower's `image_size`), is a `MapleLoadError`.
         from_pretrained_kwargs: for a MAPLE checkpoint any `from_pretrained` argument (`dtype`, `device_map`,
-            ...); for a backbone only `dtype` and `attn_implementation`.
+            ...), those that say where its files are (`FILE_LOADING_KWARGS`: `subfolder`, `cache_dir`, ...) applying
+            to its config and processor too; for a backbone only `dtype` and `attn_implementation`.
 
     Raises:
         MapleLoadError: before any weights load, with a message that starts with `name_or_path`: the config cannot
@@ -88,11 +93,13 @@ def load_maple(
             a `from_pretrained` argument a backbone cannot take.
     """
     name_or_path = _local(name_or_path)
-    backbone, config = _checkpoint(name_or_path, backbone, revision, trust_remote_code, token)  # the config read once
+    # the config read once
+    backbone, config = _checkpoint(name_or_path, backbone, revision, trust_remote_code, token, from_pretrained_kwargs)
     # the processor first: what is wrong with it (a setting its image processor lacks, one the model cannot take)
     # shows before any weights load
     processor = _load_processor(
-        name_or_path, backbone, config, revision, trust_remote_code, backend, token, image_processor_kwargs
+        name_or_path, backbone, config, revision, trust_remote_code, backend, token, image_processor_kwargs,
+        _file_loading_kwargs(from_pretrained_kwargs),
     )
     return _load_model(name_or_path, backbone, revision, trust_remote_code, token, from_pretrained_kwargs), processor
 
@@ -109,7 +116,7 @@ def load_maple_model(
     """The embedder of [`load_maple`] alone, for a caller that has its processor (a checkpoint may be saved
     without one)."""
     name_or_path = _local(name_or_path)
-    backbone, _ = _checkpoint(name_or_path, backbone, revision, trust_remote_code, token)
+    backbone, _ = _checkpoint(name_or_path, backbone, revision, trust_remote_code, token, from_pretrained_kwargs)
     return _load_model(name_or_path, backbone, revision, trust_remote_code, token, from_pretrained_kwargs)
 
 
@@ -125,9 +132,9 @@ def load_maple_processor(
 ) -> MapleProcessor:
     """The processor of [`load_maple`] alone."""
     name_or_path = _local(name_or_path)
-    backbone, config = _checkpoint(name_or_path, backbone, revision, trust_remote_code, token)
+    backbone, config = _checkpoint(name_or_path, backbone, revision, trust_remote_code, token, {})
     return _load_processor(
-        name_or_path, backbone, config, revision, trust_remote_code, backend, token, image_processor_kwargs
+        name_or_path, backbone, config, revision, trust_remote_code, backend, token, image_processor_kwargs, {}
     )
 
 
@@ -139,16 +146,11 @@ def _load_model(
     token: str | None,
     from_pretrained_kwargs: dict,
 ) -> MapleModel:
-    """The model of a checkpoint whose backbone `_checkpoint` resolved (None: a MAPLE checkpoint)."""
+    """The model of a checkpoint whose backbone `_checkpoint` resolved (None: a MAPLE checkpoint) and whose
+    `from_pretrained_kwargs` it checked."""
     if backbone is None:
         return AutoModel.from_pretrained(
             name_or_path, revision=revision, trust_remote_code=trust_remote_code, token=token, **from_pretrained_kwargs
-        )
-    unused = sorted(set(from_pretrained_kwargs) - set(BACKBONE_LOADING_KWARGS))
-    if unused:
-        raise BackboneLoadingError(
-            f"{name_or_path}: {', '.join(unused)} cannot be passed when building from a backbone "
-            f"(MapleModel.from_backbone takes only {', '.join(BACKBONE_LOADING_KWARGS)}, revision and token)"
         )
     return MapleModel.from_backbone(name_or_path, backbone=backbone, revision=revision, token=token, **from_pretrained_kwargs)
 
@@ -162,10 +164,12 @@ def _load_processor(
     backend: str | None,
     token: str | None,
     image_processor_kwargs: dict[str, Any] | None,
+    file_loading_kwargs: dict[str, Any],
 ) -> MapleProcessor:
     """The processor of a checkpoint of `config` whose backbone `_checkpoint` resolved (None: a MAPLE checkpoint), its
-    image processor loaded with `image_processor_kwargs`; a `MapleLoadError` for an image processor that cannot feed
-    the model (`MapleProcessor.from_backbone`'s checks) or a setting it does not have or fails on."""
+    image processor loaded with `image_processor_kwargs`, its files read as `file_loading_kwargs` say (a MAPLE
+    checkpoint's; `_checkpoint` refuses them for a backbone); a `MapleLoadError` for an image processor that cannot
+    feed the model (`MapleProcessor.from_backbone`'s checks) or a setting it does not have or fails on."""
     if backbone is not None:
         try:
             return MapleProcessor.from_backbone(name_or_path, backbone=backbone, revision=revision, backend=backend,
@@ -175,7 +179,7 @@ def _load_processor(
             raise MapleLoadError(message) from error
         except OSError as error:  # transformers' for a backbone without image processor or tokenizer files
             raise MapleLoadError(f"{name_or_path}: its processor cannot be loaded ({' '.join(str(error).split())})") from error
-    loading = dict(revision=revision, trust_remote_code=trust_remote_code, backend=backend, token=token)
+    loading = dict(revision=revision, trust_remote_code=trust_remote_code, backend=backend, token=token, **file_loading_kwargs)
     try:
         processor = AutoProcessor.from_pretrained(name_or_path, **loading)
     except (OSError, ValueError) as error:  # e.g. a checkpoint saved without its processor
@@ -208,15 +212,27 @@ def _local(name_or_path: str) -> str:
     return expanded if expanded != name_or_path and os.path.exists(expanded) else name_or_path
 
 
+def _file_loading_kwargs(from_pretrained_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The arguments among `from_pretrained_kwargs` that say where the checkpoint's files are (`FILE_LOADING_KWARGS`)."""
+    return {key: value for key, value in from_pretrained_kwargs.items() if key in FILE_LOADING_KWARGS}
+
+
 def _checkpoint(
-    name_or_path: str, backbone: str | None, revision: str | None, trust_remote_code: bool, token: str | None
+    name_or_path: str,
+    backbone: str | None,
+    revision: str | None,
+    trust_remote_code: bool,
+    token: str | None,
+    from_pretrained_kwargs: dict[str, Any],
 ) -> tuple[str | None, PreTrainedConfig]:
     """(backbone, config) of the checkpoint: the backbone None for a MAPLE checkpoint, else the one to wrap it as
-    (given or inferred); `MapleLoadError`s as [`load_maple`] says. Reads the config only."""
+    (given or inferred); `MapleLoadError`s as [`load_maple`] says, and a `BackboneLoadingError` for
+    `from_pretrained_kwargs` a backbone cannot take. Reads the config only, from where `from_pretrained_kwargs` say."""
     if not Path(name_or_path).exists() and not is_hub_id(name_or_path):  # './x', '/x', 'a/b/c'
         raise MapleLoadError(f"{name_or_path}: no such folder")
     try:
-        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision, token=token)
+        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision, token=token,
+                                            **_file_loading_kwargs(from_pretrained_kwargs))
     except (OSError, ValueError) as error:  # transformers says which: not found, gated, offline, unknown model type
         # except for a Hub answer, such as an HTTP 500, that it reads as "couldn't connect"
         problem = hub_failure(error, name_or_path, revision=revision) or " ".join(str(error).split())
@@ -248,6 +264,13 @@ def _checkpoint(
         raise MapleLoadError(
             f"{name_or_path}: a {config.model_type!r} checkpoint is not a two-tower image-text model (no vision and text "
             f"config), and load_maple wraps only those (CLIP, SigLIP) as 'dual_encoder'{PAIRING_ADVICE}"
+        )
+    # (before the processor, which `MapleProcessor.from_backbone` would read from the repo's top folder)
+    unused = sorted(set(from_pretrained_kwargs) - set(BACKBONE_LOADING_KWARGS))
+    if unused:
+        raise BackboneLoadingError(
+            f"{name_or_path}: {', '.join(unused)} cannot be passed when building from a backbone "
+            f"(MapleModel.from_backbone takes only {', '.join(BACKBONE_LOADING_KWARGS)}, revision and token)"
         )
     return backbone, config
 

@@ -95,6 +95,35 @@ def test_a_home_relative_path_loads_as_a_folder(tmp_path, monkeypatch):
         load_maple("~/missing")
 
 
+def test_a_checkpoint_in_a_subfolder_or_a_cache_of_its_own_is_read_there_config_and_processor_too(tmp_path):
+    """`subfolder` and `cache_dir` reached the weights only: the config and processor were read from the repo's top
+    folder (another checkpoint's processor, with the subfolder's weights) and from the default cache."""
+    from modeling_maple import load_maple_model
+
+    for part in build_tiny("mllm", seed=0):  # another checkpoint at the top
+        part.save_pretrained(tmp_path / "repo")
+    model, processor = build_tiny("dual_encoder", seed=1)
+    for folder in (tmp_path / "repo" / "run", tmp_path / "repo-without-top" / "run"):
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+    loaded, loaded_processor = load_maple(str(tmp_path / "repo"), subfolder="run")
+    assert loaded_processor.backbone == loaded.config.backbone == "dual_encoder"
+    for ours, theirs in zip(embeddings(model, processor), embeddings(loaded, loaded_processor)):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    assert load_maple_model(str(tmp_path / "repo-without-top"), subfolder="run").config.backbone == "dual_encoder"
+
+    # a Hub repo in a cache folder of its own, read offline (HF_HUB_OFFLINE, conftest), laid out as huggingface_hub does
+    commit = "0" * 40
+    (tmp_path / "cache" / "models--maple-org--tiny" / "refs").mkdir(parents=True)
+    (tmp_path / "cache" / "models--maple-org--tiny" / "refs" / "main").write_text(commit)
+    snapshot = tmp_path / "cache" / "models--maple-org--tiny" / "snapshots" / commit
+    model.save_pretrained(snapshot)
+    processor.save_pretrained(snapshot)
+    loaded, loaded_processor = load_maple("maple-org/tiny", cache_dir=str(tmp_path / "cache"))
+    for ours, theirs in zip(embeddings(model, processor), embeddings(loaded, loaded_processor)):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
 def test_a_checkpoint_saved_without_its_processor_is_a_load_error_naming_it(tmp_path):
     """It was transformers' bare OSError, which `maple eval` showed as a traceback; the model alone still loads."""
     from modeling_maple import load_maple_model
