@@ -109,9 +109,9 @@ class MapleConfig(PreTrainedConfig):
         projection); for an MLLM, `None` keeps the hidden size and adds no projection.
     normalize (`bool`, defaults to `True`):
         L2-normalise embeddings (inferred from the paper's cosine scoring).
-    logit_scale_init_value (`float`, defaults to `log(1/0.07)`):
+    logit_scale_init_value (`float | int`, defaults to `log(1/0.07)`):
         Initial log inverse temperature of the contrastive (InfoNCE) loss.
-    preference_logit_scale_init_value (`float`, defaults to `log(1/0.07)`):
+    preference_logit_scale_init_value (`float | int`, defaults to `log(1/0.07)`):
         Initial log of RPA's beta, the learnable scale of similarities in the preference loss.
     initializer_range (`float`, defaults to 0.02):
         Standard deviation of the normal initialisation of the projections MAPLE adds (the backbone keeps its own).
@@ -132,8 +132,9 @@ class MapleConfig(PreTrainedConfig):
     bidirectional: bool = True
     projection_dim: int | None = None
     normalize: bool = True
-    logit_scale_init_value: float = math.log(1 / 0.07)
-    preference_logit_scale_init_value: float = math.log(1 / 0.07)
+    # `| int`, as CLIPConfig's: a whole log scale (`0`, a temperature of 1) is a value too, not a type error
+    logit_scale_init_value: float | int = math.log(1 / 0.07)
+    preference_logit_scale_init_value: float | int = math.log(1 / 0.07)
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):

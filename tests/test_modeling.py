@@ -122,6 +122,10 @@ def test_each_logit_scale_starts_at_its_own_init_value_and_comes_out_exponentiat
     torch.testing.assert_close(outputs.inverse_temperature, torch.tensor(10.0))
     torch.testing.assert_close(outputs.beta, torch.tensor(5.0))
     torch.testing.assert_close(outputs.logits_per_text, 10 * outputs.text_embeds @ outputs.image_embeds.t())
+    # whole numbers too, as CLIPConfig takes them (the strict `float` fields refused them)
+    model = MapleModel(tiny_dual_encoder_config(logit_scale_init_value=0, preference_logit_scale_init_value=1))
+    assert (model.logit_scale.item(), model.preference_logit_scale.item()) == (0.0, 1.0)
+    assert model.logit_scale.dtype == model.preference_logit_scale.dtype == torch.float32
 
 
 def test_projection_heads_are_drawn_with_the_configured_initializer_range():
