@@ -29,13 +29,22 @@ Quadruples = Sequence[Sequence[Any]]  # each (image0, image1, text0, text1), e.g
 HISTOGRAM_BINS = 200
 
 
-def _encode(model, processor, texts: Sequence[str], images: Sequence[Any], batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _encode(
+    model,
+    processor,
+    texts: Sequence[str],
+    images: Sequence[Any],
+    batch_size: int,
+    text_name: Callable[[int], str],
+    image_name: Callable[[int], str],
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(text_embeds, image_embeds), (len(texts), D) and (len(images), D), L2-normalised in float32 whatever the dtype
-    the model returns (bf16 cosines tie where float32 ones differ, and ties count against the model); a ValueError if
-    any is NaN or inf."""
+    the model returns (bf16 cosines tie where float32 ones differ, and ties count against the model); a
+    `NonFiniteEmbeddingsError` if any is NaN or inf, naming text or image i as `text_name(i)` or `image_name(i)` say:
+    the lists embedded are the protocol's own (interleaved, de-duplicated), not the caller's."""
     text_embeds, image_embeds = model.encode(processor, texts=texts, images=images, batch_size=batch_size)
-    check_finite_embeddings(text_embeds, "texts")
-    check_finite_embeddings(image_embeds, "images")
+    check_finite_embeddings(text_embeds, "texts", describe=text_name)
+    check_finite_embeddings(image_embeds, "images", describe=image_name)
     return F.normalize(text_embeds.float(), dim=-1), F.normalize(image_embeds.float(), dim=-1)
 
 
@@ -71,8 +80,16 @@ def evaluate_retrieval(
         position = first_of_group[index]
         return images.place(position) if from_benchmark else f"images[{position}]"
 
+    caption_places = [f"captions_per_image[{image}][{caption}]"
+                      for image, captions in enumerate(captions_per_image) for caption in range(len(captions))]
+
+    def caption_name(index: int) -> str:  # a distinct caption by its first place in the caller's lists
+        return caption_places[relevance.positions_of_text[distinct_captions[index]][0]]
+
     with _images_named(image_name, benchmark=from_benchmark):
-        text_embeds, image_embeds = _encode(model, processor, distinct_captions, distinct_images, batch_size)
+        text_embeds, image_embeds = _encode(
+            model, processor, distinct_captions, distinct_images, batch_size, caption_name, image_name
+        )
     text_embeds = text_embeds[copy_of]
     image_embeds = image_embeds[torch.tensor(relevance.group_of_image, dtype=torch.long)]
     result: dict[str, float] = {}
@@ -313,8 +330,14 @@ def quadruple_similarities(model, processor, quadruples: Quadruples, batch_size:
         quadruple, column = divmod(index, 2)
         return (images0, images1)[column].place(quadruple) if from_benchmark else f"quadruples[{quadruple}], image{column}"
 
+    def text_name(index: int) -> str:  # interleaved as the images are
+        quadruple, column = divmod(index, 2)
+        return f"quadruples[{quadruple}], text{column}"
+
     with _images_named(image_name, benchmark=from_benchmark):
-        text_embeds, image_embeds = _encode(model, processor, texts, _Interleaved(images0, images1), batch_size)
+        text_embeds, image_embeds = _encode(
+            model, processor, texts, _Interleaved(images0, images1), batch_size, text_name, image_name
+        )
     text_pairs = text_embeds.view(len(quadruples), 2, -1)
     image_pairs = image_embeds.view(len(quadruples), 2, -1)
     image_text = torch.einsum("nid,njd->nij", image_pairs, text_pairs)  # [n, image, text]

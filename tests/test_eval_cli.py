@@ -1141,6 +1141,22 @@ def test_an_unreadable_image_of_a_retrieval_set_is_named_by_its_place_in_the_cal
                            [["a red a"], ["a red b"], ["a blue c"], ["a red d"]])
 
 
+def test_nan_embeddings_are_named_by_their_place_in_the_callers_lists():
+    """The protocols embed lists of their own (quadruples' texts and images interleaved, a retrieval set's distinct
+    captions and images): a NaN embedding was named by its row there ("row 3"), not the text or image that gave it."""
+    nan = float("nan")
+    model = LookupEmbedder({"a": [1.0, 0.0], "b": [0.0, 1.0], "c": [1.0, 1.0], "d": [nan, 1.0]})
+    with pytest.raises(ValueError, match=r"1 of the 4 texts are not finite \(NaN or inf\): quadruples\[1\], text1;"):
+        evaluate_quadruples(model, None, [([1.0, 0.0], [0.0, 1.0], "a", "b"), ([1.0, 0.0], [0.0, 1.0], "c", "d")])
+    with pytest.raises(ValueError, match=r"1 of the 4 images are not finite \(NaN or inf\): quadruples\[1\], image1;"):
+        evaluate_quadruples(model, None, [([1.0, 0.0], [0.0, 1.0], "a", "b"), ([1.0, 0.0], [nan, 1.0], "c", "b")])
+    # "d" is the fourth distinct caption, and the fifth caption given
+    with pytest.raises(ValueError, match=r"1 of the 4 texts are not finite \(NaN or inf\): captions_per_image\[2\]\[0\];"):
+        evaluate_retrieval(model, None, [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], [["a", "b"], ["a", "c"], ["d"]])
+    with pytest.raises(ValueError, match=r"1 of the 3 images are not finite \(NaN or inf\): images\[2\];"):
+        evaluate_retrieval(model, None, [[1.0, 0.0], [0.0, 1.0], [nan, 1.0]], [["a", "b"], ["a", "c"], ["c"]])
+
+
 def test_an_image_the_models_processor_refuses_is_named_by_its_file_row_and_column(benchmark_sources, tmp_path, capsys):
     """Qwen-VL image processors refuse an aspect ratio above 200:1; `maple eval` died with a traceback naming the
     image's place in the protocol's list (`images[1]`), not the benchmark file's row."""
