@@ -202,7 +202,7 @@ def _model_state(model_ref: str, revision: str | None = None, token: str | None 
 
 # Part of every stored result's fingerprint: raised whenever a benchmark is read or scored differently, so that
 # results stored before are recomputed, not mixed with new ones (what each raise changed: `git log -G "PROTOCOL_VERSION = "`).
-PROTOCOL_VERSION = 7
+PROTOCOL_VERSION = 8
 
 # Fingerprint entries added after results were first stored, with the value a result stored without them was
 # computed with: such a result is reused by a run with that value (it is not one of another protocol)

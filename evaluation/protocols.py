@@ -248,6 +248,26 @@ def _image_keys(images: Sequence[Any]) -> list[Hashable]:
     return keys
 
 
+@dataclass(frozen=True)
+class _Copies:
+    """Items told apart by a key, each embedded once: `first[d]` is the position of distinct item d, and `index[p]`
+    the distinct item at position p (a (positions,) int64 tensor that spreads the distinct items' embeddings back)."""
+
+    first: list[int]
+    index: torch.Tensor
+
+    @classmethod
+    def of(cls, keys: Sequence[Hashable]) -> _Copies:
+        distinct: dict[Hashable, int] = {}  # key -> its distinct item
+        first, index = [], []
+        for position, key in enumerate(keys):
+            if key not in distinct:
+                distinct[key] = len(first)
+                first.append(position)
+            index.append(distinct[key])
+        return cls(first=first, index=torch.tensor(index, dtype=torch.long))
+
+
 class _Subset(LazySequence):
     """The items of `items` at `positions`, fetched on access (lazy benchmark images are decoded a batch at a time)."""
 
@@ -273,6 +293,12 @@ class _Interleaved(LazySequence):
 
     def _item(self, index: int) -> Any:
         return self._columns[index % 2][index // 2]
+
+    def content_keys(self) -> list[Hashable]:
+        """`_image_keys` of the 2n images, read column by column, so a benchmark's are read without decoding its
+        images; an image told apart by its position in its column is by its position among the 2n."""
+        keys = [key for pair in zip(*map(_image_keys, self._columns)) for key in pair]
+        return [("position", index) if key[0] == "position" else key for index, key in enumerate(keys)]
 
 
 class _Field(LazySequence):
@@ -318,28 +344,35 @@ def _columns(quadruples: Quadruples) -> tuple[Sequence[Any], Sequence[Any], list
 
 def quadruple_similarities(model, processor, quadruples: Quadruples, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """Per quadruple the image-text cosines [s(I0,T0), s(I0,T1), s(I1,T0), s(I1,T1)] (n, 4) and
-    the text-text cosine s(T0, T1) (n,). An image the processor cannot read is a ValueError naming its quadruple and
-    field (`quadruples[2], image1: ...`)."""
+    the text-text cosine s(T0, T1) (n,). Copies of a text, or of an image (`_image_keys`), are embedded once, so they
+    tie exactly. An image the processor cannot read is a ValueError naming its quadruple and field
+    (`quadruples[2], image1: ...`)."""
     if len(quadruples) == 0:
         raise ValueError("quadruples: got none")
     images0, images1, texts0, texts1 = _columns(quadruples)
+    # Embedded apart, batch padding moved two copies ~1e-7: the batch size decided whether a quadruple whose two
+    # captions (or images) are one scored a hit.
     texts = [text for pair in zip(texts0, texts1) for text in pair]
+    images = _Interleaved(images0, images1)
+    text_copies, image_copies = _Copies.of(texts), _Copies.of(_image_keys(images))
     from_benchmark = hasattr(images0, "place")  # a benchmark's images say where they are stored
 
-    def image_name(index: int) -> str:  # the processor's index is into the interleaved list, which the caller never made
-        quadruple, column = divmod(index, 2)
+    def image_name(index: int) -> str:  # the processor's index is into the distinct images, which the caller never made
+        quadruple, column = divmod(image_copies.first[index], 2)
         return (images0, images1)[column].place(quadruple) if from_benchmark else f"quadruples[{quadruple}], image{column}"
 
-    def text_name(index: int) -> str:  # interleaved as the images are
-        quadruple, column = divmod(index, 2)
+    def text_name(index: int) -> str:
+        quadruple, column = divmod(text_copies.first[index], 2)
         return f"quadruples[{quadruple}], text{column}"
 
+    distinct_texts = [texts[position] for position in text_copies.first]
+    distinct_images = images if len(image_copies.first) == len(images) else _Subset(images, image_copies.first)
     with _images_named(image_name, benchmark=from_benchmark):
         text_embeds, image_embeds = _encode(
-            model, processor, texts, _Interleaved(images0, images1), batch_size, text_name, image_name
+            model, processor, distinct_texts, distinct_images, batch_size, text_name, image_name
         )
-    text_pairs = text_embeds.view(len(quadruples), 2, -1)
-    image_pairs = image_embeds.view(len(quadruples), 2, -1)
+    text_pairs = text_embeds[text_copies.index].view(len(quadruples), 2, -1)
+    image_pairs = image_embeds[image_copies.index].view(len(quadruples), 2, -1)
     image_text = torch.einsum("nid,njd->nij", image_pairs, text_pairs)  # [n, image, text]
     text_text = (text_pairs[:, 0] * text_pairs[:, 1]).sum(dim=-1)
     return image_text.reshape(len(quadruples), 4), text_text

@@ -173,6 +173,31 @@ def test_quadruple_scores_on_known_cosines():
     assert result["per_category"]["image"] == {"text_score": 0.0, "image_score": 100.0, "group_score": 0.0, "num_quadruples": 1}
 
 
+def test_a_quadruple_whose_two_captions_or_images_are_one_ties_whatever_the_batch_size():
+    """A quadruple's two texts (and two images) were embedded apart, and batch padding moves an embedding by ~1e-7, so
+    whether two copies of one caption, or of one picture, tied (ties count against the model) depended on the batch
+    size: such a quadruple scored a text or image hit at batch size 2. Here a model whose embeddings move with their
+    place in the batch, as padding does: copies are embedded once, so they tie exactly, and score no hit."""
+    from PIL import Image
+
+    class PaddingSensitiveModel:
+        def encode(self, processor, texts, images, batch_size):
+            from modeling_maple.processing_maple import load_image
+
+            text_embeds = torch.tensor([[1.0, 0.0, 0.0] if "red" in text else [0.0, 0.0, 1.0] for text in texts])
+            image_embeds = torch.tensor(np.array([np.asarray(load_image(image, index), dtype=np.float32).mean(axis=(0, 1))
+                                                  for index, image in enumerate(images)])) / 255
+            for embeds in (text_embeds, image_embeds):
+                embeds[:, 1] += 1e-3 * (torch.arange(len(embeds)) % batch_size)  # the place in the batch
+            return text_embeds, image_embeds
+
+    red, also_red, blue = (Image.new("RGB", (8, 8), colour) for colour in ("red", "red", "blue"))
+    quadruples = [(red, blue, "a red dog", "a red dog"), (red, also_red, "a red cat", "a blue cat")]
+    for size in (1, 2, 3, 4):
+        result = evaluate_quadruples(PaddingSensitiveModel(), None, quadruples, batch_size=size)
+        assert (result["text_score"], result["image_score"], result["group_score"]) == (0.0, 0.0, 0.0), size
+
+
 def test_protocols_use_cosines_for_a_model_without_normalisation(tiny, benchmark_sources):
     model, processor, _ = tiny
     raw = type(model)(model.config.__class__.from_dict({**model.config.to_dict(), "normalize": False})).eval()
