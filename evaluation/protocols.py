@@ -347,6 +347,13 @@ def quadruple_similarities(model, processor, quadruples: Quadruples, batch_size:
     the text-text cosine s(T0, T1) (n,). Copies of a text, or of an image (`_image_keys`), are embedded once, so they
     tie exactly. An image the processor cannot read is a ValueError naming its quadruple and field
     (`quadruples[2], image1: ...`)."""
+    # A table (a pandas DataFrame, a datasets.Dataset) iterates over its column names or its rows as dicts: a
+    # DataFrame failed with "'Index' object is not callable"
+    if isinstance(quadruples, str) or not isinstance(quadruples, (Sequence, np.ndarray)):
+        raise TypeError(
+            f"quadruples: expected a list of (image0, image1, text0, text1), got a {type(quadruples).__name__}; a "
+            "table's columns are list(zip(table['image_0'], table['image_1'], table['caption_0'], table['caption_1']))"
+        )
     if len(quadruples) == 0:
         raise ValueError("quadruples: got none")
     images0, images1, texts0, texts1 = _columns(quadruples)

@@ -698,6 +698,21 @@ def test_quadruples_may_be_the_rows_of_a_numpy_array_of_objects():
     assert evaluate_quadruples(LookupEmbedder(_TEXTS), None, rows)["group_score"] == 50.0
 
 
+def test_a_table_given_as_quadruples_is_a_type_error_saying_how_to_pass_its_rows():
+    """A pandas DataFrame (Winoground's parquet read with pandas) failed with "'Index' object is not callable", and a
+    datasets.Dataset named its first row, a dict, as a malformed quadruple."""
+    import datasets
+    import pandas as pd
+
+    from evaluation.protocols import evaluate_quadruples
+
+    columns = {"image_0": [_RIGHT[0]], "image_1": [_RIGHT[1]], "caption_0": [_RIGHT[2]], "caption_1": [_RIGHT[3]]}
+    for table in (pd.DataFrame(columns), datasets.Dataset.from_dict(columns)):
+        with pytest.raises(TypeError, match=rf"^quadruples: expected a list of \(image0, image1, text0, text1\), got a "
+                                            rf"{type(table).__name__}; a table's columns are list\(zip\("):
+            evaluate_quadruples(LookupEmbedder(_TEXTS), None, table)
+
+
 def test_a_folder_holding_several_splits_is_read_from_the_benchmarks_split_only(tmp_path, monkeypatch):
     """A snapshot of a Hub repo with a validation split beside the test split was read whole: the validation rows were
     scored as test rows. Splits are told by file name, as datasets tells them (and as the Hub read does)."""
