@@ -79,10 +79,17 @@ def maple_lora_config(
     return LoraConfig(**options)
 
 
-def get_maple_peft_model(model: MapleModel, peft_config: PeftConfig | None = None) -> PeftModel:
-    """`peft.get_peft_model(model, peft_config)` (default: `maple_lora_config(model)`) whose only modules trained in
-    full are the ones `peft_config` means: see [`freeze_backbone_modules_to_save`]."""
-    peft_model = get_peft_model(model, peft_config if peft_config is not None else maple_lora_config(model))
+def get_maple_peft_model(
+    model: MapleModel, peft_config: PeftConfig | None = None, revision: str | None = None
+) -> PeftModel:
+    """`peft.get_peft_model(model, peft_config, revision=revision)` (default config: `maple_lora_config(model)`) whose
+    only modules trained in full are the ones `peft_config` means: see [`freeze_backbone_modules_to_save`].
+
+    `revision` is the Hub revision `model` was loaded at (a model does not record it): the adapter saves it beside its
+    base's name (`base_model_name_or_path`), and `peft.AutoPeftModel` and `maple eval` load the base at it; None keeps
+    `peft_config.revision` (by default None: the base's main branch)."""
+    peft_config = peft_config if peft_config is not None else maple_lora_config(model)
+    peft_model = get_peft_model(model, peft_config, revision=revision)
     freeze_backbone_modules_to_save(peft_model)
     return peft_model
 

@@ -149,16 +149,20 @@ from trainer.cli import ModelArguments, load_model_and_processor
 trained, _ = load_model_and_processor(
     ModelArguments(model_name_or_path=repo), RPAConfig(output_dir="out", model_init_kwargs={"revision": commits[0]})
 )
-from peft import get_peft_model
 from modeling_maple.lora import maple_lora_config
+from trainer import RPATrainer
+from trainer.testing import smoke_config, synthetic_preference_dataset
 
-adapter = get_peft_model(first, maple_lora_config(first, r=4))
-adapter.peft_config["default"].base_model_name_or_path, adapter.peft_config["default"].revision = repo, commits[0]
-adapter.save_pretrained("adapter")
+# LoRA on the base loaded at the first commit: its adapter names that commit as its base's revision
+lora_trainer = RPATrainer(repo, args=smoke_config("lora", model_init_kwargs={"revision": commits[0]}),
+                          train_dataset=synthetic_preference_dataset(4), peft_config=maple_lora_config(first, r=4))
+lora_trainer.model.save_pretrained("adapter")
+adapter_config = json.load(open("adapter/adapter_config.json"))
 adapted, _ = load_embedder("adapter")  # its base at the revision its adapter_config records
 expected = patch_weight(reference.state_dict())
 print(json.dumps({"first": torch.equal(patch_weight(first.vision_tower.state_dict()), expected),
-                  "adapter_base": torch.equal(patch_weight(adapted.get_base_model().vision_tower.state_dict()), expected),
+                  "adapter_base": [adapter_config["base_model_name_or_path"], adapter_config["revision"]] == [repo, commits[0]],
+                  "adapted": torch.equal(patch_weight(adapted.get_base_model().vision_tower.state_dict()), expected),
                   "latest_differs": not torch.equal(patch_weight(latest.vision_tower.state_dict()), expected),
                   "maple_train": torch.equal(patch_weight(trained.vision_tower.state_dict()), expected)}))
 """
@@ -166,6 +170,7 @@ print(json.dumps({"first": torch.equal(patch_weight(first.vision_tower.state_dic
 
 def test_a_plain_backbone_loads_at_the_revision_asked_for(hub_server, tmp_path):
     """`load_embedder(repo, revision=...)` checked the config at that revision but built the model from main; `maple
-    train` refused a revision in --model_init_kwargs for a backbone."""
+    train` refused a revision in --model_init_kwargs for a backbone; an adapter trained on it saved no revision, so its
+    base loaded from main."""
     result = json.loads(run_client(hub_server, tmp_path, REVISIONS).strip().splitlines()[-1])
-    assert result == {"first": True, "adapter_base": True, "latest_differs": True, "maple_train": True}
+    assert result == {"first": True, "adapter_base": True, "adapted": True, "latest_differs": True, "maple_train": True}

@@ -133,7 +133,9 @@ class RPATrainer(DPOTrainer):
             it. Evaluation reports the losses, reward accuracies and margins, retrieval recall@1 and the
             `eval_quadruples` scores listed above.
         callbacks, optimizers: as in `transformers.Trainer`.
-        peft_config: wraps the model with PEFT (e.g. `modeling_maple.lora`'s LoRA set-up of the paper).
+        peft_config: wraps the model with PEFT (e.g. `modeling_maple.lora`'s LoRA set-up of the paper). For a model
+            loaded here at a Hub revision (`args.model_init_kwargs`), the adapter records it as its base's, where
+            `peft.AutoPeftModel` and `maple eval` load the base; for a model passed in, set `peft_config.revision`.
         eval_quadruples: fine-grained evaluation sets, `{name: [(image_0, image_1, text_0, text_1), ...]}` with
             `text_i` describing `image_i` (Winoground style); every evaluation then also logs
             `eval_<name>/text_score`, `/image_score` and `/group_score` (0-100, `evaluation.protocols`). They are
@@ -165,12 +167,14 @@ class RPATrainer(DPOTrainer):
         eval_quadruples: dict[str, Quadruples] | None = None,
     ):
         args = _checked_args(args, model, train_dataset, compute_metrics)
+        # the Hub revision of a model loaded here, which an adapter records as its base's
+        base_revision = (args.model_init_kwargs or {}).get("revision") if isinstance(model, str) else None
         model, processing_class = _model_and_processor(model, processing_class, args)
         if ref_model is model:
             raise ValueError("`model` and `ref_model` must be different objects.")
         if ref_model is not None and args.reference == "none":
             raise ValueError("A `ref_model` was given but `reference='none'` would ignore it; set reference='frozen'.")
-        model, ref_model = self._policy_and_reference(model, ref_model, args, peft_config)
+        model, ref_model = self._policy_and_reference(model, ref_model, args, peft_config, base_revision)
         _set_distributed_batching(args)
 
         # The state `DPOTrainer`'s inherited methods read (see the class docstring)
@@ -234,12 +238,17 @@ class RPATrainer(DPOTrainer):
     # ------------------------------------------------------------------------------------------ set-up
     @classmethod
     def _policy_and_reference(
-        cls, model: nn.Module, ref_model: nn.Module | None, args: RPAConfig, peft_config: PeftConfig | None
+        cls,
+        model: nn.Module,
+        ref_model: nn.Module | None,
+        args: RPAConfig,
+        peft_config: PeftConfig | None,
+        base_revision: str | None,
     ) -> tuple[nn.Module, nn.Module | None]:
-        """The model to train (scales set, dropout off, wrapped with `peft_config`) and the frozen reference of
-        `reference="frozen"`: `ref_model`, else a copy of the initial model. A PEFT model (wrapped here or by the
-        user) is its own reference with the adapters disabled, as in TRL (None here), unless the user's leaves base
-        weights trainable: those would move the reference too."""
+        """The model to train (scales set, dropout off, wrapped with `peft_config`, recording `base_revision` as its
+        base's revision) and the frozen reference of `reference="frozen"`: `ref_model`, else a copy of the initial
+        model. A PEFT model (wrapped here or by the user) is its own reference with the adapters disabled, as in TRL
+        (None here), unless the user's leaves base weights trainable: those would move the reference too."""
         cls._set_scales(model, args)
         if args.reference == "frozen" and ref_model is None and peft_config is None:
             if not isinstance(model, PeftModel) or _trainable_base_parameters(model):
@@ -247,7 +256,8 @@ class RPATrainer(DPOTrainer):
         if args.disable_dropout:  # LoRA's own `lora_dropout` is the user's to set
             _disable_dropout_outside_adapters(model)
         if peft_config is not None:
-            model = get_maple_peft_model(model, peft_config)  # backbone modules PEFT wraps by name stay frozen
+            # backbone modules PEFT wraps by name stay frozen
+            model = get_maple_peft_model(model, peft_config, revision=base_revision)
         if isinstance(model, PeftModel):
             check_mergeable(model)  # before training: its checkpoints are merged (`_save_weights`)
             cls._set_scales(model, args)  # PEFT froze everything but the adapters; the scales stay learnable
