@@ -144,7 +144,8 @@ class RPAConfig(DPOConfig):
         default=None,
         metadata={
             "help": "Keyword arguments for loading the model when it is given as a path or Hub id: `from_pretrained` of "
-            "a MAPLE checkpoint (any argument; a `revision` applies to its config and processor too) or "
+            "a MAPLE checkpoint (any argument; those that say where its files are, `revision`, `subfolder`, "
+            "`cache_dir`, `local_files_only`, `force_download` and `proxies`, apply to its config and processor too) or "
             "`MapleModel.from_backbone` of a backbone (`dtype`, `attn_implementation`, `revision`), as "
             "`modeling_maple.load_maple` does. Weights "
             "load in float32 unless `dtype` (alias `torch_dtype`) says otherwise, as in TRL."
