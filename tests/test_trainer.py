@@ -1574,3 +1574,20 @@ def test_the_package_lists_and_resolves_its_public_names():
     assert dir(trainer) == sorted(trainer.__all__)
     assert all(getattr(trainer, name) is not None for name in trainer.__all__)
     assert trainer.UndecodableImageError is UndecodableImageError and set(trainer.RPA_LOSSES) == {"listwise", "pairwise"}
+
+
+def test_one_process_seeing_several_gpus_is_refused_before_the_output_folder_is_made(tmp_path):
+    """`Trainer` wraps the model in `torch.nn.DataParallel` where one process sees several GPUs (`n_gpu > 1`, a plain
+    `python` launch), which scatters a Qwen-VL batch's image patches apart from their images and gathers beta into a
+    vector; RPATrainer, which does not run `DPOTrainer.__init__` (where TRL refuses it), took it. `n_gpu` is set as
+    `TrainingArguments._setup_devices` sets it on a machine with two GPUs (this one has none), after which `Trainer`
+    reads it."""
+    model, processor = build_tiny("mllm", seed=0)
+    args = make_config(tmp_path)
+    assert args.n_gpu == 0  # devices set up, as on this machine
+    args._n_gpu = 2  # torch.cuda.device_count() on a two-GPU machine
+    message = (r"RPATrainer does not support torch.nn.DataParallel, .* \(2 here\).*`accelerate launch` or `torchrun`, "
+               r"or make one GPU visible with CUDA_VISIBLE_DEVICES")
+    with pytest.raises(ValueError, match=message):
+        RPATrainer(model, args=args, train_dataset=synthetic_preference_dataset(8), processing_class=processor)
+    assert not (tmp_path / "run").exists()

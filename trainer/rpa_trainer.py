@@ -265,6 +265,23 @@ class RPATrainer(DPOTrainer):
             ref_model.requires_grad_(False).eval()
         return model, ref_model
 
+    def _validate_args(self) -> None:
+        """`Trainer`'s checks, and a ValueError where it would wrap the model in `torch.nn.DataParallel`: one process
+        that sees several GPUs (`args.n_gpu > 1`: a plain `python` launch on a multi-GPU machine). DataParallel splits
+        every input tensor along its first dimension, so a Qwen-VL batch's image patches part from their images'
+        `image_grid_thw`, and gathers the 0-dim beta and inverse temperature of its replicas into vectors.
+        `DPOTrainer.__init__`, which `RPATrainer` does not run, refuses it too. `Trainer.__init__` calls this once it has
+        set `n_gpu` to 1 for a model split across GPUs by `device_map`, and before it creates a Hub repo or the output
+        folder."""
+        super()._validate_args()
+        if self.args.n_gpu > 1:
+            raise ValueError(
+                f"{type(self).__name__} does not support torch.nn.DataParallel, which Trainer uses when one process "
+                f"sees several GPUs ({self.args.n_gpu} here): it would split a batch's image patches apart from their "
+                "images and gather beta and the temperature into vectors. Launch one process per GPU with `accelerate "
+                "launch` or `torchrun`, or make one GPU visible with CUDA_VISIBLE_DEVICES."
+            )
+
     @staticmethod
     def _set_scales(model: nn.Module, args: RPAConfig) -> None:
         """Initial values (when configured) and trainability of beta and the InfoNCE temperature. A model's own
