@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -17,8 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import datasets
+import pandas as pd
 import PIL.Image
+import pyarrow as pa
 from datasets.exceptions import DatasetGenerationError
+from datasets.packaged_modules.csv.csv import CsvConfig
+from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder, ImageFolderConfig
+from datasets.utils.file_utils import is_local_path
 
 from maple.files import expanded_path, holds_relative_image_paths, located_image, stored_images
 from maple.hub import names_a_file
@@ -237,7 +243,8 @@ def load_source(
     are all "train"). A split the source lacks is a `SourceError` naming the source and the splits
     it has. `split` may slice or join splits as `datasets` does ("train[:1000]", "train+test"). In a local folder's
     JSON data files, a column of `columns` (the ones the build reads) holding values of several types is a
-    `SourceError` naming file, line and column (`_check_json_value_types`)."""
+    `SourceError` naming file, line and column (`_check_json_value_types`). CSV data (tables, an image folder's
+    metadata.csv) is read with every cell as the text written, an empty cell as missing (`CSV_TEXT_CELLS`)."""
     path = expanded_path(source)
     # A path that can only be local (a Hub id is "name" or "org/name") is not sent to the Hub when missing.
     if not path.exists() and (names_a_file(source) or source.startswith((".", "/", "~")) or source.count("/") > 1):
@@ -254,10 +261,9 @@ def load_source(
             return datasets.load_dataset("parquet", data_files=str(path), split=split, cache_dir=cache_dir)
     if path.is_file():
         raise SourceError(f"unsupported source file {source}: give a folder, a parquet file or a Hub dataset id")
+    location = str(path) if path.exists() else source
     try:
-        builder = datasets.load_dataset_builder(
-            str(path) if path.exists() else source, name, cache_dir=cache_dir, token=token
-        )
+        builder = datasets.load_dataset_builder(location, name, cache_dir=cache_dir, token=token)
     # ValueError: a Hub repo of several configs (the source must not leave it open), a folder without data files;
     # OSError: a Hub id not found, or not cached offline
     except (ValueError, OSError) as error:
@@ -273,10 +279,81 @@ def load_source(
         _check_local_parquet_rows(source, split, builder.config.data_files)
         _check_caption_table_rows(source, builder.config.data_files)
         _check_json_value_types(source, builder.config.data_files, columns)
-    with _data_files_read(source, (str(file) for names in builder.config.data_files.values() for file in names)):
+    data_files = [str(file) for names in builder.config.data_files.values() for file in names]
+    with _data_files_read(source, data_files):
+        # CSV cells as the text written (`CSV_TEXT_CELLS`): the csv builder takes pandas' options, imagefolder does not
+        if isinstance(builder.config, CsvConfig):
+            builder = datasets.load_dataset_builder(
+                location, name, cache_dir=cache_dir, token=token,
+                converters={column: str for column in _csv_columns(builder, data_files)}, **CSV_TEXT_CELLS,
+            )
+        elif isinstance(builder, ImageFolder):
+            builder = _TextCellsImageFolder.reading(builder, cache_dir=cache_dir)
         builder.download_and_prepare()
     _check_selects_rows(source, split, {str(name): info.num_examples for name, info in builder.info.splits.items()})
     return builder.as_dataset(split=split)
+
+
+# pandas' defaults read a CSV cell `000123` as the number 123 (the ids `0123` and `123` collided, and were written back
+# unlike the user's) and `NA`, `null`, `None`, `nan`, `N/A`... as missing (such a caption was skipped as empty). Every
+# cell is read as the text written (these options, with converters=str or dtype=str), and only an empty cell is
+# missing: None, as before (an empty caption is skipped, a row without an id takes its zero-padded row index). Every
+# column, not only the build's: a number column whose `NA` became text would be text in one 10,000-row chunk and
+# numbers in the next, which `datasets` cannot write as one column.
+CSV_TEXT_CELLS = {"keep_default_na": False, "na_values": [""]}
+
+
+def _csv_columns(builder: datasets.DatasetBuilder, files: Iterable[str]) -> list[str]:
+    """The column names of CSV `files` (local, or on the Hub) as `builder`, a `datasets` csv builder, reads them: its
+    separator, header and encoding (a folder's config in its README), compression inferred from the file name."""
+    header = {**builder.config.pd_read_csv_kwargs, "nrows": 0, "chunksize": None}
+    columns: dict[str, None] = {}
+    for file in files:
+        hub = None if is_local_path(file) else {"token": builder.token}  # an hf:// file, read by fsspec
+        columns.update(dict.fromkeys(pd.read_csv(file, storage_options=hub, **header).columns))
+    return list(columns)
+
+
+@dataclasses.dataclass
+class _TextCellsImageFolderConfig(ImageFolderConfig):
+    """`datasets`' imagefolder config, and `csv_cells_as_text`: whether a metadata.csv is read with every cell as the
+    text written, an empty one as missing (`CSV_TEXT_CELLS`); part of the config id, so of the cache's key."""
+
+    csv_cells_as_text: bool = False
+
+
+class _TextCellsImageFolder(ImageFolder):
+    """`datasets`' imagefolder, reading a metadata.csv with every cell as the text written where its config says so
+    (`csv_cells_as_text`): imagefolder reads it with pandas' defaults, and takes no pandas options. Other metadata
+    files (.jsonl, .parquet) are read as imagefolder reads them."""
+
+    BUILDER_CONFIG_CLASS = _TextCellsImageFolderConfig
+
+    @classmethod
+    def reading(cls, builder: ImageFolder, cache_dir: str | None = None) -> _TextCellsImageFolder:
+        """The image folder `builder` reads (its data files, Hub repo and revision, and config: one named in the
+        README included), read with `csv_cells_as_text`; its datasets cache in `cache_dir` (None: the default)."""
+        settings = {field.name: getattr(builder.config, field.name) for field in dataclasses.fields(builder.config)}
+        return cls(
+            cache_dir=cache_dir, dataset_name=builder.dataset_name, config_name=settings.pop("name"), hash=builder.hash,
+            base_path=builder.base_path, token=builder.token, repo_id=builder.repo_id,
+            storage_options=builder.storage_options, **settings, csv_cells_as_text=True,
+        )
+
+    def _read_metadata(self, metadata_file: str, metadata_ext: str = "") -> Iterator[pa.Table]:
+        if metadata_ext != ".csv" or not self.config.csv_cells_as_text:
+            yield from super()._read_metadata(metadata_file, metadata_ext=metadata_ext)
+            return
+        import pyarrow.parquet as pq
+
+        filters = self.config.filters  # as imagefolder applies them
+        expression = pq.filters_to_expression(filters) if isinstance(filters, list) else filters
+        for frame in pd.read_csv(metadata_file, iterator=True, chunksize=10_000, dtype=str, **CSV_TEXT_CELLS):
+            table = pa.Table.from_pandas(frame)
+            if expression is not None:
+                table = table.filter(expression)
+            if len(table) > 0:
+                yield table
 
 
 def _check_local_parquet_rows(source: str, split: str, data_files: dict[str, list[str]]) -> None:

@@ -4,10 +4,12 @@ they can."""
 import json
 
 import pytest
+from hub_server import run_client
 from PIL import Image
 
-from dataset_builders.builder import MaplePreferencesConfig
+from dataset_builders.builder import MaplePreferences, MaplePreferencesConfig, SkippedInput
 from dataset_builders.sources import SourceError, load_source, open_source
+from dataset_builders.testing import ColourJudge, thumbnail_miner
 
 
 def _image_folder(folder, count: int = 2) -> None:
@@ -74,3 +76,70 @@ def test_json_data_files_of_one_type_per_column_read_as_before(tmp_path):
     (folder / "part-1.json").write_text(json.dumps(rows, indent=1))
     source = load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"), columns=["image", "caption", "id"])
     assert source["caption"] == ["a", None, "a", None]
+
+
+# (id, caption) cells, as written; pandas' defaults read the ids as numbers and the captions as missing
+CSV_CELLS = [("000123", "NA"), ("0123", "null"), ("123", "None"), ("1e3", "nan"), ("7.0", "N/A"), ("", "")]
+
+
+@pytest.mark.parametrize("layout", ["table", "image folder"])
+def test_csv_cells_are_read_as_the_text_written(tmp_path, layout):
+    """Read with pandas' defaults, the ids `000123`, `0123` and `123` were the number 123 (two rows skipped as its
+    duplicates, and the id written back unlike the user's) and captions `NA`, `null`, `None`, `nan`, `N/A` were missing
+    (skipped as empty captions), in a CSV table as in an image folder's metadata.csv. Only an empty cell is missing:
+    the caption is skipped as empty, as before, and the row's index is its id."""
+    images = tmp_path / "images"
+    _image_folder(images, count=len(CSV_CELLS))
+    if layout == "table":  # beside no images, or datasets would read the folder as an image folder
+        source = tmp_path / "table"
+        source.mkdir()
+        lines = [f"{row_id},{images / f'{index}.png'},{caption},NA" for index, (row_id, caption) in enumerate(CSV_CELLS)]
+        (source / "part-0.csv").write_text("\n".join(["id,image,caption,score", *lines]) + "\n")
+    else:
+        source = images
+        lines = [f"{index}.png,{row_id},{caption},NA" for index, (row_id, caption) in enumerate(CSV_CELLS)]
+        (source / "metadata.csv").write_text("\n".join(["file_name,id,caption,score", *lines]) + "\n")
+    rows, _ = open_source(MaplePreferencesConfig(name="corpus-captions", source=str(source)), cache_dir=str(tmp_path / "cache"))
+    assert rows["id"] == [row_id or None for row_id, _ in CSV_CELLS]
+    assert rows["caption"] == [caption or None for _, caption in CSV_CELLS]
+    builder = MaplePreferences(
+        config_name="corpus-captions", source=str(source), judge=ColourJudge(), miner=thumbnail_miner(),
+        cache_dir=str(tmp_path / "cache"), work_dir=tmp_path / "work", progress=False,
+    )
+    assert builder.check_inputs() == (6, [0, 1, 2, 3, 4], [SkippedInput(5, "000000005", "empty caption")])
+
+
+HUB_CSV_SOURCES = """
+import gzip, json
+from pathlib import Path
+from huggingface_hub import HfApi
+from PIL import Image
+from dataset_builders.sources import load_source
+
+api = HfApi()
+table, images = Path("table"), Path("images")
+table.mkdir()  # compressed, its separator in the README's config
+(table / "data.csv.gz").write_bytes(gzip.compress(b"id;image;caption\\n000123;0.png;NA\\n123;1.png;\\n"))
+(table / "README.md").write_text("---\\nconfigs:\\n- config_name: semicolons\\n  data_files: data.csv.gz\\n  sep: ';'\\n---\\n")
+for config in ("a", "b"):  # an image folder of two configs
+    (images / config).mkdir(parents=True)
+    for index in range(2):
+        Image.new("RGB", (8, 8)).save(images / config / f"{index}.png")
+    (images / config / "metadata.csv").write_text(f"file_name,id,caption\\n0.png,0123{config},null\\n1.png,123,N/A\\n")
+(images / "README.md").write_text("---\\nconfigs:\\n- config_name: a\\n  data_dir: a\\n- config_name: b\\n  data_dir: b\\n---\\n")
+read = {}
+for repo, folder, name in (("maple-org/csv-table", table, None), ("maple-org/csv-images", images, "b")):
+    api.create_repo(repo, repo_type="dataset")
+    api.upload_folder(repo_id=repo, folder_path=str(folder), repo_type="dataset")
+    rows = load_source(repo, split="train", name=name, cache_dir="cache")
+    read[repo] = [list(rows["id"]), list(rows["caption"])]
+print(json.dumps(read))
+"""
+
+
+def test_csv_cells_of_a_hub_source_are_read_as_the_text_written(hub_server, tmp_path):
+    """On the Hub too: a CSV table (its columns read from the Hub, compressed, with its README's separator) and an
+    image folder's metadata.csv, of the config named."""
+    read = json.loads(run_client(hub_server, tmp_path, HUB_CSV_SOURCES).strip().splitlines()[-1])
+    assert read == {"maple-org/csv-table": [["000123", "123"], ["NA", None]],
+                    "maple-org/csv-images": [["0123b", "123"], ["null", "N/A"]]}
