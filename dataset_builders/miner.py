@@ -433,7 +433,7 @@ class HardNegativeMiner:
         (default: `images[i]`; the builder names source rows and ids)."""
         # Imported here: importing modeling_maple pulls in transformers, which a process that only
         # builds from finished embeddings (or prints --help) should not pay for.
-        from modeling_maple.processing_maple import MixedImageSizesError, load_image
+        from modeling_maple.processing_maple import is_mixed_image_sizes_error, load_image
 
         pending: list[PIL.Image.Image] = []
         embeddings: list[torch.Tensor] = []
@@ -444,7 +444,11 @@ class HardNegativeMiner:
             if isinstance(self.encode_images, _TransformersImageEncoder):
                 try:
                     encoded = self.encode_images(pending, first_index=first)
-                except MixedImageSizesError as error:
+                except ValueError as error:
+                    # not `except MixedImageSizesError`: a `from_maple` processor loaded with trust_remote_code raises
+                    # its checkpoint's copy of the class
+                    if not is_mixed_image_sizes_error(error):
+                        raise
                     raise MinerInputError(error, describe, self.encode_images.settings_set_in) from None
             else:
                 encoded = self.encode_images(pending)
@@ -557,7 +561,8 @@ class _TransformersImageEncoder:
 class _MapleImageEncoder(_TransformersImageEncoder):
     """Callable image encoder over a `MapleModel`: its `MapleProcessor` stands for the image processor (its settings,
     prompts included, are recorded alike), its normalised embeddings come from `MapleModel.encode`; a dual encoder's
-    batch of several sizes is its processor's `MixedImageSizesError`, as for a transformers encoder."""
+    batch of several sizes is its processor's `MixedImageSizesError` (the checkpoint's copy of the class, for a
+    processor loaded with trust_remote_code), as for a transformers encoder."""
 
     def __call__(self, images: Sequence[PIL.Image.Image], first_index: int = 0) -> torch.Tensor:
         return self.model.encode(self.image_processor, images=list(images), batch_size=len(images),

@@ -324,8 +324,9 @@ def dual_encoder_image_processor_problem(vision_config, image_processor) -> str 
     return image_size_problem(image_processor, vision_config.image_size)
 
 
-# Where a `MapleProcessor` takes its image processor's settings: where a `MixedImageSizesError` says to set them
 MAPLE_IMAGE_PROCESSOR_SETTINGS = "image_processor_kwargs (load_maple, from_backbone) or on processor.image_processor"
+"""Where a `MapleProcessor`'s image processor takes its settings: where a `MixedImageSizesError` says to set them (a
+`HardNegativeMiner.from_pretrained` one's: `dataset_builders.miner.FROM_PRETRAINED_IMAGE_PROCESSOR_SETTINGS`)."""
 
 
 class MixedImageSizesError(ValueError):
@@ -337,7 +338,10 @@ class MixedImageSizesError(ValueError):
     `processed_sizes`, their (height, width) before and after the image processor, named `image_processor_name`;
     `unset_settings`, its settings turned off that leave each image a size of its own (`"do_center_crop=False"`);
     `fixes`, the settings that make one size. `problem` and `advice` word them; the message is `advice()`, which names
-    the images `images[i]` and the settings' place as `MapleProcessor`'s (`MAPLE_IMAGE_PROCESSOR_SETTINGS`)."""
+    the images `images[i]` and the settings' place as `MapleProcessor`'s (`MAPLE_IMAGE_PROCESSOR_SETTINGS`).
+
+    A processor loaded with `trust_remote_code` raises its checkpoint's copy of this class, another class of the same
+    name: a caller catching it from either tells it by `is_mixed_image_sizes_error`."""
 
     def __init__(
         self,
@@ -378,6 +382,17 @@ class MixedImageSizesError(ValueError):
         """`problem(describe)` and what to do about it: set `fixes` in `set_in` (where the caller's image processor
         takes its settings), or give images of one size."""
         return f"{self.problem(describe)}. Set {self.fixes} in {set_in}, or give images of one size."
+
+
+def is_mixed_image_sizes_error(error: BaseException) -> bool:
+    """Whether `error` is a `MixedImageSizesError` of this module or of a checkpoint's own copy of it: a processor
+    loaded with `trust_remote_code` (before this package is imported) runs its checkpoint's processing_maple.py, whose
+    class `except MixedImageSizesError` does not catch. Told by the class's name and module, the one thing both copies
+    share: the checkpoint's copy cannot import this package, which it must load without."""
+    return any(
+        cls.__name__ == "MixedImageSizesError" and cls.__module__.rpartition(".")[2] == "processing_maple"
+        for cls in type(error).__mro__
+    )
 
 
 def process_image_batch(image_processor, images: Sequence[Image.Image], first_index: int = 0) -> BatchFeature:
@@ -1007,6 +1022,7 @@ __all__ = [
     "image_processor_kwargs_problem",
     "image_processor_loading_problem",
     "image_size_problem",
+    "is_mixed_image_sizes_error",
     "llava_next_image_layout",
     "load_image_processor",
     "pixtral_image_processor_problem",

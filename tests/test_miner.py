@@ -429,6 +429,36 @@ def test_a_saved_maple_miners_batch_of_several_sizes_names_the_callers_images_as
     assert cropping.embed(images).shape == (3, 16)
 
 
+def test_a_maple_miners_processor_of_the_checkpoints_own_code_names_the_callers_images(tmp_path):
+    """A processor loaded with trust_remote_code before this package is imported is of the checkpoint's own
+    processing_maple.py, whose MixedImageSizesError is another class than the package's: `embed` let it through,
+    `describe` unused, and `maple build-preferences` printed a traceback (found by a review). It is a MinerInputError
+    naming the caller's images, as with the package's processor."""
+    from transformers import CLIPImageProcessorPil, Dinov2Config
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+    from modeling_maple import MapleModel, MapleProcessor
+    from modeling_maple.testing import tiny_dual_encoder_config, tiny_tokenizer
+
+    dinov2 = Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, image_size=16, patch_size=4)
+    model = MapleModel(tiny_dual_encoder_config(vision_config=dinov2)).eval()
+    model.save_pretrained(tmp_path)
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16},
+                                            do_center_crop=False)
+    MapleProcessor(image_processor=image_processor, tokenizer=tiny_tokenizer(), backbone="dual_encoder").save_pretrained(tmp_path)
+    # the class AutoProcessor.from_pretrained(tmp_path, trust_remote_code=True) loads where the package is not imported
+    remote_processor_class = get_class_from_dynamic_module("processing_maple.MapleProcessor", str(tmp_path))
+    assert remote_processor_class.__module__.startswith("transformers_modules.")
+    miner = HardNegativeMiner.from_maple(model, remote_processor_class.from_pretrained(tmp_path), batch_size=2,
+                                         search_device="cpu")
+    images = [Image.new("RGB", (16, 16), "red"), Image.new("RGB", (32, 16), "blue")]
+    with pytest.raises(MinerInputError, match=r"^row 10 \(16x16 px\) became 16x16 but row 11 \(16x32 px\) became 16x32 "
+                                              r"\(height x width\): .* in image_processor_kwargs \(load_maple, "
+                                              r"from_backbone\) or on processor\.image_processor, or give images of one "
+                                              r"size\.$"):
+        miner.embed(images, describe=lambda position: f"row {position + 10}")
+
+
 def test_query_subset_matches_the_full_search():
     embeddings = torch.randn(97, 8, generator=torch.Generator().manual_seed(3))
     full = top_k_neighbours(embeddings, 4, query_chunk_size=10, key_chunk_size=17)
