@@ -9,6 +9,7 @@ similarity block plus a (query_chunk_size, k) running top-k.
 
 from __future__ import annotations
 
+import copyreg
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -44,12 +45,20 @@ class MinerInputError(ValueError):
     """Images the miner's encoder cannot take in one batch: its image processor made them of several sizes (`mixed`,
     which names them by their position among the images embedded). `problem` names two of them by
     `HardNegativeMiner.embed`'s `describe` and gives their sizes; `fixes`, the image processor settings that make one
-    size; the message says to set them in `set_in`, where the miner's image processor takes its settings."""
+    size; the message says to set them in `set_in`, where the miner's image processor takes its settings.
+
+    It keeps these words, not `mixed` and `describe`: `describe` is often a closure over the caller's rows, which would
+    not pickle, and `mixed` may be of a checkpoint's own copy of its class (`is_mixed_image_sizes_error`)."""
 
     def __init__(self, mixed: MixedImageSizesError, describe: Callable[[int], str] | None, set_in: str) -> None:
         super().__init__(mixed.advice(describe, set_in))
         self.problem = mixed.problem(describe)
         self.fixes = mixed.fixes
+
+    def __reduce__(self) -> tuple:
+        # Rebuilt from its message and attributes, without __init__ (whose `describe` it does not keep): BaseException's
+        # own would call the class with the message alone, a TypeError in pickle.loads (multiprocessing).
+        return copyreg.__newobj__, (type(self), *self.args), self.__dict__
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copyreg
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -382,6 +383,12 @@ class MixedImageSizesError(ValueError):
         """`problem(describe)` and what to do about it: set `fixes` in `set_in` (where the caller's image processor
         takes its settings), or give images of one size."""
         return f"{self.problem(describe)}. Set {self.fixes} in {set_in}, or give images of one size."
+
+    def __reduce__(self) -> tuple:
+        # Rebuilt from its message and attributes, without __init__ (which takes the image processor): BaseException's
+        # own would call the class with the message alone, a TypeError in pickle.loads (multiprocessing, a datasets map
+        # with num_proc).
+        return copyreg.__newobj__, (type(self), *self.args), self.__dict__
 
 
 def is_mixed_image_sizes_error(error: BaseException) -> bool:

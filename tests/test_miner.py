@@ -459,6 +459,26 @@ def test_a_maple_miners_processor_of_the_checkpoints_own_code_names_the_callers_
         miner.embed(images, describe=lambda position: f"row {position + 10}")
 
 
+def test_a_miner_input_error_round_trips_through_pickle(tmp_path):
+    """`pickle.loads` called the class with the message alone, a TypeError (missing arguments), so multiprocessing
+    could not hand it back (found by a review). It comes back with its message, `problem` and `fixes`, though
+    `describe`, which worded them, is a closure that does not pickle."""
+    import pickle
+
+    from transformers import CLIPImageProcessorPil
+
+    _save_tiny_encoder(tmp_path)
+    CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16},
+                          do_center_crop=False).save_pretrained(tmp_path)
+    miner = HardNegativeMiner.from_pretrained(str(tmp_path), batch_size=2, search_device="cpu")
+    with pytest.raises(MinerInputError) as error:
+        miner.embed([Image.new("RGB", (32, 16)), Image.new("RGB", (16, 16))], describe=lambda position: f"row {position + 10}")
+    restored = pickle.loads(pickle.dumps(error.value))
+    assert type(restored) is MinerInputError and str(restored) == str(error.value)
+    assert (restored.problem, restored.fixes) == (error.value.problem, error.value.fixes)
+    assert restored.problem.startswith("row 10 (16x32 px) became 16x32 but row 11 (16x16 px)")
+
+
 def test_query_subset_matches_the_full_search():
     embeddings = torch.randn(97, 8, generator=torch.Generator().manual_seed(3))
     full = top_k_neighbours(embeddings, 4, query_chunk_size=10, key_chunk_size=17)

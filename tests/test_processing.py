@@ -3,6 +3,8 @@ encoder's bare text, `text_padding="max_length"` lengths, and images as transfor
 take them (EXIF orientation, Qwen-VL's aspect-ratio limit). Embeddings are test_modeling.py's; the other MLLM families'
 image prompts are test_mllm_families.py's."""
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -148,6 +150,18 @@ def test_a_batch_of_several_sizes_unresized_is_told_to_resize_as_well_as_to_set_
         process_image_batch(resizing, images)
     assert "or size={'height': ..., 'width': ...}" in str(resizing_error.value)
     assert "do_resize=True" not in str(resizing_error.value)
+
+
+def test_a_batch_of_several_sizes_error_round_trips_through_pickle():
+    """`pickle.loads` called the class with the message alone, a TypeError (missing arguments): multiprocessing and a
+    datasets map with num_proc could not hand the error back (found by a review). It comes back whole."""
+    images = [Image.new("RGB", (32, 16)), Image.new("RGB", (16, 16))]
+    with pytest.raises(MixedImageSizesError) as error:
+        process_image_batch(CLIPImageProcessorPil(do_resize=False, do_center_crop=False), images, first_index=4)
+    restored = pickle.loads(pickle.dumps(error.value))
+    assert type(restored) is MixedImageSizesError and restored.args == error.value.args
+    assert vars(restored) == vars(error.value) and restored.indices == (4, 5)
+    assert restored.advice("row {}".format, "here").startswith("row 4 (16x32 px) became 16x32 but row 5 (16x16 px)")
 
 
 def test_a_16_bit_greyscale_image_is_scaled_to_8_bits_not_clipped_white(tmp_path):
