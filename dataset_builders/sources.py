@@ -446,9 +446,10 @@ def _json_rows(source: str, file: str) -> Iterator[tuple[str, dict[str, Any]]]:
             except json.JSONDecodeError as error:
                 if not read_a_line:
                     return
+                # (some of json's messages end in "at", where its own message goes on with ": line L column C")
                 raise SourceError(
-                    f"source {source}: its data file {file}, line {number}, is no JSON ({error.msg} at character "
-                    f"{error.pos + 1})"
+                    f"source {source}: its data file {file}, line {number}, is no JSON "
+                    f"({error.msg.removesuffix(' at')} at column {error.colno})"
                 ) from None
             read_a_line = True
             if isinstance(row, dict):

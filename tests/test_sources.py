@@ -62,7 +62,12 @@ def test_a_json_column_of_mixed_types_is_refused_naming_file_line_and_column(tmp
     _image_folder(images)
     (images / "metadata.jsonl").write_text('{"file_name": "0.png", "caption": "a"}\n{"file_name": "1.png", "caption": "b"\n')
     with pytest.raises(SourceError, match=rf"^source {images}: its data file {images / 'metadata.jsonl'}, line 2, is no "
-                                          r"JSON \(Expecting ',' delimiter at character 38\)$"):
+                                          r"JSON \(Expecting ',' delimiter at column 38\)$"):
+        load_source(str(images), split="train", cache_dir=str(tmp_path / "cache"), columns=["caption"])
+    # a raw tab in a caption: json's message "Invalid control character at" read "... at at character 37"
+    (images / "metadata.jsonl").write_text('{"file_name": "0.png", "caption": "a"}\n{"file_name": "1.png", "caption": "a\tb"}\n')
+    with pytest.raises(SourceError, match=rf"^source {images}: its data file {images / 'metadata.jsonl'}, line 2, is no "
+                                          r"JSON \(Invalid control character at column 37\)$"):
         load_source(str(images), split="train", cache_dir=str(tmp_path / "cache"), columns=["caption"])
 
 
