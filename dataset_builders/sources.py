@@ -21,9 +21,11 @@ import datasets
 import pandas as pd
 import PIL.Image
 import pyarrow as pa
+import pyarrow.json as paj
 from datasets.exceptions import DatasetGenerationError
 from datasets.packaged_modules.csv.csv import CsvConfig
 from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder, ImageFolderConfig
+from datasets.packaged_modules.json.json import JsonConfig
 from datasets.utils.file_utils import is_local_path
 
 from maple.files import expanded_path, holds_relative_image_paths, located_image, stored_images
@@ -400,6 +402,9 @@ def _check_caption_table_rows(source: str, data_files: dict[str, list[str]]) -> 
 
 
 JSON_SUFFIXES = (".json", ".jsonl")
+# `datasets` reads JSON Lines in chunks of this many bytes (to the end of a line), each parsed by pyarrow in blocks of a
+# 32nd of it
+JSON_CHUNK_SIZE = JsonConfig.chunksize
 
 
 def _check_json_value_types(source: str, data_files: dict[str, list[str]], columns: Sequence[str]) -> None:
@@ -407,12 +412,20 @@ def _check_json_value_types(source: str, data_files: dict[str, list[str]], colum
     type differs from that of the column's first value in the file (a caption that is a list among strings); nulls go
     with any type. `datasets` reads such a column as JSON text, each value serialised: every caption of the file (of
     a file over 10 MB, of the chunk holding that row) would gain quotes, `a dog` read as `"a dog"`, with no error
-    where an earlier file or chunk made the column one of strings. Only `columns`, those the build reads, are checked."""
+    where an earlier file or chunk made the column one of strings. Only `columns`, those the build reads, are checked.
+
+    Run at every start, so cheap where nothing is wrong: pyarrow reads each file as `datasets` does
+    (`_json_types_agree`), and only a file it finds fault with is read line by line in Python, to name the line (or to
+    pass it: a column the build does not read may mix types)."""
+    if not columns:
+        return
     for file in (str(file) for names in data_files.values() for file in names):
         if not file.endswith(JSON_SUFFIXES):
             continue
-        first: dict[str, tuple[str, str]] = {}  # column -> (type, where) of its first non-null value
         with _data_files_read(source, [file]):  # (text that is no UTF-8)
+            if _json_types_agree(file, columns):
+                continue
+            first: dict[str, tuple[str, str]] = {}  # column -> (type, where) of its first non-null value
             for where, row in _json_rows(source, file):
                 for column in columns:
                     if (value_type := _json_type(row.get(column))) is None:
@@ -424,6 +437,55 @@ def _check_json_value_types(source: str, data_files: dict[str, list[str]], colum
                             f"({reprlib.repr(row[column])}), but {first_where} holds {first_type}; datasets would read "
                             "the column as JSON text, quoting each of its values: give it values of one type (or null)"
                         )
+
+
+def _json_types_agree(file: str, columns: Sequence[str]) -> bool:
+    """Whether pyarrow reads JSON Lines `file`, in `datasets`' chunks (`JSON_CHUNK_SIZE`), with each of `columns` of one
+    JSON type (`_json_type`) throughout: in no chunk does a column change type ("changed from string to array"), nor
+    from one chunk to the next. False too where pyarrow reads no JSON Lines (a file of one JSON array, a line that is no
+    JSON) or another column mixes types: a line-by-line read decides those. Chunk by chunk: a table of millions of
+    captions is not held in memory."""
+    types: dict[str, str] = {}  # column -> its type in the chunks read so far
+    with open(file, "rb") as handle:
+        while chunk := handle.read(JSON_CHUNK_SIZE):
+            chunk += handle.readline()
+            try:
+                schema = _json_lines_table(chunk).schema
+            except pa.ArrowInvalid:
+                return False
+            for column in (column for column in columns if column in schema.names):
+                chunk_type = _arrow_json_type(schema.field(column).type)
+                if chunk_type is not None and types.setdefault(column, chunk_type) != chunk_type:
+                    return False
+    return True
+
+
+def _json_lines_table(chunk: bytes) -> pa.Table:
+    """pyarrow's table of `chunk`, JSON Lines, parsed as `datasets` parses it: in blocks of a 32nd of `JSON_CHUNK_SIZE`
+    (on several threads), or in one where a line is longer than a block."""
+    block_size = max(JSON_CHUNK_SIZE // 32, 16 << 10)
+    try:
+        return paj.read_json(io.BytesIO(chunk), read_options=paj.ReadOptions(block_size=block_size))
+    except pa.ArrowInvalid as error:
+        if "straddling" not in str(error) or len(chunk) <= block_size:
+            raise
+        return paj.read_json(io.BytesIO(chunk), read_options=paj.ReadOptions(block_size=len(chunk)))
+
+
+def _arrow_json_type(arrow_type: pa.DataType) -> str | None:
+    """The JSON type of the values pyarrow read into a column of `arrow_type`, as `_json_type` names it (None: nulls
+    only): pyarrow reads strings such as "2020-01-01 10:00:00" as timestamps."""
+    if pa.types.is_null(arrow_type):
+        return None
+    if pa.types.is_boolean(arrow_type):
+        return "a boolean"
+    if pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type):
+        return "a number"
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) or pa.types.is_timestamp(arrow_type):
+        return "a string"
+    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
+        return "a list"
+    return "an object"  # a struct
 
 
 def _json_rows(source: str, file: str) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -71,6 +71,21 @@ def test_a_json_column_of_mixed_types_is_refused_naming_file_line_and_column(tmp
         load_source(str(images), split="train", cache_dir=str(tmp_path / "cache"), columns=["caption"])
 
 
+def test_a_json_column_whose_type_changes_between_chunks_is_refused(tmp_path, monkeypatch):
+    """pyarrow reads each file in datasets' chunks (10 MB, here a line each): a column of strings in one chunk and of
+    lists in a later one is found as one that changes type inside a chunk is, and named by its line."""
+    import dataset_builders.sources
+
+    monkeypatch.setattr(dataset_builders.sources, "JSON_CHUNK_SIZE", 16)
+    folder = tmp_path / "tables"
+    _image_folder(folder, count=1)
+    rows = [{"image": "0.png", "caption": caption} for caption in ("a", None, "b", ["c"])]
+    (folder / "part-0.jsonl").write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    with pytest.raises(SourceError, match=r"part-0.jsonl, line 4: column 'caption' holds a list \(\['c'\]\), but line 1 "
+                                          r"holds a string;"):
+        load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"), columns=["caption"])
+
+
 def test_json_data_files_of_one_type_per_column_read_as_before(tmp_path):
     """Nulls go with any type, numbers of both kinds together, a column the build does not read may mix types, and a
     file of one JSON array or of one object over several lines is not read as JSON Lines."""
