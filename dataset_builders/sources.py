@@ -4,18 +4,21 @@ a copy of it resumes the same build."""
 
 from __future__ import annotations
 
+import bz2
 import contextlib
 import csv
 import dataclasses
+import gzip
 import hashlib
 import io
 import json
+import lzma
 import os
 import reprlib
 import traceback
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import datasets
 import pandas as pd
@@ -402,17 +405,29 @@ def _check_caption_table_rows(source: str, data_files: dict[str, list[str]]) -> 
 
 
 JSON_SUFFIXES = (".json", ".jsonl")
+# The single-file compressions `datasets` reads a data file in, told by the file's first bytes (as
+# `datasets.utils.extract` tells them), and how each is opened: zstd and lz4 by pyarrow, as the standard library reads
+# neither. A compressed file is named as the file inside, and a suffix (`part-0.jsonl.gz`).
+DATA_FILE_COMPRESSIONS: dict[bytes, Callable[[str], BinaryIO]] = {
+    b"\x1f\x8b": gzip.open,
+    b"BZh": bz2.open,
+    b"\xfd7zXZ\x00": lzma.open,
+    b"\x28\xb5\x2f\xfd": lambda file: io.BufferedReader(pa.input_stream(file, compression="zstd")),
+    b"\x04\x22\x4d\x18": lambda file: io.BufferedReader(pa.input_stream(file, compression="lz4")),
+}
+COMPRESSION_SUFFIXES = (".gz", ".gzip", ".bz2", ".xz", ".zst", ".zstd", ".lz4")
 # `datasets` reads JSON Lines in chunks of this many bytes (to the end of a line), each parsed by pyarrow in blocks of a
 # 32nd of it
 JSON_CHUNK_SIZE = JsonConfig.chunksize
 
 
 def _check_json_value_types(source: str, data_files: dict[str, list[str]], columns: Sequence[str]) -> None:
-    """A `SourceError` naming the file, line and column of the first value in a JSON data file (`JSON_SUFFIXES`) whose
-    type differs from that of the column's first value in the file (a caption that is a list among strings); nulls go
-    with any type. `datasets` reads such a column as JSON text, each value serialised: every caption of the file (of
-    a file over 10 MB, of the chunk holding that row) would gain quotes, `a dog` read as `"a dog"`, with no error
-    where an earlier file or chunk made the column one of strings. Only `columns`, those the build reads, are checked.
+    """A `SourceError` naming the file, line and column of the first value in a JSON data file (`_is_json_data_file`,
+    compressed too) whose type differs from that of the column's first value in the file (a caption that is a list
+    among strings); nulls go with any type. `datasets` reads such a column as JSON text, each value serialised: every
+    caption of the file (of a file over 10 MB, of the chunk holding that row) would gain quotes, `a dog` read as
+    `"a dog"`, with no error where an earlier file or chunk made the column one of strings. Only `columns`, those the
+    build reads, are checked.
 
     Run at every start, so cheap where nothing is wrong: pyarrow reads each file as `datasets` does
     (`_json_types_agree`), and only a file it finds fault with is read line by line in Python, to name the line (or to
@@ -420,7 +435,7 @@ def _check_json_value_types(source: str, data_files: dict[str, list[str]], colum
     if not columns:
         return
     for file in (str(file) for names in data_files.values() for file in names):
-        if not file.endswith(JSON_SUFFIXES):
+        if not _is_json_data_file(file):
             continue
         with _data_files_read(source, [file]):  # (text that is no UTF-8)
             if _json_types_agree(file, columns):
@@ -439,6 +454,20 @@ def _check_json_value_types(source: str, data_files: dict[str, list[str]], colum
                         )
 
 
+def _is_json_data_file(file: str) -> bool:
+    """Whether `file` is a JSON data file (`JSON_SUFFIXES`), compressed or not (`COMPRESSION_SUFFIXES`)."""
+    return (os.path.splitext(file)[0] if file.endswith(COMPRESSION_SUFFIXES) else file).endswith(JSON_SUFFIXES)
+
+
+def _open_data_file(file: str) -> BinaryIO:
+    """The bytes of local data file `file` as `datasets` reads them: decompressed where its first bytes say it is
+    compressed (`DATA_FILE_COMPRESSIONS`), whatever its name."""
+    with open(file, "rb") as handle:
+        start = handle.read(max(map(len, DATA_FILE_COMPRESSIONS)))
+    opener = next((opener for magic, opener in DATA_FILE_COMPRESSIONS.items() if start.startswith(magic)), None)
+    return open(file, "rb") if opener is None else opener(file)
+
+
 def _json_types_agree(file: str, columns: Sequence[str]) -> bool:
     """Whether pyarrow reads JSON Lines `file`, in `datasets`' chunks (`JSON_CHUNK_SIZE`), with each of `columns` of one
     JSON type (`_json_type`) throughout: in no chunk does a column change type ("changed from string to array"), nor
@@ -446,7 +475,7 @@ def _json_types_agree(file: str, columns: Sequence[str]) -> bool:
     JSON) or another column mixes types: a line-by-line read decides those. Chunk by chunk: a table of millions of
     captions is not held in memory."""
     types: dict[str, str] = {}  # column -> its type in the chunks read so far
-    with open(file, "rb") as handle:
+    with _open_data_file(file) as handle:
         while chunk := handle.read(JSON_CHUNK_SIZE):
             chunk += handle.readline()
             try:
@@ -490,19 +519,17 @@ def _arrow_json_type(arrow_type: pa.DataType) -> str | None:
 
 def _json_rows(source: str, file: str) -> Iterator[tuple[str, dict[str, Any]]]:
     """(where, row) for each object of a JSON Lines file ("line N") or of a file holding one JSON array ("item N"), as
-    `datasets` reads them. A file whose first non-blank line is no JSON (one object over several lines) yields nothing;
-    a later line that is no JSON is a `SourceError` naming it."""
-    with open(file, encoding="utf-8-sig") as handle:
-        if handle.read(1024).lstrip().startswith("["):
-            handle.seek(0)
-            items = json.load(handle)
-            yield from ((f"item {number}", item) for number, item in enumerate(items, start=1) if isinstance(item, dict))
-            return
-        handle.seek(0)
+    `datasets` reads them (decompressed: `_open_data_file`). A file whose first non-blank line is no JSON (one object
+    over several lines) yields nothing; a later line that is no JSON is a `SourceError` naming it."""
+    with io.TextIOWrapper(_open_data_file(file), encoding="utf-8-sig") as handle:
         read_a_line = False
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
+            if not read_a_line and line.lstrip().startswith("["):  # one JSON array, the rest of the file
+                items = json.loads(line + handle.read())
+                yield from ((f"item {index}", item) for index, item in enumerate(items, start=1) if isinstance(item, dict))
+                return
             try:
                 row = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as error:

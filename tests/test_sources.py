@@ -86,6 +86,42 @@ def test_a_json_column_whose_type_changes_between_chunks_is_refused(tmp_path, mo
         load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"), columns=["caption"])
 
 
+@pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz", ".zst"])
+def test_a_compressed_json_file_is_checked_as_the_file_inside(tmp_path, suffix):
+    """datasets reads part-1.jsonl.gz as part-1.jsonl: beside a plain part-0.jsonl, its mixed captions were read as
+    ['a dog', '"a dog"', '["x"]'], the check passing it by for its name; a file of one JSON array too."""
+    folder = tmp_path / "tables"
+    _image_folder(folder, count=1)
+    row = {"image": "0.png", "caption": "a dog"}
+    (folder / "part-0.jsonl").write_text(json.dumps(row) + "\n")
+    compressed = folder / f"part-1.jsonl{suffix}"
+    _write_compressed(compressed, "\n".join(json.dumps(line) for line in [row, {**row, "caption": ["x"]}]) + "\n")
+    with pytest.raises(SourceError, match=rf"^source {folder}: its data file {compressed}, line 2: column 'caption' "
+                                          r"holds a list \(\['x'\]\), but line 1 holds a string;"):
+        load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"), columns=["caption"])
+    compressed.unlink()
+    compressed = folder / f"part-1.json{suffix}"
+    _write_compressed(compressed, json.dumps([row, {**row, "caption": 3}], indent=1))
+    with pytest.raises(SourceError, match=rf"^source {folder}: its data file {compressed}, item 2: column 'caption' "
+                                          r"holds a number \(3\), but item 1 holds a string;"):
+        load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"), columns=["caption"])
+
+
+def _write_compressed(path, text: str) -> None:
+    """`text` written to `path`, compressed as its suffix says."""
+    import bz2
+    import gzip
+    import lzma
+
+    import pyarrow as pa
+
+    if path.suffix == ".zst":  # (the standard library writes no zstd)
+        with pa.output_stream(str(path), compression="zstd") as stream:
+            stream.write(text.encode())
+    else:
+        path.write_bytes({".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress}[path.suffix](text.encode()))
+
+
 def test_json_data_files_of_one_type_per_column_read_as_before(tmp_path):
     """Nulls go with any type, numbers of both kinds together, a column the build does not read may mix types, and a
     file of one JSON array or of one object over several lines is not read as JSON Lines."""
