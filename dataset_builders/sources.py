@@ -283,7 +283,7 @@ def load_source(
     if path.exists():
         _check_local_parquet_rows(source, split, builder.config.data_files)
         _check_caption_table_rows(source, builder.config.data_files)
-        _check_json_value_types(source, builder.config.data_files, columns)
+        _check_json_value_types(source, builder.config.data_files, split, columns)
     data_files = [str(file) for names in builder.config.data_files.values() for file in names]
     with _data_files_read(source, data_files):
         # CSV cells as the text written (`CSV_TEXT_CELLS`): the csv builder takes pandas' options, imagefolder does not
@@ -421,20 +421,25 @@ COMPRESSION_SUFFIXES = (".gz", ".gzip", ".bz2", ".xz", ".zst", ".zstd", ".lz4")
 JSON_CHUNK_SIZE = JsonConfig.chunksize
 
 
-def _check_json_value_types(source: str, data_files: dict[str, list[str]], columns: Sequence[str]) -> None:
+def _check_json_value_types(
+    source: str, data_files: dict[str, list[str]], split: str, columns: Sequence[str]
+) -> None:
     """A `SourceError` naming the file, line and column of the first value in a JSON data file (`_is_json_data_file`,
     compressed too) whose type differs from that of the column's first value in the file (a caption that is a list
     among strings); nulls go with any type. `datasets` reads such a column as JSON text, each value serialised: every
     caption of the file (of a file over 10 MB, of the chunk holding that row) would gain quotes, `a dog` read as
     `"a dog"`, with no error where an earlier file or chunk made the column one of strings. Only `columns`, those the
-    build reads, are checked.
+    build reads, are checked, in the files of the splits `split` reads (a split's values are JSON text in that split
+    only), and in the first file of the first split: `datasets` takes every split's column types from its first chunk.
 
     Run at every start, so cheap where nothing is wrong: pyarrow reads each file as `datasets` does
     (`_json_types_agree`), and only a file it finds fault with is read line by line in Python, to name the line (or to
     pass it: a column the build does not read may mix types)."""
     if not columns:
         return
-    for file in (str(file) for names in data_files.values() for file in names):
+    files = {str(name): [str(file) for file in names] for name, names in data_files.items()}
+    first_file = next(iter(files.values()))[:1]
+    for file in dict.fromkeys([*first_file, *(file for name in _split_names(split) for file in files[name])]):
         if not _is_json_data_file(file):
             continue
         with _data_files_read(source, [file]):  # (text that is no UTF-8)
@@ -601,12 +606,17 @@ def _check_splits(source: str, split: str, available: list[str]) -> None:
             f"source_split {split!r} is not a split expression ({problem}); expected a split, a slice of one "
             "('train[:1000]', 'train[10%:20%]') or several joined by + ('train+test') (CLI --source-split)"
         )
-    missing = [name for name in (part.split("[")[0] for part in split.split("+")) if name not in available]
+    missing = [name for name in _split_names(split) if name not in available]
     if missing:
         raise SourceError(
             f"source {source} has no split {', '.join(map(repr, missing))}; its splits are {available}: "
             "pick one with source_split=... (CLI --source-split)"
         )
+
+
+def _split_names(split: str) -> list[str]:
+    """The splits a split expression reads, each once: "train[:1000]+test" -> ["train", "test"]."""
+    return list(dict.fromkeys(part.split("[")[0] for part in split.split("+")))
 
 
 def _check_selects_rows(source: str, split: str, sizes: dict[str, int]) -> None:

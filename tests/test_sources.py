@@ -122,6 +122,31 @@ def _write_compressed(path, text: str) -> None:
         path.write_bytes({".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress}[path.suffix](text.encode()))
 
 
+def test_only_the_json_files_of_the_splits_read_are_checked(tmp_path):
+    """A mixed test-1.jsonl blocked a build of split train, which datasets reads as before: a split's values are JSON
+    text in that split only. The first file of the first split is checked for any split: a mix in its first chunk
+    makes the column a datasets.Json one in every split."""
+    folder = tmp_path / "tables"
+    _image_folder(folder, count=1)
+
+    def write(name: str, *captions) -> None:
+        (folder / name).write_text("".join(json.dumps({"image": "0.png", "caption": caption}) + "\n" for caption in captions))
+
+    write("train-0.jsonl", "a")
+    write("test-0.jsonl", "b")
+    write("test-1.jsonl", "c", ["d"])
+    for split in ("train", "train[:1]"):
+        assert load_source(str(folder), split=split, cache_dir=str(tmp_path / "cache"), columns=["caption"])["caption"] == ["a"]
+    test_1 = rf"^source {folder}: its data file {folder / 'test-1.jsonl'}, line 2: column 'caption' holds a list"
+    for split in ("test", "test[:1]", "train+test"):
+        with pytest.raises(SourceError, match=test_1):
+            load_source(str(folder), split=split, cache_dir=str(tmp_path / "cache"), columns=["caption"])
+    write("test-1.jsonl", "c")
+    write("train-0.jsonl", "a", ["e"])
+    with pytest.raises(SourceError, match=rf"^source {folder}: its data file {folder / 'train-0.jsonl'}, line 2:"):
+        load_source(str(folder), split="test", cache_dir=str(tmp_path / "cache"), columns=["caption"])
+
+
 def test_json_data_files_of_one_type_per_column_read_as_before(tmp_path):
     """Nulls go with any type, numbers of both kinds together, a column the build does not read may mix types, and a
     file of one JSON array or of one object over several lines is not read as JSON Lines."""
