@@ -247,9 +247,10 @@ def load_source(
     `data/train-*.parquet` and `data/test-*.parquet` are two splits; files whose names name no split
     are all "train"). A split the source lacks is a `SourceError` naming the source and the splits
     it has. `split` may slice or join splits as `datasets` does ("train[:1000]", "train+test"). In a local folder's
-    JSON data files, a column of `columns` (the ones the build reads) holding values of several types is a
-    `SourceError` naming file, line and column (`_check_json_value_types`). CSV data (tables, an image folder's
-    metadata.csv) is read with every cell as the text written, an empty cell as missing (`CSV_TEXT_CELLS`)."""
+    JSON data files (compressed too; those of the splits read), a column of `columns` (the ones the build reads) holding
+    values of several types is a `SourceError` naming file, line and column (`_check_json_value_types`): `datasets`
+    would read it as JSON text, quoting each value. CSV data (tables, an image folder's metadata.csv) is read with
+    every cell as the text written, an empty cell as missing (`CSV_TEXT_CELLS`)."""
     path = expanded_path(source)
     # A path that can only be local (a Hub id is "name" or "org/name") is not sent to the Hub when missing.
     if not path.exists() and (names_a_file(source) or source.startswith((".", "/", "~")) or source.count("/") > 1):
@@ -426,11 +427,16 @@ def _check_json_value_types(
 ) -> None:
     """A `SourceError` naming the file, line and column of the first value in a JSON data file (`_is_json_data_file`,
     compressed too) whose type differs from that of the column's first value in the file (a caption that is a list
-    among strings); nulls go with any type. `datasets` reads such a column as JSON text, each value serialised: every
-    caption of the file (of a file over 10 MB, of the chunk holding that row) would gain quotes, `a dog` read as
-    `"a dog"`, with no error where an earlier file or chunk made the column one of strings. Only `columns`, those the
-    build reads, are checked, in the files of the splits `split` reads (a split's values are JSON text in that split
-    only), and in the first file of the first split: `datasets` takes every split's column types from its first chunk.
+    among strings); nulls go with any type, integers with floats. `datasets` reads JSON Lines in chunks
+    (`JSON_CHUNK_SIZE`; a file of one JSON array as one chunk) and a column whose values in one chunk are of several
+    types: in the first chunk of the first file, as a `datasets.Json` column (`open_source` refuses it for each of the
+    build's columns);
+    in a later chunk, as JSON text, each value serialised, in that chunk and in every later chunk and file of the
+    split, without an error: beside plain captions before, every caption after is read with quotes (`a dog` as
+    `"a dog"`). A change between chunks is refused too (`datasets` fails on it, or casts the values). Only `columns`,
+    those the build reads, are checked, in the files of the splits `split` reads (a split's values are JSON text in
+    that split only), and in the first file of the first split: `datasets` takes every split's column types from its
+    first chunk.
 
     Run at every start, so cheap where nothing is wrong: pyarrow reads each file as `datasets` does
     (`_json_types_agree`), and only a file it finds fault with is read line by line in Python, to name the line (or to
