@@ -32,8 +32,9 @@ from .processing_maple import (
 # What `MapleModel.from_backbone` forwards to the backbones' `from_pretrained` (besides `revision` and `token`).
 BACKBONE_LOADING_KWARGS = ("dtype", "attn_implementation")
 # `from_pretrained` arguments that say where a checkpoint's files are read from, not how its weights load: a MAPLE
-# checkpoint's config and processor are read with them as its weights are (a checkpoint in a subfolder of a repo, in a
-# cache folder of its own), not from the repo's top folder or the default cache.
+# checkpoint's config and processor, and AutoModel's look for a PEFT adapter, are read with them as its weights are (a
+# checkpoint in a subfolder of a repo, in a cache folder of its own), not from the repo's top folder or the default
+# cache, nor from the Hub with `local_files_only`.
 FILE_LOADING_KWARGS = ("subfolder", "cache_dir", "force_download", "local_files_only", "proxies")
 # `load_maple` takes one checkpoint: a vision encoder paired with a text encoder is built once, saved, then loaded.
 PAIRING_ADVICE = (
@@ -81,7 +82,8 @@ def load_maple(
             a fixed-size vision tower's `image_size`), is a `MapleLoadError`.
         from_pretrained_kwargs: for a MAPLE checkpoint any `from_pretrained` argument (`dtype`, `device_map`,
             ...), those that say where its files are (`FILE_LOADING_KWARGS`: `subfolder`, `cache_dir`, ...) applying
-            to its config and processor too; for a backbone only `dtype` and `attn_implementation`.
+            to its config, its processor and the look for a PEFT adapter too; for a backbone only `dtype` and
+            `attn_implementation`.
 
     Raises:
         MapleLoadError: before any weights load, with a message that starts with `name_or_path`: the config cannot
@@ -149,8 +151,15 @@ def _load_model(
     """The model of a checkpoint whose backbone `_checkpoint` resolved (None: a MAPLE checkpoint) and whose
     `from_pretrained_kwargs` it checked."""
     if backbone is None:
+        # AutoModel first looks for a PEFT adapter's adapter_config.json, with `revision` and `token` only unless
+        # `adapter_kwargs` say where the files are: it looked in the default cache and the repo's top folder, and asked
+        # the Hub even with `local_files_only` (some 20 s of retries where the Hub is unreachable). A caller's own
+        # `adapter_kwargs` win.
+        own_adapter_kwargs = from_pretrained_kwargs.get("adapter_kwargs") or {}
+        adapter_kwargs = _file_loading_kwargs(from_pretrained_kwargs) | own_adapter_kwargs
         return AutoModel.from_pretrained(
-            name_or_path, revision=revision, trust_remote_code=trust_remote_code, token=token, **from_pretrained_kwargs
+            name_or_path, revision=revision, trust_remote_code=trust_remote_code, token=token,
+            **(from_pretrained_kwargs | {"adapter_kwargs": adapter_kwargs}),
         )
     return MapleModel.from_backbone(name_or_path, backbone=backbone, revision=revision, token=token, **from_pretrained_kwargs)
 

@@ -1,11 +1,13 @@
 """`modeling_maple.load_maple`, the one loading path of `maple train`, `RPATrainer(model="...")` and `maple eval`."""
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
+from hub_server import run_client
 from modeling_maple import MapleLoadError, MapleModel, MapleProcessor, load_maple
 from modeling_maple.testing import build_tiny, tiny_tokenizer
 
@@ -28,6 +30,19 @@ def clip_folder(tmp_path):
 def embeddings(model, processor):
     images = [Image.new("RGB", (16, 16), colour) for colour in ("red", "blue")]
     return model.eval().encode(processor, texts=["a red square", "a blue square"], images=images)
+
+
+def cached_hub_repo(cache: Path, repo_id: str, *parts, subfolder: str = "") -> Path:
+    """`parts` (a model, its processor) saved in `subfolder` of Hub repo `repo_id` as huggingface_hub lays out a
+    downloaded one in the cache folder `cache`: a snapshot at commit 0...0 that `main` points to. The snapshot folder."""
+    commit = "0" * 40
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    for part in parts:
+        part.save_pretrained(snapshot / subfolder)
+    return snapshot
 
 
 def test_a_maple_checkpoint_and_a_backbone_load_as_maple_embedders(tmp_path, clip_folder):
@@ -112,16 +127,56 @@ def test_a_checkpoint_in_a_subfolder_or_a_cache_of_its_own_is_read_there_config_
         torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
     assert load_maple_model(str(tmp_path / "repo-without-top"), subfolder="run").config.backbone == "dual_encoder"
 
-    # a Hub repo in a cache folder of its own, read offline (HF_HUB_OFFLINE, conftest), laid out as huggingface_hub does
-    commit = "0" * 40
-    (tmp_path / "cache" / "models--maple-org--tiny" / "refs").mkdir(parents=True)
-    (tmp_path / "cache" / "models--maple-org--tiny" / "refs" / "main").write_text(commit)
-    snapshot = tmp_path / "cache" / "models--maple-org--tiny" / "snapshots" / commit
-    model.save_pretrained(snapshot)
-    processor.save_pretrained(snapshot)
+    # a Hub repo in a cache folder of its own, read offline (HF_HUB_OFFLINE, conftest)
+    cached_hub_repo(tmp_path / "cache", "maple-org/tiny", model, processor)
     loaded, loaded_processor = load_maple("maple-org/tiny", cache_dir=str(tmp_path / "cache"))
     for ours, theirs in zip(embeddings(model, processor), embeddings(loaded, loaded_processor)):
         torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("loading", [{"local_files_only": True}, {"force_download": True}])
+def test_where_a_hub_repos_files_are_reaches_every_file_read_the_adapter_lookup_too(tmp_path, monkeypatch, loading):
+    """`subfolder`, `cache_dir`, `local_files_only` and `force_download` reach every file read from a Hub repo: the
+    config's, the processor's, the weights', and AutoModel's look for a PEFT adapter's adapter_config.json, which had
+    `revision` and `token` only (the default cache, the repo's top folder, neither of the other two)."""
+    import transformers.utils.hub
+
+    cache = tmp_path / "cache"
+    cached_hub_repo(cache, "maple-org/tiny", *build_tiny("dual_encoder", seed=0), subfolder="run")
+    (argument, value), = loading.items()
+    asked, download = [], transformers.utils.hub.hf_hub_download
+
+    def recording_download(repo_id, filename, **kwargs):
+        asked.append((filename, kwargs["subfolder"], kwargs["cache_dir"], kwargs[argument]))
+        # offline (conftest): a file asked for afresh is read from the cache
+        return download(repo_id, filename, **(kwargs | {"force_download": False}))
+
+    monkeypatch.setattr(transformers.utils.hub, "hf_hub_download", recording_download)
+    load_maple("maple-org/tiny", subfolder="run", cache_dir=str(cache), **loading)
+    assert "adapter_config.json" in {filename for filename, *_ in asked}
+    assert {tuple(where) for _, *where in asked} == {("run", str(cache), value)}
+
+
+def test_local_files_only_loads_a_cached_hub_repo_without_asking_the_hub(hub_server, tmp_path):
+    """With `local_files_only` and HF_HUB_OFFLINE unset, AutoModel's look for a PEFT adapter asked the Hub for
+    adapter_config.json all the same: an unreachable Hub cost each load some 20 s of retries."""
+    cached_hub_repo(tmp_path / "home" / "hub", "maple-org/tiny", *build_tiny("dual_encoder", seed=0))
+    load = """
+from huggingface_hub.utils import httpx
+from modeling_maple import load_maple
+
+requested, send = [], httpx.Client.send
+
+def recording_send(client, request, **kwargs):
+    requested.append(str(request.url))
+    return send(client, request, **kwargs)
+
+httpx.Client.send = recording_send
+load_maple("maple-org/tiny", local_files_only=True)
+print([url for url in requested if "maple-org/tiny" in url])  # (huggingface_hub asks for more than repos' files)
+"""
+    closed = "http://127.0.0.1:9"  # the discard port: nothing listens
+    assert run_client(hub_server, tmp_path, load, HF_ENDPOINT=closed, HF_HOME=str(tmp_path / "home")).strip() == "[]"
 
 
 def test_a_checkpoint_saved_without_its_processor_is_a_load_error_naming_it(tmp_path):
