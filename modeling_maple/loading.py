@@ -88,7 +88,7 @@ def load_maple(
     Raises:
         MapleLoadError: before any weights load, with a message that starts with `name_or_path`: the config cannot
             be read (missing, offline and not cached, gated, an HTTP error from the Hub: `maple.hub.hub_failure`; of
-            no known model type), the checkpoint is neither MAPLE's nor one whose backbone is known or given, or it
+            no known model type; the `subfolder` named, as is a local folder's that is not there), the checkpoint is neither MAPLE's nor one whose backbone is known or given, or it
             cannot be the backbone given (an encoder that is not a supported MLLM as `"mllm"`, one without a text
             tower as `"dual_encoder"`), or its processor cannot be built (`image_processor_kwargs` holding a setting
             the image processor does not have; an image processor the model cannot take); `BackboneLoadingError` for
@@ -239,13 +239,18 @@ def _checkpoint(
     `from_pretrained_kwargs` a backbone cannot take. Reads the config only, from where `from_pretrained_kwargs` say."""
     if not Path(name_or_path).exists() and not is_hub_id(name_or_path):  # './x', '/x', 'a/b/c'
         raise MapleLoadError(f"{name_or_path}: no such folder")
+    subfolder = from_pretrained_kwargs.get("subfolder") or ""
+    if subfolder and Path(name_or_path).is_dir() and not (Path(name_or_path) / subfolder).is_dir():
+        raise MapleLoadError(f"{name_or_path}: no subfolder {subfolder!r}")
     try:
         config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision, token=token,
                                             **_file_loading_kwargs(from_pretrained_kwargs))
     except (OSError, ValueError) as error:  # transformers says which: not found, gated, offline, unknown model type
         # except for a Hub answer, such as an HTTP 500, that it reads as "couldn't connect"
         problem = hub_failure(error, name_or_path, revision=revision) or " ".join(str(error).split())
-        raise MapleLoadError(f"{name_or_path}: {problem}{local_typo_hint(name_or_path)}") from error
+        # (transformers names the repo alone, and a subfolder without config.json as a config without a model type)
+        where = f"subfolder {subfolder!r}: " if subfolder else ""
+        raise MapleLoadError(f"{name_or_path}: {where}{problem}{local_typo_hint(name_or_path)}") from error
     if config.model_type == MapleConfig.model_type:
         return None, config
     backbone = backbone or backbone_of(config.model_type)

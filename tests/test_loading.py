@@ -134,6 +134,24 @@ def test_a_checkpoint_in_a_subfolder_or_a_cache_of_its_own_is_read_there_config_
         torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
 
 
+def test_a_subfolder_that_is_not_there_is_named(tmp_path):
+    """A local repo's missing subfolder read as a config without a model type ("Unrecognized model in <repo>", whose
+    config.json was fine), a cached Hub repo's as the repo missing from the cache."""
+    model, processor = build_tiny("dual_encoder", seed=0)
+    for part in (model, processor):
+        part.save_pretrained(tmp_path / "repo")
+    (tmp_path / "repo" / "logs").mkdir()  # a subfolder without a checkpoint
+    repo = re.escape(str(tmp_path / "repo"))
+    with pytest.raises(MapleLoadError, match=rf"^{repo}: no subfolder 'run'$"):
+        load_maple(str(tmp_path / "repo"), subfolder="run")
+    with pytest.raises(MapleLoadError, match=rf"^{repo}: subfolder 'logs': Unrecognized model in {repo}\."):
+        load_maple(str(tmp_path / "repo"), subfolder="logs")
+    cached_hub_repo(tmp_path / "cache", "maple-org/tiny", model, processor)
+    with pytest.raises(MapleLoadError, match=r"^maple-org/tiny: subfolder 'run': model repo 'maple-org/tiny' on \S+ is "
+                                             r"not in the local cache and the Hub is offline or unreachable$"):
+        load_maple("maple-org/tiny", subfolder="run", cache_dir=str(tmp_path / "cache"))
+
+
 @pytest.mark.parametrize("loading", [{"local_files_only": True}, {"force_download": True}])
 def test_where_a_hub_repos_files_are_reaches_every_file_read_the_adapter_lookup_too(tmp_path, monkeypatch, loading):
     """`subfolder`, `cache_dir`, `local_files_only` and `force_download` reach every file read from a Hub repo: the
