@@ -131,12 +131,22 @@ def load_maple_processor(
     backend: str | None = None,
     token: str | None = None,
     image_processor_kwargs: dict[str, Any] | None = None,
+    **file_loading_kwargs: Any,
 ) -> MapleProcessor:
-    """The processor of [`load_maple`] alone."""
+    """The processor of [`load_maple`] alone, its files read from where `file_loading_kwargs` say
+    (`FILE_LOADING_KWARGS`: `subfolder`, `cache_dir`, ..., as [`load_maple`] takes them; the weights' arguments, such as
+    `dtype`, are a TypeError)."""
+    not_file_loading = sorted(set(file_loading_kwargs) - set(FILE_LOADING_KWARGS))
+    if not_file_loading:
+        raise TypeError(
+            f"load_maple_processor() got unexpected keyword arguments {', '.join(not_file_loading)}: it takes, besides "
+            f"its own, only those that say where the checkpoint's files are ({', '.join(FILE_LOADING_KWARGS)})"
+        )
     name_or_path = _local(name_or_path)
-    backbone, config = _checkpoint(name_or_path, backbone, revision, trust_remote_code, token, {})
+    backbone, config = _checkpoint(name_or_path, backbone, revision, trust_remote_code, token, file_loading_kwargs)
     return _load_processor(
-        name_or_path, backbone, config, revision, trust_remote_code, backend, token, image_processor_kwargs, {}
+        name_or_path, backbone, config, revision, trust_remote_code, backend, token, image_processor_kwargs,
+        file_loading_kwargs,
     )
 
 

@@ -113,7 +113,7 @@ def test_a_home_relative_path_loads_as_a_folder(tmp_path, monkeypatch):
 def test_a_checkpoint_in_a_subfolder_or_a_cache_of_its_own_is_read_there_config_and_processor_too(tmp_path):
     """`subfolder` and `cache_dir` reached the weights only: the config and processor were read from the repo's top
     folder (another checkpoint's processor, with the subfolder's weights) and from the default cache."""
-    from modeling_maple import load_maple_model
+    from modeling_maple import load_maple_model, load_maple_processor
 
     for part in build_tiny("mllm", seed=0):  # another checkpoint at the top
         part.save_pretrained(tmp_path / "repo")
@@ -126,12 +126,19 @@ def test_a_checkpoint_in_a_subfolder_or_a_cache_of_its_own_is_read_there_config_
     for ours, theirs in zip(embeddings(model, processor), embeddings(loaded, loaded_processor)):
         torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
     assert load_maple_model(str(tmp_path / "repo-without-top"), subfolder="run").config.backbone == "dual_encoder"
+    # the processor alone too (it took no such argument)
+    assert load_maple_processor(str(tmp_path / "repo"), subfolder="run").backbone == "dual_encoder"
+    with pytest.raises(TypeError, match=r"^load_maple_processor\(\) got unexpected keyword arguments dtype: it takes, "
+                                        r"besides its own, only those that say where the checkpoint's files are "
+                                        r"\(subfolder, cache_dir, force_download, local_files_only, proxies\)$"):
+        load_maple_processor(str(tmp_path / "repo"), subfolder="run", dtype=torch.bfloat16)
 
     # a Hub repo in a cache folder of its own, read offline (HF_HUB_OFFLINE, conftest)
     cached_hub_repo(tmp_path / "cache", "maple-org/tiny", model, processor)
     loaded, loaded_processor = load_maple("maple-org/tiny", cache_dir=str(tmp_path / "cache"))
     for ours, theirs in zip(embeddings(model, processor), embeddings(loaded, loaded_processor)):
         torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    assert load_maple_processor("maple-org/tiny", cache_dir=str(tmp_path / "cache")).backbone == "dual_encoder"
 
 
 def test_a_subfolder_that_is_not_there_is_named(tmp_path):
