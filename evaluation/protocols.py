@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Callable, Hashable, Iterator, Sequence
+import sys
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -342,18 +343,39 @@ def _columns(quadruples: Quadruples) -> tuple[Sequence[Any], Sequence[Any], list
     return _Field(quadruples, 0), _Field(quadruples, 1), texts0, texts1
 
 
+def check_quadruples(quadruples: Any, argument: str = "quadruples") -> None:
+    """Raise a TypeError naming `argument` unless `quadruples` is read as quadruples: anything with a length and items
+    by position (a list, a NumPy array of objects, a pandas Series, a torch Dataset of tuples), but a string, a mapping
+    or a table. A table (a pandas DataFrame, a datasets Dataset, or rows that are mappings) holds its quadruples as
+    columns: a DataFrame failed with "'Index' object is not callable", and a Dataset's first row, a dict, was named a
+    malformed quadruple; its error says how to pass its rows. Malformed quadruples are found when read (`_columns`)."""
+    _refuse_benchmark(quadruples, argument)
+    kind = type(quadruples).__name__
+    # Neither library is imported here: a table of theirs exists only once it has been
+    pandas, datasets = sys.modules.get("pandas"), sys.modules.get("datasets")
+    is_table = (pandas is not None and isinstance(quadruples, pandas.DataFrame)) or (
+        datasets is not None and isinstance(quadruples, (datasets.Dataset, datasets.IterableDataset)))
+    if not is_table:
+        indexable = hasattr(quadruples, "__len__") and hasattr(quadruples, "__getitem__")
+        if not indexable or isinstance(quadruples, (str, bytes, Mapping)):
+            raise TypeError(f"{argument}: expected a list of (image0, image1, text0, text1), got a {kind}")
+        # a benchmark's quadruples are read as columns; any other's rows as `_columns` reads them, the first one here
+        first = None if hasattr(quadruples, "columns") or len(quadruples) == 0 else next(iter(quadruples))
+        if not isinstance(first, Mapping):
+            return
+        kind = f"{kind} of {type(first).__name__} rows"
+    raise TypeError(
+        f"{argument}: expected a list of (image0, image1, text0, text1), got a table ({kind}); pass its rows: "
+        "list(zip(table[<image0 column>], table[<image1 column>], table[<text0 column>], table[<text1 column>]))"
+    )
+
+
 def quadruple_similarities(model, processor, quadruples: Quadruples, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """Per quadruple the image-text cosines [s(I0,T0), s(I0,T1), s(I1,T0), s(I1,T1)] (n, 4) and
     the text-text cosine s(T0, T1) (n,). Copies of a text, or of an image (`_image_keys`), are embedded once, so they
     tie exactly. An image the processor cannot read is a ValueError naming its quadruple and field
     (`quadruples[2], image1: ...`)."""
-    # A table (a pandas DataFrame, a datasets.Dataset) iterates over its column names or its rows as dicts: a
-    # DataFrame failed with "'Index' object is not callable"
-    if isinstance(quadruples, str) or not isinstance(quadruples, (Sequence, np.ndarray)):
-        raise TypeError(
-            f"quadruples: expected a list of (image0, image1, text0, text1), got a {type(quadruples).__name__}; a "
-            "table's columns are list(zip(table['image_0'], table['image_1'], table['caption_0'], table['caption_1']))"
-        )
+    check_quadruples(quadruples)
     if len(quadruples) == 0:
         raise ValueError("quadruples: got none")
     images0, images1, texts0, texts1 = _columns(quadruples)
@@ -397,7 +419,7 @@ def evaluate_quadruples(
     with `categories`. The histograms (counts of cosines in `HISTOGRAM_BINS` bins over [-1, 1]) show the gap
     that the Wasserstein distances summarise; model cards plot them.
     """
-    _refuse_benchmark(quadruples, "quadruples")
+    check_quadruples(quadruples)
     if categories is not None and len(categories) != len(quadruples):
         raise ValueError(f"categories: expected one per quadruple ({len(quadruples)}), got {len(categories)}")
     # they are sorted, and name the per-category results

@@ -700,17 +700,44 @@ def test_quadruples_may_be_the_rows_of_a_numpy_array_of_objects():
 
 def test_a_table_given_as_quadruples_is_a_type_error_saying_how_to_pass_its_rows():
     """A pandas DataFrame (Winoground's parquet read with pandas) failed with "'Index' object is not callable", and a
-    datasets.Dataset named its first row, a dict, as a malformed quadruple."""
-    import datasets
+    datasets.Dataset named its first row, a dict, as a malformed quadruple. The error names no column: every benchmark
+    calls them something else."""
     import pandas as pd
 
     from evaluation.protocols import evaluate_quadruples
 
     columns = {"image_0": [_RIGHT[0]], "image_1": [_RIGHT[1]], "caption_0": [_RIGHT[2]], "caption_1": [_RIGHT[3]]}
-    for table in (pd.DataFrame(columns), datasets.Dataset.from_dict(columns)):
+    tables = {"DataFrame": pd.DataFrame(columns), "Dataset": datasets.Dataset.from_dict(columns),
+              "list of dict rows": pd.DataFrame(columns).to_dict("records")}
+    for kind, table in tables.items():
         with pytest.raises(TypeError, match=rf"^quadruples: expected a list of \(image0, image1, text0, text1\), got a "
-                                            rf"{type(table).__name__}; a table's columns are list\(zip\("):
+                                            rf"table \({kind}\); pass its rows: list\(zip\(table\[<image0 column>\], "
+                                            r"table\[<image1 column>\], table\[<text0 column>\], table\[<text1 column>\]\)\)$"):
             evaluate_quadruples(LookupEmbedder(_TEXTS), None, table)
+    # not a table: no hint about one
+    with pytest.raises(TypeError, match=r"^quadruples: expected a list of \(image0, image1, text0, text1\), got a generator$"):
+        evaluate_quadruples(LookupEmbedder(_TEXTS), None, (quadruple for quadruple in [_RIGHT]))
+
+
+def test_quadruples_may_be_any_sequence_by_position_such_as_a_series_or_a_torch_dataset():
+    """The table check refused all but a `Sequence` or NumPy array: a pandas Series of tuples and a torch Dataset of
+    tuples (a length and items by position), which were scored before, were TypeErrors."""
+    import pandas as pd
+
+    from evaluation.protocols import evaluate_quadruples
+
+    class Quadruples(torch.utils.data.Dataset):
+        def __init__(self, rows):
+            self.rows = rows
+
+        def __len__(self):
+            return len(self.rows)
+
+        def __getitem__(self, index):
+            return self.rows[index]
+
+    for quadruples in (pd.Series([_RIGHT, _WRONG]), Quadruples([_RIGHT, _WRONG])):
+        assert evaluate_quadruples(LookupEmbedder(_TEXTS), None, quadruples)["group_score"] == 50.0
 
 
 def test_a_folder_holding_several_splits_is_read_from_the_benchmarks_split_only(tmp_path, monkeypatch):
