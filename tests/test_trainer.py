@@ -105,6 +105,20 @@ def test_evaluation_reports_fine_grained_scores_on_quadruples(tmp_path):
     assert "eval_sides/group_score" in trainer.state.log_history[-1]
 
 
+def test_quadruples_that_evaluation_cannot_read_are_refused_when_the_trainer_is_made(tmp_path):
+    """They were checked at the first evaluation, so a table given as quadruples failed after the training steps
+    before it."""
+    import pandas as pd
+
+    model, processor = build_tiny("dual_encoder", seed=0)
+    table = pd.DataFrame({"image_0": [draw_scene("red", "left")], "image_1": [draw_scene("red", "right")],
+                          "caption_0": [describe_scene("red", "left")], "caption_1": [describe_scene("red", "right")]})
+    with pytest.raises(TypeError, match=r"^eval_quadruples\['sides'\]: expected a list of \(image0, image1, text0, "
+                                        r"text1\), got a table \(DataFrame\); pass its rows"):
+        RPATrainer(model, args=make_config(tmp_path), train_dataset=synthetic_preference_dataset(8),
+                   processing_class=processor, eval_quadruples={"sides": table})
+
+
 @pytest.mark.parametrize("several_splits", [False, True])
 def test_fine_grained_scores_reach_the_callbacks_so_early_stopping_can_use_them(tmp_path, several_splits):
     """They were added after `Trainer.evaluate` had called `on_evaluate`: `EarlyStoppingCallback` with

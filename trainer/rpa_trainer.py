@@ -32,7 +32,7 @@ from trl import DPOTrainer
 from trl.trainer.base_trainer import _BaseTrainer
 
 from evaluation.metric_names import QUADRUPLE_SCORES
-from evaluation.protocols import Quadruples
+from evaluation.protocols import Quadruples, check_quadruples
 from evaluation.retrieval import NonFiniteEmbeddingsError, anchor_recall_at_1
 from maple import PAPER_CITATION
 from maple.files import atomic_write_json
@@ -141,6 +141,7 @@ class RPATrainer(DPOTrainer):
             `eval_<name>/text_score`, `/image_score` and `/group_score` (0-100, `evaluation.protocols`). They are
             scored beside an evaluation dataset, which an evaluation needs (as in `Trainer`: `eval_dataset`, or the one
             passed to `evaluate`); to score quadruples alone, call `evaluation.evaluate_quadruples` on the model.
+            A set it cannot read (a table, say) is a TypeError here, not at the first evaluation.
     """
 
     _tag_names = ["trl", "maple", "rpa"]
@@ -167,6 +168,9 @@ class RPATrainer(DPOTrainer):
         eval_quadruples: dict[str, Quadruples] | None = None,
     ):
         args = _checked_args(args, model, train_dataset, compute_metrics)
+        # here, not at the first evaluation, which may come after hours of training
+        for name, quadruples in (eval_quadruples or {}).items():
+            check_quadruples(quadruples, f"eval_quadruples[{name!r}]")
         # the Hub revision of a model loaded here, which an adapter records as its base's
         base_revision = (args.model_init_kwargs or {}).get("revision") if isinstance(model, str) else None
         model, processing_class = _model_and_processor(model, processing_class, args)
