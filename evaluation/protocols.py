@@ -65,34 +65,35 @@ def evaluate_retrieval(
     """
     _refuse_benchmark(images, "images")
     _check_retrieval_inputs(images, captions_per_image)
-    relevance = _RetrievalRelevance.of(_image_keys(images), captions_per_image)
-    num_captions = len(relevance.images_of_caption)
+    captions = [caption for image_captions in captions_per_image for caption in image_captions]
     # Copies of a caption, or of an image, are embedded once, so they tie exactly; embedded apart, batch padding moved
     # captions ~1e-7.
-    distinct_captions = list(relevance.positions_of_text)
-    copy_of = torch.empty(num_captions, dtype=torch.long)
-    for index, positions in enumerate(relevance.positions_of_text.values()):
-        copy_of[positions] = index
-    first_of_group = [positions[0] for positions in relevance.images_of_group]
-    distinct_images = images if len(first_of_group) == len(images) else _Subset(images, first_of_group)
+    caption_copies, image_copies = _Copies.of(captions), _Copies.of(_image_keys(images))
+    relevance = _RetrievalRelevance.of(image_copies.index.tolist(), captions_per_image)
     from_benchmark = hasattr(images, "place")  # a benchmark's images say where they are stored
 
-    def image_name(index: int) -> str:  # by the caller's positions
-        position = first_of_group[index]
+    def image_name(index: int) -> str:  # a distinct image by its first position in the caller's list
+        position = image_copies.first[index]
         return images.place(position) if from_benchmark else f"images[{position}]"
 
-    caption_places = [f"captions_per_image[{image}][{caption}]"
-                      for image, captions in enumerate(captions_per_image) for caption in range(len(captions))]
+    caption_places = [f"captions_per_image[{image}][{caption}]" for image, image_captions in enumerate(captions_per_image)
+                      for caption in range(len(image_captions))]
 
     def caption_name(index: int) -> str:  # a distinct caption by its first place in the caller's lists
-        return caption_places[relevance.positions_of_text[distinct_captions[index]][0]]
+        return caption_places[caption_copies.first[index]]
 
     with _images_named(image_name, benchmark=from_benchmark):
         text_embeds, image_embeds = _encode(
-            model, processor, distinct_captions, distinct_images, batch_size, caption_name, image_name
+            model,
+            processor,
+            list(caption_copies.subset(captions)),
+            image_copies.subset(images),
+            batch_size,
+            caption_name,
+            image_name,
         )
-    text_embeds = text_embeds[copy_of]
-    image_embeds = image_embeds[torch.tensor(relevance.group_of_image, dtype=torch.long)]
+    text_embeds = text_embeds[caption_copies.index]
+    image_embeds = image_embeds[image_copies.index]
     result: dict[str, float] = {}
     for direction, ranks in (
         ("i2t", chunked_ranks(image_embeds, text_embeds, relevance.captions_of_image)),
@@ -101,7 +102,7 @@ def evaluate_retrieval(
         recall = recall_from_ranks(ranks, DEFAULT_KS)
         result.update({f"{direction}_r{k}": recall[f"recall@{k}"] for k in DEFAULT_KS})
         result[f"{direction}_mrr"] = recall["mrr"]
-    return result | {"num_images": len(images), "num_captions": num_captions}
+    return result | {"num_images": len(images), "num_captions": len(captions)}
 
 
 @dataclass(frozen=True)
@@ -110,25 +111,22 @@ class _RetrievalRelevance:
 
     By position, the copy of image A's caption filed under image B would be an irrelevant candidate for A tied exactly
     with A's own copy, and as ties count against the model, neither image could ever retrieve it first; so would two
-    copies of one image for each other's captions. Relevance is therefore (text, image content): images with one key
+    copies of one image for each other's captions. Relevance is therefore (text, image content): copies of one image
     form a group, and a caption text is relevant to every image of every group that lists it."""
 
-    positions_of_text: dict[str, list[int]]  # caption text -> its positions among all captions, in order
-    group_of_image: list[int]  # image position -> its group
-    images_of_group: list[list[int]]  # group -> its image positions
     captions_of_image: list[list[int]]  # image position -> the caption positions relevant to it (image->text)
     images_of_caption: list[list[int]]  # caption position -> the image positions relevant to it (text->image)
 
     @classmethod
-    def of(cls, image_keys: Sequence[Hashable], captions_per_image: Sequence[Sequence[str]]) -> _RetrievalRelevance:
+    def of(cls, group_of_image: Sequence[int], captions_per_image: Sequence[Sequence[str]]) -> _RetrievalRelevance:
+        """`group_of_image[i]` is the group of image i, the groups numbered from 0 (`_Copies.index`)."""
         captions = [caption for image_captions in captions_per_image for caption in image_captions]
-        positions_of_text: dict[str, list[int]] = {}
+        positions_of_text: dict[str, list[int]] = {}  # caption text -> its positions among all captions, in order
         for position, caption in enumerate(captions):
             positions_of_text.setdefault(caption, []).append(position)
-        group_of_key: dict[Hashable, int] = {}
-        group_of_image = [group_of_key.setdefault(key, len(group_of_key)) for key in image_keys]
-        images_of_group: list[list[int]] = [[] for _ in group_of_key]
-        texts_of_group: list[dict[str, None]] = [{} for _ in group_of_key]  # ordered sets
+        num_groups = max(group_of_image) + 1
+        images_of_group: list[list[int]] = [[] for _ in range(num_groups)]
+        texts_of_group: list[dict[str, None]] = [{} for _ in range(num_groups)]  # ordered sets
         for image, (group, image_captions) in enumerate(zip(group_of_image, captions_per_image)):
             images_of_group[group].append(image)
             texts_of_group[group].update(dict.fromkeys(image_captions))
@@ -142,9 +140,6 @@ class _RetrievalRelevance:
         images_of_text = {text: sorted(image for group in groups for image in images_of_group[group])
                           for text, groups in groups_of_text.items()}
         return cls(
-            positions_of_text=positions_of_text,
-            group_of_image=group_of_image,
-            images_of_group=images_of_group,
             captions_of_image=[captions_of_group[group] for group in group_of_image],
             images_of_caption=[images_of_text[caption] for caption in captions],
         )
@@ -267,6 +262,11 @@ class _Copies:
                 first.append(position)
             index.append(distinct[key])
         return cls(first=first, index=torch.tensor(index, dtype=torch.long))
+
+    def subset(self, items: Sequence[Any]) -> Sequence[Any]:
+        """The distinct items of `items` (those at `first`): `items` itself where none is a copy, else a lazy
+        `_Subset`, so that a benchmark's images are still decoded a batch at a time."""
+        return items if len(self.first) == len(items) else _Subset(items, self.first)
 
 
 class _Subset(LazySequence):
@@ -394,11 +394,10 @@ def quadruple_similarities(model, processor, quadruples: Quadruples, batch_size:
         quadruple, column = divmod(text_copies.first[index], 2)
         return f"quadruples[{quadruple}], text{column}"
 
-    distinct_texts = [texts[position] for position in text_copies.first]
-    distinct_images = images if len(image_copies.first) == len(images) else _Subset(images, image_copies.first)
     with _images_named(image_name, benchmark=from_benchmark):
         text_embeds, image_embeds = _encode(
-            model, processor, distinct_texts, distinct_images, batch_size, text_name, image_name
+            model, processor, list(text_copies.subset(texts)), image_copies.subset(images), batch_size, text_name,
+            image_name
         )
     text_pairs = text_embeds[text_copies.index].view(len(quadruples), 2, -1)
     image_pairs = image_embeds[image_copies.index].view(len(quadruples), 2, -1)
