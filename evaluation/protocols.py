@@ -42,10 +42,11 @@ def _encode(
     """(text_embeds, image_embeds), (len(texts), D) and (len(images), D), L2-normalised in float32 whatever the dtype
     the model returns (bf16 cosines tie where float32 ones differ, and ties count against the model); a
     `NonFiniteEmbeddingsError` if any is NaN or inf, naming text or image i as `text_name(i)` or `image_name(i)` say:
-    the lists embedded are the protocol's own (interleaved, de-duplicated), not the caller's."""
+    the lists embedded are the protocol's own (interleaved, de-duplicated), not the caller's, so it counts distinct
+    texts and images, not the caller's copies."""
     text_embeds, image_embeds = model.encode(processor, texts=texts, images=images, batch_size=batch_size)
-    check_finite_embeddings(text_embeds, "texts", describe=text_name)
-    check_finite_embeddings(image_embeds, "images", describe=image_name)
+    check_finite_embeddings(text_embeds, "distinct texts", describe=text_name)
+    check_finite_embeddings(image_embeds, "distinct images", describe=image_name)
     return F.normalize(text_embeds.float(), dim=-1), F.normalize(image_embeds.float(), dim=-1)
 
 

@@ -1171,15 +1171,28 @@ def test_nan_embeddings_are_named_by_their_place_in_the_callers_lists():
     captions and images): a NaN embedding was named by its row there ("row 3"), not the text or image that gave it."""
     nan = float("nan")
     model = LookupEmbedder({"a": [1.0, 0.0], "b": [0.0, 1.0], "c": [1.0, 1.0], "d": [nan, 1.0]})
-    with pytest.raises(ValueError, match=r"1 of the 4 texts are not finite \(NaN or inf\): quadruples\[1\], text1;"):
+    with pytest.raises(ValueError, match=r"1 of the 4 distinct texts are not finite \(NaN or inf\): quadruples\[1\], text1;"):
         evaluate_quadruples(model, None, [([1.0, 0.0], [0.0, 1.0], "a", "b"), ([1.0, 0.0], [0.0, 1.0], "c", "d")])
-    with pytest.raises(ValueError, match=r"1 of the 4 images are not finite \(NaN or inf\): quadruples\[1\], image1;"):
+    with pytest.raises(ValueError, match=r"1 of the 4 distinct images are not finite \(NaN or inf\): quadruples\[1\], image1;"):
         evaluate_quadruples(model, None, [([1.0, 0.0], [0.0, 1.0], "a", "b"), ([1.0, 0.0], [nan, 1.0], "c", "b")])
     # "d" is the fourth distinct caption, and the fifth caption given
-    with pytest.raises(ValueError, match=r"1 of the 4 texts are not finite \(NaN or inf\): captions_per_image\[2\]\[0\];"):
+    with pytest.raises(ValueError, match=r"1 of the 4 distinct texts are not finite \(NaN or inf\): captions_per_image\[2\]\[0\];"):
         evaluate_retrieval(model, None, [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], [["a", "b"], ["a", "c"], ["d"]])
-    with pytest.raises(ValueError, match=r"1 of the 3 images are not finite \(NaN or inf\): images\[2\];"):
+    with pytest.raises(ValueError, match=r"1 of the 3 distinct images are not finite \(NaN or inf\): images\[2\];"):
         evaluate_retrieval(model, None, [[1.0, 0.0], [0.0, 1.0], [nan, 1.0]], [["a", "b"], ["a", "c"], ["c"]])
+
+
+def test_nan_embeddings_are_counted_among_the_distinct_texts_and_images_embedded():
+    """Copies are embedded once, and the count was of those: two quadruples (a, d), (a, d) with d NaN said "1 of the
+    2 texts", of the 4 given. Likewise for a retrieval set's captions."""
+    nan = float("nan")
+    model = LookupEmbedder({"a": [1.0, 0.0], "d": [nan, 1.0]})
+    with pytest.raises(ValueError, match=r"embeddings: 1 of the 2 distinct texts are not finite \(NaN or inf\): "
+                                         r"quadruples\[0\], text1;"):
+        evaluate_quadruples(model, None, [([1.0, 0.0], [0.0, 1.0], "a", "d")] * 2)
+    with pytest.raises(ValueError, match=r"embeddings: 1 of the 2 distinct texts are not finite \(NaN or inf\): "
+                                         r"captions_per_image\[0\]\[1\];"):
+        evaluate_retrieval(model, None, [[1.0, 0.0], [0.0, 1.0]], [["a", "d"], ["d", "a"]])
 
 
 def test_an_image_the_models_processor_refuses_is_named_by_its_file_row_and_column(benchmark_sources, tmp_path, capsys):

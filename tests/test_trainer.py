@@ -181,7 +181,7 @@ def test_fine_grained_scores_of_a_diverged_model_are_nan_not_zero(tmp_path):
                          processing_class=processor, eval_quadruples={"sides": quadruples})
     with torch.no_grad():
         model.visual_projection.weight.fill_(float("nan"))
-    with pytest.raises(ValueError, match="2 of the 2 images are not finite"):
+    with pytest.raises(ValueError, match="2 of the 2 distinct images are not finite"):
         evaluate_quadruples(model, processor, quadruples)
     metrics = trainer.evaluate(synthetic_preference_dataset(8, seed=1))
     assert all(math.isnan(metrics[f"eval_sides/{key}"]) for key in ("text_score", "image_score", "group_score"))
