@@ -352,6 +352,61 @@ def test_evaluating_a_benchmark_decodes_each_image_once(benchmark_sources, name,
     assert len(decoded) == 2 * len(benchmark.quadruples)
 
 
+def _benchmark_with_copies(kind: str, benchmark_sources, tmp_path) -> tuple[QuadrupleBenchmark, int]:
+    """A quadruple benchmark whose first quadruple's two images are one and whose second shares it, stored as a
+    parquet table's image bytes ("table") or as a folder layout's files ("files"), and its number of distinct images."""
+    from conftest import make_picture, write_parquet
+
+    if kind == "table":
+        table = datasets.Dataset.from_parquet(str(benchmark_sources["winoground"])).to_dict()
+        table["image_0"] = [make_picture(20), make_picture(20), make_picture(22)]
+        table["image_1"] = [make_picture(20), make_picture(31), make_picture(32)]
+        source = write_parquet(tmp_path / "winoground.parquet", table, ("image_0", "image_1"))
+        return load_benchmark("winoground", str(source)), 4
+    folder = shutil.copytree(benchmark_sources["naturalbench"], tmp_path / "NaturalBench-Retrieval")
+    for copy in ("0_1.jpg", "1_0.jpg"):
+        shutil.copyfile(folder / "images" / "0_0.jpg", folder / "images" / copy)
+    return load_benchmark("naturalbench", str(folder)), 2
+
+
+@pytest.mark.parametrize("kind", ["table", "files"])
+def test_copies_of_a_benchmarks_image_are_told_by_their_stored_bytes_and_embedded_once(benchmark_sources, tmp_path,
+                                                                                       monkeypatch, kind):
+    """A quadruple benchmark's images are keyed by the bytes a parquet column stores (`LazyImages.content_keys`) or by
+    their files' (`LazyImageFiles.content_keys`), read without decoding: each distinct image is decoded once, to be
+    embedded, and a quadruple whose two images are one ties exactly."""
+    from evaluation.protocols import quadruple_similarities
+    from modeling_maple.testing import build_tiny
+
+    benchmark, num_distinct = _benchmark_with_copies(kind, benchmark_sources, tmp_path)
+    decoded = []
+    for column in benchmark.quadruples.columns()[:2]:  # the lazy image columns
+        monkeypatch.setattr(column, "_item", lambda row, decode=column._item: decoded.append(row) or decode(row))
+    model, processor = build_tiny("dual_encoder")
+    image_text, _ = quadruple_similarities(model, processor, benchmark.quadruples, batch_size=2)
+    assert len(decoded) == num_distinct
+    s00, s01, s10, s11 = image_text[0].tolist()
+    assert (s00, s01) == (s10, s11)  # image0 and image1 of quadruple 0 are one
+
+
+def test_a_benchmark_image_file_gone_since_the_benchmark_was_read_is_named_before_anything_is_embedded(
+    benchmark_sources, tmp_path
+):
+    """A folder layout's files are checked when the benchmark is read; one deleted since is found when the images are
+    keyed by their bytes, and named by its metadata entry and file, as a row error is."""
+    from evaluation.protocols import evaluate_quadruples
+
+    folder = shutil.copytree(benchmark_sources["naturalbench"], tmp_path / "NaturalBench-Retrieval")
+    benchmark = load_benchmark("naturalbench", str(folder))
+    gone = folder / "images" / "1_1.jpg"
+    gone.unlink()
+    model = LookupEmbedder({})
+    with pytest.raises(BenchmarkFormatError, match=rf"^{re.escape(str(folder / 'metadata.json'))}: entry 1, 'image_1': "
+                                                   rf"unreadable image file {re.escape(str(gone))} \(\[Errno 2\] No such file"):
+        evaluate_quadruples(model, None, benchmark.quadruples)
+    assert model.calls == []
+
+
 def test_a_loaded_benchmark_is_scored_by_evaluate_benchmark_and_refused_by_the_field_functions(benchmark_sources):
     """`evaluate_quadruples(model, processor, load_benchmark("winoground"))` failed with "object of type
     'QuadrupleBenchmark' has no len()"."""
