@@ -287,7 +287,10 @@ def with_eval_results(
     data.model_name = data.model_name or model_name or DEFAULT_MODEL_NAME
     section = render_evaluation_section(eval_results, histogram_file=histogram_file)
     if replaced_section:
-        text = text[:start] + section + text[end + len(EVALUATION_END) :].lstrip("\n")
+        # one blank line between the section and what follows, as `model_card_from_run` writes it: a card rewritten
+        # with the same results is the same card, and the user's text after the section keeps its paragraph break
+        following = text[end + len(EVALUATION_END) :].lstrip("\n")
+        text = text[:start] + section + ("\n" + following if following else "")
     else:
         text = text.rstrip("\n") + "\n\n" + section
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{text}")

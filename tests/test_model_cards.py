@@ -280,6 +280,16 @@ def test_with_eval_results_replaces_its_own_section_only():
     assert re.findall(r"^## .*$", pushed.text, flags=re.MULTILINE) == headings + ["## Results (renamed)", "## Evaluation"]
 
 
+def test_with_eval_results_of_the_same_results_leaves_the_card_as_written(tmp_path):
+    """The blank line after the evaluation section was dropped: the first `maple eval --push-to-hub` of the results a
+    card already showed changed it, and a paragraph of the user's after the section lost its break from it."""
+    results = {"coco": {"i2t_r1": 11.0, "t2i_r1": 12.0, "i2t_r5": 13.0, "i2t_r10": 14.0, "t2i_r5": 15.0, "t2i_r10": 16.0}}
+    card = model_card_from_run(tmp_path, None, "mllm", {}, [], results, repo_id="maple-org/tiny")
+    assert str(with_eval_results(card, results)) == str(card)
+    edited = ModelCard(str(card).replace("## Training", "A note of mine.\n\n## Training"))
+    assert "<!-- end of evaluation -->\n\nA note of mine.\n\n## Training" in str(with_eval_results(edited, results))
+
+
 def test_with_eval_results_keeps_the_cards_other_model_index_entries(tmp_path):
     """`maple eval --push-to-hub` replaced the card's whole `model-index`: a zero-shot ImageNet result of the card's
     own was lost."""
