@@ -151,6 +151,7 @@ _LICENSE_NAME_WORDS = (
     ("non-commercial", "nc"), ("sharealike", "sa"), ("share-alike", "sa"), ("noderivatives", "nd"), ("noderivs", "nd"),
     ("no-derivatives", "nd"), ("gnu-affero-general-public", "agpl"), ("gnu-lesser-general-public", "lgpl"),
     ("gnu-general-public", "gpl"), ("mozilla-public", "mpl"), ("eclipse-public", "epl"), ("boost-software", "bsl"),
+    ("european-union-public", "eupl"),
 )
 
 
@@ -427,8 +428,9 @@ def _backbone_description(backbone: str, model_config: Mapping[str, Any]) -> str
     return "a two-tower image/text encoder" + (f" ({pooling} pooling)" if pooling else "")
 
 
-# The licence ids the Hub accepts in card metadata (`License` of huggingface.js, packages/hub/src/types/public.ts;
-# https://huggingface.co/docs/hub/repositories-licenses).
+# The licence ids the Hub accepts in card metadata, as its metadata check lists them when it refuses another (quoted in
+# huggingface_hub issue #4218, May 2026; huggingface.js's `License` type and
+# https://huggingface.co/docs/hub/repositories-licenses lag behind: they lack eupl-1.2, llama4 and others).
 HUB_LICENSES = frozenset({
     "apache-2.0", "mit", "openrail", "bigscience-openrail-m", "creativeml-openrail-m", "bigscience-bloom-rail-1.0",
     "bigcode-openrail-m", "afl-3.0", "artistic-2.0", "bsl-1.0", "bsd", "bsd-2-clause", "bsd-3-clause",
@@ -436,10 +438,11 @@ HUB_LICENSES = frozenset({
     "cc-by-sa-4.0", "cc-by-nc-2.0", "cc-by-nc-3.0", "cc-by-nc-4.0", "cc-by-nd-4.0", "cc-by-nc-nd-3.0",
     "cc-by-nc-nd-4.0", "cc-by-nc-sa-2.0", "cc-by-nc-sa-3.0", "cc-by-nc-sa-4.0", "cdla-sharing-1.0",
     "cdla-permissive-1.0", "cdla-permissive-2.0", "wtfpl", "ecl-2.0", "epl-1.0", "epl-2.0", "etalab-2.0", "eupl-1.1",
-    "agpl-3.0", "gfdl", "gpl", "gpl-2.0", "gpl-3.0", "lgpl", "lgpl-2.1", "lgpl-3.0", "isc", "lppl-1.3c", "ms-pl",
-    "mpl-2.0", "odc-by", "odbl", "openrail++", "osl-3.0", "postgresql", "ofl-1.1", "ncsa", "unlicense", "zlib", "pddl",
-    "lgpl-lr", "deepfloyd-if-license", "llama2", "llama3", "llama3.1", "llama3.2", "llama3.3", "gemma", "apple-ascl",
-    "apple-amlr", "unknown", "other",
+    "eupl-1.2", "agpl-3.0", "gfdl", "gpl", "gpl-2.0", "gpl-3.0", "lgpl", "lgpl-2.1", "lgpl-3.0", "isc", "h-research",
+    "intel-research", "lppl-1.3c", "ms-pl", "apple-ascl", "apple-amlr", "mpl-2.0", "odc-by", "odbl", "openmdw-1.0",
+    "openrail++", "osl-3.0", "postgresql", "ofl-1.1", "ncsa", "unlicense", "zlib", "pddl", "lgpl-lr",
+    "deepfloyd-if-license", "fair-noncommercial-research-license", "llama2", "llama3", "llama3.1", "llama3.2",
+    "llama3.3", "llama4", "grok2-community", "gemma", "unknown", "other",
 })
 
 

@@ -126,6 +126,9 @@ def test_the_card_of_a_repo_names_local_folders_by_their_names_only(tmp_path, mo
     ("Creative Commons Zero v1.0 Universal", "cc0-1.0", None), ("GPL-3.0-only", "gpl-3.0", None),
     ("GNU General Public License v3.0 or later", "other", "gnu-general-public-license-v3.0-or-later"),
     ("Apache License", "other", "apache-license"),  # which version: not said
+    # ids the Hub added after huggingface.js's list: "other" with license_name "llama4"
+    ("llama4", "llama4", None), ("EUPL-1.2", "eupl-1.2", None), ("European Union Public License 1.2", "eupl-1.2", None),
+    ("grok2-community", "grok2-community", None),
 ])
 def test_dataset_card_licence_metadata_is_a_hub_licence_id(tmp_path, licence, metadata, name):
     """Any lower-case slug passed before; the Hub refuses ids not on its list, failing the push after the build. An id
