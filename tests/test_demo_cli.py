@@ -160,6 +160,30 @@ def test_a_rerun_resumes_without_redoing_finished_stages(demo_out, capsys):
     assert all(f"| {stage} | {seconds:.0f} |" in markdown for stage, seconds in timings.items()), markdown
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="no flock: the folder is not locked")
+def test_a_folder_in_use_by_a_running_demo_is_refused_until_it_ends(demo_out, tmp_path, capsys):
+    """A second demo on the folder of one still running (another terminal, a job retried) trained the same stages
+    beside it and crashed on what the first renamed or deleted (its builder's cache, "could not find data in
+    .../preferences/cache"), or wrote over its files."""
+    import fcntl
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(demo_out, out)
+    stamps = {path: path.stat().st_mtime_ns for path in out.rglob("*") if path.is_file()}
+    running = os.open(out, os.O_RDONLY)  # what the running demo holds
+    try:
+        fcntl.flock(running, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert main(["--out", str(out), *QUICK]) == 1
+        assert capsys.readouterr().err == (f"maple demo: error: --out {out} is in use by another maple demo, still "
+                                           "running: wait for it to finish, or choose another folder\n")
+        assert {path: path.stat().st_mtime_ns for path in out.rglob("*") if path.is_file()} == stamps
+    finally:
+        os.close(running)  # the demo ended: the folder is free, and no lock file is left in it
+    assert main(["--out", str(out), *QUICK]) == 0
+    assert sorted(path.name for path in out.iterdir()) == sorted(path.name for path in demo_out.iterdir())
+
+
 def test_the_report_of_several_seeds_publishes_the_first_seed_s_maple_model_and_card(demo_out, tmp_path):
     """The runs of a second seed added to a finished folder: the report covers both seeds, and the published
     checkpoint and its card are the first seed's (only that seed's model is kept)."""

@@ -95,7 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # torch: after the usage checks
-    from .pipeline import DemoConfig, OutputFileError, PushError, WorkerDiedError, claim_output_folder, run_demo
+    from .pipeline import (
+        DemoConfig,
+        OutputFileError,
+        OutputFolderInUseError,
+        PushError,
+        WorkerDiedError,
+        claim_output_folder,
+        run_demo,
+    )
     from .report import format_summary
 
     try:
@@ -121,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             result = run_demo(config)
     except OutputFileError as error:  # a damaged file in --out, found once the run has started
         exit_with_error(build_parser(), str(error))
-    except (PushError, WorkerDiedError) as error:  # the push failed, or a worker was killed: the finished work is kept
+    # the push failed, or a worker was killed (the finished work is kept), or another demo works in --out (nothing done)
+    except (PushError, WorkerDiedError, OutputFolderInUseError) as error:
         return report_error(build_parser().prog, str(error), status=1)
     print(format_summary(result))
     return 0

@@ -528,6 +528,12 @@ def run_demo(config: DemoConfig) -> DemoResult:
     `if __name__ == "__main__":` (the `maple demo` command does not need to).
     """
     claim_output_folder(config)
+    with _output_folder_held(config.out):
+        return _run_stages(config)
+
+
+def _run_stages(config: DemoConfig) -> DemoResult:
+    """The stages of `run_demo`, each skipped where `config.out` holds its outputs."""
     out = config.out
     # A rerun times only the stages it does; the others keep the times of the run that did them.
     earlier_seconds = (
@@ -562,6 +568,39 @@ def run_demo(config: DemoConfig) -> DemoResult:
     if config.push_to_hub:
         timer.run(PUSH_STAGE, lambda: _push(config, results["maple"][0], maple_dir))
     return DemoResult(summary=summary, seconds=timer.all_seconds, out=out, num_seeds=len(config.seeds))
+
+
+class OutputFolderInUseError(RuntimeError):
+    """Another demo is running in the output folder; nothing was done."""
+
+
+@contextlib.contextmanager
+def _output_folder_held(out: Path) -> Iterator[None]:
+    """An exclusive lock on folder `out` while this run works there: `flock` on the folder itself, which the system
+    releases however the process ends (no lock file is left behind, nor a stale one after a kill). A second demo
+    started on the folder of one still running (from another terminal, or a job retried) trained the same stages beside
+    it, crashed on what the first renamed or deleted (its preference builder's cache) and wrote over its files. Without
+    `flock` (Windows), or on a file system that refuses it (some network mounts), the run goes on unguarded."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    # not inherited (PEP 446): the lock is this process's, not also its fine-tuning workers'
+    descriptor = os.open(out, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputFolderInUseError(
+                f"--out {out} is in use by another maple demo, still running: wait for it to finish, or choose another "
+                "folder"
+            ) from None
+        except OSError:  # no locks on this file system
+            pass
+        yield
+    finally:
+        os.close(descriptor)
 
 
 def _train_base(config: DemoConfig, world: World, base_dir: Path) -> None:
