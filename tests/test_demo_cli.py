@@ -53,7 +53,9 @@ def test_plots_cards_and_dataset_are_written(demo_out):
     assert all(f"- type: {metric}" in card for metric in ("i2t_r1", "t2i_r1", "i2t_r5", "t2i_r5"))
     assert all(f"config: {category}" in card for category in ("replace", "swap", "add"))
     assert "`../preferences/data` (a local folder)" in card and "`../base` (a local folder)" in card
-    assert (demo_out / "preferences" / "README.md").exists()
+    # where the data comes from: "in-memory datasets.Dataset", as the builder names rows given in memory, said nothing
+    assert ("| Source images and captions | the `maple demo` world's training images and captions, drawn procedurally "
+            "(docs/demo.md) |") in (demo_out / "preferences" / "README.md").read_text()
     import datasets
 
     preferences = datasets.load_from_disk(str(demo_out / "preferences" / "data"))

@@ -885,9 +885,11 @@ def _is_plain(value: Any) -> bool:
 
 
 def _demo_card_stats(stats: dict[str, Any]) -> dict[str, Any]:
-    """The builder's stats with what the demo's dataset card must say: its data and its stand-ins are not an MLLM's."""
+    """The builder's stats with what the demo's dataset card must say: where its data comes from (the builder, given
+    the rows in memory, names them "in-memory datasets.Dataset"), and that its stand-ins are not MLLMs."""
     return {
         **stats,
+        "source": "the `maple demo` world's training images and captions, drawn procedurally (docs/demo.md)",
         "pretty_name": "MAPLE demo preference dataset",
         "known_biases": [
             "Built by `maple demo` (docs/demo.md): the images are drawn procedurally, and the captioner (and the judge, "
