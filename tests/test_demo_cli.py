@@ -785,6 +785,11 @@ def test_a_folder_with_another_run_is_refused(demo_out, capsys):
         ({"workers": True}, "workers must be a positive integer, got True"),
         ({"judge_noise": math.inf}, "judge_noise is a standard deviation and must be finite and >= 0, got inf"),
         ({"judge": "  "}, "judge: give a Hub id or a local path of an MLLM judge"),
+        # accepted: a traceback from numpy once the base model trained, or NaN losses, after the folder was claimed
+        ({"world_seed": -1}, "world_seed must be an integer in [0, 2**32) (numpy's and torch's seed range), got -1"),
+        ({"world_seed": 1.5}, "world_seed must be an integer in [0, 2**32)"),
+        ({"learning_rate": math.nan}, "learning_rate must be a finite number > 0, got nan"),
+        ({"learning_rate": 0.0}, "learning_rate must be a finite number > 0, got 0.0"),
     ],
 )
 def test_a_demo_config_refuses_each_bad_value(tmp_path, values, message):
@@ -798,7 +803,8 @@ def test_a_demo_config_refuses_each_bad_value(tmp_path, values, message):
 def test_a_demo_config_accepts_the_bounds_of_each_range(tmp_path):
     from maple.demo.pipeline import DemoConfig
 
-    DemoConfig(out=tmp_path, seeds=(0, 2**32 - 1), rpa_weight=1.0, judge_noise=0.0, workers=1)
+    DemoConfig(out=tmp_path, seeds=(0, 2**32 - 1), rpa_weight=1.0, judge_noise=0.0, workers=1, world_seed=2**32 - 1)
+    DemoConfig(out=tmp_path, world_seed=0, learning_rate=1)
 
 
 def test_the_budgets_are_the_documented_ones(tmp_path):

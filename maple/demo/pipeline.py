@@ -167,6 +167,14 @@ class DemoConfig:
                 problems.append(f"seeds must be distinct, got {list(self.seeds)}")
             if any(not 0 <= seed < 2**32 for seed in self.seeds):
                 problems.append(f"seeds must lie in [0, 2**32) (numpy's and torch's seed range), got {list(self.seeds)}")
+        # not options of `maple demo`, but a run refused only once its base model trains (numpy's seed check) or its
+        # losses are NaN has claimed the folder and drawn the world first
+        world_seed, learning_rate = self.world_seed, self.learning_rate
+        if isinstance(world_seed, bool) or not isinstance(world_seed, int) or not 0 <= world_seed < 2**32:
+            problems.append(f"world_seed must be an integer in [0, 2**32) (numpy's and torch's seed range), got "
+                            f"{world_seed!r}")
+        if not (isinstance(learning_rate, (int, float)) and math.isfinite(learning_rate) and learning_rate > 0):
+            problems.append(f"learning_rate must be a finite number > 0, got {learning_rate!r}")
         if not 0.0 < self.rpa_weight <= 1.0:
             problems.append(f"rpa_weight (lambda) must lie in (0, 1], got {self.rpa_weight}")
         if not is_positive_integer(self.workers):
