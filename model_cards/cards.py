@@ -107,7 +107,7 @@ def _eval_results(
         for subset, values in subsets:
             for key in RETRIEVAL_METRICS + QUADRUPLE_SCORES:
                 # the YAML metric values must be finite numbers: a NaN score (a diverged model) stays in the tables
-                if key in values and math.isfinite(values[key]):
+                if (value := _score(values, key)) is not None and math.isfinite(value):
                     results.append(
                         EvalResult(
                             task_type="image-text-retrieval" if key in RETRIEVAL_METRICS else "image-text-matching",
@@ -117,11 +117,11 @@ def _eval_results(
                             metric_type=key,
                             metric_name=_METRIC_NAMES[key] + (f" ({subset})" if subset else ""),
                             metric_config=subset,
-                            metric_value=round(float(values[key]), 2),
+                            metric_value=round(value, 2),
                         )
                     )
         # likewise an infinite gap (no discrimination at all)
-        if "modality_gap" in metrics and math.isfinite(metrics["modality_gap"]["delta_gap"]):
+        if (gap := _score(metrics.get("modality_gap", {}), "delta_gap")) is not None and math.isfinite(gap):
             results.append(
                 EvalResult(
                     task_type="image-text-matching",
@@ -130,7 +130,7 @@ def _eval_results(
                     dataset_split="test",
                     metric_type="delta_gap",
                     metric_name=_METRIC_NAMES["delta_gap"],
-                    metric_value=round(float(metrics["modality_gap"]["delta_gap"]), 4),
+                    metric_value=round(gap, 4),
                 )
             )
     return results
@@ -223,19 +223,34 @@ def base_model_license(base_model: str | None, token: str | None = None) -> dict
     return metadata
 
 
+def _score(values: Mapping[str, Any], key: str) -> float | None:
+    """`values[key]` as a float; None where the results lack it, or hold no number there (a JSON null)."""
+    value = values.get(key)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _table_value(values: Mapping[str, Any], key: str, digits: int, scale: float = 1.0) -> str:
+    """A table cell of `values[key]` (times `scale`), "–" where the results lack it (`_score`)."""
+    value = _score(values, key)
+    return "–" if value is None else f"{scale * value:.{digits}f}"
+
+
 def _table_rows(eval_results: Mapping[str, Mapping[str, Any]]) -> dict[str, list[dict[str, str]]]:
-    """Rows of the three evaluation tables of the model card, values formatted."""
+    """Rows of the three evaluation tables of the model card, values formatted. A benchmark has a row in each table
+    it has a metric of, a metric it lacks a "–": the tables show every score `model-index` holds (`_eval_results`)."""
     retrieval, quadruples, gaps = [], [], []
     for name, metrics in eval_results.items():
-        if all(key in metrics for key in RETRIEVAL_METRICS):
-            retrieval.append({"name": table_cell(name), **{key: f"{metrics[key]:.1f}" for key in RETRIEVAL_METRICS}})
-        if all(key in metrics for key in QUADRUPLE_SCORES):
+        if any(key in metrics for key in RETRIEVAL_METRICS):
+            retrieval.append({"name": table_cell(name), **{key: _table_value(metrics, key, 1) for key in RETRIEVAL_METRICS}})
+        if any(key in metrics for key in QUADRUPLE_SCORES):
             subsets = [("all", metrics)] + sorted(metrics.get("per_category", {}).items())
             for subset, values in subsets:
-                quadruples.append({"name": table_cell(name), "subset": table_cell(subset), **{key: f"{values[key]:.1f}" for key in QUADRUPLE_SCORES}})
+                scores = {key: _table_value(values, key, 1) for key in QUADRUPLE_SCORES}
+                quadruples.append({"name": table_cell(name), "subset": table_cell(subset), **scores})
         if "modality_gap" in metrics:
             gap = metrics["modality_gap"]
-            gaps.append({"name": table_cell(name), "w_dist": f"{100 * gap['w_dist']:.2f}", "w_disc": f"{100 * gap['w_disc']:.2f}", "delta_gap": f"{gap['delta_gap']:.2f}"})
+            gaps.append({"name": table_cell(name), "w_dist": _table_value(gap, "w_dist", 2, 100),
+                         "w_disc": _table_value(gap, "w_disc", 2, 100), "delta_gap": _table_value(gap, "delta_gap", 2)})
     return {"retrieval_rows": retrieval, "quadruple_rows": quadruples, "gap_rows": gaps}
 
 

@@ -148,6 +148,26 @@ def test_a_nan_score_stays_out_of_the_model_index(tmp_path):
     assert metrics == ["text_score"] and ".nan" not in str(card)
 
 
+def test_the_tables_show_every_score_of_the_model_index_and_a_dash_for_a_missing_one(tmp_path):
+    """A benchmark lacking one of the six recall metrics had no row (the card said "No benchmark was evaluated" above
+    a `model-index` holding its scores), a category lacking a score failed the card with a KeyError, and a score
+    read as null (None) with a TypeError."""
+    eval_results = {
+        "coco": {"i2t_r1": 11.0, "t2i_r1": 12.0, "i2t_r5": None},
+        "winoground": {"text_score": 10.0, "image_score": 5.0, "group_score": 2.5,
+                       "per_category": {"relation": {"text_score": 20.0}},
+                       "modality_gap": {"w_dist": 0.3, "w_disc": 0.1}},
+    }
+    card = model_card_from_run(tmp_path, None, "mllm", {}, [], eval_results, repo_id="maple-org/tiny")
+    assert "| coco | 11.0 | – | – | 12.0 | – | – |" in card.text and "No benchmark was evaluated" not in card.text
+    assert "| winoground | relation | 20.0 | – | – |" in card.text and "| winoground | 30.00 | 10.00 | – |" in card.text
+    metrics = {(result.dataset_name, result.metric_config, result.metric_type)
+               for result in ModelCard(str(card)).data.eval_results}
+    assert metrics == {("coco", None, "i2t_r1"), ("coco", None, "t2i_r1"), ("winoground", None, "text_score"),
+                       ("winoground", None, "image_score"), ("winoground", None, "group_score"),
+                       ("winoground", "relation", "text_score")}
+
+
 def assert_table_rows_keep_their_cells(text: str) -> None:
     """Every row of each markdown table in `text` has as many cells as its header: an unescaped `|` in a value would
     add one (`\\|` is a pipe inside the cell)."""
