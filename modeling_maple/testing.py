@@ -72,7 +72,7 @@ _CORPUS = [
 @functools.lru_cache(maxsize=1)
 def _trained_tokenizer() -> PreTrainedTokenizerBase:
     tokenizer = Qwen2Tokenizer().train_new_from_iterator(
-        _CORPUS, vocab_size=400, new_special_tokens=QWEN2_VL_SPECIAL_TOKENS
+        _CORPUS, vocab_size=400, new_special_tokens=QWEN2_VL_SPECIAL_TOKENS, show_progress=False
     )
     tokenizer.chat_template = TINY_CHAT_TEMPLATE
     tokenizer.model_max_length = 128  # the tiny BERT's position limit
