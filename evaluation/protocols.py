@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .benchmarks import BenchmarkFormatError, QuadrupleBenchmark, RetrievalBenchmark, file_key
+from .benchmarks import BenchmarkFormatError, QuadrupleBenchmark, RetrievalBenchmark, _IndexedQuadruples, file_key
 from .lazy import LazySequence
 from .metrics import DEFAULT_KS, group_score_hits, modality_gap_from_quadruples, recall_from_ranks
 from .retrieval import check_finite_embeddings, chunked_ranks
@@ -321,7 +321,7 @@ def _columns(quadruples: Quadruples) -> tuple[Sequence[Any], Sequence[Any], list
     read as such so that no image is decoded to read a text and each once to embed it; other quadruples field by
     field, each checked to hold four fields of which the last two are strings with words (a ValueError or TypeError
     naming it)."""
-    if hasattr(quadruples, "columns"):
+    if isinstance(quadruples, _IndexedQuadruples):
         images0, images1, texts0, texts1 = quadruples.columns()
         return images0, images1, list(texts0), list(texts1)
     texts0, texts1 = [], []
@@ -344,31 +344,54 @@ def _columns(quadruples: Quadruples) -> tuple[Sequence[Any], Sequence[Any], list
     return _Field(quadruples, 0), _Field(quadruples, 1), texts0, texts1
 
 
+# The tables refused as quadruples, by (module, class): none of these modules is imported here, as a table of one
+# exists only once it has been
+_TABLE_TYPES = (
+    ("pandas", "DataFrame"),
+    ("polars", "DataFrame"),
+    ("pyarrow", "Table"),
+    ("pyarrow", "RecordBatch"),
+    ("datasets", "Dataset"),
+    ("datasets", "IterableDataset"),
+)
+
+
+def _is_table(value: Any) -> bool:
+    return any(
+        module in sys.modules and isinstance(value, getattr(sys.modules[module], name)) for module, name in _TABLE_TYPES
+    )
+
+
+def _table_error(argument: str, table: str) -> TypeError:
+    """The error for a table (described as `table`) given as `argument`: it says how to pass its rows, naming no
+    column, as every benchmark names them differently."""
+    return TypeError(
+        f"{argument}: expected a list of (image0, image1, text0, text1), got a table ({table}); pass its rows: "
+        "list(zip(table[<image0 column>], table[<image1 column>], table[<text0 column>], table[<text1 column>]))"
+    )
+
+
 def check_quadruples(quadruples: Any, argument: str = "quadruples") -> None:
     """Raise a TypeError naming `argument` unless `quadruples` is read as quadruples: anything with a length and items
     by position (a list, a NumPy array of objects, a pandas Series, a torch Dataset of tuples), but a string, a mapping
-    or a table. A table (a pandas DataFrame, a datasets Dataset, or rows that are mappings) holds its quadruples as
-    columns: a DataFrame failed with "'Index' object is not callable", and a Dataset's first row, a dict, was named a
-    malformed quadruple; its error says how to pass its rows. Malformed quadruples are found when read (`_columns`)."""
+    or a table. A table (a pandas or polars DataFrame, a pyarrow Table, a datasets Dataset, or rows that are mappings)
+    holds its quadruples as columns: a DataFrame failed with "'Index' object is not callable", and a Dataset's first
+    row, a dict, was named a malformed quadruple; its error says how to pass its rows. Malformed quadruples are found
+    when read (`_columns`)."""
     _refuse_benchmark(quadruples, argument)
-    kind = type(quadruples).__name__
-    # Neither library is imported here: a table of theirs exists only once it has been
-    pandas, datasets = sys.modules.get("pandas"), sys.modules.get("datasets")
-    is_table = (pandas is not None and isinstance(quadruples, pandas.DataFrame)) or (
-        datasets is not None and isinstance(quadruples, (datasets.Dataset, datasets.IterableDataset)))
-    if not is_table:
-        indexable = hasattr(quadruples, "__len__") and hasattr(quadruples, "__getitem__")
-        if not indexable or isinstance(quadruples, (str, bytes, Mapping)):
-            raise TypeError(f"{argument}: expected a list of (image0, image1, text0, text1), got a {kind}")
-        # a benchmark's quadruples are read as columns; any other's rows as `_columns` reads them, the first one here
-        first = None if hasattr(quadruples, "columns") or len(quadruples) == 0 else next(iter(quadruples))
-        if not isinstance(first, Mapping):
-            return
-        kind = f"{kind} of {type(first).__name__} rows"
-    raise TypeError(
-        f"{argument}: expected a list of (image0, image1, text0, text1), got a table ({kind}); pass its rows: "
-        "list(zip(table[<image0 column>], table[<image1 column>], table[<text0 column>], table[<text1 column>]))"
-    )
+    if _is_table(quadruples):
+        raise _table_error(argument, type(quadruples).__name__)
+    indexable = hasattr(quadruples, "__len__") and hasattr(quadruples, "__getitem__")
+    if not indexable or isinstance(quadruples, (str, bytes, Mapping)):
+        raise TypeError(
+            f"{argument}: expected a list of (image0, image1, text0, text1), got a {type(quadruples).__name__}"
+        )
+    # a benchmark's quadruples are read as columns; any other's rows as `_columns` reads them, the first one here
+    if isinstance(quadruples, _IndexedQuadruples) or len(quadruples) == 0:
+        return
+    first = next(iter(quadruples))
+    if isinstance(first, Mapping):
+        raise _table_error(argument, f"{type(quadruples).__name__} of {type(first).__name__} rows")
 
 
 def quadruple_similarities(model, processor, quadruples: Quadruples, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:

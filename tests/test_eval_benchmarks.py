@@ -5,6 +5,7 @@ import csv
 import json
 import re
 import shutil
+import sys
 
 import datasets
 import pytest
@@ -772,6 +773,32 @@ def test_a_table_given_as_quadruples_is_a_type_error_saying_how_to_pass_its_rows
     # not a table: no hint about one
     with pytest.raises(TypeError, match=r"^quadruples: expected a list of \(image0, image1, text0, text1\), got a generator$"):
         evaluate_quadruples(LookupEmbedder(_TEXTS), None, (quadruple for quadruple in [_RIGHT]))
+
+
+def test_a_pyarrow_table_or_a_polars_dataframe_is_refused_as_a_table_not_read_as_a_benchmark(monkeypatch):
+    """Anything with a `columns` attribute was taken for a benchmark's quadruples and its `columns()` called: a pyarrow
+    Table (a list of column names there) passed the check and failed with "'list' object is not callable"."""
+    import types
+
+    import pyarrow as pa
+
+    from evaluation.protocols import evaluate_quadruples
+
+    class DataFrame:  # polars' is not installed; it is looked up in sys.modules, as the check does, never imported
+        columns = ["image_0", "image_1", "caption_0", "caption_1"]
+
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, column):
+            return [_RIGHT[self.columns.index(column)]]
+
+    monkeypatch.setitem(sys.modules, "polars", types.SimpleNamespace(DataFrame=DataFrame))
+    texts = {"image_0": ["a.png"], "image_1": ["b.png"], "caption_0": ["t0"], "caption_1": ["t1"]}
+    for table in (pa.table(texts), pa.RecordBatch.from_pydict(texts), DataFrame()):
+        with pytest.raises(TypeError, match=rf"^quadruples: expected a list of \(image0, image1, text0, text1\), got a "
+                                            rf"table \({type(table).__name__}\); pass its rows: list\(zip\("):
+            evaluate_quadruples(LookupEmbedder(_TEXTS), None, table)
 
 
 def test_quadruples_may_be_any_sequence_by_position_such_as_a_series_or_a_torch_dataset():
