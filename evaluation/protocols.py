@@ -316,29 +316,53 @@ class _Field(LazySequence):
         return self._quadruples[index][self._field]
 
 
-def _columns(quadruples: Quadruples) -> tuple[Sequence[Any], Sequence[Any], list[str], list[str]]:
-    """I0, I1, T0, T1 of the quadruples. A benchmark's quadruples hold them as columns (`columns()`, lazy images),
-    read as such so that no image is decoded to read a text and each once to embed it; other quadruples field by
-    field, each checked to hold four fields of which the last two are strings with words (a ValueError or TypeError
-    naming it)."""
+# (images0, images1, texts0, texts1) of some quadruples, as `_columns` reads them
+_QuadrupleColumns = tuple[Sequence[Any], Sequence[Any], list[str], list[str]]
+
+
+def _columns(quadruples: Any, argument: str) -> _QuadrupleColumns:
+    """I0, I1, T0, T1 of the quadruples, checked; every error names `argument` (`quadruples[2]: ...`).
+
+    Quadruples are anything with a length and items by position (a list, a NumPy array of objects, a pandas Series,
+    a torch Dataset of tuples), but a string, a mapping or a table. A table (a pandas or polars DataFrame, a pyarrow
+    Table, a datasets Dataset, or rows that are mappings) holds its quadruples as columns: a DataFrame failed with
+    "'Index' object is not callable", and a Dataset's first row, a dict, was named a malformed quadruple; its
+    TypeError says how to pass its rows. A benchmark's quadruples hold their fields as columns (`columns()`, lazy
+    images), read as such so that no image is decoded to read a text and each once to embed it; other quadruples
+    are read row by row, each checked to hold four fields of which the last two are strings with words (a ValueError
+    or TypeError naming it). Nothing is embedded here."""
+    _refuse_benchmark(quadruples, argument)
+    if _is_table(quadruples):
+        raise _table_error(argument, type(quadruples).__name__)
+    indexable = hasattr(quadruples, "__len__") and hasattr(quadruples, "__getitem__")
+    if not indexable or isinstance(quadruples, (str, bytes, Mapping)):
+        raise TypeError(
+            f"{argument}: expected a list of (image0, image1, text0, text1), got a {type(quadruples).__name__}"
+        )
+    if len(quadruples) == 0:
+        raise ValueError(f"{argument}: got none")
     if isinstance(quadruples, _IndexedQuadruples):
         images0, images1, texts0, texts1 = quadruples.columns()
         return images0, images1, list(texts0), list(texts1)
     texts0, texts1 = [], []
-    for index, quadruple in enumerate(quadruples):  # each read once here for its texts, so checked here
+    # by position, as `_Field` reads the images: a torch Dataset without `__iter__` iterates until an IndexError
+    for index in range(len(quadruples)):
+        quadruple = quadruples[index]  # each read once here for its texts, so checked here
+        if index == 0 and isinstance(quadruple, Mapping):
+            raise _table_error(argument, f"{type(quadruples).__name__} of {type(quadruple).__name__} rows")
         # a string of four letters is a sequence of four, not a quadruple; a row of a NumPy array of objects is one
         fields = (isinstance(quadruple, Sequence) and not isinstance(quadruple, str)) or (
             isinstance(quadruple, np.ndarray) and quadruple.ndim == 1)
         if not fields or len(quadruple) != 4:
             got = f"{len(quadruple)} fields" if fields else f"{quadruple!r:.80}"
-            raise ValueError(f"quadruples[{index}]: expected (image0, image1, text0, text1), got {got}")
+            raise ValueError(f"{argument}[{index}]: expected (image0, image1, text0, text1), got {got}")
         for field, text in (("text0", quadruple[2]), ("text1", quadruple[3])):
             if not isinstance(text, str):
                 raise TypeError(
-                    f"quadruples[{index}]: {field} is {text!r:.80} ({type(text).__name__}); expected a string"
+                    f"{argument}[{index}]: {field} is {text!r:.80} ({type(text).__name__}); expected a string"
                 )
             if not text.strip():  # MAPLE's processor refuses it too, but by its place among the interleaved texts
-                raise ValueError(f"quadruples[{index}]: {field} is {text!r:.80}, blank; expected a text with words")
+                raise ValueError(f"{argument}[{index}]: {field} is {text!r:.80}, blank; expected a text with words")
         texts0.append(quadruple[2])
         texts1.append(quadruple[3])
     return _Field(quadruples, 0), _Field(quadruples, 1), texts0, texts1
@@ -372,37 +396,25 @@ def _table_error(argument: str, table: str) -> TypeError:
 
 
 def check_quadruples(quadruples: Any, argument: str = "quadruples") -> None:
-    """Raise a TypeError naming `argument` unless `quadruples` is read as quadruples: anything with a length and items
-    by position (a list, a NumPy array of objects, a pandas Series, a torch Dataset of tuples), but a string, a mapping
-    or a table. A table (a pandas or polars DataFrame, a pyarrow Table, a datasets Dataset, or rows that are mappings)
-    holds its quadruples as columns: a DataFrame failed with "'Index' object is not callable", and a Dataset's first
-    row, a dict, was named a malformed quadruple; its error says how to pass its rows. Malformed quadruples are found
-    when read (`_columns`)."""
-    _refuse_benchmark(quadruples, argument)
-    if _is_table(quadruples):
-        raise _table_error(argument, type(quadruples).__name__)
-    indexable = hasattr(quadruples, "__len__") and hasattr(quadruples, "__getitem__")
-    if not indexable or isinstance(quadruples, (str, bytes, Mapping)):
-        raise TypeError(
-            f"{argument}: expected a list of (image0, image1, text0, text1), got a {type(quadruples).__name__}"
-        )
-    # a benchmark's quadruples are read as columns; any other's rows as `_columns` reads them, the first one here
-    if isinstance(quadruples, _IndexedQuadruples) or len(quadruples) == 0:
-        return
-    first = next(iter(quadruples))
-    if isinstance(first, Mapping):
-        raise _table_error(argument, f"{type(quadruples).__name__} of {type(first).__name__} rows")
+    """Raise the TypeError or ValueError, naming `argument`, that `evaluate_quadruples` would raise before embedding
+    anything: for something that is not quadruples (a table, say; see `_columns`), none at all, or a quadruple that is
+    not four fields or whose texts are not strings with words. Every quadruple is read for its texts (a benchmark's
+    texts without its images), but nothing is embedded."""
+    _columns(quadruples, argument)
 
 
 def quadruple_similarities(model, processor, quadruples: Quadruples, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """Per quadruple the image-text cosines [s(I0,T0), s(I0,T1), s(I1,T0), s(I1,T1)] (n, 4) and
     the text-text cosine s(T0, T1) (n,). Copies of a text, or of an image (`_image_keys`), are embedded once, so they
-    tie exactly. An image the processor cannot read is a ValueError naming its quadruple and field
-    (`quadruples[2], image1: ...`)."""
-    check_quadruples(quadruples)
-    if len(quadruples) == 0:
-        raise ValueError("quadruples: got none")
-    images0, images1, texts0, texts1 = _columns(quadruples)
+    tie exactly. Quadruples that cannot be read are refused as `check_quadruples` says; an image the processor cannot
+    read is a ValueError naming its quadruple and field (`quadruples[2], image1: ...`)."""
+    return _similarities(model, processor, _columns(quadruples, "quadruples"), batch_size)
+
+
+def _similarities(model, processor, columns: _QuadrupleColumns, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`quadruple_similarities` of the quadruples' `_columns`, read once by the caller."""
+    images0, images1, texts0, texts1 = columns
+    num_quadruples = len(texts0)
     # Embedded apart, batch padding moved two copies ~1e-7: the batch size decided whether a quadruple whose two
     # captions (or images) are one scored a hit.
     texts = [text for pair in zip(texts0, texts1) for text in pair]
@@ -423,11 +435,11 @@ def quadruple_similarities(model, processor, quadruples: Quadruples, batch_size:
             model, processor, list(text_copies.subset(texts)), image_copies.subset(images), batch_size, text_name,
             image_name
         )
-    text_pairs = text_embeds[text_copies.index].view(len(quadruples), 2, -1)
-    image_pairs = image_embeds[image_copies.index].view(len(quadruples), 2, -1)
+    text_pairs = text_embeds[text_copies.index].view(num_quadruples, 2, -1)
+    image_pairs = image_embeds[image_copies.index].view(num_quadruples, 2, -1)
     image_text = torch.einsum("nid,njd->nij", image_pairs, text_pairs)  # [n, image, text]
     text_text = (text_pairs[:, 0] * text_pairs[:, 1]).sum(dim=-1)
-    return image_text.reshape(len(quadruples), 4), text_text
+    return image_text.reshape(num_quadruples, 4), text_text
 
 
 def evaluate_quadruples(
@@ -442,7 +454,7 @@ def evaluate_quadruples(
     with `categories`. The histograms (counts of cosines in `HISTOGRAM_BINS` bins over [-1, 1]) show the gap
     that the Wasserstein distances summarise; model cards plot them.
     """
-    check_quadruples(quadruples)
+    columns = _columns(quadruples, "quadruples")  # read once, checked before anything is embedded
     if categories is not None and len(categories) != len(quadruples):
         raise ValueError(f"categories: expected one per quadruple ({len(quadruples)}), got {len(categories)}")
     # they are sorted, and name the per-category results
@@ -453,7 +465,7 @@ def evaluate_quadruples(
             f"categories[{bad}]: {labels[bad]!r:.80} ({type(labels[bad]).__name__}); expected a category name "
             "(a string)"
         )
-    image_text, text_text = quadruple_similarities(model, processor, quadruples, batch_size)
+    image_text, text_text = _similarities(model, processor, columns, batch_size)
     hits = group_score_hits(image_text)
 
     def scores(mask: np.ndarray) -> dict[str, float]:

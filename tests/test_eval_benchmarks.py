@@ -340,14 +340,17 @@ def test_errors_in_a_folder_of_parquet_shards_name_the_file_and_its_own_row(tmp_
 @pytest.mark.parametrize("name", ["mmvp", "naturalbench", "winoground"])
 def test_evaluating_a_benchmark_decodes_each_image_once(benchmark_sources, name, monkeypatch):
     """Texts were read through whole quadruples, which decode both images, and images through them again: three
-    decodes per image (a review counted them for MMVP)."""
-    from evaluation.protocols import evaluate_quadruples
+    decodes per image (a review counted them for MMVP). Checking them (as `RPATrainer` does when it is made) decodes
+    none."""
+    from evaluation.protocols import check_quadruples, evaluate_quadruples
     from modeling_maple.testing import build_tiny
 
     benchmark = load_benchmark(name, str(benchmark_sources[name]))
     decoded = []
     for column in benchmark.quadruples.columns()[:2]:  # the lazy image columns
         monkeypatch.setattr(column, "_item", lambda row, decode=column._item: decoded.append(row) or decode(row))
+    check_quadruples(benchmark.quadruples)
+    assert decoded == []
     model, processor = build_tiny("dual_encoder")
     evaluate_quadruples(model, processor, benchmark.quadruples, benchmark.categories, batch_size=4)
     assert len(decoded) == 2 * len(benchmark.quadruples)
@@ -820,6 +823,41 @@ def test_quadruples_may_be_any_sequence_by_position_such_as_a_series_or_a_torch_
 
     for quadruples in (pd.Series([_RIGHT, _WRONG]), Quadruples([_RIGHT, _WRONG])):
         assert evaluate_quadruples(LookupEmbedder(_TEXTS), None, quadruples)["group_score"] == 50.0
+
+
+def test_quadruples_are_checked_and_read_once_per_evaluation():
+    """evaluate_quadruples and quadruple_similarities both checked them, each reading the first quadruple: a lazy
+    dataset's first quadruple was read (and its images decoded) two more times than any other."""
+    from evaluation.protocols import evaluate_quadruples
+
+    reads = [0, 0]
+
+    class Quadruples(torch.utils.data.Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            reads[index] += 1
+            return (_RIGHT, _WRONG)[index]
+
+    evaluate_quadruples(LookupEmbedder(_TEXTS), None, Quadruples())
+    assert reads[0] == reads[1]
+
+
+@pytest.mark.parametrize("quadruples, error, message", [
+    ([], ValueError, r"^eval_quadruples\['sides'\]: got none$"),
+    ([_RIGHT, _RIGHT[:3]], ValueError,
+     r"^eval_quadruples\['sides'\]\[1\]: expected \(image0, image1, text0, text1\), got 3 fields$"),
+    ([(_RIGHT[0], _RIGHT[1], "t0", " ")], ValueError, r"^eval_quadruples\['sides'\]\[0\]: text1 is ' ', blank; "),
+])
+def test_check_quadruples_refuses_what_evaluation_would_before_embedding_and_names_the_argument(quadruples, error,
+                                                                                                message):
+    """It refused only what was not quadruples at all: an empty set, or a quadruple of three fields, passed it and
+    failed at the evaluation (after the training steps before it, for `RPATrainer`'s `eval_quadruples`)."""
+    from evaluation.protocols import check_quadruples
+
+    with pytest.raises(error, match=message):
+        check_quadruples(quadruples, "eval_quadruples['sides']")
 
 
 def test_a_folder_holding_several_splits_is_read_from_the_benchmarks_split_only(tmp_path, monkeypatch):
