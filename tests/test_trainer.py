@@ -119,6 +119,28 @@ def test_quadruples_that_evaluation_cannot_read_are_refused_when_the_trainer_is_
                    processing_class=processor, eval_quadruples={"sides": table})
 
 
+_RED_SIDES = (draw_scene("red", "left"), draw_scene("red", "right"), describe_scene("red", "left"),
+              describe_scene("red", "right"))
+
+
+@pytest.mark.parametrize("eval_quadruples, error, message", [
+    ({"sides": []}, ValueError, r"^eval_quadruples\['sides'\]: got none$"),
+    ({"sides": [_RED_SIDES[:3]]}, ValueError,
+     r"^eval_quadruples\['sides'\]\[0\]: expected \(image0, image1, text0, text1\), got 3 fields$"),
+    ([_RED_SIDES], TypeError, r"^eval_quadruples: expected a dict of named sets, \{name: \[\(image_0, image_1, text_0, "
+                              r"text_1\), \.\.\.\]\}, got a list$"),
+])
+def test_quadruple_sets_that_cannot_be_scored_or_are_not_named_are_refused_when_the_trainer_is_made(
+    tmp_path, eval_quadruples, error, message
+):
+    """Only a set that was not quadruples at all was: an empty set ("got none") or a quadruple of three fields failed
+    at the first evaluation, and quadruples not named in a dict with "'list' object has no attribute 'items'"."""
+    model, processor = build_tiny("dual_encoder", seed=0)
+    with pytest.raises(error, match=message):
+        RPATrainer(model, args=make_config(tmp_path), train_dataset=synthetic_preference_dataset(8),
+                   processing_class=processor, eval_quadruples=eval_quadruples)
+
+
 @pytest.mark.parametrize("several_splits", [False, True])
 def test_fine_grained_scores_reach_the_callbacks_so_early_stopping_can_use_them(tmp_path, several_splits):
     """They were added after `Trainer.evaluate` had called `on_evaluate`: `EarlyStoppingCallback` with

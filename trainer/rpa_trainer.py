@@ -141,7 +141,9 @@ class RPATrainer(DPOTrainer):
             `eval_<name>/text_score`, `/image_score` and `/group_score` (0-100, `evaluation.protocols`). They are
             scored beside an evaluation dataset, which an evaluation needs (as in `Trainer`: `eval_dataset`, or the one
             passed to `evaluate`); to score quadruples alone, call `evaluation.evaluate_quadruples` on the model.
-            A set it cannot read (a table, say) is a TypeError here, not at the first evaluation.
+            A set it cannot read (a table, an empty set, a quadruple that is not four fields or whose texts are not
+            strings with words) is refused here (`evaluation.protocols.check_quadruples`), not at the first
+            evaluation; each quadruple is read for its texts, but nothing is embedded.
     """
 
     _tag_names = ["trl", "maple", "rpa"]
@@ -168,9 +170,8 @@ class RPATrainer(DPOTrainer):
         eval_quadruples: dict[str, Quadruples] | None = None,
     ):
         args = _checked_args(args, model, train_dataset, compute_metrics)
-        # here, not at the first evaluation, which may come after hours of training
-        for name, quadruples in (eval_quadruples or {}).items():
-            check_quadruples(quadruples, f"eval_quadruples[{name!r}]")
+        if eval_quadruples is not None:
+            _check_eval_quadruples(eval_quadruples)
         # the Hub revision of a model loaded here, which an adapter records as its base's
         base_revision = (args.model_init_kwargs or {}).get("revision") if isinstance(model, str) else None
         model, processing_class = _model_and_processor(model, processing_class, args)
@@ -1003,6 +1004,19 @@ def _checked_args(
             "evaluate the saved model (`maple eval`)."
         )
     return args
+
+
+def _check_eval_quadruples(eval_quadruples: Any) -> None:
+    """Raise the TypeError or ValueError that scoring `eval_quadruples` would raise before embedding anything, here,
+    not at the first evaluation, which may come after hours of training: a set is checked by `check_quadruples`
+    (every quadruple read for its texts, nothing embedded), under its name."""
+    if not isinstance(eval_quadruples, Mapping):
+        raise TypeError(
+            "eval_quadruples: expected a dict of named sets, {name: [(image_0, image_1, text_0, text_1), ...]}, got a "
+            f"{type(eval_quadruples).__name__}"
+        )
+    for name, quadruples in eval_quadruples.items():
+        check_quadruples(quadruples, f"eval_quadruples[{name!r}]")
 
 
 def _model_and_processor(
