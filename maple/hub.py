@@ -144,14 +144,16 @@ def _sent_a_token(answered: BaseException) -> bool:
 
 
 def hub_failure(
-    error: BaseException, repo_id: str, *, repo_type: str = "model", revision: str | None = None, writing: bool = False
+    error: BaseException, repo_id: str, *, repo_type: str = "model", revision: str | None = None, writing: bool = False,
+    subfolder: str = "",
 ) -> str | None:
     """One line naming the repo and what the Hub answered, for a failure whose exception chain holds a Hub error;
     None when it holds none, or only a missing file of a repo that was read (the caller's own message says which).
 
     An HTTP answer (the first in the chain: transformers and datasets wrap it) wins over the "not in the local
     cache" error a failed download also raises; with no answer the Hub was offline or unreachable (`writing`: a push,
-    for which the local cache is no way out)."""
+    for which the local cache is no way out), and the files read were not in the cache: those of `subfolder` where
+    given (a repo may be cached without them)."""
     from huggingface_hub.errors import (
         DisabledRepoError,
         GatedRepoError,
@@ -202,7 +204,8 @@ def hub_failure(
     if any(isinstance(link, (OfflineModeIsEnabled, httpx.TransportError, LocalEntryNotFoundError)) for link in chain):
         if writing:
             return f"{where} cannot be written: the Hub is offline (HF_HUB_OFFLINE) or unreachable"
-        return f"{where} is not in the local cache and the Hub is offline or unreachable"
+        uncached = f"subfolder {subfolder!r} of {where}" if subfolder else where
+        return f"{uncached} is not in the local cache and the Hub is offline or unreachable"
     return None
 
 

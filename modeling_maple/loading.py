@@ -18,7 +18,7 @@ from typing import Any
 
 from transformers import AutoConfig, AutoModel, AutoProcessor, PreTrainedConfig
 
-from maple.hub import hub_failure, is_hub_id, local_typo_hint
+from maple.hub import hub_failure, hub_repo, is_hub_id, local_typo_hint
 
 from .configuration_maple import BACKBONES, DUAL_ENCODER_MODEL_TYPES, SUPPORTED_MLLMS, MapleConfig, backbone_of
 from .modeling_maple import MapleModel, is_two_tower
@@ -88,7 +88,8 @@ def load_maple(
     Raises:
         MapleLoadError: before any weights load, with a message that starts with `name_or_path`: the config cannot
             be read (missing, offline and not cached, gated, an HTTP error from the Hub: `maple.hub.hub_failure`; of
-            no known model type; the `subfolder` named, as is a local folder's that is not there), the checkpoint is neither MAPLE's nor one whose backbone is known or given, or it
+            no known model type; a `subfolder` that is not there, has no config.json, or is not in the cache of an
+            offline Hub, named as such), the checkpoint is neither MAPLE's nor one whose backbone is known or given, or it
             cannot be the backbone given (an encoder that is not a supported MLLM as `"mllm"`, one without a text
             tower as `"dual_encoder"`), or its processor cannot be built (`image_processor_kwargs` holding a setting
             the image processor does not have; an image processor the model cannot take); `BackboneLoadingError` for
@@ -236,6 +237,24 @@ def _file_loading_kwargs(from_pretrained_kwargs: dict[str, Any]) -> dict[str, An
     return {key: value for key, value in from_pretrained_kwargs.items() if key in FILE_LOADING_KWARGS}
 
 
+def _hub_lacks_config(
+    repo_id: str, subfolder: str, revision: str | None, token: str | None, file_loading_kwargs: dict[str, Any]
+) -> bool:
+    """Whether the Hub answers that `subfolder` of repo `repo_id` has no config.json (an HTTP 404,
+    `RemoteEntryNotFoundError`): transformers reads that answer as a config without a model type, and keeps no Hub
+    error for `hub_failure` to read, so the file is asked for once more."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    try:
+        hf_hub_download(repo_id, "config.json", subfolder=subfolder, revision=revision, token=token,
+                        cache_dir=file_loading_kwargs.get("cache_dir"),
+                        local_files_only=file_loading_kwargs.get("local_files_only", False))
+    except OSError as error:  # (huggingface_hub's errors are OSErrors: any other says nothing of the file)
+        return isinstance(error, RemoteEntryNotFoundError)
+    return False
+
+
 def _checkpoint(
     name_or_path: str,
     backbone: str | None,
@@ -250,17 +269,28 @@ def _checkpoint(
     if not Path(name_or_path).exists() and not is_hub_id(name_or_path):  # './x', '/x', 'a/b/c'
         raise MapleLoadError(f"{name_or_path}: no such folder")
     subfolder = from_pretrained_kwargs.get("subfolder") or ""
-    if subfolder and Path(name_or_path).is_dir() and not (Path(name_or_path) / subfolder).is_dir():
-        raise MapleLoadError(f"{name_or_path}: no subfolder {subfolder!r}")
+    # (transformers reads a subfolder without config.json, or none at all, as a config without a model type:
+    # "Unrecognized model in <repo>")
+    if subfolder and Path(name_or_path).is_dir():
+        if not (Path(name_or_path) / subfolder).is_dir():
+            raise MapleLoadError(f"{name_or_path}: no subfolder {subfolder!r}")
+        if not (Path(name_or_path) / subfolder / "config.json").is_file():
+            raise MapleLoadError(f"{name_or_path}: no config.json in subfolder {subfolder!r}")
+    file_loading_kwargs = _file_loading_kwargs(from_pretrained_kwargs)
     try:
         config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision, token=token,
-                                            **_file_loading_kwargs(from_pretrained_kwargs))
+                                            **file_loading_kwargs)
     except (OSError, ValueError) as error:  # transformers says which: not found, gated, offline, unknown model type
         # except for a Hub answer, such as an HTTP 500, that it reads as "couldn't connect"
-        problem = hub_failure(error, name_or_path, revision=revision) or " ".join(str(error).split())
-        # (transformers names the repo alone, and a subfolder without config.json as a config without a model type)
-        where = f"subfolder {subfolder!r}: " if subfolder else ""
-        raise MapleLoadError(f"{name_or_path}: {where}{problem}{local_typo_hint(name_or_path)}") from error
+        problem = hub_failure(error, name_or_path, revision=revision, subfolder=subfolder)
+        if problem is None and subfolder and not Path(name_or_path).is_dir() and _hub_lacks_config(
+            name_or_path, subfolder, revision, token, file_loading_kwargs
+        ):
+            problem = f"subfolder {subfolder!r} of {hub_repo(name_or_path)} has no config.json"
+        if problem is None:  # transformers' own words, which name the repo alone
+            where = f"subfolder {subfolder!r}: " if subfolder else ""
+            problem = where + " ".join(str(error).split())
+        raise MapleLoadError(f"{name_or_path}: {problem}{local_typo_hint(name_or_path)}") from error
     if config.model_type == MapleConfig.model_type:
         return None, config
     backbone = backbone or backbone_of(config.model_type)

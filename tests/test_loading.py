@@ -142,8 +142,9 @@ def test_a_checkpoint_in_a_subfolder_or_a_cache_of_its_own_is_read_there_config_
 
 
 def test_a_subfolder_that_is_not_there_is_named(tmp_path):
-    """A local repo's missing subfolder read as a config without a model type ("Unrecognized model in <repo>", whose
-    config.json was fine), a cached Hub repo's as the repo missing from the cache."""
+    """A local repo's missing subfolder, or one without config.json, read as a config without a model type
+    ("Unrecognized model in <repo>", whose config.json was fine); a cached Hub repo's, offline, as the repo missing
+    from the cache."""
     model, processor = build_tiny("dual_encoder", seed=0)
     for part in (model, processor):
         part.save_pretrained(tmp_path / "repo")
@@ -151,12 +152,39 @@ def test_a_subfolder_that_is_not_there_is_named(tmp_path):
     repo = re.escape(str(tmp_path / "repo"))
     with pytest.raises(MapleLoadError, match=rf"^{repo}: no subfolder 'run'$"):
         load_maple(str(tmp_path / "repo"), subfolder="run")
-    with pytest.raises(MapleLoadError, match=rf"^{repo}: subfolder 'logs': Unrecognized model in {repo}\."):
+    with pytest.raises(MapleLoadError, match=rf"^{repo}: no config.json in subfolder 'logs'$"):
         load_maple(str(tmp_path / "repo"), subfolder="logs")
     cached_hub_repo(tmp_path / "cache", "maple-org/tiny", model, processor)
-    with pytest.raises(MapleLoadError, match=r"^maple-org/tiny: subfolder 'run': model repo 'maple-org/tiny' on \S+ is "
-                                             r"not in the local cache and the Hub is offline or unreachable$"):
+    with pytest.raises(MapleLoadError, match=r"^maple-org/tiny: subfolder 'run' of model repo 'maple-org/tiny' on \S+ "
+                                             r"is not in the local cache and the Hub is offline or unreachable$"):
         load_maple("maple-org/tiny", subfolder="run", cache_dir=str(tmp_path / "cache"))
+
+
+def test_a_hub_repos_subfolder_without_config_json_is_named(hub_server, tmp_path):
+    """The Hub's 404 for the subfolder's config.json read as a config without a model type ("Unrecognized model in
+    <repo>. Should have a `model_type` key in its config.json")."""
+    load = """
+import tempfile
+from huggingface_hub import HfApi
+from modeling_maple import MapleLoadError, load_maple
+from modeling_maple.testing import build_tiny
+
+with tempfile.TemporaryDirectory() as folder:
+    for part in build_tiny("dual_encoder", seed=0):
+        part.save_pretrained(folder)
+    HfApi().create_repo("maple-tester/tiny-in-run")
+    HfApi().upload_folder(repo_id="maple-tester/tiny-in-run", folder_path=folder, path_in_repo="run")
+print(load_maple("maple-tester/tiny-in-run", subfolder="run")[0].config.backbone)
+try:
+    load_maple("maple-tester/tiny-in-run", subfolder="nope")
+except MapleLoadError as error:
+    print(error)
+"""
+    assert run_client(hub_server, tmp_path, load).splitlines() == [
+        "dual_encoder",
+        f"maple-tester/tiny-in-run: subfolder 'nope' of model repo 'maple-tester/tiny-in-run' on {hub_server.url} has "
+        "no config.json",
+    ]
 
 
 @pytest.mark.parametrize("loading", [{"local_files_only": True}, {"force_download": True}])
