@@ -134,9 +134,9 @@ def load_maple_processor(
     image_processor_kwargs: dict[str, Any] | None = None,
     **file_loading_kwargs: Any,
 ) -> MapleProcessor:
-    """The processor of [`load_maple`] alone, its files read from where `file_loading_kwargs` say
+    """The processor of [`load_maple`] alone, a MAPLE checkpoint's files read from where `file_loading_kwargs` say
     (`FILE_LOADING_KWARGS`: `subfolder`, `cache_dir`, ..., as [`load_maple`] takes them; the weights' arguments, such as
-    `dtype`, are a TypeError)."""
+    `dtype`, are a TypeError; any for a backbone a `BackboneLoadingError`)."""
     not_file_loading = sorted(set(file_loading_kwargs) - set(FILE_LOADING_KWARGS))
     if not_file_loading:
         raise TypeError(
@@ -144,7 +144,9 @@ def load_maple_processor(
             f"its own, only those that say where the checkpoint's files are ({', '.join(FILE_LOADING_KWARGS)})"
         )
     name_or_path = _local(name_or_path)
-    backbone, config = _checkpoint(name_or_path, backbone, revision, trust_remote_code, token, file_loading_kwargs)
+    backbone, config = _checkpoint(
+        name_or_path, backbone, revision, trust_remote_code, token, file_loading_kwargs, processor_only=True
+    )
     return _load_processor(
         name_or_path, backbone, config, revision, trust_remote_code, backend, token, image_processor_kwargs,
         file_loading_kwargs,
@@ -262,10 +264,12 @@ def _checkpoint(
     trust_remote_code: bool,
     token: str | None,
     from_pretrained_kwargs: dict[str, Any],
+    processor_only: bool = False,
 ) -> tuple[str | None, PreTrainedConfig]:
     """(backbone, config) of the checkpoint: the backbone None for a MAPLE checkpoint, else the one to wrap it as
     (given or inferred); `MapleLoadError`s as [`load_maple`] says, and a `BackboneLoadingError` for
-    `from_pretrained_kwargs` a backbone cannot take. Reads the config only, from where `from_pretrained_kwargs` say."""
+    `from_pretrained_kwargs` a backbone cannot take (`processor_only`: its processor, which takes none). Reads the
+    config only, from where `from_pretrained_kwargs` say."""
     if not Path(name_or_path).exists() and not is_hub_id(name_or_path):  # './x', '/x', 'a/b/c'
         raise MapleLoadError(f"{name_or_path}: no such folder")
     subfolder = from_pretrained_kwargs.get("subfolder") or ""
@@ -320,12 +324,16 @@ def _checkpoint(
             f"config), and load_maple wraps only those (CLIP, SigLIP) as 'dual_encoder'{PAIRING_ADVICE}"
         )
     # (before the processor, which `MapleProcessor.from_backbone` would read from the repo's top folder)
-    unused = sorted(set(from_pretrained_kwargs) - set(BACKBONE_LOADING_KWARGS))
+    if processor_only:  # load_maple_processor's are FILE_LOADING_KWARGS, none of which a backbone's processor takes
+        taken = ()
+        why = (f"load_maple_processor takes {', '.join(FILE_LOADING_KWARGS)} for a MAPLE checkpoint only: "
+               "MapleProcessor.from_backbone reads a backbone's files with revision and token")
+    else:
+        taken = BACKBONE_LOADING_KWARGS
+        why = f"MapleModel.from_backbone takes only {', '.join(BACKBONE_LOADING_KWARGS)}, revision and token"
+    unused = sorted(set(from_pretrained_kwargs) - set(taken))
     if unused:
-        raise BackboneLoadingError(
-            f"{name_or_path}: {', '.join(unused)} cannot be passed when building from a backbone "
-            f"(MapleModel.from_backbone takes only {', '.join(BACKBONE_LOADING_KWARGS)}, revision and token)"
-        )
+        raise BackboneLoadingError(f"{name_or_path}: {', '.join(unused)} cannot be passed when building from a backbone ({why})")
     return backbone, config
 
 

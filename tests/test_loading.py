@@ -76,12 +76,21 @@ def test_the_trainer_and_the_evaluation_build_the_same_embedder_from_a_backbone(
 def test_checkpoints_it_cannot_load_are_refused_before_any_weights_load(tmp_path, clip_folder, monkeypatch):
     from transformers import BertConfig, BertModel, SamConfig
 
+    from modeling_maple import BackboneLoadingError, load_maple_processor
+
     BertModel(BertConfig(vocab_size=99, **TINY_TOWER)).save_pretrained(tmp_path / "bert")
     monkeypatch.setattr(MapleModel, "from_backbone", lambda *args, **kwargs: pytest.fail("weights were loaded"))
     with pytest.raises(MapleLoadError, match=r"bert: .*'bert' checkpoint, neither a MAPLE one .*text_backbone="):
         load_maple(str(tmp_path / "bert"))
     with pytest.raises(MapleLoadError, match=r"clip: device_map cannot be passed when building from a backbone"):
         load_maple(str(clip_folder), device_map="cpu")
+    # the processor alone: named what load_maple_processor takes, not what MapleModel.from_backbone does (dtype, ...)
+    with pytest.raises(BackboneLoadingError, match=r"^\S*clip: cache_dir, local_files_only cannot be passed when building "
+                                                   r"from a backbone \(load_maple_processor takes subfolder, cache_dir, "
+                                                   r"force_download, local_files_only, proxies for a MAPLE checkpoint "
+                                                   r"only: MapleProcessor.from_backbone reads a backbone's files with "
+                                                   r"revision and token\)$"):
+        load_maple_processor(str(clip_folder), cache_dir=str(tmp_path / "cache"), local_files_only=True)
     with pytest.raises(MapleLoadError, match=r"clip: a 'clip' checkpoint cannot be the 'mllm' backbone"):
         load_maple(str(clip_folder), backbone="mllm")  # the backbone named, not the one the config suggests
     SamConfig().save_pretrained(tmp_path / "sam")  # a vision config, but no text one
