@@ -219,6 +219,29 @@ def test_where_a_hub_repos_files_are_reaches_every_file_read_the_adapter_lookup_
     assert {tuple(where) for _, *where in asked} == {("run", str(cache), value)}
 
 
+def test_a_callers_own_adapter_kwargs_win_over_where_the_checkpoints_files_are(tmp_path, monkeypatch):
+    """`load_maple` merges the arguments that say where the files are into AutoModel's `adapter_kwargs`, under those
+    the caller gives: a PEFT adapter kept apart from its checkpoint (another subfolder, another cache) is looked for
+    where the caller says, with the rest of where the files are."""
+    from transformers.models.auto import auto_factory
+
+    from modeling_maple import load_maple_model
+
+    for part in build_tiny("dual_encoder", seed=0):
+        part.save_pretrained(tmp_path / "repo" / "run")
+    looked_in, find_adapter_config_file = [], auto_factory.find_adapter_config_file
+
+    def recording_find(model_id, **adapter_kwargs):
+        looked_in.append({key: adapter_kwargs.get(key) for key in ("subfolder", "cache_dir", "local_files_only")})
+        return find_adapter_config_file(model_id, **adapter_kwargs)
+
+    monkeypatch.setattr(auto_factory, "find_adapter_config_file", recording_find)
+    own = {"subfolder": "adapter", "cache_dir": str(tmp_path / "adapter-cache")}
+    load_maple_model(str(tmp_path / "repo"), subfolder="run", cache_dir=str(tmp_path / "cache"), local_files_only=True,
+                     adapter_kwargs=own)
+    assert looked_in == [own | {"local_files_only": True}]
+
+
 def test_local_files_only_loads_a_cached_hub_repo_without_asking_the_hub(hub_server, tmp_path):
     """With `local_files_only` and HF_HUB_OFFLINE unset, AutoModel's look for a PEFT adapter asked the Hub for
     adapter_config.json all the same: an unreachable Hub cost each load some 20 s of retries."""
