@@ -79,6 +79,7 @@ from .sources import (
     DEFAULT_ID_COLUMN,
     SourceError,
     check_outside_source,
+    csv_cells_reading,
     decode_image,
     encoded_bytes,
     image_paths,
@@ -714,7 +715,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         write the same checkpoints and shards. Saved as manifest.json by the first build."""
         config = self.config
         generated = config.text_candidates == "generated"
-        self._load_source()
+        source_rows = self._load_source()
         if self.source_dataset is not None:
             source = IN_MEMORY_SOURCE
         else:  # local files are identified by their contents (`local_source_digest`), wherever they are
@@ -723,6 +724,10 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             "manifest_version": MANIFEST_VERSION,
             "source": source,
             "source_fingerprint": self._source_fingerprint,
+            # How CSV cells were read (None: no CSV data). Added without a new manifest version: a work dir begun before
+            # reads as None, right for a source without CSV data; one whose CSV data pandas' defaults read is refused
+            # naming this field
+            "source_csv_cells": None if self.source_dataset is not None else csv_cells_reading(source_rows),
             "source_config": config.source_config,
             "source_split": config.source_split,
             "image_column": config.image_column,

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.json as paj
 from datasets.exceptions import DatasetGenerationError
 from datasets.packaged_modules.csv.csv import CsvConfig
-from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder, ImageFolderConfig
+from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 from datasets.packaged_modules.json.json import JsonConfig
 from datasets.utils.file_utils import is_local_path
 
@@ -293,7 +293,7 @@ def load_source(
                 location, name, cache_dir=cache_dir, token=token,
                 converters={column: str for column in _csv_columns(builder, data_files)}, **CSV_TEXT_CELLS,
             )
-        elif isinstance(builder, ImageFolder):
+        elif isinstance(builder, ImageFolder) and _holds_csv_metadata(builder, data_files):
             builder = _TextCellsImageFolder.reading(builder, cache_dir=cache_dir)
         builder.download_and_prepare()
     _check_selects_rows(source, split, {str(name): info.num_examples for name, info in builder.info.splits.items()})
@@ -307,6 +307,16 @@ def load_source(
 # column, not only the build's: a number column whose `NA` became text would be text in one 10,000-row chunk and
 # numbers in the next, which `datasets` cannot write as one column.
 CSV_TEXT_CELLS = {"keep_default_na": False, "na_values": [""]}
+# How `load_source` reads CSV cells, as a build's manifest records it for a source with CSV data (`csv_cells_reading`):
+# a work dir begun by an older builder, which read them with pandas' defaults, records none
+CSV_CELLS_AS_TEXT = "the text written, only an empty cell missing"
+
+
+def csv_cells_reading(source: datasets.Dataset) -> str | None:
+    """How the cells of the CSV data `source` (a dataset `load_source` read) came from were read: `CSV_CELLS_AS_TEXT`
+    for a CSV table, and for an image folder whose captions are a metadata.csv (or which holds a zip archive); None
+    where `load_source` read no CSV data."""
+    return CSV_CELLS_AS_TEXT if source.info.builder_name in ("csv", _TextCellsImageFolder.NAME) else None
 
 
 def _csv_columns(builder: datasets.DatasetBuilder, files: Iterable[str]) -> list[str]:
@@ -320,34 +330,44 @@ def _csv_columns(builder: datasets.DatasetBuilder, files: Iterable[str]) -> list
     return list(columns)
 
 
-@dataclasses.dataclass
-class _TextCellsImageFolderConfig(ImageFolderConfig):
-    """`datasets`' imagefolder config, and `csv_cells_as_text`: whether a metadata.csv is read with every cell as the
-    text written, an empty one as missing (`CSV_TEXT_CELLS`); part of the config id, so of the cache's key."""
-
-    csv_cells_as_text: bool = False
+def _holds_csv_metadata(builder: ImageFolder, files: Iterable[str]) -> bool:
+    """Whether image folder `builder` reads a CSV caption table among `files` (its data files): a metadata.csv (or one
+    of the config's `metadata_filenames`, by name), or a zip archive, which it searches for one."""
+    names = builder.config.metadata_filenames or builder.METADATA_FILENAMES
+    return any(
+        (os.path.basename(file) in names and file.lower().endswith(".csv")) or file.lower().endswith(".zip")
+        for file in files
+    )
 
 
 class _TextCellsImageFolder(ImageFolder):
-    """`datasets`' imagefolder, reading a metadata.csv with every cell as the text written where its config says so
-    (`csv_cells_as_text`): imagefolder reads it with pandas' defaults, and takes no pandas options. Other metadata
-    files (.jsonl, .parquet) are read as imagefolder reads them."""
+    """`datasets`' imagefolder, reading a metadata.csv with every cell as the text written, an empty one as missing
+    (`CSV_TEXT_CELLS`): imagefolder reads it with pandas' defaults, and takes no pandas options. Other metadata files
+    (.jsonl, .parquet) are read as imagefolder reads them; an image folder without a CSV caption table is read by
+    imagefolder itself (`_holds_csv_metadata`), whose config id and cache, and so a Hub source's fingerprint, it
+    keeps."""
 
-    BUILDER_CONFIG_CLASS = _TextCellsImageFolderConfig
+    # Its `DatasetInfo.builder_name`, by which `csv_cells_reading` tells a source it read (`datasets` names a builder
+    # after its module), and the end of its config ids: its cache is never imagefolder's, read with pandas' defaults
+    NAME = "imagefolder_csv_text_cells"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.info.builder_name = self.NAME
 
     @classmethod
     def reading(cls, builder: ImageFolder, cache_dir: str | None = None) -> _TextCellsImageFolder:
         """The image folder `builder` reads (its data files, Hub repo and revision, and config: one named in the
-        README included), read with `csv_cells_as_text`; its datasets cache in `cache_dir` (None: the default)."""
+        README included), read with CSV cells as text; its datasets cache in `cache_dir` (None: the default)."""
         settings = {field.name: getattr(builder.config, field.name) for field in dataclasses.fields(builder.config)}
         return cls(
             cache_dir=cache_dir, dataset_name=builder.dataset_name, config_name=settings.pop("name"), hash=builder.hash,
             base_path=builder.base_path, token=builder.token, repo_id=builder.repo_id,
-            storage_options=builder.storage_options, **settings, csv_cells_as_text=True,
+            storage_options=builder.storage_options, config_id=f"{builder.config_id}-{cls.NAME}", **settings,
         )
 
     def _read_metadata(self, metadata_file: str, metadata_ext: str = "") -> Iterator[pa.Table]:
-        if metadata_ext != ".csv" or not self.config.csv_cells_as_text:
+        if metadata_ext != ".csv":
             yield from super()._read_metadata(metadata_file, metadata_ext=metadata_ext)
             return
         import pyarrow.parquet as pq

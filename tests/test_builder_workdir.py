@@ -553,3 +553,43 @@ def test_a_recipe_difference_with_settings_on_one_side_only_is_short():
                 "weights": "0" * 64, "image_processor": {"size": 448}}
     [difference] = _differences({"judge_settings": None}, {"judge_settings": settings})
     assert difference.startswith("judge_settings: None in the work dir, {") and len(difference) < 400
+
+
+@pytest.mark.parametrize("captions", ["metadata.csv", "metadata.jsonl", "table.csv"])
+def test_a_work_dir_begun_before_csv_cells_were_read_as_text_is_refused_for_a_source_with_csv_data(tmp_path, captions):
+    """A build begun when pandas' defaults read a CSV source (the ids 0123 and 123 both 123, the second skipped as the
+    first's duplicate) resumed with that input check, where the source now reads 0123: its manifest, which has no
+    source_csv_cells, names the change. A source without CSV data resumes such a work dir."""
+    from PIL import Image
+
+    source = tmp_path / "source"
+    source.mkdir()
+    for index in range(2):
+        Image.new("RGB", (8, 8), (index * 80, 0, 0)).save(tmp_path / f"{index}.png")
+    if captions == "table.csv":
+        (source / captions).write_text(f"image,id,caption\n{tmp_path / '0.png'},0123,a\n{tmp_path / '1.png'},123,b\n")
+    else:
+        for index in range(2):
+            shutil.copyfile(tmp_path / f"{index}.png", source / f"{index}.png")
+        rows = [{"file_name": "0.png", "id": "0123", "caption": "a"}, {"file_name": "1.png", "id": "123", "caption": "b"}]
+        (source / captions).write_text(
+            "file_name,id,caption\n0.png,0123,a\n1.png,123,b\n" if captions.endswith(".csv")
+            else "".join(json.dumps(row) + "\n" for row in rows)
+        )
+
+    def builder() -> MaplePreferences:
+        return _builder(tmp_path, source_dataset=None, source=str(source), config_name="corpus-captions", captioner=None)
+
+    builder().check_work_dir()
+    path = tmp_path / "work" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    has_csv = captions.endswith(".csv")
+    assert manifest["source_csv_cells"] == ("the text written, only an empty cell missing" if has_csv else None)
+    del manifest["source_csv_cells"]
+    path.write_text(json.dumps(manifest))
+    if has_csv:
+        with pytest.raises(WorkDirMismatch, match=r"\(source_csv_cells: None in the work dir, 'the text written, only "
+                                                  r"an empty cell missing' now\)"):
+            builder().check_work_dir()
+    else:
+        builder().check_work_dir()

@@ -3,6 +3,7 @@ they can."""
 
 import json
 
+import datasets
 import pytest
 from hub_server import run_client
 from PIL import Image
@@ -190,15 +191,28 @@ def test_csv_cells_are_read_as_the_text_written(tmp_path, layout):
     assert builder.check_inputs() == (6, [0, 1, 2, 3, 4], [SkippedInput(5, "000000005", "empty caption")])
 
 
+def test_an_image_folder_without_a_csv_caption_table_is_read_by_datasets_imagefolder(tmp_path):
+    """Its config id, and so its cache and a Hub source's fingerprint (which a build's manifest records), are those of
+    datasets' imagefolder, as before CSV cells were read as text: a build begun then resumes. The subclass reading a
+    metadata.csv as text had a config id of its own for every image folder."""
+    folder = tmp_path / "images"
+    _image_folder(folder)
+    (folder / "metadata.jsonl").write_text('{"file_name": "0.png", "id": "01"}\n{"file_name": "1.png", "id": "1"}\n')
+    read = load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"))
+    plain = datasets.load_dataset(str(folder), split="train", cache_dir=str(tmp_path / "cache"))
+    assert read.cache_files == plain.cache_files and read._fingerprint == plain._fingerprint
+
+
 HUB_CSV_SOURCES = """
 import gzip, json
 from pathlib import Path
+import datasets
 from huggingface_hub import HfApi
 from PIL import Image
 from dataset_builders.sources import load_source
 
 api = HfApi()
-table, images = Path("table"), Path("images")
+table, images, plain = Path("table"), Path("images"), Path("plain")
 table.mkdir()  # compressed, its separator in the README's config
 (table / "data.csv.gz").write_bytes(gzip.compress(b"id;image;caption\\n000123;0.png;NA\\n123;1.png;\\n"))
 (table / "README.md").write_text("---\\nconfigs:\\n- config_name: semicolons\\n  data_files: data.csv.gz\\n  sep: ';'\\n---\\n")
@@ -208,7 +222,15 @@ for config in ("a", "b"):  # an image folder of two configs
         Image.new("RGB", (8, 8)).save(images / config / f"{index}.png")
     (images / config / "metadata.csv").write_text(f"file_name,id,caption\\n0.png,0123{config},null\\n1.png,123,N/A\\n")
 (images / "README.md").write_text("---\\nconfigs:\\n- config_name: a\\n  data_dir: a\\n- config_name: b\\n  data_dir: b\\n---\\n")
+plain.mkdir()  # an image folder without CSV data
+Image.new("RGB", (8, 8)).save(plain / "0.png")
+(plain / "metadata.jsonl").write_text('{"file_name": "0.png", "id": "0123"}\\n')
 read = {}
+api.create_repo("maple-org/jsonl-images", repo_type="dataset")
+api.upload_folder(repo_id="maple-org/jsonl-images", folder_path=str(plain), repo_type="dataset")
+# a build begun before CSV cells were read as text recorded datasets' fingerprint
+fingerprint = datasets.load_dataset("maple-org/jsonl-images", split="train", cache_dir="cache")._fingerprint
+read["fingerprint kept"] = load_source("maple-org/jsonl-images", split="train", cache_dir="cache")._fingerprint == fingerprint
 for repo, folder, name in (("maple-org/csv-table", table, None), ("maple-org/csv-images", images, "b")):
     api.create_repo(repo, repo_type="dataset")
     api.upload_folder(repo_id=repo, folder_path=str(folder), repo_type="dataset")
@@ -220,7 +242,7 @@ print(json.dumps(read))
 
 def test_csv_cells_of_a_hub_source_are_read_as_the_text_written(hub_server, tmp_path):
     """On the Hub too: a CSV table (its columns read from the Hub, compressed, with its README's separator) and an
-    image folder's metadata.csv, of the config named."""
+    image folder's metadata.csv, of the config named. An image folder without CSV data keeps datasets' fingerprint."""
     read = json.loads(run_client(hub_server, tmp_path, HUB_CSV_SOURCES).strip().splitlines()[-1])
-    assert read == {"maple-org/csv-table": [["000123", "123"], ["NA", None]],
+    assert read == {"fingerprint kept": True, "maple-org/csv-table": [["000123", "123"], ["NA", None]],
                     "maple-org/csv-images": [["0123b", "123"], ["null", "N/A"]]}
