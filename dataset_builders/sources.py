@@ -340,6 +340,13 @@ def _holds_csv_metadata(builder: ImageFolder, files: Iterable[str]) -> bool:
     )
 
 
+# `datasets` patches the module of every builder it makes (`_TextCellsImageFolder`) for streaming: its `open`,
+# `os.path`, `pathlib.Path`, `gzip.open`, `pandas.read_csv`... become `datasets`' own, and a Hub CSV table's columns
+# (`_csv_columns`: pandas.read_csv with storage_options) then failed to read. Marked as patched, this module keeps the
+# standard library's and pandas' functions; the builder reads only metadata files `datasets` downloaded.
+_patched_for_streaming = True
+
+
 class _TextCellsImageFolder(ImageFolder):
     """`datasets`' imagefolder, reading a metadata.csv with every cell as the text written, an empty one as missing
     (`CSV_TEXT_CELLS`): imagefolder reads it with pandas' defaults, and takes no pandas options. Other metadata files

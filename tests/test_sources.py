@@ -231,7 +231,9 @@ api.upload_folder(repo_id="maple-org/jsonl-images", folder_path=str(plain), repo
 # a build begun before CSV cells were read as text recorded datasets' fingerprint
 fingerprint = datasets.load_dataset("maple-org/jsonl-images", split="train", cache_dir="cache")._fingerprint
 read["fingerprint kept"] = load_source("maple-org/jsonl-images", split="train", cache_dir="cache")._fingerprint == fingerprint
-for repo, folder, name in (("maple-org/csv-table", table, None), ("maple-org/csv-images", images, "b")):
+# the image folder first: datasets patched the module of a builder it made (open, pandas.read_csv) for streaming, where
+# the table's columns are read
+for repo, folder, name in (("maple-org/csv-images", images, "b"), ("maple-org/csv-table", table, None)):
     api.create_repo(repo, repo_type="dataset")
     api.upload_folder(repo_id=repo, folder_path=str(folder), repo_type="dataset")
     rows = load_source(repo, split="train", name=name, cache_dir="cache")
