@@ -248,9 +248,9 @@ def load_source(
     are all "train"). A split the source lacks is a `SourceError` naming the source and the splits
     it has. `split` may slice or join splits as `datasets` does ("train[:1000]", "train+test"). In a local folder's
     JSON data files (compressed too; those of the splits read), a column of `columns` (the ones the build reads) holding
-    values of several types is a `SourceError` naming file, line and column (`_check_json_value_types`): `datasets`
-    would read it as JSON text, quoting each value. CSV data (tables, an image folder's metadata.csv) is read with
-    every cell as the text written, an empty cell as missing (`CSV_TEXT_CELLS`)."""
+    values of several types, in one file or across files, is a `SourceError` naming file, line and column
+    (`_check_json_value_types`): `datasets` would read values of one type as text, or fail. CSV data (tables, an image
+    folder's metadata.csv) is read with every cell as the text written, an empty cell as missing (`CSV_TEXT_CELLS`)."""
     path = expanded_path(source)
     # A path that can only be local (a Hub id is "name" or "org/name") is not sent to the Hub when missing.
     if not path.exists() and (names_a_file(source) or source.startswith((".", "/", "~")) or source.count("/") > 1):
@@ -284,7 +284,7 @@ def load_source(
     if path.exists():
         _check_local_parquet_rows(source, split, builder.config.data_files)
         _check_caption_table_rows(source, builder.config.data_files)
-        _check_json_value_types(source, builder.config.data_files, split, columns)
+        _check_json_value_types(source, builder.config.data_files, split, columns, isinstance(builder, ImageFolder))
     data_files = [str(file) for names in builder.config.data_files.values() for file in names]
     with _data_files_read(source, data_files):
         # CSV cells as the text written (`CSV_TEXT_CELLS`): the csv builder takes pandas' options, imagefolder does not
@@ -449,46 +449,69 @@ COMPRESSION_SUFFIXES = (".gz", ".gzip", ".bz2", ".xz", ".zst", ".zstd", ".lz4")
 JSON_CHUNK_SIZE = JsonConfig.chunksize
 
 
+# What `datasets` makes of a column whose values are of several types, by the builder reading the JSON files: the json
+# builder, or an image folder's (a caption table, metadata.jsonl)
+MIXED_TYPES_READ_AS = {
+    False: "datasets would read the column's values as JSON text (in a chunk of mixed types, strings quoted: \"a dog\") "
+           "or fail",
+    True: "datasets would read values of one type as the other (['a cat'] as the text \"['a cat']\", a string as a "
+          "list of its letters) or fail",
+}
+
+
 def _check_json_value_types(
-    source: str, data_files: dict[str, list[str]], split: str, columns: Sequence[str]
+    source: str, data_files: dict[str, list[str]], split: str, columns: Sequence[str], caption_tables: bool
 ) -> None:
     """A `SourceError` naming the file, line and column of the first value in a JSON data file (`_is_json_data_file`,
-    compressed too) whose type differs from that of the column's first value in the file (a caption that is a list
-    among strings); nulls go with any type, integers with floats. `datasets` reads JSON Lines in chunks
-    (`JSON_CHUNK_SIZE`; a file of one JSON array as one chunk) and a column whose values in one chunk are of several
-    types: in the first chunk of the first file, as a `datasets.Json` column (`open_source` refuses it for each of the
-    build's columns);
-    in a later chunk, as JSON text, each value serialised, in that chunk and in every later chunk and file of the
+    compressed too) whose type differs from that of the column's first value in the files checked before it or in its
+    own (a caption that is a list among strings); nulls go with any type, integers with floats. `caption_tables`: the
+    files are an image folder's metadata.jsonl, which `datasets` reads otherwise (`MIXED_TYPES_READ_AS`).
+
+    `datasets` reads JSON Lines in chunks (`JSON_CHUNK_SIZE`; a file of one JSON array as one chunk) and takes a
+    column's type from the first chunk of the first file, for every later chunk, file and split. A column whose values
+    in that chunk are of several types is a `datasets.Json` column (`open_source` refuses it for each of the build's
+    columns); in a later chunk, JSON text, each value serialised, in that chunk and in every later chunk and file of the
     split, without an error: beside plain captions before, every caption after is read with quotes (`a dog` as
-    `"a dog"`). A change between chunks is refused too (`datasets` fails on it, or casts the values). Only `columns`,
-    those the build reads, are checked, in the files of the splits `split` reads (a split's values are JSON text in
-    that split only), and in the first file of the first split: `datasets` takes every split's column types from its
-    first chunk.
+    `"a dog"`). A later chunk or file of values of another type is read as JSON text (`{"en": "a cat"}` as
+    `{"en":"a cat"}`), or fails. An image folder's metadata.jsonl files are read in no set order, each value of one
+    as the type of another's.
+
+    Only `columns`, those the build reads, are checked, in the files of the splits `split` reads (a mix across the
+    files of one split leaves the others as they were), after the first file of the first split, which sets every
+    split's column types.
 
     Run at every start, so cheap where nothing is wrong: pyarrow reads each file as `datasets` does
-    (`_json_types_agree`), and only a file it finds fault with is read line by line in Python, to name the line (or to
+    (`_json_lines_types`), and only a file it finds fault with is read line by line in Python, to name the line (or to
     pass it: a column the build does not read may mix types)."""
     if not columns:
         return
     files = {str(name): [str(file) for file in names] for name, names in data_files.items()}
     first_file = next(iter(files.values()))[:1]
+    # column -> (JSON type, file, where) of its first non-null value; where is None until needed, for a file pyarrow read
+    first: dict[str, tuple[str, str, str | None]] = {}
     for file in dict.fromkeys([*first_file, *(file for name in _split_names(split) for file in files[name])]):
         if not _is_json_data_file(file):
             continue
         with _data_files_read(source, [file]):  # (text that is no UTF-8)
-            if _json_types_agree(file, columns):
+            file_types = _json_lines_types(file, columns)
+            if file_types is not None and all(first.get(column, (kind,))[0] == kind for column, kind in file_types.items()):
+                for column, kind in file_types.items():
+                    first.setdefault(column, (kind, file, None))
                 continue
-            first: dict[str, tuple[str, str]] = {}  # column -> (type, where) of its first non-null value
             for where, row in _json_rows(source, file):
                 for column in columns:
                     if (value_type := _json_type(row.get(column))) is None:
                         continue
-                    first_type, first_where = first.setdefault(column, (value_type, where))
+                    first_type, found_in, found_at = first.setdefault(column, (value_type, file, where))
                     if value_type != first_type:
+                        if found_at is None:
+                            found_at = next(place for place, earlier in _json_rows(source, found_in)
+                                            if _json_type(earlier.get(column)) is not None)
                         raise SourceError(
                             f"source {source}: its data file {file}, {where}: column {column!r} holds {value_type} "
-                            f"({reprlib.repr(row[column])}), but {first_where} holds {first_type}; datasets would read "
-                            "the column as JSON text, quoting each of its values: give it values of one type (or null)"
+                            f"({reprlib.repr(row[column])}), but "
+                            f"{found_at if found_in == file else f'{found_in}, {found_at},'} holds {first_type}; "
+                            f"{MIXED_TYPES_READ_AS[caption_tables]}: give it values of one type (or null)"
                         )
 
 
@@ -506,12 +529,12 @@ def _open_data_file(file: str) -> BinaryIO:
     return open(file, "rb") if opener is None else opener(file)
 
 
-def _json_types_agree(file: str, columns: Sequence[str]) -> bool:
-    """Whether pyarrow reads JSON Lines `file`, in `datasets`' chunks (`JSON_CHUNK_SIZE`), with each of `columns` of one
-    JSON type (`_json_type`) throughout: in no chunk does a column change type ("changed from string to array"), nor
-    from one chunk to the next. False too where pyarrow reads no JSON Lines (a file of one JSON array, a line that is no
-    JSON) or another column mixes types: a line-by-line read decides those. Chunk by chunk: a table of millions of
-    captions is not held in memory."""
+def _json_lines_types(file: str, columns: Sequence[str]) -> dict[str, str] | None:
+    """The JSON type (`_json_type`) of each of `columns` that holds a non-null value in JSON Lines `file`, as pyarrow
+    reads it in `datasets`' chunks (`JSON_CHUNK_SIZE`); None where a column changes type inside a chunk ("changed from
+    string to array") or from one chunk to the next, and where pyarrow reads no JSON Lines (a file of one JSON array, a
+    line that is no JSON) or another column mixes types: a line-by-line read decides those. Chunk by chunk: a table of
+    millions of captions is not held in memory."""
     types: dict[str, str] = {}  # column -> its type in the chunks read so far
     with _open_data_file(file) as handle:
         while chunk := handle.read(JSON_CHUNK_SIZE):
@@ -519,12 +542,12 @@ def _json_types_agree(file: str, columns: Sequence[str]) -> bool:
             try:
                 schema = _json_lines_table(chunk).schema
             except pa.ArrowInvalid:
-                return False
+                return None
             for column in (column for column in columns if column in schema.names):
                 chunk_type = _arrow_json_type(schema.field(column).type)
                 if chunk_type is not None and types.setdefault(column, chunk_type) != chunk_type:
-                    return False
-    return True
+                    return None
+    return types
 
 
 def _json_lines_table(chunk: bytes) -> pa.Table:

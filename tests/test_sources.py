@@ -47,15 +47,17 @@ def test_a_json_column_of_mixed_types_is_refused_naming_file_line_and_column(tmp
     (folder / "part-1.jsonl").write_text("\n".join(json.dumps(line) for line in [row, row, {**row, "caption": ["a"]}]))
     config = MaplePreferencesConfig(name="paper", source=str(folder))
     with pytest.raises(SourceError, match=rf"^source {folder}: its data file {folder / 'part-1.jsonl'}, line 3: column "
-                                          r"'caption' holds a list \(\['a'\]\), but line 1 holds a string; datasets "
-                                          r"would read the column as JSON text, quoting each of its values: give it "
-                                          r"values of one type \(or null\)$"):
+                                          rf"'caption' holds a list \(\['a'\]\), but {folder / 'part-0.jsonl'}, line 1, "
+                                          r"holds a string; datasets would read the column's values as JSON text \(in a "
+                                          r"chunk of mixed types, strings quoted: \"a dog\"\) or fail: give it values of "
+                                          r"one type \(or null\)$"):
         open_source(config, cache_dir=str(tmp_path / "cache"))
     # in a file of one JSON array, by its item
     (folder / "part-1.jsonl").unlink()
-    (folder / "part-1.json").write_text(json.dumps([row, {**row, "caption": 3}], indent=1))
+    (folder / "part-1.json").write_text(json.dumps([{**row, "caption": None}, {**row, "caption": 3}], indent=1))
     with pytest.raises(SourceError, match=rf"^source {folder}: its data file {folder / 'part-1.json'}, item 2: column "
-                                          r"'caption' holds a number \(3\), but item 1 holds a string;"):
+                                          rf"'caption' holds a number \(3\), but {folder / 'part-0.jsonl'}, line 1, holds "
+                                          "a string;"):
         open_source(config, cache_dir=str(tmp_path / "cache"))
     # so is a line that is no JSON, by its number (pyarrow counted rows from 0 in 10 MB chunks), in an image folder's
     # caption table too
@@ -94,7 +96,7 @@ def test_a_compressed_json_file_is_checked_as_the_file_inside(tmp_path, suffix):
     folder = tmp_path / "tables"
     _image_folder(folder, count=1)
     row = {"image": "0.png", "caption": "a dog"}
-    (folder / "part-0.jsonl").write_text(json.dumps(row) + "\n")
+    (folder / "part-0.jsonl").write_text(json.dumps({**row, "caption": None}) + "\n")
     compressed = folder / f"part-1.jsonl{suffix}"
     _write_compressed(compressed, "\n".join(json.dumps(line) for line in [row, {**row, "caption": ["x"]}]) + "\n")
     with pytest.raises(SourceError, match=rf"^source {folder}: its data file {compressed}, line 2: column 'caption' "
@@ -146,6 +148,46 @@ def test_only_the_json_files_of_the_splits_read_are_checked(tmp_path):
     write("train-0.jsonl", "a", ["e"])
     with pytest.raises(SourceError, match=rf"^source {folder}: its data file {folder / 'train-0.jsonl'}, line 2:"):
         load_source(str(folder), split="test", cache_dir=str(tmp_path / "cache"), columns=["caption"])
+
+
+def test_a_json_column_whose_type_changes_from_one_file_to_the_next_is_refused(tmp_path):
+    """datasets keeps a column's type from the first file for every later file and split: part-0.jsonl "a dog" then
+    part-1.jsonl {"en": "a cat"} read '{"en":"a cat"}', and so did test.jsonl beside train.jsonl with split test; an
+    image folder's a/metadata.jsonl "a dog" beside b/metadata.jsonl ["a cat"] read "['a cat']" (or "a dog" as a list of
+    its letters). The check compared each file's values with that file's first only."""
+    tables = tmp_path / "tables"
+    _image_folder(tables, count=1)
+
+    def write(folder, name: str, caption) -> None:
+        (folder / name).write_text(json.dumps({"image": "0.png", "file_name": "0.png", "caption": caption}) + "\n")
+
+    write(tables, "part-0.jsonl", "a dog")
+    write(tables, "part-1.jsonl", {"en": "a cat"})
+    json_text = r"datasets would read the column's values as JSON text"
+    with pytest.raises(SourceError, match=rf"^source {tables}: its data file {tables / 'part-1.jsonl'}, line 1: column "
+                                          rf"'caption' holds an object \(\{{'en': 'a cat'\}}\), but "
+                                          rf"{tables / 'part-0.jsonl'}, line 1, holds a string; {json_text}"):
+        load_source(str(tables), split="train", cache_dir=str(tmp_path / "cache"), columns=["caption"])
+    splits = tmp_path / "splits"
+    _image_folder(splits, count=1)
+    write(splits, "train.jsonl", "a dog")
+    write(splits, "test.jsonl", {"en": "a cat"})
+    with pytest.raises(SourceError, match=rf"^source {splits}: its data file {splits / 'test.jsonl'}, line 1: column "
+                                          rf"'caption' holds an object .*, but {splits / 'train.jsonl'}, line 1, holds a "
+                                          rf"string; {json_text}"):
+        load_source(str(splits), split="test", cache_dir=str(tmp_path / "cache"), columns=["caption"])
+    images = tmp_path / "images"
+    images.mkdir()
+    for folder, caption in (("a", "a dog"), ("b", ["a cat"])):
+        _image_folder(images / folder, count=1)
+        write(images / folder, "metadata.jsonl", caption)
+    with pytest.raises(SourceError, match=rf"^source {images}: its data file {images / 'b' / 'metadata.jsonl'}, line 1: "
+                                          rf"column 'caption' holds a list \(\['a cat'\]\), but "
+                                          rf"{images / 'a' / 'metadata.jsonl'}, line 1, holds a string; datasets would "
+                                          r"read values of one type as the other \(\['a cat'\] as the text "
+                                          r"\"\['a cat'\]\", a string as a list of its letters\) or fail: give it "
+                                          r"values of one type \(or null\)$"):
+        load_source(str(images), split="train", cache_dir=str(tmp_path / "cache"), columns=["caption"])
 
 
 def test_json_data_files_of_one_type_per_column_read_as_before(tmp_path):
