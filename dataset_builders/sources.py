@@ -381,12 +381,47 @@ class _TextCellsImageFolder(ImageFolder):
 
         filters = self.config.filters  # as imagefolder applies them
         expression = pq.filters_to_expression(filters) if isinstance(filters, list) else filters
+        compared = _filter_literal_types(filters) if isinstance(filters, list) else {}
         for frame in pd.read_csv(metadata_file, iterator=True, chunksize=10_000, dtype=str, **CSV_TEXT_CELLS):
             table = pa.Table.from_pandas(frame)
             if expression is not None:
-                table = table.filter(expression)
+                table = _filtered(table, frame, expression, compared)
             if len(table) > 0:
                 yield table
+
+
+# The cells pandas' defaults read as booleans (in a column of nothing else), which a filter comparing a column with True
+# or False compares
+PANDAS_BOOLEANS = {"True": True, "TRUE": True, "true": True, "False": False, "FALSE": False, "false": False}
+
+
+def _filter_literal_types(filters: list) -> dict[str, type]:
+    """The columns an image folder's `filters` (README `filters:`, as `pyarrow.parquet.filters_to_expression` reads
+    them: a list of `[column, op, value]`, or a list of such lists, any of which may hold) compare with numbers or
+    booleans (`value`, or the values of an `in`), and which: `float` (a number) or `bool`."""
+    conjunctions = filters if filters and not isinstance(filters[0][0], str) else [filters]
+    types: dict[str, type] = {}
+    for column, _, value in (predicate for conjunction in conjunctions for predicate in conjunction):
+        for literal in value if isinstance(value, (list, tuple, set)) else [value]:
+            if isinstance(literal, (bool, int, float)):
+                types[column] = bool if isinstance(literal, bool) else float
+    return types
+
+
+def _filtered(table: pa.Table, frame: pd.DataFrame, expression: Any, compared: dict[str, type]) -> pa.Table:
+    """The rows of `table` (`frame`'s text cells) that filter `expression` keeps, a column it compares with numbers or
+    booleans (`compared`) read as pandas' defaults read it, as imagefolder filtered it: `01` is the number 1, a cell that
+    is no number (or no boolean, `PANDAS_BOOLEANS`) matches no such comparison, as an empty one. The rows are kept as
+    text; a column compared with text is compared as the text written."""
+    typed = {
+        column: pd.to_numeric(frame[column], errors="coerce") if kind is float else frame[column].map(PANDAS_BOOLEANS)
+        for column, kind in compared.items() if column in frame.columns
+    }
+    if not typed:
+        return table.filter(expression)
+    row = "\0row"  # (no column of a CSV header)
+    rows = pa.Table.from_pandas(frame.assign(**typed)).append_column(row, pa.array(range(len(frame))))
+    return table.take(rows.filter(expression)[row])
 
 
 def _check_local_parquet_rows(source: str, split: str, data_files: dict[str, list[str]]) -> None:

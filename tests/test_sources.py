@@ -233,6 +233,22 @@ def test_csv_cells_are_read_as_the_text_written(tmp_path, layout):
     assert builder.check_inputs() == (6, [0, 1, 2, 3, 4], [SkippedInput(5, "000000005", "empty caption")])
 
 
+@pytest.mark.parametrize("filters, ids", [
+    ('[["id", "==", 1]]', ["01"]),  # a number: compared with the cells pandas' defaults read as numbers, as before
+    ('[["id", "in", [2, 3]], ["score", ">", 2.5]]', ["2"]),  # (NA, no number, is kept by no comparison with one)
+    ('[[["score", "==", 10]], [["flag", "==", false]]]', ["01", "2"]),
+    ('[["id", "==", "01"]]', ["01"]),  # text: compared with the text written
+])
+def test_readme_filters_of_an_image_folder_with_a_metadata_csv_compare_numbers_as_numbers(tmp_path, filters, ids):
+    """A README's `filters` comparing a column with a number (or a boolean) raised pyarrow's ArrowNotImplementedError
+    (large_string vs int8) once the metadata.csv cells were read as text; imagefolder compared the numbers pandas read."""
+    folder = tmp_path / "images"
+    _image_folder(folder, count=3)
+    (folder / "metadata.csv").write_text("file_name,id,score,flag\n0.png,01,10,True\n1.png,2,3,false\n2.png,3,NA,True\n")
+    (folder / "README.md").write_text(f"---\nconfigs:\n- config_name: default\n  data_files: '*'\n  filters: {filters}\n---\n")
+    assert load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"))["id"] == ids
+
+
 def test_an_image_folder_without_a_csv_caption_table_is_read_by_datasets_imagefolder(tmp_path):
     """Its config id, and so its cache and a Hub source's fingerprint (which a build's manifest records), are those of
     datasets' imagefolder, as before CSV cells were read as text: a build begun then resumes. The subclass reading a
