@@ -291,7 +291,7 @@ def load_source(
         if isinstance(builder.config, CsvConfig):
             builder = datasets.load_dataset_builder(
                 location, name, cache_dir=cache_dir, token=token,
-                converters={column: str for column in _csv_columns(builder, data_files)}, **CSV_TEXT_CELLS,
+                features=_csv_text_features(builder, data_files), **CSV_TEXT_CELLS,
             )
         elif isinstance(builder, ImageFolder) and _holds_csv_metadata(builder, data_files):
             builder = _TextCellsImageFolder.reading(builder, cache_dir=cache_dir)
@@ -302,10 +302,10 @@ def load_source(
 
 # pandas' defaults read a CSV cell `000123` as the number 123 (the ids `0123` and `123` collided, and were written back
 # unlike the user's) and `NA`, `null`, `None`, `nan`, `N/A`... as missing (such a caption was skipped as empty). Every
-# cell is read as the text written (these options, with converters=str or dtype=str), and only an empty cell is
-# missing: None, as before (an empty caption is skipped, a row without an id takes its zero-padded row index). Every
-# column, not only the build's: a number column whose `NA` became text would be text in one 10,000-row chunk and
-# numbers in the next, which `datasets` cannot write as one column.
+# cell is read as the text written (these options, with each column's type text: `_csv_text_features`, or dtype=str),
+# and only an empty cell is missing: None, as before (an empty caption is skipped, a row without an id takes its
+# zero-padded row index). Every column, not only the build's: a number column whose `NA` became text would be text in
+# one 10,000-row chunk and numbers in the next, which `datasets` cannot write as one column.
 CSV_TEXT_CELLS = {"keep_default_na": False, "na_values": [""]}
 # How `load_source` reads CSV cells, as a build's manifest records it for a source with CSV data (`csv_cells_reading`):
 # a work dir begun by an older builder, which read them with pandas' defaults, records none
@@ -317,6 +317,17 @@ def csv_cells_reading(source: datasets.Dataset) -> str | None:
     for a CSV table, and for an image folder whose captions are a metadata.csv (or which holds a zip archive); None
     where `load_source` read no CSV data."""
     return CSV_CELLS_AS_TEXT if source.info.builder_name in ("csv", _TextCellsImageFolder.NAME) else None
+
+
+def _csv_text_features(builder: datasets.DatasetBuilder, files: Iterable[str]) -> datasets.Features:
+    """The features CSV `files` are read with by `builder`, a `datasets` csv builder: each column as text
+    (`datasets.Value("string")`, which the csv builder reads as the text written), but those whose type the README's
+    config declares (`features:`), as declared. A column's type is never inferred: one empty in a whole 10,000-row
+    chunk was a float column, in which a later chunk's text failed to read ("Failed to parse string: 'abc' as a scalar
+    of type double"). Not `builder.info.features`: beside a README's `dataset_info:`, they are those of a cache of the
+    same files (a plain `load_dataset` one, whose types pandas' defaults inferred)."""
+    declared = builder.config.features or {}
+    return datasets.Features({**{column: datasets.Value("string") for column in _csv_columns(builder, files)}, **declared})
 
 
 def _csv_columns(builder: datasets.DatasetBuilder, files: Iterable[str]) -> list[str]:

@@ -233,6 +233,32 @@ def test_csv_cells_are_read_as_the_text_written(tmp_path, layout):
     assert builder.check_inputs() == (6, [0, 1, 2, 3, 4], [SkippedInput(5, "000000005", "empty caption")])
 
 
+def test_a_csv_column_empty_for_a_whole_chunk_is_text_and_readme_features_are_kept(tmp_path):
+    """pandas gave a column empty in all of a 10,000-row chunk the type float64, and a later chunk's text in it failed
+    to read ("Failed to parse string: 'abc' as a scalar of type double"); the columns are declared text now, but those
+    whose type the README declares."""
+    images = tmp_path / "images"
+    _image_folder(images, count=1)
+    table = tmp_path / "table"
+    table.mkdir()
+    lines = [f"{images / '0.png'},{index:06d},a red square,," for index in range(10_000)]
+    (table / "part-0.csv").write_text("\n".join(["image,id,caption,note,score", *lines, f"{images / '0.png'},x,a,abc,7"]) + "\n")
+    source = load_source(str(table), split="train", cache_dir=str(tmp_path / "cache"))
+    assert source[-1] == {"image": str(images / "0.png"), "id": "x", "caption": "a", "note": "abc", "score": "7"}
+    assert source[0]["note"] is None and source[0]["id"] == "000000"
+    (table / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files: '*.csv'\n  features:\n"
+                                     "  - name: score\n    dtype: float32\n---\n")
+    source = load_source(str(table), split="train", cache_dir=str(tmp_path / "cache"))
+    assert source.features["score"] == datasets.Value("float32") and source.features["note"] == datasets.Value("string")
+    assert source[-1]["score"] == 7.0 and source[-1]["id"] == "x"
+    # read by a plain load_dataset first: the features of its cache, which pandas' defaults inferred, are no README's
+    small = tmp_path / "small"
+    small.mkdir()
+    (small / "part-0.csv").write_text(f"image,id,caption\n{images / '0.png'},000123,NA\n")
+    assert datasets.load_dataset(str(small), split="train", cache_dir=str(tmp_path / "cache"))[0]["id"] == 123
+    assert load_source(str(small), split="train", cache_dir=str(tmp_path / "cache"))[0]["id"] == "000123"
+
+
 @pytest.mark.parametrize("filters, ids", [
     ('[["id", "==", 1]]', ["01"]),  # a number: compared with the cells pandas' defaults read as numbers, as before
     ('[["id", "in", [2, 3]], ["score", ">", 2.5]]', ["2"]),  # (NA, no number, is kept by no comparison with one)
