@@ -16,6 +16,7 @@ import lzma
 import os
 import reprlib
 import traceback
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -665,21 +666,31 @@ def _json_type(value: Any) -> str | None:
     return "a list" if isinstance(value, list) else "an object"
 
 
+# What reading a file raises, beside ValueErrors, where it is damaged (a compressed file cut short: EOFError; zlib's and
+# lzma's errors; a bz2 or zstd stream: OSError) or cannot be read at all: a `SourceError` only where a data file was
+# being read (a full disk or a lost connection elsewhere is no data file's fault)
+FILE_READ_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)
+
+
 @contextlib.contextmanager
 def _data_files_read(source: str, files: Iterable[str] = ()) -> Iterator[None]:
     """A data file of `source` that does not read inside (a malformed metadata.csv / .jsonl: pandas' and pyarrow's
-    parse errors are ValueErrors, wrapped by `datasets` or not; a parquet file that is not one) is a `SourceError`
-    naming the source, the file of `files` being read (`_file_being_read`), if known, and the cause."""
+    parse errors are ValueErrors, wrapped by `datasets` or not; a parquet file that is not one; a compressed file that
+    is damaged, `FILE_READ_ERRORS`) is a `SourceError` naming the source, the file of `files` being read
+    (`_file_being_read`), if known, and the cause."""
     try:
         yield
     except SourceError:
         raise
-    except (ValueError, DatasetGenerationError) as error:
+    except (ValueError, DatasetGenerationError, *FILE_READ_ERRORS) as error:
         cause = error.__cause__ or error
         file = _file_being_read(cause, set(files))
+        if file is None and isinstance(error, FILE_READ_ERRORS):
+            raise
+        kind = "zlib.error" if isinstance(cause, zlib.error) else type(cause).__name__  # (not "error")
         raise SourceError(
             f"source {source}: {'its data files' if file is None else f'its data file {file}'} cannot be read "
-            f"({type(cause).__name__}: {' '.join(str(cause).split())})"
+            f"({kind}: {' '.join(str(cause).split())})"
         ) from error
 
 

@@ -110,6 +110,28 @@ def test_a_compressed_json_file_is_checked_as_the_file_inside(tmp_path, suffix):
         load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"), columns=["caption"])
 
 
+@pytest.mark.parametrize("table, damage, error", [
+    ("part-0.jsonl.gz", "cut", "EOFError: Compressed file ended before the end-of-stream marker was reached"),
+    ("part-0.jsonl.gz", "overwritten", "zlib.error: Error -3 while decompressing data"),
+    ("part-0.jsonl.bz2", "overwritten", "OSError: Invalid data stream"),
+    ("part-0.jsonl.xz", "overwritten", "LZMAError: Corrupt input data"),
+    ("part-0.jsonl.zst", "cut", "OSError: Truncated compressed stream"),
+    ("part-0.csv.gz", "cut", "EOFError: "),
+])
+def test_a_damaged_compressed_data_file_is_named(tmp_path, table, damage, error):
+    """Reading it raised a bare EOFError, zlib.error, lzma.LZMAError or OSError traceback, naming no file."""
+    folder = tmp_path / "tables"
+    _image_folder(folder, count=1)
+    rows = [{"image": "0.png", "caption": f"a red square {index}"} for index in range(2000)]
+    path = folder / table
+    _write_compressed(path, "image,caption\n" + "".join(f"{row['image']},{row['caption']}\n" for row in rows)
+                      if ".csv" in table else "".join(json.dumps(row) + "\n" for row in rows))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "cut" else data[:12] + b"\0" * 64 + data[76:])
+    with pytest.raises(SourceError, match=rf"^source {folder}: its data file {path} cannot be read \({error}"):
+        load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"), columns=["caption"])
+
+
 def _write_compressed(path, text: str) -> None:
     """`text` written to `path`, compressed as its suffix says."""
     import bz2
