@@ -17,7 +17,7 @@ import os
 import reprlib
 import traceback
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -26,6 +26,7 @@ import pandas as pd
 import PIL.Image
 import pyarrow as pa
 import pyarrow.json as paj
+import pyarrow.parquet as pq
 from datasets.exceptions import DatasetGenerationError
 from datasets.packaged_modules.csv.csv import CsvConfig
 from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
@@ -261,8 +262,6 @@ def load_source(
             raise SourceError(f"source {source} is one parquet file, which has no configs: leave source_config out")
         _check_splits(source, split, available=["train"])  # datasets names a lone file's split "train"
         with _data_files_read(source):
-            import pyarrow.parquet as pq
-
             # `datasets` fails on a file of no rows with "BatchSize must be greater than 0"
             _check_selects_rows(source, split, {"train": pq.read_metadata(path).num_rows})
             return datasets.load_dataset("parquet", data_files=str(path), split=split, cache_dir=cache_dir)
@@ -286,7 +285,7 @@ def load_source(
         _check_local_parquet_rows(source, split, builder.config.data_files)
         _check_caption_table_rows(source, builder.config.data_files)
         _check_json_value_types(source, builder.config.data_files, split, columns, isinstance(builder, ImageFolder))
-    data_files = [str(file) for names in builder.config.data_files.values() for file in names]
+    data_files = _all_data_files(builder.config.data_files)
     with _data_files_read(source, data_files):
         # CSV cells as the text written (`CSV_TEXT_CELLS`): the csv builder takes pandas' options, imagefolder does not
         if isinstance(builder.config, CsvConfig):
@@ -295,7 +294,7 @@ def load_source(
                 features=_csv_text_features(builder, data_files), **CSV_TEXT_CELLS,
             )
         elif isinstance(builder, ImageFolder) and _holds_csv_metadata(builder, data_files):
-            builder = _TextCellsImageFolder.reading(builder, cache_dir=cache_dir)
+            builder = _TextCellsImageFolder.from_builder(builder, cache_dir=cache_dir)
         builder.download_and_prepare()
     _check_selects_rows(source, split, {str(name): info.num_examples for name, info in builder.info.splits.items()})
     return builder.as_dataset(split=split)
@@ -314,9 +313,9 @@ CSV_CELLS_AS_TEXT = "the text written, only an empty cell missing"
 
 
 def csv_cells_reading(source: datasets.Dataset) -> str | None:
-    """How the cells of the CSV data `source` (a dataset `load_source` read) came from were read: `CSV_CELLS_AS_TEXT`
-    for a CSV table, and for an image folder whose captions are a metadata.csv (or which holds a zip archive); None
-    where `load_source` read no CSV data."""
+    """How `load_source` read the cells of the CSV data behind `source`, a dataset it returned: `CSV_CELLS_AS_TEXT` for
+    a CSV table, and for an image folder whose captions are a metadata.csv (or which holds a zip archive); None where it
+    read no CSV data."""
     return CSV_CELLS_AS_TEXT if source.info.builder_name in ("csv", _TextCellsImageFolder.NAME) else None
 
 
@@ -375,7 +374,7 @@ class _TextCellsImageFolder(ImageFolder):
         self.info.builder_name = self.NAME
 
     @classmethod
-    def reading(cls, builder: ImageFolder, cache_dir: str | None = None) -> _TextCellsImageFolder:
+    def from_builder(cls, builder: ImageFolder, cache_dir: str | None = None) -> _TextCellsImageFolder:
         """The image folder `builder` reads (its data files, Hub repo and revision, and config: one named in the
         README included), read with CSV cells as text; its datasets cache in `cache_dir` (None: the default)."""
         settings = {field.name: getattr(builder.config, field.name) for field in dataclasses.fields(builder.config)}
@@ -389,8 +388,6 @@ class _TextCellsImageFolder(ImageFolder):
         if metadata_ext != ".csv":
             yield from super()._read_metadata(metadata_file, metadata_ext=metadata_ext)
             return
-        import pyarrow.parquet as pq
-
         filters = self.config.filters  # as imagefolder applies them
         expression = pq.filters_to_expression(filters) if isinstance(filters, list) else filters
         compared = _filter_literal_types(filters) if isinstance(filters, list) else {}
@@ -408,9 +405,10 @@ PANDAS_BOOLEANS = {"True": True, "TRUE": True, "true": True, "False": False, "FA
 
 
 def _filter_literal_types(filters: list) -> dict[str, type]:
-    """The columns an image folder's `filters` (README `filters:`, as `pyarrow.parquet.filters_to_expression` reads
-    them: a list of `[column, op, value]`, or a list of such lists, any of which may hold) compare with numbers or
-    booleans (`value`, or the values of an `in`), and which: `float` (a number) or `bool`."""
+    """The columns an image folder's `filters` compare with numbers or booleans (`value`, or the values of an `in`),
+    and which: `float` (a number) or `bool`. `filters` as README `filters:` give them and
+    `pyarrow.parquet.filters_to_expression` reads them: a list of `[column, op, value]` (all to hold), or a list of such
+    lists (any to hold)."""
     conjunctions = filters if filters and not isinstance(filters[0][0], str) else [filters]
     types: dict[str, type] = {}
     for column, _, value in (predicate for conjunction in conjunctions for predicate in conjunction):
@@ -440,13 +438,12 @@ def _check_local_parquet_rows(source: str, split: str, data_files: dict[str, lis
     """For a folder of parquet files only: `_check_selects_rows` from their metadata, and a `SourceError` naming a file
     of no rows written with a row group (as pyarrow and pandas write one), which `datasets` fails on ("BatchSize must be
     greater than 0"; one written by `datasets`, without row groups, reads)."""
-    import pyarrow.parquet as pq
-
-    files = {str(name): [str(file) for file in names] for name, names in data_files.items()}
-    if not all(file.endswith(".parquet") for names in files.values() for file in names):
+    files = _data_files_by_split(data_files)
+    all_files = _all_data_files(files)
+    if not all(file.endswith(".parquet") for file in all_files):
         return
-    with _data_files_read(source, (file for names in files.values() for file in names)):
-        metadata = {file: pq.read_metadata(file) for names in files.values() for file in names}
+    with _data_files_read(source, all_files):
+        metadata = {file: pq.read_metadata(file) for file in all_files}
     _check_selects_rows(source, split, {name: sum(metadata[file].num_rows for file in names) for name, names in files.items()})
     empty = next((file for file, meta in metadata.items() if meta.num_rows == 0 and meta.num_row_groups > 0), None)
     if empty is not None:
@@ -460,9 +457,7 @@ CAPTION_TABLES = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
 def _check_caption_table_rows(source: str, data_files: dict[str, list[str]]) -> None:
     """A `SourceError` naming a folder's caption table (`CAPTION_TABLES`) that has no rows (empty, blank lines, a
     header alone), which `datasets` fails on with an IndexError or StopIteration traceback."""
-    import pyarrow.parquet as pq
-
-    for file in (str(file) for names in data_files.values() for file in names):
+    for file in _all_data_files(data_files):
         name = os.path.basename(file)
         if name not in CAPTION_TABLES:
             continue
@@ -479,7 +474,9 @@ def _check_caption_table_rows(source: str, data_files: dict[str, list[str]]) -> 
             raise SourceError(f"source {source}: its caption table {file} has no rows")
 
 
+# The names of JSON data files, and of compressed ones (`part-0.jsonl.gz`): `_is_json_data_file`
 JSON_SUFFIXES = (".json", ".jsonl")
+COMPRESSION_SUFFIXES = (".gz", ".gzip", ".bz2", ".xz", ".zst", ".zstd", ".lz4")
 # The single-file compressions `datasets` reads a data file in, told by the file's first bytes (as
 # `datasets.utils.extract` tells them), and how each is opened: zstd and lz4 by pyarrow, as the standard library reads
 # neither. A compressed file is named as the file inside, and a suffix (`part-0.jsonl.gz`).
@@ -490,12 +487,9 @@ DATA_FILE_COMPRESSIONS: dict[bytes, Callable[[str], BinaryIO]] = {
     b"\x28\xb5\x2f\xfd": lambda file: io.BufferedReader(pa.input_stream(file, compression="zstd")),
     b"\x04\x22\x4d\x18": lambda file: io.BufferedReader(pa.input_stream(file, compression="lz4")),
 }
-COMPRESSION_SUFFIXES = (".gz", ".gzip", ".bz2", ".xz", ".zst", ".zstd", ".lz4")
 # `datasets` reads JSON Lines in chunks of this many bytes (to the end of a line), each parsed by pyarrow in blocks of a
 # 32nd of it
 JSON_CHUNK_SIZE = JsonConfig.chunksize
-
-
 # What `datasets` makes of a column whose values are of several types, by the builder reading the JSON files: the json
 # builder, or an image folder's (a caption table, metadata.jsonl)
 MIXED_TYPES_READ_AS = {
@@ -509,30 +503,33 @@ MIXED_TYPES_READ_AS = {
 def _check_json_value_types(
     source: str, data_files: dict[str, list[str]], split: str, columns: Sequence[str], caption_tables: bool
 ) -> None:
-    """A `SourceError` naming the file, line and column of the first value in a JSON data file (`_is_json_data_file`,
-    compressed too) whose type differs from that of the column's first value in the files checked before it or in its
-    own (a caption that is a list among strings); nulls go with any type, integers with floats. `caption_tables`: the
-    files are an image folder's metadata.jsonl, which `datasets` reads otherwise (`MIXED_TYPES_READ_AS`).
+    """Raise a `SourceError` where a column of `columns` holds values of several JSON types in the JSON data files
+    (`_is_json_data_file`, compressed too) that `split` reads. It names the file, line and column of the first value
+    whose type differs from the column's first value, and where that one is (a caption that is a list among strings).
+    Nulls go with any type, integers with floats.
 
-    `datasets` reads JSON Lines in chunks (`JSON_CHUNK_SIZE`; a file of one JSON array as one chunk) and takes a
-    column's type from the first chunk of the first file, for every later chunk, file and split. A column whose values
-    in that chunk are of several types is a `datasets.Json` column (`open_source` refuses it for each of the build's
-    columns); in a later chunk, JSON text, each value serialised, in that chunk and in every later chunk and file of the
-    split, without an error: beside plain captions before, every caption after is read with quotes (`a dog` as
-    `"a dog"`). A later chunk or file of values of another type is read as JSON text (`{"en": "a cat"}` as
-    `{"en":"a cat"}`), or fails. An image folder's metadata.jsonl files are read in no set order, each value of one
-    as the type of another's.
+    Why: `datasets` reads JSON Lines in chunks (`JSON_CHUNK_SIZE`; a file of one JSON array as one chunk), and takes
+    a column's type from the first chunk of the first file, for every later chunk, file and split:
+    - a mix in that first chunk makes the column a `datasets.Json` one (`open_source` refuses it for each of the
+      build's columns);
+    - a mix in a later chunk makes it JSON text, each value serialised, from that chunk on, in every later file of the
+      split too, without an error: beside plain captions before, every caption after is read with quotes (`a dog` as
+      `"a dog"`);
+    - a later chunk or file of values of another type is read as JSON text (`{"en": "a cat"}` as `{"en":"a cat"}`),
+      or fails.
+    An image folder's metadata.jsonl files (`caption_tables`) are read in no set order, the values of one as the type
+    of another's; the error says what `datasets` would make of the column, by reader (`MIXED_TYPES_READ_AS`).
 
-    Only `columns`, those the build reads, are checked, in the files of the splits `split` reads (a mix across the
+    Which files: only the build's `columns` are checked, in the files of the splits `split` reads (a mix across the
     files of one split leaves the others as they were), after the first file of the first split, which sets every
     split's column types.
 
-    Run at every start, so cheap where nothing is wrong: pyarrow reads each file as `datasets` does
-    (`_json_lines_types`), and only a file it finds fault with is read line by line in Python, to name the line (or to
-    pass it: a column the build does not read may mix types)."""
+    Cost: it runs at every start, so it is cheap where nothing is wrong. pyarrow reads each file as `datasets` does
+    (`_json_lines_types`), and only a file it finds fault with is read line by line in Python, to name the line (or
+    to pass it: a column the build does not read may mix types)."""
     if not columns:
         return
-    files = {str(name): [str(file) for file in names] for name, names in data_files.items()}
+    files = _data_files_by_split(data_files)
     first_file = next(iter(files.values()))[:1]
     # column -> (JSON type, file, where) of its first non-null value; where is None until needed, for a file pyarrow read
     first: dict[str, tuple[str, str, str | None]] = {}
@@ -704,6 +701,16 @@ def _file_being_read(error: BaseException, files: set[str]) -> str | None:
             if isinstance(value, (str, os.PathLike)) and os.fspath(value) in files:
                 return os.fspath(value)
     return None
+
+
+def _data_files_by_split(data_files: Mapping[Any, Iterable[Any]]) -> dict[str, list[str]]:
+    """A builder's `config.data_files` (split names and file paths of `datasets`' own types) as plain strings."""
+    return {str(name): [str(file) for file in files] for name, files in data_files.items()}
+
+
+def _all_data_files(data_files: Mapping[Any, Iterable[Any]]) -> list[str]:
+    """Every file of `data_files` (`_data_files_by_split`), split after split, as `datasets` reads them."""
+    return [file for files in _data_files_by_split(data_files).values() for file in files]
 
 
 def _check_splits(source: str, split: str, available: list[str]) -> None:
