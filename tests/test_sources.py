@@ -77,9 +77,9 @@ def test_a_json_column_of_mixed_types_is_refused_naming_file_line_and_column(tmp
 def test_a_json_column_whose_type_changes_between_chunks_is_refused(tmp_path, monkeypatch):
     """pyarrow reads each file in datasets' chunks (10 MB, here a line each): a column of strings in one chunk and of
     lists in a later one is found as one that changes type inside a chunk is, and named by its line."""
-    import dataset_builders.sources
+    import dataset_builders.source_files
 
-    monkeypatch.setattr(dataset_builders.sources, "JSON_CHUNK_SIZE", 16)
+    monkeypatch.setattr(dataset_builders.source_files, "JSON_CHUNK_SIZE", 16)
     folder = tmp_path / "tables"
     _image_folder(folder, count=1)
     rows = [{"image": "0.png", "caption": caption} for caption in ("a", None, "b", ["c"])]
