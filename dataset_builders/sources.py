@@ -4,18 +4,16 @@ a copy of it resumes the same build."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import datasets
 import pandas as pd
 import PIL.Image
-import pyarrow as pa
 import pyarrow.parquet as pq
 from datasets.packaged_modules.csv.csv import CsvConfig
 from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
@@ -33,6 +31,7 @@ from .source_files import (
     data_files_read,
     local_parquet_metadata,
 )
+from .text_cells_folder import CSV_TEXT_CELLS, TextCellsImageFolder
 
 if TYPE_CHECKING:
     from .builder import MaplePreferencesConfig
@@ -247,7 +246,7 @@ def load_source(
     values of several types, in one file or across files, is a `SourceError` naming file, line and column
     (`source_files.check_json_value_types`): `datasets` would read values of one type as text, or fail. CSV data
     (tables, an image folder's metadata.csv) is read with every cell as the text written, an empty cell as missing
-    (`CSV_TEXT_CELLS`)."""
+    (`text_cells_folder.CSV_TEXT_CELLS`)."""
     path = expanded_path(source)
     # A path that can only be local (a Hub id is "name" or "org/name") is not sent to the Hub when missing.
     if not path.exists() and (names_a_file(source) or source.startswith((".", "/", "~")) or source.count("/") > 1):
@@ -291,19 +290,12 @@ def load_source(
                 features=_csv_text_features(builder, data_files), **CSV_TEXT_CELLS,
             )
         elif isinstance(builder, ImageFolder) and _holds_csv_metadata(builder, data_files):
-            builder = _TextCellsImageFolder.from_builder(builder, cache_dir=cache_dir)
+            builder = TextCellsImageFolder.from_builder(builder, cache_dir=cache_dir)
         builder.download_and_prepare()
     _check_selects_rows(source, split, {str(name): info.num_examples for name, info in builder.info.splits.items()})
     return builder.as_dataset(split=split)
 
 
-# pandas' defaults read a CSV cell `000123` as the number 123 (the ids `0123` and `123` collided, and were written back
-# unlike the user's) and `NA`, `null`, `None`, `nan`, `N/A`... as missing (such a caption was skipped as empty). Every
-# cell is read as the text written (these options, with each column's type text: `_csv_text_features`, or dtype=str),
-# and only an empty cell is missing: None, as before (an empty caption is skipped, a row without an id takes its
-# zero-padded row index). Every column, not only the build's: a number column whose `NA` became text would be text in
-# one 10,000-row chunk and numbers in the next, which `datasets` cannot write as one column.
-CSV_TEXT_CELLS = {"keep_default_na": False, "na_values": [""]}
 # How `load_source` reads CSV cells, as a build's manifest records it for a source with CSV data (`csv_cells_reading`):
 # a work dir begun by an older builder, which read them with pandas' defaults, records none
 CSV_CELLS_AS_TEXT = "the text written, only an empty cell missing"
@@ -313,7 +305,7 @@ def csv_cells_reading(source: datasets.Dataset) -> str | None:
     """How `load_source` read the cells of the CSV data behind `source`, a dataset it returned: `CSV_CELLS_AS_TEXT` for
     a CSV table, and for an image folder whose captions are a metadata.csv (or which holds a zip archive); None where it
     read no CSV data."""
-    return CSV_CELLS_AS_TEXT if source.info.builder_name in ("csv", _TextCellsImageFolder.NAME) else None
+    return CSV_CELLS_AS_TEXT if source.info.builder_name in ("csv", TextCellsImageFolder.NAME) else None
 
 
 def _csv_text_features(builder: datasets.DatasetBuilder, files: Iterable[str]) -> datasets.Features:
@@ -346,89 +338,6 @@ def _holds_csv_metadata(builder: ImageFolder, files: Iterable[str]) -> bool:
         (os.path.basename(file) in names and file.lower().endswith(".csv")) or file.lower().endswith(".zip")
         for file in files
     )
-
-
-# `datasets` patches the module of every builder it makes (`_TextCellsImageFolder`) for streaming: its `open`,
-# `os.path`, `pathlib.Path`, `gzip.open`, `pandas.read_csv`... become `datasets`' own, and a Hub CSV table's columns
-# (`_csv_columns`: pandas.read_csv with storage_options) then failed to read. Marked as patched, this module keeps the
-# standard library's and pandas' functions; the builder reads only metadata files `datasets` downloaded.
-_patched_for_streaming = True
-
-
-class _TextCellsImageFolder(ImageFolder):
-    """`datasets`' imagefolder, reading a metadata.csv with every cell as the text written, an empty one as missing
-    (`CSV_TEXT_CELLS`): imagefolder reads it with pandas' defaults, and takes no pandas options. Other metadata files
-    (.jsonl, .parquet) are read as imagefolder reads them; an image folder without a CSV caption table is read by
-    imagefolder itself (`_holds_csv_metadata`), whose config id and cache, and so a Hub source's fingerprint, it
-    keeps."""
-
-    # Its `DatasetInfo.builder_name`, by which `csv_cells_reading` tells a source it read (`datasets` names a builder
-    # after its module), and the end of its config ids: its cache is never imagefolder's, read with pandas' defaults
-    NAME = "imagefolder_csv_text_cells"
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.info.builder_name = self.NAME
-
-    @classmethod
-    def from_builder(cls, builder: ImageFolder, cache_dir: str | None = None) -> _TextCellsImageFolder:
-        """The image folder `builder` reads (its data files, Hub repo and revision, and config: one named in the
-        README included), read with CSV cells as text; its datasets cache in `cache_dir` (None: the default)."""
-        settings = {field.name: getattr(builder.config, field.name) for field in dataclasses.fields(builder.config)}
-        return cls(
-            cache_dir=cache_dir, dataset_name=builder.dataset_name, config_name=settings.pop("name"), hash=builder.hash,
-            base_path=builder.base_path, token=builder.token, repo_id=builder.repo_id,
-            storage_options=builder.storage_options, config_id=f"{builder.config_id}-{cls.NAME}", **settings,
-        )
-
-    def _read_metadata(self, metadata_file: str, metadata_ext: str = "") -> Iterator[pa.Table]:
-        if metadata_ext != ".csv":
-            yield from super()._read_metadata(metadata_file, metadata_ext=metadata_ext)
-            return
-        filters = self.config.filters  # as imagefolder applies them
-        expression = pq.filters_to_expression(filters) if isinstance(filters, list) else filters
-        compared = _filter_literal_types(filters) if isinstance(filters, list) else {}
-        for frame in pd.read_csv(metadata_file, iterator=True, chunksize=10_000, dtype=str, **CSV_TEXT_CELLS):
-            table = pa.Table.from_pandas(frame)
-            if expression is not None:
-                table = _filtered(table, frame, expression, compared)
-            if len(table) > 0:
-                yield table
-
-
-# The cells pandas' defaults read as booleans (in a column of nothing else), which a filter comparing a column with True
-# or False compares
-PANDAS_BOOLEANS = {"True": True, "TRUE": True, "true": True, "False": False, "FALSE": False, "false": False}
-
-
-def _filter_literal_types(filters: list) -> dict[str, type]:
-    """The columns an image folder's `filters` compare with numbers or booleans (`value`, or the values of an `in`),
-    and which: `float` (a number) or `bool`. `filters` as README `filters:` give them and
-    `pyarrow.parquet.filters_to_expression` reads them: a list of `[column, op, value]` (all to hold), or a list of such
-    lists (any to hold)."""
-    conjunctions = filters if filters and not isinstance(filters[0][0], str) else [filters]
-    types: dict[str, type] = {}
-    for column, _, value in (predicate for conjunction in conjunctions for predicate in conjunction):
-        for literal in value if isinstance(value, (list, tuple, set)) else [value]:
-            if isinstance(literal, (bool, int, float)):
-                types[column] = bool if isinstance(literal, bool) else float
-    return types
-
-
-def _filtered(table: pa.Table, frame: pd.DataFrame, expression: Any, compared: dict[str, type]) -> pa.Table:
-    """The rows of `table` (`frame`'s text cells) that filter `expression` keeps, a column it compares with numbers or
-    booleans (`compared`) read as pandas' defaults read it, as imagefolder filtered it: `01` is the number 1, a cell that
-    is no number (or no boolean, `PANDAS_BOOLEANS`) matches no such comparison, as an empty one. The rows are kept as
-    text; a column compared with text is compared as the text written."""
-    typed = {
-        column: pd.to_numeric(frame[column], errors="coerce") if kind is float else frame[column].map(PANDAS_BOOLEANS)
-        for column, kind in compared.items() if column in frame.columns
-    }
-    if not typed:
-        return table.filter(expression)
-    row = "\0row"  # (no column of a CSV header)
-    rows = pa.Table.from_pandas(frame.assign(**typed)).append_column(row, pa.array(range(len(frame))))
-    return table.take(rows.filter(expression)[row])
 
 
 def _check_local_parquet_rows(source: str, split: str, data_files: Mapping[Any, Iterable[Any]]) -> None:

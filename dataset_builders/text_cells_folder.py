@@ -1,0 +1,110 @@
+"""CSV cells read as the text written: the pandas options that read them so (`CSV_TEXT_CELLS`), and
+`TextCellsImageFolder`, `datasets`' imagefolder reading a metadata.csv with them, its README filters comparing numbers
+and booleans as imagefolder compared them.
+
+A module of its own because `datasets` patches the module of every builder it makes, and of the builders it subclasses,
+for streaming (`datasets.streaming.extend_module_for_streaming`): its `open`, `os.path`, `pathlib.Path`, `gzip.open`,
+`pandas.read_csv`... become `datasets`' own (`xopen`, `xpandas_read_csv`, which read local paths as before and remote
+ones with fsspec). Here that touches only `TextCellsImageFolder`'s reading of the metadata files `datasets` downloaded;
+in `sources`, which reads a Hub CSV table's columns with `pandas.read_csv(..., storage_options=...)`, it broke them.
+Nothing here imports `sources`, which imports this module."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
+
+# pandas' defaults read a CSV cell `000123` as the number 123 (the ids `0123` and `123` collided, and were written back
+# unlike the user's) and `NA`, `null`, `None`, `nan`, `N/A`... as missing (such a caption was skipped as empty). Every
+# cell is read as the text written (these options, with each column's type text: `sources._csv_text_features`, or
+# dtype=str), and only an empty cell is missing: None, as before (an empty caption is skipped, a row without an id
+# takes its zero-padded row index). Every column, not only the build's: a number column whose `NA` became text would be
+# text in one 10,000-row chunk and numbers in the next, which `datasets` cannot write as one column.
+CSV_TEXT_CELLS = {"keep_default_na": False, "na_values": [""]}
+
+
+class TextCellsImageFolder(ImageFolder):
+    """`datasets`' imagefolder, reading a metadata.csv with every cell as the text written, an empty one as missing
+    (`CSV_TEXT_CELLS`): imagefolder reads it with pandas' defaults, and takes no pandas options. Other metadata files
+    (.jsonl, .parquet) are read as imagefolder reads them; an image folder without a CSV caption table is read by
+    imagefolder itself (`sources._holds_csv_metadata`), whose config id and cache, and so a Hub source's fingerprint, it
+    keeps."""
+
+    # Its `DatasetInfo.builder_name`, by which `sources.csv_cells_reading` tells a source it read (`datasets` would name
+    # a builder after its module), and the end of its config ids: its cache is never imagefolder's, read with pandas'
+    # defaults. Its cache directory (the source's dataset name, this config id) and so its datasets' fingerprints owe
+    # nothing to its module's name (`DatasetBuilder.name`), which `from_builder`'s dataset name and config id leave
+    # unused.
+    NAME = "imagefolder_csv_text_cells"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.info.builder_name = self.NAME
+
+    @classmethod
+    def from_builder(cls, builder: ImageFolder, cache_dir: str | None = None) -> TextCellsImageFolder:
+        """The image folder `builder` reads (its data files, Hub repo and revision, and config: one named in the
+        README included), read with CSV cells as text; its datasets cache in `cache_dir` (None: the default)."""
+        settings = {field.name: getattr(builder.config, field.name) for field in dataclasses.fields(builder.config)}
+        return cls(
+            cache_dir=cache_dir, dataset_name=builder.dataset_name, config_name=settings.pop("name"), hash=builder.hash,
+            base_path=builder.base_path, token=builder.token, repo_id=builder.repo_id,
+            storage_options=builder.storage_options, config_id=f"{builder.config_id}-{cls.NAME}", **settings,
+        )
+
+    def _read_metadata(self, metadata_file: str, metadata_ext: str = "") -> Iterator[pa.Table]:
+        if metadata_ext != ".csv":
+            yield from super()._read_metadata(metadata_file, metadata_ext=metadata_ext)
+            return
+        filters = self.config.filters  # as imagefolder applies them
+        expression = pq.filters_to_expression(filters) if isinstance(filters, list) else filters
+        compared = _filter_literal_types(filters) if isinstance(filters, list) else {}
+        # `datasets`' xpandas_read_csv once this module is patched: a downloaded or local file, opened by path
+        for frame in pd.read_csv(metadata_file, iterator=True, chunksize=10_000, dtype=str, **CSV_TEXT_CELLS):
+            table = pa.Table.from_pandas(frame)
+            if expression is not None:
+                table = _filtered(table, frame, expression, compared)
+            if len(table) > 0:
+                yield table
+
+
+# The cells pandas' defaults read as booleans (in a column of nothing else), which a filter comparing a column with True
+# or False compares
+PANDAS_BOOLEANS = {"True": True, "TRUE": True, "true": True, "False": False, "FALSE": False, "false": False}
+
+
+def _filter_literal_types(filters: list) -> dict[str, type]:
+    """The columns an image folder's `filters` compare with numbers or booleans (`value`, or the values of an `in`),
+    and which: `float` (a number) or `bool`. `filters` as README `filters:` give them and
+    `pyarrow.parquet.filters_to_expression` reads them: a list of `[column, op, value]` (all to hold), or a list of such
+    lists (any to hold)."""
+    conjunctions = filters if filters and not isinstance(filters[0][0], str) else [filters]
+    types: dict[str, type] = {}
+    for column, _, value in (predicate for conjunction in conjunctions for predicate in conjunction):
+        for literal in value if isinstance(value, (list, tuple, set)) else [value]:
+            if isinstance(literal, (bool, int, float)):
+                types[column] = bool if isinstance(literal, bool) else float
+    return types
+
+
+def _filtered(table: pa.Table, frame: pd.DataFrame, expression: Any, compared: dict[str, type]) -> pa.Table:
+    """The rows of `table` (`frame`'s text cells) that filter `expression` keeps, a column it compares with numbers or
+    booleans (`compared`) read as pandas' defaults read it, as imagefolder filtered it: `01` is the number 1, a cell that
+    is no number (or no boolean, `PANDAS_BOOLEANS`) matches no such comparison, as an empty one. The rows are kept as
+    text; a column compared with text is compared as the text written."""
+    typed = {
+        column: pd.to_numeric(frame[column], errors="coerce") if kind is float else frame[column].map(PANDAS_BOOLEANS)
+        for column, kind in compared.items() if column in frame.columns
+    }
+    if not typed:
+        return table.filter(expression)
+    row = "\0row"  # (no column of a CSV header)
+    rows = pa.Table.from_pandas(frame.assign(**typed)).append_column(row, pa.array(range(len(frame))))
+    return table.take(rows.filter(expression)[row])
+
