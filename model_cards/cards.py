@@ -9,6 +9,7 @@ written as PNG files next to the card and linked by relative path, so they trave
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -224,9 +225,10 @@ def base_model_license(base_model: str | None, token: str | None = None) -> dict
 
 
 def _score(values: Mapping[str, Any], key: str) -> float | None:
-    """`values[key]` as a float; None where the results lack it, or hold no number there (a JSON null)."""
+    """`values[key]` as a float; None where the results lack it, or hold no number there (a JSON null, a text). A
+    caller's numpy scalar (np.float32) is a number (`numbers.Real`), a bool none."""
     value = values.get(key)
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    return float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else None
 
 
 def _table_value(values: Mapping[str, Any], key: str, digits: int, scale: float = 1.0) -> str:

@@ -168,6 +168,26 @@ def test_the_tables_show_every_score_of_the_model_index_and_a_dash_for_a_missing
                        ("winoground", "relation", "text_score")}
 
 
+def test_numpy_scores_are_numbers_in_the_tables_and_the_model_index(tmp_path):
+    """A caller's numpy scalar (np.float32) was read as no score after 7d7c8cc (as a bool still is): the tables
+    showed "–" and `model-index` held none of it."""
+    import numpy as np
+
+    eval_results = {
+        "coco": {"i2t_r1": np.float32(50.0), "t2i_r1": np.int64(40)},
+        "winoground": {"text_score": np.float64(10.0), "image_score": np.float32(5.0), "group_score": True,
+                       "modality_gap": {"w_dist": np.float32(0.25), "w_disc": np.float32(0.125), "delta_gap": np.float32(2.0)}},
+    }
+    card = model_card_from_run(tmp_path, None, "mllm", {}, [], eval_results)
+    assert "| coco | 50.0 | – | – | 40.0 | – | – |" in card.text
+    assert "| winoground | all | 10.0 | 5.0 | – |" in card.text and "| winoground | 25.00 | 12.50 | 2.00 |" in card.text
+    expected = {("coco", "i2t_r1"): 50.0, ("coco", "t2i_r1"): 40.0, ("winoground", "text_score"): 10.0,
+                ("winoground", "image_score"): 5.0, ("winoground", "delta_gap"): 2.0}
+    for parsed in (card, with_eval_results(ModelCard(str(card)), eval_results)):
+        results = ModelCard(str(parsed)).data.eval_results
+        assert {(result.dataset_name, result.metric_type): result.metric_value for result in results} == expected
+
+
 def assert_table_rows_keep_their_cells(text: str) -> None:
     """Every row of each markdown table in `text` has as many cells as its header: an unescaped `|` in a value would
     add one (`\\|` is a pipe inside the cell)."""
