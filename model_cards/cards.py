@@ -104,8 +104,7 @@ def _eval_results(
     results = []
     for benchmark, metrics in eval_results.items():
         dataset_id = (dataset_ids or {}).get(benchmark) or _benchmark_dataset_id(benchmark)
-        subsets = [(None, metrics)] + sorted(metrics.get("per_category", {}).items())
-        for subset, values in subsets:
+        for subset, values in _subsets(metrics):
             for key in RETRIEVAL_METRICS + QUADRUPLE_SCORES:
                 # the YAML metric values must be finite numbers: a NaN score (a diverged model) stays in the tables
                 if (value := _score(values, key)) is not None and math.isfinite(value):
@@ -122,7 +121,7 @@ def _eval_results(
                         )
                     )
         # likewise an infinite gap (no discrimination at all)
-        if (gap := _score(metrics.get("modality_gap", {}), "delta_gap")) is not None and math.isfinite(gap):
+        if (gap := _score(_results_of(metrics, "modality_gap"), "delta_gap")) is not None and math.isfinite(gap):
             results.append(
                 EvalResult(
                     task_type="image-text-matching",
@@ -231,6 +230,23 @@ def _score(values: Mapping[str, Any], key: str) -> float | None:
     return float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else None
 
 
+def _has_score(values: Mapping[str, Any], keys: Sequence[str]) -> bool:
+    """Whether `values` holds a score (`_score`, NaN included) of any of `keys`."""
+    return any(_score(values, key) is not None for key in keys)
+
+
+def _results_of(metrics: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    """`metrics[key]`, a mapping of results ("modality_gap", "per_category", one category's scores); {} where the
+    results lack it or hold null there."""
+    return metrics.get(key) or {}
+
+
+def _subsets(metrics: Mapping[str, Any]) -> list[tuple[str | None, Mapping[str, Any]]]:
+    """A benchmark's results as (subset, scores): all of it (None), then each category of `per_category` by name."""
+    categories = _results_of(metrics, "per_category")
+    return [(None, metrics)] + [(category, _results_of(categories, category)) for category in sorted(categories)]
+
+
 def _table_value(values: Mapping[str, Any], key: str, digits: int, scale: float = 1.0) -> str:
     """A table cell of `values[key]` (times `scale`), "–" where the results lack it (`_score`)."""
     value = _score(values, key)
@@ -239,18 +255,19 @@ def _table_value(values: Mapping[str, Any], key: str, digits: int, scale: float 
 
 def _table_rows(eval_results: Mapping[str, Mapping[str, Any]]) -> dict[str, list[dict[str, str]]]:
     """Rows of the three evaluation tables of the model card, values formatted. A benchmark has a row in each table
-    it has a metric of, a metric it lacks a "–": the tables show every score `model-index` holds (`_eval_results`)."""
+    it has a score of (`_has_score`), in the quadruples' one a row for all of it and one for each category
+    (`_subsets`) that has a score; a score a row lacks is a "–". So the tables show every score `model-index` holds
+    (`_eval_results`), and no row of dashes where it holds none."""
     retrieval, quadruples, gaps = [], [], []
     for name, metrics in eval_results.items():
-        if any(key in metrics for key in RETRIEVAL_METRICS):
+        if _has_score(metrics, RETRIEVAL_METRICS):
             retrieval.append({"name": table_cell(name), **{key: _table_value(metrics, key, 1) for key in RETRIEVAL_METRICS}})
-        if any(key in metrics for key in QUADRUPLE_SCORES):
-            subsets = [("all", metrics)] + sorted(metrics.get("per_category", {}).items())
-            for subset, values in subsets:
+        for subset, values in _subsets(metrics):
+            if _has_score(values, QUADRUPLE_SCORES):
                 scores = {key: _table_value(values, key, 1) for key in QUADRUPLE_SCORES}
-                quadruples.append({"name": table_cell(name), "subset": table_cell(subset), **scores})
-        if "modality_gap" in metrics:
-            gap = metrics["modality_gap"]
+                quadruples.append({"name": table_cell(name), "subset": table_cell("all" if subset is None else subset), **scores})
+        gap = _results_of(metrics, "modality_gap")
+        if _has_score(gap, ("w_dist", "w_disc", "delta_gap")):
             gaps.append({"name": table_cell(name), "w_dist": _table_value(gap, "w_dist", 2, 100),
                          "w_disc": _table_value(gap, "w_disc", 2, 100), "delta_gap": _table_value(gap, "delta_gap", 2)})
     return {"retrieval_rows": retrieval, "quadruple_rows": quadruples, "gap_rows": gaps}

@@ -168,6 +168,32 @@ def test_the_tables_show_every_score_of_the_model_index_and_a_dash_for_a_missing
                        ("winoground", "relation", "text_score")}
 
 
+def test_the_tables_have_a_row_where_the_model_index_has_a_score_and_a_null_mapping_is_none(tmp_path):
+    """A benchmark scored by category only had no quadruple row above its `model-index` entries, one whose recall
+    metrics were all null a row of dashes, and a null `modality_gap` or `per_category` failed the card with an
+    AttributeError."""
+    eval_results = {
+        "bivlc": {"per_category": {"swap": {"text_score": 1.0, "image_score": 2.0, "group_score": 3.0}, "replace": None}},
+        "coco": {"i2t_r1": None, "i2t_r5": None, "i2t_r10": None, "t2i_r1": None, "t2i_r5": None, "t2i_r10": None},
+        "winoground": {"text_score": 10.0, "image_score": 5.0, "group_score": 2.5, "per_category": None,
+                       "modality_gap": None},
+        "sugarcrepe": {"text_score": None, "per_category": {"add": {"group_score": 4.0}},
+                       "modality_gap": {"w_dist": None, "w_disc": None, "delta_gap": None}},
+    }
+    card = model_card_from_run(tmp_path, None, "mllm", {}, [], eval_results)
+    quadruple_rows = [line for line in card.text.splitlines() if line.count("|") == 6 and "benchmark" not in line and "---" not in line]
+    assert quadruple_rows == ["| bivlc | swap | 1.0 | 2.0 | 3.0 |", "| winoground | all | 10.0 | 5.0 | 2.5 |",
+                              "| sugarcrepe | add | – | – | 4.0 |"]
+    assert "| coco |" not in card.text and "Modality gap" not in card.text and "No benchmark was evaluated" not in card.text
+    for parsed in (card, with_eval_results(ModelCard(str(card)), eval_results)):
+        results = ModelCard(str(parsed)).data.eval_results
+        assert {(result.dataset_name, result.metric_config, result.metric_type) for result in results} == {
+            ("bivlc", "swap", "text_score"), ("bivlc", "swap", "image_score"), ("bivlc", "swap", "group_score"),
+            ("winoground", None, "text_score"), ("winoground", None, "image_score"), ("winoground", None, "group_score"),
+            ("sugarcrepe", "add", "group_score"),
+        }
+
+
 def test_numpy_scores_are_numbers_in_the_tables_and_the_model_index(tmp_path):
     """A caller's numpy scalar (np.float32) was read as no score after 7d7c8cc (as a bool still is): the tables
     showed "–" and `model-index` held none of it."""
