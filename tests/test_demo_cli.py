@@ -790,6 +790,7 @@ def test_a_folder_with_another_run_is_refused(demo_out, capsys):
         ({"world_seed": 1.5}, "world_seed must be an integer in [0, 2**32)"),
         ({"learning_rate": math.nan}, "learning_rate must be a finite number > 0, got nan"),
         ({"learning_rate": 0.0}, "learning_rate must be a finite number > 0, got 0.0"),
+        ({"learning_rate": True}, "learning_rate must be a finite number > 0, got True"),
     ],
 )
 def test_a_demo_config_refuses_each_bad_value(tmp_path, values, message):

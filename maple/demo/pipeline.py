@@ -173,7 +173,9 @@ class DemoConfig:
         if isinstance(world_seed, bool) or not isinstance(world_seed, int) or not 0 <= world_seed < 2**32:
             problems.append(f"world_seed must be an integer in [0, 2**32) (numpy's and torch's seed range), got "
                             f"{world_seed!r}")
-        if not (isinstance(learning_rate, (int, float)) and math.isfinite(learning_rate) and learning_rate > 0):
+        if isinstance(learning_rate, bool) or not (
+            isinstance(learning_rate, (int, float)) and math.isfinite(learning_rate) and learning_rate > 0
+        ):
             problems.append(f"learning_rate must be a finite number > 0, got {learning_rate!r}")
         if not 0.0 < self.rpa_weight <= 1.0:
             problems.append(f"rpa_weight (lambda) must lie in (0, 1], got {self.rpa_weight}")
