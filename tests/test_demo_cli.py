@@ -186,6 +186,21 @@ def test_a_folder_in_use_by_a_running_demo_is_refused_until_it_ends(demo_out, tm
     assert sorted(path.name for path in out.iterdir()) == sorted(path.name for path in demo_out.iterdir())
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="no flock: the folder is not locked")
+def test_the_folder_lock_is_released_when_the_run_raises(tmp_path):
+    """A run that fails (a stage's error, a Ctrl-C) leaves its folder free for the rerun that resumes it."""
+    from maple.demo.pipeline import OutputFolderInUseError, _output_folder_held
+
+    with pytest.raises(KeyError, match="a stage failed"):
+        with _output_folder_held(tmp_path):
+            with pytest.raises(OutputFolderInUseError):  # held while the run works
+                with _output_folder_held(tmp_path):
+                    pass
+            raise KeyError("a stage failed")
+    with _output_folder_held(tmp_path):
+        pass
+
+
 def test_the_report_of_several_seeds_publishes_the_first_seed_s_maple_model_and_card(demo_out, tmp_path):
     """The runs of a second seed added to a finished folder: the report covers both seeds, and the published
     checkpoint and its card are the first seed's (only that seed's model is kept)."""

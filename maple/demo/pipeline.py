@@ -596,7 +596,8 @@ def _output_folder_held(out: Path) -> Iterator[None]:
     except ImportError:
         yield
         return
-    # not inherited (PEP 446): the lock is this process's, not also its fine-tuning workers'
+    # not inherited across an exec (PEP 446): the fine-tuning workers, spawned (`_worker_pool`), do not hold the lock.
+    # A forked child would: it shares the open descriptor, and keeps the folder locked after this run has ended.
     descriptor = os.open(out, os.O_RDONLY)
     try:
         try:
