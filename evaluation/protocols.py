@@ -320,17 +320,13 @@ class _Field(LazySequence):
 _QuadrupleColumns = tuple[Sequence[Any], Sequence[Any], list[str], list[str]]
 
 
-def _columns(quadruples: Any, argument: str) -> _QuadrupleColumns:
-    """I0, I1, T0, T1 of the quadruples, checked; every error names `argument` (`quadruples[2]: ...`).
+def _check_container(quadruples: Any, argument: str) -> None:
+    """Raise a TypeError or ValueError naming `argument` unless `quadruples` holds some quadruples, reading none.
 
     Quadruples are anything with a length and items by position (a list, a NumPy array of objects, a pandas Series,
     a torch Dataset of tuples), but a string, a mapping or a table. A table (a pandas or polars DataFrame, a pyarrow
-    Table, a datasets Dataset, or rows that are mappings) holds its quadruples as columns: a DataFrame failed with
-    "'Index' object is not callable", and a Dataset's first row, a dict, was named a malformed quadruple; its
-    TypeError says how to pass its rows. A benchmark's quadruples hold their fields as columns (`columns()`, lazy
-    images), read as such so that no image is decoded to read a text and each once to embed it; other quadruples
-    are read row by row, each checked to hold four fields of which the last two are strings with words (a ValueError
-    or TypeError naming it). Nothing is embedded here."""
+    Table, a datasets Dataset) holds its quadruples as columns: a DataFrame failed with "'Index' object is not
+    callable"; its TypeError says how to pass its rows."""
     _refuse_benchmark(quadruples, argument)
     if _is_table(quadruples):
         raise _table_error(argument, type(quadruples).__name__)
@@ -341,31 +337,43 @@ def _columns(quadruples: Any, argument: str) -> _QuadrupleColumns:
         )
     if len(quadruples) == 0:
         raise ValueError(f"{argument}: got none")
+
+
+def _checked_quadruple_texts(quadruples: Quadruples, index: int, argument: str) -> tuple[str, str]:
+    """(text0, text1) of quadruple `index`, read once, checked to be four fields of which the last two are strings
+    with words: a ValueError or TypeError naming it (`quadruples[2]: ...`). A first quadruple that is a mapping is a
+    table's row (a datasets Dataset's dict, say, was named a malformed quadruple): its TypeError says how to pass the
+    table's rows."""
+    quadruple = quadruples[index]
+    if index == 0 and isinstance(quadruple, Mapping):
+        raise _table_error(argument, f"{type(quadruples).__name__} of {type(quadruple).__name__} rows")
+    # a string of four letters is a sequence of four, not a quadruple; a row of a NumPy array of objects is one
+    fields = (isinstance(quadruple, Sequence) and not isinstance(quadruple, str)) or (
+        isinstance(quadruple, np.ndarray) and quadruple.ndim == 1)
+    if not fields or len(quadruple) != 4:
+        got = f"{len(quadruple)} fields" if fields else f"{quadruple!r:.80}"
+        raise ValueError(f"{argument}[{index}]: expected (image0, image1, text0, text1), got {got}")
+    for field, text in (("text0", quadruple[2]), ("text1", quadruple[3])):
+        if not isinstance(text, str):
+            raise TypeError(f"{argument}[{index}]: {field} is {text!r:.80} ({type(text).__name__}); expected a string")
+        if not text.strip():  # MAPLE's processor refuses it too, but by its place among the interleaved texts
+            raise ValueError(f"{argument}[{index}]: {field} is {text!r:.80}, blank; expected a text with words")
+    return quadruple[2], quadruple[3]
+
+
+def _columns(quadruples: Quadruples, argument: str) -> _QuadrupleColumns:
+    """I0, I1, T0, T1 of quadruples that `_check_container` passed, every text checked (`_checked_quadruple_texts`,
+    errors naming `argument`); nothing is embedded here.
+
+    A benchmark's quadruples hold their fields as columns (`columns()`, lazy images, texts checked when loaded), read
+    as such so that no image is decoded to read a text and each once to embed it; other quadruples are read row by
+    row, each once for its texts, and their images later by `_Field`."""
     if isinstance(quadruples, _IndexedQuadruples):
         images0, images1, texts0, texts1 = quadruples.columns()
         return images0, images1, list(texts0), list(texts1)
-    texts0, texts1 = [], []
     # by position, as `_Field` reads the images: a torch Dataset without `__iter__` iterates until an IndexError
-    for index in range(len(quadruples)):
-        quadruple = quadruples[index]  # each read once here for its texts, so checked here
-        if index == 0 and isinstance(quadruple, Mapping):
-            raise _table_error(argument, f"{type(quadruples).__name__} of {type(quadruple).__name__} rows")
-        # a string of four letters is a sequence of four, not a quadruple; a row of a NumPy array of objects is one
-        fields = (isinstance(quadruple, Sequence) and not isinstance(quadruple, str)) or (
-            isinstance(quadruple, np.ndarray) and quadruple.ndim == 1)
-        if not fields or len(quadruple) != 4:
-            got = f"{len(quadruple)} fields" if fields else f"{quadruple!r:.80}"
-            raise ValueError(f"{argument}[{index}]: expected (image0, image1, text0, text1), got {got}")
-        for field, text in (("text0", quadruple[2]), ("text1", quadruple[3])):
-            if not isinstance(text, str):
-                raise TypeError(
-                    f"{argument}[{index}]: {field} is {text!r:.80} ({type(text).__name__}); expected a string"
-                )
-            if not text.strip():  # MAPLE's processor refuses it too, but by its place among the interleaved texts
-                raise ValueError(f"{argument}[{index}]: {field} is {text!r:.80}, blank; expected a text with words")
-        texts0.append(quadruple[2])
-        texts1.append(quadruple[3])
-    return _Field(quadruples, 0), _Field(quadruples, 1), texts0, texts1
+    texts0, texts1 = zip(*(_checked_quadruple_texts(quadruples, index, argument) for index in range(len(quadruples))))
+    return _Field(quadruples, 0), _Field(quadruples, 1), list(texts0), list(texts1)
 
 
 # The tables refused as quadruples, by (module, class): none of these modules is imported here, as a table of one
@@ -396,11 +404,15 @@ def _table_error(argument: str, table: str) -> TypeError:
 
 
 def check_quadruples(quadruples: Any, argument: str = "quadruples") -> None:
-    """Raise the TypeError or ValueError, naming `argument`, that `evaluate_quadruples` would raise before embedding
-    anything: for something that is not quadruples (a table, say; see `_columns`), none at all, or a quadruple that is
-    not four fields or whose texts are not strings with words. Every quadruple is read for its texts (a benchmark's
-    texts without its images), but nothing is embedded."""
-    _columns(quadruples, argument)
+    """Raise a TypeError or ValueError naming `argument` for quadruples that `evaluate_quadruples` would refuse on
+    sight: something that is not quadruples (a table, say; see `_check_container`), none at all, or a first quadruple
+    that is not four fields or whose texts are not strings with words. Only the first quadruple is read (none of a
+    benchmark's, whose texts were checked when it was loaded): a lazy dataset may decode its images to give one, and
+    reading all of them took seconds per thousand. The others are checked when `evaluate_quadruples` reads them,
+    before anything is embedded."""
+    _check_container(quadruples, argument)
+    if not isinstance(quadruples, _IndexedQuadruples):
+        _checked_quadruple_texts(quadruples, 0, argument)
 
 
 def quadruple_similarities(model, processor, quadruples: Quadruples, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -408,6 +420,7 @@ def quadruple_similarities(model, processor, quadruples: Quadruples, batch_size:
     the text-text cosine s(T0, T1) (n,). Copies of a text, or of an image (`_image_keys`), are embedded once, so they
     tie exactly. Quadruples that cannot be read are refused as `check_quadruples` says; an image the processor cannot
     read is a ValueError naming its quadruple and field (`quadruples[2], image1: ...`)."""
+    _check_container(quadruples, "quadruples")
     return _similarities(model, processor, _columns(quadruples, "quadruples"), batch_size)
 
 
@@ -454,6 +467,7 @@ def evaluate_quadruples(
     with `categories`. The histograms (counts of cosines in `HISTOGRAM_BINS` bins over [-1, 1]) show the gap
     that the Wasserstein distances summarise; model cards plot them.
     """
+    _check_container(quadruples, "quadruples")
     columns = _columns(quadruples, "quadruples")  # read once, checked before anything is embedded
     if categories is not None and len(categories) != len(quadruples):
         raise ValueError(f"categories: expected one per quadruple ({len(quadruples)}), got {len(categories)}")

@@ -141,9 +141,10 @@ class RPATrainer(DPOTrainer):
             `eval_<name>/text_score`, `/image_score` and `/group_score` (0-100, `evaluation.protocols`). They are
             scored beside an evaluation dataset, which an evaluation needs (as in `Trainer`: `eval_dataset`, or the one
             passed to `evaluate`); to score quadruples alone, call `evaluation.evaluate_quadruples` on the model.
-            A set it cannot read (a table, an empty set, a quadruple that is not four fields or whose texts are not
-            strings with words) is refused here (`evaluation.protocols.check_quadruples`), not at the first
-            evaluation; each quadruple is read for its texts, but nothing is embedded.
+            A set it cannot read (a table, an empty set, a first quadruple that is not four fields or whose texts
+            are not strings with words) is refused here (`evaluation.protocols.check_quadruples`), not at the first
+            evaluation; only a set's first quadruple is read here (a lazy set may decode images to give one), the
+            others when it is scored.
     """
 
     _tag_names = ["trl", "maple", "rpa"]
@@ -1007,9 +1008,9 @@ def _checked_args(
 
 
 def _check_eval_quadruples(eval_quadruples: Any) -> None:
-    """Raise the TypeError or ValueError that scoring `eval_quadruples` would raise before embedding anything, here,
-    not at the first evaluation, which may come after hours of training: a set is checked by `check_quadruples`
-    (every quadruple read for its texts, nothing embedded), under its name."""
+    """Raise a TypeError or ValueError here, not at the first evaluation, which may come after hours of training,
+    for `eval_quadruples` that is not a dict of named sets or a set that `check_quadruples` refuses under its name
+    (its first quadruple read, nothing embedded; the others are checked when it is scored)."""
     if not isinstance(eval_quadruples, Mapping):
         raise TypeError(
             "eval_quadruples: expected a dict of named sets, {name: [(image_0, image_1, text_0, text_1), ...]}, got a "
