@@ -303,17 +303,24 @@ class _Interleaved(LazySequence):
         return [("position", index) if key[0] == "position" else key for index, key in enumerate(keys)]
 
 
+def _by_position(quadruples: Quadruples) -> Any:
+    """What gives `quadruples`' rows by position: a pandas Series' `.iloc`, as its `[i]` is by label (a KeyError: 0
+    for an index from 1, and for the index [1, 0] the texts and images of one row scored with another's category),
+    else the quadruples themselves."""
+    return getattr(quadruples, "iloc", quadruples)
+
+
 class _Field(LazySequence):
-    """One field of every quadruple, fetched on access."""
+    """One field of every quadruple, fetched on access, by position."""
 
     def __init__(self, quadruples: Quadruples, field: int):
-        self._quadruples, self._field = quadruples, field
+        self._quadruples, self._rows, self._field = quadruples, _by_position(quadruples), field
 
     def __len__(self) -> int:
         return len(self._quadruples)
 
     def _item(self, index: int) -> Any:
-        return self._quadruples[index][self._field]
+        return self._rows[index][self._field]
 
 
 # (images0, images1, texts0, texts1) of some quadruples, as `_columns` reads them
@@ -324,7 +331,7 @@ def _check_container(quadruples: Any, argument: str) -> None:
     """Raise a TypeError or ValueError naming `argument` unless `quadruples` holds some quadruples, reading none.
 
     Quadruples are anything with a length and items by position (a list, a NumPy array of objects, a pandas Series,
-    a torch Dataset of tuples), but a string, a mapping or a table. A table (a pandas or polars DataFrame, a pyarrow
+    read by position whatever its index, a torch Dataset of tuples), but a string, a mapping or a table. A table (a pandas or polars DataFrame, a pyarrow
     Table, a datasets Dataset) holds its quadruples as columns: a DataFrame failed with "'Index' object is not
     callable"; its TypeError says how to pass its rows."""
     _refuse_benchmark(quadruples, argument)
@@ -344,7 +351,7 @@ def _checked_quadruple_texts(quadruples: Quadruples, index: int, argument: str) 
     with words: a ValueError or TypeError naming it (`quadruples[2]: ...`). A first quadruple that is a mapping is a
     table's row (a datasets Dataset's dict, say, was named a malformed quadruple): its TypeError says how to pass the
     table's rows."""
-    quadruple = quadruples[index]
+    quadruple = _by_position(quadruples)[index]
     if index == 0 and isinstance(quadruple, Mapping):
         raise _table_error(argument, f"{type(quadruples).__name__} of {type(quadruple).__name__} rows")
     # a string of four letters is a sequence of four, not a quadruple; a row of a NumPy array of objects is one

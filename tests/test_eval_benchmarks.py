@@ -825,6 +825,23 @@ def test_quadruples_may_be_any_sequence_by_position_such_as_a_series_or_a_torch_
         assert evaluate_quadruples(LookupEmbedder(_TEXTS), None, quadruples)["group_score"] == 50.0
 
 
+def test_a_series_of_quadruples_is_read_by_position_whatever_its_index():
+    """Rows were read by label: a Series indexed from 1 failed with a bare KeyError: 0, and one indexed [1, 0] was
+    scored with its texts and images in label order but its categories by position, so each category got the other's
+    scores, silently."""
+    import pandas as pd
+
+    from evaluation.protocols import check_quadruples, evaluate_quadruples
+
+    model = LookupEmbedder(_TEXTS)
+    check_quadruples(pd.Series([_RIGHT, _WRONG], index=[1, 2]))
+    assert evaluate_quadruples(model, None, pd.Series([_RIGHT, _WRONG], index=[1, 2]))["group_score"] == 50.0
+    result = evaluate_quadruples(model, None, pd.Series([_WRONG, _RIGHT], index=[1, 0]), ["swapped", "right"])
+    assert {category: scores["group_score"] for category, scores in result["per_category"].items()} == {
+        "right": 100.0, "swapped": 0.0
+    }
+
+
 def test_quadruples_are_checked_and_read_once_per_evaluation():
     """evaluate_quadruples and quadruple_similarities both checked them, each reading the first quadruple: a lazy
     dataset's first quadruple was read (and its images decoded) two more times than any other."""
