@@ -404,13 +404,15 @@ def _load_quadruple_table(source: str, spec: BenchmarkSpec, token: str | None) -
     image0, image1, text0, text1 = spec.columns
     images0, images1 = LazyImages(table, image0, locate), LazyImages(table, image1, locate)
     texts0, texts1 = (_checked_texts(locate, column, table[column]) for column in (text0, text1))
-    quadruples = _IndexedQuadruples(images0, images1, texts0, texts1)
+    quadruples = IndexedQuadruples(images0, images1, texts0, texts1)
     categories = _categories(locate, spec.category_column, table[spec.category_column]) if spec.category_column else None
     return QuadrupleBenchmark(spec.name, quadruples, categories)
 
 
-class _IndexedQuadruples(LazySequence):
-    """Quadruples whose images are rows of lazy image columns."""
+class IndexedQuadruples(LazySequence):
+    """Quadruples held as four columns, the images lazy (a loaded benchmark's `quadruples`): `evaluation.protocols`
+    reads them by `columns()`, so that no image is decoded to read a text, and their texts, checked when loaded, are
+    not checked again."""
 
     def __init__(self, images0: Sequence, images1: Sequence, texts0: list[str], texts1: list[str]):
         if not len(images0) == len(images1) == len(texts0) == len(texts1):
@@ -522,7 +524,7 @@ def _load_naturalbench(source: str, spec: BenchmarkSpec, token: str | None) -> Q
         for key in spec.columns[:2]
     )
     texts0, texts1 = ([item[key] for item in items] for key in spec.columns[2:])
-    return QuadrupleBenchmark(spec.name, _IndexedQuadruples(images0, images1, texts0, texts1), None)
+    return QuadrupleBenchmark(spec.name, IndexedQuadruples(images0, images1, texts0, texts1), None)
 
 
 MMVP_IMAGE_FOLDER = "MLLM_VLM Images"
@@ -577,7 +579,7 @@ def _load_mmvp(source: str, spec: BenchmarkSpec, token: str | None) -> Quadruple
     images0, images1 = _image_files(files[0::2], places[0::2]), _image_files(files[1::2], places[1::2])
     texts0, texts1 = ([MMVP_TEXT_PREFIX + statement for _, _, statement in rows[first::2]] for first in (0, 1))
     categories = [category.lower() for _, category, _ in rows[0::2]]
-    return QuadrupleBenchmark(spec.name, _IndexedQuadruples(images0, images1, texts0, texts1), categories)
+    return QuadrupleBenchmark(spec.name, IndexedQuadruples(images0, images1, texts0, texts1), categories)
 
 
 BENCHMARKS: dict[str, BenchmarkSpec] = {

@@ -19,7 +19,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .benchmarks import BenchmarkFormatError, QuadrupleBenchmark, RetrievalBenchmark, _IndexedQuadruples, file_key
+from .benchmarks import (
+    BenchmarkFormatError,
+    IndexedQuadruples,
+    QuadrupleBenchmark,
+    RetrievalBenchmark,
+    file_key,
+)
 from .lazy import LazySequence
 from .metrics import DEFAULT_KS, group_score_hits, modality_gap_from_quadruples, recall_from_ranks
 from .retrieval import check_finite_embeddings, chunked_ranks
@@ -375,7 +381,7 @@ def _columns(quadruples: Quadruples, argument: str) -> _QuadrupleColumns:
     A benchmark's quadruples hold their fields as columns (`columns()`, lazy images, texts checked when loaded), read
     as such so that no image is decoded to read a text and each once to embed it; other quadruples are read row by
     row, each once for its texts, and their images later by `_Field`."""
-    if isinstance(quadruples, _IndexedQuadruples):
+    if isinstance(quadruples, IndexedQuadruples):
         images0, images1, texts0, texts1 = quadruples.columns()
         return images0, images1, list(texts0), list(texts1)
     # by position, as `_Field` reads the images: a torch Dataset without `__iter__` iterates until an IndexError
@@ -418,7 +424,7 @@ def check_quadruples(quadruples: Any, argument: str = "quadruples") -> None:
     reading all of them took seconds per thousand. The others are checked when `evaluate_quadruples` reads them,
     before anything is embedded."""
     _check_container(quadruples, argument)
-    if not isinstance(quadruples, _IndexedQuadruples):
+    if not isinstance(quadruples, IndexedQuadruples):
         _checked_quadruple_texts(quadruples, 0, argument)
 
 
