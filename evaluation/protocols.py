@@ -481,7 +481,7 @@ def evaluate_quadruples(
     that the Wasserstein distances summarise; model cards plot them.
     """
     _check_container(quadruples, "quadruples")
-    columns = _columns(quadruples, "quadruples")  # read once, checked before anything is embedded
+    # the categories before the quadruples' rows, each of which a lazy dataset may decode images to give
     if categories is not None and len(categories) != len(quadruples):
         raise ValueError(f"categories: expected one per quadruple ({len(quadruples)}), got {len(categories)}")
     # they are sorted, and name the per-category results
@@ -492,6 +492,7 @@ def evaluate_quadruples(
             f"categories[{bad}]: {labels[bad]!r:.80} ({type(labels[bad]).__name__}); expected a category name "
             "(a string)"
         )
+    columns = _columns(quadruples, "quadruples")  # read once, each checked, before anything is embedded
     image_text, text_text = _similarities(model, processor, columns, batch_size)
     hits = group_score_hits(image_text)
 

@@ -825,6 +825,26 @@ def test_quadruples_may_be_any_sequence_by_position_such_as_a_series_or_a_torch_
         assert evaluate_quadruples(LookupEmbedder(_TEXTS), None, quadruples)["group_score"] == 50.0
 
 
+def test_the_number_of_categories_is_checked_before_any_quadruple_is_read():
+    """It was checked after every quadruple had been read for its texts (a lazy dataset decoding its images to give
+    each)."""
+    from evaluation.protocols import evaluate_quadruples
+
+    reads = [0, 0]
+
+    class Quadruples(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(reads)
+
+        def __getitem__(self, index):
+            reads[index] += 1
+            return _RIGHT
+
+    with pytest.raises(ValueError, match=r"^categories: expected one per quadruple \(2\), got 1$"):
+        evaluate_quadruples(LookupEmbedder(_TEXTS), None, Quadruples(), ["add"])
+    assert reads == [0, 0]
+
+
 def test_a_series_of_quadruples_is_read_by_position_whatever_its_index():
     """Rows were read by label: a Series indexed from 1 failed with a bare KeyError: 0, and one indexed [1, 0] was
     scored with its texts and images in label order but its categories by position, so each category got the other's
