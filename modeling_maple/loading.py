@@ -239,22 +239,16 @@ def _file_loading_kwargs(from_pretrained_kwargs: dict[str, Any]) -> dict[str, An
     return {key: value for key, value in from_pretrained_kwargs.items() if key in FILE_LOADING_KWARGS}
 
 
-def _hub_lacks_config(
-    repo_id: str, subfolder: str, revision: str | None, token: str | None, file_loading_kwargs: dict[str, Any]
-) -> bool:
-    """Whether the Hub answers that `subfolder` of repo `repo_id` has no config.json (an HTTP 404,
+def _hub_lacks_config(repo_id: str, subfolder: str, revision: str | None, cache_dir: str | None) -> bool:
+    """Whether the Hub answered that `subfolder` of repo `repo_id` has no config.json (an HTTP 404,
     `RemoteEntryNotFoundError`): transformers reads that answer as a config without a model type, and keeps no Hub
-    error for `hub_failure` to read, so the file is asked for once more."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import RemoteEntryNotFoundError
+    error for `hub_failure` to read. huggingface_hub records the answer in the cache (`.no_exist`), so the cache is
+    asked, not the Hub: asking again cost some 20 s of retries where the Hub is unreachable, and offline, where the
+    Hub cannot be asked, the cache holds its last answer."""
+    from huggingface_hub import _CACHED_NO_EXIST, try_to_load_from_cache
 
-    try:
-        hf_hub_download(repo_id, "config.json", subfolder=subfolder, revision=revision, token=token,
-                        cache_dir=file_loading_kwargs.get("cache_dir"),
-                        local_files_only=file_loading_kwargs.get("local_files_only", False))
-    except OSError as error:  # (huggingface_hub's errors are OSErrors: any other says nothing of the file)
-        return isinstance(error, RemoteEntryNotFoundError)
-    return False
+    cached = try_to_load_from_cache(repo_id, f"{subfolder}/config.json", cache_dir=cache_dir, revision=revision)
+    return cached is _CACHED_NO_EXIST
 
 
 def _checkpoint(
@@ -288,7 +282,7 @@ def _checkpoint(
         # except for a Hub answer, such as an HTTP 500, that it reads as "couldn't connect"
         problem = hub_failure(error, name_or_path, revision=revision, subfolder=subfolder)
         if problem is None and subfolder and not Path(name_or_path).is_dir() and _hub_lacks_config(
-            name_or_path, subfolder, revision, token, file_loading_kwargs
+            name_or_path, subfolder, revision, file_loading_kwargs.get("cache_dir")
         ):
             problem = f"subfolder {subfolder!r} of {hub_repo(name_or_path)} has no config.json"
         if problem is None:  # transformers' own words, which name the repo alone

@@ -17,7 +17,9 @@ It implements the slice of the Hub API that `huggingface_hub` 2.4, `transformers
     HEAD/GET /[datasets/]{repo}/resolve/{rev}/{path}           download, with byte ranges
 
 Repositories live in memory as a chain of commits, each a full {path: file} snapshot. Errors carry
-the Hub's `X-Error-Code` / `X-Error-Message` headers, so clients raise their usual exceptions.
+the Hub's `X-Error-Code` / `X-Error-Message` headers, so clients raise their usual exceptions; a download's 404 for a
+file not in the revision carries its `X-Repo-Commit` too, as the Hub's does, from which huggingface_hub records the
+file's absence in the cache (`.no_exist`, read by `try_to_load_from_cache`).
 
 Tokens are users' (`HubState.users`: `CLIENT_TOKEN` is `USER`'s; `add_user` adds one). As on the Hub, an unknown
 token is refused (401), a write (create, preupload, commit, LFS batch) needs a token (401 without one), and a
@@ -81,11 +83,11 @@ _WRITE_HANDLERS = {"create_repo", "preupload", "commit", "lfs_batch"}
 
 
 class HubError(Exception):
-    """An error answer: HTTP status plus the Hub's X-Error-Code header."""
+    """An error answer: HTTP status plus the Hub's X-Error-Code header, and any other headers the Hub sends with it."""
 
-    def __init__(self, status: int, message: str, code: str | None = None, **body):
+    def __init__(self, status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None, **body):
         super().__init__(message)
-        self.status, self.message, self.code, self.body = status, message, code, body
+        self.status, self.message, self.code, self.headers, self.body = status, message, code, headers or {}, body
 
 
 @dataclass(frozen=True)
@@ -194,7 +196,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
 
     def _send_error(self, error: HubError) -> None:
         body = json.dumps({"error": error.message, **error.body}).encode()
-        headers = {"X-Error-Message": error.message, **({"X-Error-Code": error.code} if error.code else {})}
+        headers = {"X-Error-Message": error.message, **({"X-Error-Code": error.code} if error.code else {}), **error.headers}
         self._send(error.status, body, "application/json", headers)
 
     def _check_access(self, state: HubState, handler: str) -> None:
@@ -405,7 +407,8 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         sha, files = repo.snapshot(self.params["rev"])
         path = self.params["path"]
         if path not in files:
-            raise HubError(404, f"Entry {path} not found in {repo.repo_type} repo {repo.repo_id}", "EntryNotFound")
+            raise HubError(404, f"Entry {path} not found in {repo.repo_type} repo {repo.repo_id}", "EntryNotFound",
+                           headers={"X-Repo-Commit": sha})
         stored = files[path]
         etag = stored.sha256 if stored.lfs else stored.git_oid
         headers = {"X-Repo-Commit": sha, "ETag": f'"{etag}"', "Accept-Ranges": "bytes"}

@@ -196,6 +196,43 @@ except MapleLoadError as error:
     ]
 
 
+@pytest.mark.parametrize("offline", ["0", "1"])
+def test_a_hub_repos_subfolder_without_config_json_is_named_from_the_cache_without_asking_the_hub(
+    hub_server, tmp_path, offline
+):
+    """The Hub's 404 for the subfolder's config.json, which huggingface_hub records in the cache, is read there: with
+    the Hub unreachable and HF_HUB_OFFLINE unset, asking for the file again cost some 20 s of retries; offline, asking
+    could not tell that the file is not there."""
+    cache = tmp_path / "home" / "hub"
+    snapshot = cached_hub_repo(cache, "maple-org/tiny", *build_tiny("dual_encoder", seed=0), subfolder="run")
+    no_exist = snapshot.parent.parent / ".no_exist" / snapshot.name / "nope" / "config.json"  # as huggingface_hub writes it
+    no_exist.parent.mkdir(parents=True)
+    no_exist.touch()
+    load = """
+from huggingface_hub.utils import httpx
+from modeling_maple import MapleLoadError, load_maple
+
+requested, send = [], httpx.Client.send
+
+def recording_send(client, request, **kwargs):
+    requested.append(str(request.url))
+    return send(client, request, **kwargs)
+
+httpx.Client.send = recording_send
+try:
+    load_maple("maple-org/tiny", subfolder="nope")
+except MapleLoadError as error:
+    print(error)
+print([url for url in requested if url.endswith("/nope/config.json")])  # (transformers asks for the repo's commit)
+"""
+    closed = "http://127.0.0.1:9"  # the discard port: nothing listens
+    printed = run_client(hub_server, tmp_path, load, HF_ENDPOINT=closed, HF_HOME=str(tmp_path / "home"),
+                         HF_HUB_OFFLINE=offline)
+    assert printed.splitlines() == [
+        f"maple-org/tiny: subfolder 'nope' of model repo 'maple-org/tiny' on {closed} has no config.json", "[]"
+    ]
+
+
 @pytest.mark.parametrize("loading", [{"local_files_only": True}, {"force_download": True}])
 def test_where_a_hub_repos_files_are_reaches_every_file_read_the_adapter_lookup_too(tmp_path, monkeypatch, loading):
     """`subfolder`, `cache_dir`, `local_files_only` and `force_download` reach every file read from a Hub repo: the
