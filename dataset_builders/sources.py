@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -15,6 +16,8 @@ import datasets
 import pandas as pd
 import PIL.Image
 import pyarrow.parquet as pq
+from datasets.naming import camelcase_to_snakecase
+from datasets.packaged_modules.cache.cache import Cache
 from datasets.packaged_modules.csv.csv import CsvConfig
 from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 from datasets.utils.file_utils import is_local_path
@@ -262,6 +265,13 @@ def load_source(
     if path.is_file():
         raise SourceError(f"unsupported source file {source}: give a folder, a parquet file or a Hub dataset id")
     location = str(path) if path.exists() else source
+    # Offline, a Hub source read before is read from the cache of its CSV cells as text: datasets' own look-up of the
+    # cache (with no options, as below) finds only a plain `load_dataset`'s, whose cells pandas' defaults read
+    cached = None if path.exists() or not datasets.config.HF_HUB_OFFLINE else _text_cells_cache(source, name, cache_dir)
+    if cached is not None:
+        _check_splits(source, split, available=list(cached.info.splits))
+        _check_selects_rows(source, split, {str(name): info.num_examples for name, info in cached.info.splits.items()})
+        return cached.as_dataset(split=split)
     try:
         builder = datasets.load_dataset_builder(location, name, cache_dir=cache_dir, token=token)
     # ValueError: a Hub repo of several configs (the source must not leave it open), a folder without data files;
@@ -286,14 +296,46 @@ def load_source(
         # CSV cells as the text written (`CSV_TEXT_CELLS`): the csv builder takes pandas' options, imagefolder does not
         if isinstance(builder.config, CsvConfig):
             builder = datasets.load_dataset_builder(
-                location, name, cache_dir=cache_dir, token=token,
-                features=_csv_text_features(builder, data_files), **CSV_TEXT_CELLS,
+                location, name, cache_dir=cache_dir, token=token, features=_csv_text_features(builder, data_files),
+                config_id=f"{builder.config_id}-{CSV_TEXT_CELLS_CONFIG}", **CSV_TEXT_CELLS,
             )
         elif isinstance(builder, ImageFolder) and _holds_csv_metadata(builder, data_files):
             builder = TextCellsImageFolder.from_builder(builder, cache_dir=cache_dir)
         builder.download_and_prepare()
     _check_selects_rows(source, split, {str(name): info.num_examples for name, info in builder.info.splits.items()})
     return builder.as_dataset(split=split)
+
+
+# The end of the config id (and cache) of a CSV table read with its cells as text (`load_source`): the plain config id
+# of the data files and README config it reads, then this, as `TextCellsImageFolder` names its own. Not datasets' id of
+# the options and features it is given: offline, those features (the columns of data files on the Hub) are unknown
+CSV_TEXT_CELLS_CONFIG = "csv_text_cells"
+
+
+def _text_cells_cache(source: str, name: str | None, cache_dir: str | None) -> datasets.DatasetBuilder | None:
+    """Offline, the builder of the latest cache in `cache_dir` of Hub dataset `source` (of its config `name`; None: of
+    its one config cached so) that `load_source` wrote with CSV cells read as text (config ids ending in
+    `CSV_TEXT_CELLS_CONFIG` or `TextCellsImageFolder.NAME`), read as datasets reads a cache offline; None where there is
+    none. A `SourceError` where `name` is None and several configs are cached so."""
+    *namespace, dataset_name = source.split("/")
+    root = Path(cache_dir or datasets.config.HF_DATASETS_CACHE).expanduser()
+    folder = root / "___".join([*namespace, camelcase_to_snakecase(dataset_name)])
+    caches = [  # <config id>/<version>/<hash>, of the config named
+        cache for suffix in (CSV_TEXT_CELLS_CONFIG, TextCellsImageFolder.NAME)
+        for cache in folder.glob(f"*-{suffix}/*/*")
+        if (cache / "dataset_info.json").is_file()
+        and name in (None, json.loads((cache / "dataset_info.json").read_text(encoding="utf-8"))["config_name"])
+    ]
+    if not caches:
+        return None
+    configs = sorted({cache.parts[-3] for cache in caches})
+    if len(configs) > 1 and name is None:
+        raise SourceError(f"source {source}: the Hub is offline and several of its configs are cached ({configs}): "
+                          "name one with source_config= (CLI --source-config)")
+    latest = max(caches, key=lambda cache: cache.stat().st_mtime)
+    config_id, version, commit = latest.parts[-3:]
+    return Cache(cache_dir=cache_dir, dataset_name=dataset_name, repo_id=source, config_name=config_id,
+                 version=version, hash=commit)
 
 
 # How `load_source` reads CSV cells, as a build's manifest records it for a source with CSV data (`csv_cells_reading`):

@@ -354,3 +354,42 @@ def test_csv_cells_of_a_hub_source_are_read_as_the_text_written(hub_server, tmp_
     read = json.loads(run_client(hub_server, tmp_path, HUB_CSV_SOURCES).strip().splitlines()[-1])
     assert read == {"fingerprint kept": True, "maple-org/csv-table": [["000123", "123"], ["NA", None]],
                     "maple-org/csv-images": [["0123b", "123"], ["null", "N/A"]]}
+
+
+HUB_CSV_SOURCES_READ = """
+import json, os
+from pathlib import Path
+from huggingface_hub import HfApi
+from PIL import Image
+from dataset_builders.sources import csv_cells_reading, load_source
+
+table, images = Path("table"), Path("images")
+if os.environ["HF_HUB_OFFLINE"] == "0":
+    api = HfApi()
+    table.mkdir()
+    (table / "data.csv").write_text("id,image,caption\\n000123,0.png,NA\\n")
+    images.mkdir()
+    Image.new("RGB", (8, 8)).save(images / "0.png")
+    (images / "metadata.csv").write_text("file_name,id,caption\\n0.png,0123,null\\n")
+    for repo, folder in (("maple-org/offline-csv-table", table), ("maple-org/offline-csv-images", images)):
+        api.create_repo(repo, repo_type="dataset")
+        api.upload_folder(repo_id=repo, folder_path=str(folder), repo_type="dataset")
+read = {}
+for repo in ("maple-org/offline-csv-table", "maple-org/offline-csv-images"):
+    rows = load_source(repo, split="train", cache_dir="cache")
+    read[repo] = [list(rows["id"]), list(rows["caption"]), csv_cells_reading(rows)]
+print(json.dumps(read))
+"""
+
+
+def test_a_hub_source_with_csv_data_read_online_is_read_offline(hub_server, tmp_path):
+    """From the cache of its CSV cells read as text: datasets' look-up of the cache offline, which load_source made
+    first, found only a plain load_dataset's ("Couldn't find cache for maple-org/offline-csv-table")."""
+    home = str(tmp_path / "hf_home")
+    online = run_client(hub_server, tmp_path, HUB_CSV_SOURCES_READ, HF_HOME=home).strip().splitlines()[-1]
+    offline = run_client(hub_server, tmp_path, HUB_CSV_SOURCES_READ, HF_HOME=home, HF_HUB_OFFLINE="1")
+    assert json.loads(online) == {
+        "maple-org/offline-csv-table": [["000123"], ["NA"], "the text written, only an empty cell missing"],
+        "maple-org/offline-csv-images": [["0123"], ["null"], "the text written, only an empty cell missing"],
+    }
+    assert offline.strip().splitlines()[-1] == online
