@@ -77,8 +77,9 @@ def _file_being_read(error: BaseException, files: set[str]) -> str | None:
     frames = [frame for frame, _ in traceback.walk_tb(error.__traceback__)]
     for frame in reversed(frames):
         for value in frame.f_locals.values():
-            if isinstance(value, (str, os.PathLike)) and os.fspath(value) in files:
-                return os.fspath(value)
+            # a compressed file is read by a chained URL ending in its path: "gzip://part-0.csv::/data/part-0.csv.gz"
+            if isinstance(value, (str, os.PathLike)) and (file := os.fspath(value).rsplit("::", 1)[-1]) in files:
+                return file
     return None
 
 
