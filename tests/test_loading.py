@@ -45,6 +45,20 @@ def cached_hub_repo(cache: Path, repo_id: str, *parts, subfolder: str = "") -> P
     return snapshot
 
 
+# The start of a child process's script that records the URL of every request huggingface_hub sends (`requested`)
+RECORDING_HUB_REQUESTS = """
+from huggingface_hub.utils import httpx
+
+requested, send = [], httpx.Client.send
+
+def recording_send(client, request, **kwargs):
+    requested.append(str(request.url))
+    return send(client, request, **kwargs)
+
+httpx.Client.send = recording_send
+"""
+
+
 def test_a_maple_checkpoint_and_a_backbone_load_as_maple_embedders(tmp_path, clip_folder):
     model, processor = build_tiny("dual_encoder", seed=0)
     model.save_pretrained(tmp_path / "maple")
@@ -208,17 +222,8 @@ def test_a_hub_repos_subfolder_without_config_json_is_named_from_the_cache_witho
     no_exist = snapshot.parent.parent / ".no_exist" / snapshot.name / "nope" / "config.json"  # as huggingface_hub writes it
     no_exist.parent.mkdir(parents=True)
     no_exist.touch()
-    load = """
-from huggingface_hub.utils import httpx
+    load = RECORDING_HUB_REQUESTS + """
 from modeling_maple import MapleLoadError, load_maple
-
-requested, send = [], httpx.Client.send
-
-def recording_send(client, request, **kwargs):
-    requested.append(str(request.url))
-    return send(client, request, **kwargs)
-
-httpx.Client.send = recording_send
 try:
     load_maple("maple-org/tiny", subfolder="nope")
 except MapleLoadError as error:
@@ -283,17 +288,8 @@ def test_local_files_only_loads_a_cached_hub_repo_without_asking_the_hub(hub_ser
     """With `local_files_only` and HF_HUB_OFFLINE unset, AutoModel's look for a PEFT adapter asked the Hub for
     adapter_config.json all the same: an unreachable Hub cost each load some 20 s of retries."""
     cached_hub_repo(tmp_path / "home" / "hub", "maple-org/tiny", *build_tiny("dual_encoder", seed=0))
-    load = """
-from huggingface_hub.utils import httpx
+    load = RECORDING_HUB_REQUESTS + """
 from modeling_maple import load_maple
-
-requested, send = [], httpx.Client.send
-
-def recording_send(client, request, **kwargs):
-    requested.append(str(request.url))
-    return send(client, request, **kwargs)
-
-httpx.Client.send = recording_send
 load_maple("maple-org/tiny", local_files_only=True)
 print([url for url in requested if "maple-org/tiny" in url])  # (huggingface_hub asks for more than repos' files)
 """
