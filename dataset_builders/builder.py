@@ -787,9 +787,14 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         # a work dir begun before the manifest left unused fields out recorded them anyway (a seed nothing seeds)
         differences = _differences(saved | dict.fromkeys(self.config.unused_fields(), None), current)
         if differences:
+            # the one difference a user may not have made: a builder older than the CSV change read cells otherwise
+            older_reading = (
+                " (builders before this one read a source's CSV cells with pandas' defaults: an id 0123 as 123, a "
+                "caption NA as missing)" if saved.get("source_csv_cells") is None and current["source_csv_cells"] else ""
+            )
             raise WorkDirMismatch(
-                f"work dir {self.work_dir} was built with another recipe ({'; '.join(differences)}); reusing its "
-                f"checkpoints and shards would mix the two builds: {advice}"
+                f"work dir {self.work_dir} was built with another recipe ({'; '.join(differences)}){older_reading}; "
+                f"reusing its checkpoints and shards would mix the two builds: {advice}"
             )
         self._work_dir_claimed = True
 

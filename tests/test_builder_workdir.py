@@ -589,7 +589,8 @@ def test_a_work_dir_begun_before_csv_cells_were_read_as_text_is_refused_for_a_so
     path.write_text(json.dumps(manifest))
     if has_csv:
         with pytest.raises(WorkDirMismatch, match=r"\(source_csv_cells: None in the work dir, 'the text written, only "
-                                                  r"an empty cell missing' now\)"):
+                                                  r"an empty cell missing' now\) \(builders before this one read a source's CSV cells "
+                                                  r"with pandas' defaults: an id 0123 as 123, a caption NA as missing\)"):
             builder().check_work_dir()
     else:
         builder().check_work_dir()
