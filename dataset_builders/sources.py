@@ -270,8 +270,7 @@ def load_source(
     cached = None if path.exists() or not datasets.config.HF_HUB_OFFLINE else _text_cells_cache(source, name, cache_dir)
     if cached is not None:
         _check_splits(source, split, available=list(cached.info.splits))
-        _check_selects_rows(source, split, {str(name): info.num_examples for name, info in cached.info.splits.items()})
-        return cached.as_dataset(split=split)
+        return _prepared_split(source, split, cached)
     try:
         builder = datasets.load_dataset_builder(location, name, cache_dir=cache_dir, token=token)
     # ValueError: a Hub repo of several configs (the source must not leave it open), a folder without data files;
@@ -302,6 +301,12 @@ def load_source(
         elif isinstance(builder, ImageFolder) and _holds_csv_metadata(builder, data_files):
             builder = TextCellsImageFolder.from_builder(builder, cache_dir=cache_dir)
         builder.download_and_prepare()
+    return _prepared_split(source, split, builder)
+
+
+def _prepared_split(source: str, split: str, builder: datasets.DatasetBuilder) -> datasets.Dataset:
+    """Split expression `split` of `builder`'s prepared dataset, a `SourceError` where it selects no rows
+    (`_check_selects_rows`)."""
     _check_selects_rows(source, split, {str(name): info.num_examples for name, info in builder.info.splits.items()})
     return builder.as_dataset(split=split)
 
