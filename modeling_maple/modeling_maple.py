@@ -11,7 +11,7 @@ from PIL import Image
 from torch import nn
 from transformers import AutoModel, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_maple import (
     DUAL_ENCODER_MODEL_TYPES,
@@ -322,6 +322,7 @@ class MapleModel(MaplePreTrainedModel):
         pooled = self._pool(outputs.last_hidden_state, pixel_attention_mask, getattr(outputs, "pooler_output", None))
         return self._finish(pooled, self.visual_projection)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -335,7 +336,6 @@ class MapleModel(MaplePreTrainedModel):
         spatial_shapes: torch.LongTensor | None = None,
         image_sizes: torch.LongTensor | None = None,
         return_loss: bool | None = None,
-        return_dict: bool | None = None,
     ) -> MapleOutput | tuple:
         r"""
         Embeds the texts and the images of a batch in one call. Inputs are those of
@@ -345,7 +345,8 @@ class MapleModel(MaplePreTrainedModel):
         return_loss (`bool`, *optional*):
             Return the symmetric InfoNCE loss; needs as many images as texts, matched by index.
         return_dict (`bool`, *optional*):
-            `False` returns a tuple of the non-`None` fields of `MapleOutput`, as transformers models do.
+            `False` returns a tuple of the non-`None` fields of `MapleOutput`; unset, `config.return_dict` decides
+            (`can_return_tuple`, as transformers models do).
         """
         if input_ids is None and pixel_values is None:
             raise ValueError("MapleModel got neither texts (`input_ids`) nor images (`pixel_values`).")
@@ -381,7 +382,7 @@ class MapleModel(MaplePreTrainedModel):
             inverse_temperature=inverse_temperature,
             beta=self.preference_logit_scale.exp(),
         )
-        return output if return_dict is not False else output.to_tuple()
+        return output
 
     @torch.no_grad()
     def encode(
@@ -426,7 +427,7 @@ class MapleModel(MaplePreTrainedModel):
                     inputs = {"text": chunk} if kind == "text" else {"images": chunk}
                     batch = processor(**inputs, first_index=first_index + start)
                     batch = {key: value.to(self.device) for key, value in batch.items()}
-                    outputs = self(**batch)
+                    outputs = self(**batch, return_dict=True)  # whatever `config.return_dict` says
                     embeds.append((outputs.text_embeds if kind == "text" else outputs.image_embeds).float().cpu())
                 results.append(torch.cat(embeds) if embeds else torch.empty(0, self.embed_dim))
         finally:

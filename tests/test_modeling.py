@@ -30,7 +30,7 @@ from isolated import run_isolated
 from modeling_maple import MapleConfig, MapleModel, MapleProcessor
 from modeling_maple.configuration_maple import SUPPORTED_MLLMS
 from modeling_maple.lora import freeze_backbone_modules_to_save, get_maple_peft_model, maple_lora_config
-from modeling_maple.modeling_maple import last_token_pool, masked_mean_pool
+from modeling_maple.modeling_maple import MapleOutput, last_token_pool, masked_mean_pool
 from modeling_maple.processing_maple import fill_image_placeholders, qwen_vl_image_token_counts
 from modeling_maple.testing import (
     build_tiny,
@@ -77,6 +77,24 @@ def test_return_loss_is_symmetric_infonce(tiny):
     expected = (torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.t(), labels)) / 2
     torch.testing.assert_close(outputs.loss, expected)
     assert abs(model.logit_scale.exp().item() - 1 / 0.07) < 1e-4
+
+
+def test_return_dict_false_in_the_config_gives_tuples_as_transformers_models_do_and_encode_still_embeds():
+    """`config.return_dict=False` makes `forward` return the tuple of its non-None outputs unless `return_dict=True`
+    is passed, as transformers 5's `can_return_tuple` models do (only the argument was honoured); `encode`, which
+    reads its outputs by name, embeds as before."""
+    model, processor = build_tiny("dual_encoder", seed=0)
+    batch = processor(text=TEXTS, images=random_images(3))
+    expected = model(**batch)
+    text_embeds = model.encode(processor, texts=TEXTS)
+    model.config.return_dict = False
+    as_tuple = model(**batch)
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == len(expected.to_tuple())
+    for got, want in zip(as_tuple, expected.to_tuple()):
+        torch.testing.assert_close(got, want)
+    assert isinstance(model(**batch, return_dict=True), MapleOutput)
+    assert isinstance(model(**batch, return_dict=False), tuple)
+    torch.testing.assert_close(model.encode(processor, texts=TEXTS), text_embeds)
 
 
 def test_mean_pooling_ignores_padding(tiny):

@@ -1379,6 +1379,20 @@ def test_a_frozen_reference_ranks_beta_times_the_policys_cosines_less_the_initia
     assert batch_loss(trainer, rows) == pytest.approx(expected, rel=1e-5)
 
 
+def test_a_model_configured_to_return_tuples_trains_as_one_returning_outputs(tmp_path):
+    """The trainer reads the forward's outputs by name, so it asks for them whatever the model's `config.return_dict`
+    says: a model (and its frozen reference copy) set to return tuples gives the same loss, not an AttributeError."""
+    rows = list(synthetic_preference_dataset(4, seed=0))
+    losses = []
+    for return_dict in (True, False):
+        model, processor = build_tiny("dual_encoder", seed=0)
+        model.config.return_dict = return_dict
+        args = make_config(tmp_path, beta=4.0, reference="frozen")
+        trainer = RPATrainer(model, args=args, train_dataset=synthetic_preference_dataset(4), processing_class=processor)
+        losses.append(batch_loss(trainer, rows))
+    assert losses[1] == pytest.approx(losses[0], rel=1e-6)
+
+
 def test_expanded_negatives_pool_the_candidates_that_are_no_anchor_of_the_batch(tmp_path):
     """4 rows (the red and green scenes) whose candidates include blue and yellow ones: with expand_negatives the
     InfoNCE is the one computed by hand over the anchors plus those other candidates, each once; without, over the

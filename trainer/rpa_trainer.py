@@ -414,7 +414,7 @@ class RPATrainer(DPOTrainer):
         reference.eval()  # the policy may train with dropout; the reference must not draw any
         try:
             with torch.no_grad(), adapters_off:
-                outputs = reference(**_model_inputs(inputs))
+                outputs = reference(**_model_inputs(inputs), return_dict=True)
         finally:
             for module, training in module_flags:
                 module.training = training
@@ -424,7 +424,9 @@ class RPATrainer(DPOTrainer):
         # The flag of the model run, not `self.model`'s: accelerate's regional compilation trains a copy of it, whose
         # flag `Trainer.training_step` sets while `self.model`'s stays as it was (off, from `from_pretrained`).
         mode = "train" if model.training else "eval"
-        outputs = model(**_model_inputs(inputs))  # the step's only forward through the wrapped model
+        # the step's only forward through the wrapped model; its outputs are read by name, whatever the model's
+        # `config.return_dict` says
+        outputs = model(**_model_inputs(inputs), return_dict=True)
         # the scales come out of the forward, so DDP sees them used inside it
         beta, inverse_temperature = outputs.beta, outputs.inverse_temperature
 
