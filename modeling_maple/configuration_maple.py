@@ -33,7 +33,8 @@ DUAL_ENCODER_MODEL_TYPES = ("clip", "siglip", "siglip2")
 # Vision towers that take images at their own aspect ratio as padded patch sequences (SigLIP2's NaFlex): their image
 # processor returns, and their forward needs, `pixel_attention_mask` and `spatial_shapes` beside `pixel_values`.
 NAFLEX_VISION_TOWERS = ("siglip2_vision_model",)
-# Text towers with causal attention, whose first token sees only itself (SigLIP's attend both ways)
+# Text towers with causal attention, whose first token sees only itself (SigLIP's attend both ways), that their
+# attention modules do not tell (`is_causal` False: CLIP's builds its causal mask itself); a decoder's do (`MapleModel`).
 CAUSAL_TEXT_TOWERS = ("clip_text_model",)
 # The special tokens MapleConfig shares with its text side (`text_side_token_ids`).
 SPECIAL_TOKEN_IDS = ("pad_token_id", "bos_token_id", "eos_token_id")
@@ -65,6 +66,16 @@ def text_side_token_ids(maple_config: PreTrainedConfig | Mapping[str, Any]) -> d
     language_model = _field(text_side, "text_config")
     text_side = language_model if language_model is not None else text_side
     return {name: _field(text_side, name) for name in SPECIAL_TOKEN_IDS}
+
+
+def causal_cls_pooling_error(text_tower_type: str) -> ValueError:
+    """The error refusing `pooling="cls"` for a causal text tower of model type `text_tower_type`: told by its config
+    for CLIP's (`CAUSAL_TEXT_TOWERS`), by its attention modules for a decoder's (`MapleModel`)."""
+    return ValueError(
+        f"pooling='cls' reads each text's first token, which a causal text tower ({text_tower_type}) lets see only "
+        "itself: every text would embed alike. Use 'mean', or 'pooler' for a tower with a pooled output (CLIP's is "
+        "its end-of-text token's state)."
+    )
 
 
 def backbone_of(model_type: str | None) -> str | None:
@@ -100,8 +111,8 @@ class MapleConfig(PreTrainedConfig):
         `"mllm"` or `"dual_encoder"`.
     pooling (`str`, defaults to `"mean"`):
         How token states become one vector. `"mllm"`: `"mean"` over non-padding tokens (paper) or
-        `"last"` non-padding token. `"dual_encoder"`: `"mean"`, `"cls"` (first token; not with CLIP's causal
-        text tower) or `"pooler"` (the tower's own `pooler_output`, as CLIP and SigLIP do).
+        `"last"` non-padding token. `"dual_encoder"`: `"mean"`, `"cls"` (first token; not with a causal text
+        tower: CLIP's, or a decoder's such as GPT-2 or Qwen2) or `"pooler"` (the tower's own `pooler_output`, as CLIP and SigLIP do).
     bidirectional (`bool`, defaults to `True`):
         Replace the MLLM's causal mask with a bidirectional one (paper). Ignored for dual encoders.
     projection_dim (`int`, *optional*):
@@ -191,11 +202,7 @@ class MapleConfig(PreTrainedConfig):
             if self.vision_config is None or self.text_config is None:
                 raise ValueError("backbone='dual_encoder' needs both `vision_config` and `text_config`.")
             if self.pooling == "cls" and self.text_config.model_type in CAUSAL_TEXT_TOWERS:
-                raise ValueError(
-                    f"pooling='cls' reads each text's first token, which a causal text tower "
-                    f"({self.text_config.model_type}) lets see only itself: every text would embed alike. "
-                    "Use 'pooler' (CLIP's end-of-text token) or 'mean'."
-                )
+                raise causal_cls_pooling_error(self.text_config.model_type)
             if self.projection_dim is None:
                 raise ValueError("backbone='dual_encoder' needs `projection_dim` (the shared embedding size).")
         if self.projection_dim is not None and self.projection_dim <= 0:

@@ -21,6 +21,7 @@ from .configuration_maple import (
     QWEN_VL_MLLMS,
     SUPPORTED_MLLMS,
     MapleConfig,
+    causal_cls_pooling_error,
     mllm_family,
 )
 
@@ -142,6 +143,8 @@ class MapleModel(MaplePreTrainedModel):
         else:
             self.vision_tower = vision_tower if vision_tower is not None else tower_from_config(config.vision_config)
             self.text_tower = text_tower if text_tower is not None else tower_from_config(config.text_config)
+            if config.pooling == "cls" and _attends_causally(self.text_tower):
+                raise causal_cls_pooling_error(config.text_config.model_type)
             pooled_sizes = _pooled_size(config.vision_config, config.pooling), _pooled_size(config.text_config, config.pooling)
             self.visual_projection = nn.Linear(pooled_sizes[0], config.projection_dim, bias=False, dtype=torch.float32)
             self.text_projection = nn.Linear(pooled_sizes[1], config.projection_dim, bias=False, dtype=torch.float32)
@@ -578,6 +581,13 @@ def _tower_class(config: PreTrainedConfig) -> type[PreTrainedModel]:
     if tower_class is None:
         raise ValueError(f"No model class for a {config.model_type!r} tower.")
     return tower_class
+
+
+def _attends_causally(tower: nn.Module) -> bool:
+    """Whether a transformers text tower lets each token see only those before it, as its attention modules say
+    (`is_causal`): a decoder's (GPT-2, Llama, Qwen2; a BERT configured with `is_decoder=True`), not an encoder's, nor a
+    decoder's made bidirectional (Gemma 3 with `use_bidirectional_attention`, EmbeddingGemma)."""
+    return any(getattr(module, "is_causal", False) is True for module in tower.modules())
 
 
 def _backbone_config(name_or_path: str, loading: dict[str, Any]) -> PreTrainedConfig:

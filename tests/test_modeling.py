@@ -13,12 +13,16 @@ from safetensors.torch import load_file
 from transformers import (
     AutoModel,
     AutoProcessor,
+    BertConfig,
     BertModel,
     CLIPConfig,
     CLIPImageProcessorPil,
     CLIPModel,
     Dinov2Config,
     Dinov2Model,
+    Gemma3TextConfig,
+    GPT2Config,
+    Qwen2Config,
     Siglip2Config,
     Siglip2ImageProcessorPil,
     Siglip2Model,
@@ -199,10 +203,34 @@ def test_cls_pooling_is_refused_for_clips_causal_text_tower():
     """CLIP's first text token (BOS) sees only itself: every text embedded alike."""
     clip = CLIPConfig(text_config={"hidden_size": 32, "num_attention_heads": 4}, vision_config={"hidden_size": 32, "num_attention_heads": 4})
     towers = dict(backbone="dual_encoder", vision_config=clip.vision_config, text_config=clip.text_config, projection_dim=8)
-    with pytest.raises(ValueError, match=r"pooling='cls' .* causal text tower \(clip_text_model\).*Use 'pooler'"):
+    with pytest.raises(ValueError, match=r"pooling='cls' .* causal text tower \(clip_text_model\).*Use 'mean', or 'pooler'"):
         MapleConfig(pooling="cls", **towers)
     assert MapleConfig(pooling="pooler", **towers).pooling == "pooler"
     assert tiny_dual_encoder_config(pooling="cls").pooling == "cls"  # a BERT text tower attends both ways
+
+
+@pytest.mark.parametrize("text_config", [
+    GPT2Config(n_layer=1, n_embd=32, n_head=4, vocab_size=64),
+    Qwen2Config(num_hidden_layers=1, hidden_size=32, num_attention_heads=4, num_key_value_heads=4, intermediate_size=32,
+                vocab_size=64),
+    BertConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=4, intermediate_size=32, vocab_size=64,
+               is_decoder=True),
+], ids=["gpt2", "qwen2", "bert-as-decoder"])
+def test_cls_pooling_is_refused_for_a_decoders_causal_text_tower(text_config):
+    """A decoder given as the text tower (`text_backbone="gpt2"`) attends causally, as CLIP's does, and its first token
+    sees only itself; only CLIP's was refused, and every text then embedded alike. Its attention modules tell it, also
+    for a tower passed in built; mean pooling stays allowed."""
+    vision_config = tiny_dual_encoder_config().vision_config
+    towers = dict(backbone="dual_encoder", vision_config=vision_config, text_config=text_config, projection_dim=8)
+    match = rf"pooling='cls' .* causal text tower \({text_config.model_type}\).*Use 'mean'"
+    with pytest.raises(ValueError, match=match):
+        MapleModel(MapleConfig(pooling="cls", **towers))
+    with pytest.raises(ValueError, match=match):
+        MapleModel(MapleConfig(pooling="cls", **towers), text_tower=AutoModel.from_config(text_config))
+    assert MapleModel(MapleConfig(pooling="mean", **towers)).config.pooling == "mean"
+    bidirectional = Gemma3TextConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=4, num_key_value_heads=4,
+                                     head_dim=8, intermediate_size=32, vocab_size=64, use_bidirectional_attention=True)
+    assert MapleModel(MapleConfig(pooling="cls", **{**towers, "text_config": bidirectional})).config.pooling == "cls"
 
 
 def test_config_overrides_given_to_from_pretrained_are_checked_as_the_constructors_are(tmp_path):
