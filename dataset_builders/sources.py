@@ -295,7 +295,8 @@ def load_source(
         # CSV cells as the text written (`CSV_TEXT_CELLS`): the csv builder takes pandas' options, imagefolder does not
         if isinstance(builder.config, CsvConfig):
             builder = datasets.load_dataset_builder(
-                location, name, cache_dir=cache_dir, token=token, features=_csv_text_features(builder, data_files),
+                location, name, cache_dir=cache_dir, token=token,
+                features=_csv_text_features(source, builder, data_files),
                 config_id=f"{builder.config_id}-{CSV_TEXT_CELLS_CONFIG}", **CSV_TEXT_CELLS,
             )
         elif isinstance(builder, ImageFolder) and _holds_csv_metadata(builder, data_files):
@@ -355,26 +356,36 @@ def csv_cells_reading(source: datasets.Dataset) -> str | None:
     return CSV_CELLS_AS_TEXT if source.info.builder_name in ("csv", TextCellsImageFolder.NAME) else None
 
 
-def _csv_text_features(builder: datasets.DatasetBuilder, files: Iterable[str]) -> datasets.Features:
-    """The features CSV `files` are read with by `builder`, a `datasets` csv builder: each column as text
-    (`datasets.Value("string")`, which the csv builder reads as the text written), but those whose type the README's
-    config declares (`features:`), as declared. A column's type is never inferred: one empty in a whole 10,000-row
-    chunk was a float column, in which a later chunk's text failed to read ("Failed to parse string: 'abc' as a scalar
-    of type double"). Not `builder.info.features`: beside a README's `dataset_info:`, they are those of a cache of the
-    same files (a plain `load_dataset` one, whose types pandas' defaults inferred)."""
+def _csv_text_features(source: str, builder: datasets.DatasetBuilder, files: Iterable[str]) -> datasets.Features:
+    """The features CSV `files` of `source` are read with by `builder`, a `datasets` csv builder: each column
+    (`_csv_columns`) as text (`datasets.Value("string")`, which the csv builder reads as the text written), but those
+    whose type the README's config declares (`features:`), as declared. A column's type is never inferred: one empty in
+    a whole 10,000-row chunk was a float column, in which a later chunk's text failed to read ("Failed to parse string:
+    'abc' as a scalar of type double"). Not `builder.info.features`: beside a README's `dataset_info:`, they are those
+    of a cache of the same files (a plain `load_dataset` one, whose types pandas' defaults inferred)."""
     declared = builder.config.features or {}
-    return datasets.Features({**{column: datasets.Value("string") for column in _csv_columns(builder, files)}, **declared})
+    text = {column: datasets.Value("string") for column in _csv_columns(source, builder, files)}
+    return datasets.Features({**text, **declared})
 
 
-def _csv_columns(builder: datasets.DatasetBuilder, files: Iterable[str]) -> list[str]:
-    """The column names of CSV `files` (local, or on the Hub) as `builder`, a `datasets` csv builder, reads them: its
-    separator, header and encoding (a folder's config in its README), compression inferred from the file name."""
+def _csv_columns(source: str, builder: datasets.DatasetBuilder, files: Iterable[str]) -> list[str]:
+    """The column names of CSV `files` (local, or on the Hub) of `source` as `builder`, a `datasets` csv builder, reads
+    them: its separator, header and encoding (a folder's config in its README), compression inferred from the file
+    name. A `SourceError` names a file whose columns are not the first file's, and both headers: `datasets` reads every
+    file with one set of columns (with the columns of all files, it failed on the first file, which lacked one)."""
     header = {**builder.config.pd_read_csv_kwargs, "nrows": 0, "chunksize": None}
-    columns: dict[str, None] = {}
+    first: tuple[str, list[str]] | None = None  # (file, its columns)
     for file in files:
         hub = None if is_local_path(file) else {"token": builder.token}  # an hf:// file, read by fsspec
-        columns.update(dict.fromkeys(pd.read_csv(file, storage_options=hub, **header).columns))
-    return list(columns)
+        columns = list(pd.read_csv(file, storage_options=hub, **header).columns)
+        if first is None:
+            first = (file, columns)
+        elif set(columns) != set(first[1]):  # (read by name: columns in another order read)
+            raise SourceError(
+                f"source {source}: its data file {file} has the columns {columns}, but {first[0]} has {first[1]}: "
+                "datasets reads all CSV data files of a source with the same columns; give them one header"
+            )
+    return [] if first is None else first[1]
 
 
 def _holds_csv_metadata(builder: ImageFolder, files: Iterable[str]) -> bool:

@@ -37,6 +37,25 @@ def test_a_data_file_that_does_not_read_is_named_among_the_files_of_its_folder(t
         load_source(str(shards), split="train", cache_dir=str(tmp_path / "cache"))
 
 
+def test_a_csv_file_whose_header_differs_is_named_with_both_headers(tmp_path):
+    """The CSV tables were read with the columns of all files: the error blamed the first file, which lacked a column of
+    another ("its data file part-0.csv cannot be read (KeyError: 'Field "text" does not exist in schema')")."""
+    images = tmp_path / "images"
+    _image_folder(images, count=1)
+    table = tmp_path / "table"  # beside no images, or datasets would read the folder as an image folder
+    table.mkdir()
+    (table / "part-0.csv").write_text(f"image,caption\n{images / '0.png'},a red square\n")
+    (table / "part-1.csv").write_text(f"caption,image\na red square,{images / '0.png'}\n")  # (another order reads)
+    (table / "part-2.csv").write_text(f"image,text\n{images / '0.png'},a red square\n")
+    with pytest.raises(SourceError, match=rf"^source {table}: its data file {table / 'part-2.csv'} has the columns "
+                                          rf"\['image', 'text'\], but {table / 'part-0.csv'} has "
+                                          r"\['image', 'caption'\]: datasets reads all CSV data files of a source with "
+                                          "the same columns; give them one header$"):
+        load_source(str(table), split="train", cache_dir=str(tmp_path / "cache"))
+    (table / "part-2.csv").unlink()
+    assert load_source(str(table), split="train", cache_dir=str(tmp_path / "cache"))["caption"] == ["a red square"] * 2
+
+
 def test_a_json_column_of_mixed_types_is_refused_naming_file_line_and_column(tmp_path):
     """datasets reads a JSON column of mixed types as JSON text: beside a first file of plain captions, every caption of
     a second file holding one list caption was read with quotes ('"a red square"'), without an error."""
