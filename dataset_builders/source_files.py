@@ -16,6 +16,7 @@ import lzma
 import os
 import reprlib
 import traceback
+import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, BinaryIO
@@ -43,9 +44,10 @@ def all_data_files(data_files: Mapping[Any, Iterable[Any]]) -> list[str]:
 
 
 # What reading a file raises, beside ValueErrors, where it is damaged (a compressed file cut short: EOFError; zlib's and
-# lzma's errors; a bz2 or zstd stream: OSError) or cannot be read at all: a `SourceError` only where a data file was
-# being read (a full disk or a lost connection elsewhere is no data file's fault)
-FILE_READ_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)
+# lzma's errors; a bz2 or zstd stream: OSError; an image folder's zip archive: BadZipFile) or cannot be read at all: a
+# `SourceError` only where a data file was being read (a full disk or a lost connection elsewhere is no data file's
+# fault)
+FILE_READ_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError, zipfile.BadZipFile)
 
 
 @contextlib.contextmanager

@@ -156,6 +156,26 @@ def test_a_damaged_compressed_data_file_is_named(tmp_path, table, damage, error,
         load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"), columns=columns)
 
 
+@pytest.mark.parametrize("damage", ["garbage", "cut"])
+def test_a_damaged_zip_archive_of_an_image_folder_is_named(tmp_path, damage):
+    """imagefolder opens a zip archive beside the metadata.csv (which may hold more images and captions): one that is
+    no zip escaped as a bare zipfile.BadZipFile traceback, naming no file."""
+    import zipfile
+
+    folder = tmp_path / "images"
+    _image_folder(folder)
+    (folder / "metadata.csv").write_text("file_name,caption\n0.png,a red square\n1.png,a dark square\n")
+    archive = folder / "more.zip"
+    if damage == "garbage":
+        archive.write_bytes(b"no zip archive" * 8)
+    else:
+        with zipfile.ZipFile(archive, "w") as handle:
+            handle.write(folder / "0.png", "2.png")
+        archive.write_bytes(archive.read_bytes()[:-40])  # its central directory cut short
+    with pytest.raises(SourceError, match=rf"^source {folder}: its data file {archive} cannot be read \(BadZipFile: "):
+        load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"))
+
+
 def _write_compressed(path, text: str) -> None:
     """`text` written to `path`, compressed as its suffix says."""
     import bz2
