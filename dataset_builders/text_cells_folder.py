@@ -12,29 +12,32 @@ Nothing here imports `sources`, which imports this module."""
 from __future__ import annotations
 
 import dataclasses
+from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from datasets.features.features import require_storage_cast
 from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 
 # pandas' defaults read a CSV cell `000123` as the number 123 (the ids `0123` and `123` collided, and were written back
 # unlike the user's) and `NA`, `null`, `None`, `nan`, `N/A`... as missing (such a caption was skipped as empty). Every
-# cell is read as the text written (these options, with each column's type text: `sources._csv_text_features`, or
-# dtype=str), and only an empty cell is missing: None, as before (an empty caption is skipped, a row without an id
-# takes its zero-padded row index). Every column, not only the build's: a number column whose `NA` became text would be
-# text in one 10,000-row chunk and numbers in the next, which `datasets` cannot write as one column.
+# cell is read as the text written (these options, with each column's type text: `sources._csv_text_features`,
+# `TextCellsImageFolder._csv_cell_types`; but a column whose type a README declares), and only an empty cell is missing:
+# None, as before (an empty caption is skipped, a row without an id takes its zero-padded row index). Every column, not
+# only the build's: a number column whose `NA` became text would be text in one 10,000-row chunk and numbers in the
+# next, which `datasets` cannot write as one column.
 CSV_TEXT_CELLS = {"keep_default_na": False, "na_values": [""]}
 
 
 class TextCellsImageFolder(ImageFolder):
     """`datasets`' imagefolder, reading a metadata.csv with every cell as the text written, an empty one as missing
-    (`CSV_TEXT_CELLS`): imagefolder reads it with pandas' defaults, and takes no pandas options. Other metadata files
-    (.jsonl, .parquet) are read as imagefolder reads them; an image folder without a CSV caption table is read by
-    imagefolder itself (`sources._holds_csv_metadata`), whose config id and cache, and so a Hub source's fingerprint, it
-    keeps."""
+    (`CSV_TEXT_CELLS`), but in the columns whose type the README declares (`_csv_cell_types`): imagefolder reads it with
+    pandas' defaults, and takes no pandas options. Other metadata files (.jsonl, .parquet) are read as imagefolder reads
+    them; an image folder without a CSV caption table is read by imagefolder itself (`sources._holds_csv_metadata`),
+    whose config id and cache, and so a Hub source's fingerprint, it keeps."""
 
     # Its `DatasetInfo.builder_name`, by which `sources.csv_cells_reading` tells a source it read (`datasets` would name
     # a builder after its module), and the end of its config ids: its cache is never imagefolder's, read with pandas'
@@ -58,15 +61,29 @@ class TextCellsImageFolder(ImageFolder):
             storage_options=builder.storage_options, config_id=f"{builder.config_id}-{cls.NAME}", **settings,
         )
 
+    def _csv_cell_types(self) -> defaultdict[str, Any]:
+        """The pandas dtype each metadata.csv column is read with: as the README's config declares it (`features:`), as
+        imagefolder reads a declared column (and `sources._csv_text_features` a CSV table's), and every other column as
+        text. Declared types were otherwise applied to the text afterwards, by `datasets`' cast: a bool column's
+        `false` was True."""
+        declared = self.config.features
+        return defaultdict(lambda: str, {} if declared is None else {
+            name: object if require_storage_cast(feature) else field.type.to_pandas_dtype()
+            for (name, feature), field in zip(declared.items(), declared.arrow_schema)
+        })
+
     def _read_metadata(self, metadata_file: str, metadata_ext: str = "") -> Iterator[pa.Table]:
         if metadata_ext != ".csv":
             yield from super()._read_metadata(metadata_file, metadata_ext=metadata_ext)
             return
+        cell_types = self._csv_cell_types()
         filters = self.config.filters  # as imagefolder applies them
         expression = pq.filters_to_expression(filters) if isinstance(filters, list) else filters
-        compared = _filter_literal_types(filters) if isinstance(filters, list) else {}
+        declared = self.config.features or {}  # (a column of a declared type is compared as read)
+        compared = {column: kind for column, kind in _filter_literal_types(filters).items()
+                    if column not in declared} if isinstance(filters, list) else {}
         # `datasets`' xpandas_read_csv once this module is patched: a downloaded or local file, opened by path
-        for frame in pd.read_csv(metadata_file, iterator=True, chunksize=10_000, dtype=str, **CSV_TEXT_CELLS):
+        for frame in pd.read_csv(metadata_file, iterator=True, chunksize=10_000, dtype=cell_types, **CSV_TEXT_CELLS):
             table = pa.Table.from_pandas(frame)
             if expression is not None:
                 table = _filtered(table, frame, expression, compared)

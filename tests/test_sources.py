@@ -341,6 +341,27 @@ def test_readme_filters_of_an_image_folder_with_a_metadata_csv_compare_numbers_a
     assert load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"))["id"] == ids
 
 
+def test_readme_features_of_an_image_folder_with_a_metadata_csv_are_read_as_declared(tmp_path):
+    """As a CSV table's (and as imagefolder read them): the metadata.csv cells were read as text and the declared types
+    applied by datasets' cast, which read a bool column's `false` as True; a column declared text keeps `0123`."""
+    folder = tmp_path / "images"
+    _image_folder(folder)
+    (folder / "metadata.csv").write_text("file_name,id,caption,score,flag\n0.png,0123,NA,10,false\n1.png,7,a,,True\n")
+    features = {"image": "image", "id": "string", "caption": "string", "score": "float32", "flag": "bool"}
+    declared = "".join(f"  - name: {name}\n    dtype: {dtype}\n" for name, dtype in features.items())
+    (folder / "README.md").write_text(
+        f"---\nconfigs:\n- config_name: default\n  data_files: '*'\n  features:\n{declared}---\n")
+    rows = load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache")).remove_columns("image")
+    assert rows.features["score"] == datasets.Value("float32") and rows.features["flag"] == datasets.Value("bool")
+    assert rows.to_list() == [{"id": "0123", "caption": "NA", "score": 10.0, "flag": False},
+                              {"id": "7", "caption": "a", "score": None, "flag": True}]
+    # a cell that is no value of its declared type is named by file, as in a CSV table (`NA` is no missing value)
+    (folder / "metadata.csv").write_text("file_name,id,caption,score,flag\n0.png,0123,a,NA,false\n")
+    with pytest.raises(SourceError, match=rf"^source {folder}: its data file {folder / 'metadata.csv'} cannot be read "
+                                          r"\(ValueError: .*'NA'"):
+        load_source(str(folder), split="train", cache_dir=str(tmp_path / "another cache"))
+
+
 def test_an_image_folder_without_a_csv_caption_table_is_read_by_datasets_imagefolder(tmp_path):
     """Its config id, and so its cache and a Hub source's fingerprint (which a build's manifest records), are those of
     datasets' imagefolder, as before CSV cells were read as text: a build begun then resumes. The subclass reading a
