@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import traceback
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -301,8 +302,22 @@ def load_source(
             )
         elif isinstance(builder, ImageFolder) and _holds_csv_metadata(builder, data_files):
             builder = TextCellsImageFolder.from_builder(builder, cache_dir=cache_dir)
-        builder.download_and_prepare()
+        try:
+            builder.download_and_prepare()
+        except IndexError as error:
+            # imagefolder takes the columns from the first metadata row its README filters keep (of none: IndexError)
+            if not (isinstance(builder, ImageFolder) and builder.config.filters is not None
+                    and _raised_in(error, "_split_generators")):
+                raise
+            raise SourceError(f"source {source}: its README's filters {builder.config.filters} keep no row of its "
+                              "metadata files: change them (configs: filters: in its README.md)") from None
     return _prepared_split(source, split, builder)
+
+
+def _raised_in(error: BaseException, function: str) -> bool:
+    """Whether `error` was raised in a function named `function` (its traceback's innermost frame)."""
+    frames = [frame for frame, _ in traceback.walk_tb(error.__traceback__)]
+    return bool(frames) and frames[-1].f_code.co_name == function
 
 
 def _prepared_split(source: str, split: str, builder: datasets.DatasetBuilder) -> datasets.Dataset:

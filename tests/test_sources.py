@@ -334,11 +334,33 @@ def test_a_csv_column_empty_for_a_whole_chunk_is_text_and_readme_features_are_ke
 def test_readme_filters_of_an_image_folder_with_a_metadata_csv_compare_numbers_as_numbers(tmp_path, filters, ids):
     """A README's `filters` comparing a column with a number (or a boolean) raised pyarrow's ArrowNotImplementedError
     (large_string vs int8) once the metadata.csv cells were read as text; imagefolder compared the numbers pandas read."""
+    folder = _filtered_image_folder(tmp_path, "metadata.csv", filters)
+    assert load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"))["id"] == ids
+
+
+def _filtered_image_folder(tmp_path, table: str, filters: str):
+    """An image folder of three images, its caption table `table` (a metadata.csv or .jsonl) of the columns id, score
+    and flag, and a README whose config has the `filters` given (YAML)."""
     folder = tmp_path / "images"
     _image_folder(folder, count=3)
-    (folder / "metadata.csv").write_text("file_name,id,score,flag\n0.png,01,10,True\n1.png,2,3,false\n2.png,3,NA,True\n")
+    rows = [("0.png", "01", 10, True), ("1.png", "2", 3, False), ("2.png", "3", None, True)]
+    if table == "metadata.csv":
+        (folder / table).write_text("file_name,id,score,flag\n0.png,01,10,True\n1.png,2,3,false\n2.png,3,NA,True\n")
+    else:
+        (folder / table).write_text("".join(json.dumps(dict(zip(["file_name", "id", "score", "flag"], row))) + "\n"
+                                            for row in rows))
     (folder / "README.md").write_text(f"---\nconfigs:\n- config_name: default\n  data_files: '*'\n  filters: {filters}\n---\n")
-    assert load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"))["id"] == ids
+    return folder
+
+
+@pytest.mark.parametrize("table", ["metadata.csv", "metadata.jsonl"])
+def test_readme_filters_that_keep_no_row_are_refused_naming_them(tmp_path, table):
+    """imagefolder takes its columns from the first row its filters keep: of none, it failed with a bare IndexError."""
+    folder = _filtered_image_folder(tmp_path, table, '[["score", ">", 100]]')
+    with pytest.raises(SourceError, match=rf"^source {folder}: its README's filters \[\['score', '>', 100\]\] keep no "
+                                          r"row of its metadata files: change them \(configs: filters: in its "
+                                          r"README.md\)$"):
+        load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"))
 
 
 def test_readme_features_of_an_image_folder_with_a_metadata_csv_are_read_as_declared(tmp_path):
