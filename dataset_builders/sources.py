@@ -35,7 +35,7 @@ from .source_files import (
     data_files_read,
     local_parquet_metadata,
 )
-from .text_cells_folder import CSV_TEXT_CELLS, TextCellsImageFolder
+from .text_cells_folder import CSV_TEXT_CELLS, TextCellsImageFolder, check_filter_values
 
 if TYPE_CHECKING:
     from .builder import MaplePreferencesConfig
@@ -285,6 +285,8 @@ def load_source(
         raise SourceError(f"source {source}: {problem}{local_typo_hint(source)}") from None
     # Checked before any file is read; `datasets` would convert every split first.
     _check_splits(source, split, available=[str(name) for name in builder.config.data_files])
+    if isinstance(builder, ImageFolder):
+        check_filter_values(source, builder.config.filters)
     if path.exists():
         _check_local_parquet_rows(source, split, builder.config.data_files)
         check_caption_table_rows(source, builder.config.data_files)

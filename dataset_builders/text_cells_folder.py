@@ -22,6 +22,8 @@ import pyarrow.parquet as pq
 from datasets.features.features import require_storage_cast
 from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 
+from .source_files import SourceError
+
 # pandas' defaults read a CSV cell `000123` as the number 123 (the ids `0123` and `123` collided, and were written back
 # unlike the user's) and `NA`, `null`, `None`, `nan`, `N/A`... as missing (such a caption was skipped as empty). Every
 # cell is read as the text written (these options, with each column's type text: `sources._csv_text_features`,
@@ -96,18 +98,44 @@ class TextCellsImageFolder(ImageFolder):
 PANDAS_BOOLEANS = {"True": True, "TRUE": True, "true": True, "False": False, "FALSE": False, "false": False}
 
 
-def _filter_literal_types(filters: list) -> dict[str, type]:
-    """The columns an image folder's `filters` compare with numbers or booleans (`value`, or the values of an `in`),
-    and which: `float` (a number) or `bool`. `filters` as README `filters:` give them and
+# The kinds of value a README filter compares a column with, as errors name them: a number (an int as a float), a
+# boolean, text
+FILTER_VALUE_KINDS = {float: "a number", bool: "a boolean", str: "text"}
+
+
+def _filter_values(filters: list) -> dict[str, dict[type, Any]]:
+    """Each column an image folder's `filters` compare with values (`value`, or the values of an `in`), and its first
+    value of each kind (`FILTER_VALUE_KINDS`). `filters` as README `filters:` give them and
     `pyarrow.parquet.filters_to_expression` reads them: a list of `[column, op, value]` (all to hold), or a list of such
     lists (any to hold)."""
     conjunctions = filters if filters and not isinstance(filters[0][0], str) else [filters]
-    types: dict[str, type] = {}
+    values: dict[str, dict[type, Any]] = {}
     for column, _, value in (predicate for conjunction in conjunctions for predicate in conjunction):
         for literal in value if isinstance(value, (list, tuple, set)) else [value]:
-            if isinstance(literal, (bool, int, float)):
-                types[column] = bool if isinstance(literal, bool) else float
-    return types
+            kind = bool if isinstance(literal, bool) else float if isinstance(literal, (int, float)) else type(literal)
+            if kind in FILTER_VALUE_KINDS:
+                values.setdefault(column, {}).setdefault(kind, literal)
+    return values
+
+
+def check_filter_values(source: str, filters: Any) -> None:
+    """A `SourceError` naming the column and `filters`, an image folder's README `filters:`, where they compare one
+    column with values of several kinds (a number and text, a number and a boolean): pyarrow compares a column with
+    values of one type only (it failed with "Function 'equal' has no kernel matching input types (double, string)"),
+    and a metadata.csv column is read as numbers, booleans or text for its filters (`TextCellsImageFolder`)."""
+    if not isinstance(filters, list):  # (a pyarrow expression, given in code)
+        return
+    for column, values in _filter_values(filters).items():
+        if len(values) > 1:
+            compared = " and with ".join(f"{FILTER_VALUE_KINDS[kind]} ({value!r})" for kind, value in values.items())
+            raise SourceError(f"source {source}: its README's filters {filters} compare column {column!r} with "
+                              f"{compared}: compare each column with values of one kind")
+
+
+def _filter_literal_types(filters: list) -> dict[str, type]:
+    """The columns an image folder's `filters` compare with numbers or booleans (`_filter_values`), and which: `float`
+    (a number) or `bool` (`check_filter_values` passed them: one kind a column)."""
+    return {column: kind for column, values in _filter_values(filters).items() for kind in values if kind is not str}
 
 
 def _filtered(table: pa.Table, frame: pd.DataFrame, expression: Any, compared: dict[str, type]) -> pa.Table:
@@ -124,4 +152,3 @@ def _filtered(table: pa.Table, frame: pd.DataFrame, expression: Any, compared: d
     row = "\0row"  # (no column of a CSV header)
     rows = pa.Table.from_pandas(frame.assign(**typed)).append_column(row, pa.array(range(len(frame))))
     return table.take(rows.filter(expression)[row])
-

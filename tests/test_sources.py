@@ -363,6 +363,20 @@ def test_readme_filters_that_keep_no_row_are_refused_naming_them(tmp_path, table
         load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"))
 
 
+@pytest.mark.parametrize("table", ["metadata.csv", "metadata.jsonl"])
+@pytest.mark.parametrize("filters, compared", [
+    ('[[["score", "==", 10]], [["score", "==", "x"]]]', r"'score' with a number \(10\) and with text \('x'\)"),
+    ('[["flag", "in", [true, 1]]]', r"'flag' with a boolean \(True\) and with a number \(1\)"),
+])
+def test_readme_filters_comparing_a_column_with_values_of_several_kinds_are_refused(tmp_path, table, filters, compared):
+    """pyarrow compares a column with values of one type: it failed with "Function 'equal' has no kernel matching input
+    types (double, string)", naming neither the column nor the filters."""
+    folder = _filtered_image_folder(tmp_path, table, filters)
+    with pytest.raises(SourceError, match=rf"^source {folder}: its README's filters .* compare column {compared}: "
+                                          "compare each column with values of one kind$"):
+        load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"))
+
+
 def test_readme_features_of_an_image_folder_with_a_metadata_csv_are_read_as_declared(tmp_path):
     """As a CSV table's (and as imagefolder read them): the metadata.csv cells were read as text and the declared types
     applied by datasets' cast, which read a bool column's `false` as True; a column declared text keeps `0123`."""
