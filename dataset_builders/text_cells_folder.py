@@ -141,10 +141,11 @@ def _filter_literal_types(filters: list) -> dict[str, type]:
 def _filtered(table: pa.Table, frame: pd.DataFrame, expression: Any, compared: dict[str, type]) -> pa.Table:
     """The rows of `table` (`frame`'s text cells) that filter `expression` keeps, a column it compares with numbers or
     booleans (`compared`) read as pandas' defaults read it, as imagefolder filtered it: `01` is the number 1, a cell that
-    is no number (or no boolean, `PANDAS_BOOLEANS`) matches no such comparison, as an empty one. The rows are kept as
-    text; a column compared with text is compared as the text written."""
+    is no number (or no boolean, `PANDAS_BOOLEANS`) matches no such comparison, as an empty one; compared with a number,
+    a boolean is 1 or 0 (`_numbers`). The rows are kept as text; a column compared with text is compared as the text
+    written."""
     typed = {
-        column: pd.to_numeric(frame[column], errors="coerce") if kind is float else frame[column].map(PANDAS_BOOLEANS)
+        column: _numbers(frame[column]) if kind is float else frame[column].map(PANDAS_BOOLEANS)
         for column, kind in compared.items() if column in frame.columns
     }
     if not typed:
@@ -152,3 +153,10 @@ def _filtered(table: pa.Table, frame: pd.DataFrame, expression: Any, compared: d
     row = "\0row"  # (no column of a CSV header)
     rows = pa.Table.from_pandas(frame.assign(**typed)).append_column(row, pa.array(range(len(frame))))
     return table.take(rows.filter(expression)[row])
+
+
+def _numbers(cells: pd.Series) -> pd.Series:
+    """Text `cells` as numbers, for a comparison with a number as pandas makes it of the cells its defaults read: `01`
+    is 1, a boolean (`PANDAS_BOOLEANS`) 1 or 0 (pandas' True == 1: the text `True` was no number, kept by no comparison,
+    and imagefolder failed on a bool column compared with a number), any other cell NaN, kept by no comparison."""
+    return pd.to_numeric(cells, errors="coerce").fillna(cells.map(PANDAS_BOOLEANS).astype(float))

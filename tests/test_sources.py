@@ -330,6 +330,10 @@ def test_a_csv_column_empty_for_a_whole_chunk_is_text_and_readme_features_are_ke
     ('[["id", "in", [2, 3]], ["score", ">", 2.5]]', ["2"]),  # (NA, no number, is kept by no comparison with one)
     ('[[["score", "==", 10]], [["flag", "==", false]]]', ["01", "2"]),
     ('[["id", "==", "01"]]', ["01"]),  # text: compared with the text written
+    # a boolean compared with a number is 1 or 0, as pandas compares True == 1 (the text `True` was no number, kept by
+    # no comparison; imagefolder failed on a bool column compared with an int)
+    ('[["flag", "==", 1]]', ["01", "3"]),
+    ('[["flag", "<", 1]]', ["2"]),
 ])
 def test_readme_filters_of_an_image_folder_with_a_metadata_csv_compare_numbers_as_numbers(tmp_path, filters, ids):
     """A README's `filters` comparing a column with a number (or a boolean) raised pyarrow's ArrowNotImplementedError
