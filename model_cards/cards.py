@@ -253,24 +253,28 @@ def _table_value(values: Mapping[str, Any], key: str, digits: int, scale: float 
     return "–" if value is None else f"{scale * value:.{digits}f}"
 
 
-def _table_rows(eval_results: Mapping[str, Mapping[str, Any]]) -> dict[str, list[dict[str, str]]]:
+def _table_rows(eval_results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """Rows of the three evaluation tables of the model card, values formatted. A benchmark has a row in each table
-    it has a score of (`_has_score`), in the quadruples' one a row for all of it and one for each category
-    (`_subsets`) that has a score; a score a row lacks is a "–". So the tables show every score `model-index` holds
-    (`_eval_results`), and no row of dashes where it holds none."""
-    retrieval, quadruples, gaps = [], [], []
+    it has a score of (`_has_score`), in the retrieval and quadruples' ones a row for all of it and one for each
+    category (`_subsets`) that has a score; a score a row lacks is a "–". So the tables show every score `model-index`
+    holds (`_eval_results`), and no row of dashes where it holds none. `retrieval_by_category`: whether a retrieval
+    row is a category's, so that the retrieval table needs the quadruples' "subset" column (the protocol scores
+    retrieval as a whole: the table keeps its columns where no category has a recall)."""
+    retrieval, quadruples, gaps, retrieval_by_category = [], [], [], False
     for name, metrics in eval_results.items():
-        if _has_score(metrics, RETRIEVAL_METRICS):
-            retrieval.append({"name": table_cell(name), **{key: _table_value(metrics, key, 1) for key in RETRIEVAL_METRICS}})
         for subset, values in _subsets(metrics):
+            row = {"name": table_cell(name), "subset": table_cell("all" if subset is None else subset)}
+            if _has_score(values, RETRIEVAL_METRICS):
+                retrieval.append({**row, **{key: _table_value(values, key, 1) for key in RETRIEVAL_METRICS}})
+                retrieval_by_category |= subset is not None
             if _has_score(values, QUADRUPLE_SCORES):
-                scores = {key: _table_value(values, key, 1) for key in QUADRUPLE_SCORES}
-                quadruples.append({"name": table_cell(name), "subset": table_cell("all" if subset is None else subset), **scores})
+                quadruples.append({**row, **{key: _table_value(values, key, 1) for key in QUADRUPLE_SCORES}})
         gap = _results_of(metrics, "modality_gap")
         if _has_score(gap, ("w_dist", "w_disc", "delta_gap")):
             gaps.append({"name": table_cell(name), "w_dist": _table_value(gap, "w_dist", 2, 100),
                          "w_disc": _table_value(gap, "w_disc", 2, 100), "delta_gap": _table_value(gap, "delta_gap", 2)})
-    return {"retrieval_rows": retrieval, "quadruple_rows": quadruples, "gap_rows": gaps}
+    return {"retrieval_rows": retrieval, "retrieval_by_category": retrieval_by_category, "quadruple_rows": quadruples,
+            "gap_rows": gaps}
 
 
 # MAPLE's evaluation section lies between these (a card may hold an "## Evaluation" of its own, as the Hub's default

@@ -194,6 +194,33 @@ def test_the_tables_have_a_row_where_the_model_index_has_a_score_and_a_null_mapp
         }
 
 
+def test_the_retrieval_table_shows_the_recall_of_each_category_the_model_index_holds(tmp_path):
+    """A category's recall went into `model-index` ("Image→text R@1 (animals)") but into no table: the retrieval table
+    had one row per benchmark, of its overall scores. It gets the quadruples' "subset" column only where a category
+    has a recall, and the card rewritten with the same results stays as it is."""
+    eval_results = {
+        "coco": {"i2t_r1": 11.0, "t2i_r1": 12.0,
+                 "per_category": {"animals": {"i2t_r1": 21.0, "t2i_r5": 22.0}, "food": {"text_score": 5.0}}},
+        "flickr": {"per_category": {"indoor": {"t2i_r1": 31.0}}},
+    }
+    card = model_card_from_run(tmp_path, None, "mllm", {}, [], eval_results, repo_id="maple-org/tiny")
+    assert "| benchmark | subset | I→T R@1 | I→T R@5 | I→T R@10 | T→I R@1 | T→I R@5 | T→I R@10 |" in card.text
+    retrieval_rows = [line for line in card.text.splitlines() if line.count("|") == 9 and "benchmark" not in line
+                      and "---" not in line]
+    assert retrieval_rows == ["| coco | all | 11.0 | – | – | 12.0 | – | – |",
+                              "| coco | animals | 21.0 | – | – | – | 22.0 | – |",
+                              "| flickr | indoor | – | – | – | 31.0 | – | – |"]
+    assert "| coco | food | 5.0 | – | – |" in card.text  # a category's matching scores stay in the quadruples' table
+    recall = {(result.dataset_name, result.metric_config, result.metric_type)
+              for result in ModelCard(str(card)).data.eval_results if result.task_type == "image-text-retrieval"}
+    assert recall == {("coco", None, "i2t_r1"), ("coco", None, "t2i_r1"), ("coco", "animals", "i2t_r1"),
+                      ("coco", "animals", "t2i_r5"), ("flickr", "indoor", "t2i_r1")}
+    assert str(with_eval_results(card, eval_results)) == str(card)
+    # without a category's recall, the table is as it was
+    whole = model_card_from_run(tmp_path, None, "mllm", {}, [], {"coco": {"i2t_r1": 11.0}}).text
+    assert "| benchmark | I→T R@1 |" in whole and "| coco | 11.0 | – | – | – | – | – |" in whole
+
+
 def test_numpy_scores_are_numbers_in_the_tables_and_the_model_index(tmp_path):
     """A caller's numpy scalar (np.float32) was read as no score after 7d7c8cc (as a bool still is): the tables
     showed "–" and `model-index` held none of it."""
