@@ -242,7 +242,23 @@ def test_the_model_card_reads_the_base_model_of_its_own_run(demo_out, tmp_path, 
     result = json.loads((out / "runs" / "maple-seed0" / "result.json").read_text())
     _write_model_card(DemoConfig(out=out, seeds=(0,), quick=True), result, out / "maple-model", repo_id=None)
     card = (out / "maple-model" / "README.md").read_text()
-    assert "license" not in card.split("---")[1] and "`../base` (a local folder)" in card
+    assert "license: apache-2.0" in card.split("---")[1] and "`../base` (a local folder)" in card
+
+
+def test_the_model_card_has_the_licence_of_the_dataset_card(tmp_path):
+    """The demo's model card had no licence (its base model, trained by the demo, has no card to read one from),
+    while its preference data, drawn by this package's code as the model is trained by it, is under apache-2.0."""
+    from huggingface_hub import ModelCard
+
+    from maple.demo.pipeline import DemoConfig, _write_model_card
+
+    maple_dir = tmp_path / "maple-model"
+    maple_dir.mkdir()
+    (maple_dir / "config.json").write_text("{}")
+    result = {"i2t_r1": 10.0, "t2i_r1": 20.0, "text_score": 30.0, "image_score": 40.0, "group_score": 25.0,
+              "per_category": {}, "modality_gap": {}, "training_args": {}, "log_history": []}
+    _write_model_card(DemoConfig(out=tmp_path, seeds=(0,), quick=True), result, maple_dir, repo_id="me/maple-demo")
+    assert ModelCard.load(maple_dir / "README.md").data.license == "apache-2.0"
 
 
 def test_an_interrupted_run_keeps_the_times_of_the_stages_it_finished(demo_out, tmp_path, monkeypatch):

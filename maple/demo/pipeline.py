@@ -65,6 +65,9 @@ CAPTION_POOL_SIZE = 6
 TEXT_CANDIDATES_PER_STEP = 4
 # Training arguments that only change what is displayed, left out of a run's stored arguments.
 DISPLAY_ONLY_ARGS = ("disable_tqdm",)
+# The licence of the preference data and of the MAPLE model the demo publishes: the world is drawn, and its base model
+# initialised and trained, by this package's code (Apache-2.0), from no one else's data or weights
+DEMO_LICENSE = "apache-2.0"
 
 
 @dataclass(frozen=True)
@@ -669,7 +672,7 @@ def _build_preferences(config: DemoConfig, world: World, base_dir: Path, folder:
         max_candidate_texts=CAPTION_POOL_SIZE,
         semdedup_clusters=None,
         seed=config.world_seed,
-        source_license="apache-2.0",  # drawn by this package's code
+        source_license=DEMO_LICENSE,
     )
     builder.download_and_prepare()
     _write_dataset_card(folder, builder.stats)
@@ -949,6 +952,7 @@ def _write_model_card(config: DemoConfig, maple_result: dict[str, Any], maple_di
         judge_id=config.judge or "scene-graph judge (a stand-in for an MLLM judge; see docs/demo.md)",
         repo_id=repo_id,
         model_config=json.loads((maple_dir / "config.json").read_text()),
+        license=DEMO_LICENSE,  # the demo's own: its base model, which has no card, is the demo's too
     )
     card.save(str(maple_dir / "README.md"))
 
