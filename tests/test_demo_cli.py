@@ -889,6 +889,22 @@ def test_a_run_identity_names_its_judge_and_the_demo_version(tmp_path):
     assert DemoConfig(out=tmp_path).identity()["demo_version"] == DEMO_VERSION
 
 
+def test_the_judge_noise_defines_a_run_of_the_scene_graph_judge_only(tmp_path, monkeypatch):
+    """The noise is the scene-graph judge's (`make_judge`): with a real `--judge` it changes nothing, yet a rerun with
+    another `--judge-noise` was refused ("judge_noise: 0.3 -> 0.5"), also that of a folder an older demo wrote."""
+    from maple.demo import pipeline
+
+    monkeypatch.setattr(pipeline, "check_judge", lambda judge, token=None: None)  # no judge to load
+    real_judge = pipeline.DemoConfig(out=tmp_path, seeds=(0,), quick=True, judge="org/judge")
+    assert "judge_noise" not in real_judge.identity()
+    pipeline.claim_output_folder(real_judge)
+    pipeline.claim_output_folder(replace(real_judge, judge_noise=0.5))
+    (tmp_path / "run.json").write_text(json.dumps({**real_judge.identity(), "judge_noise": 0.3}))  # an older demo's
+    pipeline.claim_output_folder(replace(real_judge, judge_noise=0.5))
+    with pytest.raises(ValueError, match=r"judge: 'org/judge' -> 'scene-graph'; judge_noise: None -> 0.3\)"):
+        pipeline.claim_output_folder(replace(real_judge, judge=None))
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [

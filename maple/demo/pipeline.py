@@ -108,7 +108,8 @@ QUICK = Budget(
 @dataclass(frozen=True)
 class DemoConfig:
     """One demo run; each field's `help` says what it does. Everything but `out`, `push_to_hub`, `token`, `progress`
-    and `workers` defines the run: an output folder holding a run with other values is refused."""
+    and `workers` (and `judge_noise` with a real `judge`) defines the run: an output folder holding a run with other
+    values is refused."""
 
     out: Path = field(metadata={"help": "output folder: every stage's outputs, from which a rerun resumes"})
     seeds: tuple[int, ...] = field(
@@ -120,7 +121,8 @@ class DemoConfig:
         default=None, metadata={"help": "Hub id or path of a real MLLM judge; None: the scene-graph judge"}
     )
     judge_noise: float = field(
-        default=0.3, metadata={"help": "std of the scene-graph judge's logit noise (an imperfect MLLM)"}
+        default=0.3,
+        metadata={"help": "std of the scene-graph judge's logit noise (an imperfect MLLM); unused with `judge`"},
     )
     miner: str = field(
         default="scene-graph",
@@ -204,14 +206,15 @@ class DemoConfig:
         return WorldConfig(seed=self.world_seed, n_train_families=self.budget.train_families)
 
     def identity(self) -> dict[str, Any]:
-        """What makes two runs the same run (stored in run.json)."""
+        """What makes two runs the same run (stored in run.json): `judge_noise` only for the scene-graph judge, the
+        one it changes (`make_judge`)."""
         return {
             "demo_version": DEMO_VERSION,
             "seeds": list(self.seeds),
             "backbone": self.backbone,
             "quick": self.quick,
             "judge": self.judge or "scene-graph",
-            "judge_noise": self.judge_noise,
+            **({"judge_noise": self.judge_noise} if self.judge is None else {}),
             "miner": self.miner,
             "rpa_weight": self.rpa_weight,
             "learning_rate": self.learning_rate,
@@ -229,7 +232,10 @@ def claim_output_folder(config: DemoConfig) -> None:
     if problem := folder_problem(out, "--out"):
         raise ValueError(problem)
     if path.exists():
-        if differences := _identity_differences(_read_json_file(path, "a demo run"), identity):
+        stored = _read_json_file(path, "a demo run")
+        if stored.get("judge", "scene-graph") != "scene-graph":  # an older demo's, of a real judge, holds its unused noise
+            stored.pop("judge_noise", None)
+        if differences := _identity_differences(stored, identity):
             raise ValueError(
                 f"--out {out} holds a different demo run ({'; '.join(differences)}); "
                 "choose another folder, or delete this one to start over"
