@@ -155,7 +155,13 @@ def _license_slug(license: str) -> str:
 # SPDX's full names and the licences' own texts write them
 _LICENSE_FILLER_WORDS = frozenset({"the", "license", "licence", "version", "international", "unported", "generic", "universal"})
 _LICENSE_NAME_WORDS = (
-    ("creative-commons-zero", "cc0"), ("creative-commons", "cc"), ("attribution", "by"), ("noncommercial", "nc"),
+    ("open-data-commons-open-database", "odbl"), ("open-data-commons-public-domain-dedication", "pddl"),
+    ("open-data-commons-attribution", "odc-by"), ("community-data-agreement", "cdla"), ("academic-free", "afl"),
+    ("open-software", "osl"), ("educational-community", "ecl"), ("microsoft-public", "ms-pl"), ("sil-open-font", "ofl"),
+    ("latex-project-public", "lppl"), ("gnu-free-documentation", "gfdl"), ("etalab-open", "etalab"),
+    ("apple-sample-code", "apple-ascl"), ("university-of-illinois-ncsa-open-source", "ncsa"),
+    ("do-what-f-ck-you-want-to-public", "wtfpl"), ("3-clause-new-or-revised", "3-clause"),
+    ("2-clause-simplified", "2-clause"), ("creative-commons-zero", "cc0"), ("creative-commons", "cc"), ("attribution", "by"), ("noncommercial", "nc"),
     ("non-commercial", "nc"), ("sharealike", "sa"), ("share-alike", "sa"), ("noderivatives", "nd"), ("noderivs", "nd"),
     ("no-derivatives", "nd"), ("gnu-affero-general-public", "agpl"), ("gnu-lesser-general-public", "lgpl"),
     ("gnu-general-public", "gpl"), ("mozilla-public", "mpl"), ("eclipse-public", "epl"), ("boost-software", "bsl"),
@@ -167,15 +173,18 @@ def _hub_license_id(license: str) -> str | None:
     """The Hub's id of licence `license` (`HUB_LICENSES`), or None where it has none: an id in any case and spacing
     ("CC BY 4.0"), or a name as SPDX and the licences' own texts write it ("Apache License, Version 2.0", "MIT
     License", "Creative Commons Attribution-ShareAlike 4.0 International", "GNU General Public License v3.0 only",
-    "GPL-3.0-only"). A name that does not say which of the Hub's licences it is has none ("Apache License", with no
-    version; "GPL-3.0-or-later", which the Hub's gpl-3.0 does not say)."""
+    "GPL-3.0-only"), also a version of a licence the Hub names without one ("ODbL-1.0" is odbl, "GFDL-1.3-only"
+    gfdl). A name that does not say which of the Hub's licences it is has none ("Apache License", with no version;
+    "GPL-3.0-or-later", which the Hub's gpl-3.0 does not say)."""
     slug = _license_slug(license)
     words = [re.sub(r"^v(?=\d)", "", word) for word in slug.split("-") if word not in _LICENSE_FILLER_WORDS]
     name = f"-{'-'.join(words)}-"
     for long, short in _LICENSE_NAME_WORDS:
         name = name.replace(f"-{long}-", f"-{short}-")
     name = name.strip("-")
-    return next((id for id in (slug, name, name.removesuffix("-only")) if id in HUB_LICENSES), None)
+    versioned = name.removesuffix("-only")
+    unversioned = re.sub(r"-\d+(?:\.\d+)+[a-z]?$", "", versioned)
+    return next((id for id in (slug, name, versioned, unversioned) if id in HUB_LICENSES), None)
 
 
 def _license_metadata(license: str | None) -> dict[str, str | None]:

@@ -129,6 +129,14 @@ def test_the_card_of_a_repo_names_local_folders_by_their_names_only(tmp_path, mo
     # ids the Hub added after huggingface.js's list: "other" with license_name "llama4"
     ("llama4", "llama4", None), ("EUPL-1.2", "eupl-1.2", None), ("European Union Public License 1.2", "eupl-1.2", None),
     ("grok2-community", "grok2-community", None),
+    # SPDX ids of licences the Hub names without their version, and SPDX names the words above did not abbreviate:
+    # "other" with license_name "odbl-1.0", "sil-open-font-license-1.1", "bsd-3-clause-new-or-revised-license"
+    ("ODbL-1.0", "odbl", None), ("PDDL-1.0", "pddl", None), ("ODC-By-1.0", "odc-by", None), ("GFDL-1.3-only", "gfdl", None),
+    ("GFDL-1.3-or-later", "other", "gfdl-1.3-or-later"),  # as GPL-3.0-or-later
+    ("Open Data Commons Open Database License v1.0", "odbl", None), ("SIL Open Font License 1.1", "ofl-1.1", None),
+    ("Academic Free License v3.0", "afl-3.0", None), ("Microsoft Public License", "ms-pl", None),
+    ("Community Data License Agreement Permissive 2.0", "cdla-permissive-2.0", None),
+    ('BSD 3-Clause "New" or "Revised" License', "bsd-3-clause", None), ("MIT-0", "other", "mit-0"),
 ])
 def test_dataset_card_licence_metadata_is_a_hub_licence_id(tmp_path, licence, metadata, name):
     """Any lower-case slug passed before; the Hub refuses ids not on its list, failing the push after the build. An id
