@@ -253,8 +253,8 @@ def _has_score(values: Mapping[str, Any], keys: Sequence[str]) -> bool:
 
 
 def _results_of(metrics: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-    """`metrics[key]`, a mapping of results ("modality_gap", "per_category", one category's scores); {} where the
-    results lack it or hold null there."""
+    """`metrics[key]`, a mapping of results ("modality_gap", "per_category", one category's scores,
+    "similarity_histograms"); {} where the results lack it or hold null there."""
     return metrics.get(key) or {}
 
 
@@ -409,8 +409,9 @@ def plot_training_curves(log_history: Sequence[Mapping[str, Any]], path: Path) -
 def plot_similarity_histograms(eval_results: Mapping[str, Mapping[str, Any]], path: Path) -> bool:
     """One panel per entry of `eval_results` with histograms (a quadruple benchmark; in the demo, a
     method): matched, mismatched and text-text cosine histograms (the modality gap), zoomed to the
-    occupied bins; False if no entry has them (`no_figure`)."""
-    benchmarks = {name: metrics["similarity_histograms"] for name, metrics in eval_results.items() if "similarity_histograms" in metrics}
+    occupied bins; False if no entry has them (`no_figure`; null, as `_results_of` reads it, is none)."""
+    benchmarks = {name: histograms for name, metrics in eval_results.items()
+                  if (histograms := _results_of(metrics, "similarity_histograms"))}
     if not benchmarks:
         return no_figure(path)
     plt = pyplot()

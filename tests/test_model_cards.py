@@ -229,6 +229,20 @@ def test_the_retrieval_table_shows_the_recall_of_each_category_the_model_index_h
     assert "| benchmark | I→T R@1 |" in whole and "| coco | 11.0 | – | – | – | – | – |" in whole
 
 
+def test_null_similarity_histograms_are_none(tmp_path):
+    """Results holding `similarity_histograms: null` failed the card with a TypeError, as a null `modality_gap` or
+    `per_category` did before; the card has no histograms, nor a link to them, and the other results' are drawn."""
+    with_histograms = {"bin_edges": [-1.0, 0.0, 1.0], "matched": [0, 2], "mismatched": [2, 0], "text_text": [1, 1]}
+    scores = {"text_score": 10.0, "image_score": 5.0, "group_score": 2.5}
+    card = model_card_from_run(tmp_path, None, "mllm", {}, [], {"winoground": {**scores, "similarity_histograms": None}})
+    assert "| winoground | all | 10.0 | 5.0 | 2.5 |" in card.text and "Similarity histograms" not in card.text
+    assert not (tmp_path / "similarity_histograms.png").exists()
+    card = model_card_from_run(tmp_path, None, "mllm", {}, [], {"winoground": {**scores, "similarity_histograms": None},
+                                                                "bivlc": {**scores, "similarity_histograms": with_histograms}})
+    assert "![Similarity histograms](similarity_histograms.png)" in card.text
+    assert Image.open(tmp_path / "similarity_histograms.png").size[0] < 600  # one panel: bivlc's
+
+
 def test_numpy_scores_are_numbers_in_the_tables_and_the_model_index(tmp_path):
     """A caller's numpy scalar (np.float32) was read as no score after 7d7c8cc (as a bool still is): the tables
     showed "–" and `model-index` held none of it."""
