@@ -303,6 +303,18 @@ def test_model_card_without_eval_or_logs(tmp_path):
     assert f"```bibtex\n{PAPER_CITATION}\n```" in card.text
 
 
+def test_a_card_without_results_gives_the_command_that_adds_them(tmp_path):
+    """The card said `maple eval REPO --benchmarks coco winoground` adds the results to it; without `--push-to-hub`
+    that command writes them into its --out folder only."""
+    def text(repo_id):
+        return " ".join(model_card_from_run(tmp_path, None, "mllm", {}, [], {}, repo_id=repo_id).text.split())
+
+    assert ("`maple eval me/tiny --benchmarks coco winoground --push-to-hub` computes the paper's benchmarks and adds "
+            "them here.") in text("me/tiny")
+    assert ("`maple eval MODEL --benchmarks coco winoground` computes the paper's benchmarks; with `--push-to-hub`, on "
+            "the model's Hub repo, it adds them here.") in text(None)
+
+
 def test_a_card_without_figures_leaves_no_earlier_runs_figures_beside_it(tmp_path):
     """A run that logged fewer than two points into a folder where an earlier run drew its curves and histograms left
     those files there, and they were pushed beside a card that did not describe them (found by a review)."""
