@@ -106,9 +106,9 @@ def _eval_results(
 ) -> list[EvalResult]:
     """`model-index` entries: every headline metric of every benchmark (and per-category subset). A benchmark's
     dataset is `dataset_ids[benchmark]` (the Hub id it was read from), by default its official Hub id (`_dataset_type`:
-    a local path by its folder's name). A category's
-    score is the metric restricted to it, so the category is the metric's `config` ("group_score" of config
-    "replace-att"), not the dataset's: `dataset.config` names a config that `load_dataset` takes."""
+    a local path by its folder's name). A category's score is the metric restricted to it, so the category is the
+    metric's `config` ("group_score" of config "replace-att"), not the dataset's: `dataset.config` names a config
+    that `load_dataset` takes."""
     results = []
     for benchmark, metrics in eval_results.items():
         dataset_id = _dataset_type((dataset_ids or {}).get(benchmark) or _benchmark_dataset_id(benchmark))
@@ -161,8 +161,8 @@ _LICENSE_NAME_WORDS = (
     ("latex-project-public", "lppl"), ("gnu-free-documentation", "gfdl"), ("etalab-open", "etalab"),
     ("apple-sample-code", "apple-ascl"), ("university-of-illinois-ncsa-open-source", "ncsa"),
     ("do-what-f-ck-you-want-to-public", "wtfpl"), ("3-clause-new-or-revised", "3-clause"),
-    ("2-clause-simplified", "2-clause"), ("creative-commons-zero", "cc0"), ("creative-commons", "cc"), ("attribution", "by"), ("noncommercial", "nc"),
-    ("non-commercial", "nc"), ("sharealike", "sa"), ("share-alike", "sa"), ("noderivatives", "nd"), ("noderivs", "nd"),
+    ("2-clause-simplified", "2-clause"), ("creative-commons-zero", "cc0"), ("creative-commons", "cc"),
+    ("attribution", "by"), ("noncommercial", "nc"), ("non-commercial", "nc"), ("sharealike", "sa"), ("share-alike", "sa"), ("noderivatives", "nd"), ("noderivs", "nd"),
     ("no-derivatives", "nd"), ("gnu-affero-general-public", "agpl"), ("gnu-lesser-general-public", "lgpl"),
     ("gnu-general-public", "gpl"), ("mozilla-public", "mpl"), ("eclipse-public", "epl"), ("boost-software", "bsl"),
     ("european-union-public", "eupl"),
