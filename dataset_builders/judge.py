@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import inspect
 import re
+import reprlib
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -156,6 +158,16 @@ def answer_token(prompt_encoder: PromptEncoder, word: str) -> tuple[str, int]:
     )
 
 
+def context_length(model: torch.nn.Module, tokenizer) -> int | None:
+    """The most tokens a judge prompt may hold: the smaller of the language model's `max_position_embeddings` (the
+    context it was trained on; a rotary model runs past it, on positions it never saw, and scores nonsense) and the
+    tokenizer's `model_max_length` where that is set (transformers' "unset" is a huge integer); None if neither is."""
+    limits = [getattr(model.config.get_text_config(), "max_position_embeddings", None)]
+    if tokenizer.model_max_length < 1_000_000:
+        limits.append(tokenizer.model_max_length)
+    return min((limit for limit in limits if limit is not None), default=None)
+
+
 def cache_keyword(model: torch.nn.Module) -> str:
     """The name under which `model.forward` takes a KV cache and its output returns one: `cache` from transformers
     5.24, where `past_key_values` is deprecated (to be removed in 5.40), and `past_key_values` in 5.23, which has no
@@ -210,6 +222,8 @@ class MLLMJudge(LoadsFromVLM):
         # families, how many image tokens it holds): tokenise it once per such text.
         self._prefix_ids_by_image_text: dict[str, list[int]] = {}
         self._offloaded_answer_rows: dict[str, torch.Tensor] = {}  # see `_answer_rows`
+        self.context_length = context_length(model, tokenizer)
+        self._empty_suffix_length = len(self.suffix_ids([""])[0])
         self._cache_keyword = cache_keyword(self.model.model)
 
     @staticmethod
@@ -316,6 +330,50 @@ class MLLMJudge(LoadsFromVLM):
         """Token ids of the prompt suffix for each candidate text (one batched tokenizer call)."""
         return self._tokenise_suffixes([self.suffix_template.format(text=text) for text in texts])
 
+    def _check_prefix_fits(self, image_name: str, prefix_length: int) -> None:
+        """A ValueError naming the image if its prompt, without any candidate text, is longer than `context_length`:
+        cutting texts cannot help there, and the image's tokens and the question are never cut."""
+        if self.context_length is not None and prefix_length + self._empty_suffix_length > self.context_length:
+            raise ValueError(
+                f"{image_name}: the judge's prompt for this image takes {prefix_length + self._empty_suffix_length} "
+                f"tokens before any candidate text ({prefix_length} up to the text, the image's included), over the "
+                f"judge's context of {self.context_length} tokens; give the judge smaller images (its image "
+                "processor's size or max_pixels)"
+            )
+
+    def _suffix_ids_within_context(
+        self, texts: Sequence[str], prefix_lengths: Sequence[int], cut_texts: list[str]
+    ) -> list[list[int]]:
+        """`suffix_ids(texts)`, except that a text whose prompt, after a prefix of `prefix_lengths[k]` tokens, would
+        be longer than `context_length` is cut to the tokens that fit, keeping its start (and appended to
+        `cut_texts`). Only the text is cut: the image tokens and the question around the text stay whole, so the
+        judge still reads its answer after the question (`_check_prefix_fits` has made sure they fit)."""
+        suffixes = self.suffix_ids(texts)
+        if self.context_length is None:
+            return suffixes
+        fitted = []
+        for text, prefix_length, ids in zip(texts, prefix_lengths, suffixes, strict=True):
+            room = self.context_length - prefix_length
+            if len(ids) > room:
+                ids = self._suffix_ids_cut_to(text, room)
+                cut_texts.append(text)
+            fitted.append(ids)
+        return fitted
+
+    def _suffix_ids_cut_to(self, text: str, room: int) -> list[int]:
+        """The suffix ids of the longest start of `text`, cut at one of its own token boundaries, whose suffix takes at
+        most `room` tokens. A text tokenised inside the prompt may take a token more or less than alone (merges at its
+        ends; a byte-level BPE splits a character across tokens), so the cut moves back a token at a time until it
+        fits; the empty text fits (`_check_prefix_fits`)."""
+        tokenizer = self.prompt_encoder.tokenizer
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=tokenizer.is_fast)
+        text_ids, offsets = encoded["input_ids"], encoded.get("offset_mapping")  # only fast tokenizers give offsets
+        for keep in range(min(len(text_ids), room - self._empty_suffix_length), 0, -1):
+            cut = text[: offsets[keep - 1][1]] if offsets is not None else tokenizer.decode(text_ids[:keep])
+            if len(ids := self.suffix_ids([cut])[0]) <= room:
+                return ids
+        return self.suffix_ids([""])[0]
+
     def _answer_rows(self, name: str) -> torch.Tensor | None:
         """The "Yes" and "No" rows of the output embedding's `name` ("weight": (2, hidden); "bias": (2,) or None),
         float32. A head offloaded by a `device_map` (on the meta device) is read from its offload hook once and the
@@ -352,14 +410,25 @@ class MLLMJudge(LoadsFromVLM):
         special token of the judge's tokenizer (`special_token_in`) raise a ValueError naming the
         item (`check_score_inputs`), before any forward. `reuse_prefix` (this judge's option, not part of the
         `PreferenceJudge` protocol): False runs every pair as one full prompt, the reference the shared-prefix path
-        is tested and benchmarked against."""
+        is tested and benchmarked against.
+
+        A text that would take the prompt past the judge's `context_length` is cut to fit, keeping its start, with a
+        warning (`_suffix_ids_within_context`); an image whose prompt does not fit even without a text is a ValueError
+        naming it."""
         check_score_inputs(images, texts)
         check_special_tokens(self, candidate_names(texts))
+        cut_texts: list[str] = []
         if not reuse_prefix:
-            pairs = [(image, text) for image, candidates in zip(images, texts) for text in candidates]
-            flat = self._score_pairs(pairs)
-            return list(flat.split([len(candidates) for candidates in texts]))
-        return self._score_with_shared_prefixes(images, texts)
+            pairs = [
+                (f"images[{index}]", image, text)
+                for index, (image, candidates) in enumerate(zip(images, texts))
+                for text in candidates
+            ]
+            scores = list(self._score_pairs(pairs, cut_texts).split([len(candidates) for candidates in texts]))
+        else:
+            scores = self._score_with_shared_prefixes(images, texts, cut_texts)
+        self._warn_of_cut_texts(cut_texts)
+        return scores
 
     @torch.inference_mode()
     def score_images(self, texts: list[str], images: list[list[PIL.Image.Image]]) -> list[torch.Tensor]:
@@ -369,27 +438,53 @@ class MLLMJudge(LoadsFromVLM):
         does not use it: `scoring.score_both_directions` asks `score` for txt2img pairs grouped by image, which
         shares each image's prefix among its texts.)
         Malformed inputs and texts holding a special token of the judge's tokenizer raise a
-        ValueError naming the item (`check_score_images_inputs`, `special_token_in`).
+        ValueError naming the item (`check_score_images_inputs`, `special_token_in`); a text too long for the judge's
+        context is cut as `score` cuts it.
         """
         check_score_images_inputs(texts, images)
         check_special_tokens(self, ((f"texts[{index}]", text) for index, text in enumerate(texts)))
-        pairs = [(image, text) for text, candidates in zip(texts, images) for image in candidates]
-        return list(self._score_pairs(pairs).split([len(candidates) for candidates in images]))
+        pairs = [
+            (f"images[{index}][{position}]", image, text)
+            for index, (text, candidates) in enumerate(zip(texts, images))
+            for position, image in enumerate(candidates)
+        ]
+        cut_texts: list[str] = []
+        scores = list(self._score_pairs(pairs, cut_texts).split([len(candidates) for candidates in images]))
+        self._warn_of_cut_texts(cut_texts)
+        return scores
 
-    def _score_pairs(self, pairs: Sequence[tuple[PIL.Image.Image, str]]) -> torch.Tensor:
-        """(len(pairs),) alphas, each pair run as one full prompt, `batch_size` pairs per forward."""
+    def _warn_of_cut_texts(self, cut_texts: list[str]) -> None:
+        """One warning for the texts a `score` or `score_images` call cut to fit the context, if any."""
+        if cut_texts:
+            warnings.warn(
+                f"{len(cut_texts)} candidate text(s) made a judge prompt longer than the judge's context of "
+                f"{self.context_length} tokens and were judged cut to fit, keeping their start (the first: "
+                f"{reprlib.repr(cut_texts[0])})",
+                stacklevel=4,  # the caller of `score`, past torch's inference_mode wrapper
+            )
+
+    def _score_pairs(self, pairs: Sequence[tuple[str, PIL.Image.Image, str]], cut_texts: list[str]) -> torch.Tensor:
+        """(len(pairs),) alphas of (image name, image, text) pairs, each pair run as one full prompt, `batch_size` pairs
+        per forward; texts cut to fit the context are appended to `cut_texts`."""
         alphas = []
         for start in range(0, len(pairs), self.batch_size):
             batch = pairs[start : start + self.batch_size]
-            encoded = self.prompt_encoder.encode_images([image for image, _ in batch])
-            suffixes = self.suffix_ids([text for _, text in batch])
-            sequences = [self.prefix_ids(encoded, index) + suffix for index, suffix in enumerate(suffixes)]
+            encoded = self.prompt_encoder.encode_images([image for _, image, _ in batch])
+            prefixes = [self.prefix_ids(encoded, index) for index in range(len(batch))]
+            for (name, _, _), prefix in zip(batch, prefixes):
+                self._check_prefix_fits(name, len(prefix))
+            suffixes = self._suffix_ids_within_context(
+                [text for _, _, text in batch], [len(prefix) for prefix in prefixes], cut_texts
+            )
+            sequences = [prefix + suffix for prefix, suffix in zip(prefixes, suffixes)]
             inputs = to_model(self.prompt_encoder.model_inputs(sequences, encoded, padding_side="right"), self.model)
             outputs = self.model.model(**inputs, use_cache=False)
             alphas.append(self._alphas(last_token_pool(outputs.last_hidden_state, inputs["attention_mask"])))
         return torch.cat(alphas).cpu() if alphas else torch.empty(0)
 
-    def _score_with_shared_prefixes(self, images: Sequence[PIL.Image.Image], texts: Sequence[Sequence[str]]) -> list[torch.Tensor]:
+    def _score_with_shared_prefixes(
+        self, images: Sequence[PIL.Image.Image], texts: Sequence[Sequence[str]], cut_texts: list[str]
+    ) -> list[torch.Tensor]:
         """Per image, (len(texts[i]),) alphas, each anchor's prefix run once.
 
         Anchors whose prefixes have the same length (for most families: the same number of image tokens) share
@@ -397,14 +492,16 @@ class MLLMJudge(LoadsFromVLM):
         `batch_size`, each pair against its own anchor's rows of the prefix cache. So short candidate lists still fill
         the batches. Images are encoded as they come and a group runs once it is full: at most
         `PENDING_PREFIX_BATCHES * batch_size` encoded images are held, the fullest group running early when they
-        reach that.
+        reach that. Texts cut to fit the context are appended to `cut_texts`.
         """
         alphas: list[torch.Tensor] = [torch.empty(0) for _ in images]
         pending: dict[int, list[tuple[int, EncodedImages]]] = defaultdict(list)  # prefix length -> (anchor, encoded)
 
         def run_group(prefix_length: int) -> None:
             group = pending.pop(prefix_length)
-            scores = self._score_prefix_group([encoded for _, encoded in group], [texts[index] for index, _ in group])
+            scores = self._score_prefix_group(
+                [encoded for _, encoded in group], [texts[index] for index, _ in group], cut_texts
+            )
             for (index, _), anchor_alphas in zip(group, scores):
                 alphas[index] = anchor_alphas
 
@@ -413,6 +510,7 @@ class MLLMJudge(LoadsFromVLM):
                 continue
             encoded = self.prompt_encoder.encode_images([images[index]])
             prefix_length = len(self.prefix_ids(encoded, 0))
+            self._check_prefix_fits(f"images[{index}]", prefix_length)
             pending[prefix_length].append((index, encoded))
             if len(pending[prefix_length]) == self.batch_size:
                 run_group(prefix_length)
@@ -422,9 +520,12 @@ class MLLMJudge(LoadsFromVLM):
             run_group(prefix_length)
         return alphas
 
-    def _score_prefix_group(self, encoded: list[EncodedImages], texts: list[Sequence[str]]) -> list[torch.Tensor]:
+    def _score_prefix_group(
+        self, encoded: list[EncodedImages], texts: list[Sequence[str]], cut_texts: list[str]
+    ) -> list[torch.Tensor]:
         """Alphas for anchors with equally long prefixes: one batched prefix forward, then the
-        candidate suffixes in batches against the cached prefixes."""
+        candidate suffixes in batches against the cached prefixes (texts cut to fit the context appended to
+        `cut_texts`)."""
         images = EncodedImages.concatenate(encoded)
         prefix_ids = [self.prefix_ids(images, index) for index in range(len(encoded))]
         prefix = to_model(self.prompt_encoder.model_inputs(prefix_ids, images, padding_side="right"), self.model)
@@ -441,7 +542,10 @@ class MLLMJudge(LoadsFromVLM):
         alphas = []
         for start in range(0, len(pairs), self.batch_size):
             batch_pairs = pairs[start : start + self.batch_size]
-            suffix_ids, suffix_mask = self.prompt_encoder.pad(self.suffix_ids([text for _, text in batch_pairs]), padding_side="right")
+            fitted = self._suffix_ids_within_context(
+                [text for _, text in batch_pairs], [prefix_length] * len(batch_pairs), cut_texts
+            )
+            suffix_ids, suffix_mask = self.prompt_encoder.pad(fitted, padding_side="right")
             suffix_ids, suffix_mask = suffix_ids.to(self.model.device), suffix_mask.to(self.model.device)
             batch, length = suffix_ids.shape
             # on the CPU: it indexes cached layers that a `device_map` spreads over several GPUs

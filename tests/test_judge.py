@@ -109,9 +109,9 @@ def test_the_shared_prefix_path_holds_few_encoded_images_at_once(sharp_judge, mo
         most_held = max(most_held, held)
         return encode_images(batch)
 
-    def score_and_release(encoded, group_texts):
+    def score_and_release(encoded, group_texts, cut_texts):
         nonlocal held
-        scores = score_prefix_group(encoded, group_texts)
+        scores = score_prefix_group(encoded, group_texts, cut_texts)
         held -= len(encoded)
         return scores
 
@@ -136,6 +136,71 @@ def test_per_pair_path_matches_the_model_forward_one_pair_at_a_time(sharp_judge)
                 logits = sharp_judge.model(**encoder.model_inputs([ids], images, padding_side="right")).logits[0, -1]
             reference = torch.softmax(logits[[sharp_judge.yes_id, sharp_judge.no_id]], dim=-1)[0]
             assert abs(reference.item() - alpha.item()) < 1e-5
+
+
+def _short_context_judge(context: int) -> MLLMJudge:
+    """A sharpened tiny Qwen2-VL judge whose language model was trained on `context` positions."""
+    judge = _sharpened(tiny_judge(seed=1))
+    judge.model.config.text_config.max_position_embeddings = context
+    encoder = judge.prompt_encoder
+    return MLLMJudge(judge.model, encoder.tokenizer, encoder.image_processor, batch_size=2)
+
+
+@pytest.mark.parametrize("reuse_prefix", [True, False])
+def test_a_text_too_long_for_the_judges_context_is_cut_to_fit_keeping_its_start_and_the_question(reuse_prefix, monkeypatch):
+    """A 64-position judge was fed prompts of over 200 tokens: positions it never saw, the question and the answer
+    slot far past them. Now only the text is cut, at its end; the image tokens and the question stay whole, and both
+    scoring paths cut alike."""
+    judge = _short_context_judge(64)
+    assert judge.context_length == 64
+    long_text = "a red circle left of a blue square " * 8
+    texts = [["two", long_text], [long_text]]
+    if reuse_prefix:
+        with pytest.warns(UserWarning, match="cut to fit"):
+            reference = judge.score(IMAGES[:2], texts, reuse_prefix=False)
+    prompts = []
+    forward = judge.model.model.forward
+
+    def recording_forward(*args, **kwargs):
+        prompts.append(kwargs["input_ids"])
+        assert kwargs["attention_mask"].shape[1] <= 64, "a prompt longer than the judge's context"
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(judge.model.model, "forward", recording_forward)
+    with pytest.warns(UserWarning, match=r"2 candidate text\(s\) made a judge prompt longer than the judge's context of 64"):
+        scores = judge.score(IMAGES[:2], texts, reuse_prefix=reuse_prefix)
+    if reuse_prefix:
+        for a, b in zip(scores, reference):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+        return
+    tokenizer = judge.prompt_encoder.tokenizer
+    question_end = '"' + tokenizer.decode(judge.suffix_ids([""])[0]).split('""')[1]
+    for row in (row for batch in prompts for row in batch):
+        prompt = tokenizer.decode(row[row != tokenizer.pad_token_id])
+        assert prompt.count("<|image_pad|>") > 0 and prompt.endswith(question_end)
+        text = prompt[prompt.index('text "') + len('text "') : -len(question_end)]
+        assert text == "two" or (text and long_text.startswith(text) and len(text) < len(long_text))
+
+
+def test_an_image_whose_prompt_does_not_fit_the_judges_context_without_any_text_is_refused_naming_it(monkeypatch):
+    judge = _short_context_judge(40)
+    monkeypatch.setattr(judge.model.model, "forward", lambda *args, **kwargs: pytest.fail("the model ran"))
+    for reuse_prefix in (True, False):
+        with pytest.raises(ValueError, match=r"images\[0\]: the judge's prompt for this image takes 48 tokens before any "
+                                             r"candidate text \(30 up to the text.*context of 40 tokens"):
+            judge.score(IMAGES[:1], [["a"]], reuse_prefix=reuse_prefix)
+
+
+def test_the_context_is_the_smaller_of_the_models_positions_and_the_tokenizers_set_length():
+    from dataset_builders.judge import context_length
+
+    judge = tiny_judge(seed=0)
+    tokenizer, model = judge.prompt_encoder.tokenizer, judge.model
+    model.config.text_config.max_position_embeddings = 512
+    tokenizer.model_max_length = 100
+    assert context_length(model, tokenizer) == 100
+    tokenizer.model_max_length = int(1e30)  # transformers' "unset"
+    assert context_length(model, tokenizer) == 512
 
 
 def test_a_bf16_judge_computes_its_yes_no_logits_in_float32(monkeypatch):
