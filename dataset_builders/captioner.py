@@ -78,13 +78,15 @@ _ORDINALS = {"one": 1, "first": 1, "1st": 1, "two": 2, "second": 2, "2nd": 2}
 # written: a line starting "in the second image, ..." continues a caption wrapped over lines.
 _ORDINAL_IMAGE = r"(?:first|second|1st|2nd)[ \t]+image"
 _LEAD_NAME_END = r"(?:[ \t]*\([^)\n]*\))?[ \t]*(?:\*\*)?"
-_IMAGE_LEAD = re.compile(
-    r"^[ \t]*(?:[-*\u2022][ \t]+|\d+[.)][ \t]+)?(?:\*\*)?"
+_LEAD = (
+    r"(?:\*\*)?"
     rf"(?:(?:Image[ \t]*\d+|The[ \t]+(?i:{_ORDINAL_IMAGE})){_LEAD_NAME_END}[ \t]+(?i:{_LEAD_VERBS})\b"
     rf"|In[ \t]+(?i:image[ \t]*\d+|the[ \t]+{_ORDINAL_IMAGE}){_LEAD_NAME_END},)"
-    r"[ \t]*(?:\*\*)?[ \t]*",
-    re.M,
+    r"[ \t]*(?:\*\*)?[ \t]*"
 )
+_IMAGE_LEAD = re.compile(rf"^[ \t]*(?:[-*\u2022][ \t]+|\d+[.)][ \t]+)?{_LEAD}", re.M)
+# The same lead starting a sentence inside a line: "Image 1: A cat. Image 2 shows a dog." (only read after a label)
+_SENTENCE_LEAD = re.compile(rf"(?<=[.!?])[ \t]+{_LEAD}")
 _CAPTION_START = re.compile(r"[^\W_]|[\"'\u201c\u2018]")  # a letter, a digit or a quote, not ":" or "'s"
 _NUMBERED_LINE = re.compile(r"^[ \t]*(\d+)[.)][ \t]+(\S.*?)[ \t]*$")
 _SECTION_LINE = re.compile(r"^[\w ]{1,24}:")  # "Note: ...", "Difference: ...": not a caption's continuation
@@ -131,20 +133,54 @@ def _lead_captions(generated: str) -> list[str] | None:
     ends = [lead.start() for lead in leads[1:]] + [len(generated)]
     captions: list[str] = []
     for number, (lead, end) in enumerate(zip(leads, ends), start=1):
-        text = generated[lead.end() : end]
-        if lead[0].count("**") % 2:  # a bold span the lead opened closes in the caption: "**Image 1 shows X.**"
-            text = text.replace("**", "", 1)
-        if not _CAPTION_START.match(text):
-            return None
-        caption = _labelled_caption(text)
-        if _images_named(caption) - {number}:
+        caption = _caption_after_lead(lead, generated[lead.end() : end], number)
+        if caption is None:
             return None
         captions.append(caption)
     return captions
 
 
+def _caption_after_lead(lead: re.Match, text: str, number: int) -> str | None:
+    """The caption of image `number` in `text`, which follows its `lead`: what `_labelled_caption` gives, bold markers
+    the lead opened left out; None unless it starts with a letter, a digit or a quote and names no other image."""
+    if lead[0].count("**") % 2:  # a bold span the lead opened closes in the caption: "**Image 1 shows X.**"
+        text = text.replace("**", "", 1)
+    if not _CAPTION_START.match(text):
+        return None
+    caption = _labelled_caption(text)
+    return None if _images_named(caption) - {number} else caption
+
+
+def _labelled_captions(generated: str, labels: list[re.Match]) -> list[str]:
+    """The caption after each of the answer's `labels` (`_labelled_caption`); a label's text that goes on to a lead
+    naming the next image, which no label names, holds that image's caption too (`_split_at_lead`)."""
+    numbers = [_images_named(label[0]) for label in labels]
+    ends = [label.start() for label in labels[1:]] + [len(generated)]
+    captions: list[str] = []
+    for label_numbers, label, end in zip(numbers, labels, ends):
+        text = generated[label.end() : end]
+        split = None
+        if len(label_numbers) == 1 and {next_number := min(label_numbers) + 1} not in numbers:
+            split = _split_at_lead(text, next_number)
+        captions += split or [_labelled_caption(text)]
+    return captions
+
+
+def _split_at_lead(text: str, number: int) -> list[str] | None:
+    """[the caption before the lead, image `number`'s caption] for a label's `text` in which a lead naming image
+    `number` starts a line or a sentence ("Image 1: A cat. Image 2 shows a dog."): the answer labels one image and
+    leads into the next, so the label's caption ends there. The first such lead whose caption starts as a caption does
+    and names no other image (`_caption_after_lead`); None if there is none, and the label's caption runs on."""
+    leads = [lead for pattern in (_IMAGE_LEAD, _SENTENCE_LEAD) for lead in pattern.finditer(text)]
+    for lead in sorted(leads, key=lambda lead: lead.start()):
+        if _images_named(lead[0]) == {number} and (caption := _caption_after_lead(lead, text[lead.end() :], number)):
+            return [_labelled_caption(text[: lead.start()]), caption]
+    return None
+
+
 def parse_captions(generated: str) -> list[str]:
-    """Captions in one generated answer: the caption after every "Image N:" label (`_labelled_caption`); else, for an
+    """Captions in one generated answer: the caption after every "Image N:" label (`_labelled_caption`; a lead into
+    the next image, unlabelled, ends it and starts that image's caption: `_labelled_captions`); else, for an
     answer of one line per image in order ("Image 1 shows ...", "The second image depicts ...", "In Image 1, ..."),
     the caption after each lead (`_lead_captions`); else the items of a numbered list 1, 2, ... (other lines,
     such as an introduction or a closing comment, left out); else, when the model ignored the format, the whole
@@ -153,8 +189,7 @@ def parse_captions(generated: str) -> list[str]:
     generated = generated.replace("\r\n", "\n").replace("\r", "\n")
     labels = list(_LABEL.finditer(generated))
     if labels:
-        ends = [label.start() for label in labels[1:]] + [len(generated)]
-        pieces = [_labelled_caption(generated[label.end() : end]) for label, end in zip(labels, ends)]
+        pieces = _labelled_captions(generated, labels)
     elif (lead_captions := _lead_captions(generated)) is not None:
         pieces = lead_captions
     else:

@@ -479,6 +479,32 @@ def test_leads_that_do_not_give_one_caption_per_image_in_order_give_no_caption(a
     assert parse_captions(answer) == []
 
 
+@pytest.mark.parametrize("answer, captions", [
+    ("Image 1: A cat. Image 2 shows a dog.", ["A cat.", "a dog."]),
+    ("Image 1: A red cube on\na table. The second image depicts a dog.", ["A red cube on a table.", "a dog."]),
+    ("Image 1: Mt. Fuji behind a car. In the second image, a dog.", ["Mt. Fuji behind a car.", "a dog."]),
+    ("**Image 1:** A cat. **Image 2 shows** a dog.", ["A cat.", "a dog."]),
+    ("Image 1: A cat\nImage 2 shows a dog", ["A cat", "a dog"]),
+    ("Image 1: A cat.\nImage 2 shows a dog.", ["A cat.", "a dog."]),
+    # no split: the lead names the labelled image, a label names the next one, or no caption follows the lead
+    ("Image 1: A cat. Image 1 shows a dog.", ["A cat. Image 1 shows a dog."]),
+    ("Image 1: A cat. Image 2 shows a dog.\nImage 2: A dog.", ["A cat. Image 2 shows a dog.", "A dog."]),
+    ("Image 1: A cat. Image 2 shows: a dog.", ["A cat. Image 2 shows: a dog."]),
+])
+def test_a_label_followed_by_a_lead_into_the_next_image_gives_both_captions(answer, captions):
+    """The label's caption ran on over the lead: "A cat. Image 2 shows a dog." was one caption, naming both images
+    (and "A cat Image 2 shows a dog" where the label's line ended no sentence); on its own line after a finished
+    sentence, the second caption was lost."""
+    assert parse_captions(answer) == captions
+
+
+def test_a_caption_after_a_lead_in_a_labelled_answer_cut_at_max_new_tokens_is_dropped(monkeypatch):
+    captioner = tiny_captioner(seed=0, num_samples=1, batch_size=1)
+    monkeypatch.setattr(captioner, "_generate", lambda pairs: [("Image 1: a red cube. Image 2 shows a blu", False)])
+    with pytest.warns(UserWarning, match="reached max_new_tokens"):
+        assert captioner.caption(ANCHORS[:1], NEGATIVES[:1]) == [["a red cube."]]
+
+
 @pytest.mark.parametrize("answer", [
     "Image 1 shows a red cube.\nImage 2 shows a blue",
     "Image 1 shows a red cube.\nImage 2 shows Mt. Fuji beh",
