@@ -19,6 +19,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 
 import PIL.Image
+import tokenizers
 import torch
 from transformers import DynamicCache
 
@@ -36,6 +37,9 @@ from .vlm_inputs import (
     text_part,
     to_model,
 )
+
+PROBE_TEXTS = ("a red circle", '"quoted"', "'s apostrophe", " leading space", "", "123", "Émile über ✓", "\nnew line")
+"""Awkward candidate texts with which the judge checks that it tokenises a prompt in parts as the whole prompt."""
 
 DEFAULT_JUDGE_PROMPT = 'Does the image align with the text "{text}"? Answer Yes or No.'
 """The paper's judge question; the image comes first, as `<image>` does in the paper."""
@@ -114,14 +118,39 @@ def check_special_tokens(judge: MLLMJudge | JudgeEnsemble, named_texts: Iterable
             )
 
 
-def special_token_pattern(prompt_encoder: PromptEncoder) -> re.Pattern[str]:
-    """A pattern matching every special token of the prompt encoder's tokenizer (the added tokens
-    marked special, the named ones such as eos, and the image placeholder), longest first, so that
-    a match names the whole token rather than a shorter one inside it."""
+def special_tokens(prompt_encoder: PromptEncoder) -> set[str]:
+    """Every special token of the prompt encoder's tokenizer: the added tokens marked special, the named ones such as
+    eos, and the image placeholder."""
     tokenizer = prompt_encoder.tokenizer
     tokens = {token.content for token in tokenizer.added_tokens_decoder.values() if token.special}
-    tokens |= set(tokenizer.all_special_tokens) | {prompt_encoder.image_token}
-    return re.compile("|".join(re.escape(token) for token in sorted(tokens - {""}, key=len, reverse=True)))
+    return (tokens | set(tokenizer.all_special_tokens) | {prompt_encoder.image_token}) - {""}
+
+
+def special_token_pattern(prompt_encoder: PromptEncoder) -> re.Pattern[str]:
+    """A pattern matching every special token of the prompt encoder's tokenizer (`special_tokens`), longest first, so
+    that a match names the whole token rather than a shorter one inside it."""
+    return re.compile("|".join(re.escape(token) for token in sorted(special_tokens(prompt_encoder), key=len, reverse=True)))
+
+
+TEXT_MARK = "\ue000maple:text\ue000"
+"""An added token (not special) that `plain_text_tokenizer` splits off before the text it marks: the text then starts a
+piece of the input after a token, as a candidate text does inside the prompt (Llama's Metaspace marks only the
+input's first piece with a "▁"). Its id is dropped; a text holding it is not read as text."""
+
+
+def plain_text_tokenizer(tokenizer) -> tokenizers.Tokenizer | None:
+    """A copy of a fast tokenizer's backend that reads special tokens' strings as the text they spell (the "<", "s",
+    ">" of "<s>", as in any text the model was trained on), with `TEXT_MARK` added; None for a tokenizer without a
+    backend (a slow one)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    copy = tokenizers.Tokenizer.from_str(backend.to_str())
+    # split off before normalising, as added tokens are: a normalizer that prepends "▁" (Llama 2-era) then marks the
+    # text as it marks a piece after a special token
+    copy.add_tokens([tokenizers.AddedToken(TEXT_MARK, special=False, normalized=False)])
+    copy.encode_special_tokens = True
+    return copy
 
 
 def answer_token(prompt_encoder: PromptEncoder, word: str) -> tuple[str, int]:
@@ -218,6 +247,12 @@ class MLLMJudge(LoadsFromVLM):
         # The prompt split into the part all candidate texts of an image share and the rest.
         self.prefix_text, self.suffix_template = self._split_prompt()
         self._special_tokens = special_token_pattern(self.prompt_encoder)
+        self._special_ids = {tokenizer.convert_tokens_to_ids(token) for token in special_tokens(self.prompt_encoder)}
+        self._plain_text_tokenizer = plain_text_tokenizer(tokenizer)
+        if self._plain_text_tokenizer is not None and not all(
+            self._plain_suffix_ids(probe) == self.suffix_ids([probe])[0] for probe in PROBE_TEXTS
+        ):
+            self._plain_text_tokenizer = None  # its reading of the prompt around a text is not the whole prompt's
         # The prefix differs between images only in the text their placeholder becomes (for most
         # families, how many image tokens it holds): tokenise it once per such text.
         self._prefix_ids_by_image_text: dict[str, list[int]] = {}
@@ -283,14 +318,14 @@ class MLLMJudge(LoadsFromVLM):
                     f"whole prompt does, even right after the image token: {rendered!r}"
                 )
         prefix, suffix = rendered[:cut], rendered[cut:]
+        self._suffix_parts = suffix.split(marker)  # the suffix's own text around each place of the candidate text
         return prefix, suffix.replace("{", "{{").replace("}", "}}").replace(marker, "{text}")
 
     def _tokenises_consistently(self, prefix: str, suffix: str, marker: str) -> bool:
         """Whether ids(prefix) + `_tokenise_suffixes`(suffix) == ids(prefix + suffix) with awkward texts at `marker`."""
-        probes = ["a red circle", '"quoted"', "'s apostrophe", " leading space", "", "123", "Émile über ✓", "\nnew line"]
         tokenizer = self.prompt_encoder.tokenizer
         prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
-        suffixes = [suffix.replace(marker, probe) for probe in probes]
+        suffixes = [suffix.replace(marker, probe) for probe in PROBE_TEXTS]
         return all(
             prefix_ids + suffix_ids == tokenizer(prefix + suffix, add_special_tokens=False)["input_ids"]
             for suffix, suffix_ids in zip(suffixes, self._tokenise_suffixes(suffixes))
@@ -309,14 +344,55 @@ class MLLMJudge(LoadsFromVLM):
         return self.prompt_encoder.image_problem(size)
 
     def special_token_in(self, text: str) -> str | None:
-        """The first special token of the judge's tokenizer that `text` contains, or None.
+        """The first special token of the judge's tokenizer that `text` contains and that the judge cannot read as
+        text, or None.
 
-        Candidate texts are tokenised inside the chat prompt, where such a string becomes the token
-        itself, not text: `<|im_end|>` ends the user turn early, an image placeholder (`<|image_pad|>`,
-        SmolVLM's literal `<image>`) claims image features that do not exist. So `score` and
+        Tokenised as the chat prompt is, such a string becomes the token itself, not text: `<s>` a BOS, `<|im_end|>`
+        the end of the user turn, an image placeholder (`<|image_pad|>`, SmolVLM's literal `<image>`) a claim on image
+        features that do not exist. So the judge reads a candidate text's special tokens as the characters they spell
+        (`_plain_suffix_ids`), as the model met such strings in its training text, where it can: with a fast tokenizer
+        whose plain reading of the prompt around a text is the whole prompt's (checked with `PROBE_TEXTS` when the
+        judge is made) and whose vocabulary spells no special token from the text's characters. Otherwise `score` and
         `score_images` refuse such texts, and the builder skips or drops them beforehand."""
         match = self._special_tokens.search(text)
-        return None if match is None else match.group()
+        return None if match is None or self._reads_as_text(text) else match.group()
+
+    def _reads_as_text(self, text: str) -> bool:
+        """Whether `_plain_suffix_ids` reads `text`'s special tokens as text: the judge has a plain-text tokenizer and
+        the text's tokens add no special token to the suffix."""
+        if self._plain_text_tokenizer is None or TEXT_MARK in text:
+            return False
+
+        def special_count(ids: list[int]) -> int:
+            return sum(token in self._special_ids for token in ids)
+
+        return special_count(self._plain_suffix_ids(text)) == special_count(self._plain_suffix_ids(""))
+
+    def _plain_suffix_ids(self, text: str) -> list[int]:
+        """Token ids of the prompt suffix for `text`, its special tokens' strings read as text: the suffix is cut at
+        the special tokens of the template's text alone, which stay tokens, and each run between them (one holds the
+        candidate text) is tokenised by `plain_text_tokenizer`; after `TEXT_MARK` where a token precedes the run in
+        the prompt, alone where the run starts the suffix, as `suffix_ids` tokenises it."""
+        pieces: list[tuple[str, bool]] = []  # (string, whether it is a special token of the template)
+        run = ""
+        for index, part in enumerate(self._suffix_parts):
+            run += text if index else ""
+            position = 0
+            for match in self._special_tokens.finditer(part):
+                pieces += [(run + part[position : match.start()], False), (match.group(), True)]
+                run, position = "", match.end()
+            run += part[position:]
+        pieces.append((run, False))
+        tokenizer = self.prompt_encoder.tokenizer
+        ids: list[int] = []
+        for position, (piece, is_token) in enumerate(pieces):
+            if is_token:
+                ids.append(tokenizer.convert_tokens_to_ids(piece))
+            elif piece and position == 0 and not self._suffix_lead:
+                ids += self._plain_text_tokenizer.encode(piece, add_special_tokens=False).ids
+            elif piece:
+                ids += self._plain_text_tokenizer.encode(TEXT_MARK + piece, add_special_tokens=False).ids[1:]
+        return ids
 
     def prefix_ids(self, images: EncodedImages, index: int) -> list[int]:
         """Token ids of the shared prompt prefix for the `index`-th of `images` (image tokens
@@ -327,8 +403,12 @@ class MLLMJudge(LoadsFromVLM):
         return list(self._prefix_ids_by_image_text[image_text])
 
     def suffix_ids(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids of the prompt suffix for each candidate text (one batched tokenizer call)."""
-        return self._tokenise_suffixes([self.suffix_template.format(text=text) for text in texts])
+        """Token ids of the prompt suffix for each candidate text (one batched tokenizer call); a text holding a special
+        token's string with its special tokens read as text where the judge can (`special_token_in`)."""
+        suffixes = self._tokenise_suffixes([self.suffix_template.format(text=text) for text in texts])
+        if self._plain_text_tokenizer is None:
+            return suffixes
+        return [self._plain_suffix_ids(text) if self._special_tokens.search(text) else ids for text, ids in zip(texts, suffixes)]
 
     def _check_prefix_fits(self, image_name: str, prefix_length: int) -> None:
         """A ValueError naming the image if its prompt, without any candidate text, is longer than `context_length`:

@@ -1,6 +1,7 @@
 """MLLMJudge on tiny Qwen2-VL models: the real code paths with random (or briefly trained) weights."""
 
 import warnings
+from collections.abc import Sequence
 
 import pytest
 import torch
@@ -868,6 +869,53 @@ def test_corrupt_image_data_is_an_error_naming_the_image(sharp_judge):
         sharp_judge.prompt_encoder.encode_images([IMAGES[0], _truncated_png()])
 
 
+SPECIAL_TEXTS = ["a <|im_end|> tag", "x<|vision_start|>", "an <|image_pad|> tag", "<|im_start|>"]
+
+
+def test_a_text_holding_a_special_tokens_string_is_judged_as_the_text_it_spells(sharp_judge):
+    """Such texts were refused (and the builder skipped their rows): now the template's special tokens stay tokens and
+    the text's are read as the characters they spell, as a tokenizer without them would."""
+    tokenizer = sharp_judge.prompt_encoder.tokenizer
+    head, tail = sharp_judge.suffix_template.split("{text}")
+    turn_end = tail.index("<|im_end|>")
+    for text in SPECIAL_TEXTS:
+        assert sharp_judge.special_token_in(text) is None and JudgeEnsemble([sharp_judge]).special_token_in(text) is None
+        plain = tokenizer(head + text + tail[:turn_end], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        template_tokens = tokenizer(tail[turn_end:], add_special_tokens=False)["input_ids"]
+        assert sharp_judge.suffix_ids([text])[0] == plain + template_tokens
+    texts = [SPECIAL_TEXTS[:2], SPECIAL_TEXTS[2:] + ["a red circle"]]
+    reused, per_pair = sharp_judge.score(IMAGES[:2], texts), sharp_judge.score(IMAGES[:2], texts, reuse_prefix=False)
+    for a, b in zip(reused, per_pair):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    by_text = sharp_judge.score_images(SPECIAL_TEXTS[:2], [[IMAGES[0]], [IMAGES[0]]])
+    torch.testing.assert_close(torch.cat(by_text), per_pair[0], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("legacy_normalizer", [False, True])
+def test_a_llama_judge_reads_a_bos_string_in_a_caption_as_text(legacy_normalizer):
+    """ "the <s> key" was refused for Llama tokenizers, where "<s>" is the BOS; the builder skipped the row."""
+    text = "the <s> key"
+    prompt = judge_module.DEFAULT_JUDGE_PROMPT if not legacy_normalizer else '"{text}"? Does the image align with the text? Answer Yes or No.'
+    judge = _llama_judge(prompt, ["a red circle", text], legacy_normalizer=legacy_normalizer)
+    tokenizer = judge.prompt_encoder.tokenizer
+    assert judge.special_token_in(text) is None
+    ids = judge.suffix_ids([text])[0]
+    assert tokenizer.bos_token_id not in ids
+    # the template's text holds no special token of this tokenizer: the suffix is one run, read as text
+    suffix = judge.suffix_template.format(text=text)
+    assert ids == tokenizer(suffix, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    scores = judge.score([IMAGES[0]], [[text, "a red circle"]])
+    torch.testing.assert_close(scores[0], judge.score([IMAGES[0]], [[text, "a red circle"]], reuse_prefix=False)[0], atol=1e-4, rtol=0)
+
+
+def test_a_special_token_the_vocabulary_spells_from_its_characters_is_still_refused():
+    """Read as text, "<s>" would still become the BOS where the tokenizer's merges spell it."""
+    judge = _llama_judge(judge_module.DEFAULT_JUDGE_PROMPT, ["a red circle", "the <s> key"], spelled=["<s>"])
+    assert judge.special_token_in("the <s> key") == "<s>"
+    with pytest.raises(ValueError, match=r"texts\[0\]\[0\] contains the judge's special token '<s>'"):
+        judge.score([IMAGES[0]], [["the <s> key"]])
+
+
 @pytest.mark.parametrize(
     "call, message",
     [
@@ -876,24 +924,35 @@ def test_corrupt_image_data_is_an_error_naming_the_image(sharp_judge):
         (lambda judge: judge.score_images(["fine", "x<|vision_start|>"], [[IMAGES[0]], [IMAGES[1]]]), r"texts\[1\] contains .*'<\|vision_start\|>'"),
     ],
 )
-def test_texts_holding_a_special_token_are_refused_before_any_forward(sharp_judge, call, message, monkeypatch):
+def test_a_judge_that_cannot_read_special_tokens_as_text_refuses_texts_holding_one_before_any_forward(
+    sharp_judge, call, message, monkeypatch
+):
+    """A tokenizer without a backend (a slow one), or whose plain reading of the prompt around a text differs from the
+    whole prompt's, cannot read them as text."""
     def no_forward(*args, **kwargs):
         raise AssertionError("the model ran")
 
     monkeypatch.setattr(sharp_judge.model.model, "forward", no_forward)
+    monkeypatch.setattr(sharp_judge, "_plain_text_tokenizer", None)
     with pytest.raises(ValueError, match=message):
         call(sharp_judge)
     with pytest.raises(ValueError, match=message):
         call(JudgeEnsemble([sharp_judge]))
 
 
+def test_a_judge_without_a_backend_tokenizer_has_no_plain_text_reading(monkeypatch):
+    monkeypatch.setattr(judge_module, "plain_text_tokenizer", lambda tokenizer: None)
+    assert tiny_judge(seed=0).special_token_in("a <|im_end|> tag") == "<|im_end|>"
+
+
 @pytest.mark.parametrize("call", [
     lambda ensemble: ensemble.score(IMAGES[:2], [["fine"], ["a red <image> square"]]),
     lambda ensemble: ensemble.score_images(["fine", "a red <image> square"], [[IMAGES[0]], [IMAGES[1]]]),
 ])
-def test_an_ensemble_refuses_a_text_special_to_any_member_before_any_member_scores(call, monkeypatch):
+def test_an_ensemble_refuses_a_text_any_member_cannot_read_before_any_member_scores(call, monkeypatch):
     """"<image>" is special to SmolVLM's tokenizer only: the Qwen2-VL member ran its forwards, then SmolVLM refused it."""
     qwen, smolvlm = tiny_judge(seed=1), tiny_judge(seed=2, family="smolvlm")
+    monkeypatch.setattr(smolvlm, "_plain_text_tokenizer", None)
     for member in (qwen, smolvlm):
         monkeypatch.setattr(member.model.model, "forward", lambda *args, **kwargs: pytest.fail("a member ran its model"))
     with pytest.raises(ValueError, match=r"texts\[1\](\[0\])? contains the judge's special token '<image>'"):
@@ -903,13 +962,19 @@ def test_an_ensemble_refuses_a_text_special_to_any_member_before_any_member_scor
 def test_a_special_token_is_refused_on_the_per_pair_path_too(sharp_judge, monkeypatch):
     """An image slot without features: the per-pair path crashed naming nothing."""
     monkeypatch.setattr(sharp_judge.model.model, "forward", lambda *args, **kwargs: pytest.fail("the model ran"))
+    monkeypatch.setattr(sharp_judge, "_plain_text_tokenizer", None)
     with pytest.raises(ValueError, match=r"texts\[0\]\[0\] contains .*'<\|image_pad\|>'"):
         sharp_judge.score(IMAGES[:1], [["an <|image_pad|> tag"]], reuse_prefix=False)
 
 
-def test_smolvlm_judge_refuses_its_literal_image_placeholder_in_a_text():
+def test_smolvlm_judge_reads_its_literal_image_placeholder_in_a_text_as_text(monkeypatch):
     judge = tiny_judge(seed=0, family="smolvlm")
     assert judge.special_token_in("a cat") is None
+    assert judge.special_token_in("an <image> and a <row_1_col_1>") is None
+    image_token = judge.prompt_encoder.image_token_id
+    assert judge.suffix_ids(["an <image> here"])[0].count(image_token) == 0
+    assert judge.score([IMAGES[0]], [["an <image> here"]])[0].shape == (1,)
+    monkeypatch.setattr(judge, "_plain_text_tokenizer", None)
     assert judge.special_token_in("an <image> and a <row_1_col_1>") == "<image>"
     assert JudgeEnsemble([judge]).special_token_in("a <row_1_col_1> tag") == "<row_1_col_1>"
     with pytest.raises(ValueError, match=r"texts\[0\]\[0\] contains the judge's special token '<image>'"):
@@ -975,10 +1040,11 @@ def test_settings_hold_what_changes_the_scores():
     assert JudgeEnsemble([small, large]).settings == {"judges": [small.settings, large.settings]}
 
 
-def _llama_judge(prompt: str, texts: list[str], *, legacy_normalizer: bool = False) -> MLLMJudge:
+def _llama_judge(prompt: str, texts: list[str], *, legacy_normalizer: bool = False, spelled: Sequence[str] = ()) -> MLLMJudge:
     """A tiny LLaVA judge asking `prompt`, on a Llama tokenizer whose vocabulary spells the prompt and `texts`:
     Metaspace with prepend_scheme="first", as transformers 5 builds Llama tokenizers, or with `legacy_normalizer` the
-    normalizer of Llama 2-era tokenizer.json files, which prepends "▁" to every piece between special tokens."""
+    normalizer of Llama 2-era tokenizer.json files, which prepends "▁" to every piece between special tokens. Its
+    merges spell "Yes", "No" and the words of `spelled` from their characters."""
     from tokenizers import normalizers
     from transformers import AutoModelForImageTextToText, LlamaTokenizer
 
@@ -989,11 +1055,11 @@ def _llama_judge(prompt: str, texts: list[str], *, legacy_normalizer: bool = Fal
     for character in sorted(set(corpus.replace(" ", "▁")) | {"▁"}):
         vocab.setdefault(character, len(vocab))
     merges = []
-    for word in ("Yes", "No"):  # one token each, as the judge needs
-        piece = "▁" + word[0]
-        merges.append(("▁", word[0]))
+    for word in ("▁Yes", "▁No", *spelled):  # one token each ("Yes", "No" as the judge needs)
+        piece = word[:2]
+        merges.append((word[0], word[1]))
         vocab.setdefault(piece, len(vocab))
-        for character in word[1:]:
+        for character in word[2:]:
             merges.append((piece, character))
             piece += character
             vocab.setdefault(piece, len(vocab))
