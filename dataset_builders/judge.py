@@ -26,6 +26,7 @@ from transformers import DynamicCache
 from modeling_maple.modeling_maple import last_token_pool
 
 from .interfaces import ENSEMBLE_SEPARATOR, PreferenceJudge, component_name, first_finding
+from .scoring import JudgeOutputError
 from .vlm_inputs import (
     EncodedImages,
     LoadsFromVLM,
@@ -690,7 +691,7 @@ class JudgeEnsemble:
         check_score_inputs(images, texts)  # members need not check
         check_special_tokens(self, candidate_names(texts))
         per_judge = [judge.score(images, texts) for judge in self.judges]
-        return [torch.stack(scores).mean(dim=0) for scores in zip(*per_judge)]
+        return self._mean_scores(per_judge, [len(candidates) for candidates in texts], "images")
 
     def score_images(self, texts: list[str], images: list[list[PIL.Image.Image]]) -> list[torch.Tensor]:
         """Per text, the mean over judges of alpha(images[i][j], texts[i]); every judge must have `score_images`
@@ -701,4 +702,20 @@ class JudgeEnsemble:
             raise TypeError(f"score_images() needs every judge of the ensemble to have it; these have not: {', '.join(lacking)}")
         check_special_tokens(self, ((f"texts[{index}]", text) for index, text in enumerate(texts)))
         per_judge = [judge.score_images(texts, images) for judge in self.judges]
-        return [torch.stack(scores).mean(dim=0) for scores in zip(*per_judge)]
+        return self._mean_scores(per_judge, [len(candidates) for candidates in images], "texts")
+
+    def _mean_scores(self, per_judge: list[list[torch.Tensor]], counts: list[int], query_name: str) -> list[torch.Tensor]:
+        """Per query (`query_name`[i]), the mean of the members' scores, after checking that each member answered one
+        row of `counts[i]` scores per query: a `JudgeOutputError` names the member and the query otherwise (the rows
+        were zipped, so a member's short answer cut the ensemble's short silently, and a row of another length was a
+        bare stacking error)."""
+        for judge, scores in zip(self.judges, per_judge):
+            member = f"ensemble member {component_name(judge)}"
+            if len(scores) != len(counts):
+                raise JudgeOutputError(f"{member} returned {len(scores)} score rows for {len(counts)} {query_name}")
+            for index, (row, count) in enumerate(zip(scores, counts)):
+                if (shape := tuple(torch.as_tensor(row).shape)) != (count,):
+                    raise JudgeOutputError(
+                        f"{member} returned scores of shape {shape} for {query_name}[{index}]; expected ({count},)"
+                    )
+        return [torch.stack([torch.as_tensor(row) for row in rows]).mean(dim=0) for rows in zip(*per_judge)]

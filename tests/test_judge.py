@@ -460,6 +460,40 @@ def test_ensemble_averages_its_judges(sharp_judge):
         JudgeEnsemble([])
 
 
+class _MisshapenJudge(ColourJudge):
+    """A judge answering one row short, or each row twice as long."""
+
+    def __init__(self, fault: str) -> None:
+        super().__init__()
+        self.name, self.fault = f"misshapen-{fault}", fault
+
+    def _misshapen(self, rows: list[torch.Tensor]) -> list[torch.Tensor]:
+        return rows[:-1] if self.fault == "short" else [torch.cat([row, row]) for row in rows]
+
+    def score(self, images, texts):
+        return self._misshapen(super().score(images, texts))
+
+    def score_images(self, texts, images):
+        return self._misshapen(super().score_images(texts, images))
+
+
+@pytest.mark.parametrize("fault, message", [
+    ("short", r"ensemble member misshapen-short returned 1 score rows for 2 (images|texts)"),
+    ("long", r"ensemble member misshapen-long returned scores of shape \(2,\) for (images|texts)\[0\]; expected \(1,\)"),
+])
+def test_an_ensemble_refuses_a_member_answer_of_the_wrong_shape_naming_the_member(fault, message):
+    """A short answer cut the ensemble's answer short silently (the rows were zipped); a long row was a bare
+    "stack expects each tensor to be equal size"."""
+    from dataset_builders.scoring import JudgeOutputError
+
+    ensemble = JudgeEnsemble([ColourJudge(), _MisshapenJudge(fault)])
+    images = [Image.new("RGB", (8, 8), "red"), Image.new("RGB", (8, 8), "blue")]
+    with pytest.raises(JudgeOutputError, match=message):
+        ensemble.score(images, [["a red square"], ["a blue square"]])
+    with pytest.raises(JudgeOutputError, match=message):
+        ensemble.score_images(["a red square", "a blue square"], [[images[0]], [images[1]]])
+
+
 def test_an_ensemble_scores_images_only_with_judges_that_can():
     """`PreferenceJudge` asks for `score` alone: an ensemble of such judges is a judge, and its `score_images` names
     the member without one instead of failing with an AttributeError."""
