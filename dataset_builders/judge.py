@@ -445,11 +445,12 @@ class MLLMJudge(LoadsFromVLM):
         """The suffix ids of the longest start of `text`, cut at one of its own token boundaries, whose suffix takes at
         most `room` tokens. A text tokenised inside the prompt may take a token more or less than alone (merges at its
         ends; a byte-level BPE splits a character across tokens), so the cut moves back a token at a time until it
-        fits; the empty text fits (`_check_prefix_fits`)."""
+        fits; the empty text fits (`_check_prefix_fits`). A prompt that asks about the text k times holds it k times."""
         tokenizer = self.prompt_encoder.tokenizer
         encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=tokenizer.is_fast)
         text_ids, offsets = encoded["input_ids"], encoded.get("offset_mapping")  # only fast tokenizers give offsets
-        for keep in range(min(len(text_ids), room - self._empty_suffix_length), 0, -1):
+        occurrences = len(self._suffix_parts) - 1
+        for keep in range(min(len(text_ids), (room - self._empty_suffix_length) // occurrences), 0, -1):
             cut = text[: offsets[keep - 1][1]] if offsets is not None else tokenizer.decode(text_ids[:keep])
             if len(ids := self.suffix_ids([cut])[0]) <= room:
                 return ids
