@@ -85,7 +85,7 @@ _LEAD = (
     r"[ \t]*(?:\*\*)?[ \t]*"
 )
 _IMAGE_LEAD = re.compile(rf"^[ \t]*(?:[-*\u2022][ \t]+|\d+[.)][ \t]+)?{_LEAD}", re.M)
-# The same lead starting a sentence inside a line: "Image 1: A cat. Image 2 shows a dog." (only read after a label)
+# The same lead starting a sentence inside a line: "Image 1: A cat. Image 2 shows a dog." (only read beside a label)
 _SENTENCE_LEAD = re.compile(rf"(?<=[.!?])[ \t]+{_LEAD}")
 _CAPTION_START = re.compile(r"[^\W_]|[\"'\u201c\u2018]")  # a letter, a digit or a quote, not ":" or "'s"
 _NUMBERED_LINE = re.compile(r"^[ \t]*(\d+)[.)][ \t]+(\S.*?)[ \t]*$")
@@ -152,35 +152,39 @@ def _caption_after_lead(lead: re.Match, text: str, number: int) -> str | None:
 
 
 def _labelled_captions(generated: str, labels: list[re.Match]) -> list[str]:
-    """The caption after each of the answer's `labels` (`_labelled_caption`); a label's text that goes on to a lead
-    naming the next image, which no label names, holds that image's caption too (`_split_at_lead`)."""
+    """The caption after each of the answer's `labels` (`_labelled_caption`). Where no label names the image before
+    the first label's, a lead naming it before that label gives its caption ("Image 1 shows a cat.\nImage 2: a dog.");
+    where no label names the image after a label's, a lead naming it in the label's text ends the label's caption and
+    gives that image's ("Image 1: A cat. Image 2 shows a dog."; `_caption_led_in`)."""
     numbers = [_images_named(label[0]) for label in labels]
-    ends = [label.start() for label in labels[1:]] + [len(generated)]
     captions: list[str] = []
+    if len(numbers[0]) == 1 and (previous := min(numbers[0]) - 1) >= 1 and {previous} not in numbers:
+        if (led := _caption_led_in(generated[: labels[0].start()], previous)) is not None:
+            captions.append(led[1])
+    ends = [label.start() for label in labels[1:]] + [len(generated)]
     for label_numbers, label, end in zip(numbers, labels, ends):
         text = generated[label.end() : end]
-        split = None
+        led = None
         if len(label_numbers) == 1 and {next_number := min(label_numbers) + 1} not in numbers:
-            split = _split_at_lead(text, next_number)
-        captions += split or [_labelled_caption(text)]
+            led = _caption_led_in(text, next_number)
+        captions += [_labelled_caption(text)] if led is None else [_labelled_caption(text[: led[0]]), led[1]]
     return captions
 
 
-def _split_at_lead(text: str, number: int) -> list[str] | None:
-    """[the caption before the lead, image `number`'s caption] for a label's `text` in which a lead naming image
-    `number` starts a line or a sentence ("Image 1: A cat. Image 2 shows a dog."): the answer labels one image and
-    leads into the next, so the label's caption ends there. The first such lead whose caption starts as a caption does
-    and names no other image (`_caption_after_lead`); None if there is none, and the label's caption runs on."""
+def _caption_led_in(text: str, number: int) -> tuple[int, str] | None:
+    """(where the lead starts, the caption after it) for the first lead in `text` that names image `number`, starts a
+    line or a sentence and is followed by a caption of that image alone (`_caption_after_lead`); None if there is
+    none. A model that labels one image may lead into the other in a sentence, labelling nothing."""
     leads = [lead for pattern in (_IMAGE_LEAD, _SENTENCE_LEAD) for lead in pattern.finditer(text)]
     for lead in sorted(leads, key=lambda lead: lead.start()):
         if _images_named(lead[0]) == {number} and (caption := _caption_after_lead(lead, text[lead.end() :], number)):
-            return [_labelled_caption(text[: lead.start()]), caption]
+            return lead.start(), caption
     return None
 
 
 def parse_captions(generated: str) -> list[str]:
-    """Captions in one generated answer: the caption after every "Image N:" label (`_labelled_caption`; a lead into
-    the next image, unlabelled, ends it and starts that image's caption: `_labelled_captions`); else, for an
+    """Captions in one generated answer: the caption after every "Image N:" label (`_labelled_caption`; a lead naming
+    an unlabelled image next to a label's gives that image's caption: `_labelled_captions`); else, for an
     answer of one line per image in order ("Image 1 shows ...", "The second image depicts ...", "In Image 1, ..."),
     the caption after each lead (`_lead_captions`); else the items of a numbered list 1, 2, ... (other lines,
     such as an introduction or a closing comment, left out); else, when the model ignored the format, the whole

@@ -486,15 +486,20 @@ def test_leads_that_do_not_give_one_caption_per_image_in_order_give_no_caption(a
     ("**Image 1:** A cat. **Image 2 shows** a dog.", ["A cat.", "a dog."]),
     ("Image 1: A cat\nImage 2 shows a dog", ["A cat", "a dog"]),
     ("Image 1: A cat.\nImage 2 shows a dog.", ["A cat.", "a dog."]),
+    # and the other way round: a lead into the first image, then a label for the second
+    ("Image 1 shows a cat.\nImage 2: a dog.", ["a cat.", "a dog."]),
+    ("Here you go.\nThe first image shows a cat. **Image 2:** a dog.", ["a cat.", "a dog."]),
     # no split: the lead names the labelled image, a label names the next one, or no caption follows the lead
     ("Image 1: A cat. Image 1 shows a dog.", ["A cat. Image 1 shows a dog."]),
     ("Image 1: A cat. Image 2 shows a dog.\nImage 2: A dog.", ["A cat. Image 2 shows a dog.", "A dog."]),
     ("Image 1: A cat. Image 2 shows: a dog.", ["A cat. Image 2 shows: a dog."]),
+    ("Image 1 shows a cat.\nImage 1: a cat.\nImage 2: a dog.", ["a cat.", "a dog."]),
+    ("Image 1 shows: a cat.\nImage 2: a dog.", ["a dog."]),
 ])
-def test_a_label_followed_by_a_lead_into_the_next_image_gives_both_captions(answer, captions):
+def test_a_label_beside_a_lead_into_the_other_image_gives_both_captions(answer, captions):
     """The label's caption ran on over the lead: "A cat. Image 2 shows a dog." was one caption, naming both images
-    (and "A cat Image 2 shows a dog" where the label's line ended no sentence); on its own line after a finished
-    sentence, the second caption was lost."""
+    (and "A cat Image 2 shows a dog" where the label's line ended no sentence); a lead on a line of its own after a
+    finished sentence, or before the first label, was lost with its caption."""
     assert parse_captions(answer) == captions
 
 
