@@ -23,7 +23,7 @@ from dataset_builders.interfaces import renamed_members
 from evaluation.metric_names import QUADRUPLE_SCORES, RETRIEVAL_METRICS
 from maple import PAPER_CITATION
 from maple.files import expanded_path
-from maple.hub import is_hub_id, local_path_name, validate_card
+from maple.hub import local_path_name, validate_card
 from modeling_maple.configuration_maple import mllm_family
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -59,13 +59,6 @@ def _benchmark_dataset_id(name: str) -> str:
 
     spec = BENCHMARKS.get(name)
     return spec.hub_id if spec else name
-
-
-def _dataset_type(source: str) -> str:
-    """`model-index`'s `dataset.type` of a benchmark read from `source`: a Hub dataset id as it is; a local path by its
-    folder's name (`local_path_name`): the Hub takes the type for a dataset id, and a path means nothing there and
-    may say more about the machine (a home folder, a user name) than its owner means to publish."""
-    return source if is_hub_id(source) else local_path_name(source) or source
 
 
 def _written_by_maple(result: EvalResult, eval_results: Mapping[str, Mapping[str, Any]], replaced_tables: set[str]) -> bool:
@@ -105,13 +98,12 @@ def _eval_results(
     eval_results: Mapping[str, Mapping[str, Any]], dataset_ids: Mapping[str, str] | None = None
 ) -> list[EvalResult]:
     """`model-index` entries: every headline metric of every benchmark (and per-category subset). A benchmark's
-    dataset is `dataset_ids[benchmark]` (the Hub id it was read from), by default its official Hub id (`_dataset_type`:
-    a local path by its folder's name). A category's score is the metric restricted to it, so the category is the
-    metric's `config` ("group_score" of config "replace-att"), not the dataset's: `dataset.config` names a config
-    that `load_dataset` takes."""
+    dataset is `dataset_ids[benchmark]` (the Hub id it was read from), by default its official Hub id. A category's
+    score is the metric restricted to it, so the category is the metric's `config` ("group_score" of config
+    "replace-att"), not the dataset's: `dataset.config` names a config that `load_dataset` takes."""
     results = []
     for benchmark, metrics in eval_results.items():
-        dataset_id = _dataset_type((dataset_ids or {}).get(benchmark) or _benchmark_dataset_id(benchmark))
+        dataset_id = (dataset_ids or {}).get(benchmark) or _benchmark_dataset_id(benchmark)
         for subset, values in _subsets(metrics):
             for key in RETRIEVAL_METRICS + QUADRUPLE_SCORES:
                 # the YAML metric values must be finite numbers: a NaN score (a diverged model) stays in the tables

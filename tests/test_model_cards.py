@@ -582,23 +582,6 @@ def test_with_eval_results_names_the_dataset_each_benchmark_was_read_from(tmp_pa
     assert datasets == {("coco", "maple-org/coco-mirror"), ("bivlc", "imirandam/BiVLC")}
 
 
-def test_a_benchmark_read_from_a_local_folder_is_named_by_the_folders_name_in_the_model_index(tmp_path, monkeypatch):
-    """A benchmark named by its local path, or read from one (`dataset_ids`), had that path as `dataset.type`, which
-    the Hub takes for a dataset id: a home folder and a user name were published in the card's metadata."""
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "alice" / "my-bench").mkdir(parents=True)
-    scores = {"i2t_r1": 11.0, "t2i_r1": 12.0}
-    card = model_card_from_run(tmp_path / "model", None, "mllm", {}, [],
-                               {str(tmp_path / "alice" / "my-bench"): scores, "./relative-bench": scores})
-    assert {result.dataset_type for result in ModelCard(str(card)).data.eval_results} == {"my-bench", "relative-bench"}
-    updated = with_eval_results(card, {"coco": scores}, dataset_ids={"coco": str(tmp_path / "alice" / "coco-copy")})
-    assert {result.dataset_type for result in ModelCard(str(updated)).data.eval_results} == {"coco-copy"}
-    # a Hub id stays as it is, also where a folder of that path exists here
-    (tmp_path / "org" / "bench").mkdir(parents=True)
-    updated = with_eval_results(card, {"coco": scores}, dataset_ids={"coco": "org/bench"})
-    assert {result.dataset_type for result in ModelCard(str(updated)).data.eval_results} == {"org/bench"}
-
-
 STATS = {  # the shape `MaplePreferences.build_stats` gives
     "config_name": "default", "source": "openclipart", "source_license": "cc0-1.0", "judge": "Qwen/Qwen2-VL-7B-Instruct",
     "judge_prompt": 'Does the image align with the text "{text}"? Answer Yes or No.', "captioner": "Qwen/Qwen2.5-VL-72B-Instruct",
