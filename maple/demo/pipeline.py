@@ -66,7 +66,8 @@ TEXT_CANDIDATES_PER_STEP = 4
 # Training arguments that only change what is displayed, left out of a run's stored arguments.
 DISPLAY_ONLY_ARGS = ("disable_tqdm",)
 # The licence of the preference data and of the MAPLE model the demo publishes: the world is drawn, and its base model
-# initialised and trained, by this package's code (Apache-2.0), from no one else's data or weights
+# initialised and trained, by this package's code (Apache-2.0), from no one else's data or weights. With --judge, the
+# preference scores are that MLLM's outputs, and its own terms may apply to them too (docs/demo.md)
 DEMO_LICENSE = "apache-2.0"
 
 
