@@ -901,8 +901,11 @@ def test_the_judge_noise_defines_a_run_of_the_scene_graph_judge_only(tmp_path, m
     pipeline.claim_output_folder(replace(real_judge, judge_noise=0.5))
     (tmp_path / "run.json").write_text(json.dumps({**real_judge.identity(), "judge_noise": 0.3}))  # an older demo's
     pipeline.claim_output_folder(replace(real_judge, judge_noise=0.5))
-    with pytest.raises(ValueError, match=r"judge: 'org/judge' -> 'scene-graph'; judge_noise: None -> 0.3\)"):
+    # against a run of the scene-graph judge, the older run's noise is compared as written, not as missing
+    with pytest.raises(ValueError, match=r"\(judge: 'org/judge' -> 'scene-graph'\)"):
         pipeline.claim_output_folder(replace(real_judge, judge=None))
+    with pytest.raises(ValueError, match=r"judge: 'org/judge' -> 'scene-graph'; judge_noise: 0.3 -> 0.5\)"):
+        pipeline.claim_output_folder(replace(real_judge, judge=None, judge_noise=0.5))
 
 
 @pytest.mark.parametrize(

@@ -234,7 +234,8 @@ def claim_output_folder(config: DemoConfig) -> None:
         raise ValueError(problem)
     if path.exists():
         stored = _read_json_file(path, "a demo run")
-        if stored.get("judge", "scene-graph") != "scene-graph":  # an older demo's, of a real judge, holds its unused noise
+        # an older demo's run of a real judge holds its unused noise: compared with a run of a real judge, it is left out
+        if stored.get("judge", "scene-graph") != "scene-graph" and config.judge is not None:
             stored.pop("judge_noise", None)
         if differences := _identity_differences(stored, identity):
             raise ValueError(
