@@ -228,27 +228,28 @@ def _images_named(name: Callable[[int], str], benchmark: bool = False) -> Iterat
 
 def _image_keys(images: Sequence[Any]) -> list[Hashable]:
     """One key per image, equal for copies of one image: a benchmark's images by their stored bytes (`content_keys`,
-    read without decoding), a PIL image by the picture it loads as (`maple.content.content_id`, as the trainer tells
-    items apart: pixels, palette, transparency, EXIF turn), a path by its file's bytes; an item of any other kind (an
-    embedder's own) by its position, a copy of none."""
+    read without decoding), others as `_image_key` says."""
     if hasattr(images, "content_keys"):
         return images.content_keys()
+    return [_image_key(image, position) for position, image in enumerate(images)]
+
+
+def _image_key(image: Any, position: int) -> Hashable:
+    """The key of `image`, at `position` among the images: a PIL image by the picture it loads as
+    (`maple.content.content_id`, as the trainer tells items apart: pixels, palette, transparency, EXIF turn), a path by
+    its file's bytes; an item of any other kind (an embedder's own) by its position, a copy of none."""
     from PIL import Image
 
     from maple.content import content_id
 
-    keys: list[Hashable] = []
-    for position, image in enumerate(images):
-        if isinstance(image, Image.Image):
-            try:
-                keys.append(("pixels", content_id(image)))
-            except OSError:  # corrupt image data: the processor reports it, by its position
-                keys.append(("position", position))
-        elif isinstance(image, (str, os.PathLike)) and os.path.isfile(image):
-            keys.append(file_key(image))
-        else:
-            keys.append(("position", position))
-    return keys
+    if isinstance(image, Image.Image):
+        try:
+            return ("pixels", content_id(image))
+        except OSError:  # corrupt image data: the processor reports it, by its position
+            return ("position", position)
+    if isinstance(image, (str, os.PathLike)) and os.path.isfile(image):
+        return file_key(image)
+    return ("position", position)
 
 
 @dataclass(frozen=True)
@@ -290,8 +291,8 @@ class _Subset(LazySequence):
 
 
 class _Interleaved(LazySequence):
-    """The 2n images of two image columns in order I0, I1, I0, I1, ..., fetched on access, so that lazy benchmark
-    images are decoded one batch at a time, each once."""
+    """The 2n images of two image columns (a benchmark's) in order I0, I1, I0, I1, ..., fetched on access, so that lazy
+    benchmark images are decoded one batch at a time, each once."""
 
     def __init__(self, images0: Sequence[Any], images1: Sequence[Any]):
         self._columns = (images0, images1)
@@ -308,6 +309,11 @@ class _Interleaved(LazySequence):
         keys = [key for pair in zip(*map(_image_keys, self._columns)) for key in pair]
         return [("position", index) if key[0] == "position" else key for index, key in enumerate(keys)]
 
+    def place(self, index: int) -> str:
+        """Where image `index` is stored, as its column's `place` says (columns whose images say it)."""
+        quadruple, column = divmod(index, 2)
+        return self._columns[column].place(quadruple)
+
 
 def _by_position(quadruples: Quadruples) -> Any:
     """What gives `quadruples`' rows by position: a pandas Series' `.iloc`, as its `[i]` is by label (a KeyError: 0
@@ -316,21 +322,36 @@ def _by_position(quadruples: Quadruples) -> Any:
     return getattr(quadruples, "iloc", quadruples)
 
 
-class _Field(LazySequence):
-    """One field of every quadruple, fetched on access, by position."""
+class _RowImages(LazySequence):
+    """The 2n images of quadruples read row by row, in order I0, I1, I0, I1, ..., fetched on access, by position. The
+    embedder asks for them in order, so the row read for I0 is kept for I1: a lazy set that decodes its images to give
+    a row gives each row once to have it embedded (it was read once per image column)."""
 
-    def __init__(self, quadruples: Quadruples, field: int):
-        self._quadruples, self._rows, self._field = quadruples, _by_position(quadruples), field
+    def __init__(self, quadruples: Quadruples):
+        self._rows, self._num_rows = _by_position(quadruples), len(quadruples)
+        self._last_row: tuple[int, Any] | None = None  # (index, row) of the row read last
 
     def __len__(self) -> int:
-        return len(self._quadruples)
+        return 2 * self._num_rows
 
     def _item(self, index: int) -> Any:
-        return self._rows[index][self._field]
+        row, column = divmod(index, 2)
+        if self._last_row is None or self._last_row[0] != row:
+            self._last_row = (row, self._rows[row])
+        return self._last_row[1][column]
 
 
-# (images0, images1, texts0, texts1) of some quadruples, as `_columns` reads them
-_QuadrupleColumns = tuple[Sequence[Any], Sequence[Any], list[str], list[str]]
+@dataclass(frozen=True)
+class _QuadrupleColumns:
+    """Quadruples as `_columns` reads them: their 2n images in order I0, I1, I0, I1, ... (lazy), a key per image
+    (`_image_keys`, equal for copies), the two texts of each quadruple, and where the images say where they are stored
+    (a benchmark's), `place(i)` naming image i, else None."""
+
+    images: Sequence[Any]
+    image_keys: list[Hashable]
+    texts0: list[str]
+    texts1: list[str]
+    place: Callable[[int], str] | None
 
 
 def _check_container(quadruples: Any, argument: str) -> None:
@@ -352,9 +373,9 @@ def _check_container(quadruples: Any, argument: str) -> None:
         raise ValueError(f"{argument}: got none")
 
 
-def _checked_quadruple_texts(quadruples: Quadruples, index: int, argument: str) -> tuple[str, str]:
-    """(text0, text1) of quadruple `index`, read once, checked to be four fields of which the last two are strings
-    with words: a ValueError or TypeError naming it (`quadruples[2]: ...`). A first quadruple that is a mapping is a
+def _checked_quadruple(quadruples: Quadruples, index: int, argument: str) -> Sequence[Any]:
+    """Quadruple `index`, read once, checked to be four fields of which the last two (text0, text1) are strings with
+    words: a ValueError or TypeError naming it (`quadruples[2]: ...`). A first quadruple that is a mapping is a
     table's row (a datasets Dataset's dict, say, was named a malformed quadruple): its TypeError says how to pass the
     table's rows."""
     quadruple = _by_position(quadruples)[index]
@@ -371,22 +392,32 @@ def _checked_quadruple_texts(quadruples: Quadruples, index: int, argument: str) 
             raise TypeError(f"{argument}[{index}]: {field} is {text!r:.80} ({type(text).__name__}); expected a string")
         if not text.strip():  # MAPLE's processor refuses it too, but by its place among the interleaved texts
             raise ValueError(f"{argument}[{index}]: {field} is {text!r:.80}, blank; expected a text with words")
-    return quadruple[2], quadruple[3]
+    return quadruple
 
 
 def _columns(quadruples: Quadruples, argument: str) -> _QuadrupleColumns:
-    """I0, I1, T0, T1 of quadruples that `_check_container` passed, every text checked (`_checked_quadruple_texts`,
-    errors naming `argument`); nothing is embedded here.
+    """The `_QuadrupleColumns` of quadruples that `_check_container` passed, every text checked
+    (`_checked_quadruple`, errors naming `argument`); nothing is embedded here.
 
     A benchmark's quadruples hold their fields as columns (`columns()`, lazy images, texts checked when loaded), read
-    as such so that no image is decoded to read a text and each once to embed it; other quadruples are read row by
-    row, each once for its texts, and their images later by `_Field`."""
+    as such so that no image is decoded to read a text or a key and each once to embed it. Other quadruples are read
+    row by row twice: here for their texts and image keys, then by `_RowImages` to embed their images. Once would mean
+    holding every row's images, decoded, from this check to the embedding, which lazy sets avoid; the check comes
+    first so that a malformed quadruple is refused before anything is embedded, and the keys before the embedding,
+    which embeds copies of an image once."""
     if isinstance(quadruples, IndexedQuadruples):
         images0, images1, texts0, texts1 = quadruples.columns()
-        return images0, images1, list(texts0), list(texts1)
-    # by position, as `_Field` reads the images: a torch Dataset without `__iter__` iterates until an IndexError
-    texts0, texts1 = zip(*(_checked_quadruple_texts(quadruples, index, argument) for index in range(len(quadruples))))
-    return _Field(quadruples, 0), _Field(quadruples, 1), list(texts0), list(texts1)
+        images = _Interleaved(images0, images1)
+        place = images.place if hasattr(images0, "place") else None  # a benchmark's images say where they are stored
+        return _QuadrupleColumns(images, images.content_keys(), list(texts0), list(texts1), place)
+    texts0, texts1, image_keys = [], [], []
+    # by position, as `_RowImages` reads the images: a torch Dataset without `__iter__` iterates until an IndexError
+    for index in range(len(quadruples)):
+        image0, image1, text0, text1 = _checked_quadruple(quadruples, index, argument)
+        texts0.append(text0)
+        texts1.append(text1)
+        image_keys += [_image_key(image0, 2 * index), _image_key(image1, 2 * index + 1)]
+    return _QuadrupleColumns(_RowImages(quadruples), image_keys, texts0, texts1, None)
 
 
 # The tables refused as quadruples, by (module, class): none of these modules is imported here, as a table of one
@@ -425,7 +456,7 @@ def check_quadruples(quadruples: Any, argument: str = "quadruples") -> None:
     before anything is embedded."""
     _check_container(quadruples, argument)
     if not isinstance(quadruples, IndexedQuadruples):
-        _checked_quadruple_texts(quadruples, 0, argument)
+        _checked_quadruple(quadruples, 0, argument)
 
 
 def quadruple_similarities(model, processor, quadruples: Quadruples, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -439,27 +470,27 @@ def quadruple_similarities(model, processor, quadruples: Quadruples, batch_size:
 
 def _similarities(model, processor, columns: _QuadrupleColumns, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """`quadruple_similarities` of the quadruples' `_columns`, read once by the caller."""
-    images0, images1, texts0, texts1 = columns
-    num_quadruples = len(texts0)
+    num_quadruples = len(columns.texts0)
     # Embedded apart, batch padding moved two copies ~1e-7: the batch size decided whether a quadruple whose two
     # captions (or images) are one scored a hit.
-    texts = [text for pair in zip(texts0, texts1) for text in pair]
-    images = _Interleaved(images0, images1)
-    text_copies, image_copies = _Copies.of(texts), _Copies.of(_image_keys(images))
-    from_benchmark = hasattr(images0, "place")  # a benchmark's images say where they are stored
+    texts = [text for pair in zip(columns.texts0, columns.texts1) for text in pair]
+    text_copies, image_copies = _Copies.of(texts), _Copies.of(columns.image_keys)
 
     def image_name(index: int) -> str:  # the processor's index is into the distinct images, which the caller never made
-        quadruple, column = divmod(image_copies.first[index], 2)
-        return (images0, images1)[column].place(quadruple) if from_benchmark else f"quadruples[{quadruple}], image{column}"
+        position = image_copies.first[index]
+        if columns.place is not None:
+            return columns.place(position)
+        quadruple, column = divmod(position, 2)
+        return f"quadruples[{quadruple}], image{column}"
 
     def text_name(index: int) -> str:
         quadruple, column = divmod(text_copies.first[index], 2)
         return f"quadruples[{quadruple}], text{column}"
 
-    with _images_named(image_name, benchmark=from_benchmark):
+    with _images_named(image_name, benchmark=columns.place is not None):
         text_embeds, image_embeds = _encode(
-            model, processor, list(text_copies.subset(texts)), image_copies.subset(images), batch_size, text_name,
-            image_name
+            model, processor, list(text_copies.subset(texts)), image_copies.subset(columns.images), batch_size,
+            text_name, image_name
         )
     text_pairs = text_embeds[text_copies.index].view(num_quadruples, 2, -1)
     image_pairs = image_embeds[image_copies.index].view(num_quadruples, 2, -1)

@@ -881,6 +881,34 @@ def test_quadruples_are_checked_and_read_once_per_evaluation():
     assert reads[0] == reads[1]
 
 
+
+def test_a_lazy_set_of_quadruples_is_read_twice_per_evaluation_to_check_it_then_to_embed_it():
+    """Each quadruple was read five times (its texts; the keys of image0, then of image1; its image0, then its image1
+    to embed them), each read decoding its images in a lazy set. It is read once to check it (texts and image keys),
+    then once for both its images as they are embedded; the scores are the bits a list of the same quadruples gets."""
+    import pandas as pd
+
+    from evaluation.lazy import LazySequence
+    from evaluation.protocols import evaluate_quadruples
+
+    rows = [_RIGHT, _WRONG, (_RIGHT[0], [0.2, 0.9, 0.1], "t1", "t0"), _RIGHT]  # the last a copy of the first
+    reads = [0] * len(rows)
+
+    class Quadruples(LazySequence):
+        def __len__(self):
+            return len(rows)
+
+        def _item(self, index):
+            reads[index] += 1
+            return rows[index]
+
+    expected = evaluate_quadruples(LookupEmbedder(_TEXTS), None, rows, ["a", "b", "a", "b"], batch_size=3)
+    lazy = evaluate_quadruples(LookupEmbedder(_TEXTS), None, Quadruples(), ["a", "b", "a", "b"], batch_size=3)
+    assert reads == [2] * len(rows)
+    assert lazy == expected
+    by_label = pd.Series(rows, index=[3, 2, 1, 0])  # read by position, as before
+    assert evaluate_quadruples(LookupEmbedder(_TEXTS), None, by_label, ["a", "b", "a", "b"], batch_size=3) == expected
+
 @pytest.mark.parametrize("quadruples, error, message", [
     ([], ValueError, r"^eval_quadruples\['sides'\]: got none$"),
     ([_RIGHT[:3], _RIGHT], ValueError,
