@@ -71,6 +71,7 @@ def evaluate_retrieval(
     Returns keys i2t_r1, i2t_r5, i2t_r10, i2t_mrr, t2i_r1, ..., t2i_mrr, num_images, num_captions.
     """
     _refuse_benchmark(images, "images")
+    images, captions_per_image = _in_order(images, "images"), _in_order(captions_per_image, "captions_per_image")
     _check_retrieval_inputs(images, captions_per_image)
     captions = [caption for image_captions in captions_per_image for caption in image_captions]
     # Copies of a caption, or of an image, are embedded once, so they tie exactly; embedded apart, batch padding moved
@@ -168,6 +169,19 @@ def _refuse_benchmark(value: Any, argument: str) -> None:
             f"{argument}: got the {value.name} benchmark itself; score it with evaluate_benchmark(model, processor, "
             "benchmark), or pass its fields"
         )
+
+
+def _in_order(items: Any, argument: str) -> Any:
+    """`items`, one per image, read by position: a pandas Series as a lazy view of its `.iloc`, as quadruples are read
+    (its `[i]` is by label: an image of a Series indexed from 1 failed with a bare KeyError: 0 where it had a copy, and
+    for the index [1, 0, 2] the copies were embedded as the other image, silently), anything else as it is. A table is a
+    TypeError naming `argument`: its rows are not images, nor caption lists."""
+    if _is_table(items):
+        raise TypeError(
+            f"{argument}: expected a list, one entry per image, got a table ({type(items).__name__}); pass its column: "
+            "table[<column>]"
+        )
+    return _Subset(_by_position(items), range(len(items))) if hasattr(items, "iloc") else items
 
 
 def _check_retrieval_inputs(images: Sequence[Any], captions_per_image: Sequence[Sequence[str]]) -> None:

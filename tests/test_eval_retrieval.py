@@ -7,6 +7,7 @@ from PIL import Image
 
 from evaluation import retrieval as retrieval_module
 from evaluation.metrics import first_relevant_ranks, retrieval_recall
+from evaluation.protocols import evaluate_retrieval
 from evaluation.retrieval import chunked_ranks, chunked_retrieval_recall, chunked_topk
 
 
@@ -300,3 +301,41 @@ def test_palette_images_differing_only_in_their_palette_are_two_images_in_retrie
     blue.putpalette([0, 0, 255] + [0, 0, 0] * 255)
     keys = _image_keys([red, blue, red.copy()])
     assert keys[0] != keys[1] and keys[0] == keys[2]
+
+
+class _PixelEmbedder:
+    """Embeds each text by a lookup table and each PIL image as its top-left pixel's red and green values."""
+
+    TEXTS = {"a red square": [1.0, 0.0], "a green square": [0.0, 1.0], "another red square": [1.0, 0.1]}
+
+    def encode(self, processor, texts, images, batch_size):
+        pixels = [images[index].getpixel((0, 0))[:2] for index in range(len(images))]
+        return torch.tensor([self.TEXTS[text] for text in texts]), torch.tensor(pixels, dtype=torch.float32)
+
+
+def test_retrieval_reads_a_series_of_images_and_of_caption_lists_by_position_whatever_its_index():
+    """As quadruples are read: a Series' [i] is by label, so the copies of an image (embedded once, fetched by their
+    position) were a bare KeyError: 0 for a Series indexed from 1, and for the index [1, 0, 2] the other image,
+    silently (every score 0 where a list scored 100); a Series of caption lists was refused as not a list."""
+    import pandas as pd
+
+    red, green = Image.new("RGB", (2, 2), (1, 0, 0)), Image.new("RGB", (2, 2), (0, 1, 0))
+    images = [red, green, red.copy()]
+    captions = [["a red square"], ["a green square"], ["another red square"]]
+    expected = evaluate_retrieval(_PixelEmbedder(), None, images, captions)
+    assert expected["i2t_r1"] == expected["t2i_r1"] == 100.0
+    for index in ([1, 0, 2], [1, 2, 3], ["x", "y", "z"]):
+        assert evaluate_retrieval(_PixelEmbedder(), None, pd.Series(images, index=index), captions) == expected
+        series = (pd.Series(images, index=index), pd.Series(captions, index=index))
+        assert evaluate_retrieval(_PixelEmbedder(), None, *series) == expected
+
+
+def test_a_table_given_as_retrieval_images_or_captions_is_refused_by_name():
+    """A DataFrame's iteration gives its column names, and its [0:32] rows: read as images, it failed in the embedder."""
+    import pandas as pd
+
+    table = pd.DataFrame({"image": [[1.0, 0.0]], "captions": [["a"]]})
+    with pytest.raises(TypeError, match=r"^images: expected a list, one entry per image, got a table \(DataFrame\); "):
+        evaluate_retrieval(_PixelEmbedder(), None, table, [["a"]])
+    with pytest.raises(TypeError, match=r"^captions_per_image: expected a list, one entry per image, got a table "):
+        evaluate_retrieval(_PixelEmbedder(), None, [[1.0, 0.0]], table)
