@@ -38,7 +38,7 @@ from maple.cli import (
 from maple.files import atomic_write_json, atomic_write_text, expanded_path, folder_problem
 
 from .benchmarks import BENCHMARKS, QuadrupleBenchmark, RetrievalBenchmark, benchmark_image_files, load_benchmark
-from .metric_names import QUADRUPLE_SCORES, RETRIEVAL_METRICS
+from .metric_names import OVERALL_SUBSET, QUADRUPLE_SCORES, RETRIEVAL_METRICS
 
 if TYPE_CHECKING:
     from modeling_maple import MapleProcessor
@@ -469,8 +469,9 @@ def markdown_table(all_results: dict[str, dict[str, Any]]) -> str:
         header = ("text", "image", "group", "Δgap")
         lines += ["| model | benchmark | subset | " + " | ".join(header) + " |", "|---|---|---|" + "---|" * len(header)]
         for m, b, r in quadruples:
-            for subset, values in [("all", r)] + sorted(r.get("per_category", {}).items()):
-                gap = f"{r['modality_gap']['delta_gap']:.2f}" if subset == "all" else ""
+            for category, values in [(None, r)] + sorted(r.get("per_category", {}).items()):
+                gap = f"{r['modality_gap']['delta_gap']:.2f}" if category is None else ""  # the gap is overall only
+                subset = OVERALL_SUBSET if category is None else category
                 lines.append(f"| {table_cell(m)} | {b} | {table_cell(subset)} | "
                              + " | ".join(f"{values[c]:.1f}" for c in QUADRUPLE_SCORES) + f" | {gap} |")
     return "\n".join(lines) + "\n"

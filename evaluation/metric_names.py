@@ -8,3 +8,6 @@ DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
 RETRIEVAL_METRICS: tuple[str, ...] = tuple(f"{direction}_r{k}" for direction in ("i2t", "t2i") for k in DEFAULT_KS)
 # Winoground's scores, as `evaluation.metrics.group_score_hits` names them
 QUADRUPLE_SCORES: tuple[str, ...] = ("text_score", "image_score", "group_score")
+# The subset the results tables (`maple eval`'s results.md, the model card) name a quadruple benchmark's scores over all
+# its quadruples, in the column of its categories: so no category may be named so
+OVERALL_SUBSET = "all"
