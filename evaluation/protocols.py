@@ -54,7 +54,22 @@ def _encode(
     text_embeds, image_embeds = model.encode(processor, texts=texts, images=images, batch_size=batch_size)
     check_finite_embeddings(text_embeds, "distinct texts", describe=text_name)
     check_finite_embeddings(image_embeds, "distinct images", describe=image_name)
-    return F.normalize(text_embeds.float(), dim=-1), F.normalize(image_embeds.float(), dim=-1)
+    return _normalized(text_embeds), _normalized(image_embeds)
+
+
+def _normalized(embeddings: torch.Tensor) -> torch.Tensor:
+    """(N, D) finite `embeddings` L2-normalised in float32, each row first scaled by the power of two that brings its
+    largest magnitude into [0.5, 1). That scaling is exact, so a row whose norm float32 computes gets the very bits
+    `F.normalize` gives it; a row whose squares overflow float32 (values past ~1e19: a norm of inf) became a zero
+    vector there, and one whose squares underflow it (below ~1e-19) a near-zero one, every cosine of it 0, tying."""
+    # float64 rows are scaled before they are float32, past whose range (~3e38) they would be inf
+    work = embeddings if embeddings.dtype == torch.float64 else embeddings.float()
+    largest = torch.linalg.vector_norm(work, float("inf"), dim=-1, keepdim=True)
+    exponent = torch.frexp(largest).exponent  # largest = m * 2**exponent, m in [0.5, 1); 0 for a zero row
+    # times 2**-exponent in two steps, each a normal number of the dtype whatever the exponent, so each exact
+    half = exponent // 2
+    scaled = (work * torch.pow(2.0, -half.to(work.dtype))).mul_(torch.pow(2.0, (half - exponent).to(work.dtype)))
+    return F.normalize(scaled.float(), dim=-1)
 
 
 def evaluate_retrieval(

@@ -1108,6 +1108,33 @@ def test_embeddings_a_model_returns_in_bfloat16_are_scored_in_float32():
     assert bf16 == fp32
 
 
+@pytest.mark.parametrize("dtype, scale", [
+    *((dtype, scale) for dtype in (torch.float32, torch.bfloat16, torch.float64) for scale in (2.0 ** 100, 2.0 ** -100)),
+    (torch.float64, 2.0 ** 1000),
+])
+def test_finite_embeddings_whose_norms_overflow_or_underflow_float32_score_as_their_directions(dtype, scale):
+    """F.normalize squares float32 values: rows of ~1e30 had a norm of inf and became zero vectors, rows of ~1e-30 a
+    norm of 0 and near-zero vectors, so every cosine was ~0, all tied, and every score 0 (float64 rows past 3e38 were
+    inf once float32, and NaN normalised). Scaled by a power of two, every embedding scores the bits it scores
+    unscaled."""
+    from evaluation.protocols import evaluate_quadruples, evaluate_retrieval
+
+    class Embedder:
+        def __init__(self, scale):
+            self.scale = scale
+
+        def encode(self, processor, texts, images, batch_size):
+            return ((torch.tensor([_TEXTS[text] for text in texts], dtype=torch.float64) * self.scale).to(dtype),
+                    (torch.tensor([list(image) for image in images], dtype=torch.float64) * self.scale).to(dtype))
+
+    quadruples = [_RIGHT, (_RIGHT[0], [0.2, 0.9, 0.1], "t1", "t0"), _WRONG]
+    expected = evaluate_quadruples(Embedder(1.0), None, quadruples)
+    assert expected["group_score"] > 0
+    assert evaluate_quadruples(Embedder(scale), None, quadruples) == expected
+    images, captions = [_RIGHT[0], _RIGHT[1]], [["t0"], ["t1"]]
+    expected = evaluate_retrieval(Embedder(1.0), None, images, captions)
+    assert expected["i2t_r1"] == 100.0 and evaluate_retrieval(Embedder(scale), None, images, captions) == expected
+
 def test_a_category_that_is_not_a_string_is_named():
     """Sorting the categories failed: "'<' not supported between instances of 'NoneType' and 'str'"."""
     from evaluation.protocols import evaluate_quadruples
