@@ -12,7 +12,7 @@ therefore scores 0, never chance.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence, Set
+from collections.abc import Iterable, Mapping, Sequence, Set
 
 import numpy as np
 import torch
@@ -23,11 +23,18 @@ RelevantIndices = Sequence[int | Sequence[int]]
 
 
 def relevant_index_lists(relevant: RelevantIndices, num_queries: int, num_candidates: int) -> list[list[int]]:
-    """Normalise `relevant` (one int or a list of ints per query; a tensor or array of them too, and
-    0-d or 1-d tensors or arrays as entries) and check it against the matrix. A candidate listed twice
-    for a query counts once."""
+    """Normalise `relevant` (one int or a list of ints per query, in query order; a tensor or array of them too, and
+    0-d or 1-d tensors or arrays as entries; not a dict or a set) and check it against the matrix. A candidate listed
+    twice for a query counts once."""
     if isinstance(relevant, (torch.Tensor, np.ndarray)):
         relevant = relevant.tolist()
+    # iterated, a dict gives its keys (the relevant indices of {0: 1, 1: 0} were read as [0, 1]), a set its items in
+    # no query order
+    if isinstance(relevant, (Mapping, Set)):
+        raise TypeError(
+            f"relevant indices: expected one entry per query, in query order (a list), got a {type(relevant).__name__}; "
+            "for a dict by query, pass [relevant[query] for query in range(num_queries)]"
+        )
     if len(relevant) != num_queries:
         raise ValueError(
             f"relevant indices: expected one entry per query ({num_queries}), got {len(relevant)}"

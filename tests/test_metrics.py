@@ -231,3 +231,16 @@ def test_score_rows_of_different_lengths_name_the_first_short_or_long_row(functi
     args = (rows, [0] * len(rows)) if function is retrieval_recall else (rows,)
     with pytest.raises(ValueError, match=re.escape(f"row {last} has {len(rows[last])} scores, row 0 has {expected}")):
         function(*args)
+
+
+@pytest.mark.parametrize("relevant", [{0: 1, 1: 0}, {1: [0], 0: [1]}, {1, 0}])
+def test_relevant_indices_in_a_dict_or_a_set_are_refused_not_read_as_their_keys(relevant):
+    """Iterated, a dict gives its keys: {0: 1, 1: 0} (each query's relevant candidate the other's) was read as [0, 1],
+    and the identity scored recall@1 100 for 0, silently; a set has no query order."""
+    from evaluation.retrieval import chunked_retrieval_recall
+
+    message = rf"^relevant indices: expected one entry per query, in query order \(a list\), got a {type(relevant).__name__}"
+    with pytest.raises(TypeError, match=message):
+        retrieval_recall(torch.eye(2), relevant)
+    with pytest.raises(TypeError, match=message):
+        chunked_retrieval_recall(torch.eye(2), torch.eye(2), relevant)
