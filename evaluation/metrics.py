@@ -92,17 +92,27 @@ def checked_ks(ks: int | Iterable[int]) -> tuple[int, ...]:
     return ks
 
 
-def recall_from_ranks(ranks: torch.Tensor, ks: int | Iterable[int] = DEFAULT_KS) -> dict[str, float]:
+def recall_from_ranks(ranks: torch.Tensor | Sequence[int], ks: int | Iterable[int] = DEFAULT_KS) -> dict[str, float]:
     """Recall@k (for each k in `ks`, positive integers) and mean reciprocal rank from the (Q,) 1-based ranks of each
     query's first relevant candidate.
 
     recall@k = 100 * mean_q [rank_q <= k];  mrr = 100 * mean_q 1 / rank_q. A ValueError without queries (NaN, a mean
-    of nothing, would pass for a score).
+    of nothing, would pass for a score), and for ranks that are not one integer of at least 1 per query: 0-based ones
+    (argsort positions) gave an MRR of inf and recall@k the recall at k + 1, a (Q, 1) column an MRR over other queries.
     """
     ks = checked_ks(ks)
+    ranks = torch.as_tensor(ranks)
+    if ranks.ndim != 1:
+        raise ValueError(f"ranks: expected one rank per query, shape (Q,), got shape {tuple(ranks.shape)}")
     if ranks.numel() == 0:
         raise ValueError("ranks: got no queries; recall@k and MRR are means over queries")
-    ranks = ranks.to(torch.float64)
+    ranks = ranks.to(torch.float64)  # also bools, as 0 and 1, refused below
+    bad = ((ranks < 1) | (ranks != ranks.floor())).nonzero().flatten()  # a NaN rank is not its floor
+    if len(bad):
+        query = bad[0].item()
+        raise ValueError(
+            f"ranks: query {query} has rank {ranks[query].item():g}; expected 1-based integer ranks (1: the first)"
+        )
     result = {f"recall@{k}": 100.0 * (ranks <= k).double().mean().item() for k in ks}
     result["mrr"] = 100.0 * (1.0 / ranks).mean().item()
     return result

@@ -244,3 +244,19 @@ def test_relevant_indices_in_a_dict_or_a_set_are_refused_not_read_as_their_keys(
         retrieval_recall(torch.eye(2), relevant)
     with pytest.raises(TypeError, match=message):
         chunked_retrieval_recall(torch.eye(2), torch.eye(2), relevant)
+
+
+@pytest.mark.parametrize("ranks, message", [
+    (torch.tensor([1, 0, 2]), r"^ranks: query 1 has rank 0; expected 1-based integer ranks \(1: the first\)$"),
+    (torch.tensor([1.0, 1.5]), r"^ranks: query 1 has rank 1\.5; "),
+    (torch.tensor([1.0, float("nan")]), r"^ranks: query 1 has rank nan; "),
+    (torch.tensor([[1], [2]]), r"^ranks: expected one rank per query, shape \(Q,\), got shape \(2, 1\)$"),
+])
+def test_recall_from_ranks_refuses_ranks_that_are_not_one_based_integers_per_query(ranks, message):
+    """0-based ranks (argsort positions) gave an MRR of inf and each recall@k the recall at k + 1; a rank of 1.5 an MRR
+    of 2/3; a (Q, 1) column of ranks passed as it is."""
+    from evaluation.metrics import recall_from_ranks
+
+    with pytest.raises(ValueError, match=message):
+        recall_from_ranks(ranks)
+    assert recall_from_ranks([1, 2], ks=(1,)) == {"recall@1": 50.0, "mrr": 75.0}  # a list of ranks reads too
