@@ -129,6 +129,8 @@ def first_relevant_ranks(similarities: torch.Tensor, relevant: RelevantIndices) 
     if similarities.ndim != 2:
         raise ValueError(f"similarities: expected a (queries, candidates) matrix, got shape {tuple(similarities.shape)}")
     relevant_lists = relevant_index_lists(relevant, *similarities.shape)
+    if similarities.shape[0] == 0:  # no ranks, as `chunked_ranks` gives none (amax has no row maximum without candidates)
+        return torch.empty(0, dtype=torch.long, device=similarities.device)
     is_relevant = relevance_mask(relevant_lists, similarities.shape[1], device=similarities.device)
     best_relevant = similarities.masked_fill(~is_relevant, float("-inf")).amax(dim=1)
     outranks = (similarities >= best_relevant[:, None]) & ~is_relevant
@@ -148,6 +150,8 @@ def retrieval_recall(
     ks = checked_ks(ks)
     _check_row_lengths(similarities, "similarities")
     similarities = torch.from_numpy(_float64_array(similarities))  # (a missing score, None, reads as NaN)
+    if similarities.ndim == 1 and similarities.numel() == 0:  # none given ([]): "got no queries", not a shape error
+        similarities = similarities.reshape(0, 0)
     if not torch.isfinite(similarities).all():  # a NaN score compares false with everything: it would rank first
         rows = (~torch.isfinite(similarities)).any(dim=-1).nonzero().flatten()
         raise ValueError(f"similarities: rows {rows[:5].tolist()} hold NaN, inf or missing scores, which cannot be ranked")
@@ -259,11 +263,16 @@ def modality_gap_from_quadruples(quadruple_similarities, text_text_similarities)
     s(I1,T0); intra-modal = s(T0,T1).
     """
     scores = _quadruple_matrix(quadruple_similarities)
+    if scores.shape[0] == 0:  # as `group_scores` says it: Wasserstein's "both samples must be non-empty" named neither
+        raise ValueError("quadruple similarities: got no quadruples")
     text_text = _float64_array(text_text_similarities).ravel()
     if text_text.shape[0] != scores.shape[0]:
         raise ValueError(
             f"text-text similarities: expected one per quadruple ({scores.shape[0]}), got {text_text.shape[0]}"
         )
+    if not np.isfinite(text_text).all():  # by row, as the quadruple similarities are (Wasserstein named none)
+        rows = np.flatnonzero(~np.isfinite(text_text))
+        raise ValueError(f"text-text similarities: rows {rows[:5].tolist()} hold NaN, inf or missing scores")
     return modality_gap_from_scores(
         matched=scores[:, [0, 3]], intra_modal=text_text, mismatched=scores[:, [1, 2]]
     )

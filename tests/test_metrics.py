@@ -260,3 +260,17 @@ def test_recall_from_ranks_refuses_ranks_that_are_not_one_based_integers_per_que
     with pytest.raises(ValueError, match=message):
         recall_from_ranks(ranks)
     assert recall_from_ranks([1, 2], ks=(1,)) == {"recall@1": 50.0, "mrr": 75.0}  # a list of ranks reads too
+
+
+def test_no_inputs_and_non_finite_text_text_scores_are_named_as_the_other_inputs_are():
+    """retrieval_recall([], []) was a shape error ("got shape (0,)") and modality_gap_from_quadruples([], []) a
+    Wasserstein error about empty samples, where group_scores([]) says "got no quadruples"; a NaN, inf or missing
+    text-text score was "wasserstein_1d: the samples hold NaN or inf", naming no row, where a quadruple's names it."""
+    with pytest.raises(ValueError, match=r"^ranks: got no queries"):
+        retrieval_recall([], [])
+    with pytest.raises(ValueError, match=r"^quadruple similarities: got no quadruples$"):
+        modality_gap_from_quadruples([], [])
+    quadruples = [[0.3, 0.1, 0.2, 0.5]] * 3
+    for bad in (float("nan"), float("inf"), None):
+        with pytest.raises(ValueError, match=r"^text-text similarities: rows \[1\] hold NaN, inf or missing scores$"):
+            modality_gap_from_quadruples(quadruples, [0.9, bad, 0.8])
