@@ -41,17 +41,7 @@ def relevant_index_lists(relevant: RelevantIndices, num_queries: int, num_candid
         )
     lists = []
     for query, entry in enumerate(relevant):
-        if isinstance(entry, (torch.Tensor, np.ndarray)):
-            entry = entry.tolist()  # a 0-d tensor or array gives its one index
-        # a string is a sequence too, and int() reads digits: "12" would be candidates 1 and 2
-        several = isinstance(entry, (Sequence, Set)) and not isinstance(entry, str)
-        indices = sorted(entry) if isinstance(entry, Set) else list(entry) if several else [entry]
-        # a bool is an int to Python: True would be candidate 1
-        if not all(isinstance(index, (int, np.integer)) and not isinstance(index, bool) for index in indices):
-            raise TypeError(
-                f"relevant indices: query {query} has {entry!r:.80}; expected a candidate index or a list of them"
-            )
-        indices = [int(index) for index in indices]
+        indices = relevant_entry_indices(entry, query)
         if not indices:
             raise ValueError(f"relevant indices: query {query} has no relevant candidate")
         bad = [i for i in indices if not 0 <= i < num_candidates]
@@ -62,6 +52,22 @@ def relevant_index_lists(relevant: RelevantIndices, num_queries: int, num_candid
             )
         lists.append(list(dict.fromkeys(indices)))
     return lists
+
+
+def relevant_entry_indices(entry: int | Sequence[int], query: int | None = None) -> list[int]:
+    """The candidate indices of one query's entry of `relevant` (an int or a list, set, tensor or array of them) as a
+    list of ints, unchecked against the candidates; a TypeError naming the query (`query`, where known) for anything
+    else: a string, a float, a bool."""
+    if isinstance(entry, (torch.Tensor, np.ndarray)):
+        entry = entry.tolist()  # a 0-d tensor or array gives its one index
+    # a string is a sequence too, and int() reads digits: "12" would be candidates 1 and 2
+    several = isinstance(entry, (Sequence, Set)) and not isinstance(entry, str)
+    indices = sorted(entry) if isinstance(entry, Set) else list(entry) if several else [entry]
+    # a bool is an int to Python: True would be candidate 1
+    if not all(isinstance(index, (int, np.integer)) and not isinstance(index, bool) for index in indices):
+        holder = "a query" if query is None else f"query {query}"
+        raise TypeError(f"relevant indices: {holder} has {entry!r:.80}; expected a candidate index or a list of them")
+    return [int(index) for index in indices]
 
 
 def relevant_pairs(

@@ -1,5 +1,7 @@
 """The `evaluate` modules load offline from their folders and return the plain functions' values."""
 
+import re
+
 import pytest
 
 evaluate = pytest.importorskip("evaluate")
@@ -45,3 +47,23 @@ def test_quadruple_modules_refuse_a_prediction_that_is_not_four_similarities_whe
     module = load_metric(name)
     with pytest.raises(ValueError, match="don't match the expected format"):
         module.add_batch(predictions=[[0.3, 0.1, 0.2]], **extra)
+
+
+@pytest.mark.parametrize("reference", [[1.5], [0.9], [-0.5], [True], ["1"], [1.0]])
+def test_retrieval_recall_module_refuses_references_that_are_not_indices_before_datasets_casts_them(reference):
+    """datasets cast each reference to int64 as it stored it: [0.9] (a relevance score, say) was candidate 0 and
+    scored recall@1 100, [1.5] candidate 1, True candidate 1, silently; `retrieval_recall` refuses them all."""
+    recall = load_metric("retrieval_recall")
+    message = re.escape(f"relevant indices: query 1 has {reference!r}; expected a candidate index or a list of them")
+    with pytest.raises(TypeError, match=message):
+        recall.compute(predictions=[[0.9, 0.1], [0.9, 0.1]], references=[[0], reference])
+    with pytest.raises(TypeError, match=r"^relevant indices: a query has "):
+        recall.add(prediction=[0.9, 0.1], reference=reference)
+    recall.add(prediction=[0.9, 0.1], reference=[1])
+    assert recall.compute(ks=[1]) == {"recall@1": 0.0, "mrr": 50.0}
+
+
+def test_retrieval_recall_module_names_predictions_added_without_references():
+    """It failed with "object of type 'NoneType' has no len()" inside evaluate."""
+    with pytest.raises(ValueError, match=r"^retrieval_recall: predictions without references"):
+        load_metric("retrieval_recall").compute(predictions=[[0.9, 0.1]])

@@ -3,7 +3,7 @@
 import datasets
 import evaluate
 
-from evaluation.metrics import DEFAULT_KS, retrieval_recall
+from evaluation.metrics import DEFAULT_KS, relevant_entry_indices, retrieval_recall
 from maple import PAPER_CITATION
 
 _DESCRIPTION = """
@@ -44,5 +44,30 @@ class RetrievalRecall(evaluate.Metric):
             ),
         )
 
+    # datasets casts each reference to int64 as it stores it: 1.5, 0.9, -0.5, True and "1" were the indices 1, 0, 0, 1
+    # and 1, silently, where `retrieval_recall` refuses them. So they are checked as they are added (`compute` with
+    # inputs adds them too), each query named by its place in its batch.
+    def add_batch(self, *, predictions=None, references=None, **kwargs):
+        """Add a batch of similarity rows and their relevant candidate indices, checked to be indices."""
+        _check_references_given(predictions, references)
+        if references is not None:
+            for query, entry in enumerate(references.tolist() if hasattr(references, "tolist") else references):
+                relevant_entry_indices(entry, query)
+        super().add_batch(predictions=predictions, references=references, **kwargs)
+
+    def add(self, *, prediction=None, reference=None, **kwargs):
+        """Add one similarity row and its relevant candidate indices, checked to be indices."""
+        _check_references_given(prediction, reference)
+        if reference is not None:
+            relevant_entry_indices(reference)
+        super().add(prediction=prediction, reference=reference, **kwargs)
+
     def _compute(self, predictions, references, ks=DEFAULT_KS):
         return retrieval_recall(predictions, references, ks=ks)
+
+
+def _check_references_given(predictions, references) -> None:
+    """A ValueError for predictions added without their references: evaluate failed with "object of type 'NoneType'
+    has no len()", or, for one added by `add`, only at `compute`."""
+    if predictions is not None and references is None:
+        raise ValueError("retrieval_recall: predictions without references (the relevant candidate indices of each query)")
