@@ -43,6 +43,13 @@ def _check_embeddings(queries: torch.Tensor, candidates: torch.Tensor) -> None:
             "embeddings: expected queries (Q, D) and candidates (C, D) with the same D, "
             f"got {tuple(queries.shape)} and {tuple(candidates.shape)}"
         )
+    # scores are computed in their dtype, on their device (and masked with -inf): torch said "value cannot be converted
+    # to type int64_t without overflow" for integer ones, "expected m1 and m2 to have the same dtype" for two dtypes
+    if not (queries.is_floating_point() and queries.dtype == candidates.dtype and queries.device == candidates.device):
+        raise ValueError(
+            "embeddings: expected queries and candidates of one floating-point dtype on one device, got "
+            f"{queries.dtype} on {queries.device} and {candidates.dtype} on {candidates.device}"
+        )
     check_finite_embeddings(queries, "queries")
     check_finite_embeddings(candidates, "candidates")
 

@@ -1,5 +1,7 @@
 """Chunked retrieval equals the dense computation, ties and several relevant candidates included."""
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -339,3 +341,17 @@ def test_a_table_given_as_retrieval_images_or_captions_is_refused_by_name():
         evaluate_retrieval(_PixelEmbedder(), None, table, [["a"]])
     with pytest.raises(TypeError, match=r"^captions_per_image: expected a list, one entry per image, got a table "):
         evaluate_retrieval(_PixelEmbedder(), None, [[1.0, 0.0]], table)
+
+
+@pytest.mark.parametrize("search", [lambda q, c: chunked_topk(q, c, k=2), lambda q, c: chunked_ranks(q, c, [0, 1])])
+@pytest.mark.parametrize("queries, candidates, got", [
+    (torch.eye(2, dtype=torch.long), torch.eye(2, dtype=torch.long), "torch.int64 on cpu and torch.int64 on cpu"),
+    (torch.eye(2), torch.eye(2, dtype=torch.float64), "torch.float32 on cpu and torch.float64 on cpu"),
+    (torch.eye(2), torch.eye(2, device="meta"), "torch.float32 on cpu and torch.float32 on meta"),
+])
+def test_searches_refuse_embeddings_of_an_integer_dtype_or_of_two_dtypes_or_devices(search, queries, candidates, got):
+    """torch failed mid-search: "value cannot be converted to type int64_t without overflow" (integer embeddings, masked
+    with -inf), "expected m1 and m2 to have the same dtype"."""
+    message = re.escape(f"embeddings: expected queries and candidates of one floating-point dtype on one device, got {got}")
+    with pytest.raises(ValueError, match=message):
+        search(queries, candidates)
