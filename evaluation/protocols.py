@@ -544,6 +544,11 @@ def evaluate_quadruples(
     """
     _check_container(quadruples, "quadruples")
     # the categories before the quadruples' rows, each of which a lazy dataset may decode images to give
+    if isinstance(categories, (str, bytes, Mapping)):  # a string of 3 letters was 3 categories, a dict its keys
+        raise TypeError(
+            f"categories: expected one category name per quadruple (a list), got a {type(categories).__name__} "
+            f"({categories!r:.80})"
+        )
     if categories is not None and len(categories) != len(quadruples):
         raise ValueError(f"categories: expected one per quadruple ({len(quadruples)}), got {len(categories)}")
     # they are sorted, and name the per-category results

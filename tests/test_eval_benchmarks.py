@@ -1172,3 +1172,14 @@ def test_a_benchmark_category_read_as_all_names_its_file_and_row(benchmark_sourc
     (mmvp / "MLLM_VLM Images" / "Color and Appearance").rename(mmvp / "MLLM_VLM Images" / "All")
     with pytest.raises(BenchmarkFormatError, match=r"Questions\.csv, line 4, column 'Type': category 'all' "):
         load_benchmark("mmvp", str(mmvp))
+
+
+
+@pytest.mark.parametrize("categories", ["add", {"add": 1, "swap": 2, "replace": 3}])
+def test_categories_given_as_a_string_or_a_dict_are_refused(categories):
+    """A string of three letters was the categories "a", "d", "d" of three quadruples, and a dict its keys, silently."""
+    from evaluation.protocols import evaluate_quadruples
+
+    with pytest.raises(TypeError, match=rf"^categories: expected one category name per quadruple \(a list\), got a "
+                                        rf"{type(categories).__name__} "):
+        evaluate_quadruples(LookupEmbedder(_TEXTS), None, [_RIGHT] * 3, categories)
