@@ -20,7 +20,7 @@ import yaml
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 
 from dataset_builders.interfaces import renamed_members
-from evaluation.metric_names import QUADRUPLE_SCORES, RETRIEVAL_METRICS
+from evaluation.metric_names import OVERALL_SUBSET, QUADRUPLE_SCORES, RETRIEVAL_METRICS
 from maple import PAPER_CITATION
 from maple.files import expanded_path
 from maple.hub import local_path_name, validate_card
@@ -272,7 +272,7 @@ def _table_rows(eval_results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]
     retrieval, quadruples, gaps, retrieval_by_category = [], [], [], False
     for name, metrics in eval_results.items():
         for subset, values in _subsets(metrics):
-            row = {"name": table_cell(name), "subset": table_cell("all" if subset is None else subset)}
+            row = {"name": table_cell(name), "subset": table_cell(OVERALL_SUBSET if subset is None else subset)}
             if _has_score(values, RETRIEVAL_METRICS):
                 retrieval.append({**row, **{key: _table_value(values, key, 1) for key in RETRIEVAL_METRICS}})
                 retrieval_by_category |= subset is not None
