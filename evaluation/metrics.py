@@ -112,8 +112,11 @@ def recall_from_ranks(ranks: torch.Tensor | Sequence[int], ks: int | Iterable[in
         raise ValueError(f"ranks: expected one rank per query, shape (Q,), got shape {tuple(ranks.shape)}")
     if ranks.numel() == 0:
         raise ValueError("ranks: got no queries; recall@k and MRR are means over queries")
-    ranks = ranks.to(torch.float64)  # also bools, as 0 and 1, refused below
-    bad = ((ranks < 1) | (ranks != ranks.floor())).nonzero().flatten()  # a NaN rank is not its floor
+    if ranks.dtype == torch.bool:  # True would pass for rank 1
+        raise ValueError("ranks: got booleans; expected 1-based integer ranks (1: the first)")
+    ranks = ranks.to(torch.float64)
+    # a NaN rank is not its floor; an infinite one is no rank of a finite candidate list
+    bad = ((ranks < 1) | (ranks != ranks.floor()) | ranks.isinf()).nonzero().flatten()
     if len(bad):
         query = bad[0].item()
         raise ValueError(

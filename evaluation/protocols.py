@@ -11,7 +11,7 @@ import contextlib
 import os
 import re
 import sys
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -544,7 +544,8 @@ def evaluate_quadruples(
     """
     _check_container(quadruples, "quadruples")
     # the categories before the quadruples' rows, each of which a lazy dataset may decode images to give
-    if isinstance(categories, (str, bytes, Mapping)):  # a string of 3 letters was 3 categories, a dict its keys
+    # a string of 3 letters was 3 categories, a dict its keys; a set has no quadruple order
+    if isinstance(categories, (str, bytes, Mapping, Set)):
         raise TypeError(
             f"categories: expected one category name per quadruple (a list), got a {type(categories).__name__} "
             f"({categories!r:.80})"

@@ -1175,9 +1175,10 @@ def test_a_benchmark_category_read_as_all_names_its_file_and_row(benchmark_sourc
 
 
 
-@pytest.mark.parametrize("categories", ["add", {"add": 1, "swap": 2, "replace": 3}])
-def test_categories_given_as_a_string_or_a_dict_are_refused(categories):
-    """A string of three letters was the categories "a", "d", "d" of three quadruples, and a dict its keys, silently."""
+@pytest.mark.parametrize("categories", ["add", {"add": 1, "swap": 2, "replace": 3}, {"add", "swap", "replace"}])
+def test_categories_given_as_a_string_a_dict_or_a_set_are_refused(categories):
+    """A string of three letters was the categories "a", "d", "d" of three quadruples, a dict its keys, and a set was
+    matched to the quadruples in its own order, silently."""
     from evaluation.protocols import evaluate_quadruples
 
     with pytest.raises(TypeError, match=rf"^categories: expected one category name per quadruple \(a list\), got a "

@@ -251,6 +251,8 @@ def test_relevant_indices_in_a_dict_or_a_set_are_refused_not_read_as_their_keys(
     (torch.tensor([1.0, 1.5]), r"^ranks: query 1 has rank 1\.5; "),
     (torch.tensor([1.0, float("nan")]), r"^ranks: query 1 has rank nan; "),
     (torch.tensor([[1], [2]]), r"^ranks: expected one rank per query, shape \(Q,\), got shape \(2, 1\)$"),
+    (torch.tensor([1.0, float("inf")]), r"^ranks: query 1 has rank inf; "),
+    (torch.tensor([True, True]), r"^ranks: got booleans; expected 1-based integer ranks \(1: the first\)$"),
 ])
 def test_recall_from_ranks_refuses_ranks_that_are_not_one_based_integers_per_query(ranks, message):
     """0-based ranks (argsort positions) gave an MRR of inf and each recall@k the recall at k + 1; a rank of 1.5 an MRR
