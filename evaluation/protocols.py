@@ -59,9 +59,12 @@ def _encode(
 
 def _normalized(embeddings: torch.Tensor) -> torch.Tensor:
     """(N, D) finite `embeddings` L2-normalised in float32, each row first scaled by the power of two that brings its
-    largest magnitude into [0.5, 1). That scaling is exact, so a row whose norm float32 computes gets the very bits
-    `F.normalize` gives it; a row whose squares overflow float32 (values past ~1e19: a norm of inf) became a zero
-    vector there, and one whose squares underflow it (below ~1e-19) a near-zero one, every cosine of it 0, tying."""
+    largest magnitude into [0.5, 1). That scaling is exact (but for entries some 2**126 below the row's largest, which
+    sink into float32's subnormals), so a row of a norm float32 computes, at least `F.normalize`'s floor of 1e-12, gets
+    the very bits `F.normalize` gives it (as every unit-length embedding `MapleModel.encode` returns); a row whose
+    squares overflow float32 (values past ~1e19: a norm of inf) became a zero vector there, and one whose squares
+    underflow it (below ~1e-19) a near-zero one, every cosine of it 0, tying; a row of a norm under 1e-12 was divided
+    by that floor, not made unit length."""
     # float64 rows are scaled before they are float32, past whose range (~3e38) they would be inf
     work = embeddings if embeddings.dtype == torch.float64 else embeddings.float()
     largest = torch.linalg.vector_norm(work, float("inf"), dim=-1, keepdim=True)
