@@ -119,17 +119,27 @@ def _filter_values(filters: list) -> dict[str, dict[type, Any]]:
 
 
 def check_filter_values(source: str, filters: Any) -> None:
-    """A `SourceError` naming the column and `filters`, an image folder's README `filters:`, where they compare one
-    column with values of several kinds (a number and text, a number and a boolean): pyarrow compares a column with
-    values of one type only (it failed with "Function 'equal' has no kernel matching input types (double, string)"),
-    and a metadata.csv column is read as numbers, booleans or text for its filters (`TextCellsImageFolder`)."""
+    """A `SourceError` naming `filters`, an image folder's README `filters:`, where pyarrow reads no filters in them (a
+    predicate that is no `[column, op, value]`, an operator it lacks: a bare ValueError, or one blaming the metadata
+    file being read), and naming the column too where they compare one column with values of several kinds (a number
+    and text, a number and a boolean): pyarrow compares a column with values of one type only (it failed with
+    "Function 'equal' has no kernel matching input types (double, string)"), and a metadata.csv column is read as
+    numbers, booleans or text for its filters (`TextCellsImageFolder`)."""
     if not isinstance(filters, list):  # (a pyarrow expression, given in code)
         return
-    for column, values in _filter_values(filters).items():
-        if len(values) > 1:
-            compared = " and with ".join(f"{FILTER_VALUE_KINDS[kind]} ({value!r})" for kind, value in values.items())
-            raise SourceError(f"source {source}: its README's filters {filters} compare column {column!r} with "
-                              f"{compared}: compare each column with values of one kind")
+    try:
+        several_kinds = {column: values for column, values in _filter_values(filters).items() if len(values) > 1}
+        if not several_kinds:  # (pyarrow fails on an `in` of several kinds too, naming no column)
+            pq.filters_to_expression(filters)
+    except (ValueError, TypeError) as error:
+        raise SourceError(
+            f"source {source}: its README's filters {filters} are malformed ({type(error).__name__}: {error}): give a "
+            "list of [column, op, value] (all to hold), or a list of such lists (any to hold)"
+        ) from None
+    for column, values in several_kinds.items():
+        compared = " and with ".join(f"{FILTER_VALUE_KINDS[kind]} ({value!r})" for kind, value in values.items())
+        raise SourceError(f"source {source}: its README's filters {filters} compare column {column!r} with "
+                          f"{compared}: compare each column with values of one kind")
 
 
 def _filter_literal_types(filters: list) -> dict[str, type]:

@@ -381,6 +381,23 @@ def test_readme_filters_comparing_a_column_with_values_of_several_kinds_are_refu
         load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"))
 
 
+@pytest.mark.parametrize("table", ["metadata.csv", "metadata.jsonl"])
+@pytest.mark.parametrize("filters, problem", [
+    ('[["flag", "=="]]', r"\[\['flag', '=='\]\] are malformed \(ValueError: not enough values to unpack"),
+    # a predicate, not a list of them
+    ('["flag", "==", true]', r"\['flag', '==', True\] are malformed \(ValueError: too many values"),
+    ('[["flag", "~", true]]', r"\[\['flag', '~', True\]\] are malformed \(ValueError: \"~\" is not a valid operator"),
+])
+def test_malformed_readme_filters_are_refused_naming_them(tmp_path, table, filters, problem):
+    """pyarrow reads filters of [column, op, value] predicates: a bare ValueError (or TypeError) escaped, naming neither
+    the source nor its filters, and an unknown operator blamed the metadata.csv, as if it did not read."""
+    folder = _filtered_image_folder(tmp_path, table, filters)
+    with pytest.raises(SourceError, match=rf"^source {folder}: its README's filters {problem}.*\): give a list of "
+                                          r"\[column, op, value\] \(all to hold\), or a list of such lists \(any to "
+                                          r"hold\)$"):
+        load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"))
+
+
 def test_readme_features_of_an_image_folder_with_a_metadata_csv_are_read_as_declared(tmp_path):
     """As a CSV table's (and as imagefolder read them): the metadata.csv cells were read as text and the declared types
     applied by datasets' cast, which read a bool column's `false` as True; a column declared text keeps `0123`."""
