@@ -153,15 +153,17 @@ def _filtered(table: pa.Table, frame: pd.DataFrame, expression: Any, compared: d
     booleans (`compared`) read as pandas' defaults read it, as imagefolder filtered it: `01` is the number 1, a cell that
     is no number (or no boolean, `PANDAS_BOOLEANS`) matches no such comparison, as an empty one; compared with a number,
     a boolean is 1 or 0 (`_numbers`). The rows are kept as text; a column compared with text is compared as the text
-    written."""
+    written. The compared columns are of the type compared (a cell of neither kind null) in every chunk: one without a
+    boolean cell was a column of NaN, which pyarrow does not compare with a boolean."""
     typed = {
-        column: _numbers(frame[column]) if kind is float else frame[column].map(PANDAS_BOOLEANS)
+        column: pa.array(_numbers(frame[column]), type=pa.float64(), from_pandas=True) if kind is float
+        else pa.array(frame[column].map(PANDAS_BOOLEANS), type=pa.bool_(), from_pandas=True)
         for column, kind in compared.items() if column in frame.columns
     }
     if not typed:
         return table.filter(expression)
     row = "\0row"  # (no column of a CSV header)
-    rows = pa.Table.from_pandas(frame.assign(**typed)).append_column(row, pa.array(range(len(frame))))
+    rows = pa.table({**{column: table[column] for column in table.column_names}, **typed, row: range(len(table))})
     return table.take(rows.filter(expression)[row])
 
 

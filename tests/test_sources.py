@@ -357,6 +357,23 @@ def _filtered_image_folder(tmp_path, table: str, filters: str):
     return folder
 
 
+@pytest.mark.parametrize("no_boolean", ["yes", "1"])
+def test_readme_filters_compare_a_metadata_csv_chunk_of_no_boolean_with_one_as_matching_nothing(tmp_path, no_boolean):
+    """A column compared with a boolean whose 10,000-row chunk held none (empty cells, `yes`, `1`) was a column of NaN,
+    which pyarrow failed to compare with a boolean ("no kernel matching input types (double, bool)"), the metadata.csv
+    named as unreadable; such cells match no comparison with a boolean, as in a chunk of some booleans."""
+    folder = tmp_path / "images"
+    _image_folder(folder, count=1)
+    rows = [f"0.png,{index},{'True' if index == 0 else ''}" for index in range(10_000)] + [f"0.png,last,{no_boolean}"]
+    (folder / "metadata.csv").write_text("\n".join(["file_name,id,flag", *rows]) + "\n")
+    (folder / "README.md").write_text(
+        "---\nconfigs:\n- config_name: default\n  data_files: '*'\n  filters: [[flag, '==', true]]\n---\n")
+    assert load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"))["id"] == ["0"]
+    (folder / "metadata.csv").write_text(f"file_name,id,flag\n0.png,0,{no_boolean}\n0.png,1,\n")
+    with pytest.raises(SourceError, match=rf"^source {folder}: its README's filters .* keep no row of its metadata"):
+        load_source(str(folder), split="train", cache_dir=str(tmp_path / "another cache"))
+
+
 @pytest.mark.parametrize("table", ["metadata.csv", "metadata.jsonl"])
 def test_readme_filters_that_keep_no_row_are_refused_naming_them(tmp_path, table):
     """imagefolder takes its columns from the first row its filters keep: of none, it failed with a bare IndexError."""
