@@ -285,15 +285,16 @@ def load_source(
         raise SourceError(f"source {source}: {problem}{local_typo_hint(source)}") from None
     # Checked before any file is read; `datasets` would convert every split first.
     _check_splits(source, split, available=[str(name) for name in builder.config.data_files])
-    if isinstance(builder, ImageFolder):
-        check_filter_values(source, builder.config.filters)
+    data_files = all_data_files(builder.config.data_files)
+    if isinstance(builder, ImageFolder):  # (a metadata.csv's declared columns are read, and compared, as declared)
+        declared = builder.config.features if _holds_csv_metadata(builder, data_files) else None
+        check_filter_values(source, builder.config.filters, declared)
     if path.exists():
         _check_local_parquet_rows(source, split, builder.config.data_files)
         check_caption_table_rows(source, builder.config.data_files)
         check_json_value_types(
             source, builder.config.data_files, _split_names(split), columns, caption_tables=isinstance(builder, ImageFolder)
         )
-    data_files = all_data_files(builder.config.data_files)
     with data_files_read(source, data_files):
         # CSV cells as the text written (`CSV_TEXT_CELLS`): the csv builder takes pandas' options, imagefolder does not
         if isinstance(builder.config, CsvConfig):

@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from datasets.features.features import require_storage_cast
+from datasets.features.features import Features, Value, require_storage_cast
 from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 
 from .source_files import SourceError
@@ -118,13 +118,15 @@ def _filter_values(filters: list) -> dict[str, dict[type, Any]]:
     return values
 
 
-def check_filter_values(source: str, filters: Any) -> None:
+def check_filter_values(source: str, filters: Any, declared: Features | None = None) -> None:
     """A `SourceError` naming `filters`, an image folder's README `filters:`, where pyarrow reads no filters in them (a
     predicate that is no `[column, op, value]`, an operator it lacks: a bare ValueError, or one blaming the metadata
     file being read), and naming the column too where they compare one column with values of several kinds (a number
-    and text, a number and a boolean): pyarrow compares a column with values of one type only (it failed with
-    "Function 'equal' has no kernel matching input types (double, string)"), and a metadata.csv column is read as
-    numbers, booleans or text for its filters (`TextCellsImageFolder`)."""
+    and text, a number and a boolean), or a column of `declared` features (those of a metadata.csv's README, read as
+    declared: `TextCellsImageFolder`) with values of another kind than its type's (`_declared_kind`: a bool column
+    with 1, a string column with 2): pyarrow compares a column with values of one type only (it failed with "Function
+    'equal' has no kernel matching input types (double, string)"), and a metadata.csv column is read as numbers,
+    booleans or text for its filters (`TextCellsImageFolder`)."""
     if not isinstance(filters, list):  # (a pyarrow expression, given in code)
         return
     try:
@@ -140,6 +142,27 @@ def check_filter_values(source: str, filters: Any) -> None:
         compared = " and with ".join(f"{FILTER_VALUE_KINDS[kind]} ({value!r})" for kind, value in values.items())
         raise SourceError(f"source {source}: its README's filters {filters} compare column {column!r} with "
                           f"{compared}: compare each column with values of one kind")
+    for column, values in _filter_values(filters).items():
+        declared_kind = _declared_kind((declared or {}).get(column))
+        for kind, value in values.items():
+            if declared_kind not in (None, kind):
+                raise SourceError(
+                    f"source {source}: its README's filters {filters} compare column {column!r}, declared "
+                    f"{declared[column].dtype} (features:), with {FILTER_VALUE_KINDS[kind]} ({value!r}): compare it "
+                    f"with {FILTER_VALUE_KINDS[declared_kind]}"
+                )
+
+
+def _declared_kind(feature: Any) -> type | None:
+    """The kind of filter value (`FILTER_VALUE_KINDS`) pyarrow compares a column of declared `feature` with: `bool`,
+    `float` (a number) or `str` (text) for a `datasets.Value` of booleans, numbers or text; None for any other
+    (timestamps, class labels: left to pyarrow) and an undeclared column."""
+    dtype = feature.dtype if isinstance(feature, Value) else ""
+    if dtype == "bool":
+        return bool
+    if dtype.startswith(("int", "uint", "float")):
+        return float
+    return str if dtype in ("string", "large_string") else None
 
 
 def _filter_literal_types(filters: list) -> dict[str, type]:

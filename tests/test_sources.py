@@ -415,6 +415,30 @@ def test_malformed_readme_filters_are_refused_naming_them(tmp_path, table, filte
         load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"))
 
 
+@pytest.mark.parametrize("filters, refused", [
+    ('[["score", "<", 2]]', r"'score', declared string \(features:\), with a number \(2\): compare it with text"),
+    ('[["flag", "==", 1]]', r"'flag', declared bool \(features:\), with a number \(1\): compare it with a boolean"),
+    ('[["rank", "in", ["1"]]]', r"'rank', declared int64 \(features:\), with text \('1'\): compare it with a number"),
+    ('[["flag", "==", false], ["rank", ">", 1], ["score", "==", "2"]]', None),  # (each as declared: row 1.png)
+])
+def test_readme_filters_compare_declared_metadata_csv_columns_with_values_of_their_type(tmp_path, filters, refused):
+    """A metadata.csv column the README declares is read as declared, and pyarrow compares it with values of its type
+    only: a string column compared with a number failed with a bare "Function 'less' has no kernel matching input types
+    (string, int8)" traceback."""
+    folder = tmp_path / "images"
+    _image_folder(folder)
+    (folder / "metadata.csv").write_text("file_name,score,flag,rank\n0.png,1,True,1\n1.png,2,false,2\n")
+    features = {"image": "image", "score": "string", "flag": "bool", "rank": "int64"}
+    declared = "".join(f"  - name: {name}\n    dtype: {dtype}\n" for name, dtype in features.items())
+    (folder / "README.md").write_text(
+        f"---\nconfigs:\n- config_name: default\n  data_files: '*'\n  features:\n{declared}  filters: {filters}\n---\n")
+    if refused is None:
+        assert load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"))["score"] == ["2"]
+        return
+    with pytest.raises(SourceError, match=rf"^source {folder}: its README's filters .* compare column {refused}$"):
+        load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"))
+
+
 def test_readme_features_of_an_image_folder_with_a_metadata_csv_are_read_as_declared(tmp_path):
     """As a CSV table's (and as imagefolder read them): the metadata.csv cells were read as text and the declared types
     applied by datasets' cast, which read a bool column's `false` as True; a column declared text keeps `0123`."""
