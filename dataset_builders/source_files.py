@@ -113,22 +113,35 @@ CAPTION_TABLES = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
 
 def check_caption_table_rows(source: str, data_files: Mapping[Any, Iterable[Any]]) -> None:
     """A `SourceError` naming a folder's caption table (`CAPTION_TABLES`) that has no rows (empty, blank lines, a
-    header alone), which `datasets` fails on with an IndexError or StopIteration traceback."""
+    header alone), which `datasets` fails on with an IndexError or StopIteration traceback (of a zip archive's, which
+    imagefolder searches for one: with README filters, said to be theirs, since they kept no row)."""
     for file in all_data_files(data_files):
-        name = os.path.basename(file)
-        if name not in CAPTION_TABLES:
-            continue
         with data_files_read(source, [file]):
-            if name.endswith(".parquet"):
-                has_rows = pq.read_metadata(file).num_rows > 0
-            else:  # read up to its first row only: a table of millions of captions is not held in memory
-                with open(file, encoding="utf-8-sig", newline="") as handle:  # "-sig": a leading BOM is no row
-                    # a csv record may hold line breaks in quotes, and its first is the header
-                    records = csv.reader(handle) if name.endswith(".csv") else ([line] for line in handle)
-                    rows = (record for record in records if any(field.strip() for field in record))
-                    has_rows = next(rows, None) is not None and (not name.endswith(".csv") or next(rows, None) is not None)
-        if not has_rows:
-            raise SourceError(f"source {source}: its caption table {file} has no rows")
+            if file.lower().endswith(".zip"):
+                with zipfile.ZipFile(file) as archive:
+                    empty = next((f"{member} in its archive {file}" for member in archive.namelist()
+                                  if not _caption_table_has_rows(member, archive.open)), None)
+            else:
+                empty = None if _caption_table_has_rows(file, lambda path: open(path, "rb")) else file
+        if empty is not None:
+            raise SourceError(f"source {source}: its caption table {empty} has no rows")
+
+
+def _caption_table_has_rows(file: str, opener: Callable[[str], BinaryIO]) -> bool:
+    """Whether `file`, opened for reading bytes by `opener` (a zip archive's member too), has rows where it is a caption
+    table (`CAPTION_TABLES`, by name); True for any other file."""
+    name = os.path.basename(file)
+    if name not in CAPTION_TABLES:
+        return True
+    with opener(file) as handle:
+        if name.endswith(".parquet"):
+            return pq.read_metadata(handle).num_rows > 0
+        # read up to its first row only: a table of millions of captions is not held in memory
+        with io.TextIOWrapper(handle, encoding="utf-8-sig", newline="") as text:  # "-sig": a leading BOM is no row
+            # a csv record may hold line breaks in quotes, and its first is the header
+            records = csv.reader(text) if name.endswith(".csv") else ([line] for line in text)
+            rows = (record for record in records if any(field.strip() for field in record))
+            return next(rows, None) is not None and (not name.endswith(".csv") or next(rows, None) is not None)
 
 
 # The names of JSON data files, and of compressed ones (`part-0.jsonl.gz`): `_is_json_data_file`

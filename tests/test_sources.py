@@ -176,6 +176,27 @@ def test_a_damaged_zip_archive_of_an_image_folder_is_named(tmp_path, damage):
         load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"))
 
 
+@pytest.mark.parametrize("table, text", [("metadata.csv", "file_name,caption,score\n"), ("metadata.jsonl", "\n")])
+@pytest.mark.parametrize("filters", [None, "[[score, '>', 1]]"])
+def test_a_caption_table_of_no_rows_in_a_zip_archive_is_named(tmp_path, table, text, filters):
+    """imagefolder searches a zip archive for a caption table: one of no rows failed with a bare IndexError, or with
+    README filters was said to be theirs ("its README's filters ... keep no row of its metadata files")."""
+    import zipfile
+
+    folder = tmp_path / "images"
+    _image_folder(folder, count=1)
+    with zipfile.ZipFile(folder / "data.zip", "w") as archive:
+        archive.write(folder / "0.png", "1.png")
+        archive.writestr(table, text)
+    (folder / "0.png").unlink()
+    if filters is not None:
+        (folder / "README.md").write_text(
+            f"---\nconfigs:\n- config_name: default\n  data_files: '*'\n  filters: {filters}\n---\n")
+    with pytest.raises(SourceError, match=rf"^source {folder}: its caption table {table} in its archive "
+                                          rf"{folder / 'data.zip'} has no rows$"):
+        load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"))
+
+
 def _write_compressed(path, text: str) -> None:
     """`text` written to `path`, compressed as its suffix says."""
     import bz2
