@@ -32,6 +32,7 @@ from .source_files import (
     check_caption_table_rows,
     check_json_value_types,
     check_parquet_row_groups,
+    data_files_by_split,
     data_files_read,
     local_parquet_metadata,
 )
@@ -298,11 +299,7 @@ def load_source(
     with data_files_read(source, data_files):
         # CSV cells as the text written (`CSV_TEXT_CELLS`): the csv builder takes pandas' options, imagefolder does not
         if isinstance(builder.config, CsvConfig):
-            builder = datasets.load_dataset_builder(
-                location, name, cache_dir=cache_dir, token=token,
-                features=_csv_text_features(source, builder, data_files),
-                config_id=f"{builder.config_id}-{CSV_TEXT_CELLS_CONFIG}", **CSV_TEXT_CELLS,
-            )
+            builder = _csv_text_cells_builder(source, location, name, builder, _split_names(split), cache_dir, token)
         elif isinstance(builder, ImageFolder) and _holds_csv_metadata(builder, data_files):
             builder = TextCellsImageFolder.from_builder(builder, cache_dir=cache_dir)
         try:
@@ -331,8 +328,9 @@ def _prepared_split(source: str, split: str, builder: datasets.DatasetBuilder) -
 
 
 # The end of the config id (and cache) of a CSV table read with its cells as text (`load_source`): the plain config id
-# of the data files and README config it reads, then this, as `TextCellsImageFolder` names its own. Not datasets' id of
-# the options and features it is given: offline, those features (the columns of data files on the Hub) are unknown
+# of the data files and README config it reads (then the splits read, where only those are: `_csv_text_cells_builder`),
+# then this, as `TextCellsImageFolder` names its own. Not datasets' id of the options and features it is given: offline,
+# those features (the columns of data files on the Hub) are unknown
 CSV_TEXT_CELLS_CONFIG = "csv_text_cells"
 
 
@@ -374,36 +372,77 @@ def csv_cells_reading(source: datasets.Dataset) -> str | None:
     return CSV_CELLS_AS_TEXT if source.info.builder_name in ("csv", TextCellsImageFolder.NAME) else None
 
 
-def _csv_text_features(source: str, builder: datasets.DatasetBuilder, files: Iterable[str]) -> datasets.Features:
-    """The features CSV `files` of `source` are read with by `builder`, a `datasets` csv builder: each column
-    (`_csv_columns`) as text (`datasets.Value("string")`, which the csv builder reads as the text written), but those
-    whose type the README's config declares (`features:`), as declared. A column's type is never inferred: one empty in
-    a whole 10,000-row chunk was a float column, in which a later chunk's text failed to read ("Failed to parse string:
-    'abc' as a scalar of type double"). Not `builder.info.features`: beside a README's `dataset_info:`, they are those
-    of a cache of the same files (a plain `load_dataset` one, whose types pandas' defaults inferred)."""
+def _csv_text_cells_builder(
+    source: str,
+    location: str,
+    name: str | None,
+    builder: datasets.DatasetBuilder,
+    splits: Sequence[str],
+    cache_dir: str | None,
+    token: str | None,
+) -> datasets.DatasetBuilder:
+    """The `datasets` csv builder reading the CSV tables of `source` (at `location`, its config `name`) that `builder`
+    reads, with every cell as the text written (`CSV_TEXT_CELLS`) and the features `_csv_text_features` gives the
+    columns of the files of `splits`, those read (`_csv_columns`).
+    `datasets` prepares every split of a config, with one set of columns: that of the first split, in which a later
+    split's file lacking a column reads it as missing, and one with another column fails ("Couldn't cast"), whatever
+    split is read. Every split is read, as before, where all files have the columns of those read; where another split's
+    files have others (a test.csv without the train.csv's label column), only `splits` are, in a cache of their own (a
+    config id naming them), as the other splits may lack a column the build reads."""
+    headers = _csv_headers(builder)
+    columns = _csv_columns(source, headers, splits)
+    # (the files of `splits` have `columns`: `_csv_columns`)
+    others_differ = any(set(header) != set(columns) for files in headers.values() for header in files.values())
+    data_files = None if not others_differ else {
+        split: builder.config.data_files[split] for split in headers if split in splits
+    }
+    read = "" if data_files is None else f"{'+'.join(data_files)}-"
+    return datasets.load_dataset_builder(
+        location, name, cache_dir=cache_dir, token=token, data_files=data_files,
+        features=_csv_text_features(builder, columns),
+        config_id=f"{builder.config_id}-{read}{CSV_TEXT_CELLS_CONFIG}", **CSV_TEXT_CELLS,
+    )
+
+
+def _csv_text_features(builder: datasets.DatasetBuilder, columns: Iterable[str]) -> datasets.Features:
+    """The features CSV tables of `columns` are read with by `builder`, a `datasets` csv builder: each column as text
+    (`datasets.Value("string")`, which the csv builder reads as the text written), but those whose type the README's
+    config declares (`features:`), as declared. A column's type is never inferred: one empty in a whole 10,000-row
+    chunk was a float column, in which a later chunk's text failed to read ("Failed to parse string: 'abc' as a scalar
+    of type double"). Not `builder.info.features`: beside a README's `dataset_info:`, they are those of a cache of the
+    same files (a plain `load_dataset` one, whose types pandas' defaults inferred)."""
     declared = builder.config.features or {}
-    text = {column: datasets.Value("string") for column in _csv_columns(source, builder, files)}
-    return datasets.Features({**text, **declared})
+    return datasets.Features({**{column: datasets.Value("string") for column in columns}, **declared})
 
 
-def _csv_columns(source: str, builder: datasets.DatasetBuilder, files: Iterable[str]) -> list[str]:
-    """The column names of CSV `files` (local, or on the Hub) of `source` as `builder`, a `datasets` csv builder, reads
-    them: its separator, header and encoding (a folder's config in its README), compression inferred from the file
-    name. A `SourceError` names a file whose columns are not the first file's, and both headers: `datasets` reads every
-    file with one set of columns (with the columns of all files, it failed on the first file, which lacked one)."""
+def _csv_headers(builder: datasets.DatasetBuilder) -> dict[str, dict[str, list[str]]]:
+    """The column names of each CSV file (local, or on the Hub) of each split that `builder`, a `datasets` csv builder,
+    reads, as it reads them: its separator, header and encoding (a folder's config in its README), compression inferred
+    from the file name."""
     header = {**builder.config.pd_read_csv_kwargs, "nrows": 0, "chunksize": None}
-    first: tuple[str, list[str]] | None = None  # (file, its columns)
-    for file in files:
-        hub = None if is_local_path(file) else {"token": builder.token}  # an hf:// file, read by fsspec
-        columns = list(pd.read_csv(file, storage_options=hub, **header).columns)
-        if first is None:
-            first = (file, columns)
-        elif set(columns) != set(first[1]):  # (read by name: columns in another order read)
+    headers: dict[str, dict[str, list[str]]] = {}
+    for split, files in data_files_by_split(builder.config.data_files).items():
+        for file in files:
+            hub = None if is_local_path(file) else {"token": builder.token}  # an hf:// file, read by fsspec
+            headers.setdefault(split, {})[file] = list(pd.read_csv(file, storage_options=hub, **header).columns)
+    return headers
+
+
+def _csv_columns(source: str, headers: dict[str, dict[str, list[str]]], splits: Sequence[str]) -> list[str]:
+    """The columns of the CSV files of `splits` of `source`, of `headers` (`_csv_headers`). A `SourceError` names a file
+    whose columns are not the first file's, and both headers: `datasets` reads the files of the splits read with one set
+    of columns (with the columns of all files, it failed on the first file, which lacked one). Columns in another order
+    read: `datasets` reads them by name."""
+    files = [(file, columns) for split in splits for file, columns in headers[split].items()]
+    first_file, first_columns = files[0] if files else (None, [])
+    for file, columns in files:
+        if set(columns) != set(first_columns):
             raise SourceError(
-                f"source {source}: its data file {file} has the columns {columns}, but {first[0]} has {first[1]}: "
-                "datasets reads all CSV data files of a source with the same columns; give them one header"
+                f"source {source}: its data file {file} has the columns {columns}, but {first_file} has "
+                f"{first_columns}: datasets reads the CSV files of a split, and of the splits read together, with one "
+                "set of columns; give them one header"
             )
-    return [] if first is None else first[1]
+    return first_columns
 
 
 def _holds_csv_metadata(builder: ImageFolder, files: Iterable[str]) -> bool:

@@ -49,11 +49,34 @@ def test_a_csv_file_whose_header_differs_is_named_with_both_headers(tmp_path):
     (table / "part-2.csv").write_text(f"image,text\n{images / '0.png'},a red square\n")
     with pytest.raises(SourceError, match=rf"^source {table}: its data file {table / 'part-2.csv'} has the columns "
                                           rf"\['image', 'text'\], but {table / 'part-0.csv'} has "
-                                          r"\['image', 'caption'\]: datasets reads all CSV data files of a source with "
-                                          "the same columns; give them one header$"):
+                                          r"\['image', 'caption'\]: datasets reads the CSV files of a split, and of "
+                                          "the splits read together, with one set of columns; give them one header$"):
         load_source(str(table), split="train", cache_dir=str(tmp_path / "cache"))
     (table / "part-2.csv").unlink()
     assert load_source(str(table), split="train", cache_dir=str(tmp_path / "cache"))["caption"] == ["a red square"] * 2
+
+
+def test_csv_splits_of_other_columns_are_read_one_split_at_a_time(tmp_path):
+    """A train.csv with a label column beside a test.csv without (as Kaggle gives them) was refused whatever split was
+    read, while a plain load_dataset reads its train split: datasets reads every split of a config with one set of
+    columns (the first split's, a later split's file lacking one reads it as missing), which the build's split need not
+    share with others."""
+    images = tmp_path / "images"
+    _image_folder(images, count=1)
+    table = tmp_path / "table"
+    table.mkdir()
+    (table / "train.csv").write_text(f"image,caption,label\n{images / '0.png'},a red square,1\n")
+    (table / "test.csv").write_text(f"caption,image\na dark square,{images / '0.png'}\n")
+    cache = str(tmp_path / "cache")
+    assert load_source(str(table), split="train", cache_dir=cache).remove_columns("image").to_list() == [
+        {"caption": "a red square", "label": "1"}]
+    assert load_source(str(table), split="test", cache_dir=cache).remove_columns("image").to_list() == [
+        {"caption": "a dark square"}]
+    with pytest.raises(SourceError, match=rf"^source {table}: its data file {table / 'test.csv'} has the columns "
+                                          rf"\['caption', 'image'\], but {table / 'train.csv'} has \['image', "
+                                          r"'caption', 'label'\]: datasets reads the CSV files of a split, and of the "
+                                          "splits read together, with one set of columns; give them one header$"):
+        load_source(str(table), split="train+test", cache_dir=cache)
 
 
 def test_a_json_column_of_mixed_types_is_refused_naming_file_line_and_column(tmp_path):
@@ -515,6 +538,10 @@ for config in ("a", "b"):  # an image folder of two configs
 plain.mkdir()  # an image folder without CSV data
 Image.new("RGB", (8, 8)).save(plain / "0.png")
 (plain / "metadata.jsonl").write_text('{"file_name": "0.png", "id": "0123"}\\n')
+splits = Path("splits")  # a test split without the train split's label column: only the split read is read
+splits.mkdir()
+(splits / "train.csv").write_text("id,image,caption,label\\n01,0.png,a,1\\n")
+(splits / "test.csv").write_text("id,image,caption\\n02,0.png,b\\n")
 read = {}
 api.create_repo("maple-org/jsonl-images", repo_type="dataset")
 api.upload_folder(repo_id="maple-org/jsonl-images", folder_path=str(plain), repo_type="dataset")
@@ -523,21 +550,24 @@ fingerprint = datasets.load_dataset("maple-org/jsonl-images", split="train", cac
 read["fingerprint kept"] = load_source("maple-org/jsonl-images", split="train", cache_dir="cache")._fingerprint == fingerprint
 # the image folder first: datasets patched the module of a builder it made (open, pandas.read_csv) for streaming, where
 # the table's columns are read
-for repo, folder, name in (("maple-org/csv-images", images, "b"), ("maple-org/csv-table", table, None)):
+for repo, folder, name, split in (("maple-org/csv-images", images, "b", "train"), ("maple-org/csv-table", table, None,
+                                  "train"), ("maple-org/csv-splits", splits, None, "test")):
     api.create_repo(repo, repo_type="dataset")
     api.upload_folder(repo_id=repo, folder_path=str(folder), repo_type="dataset")
-    rows = load_source(repo, split="train", name=name, cache_dir="cache")
+    rows = load_source(repo, split=split, name=name, cache_dir="cache")
     read[repo] = [list(rows["id"]), list(rows["caption"])]
 print(json.dumps(read))
 """
 
 
 def test_csv_cells_of_a_hub_source_are_read_as_the_text_written(hub_server, tmp_path):
-    """On the Hub too: a CSV table (its columns read from the Hub, compressed, with its README's separator) and an
-    image folder's metadata.csv, of the config named. An image folder without CSV data keeps datasets' fingerprint."""
+    """On the Hub too: a CSV table (its columns read from the Hub, compressed, with its README's separator; a split of
+    other columns than another's) and an image folder's metadata.csv, of the config named. An image folder without CSV
+    data keeps datasets' fingerprint."""
     read = json.loads(run_client(hub_server, tmp_path, HUB_CSV_SOURCES).strip().splitlines()[-1])
     assert read == {"fingerprint kept": True, "maple-org/csv-table": [["000123", "123"], ["NA", None]],
-                    "maple-org/csv-images": [["0123b", "123"], ["null", "N/A"]]}
+                    "maple-org/csv-images": [["0123b", "123"], ["null", "N/A"]],
+                    "maple-org/csv-splits": [["02"], ["b"]]}
 
 
 HUB_CSV_SOURCES_READ = """
