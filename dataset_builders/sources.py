@@ -337,14 +337,16 @@ CSV_TEXT_CELLS_CONFIG = "csv_text_cells"
 def _text_cells_cache(source: str, name: str | None, cache_dir: str | None) -> datasets.DatasetBuilder | None:
     """Offline, the builder of the latest cache in `cache_dir` of Hub dataset `source` (of its config `name`; None: of
     its one config cached so) that `load_source` wrote with CSV cells read as text (config ids ending in
-    `CSV_TEXT_CELLS_CONFIG` or `TextCellsImageFolder.NAME`), read as datasets reads a cache offline; None where there is
-    none. A `SourceError` where `name` is None and several configs are cached so."""
+    `CSV_TEXT_CELLS_CONFIG`, or in `TextCellsImageFolder.NAME` of the version of its reading, not an older one's), read
+    as datasets reads a cache offline; None where there is none. A `SourceError` where `name` is None and several
+    configs are cached so."""
     *namespace, dataset_name = source.split("/")
     root = Path(cache_dir or datasets.config.HF_DATASETS_CACHE).expanduser()
     folder = root / "___".join([*namespace, camelcase_to_snakecase(dataset_name)])
     caches = [  # <config id>/<version>/<hash>, of the config named
-        cache for suffix in (CSV_TEXT_CELLS_CONFIG, TextCellsImageFolder.NAME)
-        for cache in folder.glob(f"*-{suffix}/*/*")
+        cache for pattern in (f"*-{CSV_TEXT_CELLS_CONFIG}/*/*",
+                              f"*-{TextCellsImageFolder.NAME}/{TextCellsImageFolder.VERSION}/*")
+        for cache in folder.glob(pattern)
         if (cache / "dataset_info.json").is_file()
         and name in (None, json.loads((cache / "dataset_info.json").read_text(encoding="utf-8"))["config_name"])
     ]

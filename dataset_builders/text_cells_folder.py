@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
 
+import datasets
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -47,6 +48,12 @@ class TextCellsImageFolder(ImageFolder):
     # nothing to its module's name (`DatasetBuilder.name`), which `from_builder`'s dataset name and config id leave
     # unused.
     NAME = "imagefolder_csv_text_cells"
+    # The version of its reading, its config's: a level of its cache's path (`<config id>/<version>/<hash>`), and so of
+    # a Hub source's fingerprint. Raised where what it reads changes, so that no cache an older reading prepared is
+    # reused (nor read offline: `sources._text_cells_cache`), each cached image folder prepared again once. 1.0.0: the
+    # columns the README declares read as declared (from the text, a bool column's `false` was True), a boolean
+    # compared with a number by README filters as 1 or 0 (as no number before).
+    VERSION = datasets.Version("1.0.0")
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -55,8 +62,10 @@ class TextCellsImageFolder(ImageFolder):
     @classmethod
     def from_builder(cls, builder: ImageFolder, cache_dir: str | None = None) -> TextCellsImageFolder:
         """The image folder `builder` reads (its data files, Hub repo and revision, and config: one named in the
-        README included), read with CSV cells as text; its datasets cache in `cache_dir` (None: the default)."""
+        README included), read with CSV cells as text; its datasets cache in `cache_dir` (None: the default), of its
+        reading's version (`VERSION`)."""
         settings = {field.name: getattr(builder.config, field.name) for field in dataclasses.fields(builder.config)}
+        settings["version"] = cls.VERSION
         return cls(
             cache_dir=cache_dir, dataset_name=builder.dataset_name, config_name=settings.pop("name"), hash=builder.hash,
             base_path=builder.base_path, token=builder.token, repo_id=builder.repo_id,

@@ -504,6 +504,26 @@ def test_readme_features_of_an_image_folder_with_a_metadata_csv_are_read_as_decl
         load_source(str(folder), split="train", cache_dir=str(tmp_path / "another cache"))
 
 
+def test_an_image_folder_cache_an_older_reading_prepared_is_not_reused(tmp_path, monkeypatch):
+    """A cache prepared before the columns a README declares were read as declared held a bool column's `false` as
+    True, and was reused: its path (config id, version, hash) was the same. Its reading's version is in the path."""
+    from collections import defaultdict
+
+    from dataset_builders.text_cells_folder import TextCellsImageFolder
+
+    folder = tmp_path / "images"
+    _image_folder(folder)
+    (folder / "metadata.csv").write_text("file_name,flag\n0.png,false\n1.png,True\n")
+    (folder / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files: '*'\n  features:\n"
+                                      "  - name: image\n    dtype: image\n  - name: flag\n    dtype: bool\n---\n")
+    cache = str(tmp_path / "cache")
+    with monkeypatch.context() as patch:  # the older reading: every cell as text, cast to the declared types after
+        patch.setattr(TextCellsImageFolder, "VERSION", datasets.Version("0.0.0"), raising=False)
+        patch.setattr(TextCellsImageFolder, "_csv_cell_types", lambda self: defaultdict(lambda: str))
+        assert load_source(str(folder), split="train", cache_dir=cache)["flag"] == [True, True]
+    assert load_source(str(folder), split="train", cache_dir=cache)["flag"] == [False, True]
+
+
 def test_an_image_folder_without_a_csv_caption_table_is_read_by_datasets_imagefolder(tmp_path):
     """Its config id, and so its cache and a Hub source's fingerprint (which a build's manifest records), are those of
     datasets' imagefolder, as before CSV cells were read as text: a build begun then resumes. The subclass reading a
