@@ -20,7 +20,7 @@ import datasets
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from datasets.features.features import Features, Value, require_storage_cast
+from datasets.features.features import require_storage_cast
 from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 
 from .source_files import SourceError
@@ -127,7 +127,7 @@ def _filter_values(filters: list) -> dict[str, dict[type, Any]]:
     return values
 
 
-def check_filter_values(source: str, filters: Any, declared: Features | None = None) -> None:
+def check_filter_values(source: str, filters: Any, declared: datasets.Features | None = None) -> None:
     """A `SourceError` naming `filters`, an image folder's README `filters:`, where pyarrow reads no filters in them (a
     predicate that is no `[column, op, value]`, an operator it lacks: a bare ValueError, or one blaming the metadata
     file being read), and naming the column too where they compare one column with values of several kinds (a number
@@ -166,7 +166,7 @@ def _declared_kind(feature: Any) -> type | None:
     """The kind of filter value (`FILTER_VALUE_KINDS`) pyarrow compares a column of declared `feature` with: `bool`,
     `float` (a number) or `str` (text) for a `datasets.Value` of booleans, numbers or text; None for any other
     (timestamps, class labels: left to pyarrow) and an undeclared column."""
-    dtype = feature.dtype if isinstance(feature, Value) else ""
+    dtype = feature.dtype if isinstance(feature, datasets.Value) else ""
     if dtype == "bool":
         return bool
     if dtype.startswith(("int", "uint", "float")):
@@ -195,7 +195,8 @@ def _filtered(table: pa.Table, frame: pd.DataFrame, expression: Any, compared: d
     if not typed:
         return table.filter(expression)
     row = "\0row"  # (no column of a CSV header)
-    rows = pa.table({**{column: table[column] for column in table.column_names}, **typed, row: range(len(table))})
+    columns = {column: table[column] for column in table.column_names}
+    rows = pa.table({**columns, **typed, row: pa.array(range(len(table)))})
     return table.take(rows.filter(expression)[row])
 
 
