@@ -573,9 +573,11 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         self.captioner = captioner
         self.miner = miner
         self.source_dataset = source_dataset
-        self.work_dir = Path(work_dir) if work_dir is not None else Path(self._cache_dir + ".work")
-        if problem := folder_problem(self.work_dir, "work_dir"):
+        if work_dir is None:
+            work_dir = self._cache_dir + ".work"
+        if problem := folder_problem(work_dir, "work_dir"):  # (as given: `Path("")` is the current folder)
             raise ValueError(problem)
+        self.work_dir = Path(work_dir)
         check_outside_source(self.config.source, work_dir=self.work_dir, cache_dir=self._cache_dir_root)
         self.rank = int(os.environ.get("RANK", 0)) if rank is None else rank
         self.world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size

@@ -369,8 +369,6 @@ def _build(args: argparse.Namespace, given: set[str]) -> int:
         # Configuration, source and model errors stop here, before any file is written.
         config = next(config for config in MaplePreferences.BUILDER_CONFIGS if config.name == args.config)
         config = MaplePreferencesConfig(**{**config.__dict__, **overrides, "source": args.source})
-        if not args.output_dir:  # an unset variable's "": it built into the current directory
-            raise ValueError("--output-dir is empty; expected a folder (created if missing)")
         for name, folder in (("--output-dir", output_dir), ("--output-dir's work folder", work_dir),
                              ("--output-dir's cache folder", cache_dir)):
             if problem := folder_problem(folder, name):

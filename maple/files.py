@@ -47,7 +47,10 @@ def located(path: str | None, folder: str | os.PathLike | None) -> str | None:
 def folder_problem(path: str | os.PathLike, name: str) -> str | None:
     """Why `path` can be no folder, as one sentence that begins with `name` (the flag or argument that gave it); None
     when it is a folder or can be made one. A file there, or above it, would otherwise stop a long job with a
-    NotADirectoryError or FileExistsError traceback when it first writes."""
+    NotADirectoryError or FileExistsError traceback when it first writes. An empty path (an unset variable) is none
+    either: read as the current folder, it would put the job's files there."""
+    if not os.fspath(path):
+        return f"{name} is empty; expected a folder (created if missing)"
     path = expanded_path(path)
     # the first that exists, or is a link (a broken one does not exist, and mkdir then raises FileExistsError)
     existing = next(folder for folder in (path, *path.absolute().parents) if folder.exists() or folder.is_symlink())

@@ -325,6 +325,13 @@ def test_a_work_dir_that_is_a_file_is_refused_when_the_builder_is_made(tmp_path,
     assert file.read_text() == "not a folder"
 
 
+def test_an_empty_work_dir_is_refused_when_the_builder_is_made(tmp_path, monkeypatch):
+    """`Path("")` is the current folder, where the build wrote its manifest, checkpoints and shards."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=re.escape("work_dir is empty; expected a folder (created if missing)")):
+        _builder(tmp_path, work_dir="")
+
+
 @pytest.mark.parametrize(
     "name, content, problem",
     [

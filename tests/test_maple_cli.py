@@ -91,6 +91,11 @@ def test_folder_problem_names_a_file_at_or_above_the_folder(tmp_path):
         "expected a folder (created if missing)")
 
 
+def test_folder_problem_refuses_an_empty_path():
+    """An unset variable's "" is the current folder to `Path`: a builder's work_dir="" put its checkpoints there."""
+    assert folder_problem("", "work_dir") == "work_dir is empty; expected a folder (created if missing)"
+
+
 def test_a_home_folder_of_no_user_is_left_as_written(tmp_path, monkeypatch):
     """`Path.expanduser` raised RuntimeError ("Could not determine home directory") for `~nosuchuser/x`, a traceback
     from every command given such a path; the shell and `os.path.expanduser` leave it as written."""
