@@ -515,7 +515,8 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         miner: a `HardNegativeMiner`.
         source_dataset: an in-memory `datasets.Dataset` to use instead of `config.source`.
         work_dir: where checkpoints (row check, embeddings, shards, stats) live; defaults to a folder
-            beside the datasets cache of this config. Reuse it to resume.
+            beside the datasets cache of this config; a leading `~` is the home folder, as in cache_dir. Reuse it to
+            resume.
         rank, world_size: this process's share of the shards; default to the RANK / WORLD_SIZE
             environment variables that `accelerate launch` and torchrun set, else 0 / 1.
         progress: show progress bars.
@@ -577,7 +578,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             work_dir = self._cache_dir + ".work"
         if problem := folder_problem(work_dir, "work_dir"):  # (as given: `Path("")` is the current folder)
             raise ValueError(problem)
-        self.work_dir = Path(work_dir)
+        self.work_dir = expanded_path(work_dir)  # as `datasets` expands cache_dir, and folder_problem checked it
         check_outside_source(self.config.source, work_dir=self.work_dir, cache_dir=self._cache_dir_root)
         self.rank = int(os.environ.get("RANK", 0)) if rank is None else rank
         self.world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size

@@ -332,6 +332,17 @@ def test_an_empty_work_dir_is_refused_when_the_builder_is_made(tmp_path, monkeyp
         _builder(tmp_path, work_dir="")
 
 
+def test_a_work_dir_in_the_home_folder_is_expanded_as_the_cache_dir_is(tmp_path, monkeypatch):
+    """work_dir="~/prefs/work" made a folder named ~ in the current folder, while datasets put cache_dir="~/prefs/cache"
+    in the home folder (and folder_problem checked the home folder's path, not the one written)."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    builder = _builder(tmp_path, config_name="corpus-captions", cache_dir="~/prefs/cache", work_dir="~/prefs/work")
+    builder.build_shards()
+    assert builder.work_dir == tmp_path / "home" / "prefs" / "work"
+    assert (builder.work_dir / "manifest.json").is_file() and not (tmp_path / "~").exists()
+
+
 @pytest.mark.parametrize(
     "name, content, problem",
     [
