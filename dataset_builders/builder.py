@@ -700,7 +700,9 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         return self.work_dir / "shards"
 
     def check_ready(self) -> None:
-        """Raise a clear error for a build that cannot run, before any work is done."""
+        """Raise a clear error for a build that cannot run, before any work is done (before `check_work_dir` claims the
+        work dir for this recipe, which the fix the error suggests could then not use): a missing source or component,
+        and more SemDeDup clusters than the source's rows allow (`SourceError`)."""
         problems = []
         if self.source_dataset is None and self.config.source is None:
             problems.append("no source: set config source=... or pass source_dataset=...")
@@ -712,6 +714,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             problems.append("miner= must be a HardNegativeMiner")
         if problems:
             raise ValueError("cannot build MaplePreferences: " + "; ".join(problems))
+        self._check_semdedup_clusters(len(self._load_source()))  # the source's rows bound the usable ones
 
     def manifest(self) -> dict[str, Any]:
         """Everything that shapes the contents of the work dir: two builds with equal manifests
@@ -1048,7 +1051,6 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         """Check the inputs, embed them and pick the anchors (each step checkpointed; memoised)."""
         if self._plan is None:
             self.check_ready()
-            self._check_semdedup_clusters(len(self._load_source()))  # the source's rows bound the usable ones
             self.check_work_dir()
             num_source_rows, valid_rows, skipped = self.check_inputs()
             if not valid_rows:

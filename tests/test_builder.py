@@ -1361,6 +1361,16 @@ def test_the_papers_cluster_count_on_a_small_corpus_stops_before_embedding(tmp_p
     _unbuilt(tmp_path, colour_square_source(), config_name="paper", captioner=ColourCaptioner(), semdedup_clusters=2).build_shards()
 
 
+def test_the_papers_cluster_count_on_a_small_corpus_leaves_the_work_dir_to_the_fix_from_download_and_prepare(tmp_path):
+    """download_and_prepare claimed the work dir (its manifest) before the cluster count was checked, so the fix the
+    error suggests was refused as another recipe (semdedup_clusters: 50000 in the work dir, 2 now)."""
+    builder = _unbuilt(tmp_path, colour_square_source(), config_name="paper", captioner=ColourCaptioner())
+    with pytest.raises(ValueError, match=r"50000 clusters on 10 rows"):
+        builder.download_and_prepare()
+    assert not (tmp_path / "work" / "manifest.json").exists()
+    _unbuilt(tmp_path, colour_square_source(), config_name="paper", captioner=ColourCaptioner(), semdedup_clusters=2).download_and_prepare()
+
+
 def test_a_rank_that_gives_up_before_embedding_does_not_leave_another_waiting(tmp_path, monkeypatch):
     """The rank that merged the input checks first raised the cluster-count error and removed every slice, so a rank
     still polling for them waited the whole wait_timeout (24 hours by default), then blamed a missing file."""
