@@ -306,6 +306,23 @@ def _config_folder(snapshot: Path, config_name: str) -> Path:
     return snapshot / config_name
 
 
+def _check_preference_columns(file: str) -> None:
+    """A ValueError naming the parquet file `file`, read as preference rows, where its columns are not the schema's, or
+    where it does not read as parquet: `datasets`, reading it with `PREFERENCE_FEATURES`, filled a missing column with
+    None in every row, silently, and refused an extra column, or a file that is no parquet, naming no file."""
+    try:
+        columns = pq.read_schema(file).names
+    except pa.ArrowInvalid as error:
+        raise ValueError(f"{file} cannot be read as parquet: {error}") from None
+    missing = [column for column in PREFERENCE_FEATURES if column not in columns]
+    extra = [column for column in columns if column not in PREFERENCE_FEATURES]
+    if missing or extra:
+        problems = (("lacks the columns", missing), ("has the extra columns", extra))
+        found = " and ".join(f"{what} {', '.join(map(repr, names))}" for what, names in problems if names)
+        raise ValueError(f"{file} holds no preference rows: it {found} (a preference dataset has the columns "
+                         f"{', '.join(PREFERENCE_FEATURES)})")
+
+
 def _in_number_order(path: Path) -> list[str | int]:
     """A sort key that orders the numbers in a path by value: a build's shards are named by anchor ("shard-999995-..."
     before "shard-1000000-...", which a plain sort puts first)."""
@@ -1424,7 +1441,8 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         split (a build's shards) are the "train" split. A file that `datasets` would leave out beside files it reads, or
         read as two splits, is a `maple.dataset_layout.SplitLayoutError` naming it, never read as another split's. Files are read
         with the numbers in their names in value order (a build's shards past anchor 999,999 in anchor order), where
-        `datasets` sorts names as text.
+        `datasets` sorts names as text; a file whose columns are not the schema's, or that is no parquet, is a
+        ValueError naming it.
 
         A repo snapshot whose README.md names its `configs` (as a pushed card does) is read as the card says, by
         `datasets.load_dataset`, as `maple train` reads it. Without one, each config's files lie in a top-level folder
@@ -1470,6 +1488,8 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             # may slice ("train[:100]").
             by_split = files_by_split(folder, files, config_folder=config_folder) if path.is_dir() else {"train": files}
             data_files = {name: [str(file) for file in split_files] for name, split_files in by_split.items()}
+            for file in (file for split_files in data_files.values() for file in split_files):
+                _check_preference_columns(file)
             return datasets.load_dataset("parquet", data_files=data_files, split=split, features=PREFERENCE_FEATURES, **load_kwargs)
         try:
             return datasets.load_dataset(repo_id_or_path, name=config_name, split=split, **load_kwargs)

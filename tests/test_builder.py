@@ -810,6 +810,25 @@ def test_from_pretrained_loads_a_local_build_or_snapshot(tmp_path):
         MaplePreferences.from_pretrained(str(tmp_path / "saved"), config_name="paper")
 
 
+def test_from_pretrained_refuses_local_parquet_files_of_other_columns_naming_the_file(tmp_path):
+    """Read with the preference features, a file lacking a column (a source table given for the shards) gave rows of
+    None in it, silently; one with an extra column, or no parquet at all, was datasets' DatasetGenerationError naming
+    no file."""
+    built = _build(tmp_path).as_dataset(split="train")
+    (tmp_path / "source").mkdir()
+    built.select_columns(["id", "image", "caption"]).to_parquet(str(tmp_path / "source" / "train.parquet"))
+    with pytest.raises(ValueError, match=re.escape(
+            f"{tmp_path / 'source' / 'train.parquet'} holds no preference rows: it lacks the columns 'candidate_images', "
+            "'candidate_texts', 'txt2img_scores', 'img2txt_scores' (a preference dataset has the columns id, image, ")):
+        MaplePreferences.from_pretrained(str(tmp_path / "source"))
+    (tmp_path / "more").mkdir()
+    built.add_column("note", ["x"] * len(built)).to_parquet(str(tmp_path / "more" / "train.parquet"))
+    with pytest.raises(ValueError, match=r"more/train\.parquet holds no preference rows: it has the extra columns 'note'"):
+        MaplePreferences.from_pretrained(str(tmp_path / "more" / "train.parquet"))
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 cut short")
+    with pytest.raises(ValueError, match=r"broken\.parquet cannot be read as parquet: "):
+        MaplePreferences.from_pretrained(str(tmp_path / "broken.parquet"))
+
 
 @pytest.mark.parametrize("names", [
     {"train": "train-00000-of-00001.parquet", "test": "test-00000-of-00001.parquet"},
