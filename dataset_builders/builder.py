@@ -34,6 +34,7 @@ import errno
 import hashlib
 import json
 import math
+import numbers
 import os
 import pickle
 import re
@@ -88,6 +89,8 @@ from .sources import (
 )
 
 TEXT_CANDIDATE_SOURCES = ("generated", "corpus")
+# The `MaplePreferencesConfig` fields that count something, or seed: integers (`semdedup_clusters` may be None)
+INTEGER_FIELDS = ("num_hard_negatives", "captioned_negatives", "max_candidate_texts", "shard_size", "semdedup_clusters", "seed")
 MANIFEST_FILE = "manifest.json"
 # Raised whenever a manifest field is added or changes meaning, or what the checkpoints hold changes (what each raise
 # changed: `git log -G "MANIFEST_VERSION = "`). A work dir of another version is refused: its manifest cannot say
@@ -200,9 +203,20 @@ class MaplePreferencesConfig(datasets.BuilderConfig):
         self.validate()
 
     def validate(self) -> None:
-        """Raise a ValueError naming every bad setting. Runs at construction and again in the builder,
-        because `datasets` applies keyword overrides to a named config by plain attribute assignment."""
-        problems = []
+        """Raise a ValueError naming every setting of the wrong type, else every bad value. Runs at construction and
+        again in the builder, because `datasets` applies keyword overrides to a named config by plain attribute
+        assignment."""
+        # A float count (shard_size=1e3) passed the bounds below and failed once every image was embedded, a TypeError
+        # naming no setting; a string one failed here, alike
+        numbers_of_type = {name: numbers.Integral for name in INTEGER_FIELDS} | {"semdedup_epsilon": numbers.Real}
+        if problems := [
+            f"{name} must be {'an integer' if kind is numbers.Integral else 'a number'}, got {value!r} "
+            f"({type(value).__name__})"
+            for name, kind in numbers_of_type.items()
+            if not (isinstance(value := getattr(self, name), kind) and not isinstance(value, bool))
+            and not (name == "semdedup_clusters" and value is None)
+        ]:
+            raise ValueError("invalid MaplePreferences config: " + "; ".join(problems))
         if self.num_hard_negatives < 1:
             problems.append(f"num_hard_negatives must be at least 1, got {self.num_hard_negatives}")
         if self.text_candidates not in TEXT_CANDIDATE_SOURCES:

@@ -11,6 +11,7 @@ import threading
 import time
 
 import datasets
+import numpy
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -394,6 +395,20 @@ def test_each_config_bound_refuses_the_value_just_outside_and_takes_the_edge(set
     with pytest.raises(ValueError, match=rf"invalid MaplePreferences config: {setting} must"):
         MaplePreferencesConfig(name="x", **refused)
     MaplePreferencesConfig(name="x", **accepted)
+
+
+@pytest.mark.parametrize("setting, value, expected", [
+    ("shard_size", 1e3, "an integer"), ("num_hard_negatives", 2.0, "an integer"), ("semdedup_clusters", 2.0, "an integer"),
+    ("seed", 1.5, "an integer"), ("max_candidate_texts", "6", "an integer"), ("semdedup_epsilon", "0.07", "a number"),
+])
+def test_a_setting_of_the_wrong_type_is_refused_before_any_work(tmp_path, setting, value, expected):
+    """A float count passed the bounds and failed once every image was embedded (shard_size=1e3: "'float' object
+    cannot be interpreted as an integer", naming no setting); a string one failed in validate with a TypeError."""
+    with pytest.raises(ValueError, match=re.escape(
+            f"invalid MaplePreferences config: {setting} must be {expected}, got {value!r} ({type(value).__name__})")):
+        _unbuilt(tmp_path, colour_square_source(), **{setting: value}).download_and_prepare()
+    assert not (tmp_path / "work").exists()
+    _unbuilt(tmp_path, colour_square_source(), shard_size=numpy.int64(4)).check_work_dir()  # numpy's integers are integers
 
 
 def test_the_seed_range_is_the_one_whose_every_shard_seed_torch_takes():
