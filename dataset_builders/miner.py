@@ -10,6 +10,7 @@ similarity block plus a (query_chunk_size, k) running top-k.
 from __future__ import annotations
 
 import copyreg
+import numbers
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -352,11 +353,16 @@ class HardNegativeMiner:
         key_chunk_size: int | None = None,
         **other_settings,
     ) -> None:
-        """A ValueError naming every given size below 1; `from_pretrained` checks them before it loads."""
+        """A ValueError naming every given size that is no integer (a float failed once the images were checked, or
+        embedded) or is below 1; `from_pretrained` checks them before it loads."""
         sizes = {"batch_size": batch_size, "query_chunk_size": query_chunk_size, "key_chunk_size": key_chunk_size}
-        if problems := [
-            f"{setting} must be at least 1, got {value}" for setting, value in sizes.items() if value is not None and value < 1
-        ]:
+        problems = []
+        for setting, value in sizes.items():
+            if value is not None and (not isinstance(value, numbers.Integral) or isinstance(value, bool)):
+                problems.append(f"{setting} must be an integer, got {value!r} ({type(value).__name__})")
+            elif value is not None and value < 1:
+                problems.append(f"{setting} must be at least 1, got {value}")
+        if problems:
             raise ValueError("invalid HardNegativeMiner settings: " + "; ".join(problems))
 
     @classmethod

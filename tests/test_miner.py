@@ -3,6 +3,7 @@
 import math
 import re
 
+import numpy
 import pytest
 import torch
 from PIL import Image
@@ -182,6 +183,12 @@ def test_bad_arguments_are_rejected():
     # Before the fix batch_size <= 0 encoded every image in one batch.
     with pytest.raises(ValueError, match=r"batch_size must be at least 1, got 0; key_chunk_size must be at least 1, got -1"):
         HardNegativeMiner(lambda images: torch.zeros(len(images), 2), batch_size=0, key_chunk_size=-1)
+    # A float passed and failed once the builder had checked the images (batch_size, "'float' object cannot be
+    # interpreted as an integer") or embedded them (the chunk sizes); a string failed here with a TypeError
+    with pytest.raises(ValueError, match=r"batch_size must be an integer, got 2\.0 \(float\); query_chunk_size must be an "
+                                         r"integer, got '8' \(str\); key_chunk_size must be an integer, got True \(bool\)$"):
+        HardNegativeMiner(lambda images: torch.zeros(len(images), 2), batch_size=2.0, query_chunk_size="8", key_chunk_size=True)
+    HardNegativeMiner(lambda images: torch.zeros(len(images), 2), batch_size=numpy.int64(2))  # numpy's integers are integers
 
 
 def test_from_pretrained_refuses_bad_sizes_before_it_loads(monkeypatch):
