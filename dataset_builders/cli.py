@@ -216,15 +216,18 @@ def _check_model_refs(args: argparse.Namespace) -> None:
             if spec is None or _factory(spec) is not None:
                 continue
             config_file = checkpoint_config_file(spec, token=args.token)  # a folder holding no model (of images, say) too
-            config = json.loads(config_file.read_text())
+            try:
+                config = json.loads(config_file.read_text())
+            except ValueError as error:  # json's, or text that is not UTF-8
+                raise ModelLoadError(f"{config_file} cannot be read: {error}") from None
             if option == "--miner" and (problem := encoder_config_problem(spec, config)):
                 raise ModelLoadError(problem)
             if option != "--miner" and config_file.name == "config.json":  # (an adapter's is its base's family)
                 check_supported(config.get("model_type"))
-        except (ImportError, AttributeError, ModelLoadError, NotImplementedError) as error:
+        # a ValueError too: one a factory's module raises as it imports (it was taken for an earlier model's config
+        # that did not read, or, for the first, an UnboundLocalError)
+        except (ImportError, AttributeError, ModelLoadError, NotImplementedError, ValueError) as error:
             raise ValueError(f"{option} {spec}: {error}") from None
-        except ValueError as error:  # json's: a config that does not read
-            raise ValueError(f"{option} {spec}: {config_file} cannot be read: {error}") from None
 
 
 def _component_specs(args: argparse.Namespace) -> list[tuple[str, str | None]]:

@@ -312,6 +312,21 @@ def test_models_that_cannot_be_found_or_loaded_are_one_line_errors(source_file, 
     assert not (tmp_path / "out" / "work").exists()
 
 
+def test_a_factory_module_failing_as_it_imports_is_named_by_its_option(source_file, tmp_path, capsys, monkeypatch):
+    """Its ValueError was taken for a config.json that did not read: an UnboundLocalError traceback for the first model,
+    and for a later one a line blaming the config.json of the model checked before it."""
+    (tmp_path / "judge_folder").mkdir()
+    (tmp_path / "judge_folder" / "config.json").write_text(json.dumps({"model_type": "qwen2_vl"}))
+    (tmp_path / "failing_factory.py").write_text('raise ValueError("set MY_JUDGE_URL first")\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cli, "_load_components", lambda *args: pytest.fail("models were loaded"))
+    argv = [source_file, "--output-dir", str(tmp_path / "out"), "--config", "corpus-captions", *STAND_INS[4:], "--no-progress"]
+    for judges in (["--judge", "failing_factory:make"], ["--judge", str(tmp_path / "judge_folder"), "--judge", "failing_factory:make"]):
+        assert cli.main(argv + judges) == 2
+        assert capsys.readouterr().err == (
+            "maple build-preferences: error: --judge failing_factory:make: set MY_JUDGE_URL first\n")
+
+
 @pytest.mark.parametrize("option", ["--judge", "--captioner", "--miner"])
 def test_a_hub_model_offline_and_not_cached_is_an_error_before_any_model_loads(source_file, tmp_path, capsys, monkeypatch, option):
     """Only local paths were checked: offline, the judge and captioner (minutes and GPU memory for a 7B and a 72B
