@@ -255,6 +255,8 @@ def _make(option: str, spec: str) -> Any:
     except TypeError as error:  # a callable that needs arguments; a TypeError inside a factory reads alike
         raise ValueError(f"{option} {spec}: calling it with no arguments failed ({error}); expected a zero-argument "
                          f"factory of {needs}") from error
+    except ValueError as error:  # the factory's own refusal (a setting it lacks): printed alone, it named no option
+        raise ValueError(f"{option} {spec}: {error}") from error
     if not isinstance(made, protocol):
         raise ValueError(f"{option} {spec} made a {type(made).__name__}; expected {needs}")
     return made

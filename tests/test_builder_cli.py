@@ -327,6 +327,15 @@ def test_a_factory_module_failing_as_it_imports_is_named_by_its_option(source_fi
             "maple build-preferences: error: --judge failing_factory:make: set MY_JUDGE_URL first\n")
 
 
+def test_a_factory_refusing_to_make_its_object_is_named_by_its_option(source_file, tmp_path, capsys, monkeypatch):
+    """Its ValueError was printed alone, naming neither the option nor the factory."""
+    (tmp_path / "refusing_factory.py").write_text('def make():\n    raise ValueError("set MY_JUDGE_URL first")\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    argv = [source_file, "--output-dir", str(tmp_path / "out"), "--config", "corpus-captions", *STAND_INS[4:], "--no-progress"]
+    assert cli.main(argv + ["--judge", "refusing_factory:make"]) == 2
+    assert capsys.readouterr().err == "maple build-preferences: error: --judge refusing_factory:make: set MY_JUDGE_URL first\n"
+
+
 @pytest.mark.parametrize("option", ["--judge", "--captioner", "--miner"])
 def test_a_hub_model_offline_and_not_cached_is_an_error_before_any_model_loads(source_file, tmp_path, capsys, monkeypatch, option):
     """Only local paths were checked: offline, the judge and captioner (minutes and GPU memory for a 7B and a 72B
