@@ -10,6 +10,7 @@ similarity block plus a (query_chunk_size, k) running top-k.
 from __future__ import annotations
 
 import copyreg
+import math
 import numbers
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -336,7 +337,8 @@ class HardNegativeMiner:
         name: str | None = None,
         search_device: str | torch.device | None = None,
     ) -> None:
-        self.check_values(batch_size=batch_size, query_chunk_size=query_chunk_size, key_chunk_size=key_chunk_size)
+        self.check_values(batch_size=batch_size, query_chunk_size=query_chunk_size, key_chunk_size=key_chunk_size,
+                          duplicate_threshold=duplicate_threshold)
         self.encode_images = encode_images
         self.search_device = torch.device(search_device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.name = name or getattr(encode_images, "__qualname__", type(encode_images).__name__)
@@ -351,10 +353,13 @@ class HardNegativeMiner:
         batch_size: int | None = None,
         query_chunk_size: int | None = None,
         key_chunk_size: int | None = None,
+        duplicate_threshold: float | None = None,
         **other_settings,
     ) -> None:
         """A ValueError naming every given size that is no integer (a float failed once the images were checked, or
-        embedded) or is below 1; `from_pretrained` checks them before it loads."""
+        embedded) or is below 1, and a duplicate threshold that is no finite number (a NaN one, recorded in the builder's
+        manifest, never equals itself: the build refused its own work dir); `from_pretrained` checks them before it
+        loads."""
         sizes = {"batch_size": batch_size, "query_chunk_size": query_chunk_size, "key_chunk_size": key_chunk_size}
         problems = []
         for setting, value in sizes.items():
@@ -362,6 +367,11 @@ class HardNegativeMiner:
                 problems.append(f"{setting} must be an integer, got {value!r} ({type(value).__name__})")
             elif value is not None and value < 1:
                 problems.append(f"{setting} must be at least 1, got {value}")
+        if duplicate_threshold is not None and not (
+            isinstance(duplicate_threshold, numbers.Real) and not isinstance(duplicate_threshold, bool)
+            and math.isfinite(duplicate_threshold)
+        ):
+            problems.append(f"duplicate_threshold must be a finite number (a cosine), got {duplicate_threshold!r}")
         if problems:
             raise ValueError("invalid HardNegativeMiner settings: " + "; ".join(problems))
 

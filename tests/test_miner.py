@@ -189,6 +189,11 @@ def test_bad_arguments_are_rejected():
                                          r"integer, got '8' \(str\); key_chunk_size must be an integer, got True \(bool\)$"):
         HardNegativeMiner(lambda images: torch.zeros(len(images), 2), batch_size=2.0, query_chunk_size="8", key_chunk_size=True)
     HardNegativeMiner(lambda images: torch.zeros(len(images), 2), batch_size=numpy.int64(2))  # numpy's integers are integers
+    # A NaN threshold, recorded in the builder's manifest, never equals itself: the build refused its own work dir
+    # ("duplicate_threshold: nan in the work dir, nan now"); a string one failed at the first search, a TypeError
+    for threshold in (float("nan"), "0.99"):
+        with pytest.raises(ValueError, match=rf"duplicate_threshold must be a finite number \(a cosine\), got {re.escape(repr(threshold))}$"):
+            HardNegativeMiner(lambda images: torch.zeros(len(images), 2), duplicate_threshold=threshold)
 
 
 def test_from_pretrained_refuses_bad_sizes_before_it_loads(monkeypatch):
