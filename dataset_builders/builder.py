@@ -405,13 +405,26 @@ def _component_name(component: object | None) -> str | None:
     return None if component is None else component_name(component)
 
 
+def _as_read_back(value: Any) -> Any:
+    """`value` (a manifest, a component's settings) as it reads back from the JSON the manifest is written as: numpy's
+    numbers as the numbers they are (written as text, `shard_size=numpy.int64(4)` recorded '4', which a rerun's 4 did
+    not equal: the work dir was refused), anything else JSON cannot hold as its text."""
+
+    def default(item: Any) -> Any:
+        if isinstance(item, numbers.Integral):
+            return int(item)
+        return float(item) if isinstance(item, numbers.Real) else str(item)
+
+    return json.loads(json.dumps(value, default=default))
+
+
 def _component_settings(component: object | None) -> dict[str, Any] | None:
     """What, beside its name, shapes a component's output: its `settings` (`MLLMJudge`,
     `JudgeEnsemble`, `ContrastiveCaptioner`, `HardNegativeMiner`: prompt, dtype, image-processor
     settings, duplicate threshold, ...), as it reads back from JSON. None for a component without
     them (protocol stand-ins), which its name alone identifies."""
     settings = getattr(component, "settings", None)
-    return None if settings is None else json.loads(json.dumps(settings, default=str))
+    return None if settings is None else _as_read_back(settings)
 
 
 def _component_key(component: object | None) -> str | None:
@@ -796,7 +809,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         which recipe made them."""
         self._work_dir_claimed = False
         path = self.work_dir / MANIFEST_FILE
-        current = json.loads(json.dumps(self.manifest(), default=str))  # as it reads back from the file
+        current = _as_read_back(self.manifest())
         advice = f"use another work dir (CLI: another --output-dir), or delete {self.work_dir} to start over"
         if not path.exists():
             leftovers = [

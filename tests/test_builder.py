@@ -408,7 +408,15 @@ def test_a_setting_of_the_wrong_type_is_refused_before_any_work(tmp_path, settin
             f"invalid MaplePreferences config: {setting} must be {expected}, got {value!r} ({type(value).__name__})")):
         _unbuilt(tmp_path, colour_square_source(), **{setting: value}).download_and_prepare()
     assert not (tmp_path / "work").exists()
-    _unbuilt(tmp_path, colour_square_source(), shard_size=numpy.int64(4)).check_work_dir()  # numpy's integers are integers
+    _unbuilt(tmp_path, colour_square_source(), shard_size=numpy.int64(4)).check_ready()  # numpy's integers are integers
+
+
+def test_a_numpy_integer_setting_is_recorded_as_the_number_it_is(tmp_path):
+    """The manifest wrote it as text: shard_size=numpy.int64(4) recorded '4', and a rerun with 4 was refused
+    ("shard_size: '4' in the work dir, 4 now")."""
+    _unbuilt(tmp_path, colour_square_source(), shard_size=numpy.int64(4)).check_work_dir()
+    assert json.loads((tmp_path / "work" / "manifest.json").read_text())["shard_size"] == 4
+    _unbuilt(tmp_path, colour_square_source(), shard_size=4).check_work_dir()
 
 
 def test_the_seed_range_is_the_one_whose_every_shard_seed_torch_takes():
