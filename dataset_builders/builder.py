@@ -1474,8 +1474,9 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         A repo snapshot whose README.md names its `configs` (as a pushed card does) is read as the card says, by
         `datasets.load_dataset`, as `maple train` reads it. Without one, each config's files lie in a top-level folder
         named after it (the "default" config's in `data/`), told apart from split folders as `maple train` tells them
-        (`maple.dataset_layout.snapshot_config_folders`): `config_name` picks one; without it a snapshot must hold a single
-        config (several are an error listing them, never one split of every config's rows). A Hub repo that answers
+        (`maple.dataset_layout.snapshot_config_folders`): `config_name` picks one (a file holds none); without it a
+        snapshot must hold a single config (several are an error listing them, never one split of every config's
+        rows). A Hub repo that answers
         with an error (an HTTP status: a 401 to a read without a token, for a missing and a private repo alike), or an
         offline or unreachable Hub, is a `HubReadError` naming it and what the Hub answered
         (`maple.hub.hub_read_failure`, which asks the Hub when `datasets` kept no answer); read with a token, a repo
@@ -1498,6 +1499,8 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             # a snapshot whose card names its configs' files: read as `datasets`, and `maple train`, read it
             return datasets.load_dataset(str(path), name=config_name, split=split, **load_kwargs)
         if path.exists():
+            if path.is_file() and config_name is not None:  # (it was read whatever config was named)
+                raise ValueError(f"{repo_id_or_path} is a file, which holds no configs: leave config_name out")
             folder = path if config_name is None else _config_folder(path, config_name)
             files = [path] if path.is_file() else sorted(folder.rglob("*.parquet"), key=_in_number_order)
             if not files:

@@ -853,6 +853,13 @@ def test_from_pretrained_refuses_local_parquet_files_of_other_columns_naming_the
         MaplePreferences.from_pretrained(str(tmp_path / "broken.parquet"))
 
 
+def test_from_pretrained_refuses_a_config_name_for_a_file(tmp_path):
+    """A file was read whatever config was named, as if it were that config's."""
+    _build(tmp_path).as_dataset(split="train").to_parquet(str(tmp_path / "prefs.parquet"))
+    with pytest.raises(ValueError, match=r"prefs\.parquet is a file, which holds no configs: leave config_name out"):
+        MaplePreferences.from_pretrained(str(tmp_path / "prefs.parquet"), config_name="paper")
+
+
 @pytest.mark.parametrize("names", [
     {"train": "train-00000-of-00001.parquet", "test": "test-00000-of-00001.parquet"},
     {"train": "part-00000-of-00002.parquet", "validation": "part-00000-of-00002.parquet"},
