@@ -575,7 +575,7 @@ class _TransformersImageEncoder:
         if hasattr(self.model, "get_image_features"):
             features = self.model.get_image_features(**inputs)
         else:
-            features = self.model(**inputs)
+            features = self.model(**inputs, return_dict=True)  # read by name, whatever `config.return_dict` says
         if isinstance(features, torch.Tensor):
             return features
         if getattr(features, "pooler_output", None) is not None:

@@ -706,3 +706,17 @@ def test_semdedup_at_its_smallest_epsilon_finds_every_exact_copy_whatever_the_bl
     copies = torch.cat([base, base])
     for max_elements in (7, 1 << 26):
         assert len(semdedup(copies, num_clusters=4, epsilon=1e-5, max_elements=max_elements).removed) == 200
+
+
+def test_miner_embeds_with_an_encoder_whose_config_returns_tuples(tmp_path):
+    """A checkpoint saved with `return_dict=False` gives its forward's outputs as a tuple: the miner asks for them by
+    name ("'tuple' object has no attribute 'last_hidden_state'")."""
+    from transformers import AutoConfig
+
+    _save_tiny_encoder(tmp_path, "vit")
+    images = [Image.new("RGB", (20, 20), colour) for colour in ["red", "blue"]]
+    expected = HardNegativeMiner.from_pretrained(str(tmp_path)).embed(images)
+    config = AutoConfig.from_pretrained(tmp_path)
+    config.return_dict = False
+    config.save_pretrained(tmp_path)
+    torch.testing.assert_close(HardNegativeMiner.from_pretrained(str(tmp_path)).embed(images), expected)
