@@ -22,6 +22,7 @@ from transformers import (
     Dinov2Model,
     Gemma3TextConfig,
     GPT2Config,
+    LlamaConfig,
     Qwen2Config,
     Siglip2Config,
     Siglip2ImageProcessorPil,
@@ -231,6 +232,30 @@ def test_cls_pooling_is_refused_for_a_decoders_causal_text_tower(text_config):
     bidirectional = Gemma3TextConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=4, num_key_value_heads=4,
                                      head_dim=8, intermediate_size=32, vocab_size=64, use_bidirectional_attention=True)
     assert MapleModel(MapleConfig(pooling="cls", **{**towers, "text_config": bidirectional})).config.pooling == "cls"
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+@pytest.mark.parametrize("text_config", [
+    Qwen2Config(num_hidden_layers=1, hidden_size=32, num_attention_heads=4, num_key_value_heads=4, intermediate_size=32,
+                vocab_size=64, is_causal=False),
+    LlamaConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=4, num_key_value_heads=4, intermediate_size=32,
+                vocab_size=64, is_causal=False),
+], ids=["qwen2", "llama"])
+def test_cls_pooling_is_kept_for_a_decoder_its_config_makes_bidirectional(tmp_path, text_config, attn_implementation):
+    """A decoder whose config says `is_causal=False` gets a padding-only mask from transformers, its attention modules
+    still saying `is_causal=True`: its first token sees every token. Its cls pooling was refused, and a checkpoint
+    saved with it before that refusal no longer loaded."""
+    vision_config = tiny_dual_encoder_config().vision_config
+    config = MapleConfig(backbone="dual_encoder", vision_config=vision_config, text_config=copy.deepcopy(text_config),
+                         projection_dim=8, pooling="cls",
+                         attn_implementation={"text_config": attn_implementation, "vision_config": "sdpa"})
+    model = MapleModel(config).eval()
+    input_ids = torch.tensor([[1, 5, 6, 7], [1, 5, 6, 8]])  # the same first token
+    with torch.no_grad():
+        text_embeds = model.get_text_features(input_ids, torch.ones_like(input_ids))
+    assert not torch.allclose(text_embeds[0], text_embeds[1])
+    model.save_pretrained(tmp_path)
+    assert MapleModel.from_pretrained(tmp_path).config.pooling == "cls"
 
 
 def test_config_overrides_given_to_from_pretrained_are_checked_as_the_constructors_are(tmp_path):
