@@ -34,8 +34,18 @@ DUAL_ENCODER_MODEL_TYPES = ("clip", "siglip", "siglip2")
 # processor returns, and their forward needs, `pixel_attention_mask` and `spatial_shapes` beside `pixel_values`.
 NAFLEX_VISION_TOWERS = ("siglip2_vision_model",)
 # Text towers with causal attention, whose first token sees only itself (SigLIP's attend both ways), that their
-# attention modules do not tell (`is_causal` False: CLIP's builds its causal mask itself); a decoder's do (`MapleModel`).
-CAUSAL_TEXT_TOWERS = ("clip_text_model",)
+# attention modules do not tell (`is_causal` False): CLIP's and the CLIP-like ones build their causal mask themselves
+# (AIMv2's, under SDPA, only for a padded batch); a decoder's modules tell it (`MapleModel`).
+CAUSAL_TEXT_TOWERS = (
+    "clip_text_model",
+    "clipseg_text_model",
+    "groupvit_text_model",
+    "metaclip_2_text_model",
+    "owlvit_text_model",
+    "owlv2_text_model",
+    "xclip_text_model",
+    "aimv2_text_model",
+)
 # The special tokens MapleConfig shares with its text side (`text_side_token_ids`).
 SPECIAL_TOKEN_IDS = ("pad_token_id", "bos_token_id", "eos_token_id")
 
@@ -68,9 +78,16 @@ def text_side_token_ids(maple_config: PreTrainedConfig | Mapping[str, Any]) -> d
     return {name: _field(text_side, name) for name in SPECIAL_TOKEN_IDS}
 
 
+def config_tells_causal(text_config: PreTrainedConfig) -> bool:
+    """Whether a text tower of `text_config` attends causally, as its config alone tells: a CLIP-like tower
+    (`CAUSAL_TEXT_TOWERS`), or one whose config sets `causal=True` (XLM's, FlauBERT's, whose masks read it). A decoder's
+    causal attention is told by its attention modules (`MapleModel`)."""
+    return text_config.model_type in CAUSAL_TEXT_TOWERS or getattr(text_config, "causal", False) is True
+
+
 def causal_cls_pooling_error(text_tower_type: str) -> ValueError:
-    """The error refusing `pooling="cls"` for a causal text tower of model type `text_tower_type`: told by its config
-    for CLIP's (`CAUSAL_TEXT_TOWERS`), by its attention modules for a decoder's (`MapleModel`)."""
+    """The error refusing `pooling="cls"` for a causal text tower of model type `text_tower_type`: by `MapleConfig` where
+    its config tells it (`config_tells_causal`), by `MapleModel` where its attention modules do (a decoder's)."""
     return ValueError(
         f"pooling='cls' reads each text's first token, which a causal text tower ({text_tower_type}) lets see only "
         "itself: every text would embed alike. Use 'mean', or 'pooler' for a tower with a pooled output (CLIP's is "
@@ -111,8 +128,11 @@ class MapleConfig(PreTrainedConfig):
         `"mllm"` or `"dual_encoder"`.
     pooling (`str`, defaults to `"mean"`):
         How token states become one vector. `"mllm"`: `"mean"` over non-padding tokens (paper) or
-        `"last"` non-padding token. `"dual_encoder"`: `"mean"`, `"cls"` (first token; not with a causal text
-        tower: CLIP's, or a decoder's such as GPT-2 or Qwen2) or `"pooler"` (the tower's own `pooler_output`, as CLIP and SigLIP do).
+        `"last"` non-padding token. `"dual_encoder"`: `"mean"`, `"cls"` (first token) or `"pooler"` (the tower's own
+        `pooler_output`, as CLIP and SigLIP do). `"cls"` is refused for a causal text tower, whose first token sees only
+        itself: here for CLIP's and the CLIP-like ones (`CAUSAL_TEXT_TOWERS`: OWL-ViT, OWLv2, MetaCLIP 2, ...) and an
+        XLM or FlauBERT with `causal=True`; by `MapleModel` for one whose attention modules are causal, a decoder's
+        such as GPT-2 or Qwen2 (unless its config sets `is_causal=False`) or a BERT with `is_decoder=True`.
     bidirectional (`bool`, defaults to `True`):
         Replace the MLLM's causal mask with a bidirectional one (paper). Ignored for dual encoders.
     projection_dim (`int`, *optional*):
@@ -201,7 +221,7 @@ class MapleConfig(PreTrainedConfig):
         else:
             if self.vision_config is None or self.text_config is None:
                 raise ValueError("backbone='dual_encoder' needs both `vision_config` and `text_config`.")
-            if self.pooling == "cls" and self.text_config.model_type in CAUSAL_TEXT_TOWERS:
+            if self.pooling == "cls" and config_tells_causal(self.text_config):
                 raise causal_cls_pooling_error(self.text_config.model_type)
             if self.projection_dim is None:
                 raise ValueError("backbone='dual_encoder' needs `projection_dim` (the shared embedding size).")

@@ -23,12 +23,15 @@ from transformers import (
     Gemma3TextConfig,
     GPT2Config,
     LlamaConfig,
+    MetaClip2TextConfig,
+    Owlv2TextConfig,
     Qwen2Config,
     Siglip2Config,
     Siglip2ImageProcessorPil,
     Siglip2Model,
     SiglipConfig,
     SiglipModel,
+    XLMConfig,
 )
 
 from isolated import run_isolated
@@ -208,6 +211,25 @@ def test_cls_pooling_is_refused_for_clips_causal_text_tower():
         MapleConfig(pooling="cls", **towers)
     assert MapleConfig(pooling="pooler", **towers).pooling == "pooler"
     assert tiny_dual_encoder_config(pooling="cls").pooling == "cls"  # a BERT text tower attends both ways
+
+
+@pytest.mark.parametrize("text_config", [
+    Owlv2TextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, vocab_size=64),
+    MetaClip2TextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, vocab_size=64),
+    XLMConfig(emb_dim=32, n_heads=4, n_layers=1, vocab_size=64, causal=True),
+], ids=["owlv2", "metaclip_2", "xlm-causal"])
+def test_cls_pooling_is_refused_for_a_text_tower_its_config_tells_causal(text_config):
+    """CLIP-like text towers build their causal mask themselves, as CLIP's does, and an XLM with `causal=True` reads it
+    from its config: their attention modules do not say `is_causal`, only CLIP's was refused, and every text embedded
+    alike. An XLM without `causal` attends both ways."""
+    vision_config = tiny_dual_encoder_config().vision_config
+    towers = dict(backbone="dual_encoder", vision_config=vision_config, text_config=text_config, projection_dim=8)
+    with pytest.raises(ValueError, match=rf"pooling='cls' .* causal text tower \({text_config.model_type}\)"):
+        MapleConfig(pooling="cls", **towers)
+    assert MapleConfig(pooling="mean", **towers).pooling == "mean"
+    if text_config.model_type == "xlm":
+        bidirectional = XLMConfig(**{**text_config.to_dict(), "causal": False})
+        assert MapleConfig(pooling="cls", **{**towers, "text_config": bidirectional}).pooling == "cls"
 
 
 @pytest.mark.parametrize("text_config", [
