@@ -85,14 +85,16 @@ def config_tells_causal(text_config: PreTrainedConfig) -> bool:
     return text_config.model_type in CAUSAL_TEXT_TOWERS or getattr(text_config, "causal", False) is True
 
 
-def causal_cls_pooling_error(text_tower_type: str) -> ValueError:
-    """The error refusing `pooling="cls"` for a causal text tower of model type `text_tower_type`: by `MapleConfig` where
-    its config tells it (`config_tells_causal`), by `MapleModel` where its attention modules do (a decoder's)."""
-    return ValueError(
-        f"pooling='cls' reads each text's first token, which a causal text tower ({text_tower_type}) lets see only "
-        "itself: every text would embed alike. Use 'mean', or 'pooler' for a tower with a pooled output (CLIP's is "
-        "its end-of-text token's state)."
-    )
+class CausalClsPoolingError(ValueError):
+    """`pooling="cls"` asked of a causal text tower of model type `text_tower_type`: by `MapleConfig` where its config
+    tells it (`config_tells_causal`), by `MapleModel` where its attention modules do (a decoder's)."""
+
+    def __init__(self, text_tower_type: str):
+        super().__init__(
+            f"pooling='cls' reads each text's first token, which a causal text tower ({text_tower_type}) lets see only "
+            "itself: every text would embed alike. Use 'mean', or 'pooler' for a tower with a pooled output (CLIP's is "
+            "its end-of-text token's state)."
+        )
 
 
 def backbone_of(model_type: str | None) -> str | None:
@@ -222,7 +224,7 @@ class MapleConfig(PreTrainedConfig):
             if self.vision_config is None or self.text_config is None:
                 raise ValueError("backbone='dual_encoder' needs both `vision_config` and `text_config`.")
             if self.pooling == "cls" and config_tells_causal(self.text_config):
-                raise causal_cls_pooling_error(self.text_config.model_type)
+                raise CausalClsPoolingError(self.text_config.model_type)
             if self.projection_dim is None:
                 raise ValueError("backbone='dual_encoder' needs `projection_dim` (the shared embedding size).")
         if self.projection_dim is not None and self.projection_dim <= 0:

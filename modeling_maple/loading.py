@@ -20,8 +20,15 @@ from transformers import AutoConfig, AutoModel, AutoProcessor, PreTrainedConfig
 
 from maple.hub import hub_failure, hub_repo, is_hub_id, local_typo_hint
 
-from .configuration_maple import BACKBONES, DUAL_ENCODER_MODEL_TYPES, SUPPORTED_MLLMS, MapleConfig, backbone_of
-from .modeling_maple import MapleModel, is_two_tower
+from .configuration_maple import (
+    BACKBONES,
+    DUAL_ENCODER_MODEL_TYPES,
+    SUPPORTED_MLLMS,
+    CausalClsPoolingError,
+    MapleConfig,
+    backbone_of,
+)
+from .modeling_maple import MapleModel, is_two_tower, refuse_causal_cls_pooling
 from .processing_maple import (
     MapleProcessor,
     dual_encoder_image_processor_problem,
@@ -89,11 +96,12 @@ def load_maple(
         MapleLoadError: before any weights load, with a message that starts with `name_or_path`: the config cannot
             be read (missing, offline and not cached, gated, an HTTP error from the Hub: `maple.hub.hub_failure`; of
             no known model type; a `subfolder` that is not there, has no config.json, or is not in the cache of an
-            offline Hub, named as such), the checkpoint is neither MAPLE's nor one whose backbone is known or given, or it
-            cannot be the backbone given (an encoder that is not a supported MLLM as `"mllm"`, one without a text
-            tower as `"dual_encoder"`), or its processor cannot be built (`image_processor_kwargs` holding a setting
-            the image processor does not have; an image processor the model cannot take); `BackboneLoadingError` for
-            a `from_pretrained` argument a backbone cannot take.
+            offline Hub, named as such), the checkpoint is neither MAPLE's nor one whose backbone is known or given,
+            it is a MAPLE dual encoder pooling a causal text tower's first token (`pooling="cls"`, saved or asked by
+            a config override in `from_pretrained_kwargs`), or it cannot be the backbone given (an encoder that is not
+            a supported MLLM as `"mllm"`, one without a text tower as `"dual_encoder"`), or its processor cannot be
+            built (`image_processor_kwargs` holding a setting the image processor does not have; an image processor
+            the model cannot take); `BackboneLoadingError` for a `from_pretrained` argument a backbone cannot take.
     """
     name_or_path = _local(name_or_path)
     # the config read once
@@ -170,10 +178,13 @@ def _load_model(
         # `adapter_kwargs` win.
         own_adapter_kwargs = from_pretrained_kwargs.get("adapter_kwargs") or {}
         adapter_kwargs = _file_loading_kwargs(from_pretrained_kwargs) | own_adapter_kwargs
-        return AutoModel.from_pretrained(
-            name_or_path, revision=revision, trust_remote_code=trust_remote_code, token=token,
-            **(from_pretrained_kwargs | {"adapter_kwargs": adapter_kwargs}),
-        )
+        try:
+            return AutoModel.from_pretrained(
+                name_or_path, revision=revision, trust_remote_code=trust_remote_code, token=token,
+                **(from_pretrained_kwargs | {"adapter_kwargs": adapter_kwargs}),
+            )
+        except CausalClsPoolingError as error:  # asked by a config override (`_checkpoint` read the saved config)
+            raise MapleLoadError(f"{name_or_path}: {error}") from error
     return MapleModel.from_backbone(name_or_path, backbone=backbone, revision=revision, token=token, **from_pretrained_kwargs)
 
 
@@ -290,6 +301,11 @@ def _checkpoint(
             problem = where + " ".join(str(error).split())
         raise MapleLoadError(f"{name_or_path}: {problem}{local_typo_hint(name_or_path)}") from error
     if config.model_type == MapleConfig.model_type:
+        if not processor_only:
+            try:
+                refuse_causal_cls_pooling(config)
+            except CausalClsPoolingError as error:  # saved before it was refused
+                raise MapleLoadError(f"{name_or_path}: {error}") from error
         return None, config
     backbone = backbone or backbone_of(config.model_type)
     if backbone is None:

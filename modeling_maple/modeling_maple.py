@@ -20,8 +20,8 @@ from .configuration_maple import (
     PIXTRAL_MLLMS,
     QWEN_VL_MLLMS,
     SUPPORTED_MLLMS,
+    CausalClsPoolingError,
     MapleConfig,
-    causal_cls_pooling_error,
     mllm_family,
 )
 
@@ -143,8 +143,7 @@ class MapleModel(MaplePreTrainedModel):
         else:
             self.vision_tower = vision_tower if vision_tower is not None else tower_from_config(config.vision_config)
             self.text_tower = text_tower if text_tower is not None else tower_from_config(config.text_config)
-            if config.pooling == "cls" and _attends_causally(self.text_tower):
-                raise causal_cls_pooling_error(config.text_config.model_type)
+            refuse_causal_cls_pooling(config, self.text_tower)
             pooled_sizes = _pooled_size(config.vision_config, config.pooling), _pooled_size(config.text_config, config.pooling)
             self.visual_projection = nn.Linear(pooled_sizes[0], config.projection_dim, bias=False, dtype=torch.float32)
             self.text_projection = nn.Linear(pooled_sizes[1], config.projection_dim, bias=False, dtype=torch.float32)
@@ -581,6 +580,20 @@ def _tower_class(config: PreTrainedConfig) -> type[PreTrainedModel]:
     if tower_class is None:
         raise ValueError(f"No model class for a {config.model_type!r} tower.")
     return tower_class
+
+
+def refuse_causal_cls_pooling(config: MapleConfig, text_tower: PreTrainedModel | None = None) -> None:
+    """A `CausalClsPoolingError` where a dual encoder of `config` pools its text tower's first token (`pooling="cls"`)
+    and the tower attends causally as its attention modules tell (`_attends_causally`; `MapleConfig` refuses those whose
+    config tells it). `text_tower`: the tower; None reads the modules of one built from `config.text_config` on the
+    meta device, without weights, so that `load_maple` refuses such a checkpoint before any weights load."""
+    if config.backbone != "dual_encoder" or config.pooling != "cls":
+        return
+    if text_tower is None:
+        with torch.device("meta"):
+            text_tower = tower_from_config(config.text_config)
+    if _attends_causally(text_tower):
+        raise CausalClsPoolingError(config.text_config.model_type)
 
 
 def _attends_causally(tower: PreTrainedModel) -> bool:

@@ -118,6 +118,34 @@ def test_checkpoints_it_cannot_load_are_refused_before_any_weights_load(tmp_path
             load_maple(relative)
 
 
+def test_a_maple_checkpoint_pooling_a_causal_text_towers_first_token_is_refused_before_any_weights_load(
+    tmp_path, monkeypatch
+):
+    """pooling='cls' is refused for a decoder's text tower (GPT-2's), whose first token sees only itself, as the model is
+    built: a checkpoint saved with it before that refusal, or asked for it by a config override, was a bare ValueError
+    from within `from_pretrained`, which `maple train` and `maple eval` showed as a traceback."""
+    import transformers
+    from transformers import GPT2Config
+
+    from modeling_maple import MapleConfig, load_maple_model
+    from modeling_maple.testing import tiny_dual_encoder_config
+
+    text_config = GPT2Config(n_layer=1, n_embd=32, n_head=4, vocab_size=64)
+    model = MapleModel(MapleConfig(backbone="dual_encoder", vision_config=tiny_dual_encoder_config().vision_config,
+                                   text_config=text_config, projection_dim=8, pooling="mean"))
+    model.save_pretrained(tmp_path / "mean")
+    model.config.pooling = "cls"  # as saved before the refusal
+    model.save_pretrained(tmp_path / "cls")
+    refused = r": pooling='cls' reads each text's first token, which a causal text tower \(gpt2\) lets see only itself"
+    with monkeypatch.context() as patch:
+        patch.setattr(transformers.AutoModel, "from_pretrained", lambda *args, **kwargs: pytest.fail("weights were loaded"))
+        with pytest.raises(MapleLoadError, match="^" + re.escape(str(tmp_path / "cls")) + refused):
+            load_maple(str(tmp_path / "cls"))  # before its processor too, which it was saved without
+    with pytest.raises(MapleLoadError, match="^" + re.escape(str(tmp_path / "mean")) + refused):
+        load_maple_model(str(tmp_path / "mean"), pooling="cls")
+    assert load_maple_model(str(tmp_path / "mean")).config.pooling == "mean"
+
+
 def test_a_home_relative_path_loads_as_a_folder(tmp_path, monkeypatch):
     """"~/ckpt" passed the folder check (which expanded it), and transformers then read it as a Hub id."""
     from modeling_maple import load_maple_model, load_maple_processor
