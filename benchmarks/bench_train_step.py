@@ -123,10 +123,11 @@ def _made_distinct(row: dict, index: int) -> dict:
 
 def loss_of(variant: str, model: MapleModel, maple_batch: dict, clip_batch: dict) -> torch.Tensor:
     """The variant's loss, from the trainer's own functions (`RPATrainer._compute_loss` without its bookkeeping)."""
+    # `return_dict=True`, as the trainer passes it: the fields are read by name, whatever `config.return_dict` says
     if variant == "infonce":
-        outputs = model(**clip_batch)
+        outputs = model(**clip_batch, return_dict=True)
         return contrastive_loss(outputs.image_embeds, outputs.text_embeds, outputs.inverse_temperature)
-    outputs = model(**{k: v for k, v in maple_batch.items() if k not in PREFERENCE_KEYS})
+    outputs = model(**{k: v for k, v in maple_batch.items() if k not in PREFERENCE_KEYS}, return_dict=True)
     texts, images = outputs.text_embeds, outputs.image_embeds
     anchor_texts, anchor_images = texts[maple_batch["anchor_text_index"]], images[maple_batch["anchor_image_index"]]
     text_ids, image_ids = maple_batch["text_ids"], maple_batch["image_ids"]
