@@ -277,12 +277,18 @@ class MLLMJudge(LoadsFromVLM):
         manifest records them, so a resumed build never mixes shards scored under other settings.
         Batch size and device change only float rounding and are left out. `answer_logits`: the Yes/No logits are
         read in float32 (`_alphas`), whatever the weights' dtype; `answer_tokens`: the two tokens read
-        (`answer_token`); `answer_lead`, where there is one: the text fed after the generation prompt."""
+        (`answer_token`); `answer_lead`, where there is one: the text fed after the generation prompt.
+        `special_token_strings`, where the judge reads them as text (`special_token_in`; a judge that refuses such
+        texts records nothing, as before): the rows of texts holding them are scored, not skipped;
+        `context_length`, where there is one: texts are cut to fit it (`_suffix_ids_within_context`), so another
+        context (a tokenizer's `model_max_length` changed between runs) scores long texts otherwise."""
         answer_tokens = [self.prompt_encoder.tokenizer.decode([token]) for token in (self.yes_id, self.no_id)]
         return {
             "prompt": self.prompt,
             "answer_logits": "float32",
             "answer_tokens": answer_tokens,
+            **({"special_token_strings": "read as text"} if self._plain_text_tokenizer is not None else {}),
+            **({"context_length": self.context_length} if self.context_length is not None else {}),
             **model_settings(self.model, self.prompt_encoder, self.answer_lead),
         }
 

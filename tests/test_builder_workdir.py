@@ -15,6 +15,7 @@ import torch
 
 import dataset_builders.builder as builder_module
 from dataset_builders.builder import MANIFEST_VERSION, DamagedCheckpoint, MaplePreferences, WorkDirMismatch
+from dataset_builders.judge import MLLMJudge
 from dataset_builders.testing import (
     SOURCE_FEATURES,
     ColourCaptioner,
@@ -375,6 +376,32 @@ def test_a_judge_with_another_image_resolution_is_another_recipe(tmp_path):
     with pytest.raises(WorkDirMismatch, match=r"judge_settings\.prompt: "):
         _builder(tmp_path, judge=tiny_judge(image_size=32, prompt='Is this "{text}"?')).check_work_dir()
     _builder(tmp_path, judge=tiny_judge(image_size=32)).check_work_dir()  # the same settings resume
+
+
+def test_a_work_dir_begun_before_the_judge_read_special_token_strings_and_cut_long_texts_is_refused(tmp_path):
+    """A judge that skipped rows whose texts hold a special token's string and ran long texts uncut wrote neither
+    rule into its settings: resumed, its shards were mixed with ones scoring those rows and cutting those texts. Its
+    manifest now differs by both; so does one of a judge whose tokenizer had another `model_max_length`."""
+    _builder(tmp_path, judge=tiny_judge()).check_work_dir()
+    path = tmp_path / "work" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for key in ("special_token_strings", "context_length"):
+        del manifest["judge_settings"][key]  # as the judge before this change wrote it
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(
+        WorkDirMismatch,
+        match=r"judge_settings\.context_length: None in the work dir, 128 now; "
+        r"judge_settings\.special_token_strings: None in the work dir, 'read as text' now",
+    ):
+        _builder(tmp_path, judge=tiny_judge()).check_work_dir()
+    shutil.rmtree(tmp_path / "work")
+    _builder(tmp_path, judge=tiny_judge()).check_work_dir()
+    judge = tiny_judge()
+    encoder = judge.prompt_encoder
+    encoder.tokenizer.model_max_length = 96
+    judge = MLLMJudge(judge.model, encoder.tokenizer, encoder.image_processor, name=judge.name)
+    with pytest.raises(WorkDirMismatch, match=r"judge_settings\.context_length: 128 in the work dir, 96 now\)"):
+        _builder(tmp_path, judge=judge).check_work_dir()
 
 
 def test_a_settings_change_is_caught_by_download_and_prepare_too(tmp_path):

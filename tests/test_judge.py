@@ -1071,9 +1071,10 @@ def test_settings_hold_what_changes_the_scores():
     import json
 
     small, large = tiny_judge(image_size=32), tiny_judge(image_size=64)
-    assert set(small.settings) == {"prompt", "answer_logits", "answer_tokens", "weights", "chat_template",
-                                   "leading_special_ids", "dtype", "image_processor"}
+    assert set(small.settings) == {"prompt", "answer_logits", "answer_tokens", "special_token_strings", "context_length",
+                                   "weights", "chat_template", "leading_special_ids", "dtype", "image_processor"}
     assert small.settings["answer_tokens"] == ["Yes", "No"]
+    assert small.settings["special_token_strings"] == "read as text" and small.settings["context_length"] == 128
     # the same weights give the same digest; one changed value, as in a model retrained in place, another
     assert small.settings["weights"] == tiny_judge(image_size=32).settings["weights"] == large.settings["weights"]
     retrained = tiny_judge(image_size=32)
@@ -1087,6 +1088,20 @@ def test_settings_hold_what_changes_the_scores():
     assert small.settings["dtype"] == "torch.bfloat16"
     assert json.loads(json.dumps(small.settings)) == small.settings
     assert JudgeEnsemble([small, large]).settings == {"judges": [small.settings, large.settings]}
+
+
+def test_settings_record_which_texts_are_scored_and_the_context_they_are_cut_to():
+    """Texts holding a special token's string were refused (their rows skipped) and long texts ran past the context;
+    now both are scored, the latter cut to `context_length`: a work dir begun under the old rules, or with another
+    `model_max_length`, must not resume under these. A judge that still refuses such texts records nothing, as
+    before."""
+    judge = tiny_judge()
+    assert judge.settings["special_token_strings"] == "read as text" and judge.settings["context_length"] == 128
+    encoder = judge.prompt_encoder
+    encoder.tokenizer.model_max_length = 96
+    assert MLLMJudge(judge.model, encoder.tokenizer, encoder.image_processor).settings["context_length"] == 96
+    judge._plain_text_tokenizer, judge.context_length = None, None  # a slow tokenizer, and neither limit set
+    assert "special_token_strings" not in judge.settings and "context_length" not in judge.settings
 
 
 def _llama_judge(prompt: str, texts: list[str], *, legacy_normalizer: bool = False, spelled: Sequence[str] = ()) -> MLLMJudge:
