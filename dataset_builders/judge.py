@@ -258,6 +258,7 @@ class MLLMJudge(LoadsFromVLM):
         # families, how many image tokens it holds): tokenise it once per such text.
         self._prefix_ids_by_image_text: dict[str, list[int]] = {}
         self._offloaded_answer_rows: dict[str, torch.Tensor] = {}  # see `_answer_rows`
+        self._prefix_length_by_image_size: dict[tuple[int, int], int] = {}  # see `image_problem`
         self.context_length = context_length(model, tokenizer)
         self._empty_suffix_length = len(self.suffix_ids([""])[0])
         self._cache_keyword = cache_keyword(self.model.model)
@@ -346,9 +347,18 @@ class MLLMJudge(LoadsFromVLM):
         return [ids[lead:] for ids in encoded]
 
     def image_problem(self, size: tuple[int, int]) -> str | None:
-        """Why the judge's image processor cannot take an image of `size` (width, height), or None; the builder
-        skips such images up front rather than fail a shard."""
-        return self.prompt_encoder.image_problem(size)
+        """Why the judge cannot take an image of `size` (width, height), or None: its image processor refuses it, or
+        its prompt does not fit the judge's context even without a candidate text (`_prefix_problem`). The builder
+        skips such images up front rather than fail a shard (and with it the build) when `score` meets them.
+
+        The image's tokens follow its size alone, so they are counted on a blank image of that size, once per size."""
+        if (problem := self.prompt_encoder.image_problem(size)) is not None or self.context_length is None:
+            return problem
+        if size not in self._prefix_length_by_image_size:
+            blank = self.prompt_encoder.encode_images([PIL.Image.new("RGB", size)])
+            # not through `prefix_ids`, whose cache would hold the ids of every size in the source
+            self._prefix_length_by_image_size[size] = len(self.prompt_encoder.expand_images(self.prefix_text, blank, [0]))
+        return self._prefix_problem(self._prefix_length_by_image_size[size])
 
     def special_token_in(self, text: str) -> str | None:
         """The first special token of the judge's tokenizer that `text` contains and that the judge cannot read as
@@ -417,16 +427,23 @@ class MLLMJudge(LoadsFromVLM):
             return suffixes
         return [self._plain_suffix_ids(text) if self._special_tokens.search(text) else ids for text, ids in zip(texts, suffixes)]
 
+    def _prefix_problem(self, prefix_length: int) -> str | None:
+        """Why an image whose prompt prefix takes `prefix_length` tokens cannot be judged, or None: its prompt, without
+        any candidate text, is longer than `context_length`. Cutting texts cannot help there, and the image's tokens
+        and the question are never cut."""
+        if self.context_length is None or prefix_length + self._empty_suffix_length <= self.context_length:
+            return None
+        return (
+            f"the judge's prompt for this image takes {prefix_length + self._empty_suffix_length} tokens before any "
+            f"candidate text ({prefix_length} up to the text, the image's included), over the judge's context of "
+            f"{self.context_length} tokens; give the judge smaller images (its image processor's size or max_pixels)"
+        )
+
     def _check_prefix_fits(self, image_name: str, prefix_length: int) -> None:
-        """A ValueError naming the image if its prompt, without any candidate text, is longer than `context_length`:
-        cutting texts cannot help there, and the image's tokens and the question are never cut."""
-        if self.context_length is not None and prefix_length + self._empty_suffix_length > self.context_length:
-            raise ValueError(
-                f"{image_name}: the judge's prompt for this image takes {prefix_length + self._empty_suffix_length} "
-                f"tokens before any candidate text ({prefix_length} up to the text, the image's included), over the "
-                f"judge's context of {self.context_length} tokens; give the judge smaller images (its image "
-                "processor's size or max_pixels)"
-            )
+        """A ValueError naming the image if its prompt does not fit the judge's context (`_prefix_problem`); the
+        builder has skipped such images (`image_problem`), so only a direct caller of `score` meets it."""
+        if (problem := self._prefix_problem(prefix_length)) is not None:
+            raise ValueError(f"{image_name}: {problem}")
 
     def _suffix_ids_within_context(
         self, texts: Sequence[str], prefix_lengths: Sequence[int], cut_texts: list[str]

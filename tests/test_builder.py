@@ -30,6 +30,7 @@ from dataset_builders.builder import (
 )
 from dataset_builders.scoring import CaptionerOutputError, JudgeOutputError, text_pool
 from dataset_builders.sources import SourceError, load_source
+from dataset_builders.judge import MLLMJudge
 from dataset_builders.miner import HardNegativeMiner
 from dataset_builders.testing import (
     ColourCaptioner,
@@ -147,6 +148,28 @@ def test_rows_after_a_skipped_row_hold_their_own_image_and_caption(tmp_path):
     for row in raw:
         position = good["id"].index(row["id"])
         assert (row["image"]["bytes"], row["caption"]) == (good["image"][position]["bytes"], good["caption"][position])
+
+
+def test_an_image_whose_judge_prompt_does_not_fit_the_context_is_skipped_with_the_inputs(tmp_path):
+    """The judge's `score` refused it ("images[5]: the judge's prompt for this image takes 89 tokens ..."), naming its
+    place in one `score` call, not its row, and the whole build stopped there."""
+    import io
+
+    judge = tiny_judge(seed=0, family="pixtral")
+    encoder = judge.prompt_encoder
+    judge.model.config.text_config.max_position_embeddings = 57  # a 16 px image's prompt fits, a 32 px one's not
+    judge = MLLMJudge(judge.model, encoder.tokenizer, encoder.image_processor, name="short-context-judge")
+    large = io.BytesIO()
+    Image.new("RGB", (32, 32), "blue").save(large, format="PNG")
+    source = colour_square_source(6, id=["large"], image=[{"bytes": large.getvalue(), "path": None}], caption=["a blue square"])
+    builder = _unbuilt(tmp_path, source, judge=judge, shard_size=4, semdedup_clusters=None)
+    builder.check_work_dir()
+    _, valid_rows, skipped = builder.check_inputs()
+    assert valid_rows == list(range(6))
+    assert [(item.row, item.id, item.kind) for item in skipped] == [(6, "large", "image a model cannot take")]
+    assert skipped[0].detail.startswith("the judge: the judge's prompt for this image takes 89 tokens before any candidate")
+    builder.download_and_prepare()
+    assert "large" not in builder.as_dataset(split="train")["id"]
 
 
 def test_images_the_judge_cannot_take_are_skipped_with_the_inputs(tmp_path):

@@ -207,6 +207,24 @@ def test_an_image_whose_prompt_does_not_fit_the_judges_context_without_any_text_
             judge.score(IMAGES[:1], [["a"]], reuse_prefix=reuse_prefix)
 
 
+def test_image_problem_names_an_image_size_whose_prompt_does_not_fit_the_context():
+    """The builder asks `image_problem` with the inputs; an image too large for the context passed that check and
+    stopped the whole build when `score` met it. Its tokens follow its size (Pixtral's), counted once per size."""
+    judge = tiny_judge(seed=0, family="pixtral")
+    encoder = judge.prompt_encoder
+    judge.model.config.text_config.max_position_embeddings = 57
+    judge = MLLMJudge(judge.model, encoder.tokenizer, encoder.image_processor)
+    assert judge.image_problem((16, 16)) is None
+    assert judge.image_problem((32, 32)) == (
+        "the judge's prompt for this image takes 89 tokens before any candidate text (81 up to the text, the image's "
+        "included), over the judge's context of 57 tokens; give the judge smaller images (its image processor's size or "
+        "max_pixels)"
+    )
+    with pytest.raises(ValueError, match=r"images\[0\]: the judge's prompt for this image takes 89 tokens"):
+        judge.score([Image.new("RGB", (32, 32), "blue")], [["a blue square"]])
+    assert set(judge._prefix_length_by_image_size) == {(16, 16), (32, 32)}
+
+
 def test_the_context_is_the_smaller_of_the_models_positions_and_the_tokenizers_set_length():
     from dataset_builders.judge import context_length
 
