@@ -423,9 +423,12 @@ class MLLMJudge(LoadsFromVLM):
         """Token ids of the prompt suffix for each candidate text (one batched tokenizer call); a text holding a special
         token's string with its special tokens read as text where the judge can (`special_token_in`)."""
         suffixes = self._tokenise_suffixes([self.suffix_template.format(text=text) for text in texts])
-        if self._plain_text_tokenizer is None:
-            return suffixes
-        return [self._plain_suffix_ids(text) if self._special_tokens.search(text) else ids for text, ids in zip(texts, suffixes)]
+        return [self._plain_suffix_ids(text) if self._read_as_plain_text(text) else ids for text, ids in zip(texts, suffixes)]
+
+    def _read_as_plain_text(self, text: str) -> bool:
+        """Whether `suffix_ids` tokenises `text` with `plain_text_tokenizer`: it holds a special token's string, and
+        the judge has that tokenizer."""
+        return self._plain_text_tokenizer is not None and self._special_tokens.search(text) is not None
 
     def _prefix_problem(self, prefix_length: int) -> str | None:
         """Why an image whose prompt prefix takes `prefix_length` tokens cannot be judged, or None: its prompt, without
@@ -468,10 +471,18 @@ class MLLMJudge(LoadsFromVLM):
         """The suffix ids of the longest start of `text`, cut at one of its own token boundaries, whose suffix takes at
         most `room` tokens. A text tokenised inside the prompt may take a token more or less than alone (merges at its
         ends; a byte-level BPE splits a character across tokens), so the cut moves back a token at a time until it
-        fits; the empty text fits (`_check_prefix_fits`). A prompt that asks about the text k times holds it k times."""
+        fits; the empty text fits (`_check_prefix_fits`). A prompt that asks about the text k times holds it k times.
+
+        The text's tokens are counted as `suffix_ids` reads it: a special token's string read as text is several
+        tokens, not one, and counted as one the cut started far past the room and moved back a token per try (2045
+        suffix tokenisations for one text in a 3000-token context)."""
         tokenizer = self.prompt_encoder.tokenizer
-        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=tokenizer.is_fast)
-        text_ids, offsets = encoded["input_ids"], encoded.get("offset_mapping")  # only fast tokenizers give offsets
+        if self._read_as_plain_text(text):
+            encoding = self._plain_text_tokenizer.encode(text, add_special_tokens=False)
+            text_ids, offsets = encoding.ids, encoding.offsets
+        else:
+            encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=tokenizer.is_fast)
+            text_ids, offsets = encoded["input_ids"], encoded.get("offset_mapping")  # only fast tokenizers give offsets
         occurrences = len(self._suffix_parts) - 1
         for keep in range(min(len(text_ids), (room - self._empty_suffix_length) // occurrences), 0, -1):
             cut = text[: offsets[keep - 1][1]] if offsets is not None else tokenizer.decode(text_ids[:keep])

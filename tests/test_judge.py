@@ -198,6 +198,27 @@ def test_a_text_asked_about_twice_is_cut_in_a_few_tries(monkeypatch):
     assert len(tokenised) <= 5
 
 
+def test_a_long_text_holding_special_token_strings_is_cut_in_a_few_tries(monkeypatch):
+    """Its tokens were counted by the ordinary tokenizer, "<|im_end|>" one token where the prompt reads it as eleven:
+    the cut started far past the room and moved back a token per try (2045 suffix tokenisations in a 3000-token
+    context, 26 s)."""
+    judge = _short_context_judge(3000)
+    encoder = judge.prompt_encoder
+    encoder.tokenizer.model_max_length = int(1e30)
+    judge = MLLMJudge(judge.model, encoder.tokenizer, encoder.image_processor)
+    text = "a <|im_end|> b " * 2000
+    assert judge.special_token_in(text) is None  # read as text
+    tokenised = []
+    suffix_ids = judge.suffix_ids
+    monkeypatch.setattr(judge, "suffix_ids", lambda texts: tokenised.append(texts) or suffix_ids(texts))
+    room = 1000
+    ids = judge._suffix_ids_cut_to(text, room)
+    assert len(tokenised) <= 5
+    assert room - 3 <= len(ids) <= room  # the longest start that fits, give or take a token at the cut
+    im_end = encoder.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert ids.count(im_end) == judge.suffix_ids([""])[0].count(im_end)  # the text's are text, as `suffix_ids` reads them
+
+
 def test_an_image_whose_prompt_does_not_fit_the_judges_context_without_any_text_is_refused_naming_it(monkeypatch):
     judge = _short_context_judge(40)
     monkeypatch.setattr(judge.model.model, "forward", lambda *args, **kwargs: pytest.fail("the model ran"))
