@@ -263,6 +263,14 @@ class MLLMJudge(LoadsFromVLM):
         self._empty_suffix_length = len(self.suffix_ids([""])[0])
         self._cache_keyword = cache_keyword(self.model.model)
 
+    def __setstate__(self, state: dict) -> None:
+        """Unpickled or deep-copied: `encode_special_tokens` is a flag of the `plain_text_tokenizer` copy that its
+        serialisation leaves out, so it is set again (without it the copy read a text's "<|im_end|>" as that token,
+        and `special_token_in` and `suffix_ids` no longer agreed with the judge's)."""
+        self.__dict__.update(state)
+        if self._plain_text_tokenizer is not None:
+            self._plain_text_tokenizer.encode_special_tokens = True
+
     @staticmethod
     def check_values(*, prompt: str | None = None, batch_size: int | None = None, **other_settings) -> None:
         """A ValueError for a given setting no judge can work with; `from_pretrained` checks them before it loads."""

@@ -979,6 +979,20 @@ def test_a_text_holding_a_special_tokens_string_is_judged_as_the_text_it_spells(
     torch.testing.assert_close(torch.cat(by_text), per_pair[0], atol=1e-4, rtol=0)
 
 
+def test_a_pickled_or_deep_copied_judge_still_reads_special_token_strings_as_text():
+    """The plain-text tokenizer's `encode_special_tokens` flag is not part of its serialisation: a pickled or
+    deep-copied judge (a `datasets.map` worker's, a test's copy) read "<|im_end|>" in a text as that token again, so it
+    refused the text its original scored, or scored it otherwise."""
+    import copy
+    import pickle
+
+    judge = tiny_judge(seed=0)
+    for copied in (pickle.loads(pickle.dumps(judge)), copy.deepcopy(judge)):
+        for text in SPECIAL_TEXTS:
+            assert copied.special_token_in(text) is None
+            assert copied.suffix_ids([text]) == judge.suffix_ids([text])
+
+
 @pytest.mark.parametrize("legacy_normalizer", [False, True])
 def test_a_llama_judge_reads_a_bos_string_in_a_caption_as_text(legacy_normalizer):
     """ "the <s> key" was refused for Llama tokenizers, where "<s>" is the BOS; the builder skipped the row."""
