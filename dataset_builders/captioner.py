@@ -85,8 +85,9 @@ _LEAD = (
     r"[ \t]*(?:\*\*)?[ \t]*"
 )
 _IMAGE_LEAD = re.compile(rf"^[ \t]*(?:[-*\u2022][ \t]+|\d+[.)][ \t]+)?{_LEAD}", re.M)
-# The same lead starting a sentence inside a line: "Image 1: A cat. Image 2 shows a dog." (only read beside a label)
-_SENTENCE_LEAD = re.compile(rf"(?<=[.!?])[ \t]+{_LEAD}")
+# The same lead starting a sentence inside a line: "Image 1: A cat. Image 2 shows a dog." (only read beside a label).
+# Not after a dotted abbreviation or a lone letter ("e.g.", "p.m.", "A."), whose period ends no sentence.
+_SENTENCE_LEAD = re.compile(rf"(?<=[.!?])(?<![.\s]\w\.)[ \t]+{_LEAD}")
 _CAPTION_START = re.compile(r"[^\W_]|[\"'\u201c\u2018]")  # a letter, a digit or a quote, not ":" or "'s"
 _NUMBERED_LINE = re.compile(r"^[ \t]*(\d+)[.)][ \t]+(\S.*?)[ \t]*$")
 _SECTION_LINE = re.compile(r"^[\w ]{1,24}:")  # "Note: ...", "Difference: ...": not a caption's continuation
@@ -96,8 +97,15 @@ def _labelled_caption(text: str) -> str:
     """The caption after a label (or a lead): the rest of its line (or, if that is empty, the next non-empty
     line), continued over the following lines while it has not ended a sentence (a caption wrapped over lines), up to
     a blank line or a "Note:"-style line. What follows a finished caption (a comment) is left out."""
+    return " ".join(_caption_lines(text)[0]).rstrip(",;| ")  # what separated it from the next label on the same line
+
+
+def _caption_lines(text: str) -> tuple[list[str], int]:
+    """The stripped lines of `_labelled_caption`'s caption in `text`, and where in `text` the last of them ends."""
     parts: list[str] = []
-    for line in (line.strip() for line in text.split("\n")):
+    caption_end = line_end = -1
+    for raw_line in text.split("\n"):
+        line, line_end = raw_line.strip(), line_end + 1 + len(raw_line)
         if not line:
             if parts:
                 break
@@ -105,7 +113,8 @@ def _labelled_caption(text: str) -> str:
         if parts and (parts[-1].endswith((".", "!", "?")) or _SECTION_LINE.match(line)):
             break
         parts.append(line)
-    return " ".join(parts).rstrip(",;| ")  # what separated it from the next label on the same line
+        caption_end = line_end
+    return parts, max(caption_end, 0)
 
 
 def _images_named(text: str) -> set[int]:
@@ -166,17 +175,29 @@ def _labelled_captions(generated: str, labels: list[re.Match]) -> list[str]:
         text = generated[label.end() : end]
         led = None
         if len(label_numbers) == 1 and {next_number := min(label_numbers) + 1} not in numbers:
-            led = _caption_led_in(text, next_number)
+            led = _caption_led_in(text, next_number, caption_end=_caption_lines(text)[1])
         captions += [_labelled_caption(text)] if led is None else [_labelled_caption(text[: led[0]]), led[1]]
     return captions
 
 
-def _caption_led_in(text: str, number: int) -> tuple[int, str] | None:
+def _caption_led_in(text: str, number: int, caption_end: int | None = None) -> tuple[int, str] | None:
     """(where the lead starts, the caption after it) for the first lead in `text` that names image `number`, starts a
     line or a sentence and is followed by a caption of that image alone (`_caption_after_lead`); None if there is
-    none. A model that labels one image may lead into the other in a sentence, labelling nothing."""
+    none. A model that labels one image may lead into the other in a sentence, labelling nothing.
+
+    `caption_end`, for a label's text: where the label's caption (`_caption_lines`) ends. A lead counts inside that
+    caption, or starting the first line after it; one further on is in a comment `_labelled_caption` leaves out
+    ("**Differences:**\n- Image 2 shows a dog instead."). Nor does a lead inside a quotation count ('"A cat. Image 2
+    shows a dog."', a double quote left open before it)."""
     leads = [lead for pattern in (_IMAGE_LEAD, _SENTENCE_LEAD) for lead in pattern.finditer(text)]
     for lead in sorted(leads, key=lambda lead: lead.start()):
+        before = text[: lead.start()]
+        if caption_end is not None and lead.start() >= caption_end and (
+            lead.re is not _IMAGE_LEAD or text[caption_end : lead.start()].strip()
+        ):
+            continue
+        if before.count('"') % 2 or before.count("\u201c") > before.count("\u201d"):
+            continue
         if _images_named(lead[0]) == {number} and (caption := _caption_after_lead(lead, text[lead.end() :], number)):
             return lead.start(), caption
     return None

@@ -495,11 +495,22 @@ def test_leads_that_do_not_give_one_caption_per_image_in_order_give_no_caption(a
     ("Image 1: A cat. Image 2 shows: a dog.", ["A cat. Image 2 shows: a dog."]),
     ("Image 1 shows a cat.\nImage 1: a cat.\nImage 2: a dog.", ["a cat.", "a dog."]),
     ("Image 1 shows: a cat.\nImage 2: a dog.", ["a dog."]),
+    # a lead after a blank line still splits, one in a comment after it does not
+    ("Image 1: A cat on a mat.\n\nImage 2 shows a dog on a mat.\n\nBoth are indoors.", ["A cat on a mat.", "a dog on a mat."]),
+    ("Image 1: A cat on a couch.\n\n**Differences:**\n- Image 2 shows a dog instead of a cat.", ["A cat on a couch."]),
+    ("Image 1: A cat.\nNote: the floor differs. Image 2 shows a dog.", ["A cat."]),
+    # nor one inside a quotation, or after a period that ends no sentence
+    ('Image 1: "A cat. Image 2 shows a dog."', ['"A cat. Image 2 shows a dog."']),
+    ("Image 1: \u201cA cat. Image 2 shows a dog.\u201d", ["\u201cA cat. Image 2 shows a dog.\u201d"]),
+    ("Image 1: e.g. Image 2 shows a dog.", ["e.g. Image 2 shows a dog."]),
+    ("Image 1: A cat at 3 p.m. Image 2 shows a dog at 5 p.m.", ["A cat at 3 p.m. Image 2 shows a dog at 5 p.m."]),
 ])
 def test_a_label_beside_a_lead_into_the_other_image_gives_both_captions(answer, captions):
     """The label's caption ran on over the lead: "A cat. Image 2 shows a dog." was one caption, naming both images
     (and "A cat Image 2 shows a dog" where the label's line ended no sentence); a lead on a line of its own after a
-    finished sentence, or before the first label, was lost with its caption."""
+    finished sentence, or before the first label, was lost with its caption. The lead search then read what
+    `_labelled_caption` leaves out (a comment after the caption, as an extra caption), split inside a quotation and
+    after "e.g." (the caption "e.g.")."""
     assert parse_captions(answer) == captions
 
 
