@@ -116,8 +116,9 @@ def _filter_values(filters: list) -> dict[str, dict[type, Any]]:
     """Each column an image folder's `filters` compare with values (`value`, or the values of an `in`), and its first
     value of each kind (`FILTER_VALUE_KINDS`). `filters` as README `filters:` give them and
     `pyarrow.parquet.filters_to_expression` reads them: a list of `[column, op, value]` (all to hold), or a list of such
-    lists (any to hold)."""
-    conjunctions = filters if filters and not isinstance(filters[0][0], str) else [filters]
+    lists (any to hold). A predicate that is none (`[]`, `[column, op]`) is a ValueError, as pyarrow's."""
+    # (an empty first item is read as a predicate: `[[]]` and `[[], [...]]` hold no [column, op, value] to unpack)
+    conjunctions = filters if filters and filters[0] and not isinstance(filters[0][0], str) else [filters]
     values: dict[str, dict[type, Any]] = {}
     for column, _, value in (predicate for conjunction in conjunctions for predicate in conjunction):
         for literal in value if isinstance(value, (list, tuple, set)) else [value]:

@@ -448,10 +448,14 @@ def test_readme_filters_comparing_a_column_with_values_of_several_kinds_are_refu
     # a predicate, not a list of them
     ('["flag", "==", true]', r"\['flag', '==', True\] are malformed \(ValueError: too many values"),
     ('[["flag", "~", true]]', r"\[\['flag', '~', True\]\] are malformed \(ValueError: \"~\" is not a valid operator"),
+    # an empty predicate first (an IndexError escaped)
+    ('[[]]', r"\[\[\]\] are malformed \(ValueError: not enough values to unpack \(expected 3, got 0\)"),
+    ('[[], [["flag", "==", true]]]', r"\[\[\], \[\['flag', '==', True\]\]\] are malformed \(ValueError: not enough values"),
 ])
 def test_malformed_readme_filters_are_refused_naming_them(tmp_path, table, filters, problem):
-    """pyarrow reads filters of [column, op, value] predicates: a bare ValueError (or TypeError) escaped, naming neither
-    the source nor its filters, and an unknown operator blamed the metadata.csv, as if it did not read."""
+    """pyarrow reads filters of [column, op, value] predicates: a bare ValueError (or TypeError; an IndexError where the
+    first was empty) escaped, naming neither the source nor its filters, and an unknown operator blamed the
+    metadata.csv, as if it did not read."""
     folder = _filtered_image_folder(tmp_path, table, filters)
     with pytest.raises(SourceError, match=rf"^source {folder}: its README's filters {problem}.*\): give a list of "
                                           r"\[column, op, value\] \(all to hold\), or a list of such lists \(any to "
