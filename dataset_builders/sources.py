@@ -9,11 +9,13 @@ import io
 import json
 import os
 import traceback
+import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import datasets
+import fsspec
 import pandas as pd
 import PIL.Image
 import pyarrow.parquet as pq
@@ -287,9 +289,10 @@ def load_source(
     # Checked before any file is read; `datasets` would convert every split first.
     _check_splits(source, split, available=[str(name) for name in builder.config.data_files])
     data_files = all_data_files(builder.config.data_files)
+    with data_files_read(source, data_files):  # (a zip archive's listing is read: a damaged one is named)
+        csv_metadata = isinstance(builder, ImageFolder) and _holds_csv_metadata(builder, data_files)
     if isinstance(builder, ImageFolder):  # (a metadata.csv's declared columns are read, and compared, as declared)
-        declared = builder.config.features if _holds_csv_metadata(builder, data_files) else None
-        check_filter_values(source, builder.config.filters, declared)
+        check_filter_values(source, builder.config.filters, builder.config.features if csv_metadata else None)
     if path.exists():
         _check_local_parquet_rows(source, split, builder.config.data_files)
         check_caption_table_rows(source, builder.config.data_files)
@@ -300,7 +303,7 @@ def load_source(
         # CSV cells as the text written (`CSV_TEXT_CELLS`): the csv builder takes pandas' options, imagefolder does not
         if isinstance(builder.config, CsvConfig):
             builder = _csv_text_cells_builder(source, location, name, builder, _split_names(split), cache_dir, token)
-        elif isinstance(builder, ImageFolder) and _holds_csv_metadata(builder, data_files):
+        elif csv_metadata:
             builder = TextCellsImageFolder.from_builder(builder, cache_dir=cache_dir)
         try:
             builder.download_and_prepare()
@@ -369,8 +372,8 @@ CSV_CELLS_AS_TEXT = "the text written, only an empty cell missing"
 
 def csv_cells_reading(source: datasets.Dataset) -> str | None:
     """How `load_source` read the cells of the CSV data behind `source`, a dataset it returned: `CSV_CELLS_AS_TEXT` for
-    a CSV table, and for an image folder whose captions are a metadata.csv (or which holds a zip archive); None where it
-    read no CSV data."""
+    a CSV table, and for an image folder whose captions are a metadata.csv (beside its images or in a zip archive);
+    None where it read no CSV data."""
     return CSV_CELLS_AS_TEXT if source.info.builder_name in ("csv", TextCellsImageFolder.NAME) else None
 
 
@@ -449,12 +452,21 @@ def _csv_columns(source: str, headers: dict[str, dict[str, list[str]]], splits: 
 
 def _holds_csv_metadata(builder: ImageFolder, files: Iterable[str]) -> bool:
     """Whether image folder `builder` reads a CSV caption table among `files` (its data files): a metadata.csv (or one
-    of the config's `metadata_filenames`, by name), or a zip archive, which it searches for one."""
+    of the config's `metadata_filenames`, by name), beside the images or in a zip archive, which it searches for one.
+    An archive's listing is read (a Hub one's by the byte ranges of its central directory), its hidden files and
+    folders and `__*` ones left out, as `datasets` leaves them out: an archive of a metadata.jsonl is no CSV data."""
     names = builder.config.metadata_filenames or builder.METADATA_FILENAMES
-    return any(
-        (os.path.basename(file) in names and file.lower().endswith(".csv")) or file.lower().endswith(".zip")
-        for file in files
-    )
+    csv_names = {name for name in names if name.lower().endswith(".csv")}
+    for file in files:
+        members = [file]
+        if file.lower().endswith(".zip"):
+            hub = {} if is_local_path(file) else {"token": builder.token}  # an hf:// file, read by fsspec
+            with fsspec.open(file, "rb", **hub) as handle, zipfile.ZipFile(handle) as archive:
+                members = [member for member in archive.namelist()
+                           if not any(part.startswith((".", "__")) for part in member.split("/"))]
+        if any(os.path.basename(member) in csv_names for member in members):
+            return True
+    return False
 
 
 def _check_local_parquet_rows(source: str, split: str, data_files: Mapping[Any, Iterable[Any]]) -> None:

@@ -487,6 +487,33 @@ def test_readme_filters_compare_declared_metadata_csv_columns_with_values_of_the
         load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"))
 
 
+@pytest.mark.parametrize("table", ["metadata.jsonl", "metadata.csv"])
+def test_readme_filters_of_a_zip_archive_are_compared_as_its_caption_table_is_read(tmp_path, table):
+    """Only a metadata.csv is read as declared, and its filters checked so (`TextCellsImageFolder`): the check was
+    applied to any image folder with a zip archive, and refused filters datasets reads over an archive's metadata.jsonl
+    (a number compared with a column declared text), which imagefolder itself now reads."""
+    import zipfile
+
+    folder = tmp_path / "images"
+    _image_folder(folder)
+    rows = '{"file_name": "0.png", "id": 1}\n{"file_name": "1.png", "id": 2}\n'
+    with zipfile.ZipFile(folder / "data.zip", "w") as archive:
+        for index in range(2):
+            archive.write(folder / f"{index}.png", f"{index}.png")
+            (folder / f"{index}.png").unlink()
+        archive.writestr(table, rows if table == "metadata.jsonl" else "file_name,id\n0.png,1\n1.png,2\n")
+    (folder / "README.md").write_text(
+        "---\nconfigs:\n- config_name: default\n  data_files: '*'\n  features:\n  - name: image\n    dtype: image\n"
+        "  - name: id\n    dtype: string\n  filters: [[id, in, [1]]]\n---\n")
+    if table == "metadata.csv":
+        with pytest.raises(SourceError, match=rf"^source {folder}: its README's filters .* compare column 'id', declared "
+                                              r"string \(features:\), with a number \(1\): compare it with text$"):
+            load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"))
+        return
+    read = load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"))
+    assert read["id"] == ["1"] and read.info.builder_name == "imagefolder"
+
+
 def test_readme_features_of_an_image_folder_with_a_metadata_csv_are_read_as_declared(tmp_path):
     """As a CSV table's (and as imagefolder read them): the metadata.csv cells were read as text and the declared types
     applied by datasets' cast, which read a bool column's `false` as True; a column declared text keeps `0123`."""
@@ -541,7 +568,7 @@ def test_an_image_folder_without_a_csv_caption_table_is_read_by_datasets_imagefo
 
 
 HUB_CSV_SOURCES = """
-import gzip, json
+import gzip, json, zipfile
 from pathlib import Path
 import datasets
 from huggingface_hub import HfApi
@@ -559,9 +586,13 @@ for config in ("a", "b"):  # an image folder of two configs
         Image.new("RGB", (8, 8)).save(images / config / f"{index}.png")
     (images / config / "metadata.csv").write_text(f"file_name,id,caption\\n0.png,0123{config},null\\n1.png,123,N/A\\n")
 (images / "README.md").write_text("---\\nconfigs:\\n- config_name: a\\n  data_dir: a\\n- config_name: b\\n  data_dir: b\\n---\\n")
-plain.mkdir()  # an image folder without CSV data
-Image.new("RGB", (8, 8)).save(plain / "0.png")
-(plain / "metadata.jsonl").write_text('{"file_name": "0.png", "id": "0123"}\\n')
+plain.mkdir()  # an image folder without CSV data, one of its images in a zip archive (listed from the Hub)
+for index in range(2):
+    Image.new("RGB", (8, 8)).save(plain / f"{index}.png")
+with zipfile.ZipFile(plain / "more.zip", "w") as archive:
+    archive.write(plain / "1.png", "1.png")
+(plain / "1.png").unlink()
+(plain / "metadata.jsonl").write_text('{"file_name": "0.png", "id": "0123"}\\n{"file_name": "1.png", "id": "1"}\\n')
 splits = Path("splits")  # a test split without the train split's label column: only the split read is read
 splits.mkdir()
 (splits / "train.csv").write_text("id,image,caption,label\\n01,0.png,a,1\\n")
@@ -587,7 +618,7 @@ print(json.dumps(read))
 def test_csv_cells_of_a_hub_source_are_read_as_the_text_written(hub_server, tmp_path):
     """On the Hub too: a CSV table (its columns read from the Hub, compressed, with its README's separator; a split of
     other columns than another's) and an image folder's metadata.csv, of the config named. An image folder without CSV
-    data keeps datasets' fingerprint."""
+    data keeps datasets' fingerprint, one with a zip archive too (its listing read: any one was read as CSV data)."""
     read = json.loads(run_client(hub_server, tmp_path, HUB_CSV_SOURCES).strip().splitlines()[-1])
     assert read == {"fingerprint kept": True, "maple-org/csv-table": [["000123", "123"], ["NA", None]],
                     "maple-org/csv-images": [["0123b", "123"], ["null", "N/A"]],
