@@ -271,9 +271,9 @@ def load_source(
     location = str(path) if path.exists() else source
     # Offline, a Hub source read before is read from the cache of its CSV cells as text: datasets' own look-up of the
     # cache (with no options, as below) finds only a plain `load_dataset`'s, whose cells pandas' defaults read
-    cached = None if path.exists() or not datasets.config.HF_HUB_OFFLINE else _text_cells_cache(source, name, cache_dir)
+    offline = not path.exists() and datasets.config.HF_HUB_OFFLINE
+    cached = _text_cells_cache(source, name, split, cache_dir) if offline else None
     if cached is not None:
-        _check_splits(source, split, available=list(cached.info.splits))
         return _prepared_split(source, split, cached)
     try:
         builder = datasets.load_dataset_builder(location, name, cache_dir=cache_dir, token=token)
@@ -337,29 +337,44 @@ def _prepared_split(source: str, split: str, builder: datasets.DatasetBuilder) -
 CSV_TEXT_CELLS_CONFIG = "csv_text_cells"
 
 
-def _text_cells_cache(source: str, name: str | None, cache_dir: str | None) -> datasets.DatasetBuilder | None:
+def _text_cells_cache(
+    source: str, name: str | None, split: str, cache_dir: str | None
+) -> datasets.DatasetBuilder | None:
     """Offline, the builder of the latest cache in `cache_dir` of Hub dataset `source` (of its config `name`; None: of
     its one config cached so) that `load_source` wrote with CSV cells read as text (config ids ending in
-    `CSV_TEXT_CELLS_CONFIG`, or in `TextCellsImageFolder.NAME` of the version of its reading, not an older one's), read
-    as datasets reads a cache offline; None where there is none. A `SourceError` where `name` is None and several
-    configs are cached so."""
+    `CSV_TEXT_CELLS_CONFIG`, or in `TextCellsImageFolder.NAME` of the version of its reading, not an older one's) and
+    that holds the splits split expression `split` reads: a CSV table whose splits have other columns is cached one
+    split at a time, each in a config id of its own (`_csv_text_cells_builder`), all of one config. Read as datasets
+    reads a cache offline; None where there is none. A `SourceError` where `name` is None and several configs are
+    cached so, and where no cache of the config holds those splits (the split may exist on the Hub, and not be
+    cached: `_check_splits`' "has no split" would not be true)."""
     *namespace, dataset_name = source.split("/")
     root = Path(cache_dir or datasets.config.HF_DATASETS_CACHE).expanduser()
     folder = root / "___".join([*namespace, camelcase_to_snakecase(dataset_name)])
-    caches = [  # <config id>/<version>/<hash>, of the config named
-        cache for pattern in (f"*-{CSV_TEXT_CELLS_CONFIG}/*/*",
-                              f"*-{TextCellsImageFolder.NAME}/{TextCellsImageFolder.VERSION}/*")
-        for cache in folder.glob(pattern)
-        if (cache / "dataset_info.json").is_file()
-        and name in (None, json.loads((cache / "dataset_info.json").read_text(encoding="utf-8"))["config_name"])
-    ]
-    if not caches:
+    infos = {  # <config id>/<version>/<hash>: its dataset info
+        cache: json.loads((cache / "dataset_info.json").read_text(encoding="utf-8"))
+        for pattern in (f"*-{CSV_TEXT_CELLS_CONFIG}/*/*",
+                        f"*-{TextCellsImageFolder.NAME}/{TextCellsImageFolder.VERSION}/*")
+        for cache in folder.glob(pattern) if (cache / "dataset_info.json").is_file()
+    }
+    cached_splits = {  # of the config named
+        cache: list(info.get("splits") or {}) for cache, info in infos.items() if name in (None, info["config_name"])
+    }
+    if not cached_splits:
         return None
-    configs = sorted({cache.parts[-3] for cache in caches})
+    configs = sorted({infos[cache]["config_name"] for cache in cached_splits})
     if len(configs) > 1 and name is None:
         raise SourceError(f"source {source}: the Hub is offline and several of its configs are cached ({configs}): "
                           "name one with source_config= (CLI --source-config)")
-    latest = max(caches, key=lambda cache: cache.stat().st_mtime)
+    _check_split_expression(split)
+    holding = [cache for cache, splits in cached_splits.items() if set(_split_names(split)) <= set(splits)]
+    if not holding:
+        raise SourceError(
+            f"source {source}: the Hub is offline and no cache of it holds the split(s) {_split_names(split)} (its "
+            f"caches hold {sorted(cached_splits.values())}): read them online first, or pick cached ones with "
+            "source_split=... (CLI --source-split)"
+        )
+    latest = max(holding, key=lambda cache: cache.stat().st_mtime)
     config_id, version, commit = latest.parts[-3:]
     return Cache(cache_dir=cache_dir, dataset_name=dataset_name, repo_id=source, config_name=config_id,
                  version=version, hash=commit)
@@ -479,8 +494,20 @@ def _check_local_parquet_rows(source: str, split: str, data_files: Mapping[Any, 
 
 
 def _check_splits(source: str, split: str, available: list[str]) -> None:
-    """Raise `SourceError` when `split` ("train", "train[:1000]", "train+test") is no split expression (`datasets`'
-    error was taken for a file that does not read), or names a split `source` lacks."""
+    """Raise `SourceError` when `split` ("train", "train[:1000]", "train+test") is no split expression
+    (`_check_split_expression`), or names a split `source` lacks."""
+    _check_split_expression(split)
+    missing = [name for name in _split_names(split) if name not in available]
+    if missing:
+        raise SourceError(
+            f"source {source} has no split {', '.join(map(repr, missing))}; its splits are {available}: "
+            "pick one with source_split=... (CLI --source-split)"
+        )
+
+
+def _check_split_expression(split: str) -> None:
+    """Raise `SourceError` when `split` is no split expression (`datasets`' error was taken for a file that does not
+    read)."""
     try:
         datasets.ReadInstruction.from_spec(split)
         problem = "it holds a space" if any(character.isspace() for character in split) else None  # (read as a name)
@@ -490,12 +517,6 @@ def _check_splits(source: str, split: str, available: list[str]) -> None:
         raise SourceError(
             f"source_split {split!r} is not a split expression ({problem}); expected a split, a slice of one "
             "('train[:1000]', 'train[10%:20%]') or several joined by + ('train+test') (CLI --source-split)"
-        )
-    missing = [name for name in _split_names(split) if name not in available]
-    if missing:
-        raise SourceError(
-            f"source {source} has no split {', '.join(map(repr, missing))}; its splits are {available}: "
-            "pick one with source_split=... (CLI --source-split)"
         )
 
 

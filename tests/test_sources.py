@@ -630,9 +630,9 @@ import json, os
 from pathlib import Path
 from huggingface_hub import HfApi
 from PIL import Image
-from dataset_builders.sources import csv_cells_reading, load_source
+from dataset_builders.sources import SourceError, csv_cells_reading, load_source
 
-table, images = Path("table"), Path("images")
+table, images, splits = Path("table"), Path("images"), Path("splits")
 if os.environ["HF_HUB_OFFLINE"] == "0":
     api = HfApi()
     table.mkdir()
@@ -640,25 +640,50 @@ if os.environ["HF_HUB_OFFLINE"] == "0":
     images.mkdir()
     Image.new("RGB", (8, 8)).save(images / "0.png")
     (images / "metadata.csv").write_text("file_name,id,caption\\n0.png,0123,null\\n")
-    for repo, folder in (("maple-org/offline-csv-table", table), ("maple-org/offline-csv-images", images)):
+    splits.mkdir()  # splits of other columns: each read is cached apart
+    (splits / "train.csv").write_text("id,image,caption,label\\n01,0.png,a,1\\n")
+    (splits / "test.csv").write_text("id,image,caption\\n02,0.png,b\\n")
+    for repo, folder in (("maple-org/offline-csv-table", table), ("maple-org/offline-csv-images", images),
+                         ("maple-org/offline-csv-splits", splits)):
         api.create_repo(repo, repo_type="dataset")
         api.upload_folder(repo_id=repo, folder_path=str(folder), repo_type="dataset")
 read = {}
-for repo in ("maple-org/offline-csv-table", "maple-org/offline-csv-images"):
-    rows = load_source(repo, split="train", cache_dir="cache")
-    read[repo] = [list(rows["id"]), list(rows["caption"]), csv_cells_reading(rows)]
+for repo, split, name in (("maple-org/offline-csv-table", "train", None), ("maple-org/offline-csv-images", "train", None),
+                          ("maple-org/offline-csv-splits", "train", None), ("maple-org/offline-csv-splits", "test", None),
+                          ("maple-org/offline-csv-splits", "train", "default"),
+                          ("maple-org/offline-csv-splits", "train+test", None)):
+    try:
+        rows = load_source(repo, split=split, name=name, cache_dir="cache")
+    except SourceError as error:
+        read[f"{repo} {split} {name}"] = str(error)
+        continue
+    read[f"{repo} {split} {name}"] = [list(rows["id"]), list(rows["caption"]), csv_cells_reading(rows), rows._fingerprint]
 print(json.dumps(read))
 """
 
 
 def test_a_hub_source_with_csv_data_read_online_is_read_offline(hub_server, tmp_path):
     """From the cache of its CSV cells read as text: datasets' look-up of the cache offline, which load_source made
-    first, found only a plain load_dataset's ("Couldn't find cache for maple-org/offline-csv-table")."""
+    first, found only a plain load_dataset's ("Couldn't find cache for maple-org/offline-csv-table"). Of a table whose
+    splits have other columns, from the cache of the split read: its caches (one a split) were taken for several configs
+    ("name one with source_config="), and with the config named, the latest one's split only was found."""
     home = str(tmp_path / "hf_home")
-    online = run_client(hub_server, tmp_path, HUB_CSV_SOURCES_READ, HF_HOME=home).strip().splitlines()[-1]
+    online = json.loads(run_client(hub_server, tmp_path, HUB_CSV_SOURCES_READ, HF_HOME=home).strip().splitlines()[-1])
     offline = run_client(hub_server, tmp_path, HUB_CSV_SOURCES_READ, HF_HOME=home, HF_HUB_OFFLINE="1")
-    assert json.loads(online) == {
-        "maple-org/offline-csv-table": [["000123"], ["NA"], "the text written, only an empty cell missing"],
-        "maple-org/offline-csv-images": [["0123"], ["null"], "the text written, only an empty cell missing"],
+    as_text = "the text written, only an empty cell missing"
+    assert {read: rows[:3] for read, rows in online.items() if not read.endswith("train+test None")} == {
+        "maple-org/offline-csv-table train None": [["000123"], ["NA"], as_text],
+        "maple-org/offline-csv-images train None": [["0123"], ["null"], as_text],
+        "maple-org/offline-csv-splits train None": [["01"], ["a"], as_text],
+        "maple-org/offline-csv-splits test None": [["02"], ["b"], as_text],
+        "maple-org/offline-csv-splits train default": [["01"], ["a"], as_text],
     }
-    assert offline.strip().splitlines()[-1] == online
+    offline = json.loads(offline.strip().splitlines()[-1])
+    together = "maple-org/offline-csv-splits train+test None"
+    assert online.pop(together).startswith("source maple-org/offline-csv-splits: its data file ")  # (other columns)
+    assert offline.pop(together) == (
+        "source maple-org/offline-csv-splits: the Hub is offline and no cache of it holds the split(s) ['train', "
+        "'test'] (its caches hold [['test'], ['train']]): read them online first, or pick cached ones with "
+        "source_split=... (CLI --source-split)"
+    )
+    assert offline == online
