@@ -286,6 +286,15 @@ def load_source(
         if "Config name is missing" in problem:  # `datasets`' advice is a `load_dataset` call
             problem = f"{problem.split('Example of usage')[0].strip()}: name it with source_config= (CLI --source-config)"
         raise SourceError(f"source {source}: {problem}{local_typo_hint(source)}") from None
+    if isinstance(builder, Cache):  # offline, datasets' own cache of a Hub source, which names no data files
+        if builder.info.builder_name == "csv":  # (`_text_cells_cache` found none of ours)
+            raise SourceError(
+                f"source {source}: the Hub is offline and its CSV table is cached only as datasets' load_dataset reads "
+                "it (with pandas' defaults: an id 0123 as 123, a caption NA as missing), not as the text written: "
+                "read it online once"
+            )
+        _check_splits(source, split, available=list(builder.info.splits))
+        return _prepared_split(source, split, builder)
     # Checked before any file is read; `datasets` would convert every split first.
     _check_splits(source, split, available=[str(name) for name in builder.config.data_files])
     data_files = all_data_files(builder.config.data_files)
@@ -342,19 +351,20 @@ def _text_cells_cache(
 ) -> datasets.DatasetBuilder | None:
     """Offline, the builder of the latest cache in `cache_dir` of Hub dataset `source` (of its config `name`; None: of
     its one config cached so) that `load_source` wrote with CSV cells read as text (config ids ending in
-    `CSV_TEXT_CELLS_CONFIG`, or in `TextCellsImageFolder.NAME` of the version of its reading, not an older one's) and
-    that holds the splits split expression `split` reads: a CSV table whose splits have other columns is cached one
-    split at a time, each in a config id of its own (`_csv_text_cells_builder`), all of one config. Read as datasets
-    reads a cache offline; None where there is none. A `SourceError` where `name` is None and several configs are
-    cached so, and where no cache of the config holds those splits (the split may exist on the Hub, and not be
-    cached: `_check_splits`' "has no split" would not be true)."""
+    `CSV_TEXT_CELLS_CONFIG`, or in `TextCellsImageFolder.NAME`) and that holds the splits split expression `split`
+    reads: a CSV table whose splits have other columns is cached one split at a time, each in a config id of its own
+    (`_csv_text_cells_builder`), all of one config. Read as datasets reads a cache offline; None where there is none.
+    A `SourceError` where `name` is None and several configs are cached so, where the config's image folder is cached
+    by an older version of `TextCellsImageFolder`'s reading only (not reused; datasets' look-up of the cache, next,
+    would read a plain load_dataset's beside it, its metadata.csv read with pandas' defaults), and where no cache of
+    the config holds those splits (the split may exist on the Hub, and not be cached: `_check_splits`' "has no split"
+    would not be true)."""
     *namespace, dataset_name = source.split("/")
     root = Path(cache_dir or datasets.config.HF_DATASETS_CACHE).expanduser()
     folder = root / "___".join([*namespace, camelcase_to_snakecase(dataset_name)])
     infos = {  # <config id>/<version>/<hash>: its dataset info
         cache: json.loads((cache / "dataset_info.json").read_text(encoding="utf-8"))
-        for pattern in (f"*-{CSV_TEXT_CELLS_CONFIG}/*/*",
-                        f"*-{TextCellsImageFolder.NAME}/{TextCellsImageFolder.VERSION}/*")
+        for pattern in (f"*-{CSV_TEXT_CELLS_CONFIG}/*/*", f"*-{TextCellsImageFolder.NAME}/*/*")
         for cache in folder.glob(pattern) if (cache / "dataset_info.json").is_file()
     }
     cached_splits = {  # of the config named
@@ -366,6 +376,16 @@ def _text_cells_cache(
     if len(configs) > 1 and name is None:
         raise SourceError(f"source {source}: the Hub is offline and several of its configs are cached ({configs}): "
                           "name one with source_config= (CLI --source-config)")
+    reading = str(TextCellsImageFolder.VERSION)
+    older = [cache for cache in cached_splits  # <config id>/<version>/<hash>
+             if cache.parts[-3].endswith(TextCellsImageFolder.NAME) and cache.parts[-2] != reading]
+    cached_splits = {cache: splits for cache, splits in cached_splits.items() if cache not in older}
+    if not cached_splits:
+        raise SourceError(
+            f"source {source}: the Hub is offline and its image folder is cached only as an older MAPLE read its "
+            f"metadata.csv (version {', '.join(sorted({cache.parts[-2] for cache in older}))} of that reading; this "
+            f"one is {reading}, and does not reuse it): read it online once, to cache it anew"
+        )
     _check_split_expression(split)
     holding = [cache for cache, splits in cached_splits.items() if set(_split_names(split)) <= set(splits)]
     if not holding:

@@ -50,9 +50,9 @@ class TextCellsImageFolder(ImageFolder):
     NAME = "imagefolder_csv_text_cells"
     # The version of its reading, its config's: a level of its cache's path (`<config id>/<version>/<hash>`), and so of
     # a Hub source's fingerprint. Raised where what it reads changes, so that no cache an older reading prepared is
-    # reused (nor read offline: `sources._text_cells_cache`), each cached image folder prepared again once. 1.0.0: the
-    # columns the README declares read as declared (from the text, a bool column's `false` was True), a boolean
-    # compared with a number by README filters as 1 or 0 (as no number before).
+    # reused (offline, it is an error: `sources._text_cells_cache`), each cached image folder prepared again once.
+    # 1.0.0: the columns the README declares read as declared (from the text, a bool column's `false` was True), a
+    # boolean compared with a number by README filters as 1 or 0 (as no number before).
     VERSION = datasets.Version("1.0.0")
 
     def __init__(self, **kwargs: Any) -> None:

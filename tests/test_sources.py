@@ -687,3 +687,65 @@ def test_a_hub_source_with_csv_data_read_online_is_read_offline(hub_server, tmp_
         "source_split=... (CLI --source-split)"
     )
     assert offline == online
+
+
+HUB_SOURCES_CACHED_OTHERWISE = """
+import json, os
+from pathlib import Path
+import datasets
+from huggingface_hub import HfApi
+from PIL import Image
+from dataset_builders.sources import load_source
+from dataset_builders.text_cells_folder import TextCellsImageFolder
+
+images, plain, table = Path("images"), Path("plain"), Path("table")
+older, older_beside_plain = "maple-org/older-images", "maple-org/older-images-beside-plain"
+if os.environ["HF_HUB_OFFLINE"] == "0":
+    api = HfApi()
+    for folder in (images, plain):
+        folder.mkdir()
+        Image.new("RGB", (8, 8)).save(folder / "0.png")
+    (images / "metadata.csv").write_text("file_name,id\\n0.png,0123\\n")
+    (plain / "metadata.jsonl").write_text('{"file_name": "0.png", "id": "0123"}\\n')
+    table.mkdir()
+    (table / "data.csv").write_text("id,image\\n0123,0.png\\n")
+    for repo, folder in ((older, images), (older_beside_plain, images), ("maple-org/jsonl-images-read", plain),
+                         ("maple-org/csv-table-loaded", table)):
+        api.create_repo(repo, repo_type="dataset")
+        api.upload_folder(repo_id=repo, folder_path=str(folder), repo_type="dataset")
+    load_source("maple-org/jsonl-images-read", split="train", cache_dir="cache")  # (datasets' own imagefolder cache)
+    for repo in (older_beside_plain, "maple-org/csv-table-loaded"):
+        datasets.load_dataset(repo, split="train", cache_dir="cache")
+    TextCellsImageFolder.VERSION = datasets.Version("0.0.0")  # the reading of an older MAPLE
+    for repo in (older, older_beside_plain):
+        load_source(repo, split="train", cache_dir="cache")
+else:
+    read = {}
+    for repo in (older, older_beside_plain, "maple-org/jsonl-images-read", "maple-org/csv-table-loaded"):
+        try:
+            read[repo] = list(load_source(repo, split="train", cache_dir="cache")["id"])
+        except Exception as error:
+            read[repo] = f"{type(error).__name__}: {error}"
+    print(json.dumps(read))
+"""
+
+
+def test_a_hub_source_cached_otherwise_is_read_offline_or_refused_naming_why(hub_server, tmp_path):
+    """An image folder an older MAPLE read (its metadata.csv cached by an older reading, which is not reused) said
+    datasets' "Couldn't find cache ... Available configs in the cache: ['default-imagefolder_csv_text_cells']", naming
+    the very config refused, or, beside a plain load_dataset's cache, failed with a bare TypeError: datasets' cache
+    builder names no data files. That builder reads a source without CSV data (an image folder of a metadata.jsonl, which
+    failed so), and a CSV table only load_dataset read (with pandas' defaults) is refused."""
+    home = str(tmp_path / "hf_home")
+    run_client(hub_server, tmp_path, HUB_SOURCES_CACHED_OTHERWISE, HF_HOME=home)
+    offline = run_client(hub_server, tmp_path, HUB_SOURCES_CACHED_OTHERWISE, HF_HOME=home, HF_HUB_OFFLINE="1")
+    older = ("the Hub is offline and its image folder is cached only as an older MAPLE read its metadata.csv (version "
+             "0.0.0 of that reading; this one is 1.0.0, and does not reuse it): read it online once, to cache it anew")
+    assert json.loads(offline.strip().splitlines()[-1]) == {
+        "maple-org/older-images": f"SourceError: source maple-org/older-images: {older}",
+        "maple-org/older-images-beside-plain": f"SourceError: source maple-org/older-images-beside-plain: {older}",
+        "maple-org/jsonl-images-read": ["0123"],
+        "maple-org/csv-table-loaded": "SourceError: source maple-org/csv-table-loaded: the Hub is offline and its CSV "
+        "table is cached only as datasets' load_dataset reads it (with pandas' defaults: an id 0123 as 123, a caption NA "
+        "as missing), not as the text written: read it online once",
+    }
