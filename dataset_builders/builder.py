@@ -203,9 +203,9 @@ class MaplePreferencesConfig(datasets.BuilderConfig):
         self.validate()
 
     def validate(self) -> None:
-        """Raise a ValueError naming every setting of the wrong type, else every bad value. Runs at construction and
-        again in the builder, because `datasets` applies keyword overrides to a named config by plain attribute
-        assignment."""
+        """Raise a ValueError naming every setting of the wrong type, else every bad value; numpy's numbers, which
+        pass, become Python's. Runs at construction and again in the builder, because `datasets` applies keyword
+        overrides to a named config by plain attribute assignment."""
         # A float count (shard_size=1e3) passed the bounds below and failed once every image was embedded, a TypeError
         # naming no setting; a string one failed here, alike
         numbers_of_type = {name: numbers.Integral for name in INTEGER_FIELDS} | {"semdedup_epsilon": numbers.Real}
@@ -217,6 +217,11 @@ class MaplePreferencesConfig(datasets.BuilderConfig):
             and not (name == "semdedup_clusters" and value is None)
         ]:
             raise ValueError("invalid MaplePreferences config: " + "; ".join(problems))
+        # json writes no numpy number (the stats.json written once every shard was built failed on
+        # num_hard_negatives=numpy.int64(2)), and numpy.int64 arithmetic wraps silently (a shard's seed)
+        for name, kind in numbers_of_type.items():
+            if (value := getattr(self, name)) is not None:
+                setattr(self, name, int(value) if kind is numbers.Integral else float(value))
         if self.num_hard_negatives < 1:
             problems.append(f"num_hard_negatives must be at least 1, got {self.num_hard_negatives}")
         if self.text_candidates not in TEXT_CANDIDATE_SOURCES:

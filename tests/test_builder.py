@@ -442,6 +442,23 @@ def test_a_numpy_integer_setting_is_recorded_as_the_number_it_is(tmp_path):
     _unbuilt(tmp_path, colour_square_source(), shard_size=4).check_work_dir()
 
 
+def test_numpy_number_settings_build_and_are_kept_as_python_numbers(tmp_path):
+    """They passed validation, every shard was built, and the stats' json.dumps failed ("Object of type int64 is not
+    JSON serializable"), on every rerun too; a numpy.int64 seed at the top of SEED_RANGE wrapped silently in
+    seed * SHARD_SEED_STRIDE + shard."""
+    from dataset_builders.builder import SHARD_SEED_STRIDE
+
+    settings = {"num_hard_negatives": numpy.int64(2), "semdedup_clusters": numpy.int64(2),
+                "semdedup_epsilon": numpy.float32(0.07), "seed": numpy.int64(SEED_RANGE[1])}
+    builder = _build(tmp_path, **settings)
+    assert json.loads((tmp_path / "work" / "stats.json").read_text())["semdedup"] == {"clusters": 2, "epsilon": float(numpy.float32(0.07))}
+    kept = {name: getattr(builder.config, name) for name in settings}
+    assert kept == {"num_hard_negatives": 2, "semdedup_clusters": 2, "semdedup_epsilon": float(numpy.float32(0.07)),
+                    "seed": SEED_RANGE[1]}
+    assert {type(value) for value in kept.values()} == {int, float}
+    assert kept["seed"] * SHARD_SEED_STRIDE + 1 > 2**63  # as Python's int: no wrap
+
+
 def test_the_seed_range_is_the_one_whose_every_shard_seed_torch_takes():
     """`SEED_RANGE` pinned to torch: seed * SHARD_SEED_STRIDE + shard for shards up to 2**32 at its edges, not past."""
     from dataset_builders.builder import SHARD_SEED_STRIDE
