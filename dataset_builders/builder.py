@@ -487,6 +487,18 @@ def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     return [f"{name}: {_brief(then)} in the work dir, {_brief(now)} now" for name, then, now in changed_entries(saved, current)]
 
 
+def _number_written_as_text(saved: Any, current: Any) -> bool:
+    """Whether a manifest entry is a number's text in the work dir and a number now: builders before this one wrote
+    numpy's numbers so (shard_size=numpy.int64(4) as '4')."""
+    if not isinstance(saved, str) or isinstance(current, bool) or not isinstance(current, (int, float)):
+        return False
+    try:
+        float(saved)
+    except ValueError:
+        return False
+    return True
+
+
 def _brief(value: Any) -> str:
     """`repr(value)` cut short: settings compared with none (a stand-in judge has none) hold a whole chat template."""
     brief = reprlib.Repr()
@@ -840,16 +852,22 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 f"match this build: {advice}"
             )
         # a work dir begun before the manifest left unused fields out recorded them anyway (a seed nothing seeds)
-        differences = _differences(saved | dict.fromkeys(self.config.unused_fields(), None), current)
-        if differences:
-            # the one difference a user may not have made: a builder older than the CSV change read cells otherwise
-            older_reading = (
-                " (builders before this one read a source's CSV cells with pandas' defaults: an id 0123 as 123, a "
-                "caption NA as missing)" if saved.get("source_csv_cells") is None and current["source_csv_cells"] else ""
-            )
+        recorded = saved | dict.fromkeys(self.config.unused_fields(), None)
+        if differences := _differences(recorded, current):
+            # the differences a user may not have made: older builders read CSV cells otherwise, and wrote numpy's
+            # numbers as text
+            older_builders = []
+            if saved.get("source_csv_cells") is None and current["source_csv_cells"]:
+                older_builders.append(
+                    "builders before this one read a source's CSV cells with pandas' defaults: an id 0123 as 123, a "
+                    "caption NA as missing"
+                )
+            if any(_number_written_as_text(then, now) for _, then, now in changed_entries(recorded, current)):
+                older_builders.append("builders before this one wrote numpy's numbers as text: numpy.int64(4) as '4'")
             raise WorkDirMismatch(
-                f"work dir {self.work_dir} was built with another recipe ({'; '.join(differences)}){older_reading}; "
-                f"reusing its checkpoints and shards would mix the two builds: {advice}"
+                f"work dir {self.work_dir} was built with another recipe ({'; '.join(differences)})"
+                f"{''.join(f' ({note})' for note in older_builders)}; reusing its checkpoints and shards would mix the "
+                f"two builds: {advice}"
             )
         self._work_dir_claimed = True
 

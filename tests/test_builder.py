@@ -442,6 +442,21 @@ def test_a_numpy_integer_setting_is_recorded_as_the_number_it_is(tmp_path):
     _unbuilt(tmp_path, colour_square_source(), shard_size=4).check_work_dir()
 
 
+def test_a_work_dir_whose_numbers_an_older_builder_wrote_as_text_is_refused_saying_so(tmp_path):
+    """A work dir begun with shard_size=numpy.int64(4) before the manifest wrote numbers as numbers recorded '4', and
+    a rerun with 4 is refused: the refusal said only "shard_size: '4' in the work dir, 4 now"."""
+    _unbuilt(tmp_path, colour_square_source(), shard_size=4).check_work_dir()
+    path = tmp_path / "work" / "manifest.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"shard_size": "4"}))
+    with pytest.raises(WorkDirMismatch, match=re.escape(
+            "(shard_size: '4' in the work dir, 4 now) (builders before this one wrote numpy's numbers as text: "
+            "numpy.int64(4) as '4'); reusing")):
+        _unbuilt(tmp_path, colour_square_source(), shard_size=4).check_work_dir()
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"shard_size": 4}))
+    with pytest.raises(WorkDirMismatch, match=re.escape("(shard_size: 4 in the work dir, 5 now); reusing")):
+        _unbuilt(tmp_path, colour_square_source(), shard_size=5).check_work_dir()
+
+
 def test_numpy_number_settings_build_and_are_kept_as_python_numbers(tmp_path):
     """They passed validation, every shard was built, and the stats' json.dumps failed ("Object of type int64 is not
     JSON serializable"), on every rerun too; a numpy.int64 seed at the top of SEED_RANGE wrapped silently in
