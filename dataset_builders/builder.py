@@ -1504,7 +1504,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         offline or unreachable Hub, is a `HubReadError` naming it and what the Hub answered
         (`maple.hub.hub_read_failure`, which asks the Hub when `datasets` kept no answer); read with a token, a repo
         the Hub does not find for it is `datasets`' own `DatasetNotFoundError`."""
-        path = Path(repo_id_or_path)
+        path = expanded_path(repo_id_or_path)  # as the builder expands work_dir
         if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():  # a `save_to_disk` folder
             if config_name is not None:
                 raise ValueError(f"{repo_id_or_path} is a save_to_disk folder, which holds no configs: leave config_name out")

@@ -908,6 +908,16 @@ def test_from_pretrained_refuses_local_parquet_files_of_other_columns_naming_the
         MaplePreferences.from_pretrained(str(tmp_path / "broken.parquet"))
 
 
+def test_from_pretrained_expands_the_home_folder_as_the_builder_does(tmp_path, monkeypatch):
+    """The builder expands work_dir="~/work", but from_pretrained("~/work/shards") was read as a Hub id."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    built = _build(tmp_path, work_dir="~/work").as_dataset(split="train")
+    built.to_parquet(str(tmp_path / "prefs.parquet"))
+    built.save_to_disk(str(tmp_path / "saved"))
+    for path in ("~/work/shards", "~/prefs.parquet", "~/saved"):
+        assert MaplePreferences.from_pretrained(path).to_dict() == built.to_dict()
+
+
 def test_from_pretrained_refuses_a_config_name_for_a_file(tmp_path):
     """A file was read whatever config was named, as if it were that config's."""
     _build(tmp_path).as_dataset(split="train").to_parquet(str(tmp_path / "prefs.parquet"))
