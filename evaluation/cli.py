@@ -32,6 +32,7 @@ from maple.cli import (
     exit_with_error,
     image_settings,
     library_progress_bars_hidden,
+    output_folder,
     positive,
     report_error,
 )
@@ -600,7 +601,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", nargs="*", action="extend", default=[], metavar="MODEL", help="more models, side by side")
     parser.add_argument("--source", nargs="*", action="extend", default=[], metavar="BENCHMARK=PATH",
                         help="local copy or other Hub id of a benchmark (repeat or list several)")
-    parser.add_argument("--out", type=expanded_path, default=Path("maple_eval"), help="results folder (resumable)")
+    parser.add_argument("--out", type=output_folder, default=Path("maple_eval"), help="results folder (resumable)")
     parser.add_argument("--batch-size", type=positive(int), default=32, help="images or texts embedded per forward pass")
     parser.add_argument("--device", default=None, help="where the models embed, e.g. cuda:1; unset: cuda if available, else cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",

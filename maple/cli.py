@@ -14,7 +14,10 @@ import math
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import NoReturn
+
+from .files import expanded_path
 
 # sub-command -> (module with `main(argv: list[str]) -> int`, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -67,6 +70,15 @@ def _token(text: str) -> str:
             "holds a space, a line break or a character outside printable ASCII, which no Hub token has"
         )
     return text
+
+
+def output_folder(text: str) -> Path:
+    """An argparse `type` for an output folder option (`--out`): the path, a leading `~` expanded (`expanded_path`).
+    An empty one (`--out "$UNSET_VARIABLE"`) is a usage error here, while it is text: as a Path it is the current
+    folder, which `folder_problem` cannot tell from `--out .`, and the command wrote its files there."""
+    if not text:
+        raise argparse.ArgumentTypeError("empty; expected a folder (created if missing)")
+    return expanded_path(text)
 
 
 def positive(number_type: type[int] | type[float]):

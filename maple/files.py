@@ -48,7 +48,9 @@ def folder_problem(path: str | os.PathLike, name: str) -> str | None:
     """Why `path` can be no folder, as one sentence that begins with `name` (the flag or argument that gave it); None
     when it is a folder or can be made one. A file there, or above it, would otherwise stop a long job with a
     NotADirectoryError or FileExistsError traceback when it first writes. An empty path (an unset variable) is none
-    either: read as the current folder, it would put the job's files there."""
+    either: read as the current folder, it would put the job's files there. It is refused as text only: `Path("")`
+    is `Path(".")`, which names the current folder on purpose (`maple eval --out .`) as often, so an option parsed as
+    a path refuses an empty value as it parses it (`maple.cli.output_folder`)."""
     if not os.fspath(path):
         return f"{name} is empty; expected a folder (created if missing)"
     path = expanded_path(path)

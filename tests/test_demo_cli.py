@@ -997,6 +997,16 @@ def test_unusable_output_folders_are_refused_in_one_line(tmp_path, monkeypatch, 
     assert f"--out ~nosuchuser/sub is inside {tmp_path / '~nosuchuser'}, a file" in capsys.readouterr().err
 
 
+def test_an_empty_out_is_refused_before_it_becomes_the_current_folder(tmp_path, monkeypatch, capsys):
+    """argparse's type made `--out ""` (an unset variable) Path(""), the current folder, where the demo ran."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", "", *QUICK])
+    assert exit_info.value.code == 2
+    assert "maple demo: error: argument --out: empty; expected a folder (created if missing)" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_foreign_folder_is_refused(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(SystemExit):

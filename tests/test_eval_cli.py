@@ -899,6 +899,17 @@ def test_an_out_that_is_a_file_is_a_usage_error_before_the_model_loads(kind, tin
     assert a_file.read_text() == "mine"
 
 
+def test_an_empty_out_is_a_usage_error_before_it_becomes_the_current_folder(tmp_path, capsys, monkeypatch):
+    """argparse's type made `--out ""` (an unset variable) Path(""), the current folder, where the results went."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("evaluation.models.load_embedder", lambda *args, **kwargs: pytest.fail("the model was loaded"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["some/checkpoint", "--benchmarks", "coco", "--out", ""])
+    assert exit_info.value.code == 2
+    assert "maple eval: error: argument --out: empty; expected a folder (created if missing)" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("written", ["demo results.json", "results.md alone", "not json", "empty json"])
 def test_an_out_holding_another_commands_results_is_refused(written, tiny, benchmark_sources, tmp_path, capsys, monkeypatch):
     """`cd demo_out && maple eval maple-model ... --out .` overwrote the demo's own results.json and results.md."""

@@ -7,7 +7,14 @@ import contextlib
 import re
 from pathlib import Path
 
-from maple.cli import DefaultsHelpFormatter, add_token_option, exit_with_error, library_progress_bars_hidden, report_error
+from maple.cli import (
+    DefaultsHelpFormatter,
+    add_token_option,
+    exit_with_error,
+    library_progress_bars_hidden,
+    output_folder,
+    report_error,
+)
 
 from . import BACKBONES, MINERS
 
@@ -51,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     # a value such as "-1," (a list of seed -1) is --seeds' to refuse, as newer Pythons read it: argparse took anything
     # starting with "-" but a plain negative number for an option, and said only "--seeds: expected one argument"
     parser._negative_number_matcher = re.compile(r"-\.?\d")
-    parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder")
+    parser.add_argument("--out", type=output_folder, default=Path("demo_out"), help="output folder")
     parser.add_argument(
         "--seeds", type=_seeds, default=(0, 1, 2), help="number of seeds (3: seeds 0,1,2) or a list such as 0,5,7 (one seed: 5,); the default: seeds 0,1,2"
     )
