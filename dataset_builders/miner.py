@@ -348,30 +348,25 @@ class HardNegativeMiner:
         self.duplicate_threshold = duplicate_threshold
 
     @staticmethod
-    def check_values(
-        *,
-        batch_size: int | None = None,
-        query_chunk_size: int | None = None,
-        key_chunk_size: int | None = None,
-        duplicate_threshold: float | None = None,
-        **other_settings,
-    ) -> None:
-        """A ValueError naming every given size that is no integer (a float failed once the images were checked, or
-        embedded) or is below 1, and a duplicate threshold that is no finite number (a NaN one, recorded in the builder's
-        manifest, never equals itself: the build refused its own work dir); `from_pretrained` checks them before it
-        loads."""
-        sizes = {"batch_size": batch_size, "query_chunk_size": query_chunk_size, "key_chunk_size": key_chunk_size}
+    def check_values(**settings: Any) -> None:
+        """A ValueError naming every given size (`batch_size`, `query_chunk_size`, `key_chunk_size`) that is no integer
+        (a float failed once the images were checked, or embedded) or is below 1, and a given `duplicate_threshold`
+        that is no finite number (a NaN one, recorded in the builder's manifest, never equals itself: the build refused
+        its own work dir). None is no default of any of them: given, it is refused too (it failed once every image was
+        embedded). `from_pretrained` checks the ones it is given before it loads."""
         problems = []
-        for setting, value in sizes.items():
-            if value is not None and (not isinstance(value, numbers.Integral) or isinstance(value, bool)):
+        for setting in ("batch_size", "query_chunk_size", "key_chunk_size"):
+            if setting not in settings:
+                continue
+            value = settings[setting]
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool):
                 problems.append(f"{setting} must be an integer, got {value!r} ({type(value).__name__})")
-            elif value is not None and value < 1:
+            elif value < 1:
                 problems.append(f"{setting} must be at least 1, got {value}")
-        if duplicate_threshold is not None and not (
-            isinstance(duplicate_threshold, numbers.Real) and not isinstance(duplicate_threshold, bool)
-            and math.isfinite(duplicate_threshold)
-        ):
-            problems.append(f"duplicate_threshold must be a finite number (a cosine), got {duplicate_threshold!r}")
+        if "duplicate_threshold" in settings:
+            threshold = settings["duplicate_threshold"]
+            if not (isinstance(threshold, numbers.Real) and not isinstance(threshold, bool) and math.isfinite(threshold)):
+                problems.append(f"duplicate_threshold must be a finite number (a cosine), got {threshold!r}")
         if problems:
             raise ValueError("invalid HardNegativeMiner settings: " + "; ".join(problems))
 

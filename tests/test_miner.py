@@ -194,6 +194,12 @@ def test_bad_arguments_are_rejected():
     for threshold in (float("nan"), "0.99"):
         with pytest.raises(ValueError, match=rf"duplicate_threshold must be a finite number \(a cosine\), got {re.escape(repr(threshold))}$"):
             HardNegativeMiner(lambda images: torch.zeros(len(images), 2), duplicate_threshold=threshold)
+    # None is no default of any: it passed, and the build failed once every image was embedded
+    with pytest.raises(ValueError, match=r"batch_size must be an integer, got None \(NoneType\); query_chunk_size must be an "
+                                         r"integer, got None \(NoneType\); key_chunk_size must be an integer, got None "
+                                         r"\(NoneType\); duplicate_threshold must be a finite number \(a cosine\), got None$"):
+        HardNegativeMiner(lambda images: torch.zeros(len(images), 2), batch_size=None, query_chunk_size=None,
+                          key_chunk_size=None, duplicate_threshold=None)
 
 
 def test_from_pretrained_refuses_bad_sizes_before_it_loads(monkeypatch):
@@ -201,6 +207,8 @@ def test_from_pretrained_refuses_bad_sizes_before_it_loads(monkeypatch):
     monkeypatch.setattr("transformers.AutoConfig.from_pretrained", lambda *args, **kwargs: pytest.fail("the model was read"))
     with pytest.raises(ValueError, match=r"invalid HardNegativeMiner settings: query_chunk_size must be at least 1, got 0"):
         HardNegativeMiner.from_pretrained("facebook/dinov2-base", query_chunk_size=0)
+    with pytest.raises(ValueError, match=r"invalid HardNegativeMiner settings: key_chunk_size must be an integer, got None"):
+        HardNegativeMiner.from_pretrained("facebook/dinov2-base", key_chunk_size=None)
 
 
 def test_semdedup_removes_near_duplicates_and_keeps_one_of_each_group():
