@@ -1,5 +1,6 @@
 """MAPLE embedder configuration (arXiv 2506.06970)."""
 
+import copyreg
 import math
 from collections.abc import Mapping
 from dataclasses import fields
@@ -90,11 +91,18 @@ class CausalClsPoolingError(ValueError):
     tells it (`config_tells_causal`), by `MapleModel` where its attention modules do (a decoder's)."""
 
     def __init__(self, text_tower_type: str):
+        self.text_tower_type = text_tower_type
         super().__init__(
             f"pooling='cls' reads each text's first token, which a causal text tower ({text_tower_type}) lets see only "
             "itself: every text would embed alike. Use 'mean', or 'pooler' for a tower with a pooled output (CLIP's is "
             "its end-of-text token's state)."
         )
+
+    def __reduce__(self) -> tuple:
+        # Rebuilt from its message and attributes, without __init__ (which takes the tower's type): BaseException's own
+        # would call the class with the message as the tower's type, a message quoting the whole message in a copy or
+        # in pickle.loads (multiprocessing, a datasets map with num_proc).
+        return copyreg.__newobj__, (type(self), *self.args), self.__dict__
 
 
 def backbone_of(model_type: str | None) -> str | None:

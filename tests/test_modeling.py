@@ -3,6 +3,7 @@
 import copy
 import json
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -230,6 +231,20 @@ def test_cls_pooling_is_refused_for_a_text_tower_its_config_tells_causal(text_co
     if text_config.model_type == "xlm":
         bidirectional = XLMConfig(**{**text_config.to_dict(), "causal": False})
         assert MapleConfig(pooling="cls", **{**towers, "text_config": bidirectional}).pooling == "cls"
+
+
+def test_the_causal_cls_pooling_error_round_trips_through_pickle_and_copy():
+    """Its __init__ takes the tower's type, its args the message: `pickle.loads` and `copy.copy` called the class with
+    the message, which then quoted itself as the tower's type (found by a review). It comes back whole."""
+    from modeling_maple.configuration_maple import CausalClsPoolingError
+
+    owl = Owlv2TextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, vocab_size=64)
+    with pytest.raises(CausalClsPoolingError) as error:
+        MapleConfig(backbone="dual_encoder", vision_config=tiny_dual_encoder_config().vision_config, text_config=owl,
+                    projection_dim=8, pooling="cls")
+    for restored in (pickle.loads(pickle.dumps(error.value)), copy.copy(error.value), copy.deepcopy(error.value)):
+        assert type(restored) is CausalClsPoolingError and restored.args == error.value.args
+        assert str(restored) == str(error.value) and restored.text_tower_type == "owlv2_text_model"
 
 
 @pytest.mark.parametrize("text_config", [
