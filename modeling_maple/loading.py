@@ -43,6 +43,9 @@ BACKBONE_LOADING_KWARGS = ("dtype", "attn_implementation")
 # checkpoint in a subfolder of a repo, in a cache folder of its own), not from the repo's top folder or the default
 # cache, nor from the Hub with `local_files_only`.
 FILE_LOADING_KWARGS = ("subfolder", "cache_dir", "force_download", "local_files_only", "proxies")
+# `from_pretrained` arguments that `AutoModel.from_pretrained` does not read a checkpoint's config with (besides
+# `FILE_LOADING_KWARGS`, and a `dtype` of "auto"): it reads each other one as an override of a saved value.
+NOT_CONFIG_OVERRIDE_KWARGS = ("config", "code_revision", "_commit_hash", "adapter_kwargs", "quantization_config")
 # `load_maple` takes one checkpoint: a vision encoder paired with a text encoder is built once, saved, then loaded.
 PAIRING_ADVICE = (
     "; to pair a vision encoder with a text encoder, build the embedder with MapleModel.from_backbone(<vision "
@@ -98,10 +101,11 @@ def load_maple(
             no known model type; a `subfolder` that is not there, has no config.json, or is not in the cache of an
             offline Hub, named as such), the checkpoint is neither MAPLE's nor one whose backbone is known or given,
             it is a MAPLE dual encoder pooling a causal text tower's first token (`pooling="cls"`, saved or asked by
-            a config override in `from_pretrained_kwargs`), or it cannot be the backbone given (an encoder that is not
-            a supported MLLM as `"mllm"`, one without a text tower as `"dual_encoder"`), or its processor cannot be
-            built (`image_processor_kwargs` holding a setting the image processor does not have; an image processor
-            the model cannot take); `BackboneLoadingError` for a `from_pretrained` argument a backbone cannot take.
+            a config override in `from_pretrained_kwargs`, which apply as `from_pretrained` applies them: one saved so
+            loads with `pooling="mean"`), or it cannot be the backbone given (an encoder that is not a supported MLLM
+            as `"mllm"`, one without a text tower as `"dual_encoder"`), or its processor cannot be built
+            (`image_processor_kwargs` holding a setting the image processor does not have; an image processor the model
+            cannot take); `BackboneLoadingError` for a `from_pretrained` argument a backbone cannot take.
     """
     name_or_path = _local(name_or_path)
     # the config read once
@@ -183,7 +187,7 @@ def _load_model(
                 name_or_path, revision=revision, trust_remote_code=trust_remote_code, token=token,
                 **(from_pretrained_kwargs | {"adapter_kwargs": adapter_kwargs}),
             )
-        except CausalClsPoolingError as error:  # asked by a config override (`_checkpoint` read the saved config)
+        except CausalClsPoolingError as error:  # asked by a `config` argument, which `_checkpoint` does not read
             raise MapleLoadError(f"{name_or_path}: {error}") from error
     return MapleModel.from_backbone(name_or_path, backbone=backbone, revision=revision, token=token, **from_pretrained_kwargs)
 
@@ -250,6 +254,18 @@ def _file_loading_kwargs(from_pretrained_kwargs: dict[str, Any]) -> dict[str, An
     return {key: value for key, value in from_pretrained_kwargs.items() if key in FILE_LOADING_KWARGS}
 
 
+def _config_overrides(from_pretrained_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The arguments among `from_pretrained_kwargs` that `AutoModel.from_pretrained` reads a checkpoint's config with,
+    each overriding a saved value (`pooling`, `text_config`: `MapleConfig.from_dict`) or, where the config has no such
+    field, going on to the model: all but `FILE_LOADING_KWARGS`, `NOT_CONFIG_OVERRIDE_KWARGS` and a `dtype` of "auto"."""
+    return {
+        key: value
+        for key, value in from_pretrained_kwargs.items()
+        if key not in FILE_LOADING_KWARGS + NOT_CONFIG_OVERRIDE_KWARGS
+        and not (key in ("dtype", "torch_dtype") and isinstance(value, str) and value == "auto")
+    }
+
+
 def _hub_lacks_config(repo_id: str, subfolder: str, revision: str | None, cache_dir: str | None) -> bool:
     """Whether the Hub answered that `subfolder` of repo `repo_id` has no config.json (an HTTP 404,
     `RemoteEntryNotFoundError`): transformers reads that answer as a config without a model type, and keeps no Hub
@@ -260,6 +276,40 @@ def _hub_lacks_config(repo_id: str, subfolder: str, revision: str | None, cache_
 
     cached = try_to_load_from_cache(repo_id, f"{subfolder}/config.json", cache_dir=cache_dir, revision=revision)
     return cached is _CACHED_NO_EXIST
+
+
+def _read_config(
+    name_or_path: str,
+    revision: str | None,
+    trust_remote_code: bool,
+    token: str | None,
+    file_loading_kwargs: dict[str, Any],
+    config_overrides: dict[str, Any] | None = None,
+) -> PreTrainedConfig:
+    """The checkpoint's config, read from where `file_loading_kwargs` say, with `config_overrides` applied as
+    `AutoModel.from_pretrained` applies them (`_config_overrides`; those it has no field for are left out); a
+    `MapleLoadError` for one that cannot be read, but a `CausalClsPoolingError` as `MapleConfig` raises it (a MAPLE
+    config pooling a causal text tower's first token), for `_checkpoint` to tell."""
+    subfolder = file_loading_kwargs.get("subfolder") or ""
+    try:
+        config, _ = AutoConfig.from_pretrained(
+            name_or_path, trust_remote_code=trust_remote_code, revision=revision, token=token, return_unused_kwargs=True,
+            **file_loading_kwargs, **(config_overrides or {}),
+        )
+    except CausalClsPoolingError:
+        raise
+    except (OSError, ValueError) as error:  # transformers says which: not found, gated, offline, unknown model type
+        # except for a Hub answer, such as an HTTP 500, that it reads as "couldn't connect"
+        problem = hub_failure(error, name_or_path, revision=revision, subfolder=subfolder)
+        if problem is None and subfolder and not Path(name_or_path).is_dir() and _hub_lacks_config(
+            name_or_path, subfolder, revision, file_loading_kwargs.get("cache_dir")
+        ):
+            problem = f"subfolder {subfolder!r} of {hub_repo(name_or_path)} has no config.json"
+        if problem is None:  # transformers' own words, which name the repo alone
+            where = f"subfolder {subfolder!r}: " if subfolder else ""
+            problem = where + " ".join(str(error).split())
+        raise MapleLoadError(f"{name_or_path}: {problem}{local_typo_hint(name_or_path)}") from error
+    return config
 
 
 def _checkpoint(
@@ -274,7 +324,8 @@ def _checkpoint(
     """(backbone, config) of the checkpoint: the backbone None for a MAPLE checkpoint, else the one to wrap it as
     (given or inferred); `MapleLoadError`s as [`load_maple`] says, and a `BackboneLoadingError` for
     `from_pretrained_kwargs` a backbone cannot take (`processor_only`: its processor, which takes none). Reads the
-    config only, from where `from_pretrained_kwargs` say."""
+    config only, from where `from_pretrained_kwargs` say; a MAPLE checkpoint's as its model is built, with the config
+    overrides among them (`_config_overrides`), or for `processor_only` as saved."""
     if not Path(name_or_path).exists() and not is_hub_id(name_or_path):  # './x', '/x', 'a/b/c'
         raise MapleLoadError(f"{name_or_path}: no such folder")
     subfolder = from_pretrained_kwargs.get("subfolder") or ""
@@ -287,25 +338,25 @@ def _checkpoint(
             raise MapleLoadError(f"{name_or_path}: no config.json in subfolder {subfolder!r}")
     file_loading_kwargs = _file_loading_kwargs(from_pretrained_kwargs)
     try:
-        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision, token=token,
-                                            **file_loading_kwargs)
-    except (OSError, ValueError) as error:  # transformers says which: not found, gated, offline, unknown model type
-        # except for a Hub answer, such as an HTTP 500, that it reads as "couldn't connect"
-        problem = hub_failure(error, name_or_path, revision=revision, subfolder=subfolder)
-        if problem is None and subfolder and not Path(name_or_path).is_dir() and _hub_lacks_config(
-            name_or_path, subfolder, revision, file_loading_kwargs.get("cache_dir")
-        ):
-            problem = f"subfolder {subfolder!r} of {hub_repo(name_or_path)} has no config.json"
-        if problem is None:  # transformers' own words, which name the repo alone
-            where = f"subfolder {subfolder!r}: " if subfolder else ""
-            problem = where + " ".join(str(error).split())
-        raise MapleLoadError(f"{name_or_path}: {problem}{local_typo_hint(name_or_path)}") from error
-    if config.model_type == MapleConfig.model_type:
-        if not processor_only:
-            try:
-                refuse_causal_cls_pooling(config)
-            except CausalClsPoolingError as error:  # saved before it was refused
-                raise MapleLoadError(f"{name_or_path}: {error}") from error
+        config = _read_config(name_or_path, revision, trust_remote_code, token, file_loading_kwargs)
+    except CausalClsPoolingError:  # a MAPLE config saved with pooling='cls' on a causal tower before that was refused
+        config = None
+    if config is None or config.model_type == MapleConfig.model_type:
+        if processor_only:
+            # its processor reads no pooling: a config refused for it is read with one that every text tower takes
+            if config is None:
+                config = _read_config(name_or_path, revision, trust_remote_code, token, file_loading_kwargs,
+                                      {"pooling": "mean"})
+            return None, config
+        # as `from_pretrained` builds the model: with the caller's overrides, which may set a refused pooling right
+        config_overrides = _config_overrides(from_pretrained_kwargs)
+        try:
+            if config is None or config_overrides:
+                config = _read_config(name_or_path, revision, trust_remote_code, token, file_loading_kwargs,
+                                      config_overrides)
+            refuse_causal_cls_pooling(config)
+        except CausalClsPoolingError as error:
+            raise MapleLoadError(f"{name_or_path}: {error}") from error
         return None, config
     backbone = backbone or backbone_of(config.model_type)
     if backbone is None:

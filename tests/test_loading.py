@@ -146,6 +146,44 @@ def test_a_maple_checkpoint_pooling_a_causal_text_towers_first_token_is_refused_
     assert load_maple_model(str(tmp_path / "mean")).config.pooling == "mean"
 
 
+@pytest.mark.parametrize("text_tower", ["gpt2", "owlv2"])
+def test_a_maple_checkpoint_saved_pooling_a_causal_text_towers_first_token_loads_with_an_override_that_sets_it_right(
+    tmp_path, text_tower
+):
+    """The saved config was checked, not the one `from_pretrained` builds the model with: `pooling="mean"`, which the
+    error advises, was refused as the saved 'cls' (and an OWLv2 config, which refuses it as it is read, also had its
+    processor alone refused), though `AutoModel.from_pretrained` loads it so (found by a review)."""
+    import json
+
+    from transformers import GPT2Config, Owlv2TextConfig
+
+    from modeling_maple import MapleConfig, load_maple_model, load_maple_processor
+    from modeling_maple.testing import tiny_dual_encoder_config
+
+    if text_tower == "gpt2":
+        text_config = GPT2Config(n_layer=1, n_embd=32, n_head=4, vocab_size=2000)
+    else:
+        text_config = Owlv2TextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                                      vocab_size=2000)
+    _, processor = build_tiny("dual_encoder")
+    model = MapleModel(MapleConfig(backbone="dual_encoder", vision_config=tiny_dual_encoder_config().vision_config,
+                                   text_config=text_config, projection_dim=8, pooling="mean"))
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "pooling": "cls"}))  # as saved before the refusal
+
+    with pytest.raises(MapleLoadError, match=r": pooling='cls' reads each text's first token"):
+        load_maple(str(tmp_path))
+    loaded, _ = load_maple(str(tmp_path), pooling="mean")
+    assert loaded.config.pooling == "mean"
+    assert load_maple_model(str(tmp_path), pooling="mean").config.pooling == "mean"
+    assert type(load_maple_processor(str(tmp_path))) is type(processor)
+    if text_tower == "gpt2":  # a decoder made bidirectional keeps its first token's pooling
+        bidirectional = load_maple_model(str(tmp_path), text_config={"is_causal": False})
+        assert (bidirectional.config.pooling, bidirectional.config.text_config.is_causal) == ("cls", False)
+
+
 def test_a_home_relative_path_loads_as_a_folder(tmp_path, monkeypatch):
     """"~/ckpt" passed the folder check (which expanded it), and transformers then read it as a Hub id."""
     from modeling_maple import load_maple_model, load_maple_processor
