@@ -86,8 +86,10 @@ _LEAD = (
 )
 _IMAGE_LEAD = re.compile(rf"^[ \t]*(?:[-*\u2022][ \t]+|\d+[.)][ \t]+)?{_LEAD}", re.M)
 # The same lead starting a sentence inside a line: "Image 1: A cat. Image 2 shows a dog." (only read beside a label).
-# Not after a dotted abbreviation or a lone letter ("e.g.", "p.m.", "A."), whose period ends no sentence.
-_SENTENCE_LEAD = re.compile(rf"(?<=[.!?])(?<![.\s]\w\.)[ \t]+{_LEAD}")
+# Not after "e.g." or "i.e.", which lead into what follows them in the same sentence ("e.g. Image 2 shows a dog"). Any
+# other period before a capitalised lead ends a sentence, also one ending a number, a letter or an abbreviation ("on
+# step 1.", "vitamin C.", "at 3 p.m."), which captions do end with.
+_SENTENCE_LEAD = re.compile(rf"(?<=[.!?])(?<!\b(?i:e\.g|i\.e)\.)[ \t]+{_LEAD}")
 _CAPTION_START = re.compile(r"[^\W_]|[\"'\u201c\u2018]")  # a letter, a digit or a quote, not ":" or "'s"
 _NUMBERED_LINE = re.compile(r"^[ \t]*(\d+)[.)][ \t]+(\S.*?)[ \t]*$")
 _SECTION_LINE = re.compile(r"^[\w ]{1,24}:")  # "Note: ...", "Difference: ...": not a caption's continuation

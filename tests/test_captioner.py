@@ -503,14 +503,26 @@ def test_leads_that_do_not_give_one_caption_per_image_in_order_give_no_caption(a
     ('Image 1: "A cat. Image 2 shows a dog."', ['"A cat. Image 2 shows a dog."']),
     ("Image 1: \u201cA cat. Image 2 shows a dog.\u201d", ["\u201cA cat. Image 2 shows a dog.\u201d"]),
     ("Image 1: e.g. Image 2 shows a dog.", ["e.g. Image 2 shows a dog."]),
-    ("Image 1: A cat at 3 p.m. Image 2 shows a dog at 5 p.m.", ["A cat at 3 p.m. Image 2 shows a dog at 5 p.m."]),
+    ("Image 1: A cat, i.e. Image 2 shows a dog.", ["A cat, i.e. Image 2 shows a dog."]),
+    # a caption ending with a number, a lone letter or another abbreviation ends a sentence before a lead
+    ("Image 1: A cat sitting on step 1. Image 2 shows a dog sitting on step 2.",
+     ["A cat sitting on step 1.", "a dog sitting on step 2."]),
+    ("Image 1: A clock showing 5. Image 2 shows a clock showing 7.", ["A clock showing 5.", "a clock showing 7."]),
+    ("Image 1: Room no. 5. Image 2 shows room no. 6.", ["Room no. 5.", "room no. 6."]),
+    ("Image 1: A sign with the letter A. Image 2 shows a sign with the letter B.",
+     ["A sign with the letter A.", "a sign with the letter B."]),
+    ("Image 1: A bottle of vitamin C. Image 2 shows a bottle of vitamin D.",
+     ["A bottle of vitamin C.", "a bottle of vitamin D."]),
+    ("Image 1: A cat at 3 p.m. Image 2 shows a dog at 5 p.m.", ["A cat at 3 p.m.", "a dog at 5 p.m."]),
+    ("Image 1: A flag of the U.S. Image 2 shows a flag of the U.K.", ["A flag of the U.S.", "a flag of the U.K."]),
 ])
 def test_a_label_beside_a_lead_into_the_other_image_gives_both_captions(answer, captions):
     """The label's caption ran on over the lead: "A cat. Image 2 shows a dog." was one caption, naming both images
     (and "A cat Image 2 shows a dog" where the label's line ended no sentence); a lead on a line of its own after a
     finished sentence, or before the first label, was lost with its caption. The lead search then read what
     `_labelled_caption` leaves out (a comment after the caption, as an extra caption), split inside a quotation and
-    after "e.g." (the caption "e.g.")."""
+    after "e.g." (the caption "e.g."); and its fix took any period after a one-character word or a dotted
+    abbreviation ("step 1.", "vitamin C.", "3 p.m.") for one ending no sentence, running both captions together."""
     assert parse_captions(answer) == captions
 
 
