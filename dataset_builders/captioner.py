@@ -198,11 +198,24 @@ def _caption_led_in(text: str, number: int, caption_end: int | None = None) -> t
             lead.re is not _IMAGE_LEAD or text[caption_end : lead.start()].strip()
         ):
             continue
-        if before.count('"') % 2 or before.count("\u201c") > before.count("\u201d"):
+        if _inside_double_quote(before):
             continue
         if _images_named(lead[0]) == {number} and (caption := _caption_after_lead(lead, text[lead.end() :], number)):
             return lead.start(), caption
     return None
+
+
+def _inside_double_quote(text: str) -> bool:
+    """Whether `text` ends inside a double quotation: a curly one opened and not closed, or a straight one. A straight
+    '"' right after a digit while no quotation is open is an inch mark ('a 55" TV'), which opens none; while one is
+    open, it closes it ('"Route 66"')."""
+    if text.count("\u201c") > text.count("\u201d"):
+        return True
+    inside = False
+    for quote in re.finditer('"', text):
+        if inside or not text[quote.start() - 1 : quote.start()].isdigit():
+            inside = not inside
+    return inside
 
 
 def parse_captions(generated: str) -> list[str]:

@@ -502,6 +502,11 @@ def test_leads_that_do_not_give_one_caption_per_image_in_order_give_no_caption(a
     # nor one inside a quotation, or after a period that ends no sentence
     ('Image 1: "A cat. Image 2 shows a dog."', ['"A cat. Image 2 shows a dog."']),
     ("Image 1: \u201cA cat. Image 2 shows a dog.\u201d", ["\u201cA cat. Image 2 shows a dog.\u201d"]),
+    # an inch mark opens no quotation; a '"' after a digit still closes one
+    ('Image 1: A 55" TV on a wall. Image 2 shows a 65" TV on a wall.', ['A 55" TV on a wall.', 'a 65" TV on a wall.']),
+    ('Image 1: A 55" TV showing "News". Image 2 shows a 65" TV.', ['A 55" TV showing "News".', 'a 65" TV.']),
+    ('Image 1: A sign reading "Route 66". Image 2 shows a sign reading "Route 67".',
+     ['A sign reading "Route 66".', 'a sign reading "Route 67".']),
     ("Image 1: e.g. Image 2 shows a dog.", ["e.g. Image 2 shows a dog."]),
     ("Image 1: A cat, i.e. Image 2 shows a dog.", ["A cat, i.e. Image 2 shows a dog."]),
     # a caption ending with a number, a lone letter or another abbreviation ends a sentence before a lead
@@ -522,7 +527,8 @@ def test_a_label_beside_a_lead_into_the_other_image_gives_both_captions(answer, 
     finished sentence, or before the first label, was lost with its caption. The lead search then read what
     `_labelled_caption` leaves out (a comment after the caption, as an extra caption), split inside a quotation and
     after "e.g." (the caption "e.g."); and its fix took any period after a one-character word or a dotted
-    abbreviation ("step 1.", "vitamin C.", "3 p.m.") for one ending no sentence, running both captions together."""
+    abbreviation ("step 1.", "vitamin C.", "3 p.m.") for one ending no sentence, and an inch mark ('a 55" TV') for an
+    open quotation, running both captions together."""
     assert parse_captions(answer) == captions
 
 
