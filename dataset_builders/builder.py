@@ -499,6 +499,45 @@ def _number_written_as_text(saved: Any, current: Any) -> bool:
     return True
 
 
+# What builders before the judge recorded each of these settings did instead (`MLLMJudge.settings`)
+_UNRECORDED_JUDGE_RULES = {
+    "special_token_strings": "skipped the rows of texts holding a special token's string",
+    "context_length": "did not cut long texts to the judge's context",
+}
+
+
+def _older_builder_notes(saved: dict[str, Any], recorded: dict[str, Any], current: dict[str, Any]) -> str:
+    """Notes, each in parentheses, on differences between the work dir's manifest (`saved`; `recorded`, with the
+    fields it leaves out) and this build's (`current`) that an older builder made, not the user: entries it did not
+    record, read back as None, and numbers it wrote as text. Without source_csv_cells, the work dir's CSV cells were
+    read with pandas' defaults; with judge settings holding none of `_UNRECORDED_JUDGE_RULES`' keys (no member's, for
+    an ensemble), its judge followed the older rules, which None does not say ("context_length: None in the work dir"
+    reads as a judge without a context, not one that did not cut texts)."""
+    notes = []
+    if saved.get("source_csv_cells") is None and current["source_csv_cells"]:
+        notes.append("builders before this one read a source's CSV cells with pandas' defaults: an id 0123 as 123, a "
+                     "caption NA as missing")
+    saved_judges = _judges_settings(saved.get("judge_settings"))
+    current_judges = _judges_settings(current["judge_settings"])
+    if saved_judges and not any(judge.keys() & _UNRECORDED_JUDGE_RULES for judge in saved_judges):
+        if unrecorded := [key for key in _UNRECORDED_JUDGE_RULES if any(key in judge for judge in current_judges)]:
+            notes.append(
+                f"builders before this one did not record the judge settings {' or '.join(unrecorded)}: "
+                f"they {' and '.join(_UNRECORDED_JUDGE_RULES[key] for key in unrecorded)}, so the work dir's scores may "
+                "differ from this build's"
+            )
+    if any(_number_written_as_text(then, now) for _, then, now in changed_entries(recorded, current)):
+        notes.append("builders before this one wrote numpy's numbers as text: numpy.int64(4) as '4'")
+    return "".join(f" ({note})" for note in notes)
+
+
+def _judges_settings(settings: Any) -> list[dict[str, Any]]:
+    """The settings of each judge in a manifest's judge_settings: an `MLLMJudge`'s, or a `JudgeEnsemble`'s members'
+    (those that have settings)."""
+    judges = settings["judges"] if isinstance(settings, dict) and "judges" in settings else [settings]
+    return [judge for judge in judges if isinstance(judge, dict)]
+
+
 def _brief(value: Any) -> str:
     """`repr(value)` cut short: settings compared with none (a stand-in judge has none) hold a whole chat template."""
     brief = reprlib.Repr()
@@ -854,19 +893,9 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         # a work dir begun before the manifest left unused fields out recorded them anyway (a seed nothing seeds)
         recorded = saved | dict.fromkeys(self.config.unused_fields(), None)
         if differences := _differences(recorded, current):
-            # the differences a user may not have made: older builders read CSV cells otherwise, and wrote numpy's
-            # numbers as text
-            older_builders = []
-            if saved.get("source_csv_cells") is None and current["source_csv_cells"]:
-                older_builders.append(
-                    "builders before this one read a source's CSV cells with pandas' defaults: an id 0123 as 123, a "
-                    "caption NA as missing"
-                )
-            if any(_number_written_as_text(then, now) for _, then, now in changed_entries(recorded, current)):
-                older_builders.append("builders before this one wrote numpy's numbers as text: numpy.int64(4) as '4'")
             raise WorkDirMismatch(
                 f"work dir {self.work_dir} was built with another recipe ({'; '.join(differences)})"
-                f"{''.join(f' ({note})' for note in older_builders)}; reusing its checkpoints and shards would mix the "
+                f"{_older_builder_notes(saved, recorded, current)}; reusing its checkpoints and shards would mix the "
                 f"two builds: {advice}"
             )
         self._work_dir_claimed = True

@@ -15,7 +15,7 @@ import torch
 
 import dataset_builders.builder as builder_module
 from dataset_builders.builder import MANIFEST_VERSION, DamagedCheckpoint, MaplePreferences, WorkDirMismatch
-from dataset_builders.judge import MLLMJudge
+from dataset_builders.judge import JudgeEnsemble, MLLMJudge
 from dataset_builders.testing import (
     SOURCE_FEATURES,
     ColourCaptioner,
@@ -400,8 +400,39 @@ def test_a_work_dir_begun_before_the_judge_read_special_token_strings_and_cut_lo
     encoder = judge.prompt_encoder
     encoder.tokenizer.model_max_length = 96
     judge = MLLMJudge(judge.model, encoder.tokenizer, encoder.image_processor, name=judge.name)
-    with pytest.raises(WorkDirMismatch, match=r"judge_settings\.context_length: 128 in the work dir, 96 now\)"):
+    with pytest.raises(WorkDirMismatch, match=r"judge_settings\.context_length: 128 in the work dir, 96 now\);"):
         _builder(tmp_path, judge=judge).check_work_dir()
+
+
+@pytest.mark.parametrize("ensemble", [False, True], ids=["judge", "ensemble"])
+def test_the_refusal_of_a_work_dir_begun_before_the_judge_recorded_its_text_rules_says_what_it_did(tmp_path, ensemble):
+    """"judge_settings.context_length: None in the work dir" read as if the old judge had no context: the refusal
+    now says that builders before recorded neither rule, and what their judge did instead, as it says for CSV cells.
+    A work dir whose judge recorded them names only the change."""
+    def judge() -> MLLMJudge | JudgeEnsemble:
+        return JudgeEnsemble([tiny_judge(), ColourJudge()]) if ensemble else tiny_judge()
+
+    _builder(tmp_path, judge=judge()).check_work_dir()
+    path = tmp_path / "work" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    old_settings = manifest["judge_settings"]["judges"][0] if ensemble else manifest["judge_settings"]
+    for key in ("special_token_strings", "context_length"):
+        del old_settings[key]  # as the judge before 332fe21 wrote it
+    path.write_text(json.dumps(manifest))
+    note = (
+        "(builders before this one did not record the judge settings special_token_strings or context_length: they "
+        "skipped the rows of texts holding a special token's string and did not cut long texts to the judge's context, "
+        "so the work dir's scores may differ from this build's); "
+    )
+    with pytest.raises(WorkDirMismatch, match=r"now\) " + re.escape(note)):
+        _builder(tmp_path, judge=judge()).check_work_dir()
+    old_settings["context_length"] = 96  # only the special_token_strings rule is missing: a new judge that refuses them
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(WorkDirMismatch) as raised:
+        _builder(tmp_path, judge=judge()).check_work_dir()
+    assert "builders before" not in str(raised.value)
+    if not ensemble:  # (an ensemble's difference is its whole list of members' settings)
+        assert "judge_settings.context_length: 96 in the work dir, 128 now" in str(raised.value)
 
 
 def test_a_settings_change_is_caught_by_download_and_prepare_too(tmp_path):
