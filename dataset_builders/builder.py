@@ -50,6 +50,7 @@ from typing import Any
 
 import datasets
 import filelock
+import numpy as np
 import PIL.Image
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -219,8 +220,9 @@ class MaplePreferencesConfig(datasets.BuilderConfig):
             raise ValueError("invalid MaplePreferences config: " + "; ".join(problems))
         # json writes no numpy number (the stats.json written once every shard was built failed on
         # num_hard_negatives=numpy.int64(2)), and numpy.int64 arithmetic wraps silently (a shard's seed)
+        # (a Python int epsilon stays one: any is out of its range, which says so, where float(10**400) overflows)
         for name, kind in numbers_of_type.items():
-            if (value := getattr(self, name)) is not None:
+            if (value := getattr(self, name)) is not None and type(value) not in (int, float):
                 setattr(self, name, int(value) if kind is numbers.Integral else float(value))
         if self.num_hard_negatives < 1:
             problems.append(f"num_hard_negatives must be at least 1, got {self.num_hard_negatives}")
@@ -488,15 +490,16 @@ def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
 
 
 def _number_written_as_text(saved: Any, current: Any) -> bool:
-    """Whether a manifest entry is a number's text in the work dir and a number now: builders before this one wrote
-    numpy's numbers so (shard_size=numpy.int64(4) as '4')."""
+    """Whether a manifest entry is, in the work dir, the text of the number it is now: builders before this one wrote
+    numpy's numbers so (shard_size=numpy.int64(4) as '4'; a float32's text, '0.07', is that of the float32 the
+    float now is). Text of another number is a change of the recipe, with no note."""
     if not isinstance(saved, str) or isinstance(current, bool) or not isinstance(current, (int, float)):
         return False
     try:
-        float(saved)
+        number = float(saved)
     except ValueError:
         return False
-    return True
+    return any(dtype(number) == dtype(current) for dtype in (np.float64, np.float32, np.float16))
 
 
 # What builders before the judge recorded each of these settings did instead (`MLLMJudge.settings`)

@@ -452,9 +452,18 @@ def test_a_work_dir_whose_numbers_an_older_builder_wrote_as_text_is_refused_sayi
             "(shard_size: '4' in the work dir, 4 now) (builders before this one wrote numpy's numbers as text: "
             "numpy.int64(4) as '4'); reusing")):
         _unbuilt(tmp_path, colour_square_source(), shard_size=4).check_work_dir()
+    # the text of another number is a change of the recipe, not of how it was written
+    with pytest.raises(WorkDirMismatch, match=re.escape("(shard_size: '4' in the work dir, 8 now); reusing")):
+        _unbuilt(tmp_path, colour_square_source(), shard_size=8).check_work_dir()
     path.write_text(json.dumps(json.loads(path.read_text()) | {"shard_size": 4}))
     with pytest.raises(WorkDirMismatch, match=re.escape("(shard_size: 4 in the work dir, 5 now); reusing")):
         _unbuilt(tmp_path, colour_square_source(), shard_size=5).check_work_dir()
+
+
+def test_an_epsilon_too_large_for_a_float_is_refused_for_its_range():
+    """validate made every epsilon a float before the range check: float(10**400) was a bare OverflowError."""
+    with pytest.raises(ValueError, match=r"semdedup_epsilon must be in \[1e-05, 1\), got 1000"):
+        MaplePreferencesConfig(name="x", semdedup_epsilon=10**400)
 
 
 def test_numpy_number_settings_build_and_are_kept_as_python_numbers(tmp_path):
