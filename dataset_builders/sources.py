@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import datasets
-import fsspec
 import pandas as pd
 import PIL.Image
 import pyarrow.parquet as pq
@@ -287,11 +286,14 @@ def load_source(
             problem = f"{problem.split('Example of usage')[0].strip()}: name it with source_config= (CLI --source-config)"
         raise SourceError(f"source {source}: {problem}{local_typo_hint(source)}") from None
     if isinstance(builder, Cache):  # offline, datasets' own cache of a Hub source, which names no data files
-        if builder.info.builder_name == "csv":  # (`_text_cells_cache` found none of ours)
+        # (`_text_cells_cache` found none of ours.) An image folder's cache does not tell a metadata.csv's captions,
+        # which such a cache holds as pandas' defaults read them, from a metadata.jsonl's
+        if builder.info.builder_name in ("csv", "imagefolder"):
+            kind = "CSV table" if builder.info.builder_name == "csv" else "image folder"
             raise SourceError(
-                f"source {source}: the Hub is offline and its CSV table is cached only as datasets' load_dataset reads "
-                "it (with pandas' defaults: an id 0123 as 123, a caption NA as missing), not as the text written: "
-                "read it online once"
+                f"source {source}: the Hub is offline and its {kind} is cached only as datasets' load_dataset reads it "
+                "(a metadata.csv's or a table's cells with pandas' defaults: an id 0123 as 123, a caption NA as "
+                "missing), not as load_source reads it: read it online once"
             )
         _check_splits(source, split, available=list(builder.info.splits))
         return _prepared_split(source, split, builder)
@@ -488,15 +490,17 @@ def _csv_columns(source: str, headers: dict[str, dict[str, list[str]]], splits: 
 def _holds_csv_metadata(builder: ImageFolder, files: Iterable[str]) -> bool:
     """Whether image folder `builder` reads a CSV caption table among `files` (its data files): a metadata.csv (or one
     of the config's `metadata_filenames`, by name), beside the images or in a zip archive, which it searches for one.
-    An archive's listing is read (a Hub one's by the byte ranges of its central directory), its hidden files and
-    folders and `__*` ones left out, as `datasets` leaves them out: an archive of a metadata.jsonl is no CSV data."""
+    A local archive's listing is read, its hidden files and folders and `__*` ones left out, as `datasets` leaves them
+    out: an archive of a metadata.jsonl is no CSV data. A Hub archive counts as CSV data unread: its listing would be
+    requested at every read, a cached source's too, and a Hub error while it is read is zipfile's "not a zip file"."""
     names = builder.config.metadata_filenames or builder.METADATA_FILENAMES
     csv_names = {name for name in names if name.lower().endswith(".csv")}
     for file in files:
         members = [file]
         if file.lower().endswith(".zip"):
-            hub = {} if is_local_path(file) else {"token": builder.token}  # an hf:// file, read by fsspec
-            with fsspec.open(file, "rb", **hub) as handle, zipfile.ZipFile(handle) as archive:
+            if not is_local_path(file):
+                return True
+            with zipfile.ZipFile(file) as archive:
                 members = [member for member in archive.namelist()
                            if not any(part.startswith((".", "__")) for part in member.split("/"))]
         if any(os.path.basename(member) in csv_names for member in members):

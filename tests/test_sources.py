@@ -586,12 +586,9 @@ for config in ("a", "b"):  # an image folder of two configs
         Image.new("RGB", (8, 8)).save(images / config / f"{index}.png")
     (images / config / "metadata.csv").write_text(f"file_name,id,caption\\n0.png,0123{config},null\\n1.png,123,N/A\\n")
 (images / "README.md").write_text("---\\nconfigs:\\n- config_name: a\\n  data_dir: a\\n- config_name: b\\n  data_dir: b\\n---\\n")
-plain.mkdir()  # an image folder without CSV data, one of its images in a zip archive (listed from the Hub)
+plain.mkdir()  # an image folder without CSV data
 for index in range(2):
     Image.new("RGB", (8, 8)).save(plain / f"{index}.png")
-with zipfile.ZipFile(plain / "more.zip", "w") as archive:
-    archive.write(plain / "1.png", "1.png")
-(plain / "1.png").unlink()
 (plain / "metadata.jsonl").write_text('{"file_name": "0.png", "id": "0123"}\\n{"file_name": "1.png", "id": "1"}\\n')
 splits = Path("splits")  # a test split without the train split's label column: only the split read is read
 splits.mkdir()
@@ -618,7 +615,7 @@ print(json.dumps(read))
 def test_csv_cells_of_a_hub_source_are_read_as_the_text_written(hub_server, tmp_path):
     """On the Hub too: a CSV table (its columns read from the Hub, compressed, with its README's separator; a split of
     other columns than another's) and an image folder's metadata.csv, of the config named. An image folder without CSV
-    data keeps datasets' fingerprint, one with a zip archive too (its listing read: any one was read as CSV data)."""
+    data keeps datasets' fingerprint."""
     read = json.loads(run_client(hub_server, tmp_path, HUB_CSV_SOURCES).strip().splitlines()[-1])
     assert read == {"fingerprint kept": True, "maple-org/csv-table": [["000123", "123"], ["NA", None]],
                     "maple-org/csv-images": [["0123b", "123"], ["null", "N/A"]],
@@ -710,18 +707,19 @@ if os.environ["HF_HUB_OFFLINE"] == "0":
     table.mkdir()
     (table / "data.csv").write_text("id,image\\n0123,0.png\\n")
     for repo, folder in ((older, images), (older_beside_plain, images), ("maple-org/jsonl-images-read", plain),
-                         ("maple-org/csv-table-loaded", table)):
+                         ("maple-org/csv-table-loaded", table), ("maple-org/csv-images-loaded", images)):
         api.create_repo(repo, repo_type="dataset")
         api.upload_folder(repo_id=repo, folder_path=str(folder), repo_type="dataset")
     load_source("maple-org/jsonl-images-read", split="train", cache_dir="cache")  # (datasets' own imagefolder cache)
-    for repo in (older_beside_plain, "maple-org/csv-table-loaded"):
+    for repo in (older_beside_plain, "maple-org/csv-table-loaded", "maple-org/csv-images-loaded"):
         datasets.load_dataset(repo, split="train", cache_dir="cache")
     TextCellsImageFolder.VERSION = datasets.Version("0.0.0")  # the reading of an older MAPLE
     for repo in (older, older_beside_plain):
         load_source(repo, split="train", cache_dir="cache")
 else:
     read = {}
-    for repo in (older, older_beside_plain, "maple-org/jsonl-images-read", "maple-org/csv-table-loaded"):
+    for repo in (older, older_beside_plain, "maple-org/jsonl-images-read", "maple-org/csv-table-loaded",
+                 "maple-org/csv-images-loaded"):
         try:
             read[repo] = list(load_source(repo, split="train", cache_dir="cache")["id"])
         except Exception as error:
@@ -734,8 +732,9 @@ def test_a_hub_source_cached_otherwise_is_read_offline_or_refused_naming_why(hub
     """An image folder an older MAPLE read (its metadata.csv cached by an older reading, which is not reused) said
     datasets' "Couldn't find cache ... Available configs in the cache: ['default-imagefolder_csv_text_cells']", naming
     the very config refused, or, beside a plain load_dataset's cache, failed with a bare TypeError: datasets' cache
-    builder names no data files. That builder reads a source without CSV data (an image folder of a metadata.jsonl, which
-    failed so), and a CSV table only load_dataset read (with pandas' defaults) is refused."""
+    builder names no data files. A CSV table or an image folder cached so is refused saying why: such a cache holds a
+    table's or a metadata.csv's cells as pandas' defaults read them (an id 0123 as 123), and an image folder's does not
+    tell a metadata.csv from a metadata.jsonl, whose image folder load_source reads with datasets' own builder."""
     home = str(tmp_path / "hf_home")
     run_client(hub_server, tmp_path, HUB_SOURCES_CACHED_OTHERWISE, HF_HOME=home)
     offline = run_client(hub_server, tmp_path, HUB_SOURCES_CACHED_OTHERWISE, HF_HOME=home, HF_HUB_OFFLINE="1")
@@ -744,8 +743,9 @@ def test_a_hub_source_cached_otherwise_is_read_offline_or_refused_naming_why(hub
     assert json.loads(offline.strip().splitlines()[-1]) == {
         "maple-org/older-images": f"SourceError: source maple-org/older-images: {older}",
         "maple-org/older-images-beside-plain": f"SourceError: source maple-org/older-images-beside-plain: {older}",
-        "maple-org/jsonl-images-read": ["0123"],
-        "maple-org/csv-table-loaded": "SourceError: source maple-org/csv-table-loaded: the Hub is offline and its CSV "
-        "table is cached only as datasets' load_dataset reads it (with pandas' defaults: an id 0123 as 123, a caption NA "
-        "as missing), not as the text written: read it online once",
+        **{repo: f"SourceError: source {repo}: the Hub is offline and its {kind} is cached only as datasets' "
+           "load_dataset reads it (a metadata.csv's or a table's cells with pandas' defaults: an id 0123 as 123, a "
+           "caption NA as missing), not as load_source reads it: read it online once"
+           for repo, kind in (("maple-org/jsonl-images-read", "image folder"), ("maple-org/csv-table-loaded", "CSV table"),
+                              ("maple-org/csv-images-loaded", "image folder"))},
     }
