@@ -285,6 +285,12 @@ def load_source(
         if "Config name is missing" in problem:  # `datasets`' advice is a `load_dataset` call
             problem = f"{problem.split('Example of usage')[0].strip()}: name it with source_config= (CLI --source-config)"
         raise SourceError(f"source {source}: {problem}{local_typo_hint(source)}") from None
+    except zipfile.BadZipFile as error:  # datasets opens an archive to tell the kind of data a folder holds
+        damaged = next((str(file) for file in sorted(path.rglob("*.zip")) if not zipfile.is_zipfile(file)), None)
+        raise SourceError(
+            f"source {source}: {'its data files' if damaged is None else f'its data file {damaged}'} cannot be read "
+            f"(BadZipFile: {error})"
+        ) from error
     if isinstance(builder, Cache):  # offline, datasets' own cache of a Hub source, which names no data files
         # (`_text_cells_cache` found none of ours.) An image folder's cache does not tell a metadata.csv's captions,
         # which such a cache holds as pandas' defaults read them, from a metadata.jsonl's

@@ -199,6 +199,18 @@ def test_a_damaged_zip_archive_of_an_image_folder_is_named(tmp_path, damage):
         load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"))
 
 
+def test_a_damaged_zip_archive_datasets_opens_to_tell_the_folders_kind_is_named(tmp_path):
+    """With as many zip archives as images, datasets opens an archive to tell what kind of data the folder holds, in
+    load_dataset_builder: a damaged one escaped as a bare zipfile.BadZipFile traceback, naming no file."""
+    folder = tmp_path / "images"
+    _image_folder(folder, count=1)
+    (folder / "metadata.csv").write_text("file_name,caption\n0.png,a red square\n")
+    (folder / "more.zip").write_bytes(b"no zip archive" * 8)
+    with pytest.raises(SourceError, match=rf"^source {folder}: its data file {folder / 'more.zip'} cannot be read "
+                                          r"\(BadZipFile: "):
+        load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"))
+
+
 @pytest.mark.parametrize("table, text", [("metadata.csv", "file_name,caption,score\n"), ("metadata.jsonl", "\n")])
 @pytest.mark.parametrize("filters", [None, "[[score, '>', 1]]"])
 def test_a_caption_table_of_no_rows_in_a_zip_archive_is_named(tmp_path, table, text, filters):
