@@ -93,10 +93,6 @@ _SENTENCE_LEAD = re.compile(rf"(?<=[.!?])(?<!\b(?i:e\.g|i\.e)\.)[ \t]+{_LEAD}")
 _CAPTION_START = re.compile(r"[^\W_]|[\"'\u201c\u2018]")  # a letter, a digit or a quote, not ":" or "'s"
 _NUMBERED_LINE = re.compile(r"^[ \t]*(\d+)[.)][ \t]+(\S.*?)[ \t]*$")
 _SECTION_LINE = re.compile(r"^[\w ]{1,24}:")  # "Note: ...", "Difference: ...": not a caption's continuation
-# A line after a caption that opens a section of comments, in which a lead gives no caption: a heading ("**Differences:**",
-# "Key differences:", "### Notes") or a list item ("- The floor differs."). A one-line comment ("It is sleeping.",
-# "Note: the floor differs.") opens none: a lead (or a label) on a line after it still gives a caption.
-_COMMENT_SECTION_START = re.compile(r"^[ \t]*(?:[-*\u2022][ \t]|\d+[.)][ \t]|#)|:[ \t]*(?:\*\*)?[ \t]*$", re.M)
 
 
 def _labelled_caption(text: str) -> str:
@@ -192,15 +188,14 @@ def _caption_led_in(text: str, number: int, caption_end: int | None = None) -> t
     none. A model that labels one image may lead into the other in a sentence, labelling nothing.
 
     `caption_end`, for a label's text: where the label's caption (`_caption_lines`) ends. A lead counts inside that
-    caption, or starting a line after it, as a label there would, unless a line between opens a section of comments
-    (`_COMMENT_SECTION_START`: "**Differences:**\n- Image 2 shows a dog instead."); a lead inside a line after the
-    caption is part of a comment `_labelled_caption` leaves out. Nor does a lead inside a quotation count ('"A cat.
-    Image 2 shows a dog."', a double quote left open before it)."""
+    caption, or starting the first line after it; one further on is in a comment `_labelled_caption` leaves out
+    ("**Differences:**\n- Image 2 shows a dog instead."). Nor does a lead inside a quotation count ('"A cat. Image 2
+    shows a dog."', a double quote left open before it)."""
     leads = [lead for pattern in (_IMAGE_LEAD, _SENTENCE_LEAD) for lead in pattern.finditer(text)]
     for lead in sorted(leads, key=lambda lead: lead.start()):
         before = text[: lead.start()]
         if caption_end is not None and lead.start() >= caption_end and (
-            lead.re is not _IMAGE_LEAD or _COMMENT_SECTION_START.search(text[caption_end : lead.start()])
+            lead.re is not _IMAGE_LEAD or text[caption_end : lead.start()].strip()
         ):
             continue
         if _inside_double_quote(before):
