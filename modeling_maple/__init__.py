@@ -8,7 +8,14 @@ loads with `trust_remote_code=True` where this package is not installed.
 from transformers import AutoConfig, AutoModel, AutoProcessor
 
 from .configuration_maple import MapleConfig
-from .loading import BackboneLoadingError, MapleLoadError, load_maple, load_maple_model, load_maple_processor
+from .loading import (
+    BackboneLoadingError,
+    ConfigOverrideError,
+    MapleLoadError,
+    load_maple,
+    load_maple_model,
+    load_maple_processor,
+)
 from .modeling_maple import MapleModel, MapleOutput, MaplePreTrainedModel
 from .processing_maple import MapleProcessor
 
@@ -22,6 +29,7 @@ MapleProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
     "BackboneLoadingError",
+    "ConfigOverrideError",
     "MapleConfig",
     "MapleLoadError",
     "MapleModel",

@@ -58,6 +58,11 @@ class MapleLoadError(ValueError):
     """A checkpoint `load_maple` cannot read, or cannot tell how to embed with."""
 
 
+class ConfigOverrideError(MapleLoadError):
+    """`from_pretrained` arguments that set fields of a MAPLE checkpoint's config (`pooling="bogus"`) which its config
+    refuses, though it reads as saved."""
+
+
 class BackboneLoadingError(MapleLoadError):
     """`from_pretrained` arguments that a backbone, wrapped by `MapleModel.from_backbone`, cannot take."""
 
@@ -350,12 +355,26 @@ def _checkpoint(
             return None, config
         # as `from_pretrained` builds the model: with the caller's overrides, which may set a refused pooling right
         config_overrides = _config_overrides(from_pretrained_kwargs)
+        # whether the checkpoint as saved is taken, so that a refusal is the overrides' (checked only where any)
+        saved_taken = config is not None and bool(config_overrides)
+        if saved_taken:
+            try:
+                refuse_causal_cls_pooling(config)
+            except CausalClsPoolingError:
+                saved_taken = False
         try:
             if config is None or config_overrides:
                 config = _read_config(name_or_path, revision, trust_remote_code, token, file_loading_kwargs,
                                       config_overrides)
             refuse_causal_cls_pooling(config)
-        except CausalClsPoolingError as error:
+        except (CausalClsPoolingError, MapleLoadError) as error:
+            if saved_taken:  # the caller's overrides are what the config refuses, not the checkpoint
+                detail = str(error).removeprefix(f"{name_or_path}: ")  # (a MapleLoadError names the checkpoint)
+                raise ConfigOverrideError(
+                    f"{name_or_path}: config overrides {sorted(config_overrides)}: {detail}"
+                ) from error
+            if isinstance(error, MapleLoadError):
+                raise
             raise MapleLoadError(f"{name_or_path}: {error}") from error
         return None, config
     backbone = backbone or backbone_of(config.model_type)

@@ -141,7 +141,9 @@ def test_a_maple_checkpoint_pooling_a_causal_text_towers_first_token_is_refused_
         patch.setattr(transformers.AutoModel, "from_pretrained", lambda *args, **kwargs: pytest.fail("weights were loaded"))
         with pytest.raises(MapleLoadError, match="^" + re.escape(str(tmp_path / "cls")) + refused):
             load_maple(str(tmp_path / "cls"))  # before its processor too, which it was saved without
-    with pytest.raises(MapleLoadError, match="^" + re.escape(str(tmp_path / "mean")) + refused):
+    # (the override's refusal names it: ConfigOverrideError, a MapleLoadError)
+    with pytest.raises(MapleLoadError, match="^" + re.escape(str(tmp_path / "mean")) + r": config overrides \['pooling'\]"
+                                             + refused):
         load_maple_model(str(tmp_path / "mean"), pooling="cls")
     assert load_maple_model(str(tmp_path / "mean")).config.pooling == "mean"
 
@@ -182,6 +184,34 @@ def test_a_maple_checkpoint_saved_pooling_a_causal_text_towers_first_token_loads
     if text_tower == "gpt2":  # a decoder made bidirectional keeps its first token's pooling
         bidirectional = load_maple_model(str(tmp_path), text_config={"is_causal": False})
         assert (bidirectional.config.pooling, bidirectional.config.text_config.is_causal) == ("cls", False)
+
+
+def test_config_overrides_a_checkpoint_refuses_are_told_as_the_overrides(tmp_path):
+    """A checkpoint that loads as saved, given overrides its config refuses (`pooling="bogus"`, or `"cls"` on a decoder
+    text tower), is a ConfigOverrideError naming them, which `maple train` reports as --model_init_kwargs' problem: it
+    was a MapleLoadError, reported as --model_name_or_path's (found by a review)."""
+    from transformers import GPT2Config
+
+    from modeling_maple import ConfigOverrideError, MapleConfig
+    from modeling_maple.testing import tiny_dual_encoder_config
+    from trainer.cli import ModelArguments, TrainingInputError, load_model_and_processor
+    from trainer.rpa_config import RPAConfig
+
+    _, processor = build_tiny("dual_encoder")
+    model = MapleModel(MapleConfig(backbone="dual_encoder", vision_config=tiny_dual_encoder_config().vision_config,
+                                   text_config=GPT2Config(n_layer=1, n_embd=32, n_head=4, vocab_size=2000),
+                                   projection_dim=8, pooling="mean"))
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    with pytest.raises(ConfigOverrideError, match=rf"^{tmp_path}: config overrides \['pooling'\]: .*'bogus'"):
+        load_maple(str(tmp_path), pooling="bogus")
+    with pytest.raises(ConfigOverrideError, match=r"config overrides \['pooling'\]: pooling='cls' reads each text's"):
+        load_maple(str(tmp_path), pooling="cls")
+    arguments = RPAConfig(output_dir=str(tmp_path / "out"), model_init_kwargs={"pooling": "bogus"})
+    # (maple train passes a dtype too)
+    with pytest.raises(TrainingInputError, match=rf"^--model_init_kwargs: {tmp_path}: config overrides \[.*'pooling'\]: "
+                                                 r"Unknown pooling 'bogus'"):
+        load_model_and_processor(ModelArguments(model_name_or_path=str(tmp_path)), arguments)
 
 
 def test_a_home_relative_path_loads_as_a_folder(tmp_path, monkeypatch):

@@ -738,7 +738,7 @@ def load_model_and_processor(model_args: ModelArguments, training_args: RPAConfi
     """The MapleModel and MapleProcessor to train: tiny, or `modeling_maple.load_maple` (a MAPLE checkpoint, or one
     built from a backbone) with `model_loading_kwargs(training_args)` and `--trust_remote_code`, a Hub repo read with
     `--hub_token` (unless `--model_init_kwargs` names a token)."""
-    from modeling_maple import BackboneLoadingError, MapleLoadError, load_maple
+    from modeling_maple import BackboneLoadingError, ConfigOverrideError, MapleLoadError, load_maple
 
     if model_args.tiny:
         from modeling_maple.testing import build_tiny
@@ -750,7 +750,7 @@ def load_model_and_processor(model_args: ModelArguments, training_args: RPAConfi
     try:
         return load_maple(name, backbone=model_args.backbone, image_processor_kwargs=model_args.image_processor_kwargs,
                           **model_loading_kwargs(training_args))
-    except BackboneLoadingError as error:
+    except (BackboneLoadingError, ConfigOverrideError) as error:
         raise TrainingInputError(f"--model_init_kwargs: {error}") from error
     except TypeError as error:  # a --model_init_kwargs key that from_pretrained passes on to the model's __init__
         if not training_args.model_init_kwargs:
