@@ -353,6 +353,12 @@ def _checkpoint(
                 config = _read_config(name_or_path, revision, trust_remote_code, token, file_loading_kwargs,
                                       {"pooling": "mean"})
             return None, config
+        if isinstance(given := from_pretrained_kwargs.get("config"), MapleConfig):  # built as given, not as saved
+            try:
+                refuse_causal_cls_pooling(given)
+            except CausalClsPoolingError as error:
+                raise ConfigOverrideError(f"{name_or_path}: the config given: {error}") from error
+            return None, given
         # as `from_pretrained` builds the model: with the caller's overrides, which may set a refused pooling right
         config_overrides = _config_overrides(from_pretrained_kwargs)
         # whether the checkpoint as saved is taken, so that a refusal is the overrides' (checked only where any)

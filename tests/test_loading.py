@@ -181,6 +181,12 @@ def test_a_maple_checkpoint_saved_pooling_a_causal_text_towers_first_token_loads
     assert loaded.config.pooling == "mean"
     assert load_maple_model(str(tmp_path), pooling="mean").config.pooling == "mean"
     assert type(load_maple_processor(str(tmp_path))) is type(processor)
+    # a config given is the one the model is built with, as AutoModel builds it, not the saved one
+    given = MapleConfig.from_dict({**saved, "pooling": "mean"})
+    assert load_maple_model(str(tmp_path), config=given).config.pooling == "mean"
+    if text_tower == "gpt2":  # (an OWLv2 config refuses 'cls' as it is made)
+        with pytest.raises(MapleLoadError, match=r": the config given: pooling='cls' reads each text's first token"):
+            load_maple_model(str(tmp_path), config=MapleConfig.from_dict({**saved, "pooling": "cls"}))
     if text_tower == "gpt2":  # a decoder made bidirectional keeps its first token's pooling
         bidirectional = load_maple_model(str(tmp_path), text_config={"is_causal": False})
         assert (bidirectional.config.pooling, bidirectional.config.text_config.is_causal) == ("cls", False)
