@@ -192,7 +192,7 @@ def _load_model(
                 name_or_path, revision=revision, trust_remote_code=trust_remote_code, token=token,
                 **(from_pretrained_kwargs | {"adapter_kwargs": adapter_kwargs}),
             )
-        except CausalClsPoolingError as error:  # asked by a `config` argument, which `_checkpoint` does not read
+        except CausalClsPoolingError as error:  # asked by a `config` given as a path, which `_checkpoint` does not read
             raise MapleLoadError(f"{name_or_path}: {error}") from error
     return MapleModel.from_backbone(name_or_path, backbone=backbone, revision=revision, token=token, **from_pretrained_kwargs)
 
@@ -317,6 +317,15 @@ def _read_config(
     return config
 
 
+def _taken(config: PreTrainedConfig) -> bool:
+    """Whether a MAPLE `config` read is one a model is built from (`refuse_causal_cls_pooling` refuses it not)."""
+    try:
+        refuse_causal_cls_pooling(config)
+    except CausalClsPoolingError:
+        return False
+    return True
+
+
 def _checkpoint(
     name_or_path: str,
     backbone: str | None,
@@ -360,21 +369,15 @@ def _checkpoint(
                 raise ConfigOverrideError(f"{name_or_path}: the config given: {error}") from error
             return None, given
         # as `from_pretrained` builds the model: with the caller's overrides, which may set a refused pooling right
-        config_overrides = _config_overrides(from_pretrained_kwargs)
-        # whether the checkpoint as saved is taken, so that a refusal is the overrides' (checked only where any)
-        saved_taken = config is not None and bool(config_overrides)
-        if saved_taken:
-            try:
-                refuse_causal_cls_pooling(config)
-            except CausalClsPoolingError:
-                saved_taken = False
+        config_overrides, saved = _config_overrides(from_pretrained_kwargs), config
         try:
             if config is None or config_overrides:
                 config = _read_config(name_or_path, revision, trust_remote_code, token, file_loading_kwargs,
                                       config_overrides)
             refuse_causal_cls_pooling(config)
         except (CausalClsPoolingError, MapleLoadError) as error:
-            if saved_taken:  # the caller's overrides are what the config refuses, not the checkpoint
+            # the checkpoint taken as saved: the caller's overrides are what the config refuses
+            if config_overrides and saved is not None and _taken(saved):
                 detail = str(error).removeprefix(f"{name_or_path}: ")  # (a MapleLoadError names the checkpoint)
                 raise ConfigOverrideError(
                     f"{name_or_path}: config overrides {sorted(config_overrides)}: {detail}"
