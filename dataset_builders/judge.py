@@ -260,7 +260,7 @@ class MLLMJudge(LoadsFromVLM):
         self._offloaded_answer_rows: dict[str, torch.Tensor] = {}  # see `_answer_rows`
         self._prefix_length_by_image_size: dict[tuple[int, int], int] = {}  # see `image_problem`
         self.context_length = context_length(model, tokenizer)
-        self._empty_suffix_length = len(self.suffix_ids([""])[0])
+        self._empty_suffix_ids = self.suffix_ids([""])[0]  # ("" is a probe: the plain-text reading's too)
         self._cache_keyword = cache_keyword(self.model.model)
 
     def __setstate__(self, state: dict) -> None:
@@ -391,7 +391,7 @@ class MLLMJudge(LoadsFromVLM):
         def special_count(ids: list[int]) -> int:
             return sum(token in self._special_ids for token in ids)
 
-        return special_count(self._plain_suffix_ids(text)) == special_count(self._plain_suffix_ids(""))
+        return special_count(self._plain_suffix_ids(text)) == special_count(self._empty_suffix_ids)
 
     def _plain_suffix_ids(self, text: str) -> list[int]:
         """Token ids of the prompt suffix for `text`, its special tokens' strings read as text: the suffix is cut at
@@ -442,10 +442,10 @@ class MLLMJudge(LoadsFromVLM):
         """Why an image whose prompt prefix takes `prefix_length` tokens cannot be judged, or None: its prompt, without
         any candidate text, is longer than `context_length`. Cutting texts cannot help there, and the image's tokens
         and the question are never cut."""
-        if self.context_length is None or prefix_length + self._empty_suffix_length <= self.context_length:
+        if self.context_length is None or prefix_length + len(self._empty_suffix_ids) <= self.context_length:
             return None
         return (
-            f"the judge's prompt for this image takes {prefix_length + self._empty_suffix_length} tokens before any "
+            f"the judge's prompt for this image takes {prefix_length + len(self._empty_suffix_ids)} tokens before any "
             f"candidate text ({prefix_length} up to the text, the image's included), over the judge's context of "
             f"{self.context_length} tokens; give the judge smaller images (its image processor's size or max_pixels)"
         )
@@ -492,11 +492,11 @@ class MLLMJudge(LoadsFromVLM):
             encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=tokenizer.is_fast)
             text_ids, offsets = encoded["input_ids"], encoded.get("offset_mapping")  # only fast tokenizers give offsets
         occurrences = len(self._suffix_parts) - 1
-        for keep in range(min(len(text_ids), (room - self._empty_suffix_length) // occurrences), 0, -1):
+        for keep in range(min(len(text_ids), (room - len(self._empty_suffix_ids)) // occurrences), 0, -1):
             cut = text[: offsets[keep - 1][1]] if offsets is not None else tokenizer.decode(text_ids[:keep])
             if len(ids := self.suffix_ids([cut])[0]) <= room:
                 return ids
-        return self.suffix_ids([""])[0]
+        return list(self._empty_suffix_ids)
 
     def _answer_rows(self, name: str) -> torch.Tensor | None:
         """The "Yes" and "No" rows of the output embedding's `name` ("weight": (2, hidden); "bias": (2,) or None),

@@ -91,9 +91,10 @@ def local_parquet_metadata(
     """For a folder of parquet files only (None where a data file is not one): each split's files and their parquet
     metadata (footers only), read as data files (`data_files_read`: a file that is no parquet is named)."""
     files = data_files_by_split(data_files)
-    if not all(file.endswith(".parquet") for file in all_data_files(files)):
+    every_file = all_data_files(files)
+    if not all(file.endswith(".parquet") for file in every_file):
         return None
-    with data_files_read(source, all_data_files(files)):
+    with data_files_read(source, every_file):
         return {name: {file: pq.read_metadata(file) for file in names} for name, names in files.items()}
 
 

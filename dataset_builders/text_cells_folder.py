@@ -140,7 +140,8 @@ def check_filter_values(source: str, filters: Any, declared: datasets.Features |
     if not isinstance(filters, list):  # (a pyarrow expression, given in code)
         return
     try:
-        several_kinds = {column: values for column, values in _filter_values(filters).items() if len(values) > 1}
+        values_by_column = _filter_values(filters)
+        several_kinds = {column: values for column, values in values_by_column.items() if len(values) > 1}
         if not several_kinds:  # (pyarrow fails on an `in` of several kinds too, naming no column)
             pq.filters_to_expression(filters)
     except (ValueError, TypeError) as error:
@@ -152,7 +153,7 @@ def check_filter_values(source: str, filters: Any, declared: datasets.Features |
         compared = " and with ".join(f"{FILTER_VALUE_KINDS[kind]} ({value!r})" for kind, value in values.items())
         raise SourceError(f"source {source}: its README's filters {filters} compare column {column!r} with "
                           f"{compared}: compare each column with values of one kind")
-    for column, values in _filter_values(filters).items():
+    for column, values in values_by_column.items():
         declared_kind = _declared_kind((declared or {}).get(column))
         for kind, value in values.items():
             if declared_kind not in (None, kind):
