@@ -234,6 +234,9 @@ def wasserstein_1d(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndar
 
     W(P_A, P_B) = integral |F_A(x) - F_B(x)| dx over the two empirical CDFs; for two samples of
     equal size n this is (1/n) sum_i |a_(i) - b_(i)| over the sorted samples.
+
+    Samples near float64's largest values (about 1e308) are scaled down by a power of two for the sums, so that a
+    distance float64 holds comes out finite; one past float64's range (W([-1e308], [1e308])) is inf.
     """
     a = np.sort(_float64_array(a).ravel())
     b = np.sort(_float64_array(b).ravel())
@@ -241,13 +244,25 @@ def wasserstein_1d(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndar
         raise ValueError(f"wasserstein_1d: both samples must be non-empty, got sizes {a.size} and {b.size}")
     if not (np.isfinite(a).all() and np.isfinite(b).all()):  # NaN sorts last and would make the distance NaN
         raise ValueError("wasserstein_1d: the samples hold NaN or inf")
+    scale_exponent = _overflow_scale_exponent(max(abs(a[0]), abs(a[-1]), abs(b[0]), abs(b[-1])), a.size + b.size)
+    # exact (a power of two), and 1.0 unless the sums would overflow: the distance is then the same to the bit
+    a, b = a * 2.0**-scale_exponent, b * 2.0**-scale_exponent
     if a.size == b.size:  # the sorted-pairs form: exact where the CDF form's widths round (0.25 came out 0.2499...)
-        return float(np.mean(np.abs(a - b)))
-    support = np.sort(np.concatenate([a, b]))
-    widths = np.diff(support)
-    cdf_a = np.searchsorted(a, support[:-1], side="right") / a.size
-    cdf_b = np.searchsorted(b, support[:-1], side="right") / b.size
-    return float(np.sum(np.abs(cdf_a - cdf_b) * widths))
+        distance = float(np.mean(np.abs(a - b)))
+    else:
+        support = np.sort(np.concatenate([a, b]))
+        widths = np.diff(support)
+        cdf_a = np.searchsorted(a, support[:-1], side="right") / a.size
+        cdf_b = np.searchsorted(b, support[:-1], side="right") / b.size
+        distance = float(np.sum(np.abs(cdf_a - cdf_b) * widths))
+    return distance * 2.0**scale_exponent  # a Python float: past float64's range, inf (no warning)
+
+
+def _overflow_scale_exponent(peak: float, count: int) -> int:
+    """The least e >= 0 such that `count` differences of values of magnitude at most `peak` (each at most 2 * peak),
+    scaled by 2**-e, sum below float64's largest value (2**1024): 0 for all but values near it."""
+    _, peak_exponent = np.frexp(peak)  # peak < 2**peak_exponent
+    return max(0, 1 + (count - 1).bit_length() + int(peak_exponent) - 1024)
 
 
 def modality_gap_from_scores(matched, intra_modal, mismatched) -> dict[str, float]:

@@ -2,6 +2,7 @@
 
 import math
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -149,6 +150,23 @@ def test_wasserstein_equal_and_unequal_sizes():
     # quantile functions 0 vs (0 below u=1/2, 2 above): mean |difference| = 1
     assert wasserstein_1d([0.0], [0.0, 2.0]) == pytest.approx(1.0)
     assert wasserstein_1d([0.2, 0.7], [0.7, 0.2]) == 0.0
+
+
+def test_wasserstein_of_samples_near_the_largest_float_is_finite_where_float64_holds_it():
+    """The differences and their sum overflowed: W([1e308, 1e308], [0, 0]) = 1e308 came out inf (with a warning), as did
+    W([1.7e308], [-1e300, 1e300]) = 1.7e308 in the CDF form; the samples are now scaled down by a power of two for the
+    sums, so a distance past float64's range alone is inf, and ordinary samples' distances are unchanged to the bit."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow warning either
+        assert wasserstein_1d([1e308, 1e308], [0.0, 0.0]) == 1e308
+        assert wasserstein_1d([1e308, -1e308], [-1e308, 1e308]) == 0.0
+        assert wasserstein_1d([1.7e308], [-1e300, 1e300]) == 1.7e308
+        assert wasserstein_1d([-1e308], [1e308]) == math.inf  # 2e308: past float64's range
+    rng = np.random.default_rng(0)
+    a, b, c = rng.normal(size=100), rng.normal(size=100), rng.normal(size=37)
+    assert wasserstein_1d(a, b) == float(np.mean(np.abs(np.sort(a) - np.sort(b))))
+    # the scaled distance is the distance of samples scaled by the same power of two, to the bit
+    assert wasserstein_1d(a * 2.0**1016, c * 2.0**1016) == wasserstein_1d(a, c) * 2.0**1016
 
 
 @pytest.mark.parametrize("a, b", [([], [0.5]), ([0.5], [])])
