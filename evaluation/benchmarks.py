@@ -39,7 +39,7 @@ from maple.dataset_layout import (
 from maple.files import expanded_path, stored_images
 
 from .lazy import LazySequence
-from .metric_names import OVERALL_SUBSET
+from .metric_names import refuse_overall_subset
 
 
 class BenchmarkFormatError(ValueError):
@@ -378,22 +378,11 @@ def _checked_texts(locate: Callable[[int], str], column: str, values: Sequence[A
 
 def _categories(locate: Callable[[int], str], column: str, values: Sequence[Any]) -> list[str]:
     """The category of each row, lower-cased; a value that is not a non-blank string (None became the category
-    "none", 3 the category "3") or that is `OVERALL_SUBSET` is a `BenchmarkFormatError` naming the file, row and
-    column."""
-    categories = [value.lower() for value in _checked_texts(locate, column, values)]
-    _refuse_overall_category(categories, lambda row: f"{locate(row)}, column {column!r}")
-    return categories
-
-
-def _refuse_overall_category(categories: Sequence[str], place: Callable[[int], str]) -> None:
-    """Raise `BenchmarkFormatError` naming (`place`) the first quadruple whose category (lower-cased) is
-    `OVERALL_SUBSET`: the results tables would show it as a second row of all the quadruples' scores."""
-    row = next((row for row, category in enumerate(categories) if category == OVERALL_SUBSET), None)
-    if row is not None:
-        raise BenchmarkFormatError(
-            f"{place(row)}: category {OVERALL_SUBSET!r} (categories are read lower-cased) is the name of the results' "
-            "row for all the quadruples; rename the category"
-        )
+    "none", 3 the category "3") or that is `OVERALL_SUBSET` in any case is a `BenchmarkFormatError` naming the file,
+    row and column."""
+    categories = _checked_texts(locate, column, values)
+    refuse_overall_subset(categories, lambda row: f"{locate(row)}, column {column!r}", BenchmarkFormatError)
+    return [category.lower() for category in categories]
 
 
 def _load_retrieval(source: str, spec: BenchmarkSpec, token: str | None) -> RetrievalBenchmark:
@@ -593,8 +582,10 @@ def _load_mmvp(source: str, spec: BenchmarkSpec, token: str | None) -> Quadruple
     places = [f"{questions_file}, line {line}" for line in lines]
     images0, images1 = _image_files(files[0::2], places[0::2]), _image_files(files[1::2], places[1::2])
     texts0, texts1 = ([MMVP_TEXT_PREFIX + statement for _, _, statement in rows[first::2]] for first in (0, 1))
-    categories = [category.lower() for _, category, _ in rows[0::2]]
-    _refuse_overall_category(categories, lambda pair: f"{questions_file}, line {lines[2 * pair]}, column 'Type'")
+    types = [category for _, category, _ in rows[0::2]]
+    refuse_overall_subset(types, lambda pair: f"{questions_file}, line {lines[2 * pair]}, column 'Type'",
+                          BenchmarkFormatError)
+    categories = [category.lower() for category in types]
     return QuadrupleBenchmark(spec.name, IndexedQuadruples(images0, images1, texts0, texts1), categories)
 
 

@@ -27,7 +27,7 @@ from .benchmarks import (
     file_key,
 )
 from .lazy import LazySequence
-from .metric_names import OVERALL_SUBSET
+from .metric_names import refuse_overall_subset
 from .metrics import DEFAULT_KS, group_score_hits, modality_gap_from_quadruples, recall_from_ranks
 from .retrieval import check_finite_embeddings, chunked_ranks
 
@@ -541,8 +541,8 @@ def evaluate_quadruples(
     "per_category": {category: {text_score, image_score, group_score, num_quadruples}},
     "modality_gap": {w_dist, w_disc, delta_gap},
     "similarity_histograms": {bin_edges, matched, mismatched, text_text}}; "per_category" only
-    with `categories`, none of which may be `OVERALL_SUBSET` ("all", the results tables' name for all the quadruples: a
-    ValueError naming it). The histograms (counts of cosines in `HISTOGRAM_BINS` bins over [-1, 1]) show the gap
+    with `categories`, none of which may be `OVERALL_SUBSET` in any case ("all" or "All", the results tables' name for
+    all the quadruples: a ValueError naming it). The histograms (counts of cosines in `HISTOGRAM_BINS` bins over [-1, 1]) show the gap
     that the Wasserstein distances summarise; model cards plot them.
     """
     _check_container(quadruples, "quadruples")
@@ -563,12 +563,7 @@ def evaluate_quadruples(
             f"categories[{bad}]: {labels[bad]!r:.80} ({type(labels[bad]).__name__}); expected a category name "
             "(a string)"
         )
-    if OVERALL_SUBSET in labels:
-        index = labels.index(OVERALL_SUBSET)
-        raise ValueError(
-            f"categories[{index}]: the category of quadruple {index} is {OVERALL_SUBSET!r}, the name of the results' "
-            "row for all the quadruples; rename the category"
-        )
+    refuse_overall_subset(labels, lambda index: f"categories[{index}] (quadruple {index})", ValueError)
     columns = _columns(quadruples, "quadruples")  # read once, each checked, before anything is embedded
     image_text, text_text = _similarities(model, processor, columns, batch_size)
     hits = group_score_hits(image_text)

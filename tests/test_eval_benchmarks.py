@@ -1143,34 +1143,37 @@ def test_a_category_that_is_not_a_string_is_named():
         evaluate_quadruples(LookupEmbedder(_TEXTS), None, [_RIGHT, _RIGHT], ["add", None])
 
 
-def test_a_category_named_all_is_refused_naming_its_quadruple():
+@pytest.mark.parametrize("category", ["all", "All", "ALL"])
+def test_a_category_named_all_in_any_case_is_refused_naming_its_quadruple(category):
     """"all" names the results tables' row of all the quadruples: a category of that name was a second "all" row,
-    shown with the overall modality gap in results.md, and told from the overall row by nothing."""
+    shown with the overall modality gap in results.md, and told from the overall row by nothing. "All" was taken,
+    a row told from it by case alone, though a benchmark's category "All" (read lower-cased) is refused."""
     from evaluation.protocols import evaluate_quadruples
 
     model = LookupEmbedder(_TEXTS)
-    with pytest.raises(ValueError, match=r"^categories\[1\]: the category of quadruple 1 is 'all', the name of the "
-                                         r"results' row for all the quadruples; rename the category$"):
-        evaluate_quadruples(model, None, [_RIGHT, _RIGHT], ["add", "all"])
+    with pytest.raises(ValueError, match=rf"^categories\[1\] \(quadruple 1\): category '{category}' is, in any case, "
+                                         r"the name of the results' row for all the quadruples \('all'\); rename the "
+                                         r"category$"):
+        evaluate_quadruples(model, None, [_RIGHT, _RIGHT], ["add", category])
     assert model.calls == []
-    assert set(evaluate_quadruples(model, None, [_RIGHT, _RIGHT], ["add", "All"])["per_category"]) == {"add", "All"}
+    assert set(evaluate_quadruples(model, None, [_RIGHT, _RIGHT], ["add", "Alls"])["per_category"]) == {"add", "Alls"}
 
 
 def test_a_benchmark_category_read_as_all_names_its_file_and_row(benchmark_sources, tmp_path):
     """A benchmark's categories are read lower-cased, so a type "All" is the category "all" (see the test above): it is
-    refused when the benchmark is read, before any model loads, naming where it is written."""
+    refused when the benchmark is read, before any model loads, naming where it is written and as it is written."""
     from conftest import make_picture, write_parquet
 
     columns = {"image": [make_picture(0), make_picture(1)], "negative_image": [make_picture(2), make_picture(3)],
                "caption": ["a cat", "a dog"], "negative_caption": ["a dog", "a cat"], "type": ["Replace", "All"]}
     source = write_parquet(tmp_path / "bivlc.parquet", columns, ("image", "negative_image"))
-    with pytest.raises(BenchmarkFormatError, match=r"bivlc\.parquet: row 1, column 'type': category 'all' \(categories "
-                                                   r"are read lower-cased\) is the name of the results' row for all"):
+    with pytest.raises(BenchmarkFormatError, match=r"bivlc\.parquet: row 1, column 'type': category 'All' is, in any "
+                                                   r"case, the name of the results' row for all"):
         load_benchmark("bivlc", str(source))
     mmvp = shutil.copytree(benchmark_sources["mmvp"], tmp_path / "mmvp")
     (mmvp / "Questions.csv").write_text((mmvp / "Questions.csv").read_text().replace("Color and Appearance", "All"))
     (mmvp / "MLLM_VLM Images" / "Color and Appearance").rename(mmvp / "MLLM_VLM Images" / "All")
-    with pytest.raises(BenchmarkFormatError, match=r"Questions\.csv, line 4, column 'Type': category 'all' "):
+    with pytest.raises(BenchmarkFormatError, match=r"Questions\.csv, line 4, column 'Type': category 'All' is"):
         load_benchmark("mmvp", str(mmvp))
 
 
