@@ -331,7 +331,12 @@ def anchor_recall_at_1(
     """Recall@1 (0-100, `evaluation.retrieval.chunked_retrieval_recall`: no captions x images matrix) between the
     anchors of an evaluation set, row ``i`` pairing caption ``text_ids[i]`` with image ``image_ids[i]``. Captions and
     images are de-duplicated by content id, so each is one query and one key; an image's relevant set is every
-    caption paired with it (and a caption's, every image paired with it)."""
+    caption paired with it (and a caption's, every image paired with it). The four hold one row per anchor pair, or a
+    ValueError names their lengths (zip paired the ids as far as the shorter list went)."""
+    rows = {"text_embeds": len(text_embeds), "image_embeds": len(image_embeds), "text_ids": len(text_ids),
+            "image_ids": len(image_ids)}
+    if len(set(rows.values())) > 1:
+        raise ValueError(f"anchor_recall_at_1: expected one row per anchor pair in each argument, got rows {rows}")
     if not (torch.isfinite(text_embeds).all() and torch.isfinite(image_embeds).all()):
         return {"text_to_image": math.nan, "image_to_text": math.nan}  # a diverged model: NaN, like its loss
     text_ids, image_ids = text_ids.tolist(), image_ids.tolist()

@@ -10,7 +10,7 @@ from PIL import Image
 from evaluation import retrieval as retrieval_module
 from evaluation.metrics import first_relevant_ranks, retrieval_recall
 from evaluation.protocols import evaluate_retrieval
-from evaluation.retrieval import chunked_ranks, chunked_retrieval_recall, chunked_topk
+from evaluation.retrieval import anchor_recall_at_1, chunked_ranks, chunked_retrieval_recall, chunked_topk
 
 
 def _normalised(n, d, seed):
@@ -355,3 +355,19 @@ def test_searches_refuse_embeddings_of_an_integer_dtype_or_of_two_dtypes_or_devi
     message = re.escape(f"embeddings: expected queries and candidates of one floating-point dtype on one device, got {got}")
     with pytest.raises(ValueError, match=message):
         search(queries, candidates)
+
+
+@pytest.mark.parametrize("rows", [(3, 3, 3, 2), (3, 3, 2, 3), (2, 3, 3, 3), (3, 2, 3, 3)])
+def test_anchor_recall_refuses_arguments_of_different_lengths(rows):
+    """The ids were paired with zip, which stopped at the shorter list: the pairs past it were dropped silently (a
+    caption left with no image), and an embedding short of its ids was an IndexError naming nothing."""
+    text_rows, image_rows, text_id_rows, image_id_rows = rows
+    arguments = (torch.eye(3)[:text_rows], torch.eye(3)[:image_rows], torch.arange(text_id_rows),
+                 torch.arange(10, 10 + image_id_rows))
+    expected = {"text_embeds": text_rows, "image_embeds": image_rows, "text_ids": text_id_rows,
+                "image_ids": image_id_rows}
+    with pytest.raises(ValueError, match=re.escape(f"anchor_recall_at_1: expected one row per anchor pair in each "
+                                                   f"argument, got rows {expected}")):
+        anchor_recall_at_1(*arguments)
+    assert anchor_recall_at_1(torch.eye(3), torch.eye(3), torch.arange(3), torch.arange(10, 13)) == {
+        "text_to_image": 100.0, "image_to_text": 100.0}
