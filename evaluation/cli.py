@@ -39,7 +39,7 @@ from maple.cli import (
 from maple.files import atomic_write_json, atomic_write_text, expanded_path, folder_problem
 
 from .benchmarks import BENCHMARKS, QuadrupleBenchmark, RetrievalBenchmark, benchmark_image_files, load_benchmark
-from .metric_names import OVERALL_SUBSET, QUADRUPLE_SCORES, RETRIEVAL_METRICS
+from .metric_names import QUADRUPLE_SCORES, RETRIEVAL_METRICS
 
 if TYPE_CHECKING:
     from modeling_maple import MapleProcessor
@@ -455,8 +455,8 @@ def _load_benchmarks(
 
 def markdown_table(all_results: dict[str, dict[str, Any]]) -> str:
     """Retrieval and fine-grained tables with one row per (model, benchmark[, category]); model references and
-    categories (the data's own words) escaped as the card's tables escape them."""
-    from model_cards.cards import table_cell
+    categories (the data's own words) ordered, named and escaped as the card's tables do them."""
+    from model_cards.cards import result_subsets, subset_cell, table_cell
 
     lines = []
     retrieval = [(m, b, r) for m, per_benchmark in all_results.items() for b, r in per_benchmark.items() if BENCHMARKS[b].kind == "retrieval"]
@@ -470,10 +470,9 @@ def markdown_table(all_results: dict[str, dict[str, Any]]) -> str:
         header = ("text", "image", "group", "Δgap")
         lines += ["| model | benchmark | subset | " + " | ".join(header) + " |", "|---|---|---|" + "---|" * len(header)]
         for m, b, r in quadruples:
-            for category, values in [(None, r)] + sorted(r.get("per_category", {}).items()):
-                gap = f"{r['modality_gap']['delta_gap']:.2f}" if category is None else ""  # the gap is overall only
-                subset = OVERALL_SUBSET if category is None else category
-                lines.append(f"| {table_cell(m)} | {b} | {table_cell(subset)} | "
+            for subset, values in result_subsets(r):
+                gap = f"{r['modality_gap']['delta_gap']:.2f}" if subset is None else ""  # the gap is overall only
+                lines.append(f"| {table_cell(m)} | {b} | {subset_cell(subset)} | "
                              + " | ".join(f"{values[c]:.1f}" for c in QUADRUPLE_SCORES) + f" | {gap} |")
     return "\n".join(lines) + "\n"
 

@@ -104,7 +104,7 @@ def _eval_results(
     results = []
     for benchmark, metrics in eval_results.items():
         dataset_id = (dataset_ids or {}).get(benchmark) or _benchmark_dataset_id(benchmark)
-        for subset, values in _subsets(metrics):
+        for subset, values in result_subsets(metrics):
             for key in RETRIEVAL_METRICS + QUADRUPLE_SCORES:
                 # the YAML metric values must be finite numbers: a NaN score (a diverged model) stays in the tables
                 if (value := _score(values, key)) is not None and math.isfinite(value):
@@ -250,10 +250,17 @@ def _results_of(metrics: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     return metrics.get(key) or {}
 
 
-def _subsets(metrics: Mapping[str, Any]) -> list[tuple[str | None, Mapping[str, Any]]]:
-    """A benchmark's results as (subset, scores): all of it (None), then each category of `per_category` by name."""
+def result_subsets(metrics: Mapping[str, Any]) -> list[tuple[str | None, Mapping[str, Any]]]:
+    """A benchmark's results as (subset, scores): all of it (None), then each category of `per_category` by name; the
+    order of its rows in the card's tables and in `maple eval`'s results.md."""
     categories = _results_of(metrics, "per_category")
     return [(None, metrics)] + [(category, _results_of(categories, category)) for category in sorted(categories)]
+
+
+def subset_cell(subset: str | None) -> str:
+    """The "subset" cell of a row of `result_subsets`: `OVERALL_SUBSET` for all of a benchmark, else its category (the
+    data's own words, escaped: `table_cell`)."""
+    return table_cell(OVERALL_SUBSET if subset is None else subset)
 
 
 def _table_value(values: Mapping[str, Any], key: str, digits: int, scale: float = 1.0) -> str:
@@ -265,14 +272,14 @@ def _table_value(values: Mapping[str, Any], key: str, digits: int, scale: float 
 def _table_rows(eval_results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """Rows of the three evaluation tables of the model card, values formatted. A benchmark has a row in each table
     it has a score of (`_has_score`), in the retrieval and quadruples' ones a row for all of it and one for each
-    category (`_subsets`) that has a score; a score a row lacks is a "–". So the tables show every score `model-index`
-    holds (`_eval_results`), and no row of dashes where it holds none. `retrieval_by_category`: whether a retrieval
-    row is a category's, so that the retrieval table needs the quadruples' "subset" column (the protocol scores
-    retrieval as a whole: the table keeps its columns where no category has a recall)."""
+    category (`result_subsets`) that has a score; a score a row lacks is a "–". So the tables show every score
+    `model-index` holds (`_eval_results`), and no row of dashes where it holds none. `retrieval_by_category`: whether
+    a retrieval row is a category's, so that the retrieval table needs the quadruples' "subset" column (the protocol
+    scores retrieval as a whole: the table keeps its columns where no category has a recall)."""
     retrieval, quadruples, gaps, retrieval_by_category = [], [], [], False
     for name, metrics in eval_results.items():
-        for subset, values in _subsets(metrics):
-            row = {"name": table_cell(name), "subset": table_cell(OVERALL_SUBSET if subset is None else subset)}
+        for subset, values in result_subsets(metrics):
+            row = {"name": table_cell(name), "subset": subset_cell(subset)}
             if _has_score(values, RETRIEVAL_METRICS):
                 retrieval.append({**row, **{key: _table_value(values, key, 1) for key in RETRIEVAL_METRICS}})
                 retrieval_by_category |= subset is not None
