@@ -584,6 +584,22 @@ _RIGHT = ([1.0, -0.5, 0.0], [-0.3, 1.0, 0.0], "t0", "t1")
 _WRONG = (_RIGHT[1], _RIGHT[0], "t0", "t1")  # images swapped: every hit fails
 
 
+class _CountedQuadruples(torch.utils.data.Dataset):
+    """Quadruples as a torch Dataset (a length and rows by position, not a `Sequence`) that counts the reads of each
+    row in `reads`: those a lazy set decoding its images on access would pay for."""
+
+    def __init__(self, rows):
+        self.rows = list(rows)
+        self.reads = [0] * len(self.rows)
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, index):
+        self.reads[index] += 1
+        return self.rows[index]
+
+
 def test_similarity_histograms_count_matched_mismatched_and_text_text_cosines_apart():
     """The model-card plot's three samples: matched are s(I0,T0) and s(I1,T1), mismatched s(I0,T1) and s(I1,T0),
     binned over the whole cosine range [-1, 1] (a negative cosine is counted, not dropped)."""
@@ -811,17 +827,7 @@ def test_quadruples_may_be_any_sequence_by_position_such_as_a_series_or_a_torch_
 
     from evaluation.protocols import evaluate_quadruples
 
-    class Quadruples(torch.utils.data.Dataset):
-        def __init__(self, rows):
-            self.rows = rows
-
-        def __len__(self):
-            return len(self.rows)
-
-        def __getitem__(self, index):
-            return self.rows[index]
-
-    for quadruples in (pd.Series([_RIGHT, _WRONG]), Quadruples([_RIGHT, _WRONG])):
+    for quadruples in (pd.Series([_RIGHT, _WRONG]), _CountedQuadruples([_RIGHT, _WRONG])):
         assert evaluate_quadruples(LookupEmbedder(_TEXTS), None, quadruples)["group_score"] == 50.0
 
 
@@ -830,19 +836,10 @@ def test_the_number_of_categories_is_checked_before_any_quadruple_is_read():
     each)."""
     from evaluation.protocols import evaluate_quadruples
 
-    reads = [0, 0]
-
-    class Quadruples(torch.utils.data.Dataset):
-        def __len__(self):
-            return len(reads)
-
-        def __getitem__(self, index):
-            reads[index] += 1
-            return _RIGHT
-
+    quadruples = _CountedQuadruples([_RIGHT, _RIGHT])
     with pytest.raises(ValueError, match=r"^categories: expected one per quadruple \(2\), got 1$"):
-        evaluate_quadruples(LookupEmbedder(_TEXTS), None, Quadruples(), ["add"])
-    assert reads == [0, 0]
+        evaluate_quadruples(LookupEmbedder(_TEXTS), None, quadruples, ["add"])
+    assert quadruples.reads == [0, 0]
 
 
 def test_a_series_of_quadruples_is_read_by_position_whatever_its_index():
@@ -867,19 +864,9 @@ def test_quadruples_are_checked_and_read_once_per_evaluation():
     dataset's first quadruple was read (and its images decoded) two more times than any other."""
     from evaluation.protocols import evaluate_quadruples
 
-    reads = [0, 0]
-
-    class Quadruples(torch.utils.data.Dataset):
-        def __len__(self):
-            return 2
-
-        def __getitem__(self, index):
-            reads[index] += 1
-            return (_RIGHT, _WRONG)[index]
-
-    evaluate_quadruples(LookupEmbedder(_TEXTS), None, Quadruples())
-    assert reads[0] == reads[1]
-
+    quadruples = _CountedQuadruples([_RIGHT, _WRONG])
+    evaluate_quadruples(LookupEmbedder(_TEXTS), None, quadruples)
+    assert quadruples.reads[0] == quadruples.reads[1]
 
 
 def test_a_lazy_set_of_quadruples_is_read_twice_per_evaluation_to_check_it_then_to_embed_it():
@@ -909,6 +896,7 @@ def test_a_lazy_set_of_quadruples_is_read_twice_per_evaluation_to_check_it_then_
     by_label = pd.Series(rows, index=[3, 2, 1, 0])  # read by position, as before
     assert evaluate_quadruples(LookupEmbedder(_TEXTS), None, by_label, ["a", "b", "a", "b"], batch_size=3) == expected
 
+
 @pytest.mark.parametrize("quadruples, error, message", [
     ([], ValueError, r"^eval_quadruples\['sides'\]: got none$"),
     ([_RIGHT[:3], _RIGHT], ValueError,
@@ -931,21 +919,12 @@ def test_check_quadruples_reads_only_the_first_quadruple_and_evaluation_checks_t
     before anything is embedded."""
     from evaluation.protocols import check_quadruples, evaluate_quadruples
 
-    reads = [0, 0, 0]
-
-    class Quadruples(torch.utils.data.Dataset):
-        def __len__(self):
-            return len(reads)
-
-        def __getitem__(self, index):
-            reads[index] += 1
-            return (_RIGHT, _RIGHT, _RIGHT[:3])[index]
-
-    check_quadruples(Quadruples())
-    assert reads == [1, 0, 0]
+    quadruples = _CountedQuadruples([_RIGHT, _RIGHT, _RIGHT[:3]])
+    check_quadruples(quadruples)
+    assert quadruples.reads == [1, 0, 0]
     model = LookupEmbedder(_TEXTS)
     with pytest.raises(ValueError, match=r"^quadruples\[2\]: expected \(image0, image1, text0, text1\), got 3 fields$"):
-        evaluate_quadruples(model, None, Quadruples())
+        evaluate_quadruples(model, None, quadruples)
     assert model.calls == []
 
 
