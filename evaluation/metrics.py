@@ -236,7 +236,8 @@ def wasserstein_1d(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndar
     equal size n this is (1/n) sum_i |a_(i) - b_(i)| over the sorted samples.
 
     Samples near float64's largest values (about 1e308) are scaled down by a power of two for the sums, so that a
-    distance float64 holds comes out finite; one past float64's range (W([-1e308], [1e308])) is inf.
+    distance float64 holds comes out finite; one past float64's range (W([-1e308], [1e308])) is inf. Scaled, the
+    subnormal values beside them (below about 1e-307) lose their lowest bits: W([1e308, 2e-323], [1e308, 0]) is 0.
     """
     a = np.sort(_float64_array(a).ravel())
     b = np.sort(_float64_array(b).ravel())
