@@ -47,6 +47,12 @@ Qwen2-VL / Qwen2.5-VL Instruct ship top_k=1, top_p=0.001 and repetition_penalty=
 (QwenLM/Qwen3-VL#722): greedy decoding whatever the temperature. Passed explicitly, these values
 (each the one `generate` reads as "off") override the checkpoint's."""
 
+# Recorded in `ContrastiveCaptioner.settings` (as `caption_parser`), so that a work dir is not resumed with captions
+# read from answers by other rules: raised whenever `parse_captions` or the drop of a caption cut at `max_new_tokens`
+# (`_ends_inside`) reads some answer otherwise (what each raise changed: `git log -G "CAPTION_PARSER_VERSION = "`).
+# A work dir begun before it was recorded records none. Not raised for changes that read every answer as before.
+CAPTION_PARSER_VERSION = 1
+
 # A label "Image N:" or "Caption N:" ("Caption for Image N:", bold "**", a heading "#", a bullet or a list number
 # before it, a parenthesis such as "(anchor)" after it): at the start of a line with ":", ".", "-", an en or em dash
 # or ")" after it, or alone on its line ("**Image 1**", "### Image 1"), or with ":" after a sentence, a comma or a
@@ -348,13 +354,15 @@ class ContrastiveCaptioner(LoadsFromVLM):
         the batch size (all samples draw from one generator, so batching shapes them), the effective
         generation config (`generation_config`, as far as it differs from transformers' defaults),
         the chat template (and the text fed after its generation prompt, where there is one), the weights dtype and
-        the image processor's settings. Recorded in the builder's manifest."""
+        the image processor's settings; and `caption_parser`, the version of the rules that read an answer's captions
+        (`CAPTION_PARSER_VERSION`). Recorded in the builder's manifest."""
         sampling = {
             "prompt": self.prompt, "temperature": self.temperature, "num_samples": self.num_samples,
             "max_new_tokens": self.max_new_tokens, "batch_size": self.batch_size,
             "generation_config": json.loads(self.generation_config.to_json_string(ignore_metadata=True)),
         }
-        return {**sampling, **model_settings(self.model, self.prompt_encoder, self.answer_lead)}
+        parser = {"caption_parser": CAPTION_PARSER_VERSION}
+        return {**sampling, **parser, **model_settings(self.model, self.prompt_encoder, self.answer_lead)}
 
     @torch.inference_mode()
     def caption(self, anchors: list[PIL.Image.Image], negatives: list[PIL.Image.Image]) -> list[list[str]]:

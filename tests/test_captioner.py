@@ -1,14 +1,24 @@
 """ContrastiveCaptioner on a tiny Qwen2-VL: gibberish captions, real generation plumbing."""
 
+import json
 import warnings
 
 import pytest
 import torch
 from PIL import Image
 
+import dataset_builders.captioner as captioner_module
 from dataset_builders import CandidateCaptioner, ContrastiveCaptioner
-from dataset_builders.captioner import parse_captions
-from dataset_builders.testing import tiny_captioner, tiny_image_text_model, tiny_thinking_tokenizer
+from dataset_builders.builder import MaplePreferences, WorkDirMismatch
+from dataset_builders.captioner import CAPTION_PARSER_VERSION, parse_captions
+from dataset_builders.testing import (
+    ColourJudge,
+    colour_square_source,
+    thumbnail_miner,
+    tiny_captioner,
+    tiny_image_text_model,
+    tiny_thinking_tokenizer,
+)
 from modeling_maple.testing import tiny_image_processor, tiny_tokenizer
 from official_processors import PIXTRAL_12B_CHAT_TEMPLATE, official_processor
 
@@ -571,6 +581,40 @@ def test_settings_hold_what_changes_the_captions():
     settings = captioner.settings
     assert settings["temperature"] == 0.9 and settings["num_samples"] == 2 and settings["batch_size"] == 4
     assert settings["prompt"] == captioner.prompt and settings["dtype"] == "torch.float32"
+    assert settings["caption_parser"] == CAPTION_PARSER_VERSION
     assert captioner.name == "tiny-captioner-1"  # as given, for the dataset card
     assert settings["image_processor"] == tiny_captioner(seed=1).settings["image_processor"]
     assert settings["image_processor"] != tiny_captioner(seed=1, image_size=64).settings["image_processor"]
+
+
+def test_a_work_dir_whose_captions_were_read_by_other_parsing_rules_is_refused(tmp_path, monkeypatch):
+    """The captioner's settings recorded nothing of how its answers are read into captions: a work dir begun before a
+    change to those rules was resumed, mixing its shards' captions with ones read otherwise. Its manifest now records
+    the rules' version (`caption_parser`), so a work dir begun before it was recorded, or under another version, is
+    refused naming it."""
+    captioner = tiny_captioner(num_samples=1)
+
+    def check_work_dir() -> None:
+        MaplePreferences(
+            config_name="paper", judge=ColourJudge(), captioner=captioner, miner=thumbnail_miner(),
+            source_dataset=colour_square_source(), cache_dir=str(tmp_path / "cache"), work_dir=tmp_path / "work",
+            progress=False,
+        ).check_work_dir()
+
+    check_work_dir()
+    path = tmp_path / "work" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["captioner_settings"]["caption_parser"]  # as the captioner before it was recorded wrote it
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(
+        WorkDirMismatch, match=rf"captioner_settings\.caption_parser: None in the work dir, {CAPTION_PARSER_VERSION} now"
+    ):
+        check_work_dir()
+    path.unlink()
+    check_work_dir()
+    monkeypatch.setattr(captioner_module, "CAPTION_PARSER_VERSION", CAPTION_PARSER_VERSION + 1)
+    with pytest.raises(
+        WorkDirMismatch,
+        match=rf"captioner_settings\.caption_parser: {CAPTION_PARSER_VERSION} in the work dir, {CAPTION_PARSER_VERSION + 1} now",
+    ):
+        check_work_dir()
