@@ -105,11 +105,11 @@ def _labelled_caption(text: str) -> str:
     """The caption after a label (or a lead): the rest of its line (or, if that is empty, the next non-empty
     line), continued over the following lines while it has not ended a sentence (a caption wrapped over lines), up to
     a blank line or a "Note:"-style line. What follows a finished caption (a comment) is left out."""
-    return " ".join(_caption_lines(text)[0]).rstrip(",;| ")  # what separated it from the next label on the same line
+    return _labelled_caption_and_end(text)[0]
 
 
-def _caption_lines(text: str) -> tuple[list[str], int]:
-    """The stripped lines of `_labelled_caption`'s caption in `text`, and where in `text` the last of them ends."""
+def _labelled_caption_and_end(text: str) -> tuple[str, int]:
+    """`_labelled_caption(text)`, and where in `text` the last of its lines ends."""
     parts: list[str] = []
     caption_end = line_end = -1
     for raw_line in text.split("\n"):
@@ -122,7 +122,8 @@ def _caption_lines(text: str) -> tuple[list[str], int]:
             break
         parts.append(line)
         caption_end = line_end
-    return parts, max(caption_end, 0)
+    # without what separated it from the next label on the same line
+    return " ".join(parts).rstrip(",;| "), max(caption_end, 0)
 
 
 def _images_named(text: str) -> set[int]:
@@ -181,10 +182,11 @@ def _labelled_captions(generated: str, labels: list[re.Match]) -> list[str]:
     ends = [label.start() for label in labels[1:]] + [len(generated)]
     for label_numbers, label, end in zip(numbers, labels, ends):
         text = generated[label.end() : end]
+        caption, caption_end = _labelled_caption_and_end(text)
         led = None
         if len(label_numbers) == 1 and {next_number := min(label_numbers) + 1} not in numbers:
-            led = _caption_led_in(text, next_number, caption_end=_caption_lines(text)[1])
-        captions += [_labelled_caption(text)] if led is None else [_labelled_caption(text[: led[0]]), led[1]]
+            led = _caption_led_in(text, next_number, caption_end=caption_end)
+        captions += [caption] if led is None else [_labelled_caption(text[: led[0]]), led[1]]
     return captions
 
 
@@ -193,10 +195,10 @@ def _caption_led_in(text: str, number: int, caption_end: int | None = None) -> t
     line or a sentence and is followed by a caption of that image alone (`_caption_after_lead`); None if there is
     none. A model that labels one image may lead into the other in a sentence, labelling nothing.
 
-    `caption_end`, for a label's text: where the label's caption (`_caption_lines`) ends. A lead counts inside that
-    caption, or starting the first line after it; one further on is in a comment `_labelled_caption` leaves out
-    ("**Differences:**\n- Image 2 shows a dog instead."). Nor does a lead inside a quotation count ('"A cat. Image 2
-    shows a dog."', a double quote left open before it)."""
+    `caption_end`, for a label's text: where the label's caption (`_labelled_caption_and_end`) ends. A lead counts
+    inside that caption, or starting the first line after it; one further on is in a comment `_labelled_caption`
+    leaves out ("**Differences:**\n- Image 2 shows a dog instead."). Nor does a lead inside a quotation count ('"A
+    cat. Image 2 shows a dog."', a double quote left open before it)."""
     leads = [lead for pattern in (_IMAGE_LEAD, _SENTENCE_LEAD) for lead in pattern.finditer(text)]
     for lead in sorted(leads, key=lambda lead: lead.start()):
         before = text[: lead.start()]
