@@ -248,6 +248,7 @@ class MLLMJudge(LoadsFromVLM):
         # The prompt split into the part all candidate texts of an image share and the rest.
         self.prefix_text, self.suffix_template = self._split_prompt()
         self._special_tokens = special_token_pattern(self.prompt_encoder)
+        self._plain_suffix_runs = self._suffix_runs()
         self._special_ids = {tokenizer.convert_tokens_to_ids(token) for token in special_tokens(self.prompt_encoder)}
         self._plain_text_tokenizer = plain_text_tokenizer(tokenizer)
         if self._plain_text_tokenizer is not None and not all(
@@ -349,6 +350,8 @@ class MLLMJudge(LoadsFromVLM):
 
     def _tokenise_suffixes(self, suffixes: list[str]) -> list[list[int]]:
         """Token ids of each suffix as it follows the prefix: tokenised after `_suffix_lead`, whose ids are dropped."""
+        if not suffixes:  # (a tokenizer refuses an empty batch)
+            return []
         tokenizer = self.prompt_encoder.tokenizer
         lead = len(tokenizer(self._suffix_lead, add_special_tokens=False)["input_ids"]) if self._suffix_lead else 0
         encoded = tokenizer([self._suffix_lead + suffix for suffix in suffixes], add_special_tokens=False)["input_ids"]
@@ -393,30 +396,34 @@ class MLLMJudge(LoadsFromVLM):
 
         return special_count(self._plain_suffix_ids(text)) == special_count(self._empty_suffix_ids)
 
+    def _suffix_runs(self) -> list[tuple[int | None, list[str]]]:
+        """The suffix template cut at the special tokens of its own text, for `_plain_suffix_ids`: per run of text
+        between them, the id of the token before it (None for the run starting the suffix) and the template's text
+        around each place of the candidate text in the run (the run is that text joined by the candidate text)."""
+        tokenizer = self.prompt_encoder.tokenizer
+        runs: list[tuple[int | None, list[str]]] = [(None, [])]
+        for part in self._suffix_parts:
+            texts = self._special_tokens.split(part)
+            runs[-1][1].append(texts[0])  # the suffix's start, or the text after a place of the candidate text
+            tokens = self._special_tokens.findall(part)
+            runs += [(tokenizer.convert_tokens_to_ids(token), [text]) for token, text in zip(tokens, texts[1:])]
+        return runs
+
     def _plain_suffix_ids(self, text: str) -> list[int]:
         """Token ids of the prompt suffix for `text`, its special tokens' strings read as text: the suffix is cut at
-        the special tokens of the template's text alone, which stay tokens, and each run between them (one holds the
-        candidate text) is tokenised by `plain_text_tokenizer`; after `TEXT_MARK` where a token precedes the run in
-        the prompt, alone where the run starts the suffix, as `suffix_ids` tokenises it."""
-        pieces: list[tuple[str, bool]] = []  # (string, whether it is a special token of the template)
-        run = ""
-        for index, part in enumerate(self._suffix_parts):
-            run += text if index else ""
-            position = 0
-            for match in self._special_tokens.finditer(part):
-                pieces += [(run + part[position : match.start()], False), (match.group(), True)]
-                run, position = "", match.end()
-            run += part[position:]
-        pieces.append((run, False))
-        tokenizer = self.prompt_encoder.tokenizer
+        the special tokens of the template's text alone, which stay tokens (`_plain_suffix_runs`), and each run between
+        them (one holds the candidate text) is tokenised by `plain_text_tokenizer`; after `TEXT_MARK` where a token
+        precedes the run in the prompt, alone where the run starts the suffix, as `suffix_ids` tokenises it."""
         ids: list[int] = []
-        for position, (piece, is_token) in enumerate(pieces):
-            if is_token:
-                ids.append(tokenizer.convert_tokens_to_ids(piece))
-            elif piece and position == 0 and not self._suffix_lead:
-                ids += self._plain_text_tokenizer.encode(piece, add_special_tokens=False).ids
-            elif piece:
-                ids += self._plain_text_tokenizer.encode(TEXT_MARK + piece, add_special_tokens=False).ids[1:]
+        for token_id, template_texts in self._plain_suffix_runs:
+            if token_id is not None:
+                ids.append(token_id)
+            if not (run := text.join(template_texts)):
+                continue
+            if token_id is None and not self._suffix_lead:
+                ids += self._plain_text_tokenizer.encode(run, add_special_tokens=False).ids
+            else:
+                ids += self._plain_text_tokenizer.encode(TEXT_MARK + run, add_special_tokens=False).ids[1:]
         return ids
 
     def prefix_ids(self, images: EncodedImages, index: int) -> list[int]:
@@ -429,9 +436,12 @@ class MLLMJudge(LoadsFromVLM):
 
     def suffix_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of the prompt suffix for each candidate text (one batched tokenizer call); a text holding a special
-        token's string with its special tokens read as text where the judge can (`special_token_in`)."""
-        suffixes = self._tokenise_suffixes([self.suffix_template.format(text=text) for text in texts])
-        return [self._plain_suffix_ids(text) if self._read_as_plain_text(text) else ids for text, ids in zip(texts, suffixes)]
+        token's string with its special tokens read as text where the judge can (`special_token_in`), and then by
+        `_plain_suffix_ids` alone."""
+        plain = [self._read_as_plain_text(text) for text in texts]
+        others = [self.suffix_template.format(text=text) for text, is_plain in zip(texts, plain) if not is_plain]
+        tokenised = iter(self._tokenise_suffixes(others))
+        return [self._plain_suffix_ids(text) if is_plain else next(tokenised) for text, is_plain in zip(texts, plain)]
 
     def _read_as_plain_text(self, text: str) -> bool:
         """Whether `suffix_ids` tokenises `text` with `plain_text_tokenizer`: it holds a special token's string, and
