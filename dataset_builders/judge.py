@@ -12,6 +12,7 @@ they agree up to float rounding.
 from __future__ import annotations
 
 import inspect
+import pickle
 import re
 import reprlib
 import warnings
@@ -44,6 +45,12 @@ PROBE_TEXTS = ("a red circle", '"quoted"', "'s apostrophe", " leading space", ""
 
 DEFAULT_JUDGE_PROMPT = 'Does the image align with the text "{text}"? Answer Yes or No.'
 """The paper's judge question; the image comes first, as `<image>` does in the paper."""
+
+# Recorded with every pickled or copied `MLLMJudge` (`__getstate__`): raised whenever the judge gains an attribute or
+# one changes meaning, so that a judge pickled before, which lacks it or holds the old meaning, is refused when
+# unpickled (`__setstate__`) instead of failing midway or scoring otherwise than it did (what each raise changed:
+# `git log -G "JUDGE_STATE_VERSION = "`).
+JUDGE_STATE_VERSION = 1
 
 # The shared-prefix path holds an anchor's encoded image (its pixel values) until a batch of equally long prefixes
 # fills; at most this many batches' worth wait, so a shard of large images is not all held in memory at once.
@@ -264,10 +271,29 @@ class MLLMJudge(LoadsFromVLM):
         self._empty_suffix_ids = self.suffix_ids([""])[0]  # ("" is a probe: the plain-text reading's too)
         self._cache_keyword = cache_keyword(self.model.model)
 
+    def __getstate__(self) -> dict:
+        """What a pickle or a deep copy holds: the judge's attributes and the version of what they are
+        (`JUDGE_STATE_VERSION`)."""
+        return {**self.__dict__, "_state_version": JUDGE_STATE_VERSION}
+
     def __setstate__(self, state: dict) -> None:
         """Unpickled or deep-copied: `encode_special_tokens` is a flag of the `plain_text_tokenizer` copy that its
         serialisation leaves out, so it is set again (without it the copy read a text's "<|im_end|>" as that token,
-        and `special_token_in` and `suffix_ids` no longer agreed with the judge's)."""
+        and `special_token_in` and `suffix_ids` no longer agreed with the judge's).
+
+        A judge pickled under another `JUDGE_STATE_VERSION` is refused, with advice to build it again: one pickled
+        before the version was recorded lacks attributes this one reads, and filling them in would either change how
+        it scores (it skipped the rows of texts holding a special token's string and did not cut long texts, say) or
+        guess at what an older judge held."""
+        state = dict(state)
+        if (version := state.pop("_state_version", None)) != JUDGE_STATE_VERSION:
+            recorded = "none, pickled before judges recorded one" if version is None else version
+            raise pickle.UnpicklingError(
+                f"this MLLMJudge was pickled by another version of dataset_builders (judge state version {recorded}; "
+                f"this one restores {JUDGE_STATE_VERSION}): restored, it would lack or misread what this judge holds, "
+                "and fail or score otherwise than it did. Build the judge again (MLLMJudge.from_pretrained, or "
+                "MLLMJudge(model, tokenizer, image_processor)) instead of unpickling it"
+            )
         self.__dict__.update(state)
         if self._plain_text_tokenizer is not None:
             self._plain_text_tokenizer.encode_special_tokens = True

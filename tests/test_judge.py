@@ -993,6 +993,39 @@ def test_a_pickled_or_deep_copied_judge_still_reads_special_token_strings_as_tex
             assert copied.suffix_ids([text]) == judge.suffix_ids([text])
 
 
+@pytest.mark.parametrize(
+    "lacking",
+    [
+        ("_empty_suffix_ids",),  # pickled before 93e7a7f: unpickled, it failed in its first `score`
+        ("_plain_text_tokenizer", "_special_ids", "context_length", "_prefix_length_by_image_size",
+         "_empty_suffix_ids"),  # pickled before 2e4da6b: unpickling it failed
+    ],
+    ids=["a cache", "the text rules"],
+)
+def test_a_judge_pickled_by_an_older_judge_is_refused_with_advice_to_build_it_again(monkeypatch, lacking):
+    """A judge pickled before `__setstate__` knew its attributes lacked some this one reads: unpickling one without the
+    plain-text tokenizer failed in `__setstate__` with a bare AttributeError, and one without a cache later, in its
+    first `score`. Filling in the text rules would change its scores (it skipped the rows of texts holding a special
+    token's string and did not cut long texts), so it is refused, naming what to do."""
+    import pickle
+
+    judge = tiny_judge(seed=0)
+    # as an older judge pickled itself: its attributes then, and no state version
+    monkeypatch.setattr(
+        MLLMJudge, "__getstate__", lambda self: {name: value for name, value in vars(self).items() if name not in lacking}
+    )
+    pickled = pickle.dumps(judge)
+    monkeypatch.undo()
+    with pytest.raises(
+        pickle.UnpicklingError,
+        match=r"^this MLLMJudge was pickled by another version of dataset_builders \(judge state version none, pickled "
+        rf"before judges recorded one; this one restores {judge_module.JUDGE_STATE_VERSION}\).*Build the judge again "
+        r"\(MLLMJudge\.from_pretrained",
+    ):
+        pickle.loads(pickled)
+    assert pickle.loads(pickle.dumps(judge)).suffix_ids(SPECIAL_TEXTS) == judge.suffix_ids(SPECIAL_TEXTS)
+
+
 @pytest.mark.parametrize("legacy_normalizer", [False, True])
 def test_a_llama_judge_reads_a_bos_string_in_a_caption_as_text(legacy_normalizer):
     """ "the <s> key" was refused for Llama tokenizers, where "<s>" is the BOS; the builder skipped the row."""
