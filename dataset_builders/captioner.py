@@ -51,7 +51,7 @@ Qwen2-VL / Qwen2.5-VL Instruct ship top_k=1, top_p=0.001 and repetition_penalty=
 # read from answers by other rules: raised whenever `parse_captions` or the drop of a caption cut at `max_new_tokens`
 # (`_ends_inside`) reads some answer otherwise (what each raise changed: `git log -G "CAPTION_PARSER_VERSION = "`).
 # A work dir begun before it was recorded records none. Not raised for changes that read every answer as before.
-CAPTION_PARSER_VERSION = 1
+CAPTION_PARSER_VERSION = 2
 
 # A label "Image N:" or "Caption N:" ("Caption for Image N:", bold "**", a heading "#", a bullet or a list number
 # before it, a parenthesis such as "(anchor)" after it): at the start of a line with ":", ".", "-", an en or em dash
@@ -99,6 +99,7 @@ _SENTENCE_LEAD = re.compile(rf"(?<=[.!?])(?<!\b(?i:e\.g|i\.e)\.)[ \t]+{_LEAD}")
 _CAPTION_START = re.compile(r"[^\W_]|[\"'\u201c\u2018]")  # a letter, a digit or a quote, not ":" or "'s"
 _NUMBERED_LINE = re.compile(r"^[ \t]*(\d+)[.)][ \t]+(\S.*?)[ \t]*$")
 _SECTION_LINE = re.compile(r"^[\w ]{1,24}:")  # "Note: ...", "Difference: ...": not a caption's continuation
+_LABEL_SEPARATORS = ",;| "  # what separates a caption from the next label on the same line: no part of the caption
 
 
 def _labelled_caption(text: str) -> str:
@@ -122,8 +123,7 @@ def _labelled_caption_and_end(text: str) -> tuple[str, int]:
             break
         parts.append(line)
         caption_end = line_end
-    # without what separated it from the next label on the same line
-    return " ".join(parts).rstrip(",;| "), max(caption_end, 0)
+    return " ".join(parts).rstrip(_LABEL_SEPARATORS), max(caption_end, 0)
 
 
 def _images_named(text: str) -> set[int]:
@@ -252,9 +252,13 @@ def parse_captions(generated: str) -> list[str]:
 
 def _ends_inside(answer: str, caption: str) -> bool:
     """Whether an answer cut at the token limit ends inside `caption`, its last parsed caption: the answer ends with
-    it, and not at the end of a sentence. A cut in a label, a list number or a closing comment, which
-    `parse_captions` leaves out, leaves the caption whole."""
-    return " ".join(answer.split()).endswith(caption) and not caption.endswith((".", "!", "?"))
+    it (or with it and a separator it leaves out: "a blue car beside a tree," was cut in its sentence), and not at the
+    end of a sentence. A cut in a label, a list number or a closing comment, which `parse_captions` leaves out, leaves
+    the caption whole."""
+    return (
+        " ".join(answer.split()).rstrip(_LABEL_SEPARATORS).endswith(caption)
+        and not caption.endswith((".", "!", "?"))
+    )
 
 
 class ContrastiveCaptioner(LoadsFromVLM):

@@ -547,10 +547,15 @@ def test_a_label_beside_a_lead_into_the_other_image_gives_both_captions(answer, 
     "Image 1 shows a red cube.\nImage 2 shows Mt. Fuji beh",
     "Image 1 shows a red cube.\nImage 2 shows a blue cube. The colours diffe",
     "Image 1: a red cube. Image 2 shows a blu",  # a lead beside a label
+    # cut right after a separator that the caption leaves out
+    "Image 1: a red cube.\nImage 2: a blue cube beside a ball,",
+    "Image 1: a red cube.\nImage 2: a blue cube beside a ball; ",
+    "Image 1 shows a red cube.\nImage 2 shows a blue cube beside a ball,",
 ])
-def test_a_lead_caption_cut_at_max_new_tokens_is_dropped(monkeypatch, answer):
+def test_a_caption_cut_at_max_new_tokens_before_its_sentence_ends_is_dropped(monkeypatch, answer):
     """A caption goes on to the end of its line, so a cut after one of its ". " is inside it: cut at "Mt.", the caption
-    hid the cut and was kept."""
+    hid the cut and was kept. So was one cut right after a "," or a ";", which a caption leaves out (it separates labels
+    on one line): the answer did not end with the caption."""
     captioner = tiny_captioner(seed=0, num_samples=1, batch_size=1)
     monkeypatch.setattr(captioner, "_generate", lambda pairs: [(answer, False)])
     with pytest.warns(UserWarning, match="reached max_new_tokens"):
