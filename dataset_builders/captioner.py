@@ -100,6 +100,7 @@ _CAPTION_START = re.compile(r"[^\W_]|[\"'\u201c\u2018]")  # a letter, a digit or
 _NUMBERED_LINE = re.compile(r"^[ \t]*(\d+)[.)][ \t]+(\S.*?)[ \t]*$")
 _SECTION_LINE = re.compile(r"^[\w ]{1,24}:")  # "Note: ...", "Difference: ...": not a caption's continuation
 _LABEL_SEPARATORS = ",;| "  # what separates a caption from the next label on the same line: no part of the caption
+_CUT_CLAUSE_ENDS = ",; "  # where an answer cut at the token limit ends mid-sentence, as after a word
 
 
 def _labelled_caption(text: str) -> str:
@@ -252,11 +253,13 @@ def parse_captions(generated: str) -> list[str]:
 
 def _ends_inside(answer: str, caption: str) -> bool:
     """Whether an answer cut at the token limit ends inside `caption`, its last parsed caption: the answer ends with
-    it (or with it and a separator it leaves out: "a blue car beside a tree," was cut in its sentence), and not at the
-    end of a sentence. A cut in a label, a list number or a closing comment, which `parse_captions` leaves out, leaves
-    the caption whole."""
+    it, a "," or ";" after either aside ("a blue car beside a tree," was cut in its sentence, whether its caption
+    leaves the "," out, as a label's does, or keeps it, as a list item's does), and not at the end of a sentence. A cut
+    in a label, a list number or a closing comment, which `parse_captions` leaves out, leaves the caption whole; so does
+    one after a "|", which closes a table's cell."""
+    caption = caption.rstrip(_CUT_CLAUSE_ENDS)
     return (
-        " ".join(answer.split()).rstrip(_LABEL_SEPARATORS).endswith(caption)
+        " ".join(answer.split()).rstrip(_CUT_CLAUSE_ENDS).endswith(caption)
         and not caption.endswith((".", "!", "?"))
     )
 

@@ -366,6 +366,7 @@ def test_the_last_caption_of_an_answer_cut_at_max_new_tokens_is_dropped(monkeypa
     ("Image 1: a red car\nImage 2: The car is blue.", ["a red car", "The car is blue."]),
     ("Image 1: Is the car red?\nImage 2: What a blue car!", ["Is the car red?", "What a blue car!"]),
     ("Image 1 shows a red car.\nImage 2 shows a blue car.\nThe colours diffe", ["a red car.", "a blue car."]),
+    ("Image 1: a red car | Image 2: a blue car |", ["a red car", "a blue car"]),  # a "|" closes a table's cell
 ])
 def test_a_cut_that_falls_after_the_last_caption_keeps_it(monkeypatch, answer, captions):
     """The cut can fall in a label, a list number or a closing comment that parsing leaves out, or right after a
@@ -551,11 +552,13 @@ def test_a_label_beside_a_lead_into_the_other_image_gives_both_captions(answer, 
     "Image 1: a red cube.\nImage 2: a blue cube beside a ball,",
     "Image 1: a red cube.\nImage 2: a blue cube beside a ball; ",
     "Image 1 shows a red cube.\nImage 2 shows a blue cube beside a ball,",
+    "1. a red cube.\n2. a blue cube beside a ball,",  # a list item's caption keeps its ","
+    "1. a red cube.\n2. a blue cube beside a ball;",
 ])
 def test_a_caption_cut_at_max_new_tokens_before_its_sentence_ends_is_dropped(monkeypatch, answer):
     """A caption goes on to the end of its line, so a cut after one of its ". " is inside it: cut at "Mt.", the caption
-    hid the cut and was kept. So was one cut right after a "," or a ";", which a caption leaves out (it separates labels
-    on one line): the answer did not end with the caption."""
+    hid the cut and was kept. So was one cut right after a "," or a ";", which a label's caption leaves out (it separates
+    labels on one line) and a list item's keeps: the answer did not end with the caption."""
     captioner = tiny_captioner(seed=0, num_samples=1, batch_size=1)
     monkeypatch.setattr(captioner, "_generate", lambda pairs: [(answer, False)])
     with pytest.warns(UserWarning, match="reached max_new_tokens"):
