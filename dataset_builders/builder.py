@@ -135,6 +135,38 @@ class DamagedCheckpoint(WorkDirMismatch):
         super().__init__(f"{path} cannot be read ({type(error).__name__}: {detail}): {advice}")
 
 
+def process_rank(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """This process's rank and the number of processes building: `rank` and `world_size` where given, else the
+    environment variables RANK and WORLD_SIZE that a launcher (torchrun, `accelerate launch`) sets (0 and 1 without
+    one). A ValueError naming them and their values, before any work, for a variable that is not an integer and for a
+    rank outside [0, world_size): such a rank builds no shard, and its peers would wait for it until they time out."""
+    from_environment = []
+    if rank is None:
+        rank = _launcher_variable("RANK", 0)
+        from_environment.append(f"RANK={os.environ.get('RANK', '(unset)')}")
+    if world_size is None:
+        world_size = _launcher_variable("WORLD_SIZE", 1)
+        from_environment.append(f"WORLD_SIZE={os.environ.get('WORLD_SIZE', '(unset)')}")
+    if not 0 <= rank < world_size:
+        launcher = (f", read from the environment variables {' and '.join(from_environment)}: each of WORLD_SIZE "
+                    "processes needs its own RANK, 0 to WORLD_SIZE - 1, as torchrun and accelerate launch set them"
+                    if from_environment else "")
+        raise ValueError(f"rank {rank} is not in [0, world_size={world_size}){launcher}")
+    return rank, world_size
+
+
+def _launcher_variable(name: str, default: int) -> int:
+    """The integer in environment variable `name` (RANK, WORLD_SIZE), `default` where it is unset."""
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"the environment variable {name}={text!r} is not an integer (a launcher such as torchrun "
+                         "or accelerate launch sets RANK and WORLD_SIZE: unset them, or set them to integers)") from None
+
+
 @dataclass
 class MaplePreferencesConfig(datasets.BuilderConfig):
     """How a preference dataset is built (MAPLE, arXiv 2506.06970, section 3.2); each field's `help` says what it
@@ -683,10 +715,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             raise ValueError(problem)
         self.work_dir = expanded_path(work_dir)  # as `datasets` expands cache_dir, and folder_problem checked it
         check_outside_source(self.config.source, work_dir=self.work_dir, cache_dir=self._cache_dir_root)
-        self.rank = int(os.environ.get("RANK", 0)) if rank is None else rank
-        self.world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
-        if not 0 <= self.rank < self.world_size:
-            raise ValueError(f"rank {self.rank} is not in [0, world_size={self.world_size})")
+        self.rank, self.world_size = process_rank(rank, world_size)
         self.progress = progress
         self.wait_timeout = wait_timeout
         self._source: datasets.Dataset | None = None

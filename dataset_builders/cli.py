@@ -36,7 +36,7 @@ from maple.cli import (
 from maple.files import expanded_path, folder_problem
 from maple.hub import repo_id_problem
 
-from .builder import MaplePreferences, MaplePreferencesConfig, WorkDirMismatch
+from .builder import MaplePreferences, MaplePreferencesConfig, WorkDirMismatch, process_rank
 from .miner import MinerInputError, MinerOutputError, check_semdedup_clusters
 from .scoring import CaptionerOutputError, JudgeOutputError
 from .sources import SourceError, check_outside_source, open_source
@@ -372,6 +372,7 @@ def _build(args: argparse.Namespace, given: set[str]) -> int:
     made: list[str] = []  # the folders made for the source's cache, deepest first: removed if the build stops empty
     try:
         # Configuration, source and model errors stop here, before any file is written.
+        rank, world_size = process_rank()  # the launcher's RANK and WORLD_SIZE
         config = next(config for config in MaplePreferences.BUILDER_CONFIGS if config.name == args.config)
         config = MaplePreferencesConfig(**{**config.__dict__, **overrides, "source": args.source})
         for name, folder in (("--output-dir", output_dir), ("--output-dir's work folder", work_dir),
@@ -412,6 +413,8 @@ def _build(args: argparse.Namespace, given: set[str]) -> int:
         source=args.source,
         cache_dir=cache_dir,
         work_dir=work_dir,
+        rank=rank,
+        world_size=world_size,
         progress=not args.no_progress,
         token=args.token,
         **overrides,

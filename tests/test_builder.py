@@ -504,7 +504,18 @@ def test_a_rank_outside_the_world_is_refused_when_the_builder_is_made(tmp_path, 
         MaplePreferences(config_name="paper", cache_dir=str(tmp_path / "cache"), rank=rank, world_size=2)
     monkeypatch.setenv("RANK", str(rank))
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ValueError, match=rf"rank {rank} is not in \[0, world_size=2\)"):
+    with pytest.raises(ValueError, match=rf"rank {rank} is not in \[0, world_size=2\), read from the environment "
+                                         rf"variables RANK={rank} and WORLD_SIZE=2"):
+        MaplePreferences(config_name="paper", cache_dir=str(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("variable, value", [("RANK", "abc"), ("WORLD_SIZE", "2.0"), ("RANK", "")])
+def test_a_launcher_variable_that_is_no_integer_is_named_when_the_builder_is_made(tmp_path, monkeypatch, variable, value):
+    """It was int()'s `invalid literal for int() with base 10`, which named neither the variable nor the launcher."""
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValueError, match=rf"the environment variable {variable}={value!r} is not an integer"):
         MaplePreferences(config_name="paper", cache_dir=str(tmp_path / "cache"))
 
 

@@ -98,6 +98,26 @@ def test_configuration_errors_stop_before_any_work(source_file, tmp_path, capsys
 
 
 @pytest.mark.parametrize(
+    "rank, world_size, problem",
+    [("2", "2", "rank 2 is not in [0, world_size=2), read from the environment variables RANK=2 and WORLD_SIZE=2"),
+     ("-1", "2", "rank -1 is not in [0, world_size=2), read from the environment variables RANK=-1 and WORLD_SIZE=2"),
+     ("0", "0", "rank 0 is not in [0, world_size=0), read from the environment variables RANK=0 and WORLD_SIZE=0"),
+     ("one", "2", "the environment variable RANK='one' is not an integer"),
+     ("0", "two", "the environment variable WORLD_SIZE='two' is not an integer")],
+)
+def test_a_launcher_rank_outside_its_world_is_a_one_line_error_before_any_work(source_file, tmp_path, capsys, monkeypatch,
+                                                                                rank, world_size, problem):
+    """Each was a traceback once the models had loaded (a ValueError from int(), or the builder's rank check)."""
+    monkeypatch.setattr(cli, "_load_components", lambda *args: pytest.fail("models were loaded"))
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("WORLD_SIZE", world_size)
+    out = tmp_path / "out"
+    assert cli.main([source_file, "--output-dir", str(out), *STAND_INS]) == 2
+    assert problem in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
     "option, value", [("--num-samples", "0"), ("--temperature", "0"), ("--judge-batch-size", "0"), ("--max-new-tokens", "-1"),
                       ("--max-pixels", "0"), ("--temperature", "nan"), ("--temperature", "inf")]
 )
