@@ -1007,6 +1007,17 @@ def test_an_empty_out_is_refused_before_it_becomes_the_current_folder(tmp_path, 
     assert not list(tmp_path.iterdir())
 
 
+def test_an_empty_out_is_refused_by_the_demo_config_too_but_the_current_folder_is_taken(tmp_path, monkeypatch):
+    """From Python, DemoConfig(out="") was Path(""), the current folder, which the run filled."""
+    from maple.demo.pipeline import DemoConfig
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"out is empty; expected a folder \(created if missing\)"):
+        DemoConfig(out="")
+    assert DemoConfig(out=".").out == Path(".")  # named on purpose
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_foreign_folder_is_refused(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(SystemExit):

@@ -157,9 +157,13 @@ class DemoConfig:
     )
 
     def __post_init__(self) -> None:
+        problems = []
+        # Refused while it is text: as a Path, "" (an unset variable) is ".", the current folder, which the run would
+        # then fill; `out=Path(".")` names it on purpose. (`maple demo --out ""` is refused as it is parsed.)
+        if not os.fspath(self.out):
+            problems.append("out is empty; expected a folder (created if missing)")
         # "~/x" as typed in `--out=~/x`, which the shell leaves alone: every writer must see the folder the checks see
         object.__setattr__(self, "out", expanded_path(self.out))
-        problems = []
         if self.backbone not in BACKBONES:
             problems.append(f"unknown backbone {self.backbone!r}: expected one of {', '.join(BACKBONES)}")
         if self.miner not in MINERS:
