@@ -12,13 +12,16 @@ from pathlib import Path
 from typing import Any
 
 
-# How `push_to_hub` names a split's files, in `data/` or in a config's folder: "test_hard-00000-of-00001.parquet"
-_SPLIT_SHARD_NAME = re.compile(r"^(\w+(?:\.\w+)*)-\d{5}-of-\d{5}\.")
+# How `push_to_hub` names a split's files, in `data/` or in a config's folder: "test_hard-00000-of-00001.parquet", and
+# in older `datasets` releases (from 2.3) with the shard's fingerprint (16 hex digits) last:
+# "test_hard-00000-of-00001-a3f1c0de5b7e9d24.parquet"
+_SPLIT_SHARD_NAME = re.compile(r"^(\w+(?:\.\w+)*)-\d{5}-of-\d{5}(?:-[0-9a-f]{16})?\.")
 
 
 def shard_split(name: str) -> str | None:
     """The split a file named as `push_to_hub` names a split's shards belongs to ("test_hard" for
-    "test_hard-00000-of-00001.parquet"), None for another name."""
+    "test_hard-00000-of-00001.parquet", and for the older "test_hard-00000-of-00001-a3f1c0de5b7e9d24.parquet"), None
+    for another name."""
     return shard.group(1) if (shard := _SPLIT_SHARD_NAME.match(name)) else None
 
 

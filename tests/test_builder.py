@@ -1183,16 +1183,19 @@ def test_a_config_folder_given_is_read_by_its_files_not_by_its_name(tmp_path):
     ("paper", ("train", "train_extra")),
     (".", ("train", "test_hard")),
 ], ids=["test-hard", "test-and-test-hard", "train-extra", "config-folder-given"])
-def test_a_configs_shard_of_a_custom_split_is_read_by_its_name_or_refused_never_merged(tmp_path, config, splits):
+@pytest.mark.parametrize("name_end", ["", "-a3f1c0de5b7e9d24"], ids=["shard", "older-fingerprinted-shard"])
+def test_a_configs_shard_of_a_custom_split_is_read_by_its_name_or_refused_never_merged(tmp_path, config, splits, name_end):
     """A snapshot of `push_to_hub(config_name="paper")` without its README.md: `datasets` reads
     paper/test_hard-00000-of-00001.parquet as "test" (and train_extra as "train"), and `maple train` merged it into
     that split, evaluating, or training, on its rows (found by a review), where `from_pretrained` reads it by its name.
     `maple train` refuses it, naming the file, both splits and the fix, which trains: the card, or the files in
-    data/."""
+    data/. Older `datasets` releases ended each shard's name with the shard's fingerprint
+    (test_hard-00000-of-00001-a3f1c0de5b7e9d24.parquet), which `datasets` still reads in data/ as its split: such
+    names were not known as shards, so `from_pretrained` too read test_hard as "test", and `maple train` merged it."""
     from trainer.cli import DataArguments, TrainingInputError, load_preference_splits
 
     snapshot = tmp_path / "snapshot"
-    paths = {split: os.path.normpath(os.path.join(config, f"{split}-00000-of-00001.parquet")) for split in splits}
+    paths = {split: os.path.normpath(os.path.join(config, f"{split}-00000-of-00001{name_end}.parquet")) for split in splits}
     ids = _write_rows(snapshot, {path: (row, row + 1) for row, path in enumerate(paths.values())})
     for split, path in paths.items():
         assert MaplePreferences.from_pretrained(str(snapshot), split=split)["id"] == ids[path]
@@ -1204,7 +1207,7 @@ def test_a_configs_shard_of_a_custom_split_is_read_by_its_name_or_refused_never_
         f"--dataset_name {snapshot}: datasets reads {paths[custom]} as split {keyword!r}, not as split "
         f"{custom!r}, which its name gives as push_to_hub names a split's shards: without the README.md whose configs "
         "name each split's files, datasets reads a shard's own split name only in data/; add the dataset's README.md, "
-        f"or move the config's files into a folder data/ (data/{custom}-00000-of-00001.parquet) "
+        f"or move the config's files into a folder data/ (data/{custom}-00000-of-00001{name_end}.parquet) "
         "(MaplePreferences.from_pretrained reads them as they are)"
     )
     (snapshot / "data").mkdir()
