@@ -5,13 +5,20 @@ divide into configs and splits is `maple.dataset_layout`'s."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 
 def changed_entries(saved: Any, current: Any, name: str = "") -> list[tuple[str, Any, Any]]:
@@ -107,15 +114,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
     """`write` a temporary file beside `path` (named `<name>.tmp-<pid>-<thread>`: processes and threads that write
     the same file each have their own), sync it to disk and rename it to `path`: the file is whole or absent, even
     after a crash of the machine (a rename alone can reach the disk before the data). A `write` that raises leaves
-    no temporary file behind."""
+    no temporary file behind; one of a killed writer is left, and `remove_abandoned_temporaries` removes it."""
     path = Path(path)
-    temporary = _temporary_beside(path)
-    try:
-        _write_synced(temporary, write)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    with _locked_temporary_beside(path) as temporary:
+        try:
+            _write_synced(temporary, write)
+            os.replace(temporary, path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
 
 
 def _write_synced(temporary: Path, write: Callable[[Path], None]) -> None:
@@ -132,6 +139,77 @@ def _temporary_beside(path: Path) -> Path:
     return path.with_name(f"{name}.tmp-{os.getpid()}-{threading.get_ident()}")
 
 
+# The temporary files `_temporary_beside` names
+_TEMPORARY_NAME = re.compile(r"\.tmp-\d+-\d+$")
+
+
+@contextlib.contextmanager
+def _locked_temporary_beside(path: Path) -> Iterator[Path]:
+    """`_temporary_beside(path)`, created empty and locked (`flock`) while the block writes it: the lock, which the
+    system releases however its holder ends, tells `remove_abandoned_temporaries` a file being written from one that a
+    killed writer left. Without `flock` (Windows, where a file held open cannot be renamed, or a file system that
+    refuses it) the file is written unlocked, and is never taken for abandoned."""
+    temporary = _temporary_beside(path)
+    if fcntl is None:
+        yield temporary
+        return
+    while True:
+        descriptor = os.open(temporary, os.O_RDWR | os.O_CREAT, 0o666)
+        if not _locked(descriptor, wait=True) or _still_named(descriptor, temporary):
+            break
+        # a remover took the file (left by a killed writer of this pid and thread) between the open and the lock
+        os.close(descriptor)
+    try:
+        yield temporary
+    finally:
+        os.close(descriptor)  # (after the rename: the file is the target's then)
+
+
+def _locked(descriptor: int, *, wait: bool) -> bool:
+    """Whether an exclusive `flock` on the open file `descriptor` is taken (waiting for it if `wait`); False where it
+    is held by another, or where the file system has no such locks."""
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except OSError:  # held by another (BlockingIOError), or no locks on this file system
+        return False
+    return True
+
+
+def _still_named(descriptor: int, path: Path) -> bool:
+    """Whether `path` still names the file open as `descriptor`."""
+    try:
+        return os.path.samestat(os.fstat(descriptor), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def remove_abandoned_temporaries(folder: str | os.PathLike, pattern: str = "*", *, recursive: bool = False) -> list[Path]:
+    """Remove the temporary files that writers killed mid-write (`atomic_write`, `created_once`) left in `folder` (and
+    in every folder below it if `recursive`) for the files that `pattern` (a glob) names, and return their paths; a
+    resumed job calls it, as they are never renamed into place, and a checkpoint's may be large. One that a live
+    process is writing holds a lock (`flock`) and is kept, whether that process runs on this machine or on another
+    that shares the folder over a file system whose locks all its machines see (NFS's); so is every one where the file
+    system has no locks. (A mount whose locks are local to each machine, as Lustre's `localflock`, would show another
+    machine's writer as gone.)"""
+    removed = []
+    if fcntl is None:  # no file is locked: none can be told abandoned
+        return removed
+    for temporary in Path(folder).glob(f"**/{pattern}.tmp-*" if recursive else f"{pattern}.tmp-*"):
+        if not _TEMPORARY_NAME.search(temporary.name):
+            continue
+        try:
+            descriptor = os.open(temporary, os.O_RDWR)  # (write access: NFS locks a file only open for writing)
+        except OSError:  # gone meanwhile (its writer renamed it), or not ours to open
+            continue
+        try:
+            if _locked(descriptor, wait=False) and _still_named(descriptor, temporary):
+                temporary.unlink(missing_ok=True)
+                removed.append(temporary)
+        finally:
+            os.close(descriptor)
+    return removed
+
+
 # What `os.link` raises on a filesystem without hard links
 NO_HARD_LINKS = (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS)
 
@@ -143,20 +221,20 @@ def created_once(path: str | os.PathLike, text: str) -> str:
     renamed into place instead, whole, but there the last of writers racing wins."""
     path = Path(path)
     if not path.exists():
-        temporary = _temporary_beside(path)
-        try:
-            _write_synced(temporary, lambda file: file.write_text(text, encoding="utf-8"))
+        with _locked_temporary_beside(path) as temporary:
             try:
-                os.link(temporary, path)
-            except FileExistsError:
-                pass
-            except OSError as error:
-                if error.errno not in NO_HARD_LINKS:
-                    raise
-                if not path.exists():
-                    os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
+                _write_synced(temporary, lambda file: file.write_text(text, encoding="utf-8"))
+                try:
+                    os.link(temporary, path)
+                except FileExistsError:
+                    pass
+                except OSError as error:
+                    if error.errno not in NO_HARD_LINKS:
+                        raise
+                    if not path.exists():
+                        os.replace(temporary, path)
+            finally:
+                temporary.unlink(missing_ok=True)
     return path.read_text(encoding="utf-8")
 
 

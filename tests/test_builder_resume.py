@@ -127,8 +127,11 @@ def test_sigkill_mid_build_then_rerun_equals_uninterrupted_build(source_file, un
 
 def test_a_rerun_removes_the_half_written_checkpoints_of_a_killed_run(source_file, uninterrupted, tmp_path):
     """Temporary files of a killed run's checkpoints (an embedding part's can be tens of MB) stayed in the work dir
-    forever; only half-written shards went (found by a bug hunt). Files that a rank may still be writing once every
-    shard exists (stats.json, and inputs.json and embeddings.pt, which every rank writes) stay."""
+    forever; only half-written shards went (found by a bug hunt). Then those of inputs.json, embeddings.pt (gigabytes)
+    and stats.json stayed, which a slow rank may be writing still: the writer's lock (`maple.files.atomic_write`)
+    now tells them apart, and a file being written stays."""
+    import fcntl
+
     builder = _builder(source_file, tmp_path)
     builder.build_shards()
     work = tmp_path / "work"
@@ -139,13 +142,20 @@ def test_a_rerun_removes_the_half_written_checkpoints_of_a_killed_run(source_fil
         "embeddings-0-of-1.pt.tmp-11-22",
         "anchors.json.tmp-11-22",
         "shards/shard-000000-000004.parquet.tmp-11-22",
+        "stats.json.tmp-11-22",
+        "inputs.json.tmp-11-22",
+        "embeddings.pt.tmp-11-22",
+        "manifest.json.tmp-11-22",
     ]
-    kept = ["stats.json.tmp-11-22", "inputs.json.tmp-11-22", "embeddings.pt.tmp-11-22"]
-    for name in [*killed, *kept]:
+    for name in killed:
         (work / name).write_bytes(b"half")
-    assert _final_table(_builder(source_file, tmp_path)).equals(uninterrupted)
+    being_written = work / "embeddings.pt.tmp-33-44"
+    being_written.write_bytes(b"half")
+    with open(being_written, "rb+") as writer:
+        fcntl.flock(writer, fcntl.LOCK_EX)  # as a rank writing it holds it
+        assert _final_table(_builder(source_file, tmp_path)).equals(uninterrupted)
     assert [name for name in killed if (work / name).exists()] == []
-    assert [name for name in kept if (work / name).exists()] == kept
+    assert being_written.exists()
 
 
 def test_two_processes_build_the_same_rows_as_one(source_file, uninterrupted, tmp_path):

@@ -148,8 +148,13 @@ def test_a_rerun_resumes_without_redoing_finished_stages(demo_out, capsys):
     # as an earlier run with --push-to-hub leaves it: the push belongs to that run, and was reported by every later
     # one, in results.md and the summary (found by a review helper)
     (demo_out / "timings.json").write_text(json.dumps(first_timings | {"push to hub": 2.0}))
+    # what writers killed mid-write left, never to be renamed into place (they stayed forever)
+    abandoned = [demo_out / "results.json.tmp-11-22", result_files[0].with_name("result.json.tmp-11-22")]
+    for path in abandoned:
+        path.write_text("half")
     capsys.readouterr()
     assert main(["--out", str(demo_out), *QUICK]) == 0
+    assert not [path for path in abandoned if path.exists()]
     assert "push to hub" not in capsys.readouterr().out + (demo_out / "results.md").read_text()
     assert [path.stat().st_mtime_ns for path in result_files + checkpoints] == stamps
     # --no-progress left the libraries' bars off for the rest of the process (a later test expecting them failed)
@@ -1016,6 +1021,26 @@ def test_an_empty_out_is_refused_by_the_demo_config_too_but_the_current_folder_i
         DemoConfig(out="")
     assert DemoConfig(out=".").out == Path(".")  # named on purpose
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no flock: no temporary file can be told abandoned")
+def test_a_folder_holding_only_the_half_written_claim_of_a_killed_run_is_taken(tmp_path):
+    """A run killed as it wrote run.json left its temporary file, and every rerun refused the folder as "not empty and
+    holds no demo run". One being written (by a run claiming the folder at the same time) is no leftover."""
+    import fcntl
+
+    from maple.demo.pipeline import RUN_FILE, DemoConfig, claim_output_folder
+
+    out = tmp_path / "out"
+    out.mkdir()
+    claiming = out / f"{RUN_FILE}.tmp-33-44"
+    claiming.write_text("half")
+    with open(claiming, "rb+") as writer:
+        fcntl.flock(writer, fcntl.LOCK_EX)
+        with pytest.raises(ValueError, match="is not empty and holds no demo run"):
+            claim_output_folder(DemoConfig(out=out, quick=True))
+    claim_output_folder(DemoConfig(out=out, quick=True))
+    assert [path.name for path in out.iterdir()] == [RUN_FILE]
 
 
 def test_a_foreign_folder_is_refused(tmp_path, capsys):

@@ -4,6 +4,8 @@
 import errno
 import json
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -140,6 +142,51 @@ def test_atomic_write_leaves_no_temporary_file_when_writing_fails_and_takes_the_
     longest = tmp_path / ("é" * 120 + ".json")  # 245 bytes
     atomic_write_text(longest, "{}")
     assert [path.name for path in tmp_path.iterdir()] == [longest.name] and longest.read_text() == "{}"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no flock: no temporary file can be told abandoned")
+def test_a_killed_writers_temporary_file_is_removed_and_a_live_writers_is_kept(tmp_path):
+    """A writer killed mid-write left `<name>.tmp-<pid>-<thread>` behind forever: the builder removed only some of its
+    work dir's, once every shard was there, and a killed embeddings.pt's (gigabytes) stayed (found by a bug hunt). The
+    writer's lock tells them apart, which the system drops with the killed process."""
+    from maple.files import remove_abandoned_temporaries
+
+    killed_writer = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from maple.files import atomic_write\n"
+        "def write(temporary):\n"
+        "    temporary.write_text('half')\n"
+        "    print('writing', flush=True)\n"
+        "    time.sleep(600)\n"
+        f"atomic_write({str(tmp_path / 'embeddings.pt')!r}, write)\n"
+    )], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert killed_writer.stdout.readline() == "writing\n"
+    (abandoned,) = tmp_path.glob("embeddings.pt.tmp-*")
+    assert remove_abandoned_temporaries(tmp_path) == []  # still being written
+    killed_writer.kill()
+    killed_writer.wait()
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "result.json.tmp-11-22").write_text("half")  # left by a writer from before the locks
+    (tmp_path / "notes.tmp-draft").write_text("not a temporary file of ours")
+    assert remove_abandoned_temporaries(tmp_path) == [abandoned]
+    assert remove_abandoned_temporaries(tmp_path, recursive=True) == [tmp_path / "runs" / "result.json.tmp-11-22"]
+    assert sorted(path.name for path in tmp_path.rglob("*")) == ["notes.tmp-draft", "runs"]
+
+    writing, finish = threading.Event(), threading.Event()
+
+    def write(temporary):
+        temporary.write_text("whole")
+        writing.set()
+        finish.wait(60)
+
+    live_writer = threading.Thread(target=atomic_write, args=(tmp_path / "stats.json", write))
+    live_writer.start()
+    assert writing.wait(60)
+    assert remove_abandoned_temporaries(tmp_path) == []
+    finish.set()
+    live_writer.join()
+    assert (tmp_path / "stats.json").read_text() == "whole"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["notes.tmp-draft", "runs", "stats.json"]
 
 
 def test_a_file_created_once_holds_the_first_writers_text_for_every_process(tmp_path):

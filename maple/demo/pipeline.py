@@ -43,7 +43,15 @@ import datasets
 import torch
 from tqdm.auto import tqdm
 
-from ..files import atomic_write, atomic_write_json, atomic_write_text, changed_entries, expanded_path, folder_problem
+from ..files import (
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    changed_entries,
+    expanded_path,
+    folder_problem,
+    remove_abandoned_temporaries,
+)
 from ..hub import hub_failure, repo_id_problem
 from . import BACKBONES, MINERS  # the choices of `maple demo`, where its --help reads them without torch
 from .report import results_markdown, write_report
@@ -236,6 +244,8 @@ def claim_output_folder(config: DemoConfig) -> None:
     out, path, identity = config.out, config.out / RUN_FILE, config.identity()
     if problem := folder_problem(out, "--out"):
         raise ValueError(problem)
+    if out.is_dir():  # a run killed as it claimed the folder left half its run.json, which made it "not empty"
+        remove_abandoned_temporaries(out, RUN_FILE)
     if path.exists():
         stored = _read_json_file(path, "a demo run")
         # an older demo's run of a real judge holds its unused noise: compared with a run of a real judge, it is left out
@@ -560,6 +570,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
 def _run_stages(config: DemoConfig) -> DemoResult:
     """The stages of `run_demo`, each skipped where `config.out` holds its outputs."""
     out = config.out
+    remove_abandoned_temporaries(out, recursive=True)  # what a killed run's writers left, never to be renamed into place
     # A rerun times only the stages it does; the others keep the times of the run that did them.
     earlier_seconds = (
         _read_json_file(out / TIMINGS_FILE, "the demo's stage times", "delete it and rerun (only the times are lost)")
