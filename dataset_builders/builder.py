@@ -909,7 +909,9 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 )
             if not path.exists():
                 self.work_dir.mkdir(parents=True, exist_ok=True)
-                atomic_write_json(path, current, sort_keys=True)
+                # written once: of two builds that find no manifest at once, the second reads the first's and is
+                # refused if its recipe differs (renamed into place, the last manifest won, and both builds went on)
+                created_once(path, json.dumps(current, indent=2, sort_keys=True))
         saved = _read_json(path, advice=f"the recipe of the checkpoints beside it is unknown: delete {self.work_dir} to start over")
         saved_version = saved.get("manifest_version", 1)
         if saved_version != MANIFEST_VERSION:

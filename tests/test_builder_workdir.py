@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+from pathlib import Path
 
 import datasets
 import pyarrow.parquet as pq
@@ -129,6 +130,24 @@ def test_the_manifest_records_the_recipe_and_other_ranks_share_it(tmp_path):
     assert manifest["source_fingerprint"] == colour_square_source()._fingerprint
     # A different world size splits the same shards differently: it is not part of the recipe.
     assert _builder(tmp_path, rank=1, world_size=2).build_shards().reused == [1]
+
+
+def test_of_two_recipes_claiming_an_empty_work_dir_at_once_the_second_is_refused(tmp_path, monkeypatch):
+    """Both found no manifest, and each wrote its own (renamed into place, the last won): the first then read its own
+    back, the second too, and both built in one work dir, mixing their checkpoints and shards."""
+    first, second = _builder(tmp_path), _builder(tmp_path, num_hard_negatives=2)
+    make_folder = Path.mkdir
+
+    def second_claims_meanwhile(folder, *args, **kwargs):
+        # the first build found no manifest and is about to write its own: the second claims the work dir then
+        monkeypatch.setattr(Path, "mkdir", make_folder)
+        second.check_work_dir()
+        return make_folder(folder, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", second_claims_meanwhile)
+    with pytest.raises(WorkDirMismatch, match=r"num_hard_negatives: 2 in the work dir, 3 now"):
+        first.check_work_dir()
+    assert json.loads((tmp_path / "work" / "manifest.json").read_text())["num_hard_negatives"] == 2
 
 
 @pytest.mark.parametrize("checkpoint", ["manifest.json", "inputs.json", "stats.json"])
