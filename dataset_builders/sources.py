@@ -281,6 +281,14 @@ def load_source(
     except (ValueError, OSError) as error:
         from maple.hub import dataset_read_problem, local_typo_hint
 
+        if offline and name is not None and str(error).startswith("Couldn't find cache"):
+            # datasets lists the configs cached by their config ids, `load_source`'s ending in its readings' names
+            cached = sorted({info["config_name"] for info in _cached_dataset_infos(source, cache_dir).values()})
+            raise SourceError(
+                f"source {source}: the Hub is offline and its config {name!r} is not cached"
+                + (f" (its cached configs are {cached})" if cached else "")
+                + ": read it online first, or name a cached config with source_config= (CLI --source-config)"
+            ) from None
         problem = dataset_read_problem(error, source, token)
         if "Config name is missing" in problem:  # `datasets`' advice is a `load_dataset` call
             problem = f"{problem.split('Example of usage')[0].strip()}: name it with source_config= (CLI --source-config)"
@@ -367,13 +375,9 @@ def _text_cells_cache(
     would read a plain load_dataset's beside it, its metadata.csv read with pandas' defaults), and where no cache of
     the config holds those splits (the split may exist on the Hub, and not be cached: `_check_splits`' "has no split"
     would not be true)."""
-    *namespace, dataset_name = source.split("/")
-    root = Path(cache_dir or datasets.config.HF_DATASETS_CACHE).expanduser()
-    folder = root / "___".join([*namespace, camelcase_to_snakecase(dataset_name)])
-    infos = {  # <config id>/<version>/<hash>: its dataset info
-        cache: json.loads((cache / "dataset_info.json").read_text(encoding="utf-8"))
-        for pattern in (f"*-{CSV_TEXT_CELLS_CONFIG}/*/*", f"*-{TextCellsImageFolder.NAME}/*/*")
-        for cache in folder.glob(pattern) if (cache / "dataset_info.json").is_file()
+    infos = {
+        cache: info for cache, info in _cached_dataset_infos(source, cache_dir).items()
+        if cache.parts[-3].endswith((f"-{CSV_TEXT_CELLS_CONFIG}", f"-{TextCellsImageFolder.NAME}"))
     }
     cached_splits = {  # of the config named
         cache: list(info.get("splits") or {}) for cache, info in infos.items() if name in (None, info["config_name"])
@@ -404,8 +408,20 @@ def _text_cells_cache(
         )
     latest = max(holding, key=lambda cache: cache.stat().st_mtime)
     config_id, version, commit = latest.parts[-3:]
-    return Cache(cache_dir=cache_dir, dataset_name=dataset_name, repo_id=source, config_name=config_id,
+    return Cache(cache_dir=cache_dir, dataset_name=source.split("/")[-1], repo_id=source, config_name=config_id,
                  version=version, hash=commit)
+
+
+def _cached_dataset_infos(source: str, cache_dir: str | None) -> dict[Path, dict[str, Any]]:
+    """Each cache in `cache_dir` (None: datasets' default) of Hub dataset `source`, `datasets`' and `load_source`'s
+    alike, by its folder (`<config id>/<version>/<hash>`), and its dataset info (`dataset_info.json`)."""
+    *namespace, dataset_name = source.split("/")
+    root = Path(cache_dir or datasets.config.HF_DATASETS_CACHE).expanduser()
+    folder = root / "___".join([*namespace, camelcase_to_snakecase(dataset_name)])
+    return {
+        cache: json.loads((cache / "dataset_info.json").read_text(encoding="utf-8"))
+        for cache in folder.glob("*/*/*") if (cache / "dataset_info.json").is_file()
+    }
 
 
 # How `load_source` reads CSV cells, as a build's manifest records it for a source with CSV data (`csv_cells_reading`):

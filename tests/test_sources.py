@@ -660,7 +660,8 @@ read = {}
 for repo, split, name in (("maple-org/offline-csv-table", "train", None), ("maple-org/offline-csv-images", "train", None),
                           ("maple-org/offline-csv-splits", "train", None), ("maple-org/offline-csv-splits", "test", None),
                           ("maple-org/offline-csv-splits", "train", "default"),
-                          ("maple-org/offline-csv-splits", "train+test", None)):
+                          ("maple-org/offline-csv-splits", "train+test", None),
+                          ("maple-org/offline-csv-images", "train", "nonexistent")):
     try:
         rows = load_source(repo, split=split, name=name, cache_dir="cache")
     except SourceError as error:
@@ -675,10 +676,14 @@ def test_a_hub_source_with_csv_data_read_online_is_read_offline(hub_server, tmp_
     """From the cache of its CSV cells read as text: datasets' look-up of the cache offline, which load_source made
     first, found only a plain load_dataset's ("Couldn't find cache for maple-org/offline-csv-table"). Of a table whose
     splits have other columns, from the cache of the split read: its caches (one a split) were taken for several configs
-    ("name one with source_config="), and with the config named, the latest one's split only was found."""
+    ("name one with source_config="), and with the config named, the latest one's split only was found. A config not
+    cached is refused naming the configs cached as source_config= names them: datasets named its config ids
+    ('default-imagefolder_csv_text_cells')."""
     home = str(tmp_path / "hf_home")
     online = json.loads(run_client(hub_server, tmp_path, HUB_CSV_SOURCES_READ, HF_HOME=home).strip().splitlines()[-1])
     offline = run_client(hub_server, tmp_path, HUB_CSV_SOURCES_READ, HF_HOME=home, HF_HUB_OFFLINE="1")
+    unknown = "maple-org/offline-csv-images train nonexistent"
+    assert online.pop(unknown).startswith("source maple-org/offline-csv-images: BuilderConfig 'nonexistent' not found")
     as_text = "the text written, only an empty cell missing"
     assert {read: rows[:3] for read, rows in online.items() if not read.endswith("train+test None")} == {
         "maple-org/offline-csv-table train None": [["000123"], ["NA"], as_text],
@@ -688,6 +693,11 @@ def test_a_hub_source_with_csv_data_read_online_is_read_offline(hub_server, tmp_
         "maple-org/offline-csv-splits train default": [["01"], ["a"], as_text],
     }
     offline = json.loads(offline.strip().splitlines()[-1])
+    assert offline.pop(unknown) == (
+        "source maple-org/offline-csv-images: the Hub is offline and its config 'nonexistent' is not cached (its cached "
+        "configs are ['default']): read it online first, or name a cached config with source_config= (CLI "
+        "--source-config)"
+    )
     together = "maple-org/offline-csv-splits train+test None"
     assert online.pop(together).startswith("source maple-org/offline-csv-splits: its data file ")  # (other columns)
     assert offline.pop(together) == (
