@@ -1,7 +1,7 @@
 """Checks of a local source's data files before `datasets` reads them, each a `SourceError` naming the file (and the
 line and column where it can): a data file that does not read (`data_files_read`), a parquet file of no rows that
-`datasets` cannot read (`local_parquet_metadata`, `check_parquet_row_groups`), an image folder's caption table of no
-rows (`check_caption_table_rows`), and a JSON column of values of several types, which `datasets` would read as text
+`datasets` cannot read (`local_parquet_metadata`, `check_parquet_row_groups`), an image folder's caption table that
+`datasets` cannot read for want of rows or a header (`check_caption_table_rows`), and a JSON column of values of several types, which `datasets` would read as text
 (`check_json_value_types`). `sources.load_source` runs them; `SourceError` is defined here, and raised by both."""
 
 from __future__ import annotations
@@ -112,37 +112,58 @@ def check_parquet_row_groups(source: str, metadata: dict[str, dict[str, pq.FileM
 CAPTION_TABLES = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
 
 
-def check_caption_table_rows(source: str, data_files: Mapping[Any, Iterable[Any]]) -> None:
-    """A `SourceError` naming a folder's caption table (`CAPTION_TABLES`) that has no rows (empty, blank lines, a
-    header alone), which `datasets` fails on with an IndexError or StopIteration traceback (of a zip archive's, which
-    imagefolder searches for one: with README filters, said to be theirs, since they kept no row)."""
+def check_caption_table_rows(source: str, data_files: Mapping[Any, Iterable[Any]], splits: Sequence[str]) -> None:
+    """A `SourceError` naming a folder's caption table (`CAPTION_TABLES`) that `datasets` cannot read, of any split (it
+    prepares every split): a metadata.csv without a header (empty, blank lines, a BOM alone: pandas' "No columns to
+    parse from file") or a metadata.parquet of no rows ("BatchSize must be greater than 0"); and, where no caption table
+    of `splits` (those a build reads) has a row (empty, blank lines, a header alone), the first of them, which `datasets`
+    failed on with an IndexError or StopIteration traceback (of a zip archive's, which imagefolder searches for one:
+    with README filters, said to be theirs, since they kept no row). A table of no rows that `datasets` reads beside
+    one with rows (a metadata.csv's header alone, a metadata.jsonl without a line) is read."""
+    read = set(all_data_files({name: files for name, files in data_files_by_split(data_files).items() if name in splits}))
+    tables_read: dict[str, bool] = {}  # each caption table of `splits`, where errors name it: whether it has rows
     for file in all_data_files(data_files):
         with data_files_read(source, [file]):
             if file.lower().endswith(".zip"):
                 with zipfile.ZipFile(file) as archive:
-                    empty = next((f"{member} in its archive {file}" for member in archive.namelist()
-                                  if not _caption_table_has_rows(member, archive.open)), None)
+                    starts = {f"{member} in its archive {file}": _caption_table_start(member, archive.open)
+                              for member in archive.namelist()}
             else:
-                empty = None if _caption_table_has_rows(file, lambda path: open(path, "rb")) else file
-        if empty is not None:
-            raise SourceError(f"source {source}: its caption table {empty} has no rows")
+                starts = {file: _caption_table_start(file, lambda path: open(path, "rb"))}
+        for where, start in starts.items():
+            if start is None:
+                continue
+            readable, has_rows = start
+            if not readable:
+                raise SourceError(f"source {source}: its caption table {where} has no rows"
+                                  f"{'' if where.endswith('.parquet') else ' and no header'}, which datasets cannot "
+                                  "read: remove it")
+            if file in read:
+                tables_read[where] = has_rows
+    if tables_read and not any(tables_read.values()):
+        raise SourceError(f"source {source}: its caption table {next(iter(tables_read))} has no rows")
 
 
-def _caption_table_has_rows(file: str, opener: Callable[[str], BinaryIO]) -> bool:
-    """Whether `file`, opened for reading bytes by `opener` (a zip archive's member too), has rows where it is a caption
-    table (`CAPTION_TABLES`, by name); True for any other file."""
+def _caption_table_start(file: str, opener: Callable[[str], BinaryIO]) -> tuple[bool, bool] | None:
+    """Whether `file`, opened for reading bytes by `opener` (a zip archive's member too), is read by `datasets` and has
+    rows, where it is a caption table (`CAPTION_TABLES`, by name); None for any other file. A metadata.csv without a
+    header and a metadata.parquet of no rows are not read."""
     name = os.path.basename(file)
     if name not in CAPTION_TABLES:
-        return True
+        return None
     with opener(file) as handle:
         if name.endswith(".parquet"):
-            return pq.read_metadata(handle).num_rows > 0
+            has_rows = pq.read_metadata(handle).num_rows > 0
+            return has_rows, has_rows
         # read up to its first row only: a table of millions of captions is not held in memory
         with io.TextIOWrapper(handle, encoding="utf-8-sig", newline="") as text:  # "-sig": a leading BOM is no row
             # a csv record may hold line breaks in quotes, and its first is the header
             records = csv.reader(text) if name.endswith(".csv") else ([line] for line in text)
             rows = (record for record in records if any(field.strip() for field in record))
-            return next(rows, None) is not None and (not name.endswith(".csv") or next(rows, None) is not None)
+            if not name.endswith(".csv"):
+                return True, next(rows, None) is not None
+            has_header = next(rows, None) is not None
+            return has_header, has_header and next(rows, None) is not None
 
 
 # The names of JSON data files, and of compressed ones (`part-0.jsonl.gz`): `_is_json_data_file`

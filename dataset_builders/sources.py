@@ -320,7 +320,7 @@ def load_source(
         check_filter_values(source, builder.config.filters, builder.config.features if csv_metadata else None)
     if path.exists():
         _check_local_parquet_rows(source, split, builder.config.data_files)
-        check_caption_table_rows(source, builder.config.data_files)
+        check_caption_table_rows(source, builder.config.data_files, _split_names(split))
         check_json_value_types(
             source, builder.config.data_files, _split_names(split), columns, caption_tables=isinstance(builder, ImageFolder)
         )

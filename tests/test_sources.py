@@ -232,6 +232,49 @@ def test_a_caption_table_of_no_rows_in_a_zip_archive_is_named(tmp_path, table, t
         load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"))
 
 
+@pytest.mark.parametrize("table, text", [("metadata.csv", "file_name,caption\n"), ("metadata.jsonl", ""),
+                                         ("metadata.jsonl", "\n")])
+@pytest.mark.parametrize("beside", ["folder", "split", "archive"])
+def test_a_caption_table_of_no_rows_beside_one_with_rows_is_read_as_datasets_reads_it(tmp_path, table, text, beside):
+    """A metadata.csv of a header alone, or a metadata.jsonl without a line, in another folder, split or zip archive
+    than a caption table with rows: datasets reads the folder, load_source refused it ("has no rows"). Read alone, the
+    split of no rows is still refused."""
+    import zipfile
+
+    folder = tmp_path / "images"
+    rows = "file_name,caption\n0.png,a\n" if table.endswith(".csv") else '{"file_name": "0.png", "caption": "a"}\n'
+    (folder / "train").mkdir(parents=True)
+    _image_folder(folder / "train" / "a", count=1)
+    (folder / "train" / "a" / table).write_text(rows)
+    empty = {"folder": folder / "train" / "b", "split": folder / "test", "archive": folder / "train"}[beside]
+    if beside == "archive":
+        with zipfile.ZipFile(empty / "more.zip", "w") as archive:
+            archive.writestr(table, text)
+    else:
+        _image_folder(empty, count=1)
+        (empty / table).write_text(text)
+    read = load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"))
+    assert list(read["caption"]) == ["a"]
+    if beside == "split":
+        with pytest.raises(SourceError, match=rf"^source {folder}: its caption table {empty / table} has no rows$"):
+            load_source(str(folder), split="test", cache_dir=str(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("table, text", [("metadata.csv", ""), ("metadata.csv", "\n\n"), ("metadata.csv", "\ufeff\n")])
+def test_a_caption_table_datasets_cannot_read_is_refused_beside_one_with_rows(tmp_path, table, text):
+    """A metadata.csv without a header fails in datasets (pandas' "No columns to parse from file"), whatever the others
+    hold."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    _image_folder(folder / "a", count=1)
+    (folder / "a" / table).write_text("file_name,caption\n0.png,a\n")
+    (folder / "b").mkdir()
+    (folder / "b" / table).write_text(text)
+    with pytest.raises(SourceError, match=rf"^source {folder}: its caption table {folder / 'b' / table} has no rows and "
+                                          "no header, which datasets cannot read: remove it$"):
+        load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"))
+
+
 def _write_compressed(path, text: str) -> None:
     """`text` written to `path`, compressed as its suffix says."""
     import bz2
