@@ -12,6 +12,8 @@ Nothing here imports `sources`, which imports this module."""
 from __future__ import annotations
 
 import dataclasses
+import functools
+import operator
 from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +21,7 @@ from typing import Any
 import datasets
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from datasets.features.features import require_storage_cast
 from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
@@ -53,7 +56,9 @@ class TextCellsImageFolder(ImageFolder):
     # reused (offline, it is an error: `sources._text_cells_cache`), each cached image folder prepared again once.
     # 1.0.0: the columns the README declares read as declared (from the text, a bool column's `false` was True), a
     # boolean compared with a number by README filters as 1 or 0 (as no number before).
-    VERSION = datasets.Version("1.0.0")
+    # 1.1.0: a cell that is no number (or no boolean) matches no comparison of README filters with one, nor a `not in`
+    # one, nor the null of an `in` list (read as null, it matched those).
+    VERSION = datasets.Version("1.1.0")
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -89,10 +94,10 @@ class TextCellsImageFolder(ImageFolder):
             return
         cell_types = self._csv_cell_types()
         filters = self.config.filters  # as imagefolder applies them
-        expression = pq.filters_to_expression(filters) if isinstance(filters, list) else filters
         declared = self.config.features or {}  # (a column of a declared type is compared as read)
         compared = {column: kind for column, kind in _filter_literal_types(filters).items()
                     if column not in declared} if isinstance(filters, list) else {}
+        expression = _filters_expression(filters, compared)
         # `datasets`' xpandas_read_csv once this module is patched: a downloaded or local file, opened by path
         for frame in pd.read_csv(metadata_file, iterator=True, chunksize=10_000, dtype=cell_types, **CSV_TEXT_CELLS):
             table = pa.Table.from_pandas(frame)
@@ -118,14 +123,20 @@ def _filter_values(filters: list) -> dict[str, dict[type, Any]]:
     `pyarrow.parquet.filters_to_expression` reads them: a list of `[column, op, value]` (all to hold), or a list of such
     lists (any to hold). A predicate that is none (`[]`, `[column, op]`) is a ValueError, as pyarrow's."""
     # (an empty first item is read as a predicate: `[[]]` and `[[], [...]]` hold no [column, op, value] to unpack)
-    conjunctions = filters if filters and filters[0] and not isinstance(filters[0][0], str) else [filters]
     values: dict[str, dict[type, Any]] = {}
-    for column, _, value in (predicate for conjunction in conjunctions for predicate in conjunction):
+    for column, _, value in (predicate for conjunction in _conjunctions(filters) for predicate in conjunction):
         for literal in value if isinstance(value, (list, tuple, set)) else [value]:
             kind = bool if isinstance(literal, bool) else float if isinstance(literal, (int, float)) else type(literal)
             if kind in FILTER_VALUE_KINDS:
                 values.setdefault(column, {}).setdefault(kind, literal)
     return values
+
+
+def _conjunctions(filters: list) -> list[list]:
+    """README `filters` as a list of conjunctions (any to hold), each a list of `[column, op, value]` (all to hold), as
+    `pyarrow.parquet.filters_to_expression` reads them: one conjunction is given as its list of predicates."""
+    # (an empty first item is read as a predicate: `[[]]` and `[[], [...]]` hold no [column, op, value] to unpack)
+    return filters if filters and filters[0] and not isinstance(filters[0][0], str) else [filters]
 
 
 def check_filter_values(source: str, filters: Any, declared: datasets.Features | None = None) -> None:
@@ -182,23 +193,53 @@ def _filter_literal_types(filters: list) -> dict[str, type]:
     return {column: kind for column, values in _filter_values(filters).items() for kind in values if kind is not str}
 
 
+def _unread_column(column: str) -> str:
+    """The name of the column of `_filtered`'s rows telling the cells of `column` that are no number (or no boolean,
+    as `column` is compared): no column of a CSV header."""
+    return f"\0unread {column}"
+
+
+def _filters_expression(filters: Any, compared: dict[str, type]) -> pc.Expression | None:
+    """The pyarrow expression of an image folder's `filters` (README `filters:`, as `pq.filters_to_expression` reads
+    them; an expression given in code as is; None: none), each predicate on a column compared with numbers or booleans
+    (`compared`) holding only where the cell is one, or empty (`_unread_column`, `_filtered`): a cell that is no number
+    (or no boolean) matches no comparison with one, nor a `not in` one, nor the null of an `in` list, which keeps the
+    empty cells only, as pyarrow's `isin` keeps the nulls of a metadata.jsonl (`["score", "in", [1, null]]`)."""
+    if not isinstance(filters, list):
+        return filters
+    if not compared:
+        return pq.filters_to_expression(filters)
+    conjunctions = []
+    for conjunction in _conjunctions(filters):
+        predicates = []
+        for column, op, value in conjunction:
+            predicate = pq.filters_to_expression([[column, op, value]])
+            predicates.append(predicate & ~pc.field(_unread_column(column)) if column in compared else predicate)
+        conjunctions.append(functools.reduce(operator.and_, predicates))
+    return functools.reduce(operator.or_, conjunctions)
+
+
 def _filtered(table: pa.Table, frame: pd.DataFrame, expression: Any, compared: dict[str, type]) -> pa.Table:
-    """The rows of `table` (`frame`'s text cells) that filter `expression` keeps, a column it compares with numbers or
-    booleans (`compared`) read as pandas' defaults read it, as imagefolder filtered it: `01` is the number 1, a cell that
-    is no number (or no boolean, `PANDAS_BOOLEANS`) matches no such comparison, as an empty one; compared with a number,
-    a boolean is 1 or 0 (`_numbers`). The rows are kept as text; a column compared with text is compared as the text
+    """The rows of `table` (`frame`'s text cells) that filter `expression` (`_filters_expression`'s) keeps, a column it
+    compares with numbers or booleans (`compared`) read as pandas' defaults read it, as imagefolder filtered it: `01` is
+    the number 1, an empty cell is missing (null), and a cell that is no number (or no boolean, `PANDAS_BOOLEANS`)
+    matches no such comparison (null, and marked in its `_unread_column`); compared with a number, a boolean is 1 or 0
+    (`_numbers`). The rows are kept as text; a column compared with text is compared as the text
     written. The compared columns are of the type compared (a cell of neither kind null) in every chunk: one without a
     boolean cell was a column of NaN, which pyarrow does not compare with a boolean."""
-    typed = {
-        column: pa.array(_numbers(frame[column]), type=pa.float64(), from_pandas=True) if kind is float
-        else pa.array(frame[column].map(PANDAS_BOOLEANS), type=pa.bool_(), from_pandas=True)
+    typed_cells = {
+        column: _numbers(frame[column]) if kind is float else frame[column].map(PANDAS_BOOLEANS)
         for column, kind in compared.items() if column in frame.columns
     }
-    if not typed:
+    if not typed_cells:
         return table.filter(expression)
+    typed = {column: pa.array(cells, type=pa.float64() if compared[column] is float else pa.bool_(), from_pandas=True)
+             for column, cells in typed_cells.items()}
+    unread = {_unread_column(column): pa.array(frame[column].notna() & cells.isna(), type=pa.bool_())
+              for column, cells in typed_cells.items()}
     row = "\0row"  # (no column of a CSV header)
     columns = {column: table[column] for column in table.column_names}
-    rows = pa.table({**columns, **typed, row: pa.array(range(len(table)))})
+    rows = pa.table({**columns, **typed, **unread, row: pa.array(range(len(table)))})
     return table.take(rows.filter(expression)[row])
 
 

@@ -456,6 +456,27 @@ def _filtered_image_folder(tmp_path, table: str, filters: str):
     return folder
 
 
+@pytest.mark.parametrize("filters, ids", [
+    ("[[score, in, [1, null]]]", ["0", "1", "3"]),
+    ("[[score, 'not in', [1]]]", ["1", "4"]),
+    ("[[score, 'not in', [1, null]]]", ["4"]),
+    ("[[[score, in, [1, null]]], [[id, '==', '2']]]", ["0", "1", "2", "3"]),  # (NA kept by the other conjunction)
+    ("[[flag, in, [true, null]]]", ["0", "1", "4"]),
+    ("[[flag, 'not in', [true]]]", ["1", "3"]),
+])
+def test_readme_filters_keep_the_empty_metadata_csv_cells_only_by_a_null_of_an_in_list(tmp_path, filters, ids):
+    """A null in an `in` list matches a missing value, as pyarrow's isin (imagefolder's filters of a metadata.jsonl's
+    nulls): of a metadata.csv, an empty cell. A cell that is no number (or no boolean) matched it too, read as null, and
+    a `not in`: it matches no comparison with one."""
+    folder = tmp_path / "images"
+    _image_folder(folder, count=5)
+    cells = [("1", "True"), ("", ""), ("NA", "yes"), ("01", "false"), ("2", "TRUE")]
+    (folder / "metadata.csv").write_text("file_name,id,score,flag\n" + "".join(
+        f"{index}.png,{index},{score},{flag}\n" for index, (score, flag) in enumerate(cells)))
+    (folder / "README.md").write_text(f"---\nconfigs:\n- config_name: default\n  data_files: '*'\n  filters: {filters}\n---\n")
+    assert load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"))["id"] == ids
+
+
 @pytest.mark.parametrize("no_boolean", ["yes", "1"])
 def test_readme_filters_compare_a_metadata_csv_chunk_of_no_boolean_with_one_as_matching_nothing(tmp_path, no_boolean):
     """A column compared with a boolean whose 10,000-row chunk held none (empty cells, `yes`, `1`) was a column of NaN,
@@ -804,7 +825,7 @@ def test_a_hub_source_cached_otherwise_is_read_offline_or_refused_naming_why(hub
     run_client(hub_server, tmp_path, HUB_SOURCES_CACHED_OTHERWISE, HF_HOME=home)
     offline = run_client(hub_server, tmp_path, HUB_SOURCES_CACHED_OTHERWISE, HF_HOME=home, HF_HUB_OFFLINE="1")
     older = ("the Hub is offline and its image folder is cached only as an older MAPLE read its metadata.csv (version "
-             "0.0.0 of that reading; this one is 1.0.0, and does not reuse it): read it online once, to cache it anew")
+             "0.0.0 of that reading; this one is 1.1.0, and does not reuse it): read it online once, to cache it anew")
     assert json.loads(offline.strip().splitlines()[-1]) == {
         "maple-org/older-images": f"SourceError: source maple-org/older-images: {older}",
         "maple-org/older-images-beside-plain": f"SourceError: source maple-org/older-images-beside-plain: {older}",
