@@ -26,6 +26,7 @@ import pyarrow.json as paj
 import pyarrow.parquet as pq
 from datasets.exceptions import DatasetGenerationError
 from datasets.packaged_modules.json.json import JsonConfig
+from datasets.utils.file_utils import is_local_path
 
 
 class SourceError(ValueError):
@@ -112,22 +113,36 @@ def check_parquet_row_groups(source: str, metadata: dict[str, dict[str, pq.FileM
 CAPTION_TABLES = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
 
 
-def check_caption_table_rows(source: str, data_files: Mapping[Any, Iterable[Any]], splits: Sequence[str]) -> None:
+def local_archive_members(files: Iterable[str]) -> dict[str, list[str]]:
+    """The member names of each local zip archive of `files` (data files: an image folder's archives, which it searches
+    for images and a caption table), each archive's listing read once for every check of a load."""
+    members = {}
+    for file in (file for file in files if file.lower().endswith(".zip") and is_local_path(file)):
+        with zipfile.ZipFile(file) as archive:
+            members[file] = archive.namelist()
+    return members
+
+
+def check_caption_table_rows(
+    source: str, data_files: Mapping[Any, Iterable[Any]], splits: Sequence[str], archives: Mapping[str, list[str]]
+) -> None:
     """A `SourceError` naming a folder's caption table (`CAPTION_TABLES`) that `datasets` cannot read, of any split (it
     prepares every split): a metadata.csv without a header (empty, blank lines, a BOM alone: pandas' "No columns to
     parse from file") or a metadata.parquet of no rows ("BatchSize must be greater than 0"); and, where no caption table
     of `splits` (those a build reads) has a row (empty, blank lines, a header alone), the first of them, which `datasets`
     failed on with an IndexError or StopIteration traceback (of a zip archive's, which imagefolder searches for one:
     with README filters, said to be theirs, since they kept no row). A table of no rows that `datasets` reads beside
-    one with rows (a metadata.csv's header alone, a metadata.jsonl without a line) is read."""
+    one with rows (a metadata.csv's header alone, a metadata.jsonl without a line) is read. `archives`: the members of
+    the local zip archives (`local_archive_members`), of which only one holding a caption table is opened again."""
     read = set(all_data_files({name: files for name, files in data_files_by_split(data_files).items() if name in splits}))
     tables_read: dict[str, bool] = {}  # each caption table of `splits`, where errors name it: whether it has rows
     for file in all_data_files(data_files):
         with data_files_read(source, [file]):
-            if file.lower().endswith(".zip"):
-                with zipfile.ZipFile(file) as archive:
+            if file in archives:
+                members = [member for member in archives[file] if os.path.basename(member) in CAPTION_TABLES]
+                with zipfile.ZipFile(file) if members else contextlib.nullcontext() as archive:
                     starts = {f"{member} in its archive {file}": _caption_table_start(member, archive.open)
-                              for member in archive.namelist()}
+                              for member in members}
             else:
                 starts = {file: _caption_table_start(file, lambda path: open(path, "rb"))}
         for where, start in starts.items():

@@ -35,6 +35,7 @@ from .source_files import (
     check_parquet_row_groups,
     data_files_by_split,
     data_files_read,
+    local_archive_members,
     local_parquet_metadata,
 )
 from .text_cells_folder import CSV_TEXT_CELLS, TextCellsImageFolder, check_filter_values
@@ -315,12 +316,13 @@ def load_source(
     _check_splits(source, split, available=[str(name) for name in builder.config.data_files])
     data_files = all_data_files(builder.config.data_files)
     with data_files_read(source, data_files):  # (a zip archive's listing is read: a damaged one is named)
-        csv_metadata = isinstance(builder, ImageFolder) and _holds_csv_metadata(builder, data_files)
+        archives = local_archive_members(data_files)
+    csv_metadata = isinstance(builder, ImageFolder) and _holds_csv_metadata(builder, data_files, archives)
     if isinstance(builder, ImageFolder):  # (a metadata.csv's declared columns are read, and compared, as declared)
         check_filter_values(source, builder.config.filters, builder.config.features if csv_metadata else None)
     if path.exists():
         _check_local_parquet_rows(source, split, builder.config.data_files)
-        check_caption_table_rows(source, builder.config.data_files, _split_names(split))
+        check_caption_table_rows(source, builder.config.data_files, _split_names(split), archives)
         check_json_value_types(
             source, builder.config.data_files, _split_names(split), columns, caption_tables=isinstance(builder, ImageFolder)
         )
@@ -509,22 +511,21 @@ def _csv_columns(source: str, headers: dict[str, dict[str, list[str]]], splits: 
     return first_columns
 
 
-def _holds_csv_metadata(builder: ImageFolder, files: Iterable[str]) -> bool:
+def _holds_csv_metadata(builder: ImageFolder, files: Iterable[str], archives: Mapping[str, list[str]]) -> bool:
     """Whether image folder `builder` reads a CSV caption table among `files` (its data files): a metadata.csv (or one
     of the config's `metadata_filenames`, by name), beside the images or in a zip archive, which it searches for one.
-    A local archive's listing is read, its hidden files and folders and `__*` ones left out, as `datasets` leaves them
-    out: an archive of a metadata.jsonl is no CSV data. A Hub archive counts as CSV data unread: its listing would be
+    A local archive's members (`archives`, `local_archive_members`) are read, its hidden files and folders and `__*`
+    ones left out, as `datasets` leaves them out: an archive of a metadata.jsonl is no CSV data. A Hub archive counts as CSV data unread: its listing would be
     requested at every read, a cached source's too, and a Hub error while it is read is zipfile's "not a zip file"."""
     names = builder.config.metadata_filenames or builder.METADATA_FILENAMES
     csv_names = {name for name in names if name.lower().endswith(".csv")}
     for file in files:
         members = [file]
         if file.lower().endswith(".zip"):
-            if not is_local_path(file):
+            if file not in archives:  # (on the Hub)
                 return True
-            with zipfile.ZipFile(file) as archive:
-                members = [member for member in archive.namelist()
-                           if not any(part.startswith((".", "__")) for part in member.split("/"))]
+            members = [member for member in archives[file]
+                       if not any(part.startswith((".", "__")) for part in member.split("/"))]
         if any(os.path.basename(member) in csv_names for member in members):
             return True
     return False

@@ -63,6 +63,13 @@ class TextCellsImageFolder(ImageFolder):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.info.builder_name = self.NAME
+        # how every metadata.csv is read and filtered (`_read_metadata`, called for each metadata file), once
+        self._cell_types = self._csv_cell_types()
+        declared = self.config.features or {}  # (a column of a declared type is compared as read)
+        filters = self.config.filters  # as imagefolder applies them
+        self._compared = {column: kind for column, kind in _filter_literal_types(filters).items()
+                          if column not in declared} if isinstance(filters, list) else {}
+        self._filter_expression = _filters_expression(filters, self._compared)
 
     @classmethod
     def from_builder(cls, builder: ImageFolder, cache_dir: str | None = None) -> TextCellsImageFolder:
@@ -83,7 +90,7 @@ class TextCellsImageFolder(ImageFolder):
         text. Declared types were otherwise applied to the text afterwards, by `datasets`' cast: a bool column's
         `false` was True."""
         declared = self.config.features
-        return defaultdict(lambda: str, {} if declared is None else {
+        return defaultdict(_text_cells, {} if declared is None else {
             name: object if require_storage_cast(feature) else field.type.to_pandas_dtype()
             for (name, feature), field in zip(declared.items(), declared.arrow_schema)
         })
@@ -92,19 +99,20 @@ class TextCellsImageFolder(ImageFolder):
         if metadata_ext != ".csv":
             yield from super()._read_metadata(metadata_file, metadata_ext=metadata_ext)
             return
-        cell_types = self._csv_cell_types()
-        filters = self.config.filters  # as imagefolder applies them
-        declared = self.config.features or {}  # (a column of a declared type is compared as read)
-        compared = {column: kind for column, kind in _filter_literal_types(filters).items()
-                    if column not in declared} if isinstance(filters, list) else {}
-        expression = _filters_expression(filters, compared)
         # `datasets`' xpandas_read_csv once this module is patched: a downloaded or local file, opened by path
-        for frame in pd.read_csv(metadata_file, iterator=True, chunksize=10_000, dtype=cell_types, **CSV_TEXT_CELLS):
+        chunks = pd.read_csv(metadata_file, iterator=True, chunksize=10_000, dtype=self._cell_types, **CSV_TEXT_CELLS)
+        for frame in chunks:
             table = pa.Table.from_pandas(frame)
-            if expression is not None:
-                table = _filtered(table, frame, expression, compared)
+            if self._filter_expression is not None:
+                table = _filtered(table, frame, self._filter_expression, self._compared)
             if len(table) > 0:
                 yield table
+
+
+def _text_cells() -> type:
+    """The pandas dtype of a metadata.csv column no README declares: text (`TextCellsImageFolder._csv_cell_types`' default;
+    a function, not a lambda, as a builder pickles: `datasets` pickles one to prepare splits in several processes)."""
+    return str
 
 
 # The cells pandas' defaults read as booleans (in a column of nothing else), which a filter comparing a column with True
