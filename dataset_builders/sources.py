@@ -22,7 +22,7 @@ from datasets.naming import camelcase_to_snakecase
 from datasets.packaged_modules.cache.cache import Cache
 from datasets.packaged_modules.csv.csv import CsvConfig
 from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
-from datasets.utils.file_utils import is_local_path
+from datasets.utils.file_utils import is_local_path, xopen
 
 from maple.files import expanded_path, holds_relative_image_paths, located_image, stored_images
 from maple.hub import names_a_file
@@ -47,9 +47,14 @@ DEFAULT_ID_COLUMN = "id"
 
 
 def encoded_bytes(value: dict[str, Any]) -> bytes:
-    """The encoded bytes of an undecoded `datasets.Image` value ({"bytes", "path"})."""
+    """The encoded bytes of an undecoded `datasets.Image` value ({"bytes", "path"}). A path may name a member of a zip
+    archive, as `datasets`' imagefolder stores an image of one ("zip://0.png::/data/images.zip"), read as `datasets`
+    reads it (`xopen`): a damaged member is zipfile's BadZipFile ("Bad CRC-32 for file '0.png'")."""
     if value.get("bytes"):
         return value["bytes"]
+    if value.get("path") and "::" in value["path"]:
+        with xopen(value["path"], "rb") as member:
+            return member.read()
     if value.get("path"):
         return Path(value["path"]).read_bytes()
     raise ValueError("image has neither bytes nor a path")

@@ -275,6 +275,37 @@ def test_a_caption_table_datasets_cannot_read_is_refused_beside_one_with_rows(tm
         load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"))
 
 
+def test_the_images_of_a_zip_archive_are_read_and_a_damaged_one_is_skipped_naming_member_and_archive(tmp_path):
+    """imagefolder stores an image of a zip archive by a chained path ("zip://0.png::/.../data.zip"), which the input
+    check read as a local file: every row was skipped ("No such file or directory"). A member whose bytes do not match
+    their CRC is skipped, named: the load does not read every member (zipfile.testzip), which would read the whole
+    archive at every start."""
+    import io
+    import zipfile
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    with zipfile.ZipFile(folder / "data.zip", "w", compression=zipfile.ZIP_STORED) as archive:
+        for index in range(3):
+            image = io.BytesIO()
+            Image.new("RGB", (8, 8), (index * 80, 0, 0)).save(image, "PNG")
+            archive.writestr(f"{index}.png", image.getvalue())
+        archive.writestr("metadata.csv", "file_name,caption\n0.png,a\n1.png,b\n2.png,c\n")
+    with zipfile.ZipFile(folder / "data.zip") as archive:
+        member = archive.getinfo("1.png")
+        inside = member.header_offset + 30 + len(member.filename) + len(member.extra) + 40  # (in its image data)
+    damaged = bytearray((folder / "data.zip").read_bytes())
+    damaged[inside] ^= 0xFF
+    (folder / "data.zip").write_bytes(bytes(damaged))
+    builder = MaplePreferences(
+        config_name="corpus-captions", source=str(folder), judge=ColourJudge(), miner=thumbnail_miner(),
+        cache_dir=str(tmp_path / "cache"), work_dir=tmp_path / "work", progress=False,
+    )
+    assert builder.check_inputs() == (3, [0, 2], [SkippedInput(
+        1, "000000001", "unreadable image", f"zip://1.png::{folder / 'data.zip'}: BadZipFile: Bad CRC-32 for file '1.png'"
+    )])
+
+
 def _write_compressed(path, text: str) -> None:
     """`text` written to `path`, compressed as its suffix says."""
     import bz2
