@@ -56,14 +56,14 @@ def data_files_read(source: str, files: Iterable[str] = ()) -> Iterator[None]:
     """A data file of `source` that does not read inside (a malformed metadata.csv / .jsonl: pandas' and pyarrow's
     parse errors are ValueErrors, wrapped by `datasets` or not; a parquet file that is not one; a compressed file that
     is damaged, `FILE_READ_ERRORS`) is a `SourceError` naming the source, the file of `files` being read
-    (`_file_being_read`), if known, and the cause."""
+    (`file_being_read`), if known, and the cause."""
     try:
         yield
     except SourceError:
         raise
     except (ValueError, DatasetGenerationError, *FILE_READ_ERRORS) as error:
         cause = error.__cause__ or error
-        file = _file_being_read(cause, set(files))
+        file = file_being_read(cause, set(files))
         if file is None and isinstance(error, FILE_READ_ERRORS):
             raise
         kind = "zlib.error" if isinstance(cause, zlib.error) else type(cause).__name__  # (not "error")
@@ -73,7 +73,7 @@ def data_files_read(source: str, files: Iterable[str] = ()) -> Iterator[None]:
         ) from error
 
 
-def _file_being_read(error: BaseException, files: set[str]) -> str | None:
+def file_being_read(error: BaseException, files: set[str]) -> str | None:
     """The one of `files` that was being read where `error` was raised: the innermost frame of its traceback that
     holds one of them in a variable, or None. pandas' and pyarrow's errors name a line or a row but not the file, and
     `datasets` names it in a log line only: of a folder of many tables, the error said where, but not in which file."""

@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 import datasets
 import pandas as pd
 import PIL.Image
+import pyarrow as pa
 import pyarrow.parquet as pq
+from datasets.exceptions import DatasetGenerationError
 from datasets.naming import camelcase_to_snakecase
 from datasets.packaged_modules.cache.cache import Cache
 from datasets.packaged_modules.csv.csv import CsvConfig
@@ -35,6 +37,7 @@ from .source_files import (
     check_parquet_row_groups,
     data_files_by_split,
     data_files_read,
+    file_being_read,
     local_archive_members,
     local_parquet_metadata,
 )
@@ -336,7 +339,7 @@ def load_source(
         if isinstance(builder.config, CsvConfig):
             builder = _csv_text_cells_builder(source, location, name, builder, _split_names(split), cache_dir, token)
         elif csv_metadata:
-            builder = TextCellsImageFolder.from_builder(builder, cache_dir=cache_dir)
+            builder = TextCellsImageFolder.from_builder(builder, source, cache_dir=cache_dir)
         try:
             builder.download_and_prepare()
         except IndexError as error:
@@ -346,6 +349,20 @@ def load_source(
                 raise
             raise SourceError(f"source {source}: its README's filters {builder.config.filters} keep no row of its "
                               "metadata files: change them (configs: filters: in its README.md)") from None
+        except (pa.ArrowNotImplementedError, pa.ArrowInvalid, DatasetGenerationError) as error:
+            # pyarrow's filtering of a metadata file (imagefolder's own: a metadata.jsonl's or .parquet's, of its
+            # types) failed: a column compared with a value of another type, or one the file lacks
+            cause = error.__cause__ or error  # (datasets wraps the errors of a split's generation)
+            if not (isinstance(builder, ImageFolder) and builder.config.filters is not None
+                    and _raised_through(cause, "_filter_table")):
+                raise
+            file = file_being_read(cause, set(data_files))
+            raise SourceError(
+                f"source {source}: its README's filters {builder.config.filters} cannot be applied to "
+                f"{'its metadata files' if file is None else f'its metadata file {file}'} ({type(cause).__name__}: "
+                f"{' '.join(str(cause).split())}): compare columns the metadata files hold, with values of their type "
+                "(configs: filters: in its README.md)"
+            ) from None
     return _prepared_split(source, split, builder)
 
 
@@ -353,6 +370,11 @@ def _raised_in(error: BaseException, function: str) -> bool:
     """Whether `error` was raised in a function named `function` (its traceback's innermost frame)."""
     frames = [frame for frame, _ in traceback.walk_tb(error.__traceback__)]
     return bool(frames) and frames[-1].f_code.co_name == function
+
+
+def _raised_through(error: BaseException, function: str) -> bool:
+    """Whether `error` was raised inside a function named `function` (a frame of its traceback)."""
+    return any(frame.f_code.co_name == function for frame, _ in traceback.walk_tb(error.__traceback__))
 
 
 def _prepared_split(source: str, split: str, builder: datasets.DatasetBuilder) -> datasets.Dataset:

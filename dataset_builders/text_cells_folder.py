@@ -70,19 +70,23 @@ class TextCellsImageFolder(ImageFolder):
         self._compared = {column: kind for column, kind in _filter_literal_types(filters).items()
                           if column not in declared} if isinstance(filters, list) else {}
         self._filter_expression = _filters_expression(filters, self._compared)
+        self._filtered_columns = _filtered_columns(filters) if isinstance(filters, list) else []
+        self.source = self.repo_id or self.base_path  # (`from_builder`: as the user gave it)
 
     @classmethod
-    def from_builder(cls, builder: ImageFolder, cache_dir: str | None = None) -> TextCellsImageFolder:
+    def from_builder(cls, builder: ImageFolder, source: str, cache_dir: str | None = None) -> TextCellsImageFolder:
         """The image folder `builder` reads (its data files, Hub repo and revision, and config: one named in the
         README included), read with CSV cells as text; its datasets cache in `cache_dir` (None: the default), of its
-        reading's version (`VERSION`)."""
+        reading's version (`VERSION`). `source`: the source as the user gave it, which its errors name."""
         settings = {field.name: getattr(builder.config, field.name) for field in dataclasses.fields(builder.config)}
         settings["version"] = cls.VERSION
-        return cls(
+        folder = cls(
             cache_dir=cache_dir, dataset_name=builder.dataset_name, config_name=settings.pop("name"), hash=builder.hash,
             base_path=builder.base_path, token=builder.token, repo_id=builder.repo_id,
             storage_options=builder.storage_options, config_id=f"{builder.config_id}-{cls.NAME}", **settings,
         )
+        folder.source = source
+        return folder
 
     def _csv_cell_types(self) -> defaultdict[str, Any]:
         """The pandas dtype each metadata.csv column is read with: as the README's config declares it (`features:`), as
@@ -102,6 +106,13 @@ class TextCellsImageFolder(ImageFolder):
         # `datasets`' xpandas_read_csv once this module is patched: a downloaded or local file, opened by path
         chunks = pd.read_csv(metadata_file, iterator=True, chunksize=10_000, dtype=self._cell_types, **CSV_TEXT_CELLS)
         for frame in chunks:
+            # pyarrow names a column the file lacks among the columns `_filtered` adds, which are no file's
+            missing = [column for column in self._filtered_columns if column not in frame.columns]
+            if missing:
+                raise SourceError(
+                    f"source {self.source}: its README's filters {self.config.filters} compare the column(s) {missing}, "
+                    f"which its metadata file {metadata_file} lacks (its columns: {list(frame.columns)})"
+                )
             table = pa.Table.from_pandas(frame)
             if self._filter_expression is not None:
                 table = _filtered(table, frame, self._filter_expression, self._compared)
@@ -145,6 +156,11 @@ def _conjunctions(filters: list) -> list[list]:
     `pyarrow.parquet.filters_to_expression` reads them: one conjunction is given as its list of predicates."""
     # (an empty first item is read as a predicate: `[[]]` and `[[], [...]]` hold no [column, op, value] to unpack)
     return filters if filters and filters[0] and not isinstance(filters[0][0], str) else [filters]
+
+
+def _filtered_columns(filters: list) -> list[str]:
+    """The columns README `filters` (`_conjunctions`) compare, each once."""
+    return list(dict.fromkeys(predicate[0] for conjunction in _conjunctions(filters) for predicate in conjunction))
 
 
 def check_filter_values(source: str, filters: Any, declared: datasets.Features | None = None) -> None:

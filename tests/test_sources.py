@@ -2,6 +2,7 @@
 they can."""
 
 import json
+import re
 
 import datasets
 import pytest
@@ -567,6 +568,26 @@ def test_malformed_readme_filters_are_refused_naming_them(tmp_path, table, filte
     with pytest.raises(SourceError, match=rf"^source {folder}: its README's filters {problem}.*\): give a list of "
                                           r"\[column, op, value\] \(all to hold\), or a list of such lists \(any to "
                                           r"hold\)$"):
+        load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("table, filters, refused", [
+    # a metadata.jsonl is filtered by imagefolder itself, with its JSON types: pyarrow's bare error escaped
+    ("metadata.jsonl", '[["id", ">", 1]]', r"cannot be applied to its metadata file {file} \(ArrowNotImplementedError: "
+     r"Function 'greater' has no kernel matching input types \(string, int8\)\): compare columns the metadata files "
+     r"hold, with values of their type \(configs: filters: in its README.md\)"),
+    ("metadata.jsonl", '[["flag", "==", true], ["nope", "==", 1]]', r"cannot be applied to its metadata file {file} "
+     r"\(ArrowInvalid: No match for FieldRef.Name\(nope\) in file_name: string"),
+    # (pyarrow's error, which blamed the file as unreadable, listed columns the filtering adds, of no file)
+    ("metadata.csv", '[["flag", "==", true], ["nope", "==", 1]]', r"compare the column\(s\) \['nope'\], which its "
+     r"metadata file {file} lacks \(its columns: \['file_name', 'id', 'score', 'flag'\]\)"),
+])
+def test_readme_filters_that_cannot_be_applied_are_refused_naming_them_and_the_file(tmp_path, table, filters, refused):
+    """Filters comparing a column with a value of another type than the file's, or a column the file lacks, are a
+    SourceError naming the filters and the metadata file."""
+    folder = _filtered_image_folder(tmp_path, table, filters)
+    refused = refused.format(file=re.escape(str(folder / table)))
+    with pytest.raises(SourceError, match=rf"^source {folder}: its README's filters .* {refused}"):
         load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"))
 
 
