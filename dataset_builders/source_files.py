@@ -1,8 +1,8 @@
 """Checks of a local source's data files before `datasets` reads them, each a `SourceError` naming the file (and the
 line and column where it can): a data file that does not read (`data_files_read`), a parquet file of no rows that
 `datasets` cannot read (`local_parquet_metadata`, `check_parquet_row_groups`), an image folder's caption table that
-`datasets` cannot read for want of rows or a header (`check_caption_table_rows`), and a JSON column of values of several types, which `datasets` would read as text
-(`check_json_value_types`). `sources.load_source` runs them; `SourceError` is defined here, and raised by both."""
+`datasets` cannot read for want of rows or a header (`check_caption_table_rows`), and a JSON column of values of several
+types, which `datasets` would read as text (`check_json_value_types`). `sources.load_source` runs them; `SourceError` is defined here, and raised by both."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.json as paj
 import pyarrow.parquet as pq
 from datasets.exceptions import DatasetGenerationError
+from datasets.features.features import encode_nested_example
 from datasets.packaged_modules.json.json import JsonConfig
 from datasets.utils.file_utils import is_local_path
 
@@ -129,12 +130,13 @@ def check_caption_table_rows(
     """A `SourceError` naming a folder's caption table (`CAPTION_TABLES`) that `datasets` cannot read, of any split (it
     prepares every split): a metadata.csv without a header (empty, blank lines, a BOM alone: pandas' "No columns to
     parse from file") or a metadata.parquet of no rows ("BatchSize must be greater than 0"); and, where no caption table
-    of `splits` (those a build reads) has a row (empty, blank lines, a header alone), the first of them, which `datasets`
-    failed on with an IndexError or StopIteration traceback (of a zip archive's, which imagefolder searches for one:
+    of `splits` (those a build reads) has a row (empty, blank lines, a header alone), the first of them, which
+    `datasets` failed on with an IndexError or StopIteration traceback (of a zip archive's, which imagefolder searches for one:
     with README filters, said to be theirs, since they kept no row). A table of no rows that `datasets` reads beside
     one with rows (a metadata.csv's header alone, a metadata.jsonl without a line) is read. `archives`: the members of
     the local zip archives (`local_archive_members`), of which only one holding a caption table is opened again."""
-    read = set(all_data_files({name: files for name, files in data_files_by_split(data_files).items() if name in splits}))
+    files_by_split = data_files_by_split(data_files)
+    read = {file for name in splits for file in files_by_split[name]}
     tables_read: dict[str, bool] = {}  # each caption table of `splits`, where errors name it: whether it has rows
     for file in all_data_files(data_files):
         with data_files_read(source, [file]):
@@ -268,6 +270,28 @@ def check_json_value_types(
                             f"{found_at if found_in == file else f'{found_in}, {found_at},'} holds {first_type}; "
                             f"{MIXED_TYPES_READ_AS[caption_tables]}: give it values of one type (or null)"
                         )
+
+
+def declared_value_problem(source: str, files: Iterable[str], features: Mapping[str, Any]) -> SourceError | None:
+    """The `SourceError` naming the first value of a JSON data file of `files` (an image folder's metadata.jsonl, as
+    `datasets` reads it: `_json_rows`) that the feature a README declares for its column (`features`) cannot encode, as
+    `datasets` encodes each row (`encode_nested_example`: an int64 column's "abc", a list), and the file, line and
+    column; None where there is none. Only once `datasets` failed: every line is read in Python."""
+    for file in (file for file in files if _is_json_data_file(file)):
+        for where, row in _json_rows(source, file):
+            for column, feature in features.items():
+                if row.get(column) is None:
+                    continue
+                try:
+                    encode_nested_example(feature, row[column])
+                except (ValueError, TypeError) as error:
+                    declared = getattr(feature, "dtype", None) or type(feature).__name__
+                    return SourceError(
+                        f"source {source}: its data file {file}, {where}: column {column!r} holds "
+                        f"{reprlib.repr(row[column])}, which its declared type {declared} (features:) cannot read "
+                        f"({type(error).__name__}: {error})"
+                    )
+    return None
 
 
 def _is_json_data_file(file: str) -> bool:

@@ -37,6 +37,7 @@ from .source_files import (
     check_parquet_row_groups,
     data_files_by_split,
     data_files_read,
+    declared_value_problem,
     file_being_read,
     local_archive_members,
     local_parquet_metadata,
@@ -353,8 +354,15 @@ def load_source(
             # pyarrow's filtering of a metadata file (imagefolder's own: a metadata.jsonl's or .parquet's, of its
             # types) failed: a column compared with a value of another type, or one the file lacks
             cause = error.__cause__ or error  # (datasets wraps the errors of a split's generation)
-            if not (isinstance(builder, ImageFolder) and builder.config.filters is not None
-                    and _raised_through(cause, "_filter_table")):
+            if not isinstance(builder, ImageFolder):
+                raise
+            if builder.config.features is not None and path.exists() and _raised_through(cause, "encode_example"):
+                # a metadata.jsonl's value of a column the README declares, of a type datasets cannot encode it to:
+                # its error named neither file nor column
+                problem = declared_value_problem(source, data_files, builder.config.features)
+                if problem is not None:
+                    raise problem from None
+            if builder.config.filters is None or not _raised_through(cause, "_filter_table"):
                 raise
             file = file_being_read(cause, set(data_files))
             raise SourceError(
@@ -542,8 +550,8 @@ def _holds_csv_metadata(builder: ImageFolder, files: Iterable[str], archives: Ma
     """Whether image folder `builder` reads a CSV caption table among `files` (its data files): a metadata.csv (or one
     of the config's `metadata_filenames`, by name), beside the images or in a zip archive, which it searches for one.
     A local archive's members (`archives`, `local_archive_members`) are read, its hidden files and folders and `__*`
-    ones left out, as `datasets` leaves them out: an archive of a metadata.jsonl is no CSV data. A Hub archive counts as CSV data unread: its listing would be
-    requested at every read, a cached source's too, and a Hub error while it is read is zipfile's "not a zip file"."""
+    ones left out, as `datasets` leaves them out: an archive of a metadata.jsonl is no CSV data. A Hub archive counts
+    as CSV data unread: its listing would be requested at every read, a cached source's too, and a Hub error while it is read is zipfile's "not a zip file"."""
     names = builder.config.metadata_filenames or builder.METADATA_FILENAMES
     csv_names = {name for name in names if name.lower().endswith(".csv")}
     for file in files:

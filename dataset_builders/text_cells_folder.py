@@ -71,7 +71,7 @@ class TextCellsImageFolder(ImageFolder):
                           if column not in declared} if isinstance(filters, list) else {}
         self._filter_expression = _filters_expression(filters, self._compared)
         self._filtered_columns = _filtered_columns(filters) if isinstance(filters, list) else []
-        self.source = self.repo_id or self.base_path  # (`from_builder`: as the user gave it)
+        self.source = self.repo_id or self.base_path  # the source its errors name (`from_builder`'s: as given)
 
     @classmethod
     def from_builder(cls, builder: ImageFolder, source: str, cache_dir: str | None = None) -> TextCellsImageFolder:
@@ -110,8 +110,8 @@ class TextCellsImageFolder(ImageFolder):
             missing = [column for column in self._filtered_columns if column not in frame.columns]
             if missing:
                 raise SourceError(
-                    f"source {self.source}: its README's filters {self.config.filters} compare the column(s) {missing}, "
-                    f"which its metadata file {metadata_file} lacks (its columns: {list(frame.columns)})"
+                    f"source {self.source}: its README's filters {self.config.filters} compare the column(s) "
+                    f"{missing}, which its metadata file {metadata_file} lacks (its columns: {list(frame.columns)})"
                 )
             table = pa.Table.from_pandas(frame)
             if self._filter_expression is not None:
@@ -121,8 +121,9 @@ class TextCellsImageFolder(ImageFolder):
 
 
 def _text_cells() -> type:
-    """The pandas dtype of a metadata.csv column no README declares: text (`TextCellsImageFolder._csv_cell_types`' default;
-    a function, not a lambda, as a builder pickles: `datasets` pickles one to prepare splits in several processes)."""
+    """The pandas dtype of a metadata.csv column no README declares: text (`TextCellsImageFolder._csv_cell_types`'
+    default; a function, not a lambda, as a builder pickles: `datasets` pickles one to prepare splits in several
+    processes)."""
     return str
 
 
@@ -141,7 +142,6 @@ def _filter_values(filters: list) -> dict[str, dict[type, Any]]:
     value of each kind (`FILTER_VALUE_KINDS`). `filters` as README `filters:` give them and
     `pyarrow.parquet.filters_to_expression` reads them: a list of `[column, op, value]` (all to hold), or a list of such
     lists (any to hold). A predicate that is none (`[]`, `[column, op]`) is a ValueError, as pyarrow's."""
-    # (an empty first item is read as a predicate: `[[]]` and `[[], [...]]` hold no [column, op, value] to unpack)
     values: dict[str, dict[type, Any]] = {}
     for column, _, value in (predicate for conjunction in _conjunctions(filters) for predicate in conjunction):
         for literal in value if isinstance(value, (list, tuple, set)) else [value]:

@@ -271,8 +271,8 @@ def test_a_caption_table_datasets_cannot_read_is_refused_beside_one_with_rows(tm
     (folder / "a" / table).write_text("file_name,caption\n0.png,a\n")
     (folder / "b").mkdir()
     (folder / "b" / table).write_text(text)
-    with pytest.raises(SourceError, match=rf"^source {folder}: its caption table {folder / 'b' / table} has no rows and "
-                                          "no header, which datasets cannot read: remove it$"):
+    with pytest.raises(SourceError, match=rf"^source {folder}: its caption table {folder / 'b' / table} has no rows "
+                                          "and no header, which datasets cannot read: remove it$"):
         load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"))
 
 
@@ -588,6 +588,26 @@ def test_readme_filters_that_cannot_be_applied_are_refused_naming_them_and_the_f
     folder = _filtered_image_folder(tmp_path, table, filters)
     refused = refused.format(file=re.escape(str(folder / table)))
     with pytest.raises(SourceError, match=rf"^source {folder}: its README's filters .* {refused}"):
+        load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("values, where", [
+    (('"1"', '"abc"'), r"line 2: column 'score' holds 'abc', which its declared type int64 \(features:\) cannot read "
+                       r"\(ValueError: invalid literal for int\(\) with base 10: 'abc'\)$"),
+    (("[1]", "[2]"), r"line 1: column 'score' holds \[1\], which its declared type int64 \(features:\) cannot read "
+                     r"\(TypeError: int\(\) argument must be"),
+])
+def test_a_metadata_jsonl_value_its_declared_type_cannot_read_is_named_with_file_line_and_column(tmp_path, values, where):
+    """datasets encodes an image folder's metadata.jsonl rows to the README's declared features: a value it cannot
+    encode said "its data files cannot be read (ValueError: invalid literal for int() with base 10: 'abc')", naming
+    neither file nor column."""
+    folder = tmp_path / "images"
+    _image_folder(folder, count=2)
+    (folder / "metadata.jsonl").write_text("".join(f'{{"file_name": "{index}.png", "score": {value}}}\n'
+                                                   for index, value in enumerate(values)))
+    (folder / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files: '*'\n  features:\n"
+                                      "  - name: file_name\n    dtype: string\n  - name: score\n    dtype: int64\n---\n")
+    with pytest.raises(SourceError, match=rf"^source {folder}: its data file {folder / 'metadata.jsonl'}, {where}"):
         load_source(str(folder), split="train", cache_dir=str(tmp_path / "cache"))
 
 
