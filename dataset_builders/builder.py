@@ -543,7 +543,8 @@ def _older_builder_notes(saved: dict[str, Any], recorded: dict[str, Any], curren
     record, read back as None, and numbers it wrote as text. Without source_csv_cells, the work dir's CSV cells were
     read with pandas' defaults; with judge settings holding none of `_UNRECORDED_JUDGE_RULES`' keys (no member's, for
     an ensemble), its judge followed the older rules, which None does not say ("context_length: None in the work dir"
-    reads as a judge without a context, not one that did not cut texts)."""
+    reads as a judge without a context, not one that did not cut texts); so did its captioner's parser without
+    caption_parser."""
     notes = []
     if saved.get("source_csv_cells") is None and current["source_csv_cells"]:
         notes.append("builders before this one read a source's CSV cells with pandas' defaults: an id 0123 as 123, a "
@@ -557,6 +558,11 @@ def _older_builder_notes(saved: dict[str, Any], recorded: dict[str, Any], curren
                 f"they {' and '.join(_UNRECORDED_JUDGE_RULES[key] for key in unrecorded)}, so the work dir's scores may "
                 "differ from this build's"
             )
+    saved_captioner, current_captioner = saved.get("captioner_settings"), current["captioner_settings"]
+    if isinstance(saved_captioner, dict) and "caption_parser" not in saved_captioner and current_captioner:
+        notes.append("builders before this one did not record caption_parser, the version of the rules that read "
+                     "captions from the captioner's answers, and read some answers otherwise, so the work dir's "
+                     "captions may differ from this build's")
     if any(_number_written_as_text(then, now) for _, then, now in changed_entries(recorded, current)):
         notes.append("builders before this one wrote numpy's numbers as text: numpy.int64(4) as '4'")
     return "".join(f" ({note})" for note in notes)
