@@ -317,6 +317,22 @@ def _read_config(
     return config
 
 
+def _with_config_overrides(
+    name_or_path: str, config: PreTrainedConfig, config_overrides: dict[str, Any]
+) -> PreTrainedConfig:
+    """`config`, read as saved, with `config_overrides` applied as `AutoModel.from_pretrained` applies them to the
+    config it reads (`from_dict`; those it has no field for are left out), built from `config`'s values rather than
+    read again: a Hub checkpoint's config was asked for twice. A `MapleLoadError` for overrides the config refuses,
+    but a `CausalClsPoolingError` as `MapleConfig` raises it, for `_checkpoint` to tell."""
+    try:
+        config, _ = type(config).from_dict(config.to_dict(), return_unused_kwargs=True, **config_overrides)
+    except CausalClsPoolingError:
+        raise
+    except ValueError as error:
+        raise MapleLoadError(f"{name_or_path}: {' '.join(str(error).split())}") from error
+    return config
+
+
 def _taken(config: PreTrainedConfig) -> bool:
     """Whether a MAPLE `config` read is one a model is built from (`refuse_causal_cls_pooling` refuses it not)."""
     try:
@@ -371,9 +387,11 @@ def _checkpoint(
         # as `from_pretrained` builds the model: with the caller's overrides, which may set a refused pooling right
         config_overrides, saved = _config_overrides(from_pretrained_kwargs), config
         try:
-            if config is None or config_overrides:
+            if config is None:  # refused as saved: read again, as the model is built
                 config = _read_config(name_or_path, revision, trust_remote_code, token, file_loading_kwargs,
                                       config_overrides)
+            elif config_overrides:
+                config = _with_config_overrides(name_or_path, config, config_overrides)
             refuse_causal_cls_pooling(config)
         except (CausalClsPoolingError, MapleLoadError) as error:
             # the checkpoint taken as saved: the caller's overrides are what the config refuses

@@ -1,5 +1,6 @@
 """`modeling_maple.load_maple`, the one loading path of `maple train`, `RPATrainer(model="...")` and `maple eval`."""
 
+import json
 import re
 from pathlib import Path
 
@@ -218,6 +219,33 @@ def test_config_overrides_a_checkpoint_refuses_are_told_as_the_overrides(tmp_pat
     with pytest.raises(TrainingInputError, match=rf"^--model_init_kwargs: {tmp_path}: config overrides \[.*'pooling'\]: "
                                                  r"Unknown pooling 'bogus'"):
         load_model_and_processor(ModelArguments(model_name_or_path=str(tmp_path)), arguments)
+
+
+def test_config_overrides_do_not_read_a_hub_checkpoints_config_again(hub_server, tmp_path):
+    """`load_maple` read a MAPLE checkpoint's config as saved, then again with the caller's overrides: one more request
+    for the repo's revision per load from the Hub. The overridden config is built from the one read, and a load with
+    overrides asks the Hub what one without them asks (its files cached by a first load)."""
+    load = RECORDING_HUB_REQUESTS + """
+import json
+import tempfile
+from huggingface_hub import HfApi
+from modeling_maple import load_maple
+from modeling_maple.testing import build_tiny
+
+with tempfile.TemporaryDirectory() as folder:
+    for part in build_tiny("dual_encoder", seed=0):
+        part.save_pretrained(folder)
+    HfApi().create_repo("maple-tester/tiny-overridden")
+    HfApi().upload_folder(repo_id="maple-tester/tiny-overridden", folder_path=folder)
+load_maple("maple-tester/tiny-overridden")  # (downloads the files)
+for overrides in ({}, {"pooling": "cls", "normalize": False}):
+    requested.clear()
+    model, _ = load_maple("maple-tester/tiny-overridden", **overrides)
+    print(json.dumps([model.config.pooling, model.config.normalize, requested]))
+"""
+    as_saved, overridden = map(json.loads, run_client(hub_server, tmp_path, load).splitlines()[-2:])
+    assert as_saved[:2] == ["mean", True] and overridden[:2] == ["cls", False]
+    assert overridden[2] == as_saved[2]
 
 
 def test_a_home_relative_path_loads_as_a_folder(tmp_path, monkeypatch):
