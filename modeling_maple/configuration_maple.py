@@ -3,7 +3,7 @@
 import copyreg
 import math
 from collections.abc import Mapping
-from dataclasses import fields
+from dataclasses import fields, is_dataclass
 from typing import Any
 
 from huggingface_hub.dataclasses import strict
@@ -34,9 +34,14 @@ DUAL_ENCODER_MODEL_TYPES = ("clip", "siglip", "siglip2")
 # Vision towers that take images at their own aspect ratio as padded patch sequences (SigLIP2's NaFlex): their image
 # processor returns, and their forward needs, `pixel_attention_mask` and `spatial_shapes` beside `pixel_values`.
 NAFLEX_VISION_TOWERS = ("siglip2_vision_model",)
-# Text towers with causal attention, whose first token sees only itself (SigLIP's attend both ways), that their
-# attention modules do not tell (`is_causal` False): CLIP's and the CLIP-like ones build their causal mask themselves
-# (AIMv2's, under SDPA, only for a padded batch); a decoder's modules tell it (`MapleModel`).
+# Text towers with causal attention, whose first token sees only itself (SigLIP's attend both ways), whatever their
+# config says. Those whose attention modules do not tell it (`is_causal` False or missing): CLIP's and the CLIP-like
+# ones build their causal mask themselves (AIMv2's, under SDPA, only for a padded batch), OpenAI GPT's attention applies
+# a causal buffer of its own, MPT's takes transformers' causal mask (and fails with `is_causal=False`), Mamba, Mamba2,
+# Falcon-Mamba and RWKV are recurrent. Decoders whose modules tell it but that do not honour a config's
+# `is_causal=False` under every attention implementation: GPT-Neo applies its causal buffer, StableLM and Nemotron stay
+# causal under SDPA, Llama 4 under eager, LongCat-Flash under both. (Checked on tiny models: token 0's state unchanged
+# by changing later tokens.) Another decoder whose modules tell it is `MapleModel`'s to refuse.
 CAUSAL_TEXT_TOWERS = (
     "clip_text_model",
     "clipseg_text_model",
@@ -46,7 +51,21 @@ CAUSAL_TEXT_TOWERS = (
     "owlv2_text_model",
     "xclip_text_model",
     "aimv2_text_model",
+    "openai-gpt",
+    "mpt",
+    "gpt_neo",
+    "mamba",
+    "mamba2",
+    "falcon_mamba",
+    "rwkv",
+    "stablelm",
+    "nemotron",
+    "llama4_text",
+    "longcat_flash",
 )
+# Decoders whose attention modules do not tell their causal attention but whose masks honour a config's
+# `is_causal=False` (transformers' `create_causal_mask`): causal unless their config says so.
+FLAGLESS_DECODER_TEXT_TOWERS = ("bloom", "doge", "git", "gpt_neox_japanese", "xglm")
 # The special tokens MapleConfig shares with its text side (`text_side_token_ids`).
 SPECIAL_TOKEN_IDS = ("pad_token_id", "bos_token_id", "eos_token_id")
 
@@ -80,10 +99,18 @@ def text_side_token_ids(maple_config: PreTrainedConfig | Mapping[str, Any]) -> d
 
 
 def config_tells_causal(text_config: PreTrainedConfig) -> bool:
-    """Whether a text tower of `text_config` attends causally, as its config alone tells: a CLIP-like tower
-    (`CAUSAL_TEXT_TOWERS`), or one whose config sets `causal=True` (XLM's, FlauBERT's, whose masks read it). A decoder's
-    causal attention is told by its attention modules (`MapleModel`)."""
-    return text_config.model_type in CAUSAL_TEXT_TOWERS or getattr(text_config, "causal", False) is True
+    """Whether a text tower of `text_config` attends causally, as its config alone tells: one of `CAUSAL_TEXT_TOWERS`
+    (CLIP-like, recurrent, or a decoder deaf to `is_causal=False`), one of `FLAGLESS_DECODER_TEXT_TOWERS` unless its
+    config sets `is_causal=False`, or one whose config sets `causal=True` (XLM's, FlauBERT's) or `is_decoder=True` (an
+    encoder configured as a decoder: BERT's, RoFormer's, Megatron-BERT's, BigBird's masks read it; ALBERT's ignores it).
+    Another decoder's causal attention is told by its attention modules (`MapleModel`)."""
+    if text_config.model_type in CAUSAL_TEXT_TOWERS:
+        return True
+    if text_config.model_type in FLAGLESS_DECODER_TEXT_TOWERS and getattr(text_config, "is_causal", True) is not False:
+        return True
+    # `is_decoder` is a field of the configs whose models read it; set on another (ALBERT's), it is ignored
+    declares_is_decoder = is_dataclass(text_config) and any(field.name == "is_decoder" for field in fields(text_config))
+    return getattr(text_config, "causal", False) is True or (declares_is_decoder and text_config.is_decoder is True)
 
 
 class CausalClsPoolingError(ValueError):
@@ -140,9 +167,12 @@ class MapleConfig(PreTrainedConfig):
         How token states become one vector. `"mllm"`: `"mean"` over non-padding tokens (paper) or
         `"last"` non-padding token. `"dual_encoder"`: `"mean"`, `"cls"` (first token) or `"pooler"` (the tower's own
         `pooler_output`, as CLIP and SigLIP do). `"cls"` is refused for a causal text tower, whose first token sees only
-        itself: here for CLIP's and the CLIP-like ones (`CAUSAL_TEXT_TOWERS`: OWL-ViT, OWLv2, MetaCLIP 2, ...) and an
-        XLM or FlauBERT with `causal=True`; by `MapleModel` for one whose attention modules are causal, a decoder's
-        such as GPT-2 or Qwen2 (unless its config sets `is_causal=False`) or a BERT with `is_decoder=True`.
+        itself: here where its config tells it (`config_tells_causal`): CLIP's and the CLIP-like ones (OWL-ViT, OWLv2,
+        MetaCLIP 2, ...), recurrent ones (Mamba, RWKV), OpenAI GPT, MPT, GPT-Neo and StableLM (even with
+        `is_causal=False`, which they do not honour under every attention implementation), Bloom (unless
+        `is_causal=False`), an XLM or FlauBERT with `causal=True`, an encoder with `is_decoder=True` (BERT, RoFormer,
+        Megatron-BERT); by `MapleModel` for one whose attention modules are causal, a decoder's such as GPT-2 or Qwen2
+        (unless its config sets `is_causal=False`).
     bidirectional (`bool`, defaults to `True`):
         Replace the MLLM's causal mask with a bidirectional one (paper). Ignored for dual encoders.
     projection_dim (`int`, *optional*):

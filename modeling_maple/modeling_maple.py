@@ -600,7 +600,8 @@ def _attends_causally(tower: PreTrainedModel) -> bool:
     """Whether a transformers text tower lets each token see only those before it, as its masks do: its attention
     modules say so (`is_causal`: a decoder's, such as GPT-2, Llama or Qwen2, or a BERT configured with
     `is_decoder=True`; not an encoder's, nor Gemma 3's with `use_bidirectional_attention`, EmbeddingGemma), and its
-    config does not make it bidirectional with `is_causal=False`."""
+    config does not make it bidirectional with `is_causal=False` (which those that do not honour it are refused for by
+    `MapleConfig`, `config_tells_causal`)."""
     # transformers' mask factory (`masking_utils.create_causal_mask`) reads a config's `is_causal=False` as a padding-only
     # mask, and the model's forward passes it to the attention modules over their own `is_causal`
     if getattr(tower.config, "is_causal", True) is False:

@@ -12,10 +12,12 @@ from peft import PeftModel, get_peft_model
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import (
+    AlbertConfig,
     AutoModel,
     AutoProcessor,
     BertConfig,
     BertModel,
+    BloomConfig,
     CLIPConfig,
     CLIPImageProcessorPil,
     CLIPModel,
@@ -23,15 +25,26 @@ from transformers import (
     Dinov2Model,
     Gemma3TextConfig,
     GPT2Config,
+    GPTNeoConfig,
     LlamaConfig,
+    Mamba2Config,
+    MambaConfig,
+    MegatronBertConfig,
     MetaClip2TextConfig,
+    MptConfig,
+    NemotronConfig,
+    OpenAIGPTConfig,
     Owlv2TextConfig,
     Qwen2Config,
+    RoFormerConfig,
+    RwkvConfig,
     Siglip2Config,
     Siglip2ImageProcessorPil,
     Siglip2Model,
     SiglipConfig,
     SiglipModel,
+    StableLmConfig,
+    XGLMConfig,
     XLMConfig,
 )
 
@@ -231,6 +244,63 @@ def test_cls_pooling_is_refused_for_a_text_tower_its_config_tells_causal(text_co
     if text_config.model_type == "xlm":
         bidirectional = XLMConfig(**{**text_config.to_dict(), "causal": False})
         assert MapleConfig(pooling="cls", **{**towers, "text_config": bidirectional}).pooling == "cls"
+
+
+TINY_TEXT = dict(num_hidden_layers=1, hidden_size=32, num_attention_heads=4, intermediate_size=32, vocab_size=64)
+
+
+@pytest.mark.parametrize("text_config, attn_implementation", [
+    (GPTNeoConfig(num_layers=1, hidden_size=32, num_heads=4, attention_types=[[["global"], 1]], vocab_size=64,
+                  is_causal=False), "eager"),
+    (StableLmConfig(**TINY_TEXT, num_key_value_heads=4, is_causal=False), "sdpa"),
+    (NemotronConfig(**TINY_TEXT, num_key_value_heads=4, is_causal=False), "sdpa"),
+    (RoFormerConfig(**TINY_TEXT, is_decoder=True), "eager"),
+    (MegatronBertConfig(**TINY_TEXT, is_decoder=True), "eager"),
+    (OpenAIGPTConfig(n_layer=1, n_embd=32, n_head=4, vocab_size=64), "eager"),
+    (MambaConfig(num_hidden_layers=1, hidden_size=32, state_size=4, vocab_size=64), "eager"),
+    (Mamba2Config(num_hidden_layers=1, hidden_size=32, num_heads=4, head_dim=16, n_groups=1, state_size=4,
+                  vocab_size=64), "eager"),
+    (RwkvConfig(num_hidden_layers=2, hidden_size=32, attention_hidden_size=32, intermediate_size=64, context_length=16,
+                vocab_size=64), "eager"),
+    (BloomConfig(n_layer=1, hidden_size=32, n_head=4, vocab_size=64), "eager"),
+    (XGLMConfig(num_layers=1, d_model=32, attention_heads=4, ffn_dim=32, vocab_size=64), "eager"),
+    (MptConfig(n_layers=1, d_model=32, n_heads=4, vocab_size=64), "eager"),
+], ids=["gpt-neo-is_causal-False", "stablelm-is_causal-False", "nemotron-is_causal-False", "roformer-as-decoder",
+        "megatron-bert-as-decoder", "openai-gpt", "mamba", "mamba2", "rwkv", "bloom", "xglm", "mpt"])
+def test_cls_pooling_is_refused_for_a_causal_text_tower_its_attention_modules_do_not_tell(text_config, attn_implementation):
+    """Text towers whose first token sees only itself though no attention module says `is_causal`, or though their
+    config says `is_causal=False`, which they do not honour (GPT-Neo applies a causal buffer of its own; StableLM's
+    and Nemotron's decoder layers drop the flag, so SDPA falls back to their modules' when no mask is built), were taken with
+    pooling='cls', every text then embedding alike. Their causality is checked here first: token 0's state does not
+    change with the tokens after it."""
+    text_config._attn_implementation = attn_implementation
+    tower = AutoModel.from_config(text_config).eval()
+    with torch.no_grad():
+        first_states = [tower(input_ids=torch.tensor([ids])).last_hidden_state[0, 0] for ids in ([1, 5, 6], [1, 9, 10])]
+    torch.testing.assert_close(*first_states, rtol=0, atol=1e-6)
+    vision_config = tiny_dual_encoder_config().vision_config
+    towers = dict(backbone="dual_encoder", vision_config=vision_config, text_config=text_config, projection_dim=8)
+    with pytest.raises(ValueError, match=rf"pooling='cls' .* causal text tower \({text_config.model_type}\)"):
+        MapleModel(MapleConfig(pooling="cls", **towers))
+    assert MapleConfig(pooling="mean", **towers).pooling == "mean"
+
+
+@pytest.mark.parametrize("text_config", [
+    BloomConfig(n_layer=1, hidden_size=32, n_head=4, vocab_size=64, is_causal=False),
+    AlbertConfig(**TINY_TEXT, embedding_size=32, is_decoder=True),
+], ids=["bloom-is_causal-False", "albert-is_decoder-True"])
+def test_cls_pooling_is_kept_for_a_text_tower_whose_config_leaves_it_bidirectional(text_config):
+    """Bloom's attention modules do not say `is_causal`, but its mask honours a config's `is_causal=False`; ALBERT's
+    config has no `is_decoder` field, and its model ignores one set: their first token sees every token, and their cls
+    pooling is taken."""
+    towers = dict(backbone="dual_encoder", vision_config=tiny_dual_encoder_config().vision_config,
+                  text_config=text_config, projection_dim=8,
+                  attn_implementation={"text_config": "eager", "vision_config": "sdpa"})
+    model = MapleModel(MapleConfig(pooling="cls", **towers)).eval()
+    input_ids = torch.tensor([[1, 5, 6, 7], [1, 5, 6, 8]])  # the same first token
+    with torch.no_grad():
+        text_embeds = model.get_text_features(input_ids, torch.ones_like(input_ids))
+    assert not torch.allclose(text_embeds[0], text_embeds[1])
 
 
 def test_the_causal_cls_pooling_error_round_trips_through_pickle_and_copy():
