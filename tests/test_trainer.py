@@ -1140,6 +1140,14 @@ def test_a_config_is_rebuilt_from_its_dict(tmp_path):
         (dict(train_sampling_strategy="group_by_length"), "train_sampling_strategy='group_by_length' orders rows by"),
         (dict(train_sampling_strategy="batch_rebalance"), "train_sampling_strategy='batch_rebalance' orders rows by"),
         (dict(model_init_kwargs="[1, 2]"), r"model_init_kwargs must be a mapping of from_pretrained arguments .*got '\[1, 2\]'"),
+        # a dataclass does not check types: "false" switched the exclusion on, True was lambda = 1, and a number as a
+        # string failed with a TypeError naming no field
+        (dict(exclude_judged_positives="false"), "exclude_judged_positives must be True or False, got 'false'"),
+        (dict(learn_beta=1), "learn_beta must be True or False, got 1"),
+        (dict(rpa_weight=True), "rpa_weight must be a number, got True"),
+        (dict(rpa_weight="0.5"), "rpa_weight must be a number, got '0.5'"),
+        (dict(learning_rate="5e-4"), "learning_rate must be a number, got '5e-4'"),
+        (dict(beta="14"), "beta must be a number or None, got '14'"),
     ],
 )
 def test_config_rejects_bad_values(tmp_path, overrides, message):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,6 +41,12 @@ _MOOT_DPO_FIELDS = {
     "discopop_tau": "loss_type='discopop'",
     "precompute_ref_batch_size": "precompute_ref_log_probs",
 }
+
+# The settings `RPAConfig._check_setting_types` checks (the numbers by whether they may be None): RPA's own switches,
+# and the numbers whose range it checks
+_RPA_SWITCHES = ("learn_beta", "learn_temperature", "expand_negatives", "exclude_judged_positives", "gather_negatives")
+_NUMERIC_SETTINGS = {"rpa_weight": False, "learning_rate": False, "weight_decay": False, "beta": True,
+                     "temperature": True, "max_scale": True}
 
 
 def unused_dpo_field_help() -> dict[str, str]:
@@ -316,6 +323,7 @@ class RPAConfig(DPOConfig):
     def _check_rpa_settings(self) -> None:
         """Raises for a value of an RPA setting (the loss, its scales, the candidate draws) that the run would refuse
         or misuse later."""
+        self._check_setting_types()
         if not 0.0 <= self.rpa_weight <= 1.0:
             raise ValueError(f"rpa_weight (lambda) must lie in [0, 1], got {self.rpa_weight}")
         # torch's optimizers refuse these only when the training starts, after the model and the data have loaded
@@ -343,6 +351,21 @@ class RPAConfig(DPOConfig):
             raise ValueError(f"rpa_loss must be one of {list(RPA_LOSSES)}, got {self.rpa_loss!r}")
         if self.reference not in ("none", "frozen"):
             raise ValueError(f"reference must be 'none' or 'frozen', got {self.reference!r}")
+
+    def _check_setting_types(self) -> None:
+        """Raises for a setting checked here of another type than its field's, naming it. Python does not check a
+        dataclass's types: a string such as "false" for a switch would turn it on (`exclude_judged_positives="false"`
+        excluded the judged positives), `True` for `rpa_weight` would mean 1.0 (RPA alone), and a number given as a
+        string failed the range checks below with a TypeError that named no field."""
+        for name in _RPA_SWITCHES:
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be True or False, got {value!r}")
+        for name, optional in _NUMERIC_SETTINGS.items():
+            value = getattr(self, name)
+            if (value is None and optional) or (isinstance(value, numbers.Real) and not isinstance(value, bool)):
+                continue
+            raise ValueError(f"{name} must be a number{' or None' if optional else ''}, got {value!r}")
 
     def _check_inherited_settings(self) -> None:
         """Raises for a `DPOConfig` / `TrainingArguments` setting that `RPATrainer` does not use or that has no meaning
