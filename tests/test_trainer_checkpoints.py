@@ -354,6 +354,29 @@ def test_non_finite_loss_with_finite_weights_saves_them_and_names_the_step(tmp_p
     _assert_finite_checkpoint(checkpoint)
 
 
+def test_a_non_finite_loss_advises_a_lower_learning_rate_in_a_new_run_not_a_resume(tmp_path):
+    """The error advised resuming from the saved weights and lowering the learning rate, which a resume refuses: it
+    keeps the checkpoint's recipe, learning rate included. A new run from those weights takes another one."""
+    trainer = make_trainer(tmp_path, max_steps=10)
+    compute = trainer._contrastive_loss
+
+    def nan_at_step_4(*args, **kwargs):
+        loss = compute(*args, **kwargs)
+        return loss * math.nan if trainer.state.global_step == 3 else loss
+
+    trainer._contrastive_loss = nan_at_step_4
+    with pytest.raises(FloatingPointError) as stopped:
+        trainer.train()
+    assert "resume from there" not in str(stopped.value)
+    assert "lower the learning rate in a new run, which may start from a checkpoint's weights" in str(stopped.value)
+    checkpoint = str(tmp_path / "run" / "checkpoint-3")
+    with pytest.raises(ValueError, match="learning_rate: 0.001 -> 0.0001"):
+        make_trainer(tmp_path, max_steps=10, learning_rate=1e-4).train(resume_from_checkpoint=checkpoint)
+    new_run = RPATrainer(checkpoint, args=make_config(tmp_path / "new", max_steps=1, learning_rate=1e-4),
+                         train_dataset=synthetic_preference_dataset(8, seed=0))
+    assert math.isfinite(new_run.train().training_loss)
+
+
 def test_non_finite_weights_are_not_saved_and_the_last_checkpoint_is_named(tmp_path):
     trainer = make_trainer(tmp_path, max_steps=10, save_strategy="steps", save_steps=2)
     trainer.add_callback(_PoisonTemperature())

@@ -204,7 +204,7 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
     # The first process's loss was finite, yet it stopped too (and saved the weights before the step with the other)
     nan_run = tmp_path / "run2-nan"
     assert two_processes["nan_in_one_process"].startswith("Non-finite loss at training step 2")
-    assert f"saved to {nan_run / 'checkpoint-1'};" in two_processes["nan_in_one_process"]
+    assert f"saved to {nan_run / 'checkpoint-1'}." in two_processes["nan_in_one_process"]
     assert (nan_run / "checkpoint-1" / "model.safetensors").exists()
 
 

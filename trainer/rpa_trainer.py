@@ -593,15 +593,18 @@ class RPATrainer(DPOTrainer):
         if bool(self.accelerator.gather(weights_finite).all()):
             self._save_checkpoint(self.model, trial=None)
             checkpoint = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
-            saved = f"The (finite) weights before this step were saved to {checkpoint}; resume from there"
+            saved = f"The (finite) weights before this step were saved to {checkpoint}"
         else:
             reason = f"parameters {bad[:3]} are" if bad else f"the gradient norm of step {step - 1} is"
             last = next(iter(run_checkpoints(self.args.output_dir)[-1:]), None)
             where = f"the last regular checkpoint is {last}" if last else "no checkpoint was saved before it"
             saved = f"No checkpoint was saved: {reason} already non-finite; {where}"
+        # not "resume with a lower learning rate": a resume keeps its checkpoint's recipe, learning rate included,
+        # and trains the step's rows on its weights again
         raise FloatingPointError(
-            f"Non-finite loss at training step {step}: {losses}. {saved}. Lower the learning rate or check the judge "
-            "scores."
+            f"Non-finite loss at training step {step}: {losses}. {saved}. Check the judge scores and images of the "
+            "step's rows, or lower the learning rate in a new run, which may start from a checkpoint's weights (its "
+            "folder as the model): a resume keeps the checkpoint's recipe, learning rate included."
         )
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
