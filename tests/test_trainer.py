@@ -1120,6 +1120,9 @@ def test_a_config_is_rebuilt_from_its_dict(tmp_path):
         (dict(learning_rate=-1.0), "learning_rate"),
         (dict(learning_rate=float("nan")), "learning_rate"),
         (dict(weight_decay=-0.1), "weight_decay"),
+        # accepted, then a ValueError / OverflowError naming no field when the training starts
+        (dict(warmup_steps=math.nan), "warmup_steps must be a finite number of at least 0, got nan"),
+        (dict(warmup_steps=math.inf), "warmup_steps must be a finite number of at least 0, got inf"),
         (dict(rpa_loss="triplet"), "rpa_loss"),
         (dict(reference="ema"), "reference"),
         (dict(beta=0.0), "beta"),

@@ -45,8 +45,8 @@ _MOOT_DPO_FIELDS = {
 # The settings `RPAConfig._check_setting_types` checks (the numbers by whether they may be None): RPA's own switches,
 # and the numbers whose range it checks
 _RPA_SWITCHES = ("learn_beta", "learn_temperature", "expand_negatives", "exclude_judged_positives", "gather_negatives")
-_NUMERIC_SETTINGS = {"rpa_weight": False, "learning_rate": False, "weight_decay": False, "beta": True,
-                     "temperature": True, "max_scale": True}
+_NUMERIC_SETTINGS = {"rpa_weight": False, "learning_rate": False, "weight_decay": False, "warmup_steps": False,
+                     "beta": True, "temperature": True, "max_scale": True}
 
 
 def unused_dpo_field_help() -> dict[str, str]:
@@ -326,8 +326,11 @@ class RPAConfig(DPOConfig):
         self._check_setting_types()
         if not 0.0 <= self.rpa_weight <= 1.0:
             raise ValueError(f"rpa_weight (lambda) must lie in [0, 1], got {self.rpa_weight}")
-        # torch's optimizers refuse these only when the training starts, after the model and the data have loaded
-        for name, value in (("learning_rate", self.learning_rate), ("weight_decay", self.weight_decay)):
+        # torch's optimizers refuse these only when the training starts, after the model and the data have loaded, and
+        # transformers' warm-up then fails to count a NaN or infinite `warmup_steps` without naming it
+        settings = (("learning_rate", self.learning_rate), ("weight_decay", self.weight_decay),
+                    ("warmup_steps", self.warmup_steps))
+        for name, value in settings:
             if not 0.0 <= value < math.inf:
                 raise ValueError(f"{name} must be a finite number of at least 0, got {value}")
         for name, value in (("beta", self.beta), ("temperature", self.temperature), ("max_scale", self.max_scale)):
