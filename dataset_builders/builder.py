@@ -1044,7 +1044,10 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         `error`. The detail names the image file, if any, and the error; a path to no file is most likely text read
         as a file path, and says so."""
         file = value.get("path") if isinstance(value, dict) else None  # an image folder's file, or a column of text
-        if file and not value.get("bytes") and not Path(file).exists():  # text read as a file path, most likely
+        # A path to no file: text read as a file path, most likely. Told by `encoded_bytes`' error, not by
+        # `Path(file).exists()`: `datasets` patches the module of every builder, this one's too, for streaming, and
+        # its `Path` and `os.path` read a local file name holding "::" ("shot 12::30.png") as a chained path
+        if file and not value.get("bytes") and isinstance(error, FileNotFoundError):
             detail = (f"column {self.config.image_column!r} holds the text {reprlib.repr(file)}, read as an image file "
                       "path, and there is no such file")
             return SkippedInput(index, row_id, "unreadable image", detail)

@@ -52,16 +52,26 @@ DEFAULT_ID_COLUMN = "id"
 
 def encoded_bytes(value: dict[str, Any]) -> bytes:
     """The encoded bytes of an undecoded `datasets.Image` value ({"bytes", "path"}). A path may name a member of a zip
-    archive, as `datasets`' imagefolder stores an image of one ("zip://0.png::/data/images.zip"), read as `datasets`
-    reads it (`xopen`): a damaged member is zipfile's BadZipFile ("Bad CRC-32 for file '0.png'")."""
+    archive by a chained path, as `datasets`' imagefolder stores an image of one ("zip://0.png::/data/images.zip",
+    `_is_chained_path`), read as `datasets` reads it (`xopen`): a damaged member is zipfile's BadZipFile ("Bad CRC-32
+    for file '0.png'"). Any other path is a local file's, whose name may hold "::" ("shot 12::30.png"); a missing one
+    is a FileNotFoundError."""
     if value.get("bytes"):
         return value["bytes"]
-    if value.get("path") and "::" in value["path"]:
-        with xopen(value["path"], "rb") as member:
+    path = value.get("path")
+    if not path:
+        raise ValueError("image has neither bytes nor a path")
+    if _is_chained_path(path):
+        with xopen(path, "rb") as member:
             return member.read()
-    if value.get("path"):
-        return Path(value["path"]).read_bytes()
-    raise ValueError("image has neither bytes nor a path")
+    return Path(path).read_bytes()
+
+
+def _is_chained_path(path: str) -> bool:
+    """Whether `path` is an fsspec chained URL, a protocol's path then the file it reads ("zip://0.png::/data.zip"),
+    as `datasets` names a file inside an archive: not a local file whose name holds "::" ("/data/shot 12::30.png")."""
+    first, chained, _ = path.partition("::")
+    return bool(chained) and "://" in first
 
 
 def decode_image(payload: bytes, row: int) -> PIL.Image.Image:

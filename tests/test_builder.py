@@ -572,6 +572,30 @@ def test_a_source_of_several_configs_is_read_by_the_one_named(tmp_path):
         load_source(str(folder / "small" / "train-00000-of-00001.parquet"), split="train", name="small")
 
 
+def test_an_image_file_whose_name_holds_two_colons_is_read_as_a_local_file(tmp_path):
+    """An image folder's file named "shot 12::30.png" was read as a chained path (as a zip archive's member is named,
+    "zip://0.png::/data.zip") and skipped as "no such file" (found by a review); a damaged one is skipped with its
+    decoding error, not as "no such file" (`datasets` patches the builder's module, whose `Path` reads "::" as a
+    chain)."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    names = ["0.png", "shot 12::30.png", "cut 1::2.png"]
+    for index, name in enumerate(names[:2]):
+        Image.new("RGB", (8, 8), (index * 80, 0, 0)).save(folder / name)
+    (folder / names[2]).write_bytes(b"not an image")
+    rows = "".join(f"{name},c{index}\n" for index, name in enumerate(names))
+    (folder / "metadata.csv").write_text(f"file_name,caption\n{rows}")
+    builder = MaplePreferences(config_name="corpus-captions", source=str(folder), judge=ColourJudge(),
+                               miner=thumbnail_miner(), cache_dir=str(tmp_path / "cache"), work_dir=tmp_path / "work",
+                               progress=False)
+    _, valid_rows, skipped = builder.check_inputs()
+    assert valid_rows == [0, 1]
+    decoding_error = "UnidentifiedImageError: cannot identify image file the image bytes"
+    assert [(item.row, item.kind, item.detail) for item in skipped] == [
+        (2, "unreadable image", f"{folder / names[2]}: {decoding_error}")
+    ]
+
+
 @pytest.mark.parametrize("image_feature", [datasets.Value("string"), datasets.Image()], ids=["text", "image"])
 def test_relative_image_paths_are_found_beside_the_source_table(tmp_path, monkeypatch, image_feature):
     """A parquet table of image paths relative to itself had every row skipped as "no such file" unless the build ran
