@@ -18,7 +18,7 @@ import reprlib
 import traceback
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any, BinaryIO
 
 import pyarrow as pa
@@ -272,12 +272,18 @@ def check_json_value_types(
                         )
 
 
-def declared_value_problem(source: str, files: Iterable[str], features: Mapping[str, Any]) -> SourceError | None:
-    """The `SourceError` naming the first value of a JSON data file of `files` (an image folder's metadata.jsonl, as
-    `datasets` reads it: `_json_rows`) that the feature a README declares for its column (`features`) cannot encode, as
-    `datasets` encodes each row (`encode_nested_example`: an int64 column's "abc", a list), and the file, line and
-    column; None where there is none. Only once `datasets` failed: every line is read in Python."""
-    for file in (file for file in files if _is_json_data_file(file)):
+def declared_value_problem(
+    source: str, files: Iterable[str], features: Mapping[str, Any], caption_table_names: Collection[str]
+) -> SourceError | None:
+    """The `SourceError` naming the first value of an image folder's JSON Lines caption table among `files` (its data
+    files) that the feature a README declares for its column (`features`) cannot encode, as `datasets` encodes each row
+    (`encode_nested_example`: an int64 column's "abc", a list), and the file, line and column; None where there is
+    none. A caption table is a file named as one of `caption_table_names` (the config's `metadata_filenames`, or
+    `CAPTION_TABLES`), read as JSON Lines where its suffix is .jsonl (`_json_rows`), as imagefolder reads them: not
+    any other JSON file of the folder (notes.jsonl). Only once `datasets` failed: every line is read in Python."""
+    tables = [file for file in files
+              if os.path.basename(file) in caption_table_names and os.path.splitext(file)[1] == ".jsonl"]
+    for file in tables:
         for where, row in _json_rows(source, file):
             for column, feature in features.items():
                 if row.get(column) is None:

@@ -369,7 +369,8 @@ def load_source(
             if builder.config.features is not None and path.exists() and _raised_through(cause, "encode_example"):
                 # a metadata.jsonl's value of a column the README declares, of a type datasets cannot encode it to:
                 # its error named neither file nor column
-                problem = declared_value_problem(source, data_files, builder.config.features)
+                caption_tables = _caption_table_names(builder)
+                problem = declared_value_problem(source, data_files, builder.config.features, caption_tables)
                 if problem is not None:
                     raise problem from None
             if builder.config.filters is None or not _raised_through(cause, "_filter_table"):
@@ -562,8 +563,7 @@ def _holds_csv_metadata(builder: ImageFolder, files: Iterable[str], archives: Ma
     A local archive's members (`archives`, `local_archive_members`) are read, its hidden files and folders and `__*`
     ones left out, as `datasets` leaves them out: an archive of a metadata.jsonl is no CSV data. A Hub archive counts
     as CSV data unread: its listing would be requested at every read, a cached source's too, and a Hub error while it is read is zipfile's "not a zip file"."""
-    names = builder.config.metadata_filenames or builder.METADATA_FILENAMES
-    csv_names = {name for name in names if name.lower().endswith(".csv")}
+    csv_names = {name for name in _caption_table_names(builder) if name.lower().endswith(".csv")}
     for file in files:
         members = [file]
         if file.lower().endswith(".zip"):
@@ -574,6 +574,12 @@ def _holds_csv_metadata(builder: ImageFolder, files: Iterable[str], archives: Ma
         if any(os.path.basename(member) in csv_names for member in members):
             return True
     return False
+
+
+def _caption_table_names(builder: ImageFolder) -> list[str]:
+    """The file names image folder `builder` reads as caption tables: its config's `metadata_filenames`, or
+    imagefolder's (`CAPTION_TABLES`)."""
+    return builder.config.metadata_filenames or builder.METADATA_FILENAMES
 
 
 def _check_local_parquet_rows(source: str, split: str, data_files: Mapping[Any, Iterable[Any]]) -> None:

@@ -600,9 +600,11 @@ def test_readme_filters_that_cannot_be_applied_are_refused_naming_them_and_the_f
 def test_a_metadata_jsonl_value_its_declared_type_cannot_read_is_named_with_file_line_and_column(tmp_path, values, where):
     """datasets encodes an image folder's metadata.jsonl rows to the README's declared features: a value it cannot
     encode said "its data files cannot be read (ValueError: invalid literal for int() with base 10: 'abc')", naming
-    neither file nor column."""
+    neither file nor column. Other JSON Lines files of the folder, which imagefolder does not read, are not searched:
+    the error named a_notes.jsonl, or its line that is no JSON (found by a review)."""
     folder = tmp_path / "images"
     _image_folder(folder, count=2)
+    (folder / "a_notes.jsonl").write_text('{"score": "zzz"}\nnot json\n')
     (folder / "metadata.jsonl").write_text("".join(f'{{"file_name": "{index}.png", "score": {value}}}\n'
                                                    for index, value in enumerate(values)))
     (folder / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files: '*'\n  features:\n"
