@@ -361,8 +361,6 @@ def load_source(
             raise SourceError(f"source {source}: its README's filters {builder.config.filters} keep no row of its "
                               "metadata files: change them (configs: filters: in its README.md)") from None
         except (pa.ArrowNotImplementedError, pa.ArrowInvalid, DatasetGenerationError) as error:
-            # pyarrow's filtering of a metadata file (imagefolder's own: a metadata.jsonl's or .parquet's, of its
-            # types) failed: a column compared with a value of another type, or one the file lacks
             cause = error.__cause__ or error  # (datasets wraps the errors of a split's generation)
             if not isinstance(builder, ImageFolder):
                 raise
@@ -373,7 +371,10 @@ def load_source(
                 problem = declared_value_problem(source, data_files, builder.config.features, caption_tables)
                 if problem is not None:
                     raise problem from None
-            if builder.config.filters is None or not _raised_through(cause, "_filter_table"):
+            # pyarrow's filtering of a metadata file (imagefolder's own, of the file's types: a metadata.jsonl's or a
+            # metadata.parquet's, `METADATA_FILTERING`) failed: a column compared with a value of another type, or one
+            # the file lacks
+            if builder.config.filters is None or not any(_raised_through(cause, step) for step in METADATA_FILTERING):
                 raise
             file = file_being_read(cause, set(data_files))
             raise SourceError(
@@ -383,6 +384,13 @@ def load_source(
                 "(configs: filters: in its README.md)"
             ) from None
     return _prepared_split(source, split, builder)
+
+
+# Where pyarrow applies an image folder's README filters to its metadata files, as imagefolder applies them (the
+# functions of a traceback, Cython's by their qualified names): to each table of a metadata.jsonl (`Table.filter`),
+# and to a metadata.parquet as it is read (`Fragment.to_batches(filter=...)`, which binds the filters to the file's
+# columns first)
+METADATA_FILTERING = ("_filter_table", "pyarrow._compute._bind")
 
 
 def _raised_in(error: BaseException, function: str) -> bool:

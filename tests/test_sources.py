@@ -5,6 +5,8 @@ import json
 import re
 
 import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hub_server import run_client
 from PIL import Image
@@ -313,8 +315,6 @@ def _write_compressed(path, text: str) -> None:
     import gzip
     import lzma
 
-    import pyarrow as pa
-
     if path.suffix == ".zst":  # (the standard library writes no zstd)
         with pa.output_stream(str(path), compression="zstd") as stream:
             stream.write(text.encode())
@@ -474,13 +474,16 @@ def test_readme_filters_of_an_image_folder_with_a_metadata_csv_compare_numbers_a
 
 
 def _filtered_image_folder(tmp_path, table: str, filters: str):
-    """An image folder of three images, its caption table `table` (a metadata.csv or .jsonl) of the columns id, score
-    and flag, and a README whose config has the `filters` given (YAML)."""
+    """An image folder of three images, its caption table `table` (a metadata.csv, .jsonl or .parquet) of the columns
+    id, score and flag, and a README whose config has the `filters` given (YAML)."""
     folder = tmp_path / "images"
     _image_folder(folder, count=3)
     rows = [("0.png", "01", 10, True), ("1.png", "2", 3, False), ("2.png", "3", None, True)]
     if table == "metadata.csv":
         (folder / table).write_text("file_name,id,score,flag\n0.png,01,10,True\n1.png,2,3,false\n2.png,3,NA,True\n")
+    elif table == "metadata.parquet":
+        pq.write_table(pa.Table.from_pylist([dict(zip(["file_name", "id", "score", "flag"], row)) for row in rows]),
+                       folder / table)
     else:
         (folder / table).write_text("".join(json.dumps(dict(zip(["file_name", "id", "score", "flag"], row))) + "\n"
                                             for row in rows))
@@ -577,6 +580,12 @@ def test_malformed_readme_filters_are_refused_naming_them(tmp_path, table, filte
      r"Function 'greater' has no kernel matching input types \(string, int8\)\): compare columns the metadata files "
      r"hold, with values of their type \(configs: filters: in its README.md\)"),
     ("metadata.jsonl", '[["flag", "==", true], ["nope", "==", 1]]', r"cannot be applied to its metadata file {file} "
+     r"\(ArrowInvalid: No match for FieldRef.Name\(nope\) in file_name: string"),
+    # a metadata.parquet is filtered by imagefolder as it is read: pyarrow's bare error escaped, or (a column it lacks)
+    # blamed the file as unreadable
+    ("metadata.parquet", '[["id", ">", 1]]', r"cannot be applied to its metadata file {file} "
+     r"\(ArrowNotImplementedError: Function 'greater' has no kernel matching input types \(string, int8\)\)"),
+    ("metadata.parquet", '[["flag", "==", true], ["nope", "==", 1]]', r"cannot be applied to its metadata file {file} "
      r"\(ArrowInvalid: No match for FieldRef.Name\(nope\) in file_name: string"),
     # (pyarrow's error, which blamed the file as unreadable, listed columns the filtering adds, of no file)
     ("metadata.csv", '[["flag", "==", true], ["nope", "==", 1]]', r"compare the column\(s\) \['nope'\], which its "
