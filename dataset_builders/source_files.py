@@ -2,7 +2,8 @@
 line and column where it can): a data file that does not read (`data_files_read`), a parquet file of no rows that
 `datasets` cannot read (`local_parquet_metadata`, `check_parquet_row_groups`), an image folder's caption table that
 `datasets` cannot read for want of rows or a header (`check_caption_table_rows`), and a JSON column of values of several
-types, which `datasets` would read as text (`check_json_value_types`). `sources.load_source` runs them; `SourceError` is defined here, and raised by both."""
+types, which `datasets` would read as text (`check_json_value_types`). `sources.load_source` runs them; `SourceError`
+is defined here, and raised by both."""
 
 from __future__ import annotations
 
@@ -131,10 +132,11 @@ def check_caption_table_rows(
     prepares every split): a metadata.csv without a header (empty, blank lines, a BOM alone: pandas' "No columns to
     parse from file") or a metadata.parquet of no rows ("BatchSize must be greater than 0"); and, where no caption table
     of `splits` (those a build reads) has a row (empty, blank lines, a header alone), the first of them, which
-    `datasets` failed on with an IndexError or StopIteration traceback (of a zip archive's, which imagefolder searches for one:
-    with README filters, said to be theirs, since they kept no row). A table of no rows that `datasets` reads beside
-    one with rows (a metadata.csv's header alone, a metadata.jsonl without a line) is read. `archives`: the members of
-    the local zip archives (`local_archive_members`), of which only one holding a caption table is opened again."""
+    `datasets` failed on with an IndexError or StopIteration traceback (of a zip archive's, which imagefolder searches
+    for one: with README filters, said to be theirs, since they kept no row). A table of no rows that `datasets` reads
+    beside one with rows (a metadata.csv's header alone, a metadata.jsonl without a line) is read. `archives`: the
+    members of the local zip archives (`local_archive_members`), of which only one holding a caption table is opened
+    again."""
     files_by_split = data_files_by_split(data_files)
     read = {file for name in splits for file in files_by_split[name]}
     tables_read: dict[str, bool] = {}  # each caption table of `splits`, where errors name it: whether it has rows
@@ -218,9 +220,9 @@ def check_json_value_types(
     caption_tables: bool,
 ) -> None:
     """Raise a `SourceError` where a column of `columns` holds values of several JSON types in the JSON data files
-    (`_is_json_data_file`, compressed too) of `splits`, those a build reads. It names the file, line and column of the first value
-    whose type differs from the column's first value, and where that one is (a caption that is a list among strings).
-    Nulls go with any type, integers with floats.
+    (`_is_json_data_file`, compressed too) of `splits`, those a build reads. It names the file, line and column of the
+    first value whose type differs from the column's first value, and where that one is (a caption that is a list
+    among strings). Nulls go with any type, integers with floats.
 
     Why: `datasets` reads JSON Lines in chunks (`JSON_CHUNK_SIZE`; a file of one JSON array as one chunk), and takes
     a column's type from the first chunk of the first file, for every later chunk, file and split:

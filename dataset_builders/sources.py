@@ -570,7 +570,8 @@ def _holds_csv_metadata(builder: ImageFolder, files: Iterable[str], archives: Ma
     of the config's `metadata_filenames`, by name), beside the images or in a zip archive, which it searches for one.
     A local archive's members (`archives`, `local_archive_members`) are read, its hidden files and folders and `__*`
     ones left out, as `datasets` leaves them out: an archive of a metadata.jsonl is no CSV data. A Hub archive counts
-    as CSV data unread: its listing would be requested at every read, a cached source's too, and a Hub error while it is read is zipfile's "not a zip file"."""
+    as CSV data unread: its listing would be requested at every read, a cached source's too, and a Hub error while it
+    is read is zipfile's "not a zip file"."""
     csv_names = {name for name in _caption_table_names(builder) if name.lower().endswith(".csv")}
     for file in files:
         members = [file]
