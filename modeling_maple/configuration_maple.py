@@ -66,6 +66,9 @@ CAUSAL_TEXT_TOWERS = (
 # Decoders whose attention modules do not tell their causal attention but whose masks honour a config's
 # `is_causal=False` (transformers' `create_causal_mask`): causal unless their config says so.
 FLAGLESS_DECODER_TEXT_TOWERS = ("bloom", "doge", "git", "gpt_neox_japanese", "xglm")
+# Encoders whose config declares `is_decoder` but whose model ignores it, attending both ways: BLIP's text model (whose
+# config defaults to True; its forward takes its own `is_decoder=False`), ConvBERT's and TAPAS's.
+IS_DECODER_IGNORING_TEXT_TOWERS = ("blip_text_model", "convbert", "tapas")
 # The special tokens MapleConfig shares with its text side (`text_side_token_ids`).
 SPECIAL_TOKEN_IDS = ("pad_token_id", "bos_token_id", "eos_token_id")
 
@@ -102,14 +105,17 @@ def config_tells_causal(text_config: PreTrainedConfig) -> bool:
     """Whether a text tower of `text_config` attends causally, as its config alone tells: one of `CAUSAL_TEXT_TOWERS`
     (CLIP-like, recurrent, or a decoder deaf to `is_causal=False`), one of `FLAGLESS_DECODER_TEXT_TOWERS` unless its
     config sets `is_causal=False`, or one whose config sets `causal=True` (XLM's, FlauBERT's) or `is_decoder=True` (an
-    encoder configured as a decoder: BERT's, RoFormer's, Megatron-BERT's, BigBird's masks read it; ALBERT's ignores it).
-    Another decoder's causal attention is told by its attention modules (`MapleModel`)."""
+    encoder configured as a decoder: BERT's, RoFormer's, Megatron-BERT's, BigBird's masks read it; ALBERT's, and those of
+    `IS_DECODER_IGNORING_TEXT_TOWERS`, ignore it). Another decoder's causal attention is told by its attention modules
+    (`MapleModel`)."""
     if text_config.model_type in CAUSAL_TEXT_TOWERS:
         return True
     if text_config.model_type in FLAGLESS_DECODER_TEXT_TOWERS and getattr(text_config, "is_causal", True) is not False:
         return True
-    # `is_decoder` is a field of the configs whose models read it; set on another (ALBERT's), it is ignored
-    declares_is_decoder = is_dataclass(text_config) and any(field.name == "is_decoder" for field in fields(text_config))
+    # `is_decoder` is a field of the configs whose models read it, but for a few; set on another (ALBERT's), it is ignored
+    declares_is_decoder = text_config.model_type not in IS_DECODER_IGNORING_TEXT_TOWERS and (
+        is_dataclass(text_config) and any(field.name == "is_decoder" for field in fields(text_config))
+    )
     return getattr(text_config, "causal", False) is True or (declares_is_decoder and text_config.is_decoder is True)
 
 

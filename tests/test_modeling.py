@@ -17,10 +17,12 @@ from transformers import (
     AutoProcessor,
     BertConfig,
     BertModel,
+    BlipTextConfig,
     BloomConfig,
     CLIPConfig,
     CLIPImageProcessorPil,
     CLIPModel,
+    ConvBertConfig,
     Dinov2Config,
     Dinov2Model,
     Gemma3TextConfig,
@@ -44,6 +46,7 @@ from transformers import (
     SiglipConfig,
     SiglipModel,
     StableLmConfig,
+    TapasConfig,
     XGLMConfig,
     XLMConfig,
 )
@@ -288,11 +291,16 @@ def test_cls_pooling_is_refused_for_a_causal_text_tower_its_attention_modules_do
 @pytest.mark.parametrize("text_config", [
     BloomConfig(n_layer=1, hidden_size=32, n_head=4, vocab_size=64, is_causal=False),
     AlbertConfig(**TINY_TEXT, embedding_size=32, is_decoder=True),
-], ids=["bloom-is_causal-False", "albert-is_decoder-True"])
+    BlipTextConfig(**TINY_TEXT),  # is_decoder=True by default
+    ConvBertConfig(**TINY_TEXT, embedding_size=32, is_decoder=True),
+    TapasConfig(**TINY_TEXT, is_decoder=True),
+], ids=["bloom-is_causal-False", "albert-is_decoder-True", "blip_text-default", "convbert-is_decoder-True",
+        "tapas-is_decoder-True"])
 def test_cls_pooling_is_kept_for_a_text_tower_whose_config_leaves_it_bidirectional(text_config):
     """Bloom's attention modules do not say `is_causal`, but its mask honours a config's `is_causal=False`; ALBERT's
-    config has no `is_decoder` field, and its model ignores one set: their first token sees every token, and their cls
-    pooling is taken."""
+    config has no `is_decoder` field, and its model ignores one set, as BLIP's text model, ConvBERT and TAPAS ignore the
+    field their configs declare (BLIP's is True by default; they were refused, found by review): their first token sees
+    every token, and their cls pooling is taken."""
     towers = dict(backbone="dual_encoder", vision_config=tiny_dual_encoder_config().vision_config,
                   text_config=text_config, projection_dim=8,
                   attn_implementation={"text_config": "eager", "vision_config": "sdpa"})
