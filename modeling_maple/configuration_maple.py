@@ -104,10 +104,10 @@ def text_side_token_ids(maple_config: PreTrainedConfig | Mapping[str, Any]) -> d
 def config_tells_causal(text_config: PreTrainedConfig) -> bool:
     """Whether a text tower of `text_config` attends causally, as its config alone tells: one of `CAUSAL_TEXT_TOWERS`
     (CLIP-like, recurrent, or a decoder deaf to `is_causal=False`), one of `FLAGLESS_DECODER_TEXT_TOWERS` unless its
-    config sets `is_causal=False`, or one whose config sets `causal=True` (XLM's, FlauBERT's) or `is_decoder=True` (an
-    encoder configured as a decoder: BERT's, RoFormer's, Megatron-BERT's, BigBird's masks read it; ALBERT's, and those of
-    `IS_DECODER_IGNORING_TEXT_TOWERS`, ignore it). Another decoder's causal attention is told by its attention modules
-    (`MapleModel`)."""
+    config sets `is_causal=False`, or one whose config sets `causal=True` (XLM's, FlauBERT's), `attn_type="uni"` (XLNet's)
+    or `is_decoder=True` (an encoder configured as a decoder: BERT's, RoFormer's, Megatron-BERT's, BigBird's masks read
+    it; ALBERT's, and those of `IS_DECODER_IGNORING_TEXT_TOWERS`, ignore it). Another decoder's causal attention is told
+    by its attention modules (`MapleModel`)."""
     if text_config.model_type in CAUSAL_TEXT_TOWERS:
         return True
     if text_config.model_type in FLAGLESS_DECODER_TEXT_TOWERS and getattr(text_config, "is_causal", True) is not False:
@@ -116,7 +116,13 @@ def config_tells_causal(text_config: PreTrainedConfig) -> bool:
     declares_is_decoder = text_config.model_type not in IS_DECODER_IGNORING_TEXT_TOWERS and (
         is_dataclass(text_config) and any(field.name == "is_decoder" for field in fields(text_config))
     )
-    return getattr(text_config, "causal", False) is True or (declares_is_decoder and text_config.is_decoder is True)
+    # XLNet's attention modules take their (bidirectional or causal) mask from the model, which builds it by `attn_type`
+    uni_xlnet = text_config.model_type == "xlnet" and text_config.attn_type == "uni"
+    return (
+        getattr(text_config, "causal", False) is True
+        or uni_xlnet
+        or (declares_is_decoder and text_config.is_decoder is True)
+    )
 
 
 class CausalClsPoolingError(ValueError):
@@ -176,9 +182,9 @@ class MapleConfig(PreTrainedConfig):
         itself: here where its config tells it (`config_tells_causal`): CLIP's and the CLIP-like ones (OWL-ViT, OWLv2,
         MetaCLIP 2, ...), recurrent ones (Mamba, RWKV), OpenAI GPT, MPT, GPT-Neo and StableLM (even with
         `is_causal=False`, which they do not honour under every attention implementation), Bloom (unless
-        `is_causal=False`), an XLM or FlauBERT with `causal=True`, an encoder with `is_decoder=True` (BERT, RoFormer,
-        Megatron-BERT); by `MapleModel` for one whose attention modules are causal, a decoder's such as GPT-2 or Qwen2
-        (unless its config sets `is_causal=False`).
+        `is_causal=False`), an XLM or FlauBERT with `causal=True`, an XLNet with `attn_type="uni"`, an encoder with
+        `is_decoder=True` (BERT, RoFormer, Megatron-BERT); by `MapleModel` for one whose attention modules are causal,
+        a decoder's such as GPT-2 or Qwen2 (unless its config sets `is_causal=False`).
     bidirectional (`bool`, defaults to `True`):
         Replace the MLLM's causal mask with a bidirectional one (paper). Ignored for dual encoders.
     projection_dim (`int`, *optional*):
