@@ -32,11 +32,15 @@ from .modeling_maple import MapleModel
 # `text_model`). Anchoring on it leaves out vision towers whose layers share these names (LLaVA's CLIP,
 # InternVL's and Idefics3's ViTs) and the vision-language connectors.
 MLLM_LORA_TARGETS = r".*\.(language_model|text_model)\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-# Attention projections of CLIP/SigLIP-style (`*_proj`) and BERT-style (`query`/`key`/`value`) towers.
+# Attention projections of CLIP/SigLIP-style (`*_proj`), BERT-style (`query`/`key`/`value`), DeBERTa-v2 (`*_proj`
+# after `query`/`key`/`value`), DistilBERT (`*_lin`), MPNet (`attn.q`/`k`/`v`/`o`) and ModernBERT (`attn.Wqkv`/`Wo`)
+# towers. A tower whose projections no name here matches gets no adapter: it stays frozen, without a word.
 # SigLIP's pooling head is excluded: its `head.attention` is a `torch.nn.MultiheadAttention`, which
 # reads `out_proj.weight` directly, so a LoRA layer there would never be used or trained.
 DUAL_ENCODER_LORA_TARGETS = (
-    r".*(vision_tower|text_tower)\.(?!(.*\.)?head\.attention\.).*\.(q_proj|k_proj|v_proj|out_proj|query|key|value)"
+    r".*(vision_tower|text_tower)\.(?!(.*\.)?head\.attention\.).*\."
+    r"(q_proj|k_proj|v_proj|out_proj|query|key|value|query_proj|key_proj|value_proj|q_lin|k_lin|v_lin|out_lin"
+    r"|attn\.(q|k|v|o|Wqkv|Wo))"
 )
 # MapleModel's own heads, top-level modules: the MLLM's, and the dual encoder's two.
 MAPLE_HEADS = ("projection", "visual_projection", "text_projection")

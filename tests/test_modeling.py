@@ -23,8 +23,10 @@ from transformers import (
     CLIPImageProcessorPil,
     CLIPModel,
     ConvBertConfig,
+    DebertaV2Config,
     Dinov2Config,
     Dinov2Model,
+    DistilBertConfig,
     Gemma3TextConfig,
     GPT2Config,
     GPTNeoConfig,
@@ -33,6 +35,8 @@ from transformers import (
     MambaConfig,
     MegatronBertConfig,
     MetaClip2TextConfig,
+    ModernBertConfig,
+    MPNetConfig,
     MptConfig,
     NemotronConfig,
     OpenAIGPTConfig,
@@ -1130,6 +1134,28 @@ def test_lora_adapts_every_attention_and_mlp_projection_of_the_language_model_or
                 for name in ("query", "key", "value")]
         expected = {*vision, *text}
     assert adapted == expected
+
+
+@pytest.mark.parametrize("text_config, projections", [
+    (DistilBertConfig(n_layers=1, dim=32, n_heads=4, hidden_dim=32, vocab_size=64),
+     ["transformer.layer.0.attention.q_lin", "transformer.layer.0.attention.k_lin", "transformer.layer.0.attention.v_lin",
+      "transformer.layer.0.attention.out_lin"]),
+    (MPNetConfig(**TINY_TEXT), [f"encoder.layer.0.attention.attn.{name}" for name in "qkvo"]),
+    (DebertaV2Config(**TINY_TEXT), [f"encoder.layer.0.attention.self.{name}_proj" for name in ("query", "key", "value")]),
+    (ModernBertConfig(**TINY_TEXT, pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2),
+     ["layers.0.attn.Wqkv", "layers.0.attn.Wo"]),
+], ids=["distilbert", "mpnet", "deberta-v2", "modernbert"])
+def test_lora_adapts_the_attention_of_text_towers_named_unlike_bert_and_clip(text_config, projections):
+    """DistilBERT's, MPNet's (all-mpnet-base-v2), DeBERTa-v2's and ModernBERT's attention projections have names of
+    their own: the default targets matched none of them, so the text tower got no adapter and stayed frozen while only
+    the vision tower was adapted, without a word. Their MLPs stay out, as BERT's do."""
+    from peft.tuners.lora import LoraLayer
+
+    config = MapleConfig(backbone="dual_encoder", vision_config=tiny_dual_encoder_config().vision_config,
+                         text_config=text_config, projection_dim=8)
+    peft_model = get_maple_peft_model(MapleModel(config))
+    adapted = {name for name, module in peft_model.get_base_model().named_modules() if isinstance(module, LoraLayer)}
+    assert {name for name in adapted if name.startswith("text_tower.")} == {f"text_tower.{name}" for name in projections}
 
 
 def test_only_untrained_backbone_lookalikes_of_maples_head_are_frozen():
