@@ -222,9 +222,9 @@ class MapleModel(MaplePreTrainedModel):
             hidden_states = self.mllm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
             return self._finish(self._pool(hidden_states, attention_mask), self.projection)
         # A processor whose tokenizer records no `model_max_length` does not truncate: the tower's position table
-        # would fail with a bare shape error
+        # would fail with a bare shape error. (XLNet's relative positions have no limit: -1.)
         positions = getattr(self.text_tower.config, "max_position_embeddings", None)
-        if positions is not None and input_ids.shape[1] > positions:
+        if positions is not None and 0 < positions < input_ids.shape[1]:
             raise ValueError(
                 f"texts of {input_ids.shape[1]} tokens, and the text tower has {positions} positions: set the processor's "
                 f"`max_text_length`, or its tokenizer's `model_max_length` to {positions}"
