@@ -625,6 +625,14 @@ def _merge_input_checks(slices: list[dict[str, list]]) -> tuple[list[int], list[
     return valid_rows, skipped
 
 
+def _names_no_file(error: Exception) -> bool:
+    """Whether opening a path failed because it names no file: none there (or a file where its folder should be), a
+    name too long to be a file's (a caption of 300 characters), or one holding a NUL character."""
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG)
+    return isinstance(error, ValueError) and "null byte" in str(error)
+
+
 class MaplePreferences(datasets.GeneratorBasedBuilder):
     """Builds, publishes and loads MAPLE preference datasets.
 
@@ -1047,7 +1055,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         # A path to no file: text read as a file path, most likely. Told by `encoded_bytes`' error, not by
         # `Path(file).exists()`: `datasets` patches the module of every builder, this one's too, for streaming, and
         # its `Path` and `os.path` read a local file name holding "::" ("shot 12::30.png") as a chained path
-        if file and not value.get("bytes") and isinstance(error, FileNotFoundError):
+        if file and not value.get("bytes") and _names_no_file(error):
             detail = (f"column {self.config.image_column!r} holds the text {reprlib.repr(file)}, read as an image file "
                       "path, and there is no such file")
             return SkippedInput(index, row_id, "unreadable image", detail)

@@ -596,6 +596,30 @@ def test_an_image_file_whose_name_holds_two_colons_is_read_as_a_local_file(tmp_p
     ]
 
 
+def test_text_that_names_no_file_is_said_to_be_text_read_as_an_image_path(tmp_path):
+    """Text of an image column that cannot name a file (a caption too long for a file name, a file's path used as a
+    folder's, a NUL character) is said to be text read as a file path, as a path to no file is: since 1ed6ba2 only a
+    FileNotFoundError said so, and a caption of 300 characters was reported as an OSError quoting it whole, twice
+    (found by a review)."""
+    columns = colour_squares(5)
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "0.png").write_bytes(columns["image"][0]["bytes"])
+    columns["image"] = [str(tmp_path / "imgs" / "0.png"), "a long caption of a red car " * 12,
+                        str(tmp_path / "imgs" / "0.png" / "1.png"), "a red car\0", str(tmp_path / "imgs" / "9.png")]
+    features = datasets.Features({**SOURCE_FEATURES, "image": datasets.Value("string")})
+    pq.write_table(datasets.Dataset.from_dict(columns, features=features).data.table, tmp_path / "train.parquet")
+    builder = MaplePreferences(config_name="corpus-captions", source=str(tmp_path / "train.parquet"),
+                               judge=ColourJudge(), miner=thumbnail_miner(), cache_dir=str(tmp_path / "cache"),
+                               work_dir=tmp_path / "work", progress=False)
+    _, valid_rows, skipped = builder.check_inputs()
+    assert valid_rows == [0]
+    assert [item.row for item in skipped] == [1, 2, 3, 4]
+    for item in skipped:
+        assert item.detail.startswith("column 'image' holds the text ") and item.detail.endswith(
+            ", read as an image file path, and there is no such file"), item.detail
+        assert len(item.detail) < 200
+
+
 @pytest.mark.parametrize("image_feature", [datasets.Value("string"), datasets.Image()], ids=["text", "image"])
 def test_relative_image_paths_are_found_beside_the_source_table(tmp_path, monkeypatch, image_feature):
     """A parquet table of image paths relative to itself had every row skipped as "no such file" unless the build ran
