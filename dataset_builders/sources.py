@@ -360,7 +360,7 @@ def load_source(
                 raise
             raise SourceError(f"source {source}: its README's filters {builder.config.filters} keep no row of its "
                               "metadata files: change them (configs: filters: in its README.md)") from None
-        except (pa.ArrowNotImplementedError, pa.ArrowInvalid, DatasetGenerationError) as error:
+        except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError, DatasetGenerationError) as error:
             cause = error.__cause__ or error  # (datasets wraps the errors of a split's generation)
             if not isinstance(builder, ImageFolder):
                 raise

@@ -587,6 +587,9 @@ def test_malformed_readme_filters_are_refused_naming_them(tmp_path, table, filte
      r"\(ArrowNotImplementedError: Function 'greater' has no kernel matching input types \(string, int8\)\)"),
     ("metadata.parquet", '[["flag", "==", true], ["nope", "==", 1]]', r"cannot be applied to its metadata file {file} "
      r"\(ArrowInvalid: No match for FieldRef.Name\(nope\) in file_name: string"),
+    # an `in` list of values of another type: pyarrow's ArrowTypeError escaped bare (found by a review)
+    ("metadata.parquet", '[["id", "in", [1, 2]]]', r"cannot be applied to its metadata file {file} \(ArrowTypeError: "),
+    ("metadata.jsonl", '[["id", "in", [1, 2]]]', r"cannot be applied to its metadata file {file} \(ArrowTypeError: "),
     # (pyarrow's error, which blamed the file as unreadable, listed columns the filtering adds, of no file)
     ("metadata.csv", '[["flag", "==", true], ["nope", "==", 1]]', r"compare the column\(s\) \['nope'\], which its "
      r"metadata file {file} lacks \(its columns: \['file_name', 'id', 'score', 'flag'\]\)"),
