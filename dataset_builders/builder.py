@@ -117,6 +117,11 @@ BUILD_ID_FILE = "maple_build_id.txt"
 # under): the lock under which a build decides whether the cache is its work dir's and assembles it if not. Not
 # `datasets`' own "_builder.lock", which `DatasetBuilder.download_and_prepare` takes and one process cannot take twice.
 ASSEMBLY_LOCK_SUFFIX = ".maple.lock"
+# Work-dir checkpoints that no process writes once every shard exists: every rank's slices of the input checks (and
+# their progress) and of the image embeddings (and their parts), all written before any rank builds a shard, and
+# anchors.json, which rank 0 alone writes, before any. (Not inputs.json or embeddings.pt, which every rank writes as it
+# gets there: a slow rank with no shard to build may be writing them still.)
+_CHECKPOINTS_BEFORE_SHARDS = ("inputs-*-of-*", "embeddings-*-of-*", "anchors.json")
 
 
 class WorkDirMismatch(ValueError):
@@ -943,8 +948,8 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
                 f"two builds: {advice}"
             )
         self._work_dir_claimed = True
-        # the temporary files of runs killed mid-write (an embeddings.pt's can take gigabytes), not those that other
-        # ranks are writing
+        # the temporary files of runs killed mid-write on this machine (an embeddings.pt's can take gigabytes), not
+        # those that other ranks are writing
         for folder in (self.work_dir, self.shard_dir):
             remove_abandoned_temporaries(folder)
 
@@ -1406,6 +1411,13 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         plan = self.plan()
         paths = [self._shard_path(shard) for shard in range(plan.num_shards(self.config.shard_size))]
         self._wait_for(paths, what="shards")
+        # Every shard exists, so no process is still writing one, nor one of `_CHECKPOINTS_BEFORE_SHARDS`: their
+        # half-written files from killed runs can go (an embedding part's can be tens of MB), those of every machine's
+        # writers, which `remove_abandoned_temporaries` leaves to their machine, and those of a file system without
+        # locks, where it removes none.
+        patterns = [("shards", "*.tmp-*"), *((".", f"{checkpoint}.tmp-*") for checkpoint in _CHECKPOINTS_BEFORE_SHARDS)]
+        for leftover in [path for folder, pattern in patterns for path in (self.work_dir / folder).glob(pattern)]:
+            leftover.unlink(missing_ok=True)
         self._check_shard_coverage(len(plan.anchor_rows))
         return paths
 

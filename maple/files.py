@@ -10,6 +10,7 @@ import errno
 import json
 import os
 import re
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -111,10 +112,11 @@ def located_image(value: dict[str, Any] | None, folder: str | os.PathLike) -> di
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
-    """`write` a temporary file beside `path` (named `<name>.tmp-<pid>-<thread>`: processes and threads that write
-    the same file each have their own), sync it to disk and rename it to `path`: the file is whole or absent, even
-    after a crash of the machine (a rename alone can reach the disk before the data). A `write` that raises leaves
-    no temporary file behind; one of a killed writer is left, and `remove_abandoned_temporaries` removes it."""
+    """`write` a temporary file beside `path` (named `<name>.tmp-<host>-<pid>-<thread>`: machines, processes and
+    threads that write the same file each have their own), sync it to disk and rename it to `path`: the file is whole
+    or absent, even after a crash of the machine (a rename alone can reach the disk before the data). A `write` that
+    raises leaves no temporary file behind; one of a killed writer is left, and `remove_abandoned_temporaries`, run on
+    its machine, removes it."""
     path = Path(path)
     with _locked_temporary_beside(path) as temporary:
         try:
@@ -133,14 +135,18 @@ def _write_synced(temporary: Path, write: Callable[[Path], None]) -> None:
 
 
 def _temporary_beside(path: Path) -> Path:
-    """A temporary file name beside `path` for this process and thread (`<name>.tmp-<pid>-<thread>`), the name cut so
-    that the suffix keeps it within the 255 bytes a file name may have."""
-    name = path.name.encode()[:200].decode(errors="ignore")
-    return path.with_name(f"{name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    """A temporary file name beside `path` for this machine, process and thread (`<name>.tmp-<host>-<pid>-<thread>`),
+    the name cut so that the suffix keeps it within the 255 bytes a file name may have."""
+    suffix = f".tmp-{_host_label()}-{os.getpid()}-{threading.get_ident()}"
+    name = path.name.encode()[: 255 - len(suffix)].decode(errors="ignore")
+    return path.with_name(name + suffix)
 
 
-# The temporary files `_temporary_beside` names
-_TEMPORARY_NAME = re.compile(r"\.tmp-\d+-\d+$")
+def _host_label() -> str:
+    """This machine's host name as temporary file names hold it: characters other than letters, digits, `.`, `_` and
+    `-` replaced by `_`, and cut to the 64 characters a Linux host name may have (the suffix stays ASCII, one byte a
+    character)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())[:64] or "_"
 
 
 @contextlib.contextmanager
@@ -157,7 +163,7 @@ def _locked_temporary_beside(path: Path) -> Iterator[Path]:
         descriptor = os.open(temporary, os.O_RDWR | os.O_CREAT, 0o666)
         if not _locked(descriptor, wait=True) or _still_named(descriptor, temporary):
             break
-        # a remover took the file (left by a killed writer of this pid and thread) between the open and the lock
+        # a remover took the file (left by a killed writer of this host, pid and thread) between the open and the lock
         os.close(descriptor)
     try:
         yield temporary
@@ -184,18 +190,22 @@ def _still_named(descriptor: int, path: Path) -> bool:
 
 
 def remove_abandoned_temporaries(folder: str | os.PathLike, pattern: str = "*", *, recursive: bool = False) -> list[Path]:
-    """Remove the temporary files that writers killed mid-write (`atomic_write`, `created_once`) left in `folder` (and
-    in every folder below it if `recursive`) for the files that `pattern` (a glob) names, and return their paths; a
-    resumed job calls it, as they are never renamed into place, and a checkpoint's may be large. One that a live
-    process is writing holds a lock (`flock`) and is kept, whether that process runs on this machine or on another
-    that shares the folder over a file system whose locks all its machines see (NFS's); so is every one where the file
-    system has no locks. (A mount whose locks are local to each machine, as Lustre's `localflock`, would show another
-    machine's writer as gone.)"""
+    """Remove the temporary files that writers on this machine killed mid-write (`atomic_write`, `created_once`) left
+    in `folder` (and in every folder below it if `recursive`) for the files that `pattern` (a glob) names, and return
+    their paths; a resumed job calls it, as they are never renamed into place, and a checkpoint's may be large. One
+    that a live process is writing holds a lock (`flock`) and is kept; so is every one where the file system has no
+    locks. Only this machine's are tested (their name holds its host name): its kernel sees the locks of its own
+    processes on any file system, but a mount whose locks are local to each machine (NFS mounted with `local_lock`,
+    Lustre's `localflock`, FUSE mounts) hides another machine's, whose writers would look gone and lose their file. A
+    job spread over machines removes theirs where it knows that no process writes them any more (the builder's, once
+    every shard exists)."""
     removed = []
     if fcntl is None:  # no file is locked: none can be told abandoned
         return removed
-    for temporary in Path(folder).glob(f"**/{pattern}.tmp-*" if recursive else f"{pattern}.tmp-*"):
-        if not _TEMPORARY_NAME.search(temporary.name):
+    host = _host_label()  # (letters, digits, ".", "_", "-": nothing a glob reads as a wildcard)
+    ours = re.compile(rf"\.tmp-{re.escape(host)}-\d+-\d+$")
+    for temporary in Path(folder).glob(f"{'**/' if recursive else ''}{pattern}.tmp-{host}-*"):
+        if not ours.search(temporary.name):
             continue
         try:
             descriptor = os.open(temporary, os.O_RDWR)  # (write access: NFS locks a file only open for writing)

@@ -125,37 +125,76 @@ def test_sigkill_mid_build_then_rerun_equals_uninterrupted_build(source_file, un
     assert not list(shard_dir.glob("*.tmp-*")), "half-written shards of the killed run are cleaned up"
 
 
+# A killed run's temporary files of the checkpoints no process writes once every shard exists, which rank 0 removes
+# then, whatever machine wrote them and whether or not the file system has locks
+_KILLED_BEFORE_SHARDS = [
+    "inputs-0-of-1.partial.json",
+    "inputs-0-of-1.json",
+    "embeddings-0-of-1.rows-000000000-000000008.pt",
+    "embeddings-0-of-1.pt",
+    "anchors.json",
+    "shards/shard-000000-000004.parquet",
+]
+
+
 def test_a_rerun_removes_the_half_written_checkpoints_of_a_killed_run(source_file, uninterrupted, tmp_path):
     """Temporary files of a killed run's checkpoints (an embedding part's can be tens of MB) stayed in the work dir
     forever; only half-written shards went (found by a bug hunt). Then those of inputs.json, embeddings.pt (gigabytes)
     and stats.json stayed, which a slow rank may be writing still: the writer's lock (`maple.files.atomic_write`)
-    now tells them apart, and a file being written stays."""
+    now tells them apart, and a file being written stays. Only this machine's locks are tested, which it sees on any
+    file system: another machine's inputs.json's and embeddings.pt's are kept, and its checkpoints' that no process
+    writes once every shard exists go then, as they went before the locks (found by a review)."""
     import fcntl
+
+    from maple.files import _host_label
 
     builder = _builder(source_file, tmp_path)
     builder.build_shards()
     work = tmp_path / "work"
+    here, elsewhere = f".tmp-{_host_label()}-11-22", ".tmp-other-machine-11-22"
     killed = [
-        "inputs-0-of-1.partial.json.tmp-11-22",
-        "inputs-0-of-1.json.tmp-11-22",
-        "embeddings-0-of-1.rows-000000000-000000008.pt.tmp-11-22",
-        "embeddings-0-of-1.pt.tmp-11-22",
-        "anchors.json.tmp-11-22",
-        "shards/shard-000000-000004.parquet.tmp-11-22",
-        "stats.json.tmp-11-22",
-        "inputs.json.tmp-11-22",
-        "embeddings.pt.tmp-11-22",
-        "manifest.json.tmp-11-22",
+        *(name + here for name in [*_KILLED_BEFORE_SHARDS, "stats.json", "inputs.json", "embeddings.pt", "manifest.json"]),
+        *(name + elsewhere for name in _KILLED_BEFORE_SHARDS),
     ]
-    for name in killed:
+    another_machine_writes = ["inputs.json" + elsewhere, "embeddings.pt" + elsewhere]
+    for name in [*killed, *another_machine_writes]:
         (work / name).write_bytes(b"half")
-    being_written = work / "embeddings.pt.tmp-33-44"
+    being_written = work / f"embeddings.pt.tmp-{_host_label()}-33-44"
     being_written.write_bytes(b"half")
     with open(being_written, "rb+") as writer:
         fcntl.flock(writer, fcntl.LOCK_EX)  # as a rank writing it holds it
         assert _final_table(_builder(source_file, tmp_path)).equals(uninterrupted)
     assert [name for name in killed if (work / name).exists()] == []
     assert being_written.exists()
+    assert [name for name in another_machine_writes if (work / name).exists()] == another_machine_writes
+
+
+def test_a_file_system_without_locks_has_a_killed_runs_shards_and_their_inputs_removed(source_file, uninterrupted,
+                                                                                         tmp_path, monkeypatch):
+    """Where `flock` fails (ENOSYS: some FUSE and network mounts), no temporary file can be told abandoned, and once
+    the removal at assembly had given way to the locks, a killed run's half-written shards and pre-shard checkpoints
+    stayed forever (found by a review). Once every shard exists no process writes them, locks or not."""
+    import errno
+    import fcntl
+    import types
+
+    import maple.files
+    from maple.files import _host_label
+
+    builder = _builder(source_file, tmp_path)
+    builder.build_shards()
+    work = tmp_path / "work"
+    killed = [name + f".tmp-{_host_label()}-11-22" for name in _KILLED_BEFORE_SHARDS]
+    for name in killed:
+        (work / name).write_bytes(b"half")
+
+    def no_locks(*args):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    # (maple.files' reference alone: `datasets` takes locks of its own)
+    monkeypatch.setattr(maple.files, "fcntl", types.SimpleNamespace(flock=no_locks, LOCK_EX=fcntl.LOCK_EX, LOCK_NB=fcntl.LOCK_NB))
+    assert _final_table(_builder(source_file, tmp_path)).equals(uninterrupted)
+    assert [name for name in killed if (work / name).exists()] == []
 
 
 def test_two_processes_build_the_same_rows_as_one(source_file, uninterrupted, tmp_path):

@@ -21,6 +21,7 @@ from isolated import run_isolated
 from maple.demo.cli import build_parser, main
 from maple.demo.pipeline import METHODS
 from maple.demo.report import HEADLINE_METRICS
+from maple.files import _host_label
 
 QUICK = ["--quick", "--seeds", "1", "--no-progress"]
 
@@ -149,7 +150,8 @@ def test_a_rerun_resumes_without_redoing_finished_stages(demo_out, capsys):
     # one, in results.md and the summary (found by a review helper)
     (demo_out / "timings.json").write_text(json.dumps(first_timings | {"push to hub": 2.0}))
     # what writers killed mid-write left, never to be renamed into place (they stayed forever)
-    abandoned = [demo_out / "results.json.tmp-11-22", result_files[0].with_name("result.json.tmp-11-22")]
+    killed = f".tmp-{_host_label()}-11-22"  # (a demo runs on one machine: this one)
+    abandoned = [demo_out / f"results.json{killed}", result_files[0].with_name(f"result.json{killed}")]
     for path in abandoned:
         path.write_text("half")
     capsys.readouterr()
@@ -1033,7 +1035,7 @@ def test_a_folder_holding_only_the_half_written_claim_of_a_killed_run_is_taken(t
 
     out = tmp_path / "out"
     out.mkdir()
-    claiming = out / f"{RUN_FILE}.tmp-33-44"
+    claiming = out / f"{RUN_FILE}.tmp-{_host_label()}-33-44"
     claiming.write_text("half")
     with open(claiming, "rb+") as writer:
         fcntl.flock(writer, fcntl.LOCK_EX)

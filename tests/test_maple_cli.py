@@ -4,15 +4,26 @@
 import errno
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 import threading
+import types
 from pathlib import Path
 
 import pytest
 
 from maple import cli
-from maple.files import atomic_write, atomic_write_json, atomic_write_text, created_once, expanded_path, folder_problem
+from maple.files import (
+    _host_label,
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    created_once,
+    expanded_path,
+    folder_problem,
+)
 
 
 def test_help_lists_every_command_with_its_purpose(capsys):
@@ -123,13 +134,13 @@ def test_atomic_write_syncs_a_temporary_file_of_its_own_beside_the_target_before
         temporary.write_text("new")
 
     atomic_write(target, write)
-    temporary = tmp_path / f"stats.json.tmp-{os.getpid()}-{threading.get_ident()}"
+    temporary = tmp_path / f"stats.json.tmp-{_host_label()}-{os.getpid()}-{threading.get_ident()}"
     assert events == [("write", temporary), ("fsync", "old")]
     assert target.read_text() == "new" and sorted(tmp_path.iterdir()) == [target]
 
 
 def test_atomic_write_leaves_no_temporary_file_when_writing_fails_and_takes_the_longest_names(tmp_path):
-    """A `write` that raised left `<name>.tmp-<pid>-<thread>` behind, and a 250-byte name failed with "File name too
+    """A `write` that raised left `<name>.tmp-<host>-<pid>-<thread>` behind, and a 250-byte name failed with "File name too
     long": the suffix pushed the temporary file's name past 255 bytes (found by a review)."""
 
     def failing(temporary):
@@ -146,7 +157,7 @@ def test_atomic_write_leaves_no_temporary_file_when_writing_fails_and_takes_the_
 
 @pytest.mark.skipif(sys.platform == "win32", reason="no flock: no temporary file can be told abandoned")
 def test_a_killed_writers_temporary_file_is_removed_and_a_live_writers_is_kept(tmp_path):
-    """A writer killed mid-write left `<name>.tmp-<pid>-<thread>` behind forever: the builder removed only some of its
+    """A writer killed mid-write left `<name>.tmp-<host>-<pid>-<thread>` behind forever: the builder removed only some of its
     work dir's, once every shard was there, and a killed embeddings.pt's (gigabytes) stayed (found by a bug hunt). The
     writer's lock tells them apart, which the system drops with the killed process."""
     from maple.files import remove_abandoned_temporaries
@@ -166,10 +177,10 @@ def test_a_killed_writers_temporary_file_is_removed_and_a_live_writers_is_kept(t
     killed_writer.kill()
     killed_writer.wait()
     (tmp_path / "runs").mkdir()
-    (tmp_path / "runs" / "result.json.tmp-11-22").write_text("half")  # left by a writer from before the locks
+    (tmp_path / "runs" / f"result.json.tmp-{_host_label()}-11-22").write_text("half")  # no writer holds it
     (tmp_path / "notes.tmp-draft").write_text("not a temporary file of ours")
     assert remove_abandoned_temporaries(tmp_path) == [abandoned]
-    assert remove_abandoned_temporaries(tmp_path, recursive=True) == [tmp_path / "runs" / "result.json.tmp-11-22"]
+    assert remove_abandoned_temporaries(tmp_path, recursive=True) == [tmp_path / "runs" / f"result.json.tmp-{_host_label()}-11-22"]
     assert sorted(path.name for path in tmp_path.rglob("*")) == ["notes.tmp-draft", "runs"]
 
     writing, finish = threading.Event(), threading.Event()
@@ -187,6 +198,59 @@ def test_a_killed_writers_temporary_file_is_removed_and_a_live_writers_is_kept(t
     live_writer.join()
     assert (tmp_path / "stats.json").read_text() == "whole"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["notes.tmp-draft", "runs", "stats.json"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no flock: no temporary file can be told abandoned")
+def test_another_machines_temporary_file_is_kept_where_its_lock_cannot_be_seen(tmp_path, monkeypatch):
+    """On a file system whose locks are local to each machine (NFS mounted with local_lock, Lustre's localflock, FUSE
+    mounts), a rank on another machine claiming the work dir found the lock of a file being written free, removed the
+    file, and its writer died with a FileNotFoundError (found by a review). Only this machine's are tested now, whose
+    locks it sees on any file system."""
+    import maple.files
+    from maple.files import remove_abandoned_temporaries
+
+    writing, finish = threading.Event(), threading.Event()
+    failures = []
+
+    def write(temporary):
+        temporary.write_text("whole")
+        writing.set()
+        finish.wait(60)
+
+    def writer():
+        try:
+            atomic_write(tmp_path / "embeddings.pt", write)
+        except OSError as error:
+            failures.append(error)
+
+    writer_thread = threading.Thread(target=writer)
+    writer_thread.start()
+    assert writing.wait(60)
+    # the remover runs on another machine, which cannot see the writer's lock
+    monkeypatch.setattr(socket, "gethostname", lambda: "other-machine.cluster")
+    monkeypatch.setattr(maple.files, "fcntl", types.SimpleNamespace(flock=lambda *args: None, LOCK_EX=0, LOCK_NB=0))
+    abandoned_here = tmp_path / "stats.json.tmp-other-machine.cluster-11-22"
+    abandoned_here.write_text("half")
+    try:
+        assert remove_abandoned_temporaries(tmp_path) == [abandoned_here]
+    finally:
+        finish.set()
+        writer_thread.join()
+    assert failures == []
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["embeddings.pt"]
+
+
+def test_a_temporary_file_name_holds_a_safe_host_name_within_255_bytes(tmp_path, monkeypatch):
+    """The host name in a temporary file's name (which tells the machine whose locks can be tested) is kept to
+    letters, digits, ".", "_" and "-", and the longest names still fit."""
+    monkeypatch.setattr(socket, "gethostname", lambda: "node 7/" + "é" * 100)
+    longest = tmp_path / ("é" * 120 + ".json")  # 245 bytes
+    names = []
+    atomic_write(longest, lambda temporary: (names.append(temporary.name), temporary.write_text("{}")))
+    (name,) = names
+    assert len(name.encode()) <= 255 and name.startswith("é" * 60)
+    assert re.search(rf"\.tmp-node_7_{'_' * 57}-{os.getpid()}-{threading.get_ident()}$", name)
+    assert longest.read_text() == "{}"
 
 
 def test_a_file_created_once_holds_the_first_writers_text_for_every_process(tmp_path):
