@@ -139,15 +139,23 @@ class DamagedCheckpoint(WorkDirMismatch):
 def process_rank(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
     """This process's rank and the number of processes building: `rank` and `world_size` where given, else the
     environment variables RANK and WORLD_SIZE that a launcher (torchrun, `accelerate launch`) sets (0 and 1 without
-    one). A ValueError naming them and their values, before any work, for a variable that is not an integer and for a
-    rank outside [0, world_size): such a rank builds no shard, and its peers would wait for it until they time out."""
+    one). A ValueError naming them and their values, before any work, for a variable that is not an integer, for a
+    rank outside [0, world_size): such a rank builds no shard, and its peers would wait for it until they time out;
+    and for RANK unset where there are several processes: each would take rank 0, and they would build the same
+    shards. (torchrun and `accelerate launch` set RANK wherever they set WORLD_SIZE.)"""
     from_environment = []
-    if rank is None:
-        rank = _launcher_variable("RANK", 0)
-        from_environment.append(f"RANK={os.environ.get('RANK', '(unset)')}")
     if world_size is None:
         world_size = _launcher_variable("WORLD_SIZE", 1)
         from_environment.append(f"WORLD_SIZE={os.environ.get('WORLD_SIZE', '(unset)')}")
+    if rank is None:
+        if "RANK" not in os.environ and world_size > 1:
+            given = f"the environment variable WORLD_SIZE={world_size}" if from_environment else f"world_size={world_size}"
+            raise ValueError(f"{given} says there are {world_size} processes but the environment variable RANK is unset, "
+                             "so every process would take rank 0 and build the same shards: start them with a launcher "
+                             "(torchrun, accelerate launch) that sets RANK and WORLD_SIZE, or set RANK (0 to "
+                             "WORLD_SIZE - 1) for each")
+        rank = _launcher_variable("RANK", 0)
+        from_environment.insert(0, f"RANK={os.environ.get('RANK', '(unset)')}")
     if not 0 <= rank < world_size:
         launcher = (f", read from the environment variables {' and '.join(from_environment)}: each of WORLD_SIZE "
                     "processes needs its own RANK, 0 to WORLD_SIZE - 1, as torchrun and accelerate launch set them"

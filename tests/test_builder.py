@@ -509,6 +509,21 @@ def test_a_rank_outside_the_world_is_refused_when_the_builder_is_made(tmp_path, 
         MaplePreferences(config_name="paper", cache_dir=str(tmp_path / "cache"))
 
 
+def test_several_processes_without_a_rank_are_refused_when_the_builder_is_made(tmp_path, monkeypatch):
+    """WORLD_SIZE=2 with RANK unset made every process rank 0: each built the same shards, and those of rank 1 were
+    waited for until the build timed out (found by a review)."""
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"the environment variable WORLD_SIZE=2 says there are 2 processes but the "
+                                         r"environment variable RANK is unset"):
+        MaplePreferences(config_name="paper", cache_dir=str(tmp_path / "cache"))
+    monkeypatch.delenv("WORLD_SIZE")
+    with pytest.raises(ValueError, match=r"world_size=2 says there are 2 processes but the environment variable RANK"):
+        MaplePreferences(config_name="paper", cache_dir=str(tmp_path / "cache"), world_size=2)
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process needs no rank
+    assert MaplePreferences(config_name="paper", cache_dir=str(tmp_path / "cache")).rank == 0
+
+
 @pytest.mark.parametrize("variable, value", [("RANK", "abc"), ("WORLD_SIZE", "2.0"), ("RANK", "")])
 def test_a_launcher_variable_that_is_no_integer_is_named_when_the_builder_is_made(tmp_path, monkeypatch, variable, value):
     """It was int()'s `invalid literal for int() with base 10`, which named neither the variable nor the launcher."""
