@@ -33,8 +33,8 @@ from .modeling_maple import MapleModel
 # InternVL's and Idefics3's ViTs) and the vision-language connectors.
 MLLM_LORA_TARGETS = r".*\.(language_model|text_model)\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 # Attention projections of CLIP/SigLIP-style (`*_proj`), BERT-style (`query`/`key`/`value`), DeBERTa-v2 (`*_proj`
-# after `query`/`key`/`value`), DistilBERT (`*_lin`), MPNet (`attn.q`/`k`/`v`/`o`) and ModernBERT (`attn.Wqkv`/`Wo`)
-# towers. A tower whose projections no name here matches gets no adapter: it stays frozen, without a word.
+# after `query`/`key`/`value`), DistilBERT, XLM and FlauBERT (`*_lin`), MPNet (`attn.q`/`k`/`v`/`o`), ModernBERT and
+# MPT (`attn.Wqkv`/`Wo`) towers. A tower whose projections no name here matches gets no adapter: it stays frozen, without a word.
 # SigLIP's pooling head is excluded: its `head.attention` is a `torch.nn.MultiheadAttention`, which
 # reads `out_proj.weight` directly, so a LoRA layer there would never be used or trained.
 DUAL_ENCODER_LORA_TARGETS = (
