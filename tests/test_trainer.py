@@ -1123,6 +1123,10 @@ def test_a_config_is_rebuilt_from_its_dict(tmp_path):
         # accepted, then a ValueError / OverflowError naming no field when the training starts
         (dict(warmup_steps=math.nan), "warmup_steps must be a finite number of at least 0, got nan"),
         (dict(warmup_steps=math.inf), "warmup_steps must be a finite number of at least 0, got inf"),
+        # `Trainer` clips only when max_grad_norm > 0: these turned clipping off silently; None failed at the first step
+        (dict(max_grad_norm=math.nan), r"max_grad_norm must be a number of at least 0 \(0: no gradient clipping\), got nan"),
+        (dict(max_grad_norm=-1.0), "max_grad_norm must be a number of at least 0"),
+        (dict(max_grad_norm=None), "max_grad_norm must be a number, got None"),
         (dict(rpa_loss="triplet"), "rpa_loss"),
         (dict(reference="ema"), "reference"),
         (dict(beta=0.0), "beta"),

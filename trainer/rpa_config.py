@@ -46,7 +46,7 @@ _MOOT_DPO_FIELDS = {
 # and the numbers whose range it checks
 _RPA_SWITCHES = ("learn_beta", "learn_temperature", "expand_negatives", "exclude_judged_positives", "gather_negatives")
 _NUMERIC_SETTINGS = {"rpa_weight": False, "learning_rate": False, "weight_decay": False, "warmup_steps": False,
-                     "beta": True, "temperature": True, "max_scale": True}
+                     "max_grad_norm": False, "beta": True, "temperature": True, "max_scale": True}
 
 
 def unused_dpo_field_help() -> dict[str, str]:
@@ -333,6 +333,12 @@ class RPAConfig(DPOConfig):
         for name, value in settings:
             if not 0.0 <= value < math.inf:
                 raise ValueError(f"{name} must be a finite number of at least 0, got {value}")
+        # `Trainer` clips only when `max_grad_norm > 0`: a NaN or negative one turned clipping off silently (0 is its
+        # documented "no clipping"; None failed at the first step)
+        if not self.max_grad_norm >= 0:
+            raise ValueError(
+                f"max_grad_norm must be a number of at least 0 (0: no gradient clipping), got {self.max_grad_norm}"
+            )
         for name, value in (("beta", self.beta), ("temperature", self.temperature), ("max_scale", self.max_scale)):
             if value is not None and not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a positive finite number or None, got {value}")
