@@ -135,6 +135,18 @@ TOKEN_SOURCES = "--token (maple train: --hub_token) or token=, else HF_TOKEN, el
 NO_TOKEN_ADVICE = "pass one (--token, maple train's --hub_token, token=), set HF_TOKEN or log in with `hf auth login`"
 
 
+def token_problem(token: str) -> str | None:
+    """Why `token` cannot be sent as a Hub token, or None: it is empty (`--hub_token "$UNSET_VARIABLE"`), or holds a
+    space, a line break or a character outside printable ASCII (a token pasted with its newline). huggingface_hub would
+    send it in the header `Bearer <token>`, which httpx refuses to send (LocalProtocolError, a TransportError that
+    `hub_failure` reads as an unreachable Hub) or cannot encode (a UnicodeEncodeError). The reason never quotes it."""
+    if not token.strip():
+        return "empty; leave it unset to use HF_TOKEN or the token `hf auth login` saved"
+    if not all("!" <= character <= "~" for character in token):
+        return "holds a space, a line break or a character outside printable ASCII, which no Hub token has"
+    return None
+
+
 def _sent_a_token(answered: BaseException) -> bool:
     """Whether the request a Hub error (`HfHubHTTPError`) answered carried a token (True when that is unknown)."""
     try:

@@ -209,6 +209,22 @@ def test_an_empty_token_is_a_usage_error(command, capsys):
     assert "argument --token: empty; leave the option out" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("token, problem", [
+    ("", "empty; leave it unset to use HF_TOKEN or the token `hf auth login` saved"),
+    ("hf_pasted_with_its_newline\n", "holds a space, a line break or a character outside printable ASCII"),
+])
+def test_maple_train_refuses_a_hub_token_that_cannot_be_sent(token, problem, capsys):
+    """`--hub_token "$UNSET"` was taken, and httpx refused to send it: the run failed at its first Hub request (the
+    repo's creation, with --push_to_hub) with "the Hub is offline or unreachable"."""
+    from trainer.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--tiny", "dual_encoder", "--dataset_name", "prefs", "--push_to_hub", "--hub_token", token])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert f"maple train: error: hub_token: {problem}" in error and "hf_pasted" not in error  # the token is not shown
+
+
 # Read in a fresh process (its own empty HF_HOME: nothing cached), as a user would: `datasets` raises a missing repo as
 # its own DatasetNotFoundError `from None`, so the exception chain keeps no answer of the Hub (only "not cached").
 READ_WITHOUT_A_TOKEN = """

@@ -1127,6 +1127,9 @@ def test_a_config_is_rebuilt_from_its_dict(tmp_path):
         (dict(max_grad_norm=math.nan), r"max_grad_norm must be a number of at least 0 \(0: no gradient clipping\), got nan"),
         (dict(max_grad_norm=-1.0), "max_grad_norm must be a number of at least 0"),
         (dict(max_grad_norm=None), "max_grad_norm must be a number, got None"),
+        # httpx refused to send such a token: the run failed at its first Hub request, said to be an unreachable Hub
+        (dict(hub_token=""), "hub_token: empty; leave it unset to use HF_TOKEN"),
+        (dict(hub_token="hf_token "), "hub_token: holds a space, a line break"),
         (dict(rpa_loss="triplet"), "rpa_loss"),
         (dict(reference="ema"), "reference"),
         (dict(beta=0.0), "beta"),

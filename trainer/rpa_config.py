@@ -13,6 +13,8 @@ import torch
 from accelerate.utils import parse_flag_from_env
 from trl import DPOConfig
 
+from maple.hub import token_problem
+
 from .collator import check_candidate_count
 from .losses import RPA_LOSSES
 
@@ -297,6 +299,9 @@ class RPAConfig(DPOConfig):
     def __post_init__(self):
         self._set_device_defaults()
         self._check_rpa_settings()
+        # httpx refuses to send such a token: the run failed at its first Hub request, reported as an unreachable Hub
+        if isinstance(self.hub_token, str) and (problem := token_problem(self.hub_token)) is not None:
+            raise ValueError(f"hub_token: {problem}")
         # transformers takes a metric for a loss only when its name ends in "loss": the loss terms ("eval_loss/rpa",
         # "eval_loss/contrastive") would count as better when larger, and the worst checkpoint be kept as the best
         if self.greater_is_better is None and self.metric_for_best_model and _names_a_loss(self.metric_for_best_model):
