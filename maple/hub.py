@@ -213,6 +213,11 @@ def hub_failure(
             return f"{where} refused the token (HTTP {status}): check the one used ({TOKEN_SOURCES}){because}"
         # (a refused card's metadata, a file too large, a rate limit)
         return f"{where} could not be {'written' if writing else 'read'}: HTTP {status} from the server{because}"
+    # httpx refuses to send a header it cannot: `Bearer <token>` of a token passed empty, or with a line break or an
+    # end space (those of HF_TOKEN and `hf auth login` are stripped); the Hub was not asked; httpx's message quotes it
+    if any(isinstance(link, httpx.LocalProtocolError) for link in chain):
+        return (f"{where} was not asked: the token passed cannot be sent (empty, or holding a line break or a space at "
+                "its end); pass another, or none to use HF_TOKEN or the one `hf auth login` saved")
     if any(isinstance(link, (OfflineModeIsEnabled, httpx.TransportError, LocalEntryNotFoundError)) for link in chain):
         if writing:
             return f"{where} cannot be written: the Hub is offline (HF_HUB_OFFLINE) or unreachable"

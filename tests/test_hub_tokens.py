@@ -225,6 +225,25 @@ def test_maple_train_refuses_a_hub_token_that_cannot_be_sent(token, problem, cap
     assert f"maple train: error: hub_token: {problem}" in error and "hf_pasted" not in error  # the token is not shown
 
 
+UNSENDABLE_TOKENS = """
+from modeling_maple import MapleLoadError, load_maple
+for token in ["", "hf_pasted_with_its_newline\\n", "hf_copied_with_a_space "]:
+    try:
+        load_maple("maple-org/x", token=token)
+    except MapleLoadError as error:
+        print(error)
+"""
+
+
+def test_a_token_that_cannot_be_sent_is_named_not_taken_for_an_unreachable_hub(hub_server, tmp_path):
+    """httpx refuses to send `Bearer <token>` for an empty token or one with a line break (LocalProtocolError, a
+    TransportError): the Hub, never asked, was said to be offline or unreachable."""
+    errors = run_client(hub_server, tmp_path, UNSENDABLE_TOKENS).splitlines()
+    assert errors == 3 * [f"maple-org/x: model repo 'maple-org/x' on {hub_server.url} was not asked: the token passed "
+                          "cannot be sent (empty, or holding a line break or a space at its end); pass another, or none "
+                          "to use HF_TOKEN or the one `hf auth login` saved"]
+
+
 # Read in a fresh process (its own empty HF_HOME: nothing cached), as a user would: `datasets` raises a missing repo as
 # its own DatasetNotFoundError `from None`, so the exception chain keeps no answer of the Hub (only "not cached").
 READ_WITHOUT_A_TOKEN = """
