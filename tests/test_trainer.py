@@ -1130,6 +1130,8 @@ def test_a_config_is_rebuilt_from_its_dict(tmp_path):
         # httpx refused to send such a token: the run failed at its first Hub request, said to be an unreachable Hub
         (dict(hub_token=""), "hub_token: empty; leave it unset to use HF_TOKEN"),
         (dict(hub_token="hf_token "), "hub_token: holds a space, a line break"),
+        # accepted, then refused by the Hub once the trainer was made: after maple train loaded the data and the model
+        (dict(push_to_hub=True, hub_model_id="maple-org/my model"), "hub_model_id: 'maple-org/my model' is not a Hub"),
         (dict(rpa_loss="triplet"), "rpa_loss"),
         (dict(reference="ema"), "reference"),
         (dict(beta=0.0), "beta"),
@@ -1163,6 +1165,15 @@ def test_a_config_is_rebuilt_from_its_dict(tmp_path):
 def test_config_rejects_bad_values(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         RPAConfig(output_dir=str(tmp_path), **overrides)
+
+
+def test_config_rejects_an_output_dir_that_cannot_name_the_repo_pushed_to(tmp_path):
+    """Without hub_model_id `Trainer` names the repo after output_dir, and the Hub refused 'my run' once the trainer was
+    made: after maple train had loaded the data and the model."""
+    with pytest.raises(ValueError, match="push_to_hub without hub_model_id names the repo after output_dir: 'my run' "
+                                         r"is not a Hub repo id \('name' or 'namespace/name'\): .*; pass hub_model_id$"):
+        RPAConfig(output_dir=str(tmp_path / "my run"), push_to_hub=True)
+    assert RPAConfig(output_dir=str(tmp_path / "my run"), push_to_hub=True, hub_model_id="maple-org/my-run").push_to_hub
 
 
 def test_config_accepts_dpo_settings_that_mean_what_rpa_does(tmp_path):

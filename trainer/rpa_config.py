@@ -7,13 +7,14 @@ import numbers
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate.utils import parse_flag_from_env
 from trl import DPOConfig
 
-from maple.hub import token_problem
+from maple.hub import repo_id_problem, token_problem
 
 from .collator import check_candidate_count
 from .losses import RPA_LOSSES
@@ -308,10 +309,25 @@ class RPAConfig(DPOConfig):
             self.greater_is_better = False
         super().__post_init__()
         self._check_inherited_settings()  # as `TrainingArguments` and `DPOConfig` leave them (parsed, normalised)
+        self._check_push_repo_id()
         if self.exclude_judged_positives and not self.expand_negatives:
             raise ValueError(
                 "exclude_judged_positives=True needs expand_negatives=True: it removes judged positives from the "
                 "expanded InfoNCE denominator, which plain InfoNCE does not have."
+            )
+
+    def _check_push_repo_id(self) -> None:
+        """Raises for a `push_to_hub` repo id the Hub would refuse (`hub_model_id`, else the output folder's name, as
+        `Trainer` names the repo): `Trainer` creates the repo only once it is made, after `maple train` has loaded the
+        data and the model."""
+        if not self.push_to_hub:
+            return
+        if self.hub_model_id is not None:
+            if (problem := repo_id_problem(self.hub_model_id)) is not None:
+                raise ValueError(f"hub_model_id: {problem}")
+        elif (problem := repo_id_problem(Path(self.output_dir).absolute().name)) is not None:
+            raise ValueError(
+                f"push_to_hub without hub_model_id names the repo after output_dir: {problem}; pass hub_model_id"
             )
 
     def _set_device_defaults(self) -> None:
