@@ -153,7 +153,7 @@ def process_rank(rank: int | None = None, world_size: int | None = None) -> tupl
             raise ValueError(f"{given} says there are {world_size} processes but the environment variable RANK is unset, "
                              "so every process would take rank 0 and build the same shards: start them with a launcher "
                              "(torchrun, accelerate launch) that sets RANK and WORLD_SIZE, or set RANK (0 to "
-                             "WORLD_SIZE - 1) for each")
+                             f"WORLD_SIZE - 1) for each{'' if from_environment else ', or pass rank='}")
         rank = _launcher_variable("RANK", 0)
         from_environment.insert(0, f"RANK={os.environ.get('RANK', '(unset)')}")
     if not 0 <= rank < world_size:

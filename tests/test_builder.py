@@ -518,7 +518,8 @@ def test_several_processes_without_a_rank_are_refused_when_the_builder_is_made(t
                                          r"environment variable RANK is unset"):
         MaplePreferences(config_name="paper", cache_dir=str(tmp_path / "cache"))
     monkeypatch.delenv("WORLD_SIZE")
-    with pytest.raises(ValueError, match=r"world_size=2 says there are 2 processes but the environment variable RANK"):
+    with pytest.raises(ValueError, match=r"world_size=2 says there are 2 processes but the environment variable RANK .*"
+                                         r"for each, or pass rank=$"):
         MaplePreferences(config_name="paper", cache_dir=str(tmp_path / "cache"), world_size=2)
     monkeypatch.setenv("WORLD_SIZE", "1")  # one process needs no rank
     assert MaplePreferences(config_name="paper", cache_dir=str(tmp_path / "cache")).rank == 0
