@@ -215,7 +215,8 @@ def hub_failure(
         return f"{where} could not be {'written' if writing else 'read'}: HTTP {status} from the server{because}"
     # httpx refuses to send a header it cannot: `Bearer <token>` of a token passed empty, or with a line break or an
     # end space (those of HF_TOKEN and `hf auth login` are stripped); the Hub was not asked; httpx's message quotes it
-    if any(isinstance(link, httpx.LocalProtocolError) for link in chain):
+    # (another header it refuses, which its message shows, is not the token's fault)
+    if any(isinstance(link, httpx.LocalProtocolError) and "Bearer" in str(link) for link in chain):
         return (f"{where} was not asked: the token passed cannot be sent (empty, or holding a line break or a space at "
                 "its end); pass another, or none to use HF_TOKEN or the one `hf auth login` saved")
     if any(isinstance(link, (OfflineModeIsEnabled, httpx.TransportError, LocalEntryNotFoundError)) for link in chain):

@@ -235,6 +235,20 @@ def test_hub_failure_offline_says_whether_the_cache_could_have_helped(writing, e
     assert message == f"dataset repo 'maple-org/data' on {constants.ENDPOINT} {expected}"
 
 
+def test_hub_failure_blames_the_token_only_for_a_refused_authorization_header():
+    """httpx refuses to send any header with a line break: only a refused `Bearer <token>` is the token's fault (any
+    was said to be, found by a review); another is a transport error as before."""
+    from huggingface_hub.utils import httpx
+
+    from maple.hub import hub_failure
+
+    def failure(header: bytes) -> str:
+        return hub_failure(httpx.LocalProtocolError(f"Illegal header value {header!r}"), "maple-org/x")
+
+    assert "was not asked: the token passed cannot be sent" in failure("Bearer hf_x\n".encode())
+    assert failure(b"tag\n").endswith("is not in the local cache and the Hub is offline or unreachable")
+
+
 def test_local_typo_hint_only_for_a_relative_reference_whose_first_folder_exists(tmp_path, monkeypatch):
     from maple.hub import local_typo_hint
 
