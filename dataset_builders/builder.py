@@ -1598,7 +1598,9 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         with an error (an HTTP status: a 401 to a read without a token, for a missing and a private repo alike), or an
         offline or unreachable Hub, is a `HubReadError` naming it and what the Hub answered
         (`maple.hub.hub_read_failure`, which asks the Hub when `datasets` kept no answer); read with a token, a repo
-        the Hub does not find for it is `datasets`' own `DatasetNotFoundError`."""
+        the Hub does not find for it is `datasets`' own `DatasetNotFoundError`. A `token` that cannot be sent (empty, or
+        holding a space, a line break or a character outside printable ASCII: `maple.hub.token_problem`) is a ValueError
+        saying why, without the token, before the Hub is asked."""
         path = expanded_path(repo_id_or_path)  # as the builder expands work_dir
         if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():  # a `save_to_disk` folder
             if config_name is not None:
@@ -1639,17 +1641,20 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
             for file in (file for split_files in data_files.values() for file in split_files):
                 _check_preference_columns(file)
             return datasets.load_dataset("parquet", data_files=data_files, split=split, features=PREFERENCE_FEATURES, **load_kwargs)
+        from maple.hub import HubReadError, hub_read_failure, token_problem
+
+        # the token `datasets` reads with: `token=`, else the one in `download_config=`
+        token = load_kwargs.get("token")
+        if token is None:
+            token = getattr(load_kwargs.get("download_config"), "token", None)
+        # refused before any request: httpx would raise the header `Bearer <token>`, token and all, in its message
+        if isinstance(token, str) and (problem := token_problem(token)) is not None:
+            raise ValueError(f"token: {problem}; {repo_id_or_path} was not read")
         try:
             return datasets.load_dataset(repo_id_or_path, name=config_name, split=split, **load_kwargs)
         # datasets reads some Hub answers (an HTTP 500) as a missing local path, and raises a repo not found or an
         # offline Hub without the Hub's answer: `hub_read_failure` asks the Hub then
         except OSError as error:
-            from maple.hub import HubReadError, hub_read_failure
-
-            # the token `datasets` read with: `token=`, else the one in `download_config=`
-            token = load_kwargs.get("token")
-            if token is None:
-                token = getattr(load_kwargs.get("download_config"), "token", None)
             problem = hub_read_failure(error, repo_id_or_path, repo_type="dataset", revision=load_kwargs.get("revision"),
                                        token=token)
             if problem is None:

@@ -244,6 +244,27 @@ def test_a_token_that_cannot_be_sent_is_named_not_taken_for_an_unreachable_hub(h
                           "to use HF_TOKEN or the one `hf auth login` saved"]
 
 
+UNSENDABLE_DATASET_TOKENS = """
+from dataset_builders import MaplePreferences
+for token in ["", "hf_pasted_with_its_newline\\n", "hf_copied_with_a_space ", "hf_pasted_with_\u00e9"]:
+    try:
+        MaplePreferences.from_pretrained("maple-org/x", token=token)
+    except ValueError as error:
+        print(error)
+"""
+
+
+def test_a_preference_dataset_read_with_a_token_that_cannot_be_sent_names_the_problem_not_the_token(hub_server, tmp_path):
+    """httpx's LocalProtocolError, no OSError, escaped `MaplePreferences.from_pretrained` as "Illegal header value
+    b'Bearer <token>'", showing the token (a non-ASCII one: a UnicodeEncodeError)."""
+    errors = run_client(hub_server, tmp_path, UNSENDABLE_DATASET_TOKENS).splitlines()
+    empty, *unsendable = errors
+    assert empty == ("token: empty; leave it unset to use HF_TOKEN or the token `hf auth login` saved; maple-org/x was "
+                     "not read")
+    assert unsendable == 3 * ["token: holds a space, a line break or a character outside printable ASCII, which no Hub "
+                              "token has; maple-org/x was not read"]
+
+
 # Read in a fresh process (its own empty HF_HOME: nothing cached), as a user would: `datasets` raises a missing repo as
 # its own DatasetNotFoundError `from None`, so the exception chain keeps no answer of the Hub (only "not cached").
 READ_WITHOUT_A_TOKEN = """
