@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from .files import expanded_path
+from .hub import token_problem
 
 # sub-command -> (module with `main(argv: list[str]) -> int`, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -59,16 +60,11 @@ def add_token_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup, 
 
 
 def _token(text: str) -> str:
-    """A `--token` value: an empty one (`--token "$UNSET_VARIABLE"`), or one holding a space, a line break or a
-    character outside printable ASCII (a token pasted with its newline), is a usage error. huggingface_hub would send
-    it in the header `Bearer <token>`, which httpx refuses to send (LocalProtocolError, a TransportError: read as an
-    unreachable Hub) or cannot encode (a UnicodeEncodeError traceback)."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("empty; leave the option out to use HF_TOKEN or the `hf auth login` token")
-    if not all("!" <= character <= "~" for character in text):
-        raise argparse.ArgumentTypeError(
-            "holds a space, a line break or a character outside printable ASCII, which no Hub token has"
-        )
+    """A `--token` value: one that cannot be sent as a Hub token (`maple.hub.token_problem`: empty, as
+    `--token "$UNSET_VARIABLE"`, or holding a space, a line break or a character outside printable ASCII, as a token
+    pasted with its newline) is a usage error saying why, without the token."""
+    if (problem := token_problem(text)) is not None:
+        raise argparse.ArgumentTypeError(problem)
     return text
 
 

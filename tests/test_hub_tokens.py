@@ -206,7 +206,7 @@ def test_an_empty_token_is_a_usage_error(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*argv, "--token", ""])
     assert exit_info.value.code == 2
-    assert "argument --token: empty; leave the option out" in capsys.readouterr().err
+    assert "argument --token: empty; leave it unset to use HF_TOKEN" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("token, problem", [
