@@ -1271,3 +1271,35 @@ def test_configs_are_told_apart_as_from_pretrained_tells_them(tmp_path, files, r
         load_preference_splits(DataArguments(dataset_name=str(snapshot)))
     assert str(refused.value) == f"--dataset_name {snapshot}: {refusal}, e.g. --dataset_name {snapshot / pick}"
     assert load_preference_splits(DataArguments(dataset_name=str(snapshot / pick)))["train"].num_rows == 3
+
+
+def test_a_failed_push_advises_an_upload_of_what_trainer_pushes(capsys):
+    """The advice was a bare `hf upload`: without --hub_revision's branch, and uploading output_dir whole, checkpoints
+    and earlier runs' `_earlier-run-N` folders included, which `Trainer.push_to_hub` leaves out."""
+    import argparse
+    import shlex
+    from types import SimpleNamespace
+
+    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.utils import filter_repo_objects, httpx
+
+    from trainer.cli import _save_or_push
+
+    def push_fails():
+        request = httpx.Request("POST", "https://huggingface.co/api/models/maple-org/pushed/commit/v1")
+        raise HfHubHTTPError("server error", response=httpx.Response(503, request=request))
+
+    trainer = SimpleNamespace(push_to_hub=push_fails, hub_model_id="maple-org/pushed")
+    training_args = SimpleNamespace(push_to_hub=True, output_dir="runs/my model", hub_revision="v1",
+                                    hub_model_id="maple-org/pushed")
+    assert _save_or_push(argparse.ArgumentParser(prog="maple train"), trainer, training_args) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("maple train: error: pushing failed: model repo 'maple-org/pushed' on https://huggingface.co "
+                            "could not be written: HTTP 503 from the server. The trained model is saved in runs/my model")
+    upload = re.fullmatch(r".*: upload it with `(.*)`", error).group(1)
+    assert upload == "hf upload maple-org/pushed 'runs/my model' . --revision v1 --exclude '_*' --exclude 'checkpoint-*'"
+    # what `hf upload` uploads with those --exclude patterns (its `ignore_patterns`): what Trainer pushes
+    words = shlex.split(upload)
+    excluded = [words[index + 1] for index, word in enumerate(words) if word == "--exclude"]
+    output_dir = ["model.safetensors", "README.md", "checkpoint-4/model.safetensors", "_earlier-run-1/checkpoint-2/x"]
+    assert list(filter_repo_objects(output_dir, ignore_patterns=excluded)) == ["model.safetensors", "README.md"]

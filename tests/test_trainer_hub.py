@@ -218,7 +218,7 @@ def test_maple_train_names_a_failed_push_in_one_line(hub_server, tmp_path):
                        "HF_TOKEN, else the one `hf auth login` saved): Invalid credentials in Authorization header; nothing was trained None")
     assert failed == (f"1 maple train: error: pushing failed: model repo 'maple-org/pushed' on {hub_server.url} could not "
                       "be written: HTTP 503 from the server. The trained model is saved in trained: upload it with "
-                      "`hf upload` True")
+                      "`hf upload maple-org/pushed trained . --exclude '_*' --exclude 'checkpoint-*'` True")
 
 
 PUSH_TWICE = """

@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import sys
 import types
 import typing
@@ -31,6 +32,7 @@ if __name__ == "__main__":  # `python -m trainer.cli`, as `accelerate launch -m`
 import yaml
 from datasets import Dataset, DatasetDict, Image, LargeList, List, Value, load_dataset, load_from_disk
 from datasets.exceptions import DatasetGenerationError
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import TrlParser
 
 from maple.cli import config_option_split, exit_with_error, image_settings, report_error
@@ -377,10 +379,12 @@ def _save_or_push(parser: _Parser, trainer: RPATrainer, training_args: RPAConfig
     try:
         trainer.push_to_hub()  # saves the model and writes the card first (save_model would push a second time)
     except Exception as error:
-        if (problem := hub_failure(error, trainer.hub_model_id or _hub_repo_id(training_args), writing=True)) is None:
+        repo_id = trainer.hub_model_id or _hub_repo_id(training_args)
+        if (problem := hub_failure(error, repo_id, writing=True)) is None:
             raise
         return report_error(parser.prog, f"pushing failed: {problem}. The trained model is saved in "
-                                         f"{training_args.output_dir}: upload it with `hf upload`", status=1)
+                                         f"{training_args.output_dir}: upload it with "
+                                         f"`{_upload_command(repo_id, training_args)}`", status=1)
     if trainer.is_world_process_zero():
         stale: list[str] | None = None  # None until the repo's files are listed
         try:
@@ -390,7 +394,6 @@ def _save_or_push(parser: _Parser, trainer: RPATrainer, training_args: RPAConfig
         except Exception as error:  # the model is pushed: only the clean-up failed
             if (problem := hub_failure(error, trainer.hub_model_id, writing=stale is not None)) is None:
                 raise
-            revision = f" --revision {training_args.hub_revision}" if training_args.hub_revision else ""
             if stale is None:
                 return report_error(parser.prog, f"the model is pushed, but listing the repo's files to delete an "
                                                  f"earlier run's failed: {problem}; see whether an earlier run's "
@@ -398,9 +401,28 @@ def _save_or_push(parser: _Parser, trainer: RPATrainer, training_args: RPAConfig
                                     status=1)
             return report_error(parser.prog, f"the model is pushed, but deleting an earlier run's files from the "
                                              f"repo failed: {problem}; delete them with `hf repos delete-files "
-                                             f"{trainer.hub_model_id}{revision} {' '.join(stale)}`",
+                                             f"{trainer.hub_model_id}{_revision_option(training_args)} {' '.join(stale)}`",
                                 status=1)
     return 0
+
+
+# the files of output_dir that `Trainer.push_to_hub` leaves out of its upload (its `ignore_patterns`): checkpoints, and
+# "_*" folders such as `EARLIER_RUN_FOLDER`
+PUSH_IGNORE_PATTERNS = ("_*", f"{PREFIX_CHECKPOINT_DIR}-*")
+
+
+def _upload_command(repo_id: str, training_args: RPAConfig) -> str:
+    """The `hf upload` command that uploads output_dir to Hub repo `repo_id` as `Trainer.push_to_hub` does: at
+    `--hub_revision`, without the files it leaves out (`PUSH_IGNORE_PATTERNS`)."""
+    excludes = "".join(f" --exclude {shlex.quote(pattern)}" for pattern in PUSH_IGNORE_PATTERNS)
+    return (f"hf upload {repo_id} {shlex.quote(str(training_args.output_dir))} .{_revision_option(training_args)}"
+            f"{excludes}")
+
+
+def _revision_option(training_args: RPAConfig) -> str:
+    """The `--revision` option of an `hf` command acting on the repo at `--hub_revision` (with its leading space), or
+    '' without one."""
+    return f" --revision {shlex.quote(training_args.hub_revision)}" if training_args.hub_revision else ""
 
 
 def _close_progress_bars(trainer: RPATrainer) -> None:
