@@ -635,12 +635,19 @@ def load_benchmark(
     Raises `BenchmarkSourceError` naming the benchmark and the source when the source cannot be read
     (datasets and the Hub client raise FileNotFoundError, ConnectionError or HTTP errors, all OSErrors; for a Hub
     repo, what the Hub answered: `maple.hub.hub_read_failure`), `BenchmarkFormatError` when it is not in the
-    benchmark's schema."""
+    benchmark's schema. A Hub source's `token` that cannot be sent (`maple.hub.token_problem`) is a
+    `BenchmarkSourceError` saying why, without the token, before any request."""
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; expected one of {sorted(BENCHMARKS)}")
     spec = BENCHMARKS[name]
     source = spec.hub_id if source is None else source
     check_source(name, source)
+    from maple.hub import hub_repo, token_problem
+
+    # a Hub source only: httpx would refuse to send such a token (read as an unreachable Hub) or fail to encode it (a
+    # UnicodeEncodeError naming no problem); huggingface_hub's token=True/False pass unchecked
+    if not expanded_path(source).exists() and isinstance(token, str) and (problem := token_problem(token)) is not None:
+        raise BenchmarkSourceError(f"benchmark {name!r}: token: {problem}; {hub_repo(source, 'dataset')} was not read")
     try:
         return spec.loader(source, spec, token)
     except OSError as error:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from maple.files import expanded_path
-from maple.hub import hub_failure, hub_repo, is_hub_id, local_typo_hint
+from maple.hub import hub_failure, hub_repo, is_hub_id, local_typo_hint, token_problem
 
 if TYPE_CHECKING:
     from modeling_maple import MapleProcessor
@@ -43,7 +43,12 @@ def hub_checkpoint_config_file(repo_id: str, revision: str | None = None, token:
     """The config.json, else adapter_config.json, of a Hub model repo at `revision`, in the cache's
     snapshots/<commit>/ folder, read with `token` (None: HF_TOKEN or the saved login); Hub failures become
     `ModelLoadError`s naming the repo and what the Hub answered (`maple.hub.hub_failure`). Offline or unreachable, a
-    repo downloaded before is read from the cache."""
+    repo downloaded before is read from the cache. A `token` that cannot be sent (`maple.hub.token_problem`) is a
+    `ModelLoadError` saying why, without the token, before any request."""
+    # httpx would refuse to send it (read as an unreachable Hub) or fail to encode it (a UnicodeEncodeError naming no
+    # problem); huggingface_hub's token=True/False pass unchecked
+    if isinstance(token, str) and (problem := token_problem(token)) is not None:
+        raise ModelLoadError(f"token: {problem}; {hub_repo(repo_id)} was not read")
     from huggingface_hub import HfApi, hf_hub_download
     from huggingface_hub.errors import (
         GatedRepoError,

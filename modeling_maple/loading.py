@@ -18,7 +18,7 @@ from typing import Any
 
 from transformers import AutoConfig, AutoModel, AutoProcessor, PreTrainedConfig
 
-from maple.hub import hub_failure, hub_repo, is_hub_id, local_typo_hint
+from maple.hub import hub_failure, hub_repo, is_hub_id, local_typo_hint, token_problem
 
 from .configuration_maple import (
     BACKBONES,
@@ -101,9 +101,11 @@ def load_maple(
             `attn_implementation`.
 
     Raises:
-        MapleLoadError: before any weights load, with a message that starts with `name_or_path`: the config cannot
-            be read (missing, offline and not cached, gated, an HTTP error from the Hub: `maple.hub.hub_failure`; of
-            no known model type; a `subfolder` that is not there, has no config.json, or is not in the cache of an
+        MapleLoadError: before any weights load, with a message that starts with `name_or_path`: a Hub repo's
+            `token` cannot be sent (empty, or holding a space, a line break or a character outside printable ASCII:
+            `maple.hub.token_problem`; said before any request, without the token), the config cannot be read
+            (missing, offline and not cached, gated, an HTTP error from the Hub: `maple.hub.hub_failure`; of no known
+            model type; a `subfolder` that is not there, has no config.json, or is not in the cache of an
             offline Hub, named as such), the checkpoint is neither MAPLE's nor one whose backbone is known or given,
             it is a MAPLE dual encoder pooling a causal text tower's first token (`pooling="cls"`, saved or asked by
             a config override in `from_pretrained_kwargs`, which apply as `from_pretrained` applies them: one saved so
@@ -356,8 +358,13 @@ def _checkpoint(
     `from_pretrained_kwargs` a backbone cannot take (`processor_only`: its processor, which takes none). Reads the
     config only, from where `from_pretrained_kwargs` say; a MAPLE checkpoint's as its model is built, with the config
     overrides among them (`_config_overrides`), or for `processor_only` as saved."""
-    if not Path(name_or_path).exists() and not is_hub_id(name_or_path):  # './x', '/x', 'a/b/c'
-        raise MapleLoadError(f"{name_or_path}: no such folder")
+    if not Path(name_or_path).exists():
+        if not is_hub_id(name_or_path):  # './x', '/x', 'a/b/c'
+            raise MapleLoadError(f"{name_or_path}: no such folder")
+        # refused before any request: httpx would refuse to send it (read as an unreachable Hub) or fail to encode it
+        # (a UnicodeEncodeError naming no problem); huggingface_hub's token=True/False pass unchecked
+        if isinstance(token, str) and (problem := token_problem(token)) is not None:
+            raise MapleLoadError(f"{name_or_path}: token: {problem}; it was not read")
     subfolder = from_pretrained_kwargs.get("subfolder") or ""
     # (transformers reads a subfolder without config.json, or none at all, as a config without a model type:
     # "Unrecognized model in <repo>")

@@ -227,7 +227,7 @@ def test_maple_train_refuses_a_hub_token_that_cannot_be_sent(token, problem, cap
 
 UNSENDABLE_TOKENS = """
 from modeling_maple import MapleLoadError, load_maple
-for token in ["", "hf_pasted_with_its_newline\\n", "hf_copied_with_a_space "]:
+for token in ["", "hf_pasted_with_its_newline\\n", "hf_copied_with_a_space ", "hf_pasted_with_\u00e9", False]:
     try:
         load_maple("maple-org/x", token=token)
     except MapleLoadError as error:
@@ -237,11 +237,49 @@ for token in ["", "hf_pasted_with_its_newline\\n", "hf_copied_with_a_space "]:
 
 def test_a_token_that_cannot_be_sent_is_named_not_taken_for_an_unreachable_hub(hub_server, tmp_path):
     """httpx refuses to send `Bearer <token>` for an empty token or one with a line break (LocalProtocolError, a
-    TransportError): the Hub, never asked, was said to be offline or unreachable."""
+    TransportError): the Hub, never asked, was said to be offline or unreachable; a non-ASCII one was a
+    UnicodeEncodeError ("'ascii' codec can't encode character ..."), naming no problem. huggingface_hub's
+    token=False (send none) is no such token: the Hub is asked."""
     errors = run_client(hub_server, tmp_path, UNSENDABLE_TOKENS).splitlines()
-    assert errors == 3 * [f"maple-org/x: model repo 'maple-org/x' on {hub_server.url} was not asked: the token passed "
-                          "cannot be sent (empty, or holding a line break or a space at its end); pass another, or none "
-                          "to use HF_TOKEN or the one `hf auth login` saved"]
+    empty, *unsendable, sent_none = errors
+    assert empty == ("maple-org/x: token: empty; leave it unset to use HF_TOKEN or the token `hf auth login` saved; it "
+                     "was not read")
+    assert unsendable == 3 * ["maple-org/x: token: holds a space, a line break or a character outside printable ASCII, "
+                              "which no Hub token has; it was not read"]
+    assert sent_none.startswith(f"maple-org/x: model repo 'maple-org/x' on {hub_server.url} was not found, or is "
+                                "private and needs a token (HTTP 401 to a request without one)"), sent_none
+
+
+UNSENDABLE_EVALUATION_TOKENS = """
+from evaluation.benchmarks import BenchmarkSourceError, load_benchmark
+from evaluation.models import ModelLoadError, load_embedder
+for token in ["", "hf_pasted_with_\u00e9", False]:
+    for load, error_type in ((lambda: load_embedder("maple-org/x", token=token), ModelLoadError),
+                             (lambda: load_benchmark("bivlc", "maple-org/x", token=token), BenchmarkSourceError)):
+        try:
+            load()
+        except error_type as error:
+            print(error)
+"""
+
+
+def test_an_evaluation_model_or_benchmark_read_with_a_token_that_cannot_be_sent_names_the_problem(hub_server, tmp_path):
+    """`load_embedder` and `load_benchmark` (`maple eval`'s loaders, called from Python) with an empty token were said
+    to read an unreachable Hub, and with a non-ASCII one failed with "'ascii' codec can't encode character ...";
+    token=False (send none) still asks the Hub."""
+    errors = run_client(hub_server, tmp_path, UNSENDABLE_EVALUATION_TOKENS).splitlines()
+    repo, dataset_repo = (f"{kind} repo 'maple-org/x' on {hub_server.url}" for kind in ("model", "dataset"))
+    empty_problem = "empty; leave it unset to use HF_TOKEN or the token `hf auth login` saved"
+    unsendable_problem = "holds a space, a line break or a character outside printable ASCII, which no Hub token has"
+    assert errors[:4] == [f"token: {empty_problem}; {repo} was not read",
+                          f"benchmark 'bivlc': token: {empty_problem}; {dataset_repo} was not read",
+                          f"token: {unsendable_problem}; {repo} was not read",
+                          f"benchmark 'bivlc': token: {unsendable_problem}; {dataset_repo} was not read"]
+    model_sent_none, benchmark_sent_none = errors[4:]
+    assert model_sent_none.startswith(f"{repo} was not found, or is private and needs a token (HTTP 401 to a request "
+                                      "without one)"), model_sent_none
+    assert benchmark_sent_none.startswith(f"benchmark 'bivlc': cannot read source 'maple-org/x': {dataset_repo} was not "
+                                          "found, or is private and needs a token (HTTP 401 to a request without one)")
 
 
 UNSENDABLE_DATASET_TOKENS = """

@@ -74,6 +74,18 @@ def test_a_maple_checkpoint_and_a_backbone_load_as_maple_embedders(tmp_path, cli
     assert wrapped.config._name_or_path == str(clip_folder)  # what model cards name as the base model
 
 
+def test_a_local_checkpoint_loads_whatever_token_is_passed(tmp_path, clip_folder):
+    """The token is for Hub reads only: one that could not be sent (`maple.hub.token_problem`, refused for a Hub repo:
+    tests/test_hub_tokens.py) does not stop a folder from loading."""
+    model, processor = build_tiny("dual_encoder", seed=0)
+    model.save_pretrained(tmp_path / "maple")
+    processor.save_pretrained(tmp_path / "maple")
+    for folder in (tmp_path / "maple", clip_folder):
+        for token in ("", "hf_pasted_with_its_newline\n", "hf_pasted_with_\u00e9"):
+            loaded, _ = load_maple(str(folder), token=token)
+            assert isinstance(loaded, MapleModel)
+
+
 def test_the_trainer_and_the_evaluation_build_the_same_embedder_from_a_backbone(tmp_path, clip_folder):
     """`RPATrainer(model=<backbone id>)` wraps the backbone as `maple train` and `maple eval` do, so a baseline and
     the model trained from it start from the same embeddings."""
