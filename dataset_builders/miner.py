@@ -199,13 +199,18 @@ class DedupResult:
 
 def check_semdedup_clusters(num_clusters: int, num_rows: int) -> None:
     """Raise a ValueError unless `num_clusters` k-means clusters leave at least two of `num_rows`
-    rows per cluster on average.
+    rows per cluster on average, and unless there is at least one cluster: none failed inside
+    k-means with an IndexError, and a negative count clustered into that many fewer than the rows
+    (it sliced the random first centroids), finding almost no duplicates, silently.
 
     SemDeDup compares rows only within their cluster. With about as many clusters as rows most rows
     sit alone and their duplicates go unnoticed (at num_clusters >= num_rows every row does, and
     nothing is removed), silently: the paper's 50,000 clusters suit its ~700k images, 14 per
     cluster, not a corpus of 50k.
     """
+    if num_clusters < 1:
+        raise ValueError(f"SemDeDup needs at least 1 cluster, got num_clusters={num_clusters} (to turn de-duplication "
+                         "off, pass semdedup_clusters=None, CLI --semdedup-clusters 0)")
     if 2 * num_clusters > num_rows:
         off = "turn de-duplication off (semdedup_clusters=None, CLI --semdedup-clusters 0)"
         if num_rows // 14 >= 2:

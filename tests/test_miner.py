@@ -605,6 +605,15 @@ def test_semdedup_refuses_clusters_too_many_to_find_duplicates():
     assert semdedup(embeddings, num_clusters=5, epsilon=0.01).removed.keys() <= {0, 1}
 
 
+@pytest.mark.parametrize("num_clusters", [0, -3])
+def test_semdedup_refuses_fewer_than_one_cluster(num_clusters):
+    """Before the fix 0 clusters failed inside k-means with an IndexError (argmax over no centroids), and -3 clustered
+    10 rows into 7 clusters (the first centroids were a random permutation sliced [:-3]), silently."""
+    embeddings = torch.randn(10, 4, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=rf"at least 1 cluster, got num_clusters={num_clusters}"):
+        semdedup(embeddings, num_clusters=num_clusters, epsilon=0.01)
+
+
 def test_settings_hold_the_duplicate_threshold_and_the_encoders_dtype_and_image_processor(tmp_path):
     _save_tiny_encoder(tmp_path)
     settings = HardNegativeMiner.from_pretrained(str(tmp_path), duplicate_threshold=0.9).settings
