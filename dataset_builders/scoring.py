@@ -51,6 +51,8 @@ def text_pool(caption: str, groups: list[list[str]], size: int) -> list[str]:
     first text of each, then the second, ...), so that every captioned negative is in the pool; the kept texts stay
     in group order. (Turns of one text: a captioner's answers need not come in pairs, nor survive de-duplication
     as pairs.)"""
+    if size < 1:  # (a budget below 0 would never run out)
+        raise ValueError(f"text_pool: size must be at least 1 (the caption), got {size}")
     seen = {" ".join(caption.split())}
     distinct: list[list[str]] = []
     for group in groups:

@@ -1316,6 +1316,9 @@ def test_text_pool_keeps_the_caption_first_and_drops_repeats():
     generated = [["a  red\ncube", "", "a red cube", "the caption", "a blue cube", "a green cube"]]
     assert text_pool("the caption", generated, size=3) == ["the caption", "a red cube", "a blue cube"]
     assert text_pool("the caption", [], size=6) == ["the caption"]
+    assert text_pool("the caption", generated, size=1) == ["the caption"]
+    with pytest.raises(ValueError, match="size must be at least 1"):  # 0 kept every text (found by a helper)
+        text_pool("the caption", generated, size=0)
 
 
 def test_text_pool_compares_the_caption_by_its_normalised_form():
