@@ -252,6 +252,10 @@ def test_gradient_checkpointing_and_bf16_given_bare_mean_true(tmp_path, flags, c
         (["--dataset_name", "x"], "give exactly one of --model_name_or_path and --tiny"),
         (["--tiny", "dual_encoder"], "--dataset_name is required"),
         (["--tiny", "dual_encoder", "--dataset_name", "x", "--max_length", "5"], "max_length=5 acts on token log-probabilities"),
+        # transformers trained one step for --max_steps 0, and none for --num_train_epochs 0, then saved the model as
+        # trained, exit status 0 (found by a user-journey review)
+        (["--tiny", "dual_encoder", "--dataset_name", "x", "--max_steps", "0"], "--max_steps 0: transformers trains one step"),
+        (["--tiny", "dual_encoder", "--dataset_name", "x", "--num_train_epochs", "0"], "--num_train_epochs 0.0: no step"),
     ],
 )
 def test_bad_arguments_are_reported_in_one_line(capsys, argv, message):
@@ -281,6 +285,8 @@ def test_bad_arguments_are_reported_in_one_line(capsys, argv, message):
         ("lora_dropout: 2\n", "lora_dropout is a probability and must be in [0, 1), got 2"),
         # argparse converted these and named the flag, not the file (found by a user-journey review)
         ("max_steps: ten\n", "{path}: max_steps: invalid int value: 'ten'"),
+        # YAML keeps the last of two equal keys: an edit of the first was dropped (found by a user-journey review)
+        ("max_steps: 5\nrpa_weight: 0.5\nmax_steps: 2\n", "{path}: key 'max_steps' given twice, on lines 1 and 3"),
         ("rpa_loss: ranked\n", "{path}: rpa_loss: invalid choice 'ranked' (choose from 'listwise', 'pairwise')"),
         # an option of several types (int or str) is no number option: RPAConfig's refusal says why it is refused
         ("pad_to_multiple_of: 8.5\n", "pad_to_multiple_of=8.5 configures DPO's token collator, which RPATrainer does not use"),

@@ -252,6 +252,15 @@ def _parse(parser: _Parser, argv: list[str] | None) -> tuple[ModelArguments, Dat
         parser.error(f"{', '.join(ignored)}: --tiny builds a random float32 model; these apply to --model_name_or_path")
     if data_args.dataset_name is None:
         parser.error("--dataset_name is required")
+    # transformers reads only a positive max_steps as a length (a negative one says "count epochs"), yet its loop
+    # stops after the first step of max_steps=0; and with no epochs it trains nothing. Either run saved (and pushed)
+    # the model as trained, with exit status 0.
+    if training_args.max_steps == 0:
+        parser.error("--max_steps 0: transformers trains one step for it; give a number of steps >= 1, or leave it "
+                     "out to train --num_train_epochs epochs")
+    if training_args.max_steps < 0 and training_args.num_train_epochs <= 0:
+        parser.error(f"--num_train_epochs {training_args.num_train_epochs}: no step would be trained, and the model "
+                     "saved as trained; give a number of epochs > 0, or --max_steps")
     if problem := folder_problem(training_args.output_dir, "--output_dir"):
         parser.error(problem)
     return model_args, data_args, training_args
@@ -600,6 +609,9 @@ def _check_config_file(parser: _Parser, argv: list[str]) -> None:
         parser.error(f"{where}: not valid YAML: {getattr(error, 'problem', None) or error}")
     if not isinstance(config, dict):
         parser.error(f"{path}: expected a YAML mapping of options (name: value), got {config!r:.80}")
+    if repeated := _repeated_key(path):
+        key, first_line, line = repeated
+        parser.error(f"{path}: key {key!r} given twice, on lines {first_line} and {line}; YAML keeps the last")
     known = {action.dest for action in parser._actions} | {"env"}
     unknown = [key for key in config if key not in known]
     if unknown:
@@ -639,6 +651,20 @@ def _check_config_file(parser: _Parser, argv: list[str]) -> None:
         if action is not None and action.choices is not None and value not in action.choices:
             parser.error(f"{path}: {key}: invalid choice {value!r} (choose from {', '.join(map(repr, action.choices))})"
                          f"{_yaml_boolean_hint(value, action.choices)}")
+
+
+def _repeated_key(path: str) -> tuple[str, int, int] | None:
+    """The first top-level key of a YAML mapping file given twice, with the lines of both (1-based), or None. YAML
+    loaders keep the last value without a word, so an edit of the first one would be dropped."""
+    with open(path) as handle:
+        mapping = yaml.compose(handle, Loader=yaml.SafeLoader)
+    first_lines: dict[str, int] = {}
+    for key_node, _ in mapping.value:
+        line = key_node.start_mark.line + 1
+        if key_node.value in first_lines:
+            return key_node.value, first_lines[key_node.value], line
+        first_lines[key_node.value] = line
+    return None
 
 
 def _check_resume_recipe(
