@@ -63,6 +63,15 @@ def test_a_rerun_over_checkpoints_resumes_only_when_asked_and_under_the_same_rec
         f"maple train: error: {output} holds checkpoints of an earlier run (the last: checkpoint-2): pass "
         "--resume_from_checkpoint true to resume it, --resume_from_checkpoint false to train from scratch (its "
         "checkpoints are moved to _earlier-run-N), or another --output_dir")
+    # a checkpoint at or past the end asked for trained nothing and saved its weights as the result, exit status 0
+    # (found by a user-journey review)
+    assert error_of("--max_steps", "2", "--resume_from_checkpoint", "true") == (
+        f"maple train: error: --resume_from_checkpoint true: {output / 'checkpoint-2'} is at step 2 (epoch 1), "
+        "which --max_steps 2 does not go past: nothing would be trained, and its weights saved as the result; "
+        "give a longer --max_steps to train on")
+    assert error_of("--num_train_epochs", "1", "--resume_from_checkpoint", "true").endswith(
+        "is at step 2 (epoch 1), which --num_train_epochs 1.0 does not go past: nothing would be trained, and its "
+        "weights saved as the result; give a longer --num_train_epochs to train on")
     assert "checkpoint-2 was trained with another recipe (rpa_weight: 0.2 -> 0.5)" in error_of(
         "--max_steps", "4", "--rpa_weight", "0.5", "--resume_from_checkpoint", "true")
     config = tmp_path / "resume.yaml"

@@ -283,6 +283,7 @@ def _load_inputs(
         lora = lora_recipe(model_args.lora_r, model_args.lora_alpha) if model_args.use_peft else None
         if resume is not None:
             _check_resume_recipe(resume, training_args, lora)
+            _check_steps_left(resume, training_args)
         splits = load_preference_splits(data_args, token=training_args.hub_token)
         model, processor = load_model_and_processor(model_args, training_args)
         if resume is not None:  # now that the model is known: another model's checkpoint does not fit it
@@ -573,6 +574,27 @@ def set_aside_earlier_checkpoints(training_args: RPAConfig) -> None:
     for checkpoint in checkpoints:
         os.rename(checkpoint, os.path.join(aside, os.path.basename(checkpoint)))
     print(f"maple train: the earlier run's {len(checkpoints)} checkpoint(s) moved to {aside}", file=sys.stderr)
+
+
+def _check_steps_left(checkpoint: str, training_args: RPAConfig) -> None:
+    """Refuse to resume a checkpoint that the training asked for does not go past: `Trainer` would train no step and
+    save the checkpoint's weights as the result, with exit status 0. The length is `max_steps`, else the epochs, which
+    compare with the checkpoint's epoch as `Trainer` counts them on the same data."""
+    from .checkpoints import TRAINER_STATE_NAME
+
+    with open(os.path.join(checkpoint, TRAINER_STATE_NAME)) as handle:
+        state = json.load(handle)
+    step, epoch = state["global_step"], state["epoch"]
+    if training_args.max_steps > 0:
+        option, length, done = "--max_steps", training_args.max_steps, step >= training_args.max_steps
+    else:
+        option, length, done = "--num_train_epochs", training_args.num_train_epochs, epoch >= training_args.num_train_epochs
+    if done:
+        raise TrainingInputError(
+            f"--resume_from_checkpoint {_resume_value(training_args)}: {checkpoint} is at step {step} (epoch {epoch:g}), "
+            f"which {option} {length} does not go past: nothing would be trained, and its weights saved as the result; "
+            f"give a longer {option} to train on"
+        )
 
 
 def _resume_value(training_args: RPAConfig) -> str | None:
