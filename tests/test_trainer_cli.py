@@ -705,6 +705,9 @@ def test_a_null_candidate_list_in_a_table_of_image_paths_is_named_by_its_row(tmp
     (["--tiny", "dual_encoder", "--backbone", "mllm", "--trust_remote_code", "true"],
      "--backbone, --trust_remote_code: --tiny builds a random float32 model; these apply to --model_name_or_path"),
     (["--tiny", "dual_encoder", "--dataset_config", "paper"], "--dataset_config paper: {prefs} is one dataset, without configs"),
+    # trained every weight, the LoRA rank asked for unused (found by a user-journey review)
+    (["--tiny", "dual_encoder", "--lora_r", "8", "--lora_dropout", "0.1"],
+     "--lora_r, --lora_dropout: LoRA settings, which apply with --use_peft only (without it every weight is trained)"),
 ])
 def test_options_that_would_be_ignored_are_refused(tmp_path, capsys, options, message):
     """Each was accepted and did nothing: a --tiny model stayed float32 whatever --model_init_kwargs said."""

@@ -250,6 +250,11 @@ def _parse(parser: _Parser, argv: list[str] | None) -> tuple[ModelArguments, Dat
                        "--trust_remote_code": training_args.trust_remote_code}
     if model_args.tiny and (ignored := [option for option, value in loading_options.items() if value]):
         parser.error(f"{', '.join(ignored)}: --tiny builds a random float32 model; these apply to --model_name_or_path")
+    lora_defaults = {option.name: option.default for option in fields(ModelArguments) if option.name.startswith("lora_")}
+    if not model_args.use_peft and (ignored := [f"--{name}" for name, default in lora_defaults.items()
+                                                if getattr(model_args, name) != default]):
+        parser.error(f"{', '.join(ignored)}: LoRA settings, which apply with --use_peft only (without it every weight "
+                     "is trained)")
     if data_args.dataset_name is None:
         parser.error("--dataset_name is required")
     # transformers reads only a positive max_steps as a length (a negative one says "count epochs"), yet its loop
