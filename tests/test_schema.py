@@ -7,7 +7,7 @@ import torch
 
 from modeling_maple.testing import build_tiny
 from trainer.collator import DataCollatorForEmbeddingPreference
-from trainer.schema import validate_preference_dataset
+from trainer.schema import PREFERENCE_FEATURES, check_features, validate_preference_dataset
 from trainer.testing import synthetic_preference_dataset
 
 
@@ -211,3 +211,25 @@ def test_stored_images_are_compared_with_64_bit_offsets(tmp_path, monkeypatch):
     dataset = Dataset.from_list(_rows_to_rank(tmp_path), features=PREFERENCE_FEATURES)
     rows_without_preference(dataset)
     assert set(hashed) == {pa.large_binary(), pa.large_string()}
+
+
+def test_a_json_lines_column_of_mixed_types_is_explained(tmp_path):
+    """A score written as a string in one row of a JSON Lines file makes `datasets` type the whole column Json, and
+    keeps no trace of the row: the error said only that the type was List(Json(decode=True)) (found by a
+    user-journey review)."""
+    import json
+
+    from datasets import load_dataset
+
+    rows = synthetic_preference_dataset(3).remove_columns(["image", "candidate_images"]).to_list()
+    rows[1]["img2txt_scores"][0] = "0.9"
+    path = tmp_path / "prefs.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    dataset = load_dataset("json", data_files=str(path), split="train")
+    features = PREFERENCE_FEATURES.copy()
+    features["img2txt_scores"] = dataset.features["img2txt_scores"]
+
+    with pytest.raises(ValueError, match=r"column 'img2txt_scores' has type List\(Json\(decode=True\)\); expected "
+                                         r"List\(Value\('float32'\)\).*values of more than one type .*a score written "
+                                         r"as a string"):
+        check_features(features, "train")

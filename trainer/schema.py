@@ -43,6 +43,7 @@ from datasets import (
     Image,
     IterableDataset,
     IterableDatasetDict,
+    Json,
     LargeList,
     List,
     Value,
@@ -115,6 +116,10 @@ def check_features(features: Features, dataset_name: str) -> None:
         hint = ""
         if column in _IMAGE_CASTS:
             hint = f" If it holds image file paths, cast it: dataset.cast_column({column!r}, {_IMAGE_CASTS[column]})."
+        if isinstance(image_feature(features[column]), Json):
+            # `datasets` reads a JSON column of mixed types as Json and keeps no trace of the rows of the other type
+            hint += (" Its rows hold values of more than one type (in a JSON Lines file, say, a score written as a "
+                     "string in some rows): write every value as the expected type.")
         raise ValueError(
             f"The {dataset_name} dataset's column {column!r} has type {features[column]!r}; expected {expected!r} "
             f"(see trainer/schema.py).{hint}"
