@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -79,6 +80,26 @@ def test_a_rerun_over_checkpoints_resumes_only_when_asked_and_under_the_same_rec
     assert main(["--config", str(config), *argv]) == 0
     state = json.loads((output / "checkpoint-4" / "trainer_state.json").read_text())
     assert [entry["step"] for entry in state["log_history"] if "loss" in entry][:1] != [1]  # not restarted
+
+
+@pytest.mark.parametrize("epoch, num_train_epochs, refused", [
+    (1.0, 1.0, True), (2.0, 1.0, True), (0.5, 1.0, False),
+    # Trainer trains a fractional count to ceil(epochs x steps per epoch) steps: 0.7 epochs of 3 steps are 3 steps
+    # (0.7 x 10 is 7.000000000000001: 8 steps of 10), so a checkpoint past 0.7 epochs may have steps left (it was
+    # refused; found by a review)
+    (0.8, 0.7, False),
+])
+def test_a_resume_is_refused_for_epochs_only_where_whole_epochs_end_at_the_checkpoint(tmp_path, epoch, num_train_epochs,
+                                                                                   refused):
+    from trainer.cli import _check_steps_left
+
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"global_step": 2, "epoch": epoch}))
+    training_args = SimpleNamespace(max_steps=-1, num_train_epochs=num_train_epochs, resume_from_checkpoint="true")
+    if refused:
+        with pytest.raises(TrainingInputError, match="--num_train_epochs .* does not go past"):
+            _check_steps_left(str(tmp_path), training_args)
+    else:
+        _check_steps_left(str(tmp_path), training_args)
 
 
 def test_resuming_skips_a_checkpoint_cut_short_and_training_from_scratch_sets_the_earlier_run_aside(tmp_path, capsys):
@@ -905,8 +926,6 @@ def test_training_from_scratch_sets_each_earlier_run_aside_in_a_folder_of_its_ow
     (True, "true"), ("TRUE", "true"), ("yes", "true"), (1, "true"), ("1", "true"), ("runs/x/checkpoint-2", "runs/x/checkpoint-2"),
 ])
 def test_resume_from_checkpoint_reads_the_yaml_and_flag_spellings_of_true_and_false(given, read):
-    from types import SimpleNamespace
-
     from trainer.cli import _resume_value
 
     assert _resume_value(SimpleNamespace(resume_from_checkpoint=given)) == read
@@ -1296,7 +1315,6 @@ def test_a_failed_push_advises_an_upload_of_what_trainer_pushes(capsys):
     and earlier runs' `_earlier-run-N` folders included, which `Trainer.push_to_hub` leaves out."""
     import argparse
     import shlex
-    from types import SimpleNamespace
 
     from huggingface_hub.errors import HfHubHTTPError
     from huggingface_hub.utils import filter_repo_objects, httpx

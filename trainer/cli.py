@@ -584,7 +584,8 @@ def set_aside_earlier_checkpoints(training_args: RPAConfig) -> None:
 def _check_steps_left(checkpoint: str, training_args: RPAConfig) -> None:
     """Refuse to resume a checkpoint that the training asked for does not go past: `Trainer` would train no step and
     save the checkpoint's weights as the result, with exit status 0. The length is `max_steps`, else the epochs, which
-    compare with the checkpoint's epoch as `Trainer` counts them on the same data."""
+    compare with the checkpoint's epoch as `Trainer` counts them on the same data: whole epochs only, as `Trainer`
+    trains ceil(epochs x steps per epoch) steps, so a fractional count may leave steps past a checkpoint beyond it."""
     from .checkpoints import TRAINER_STATE_NAME
 
     with open(os.path.join(checkpoint, TRAINER_STATE_NAME)) as handle:
@@ -593,7 +594,8 @@ def _check_steps_left(checkpoint: str, training_args: RPAConfig) -> None:
     if training_args.max_steps > 0:
         option, length, done = "--max_steps", training_args.max_steps, step >= training_args.max_steps
     else:
-        option, length, done = "--num_train_epochs", training_args.num_train_epochs, epoch >= training_args.num_train_epochs
+        epochs = training_args.num_train_epochs
+        option, length, done = "--num_train_epochs", epochs, float(epochs).is_integer() and epoch >= epochs
     if done:
         raise TrainingInputError(
             f"--resume_from_checkpoint {_resume_value(training_args)}: {checkpoint} is at step {step} (epoch {epoch:g}), "
