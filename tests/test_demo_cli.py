@@ -418,11 +418,12 @@ def _mark_started(config, method: str) -> None:
 
 
 def _wait_until_started(config, method: str) -> int:
-    """The pid of the worker that started `method`, once it has."""
-    deadline = time.monotonic() + RUN_WAIT_SECONDS
-    while not (config.out / f"{method}.pid").exists() and time.monotonic() < deadline:
+    """The pid of the worker that started `method`, once it has written it (the marker exists, empty, before its pid
+    is written: read then, it failed the test now and then)."""
+    marker, deadline = config.out / f"{method}.pid", time.monotonic() + RUN_WAIT_SECONDS
+    while not (marker.exists() and marker.read_text()) and time.monotonic() < deadline:
         time.sleep(0.05)
-    return int((config.out / f"{method}.pid").read_text())
+    return int(marker.read_text())
 
 
 def _killed_with_a_run_in_flight(config, method: str, seed: int) -> None:
