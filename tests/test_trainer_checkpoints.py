@@ -23,8 +23,8 @@ from modeling_maple.testing import build_tiny, tiny_dual_encoder_config, tiny_ml
 from test_trainer import make_config, make_trainer
 from trainer import RPATrainer
 from trainer.checkpoints import (
-    RECIPE_FILE, STREAM_POSITION_FILE, check_recipe, image_recipe, last_complete_checkpoint, lora_recipe, model_recipe,
-    run_checkpoints, training_recipe,
+    RECIPE_FILE, STREAM_POSITION_FILE, check_recipe, data_recipe, image_recipe, last_complete_checkpoint, lora_recipe,
+    model_recipe, run_checkpoints, training_recipe,
 )
 from trainer.testing import smoke_config, synthetic_preference_dataset
 
@@ -614,6 +614,55 @@ def test_a_checkpoint_records_its_image_settings_and_refuses_others(tmp_path):
     _save_recipe(checkpoint, saved)
     other.train(resume_from_checkpoint=True)
     assert other.state.global_step == 2
+
+
+def test_a_checkpoint_records_its_training_data_and_refuses_other_data(tmp_path):
+    """The recipe recorded nothing of the data: a run of 32 rows stopped at step 2 resumed silently on 16 rows (the
+    32's first 16), counted its 2 steps as a pass over half of them and skipped the wrong rows. The same data, built
+    again, resumes; so does a checkpoint saved before the data was recorded, on any data."""
+    stopped = make_trainer(tmp_path, train_rows=32, max_steps=4, save_strategy="steps", save_steps=2)
+    stopped.add_callback(_StopAfter(2))
+    stopped.train()
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    saved = json.loads((checkpoint / RECIPE_FILE).read_text())
+    assert saved["data"] == data_recipe(synthetic_preference_dataset(32)) and saved["data"]["rows"] == 32
+    other = make_trainer(tmp_path, train_rows=16, max_steps=4, save_strategy="steps", save_steps=2)
+    with pytest.raises(ValueError, match=r"checkpoint-2 was trained with another recipe \(data: \{'rows': 32, "
+                                         r"'digest': '[0-9a-f]{16}'\} -> \{'rows': 16, 'digest': '[0-9a-f]{16}'\}\)"):
+        other.train(resume_from_checkpoint=True)
+    assert other.state.global_step == 0
+    del saved["data"]
+    _save_recipe(checkpoint, saved)
+    older = make_trainer(tmp_path, train_rows=16, max_steps=3, save_strategy="steps", save_steps=2)
+    older.train(resume_from_checkpoint=str(checkpoint))
+    assert older.state.global_step == 3
+    assert json.loads((tmp_path / "run" / "checkpoint-3" / RECIPE_FILE).read_text())["data"]["rows"] == 16
+    _save_recipe(checkpoint, saved | {"data": data_recipe(synthetic_preference_dataset(32))})
+    same = make_trainer(tmp_path, train_rows=32, max_steps=4, save_strategy="steps", save_steps=2)
+    same.train(resume_from_checkpoint=str(checkpoint))
+    assert same.state.global_step == 4
+
+
+def test_the_data_recipe_is_the_rows_and_their_content_however_they_were_stored(tmp_path):
+    """The same rows read back from a `save_to_disk` folder or a copied parquet file have one recipe (`datasets`'
+    fingerprint differs between them); the same number of other rows, or of the same rows in another order, has
+    another; a stream has none."""
+    from datasets import load_dataset, load_from_disk
+
+    rows = synthetic_preference_dataset(40)
+    rows.save_to_disk(str(tmp_path / "saved"))
+    rows.to_parquet(str(tmp_path / "data.parquet"))
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / "data.parquet").write_bytes((tmp_path / "data.parquet").read_bytes())
+    stored = [load_from_disk(str(tmp_path / "saved")).with_format("torch"),
+              *(load_dataset("parquet", data_files=str(path), split="train")
+                for path in (tmp_path / "data.parquet", tmp_path / "copy" / "data.parquet"))]
+    assert len({dataset._fingerprint for dataset in [rows, *stored]}) == 4
+    assert [data_recipe(dataset) for dataset in stored] == [data_recipe(rows)] * 3
+    assert data_recipe(rows)["rows"] == 40
+    others = (synthetic_preference_dataset(40, seed=1), rows.shuffle(seed=0), rows.select(range(39)))
+    assert len({json.dumps(data_recipe(dataset)) for dataset in (rows, *others)}) == 4
+    assert data_recipe(rows.to_iterable_dataset()) is None and data_recipe(None) is None
 
 
 def test_the_image_recipe_holds_every_pixel_setting_of_each_family(tmp_path):

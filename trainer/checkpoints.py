@@ -1,7 +1,7 @@
 """A run's checkpoints: which `checkpoint-N` folders `output_dir` holds and which were saved whole, the recipe
-(`rpa_recipe.json`) saved with each, which a resumed run must share, for a streamed training set, where in the
-stream each was saved (`stream_position.json`), and under PEFT, the trainable state a resumed run restores
-(`trainable_state.safetensors`).
+(`rpa_recipe.json`) saved with each, which a resumed run must share (settings, model, images, training data), for a
+streamed training set, where in the stream each was saved (`stream_position.json`), and under PEFT, the trainable state
+a resumed run restores (`trainable_state.safetensors`).
 
 Light to import (no TRL or transformers; torch only where a trainable state is saved or loaded): reading a run folder
 needs neither.
@@ -9,6 +9,7 @@ needs neither.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -177,23 +178,58 @@ def image_recipe(image_processor: Any) -> dict[str, Any]:
     return json.loads(json.dumps(settings, default=lambda value: value.tolist() if hasattr(value, "tolist") else str(value)))
 
 
+# How many rows of a training set, spread evenly from its first to its last, `data_recipe`'s digest reads, and their
+# columns: the ids, texts and judge scores, not the images (decoding them costs, and a stored image's path changes
+# when the data moves)
+DATA_DIGEST_ROWS = 16
+DATA_DIGEST_COLUMNS = ("id", "caption", "candidate_texts", "txt2img_scores", "img2txt_scores")
+
+
+def data_recipe(train_dataset: Any) -> dict[str, Any] | None:
+    """What a resumed run's training set must share with its checkpoint's: for a map-style `datasets.Dataset`, its
+    number of rows and a digest of the `DATA_DIGEST_COLUMNS` of `DATA_DIGEST_ROWS` rows spread evenly over it, in its
+    order (a resume skips the batches its checkpoint trained, by position: on other rows, or the same rows in another
+    order, it skips rows never trained, and a pass over a smaller set ends early). None for anything else (a stream
+    has no length, and reading its rows would start it).
+
+    Not `datasets`' `_fingerprint`, which differs for the same rows: a data file's is keyed on its path and
+    modification time (a copy, a `touch` or a fresh download of one file changes it), and rows built in memory have
+    another than the same rows loaded from their `save_to_disk` folder."""
+    # imported here: reading a run folder's checkpoints needs no datasets
+    from datasets import Dataset
+
+    if not isinstance(train_dataset, Dataset):
+        return None
+    rows = train_dataset.num_rows
+    if rows == 0:
+        return {"rows": 0, "digest": None}
+    positions = sorted({round(index * (rows - 1) / (DATA_DIGEST_ROWS - 1)) for index in range(DATA_DIGEST_ROWS)})
+    # as Arrow gives them, whatever format the dataset was given in: the same values read back the same
+    sampled = train_dataset.select_columns(list(DATA_DIGEST_COLUMNS)).with_format("arrow")[positions].to_pylist()
+    digest = hashlib.sha256(json.dumps(sampled, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return {"rows": rows, "digest": digest}
+
+
 def training_recipe(
-    args: RPAConfig, lora: dict[str, Any] | None, model: dict[str, Any] | None = None, images: dict[str, Any] | None = None
+    args: RPAConfig, lora: dict[str, Any] | None, model: dict[str, Any] | None = None,
+    images: dict[str, Any] | None = None, data: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What `rpa_recipe.json` holds: the `RECIPE_FIELDS` values of `args`, the LoRA settings (`lora_recipe`, or None
-    for full fine-tuning) and, when given, the model's (`model_recipe`) and the images' (`image_recipe`)."""
+    for full fine-tuning) and, when given, the model's (`model_recipe`), the images' (`image_recipe`) and the training
+    data's (`data_recipe`)."""
     recipe = {name: getattr(args, name) for name in RECIPE_FIELDS} | {"lora": lora}
-    return recipe | ({"model": model} if model is not None else {}) | ({"images": images} if images is not None else {})
+    given = {"model": model, "images": images, "data": data}
+    return recipe | {name: entry for name, entry in given.items() if entry is not None}
 
 
 def check_recipe(
     checkpoint: str, args: RPAConfig, lora: dict[str, Any] | None, model: dict[str, Any] | None = None,
-    images: dict[str, Any] | None = None,
+    images: dict[str, Any] | None = None, data: dict[str, Any] | None = None,
 ) -> None:
     """Raise a ValueError naming each `RECIPE_FIELDS` value, the LoRA settings (`lora_recipe`, or None), the model
-    (`model_recipe`) and the images (`image_recipe`) (the last two when given), (saved -> now), that differ from the
-    recipe the checkpoint was trained with. Checkpoints saved before recipes (or any of these entries) were recorded
-    have none and pass."""
+    (`model_recipe`), the images (`image_recipe`) and the training data (`data_recipe`) (the last three when given),
+    (saved -> now), that differ from the recipe the checkpoint was trained with. Checkpoints saved before recipes (or
+    any of these entries) were recorded have none and pass."""
     recipe_file = os.path.join(checkpoint, RECIPE_FILE)
     if not os.path.isfile(recipe_file):
         return
@@ -202,12 +238,12 @@ def check_recipe(
             saved = json.load(handle)
     except (OSError, ValueError) as error:
         raise ValueError(f"{recipe_file} cannot be read ({error}): restore it, or start a new run in another output_dir") from error
-    now = training_recipe(args, lora, model, images)
+    now = training_recipe(args, lora, model, images, data)
     differences = []
     for name, value in now.items():
         if name not in saved:
             continue
-        if name in ("model", "images") and isinstance(saved[name], dict) and isinstance(value, dict):
+        if name in ("model", "images", "data") and isinstance(saved[name], dict) and isinstance(value, dict):
             # an older checkpoint recorded fewer of these entries: what it did not record cannot differ; of the
             # others, only those that differ are named
             changed = [key for key in saved[name] if saved[name][key] != value.get(key)]

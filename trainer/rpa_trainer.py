@@ -44,6 +44,7 @@ from .checkpoints import (
     RECIPE_FILE,
     TRAINER_STATE_NAME,
     check_recipe,
+    data_recipe,
     image_recipe,
     last_complete_checkpoint,
     load_trainable_state,
@@ -685,13 +686,14 @@ class RPATrainer(DPOTrainer):
     # ------------------------------------------------------------------------------------------ saving
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         """`Trainer.train`, refusing to resume a checkpoint saved under another recipe (`check_recipe`: the
-        `RECIPE_FIELDS`, the LoRA, model and image settings)."""
+        `RECIPE_FIELDS`, the LoRA, model and image settings, the training data)."""
         if resume_from_checkpoint is True:
             resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
                 raise ValueError(f"No complete checkpoint (with {TRAINER_STATE_NAME}) in {self.args.output_dir}")
         if resume_from_checkpoint:
-            check_recipe(resume_from_checkpoint, self.args, self._lora_recipe(), self._model_recipe(), self._image_recipe())
+            check_recipe(resume_from_checkpoint, self.args, self._lora_recipe(), self._model_recipe(), self._image_recipe(),
+                         data_recipe(self.train_dataset))
         self._unprepare_model_prepared_for_evaluation()
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
@@ -769,7 +771,8 @@ class RPATrainer(DPOTrainer):
         output_dir = output_dir or self.args.output_dir
         self._save_weights(output_dir, state_dict)
         if self.args.should_save:  # a recipe file is whole or absent
-            recipe = training_recipe(self.args, self._lora_recipe(), self._model_recipe(), self._image_recipe())
+            recipe = training_recipe(self.args, self._lora_recipe(), self._model_recipe(), self._image_recipe(),
+                                     data_recipe(self.train_dataset))
             atomic_write_json(os.path.join(output_dir, RECIPE_FILE), recipe)
 
     def _save_weights(self, output_dir: str, state_dict: dict | None) -> None:
