@@ -643,6 +643,22 @@ def test_a_checkpoint_records_its_training_data_and_refuses_other_data(tmp_path)
     assert same.state.global_step == 4
 
 
+def test_the_data_recipe_reads_scores_at_float32_whatever_their_stored_type():
+    """The same scores stored as float64 (0.9) and as float32 (0.8999999762) are the same data, which the trainer reads
+    at float32: their digests differed, and a resume on the other copy was refused (found by review)."""
+    from datasets import Dataset, Features, List, Value
+
+    columns = {"id": ["a"], "caption": ["a red cube"], "candidate_texts": [["a blue cube"]],
+               "txt2img_scores": [[0.9, 0.1]], "img2txt_scores": [[0.7, 0.3]]}
+    stored = {kind: Dataset.from_dict(columns, features=Features({
+        "id": Value("string"), "caption": Value("string"), "candidate_texts": List(Value("string")),
+        "txt2img_scores": List(Value(kind)), "img2txt_scores": List(Value(kind)),
+    })) for kind in ("float32", "float64")}
+    assert data_recipe(stored["float64"]) == data_recipe(stored["float32"])
+    changed = Dataset.from_dict(columns | {"txt2img_scores": [[0.9, 0.2]]})
+    assert data_recipe(changed) != data_recipe(stored["float64"])
+
+
 def test_the_data_recipe_is_the_rows_and_their_content_however_they_were_stored(tmp_path):
     """The same rows read back from a `save_to_disk` folder or a copied parquet file have one recipe (`datasets`'
     fingerprint differs between them); the same number of other rows, or of the same rows in another order, has

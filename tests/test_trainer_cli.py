@@ -73,6 +73,13 @@ def test_a_rerun_over_checkpoints_resumes_only_when_asked_and_under_the_same_rec
     assert error_of("--num_train_epochs", "1", "--resume_from_checkpoint", "true").endswith(
         "is at step 2 (epoch 1), which --num_train_epochs 1.0 does not go past: nothing would be trained, and its "
         "weights saved as the result; give a longer --num_train_epochs to train on")
+    # other data, refused in one line before the model loads (it was a traceback from trainer.train, found by review)
+    synthetic_preference_dataset(24).save_to_disk(tmp_path / "other")
+    with pytest.raises(SystemExit) as exited:
+        main([*argv[:3], str(tmp_path / "other"), *argv[4:], "--max_steps", "4", "--resume_from_checkpoint", "true"])
+    assert exited.value.code == 2
+    assert re.search(r"checkpoint-2 was trained with another recipe \(data: \{'rows': 16, 'digest': '[0-9a-f]+'\} -> "
+                     r"\{'rows': 24, ", capsys.readouterr().err.splitlines()[-1])
     assert "checkpoint-2 was trained with another recipe (rpa_weight: 0.2 -> 0.5)" in error_of(
         "--max_steps", "4", "--rpa_weight", "0.5", "--resume_from_checkpoint", "true")
     config = tmp_path / "resume.yaml"

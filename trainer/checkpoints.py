@@ -15,6 +15,8 @@ import os
 import re
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from maple.files import atomic_write_json
 
 if TYPE_CHECKING:
@@ -204,10 +206,22 @@ def data_recipe(train_dataset: Any) -> dict[str, Any] | None:
     if rows == 0:
         return {"rows": 0, "digest": None}
     positions = sorted({round(index * (rows - 1) / (DATA_DIGEST_ROWS - 1)) for index in range(DATA_DIGEST_ROWS)})
-    # as Arrow gives them, whatever format the dataset was given in: the same values read back the same
+    # as Arrow gives them, whatever format the dataset was given in: the same values read back the same; scores at
+    # float32's precision, which the trainer reads them in (a float64 copy of float32 scores is the same data)
     sampled = train_dataset.select_columns(list(DATA_DIGEST_COLUMNS)).with_format("arrow")[positions].to_pylist()
-    digest = hashlib.sha256(json.dumps(sampled, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(json.dumps(_at_float32(sampled), sort_keys=True, default=str).encode()).hexdigest()[:16]
     return {"rows": rows, "digest": digest}
+
+
+def _at_float32(value: Any) -> Any:
+    """`value` (rows as `to_pylist` gives them) with every float rounded to float32."""
+    if isinstance(value, float):
+        return float(np.float32(value))
+    if isinstance(value, list):
+        return [_at_float32(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _at_float32(item) for key, item in value.items()}
+    return value
 
 
 def training_recipe(

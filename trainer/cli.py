@@ -276,7 +276,7 @@ def _load_inputs(
 ) -> tuple[str | None, DatasetDict, MapleModel, MapleProcessor]:
     """(checkpoint to resume or None, the dataset's splits, model, processor), each input checked before the next,
     costlier one loads; a usage error naming the first that is wrong (`TrainingInputError`)."""
-    from .checkpoints import image_recipe, lora_recipe, model_recipe
+    from .checkpoints import data_recipe, image_recipe, lora_recipe, model_recipe
 
     try:
         # Cheapest first: paths that exist or could be Hub ids, the checkpoint to resume, then the dataset, then the
@@ -290,6 +290,8 @@ def _load_inputs(
             _check_resume_recipe(resume, training_args, lora)
             _check_steps_left(resume, training_args)
         splits = load_preference_splits(data_args, token=training_args.hub_token)
+        if resume is not None:  # other data: a resume would skip the rows of another set's first batches
+            _check_resume_recipe(resume, training_args, lora, data=data_recipe(splits[data_args.dataset_train_split]))
         model, processor = load_model_and_processor(model_args, training_args)
         if resume is not None:  # now that the model is known: another model's checkpoint does not fit it
             _check_resume_recipe(resume, training_args, lora, model_recipe(model.config),
@@ -697,13 +699,14 @@ def _repeated_key(path: str) -> tuple[str, int, int] | None:
 
 
 def _check_resume_recipe(
-    checkpoint: str, args: RPAConfig, lora: dict | None, model: dict | None = None, images: dict | None = None
+    checkpoint: str, args: RPAConfig, lora: dict | None, model: dict | None = None, images: dict | None = None,
+    data: dict | None = None,
 ) -> None:
     """`checkpoints.check_recipe`, its error one line of `maple train`'s."""
     from .checkpoints import check_recipe
 
     try:
-        check_recipe(checkpoint, args, lora, model, images)
+        check_recipe(checkpoint, args, lora, model, images, data)
     except ValueError as error:
         raise TrainingInputError(str(error)) from None
 
