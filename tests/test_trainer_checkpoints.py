@@ -655,6 +655,12 @@ def test_the_data_recipe_reads_scores_at_float32_whatever_their_stored_type():
         "txt2img_scores": List(Value(kind)), "img2txt_scores": List(Value(kind)),
     })) for kind in ("float32", "float64")}
     assert data_recipe(stored["float64"]) == data_recipe(stored["float32"])
+    # whole-number scores stored as integers, and an integer id, are the same data too (found by review)
+    whole = {"id": [7], "caption": ["a red cube"], "candidate_texts": [["a blue cube"]], "txt2img_scores": [[1, 0]],
+             "img2txt_scores": [[0, 1]]}
+    assert data_recipe(Dataset.from_dict(whole)) == data_recipe(Dataset.from_dict(
+        whole | {"id": ["7"], "txt2img_scores": [[1.0, 0.0]], "img2txt_scores": [[0.0, 1.0]]}
+    ))
     changed = Dataset.from_dict(columns | {"txt2img_scores": [[0.9, 0.2]]})
     assert data_recipe(changed) != data_recipe(stored["float64"])
 

@@ -206,22 +206,18 @@ def data_recipe(train_dataset: Any) -> dict[str, Any] | None:
     if rows == 0:
         return {"rows": 0, "digest": None}
     positions = sorted({round(index * (rows - 1) / (DATA_DIGEST_ROWS - 1)) for index in range(DATA_DIGEST_ROWS)})
-    # as Arrow gives them, whatever format the dataset was given in: the same values read back the same; scores at
-    # float32's precision, which the trainer reads them in (a float64 copy of float32 scores is the same data)
+    # as Arrow gives them, whatever format the dataset was given in: the same values read back the same
     sampled = train_dataset.select_columns(list(DATA_DIGEST_COLUMNS)).with_format("arrow")[positions].to_pylist()
-    digest = hashlib.sha256(json.dumps(_at_float32(sampled), sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return {"rows": rows, "digest": digest}
+    digest = hashlib.sha256(json.dumps([_as_trained(row) for row in sampled], sort_keys=True).encode()).hexdigest()
+    return {"rows": rows, "digest": digest[:16]}
 
 
-def _at_float32(value: Any) -> Any:
-    """`value` (rows as `to_pylist` gives them) with every float rounded to float32."""
-    if isinstance(value, float):
-        return float(np.float32(value))
-    if isinstance(value, list):
-        return [_at_float32(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _at_float32(item) for key, item in value.items()}
-    return value
+def _as_trained(row: dict[str, Any]) -> dict[str, Any]:
+    """A row's `DATA_DIGEST_COLUMNS` as the trainer reads them, whatever types they are stored in: its id as text (the
+    collator's seeds and errors read 7 and "7" alike) and its judge scores at float32 (0.9 stored as float64, as
+    float32 or an integer score 1 as int64 are the scores it trains on)."""
+    scores = {column: [float(np.float32(score)) for score in row[column]] for column in ("txt2img_scores", "img2txt_scores")}
+    return {**row, "id": str(row["id"]), **scores}
 
 
 def training_recipe(
