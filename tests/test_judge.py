@@ -993,6 +993,26 @@ def test_a_pickled_or_deep_copied_judge_still_reads_special_token_strings_as_tex
             assert copied.suffix_ids([text]) == judge.suffix_ids([text])
 
 
+# The attributes a judge pickles under `JUDGE_STATE_VERSION` 1. A judge that gains or loses one is another state: raise
+# the version with this set, so that a judge pickled before is refused rather than restored without it.
+JUDGE_STATE_ATTRIBUTES = {
+    1: {"_cache_keyword", "_empty_suffix_ids", "_offloaded_answer_rows", "_plain_suffix_runs", "_plain_text_tokenizer",
+        "_prefix_ids_by_image_text", "_prefix_length_by_image_size", "_special_ids", "_special_tokens", "_suffix_lead",
+        "_suffix_parts", "answer_lead", "batch_size", "context_length", "model", "name", "no_id", "prefix_text",
+        "prompt", "prompt_encoder", "suffix_template", "yes_id"},
+}
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
+def test_the_judge_state_version_is_raised_with_its_attributes(family):
+    """Nothing told that `JUDGE_STATE_VERSION` had to be raised when the judge gained an attribute (a review's
+    remark): this fails until the version and `JUDGE_STATE_ATTRIBUTES` are raised together."""
+    judge = tiny_judge(seed=0, family=family)
+    assert set(vars(judge)) == JUDGE_STATE_ATTRIBUTES.get(judge_module.JUDGE_STATE_VERSION), (
+        "the judge's attributes changed: raise JUDGE_STATE_VERSION and record its attributes in JUDGE_STATE_ATTRIBUTES"
+    )
+
+
 @pytest.mark.parametrize(
     "lacking",
     [
