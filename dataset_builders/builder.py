@@ -1648,7 +1648,7 @@ class MaplePreferences(datasets.GeneratorBasedBuilder):
         if token is None:
             token = getattr(load_kwargs.get("download_config"), "token", None)
         # refused before any request: httpx would raise the header `Bearer <token>`, token and all, in its message
-        if isinstance(token, str) and (problem := token_problem(token)) is not None:
+        if (problem := token_problem(token)) is not None:
             raise ValueError(f"token: {problem}; {repo_id_or_path} was not read")
         try:
             return datasets.load_dataset(repo_id_or_path, name=config_name, split=split, **load_kwargs)

@@ -646,7 +646,7 @@ def load_benchmark(
 
     # a Hub source only: httpx would refuse to send such a token (read as an unreachable Hub) or fail to encode it (a
     # UnicodeEncodeError naming no problem); huggingface_hub's token=True/False pass unchecked
-    if not expanded_path(source).exists() and isinstance(token, str) and (problem := token_problem(token)) is not None:
+    if not expanded_path(source).exists() and (problem := token_problem(token)) is not None:
         raise BenchmarkSourceError(f"benchmark {name!r}: token: {problem}; {hub_repo(source, 'dataset')} was not read")
     try:
         return spec.loader(source, spec, token)

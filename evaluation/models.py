@@ -47,7 +47,7 @@ def hub_checkpoint_config_file(repo_id: str, revision: str | None = None, token:
     `ModelLoadError` saying why, without the token, before any request."""
     # httpx would refuse to send it (read as an unreachable Hub) or fail to encode it (a UnicodeEncodeError naming no
     # problem); huggingface_hub's token=True/False pass unchecked
-    if isinstance(token, str) and (problem := token_problem(token)) is not None:
+    if (problem := token_problem(token)) is not None:
         raise ModelLoadError(f"token: {problem}; {hub_repo(repo_id)} was not read")
     from huggingface_hub import HfApi, hf_hub_download
     from huggingface_hub.errors import (

@@ -135,11 +135,14 @@ TOKEN_SOURCES = "--token (maple train: --hub_token) or token=, else HF_TOKEN, el
 NO_TOKEN_ADVICE = "pass one (--token, maple train's --hub_token, token=), set HF_TOKEN or log in with `hf auth login`"
 
 
-def token_problem(token: str) -> str | None:
+def token_problem(token: str | bool | None) -> str | None:
     """Why `token` cannot be sent as a Hub token, or None: it is empty (`--hub_token "$UNSET_VARIABLE"`), or holds a
     space, a line break or a character outside printable ASCII (a token pasted with its newline). huggingface_hub would
     send it in the header `Bearer <token>`, which httpx refuses to send (LocalProtocolError, a TransportError that
-    `hub_failure` reads as an unreachable Hub) or cannot encode (a UnicodeEncodeError). The reason never quotes it."""
+    `hub_failure` reads as an unreachable Hub) or cannot encode (a UnicodeEncodeError). The reason never quotes it.
+    None for huggingface_hub's other tokens: True (the saved one, required), False (none) and None (the default)."""
+    if not isinstance(token, str):
+        return None
     if not token.strip():
         return "empty; leave it unset to use HF_TOKEN or the token `hf auth login` saved"
     if not all("!" <= character <= "~" for character in token):

@@ -363,7 +363,7 @@ def _checkpoint(
             raise MapleLoadError(f"{name_or_path}: no such folder")
         # refused before any request: httpx would refuse to send it (read as an unreachable Hub) or fail to encode it
         # (a UnicodeEncodeError naming no problem); huggingface_hub's token=True/False pass unchecked
-        if isinstance(token, str) and (problem := token_problem(token)) is not None:
+        if (problem := token_problem(token)) is not None:
             raise MapleLoadError(f"{name_or_path}: token: {problem}; it was not read")
     subfolder = from_pretrained_kwargs.get("subfolder") or ""
     # (transformers reads a subfolder without config.json, or none at all, as a config without a model type:

@@ -301,7 +301,7 @@ class RPAConfig(DPOConfig):
         self._set_device_defaults()
         self._check_rpa_settings()
         # httpx refuses to send such a token: the run failed at its first Hub request, reported as an unreachable Hub
-        if isinstance(self.hub_token, str) and (problem := token_problem(self.hub_token)) is not None:
+        if (problem := token_problem(self.hub_token)) is not None:
             raise ValueError(f"hub_token: {problem}")
         # transformers takes a metric for a loss only when its name ends in "loss": the loss terms ("eval_loss/rpa",
         # "eval_loss/contrastive") would count as better when larger, and the worst checkpoint be kept as the best
